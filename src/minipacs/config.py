@@ -1,0 +1,244 @@
+"""Typed settings: built-in defaults < TOML file < MINIPACS_* environment < flags.
+
+Every limit the server enforces is a field here, with its default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from minipacs.core.model import DuplicatePolicy
+from minipacs.core.nodes import OPERATIONS, InvalidNode, Node, node_from_mapping
+from minipacs.core.users import ApiToken, InvalidUser, User, token_from_mapping, user_from_mapping
+
+MiB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- where things live
+    data_dir: Path = Path("minipacs-data")
+    #: Where `minipacs ohif install` put the OHIF viewer (served at /ohif/); empty means DATA/ohif.
+    ohif_dir: str = ""
+    #: SQLAlchemy URL of the index; empty means SQLite at DATA/index.sqlite3.
+    index_url: str = ""
+    # --- DICOM listener
+    ae_title: str = "MINIPACS"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    #: Reject associations whose Called AE Title is not ours (A-ASSOCIATE-RJ reason 7).
+    check_called_aet: bool = False
+    # --- limits
+    max_associations: int = 32
+    #: Maximum PDU length we announce and accept (PS3.8 D.1); 0 = unlimited is refused.
+    max_pdu_receive: int = 1 * MiB
+    #: Largest PDU length we send, whatever the peer allows (0 = as the peer allows).
+    max_pdu_send: int = 1 * MiB
+    #: Most matches one C-FIND returns (0: no limit); past it: 0xA700 after that many.
+    max_results: int = 0
+    #: Largest dataset accepted in one C-STORE (bytes).
+    max_dataset_bytes: int = 4096 * MiB
+    #: ARTIM timer: how long to wait for A-ASSOCIATE-RQ, or for the close after release/abort.
+    acse_timeout: float = 30.0
+    #: How long a DIMSE exchange may stall (peer silent mid-message, or no response).
+    dimse_timeout: float = 60.0
+    #: An association idle this long between messages is aborted.
+    idle_timeout: float = 300.0
+    #: TCP connect timeout for associations we request.
+    connect_timeout: float = 15.0
+    # --- storage behaviour
+    duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP
+    #: fsync every stored file and index commit before answering success.
+    fsync: bool = True
+    # --- logging
+    log_level: str = "INFO"
+    # --- access policy and AE registry (see core/access.py)
+    #: What a calling AE that is not a registered node may ask for (echo, store, find, move, get, mpps,
+    #: commit; store grants mpps and commit too);
+    #: empty: only registered nodes may associate (others get A-ASSOCIATE-RJ reason 3).
+    allow_unregistered: tuple[str, ...] = ("echo", "store", "find")
+    #: A registered calling AE must connect from the host it is registered on.
+    check_calling_host: bool = False
+    #: Seconds between re-reads of the AE registry by a running server (`minipacs nodes` edits).
+    nodes_refresh: float = 5.0
+    #: Nodes from the config file (``[[nodes]]`` tables), upserted into the registry at start-up.
+    nodes: tuple[Node, ...] = ()
+    # --- HTTP: REST API and DICOMweb (web/)
+    http_host: str = "127.0.0.1"
+    #: 0 turns the HTTP server off.
+    http_port: int = 8042
+    #: Largest HTTP request body accepted (uploads, STOW-RS); larger: 413.
+    max_upload_bytes: int = 1024 * MiB
+    # --- HL7 v2 orders over MLLP (services/hl7_mllp.py)
+    hl7_host: str = "127.0.0.1"
+    #: 0 turns the HL7 listener off.
+    hl7_port: int = 0
+    #: Largest MLLP frame accepted; larger: NAK (AR) and the connection is closed.
+    hl7_max_message_bytes: int = 1 * MiB
+    #: An HL7 connection silent this long is closed.
+    hl7_idle_timeout: float = 300.0
+    #: ``[[users]]`` (name, password_hash, role) and ``[[tokens]]`` (name, token_hash, role).
+    users: tuple[User, ...] = ()
+    tokens: tuple[ApiToken, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def resolved_index_url(self) -> str:
+        if self.index_url:
+            return self.index_url
+        return f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}"
+
+    def validate(self) -> Settings:
+        if not 1 <= len(self.ae_title.strip()) <= 16:
+            raise ConfigError(f"ae_title {self.ae_title!r} must be 1 to 16 characters")
+        if not all(0x20 <= ord(c) < 0x7F and c != "\\" for c in self.ae_title):
+            raise ConfigError(f"ae_title {self.ae_title!r} may only use printable ASCII without backslash")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port} is outside 0..65535")
+        if self.max_associations < 1:
+            raise ConfigError("max_associations must be at least 1")
+        if self.max_pdu_receive < 4096:
+            raise ConfigError("max_pdu_receive must be at least 4096 bytes")
+        if self.max_pdu_send < 0 or 0 < self.max_pdu_send < 4096:
+            raise ConfigError("max_pdu_send must be 0 (as the peer allows) or at least 4096 bytes")
+        if self.max_results < 0:
+            raise ConfigError("max_results must be 0 (no limit) or a positive number")
+        if self.max_dataset_bytes < 1024:
+            raise ConfigError("max_dataset_bytes must be at least 1024")
+        for name in ("acse_timeout", "dimse_timeout", "idle_timeout", "connect_timeout", "nodes_refresh"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be a positive number of seconds")
+        unknown = sorted(set(self.allow_unregistered) - set(OPERATIONS))
+        if unknown:
+            raise ConfigError(f"allow_unregistered: unknown operation {', '.join(map(repr, unknown))}; "
+                              f"use any of {', '.join(OPERATIONS)} (or an empty list: registered nodes only)")
+        if not 0 <= self.http_port <= 65535:
+            raise ConfigError(f"http_port {self.http_port} is outside 0..65535 (0 turns HTTP off)")
+        if self.max_upload_bytes < 1024:
+            raise ConfigError("max_upload_bytes must be at least 1024")
+        if not 0 <= self.hl7_port <= 65535:
+            raise ConfigError(f"hl7_port {self.hl7_port} is outside 0..65535 (0 turns the HL7 listener off)")
+        if self.hl7_max_message_bytes < 1024:
+            raise ConfigError("hl7_max_message_bytes must be at least 1024")
+        if self.hl7_idle_timeout <= 0:
+            raise ConfigError("hl7_idle_timeout must be a positive number of seconds")
+        return self
+
+
+_TABLES = ("extra", "nodes", "users", "tokens")
+_FIELDS = {f.name: f for f in fields(Settings) if f.name not in _TABLES}
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    """Turn a TOML/env/flag value into the field's type, or say why not."""
+    kind = _FIELDS[name].type
+    try:
+        if kind == "Path":
+            return Path(str(raw))
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "DuplicatePolicy":
+            return DuplicatePolicy(str(raw).lower())
+        if kind == "tuple[str, ...]":
+            items = raw.split(",") if isinstance(raw, str) else raw
+            if not isinstance(items, (list, tuple)):
+                raise ValueError(raw)
+            return tuple(str(item).strip().lower() for item in items if str(item).strip())
+        return str(raw)
+    except ValueError as exc:
+        raise ConfigError(f"setting {name}={raw!r} is not a valid {kind}") from exc
+
+
+def _nodes(tables: Any, config_file: Path) -> tuple[Node, ...]:
+    """``[[nodes]]`` tables of the config file -> nodes, or a ConfigError naming the bad one."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"{config_file}: 'nodes' must be [[nodes]] tables (ae_title, host, port, ...)")
+    nodes: list[Node] = []
+    for number, table in enumerate(tables, 1):
+        try:
+            nodes.append(node_from_mapping(table))
+        except InvalidNode as exc:
+            title = table.get("ae_title", "?")
+            raise ConfigError(f"{config_file}: [[nodes]] number {number} ({title!r}): {exc}") from exc
+    return tuple(nodes)
+
+
+def _accounts(doc: Mapping[str, Any], section: Mapping[str, Any], config_file: Path) -> dict[str, Any]:
+    """``[[users]]`` and ``[[tokens]]`` tables -> users and API tokens, or a ConfigError naming the bad one."""
+    out: dict[str, Any] = {}
+    for key, build in (("users", user_from_mapping), ("tokens", token_from_mapping)):
+        tables = section.get(key, doc.get(key, []))
+        if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+            raise ConfigError(f"{config_file}: '{key}' must be [[{key}]] tables (name, ..., role)")
+        try:
+            out[key] = tuple(build(table) for table in tables)
+        except InvalidUser as exc:
+            raise ConfigError(f"{config_file}: [[{key}]]: {exc}") from exc
+    return out
+
+
+def load_settings(
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Defaults, then the TOML file, then MINIPACS_<FIELD> variables, then flags."""
+    values: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            with open(config_file, "rb") as fh:
+                doc = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
+        section = doc.get("minipacs", doc)
+        tables = section.get("nodes", doc.get("nodes", []))
+        values["nodes"] = _nodes(tables, config_file)
+        values.update(_accounts(doc, section, config_file))
+        for key, raw in section.items():
+            if key in _TABLES:
+                continue
+            if key in _FIELDS:
+                values[key] = _coerce(key, raw)
+            else:
+                extra[key] = raw
+        for key, raw in doc.items():
+            if key != "minipacs" and key not in _TABLES and key not in _FIELDS:
+                extra.setdefault(key, raw)
+    env = os.environ if env is None else env
+    for key, raw in env.items():
+        if key.startswith("MINIPACS_"):
+            name = key[len("MINIPACS_") :].lower()
+            if name in _FIELDS:
+                values[name] = _coerce(name, raw)
+    for key, raw in (overrides or {}).items():
+        if raw is not None:
+            if key not in _FIELDS:
+                raise ConfigError(f"unknown setting {key!r}")
+            values[key] = _coerce(key, raw)
+    return dataclasses.replace(Settings(), **values, extra=extra).validate()

@@ -1,0 +1,628 @@
+"""An association: DIMSE messages over the upper layer (PS3.7 §6-8, PS3.8 §9.3.5).
+
+Incoming P-DATA fragments are assembled per message. Command fragments are
+small and kept in memory (bounded); dataset fragments go straight to a
+:class:`DatasetSink` chosen once the command is complete -- for C-STORE a
+staging file, so a dataset is never held in memory whole. Outgoing messages
+are fragmented to the peer's Maximum Length, streaming file data as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+from minipacs import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from minipacs.net.dimse import Command, CommandError
+from minipacs.net.dul import Timeouts, UpperLayer, UpperLayerUser, stream_limit
+from minipacs.net.fsm import InvalidTransition, State
+from minipacs.net.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ, PDataTF, pdata_pdu_header
+from minipacs.net.pdu_items import PresentationContextRQ, RoleSelection, UserInformation
+from minipacs.net.presentation import NegotiatedContext, accepted_by_peer
+from minipacs.net.trace import describe_associate
+
+log = logging.getLogger("minipacs.net")
+
+#: A command set is a few hundred bytes; anything past this is hostile.
+MAX_COMMAND_BYTES = 64 * 1024
+#: Default bound for datasets kept in memory (C-FIND identifiers, N-xxx data).
+MAX_MEMORY_DATASET = 16 * 1024 * 1024
+#: Statuses of the Pending class (PS3.7 C.4): more responses follow.
+PENDING_STATUSES = frozenset({0xFF00, 0xFF01})
+#: Bytes of a stored file read and framed per socket write when sending it.
+SEND_BLOCK = 256 * 1024
+
+
+class AssociationError(Exception):
+    """The association could not be established or was lost."""
+
+
+class AssociationRejected(AssociationError):
+    def __init__(self, rj: AAssociateRJ, description: str) -> None:
+        super().__init__(description)
+        self.rj = rj
+
+
+class DatasetSink(Protocol):
+    """Where the fragments of one received dataset go."""
+
+    def write(self, data: bytes | memoryview) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def discard(self) -> None: ...
+
+
+class BytesSink:
+    """Keeps a (bounded) dataset in memory."""
+
+    def __init__(self, limit: int = MAX_MEMORY_DATASET) -> None:
+        self.limit = limit
+        self.buffer = bytearray()
+
+    def write(self, data: bytes | memoryview) -> None:
+        if len(self.buffer) + len(data) > self.limit:
+            raise ValueError(f"dataset larger than {self.limit} bytes")
+        self.buffer += data
+
+    def finish(self) -> None:
+        pass
+
+    def discard(self) -> None:
+        self.buffer.clear()
+
+    def getvalue(self) -> bytes:
+        return bytes(self.buffer)
+
+
+@dataclass
+class FileRegion:
+    """A dataset to send from a file, from ``offset`` to the end."""
+
+    path: Path
+    offset: int = 0
+
+
+DatasetSource = bytes | memoryview | FileRegion
+
+
+@dataclass
+class Message:
+    """One received DIMSE message."""
+
+    context: NegotiatedContext
+    command: Command
+    dataset: DatasetSink | None = None
+    #: Set when the dataset could not be taken (e.g. too large); fragments were drained.
+    dataset_error: Exception | None = None
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+SinkFactory = Callable[["Association", NegotiatedContext, Command], DatasetSink]
+RequestHandler = Callable[["Association", Message], Awaitable[None]]
+Negotiator = Callable[["Association", AAssociateRQ], "AAssociateAC | AAssociateRJ"]
+
+
+@dataclass
+class AssociationSettings:
+    ae_title: str
+    max_pdu_receive: int = 1024 * 1024
+    max_pdu_send: int = 1024 * 1024
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    max_command_bytes: int = MAX_COMMAND_BYTES
+
+
+class _Incoming:
+    """Assembly state of the message being received on one context."""
+
+    __slots__ = ("command_bytes", "command", "sink", "error", "context")
+
+    def __init__(self, context: NegotiatedContext) -> None:
+        self.context = context
+        self.command_bytes = bytearray()
+        self.command: Command | None = None
+        self.sink: DatasetSink | None = None
+        self.error: Exception | None = None
+
+
+class Association(UpperLayerUser):
+    """A DICOM association, as acceptor or requestor."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        settings: AssociationSettings,
+        *,
+        is_requestor: bool,
+        negotiator: Negotiator | None = None,
+        handler: RequestHandler | None = None,
+        sink_factory: SinkFactory | None = None,
+    ) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        self.peer_host: str = str(peer[0])
+        self.peer_port: int = int(peer[1])
+        self.settings = settings
+        self.is_requestor = is_requestor
+        self.negotiator = negotiator
+        self.handler = handler
+        self.sink_factory = sink_factory
+        self.started_at = datetime.now(UTC)
+        self.local_ae = settings.ae_title
+        self.remote_ae = ""
+        self.called_ae = ""
+        self.calling_ae = ""
+        self.rq: AAssociateRQ | None = None
+        self.ac: AAssociateAC | None = None
+        self.contexts: dict[int, NegotiatedContext] = {}
+        self.peer_max_pdu = 0
+        self.established = asyncio.get_running_loop().create_future()
+        self.operations: list[dict[str, object]] = []
+        self.info: dict[str, object] = {}  # free space for the service layer
+        self.label = f"[{self.peer_host}:{self.peer_port}]"
+        self.dul = UpperLayer(
+            reader,
+            writer,
+            self,
+            is_requestor=is_requestor,
+            max_pdu_receive=settings.max_pdu_receive,
+            timeouts=settings.timeouts,
+            label=self.label,
+        )
+        self._incoming: dict[int, _Incoming] = {}
+        self._responses: dict[int, asyncio.Queue[Message | None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[int, Message] = {}
+        self._send_lock = asyncio.Lock()
+        self._message_id = 0
+        self._release_waiter: asyncio.Future[None] | None = None
+        self.aborted_reason = ""
+        self._reader_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------ properties
+    @property
+    def is_established(self) -> bool:
+        return self.established.done() and not self.established.cancelled() and self.established.exception() is None
+
+    @property
+    def end_reason(self) -> str:
+        return self.dul.end_reason
+
+    def next_message_id(self) -> int:
+        self._message_id = self._message_id % 0xFFFF + 1
+        return self._message_id
+
+    def context_for(self, abstract_syntax: str, transfer_syntax: str | None = None) -> NegotiatedContext | None:
+        for ctx in self.contexts.values():
+            if ctx.abstract_syntax == abstract_syntax and transfer_syntax in (None, ctx.transfer_syntax):
+                return ctx
+        return None
+
+    def contexts_for(self, abstract_syntax: str) -> list[NegotiatedContext]:
+        return [c for c in self.contexts.values() if c.abstract_syntax == abstract_syntax]
+
+    def start_reading(self) -> asyncio.Task[None]:
+        """Run the upper layer's reader; the task ends when the connection closes."""
+        self._reader_task = asyncio.ensure_future(self.dul.run())
+        return self._reader_task
+
+    # --------------------------------------------------- UpperLayerUser side
+    def negotiate(self, rq: AAssociateRQ) -> AAssociateAC | AAssociateRJ:
+        self.rq = rq
+        self.calling_ae = self.remote_ae = rq.calling_ae
+        self.called_ae = rq.called_ae
+        self.peer_max_pdu = rq.user_information.maximum_length or 0
+        self.label = f"[{rq.calling_ae}@{self.peer_host}:{self.peer_port}]"
+        self.dul.label = self.label
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s received A-ASSOCIATE-RQ\n%s", self.label, describe_associate(rq))
+        if self.negotiator is None:
+            raise AssociationError("acceptor without negotiator")
+        reply = self.negotiator(self, rq)
+        if isinstance(reply, AAssociateAC):
+            self.ac = reply
+            for ctx in _accepted_contexts(rq, reply):
+                self.contexts[ctx.context_id] = ctx
+            if not self.established.done():
+                self.established.set_result(None)
+        elif not self.established.done():
+            self.established.set_exception(AssociationRejected(reply, "rejected"))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s sending %s\n%s", self.label, type(reply).__name__, describe_associate(reply))
+        return reply
+
+    def associate_confirmed(self, pdu: AAssociateAC | AAssociateRJ) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s received %s\n%s", self.label, type(pdu).__name__, describe_associate(pdu))
+        if self.established.done():
+            return
+        if isinstance(pdu, AAssociateRJ):
+            self.established.set_exception(AssociationRejected(pdu, describe_rejection(pdu)))
+            return
+        self.ac = pdu
+        self.peer_max_pdu = pdu.user_information.maximum_length or 0
+        rq = self.rq
+        if rq is not None:
+            for ctx in accepted_by_peer(
+                rq.presentation_contexts,
+                pdu.presentation_contexts,
+                pdu.user_information.roles,
+                rq.user_information.roles,
+            ):
+                self.contexts[ctx.context_id] = ctx
+        self.established.set_result(None)
+
+    def pdata_indication(self, pdu: PDataTF) -> None:
+        for pdv in pdu.pdvs:
+            ctx = self.contexts.get(pdv.context_id)
+            if ctx is None:
+                self.dul.provider_abort(6, f"P-DATA on presentation context {pdv.context_id}, which was not accepted")
+                return
+            incoming = self._incoming.get(pdv.context_id)
+            if incoming is None:
+                incoming = self._incoming[pdv.context_id] = _Incoming(ctx)
+            if pdv.is_command:
+                if incoming.command is not None:
+                    self.dul.provider_abort(5, "command fragment received while a dataset was expected")
+                    return
+                incoming.command_bytes += pdv.data
+                if len(incoming.command_bytes) > self.settings.max_command_bytes:
+                    self.dul.provider_abort(6, f"command set longer than {self.settings.max_command_bytes} bytes")
+                    return
+                if pdv.is_last and not self._command_complete(incoming):
+                    return
+            else:
+                if incoming.command is None:
+                    self.dul.provider_abort(5, "dataset fragment received before its command set")
+                    return
+                if incoming.error is None and incoming.sink is not None:
+                    try:
+                        incoming.sink.write(pdv.data)
+                    except Exception as exc:  # noqa: BLE001 - sink refused: drain the rest, answer with a status
+                        incoming.error = exc
+                        incoming.sink.discard()
+                if pdv.is_last:
+                    self._message_complete(incoming)
+
+    def _command_complete(self, incoming: _Incoming) -> bool:
+        try:
+            command = Command.decode(incoming.command_bytes)
+        except CommandError as exc:
+            self.dul.provider_abort(6, f"unreadable command set: {exc}")
+            return False
+        incoming.command = command
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s received %s", self.label, command.summary())
+        if not command.has_dataset:
+            self._message_complete(incoming)
+            return True
+        try:
+            if command.is_request and self.sink_factory is not None:
+                incoming.sink = self.sink_factory(self, incoming.context, command)
+            else:
+                incoming.sink = BytesSink()
+        except Exception as exc:  # noqa: BLE001 - e.g. hostile UID: drain, then answer with a status
+            incoming.error = exc
+        return True
+
+    def _message_complete(self, incoming: _Incoming) -> None:
+        del self._incoming[incoming.context.context_id]
+        command = incoming.command
+        if command is None:  # pragma: no cover - guarded by callers
+            return
+        if incoming.sink is not None and incoming.error is None:
+            try:
+                incoming.sink.finish()
+            except Exception as exc:  # noqa: BLE001
+                incoming.error = exc
+        message = Message(incoming.context, command, incoming.sink, incoming.error)
+        if not command.is_request:
+            queue = self._responses.get(int(command.get("MessageIDBeingRespondedTo", -1)))
+            if queue is None:
+                log.warning("%s response to unknown message: %s", self.label, command.summary())
+                return
+            queue.put_nowait(message)
+            return
+        if command.name == "C-CANCEL-RQ":
+            running = self._running.get(int(command["MessageIDBeingRespondedTo"]))
+            if running is not None:
+                running.cancelled.set()
+            return
+        if self.handler is None:
+            log.warning("%s no handler for %s; aborting", self.label, command.name)
+            self.dul.provider_abort(0, f"unexpected request {command.name}")
+            return
+        self._spawn(self._handle(message))
+
+    async def _handle(self, message: Message) -> None:
+        msg_id = int(message.command.get("MessageID", 0))
+        self._running[msg_id] = message
+        try:
+            if self.handler is not None:
+                await self.handler(self, message)
+        except Exception:  # noqa: BLE001 - one bad operation must not kill the server
+            log.exception("%s handler failed for %s", self.label, message.command.summary())
+        finally:
+            self._running.pop(msg_id, None)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def release_indication(self) -> None:
+        self._spawn(self._release_when_idle())
+
+    async def _release_when_idle(self) -> None:
+        # Finish what the peer already sent us (a store being committed)
+        # before answering the release: PS3.8 lets the acceptor take its time.
+        pending = [t for t in self._tasks if t is not asyncio.current_task()]
+        if pending:
+            await asyncio.wait(pending, timeout=self.settings.timeouts.dimse)
+        if not self.dul.is_closed:
+            try:
+                self.dul.release_response()
+            except Exception:  # noqa: BLE001 - state moved on (abort), nothing to answer
+                pass
+
+    def release_confirmed(self) -> None:
+        if self._release_waiter is not None and not self._release_waiter.done():
+            self._release_waiter.set_result(None)
+
+    def aborted(self, description: str) -> None:
+        self.aborted_reason = description
+        if not self.established.done():
+            self.established.set_exception(AssociationError(description))
+        for queue in self._responses.values():
+            queue.put_nowait(None)
+        for incoming in self._incoming.values():
+            if incoming.sink is not None:
+                incoming.sink.discard()
+        self._incoming.clear()
+        for message in self._running.values():
+            message.cancelled.set()
+
+    def closed(self) -> None:
+        if not self.established.done():
+            self.established.set_exception(AssociationError(self.dul.end_reason or "connection closed"))
+        for incoming in self._incoming.values():
+            if incoming.sink is not None:
+                incoming.sink.discard()
+        self._incoming.clear()
+        for queue in self._responses.values():
+            queue.put_nowait(None)
+        if self._release_waiter is not None and not self._release_waiter.done():
+            self._release_waiter.set_result(None)
+
+    def read_timeout(self) -> float | None:
+        if self._incoming or self._responses:
+            return self.settings.timeouts.dimse
+        if self._tasks:
+            return None  # we are working; the peer is waiting for us
+        return self.settings.timeouts.idle
+
+    # ---------------------------------------------------------- sending
+    def _max_fragment(self) -> int:
+        limit = self.peer_max_pdu
+        ours = self.settings.max_pdu_send
+        if limit == 0 or (ours and ours < limit):
+            limit = ours or 1024 * 1024
+        return max(limit - 6, 1)
+
+    async def send_message(self, context_id: int, command: Command, dataset: DatasetSource | None = None) -> None:
+        """Send one DIMSE message, fragmented to the peer's Maximum Length."""
+        try:
+            await self._send_message(context_id, command, dataset)
+        except InvalidTransition as exc:  # aborted or closed before or while sending
+            raise AssociationError(
+                f"cannot send {command.name}: the association has ended "
+                f"({self.aborted_reason or self.dul.end_reason or exc})"
+            ) from exc
+
+    async def _send_message(self, context_id: int, command: Command, dataset: DatasetSource | None) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s sending %s", self.label, command.summary())
+        chunk = self._max_fragment()
+        cmd_bytes = command.encode()
+        async with self._send_lock:
+            if command.is_request and self.dul.state is State.STA8:
+                # After the peer's A-RELEASE-RQ (Sta8) P-DATA may still flow, but a new
+                # request could never be answered: the peer is waiting for our release reply.
+                raise AssociationError(f"cannot send {command.name}: the peer has asked to release the association")
+            if (dataset is None or isinstance(dataset, bytes | memoryview)) and len(cmd_bytes) <= chunk and (
+                dataset is None or 0 < len(dataset) <= chunk
+            ):
+                # The common small message (a response, a C-FIND match): its one or two
+                # PDUs go out in a single write.
+                parts: list[bytes | memoryview] = [pdata_pdu_header(context_id, True, True, len(cmd_bytes)), cmd_bytes]
+                if dataset is not None:
+                    parts += [pdata_pdu_header(context_id, False, True, len(dataset)), dataset]
+                self.dul.send_pdata(*parts)
+                await self.dul.drain()
+                return
+            for start in range(0, len(cmd_bytes), chunk):
+                part = cmd_bytes[start : start + chunk]
+                last = start + chunk >= len(cmd_bytes)
+                self.dul.send_pdata(pdata_pdu_header(context_id, True, last, len(part)), part)
+            if dataset is None:
+                await self.dul.drain()
+                return
+            if isinstance(dataset, FileRegion):
+                await self._send_file(context_id, dataset, chunk)
+                return
+            view = memoryview(dataset)
+            if len(view) == 0:
+                self.dul.send_pdata(pdata_pdu_header(context_id, False, True, 0))
+            for start in range(0, len(view), chunk):
+                piece = view[start : start + chunk]
+                self.dul.send_pdata(pdata_pdu_header(context_id, False, start + chunk >= len(view), len(piece)), piece)
+                await self.dul.drain()
+            await self.dul.drain()
+
+    async def _send_file(self, context_id: int, region: FileRegion, chunk: int) -> None:
+        # Read a block at a time and frame it into PDUs in one buffer: one socket
+        # write per block rather than two per PDU (peers often take only 16 KiB PDUs).
+        block = max(chunk, SEND_BLOCK // chunk * chunk)
+        with open(region.path, "rb", buffering=0) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            fh.seek(region.offset)
+            remaining = size - region.offset
+            if remaining <= 0:
+                self.dul.send_pdata(pdata_pdu_header(context_id, False, True, 0))
+            while remaining > 0:
+                data = fh.read(min(block, remaining))
+                if not data:
+                    raise AssociationError(f"{region.path} shrank while being sent")
+                remaining -= len(data)
+                view = memoryview(data)
+                out = bytearray()
+                for start in range(0, len(view), chunk):
+                    piece = view[start : start + chunk]
+                    last = remaining <= 0 and start + chunk >= len(view)
+                    out += pdata_pdu_header(context_id, False, last, len(piece))
+                    out += piece
+                self.dul.send_pdata(memoryview(out))
+                await self.dul.drain()
+
+    async def request(
+        self, context_id: int, command: Command, dataset: DatasetSource | None = None, *, timeout: float | None = None
+    ) -> AsyncIterator[Message]:
+        """Send a request and yield its responses, the last one non-Pending."""
+        msg_id = int(command["MessageID"])
+        queue: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._responses[msg_id] = queue
+        wait = self.settings.timeouts.dimse if timeout is None else timeout
+        try:
+            await self.send_message(context_id, command, dataset)
+            while True:
+                try:
+                    async with asyncio.timeout(wait):
+                        response = await queue.get()
+                except TimeoutError:
+                    self.dul.abort(f"no response to {command.name} within {wait:g}s (DIMSE timeout)")
+                    raise AssociationError(f"no response to {command.name} within {wait:g}s") from None
+                if response is None:
+                    raise AssociationError(f"association lost while waiting for {command.name} response: "
+                                           f"{self.aborted_reason or self.dul.end_reason}")
+                yield response
+                if int(response.command.get("Status", 0)) not in PENDING_STATUSES:
+                    return
+        finally:
+            self._responses.pop(msg_id, None)
+
+    async def release(self, timeout: float | None = None) -> None:
+        """A-RELEASE: orderly close (PS3.8 §7.2)."""
+        if self.dul.is_closed:
+            return
+        self._release_waiter = asyncio.get_running_loop().create_future()
+        try:
+            self.dul.release_request()
+        except InvalidTransition:  # already aborted (Sta13): nothing to release
+            await self.wait_closed()
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._release_waiter), timeout or self.settings.timeouts.acse)
+        except TimeoutError:
+            self.dul.abort("no A-RELEASE-RP in time")
+        await self.wait_closed()
+
+    def abort(self, reason: str = "aborted by local user") -> None:
+        self.dul.abort(reason)
+
+    async def wait_closed(self) -> None:
+        await self.dul.wait_closed()
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _accepted_contexts(rq: AAssociateRQ, ac: AAssociateAC) -> list[NegotiatedContext]:
+    return accepted_by_peer(rq.presentation_contexts, ac.presentation_contexts, ac.user_information.roles,
+                            rq.user_information.roles)
+
+
+# PS3.8 Table 9-21: A-ASSOCIATE-RJ result, source and reason, in plain words
+REJECT_REASONS: dict[tuple[int, int], str] = {
+    (1, 1): "no reason given",
+    (1, 2): "application context name not supported",
+    (1, 3): "calling AE title not recognized",
+    (1, 7): "called AE title not recognized",
+    (2, 1): "no reason given",
+    (2, 2): "protocol version not supported",
+    (3, 1): "temporary congestion",
+    (3, 2): "local limit exceeded",
+}
+REJECT_SOURCES = {1: "service-user", 2: "service-provider (ACSE)", 3: "service-provider (presentation)"}
+
+
+def describe_rejection(rj: AAssociateRJ) -> str:
+    result = "permanent" if rj.result == 1 else "transient"
+    reason = REJECT_REASONS.get((rj.source, rj.reason), f"reason {rj.reason}")
+    return f"association rejected ({result}) by {REJECT_SOURCES.get(rj.source, rj.source)}: {reason}"
+
+
+def build_rq(
+    calling_ae: str,
+    called_ae: str,
+    contexts: Sequence[tuple[str, Sequence[str]]],
+    settings: AssociationSettings,
+    roles: Sequence[RoleSelection] = (),
+) -> AAssociateRQ:
+    """An A-ASSOCIATE-RQ proposing one context per (abstract syntax, transfer syntaxes)."""
+    if len(contexts) > 128:
+        raise ValueError(f"{len(contexts)} presentation contexts proposed; PS3.8 allows at most 128")
+    pcs = [PresentationContextRQ(2 * i + 1, abstract, list(ts)) for i, (abstract, ts) in enumerate(contexts)]
+    info = UserInformation(
+        maximum_length=settings.max_pdu_receive,
+        implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+        implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+        roles=list(roles),
+    )
+    return AAssociateRQ(called_ae=called_ae, calling_ae=calling_ae, presentation_contexts=pcs, user_information=info)
+
+
+async def connect(
+    host: str,
+    port: int,
+    rq: AAssociateRQ,
+    settings: AssociationSettings,
+    *,
+    connect_timeout: float = 15.0,
+    handler: RequestHandler | None = None,
+    sink_factory: SinkFactory | None = None,
+    local_host: str | None = None,
+) -> Association:
+    """Open a TCP connection (from ``local_host`` when given), send the A-ASSOCIATE-RQ, wait for the answer."""
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, limit=stream_limit(settings.max_pdu_receive),
+                                    local_addr=(local_host, 0) if local_host else None),
+            connect_timeout,
+        )
+    except TimeoutError:
+        raise AssociationError(f"no TCP connection to {host}:{port} within {connect_timeout:g}s "
+                               "(host down, or a firewall dropping packets?)") from None
+    except OSError as exc:
+        raise AssociationError(f"cannot connect to {host}:{port}: {exc.strerror or exc} "
+                               "(is the peer listening on that port?)") from exc
+    assoc = Association(reader, writer, settings, is_requestor=True, handler=handler, sink_factory=sink_factory)
+    assoc.rq = rq
+    assoc.calling_ae = rq.calling_ae
+    assoc.called_ae = assoc.remote_ae = rq.called_ae
+    assoc.label = f"[{rq.called_ae}@{host}:{port}]"
+    assoc.dul.label = assoc.label
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s sending A-ASSOCIATE-RQ\n%s", assoc.label, describe_associate(rq))
+    assoc.dul.start_requestor(rq)
+    assoc.start_reading()
+    await assoc.established
+    return assoc
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,502 @@
+"""The DICOM upper layer on asyncio: PDU framing, the PS3.8 Table 9-10 driver, ARTIM.
+
+:class:`UpperLayer` owns one TCP connection. Received PDUs, transport events,
+timer expiry and local primitives all become :class:`~minipacs.net.fsm.Event`
+values; ``fsm.lookup`` names the action and a small method per action performs
+it. Everything here is synchronous except reading from the socket, because
+``StreamWriter.write`` never blocks: a state transition is atomic on the event
+loop. Callers that send bulk data await :meth:`drain` for back-pressure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass
+from typing import TypeVar
+
+from minipacs.net.fsm import Event, InvalidTransition, State, conditional_next_state, lookup
+from minipacs.net.pdu import (
+    PDU,
+    PDU_HEADER,
+    PDU_TYPES,
+    AAbort,
+    AAssociateAC,
+    AAssociateRJ,
+    AAssociateRQ,
+    AReleaseRP,
+    AReleaseRQ,
+    PDataTF,
+    decode_pdu,
+    encode_pdu,
+)
+from minipacs.net.pdu_items import PDUError
+
+log = logging.getLogger("minipacs.net")
+T = TypeVar("T")
+
+def stream_limit(max_pdu_receive: int) -> int:
+    """StreamReader buffer limit: a whole PDU fits, so reading never pauses mid-PDU."""
+    return max(max_pdu_receive, MAX_CONTROL_PDU) + 64 * 1024
+
+
+#: Parts of a write up to this size are joined into one buffer (one syscall).
+SMALL_WRITE = 64 * 1024
+
+#: Largest non-P-DATA PDU we read (an A-ASSOCIATE-RQ with 128 contexts and a
+#: large user identity fits easily); P-DATA is bounded by our Maximum Length.
+MAX_CONTROL_PDU = 1024 * 1024
+
+PDU_EVENTS: dict[type, Event] = {
+    AAssociateRQ: Event.EVT6,
+    AAssociateAC: Event.EVT3,
+    AAssociateRJ: Event.EVT4,
+    PDataTF: Event.EVT10,
+    AReleaseRQ: Event.EVT12,
+    AReleaseRP: Event.EVT13,
+    AAbort: Event.EVT16,
+}
+
+# PS3.8 Table 9-26: A-ABORT source and reason, in plain words
+ABORT_SOURCES = {0: "service-user", 1: "reserved", 2: "service-provider"}
+ABORT_REASONS = {
+    0: "reason not specified",
+    1: "unrecognized PDU",
+    2: "unexpected PDU",
+    3: "reserved",
+    4: "unrecognized PDU parameter",
+    5: "unexpected PDU parameter",
+    6: "invalid PDU parameter value",
+}
+
+
+def describe_abort(source: int, reason: int) -> str:
+    who = ABORT_SOURCES.get(source, f"source {source}")
+    if source == 2:
+        return f"{who}: {ABORT_REASONS.get(reason, f'reason {reason}')}"
+    return who
+
+
+@dataclass
+class Timeouts:
+    acse: float = 30.0
+    dimse: float = 60.0
+    idle: float = 300.0
+
+
+class UpperLayerUser:
+    """What the layer above (the association) is told. Override what you need."""
+
+    def negotiate(self, rq: AAssociateRQ) -> AAssociateAC | AAssociateRJ:  # acceptor only
+        raise NotImplementedError
+
+    def associate_confirmed(self, pdu: AAssociateAC | AAssociateRJ) -> None:  # requestor only
+        pass
+
+    def pdata_indication(self, pdu: PDataTF) -> None:
+        pass
+
+    def release_indication(self) -> None:
+        """The peer asked to release; answer with :meth:`UpperLayer.release_response`."""
+
+    def release_confirmed(self) -> None:
+        pass
+
+    def aborted(self, description: str) -> None:
+        """A-ABORT or A-P-ABORT indication: the association is gone."""
+
+    def closed(self) -> None:
+        """The transport is closed; nothing more will happen."""
+
+    def read_timeout(self) -> float | None:
+        """How long the reader may wait for the next PDU in Sta6 (None: no limit)."""
+        return None
+
+
+class UpperLayer:
+    """One DICOM upper-layer connection (PS3.8 §9), acceptor or requestor."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        user: UpperLayerUser,
+        *,
+        is_requestor: bool,
+        max_pdu_receive: int,
+        timeouts: Timeouts,
+        label: str = "",
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.user = user
+        self.is_requestor = is_requestor
+        self.max_pdu_receive = max_pdu_receive
+        self.timeouts = timeouts
+        self.label = label
+        self.state = State.STA4 if is_requestor else State.STA1
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.end_reason = ""
+        self._artim: asyncio.TimerHandle | None = None
+        self._framing_lost = False
+        self._rq_acceptable = True
+        self._pending_reply: PDU | None = None
+        self._abort_pdu = AAbort(0, 0)
+        self._closed = asyncio.Event()
+        self._transitions = 0  # counts events, to notice one fired from inside an action
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    # ------------------------------------------------------------------ events
+    def event(self, event: Event, pdu: PDU | None = None) -> None:
+        """Run one event through PS3.8 Table 9-10."""
+        try:
+            action = lookup(event, self.state)
+        except InvalidTransition:
+            if self.state is State.STA1:
+                return  # after the close, stray events are moot
+            if event in (Event.EVT9, Event.EVT11, Event.EVT14, Event.EVT15, Event.EVT7, Event.EVT8):
+                raise
+            # A PDU that the table has no cell for is a protocol error.
+            log.warning("%s %s in %s: aborting", self.label, event.name, self.state.name)
+            action = lookup(Event.EVT19, self.state)
+        previous = self.state
+        self._transitions += 1
+        generation = self._transitions
+        getattr(self, "_" + action.name.replace("-", "_").lower())(pdu)
+        if generation != self._transitions:
+            # The action's callback fired an event of its own (e.g. the user
+            # aborted from pdata_indication); that event set the state.
+            return
+        self.state = conditional_next_state(
+            action, rq_acceptable=self._rq_acceptable, is_requestor=self.is_requestor
+        )
+        if log.isEnabledFor(logging.DEBUG) and event is not Event.EVT10 and event is not Event.EVT9:
+            log.debug("%s %s: %s %s -> %s", self.label, event.name, action.name, previous.name, self.state.name)
+
+    # ------------------------------------------------------------ primitives
+    def start_requestor(self, rq: AAssociateRQ) -> None:
+        """Evt2 (transport connected) then AE-2 sends the A-ASSOCIATE-RQ."""
+        self._pending_reply = rq
+        self.event(Event.EVT2)
+
+    def send_pdata(self, pdu_bytes: bytes | memoryview, *parts: bytes | memoryview) -> None:
+        """Evt9: P-DATA request. Takes the already-encoded PDU (header and parts)."""
+        if self.state is State.STA6 or self.state is State.STA8:
+            self._write(pdu_bytes, *parts)
+            return
+        raise InvalidTransition(Event.EVT9, self.state)
+
+    def release_request(self) -> None:
+        self.event(Event.EVT11)
+
+    def release_response(self) -> None:
+        self.event(Event.EVT14)
+
+    def abort(self, reason: str = "aborted by local user") -> None:
+        """Evt15: A-ABORT request (service-user source)."""
+        if self.state in (State.STA1, State.STA13):
+            return
+        self.end_reason = self.end_reason or reason
+        if self.state is State.STA2:
+            # No association yet, so Table 9-10 has no Evt15 cell here: just
+            # close; the reader then sees Evt17 (AA-5) and the layer ends.
+            self._stop_artim()
+            self._close_transport()
+            return
+        self._abort_pdu = AAbort(0, 0)
+        self.event(Event.EVT15)
+
+    def provider_abort(self, reason_code: int, description: str) -> None:
+        """Abort for a protocol error we detected (Evt19, service-provider source)."""
+        self.end_reason = self.end_reason or description
+        self._abort_pdu = AAbort(2, reason_code)
+        if self.state not in (State.STA1, State.STA13):
+            self.event(Event.EVT19)
+
+    async def drain(self) -> None:
+        await self.writer.drain()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed.is_set()
+
+    # -------------------------------------------------------------- reading
+    async def run(self) -> None:
+        """Read PDUs until the connection closes. Acceptors call this on accept."""
+        if not self.is_requestor:
+            self.event(Event.EVT5)
+        try:
+            while self.state is not State.STA1:
+                pdu = await self._read_pdu()
+                if pdu is None:
+                    continue
+                self.event(PDU_EVENTS[type(pdu)], pdu)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            self.end_reason = self.end_reason or "connection closed by peer"
+            self.event(Event.EVT17)
+        finally:
+            self._stop_artim()
+            if not self.writer.is_closing():
+                self.writer.close()
+            if not self._closed.is_set():
+                self._closed.set()
+                self.user.closed()
+
+    async def _read_pdu(self) -> PDU | None:
+        timeout = self._header_timeout()
+        try:
+            # asyncio.timeout, not wait_for: no extra task per read on the hot path
+            async with asyncio.timeout(timeout):
+                header = await self.reader.readexactly(6)
+        except TimeoutError:
+            self._on_read_timeout()
+            return None
+        if self._framing_lost:
+            return None  # Sta13 after a framing error: just wait for the close
+        pdu_type, length = PDU_HEADER.unpack(header)
+        self.bytes_received += 6 + length
+        if pdu_type not in PDU_TYPES:
+            self._framing_error(1, f"unrecognized PDU type 0x{pdu_type:02X}")
+            return None
+        limit = self.max_pdu_receive if pdu_type == 0x04 else MAX_CONTROL_PDU
+        if length > limit:
+            self._framing_error(
+                6, f"PDU type 0x{pdu_type:02X} of {length} bytes exceeds our limit of {limit} bytes"
+            )
+            return None
+        try:
+            async with asyncio.timeout(self.timeouts.dimse):
+                body = await self.reader.readexactly(length)
+        except TimeoutError:
+            self._framing_error(0, f"peer stalled for {self.timeouts.dimse:g}s inside a PDU")
+            return None
+        try:
+            return decode_pdu(pdu_type, memoryview(body))
+        except PDUError as exc:
+            self.end_reason = self.end_reason or f"malformed PDU: {exc}"
+            log.warning("%s malformed PDU from peer: %s", self.label, exc)
+            self._abort_pdu = AAbort(2, exc.reason)
+            self.event(Event.EVT19)
+            return None
+
+    def _header_timeout(self) -> float | None:
+        if self.state in (State.STA2, State.STA13):
+            return None  # the ARTIM timer governs these states
+        if self.state is State.STA6 or self.state is State.STA3:
+            # Sta3 lasts until the next loop turn (AE-6 -> AE-7), so the read
+            # that starts now is the first one of Sta6.
+            return self.user.read_timeout()
+        if self.state in (State.STA5, State.STA7, State.STA10, State.STA11):
+            return self.timeouts.acse
+        return self.timeouts.dimse
+
+    def _on_read_timeout(self) -> None:
+        if self.state is State.STA6:
+            self.end_reason = f"no activity for {self.user.read_timeout():g}s (idle/DIMSE timeout)"
+        else:
+            self.end_reason = f"no answer from peer within {self.timeouts.acse:g}s in {self.state.name}"
+        log.warning("%s %s: aborting", self.label, self.end_reason)
+        self.abort(self.end_reason)
+        if self.state is State.STA4:
+            self._close_transport()
+
+    def _framing_error(self, reason: int, description: str) -> None:
+        """A PDU we cannot even frame: abort, then stop parsing the stream."""
+        log.warning("%s %s: aborting", self.label, description)
+        self.end_reason = self.end_reason or description
+        self._abort_pdu = AAbort(2, reason)
+        self._framing_lost = True
+        self.event(Event.EVT19)
+
+    # -------------------------------------------------------------- helpers
+    def _write(self, *parts: bytes | memoryview) -> None:
+        if self.writer.is_closing():
+            return
+        size = sum(len(part) for part in parts)
+        self.bytes_sent += size
+        if len(parts) > 1 and size <= SMALL_WRITE:
+            self.writer.write(b"".join(parts))  # one send() for a small message, not one per part
+            return
+        for part in parts:
+            self.writer.write(part)
+
+    def _send(self, pdu: PDU) -> None:
+        self._write(encode_pdu(pdu))
+
+    def _start_artim(self) -> None:
+        self._stop_artim()
+        loop = asyncio.get_running_loop()
+        self._artim = loop.call_later(self.timeouts.acse, self._artim_expired)
+
+    def _stop_artim(self) -> None:
+        if self._artim is not None:
+            self._artim.cancel()
+            self._artim = None
+
+    def _artim_expired(self) -> None:
+        self._artim = None
+        if self.state is State.STA2:
+            self.end_reason = self.end_reason or f"no A-ASSOCIATE-RQ within {self.timeouts.acse:g}s (ARTIM)"
+        self.event(Event.EVT18)
+
+    def _close_transport(self) -> None:
+        if not self.writer.is_closing():
+            self.writer.close()
+
+    # ---------------------------------------- actions: PS3.8 Tables 9-6..9-9
+    def _ae_1(self, pdu: PDU | None) -> None:  # pragma: no cover - connect happens before the layer exists
+        pass
+
+    def _ae_2(self, pdu: PDU | None) -> None:
+        if self._pending_reply is not None:
+            self._send(self._pending_reply)
+            self._pending_reply = None
+
+    def _ae_3(self, pdu: PDU | None) -> None:
+        pdu = _expect(pdu, AAssociateAC)
+        self.user.associate_confirmed(pdu)
+
+    def _ae_4(self, pdu: PDU | None) -> None:
+        pdu = _expect(pdu, AAssociateRJ)
+        self.end_reason = "association rejected by peer"
+        self.user.associate_confirmed(pdu)
+        self._close_transport()
+
+    def _ae_5(self, pdu: PDU | None) -> None:
+        self._start_artim()
+
+    def _ae_6(self, pdu: PDU | None) -> None:
+        self._stop_artim()
+        pdu = _expect(pdu, AAssociateRQ)
+        reply = self.user.negotiate(pdu)
+        if isinstance(reply, AAssociateAC):
+            # Sta3: the local response primitive follows at once (Evt7 -> AE-7).
+            self._rq_acceptable = True
+            self._pending_reply = reply
+            asyncio.get_running_loop().call_soon(self._respond_associate)
+        else:
+            self._rq_acceptable = False
+            self._send(reply)
+            self._start_artim()
+
+    def _respond_associate(self) -> None:
+        if self.state is State.STA3:
+            self.event(Event.EVT7)
+
+    def _ae_7(self, pdu: PDU | None) -> None:
+        if self._pending_reply is not None:
+            self._send(self._pending_reply)
+            self._pending_reply = None
+
+    def _ae_8(self, pdu: PDU | None) -> None:
+        if self._pending_reply is not None:
+            self._send(self._pending_reply)
+        self._start_artim()
+
+    def _dt_1(self, pdu: PDU | None) -> None:
+        if pdu is not None:
+            self._send(pdu)
+
+    def _dt_2(self, pdu: PDU | None) -> None:
+        pdu = _expect(pdu, PDataTF)
+        self.user.pdata_indication(pdu)
+
+    def _ar_1(self, pdu: PDU | None) -> None:
+        self._send(AReleaseRQ())
+
+    def _ar_2(self, pdu: PDU | None) -> None:
+        self.user.release_indication()
+
+    def _ar_3(self, pdu: PDU | None) -> None:
+        self.end_reason = self.end_reason or "released"
+        self.user.release_confirmed()
+        self._close_transport()
+
+    def _ar_4(self, pdu: PDU | None) -> None:
+        self.end_reason = self.end_reason or "released"
+        self._send(AReleaseRP())
+        self._start_artim()
+
+    def _ar_5(self, pdu: PDU | None) -> None:
+        self._stop_artim()
+
+    def _ar_6(self, pdu: PDU | None) -> None:
+        self._dt_2(pdu)
+
+    def _ar_7(self, pdu: PDU | None) -> None:
+        self._dt_1(pdu)
+
+    def _ar_8(self, pdu: PDU | None) -> None:
+        # Release collision: answer automatically once the table allows it.
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self._collision_response)
+
+    def _collision_response(self) -> None:
+        if self.state in (State.STA9, State.STA12):
+            self.event(Event.EVT14)
+
+    def _ar_9(self, pdu: PDU | None) -> None:
+        self._send(AReleaseRP())
+
+    def _ar_10(self, pdu: PDU | None) -> None:
+        self.user.release_confirmed()
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self._collision_response)
+
+    def _aa_1(self, pdu: PDU | None) -> None:
+        # Evt15 (local abort) sends a service-user abort; in Sta2 a PDU other
+        # than A-ASSOCIATE-RQ, or a malformed one, is a provider-detected error.
+        self._send(self._abort_pdu if pdu is None else self._protocol_abort(pdu))
+        self._start_artim()
+        self.user.aborted(self.end_reason or "aborted")
+
+    def _protocol_abort(self, pdu: PDU | None) -> AAbort:
+        """A-ABORT for a provider-detected error: an unexpected PDU (reason 2),
+        or the reason of the decode error recorded by Evt19 (PS3.8 Table 9-26)."""
+        if pdu is not None:
+            return AAbort(2, 2)
+        return self._abort_pdu if self._abort_pdu.source == 2 else AAbort(2, 0)
+
+    def _aa_2(self, pdu: PDU | None) -> None:
+        self._stop_artim()
+        self._close_transport()
+
+    def _aa_3(self, pdu: PDU | None) -> None:
+        if isinstance(pdu, AAbort):
+            self.end_reason = self.end_reason or f"aborted by peer ({describe_abort(pdu.source, pdu.reason)})"
+        self.user.aborted(self.end_reason)
+        self._close_transport()
+
+    def _aa_4(self, pdu: PDU | None) -> None:
+        self.end_reason = self.end_reason or "connection closed by peer without release"
+        self.user.aborted(self.end_reason)
+
+    def _aa_5(self, pdu: PDU | None) -> None:
+        self._stop_artim()
+
+    def _aa_6(self, pdu: PDU | None) -> None:
+        pass
+
+    def _aa_7(self, pdu: PDU | None) -> None:
+        self._send(self._protocol_abort(pdu))
+
+    def _aa_8(self, pdu: PDU | None) -> None:
+        abort = self._protocol_abort(pdu)
+        self._send(abort)
+        self.end_reason = self.end_reason or f"protocol error ({describe_abort(abort.source, abort.reason)})"
+        self.user.aborted(self.end_reason)
+        self._start_artim()
+
+
+def _expect(pdu: PDU | None, cls: type[T]) -> T:
+    """PDU_EVENTS guarantees the type; this keeps the type checker honest."""
+    if not isinstance(pdu, cls):
+        raise TypeError(f"expected {cls.__name__}, got {type(pdu).__name__}")
+    return pdu

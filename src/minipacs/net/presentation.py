@@ -1,0 +1,110 @@
+"""Presentation context negotiation: PS3.8 §7.1.1.13, §9.3.3.2 and PS3.7 D.3.3.4.
+
+The acceptor's policy is a table of :class:`SupportedContext` by abstract
+syntax. For each proposed context we accept the requestor's first-proposed
+transfer syntax that we support (the requestor knows its data best; storing
+as received means no syntax is better for us than another).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from minipacs.net.pdu_items import PresentationContextAC, PresentationContextRQ, RoleSelection
+
+# PS3.8 Table 9-18: Result/Reason of a presentation context
+ACCEPTANCE = 0
+USER_REJECTION = 1
+NO_REASON = 2
+ABSTRACT_SYNTAX_NOT_SUPPORTED = 3
+TRANSFER_SYNTAXES_NOT_SUPPORTED = 4
+
+RESULT_NAMES = {
+    ACCEPTANCE: "accepted",
+    USER_REJECTION: "rejected by user",
+    NO_REASON: "rejected (no reason)",
+    ABSTRACT_SYNTAX_NOT_SUPPORTED: "abstract syntax not supported",
+    TRANSFER_SYNTAXES_NOT_SUPPORTED: "transfer syntaxes not supported",
+}
+
+
+@dataclass(frozen=True)
+class SupportedContext:
+    abstract_syntax: str
+    transfer_syntaxes: frozenset[str]
+    #: Roles we can play; by default we are SCP for what we accept (PS3.7 D.3.3.4).
+    scu_role: bool = False
+    scp_role: bool = True
+
+
+@dataclass(frozen=True)
+class NegotiatedContext:
+    """An accepted presentation context, as both sides use it afterwards."""
+
+    context_id: int
+    abstract_syntax: str
+    transfer_syntax: str
+    #: Whether the requestor (peer, for an acceptor) may act as SCU / SCP.
+    requestor_is_scu: bool = True
+    requestor_is_scp: bool = False
+
+
+def negotiate(
+    proposed: Iterable[PresentationContextRQ],
+    supported: Mapping[str, SupportedContext],
+    roles: Iterable[RoleSelection] = (),
+) -> tuple[list[PresentationContextAC], list[NegotiatedContext], list[RoleSelection]]:
+    """Answer each proposed context; return (AC items, accepted contexts, role replies)."""
+    role_rq = {r.sop_class_uid: r for r in roles}
+    answers: list[PresentationContextAC] = []
+    accepted: list[NegotiatedContext] = []
+    role_ac: dict[str, RoleSelection] = {}
+    for ctx in proposed:
+        support = supported.get(ctx.abstract_syntax)
+        if support is None:
+            answers.append(PresentationContextAC(ctx.context_id, ABSTRACT_SYNTAX_NOT_SUPPORTED, ""))
+            continue
+        chosen = next((ts for ts in ctx.transfer_syntaxes if ts in support.transfer_syntaxes), None)
+        if chosen is None:
+            answers.append(PresentationContextAC(ctx.context_id, TRANSFER_SYNTAXES_NOT_SUPPORTED, ""))
+            continue
+        # PS3.7 D.3.3.4: without a role selection item the requestor is SCU only.
+        req_scu, req_scp = True, False
+        asked = role_rq.get(ctx.abstract_syntax)
+        if asked is not None:
+            req_scu = asked.scu_role and support.scp_role
+            req_scp = asked.scp_role and support.scu_role
+            role_ac[ctx.abstract_syntax] = RoleSelection(ctx.abstract_syntax, req_scu, req_scp)
+        if not (req_scu or req_scp):
+            answers.append(PresentationContextAC(ctx.context_id, USER_REJECTION, chosen))
+            continue
+        answers.append(PresentationContextAC(ctx.context_id, ACCEPTANCE, chosen))
+        accepted.append(NegotiatedContext(ctx.context_id, ctx.abstract_syntax, chosen, req_scu, req_scp))
+    return answers, accepted, list(role_ac.values())
+
+
+def accepted_by_peer(
+    proposed: Iterable[PresentationContextRQ],
+    answers: Iterable[PresentationContextAC],
+    roles: Iterable[RoleSelection] = (),
+    asked_roles: Iterable[RoleSelection] = (),
+) -> list[NegotiatedContext]:
+    """The requestor's view: match AC answers to what we proposed (by context ID)."""
+    by_id = {c.context_id: c for c in proposed}
+    role_ac = {r.sop_class_uid: r for r in roles}
+    role_rq = {r.sop_class_uid: r for r in asked_roles}
+    result: list[NegotiatedContext] = []
+    for ans in answers:
+        rq = by_id.get(ans.context_id)
+        if rq is None or ans.result != ACCEPTANCE:
+            continue
+        scu, scp = True, False
+        if rq.abstract_syntax in role_rq:
+            # PS3.7 D.3.3.4: no reply item means the acceptor did not grant the
+            # proposed roles; default roles then apply.
+            reply = role_ac.get(rq.abstract_syntax)
+            if reply is not None:
+                scu, scp = reply.scu_role, reply.scp_role
+        result.append(NegotiatedContext(ans.context_id, rq.abstract_syntax, ans.transfer_syntax, scu, scp))
+    return result
