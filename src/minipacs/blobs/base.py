@@ -1,0 +1,37 @@
+"""The BlobStore protocol: where stored instance files live.
+
+Keys are relative paths built by ``minipacs.core.paths`` from validated UIDs.
+A store makes puts durable in two steps so ingest can batch them: each
+``put_from_staging`` moves one file into place, then ``sync`` makes every put
+since the last sync durable at once (group commit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    def put_from_staging(self, staged_path: Path, key: str) -> None:
+        """Move a complete staged file to ``key``, replacing what is there."""
+
+    def sync(self) -> None:
+        """Make every put since the last sync durable (directory entries included)."""
+
+    def open(self, key: str) -> BinaryIO:
+        """Open the blob for reading; raises NotFound."""
+
+    def open_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
+        """Bytes ``start`` (inclusive) to ``end`` (exclusive), in chunks; raises NotFound."""
+
+    def delete(self, key: str) -> None:
+        """Remove the blob; a missing blob is not an error."""
+
+    def path_of(self, key: str) -> Path:
+        """Local path of the blob (the filesystem store; others may raise NotImplementedError)."""
+
+
+__all__ = ["BlobStore"]

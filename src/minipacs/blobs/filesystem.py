@@ -1,0 +1,117 @@
+"""BlobStore on a local (or shared) filesystem, rooted at DATA/storage."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Final
+
+from minipacs.core.errors import InvalidIdentifier, NotFound
+
+_CHUNK: Final = 1024 * 1024
+
+
+def fsync_directory(directory: Path) -> None:
+    """fsync a directory so the entries created or renamed in it are durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FilesystemBlobStore:
+    """Blobs as files under ``root``; ``fsync`` decides whether sync() really syncs.
+
+    Staged files must be on the same filesystem as ``root`` (rename, not copy).
+    """
+
+    def __init__(self, root: Path, fsync: bool = True) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._fsync = fsync
+        self._dirty: set[Path] = set()
+        self._known_dirs: set[Path] = set()
+
+    def path_of(self, key: str) -> Path:
+        """Resolve ``key`` under the root; anything that escapes it is refused."""
+        if not key or "\x00" in key or os.path.isabs(key):
+            raise InvalidIdentifier(f"blob key {key[:80]!r} is not a relative path")
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root) or path == self.root:
+            raise InvalidIdentifier(f"blob key {key[:80]!r} points outside the blob store")
+        return path
+
+    def _make_parents(self, path: Path) -> None:
+        """Create missing directories, remembering each parent whose entries changed."""
+        missing: list[Path] = []
+        parent = path.parent
+        while not parent.is_dir():
+            missing.append(parent)
+            parent = parent.parent
+        for directory in reversed(missing):
+            try:
+                directory.mkdir()
+            except FileExistsError:
+                pass
+            self._dirty.add(directory.parent)
+
+    def put_from_staging(self, staged_path: Path, key: str) -> None:
+        """Move a staged file (already fsynced by the caller) to ``key``.
+
+        Directories already checked (resolved inside the root) are remembered,
+        so a series' next instance costs one lexical check and the rename.
+        """
+        parts = key.split("/")
+        if not key or "\x00" in key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise InvalidIdentifier(f"blob key {key[:80]!r} is not a plain relative path")
+        parent = self.root.joinpath(*parts[:-1])
+        if parent not in self._known_dirs:
+            path = self.path_of(key)  # resolves symlinks: refuses anything escaping the root
+            self._make_parents(path)
+            if len(self._known_dirs) > 4096:
+                self._known_dirs.clear()
+            self._known_dirs.add(parent)
+        os.replace(staged_path, parent / parts[-1])
+        self._dirty.add(parent)
+
+    def sync(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        if self._fsync:
+            # deepest first, so a new directory's own entries are durable before its parent's
+            for directory in sorted(dirty, key=lambda p: len(p.parts), reverse=True):
+                fsync_directory(directory)
+
+    def open(self, key: str) -> BinaryIO:
+        path = self.path_of(key)
+        try:
+            return open(path, "rb")
+        except FileNotFoundError as exc:
+            raise NotFound(f"blob {key} is not in the store at {self.root}") from exc
+
+    def open_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
+        if start < 0 or end < start:
+            raise ValueError(f"byte range {start}-{end} is not a valid range")
+        fh = self.open(key)
+
+        def chunks() -> Iterator[bytes]:
+            with fh:
+                fh.seek(start)
+                remaining = end - start
+                while remaining > 0:
+                    data = fh.read(min(_CHUNK, remaining))
+                    if not data:
+                        return
+                    remaining -= len(data)
+                    yield data
+
+        return chunks()
+
+    def delete(self, key: str) -> None:
+        path = self.path_of(key)
+        path.unlink(missing_ok=True)
+        self._dirty.add(path.parent)
+
+
+__all__ = ["FilesystemBlobStore", "fsync_directory"]

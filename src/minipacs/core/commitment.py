@@ -1,0 +1,59 @@
+"""Storage commitment: which requested instances the archive holds durably (PS3.4 J.3).
+
+An instance is committed when its index row exists: the archive writes the row
+only after the file is fsynced and moved into storage (core/archive.py), so the
+index is the durable record. Never speaks DIMSE: failures carry a reason name
+that services/ turns into a Failure Reason (PS3.4 J.3.3.1.1).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from sqlalchemy import Connection
+
+from minipacs.index import worklist_repo as repo
+
+T = TypeVar("T")
+
+
+class IndexAccess(Protocol):
+    async def read(self, call: Callable[[Connection], T]) -> T: ...
+
+
+class Failure(enum.Enum):
+    NO_SUCH_OBJECT = "no such object instance"
+    CLASS_INSTANCE_CONFLICT = "stored with another SOP class"
+
+
+@dataclass(frozen=True)
+class Reference:
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+@dataclass
+class CommitmentResult:
+    committed: list[Reference] = field(default_factory=list)
+    failed: list[tuple[Reference, Failure]] = field(default_factory=list)
+
+
+async def check_commitment(index: IndexAccess, references: Sequence[Reference]) -> CommitmentResult:
+    """PS3.4 J.3.3.1: each reference is committed (stored, same SOP class) or failed with why."""
+    stored = await index.read(lambda conn: repo.stored_instances(conn, [r.sop_instance_uid for r in references]))
+    result = CommitmentResult()
+    for ref in references:
+        held = stored.get(ref.sop_instance_uid)
+        if held is None:
+            result.failed.append((ref, Failure.NO_SUCH_OBJECT))
+        elif held and ref.sop_class_uid and held != ref.sop_class_uid:
+            result.failed.append((ref, Failure.CLASS_INSTANCE_CONFLICT))
+        else:
+            result.committed.append(ref)
+    return result
+
+
+__all__ = ["CommitmentResult", "Failure", "Reference", "check_commitment"]

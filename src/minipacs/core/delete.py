@@ -1,0 +1,77 @@
+"""Deleting resources from the archive: index rows first (one writer transaction), then files.
+
+A patient, study, series or instance goes with everything below it; a series,
+study or patient left without children goes too. Files are removed after the
+commit: a crash in between leaves unindexed files (harmless), never rows
+pointing to missing files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, Final
+
+from sqlalchemy import Connection, delete, exists, select
+
+from minipacs.core.archive import Archive
+from minipacs.core.errors import NotFound
+from minipacs.core.metadata import delete_rows
+from minipacs.index.schema import Instance, Patient, Series, Study
+
+log = logging.getLogger(__name__)
+
+# level -> the column naming a resource at that level
+LEVEL_COLUMNS: Final[dict[str, Any]] = {
+    "patient": Patient.patient_id,
+    "study": Study.study_instance_uid,
+    "series": Series.series_instance_uid,
+    "instance": Instance.sop_instance_uid,
+}
+
+
+@dataclass(frozen=True)
+class Deleted:
+    instances: int
+    bytes: int
+
+
+def _delete_rows(conn: Connection, level: str, uid: str) -> list[tuple[str, str, int]]:
+    rows = conn.execute(
+        select(Instance.id, Instance.sop_instance_uid, Instance.blob_key, Instance.size)
+        .join(Series, Instance.series_pk == Series.id).join(Study, Series.study_pk == Study.id)
+        .join(Patient, Study.patient_pk == Patient.id).where(LEVEL_COLUMNS[level] == uid)).all()
+    if not rows:
+        # an empty study/series/patient row may still exist: remove it too
+        if conn.execute(select(LEVEL_COLUMNS[level]).where(LEVEL_COLUMNS[level] == uid).limit(1)).first() is None:
+            raise NotFound(f"{level} {uid[:70]!r} is not in the archive")
+    ids = [row.id for row in rows]
+    for start in range(0, len(ids), 500):
+        conn.execute(delete(Instance).where(Instance.id.in_(ids[start:start + 500])))
+    delete_rows(conn, [row.sop_instance_uid for row in rows])
+    conn.execute(delete(Series).where(~exists().where(Instance.series_pk == Series.id)))
+    conn.execute(delete(Study).where(~exists().where(Series.study_pk == Study.id)))
+    conn.execute(delete(Patient).where(~exists().where(Study.patient_pk == Patient.id)))
+    return [(row.sop_instance_uid, row.blob_key, row.size) for row in rows]
+
+
+async def delete_resource(archive: Archive, level: str, uid: str) -> Deleted:
+    """Delete a patient (by Patient ID), study, series or instance (by UID); raises NotFound."""
+    if level not in LEVEL_COLUMNS:
+        raise ValueError(f"unknown level {level!r}")
+    rows = await archive.write(lambda conn: _delete_rows(conn, level, uid), removes_entities=True)
+
+    def remove_files() -> None:
+        for _, key, _ in rows:
+            try:
+                archive.blobs.delete(key)
+            except OSError as exc:
+                log.error("deleted instance file %s could not be removed: %s", key, exc)
+
+    await asyncio.to_thread(remove_files)
+    log.info("deleted %s %s: %d instance(s)", level, uid, len(rows))
+    return Deleted(len(rows), sum(size for _, _, size in rows))
+
+
+__all__ = ["Deleted", "LEVEL_COLUMNS", "delete_resource"]

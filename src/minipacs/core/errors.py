@@ -1,0 +1,63 @@
+"""Errors the archive core raises.
+
+The core never speaks DIMSE or HTTP: ``services/`` maps these to DIMSE statuses
+and ``web/`` to HTTP responses. Every message is a sentence a person can act on.
+"""
+
+from __future__ import annotations
+
+
+class ArchiveError(Exception):
+    """Base of everything the archive refuses or fails at."""
+
+
+class InvalidInstance(ArchiveError):
+    """The dataset cannot be parsed, or lacks what the archive needs (UIDs)."""
+
+
+class InvalidIdentifier(InvalidInstance):
+    """A UID or other identifier is malformed or hostile (e.g. ``../``)."""
+
+
+class InstanceMismatch(InvalidInstance):
+    """The dataset contradicts what the sender announced (SOP class/instance UID)."""
+
+
+class DuplicateInstance(ArchiveError):
+    """The SOP Instance UID is already stored and the policy says reject."""
+
+
+class DatasetTooLarge(ArchiveError):
+    """The dataset exceeds the configured maximum size."""
+
+
+class OutOfResources(ArchiveError):
+    """Disk full or another resource exhausted; nothing was stored."""
+
+
+class NotFound(ArchiveError):
+    """A requested resource is not in the archive."""
+
+
+class UnknownDestination(ArchiveError):
+    """A C-MOVE destination AE title is not in the AE registry."""
+
+
+class AmbiguousDestination(ArchiveError):
+    """A C-MOVE destination AE title belongs to several nodes and none is the requester's host."""
+
+
+class AccessDenied(ArchiveError):
+    """The access policy refuses what a peer asked for; the message names the rule."""
+
+
+class InvalidQuery(ArchiveError):
+    """A query identifier the query engine cannot answer."""
+
+
+class IdentifierMismatch(InvalidQuery):
+    """The identifier does not fit the information model: level, unique keys (PS3.4 C.4.1.2.2)."""
+
+
+class InvalidKeyValue(InvalidQuery):
+    """A key's value cannot be matched: a bad range, a value far too long, a binary key (PS3.4 C.2.2.2)."""

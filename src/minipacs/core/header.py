@@ -1,0 +1,340 @@
+"""Read the few header attributes the index needs from a staged dataset.
+
+Only the top level is walked, in tag order, and reading stops at the first tag
+past the last attribute we want (Columns, (0028,0011)) — long before Pixel Data
+(7FE0,0010). Values we do not want are skipped, never read, and nested
+sequences are stepped over item by item, so a 1 GB instance costs a few
+kilobytes of reading. Deflated datasets (PS3.5 A.5) are inflated as a stream.
+
+Why not ``pydicom.filereader.read_dataset``: it turns truncation and odd VRs into
+process-wide warnings and reads ``pydicom.config`` globals, neither of which is
+safe or quiet in a server thread. Character sets are still decoded with
+pydicom's tables (PS3.5 §6.1, PS3.3 C.12.1.1.2).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Final, Protocol
+
+from pydicom.charset import decode_bytes, python_encoding
+
+from minipacs.core.errors import InvalidInstance
+
+# PS3.6 Table 6-1 (data element registry): what the index keeps, keyword → (tag, VR).
+HEADER_ATTRIBUTES: Final[Mapping[str, tuple[int, str]]] = {
+    "SpecificCharacterSet": (0x00080005, "CS"),
+    "SOPClassUID": (0x00080016, "UI"),
+    "SOPInstanceUID": (0x00080018, "UI"),
+    "StudyDate": (0x00080020, "DA"),
+    "SeriesDate": (0x00080021, "DA"),
+    "StudyTime": (0x00080030, "TM"),
+    "AccessionNumber": (0x00080050, "SH"),
+    "Modality": (0x00080060, "CS"),
+    "ReferringPhysicianName": (0x00080090, "PN"),
+    "StudyDescription": (0x00081030, "LO"),
+    "SeriesDescription": (0x0008103E, "LO"),
+    "PatientName": (0x00100010, "PN"),
+    "PatientID": (0x00100020, "LO"),
+    "IssuerOfPatientID": (0x00100021, "LO"),
+    "PatientBirthDate": (0x00100030, "DA"),
+    "PatientSex": (0x00100040, "CS"),
+    "BodyPartExamined": (0x00180015, "CS"),
+    "StudyInstanceUID": (0x0020000D, "UI"),
+    "SeriesInstanceUID": (0x0020000E, "UI"),
+    "StudyID": (0x00200010, "SH"),
+    "SeriesNumber": (0x00200011, "IS"),
+    "InstanceNumber": (0x00200013, "IS"),
+    "NumberOfFrames": (0x00280008, "IS"),
+    "Rows": (0x00280010, "US"),
+    "Columns": (0x00280011, "US"),
+}
+
+_KEYWORD_BY_TAG: Final = {tag: keyword for keyword, (tag, _vr) in HEADER_ATTRIBUTES.items()}
+_LAST_WANTED_TAG: Final = max(_KEYWORD_BY_TAG)
+#: A wanted value longer than this is ignored (no header attribute we keep comes close).
+_MAX_VALUE_LENGTH: Final = 64 * 1024
+#: Deeper sequence nesting than this is treated as hostile.
+_MAX_DEPTH: Final = 32
+_UNDEFINED_LENGTH: Final = 0xFFFFFFFF
+# PS3.5 §7.5: item and delimitation tags (encoded without VR in every transfer syntax).
+_ITEM: Final = 0xFFFEE000
+_ITEM_DELIMITATION: Final = 0xFFFEE00D
+_SEQUENCE_DELIMITATION: Final = 0xFFFEE0DD
+# PS3.5 Table 7.1-1: VRs whose explicit encoding has 2 reserved bytes and a 32-bit length.
+_LONG_LENGTH_VRS: Final = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+# PS3.5 §6.1.2.5.3: characters that reset the ISO 2022 code element, per VR kind.
+_PN_DELIMITERS: Final = frozenset({0x5C, 0x5E, 0x3D})
+_TEXT_DELIMITERS: Final = frozenset({0x5C, 0x0D, 0x0A, 0x09, 0x0C})
+_DEFAULT_CODEC: Final = python_encoding[""]
+
+
+@dataclass(frozen=True)
+class DatasetEncoding:
+    """How a transfer syntax encodes the dataset (PS3.5 §10)."""
+
+    implicit_vr: bool
+    little_endian: bool
+    deflated: bool = False
+
+
+_EXPLICIT_LE: Final = DatasetEncoding(implicit_vr=False, little_endian=True)
+
+# PS3.5 §10 and PS3.6 Annex A: transfer syntaxes whose dataset encoding is not
+# plain explicit VR little endian. Every other one (all encapsulated syntaxes,
+# and unknown private ones) encodes the dataset as explicit VR little endian.
+DATASET_ENCODINGS: Final[Mapping[str, DatasetEncoding]] = {
+    "1.2.840.10008.1.2": DatasetEncoding(implicit_vr=True, little_endian=True),
+    "1.2.840.10008.1.2.1": _EXPLICIT_LE,
+    "1.2.840.10008.1.2.2": DatasetEncoding(implicit_vr=False, little_endian=False),
+    "1.2.840.10008.1.2.1.99": DatasetEncoding(implicit_vr=False, little_endian=True, deflated=True),
+    "1.2.840.10008.1.2.4.95": DatasetEncoding(implicit_vr=False, little_endian=True, deflated=True),
+}
+
+
+def dataset_encoding(transfer_syntax_uid: str) -> DatasetEncoding:
+    return DATASET_ENCODINGS.get(transfer_syntax_uid, _EXPLICIT_LE)
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """Decoded text of the HEADER_ATTRIBUTES present in a dataset, by keyword."""
+
+    values: Mapping[str, str]
+
+    def get(self, keyword: str) -> str:
+        return self.values.get(keyword, "")
+
+
+class _Source(Protocol):
+    def read(self, size: int) -> bytes: ...
+    def skip(self, size: int) -> None: ...
+    def at_end(self) -> bool: ...
+
+
+class _FileSource:
+    """Forward reads and skips over an open file, knowing where it ends."""
+
+    def __init__(self, fp: BinaryIO, size: int) -> None:
+        self._fp = fp
+        self._size = size
+
+    def read(self, size: int) -> bytes:
+        data = self._fp.read(size)
+        if len(data) != size:
+            raise InvalidInstance("the dataset ends in the middle of a data element")
+        return data
+
+    def skip(self, size: int) -> None:
+        if self._fp.tell() + size > self._size:
+            raise InvalidInstance("a data element claims more bytes than the dataset has")
+        self._fp.seek(size, 1)
+
+    def at_end(self) -> bool:
+        return self._fp.tell() >= self._size
+
+
+class _InflatingSource:
+    """Forward reads over a raw deflate stream (PS3.5 A.5, RFC 1951), chunk by chunk."""
+
+    _CHUNK: Final = 64 * 1024
+
+    def __init__(self, fp: BinaryIO) -> None:
+        self._fp = fp
+        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._buffer = bytearray()
+        self._eof = False
+
+    def _fill(self, size: int) -> None:
+        while len(self._buffer) < size and not self._eof:
+            raw = self._fp.read(self._CHUNK)
+            try:
+                if raw:
+                    self._buffer += self._inflater.decompress(raw, self._CHUNK * 16)
+                    while self._inflater.unconsumed_tail and len(self._buffer) < size:
+                        tail = self._inflater.unconsumed_tail
+                        self._buffer += self._inflater.decompress(tail, self._CHUNK * 16)
+                else:
+                    self._buffer += self._inflater.flush()
+                    self._eof = True
+            except zlib.error as exc:
+                raise InvalidInstance(f"the deflated dataset cannot be inflated ({exc})") from exc
+
+    def read(self, size: int) -> bytes:
+        self._fill(size)
+        if len(self._buffer) < size:
+            raise InvalidInstance("the deflated dataset ends in the middle of a data element")
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    def skip(self, size: int) -> None:
+        while size > 0:
+            step = min(size, self._CHUNK)
+            self.read(step)
+            size -= step
+
+    def at_end(self) -> bool:
+        self._fill(1)
+        return not self._buffer
+
+
+class _Walker:
+    """Walks data elements of one encoding (PS3.5 §7.1)."""
+
+    def __init__(self, source: _Source, encoding: DatasetEncoding) -> None:
+        self._src = source
+        self._implicit = encoding.implicit_vr
+        order = "<" if encoding.little_endian else ">"
+        self._tag = struct.Struct(order + "HH")
+        self._u16 = struct.Struct(order + "H")
+        self._u32 = struct.Struct(order + "I")
+
+    def _read_tag(self) -> int:
+        group, element = self._tag.unpack(self._src.read(4))
+        return int(group << 16 | element)
+
+    def _read_vr_length(self, tag: int, implicit: bool) -> tuple[bytes, int]:
+        if implicit or tag in (_ITEM, _ITEM_DELIMITATION, _SEQUENCE_DELIMITATION):
+            return b"", int(self._u32.unpack(self._src.read(4))[0])
+        vr = self._src.read(2)
+        if not (vr.isalpha() and vr.isupper()):
+            raise InvalidInstance(
+                f"data element {_tag_text(tag)} has no valid VR ({vr!r}) although the "
+                "transfer syntax is explicit VR; the sender encoded it wrongly"
+            )
+        if vr in _LONG_LENGTH_VRS:
+            self._src.read(2)
+            return vr, int(self._u32.unpack(self._src.read(4))[0])
+        return vr, int(self._u16.unpack(self._src.read(2))[0])
+
+    def top_level(self) -> dict[int, bytes]:
+        """Raw values of the wanted tags, stopping after the last wanted one."""
+        found: dict[int, bytes] = {}
+        previous = -1
+        while not self._src.at_end():
+            tag = self._read_tag()
+            if tag > _LAST_WANTED_TAG:
+                break
+            if tag <= previous:
+                raise InvalidInstance(
+                    f"data element {_tag_text(tag)} follows {_tag_text(previous)}; "
+                    "PS3.5 §7.1 requires ascending tag order"
+                )
+            previous = tag
+            vr, length = self._read_vr_length(tag, self._implicit)
+            if length == _UNDEFINED_LENGTH:
+                # PS3.5 §6.2.2: UN of undefined length holds implicit VR LE content.
+                self._skip_sequence(1, implicit=self._implicit or vr == b"UN")
+            elif tag in _KEYWORD_BY_TAG and length <= _MAX_VALUE_LENGTH:
+                found[tag] = self._src.read(length)
+            else:
+                self._src.skip(length)
+        return found
+
+    def _skip_sequence(self, depth: int, implicit: bool) -> None:
+        """Step over the items of an undefined-length sequence (PS3.5 §7.5.2)."""
+        if depth > _MAX_DEPTH:
+            raise InvalidInstance(f"sequences are nested more than {_MAX_DEPTH} levels deep")
+        while True:
+            tag = self._read_tag()
+            length = int(self._u32.unpack(self._src.read(4))[0])
+            if tag == _SEQUENCE_DELIMITATION:
+                return
+            if tag != _ITEM:
+                raise InvalidInstance(
+                    f"found {_tag_text(tag)} inside a sequence where an item (FFFE,E000) belongs"
+                )
+            if length == _UNDEFINED_LENGTH:
+                self._skip_item(depth, implicit)
+            else:
+                self._src.skip(length)
+
+    def _skip_item(self, depth: int, implicit: bool) -> None:
+        """Step over an undefined-length item up to its delimitation item."""
+        while True:
+            tag = self._read_tag()
+            if tag == _ITEM_DELIMITATION:
+                self._src.read(4)
+                return
+            vr, length = self._read_vr_length(tag, implicit)
+            if length == _UNDEFINED_LENGTH:
+                self._skip_sequence(depth + 1, implicit or vr == b"UN")
+            else:
+                self._src.skip(length)
+
+
+def _tag_text(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _codecs(specific_character_set: str) -> list[str]:
+    """PS3.3 C.12.1.1.2 defined terms → Python codecs; unknown terms fall back to the default."""
+    terms = [term.strip() for term in specific_character_set.split("\\")] or [""]
+    return [python_encoding.get(term, _DEFAULT_CODEC) for term in terms]
+
+
+def _decode_text(raw: bytes, codecs: Sequence[str], delimiters: frozenset[int]) -> str:
+    if 0x1B in raw:  # ISO 2022 escape sequences (PS3.5 §6.1.2.5)
+        return decode_bytes(raw, codecs, set(delimiters))
+    return raw.decode(codecs[0], errors="replace")
+
+
+def _decode(raw: bytes, vr: str, codecs: Sequence[str], little_endian: bool) -> str:
+    """One value as text; PS3.5 §6.2 padding (space, NUL for UI) removed."""
+    if vr == "US":
+        if len(raw) < 2:
+            return ""
+        return str(int.from_bytes(raw[:2], "little" if little_endian else "big"))
+    if vr == "PN":
+        text = _decode_text(raw, codecs, _PN_DELIMITERS)
+    elif vr in ("LO", "SH"):
+        text = _decode_text(raw, codecs, _TEXT_DELIMITERS)
+    else:  # CS, DA, TM, IS, UI: default character repertoire
+        text = raw.decode("ascii", errors="replace")
+    if vr == "UI":
+        # PS3.5 §9.1: only a trailing NUL pads a UID; a NUL inside stays, and
+        # UID validation refuses it (never silently file under another UID).
+        return text.rstrip("\x00 ").lstrip(" ")
+    return text.replace("\x00", "").strip(" ")
+
+
+def read_header(path: Path, dataset_offset: int, transfer_syntax_uid: str) -> InstanceHeader:
+    """Parse the wanted attributes of the dataset starting at ``dataset_offset``.
+
+    Raises InvalidInstance with a sentence when the header is malformed.
+    """
+    encoding = dataset_encoding(transfer_syntax_uid)
+    try:
+        with open(path, "rb") as fp:
+            size = fp.seek(0, 2)
+            fp.seek(dataset_offset)
+            source: _Source = _InflatingSource(fp) if encoding.deflated else _FileSource(fp, size)
+            found = _Walker(source, encoding).top_level()
+    except struct.error as exc:  # pragma: no cover - reads are length-checked first
+        raise InvalidInstance(f"the dataset header is malformed ({exc})") from exc
+    charset_raw = found.get(HEADER_ATTRIBUTES["SpecificCharacterSet"][0], b"")
+    codecs = _codecs(charset_raw.decode("ascii", errors="replace").replace("\x00", "").strip(" "))
+    values: dict[str, str] = {}
+    for tag, raw in found.items():
+        keyword = _KEYWORD_BY_TAG[tag]
+        text = _decode(raw, HEADER_ATTRIBUTES[keyword][1], codecs, encoding.little_endian)
+        if text:
+            values[keyword] = text
+    return InstanceHeader(values)
+
+
+__all__ = [
+    "DATASET_ENCODINGS",
+    "HEADER_ATTRIBUTES",
+    "DatasetEncoding",
+    "InstanceHeader",
+    "dataset_encoding",
+    "read_header",
+]

@@ -1,0 +1,291 @@
+"""HL7 v2 messages: parsing, escapes, and acknowledgements (HL7 v2.5 chapter 2).
+
+A small parser of the encoding rules of HL7 v2.5 section 2.5 / 2.7: segments end
+with CR (LF and CRLF are accepted too), fields are split by MSH-1, repetitions,
+components and subcomponents by the encoding characters of MSH-2, and the escape
+sequences of section 2.7 (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh..\\ \\.br\\) are undone
+on the way in and applied on the way out. The core never speaks MLLP
+(services/hl7_mllp.py frames the bytes); orders become worklist entries in
+core/hl7_orders.py.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+from minipacs.core.errors import ArchiveError
+
+#: MSA-1 acknowledgment codes (HL7 v2.5 Table 0008, original acknowledgment mode).
+ACCEPT: Final = "AA"
+ERROR: Final = "AE"
+REJECT: Final = "AR"
+
+#: ERR-3 error codes (HL7 v2.5 Table 0357), the ones an order receiver uses.
+ERROR_CODES: Final[dict[int, str]] = {
+    0: "Message accepted",
+    100: "Segment sequence error",
+    101: "Required field missing",
+    102: "Data type error",
+    103: "Table value not found",
+    200: "Unsupported message type",
+    201: "Unsupported event code",
+    203: "Unsupported version id",
+    204: "Unknown key identifier",
+    205: "Duplicate key identifier",
+    207: "Application internal error",
+}
+
+
+class HL7Error(ArchiveError, ValueError):
+    """A message that cannot be parsed or applied; the text says why, for MSA-3 / ERR-8.
+
+    ``ack_code`` is AR (rejected: not a message we take) or AE (error in its content);
+    ``error_code`` an HL7 Table 0357 code; ``location`` like ``PID-3``.
+    """
+
+    def __init__(self, reason: str, *, ack_code: str = ERROR, error_code: int = 207, location: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.ack_code = ack_code
+        self.error_code = error_code
+        self.location = location
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """The delimiters: MSH-1 and the four encoding characters of MSH-2 (HL7 v2.5 2.5.4)."""
+
+    field: str = "|"
+    component: str = "^"
+    repetition: str = "~"
+    escape: str = "\\"
+    subcomponent: str = "&"
+
+    @property
+    def msh2(self) -> str:
+        return self.component + self.repetition + self.escape + self.subcomponent
+
+
+DEFAULT_ENCODING: Final = Encoding()
+
+_HEX = re.compile(r"^X([0-9A-Fa-f]{2})+$")
+
+
+def unescape(text: str, enc: Encoding = DEFAULT_ENCODING) -> str:
+    """HL7 v2.5 2.7: escape sequences -> the characters they stand for.
+
+    \\F\\ \\S\\ \\T\\ \\R\\ \\E\\ give the delimiters, \\Xhh..\\ the bytes hh.. (as
+    Latin-1 code points unless they are valid UTF-8), \\.br\\ a line break.
+    Formatting and character-set sequences not understood are kept as sent.
+    """
+    esc = enc.escape
+    if not esc or esc not in text:
+        return text
+    simple = {"F": enc.field, "S": enc.component, "T": enc.subcomponent, "R": enc.repetition, "E": esc,
+              ".br": "\n"}
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch != esc:
+            out.append(ch)
+            i += 1
+            continue
+        end = text.find(esc, i + 1)
+        if end < 0:  # a lone escape character: kept literally
+            out.append(text[i:])
+            break
+        body = text[i + 1 : end]
+        if body in simple:
+            out.append(simple[body])
+        elif _HEX.match(body):
+            raw = bytes.fromhex(body[1:])
+            try:
+                out.append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                out.append(raw.decode("latin-1"))
+        else:
+            out.append(text[i : end + 1])
+        i = end + 1
+    return "".join(out)
+
+
+def escape(text: str, enc: Encoding = DEFAULT_ENCODING) -> str:
+    """HL7 v2.5 2.7: delimiters in data -> escape sequences (the escape character first)."""
+    table = {enc.escape: "E", enc.field: "F", enc.component: "S", enc.subcomponent: "T", enc.repetition: "R"}
+    out = []
+    for ch in text:
+        if ch in table:
+            out.append(f"{enc.escape}{table[ch]}{enc.escape}")
+        elif ch in "\r\n":
+            out.append(f"{enc.escape}.br{enc.escape}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment: its ID and its fields as sent (still escaped); ``fields[1]`` is field 1."""
+
+    name: str
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Message:
+    encoding: Encoding
+    segments: tuple[Segment, ...]
+
+    def all(self, name: str) -> list[Segment]:
+        return [s for s in self.segments if s.name == name]
+
+    def first(self, name: str) -> Segment | None:
+        found = self.all(name)
+        return found[0] if found else None
+
+    def raw(self, segment: Segment | None, field: int) -> str:
+        if segment is None or field >= len(segment.fields):
+            return ""
+        return segment.fields[field]
+
+    def repetitions(self, segment: Segment | None, field: int) -> list[str]:
+        raw = self.raw(segment, field)
+        return raw.split(self.encoding.repetition) if raw else []
+
+    def value(self, segment: Segment | None, field: int, component: int = 1, subcomponent: int = 1,
+              repetition: int = 0) -> str:
+        """SEG-field.component.subcomponent of one repetition, unescaped ('' when absent).
+
+        The HL7 null ``""`` reads as empty.
+        """
+        if segment is not None and segment.name == "MSH" and field in (1, 2):
+            return segment.fields[field]
+        reps = self.repetitions(segment, field)
+        if repetition >= len(reps):
+            return ""
+        return self.component(reps[repetition], component, subcomponent)
+
+    def component(self, rep: str, component: int = 1, subcomponent: int = 1) -> str:
+        comps = rep.split(self.encoding.component)
+        if component > len(comps):
+            return ""
+        subs = comps[component - 1].split(self.encoding.subcomponent)
+        if subcomponent > len(subs):
+            return ""
+        text = subs[subcomponent - 1]
+        return "" if text == '""' else unescape(text, self.encoding).strip()
+
+    @property
+    def control_id(self) -> str:
+        return self.value(self.first("MSH"), 10)
+
+    @property
+    def message_type(self) -> tuple[str, str]:
+        msh = self.first("MSH")
+        return self.value(msh, 9, 1).upper(), self.value(msh, 9, 2).upper()
+
+
+_SEGMENT_ID = re.compile(r"^[A-Z][A-Z0-9]{2}$")
+
+
+def parse(text: str) -> Message:
+    """HL7 v2.5 2.5 / 2.6: the message text -> segments; raises HL7Error (AR) with the reason.
+
+    The first segment must be MSH; MSH-1 is the 4th character, MSH-2 the encoding
+    characters up to the next field separator. Segments may end with CR, LF or CRLF.
+    """
+    text = text.lstrip("\r\n\x00 \t")
+    if not text:
+        raise HL7Error("the message is empty", ack_code=REJECT, error_code=100, location="MSH")
+    if not text.startswith("MSH") or len(text) < 8:
+        raise HL7Error(f"the message does not start with an MSH segment (it starts {text[:12]!r}); "
+                       "an HL7 v2 message begins 'MSH|^~\\&|'", ack_code=REJECT, error_code=100, location="MSH")
+    sep = text[3]
+    end = text.find(sep, 4)
+    chars = text[4:end] if end > 0 else ""
+    if (sep.isalnum() or sep.isspace() or not 2 <= len(chars) <= 5 or len(set(chars + sep)) != len(chars) + 1
+            or any(c.isalnum() or c.isspace() for c in chars)):
+        raise HL7Error(f"MSH-1/MSH-2 encoding characters {text[3:end + 1 if end > 0 else 12]!r} are not usable "
+                       "(expected a field separator and four distinct delimiters, like '|^~\\&')",
+                       ack_code=REJECT, error_code=102, location="MSH-2")
+    enc = Encoding(sep, chars[0], chars[1], chars[2] if len(chars) > 2 else "",
+                   chars[3] if len(chars) > 3 else "&")
+    segments: list[Segment] = []
+    for line in re.split(r"\r\n|\r|\n", text):
+        if not line.strip():
+            continue
+        name = line[:3]
+        if not _SEGMENT_ID.match(name) or (len(line) > 3 and line[3] != sep):
+            raise HL7Error(f"segment {len(segments) + 1} ({line[:20]!r}) is not an HL7 segment "
+                           f"(three-letter ID followed by {sep!r})", ack_code=REJECT, error_code=100,
+                           location=f"segment {len(segments) + 1}")
+        if name == "MSH":
+            if segments:
+                raise HL7Error("a second MSH segment inside one message (send each message in its own frame)",
+                               ack_code=REJECT, error_code=100, location="MSH")
+            rest = line[4 + len(chars) + 1 :] if end > 0 else ""
+            fields = ("MSH", sep, chars, *rest.split(sep))
+        else:
+            fields = (name, *line[4:].split(sep)) if len(line) > 3 else (name,)
+        segments.append(Segment(name, tuple(fields)))
+    return Message(enc, tuple(segments))
+
+
+def hl7_timestamp(when: datetime | None = None) -> str:
+    return (when or datetime.now(UTC)).strftime("%Y%m%d%H%M%S")
+
+
+def build_ack(message: Message | None, code: str, text: str = "", *, error: HL7Error | None = None,
+              application: str = "MINIPACS", control_id: str = "") -> str:
+    """The ACK (HL7 v2.5 2.14.1 / 2.15.8 MSA / 2.15.5 ERR) answering ``message``.
+
+    Sending and receiving application/facility are the original's swapped; MSA-2 is
+    its control ID; MSA-3 the reason a person reads; with an error an ERR segment
+    (ERR-2 location, ERR-3 Table 0357 code, ERR-4 severity E, ERR-8 the reason).
+    ``message`` may be None when the original could not be parsed.
+    """
+    enc = message.encoding if message is not None else DEFAULT_ENCODING
+    msh = message.first("MSH") if message is not None else None
+    def raw(segment: Segment | None, field: int) -> str:
+        return message.raw(segment, field) if message is not None else ""
+
+    event = message.message_type[1] if message is not None else ""
+    version = (message.value(msh, 12) if message is not None else "") or "2.5"
+    s = enc.field
+    header = [
+        "MSH", enc.msh2, escape(application, enc), "", raw(msh, 3), raw(msh, 4), hl7_timestamp(), "",
+        f"ACK{enc.component}{event}{enc.component}ACK" if event else "ACK",
+        escape(control_id or f"ACK{hl7_timestamp()}", enc), raw(msh, 11) or "P", version,
+    ]
+    msa = ["MSA", code, escape(message.control_id if message is not None else "", enc), escape(text, enc)]
+    segments = [s.join(header), s.join(msa)]
+    if error is not None:
+        c = enc.component
+        seg, _, field = error.location.partition("-")
+        where = f"{seg}{c}1{c}{field}" if field.isdigit() and _SEGMENT_ID.match(seg) else escape(error.location, enc)
+        err = ["ERR", "", where,
+               f"{error.error_code}{c}{escape(ERROR_CODES.get(error.error_code, 'Error'), enc)}{c}HL70357",
+               "E", "", "", "", escape(error.reason, enc)]
+        segments.append(s.join(err))
+    return "\r".join(segments) + "\r"
+
+
+__all__ = [
+    "ACCEPT",
+    "DEFAULT_ENCODING",
+    "ERROR",
+    "ERROR_CODES",
+    "Encoding",
+    "HL7Error",
+    "Message",
+    "REJECT",
+    "Segment",
+    "build_ack",
+    "escape",
+    "parse",
+    "unescape",
+]

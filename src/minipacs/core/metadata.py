@@ -1,0 +1,172 @@
+"""PS3.18 JSON metadata (Annex F), computed once per instance and kept in the index.
+
+After an ingest (``Archive.on_stored``) the instance is queued; a background task
+reads its header (never the pixel data) off the event loop, turns it into the
+PS3.18 JSON model with pydicom and stores the text in ``instance_metadata``. The
+C-STORE acknowledgement never waits for it. A request that comes first computes
+the missing ones itself (and stores them). Bulk data (pixel data and any value
+larger than ``BULK_THRESHOLD``) is referenced by a BulkDataURI relative to the
+DICOMweb root, written with the ``BULK_PREFIX`` marker the web layer replaces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+from collections.abc import Iterable
+from typing import Any, Final, cast
+
+import pydicom
+from pydicom.dataelem import DataElement
+from sqlalchemy import Connection, Table, delete, insert, select
+
+from minipacs.core.archive import Archive
+from minipacs.core.errors import NotFound
+from minipacs.core.model import StoreOutcome, StoreStatus
+from minipacs.index.schema import Instance, InstanceMetadata, Series, Study
+
+log = logging.getLogger(__name__)
+
+#: Values longer than this (bytes) become BulkDataURIs (PS3.18 F.2.6).
+BULK_THRESHOLD: Final = 1024
+#: Placeholder for the DICOMweb root URL inside stored BulkDataURIs.
+BULK_PREFIX: Final = "minipacs-bulk:"
+_TABLE: Final = cast(Table, InstanceMetadata.__table__)
+_BATCH: Final = 64
+#: Seconds without a new ingest before the worker starts.
+_QUIET: Final = 0.5
+#: Queued instances past which the worker starts even while ingests continue.
+_BACKLOG: Final = 10_000
+
+
+def compute(path: Any, study: str, series: str, sop: str) -> str:
+    """The PS3.18 JSON object of one stored file, as text."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    base = f"{BULK_PREFIX}/studies/{study}/series/{series}/instances/{sop}"
+
+    def bulk(elem: DataElement) -> str:
+        return f"{base}/bulkdata/{elem.tag:08X}"
+
+    model: dict[str, Any] = ds.to_json_dict(BULK_THRESHOLD, bulk)
+    if "Rows" in ds and "7FE00010" not in model:  # pixel data follows the header we read
+        encapsulated = ds.file_meta.TransferSyntaxUID.is_compressed
+        model["7FE00010"] = {"vr": "OB" if encapsulated else "OW", "BulkDataURI": f"{base}/bulkdata/7FE00010"}
+    return json.dumps(model, separators=(",", ":"))
+
+
+def _locations(conn: Connection, uids: list[str]) -> list[Any]:
+    return list(conn.execute(
+        select(Instance.sop_instance_uid, Instance.blob_key, Study.study_instance_uid, Series.series_instance_uid)
+        .join(Series, Instance.series_pk == Series.id).join(Study, Series.study_pk == Study.id)
+        .where(Instance.sop_instance_uid.in_(uids))))
+
+
+def _store(conn: Connection, rows: list[tuple[str, str]]) -> None:
+    if not rows:
+        return
+    conn.execute(delete(_TABLE).where(_TABLE.c.sop_instance_uid.in_([uid for uid, _ in rows])))
+    now = dt.datetime.now(dt.UTC)
+    conn.execute(insert(_TABLE), [{"sop_instance_uid": uid, "json": text, "created_at": now} for uid, text in rows])
+
+
+def delete_rows(conn: Connection, uids: list[str]) -> None:
+    """Forget the metadata of deleted instances (called in the delete transaction)."""
+    if uids:
+        conn.execute(delete(_TABLE).where(_TABLE.c.sop_instance_uid.in_(uids)))
+
+
+class MetadataStore:
+    """Computes metadata after each ingest, in the background, and serves it."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        self._pending: dict[str, None] = {}
+        self._wake = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+
+    def attach(self) -> None:
+        """Subscribe to the archive's ingests and start the background worker (on the running loop)."""
+        self.archive.on_stored.append(self.notify)
+        self._worker = asyncio.get_running_loop().create_task(self._run(), name="minipacs-metadata")
+
+    async def close(self) -> None:
+        if self.notify in self.archive.on_stored:
+            self.archive.on_stored.remove(self.notify)
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+
+    def notify(self, outcome: StoreOutcome) -> None:
+        if outcome.status is not StoreStatus.DUPLICATE_KEPT:
+            self._pending[outcome.sop_instance_uid] = None
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            # Wait for ingests to pause: parsing while instances keep arriving competes
+            # with the C-STORE path for the GIL and the writer. Requests that come
+            # first compute on demand; a queue past _BACKLOG starts regardless.
+            while len(self._pending) < _BACKLOG:
+                seen = len(self._pending)
+                await asyncio.sleep(_QUIET)
+                if len(self._pending) == seen:
+                    break
+            while self._pending:
+                batch = list(self._pending)[:_BATCH]
+                for uid in batch:
+                    self._pending.pop(uid, None)
+                try:
+                    await self.compute_and_store(batch)
+                except Exception:  # noqa: BLE001 - the worker must survive; requests compute on demand
+                    log.exception("computing PS3.18 metadata for %d instance(s) failed", len(batch))
+
+    async def compute_and_store(self, uids: list[str]) -> dict[str, str]:
+        rows = await self.archive.read(lambda conn: _locations(conn, uids))
+        blobs = self.archive.blobs
+
+        def run() -> list[tuple[str, str]]:
+            done: list[tuple[str, str]] = []
+            for row in rows:
+                try:
+                    done.append((row.sop_instance_uid, compute(blobs.path_of(row.blob_key), row.study_instance_uid,
+                                                               row.series_instance_uid, row.sop_instance_uid)))
+                except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
+                    log.error("metadata of SOP Instance %s cannot be computed: %s", row.sop_instance_uid, exc)
+            return done
+
+        computed = await asyncio.to_thread(run)
+        if computed:
+            await self.archive.write(lambda conn: _store(conn, computed))
+        return dict(computed)
+
+    async def get(self, uids: Iterable[str]) -> list[str]:
+        """The JSON texts of ``uids`` in that order; missing ones are computed now. Raises NotFound."""
+        wanted = list(dict.fromkeys(uids))
+        found: dict[str, str] = {}
+        def read(conn: Connection, chunk: list[str]) -> dict[str, str]:
+            rows = conn.execute(select(_TABLE.c.sop_instance_uid, _TABLE.c.json)
+                                .where(_TABLE.c.sop_instance_uid.in_(chunk))).all()
+            return {row[0]: row[1] for row in rows}
+
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            found.update(await self.archive.read(lambda conn, c=chunk: read(conn, c)))  # type: ignore[misc]
+        missing = [uid for uid in wanted if uid not in found]
+        if missing:
+            found.update(await self.compute_and_store(missing))
+        lost = [uid for uid in wanted if uid not in found]
+        if lost:
+            raise NotFound(f"SOP Instance {lost[0][:70]!r} is not in the archive (or its file is unreadable)")
+        return [found[uid] for uid in wanted]
+
+
+__all__ = ["BULK_PREFIX", "BULK_THRESHOLD", "MetadataStore", "compute", "delete_rows"]

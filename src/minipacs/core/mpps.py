@@ -1,0 +1,362 @@
+"""Modality Performed Procedure Steps: PS3.4 Annex F (F.7 state rules, Table F.7.2-1 attributes).
+
+A step is created IN PROGRESS (N-CREATE) and moved once to COMPLETED or
+DISCONTINUED (N-SET); after that it may no longer be updated. Each step is
+linked to its worklist entry (Scheduled Step Attributes Sequence: Accession
+Number, else Study Instance UID) and keeps the SOP instances its Performed
+Series Sequence references. A study is complete when it has a COMPLETED step,
+no step still IN PROGRESS, and every instance the completed steps reference is
+stored: checked when a step completes and after each ingest of an instance of
+a study that waits for it (``Archive.on_stored``). Never speaks DIMSE: refusals
+are :class:`StepRefused` subclasses naming the offending attribute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Protocol, TypeVar
+
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from pydicom.dataset import Dataset
+from sqlalchemy import Connection
+
+from minipacs.core.errors import ArchiveError
+from minipacs.core.model import StoreOutcome
+from minipacs.core.worklist import Worklist, from_text, to_text
+from minipacs.index import worklist_repo as repo
+
+log = logging.getLogger("minipacs.mpps")
+
+T = TypeVar("T")
+
+IN_PROGRESS: Final = "IN PROGRESS"
+COMPLETED: Final = "COMPLETED"
+DISCONTINUED: Final = "DISCONTINUED"
+
+# PS3.4 F.7 (and PS3.3 C.4.14 Performed Procedure Step Status enumerated values):
+# state -> states an N-SET may move it to. COMPLETED and DISCONTINUED are final.
+TRANSITIONS: Final[Mapping[str, frozenset[str]]] = {
+    IN_PROGRESS: frozenset({IN_PROGRESS, COMPLETED, DISCONTINUED}),
+    COMPLETED: frozenset(),
+    DISCONTINUED: frozenset(),
+}
+
+# PS3.4 Table F.7.2-1, N-CREATE usage 1 (SCU shall send, with a value).
+CREATE_TYPE1: Final = (
+    "ScheduledStepAttributesSequence", "PerformedStationAETitle", "PerformedProcedureStepStartDate",
+    "PerformedProcedureStepStartTime", "PerformedProcedureStepStatus", "Modality", "PerformedProcedureStepID",
+)
+# PS3.4 Table F.7.2-1, N-CREATE usage 1 inside each Scheduled Step Attributes Sequence item.
+CREATE_ITEM_TYPE1: Final = ("StudyInstanceUID",)
+# PS3.4 Table F.7.2-1, N-CREATE usage 2 (SCU shall send, maybe empty). Tolerated when absent
+# (many modalities leave some out); the log says which were missing.
+CREATE_TYPE2: Final = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "ReferencedPatientSequence",
+    "ProcedureCodeSequence", "PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime",
+    "PerformedProcedureStepDescription", "PerformedLocation", "StudyID", "PerformedSeriesSequence",
+)
+# PS3.4 Table F.7.2-1, N-SET usage "Not allowed": fixed once the step is created.
+SET_NOT_ALLOWED: Final = frozenset({
+    "SOPClassUID", "SOPInstanceUID", "ScheduledStepAttributesSequence", "PatientName", "PatientID",
+    "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "ReferencedPatientSequence", "PerformedStationAETitle",
+    "PerformedStationName", "PerformedLocation", "PerformedProcedureStepStartDate",
+    "PerformedProcedureStepStartTime", "PerformedProcedureStepID", "Modality", "StudyID",
+})
+#: PS3.3 C.4.14: where the instances a step produced are listed, inside each Performed Series item.
+REFERENCE_SEQUENCES: Final = ("ReferencedImageSequence", "ReferencedNonImageCompositeSOPInstanceSequence")
+
+
+class IndexAccess(Protocol):
+    async def write(self, call: Callable[[Connection], T]) -> T: ...
+
+    async def read(self, call: Callable[[Connection], T]) -> T: ...
+
+
+class StepRefused(ArchiveError):
+    """An N-CREATE / N-SET the archive refuses; ``keyword`` names the offending attribute, if any."""
+
+    def __init__(self, message: str, keyword: str = "") -> None:
+        super().__init__(message)
+        self.keyword = keyword
+
+    @property
+    def tag(self) -> int | None:
+        return tag_for_keyword(self.keyword) if self.keyword else None
+
+
+class MissingAttribute(StepRefused):
+    """A Type 1 attribute is absent."""
+
+
+class MissingAttributeValue(StepRefused):
+    """A Type 1 attribute is present but empty."""
+
+
+class InvalidAttributeValue(StepRefused):
+    """A value the standard does not allow here (a status other than IN PROGRESS on create...)."""
+
+
+class AttributeNotSettable(StepRefused):
+    """N-SET of an attribute Table F.7.2-1 marks "Not allowed" for N-SET."""
+
+
+class DuplicateStep(StepRefused):
+    """N-CREATE of a SOP Instance UID that already exists."""
+
+
+class NoSuchStep(StepRefused):
+    """N-SET of a SOP Instance UID we never created."""
+
+
+class StepClosed(StepRefused):
+    """N-SET of a COMPLETED or DISCONTINUED step (PS3.4 F.7.2.2)."""
+
+
+@dataclass(frozen=True)
+class Step:
+    sop_instance_uid: str
+    status: str
+    study_instance_uid: str
+    accession_number: str
+    worklist_pk: int | None
+    referenced: tuple[str, ...]
+    dataset: Dataset
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    return "" if value is None else str(value).strip()
+
+
+def _has_value(ds: Dataset, keyword: str) -> bool:
+    value = ds.get(keyword)
+    if value is None:
+        return False
+    if isinstance(value, str):
+        return value.strip() != ""
+    if isinstance(value, (list, tuple)) or hasattr(value, "__len__"):
+        return len(value) > 0
+    return str(value).strip() != ""
+
+
+def validate_create(ds: Dataset) -> list[str]:
+    """PS3.4 F.7.2.1: Type 1 attributes and the initial status; returns the Type 2 keywords missing."""
+    for keyword in CREATE_TYPE1:
+        if keyword not in ds:
+            raise MissingAttribute(f"N-CREATE lacks {keyword}, which PS3.4 Table F.7.2-1 requires", keyword)
+        if not _has_value(ds, keyword):
+            raise MissingAttributeValue(f"N-CREATE has {keyword} empty; PS3.4 Table F.7.2-1 requires a value",
+                                        keyword)
+    for n, item in enumerate(ds.ScheduledStepAttributesSequence):
+        for keyword in CREATE_ITEM_TYPE1:
+            if not _text(item, keyword):
+                raise MissingAttribute(f"Scheduled Step Attributes Sequence item {n + 1} lacks {keyword}", keyword)
+    status = _text(ds, "PerformedProcedureStepStatus")
+    if status != IN_PROGRESS:
+        raise InvalidAttributeValue(
+            f"Performed Procedure Step Status is {status!r}; a step is created IN PROGRESS (PS3.4 F.7.2.1)",
+            "PerformedProcedureStepStatus")
+    return [keyword for keyword in CREATE_TYPE2 if keyword not in ds]
+
+
+def validate_set(current: str, changes: Dataset) -> str:
+    """PS3.4 F.7.2.2 and F.7 state rules; returns the status after the N-SET."""
+    if not TRANSITIONS.get(current):
+        raise StepClosed(f"Performed Procedure Step Object may no longer be updated: it is {current}")
+    for elem in changes:
+        keyword = keyword_for_tag(elem.tag)
+        if keyword in SET_NOT_ALLOWED:
+            raise AttributeNotSettable(f"{keyword} cannot be changed by N-SET (PS3.4 Table F.7.2-1)", keyword)
+    new = _text(changes, "PerformedProcedureStepStatus") if "PerformedProcedureStepStatus" in changes else current
+    if new not in TRANSITIONS[current]:
+        raise InvalidAttributeValue(
+            f"Performed Procedure Step Status {new!r} is not allowed after {current} "
+            f"(one of {', '.join(sorted(TRANSITIONS[current]))})", "PerformedProcedureStepStatus")
+    return new
+
+
+def referenced_instances(ds: Dataset) -> list[str]:
+    """SOP Instance UIDs in PerformedSeriesSequence > Referenced Image / Non-Image Composite sequences."""
+    found: list[str] = []
+    for series in ds.get("PerformedSeriesSequence") or []:
+        for name in REFERENCE_SEQUENCES:
+            for ref in series.get(name) or []:
+                uid = _text(ref, "ReferencedSOPInstanceUID")
+                if uid:
+                    found.append(uid)
+    return list(dict.fromkeys(found))
+
+
+def _scheduled(ds: Dataset) -> tuple[str, str]:
+    """(Study Instance UID, Accession Number) of the first Scheduled Step Attributes item that has them."""
+    study = accession = ""
+    for item in ds.get("ScheduledStepAttributesSequence") or []:
+        study = study or _text(item, "StudyInstanceUID")
+        accession = accession or _text(item, "AccessionNumber")
+    return study, accession
+
+
+def _step(row: Mapping[str, Any]) -> Step:
+    refs = tuple(r for r in str(row["referenced"] or "").split("\\") if r)
+    pk = row["worklist_pk"]
+    return Step(str(row["sop_instance_uid"]), str(row["status"]), str(row["study_instance_uid"]),
+                str(row["accession_number"]), int(pk) if pk is not None else None, refs,
+                from_text(str(row["dataset"])))
+
+
+def _merge(stored: Dataset, changes: Dataset) -> Dataset:
+    """PS3.7 10.1.3: each attribute of the modification list replaces the stored one (sequences whole)."""
+    for elem in changes:
+        stored[elem.tag] = elem
+    return stored
+
+
+def _study_complete(conn: Connection, study_uid: str) -> tuple[str, int] | None:
+    """(MPPS UID, instances) that completes ``study_uid`` now, or None. Runs in the writer."""
+    steps = [_step(row) for row in repo.mpps_for_study(conn, study_uid)]
+    done = [s for s in steps if s.status == COMPLETED]
+    if not done or any(s.status == IN_PROGRESS for s in steps):
+        return None
+    wanted = [uid for s in done for uid in s.referenced]
+    if not wanted or len(repo.stored_instances(conn, wanted)) < len(set(wanted)):
+        return None
+    if not repo.mark_study_complete(conn, study_uid, done[-1].sop_instance_uid):
+        return None
+    return done[-1].sop_instance_uid, len(set(wanted))
+
+
+class ProcedureSteps:
+    """MPPS instances in the index: create, set, and the study completion they lead to."""
+
+    def __init__(self, index: IndexAccess, worklist: Worklist) -> None:
+        self.index = index
+        self.worklist = worklist
+        #: Studies with a COMPLETED step whose instances have not all arrived.
+        self.waiting: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def get(self, sop_instance_uid: str) -> Step | None:
+        row = await self.index.read(lambda conn: repo.mpps_row(conn, sop_instance_uid))
+        return _step(row) if row else None
+
+    async def create(self, sop_instance_uid: str, ds: Dataset) -> Step:
+        """PS3.4 F.7.2.1 N-CREATE: validate, link to the worklist entry, store IN PROGRESS."""
+        missing = validate_create(ds)
+        if missing:
+            log.warning("MPPS %s created without %s (Type 2 in PS3.4 Table F.7.2-1; accepted)", sop_instance_uid,
+                        ", ".join(missing))
+        study, accession = _scheduled(ds)
+        entry_pk = await self._worklist_entry(study, accession)
+        values = {"sop_instance_uid": sop_instance_uid, "status": IN_PROGRESS, "study_instance_uid": study[:64],
+                  "accession_number": accession[:16], "worklist_pk": entry_pk,
+                  "referenced": "\\".join(referenced_instances(ds)), "dataset": to_text(ds)}
+
+        def insert(conn: Connection) -> None:
+            if repo.mpps_row(conn, sop_instance_uid) is not None:
+                raise DuplicateStep(f"MPPS {sop_instance_uid} already exists; N-SET it instead")
+            repo.insert_mpps(conn, values)
+
+        await self.index.write(insert)
+        if entry_pk is not None:
+            await self.worklist.set_status(entry_pk, IN_PROGRESS)
+        else:
+            log.info("MPPS %s (study %s, accession %r) matches no worklist entry: an unscheduled procedure",
+                     sop_instance_uid, study, accession)
+        return await self._require(sop_instance_uid)
+
+    async def set(self, sop_instance_uid: str, changes: Dataset) -> Step:
+        """PS3.4 F.7.2.2 N-SET: only an IN PROGRESS step, only settable attributes, F.7 transitions."""
+
+        def update(conn: Connection) -> Step:
+            row = repo.mpps_row(conn, sop_instance_uid)
+            if row is None:
+                raise NoSuchStep(f"no MPPS {sop_instance_uid} was created here (N-CREATE it first)")
+            step = _step(row)
+            status = validate_set(step.status, changes)
+            merged = _merge(step.dataset, changes)
+            repo.update_mpps(conn, sop_instance_uid, {
+                "status": status, "referenced": "\\".join(referenced_instances(merged)), "dataset": to_text(merged)})
+            return _step(repo.mpps_row(conn, sop_instance_uid) or row)
+
+        step = await self.index.write(update)
+        if step.worklist_pk is not None:
+            await self.worklist.set_status(step.worklist_pk, step.status)
+        if step.status == COMPLETED:
+            await self.check_study(step.study_instance_uid)
+        elif step.status == DISCONTINUED:
+            log.info("MPPS %s DISCONTINUED (study %s)", sop_instance_uid, step.study_instance_uid)
+        return step
+
+    async def _worklist_entry(self, study: str, accession: str) -> int | None:
+        entries = await self.worklist.by_accession(accession) if accession else []
+        if not entries and study:
+            entries = await self.worklist.by_study(study)
+        return entries[0].id if entries else None
+
+    async def _require(self, sop_instance_uid: str) -> Step:
+        step = await self.get(sop_instance_uid)
+        if step is None:  # pragma: no cover - just written
+            raise NoSuchStep(f"MPPS {sop_instance_uid} vanished")
+        return step
+
+    # ------------------------------------------------------------ study completion
+
+    async def check_study(self, study_uid: str) -> bool:
+        """Mark ``study_uid`` complete if it now is; True when this call did it."""
+        if not study_uid:
+            return False
+        done = await self.index.write(lambda conn: _study_complete(conn, study_uid))
+        if done is None:
+            completed = await self.index.read(lambda conn: repo.completed_studies(conn))
+            if study_uid not in completed and study_uid not in self.waiting:
+                self.waiting.add(study_uid)
+                log.info("study %s: its procedure step is COMPLETED; waiting for the referenced instances "
+                         "to arrive before marking it complete", study_uid)
+            elif study_uid in completed:
+                self.waiting.discard(study_uid)
+            return False
+        self.waiting.discard(study_uid)
+        mpps_uid, count = done
+        log.info("study %s is complete: procedure step %s is COMPLETED and all %d instance(s) it references "
+                 "are stored", study_uid, mpps_uid, count)
+        return True
+
+    async def resume(self) -> None:
+        """At start-up: studies with a COMPLETED step that were not yet complete wait again."""
+
+        def pending(conn: Connection) -> set[str]:
+            done = repo.completed_studies(conn)
+            return {str(r["study_instance_uid"]) for r in repo.completed_mpps(conn)} - set(done)
+
+        for study in await self.index.read(pending):
+            await self.check_study(study)
+
+    def instance_stored(self, outcome: StoreOutcome) -> None:
+        """``Archive.on_stored`` listener: a set lookup unless the study is waiting for instances."""
+        study = outcome.study_instance_uid
+        if study in self.waiting:
+            task = asyncio.ensure_future(self._recheck(study))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _recheck(self, study: str) -> None:
+        try:
+            await self.check_study(study)
+        except ArchiveError as exc:
+            log.warning("study %s: completion check failed (%s); it is checked again on the next instance",
+                        study, exc)
+
+    async def drain(self) -> None:
+        """Wait for the completion checks started by ingests (tests, shutdown)."""
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+__all__ = [
+    "COMPLETED", "DISCONTINUED", "IN_PROGRESS", "TRANSITIONS", "AttributeNotSettable", "DuplicateStep",
+    "InvalidAttributeValue", "MissingAttribute", "MissingAttributeValue", "NoSuchStep", "ProcedureSteps", "Step",
+    "StepClosed", "StepRefused", "referenced_instances", "validate_create", "validate_set",
+]

@@ -1,0 +1,163 @@
+"""What the query engine knows about the information models (PS3.4 C.6): levels,
+their tables, the keys the index holds, and the keys it computes (C.3.4, C.6.1.1).
+
+Data tables only; core/query.py runs queries with them.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, cast
+
+from sqlalchemy import Select, Table, func, select
+
+from minipacs.index import repository as repo
+from minipacs.index.matching import ColumnKind
+from minipacs.index.schema import Instance, Patient, Series, Study
+
+class Level(enum.Enum):
+    """PS3.4 C.6.1.1 / C.6.2.1 Query/Retrieve levels, top to bottom."""
+
+    PATIENT = "PATIENT"
+    STUDY = "STUDY"
+    SERIES = "SERIES"
+    IMAGE = "IMAGE"
+
+
+_ORDER: Final = {level: index for index, level in enumerate(Level)}
+
+
+@dataclass(frozen=True)
+class InformationModel:
+    name: str
+    levels: tuple[Level, ...]
+
+
+# PS3.4 C.6.1 Patient Root, C.6.2 Study Root, C.6.3 Patient/Study Only (retired)
+PATIENT_ROOT: Final = InformationModel("Patient Root", (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE))
+STUDY_ROOT: Final = InformationModel("Study Root", (Level.STUDY, Level.SERIES, Level.IMAGE))
+PATIENT_STUDY_ONLY: Final = InformationModel("Patient/Study Only", (Level.PATIENT, Level.STUDY))
+
+
+@dataclass(frozen=True)
+class LevelTable:
+    """One level's table in the index, its unique key and the link to the level above."""
+
+    table: Table
+    unique_key: str
+    columns: Mapping[str, tuple[str, repo.Converter]]
+    parent_fk: str | None
+
+
+# PS3.4 C.6.1.1.2-5: unique keys per level; index/schema.py tables
+LEVELS: Final[Mapping[Level, LevelTable]] = {
+    Level.PATIENT: LevelTable(cast(Table, Patient.__table__), "PatientID", repo.PATIENT_COLUMNS, None),
+    Level.STUDY: LevelTable(cast(Table, Study.__table__), "StudyInstanceUID", repo.STUDY_COLUMNS, "patient_pk"),
+    Level.SERIES: LevelTable(cast(Table, Series.__table__), "SeriesInstanceUID", repo.SERIES_COLUMNS, "study_pk"),
+    Level.IMAGE: LevelTable(cast(Table, Instance.__table__), "SOPInstanceUID", repo.INSTANCE_COLUMNS, "series_pk"),
+}
+
+_KIND_OF_CONVERTER: Final[Mapping[Callable[[str], Any], ColumnKind]] = {
+    repo.as_date: ColumnKind.DATE,
+    repo.as_time: ColumnKind.TIME,
+    repo.as_int: ColumnKind.INT,
+    repo.normalise_name: ColumnKind.NAME,
+}
+
+
+@dataclass(frozen=True)
+class IndexedKey:
+    """A key the index holds: the column matched on and the column answered from."""
+
+    level: Level
+    match_column: str
+    value_column: str
+    kind: ColumnKind
+
+
+def _indexed_keys() -> dict[str, IndexedKey]:
+    """Keyword → IndexedKey, derived from repository's keyword ↔ column tables."""
+    found: dict[str, IndexedKey] = {}
+    for level, spec in LEVELS.items():
+        by_keyword: dict[str, list[tuple[str, repo.Converter]]] = {}
+        for column, (keyword, convert) in spec.columns.items():
+            by_keyword.setdefault(keyword, []).append((column, convert))
+        for keyword, columns in by_keyword.items():
+            value_column = next(c for c, conv in columns if conv is repo.as_text or conv is repo.as_int)
+            typed = [(c, conv) for c, conv in columns if conv is not repo.as_text]
+            match_column, convert = typed[0] if typed else (value_column, repo.as_text)
+            kind = _KIND_OF_CONVERTER.get(convert, ColumnKind.UID if keyword.endswith("UID") else ColumnKind.TEXT)
+            found[keyword] = IndexedKey(level, match_column, value_column, kind)
+    return found
+
+
+INDEXED_KEYS: Final[Mapping[str, IndexedKey]] = _indexed_keys()
+
+
+# ------------------------------------------------------------------ computed keys
+
+_PAT, _STU, _SER, _INS = (LEVELS[lv].table for lv in Level)
+
+
+def _count(target: Table, *joins: tuple[Table, Any]) -> Callable[[Level], Select[Any]]:
+    """count(target) grouped by the key of the owning level, over the given join path."""
+
+    def build(level: Level) -> Select[Any]:
+        frm: Any = target
+        for table, on in joins:
+            frm = frm.join(table, on)
+        owner = _owner_column(level)
+        return select(owner, func.count(target.c.id)).select_from(frm).group_by(owner)
+
+    return build
+
+
+def _distinct(column: Any, *joins: tuple[Table, Any]) -> Callable[[Level], Select[Any]]:
+    def build(level: Level) -> Select[Any]:
+        frm: Any = column.table
+        for table, on in joins:
+            frm = frm.join(table, on)
+        owner = _owner_column(level)
+        return select(owner, column).select_from(frm).group_by(owner, column)
+
+    return build
+
+
+def _owner_column(level: Level) -> Any:
+    return {Level.PATIENT: _STU.c.patient_pk, Level.STUDY: _SER.c.study_pk, Level.SERIES: _INS.c.series_pk}[level]
+
+
+@dataclass(frozen=True)
+class ComputedKey:
+    level: Level
+    vr: str
+    aggregate: Callable[[Level], Select[Any]]
+    joined: bool  # True: several values joined by '\'; False: a count
+    #: Column matched (through EXISTS) when the key carries a value; None: not matchable.
+    match_column: Any = None
+
+
+# PS3.4 C.3.4 (Table C.3-x, "Additional Query/Retrieve Attributes") and C.6.1.1.x
+COMPUTED_KEYS: Final[Mapping[str, ComputedKey]] = {
+    "NumberOfPatientRelatedStudies": ComputedKey(Level.PATIENT, "IS", _count(_STU), False),
+    "NumberOfPatientRelatedSeries": ComputedKey(
+        Level.PATIENT, "IS", _count(_SER, (_STU, _SER.c.study_pk == _STU.c.id)), False),
+    "NumberOfPatientRelatedInstances": ComputedKey(
+        Level.PATIENT, "IS",
+        _count(_INS, (_SER, _INS.c.series_pk == _SER.c.id), (_STU, _SER.c.study_pk == _STU.c.id)), False),
+    "NumberOfStudyRelatedSeries": ComputedKey(Level.STUDY, "IS", _count(_SER), False),
+    "NumberOfStudyRelatedInstances": ComputedKey(
+        Level.STUDY, "IS", _count(_INS, (_SER, _INS.c.series_pk == _SER.c.id)), False),
+    "ModalitiesInStudy": ComputedKey(Level.STUDY, "CS", _distinct(_SER.c.modality), True, _SER.c.modality),
+    "SOPClassesInStudy": ComputedKey(
+        Level.STUDY, "UI", _distinct(_INS.c.sop_class_uid, (_SER, _INS.c.series_pk == _SER.c.id)), True,
+        _INS.c.sop_class_uid),
+    "NumberOfSeriesRelatedInstances": ComputedKey(Level.SERIES, "IS", _count(_INS), False),
+}
+
+#: Keys answered with a constant (PS3.4 C.4.1.1.3.2 / C.6.1.1.x).
+CONSTANT_KEYS: Final[Mapping[str, str]] = {"InstanceAvailability": "ONLINE"}
+#: Keys the query engine leaves to the caller (the service knows them).
+SERVICE_KEYS: Final = frozenset({"SpecificCharacterSet", "QueryRetrieveLevel", "RetrieveAETitle"})

@@ -1,0 +1,238 @@
+"""The ONE retrieve path: which stored instances a retrieve request names.
+
+C-MOVE, C-GET (and later WADO and the REST download) all come here with a
+Query/Retrieve level and an identifier, and get back the stored files, with
+where each dataset starts, so the bytes can be streamed out as they are.
+
+PS3.4 C.4.2.2.1 / C.4.3.2.1: a retrieve identifier carries the Unique Key of
+the retrieve level (a single value, or a list of UIDs) and, in baseline
+hierarchical retrieve, the unique keys of the levels above it. We take the
+keys above the level as constraints when present and do not require them (as
+relational retrieve would allow); keys below the level and non-unique keys
+are ignored. Wildcards and ranges have no place here (no matching is done).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Final
+
+from sqlalchemy import Connection, select
+
+from minipacs.core.archive import Archive
+from minipacs.core.errors import ArchiveError
+from minipacs.core.part10 import NotPart10
+from minipacs.index.schema import Instance, Patient, Series, Study
+
+log = logging.getLogger(__name__)
+
+#: More values than this in one list of UIDs is refused (one SQL IN list each).
+MAX_KEYS: Final = 5000
+_IN_CHUNK: Final = 500
+
+
+class InvalidRetrieveIdentifier(ArchiveError):
+    """The retrieve level or keys do not name instances the way PS3.4 C.4.2.2.1 requires."""
+
+
+@dataclass(frozen=True)
+class RetrieveLevel:
+    name: str
+    unique_key: str  # DICOM keyword of the Unique Key at this level
+    column: Any  # index column holding it
+    uid_list: bool  # whether a list of values is allowed (UIDs only)
+
+
+# PS3.4 C.6.1.1.1 (Patient Root) and C.6.2.1.1 (Study Root): levels and their Unique Keys
+LEVELS: Final[dict[str, RetrieveLevel]] = {
+    "PATIENT": RetrieveLevel("PATIENT", "PatientID", Patient.patient_id, False),
+    "STUDY": RetrieveLevel("STUDY", "StudyInstanceUID", Study.study_instance_uid, True),
+    "SERIES": RetrieveLevel("SERIES", "SeriesInstanceUID", Series.series_instance_uid, True),
+    "IMAGE": RetrieveLevel("IMAGE", "SOPInstanceUID", Instance.sop_instance_uid, True),
+}
+
+# PS3.4 C.6.1 / C.6.2: the levels of each information model, top down
+MODELS: Final[dict[str, tuple[str, ...]]] = {
+    "PATIENT": ("PATIENT", "STUDY", "SERIES", "IMAGE"),
+    "STUDY": ("STUDY", "SERIES", "IMAGE"),
+}
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """One stored instance to send: the Part 10 file and where its dataset begins."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    path: Path
+    dataset_offset: int  # -1 until located (see ``locate``), or when the file cannot be read (``problem``)
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    problem: str = ""  # why this instance cannot be sent, e.g. its file is missing
+
+
+def _values(identifier: Mapping[str, object], keyword: str) -> list[str]:
+    """The key's values: '' or absent -> [], 'a\\b' or a sequence -> ['a', 'b']."""
+    raw = identifier.get(keyword)
+    if raw is None:
+        return []
+    items: list[str] = []
+    if isinstance(raw, str):
+        items = raw.split("\\")
+    elif isinstance(raw, (bytes, bytearray)):
+        items = bytes(raw).decode("ascii", "replace").split("\\")
+    elif isinstance(raw, Sequence):
+        items = [str(v) for v in raw]
+    else:
+        items = [str(raw)]
+    return [v.strip(" \x00") for v in items if v.strip(" \x00")]
+
+
+def _checked(keyword: str, values: list[str], level: RetrieveLevel | None) -> list[str]:
+    for value in values:
+        if "*" in value or "?" in value:
+            raise InvalidRetrieveIdentifier(
+                f"{keyword} {value[:70]!r} contains a wildcard; a retrieve names instances by exact "
+                "unique keys (PS3.4 C.4.2.2.1): query with C-FIND first, then retrieve the UIDs found"
+            )
+        if len(value) > 64:
+            raise InvalidRetrieveIdentifier(f"{keyword} {value[:40]!r}... is {len(value)} characters long; "
+                                            "unique keys have at most 64")
+    if len(values) > 1 and (level is None or not level.uid_list):
+        raise InvalidRetrieveIdentifier(
+            f"{keyword} has {len(values)} values; only the Unique Key of the retrieve level may be a "
+            "list, and only when it is a UID (PS3.4 C.4.2.2.1)"
+        )
+    if len(values) > MAX_KEYS:
+        raise InvalidRetrieveIdentifier(f"{keyword} lists {len(values)} UIDs; at most {MAX_KEYS} per request, "
+                                        "split the retrieve")
+    return values
+
+
+def plan(level: str, identifier: Mapping[str, object], model: str = "STUDY") -> list[tuple[RetrieveLevel, list[str]]]:
+    """Check the identifier; return the (level, values) constraints it sets, top down."""
+    levels = MODELS.get(model.upper())
+    if levels is None:
+        raise InvalidRetrieveIdentifier(f"unknown information model {model!r}; expected PATIENT or STUDY root")
+    name = level.strip().upper()
+    if not name:
+        raise InvalidRetrieveIdentifier("QueryRetrieveLevel (0008,0052) is missing; it must be one of "
+                                        + ", ".join(levels))
+    if name not in levels:
+        raise InvalidRetrieveIdentifier(
+            f"QueryRetrieveLevel {level[:20]!r} is not a level of the {model.title()} Root model "
+            f"(expected one of {', '.join(levels)})"
+        )
+    target = LEVELS[name]
+    own = _checked(target.unique_key, _values(identifier, target.unique_key), target)
+    if not own:
+        raise InvalidRetrieveIdentifier(
+            f"a {name}-level retrieve needs the Unique Key {target.unique_key}, and the identifier has "
+            "none (PS3.4 C.4.2.2.1)"
+        )
+    constraints: list[tuple[RetrieveLevel, list[str]]] = []
+    for above in levels[: levels.index(name)]:
+        spec = LEVELS[above]
+        values = _checked(spec.unique_key, _values(identifier, spec.unique_key), None)
+        if values:
+            constraints.append((spec, values))
+    constraints.append((target, own))
+    return constraints
+
+
+def _query(conn: Connection, constraints: list[tuple[RetrieveLevel, list[str]]]) -> list[Any]:
+    base = (
+        select(
+            Instance.sop_class_uid, Instance.sop_instance_uid, Instance.transfer_syntax_uid, Instance.blob_key,
+            Study.study_instance_uid, Series.series_instance_uid,
+        )
+        .join(Series, Instance.series_pk == Series.id)
+        .join(Study, Series.study_pk == Study.id)
+        .join(Patient, Study.patient_pk == Patient.id)
+    )
+    for spec, values in constraints[:-1]:
+        base = base.where(spec.column == values[0])
+    spec, values = constraints[-1]
+    order = (Study.id, Series.series_number, Series.id, Instance.instance_number, Instance.id)
+    rows: list[Any] = []
+    seen: set[str] = set()
+    for start in range(0, len(values), _IN_CHUNK):
+        chunk = values[start : start + _IN_CHUNK]
+        for row in conn.execute(base.where(spec.column.in_(chunk)).order_by(*order)):
+            if row.sop_instance_uid not in seen:
+                seen.add(row.sop_instance_uid)
+                rows.append(row)
+    return rows
+
+
+def _instance(archive: Archive, row: Any) -> StoredInstance:
+    return StoredInstance(row.sop_class_uid, row.sop_instance_uid, row.transfer_syntax_uid,
+                          archive.blobs.path_of(row.blob_key), -1, row.study_instance_uid, row.series_instance_uid)
+
+
+def dataset_offset_of(path: Path) -> int:
+    """Where the dataset of a stored Part 10 file begins: 144 + File Meta Information Group Length (PS3.10 §7.1).
+
+    One 144-byte read; the File Meta Information itself was checked when the file was stored.
+    """
+    with open(path, "rb", buffering=0) as fh:
+        head = fh.read(144)
+    if len(head) < 144 or head[128:132] != b"DICM":
+        raise NotPart10("no DICM prefix after the 128-byte preamble (not a DICOM Part 10 file)")
+    if head[132:140] != _GROUP_LENGTH_HEADER:
+        raise NotPart10("File Meta Information Group Length (0002,0000) missing")
+    group_length = int.from_bytes(head[140:144], "little")
+    if group_length > 1 << 20:
+        raise NotPart10(f"File Meta Information of {group_length} bytes is not plausible")
+    return 144 + group_length
+
+
+#: (0002,0000) UL, length 4, explicit VR little endian: how every Part 10 file's meta group starts.
+_GROUP_LENGTH_HEADER: Final = b"\x02\x00\x00\x00UL\x04\x00"
+
+
+def locate(instance: StoredInstance, blob_key: str = "") -> StoredInstance:
+    """``instance`` with its dataset offset, or with ``problem`` saying why its file cannot be sent."""
+    if instance.dataset_offset >= 0 or instance.problem:
+        return instance
+    name = blob_key or str(instance.path)
+    try:
+        return replace(instance, dataset_offset=dataset_offset_of(instance.path))
+    except FileNotFoundError:
+        problem = f"its file {name} is missing from storage"
+    except (OSError, NotPart10) as exc:
+        problem = f"its file {name} cannot be read: {exc}"
+    log.error("SOP Instance %s is indexed but %s", instance.sop_instance_uid, problem)
+    return replace(instance, problem=problem)
+
+
+def _locate(archive: Archive, rows: list[Any]) -> list[StoredInstance]:
+    return [locate(_instance(archive, row), row.blob_key) for row in rows]
+
+
+async def select_instances(
+    archive: Archive, level: str, identifier: Mapping[str, object], model: str = "STUDY", *, located: bool = True
+) -> list[StoredInstance]:
+    """The stored instances a retrieve request names, in study/series/instance order.
+
+    ``identifier`` maps DICOM keywords to values (a string, possibly with
+    backslash-separated values, or a sequence of strings). ``model`` is the
+    information model: "PATIENT" or "STUDY" root. Raises InvalidRetrieveIdentifier.
+    An identifier that matches nothing gives an empty list. ``located=False``
+    leaves each file unread (``dataset_offset`` -1): the caller runs :func:`locate`
+    just before sending it, so the first sub-operation does not wait for every file.
+    """
+    constraints = plan(level, identifier, model)
+    rows = await archive.read(lambda conn: _query(conn, constraints))
+    if not located:
+        return [_instance(archive, row) for row in rows]
+    return await asyncio.to_thread(_locate, archive, rows)
+
+
+__all__ = ["InvalidRetrieveIdentifier", "LEVELS", "MODELS", "StoredInstance", "dataset_offset_of", "locate", "plan",
+           "select_instances"]

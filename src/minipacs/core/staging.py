@@ -1,0 +1,338 @@
+"""Staging files: an instance being received, written straight to disk as Part 10.
+
+The file lives in DATA/staging/, on the same filesystem as the blob store, so
+ingest moves it into place with one rename. Nothing of the dataset is kept in
+memory: bytes are appended as they arrive.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import threading
+import struct
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO, Final
+
+from minipacs import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from minipacs.core.errors import DatasetTooLarge, InvalidIdentifier, InvalidInstance, OutOfResources
+from minipacs.core.header import read_header
+from minipacs.core.model import StagedPath
+from minipacs.core.paths import strip_uid_padding, validate_uid
+
+#: PS3.10 §7.1: 128-byte preamble then the "DICM" prefix.
+PREAMBLE: Final = b"\x00" * 128 + b"DICM"
+STAGING_SUFFIX: Final = ".part"
+#: Folder (beside staging/) of empty files created ahead of time by StagingPool;
+#: a transfer writes into one of them, so in-flight data may live here too.
+READY_DIR: Final = "ready"
+_WRITE_BUFFER: Final = 256 * 1024
+#: errno values that mean "the disk cannot take more" rather than a bug.
+_RESOURCE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# PS3.5 Table 7.1-1: explicit VRs with 2 reserved bytes and a 32-bit length.
+_LONG_LENGTH_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+
+
+def _element(tag: int, vr: str, value: bytes) -> bytes:
+    """One explicit VR little endian data element (PS3.5 §7.1.2)."""
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode("ascii")
+    if vr in _LONG_LENGTH_VRS:
+        return head + struct.pack("<HI", 0, len(value)) + value
+    return head + struct.pack("<H", len(value)) + value
+
+
+def _padded(text: str, pad: bytes) -> bytes:
+    """ASCII value padded to even length (PS3.5 §6.2: NUL for UI, space otherwise)."""
+    raw = text.encode("ascii")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def _checked_ae(value: str) -> str:
+    """PS3.5 Table 6.2-1 AE: ≤ 16 printable ASCII characters, no backslash."""
+    text = value.strip(" ")
+    if len(text) > 16 or not all(0x20 <= ord(c) < 0x7F and c != "\\" for c in text):
+        raise InvalidIdentifier(
+            f"SourceApplicationEntityTitle {value[:40]!r} is not a valid AE title "
+            "(at most 16 printable ASCII characters, no backslash)"
+        )
+    return text
+
+
+def file_meta_information(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_aet: str = ""
+) -> bytes:
+    """Preamble, prefix and File Meta Information group (PS3.10 §7.1, Table 7.1-1).
+
+    Every value is validated first: UIDs per PS3.5 §9.1, the AE title per
+    PS3.5 Table 6.2-1; anything else raises InvalidIdentifier.
+    """
+    elements: Sequence[tuple[int, str, bytes]] = [
+        (0x00020001, "OB", b"\x00\x01"),  # FileMetaInformationVersion
+        (0x00020002, "UI", _padded(validate_uid("MediaStorageSOPClassUID", sop_class_uid), b"\x00")),
+        (0x00020003, "UI", _padded(validate_uid("MediaStorageSOPInstanceUID", sop_instance_uid), b"\x00")),
+        (0x00020010, "UI", _padded(validate_uid("TransferSyntaxUID", transfer_syntax_uid), b"\x00")),
+        (0x00020012, "UI", _padded(IMPLEMENTATION_CLASS_UID, b"\x00")),
+        (0x00020013, "SH", _padded(IMPLEMENTATION_VERSION_NAME, b" ")),
+    ]
+    aet = _checked_ae(source_aet)
+    if aet:
+        elements = [*elements, (0x00020016, "AE", _padded(aet, b" "))]
+    body = b"".join(_element(tag, vr, value) for tag, vr, value in elements)
+    group_length = _element(0x00020000, "UL", struct.pack("<I", len(body)))
+    return PREAMBLE + group_length + body
+
+
+class StagingFile:
+    """A file being received, in DATA/staging/, on the same filesystem as the blob store.
+
+    On creation it has already written the preamble, b"DICM" and the File Meta
+    Information (PS3.10 §7.1); the dataset bytes are then appended as received.
+    """
+
+    def __init__(
+        self,
+        staging_dir: Path,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+        source_aet: str = "",
+        max_dataset_bytes: int = 0,
+        pool: StagingPool | None = None,
+    ) -> None:
+        self._sop_class_uid = strip_uid_padding(sop_class_uid)
+        self._sop_instance_uid = strip_uid_padding(sop_instance_uid)
+        self._transfer_syntax_uid = strip_uid_padding(transfer_syntax_uid)
+        meta = file_meta_information(
+            self._sop_class_uid, self._sop_instance_uid, self._transfer_syntax_uid, source_aet
+        )
+        self._limit = max_dataset_bytes
+        self._size = 0
+        self._dataset_offset = len(meta)
+        self._fh: BinaryIO | None = None
+        try:
+            if pool is not None:
+                self.path, self._fh = pool.take()
+            else:
+                self.path = staging_dir / f"{uuid.uuid4().hex}{STAGING_SUFFIX}"
+                self._fh = _create(self.path)
+            self._fh.write(meta)
+        except OSError as exc:
+            self.discard()
+            raise _as_archive_error(exc, self.path) from exc
+
+    @property
+    def dataset_size(self) -> int:
+        """Dataset bytes written so far (File Meta Information not counted)."""
+        return self._size
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append dataset bytes; past max_dataset_bytes the file is discarded."""
+        if self._fh is None:
+            raise ValueError(f"staging file {self.path.name} is already finished or discarded")
+        size = self._size + len(data)
+        if self._limit and size > self._limit:
+            self.discard()
+            raise DatasetTooLarge(
+                f"the dataset of SOP Instance {self._sop_instance_uid} exceeds the limit of "
+                f"{self._limit} bytes (max_dataset_bytes); raise the limit to accept it"
+            )
+        try:
+            self._fh.write(data)
+        except OSError as exc:
+            self.discard()
+            raise _as_archive_error(exc, self.path) from exc
+        self._size = size
+
+    def finish(self) -> StagedPath:
+        """Close the file and describe it for ingest (no fsync: ingest batches them)."""
+        if self._fh is None:
+            raise ValueError(f"staging file {self.path.name} is already finished or discarded")
+        fh, self._fh = self._fh, None
+        try:
+            fh.close()
+        except OSError as exc:
+            self.discard()
+            raise _as_archive_error(exc, self.path) from exc
+        return StagedPath(
+            path=self.path,
+            dataset_offset=self._dataset_offset,
+            transfer_syntax_uid=self._transfer_syntax_uid,
+            sop_class_uid=self._sop_class_uid,
+            sop_instance_uid=self._sop_instance_uid,
+        )
+
+    def discard(self) -> None:
+        """Close and delete the file; safe to call more than once."""
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            try:
+                fh.close()
+            except OSError:
+                pass
+        self.path.unlink(missing_ok=True)
+
+
+def _create(path: Path) -> BinaryIO:
+    return open(path, "xb", buffering=_WRITE_BUFFER)
+
+
+class StagingPool:
+    """Empty staging files created ahead of time by a background thread.
+
+    Creating a file costs 0.2-0.7 ms in the kernel on our test machines; a
+    C-STORE would pay it on the event loop, between its command and dataset.
+    ``take`` pops a ready file (or creates one if the pool ran dry) and wakes
+    the refiller. ``close`` deletes the files nobody took.
+    """
+
+    def __init__(self, staging_dir: Path, size: int = 4) -> None:
+        self.staging_dir = staging_dir
+        self.size = size
+        self._ready: collections.deque[tuple[Path, BinaryIO]] = collections.deque()
+        self._wanted = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._refill, name="minipacs-staging-pool", daemon=True)
+        self._wanted.set()
+        self._thread.start()
+
+    def take(self) -> tuple[Path, BinaryIO]:
+        try:
+            ready = self._ready.popleft()
+        except IndexError:
+            ready = None
+        self._wanted.set()
+        if ready is not None:
+            return ready
+        path = self.staging_dir / f"{uuid.uuid4().hex}{STAGING_SUFFIX}"
+        return path, _create(path)
+
+    def _refill(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            if self._stop:
+                return
+            while len(self._ready) < self.size and not self._stop:
+                path = self.staging_dir / f"{uuid.uuid4().hex}{STAGING_SUFFIX}"
+                try:
+                    self._ready.append((path, _create(path)))
+                except OSError:
+                    break  # disk full or gone: take() will report it on the hot path
+
+    def close(self) -> None:
+        self._stop = True
+        self._wanted.set()
+        self._thread.join(timeout=5)
+        while self._ready:
+            path, fh = self._ready.popleft()
+            fh.close()
+            path.unlink(missing_ok=True)
+
+
+def _as_archive_error(exc: OSError, path: Path) -> Exception:
+    if exc.errno in _RESOURCE_ERRNOS:
+        return OutOfResources(f"cannot write {path}: {os.strerror(exc.errno or 0)}; free disk space")
+    return exc
+
+
+#: Transfer syntaxes assumed for a raw dataset without File Meta Information (PS3.5 §10.1, A.2).
+IMPLICIT_VR_LITTLE_ENDIAN: Final = "1.2.840.10008.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN: Final = "1.2.840.10008.1.2.1"
+_MAX_META_BYTES: Final = 64 * 1024
+_COPY_CHUNK: Final = 1024 * 1024
+
+
+def _read_file_meta(fp: BinaryIO, name: str) -> tuple[int, str]:
+    """Walk the group 0002 elements from the current position (PS3.10 §7.1).
+
+    Returns (offset of the dataset, TransferSyntaxUID). Walks elements rather than
+    trusting FileMetaInformationGroupLength, which some writers get wrong.
+    """
+    start = fp.tell()
+    transfer_syntax = ""
+    while True:
+        position = fp.tell()
+        head = fp.read(8)
+        if len(head) < 8 or struct.unpack("<H", head[:2])[0] != 0x0002:
+            break
+        if position - start > _MAX_META_BYTES:
+            raise InvalidInstance(f"{name} has a File Meta Information group over {_MAX_META_BYTES} bytes")
+        element = struct.unpack("<H", head[2:4])[0]
+        if head[4:6].decode("latin-1") in _LONG_LENGTH_VRS:
+            length = struct.unpack("<I", fp.read(4))[0]
+        else:
+            length = struct.unpack("<H", head[6:8])[0]
+        value = fp.read(length)
+        if len(value) != length:
+            raise InvalidInstance(f"{name} ends inside its File Meta Information")
+        if element == 0x0010:
+            transfer_syntax = value.decode("ascii", errors="replace").rstrip("\x00 ")
+    if not transfer_syntax:
+        raise InvalidInstance(f"{name} has no TransferSyntaxUID (0002,0010) in its File Meta Information")
+    return position, transfer_syntax
+
+
+def stage_file(staging_dir: Path, path: Path, max_dataset_bytes: int = 0) -> StagedPath:
+    """Copy a file from disk into staging with OUR File Meta Information.
+
+    Accepts a Part 10 file (PS3.10 §7.1), a File Meta group without preamble, or a
+    raw dataset (implicit VR little endian, or explicit when the VR bytes say so).
+    The SOP Class/Instance UIDs come from the dataset itself. Raises InvalidInstance
+    ("... is not a DICOM file") for anything else.
+    """
+    name = str(path)
+    with open(path, "rb") as fp:
+        head = fp.read(132)
+        if len(head) == 132 and head[128:] == b"DICM":
+            offset, transfer_syntax = _read_file_meta(fp, name)
+        elif head[:2] == b"\x02\x00":
+            fp.seek(0)
+            offset, transfer_syntax = _read_file_meta(fp, name)
+        elif len(head) >= 8 and head[:2] == b"\x08\x00":
+            explicit = head[4:6].isalpha() and head[4:6].isupper()
+            offset = 0
+            transfer_syntax = EXPLICIT_VR_LITTLE_ENDIAN if explicit else IMPLICIT_VR_LITTLE_ENDIAN
+        else:
+            raise InvalidInstance(f"{name} is not a DICOM file (no DICM prefix and no dataset at its start)")
+        try:
+            header = read_header(path, offset, transfer_syntax)
+        except InvalidInstance as exc:
+            raise InvalidInstance(f"{name} is not a readable DICOM file: {exc}") from exc
+        sop_class_uid, sop_instance_uid = header.get("SOPClassUID"), header.get("SOPInstanceUID")
+        if not sop_class_uid or not sop_instance_uid:
+            raise InvalidInstance(f"{name} is not a DICOM file (no SOPClassUID or SOPInstanceUID)")
+        staging = StagingFile(staging_dir, sop_class_uid, sop_instance_uid, transfer_syntax, "", max_dataset_bytes)
+        try:
+            fp.seek(offset)
+            while chunk := fp.read(_COPY_CHUNK):
+                staging.write(chunk)
+            return staging.finish()
+        except BaseException:
+            staging.discard()
+            raise
+
+
+def remove_leftovers(staging_dir: Path) -> int:
+    """Delete files left in staging by a previous run (never acknowledged); return how many."""
+    removed = 0
+    for entry in os.scandir(staging_dir):
+        if entry.is_file(follow_symlinks=False):
+            os.unlink(entry.path)
+            removed += 1
+    return removed
+
+
+__all__ = [
+    "EXPLICIT_VR_LITTLE_ENDIAN",
+    "IMPLICIT_VR_LITTLE_ENDIAN",
+    "PREAMBLE",
+    "READY_DIR",
+    "StagingFile",
+    "StagingPool",
+    "file_meta_information",
+    "remove_leftovers",
+    "stage_file",
+]

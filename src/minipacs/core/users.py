@@ -1,0 +1,116 @@
+"""HTTP users and API tokens: who they are, their role, and how their secrets are hashed.
+
+Passwords are hashed with scrypt (hashlib, RFC 7914) in the self-describing form
+``scrypt$N$r$p$<salt b64>$<hash b64>``; API tokens are random strings stored as
+their SHA-256 (``sha256$<hex>``): they carry enough entropy not to need a slow hash.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import hashlib
+import hmac
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+#: scrypt cost parameters for new hashes (n=2**14, r=8, p=1: ~16 MiB, ~50 ms).
+SCRYPT_N: Final = 2**14
+SCRYPT_R: Final = 8
+SCRYPT_P: Final = 1
+
+
+class Role(str, enum.Enum):
+    """admin: everything; operator: also upload, send, retrieve, delete; viewer: read only."""
+
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    VIEWER = "viewer"
+
+
+# What each role may do: "read" (GET), "write" (upload, send, retrieve, delete), "admin" (nodes, users).
+ROLE_PERMISSIONS: Final[Mapping[Role, frozenset[str]]] = {
+    Role.ADMIN: frozenset({"read", "write", "admin"}),
+    Role.OPERATOR: frozenset({"read", "write"}),
+    Role.VIEWER: frozenset({"read"}),
+}
+
+
+class InvalidUser(ValueError):
+    """A [[users]] or [[tokens]] entry cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    password_hash: str
+    role: Role
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    name: str
+    token_hash: str  # "sha256$<hex>"
+    role: Role
+
+
+def hash_password(password: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, maxmem=128 * 1024 * 1024)
+    enc = base64.b64encode
+    return f"scrypt${n}${r}${p}${enc(salt).decode()}${enc(digest).decode()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """True if ``password`` matches the ``hash_password`` result ``stored``; False for any malformed hash."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = base64.b64decode(digest, validate=True)
+        got = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt, validate=True), n=int(n), r=int(r),
+                             p=int(p), maxmem=128 * 1024 * 1024, dklen=len(expected))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, expected)
+
+
+def hash_token(token: str) -> str:
+    return "sha256$" + hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> tuple[str, str]:
+    """A fresh API token and its hash for the config file."""
+    token = secrets.token_urlsafe(32)
+    return token, hash_token(token)
+
+
+def _role(value: Any, what: str) -> Role:
+    try:
+        return Role(str(value).lower())
+    except ValueError:
+        raise InvalidUser(f"{what}: role {value!r} is not one of admin, operator, viewer") from None
+
+
+def user_from_mapping(table: Mapping[str, Any]) -> User:
+    name = str(table.get("name", "")).strip()
+    password_hash = str(table.get("password_hash", ""))
+    if not name:
+        raise InvalidUser("a user needs a name")
+    if not password_hash.startswith("scrypt$"):
+        raise InvalidUser(f"user {name!r}: password_hash must come from `minipacs users hash-password`")
+    return User(name, password_hash, _role(table.get("role", "viewer"), f"user {name!r}"))
+
+
+def token_from_mapping(table: Mapping[str, Any]) -> ApiToken:
+    name = str(table.get("name", "")).strip() or "token"
+    token_hash = str(table.get("token_hash", ""))
+    if not token_hash.startswith("sha256$"):
+        raise InvalidUser(f"token {name!r}: token_hash must come from `minipacs users new-token`")
+    return ApiToken(name, token_hash, _role(table.get("role", "viewer"), f"token {name!r}"))
+
+
+__all__ = ["ApiToken", "InvalidUser", "ROLE_PERMISSIONS", "Role", "User", "hash_password", "hash_token",
+           "new_token", "token_from_mapping", "user_from_mapping", "verify_password"]

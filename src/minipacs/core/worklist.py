@@ -1,0 +1,294 @@
+"""Modality Worklist entries and their matching: PS3.4 Annex K (K.6 matching).
+
+Entries are whole datasets (kept as PS3.18 JSON) with a few keys copied into
+indexed columns. A worklist query is matched with the ONE matching machinery
+of the query engine (core/identifier.py keys, index/matching.py conditions,
+``sequence_matches`` for the Scheduled Procedure Step Sequence, PS3.4
+C.2.2.2.6); the indexed columns only narrow the candidates first. Never
+speaks DIMSE.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Protocol, TypeVar
+
+import pydicom
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import generate_uid
+from sqlalchemy import Connection
+
+from minipacs.core.errors import ArchiveError
+from minipacs.core.identifier import Key, element_text, read_keys
+from minipacs.index import worklist_repo as repo
+from minipacs.index.matching import Matching, python_matches
+
+T = TypeVar("T")
+
+SPS_SEQUENCE: Final = 0x00400100  # (0040,0100) Scheduled Procedure Step Sequence
+#: Entry states: SCHEDULED (new), IN PROGRESS / COMPLETED / DISCONTINUED (MPPS), CANCELLED (order).
+SCHEDULED: Final = "SCHEDULED"
+CANCELLED: Final = "CANCELLED"
+#: States a worklist query answers (done and cancelled steps leave the modality's list).
+OPEN_STATES: Final = ("SCHEDULED", "IN PROGRESS")
+
+
+class IndexAccess(Protocol):
+    async def write(self, call: Callable[[Connection], T]) -> T: ...
+
+    async def read(self, call: Callable[[Connection], T]) -> T: ...
+
+
+class InvalidWorklistEntry(ArchiveError, ValueError):
+    """A worklist entry lacks what a modality needs; the message says what."""
+
+
+@dataclass(frozen=True)
+class WorklistEntry:
+    id: int
+    status: str
+    dataset: Dataset
+
+    @property
+    def accession_number(self) -> str:
+        return str(self.dataset.get("AccessionNumber", "") or "")
+
+    def summary(self) -> dict[str, str]:
+        """The columns `minipacs worklist list` shows."""
+        ds = self.dataset
+        sps = _first_sps(ds)
+        return {
+            "id": str(self.id), "status": self.status, "accession": self.accession_number,
+            "patient_id": str(ds.get("PatientID", "") or ""), "patient_name": str(ds.get("PatientName", "") or ""),
+            "modality": str(sps.get("Modality", "") or ""),
+            "station": str(sps.get("ScheduledStationAETitle", "") or ""),
+            "start": f"{sps.get('ScheduledProcedureStepStartDate', '') or ''} "
+                     f"{sps.get('ScheduledProcedureStepStartTime', '') or ''}".strip(),
+            "procedure": str(ds.get("RequestedProcedureDescription", "") or sps.get(
+                "ScheduledProcedureStepDescription", "") or ""),
+            "study_uid": str(ds.get("StudyInstanceUID", "") or ""),
+        }
+
+
+def _first_sps(ds: Dataset) -> Dataset:
+    seq = ds.get("ScheduledProcedureStepSequence")
+    return seq[0] if seq else Dataset()
+
+
+# ------------------------------------------------------------------ storage form
+
+def to_text(ds: Dataset) -> str:
+    """The dataset as PS3.18 JSON (binary values inline)."""
+    return json.dumps(ds.to_json_dict(bulk_data_threshold=1 << 30, bulk_data_element_handler=None))
+
+
+def from_text(text: str) -> Dataset:
+    return Dataset.from_json(text)
+
+
+def validated(ds: Dataset) -> Dataset:
+    """PS3.4 K.6 / PS3.3 C.30: an entry needs patient identity and one Scheduled Procedure Step.
+
+    A missing Study Instance UID is generated (MPPS and the images link to it).
+    """
+    problems = []
+    if not str(ds.get("PatientID", "") or "").strip():
+        problems.append("PatientID is missing")
+    seq = ds.get("ScheduledProcedureStepSequence")
+    if not seq:
+        problems.append("ScheduledProcedureStepSequence (0040,0100) has no item")
+    elif not str(seq[0].get("Modality", "") or "").strip():
+        problems.append("the Scheduled Procedure Step has no Modality")
+    if problems:
+        raise InvalidWorklistEntry("worklist entry refused: " + "; ".join(problems))
+    if not str(ds.get("StudyInstanceUID", "") or "").strip():
+        ds.StudyInstanceUID = generate_uid()
+    return ds
+
+
+def _columns(ds: Dataset, status: str) -> dict[str, Any]:
+    sps = _first_sps(ds)
+    return {
+        "accession_number": str(ds.get("AccessionNumber", "") or "")[:16],
+        "patient_id": str(ds.get("PatientID", "") or "")[:64],
+        "study_instance_uid": str(ds.get("StudyInstanceUID", "") or "")[:64],
+        "scheduled_station_ae": str(sps.get("ScheduledStationAETitle", "") or "")[:16],
+        "modality": str(sps.get("Modality", "") or "")[:16],
+        "start_date": str(sps.get("ScheduledProcedureStepStartDate", "") or "")[:8],
+        "status": status,
+        "dataset": to_text(ds),
+    }
+
+
+def _entry(row: dict[str, Any]) -> WorklistEntry:
+    return WorklistEntry(int(row["id"]), str(row["status"]), from_text(str(row["dataset"])))
+
+
+def read_worklist_file(path: Path) -> Dataset:
+    """A DCMTK ``.wl`` file (wlmscpfs): a DICOM dataset, Part 10 or raw; raises InvalidWorklistEntry."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # pydicom's guesses about garbage become a refusal
+            read = pydicom.dcmread(path, force=True)
+            read.decode()
+            ds = Dataset({tag: read[tag] for tag in read.keys() if tag.group != 0x0002})
+    except (InvalidDicomError, OSError, ValueError, AttributeError, KeyError, TypeError, UserWarning) as exc:
+        raise InvalidWorklistEntry(f"{path}: not a readable DICOM dataset ({exc})") from exc
+    if len(ds) == 0:
+        raise InvalidWorklistEntry(f"{path}: no DICOM elements found")
+    return ds
+
+
+# ------------------------------------------------------------------ PS3.4 K.6 matching
+
+def matches(keys: Sequence[Key], ds: Dataset) -> bool:
+    """PS3.4 K.6.1.2.2 / C.2.2.2: every non-universal key matches ``ds``."""
+    for key in keys:
+        if key.is_universal:
+            continue
+        if key.vr == "SQ":
+            if not _sequence_matches(key, ds.get(key.tag)):
+                return False
+            continue
+        elem = ds.get(key.tag)
+        if not python_matches(key.condition, key.vr, element_text(elem) if elem is not None else None):
+            return False
+    return True
+
+
+def _sequence_matches(key: Key, elem: DataElement | None) -> bool:
+    """C.2.2.2.6: some stored item matches every key of the query item."""
+    if elem is None or not isinstance(elem.value, (DicomSequence, list)):
+        return False
+    return any(matches(query_item, item) for query_item in key.items for item in elem.value)
+
+
+def response(keys: Sequence[Key], ds: Dataset) -> Dataset:
+    """K.6.1.2.2: every requested key answered — the stored value, or empty when there is none.
+
+    A sequence key with no item returns the stored sequence whole; with an item, the
+    stored items that match it, each reduced to the item's keys.
+    """
+    out = Dataset()
+    for key in keys:
+        if key.keyword == "SpecificCharacterSet":
+            continue
+        stored = ds.get(key.tag)
+        if key.vr == "SQ":
+            items: list[Dataset] = []
+            if stored is not None and isinstance(stored.value, (DicomSequence, list)):
+                if not key.items:
+                    items = [item for item in stored.value]
+                else:
+                    query_item = key.items[0]
+                    items = [response(query_item, item) for item in stored.value if matches(query_item, item)]
+            out.add(DataElement(key.tag, "SQ", DicomSequence(items)))
+        elif stored is not None:
+            out.add(stored)
+        else:
+            out.add(DataElement(key.tag, key.vr, None))
+    return out
+
+
+def _prefilter(keys: Sequence[Key]) -> dict[str, str]:
+    """Keys whose single value can narrow the candidates in SQL (exact equality only)."""
+    equal: dict[str, str] = {}
+    for key in keys:
+        column = repo.WORKLIST_PREFILTER.get(key.keyword)
+        if column is not None and key.condition.kind is Matching.SINGLE:
+            equal[column] = key.condition.values[0]
+    return equal
+
+
+# ------------------------------------------------------------------ the API
+
+class Worklist:
+    """Worklist entries in the index: add, list, get, remove, import, find."""
+
+    def __init__(self, index: IndexAccess) -> None:
+        self.index = index
+
+    async def add(self, ds: Dataset, status: str = SCHEDULED) -> WorklistEntry:
+        ds = validated(ds)
+        values = _columns(ds, status)
+        pk = await self.index.write(lambda conn: repo.insert_worklist(conn, values))
+        return WorklistEntry(pk, status, ds)
+
+    async def list(self, *, include_closed: bool = True) -> builtins.list[WorklistEntry]:
+        statuses = None if include_closed else OPEN_STATES
+        rows = await self.index.read(lambda conn: repo.worklist_rows(conn, statuses=statuses))
+        return [_entry(row) for row in rows]
+
+    async def get(self, pk: int) -> WorklistEntry | None:
+        row = await self.index.read(lambda conn: repo.worklist_row(conn, pk))
+        return _entry(row) if row else None
+
+    async def by_accession(self, accession: str) -> builtins.list[WorklistEntry]:
+        rows = await self.index.read(lambda conn: repo.worklist_rows(conn, {"accession_number": accession}))
+        return [_entry(row) for row in rows]
+
+    async def by_study(self, study_uid: str) -> builtins.list[WorklistEntry]:
+        rows = await self.index.read(lambda conn: repo.worklist_rows(conn, {"study_instance_uid": study_uid}))
+        return [_entry(row) for row in rows]
+
+    async def remove(self, key: str) -> int:
+        """Remove the entry with id ``key``, or every entry with that accession number."""
+
+        def run(conn: Connection) -> int:
+            if key.isdigit() and repo.worklist_row(conn, int(key)) is not None:
+                return repo.delete_worklist(conn, [int(key)])
+            pks = [int(r["id"]) for r in repo.worklist_rows(conn, {"accession_number": key})]
+            return repo.delete_worklist(conn, pks) if pks else 0
+
+        return await self.index.write(run)
+
+    async def set_status(self, pk: int, status: str) -> None:
+        await self.index.write(lambda conn: repo.set_worklist_status(conn, pk, status))
+
+    async def import_files(self, paths: Iterable[Path]) -> tuple[int, builtins.list[str]]:
+        """Import ``.wl`` files (folders: recursively); (entries added, problems)."""
+        added = 0
+        problems: builtins.list[str] = []
+        for path in paths:
+            files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+            for file in files:
+                if path.is_dir() and file.suffix.lower() not in (".wl", ".dcm", ""):
+                    continue
+                try:
+                    await self.add(read_worklist_file(file))
+                    added += 1
+                except InvalidWorklistEntry as exc:
+                    problems.append(f"{file}: {exc}" if str(file) not in str(exc) else str(exc))
+        return added, problems
+
+    async def find(self, identifier: Dataset) -> builtins.list[Dataset]:
+        """Response identifiers of the open entries matching ``identifier`` (PS3.4 K.6);
+        raises InvalidKeyValue."""
+        keys = read_keys(identifier)
+        equal = _prefilter(keys)
+        rows = await self.index.read(lambda conn: repo.worklist_rows(conn, equal, OPEN_STATES))
+        found = []
+        for row in rows:
+            ds = from_text(str(row["dataset"]))
+            if matches(keys, ds):
+                found.append(response(keys, ds))
+        return found
+
+
+__all__ = [
+    "InvalidWorklistEntry",
+    "Worklist",
+    "WorklistEntry",
+    "matches",
+    "read_worklist_file",
+    "response",
+    "validated",
+]

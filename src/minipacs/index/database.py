@@ -1,0 +1,87 @@
+"""Engine construction and schema migration for the index.
+
+SQLite: WAL journal, ``synchronous`` FULL when fsync is on (NORMAL otherwise),
+foreign keys on, and transactions begun by us (pysqlite's own BEGIN handling
+would break SAVEPOINT, which group commit relies on). The writer begins with
+``BEGIN IMMEDIATE`` so it never has to upgrade a read lock.
+PostgreSQL: psycopg 3; migrations serialise on an advisory lock so several
+nodes can start at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Final
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, create_engine, event, text
+
+#: Where the migration scripts live inside the installed package.
+MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
+#: Execution option a connection sets to begin SQLite transactions with IMMEDIATE.
+WRITER_OPTION: Final = "minipacs_writer"
+#: Any constant shared by all nodes; the key of the migration advisory lock.
+_MIGRATION_LOCK_KEY: Final = 0x6D696E69  # "mini"
+
+
+def _sqlite_pragmas(fsync: bool) -> list[str]:
+    return [
+        "PRAGMA journal_mode=WAL",
+        f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}",
+        "PRAGMA foreign_keys=ON",
+        "PRAGMA busy_timeout=30000",
+    ]
+
+
+def create_index_engine(url: str, fsync: bool = True) -> Engine:
+    """An engine for the index at ``url``, configured for our access pattern."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False}, pool_size=8, max_overflow=8)
+        pragmas = _sqlite_pragmas(fsync)
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+            cursor = dbapi_connection.cursor()
+            for pragma in pragmas:
+                cursor.execute(pragma)
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            immediate = conn.get_execution_options().get(WRITER_OPTION, False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic configuration built in code, pointing inside the package."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("path_separator", "os")
+    if connection is not None:
+        config.attributes["connection"] = connection
+        url = connection.engine.url.render_as_string(hide_password=False)
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))  # configparser syntax
+    return config
+
+
+def upgrade_schema(engine: Engine) -> None:
+    """Run ``alembic upgrade head`` on the index."""
+    with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+            connection.commit()
+        try:
+            command.upgrade(alembic_config(connection), "head")
+            connection.commit()
+        finally:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+                connection.commit()
+
+
+__all__ = ["MIGRATIONS_DIR", "WRITER_OPTION", "alembic_config", "create_index_engine", "upgrade_schema"]

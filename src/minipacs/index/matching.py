@@ -1,0 +1,401 @@
+"""PS3.4 C.2.2.2 attribute matching, as SQL (indexed keys) and in Python (the rest).
+
+A key's value says which kind of matching it asks for (:func:`classify`); each
+kind is one row of ``SQL_MATCHERS`` and ``PYTHON_MATCHERS``. Values are always
+bound parameters; wildcard values are escaped before ``*``/``?`` become the
+pattern characters of the dialect (GLOB on SQLite, which is case-sensitive like
+DICOM matching; LIKE with an escape character on PostgreSQL). Person names
+match case-insensitively through the normalised (casefolded) columns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from sqlalchemy import ColumnElement, and_, false, or_
+
+from minipacs.core.errors import InvalidKeyValue
+from minipacs.index.repository import as_date, as_int, normalise_name
+
+#: Longest single value we match on (a wildcard pattern included); longer is refused.
+MAX_VALUE_LENGTH: Final = 1024
+#: Most values in a list of UIDs (or any multi-valued key).
+MAX_LIST_VALUES: Final = 1000
+
+# PS3.5 Table 6.2-1: VRs whose values are dates and times (range matching, no wildcards).
+DATE_TIME_VRS: Final = frozenset({"DA", "TM", "DT"})
+# VRs whose values cannot carry wildcards (PS3.4 C.2.2.2.4 excludes DA, TM, DT, UI and numbers).
+NO_WILDCARD_VRS: Final = DATE_TIME_VRS | {"UI", "IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "AT"}
+# Binary VRs: not matchable at all (return keys only).
+BINARY_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "US", "UL", "SS", "SL", "FL", "FD", "AT", "SV", "UV"})
+
+
+class Matching(enum.Enum):
+    """PS3.4 C.2.2.2.1-7: the kinds of matching a key value can ask for."""
+
+    UNIVERSAL = "universal"  # C.2.2.2.3: zero length (or only "*")
+    SINGLE = "single value"  # C.2.2.2.1
+    UID_LIST = "list of UIDs"  # C.2.2.2.2
+    WILDCARD = "wildcard"  # C.2.2.2.4
+    RANGE = "range"  # C.2.2.2.5
+    SEQUENCE = "sequence"  # C.2.2.2.6
+    MULTIPLE = "multiple values"  # C.2.2.2.7 / C.2.2.2.8-style: any of several values
+
+
+@dataclass(frozen=True)
+class Condition:
+    """What one key asks for: the kind and its operands (already validated)."""
+
+    kind: Matching
+    values: tuple[str, ...] = ()  # SINGLE/WILDCARD: (v,); RANGE: (low, high), "" = open
+    parts: tuple[Condition, ...] = ()  # UID_LIST / MULTIPLE: one condition per value
+
+
+UNIVERSAL: Final = Condition(Matching.UNIVERSAL)
+
+
+def classify(vr: str, value: str, keyword: str = "") -> Condition:
+    """The matching a key value of ``vr`` asks for (PS3.4 C.2.2.2); raises InvalidKeyValue."""
+    name = keyword or vr
+    if value == "" or (set(value) == {"*"} and vr not in BINARY_VRS):
+        return UNIVERSAL
+    if vr in BINARY_VRS:
+        raise InvalidKeyValue(f"{name} ({vr}) cannot be used for matching; send it empty as a return key")
+    if "\\" in value:
+        items = value.split("\\")
+        if len(items) > MAX_LIST_VALUES:
+            raise InvalidKeyValue(f"{name} lists {len(items)} values; at most {MAX_LIST_VALUES} are accepted")
+        parts = tuple(classify(vr, item, keyword) for item in items)
+        if any(p.kind is Matching.UNIVERSAL for p in parts):
+            return UNIVERSAL
+        return Condition(Matching.UID_LIST if vr == "UI" else Matching.MULTIPLE, parts=parts)
+    if len(value) > MAX_VALUE_LENGTH:
+        raise InvalidKeyValue(f"{name} value of {len(value)} characters is longer than {MAX_VALUE_LENGTH}; "
+                              "no stored value can match it")
+    if vr in DATE_TIME_VRS:
+        return _date_time_condition(vr, value, name)
+    if ("*" in value or "?" in value) and vr not in NO_WILDCARD_VRS:
+        return Condition(Matching.WILDCARD, (re.sub(r"\*+", "*", value),))
+    return Condition(Matching.SINGLE, (value,))
+
+
+def _date_time_condition(vr: str, value: str, name: str) -> Condition:
+    """PS3.4 C.2.2.2.5 range matching: "A-B", "-B", "A-"; a single value is a one-point range."""
+    if vr == "DT":
+        low, sep, high = _split_dt_range(value)
+    else:
+        low, sep, high = value.partition("-")
+    for part in (low, high):
+        if part and _BOUNDS[vr](part, False) is None:
+            raise InvalidKeyValue(f"{name} {value[:40]!r} is not a valid {vr} value or range "
+                                  f"(PS3.5 Table 6.2-1; ranges are written A-B, -B or A-)")
+    if not sep:
+        return Condition(Matching.SINGLE, (value,))
+    if not low and not high:
+        return UNIVERSAL
+    if low and high and _BOUNDS[vr](low, False) > _BOUNDS[vr](high, True):
+        raise InvalidKeyValue(f"{name} range {value!r} ends before it starts")
+    return Condition(Matching.RANGE, (low, high))
+
+
+def _split_dt_range(value: str) -> tuple[str, str, str]:
+    """A DT range: the '-' that separates, not the sign of a UTC offset ("...HH-0500")."""
+    for index, char in enumerate(value):
+        offset = index >= 10 and value[index + 1 : index + 5].isdigit() and len(value) in (index + 5,) or (
+            index >= 10 and value[index + 1 : index + 5].isdigit() and value[index + 5 : index + 6] == "-")
+        if char == "-" and not offset:
+            return value[:index], "-", value[index + 1 :]
+    return value, "", ""
+
+
+# ----------------------------------------------------------------- value bounds
+
+def date_bound(text: str, upper: bool) -> dt.date | None:
+    return as_date(text)
+
+
+def time_bound(text: str, upper: bool) -> dt.time | None:
+    """TM with reduced precision is a span: "10" is 10:00:00 up to 10:59:59.999999."""
+    clean = text.replace(":", "")
+    whole, _, fraction = clean.partition(".")
+    if len(whole) not in (2, 4, 6) or not whole.isascii() or not whole.isdigit():
+        return None
+    if fraction and (not fraction.isascii() or not fraction.isdigit() or len(fraction) > 6):
+        return None
+    hour, minute, second = int(whole[:2]), int(whole[2:4] or 0), int(whole[4:6] or 0)
+    if hour > 23 or minute > 59 or second > 60:
+        return None
+    micro = int(fraction.ljust(6, "0")) if fraction else 0
+    if upper:
+        if len(whole) < 4:
+            minute = 59
+        if len(whole) < 6:
+            second = 59
+        if not fraction:
+            micro = 999999
+        else:
+            micro = int(fraction.ljust(6, "9"))
+    return dt.time(hour, minute, min(second, 59), micro)
+
+
+_DT_RE: Final = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?([+-]\d{4})?$")
+
+
+def datetime_bound(text: str, upper: bool) -> dt.datetime | None:
+    """DT "YYYY[MM[DD[HH[MM[SS[.F]]]]]][&ZZXX]": the first or last instant it stands for.
+
+    Offsets are dropped (compared as local times: we negotiate no timezone adjustment).
+    """
+    found = _DT_RE.match(text)
+    if found is None:
+        return None
+    parts = found.groups()
+    year = int(parts[0])
+    given = [p for p in parts[1:6] if p is not None]
+    defaults_low = [1, 1, 0, 0, 0]
+    try:
+        month, day, hour, minute, second = [int(p) for p in given] + defaults_low[len(given):]
+        low = dt.datetime(year, month, day, hour, minute, second, int((parts[6] or "0").ljust(6, "0")))
+    except ValueError:
+        return None
+    if not upper:
+        return low
+    units = ["year", "month", "day", "hour", "minute", "second"]
+    unit = units[len(given)] if parts[6] is None else "fraction"
+    return _end_of(low, unit, parts[6] or "")
+
+
+def _end_of(start: dt.datetime, unit: str, fraction: str) -> dt.datetime:
+    if unit == "year":
+        return start.replace(month=12, day=31, hour=23, minute=59, second=59, microsecond=999999)
+    if unit == "month":
+        following = (start.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+        return following - dt.timedelta(microseconds=1)
+    step = {"day": dt.timedelta(days=1), "hour": dt.timedelta(hours=1), "minute": dt.timedelta(minutes=1),
+            "second": dt.timedelta(seconds=1)}.get(unit)
+    if step is not None:
+        return start + step - dt.timedelta(microseconds=1)
+    return start.replace(microsecond=int(fraction.ljust(6, "9")))
+
+
+_BOUNDS: Final[Mapping[str, Callable[[str, bool], Any]]] = {
+    "DA": date_bound,
+    "TM": time_bound,
+    "DT": datetime_bound,
+}
+
+
+# ----------------------------------------------------------------- SQL
+
+class ColumnKind(enum.Enum):
+    """How an index column holds its attribute (index/schema.py)."""
+
+    TEXT = "text"  # exact, case-sensitive text (CS, SH, LO, AE...)
+    UID = "uid"
+    NAME = "name"  # the casefolded twin of a PN
+    DATE = "date"  # typed DA, NULL when unparseable
+    TIME = "time"  # typed TM
+    INT = "int"  # IS / US as integer
+
+
+Column = ColumnElement[Any]
+SqlMatcher = Callable[[Column, ColumnKind, Condition, str], "ColumnElement[bool] | None"]
+
+
+def _operand(kind: ColumnKind, value: str) -> Any:
+    if kind is ColumnKind.NAME:
+        return normalise_name(value)
+    if kind is ColumnKind.INT:
+        return as_int(value)
+    return value
+
+
+def _sql_universal(col: Column, kind: ColumnKind, cond: Condition, dialect: str) -> ColumnElement[bool] | None:
+    return None
+
+
+def _sql_single(col: Column, kind: ColumnKind, cond: Condition, dialect: str) -> ColumnElement[bool] | None:
+    value = cond.values[0]
+    if kind in (ColumnKind.DATE, ColumnKind.TIME):
+        return _sql_range(col, kind, Condition(Matching.RANGE, (value, value)), dialect)
+    operand = _operand(kind, value)
+    if operand is None:  # e.g. "abc" for an integer key: nothing can match
+        return false()
+    clause: ColumnElement[bool] = col == operand
+    return clause
+
+
+def glob_pattern(value: str) -> str:
+    """DICOM wildcard → SQLite GLOB: '[' escaped as '[[]'; '*' and '?' mean the same."""
+    return value.replace("[", "[[]")
+
+
+def like_pattern(value: str) -> str:
+    """DICOM wildcard → SQL LIKE with '\\' as escape: %, _ and \\ taken literally."""
+    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def _sql_wildcard(col: Column, kind: ColumnKind, cond: Condition, dialect: str) -> ColumnElement[bool] | None:
+    value = str(_operand(kind, cond.values[0]))
+    if dialect == "sqlite":
+        clause: ColumnElement[bool] = col.op("GLOB", is_comparison=True)(glob_pattern(value))
+        return clause
+    return col.like(like_pattern(value), escape="\\")
+
+
+def _sql_range(col: Column, kind: ColumnKind, cond: Condition, dialect: str) -> ColumnElement[bool] | None:
+    low, high = cond.values
+    bound = {ColumnKind.DATE: date_bound, ColumnKind.TIME: time_bound}.get(kind)
+    if bound is None:  # a range on a text column: compare the text
+        clauses = ([col >= low] if low else []) + ([col <= high] if high else [])
+        return and_(*clauses)
+    clauses = []
+    if low:
+        clauses.append(col >= bound(low, False))
+    if high:
+        clauses.append(col <= bound(high, True))
+    return and_(*clauses)
+
+
+def _sql_any(col: Column, kind: ColumnKind, cond: Condition, dialect: str) -> ColumnElement[bool] | None:
+    singles = [_operand(kind, p.values[0]) for p in cond.parts if p.kind is Matching.SINGLE
+               and kind not in (ColumnKind.DATE, ColumnKind.TIME)]
+    singles = [s for s in singles if s is not None]
+    others = [p for p in cond.parts if p.kind is not Matching.SINGLE or kind in (ColumnKind.DATE, ColumnKind.TIME)]
+    clauses: list[ColumnElement[bool]] = []
+    if singles:
+        clauses.append(col.in_(singles))
+    for part in others:
+        clause = SQL_MATCHERS[part.kind](col, kind, part, dialect)
+        if clause is not None:
+            clauses.append(clause)
+    return or_(*clauses) if clauses else false()
+
+
+def _sql_sequence(col: Column, kind: ColumnKind, cond: Condition, dialect: str) -> ColumnElement[bool] | None:
+    raise InvalidKeyValue("sequence matching is not done on index columns")  # pragma: no cover
+
+
+# PS3.4 C.2.2.2: matching kind → SQL condition on an index column (None: no condition).
+SQL_MATCHERS: Final[Mapping[Matching, SqlMatcher]] = {
+    Matching.UNIVERSAL: _sql_universal,
+    Matching.SINGLE: _sql_single,
+    Matching.UID_LIST: _sql_any,
+    Matching.WILDCARD: _sql_wildcard,
+    Matching.RANGE: _sql_range,
+    Matching.MULTIPLE: _sql_any,
+    Matching.SEQUENCE: _sql_sequence,
+}
+
+
+def sql_condition(col: Column, kind: ColumnKind, cond: Condition, dialect: str) -> ColumnElement[bool] | None:
+    """The WHERE clause for ``cond`` on ``col``, or None for universal matching."""
+    return SQL_MATCHERS[cond.kind](col, kind, cond, dialect)
+
+
+# ----------------------------------------------------------------- Python (stored files)
+
+PythonMatcher = Callable[[Condition, str, str], bool]
+
+
+def _py_universal(cond: Condition, vr: str, candidate: str) -> bool:
+    return True
+
+
+def _py_single(cond: Condition, vr: str, candidate: str) -> bool:
+    if vr in DATE_TIME_VRS:
+        return _py_range(Condition(Matching.RANGE, (cond.values[0], cond.values[0])), vr, candidate)
+    values = candidate.split("\\")
+    if vr == "PN":
+        wanted = normalise_name(cond.values[0])
+        return any(normalise_name(v) == wanted for v in values)
+    return cond.values[0] in values
+
+
+def wildcard_regex(pattern: str, flags: int = 0) -> re.Pattern[str]:
+    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.compile(body, flags | re.DOTALL)
+
+
+def _py_wildcard(cond: Condition, vr: str, candidate: str) -> bool:
+    if vr == "PN":
+        regex = wildcard_regex(normalise_name(cond.values[0]))
+        return any(regex.fullmatch(normalise_name(v)) for v in candidate.split("\\"))
+    regex = wildcard_regex(cond.values[0])
+    return any(regex.fullmatch(v) for v in candidate.split("\\"))
+
+
+def _py_range(cond: Condition, vr: str, candidate: str) -> bool:
+    bound = _BOUNDS.get(vr)
+    low, high = cond.values
+    for value in candidate.split("\\"):
+        if bound is None:
+            if (not low or value >= low) and (not high or value <= high):
+                return True
+            continue
+        start, end = bound(value, False), bound(value, True)
+        if start is None or end is None:
+            continue
+        if (not low or end >= bound(low, False)) and (not high or start <= bound(high, True)):
+            return True
+    return False
+
+
+def _py_any(cond: Condition, vr: str, candidate: str) -> bool:
+    return any(PYTHON_MATCHERS[part.kind](part, vr, candidate) for part in cond.parts)
+
+
+def _py_sequence(cond: Condition, vr: str, candidate: str) -> bool:
+    raise InvalidKeyValue("sequence matching needs the items, not text")  # pragma: no cover
+
+
+# PS3.4 C.2.2.2: matching kind → test of one stored value (text, multiple values joined by '\').
+PYTHON_MATCHERS: Final[Mapping[Matching, PythonMatcher]] = {
+    Matching.UNIVERSAL: _py_universal,
+    Matching.SINGLE: _py_single,
+    Matching.UID_LIST: _py_any,
+    Matching.WILDCARD: _py_wildcard,
+    Matching.RANGE: _py_range,
+    Matching.MULTIPLE: _py_any,
+    Matching.SEQUENCE: _py_sequence,
+}
+
+
+def python_matches(cond: Condition, vr: str, candidate: str | None) -> bool:
+    """Whether a stored value (None: attribute absent) satisfies ``cond``.
+
+    An absent or empty stored value matches only universal matching.
+    """
+    if cond.kind is Matching.UNIVERSAL:
+        return True
+    if not candidate:
+        return False
+    return PYTHON_MATCHERS[cond.kind](cond, vr, candidate)
+
+
+__all__ = [
+    "BINARY_VRS",
+    "DATE_TIME_VRS",
+    "MAX_LIST_VALUES",
+    "MAX_VALUE_LENGTH",
+    "PYTHON_MATCHERS",
+    "SQL_MATCHERS",
+    "UNIVERSAL",
+    "ColumnKind",
+    "Condition",
+    "Matching",
+    "classify",
+    "date_bound",
+    "datetime_bound",
+    "glob_pattern",
+    "like_pattern",
+    "python_matches",
+    "sql_condition",
+    "time_bound",
+]

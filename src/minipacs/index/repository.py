@@ -1,0 +1,280 @@
+"""Index reads and writes, on a SQLAlchemy Connection the caller owns.
+
+The keyword ↔ column mapping for every level lives in the ``*_COLUMNS`` tables
+below and nowhere else. When a later instance of a known patient, study or
+series carries different values, the first values are kept (a debug line says so).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import unicodedata
+from collections.abc import Callable, Mapping
+from typing import Any, Final, cast
+
+from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from minipacs.core.header import InstanceHeader
+from minipacs.core.model import AssociationRecord
+from minipacs.index.schema import Association, Instance, Patient, Series, Study
+
+log = logging.getLogger(__name__)
+
+Converter = Callable[[str], Any]
+
+
+def as_text(value: str) -> str:
+    return value
+
+
+def normalise_name(value: str) -> str:
+    """Form of a name (PN) used for case-insensitive matching: NFKC, casefolded."""
+    return unicodedata.normalize("NFKC", value).casefold()
+
+
+def as_date(value: str) -> dt.date | None:
+    """PS3.5 Table 6.2-1 DA "YYYYMMDD" (also the old "YYYY.MM.DD"); anything else → None."""
+    digits = value.replace(".", "") if len(value) == 10 else value
+    if len(digits) != 8 or not digits.isascii() or not digits.isdigit():
+        return None
+    try:
+        return dt.date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
+    except ValueError:
+        return None
+
+
+def as_time(value: str) -> dt.time | None:
+    """PS3.5 Table 6.2-1 TM "HH[MM[SS[.F{1,6}]]]" (also "HH:MM:SS"); anything else → None."""
+    text = value.replace(":", "")
+    whole, _, fraction = text.partition(".")
+    if (
+        len(whole) not in (2, 4, 6)
+        or not (whole + fraction).isascii()
+        or not whole.isdigit()
+        or (fraction and (not fraction.isdigit() or len(fraction) > 6))
+    ):
+        return None
+    hour, minute, second = int(whole[:2]), int(whole[2:4] or 0), int(whole[4:6] or 0)
+    try:
+        return dt.time(hour, minute, min(second, 59), int(fraction.ljust(6, "0")) if fraction else 0)
+    except ValueError:
+        return None
+
+
+def as_int(value: str) -> int | None:
+    """IS / US text → int within the 32-bit range of the column; anything else → None."""
+    try:
+        number = int(value.strip())
+    except ValueError:
+        return None
+    return number if -(2**31) <= number < 2**31 else None
+
+
+# Column → (DICOM keyword, converter), one table per level (PS3.4 C.6.1.1 levels).
+PATIENT_COLUMNS: Final[Mapping[str, tuple[str, Converter]]] = {
+    "patient_id": ("PatientID", as_text),
+    "issuer_of_patient_id": ("IssuerOfPatientID", as_text),
+    "patient_name": ("PatientName", as_text),
+    "patient_name_norm": ("PatientName", normalise_name),
+    "patient_birth_date": ("PatientBirthDate", as_date),
+    "patient_birth_date_raw": ("PatientBirthDate", as_text),
+    "patient_sex": ("PatientSex", as_text),
+}
+STUDY_COLUMNS: Final[Mapping[str, tuple[str, Converter]]] = {
+    "study_instance_uid": ("StudyInstanceUID", as_text),
+    "study_date": ("StudyDate", as_date),
+    "study_date_raw": ("StudyDate", as_text),
+    "study_time": ("StudyTime", as_time),
+    "study_time_raw": ("StudyTime", as_text),
+    "accession_number": ("AccessionNumber", as_text),
+    "study_id": ("StudyID", as_text),
+    "study_description": ("StudyDescription", as_text),
+    "referring_physician_name": ("ReferringPhysicianName", as_text),
+    "referring_physician_name_norm": ("ReferringPhysicianName", normalise_name),
+}
+SERIES_COLUMNS: Final[Mapping[str, tuple[str, Converter]]] = {
+    "series_instance_uid": ("SeriesInstanceUID", as_text),
+    "modality": ("Modality", as_text),
+    "series_number": ("SeriesNumber", as_int),
+    "series_description": ("SeriesDescription", as_text),
+    "body_part_examined": ("BodyPartExamined", as_text),
+    "series_date": ("SeriesDate", as_date),
+    "series_date_raw": ("SeriesDate", as_text),
+}
+INSTANCE_COLUMNS: Final[Mapping[str, tuple[str, Converter]]] = {
+    "sop_instance_uid": ("SOPInstanceUID", as_text),
+    "sop_class_uid": ("SOPClassUID", as_text),
+    "instance_number": ("InstanceNumber", as_int),
+    "number_of_frames": ("NumberOfFrames", as_int),
+    "rows": ("Rows", as_int),
+    "columns": ("Columns", as_int),
+}
+
+
+def row_values(header: InstanceHeader, columns: Mapping[str, tuple[str, Converter]]) -> dict[str, Any]:
+    """The column values of one level, from the header, per the mapping table."""
+    return {column: convert(header.get(keyword)) for column, (keyword, convert) in columns.items()}
+
+
+_PATIENTS: Final = cast(Table, Patient.__table__)
+_STUDIES: Final = cast(Table, Study.__table__)
+_SERIES: Final = cast(Table, Series.__table__)
+_ASSOCIATIONS: Final = cast(Table, Association.__table__)
+_INSTANCES: Final = cast(Table, Instance.__table__)
+
+# Statements on the hot ingest path, built once; values are bound per call.
+_FIND_INSTANCE: Final = select(_INSTANCES.c.id, _INSTANCES.c.blob_key, _INSTANCES.c.size).where(
+    _INSTANCES.c.sop_instance_uid == bindparam("uid")
+)
+_INSERT_INSTANCE: Final = insert(_INSTANCES).returning(_INSTANCES.c.id)
+_UPDATE_INSTANCE: Final = update(_INSTANCES).where(_INSTANCES.c.id == bindparam("pk"))
+_TOUCH_STUDY: Final = update(_STUDIES).where(_STUDIES.c.id == bindparam("pk")).values(updated_at=bindparam("now"))
+
+# Dialects whose INSERT can skip a row that violates a unique constraint.
+_INSERT_IGNORING: Final[Mapping[str, Callable[[Table, Mapping[str, Any], list[str]], Any]]] = {
+    "sqlite": lambda t, v, k: sqlite.insert(t).values(**v).on_conflict_do_nothing(index_elements=k),
+    "postgresql": lambda t, v, k: postgresql.insert(t).values(**v).on_conflict_do_nothing(index_elements=k),
+}
+
+
+def _ensure(
+    conn: Connection, table: Table, key: Mapping[str, Any], values: Mapping[str, Any], what: str
+) -> int:
+    """Primary key of the row with ``key``, inserting ``values`` if there is none.
+
+    Concurrent inserters (other nodes) are tolerated: the insert skips on conflict.
+    """
+    where = [table.c[name] == value for name, value in key.items()]
+    existing = conn.execute(select(table).where(*where)).mappings().first()
+    if existing is None:
+        statement = _INSERT_IGNORING[conn.dialect.name](table, values, list(key))
+        conn.execute(statement)
+        existing = conn.execute(select(table).where(*where)).mappings().one()
+        if all(existing[name] == value for name, value in values.items()):
+            return int(existing["id"])
+    differing = sorted(n for n, v in values.items() if n in existing and existing[n] != v and n != "created_at")
+    if differing and log.isEnabledFor(logging.DEBUG):
+        log.debug("%s %s keeps its first values of %s", what, dict(key), ", ".join(differing))
+    return int(existing["id"])
+
+
+def ensure_patient(conn: Connection, header: InstanceHeader, now: dt.datetime) -> int:
+    values = row_values(header, PATIENT_COLUMNS)
+    key = {"patient_id": values["patient_id"], "issuer_of_patient_id": values["issuer_of_patient_id"]}
+    return _ensure(conn, _PATIENTS, key, {**values, "created_at": now}, "patient")
+
+
+def ensure_study(conn: Connection, header: InstanceHeader, patient_pk: int, now: dt.datetime) -> int:
+    values = row_values(header, STUDY_COLUMNS)
+    key = {"study_instance_uid": values["study_instance_uid"]}
+    row = {**values, "patient_pk": patient_pk, "created_at": now, "updated_at": now}
+    study_pk = _ensure(conn, _STUDIES, key, row, "study")
+    conn.execute(_TOUCH_STUDY, {"pk": study_pk, "now": now})
+    return study_pk
+
+
+def ensure_series(conn: Connection, header: InstanceHeader, study_pk: int, now: dt.datetime) -> int:
+    values = row_values(header, SERIES_COLUMNS)
+    key = {"series_instance_uid": values["series_instance_uid"]}
+    return _ensure(conn, _SERIES, key, {**values, "study_pk": study_pk, "created_at": now}, "series")
+
+
+def find_instance(conn: Connection, sop_instance_uid: str) -> tuple[int, str, int] | None:
+    """(primary key, blob key, size) of a stored instance, or None."""
+    row = conn.execute(_FIND_INSTANCE, {"uid": sop_instance_uid}).first()
+    return None if row is None else (int(row[0]), str(row[1]), int(row[2]))
+
+
+def write_instance(conn: Connection, values: Mapping[str, Any], replace_pk: int | None) -> int:
+    """Insert the instance row, or overwrite row ``replace_pk``; return its primary key."""
+    if replace_pk is None:
+        return int(conn.execute(_INSERT_INSTANCE, dict(values)).scalar_one())
+    conn.execute(_UPDATE_INSTANCE.values({name: bindparam(name) for name in values}), {**values, "pk": replace_pk})
+    return replace_pk
+
+
+def count_instances(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(_INSTANCES)).scalar_one())
+
+
+def blob_key_of(conn: Connection, sop_instance_uid: str) -> str | None:
+    found = find_instance(conn, sop_instance_uid)
+    return None if found is None else found[1]
+
+
+def save_association(conn: Connection, rec: AssociationRecord) -> int:
+    """Insert the record, or update it when ``rec.id`` is set; return its id."""
+    values = {
+        "started_at": rec.started_at,
+        "ended_at": rec.ended_at,
+        "role": rec.role,
+        "calling_aet": rec.calling_aet,
+        "called_aet": rec.called_aet,
+        "peer_host": rec.peer_host,
+        "peer_port": rec.peer_port,
+        "accepted": rec.accepted,
+        "reject_reason": rec.reject_reason,
+        "end_reason": rec.end_reason,
+        "contexts": json.dumps(rec.contexts, default=str),
+        "operations": json.dumps(rec.operations, default=str),
+        "bytes_received": rec.bytes_received,
+        "bytes_sent": rec.bytes_sent,
+    }
+    if rec.id is None:
+        return int(conn.execute(insert(Association).values(**values).returning(Association.id)).scalar_one())
+    conn.execute(update(Association).where(Association.id == rec.id).values(**values))
+    return rec.id
+
+
+def load_associations(conn: Connection, limit: int) -> list[AssociationRecord]:
+    """The most recent associations, newest first."""
+    table = _ASSOCIATIONS
+    rows = conn.execute(
+        select(table).order_by(table.c.started_at.desc(), table.c.id.desc()).limit(limit)
+    ).mappings()
+    return [
+        AssociationRecord(
+            started_at=row["started_at"],
+            role=row["role"],
+            calling_aet=row["calling_aet"],
+            called_aet=row["called_aet"],
+            peer_host=row["peer_host"],
+            peer_port=row["peer_port"],
+            accepted=row["accepted"],
+            ended_at=row["ended_at"],
+            reject_reason=row["reject_reason"],
+            end_reason=row["end_reason"],
+            contexts=json.loads(row["contexts"]),
+            operations=json.loads(row["operations"]),
+            bytes_received=row["bytes_received"],
+            bytes_sent=row["bytes_sent"],
+            id=row["id"],
+        )
+        for row in rows
+    ]
+
+
+__all__ = [
+    "INSTANCE_COLUMNS",
+    "PATIENT_COLUMNS",
+    "SERIES_COLUMNS",
+    "STUDY_COLUMNS",
+    "as_date",
+    "as_int",
+    "as_text",
+    "as_time",
+    "blob_key_of",
+    "count_instances",
+    "ensure_patient",
+    "ensure_series",
+    "ensure_study",
+    "find_instance",
+    "load_associations",
+    "normalise_name",
+    "row_values",
+    "save_association",
+    "write_instance",
+]

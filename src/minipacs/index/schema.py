@@ -1,0 +1,230 @@
+"""The index schema: patients → studies → series → instances, the association log, the AE registry.
+
+Portable across SQLite and PostgreSQL. Every column users search by is indexed
+and, for names, kept in a normalised (casefolded) twin. DICOM dates (DA) and
+times (TM) are stored typed, NULL when unparseable, next to their raw text.
+Any change here needs a new migration in ``index/migrations/versions``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    Time,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+#: BIGINT primary keys, except on SQLite where only INTEGER PRIMARY KEY autoincrements.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+UID = String(64)  # PS3.5 §9.1
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """Timestamps stored as UTC and always read back timezone-aware (SQLite keeps no zone).
+
+    A naive value is taken as local time, as ``datetime.astimezone`` does.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        utc = value.astimezone(dt.UTC)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        stamp: dt.datetime = value
+        return stamp.replace(tzinfo=dt.UTC) if stamp.tzinfo is None else stamp.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Patient(Base):
+    __tablename__ = "patients"
+    __table_args__ = (UniqueConstraint("patient_id", "issuer_of_patient_id", name="uq_patients_id_issuer"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(), index=True)
+    issuer_of_patient_id: Mapped[str] = mapped_column(String())
+    patient_name: Mapped[str] = mapped_column(String())
+    patient_name_norm: Mapped[str] = mapped_column(String(), index=True)
+    patient_birth_date: Mapped[dt.date | None] = mapped_column(Date())
+    patient_birth_date_raw: Mapped[str] = mapped_column(String())
+    patient_sex: Mapped[str] = mapped_column(String())
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    patient_pk: Mapped[int] = mapped_column(Id, ForeignKey("patients.id", name="fk_studies_patient"), index=True)
+    study_date: Mapped[dt.date | None] = mapped_column(Date(), index=True)
+    study_date_raw: Mapped[str] = mapped_column(String())
+    study_time: Mapped[dt.time | None] = mapped_column(Time())
+    study_time_raw: Mapped[str] = mapped_column(String())
+    accession_number: Mapped[str] = mapped_column(String(), index=True)
+    study_id: Mapped[str] = mapped_column(String())
+    study_description: Mapped[str] = mapped_column(String())
+    referring_physician_name: Mapped[str] = mapped_column(String())
+    referring_physician_name_norm: Mapped[str] = mapped_column(String())
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    study_pk: Mapped[int] = mapped_column(Id, ForeignKey("studies.id", name="fk_series_study"), index=True)
+    modality: Mapped[str] = mapped_column(String(), index=True)
+    series_number: Mapped[int | None] = mapped_column(Integer())
+    series_description: Mapped[str] = mapped_column(String())
+    body_part_examined: Mapped[str] = mapped_column(String())
+    series_date: Mapped[dt.date | None] = mapped_column(Date())
+    series_date_raw: Mapped[str] = mapped_column(String())
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    series_pk: Mapped[int] = mapped_column(Id, ForeignKey("series.id", name="fk_instances_series"), index=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    instance_number: Mapped[int | None] = mapped_column(Integer())
+    number_of_frames: Mapped[int | None] = mapped_column(Integer())
+    rows: Mapped[int | None] = mapped_column(Integer())
+    columns: Mapped[int | None] = mapped_column(Integer())
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    blob_key: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger())
+    received_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    origin_kind: Mapped[str] = mapped_column(String())
+    calling_aet: Mapped[str] = mapped_column(String())
+    called_aet: Mapped[str] = mapped_column(String())
+    peer_host: Mapped[str] = mapped_column(String())
+
+
+class Association(Base):
+    __tablename__ = "associations"
+    __table_args__ = (Index("ix_associations_started_at", "started_at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    started_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    role: Mapped[str] = mapped_column(String())
+    calling_aet: Mapped[str] = mapped_column(String())
+    called_aet: Mapped[str] = mapped_column(String())
+    peer_host: Mapped[str] = mapped_column(String())
+    peer_port: Mapped[int] = mapped_column(Integer())
+    accepted: Mapped[bool] = mapped_column()
+    reject_reason: Mapped[str] = mapped_column(Text())
+    end_reason: Mapped[str] = mapped_column(Text())
+    contexts: Mapped[str] = mapped_column(Text())  # JSON list
+    operations: Mapped[str] = mapped_column(Text())  # JSON list
+    bytes_received: Mapped[int] = mapped_column(BigInteger())
+    bytes_sent: Mapped[int] = mapped_column(BigInteger())
+
+
+class Node(Base):
+    """A known DICOM node (AE registry). One row per (AE title, host): real sites
+    reuse AE titles on several hosts, so the title alone is not a key."""
+
+    __tablename__ = "nodes"
+    __table_args__ = (UniqueConstraint("ae_title", "host", name="uq_nodes_ae_title_host"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    ae_title: Mapped[str] = mapped_column(String(16))  # PS3.5 Table 6.2-1 AE: at most 16 characters
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer())
+    description: Mapped[str] = mapped_column(Text())
+    permissions: Mapped[str] = mapped_column(String())  # comma-separated: echo,find,get,move,store
+    tls: Mapped[bool] = mapped_column(Boolean())
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+
+
+class WorklistItem(Base):
+    """A Modality Worklist entry (PS3.4 Annex K): the whole dataset (PS3.18 JSON), the keys
+    modalities filter on most copied into indexed columns, and its lifecycle status."""
+
+    __tablename__ = "worklist"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    accession_number: Mapped[str] = mapped_column(String(16), index=True)
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    scheduled_station_ae: Mapped[str] = mapped_column(String(16), index=True)
+    modality: Mapped[str] = mapped_column(String(16))
+    start_date: Mapped[str] = mapped_column(String(8))
+    #: SCHEDULED, IN PROGRESS, COMPLETED, DISCONTINUED (from MPPS), CANCELLED (by an order).
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    dataset: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class PerformedProcedureStep(Base):
+    """An MPPS instance (PS3.4 Annex F): its state, links, and the SOP instances it references."""
+
+    __tablename__ = "mpps"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    status: Mapped[str] = mapped_column(String(16))  # IN PROGRESS, COMPLETED, DISCONTINUED
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    accession_number: Mapped[str] = mapped_column(String(16))
+    worklist_pk: Mapped[int | None] = mapped_column(Id, nullable=True)
+    #: Referenced SOP Instance UIDs of the Performed Series Sequence, '\'-joined.
+    referenced: Mapped[str] = mapped_column(Text)
+    dataset: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class StudyCompletion(Base):
+    """A study whose MPPS is COMPLETED and every referenced instance arrived (issue 5)."""
+
+    __tablename__ = "study_completion"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    mpps_sop_instance_uid: Mapped[str] = mapped_column(UID)
+    completed_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+__all__ = ["Association", "Base", "Instance", "Node", "Patient", "PerformedProcedureStep", "Series", "Study",
+           "StudyCompletion", "UtcDateTime", "WorklistItem"]
+
+
+class InstanceMetadata(Base):
+    """PS3.18 JSON metadata (Annex F) of each stored instance, computed once after ingest
+    (core/metadata.py) so QIDO-RS and WADO-RS metadata never re-read the files."""
+
+    __tablename__ = "instance_metadata"
+    sop_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    json: Mapped[str] = mapped_column(Text())
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())

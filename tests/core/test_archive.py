@@ -1,0 +1,345 @@
+"""Ingest end to end, on SQLite and PostgreSQL (see conftest.index_url)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom import config as pydicom_config
+from sqlalchemy import select
+
+from minipacs.core.archive import Archive
+from minipacs.core.errors import (
+    DuplicateInstance,
+    InstanceMismatch,
+    InvalidIdentifier,
+    InvalidInstance,
+    NotFound,
+    OutOfResources,
+)
+from minipacs.core.model import AssociationRecord, DuplicatePolicy, Origin, StagedPath, StoreStatus
+from minipacs.index.schema import Instance, Patient, Series, Study
+from tests.peers import leftover_transfers
+from tests.dicomgen import (
+    CT_IMAGE_STORAGE,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    encode_dataset,
+    generate_uid,
+    make_ct,
+    write_ct,
+)
+
+DICOM = Origin(kind="dicom", calling_aet="MODALITY", called_aet="MINIPACS", peer_host="10.0.0.7", peer_port=4242)
+Run = Callable[..., Any]
+
+
+def stage(archive: Archive, ds: pydicom.Dataset, syntax: str = ExplicitVRLittleEndian, data: bytes | None = None) -> StagedPath:
+    staging = archive.open_staging(ds.SOPClassUID, ds.SOPInstanceUID, syntax, "MODALITY")
+    staging.write(encode_dataset(ds, syntax) if data is None else data)
+    return staging.finish()
+
+
+def rows(archive: Archive, model: Any) -> list[Any]:
+    with archive._engine.connect() as conn:
+        return list(conn.execute(select(model.__table__)).mappings())
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian])
+def test_ingest_stores_a_valid_part10_file_and_rows(with_archive: Run, syntax: str) -> None:
+    ds = make_ct("1.2.826.1", "1.2.826.1.2", "1.2.826.1.2.3", IssuerOfPatientID="HOSP")
+    data = encode_dataset(ds, syntax)
+
+    async def body(archive: Archive) -> None:
+        outcome = await archive.ingest(stage(archive, ds, syntax, data), DICOM)
+        assert outcome.status is StoreStatus.STORED
+        assert outcome.relative_path == "1.2.826.1/1.2.826.1.2/1.2.826.1.2.3.dcm"
+        assert (outcome.study_instance_uid, outcome.series_instance_uid) == ("1.2.826.1", "1.2.826.1.2")
+        path = await archive.get_instance_path("1.2.826.1.2.3")
+        assert path == archive.blobs.path_of(outcome.relative_path)
+        assert outcome.size == path.stat().st_size
+        stored = pydicom.dcmread(path)
+        assert stored.SOPInstanceUID == "1.2.826.1.2.3"
+        assert stored.file_meta.SourceApplicationEntityTitle == "MODALITY"
+        assert path.read_bytes().endswith(data)
+        assert path.read_bytes()[: -len(data)][128:132] == b"DICM"
+        assert await archive.count_instances() == 1
+        assert leftover_transfers(archive.settings.data_dir) == []
+        (patient,) = rows(archive, Patient)
+        assert patient["patient_id"] == "P1" and patient["issuer_of_patient_id"] == "HOSP"
+        assert patient["patient_name_norm"] == "doe^john"
+        assert patient["patient_birth_date"] == dt.date(1970, 1, 1)
+        (study,) = rows(archive, Study)
+        assert study["study_date"] == dt.date(2024, 1, 31) and study["study_date_raw"] == "20240131"
+        assert study["study_time"] == dt.time(10, 15, 30, 250000)
+        assert study["accession_number"] == "ACC1" and study["patient_pk"] == patient["id"]
+        (series,) = rows(archive, Series)
+        assert (series["modality"], series["series_number"], series["body_part_examined"]) == ("CT", 2, "HEAD")
+        (instance,) = rows(archive, Instance)
+        assert (instance["rows"], instance["columns"], instance["instance_number"]) == (64, 64, 3)
+        assert instance["transfer_syntax_uid"] == syntax
+        assert (instance["calling_aet"], instance["peer_host"], instance["origin_kind"]) == ("MODALITY", "10.0.0.7", "dicom")
+        assert instance["received_at"].tzinfo is not None
+
+    with_archive(body)
+
+
+def test_garbage_dates_become_null_and_keep_raw_text(with_archive: Run) -> None:
+    with pydicom_config.disable_value_validation():
+        ds = make_ct("1.2.1", "1.2.2", "1.2.3", StudyDate="20241341", StudyTime="99", PatientBirthDate="unknown")
+
+    async def body(archive: Archive) -> None:
+        await archive.ingest(stage(archive, ds), DICOM)
+        (study,) = rows(archive, Study)
+        assert (study["study_date"], study["study_date_raw"]) == (None, "20241341")
+        assert (study["study_time"], study["study_time_raw"]) == (None, "99")
+        (patient,) = rows(archive, Patient)
+        assert (patient["patient_birth_date"], patient["patient_birth_date_raw"]) == (None, "unknown")
+
+    with_archive(body)
+
+
+def test_later_instances_keep_the_first_study_values(with_archive: Run) -> None:
+    first = make_ct("1.2.1", "1.2.2", "1.2.3", StudyDescription="FIRST")
+    second = make_ct("1.2.1", "1.2.4", "1.2.5", StudyDescription="SECOND", patient_name="Other^Name")
+
+    async def body(archive: Archive) -> None:
+        await archive.ingest(stage(archive, first), DICOM)
+        await archive.ingest(stage(archive, second), DICOM)
+        (study,) = rows(archive, Study)
+        assert study["study_description"] == "FIRST"
+        (patient,) = rows(archive, Patient)
+        assert patient["patient_name"] == "Doe^John"
+        assert len(rows(archive, Series)) == 2
+
+    with_archive(body)
+
+
+@pytest.mark.parametrize(
+    ("policy", "status", "stored_description"),
+    [
+        (DuplicatePolicy.KEEP, StoreStatus.DUPLICATE_KEPT, "FIRST"),
+        (DuplicatePolicy.REPLACE, StoreStatus.REPLACED, "SECOND"),
+        (DuplicatePolicy.REJECT, None, "FIRST"),
+    ],
+)
+def test_duplicate_policies(
+    with_archive: Run, policy: DuplicatePolicy, status: StoreStatus | None, stored_description: str
+) -> None:
+    first = make_ct("1.2.1", "1.2.2", "1.2.3", SeriesDescription="FIRST")
+    second = make_ct("1.2.1", "1.2.2", "1.2.3", SeriesDescription="SECOND", InstanceNumber=9)
+
+    async def body(archive: Archive) -> None:
+        await archive.ingest(stage(archive, first), DICOM)
+        staged = stage(archive, second)
+        if status is None:
+            with pytest.raises(DuplicateInstance, match="already stored"):
+                await archive.ingest(staged, DICOM)
+        else:
+            assert (await archive.ingest(staged, DICOM)).status is status
+        assert not staged.path.exists()
+        stored = pydicom.dcmread(await archive.get_instance_path("1.2.3"))
+        assert stored.SeriesDescription == stored_description
+        (instance,) = rows(archive, Instance)
+        assert instance["instance_number"] == (9 if policy is DuplicatePolicy.REPLACE else 3)
+        assert await archive.count_instances() == 1
+
+    with_archive(body, duplicate_policy=policy)
+
+
+def test_replace_into_another_series_moves_the_file(with_archive: Run) -> None:
+    async def body(archive: Archive) -> None:
+        await archive.ingest(stage(archive, make_ct("1.2.1", "1.2.2", "1.2.3")), DICOM)
+        old = await archive.get_instance_path("1.2.3")
+        outcome = await archive.ingest(stage(archive, make_ct("1.2.1", "1.2.9", "1.2.3")), DICOM)
+        assert outcome.status is StoreStatus.REPLACED
+        assert not old.exists()
+        assert (await archive.get_instance_path("1.2.3")).parent.name == "1.2.9"
+
+    with_archive(body, duplicate_policy=DuplicatePolicy.REPLACE)
+
+
+def test_concurrent_ingests_are_durable_and_batched(with_archive: Run) -> None:
+    study, series = generate_uid(), generate_uid()
+    datasets = [make_ct(study, series if i % 2 else generate_uid(), generate_uid()) for i in range(200)]
+    payloads = [encode_dataset(ds) for ds in datasets]
+
+    async def body(archive: Archive) -> None:
+        staged = [stage(archive, ds, data=data) for ds, data in zip(datasets, payloads, strict=True)]
+        outcomes = await asyncio.gather(*(archive.ingest(s, DICOM) for s in staged))
+        assert {o.status for o in outcomes} == {StoreStatus.STORED}
+        assert await archive.count_instances() == 200
+        for outcome in outcomes[::20]:
+            assert (await archive.get_instance_path(outcome.sop_instance_uid)).is_file()
+        stats = archive.stats
+        assert stats.ingested == 200
+        assert stats.multi_job_batches >= 1 and stats.largest_batch > 1
+        assert stats.batches < 200
+
+    with_archive(body)
+
+
+def test_a_bad_job_in_a_batch_fails_alone(with_archive: Run) -> None:
+    good = [make_ct("1.2.1", "1.2.2", f"1.2.3.{i}") for i in range(20)]
+    bad = make_ct("1.2.1", "1.2.2", "1.2.3.99")
+    with pydicom_config.disable_value_validation():
+        hostile = make_ct("1.2.1", "../../x", "1.2.3.98")
+
+    async def body(archive: Archive) -> None:
+        staged = [stage(archive, ds) for ds in good[:10]]
+        staged.append(stage(archive, bad, data=encode_dataset(bad)[:200]))  # truncated header
+        staged.append(stage(archive, bad, data=encode_dataset(make_ct("1.2.1", "1.2.2", "1.2.3.97"))))  # mismatch
+        staged.append(stage(archive, hostile))
+        staged += [stage(archive, ds) for ds in good[10:]]
+        results = await asyncio.gather(*(archive.ingest(s, DICOM) for s in staged), return_exceptions=True)
+        assert isinstance(results[10], InvalidInstance) and not isinstance(results[10], InvalidIdentifier)
+        assert isinstance(results[11], InstanceMismatch)
+        assert isinstance(results[12], InvalidIdentifier) and "SeriesInstanceUID" in str(results[12])
+        assert all(r.status is StoreStatus.STORED for r in results[:10] + results[13:])  # type: ignore[union-attr]
+        assert await archive.count_instances() == 20
+        assert leftover_transfers(archive.settings.data_dir) == []
+        assert not any("x" in p.name for p in archive.blobs.path_of("1.2.1").rglob("*"))
+
+    with_archive(body)
+
+
+def test_a_failing_job_inside_the_writer_batch_rolls_back_alone(with_archive: Run) -> None:
+    """A failure after the rows were written (the rename) fails that job alone: the batch
+    is rolled back and retried job by job, and a full disk is reported as OutOfResources."""
+
+    async def body(archive: Archive) -> None:
+        staged = [stage(archive, make_ct("1.2.1", f"1.2.2.{i}", f"1.2.3.{i}")) for i in range(6)]
+        real_put = archive.blobs.put_from_staging
+
+        def put(path: Path, key: str) -> None:
+            if key.endswith("1.2.3.2.dcm"):
+                raise OSError(28, "No space left on device")
+            real_put(path, key)
+
+        archive.blobs.put_from_staging = put  # type: ignore[method-assign]
+        results = await asyncio.gather(*(archive.ingest(s, DICOM) for s in staged), return_exceptions=True)
+        assert isinstance(results[2], OutOfResources)
+        assert await archive.count_instances() == 5
+        assert len(rows(archive, Series)) == 5
+        with pytest.raises(NotFound):
+            await archive.get_instance_path("1.2.3.2")
+
+    with_archive(body)
+
+
+def test_import_file_part10_and_raw_dataset(with_archive: Run, tmp_path: Path) -> None:
+    part10 = write_ct(tmp_path / "a.dcm", study_uid="1.2.1", series_uid="1.2.2", sop_uid="1.2.3")
+    raw = tmp_path / "raw.dcm"
+    raw.write_bytes(encode_dataset(make_ct("1.2.1", "1.2.2", "1.2.4"), "1.2.840.10008.1.2"))
+
+    async def body(archive: Archive) -> None:
+        first = await archive.import_file(part10, Origin(kind="import"))
+        second = await archive.import_file(raw, Origin(kind="import"))
+        assert first.status is second.status is StoreStatus.STORED
+        stored = pydicom.dcmread(await archive.get_instance_path("1.2.4"))
+        assert stored.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+        assert stored.PatientID == "P1"
+        original = part10.read_bytes()
+        assert (await archive.get_instance_path("1.2.3")).read_bytes()[-4096:] == original[-4096:]
+
+    with_archive(body)
+
+
+def test_associations_are_recorded_and_listed_newest_first(with_archive: Run) -> None:
+    start = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
+
+    async def body(archive: Archive) -> None:
+        ids = []
+        for minute in range(3):
+            rec = AssociationRecord(
+                started_at=start + dt.timedelta(minutes=minute),
+                role="acceptor",
+                calling_aet="SCU",
+                called_aet="MINIPACS",
+                peer_host="127.0.0.1",
+                peer_port=5000 + minute,
+                accepted=True,
+                contexts=[{"abstract_syntax": CT_IMAGE_STORAGE, "result": 0}],
+            )
+            ids.append(await archive.record_association(rec))
+        rec.id = ids[-1]
+        rec.ended_at = rec.started_at + dt.timedelta(seconds=5)
+        rec.end_reason = "released"
+        rec.operations = [{"op": "C-STORE", "status": 0}]
+        assert await archive.record_association(rec) == ids[-1]
+        listed = await archive.list_associations(limit=2)
+        assert [r.id for r in listed] == [ids[2], ids[1]]
+        assert listed[0].duration_s == 5.0
+        assert listed[0].end_reason == "released"
+        assert listed[0].operations == [{"op": "C-STORE", "status": 0}]
+        assert listed[0].contexts == [{"abstract_syntax": CT_IMAGE_STORAGE, "result": 0}]
+        assert listed[0].started_at == start + dt.timedelta(minutes=2)
+
+    with_archive(body)
+
+
+def test_unknown_instance_is_not_found(with_archive: Run) -> None:
+    async def body(archive: Archive) -> None:
+        with pytest.raises(NotFound):
+            await archive.get_instance_path("1.2.3")
+
+    with_archive(body)
+
+
+def test_closed_archive_refuses_work(tmp_path: Path) -> None:
+    from minipacs.config import Settings
+    from minipacs.core.errors import ArchiveError
+
+    async def main() -> None:
+        archive = await Archive.open(Settings(data_dir=tmp_path))
+        await archive.close()
+        await archive.close()
+        with pytest.raises(ArchiveError, match="closed"):
+            archive.open_staging(CT_IMAGE_STORAGE, "1.2", ExplicitVRLittleEndian)
+
+    asyncio.run(main())
+
+
+def test_a_second_process_never_cleans_the_first_ones_transfers(tmp_path: Path) -> None:
+    """`minipacs log` or `import` next to a running server must not delete its staging files."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from minipacs.config import load_settings
+
+    settings = load_settings(env={}, overrides={"data_dir": tmp_path / "d"})
+
+    async def body() -> None:
+        first = await Archive.open(settings)
+        try:
+            inflight = first.open_staging("1.2.840.10008.5.1.4.1.1.2", "1.2.3", "1.2.840.10008.1.2.1")
+            inflight.write(b"\x08\x00" * 8)
+            opener = textwrap.dedent(f"""
+                import asyncio
+                from minipacs.config import load_settings
+                from minipacs.core.archive import Archive
+                async def main():
+                    a = await Archive.open(load_settings(env={{}}, overrides={{"data_dir": {str(tmp_path / "d")!r}}}))
+                    await a.close()
+                asyncio.run(main())
+            """)
+            res = subprocess.run([sys.executable, "-c", opener], capture_output=True, text=True, timeout=60)
+            assert res.returncode == 0, res.stderr
+            assert inflight.path.exists()  # the other process left it alone
+            inflight.discard()
+        finally:
+            await first.close()
+        # with no other process, the next opener is the one that recovers
+        leftover = tmp_path / "d" / "staging" / "crashed.part"
+        leftover.write_bytes(b"x")
+        again = await Archive.open(settings)
+        await again.close()
+        assert not leftover.exists()
+
+    asyncio.run(body())

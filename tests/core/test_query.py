@@ -1,0 +1,178 @@
+"""The query engine: levels, models, hierarchical rules, return and computed keys, streaming.
+
+Runs on SQLite and PostgreSQL (the ``qa`` fixture of tests/index/query_fixture.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydicom.dataset import Dataset
+
+from minipacs.core import query as q
+from minipacs.core.errors import IdentifierMismatch
+from minipacs.core.query import PATIENT_ROOT, PATIENT_STUDY_ONLY, STUDY_ROOT, Level, prepare_query, run_query
+from tests.index.query_fixture import STUDIES, STUDY_UIDS, QueryArchive, qa  # noqa: F401 - fixture
+
+N_STUDIES = len(STUDIES)
+
+
+def test_study_level_answers_every_requested_key(qa: QueryArchive) -> None:  # noqa: F811
+    found = qa.find({"AccessionNumber": "A1", "PatientName": "", "PatientID": "", "StudyDate": "", "StudyTime": "",
+                     "StudyDescription": "", "ReferringPhysicianName": "", "InstitutionName": "",
+                     "ModalitiesInStudy": "", "SOPClassesInStudy": "", "NumberOfStudyRelatedSeries": "",
+                     "NumberOfStudyRelatedInstances": "", "InstanceAvailability": "", "BodyPartExamined": ""})
+    assert len(found) == 1
+    m = found[0]
+    assert m.QueryRetrieveLevel == "STUDY"
+    assert str(m.PatientName) == "Doe^John" and m.PatientID == "P1"
+    assert m.StudyDate == "20240115" and m.StudyTime == "101530"
+    assert m.StudyDescription == "CT HEAD"
+    assert m.StudyInstanceUID == STUDY_UIDS["A1"]  # the unique key, even unasked
+    assert list(m.ModalitiesInStudy) == ["CT", "SR"]
+    assert m.SOPClassesInStudy == "1.2.840.10008.5.1.4.1.1.2"
+    assert int(m.NumberOfStudyRelatedSeries) == 2
+    assert int(m.NumberOfStudyRelatedInstances) == 4
+    assert m.InstanceAvailability == "ONLINE"
+    assert "InstitutionName" in m and m.InstitutionName in (None, "")  # not in the file: empty
+    assert "BodyPartExamined" in m and not m.BodyPartExamined  # series key at study level: empty
+
+
+def test_patient_root_patient_level(qa: QueryArchive) -> None:  # noqa: F811
+    found = qa.find({"PatientID": "P1", "PatientName": "", "NumberOfPatientRelatedStudies": "",
+                     "NumberOfPatientRelatedSeries": "", "NumberOfPatientRelatedInstances": ""},
+                    level=Level.PATIENT, model=PATIENT_ROOT)
+    assert len(found) == 1
+    m = found[0]
+    assert (int(m.NumberOfPatientRelatedStudies), int(m.NumberOfPatientRelatedSeries),
+            int(m.NumberOfPatientRelatedInstances)) == (1, 2, 4)
+
+
+def test_patient_root_study_level_needs_patient_id(qa: QueryArchive) -> None:  # noqa: F811
+    with pytest.raises(IdentifierMismatch, match="PatientID"):
+        qa.find({"StudyDate": ""}, model=PATIENT_ROOT)
+    found = qa.find({"PatientID": "P2", "StudyInstanceUID": ""}, model=PATIENT_ROOT)
+    assert [m.StudyInstanceUID for m in found] == [STUDY_UIDS["A_2"]]
+
+
+def test_series_level(qa: QueryArchive) -> None:  # noqa: F811
+    found = qa.find({"StudyInstanceUID": STUDY_UIDS["A%3"], "Modality": "", "SeriesNumber": "",
+                     "NumberOfSeriesRelatedInstances": "", "SeriesInstanceUID": ""}, level=Level.SERIES)
+    assert sorted((str(m.Modality), int(m.SeriesNumber), int(m.NumberOfSeriesRelatedInstances)) for m in found) == [
+        ("CT", 1, 2), ("SR", 2, 2)]
+    assert all(m.QueryRetrieveLevel == "SERIES" for m in found)
+
+
+def test_image_level(qa: QueryArchive) -> None:  # noqa: F811
+    uid = STUDY_UIDS["A'4"]
+    found = qa.find({"StudyInstanceUID": uid, "SeriesInstanceUID": f"{uid}.1", "InstanceNumber": "2",
+                     "SOPInstanceUID": "", "Rows": None, "SOPClassUID": ""}, level=Level.IMAGE)
+    assert [m.SOPInstanceUID for m in found] == [f"{uid}.1.2"]
+    assert found[0].Rows == 64  # US value answered from the index
+
+
+def test_series_level_without_the_study_uid_is_refused(qa: QueryArchive) -> None:  # noqa: F811
+    with pytest.raises(IdentifierMismatch, match="StudyInstanceUID"):
+        qa.find({"Modality": "CT"}, level=Level.SERIES)
+
+
+def test_relational_query_needs_no_upper_unique_keys(qa: QueryArchive) -> None:  # noqa: F811
+    found = qa.find({"Modality": "MR", "PatientName": "doe*"}, level=Level.SERIES, relational=True)
+    assert [str(m.Modality) for m in found] == ["MR"]
+    assert str(found[0].PatientName) == "DOE^JANE"
+
+
+def test_patient_study_only_model(qa: QueryArchive) -> None:  # noqa: F811
+    found = qa.find({"PatientName": "smith*", "PatientID": ""}, level=Level.PATIENT, model=PATIENT_STUDY_ONLY)
+    assert [m.PatientID for m in found] == ["P4"]
+    with pytest.raises(IdentifierMismatch):
+        qa.find({"StudyInstanceUID": "1"}, level=Level.SERIES, model=PATIENT_STUDY_ONLY)
+
+
+LEVEL_ERRORS: list[tuple[str, Any]] = [
+    ("missing", None),
+    ("empty", ""),
+    ("unknown", "FOO"),
+    ("not in study root", "PATIENT"),
+]
+
+
+@pytest.mark.parametrize("value", [v for _n, v in LEVEL_ERRORS], ids=[n for n, _v in LEVEL_ERRORS])
+def test_bad_query_retrieve_level(value: Any) -> None:
+    ds = Dataset()
+    if value is not None:
+        ds.QueryRetrieveLevel = value
+    ds.PatientName = ""
+    with pytest.raises(IdentifierMismatch, match="QueryRetrieveLevel"):
+        prepare_query(ds, STUDY_ROOT)
+
+
+def test_keys_below_the_level_are_answered_empty_and_reported() -> None:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.Modality = "CT"
+    ds.SOPInstanceUID = ""
+    prepared = prepare_query(ds, STUDY_ROOT)
+    assert prepared.unsupported == ("Modality",)
+    assert not prepared.sql_keys
+
+
+def test_limit(qa: QueryArchive) -> None:  # noqa: F811
+    assert len(qa.find({"AccessionNumber": ""}, limit=2)) == 2
+    assert len(qa.find({"AccessionNumber": ""})) == N_STUDIES
+
+
+def test_results_stream_page_by_page(qa: QueryArchive, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """The first match is out after ONE index read of FIRST_PAGE rows, not after all of them."""
+    monkeypatch.setattr(q, "FIRST_PAGE", 2)
+    monkeypatch.setattr(q, "PAGE", 2)
+    reads: list[int] = []
+
+    class Counting:
+        blobs = qa.archive.blobs
+
+        async def read(self, fn: Any) -> Any:
+            reads.append(1)
+            return await qa.archive.read(fn)
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.AccessionNumber = ""
+
+    async def first_then_rest() -> tuple[int, int]:
+        stream = run_query(Counting(), prepare_query(ds, STUDY_ROOT))
+        await stream.__anext__()
+        after_first = len(reads)
+        rest = [m async for m in stream]
+        return after_first, len(rest) + 1
+
+    after_first, total = qa.runner.run(first_then_rest())
+    assert after_first == 1
+    assert total == N_STUDIES
+    assert len(reads) == 3  # 2 + 2 + 1 rows
+
+
+def test_non_ascii_identifier_values_match(qa: QueryArchive) -> None:  # noqa: F811
+    """Values arrive decoded with the identifier's SpecificCharacterSet (here from raw ISO_IR 100 bytes)."""
+    from io import BytesIO
+
+    from pydicom.filereader import read_dataset
+    from pydicom.filewriter import write_dataset
+    from pydicom.filebase import DicomBytesIO
+
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.PatientName = "MÜLLER*"
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, True
+    write_dataset(buffer, ds)
+    assert "Ü".encode("latin-1") in buffer.getvalue()
+    raw = read_dataset(BytesIO(buffer.getvalue()), True, True)
+
+    async def collect() -> list[Dataset]:
+        return [m async for m in q.query(qa.archive, None, raw, model=STUDY_ROOT)]
+
+    found = qa.runner.run(collect())
+    assert [str(m.PatientName) for m in found] == ["Müller^Jürgen"]

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from minipacs import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from minipacs.config import Settings
+from minipacs.core.archive import Archive
+from minipacs.core.errors import DatasetTooLarge, InvalidIdentifier
+from minipacs.core.staging import StagingFile
+from tests.dicomgen import CT_IMAGE_STORAGE, ExplicitVRLittleEndian, encode_dataset, make_ct
+
+
+def test_file_meta_is_written_first(tmp_path: Path) -> None:
+    ds = make_ct("1.2", "1.3", "1.4.5")
+    staging = StagingFile(tmp_path, CT_IMAGE_STORAGE, "1.4.5\x00", ExplicitVRLittleEndian, "MODALITY1")
+    data = encode_dataset(ds)
+    staging.write(memoryview(data))
+    assert staging.dataset_size == len(data)
+    staged = staging.finish()
+    raw = staged.path.read_bytes()
+    assert raw[:128] == bytes(128) and raw[128:132] == b"DICM"
+    assert raw[staged.dataset_offset :] == data
+    read = pydicom.dcmread(staged.path)
+    meta = read.file_meta
+    assert meta.FileMetaInformationVersion == b"\x00\x01"
+    assert meta.MediaStorageSOPClassUID == CT_IMAGE_STORAGE
+    assert meta.MediaStorageSOPInstanceUID == "1.4.5"
+    assert meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+    assert meta.ImplementationVersionName == IMPLEMENTATION_VERSION_NAME
+    assert meta.SourceApplicationEntityTitle == "MODALITY1"
+    assert meta.FileMetaInformationGroupLength == staged.dataset_offset - 132 - 12
+    assert read.PatientName == "Doe^John"
+    assert staged.sop_instance_uid == "1.4.5"
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "sop_instance", "syntax", "aet", "attribute"),
+    [
+        ("1.2/../3", "1.4", ExplicitVRLittleEndian, "", "MediaStorageSOPClassUID"),
+        (CT_IMAGE_STORAGE, "../../etc/passwd", ExplicitVRLittleEndian, "", "MediaStorageSOPInstanceUID"),
+        (CT_IMAGE_STORAGE, "1.4", "1.2.840.10008.1.2\x01", "", "TransferSyntaxUID"),
+        (CT_IMAGE_STORAGE, "1.4", ExplicitVRLittleEndian, "BAD\\AE", "SourceApplicationEntityTitle"),
+        (CT_IMAGE_STORAGE, "1.4", ExplicitVRLittleEndian, "X" * 17, "SourceApplicationEntityTitle"),
+        (CT_IMAGE_STORAGE, "1.4", ExplicitVRLittleEndian, "é", "SourceApplicationEntityTitle"),
+    ],
+)
+def test_junk_in_the_meta_header_is_refused(
+    tmp_path: Path, sop_class: str, sop_instance: str, syntax: str, aet: str, attribute: str
+) -> None:
+    with pytest.raises(InvalidIdentifier, match=attribute):
+        StagingFile(tmp_path, sop_class, sop_instance, syntax, aet)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dataset_size_limit_is_inclusive(tmp_path: Path) -> None:
+    exact = StagingFile(tmp_path, CT_IMAGE_STORAGE, "1.4", ExplicitVRLittleEndian, max_dataset_bytes=1024)
+    exact.write(bytes(1000))
+    exact.write(bytes(24))
+    assert exact.finish().path.exists()
+
+    over = StagingFile(tmp_path, CT_IMAGE_STORAGE, "1.5", ExplicitVRLittleEndian, max_dataset_bytes=1024)
+    over.write(bytes(1000))
+    with pytest.raises(DatasetTooLarge, match="1024"):
+        over.write(bytes(25))
+    assert not over.path.exists()
+    over.discard()  # idempotent
+    with pytest.raises(ValueError):
+        over.write(b"x")
+
+
+def test_discard_is_idempotent(tmp_path: Path) -> None:
+    staging = StagingFile(tmp_path, CT_IMAGE_STORAGE, "1.4", ExplicitVRLittleEndian)
+    staging.write(b"abcd")
+    staging.discard()
+    staging.discard()
+    assert not staging.path.exists()
+
+
+def test_leftovers_in_staging_are_removed_on_open(tmp_path: Path) -> None:
+    staging_dir = tmp_path / "data" / "staging"
+    staging_dir.mkdir(parents=True)
+    (staging_dir / "dead.part").write_bytes(b"never acknowledged")
+    (staging_dir / "other").write_bytes(b"x")
+
+    async def main() -> None:
+        archive = await Archive.open(Settings(data_dir=tmp_path / "data"))
+        await archive.close()
+
+    asyncio.run(main())
+    assert list(staging_dir.iterdir()) == []

@@ -1,0 +1,206 @@
+"""PS3.4 C.2.2.2 matching: one test per row, each on SQLite and PostgreSQL.
+
+The archive (tests/index/query_fixture.py) holds five studies keyed by
+AccessionNumber: A1, A_2, A%3, A'4, B;5 (metacharacters on purpose).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from minipacs.core.errors import InvalidKeyValue
+from minipacs.index.matching import (
+    UNIVERSAL,
+    Condition,
+    Matching,
+    classify,
+    datetime_bound,
+    glob_pattern,
+    like_pattern,
+    python_matches,
+    time_bound,
+)
+from tests.index.query_fixture import STUDY_UIDS, QueryArchive, qa  # noqa: F401 - fixture
+
+ALL = {"A1", "A_2", "A%3", "A'4", "B;5"}
+
+# (case, keys, expected AccessionNumbers) — PS3.4 C.2.2.2
+CASES: list[tuple[str, dict[str, Any], set[str]]] = [
+    # C.2.2.2.3 universal matching
+    ("universal: empty value", {"PatientName": ""}, ALL),
+    ("universal: a lone *", {"PatientName": "*"}, ALL),
+    ("universal: 10,000 *", {"PatientName": "*" * 10000}, ALL),
+    ("universal: * on a date", {"StudyDate": "*"}, ALL),
+    # C.2.2.2.1 single value matching
+    ("single: PatientID exact", {"PatientID": "P1"}, {"A1"}),
+    ("single: PatientID is case-sensitive", {"PatientID": "p1"}, {"B;5"}),
+    ("single: AccessionNumber with _", {"AccessionNumber": "A_2"}, {"A_2"}),
+    ("single: AccessionNumber with %", {"AccessionNumber": "A%3"}, {"A%3"}),
+    ("single: AccessionNumber with '", {"AccessionNumber": "A'4"}, {"A'4"}),
+    ("single: AccessionNumber with ;", {"AccessionNumber": "B;5"}, {"B;5"}),
+    ("single: SQL % is no wildcard", {"AccessionNumber": "%"}, set()),
+    ("single: case-sensitive text", {"AccessionNumber": "a1"}, set()),
+    ("single: SQL injection text", {"AccessionNumber": "x' OR '1'='1"}, set()),
+    ("single: person name, other case", {"PatientName": "doe^john"}, {"A1"}),
+    ("single: person name, ISO_IR 100 letters in other case", {"PatientName": "MÜLLER^JÜRGEN"}, {"A%3"}),
+    ("single: person name with '", {"PatientName": "o'brien^sean"}, {"B;5"}),
+    ("single: date", {"StudyDate": "20240115"}, {"A1"}),
+    ("single: date, old dotted form", {"StudyDate": "2024.01.15"}, {"A1"}),
+    ("single: time with reduced precision (hour)", {"StudyTime": "10"}, {"A1"}),
+    ("single: time, full", {"StudyTime": "083000"}, {"A_2"}),
+    ("single: UID", {"StudyInstanceUID": STUDY_UIDS["A'4"]}, {"A'4"}),
+    ("single: unknown UID", {"StudyInstanceUID": "1.2.3.999"}, set()),
+    # C.2.2.2.2 list of UID matching
+    ("UID list", {"StudyInstanceUID": [STUDY_UIDS["A1"], STUDY_UIDS["A%3"]]}, {"A1", "A%3"}),
+    ("UID list with an unknown UID", {"StudyInstanceUID": [STUDY_UIDS["B;5"], "1.2.3.4"]}, {"B;5"}),
+    # C.2.2.2.4 wildcard matching
+    ("wildcard: name prefix, any case", {"PatientName": "doe*"}, {"A1", "A_2"}),
+    ("wildcard: ? in a name", {"PatientName": "?oe^j*"}, {"A1", "A_2"}),
+    ("wildcard: non-ASCII prefix", {"PatientName": "müller*"}, {"A%3"}),
+    ("wildcard: _ is literal", {"AccessionNumber": "A_*"}, {"A_2"}),
+    ("wildcard: % is literal", {"AccessionNumber": "A%*"}, {"A%3"}),
+    ("wildcard: ' is literal", {"AccessionNumber": "A'*"}, {"A'4"}),
+    ("wildcard: ? is one character", {"AccessionNumber": "A?"}, {"A1"}),
+    ("wildcard: inner *", {"StudyDescription": "CT*D"}, {"A1"}),
+    ("wildcard: text is case-sensitive", {"StudyDescription": "ct*"}, set()),
+    ("wildcard: [ is literal (GLOB)", {"StudyDescription": "CT[*"}, {"B;5"}),
+    ("wildcard: many ** collapse", {"StudyDescription": "**CT****"}, {"A1", "A%3", "B;5"}),
+    # C.2.2.2.5 range matching
+    ("range: dates", {"StudyDate": "20240101-20240131"}, {"A1", "A'4", "B;5"}),
+    ("range: open start", {"StudyDate": "-20231231"}, {"A%3"}),
+    ("range: open end", {"StudyDate": "20240201-"}, {"A_2"}),
+    ("range: times", {"StudyTime": "0800-1100"}, {"A1", "A_2"}),
+    ("range: time open end, minute precision", {"StudyTime": "2359-"}, {"A%3"}),
+    ("range: time end of hour precision is inclusive", {"StudyTime": "-08"}, {"A_2", "B;5"}),
+    ("range: a date range and a name", {"StudyDate": "20240101-", "PatientName": "DOE*"}, {"A1", "A_2"}),
+    # multiple values (ModalitiesInStudy, C.6.2.1.2)
+    ("ModalitiesInStudy one value", {"ModalitiesInStudy": "MR"}, {"A_2", "B;5"}),
+    ("ModalitiesInStudy any of", {"ModalitiesInStudy": ["CT", "CR"]}, {"A1", "A%3", "A'4"}),
+    ("ModalitiesInStudy none", {"ModalitiesInStudy": "US"}, set()),
+    # keys not in the index: matched on the stored file
+    ("stored file: wildcard", {"InstitutionName": "General*"}, {"A_2"}),
+    ("stored file: DT range", {"AcquisitionDateTime": "20240115-20240120"}, {"A1"}),
+    ("stored file: DT open range", {"AcquisitionDateTime": "202401311200-"}, {"A'4"}),
+]
+
+
+@pytest.mark.parametrize(("keys", "expected"), [(k, e) for _c, k, e in CASES], ids=[c for c, _k, _e in CASES])
+def test_matching(qa: QueryArchive, keys: dict[str, Any], expected: set[str]) -> None:  # noqa: F811
+    assert qa.accessions(keys) == expected
+
+
+def _sequence(code: str | None) -> Any:
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    item = Dataset()
+    item.CodeValue = code
+    item.CodeMeaning = None
+    return Sequence([item])
+
+
+# C.2.2.2.6 sequence matching
+SEQUENCE_CASES = [
+    ("sequence: item key matches", "X1", {"A1"}),
+    ("sequence: wildcard in an item key", "X*", {"A1", "A%3"}),
+    ("sequence: no item matches", "Y", set()),
+    ("sequence: universal (empty item)", None, ALL),
+]
+
+
+@pytest.mark.parametrize(("code", "expected"), [(c, e) for _n, c, e in SEQUENCE_CASES],
+                         ids=[n for n, _c, _e in SEQUENCE_CASES])
+def test_sequence_matching(qa: QueryArchive, code: str | None, expected: set[str]) -> None:  # noqa: F811
+    found = qa.find({"AccessionNumber": "", "ProcedureCodeSequence": _sequence(code)})
+    assert {str(m.AccessionNumber) for m in found} == expected
+    for match in found:
+        if match.AccessionNumber in ("A1", "A%3"):
+            assert match.ProcedureCodeSequence[0].CodeValue in ("X1", "X3")
+
+
+# Values no match can be made of: a clean refusal (InvalidKeyValue → 0xC001 at the C-FIND edge)
+INVALID = [
+    ("bad date", {"StudyDate": "2024013"}),
+    ("bad date in a range", {"StudyDate": "20240101-2024XX01"}),
+    ("range ending before it starts", {"StudyDate": "20240201-20240101"}),
+    ("bad time", {"StudyTime": "2561"}),
+    ("value far too long", {"AccessionNumber": "A" * 5000}),
+    ("too many UIDs", {"StudyInstanceUID": ["1.2"] * 1001}),
+]
+
+
+@pytest.mark.parametrize("keys", [k for _n, k in INVALID], ids=[n for n, _k in INVALID])
+def test_invalid_values_are_refused(qa: QueryArchive, keys: dict[str, Any]) -> None:  # noqa: F811
+    with pytest.raises(InvalidKeyValue):
+        qa.find(keys)
+
+
+# classify(): which matching a value asks for (pure, no index)
+CLASSIFY = [
+    ("LO", "", UNIVERSAL),
+    ("LO", "**", UNIVERSAL),
+    ("LO", "abc", Condition(Matching.SINGLE, ("abc",))),
+    ("LO", "a**b?", Condition(Matching.WILDCARD, ("a*b?",))),
+    ("UI", "1.2*", Condition(Matching.SINGLE, ("1.2*",))),
+    ("DA", "20240101", Condition(Matching.SINGLE, ("20240101",))),
+    ("DA", "20240101-", Condition(Matching.RANGE, ("20240101", ""))),
+    ("DA", "-", UNIVERSAL),
+    ("TM", "1000-1100", Condition(Matching.RANGE, ("1000", "1100"))),
+    ("DT", "20240101120000-0500", Condition(Matching.SINGLE, ("20240101120000-0500",))),
+    ("DT", "2024-2025", Condition(Matching.RANGE, ("2024", "2025"))),
+    ("DT", "20240101120000-0500-20240102", Condition(Matching.RANGE, ("20240101120000-0500", "20240102"))),
+    ("UI", "1.2\\1.3", Condition(Matching.UID_LIST, parts=(Condition(Matching.SINGLE, ("1.2",)),
+                                                           Condition(Matching.SINGLE, ("1.3",))))),
+    ("CS", "CT\\MR", Condition(Matching.MULTIPLE, parts=(Condition(Matching.SINGLE, ("CT",)),
+                                                         Condition(Matching.SINGLE, ("MR",))))),
+]
+
+
+@pytest.mark.parametrize(("vr", "value", "expected"), CLASSIFY, ids=[f"{v}:{x[:20]}" for v, x, _e in CLASSIFY])
+def test_classify(vr: str, value: str, expected: Condition) -> None:
+    assert classify(vr, value) == expected
+
+
+def test_binary_keys_cannot_match() -> None:
+    with pytest.raises(InvalidKeyValue):
+        classify("US", "512")
+
+
+PATTERNS = [
+    ("a_b%c\\d*e?", "a\\_b\\%c\\\\d%e_", "a_b%c\\d*e?"),
+    ("x[y]*", "x[y]%", "x[[]y]*"),
+]
+
+
+@pytest.mark.parametrize(("value", "like", "glob"), PATTERNS)
+def test_escaping(value: str, like: str, glob: str) -> None:
+    assert like_pattern(value) == like
+    assert glob_pattern(value) == glob
+
+
+PYTHON = [
+    (Condition(Matching.SINGLE, ("doe^john",)), "PN", "DOE^JOHN", True),
+    (Condition(Matching.WILDCARD, ("D*",)), "LO", "a\\Dx", True),
+    (Condition(Matching.WILDCARD, ("D*",)), "LO", "dx", False),
+    (Condition(Matching.RANGE, ("20240101", "")), "DA", "20231231", False),
+    (Condition(Matching.RANGE, ("", "2024")), "DT", "20241231235959", True),
+    (Condition(Matching.SINGLE, ("x",)), "LO", None, False),
+    (UNIVERSAL, "LO", None, True),
+]
+
+
+@pytest.mark.parametrize(("cond", "vr", "stored", "expected"), PYTHON)
+def test_python_matching(cond: Condition, vr: str, stored: str | None, expected: bool) -> None:
+    assert python_matches(cond, vr, stored) is expected
+
+
+def test_bounds() -> None:
+    import datetime as dt
+
+    assert time_bound("10", True) == dt.time(10, 59, 59, 999999)
+    assert time_bound("1015", False) == dt.time(10, 15)
+    assert datetime_bound("202402", True) == dt.datetime(2024, 2, 29, 23, 59, 59, 999999)
+    assert datetime_bound("2024", False) == dt.datetime(2024, 1, 1)
+    assert datetime_bound("2024x", False) is None

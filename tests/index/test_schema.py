@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Engine, inspect
+
+from minipacs.index.database import MIGRATIONS_DIR, create_index_engine, upgrade_schema
+from minipacs.index.repository import as_date, as_int, as_time, normalise_name
+from minipacs.index.schema import Base
+from tests.index.pg import postgres_schema_url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        made = create_index_engine(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+        yield made
+        made.dispose()
+    else:
+        with postgres_schema_url() as url:
+            made = create_index_engine(url)
+            yield made
+            made.dispose()
+
+
+def test_migration_creates_exactly_the_models(engine: Engine) -> None:
+    upgrade_schema(engine)
+    upgrade_schema(engine)  # idempotent
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    assert diff == []
+    names = set(inspect(engine).get_table_names())
+    assert {"patients", "studies", "series", "instances", "associations", "alembic_version"} <= names
+
+
+def test_migrations_ship_inside_the_package() -> None:
+    assert (MIGRATIONS_DIR / "env.py").is_file()
+    assert (MIGRATIONS_DIR / "script.py.mako").is_file()
+    assert (MIGRATIONS_DIR / "versions" / "0001_initial.py").is_file()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("20240131", dt.date(2024, 1, 31)),
+        ("2024.01.31", dt.date(2024, 1, 31)),
+        ("20240230", None),
+        ("2024013", None),
+        ("", None),
+        ("abcdefgh", None),
+        ("２０２４０１３１", None),
+    ],
+)
+def test_as_date(text: str, expected: dt.date | None) -> None:
+    assert as_date(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("10", dt.time(10)),
+        ("1015", dt.time(10, 15)),
+        ("101530", dt.time(10, 15, 30)),
+        ("101530.25", dt.time(10, 15, 30, 250000)),
+        ("10:15:30", dt.time(10, 15, 30)),
+        ("235960", dt.time(23, 59, 59)),
+        ("2515", None),
+        ("1", None),
+        ("101530.1234567", None),
+        ("ab", None),
+    ],
+)
+def test_as_time(text: str, expected: dt.time | None) -> None:
+    assert as_time(text) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [("12", 12), (" +3 ", 3), ("-1", -1), ("x", None), ("9" * 12, None)])
+def test_as_int(text: str, expected: Any) -> None:
+    assert as_int(text) == expected
+
+
+def test_normalise_name() -> None:
+    assert normalise_name("Müller^Jürgen") == normalise_name("MÜLLER^JÜRGEN") == "müller^jürgen"
+    assert normalise_name("STRASSE") == normalise_name("straße")
+
+
+def test_the_migrations_have_one_head() -> None:
+    """A second head would make 'alembic upgrade head' fail at start-up: merge branches."""
+    from alembic.script import ScriptDirectory
+
+    from minipacs.index.database import alembic_config
+
+    assert len(ScriptDirectory.from_config(alembic_config()).get_heads()) == 1
