@@ -1,0 +1,255 @@
+"""Storage Commitment Push Model SOP Class, SCP: PS3.4 Annex J (J.3), PS3.7 10.1.1 / 10.1.4.
+
+N-ACTION (Action Type 1, Request Storage Commitment) with a Transaction UID
+and the Referenced SOP Sequence is answered Success at once (J.3.2); then the
+references are checked against the index (core/commitment.py: a row exists
+only once the file is durable) and the result goes back as N-EVENT-REPORT
+(J.3.3): Event Type 1 when every instance is committed, 2 with the Failed SOP
+Sequence and a Failure Reason per instance otherwise.
+
+Where the report goes (J.3.3, PS3.7 D.3.3.4):
+- on the requesting association while it is still established: there we are
+  the SCP of the class and the SCP sends the N-EVENT-REPORT, no role selection;
+- otherwise on a new association to the requester's registered node, where we
+  are association requestor yet SCP of the class, so we propose the context
+  with an SCP/SCU Role Selection item (SCU role 0, SCP role 1). With no
+  registered node the report cannot be delivered; the log says how to fix it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any, Final
+
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+
+from minipacs.core.commitment import CommitmentResult, Reference, check_commitment
+from minipacs.core.nodes import NodeRegistry
+from minipacs.core.worklist import IndexAccess
+from minipacs.net.association import (
+    Association,
+    AssociationError,
+    AssociationSettings,
+    BytesSink,
+    DatasetSink,
+    Message,
+    RequestHandler,
+    build_rq,
+    connect,
+)
+from minipacs.net.dimse import Command
+from minipacs.net.fsm import State
+from minipacs.net.pdu_items import RoleSelection
+from minipacs.net.presentation import NegotiatedContext, SupportedContext
+from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
+from minipacs.services.base import record_operation
+from minipacs.services.qr_find import decode_identifier, encode_identifier
+from minipacs.services.status import COMMITMENT, FAILURE_REASONS, SUCCESS, comment, describe
+
+log = logging.getLogger("minipacs.commitment")
+
+# PS3.4 J.3.1 / PS3.6 Annex A: the SOP class and its well-known SOP instance
+STORAGE_COMMITMENT_PUSH_MODEL: Final = "1.2.840.10008.1.20.1"
+STORAGE_COMMITMENT_INSTANCE: Final = "1.2.840.10008.1.20.1.1"
+COMMITMENT_TRANSFER_SYNTAXES: Final = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
+#: PS3.4 Table J.3-1: Action Type ID of "Request Storage Commitment"
+REQUEST_STORAGE_COMMITMENT: Final = 1
+# PS3.4 Table J.3-2: Event Type IDs of the report
+EVENT_ALL_SUCCESS: Final = 1
+EVENT_FAILURES_EXIST: Final = 2
+# PS3.7 C.5 / 10.1.4.1.10: N-ACTION refusals used here
+NO_SUCH_SOP_INSTANCE: Final = 0x0112
+INVALID_ARGUMENT_VALUE: Final = 0x0115
+NO_SUCH_ACTION: Final = 0x0123
+NO_SUCH_SOP_CLASS: Final = 0x0118
+
+
+class StorageCommitmentSCP:
+    name = "storage commitment"
+
+    def __init__(self, index: IndexAccess, nodes: NodeRegistry | None, settings: AssociationSettings,
+                 *, connect_timeout: float = 15.0) -> None:
+        self.index = index
+        self.nodes = nodes
+        #: Our side of a new association for the report (our AE title, PDU sizes, timeouts).
+        self.settings = settings
+        self.connect_timeout = connect_timeout
+
+    def supported_contexts(self) -> Mapping[str, SupportedContext]:
+        return {STORAGE_COMMITMENT_PUSH_MODEL: SupportedContext(STORAGE_COMMITMENT_PUSH_MODEL,
+                                                                frozenset(COMMITMENT_TRANSFER_SYNTAXES))}
+
+    def handlers(self) -> Mapping[str, RequestHandler]:
+        return {"N-ACTION-RQ": self.n_action}
+
+    def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> DatasetSink | None:
+        return None
+
+    async def n_action(self, assoc: Association, message: Message) -> None:
+        """PS3.4 J.3.2: accept the request (or refuse it with why), then report (J.3.3)."""
+        cmd = message.command
+        sop_class = str(cmd.get("RequestedSOPClassUID", ""))
+        status, text = SUCCESS, ""
+        transaction, refs = "", list[Reference]()
+        try:
+            if sop_class != STORAGE_COMMITMENT_PUSH_MODEL:
+                status, text = NO_SUCH_SOP_CLASS, f"N-ACTION for SOP class {sop_class} on the commitment context"
+            elif str(cmd.get("RequestedSOPInstanceUID", "")) != STORAGE_COMMITMENT_INSTANCE:
+                status, text = NO_SUCH_SOP_INSTANCE, (f"requested SOP instance {cmd.get('RequestedSOPInstanceUID')} "
+                                                      f"is not the well-known {STORAGE_COMMITMENT_INSTANCE}")
+            elif int(cmd.get("ActionTypeID", 0)) != REQUEST_STORAGE_COMMITMENT:
+                status, text = NO_SUCH_ACTION, f"action type {cmd.get('ActionTypeID')} (only 1 is defined)"
+            else:
+                transaction, refs = _read_request(message)
+        except ValueError as exc:
+            status, text = INVALID_ARGUMENT_VALUE, str(exc)
+        fields: dict[str, Any] = {"MessageIDBeingRespondedTo": cmd["MessageID"], "Status": status,
+                                  "AffectedSOPClassUID": STORAGE_COMMITMENT_PUSH_MODEL,
+                                  "AffectedSOPInstanceUID": STORAGE_COMMITMENT_INSTANCE}
+        if status != SUCCESS:
+            fields["ErrorComment"] = comment(text)
+            log.warning("%s storage commitment request refused with %s: %s", assoc.label,
+                        describe(status, COMMITMENT), text)
+        else:
+            fields["ActionTypeID"] = REQUEST_STORAGE_COMMITMENT
+        record_operation(assoc, op="N-ACTION", sop_class=sop_class, transaction=transaction, instances=len(refs),
+                         status=status, outcome="success" if status == SUCCESS else "failed", error=text)
+        try:
+            await assoc.send_message(message.context.context_id, Command.make("N-ACTION-RSP", **fields))
+        except AssociationError:
+            log.info("%s storage commitment: the association ended before the N-ACTION response", assoc.label)
+        if status != SUCCESS:
+            return
+        result = await check_commitment(self.index, refs)
+        log.info("%s storage commitment %s: %d of %d instance(s) committed%s", assoc.label, transaction,
+                 len(result.committed), len(refs), "" if not result.failed else
+                 f"; {len(result.failed)} failed ({', '.join(sorted({f.value for _r, f in result.failed}))})")
+        await self.report(assoc, transaction, result)
+
+    # ------------------------------------------------------------------ the report
+
+    async def report(self, assoc: Association, transaction: str, result: CommitmentResult) -> bool:
+        """Send the N-EVENT-REPORT: same association if still open, else a new one; True when delivered."""
+        event, ds = event_report(transaction, result)
+        context = assoc.context_for(STORAGE_COMMITMENT_PUSH_MODEL)
+        if context is not None and assoc.dul.state is State.STA6:
+            try:
+                status = await _send_report(assoc, context, event, ds)
+                record_operation(assoc, op="N-EVENT-REPORT", transaction=transaction, event_type=event,
+                                 status=status, outcome="success" if status == SUCCESS else "failed")
+                log.info("%s storage commitment %s reported on the same association (event type %d): %s",
+                         assoc.label, transaction, event, describe(status, COMMITMENT))
+                if status == SUCCESS:
+                    return True
+                log.info("%s storage commitment %s: the requester refused the report on its association; "
+                         "trying its registered node", assoc.label, transaction)
+            except AssociationError as exc:
+                log.info("%s storage commitment %s: the requesting association ended (%s); reporting on a new "
+                         "association", assoc.label, transaction, exc)
+        return await self._report_new_association(assoc.calling_ae, transaction, event, ds)
+
+    async def _report_new_association(self, calling_ae: str, transaction: str, event: int, ds: Dataset) -> bool:
+        nodes = await self.nodes.find(calling_ae) if self.nodes is not None else []
+        if not nodes:
+            log.warning("storage commitment %s for %r cannot be reported: the requesting association is closed and "
+                        "%r is not a registered node; register it (minipacs nodes add %s HOST PORT) or have the "
+                        "modality keep its association open until the report arrives", transaction, calling_ae,
+                        calling_ae, calling_ae)
+            return False
+        node = nodes[0]
+        if len(nodes) > 1:
+            log.warning("storage commitment %s: %r is registered %d times; reporting to %s", transaction,
+                        calling_ae, len(nodes), node.label())
+        # PS3.7 D.3.3.4: requestor of the association, SCP of the class: propose SCU role 0, SCP role 1.
+        rq = build_rq(self.settings.ae_title, node.ae_title, [(STORAGE_COMMITMENT_PUSH_MODEL,
+                                                               COMMITMENT_TRANSFER_SYNTAXES)], self.settings,
+                      roles=[RoleSelection(STORAGE_COMMITMENT_PUSH_MODEL, False, True)])
+        try:
+            out = await connect(node.host, node.port, rq, self.settings, connect_timeout=self.connect_timeout)
+        except AssociationError as exc:
+            log.warning("storage commitment %s cannot be reported to %s: %s", transaction, node.label(), exc)
+            return False
+        try:
+            context = out.context_for(STORAGE_COMMITMENT_PUSH_MODEL)
+            if context is None:
+                log.warning("storage commitment %s: %s refused the Storage Commitment context; configure it to "
+                            "accept Storage Commitment Push Model as SCU with SCP role selection", transaction,
+                            node.label())
+                return False
+            if not context.requestor_is_scp:
+                log.warning("storage commitment %s: %s did not grant us the SCP role (PS3.7 D.3.3.4); sending the "
+                            "report anyway", transaction, node.label())
+            status = await _send_report(out, context, event, ds)
+            log.info("storage commitment %s reported to %s on a new association (event type %d): %s", transaction,
+                     node.label(), event, describe(status, COMMITMENT))
+            return status == SUCCESS
+        except AssociationError as exc:
+            log.warning("storage commitment %s: report to %s failed: %s", transaction, node.label(), exc)
+            return False
+        finally:
+            try:
+                await asyncio.wait_for(out.release(), self.settings.timeouts.acse + 1)
+            except (AssociationError, TimeoutError):
+                out.abort("release failed")
+
+
+def _read_request(message: Message) -> tuple[str, list[Reference]]:
+    """PS3.4 Table J.3-1: Transaction UID and Referenced SOP Sequence; raises ValueError."""
+    if message.dataset_error is not None or not isinstance(message.dataset, BytesSink):
+        raise ValueError("the N-ACTION has no Action Information")
+    ds = decode_identifier(message.dataset.getvalue(), message.context.transfer_syntax)
+    transaction = str(ds.get("TransactionUID", "") or "").strip()
+    if not transaction:
+        raise ValueError("Transaction UID (0008,1195) is missing")
+    refs = []
+    for item in ds.get("ReferencedSOPSequence") or []:
+        uid = str(item.get("ReferencedSOPInstanceUID", "") or "").strip()
+        if not uid:
+            raise ValueError("a Referenced SOP Sequence item has no Referenced SOP Instance UID")
+        refs.append(Reference(str(item.get("ReferencedSOPClassUID", "") or "").strip(), uid))
+    if not refs:
+        raise ValueError("Referenced SOP Sequence (0008,1199) is missing or empty")
+    return transaction, refs
+
+
+def event_report(transaction: str, result: CommitmentResult) -> tuple[int, Dataset]:
+    """PS3.4 Table J.3-2: (Event Type ID, Event Information)."""
+    ds = Dataset()
+    ds.TransactionUID = transaction
+    if result.committed:
+        ds.ReferencedSOPSequence = DicomSequence([_item(ref) for ref in result.committed])
+    if not result.failed:
+        return EVENT_ALL_SUCCESS, ds
+    failed = []
+    for ref, why in result.failed:
+        item = _item(ref)
+        item.FailureReason = FAILURE_REASONS[why]
+        failed.append(item)
+    ds.FailedSOPSequence = DicomSequence(failed)
+    return EVENT_FAILURES_EXIST, ds
+
+
+def _item(ref: Reference) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = ref.sop_class_uid
+    item.ReferencedSOPInstanceUID = ref.sop_instance_uid
+    return item
+
+
+async def _send_report(assoc: Association, context: NegotiatedContext, event: int, ds: Dataset) -> int:
+    ts = transfer_syntax(context.transfer_syntax)
+    if ts is None:  # pragma: no cover - we only accept the two above
+        raise AssociationError(f"cannot encode the report in {context.transfer_syntax}")
+    command = Command.make("N-EVENT-REPORT-RQ", has_dataset=True, MessageID=assoc.next_message_id(),
+                           AffectedSOPClassUID=STORAGE_COMMITMENT_PUSH_MODEL,
+                           AffectedSOPInstanceUID=STORAGE_COMMITMENT_INSTANCE, EventTypeID=event)
+    status = -1
+    async for rsp in assoc.request(context.context_id, command, encode_identifier(ds, ts)):
+        status = int(rsp.command.get("Status", -1))
+    return status
+
+
+__all__ = ["STORAGE_COMMITMENT_INSTANCE", "STORAGE_COMMITMENT_PUSH_MODEL", "StorageCommitmentSCP", "event_report"]

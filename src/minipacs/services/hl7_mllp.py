@@ -1,0 +1,152 @@
+"""HL7 v2 orders over MLLP: the listener (HL7 MLLP Release 1, HL7 v2.5 Appendix C.4).
+
+Each message comes framed as <VT 0x0B> message <FS 0x1C><CR 0x0D> and is answered
+with one framed ACK (core/hl7.py) after it has been applied through the Worklist
+API (core/hl7_orders.py). A bad message gets AE/AR with the reason in MSA-3 and
+changes nothing; the connection keeps serving. A frame larger than
+``hl7_max_message_bytes`` is NAKed and the connection closed (the rest of it is
+not read); a connection silent for ``idle_timeout`` seconds is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Final
+
+from minipacs.core.hl7 import ACCEPT, ERROR, REJECT, HL7Error, Message, build_ack, parse
+from minipacs.core.hl7_orders import apply
+from minipacs.core.worklist import Worklist
+
+log = logging.getLogger("minipacs.hl7")
+
+START_BLOCK: Final = b"\x0b"
+END_BLOCK: Final = b"\x1c\x0d"
+
+
+def frame(text: str) -> bytes:
+    """MLLP: <VT> message <FS><CR>; the message in UTF-8."""
+    return START_BLOCK + text.encode("utf-8") + END_BLOCK
+
+
+def decode(data: bytes) -> str:
+    """Message bytes -> text: UTF-8 when valid (MSH-18 UNICODE UTF-8), else ISO 8859-1 (8859/1)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+async def handle(data: bytes, worklist: Worklist, application: str = "MINIPACS") -> str:
+    """One message's bytes -> the ACK text. Never raises for a bad message."""
+    message: Message | None = None
+    try:
+        message = parse(decode(data))
+        text = await apply(message, worklist)
+    except HL7Error as exc:
+        log.warning("HL7 message %s refused (%s): %s", message.control_id if message else "(unparsed)",
+                    exc.ack_code, exc.reason)
+        return build_ack(message, exc.ack_code, exc.reason, error=exc, application=application)
+    except Exception as exc:  # an archive failure: the sender should retry later
+        log.exception("HL7 message %s could not be applied", message.control_id if message else "(unparsed)")
+        error = HL7Error(f"minipacs could not apply the order ({type(exc).__name__}: {exc}); retry later",
+                         ack_code=ERROR, error_code=207)
+        return build_ack(message, ERROR, error.reason, error=error, application=application)
+    log.info("HL7 %s^%s %s accepted: %s", *message.message_type, message.control_id, text)
+    return build_ack(message, ACCEPT, text, application=application)
+
+
+class MLLPServer:
+    """The HL7 listener: one asyncio server, one task per connection."""
+
+    def __init__(self, worklist: Worklist, *, host: str = "127.0.0.1", port: int = 2575,
+                 max_message_bytes: int = 1 << 20, idle_timeout: float = 300.0,
+                 application: str = "MINIPACS") -> None:
+        self.worklist = worklist
+        self.host = host
+        self.port = port
+        self.max_message_bytes = max_message_bytes
+        self.idle_timeout = idle_timeout
+        self.application = application
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        #: Messages are applied one at a time (orders of one patient arrive in sequence).
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._on_connection, self.host, self.port, reuse_address=True)
+        if self.port == 0:
+            self.port = int(self._server.sockets[0].getsockname()[1])
+        log.info("HL7 MLLP listener on %s:%d", self.host, self.port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        peer = writer.get_extra_info("peername")
+        try:
+            await self._serve(reader, writer, peer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            log.info("HL7 connection from %s dropped", peer)
+        except asyncio.CancelledError:  # the listener is closing; asyncio would log a cancelled handler
+            log.info("HL7 connection from %s closed: the listener is stopping", peer)
+        finally:
+            if task is not None:
+                self._connections.discard(task)
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: object) -> None:
+        buffer = bytearray()
+        while True:
+            start = buffer.find(START_BLOCK)
+            if start < 0:
+                if buffer.strip():
+                    log.warning("HL7 %s: %d byte(s) outside an MLLP frame ignored", peer, len(buffer))
+                buffer.clear()
+            elif start > 0:
+                del buffer[:start]
+            end = buffer.find(END_BLOCK)
+            complete = start >= 0 and end > 0
+            size = (end if complete else len(buffer)) - 1  # the message so far, without <VT>
+            if size > self.max_message_bytes:
+                await self._refuse_oversized(writer, peer)
+                return
+            if complete:
+                data = bytes(buffer[1:end])
+                del buffer[: end + len(END_BLOCK)]
+                async with self._lock:
+                    ack = await handle(data, self.worklist, self.application)
+                writer.write(frame(ack))
+                await writer.drain()
+                continue
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), self.idle_timeout)
+            except TimeoutError:
+                log.info("HL7 connection from %s idle for %gs: closed", peer, self.idle_timeout)
+                return
+            if not chunk:
+                return
+            buffer += chunk
+
+    async def _refuse_oversized(self, writer: asyncio.StreamWriter, peer: object) -> None:
+        reason = (f"message larger than hl7_max_message_bytes ({self.max_message_bytes} bytes); "
+                  "nothing was applied and the connection is closed")
+        log.warning("HL7 %s: %s", peer, reason)
+        error = HL7Error(reason, ack_code=REJECT, error_code=207)
+        writer.write(frame(build_ack(None, REJECT, reason, error=error, application=self.application)))
+        await writer.drain()
+
+
+__all__ = ["END_BLOCK", "MLLPServer", "START_BLOCK", "decode", "frame", "handle"]

@@ -1,0 +1,128 @@
+"""Modality Performed Procedure Step SOP Class, SCP: PS3.4 Annex F (F.7), PS3.7 10.1.3 / 10.1.5.
+
+N-CREATE creates a step IN PROGRESS (Affected SOP Instance UID from the request,
+or generated and returned); N-SET moves it to COMPLETED or DISCONTINUED. The
+rules and the index live in core/mpps.py; here the attribute list is decoded
+in the negotiated transfer syntax and refusals become statuses
+(services/status.py MPPS), with the Offending Element when one attribute is to
+blame and, for a closed step, Error ID 0xA710 (PS3.4 F.7.2.2).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Final
+
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from minipacs.core.errors import ArchiveError
+from minipacs.core.mpps import ProcedureSteps, StepClosed, StepRefused
+from minipacs.net.association import Association, AssociationError, BytesSink, DatasetSink, Message, RequestHandler
+from minipacs.net.dimse import Command
+from minipacs.net.presentation import NegotiatedContext, SupportedContext
+from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+from minipacs.services.base import record_operation
+from minipacs.services.qr_find import decode_identifier
+from minipacs.services.status import (
+    MPPS,
+    MPPS_MAY_NO_LONGER_BE_UPDATED,
+    PROCESSING_FAILURE,
+    SUCCESS,
+    comment,
+    describe,
+    status_for_mpps_error,
+)
+
+log = logging.getLogger("minipacs.mpps")
+
+# PS3.4 F.7.1 / PS3.6 Annex A: Modality Performed Procedure Step SOP Class
+MODALITY_PERFORMED_PROCEDURE_STEP: Final = "1.2.840.10008.3.1.2.3.3"
+MPPS_TRANSFER_SYNTAXES: Final = frozenset({IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN})
+#: PS3.7 C.5: statuses of a request that does not fit the context
+NO_SUCH_SOP_CLASS: Final = 0x0118
+INVALID_OBJECT_INSTANCE: Final = 0x0117
+
+
+class MPPSSCP:
+    name = "modality performed procedure step"
+
+    def __init__(self, steps: ProcedureSteps) -> None:
+        self.steps = steps
+
+    def supported_contexts(self) -> Mapping[str, SupportedContext]:
+        return {MODALITY_PERFORMED_PROCEDURE_STEP: SupportedContext(MODALITY_PERFORMED_PROCEDURE_STEP,
+                                                                    MPPS_TRANSFER_SYNTAXES)}
+
+    def handlers(self) -> Mapping[str, RequestHandler]:
+        return {"N-CREATE-RQ": self.n_create, "N-SET-RQ": self.n_set}
+
+    def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> DatasetSink | None:
+        return None
+
+    async def n_create(self, assoc: Association, message: Message) -> None:
+        """PS3.4 F.7.2.1: create the step; the response names its SOP Instance UID."""
+        cmd = message.command
+        sop_class = str(cmd.get("AffectedSOPClassUID", ""))
+        uid = str(cmd.get("AffectedSOPInstanceUID", "") or "") or generate_uid()
+        await self._run(assoc, message, "N-CREATE", sop_class, uid, create=True)
+
+    async def n_set(self, assoc: Association, message: Message) -> None:
+        """PS3.4 F.7.2.2: update an IN PROGRESS step; COMPLETED / DISCONTINUED are final."""
+        cmd = message.command
+        await self._run(assoc, message, "N-SET", str(cmd.get("RequestedSOPClassUID", "")),
+                        str(cmd.get("RequestedSOPInstanceUID", "")), create=False)
+
+    async def _run(self, assoc: Association, message: Message, op: str, sop_class: str, uid: str,
+                   *, create: bool) -> None:
+        status, text, offending, error_id = SUCCESS, "", None, None
+        new_status = ""
+        try:
+            if sop_class != MODALITY_PERFORMED_PROCEDURE_STEP:
+                status, text = NO_SUCH_SOP_CLASS, f"{op} for SOP class {sop_class} on the MPPS context"
+            else:
+                ds = self._attributes(message)
+                step = await (self.steps.create(uid, ds) if create else self.steps.set(uid, ds))
+                new_status = step.status
+        except ValueError as exc:
+            status, text = INVALID_OBJECT_INSTANCE, str(exc)
+        except StepRefused as exc:
+            status, text, offending = status_for_mpps_error(exc), str(exc), exc.tag
+            if isinstance(exc, StepClosed):
+                error_id = MPPS_MAY_NO_LONGER_BE_UPDATED
+        except ArchiveError as exc:
+            status, text = PROCESSING_FAILURE, str(exc)
+        except Exception as exc:  # noqa: BLE001 - one request must not take the association down
+            log.exception("%s MPPS %s failed", assoc.label, op)
+            status, text = PROCESSING_FAILURE, f"internal error: {type(exc).__name__}"
+        fields: dict[str, Any] = {"MessageIDBeingRespondedTo": message.command["MessageID"],
+                                  "AffectedSOPClassUID": sop_class, "Status": status}
+        if uid:
+            fields["AffectedSOPInstanceUID"] = uid
+        if status != SUCCESS:
+            fields["ErrorComment"] = comment(text)
+            if offending is not None:
+                fields["OffendingElement"] = [offending]
+            if error_id is not None:
+                fields["ErrorID"] = error_id
+            log.warning("%s MPPS %s %s refused with %s: %s", assoc.label, op, uid, describe(status, MPPS), text)
+        else:
+            log.info("%s MPPS %s %s: %s", assoc.label, op, uid, new_status)
+        record_operation(assoc, op=op, sop_class=sop_class, sop_instance=uid, status=status,
+                         outcome="success" if status == SUCCESS else "failed", mpps_status=new_status, error=text)
+        try:
+            await assoc.send_message(message.context.context_id, Command.make(f"{op}-RSP", **fields))
+        except AssociationError:
+            log.info("%s MPPS %s %s: the association ended before the response", assoc.label, op, uid)
+
+    @staticmethod
+    def _attributes(message: Message) -> Dataset:
+        if message.dataset_error is not None:
+            raise ValueError(f"the attribute list could not be received: {message.dataset_error}")
+        if not isinstance(message.dataset, BytesSink):
+            raise ValueError("the request has no attribute list")
+        return decode_identifier(message.dataset.getvalue(), message.context.transfer_syntax)
+
+
+__all__ = ["MODALITY_PERFORMED_PROCEDURE_STEP", "MPPSSCP"]

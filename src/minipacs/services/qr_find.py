@@ -1,0 +1,480 @@
+"""Query/Retrieve Service Class, C-FIND SCP: PS3.4 Annex C (C.4.1), SCP side.
+
+Patient Root, Study Root and Patient/Study Only (retired) FIND SOP classes. The
+identifier is decoded in the negotiated transfer syntax and handed to the one
+query engine (core/query.py); every match goes back as a Pending response as
+soon as it is found. C-CANCEL ends the query with 0xFE00. Relational queries
+are served when the requester asked for them in SOP Class Extended Negotiation
+and the association's A-ASSOCIATE-AC agreed (see :meth:`extended_negotiation`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import struct
+import zlib
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, Final, cast
+
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
+from pydicom.multival import MultiValue
+
+from minipacs.core.errors import ArchiveError
+from minipacs.core.identifier import SPECIFIC_CHARACTER_SET, codecs_for, identifier_charset
+from minipacs.core.query import (
+    PATIENT_ROOT,
+    PATIENT_STUDY_ONLY,
+    STUDY_ROOT,
+    InformationModel,
+    ResponseField,
+    Row,
+    prepare_query,
+    response_fields,
+    row_dataset,
+    run_query_rows,
+)
+from minipacs.net.association import Association, AssociationError, BytesSink, DatasetSink, Message, RequestHandler
+from minipacs.net.dimse import Command
+from minipacs.net.pdu_items import SOPClassExtendedNegotiation
+from minipacs.net.presentation import NegotiatedContext, SupportedContext
+from minipacs.net.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, TransferSyntax, transfer_syntax, uid_name
+from minipacs.services.base import record_operation
+from minipacs.services.status import (
+    FIND,
+    FIND_CANCELLED,
+    FIND_LIMIT_REACHED,
+    FIND_PENDING,
+    FIND_PENDING_WARNING,
+    SUCCESS,
+    comment,
+    describe,
+    status_for_find_error,
+)
+from minipacs.services.verification import UNCOMPRESSED
+
+log = logging.getLogger("minipacs.find")
+
+# PS3.4 Table C.5-1 (Patient Root), C.5-2 (Study Root), C.5-3 (Patient/Study Only, retired): FIND SOP classes
+PATIENT_ROOT_FIND: Final = "1.2.840.10008.5.1.4.1.2.1.1"
+STUDY_ROOT_FIND: Final = "1.2.840.10008.5.1.4.1.2.2.1"
+PATIENT_STUDY_ONLY_FIND: Final = "1.2.840.10008.5.1.4.1.2.3.1"
+FIND_MODELS: Final[Mapping[str, InformationModel]] = {
+    PATIENT_ROOT_FIND: PATIENT_ROOT,
+    STUDY_ROOT_FIND: STUDY_ROOT,
+    PATIENT_STUDY_ONLY_FIND: PATIENT_STUDY_ONLY,
+}
+FIND_TRANSFER_SYNTAXES: Final = UNCOMPRESSED | {DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN}
+# PS3.4 C.5.1.1 Extended Negotiation, byte 1: relational-queries (1 = supported)
+RELATIONAL_QUERIES_BYTE: Final = 0
+#: (0008,0054) RetrieveAETitle: answered by the service, not the query engine.
+RETRIEVE_AE_TITLE: Final = 0x00080054
+#: The event loop gets a turn (to read a C-CANCEL) after this many responses.
+YIELD_EVERY: Final = 8
+# PS3.5 §6.2: VRs holding text a character set applies to.
+_TEXT_VRS: Final = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
+
+
+def decode_identifier(data: bytes, transfer_syntax_uid: str) -> Dataset:
+    """The identifier as raw (unconverted) elements; raises ValueError when unreadable."""
+    ts = transfer_syntax(transfer_syntax_uid)
+    if ts is None:
+        raise ValueError(f"unknown transfer syntax {transfer_syntax_uid}")
+    if ts.deflated:
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        data = inflater.decompress(data, 64 * 1024 * 1024)
+    try:
+        return read_dataset(io.BytesIO(data), ts.implicit_vr, ts.little_endian)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is the peer's malformed identifier
+        raise ValueError(f"the identifier cannot be parsed in {uid_name(transfer_syntax_uid)}: {exc}") from exc
+
+
+def encode_identifier(ds: Dataset, ts: TransferSyntax) -> bytes:
+    """The response identifier in the context's transfer syntax (PS3.5 §7.1).
+
+    Flat identifiers of text and US/UL values (nearly every C-FIND response) are
+    encoded here directly, ten times faster than pydicom's writer; anything else
+    (sequences, binary values, ISO 2022 character sets) goes through pydicom.
+    """
+    data = _encode_flat(ds, ts)
+    if data is None:
+        buffer = DicomBytesIO()
+        buffer.is_little_endian = ts.little_endian
+        buffer.is_implicit_VR = ts.implicit_vr
+        write_dataset(buffer, ds)
+        data = bytes(buffer.getvalue())
+    if ts.deflated:
+        compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+        data = compressor.compress(data) + compressor.flush()
+    return data
+
+
+# PS3.5 Table 7.1-1: explicit VRs with a 2-byte reserved field and a 4-byte length
+_LONG_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+_ASCII_VRS: Final = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI", "UR"})
+_INT_VRS: Final = {"US": "H", "UL": "L", "SS": "h", "SL": "l"}
+
+
+def _encode_flat(ds: Dataset, ts: TransferSyntax) -> bytes | None:
+    charset = ds.get("SpecificCharacterSet", "") or ""
+    if not isinstance(charset, str) or "\\" in charset:
+        return None
+    codec = codecs_for(charset)[0]
+    order = "<" if ts.little_endian else ">"
+    out = bytearray()
+    for elem in ds:
+        vr = elem.VR
+        value = elem.value
+        if vr in _INT_VRS:
+            values = [] if value is None or value == "" else value if isinstance(value, (MultiValue, list)) else [value]
+            raw = struct.pack(f"{order}{len(values)}{_INT_VRS[vr]}", *values)
+        elif vr in _ASCII_VRS or vr in _TEXT_VRS:
+            if value is None:
+                text = ""
+            elif isinstance(value, (MultiValue, list)):
+                text = "\\".join(str(v) for v in value)
+            else:
+                text = str(value)
+            try:
+                raw = text.encode("ascii" if vr in _ASCII_VRS else codec)
+            except (UnicodeEncodeError, LookupError):
+                return None
+            if len(raw) % 2:
+                raw += b"\x00" if vr == "UI" else b" "
+        else:
+            return None
+        tag = int(elem.tag)
+        group, element = tag >> 16, tag & 0xFFFF
+        if ts.implicit_vr:
+            out += struct.pack(f"{order}HHL", group, element, len(raw))
+        elif vr in _LONG_VRS:
+            out += struct.pack(f"{order}HH2s2xL", group, element, vr.encode(), len(raw))
+        else:
+            if len(raw) > 0xFFFF:
+                return None
+            out += struct.pack(f"{order}HH2sH", group, element, vr.encode(), len(raw))
+        out += raw
+    return bytes(out)
+
+
+@dataclass(frozen=True)
+class _Element:
+    """How one element of every response of a query is written (PS3.5 §7.1.2)."""
+
+    prefix: bytes  # tag, and VR for explicit VR
+    length: struct.Struct  # the value length field
+    kind: str  # "ascii", "text" (a character set applies) or "int"
+    pad: bytes
+    index: int  # position in the query engine's Row; -1: ``constant``; -2: SpecificCharacterSet
+    constant: str = ""
+    short: bool = False  # explicit VR with a 2-byte length: at most 0xFFFF bytes
+    int_format: str = ""  # struct format of one US/UL/SS/SL value
+
+
+class RowEncoder:
+    """Response identifiers straight from the query engine's rows, without building Datasets.
+
+    The layout of every response of one query is the same, so tags, VRs and
+    headers are worked out once; per match only the values are encoded. Rows
+    that need more than text and US/UL values (stored-file elements, sequences,
+    binary values, ISO 2022 character sets) go through pydicom instead.
+    """
+
+    def __init__(self, fields: Sequence[ResponseField], ts: TransferSyntax, request_charset: str,
+                 constants: Mapping[int, tuple[str, str]]) -> None:
+        """``constants``: tag -> (VR, value) answered the same in every response (RetrieveAETitle)."""
+        self.fields = tuple(fields)
+        self.ts = ts
+        self.request_charset = request_charset
+        self.constants = dict(constants)
+        order = "<" if ts.little_endian else ">"
+        layout: dict[int, tuple[str, int, str]] = {f.tag: (f.vr, i, "") for i, f in enumerate(fields)}
+        for tag, (vr, value) in constants.items():
+            layout[tag] = (vr, -1, value)
+        layout[SPECIFIC_CHARACTER_SET] = ("CS", -2, "")
+        self.flat = all(vr in _INT_VRS or vr in _ASCII_VRS or vr in _TEXT_VRS for vr, _i, _c in layout.values())
+        self.text_indexes = tuple(i for i, f in enumerate(fields) if f.vr in _TEXT_VRS and f.tag not in constants)
+        self.elements: list[_Element] = []
+        for tag in sorted(layout):
+            vr, index, constant = layout[tag]
+            head = struct.pack(f"{order}HH", tag >> 16, tag & 0xFFFF)
+            if ts.implicit_vr:
+                prefix, length, short = head, struct.Struct(f"{order}L"), False
+            elif vr in _LONG_VRS:
+                prefix, length, short = head + vr.encode() + b"\0\0", struct.Struct(f"{order}L"), False
+            else:
+                prefix, length, short = head + vr.encode(), struct.Struct(f"{order}H"), True
+            kind = "int" if vr in _INT_VRS else "ascii" if vr in _ASCII_VRS else "text"
+            self.elements.append(_Element(prefix, length, kind, b"\0" if vr == "UI" else b" ", index, constant,
+                                          short, f"{order}{_INT_VRS.get(vr, '')}"))
+
+    def encode(self, row: Row) -> bytes:
+        """The response identifier of ``row`` in the context's transfer syntax (deflated if negotiated)."""
+        data = self._encode_fast(row) if self.flat else None
+        if data is None:
+            ds = row_dataset(self.fields, row)
+            for tag, (vr, value) in self.constants.items():
+                ds.add_new(tag, vr, value)
+            charset = response_charset(self.request_charset, ds)
+            if charset:
+                ds.SpecificCharacterSet = charset
+            return encode_identifier(ds, self.ts)
+        if self.ts.deflated:
+            compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+            data = compressor.compress(data) + compressor.flush()
+        return data
+
+    def _charset(self, row: Row) -> str:
+        """PS3.4 C.4.1.1.3.2, as :func:`response_charset` decides it for a Dataset."""
+        texts = [v for i in self.text_indexes if isinstance(v := row[i], str) and not v.isascii()]
+        if not texts:
+            return self.request_charset
+        if self.request_charset and "\\" not in self.request_charset:
+            codec = codecs_for(self.request_charset)[0]
+            try:
+                for text in texts:
+                    text.encode(codec)
+                return self.request_charset
+            except (UnicodeEncodeError, LookupError):
+                pass
+        return "ISO_IR 192"
+
+    def _encode_fast(self, row: Row) -> bytes | None:
+        for value in row:
+            if value is not None and type(value) is not str:
+                return None  # an element of the stored file: pydicom writes it
+        charset = self._charset(row)
+        if "\\" in charset:
+            return None
+        codec = codecs_for(charset)[0]
+        out: list[bytes] = []
+        for element in self.elements:
+            index = element.index
+            if index >= 0:
+                value = row[index]
+            elif index == -1:
+                value = element.constant
+            elif charset:
+                value = charset
+            else:
+                continue
+            if element.kind == "int":
+                try:
+                    raw = struct.pack(element.int_format, int(cast(str, value))) if value else b""
+                except (ValueError, struct.error):
+                    raw = b""
+            elif value is None:
+                raw = b""
+            else:
+                try:
+                    raw = cast(str, value).encode("ascii" if element.kind == "ascii" else codec)
+                except (UnicodeEncodeError, LookupError):
+                    return None
+                if len(raw) & 1:
+                    raw += element.pad
+                if element.short and len(raw) > 0xFFFF:
+                    return None
+            out.append(element.prefix)
+            out.append(element.length.pack(len(raw)))
+            out.append(raw)
+        return b"".join(out)
+
+
+class _SameCommand(Command):
+    """A response command sent many times unchanged (every Pending of one query): encoded once."""
+
+    def __init__(self, command: Command) -> None:
+        super().__init__(dict(command.fields))
+        self._encoded = command.encode()
+
+    def encode(self) -> bytes:
+        return self._encoded
+
+
+def _texts(ds: Dataset) -> Iterator[str]:
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value or []:
+                yield from _texts(item)
+        elif elem.VR in _TEXT_VRS and elem.value is not None:
+            value = elem.value
+            if isinstance(value, (MultiValue, list)):
+                yield from (str(v) for v in value)
+            else:
+                yield str(value)
+
+
+def response_charset(request_charset: str, ds: Dataset) -> str:
+    """PS3.4 C.4.1.1.3.2: the requester's character set when it can carry every value, else UTF-8."""
+    texts = [t for t in _texts(ds) if not t.isascii()]
+    if not texts:
+        return request_charset
+    if request_charset and "\\" not in request_charset:
+        codec = codecs_for(request_charset)[0]
+        try:
+            for text in texts:
+                text.encode(codec)
+            return request_charset
+        except (UnicodeEncodeError, LookupError):
+            pass
+    return "ISO_IR 192"
+
+
+Respond = Callable[..., Awaitable[None]]
+
+
+def find_failure(assoc: Association, exc: Exception, what: str) -> tuple[int, str]:
+    """The status and Error Comment for a C-FIND that raised (PS3.4 C.4.1.1.4)."""
+    if isinstance(exc, ValueError):
+        return 0xC000, str(exc)
+    if isinstance(exc, ArchiveError):
+        return status_for_find_error(exc), str(exc)
+    log.exception("%s %s failed", assoc.label, what)
+    return 0xC000, f"internal error: {type(exc).__name__}"
+
+
+async def finish_find(assoc: Association, respond: Respond, status: int, text: str, *, what: str,
+                      sop_class: str, level: str, matches: int) -> bool:
+    """The end of every C-FIND (Q/R and worklist): log a refusal, send the final
+    response, record the operation. False when the association is already gone."""
+    final = status in (SUCCESS, FIND_CANCELLED)
+    if not final:
+        log.warning("%s %s refused with %s: %s", assoc.label, what, describe(status, FIND), text)
+    try:
+        await respond(status, error="" if final else text)
+    except AssociationError:
+        return False
+    outcome = {SUCCESS: "success", FIND_CANCELLED: "cancelled"}.get(status, "failed")
+    record_operation(assoc, op="C-FIND", sop_class=sop_class, level=level, matches=matches, status=status,
+                     outcome=outcome, error=text)
+    return True
+
+
+class QueryRetrieveFindSCP:
+    name = "query/retrieve find"
+
+    def __init__(self, archive: Any, *, max_results: int | None = None, ae_title: str = "") -> None:
+        """``max_results``: most matches one C-FIND returns (None: no limit); past it the query
+        ends with 0xA700 and a comment saying so. ``ae_title`` answers RetrieveAETitle."""
+        self.archive = archive
+        self.max_results = max_results
+        self.ae_title = ae_title
+
+    def supported_contexts(self) -> Mapping[str, SupportedContext]:
+        return {uid: SupportedContext(uid, frozenset(FIND_TRANSFER_SYNTAXES)) for uid in FIND_MODELS}
+
+    def handlers(self) -> Mapping[str, RequestHandler]:
+        return {"C-FIND-RQ": self.c_find}
+
+    def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> DatasetSink | None:
+        return None
+
+    def extended_negotiation(
+        self, proposed: Sequence[SOPClassExtendedNegotiation]
+    ) -> list[SOPClassExtendedNegotiation]:
+        """Our A-ASSOCIATE-AC answers to SOP Class Extended Negotiation (PS3.4 C.5.1.1):
+        relational queries yes; combined date-time, fuzzy names, timezone adjustment no."""
+        replies = []
+        for item in proposed:
+            if item.sop_class_uid in FIND_MODELS and item.info:
+                relational = item.info[RELATIONAL_QUERIES_BYTE] == 1
+                replies.append(SOPClassExtendedNegotiation(item.sop_class_uid, bytes([1 if relational else 0])))
+        return replies
+
+    @staticmethod
+    def relational_agreed(assoc: Association, sop_class_uid: str) -> bool:
+        """Whether the A-ASSOCIATE-AC of ``assoc`` agreed to relational queries for the class."""
+        if assoc.ac is None:
+            return False
+        return any(item.sop_class_uid == sop_class_uid and item.info[:1] == b"\x01"
+                   for item in assoc.ac.user_information.extended)
+
+    async def c_find(self, assoc: Association, message: Message) -> None:
+        cmd = message.command
+        context = message.context
+        sop_class = str(cmd.get("AffectedSOPClassUID", ""))
+        msg_id = cmd["MessageID"]
+        matches = 0
+        status, text = SUCCESS, ""
+        level = ""
+
+        async def respond(code: int, identifier: bytes | None = None, error: str = "") -> None:
+            fields: dict[str, Any] = {"MessageIDBeingRespondedTo": msg_id, "AffectedSOPClassUID": sop_class,
+                                      "Status": code}
+            if error:
+                fields["ErrorComment"] = comment(error)
+            rsp = Command.make("C-FIND-RSP", has_dataset=identifier is not None, **fields)
+            await assoc.send_message(context.context_id, rsp, identifier)
+
+        model = FIND_MODELS.get(context.abstract_syntax)
+        ts = transfer_syntax(context.transfer_syntax)
+        sink = message.dataset
+        try:
+            if message.dataset_error is not None:
+                status, text = 0xC000, f"the identifier could not be received: {message.dataset_error}"
+            elif model is None or ts is None or sop_class != context.abstract_syntax:
+                status, text = 0xA900, (f"C-FIND for {uid_name(sop_class)} on a context negotiated for "
+                                        f"{uid_name(context.abstract_syntax)}")
+            elif not isinstance(sink, BytesSink):
+                status, text = 0xC000, "C-FIND request without an identifier"
+            else:
+                identifier = decode_identifier(sink.getvalue(), context.transfer_syntax)
+                relational = self.relational_agreed(assoc, sop_class)
+                prepared = prepare_query(identifier, model, relational=relational)
+                level = prepared.level.value
+                request_charset = identifier_charset(identifier)
+                pending = FIND_PENDING_WARNING if prepared.unsupported else FIND_PENDING
+                if prepared.unsupported:
+                    log.info("%s C-FIND: matching on %s is not supported; they are answered, not matched",
+                             assoc.label, ", ".join(prepared.unsupported))
+                wants_aet = any(k.keyword == "RetrieveAETitle" for k in prepared.keys)
+                constants = {RETRIEVE_AE_TITLE: ("AE", self.ae_title or assoc.local_ae)} if wants_aet else {}
+                encoder = RowEncoder(response_fields(prepared), ts, request_charset, constants)
+                pending_rsp = _SameCommand(Command.make(
+                    "C-FIND-RSP", has_dataset=True, MessageIDBeingRespondedTo=msg_id,
+                    AffectedSOPClassUID=sop_class, Status=pending))
+                limit = None if self.max_results is None else self.max_results + 1
+                async with aclosing(run_query_rows(self.archive, prepared, limit=limit)) as rows:
+                    async for row in rows:
+                        if message.cancelled.is_set():
+                            break
+                        if self.max_results is not None and matches >= self.max_results:
+                            status = FIND_LIMIT_REACHED
+                            text = (f"more than {self.max_results} matches (max_results); "
+                                    "the first were sent, narrow the query")
+                            break
+                        await assoc.send_message(context.context_id, pending_rsp, encoder.encode(row))
+                        matches += 1
+                        if matches % YIELD_EVERY == 0:
+                            await asyncio.sleep(0)  # let the reader see a C-CANCEL (drain may not yield)
+                if message.cancelled.is_set():
+                    status = FIND_CANCELLED
+        except AssociationError:
+            log.info("%s C-FIND ended: the association is gone after %d match(es)", assoc.label, matches)
+            return
+        except Exception as exc:  # noqa: BLE001 - one query must not take the association down
+            status, text = find_failure(assoc, exc, "C-FIND")
+        if not await finish_find(assoc, respond, status, text, what="C-FIND", sop_class=sop_class,
+                                 level=level, matches=matches):
+            return
+        log.info("%s C-FIND %s %s: %d match(es), %s", assoc.label, FIND_MODELS[sop_class].name if sop_class in
+                 FIND_MODELS else sop_class, level or "?", matches, describe(status, FIND))
+
+
+__all__ = [
+    "FIND_MODELS",
+    "PATIENT_ROOT_FIND",
+    "PATIENT_STUDY_ONLY_FIND",
+    "QueryRetrieveFindSCP",
+    "RowEncoder",
+    "STUDY_ROOT_FIND",
+    "decode_identifier",
+    "encode_identifier",
+    "response_charset",
+]

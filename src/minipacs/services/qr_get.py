@@ -1,0 +1,112 @@
+"""Query/Retrieve C-GET SCP: PS3.4 C.4.3 (Patient Root and Study Root GET).
+
+The C-STORE sub-operations go back over the SAME association (PS3.4 C.4.3.3),
+so the requester must have proposed the Storage SOP classes with SCP/SCU role
+selection and been granted the SCP role (PS3.7 D.3.3.4); an instance whose SOP
+class has no such context fails as a sub-operation, with a sentence saying so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from minipacs.core.archive import Archive
+from minipacs.core.errors import ArchiveError
+from minipacs.core.retrieve import InvalidRetrieveIdentifier, StoredInstance, select_instances
+from minipacs.net.association import Association, AssociationError, DatasetSink, Message, RequestHandler
+from minipacs.net.dimse import Command
+from minipacs.net.presentation import NegotiatedContext, SupportedContext
+from minipacs.services.base import record_operation
+from minipacs.services.qr_retrieve import (
+    DEFAULT_PENDING_EVERY,
+    DEFAULT_PENDING_INTERVAL,
+    GET_MODELS,
+    IDENTIFIER_SYNTAXES,
+    IdentifierError,
+    Progress,
+    Responder,
+    decode_identifier,
+    run_suboperations,
+)
+from minipacs.services.status import GET, IDENTIFIER_DOES_NOT_MATCH, UNABLE_TO_PROCESS, describe
+from minipacs.services.storage_scu import store_file
+
+log = logging.getLogger("minipacs.get")
+
+
+def _peer_is_scp(ctx: NegotiatedContext) -> bool:
+    return ctx.requestor_is_scp
+
+
+class GetSCP:
+    """C-GET SCP for the Patient Root and Study Root information models."""
+
+    name = "qr-get"
+
+    def __init__(self, archive: Archive, *, pending_every: int = DEFAULT_PENDING_EVERY,
+                 pending_interval: float = DEFAULT_PENDING_INTERVAL) -> None:
+        """``pending_every`` / ``pending_interval``: how often Pending responses go out (see run_suboperations)."""
+        self.archive = archive
+        self.pending_every = pending_every
+        self.pending_interval = pending_interval
+
+    def supported_contexts(self) -> Mapping[str, SupportedContext]:
+        return {uid: SupportedContext(uid, IDENTIFIER_SYNTAXES) for uid in GET_MODELS}
+
+    def handlers(self) -> Mapping[str, RequestHandler]:
+        return {"C-GET-RQ": self.c_get}
+
+    def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> DatasetSink | None:
+        return None
+
+    async def c_get(self, assoc: Association, message: Message) -> None:
+        responder = Responder(assoc, message, "C-GET-RSP")
+        receipt: dict[str, object] = {"op": "C-GET", "destination_ae": assoc.calling_ae,
+                                      "destination_host": assoc.peer_host, "destination_port": assoc.peer_port}
+        try:
+            await self._get(assoc, message, responder, receipt)
+        except AssociationError as exc:
+            receipt.setdefault("outcome", "requester gone")
+            receipt["error"] = str(exc)
+            log.warning("%s C-GET ended: %s", assoc.label, exc)
+        finally:
+            record_operation(assoc, **receipt)
+
+    async def _get(self, assoc: Association, message: Message, responder: Responder,
+                   receipt: dict[str, object]) -> None:
+        model = GET_MODELS.get(message.context.abstract_syntax, "STUDY")
+        try:
+            level, keys = decode_identifier(message)
+            receipt["level"] = level
+            instances = await select_instances(self.archive, level, keys, model, located=False)
+        except (IdentifierError, InvalidRetrieveIdentifier, ArchiveError) as exc:
+            status = UNABLE_TO_PROCESS if not isinstance(exc, (IdentifierError, InvalidRetrieveIdentifier)) \
+                else IDENTIFIER_DOES_NOT_MATCH
+            receipt.update(status=status, outcome="refused", error=str(exc))
+            log.warning("%s C-GET refused with %s: %s", assoc.label, describe(status, GET), exc)
+            await responder.send(status, error=str(exc))
+            return
+        progress = Progress(len(instances))
+        if instances and not any(c.requestor_is_scp for c in assoc.contexts.values()):
+            log.warning("%s C-GET of %d instance(s), but the requester negotiated no storage context with the "
+                        "SCP role (SCP/SCU role selection): every sub-operation will fail", assoc.label,
+                        len(instances))
+
+        async def send_one(inst: StoredInstance) -> tuple[int, str]:
+            return await store_file(assoc, inst, usable=_peer_is_scp)
+
+        await run_suboperations(responder, instances, progress, send_one, self.pending_every,
+                                self.pending_interval)
+        status = await responder.final(progress)
+        receipt.update(
+            status=status, outcome=describe(status, GET).split(": ", 1)[-1], completed=progress.completed,
+            failed=progress.failed, warning=progress.warning, remaining=progress.remaining,
+            instances=len(instances), error=progress.errors[0] if progress.errors else "",
+        )
+        log.log(logging.INFO if status == 0 else logging.WARNING,
+                "%s C-GET: %s; %d completed, %d failed, %d warning, %d not sent", assoc.label,
+                describe(status, GET), progress.completed, progress.failed, progress.warning, progress.remaining)
+
+
+__all__ = ["GetSCP"]

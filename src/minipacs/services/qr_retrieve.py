@@ -1,0 +1,263 @@
+"""What C-MOVE and C-GET SCPs share: the models, the identifier, the sub-operation loop.
+
+PS3.4 C.4.2.3 / C.4.3.3: the SCP runs one C-STORE sub-operation per instance,
+optionally sends Pending responses with the Remaining / Completed / Failed /
+Warning counts, stops after the current sub-operation on C-CANCEL (status
+Cancel), and ends with Success, Warning (some failed or warned) or Failure (all
+failed), the Failed SOP Instance UID List (0008,0058) in the final identifier
+whenever something failed.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from minipacs.core.retrieve import StoredInstance, locate
+from minipacs.core.transcode import TranscodeError
+from minipacs.net.association import Association, AssociationError, BytesSink, Message
+from minipacs.net.dimse import Command
+from minipacs.net.uids import (
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    transfer_syntax,
+)
+from minipacs.services.status import (
+    CANCEL,
+    PENDING,
+    SUBOPS_ALL_FAILED,
+    SUBOPS_SOME_FAILED,
+    SUCCESS,
+    comment,
+    describe,
+    is_success,
+    is_warning,
+)
+
+log = logging.getLogger("minipacs.retrieve")
+
+# PS3.4 Table C.4-1 / PS3.6 Annex A: Query/Retrieve information models (MOVE and GET)
+PATIENT_ROOT_MOVE: Final = "1.2.840.10008.5.1.4.1.2.1.2"
+PATIENT_ROOT_GET: Final = "1.2.840.10008.5.1.4.1.2.1.3"
+STUDY_ROOT_MOVE: Final = "1.2.840.10008.5.1.4.1.2.2.2"
+STUDY_ROOT_GET: Final = "1.2.840.10008.5.1.4.1.2.2.3"
+
+#: SOP class -> information model name used by ``core.retrieve``.
+MOVE_MODELS: Final[dict[str, str]] = {PATIENT_ROOT_MOVE: "PATIENT", STUDY_ROOT_MOVE: "STUDY"}
+GET_MODELS: Final[dict[str, str]] = {PATIENT_ROOT_GET: "PATIENT", STUDY_ROOT_GET: "STUDY"}
+
+#: Transfer syntaxes for the identifiers of Q/R contexts.
+IDENTIFIER_SYNTAXES: Final = frozenset({IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN})
+
+#: Pending responses are optional (PS3.4 C.4.2.3.1, C.4.3.3.1): by default one goes out after
+#: every this many sub-operations, or when this many seconds passed since the last one.
+DEFAULT_PENDING_EVERY: Final = 100
+DEFAULT_PENDING_INTERVAL: Final = 0.2
+
+
+class IdentifierError(ValueError):
+    """The identifier dataset cannot be decoded."""
+
+
+def decode_identifier(message: Message) -> tuple[str, dict[str, object]]:
+    """(QueryRetrieveLevel, keyword -> value) of a C-MOVE/C-GET identifier.
+
+    Values are taken from the raw element bytes (no pydicom value validation:
+    a hostile or malformed value must reach ``core.retrieve`` to be refused
+    with a sentence, not break the decoding). Sequences are skipped.
+    """
+    from pydicom.datadict import dictionary_VR, keyword_for_tag
+    from pydicom.dataelem import RawDataElement
+    from pydicom.filereader import read_dataset
+
+    sink = message.dataset
+    if message.dataset_error is not None:
+        raise IdentifierError(f"the identifier could not be received: {message.dataset_error}")
+    if not isinstance(sink, BytesSink):
+        raise IdentifierError("the request carries no identifier")
+    ts = transfer_syntax(message.context.transfer_syntax)
+    if ts is None or ts.encapsulated or ts.deflated:
+        raise IdentifierError(f"identifier in unsupported transfer syntax {message.context.transfer_syntax}")
+    keys: dict[str, object] = {}
+    try:
+        ds = read_dataset(io.BytesIO(sink.getvalue()), ts.implicit_vr, ts.little_endian)
+        for tag in list(ds.keys()):
+            raw = ds.get_item(tag)
+            keyword = keyword_for_tag(tag)
+            if not keyword or not isinstance(raw, RawDataElement) or raw.value is None:
+                continue
+            vr = raw.VR or dictionary_VR(tag)
+            if vr == "SQ" or vr not in _TEXT_VRS:
+                continue
+            text = bytes(raw.value).decode("latin-1").strip(" \x00")
+            values = [v.strip(" \x00") for v in text.split("\\")]
+            keys[keyword] = values if len(values) > 1 else text
+    except Exception as exc:  # noqa: BLE001 - a hostile identifier gets a status, not a crash
+        raise IdentifierError(f"the identifier cannot be decoded: {type(exc).__name__}: {exc}") from exc
+    level = keys.get("QueryRetrieveLevel", "")
+    return (level if isinstance(level, str) else ""), keys
+
+
+#: VRs whose raw value is text (PS3.5 Table 6.2-1); the keys a retrieve uses are all of them.
+_TEXT_VRS: Final = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC",
+                              "UI", "UR", "UT"})
+
+
+def encode_failed_list(uids: list[str], transfer_syntax_uid: str) -> bytes:
+    """An identifier holding the Failed SOP Instance UID List (0008,0058)."""
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    ts = transfer_syntax(transfer_syntax_uid)
+    ds = Dataset()
+    ds.FailedSOPInstanceUIDList = uids if len(uids) != 1 else uids[0]
+    buf = DicomBytesIO()
+    buf.is_little_endian = ts.little_endian if ts is not None else True
+    buf.is_implicit_VR = ts.implicit_vr if ts is not None else True
+    write_dataset(buf, ds)
+    return bytes(buf.getvalue())
+
+
+@dataclass
+class Progress:
+    """Counts of a retrieve's sub-operations (PS3.7 Table 9.3-10 / 9.3-6 fields)."""
+
+    total: int
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    failed_uids: list[str] = field(default_factory=list)
+    cancelled: bool = False
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def remaining(self) -> int:
+        return self.total - self.completed - self.failed - self.warning
+
+    def fail(self, instance: StoredInstance, why: str) -> None:
+        self.failed += 1
+        self.failed_uids.append(instance.sop_instance_uid)
+        if len(self.errors) < 20:
+            self.errors.append(why)
+        log.info("sub-operation for %s failed: %s", instance.sop_instance_uid, why)
+
+    def final_status(self) -> int:
+        """PS3.4 C.4.2.1.5: Success, Warning if any failed or warned, Failure if all failed."""
+        if self.cancelled:
+            return CANCEL
+        if self.failed == 0 and self.warning == 0:
+            return SUCCESS
+        if self.completed == 0 and self.warning == 0:
+            return SUBOPS_ALL_FAILED
+        return SUBOPS_SOME_FAILED
+
+
+SendOne = Callable[[StoredInstance], Awaitable[tuple[int, str]]]
+
+
+class Responder:
+    """Sends the C-MOVE-RSP / C-GET-RSP messages of one request."""
+
+    def __init__(self, assoc: Association, message: Message, rsp_name: str) -> None:
+        self.assoc = assoc
+        self.message = message
+        self.rsp_name = rsp_name
+
+    async def send(self, status: int, progress: Progress | None = None, *, error: str = "",
+                   dataset: bytes | None = None) -> None:
+        fields: dict[str, Any] = {
+            "MessageIDBeingRespondedTo": self.message.command["MessageID"],
+            "AffectedSOPClassUID": self.message.command.get("AffectedSOPClassUID", self.message.context.abstract_syntax),
+            "Status": status,
+        }
+        if progress is not None:
+            if status in (PENDING, CANCEL):
+                fields["NumberOfRemainingSuboperations"] = progress.remaining
+            fields["NumberOfCompletedSuboperations"] = progress.completed
+            fields["NumberOfFailedSuboperations"] = progress.failed
+            fields["NumberOfWarningSuboperations"] = progress.warning
+        if error:
+            fields["ErrorComment"] = comment(error)
+        cmd = Command.make(self.rsp_name, has_dataset=dataset is not None, **fields)
+        await self.assoc.send_message(self.message.context.context_id, cmd, dataset)
+
+    async def final(self, progress: Progress, error: str = "") -> int:
+        status = progress.final_status()
+        dataset = None
+        if progress.failed_uids:
+            dataset = encode_failed_list(progress.failed_uids, self.message.context.transfer_syntax)
+        if not error and progress.errors and status != SUCCESS:
+            error = progress.errors[0]
+        await self.send(status, progress, error=error, dataset=dataset)
+        return status
+
+
+async def run_suboperations(
+    responder: Responder,
+    instances: list[StoredInstance],
+    progress: Progress,
+    send_one: SendOne,
+    pending_every: int = DEFAULT_PENDING_EVERY,
+    pending_interval: float = DEFAULT_PENDING_INTERVAL,
+) -> None:
+    """Run the C-STORE sub-operations; stops early on C-CANCEL or when the
+    sub-operation association is lost (the rest then count as failed).
+
+    A Pending response goes out after every ``pending_every`` sub-operations
+    (0: never by count) and whenever ``pending_interval`` seconds (0: never by
+    time) passed since the last one, so a requester sees progress without one
+    extra message per instance. Each file is located (:func:`locate`) just before it is sent.
+    """
+    cancelled = responder.message.cancelled
+    last_pending = time.monotonic()
+    for index, instance in enumerate(instances):
+        if cancelled.is_set():
+            progress.cancelled = True
+            return
+        instance = locate(instance)
+        if instance.problem:
+            progress.fail(instance, instance.problem)
+        else:
+            try:
+                status, text = await send_one(instance)
+            except (LookupError, TranscodeError) as exc:
+                progress.fail(instance, str(exc))
+            except AssociationError as exc:
+                if responder.assoc.dul.is_closed:
+                    raise
+                progress.fail(instance, str(exc))
+                for rest in instances[index + 1:]:
+                    progress.fail(rest, "not sent: the storage association was lost")
+                log.warning("%s storage sub-operations stopped: %s", responder.assoc.label, exc)
+                return
+            else:
+                if is_success(status):
+                    progress.completed += 1
+                elif is_warning(status):
+                    progress.warning += 1
+                else:
+                    progress.fail(instance, describe(status) + (f" ({text})" if text else ""))
+        if progress.remaining <= 0:
+            continue
+        now = time.monotonic()
+        due = (pending_every > 0 and (index + 1) % pending_every == 0) or (
+            pending_interval > 0 and now - last_pending >= pending_interval)
+        if due:
+            if cancelled.is_set():
+                progress.cancelled = True
+                return
+            await responder.send(PENDING, progress)
+            last_pending = now
+    if cancelled.is_set() and progress.remaining > 0:
+        progress.cancelled = True
+
+
+def counts(progress: Progress) -> Mapping[str, int]:
+    return {"completed": progress.completed, "failed": progress.failed, "warning": progress.warning,
+            "remaining": progress.remaining}

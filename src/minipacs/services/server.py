@@ -1,0 +1,330 @@
+"""The DICOM listener: accepts associations, negotiates, dispatches to services.
+
+Limits enforced here: maximum concurrent associations (A-ASSOCIATE-RJ
+transient / local-limit-exceeded), the called AE title when configured
+(reason 7), protocol version and application context, and the access policy
+(core/access.py): a calling AE it refuses gets reason 3, an operation it
+refuses gets status 0x0124 (Not authorized). Every association, accepted or
+not, ends up in the association log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+
+from minipacs import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from minipacs.core.access import AccessPolicy
+from minipacs.core.model import AssociationRecord
+from minipacs.net.association import Association, AssociationSettings, DatasetSink, Message, RequestHandler, describe_rejection
+from minipacs.net.dimse import Command
+from minipacs.net.dul import Timeouts, stream_limit
+from minipacs.net.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ
+from minipacs.net.pdu_items import APPLICATION_CONTEXT_NAME, SOPClassExtendedNegotiation, UserInformation
+from minipacs.net.presentation import RESULT_NAMES, NegotiatedContext, SupportedContext, negotiate
+from minipacs.net.uids import uid_name
+from minipacs.services.base import ServiceClass, record_operation
+from minipacs.services.status import comment
+
+
+log = logging.getLogger("minipacs.server")
+
+#: Connections beyond max_associations + this many are closed unread.
+CONNECTION_SLACK = 8
+
+AssociationLogger = Callable[[AssociationRecord], Awaitable[object]]
+
+#: DIMSE request -> the operation the access policy knows it by.
+ACCESS_OPERATIONS: dict[str, str] = {
+    "C-ECHO-RQ": "echo",
+    "C-STORE-RQ": "store",
+    "C-FIND-RQ": "find",
+    "C-MOVE-RQ": "move",
+    "C-GET-RQ": "get",
+    "N-CREATE-RQ": "mpps",
+    "N-SET-RQ": "mpps",
+    "N-ACTION-RQ": "commit",
+}
+#: PS3.7 Annex C: Refused: Not authorized.
+NOT_AUTHORIZED = 0x0124
+
+
+def guarded(handler: RequestHandler, operation: str, access: AccessPolicy) -> RequestHandler:
+    """``handler`` behind the access policy: a refused request is answered 0x0124 with the reason."""
+
+    async def guard(assoc: Association, message: Message) -> None:
+        refusal = access.operation_refusal(operation, assoc.calling_ae, assoc.peer_host)
+        if refusal is None:
+            await handler(assoc, message)
+            return
+        why = f"{refusal.reason} (rule: {refusal.rule})"
+        log.warning("%s %s refused: %s", assoc.label, message.command.name.removesuffix("-RQ"), why)
+        if message.dataset is not None:
+            message.dataset.discard()
+        fields: dict[str, Any] = {"MessageIDBeingRespondedTo": message.command.get("MessageID", 0),
+                                  "Status": NOT_AUTHORIZED, "ErrorComment": comment(refusal.reason)}
+        for key in ("AffectedSOPClassUID", "AffectedSOPInstanceUID"):
+            if key in message.command:
+                fields[key] = message.command[key]
+        record_operation(assoc, op=message.command.name.removesuffix("-RQ"), status=NOT_AUTHORIZED,
+                         outcome="refused", reason=why)
+        await assoc.send_message(message.context.context_id,
+                                 Command.make(message.command.name.replace("-RQ", "-RSP"), **fields))
+
+    return guard
+
+
+class DicomServer:
+    def __init__(
+        self,
+        ae_title: str,
+        services: Sequence[ServiceClass],
+        *,
+        host: str = "0.0.0.0",
+        port: int = 11112,
+        max_associations: int = 32,
+        check_called_aet: bool = False,
+        max_pdu_receive: int = 1024 * 1024,
+        max_pdu_send: int = 1024 * 1024,
+        timeouts: Timeouts | None = None,
+        association_logger: AssociationLogger | None = None,
+        access: AccessPolicy | None = None,
+    ) -> None:
+        self.ae_title = ae_title
+        self.host = host
+        self.port = port
+        self.max_associations = max_associations
+        self.check_called_aet = check_called_aet
+        self.assoc_settings = AssociationSettings(
+            ae_title=ae_title,
+            max_pdu_receive=max_pdu_receive,
+            max_pdu_send=max_pdu_send,
+            timeouts=timeouts or Timeouts(),
+        )
+        self.association_logger = association_logger
+        #: None: every calling AE may ask for everything we serve.
+        self.access = access
+        self.services = list(services)
+        self.supported: dict[str, SupportedContext] = {}
+        #: (abstract syntax, DIMSE request name) -> handler: two services may both
+        #: answer C-FIND, each for its own SOP classes (Q/R models vs worklist).
+        self.dispatch: dict[tuple[str, str], RequestHandler] = {}
+        self.sinks: dict[str, ServiceClass] = {}
+        for service in services:
+            contexts = service.supported_contexts()
+            self.supported.update(contexts)
+            for name, handler in service.handlers().items():
+                operation = ACCESS_OPERATIONS.get(name)
+                entry = handler if access is None or operation is None else guarded(handler, operation, access)
+                for abstract in contexts:
+                    self.dispatch[(abstract, name)] = entry
+            for abstract in contexts:
+                self.sinks[abstract] = service
+        self.connections: set[Association] = set()
+        self.established: set[Association] = set()
+        self._server: asyncio.Server | None = None
+        self._log_tasks: set[asyncio.Task[object]] = set()
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._on_connection, self.host, self.port, reuse_address=True,
+            limit=stream_limit(self.assoc_settings.max_pdu_receive),
+        )
+        if self.port == 0:
+            self.port = self._server.sockets[0].getsockname()[1]
+        log.info("DICOM listener %s on %s:%d", self.ae_title, self.host, self.port)
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop listening; give open associations ``grace`` seconds, then abort them."""
+        if self._server is not None:
+            self._server.close()
+        if self.connections:
+            log.info("waiting up to %gs for %d open association(s)", grace, len(self.connections))
+            waits = [asyncio.ensure_future(a.wait_closed()) for a in list(self.connections)]
+            _done, pending = await asyncio.wait(waits, timeout=grace)
+            for assoc in list(self.connections):
+                assoc.abort("server shutting down")
+            if pending:
+                await asyncio.wait(pending, timeout=2.0)
+        if self._server is not None:
+            await self._server.wait_closed()
+        if self._log_tasks:
+            await asyncio.gather(*list(self._log_tasks), return_exceptions=True)
+
+    # ---------------------------------------------------------- connections
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self.connections) >= self.max_associations + CONNECTION_SLACK:
+            peer = writer.get_extra_info("peername")
+            log.warning("connection from %s closed unread: %d connections already open", peer, len(self.connections))
+            writer.close()
+            return
+        assoc = Association(
+            reader, writer, self.assoc_settings, is_requestor=False,
+            negotiator=self._negotiate, handler=self._handle, sink_factory=self._sink_for,
+        )
+        self.connections.add(assoc)
+        try:
+            await assoc.dul.run()
+            await assoc.wait_closed()
+        finally:
+            self.connections.discard(assoc)
+            self.established.discard(assoc)
+            self._log(assoc)
+
+    def _negotiate(self, assoc: Association, rq: AAssociateRQ) -> AAssociateAC | AAssociateRJ:
+        reject = self._check(assoc, rq)
+        if reject is not None:
+            rj, why = reject
+            assoc.info["reject_reason"] = f"{describe_rejection(rj)}: {why}"
+            log.warning("%s association rejected: %s", assoc.label, why)
+            return rj
+        answers, accepted, roles = negotiate(rq.presentation_contexts, self.supported, rq.user_information.roles)
+        self.established.add(assoc)
+        info = UserInformation(
+            maximum_length=self.assoc_settings.max_pdu_receive,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+            roles=roles,
+            extended=self._extended_negotiation(rq),
+        )
+        if not accepted:
+            log.warning("%s none of the %d proposed presentation contexts is acceptable",
+                        assoc.label, len(rq.presentation_contexts))
+        log.info("%s association accepted (%d of %d contexts) from %s calling %r called %r",
+                 assoc.label, len(accepted), len(answers), assoc.peer_host, rq.calling_ae, rq.called_ae)
+        return AAssociateAC(
+            called_ae=rq.called_ae, calling_ae=rq.calling_ae, presentation_contexts=answers, user_information=info
+        )
+
+    def _extended_negotiation(self, rq: AAssociateRQ) -> list[SOPClassExtendedNegotiation]:
+        """PS3.7 D.3.3.5: each service answers the items for its SOP classes
+        (an optional ``extended_negotiation(items) -> replies`` method)."""
+        replies: list[SOPClassExtendedNegotiation] = []
+        proposed = rq.user_information.extended
+        if not proposed:
+            return replies
+        for service in self.services:
+            hook = getattr(service, "extended_negotiation", None)
+            if callable(hook):
+                replies.extend(hook(proposed))
+        return replies
+
+    def _check(self, assoc: Association, rq: AAssociateRQ) -> tuple[AAssociateRJ, str] | None:
+        """PS3.8 Table 9-21 rejections, each with the sentence for the log."""
+        if not rq.protocol_version & 1:
+            return AAssociateRJ(1, 2, 2), f"protocol version {rq.protocol_version} not supported (need bit 0 set)"
+        if rq.application_context != APPLICATION_CONTEXT_NAME:
+            return AAssociateRJ(1, 1, 2), f"application context {rq.application_context!r} is not DICOM's"
+        if self.check_called_aet and rq.called_ae != self.ae_title:
+            return AAssociateRJ(1, 1, 7), (
+                f"called AE title {rq.called_ae!r} is not ours ({self.ae_title!r}); configure the peer "
+                f"to call {self.ae_title!r}, or set check_called_aet = false"
+            )
+        if self.access is not None:
+            refusal = self.access.association_refusal(rq.calling_ae, rq.called_ae, assoc.peer_host)
+            if refusal is not None:
+                code = 7 if refusal.called else 3  # called / calling AE title not recognized
+                return AAssociateRJ(1, 1, code), f"{refusal.reason} (rule: {refusal.rule})"
+        if len(self.established) >= self.max_associations:
+            return AAssociateRJ(2, 3, 2), (
+                f"{len(self.established)} associations already open, the limit (max_associations) is "
+                f"{self.max_associations}"
+            )
+        return None
+
+    def _sink_for(self, assoc: Association, ctx: NegotiatedContext, command: Command) -> DatasetSink:
+        from minipacs.net.association import BytesSink
+
+        service = self.sinks.get(ctx.abstract_syntax)
+        sink = service.sink_for(assoc, ctx, command) if service is not None else None
+        return sink if sink is not None else BytesSink()
+
+    async def _handle(self, assoc: Association, message: Message) -> None:
+        handler = self.dispatch.get((message.context.abstract_syntax, message.command.name))
+        if handler is not None and message.context.requestor_is_scu:
+            await handler(assoc, message)
+            return
+        # PS3.7 C.5.? 0x0211 Unrecognized operation: say so and keep the association.
+        log.warning("%s %s on %s is not supported here", assoc.label, message.command.name,
+                    uid_name(message.context.abstract_syntax))
+        if message.dataset is not None:
+            message.dataset.discard()
+        rsp_name = message.command.name.replace("-RQ", "-RSP")
+        fields: dict[str, Any] = {"MessageIDBeingRespondedTo": message.command.get("MessageID", 0), "Status": 0x0211}
+        for key in ("AffectedSOPClassUID", "AffectedSOPInstanceUID"):
+            if key in message.command:
+                fields[key] = message.command[key]
+        try:
+            await assoc.send_message(message.context.context_id, Command.make(rsp_name, **fields))
+        except (KeyError, ValueError):
+            assoc.abort(f"cannot answer {message.command.name}")
+
+    # ---------------------------------------------------------- association log
+    def _log(self, assoc: Association) -> None:
+        rec = association_record(assoc, "acceptor")
+        level = logging.INFO if rec.accepted else logging.WARNING
+        log.log(level, "%s association ended: %s; %s", assoc.label, rec.end_reason or rec.reject_reason,
+                _counts(assoc.info.get("operation_counts")))
+        if self.association_logger is not None:
+            task = asyncio.ensure_future(self.association_logger(rec))
+            self._log_tasks.add(task)
+            task.add_done_callback(self._log_done)
+
+    def _log_done(self, task: asyncio.Task[object]) -> None:
+        self._log_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("could not write the association log: %s", task.exception())
+
+
+def _counts(counts: object) -> str:
+    if not isinstance(counts, Mapping) or not counts:
+        return "no operations"
+    return ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+
+
+def association_record(assoc: Association, role: str) -> AssociationRecord:
+    """What the association log keeps about ``assoc``."""
+    contexts: list[dict[str, object]] = []
+    if assoc.rq is not None:
+        answers = {c.context_id: c for c in assoc.ac.presentation_contexts} if assoc.ac is not None else {}
+        for pc in assoc.rq.presentation_contexts:
+            ans = answers.get(pc.context_id)
+            contexts.append({
+                "id": pc.context_id,
+                "abstract_syntax": pc.abstract_syntax,
+                "name": uid_name(pc.abstract_syntax),
+                "proposed": list(pc.transfer_syntaxes),
+                "result": RESULT_NAMES.get(ans.result, str(ans.result)) if ans else "not answered",
+                "transfer_syntax": ans.transfer_syntax if ans and ans.result == 0 else "",
+            })
+    accepted = assoc.ac is not None
+    reject = str(assoc.info.get("reject_reason", ""))
+    if assoc.rq is None and not reject:
+        reject = f"no A-ASSOCIATE-RQ received ({assoc.end_reason or 'connection closed'})"
+    counts = assoc.info.get("operation_counts")
+    ops = list(assoc.operations)
+    if isinstance(counts, Mapping) and sum(counts.values()) > len(ops):
+        ops.append({"op": "summary", "counts": dict(counts)})
+    return AssociationRecord(
+        started_at=assoc.started_at,
+        ended_at=datetime.now(UTC),
+        role=role,
+        calling_aet=assoc.calling_ae,
+        called_aet=assoc.called_ae,
+        peer_host=assoc.peer_host,
+        peer_port=assoc.peer_port,
+        accepted=accepted,
+        reject_reason=reject,
+        end_reason=assoc.end_reason if accepted else "",
+        contexts=contexts,
+        operations=ops,
+        bytes_received=assoc.dul.bytes_received,
+        bytes_sent=assoc.dul.bytes_sent,
+    )
+
+

@@ -1,0 +1,119 @@
+"""Storage Service Class, SCP side: PS3.4 Annex B (C-STORE).
+
+Every Storage SOP class of the standard is accepted in every transfer syntax
+we know (stored as received). The dataset streams into a staging file; the
+response goes out only after the archive made file and index row durable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import logging
+from collections.abc import Mapping
+
+from minipacs.core.archive import Archive
+from minipacs.core.errors import ArchiveError
+from minipacs.core.model import Origin, StagedPath
+from minipacs.core.staging import StagingFile
+from minipacs.net.association import Association, DatasetSink, Message, RequestHandler
+from minipacs.net.dimse import Command
+from minipacs.net.presentation import NegotiatedContext, SupportedContext
+from minipacs.net.uids import transfer_syntax, uid_name
+from minipacs.net.uids_generated import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from minipacs.services.base import record_operation
+from minipacs.services.status import SUCCESS, comment, describe, status_for_store_error
+
+log = logging.getLogger("minipacs.storage")
+
+#: Every transfer syntax whose header we can parse.
+STORABLE_TRANSFER_SYNTAXES = frozenset(uid for uid in TRANSFER_SYNTAXES if transfer_syntax(uid) is not None)
+
+
+class StagingSink:
+    """Adapts a StagingFile to the association's DatasetSink."""
+
+    __slots__ = ("staging", "staged")
+
+    def __init__(self, staging: StagingFile) -> None:
+        self.staging = staging
+        self.staged: StagedPath | None = None
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.staging.write(data)
+
+    def finish(self) -> None:
+        self.staged = self.staging.finish()
+
+    def discard(self) -> None:
+        self.staging.discard()
+
+
+class StorageSCP:
+    name = "storage"
+
+    def __init__(self, archive: Archive, *, scu_role: bool = False) -> None:
+        """``scu_role``: also grant a requester the SCP role for Storage (SCP/SCU role
+        selection, PS3.7 D.3.3.4) -- what a C-GET SCP on the same listener needs."""
+        self.archive = archive
+        self.scu_role = scu_role
+
+    def supported_contexts(self) -> Mapping[str, SupportedContext]:
+        return {uid: SupportedContext(uid, STORABLE_TRANSFER_SYNTAXES, scu_role=self.scu_role)
+                for uid in STORAGE_SOP_CLASSES}
+
+    def handlers(self) -> Mapping[str, RequestHandler]:
+        return {"C-STORE-RQ": self.c_store}
+
+    def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> DatasetSink | None:
+        staging = self.archive.open_staging(
+            str(command.get("AffectedSOPClassUID", "")),
+            str(command.get("AffectedSOPInstanceUID", "")),
+            context.transfer_syntax,
+            assoc.calling_ae,
+        )
+        return StagingSink(staging)
+
+    async def c_store(self, assoc: Association, message: Message) -> None:
+        cmd = message.command
+        sop_class = str(cmd.get("AffectedSOPClassUID", ""))
+        sop_instance = str(cmd.get("AffectedSOPInstanceUID", ""))
+        status, text = SUCCESS, ""
+        outcome = ""
+        sink = message.dataset
+        if message.dataset_error is not None:
+            status, text = status_for_store_error(message.dataset_error), str(message.dataset_error)
+        elif sop_class != message.context.abstract_syntax:
+            # PS3.4 B.2.3: the announced class must match the presentation context.
+            status = 0xA900
+            text = (f"C-STORE of {uid_name(sop_class)} on a context negotiated for "
+                    f"{uid_name(message.context.abstract_syntax)}")
+            if isinstance(sink, StagingSink):
+                sink.discard()
+        elif not isinstance(sink, StagingSink) or sink.staged is None:
+            status, text = 0xC000, "C-STORE request without a dataset"
+        else:
+            origin = Origin("dicom", assoc.calling_ae, assoc.called_ae, assoc.peer_host, assoc.peer_port)
+            try:
+                result = await self.archive.ingest(sink.staged, origin)
+                outcome = result.status.value
+            except ArchiveError as exc:
+                status, text = status_for_store_error(exc), str(exc)
+            except Exception as exc:  # noqa: BLE001 - never lose the association over one instance
+                log.exception("%s storing %s failed", assoc.label, sop_instance)
+                status, text = status_for_store_error(exc), f"internal error: {type(exc).__name__}"
+        if status != SUCCESS:
+            log.warning("%s C-STORE %s refused with %s: %s", assoc.label, sop_instance, describe(status), text)
+        fields: dict[str, Any] = {
+            "MessageIDBeingRespondedTo": cmd["MessageID"],
+            "AffectedSOPClassUID": sop_class,
+            "AffectedSOPInstanceUID": sop_instance,
+            "Status": status,
+        }
+        if text:
+            fields["ErrorComment"] = comment(text)
+        await assoc.send_message(message.context.context_id, Command.make("C-STORE-RSP", **fields))
+        record_operation(
+            assoc, op="C-STORE", sop_class=sop_class, sop_instance=sop_instance, status=status,
+            outcome=outcome or ("success" if status == SUCCESS else "failed"), error=text,
+        )

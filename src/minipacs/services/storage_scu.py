@@ -1,0 +1,177 @@
+"""Storage Service Class, SCU side: send Part 10 files with C-STORE (PS3.4 B.2).
+
+Files are sent as they are stored (the dataset part streams from disk). The
+proposal has one presentation context per (SOP class, transfer syntax) found,
+plus Explicit/Implicit VR Little Endian as fallbacks, so a peer that refuses
+e.g. Big Endian or a compressed syntax still gets the file, transcoded by
+``core.transcode``. Used by ``minipacs store`` and by C-MOVE/C-GET sub-operations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from minipacs.core.part10 import NotPart10, Part10File, read_part10
+from minipacs.core.transcode import TranscodeError, transcode
+from minipacs.net.association import Association, FileRegion
+from minipacs.net.dimse import Command
+from minipacs.net.presentation import NegotiatedContext
+from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, transfer_syntax, uid_name
+from minipacs.services.status import describe, is_success, is_warning
+
+NATIVE_FALLBACK = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
+
+__all__ = ["NATIVE_FALLBACK", "NotPart10", "Part10File", "SendableFile", "StoreSummary", "proposal",
+           "read_part10", "scan", "store_all", "store_file"]
+
+
+class SendableFile(Protocol):
+    """What C-STORE needs of a file: a Part 10 file and where its dataset starts."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def sop_class_uid(self) -> str: ...
+
+    @property
+    def sop_instance_uid(self) -> str: ...
+
+    @property
+    def transfer_syntax_uid(self) -> str: ...
+
+    @property
+    def dataset_offset(self) -> int: ...
+
+
+def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
+    """Files named, and files under folders named, recursively and sorted."""
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file())
+        else:
+            yield path
+
+
+def proposal(files: Iterable[SendableFile]) -> list[tuple[str, list[str]]]:
+    """Presentation contexts for the files: exact syntaxes, plus native fallbacks.
+
+    One context per (SOP class, stored transfer syntax), so the bytes can go as
+    they are; one Explicit/Implicit VR Little Endian context per SOP class, so a
+    peer refusing the stored syntax still gets the instance, transcoded.
+    """
+    contexts: list[tuple[str, list[str]]] = []
+    seen: set[tuple[str, str]] = set()
+    fallback: set[str] = set()
+    for f in files:
+        key = (f.sop_class_uid, f.transfer_syntax_uid)
+        if key not in seen:
+            seen.add(key)
+            contexts.append((f.sop_class_uid, [f.transfer_syntax_uid]))
+        if transfer_syntax(f.transfer_syntax_uid) is not None and f.sop_class_uid not in fallback:
+            fallback.add(f.sop_class_uid)
+            contexts.append((f.sop_class_uid, list(NATIVE_FALLBACK)))
+    return contexts
+
+
+@dataclass
+class StoreSummary:
+    sent: int = 0
+    warnings: int = 0
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    bytes_sent: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.skipped
+
+
+async def store_file(
+    assoc: Association,
+    f: SendableFile,
+    *,
+    move_originator: tuple[str, int] | None = None,
+    usable: Callable[[NegotiatedContext], bool] | None = None,
+) -> tuple[int, str]:
+    """C-STORE one file; returns (status, error comment).
+
+    The stored bytes stream as they are when a context with the stored transfer
+    syntax was accepted; otherwise the file is transcoded (off the event loop)
+    to an accepted native syntax. ``move_originator`` (AE title, message ID)
+    marks a C-MOVE sub-operation (PS3.7 9.3.1.1); ``usable`` restricts which
+    accepted contexts may carry it (C-GET: those where the peer is SCP).
+    Raises LookupError when no context fits and TranscodeError when conversion fails.
+    """
+    candidates = [c for c in assoc.contexts_for(f.sop_class_uid) if usable is None or usable(c)]
+    ctx = next((c for c in candidates if c.transfer_syntax == f.transfer_syntax_uid), None)
+    dataset: FileRegion | bytes
+    if ctx is not None:
+        dataset = FileRegion(f.path, f.dataset_offset)
+    else:
+        ctx = next((c for c in candidates if c.transfer_syntax in NATIVE_FALLBACK), None)
+        if ctx is None:
+            accepted = ", ".join(sorted({c.transfer_syntax for c in candidates})) or "none"
+            raise LookupError(f"the peer accepted no presentation context for {uid_name(f.sop_class_uid)} "
+                              f"in {uid_name(f.transfer_syntax_uid)} or a native syntax (accepted: {accepted})")
+        dataset = await asyncio.to_thread(transcode, f.path, ctx.transfer_syntax)
+    fields: dict[str, object] = {}
+    if move_originator is not None:
+        fields["MoveOriginatorApplicationEntityTitle"] = move_originator[0]
+        fields["MoveOriginatorMessageID"] = move_originator[1]
+    rq = Command.make(
+        "C-STORE-RQ", has_dataset=True, MessageID=assoc.next_message_id(), Priority=0,
+        AffectedSOPClassUID=f.sop_class_uid, AffectedSOPInstanceUID=f.sop_instance_uid, **fields,
+    )
+    status, text = -1, ""
+    async for rsp in assoc.request(ctx.context_id, rq, dataset):
+        status = int(rsp.command.get("Status", -1))
+        text = str(rsp.command.get("ErrorComment", ""))
+    return status, text
+
+
+async def store_all(
+    assoc: Association,
+    files: Iterable[Part10File],
+    summary: StoreSummary,
+    progress: Callable[[Part10File, int], None] | None = None,
+) -> StoreSummary:
+    for f in files:
+        try:
+            status, text = await store_file(assoc, f)
+        except (LookupError, TranscodeError) as exc:
+            summary.failed.append((f.path, str(exc)))
+            continue
+        except OSError as exc:
+            summary.failed.append((f.path, f"cannot read: {exc.strerror}"))
+            continue
+        if is_success(status):
+            summary.sent += 1
+        elif is_warning(status):
+            summary.sent += 1
+            summary.warnings += 1
+        else:
+            summary.failed.append((f.path, describe(status) + (f" ({text})" if text else "")))
+        if progress is not None:
+            progress(f, status)
+    return summary
+
+
+def scan(paths: Iterable[Path], summary: StoreSummary) -> list[Part10File]:
+    found: list[Part10File] = []
+    for path in iter_files(paths):
+        if path.name == "DICOMDIR":
+            continue
+        try:
+            found.append(read_part10(path))
+        except NotPart10 as exc:
+            summary.skipped.append((path, str(exc)))
+        except OSError as exc:
+            summary.skipped.append((path, f"cannot read: {exc.strerror}"))
+    return found
+
+

@@ -1,0 +1,104 @@
+"""Basic Worklist Management Service Class, Modality Worklist SCP: PS3.4 Annex K.
+
+Modality Worklist Information Model - FIND (K.6.1). The identifier is decoded in
+the negotiated transfer syntax (qr_find's codec), matched by core/worklist.py
+with the query engine's matching rules, and every match goes back as a Pending
+response with every requested key answered. C-CANCEL ends the query with 0xFE00.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any, Final
+
+from minipacs.core.identifier import identifier_charset
+from minipacs.core.worklist import Worklist
+from minipacs.net.association import Association, AssociationError, BytesSink, DatasetSink, Message, RequestHandler
+from minipacs.net.dimse import Command
+from minipacs.net.presentation import NegotiatedContext, SupportedContext
+from minipacs.net.uids import transfer_syntax, uid_name
+from minipacs.services.qr_find import (
+    FIND_TRANSFER_SYNTAXES,
+    decode_identifier,
+    encode_identifier,
+    find_failure,
+    finish_find,
+    response_charset,
+)
+from minipacs.services.status import FIND, FIND_CANCELLED, FIND_PENDING, SUCCESS, comment, describe
+
+log = logging.getLogger("minipacs.worklist")
+
+# PS3.4 K.6.1.3 / PS3.6 Annex A: Modality Worklist Information Model - FIND
+MODALITY_WORKLIST_FIND: Final = "1.2.840.10008.5.1.4.31"
+
+
+class ModalityWorklistSCP:
+    name = "modality worklist"
+
+    def __init__(self, worklist: Worklist) -> None:
+        self.worklist = worklist
+
+    def supported_contexts(self) -> Mapping[str, SupportedContext]:
+        return {MODALITY_WORKLIST_FIND: SupportedContext(MODALITY_WORKLIST_FIND, frozenset(FIND_TRANSFER_SYNTAXES))}
+
+    def handlers(self) -> Mapping[str, RequestHandler]:
+        return {"C-FIND-RQ": self.c_find}
+
+    def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> DatasetSink | None:
+        return None
+
+    async def c_find(self, assoc: Association, message: Message) -> None:
+        """PS3.4 K.4.1.3: one Pending response per matching Scheduled Procedure Step, then Success."""
+        cmd = message.command
+        context = message.context
+        sop_class = str(cmd.get("AffectedSOPClassUID", ""))
+        msg_id = cmd["MessageID"]
+        matches = 0
+        status, text = SUCCESS, ""
+
+        async def respond(code: int, identifier: bytes | None = None, error: str = "") -> None:
+            fields: dict[str, Any] = {"MessageIDBeingRespondedTo": msg_id, "AffectedSOPClassUID": sop_class,
+                                      "Status": code}
+            if error:
+                fields["ErrorComment"] = comment(error)
+            rsp = Command.make("C-FIND-RSP", has_dataset=identifier is not None, **fields)
+            await assoc.send_message(context.context_id, rsp, identifier)
+
+        ts = transfer_syntax(context.transfer_syntax)
+        sink = message.dataset
+        try:
+            if message.dataset_error is not None:
+                status, text = 0xC000, f"the identifier could not be received: {message.dataset_error}"
+            elif ts is None or sop_class != MODALITY_WORKLIST_FIND:
+                status, text = 0xA900, f"C-FIND for {uid_name(sop_class)} on the Modality Worklist context"
+            elif not isinstance(sink, BytesSink):
+                status, text = 0xC000, "C-FIND request without an identifier"
+            else:
+                identifier = decode_identifier(sink.getvalue(), context.transfer_syntax)
+                request_charset = identifier_charset(identifier)
+                for found in await self.worklist.find(identifier):
+                    if message.cancelled.is_set():
+                        break
+                    charset = response_charset(request_charset, found)
+                    if charset:
+                        found.SpecificCharacterSet = charset
+                    await respond(FIND_PENDING, encode_identifier(found, ts))
+                    matches += 1
+                    await asyncio.sleep(0)  # let the reader see a C-CANCEL
+                if message.cancelled.is_set():
+                    status = FIND_CANCELLED
+        except AssociationError:
+            log.info("%s worklist C-FIND ended: the association is gone after %d match(es)", assoc.label, matches)
+            return
+        except Exception as exc:  # noqa: BLE001 - one query must not take the association down
+            status, text = find_failure(assoc, exc, "worklist C-FIND")
+        if not await finish_find(assoc, respond, status, text, what="worklist C-FIND", sop_class=sop_class,
+                                 level="WORKLIST", matches=matches):
+            return
+        log.info("%s worklist C-FIND: %d match(es), %s", assoc.label, matches, describe(status, FIND))
+
+
+__all__ = ["MODALITY_WORKLIST_FIND", "ModalityWorklistSCP"]

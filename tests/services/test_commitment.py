@@ -1,0 +1,147 @@
+"""Storage Commitment SCP (PS3.4 Annex J) with pynetdicom as the requester: the report on the
+same association, on a new one to the registered node (role selection), and failures."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom import AE, evt
+
+from minipacs.core.model import Origin
+from minipacs.core.nodes import Node
+from tests.dicomgen import CT_IMAGE_STORAGE, write_ct
+from tests.modality import COMMIT_CLASS, COMMIT_INSTANCE, commitment_request, serving, with_scu
+from tests.peers import free_port
+
+pytestmark = pytest.mark.interop
+STUDY = "1.2.826.0.1.3680043.10.9.7"
+SERIES = "1.2.826.0.1.3680043.10.9.7.1"
+
+
+class Reports:
+    """pynetdicom's EVT_N_EVENT_REPORT handler: keeps (event type, event information)."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[int, Dataset]] = []
+        self.arrived = threading.Event()
+
+    def handle(self, event: Any) -> tuple[int, None]:
+        self.got.append((int(event.request.EventTypeID), event.event_information))
+        self.arrived.set()
+        return 0x0000, None
+
+
+def ask_same_association(port: int, ds: Dataset, reports: Reports) -> int:
+    def body(assoc: Any) -> int:
+        status, _reply = assoc.send_n_action(ds, 1, COMMIT_CLASS, COMMIT_INSTANCE)
+        reports.arrived.wait(30)  # the report follows the N-ACTION-RSP; a loaded CI machine is slow
+        return int(status.Status)
+    return with_scu(port, body, [COMMIT_CLASS], handlers=[(evt.EVT_N_EVENT_REPORT, reports.handle)])
+
+
+async def _stored(tmp_path: Path, app: Any, count: int) -> list[str]:
+    uids = [generate_uid() for _ in range(count)]
+    for n, uid in enumerate(uids):
+        path = write_ct(tmp_path / f"{n}.dcm", study_uid=STUDY, series_uid=SERIES, sop_uid=uid)
+        await app.archive.import_file(path, Origin("import"))
+    return uids
+
+
+def test_report_on_same_association_all_committed(tmp_path: Path) -> None:
+    reports = Reports()
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            uids = await _stored(tmp_path, app, 3)
+            txn = generate_uid()
+            ds = commitment_request(txn, [(CT_IMAGE_STORAGE, u) for u in uids])
+            assert await asyncio.to_thread(ask_same_association, app.dicom.port, ds, reports) == 0
+            [(event, info)] = reports.got
+            assert event == 1 and info.TransactionUID == txn
+            assert sorted(i.ReferencedSOPInstanceUID for i in info.ReferencedSOPSequence) == sorted(uids)
+            assert "FailedSOPSequence" not in info
+
+    asyncio.run(main())
+
+
+def test_instances_not_stored_are_failed_with_0112(tmp_path: Path) -> None:
+    reports = Reports()
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            [stored] = await _stored(tmp_path, app, 1)
+            missing = generate_uid()
+            before = await app.archive.count_instances()
+            ds = commitment_request(generate_uid(), [(CT_IMAGE_STORAGE, stored), (CT_IMAGE_STORAGE, missing),
+                                                     ("1.2.840.10008.5.1.4.1.1.4", stored)])
+            assert await asyncio.to_thread(ask_same_association, app.dicom.port, ds, reports) == 0
+            [(event, info)] = reports.got
+            assert event == 2
+            assert [i.ReferencedSOPInstanceUID for i in info.ReferencedSOPSequence] == [stored]
+            failed = {(i.ReferencedSOPInstanceUID, i.ReferencedSOPClassUID): int(i.FailureReason)
+                      for i in info.FailedSOPSequence}
+            assert failed == {(missing, CT_IMAGE_STORAGE): 0x0112, (stored, "1.2.840.10008.5.1.4.1.1.4"): 0x0119}
+            assert await app.archive.count_instances() == before
+
+    asyncio.run(main())
+
+
+def test_bad_requests_are_refused(tmp_path: Path) -> None:
+    def ask(port: int, ds: Dataset, action: int, instance: str) -> int:
+        def body(assoc: Any) -> int:
+            status, _reply = assoc.send_n_action(ds, action, COMMIT_CLASS, instance)
+            return int(status.Status)
+        return with_scu(port, body, [COMMIT_CLASS])
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            port = app.dicom.port
+            good = commitment_request(generate_uid(), [(CT_IMAGE_STORAGE, generate_uid())])
+            no_txn = commitment_request("", [(CT_IMAGE_STORAGE, generate_uid())])
+            empty = commitment_request(generate_uid(), [])
+            assert await asyncio.to_thread(ask, port, good, 2, COMMIT_INSTANCE) == 0x0123
+            assert await asyncio.to_thread(ask, port, good, 1, generate_uid()) == 0x0112
+            assert await asyncio.to_thread(ask, port, no_txn, 1, COMMIT_INSTANCE) == 0x0115
+            assert await asyncio.to_thread(ask, port, empty, 1, COMMIT_INSTANCE) == 0x0115
+
+    asyncio.run(main())
+
+
+def test_report_on_new_association_to_registered_node(tmp_path: Path) -> None:
+    """The requester releases at once; the report comes on an association we open, proposing
+    the SCP role for the commitment class (PS3.7 D.3.3.4), to the node registered for its title."""
+    reports = Reports()
+    port = free_port()
+    modality = AE(ae_title="CT01")
+    modality.add_supported_context(COMMIT_CLASS, scu_role=True, scp_role=True)
+    listener = modality.start_server(("127.0.0.1", port), block=False,
+                                     evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.handle)])
+
+    def ask_and_leave(server_port: int, ds: Dataset) -> int:
+        def body(assoc: Any) -> int:
+            status, _reply = assoc.send_n_action(ds, 1, COMMIT_CLASS, COMMIT_INSTANCE)
+            return int(status.Status)
+        return with_scu(server_port, body, [COMMIT_CLASS])  # no report handler: it releases right away
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            await app.nodes.add(Node("CT01", "127.0.0.1", port))
+            uids = await _stored(tmp_path, app, 2)
+            txn = generate_uid()
+            ds = commitment_request(txn, [(CT_IMAGE_STORAGE, u) for u in uids])
+            assert await asyncio.to_thread(ask_and_leave, app.dicom.port, ds) == 0
+            assert await asyncio.to_thread(reports.arrived.wait, 10)
+            [(event, info)] = reports.got
+            assert event == 1 and info.TransactionUID == txn and len(info.ReferencedSOPSequence) == 2
+
+    try:
+        asyncio.run(main())
+    finally:
+        listener.shutdown()
+        modality.shutdown()

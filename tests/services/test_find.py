@@ -1,0 +1,317 @@
+"""C-FIND SCP and SCU in process, over real loopback associations (PS3.4 C.4.1)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from minipacs.config import Settings
+from minipacs.core.archive import Archive
+from minipacs.core.model import Origin
+from minipacs.net.association import Association, AssociationSettings, BytesSink, build_rq, connect
+from minipacs.net.dimse import Command
+from minipacs.net.dul import Timeouts
+from minipacs.net.pdu_items import SOPClassExtendedNegotiation
+from minipacs.net.uids import EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+from minipacs.services.find_scu import build_identifier, find_all
+from minipacs.services.qr_find import (
+    PATIENT_ROOT_FIND,
+    PATIENT_STUDY_ONLY_FIND,
+    STUDY_ROOT_FIND,
+    QueryRetrieveFindSCP,
+)
+from minipacs.services.server import DicomServer
+from minipacs.services.verification import VerificationSCP
+from tests.dicomgen import write_ct
+
+TIMEOUTS = Timeouts(acse=5.0, dimse=10.0, idle=30.0)
+N_STUDIES = 150
+ALL_FIND = [PATIENT_ROOT_FIND, STUDY_ROOT_FIND, PATIENT_STUDY_ONLY_FIND]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder holding N_STUDIES one-instance studies (imported once; tests only read)."""
+    folder = tmp_path_factory.mktemp("find-files")
+    for n in range(N_STUDIES):
+        write_ct(folder / f"{n:04d}.dcm", rows=8, cols=8, patient_id="PIDX" if n == 7 else f"PID{n % 10}",
+                 patient_name="Müller^Jürgen" if n == 7 else f"Patient{n:03d}^Test",
+                 AccessionNumber=f"ACC{n:04d}", StudyDate=f"2024{1 + n % 12:02d}15",
+                 study_uid=f"1.2.826.0.1.3680043.10.2.{n + 1}")
+
+    async def load() -> None:
+        archive = await Archive.open(Settings(data_dir=folder / "data", fsync=False))
+        try:
+            for path in sorted(folder.glob("*.dcm")):
+                await archive.import_file(path, Origin("import", "", "", "", 0))
+        finally:
+            await archive.close()
+
+    asyncio.run(load())
+    return folder / "data"
+
+
+@asynccontextmanager
+async def running(tmp: Path, files: Path, **scp: Any) -> AsyncIterator[tuple[DicomServer, Archive]]:
+    archive = await Archive.open(Settings(data_dir=files, fsync=False))
+    find_scp = QueryRetrieveFindSCP(archive, ae_title="MINIPACS", **scp)
+    server = DicomServer("MINIPACS", [VerificationSCP(), find_scp], host="127.0.0.1", port=0, timeouts=TIMEOUTS)
+    await server.start()
+    try:
+        yield server, archive
+    finally:
+        await server.close(1.0)
+        await archive.close()
+
+
+async def associate(port: int, classes: list[str] | None = None, relational: bool = False,
+                    syntaxes: list[str] | None = None) -> Association:
+    settings = AssociationSettings(ae_title="FINDSCU", timeouts=TIMEOUTS)
+    ts = syntaxes or [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN]
+    rq = build_rq("FINDSCU", "MINIPACS", [(c, ts) for c in classes or ALL_FIND], settings)
+    if relational:
+        rq.user_information.extended = [SOPClassExtendedNegotiation(c, b"\x01") for c in classes or ALL_FIND]
+    return await connect("127.0.0.1", port, rq, settings)
+
+
+Body = Callable[[DicomServer, Archive], Any]
+
+
+def run(tmp: Path, files: Path, body: Body, **scp: Any) -> Any:
+    async def main() -> Any:
+        async with running(tmp, files, **scp) as (server, archive):
+            return await body(server, archive)
+
+    return asyncio.run(main())
+
+
+def ident(level: str, **keys: Any) -> Dataset:
+    return build_identifier([f"{k}={v}" if v is not None else k for k, v in keys.items()], level)
+
+
+def test_study_root_find_streams_pending_then_success(tmp_path: Path, files: Path) -> None:
+    async def body(server: DicomServer, archive: Archive) -> None:
+        assoc = await associate(server.port)
+        result = await find_all(assoc, STUDY_ROOT_FIND,
+                                ident("STUDY", PatientID="PID3", AccessionNumber=None, StudyDate=None,
+                                      RetrieveAETitle=None, NumberOfStudyRelatedInstances=None))
+        assert result.status == 0x0000
+        assert len(result.matches) == N_STUDIES // 10
+        assert all(m.RetrieveAETitle == "MINIPACS" for m in result.matches)
+        assert all(int(m.NumberOfStudyRelatedInstances) == 1 for m in result.matches)
+        # a second query on the same association
+        again = await find_all(assoc, STUDY_ROOT_FIND, ident("STUDY", AccessionNumber="ACC0003"))
+        assert [m.AccessionNumber for m in again.matches] == ["ACC0003"]
+        await assoc.release()
+
+    run(tmp_path, files, body)
+
+
+@pytest.mark.parametrize("syntax", [IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN])
+def test_every_uncompressed_transfer_syntax(tmp_path: Path, files: Path, syntax: str) -> None:
+    async def body(server: DicomServer, archive: Archive) -> None:
+        assoc = await associate(server.port, [STUDY_ROOT_FIND], syntaxes=[syntax])
+        result = await find_all(assoc, STUDY_ROOT_FIND, ident("STUDY", PatientName="müller*", PatientID=None))
+        await assoc.release()
+        assert result.status == 0
+        assert [str(m.PatientName) for m in result.matches] == ["Müller^Jürgen"]
+        assert result.matches[0].SpecificCharacterSet == "ISO_IR 192"
+
+    run(tmp_path, files, body)
+
+
+def test_iso_ir_100_request_gets_iso_ir_100_answers(tmp_path: Path, files: Path) -> None:
+    async def body(server: DicomServer, archive: Archive) -> None:
+        assoc = await associate(server.port)
+        ds = ident("STUDY", PatientName="MÜLLER^JÜRGEN")
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        result = await find_all(assoc, STUDY_ROOT_FIND, ds)
+        await assoc.release()
+        assert [str(m.PatientName) for m in result.matches] == ["Müller^Jürgen"]
+        assert result.matches[0].SpecificCharacterSet == "ISO_IR 100"
+
+    run(tmp_path, files, body)
+
+
+def test_patient_root_patient_level(tmp_path: Path, files: Path) -> None:
+    async def body(server: DicomServer, archive: Archive) -> None:
+        assoc = await associate(server.port)
+        result = await find_all(assoc, PATIENT_ROOT_FIND,
+                                ident("PATIENT", PatientID="PID1", NumberOfPatientRelatedStudies=None))
+        await assoc.release()
+        assert result.status == 0
+        assert [int(m.NumberOfPatientRelatedStudies) for m in result.matches] == [N_STUDIES // 10]
+
+    run(tmp_path, files, body)
+
+
+def test_unsupported_optional_key_gives_ff01(tmp_path: Path, files: Path) -> None:
+    async def body(server: DicomServer, archive: Archive) -> None:
+        assoc = await associate(server.port)
+        statuses = []
+        from minipacs.services.find_scu import find
+
+        async for status, _ds, _cmd in find(assoc, STUDY_ROOT_FIND,
+                                            ident("STUDY", AccessionNumber="ACC0001", NumberOfStudyRelatedSeries="1")):
+            statuses.append(status)
+        await assoc.release()
+        assert statuses == [0xFF01, 0x0000]
+
+    run(tmp_path, files, body)
+
+
+def test_cancel_stops_the_query(tmp_path: Path, files: Path) -> None:
+    async def body(server: DicomServer, archive: Archive) -> None:
+        assoc = await associate(server.port)
+        result = await find_all(assoc, STUDY_ROOT_FIND, ident("STUDY", AccessionNumber=None), cancel_after=1)
+        assert result.status == 0xFE00
+        assert 1 <= len(result.matches) < N_STUDIES
+        still = await find_all(assoc, STUDY_ROOT_FIND, ident("STUDY", AccessionNumber="ACC0100"))
+        assert len(still.matches) == 1
+        await assoc.release()
+
+    run(tmp_path, files, body)
+
+
+def test_result_limit(tmp_path: Path, files: Path) -> None:
+    async def body(server: DicomServer, archive: Archive) -> None:
+        assoc = await associate(server.port)
+        result = await find_all(assoc, STUDY_ROOT_FIND, ident("STUDY", AccessionNumber=None))
+        await assoc.release()
+        assert len(result.matches) == 5
+        assert result.status == 0xA700
+        assert "max_results" in result.error_comment
+
+    run(tmp_path, files, body, max_results=5)
+
+
+def test_relational_query_when_negotiated(tmp_path: Path, files: Path) -> None:
+    async def body(server: DicomServer, archive: Archive) -> None:
+        plain = await associate(server.port)
+        refused = await find_all(plain, STUDY_ROOT_FIND, ident("SERIES", Modality="CT", AccessionNumber=None))
+        await plain.release()
+        assert refused.status == 0xA900
+        assoc = await associate(server.port, relational=True)
+        assert assoc.ac is not None and assoc.ac.user_information.extended
+        result = await find_all(assoc, STUDY_ROOT_FIND, ident("SERIES", PatientID="PID2", Modality="CT"))
+        await assoc.release()
+        assert result.status == 0
+        assert len(result.matches) == N_STUDIES // 10
+
+    run(tmp_path, files, body)
+
+
+HOSTILE: list[tuple[str, dict[str, Any], set[int]]] = [
+    ("SQL metacharacters", {"PatientName": "%';--", "AccessionNumber": "_"}, {0x0000}),
+    ("SQL injection", {"PatientID": "x' OR 1=1; DROP TABLE studies; --"}, {0x0000}),
+    ("huge wildcard", {"PatientName": "*" * 10000, "PatientID": "PID1"}, {0x0000}),
+    ("huge ? wildcard", {"PatientName": "?" * 10000}, {0xC001}),
+    ("very long value", {"StudyDescription": "x" * 60000}, {0xC001}),
+    ("wrong VR content (date)", {"StudyDate": "yesterday"}, {0xC001}),
+    ("reversed range", {"StudyDate": "20241231-20240101"}, {0xC001}),
+    ("NUL bytes", {"PatientID": "PID1\x00\x00"}, {0x0000}),
+    ("no QueryRetrieveLevel", {"QueryRetrieveLevel": "FOO"}, {0xA900}),
+]
+
+
+@pytest.mark.parametrize(("keys", "statuses"), [(k, s) for _n, k, s in HOSTILE], ids=[n for n, _k, _s in HOSTILE])
+def test_hostile_keys_fail_cleanly_and_the_server_keeps_serving(
+    tmp_path: Path, files: Path, keys: dict[str, Any], statuses: set[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body(server: DicomServer, archive: Archive) -> None:
+        assoc = await associate(server.port)
+        ds = Dataset()
+        ds.QueryRetrieveLevel = "STUDY"
+        with pydicom.config.disable_value_validation():
+            for k, v in keys.items():
+                setattr(ds, k, v)
+        result = await find_all(assoc, STUDY_ROOT_FIND, ds)
+        assert result.status in statuses, result.error_comment
+        if result.status == 0 and "PatientID" in keys and keys["PatientID"].startswith("x'"):
+            assert result.matches == []
+        after = await find_all(assoc, STUDY_ROOT_FIND, ident("STUDY", AccessionNumber="ACC0042"))
+        assert len(after.matches) == 1
+        await assoc.release()
+
+    with caplog.at_level(logging.WARNING, logger="minipacs.find"):
+        run(tmp_path, files, body)
+    if statuses != {0}:
+        assert any("C-FIND refused" in r.getMessage() for r in caplog.records)
+
+
+async def _raw_find(assoc: Association, data: bytes) -> tuple[int, str]:
+    ctx = assoc.context_for(STUDY_ROOT_FIND)
+    assert ctx is not None
+    rq = Command.make("C-FIND-RQ", has_dataset=True, MessageID=assoc.next_message_id(), Priority=0,
+                      AffectedSOPClassUID=STUDY_ROOT_FIND)
+    status, text = -1, ""
+    async for rsp in assoc.request(ctx.context_id, rq, data):
+        status = int(rsp.command["Status"])
+        text = str(rsp.command.get("ErrorComment", ""))
+        assert not isinstance(rsp.dataset, BytesSink) or status in (0xFF00, 0xFF01) or not rsp.dataset.getvalue()
+    return status, text
+
+
+FAILED = frozenset(range(0xC000, 0xD000)) | {0xA900}
+# (case, identifier bytes in Implicit VR Little Endian, acceptable final statuses)
+RAW: list[tuple[str, bytes, frozenset[int]]] = [
+    ("garbage bytes", b"\xff\xfe\x00\x01garbage!", FAILED),
+    ("element length past the end (pydicom reads what is there)",
+     b"\x08\x00\x52\x00\xff\x00\x00\x00STUDY ", FAILED | {0x0000}),
+    ("binary key with a value",
+     b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY \x28\x00\x10\x00\x02\x00\x00\x00\x00\x02", FAILED),
+    ("sequence with a broken item", b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY "
+     b"\x08\x00\x32\x10\xff\xff\xff\xff\xfe\xff\x00\xe0\x10\x00\x00\x00\x01\x02", FAILED | {0x0000}),
+]
+
+
+@pytest.mark.parametrize(("data", "allowed"), [(d, a) for _n, d, a in RAW], ids=[n for n, _d, _a in RAW])
+def test_unreadable_identifiers(tmp_path: Path, files: Path, data: bytes, allowed: frozenset[int]) -> None:
+    async def body(server: DicomServer, archive: Archive) -> None:
+        assoc = await associate(server.port, [STUDY_ROOT_FIND], syntaxes=[IMPLICIT_VR_LITTLE_ENDIAN])
+        status, text = await _raw_find(assoc, data)
+        assert status in allowed, hex(status)
+        assert text or status == 0
+        after = await find_all(assoc, STUDY_ROOT_FIND, ident("STUDY", AccessionNumber="ACC0042"))
+        assert len(after.matches) == 1
+        await assoc.release()
+
+    run(tmp_path, files, body)
+
+
+ENCODE_SAMPLES: list[dict[str, Any]] = [
+    {"PatientName": "Müller^Jürgen", "SpecificCharacterSet": "ISO_IR 192", "QueryRetrieveLevel": "STUDY",
+     "ModalitiesInStudy": ["CT", "MR"], "StudyInstanceUID": "1.2.3", "NumberOfStudyRelatedInstances": "12",
+     "Rows": 512, "StudyDescription": None},
+    {"PatientName": "Muller^J", "PatientID": "odd", "AccessionNumber": ""},
+    {"PatientName": "Müller", "SpecificCharacterSet": "ISO_IR 100", "StudyDate": "20240101"},
+]
+
+
+@pytest.mark.parametrize("syntax", [IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN])
+@pytest.mark.parametrize("values", ENCODE_SAMPLES)
+def test_flat_encoder_matches_pydicom(syntax: str, values: dict[str, Any]) -> None:
+    """The fast response encoder writes exactly what pydicom's writer writes."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    from minipacs.net.uids import transfer_syntax
+    from minipacs.services.qr_find import encode_identifier
+
+    ds = Dataset()
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    ts = transfer_syntax(syntax)
+    assert ts is not None
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = ts.little_endian, ts.implicit_vr
+    write_dataset(buffer, ds)
+    assert encode_identifier(ds, ts) == buffer.getvalue()

@@ -1,0 +1,197 @@
+"""The HL7 MLLP listener over real loopback sockets; and a running `minipacs serve` taking
+an order over MLLP that DCMTK findscu -W then finds on the worklist."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pydicom
+import pytest
+
+from minipacs.config import Settings
+from minipacs.core.archive import Archive
+from minipacs.core.hl7 import Message, parse
+from minipacs.core.worklist import CANCELLED, Worklist
+from minipacs.services.hl7_mllp import MLLPServer, frame
+from tests.core.test_hl7 import OMG, orm
+from tests.peers import dcmtk, free_port, start_server, wait_for_port
+
+T = TypeVar("T")
+Body = Callable[[MLLPServer, Worklist], Awaitable[T]]
+
+
+def serve(tmp: Path, body: Body[T], **options: float) -> T:
+    async def main() -> T:
+        archive = await Archive.open(Settings(data_dir=tmp / "data", fsync=False))
+        worklist = Worklist(archive)
+        server = MLLPServer(worklist, host="127.0.0.1", port=0,
+                            max_message_bytes=int(options.get("max_bytes", 1 << 20)),
+                            idle_timeout=options.get("idle", 30.0))
+        await server.start()
+        try:
+            return await body(server, worklist)
+        finally:
+            await server.close()
+            await archive.close()
+
+    return asyncio.run(main())
+
+
+async def read_ack(reader: asyncio.StreamReader) -> Message:
+    data = await asyncio.wait_for(reader.readuntil(b"\x1c\x0d"), 10)
+    assert data.startswith(b"\x0b")
+    return parse(data[1:-2].decode("utf-8"))
+
+
+def msa(ack: Message) -> tuple[str, str, str]:
+    seg = ack.first("MSA")
+    return ack.value(seg, 1), ack.value(seg, 2), ack.value(seg, 3)
+
+
+def test_nw_ack_aa_entry_visible_then_ca(tmp_path: Path) -> None:
+    async def body(server: MLLPServer, worklist: Worklist) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(frame(orm()))
+        code, control, text = msa(await read_ack(reader))
+        assert (code, control) == ("AA", "CTLACC100") and "ACC100 scheduled" in text
+        [entry] = await worklist.by_accession("ACC100")
+        assert entry.dataset.PatientID == "PAT1" and entry.status == "SCHEDULED"
+        writer.write(frame(orm("CA")))  # same connection keeps serving
+        assert msa(await read_ack(reader))[0] == "AA"
+        assert [e.status for e in await worklist.by_accession("ACC100")] == [CANCELLED]
+        writer.close()
+        await writer.wait_closed()
+
+    serve(tmp_path, body)
+
+
+@pytest.mark.parametrize(("payload", "code", "words"), [
+    (b"garbage that is not HL7", "AR", "MSH"),
+    (orm(pid3="").encode(), "AE", "PID-3"),
+    (orm().replace("ORM^O01", "ADT^A08").encode(), "AR", "not supported"),
+    (b"MSH|^~\\&|A\rPID|||P\r\xff\xfe", "AR", "not an HL7 segment"),
+])
+def test_malformed_is_naked_with_reason_changes_nothing_and_connection_serves_on(
+        tmp_path: Path, payload: bytes, code: str, words: str) -> None:
+    async def body(server: MLLPServer, worklist: Worklist) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"\x0b" + payload + b"\x1c\x0d")
+        ack = await read_ack(reader)
+        assert msa(ack)[0] == code and words in msa(ack)[2]
+        assert ack.first("ERR") is not None
+        assert await worklist.list() == []
+        writer.write(frame(OMG))
+        assert msa(await read_ack(reader))[0] == "AA"
+        assert len(await worklist.list()) == 1
+        writer.close()
+        await writer.wait_closed()
+
+    serve(tmp_path, body)
+
+
+def test_oversized_message_is_naked_and_connection_closed(tmp_path: Path) -> None:
+    async def body(server: MLLPServer, worklist: Worklist) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        big = orm(extra="NTE|1||" + "x" * 5000)
+        writer.write(frame(big))
+        ack = await read_ack(reader)
+        code, _, text = msa(ack)
+        assert code == "AR" and "hl7_max_message_bytes (2048 bytes)" in text
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed
+        assert await worklist.list() == []
+        writer.close()
+        await writer.wait_closed()
+
+    serve(tmp_path, body, max_bytes=2048)
+
+
+def test_two_messages_in_one_segment_and_one_split_across_segments(tmp_path: Path) -> None:
+    async def body(server: MLLPServer, worklist: Worklist) -> None:
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(frame(orm(accession="ACC1")) + frame(orm(accession="ACC2")))
+            data = frame(OMG)
+            for start in range(0, len(data), 7):  # many small writes
+                sock.sendall(data[start : start + 7])
+                await asyncio.sleep(0.001)
+            sock.settimeout(10)
+            received = b""
+            while received.count(b"\x1c\x0d") < 3:
+                chunk = await asyncio.to_thread(sock.recv, 4096)
+                assert chunk, "connection closed early"
+                received += chunk
+        acks = [parse(part.lstrip(b"\x0b").decode()) for part in received.split(b"\x1c\x0d") if part]
+        assert [msa(a)[:2] for a in acks] == [("AA", "CTLACC1"), ("AA", "CTLACC2"), ("AA", "CTL9")]
+        assert sorted(e.accession_number for e in await worklist.list()) == ["ACC1", "ACC2", "ACC9"]
+
+    serve(tmp_path, body)
+
+
+def test_idle_connection_is_closed(tmp_path: Path) -> None:
+    async def body(server: MLLPServer, worklist: Worklist) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        data = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        await writer.wait_closed()
+        return data
+
+    assert serve(tmp_path, body, idle=0.2) == b""
+
+
+@pytest.mark.interop
+def test_running_server_takes_order_over_mllp_findscu_w_sees_it(tmp_path: Path) -> None:
+    findscu = dcmtk("findscu")
+    hl7_port = free_port()
+    srv = start_server(tmp_path, env={"MINIPACS_HL7_PORT": str(hl7_port)})
+    try:
+        wait_for_port("127.0.0.1", hl7_port)
+
+        def send(text: str) -> Message:
+            with socket.create_connection(("127.0.0.1", hl7_port), timeout=10) as sock:
+                sock.sendall(frame(text))
+                data = b""
+                while not data.endswith(b"\x1c\x0d"):
+                    chunk = sock.recv(4096)
+                    assert chunk
+                    data += chunk
+            return parse(data[1:-2].decode())
+
+        def query(out: Path) -> list[pydicom.Dataset]:
+            out.mkdir()
+            done = subprocess.run([findscu, "-W", "-aec", "MINIPACS", "-X", "-od", str(out), "127.0.0.1",
+                                   str(srv.port), "-k", "PatientID=PAT1", "-k", "AccessionNumber", "-k",
+                                   "PatientName", "-k", "ScheduledProcedureStepSequence[0].Modality"],
+                                  capture_output=True, text=True, timeout=60, check=False)
+            assert done.returncode == 0, done.stdout + done.stderr
+            return [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+
+        assert msa(send(orm()))[0] == "AA"
+        [found] = query(tmp_path / "q1")
+        assert found.AccessionNumber == "ACC100" and str(found.PatientName) == "Doe^John^Q^Dr^Jr"
+        assert found.ScheduledProcedureStepSequence[0].Modality == "CT"
+        bad = send(orm(accession="ACC200", modality=""))
+        assert msa(bad)[0] == "AE" and "modality" in msa(bad)[2]
+        assert msa(send(orm("CA")))[0] == "AA"
+        assert query(tmp_path / "q2") == []
+    finally:
+        assert srv.stop() == 0, srv.log_text()
+    assert "HL7 MLLP listener on 127.0.0.1" in srv.log_text()
+
+
+@pytest.mark.parametrize(("env", "words"), [
+    ({"MINIPACS_HL7_PORT": "70000"}, "hl7_port 70000 is outside"),
+    ({"MINIPACS_HL7_MAX_MESSAGE_BYTES": "10"}, "hl7_max_message_bytes"),
+    ({"MINIPACS_HL7_IDLE_TIMEOUT": "0"}, "hl7_idle_timeout"),
+])
+def test_hl7_settings_are_validated(env: dict[str, str], words: str) -> None:
+    from minipacs.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match=words):
+        load_settings(env=env)
+    defaults = load_settings(env={})
+    assert (defaults.hl7_port, defaults.hl7_host) == (0, "127.0.0.1")  # off by default, loopback

@@ -1,0 +1,213 @@
+"""MPPS SCP (PS3.4 Annex F) over real loopback associations, pynetdicom as the modality.
+
+Every refusal is checked for its status (and Offending Element / Error ID) and
+for changing nothing in the index; the study completes once the COMPLETED step
+and all its instances are in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom import evt
+
+from minipacs.bootstrap import App
+from minipacs.core.model import Origin
+from minipacs.core.mpps import TRANSITIONS, InvalidAttributeValue, StepClosed, validate_set
+from minipacs.core.worklist import Worklist
+from minipacs.services.status import MPPS_ERROR_STATUS, status_for_mpps_error
+from tests.dicomgen import write_ct
+from tests.modality import MPPS_CLASS, completed, mpps_create, mpps_final, mpps_rows, serving, with_scu
+from tests.worklist_data import entry
+
+pytestmark = pytest.mark.interop
+STUDY = "1.2.826.0.1.3680043.10.9.1"
+SERIES = "1.2.826.0.1.3680043.10.9.1.1"
+
+
+def _request(port: int, send: Any) -> tuple[int, Dataset]:
+    """(Status, the response command set as received: Offending Element, Error ID, ...)."""
+    received: list[Dataset] = []
+
+    def on_recv(event: Any) -> None:
+        received.append(event.message.command_set)
+
+    def body(assoc: Any) -> int:
+        status, _attrs = send(assoc)
+        return int(status.Status)
+
+    code = with_scu(port, body, [MPPS_CLASS], handlers=[(evt.EVT_DIMSE_RECV, on_recv)])
+    return code, received[-1]
+
+
+def n_create(port: int, ds: Dataset, uid: str | None) -> tuple[int, Dataset]:
+    return _request(port, lambda assoc: assoc.send_n_create(ds, MPPS_CLASS, uid))
+
+
+def n_set(port: int, ds: Dataset, uid: str) -> tuple[int, Dataset]:
+    return _request(port, lambda assoc: assoc.send_n_set(ds, MPPS_CLASS, uid))
+
+
+async def _scheduled(app: App) -> int:
+    added = await Worklist(app.archive).add(entry("123456", "Doe^John", "ACC1", "CT", "CT01", "20240105", "083000",
+                                                  study_uid=STUDY))
+    return added.id
+
+
+async def _wl_status(app: App, pk: int) -> str:
+    found = await Worklist(app.archive).get(pk)
+    assert found is not None
+    return found.status
+
+
+def test_create_links_worklist_then_complete_marks_study(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            pk = await _scheduled(app)
+            uid = generate_uid()
+            code, _ = await asyncio.to_thread(n_create, app.dicom.port, mpps_create(STUDY), uid)
+            assert code == 0
+            row = await mpps_rows(app, uid)
+            assert row is not None and row["status"] == "IN PROGRESS" and row["worklist_pk"] == pk
+            assert await _wl_status(app, pk) == "IN PROGRESS"
+
+            sops = [generate_uid() for _ in range(2)]
+            write_ct(tmp_path / "a.dcm", study_uid=STUDY, series_uid=SERIES, sop_uid=sops[0])
+            await app.archive.import_file(tmp_path / "a.dcm", Origin("import"))
+            code, _ = await asyncio.to_thread(n_set, app.dicom.port, mpps_final(SERIES, sops), uid)
+            assert code == 0
+            row = await mpps_rows(app, uid)
+            assert row is not None and row["status"] == "COMPLETED" and row["referenced"] == "\\".join(sops)
+            assert await _wl_status(app, pk) == "COMPLETED"
+            assert STUDY not in await completed(app)  # one image still missing
+
+            write_ct(tmp_path / "b.dcm", study_uid=STUDY, series_uid=SERIES, sop_uid=sops[1])
+            await app.archive.import_file(tmp_path / "b.dcm", Origin("import"))  # the on_stored hook re-checks
+            for _ in range(50):
+                if STUDY in await completed(app):
+                    break
+                await asyncio.sleep(0.05)
+            assert STUDY in await completed(app)
+
+    asyncio.run(main())
+
+
+def test_create_without_uid_gets_one_generated(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    def on_recv(event: Any) -> None:  # the N-CREATE-RSP names the instance we generated
+        uid = event.message.command_set.get("AffectedSOPInstanceUID")
+        if uid:
+            seen.append(str(uid))
+
+    def create(port: int) -> int:
+        def body(assoc: Any) -> int:
+            status, _attrs = assoc.send_n_create(mpps_create(STUDY), MPPS_CLASS, None)
+            return int(status.Status)
+        return with_scu(port, body, [MPPS_CLASS], handlers=[(evt.EVT_DIMSE_RECV, on_recv)])
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            assert await asyncio.to_thread(create, app.dicom.port) == 0
+            assert len(seen) == 1 and (await mpps_rows(app, seen[0])) is not None
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(("drop", "status_value", "expected", "offending"), [
+    (("PerformedStationAETitle",), "IN PROGRESS", 0x0120, 0x00400241),
+    (("ScheduledStepAttributesSequence",), "IN PROGRESS", 0x0120, 0x00400270),
+    ((), "COMPLETED", 0x0106, 0x00400252),
+    ((), "", 0x0121, 0x00400252),
+])
+def test_create_refusals_change_nothing(tmp_path: Path, drop: tuple[str, ...], status_value: str, expected: int,
+                                        offending: int) -> None:
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            pk = await _scheduled(app)
+            uid = generate_uid()
+            ds = mpps_create(STUDY, status=status_value, drop=drop)
+            code, status = await asyncio.to_thread(n_create, app.dicom.port, ds, uid)
+            assert code == expected
+            assert status.OffendingElement == offending
+            assert await mpps_rows(app, uid) is None
+            assert await _wl_status(app, pk) == "SCHEDULED"
+
+    asyncio.run(main())
+
+
+def test_duplicate_create_is_0111(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            uid = generate_uid()
+            assert (await asyncio.to_thread(n_create, app.dicom.port, mpps_create(STUDY), uid))[0] == 0
+            before = await mpps_rows(app, uid)
+            ds = mpps_create(STUDY)
+            ds.PerformedProcedureStepDescription = "other"
+            assert (await asyncio.to_thread(n_create, app.dicom.port, ds, uid))[0] == 0x0111
+            assert await mpps_rows(app, uid) == before
+
+    asyncio.run(main())
+
+
+def test_set_refusals_change_nothing(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            port = app.dicom.port
+            uid = generate_uid()
+            assert (await asyncio.to_thread(n_create, port, mpps_create(STUDY), uid))[0] == 0
+            # unknown SOP instance: 0x0112
+            assert (await asyncio.to_thread(n_set, port, mpps_final(SERIES, []), generate_uid()))[0] == 0x0112
+            before = await mpps_rows(app, uid)
+            # not settable (Table F.7.2-1 "Not allowed"): 0x0106 with the Offending Element
+            change = Dataset()
+            change.PatientID = "999"
+            code, status = await asyncio.to_thread(n_set, port, change, uid)
+            assert code == 0x0106 and status.OffendingElement == 0x00100020
+            # not a Performed Procedure Step Status value: 0x0106
+            code, status = await asyncio.to_thread(n_set, port, mpps_final(SERIES, [], status="DONE"), uid)
+            assert code == 0x0106 and status.OffendingElement == 0x00400252
+            assert await mpps_rows(app, uid) == before
+            # COMPLETED is final: 0x0110 with Error ID 0xA710
+            assert (await asyncio.to_thread(n_set, port, mpps_final(SERIES, []), uid))[0] == 0
+            done = await mpps_rows(app, uid)
+            code, status = await asyncio.to_thread(n_set, port, mpps_final(SERIES, [], "DISCONTINUED"), uid)
+            assert code == 0x0110 and status.ErrorID == 0xA710
+            assert "may no longer be updated" in str(status.ErrorComment)
+            assert await mpps_rows(app, uid) == done
+
+    asyncio.run(main())
+
+
+def test_discontinued_step_sets_worklist_and_completes_nothing(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            pk = await _scheduled(app)
+            uid = generate_uid()
+            assert (await asyncio.to_thread(n_create, app.dicom.port, mpps_create(STUDY), uid))[0] == 0
+            code, _ = await asyncio.to_thread(n_set, app.dicom.port, mpps_final(SERIES, [], "DISCONTINUED"), uid)
+            assert code == 0 and await _wl_status(app, pk) == "DISCONTINUED"
+            assert await completed(app) == set()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(("current", "new"), [(c, n) for c in TRANSITIONS for n in TRANSITIONS])
+def test_transition_table(current: str, new: str) -> None:
+    change = Dataset()
+    change.PerformedProcedureStepStatus = new
+    if new in TRANSITIONS[current]:
+        assert validate_set(current, change) == new
+    else:
+        with pytest.raises(StepClosed if not TRANSITIONS[current] else InvalidAttributeValue):
+            validate_set(current, change)
+
+
+@pytest.mark.parametrize(("kind", "code"), MPPS_ERROR_STATUS)
+def test_status_table(kind: type[Exception], code: int) -> None:
+    assert status_for_mpps_error(kind("x")) == code

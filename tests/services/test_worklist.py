@@ -1,0 +1,188 @@
+"""Modality Worklist: entries, PS3.4 K.6 matching, the SCP over real loopback associations, the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.dataset import Dataset
+
+from minipacs.cli.main import main
+from minipacs.config import Settings
+from minipacs.core.archive import Archive
+from minipacs.core.worklist import InvalidWorklistEntry, Worklist, read_worklist_file
+from minipacs.net.association import AssociationSettings, build_rq, connect
+from minipacs.net.dul import Timeouts
+from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+from minipacs.services.find_scu import find_all, set_key
+from minipacs.services.server import DicomServer
+from minipacs.services.worklist import MODALITY_WORKLIST_FIND, ModalityWorklistSCP
+from tests.worklist_data import ENTRIES, entry, write_wl
+
+TIMEOUTS = Timeouts(acse=5.0, dimse=10.0, idle=30.0)
+
+
+def identifier(*specs: str) -> Dataset:
+    ds = Dataset()
+    for spec in specs:
+        set_key(ds, spec)
+    return ds
+
+
+async def _with_worklist(tmp: Path, body: Any, extra: int = 0) -> Any:
+    archive = await Archive.open(Settings(data_dir=tmp / "data", fsync=False))
+    try:
+        worklist = Worklist(archive)
+        for ds in ENTRIES:
+            await worklist.add(Dataset(ds))
+        for n in range(extra):
+            await worklist.add(entry(f"P{n}", "Many^Pat", f"ACCX{n}", "CT", "CT09", "20240301", "080000",
+                                     study_uid=f"1.2.826.0.1.3680043.10.9.1000{n}"))
+        return await body(archive, worklist)
+    finally:
+        await archive.close()
+
+
+def accessions(found: list[Dataset]) -> list[str]:
+    return sorted(str(ds.AccessionNumber) for ds in found)
+
+
+# PS3.4 K.6.1.2.2 / C.2.2.2: one row per kind of matching the modalities use
+MATCHING_CASES = [
+    (("PatientID=123456", "AccessionNumber"), ["ACC1", "ACC2"]),
+    (("AccessionNumber=ACC3",), ["ACC3"]),
+    (("PatientName=doe*", "AccessionNumber"), ["ACC1", "ACC2"]),  # PN: case-insensitive wildcard
+    (("PatientName=Müller^Jürgen", "AccessionNumber"), ["ACC4"]),
+    (("AccessionNumber", "ScheduledProcedureStepSequence[0].ScheduledStationAETitle=CT0?"), ["ACC1", "ACC3"]),
+    (("AccessionNumber", "ScheduledProcedureStepSequence[0].Modality=MR"), ["ACC2"]),
+    (("AccessionNumber", "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate=20240106-"),
+     ["ACC2", "ACC3", "ACC4"]),
+    (("AccessionNumber", "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate=20240105",
+      "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime=0800-0900"), ["ACC1"]),
+    (("AccessionNumber", "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime=1200-"),
+     ["ACC2"]),
+    (("AccessionNumber", "ScheduledProcedureStepSequence[0].ScheduledPerformingPhysicianName=HOUSE^*"), ["ACC2"]),
+    (("AccessionNumber", "ScheduledProcedureStepSequence[0].Modality=CT",
+      "ScheduledProcedureStepSequence[0].ScheduledStationAETitle=MR01"), []),  # both in ONE item
+    (("AccessionNumber", "ScheduledProcedureStepSequence"), ["ACC1", "ACC2", "ACC3", "ACC4"]),
+]
+
+
+@pytest.mark.parametrize(("specs", "expected"), MATCHING_CASES)
+def test_k6_matching(tmp_path: Path, specs: tuple[str, ...], expected: list[str]) -> None:
+    async def body(_archive: Archive, worklist: Worklist) -> list[Dataset]:
+        return await worklist.find(identifier(*specs))
+
+    assert accessions(asyncio.run(_with_worklist(tmp_path, body))) == expected
+
+
+def test_every_requested_key_is_answered_and_no_other(tmp_path: Path) -> None:
+    async def body(_archive: Archive, worklist: Worklist) -> list[Dataset]:
+        return await worklist.find(identifier(
+            "AccessionNumber=ACC1", "PatientName", "OtherPatientIDs", "ScheduledProcedureStepSequence[0].Modality",
+            "ScheduledProcedureStepSequence[0].CommentsOnTheScheduledProcedureStep"))
+
+    [found] = asyncio.run(_with_worklist(tmp_path, body))
+    assert set(found.dir()) == {"AccessionNumber", "PatientName", "OtherPatientIDs", "ScheduledProcedureStepSequence"}
+    assert found.OtherPatientIDs in (None, "")
+    sps = found.ScheduledProcedureStepSequence[0]
+    assert set(sps.dir()) == {"Modality", "CommentsOnTheScheduledProcedureStep"} and sps.Modality == "CT"
+    # an empty sequence key returns the stored items whole
+    async def whole(_archive: Archive, worklist: Worklist) -> list[Dataset]:
+        return await worklist.find(identifier("AccessionNumber=ACC1", "ScheduledProcedureStepSequence"))
+
+    [found] = asyncio.run(_with_worklist(tmp_path / "2", whole))
+    assert found.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID == "SPSACC1"
+
+
+def test_entries_add_list_remove_and_validation(tmp_path: Path) -> None:
+    async def body(_archive: Archive, worklist: Worklist) -> None:
+        assert len(await worklist.list()) == 4
+        with pytest.raises(InvalidWorklistEntry, match="ScheduledProcedureStepSequence"):
+            bad = Dataset()
+            bad.PatientID = "1"
+            await worklist.add(bad)
+        added = await worklist.add(entry("9", "A^B", "ACC9", "CR", "CR1", "20240101", "", study_uid="1.2.3"))
+        assert (await worklist.get(added.id)) is not None
+        assert await worklist.remove("ACC9") == 1
+        assert await worklist.remove(str(added.id)) == 0
+        assert len(await worklist.list()) == 4
+
+    asyncio.run(_with_worklist(tmp_path, body))
+
+
+def test_reads_part10_and_raw_wl_files(tmp_path: Path) -> None:
+    for part10 in (True, False):
+        [path, *_] = write_wl(tmp_path / str(part10), part10=part10)
+        ds = read_worklist_file(path)
+        assert ds.PatientID == "123456" and ds.ScheduledProcedureStepSequence[0].Modality == "CT"
+    (tmp_path / "junk.wl").write_bytes(b"not dicom at all")
+    with pytest.raises(InvalidWorklistEntry):
+        read_worklist_file(tmp_path / "junk.wl")
+
+
+async def _scp_query(tmp: Path, specs: tuple[str, ...], cancel_after: int | None = None, extra: int = 0) -> Any:
+    async def body(_archive: Archive, worklist: Worklist) -> Any:
+        server = DicomServer("MINIPACS", [ModalityWorklistSCP(worklist)], host="127.0.0.1", port=0,
+                             timeouts=TIMEOUTS)
+        await server.start()
+        try:
+            settings = AssociationSettings(ae_title="CT01", timeouts=TIMEOUTS)
+            rq = build_rq("CT01", "MINIPACS", [(MODALITY_WORKLIST_FIND,
+                                                 [IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN])], settings)
+            assoc = await connect("127.0.0.1", server.port, rq, settings)
+            try:
+                return await find_all(assoc, MODALITY_WORKLIST_FIND, identifier(*specs), cancel_after=cancel_after)
+            finally:
+                await assoc.release()
+        finally:
+            await server.close(1.0)
+
+    return await _with_worklist(tmp, body, extra)
+
+
+def test_scp_answers_pending_then_success(tmp_path: Path) -> None:
+    result = asyncio.run(_scp_query(tmp_path, ("PatientID=123456", "AccessionNumber", "PatientName")))
+    assert result.status == 0x0000 and accessions(result.matches) == ["ACC1", "ACC2"]
+
+
+def test_scp_non_ascii_answer_carries_a_character_set(tmp_path: Path) -> None:
+    result = asyncio.run(_scp_query(tmp_path, ("PatientID=777777", "PatientName")))
+    [match] = result.matches
+    assert match.SpecificCharacterSet in ("ISO_IR 100", "ISO_IR 192") and str(match.PatientName) == "Müller^Jürgen"
+
+
+def test_scp_c_cancel(tmp_path: Path) -> None:
+    result = asyncio.run(_scp_query(tmp_path, ("AccessionNumber",), cancel_after=2, extra=200))
+    assert result.status == 0xFE00 and 2 <= len(result.matches) < 204
+
+
+def test_scp_refuses_unmatchable_key(tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the bad date we mean to send
+        ds = identifier("AccessionNumber", "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate=2024x")
+    result = asyncio.run(_scp_query(tmp_path, ("AccessionNumber",)))  # a universal key answers everything
+    assert result.status == 0 and len(result.matches) == 4
+
+    async def body(_archive: Archive, worklist: Worklist) -> None:
+        from minipacs.core.errors import InvalidKeyValue
+
+        with pytest.raises(InvalidKeyValue):
+            await worklist.find(ds)
+
+    asyncio.run(_with_worklist(tmp_path / "b", body))
+
+
+def test_cli_add_list_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = str(tmp_path / "data")
+    assert main(["worklist", "add", "--data", data, "--patient-id", "42", "--patient-name", "Doe^Jane",
+                 "--accession", "A42", "--modality", "MR", "--station-aet", "MR01", "--start", "202403011030"]) == 0
+    assert main(["worklist", "add", "--data", data, "--patient-id", "43", "--modality", ""]) == 2
+    assert main(["worklist", "list", "--data", data]) == 0
+    out = capsys.readouterr().out
+    assert "A42" in out and "MR01" in out and "20240301 1030" in out
+    assert main(["worklist", "remove", "--data", data, "A42"]) == 0
+    assert main(["worklist", "remove", "--data", data, "A42"]) == 1
