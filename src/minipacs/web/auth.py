@@ -1,0 +1,118 @@
+"""Access control for REST and DICOMweb: who is asking (Basic or Bearer), and may they.
+
+With no users and no tokens configured everything is open; bootstrap refuses
+that unless HTTP listens on loopback only. Wrong credentials: 401; a role
+without the permission: 403. Both are logged with the client address.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import logging
+import re
+from collections.abc import Sequence
+from typing import Final
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from minipacs.config import Settings
+from minipacs.core.users import ROLE_PERMISSIONS, Role, hash_token, verify_password
+from minipacs.web.errors import error_response
+
+log = logging.getLogger("minipacs.web.auth")
+
+# (method, path pattern) -> permission needed; first match wins; default by method below
+RULES: Final[tuple[tuple[str, re.Pattern[str], str], ...]] = (
+    ("*", re.compile(r"^/api/openapi\.json$"), "public"),
+    ("POST", re.compile(r"^/api/nodes/[^/]+/(echo|store|query|retrieve)$"), "write"),
+    ("*", re.compile(r"^/api/nodes(/.*)?$"), "admin_or_read"),
+)
+READ_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def permission_for(method: str, path: str) -> str:
+    for rule_method, pattern, permission in RULES:
+        if rule_method in ("*", method) and pattern.match(path):
+            if permission == "admin_or_read":
+                return "read" if method in READ_METHODS else "admin"
+            return permission
+    return "read" if method in READ_METHODS else "write"
+
+
+def loopback_only(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Authenticator:
+    def __init__(self, settings: Settings) -> None:
+        self.users = {user.name: user for user in settings.users}
+        self.tokens = {token.token_hash: token for token in settings.tokens}
+
+    @property
+    def open(self) -> bool:
+        return not self.users and not self.tokens
+
+    def role_of(self, authorization: str) -> tuple[Role | None, str]:
+        """The role the Authorization header proves, and who (for the log); None: not proven."""
+        scheme, _, value = authorization.partition(" ")
+        scheme = scheme.lower()
+        if scheme == "basic":
+            try:
+                name, _, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                return None, "malformed Basic credentials"
+            user = self.users.get(name)
+            if user is not None and verify_password(password, user.password_hash):
+                return user.role, name
+            return None, f"user {name[:40]!r}"
+        if scheme == "bearer":
+            token = self.tokens.get(hash_token(value.strip()))
+            if token is not None:
+                return token.role, f"token {token.name}"
+            return None, "an unknown token"
+        return None, "no credentials"
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.auth = Authenticator(settings)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.auth.open:
+            await self.app(scope, receive, send)
+            return
+        method, path = scope["method"], scope["path"]
+        needed = permission_for(method, path)
+        if needed == "public":
+            await self.app(scope, receive, send)
+            return
+        headers: Sequence[tuple[bytes, bytes]] = scope.get("headers", [])
+        authorization = next((v.decode("latin-1") for k, v in headers if k == b"authorization"), "")
+        client = scope.get("client") or ("?", 0)
+        role, who = self.auth.role_of(authorization)
+        if role is None:
+            log.warning("HTTP 401: %s %s from %s: %s not accepted", method, path, client[0], who)
+            response = error_response(401, "unauthorized", "this needs a user name and password (HTTP Basic) or an "
+                                      "API token (Bearer); the ones given were missing or wrong")
+            response.headers["WWW-Authenticate"] = 'Basic realm="minipacs"'
+            await response(scope, receive, send)
+            return
+        if needed not in ROLE_PERMISSIONS[role]:
+            log.warning("HTTP 403: %s %s from %s: %s (role %s) lacks %r", method, path, client[0], who,
+                        role.value, needed)
+            await error_response(403, "forbidden", f"{who} has the {role.value} role, which may not do this "
+                                 f"({needed} permission needed); ask an admin")(scope, receive, send)
+            return
+        scope.setdefault("state", {})["role"] = role.value
+        await self.app(scope, receive, send)
+
+
+__all__ = ["AuthMiddleware", "Authenticator", "RULES", "loopback_only", "permission_for"]

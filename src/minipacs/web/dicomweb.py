@@ -1,0 +1,311 @@
+"""DICOMweb (PS3.18): QIDO-RS, WADO-RS, WADO-URI and STOW-RS on the ONE archive core."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Final
+
+import pydicom
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from minipacs.core.metadata import BULK_PREFIX
+from minipacs.core.model import Origin
+from minipacs.core.paths import validate_uid
+from minipacs.core.query import Level
+from minipacs.core.retrieve import StoredInstance, select_instances
+from minipacs.web.errors import HttpError
+from minipacs.web.render import choose_format, parse_window, render
+from minipacs.web.search import search, to_json
+from minipacs.web.transfer import (
+    aiter_text, boundary_of, ingest_bytes, multipart_octets, multipart_related, new_boundary, read_body,
+    split_multipart,
+)
+from minipacs.web.types import AppContext
+
+DICOM_JSON: Final = "application/dicom+json"
+# path parameter -> DICOM keyword of the UID it carries
+PATH_KEYS: Final[Mapping[str, str]] = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID",
+                                       "instance": "SOPInstanceUID"}
+# PS3.18 Table 10.5.3-1 / PS3.4 Annex B.2.3: FailureReason values we use
+FAILURE_REASONS: Final[Mapping[str, int]] = {
+    "OutOfResources": 0xA700, "DatasetTooLarge": 0xA700, "InstanceMismatch": 0xA900,
+    "DuplicateInstance": 0x0111, "NotInStudy": 0xA900,
+}
+PROCESSING_FAILURE: Final = 0x0110  # PS3.4 Annex B: Processing failure
+
+
+def ctx(request: Request) -> AppContext:
+    context: AppContext = request.app.state.ctx
+    return context
+
+
+def uids(request: Request) -> dict[str, str]:
+    """The UIDs in the path, each checked (path-like or malformed UIDs: 400)."""
+    return {PATH_KEYS[name]: validate_uid(PATH_KEYS[name], value) for name, value in request.path_params.items()
+            if name in PATH_KEYS}
+
+
+def root_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/dicom-web"
+
+
+# ------------------------------------------------------------------ QIDO-RS (PS3.18 §10.6)
+
+def _qido(level: Level) -> Any:
+    async def endpoint(request: Request) -> Response:
+        context = ctx(request)
+        fixed = uids(request)
+        matches = search(context.archive, level, list(request.query_params.multi_items()), fixed)
+        first = await anext(aiter(matches), None)  # errors surface before the 200 goes out
+
+        async def body() -> AsyncIterator[str]:
+            if first is None:
+                yield "[]"
+                return
+            yield "[" + json.dumps(to_json(first))
+            async for match in matches:
+                yield "," + json.dumps(to_json(match))
+            yield "]"
+
+        return StreamingResponse(aiter_text(body()), media_type=DICOM_JSON)
+    return endpoint
+
+
+# ------------------------------------------------------------------ WADO-RS (PS3.18 §10.4)
+
+async def _instances(request: Request) -> list[StoredInstance]:
+    keys = uids(request)
+    level = "IMAGE" if "SOPInstanceUID" in keys else "SERIES" if "SeriesInstanceUID" in keys else "STUDY"
+    found = [item for item in await select_instances(ctx(request).archive, level, keys) if not item.problem]
+    if not found:
+        raise HttpError(404, "not_found", f"no stored instance matches {', '.join(keys.values())}")
+    return found
+
+
+async def retrieve(request: Request) -> Response:
+    accept = request.headers.get("accept", "")
+    if accept and not any(t in accept for t in ("application/dicom", "*/*", "multipart/related;")) or (
+            "multipart/related" in accept and "application/dicom" not in accept and "*" not in accept):
+        raise HttpError(406, "not_acceptable", "instances are available as multipart/related; "
+                        'type="application/dicom" (bulk data and metadata have their own URLs)')
+    found = await _instances(request)
+    boundary = new_boundary()
+    return StreamingResponse(multipart_related(found, boundary), media_type=(
+        f'multipart/related; type="application/dicom"; boundary={boundary}'))
+
+
+async def metadata(request: Request) -> Response:
+    found = await _instances(request)
+    texts = await ctx(request).metadata.get([item.sop_instance_uid for item in found])
+    body = ("[" + ",".join(texts) + "]").replace('"' + BULK_PREFIX, '"' + root_url(request))
+    return Response(body, media_type=DICOM_JSON)
+
+
+def _pixel_frames(item: StoredInstance, numbers: list[int]) -> list[bytes]:
+    ds = pydicom.dcmread(item.path)
+    if "PixelData" not in ds:
+        raise HttpError(404, "no_pixels", "this instance has no pixel data")
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        raise HttpError(406, "compressed_frames", "frames of compressed instances are not served yet; use the "
+                        "rendered endpoint or retrieve the instance")
+    count = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    size = ds.Rows * ds.Columns * int(getattr(ds, "SamplesPerPixel", 1)) * ds.BitsAllocated // 8
+    data = ds.PixelData
+    out = []
+    for number in numbers:
+        if not 1 <= number <= count:
+            raise HttpError(404, "no_such_frame", f"frame {number} does not exist; the instance has {count}")
+        out.append(bytes(data[(number - 1) * size:number * size]))
+    return out
+
+
+def _frame_numbers(raw: str) -> list[int]:
+    try:
+        numbers = [int(part) for part in raw.split(",")]
+    except ValueError:
+        raise HttpError(400, "invalid_frames", f"frame numbers must be a comma-separated list, not {raw[:40]!r}") from None
+    if not numbers or len(numbers) > 10000:
+        raise HttpError(400, "invalid_frames", "give between 1 and 10000 frame numbers")
+    return numbers
+
+
+async def frames(request: Request) -> Response:
+    item = (await _instances(request))[0]
+    chunks = await asyncio.to_thread(_pixel_frames, item, _frame_numbers(request.path_params["frames"]))
+    boundary = new_boundary()
+    return Response(multipart_octets(chunks, boundary, "application/octet-stream"),
+                    media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}')
+
+
+def _bulk(item: StoredInstance, tag: int) -> bytes:
+    ds = pydicom.dcmread(item.path)
+    if tag not in ds:
+        raise HttpError(404, "no_such_bulkdata", f"the instance has no attribute {tag:08X}")
+    value = ds[tag].value
+    return bytes(value) if isinstance(value, (bytes, bytearray)) else str(value).encode()
+
+
+async def bulkdata(request: Request) -> Response:
+    raw = request.path_params["tag"]
+    try:
+        tag = int(raw, 16)
+    except ValueError:
+        raise HttpError(400, "invalid_tag", f"{raw[:20]!r} is not a tag (8 hex digits)") from None
+    item = (await _instances(request))[0]
+    data = await asyncio.to_thread(_bulk, item, tag)
+    boundary = new_boundary()
+    return Response(multipart_octets([data], boundary, "application/octet-stream"),
+                    media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}')
+
+
+async def _render(request: Request, thumbnail: bool, frame: int = 1) -> Response:
+    found = await _instances(request)
+    item = found[len(found) // 2]  # a representative instance for study/series level
+    mime = choose_format(request.headers.get("accept", ""))
+    window = parse_window(request.query_params.get("window"))
+    data = await asyncio.to_thread(render, item.path, frame, mime, window, thumbnail)
+    return Response(data, media_type=mime)
+
+
+async def rendered(request: Request) -> Response:
+    frame = request.path_params.get("frames")
+    number = _frame_numbers(frame)[0] if frame else 1
+    return await _render(request, False, number)
+
+
+async def thumbnail(request: Request) -> Response:
+    return await _render(request, True)
+
+
+# ------------------------------------------------------------------ WADO-URI (PS3.18 §9)
+
+async def wado_uri(request: Request) -> Response:
+    params = request.query_params
+    if params.get("requestType") != "WADO":
+        raise HttpError(400, "invalid_request_type", "WADO-URI needs requestType=WADO")
+    keys = {"StudyInstanceUID": params.get("studyUID", ""), "SeriesInstanceUID": params.get("seriesUID", ""),
+            "SOPInstanceUID": params.get("objectUID", "")}
+    for keyword, value in keys.items():
+        validate_uid(keyword, value)
+    found = [i for i in await select_instances(ctx(request).archive, "IMAGE", keys) if not i.problem]
+    if not found:
+        raise HttpError(404, "not_found", f"SOP Instance {keys['SOPInstanceUID']} is not in the archive")
+    content_type = params.get("contentType", "image/jpeg").split(",")[0].strip()
+    if content_type == "application/dicom":
+        path = found[0].path
+        return StreamingResponse(_read_file(path), media_type="application/dicom")
+    if content_type not in ("image/jpeg", "image/png"):
+        raise HttpError(406, "not_acceptable", "contentType must be application/dicom, image/jpeg or image/png")
+    frame = params.get("frameNumber", "1")
+    if not frame.isdigit():
+        raise HttpError(400, "invalid_frames", "frameNumber must be a positive number")
+    window = None
+    if params.get("windowCenter") and params.get("windowWidth"):
+        window = parse_window(f"{params['windowCenter']},{params['windowWidth']}")
+    data = await asyncio.to_thread(render, found[0].path, int(frame), content_type, window, False)
+    return Response(data, media_type=content_type)
+
+
+def _read_file(path: Any) -> Any:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(256 * 1024):
+            yield chunk
+
+
+# ------------------------------------------------------------------ STOW-RS (PS3.18 §10.5)
+
+def _sop_uids(data: bytes) -> tuple[str, str, str]:
+    """SOP Class, SOP Instance and Study Instance UID of a part, for the response ("" if unreadable)."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True,
+                             specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"])
+        return str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")), str(ds.get("StudyInstanceUID", ""))
+    except Exception:  # noqa: BLE001 - an unreadable part is reported as failed
+        return "", "", ""
+
+
+def _item(class_uid: str, instance_uid: str, **extra: Any) -> dict[str, Any]:
+    item: dict[str, Any] = {}
+    if class_uid:
+        item["00081150"] = {"vr": "UI", "Value": [class_uid]}
+    if instance_uid:
+        item["00081155"] = {"vr": "UI", "Value": [instance_uid]}
+    for tag, value in extra.items():
+        item[tag.removeprefix("t")] = value
+    return item
+
+
+async def store(request: Request) -> Response:
+    context = ctx(request)
+    target = uids(request).get("StudyInstanceUID")
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/related"):
+        raise HttpError(415, "unsupported_media_type", 'STOW-RS needs a multipart/related; type="application/dicom" '
+                        "body")
+    parts = split_multipart(await read_body(request, context.settings.max_upload_bytes), boundary_of(content_type))
+    root = root_url(request)
+    stored: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    origin = Origin("stow", peer_host=request.client.host if request.client else "")
+    for part in parts:
+        class_uid, instance_uid, study_uid = await asyncio.to_thread(_sop_uids, part.body)
+        if part.content_type and not part.content_type.lower().startswith("application/dicom"):
+            failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [0xC000]}))
+            continue
+        if target and study_uid and study_uid != target:  # PS3.18 §10.5.1: not in the study of the URL
+            failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [0xA900]}))
+            continue
+        result = await ingest_bytes(context.archive, part.body, origin)
+        if result["status"] == "failed":
+            reason = FAILURE_REASONS.get(result["error"], PROCESSING_FAILURE if class_uid else 0xC000)
+            failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [reason]}))
+        else:
+            url = (f"{root}/studies/{result['StudyInstanceUID']}/series/{result['SeriesInstanceUID']}"
+                   f"/instances/{result['SOPInstanceUID']}")
+            stored.append(_item(class_uid, result["SOPInstanceUID"], t00081190={"vr": "UR", "Value": [url]}))
+    response: dict[str, Any] = {}
+    if target:
+        response["00081190"] = {"vr": "UR", "Value": [f"{root}/studies/{target}"]}
+    if failed:
+        response["00081198"] = {"vr": "SQ", "Value": failed}
+    if stored:
+        response["00081199"] = {"vr": "SQ", "Value": stored}
+    status = 200 if not failed else 202 if stored else 409
+    return JSONResponse(response, status_code=status, media_type=DICOM_JSON)
+
+
+def routes() -> list[BaseRoute]:
+    s, r, i = "/studies/{study}", "/series/{series}", "/instances/{instance}"
+    return [
+        Route("/studies", _qido(Level.STUDY), methods=["GET"]),
+        Route("/studies", store, methods=["POST"]),
+        Route("/series", _qido(Level.SERIES), methods=["GET"]),
+        Route("/instances", _qido(Level.IMAGE), methods=["GET"]),
+        Route(s, retrieve, methods=["GET"]),
+        Route(s, store, methods=["POST"]),
+        Route(s + "/series", _qido(Level.SERIES), methods=["GET"]),
+        Route(s + "/instances", _qido(Level.IMAGE), methods=["GET"]),
+        Route(s + r + "/instances", _qido(Level.IMAGE), methods=["GET"]),
+        Route(s + "/metadata", metadata, methods=["GET"]),
+        Route(s + "/thumbnail", thumbnail, methods=["GET"]),
+        Route(s + "/rendered", rendered, methods=["GET"]),
+        Route(s + r, retrieve, methods=["GET"]),
+        Route(s + r + "/metadata", metadata, methods=["GET"]),
+        Route(s + r + "/thumbnail", thumbnail, methods=["GET"]),
+        Route(s + r + "/rendered", rendered, methods=["GET"]),
+        Route(s + r + i, retrieve, methods=["GET"]),
+        Route(s + r + i + "/metadata", metadata, methods=["GET"]),
+        Route(s + r + i + "/rendered", rendered, methods=["GET"]),
+        Route(s + r + i + "/thumbnail", thumbnail, methods=["GET"]),
+        Route(s + r + i + "/frames/{frames}", frames, methods=["GET"]),
+        Route(s + r + i + "/frames/{frames}/rendered", rendered, methods=["GET"]),
+        Route(s + r + i + "/bulkdata/{tag}", bulkdata, methods=["GET"]),
+    ]
+
+
+__all__ = ["routes", "wado_uri"]

@@ -1,0 +1,223 @@
+"""The REST API under /api: resources by level, upload, search, download, delete, log, stats, nodes."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Final
+
+from pydicom.dataset import Dataset
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from minipacs.core.delete import delete_resource
+from minipacs.core.errors import NotFound
+from minipacs.core.metadata import BULK_PREFIX
+from minipacs.core.model import Origin
+from minipacs.core.nodes import node_from_mapping
+from minipacs.core.paths import validate_uid
+from minipacs.core.query import Level
+from minipacs.core.retrieve import select_instances
+from minipacs.web import completion
+from minipacs.web.dicomweb import ctx, root_url
+from minipacs.web.errors import HttpError
+from minipacs.web.search import search
+from minipacs.web.transfer import boundary_of, ingest_bytes, read_body, split_multipart, unzip, zip_stream
+
+# URL level -> (query level, unique key, retrieve level, delete level)
+LEVELS: Final[Mapping[str, tuple[Level, str, str, str]]] = {
+    "patients": (Level.PATIENT, "PatientID", "PATIENT", "patient"),
+    "studies": (Level.STUDY, "StudyInstanceUID", "STUDY", "study"),
+    "series": (Level.SERIES, "SeriesInstanceUID", "SERIES", "series"),
+    "instances": (Level.IMAGE, "SOPInstanceUID", "IMAGE", "instance"),
+}
+
+
+def _level(request: Request) -> tuple[Level, str, str, str]:
+    name = request.path_params["level"]
+    if name not in LEVELS:
+        raise HttpError(404, "not_found", f"unknown resource kind {name[:30]!r}; use patients, studies, series, "
+                        "instances")
+    return LEVELS[name]
+
+
+def _id(request: Request, key: str) -> str:
+    value: str = request.path_params["id"]
+    if key == "PatientID":
+        if not value or len(value) > 64 or "\\" in value or any(c in value for c in "*?"):
+            raise HttpError(400, "invalid_identifier", "a Patient ID is 1 to 64 characters without \\, * or ?")
+        return value
+    return validate_uid(key, value)
+
+
+def plain(ds: Dataset) -> dict[str, Any]:
+    """A query match as keyword -> value (text, or a list for multiple values)."""
+    out: dict[str, Any] = {}
+    for elem in ds:
+        value = elem.value
+        if value is None or value == "":
+            out[elem.keyword] = None
+        elif elem.VM > 1:
+            out[elem.keyword] = [str(v) for v in value]
+        else:
+            out[elem.keyword] = str(value)
+    return out
+
+
+async def _matches(request: Request, level: Level, fixed: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """A search from the query string; studies also carry ``complete`` and filter on ``complete=``."""
+    params = list(request.query_params.multi_items())
+    archive = ctx(request).archive
+    if level is not Level.STUDY:
+        return [plain(ds) async for ds in search(archive, level, params, fixed)]
+    want = completion.wanted(request.query_params.get(completion.PARAM))
+    params = [(k, v) for k, v in params if k != completion.PARAM]
+    done = await completion.completed_studies(archive)
+    return [{**plain(ds), "complete": str(ds.get("StudyInstanceUID", "") or "") in done}
+            async for ds in search(archive, level, params, fixed, completion.keep(done, want))]
+
+
+async def list_resources(request: Request) -> Response:
+    level, _, _, _ = _level(request)
+    return JSONResponse(await _matches(request, level))
+
+
+async def search_resources(request: Request) -> Response:
+    raw = request.query_params.get("level", "studies")
+    if raw not in LEVELS:
+        raise HttpError(400, "invalid_level", "level must be one of patients, studies, series, instances")
+    return JSONResponse(await _matches(request, LEVELS[raw][0]))
+
+
+async def read_resource(request: Request) -> Response:
+    level, key, _, _ = _level(request)
+    value = _id(request, key)
+    async for ds in search(ctx(request).archive, level, [], {key: value}):
+        found = plain(ds)
+        if level is Level.STUDY:
+            found["complete"] = value in await completion.completed_studies(ctx(request).archive)
+        return JSONResponse(found)
+    raise NotFound(f"{request.path_params['level']} {value!r} is not in the archive")
+
+
+async def instance_tags(request: Request) -> Response:
+    uid = validate_uid("SOPInstanceUID", request.path_params["id"])
+    text = (await ctx(request).metadata.get([uid]))[0]
+    return Response(text.replace('"' + BULK_PREFIX, '"' + root_url(request)), media_type="application/json")
+
+
+async def delete(request: Request) -> Response:
+    _, key, _, kind = _level(request)
+    deleted = await delete_resource(ctx(request).archive, kind, _id(request, key))
+    return JSONResponse({"deleted_instances": deleted.instances, "freed_bytes": deleted.bytes})
+
+
+async def download(request: Request) -> Response:
+    _, key, retrieve_level, _ = _level(request)
+    value = _id(request, key)
+    found = [i for i in await select_instances(ctx(request).archive, retrieve_level, {key: value}, "PATIENT")
+             if not i.problem]
+    if not found:
+        raise NotFound(f"{request.path_params['level']} {value!r} has no stored instance")
+    if retrieve_level == "IMAGE":
+        from minipacs.web.dicomweb import _read_file
+        return StreamingResponse(_read_file(found[0].path), media_type="application/dicom",
+                                 headers={"Content-Disposition": f'attachment; filename="{value}.dcm"'})
+    return StreamingResponse(zip_stream(found), media_type="application/zip",
+                             headers={"Content-Disposition": f'attachment; filename="{value}.zip"'})
+
+
+async def upload(request: Request) -> Response:
+    """POST /api/instances: a DICOM file, a ZIP of them, or multipart/form-data / multipart/related files."""
+    context = ctx(request)
+    limit = context.settings.max_upload_bytes
+    content_type = request.headers.get("content-type", "application/dicom").lower()
+    body = await read_body(request, limit)
+    if content_type.startswith("multipart/"):
+        files = [(f"part {n}", part.body) for n, part in enumerate(split_multipart(body, boundary_of(content_type)), 1)]
+    elif content_type.startswith(("application/zip", "application/x-zip")) or body[:4] == b"PK\x03\x04":
+        files = unzip(body, limit)
+    else:
+        files = [("body", body)]
+    if not files:
+        raise HttpError(400, "no_files", "the upload holds no file")
+    origin = Origin("rest", peer_host=request.client.host if request.client else "")
+    results = [{"file": name, **await ingest_bytes(context.archive, data, origin)} for name, data in files]
+    ok = sum(r["status"] != "failed" for r in results)
+    status = 200 if ok == len(results) else 207 if ok else 400
+    return JSONResponse({"stored": ok, "failed": len(results) - ok, "results": results}, status_code=status)
+
+
+async def associations(request: Request) -> Response:
+    raw = request.query_params.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= 10000:
+        raise HttpError(400, "invalid_limit", "limit must be a whole number from 1 to 10000")
+    records = await ctx(request).archive.list_associations(int(raw))
+    return JSONResponse([{**dataclasses.asdict(r), "started_at": r.started_at.isoformat(),
+                          "ended_at": r.ended_at.isoformat() if r.ended_at else None} for r in records])
+
+
+async def stats(request: Request) -> Response:
+    archive = ctx(request).archive
+    ingest = archive.stats
+    usage = sum(p.stat().st_size for p in (archive.settings.data_dir / "storage").rglob("*") if p.is_file()) \
+        if (archive.settings.data_dir / "storage").exists() else 0
+    return JSONResponse({"instances": await archive.count_instances(), "disk_bytes": usage,
+                         "ingested_since_start": ingest.ingested, "index_batches": ingest.batches,
+                         "metadata_pending": ctx(request).metadata.pending})
+
+
+def _node_json(node: Any) -> dict[str, Any]:
+    return {"id": node.id, "ae_title": node.ae_title, "host": node.host, "port": node.port, "description": node.description,
+            "permissions": sorted(node.permissions), "tls": node.tls}
+
+
+def _registry(request: Request) -> Any:
+    registry = ctx(request).nodes
+    if registry is None:
+        raise HttpError(503, "no_registry", "the AE registry is not available in this process")
+    return registry
+
+
+async def list_nodes(request: Request) -> Response:
+    return JSONResponse([_node_json(n) for n in await _registry(request).list()])
+
+
+async def add_node(request: Request) -> Response:
+    try:
+        raw = await request.json()
+    except ValueError:
+        raise HttpError(400, "invalid_json", "the body must be a JSON object (ae_title, host, port, ...)") from None
+    if not isinstance(raw, dict):
+        raise HttpError(400, "invalid_json", "the body must be a JSON object (ae_title, host, port, ...)")
+    node = await _registry(request).add(node_from_mapping(raw))
+    return JSONResponse(_node_json(node), status_code=201)
+
+
+async def remove_node(request: Request) -> Response:
+    removed = await _registry(request).remove(request.path_params["ae_title"], request.query_params.get("host"))
+    if not removed:
+        raise NotFound(f"no node {request.path_params['ae_title'][:16]!r} is registered")
+    return JSONResponse({"removed": removed})
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/instances", upload, methods=["POST"]),
+        Route("/search", search_resources, methods=["GET"]),
+        Route("/associations", associations, methods=["GET"]),
+        Route("/stats", stats, methods=["GET"]),
+        Route("/nodes", list_nodes, methods=["GET"]),
+        Route("/nodes", add_node, methods=["POST"]),
+        Route("/nodes/{ae_title}", remove_node, methods=["DELETE"]),
+        Route("/instances/{id}/tags", instance_tags, methods=["GET"]),
+        Route("/{level}", list_resources, methods=["GET"]),
+        Route("/{level}/{id}", read_resource, methods=["GET"]),
+        Route("/{level}/{id}", delete, methods=["DELETE"]),
+        Route("/{level}/{id}/file", download, methods=["GET"]),
+        Route("/{level}/{id}/archive", download, methods=["GET"]),
+    ]
+
+
+__all__ = ["LEVELS", "routes"]

@@ -1,0 +1,115 @@
+"""REST for Modality Worklist entries (core/worklist.py): list, add, read, remove.
+
+An entry travels as its dataset in the PS3.18 JSON model (Annex F), the form
+``Dataset.to_json_dict`` writes and ``Dataset.from_json`` reads, wrapped as
+``{"id", "status", "summary", "dataset"}``. A POST body is the dataset itself, or
+``{"dataset": {...}}``; it needs what a modality needs (PatientID, one Scheduled
+Procedure Step with a Modality), else 400 saying what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from typing import Any, Final
+
+from pydicom.dataset import Dataset
+from pydicom.valuerep import VR
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from minipacs.core.errors import NotFound
+from minipacs.core.worklist import Worklist, WorklistEntry
+from minipacs.web.dicomweb import ctx
+from minipacs.web.errors import HttpError
+
+#: Largest worklist entry accepted, in bytes of JSON (an entry is a few kB).
+MAX_ENTRY_BYTES: Final = 1 << 20
+#: PS3.5 Table 6.2-1: the value representations.
+_KNOWN_VRS: Final = frozenset(vr.value for vr in VR if " or " not in vr.value)
+
+
+def entry_json(entry: WorklistEntry) -> dict[str, Any]:
+    return {"id": entry.id, "status": entry.status, "summary": entry.summary(),
+            "dataset": entry.dataset.to_json_dict(bulk_data_threshold=1 << 30, bulk_data_element_handler=None)}
+
+
+def _worklist(request: Request) -> Worklist:
+    return Worklist(ctx(request).archive)
+
+
+def _pk(request: Request) -> int:
+    raw: str = request.path_params["id"]
+    if not raw.isdigit() or len(raw) > 18:
+        raise NotFound(f"no worklist entry {raw[:30]!r}; entries are named by their numeric id")
+    return int(raw)
+
+
+def _dataset(body: bytes) -> Dataset:
+    """The PS3.18 JSON body as a dataset; HttpError 400 saying why it is not one."""
+
+    if len(body) > MAX_ENTRY_BYTES:
+        raise HttpError(413, "too_large", f"a worklist entry is at most {MAX_ENTRY_BYTES} bytes of JSON")
+    try:
+        raw = json.loads(body)
+    except ValueError:
+        raw = None
+    if isinstance(raw, dict) and set(raw) == {"dataset"}:
+        raw = raw["dataset"]
+    if not isinstance(raw, dict) or not raw:
+        raise HttpError(400, "invalid_json", "the body must be a worklist entry as a PS3.18 JSON object "
+                        '({"00100020": {"vr": "LO", "Value": ["123"]}, ...})')
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # pydicom's complaints about a value become a refusal
+            ds = Dataset.from_json(raw)
+            for elem in ds.iterall():  # values are decoded lazily: read each once, here
+                _ = elem.value
+                if elem.VR not in _KNOWN_VRS:
+                    raise ValueError(f"({elem.tag.group:04X},{elem.tag.element:04X}) has the unknown VR {elem.VR!r}")
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, UserWarning) as exc:
+        raise HttpError(400, "invalid_dataset", f"the body is not a PS3.18 JSON dataset: {exc}") from None
+    return ds
+
+
+async def list_entries(request: Request) -> Response:
+    """GET /api/worklist (?open=1: only SCHEDULED and IN PROGRESS)."""
+    only_open = request.query_params.get("open", "") in ("1", "true", "yes")
+    entries = await _worklist(request).list(include_closed=not only_open)
+    return JSONResponse([entry_json(e) for e in entries])
+
+
+async def add_entry(request: Request) -> Response:
+    ds = _dataset(await request.body())
+    entry = await _worklist(request).add(ds)
+    return JSONResponse(entry_json(entry), status_code=201, headers={"Location": f"/api/worklist/{entry.id}"})
+
+
+async def read_entry(request: Request) -> Response:
+    pk = _pk(request)
+    entry = await _worklist(request).get(pk)
+    if entry is None:
+        raise NotFound(f"no worklist entry has the id {pk}")
+    return JSONResponse(entry_json(entry))
+
+
+async def remove_entry(request: Request) -> Response:
+    pk = _pk(request)
+    worklist = _worklist(request)
+    if await worklist.get(pk) is None:
+        raise NotFound(f"no worklist entry has the id {pk}")
+    return JSONResponse({"removed": await worklist.remove(str(pk))})
+
+
+def routes() -> list[BaseRoute]:
+    """Mounted under /api, before rest.routes() (whose /{level} would take /worklist)."""
+    return [
+        Route("/worklist", list_entries, methods=["GET"]),
+        Route("/worklist", add_entry, methods=["POST"]),
+        Route("/worklist/{id}", read_entry, methods=["GET"]),
+        Route("/worklist/{id}", remove_entry, methods=["DELETE"]),
+    ]
+
+
+__all__ = ["entry_json", "routes"]

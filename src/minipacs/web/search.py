@@ -1,0 +1,137 @@
+"""HTTP query parameters -> a C-FIND identifier for the ONE query engine (PS3.18 §8.3.4).
+
+The adapter is small on purpose: parameters become identifier keys (by keyword
+or tag), ``includefield`` adds universal keys, and the engine does the matching.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
+from contextlib import aclosing
+from typing import Any, Final, cast
+
+import pydicom
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.valuerep import PersonName
+
+from minipacs.core.archive import Archive
+from minipacs.core.query import PATIENT_ROOT, STUDY_ROOT, Level, prepare_query, run_query
+from minipacs.web.errors import HttpError
+
+# PS3.18 Table 10.6.3-3..5: attributes returned by default, per level
+DEFAULT_KEYS: Final[Mapping[Level, tuple[str, ...]]] = {
+    Level.PATIENT: ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "NumberOfPatientRelatedStudies"),
+    Level.STUDY: ("StudyDate", "StudyTime", "AccessionNumber", "ModalitiesInStudy", "ReferringPhysicianName",
+                  "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
+                  "StudyDescription", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"),
+    Level.SERIES: ("StudyInstanceUID", "Modality", "SeriesDescription", "SeriesNumber", "SeriesInstanceUID",
+                   "SeriesDate", "BodyPartExamined", "NumberOfSeriesRelatedInstances"),
+    Level.IMAGE: ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID", "InstanceNumber",
+                  "Rows", "Columns", "NumberOfFrames"),
+}
+#: Parameters that are not attribute keys (PS3.18 Table 8.3.4-1).
+CONTROL_PARAMS: Final = frozenset({"limit", "offset", "includefield", "fuzzymatching", "level"})
+MAX_LIMIT: Final = 10000
+_TAG: Final = re.compile(r"^[0-9A-Fa-f]{8}$")
+_QR_LEVEL: Final = 0x00080052
+
+
+def tag_of(name: str) -> int:
+    """A keyword or 8-hex-digit tag -> tag; HttpError 400 otherwise (nested keys are not supported)."""
+    if _TAG.match(name):
+        tag = int(name, 16)
+        if keyword_for_tag(tag):
+            return tag
+    else:
+        found = tag_for_keyword(name)
+        if found is not None:
+            return int(found)
+    raise HttpError(400, "unknown_attribute", f"{name[:64]!r} is not a DICOM keyword or tag this archive can "
+                    "search by; use a keyword such as PatientName or a tag such as 00100010")
+
+
+def _int_param(params: Mapping[str, str], name: str, default: int, maximum: int) -> int:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or int(raw) > maximum:
+        raise HttpError(400, f"invalid_{name}", f"{name} must be a whole number from 0 to {maximum}, not {raw[:20]!r}")
+    return int(raw)
+
+
+def identifier(level: Level, params: Iterable[tuple[str, str]], fixed: Mapping[str, str]) -> Dataset:
+    """The identifier for a search at ``level``: default keys, ``includefield`` keys, matching keys."""
+    ds = Dataset()
+
+    def put(tag: int, value: str) -> None:
+        vr = dictionary_VR(tag)
+        if vr == "SQ":
+            raise HttpError(400, "unsupported_attribute", f"searching by the sequence {keyword_for_tag(tag)} is "
+                            "not supported")
+        if len(value) > 1024:
+            raise HttpError(400, "invalid_key_value", f"the value for {keyword_for_tag(tag)} is too long")
+        ds[tag] = DataElement(tag, vr, value or None, validation_mode=pydicom.config.IGNORE)
+
+    for keyword in DEFAULT_KEYS[level]:
+        put(tag_of(keyword), "")
+    for name, value in params:
+        if name in CONTROL_PARAMS and name != "includefield":
+            continue
+        if name == "includefield":
+            for field in value.split(","):
+                field = field.strip()
+                if field and field != "all":
+                    tag = tag_of(field)
+                    if tag not in ds:
+                        put(tag, "")
+            continue
+        put(tag_of(name), value)
+    for keyword, value in fixed.items():
+        put(tag_of(keyword), value)
+    put(_QR_LEVEL, level.value)
+    return ds
+
+
+def to_json(ds: Dataset) -> dict[str, Any]:
+    """A query match in the PS3.18 JSON model (Annex F); engine text values become proper PN values."""
+    for elem in list(ds):
+        if elem.VR == "PN" and not elem.is_empty and not isinstance(elem.value, PersonName):
+            ds[elem.tag] = DataElement(elem.tag, "PN", elem.value, validation_mode=pydicom.config.IGNORE)
+    result: dict[str, Any] = ds.to_json_dict()
+    return result
+
+
+async def search(
+    archive: Archive, level: Level, params: list[tuple[str, str]], fixed: Mapping[str, str] | None = None,
+    keep: Callable[[Dataset], bool] | None = None,
+) -> AsyncIterator[Dataset]:
+    """Matches of a search, after ``offset``, at most ``limit`` (PS3.18 §8.3.4.4).
+
+    ``keep``, when given, drops matches before ``offset`` and ``limit`` count them (a filter the
+    engine cannot express, such as study completion)."""
+    query = dict(params)
+    limit = _int_param(query, "limit", MAX_LIMIT, MAX_LIMIT)
+    offset = _int_param(query, "offset", 0, 10**9)
+    ds = identifier(level, params, fixed or {})
+    model = PATIENT_ROOT if level is Level.PATIENT else STUDY_ROOT
+    prepared = prepare_query(ds, model, level=level, relational=True)
+    seen = 0
+    # run_query is an async generator: close it when a filtered search stops early
+    matches = cast(AsyncGenerator[Dataset, None], run_query(archive, prepared, limit=None if keep else offset + limit))
+    async with aclosing(matches):
+        async for match in matches:
+            if keep is not None and not keep(match):
+                continue
+            if seen >= offset + limit:
+                break
+            seen += 1
+            if seen > offset:
+                if _QR_LEVEL in match:
+                    del match[_QR_LEVEL]
+                yield match
+
+
+__all__ = ["CONTROL_PARAMS", "DEFAULT_KEYS", "identifier", "search", "tag_of", "to_json"]

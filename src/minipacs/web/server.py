@@ -1,0 +1,91 @@
+"""Running the HTTP server in the archive's process and event loop (uvicorn, no threads of its own)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+
+from minipacs.config import ConfigError, Settings
+from minipacs.core.archive import Archive
+from minipacs.core.jobs import JobManager
+from minipacs.core.metadata import MetadataStore
+from minipacs.core.nodes import NodeRegistry
+from minipacs.web.app import create_app
+from minipacs.web.auth import loopback_only
+from minipacs.web.types import AppContext
+
+log = logging.getLogger("minipacs.web")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handling: bootstrap owns SIGINT/SIGTERM and stops us."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def check_access(settings: Settings) -> None:
+    """Listening beyond loopback with nobody to log in would open the archive to the network."""
+    if settings.http_port and not loopback_only(settings.http_host) and not (settings.users or settings.tokens):
+        raise ConfigError(
+            f"HTTP would listen on {settings.http_host}, which other machines can reach, but no [[users]] or "
+            "[[tokens]] are configured, so anyone could read and delete images; add users (see `minipacs users "
+            "hash-password`) or set http_host = \"127.0.0.1\"")
+
+
+class HttpServer:
+    def __init__(self, server: _Server | None, task: asyncio.Task[None] | None, metadata: MetadataStore,
+                 jobs: JobManager | None = None) -> None:
+        self.server, self.task, self.metadata, self.jobs = server, task, metadata, jobs
+
+    @property
+    def port(self) -> int:
+        if self.server is None or not self.server.servers:
+            return 0
+        return int(self.server.servers[0].sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self.server is not None and self.task is not None:
+            self.server.should_exit = True
+            await asyncio.gather(self.task, return_exceptions=True)
+        if self.jobs is not None:
+            await self.jobs.close()
+        await self.metadata.close()
+
+
+async def start_http(settings: Settings, archive: Archive, nodes: NodeRegistry | None) -> HttpServer:
+    """Start metadata precomputation and, unless http_port is 0, the HTTP server. A port already in
+    use stops the start-up with a sentence, as for the DICOM port: a server that comes up half is
+    worse than one that says why it cannot."""
+    check_access(settings)
+    metadata = MetadataStore(archive)
+    metadata.attach()
+    if not settings.http_port:
+        return HttpServer(None, None, metadata)
+    context = AppContext(settings, archive, metadata, nodes)
+    app = create_app(context)
+    try:
+        sock = socket.create_server((settings.http_host, settings.http_port), reuse_port=False)
+    except OSError as exc:
+        await metadata.close()
+        raise OSError(exc.errno, f"cannot listen for HTTP on {settings.http_host}:{settings.http_port}: "
+                      f"{exc.strerror} (is another server using that port? set http_port, or 0 for no HTTP)"
+                      ) from exc
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+    server = _Server(config)
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]), name="minipacs-http")
+    while not server.started and not task.done():
+        await asyncio.sleep(0.01)
+    if server.started:
+        log.info("HTTP (REST, DICOMweb) on http://%s:%d/%s", settings.http_host, settings.http_port,
+                 "" if settings.users or settings.tokens else " (no users configured: open to this machine)")
+    return HttpServer(server, task, metadata, context.jobs)
+
+
+__all__ = ["HttpServer", "check_access", "start_http"]

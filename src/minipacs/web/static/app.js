@@ -1,0 +1,467 @@
+// minipacs web UI: small hand-written script, no framework, no external assets.
+// Every action goes through the REST API, so the server's access control decides.
+"use strict";
+
+(function () {
+  const body = document.body;
+  const canWrite = body.dataset.canWrite === "1";
+
+  function message(text, isError) {
+    const box = document.getElementById("message");
+    if (!box) return;
+    box.textContent = text;
+    box.className = isError ? "message error" : "message";
+    box.hidden = false;
+  }
+
+  async function api(method, url, payload) {
+    const init = { method: method, credentials: "same-origin", headers: { Accept: "application/json" } };
+    if (payload !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(payload);
+    }
+    let response;
+    try {
+      response = await fetch(url, init);
+    } catch (err) {
+      return { status: 0, data: { error: { code: "network", message: "the server could not be reached: " + err } } };
+    }
+    let data = null;
+    try { data = await response.json(); } catch (err) { data = null; }
+    return { status: response.status, data: data };
+  }
+
+  function errorText(result) {
+    if (result.data && result.data.error && result.data.error.message) return result.data.error.message;
+    return "the server answered HTTP " + result.status;
+  }
+
+  // An endpoint this server does not have: no route (404 "nothing at this URL") or no such method (405).
+  function missingEndpoint(result) {
+    if (result.status === 405) return true;
+    return result.status === 404 && !!result.data && !!result.data.error &&
+      /nothing at this URL|unknown resource kind/.test(result.data.error.message || "");
+  }
+
+  // ------------------------------------------------------------ delete with confirmation
+  document.querySelectorAll("button[data-delete]").forEach(function (button) {
+    button.addEventListener("click", async function () {
+      if (!window.confirm("Delete this " + button.dataset.what + "? This cannot be undone.")) return;
+      button.disabled = true;
+      const result = await api("DELETE", button.dataset.delete);
+      if (result.status === 200) {
+        message("Deleted " + result.data.deleted_instances + " instance(s).", false);
+        window.location.assign(button.dataset.after);
+      } else {
+        message("Not deleted: " + errorText(result), true);
+        button.disabled = false;
+      }
+    });
+  });
+
+  // ------------------------------------------------------------ send to node, with job progress
+  function jobText(job) {
+    const parts = [job.state || "running"];
+    if (job.total) parts.push((job.done || 0) + "/" + job.total + " done");
+    if (job.failed) parts.push(job.failed + " failed");
+    if (job.message) parts.push(job.message);
+    return parts.join(" · ");
+  }
+
+  const FINISHED = /^(done|finished|success|succeeded|completed|failed|error|cancelled|canceled)$/i;
+
+  async function followJob(id, out) {
+    for (;;) {
+      const result = await api("GET", "/api/jobs/" + encodeURIComponent(id));
+      if (missingEndpoint(result)) { out.textContent = "sent as job " + id + " (this server cannot show job progress)"; return; }
+      if (result.status !== 200) { out.textContent = "job " + id + ": " + errorText(result); return; }
+      out.textContent = jobText(result.data);
+      if (FINISHED.test(String(result.data.state || ""))) return;
+      await new Promise(function (resolve) { setTimeout(resolve, 700); });
+    }
+  }
+
+  document.querySelectorAll("form.send").forEach(function (form) {
+    form.addEventListener("submit", async function (event) {
+      event.preventDefault();
+      const out = form.querySelector(".job");
+      const select = form.querySelector("select");
+      const option = select.options[select.selectedIndex];
+      out.textContent = "sending…";
+      const payload = { node: select.value || option.dataset.aeTitle, level: form.dataset.level,
+        uids: [form.dataset.uid] };
+      const result = await api("POST", "/api/send", payload);
+      if (missingEndpoint(result)) {
+        out.textContent = "";
+        message("Sending is not available on this server yet: it has no /api/send endpoint.", true);
+        return;
+      }
+      if (result.status >= 300) { out.textContent = ""; message("Not sent: " + errorText(result), true); return; }
+      const job = result.data || {};
+      const id = job.id !== undefined ? job.id : (job.job_id !== undefined ? job.job_id : (job.job && job.job.id));
+      if (id === undefined) { out.textContent = jobText(job); return; }
+      out.textContent = "job " + id + " started";
+      followJob(id, out);
+    });
+  });
+
+  // ------------------------------------------------------------ worklist: add (PS3.18 JSON), remove
+  function worklistDataset(f) {
+    function put(ds, tag, vr, value) {
+      const v = String(value || "").trim();
+      if (v) ds[tag] = vr === "PN" ? { vr: vr, Value: [{ Alphabetic: v }] } : { vr: vr, Value: [v] };
+    }
+    const sps = {};
+    put(sps, "00400001", "AE", f.get("station"));
+    put(sps, "00400002", "DA", String(f.get("date") || "").replace(/-/g, ""));
+    put(sps, "00400003", "TM", String(f.get("time") || "").replace(/:/g, ""));
+    put(sps, "00080060", "CS", String(f.get("modality") || "").toUpperCase());
+    put(sps, "00400007", "LO", f.get("procedure"));
+    const ds = {};
+    put(ds, "00080005", "CS", "ISO_IR 192");
+    put(ds, "00100020", "LO", f.get("patient_id"));
+    put(ds, "00100010", "PN", f.get("patient_name"));
+    put(ds, "00080050", "SH", f.get("accession"));
+    put(ds, "00321060", "LO", f.get("procedure"));
+    ds["00400100"] = { vr: "SQ", Value: [sps] };
+    return ds;
+  }
+
+  const addWorklist = document.getElementById("add-worklist");
+  if (addWorklist) {
+    addWorklist.addEventListener("submit", async function (event) {
+      event.preventDefault();
+      const result = await api("POST", "/api/worklist", worklistDataset(new FormData(addWorklist)));
+      if (result.status === 201) window.location.reload();
+      else message("Not added: " + errorText(result), true);
+    });
+  }
+
+  document.querySelectorAll("button.remove-worklist").forEach(function (button) {
+    button.addEventListener("click", async function () {
+      if (!window.confirm("Delete worklist entry " + button.dataset.what + "? This cannot be undone.")) return;
+      button.disabled = true;
+      const result = await api("DELETE", "/api/worklist/" + encodeURIComponent(button.dataset.id));
+      if (result.status === 200) window.location.reload();
+      else { message("Not deleted: " + errorText(result), true); button.disabled = false; }
+    });
+  });
+
+  // ------------------------------------------------------------ nodes: echo, add, remove
+  document.querySelectorAll("button.echo").forEach(function (button) {
+    button.addEventListener("click", async function () {
+      const out = button.nextElementSibling;
+      out.textContent = "echoing…";
+      const result = await api("POST", "/api/nodes/" + encodeURIComponent(button.dataset.node) + "/echo");
+      if (missingEndpoint(result)) {
+        out.textContent = "echo is not available on this server yet (no /api/nodes/{id}/echo endpoint)";
+        return;
+      }
+      if (result.status >= 300) { out.textContent = "failed: " + errorText(result); return; }
+      const d = result.data || {};
+      out.textContent = (d.ok ? "ok" : "failed") + (d.message ? ": " + d.message : "") +
+        (d.ms !== undefined ? " (" + d.ms + " ms)" : "");
+    });
+  });
+
+  document.querySelectorAll("button.remove-node").forEach(function (button) {
+    button.addEventListener("click", async function () {
+      const title = button.dataset.aeTitle;
+      if (!window.confirm("Remove node " + title + " at " + button.dataset.host + "?")) return;
+      const result = await api("DELETE", "/api/nodes/" + encodeURIComponent(title) +
+        "?host=" + encodeURIComponent(button.dataset.host));
+      if (result.status === 200) window.location.reload();
+      else message("Not removed: " + errorText(result), true);
+    });
+  });
+
+  const addNode = document.getElementById("add-node");
+  if (addNode) {
+    addNode.addEventListener("submit", async function (event) {
+      event.preventDefault();
+      const f = new FormData(addNode);
+      const payload = { ae_title: f.get("ae_title"), host: f.get("host"), port: Number(f.get("port")),
+        description: f.get("description") || "",
+        permissions: String(f.get("permissions") || "").split(",").map(function (s) { return s.trim(); })
+          .filter(Boolean) };
+      const result = await api("POST", "/api/nodes", payload);
+      if (result.status === 201) window.location.reload();
+      else message("Not added: " + errorText(result), true);
+    });
+  }
+
+  // ------------------------------------------------------------ upload with progress and per-file results
+  const dropzone = document.getElementById("dropzone");
+  if (dropzone && canWrite) {
+    const input = document.getElementById("files");
+    const progress = document.getElementById("progress");
+    const progressText = document.getElementById("progress-text");
+    const results = document.getElementById("results");
+
+    function addRow(name, status, details, link) {
+      const row = results.tBodies[0].insertRow();
+      row.insertCell().textContent = name;
+      const cell = row.insertCell();
+      cell.textContent = status;
+      cell.className = status === "failed" ? "failed" : "ok";
+      const detailCell = row.insertCell();
+      if (link) {
+        const a = document.createElement("a");
+        a.href = link;
+        a.textContent = details;
+        detailCell.appendChild(a);
+      } else {
+        detailCell.textContent = details;
+      }
+      results.hidden = false;
+    }
+
+    function sendOne(file, done, total) {
+      return new Promise(function (resolve) {
+        const xhr = new XMLHttpRequest();
+        xhr.open("POST", "/api/instances");
+        xhr.setRequestHeader("Accept", "application/json");
+        xhr.setRequestHeader("Content-Type", /\.zip$/i.test(file.name) ? "application/zip" : "application/dicom");
+        xhr.upload.onprogress = function (e) {
+          if (e.lengthComputable) {
+            progress.value = (done + e.loaded) / total;
+            progressText.textContent = Math.round(100 * progress.value) + "%";
+          }
+        };
+        xhr.onload = function () {
+          let data = null;
+          try { data = JSON.parse(xhr.responseText); } catch (err) { data = null; }
+          if (data && data.results) {
+            data.results.forEach(function (r) {
+              const name = data.results.length > 1 ? file.name + ": " + r.file : file.name;
+              if (r.status === "failed") addRow(name, "failed", r.message || r.error || "", null);
+              else addRow(name, r.status, r.SOPInstanceUID || "", r.StudyInstanceUID ?
+                "/ui/studies/" + encodeURIComponent(r.StudyInstanceUID) : null);
+            });
+          } else {
+            addRow(file.name, "failed", errorText({ status: xhr.status, data: data }), null);
+          }
+          resolve();
+        };
+        xhr.onerror = function () { addRow(file.name, "failed", "the upload was interrupted", null); resolve(); };
+        xhr.send(file);
+      });
+    }
+
+    async function uploadAll(files) {
+      const list = Array.from(files);
+      if (!list.length) return;
+      const total = list.reduce(function (sum, f) { return sum + f.size; }, 0) || 1;
+      progress.hidden = false;
+      progress.value = 0;
+      let done = 0;
+      for (const file of list) {
+        await sendOne(file, done, total);
+        done += file.size;
+        progress.value = done / total;
+        progressText.textContent = Math.round(100 * progress.value) + "%";
+      }
+      progressText.textContent = "done: " + list.length + " file(s)";
+    }
+
+    ["dragenter", "dragover"].forEach(function (name) {
+      dropzone.addEventListener(name, function (e) { e.preventDefault(); dropzone.classList.add("over"); });
+    });
+    dropzone.addEventListener("dragleave", function () { dropzone.classList.remove("over"); });
+    dropzone.addEventListener("drop", function (e) {
+      e.preventDefault();
+      dropzone.classList.remove("over");
+      uploadAll(e.dataTransfer.files);
+    });
+    input.addEventListener("change", function () { uploadAll(input.files); input.value = ""; });
+  }
+
+  // ------------------------------------------------------------ image viewer
+  const dataNode = document.getElementById("viewer-data");
+  if (dataNode) viewer(JSON.parse(dataNode.textContent));
+
+  function viewer(data) {
+    const canvas = document.getElementById("canvas");
+    const viewport = document.getElementById("viewport");
+    const ctx2d = canvas.getContext("2d");
+    const status = document.getElementById("status");
+    const preset = document.getElementById("preset");
+    const playButton = document.getElementById("play");
+    const fps = document.getElementById("fps");
+    const frames = [];
+    data.instances.forEach(function (inst) {
+      for (let n = 1; n <= inst.frames; n++) frames.push({ sop: inst.sop, frame: n });
+    });
+    const state = { index: 0, wc: null, ww: null, zoom: 1, panX: 0, panY: 0, image: null, timer: null,
+      loading: false, pending: false, baseWindow: [128, 256] };
+    const cache = new Map();
+
+    if (!frames.length) { status.textContent = "this series has no images"; return; }
+
+    function url(i) {
+      const f = frames[i];
+      let out = "/dicom-web/studies/" + encodeURIComponent(data.study) + "/series/" +
+        encodeURIComponent(data.series) + "/instances/" + encodeURIComponent(f.sop) + "/frames/" + f.frame +
+        "/rendered";
+      if (state.wc !== null) out += "?window=" + Math.round(state.wc) + "," + Math.max(1, Math.round(state.ww));
+      return out;
+    }
+
+    function fetchImage(src) {
+      if (cache.has(src)) return cache.get(src);
+      const promise = new Promise(function (resolve, reject) {
+        const img = new Image();
+        img.onload = function () { resolve(img); };
+        img.onerror = function () { cache.delete(src); reject(new Error("cannot load " + src)); };
+        img.src = src;
+      });
+      cache.set(src, promise);
+      if (cache.size > 300) cache.delete(cache.keys().next().value);
+      return promise;
+    }
+
+    function draw() {
+      const img = state.image;
+      const w = viewport.clientWidth, h = viewport.clientHeight;
+      const ratio = window.devicePixelRatio || 1;
+      if (canvas.width !== Math.round(w * ratio) || canvas.height !== Math.round(h * ratio)) {
+        canvas.width = Math.round(w * ratio);
+        canvas.height = Math.round(h * ratio);
+      }
+      ctx2d.setTransform(1, 0, 0, 1, 0, 0);
+      ctx2d.fillStyle = "#000";
+      ctx2d.fillRect(0, 0, canvas.width, canvas.height);
+      if (!img) return;
+      const scale = Math.min(canvas.width / img.width, canvas.height / img.height) * state.zoom;
+      const x = (canvas.width - img.width * scale) / 2 + state.panX * ratio;
+      const y = (canvas.height - img.height * scale) / 2 + state.panY * ratio;
+      ctx2d.imageSmoothingEnabled = scale < 1;
+      ctx2d.drawImage(img, x, y, img.width * scale, img.height * scale);
+      const f = frames[state.index];
+      status.textContent = "image " + (state.index + 1) + "/" + frames.length +
+        (f.frame > 1 || data.instances.length < frames.length ? " (frame " + f.frame + ")" : "") +
+        " · W " + (state.ww === null ? "as stored" : Math.round(state.ww)) +
+        " L " + (state.wc === null ? "as stored" : Math.round(state.wc)) +
+        " · zoom " + state.zoom.toFixed(2);
+    }
+
+    // One request in flight; the newest wish wins (window drags ask faster than the server renders).
+    async function show() {
+      if (state.loading) { state.pending = true; return; }
+      state.loading = true;
+      do {
+        state.pending = false;
+        try {
+          state.image = await fetchImage(url(state.index));
+          draw();
+          body.dataset.viewerReady = "1";
+        } catch (err) {
+          status.textContent = String(err.message || err);
+        }
+      } while (state.pending);
+      state.loading = false;
+      for (let k = 1; k <= 3 && state.index + k < frames.length; k++) fetchImage(url(state.index + k)).catch(function () {});
+    }
+
+    function go(delta) {
+      state.index = Math.min(frames.length - 1, Math.max(0, state.index + delta));
+      show();
+    }
+
+    function setWindow(wc, ww) {
+      state.wc = wc;
+      state.ww = ww === null ? null : Math.max(1, ww);
+      show();
+    }
+
+    function zoomBy(factor) {
+      state.zoom = Math.min(20, Math.max(0.1, state.zoom * factor));
+      draw();
+    }
+
+    function togglePlay() {
+      if (state.timer) {
+        clearInterval(state.timer);
+        state.timer = null;
+        playButton.textContent = "Play";
+        return;
+      }
+      const rate = Math.min(60, Math.max(1, Number(fps.value) || 10));
+      playButton.textContent = "Stop";
+      state.timer = setInterval(function () {
+        if (state.loading) return;
+        state.index = (state.index + 1) % frames.length;
+        show();
+      }, 1000 / rate);
+    }
+
+    // The stored window (if any) is where a drag starts from.
+    const first = frames[0];
+    api("GET", "/dicom-web/studies/" + encodeURIComponent(data.study) + "/series/" + encodeURIComponent(data.series) +
+        "/instances/" + encodeURIComponent(first.sop) + "/metadata").then(function (result) {
+      const meta = result.status === 200 && result.data && result.data[0];
+      if (!meta) return;
+      const value = function (tag) { return meta[tag] && meta[tag].Value ? Number(meta[tag].Value[0]) : NaN; };
+      const wc = value("00281050"), ww = value("00281051");
+      if (isFinite(wc) && isFinite(ww) && ww > 0) { state.baseWindow = [wc, ww]; return; }
+      const bits = value("00280101");
+      const slope = isFinite(value("00281053")) ? value("00281053") : 1;
+      const intercept = isFinite(value("00281052")) ? value("00281052") : 0;
+      if (isFinite(bits)) {
+        const range = Math.pow(2, bits) * slope;
+        state.baseWindow = [intercept + range / 2, range];
+      }
+    });
+
+    let drag = null;
+    viewport.addEventListener("contextmenu", function (e) { e.preventDefault(); });
+    viewport.addEventListener("mousedown", function (e) {
+      viewport.focus();
+      const pan = e.button === 2 || e.shiftKey || e.button === 1;
+      if (!pan && state.wc === null) { state.wc = state.baseWindow[0]; state.ww = state.baseWindow[1]; }
+      drag = { x: e.clientX, y: e.clientY, pan: pan, wc: state.wc, ww: state.ww, panX: state.panX, panY: state.panY };
+      e.preventDefault();
+    });
+    window.addEventListener("mousemove", function (e) {
+      if (!drag) return;
+      const dx = e.clientX - drag.x, dy = e.clientY - drag.y;
+      if (drag.pan) {
+        state.panX = drag.panX + dx;
+        state.panY = drag.panY + dy;
+        draw();
+      } else {
+        const k = Math.max(drag.ww, 2) / 256;
+        preset.value = "";
+        setWindow(drag.wc + dy * k, drag.ww + dx * k);
+      }
+    });
+    window.addEventListener("mouseup", function () { drag = null; });
+    viewport.addEventListener("wheel", function (e) {
+      e.preventDefault();
+      if (e.ctrlKey) zoomBy(e.deltaY < 0 ? 1.15 : 1 / 1.15);
+      else go(e.deltaY > 0 ? 1 : -1);
+    }, { passive: false });
+    document.addEventListener("keydown", function (e) {
+      if (e.target && /INPUT|SELECT|TEXTAREA/.test(e.target.tagName)) return;
+      const keys = { ArrowDown: function () { go(1); }, ArrowRight: function () { go(1); },
+        ArrowUp: function () { go(-1); }, ArrowLeft: function () { go(-1); },
+        PageDown: function () { go(10); }, PageUp: function () { go(-10); },
+        Home: function () { go(-frames.length); }, End: function () { go(frames.length); },
+        "+": function () { zoomBy(1.25); }, "=": function () { zoomBy(1.25); }, "-": function () { zoomBy(0.8); },
+        " ": togglePlay };
+      if (keys[e.key]) { e.preventDefault(); keys[e.key](); }
+    });
+    preset.addEventListener("change", function () {
+      if (!preset.value) { setWindow(null, null); return; }
+      const parts = preset.value.split(",").map(Number);
+      setWindow(parts[0], parts[1]);
+    });
+    playButton.addEventListener("click", togglePlay);
+    document.getElementById("reset").addEventListener("click", function () {
+      state.zoom = 1; state.panX = 0; state.panY = 0; preset.value = ""; setWindow(null, null);
+    });
+    window.addEventListener("resize", draw);
+    window.minipacsViewer = { state: state, frames: frames, go: go, setWindow: setWindow, zoomBy: zoomBy };
+    show();
+  }
+})();

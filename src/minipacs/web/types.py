@@ -1,0 +1,26 @@
+"""The contracts of the web layer: what the app is built from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from minipacs.config import Settings
+from minipacs.core.archive import Archive
+from minipacs.core.jobs import JobManager
+from minipacs.core.metadata import MetadataStore
+from minipacs.core.nodes import NodeRegistry
+
+
+@dataclass
+class AppContext:
+    """Everything the HTTP edge needs: the ONE archive core and its helpers."""
+
+    settings: Settings
+    archive: Archive
+    metadata: MetadataStore
+    nodes: NodeRegistry | None = None
+    #: Background transfers (send, retrieve) started over HTTP.
+    jobs: JobManager = field(default_factory=JobManager)
+
+
+__all__ = ["AppContext"]

@@ -1,0 +1,113 @@
+"""REST worklist entries: CRUD in PS3.18 JSON, hostile bodies, roles."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from minipacs.core.archive import Archive
+from minipacs.core.users import Role, User, hash_password
+from minipacs.core.worklist import Worklist
+from tests.worklist_data import entry
+
+FAST = {"n": 2**4}
+USERS = (User("vic", hash_password("v-pass", **FAST), Role.VIEWER),
+         User("oli", hash_password("o-pass", **FAST), Role.OPERATOR))
+
+
+def auth(name: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()}
+
+
+def ps318(**kw: Any) -> dict[str, Any]:
+    ds = entry("123456", "Doe^John", "ACC1", "CT", "CT01", "20240105", "083000", **kw)
+    result: dict[str, Any] = ds.to_json_dict()
+    return result
+
+
+def test_add_list_read_remove(web: Callable[..., Any]) -> None:
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        r = await client.post("/api/worklist", json=ps318())
+        assert r.status_code == 201, r.text
+        created = r.json()
+        assert created["status"] == "SCHEDULED" and created["summary"]["accession"] == "ACC1"
+        assert created["dataset"]["00100020"] == {"vr": "LO", "Value": ["123456"]}
+        assert created["dataset"]["00400100"]["Value"][0]["00080060"]["Value"] == ["CT"]
+        assert r.headers["Location"] == f"/api/worklist/{created['id']}"
+        r = await client.post("/api/worklist", json={"dataset": ps318(study_uid="1.2.3.4")})
+        assert r.status_code == 201 and r.json()["dataset"]["0020000D"]["Value"] == ["1.2.3.4"]
+        listed = (await client.get("/api/worklist")).json()
+        assert len(listed) == 2 and len((await client.get("/api/worklist?open=1")).json()) == 2
+        r = await client.get(f"/api/worklist/{created['id']}")
+        assert r.status_code == 200 and r.json() == created
+        r = await client.delete(f"/api/worklist/{created['id']}")
+        assert r.status_code == 200 and r.json() == {"removed": 1}
+        assert (await client.get(f"/api/worklist/{created['id']}")).status_code == 404
+        assert len(await Worklist(archive).list()) == 1
+
+    web(body)
+
+
+def _without(key: str) -> dict[str, Any]:
+    data = ps318()
+    del data[key]
+    return data
+
+
+@pytest.mark.parametrize(("content", "status", "code"), [
+    (b"not json", 400, "invalid_json"),
+    (b"[1, 2]", 400, "invalid_json"),
+    (b"{}", 400, "invalid_json"),
+    (b'{"00100020": {"vr": "XX", "Value": ["1"]}}', 400, "invalid_dataset"),
+    (b'{"nonsense": {"vr": "LO", "Value": ["1"]}}', 400, "invalid_dataset"),
+    (b'{"00100020": {"vr": "LO", "Value": "notalist"}}', 400, "invalid_dataset"),
+    (b'{"00100020": {"vr": "LO", "Value": ["123"]}}', 400, "invalid_worklist_entry"),  # no procedure step
+    (None, 400, "invalid_worklist_entry"),  # no PatientID
+    (b"{" + b'"x":' * 10 + b"1" + b"}" * 10, 400, "invalid_json"),
+])
+def test_hostile_bodies_change_nothing(web: Callable[..., Any], content: bytes | None, status: int,
+                                       code: str) -> None:
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        import json
+
+        data = content if content is not None else json.dumps(_without("00100020")).encode()
+        r = await client.post("/api/worklist", content=data, headers={"Content-Type": "application/json"})
+        assert r.status_code == status, r.text
+        assert r.json()["error"]["code"] == code and len(r.json()["error"]["message"]) > 10
+        assert await Worklist(archive).list() == []
+
+    web(body)
+
+
+def test_unknown_and_bad_ids(web: Callable[..., Any]) -> None:
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        await client.post("/api/worklist", json=ps318())
+        for path in ("/api/worklist/999", "/api/worklist/ACC1", "/api/worklist/..%2F..", "/api/worklist/-1",
+                     "/api/worklist/" + "9" * 40):
+            for method in ("GET", "DELETE"):
+                r = await client.request(method, path)
+                assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", (method, path)
+        assert len(await Worklist(archive).list()) == 1
+
+    web(body)
+
+
+def test_viewer_may_read_only(web: Callable[..., Any]) -> None:
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        viewer, operator = auth("vic", "v-pass"), auth("oli", "o-pass")
+        r = await client.post("/api/worklist", json=ps318(), headers=viewer)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+        r = await client.post("/api/worklist", json=ps318(), headers=operator)
+        assert r.status_code == 201
+        pk = r.json()["id"]
+        assert (await client.delete(f"/api/worklist/{pk}", headers=viewer)).status_code == 403
+        assert len((await client.get("/api/worklist", headers=viewer)).json()) == 1
+        assert (await client.get(f"/api/worklist/{pk}", headers=viewer)).status_code == 200
+        assert (await client.get("/api/worklist")).status_code == 401
+        assert (await client.delete(f"/api/worklist/{pk}", headers=operator)).status_code == 200
+
+    web(body, users=USERS)
