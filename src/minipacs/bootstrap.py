@@ -1,0 +1,167 @@
+"""Settings -> a running archive. The only place where the parts are wired."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from minipacs.config import Settings
+from minipacs.core.access import AccessPolicy
+from minipacs.core.archive import Archive
+from minipacs.core.mpps import ProcedureSteps
+from minipacs.core.nodes import NodeRegistry
+from minipacs.core.worklist import Worklist
+from minipacs.net.association import AssociationSettings
+from minipacs.net.dul import Timeouts
+from minipacs.services.commitment import StorageCommitmentSCP
+from minipacs.services.hl7_mllp import MLLPServer
+from minipacs.services.mpps import MPPSSCP
+from minipacs.services.qr_find import QueryRetrieveFindSCP
+from minipacs.services.qr_get import GetSCP
+from minipacs.services.qr_move import MoveSCP
+from minipacs.services.server import DicomServer
+from minipacs.services.storage import StorageSCP
+from minipacs.services.verification import VerificationSCP
+from minipacs.services.worklist import ModalityWorklistSCP
+
+log = logging.getLogger("minipacs")
+
+
+def timeouts(settings: Settings) -> Timeouts:
+    return Timeouts(acse=settings.acse_timeout, dimse=settings.dimse_timeout, idle=settings.idle_timeout)
+
+
+def association_settings(settings: Settings, ae_title: str | None = None) -> AssociationSettings:
+    return AssociationSettings(
+        ae_title=ae_title or settings.ae_title,
+        max_pdu_receive=settings.max_pdu_receive,
+        max_pdu_send=settings.max_pdu_send,
+        timeouts=timeouts(settings),
+    )
+
+
+@dataclass
+class App:
+    settings: Settings
+    archive: Archive
+    dicom: DicomServer
+    nodes: NodeRegistry
+    access: AccessPolicy
+    #: Re-reads the AE registry every settings.nodes_refresh seconds (edits by `minipacs nodes`).
+    nodes_watch: asyncio.Task[None] | None = None
+
+    async def close(self, grace: float = 5.0) -> None:
+        if self.nodes_watch is not None:
+            self.nodes_watch.cancel()
+            await asyncio.gather(self.nodes_watch, return_exceptions=True)
+        await self.dicom.close(grace)
+        await self.archive.close()
+
+
+async def open_registry(settings: Settings, archive: Archive) -> tuple[NodeRegistry, AccessPolicy]:
+    """The AE registry seeded from the config file, and the access policy following it.
+
+    Nodes in the config are upserted (by AE title and host); nodes added with
+    `minipacs nodes add` stay. Duplicate titles are warned about here, in plain words.
+    """
+    registry = NodeRegistry(archive)
+    access = AccessPolicy.from_settings(settings, resolver=registry.resolver)
+    registry.subscribe(access.load)
+    if settings.nodes:
+        await registry.add_all(settings.nodes)
+        log.info("AE registry: %d node(s) from the config file registered", len(settings.nodes))
+    nodes = await registry.refresh()
+    for warning in await registry.check():
+        log.warning("AE registry: %s", warning)
+    log.info("AE registry: %d node(s); unregistered callers may %s%s", len(nodes),
+             ", ".join(settings.allow_unregistered) or "not connect",
+             "; registered callers must come from their registered host" if settings.check_calling_host else "")
+    return registry, access
+
+
+async def build_app(settings: Settings) -> App:
+    archive = await Archive.open(settings)
+    try:
+        registry, access = await open_registry(settings, archive)
+    except BaseException:
+        await archive.close()
+        raise
+    steps = ProcedureSteps(archive, Worklist(archive))
+    archive.on_stored.append(steps.instance_stored)  # study completion re-checked after each ingest
+    await steps.resume()
+    server = DicomServer(
+        settings.ae_title,
+        [VerificationSCP(), StorageSCP(archive, scu_role=True),
+         QueryRetrieveFindSCP(archive, max_results=settings.max_results or None, ae_title=settings.ae_title),
+         MoveSCP(archive, registry, connect_timeout=settings.connect_timeout,
+                 association_logger=archive.record_association),
+         GetSCP(archive), ModalityWorklistSCP(Worklist(archive)), MPPSSCP(steps),
+         StorageCommitmentSCP(archive, registry, association_settings(settings),
+                              connect_timeout=settings.connect_timeout)],
+        host=settings.host,
+        port=settings.port,
+        max_associations=settings.max_associations,
+        check_called_aet=settings.check_called_aet,
+        max_pdu_receive=settings.max_pdu_receive,
+        max_pdu_send=settings.max_pdu_send,
+        timeouts=timeouts(settings),
+        association_logger=archive.record_association,
+        access=access,
+    )
+    watch = asyncio.ensure_future(registry.watch(settings.nodes_refresh))
+    return App(settings, archive, server, registry, access, watch)
+
+
+async def start_hl7(settings: Settings, app: App) -> MLLPServer | None:
+    """The HL7 v2 MLLP order listener when hl7_port > 0 (orders -> the worklist)."""
+    if settings.hl7_port <= 0:
+        return None
+    server = MLLPServer(Worklist(app.archive), host=settings.hl7_host, port=settings.hl7_port,
+                        max_message_bytes=settings.hl7_max_message_bytes, idle_timeout=settings.hl7_idle_timeout,
+                        application=settings.ae_title)
+    try:
+        await server.start()
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot listen for HL7 on {settings.hl7_host}:{settings.hl7_port}: "
+                      f"{exc.strerror} (is another server using that port? set hl7_port = 0 to turn HL7 off)") from exc
+    return server
+
+
+async def serve(settings: Settings, on_ready: Callable[[App], None] | None = None) -> None:
+    """Run until SIGINT/SIGTERM; then stop listening, let open associations finish
+    for a few seconds, abort the rest, drain pending stores and close the index."""
+    app = await build_app(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    hl7: MLLPServer | None = None
+    http = None  # the HTTP edge (web/): REST and DICOMweb, same process and loop
+    try:
+        from minipacs.web.server import start_http
+
+        http = await start_http(settings, app.archive, app.nodes)
+        try:
+            await app.dicom.start()
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen for DICOM on {settings.host}:{settings.port}: {exc.strerror} "
+                          "(is another server using that port?)") from exc
+        log.info("minipacs ready: AE %s, DICOM port %d, data in %s", settings.ae_title, app.dicom.port,
+                 settings.data_dir.resolve())
+        hl7 = await start_hl7(settings, app)
+        if on_ready is not None:
+            on_ready(app)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if http is not None:
+            await http.close()
+        if hl7 is not None:
+            await hl7.close()
+        await app.close()
+        log.info("stopped cleanly")

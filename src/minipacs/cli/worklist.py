@@ -1,0 +1,202 @@
+"""`minipacs worklist add | list | remove | import | query`: the Modality Worklist.
+
+``add``/``list``/``remove``/``import`` work on the index (server stopped or
+running: a running server answers the next query with the change); ``query`` is
+the worklist SCU (like ``findscu -W``) against any MWL SCP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from minipacs.cli.exit_codes import EXIT_NETWORK, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
+from minipacs.cli.nodes import IndexOnly
+from minipacs.config import Settings
+from minipacs.core.worklist import InvalidWorklistEntry, Worklist
+from minipacs.net.association import AssociationError, AssociationSettings, build_rq, connect
+from minipacs.net.dul import Timeouts
+from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+from minipacs.services.find_scu import InvalidKeySpec, find_all, set_key
+from minipacs.services.worklist import MODALITY_WORKLIST_FIND
+
+NEEDS_SETTINGS = True
+
+#: Return keys a `worklist query` asks for when given no -k (PS3.4 Table K.6-1, the usual ones).
+DEFAULT_QUERY_KEYS = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyInstanceUID",
+    "RequestedProcedureDescription", "RequestedProcedureID",
+    "ScheduledProcedureStepSequence[0].ScheduledStationAETitle",
+    "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate",
+    "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime",
+    "ScheduledProcedureStepSequence[0].Modality",
+    "ScheduledProcedureStepSequence[0].ScheduledPerformingPhysicianName",
+    "ScheduledProcedureStepSequence[0].ScheduledProcedureStepDescription",
+    "ScheduledProcedureStepSequence[0].ScheduledProcedureStepID",
+)
+
+
+def register(sub: Any) -> None:
+    from minipacs.cli.main import network_args, settings_args
+
+    parser = sub.add_parser("worklist", help="the modality worklist (add, list, remove, import, query)")
+    actions = parser.add_subparsers(dest="worklist_action", required=True, metavar="ACTION")
+
+    p = actions.add_parser("add", help="schedule a procedure step")
+    settings_args(p)
+    p.add_argument("--patient-id", required=True)
+    p.add_argument("--patient-name", default="")
+    p.add_argument("--birth-date", default="", help="YYYYMMDD")
+    p.add_argument("--sex", default="", help="M, F or O")
+    p.add_argument("--accession", default="")
+    p.add_argument("--modality", required=True, help="e.g. CT, MR")
+    p.add_argument("--station-aet", default="", help="Scheduled Station AE Title")
+    p.add_argument("--start", default="", help="YYYYMMDD[HHMM[SS]] scheduled start")
+    p.add_argument("--physician", default="", help="Scheduled Performing Physician's Name")
+    p.add_argument("--description", default="", help="procedure description")
+    p.add_argument("--procedure-id", default="", help="Requested Procedure ID and SPS ID")
+    p.add_argument("--study-uid", default="", help="Study Instance UID (generated when absent)")
+
+    p = actions.add_parser("list", help="list worklist entries")
+    settings_args(p)
+    p.add_argument("--json", action="store_true", help="JSON output")
+
+    p = actions.add_parser("remove", help="remove an entry by id, or every entry with an accession number")
+    settings_args(p)
+    p.add_argument("key", help="entry id or accession number")
+
+    p = actions.add_parser("import", help="import DCMTK .wl files (wlmscpfs format) from files or folders")
+    settings_args(p)
+    p.add_argument("paths", nargs="+", type=Path)
+
+    p = actions.add_parser("query", help="query a Modality Worklist SCP (like findscu -W)")
+    network_args(p, "FINDSCU")
+    p.add_argument("-k", "--key", action="append", default=[], dest="keys",
+                   help="key as in findscu: PatientID=123456, ScheduledProcedureStepSequence[0].Modality=CT")
+    p.add_argument("--json", action="store_true", help="PS3.18 JSON output")
+
+
+def run(args: argparse.Namespace, settings: Settings | None) -> int:
+    if args.worklist_action == "query":
+        return asyncio.run(_query(args))
+    if settings is None:  # pragma: no cover - NEEDS_SETTINGS
+        return EXIT_USAGE
+    return asyncio.run(_run(args, settings))
+
+
+async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    index = await IndexOnly.open(settings)
+    try:
+        worklist = Worklist(index)
+        if args.worklist_action == "add":
+            return await _add(args, worklist)
+        if args.worklist_action == "list":
+            return await _list(args, worklist)
+        if args.worklist_action == "remove":
+            count = await worklist.remove(args.key)
+            if not count:
+                print(f"minipacs worklist remove: no entry with id or accession {args.key!r}; "
+                      "see 'minipacs worklist list'", file=sys.stderr)
+                return EXIT_PARTIAL
+            print(f"removed {count} worklist entr{'y' if count == 1 else 'ies'}")
+            return EXIT_OK
+        added, problems = await worklist.import_files(args.paths)
+        for problem in problems:
+            print(f"skipped {problem}", file=sys.stderr)
+        print(f"imported {added} worklist entr{'y' if added == 1 else 'ies'}"
+              + (f", {len(problems)} file(s) skipped" if problems else ""))
+        return EXIT_PARTIAL if problems else EXIT_OK
+    finally:
+        index.close()
+
+
+async def _add(args: argparse.Namespace, worklist: Worklist) -> int:
+    ds = Dataset()
+    ds.PatientID = args.patient_id
+    ds.PatientName = args.patient_name
+    ds.PatientBirthDate = args.birth_date
+    ds.PatientSex = args.sex
+    ds.AccessionNumber = args.accession
+    ds.RequestedProcedureDescription = args.description
+    ds.RequestedProcedureID = args.procedure_id
+    if args.study_uid:
+        ds.StudyInstanceUID = args.study_uid
+    sps = Dataset()
+    sps.Modality = args.modality
+    sps.ScheduledStationAETitle = args.station_aet
+    sps.ScheduledProcedureStepStartDate = args.start[:8]
+    sps.ScheduledProcedureStepStartTime = args.start[8:]
+    sps.ScheduledPerformingPhysicianName = args.physician
+    sps.ScheduledProcedureStepDescription = args.description
+    sps.ScheduledProcedureStepID = args.procedure_id
+    ds.ScheduledProcedureStepSequence = [sps]
+    if any(not str(v).isascii() for v in (args.patient_name, args.physician, args.description)):
+        ds.SpecificCharacterSet = "ISO_IR 192"
+    try:
+        entry = await worklist.add(ds)
+    except InvalidWorklistEntry as exc:
+        print(f"minipacs worklist add: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"added worklist entry {entry.id} (accession {entry.accession_number or '-'}, "
+          f"study {entry.dataset.StudyInstanceUID})")
+    return EXIT_OK
+
+
+async def _list(args: argparse.Namespace, worklist: Worklist) -> int:
+    entries = await worklist.list()
+    if args.json:
+        print(json.dumps([e.summary() for e in entries], indent=2))
+        return EXIT_OK
+    if not entries:
+        print("the worklist is empty; add with: minipacs worklist add --patient-id ID --modality CT ...")
+        return EXIT_OK
+    columns = ("id", "status", "accession", "patient_id", "patient_name", "modality", "station", "start", "procedure")
+    rows = [tuple(c.upper() for c in columns)] + [tuple(e.summary()[c] for c in columns) for e in entries]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+async def _query(args: argparse.Namespace) -> int:
+    identifier = Dataset()
+    try:
+        for spec in args.keys or DEFAULT_QUERY_KEYS:
+            set_key(identifier, spec)
+    except (InvalidKeySpec, ValueError) as exc:
+        print(f"minipacs worklist query: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    settings = AssociationSettings(
+        ae_title=args.calling_aet, max_pdu_receive=args.max_pdu,
+        timeouts=Timeouts(acse=args.acse_timeout, dimse=args.dimse_timeout, idle=args.dimse_timeout))
+    rq = build_rq(args.calling_aet, args.called_aet,
+                  [(MODALITY_WORKLIST_FIND, [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN])], settings)
+    try:
+        assoc = await connect(args.host, args.port, rq, settings, connect_timeout=args.connect_timeout)
+    except (AssociationError, OSError, TimeoutError) as exc:
+        print(f"minipacs worklist query: no association with {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return EXIT_NETWORK
+    try:
+        result = await find_all(assoc, MODALITY_WORKLIST_FIND, identifier)
+    except (AssociationError, LookupError) as exc:
+        print(f"minipacs worklist query: {exc}", file=sys.stderr)
+        assoc.abort()
+        return EXIT_NETWORK
+    await assoc.release()
+    if args.json:
+        print(json.dumps([m.to_json_dict() for m in result.matches], indent=2))
+    else:
+        for n, match in enumerate(result.matches, 1):
+            print(f"# match {n}")
+            print(match)
+    if result.status != 0:
+        print(f"minipacs worklist query: status 0x{result.status:04X} {result.error_comment}", file=sys.stderr)
+        return EXIT_PARTIAL
+    print(f"{len(result.matches)} match(es)", file=sys.stderr)
+    return EXIT_OK

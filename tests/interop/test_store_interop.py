@@ -1,0 +1,144 @@
+"""C-ECHO and C-STORE against peers we did not write, in both directions.
+
+DCMTK echoscu/storescu -> minipacs serve; minipacs echo/store -> DCMTK storescp;
+pynetdicom SCU -> minipacs; minipacs store -> pynetdicom SCP. Every stored file
+must carry, byte for byte, the dataset that was sent.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+
+from tests.dicomgen import write_ct
+from tests.peers import ServerProcess, dataset_bytes, dcmtk, free_port, minipacs_cmd, run, wait_for_port
+
+pytestmark = pytest.mark.interop
+
+
+def _study(folder: Path, count: int, syntaxes: tuple[str, ...] = (ExplicitVRLittleEndian,)) -> dict[str, Path]:
+    """`count` CT files spread over the given transfer syntaxes; SOP Instance UID -> path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series = generate_uid(), generate_uid()
+    files: dict[str, Path] = {}
+    for i in range(count):
+        sop = generate_uid()
+        files[sop] = write_ct(folder / f"f{i:03d}.dcm", study_uid=study, series_uid=series, sop_uid=sop,
+                              transfer_syntax=syntaxes[i % len(syntaxes)])
+    return files
+
+
+def _stored(server: ServerProcess) -> dict[str, Path]:
+    return {p.stem: p for p in (server.data_dir / "storage").rglob("*.dcm")}
+
+
+def _assert_same_datasets(sent: dict[str, Path], stored: dict[str, Path]) -> None:
+    assert set(stored) == set(sent)
+    for sop, path in sent.items():
+        assert dataset_bytes(stored[sop]) == dataset_bytes(path), f"{sop} differs"
+
+
+def test_dcmtk_echoscu_to_minipacs(server: ServerProcess) -> None:
+    res = run([dcmtk("echoscu"), "-aec", "MINIPACS", "127.0.0.1", str(server.port)])
+    assert res.returncode == 0, res.stderr
+
+
+# storescu proposes all uncompressed syntaxes in one context and converts each
+# file to the one accepted; we accept the requestor's first choice, so each
+# flag below makes the file's own syntax come first and nothing is converted.
+STORESCU_FIRST = {ExplicitVRLittleEndian: "-xe", ImplicitVRLittleEndian: "-xi", ExplicitVRBigEndian: "-xb"}
+
+
+def test_dcmtk_storescu_to_minipacs(server: ServerProcess, tmp_path: Path) -> None:
+    sent: dict[str, Path] = {}
+    for n, (syntax, flag) in enumerate(STORESCU_FIRST.items()):
+        folder = tmp_path / f"in{n}"
+        files = _study(folder, 4, (syntax,))
+        sent.update(files)
+        res = run([dcmtk("storescu"), "-aec", "MINIPACS", "-aet", "MODALITY1", flag, "+sd", "+r",
+                   "127.0.0.1", str(server.port), str(folder)], env={"TCP_NODELAY": "1"})
+        assert res.returncode == 0, res.stdout + res.stderr
+    _assert_same_datasets(sent, _stored(server))
+    log = run(minipacs_cmd("log", "--data", str(server.data_dir)))
+    assert log.returncode == 0, log.stderr
+    assert log.stdout.count("MODALITY1 -> MINIPACS from 127.0.0.1") == 3
+    assert "4 C-STORE stored" in log.stdout
+
+
+def test_minipacs_echo_and_store_to_dcmtk_storescp(tmp_path: Path) -> None:
+    sent = _study(tmp_path / "in", 8, (ExplicitVRLittleEndian, ImplicitVRLittleEndian))
+    out = tmp_path / "out"
+    out.mkdir()
+    port = free_port()
+    import subprocess
+
+    scp = subprocess.Popen([dcmtk("storescp"), "-od", str(out), "-aet", "STORESCP", "+B", str(port)])
+    try:
+        wait_for_port("127.0.0.1", port, proc=scp)
+        echo = run(minipacs_cmd("echo", "127.0.0.1", str(port), "-aec", "STORESCP"))
+        assert echo.returncode == 0, echo.stdout + echo.stderr
+        assert "Success" in echo.stdout
+        res = run(minipacs_cmd("store", "127.0.0.1", str(port), "-aec", "STORESCP", str(tmp_path / "in")))
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "sent 8 of 8" in res.stdout
+    finally:
+        scp.terminate()
+        scp.wait(10)
+    received = list(out.iterdir())
+    assert len(received) == 8
+    import pydicom
+
+    by_sop = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in received}
+    _assert_same_datasets(sent, by_sop)
+
+
+def test_pynetdicom_scu_to_minipacs(server: ServerProcess, tmp_path: Path) -> None:
+    from pynetdicom import AE
+    import pydicom
+
+    sent = _study(tmp_path / "in", 5)
+    ae = AE(ae_title="PYNETSCU")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", ExplicitVRLittleEndian)
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="MINIPACS")
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_echo().Status == 0
+        for path in sent.values():
+            status = assoc.send_c_store(pydicom.dcmread(path))
+            assert status.Status == 0
+    finally:
+        assoc.release()
+    _assert_same_datasets(sent, _stored(server))
+
+
+def test_minipacs_store_to_pynetdicom_scp(tmp_path: Path) -> None:
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    sent = _study(tmp_path / "in", 6, (ExplicitVRLittleEndian, ImplicitVRLittleEndian))
+    received: dict[str, bytes] = {}
+    lock = threading.Lock()
+
+    def on_store(event: evt.Event) -> int:
+        # event.request.DataSet is the raw dataset as received, before decoding
+        raw = event.request.DataSet.getvalue()
+        with lock:
+            received[event.request.AffectedSOPInstanceUID] = raw
+        return 0x0000
+
+    ae = AE(ae_title="PYNETSCP")
+    for ctx in AllStoragePresentationContexts:
+        ae.add_supported_context(ctx.abstract_syntax, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    port = free_port()
+    scp = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        res = run(minipacs_cmd("store", "127.0.0.1", str(port), "-aec", "PYNETSCP", str(tmp_path / "in")))
+        assert res.returncode == 0, res.stdout + res.stderr
+    finally:
+        scp.shutdown()
+    assert set(received) == set(sent)
+    for sop, path in sent.items():
+        assert received[sop] == dataset_bytes(path)

@@ -1,0 +1,105 @@
+"""Modality Worklist both ways: DCMTK findscu -W against minipacs, minipacs's worklist SCU
+against DCMTK wlmscpfs, with the same .wl files (seeds/001: a query for PatientID=123456)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from tests.peers import ServerProcess, dcmtk, free_port, minipacs_cmd, run, start_server, wait_for_port
+from tests.worklist_data import write_wl
+
+
+@pytest.fixture
+def wl_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """minipacs serving the worklist imported from .wl files with `minipacs worklist import`."""
+    folder = tmp_path / "wl"
+    write_wl(folder)
+    done = run(minipacs_cmd("worklist", "import", "--data", str(tmp_path / "data"), str(folder)))
+    assert done.returncode == 0, done.stderr
+    assert "imported 4 worklist entries" in done.stdout
+    srv = start_server(tmp_path)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def findscu_w(port: int, out: Path, *keys: str, aec: str = "MINIPACS") -> list[pydicom.Dataset]:
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [dcmtk("findscu"), "-W", "-aec", aec, "-X", "-od", str(out), "127.0.0.1", str(port)]
+    for key in keys:
+        cmd += ["-k", key]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+
+
+def test_findscu_w_seed_query_patient_id(wl_server: ServerProcess, tmp_path: Path) -> None:
+    found = findscu_w(wl_server.port, tmp_path / "out", "PatientID=123456", "PatientName", "AccessionNumber",
+                      "StudyInstanceUID", "ScheduledProcedureStepSequence[0].Modality",
+                      "ScheduledProcedureStepSequence[0].ScheduledStationAETitle", "(0040,1001)")
+    assert sorted(ds.AccessionNumber for ds in found) == ["ACC1", "ACC2"]
+    for ds in found:
+        assert ds.PatientID == "123456" and str(ds.PatientName) == "Doe^John"
+        assert "RequestedProcedureID" in ds  # every requested key answered
+        assert ds.ScheduledProcedureStepSequence[0].Modality in ("CT", "MR")
+
+
+def test_findscu_w_sequence_matching_date_range_and_modality(wl_server: ServerProcess, tmp_path: Path) -> None:
+    found = findscu_w(wl_server.port, tmp_path / "out", "AccessionNumber", "PatientName",
+                      "ScheduledProcedureStepSequence[0].Modality=CT",
+                      "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate=20240101-20240106",
+                      "ScheduledProcedureStepSequence[0].ScheduledPerformingPhysicianName")
+    assert [ds.AccessionNumber for ds in found] == ["ACC1"]
+    sps = found[0].ScheduledProcedureStepSequence[0]
+    assert str(sps.ScheduledPerformingPhysicianName) == "Strange^Stephen"
+
+
+def _our_query(port: int, aec: str, *keys: str) -> list[dict[str, object]]:
+    args = ["worklist", "query", "127.0.0.1", str(port), "-aec", aec, "--json"]
+    for key in keys:
+        args += ["-k", key]
+    done = run(minipacs_cmd(*args))
+    assert done.returncode == 0, done.stderr
+    result: list[dict[str, object]] = json.loads(done.stdout)
+    return result
+
+
+def _accessions(matches: list[dict[str, object]]) -> list[str]:
+    out = []
+    for m in matches:
+        elem = m.get("00080050")
+        assert isinstance(elem, dict)
+        out.append(str(elem.get("Value", [""])[0]))
+    return sorted(out)
+
+
+def test_our_worklist_scu_against_wlmscpfs_and_against_us(wl_server: ServerProcess, tmp_path: Path) -> None:
+    db = tmp_path / "wlmscpfs"
+    write_wl(db / "WLAE")
+    (db / "WLAE" / "lockfile").touch()
+    port = free_port()
+    proc = subprocess.Popen([dcmtk("wlmscpfs"), "-dfp", str(db), "-dfr", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port("127.0.0.1", port, proc=proc)
+        keys = ("PatientID=123456", "AccessionNumber", "PatientName",
+                "ScheduledProcedureStepSequence[0].Modality")
+        theirs = _our_query(port, "WLAE", *keys)
+        ours = _our_query(wl_server.port, "MINIPACS", *keys)
+        assert _accessions(theirs) == _accessions(ours) == ["ACC1", "ACC2"]
+        mr = _our_query(port, "WLAE", "AccessionNumber", "ScheduledProcedureStepSequence[0].Modality=MR")
+        assert _accessions(mr) == _accessions(
+            _our_query(wl_server.port, "MINIPACS", "AccessionNumber",
+                       "ScheduledProcedureStepSequence[0].Modality=MR")) == ["ACC2"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -1,0 +1,138 @@
+"""Real peers for tests: DCMTK binaries, free ports, a `minipacs serve` subprocess.
+
+pynetdicom installs Python scripts named echoscu/storescp/... that shadow
+DCMTK's on PATH, so DCMTK tools are taken from /usr/bin by absolute path and
+checked to be DCMTK. In CI (CI=true) a missing peer FAILS the test; on a
+developer machine it skips with the command that installs it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+DCMTK_DIR = Path("/usr/bin")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def missing_peer(what: str, install: str) -> None:
+    message = f"{what} is not available; install it with: {install}"
+    if in_ci():
+        pytest.fail(message + " (in CI a missing peer is a failure)")
+    pytest.skip(message)
+
+
+def dcmtk(tool: str) -> str:
+    """Absolute path of a DCMTK command-line tool."""
+    path = DCMTK_DIR / tool
+    if not path.exists():
+        missing_peer(f"DCMTK {tool}", "apt-get install dcmtk")
+    return str(path)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[bytes]
+    port: int
+    data_dir: Path
+    log_path: Path
+    ae_title: str = "MINIPACS"
+    host: str = "127.0.0.1"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+
+def minipacs_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "minipacs.cli.main", *args]
+
+
+def start_server(tmp: Path, *extra: str, env: dict[str, str] | None = None, port: int | None = None,
+                 ae_title: str = "MINIPACS") -> ServerProcess:
+    port = port or free_port()
+    data = tmp / "data"
+    log_path = tmp / "server.log"
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
+    full_env["MINIPACS_HTTP_PORT"] = "0"  # DICOM tests: no HTTP; web tests set their own port
+    full_env.update(env or {})
+    with open(log_path, "wb") as log_fh:
+        proc = subprocess.Popen(
+            minipacs_cmd("-v", "serve", "--data", str(data), "--port", str(port), "--host", "127.0.0.1",
+                         "--aet", ae_title, *extra),
+            stdout=log_fh, stderr=subprocess.STDOUT, env=full_env,
+        )
+    server = ServerProcess(proc, port, data, log_path, ae_title)
+    try:
+        wait_for_port("127.0.0.1", port, proc=proc)
+    except Exception:
+        server.stop()
+        raise RuntimeError("minipacs serve did not start:\n" + server.log_text()) from None
+    return server
+
+
+def run(cmd: list[str], timeout: float = 120.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
+    full_env.update(env or {})
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, check=False)
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The dataset part of a Part 10 file (everything after the File Meta Information)."""
+    raw = path.read_bytes()
+    if raw[128:132] != b"DICM":
+        raise ValueError(f"{path} is not a Part 10 file")
+    group_length = int.from_bytes(raw[140:144], "little")
+    return raw[144 + group_length :]
+
+
+def leftover_transfers(data_dir: Path) -> list[Path]:
+    """Unacknowledged transfer data left behind: any file in staging/, and any
+    NON-EMPTY file in ready/ (where empty files wait for the next transfer)."""
+    found = [p for p in (data_dir / "staging").iterdir()]
+    ready = data_dir / "ready"
+    if ready.is_dir():
+        found += [p for p in ready.iterdir() if not p.is_file() or p.stat().st_size > 0]
+    return found
