@@ -261,6 +261,19 @@ def test_retrieve_into_archive(tmp_path: Path, method: str) -> None:
     run(tmp_path, body)
 
 
+def test_retrieve_series_naming_their_study(tmp_path: Path) -> None:
+    """The StudyInstanceUID above a series-level retrieve (PS3.4 C.4.2.2.1), as strict peers need it."""
+    async def body(env: Env) -> None:
+        r = await env.client.post(f"/api/nodes/{env.remote.id}/retrieve",
+                                  json={"level": "series", "uids": [env.series[0]], "study": env.study})
+        assert r.status_code == 202, r.text
+        job = await env.job(r.json()["id"])
+        assert (job["state"], job["completed"], job["warning"], job["failed"]) == ("done", 2, 0, 0), job
+        assert await env.archive.count_instances() == 2
+
+    run(tmp_path, body)
+
+
 def test_move_when_the_remote_does_not_know_us(tmp_path: Path) -> None:
     async def body(env: Env) -> None:
         env.ctx.settings = Settings(data_dir=env.tmp / "local", ae_title="STRANGER", connect_timeout=5.0)
@@ -298,6 +311,8 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("retrieve", "/api/nodes/{remote}/retrieve", {"level": "series", "uids": ["1.2.3'; DROP TABLE x"]}, 400,
      "invalid_identifier"),
     ("retrieve", "/api/nodes/{remote}/retrieve", {"level": "bogus", "uids": ["1.2.3"]}, 400, "invalid_level"),
+    ("retrieve", "/api/nodes/{remote}/retrieve", {"level": "series", "uids": ["1.2.3"], "study": "../etc"}, 400,
+     "invalid_identifier"),
     ("query", "/api/nodes/{remote}/query", {"level": "study", "keys": {"NotAKeyword": "x"}}, 400, "invalid_keys"),
     ("query", "/api/nodes/{remote}/query", {"level": "study", "keys": ["PatientID"]}, 400, "invalid_keys"),
     ("query", "/api/nodes/{remote}/query", {"level": "study", "keys": {"NumberOfFrames": "many"}}, 400,

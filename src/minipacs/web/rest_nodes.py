@@ -315,6 +315,7 @@ def _counted(job: Job, result: RetrieveResult) -> None:
     job.done = result.completed + result.warning
     job.failed = result.failed
     job.total = max(job.total, job.done + job.failed + result.remaining)
+    job.details.update(completed=result.completed, warning=result.warning)
 
 
 async def _retrieve(context: AppContext, node: Node, level: ApiLevel, method: str, identifier: bytes,
@@ -357,10 +358,12 @@ async def _retrieve(context: AppContext, node: Node, level: ApiLevel, method: st
 
 
 async def retrieve(request: Request) -> Response:
-    """POST /api/nodes/{id}/retrieve {level, uids, method: move|get}: a job (202).
+    """POST /api/nodes/{id}/retrieve {level, uids, method: move|get, study}: a job (202).
 
     move: C-MOVE with us as destination (the node sends to our DICOM port); get: C-GET,
-    the instances coming back on the same association into the archive.
+    the instances coming back on the same association into the archive. ``study`` (optional,
+    series level) is their StudyInstanceUID: a strictly hierarchical node (e.g. DCMTK dcmqrscp)
+    needs the unique key of the level above (PS3.4 C.4.2.2.1) and otherwise finds nothing.
     """
     context = ctx(request)
     node = await _resolve(_registry(context), request.path_params["id"])
@@ -370,8 +373,11 @@ async def retrieve(request: Request) -> Response:
     method = body.get("method", "move")
     if method not in ("move", "get"):
         raise HttpError(400, "invalid_method", "method must be \"move\" (C-MOVE to us) or \"get\" (C-GET)")
+    keys = [level.unique_key + "=" + "\\".join(values)]
+    if body.get("study") is not None and level.qr_level == "SERIES":
+        keys.insert(0, "StudyInstanceUID=" + validate_uid("StudyInstanceUID", str(body["study"])))
     try:
-        identifier = parse_keys(level.qr_level, [level.unique_key + "=" + "\\".join(values)])
+        identifier = parse_keys(level.qr_level, keys)
     except KeySyntaxError as exc:  # pragma: no cover - the values were checked above
         raise HttpError(400, "invalid_uids", str(exc)) from None
 

@@ -1,9 +1,10 @@
 """The web UI under /ui: server-rendered pages on the ONE query engine, plus static/app.js.
 
 Pages read through the same search function as the REST API and QIDO-RS; the
-actions (upload, delete, send, echo, node add/remove) are made by app.js
-against the REST API, so the server's access control (web/auth.py) decides
-them, whatever the page showed. A viewer sees no write buttons.
+actions (upload, delete, send, echo, node add/edit/remove, and query/retrieve on
+the page of ui_remote.py) are made by app.js against the REST API, so the
+server's access control (web/auth.py) decides them, whatever the page showed.
+A viewer sees no write buttons.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError, classify
 from minipacs.web.search import search
 from minipacs.web.ui_html import date, e, json_script, json_tag_rows, may, page, person, qs, table, tag_list, text, u
+from minipacs.web.ui_remote import remote_page
 from minipacs.web.ui_worklist import worklist_page
 
 STATIC_DIR: Final = Path(__file__).with_name("static")
@@ -334,6 +336,24 @@ async def upload(request: Request) -> Response:
     return page(request, "Upload", body)
 
 
+#: The add and edit forms of the Nodes page: (field name, label, input attributes).
+NODE_FIELDS: Final = (
+    ("ae_title", "AE title", 'required maxlength="16"'),
+    ("host", "Host", "required"),
+    ("port", "Port", 'type="number" min="1" max="65535" required'),
+    ("description", "Description", ""),
+    ("permissions", "Permissions", ""),
+)
+
+
+def _node_form(form_id: str, heading: str, button: str, values: Mapping[str, object], hidden: bool) -> str:
+    inputs = "".join(f'<label>{e(label)} <input name="{name}" {attrs} value="{e(values.get(name, ""))}"></label>'
+                     for name, label, attrs in NODE_FIELDS)
+    return (f'<section id="{form_id}-section"{" hidden" if hidden else ""}><h2>{e(heading)}</h2>'
+            f'<form id="{form_id}" class="add-node">{inputs}<button type="submit">{e(button)}</button>'
+            + ('<button type="button" class="cancel">Cancel</button>' if hidden else "") + "</form></section>")
+
+
 @html_errors
 async def nodes(request: Request) -> Response:
     registry = ctx(request).nodes
@@ -344,20 +364,24 @@ async def nodes(request: Request) -> Response:
     warn = "".join(f'<li>{e(w)}</li>' for w in warnings)
     warn_html = f'<ul class="warnings">{warn}</ul>' if warn else ""
     admin = may(request, "admin")
-    rows = [[e(n.ae_title), e(n.host), e(n.port), e(n.description), e(", ".join(sorted(n.permissions))),
-             f'<button type="button" class="echo" data-node="{e(n.id)}" data-ae-title="{e(n.ae_title)}">Echo'
-             f'</button><span class="echo-result"></span>'
-             + (f' <button type="button" class="danger remove-node" data-ae-title="{e(n.ae_title)}" '
-                f'data-host="{e(n.host)}">Remove</button>' if admin else "")] for n in found]
-    add = "" if not admin else """<h2>Add a node</h2><form id="add-node" class="add-node">
-<label>AE title <input name="ae_title" required maxlength="16"></label>
-<label>Host <input name="host" required></label>
-<label>Port <input name="port" type="number" min="1" max="65535" value="104" required></label>
-<label>Description <input name="description"></label>
-<label>Permissions <input name="permissions" value="echo,store,find,move,get"></label>
-<button type="submit">Add</button></form>"""
+    rows = []
+    for n in found:
+        permissions = ", ".join(sorted(n.permissions))
+        edit = (f' <button type="button" class="edit-node" data-node="{e(n.id)}" data-ae-title="{e(n.ae_title)}" '
+                f'data-host="{e(n.host)}" data-port="{e(n.port)}" data-description="{e(n.description)}" '
+                f'data-permissions="{e(permissions)}">Edit</button>'
+                f' <button type="button" class="danger remove-node" data-ae-title="{e(n.ae_title)}" '
+                f'data-host="{e(n.host)}">Remove</button>') if admin else ""
+        rows.append([e(n.ae_title), e(n.host), e(n.port), e(n.description), e(permissions),
+                     f'<button type="button" class="echo" data-node="{e(n.id)}" data-ae-title="{e(n.ae_title)}">'
+                     f'Echo</button><span class="echo-result"></span> <a class="query" '
+                     f'href="/ui/remote?{qs({"node": n.id})}">Query</a>' + edit])
+    forms = "" if not admin else (
+        _node_form("edit-node", "Edit node", "Save", {}, hidden=True)
+        + _node_form("add-node", "Add a node", "Add", {"port": 104, "permissions": "echo,store,find,move,get"},
+                     hidden=False))
     return page(request, "Nodes", warn_html + table(("AE title", "Host", "Port", "Description", "May ask us", ""),
-                                                    rows, "No nodes are registered.", "nodes") + add)
+                                                    rows, "No nodes are registered.", "nodes") + forms)
 
 
 @html_errors
@@ -391,6 +415,7 @@ def routes() -> list[BaseRoute]:
         Route("/viewer/{study}/{series}", viewer, methods=["GET"]),
         Route("/upload", upload, methods=["GET"]),
         Route("/nodes", nodes, methods=["GET"]),
+        Route("/remote", html_errors(remote_page), methods=["GET"]),
         Route("/log", association_log, methods=["GET"]),
         Route("/worklist", html_errors(worklist_page), methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),

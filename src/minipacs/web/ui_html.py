@@ -24,6 +24,7 @@ NAV: Final[tuple[tuple[str, str, str], ...]] = (
     ("/ui/upload", "Upload", "write"),
     ("/ui/worklist", "Worklist", "read"),
     ("/ui/nodes", "Nodes", "read"),
+    ("/ui/remote", "Query/Retrieve", "read"),
     ("/ui/log", "Association log", "read"),
     ("/ohif/", "OHIF viewer", "read"),
 )

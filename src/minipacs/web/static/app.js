@@ -175,19 +175,274 @@
     });
   });
 
+  function nodePayload(form) {
+    const f = new FormData(form);
+    return { ae_title: f.get("ae_title"), host: f.get("host"), port: Number(f.get("port")),
+      description: f.get("description") || "",
+      permissions: String(f.get("permissions") || "").split(",").map(function (s) { return s.trim(); })
+        .filter(Boolean) };
+  }
+
   const addNode = document.getElementById("add-node");
   if (addNode) {
     addNode.addEventListener("submit", async function (event) {
       event.preventDefault();
-      const f = new FormData(addNode);
-      const payload = { ae_title: f.get("ae_title"), host: f.get("host"), port: Number(f.get("port")),
-        description: f.get("description") || "",
-        permissions: String(f.get("permissions") || "").split(",").map(function (s) { return s.trim(); })
-          .filter(Boolean) };
-      const result = await api("POST", "/api/nodes", payload);
+      const result = await api("POST", "/api/nodes", nodePayload(addNode));
       if (result.status === 201) window.location.reload();
       else message("Not added: " + errorText(result), true);
     });
+  }
+
+  // Edit: the row's Edit button fills the (hidden) edit form; Save PUTs the whole node.
+  const editNode = document.getElementById("edit-node");
+  if (editNode) {
+    const section = document.getElementById("edit-node-section");
+    const fromDataset = { ae_title: "aeTitle", host: "host", port: "port", description: "description",
+      permissions: "permissions" };
+    document.querySelectorAll("button.edit-node").forEach(function (button) {
+      button.addEventListener("click", function () {
+        Object.keys(fromDataset).forEach(function (name) {
+          editNode.elements[name].value = button.dataset[fromDataset[name]] || "";
+        });
+        editNode.dataset.node = button.dataset.node;
+        section.querySelector("h2").textContent = "Edit node " + button.dataset.aeTitle + " at " +
+          button.dataset.host + ":" + button.dataset.port;
+        section.hidden = false;
+        editNode.elements.ae_title.focus();
+      });
+    });
+    editNode.querySelector("button.cancel").addEventListener("click", function () { section.hidden = true; });
+    editNode.addEventListener("submit", async function (event) {
+      event.preventDefault();
+      const result = await api("PUT", "/api/nodes/" + encodeURIComponent(editNode.dataset.node),
+        nodePayload(editNode));
+      if (result.status === 200) window.location.reload();
+      else message("Not saved: " + errorText(result), true);
+    });
+  }
+
+  // ------------------------------------------------------------ query a remote node (C-FIND), retrieve from it
+  // Result columns per level: (header, PS3.18 JSON tag). Series rows also carry their study's attributes.
+  const REMOTE_COLUMNS = {
+    study: [["Patient", "00100010"], ["Patient ID", "00100020"], ["Date", "00080020"], ["Modalities", "00080061"],
+      ["Accession", "00080050"], ["Description", "00081030"], ["Instances", "00201208"]],
+    series: [["Patient", "00100010"], ["Study date", "00080020"], ["Study", "00081030"], ["Number", "00200011"],
+      ["Modality", "00080060"], ["Series", "0008103E"], ["Instances", "00201209"]],
+  };
+  const STUDY_UID = "0020000D", SERIES_UID = "0020000E";
+  const MAX_STUDIES = 200, MAX_STUDIES_FOR_SERIES = 50;
+
+  // A PS3.18 JSON value as text: names without '^', dates as YYYY-MM-DD.
+  function jsonText(match, tag) {
+    const element = match[tag];
+    if (!element || !element.Value) return "";
+    const text = element.Value.map(function (v) {
+      return v !== null && typeof v === "object" ? (v.Alphabetic || "") : String(v);
+    }).join("\\");
+    if (element.vr === "PN") return text.replace(/\^+/g, " ").trim();
+    if (element.vr === "DA" && /^\d{8}$/.test(text)) return text.slice(0, 4) + "-" + text.slice(4, 6) + "-" + text.slice(6);
+    return text;
+  }
+
+  // The form -> study-level C-FIND keys (PS3.4 C.2.2.2): a name is matched anywhere unless it has a wildcard.
+  function studyKeys(f, modalityToo) {
+    const keys = {};
+    const value = function (name) { return String(f.get(name) || "").trim(); };
+    if (value("name")) keys.PatientName = /[*?]/.test(value("name")) ? value("name") : "*" + value("name") + "*";
+    if (value("pid")) keys.PatientID = value("pid");
+    if (value("accession")) keys.AccessionNumber = value("accession");
+    const from = value("from").replace(/-/g, ""), to = value("to").replace(/-/g, "");
+    if (from || to) keys.StudyDate = from === to ? from : from + "-" + to;
+    if (modalityToo && value("modality")) keys.ModalitiesInStudy = value("modality").toUpperCase();
+    return keys;
+  }
+
+  async function remoteQuery(node, level, keys, limit) {
+    const result = await api("POST", "/api/nodes/" + encodeURIComponent(node) + "/query",
+      { level: level, keys: keys, limit: limit });
+    if (result.status !== 200) throw new Error(errorText(result));
+    return result.data;
+  }
+
+  function sleep(ms) { return new Promise(function (resolve) { setTimeout(resolve, ms); }); }
+
+  // Poll a job until it is done or failed; onUpdate sees every state on the way.
+  async function pollJob(id, onUpdate) {
+    for (;;) {
+      const result = await api("GET", "/api/jobs/" + encodeURIComponent(id));
+      if (result.status !== 200) return { state: "failed", done: 0, failed: 0, message: errorText(result) };
+      onUpdate(result.data);
+      if (result.data.state === "done" || result.data.state === "failed") return result.data;
+      await sleep(500);
+    }
+  }
+
+  const remoteForm = document.getElementById("remote-query");
+  if (remoteForm) remotePage(remoteForm);
+
+  function remotePage(form) {
+    const status = document.getElementById("remote-status");
+    const results = document.getElementById("remote-results");
+    const toolbar = document.getElementById("retrieve");  // absent for a role that may not retrieve
+    const state = { node: "", nodeLabel: "", level: "study", matches: [] };
+
+    function showMatches() {
+      const columns = REMOTE_COLUMNS[state.level];
+      const head = results.tHead, rows = results.tBodies[0];
+      head.textContent = "";
+      rows.textContent = "";
+      const headRow = head.insertRow();
+      const all = document.createElement("input");
+      all.type = "checkbox";
+      all.title = "select all";
+      headRow.appendChild(document.createElement("th")).appendChild(all);
+      columns.forEach(function (c) { headRow.appendChild(document.createElement("th")).textContent = c[0]; });
+      state.matches.forEach(function (m) {
+        const row = rows.insertRow();
+        const box = document.createElement("input");
+        box.type = "checkbox";
+        box.className = "pick";
+        box.value = jsonText(m, state.level === "study" ? STUDY_UID : SERIES_UID);
+        box.dataset.study = jsonText(m, STUDY_UID);
+        box.dataset.what = jsonText(m, "00081030") || box.dataset.study;
+        box.disabled = !toolbar || !box.value;
+        row.insertCell().appendChild(box);
+        columns.forEach(function (c) { row.insertCell().textContent = jsonText(m, c[1]); });
+      });
+      all.disabled = !toolbar;
+      all.addEventListener("change", function () {
+        rows.querySelectorAll("input.pick:not(:disabled)").forEach(function (b) { b.checked = all.checked; });
+        updateButton();
+      });
+      results.hidden = !state.matches.length;
+      if (toolbar) toolbar.hidden = !state.matches.length;
+      updateButton();
+    }
+
+    function picked() { return Array.from(results.querySelectorAll("input.pick:checked")); }
+    function updateButton() { if (toolbar) document.getElementById("retrieve-button").disabled = !picked().length; }
+    results.addEventListener("change", updateButton);
+
+    form.addEventListener("submit", async function (event) {
+      event.preventDefault();
+      const f = new FormData(form);
+      const select = form.elements.node;
+      state.node = f.get("node");
+      state.nodeLabel = select.options[select.selectedIndex].textContent;
+      state.level = f.get("level") === "series" ? "series" : "study";
+      state.matches = [];
+      showMatches();
+      document.getElementById("message").hidden = true;
+      status.textContent = "asking " + state.nodeLabel + "…";
+      try {
+        const studies = await remoteQuery(state.node, "study", studyKeys(f, state.level === "study"), MAX_STUDIES);
+        let note = studies.truncated ? " (the first " + MAX_STUDIES + " only; narrow the search)" : "";
+        if (state.level === "study") {
+          state.matches = studies.results;
+        } else {
+          // Series: the series of each matching study (a hierarchical query names its study, PS3.4 C.4.1.2.2).
+          const modality = String(f.get("modality") || "").trim().toUpperCase();
+          for (const study of studies.results.slice(0, MAX_STUDIES_FOR_SERIES)) {
+            const keys = { StudyInstanceUID: jsonText(study, STUDY_UID) };
+            if (modality) keys.Modality = modality;
+            const series = await remoteQuery(state.node, "series", keys, 1000);
+            series.results.forEach(function (s) { state.matches.push(Object.assign({}, study, s)); });
+          }
+          if (studies.results.length > MAX_STUDIES_FOR_SERIES) {
+            note = " (the series of the first " + MAX_STUDIES_FOR_SERIES + " studies only; narrow the search)";
+          }
+        }
+        status.textContent = state.matches.length + " " + (state.level === "study" ? "study(ies)" : "series") +
+          " on " + state.nodeLabel + note;
+        showMatches();
+      } catch (err) {
+        status.textContent = "";
+        message("Search failed: " + err.message, true);
+      }
+    });
+
+    if (toolbar) retrieveControls();
+
+    function retrieveControls() {
+      const button = document.getElementById("retrieve-button");
+      const progress = document.getElementById("retrieve-progress");
+      const summary = document.getElementById("retrieve-summary");
+      const method = toolbar.querySelector("select[name=method]");
+
+      // Job n of count: the bar counts instances within it (indeterminate until the node says how many).
+      function showProgress(job, n, count) {
+        const finished = (job.done || 0) + (job.failed || 0);
+        if (job.total) progress.value = (n + finished / job.total) / count;
+        else if (n === 0) progress.removeAttribute("value");
+        summary.textContent = (job.total ? finished + " of " + job.total + " instance(s)" :
+          (job.state === "queued" ? "waiting for a free slot" : "asking " + state.nodeLabel)) +
+          (count > 1 ? " (request " + (n + 1) + " of " + count + ")" : "") + "…";
+      }
+
+      // One request for studies; for series, one per study, whose UID the identifier names (PS3.4 C.4.2.2.1).
+      function requests(boxes) {
+        const uids = function (group) { return group.map(function (b) { return b.value; }); };
+        if (state.level === "study") return [{ level: "study", uids: uids(boxes), method: method.value }];
+        const byStudy = new Map();
+        boxes.forEach(function (b) { byStudy.set(b.dataset.study, (byStudy.get(b.dataset.study) || []).concat([b])); });
+        return Array.from(byStudy, function (entry) {
+          return { level: "series", study: entry[0], uids: uids(entry[1]), method: method.value };
+        });
+      }
+
+      function finalText(sum) {
+        const counts = sum.completed + " completed, " + sum.warning + " with warnings, " + sum.failed + " failed";
+        if (!sum.jobs) return "Not retrieved: " + sum.reasons.join(" ");
+        if (sum.reasons.length) return "Retrieve failed: " + counts + ". " + sum.reasons.join(" ");
+        if (!sum.completed && !sum.warning && !sum.failed) {
+          return "Retrieved nothing: " + state.nodeLabel + " found no instances for the selection (" + counts + ").";
+        }
+        return "Retrieved: " + counts + ".";
+      }
+
+      function openLinks(boxes) {
+        const seen = new Set();
+        boxes.forEach(function (box) {
+          if (seen.has(box.dataset.study)) return;
+          seen.add(box.dataset.study);
+          const a = document.createElement("a");
+          a.className = "retrieved";
+          a.href = "/ui/studies/" + encodeURIComponent(box.dataset.study);
+          a.textContent = "Open " + box.dataset.what;
+          summary.append(" ", a);
+        });
+      }
+
+      button.addEventListener("click", async function () {
+        const boxes = picked();
+        if (!boxes.length) return;
+        button.disabled = true;
+        summary.className = "";
+        summary.textContent = "starting…";
+        progress.hidden = false;
+        progress.removeAttribute("value");
+        const todo = requests(boxes), node = state.node;  // a new search meanwhile changes state
+        const sum = { jobs: 0, completed: 0, warning: 0, failed: 0, reasons: [] };
+        for (let n = 0; n < todo.length; n++) {
+          const result = await api("POST", "/api/nodes/" + encodeURIComponent(node) + "/retrieve", todo[n]);
+          if (result.status !== 202) { sum.reasons.push(errorText(result)); break; }
+          const job = await pollJob(result.data.id, function (j) { showProgress(j, n, todo.length); });
+          sum.jobs += 1;
+          sum.completed += job.completed !== undefined ? job.completed : job.done || 0;
+          sum.warning += job.warning || 0;
+          sum.failed += job.failed || 0;
+          if (job.state !== "done") sum.reasons.push(job.message);
+        }
+        const ok = sum.jobs && !sum.reasons.length && !sum.failed && sum.completed + sum.warning > 0;
+        progress.hidden = !sum.jobs;
+        if (ok) progress.value = 1;
+        else if (!progress.hasAttribute("value")) progress.value = 0;
+        summary.textContent = finalText(sum);
+        summary.className = ok ? "ok" : "failed";
+        if (ok) openLinks(boxes);
+        updateButton();
+      });
+    }
   }
 
   // ------------------------------------------------------------ upload with progress and per-file results
