@@ -8,11 +8,25 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from pydicom.charset import convert_encodings, python_encoding
 from pydicom.dataset import Dataset
 
 from minipacs.config import Settings
 from minipacs.core.archive import Archive
-from minipacs.core.hl7 import DEFAULT_ENCODING, Encoding, HL7Error, build_ack, escape, parse, unescape
+from minipacs.core.errors import ArchiveError
+from minipacs.core.hl7 import (
+    CHARSETS,
+    DEFAULT_ENCODING,
+    Encoding,
+    HL7Error,
+    Message,
+    build_ack,
+    declared_charset,
+    escape,
+    parse,
+    parse_bytes,
+    unescape,
+)
 from minipacs.core.hl7_orders import FIELD_MAP, ORDER_CONTROL, apply, check_type, to_dataset
 from minipacs.core.worklist import CANCELLED, Worklist
 
@@ -61,7 +75,10 @@ def run(tmp: Path, body: Callable[[Worklist], Awaitable[T]]) -> T:
 
 
 def mapped(text: str) -> Dataset:
-    message = parse(text)
+    return mapped_message(parse(text))
+
+
+def mapped_message(message: Message) -> Dataset:
     check_type(message)
     from minipacs.core.hl7_orders import _groups
     patient, groups = _groups(message)
@@ -306,3 +323,176 @@ def test_a_bad_order_group_stops_the_whole_message(tmp_path: Path) -> None:
         return len(await worklist.list())
 
     assert run(tmp_path, body) == 0
+
+
+# ------------------------------------------------------------------ XO: one update, in place
+
+def _xo(**changes: str) -> str:
+    return orm("XO", **changes)
+
+
+def test_xo_updates_the_entry_in_place_keeping_id_status_and_study(tmp_path: Path) -> None:
+    async def body(worklist: Worklist) -> None:
+        await apply(parse(orm()), worklist)
+        [before] = await worklist.by_accession("ACC100")
+        await worklist.set_status(before.id, "IN PROGRESS")  # the modality has started (MPPS)
+        study = before.dataset.StudyInstanceUID
+        assert f"worklist entry {before.id}" in await apply(parse(_xo(modality="MR").replace(f"ZDS|{study}", "ZDS|")),
+                                                            worklist)
+        [after] = await worklist.list()
+        assert (after.id, after.status, after.dataset.StudyInstanceUID) == (before.id, "IN PROGRESS", study)
+        assert after.dataset.ScheduledProcedureStepSequence[0].Modality == "MR"
+
+    run(tmp_path, body)
+
+
+def _two_orders(first: str, second: str) -> str:
+    """One message with the order groups of ``first`` and ``second``."""
+    return first + "\r".join(line for line in second.split("\r") if line[:3] in ("ORC", "OBR", "ZDS"))
+
+
+@pytest.mark.parametrize(("label", "text"), [
+    ("value too long for its VR", _xo(obr4="X" * 40 + "^Too long a code")),
+    ("no modality", _xo(modality="")),
+    ("bad date", _xo(start="2024-01-05")),
+    ("second order of the message bad", _two_orders(_xo(modality="MR"), orm(accession="ACC2", modality=""))),
+])
+def test_xo_refused_midway_changes_nothing(tmp_path: Path, label: str, text: str) -> None:
+    async def body(worklist: Worklist) -> None:
+        await apply(parse(orm()), worklist)
+        before = await worklist.list()
+        with pytest.raises(HL7Error) as info:
+            await apply(parse(text), worklist)
+        assert info.value.ack_code == "AE", label
+        assert [(e.id, e.status, e.dataset) for e in await worklist.list()] == [
+            (e.id, e.status, e.dataset) for e in before]
+
+    run(tmp_path, body)
+
+
+def test_xo_failing_inside_the_writer_transaction_changes_nothing(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The UPDATE and everything around it is one transaction: a failure after it rolls it back
+    (remove-then-add would have lost the entry)."""
+    from minipacs.index import worklist_repo
+
+    real = worklist_repo.update_worklist
+
+    def update_then_fail(conn: object, pk: int, values: object) -> int:
+        real(conn, pk, values)  # type: ignore[arg-type]
+        raise RuntimeError("disk I/O error")
+
+    async def body(worklist: Worklist) -> None:
+        await apply(parse(orm()), worklist)
+        before = await worklist.list()
+        monkeypatch.setattr(worklist_repo, "update_worklist", update_then_fail)
+        with pytest.raises(ArchiveError, match="disk I/O"):
+            await apply(parse(_xo(modality="MR")), worklist)
+        monkeypatch.undo()
+        after = await worklist.list()
+        assert [(e.id, e.dataset) for e in after] == [(e.id, e.dataset) for e in before]
+        assert after[0].dataset.ScheduledProcedureStepSequence[0].Modality == "CT"
+
+    run(tmp_path, body)
+
+
+def test_xo_for_an_unknown_or_cancelled_order_is_refused_not_created(tmp_path: Path) -> None:
+    """HL7 Table 0119: XO changes an existing order; unknown -> AE, ERR 204 (Unknown key identifier)."""
+    async def body(worklist: Worklist) -> None:
+        with pytest.raises(HL7Error, match="no open worklist entry for order ACC100 to change") as info:
+            await apply(parse(_xo()), worklist)
+        assert (info.value.ack_code, info.value.error_code) == ("AE", 204)
+        assert await worklist.list() == []
+        await apply(parse(orm()), worklist)
+        await apply(parse(orm("CA")), worklist)
+        with pytest.raises(HL7Error, match="no open worklist entry"):  # a late XO does not resurrect it
+            await apply(parse(_xo(modality="MR")), worklist)
+        [entry] = await worklist.list()
+        assert entry.status == CANCELLED and entry.dataset.ScheduledProcedureStepSequence[0].Modality == "CT"
+
+    run(tmp_path, body)
+
+
+def test_xo_picks_the_requested_procedure_among_entries_of_one_accession(tmp_path: Path) -> None:
+    async def body(worklist: Worklist) -> None:
+        await apply(parse(orm()), worklist)
+        other = mapped(orm())
+        other.RequestedProcedureID = "RP2"
+        del other.StudyInstanceUID
+        second = await worklist.add(other)  # a second requested procedure of the same order
+        await apply(parse(_xo(modality="MR")), worklist)  # OBR-19 RPACC100
+        entries = {e.dataset.RequestedProcedureID: e for e in await worklist.list()}
+        assert entries["RPACC100"].dataset.ScheduledProcedureStepSequence[0].Modality == "MR"
+        assert entries["RP2"].dataset.ScheduledProcedureStepSequence[0].Modality == "CT"
+        assert entries["RP2"].id == second.id
+        with pytest.raises(HL7Error, match="2 open worklist entries") as info:  # no OBR-19: which one?
+            await apply(parse(_xo(modality="US").replace("|RPACC100|", "||")), worklist)
+        assert info.value.location == "OBR-19"
+
+    run(tmp_path, body)
+
+
+# ------------------------------------------------------------------ MSH-18 character sets (HL7 Table 0211)
+
+NAME = "Müller^Jürgen"
+
+
+def _msh18(text: str, charset: str) -> str:
+    msh, rest = text.split("\r", 1)
+    fields = msh.split("|")
+    fields += [""] * (17 - len(fields)) + [charset]  # fields[n - 1] is MSH-n
+    return "|".join(fields[:18]) + "\r" + rest
+
+
+@pytest.mark.parametrize("code", sorted(CHARSETS))
+def test_msh18_table_row_decodes_and_maps_to_specific_character_set(code: str) -> None:
+    charset = CHARSETS[code]
+    letter = {"ASCII": "", "UNICODE UTF-8": "ж"}.get(code, None)
+    letter = bytes([0xE4]).decode(charset.codec) if letter is None else letter  # a letter of the upper half
+    text = _msh18(orm(name=f"D{letter}e^John"), code)
+    message = parse_bytes(text.encode(charset.codec))
+    assert message.charset == charset and declared_charset(text.encode(charset.codec)) == code
+    ds = mapped_message(message)
+    assert str(ds.PatientName) == f"D{letter}e^John"
+    assert ds.get("SpecificCharacterSet", "") == charset.dicom
+    if charset.dicom:  # pydicom knows the term and writes the name in it
+        encoded = ds.PatientName.encode(convert_encodings([charset.dicom]))
+        assert encoded.decode(python_encoding[charset.dicom]) == f"D{letter}e^John"
+
+
+@pytest.mark.parametrize(("msh18", "payload", "code", "words"), [
+    ("UNICODE UTF-16", NAME.encode("latin-1"), 103, "not supported"),
+    ("BIG-5", NAME.encode("latin-1"), 103, "not supported"),
+    ("UNICODE UTF-8", NAME.encode("latin-1"), 102, "byte 0xFC at offset"),
+    ("ASCII", NAME.encode("utf-8"), 102, "not valid ASCII"),
+])
+def test_msh18_unsupported_or_not_matching_the_bytes_is_rejected(msh18: str, payload: bytes, code: int,
+                                                                words: str) -> None:
+    data = _msh18(orm(name="@NAME@"), msh18).encode("ascii").replace(b"@NAME@", payload)
+    with pytest.raises(HL7Error, match=words) as info:
+        parse_bytes(data)
+    assert (info.value.ack_code, info.value.error_code, info.value.location) == ("AR", code, "MSH-18")
+
+
+@pytest.mark.parametrize(("msh18", "encoding", "dicom"), [
+    ("", "utf-8", "ISO_IR 192"),  # no MSH-18: UTF-8 when the bytes are valid UTF-8
+    ("", "latin-1", "ISO_IR 100"),  # ... else ISO 8859-1
+    ("utf-8", "utf-8", "ISO_IR 192"),  # a name senders use instead of UNICODE UTF-8
+    ("8859/1", "latin-1", "ISO_IR 100"),
+])
+def test_msh18_absent_or_alias(msh18: str, encoding: str, dicom: str) -> None:
+    text = _msh18(orm(name=NAME), msh18) if msh18 else orm(name=NAME)
+    ds = mapped_message(parse_bytes(text.encode(encoding)))
+    assert str(ds.PatientName) == NAME and ds.SpecificCharacterSet == dicom
+
+
+def test_hex_escape_outside_the_declared_charset_falls_back_to_utf8() -> None:
+    ds = mapped_message(parse_bytes(_msh18(orm(name="Ob\\XE28093\\rien^M"), "8859/1").encode("latin-1")))
+    assert str(ds.PatientName) == "Ob\u2013rien^M" and ds.SpecificCharacterSet == "ISO_IR 192"
+
+
+def test_ack_repeats_msh18() -> None:
+    ack = parse(build_ack(parse(_msh18(orm(), "8859/1")), "AA", "ok"))
+    assert ack.value(ack.first("MSH"), 18) == "8859/1" and ack.value(ack.first("MSA"), 1) == "AA"
+    plain = parse(build_ack(parse(orm()), "AA", "ok"))
+    assert plain.value(plain.first("MSH"), 18) == ""

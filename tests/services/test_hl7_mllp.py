@@ -195,3 +195,119 @@ def test_hl7_settings_are_validated(env: dict[str, str], words: str) -> None:
         load_settings(env=env)
     defaults = load_settings(env={})
     assert (defaults.hl7_port, defaults.hl7_host) == (0, "127.0.0.1")  # off by default, loopback
+
+
+# ------------------------------------------------------------------ MSH-18, CA, and the worklist SCP behind it
+
+def _mwl_find(port: int, charset: str) -> list[pydicom.Dataset]:
+    """pynetdicom as the modality: a Modality Worklist C-FIND for every entry. Blocking: use a thread."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
+
+    query = pydicom.Dataset()
+    query.SpecificCharacterSet = charset
+    for keyword in ("PatientName", "PatientID", "AccessionNumber"):
+        setattr(query, keyword, "")
+    query.ScheduledProcedureStepSequence = [pydicom.Dataset()]
+    ae = AE(ae_title="US01")
+    ae.add_requested_context(ModalityWorklistInformationFind)
+    assoc = ae.associate("127.0.0.1", port, ae_title="MINIPACS")
+    assert assoc.is_established
+    try:
+        found = []
+        for status, identifier in assoc.send_c_find(query, ModalityWorklistInformationFind):
+            assert status is not None and status.Status in (0x0000, 0xFF00, 0xFF01), status
+            if identifier is not None:
+                found.append(identifier)
+        return found
+    finally:
+        assoc.release()
+        ae.shutdown()
+
+
+def serve_mwl(tmp: Path, body: Callable[[MLLPServer, Worklist, int], Awaitable[T]]) -> T:
+    """The MLLP listener and the Modality Worklist SCP on one worklist."""
+    from minipacs.net.dul import Timeouts
+    from minipacs.services.server import DicomServer
+    from minipacs.services.worklist import ModalityWorklistSCP
+
+    async def with_scp(server: MLLPServer, worklist: Worklist) -> T:
+        scp = DicomServer("MINIPACS", [ModalityWorklistSCP(worklist)], host="127.0.0.1", port=0,
+                          timeouts=Timeouts(acse=5.0, dimse=10.0, idle=30.0))
+        await scp.start()
+        try:
+            return await body(server, worklist, scp.port)
+        finally:
+            await scp.close(1.0)
+
+    return serve(tmp, with_scp)
+
+
+def with_msh18(text: str, charset: str) -> str:
+    """``text`` with MSH-13 .. MSH-18 filled up to the character set."""
+    msh, rest = text.split("\r", 1)
+    fields = msh.split("|")
+    fields += [""] * (17 - len(fields)) + [charset]  # fields[n - 1] is MSH-n
+    return "|".join(fields[:18]) + "\r" + rest
+
+
+NAME = "Müller^Jürgen"
+
+
+@pytest.mark.parametrize(("msh18", "codec", "dicom", "query_charset"), [
+    ("8859/1", "latin-1", "ISO_IR 100", "ISO_IR 100"),
+    ("UNICODE UTF-8", "utf-8", "ISO_IR 192", "ISO_IR 192"),
+    ("8859/1", "latin-1", "ISO_IR 100", ""),  # a requester without (0008,0005): the answer is in UTF-8
+])
+def test_msh18_charset_decodes_the_name_and_c_find_returns_it(tmp_path: Path, msh18: str, codec: str, dicom: str,
+                                                              query_charset: str) -> None:
+    async def body(server: MLLPServer, worklist: Worklist, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(frame(with_msh18(orm(name=NAME), msh18).encode(codec)))
+        data = await asyncio.wait_for(reader.readuntil(b"\x1c\x0d"), 10)
+        ack = parse(data[1:-2].decode(codec))  # the ACK comes in the message's charset, saying which
+        assert msa(ack)[0] == "AA" and ack.value(ack.first("MSH"), 18) == msh18
+        writer.close()
+        await writer.wait_closed()
+        [entry] = await worklist.by_accession("ACC100")
+        assert str(entry.dataset.PatientName) == NAME and entry.dataset.SpecificCharacterSet == dicom
+        [found] = await asyncio.to_thread(_mwl_find, port, query_charset)
+        assert str(found.PatientName) == NAME and found.AccessionNumber == "ACC100"
+
+    serve_mwl(tmp_path, body)
+
+
+@pytest.mark.parametrize(("payload", "words"), [
+    (with_msh18(orm(name=NAME), "UNICODE UTF-16").encode("latin-1"), "'UNICODE UTF-16' is not supported"),
+    (with_msh18(orm(name=NAME), "UNICODE UTF-8").encode("latin-1"), "byte 0xFC"),  # says UTF-8, sends Latin-1
+    (with_msh18(orm(name=NAME), "ASCII").encode("latin-1"), "not valid ASCII"),
+])
+def test_msh18_unsupported_or_wrong_is_rejected_and_changes_nothing(tmp_path: Path, payload: bytes,
+                                                                   words: str) -> None:
+    async def body(server: MLLPServer, worklist: Worklist) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(frame(payload))
+        code, control, text = msa(await read_ack(reader))
+        assert (code, control) == ("AR", "CTLACC100") and words in text and "MSH-18" in text
+        assert await worklist.list() == []
+        writer.write(frame(OMG))  # the connection serves on
+        assert msa(await read_ack(reader))[0] == "AA"
+        writer.close()
+        await writer.wait_closed()
+
+    serve(tmp_path, body)
+
+
+def test_cancelled_order_leaves_c_find_but_stays_for_audit(tmp_path: Path) -> None:
+    async def body(server: MLLPServer, worklist: Worklist, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        for text in (orm(accession="ACC1"), orm(accession="ACC2"), orm("CA", accession="ACC1")):
+            writer.write(frame(text))
+            assert msa(await read_ack(reader))[0] == "AA"
+        writer.close()
+        await writer.wait_closed()
+        found = await asyncio.to_thread(_mwl_find, port, "ISO_IR 192")
+        assert [str(ds.AccessionNumber) for ds in found] == ["ACC2"]
+        assert [e.status for e in await worklist.by_accession("ACC1")] == [CANCELLED]  # the row is kept
+
+    serve_mwl(tmp_path, body)

@@ -68,6 +68,7 @@ MATCHING_CASES = [
     (("AccessionNumber", "ScheduledProcedureStepSequence[0].Modality=CT",
       "ScheduledProcedureStepSequence[0].ScheduledStationAETitle=MR01"), []),  # both in ONE item
     (("AccessionNumber", "ScheduledProcedureStepSequence"), ["ACC1", "ACC2", "ACC3", "ACC4"]),
+    (("SpecificCharacterSet=ISO_IR 192", "PatientID=123456", "AccessionNumber"), ["ACC1", "ACC2"]),  # K.2.2.2
 ]
 
 

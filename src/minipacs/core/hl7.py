@@ -1,6 +1,7 @@
 """HL7 v2 messages: parsing, escapes, and acknowledgements (HL7 v2.5 chapter 2).
 
-A small parser of the encoding rules of HL7 v2.5 section 2.5 / 2.7: segments end
+A small parser of the encoding rules of HL7 v2.5 section 2.5 / 2.7: the bytes are read
+in the character set of MSH-18 (Table 0211, ``CHARSETS``); segments end
 with CR (LF and CRLF are accepted too), fields are split by MSH-1, repetitions,
 components and subcomponents by the encoding characters of MSH-2, and the escape
 sequences of section 2.7 (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh..\\ \\.br\\) are undone
@@ -12,7 +13,7 @@ core/hl7_orders.py.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Final
 
@@ -70,6 +71,36 @@ class Encoding:
 
 
 DEFAULT_ENCODING: Final = Encoding()
+
+
+@dataclass(frozen=True)
+class Charset:
+    """A character set of MSH-18 (HL7 v2.5 Table 0211), the Python codec that reads it, and the
+    DICOM Specific Character Set (0008,0005) defined term for it ('' = the default repertoire)."""
+
+    hl7: str
+    codec: str
+    dicom: str
+
+
+# HL7 v2.5 Table 0211 Alternate Character Sets -> codec and PS3.3 Table C.12-2 / C.12-5 defined term.
+# Others of Table 0211 (ISO IR87, UNICODE UTF-16, BIG-5, ...) are refused with AR, never guessed.
+CHARSETS: Final[dict[str, Charset]] = {c.hl7: c for c in (
+    Charset("ASCII", "ascii", ""),
+    Charset("8859/1", "iso8859_1", "ISO_IR 100"),
+    Charset("8859/2", "iso8859_2", "ISO_IR 101"),
+    Charset("8859/3", "iso8859_3", "ISO_IR 109"),
+    Charset("8859/4", "iso8859_4", "ISO_IR 110"),
+    Charset("8859/5", "iso8859_5", "ISO_IR 144"),
+    Charset("8859/6", "iso8859_6", "ISO_IR 127"),
+    Charset("8859/7", "iso8859_7", "ISO_IR 126"),
+    Charset("8859/8", "iso8859_8", "ISO_IR 138"),
+    Charset("8859/9", "iso8859_9", "ISO_IR 148"),
+    Charset("UNICODE UTF-8", "utf-8", "ISO_IR 192"),
+)}
+#: Names senders use instead of the Table 0211 code.
+CHARSET_ALIASES: Final[dict[str, str]] = {"UTF-8": "UNICODE UTF-8", "UTF8": "UNICODE UTF-8",
+                                          "ISO-8859-1": "8859/1", "ISO8859-1": "8859/1"}
 
 _HEX = re.compile(r"^X([0-9A-Fa-f]{2})+$")
 
@@ -139,6 +170,8 @@ class Segment:
 class Message:
     encoding: Encoding
     segments: tuple[Segment, ...]
+    #: What the bytes were read as (MSH-18, or what they turned out to be); None: parsed from text.
+    charset: Charset | None = None
 
     def all(self, name: str) -> list[Segment]:
         return [s for s in self.segments if s.name == name]
@@ -235,6 +268,52 @@ def parse(text: str) -> Message:
     return Message(enc, tuple(segments))
 
 
+def declared_charset(data: bytes) -> str:
+    """MSH-18 (first repetition) read from the raw bytes: MSH is ASCII up to there; '' when absent."""
+    text = data.lstrip(b"\r\n\x00 \t")
+    if not text.startswith(b"MSH") or len(text) < 8:
+        return ""
+    line = re.split(rb"\r\n|\r|\n", text, maxsplit=1)[0]
+    fields = line.split(line[3:4])  # fields[1] is MSH-2, fields[n - 1] MSH-n
+    if len(fields) < 18:
+        return ""
+    repetition = fields[1][1:2] or b"~"
+    return fields[17].split(repetition)[0].decode("latin-1").strip().upper()
+
+
+def decode(data: bytes) -> tuple[str, Charset]:
+    """HL7 v2.5 2.15.9.18: the message bytes -> text in the character set MSH-18 declares.
+
+    Raises HL7Error (AR) for a character set minipacs does not read, or bytes that are
+    not valid in the declared one. Without MSH-18 (which means ASCII) the bytes are read
+    as UTF-8 when valid, else as ISO 8859-1: senders that leave it out often send either.
+    """
+    declared = declared_charset(data)
+    if not declared:
+        for name in ("ASCII", "UNICODE UTF-8"):
+            try:
+                return data.decode(CHARSETS[name].codec), CHARSETS[name]
+            except UnicodeDecodeError:
+                pass
+        return data.decode("latin-1"), CHARSETS["8859/1"]
+    charset = CHARSETS.get(CHARSET_ALIASES.get(declared, declared))
+    if charset is None:
+        raise HL7Error(f"MSH-18 character set {declared!r} is not supported; send {', '.join(CHARSETS)} "
+                       "(HL7 Table 0211)", ack_code=REJECT, error_code=103, location="MSH-18")
+    try:
+        return data.decode(charset.codec), charset
+    except UnicodeDecodeError as exc:
+        raise HL7Error(f"byte 0x{data[exc.start]:02X} at offset {exc.start} is not valid {charset.hl7}, the "
+                       "character set MSH-18 declares; correct MSH-18 or the sender's encoding",
+                       ack_code=REJECT, error_code=102, location="MSH-18") from None
+
+
+def parse_bytes(data: bytes) -> Message:
+    """The bytes of one message -> Message: decoded per MSH-18 (:func:`decode`), then parsed."""
+    text, charset = decode(data)
+    return replace(parse(text), charset=charset)
+
+
 def hl7_timestamp(when: datetime | None = None) -> str:
     return (when or datetime.now(UTC)).strftime("%Y%m%d%H%M%S")
 
@@ -246,6 +325,7 @@ def build_ack(message: Message | None, code: str, text: str = "", *, error: HL7E
     Sending and receiving application/facility are the original's swapped; MSA-2 is
     its control ID; MSA-3 the reason a person reads; with an error an ERR segment
     (ERR-2 location, ERR-3 Table 0357 code, ERR-4 severity E, ERR-8 the reason).
+    MSH-18 repeats the original's when it declared one (send the ACK in that charset).
     ``message`` may be None when the original could not be parsed.
     """
     enc = message.encoding if message is not None else DEFAULT_ENCODING
@@ -261,6 +341,8 @@ def build_ack(message: Message | None, code: str, text: str = "", *, error: HL7E
         f"ACK{enc.component}{event}{enc.component}ACK" if event else "ACK",
         escape(control_id or f"ACK{hl7_timestamp()}", enc), raw(msh, 11) or "P", version,
     ]
+    if raw(msh, 18):
+        header += ["", "", "", "", "", raw(msh, 18)]
     msa = ["MSA", code, escape(message.control_id if message is not None else "", enc), escape(text, enc)]
     segments = [s.join(header), s.join(msa)]
     if error is not None:
@@ -276,6 +358,8 @@ def build_ack(message: Message | None, code: str, text: str = "", *, error: HL7E
 
 __all__ = [
     "ACCEPT",
+    "CHARSETS",
+    "Charset",
     "DEFAULT_ENCODING",
     "ERROR",
     "ERROR_CODES",
@@ -285,7 +369,10 @@ __all__ = [
     "REJECT",
     "Segment",
     "build_ack",
+    "decode",
+    "declared_charset",
     "escape",
     "parse",
+    "parse_bytes",
     "unescape",
 ]

@@ -18,7 +18,15 @@ from typing import Final
 from pydicom.dataset import Dataset
 
 from minipacs.core.hl7 import REJECT, HL7Error, Message, Segment
-from minipacs.core.worklist import CANCELLED, OPEN_STATES, InvalidWorklistEntry, Worklist, WorklistEntry, validated
+from minipacs.core.worklist import (
+    CANCELLED,
+    OPEN_STATES,
+    InvalidWorklistEntry,
+    Worklist,
+    WorklistEntry,
+    WorklistEntryChanged,
+    validated,
+)
 
 #: Message types taken (MSH-9.1, MSH-9.2).
 ORDER_MESSAGES: Final = frozenset({("ORM", "O01"), ("OMG", "O19")})
@@ -161,8 +169,9 @@ def to_dataset(message: Message, patient: dict[str, Segment], group: OrderGroup)
         raise HL7Error("the order has no modality (OBR-24 Diagnostic Service Section ID, or IPC-5 in OMG^O19); "
                        "a worklist entry needs one", error_code=101, location="OBR-24")
     ds = Dataset()
-    if any(not v.isascii() for level in found.values() for v in level.values()):
-        ds.SpecificCharacterSet = "ISO_IR 192"
+    charset = _specific_character_set(message, [v for level in found.values() for v in level.values()])
+    if charset:
+        ds.SpecificCharacterSet = charset
     _set_all(ds, found[TOP])
     if found[CODE].get("CodeValue"):
         code = Dataset()
@@ -172,6 +181,22 @@ def to_dataset(message: Message, patient: dict[str, Segment], group: OrderGroup)
     _set_all(sps, found[SPS])
     ds.ScheduledProcedureStepSequence = [sps]
     return ds
+
+
+def _specific_character_set(message: Message, values: list[str]) -> str:
+    """(0008,0005) of the entry: none for ASCII values, else the DICOM term of the message's
+    character set (MSH-18, core/hl7.py CHARSETS) when it holds every value, else ISO_IR 192."""
+    if all(v.isascii() for v in values):
+        return ""
+    charset = message.charset
+    if charset is not None and charset.dicom:
+        try:
+            for v in values:
+                v.encode(charset.codec)
+            return charset.dicom
+        except UnicodeEncodeError:  # a \Xhh\ escape brought in what the declared set lacks
+            pass
+    return "ISO_IR 192"
 
 
 def _set_all(ds: Dataset, values: dict[str, str]) -> None:
@@ -250,20 +275,37 @@ async def _cancel(worklist: Worklist, ds: Dataset) -> Action:
 
 
 async def _change(worklist: Worklist, ds: Dataset) -> Action:
-    """XO: the order's open entry is replaced by the changed order (Study Instance UID kept if not sent)."""
+    """XO: the order's open entry gets the changed order, in place (one writer transaction: its id,
+    status and MPPS link stay; Study Instance UID kept when not sent).
+
+    An XO for an order that is not open on the worklist is refused (AE, 204 Unknown key):
+    HL7 Table 0119 XO changes an existing order, and taking it as new would resurrect
+    a cancelled order or schedule one from a partial change. Several open entries with
+    the order's number are told apart by the Requested Procedure ID (OBR-19 / IPC-2).
+    """
     entries = await _existing(worklist, ds)
     if not entries:
         raise HL7Error(f"no open worklist entry for order {_order_key(ds) or '(no number)'} to change; "
                        "send NW for a new order", error_code=204, location="OBR-18")
+    procedure = str(ds.get("RequestedProcedureID", "") or "")
+    if len(entries) > 1 and procedure:
+        entries = [e for e in entries if str(e.dataset.get("RequestedProcedureID", "") or "") == procedure] or entries
+    if len(entries) > 1:
+        raise HL7Error(f"order {_order_key(ds)} has {len(entries)} open worklist entries "
+                       f"({', '.join(str(e.id) for e in entries)}) and the XO does not say which one it changes "
+                       "(OBR-19 Requested Procedure ID)", error_code=205, location="OBR-19")
+    target = entries[0]
     if not str(ds.get("StudyInstanceUID", "") or ""):
-        ds.StudyInstanceUID = str(entries[0].dataset.get("StudyInstanceUID", "") or "")
+        ds.StudyInstanceUID = str(target.dataset.get("StudyInstanceUID", "") or "")
     ds = _checked(ds)
 
     async def run(wl: Worklist) -> str:
-        for entry in entries:
-            await wl.remove(str(entry.id))
-        added = await wl.add(ds, status=entries[0].status)
-        return f"order {_order_key(ds)} changed (worklist entry {added.id})"
+        try:
+            await wl.update(target.id, ds, states=OPEN_STATES)
+        except WorklistEntryChanged as exc:
+            raise HL7Error(f"order {_order_key(ds)} was not changed: {exc}", error_code=204,
+                           location="ORC-1") from exc
+        return f"order {_order_key(ds)} changed (worklist entry {target.id})"
 
     return run
 

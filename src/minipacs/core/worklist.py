@@ -34,6 +34,8 @@ from minipacs.index.matching import Matching, python_matches
 T = TypeVar("T")
 
 SPS_SEQUENCE: Final = 0x00400100  # (0040,0100) Scheduled Procedure Step Sequence
+#: PS3.4 K.2.2.2: Specific Character Set (0008,0005), Timezone Offset From UTC (0008,0201).
+NEVER_MATCHED: Final = frozenset({0x00080005, 0x00080201})
 #: Entry states: SCHEDULED (new), IN PROGRESS / COMPLETED / DISCONTINUED (MPPS), CANCELLED (order).
 SCHEDULED: Final = "SCHEDULED"
 CANCELLED: Final = "CANCELLED"
@@ -49,6 +51,10 @@ class IndexAccess(Protocol):
 
 class InvalidWorklistEntry(ArchiveError, ValueError):
     """A worklist entry lacks what a modality needs; the message says what."""
+
+
+class WorklistEntryChanged(ArchiveError):
+    """The entry to update is gone, or no longer in a state the caller may update."""
 
 
 @dataclass(frozen=True)
@@ -150,9 +156,13 @@ def read_worklist_file(path: Path) -> Dataset:
 # ------------------------------------------------------------------ PS3.4 K.6 matching
 
 def matches(keys: Sequence[Key], ds: Dataset) -> bool:
-    """PS3.4 K.6.1.2.2 / C.2.2.2: every non-universal key matches ``ds``."""
+    """PS3.4 K.6.1.2.2 / C.2.2.2: every non-universal key matches ``ds``.
+
+    Specific Character Set and Timezone Offset From UTC are never matched (PS3.4 K.2.2.2,
+    C.2.2.2): an ISO_IR 192 query finds an ISO_IR 100 or ASCII entry.
+    """
     for key in keys:
-        if key.is_universal:
+        if key.is_universal or key.tag in NEVER_MATCHED:
             continue
         if key.vr == "SQ":
             if not _sequence_matches(key, ds.get(key.tag)):
@@ -211,7 +221,7 @@ def _prefilter(keys: Sequence[Key]) -> dict[str, str]:
 # ------------------------------------------------------------------ the API
 
 class Worklist:
-    """Worklist entries in the index: add, list, get, remove, import, find."""
+    """Worklist entries in the index: add, list, get, update, remove, import, find."""
 
     def __init__(self, index: IndexAccess) -> None:
         self.index = index
@@ -250,6 +260,28 @@ class Worklist:
 
         return await self.index.write(run)
 
+    async def update(self, pk: int, ds: Dataset, *, states: Sequence[str] | None = None) -> WorklistEntry:
+        """Replace entry ``pk``'s dataset in ONE writer transaction, keeping its id and status.
+
+        ``states``: only while the entry is in one of these (checked in the same
+        transaction); else, or when it is gone, WorklistEntryChanged and nothing changes.
+        """
+        ds = validated(ds)
+
+        def run(conn: Connection) -> str:
+            row = repo.worklist_row(conn, pk)
+            if row is None:
+                raise WorklistEntryChanged(f"worklist entry {pk} no longer exists")
+            status = str(row["status"])
+            if states is not None and status not in states:
+                raise WorklistEntryChanged(f"worklist entry {pk} is {status} now (only {', '.join(states)} "
+                                           "entries may be changed)")
+            repo.update_worklist(conn, pk, _columns(ds, status))
+            return status
+
+        status = await self.index.write(run)
+        return WorklistEntry(pk, status, ds)
+
     async def set_status(self, pk: int, status: str) -> None:
         await self.index.write(lambda conn: repo.set_worklist_status(conn, pk, status))
 
@@ -287,6 +319,7 @@ __all__ = [
     "InvalidWorklistEntry",
     "Worklist",
     "WorklistEntry",
+    "WorklistEntryChanged",
     "matches",
     "read_worklist_file",
     "response",

@@ -55,6 +55,12 @@ def delete_worklist(conn: Connection, pks: Sequence[int]) -> int:
     return int(conn.execute(delete(_WL).where(_WL.c.id.in_(list(pks)))).rowcount)
 
 
+def update_worklist(conn: Connection, pk: int, values: Mapping[str, Any]) -> int:
+    """Replace the columns of entry ``pk`` (its dataset with them), keeping its id; rows changed."""
+    return int(conn.execute(update(_WL).where(_WL.c.id == pk)
+                            .values(**values, updated_at=dt.datetime.now(dt.UTC))).rowcount)
+
+
 def set_worklist_status(conn: Connection, pk: int, status: str) -> None:
     conn.execute(update(_WL).where(_WL.c.id == pk).values(status=status, updated_at=dt.datetime.now(dt.UTC)))
 

@@ -1,6 +1,7 @@
 """HL7 v2 orders over MLLP: the listener (HL7 MLLP Release 1, HL7 v2.5 Appendix C.4).
 
-Each message comes framed as <VT 0x0B> message <FS 0x1C><CR 0x0D> and is answered
+Each message comes framed as <VT 0x0B> message <FS 0x1C><CR 0x0D>, is read in the
+character set its MSH-18 declares (core/hl7.py), and is answered
 with one framed ACK (core/hl7.py) after it has been applied through the Worklist
 API (core/hl7_orders.py). A bad message gets AE/AR with the reason in MSA-3 and
 changes nothing; the connection keeps serving. A frame larger than
@@ -14,7 +15,7 @@ import asyncio
 import logging
 from typing import Final
 
-from minipacs.core.hl7 import ACCEPT, ERROR, REJECT, HL7Error, Message, build_ack, parse
+from minipacs.core.hl7 import ACCEPT, ERROR, REJECT, HL7Error, Message, build_ack, parse, parse_bytes
 from minipacs.core.hl7_orders import apply
 from minipacs.core.worklist import Worklist
 
@@ -24,36 +25,48 @@ START_BLOCK: Final = b"\x0b"
 END_BLOCK: Final = b"\x1c\x0d"
 
 
-def frame(text: str) -> bytes:
-    """MLLP: <VT> message <FS><CR>; the message in UTF-8."""
-    return START_BLOCK + text.encode("utf-8") + END_BLOCK
+def frame(message: str | bytes) -> bytes:
+    """MLLP: <VT> message <FS><CR>; a text message in UTF-8."""
+    return START_BLOCK + (message.encode("utf-8") if isinstance(message, str) else message) + END_BLOCK
 
 
-def decode(data: bytes) -> str:
-    """Message bytes -> text: UTF-8 when valid (MSH-18 UNICODE UTF-8), else ISO 8859-1 (8859/1)."""
+def _for_ack(data: bytes) -> Message | None:
+    """A message whose bytes could not be decoded, read as far as an ACK needs (MSH), or None."""
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
+        return parse(data.decode("latin-1"))
+    except HL7Error:
+        return None
 
 
-async def handle(data: bytes, worklist: Worklist, application: str = "MINIPACS") -> str:
-    """One message's bytes -> the ACK text. Never raises for a bad message."""
+async def handle(data: bytes, worklist: Worklist, application: str = "MINIPACS") -> bytes:
+    """One message's bytes -> the ACK's bytes, in the message's character set (MSH-18).
+
+    Never raises for a bad message.
+    """
     message: Message | None = None
     try:
-        message = parse(decode(data))
+        message = parse_bytes(data)
         text = await apply(message, worklist)
     except HL7Error as exc:
+        if message is None and exc.location == "MSH-18":
+            message = _for_ack(data)
         log.warning("HL7 message %s refused (%s): %s", message.control_id if message else "(unparsed)",
                     exc.ack_code, exc.reason)
-        return build_ack(message, exc.ack_code, exc.reason, error=exc, application=application)
+        return _encoded(build_ack(message, exc.ack_code, exc.reason, error=exc, application=application), message)
     except Exception as exc:  # an archive failure: the sender should retry later
         log.exception("HL7 message %s could not be applied", message.control_id if message else "(unparsed)")
         error = HL7Error(f"minipacs could not apply the order ({type(exc).__name__}: {exc}); retry later",
                          ack_code=ERROR, error_code=207)
-        return build_ack(message, ERROR, error.reason, error=error, application=application)
+        return _encoded(build_ack(message, ERROR, error.reason, error=error, application=application), message)
     log.info("HL7 %s^%s %s accepted: %s", *message.message_type, message.control_id, text)
-    return build_ack(message, ACCEPT, text, application=application)
+    return _encoded(build_ack(message, ACCEPT, text, application=application), message)
+
+
+def _encoded(ack: str, message: Message | None) -> bytes:
+    """The ACK in the character set the original declared (what it cannot hold becomes '?'), else UTF-8."""
+    charset = message.charset if message is not None else None
+    declared = message is not None and bool(message.value(message.first("MSH"), 18))
+    return ack.encode(charset.codec if charset is not None and declared else "utf-8", errors="replace")
 
 
 class MLLPServer:
@@ -149,4 +162,4 @@ class MLLPServer:
         await writer.drain()
 
 
-__all__ = ["END_BLOCK", "MLLPServer", "START_BLOCK", "decode", "frame", "handle"]
+__all__ = ["END_BLOCK", "MLLPServer", "START_BLOCK", "frame", "handle"]
