@@ -8,6 +8,8 @@ and all its instances are in.
 from __future__ import annotations
 
 import asyncio
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -199,13 +201,95 @@ def test_discontinued_step_sets_worklist_and_completes_nothing(tmp_path: Path) -
 
 @pytest.mark.parametrize(("current", "new"), [(c, n) for c in TRANSITIONS for n in TRANSITIONS])
 def test_transition_table(current: str, new: str) -> None:
-    change = Dataset()
-    change.PerformedProcedureStepStatus = new
+    change = mpps_final(SERIES, [], new)  # everything the final state needs (PS3.4 F.7.2.2.2)
     if new in TRANSITIONS[current]:
-        assert validate_set(current, change) == new
+        assert validate_set(current, change, mpps_create(STUDY)) == new
     else:
         with pytest.raises(StepClosed if not TRANSITIONS[current] else InvalidAttributeValue):
-            validate_set(current, change)
+            validate_set(current, change, mpps_create(STUDY))
+
+
+# ------------------------------------------------------------------ final state (PS3.4 F.7.2.2.2)
+
+def _without(keyword: str, where: str = "") -> Callable[[Dataset], None]:
+    """Drop ``keyword`` from the N-SET (``where``: 'series' = the Performed Series item, 'ref' = its image)."""
+    def edit(ds: Dataset) -> None:
+        target = {"": ds, "series": ds.PerformedSeriesSequence[0] if "PerformedSeriesSequence" in ds else ds,
+                  "ref": ds.PerformedSeriesSequence[0].ReferencedImageSequence[0]}[where]
+        delattr(target, keyword)
+    return edit
+
+
+def _value(keyword: str, value: Any) -> Callable[[Dataset], None]:
+    def edit(ds: Dataset) -> None:
+        with warnings.catch_warnings():  # pydicom warns about the malformed DA / TM we mean to send
+            warnings.simplefilter("ignore")
+            setattr(ds, keyword, value)
+    return edit
+
+
+# PS3.4 Table F.7.2-1 "Final State" column and PS3.7 10.1.3.1.9 (N-SET has 0x0121 but no 0x0120):
+# (final status, edit of the N-SET, expected status, Offending Element)
+FINAL_STATE_RULES = [
+    ("COMPLETED", _without("PerformedProcedureStepEndDate"), 0x0121, 0x00400250),
+    ("COMPLETED", _without("PerformedProcedureStepEndTime"), 0x0121, 0x00400251),
+    ("COMPLETED", _value("PerformedProcedureStepEndDate", None), 0x0121, 0x00400250),  # the N-CREATE's empty one
+    ("COMPLETED", _value("PerformedProcedureStepEndDate", "2024-01-05"), 0x0106, 0x00400250),
+    ("COMPLETED", _value("PerformedProcedureStepEndDate", "20241305"), 0x0106, 0x00400250),
+    ("COMPLETED", _value("PerformedProcedureStepEndTime", "2500"), 0x0106, 0x00400251),
+    ("COMPLETED", _without("PerformedSeriesSequence"), 0x0121, 0x00400340),  # N-CREATE sent it empty
+    ("COMPLETED", _value("PerformedSeriesSequence", []), 0x0121, 0x00400340),  # note 2: a series must exist
+    ("COMPLETED", _without("SeriesInstanceUID", "series"), 0x0121, 0x0020000E),
+    ("COMPLETED", _without("ProtocolName", "series"), 0x0121, 0x00181030),
+    ("COMPLETED", _without("ReferencedSOPInstanceUID", "ref"), 0x0121, 0x00081155),
+    ("COMPLETED", _without("ReferencedSOPClassUID", "ref"), 0x0121, 0x00081150),
+    ("DISCONTINUED", _without("PerformedProcedureStepEndTime"), 0x0121, 0x00400251),
+    ("DISCONTINUED", _value("PerformedSeriesSequence", []), 0x0121, 0x00400340),
+    ("IN PROGRESS", _without("ProtocolName", "series"), 0x0121, 0x00181030),  # Type 1 in any N-SET
+]
+
+
+@pytest.mark.parametrize(("final", "edit", "expected", "offending"), FINAL_STATE_RULES)
+def test_final_state_rules_refuse_and_change_nothing(tmp_path: Path, final: str, edit: Callable[[Dataset], None],
+                                                     expected: int, offending: int) -> None:
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            pk = await _scheduled(app)
+            uid = generate_uid()
+            assert (await asyncio.to_thread(n_create, app.dicom.port, mpps_create(STUDY), uid))[0] == 0
+            before = await mpps_rows(app, uid)
+            change = mpps_final(SERIES, [generate_uid()], final)
+            edit(change)
+            code, status = await asyncio.to_thread(n_set, app.dicom.port, change, uid)
+            assert (code, status.OffendingElement) == (expected, offending), status.get("ErrorComment")
+            assert await mpps_rows(app, uid) == before
+            assert await _wl_status(app, pk) == "IN PROGRESS"
+            assert await completed(app) == set()
+
+    asyncio.run(main())
+
+
+def test_final_state_counts_what_earlier_n_sets_and_the_n_create_sent(tmp_path: Path) -> None:
+    """The final state is checked on the stored step merged with the N-SET (PS3.7 10.1.3)."""
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            port = app.dicom.port
+            uid = generate_uid()
+            create = mpps_create(STUDY)
+            create.PerformedProcedureStepEndTime = "090000"
+            create.PerformedProcedureStepDiscontinuationReasonCodeSequence = []
+            assert (await asyncio.to_thread(n_create, port, create, uid))[0] == 0
+            progress = mpps_final(SERIES, [], "IN PROGRESS")
+            del progress.PerformedProcedureStepEndTime
+            assert (await asyncio.to_thread(n_set, port, progress, uid))[0] == 0
+            end = Dataset()
+            end.PerformedProcedureStepStatus = "DISCONTINUED"  # no reason: 3/3, optional
+            code, status = await asyncio.to_thread(n_set, port, end, uid)
+            assert code == 0, status.get("ErrorComment")
+            row = await mpps_rows(app, uid)
+            assert row is not None and row["status"] == "DISCONTINUED"
+
+    asyncio.run(main())
 
 
 @pytest.mark.parametrize(("kind", "code"), MPPS_ERROR_STATUS)

@@ -11,7 +11,9 @@ job on one queue; the writer thread takes everything pending as one batch and
   3. only then resolves each job's future on its event loop.
 If the batch fails, it is rolled back and its jobs are retried one by one, so a
 bad job fails alone. Study and series keys are cached across batches: a series
-arriving one instance at a time costs one SELECT and one INSERT per instance.
+arriving one instance at a time costs one SELECT and two INSERTs per instance (its
+row and its changes-journal row, core/changes.py; journal rows of a batch go in
+one executemany, in job order, before the commit).
 A row never commits before its file is durable in place; a crash leaves at
 worst an unindexed file in storage (harmless) and leftovers in staging, which
 ``Archive.open`` deletes (they were never acknowledged).
@@ -37,6 +39,8 @@ from sqlalchemy import Connection, Engine
 from minipacs.blobs.base import BlobStore
 from minipacs.blobs.filesystem import FilesystemBlobStore
 from minipacs.config import Settings
+from minipacs.core.changes import ChangeType, change_row
+from minipacs.core.changes import record as record_changes
 from minipacs.core.errors import (
     ArchiveError,
     DuplicateInstance,
@@ -443,13 +447,21 @@ class Archive:
         done: dict[int, object] = {}
         stale: list[str] = []
         moves: list[tuple[Path, str]] = []
+        journal: list[dict[str, Any]] = []  # changes-journal rows of the ingests, in job order
         try:
             with conn.begin():
                 for index in indexes:
+                    job = batch[index]
+                    if isinstance(job, _CallJob) and journal:  # keep the journal in job order
+                        record_changes(conn, journal)
+                        journal.clear()
+                    mark = len(journal)
                     try:
-                        done[index] = self._apply(conn, batch[index], now, stale, moves)
+                        done[index] = self._apply(conn, job, now, stale, moves, journal)
                     except ArchiveError as exc:  # refused by policy: no rows written for it
+                        del journal[mark:]
                         done[index] = exc
+                record_changes(conn, journal)
                 self._move_into_storage(moves)  # after every statement, before the commit
                 self.blobs.sync()
         except Exception:
@@ -489,7 +501,8 @@ class Archive:
             self._conn = None
 
     def _apply(
-        self, conn: Connection, job: _Job[Any], now: dt.datetime, stale_keys: list[str], moves: list[tuple[Path, str]]
+        self, conn: Connection, job: _Job[Any], now: dt.datetime, stale_keys: list[str],
+        moves: list[tuple[Path, str]], journal: list[dict[str, Any]],
     ) -> object:
         if isinstance(job, _CallJob):
             return job.call(conn)
@@ -520,7 +533,8 @@ class Archive:
                 return replace(outcome, status=StoreStatus.DUPLICATE_KEPT, relative_path=existing[1], size=existing[2])
             replace_pk = existing[0]
             outcome = replace(outcome, status=StoreStatus.REPLACED)
-        series_pk = self._series_pk(conn, header, now)
+        study_uid = outcome.study_instance_uid
+        series_pk = self._series_pk(conn, header, now, journal)
         values = {
             **repo.row_values(header, repo.INSTANCE_COLUMNS),
             "series_pk": series_pk,
@@ -534,12 +548,16 @@ class Archive:
             "peer_host": _clean(job.origin.peer_host),
         }
         repo.write_instance(conn, values, replace_pk)
+        journal.append(change_row(ChangeType.NEW_INSTANCE, uid, study_uid, now))
         moves.append((job.staged.path, job.key))
         if existing is not None and existing[1] != job.key:
             stale_keys.append(existing[1])
         return outcome
 
-    def _series_pk(self, conn: Connection, header: InstanceHeader, now: dt.datetime) -> int:
+    def _series_pk(
+        self, conn: Connection, header: InstanceHeader, now: dt.datetime, journal: list[dict[str, Any]]
+    ) -> int:
+        """The series' primary key (cached); patient, study and series rows this inserts are journalled."""
         cache = self._keys
         series_uid = header.get("SeriesInstanceUID")
         if series_uid in cache.series:
@@ -547,9 +565,17 @@ class Archive:
         study_uid = header.get("StudyInstanceUID")
         study_pk = cache.studies.get(study_uid)
         if study_pk is None:
-            patient_pk = repo.ensure_patient(conn, header, now)
-            study_pk = cache.studies[study_uid] = repo.ensure_study(conn, header, patient_pk, now)
-        series_pk = cache.series[series_uid] = repo.ensure_series(conn, header, study_pk, now)
+            patient_pk, new_patient = repo.ensure_patient(conn, header, now)
+            if new_patient:
+                journal.append(change_row(ChangeType.NEW_PATIENT, header.get("PatientID"), study_uid, now))
+            study_pk, new_study = repo.ensure_study(conn, header, patient_pk, now)
+            cache.studies[study_uid] = study_pk
+            if new_study:
+                journal.append(change_row(ChangeType.NEW_STUDY, study_uid, study_uid, now))
+        series_pk, new_series = repo.ensure_series(conn, header, study_pk, now)
+        cache.series[series_uid] = series_pk
+        if new_series:
+            journal.append(change_row(ChangeType.NEW_SERIES, series_uid, study_uid, now))
         return series_pk
 
 

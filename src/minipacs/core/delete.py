@@ -1,21 +1,24 @@
 """Deleting resources from the archive: index rows first (one writer transaction), then files.
 
 A patient, study, series or instance goes with everything below it; a series,
-study or patient left without children goes too. Files are removed after the
-commit: a crash in between leaves unindexed files (harmless), never rows
-pointing to missing files.
+study or patient left without children goes too. Each resource removed gets a
+"Deleted" row in the changes journal (core/changes.py), in the same transaction.
+Files are removed after the commit: a crash in between leaves unindexed files
+(harmless), never rows pointing to missing files.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import Connection, delete, exists, select
+from sqlalchemy import Connection, delete, exists, literal, select
 
 from minipacs.core.archive import Archive
+from minipacs.core.changes import ChangeType, change_row, record
 from minipacs.core.errors import NotFound
 from minipacs.core.metadata import delete_rows
 from minipacs.index.schema import Instance, Patient, Series, Study
@@ -31,6 +34,18 @@ LEVEL_COLUMNS: Final[dict[str, Any]] = {
 }
 
 
+# Resources left without children once instances are gone, bottom up: (level, table, their
+# (primary key, UID or Patient ID, Study Instance UID or "")).
+_ORPHANS: Final[tuple[tuple[str, Any, Any], ...]] = (
+    ("series", Series, select(Series.id, Series.series_instance_uid, Study.study_instance_uid)
+     .join(Study, Series.study_pk == Study.id).where(~exists().where(Instance.series_pk == Series.id))),
+    ("study", Study, select(Study.id, Study.study_instance_uid, Study.study_instance_uid.label("study"))
+     .where(~exists().where(Series.study_pk == Study.id))),
+    ("patient", Patient, select(Patient.id, Patient.patient_id, literal("").label("study"))
+     .where(~exists().where(Study.patient_pk == Patient.id))),
+)
+
+
 @dataclass(frozen=True)
 class Deleted:
     instances: int
@@ -39,7 +54,7 @@ class Deleted:
 
 def _delete_rows(conn: Connection, level: str, uid: str) -> list[tuple[str, str, int]]:
     rows = conn.execute(
-        select(Instance.id, Instance.sop_instance_uid, Instance.blob_key, Instance.size)
+        select(Instance.id, Instance.sop_instance_uid, Instance.blob_key, Instance.size, Study.study_instance_uid)
         .join(Series, Instance.series_pk == Series.id).join(Study, Series.study_pk == Study.id)
         .join(Patient, Study.patient_pk == Patient.id).where(LEVEL_COLUMNS[level] == uid)).all()
     if not rows:
@@ -50,9 +65,15 @@ def _delete_rows(conn: Connection, level: str, uid: str) -> list[tuple[str, str,
     for start in range(0, len(ids), 500):
         conn.execute(delete(Instance).where(Instance.id.in_(ids[start:start + 500])))
     delete_rows(conn, [row.sop_instance_uid for row in rows])
-    conn.execute(delete(Series).where(~exists().where(Instance.series_pk == Series.id)))
-    conn.execute(delete(Study).where(~exists().where(Series.study_pk == Study.id)))
-    conn.execute(delete(Patient).where(~exists().where(Study.patient_pk == Patient.id)))
+    now = dt.datetime.now(dt.UTC)
+    journal = [change_row(ChangeType.DELETED, row.sop_instance_uid, row.study_instance_uid, now, "instance")
+               for row in rows]
+    for parent, table, orphans in _ORPHANS:  # parents left without children, bottom up
+        found = conn.execute(orphans).all()
+        for start in range(0, len(found), 500):
+            conn.execute(delete(table).where(table.id.in_([r[0] for r in found[start:start + 500]])))
+        journal += [change_row(ChangeType.DELETED, str(r[1]), str(r[2]), now, parent) for r in found]
+    record(conn, journal)
     return [(row.sop_instance_uid, row.blob_key, row.size) for row in rows]
 
 

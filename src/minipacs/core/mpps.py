@@ -14,7 +14,9 @@ are :class:`StepRefused` subclasses naming the offending attribute.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
@@ -23,6 +25,7 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from sqlalchemy import Connection
 
+from minipacs.core.changes import ChangeType, change_row, record
 from minipacs.core.errors import ArchiveError
 from minipacs.core.model import StoreOutcome
 from minipacs.core.worklist import Worklist, from_text, to_text
@@ -67,6 +70,17 @@ SET_NOT_ALLOWED: Final = frozenset({
 })
 #: PS3.3 C.4.14: where the instances a step produced are listed, inside each Performed Series item.
 REFERENCE_SEQUENCES: Final = ("ReferencedImageSequence", "ReferencedNonImageCompositeSOPInstanceSequence")
+#: PS3.4 F.7.2.2.2 / Table F.7.2-1 column "Final State" (note 1): Type 1 once an N-SET makes the step
+#: COMPLETED or DISCONTINUED, checked on the stored step merged with the N-SET. The Performed Series
+#: Sequence needs an item (note 2); the Discontinuation Reason Code Sequence stays optional (3/3).
+FINAL_TYPE1: Final = ("PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime", "PerformedSeriesSequence")
+#: PS3.4 Table F.7.2-1: Type 1 in each Performed Series Sequence item (N-CREATE, N-SET and final state).
+SERIES_ITEM_TYPE1: Final = ("SeriesInstanceUID", "ProtocolName")
+#: PS3.4 Table F.7.2-1: Type 1 in each item of the Referenced Image / Non-Image Composite sequences.
+REFERENCE_ITEM_TYPE1: Final = ("ReferencedSOPClassUID", "ReferencedSOPInstanceUID")
+#: PS3.5 Table 6.2-1: DA and TM values the final state needs to read.
+DATE_VALUE: Final = re.compile(r"^\d{8}$")
+TIME_VALUE: Final = re.compile(r"^([01]\d|2[0-3])([0-5]\d([0-5]\d|60)?)?(\.\d{1,6})?$")
 
 
 class IndexAccess(Protocol):
@@ -162,8 +176,12 @@ def validate_create(ds: Dataset) -> list[str]:
     return [keyword for keyword in CREATE_TYPE2 if keyword not in ds]
 
 
-def validate_set(current: str, changes: Dataset) -> str:
-    """PS3.4 F.7.2.2 and F.7 state rules; returns the status after the N-SET."""
+def validate_set(current: str, changes: Dataset, stored: Dataset | None = None) -> str:
+    """PS3.4 F.7.2.2 and F.7 state rules; returns the status after the N-SET.
+
+    ``stored`` is the step as it is; when the N-SET makes it COMPLETED or DISCONTINUED,
+    the step merged with ``changes`` must meet the final state (:func:`validate_final`).
+    """
     if not TRANSITIONS.get(current):
         raise StepClosed(f"Performed Procedure Step Object may no longer be updated: it is {current}")
     for elem in changes:
@@ -175,7 +193,74 @@ def validate_set(current: str, changes: Dataset) -> str:
         raise InvalidAttributeValue(
             f"Performed Procedure Step Status {new!r} is not allowed after {current} "
             f"(one of {', '.join(sorted(TRANSITIONS[current]))})", "PerformedProcedureStepStatus")
+    if "PerformedSeriesSequence" in changes:
+        _validate_series(changes, "N-SET")
+    if not TRANSITIONS[new]:
+        validate_final(_merged(stored, changes), new)
     return new
+
+
+def validate_final(ds: Dataset, status: str) -> None:
+    """PS3.4 F.7.2.2.2: what a step must carry when it becomes COMPLETED or DISCONTINUED.
+
+    The "Final State" column of Table F.7.2-1: End Date and End Time, and a Performed
+    Series Sequence with at least one item (note 2), each item with its Type 1
+    attributes. N-SET has no "Missing Attribute" status (PS3.7 10.1.3.1.9), so absent
+    and empty alike are 0x0121 Missing Attribute Value; a malformed value is 0x0106.
+    """
+    for keyword in FINAL_TYPE1:
+        if not _has_value(ds, keyword):
+            how = "is empty" if keyword in ds else "is missing"
+            raise MissingAttributeValue(
+                f"{keyword} {how}: a step becomes {status} only with it (PS3.4 Table F.7.2-1, Final State); "
+                "send it in this N-SET", keyword)
+    _check_date(ds, "PerformedProcedureStepEndDate")
+    _check_time(ds, "PerformedProcedureStepEndTime")
+    _validate_series(ds, status)
+
+
+def _validate_series(ds: Dataset, when: str) -> None:
+    """PS3.4 Table F.7.2-1: the Type 1 attributes inside the Performed Series Sequence items."""
+    for n, series in enumerate(ds.get("PerformedSeriesSequence") or [], 1):
+        for keyword in SERIES_ITEM_TYPE1:
+            if not _text(series, keyword):
+                raise MissingAttributeValue(
+                    f"{keyword} is missing in Performed Series Sequence item {n} ({when}); PS3.4 Table F.7.2-1 "
+                    "requires it (Type 1)", keyword)
+        for name in REFERENCE_SEQUENCES:
+            for m, ref in enumerate(series.get(name) or [], 1):
+                for keyword in REFERENCE_ITEM_TYPE1:
+                    if not _text(ref, keyword):
+                        raise MissingAttributeValue(
+                            f"{keyword} is missing in Performed Series Sequence item {n}, {name} item {m} "
+                            f"({when}); PS3.4 Table F.7.2-1 requires it (Type 1)", keyword)
+
+
+def _check_date(ds: Dataset, keyword: str) -> None:
+    value = _text(ds, keyword)
+    try:
+        ok = bool(DATE_VALUE.match(value)) and bool(dt.date(int(value[:4]), int(value[4:6]), int(value[6:])))
+    except ValueError:
+        ok = False
+    if not ok:
+        raise InvalidAttributeValue(f"{keyword} {value!r} is not a date (DA: YYYYMMDD, PS3.5 Table 6.2-1)", keyword)
+
+
+def _check_time(ds: Dataset, keyword: str) -> None:
+    value = _text(ds, keyword)
+    if not TIME_VALUE.match(value):
+        raise InvalidAttributeValue(f"{keyword} {value!r} is not a time (TM: HHMMSS.FFFFFF, PS3.5 Table 6.2-1)",
+                                    keyword)
+
+
+def _merged(stored: Dataset | None, changes: Dataset) -> Dataset:
+    """The step as the N-SET would leave it (PS3.7 10.1.3), without touching ``stored``."""
+    merged = Dataset()
+    for elem in stored or ():
+        merged[elem.tag] = elem
+    for elem in changes:
+        merged[elem.tag] = elem
+    return merged
 
 
 def referenced_instances(ds: Dataset) -> list[str]:
@@ -214,6 +299,13 @@ def _merge(stored: Dataset, changes: Dataset) -> Dataset:
     return stored
 
 
+#: Step status an N-SET moves to -> the changes-journal row it writes (core/changes.py).
+_STEP_CHANGES: Final[Mapping[str, ChangeType]] = {
+    COMPLETED: ChangeType.MPPS_COMPLETED,
+    DISCONTINUED: ChangeType.MPPS_DISCONTINUED,
+}
+
+
 def _study_complete(conn: Connection, study_uid: str) -> tuple[str, int] | None:
     """(MPPS UID, instances) that completes ``study_uid`` now, or None. Runs in the writer."""
     steps = [_step(row) for row in repo.mpps_for_study(conn, study_uid)]
@@ -225,6 +317,7 @@ def _study_complete(conn: Connection, study_uid: str) -> tuple[str, int] | None:
         return None
     if not repo.mark_study_complete(conn, study_uid, done[-1].sop_instance_uid):
         return None
+    record(conn, [change_row(ChangeType.STUDY_COMPLETE, study_uid, study_uid, dt.datetime.now(dt.UTC))])
     return done[-1].sop_instance_uid, len(set(wanted))
 
 
@@ -258,6 +351,7 @@ class ProcedureSteps:
             if repo.mpps_row(conn, sop_instance_uid) is not None:
                 raise DuplicateStep(f"MPPS {sop_instance_uid} already exists; N-SET it instead")
             repo.insert_mpps(conn, values)
+            record(conn, [change_row(ChangeType.MPPS_CREATED, sop_instance_uid, study[:64], dt.datetime.now(dt.UTC))])
 
         await self.index.write(insert)
         if entry_pk is not None:
@@ -275,10 +369,13 @@ class ProcedureSteps:
             if row is None:
                 raise NoSuchStep(f"no MPPS {sop_instance_uid} was created here (N-CREATE it first)")
             step = _step(row)
-            status = validate_set(step.status, changes)
+            status = validate_set(step.status, changes, step.dataset)
             merged = _merge(step.dataset, changes)
             repo.update_mpps(conn, sop_instance_uid, {
                 "status": status, "referenced": "\\".join(referenced_instances(merged)), "dataset": to_text(merged)})
+            if status != step.status and status in _STEP_CHANGES:
+                record(conn, [change_row(_STEP_CHANGES[status], sop_instance_uid, step.study_instance_uid,
+                                         dt.datetime.now(dt.UTC))])
             return _step(repo.mpps_row(conn, sop_instance_uid) or row)
 
         step = await self.index.write(update)
@@ -358,5 +455,5 @@ class ProcedureSteps:
 __all__ = [
     "COMPLETED", "DISCONTINUED", "IN_PROGRESS", "TRANSITIONS", "AttributeNotSettable", "DuplicateStep",
     "InvalidAttributeValue", "MissingAttribute", "MissingAttributeValue", "NoSuchStep", "ProcedureSteps", "Step",
-    "StepClosed", "StepRefused", "referenced_instances", "validate_create", "validate_set",
+    "StepClosed", "StepRefused", "referenced_instances", "validate_create", "validate_final", "validate_set",
 ]

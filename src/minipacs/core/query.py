@@ -26,7 +26,7 @@ from pydicom.tag import BaseTag
 from pydicom.valuerep import PersonName
 from sqlalchemy import ColumnElement, Connection, Integer, Select, exists, func, literal, select
 
-from minipacs.core.errors import IdentifierMismatch, InvalidKeyValue
+from minipacs.core.errors import IdentifierMismatch, InvalidKeyValue, InvalidQuery
 from minipacs.core.identifier import (
     QUERY_RETRIEVE_LEVEL,
     SPECIFIC_CHARACTER_SET,
@@ -54,9 +54,10 @@ from minipacs.core.query_model import (  # noqa: F401 - re-exported: the engine'
     _STU,
     _SER,
     _INS,
+    _DONE,
     _owner_column,
 )
-from minipacs.index.matching import ColumnKind, Matching, python_matches, sql_condition
+from minipacs.index.matching import UNIVERSAL, ColumnKind, Condition, Matching, python_matches, sql_condition
 
 log = logging.getLogger("minipacs.query")
 
@@ -81,6 +82,9 @@ class PreparedQuery:
     computed_keys: tuple[tuple[Key, ComputedKey], ...] = ()
     file_keys: tuple[Key, ...] = ()  # answered (and matched) from the stored file
     ignored: frozenset[int] = field(default_factory=frozenset)  # tags answered empty
+    #: Computed keys a match must have NO value for (no DICOM matching says "empty"; the REST
+    #: API's ``complete=false`` does): a NOT EXISTS on the key's match table.
+    absent: tuple[ComputedKey, ...] = ()
 
 
 def _effective_level(level: Level, model: InformationModel) -> Level:
@@ -89,14 +93,25 @@ def _effective_level(level: Level, model: InformationModel) -> Level:
 
 
 def prepare_query(
-    identifier: Dataset, model: InformationModel, *, level: Level | None = None, relational: bool = False
+    identifier: Dataset, model: InformationModel, *, level: Level | None = None, relational: bool = False,
+    absent: Sequence[str] = (),
 ) -> PreparedQuery:
-    """Validate ``identifier`` against ``model`` (PS3.4 C.4.1.2); raises IdentifierMismatch / InvalidKeyValue."""
+    """Validate ``identifier`` against ``model`` (PS3.4 C.4.1.2); raises IdentifierMismatch / InvalidKeyValue.
+
+    ``absent``: keywords of matchable computed keys of the query level that matches must have no value for.
+    """
     keys = read_keys(identifier)
     if level is None:
         level = _level_of(keys, model)
     elif level not in model.levels:
         raise IdentifierMismatch(f"level {level.value} is not part of the {model.name} information model")
+    without: list[ComputedKey] = []
+    for keyword in absent:
+        comp = COMPUTED_KEYS.get(keyword)
+        if comp is None or comp.match_column is None or _effective_level(comp.level, model) is not level:
+            raise InvalidQuery(f"{keyword} cannot be required empty at the {level.value} level; only computed "
+                               "keys of that level that can be matched can")
+        without.append(comp)
     unsupported: list[str] = []
     sql_keys: list[tuple[Key, IndexedKey]] = []
     computed: list[tuple[Key, ComputedKey]] = []
@@ -129,7 +144,7 @@ def prepare_query(
     if not relational:
         _check_hierarchical(keys, model, level)
     return PreparedQuery(model, level, keys, relational, tuple(unsupported), tuple(sql_keys), tuple(computed),
-                         tuple(file_keys), frozenset(ignored))
+                         tuple(file_keys), frozenset(ignored), tuple(without))
 
 
 def _level_of(keys: Sequence[Key], model: InformationModel) -> Level:
@@ -278,20 +293,28 @@ def _base_select(prepared: PreparedQuery, dialect: str) -> Select[Any]:
     for key, comp in prepared.computed_keys:
         if key.is_universal or comp.match_column is None:
             continue
-        where.append(_exists(level, comp, key, dialect))
+        where.append(_exists(comp, key.condition, dialect))
+    for comp in prepared.absent:
+        where.append(~_exists(comp, UNIVERSAL, dialect))
     return select(*columns).select_from(frm).where(*where)
 
 
-def _exists(level: Level, comp: ComputedKey, key: Key, dialect: str) -> ColumnElement[bool]:
-    """ModalitiesInStudy / SOPClassesInStudy matching: some series/instance of the study matches."""
+# Table of a computed key's match column -> its rows that belong to the study being matched (STUDY level).
+_STUDY_ROWS: Final[Mapping[Any, Callable[[], Select[Any]]]] = {
+    _SER: lambda: select(_SER.c.id).where(_SER.c.study_pk == _STU.c.id),
+    _INS: lambda: select(_INS.c.id).join(_SER, _INS.c.series_pk == _SER.c.id).where(_SER.c.study_pk == _STU.c.id),
+    _DONE: lambda: select(_DONE.c.id).where(_DONE.c.study_instance_uid == _STU.c.study_instance_uid),
+}
+
+
+def _exists(comp: ComputedKey, condition: Condition, dialect: str) -> ColumnElement[bool]:
+    """ModalitiesInStudy / SOPClassesInStudy / StudyStatusID matching: some series, instance or
+    completion row of the study matches (PS3.4 C.2.2.2 on each of its values)."""
     column = comp.match_column
-    condition = sql_condition(column, ColumnKind.TEXT, key.condition, dialect)
-    if column.table is _SER:
-        sub = select(_SER.c.id).where(_SER.c.study_pk == _STU.c.id)
-    else:
-        sub = select(_INS.c.id).join(_SER, _INS.c.series_pk == _SER.c.id).where(_SER.c.study_pk == _STU.c.id)
-    if condition is not None:
-        sub = sub.where(condition)
+    clause = sql_condition(column, ColumnKind.TEXT, condition, dialect)
+    sub = _STUDY_ROWS[column.table]()
+    if clause is not None:
+        sub = sub.where(clause)
     return exists(sub)
 
 

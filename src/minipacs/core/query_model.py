@@ -15,7 +15,7 @@ from sqlalchemy import Select, Table, func, select
 
 from minipacs.index import repository as repo
 from minipacs.index.matching import ColumnKind
-from minipacs.index.schema import Instance, Patient, Series, Study
+from minipacs.index.schema import Instance, Patient, Series, Study, StudyCompletion
 
 class Level(enum.Enum):
     """PS3.4 C.6.1.1 / C.6.2.1 Query/Retrieve levels, top to bottom."""
@@ -99,6 +99,8 @@ INDEXED_KEYS: Final[Mapping[str, IndexedKey]] = _indexed_keys()
 # ------------------------------------------------------------------ computed keys
 
 _PAT, _STU, _SER, _INS = (LEVELS[lv].table for lv in Level)
+#: Complete studies (core/mpps.py), keyed by Study Instance UID.
+_DONE: Final = cast(Table, StudyCompletion.__table__)
 
 
 def _count(target: Table, *joins: tuple[Table, Any]) -> Callable[[Level], Select[Any]]:
@@ -123,6 +125,12 @@ def _distinct(column: Any, *joins: tuple[Table, Any]) -> Callable[[Level], Selec
         return select(owner, column).select_from(frm).group_by(owner, column)
 
     return build
+
+
+def _completion(level: Level) -> Select[Any]:
+    """Study Status ID of each complete study; a study that is not complete has none."""
+    return select(_STU.c.id, _DONE.c.study_status_id).select_from(
+        _STU.join(_DONE, _DONE.c.study_instance_uid == _STU.c.study_instance_uid))
 
 
 def _owner_column(level: Level) -> Any:
@@ -155,6 +163,9 @@ COMPUTED_KEYS: Final[Mapping[str, ComputedKey]] = {
         Level.STUDY, "UI", _distinct(_INS.c.sop_class_uid, (_SER, _INS.c.series_pk == _SER.c.id)), True,
         _INS.c.sop_class_uid),
     "NumberOfSeriesRelatedInstances": ComputedKey(Level.SERIES, "IS", _count(_INS), False),
+    # Study Status ID (0032,000A), CS, retired in PS3.6 but known to DCMTK and viewers: "COMPLETED"
+    # once the study's MPPS is COMPLETED and every instance it references is stored (issue 5), else empty.
+    "StudyStatusID": ComputedKey(Level.STUDY, "CS", _completion, True, _DONE.c.study_status_id),
 }
 
 #: Keys answered with a constant (PS3.4 C.4.1.1.3.2 / C.6.1.1.x).

@@ -142,41 +142,48 @@ _INSERT_IGNORING: Final[Mapping[str, Callable[[Table, Mapping[str, Any], list[st
 
 def _ensure(
     conn: Connection, table: Table, key: Mapping[str, Any], values: Mapping[str, Any], what: str
-) -> int:
-    """Primary key of the row with ``key``, inserting ``values`` if there is none.
+) -> tuple[int, bool]:
+    """(primary key of the row with ``key``, whether this call inserted it), inserting ``values`` if
+    there is none.
 
     Concurrent inserters (other nodes) are tolerated: the insert skips on conflict.
     """
     where = [table.c[name] == value for name, value in key.items()]
     existing = conn.execute(select(table).where(*where)).mappings().first()
     if existing is None:
-        statement = _INSERT_IGNORING[conn.dialect.name](table, values, list(key))
-        conn.execute(statement)
+        statement = _INSERT_IGNORING[conn.dialect.name](table, values, list(key)).returning(table.c.id)
+        inserted = conn.execute(statement).scalar()
+        if inserted is not None:
+            return int(inserted), True
+        # another node inserted it first
         existing = conn.execute(select(table).where(*where)).mappings().one()
         if all(existing[name] == value for name, value in values.items()):
-            return int(existing["id"])
+            return int(existing["id"]), False
     differing = sorted(n for n, v in values.items() if n in existing and existing[n] != v and n != "created_at")
     if differing and log.isEnabledFor(logging.DEBUG):
         log.debug("%s %s keeps its first values of %s", what, dict(key), ", ".join(differing))
-    return int(existing["id"])
+    return int(existing["id"]), False
 
 
-def ensure_patient(conn: Connection, header: InstanceHeader, now: dt.datetime) -> int:
+def ensure_patient(conn: Connection, header: InstanceHeader, now: dt.datetime) -> tuple[int, bool]:
+    """(primary key, newly inserted) of the instance's patient."""
     values = row_values(header, PATIENT_COLUMNS)
     key = {"patient_id": values["patient_id"], "issuer_of_patient_id": values["issuer_of_patient_id"]}
     return _ensure(conn, _PATIENTS, key, {**values, "created_at": now}, "patient")
 
 
-def ensure_study(conn: Connection, header: InstanceHeader, patient_pk: int, now: dt.datetime) -> int:
+def ensure_study(conn: Connection, header: InstanceHeader, patient_pk: int, now: dt.datetime) -> tuple[int, bool]:
+    """(primary key, newly inserted) of the instance's study."""
     values = row_values(header, STUDY_COLUMNS)
     key = {"study_instance_uid": values["study_instance_uid"]}
     row = {**values, "patient_pk": patient_pk, "created_at": now, "updated_at": now}
-    study_pk = _ensure(conn, _STUDIES, key, row, "study")
+    study_pk, created = _ensure(conn, _STUDIES, key, row, "study")
     conn.execute(_TOUCH_STUDY, {"pk": study_pk, "now": now})
-    return study_pk
+    return study_pk, created
 
 
-def ensure_series(conn: Connection, header: InstanceHeader, study_pk: int, now: dt.datetime) -> int:
+def ensure_series(conn: Connection, header: InstanceHeader, study_pk: int, now: dt.datetime) -> tuple[int, bool]:
+    """(primary key, newly inserted) of the instance's series."""
     values = row_values(header, SERIES_COLUMNS)
     key = {"series_instance_uid": values["series_instance_uid"]}
     return _ensure(conn, _SERIES, key, {**values, "study_pk": study_pk, "created_at": now}, "series")
@@ -222,6 +229,9 @@ def save_association(conn: Connection, rec: AssociationRecord) -> int:
         "operations": json.dumps(rec.operations, default=str),
         "bytes_received": rec.bytes_received,
         "bytes_sent": rec.bytes_sent,
+        "tls": rec.tls,
+        "tls_peer": rec.tls_peer,
+        "user_identity": rec.user_identity,
     }
     if rec.id is None:
         return int(conn.execute(insert(Association).values(**values).returning(Association.id)).scalar_one())
@@ -251,6 +261,9 @@ def load_associations(conn: Connection, limit: int) -> list[AssociationRecord]:
             operations=json.loads(row["operations"]),
             bytes_received=row["bytes_received"],
             bytes_sent=row["bytes_sent"],
+            tls=row["tls"],
+            tls_peer=row["tls_peer"],
+            user_identity=row["user_identity"],
             id=row["id"],
         )
         for row in rows

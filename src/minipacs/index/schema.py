@@ -148,6 +148,11 @@ class Association(Base):
     operations: Mapped[str] = mapped_column(Text())  # JSON list
     bytes_received: Mapped[int] = mapped_column(BigInteger())
     bytes_sent: Mapped[int] = mapped_column(BigInteger())
+    #: DICOM TLS: "" plain TCP, the TLS version, or "failed" (handshake); the peer certificate's subject.
+    tls: Mapped[str] = mapped_column(String(), default="", server_default="")
+    tls_peer: Mapped[str] = mapped_column(Text(), default="", server_default="")
+    #: The User Identity username (PS3.7 D.3.3.7), "name (not checked)" when dicom_user_identity = ignore.
+    user_identity: Mapped[str] = mapped_column(String(), default="", server_default="")
 
 
 class Node(Base):
@@ -214,9 +219,24 @@ class StudyCompletion(Base):
     study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     mpps_sop_instance_uid: Mapped[str] = mapped_column(UID)
     completed_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    #: What C-FIND and QIDO-RS answer in Study Status ID (0032,000A) for this study (core/query_model.py).
+    study_status_id: Mapped[str] = mapped_column(String(16), default="COMPLETED", server_default="COMPLETED")
 
 
-__all__ = ["Association", "Base", "Instance", "Node", "Patient", "PerformedProcedureStep", "Series", "Study",
+class Change(Base):
+    """The changes journal (core/changes.py): one row per change, written in the transaction
+    that makes it. ``seq`` only grows; rows are never updated."""
+
+    __tablename__ = "changes"
+    seq: Mapped[int] = mapped_column(Id, primary_key=True)
+    change_type: Mapped[str] = mapped_column(String(32))
+    level: Mapped[str] = mapped_column(String(16))
+    uid: Mapped[str] = mapped_column(String(64))  # a UID, or the Patient ID at patient level
+    study_instance_uid: Mapped[str] = mapped_column(UID)  # "" when the change has no single study
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+__all__ = ["Association", "Base", "Change", "Instance", "Node", "Patient", "PerformedProcedureStep", "Series", "Study",
            "StudyCompletion", "UtcDateTime", "WorklistItem"]
 
 

@@ -18,6 +18,8 @@ OPERATIONS: Final[tuple[tuple[str, str, str, str], ...]] = (
     ("/api/search", "get", "Search with C-FIND matching rules (level, keys, wildcards, ranges, limit/offset)", "read"),
     ("/api/associations", "get", "The association log", "read"),
     ("/api/stats", "get", "Counts, disk use, ingest counters", "read"),
+    ("/api/changes", "get", "The changes journal after ?since=N (seq), at most ?limit=M (default 100, max 1000): "
+     "{changes: [{seq, type, level, uid, study, time}], last, done}", "read"),
     ("/api/nodes", "get", "List DICOM nodes", "read"),
     ("/api/nodes", "post", "Add or update a DICOM node", "admin"),
     ("/api/nodes/{ae_title}", "delete", "Remove a DICOM node (?host= to pick one)", "admin"),

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from minipacs.core import changes as journal
 from minipacs.core.delete import delete_resource
 from minipacs.core.errors import NotFound
 from minipacs.core.metadata import BULK_PREFIX
@@ -72,10 +73,10 @@ async def _matches(request: Request, level: Level, fixed: Mapping[str, str] | No
     if level is not Level.STUDY:
         return [plain(ds) async for ds in search(archive, level, params, fixed)]
     want = completion.wanted(request.query_params.get(completion.PARAM))
-    params = [(k, v) for k, v in params if k != completion.PARAM]
-    done = await completion.completed_studies(archive)
-    return [{**plain(ds), "complete": str(ds.get("StudyInstanceUID", "") or "") in done}
-            async for ds in search(archive, level, params, fixed, completion.keep(done, want))]
+    extra, absent = completion.search_terms(want)
+    params = [(k, v) for k, v in params if k != completion.PARAM] + extra
+    return [{**plain(ds), "complete": completion.is_complete(ds)}
+            async for ds in search(archive, level, params, fixed, absent)]
 
 
 async def list_resources(request: Request) -> Response:
@@ -93,10 +94,11 @@ async def search_resources(request: Request) -> Response:
 async def read_resource(request: Request) -> Response:
     level, key, _, _ = _level(request)
     value = _id(request, key)
-    async for ds in search(ctx(request).archive, level, [], {key: value}):
+    extra = completion.search_terms(None)[0] if level is Level.STUDY else []
+    async for ds in search(ctx(request).archive, level, extra, {key: value}):
         found = plain(ds)
         if level is Level.STUDY:
-            found["complete"] = value in await completion.completed_studies(ctx(request).archive)
+            found["complete"] = completion.is_complete(ds)
         return JSONResponse(found)
     raise NotFound(f"{request.path_params['level']} {value!r} is not in the archive")
 
@@ -158,6 +160,24 @@ async def associations(request: Request) -> Response:
                           "ended_at": r.ended_at.isoformat() if r.ended_at else None} for r in records])
 
 
+def _whole_number(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= high:
+        raise HttpError(400, f"invalid_{name}", f"{name} must be a whole number from {low} to {high}, "
+                        f"not {raw[:20]!r}")
+    return int(raw)
+
+
+async def changes(request: Request) -> Response:
+    """GET /api/changes?since=N&limit=M: the changes journal after ``since`` (core/changes.py)."""
+    since = _whole_number(request, "since", 0, 0, 2**63 - 1)
+    limit = _whole_number(request, "limit", journal.DEFAULT_LIMIT, 1, journal.MAX_LIMIT)
+    found, last, done = await ctx(request).archive.read(lambda conn: journal.read_changes(conn, since, limit))
+    return JSONResponse({"changes": [c.to_json() for c in found], "last": last, "done": done})
+
+
 async def stats(request: Request) -> Response:
     archive = ctx(request).archive
     ingest = archive.stats
@@ -208,6 +228,7 @@ def routes() -> list[BaseRoute]:
         Route("/search", search_resources, methods=["GET"]),
         Route("/associations", associations, methods=["GET"]),
         Route("/stats", stats, methods=["GET"]),
+        Route("/changes", changes, methods=["GET"]),
         Route("/nodes", list_nodes, methods=["GET"]),
         Route("/nodes", add_node, methods=["POST"]),
         Route("/nodes/{ae_title}", remove_node, methods=["DELETE"]),

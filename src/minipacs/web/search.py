@@ -7,7 +7,7 @@ or tag), ``includefield`` adds universal keys, and the engine does the matching.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any, Final, cast
 
@@ -106,27 +106,23 @@ def to_json(ds: Dataset) -> dict[str, Any]:
 
 async def search(
     archive: Archive, level: Level, params: list[tuple[str, str]], fixed: Mapping[str, str] | None = None,
-    keep: Callable[[Dataset], bool] | None = None,
+    absent: Sequence[str] = (),
 ) -> AsyncIterator[Dataset]:
     """Matches of a search, after ``offset``, at most ``limit`` (PS3.18 §8.3.4.4).
 
-    ``keep``, when given, drops matches before ``offset`` and ``limit`` count them (a filter the
-    engine cannot express, such as study completion)."""
+    ``absent``: computed keys matches must have no value for (see ``prepare_query``), e.g. the
+    REST API's ``complete=false``: studies without a Study Status ID."""
     query = dict(params)
     limit = _int_param(query, "limit", MAX_LIMIT, MAX_LIMIT)
     offset = _int_param(query, "offset", 0, 10**9)
     ds = identifier(level, params, fixed or {})
     model = PATIENT_ROOT if level is Level.PATIENT else STUDY_ROOT
-    prepared = prepare_query(ds, model, level=level, relational=True)
+    prepared = prepare_query(ds, model, level=level, relational=True, absent=absent)
     seen = 0
-    # run_query is an async generator: close it when a filtered search stops early
-    matches = cast(AsyncGenerator[Dataset, None], run_query(archive, prepared, limit=None if keep else offset + limit))
+    # run_query is an async generator: close it if the consumer stops early
+    matches = cast(AsyncGenerator[Dataset, None], run_query(archive, prepared, limit=offset + limit))
     async with aclosing(matches):
         async for match in matches:
-            if keep is not None and not keep(match):
-                continue
-            if seen >= offset + limit:
-                break
             seen += 1
             if seen > offset:
                 if _QR_LEVEL in match:

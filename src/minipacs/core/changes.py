@@ -1,0 +1,122 @@
+"""The changes journal, like Orthanc's ``/changes``: what happened to the index, in order.
+
+Every row is written by the archive's writer thread in the SAME transaction as the
+change it records (``Archive`` for new resources, core/delete.py for deletions,
+core/mpps.py for procedure steps and study completion), so the journal never
+disagrees with the index: a rolled-back ingest leaves no row, a committed one
+always has its row. ``seq`` only grows; a reader pages with ``since`` (the last
+``seq`` it saw) and ``limit``.
+
+Retention: the journal is kept whole (no pruning); one row is about 150 bytes.
+With several nodes on one PostgreSQL index, sequence numbers are handed out
+before commit, so a row may become visible after a higher one: readers that need
+every row should re-read a short window behind their ``since``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, cast
+
+from sqlalchemy import Connection, Table, func, insert, select
+
+from minipacs.index.schema import Change as ChangeRow
+
+_CHANGES: Final = cast(Table, ChangeRow.__table__)
+_INSERT: Final = insert(_CHANGES)
+
+#: Most changes one read returns.
+MAX_LIMIT: Final = 1000
+DEFAULT_LIMIT: Final = 100
+
+
+class ChangeType(enum.Enum):
+    """Kinds of change; the names follow Orthanc's change types where one exists."""
+
+    NEW_PATIENT = "NewPatient"
+    NEW_STUDY = "NewStudy"
+    NEW_SERIES = "NewSeries"
+    NEW_INSTANCE = "NewInstance"
+    DELETED = "Deleted"
+    MPPS_CREATED = "MppsCreated"
+    MPPS_COMPLETED = "MppsCompleted"
+    MPPS_DISCONTINUED = "MppsDiscontinued"
+    STUDY_COMPLETE = "StudyComplete"
+
+
+# Change type -> (level, what ``uid`` names, when the row is written). "Deleted" carries
+# the level of the resource removed. MPPS states: PS3.4 F.7 (IN PROGRESS -> COMPLETED | DISCONTINUED).
+CHANGE_TYPES: Final[Mapping[ChangeType, tuple[str, str, str]]] = {
+    ChangeType.NEW_PATIENT: ("patient", "Patient ID", "an ingest indexes the patient's first instance"),
+    ChangeType.NEW_STUDY: ("study", "Study Instance UID", "an ingest indexes the study's first instance"),
+    ChangeType.NEW_SERIES: ("series", "Series Instance UID", "an ingest indexes the series' first instance"),
+    ChangeType.NEW_INSTANCE: ("instance", "SOP Instance UID",
+                              "an instance is stored (also when the duplicate policy 'replace' overwrites it)"),
+    ChangeType.DELETED: ("", "the resource's UID (Patient ID for a patient)",
+                         "a patient, study, series or instance is deleted, once per resource removed"),
+    ChangeType.MPPS_CREATED: ("mpps", "MPPS SOP Instance UID", "N-CREATE of a step (IN PROGRESS)"),
+    ChangeType.MPPS_COMPLETED: ("mpps", "MPPS SOP Instance UID", "N-SET moves a step to COMPLETED"),
+    ChangeType.MPPS_DISCONTINUED: ("mpps", "MPPS SOP Instance UID", "N-SET moves a step to DISCONTINUED"),
+    ChangeType.STUDY_COMPLETE: ("study", "Study Instance UID",
+                                "the study's step is COMPLETED and every instance it references is stored"),
+}
+
+#: Levels a "Deleted" change may carry (core/delete.py LEVEL_COLUMNS).
+DELETED_LEVELS: Final = frozenset({"patient", "study", "series", "instance"})
+
+
+@dataclass(frozen=True)
+class Change:
+    seq: int
+    type: str
+    level: str
+    uid: str
+    study: str
+    time: dt.datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "type": self.type, "level": self.level, "uid": self.uid, "study": self.study,
+                "time": self.time.isoformat()}
+
+
+def change_row(kind: ChangeType, uid: str, study: str, now: dt.datetime, level: str = "") -> dict[str, Any]:
+    """The journal row of one change, for :func:`record` (``level`` only for "Deleted")."""
+    fixed = CHANGE_TYPES[kind][0]
+    if kind is ChangeType.DELETED and level not in DELETED_LEVELS:
+        raise ValueError(f"a Deleted change needs one of the levels {sorted(DELETED_LEVELS)}, not {level!r}")
+    return {"change_type": kind.value, "level": fixed or level, "uid": uid[:64], "study_instance_uid": study[:64],
+            "created_at": now}
+
+
+def record(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Append ``rows`` (from :func:`change_row`) in order, in the caller's (writer's) transaction."""
+    if rows:
+        conn.execute(_INSERT, list(rows))
+
+
+def last_seq(conn: Connection) -> int:
+    """The highest ``seq`` in the journal, 0 when it is empty."""
+    return int(conn.execute(select(func.coalesce(func.max(_CHANGES.c.seq), 0))).scalar_one())
+
+
+def read_changes(conn: Connection, since: int = 0, limit: int = DEFAULT_LIMIT) -> tuple[list[Change], int, bool]:
+    """(changes after ``since`` in ``seq`` order, at most ``limit``; the last ``seq``; no more after it).
+
+    With nothing after ``since``, the last ``seq`` is the journal's highest (lower than ``since``
+    tells the reader the journal is not the one it was reading).
+    """
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValueError(f"limit must be from 1 to {MAX_LIMIT}, not {limit}")
+    t = _CHANGES
+    rows = conn.execute(select(t.c.seq, t.c.change_type, t.c.level, t.c.uid, t.c.study_instance_uid, t.c.created_at)
+                        .where(t.c.seq > since).order_by(t.c.seq).limit(limit + 1)).all()
+    found = [Change(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), r[5]) for r in rows[:limit]]
+    last = found[-1].seq if found else last_seq(conn)
+    return found, last, len(rows) <= limit
+
+
+__all__ = ["CHANGE_TYPES", "DEFAULT_LIMIT", "MAX_LIMIT", "Change", "ChangeType", "change_row", "last_seq",
+           "read_changes", "record"]
