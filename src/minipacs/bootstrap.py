@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from minipacs.config import Settings
+from minipacs.config import ConfigError, Settings
 from minipacs.core.access import AccessPolicy
 from minipacs.core.archive import Archive
 from minipacs.core.mpps import ProcedureSteps
@@ -16,14 +17,16 @@ from minipacs.core.nodes import NodeRegistry
 from minipacs.core.worklist import Worklist
 from minipacs.net.association import AssociationSettings
 from minipacs.net.dul import Timeouts
+from minipacs.net.tls import TLSConfigError, client_context, server_context
 from minipacs.services.commitment import StorageCommitmentSCP
 from minipacs.services.hl7_mllp import MLLPServer
 from minipacs.services.mpps import MPPSSCP
 from minipacs.services.qr_find import QueryRetrieveFindSCP
 from minipacs.services.qr_get import GetSCP
 from minipacs.services.qr_move import MoveSCP
-from minipacs.services.server import DicomServer
+from minipacs.services.server import DicomServer, TLSListenError
 from minipacs.services.storage import StorageSCP
+from minipacs.services.user_identity import UserIdentityPolicy
 from minipacs.services.verification import VerificationSCP
 from minipacs.services.worklist import ModalityWorklistSCP
 
@@ -34,12 +37,34 @@ def timeouts(settings: Settings) -> Timeouts:
     return Timeouts(acse=settings.acse_timeout, dimse=settings.dimse_timeout, idle=settings.idle_timeout)
 
 
+def tls_client(settings: Settings) -> ssl.SSLContext | None:
+    """Our side when calling nodes registered with ``tls`` (None without tls_ca_file); ConfigError if unusable."""
+    if not settings.tls_ca_file:
+        return None
+    try:
+        return client_context(settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file)
+    except TLSConfigError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def tls_server(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS listener's context when tls_port is set; ConfigError if the files cannot be used."""
+    if not settings.tls_port:
+        return None
+    try:
+        return server_context(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file,
+                              settings.tls_require_client_cert)
+    except TLSConfigError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def association_settings(settings: Settings, ae_title: str | None = None) -> AssociationSettings:
     return AssociationSettings(
         ae_title=ae_title or settings.ae_title,
         max_pdu_receive=settings.max_pdu_receive,
         max_pdu_send=settings.max_pdu_send,
         timeouts=timeouts(settings),
+        tls_context=tls_client(settings),
     )
 
 
@@ -83,6 +108,11 @@ async def open_registry(settings: Settings, archive: Archive) -> tuple[NodeRegis
 
 
 async def build_app(settings: Settings) -> App:
+    server_tls, client_tls = tls_server(settings), tls_client(settings)  # unusable files: ConfigError, now
+    if settings.dicom_user_identity != "ignore" and not settings.users:
+        log.warning("dicom_user_identity is %r but no [[users]] are configured: every association that %s "
+                    "will be rejected", settings.dicom_user_identity,
+                    "is made" if settings.dicom_user_identity == "required" else "sends a user identity")
     archive = await Archive.open(settings)
     try:
         registry, access = await open_registry(settings, archive)
@@ -91,6 +121,7 @@ async def build_app(settings: Settings) -> App:
         raise
     steps = ProcedureSteps(archive, Worklist(archive))
     archive.on_stored.append(steps.instance_stored)  # study completion re-checked after each ingest
+    archive.on_uncompleted.append(steps.studies_uncompleted)  # ... and after a deletion withdrew it
     await steps.resume()
     server = DicomServer(
         settings.ae_title,
@@ -110,6 +141,10 @@ async def build_app(settings: Settings) -> App:
         timeouts=timeouts(settings),
         association_logger=archive.record_association,
         access=access,
+        tls_port=settings.tls_port,
+        tls_context=server_tls,
+        tls_client=client_tls,
+        identity=UserIdentityPolicy(settings.dicom_user_identity, settings.users),
     )
     watch = asyncio.ensure_future(registry.watch(settings.nodes_refresh))
     return App(settings, archive, server, registry, access, watch)
@@ -146,10 +181,13 @@ async def serve(settings: Settings, on_ready: Callable[[App], None] | None = Non
         http = await start_http(settings, app.archive, app.nodes)
         try:
             await app.dicom.start()
+        except TLSListenError:
+            raise
         except OSError as exc:
             raise OSError(exc.errno, f"cannot listen for DICOM on {settings.host}:{settings.port}: {exc.strerror} "
                           "(is another server using that port?)") from exc
-        log.info("minipacs ready: AE %s, DICOM port %d, data in %s", settings.ae_title, app.dicom.port,
+        log.info("minipacs ready: AE %s, DICOM port %d%s, data in %s", settings.ae_title, app.dicom.port,
+                 f", DICOM TLS port {app.dicom.tls_port}" if app.dicom.tls_context is not None else "",
                  settings.data_dir.resolve())
         hl7 = await start_hl7(settings, app)
         if on_ready is not None:

@@ -19,6 +19,7 @@ from minipacs.core.delete import delete_resource
 from minipacs.core.model import DuplicatePolicy, Origin, StoreStatus
 from minipacs.core.mpps import ProcedureSteps
 from minipacs.core.worklist import Worklist
+from minipacs.index import worklist_repo
 from tests.dicomgen import write_ct
 from tests.index.pg import postgres_schema_url
 from tests.modality import mpps_create, mpps_final
@@ -203,5 +204,42 @@ def test_mpps_and_study_completion_are_journalled_after_the_instances(on_archive
         kinds = [kind for kind, *_ in rows]
         last_instance = max(n for n, kind in enumerate(kinds) if kind == "NewInstance")
         assert kinds.index("StudyComplete") > last_instance
+
+    on_archive(body)
+
+
+def test_deleting_an_instance_withdraws_completion_until_it_is_sent_again(on_archive: Callable[..., None]) -> None:
+    async def body(archive: Archive, tmp: Path) -> None:
+        steps = ProcedureSteps(archive, Worklist(archive))
+        archive.on_stored.append(steps.instance_stored)
+        archive.on_uncompleted.append(steps.studies_uncompleted)
+        st = generate_uid()
+        sops = [f"{st}.1.{n}" for n in range(2)]
+        step = generate_uid()
+        await steps.create(step, mpps_create(st))
+        for sop in sops:
+            await store(archive, tmp, st, f"{st}.1", sop)
+        await store(archive, tmp, st, f"{st}.2", f"{st}.2.1")  # not referenced by the step
+        await steps.set(step, mpps_final(f"{st}.1", sops))
+        await steps.drain()
+
+        async def complete() -> bool:
+            return st in await archive.read(worklist_repo.completed_studies)
+
+        assert await complete()
+        # An instance the step does not reference: the study is checked again and stays complete.
+        await delete_resource(archive, "instance", f"{st}.2.1")
+        await steps.drain()
+        assert await complete()
+        # A referenced one: no longer complete, and it waits for the instance.
+        await delete_resource(archive, "instance", sops[0])
+        await steps.drain()
+        assert not await complete()
+        assert st in steps.waiting
+        await store(archive, tmp, st, f"{st}.1", sops[0])
+        await steps.drain()
+        assert await complete()
+        kinds = [kind for kind, _, uid, _ in await journal(archive) if kind == "StudyComplete" and uid == st]
+        assert kinds == ["StudyComplete"] * 3  # first, after the unreferenced deletion, after the re-send
 
     on_archive(body)

@@ -216,6 +216,9 @@ class Archive:
         #: After-ingest listeners (web/: PS3.18 metadata), called on the event loop once an
         #: ingest is durable, after its result is known; they must be quick and must not raise.
         self.on_stored: list[Callable[[StoreOutcome], None]] = []
+        #: After-deletion listeners (core/mpps.py): called on the event loop with the Study
+        #: Instance UIDs whose completion a deletion withdrew; quick, must not raise.
+        self.on_uncompleted: list[Callable[[set[str]], None]] = []
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -4,7 +4,9 @@ A patient, study, series or instance goes with everything below it; a series,
 study or patient left without children goes too. Each resource removed gets a
 "Deleted" row in the changes journal (core/changes.py), in the same transaction.
 Files are removed after the commit: a crash in between leaves unindexed files
-(harmless), never rows pointing to missing files.
+(harmless), never rows pointing to missing files. A study that loses instances
+also loses its completion mark (core/mpps.py): it is checked again at once, and
+waits for its referenced instances if one of them went.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from minipacs.core.archive import Archive
 from minipacs.core.changes import ChangeType, change_row, record
 from minipacs.core.errors import NotFound
 from minipacs.core.metadata import delete_rows
-from minipacs.index.schema import Instance, Patient, Series, Study
+from minipacs.index.schema import Instance, Patient, Series, Study, StudyCompletion
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,13 @@ class Deleted:
     bytes: int
 
 
-def _delete_rows(conn: Connection, level: str, uid: str) -> list[tuple[str, str, int]]:
+@dataclass(frozen=True)
+class _Removed:
+    files: list[tuple[str, str, int]]  # (SOP Instance UID, blob key, size)
+    uncompleted: set[str]  # studies whose completion mark went with the deletion
+
+
+def _delete_rows(conn: Connection, level: str, uid: str) -> _Removed:
     rows = conn.execute(
         select(Instance.id, Instance.sop_instance_uid, Instance.blob_key, Instance.size, Study.study_instance_uid)
         .join(Series, Instance.series_pk == Series.id).join(Study, Series.study_pk == Study.id)
@@ -74,14 +82,28 @@ def _delete_rows(conn: Connection, level: str, uid: str) -> list[tuple[str, str,
             conn.execute(delete(table).where(table.id.in_([r[0] for r in found[start:start + 500]])))
         journal += [change_row(ChangeType.DELETED, str(r[1]), str(r[2]), now, parent) for r in found]
     record(conn, journal)
-    return [(row.sop_instance_uid, row.blob_key, row.size) for row in rows]
+    studies = sorted({row.study_instance_uid for row in rows} | ({uid} if level == "study" else set()))
+    uncompleted: set[str] = set()
+    for start in range(0, len(studies), 500):
+        chunk = studies[start:start + 500]
+        gone = conn.execute(delete(StudyCompletion).where(StudyCompletion.study_instance_uid.in_(chunk))
+                            .returning(StudyCompletion.study_instance_uid)).scalars().all()
+        uncompleted.update(str(study) for study in gone)
+    return _Removed([(row.sop_instance_uid, row.blob_key, row.size) for row in rows], uncompleted)
 
 
 async def delete_resource(archive: Archive, level: str, uid: str) -> Deleted:
     """Delete a patient (by Patient ID), study, series or instance (by UID); raises NotFound."""
     if level not in LEVEL_COLUMNS:
         raise ValueError(f"unknown level {level!r}")
-    rows = await archive.write(lambda conn: _delete_rows(conn, level, uid), removes_entities=True)
+    removed = await archive.write(lambda conn: _delete_rows(conn, level, uid), removes_entities=True)
+    rows = removed.files
+    if removed.uncompleted:
+        for listener in archive.on_uncompleted:
+            try:
+                listener(removed.uncompleted)
+            except Exception:  # noqa: BLE001 - a listener never spoils a deletion
+                log.exception("after-deletion listener %r failed", listener)
 
     def remove_files() -> None:
         for _, key, _ in rows:

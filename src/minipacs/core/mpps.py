@@ -18,6 +18,7 @@ import datetime as dt
 import logging
 import re
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
 
@@ -435,6 +436,15 @@ class ProcedureSteps:
         """``Archive.on_stored`` listener: a set lookup unless the study is waiting for instances."""
         study = outcome.study_instance_uid
         if study in self.waiting:
+            task = asyncio.ensure_future(self._recheck(study))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def studies_uncompleted(self, studies: AbstractSet[str]) -> None:
+        """``Archive.on_uncompleted`` listener: a deletion withdrew these studies' completion;
+        each is checked again (still complete if the deleted instances were not referenced)."""
+        for study in studies:
+            log.info("study %s: instances were deleted, so it is no longer marked complete; checking again", study)
             task = asyncio.ensure_future(self._recheck(study))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
