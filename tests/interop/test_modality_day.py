@@ -13,7 +13,6 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import evt
 
 from minipacs.core.worklist import Worklist
 from tests.dicomgen import CT_IMAGE_STORAGE, write_ct
@@ -63,11 +62,11 @@ def modality_day(port: int, files: list[Path], reports: Reports) -> dict[str, An
         status, _ = assoc.send_n_action(commitment_request(out["txn"], [(CT_IMAGE_STORAGE, u) for u in sops]), 1,
                                         COMMIT_CLASS, COMMIT_INSTANCE)
         out["action"] = int(status.Status)
-        reports.arrived.wait(30)  # the report follows the N-ACTION-RSP; a loaded CI machine is slow
+        reports.answered.wait(30)  # the report follows the N-ACTION-RSP; a loaded CI machine is slow
         return out
 
     return with_scu(port, body, [MWL_FIND, MPPS_CLASS, COMMIT_CLASS, CT_IMAGE_STORAGE],
-                    handlers=[(evt.EVT_N_EVENT_REPORT, reports.handle)])
+                    handlers=reports.handlers)
 
 
 def test_modality_day(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -25,24 +25,38 @@ SERIES = "1.2.826.0.1.3680043.10.9.7.1"
 
 
 class Reports:
-    """pynetdicom's EVT_N_EVENT_REPORT handler: keeps (event type, event information)."""
+    """pynetdicom's EVT_N_EVENT_REPORT handler: keeps (event type, event information).
+
+    ``arrived`` is set when a report came in; ``answered`` once pynetdicom has sent its
+    N-EVENT-REPORT-RSP. Release only after ``answered``: releasing in between makes
+    pynetdicom send the response in Sta7, which it refuses ("Invalid event Evt9 in Sta7").
+    """
 
     def __init__(self) -> None:
         self.got: list[tuple[int, Dataset]] = []
         self.arrived = threading.Event()
+        self.answered = threading.Event()
 
     def handle(self, event: Any) -> tuple[int, None]:
         self.got.append((int(event.request.EventTypeID), event.event_information))
         self.arrived.set()
         return 0x0000, None
 
+    def sent(self, event: Any) -> None:
+        if type(event.message).__name__ == "N_EVENT_REPORT_RSP":
+            self.answered.set()
+
+    @property
+    def handlers(self) -> list[tuple[Any, Any]]:
+        return [(evt.EVT_N_EVENT_REPORT, self.handle), (evt.EVT_DIMSE_SENT, self.sent)]
+
 
 def ask_same_association(port: int, ds: Dataset, reports: Reports) -> int:
     def body(assoc: Any) -> int:
         status, _reply = assoc.send_n_action(ds, 1, COMMIT_CLASS, COMMIT_INSTANCE)
-        reports.arrived.wait(30)  # the report follows the N-ACTION-RSP; a loaded CI machine is slow
+        reports.answered.wait(30)  # the report follows the N-ACTION-RSP; a loaded CI machine is slow
         return int(status.Status)
-    return with_scu(port, body, [COMMIT_CLASS], handlers=[(evt.EVT_N_EVENT_REPORT, reports.handle)])
+    return with_scu(port, body, [COMMIT_CLASS], handlers=reports.handlers)
 
 
 async def _stored(tmp_path: Path, app: Any, count: int) -> list[str]:
