@@ -15,7 +15,8 @@ Measured, rounds alternating between the servers (order rotated each round):
   WADO-RS  GET /dicom-web/studies/{uid}  multipart/related; type="application/dicom",
            streamed read of the whole body, wall time and MB/s; part count checked.
 
-  python bench/bench_dicomweb.py [--studies 10000] [--qido-rounds 20] [--wado-rounds 3]
+  python bench/bench_dicomweb.py [--studies 10000] [--qido-rounds 20] [--wado-rounds 3] [--wado-only]
+(--wado-only: only the CT study in both servers, no QIDO; WADO-RS does not depend on the study count.)
 Results: printed, JSON in bench/work/results_dicomweb.json.
 """
 
@@ -44,7 +45,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent / "src"))
-from _common import free_port, machine_info, minipacs_cmd, stop, wait_listening
+from _common import cpu_seconds, free_port, machine_info, minipacs_cmd, stop, wait_listening
 from bench_find import SURNAMES, build_index
 
 WORK = BENCH / "work"
@@ -172,12 +173,23 @@ def wado(client: httpx.Client, root: str, uid: str) -> tuple[float, int, int]:
     return took, nbytes, parts - 1  # the closing delimiter is one more boundary
 
 
+def median(values: Any) -> float:
+    """The median, or NaN for no values (``--wado-only`` has no QIDO rounds)."""
+    values = list(values)
+    return statistics.median(values) if values else float("nan")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--studies", type=int, default=10_000)
     ap.add_argument("--qido-rounds", type=int, default=20)
     ap.add_argument("--wado-rounds", type=int, default=3)
+    ap.add_argument("--wado-only", action="store_true", help="load only the CT study and measure only WADO-RS")
+    ap.add_argument("--py-spy", type=Path, metavar="FILE",
+                    help="record the minipacs server with py-spy during the WADO-RS rounds (collapsed stacks)")
     args = ap.parse_args(argv)
+    if args.wado_only:
+        args.studies, args.qido_rounds = 0, 0
     ct = WORK / "ct"
     expected = sum(1 for _ in ct.rglob("*.dcm"))
     if expected == 0:
@@ -193,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         # minipacs: index built directly, then the CT study through the normal import
         data = run_dir / "minipacs-data"
         t0 = time.perf_counter()
-        build_index(data, args.studies)
+        if args.studies:
+            build_index(data, args.studies)
         subprocess.run(minipacs_cmd() + ["import", "--no-progress", "--data", str(data), str(ct)], check=True,
                        stdout=subprocess.DEVNULL)
         info["minipacs_load_s"] = time.perf_counter() - t0
@@ -208,9 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         info["orthanc_version"] = httpx.get(f"{base}/system").json().get("Version")
         plugins = httpx.get(f"{base}/plugins/dicom-web").json()
         info["orthanc_dicomweb_version"] = plugins.get("Version")
-        took = load_orthanc(base, args.studies)
+        took = load_orthanc(base, args.studies) if args.studies else 0.0
         info["orthanc_load_studies_s"] = took
-        print(f"orthanc: {args.studies} studies POSTed in {took:.1f} s ({args.studies / took:.0f}/s)", flush=True)
+        print(f"orthanc: {args.studies} studies POSTed in {took:.1f} s ({args.studies / max(took, 1e-9):.0f}/s)",
+              flush=True)
         t0 = time.perf_counter()
         subprocess.run(minipacs_cmd() + ["store", "--no-progress", "127.0.0.1", str(o_port), "-aec", "ORTHANC",
                                          str(ct)], check=True, stdout=subprocess.DEVNULL)
@@ -227,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         counts: dict[str, dict[str, list[int]]] = {n: {"pid": [], "date": []} for n in names}
         clients = {n: httpx.Client(timeout=600) for n in names}
         for n in names:  # one warm-up request each (connection, caches)
-            qido(clients[n], servers[n][1], f"PatientID={pids[0]}")
+            qido(clients[n], servers[n][1], f"PatientID={pids[0] if pids else 'none'}")
             qido(clients[n], servers[n][1], DATE_QUERY)
         for rnd in range(args.qido_rounds):
             order = names[rnd % 2:] + names[: rnd % 2]
@@ -241,14 +255,25 @@ def main(argv: list[str] | None = None) -> int:
         for kind in ("pid", "date"):
             if counts["minipacs"][kind] != counts["orthanc"][kind]:
                 print(f"WARNING: {kind} match counts differ: {counts}", flush=True)
+        spy = None
+        if args.py_spy:  # collapsed stacks (--format raw), all threads, idle frames dropped
+            spy = subprocess.Popen(["py-spy", "record", "--format", "raw", "--threads", "-r", "250", "-o",
+                                    str(args.py_spy), "-p", str(servers["minipacs"][0].pid)])
+            time.sleep(1.0)
         for rnd in range(args.wado_rounds):
             order = names[rnd % 2:] + names[: rnd % 2]
             for n in order:
+                cpu0 = cpu_seconds(servers[n][0].pid)
                 took, nbytes, parts = wado(clients[n], servers[n][1], ct_uid)
+                cpu = cpu_seconds(servers[n][0].pid) - cpu0
                 if parts != expected:
                     raise RuntimeError(f"{n} WADO-RS returned {parts} parts, expected {expected}")
                 res[n]["wado"].append((took, nbytes))
-                print(f"WADO round {rnd + 1} {n}: {took:.2f} s, {nbytes / took / 1e6:.0f} MB/s", flush=True)
+                res[n].setdefault("wado_cpu", []).append(cpu)
+                print(f"WADO round {rnd + 1} {n}: {took:.2f} s, {nbytes / took / 1e6:.0f} MB/s, "
+                      f"server CPU {cpu:.2f} s", flush=True)
+        if spy is not None:
+            stop(spy)
         for c in clients.values():
             c.close()
     finally:
@@ -256,10 +281,11 @@ def main(argv: list[str] | None = None) -> int:
             stop(proc)
 
     out: dict[str, Any] = {"machine": machine_info(), "info": info, "counts": counts, "rounds": res}
-    med = {n: {"pid_ms": statistics.median(res[n]["pid"]) * 1000,
-               "date_ms": statistics.median(res[n]["date"]) * 1000,
-               "wado_s": statistics.median(t for t, _ in res[n]["wado"]),
-               "wado_mbs": statistics.median(b / t / 1e6 for t, b in res[n]["wado"])} for n in names}
+    med = {n: {"pid_ms": median(res[n]["pid"]) * 1000,
+               "date_ms": median(res[n]["date"]) * 1000,
+               "wado_s": median(t for t, _ in res[n]["wado"]),
+               "wado_mbs": median(b / t / 1e6 for t, b in res[n]["wado"]),
+               "wado_cpu_s": median(res[n].get("wado_cpu", []))} for n in names}
     ratio = {  # >1 means minipacs faster
         "pid": med["orthanc"]["pid_ms"] / med["minipacs"]["pid_ms"],
         "date": med["orthanc"]["date_ms"] / med["minipacs"]["date_ms"],
@@ -276,15 +302,17 @@ def main(argv: list[str] | None = None) -> int:
     print("| measure | minipacs | Orthanc | ratio of medians | median per-round ratio |")
     print("|---|---:|---:|---:|---:|")
     print(f"| QIDO PatientID | {med['minipacs']['pid_ms']:.1f} ms | {med['orthanc']['pid_ms']:.1f} ms | "
-          f"{ratio['pid']:.2f}x | {statistics.median(per_round['pid']):.2f}x |")
+          f"{ratio['pid']:.2f}x | {median(per_round['pid']):.2f}x |")
     print(f"| QIDO StudyDate month, limit=100 | {med['minipacs']['date_ms']:.1f} ms | "
-          f"{med['orthanc']['date_ms']:.1f} ms | {ratio['date']:.2f}x | {statistics.median(per_round['date']):.2f}x |")
+          f"{med['orthanc']['date_ms']:.1f} ms | {ratio['date']:.2f}x | {median(per_round['date']):.2f}x |")
     print(f"| WADO-RS study | {med['minipacs']['wado_s']:.2f} s ({med['minipacs']['wado_mbs']:.0f} MB/s) | "
           f"{med['orthanc']['wado_s']:.2f} s ({med['orthanc']['wado_mbs']:.0f} MB/s) | {ratio['wado']:.2f}x | "
-          f"{statistics.median(per_round['wado']):.2f}x |")
-    print("match counts (median): PatientID", statistics.median(counts['minipacs']['pid']), "/",
-          statistics.median(counts['orthanc']['pid']), "; date", statistics.median(counts['minipacs']['date']),
-          "/", statistics.median(counts['orthanc']['date']))
+          f"{median(per_round['wado']):.2f}x |")
+    print(f"WADO-RS server CPU per request (median): minipacs {med['minipacs']['wado_cpu_s']:.2f} s, "
+          f"Orthanc {med['orthanc']['wado_cpu_s']:.2f} s")
+    print("match counts (median): PatientID", median(counts['minipacs']['pid']), "/",
+          median(counts['orthanc']['pid']), "; date", median(counts['minipacs']['date']),
+          "/", median(counts['orthanc']['date']))
     print(json.dumps({"info": info, "per_round": per_round}, indent=1))
     (WORK / "results_dicomweb.json").write_text(json.dumps(out, indent=2, default=str))
     return 0

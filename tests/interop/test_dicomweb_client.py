@@ -42,3 +42,51 @@ def test_dicomweb_client_round_trip(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode()
+
+
+@pytest.mark.interop
+def test_dicomweb_client_frames_and_transcoding_of_compressed_instances(tmp_path: Path) -> None:
+    import numpy as np
+    import pydicom
+    from pydicom.encaps import generate_frames
+
+    from tests.compressed import COMPRESSED, fresh_copy
+
+    port, http_port = free_port(), free_port()
+    env = dict(os.environ, PYTHONPATH=SRC, MINIPACS_PORT=str(port), MINIPACS_HOST="127.0.0.1",
+               MINIPACS_HTTP_PORT=str(http_port), MINIPACS_FSYNC="false")
+    proc = subprocess.Popen([sys.executable, "-m", "minipacs.cli.main", "serve", "--data", str(tmp_path / "d")],
+                            env=env, stderr=subprocess.PIPE)
+    try:
+        wait_for_port("127.0.0.1", http_port, proc=proc)
+        client = DICOMwebClient(f"http://127.0.0.1:{http_port}/dicom-web")
+        for name in ("jpeg_baseline", "jpeg_ls", "jpeg2000_lossless", "rle_2frames"):
+            _file, ts, count = COMPRESSED[name]
+            _path, ds = fresh_copy(name, tmp_path / "src" / name)
+            client.store_instances([ds])
+            uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+            numbers = list(range(1, count + 1))
+            stored = list(generate_frames(ds.PixelData, number_of_frames=count))
+            pixels = ds.pixel_array if count > 1 else [ds.pixel_array]
+            decoded = [np.asarray(f).astype(f.dtype.newbyteorder("<")).tobytes() for f in pixels]
+            # frames as stored: the client's default (*/*), and by the syntax's own media type
+            assert client.retrieve_instance_frames(*uids, frame_numbers=numbers) == stored, name
+            media = {"1.2.840.10008.1.2.4.50": "image/jpeg", "1.2.840.10008.1.2.4.80": "image/jls",
+                     "1.2.840.10008.1.2.4.90": "image/jp2", "1.2.840.10008.1.2.5": "image/dicom-rle"}[ts]
+            assert client.retrieve_instance_frames(*uids, frame_numbers=numbers, media_types=((media, ts),)) == stored
+            # frames decompressed: application/octet-stream (Explicit VR Little Endian)
+            got = client.retrieve_instance_frames(*uids, frame_numbers=numbers,
+                                                  media_types=(("application/octet-stream", "1.2.840.10008.1.2.1"),))
+            assert got == decoded, name
+            # the instance: as stored by default, decompressed when asked
+            as_stored = client.retrieve_instance(*uids)
+            assert as_stored.file_meta.TransferSyntaxUID == ts and as_stored.PixelData == ds.PixelData
+            plain = client.retrieve_instance(*uids, media_types=(("application/dicom", "1.2.840.10008.1.2.1"),))
+            assert plain.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+            assert plain.SOPInstanceUID == ds.SOPInstanceUID
+            assert np.array_equal(plain.pixel_array, ds.pixel_array), name
+            assert isinstance(plain, pydicom.Dataset)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()

@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from minipacs.core.archive import Archive
+from minipacs.web.accept import FRAME_MEDIA_TYPES
 from minipacs.web.transfer import split_multipart, boundary_of
+from tests.compressed import COMPRESSED, fresh_copy
 from tests.web.conftest import part10
 
 STUDY, SERIES, SOP = "1.2.3.4", "1.2.3.4.5", "1.2.3.4.5.6"
@@ -139,5 +143,188 @@ def test_stow_to_other_study_fails_the_instance(web: Callable[..., Any]) -> None
         assert r.status_code == 409
         assert r.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xA900]
         assert await archive.count_instances() == 0
+
+    web(body)
+
+
+# ------------------------------------------------------------------ compressed instances: frames and transcoding
+
+def _frames_as_stored(ds: Any) -> list[bytes]:
+    from pydicom.encaps import generate_frames
+
+    return list(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1))))
+
+
+def _decoded(ds: Any) -> list[bytes]:
+    pixels = ds.pixel_array
+    frames = [pixels] if int(ds.get("NumberOfFrames", 1)) == 1 else list(pixels)
+    return [f.astype(f.dtype.newbyteorder("<")).tobytes() for f in frames]
+
+
+def _parts(r: httpx.Response) -> list[Any]:
+    assert r.status_code == 200, r.text
+    return split_multipart(r.content, boundary_of(r.headers["content-type"]))
+
+
+async def _store_compressed(archive: Archive, tmp: Path, name: str) -> tuple[str, Any]:
+    from minipacs.core.model import Origin
+
+    path, ds = fresh_copy(name, tmp)
+    await archive.import_file(path, Origin("import"))
+    url = (f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+           f"/instances/{ds.SOPInstanceUID}")
+    return url, ds
+
+
+@pytest.mark.parametrize("name", sorted(COMPRESSED))
+def test_frames_of_compressed_instances_as_stored_and_decompressed(web: Callable[..., Any], tmp_path: Path,
+                                                                   name: str) -> None:
+    _file, ts, count = COMPRESSED[name]
+    media = FRAME_MEDIA_TYPES[ts]
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        url, ds = await _store_compressed(archive, tmp_path / "src", name)
+        numbers = ",".join(str(n) for n in range(1, count + 1))
+        stored, decoded = _frames_as_stored(ds), _decoded(ds)
+        # the stored bitstream: by its own media type, as octet-stream with its syntax or *, or */*
+        for accept in (f'multipart/related; type="{media}"', f"multipart/related; type={media}; transfer-syntax={ts}",
+                       'multipart/related; type="application/octet-stream"; transfer-syntax=*',
+                       f'multipart/related; type="application/octet-stream"; transfer-syntax={ts}',
+                       'multipart/related; type="*/*"'):
+            r = await client.get(f"{url}/frames/{numbers}", headers={"Accept": accept})
+            parts = _parts(r)
+            assert [p.body for p in parts] == stored, accept
+            assert all(p.content_type.endswith(f"transfer-syntax={ts}") for p in parts), accept
+        # decompressed to native Explicit VR Little Endian
+        for accept in ('multipart/related; type="application/octet-stream"',
+                       "multipart/related; type=application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1",
+                       "multipart/related"):
+            parts = _parts(await client.get(f"{url}/frames/{numbers}", headers={"Accept": accept}))
+            assert [p.body for p in parts] == decoded, accept
+            assert parts[0].content_type == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+        # neither: a JPEG asked of a JPEG 2000 instance, a syntax we cannot produce
+        other = "image/jp2" if media != "image/jp2" else "image/jpeg"
+        for accept in (f'multipart/related; type="{other}"',
+                       'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.4.201'):
+            r = await client.get(f"{url}/frames/1", headers={"Accept": accept})
+            assert r.status_code == 406, accept
+            assert ts in r.json()["error"]["message"] and "decompressed" in r.json()["error"]["message"]
+        r = await client.get(f"{url}/frames/{count + 1}", headers={"Accept": "multipart/related; type=*/*"})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "no_such_frame"
+
+    web(body)
+
+
+def test_frames_that_cannot_be_decoded_are_406_with_the_way_out(web: Callable[..., Any], tmp_path: Path) -> None:
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        url, ds = await _store_compressed(archive, tmp_path / "src", "jpeg_baseline")
+        stored = (await archive.read(lambda c: c.exec_driver_sql(
+            "SELECT blob_key FROM instances WHERE sop_instance_uid = ?", (str(ds.SOPInstanceUID),)).scalar_one()))
+        path = archive.blobs.path_of(stored)
+        data = bytearray(path.read_bytes())
+        start = data.rindex(b"\xff\xd8")  # the JPEG bitstream: keep the marker, garble the rest
+        data[start + 2:start + 600] = b"\x00" * 598
+        path.write_bytes(bytes(data))
+        octets = 'multipart/related; type="application/octet-stream"'
+        r = await client.get(f"{url}/frames/1", headers={"Accept": octets})
+        assert r.status_code == 406
+        error = r.json()["error"]
+        assert error["code"] == "cannot_decompress" and "transfer-syntax=1.2.840.10008.1.2.4.50" in error["message"]
+        r = await client.get(f"{url}/frames/1", headers={"Accept": 'multipart/related; type="image/jpeg"'})
+        assert r.status_code == 200
+
+    web(body)
+
+
+def test_retrieve_transcodes_per_accept(web: Callable[..., Any], tmp_path: Path) -> None:
+    import pydicom
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        url, ds = await _store_compressed(archive, tmp_path / "src", "jpeg2000_lossless")
+        study_url = url.split("/series/")[0]
+        ts = "1.2.840.10008.1.2.4.90"
+        # as stored: no transfer-syntax parameter (our documented default), or *
+        for accept in ('multipart/related; type="application/dicom"',
+                       'multipart/related; type="application/dicom"; transfer-syntax=*', "*/*", None):
+            parts = _parts(await client.get(url, headers={"Accept": accept} if accept else {}))
+            assert len(parts) == 1 and parts[0].content_type == f"application/dicom; transfer-syntax={ts}"
+            assert pydicom.dcmread(io.BytesIO(parts[0].body)).PixelData == ds.PixelData  # the stored bitstream
+        # decompressed on request, at instance and at study level
+        for target in ("1.2.840.10008.1.2.1",):
+            for where in (url, study_url):
+                accept = f'multipart/related; type="application/dicom"; transfer-syntax={target}'
+                parts = _parts(await client.get(where, headers={"Accept": accept}))
+                assert len(parts) == 1 and parts[0].content_type == f"application/dicom; transfer-syntax={target}"
+                got = pydicom.dcmread(io.BytesIO(parts[0].body))
+                assert got.file_meta.TransferSyntaxUID == target
+                assert got.SOPInstanceUID == ds.SOPInstanceUID
+                assert (got.pixel_array == ds.pixel_array).all()
+        # a syntax we cannot produce (we never compress; PS3.18 §8.7.3 rules out Implicit VR): 406, what to ask for
+        for ts_asked in ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2"):
+            r = await client.get(url, headers={
+                "Accept": f'multipart/related; type="application/dicom"; transfer-syntax={ts_asked}'})
+            assert r.status_code == 406 and "transfer-syntax=*" in r.json()["error"]["message"]
+        # the first acceptable choice wins
+        r = await client.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; '
+                                           'transfer-syntax=1.2.840.10008.1.2.4.50, multipart/related; '
+                                           'type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'})
+        assert _parts(r)[0].content_type.endswith("transfer-syntax=1.2.840.10008.1.2.1")
+
+    web(body)
+
+
+def test_retrieve_leaves_out_a_missing_file_and_streams_the_rest(web: Callable[..., Any]) -> None:
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        sops = [f"{SERIES}.{i}" for i in range(1, 4)]
+        for sop in sops:
+            await stow(client, part10(study_uid=STUDY, series_uid=SERIES, sop_uid=sop))
+        keys = await archive.read(lambda c: [row[0] for row in c.exec_driver_sql(
+            "SELECT blob_key FROM instances ORDER BY id").all()])
+        archive.blobs.path_of(keys[1]).unlink()
+        parts = _parts(await client.get(f"/dicom-web/studies/{STUDY}"))
+        assert len(parts) == 2 and all(p.body[128:132] == b"DICM" for p in parts)
+
+    web(body)
+
+
+def test_rendered_and_thumbnail_of_compressed_instances(web: Callable[..., Any], tmp_path: Path) -> None:
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        for name in sorted(COMPRESSED):
+            url, _ds = await _store_compressed(archive, tmp_path / "src" / name, name)
+            r = await client.get(url + "/rendered", headers={"Accept": "image/png"})
+            assert r.status_code == 200 and r.content[:8] == b"\x89PNG\r\n\x1a\n", name
+            r = await client.get(url + "/thumbnail", headers={"Accept": "image/jpeg"})
+            assert r.status_code == 200 and r.content[:2] == b"\xff\xd8", name
+
+    web(body)
+
+
+def test_retrieve_of_an_instance_whose_file_is_gone_is_404(web: Callable[..., Any]) -> None:
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        await stow(client, part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP))
+        key = await archive.read(lambda c: c.exec_driver_sql("SELECT blob_key FROM instances").scalar_one())
+        archive.blobs.path_of(key).unlink()
+        r = await client.get(f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{SOP}")
+        assert r.status_code == 404 and "missing from storage" in r.json()["error"]["message"]
+
+    web(body)
+
+
+def test_wado_uri_transfer_syntax(web: Callable[..., Any], tmp_path: Path) -> None:
+    import pydicom
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        _url, ds = await _store_compressed(archive, tmp_path / "src", "jpeg_ls")
+        params = {"requestType": "WADO", "studyUID": str(ds.StudyInstanceUID), "seriesUID": str(ds.SeriesInstanceUID),
+                  "objectUID": str(ds.SOPInstanceUID), "contentType": "application/dicom"}
+        r = await client.get("/dicom-web/wado", params=params)
+        assert r.status_code == 200 and r.headers["content-length"] == str(len(r.content))
+        assert pydicom.dcmread(io.BytesIO(r.content)).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+        r = await client.get("/dicom-web/wado", params={**params, "transferSyntax": "1.2.840.10008.1.2.1"})
+        got = pydicom.dcmread(io.BytesIO(r.content))
+        assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+        assert (got.pixel_array == ds.pixel_array).all()
+        r = await client.get("/dicom-web/wado", params={**params, "transferSyntax": "1.2.840.10008.1.2.4.50"})
+        assert r.status_code == 406
 
     web(body)

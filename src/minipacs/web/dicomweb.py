@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 from collections.abc import AsyncIterator, Mapping
@@ -18,12 +19,16 @@ from minipacs.core.model import Origin
 from minipacs.core.paths import validate_uid
 from minipacs.core.query import Level
 from minipacs.core.retrieve import StoredInstance, select_instances
+from minipacs.core.transcode import (
+    EXPLICIT_VR_LITTLE_ENDIAN, NoSuchFrame, TranscodeError, can_transcode, pixel_frames, transcode_part10,
+)
+from minipacs.web.accept import ANY, DICOM, frame_choice, frame_choices_text, instance_syntax, parse_accept
 from minipacs.web.errors import HttpError
 from minipacs.web.render import choose_format, parse_window, render
 from minipacs.web.search import search, to_json
 from minipacs.web.transfer import (
-    aiter_text, boundary_of, ingest_bytes, multipart_octets, multipart_related, new_boundary, read_body,
-    split_multipart,
+    OutPart, aiter_text, boundary_of, file_response, ingest_bytes, multipart_octets, multipart_response, new_boundary,
+    read_body, split_multipart, stored_part,
 )
 from minipacs.web.types import AppContext
 
@@ -78,25 +83,47 @@ def _qido(level: Level) -> Any:
 
 # ------------------------------------------------------------------ WADO-RS (PS3.18 §10.4)
 
-async def _instances(request: Request) -> list[StoredInstance]:
+async def _instances(request: Request, located: bool = True) -> list[StoredInstance]:
+    """The stored instances the path names; ``located=False`` skips reading each file's header
+    (whole files are sent, and a file missing by then is left out of the response and logged)."""
     keys = uids(request)
     level = "IMAGE" if "SOPInstanceUID" in keys else "SERIES" if "SeriesInstanceUID" in keys else "STUDY"
-    found = [item for item in await select_instances(ctx(request).archive, level, keys) if not item.problem]
+    found = [item for item in await select_instances(ctx(request).archive, level, keys, located=located)
+             if not item.problem]
     if not found:
         raise HttpError(404, "not_found", f"no stored instance matches {', '.join(keys.values())}")
     return found
 
 
+def _transcoded_part(item: StoredInstance, target_ts: str) -> OutPart:
+    return OutPart(f"application/dicom; transfer-syntax={target_ts}",
+                   produce=functools.partial(transcode_part10, item.path, target_ts), label=item.sop_instance_uid)
+
+
 async def retrieve(request: Request) -> Response:
-    accept = request.headers.get("accept", "")
-    if accept and not any(t in accept for t in ("application/dicom", "*/*", "multipart/related;")) or (
-            "multipart/related" in accept and "application/dicom" not in accept and "*" not in accept):
+    """WADO-RS Retrieve Study/Series/Instance (PS3.18 §10.4): stored files, or transcoded per Accept (§8.7.3)."""
+    ranges = parse_accept(request.headers.get("accept", ""))
+    if ranges and not any(r.media_type in (DICOM, ANY, "application/*", "") for r in ranges):
         raise HttpError(406, "not_acceptable", "instances are available as multipart/related; "
                         'type="application/dicom" (bulk data and metadata have their own URLs)')
-    found = await _instances(request)
-    boundary = new_boundary()
-    return StreamingResponse(multipart_related(found, boundary), media_type=(
-        f'multipart/related; type="application/dicom"; boundary={boundary}'))
+    found = await _instances(request, located=False)
+    parts: list[OutPart] = []
+    for item in found:
+        target = instance_syntax(ranges, item.transfer_syntax_uid)
+        if target is None:
+            asked = (", ".join(sorted({r.transfer_syntax for r in ranges if r.transfer_syntax})) or "?")[:200]
+            raise HttpError(406, "not_acceptable", f"SOP Instance {item.sop_instance_uid} is stored in transfer "
+                            f"syntax {item.transfer_syntax_uid} and cannot be converted to {asked}: this server "
+                            "only decompresses (to Explicit VR Little Endian); ask for "
+                            "transfer-syntax=* (as stored) or transfer-syntax=1.2.840.10008.1.2.1")
+        parts.append(stored_part(item) if target == item.transfer_syntax_uid else _transcoded_part(item, target))
+    if len(parts) == 1 and parts[0].produce is not None:  # one instance: a failure can still be a 406
+        try:
+            data = await asyncio.to_thread(parts[0].produce)
+        except TranscodeError as exc:
+            raise HttpError(406, "cannot_transcode", f"{exc}; ask for transfer-syntax=* to get it as stored") from None
+        parts = [OutPart(parts[0].content_type, produce=lambda: data, label=parts[0].label)]
+    return await multipart_response(parts, new_boundary(), DICOM)
 
 
 async def metadata(request: Request) -> Response:
@@ -104,24 +131,6 @@ async def metadata(request: Request) -> Response:
     texts = await ctx(request).metadata.get([item.sop_instance_uid for item in found])
     body = ("[" + ",".join(texts) + "]").replace('"' + BULK_PREFIX, '"' + root_url(request))
     return Response(body, media_type=DICOM_JSON)
-
-
-def _pixel_frames(item: StoredInstance, numbers: list[int]) -> list[bytes]:
-    ds = pydicom.dcmread(item.path)
-    if "PixelData" not in ds:
-        raise HttpError(404, "no_pixels", "this instance has no pixel data")
-    if ds.file_meta.TransferSyntaxUID.is_compressed:
-        raise HttpError(406, "compressed_frames", "frames of compressed instances are not served yet; use the "
-                        "rendered endpoint or retrieve the instance")
-    count = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    size = ds.Rows * ds.Columns * int(getattr(ds, "SamplesPerPixel", 1)) * ds.BitsAllocated // 8
-    data = ds.PixelData
-    out = []
-    for number in numbers:
-        if not 1 <= number <= count:
-            raise HttpError(404, "no_such_frame", f"frame {number} does not exist; the instance has {count}")
-        out.append(bytes(data[(number - 1) * size:number * size]))
-    return out
 
 
 def _frame_numbers(raw: str) -> list[int]:
@@ -135,11 +144,24 @@ def _frame_numbers(raw: str) -> list[int]:
 
 
 async def frames(request: Request) -> Response:
+    """WADO-RS Retrieve Frames (PS3.18 §10.4): as stored or decompressed, per Accept (§8.7.3.3 Bulkdata)."""
+    numbers = _frame_numbers(request.path_params["frames"])
     item = (await _instances(request))[0]
-    chunks = await asyncio.to_thread(_pixel_frames, item, _frame_numbers(request.path_params["frames"]))
+    choice = frame_choice(parse_accept(request.headers.get("accept", "")), item.transfer_syntax_uid)
+    if choice is None:
+        raise HttpError(406, "not_acceptable", f"the frames of this instance are stored in transfer syntax "
+                        f"{item.transfer_syntax_uid}, which no media type in the Accept header allows; ask for "
+                        f"{frame_choices_text(item.transfer_syntax_uid)}")
+    try:
+        chunks = await asyncio.to_thread(pixel_frames, item.path, numbers, decode=choice.decode)
+    except NoSuchFrame as exc:
+        raise HttpError(404, "no_such_frame", str(exc)) from None
+    except TranscodeError as exc:
+        raise HttpError(406, "cannot_decompress", f"{exc}; ask for the frames as stored: "
+                        f"{frame_choices_text(item.transfer_syntax_uid)}") from None
     boundary = new_boundary()
-    return Response(multipart_octets(chunks, boundary, "application/octet-stream"),
-                    media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}')
+    return Response(multipart_octets(chunks, boundary, choice.content_type),
+                    media_type=f'multipart/related; type="{choice.media_type}"; boundary={boundary}')
 
 
 def _bulk(item: StoredInstance, tag: int) -> bytes:
@@ -197,8 +219,22 @@ async def wado_uri(request: Request) -> Response:
         raise HttpError(404, "not_found", f"SOP Instance {keys['SOPInstanceUID']} is not in the archive")
     content_type = params.get("contentType", "image/jpeg").split(",")[0].strip()
     if content_type == "application/dicom":
-        path = found[0].path
-        return StreamingResponse(_read_file(path), media_type="application/dicom")
+        wanted, stored = params.get("transferSyntax", ""), found[0].transfer_syntax_uid
+        if wanted and wanted != stored:  # WADO-URI transferSyntax parameter: transcode, never compress
+            if wanted != EXPLICIT_VR_LITTLE_ENDIAN or not can_transcode(stored, wanted):
+                raise HttpError(406, "not_acceptable", f"the instance is stored in {stored} and cannot be converted "
+                                f"to {wanted[:64]}; leave transferSyntax out, or ask for 1.2.840.10008.1.2.1")
+            try:
+                data = await asyncio.to_thread(transcode_part10, found[0].path, wanted)
+            except TranscodeError as exc:
+                raise HttpError(406, "cannot_transcode",
+                                f"{exc}; leave transferSyntax out to get it as stored") from None
+            return Response(data, media_type="application/dicom")
+        try:
+            return await asyncio.to_thread(file_response, found[0].path, "application/dicom")
+        except OSError:
+            raise HttpError(404, "not_found", f"the file of SOP Instance {keys['SOPInstanceUID']} is missing from "
+                            "storage (it is indexed); see the server log") from None
     if content_type not in ("image/jpeg", "image/png"):
         raise HttpError(406, "not_acceptable", "contentType must be application/dicom, image/jpeg or image/png")
     frame = params.get("frameNumber", "1")
@@ -212,6 +248,7 @@ async def wado_uri(request: Request) -> Response:
 
 
 def _read_file(path: Any) -> Any:
+    """A stored file in 256 KiB chunks (web/rest.py downloads; ``transfer.file_response`` streams faster)."""
     with open(path, "rb") as fh:
         while chunk := fh.read(256 * 1024):
             yield chunk

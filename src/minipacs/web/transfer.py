@@ -6,24 +6,30 @@ index); stored files go out as they are, streamed.
 
 from __future__ import annotations
 
+import asyncio
 import io
+import logging
 import os
 import re
 import secrets
 import tempfile
 import zipfile
-from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
 from starlette.requests import ClientDisconnect, Request
+from starlette.responses import StreamingResponse
 
 from minipacs.core.archive import Archive
 from minipacs.core.errors import ArchiveError
 from minipacs.core.model import Origin
 from minipacs.core.retrieve import StoredInstance
 from minipacs.web.errors import HttpError
+
+log = logging.getLogger(__name__)
 
 CHUNK: Final = 256 * 1024
 _BOUNDARY: Final = re.compile(r'boundary="?([^";]{1,200})"?', re.IGNORECASE)
@@ -123,16 +129,211 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-def multipart_related(instances: Sequence[StoredInstance], boundary: str) -> Iterator[bytes]:
-    """Stored Part 10 files as the parts of a multipart/related body (PS3.18 §8.7.3.3), streamed."""
-    for item in instances:
-        if item.problem:
+#: Bytes read per thread hop. Big reads keep the per-read costs (a thread hop, an ASGI send, a
+#: socket write) small next to the copying; one batch is sent while the next is read, so a
+#: response holds about two.
+BLOCK: Final = 2 * 1024 * 1024
+#: Pieces smaller than this are joined before they are sent (part headers, small files).
+_SMALL: Final = 64 * 1024
+#: Largest single read. Whole 0.5 MB files read at once went through fresh malloc/mmap
+#: memory each time (a page fault per 4 KiB, ~120,000 per 1,000-instance study); 256 KiB
+#: reads reuse the heap: about 0.15 s less server CPU per such study, measured.
+_PIECE: Final = 256 * 1024
+
+
+@dataclass(frozen=True)
+class OutPart:
+    """One part of a multipart/related response: its Content-Type and where its bytes come from.
+
+    Either ``path`` (a stored file, sent as it is) or ``produce`` (bytes made when the part
+    is reached, e.g. a transcoded instance; called off the event loop). A part whose
+    ``produce`` raises is left out and logged: the parts before it are already on the wire.
+    """
+
+    content_type: str
+    path: Path | None = None
+    produce: Callable[[], bytes] | None = None
+    label: str = ""  # what the log calls it, e.g. the SOP Instance UID
+    size: int = -1  # of the file, when known: all known -> the response has a Content-Length
+
+
+class _BodyReader:
+    """A response body (multipart/related framing around file contents) read batch by batch.
+
+    ``read`` is blocking and runs in a worker thread, one call at a time; ``close`` runs on the
+    event loop once no ``read`` is in flight. It hands out ``bytes`` objects exactly as the
+    read system call filled them: with a Content-Length, h11 passes them to the socket
+    without another copy (a chunked body would be joined with its chunk headers).
+    """
+
+    def __init__(self, parts: Iterable[OutPart], boundary: str | None, exact: bool = False) -> None:
+        self._parts = iter(parts)
+        self._boundary = boundary
+        self._exact = exact  # sizes were announced: a file that shrank since is an error, not an ending
+        self._pending: deque[bytes] = deque()  # bytes to send before reading the open file on
+        self._file: io.FileIO | None = None
+        self._left = 0  # bytes of the open file still to send
+        self._closing_sent = boundary is None
+
+    def read(self, size: int) -> list[bytes]:
+        """The next pieces of the body, about ``size`` bytes of them (none when it is over)."""
+        out: list[bytes] = []
+        small: list[bytes] = []
+        total = 0
+        while total < size:
+            if self._pending:
+                piece = self._pending.popleft()
+            elif self._file is not None:
+                piece = self._file.read(min(self._left, _PIECE, size)) if self._left else b""
+                self._left -= len(piece)
+                if not piece or not self._left:
+                    self._end_file(early=not piece)
+                if not piece:
+                    continue
+            elif not self._next_part():
+                break
+            else:
+                continue
+            total += len(piece)
+            if len(piece) < _SMALL:
+                small.append(piece)
+                continue
+            if small:
+                out.append(b"".join(small))
+                small.clear()
+            out.append(piece)
+        if small:
+            out.append(b"".join(small))
+        return out
+
+    def _end_file(self, early: bool) -> None:
+        if self._file is not None:
+            if early and self._exact:
+                raise OSError(f"{self._file.name} ended {self._left} bytes early, after the Content-Length went out")
+            self._file.close()
+            self._file = None
+        if self._boundary is not None:
+            self._pending.append(b"\r\n")
+
+    def _next_part(self) -> bool:
+        for part in self._parts:
+            try:
+                content = part.produce() if part.produce is not None else None
+                if content is None and part.path is not None:
+                    self._file = open(part.path, "rb", buffering=0)  # noqa: SIM115 - closed in read/close
+                    self._left = part.size if part.size >= 0 else os.fstat(self._file.fileno()).st_size
+            except Exception as exc:  # noqa: BLE001 - one bad part must not end the response
+                if self._exact:
+                    raise
+                log.error("left %s out of a multipart response: %s: %s", part.label or part.path,
+                          type(exc).__name__, exc)
+                continue
+            if self._boundary is not None:
+                self._pending.append(_part_head(self._boundary, part.content_type))
+            if content is not None:
+                self._pending.append(content)
+                if self._boundary is not None:
+                    self._pending.append(b"\r\n")
+            elif self._left == 0:
+                self._end_file(early=False)
+            return True
+        if not self._closing_sent:
+            self._closing_sent = True
+            self._pending.append(_closing(self._boundary or ""))
+            return True
+        return False
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _part_head(boundary: str, content_type: str) -> bytes:
+    return f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode("latin-1")
+
+
+def _closing(boundary: str) -> bytes:
+    return f"--{boundary}--\r\n".encode("latin-1")
+
+
+async def read_blocks(reader: _BodyReader, block: int) -> AsyncIterator[bytes]:
+    """The pieces of ``reader``, each batch read by one worker-thread call while the previous one is sent."""
+    loop = asyncio.get_running_loop()
+    ahead = loop.run_in_executor(None, reader.read, block)
+    try:
+        while True:
+            # shielded: a cancelled response must not close the file under a read in flight
+            pieces = await asyncio.shield(ahead)
+            if not pieces:
+                return
+            ahead = loop.run_in_executor(None, reader.read, block)
+            for piece in pieces:
+                yield piece
+    finally:
+        def done(future: asyncio.Future[list[bytes]]) -> None:
+            if not future.cancelled():
+                future.exception()  # retrieved: a failure after the client left is not news
+            reader.close()
+
+        ahead.add_done_callback(done)
+
+
+def multipart_related(parts: Iterable[OutPart], boundary: str, block: int = BLOCK) -> AsyncIterator[bytes]:
+    """Parts as a multipart/related body (RFC 2387, PS3.18 §8.6.1.2), streamed.
+
+    Files are read in a worker thread, a batch of about ``block`` bytes ahead of the socket;
+    memory stays at a few batches whatever the number or size of the parts.
+    """
+    return read_blocks(_BodyReader(parts, boundary), block)
+
+
+def _sized(parts: Sequence[OutPart]) -> list[OutPart]:
+    """``parts`` with the size of each file; a file that cannot be read is left out (and logged)."""
+    out: list[OutPart] = []
+    for part in parts:
+        if part.path is None or part.produce is not None:
+            out.append(part)
             continue
-        yield (f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={item.transfer_syntax_uid}"
-               f"\r\n\r\n").encode()
-        yield from _file_chunks(item.path)
-        yield b"\r\n"
-    yield f"--{boundary}--\r\n".encode()
+        try:
+            out.append(replace(part, size=os.stat(part.path).st_size))
+        except OSError as exc:
+            log.error("left %s out of a multipart response: %s: %s", part.label or part.path, type(exc).__name__, exc)
+    return out
+
+
+async def multipart_response(parts: Sequence[OutPart], boundary: str, part_type: str) -> StreamingResponse:
+    """A streamed ``multipart/related; type=part_type`` response of ``parts``.
+
+    When every part is a file its size is known, so the response carries a Content-Length
+    (clients see progress; the server sends the file bytes without re-chunking them).
+    Files that are gone are left out (logged); HttpError 404 when that leaves nothing.
+    """
+    sized = await asyncio.to_thread(_sized, parts)
+    if parts and not sized:
+        raise HttpError(404, "not_found", f"the {len(parts)} instance(s) asked for are indexed but their files are "
+                        "missing from storage; see the server log")
+    headers: dict[str, str] = {}
+    exact = all(part.size >= 0 for part in sized)
+    if exact:
+        length = sum(len(_part_head(boundary, p.content_type)) + p.size + 2 for p in sized) + len(_closing(boundary))
+        headers["content-length"] = str(length)
+    return StreamingResponse(read_blocks(_BodyReader(sized, boundary, exact), BLOCK), headers=headers,
+                             media_type=f'multipart/related; type="{part_type}"; boundary={boundary}')
+
+
+def file_response(path: Path, media_type: str) -> StreamingResponse:
+    """One file as a response, streamed like :func:`multipart_response` (with its Content-Length)."""
+    size = os.stat(path).st_size
+    part = OutPart("", path=path, size=size)
+    return StreamingResponse(read_blocks(_BodyReader([part], None, exact=True), BLOCK),
+                             headers={"content-length": str(size)}, media_type=media_type)
+
+
+def stored_part(item: StoredInstance) -> OutPart:
+    """A stored instance as it is: ``application/dicom`` in its stored transfer syntax (PS3.18 §8.7.3.2)."""
+    return OutPart(f"application/dicom; transfer-syntax={item.transfer_syntax_uid}", path=item.path,
+                   label=item.sop_instance_uid)
 
 
 def multipart_octets(chunks: Sequence[bytes], boundary: str, content_type: str) -> bytes:
@@ -189,5 +390,6 @@ async def aiter_text(items: AsyncIterator[str]) -> AsyncIterator[bytes]:
         yield item.encode()
 
 
-__all__ = ["Part", "aiter_text", "boundary_of", "ingest_bytes", "multipart_octets", "multipart_related",
-           "new_boundary", "read_body", "split_multipart", "unzip", "zip_stream"]
+__all__ = ["BLOCK", "OutPart", "Part", "aiter_text", "boundary_of", "file_response", "ingest_bytes", "multipart_octets",
+           "multipart_related", "multipart_response", "new_boundary", "read_body", "split_multipart", "stored_part",
+           "unzip", "zip_stream"]

@@ -1,0 +1,181 @@
+"""Media type negotiation for WADO-RS (PS3.18 §8.7): which representation of an instance or its frames.
+
+The Accept header lists media ranges; for multipart responses the part's media type is the
+``type`` parameter of ``multipart/related`` and the encoding its ``transfer-syntax``
+parameter (a UID, or ``*`` = whatever the origin server chooses). The tables below say
+which media type carries which stored transfer syntax; the functions pick, per stored
+transfer syntax, the first acceptable representation we can produce without lossy work.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from minipacs.core.transcode import EXPLICIT_VR_LITTLE_ENDIAN, can_transcode
+from minipacs.net.uids import transfer_syntax
+
+ANY: Final = "*/*"
+DICOM: Final = "application/dicom"
+OCTETS: Final = "application/octet-stream"
+
+# PS3.18 Table 8.7.3-5: media types of compressed Bulkdata (frames), by transfer syntax
+FRAME_MEDIA_TYPES: Final[Mapping[str, str]] = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg",  # JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51": "image/jpeg",  # JPEG Extended (Process 2 & 4)
+    "1.2.840.10008.1.2.4.57": "image/jpeg",  # JPEG Lossless, Non-Hierarchical (Process 14)
+    "1.2.840.10008.1.2.4.70": "image/jpeg",  # JPEG Lossless, First-Order Prediction
+    "1.2.840.10008.1.2.5": "image/dicom-rle",  # RLE Lossless
+    "1.2.840.10008.1.2.4.80": "image/jls",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81": "image/jls",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90": "image/jp2",  # JPEG 2000 Lossless Only
+    "1.2.840.10008.1.2.4.91": "image/jp2",  # JPEG 2000
+    "1.2.840.10008.1.2.4.92": "image/jpx",  # JPEG 2000 Part 2 Lossless Only
+    "1.2.840.10008.1.2.4.93": "image/jpx",  # JPEG 2000 Part 2
+    "1.2.840.10008.1.2.4.201": "image/jphc",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202": "image/jphc",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203": "image/jphc",  # HTJ2K
+}
+# media types some clients send for the ones above (dicomweb-client, older editions of PS3.18)
+ALIASES: Final[Mapping[str, str]] = {"image/x-dicom-rle": "image/dicom-rle", "image/x-jls": "image/jls"}
+
+
+@dataclass(frozen=True)
+class MediaRange:
+    """One acceptable representation: part media type (``""``: the resource's default) and transfer syntax."""
+
+    media_type: str
+    transfer_syntax: str = ""  # "" absent, "*" any, else a UID
+    q: float = 1.0
+
+
+def _split(text: str, sep: str) -> list[str]:
+    """``text`` split at ``sep`` outside double quotes."""
+    out: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        if ch == sep and not quoted:
+            out.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    out.append("".join(current))
+    return out
+
+
+def parse_accept(header: str) -> list[MediaRange]:
+    """The media ranges of an Accept header (RFC 9110 §12.5.1), best first; q=0 ones dropped.
+
+    ``multipart/related; type="X"; transfer-syntax=Y`` becomes ``MediaRange("X", "Y")``;
+    a bare ``multipart/related`` has media type ``""`` (the resource's default).
+    """
+    ranges: list[MediaRange] = []
+    for item in _split(header, ","):
+        fields = _split(item, ";")
+        media = fields[0].strip().lower()
+        if not media:
+            continue
+        params: dict[str, str] = {}
+        for field in fields[1:]:
+            name, _, value = field.partition("=")
+            params[name.strip().lower()] = value.strip().strip('"').strip()
+        try:
+            q = float(params.get("q", "1"))
+        except ValueError:
+            q = 1.0
+        if not math.isfinite(q):
+            q = 1.0
+        if q <= 0:
+            continue
+        part = params.get("type", "").lower() if media == "multipart/related" else media
+        if media == "multipart/*" or part == "*":
+            part = ANY
+        part = ALIASES.get(part, part)
+        ranges.append(MediaRange(part, params.get("transfer-syntax", ""), q))
+    return sorted(ranges, key=lambda r: -r.q)
+
+
+def instance_syntax(ranges: list[MediaRange], stored_ts: str) -> str | None:
+    """The transfer syntax to send an instance stored in ``stored_ts`` in, or None if none is acceptable.
+
+    PS3.18 §8.7.3 and Table 8.7.3-2 make Explicit VR Little Endian the default when no
+    ``transfer-syntax`` is given; we send the instance as stored instead (no re-encoding, and
+    every stored syntax is one the client can ask for by name) -- see README, DICOMweb.
+    ``transfer-syntax=*`` is as stored. The one syntax we transcode to is Explicit VR Little
+    Endian: §8.7.3 rules out Implicit VR Little Endian and Big Endian for web services, and we
+    never compress.
+    """
+    if not ranges:
+        return stored_ts
+    for r in ranges:
+        if r.media_type not in (DICOM, ANY, "application/*", ""):
+            continue
+        if r.transfer_syntax in ("", "*", stored_ts):
+            return stored_ts
+        if r.transfer_syntax == EXPLICIT_VR_LITTLE_ENDIAN and can_transcode(stored_ts, r.transfer_syntax):
+            return r.transfer_syntax
+    return None
+
+
+@dataclass(frozen=True)
+class FrameChoice:
+    """How to send frames: part media type, the transfer syntax they are in, whether to decompress."""
+
+    media_type: str
+    transfer_syntax: str
+    decode: bool
+
+    @property
+    def content_type(self) -> str:
+        return f"{self.media_type}; transfer-syntax={self.transfer_syntax}"
+
+
+def frame_choice(ranges: list[MediaRange], stored_ts: str) -> FrameChoice | None:
+    """The representation of frames of an instance stored in ``stored_ts`` (PS3.18 §8.7.3.3), or None.
+
+    Compressed frames go out as stored when the client accepts their media type (Table 8.7.3-5),
+    ``application/octet-stream`` with their transfer syntax or ``*``, or anything (``*/*``);
+    they are decompressed to native Explicit VR Little Endian octets (Table 8.7.3-4) when
+    asked for ``application/octet-stream`` without a transfer syntax or with 1.2.840.10008.1.2.1,
+    and when there is no Accept header (the default of §8.7.3.3).
+    """
+    syntax = transfer_syntax(stored_ts)
+    if syntax is None:
+        return None
+    native = FrameChoice(OCTETS, EXPLICIT_VR_LITTLE_ENDIAN, syntax.encapsulated or not syntax.little_endian)
+    if not syntax.encapsulated:
+        as_stored = native
+    else:
+        as_stored = FrameChoice(FRAME_MEDIA_TYPES.get(stored_ts, OCTETS), stored_ts, False)
+    for r in ranges or [MediaRange("")]:
+        ts = r.transfer_syntax
+        if r.media_type in (ANY, ""):
+            if ts == EXPLICIT_VR_LITTLE_ENDIAN or (ts == "" and r.media_type == ""):
+                return native
+            if ts in ("", "*", stored_ts):
+                return as_stored
+        elif r.media_type == OCTETS:
+            if ts in ("", EXPLICIT_VR_LITTLE_ENDIAN):
+                return native
+            if ts in ("*", stored_ts):
+                return FrameChoice(OCTETS, as_stored.transfer_syntax, as_stored.decode)
+        elif syntax.encapsulated and r.media_type in (as_stored.media_type, "image/*") and ts in ("", "*", stored_ts):
+            return as_stored
+    return None
+
+
+def frame_choices_text(stored_ts: str) -> str:
+    """What a client can ask for, for a 406 sentence."""
+    media = FRAME_MEDIA_TYPES.get(stored_ts)
+    stored = f'type="{media}" or ' if media else ""
+    return (f'multipart/related; {stored}type="application/octet-stream"; transfer-syntax={stored_ts} (as stored), '
+            f'or type="application/octet-stream" without transfer-syntax (decompressed to {EXPLICIT_VR_LITTLE_ENDIAN})')
+
+
+__all__ = ["FRAME_MEDIA_TYPES", "FrameChoice", "MediaRange", "frame_choice", "frame_choices_text",
+           "instance_syntax", "parse_accept"]

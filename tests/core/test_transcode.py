@@ -1,0 +1,80 @@
+"""core/transcode.py: Part 10 transcoding and frames of stored instances, on pydicom's test files."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.encaps import generate_frames
+
+from minipacs.core.transcode import NoSuchFrame, TranscodeError, can_transcode, pixel_frames, transcode_part10
+from tests.compressed import COMPRESSED, fresh_copy
+from tests.dicomgen import write_ct
+
+ELE = "1.2.840.10008.1.2.1"
+
+
+@pytest.mark.parametrize("name", sorted(COMPRESSED))
+def test_transcode_part10_decompresses_and_keeps_the_instance(tmp_path: Path, name: str) -> None:
+    path, ds = fresh_copy(name, tmp_path)
+    out = pydicom.dcmread(io.BytesIO(transcode_part10(path, ELE)))
+    assert out.preamble == b"\x00" * 128
+    assert out.file_meta.TransferSyntaxUID == ELE
+    assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID == ds.SOPInstanceUID
+    assert out.file_meta.MediaStorageSOPClassUID == ds.SOPClassUID
+    assert np.array_equal(out.pixel_array, ds.pixel_array)
+
+
+@pytest.mark.parametrize("name", sorted(COMPRESSED))
+def test_pixel_frames_as_stored_and_decoded(tmp_path: Path, name: str) -> None:
+    path, ds = fresh_copy(name, tmp_path)
+    count = COMPRESSED[name][2]
+    numbers = list(range(count, 0, -1))  # any order, as asked
+    stored = list(generate_frames(ds.PixelData, number_of_frames=count))
+    assert pixel_frames(path, numbers, decode=False) == [stored[n - 1] for n in numbers]
+    pixels = ds.pixel_array if count > 1 else ds.pixel_array[np.newaxis]
+    assert pixel_frames(path, numbers, decode=True) == [pixels[n - 1].tobytes() for n in numbers]
+
+
+def test_native_frames_are_sliced_without_decoding(tmp_path: Path) -> None:
+    path = write_ct(tmp_path / "ct.dcm", study_uid="1.2.3", series_uid="1.2.3.4", sop_uid="1.2.3.4.5")
+    ds = pydicom.dcmread(path)
+    assert pixel_frames(path, [1], decode=False) == [ds.PixelData] == pixel_frames(path, [1], decode=True)
+
+
+def test_frame_errors(tmp_path: Path) -> None:
+    path, _ds = fresh_copy("rle_2frames", tmp_path)
+    with pytest.raises(NoSuchFrame, match="frame 3 does not exist; the instance has 2"):
+        pixel_frames(path, [1, 3], decode=False)
+    ds = pydicom.dcmread(path)
+    del ds.PixelData
+    ds.save_as(tmp_path / "nopixels.dcm", enforce_file_format=True)
+    with pytest.raises(NoSuchFrame, match="no pixel data"):
+        pixel_frames(tmp_path / "nopixels.dcm", [1], decode=True)
+
+
+def test_undecodable_pixels_are_a_transcode_error(tmp_path: Path) -> None:
+    path, ds = fresh_copy("jpeg2000_lossless", tmp_path)
+    data = bytearray(path.read_bytes())
+    start = data.index(b"\xff\x4f\xff\x51")  # the JPEG 2000 codestream: keep SOC/SIZ markers, garble the rest
+    data[start + 4:start + 400] = b"\xff" * 396
+    path.write_bytes(bytes(data))
+    with pytest.raises(TranscodeError, match="cannot be decompressed"):
+        pixel_frames(path, [1], decode=True)
+    with pytest.raises(TranscodeError, match="pylibjpeg"):
+        transcode_part10(path, ELE)
+    assert pixel_frames(path, [1], decode=False)  # as stored still works
+
+
+@pytest.mark.parametrize("source,target,expected", [
+    ("1.2.840.10008.1.2.4.90", ELE, True),
+    ("1.2.840.10008.1.2", ELE, True),
+    (ELE, "1.2.840.10008.1.2.4.50", False),  # never compress
+    (ELE, "1.2.840.10008.1.2.1.99", False),  # deflate
+    ("1.2.3.private", ELE, False),
+])
+def test_can_transcode(source: str, target: str, expected: bool) -> None:
+    assert can_transcode(source, target) is expected
