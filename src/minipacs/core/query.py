@@ -64,6 +64,8 @@ log = logging.getLogger("minipacs.query")
 #: Rows read per index round trip: small first (latency), then larger (throughput).
 FIRST_PAGE: Final = 64
 PAGE: Final = 1000
+#: Matches per batch of :func:`run_query_batches` (about 10 KB of C-FIND responses).
+BATCH: Final = 32
 
 
 # ------------------------------------------------------------------ the prepared query
@@ -227,9 +229,20 @@ async def run_query(archive: Any, prepared: PreparedQuery, *, limit: int | None 
 async def run_query_rows(
     archive: Any, prepared: PreparedQuery, *, limit: int | None = None
 ) -> AsyncGenerator[Row, None]:
-    """Yield one :data:`Row` per match, in index order; at most ``limit``.
+    """Yield one :data:`Row` per match, in index order; at most ``limit``."""
+    async with aclosing(run_query_batches(archive, prepared, limit=limit)) as batches:
+        async for rows in batches:
+            for row in rows:
+                yield row
 
-    While a page's rows are consumed, the next page is already being read.
+
+async def run_query_batches(
+    archive: Any, prepared: PreparedQuery, *, limit: int | None = None, batch: int = BATCH
+) -> AsyncGenerator[list[Row], None]:
+    """Yield the matches in index order, at most ``batch`` :data:`Row` at a time and at
+    most ``limit`` in all: C-FIND sends a batch in one write.
+
+    Once a page's first batch is out, the next page is read while the rest is sent.
     """
     page = FIRST_PAGE
     sent = 0
@@ -244,20 +257,20 @@ async def run_query_rows(
         want = page if limit is None else min(page, limit)
         rows, last, exhausted = await read(0, want)
         while True:
+            if limit is not None:
+                rows = rows[: limit - sent]
             after_page = sent + len(rows)
-            for index, row in enumerate(rows):
-                if index == 1 and not exhausted:  # the first row is out: read the next page meanwhile
+            for start in range(0, len(rows), batch):
+                yield rows[start:start + batch]
+                if start == 0 and not exhausted:  # the first batch is out: read the next page meanwhile
                     page = PAGE
                     next_want = page if limit is None else min(page, limit - after_page)
                     if next_want > 0:
                         pending = asyncio.ensure_future(read(last, next_want))
-                yield row
-                sent += 1
-                if limit is not None and sent >= limit:
-                    return
-            if exhausted:
+            sent = after_page
+            if exhausted or (limit is not None and sent >= limit):
                 return
-            if pending is None:  # a page of one row: nothing was read ahead
+            if pending is None:  # a page whose rows were all filtered out: nothing was read ahead
                 page = PAGE
                 want = page if limit is None else min(page, limit - sent)
                 rows, last, exhausted = await read(last, want)
@@ -560,5 +573,6 @@ __all__ = [
     "response_fields",
     "row_dataset",
     "run_query",
+    "run_query_batches",
     "run_query_rows",
 ]

@@ -425,6 +425,31 @@ class Association(UpperLayerUser):
                 f"({self.aborted_reason or self.dul.end_reason or exc})"
             ) from exc
 
+    async def send_responses(self, context_id: int, command: Command, datasets: Sequence[bytes]) -> None:
+        """Send ``command`` once per dataset (a batch of C-FIND Pending responses): the
+        messages that fit in one PDV each go out in one write and one drain."""
+        chunk = self._max_fragment()
+        cmd_bytes = command.encode()
+        if len(cmd_bytes) > chunk or any(not 0 < len(ds) <= chunk for ds in datasets):
+            for ds in datasets:
+                await self.send_message(context_id, command, ds)
+            return
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s sending %d x %s", self.label, len(datasets), command.summary())
+        cmd_header = pdata_pdu_header(context_id, True, True, len(cmd_bytes))
+        parts: list[bytes] = []
+        for ds in datasets:
+            parts += (cmd_header, cmd_bytes, pdata_pdu_header(context_id, False, True, len(ds)), ds)
+        try:
+            async with self._send_lock:
+                self.dul.send_pdata(b"".join(parts))
+                await self.dul.drain()
+        except InvalidTransition as exc:
+            raise AssociationError(
+                f"cannot send {command.name}: the association has ended "
+                f"({self.aborted_reason or self.dul.end_reason or exc})"
+            ) from exc
+
     async def _send_message(self, context_id: int, command: Command, dataset: DatasetSource | None) -> None:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s sending %s", self.label, command.summary())

@@ -38,7 +38,7 @@ from minipacs.core.query import (
     prepare_query,
     response_fields,
     row_dataset,
-    run_query_rows,
+    run_query_batches,
 )
 from minipacs.net.association import Association, AssociationError, BytesSink, DatasetSink, Message, RequestHandler
 from minipacs.net.dimse import Command
@@ -75,8 +75,6 @@ FIND_TRANSFER_SYNTAXES: Final = UNCOMPRESSED | {DEFLATED_EXPLICIT_VR_LITTLE_ENDI
 RELATIONAL_QUERIES_BYTE: Final = 0
 #: (0008,0054) RetrieveAETitle: answered by the service, not the query engine.
 RETRIEVE_AE_TITLE: Final = 0x00080054
-#: The event loop gets a turn (to read a C-CANCEL) after this many responses.
-YIELD_EVERY: Final = 8
 # PS3.5 §6.2: VRs holding text a character set applies to.
 _TEXT_VRS: Final = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
 
@@ -440,19 +438,23 @@ class QueryRetrieveFindSCP:
                     "C-FIND-RSP", has_dataset=True, MessageIDBeingRespondedTo=msg_id,
                     AffectedSOPClassUID=sop_class, Status=pending))
                 limit = None if self.max_results is None else self.max_results + 1
-                async with aclosing(run_query_rows(self.archive, prepared, limit=limit)) as rows:
-                    async for row in rows:
+                async with aclosing(run_query_batches(self.archive, prepared, limit=limit)) as batches:
+                    async for rows in batches:
                         if message.cancelled.is_set():
                             break
-                        if self.max_results is not None and matches >= self.max_results:
+                        over = self.max_results is not None and matches + len(rows) > self.max_results
+                        if over:
+                            rows = rows[: cast(int, self.max_results) - matches]
+                        if rows:
+                            await assoc.send_responses(context.context_id, pending_rsp,
+                                                       [encoder.encode(row) for row in rows])
+                            matches += len(rows)
+                        if over:
                             status = FIND_LIMIT_REACHED
                             text = (f"more than {self.max_results} matches (max_results); "
                                     "the first were sent, narrow the query")
                             break
-                        await assoc.send_message(context.context_id, pending_rsp, encoder.encode(row))
-                        matches += 1
-                        if matches % YIELD_EVERY == 0:
-                            await asyncio.sleep(0)  # let the reader see a C-CANCEL (drain may not yield)
+                        await asyncio.sleep(0)  # let the reader see a C-CANCEL (drain may not yield)
                 if message.cancelled.is_set():
                     status = FIND_CANCELLED
         except AssociationError:
