@@ -15,7 +15,8 @@ from typing import Any
 
 from minipacs.core.model import DuplicatePolicy
 from minipacs.core.nodes import OPERATIONS, InvalidNode, Node, node_from_mapping
-from minipacs.core.users import ApiToken, InvalidUser, User, token_from_mapping, user_from_mapping
+from minipacs.core.users import (DICOM_IDENTITY_MODES, ApiToken, InvalidUser, User, token_from_mapping,
+                                 user_from_mapping)
 
 MiB = 1024 * 1024
 
@@ -38,6 +39,18 @@ class Settings:
     port: int = 11112
     #: Reject associations whose Called AE Title is not ours (A-ASSOCIATE-RJ reason 7).
     check_called_aet: bool = False
+    # --- DICOM TLS (PS3.15 B.1, net/tls.py) and user identity (PS3.7 D.3.3.7, services/user_identity.py)
+    #: Second DICOM listener speaking TLS (2762 is the registered port); 0: none.
+    tls_port: int = 0
+    #: Our certificate and its private key (PEM): the TLS listener's, and shown to TLS nodes we call.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    #: CA certificates (PEM) the peers' certificates must chain to: needed to call nodes registered with tls.
+    tls_ca_file: str = ""
+    #: TLS clients must present a certificate chaining to tls_ca_file (else the handshake fails).
+    tls_require_client_cert: bool = False
+    #: User Identity Negotiation: "ignore" (log only), "optional" (checked when sent), "required".
+    dicom_user_identity: str = "ignore"
     # --- limits
     max_associations: int = 32
     #: Maximum PDU length we announce and accept (PS3.8 D.1); 0 = unlimited is refused.
@@ -105,6 +118,17 @@ class Settings:
             raise ConfigError(f"ae_title {self.ae_title!r} may only use printable ASCII without backslash")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is outside 0..65535")
+        if not 0 <= self.tls_port <= 65535:
+            raise ConfigError(f"tls_port {self.tls_port} is outside 0..65535 (0 turns the TLS listener off)")
+        if self.tls_port and self.tls_port == self.port:
+            raise ConfigError(f"tls_port {self.tls_port} is also the plain DICOM port; give TLS its own (2762)")
+        if self.tls_port and not (self.tls_cert_file and self.tls_key_file):
+            raise ConfigError("tls_port needs tls_cert_file and tls_key_file (our certificate and its key, PEM)")
+        if self.tls_require_client_cert and not self.tls_ca_file:
+            raise ConfigError("tls_require_client_cert needs tls_ca_file, the CA that signs the clients' certificates")
+        if self.dicom_user_identity not in DICOM_IDENTITY_MODES:
+            raise ConfigError(f"dicom_user_identity {self.dicom_user_identity!r} must be one of "
+                              f"{', '.join(DICOM_IDENTITY_MODES)}")
         if self.max_associations < 1:
             raise ConfigError("max_associations must be at least 1")
         if self.max_pdu_receive < 4096:

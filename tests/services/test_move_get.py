@@ -53,6 +53,7 @@ class FakeNode:
     ae_title: str
     host: str
     port: int
+    tls: bool = False
 
 
 @dataclass

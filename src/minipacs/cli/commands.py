@@ -38,7 +38,8 @@ async def echo(args: argparse.Namespace) -> int:
     rq = build_rq(args.calling_aet, args.called_aet,
                   [(VERIFICATION_SOP_CLASS, [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN])], settings)
     try:
-        assoc = await connect(args.host, args.port, rq, settings, connect_timeout=args.connect_timeout)
+        assoc = await connect(args.host, args.port, rq, settings, connect_timeout=args.connect_timeout,
+                              tls=args.tls)
     except AssociationError as exc:
         print(f"minipacs echo: {exc}", file=sys.stderr)
         return EXIT_NETWORK
@@ -76,7 +77,8 @@ async def store(args: argparse.Namespace) -> int:
         return EXIT_PARTIAL
     rq = build_rq(args.calling_aet, args.called_aet, contexts, settings)
     try:
-        assoc = await connect(args.host, args.port, rq, settings, connect_timeout=args.connect_timeout)
+        assoc = await connect(args.host, args.port, rq, settings, connect_timeout=args.connect_timeout,
+                              tls=args.tls)
     except AssociationError as exc:
         print(f"minipacs store: {exc}", file=sys.stderr)
         return EXIT_NETWORK
@@ -173,8 +175,10 @@ async def show_log(settings: Settings, limit: int, as_json: bool) -> int:
         state = "accepted" if r.accepted else f"REJECTED: {r.reject_reason}"
         dur = f"{r.duration_s:.2f}s" if r.duration_s is not None else "-"
         accepted_ctx = sum(1 for c in r.contexts if c.get("result") == "accepted")
+        secure = f" over {r.tls}" + (f" ({r.tls_peer})" if r.tls_peer else "") if r.tls and r.tls != "failed" else ""
+        user = f" user {r.user_identity}" if r.user_identity else ""
         print(f"{r.started_at:%Y-%m-%d %H:%M:%S} {r.calling_aet or '?'} -> {r.called_aet or '?'} "
-              f"from {r.peer_host}:{r.peer_port} {state}; {accepted_ctx}/{len(r.contexts)} contexts; "
+              f"from {r.peer_host}:{r.peer_port}{secure}{user} {state}; {accepted_ctx}/{len(r.contexts)} contexts; "
               f"{what}; {r.bytes_received} B in, {r.bytes_sent} B out; {dur}; "
               f"{r.end_reason or ''}".rstrip("; "))
     return EXIT_OK

@@ -66,7 +66,8 @@ async def _find(args: argparse.Namespace, sop_class: str, identifier: Dataset) -
     rq = build_rq(args.calling_aet, args.called_aet,
                   [(sop_class, [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN])], settings)
     try:
-        assoc = await connect(args.host, args.port, rq, settings, connect_timeout=args.connect_timeout)
+        assoc = await connect(args.host, args.port, rq, settings, connect_timeout=args.connect_timeout,
+                              tls=args.tls)
     except AssociationError as exc:
         print(f"minipacs find: {exc}", file=sys.stderr)
         return EXIT_NETWORK

@@ -56,7 +56,7 @@ async def _get(args: argparse.Namespace, settings: Settings | None, ident: tuple
         rq = build_rq(args.calling_aet, args.called_aet, contexts, aset, roles=roles)
         try:
             assoc = await connect(args.host, args.port, rq, aset, connect_timeout=args.connect_timeout,
-                                  handler=service.c_store, sink_factory=service.sink_for)
+                                  handler=service.c_store, sink_factory=service.sink_for, tls=args.tls)
         except AssociationError as exc:
             print(f"minipacs get: {exc}", file=sys.stderr)
             return EXIT_NETWORK

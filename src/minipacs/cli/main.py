@@ -22,6 +22,7 @@ from minipacs import __version__
 from minipacs.config import ConfigError, Settings, load_settings
 from minipacs.net.association import AssociationSettings
 from minipacs.net.dul import Timeouts
+from minipacs.net.tls import TLSConfigError, client_context
 
 from minipacs.cli.exit_codes import EXIT_USAGE
 
@@ -40,6 +41,10 @@ def network_args(p: argparse.ArgumentParser, default_aet: str) -> None:
     p.add_argument("-ta", "--acse-timeout", type=float, default=30.0, help="ACSE timeout, s [30]")
     p.add_argument("-td", "--dimse-timeout", type=float, default=60.0, help="DIMSE timeout, s [60]")
     p.add_argument("-pdu", "--max-pdu", type=int, default=1024 * 1024, help="maximum PDU we receive [1048576]")
+    p.add_argument("--tls", action="store_true", help="DICOM TLS (PS3.15 B.1, port 2762 usually); needs --tls-ca")
+    p.add_argument("--tls-ca", metavar="PEM", default="", help="CA certificate(s) the peer's certificate must chain to")
+    p.add_argument("--tls-cert", metavar="PEM", default="", help="our certificate, for peers that require one")
+    p.add_argument("--tls-key", metavar="PEM", default="", help="the private key of --tls-cert")
 
 
 def association_settings(args: argparse.Namespace) -> AssociationSettings:
@@ -48,6 +53,7 @@ def association_settings(args: argparse.Namespace) -> AssociationSettings:
         ae_title=args.calling_aet,
         max_pdu_receive=args.max_pdu,
         timeouts=Timeouts(acse=args.acse_timeout, dimse=args.dimse_timeout, idle=args.dimse_timeout),
+        tls_context=getattr(args, "tls_context", None),
     )
 
 
@@ -63,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aet", dest="ae_title", help="our AE title [MINIPACS]")
     p.add_argument("--port", type=int, help="DICOM port [11112]")
     p.add_argument("--host", help="address to listen on [0.0.0.0]")
+    p.add_argument("--tls-port", type=int, help="DICOM TLS port, e.g. 2762 (needs tls_cert_file, tls_key_file) [off]")
 
     p = sub.add_parser("echo", help="C-ECHO a DICOM node (like DCMTK echoscu)")
     network_args(p, "ECHOSCU")
@@ -114,7 +121,7 @@ def _configure_logging(args: argparse.Namespace, settings: Settings | None = Non
 
 def _load(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    for key in ("data_dir", "ae_title", "port", "host"):
+    for key in ("data_dir", "ae_title", "port", "host", "tls_port"):
         value = getattr(args, key, None)
         if value is not None:
             overrides[key] = value
@@ -133,6 +140,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"minipacs: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     _configure_logging(args, settings)
+    if hasattr(args, "tls_ca") and args.tls:  # DICOM TLS flags of network_args: read the files once, here
+        if not args.tls_ca:
+            print("minipacs: --tls needs --tls-ca FILE: the CA certificate(s) the peer's certificate must chain to",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            args.tls_context = client_context(args.tls_ca, args.tls_cert, args.tls_key)
+        except TLSConfigError as exc:
+            print(f"minipacs: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     from minipacs.cli import commands
 
     try:

@@ -87,7 +87,7 @@ async def _request(args: argparse.Namespace, model: str, level: str, data: bytes
     rq = build_rq(args.calling_aet, args.called_aet, move_contexts(model), settings)
     try:
         assoc = await connect(args.host, args.port, rq, settings, connect_timeout=args.connect_timeout,
-                              local_host=args.bind)
+                              local_host=args.bind, tls=args.tls)
     except AssociationError as exc:
         print(f"minipacs move: {exc}", file=sys.stderr)
         return EXIT_NETWORK

@@ -174,11 +174,13 @@ async def _query(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     settings = AssociationSettings(
         ae_title=args.calling_aet, max_pdu_receive=args.max_pdu,
-        timeouts=Timeouts(acse=args.acse_timeout, dimse=args.dimse_timeout, idle=args.dimse_timeout))
+        timeouts=Timeouts(acse=args.acse_timeout, dimse=args.dimse_timeout, idle=args.dimse_timeout),
+        tls_context=getattr(args, "tls_context", None))
     rq = build_rq(args.calling_aet, args.called_aet,
                   [(MODALITY_WORKLIST_FIND, [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN])], settings)
     try:
-        assoc = await connect(args.host, args.port, rq, settings, connect_timeout=args.connect_timeout)
+        assoc = await connect(args.host, args.port, rq, settings, connect_timeout=args.connect_timeout,
+                              tls=args.tls)
     except (AssociationError, OSError, TimeoutError) as exc:
         print(f"minipacs worklist query: no association with {args.host}:{args.port}: {exc}", file=sys.stderr)
         return EXIT_NETWORK

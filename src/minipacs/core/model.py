@@ -61,6 +61,9 @@ class AssociationRecord:
     operations: list[dict[str, object]] = field(default_factory=list)
     bytes_received: int = 0
     bytes_sent: int = 0
+    tls: str = ""  # DICOM TLS: "" plain TCP, "TLSv1.3" etc., "failed" for a failed handshake
+    tls_peer: str = ""  # the peer certificate's subject, "CN=...,O=..."
+    user_identity: str = ""  # the User Identity username (never the passcode)
     id: int | None = None
 
     @property

@@ -20,6 +20,9 @@ from typing import Any, Final
 SCRYPT_N: Final = 2**14
 SCRYPT_R: Final = 8
 SCRYPT_P: Final = 1
+#: ``dicom_user_identity``: does a DICOM association's User Identity item have to name one of these
+#: users? ignore: never checked; optional: checked when sent; required: must be sent and right.
+DICOM_IDENTITY_MODES: Final = ("ignore", "optional", "required")
 
 
 class Role(str, enum.Enum):
@@ -112,5 +115,5 @@ def token_from_mapping(table: Mapping[str, Any]) -> ApiToken:
     return ApiToken(name, token_hash, _role(table.get("role", "viewer"), f"token {name!r}"))
 
 
-__all__ = ["ApiToken", "InvalidUser", "ROLE_PERMISSIONS", "Role", "User", "hash_password", "hash_token",
-           "new_token", "token_from_mapping", "user_from_mapping", "verify_password"]
+__all__ = ["DICOM_IDENTITY_MODES", "ApiToken", "InvalidUser", "ROLE_PERMISSIONS", "Role", "User", "hash_password",
+           "hash_token", "new_token", "token_from_mapping", "user_from_mapping", "verify_password"]

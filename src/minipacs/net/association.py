@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from minipacs.net.fsm import InvalidTransition, State
 from minipacs.net.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ, PDataTF, pdata_pdu_header
 from minipacs.net.pdu_items import PresentationContextRQ, RoleSelection, UserInformation
 from minipacs.net.presentation import NegotiatedContext, accepted_by_peer
+from minipacs.net.tls import TLSInfo, describe_tls_error, tls_info
 from minipacs.net.trace import describe_associate
 
 log = logging.getLogger("minipacs.net")
@@ -116,6 +118,8 @@ class AssociationSettings:
     max_pdu_send: int = 1024 * 1024
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_command_bytes: int = MAX_COMMAND_BYTES
+    #: Our client side of DICOM TLS (net/tls.py ``client_context``): used by ``connect(..., tls=True)``.
+    tls_context: ssl.SSLContext | None = None
 
 
 class _Incoming:
@@ -148,6 +152,8 @@ class Association(UpperLayerUser):
         peer = writer.get_extra_info("peername") or ("?", 0)
         self.peer_host: str = str(peer[0])
         self.peer_port: int = int(peer[1])
+        #: None on plain TCP; the TLS version and the peer's certificate subject on DICOM TLS.
+        self.tls: TLSInfo | None = tls_info(writer.get_extra_info("ssl_object"))
         self.settings = settings
         self.is_requestor = is_requestor
         self.negotiator = negotiator
@@ -621,18 +627,38 @@ async def connect(
     handler: RequestHandler | None = None,
     sink_factory: SinkFactory | None = None,
     local_host: str | None = None,
+    tls: bool = False,
 ) -> Association:
-    """Open a TCP connection (from ``local_host`` when given), send the A-ASSOCIATE-RQ, wait for the answer."""
+    """Open a TCP connection (from ``local_host`` when given), send the A-ASSOCIATE-RQ, wait for the answer.
+
+    ``tls``: DICOM TLS (PS3.15 B.1) with ``settings.tls_context``, the peer's certificate verified.
+    """
+    context: ssl.SSLContext | None = None
+    if tls:
+        context = settings.tls_context
+        if context is None:
+            raise AssociationError(f"{host}:{port} is to be called with TLS, but no TLS client settings are "
+                                   "configured (set tls_ca_file, and tls_cert_file/tls_key_file if the peer "
+                                   "wants our certificate)")
     try:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(host, port, limit=stream_limit(settings.max_pdu_receive),
-                                    local_addr=(local_host, 0) if local_host else None),
+                                    local_addr=(local_host, 0) if local_host else None, ssl=context,
+                                    server_hostname=host if context is not None else None,
+                                    ssl_handshake_timeout=connect_timeout if context is not None else None),
             connect_timeout,
         )
     except TimeoutError:
         raise AssociationError(f"no TCP connection to {host}:{port} within {connect_timeout:g}s "
                                "(host down, or a firewall dropping packets?)") from None
+    except ssl.SSLError as exc:
+        raise AssociationError(f"TLS handshake with {host}:{port} failed: {describe_tls_error(exc)}") from exc
     except OSError as exc:
+        if context is not None and isinstance(exc, ConnectionAbortedError):  # handshake timeout
+            raise AssociationError(f"TLS handshake with {host}:{port} failed: {describe_tls_error(exc)}") from exc
+        if context is not None and isinstance(exc, ConnectionResetError | BrokenPipeError):
+            raise AssociationError(f"TLS handshake with {host}:{port} failed: the peer closed the connection "
+                                   "(is it a TLS port? does it accept our certificate?)") from exc
         raise AssociationError(f"cannot connect to {host}:{port}: {exc.strerror or exc} "
                                "(is the peer listening on that port?)") from exc
     assoc = Association(reader, writer, settings, is_requestor=True, handler=handler, sink_factory=sink_factory)
@@ -645,7 +671,18 @@ async def connect(
         log.debug("%s sending A-ASSOCIATE-RQ\n%s", assoc.label, describe_associate(rq))
     assoc.dul.start_requestor(rq)
     assoc.start_reading()
-    await assoc.established
+    try:
+        await assoc.established
+    except AssociationRejected:
+        raise
+    except AssociationError as exc:
+        if context is not None and assoc.dul.bytes_received == 0:
+            # TLS 1.3: the server checks our certificate after the handshake has ended
+            # for us, so its refusal arrives as a closed connection.
+            raise AssociationError(f"{exc}: the TLS peer closed the connection without answering; it may require "
+                                   "a client certificate we did not send or do not have signed by its CA "
+                                   "(--tls-cert/--tls-key, tls_cert_file/tls_key_file)") from exc
+        raise
     return assoc
 
 

@@ -168,7 +168,8 @@ class StorageCommitmentSCP:
                                                                COMMITMENT_TRANSFER_SYNTAXES)], self.settings,
                       roles=[RoleSelection(STORAGE_COMMITMENT_PUSH_MODEL, False, True)])
         try:
-            out = await connect(node.host, node.port, rq, self.settings, connect_timeout=self.connect_timeout)
+            out = await connect(node.host, node.port, rq, self.settings, connect_timeout=self.connect_timeout,
+                                tls=node.tls)
         except AssociationError as exc:
             log.warning("storage commitment %s cannot be reported to %s: %s", transaction, node.label(), exc)
             return False

@@ -70,6 +70,11 @@ class Destination(Protocol):
     @property
     def port(self) -> int: ...
 
+    @property
+    def tls(self) -> bool:
+        """Call it with DICOM TLS (PS3.15 B.1)."""
+        ...
+
 
 class MoveDestinations(Protocol):
     """The one registry method the C-MOVE SCP needs (``core.nodes.NodeRegistry`` fits)."""
@@ -201,7 +206,8 @@ class MoveSCP:
         settings = assoc.settings
         rq = build_rq(settings.ae_title, node.ae_title, proposal(batch), settings)
         try:
-            sub = await connect(node.host, node.port, rq, settings, connect_timeout=self.connect_timeout)
+            sub = await connect(node.host, node.port, rq, settings, connect_timeout=self.connect_timeout,
+                                tls=node.tls)
         except AssociationError as exc:
             why = (f"cannot open the storage association to {node.ae_title} at {node.host}:{node.port}: {exc}")
             log.warning("%s %s", assoc.label, why)

@@ -6,6 +6,11 @@ transient / local-limit-exceeded), the called AE title when configured
 (core/access.py): a calling AE it refuses gets reason 3, an operation it
 refuses gets status 0x0124 (Not authorized). Every association, accepted or
 not, ends up in the association log.
+
+With a TLS port (PS3.15 B.1) the handshake comes first, and one that fails is
+logged in words and kept in the association log. With dicom_user_identity the
+User Identity item (PS3.7 D.3.3.7, services/user_identity.py) is checked; a
+refused identity gets reason 1 (no reason given).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
@@ -24,11 +30,14 @@ from minipacs.net.association import Association, AssociationSettings, DatasetSi
 from minipacs.net.dimse import Command
 from minipacs.net.dul import Timeouts, stream_limit
 from minipacs.net.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ
-from minipacs.net.pdu_items import APPLICATION_CONTEXT_NAME, SOPClassExtendedNegotiation, UserInformation
+from minipacs.net.pdu_items import (APPLICATION_CONTEXT_NAME, SOPClassExtendedNegotiation, UserIdentityAC,
+                                    UserInformation)
 from minipacs.net.presentation import RESULT_NAMES, NegotiatedContext, SupportedContext, negotiate
+from minipacs.net.tls import describe_tls_error
 from minipacs.net.uids import uid_name
 from minipacs.services.base import ServiceClass, record_operation
 from minipacs.services.status import comment
+from minipacs.services.user_identity import UserIdentityPolicy
 
 
 log = logging.getLogger("minipacs.server")
@@ -37,6 +46,11 @@ log = logging.getLogger("minipacs.server")
 CONNECTION_SLACK = 8
 
 AssociationLogger = Callable[[AssociationRecord], Awaitable[object]]
+
+
+class TLSListenError(OSError):
+    """The TLS port cannot be listened on; the message (strerror) is the whole sentence."""
+
 
 #: DIMSE request -> the operation the access policy knows it by.
 ACCESS_OPERATIONS: dict[str, str] = {
@@ -93,10 +107,19 @@ class DicomServer:
         timeouts: Timeouts | None = None,
         association_logger: AssociationLogger | None = None,
         access: AccessPolicy | None = None,
+        tls_port: int = 0,
+        tls_context: ssl.SSLContext | None = None,
+        tls_client: ssl.SSLContext | None = None,
+        identity: UserIdentityPolicy | None = None,
     ) -> None:
         self.ae_title = ae_title
         self.host = host
         self.port = port
+        #: DICOM TLS listener (PS3.15 B.1): ``tls_context`` (net/tls.py server_context) on ``tls_port``.
+        self.tls_port = tls_port
+        self.tls_context = tls_context
+        #: None: User Identity items are not looked at (services/user_identity.py).
+        self.identity = identity
         self.max_associations = max_associations
         self.check_called_aet = check_called_aet
         self.assoc_settings = AssociationSettings(
@@ -104,6 +127,7 @@ class DicomServer:
             max_pdu_receive=max_pdu_receive,
             max_pdu_send=max_pdu_send,
             timeouts=timeouts or Timeouts(),
+            tls_context=tls_client,
         )
         self.association_logger = association_logger
         #: None: every calling AE may ask for everything we serve.
@@ -127,6 +151,8 @@ class DicomServer:
         self.connections: set[Association] = set()
         self.established: set[Association] = set()
         self._server: asyncio.Server | None = None
+        self._tls_server: asyncio.Server | None = None
+        self._handshakes = 0  # TLS handshakes under way: connections not yet associations
         self._log_tasks: set[asyncio.Task[object]] = set()
 
     # ------------------------------------------------------------ lifecycle
@@ -138,11 +164,28 @@ class DicomServer:
         if self.port == 0:
             self.port = self._server.sockets[0].getsockname()[1]
         log.info("DICOM listener %s on %s:%d", self.ae_title, self.host, self.port)
+        if self.tls_context is not None:
+            try:
+                # Plain TCP first, TLS started in _on_tls_connection: a failed handshake is
+                # ours to log in words (asyncio would only log it at debug level).
+                self._tls_server = await asyncio.start_server(
+                    self._on_tls_connection, self.host, self.tls_port, reuse_address=True,
+                    limit=stream_limit(self.assoc_settings.max_pdu_receive),
+                )
+            except OSError as exc:
+                self._server.close()
+                raise TLSListenError(exc.errno, f"cannot listen for DICOM TLS on {self.host}:{self.tls_port}: "
+                                     f"{exc.strerror} (is another server using that port?)") from exc
+            if self.tls_port == 0:
+                self.tls_port = self._tls_server.sockets[0].getsockname()[1]
+            log.info("DICOM TLS listener %s on %s:%d%s", self.ae_title, self.host, self.tls_port,
+                     "; client certificates required" if self.tls_context.verify_mode == ssl.CERT_REQUIRED else "")
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop listening; give open associations ``grace`` seconds, then abort them."""
-        if self._server is not None:
-            self._server.close()
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.close()
         if self.connections:
             log.info("waiting up to %gs for %d open association(s)", grace, len(self.connections))
             waits = [asyncio.ensure_future(a.wait_closed()) for a in list(self.connections)]
@@ -151,17 +194,49 @@ class DicomServer:
                 assoc.abort("server shutting down")
             if pending:
                 await asyncio.wait(pending, timeout=2.0)
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                await server.wait_closed()
         if self._log_tasks:
             await asyncio.gather(*list(self._log_tasks), return_exceptions=True)
 
     # ---------------------------------------------------------- connections
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self.connections) >= self.max_associations + CONNECTION_SLACK:
-            peer = writer.get_extra_info("peername")
-            log.warning("connection from %s closed unread: %d connections already open", peer, len(self.connections))
+    async def _on_tls_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """PS3.15 B.1: the TLS handshake first, then the association as on the plain port."""
+        if self._too_many(writer):
+            return
+        if self.tls_context is None:  # pragma: no cover - only started with a context
             writer.close()
+            return
+        host, port = (writer.get_extra_info("peername") or ("?", 0))[:2]
+        started = datetime.now(UTC)
+        self._handshakes += 1
+        try:
+            await writer.start_tls(self.tls_context, ssl_handshake_timeout=self.assoc_settings.timeouts.acse)
+        except (OSError, EOFError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            why = describe_tls_error(exc)
+            log.warning("client from %s:%s failed the TLS handshake: %s", host, port, why)
+            writer.close()
+            self._record(AssociationRecord(started_at=started, ended_at=datetime.now(UTC), role="acceptor",
+                                           calling_aet="", called_aet="", peer_host=str(host), peer_port=int(port),
+                                           accepted=False, reject_reason=f"TLS handshake failed: {why}",
+                                           tls="failed"))
+            return
+        finally:
+            self._handshakes -= 1
+        await self._on_connection(reader, writer)
+
+    def _too_many(self, writer: asyncio.StreamWriter) -> bool:
+        if len(self.connections) + self._handshakes >= self.max_associations + CONNECTION_SLACK:
+            peer = writer.get_extra_info("peername")
+            log.warning("connection from %s closed unread: %d connections already open", peer,
+                        len(self.connections) + self._handshakes)
+            writer.close()
+            return True
+        return False
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._too_many(writer):
             return
         assoc = Association(
             reader, writer, self.assoc_settings, is_requestor=False,
@@ -174,6 +249,8 @@ class DicomServer:
         finally:
             self.connections.discard(assoc)
             self.established.discard(assoc)
+            if assoc.established.done() and not assoc.established.cancelled():
+                assoc.established.exception()  # acceptors never await it: mark a failure as seen
             self._log(assoc)
 
     def _negotiate(self, assoc: Association, rq: AAssociateRQ) -> AAssociateAC | AAssociateRJ:
@@ -184,6 +261,7 @@ class DicomServer:
             log.warning("%s association rejected: %s", assoc.label, why)
             return rj
         answers, accepted, roles = negotiate(rq.presentation_contexts, self.supported, rq.user_information.roles)
+        identity_ac = assoc.info.pop("user_identity_ac", None)
         self.established.add(assoc)
         info = UserInformation(
             maximum_length=self.assoc_settings.max_pdu_receive,
@@ -191,6 +269,7 @@ class DicomServer:
             implementation_version_name=IMPLEMENTATION_VERSION_NAME,
             roles=roles,
             extended=self._extended_negotiation(rq),
+            user_identity_ac=identity_ac if isinstance(identity_ac, UserIdentityAC) else None,
         )
         if not accepted:
             log.warning("%s none of the %d proposed presentation contexts is acceptable",
@@ -230,6 +309,15 @@ class DicomServer:
             if refusal is not None:
                 code = 7 if refusal.called else 3  # called / calling AE title not recognized
                 return AAssociateRJ(1, 1, code), f"{refusal.reason} (rule: {refusal.rule})"
+        if self.identity is not None:  # PS3.7 D.3.3.7; refused: 1/1/1, no reason given (see user_identity.py)
+            identity = self.identity.check(rq.user_information.user_identity_rq)
+            assoc.info["user_identity"] = identity.user
+            if not identity.accepted:
+                return AAssociateRJ(1, 1, 1), f"user identity refused: {identity.why}"
+            if identity.response is not None:
+                assoc.info["user_identity_ac"] = identity.response
+            if rq.user_information.user_identity_rq is not None:
+                log.info("%s %s", assoc.label, identity.why)
         if len(self.established) >= self.max_associations:
             return AAssociateRJ(2, 3, 2), (
                 f"{len(self.established)} associations already open, the limit (max_associations) is "
@@ -270,6 +358,9 @@ class DicomServer:
         level = logging.INFO if rec.accepted else logging.WARNING
         log.log(level, "%s association ended: %s; %s", assoc.label, rec.end_reason or rec.reject_reason,
                 _counts(assoc.info.get("operation_counts")))
+        self._record(rec)
+
+    def _record(self, rec: AssociationRecord) -> None:
         if self.association_logger is not None:
             task = asyncio.ensure_future(self.association_logger(rec))
             self._log_tasks.add(task)
@@ -325,6 +416,9 @@ def association_record(assoc: Association, role: str) -> AssociationRecord:
         operations=ops,
         bytes_received=assoc.dul.bytes_received,
         bytes_sent=assoc.dul.bytes_sent,
+        tls=assoc.tls.version if assoc.tls is not None else "",
+        tls_peer=assoc.tls.peer_subject if assoc.tls is not None else "",
+        user_identity=str(assoc.info.get("user_identity", "")),
     )
 
 

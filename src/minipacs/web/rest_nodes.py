@@ -146,7 +146,8 @@ async def _associate(context: AppContext, node: Node, contexts: Sequence[tuple[s
     aset = association_settings(context.settings)
     roles = kw.pop("roles", ())
     rq = build_rq(context.settings.ae_title, node.ae_title, contexts, aset, roles=roles)
-    return await connect(node.host, node.port, rq, aset, connect_timeout=context.settings.connect_timeout, **kw)
+    return await connect(node.host, node.port, rq, aset, connect_timeout=context.settings.connect_timeout,
+                         tls=node.tls, **kw)
 
 
 async def _abort(assoc: Association) -> None:
