@@ -828,20 +828,25 @@ async def _capture_first_pdu() -> tuple[int, bytes]:
 
     loop = asyncio.get_running_loop()
     captured: asyncio.Future[tuple[int, bytes]] = loop.create_future()
+    handled = asyncio.Event()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        header = await reader.readexactly(6)
-        pdu_type, length = struct.unpack(">BxL", header)
-        captured.set_result((pdu_type, await reader.readexactly(length)))
-        # Reply with an A-ASSOCIATE-RJ (permanent, service-user, no reason) built by hand.
-        writer.write(bytes.fromhex("03 00 00000004 00 01 01 01"))
-        await writer.drain()
-        # As an acceptor in Sta13 does: let the requestor close first. Closing at once
-        # races pynetdicom's reader, which may see the EOF before it dispatches the RJ.
-        with contextlib.suppress(OSError, TimeoutError):
-            await asyncio.wait_for(reader.read(), 10)
-        writer.close()
-        await writer.wait_closed()
+        try:
+            header = await reader.readexactly(6)
+            pdu_type, length = struct.unpack(">BxL", header)
+            captured.set_result((pdu_type, await reader.readexactly(length)))
+            # Reply with an A-ASSOCIATE-RJ (permanent, service-user, no reason) built by hand.
+            writer.write(bytes.fromhex("03 00 00000004 00 01 01 01"))
+            await writer.drain()
+            # As an acceptor in Sta13 does: let the requestor close first. Closing at once
+            # races pynetdicom's reader, which may see the EOF before it dispatches the RJ.
+            with contextlib.suppress(OSError, TimeoutError):
+                await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            handled.set()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -855,6 +860,9 @@ async def _capture_first_pdu() -> tuple[int, bytes]:
         ae.shutdown()
         server.close()
         await server.wait_closed()
+    # Python 3.11's wait_closed() does not wait for the handler: without this, asyncio.run
+    # cancels it mid-wait and its transport is reported unclosed in whatever test runs next.
+    await asyncio.wait_for(handled.wait(), 15)
     return await captured
 
 
