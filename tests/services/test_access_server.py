@@ -36,7 +36,7 @@ SERVER_AE = "MINIPACS"
 @asynccontextmanager
 async def serving(tmp_path: Path, **settings: Any) -> AsyncIterator[App]:
     base = Settings(data_dir=tmp_path / "data", host="127.0.0.1", port=0, ae_title=SERVER_AE, fsync=False,
-                    acse_timeout=2.0, dimse_timeout=5.0)
+                    acse_timeout=10.0, dimse_timeout=10.0)
     app = await build_app(dataclasses.replace(base, **settings))
     await app.dicom.start()
     try:
@@ -47,7 +47,7 @@ async def serving(tmp_path: Path, **settings: Any) -> AsyncIterator[App]:
 
 def associate(port: int, calling: str, bind: str, contexts: tuple[str, ...] = (VERIFICATION_SOP_CLASS,)) -> Any:
     ae = AE(ae_title=calling)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 15  # a loaded CI machine is slow
     for ctx in contexts:
         ae.add_requested_context(ctx)
     return ae.associate("127.0.0.1", port, ae_title=SERVER_AE, bind_address=(bind, 0))
