@@ -116,13 +116,13 @@ async def build_app(settings: Settings) -> App:
     archive = await Archive.open(settings)
     try:
         registry, access = await open_registry(settings, archive)
+        steps = ProcedureSteps(archive, Worklist(archive))
+        archive.on_stored.append(steps.instance_stored)  # study completion re-checked after each ingest
+        archive.on_uncompleted.append(steps.studies_uncompleted)  # ... and after a deletion withdrew it
+        await steps.resume()
     except BaseException:
         await archive.close()
         raise
-    steps = ProcedureSteps(archive, Worklist(archive))
-    archive.on_stored.append(steps.instance_stored)  # study completion re-checked after each ingest
-    archive.on_uncompleted.append(steps.studies_uncompleted)  # ... and after a deletion withdrew it
-    await steps.resume()
     server = DicomServer(
         settings.ae_title,
         [VerificationSCP(), StorageSCP(archive, scu_role=True),
