@@ -16,7 +16,8 @@ OPERATIONS: Final[tuple[tuple[str, str, str, str], ...]] = (
     ("/api/{level}/{id}/archive", "get", "Download a patient, study or series as a ZIP (streamed)", "read"),
     ("/api/instances", "post", "Upload DICOM files: one file, a ZIP, or multipart; per-file result", "write"),
     ("/api/search", "get", "Search with C-FIND matching rules (level, keys, wildcards, ranges, limit/offset)", "read"),
-    ("/api/associations", "get", "The association log", "read"),
+    ("/api/associations", "get", "The association log: who, from where, what was negotiated and done, "
+     "tls, tls_peer, user_identity", "read"),
     ("/api/stats", "get", "Counts, disk use, ingest counters", "read"),
     ("/api/changes", "get", "The changes journal after ?since=N (seq), at most ?limit=M (default 100, max 1000): "
      "{changes: [{seq, type, level, uid, study, time}], last, done}", "read"),
@@ -26,11 +27,11 @@ OPERATIONS: Final[tuple[tuple[str, str, str, str], ...]] = (
     ("/api/nodes/{id}", "put", "Edit a DICOM node (by id, or an AE title only one node has)", "admin"),
     ("/api/nodes/{id}/echo", "post", "C-ECHO a node: {ok, status, message, ms}", "write"),
     ("/api/nodes/{id}/query", "post", "C-FIND a node: {level, keys, limit} -> matches as PS3.18 JSON", "write"),
-    ("/api/nodes/{id}/retrieve", "post", "C-MOVE to us or C-GET from a node: {level, uids, method} -> a job",
-     "write"),
+    ("/api/nodes/{id}/retrieve", "post", "C-MOVE to us or C-GET from a node: {level, uids, method, study "
+     "(series level: their study)} -> a job", "write"),
     ("/api/send", "post", "C-STORE stored instances to a node: {node, level, uids} -> a job", "write"),
     ("/api/jobs", "get", "Send and retrieve jobs, newest first", "read"),
-    ("/api/jobs/{id}", "get", "One job: state, total, done, failed, message", "read"),
+    ("/api/jobs/{id}", "get", "One job: state, total, done, failed, message (retrieve jobs also completed, warning)", "read"),
     ("/api/worklist", "get", "Modality worklist entries (?open=1: open ones only)", "read"),
     ("/api/worklist", "post", "Add a worklist entry (PS3.18 JSON dataset)", "write"),
     ("/api/worklist/{id}", "get", "One worklist entry", "read"),
