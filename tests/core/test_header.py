@@ -104,6 +104,20 @@ def test_sequences_before_wanted_attributes_are_stepped_over(tmp_path: Path, syn
     assert header.get("Columns") == "64"
 
 
+@pytest.mark.parametrize("size", [65_000, 65_400, 65_470, 65_536, 140_000])
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian])
+def test_wanted_attributes_past_the_read_window(tmp_path: Path, syntax: str, size: int) -> None:
+    """A large element before PatientName: the file source refills its 64 KiB window,
+    whichever side of the boundary the next element header and value fall on."""
+    ds = make_ct("1.2", "1.3", "1.4", rows=4, cols=4, transfer_syntax=syntax)
+    ds.private_block(0x0009, "MINIPACS TEST", create=True).add_new(0x01, "OB", b"\x01" * size)
+    path, offset = stage(tmp_path, ds, syntax)
+    header = read_header(path, offset, syntax)
+    assert header.get("PatientName") == "Doe^John"
+    assert header.get("SOPInstanceUID") == "1.4"
+    assert header.get("Columns") == "4"
+
+
 def test_pixel_data_is_never_read(tmp_path: Path) -> None:
     """A 200 MB instance: the header parse reads a few KB (peak memory < 20 MB)."""
     ds = make_ct("1.2", "1.3", "1.4", rows=10000, cols=10000)

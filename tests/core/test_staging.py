@@ -10,7 +10,7 @@ from minipacs import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from minipacs.config import Settings
 from minipacs.core.archive import Archive
 from minipacs.core.errors import DatasetTooLarge, InvalidIdentifier
-from minipacs.core.staging import StagingFile
+from minipacs.core.staging import StagingFile, StagingPool
 from tests.dicomgen import CT_IMAGE_STORAGE, ExplicitVRLittleEndian, encode_dataset, make_ct
 
 
@@ -93,3 +93,21 @@ def test_leftovers_in_staging_are_removed_on_open(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert list(staging_dir.iterdir()) == []
+
+
+def test_staging_pool_refills_in_bursts_and_cleans_up(tmp_path: Path) -> None:
+    """Every take is a fresh empty file (from the pool or created on the spot, if it ran
+    dry); the refiller tops the pool up; close deletes the files nobody took."""
+    pool = StagingPool(tmp_path, size=4)
+    try:
+        taken = []
+        for _ in range(25):
+            path, fh = pool.take()
+            fh.write(b"x")
+            fh.close()
+            taken.append(path)
+        assert len(set(taken)) == 25
+        assert all(p.stat().st_size == 1 for p in taken)
+    finally:
+        pool.close()
+    assert sorted(tmp_path.iterdir()) == sorted(taken)

@@ -166,6 +166,11 @@ def _as_failure(exc: BaseException) -> Exception:
     return ArchiveError(f"storing failed ({exc}); nothing was acknowledged")
 
 
+def _moved_into_storage(result: object) -> bool:
+    """Whether an ingest job's result means its staged file was renamed into storage."""
+    return isinstance(result, StoreOutcome) and result.status is not StoreStatus.DUPLICATE_KEPT
+
+
 def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -427,8 +432,10 @@ class Archive:
             else:
                 for index in pending:
                     results[index] = _as_failure(exc)
-        for job in ingests:
-            job.staged.path.unlink(missing_ok=True)  # only still there if not stored
+        for index, job in enumerate(batch):
+            # A committed STORED/REPLACED file was renamed into storage; any other is still in staging.
+            if isinstance(job, _IngestJob) and not _moved_into_storage(results[index]):
+                job.staged.path.unlink(missing_ok=True)
         for key in stale_keys:
             self.blobs.delete(key)
         self._keys.bound()

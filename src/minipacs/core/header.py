@@ -65,6 +65,7 @@ _UNDEFINED_LENGTH: Final = 0xFFFFFFFF
 _ITEM: Final = 0xFFFEE000
 _ITEM_DELIMITATION: Final = 0xFFFEE00D
 _SEQUENCE_DELIMITATION: Final = 0xFFFEE0DD
+_NO_VR_TAGS: Final = frozenset({_ITEM, _ITEM_DELIMITATION, _SEQUENCE_DELIMITATION})
 # PS3.5 Table 7.1-1: VRs whose explicit encoding has 2 reserved bytes and a 32-bit length.
 _LONG_LENGTH_VRS: Final = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
@@ -119,25 +120,46 @@ class _Source(Protocol):
 
 
 class _FileSource:
-    """Forward reads and skips over an open file, knowing where it ends."""
+    """Forward reads and skips over an open file, knowing where it ends.
+
+    Reads go through an in-memory window of the file (``_WINDOW`` bytes, refilled
+    on demand), so the dozens of small reads of a header walk are slices of one
+    buffer rather than one file-object call each.
+    """
+
+    _WINDOW: Final = 64 * 1024
 
     def __init__(self, fp: BinaryIO, size: int) -> None:
         self._fp = fp
         self._size = size
+        self._base = fp.tell()  # file offset of _buf[0]
+        self._buf = b""
+        self._pos = 0  # read position inside _buf (may run past it after a skip)
 
     def read(self, size: int) -> bytes:
-        data = self._fp.read(size)
-        if len(data) != size:
-            raise InvalidInstance("the dataset ends in the middle of a data element")
+        end = self._pos + size
+        if end > len(self._buf):
+            self._refill(size)
+            end = self._pos + size
+        data = self._buf[self._pos : end]
+        self._pos = end
         return data
 
+    def _refill(self, size: int) -> None:
+        self._base += self._pos
+        self._pos = 0
+        self._fp.seek(self._base)
+        self._buf = self._fp.read(max(size, self._WINDOW))
+        if len(self._buf) < size:
+            raise InvalidInstance("the dataset ends in the middle of a data element")
+
     def skip(self, size: int) -> None:
-        if self._fp.tell() + size > self._size:
+        if self._base + self._pos + size > self._size:
             raise InvalidInstance("a data element claims more bytes than the dataset has")
-        self._fp.seek(size, 1)
+        self._pos += size
 
     def at_end(self) -> bool:
-        return self._fp.tell() >= self._size
+        return self._base + self._pos >= self._size
 
 
 class _InflatingSource:
@@ -201,24 +223,27 @@ class _Walker:
         return int(group << 16 | element)
 
     def _read_vr_length(self, tag: int, implicit: bool) -> tuple[bytes, int]:
-        if implicit or tag in (_ITEM, _ITEM_DELIMITATION, _SEQUENCE_DELIMITATION):
-            return b"", int(self._u32.unpack(self._src.read(4))[0])
-        vr = self._src.read(2)
+        """VR (b"" when implicit) and value length after ``tag``: one 4-byte read, plus
+        4 more for the explicit VRs with a 32-bit length."""
+        head = self._src.read(4)
+        if implicit or tag in _NO_VR_TAGS:
+            return b"", int(self._u32.unpack(head)[0])
+        vr = head[:2]
         if not (vr.isalpha() and vr.isupper()):
             raise InvalidInstance(
                 f"data element {_tag_text(tag)} has no valid VR ({vr!r}) although the "
                 "transfer syntax is explicit VR; the sender encoded it wrongly"
             )
         if vr in _LONG_LENGTH_VRS:
-            self._src.read(2)
             return vr, int(self._u32.unpack(self._src.read(4))[0])
-        return vr, int(self._u16.unpack(self._src.read(2))[0])
+        return vr, int(self._u16.unpack_from(head, 2)[0])
 
     def top_level(self) -> dict[int, bytes]:
         """Raw values of the wanted tags, stopping after the last wanted one."""
         found: dict[int, bytes] = {}
         previous = -1
-        while not self._src.at_end():
+        src, implicit, wanted = self._src, self._implicit, _KEYWORD_BY_TAG
+        while not src.at_end():
             tag = self._read_tag()
             if tag > _LAST_WANTED_TAG:
                 break
@@ -228,14 +253,14 @@ class _Walker:
                     "PS3.5 §7.1 requires ascending tag order"
                 )
             previous = tag
-            vr, length = self._read_vr_length(tag, self._implicit)
+            vr, length = self._read_vr_length(tag, implicit)
             if length == _UNDEFINED_LENGTH:
                 # PS3.5 §6.2.2: UN of undefined length holds implicit VR LE content.
-                self._skip_sequence(1, implicit=self._implicit or vr == b"UN")
-            elif tag in _KEYWORD_BY_TAG and length <= _MAX_VALUE_LENGTH:
-                found[tag] = self._src.read(length)
+                self._skip_sequence(1, implicit=implicit or vr == b"UN")
+            elif tag in wanted and length <= _MAX_VALUE_LENGTH:
+                found[tag] = src.read(length)
             else:
-                self._src.skip(length)
+                src.skip(length)
         return found
 
     def _skip_sequence(self, depth: int, implicit: bool) -> None:
