@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -167,6 +169,41 @@ def test_pynetdicom_identities_against_a_required_policy(tmp_path: Path, caplog:
     rejected = [r for r in records if not r.accepted]
     assert len(rejected) >= 3 and all("user identity refused" in r.reject_reason for r in rejected)
     assert all(PASSWORD not in r.reject_reason for r in records)
+
+
+def test_a_slow_passcode_check_does_not_stall_other_associations(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scrypt of a passcode runs off the event loop: a peer guessing passwords must not hold
+    up everybody else's associations while each guess is hashed."""
+
+    hashing = threading.Event()
+
+    def slow_verify(password: str, hashed: str) -> bool:
+        hashing.set()
+        time.sleep(3.0)  # a blocking hash, as scrypt is
+        return False
+
+    monkeypatch.setattr(user_identity, "verify_password", slow_verify)
+
+    async def main() -> tuple[tuple[Any, ...], tuple[Any, ...], float]:
+        async with serving(tmp_path, dicom_user_identity="optional", acse_timeout=10.0) as app:
+            port = app.dicom.port
+
+            def another() -> tuple[tuple[Any, ...], float]:
+                # Timed in its own thread: the server's loop is what must not be blocked.
+                assert hashing.wait(10)  # the guess is being hashed now
+                start = time.monotonic()
+                answer = pynetdicom_echo(port, None)
+                return answer, time.monotonic() - start
+
+            guess = asyncio.to_thread(pynetdicom_echo, port, 2, "alice", "guessing")
+            guessed, (other, took) = await asyncio.gather(guess, asyncio.to_thread(another))
+            return guessed, other, took
+
+    guessed, other, took = asyncio.run(main())
+    assert guessed == (1, 1, 1)
+    assert other == ("accepted", None)
+    assert took < 2.0, f"an association without identity waited {took:.2f}s behind a passcode check"
 
 
 def test_ignore_accepts_whatever_is_sent_and_records_it_unchecked(tmp_path: Path) -> None:

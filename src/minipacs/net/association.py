@@ -109,6 +109,8 @@ class Message:
 SinkFactory = Callable[["Association", NegotiatedContext, Command], DatasetSink]
 RequestHandler = Callable[["Association", Message], Awaitable[None]]
 Negotiator = Callable[["Association", AAssociateRQ], "AAssociateAC | AAssociateRJ"]
+#: Slow checks of an A-ASSOCIATE-RQ awaited before the (synchronous) negotiator runs.
+Preparer = Callable[["Association", AAssociateRQ], Awaitable[None]]
 
 
 @dataclass
@@ -148,6 +150,7 @@ class Association(UpperLayerUser):
         negotiator: Negotiator | None = None,
         handler: RequestHandler | None = None,
         sink_factory: SinkFactory | None = None,
+        preparer: Preparer | None = None,
     ) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
         self.peer_host: str = str(peer[0])
@@ -157,6 +160,7 @@ class Association(UpperLayerUser):
         self.settings = settings
         self.is_requestor = is_requestor
         self.negotiator = negotiator
+        self.preparer = preparer
         self.handler = handler
         self.sink_factory = sink_factory
         self.started_at = datetime.now(UTC)
@@ -219,6 +223,10 @@ class Association(UpperLayerUser):
         return self._reader_task
 
     # --------------------------------------------------- UpperLayerUser side
+    async def prepare_negotiation(self, rq: AAssociateRQ) -> None:
+        if self.preparer is not None:
+            await self.preparer(self, rq)
+
     def negotiate(self, rq: AAssociateRQ) -> AAssociateAC | AAssociateRJ:
         self.rq = rq
         self.calling_ae = self.remote_ae = rq.calling_ae

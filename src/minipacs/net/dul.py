@@ -88,6 +88,10 @@ class Timeouts:
 class UpperLayerUser:
     """What the layer above (the association) is told. Override what you need."""
 
+    async def prepare_negotiation(self, rq: AAssociateRQ) -> None:  # acceptor only
+        """Slow work the answer to ``rq`` needs (e.g. a password hash), done before AE-6 so
+        that :meth:`negotiate`, which the state machine calls synchronously, never blocks the loop."""
+
     def negotiate(self, rq: AAssociateRQ) -> AAssociateAC | AAssociateRJ:  # acceptor only
         raise NotImplementedError
 
@@ -237,6 +241,10 @@ class UpperLayer:
                 pdu = await self._read_pdu()
                 if pdu is None:
                     continue
+                if isinstance(pdu, AAssociateRQ) and self.state is State.STA2:
+                    await self.user.prepare_negotiation(pdu)
+                    if self.state is not State.STA2:  # ARTIM expired or the peer went meanwhile
+                        continue
                 self.event(PDU_EVENTS[type(pdu)], pdu)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             self.end_reason = self.end_reason or "connection closed by peer"

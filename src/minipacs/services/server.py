@@ -37,7 +37,7 @@ from minipacs.net.tls import describe_tls_error
 from minipacs.net.uids import uid_name
 from minipacs.services.base import ServiceClass, record_operation
 from minipacs.services.status import comment
-from minipacs.services.user_identity import UserIdentityPolicy
+from minipacs.services.user_identity import IdentityCheck, UserIdentityPolicy
 
 
 log = logging.getLogger("minipacs.server")
@@ -241,6 +241,7 @@ class DicomServer:
         assoc = Association(
             reader, writer, self.assoc_settings, is_requestor=False,
             negotiator=self._negotiate, handler=self._handle, sink_factory=self._sink_for,
+            preparer=self._prepare,
         )
         self.connections.add(assoc)
         try:
@@ -293,6 +294,13 @@ class DicomServer:
                 replies.extend(hook(proposed))
         return replies
 
+    async def _prepare(self, assoc: Association, rq: AAssociateRQ) -> None:
+        """Check a User Identity in a thread: a passcode costs a scrypt (~50 ms) the first time,
+        and a peer sending wrong ones must not stall every other association on the loop."""
+        if self.identity is not None and rq.user_information.user_identity_rq is not None:
+            assoc.info["identity_check"] = await asyncio.to_thread(
+                self.identity.check, rq.user_information.user_identity_rq)
+
     def _check(self, assoc: Association, rq: AAssociateRQ) -> tuple[AAssociateRJ, str] | None:
         """PS3.8 Table 9-21 rejections, each with the sentence for the log."""
         if not rq.protocol_version & 1:
@@ -310,7 +318,9 @@ class DicomServer:
                 code = 7 if refusal.called else 3  # called / calling AE title not recognized
                 return AAssociateRJ(1, 1, code), f"{refusal.reason} (rule: {refusal.rule})"
         if self.identity is not None:  # PS3.7 D.3.3.7; refused: 1/1/1, no reason given (see user_identity.py)
-            identity = self.identity.check(rq.user_information.user_identity_rq)
+            identity = assoc.info.pop("identity_check", None)
+            if not isinstance(identity, IdentityCheck):  # no item: nothing slow to check
+                identity = self.identity.check(rq.user_information.user_identity_rq)
             assoc.info["user_identity"] = identity.user
             if not identity.accepted:
                 return AAssociateRJ(1, 1, 1), f"user identity refused: {identity.why}"
