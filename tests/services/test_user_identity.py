@@ -17,7 +17,7 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.pdu_primitives import UserIdentityNegotiation
 
-import minipacs.services.user_identity as user_identity
+import minipacs.core.users as users
 from minipacs.bootstrap import App, build_app
 from minipacs.config import ConfigError, Settings, load_settings
 from minipacs.core.model import AssociationRecord
@@ -66,13 +66,13 @@ def test_policy(mode: str, item: UserIdentityRQ | None, accepted: bool, user: st
 
 def test_a_proven_passcode_is_not_hashed_again(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    real = user_identity.verify_password
+    real = users.verify_password
 
     def counting(password: str, stored: str) -> bool:
         calls.append(password)
         return real(password, stored)
 
-    monkeypatch.setattr(user_identity, "verify_password", counting)
+    monkeypatch.setattr(users, "verify_password", counting)
     policy = UserIdentityPolicy("required", [ALICE])
     outcomes = [policy.check(rq(2, passcode=p)).accepted for p in (PASSWORD, PASSWORD, "wrong", PASSWORD)]
     assert outcomes == [True, True, False, True]
@@ -183,7 +183,7 @@ def test_a_slow_passcode_check_does_not_stall_other_associations(
         time.sleep(3.0)  # a blocking hash, as scrypt is
         return False
 
-    monkeypatch.setattr(user_identity, "verify_password", slow_verify)
+    monkeypatch.setattr(users, "verify_password", slow_verify)
 
     async def main() -> tuple[tuple[Any, ...], tuple[Any, ...], float]:
         async with serving(tmp_path, dicom_user_identity="optional", acse_timeout=10.0) as app:

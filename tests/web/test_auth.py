@@ -65,3 +65,33 @@ def test_refuses_open_http_beyond_loopback() -> None:
         check_access(Settings(http_host="0.0.0.0"))
     check_access(Settings(http_host="127.0.0.1"))
     check_access(Settings(http_host="0.0.0.0", users=USERS))
+
+
+def test_basic_passwords_are_hashed_once_and_off_the_event_loop(
+        web: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """scrypt per request would block the loop that also serves DICOM: a proven password is
+    remembered, and an unproven one is hashed in a worker thread."""
+    import threading
+
+    import minipacs.core.users as users
+
+    real = users.verify_password
+    hashed_on: list[str] = []
+
+    def spying(password: str, stored: str) -> bool:
+        hashed_on.append(threading.current_thread().name)
+        return real(password, stored)
+
+    monkeypatch.setattr(users, "verify_password", spying)
+    loop_thread: list[str] = []
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        loop_thread.append(threading.current_thread().name)
+        for _ in range(5):
+            assert (await client.get("/dicom-web/studies", headers=basic("vic", "v-pass"))).status_code == 200
+        for _ in range(2):
+            assert (await client.get("/dicom-web/studies", headers=basic("vic", "wrong"))).status_code == 401
+
+    web(body, users=USERS)
+    assert len(hashed_on) == 3  # the first good password, then each wrong one; the repeats from memory
+    assert loop_thread[0] not in hashed_on

@@ -80,6 +80,35 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(got, expected)
 
 
+class ProvenPasswords:
+    """:func:`verify_password` with a memory, shared by HTTP Basic and DICOM user identity.
+
+    A password proven once is remembered as an HMAC under a key that lives only in this
+    process, so scrypt (~50 ms) runs once per user rather than once per request or
+    association. :meth:`proven` is the cheap lookup; :meth:`verify` hashes (run it off the
+    event loop) and remembers a success.
+    """
+
+    def __init__(self) -> None:
+        self._key = secrets.token_bytes(32)
+        self._proven: dict[str, bytes] = {}
+
+    def _mac(self, user: User, password: str) -> bytes:
+        return hmac.new(self._key, user.password_hash.encode() + b"\0" + password.encode(), hashlib.sha256).digest()
+
+    def proven(self, user: User, password: str) -> bool:
+        known = self._proven.get(user.name)
+        return known is not None and hmac.compare_digest(known, self._mac(user, password))
+
+    def verify(self, user: User, password: str) -> bool:
+        if self.proven(user, password):
+            return True
+        if not verify_password(password, user.password_hash):
+            return False
+        self._proven[user.name] = self._mac(user, password)
+        return True
+
+
 def hash_token(token: str) -> str:
     return "sha256$" + hashlib.sha256(token.encode()).hexdigest()
 
@@ -115,5 +144,6 @@ def token_from_mapping(table: Mapping[str, Any]) -> ApiToken:
     return ApiToken(name, token_hash, _role(table.get("role", "viewer"), f"token {name!r}"))
 
 
-__all__ = ["DICOM_IDENTITY_MODES", "ApiToken", "InvalidUser", "ROLE_PERMISSIONS", "Role", "User", "hash_password",
+__all__ = ["DICOM_IDENTITY_MODES", "ApiToken", "InvalidUser", "ProvenPasswords", "ROLE_PERMISSIONS", "Role", "User",
+           "hash_password",
            "hash_token", "new_token", "token_from_mapping", "user_from_mapping", "verify_password"]

@@ -18,14 +18,11 @@ Identity sub-item (59H), whose Server-response is empty for types 1 and 2.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from minipacs.core.users import DICOM_IDENTITY_MODES, User, verify_password
+from minipacs.core.users import DICOM_IDENTITY_MODES, ProvenPasswords, User
 from minipacs.net.pdu_items import UserIdentityAC, UserIdentityRQ
 
 # PS3.7 Table D.3-14: User-Identity-Type.
@@ -61,10 +58,8 @@ class UserIdentityPolicy:
             raise ValueError(f"dicom_user_identity {mode!r} must be one of {', '.join(DICOM_IDENTITY_MODES)}")
         self.mode = mode
         self.users = {user.name: user for user in users}
-        # A passcode proven once is remembered as an HMAC under a key that lives only in
-        # this process, so a modality opening an association per image pays scrypt once.
-        self._key = secrets.token_bytes(32)
-        self._proven: dict[str, bytes] = {}
+        # A modality opening an association per image pays scrypt once (core/users.py).
+        self._passwords = ProvenPasswords()
 
     def check(self, item: UserIdentityRQ | None) -> IdentityCheck:
         if item is None:
@@ -94,18 +89,11 @@ class UserIdentityPolicy:
         return IdentityCheck(True, name[:64], f"user {shown} accepted ({proven})", response)
 
     def _passcode_ok(self, user: User, passcode: bytes) -> bool:
-        mac = hmac.new(self._key, user.password_hash.encode() + b"\0" + passcode, hashlib.sha256).digest()
-        known = self._proven.get(user.name)
-        if known is not None and hmac.compare_digest(known, mac):
-            return True
         try:
             text = passcode.decode("utf-8")
         except UnicodeDecodeError:
             return False
-        if not verify_password(text, user.password_hash):
-            return False
-        self._proven[user.name] = mac
-        return True
+        return self._passwords.verify(user, text)
 
 
 __all__ = ["CHECKED_TYPES", "IDENTITY_TYPES", "IdentityCheck", "UserIdentityPolicy"]

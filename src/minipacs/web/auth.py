@@ -7,6 +7,7 @@ without the permission: 403. Both are logged with the client address.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import ipaddress
@@ -18,7 +19,7 @@ from typing import Final
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from minipacs.config import Settings
-from minipacs.core.users import ROLE_PERMISSIONS, Role, hash_token, verify_password
+from minipacs.core.users import ROLE_PERMISSIONS, ProvenPasswords, Role, hash_token
 from minipacs.web.errors import error_response
 
 log = logging.getLogger("minipacs.web.auth")
@@ -54,13 +55,16 @@ class Authenticator:
     def __init__(self, settings: Settings) -> None:
         self.users = {user.name: user for user in settings.users}
         self.tokens = {token.token_hash: token for token in settings.tokens}
+        self.passwords = ProvenPasswords()
 
     @property
     def open(self) -> bool:
         return not self.users and not self.tokens
 
-    def role_of(self, authorization: str) -> tuple[Role | None, str]:
-        """The role the Authorization header proves, and who (for the log); None: not proven."""
+    async def role_of(self, authorization: str) -> tuple[Role | None, str]:
+        """The role the Authorization header proves, and who (for the log); None: not proven.
+        A password not proven before is hashed in a thread: scrypt must not block the loop
+        that also serves every DICOM association."""
         scheme, _, value = authorization.partition(" ")
         scheme = scheme.lower()
         if scheme == "basic":
@@ -69,7 +73,8 @@ class Authenticator:
             except (binascii.Error, UnicodeDecodeError):
                 return None, "malformed Basic credentials"
             user = self.users.get(name)
-            if user is not None and verify_password(password, user.password_hash):
+            if user is not None and (self.passwords.proven(user, password)
+                                     or await asyncio.to_thread(self.passwords.verify, user, password)):
                 return user.role, name
             return None, f"user {name[:40]!r}"
         if scheme == "bearer":
@@ -97,7 +102,7 @@ class AuthMiddleware:
         headers: Sequence[tuple[bytes, bytes]] = scope.get("headers", [])
         authorization = next((v.decode("latin-1") for k, v in headers if k == b"authorization"), "")
         client = scope.get("client") or ("?", 0)
-        role, who = self.auth.role_of(authorization)
+        role, who = await self.auth.role_of(authorization)
         if role is None:
             log.warning("HTTP 401: %s %s from %s: %s not accepted", method, path, client[0], who)
             response = error_response(401, "unauthorized", "this needs a user name and password (HTTP Basic) or an "
