@@ -204,3 +204,33 @@ def test_bounds() -> None:
     assert datetime_bound("202402", True) == dt.datetime(2024, 2, 29, 23, 59, 59, 999999)
     assert datetime_bound("2024", False) == dt.datetime(2024, 1, 1)
     assert datetime_bound("2024x", False) is None
+
+
+def _reference_wildcard(pattern: str, value: str) -> bool:
+    """Textbook dynamic programming over (pattern, value) prefixes: slow, obviously right."""
+    can = [[False] * (len(value) + 1) for _ in range(len(pattern) + 1)]
+    can[0][0] = True
+    for i, p in enumerate(pattern, 1):
+        can[i][0] = can[i - 1][0] and p == "*"
+        for j, v in enumerate(value, 1):
+            if p == "*":
+                can[i][j] = can[i - 1][j] or can[i][j - 1]
+            else:
+                can[i][j] = can[i - 1][j - 1] and (p == "?" or p == v)
+    return can[len(pattern)][len(value)]
+
+
+def test_wildcard_match_agrees_with_the_reference_on_every_small_case() -> None:
+    """PS3.4 C.2.2.2.4: every pattern over {a, b, *, ?} up to 5 long against every value up to 6."""
+    import itertools
+
+    from minipacs.index.matching import wildcard_match
+
+    values = ["".join(v) for n in range(7) for v in itertools.product("ab", repeat=n)]
+    checked = 0
+    for n in range(6):
+        for pattern in map("".join, itertools.product("ab*?", repeat=n)):
+            for value in values:
+                assert wildcard_match(pattern, value) == _reference_wildcard(pattern, value), (pattern, value)
+                checked += 1
+    assert checked == 1365 * 127

@@ -306,13 +306,17 @@ class Worklist:
         raises InvalidKeyValue."""
         keys = read_keys(identifier)
         equal = _prefilter(keys)
-        rows = await self.index.read(lambda conn: repo.worklist_rows(conn, equal, OPEN_STATES))
-        found = []
-        for row in rows:
-            ds = from_text(str(row["dataset"]))
-            if matches(keys, ds):
-                found.append(response(keys, ds))
-        return found
+
+        def run(conn: Connection) -> builtins.list[Dataset]:
+            # Parsing and matching every open entry is CPU work: it runs here, off the event loop.
+            found = []
+            for row in repo.worklist_rows(conn, equal, OPEN_STATES):
+                ds = from_text(str(row["dataset"]))
+                if matches(keys, ds):
+                    found.append(response(keys, ds))
+            return found
+
+        return await self.index.read(run)
 
 
 __all__ = [

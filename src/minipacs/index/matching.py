@@ -318,17 +318,68 @@ def _py_single(cond: Condition, vr: str, candidate: str) -> bool:
     return cond.values[0] in values
 
 
-def wildcard_regex(pattern: str, flags: int = 0) -> re.Pattern[str]:
-    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.compile(body, flags | re.DOTALL)
+def wildcard_match(pattern: str, value: str) -> bool:
+    """PS3.4 C.2.2.2.4 Wildcard Matching: ``*`` any run of characters, ``?`` exactly one.
+
+    No backtracking: the pattern is cut at its ``*``; the first piece must start the value,
+    the last must end it, and each piece between is taken at its leftmost place after the
+    previous one (leftmost is never worse for what follows). The cost is at most
+    len(value) x len(pattern) character comparisons — linear in the value's length for a
+    pattern of bounded length (a query value is at most MAX_VALUE_LENGTH) — where a
+    backtracking regex is exponential in the number of ``*`` (``*a*a*a…b``).
+    """
+    pieces = pattern.split("*")
+    if len(pieces) == 1:
+        return len(value) == len(pattern) and _piece_at(pattern, value, 0)
+    first, last = pieces[0], pieces[-1]
+    end = len(value) - len(last)
+    if end < len(first) or not _piece_at(first, value, 0) or not _piece_at(last, value, end):
+        return False
+    position = len(first)
+    for piece in pieces[1:-1]:
+        if piece:
+            found = _find_piece(piece, value, position, end)
+            if found < 0:
+                return False
+            position = found + len(piece)
+    return True
+
+
+def _piece_at(piece: str, value: str, start: int) -> bool:
+    """``piece`` (``?`` matching any one character) occurs in ``value`` at ``start``."""
+    if "?" not in piece:
+        return value.startswith(piece, start)
+    if start + len(piece) > len(value):
+        return False
+    return all(p == "?" or p == value[start + i] for i, p in enumerate(piece))
+
+
+def _find_piece(piece: str, value: str, start: int, end: int) -> int:
+    """The leftmost place >= ``start`` where ``piece`` lies wholly before ``end``, or -1."""
+    if "?" not in piece:
+        return value.find(piece, start, end)
+    # Anchor on the longest run without '?', found with str.find, then check the whole piece.
+    anchor = max(piece.split("?"), key=len)
+    offset = piece.find(anchor) if anchor else 0
+    last_start = end - len(piece)
+    candidate = start
+    while candidate <= last_start:
+        if anchor:
+            hit = value.find(anchor, candidate + offset, last_start + offset + len(anchor))
+            if hit < 0:
+                return -1
+            candidate = hit - offset
+        if _piece_at(piece, value, candidate):
+            return candidate
+        candidate += 1
+    return -1
 
 
 def _py_wildcard(cond: Condition, vr: str, candidate: str) -> bool:
     if vr == "PN":
-        regex = wildcard_regex(normalise_name(cond.values[0]))
-        return any(regex.fullmatch(normalise_name(v)) for v in candidate.split("\\"))
-    regex = wildcard_regex(cond.values[0])
-    return any(regex.fullmatch(v) for v in candidate.split("\\"))
+        pattern = normalise_name(cond.values[0])
+        return any(wildcard_match(pattern, normalise_name(v)) for v in candidate.split("\\"))
+    return any(wildcard_match(cond.values[0], v) for v in candidate.split("\\"))
 
 
 def _py_range(cond: Condition, vr: str, candidate: str) -> bool:
@@ -398,4 +449,5 @@ __all__ = [
     "python_matches",
     "sql_condition",
     "time_bound",
+    "wildcard_match",
 ]
