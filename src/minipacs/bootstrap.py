@@ -144,7 +144,8 @@ async def build_app(settings: Settings) -> App:
         tls_port=settings.tls_port,
         tls_context=server_tls,
         tls_client=client_tls,
-        identity=UserIdentityPolicy(settings.dicom_user_identity, settings.users),
+        identity=UserIdentityPolicy(settings.dicom_user_identity, settings.users,
+                                    trust_usernames=settings.dicom_trust_usernames),
     )
     watch = asyncio.ensure_future(registry.watch(settings.nodes_refresh))
     return App(settings, archive, server, registry, access, watch)

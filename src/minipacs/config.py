@@ -51,6 +51,8 @@ class Settings:
     tls_require_client_cert: bool = False
     #: User Identity Negotiation: "ignore" (log only), "optional" (checked when sent), "required".
     dicom_user_identity: str = "ignore"
+    #: Under dicom_user_identity = "required", a username without passcode (type 1) is enough.
+    dicom_trust_usernames: bool = False
     # --- limits
     max_associations: int = 32
     #: Maximum PDU length we announce and accept (PS3.8 D.1); 0 = unlimited is refused.

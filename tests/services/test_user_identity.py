@@ -50,6 +50,9 @@ CASES: list[tuple[str, UserIdentityRQ | None, bool, str, bool, str]] = [
     ("optional", rq(3, "ticket"), False, "", False, "a Kerberos service ticket cannot be checked here"),
     ("required", None, False, "", False, "no user identity was sent and dicom_user_identity is 'required'"),
     ("required", rq(2, passcode=PASSWORD), True, "alice", False, "accepted"),
+    # A bare username proves nothing: "required" refuses it (issue 8 item 13), even a configured user's.
+    ("required", rq(1), False, "alice", False, "sent no passcode and dicom_user_identity is 'required'"),
+    ("required", rq(1, positive=True), False, "alice", False, "set dicom_trust_usernames = true"),
     ("required", rq(5, "eyJ..."), False, "", False, "a JSON Web Token cannot be checked here"),
 ]
 
@@ -62,6 +65,14 @@ def test_policy(mode: str, item: UserIdentityRQ | None, accepted: bool, user: st
     assert check.response == (UserIdentityAC(b"") if response else None)  # empty for types 1 and 2
     assert words in check.why
     assert PASSWORD not in check.why and "wrong" not in check.user
+
+
+def test_required_trusts_a_bare_username_only_when_configured() -> None:
+    trusting = UserIdentityPolicy("required", [ALICE], trust_usernames=True)
+    assert trusting.check(rq(1)).accepted
+    assert "username only, no passcode" in trusting.check(rq(1)).why
+    assert not trusting.check(rq(1, "bob")).accepted  # still a configured user
+    assert not trusting.check(rq(2, passcode="wrong")).accepted  # a passcode sent is still checked
 
 
 def test_a_proven_passcode_is_not_hashed_again(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -156,18 +167,20 @@ def test_pynetdicom_identities_against_a_required_policy(tmp_path: Path, caplog:
     results, records = asyncio.run(main())
     assert results[0] == ("accepted", b"")  # PS3.7 D.3.3.7.2: asked for, and empty for username/passcode
     assert results[1] == (1, 1, 1) and results[2] == (1, 1, 1)  # rejected-permanent, service-user, no reason
-    assert results[3] == ("accepted", None)  # no positive response asked for: none sent
+    assert results[3] == (1, 1, 1)  # a bare username is not a proven identity (issue 8 item 13)
     assert results[4] == (1, 1, 1)
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "guessing" not in text and PASSWORD not in text  # never the passcode
     assert "[PYNETDICOM@127.0.0.1:" in text
     assert "association rejected: user identity refused: wrong passcode for user 'alice'" in text
-    assert "user identity refused: user 'mallory' is not a configured user ([[users]])" in text
+    # a bare username is refused before the user is looked up: the answer tells nothing of who exists
+    assert "user identity refused: user 'mallory' sent no passcode" in text
+    assert "user identity refused: user 'alice' sent no passcode" in text
     assert "user identity refused: no user identity was sent and dicom_user_identity is 'required'" in text
     by_user = {r.user_identity: r for r in records if r.accepted}
     assert set(by_user) == {"alice"}
     rejected = [r for r in records if not r.accepted]
-    assert len(rejected) >= 3 and all("user identity refused" in r.reject_reason for r in rejected)
+    assert len(rejected) >= 4 and all("user identity refused" in r.reject_reason for r in rejected)
     assert all(PASSWORD not in r.reject_reason for r in records)
 
 

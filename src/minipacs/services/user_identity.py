@@ -4,7 +4,10 @@
 
 - ``ignore``: the item is logged, never checked (the default).
 - ``optional``: a requestor may send none; one that is sent must be right.
-- ``required``: every association must carry one, and it must be right.
+- ``required``: every association must carry one, and it must be proven: a username
+  and passcode (type 2). A bare username (type 1) proves nothing, so it is accepted
+  under ``required`` only with ``dicom_trust_usernames = true`` (a site that knows its
+  modalities send only their operator's name).
 
 Types 1 (username) and 2 (username and passcode) are checked: the username must be a
 configured user and the passcode its password (the same users and scrypt hashes as
@@ -53,10 +56,12 @@ class IdentityCheck:
 class UserIdentityPolicy:
     """Checks the User Identity sub-item of each A-ASSOCIATE-RQ against ``users``."""
 
-    def __init__(self, mode: str, users: Sequence[User]) -> None:
+    def __init__(self, mode: str, users: Sequence[User], *, trust_usernames: bool = False) -> None:
         if mode not in DICOM_IDENTITY_MODES:
             raise ValueError(f"dicom_user_identity {mode!r} must be one of {', '.join(DICOM_IDENTITY_MODES)}")
         self.mode = mode
+        #: Under "required", accept a username without a passcode (type 1) as identity enough.
+        self.trust_usernames = trust_usernames
         self.users = {user.name: user for user in users}
         # A modality opening an association per image pays scrypt once (core/users.py).
         self._passwords = ProvenPasswords()
@@ -79,6 +84,10 @@ class UserIdentityPolicy:
         if item.identity_type not in CHECKED_TYPES:
             return IdentityCheck(False, "", f"{shown} cannot be checked here; send a username and passcode "
                                             "(User-Identity-Type 2)")
+        if item.identity_type == 1 and self.mode == "required" and not self.trust_usernames:
+            return IdentityCheck(False, name[:64], f"user {shown} sent no passcode and dicom_user_identity is "
+                                                   "'required': send a username and passcode (User-Identity-Type 2), "
+                                                   "or set dicom_trust_usernames = true")
         user = self.users.get(name)
         if user is None:
             return IdentityCheck(False, name[:64], f"user {shown} is not a configured user ([[users]])")
