@@ -13,7 +13,7 @@ from minipacs.config import ConfigError, Settings
 from minipacs.core.access import AccessPolicy
 from minipacs.core.archive import Archive
 from minipacs.core.mpps import ProcedureSteps
-from minipacs.core.nodes import NodeRegistry
+from minipacs.core.nodes import NodeRegistry, calling_host_warning
 from minipacs.core.worklist import Worklist
 from minipacs.net.association import AssociationSettings
 from minipacs.net.dul import Timeouts
@@ -101,6 +101,9 @@ async def open_registry(settings: Settings, archive: Archive) -> tuple[NodeRegis
     nodes = await registry.refresh()
     for warning in await registry.check():
         log.warning("AE registry: %s", warning)
+    exposed = calling_host_warning(nodes, settings.check_calling_host)
+    if exposed:
+        log.warning("AE registry: %s", exposed)
     log.info("AE registry: %d node(s); unregistered callers may %s%s", len(nodes),
              ", ".join(settings.allow_unregistered) or "not connect",
              "; registered callers must come from their registered host" if settings.check_calling_host else "")

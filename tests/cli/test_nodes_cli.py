@@ -73,7 +73,25 @@ def test_bad_nodes_exit_2_and_say_why(tmp_path: Path, nodes: Callable[..., tuple
     assert code == 2 and "unknown permission 'delete'" in err
 
 
-def test_check(tmp_path: Path, nodes: Callable[..., tuple[int, str, str]]) -> None:
+def test_check_says_when_any_host_can_retrieve_with_a_title(
+        tmp_path: Path, nodes: Callable[..., tuple[int, str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 8 item 16: with check_calling_host off (the default) an AE title is all a caller needs."""
+    data = tmp_path / "data"
+    nodes(data, "add", "VIEWER", "127.0.0.2", "104", "--permissions", "echo,find")
+    code, out, _ = nodes(data, "check")
+    assert (code, out.strip()) == (0, "1 node(s), no shared or near-identical AE titles")  # nothing to pull
+    nodes(data, "add", "WS_7", "127.0.0.3", "104", "--permissions", "find,get")
+    code, out, _ = nodes(data, "check")
+    assert code == 0
+    assert ("warning: 1 registered node(s) may retrieve images (C-MOVE/C-GET): WS_7. check_calling_host is off, "
+            "so ANY host that calls with one of these AE titles gets those rights") in out
+    monkeypatch.setenv("MINIPACS_CHECK_CALLING_HOST", "true")
+    code, out, _ = nodes(data, "check")
+    assert (code, out.strip()) == (0, "2 node(s), no shared or near-identical AE titles")
+
+
+def test_check(tmp_path: Path, nodes: Callable[..., tuple[int, str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MINIPACS_CHECK_CALLING_HOST", "true")  # the retrieve warning has its own test
     data = tmp_path / "data"
     nodes(data, "add", "SCU_12", "127.0.0.2", "104")
     code, out, _ = nodes(data, "check")

@@ -23,6 +23,7 @@ from minipacs.core.nodes import (
     InvalidNode,
     Node,
     NodeRegistry,
+    calling_host_warning,
     format_permissions,
     normalise_title,
     parse_permissions,
@@ -110,8 +111,10 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     index = await IndexOnly.open(settings)
     try:
         registry = NodeRegistry(index)
+        if args.nodes_action == "check":
+            return await _check(args, registry, settings)
         action: Callable[[argparse.Namespace, NodeRegistry], Any] = {
-            "add": _add, "list": _list, "remove": _remove, "check": _check,
+            "add": _add, "list": _list, "remove": _remove,
         }[args.nodes_action]
         code: int = await action(args, registry)
         return code
@@ -173,10 +176,14 @@ async def _remove(args: argparse.Namespace, registry: NodeRegistry) -> int:
     return EXIT_OK
 
 
-async def _check(args: argparse.Namespace, registry: NodeRegistry) -> int:
+async def _check(args: argparse.Namespace, registry: NodeRegistry, settings: Settings) -> int:
     warnings = await registry.check()
     for warning in warnings:
         print(f"warning: {warning}")
+    # The default (check_calling_host off) is a choice, not an error: said every time, exit code unchanged.
+    exposed = calling_host_warning(await registry.list(), settings.check_calling_host)
+    if exposed:
+        print(f"warning: {exposed}")
     if warnings:
         return EXIT_PARTIAL
     print(f"{len(await registry.list())} node(s), no shared or near-identical AE titles")

@@ -435,6 +435,27 @@ def registry_warnings(nodes: Sequence[Node]) -> builtins.list[str]:
     return warnings
 
 
+#: The operations that send images out of the archive.
+RETRIEVE_OPERATIONS: Final = frozenset({"move", "get"})
+
+
+def calling_host_warning(nodes: Sequence[Node], check_calling_host: bool) -> str | None:
+    """With ``check_calling_host`` off, an AE title is all a caller needs to get a node's rights:
+    say so when some registered node may retrieve (C-MOVE/C-GET) — None when nothing is exposed."""
+    if check_calling_host:
+        return None
+    exposed = [n for n in nodes if n.permissions & RETRIEVE_OPERATIONS]
+    if not exposed:
+        return None
+    listed = ", ".join(n.ae_title for n in exposed[:10]) + (f" and {len(exposed) - 10} more" if len(exposed) > 10 else "")
+    return (
+        f"{len(exposed)} registered node(s) may retrieve images (C-MOVE/C-GET): {listed}. check_calling_host is "
+        f"off, so ANY host that calls with one of these AE titles gets those rights and can pull every study; an "
+        f"AE title is not a password. Set check_calling_host = true (each node must then call from its "
+        f"registered host), or take move/get away from nodes that do not need them."
+    )
+
+
 def duplicate_titles(nodes: Iterable[Node]) -> dict[str, tuple[Node, ...]]:
     """AE title -> its nodes, for titles registered on more than one host."""
     by_title: dict[str, builtins.list[Node]] = {}
@@ -451,6 +472,8 @@ __all__ = [
     "InvalidNode",
     "Node",
     "NodeRegistry",
+    "RETRIEVE_OPERATIONS",
+    "calling_host_warning",
     "duplicate_titles",
     "format_permissions",
     "node_from_mapping",
