@@ -190,9 +190,11 @@ async def serve(settings: Settings, on_ready: Callable[[App], None] | None = Non
         except OSError as exc:
             raise OSError(exc.errno, f"cannot listen for DICOM on {settings.host}:{settings.port}: {exc.strerror} "
                           "(is another server using that port?)") from exc
-        log.info("minipacs ready: AE %s, DICOM port %d%s, data in %s", settings.ae_title, app.dicom.port,
+        web = f"http://{'127.0.0.1' if settings.http_host in ('0.0.0.0', '::', '') else settings.http_host}" \
+              f":{settings.http_port}/"
+        log.info("minipacs ready: AE %s, DICOM port %d%s, data in %s; %s", settings.ae_title, app.dicom.port,
                  f", DICOM TLS port {app.dicom.tls_port}" if app.dicom.tls_context is not None else "",
-                 settings.data_dir.resolve())
+                 settings.data_dir.resolve(), f"web UI at {web}" if settings.http_port else "no HTTP (http_port = 0)")
         hl7 = await start_hl7(settings, app)
         if on_ready is not None:
             on_ready(app)

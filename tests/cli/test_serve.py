@@ -40,6 +40,9 @@ def test_serve_with_no_configuration_uses_embedded_defaults(tmp_path: Path) -> N
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out.decode()
+    text = out.decode()
+    assert f"web UI at http://127.0.0.1:{http_port}/" in text  # the ready line says where to look
+    assert "issue" not in text.lower()  # no tracker talk in what a user reads on the first run
     assert (tmp_path / "minipacs-data" / "index.sqlite3").is_file()
     assert (tmp_path / "minipacs-data" / "storage").is_dir()
 

@@ -1,4 +1,4 @@
-"""Worklist entries, MPPS instances and study completion (issue 5).
+"""Worklist entries, MPPS instances and study completion.
 
 Revision ID: 0003
 Revises: 0002

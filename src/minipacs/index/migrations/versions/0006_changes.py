@@ -1,4 +1,4 @@
-"""The changes journal, and the Study Status ID a complete study answers (issue 5).
+"""The changes journal, and the Study Status ID a complete study answers.
 
 Revision ID: 0006
 Revises: 0005
