@@ -6,12 +6,13 @@ Every limit the server enforces is a field here, with its default.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from minipacs.core.model import DuplicatePolicy
 from minipacs.core.nodes import OPERATIONS, InvalidNode, Node, node_from_mapping
@@ -105,7 +106,6 @@ class Settings:
     #: ``[[users]]`` (name, password_hash, role) and ``[[tokens]]`` (name, token_hash, role).
     users: tuple[User, ...] = ()
     tokens: tuple[ApiToken, ...] = ()
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def resolved_index_url(self) -> str:
@@ -161,7 +161,7 @@ class Settings:
         return self
 
 
-_TABLES = ("extra", "nodes", "users", "tokens")
+_TABLES = ("nodes", "users", "tokens")
 _FIELDS = {f.name: f for f in fields(Settings) if f.name not in _TABLES}
 
 
@@ -226,6 +226,19 @@ def _accounts(doc: Mapping[str, Any], section: Mapping[str, Any], config_file: P
     return out
 
 
+#: MINIPACS_* environment variables that are not settings: read by the tests and benchmarks only.
+NOT_SETTINGS_PREFIXES: Final = ("MINIPACS_TEST_", "MINIPACS_BENCH_")
+
+
+def _closest(name: str, *, env: bool = False) -> str:
+    """'; did you mean X?' for a misspelled setting name, or ''."""
+    known = [k for k in _FIELDS if k not in _TABLES]
+    found = difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.6)
+    if not found:
+        return ""
+    return f"; did you mean {'MINIPACS_' + found[0].upper() if env else repr(found[0])}?"
+
+
 def load_settings(
     config_file: Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -233,7 +246,6 @@ def load_settings(
 ) -> Settings:
     """Defaults, then the TOML file, then MINIPACS_<FIELD> variables, then flags."""
     values: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
     if config_file is not None:
         try:
             with open(config_file, "rb") as fh:
@@ -249,22 +261,24 @@ def load_settings(
         for key, raw in section.items():
             if key in _TABLES:
                 continue
-            if key in _FIELDS:
-                values[key] = _coerce(key, raw)
-            else:
-                extra[key] = raw
-        for key, raw in doc.items():
+            if key not in _FIELDS:
+                raise ConfigError(f"{config_file}: unknown setting {key!r}{_closest(key)}")
+            values[key] = _coerce(key, raw)
+        for key in doc:
             if key != "minipacs" and key not in _TABLES and key not in _FIELDS:
-                extra.setdefault(key, raw)
+                raise ConfigError(f"{config_file}: unknown setting {key!r}{_closest(key)}")
     env = os.environ if env is None else env
     for key, raw in env.items():
-        if key.startswith("MINIPACS_"):
+        if key.startswith("MINIPACS_") and not key.startswith(NOT_SETTINGS_PREFIXES):
             name = key[len("MINIPACS_") :].lower()
-            if name in _FIELDS:
-                values[name] = _coerce(name, raw)
+            if name not in _FIELDS or name in _TABLES:
+                hint = _closest(name, env=True)
+                raise ConfigError(f"unknown environment variable {key}{hint} (variables starting with MINIPACS_ "
+                                  f"are settings; unset it or correct the name)")
+            values[name] = _coerce(name, raw)
     for key, raw in (overrides or {}).items():
         if raw is not None:
             if key not in _FIELDS:
                 raise ConfigError(f"unknown setting {key!r}")
             values[key] = _coerce(key, raw)
-    return dataclasses.replace(Settings(), **values, extra=extra).validate()
+    return dataclasses.replace(Settings(), **values).validate()

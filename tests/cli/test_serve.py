@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from pynetdicom import AE
 
 from tests.peers import free_port, leftover_transfers, wait_for_port
@@ -89,9 +90,33 @@ def test_a_port_in_use_stops_start_up_with_a_sentence(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         busy = taken.getsockname()[1]
-        env = dict(os.environ, PYTHONPATH=SRC, MINIPACS_HTTP_PORT=str(busy), MINIPACS_HTTP_HOST="127.0.0.1")
+        env = dict(os.environ, PYTHONPATH=SRC)
         res = subprocess.run([sys.executable, "-m", "minipacs.cli.main", "serve", "--data", str(tmp_path / "d"),
-                              "--port", str(free_port()), "--host", "127.0.0.1"],
+                              "--port", str(free_port()), "--host", "127.0.0.1",
+                              "--http-port", str(busy), "--http-host", "127.0.0.1"],
                              env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 3, res.stderr
     assert f"cannot listen for HTTP on 127.0.0.1:{busy}" in res.stderr
+    # and it says how to choose another port, in each of the three ways
+    assert "`serve --http-port N`" in res.stderr and "`http_port = N`" in res.stderr
+    assert "MINIPACS_HTTP_PORT=N" in res.stderr
+
+
+@pytest.mark.parametrize(("where", "said"), [
+    ("toml", "unknown setting 'http_prot'; did you mean 'http_port'?"),
+    ("env", "unknown environment variable MINIPACS_HTTP_PROT; did you mean MINIPACS_HTTP_PORT?"),
+])
+def test_a_misspelled_setting_stops_start_up(tmp_path: Path, where: str, said: str) -> None:
+    """Issue 12 item 16: an unknown key is refused, naming it and the closest known one."""
+    env = dict(os.environ, PYTHONPATH=SRC)
+    args = [sys.executable, "-m", "minipacs.cli.main", "serve", "--data", str(tmp_path / "d"),
+            "--port", str(free_port()), "--host", "127.0.0.1"]
+    if where == "toml":
+        cfg = tmp_path / "minipacs.toml"
+        cfg.write_text("http_prot = 8043\n")
+        args += ["--config", str(cfg)]
+    else:
+        env["MINIPACS_HTTP_PROT"] = "8043"
+    res = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert said in res.stderr

@@ -268,7 +268,6 @@ def test_config_nodes_are_typed(tmp_path: Path) -> None:
     assert s.nodes[0].permissions == frozenset({"find", "move"}) and s.nodes[0].description == "viewer, 2nd floor"
     assert s.nodes[1].permissions == ALL_OPERATIONS
     assert s.nodes[2].permissions == frozenset({"store", "echo"}) and s.nodes[2].tls
-    assert "nodes" not in s.extra
     # under [minipacs] too, and the environment can empty allow_unregistered
     cfg.write_text('[minipacs]\nport = 104\n[[minipacs.nodes]]\nae_title = "A"\nhost = "h"\nport = 1\n')
     s = load_settings(cfg, env={"MINIPACS_ALLOW_UNREGISTERED": ""})

@@ -28,7 +28,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 ADMIN, VIEWER = ("ada", "a-pass"), ("vic", "v-pass")
-SHOTS = Path(os.environ.get("MINIPACS_UI_SCREENSHOTS", "")) if os.environ.get("MINIPACS_UI_SCREENSHOTS") else None
+SHOTS = Path(os.environ.get("MINIPACS_TEST_UI_SCREENSHOTS", "")) if os.environ.get("MINIPACS_TEST_UI_SCREENSHOTS") else None
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 

@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="DICOM port [11112]")
     p.add_argument("--host", help="address to listen on [0.0.0.0]")
     p.add_argument("--tls-port", type=int, help="DICOM TLS port, e.g. 2762 (needs tls_cert_file, tls_key_file) [off]")
+    p.add_argument("--http-port", type=int, help="HTTP port: REST, DICOMweb, web UI; 0 for none [8042]")
+    p.add_argument("--http-host", help="address HTTP listens on [127.0.0.1]")
 
     p = sub.add_parser("echo", help="C-ECHO a DICOM node (like DCMTK echoscu)")
     network_args(p, "ECHOSCU")
@@ -121,7 +123,7 @@ def _configure_logging(args: argparse.Namespace, settings: Settings | None = Non
 
 def _load(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    for key in ("data_dir", "ae_title", "port", "host", "tls_port"):
+    for key in ("data_dir", "ae_title", "port", "host", "tls_port", "http_port", "http_host"):
         value = getattr(args, key, None)
         if value is not None:
             overrides[key] = value

@@ -75,7 +75,8 @@ async def start_http(settings: Settings, archive: Archive, nodes: NodeRegistry |
     except OSError as exc:
         await metadata.close()
         raise OSError(exc.errno, f"cannot listen for HTTP on {settings.http_host}:{settings.http_port}: "
-                      f"{exc.strerror} (is another server using that port? set http_port, or 0 for no HTTP)"
+                      f"{exc.strerror} (is another server using that port? choose another with `serve --http-port N`, "
+                      "`http_port = N` in the config file or MINIPACS_HTTP_PORT=N; 0 turns HTTP off)"
                       ) from exc
     config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
     server = _Server(config)
