@@ -1,6 +1,6 @@
 """The upper-layer state machine, one test per row of PS3.8 Table 9-10.
 
-Each row of ``TRANSITION_TABLE`` is driven through a real :class:`UpperLayer`
+Each row of ``TRANSITION_TABLE`` (``minipacs.net.dul``) is driven through a real :class:`UpperLayer`
 on a fake transport: the layer is put in the row's state, the event is fired,
 and the test checks the action's effect (the PDU bytes written, the ARTIM
 timer, the transport, the user callbacks) and the resulting state. Expected
@@ -10,6 +10,7 @@ PDU bytes are built by hand from PS3.8 Tables 9-21..9-26, not by our codec.
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,16 +18,8 @@ from dataclasses import dataclass, field
 import pytest
 from pynetdicom import fsm as pynetdicom_fsm
 
-from minipacs.net.dul import Timeouts, UpperLayer, UpperLayerUser
-from minipacs.net.fsm import (
-    ACTIONS,
-    TRANSITION_TABLE,
-    Event,
-    InvalidTransition,
-    State,
-    conditional_next_state,
-    lookup,
-)
+from minipacs.net.dul import TRANSITION_TABLE, Timeouts, UpperLayer, UpperLayerUser, action_name
+from minipacs.net.fsm import USER_PRIMITIVES, Event, InvalidTransition, State
 from minipacs.net.pdu import (
     PDU,
     PDV,
@@ -88,7 +81,7 @@ EVENT_PDU: dict[Event, PDU] = {
     Event.EVT13: AReleaseRP(),
     Event.EVT16: PEER_ABORT,
 }
-LOCAL_PRIMITIVES = (Event.EVT7, Event.EVT8, Event.EVT9, Event.EVT11, Event.EVT14, Event.EVT15)
+LOCAL_PRIMITIVES = (Event.EVT1, Event.EVT7, Event.EVT8, Event.EVT9, Event.EVT11, Event.EVT14, Event.EVT15)
 #: Evt19 is fired after a decode error recorded this A-ABORT (reason 4: unrecognized parameter)
 DECODE_ERROR_ABORT = AAbort(2, 4)
 
@@ -122,6 +115,8 @@ class RecordingUser(UpperLayerUser):
     reply: AAssociateAC | AAssociateRJ = field(default_factory=lambda: AC)
     calls: list[str] = field(default_factory=list)
     received: list[PDU] = field(default_factory=list)
+    #: Run inside associate_confirmed / pdata_indication, i.e. inside the action
+    inside_action: Callable[[], None] | None = None
 
     def negotiate(self, rq: AAssociateRQ) -> AAssociateAC | AAssociateRJ:
         self.calls.append("negotiate")
@@ -131,10 +126,14 @@ class RecordingUser(UpperLayerUser):
     def associate_confirmed(self, pdu: AAssociateAC | AAssociateRJ) -> None:
         self.calls.append("associate_confirmed")
         self.received.append(pdu)
+        if self.inside_action is not None:
+            self.inside_action()
 
     def pdata_indication(self, pdu: PDataTF) -> None:
         self.calls.append("pdata_indication")
         self.received.append(pdu)
+        if self.inside_action is not None:
+            self.inside_action()
 
     def release_indication(self) -> None:
         self.calls.append("release_indication")
@@ -243,8 +242,16 @@ EFFECTS: dict[str, Effect] = {
 
 
 def test_every_action_has_an_effect_and_is_used() -> None:
-    assert set(EFFECTS) == set(ACTIONS)
-    assert set(TRANSITION_TABLE.values()) == set(ACTIONS)
+    """All 28 actions of PS3.8 Tables 9-6..9-9 appear in the table, each an UpperLayer method."""
+    used = {action_name(action) for action, _next in TRANSITION_TABLE.values()}
+    assert used == set(EFFECTS) == set(pynetdicom_fsm.ACTIONS)
+    for action, _next in TRANSITION_TABLE.values():
+        assert getattr(UpperLayer, action.__name__) is action
+
+
+def test_action_name() -> None:
+    assert action_name(UpperLayer._ar_10) == "AR-10"
+    assert action_name(UpperLayer._dt_1) == "DT-1"
 
 
 def fire(h: Harness, event: Event) -> None:
@@ -260,27 +267,33 @@ def fire(h: Harness, event: Event) -> None:
     h.layer.event(event, EVENT_PDU.get(event))
 
 
-def _row_id(row: tuple[tuple[Event, State], str]) -> str:
-    (event, state), action = row
-    return f"{event.name}-{state.name}-{action}"
+#: (event, state, action name) for every cell of PS3.8 Table 9-10
+ROWS = sorted((event, state, action_name(action)) for (event, state), (action, _next) in TRANSITION_TABLE.items())
 
 
-ROWS = sorted(TRANSITION_TABLE.items())
+def expected_next_state(event: Event, state: State, is_requestor: bool) -> State:
+    """The table's next state; for AE-6 and AR-8 the branch PS3.8 Tables 9-6 and 9-8 name
+    (the harness's user accepts every A-ASSOCIATE-RQ)."""
+    name = action_name(TRANSITION_TABLE[(event, state)][0])
+    if name == "AE-6":
+        return State.STA3
+    if name == "AR-8":
+        return State.STA9 if is_requestor else State.STA10
+    fixed = TRANSITION_TABLE[(event, state)][1]
+    assert isinstance(fixed, State), name
+    return fixed
 
 
 @pytest.mark.parametrize("is_requestor", [False, True], ids=["acceptor", "requestor"])
-@pytest.mark.parametrize("row", ROWS, ids=[_row_id(r) for r in ROWS])
-def test_transition_row(row: tuple[tuple[Event, State], str], is_requestor: bool) -> None:
-    (event, state), action_name = row
-
+@pytest.mark.parametrize(("event", "state", "name"), ROWS, ids=[f"{e.name}-{s.name}-{a}" for e, s, a in ROWS])
+def test_transition_row(event: Event, state: State, name: str, is_requestor: bool) -> None:
     async def run() -> None:
         h = make_layer(state, is_requestor=is_requestor)
         artim_before = h.layer._artim
         fire(h, event)
-        effect = EFFECTS[action_name]
-        action = ACTIONS[action_name]
+        effect = EFFECTS[name]
 
-        assert h.layer.state is conditional_next_state(action, rq_acceptable=True, is_requestor=is_requestor)
+        assert h.layer.state is expected_next_state(event, state, is_requestor)
         assert bytes(h.writer.data) == effect.writes(event)
         assert tuple(h.user.calls) == effect.calls
         if set(effect.calls) & {"negotiate", "associate_confirmed", "pdata_indication"}:
@@ -373,25 +386,144 @@ def test_release_collision_acceptor_completes() -> None:
 def test_table_matches_pynetdicom() -> None:
     """pynetdicom transcribed PS3.8 Table 9-10 independently; the tables must be identical."""
     theirs = {(int(e[3:]), int(s[3:])): a for (e, s), a in pynetdicom_fsm.TRANSITION_TABLE.items()}
-    ours = {(int(e), int(s)): a for (e, s), a in TRANSITION_TABLE.items()}
+    ours = {(int(e), int(s)): action_name(action) for (e, s), (action, _next) in TRANSITION_TABLE.items()}
+    assert len(ours) == 123
     assert ours == theirs
 
 
-def test_actions_match_pynetdicom_next_states() -> None:
-    """Next states agree too; pynetdicom lists both branches of AE-6 and AR-8."""
-    conditional = {
-        "AE-6": (conditional_next_state(ACTIONS["AE-6"], rq_acceptable=True),
-                 conditional_next_state(ACTIONS["AE-6"], rq_acceptable=False)),
-        "AR-8": (conditional_next_state(ACTIONS["AR-8"], is_requestor=True),
-                 conditional_next_state(ACTIONS["AR-8"], is_requestor=False)),
-    }
-    assert set(ACTIONS) == set(pynetdicom_fsm.ACTIONS)
-    for name, action in ACTIONS.items():
-        their_next = pynetdicom_fsm.ACTIONS[name][2]
-        if action.next_state is None:
-            assert tuple(f"Sta{int(s)}" for s in conditional[name]) == their_next, name
-        else:
-            assert f"Sta{int(action.next_state)}" == their_next, name
+def test_next_states_match_pynetdicom() -> None:
+    """Next states agree too, cell by cell; pynetdicom lists both branches of AE-6 and AR-8,
+    ours decides them from the layer (was the A-ASSOCIATE-RQ acceptable; are we the requestor)."""
+
+    async def run() -> None:
+        layers = []
+        for is_requestor in (False, True):
+            for acceptable in (False, True):
+                layer = make_layer(State.STA1, is_requestor=is_requestor).layer
+                layer._stop_artim()
+                layer._rq_acceptable = acceptable
+                layers.append(layer)
+        for (event, state), (action, next_state) in TRANSITION_TABLE.items():
+            name = action_name(action)
+            their_next = pynetdicom_fsm.ACTIONS[name][2]
+            where = f"{event.name} {state.name} {name}"
+            if isinstance(next_state, State):
+                assert f"Sta{int(next_state)}" == their_next, where
+            else:
+                assert name in ("AE-6", "AR-8"), where
+                reached = {f"Sta{int(next_state(layer))}" for layer in layers}
+                assert reached == set(their_next), where
+
+    asyncio.run(run())
+
+
+def test_conditional_next_states() -> None:
+    """AE-6: Sta3 if acceptable else Sta13 (Table 9-6); AR-8: Sta9 requestor, Sta10 acceptor (Table 9-8)."""
+
+    async def run() -> None:
+        after_ae_6 = TRANSITION_TABLE[(Event.EVT6, State.STA2)][1]
+        after_ar_8 = TRANSITION_TABLE[(Event.EVT12, State.STA7)][1]
+        assert not isinstance(after_ae_6, State) and not isinstance(after_ar_8, State)
+        h = make_layer(State.STA1, is_requestor=True)
+        h.layer._stop_artim()
+        h.layer._rq_acceptable = True
+        assert (after_ae_6(h.layer), after_ar_8(h.layer)) == (State.STA3, State.STA9)
+        h.layer._rq_acceptable = False
+        h.layer.is_requestor = False
+        assert (after_ae_6(h.layer), after_ar_8(h.layer)) == (State.STA13, State.STA10)
+
+    asyncio.run(run())
+
+
+# ------------------------------------------------ events raised inside an action
+def test_event_raised_inside_an_action_runs_after_it(caplog: pytest.LogCaptureFixture) -> None:
+    """The user aborts from inside AE-3: the abort waits until AE-3 has finished and
+    Sta6 is set, then Evt15 runs in Sta6 (AA-1), not in Sta5 in the middle of AE-3."""
+    caplog.set_level(logging.DEBUG, logger="minipacs.net")
+
+    async def run() -> None:
+        h = make_layer(State.STA5, is_requestor=True)
+        seen: list[tuple[State, bytes]] = []
+
+        def abort_now() -> None:
+            h.layer.abort("changed my mind")
+            seen.append((h.layer.state, bytes(h.writer.data)))
+
+        h.user.inside_action = abort_now
+        h.layer.event(Event.EVT3, AC)
+        assert seen == [(State.STA5, b"")], "nothing happens until AE-3 returns"
+        assert h.state is State.STA13
+        assert bytes(h.writer.data) == abort_bytes(0, 0)
+        assert h.user.calls == ["associate_confirmed", "aborted"]
+        assert not h.layer._events, "queue drained"
+        h.layer._stop_artim()
+
+    asyncio.run(run())
+    transitions = [r.getMessage() for r in caplog.records if "->" in r.getMessage()]
+    assert transitions == ["[test] EVT3: AE-3 STA5 -> STA6", "[test] EVT15: AA-1 STA6 -> STA13"]
+
+
+def test_events_raised_inside_an_action_run_in_order() -> None:
+    """Two events raised by one action run first-in first-out, each after the previous one's action:
+    A-RELEASE request (AR-1, Sta7) then A-ABORT request in Sta7 (AA-1, Sta13)."""
+
+    async def run() -> None:
+        h = make_layer(State.STA6)
+        written_inside: list[bytes] = []
+
+        def release_then_abort() -> None:
+            h.layer.release_request()
+            h.layer.abort("gave up")
+            written_inside.append(bytes(h.writer.data))
+
+        h.user.inside_action = release_then_abort
+        h.layer.event(Event.EVT10, PDATA)
+        assert written_inside == [b""]
+        assert bytes(h.writer.data) == RELEASE_RQ_BYTES + abort_bytes(0, 0)
+        assert h.state is State.STA13
+        h.layer._stop_artim()
+
+    asyncio.run(run())
+
+
+def test_action_that_raises_drops_the_events_it_queued() -> None:
+    """A user callback that fails after raising an event: the exception reaches the caller,
+    the queued event is dropped, the state is unchanged, and the next event runs normally."""
+
+    async def run() -> None:
+        h = make_layer(State.STA6)
+
+        def abort_then_fail() -> None:
+            h.layer.abort("about to fail")
+            raise RuntimeError("user callback failed")
+
+        h.user.inside_action = abort_then_fail
+        with pytest.raises(RuntimeError, match="user callback failed"):
+            h.layer.event(Event.EVT10, PDATA)
+        assert (h.state, bytes(h.writer.data)) == (State.STA6, b"")
+        h.user.inside_action = None
+        h.layer.event(Event.EVT12, AReleaseRQ())
+        assert h.state is State.STA8
+        assert h.user.calls == ["pdata_indication", "release_indication"]
+        h.layer._stop_artim()
+
+    asyncio.run(run())
+
+
+def test_invalid_primitive_raised_inside_an_action_raises_to_the_caller() -> None:
+    """A-RELEASE response (Evt14) queued by AE-3 runs in Sta6, where Table 9-10 has no cell."""
+
+    async def run() -> None:
+        h = make_layer(State.STA5, is_requestor=True)
+        h.user.inside_action = h.layer.release_response
+        with pytest.raises(InvalidTransition) as info:
+            h.layer.event(Event.EVT3, AC)
+        assert (info.value.event, info.value.state) == (Event.EVT14, State.STA6)
+        assert h.state is State.STA6
+        assert h.writer.data == b""
+        h.layer._stop_artim()
+
+    asyncio.run(run())
 
 
 # ------------------------------------------------ invalid events
@@ -419,9 +551,19 @@ def test_invalid_local_primitive_raises(event: Event, state: State) -> None:
     asyncio.run(run())
 
 
-def test_lookup_of_empty_cell_raises() -> None:
-    with pytest.raises(InvalidTransition, match="EVT9 is not valid in state STA2"):
-        lookup(Event.EVT9, State.STA2)
+def test_empty_cell_message() -> None:
+    async def run() -> None:
+        h = make_layer(State.STA2)
+        with pytest.raises(InvalidTransition, match=r"event EVT9 is not valid in state STA2 \(PS3.8 Table 9-10\)"):
+            h.layer.event(Event.EVT9, PDATA)
+        h.layer._stop_artim()
+
+    asyncio.run(run())
+
+
+def test_user_primitives() -> None:
+    """PS3.8 Table 9-2: the events a local service-user raises."""
+    assert USER_PRIMITIVES == set(LOCAL_PRIMITIVES)
 
 
 @pytest.mark.parametrize(

@@ -722,17 +722,6 @@ def test_every_truncation_raises_only_pdu_error(obj: PDU, raw: bytes) -> None:
             pass
 
 
-def test_describe_tables() -> None:
-    assert AAssociateRJ(1, 1, 7).describe() == (
-        "association rejected-permanent by the DICOM UL service-user: called-AE-title-not-recognized"
-    )
-    assert AAbort(2, 1).describe().endswith("unrecognized-PDU")
-    assert (
-        AAbort(0, 0).describe()
-        == "association aborted by the DICOM UL service-user (initiated abort)"
-    )
-
-
 # ------------------------------------------------------------- pynetdicom
 
 

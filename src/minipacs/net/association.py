@@ -692,7 +692,3 @@ async def connect(
                                    "(--tls-cert/--tls-key, tls_cert_file/tls_key_file)") from exc
         raise
     return assoc
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -238,9 +237,3 @@ def _decode_value(vr: VR, raw: memoryview, keyword: str) -> Any:
     if vr is VR.UI:
         return text.rstrip("\x00 ")
     return text.strip(" \x00")
-
-
-def iter_fields(cmd: Command) -> Iterator[tuple[str, Any]]:
-    for tag in sorted(KEYWORD_TAGS[k] for k in cmd.fields if k in KEYWORD_TAGS):
-        kw = COMMAND_FIELDS[tag][0]
-        yield kw, cmd.fields[kw]

@@ -2,8 +2,10 @@
 
 :class:`UpperLayer` owns one TCP connection. Received PDUs, transport events,
 timer expiry and local primitives all become :class:`~minipacs.net.fsm.Event`
-values; ``fsm.lookup`` names the action and a small method per action performs
-it. Everything here is synchronous except reading from the socket, because
+values; ``TRANSITION_TABLE`` (PS3.8 Table 9-10) maps each (event, state) to the
+action method that performs it and the state that follows. An event raised while
+an action runs is queued and handled once that action has finished. Everything
+here is synchronous except reading from the socket, because
 ``StreamWriter.write`` never blocks: a state transition is atomic on the event
 loop. Callers that send bulk data await :meth:`drain` for back-pressure.
 """
@@ -13,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Final, TypeVar
 
-from minipacs.net.fsm import Event, InvalidTransition, State, conditional_next_state, lookup
+from minipacs.net.fsm import USER_PRIMITIVES, Event, InvalidTransition, State
 from minipacs.net.pdu import (
     PDU,
     PDU_HEADER,
@@ -149,37 +153,54 @@ class UpperLayer:
         self._pending_reply: PDU | None = None
         self._abort_pdu = AAbort(0, 0)
         self._closed = asyncio.Event()
-        self._transitions = 0  # counts events, to notice one fired from inside an action
+        #: Events not yet handled; the head is the one whose action is running (see :meth:`event`).
+        self._events: deque[tuple[Event, PDU | None]] = deque()
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     # ------------------------------------------------------------------ events
     def event(self, event: Event, pdu: PDU | None = None) -> None:
-        """Run one event through PS3.8 Table 9-10."""
+        """Run ``event`` through PS3.8 Table 9-10.
+
+        An event raised while an action runs (the user aborts from inside
+        ``pdata_indication``, say) is queued: it is handled after the current
+        action has finished and its next state is set, in the order raised. The
+        outermost call drains the queue. If an action raises, the events it
+        queued are dropped and the exception goes to the outermost caller; an
+        invalid local primitive queued by an action raises there too.
+        """
+        events = self._events
+        events.append((event, pdu))
+        if len(events) > 1:
+            return  # raised inside an action: the outermost call handles it next
         try:
-            action = lookup(event, self.state)
-        except InvalidTransition:
+            while events:
+                self._transition(*events[0])
+                events.popleft()
+        finally:
+            events.clear()
+
+    def _transition(self, event: Event, pdu: PDU | None) -> None:
+        """Perform one cell of PS3.8 Table 9-10: the action, then the next state."""
+        cell = TRANSITION_TABLE.get((event, self.state))
+        if cell is None:
             if self.state is State.STA1:
                 return  # after the close, stray events are moot
-            if event in (Event.EVT9, Event.EVT11, Event.EVT14, Event.EVT15, Event.EVT7, Event.EVT8):
-                raise
+            if event in USER_PRIMITIVES:
+                raise InvalidTransition(event, self.state)
             # A PDU that the table has no cell for is a protocol error.
             log.warning("%s %s in %s: aborting", self.label, event.name, self.state.name)
-            action = lookup(Event.EVT19, self.state)
+            cell = TRANSITION_TABLE.get((Event.EVT19, self.state))
+            if cell is None:
+                raise InvalidTransition(Event.EVT19, self.state)
+        action, next_state = cell
         previous = self.state
-        self._transitions += 1
-        generation = self._transitions
-        getattr(self, "_" + action.name.replace("-", "_").lower())(pdu)
-        if generation != self._transitions:
-            # The action's callback fired an event of its own (e.g. the user
-            # aborted from pdata_indication); that event set the state.
-            return
-        self.state = conditional_next_state(
-            action, rq_acceptable=self._rq_acceptable, is_requestor=self.is_requestor
-        )
+        action(self, pdu)
+        self.state = next_state if isinstance(next_state, State) else next_state(self)
         if log.isEnabledFor(logging.DEBUG) and event is not Event.EVT10 and event is not Event.EVT9:
-            log.debug("%s %s: %s %s -> %s", self.label, event.name, action.name, previous.name, self.state.name)
+            name = action_name(action)
+            log.debug("%s %s: %s %s -> %s", self.label, event.name, name, previous.name, self.state.name)
 
     # ------------------------------------------------------------ primitives
     def start_requestor(self, rq: AAssociateRQ) -> None:
@@ -359,28 +380,36 @@ class UpperLayer:
             self.writer.close()
 
     # ---------------------------------------- actions: PS3.8 Tables 9-6..9-9
+    # Each takes the event's PDU (None for other events); TRANSITION_TABLE says
+    # when each runs and which state follows.
     def _ae_1(self, pdu: PDU | None) -> None:  # pragma: no cover - connect happens before the layer exists
-        pass
+        """AE-1: issue TRANSPORT CONNECT request primitive to local transport service."""
 
     def _ae_2(self, pdu: PDU | None) -> None:
+        """AE-2: send A-ASSOCIATE-RQ PDU."""
         if self._pending_reply is not None:
             self._send(self._pending_reply)
             self._pending_reply = None
 
     def _ae_3(self, pdu: PDU | None) -> None:
+        """AE-3: issue A-ASSOCIATE confirmation (accept) primitive."""
         pdu = _expect(pdu, AAssociateAC)
         self.user.associate_confirmed(pdu)
 
     def _ae_4(self, pdu: PDU | None) -> None:
+        """AE-4: issue A-ASSOCIATE confirmation (reject) primitive and close transport connection."""
         pdu = _expect(pdu, AAssociateRJ)
         self.end_reason = "association rejected by peer"
         self.user.associate_confirmed(pdu)
         self._close_transport()
 
     def _ae_5(self, pdu: PDU | None) -> None:
+        """AE-5: issue transport connection response primitive; start ARTIM timer."""
         self._start_artim()
 
     def _ae_6(self, pdu: PDU | None) -> None:
+        """AE-6: stop ARTIM timer; if the A-ASSOCIATE-RQ is acceptable issue A-ASSOCIATE
+        indication (Sta3), otherwise send A-ASSOCIATE-RJ PDU and start ARTIM timer (Sta13)."""
         self._stop_artim()
         pdu = _expect(pdu, AAssociateRQ)
         reply = self.user.negotiate(pdu)
@@ -399,49 +428,61 @@ class UpperLayer:
             self.event(Event.EVT7)
 
     def _ae_7(self, pdu: PDU | None) -> None:
+        """AE-7: send A-ASSOCIATE-AC PDU."""
         if self._pending_reply is not None:
             self._send(self._pending_reply)
             self._pending_reply = None
 
     def _ae_8(self, pdu: PDU | None) -> None:
+        """AE-8: send A-ASSOCIATE-RJ PDU and start ARTIM timer."""
         if self._pending_reply is not None:
             self._send(self._pending_reply)
         self._start_artim()
 
     def _dt_1(self, pdu: PDU | None) -> None:
+        """DT-1: send P-DATA-TF PDU."""
         if pdu is not None:
             self._send(pdu)
 
     def _dt_2(self, pdu: PDU | None) -> None:
+        """DT-2: send P-DATA indication primitive."""
         pdu = _expect(pdu, PDataTF)
         self.user.pdata_indication(pdu)
 
     def _ar_1(self, pdu: PDU | None) -> None:
+        """AR-1: send A-RELEASE-RQ PDU."""
         self._send(AReleaseRQ())
 
     def _ar_2(self, pdu: PDU | None) -> None:
+        """AR-2: issue A-RELEASE indication primitive."""
         self.user.release_indication()
 
     def _ar_3(self, pdu: PDU | None) -> None:
+        """AR-3: issue A-RELEASE confirmation primitive, and close transport connection."""
         self.end_reason = self.end_reason or "released"
         self.user.release_confirmed()
         self._close_transport()
 
     def _ar_4(self, pdu: PDU | None) -> None:
+        """AR-4: issue A-RELEASE-RP PDU and start ARTIM timer."""
         self.end_reason = self.end_reason or "released"
         self._send(AReleaseRP())
         self._start_artim()
 
     def _ar_5(self, pdu: PDU | None) -> None:
+        """AR-5: stop ARTIM timer."""
         self._stop_artim()
 
     def _ar_6(self, pdu: PDU | None) -> None:
+        """AR-6: issue P-DATA indication."""
         self._dt_2(pdu)
 
     def _ar_7(self, pdu: PDU | None) -> None:
+        """AR-7: issue P-DATA-TF PDU."""
         self._dt_1(pdu)
 
     def _ar_8(self, pdu: PDU | None) -> None:
+        """AR-8: issue A-RELEASE indication (release collision): requestor goes to Sta9, acceptor to Sta10."""
         # Release collision: answer automatically once the table allows it.
         loop = asyncio.get_running_loop()
         loop.call_soon(self._collision_response)
@@ -451,14 +492,17 @@ class UpperLayer:
             self.event(Event.EVT14)
 
     def _ar_9(self, pdu: PDU | None) -> None:
+        """AR-9: send A-RELEASE-RP PDU."""
         self._send(AReleaseRP())
 
     def _ar_10(self, pdu: PDU | None) -> None:
+        """AR-10: issue A-RELEASE confirmation primitive."""
         self.user.release_confirmed()
         loop = asyncio.get_running_loop()
         loop.call_soon(self._collision_response)
 
     def _aa_1(self, pdu: PDU | None) -> None:
+        """AA-1: send A-ABORT PDU (service-user source) and start (or restart) ARTIM timer."""
         # Evt15 (local abort) sends a service-user abort; in Sta2 a PDU other
         # than A-ASSOCIATE-RQ, or a malformed one, is a provider-detected error.
         self._send(self._abort_pdu if pdu is None else self._protocol_abort(pdu))
@@ -473,29 +517,37 @@ class UpperLayer:
         return self._abort_pdu if self._abort_pdu.source == 2 else AAbort(2, 0)
 
     def _aa_2(self, pdu: PDU | None) -> None:
+        """AA-2: stop ARTIM timer if running; close transport connection."""
         self._stop_artim()
         self._close_transport()
 
     def _aa_3(self, pdu: PDU | None) -> None:
+        """AA-3: issue A-ABORT (service-user) or A-P-ABORT (service-provider) indication
+        and close transport."""
         if isinstance(pdu, AAbort):
             self.end_reason = self.end_reason or f"aborted by peer ({describe_abort(pdu.source, pdu.reason)})"
         self.user.aborted(self.end_reason)
         self._close_transport()
 
     def _aa_4(self, pdu: PDU | None) -> None:
+        """AA-4: issue A-P-ABORT indication primitive."""
         self.end_reason = self.end_reason or "connection closed by peer without release"
         self.user.aborted(self.end_reason)
 
     def _aa_5(self, pdu: PDU | None) -> None:
+        """AA-5: stop ARTIM timer."""
         self._stop_artim()
 
     def _aa_6(self, pdu: PDU | None) -> None:
-        pass
+        """AA-6: ignore PDU."""
 
     def _aa_7(self, pdu: PDU | None) -> None:
+        """AA-7: send A-ABORT PDU."""
         self._send(self._protocol_abort(pdu))
 
     def _aa_8(self, pdu: PDU | None) -> None:
+        """AA-8: send A-ABORT PDU (service-provider source), issue A-P-ABORT indication,
+        and start ARTIM timer."""
         abort = self._protocol_abort(pdu)
         self._send(abort)
         self.end_reason = self.end_reason or f"protocol error ({describe_abort(abort.source, abort.reason)})"
@@ -508,3 +560,155 @@ def _expect(pdu: PDU | None, cls: type[T]) -> T:
     if not isinstance(pdu, cls):
         raise TypeError(f"expected {cls.__name__}, got {type(pdu).__name__}")
     return pdu
+
+
+# ------------------------------------------------ PS3.8 Table 9-10
+#: What an action is: an UpperLayer method taking the event's PDU (PS3.8 Tables 9-6..9-9).
+Action = Callable[[UpperLayer, PDU | None], None]
+#: The state after an action: fixed, or decided by the layer (AE-6, AR-8).
+NextState = State | Callable[[UpperLayer], State]
+
+
+def _after_ae_6(layer: UpperLayer) -> State:
+    """AE-6: Sta3 if the A-ASSOCIATE-RQ was acceptable, otherwise Sta13 (A-ASSOCIATE-RJ sent)."""
+    return State.STA3 if layer._rq_acceptable else State.STA13
+
+
+def _after_ar_8(layer: UpperLayer) -> State:
+    """AR-8 (release collision): Sta9 for the association requestor, Sta10 for the acceptor."""
+    return State.STA9 if layer.is_requestor else State.STA10
+
+
+def action_name(action: Action) -> str:
+    """The PS3.8 name of an action method, for logs: ``UpperLayer._ar_10`` is "AR-10"."""
+    return action.__name__.lstrip("_").upper().replace("_", "-")
+
+
+# PS3.8 Table 9-10: DICOM upper layer state transition table.
+# One entry per non-empty cell of the standard's table: (event, state) -> (action, next state).
+# The next state is the one PS3.8 Tables 9-6..9-9 give for the action.
+TRANSITION_TABLE: Final[Mapping[tuple[Event, State], tuple[Action, NextState]]] = {
+    (Event.EVT1, State.STA1): (UpperLayer._ae_1, State.STA4),
+    (Event.EVT2, State.STA4): (UpperLayer._ae_2, State.STA5),
+    (Event.EVT3, State.STA2): (UpperLayer._aa_1, State.STA13),
+    (Event.EVT3, State.STA3): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT3, State.STA5): (UpperLayer._ae_3, State.STA6),
+    (Event.EVT3, State.STA6): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT3, State.STA7): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT3, State.STA8): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT3, State.STA9): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT3, State.STA10): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT3, State.STA11): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT3, State.STA12): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT3, State.STA13): (UpperLayer._aa_6, State.STA13),
+    (Event.EVT4, State.STA2): (UpperLayer._aa_1, State.STA13),
+    (Event.EVT4, State.STA3): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT4, State.STA5): (UpperLayer._ae_4, State.STA1),
+    (Event.EVT4, State.STA6): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT4, State.STA7): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT4, State.STA8): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT4, State.STA9): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT4, State.STA10): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT4, State.STA11): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT4, State.STA12): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT4, State.STA13): (UpperLayer._aa_6, State.STA13),
+    (Event.EVT5, State.STA1): (UpperLayer._ae_5, State.STA2),
+    (Event.EVT6, State.STA2): (UpperLayer._ae_6, _after_ae_6),
+    (Event.EVT6, State.STA3): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT6, State.STA5): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT6, State.STA6): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT6, State.STA7): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT6, State.STA8): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT6, State.STA9): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT6, State.STA10): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT6, State.STA11): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT6, State.STA12): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT6, State.STA13): (UpperLayer._aa_7, State.STA13),
+    (Event.EVT7, State.STA3): (UpperLayer._ae_7, State.STA6),
+    (Event.EVT8, State.STA3): (UpperLayer._ae_8, State.STA13),
+    (Event.EVT9, State.STA6): (UpperLayer._dt_1, State.STA6),
+    (Event.EVT9, State.STA8): (UpperLayer._ar_7, State.STA8),
+    (Event.EVT10, State.STA2): (UpperLayer._aa_1, State.STA13),
+    (Event.EVT10, State.STA3): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT10, State.STA5): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT10, State.STA6): (UpperLayer._dt_2, State.STA6),
+    (Event.EVT10, State.STA7): (UpperLayer._ar_6, State.STA7),
+    (Event.EVT10, State.STA8): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT10, State.STA9): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT10, State.STA10): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT10, State.STA11): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT10, State.STA12): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT10, State.STA13): (UpperLayer._aa_6, State.STA13),
+    (Event.EVT11, State.STA6): (UpperLayer._ar_1, State.STA7),
+    (Event.EVT12, State.STA2): (UpperLayer._aa_1, State.STA13),
+    (Event.EVT12, State.STA3): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT12, State.STA5): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT12, State.STA6): (UpperLayer._ar_2, State.STA8),
+    (Event.EVT12, State.STA7): (UpperLayer._ar_8, _after_ar_8),
+    (Event.EVT12, State.STA8): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT12, State.STA9): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT12, State.STA10): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT12, State.STA11): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT12, State.STA12): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT12, State.STA13): (UpperLayer._aa_6, State.STA13),
+    (Event.EVT13, State.STA2): (UpperLayer._aa_1, State.STA13),
+    (Event.EVT13, State.STA3): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT13, State.STA5): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT13, State.STA6): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT13, State.STA7): (UpperLayer._ar_3, State.STA1),
+    (Event.EVT13, State.STA8): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT13, State.STA9): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT13, State.STA10): (UpperLayer._ar_10, State.STA12),
+    (Event.EVT13, State.STA11): (UpperLayer._ar_3, State.STA1),
+    (Event.EVT13, State.STA12): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT13, State.STA13): (UpperLayer._aa_6, State.STA13),
+    (Event.EVT14, State.STA8): (UpperLayer._ar_4, State.STA13),
+    (Event.EVT14, State.STA9): (UpperLayer._ar_9, State.STA11),
+    (Event.EVT14, State.STA12): (UpperLayer._ar_4, State.STA13),
+    (Event.EVT15, State.STA3): (UpperLayer._aa_1, State.STA13),
+    (Event.EVT15, State.STA4): (UpperLayer._aa_2, State.STA1),
+    (Event.EVT15, State.STA5): (UpperLayer._aa_1, State.STA13),
+    (Event.EVT15, State.STA6): (UpperLayer._aa_1, State.STA13),
+    (Event.EVT15, State.STA7): (UpperLayer._aa_1, State.STA13),
+    (Event.EVT15, State.STA8): (UpperLayer._aa_1, State.STA13),
+    (Event.EVT15, State.STA9): (UpperLayer._aa_1, State.STA13),
+    (Event.EVT15, State.STA10): (UpperLayer._aa_1, State.STA13),
+    (Event.EVT15, State.STA11): (UpperLayer._aa_1, State.STA13),
+    (Event.EVT15, State.STA12): (UpperLayer._aa_1, State.STA13),
+    (Event.EVT16, State.STA2): (UpperLayer._aa_2, State.STA1),
+    (Event.EVT16, State.STA3): (UpperLayer._aa_3, State.STA1),
+    (Event.EVT16, State.STA5): (UpperLayer._aa_3, State.STA1),
+    (Event.EVT16, State.STA6): (UpperLayer._aa_3, State.STA1),
+    (Event.EVT16, State.STA7): (UpperLayer._aa_3, State.STA1),
+    (Event.EVT16, State.STA8): (UpperLayer._aa_3, State.STA1),
+    (Event.EVT16, State.STA9): (UpperLayer._aa_3, State.STA1),
+    (Event.EVT16, State.STA10): (UpperLayer._aa_3, State.STA1),
+    (Event.EVT16, State.STA11): (UpperLayer._aa_3, State.STA1),
+    (Event.EVT16, State.STA12): (UpperLayer._aa_3, State.STA1),
+    (Event.EVT16, State.STA13): (UpperLayer._aa_2, State.STA1),
+    (Event.EVT17, State.STA2): (UpperLayer._aa_5, State.STA1),
+    (Event.EVT17, State.STA3): (UpperLayer._aa_4, State.STA1),
+    (Event.EVT17, State.STA4): (UpperLayer._aa_4, State.STA1),
+    (Event.EVT17, State.STA5): (UpperLayer._aa_4, State.STA1),
+    (Event.EVT17, State.STA6): (UpperLayer._aa_4, State.STA1),
+    (Event.EVT17, State.STA7): (UpperLayer._aa_4, State.STA1),
+    (Event.EVT17, State.STA8): (UpperLayer._aa_4, State.STA1),
+    (Event.EVT17, State.STA9): (UpperLayer._aa_4, State.STA1),
+    (Event.EVT17, State.STA10): (UpperLayer._aa_4, State.STA1),
+    (Event.EVT17, State.STA11): (UpperLayer._aa_4, State.STA1),
+    (Event.EVT17, State.STA12): (UpperLayer._aa_4, State.STA1),
+    (Event.EVT17, State.STA13): (UpperLayer._ar_5, State.STA1),
+    (Event.EVT18, State.STA2): (UpperLayer._aa_2, State.STA1),
+    (Event.EVT18, State.STA13): (UpperLayer._aa_2, State.STA1),
+    (Event.EVT19, State.STA2): (UpperLayer._aa_1, State.STA13),
+    (Event.EVT19, State.STA3): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT19, State.STA5): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT19, State.STA6): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT19, State.STA7): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT19, State.STA8): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT19, State.STA9): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT19, State.STA10): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT19, State.STA11): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT19, State.STA12): (UpperLayer._aa_8, State.STA13),
+    (Event.EVT19, State.STA13): (UpperLayer._aa_7, State.STA13),
+}

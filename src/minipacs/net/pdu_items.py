@@ -59,7 +59,6 @@ USER_IDENTITY_AC_SUB_ITEM = 0x59
 
 ITEM_HEADER = struct.Struct(">BxH")  # Item-type, Reserved, Item-length
 _SUB_ITEM_57_HEADER = struct.Struct(">BBH")  # Item-type, Sub-Item-version, Item-length
-_U8 = struct.Struct(">B")
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">L")
 

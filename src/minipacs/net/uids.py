@@ -46,10 +46,6 @@ def transfer_syntax(uid: str) -> TransferSyntax | None:
     return None
 
 
-def is_storage_sop_class(uid: str) -> bool:
-    return uid in STORAGE_SOP_CLASSES
-
-
 def uid_name(uid: str) -> str:
     """Human name of a UID for logs, the UID itself when unknown."""
     if uid == VERIFICATION_SOP_CLASS:
