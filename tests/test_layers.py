@@ -16,17 +16,12 @@ package and the packages below it, never above. Read as a graph, not one line:
 - The package root (``minipacs/__init__.py``: version, Implementation Class UID)
   is shared vocabulary below everything, like ``dicom``.
 
-Where ``config`` belongs: just below ``bootstrap``, above ``web``. ARCHITECTURE.md
-lists it beside bootstrap ("bootstrap.py settings → running archive; the only
-place parts are wired"), and the code agrees on its side of the edge: Settings
-holds core values (``Node``, ``User``, ``DuplicatePolicy``) that config.py
-parses and validates, so config imports core. The other direction is the one
-that breaks the rule: a core or web module that reads ``Settings`` picks its own
-parts out of the whole configuration, which is wiring outside bootstrap; those
-modules should take the values they need as parameters (each listed below). To
-place config at the bottom instead, give it ``{"root"}`` in ``ALLOWED``, add it
-to the layers that may read it, and redo the list below: three config → core
-edges would then replace the six core/web → config ones.
+Where ``config`` belongs: above ``core``, below the edges (``web``) and
+``bootstrap``. Settings holds core values (``Node``, ``User``,
+``DuplicatePolicy``) that config.py parses and validates, so config imports core;
+the web edge is built from Settings by bootstrap and reads its own limits and
+users from it. The core never reads Settings: it takes the values it needs as
+parameters from bootstrap, so core → config is a violation.
 
 Imports are read with ``ast`` from every module under src/minipacs, including
 imports inside functions, ``try`` blocks and ``if TYPE_CHECKING:`` blocks (a
@@ -57,9 +52,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     "core": frozenset({"index"}),
     "services": frozenset({"core", "net"}),
     "hl7": frozenset({"core"}),
-    "web": frozenset({"services", "hl7"}),
-    "config": frozenset({"web"}),
-    "bootstrap": frozenset({"config"}),
+    "config": frozenset({"core"}),
+    "web": frozenset({"services", "hl7", "config"}),
+    "bootstrap": frozenset({"web"}),
     "cli": frozenset({"bootstrap"}),
 }
 
@@ -77,11 +72,6 @@ KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset({
     # core -> config: the core reads Settings instead of taking its values
     ("minipacs.core.access", "minipacs.config"),  # under TYPE_CHECKING
     ("minipacs.core.archive", "minipacs.config"),
-    # web -> config: the web reads Settings instead of taking its values
-    ("minipacs.web.auth", "minipacs.config"),
-    ("minipacs.web.ohif", "minipacs.config"),
-    ("minipacs.web.server", "minipacs.config"),
-    ("minipacs.web.types", "minipacs.config"),
     # web -> bootstrap: the REST node echo builds its AssociationSettings with bootstrap's helper
     ("minipacs.web.rest_nodes", "minipacs.bootstrap"),
 })
@@ -299,4 +289,4 @@ def test_layer_order() -> None:
     assert allowed_below("services") == {"services", "core", "index", "blobs", "net", "dicom", "root"}
     assert "net" not in allowed_below("core") and "core" not in allowed_below("net")
     assert "net" not in allowed_below("hl7") and "services" not in allowed_below("hl7")
-    assert "config" not in allowed_below("web") and "config" in allowed_below("bootstrap")
+    assert "config" in allowed_below("web") and "config" not in allowed_below("core")
