@@ -27,8 +27,9 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         print(f"token (give it to the script; shown once): {token}")
         print(f'token_hash = "{token_hash}"')
         return 0
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
+    if args.password_stdin or not sys.stdin.isatty():
+        # A pipe (`echo pw | minipacs users hash-password`): one line, no prompt, no confirmation.
+        password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = getpass.getpass("password: ")
         if getpass.getpass("again: ") != password:
