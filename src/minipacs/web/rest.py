@@ -45,6 +45,8 @@ def _level(request: Request) -> tuple[Level, str, str, str]:
 
 def _id(request: Request, key: str) -> str:
     value: str = request.path_params["id"]
+    if key != "PatientID" and "/" in value:  # only a Patient ID may hold "/": no such URL
+        raise HttpError(404, "not_found", "there is nothing at this URL")
     if key == "PatientID":
         if not value or len(value) > 64 or "\\" in value or any(c in value for c in "*?"):
             raise HttpError(400, "invalid_identifier", "a Patient ID is 1 to 64 characters without \\, * or ?")
@@ -234,10 +236,12 @@ def routes() -> list[BaseRoute]:
         Route("/nodes/{ae_title}", remove_node, methods=["DELETE"]),
         Route("/instances/{id}/tags", instance_tags, methods=["GET"]),
         Route("/{level}", list_resources, methods=["GET"]),
-        Route("/{level}/{id}", read_resource, methods=["GET"]),
-        Route("/{level}/{id}", delete, methods=["DELETE"]),
-        Route("/{level}/{id}/file", download, methods=["GET"]),
-        Route("/{level}/{id}/archive", download, methods=["GET"]),
+        # {id:path}: a Patient ID may hold "/" (sent as %2F, which the ASGI path decodes); file and archive
+        # come first, so a Patient ID that itself ends in "/file" or "/archive" cannot be read back here
+        Route("/{level}/{id:path}/file", download, methods=["GET"], name="file"),
+        Route("/{level}/{id:path}/archive", download, methods=["GET"], name="archive"),
+        Route("/{level}/{id:path}", read_resource, methods=["GET"], name="resource"),
+        Route("/{level}/{id:path}", delete, methods=["DELETE"], name="resource"),
     ]
 
 
