@@ -12,7 +12,7 @@ from typing import Any, Final
 import pydicom
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from minipacs.core.metadata import BULK_PREFIX
 from minipacs.core.model import Origin
@@ -25,6 +25,7 @@ from minipacs.core.transcode import (
 from minipacs.web.accept import ANY, DICOM, frame_choice, frame_choices_text, instance_syntax, parse_accept
 from minipacs.web.errors import HttpError
 from minipacs.web.render import choose_format, parse_window, render
+from minipacs.web.routing import Endpoint
 from minipacs.web.search import search, to_json
 from minipacs.web.transfer import (
     OutPart, aiter_text, boundary_of, file_response, ingest_bytes, multipart_octets, multipart_response, new_boundary,
@@ -317,31 +318,40 @@ async def store(request: Request) -> Response:
 
 
 def routes() -> list[BaseRoute]:
+    """Mounted under /dicom-web (named "dicomweb"): PS3.18 §10.4 (WADO-RS), §10.5 (STOW-RS), §10.6 (QIDO-RS)."""
     s, r, i = "/studies/{study}", "/series/{series}", "/instances/{instance}"
+    rendered_summary = "rendered JPEG/PNG (window=center,width)"
     return [
-        Route("/studies", _qido(Level.STUDY), methods=["GET"]),
-        Route("/studies", store, methods=["POST"]),
-        Route("/series", _qido(Level.SERIES), methods=["GET"]),
-        Route("/instances", _qido(Level.IMAGE), methods=["GET"]),
-        Route(s, retrieve, methods=["GET"]),
-        Route(s, store, methods=["POST"]),
-        Route(s + "/series", _qido(Level.SERIES), methods=["GET"]),
-        Route(s + "/instances", _qido(Level.IMAGE), methods=["GET"]),
-        Route(s + r + "/instances", _qido(Level.IMAGE), methods=["GET"]),
-        Route(s + "/metadata", metadata, methods=["GET"]),
-        Route(s + "/thumbnail", thumbnail, methods=["GET"], name="thumbnail"),
-        Route(s + "/rendered", rendered, methods=["GET"]),
-        Route(s + r, retrieve, methods=["GET"]),
-        Route(s + r + "/metadata", metadata, methods=["GET"]),
-        Route(s + r + "/thumbnail", thumbnail, methods=["GET"], name="thumbnail"),
-        Route(s + r + "/rendered", rendered, methods=["GET"]),
-        Route(s + r + i, retrieve, methods=["GET"]),
-        Route(s + r + i + "/metadata", metadata, methods=["GET"]),
-        Route(s + r + i + "/rendered", rendered, methods=["GET"]),
-        Route(s + r + i + "/thumbnail", thumbnail, methods=["GET"], name="thumbnail"),
-        Route(s + r + i + "/frames/{frames}", frames, methods=["GET"]),
-        Route(s + r + i + "/frames/{frames}/rendered", rendered, methods=["GET"]),
-        Route(s + r + i + "/bulkdata/{tag}", bulkdata, methods=["GET"]),
+        Endpoint("/studies", _qido(Level.STUDY), "GET", "read", "QIDO-RS: search for studies"),
+        Endpoint("/studies", store, "POST", "write", "STOW-RS: store instances"),
+        Endpoint("/series", _qido(Level.SERIES), "GET", "read", "QIDO-RS: search for series"),
+        Endpoint("/instances", _qido(Level.IMAGE), "GET", "read", "QIDO-RS: search for instances"),
+        Endpoint(s, retrieve, "GET", "read", "WADO-RS: retrieve a study (multipart/related)"),
+        Endpoint(s, store, "POST", "write", "STOW-RS: store instances of this study"),
+        Endpoint(s + "/series", _qido(Level.SERIES), "GET", "read", "QIDO-RS: search for the series of a study"),
+        Endpoint(s + "/instances", _qido(Level.IMAGE), "GET", "read",
+                 "QIDO-RS: search for the instances of a study"),
+        Endpoint(s + r + "/instances", _qido(Level.IMAGE), "GET", "read",
+                 "QIDO-RS: search for the instances of a series"),
+        Endpoint(s + "/metadata", metadata, "GET", "read", "WADO-RS: study metadata (PS3.18 JSON)"),
+        Endpoint(s + "/thumbnail", thumbnail, "GET", "read", "WADO-RS: a thumbnail of the study",
+                 name="thumbnail"),
+        Endpoint(s + "/rendered", rendered, "GET", "read", "WADO-RS: the study " + rendered_summary),
+        Endpoint(s + r, retrieve, "GET", "read", "WADO-RS: retrieve a series"),
+        Endpoint(s + r + "/metadata", metadata, "GET", "read", "WADO-RS: series metadata (PS3.18 JSON)"),
+        Endpoint(s + r + "/thumbnail", thumbnail, "GET", "read", "WADO-RS: a thumbnail of the series",
+                 name="thumbnail"),
+        Endpoint(s + r + "/rendered", rendered, "GET", "read", "WADO-RS: the series " + rendered_summary),
+        Endpoint(s + r + i, retrieve, "GET", "read", "WADO-RS: retrieve an instance"),
+        Endpoint(s + r + i + "/metadata", metadata, "GET", "read", "WADO-RS: instance metadata (PS3.18 JSON)"),
+        Endpoint(s + r + i + "/rendered", rendered, "GET", "read", "WADO-RS: the instance " + rendered_summary),
+        Endpoint(s + r + i + "/thumbnail", thumbnail, "GET", "read", "WADO-RS: a thumbnail of the instance",
+                 name="thumbnail"),
+        Endpoint(s + r + i + "/frames/{frames}", frames, "GET", "read",
+                 "WADO-RS: frames (uncompressed, or as stored by Accept)"),
+        Endpoint(s + r + i + "/frames/{frames}/rendered", rendered, "GET", "read",
+                 "WADO-RS: frames " + rendered_summary),
+        Endpoint(s + r + i + "/bulkdata/{tag}", bulkdata, "GET", "read", "WADO-RS: the bulk data of one attribute"),
     ]
 
 

@@ -18,7 +18,7 @@ from typing import Any, Final
 from pydicom.datadict import keyword_for_tag
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute
 from starlette.staticfiles import StaticFiles
 
 from minipacs.core.errors import ArchiveError, NotFound
@@ -29,6 +29,7 @@ from minipacs.web.completion import completed_studies
 from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError, classify
 from minipacs.web.pages import json_tag_rows, may, path_for, person, render, text
+from minipacs.web.routing import Endpoint, GuardedMount
 from minipacs.web.search import search
 from minipacs.web.ui_remote import remote_page
 from minipacs.web.ui_worklist import worklist_page
@@ -45,10 +46,10 @@ STUDY_FILTERS: Final[Mapping[str, tuple[str, str]]] = {
     "description": ("StudyDescription", "contains"),
 }
 
-Endpoint = Callable[[Request], Awaitable[Response]]
+PageEndpoint = Callable[[Request], Awaitable[Response]]
 
 
-def html_errors(endpoint: Endpoint) -> Endpoint:
+def html_errors(endpoint: PageEndpoint) -> PageEndpoint:
     """Errors on a page become an HTML page with the same status and sentence as the REST error."""
     @functools.wraps(endpoint)
     async def wrapped(request: Request) -> Response:
@@ -229,8 +230,6 @@ async def viewer(request: Request) -> Response:
 
 @html_errors
 async def upload(request: Request) -> Response:
-    if not may(request, "write"):
-        raise HttpError(403, "forbidden", "your role may not upload; ask an admin for an operator account")
     return render(request, "upload.html", "Upload")
 
 
@@ -263,21 +262,27 @@ async def association_log(request: Request) -> Response:
 
 def routes() -> list[BaseRoute]:
     """Mounted at /ui (named "ui": ``url_for('ui:study', study=...)``)."""
+    inst = "/studies/{study}/series/{series}/instances/{instance}"
     return [
-        Route("/", studies, methods=["GET"], name="studies"),
-        Route("/patient", patient, methods=["GET"], name="patient"),
-        Route("/studies/{study}", study, methods=["GET"], name="study"),
-        Route("/studies/{study}/series/{series}", series_page, methods=["GET"], name="series"),
-        Route("/studies/{study}/series/{series}/instances/{instance}", instance, methods=["GET"], name="instance"),
-        Route("/studies/{study}/series/{series}/instances/{instance}/tags", instance_tags, methods=["GET"],
-              name="tags"),
-        Route("/viewer/{study}/{series}", viewer, methods=["GET"], name="viewer"),
-        Route("/upload", upload, methods=["GET"], name="upload"),
-        Route("/nodes", nodes, methods=["GET"], name="nodes"),
-        Route("/remote", html_errors(remote_page), methods=["GET"], name="remote"),
-        Route("/log", association_log, methods=["GET"], name="log"),
-        Route("/worklist", html_errors(worklist_page), methods=["GET"], name="worklist"),
-        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+        Endpoint("/", studies, "GET", "read", "Page: the study list, search and paging", name="studies"),
+        Endpoint("/patient", patient, "GET", "read", "Page: a patient (?id=Patient ID) and their studies",
+                 name="patient"),
+        Endpoint("/studies/{study}", study, "GET", "read", "Page: a study and its series", name="study"),
+        Endpoint("/studies/{study}/series/{series}", series_page, "GET", "read", "Page: a series and its instances",
+                 name="series"),
+        Endpoint(inst, instance, "GET", "read", "Page: an instance", name="instance"),
+        Endpoint(inst + "/tags", instance_tags, "GET", "read", "Page: all tags of an instance", name="tags"),
+        Endpoint("/viewer/{study}/{series}", viewer, "GET", "read", "Page: the image viewer of a series",
+                 name="viewer"),
+        Endpoint("/upload", upload, "GET", "write", "Page: upload files", name="upload"),
+        Endpoint("/nodes", nodes, "GET", "read", "Page: the DICOM nodes", name="nodes"),
+        Endpoint("/remote", html_errors(remote_page), "GET", "read", "Page: query/retrieve another node",
+                 name="remote"),
+        Endpoint("/log", association_log, "GET", "read", "Page: the association log", name="log"),
+        Endpoint("/worklist", html_errors(worklist_page), "GET", "read", "Page: the modality worklist",
+                 name="worklist"),
+        GuardedMount("/static", StaticFiles(directory=STATIC_DIR), "read", "The UI's script and style sheet",
+                     name="static"),
     ]
 
 
