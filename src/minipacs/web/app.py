@@ -19,7 +19,7 @@ from minipacs.web.types import AppContext
 
 
 async def openapi(request: Request) -> Response:
-    return JSONResponse(document())
+    return JSONResponse(request.app.state.openapi)
 
 
 async def ohif_redirect(request: Request) -> Response:
@@ -47,13 +47,14 @@ def create_app(ctx: AppContext) -> Starlette:
         Endpoint("/ohif", ohif_redirect, "GET", "read", "Redirect to the OHIF viewer"),
         GuardedMount("/ohif", OhifApp(ctx.settings), "read", "The OHIF viewer (if installed)", name="ohif"),
     ]
-    list(declared(routes))
+    list(declared(routes))  # UndeclaredRoute before anything runs
     app = Starlette(
         routes=routes,
         exception_handlers={HttpError: http_error, ArchiveError: http_error, HTTPException: starlette_error},
     )
     app.state.ctx = ctx
     app.state.auth = Authenticator(ctx.settings)
+    app.state.openapi = document(app.routes)
     return app
 
 
