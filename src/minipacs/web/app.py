@@ -1,17 +1,15 @@
-"""The HTTP application: routes that declare their permission, the error mapping, access control."""
+"""The HTTP application: routes that declare their permission (checked by each route), errors by exception class."""
 
 from __future__ import annotations
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount
 
-from minipacs.core.errors import ArchiveError
 from minipacs.web import dicomweb, rest, rest_nodes, rest_worklist, ui
 from minipacs.web.auth import Authenticator
-from minipacs.web.errors import HttpError, error_response, http_error
+from minipacs.web.errors import exception_handlers
 from minipacs.web.ohif import OhifApp
 from minipacs.web.openapi import document
 from minipacs.web.routing import Endpoint, GuardedMount, declared
@@ -24,14 +22,6 @@ async def openapi(request: Request) -> Response:
 
 async def ohif_redirect(request: Request) -> Response:
     return RedirectResponse("/ohif/")
-
-
-async def starlette_error(request: Request, exc: Exception) -> Response:
-    status = exc.status_code if isinstance(exc, HTTPException) else 500
-    code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
-    detail = exc.detail if isinstance(exc, HTTPException) else str(exc)
-    message = "there is nothing at this URL" if status == 404 else str(detail)
-    return error_response(status, code, message)
 
 
 def create_app(ctx: AppContext) -> Starlette:
@@ -50,7 +40,7 @@ def create_app(ctx: AppContext) -> Starlette:
     list(declared(routes))  # UndeclaredRoute before anything runs
     app = Starlette(
         routes=routes,
-        exception_handlers={HttpError: http_error, ArchiveError: http_error, HTTPException: starlette_error},
+        exception_handlers=exception_handlers(),
     )
     app.state.ctx = ctx
     app.state.auth = Authenticator(ctx.settings)

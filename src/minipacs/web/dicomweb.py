@@ -14,6 +14,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute
 
+from minipacs.core.errors import (
+    ArchiveError, DatasetTooLarge, DuplicateInstance, InstanceMismatch, OutOfResources,
+)
 from minipacs.core.metadata import BULK_PREFIX
 from minipacs.core.model import Origin
 from minipacs.core.paths import validate_uid
@@ -28,7 +31,7 @@ from minipacs.web.render import choose_format, parse_window, render
 from minipacs.web.routing import Endpoint
 from minipacs.web.search import search, to_json
 from minipacs.web.transfer import (
-    OutPart, aiter_text, boundary_of, file_response, ingest_bytes, multipart_octets, multipart_response, new_boundary,
+    OutPart, aiter_text, boundary_of, file_response, ingest_file, multipart_octets, multipart_response, new_boundary,
     read_body, split_multipart, stored_part,
 )
 from minipacs.web.types import AppContext
@@ -37,12 +40,13 @@ DICOM_JSON: Final = "application/dicom+json"
 # path parameter -> DICOM keyword of the UID it carries
 PATH_KEYS: Final[Mapping[str, str]] = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID",
                                        "instance": "SOPInstanceUID"}
-# PS3.18 Table 10.5.3-1 / PS3.4 Annex B.2.3: FailureReason values we use
-FAILURE_REASONS: Final[Mapping[str, int]] = {
-    "OutOfResources": 0xA700, "DatasetTooLarge": 0xA700, "InstanceMismatch": 0xA900,
-    "DuplicateInstance": 0x0111, "NotInStudy": 0xA900,
+# PS3.18 Table 10.5.3-1 / PS3.4 Annex B.2.3: the FailureReason for why ingest refused an instance
+# (a part not in the study of the URL is 0xA900 too, decided before ingest)
+FAILURE_REASONS: Final[Mapping[type[ArchiveError], int]] = {
+    OutOfResources: 0xA700, DatasetTooLarge: 0xA700, InstanceMismatch: 0xA900, DuplicateInstance: 0x0111,
 }
 PROCESSING_FAILURE: Final = 0x0110  # PS3.4 Annex B: Processing failure
+SOP_CLASS_NOT_SUPPORTED: Final = 0xC000  # PS3.18 Table 10.5.3-1: not a DICOM instance we can read
 
 
 def ctx(request: Request) -> AppContext:
@@ -267,6 +271,15 @@ def _sop_uids(data: bytes) -> tuple[str, str, str]:
         return "", "", ""
 
 
+def failure_reason(exc: ArchiveError, class_uid: str) -> int:
+    """The FailureReason (0008,1197) for an instance ingest refused, by the exception's class (or a base
+    class); any other refusal is a processing failure, or 0xC000 when the part had no SOP Class UID."""
+    for kind in type(exc).__mro__:
+        if kind in FAILURE_REASONS:
+            return FAILURE_REASONS[kind]
+    return PROCESSING_FAILURE if class_uid else SOP_CLASS_NOT_SUPPORTED
+
+
 def _item(class_uid: str, instance_uid: str, **extra: Any) -> dict[str, Any]:
     item: dict[str, Any] = {}
     if class_uid:
@@ -293,19 +306,21 @@ async def store(request: Request) -> Response:
     for part in parts:
         class_uid, instance_uid, study_uid = await asyncio.to_thread(_sop_uids, part.body)
         if part.content_type and not part.content_type.lower().startswith("application/dicom"):
-            failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [0xC000]}))
+            failed.append(_item(class_uid, instance_uid,
+                                t00081197={"vr": "US", "Value": [SOP_CLASS_NOT_SUPPORTED]}))
             continue
         if target and study_uid and study_uid != target:  # PS3.18 §10.5.1: not in the study of the URL
             failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [0xA900]}))
             continue
-        result = await ingest_bytes(context.archive, part.body, origin)
-        if result["status"] == "failed":
-            reason = FAILURE_REASONS.get(result["error"], PROCESSING_FAILURE if class_uid else 0xC000)
+        try:
+            outcome = await ingest_file(context.archive, part.body, origin)
+        except ArchiveError as exc:
+            reason = failure_reason(exc, class_uid)
             failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [reason]}))
-        else:
-            url = (f"{root}/studies/{result['StudyInstanceUID']}/series/{result['SeriesInstanceUID']}"
-                   f"/instances/{result['SOPInstanceUID']}")
-            stored.append(_item(class_uid, result["SOPInstanceUID"], t00081190={"vr": "UR", "Value": [url]}))
+            continue
+        url = (f"{root}/studies/{outcome.study_instance_uid}/series/{outcome.series_instance_uid}"
+               f"/instances/{outcome.sop_instance_uid}")
+        stored.append(_item(class_uid, outcome.sop_instance_uid, t00081190={"vr": "UR", "Value": [url]}))
     response: dict[str, Any] = {}
     if target:
         response["00081190"] = {"vr": "UR", "Value": [f"{root}/studies/{target}"]}
@@ -355,4 +370,4 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-__all__ = ["routes", "wado_uri"]
+__all__ = ["FAILURE_REASONS", "failure_reason", "routes", "wado_uri"]

@@ -121,7 +121,8 @@ def json_tag_rows(data: Mapping[str, Any], keyword_of: Any, depth: int = 0) -> l
 
 def _frame(request: Request) -> dict[str, Any]:
     """What base.html needs on every page: the role, and which navigation links it may see."""
-    nav = [(path_for(request, name, None, **params), label) for name, params, label, needed in NAV if may(request, needed)]
+    nav = [(path_for(request, name, None, **params), label)
+           for name, params, label, needed in NAV if may(request, needed)]
     return {"role": role_of(request).value, "can_write": may(request, "write"), "can_admin": may(request, "admin"),
             "nav": nav}
 

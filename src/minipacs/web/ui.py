@@ -1,10 +1,11 @@
 """The web UI under /ui: server-rendered pages on the ONE query engine, plus static/app.js.
 
-The pages are Jinja2 templates (templates/, autoescaped, links by ``url_for``: web/pages.py). Pages read through the same search function as the REST API and QIDO-RS; the
+The pages are Jinja2 templates (templates/, autoescaped; links by ``url_for``: web/pages.py).
+Pages read through the same search function as the REST API and QIDO-RS; the
 actions (upload, delete, send, echo, node add/edit/remove, and query/retrieve on
 the page of ui_remote.py) are made by app.js against the REST API, so the
-server's access control (web/auth.py) decides them, whatever the page showed.
-A viewer sees no write buttons.
+server's access control (each route's declared permission, web/routing.py) decides
+them, whatever the page showed. A viewer sees no write buttons.
 """
 
 from __future__ import annotations
