@@ -2,15 +2,21 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount, Route
 
 from minipacs.config import ConfigError, Settings
 from minipacs.core.archive import Archive
 from minipacs.core.users import ApiToken, Role, User, hash_password, hash_token, verify_password
-from minipacs.web.auth import permission_for
+from minipacs.web.app import create_app
+from minipacs.web.auth import PERMISSIONS
+from minipacs.web.routing import Endpoint, GuardedMount, UndeclaredRoute, declared
+from minipacs.web.types import AppContext
 from minipacs.web.server import check_access
 from tests.web.conftest import part10
 
@@ -27,6 +33,12 @@ USERS = (User("ada", hash_password("a-pass", **FAST), Role.ADMIN),
 TOKENS = (ApiToken("script", hash_token("tok-123"), Role.OPERATOR),)
 
 
+def app_of(tmp_path: Path) -> Starlette:
+    """The app's routes need no open archive: a context whose archive is never used."""
+    settings = Settings(data_dir=tmp_path)
+    return create_app(AppContext(settings, archive=None, metadata=None))  # type: ignore[arg-type]
+
+
 def test_password_hash_roundtrip() -> None:
     stored = hash_password("secret", **FAST)
     assert verify_password("secret", stored) and not verify_password("Secret", stored)
@@ -35,11 +47,43 @@ def test_password_hash_roundtrip() -> None:
 
 @pytest.mark.parametrize("method,path,needed", [
     ("GET", "/dicom-web/studies", "read"), ("POST", "/dicom-web/studies", "write"),
-    ("DELETE", "/api/studies/1.2", "write"), ("POST", "/api/nodes", "admin"), ("GET", "/api/nodes", "read"),
-    ("POST", "/api/nodes/X/store", "write"), ("GET", "/api/openapi.json", "public"),
+    ("DELETE", "/api/{level}/{id}", "write"), ("POST", "/api/nodes", "admin"), ("GET", "/api/nodes", "read"),
+    ("PUT", "/api/nodes/{id}", "admin"), ("DELETE", "/api/nodes/{ae_title}", "admin"),
+    ("POST", "/api/nodes/{id}/echo", "write"), ("POST", "/api/nodes/{id}/retrieve", "write"),
+    ("POST", "/api/send", "write"), ("GET", "/api/openapi.json", "public"), ("GET", "/ui/upload", "write"),
+    ("GET", "/ui/", "read"), ("GET", "/ohif", "read"),
 ])
-def test_permission_table(method: str, path: str, needed: str) -> None:
-    assert permission_for(method, path) == needed
+def test_permission_declared_with_each_route(tmp_path: Path, method: str, path: str, needed: str) -> None:
+    found = {(route.method, full): route.permission for full, route in declared(app_of(tmp_path).routes)
+             if isinstance(route, Endpoint)}
+    assert found[(method, path)] == needed
+
+
+def test_every_route_declares_a_permission(tmp_path: Path) -> None:
+    routes = list(declared(app_of(tmp_path).routes))
+    assert len(routes) > 60 and all(route.permission in PERMISSIONS for _, route in routes)
+    mounts = {path: route.permission for path, route in routes if isinstance(route, GuardedMount)}
+    assert mounts == {"/ui/static": "read", "/ohif": "read"}
+
+
+@pytest.mark.parametrize("undeclared", [
+    Route("/plain", lambda request: None, methods=["GET"]),
+    Mount("/app", app=Starlette()),  # an ASGI app, not routes
+])
+def test_a_route_without_a_permission_fails_app_construction(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, undeclared: Route | Mount) -> None:
+    from minipacs.web import rest_worklist
+    real = rest_worklist.routes
+    monkeypatch.setattr(rest_worklist, "routes", lambda: [*real(), undeclared])
+    with pytest.raises(UndeclaredRoute, match=f"the route /api{undeclared.path} .* declares no permission"):
+        app_of(tmp_path)
+
+
+def test_a_permission_or_summary_must_be_real() -> None:
+    with pytest.raises(ValueError, match="not one of admin, public, read, write"):
+        Endpoint("/x", lambda request: None, "GET", "readonly", "X")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="summary"):
+        Endpoint("/x", lambda request: None, "GET", "read", " ")
 
 
 def test_roles_401_403(web: Callable[..., Any], caplog: pytest.LogCaptureFixture) -> None:
@@ -58,6 +102,21 @@ def test_roles_401_403(web: Callable[..., Any], caplog: pytest.LogCaptureFixture
 
     web(body, users=USERS, tokens=TOKENS)
     assert "HTTP 401" in caplog.text and "HTTP 403" in caplog.text
+
+
+def test_mounted_apps_are_guarded_and_a_wrong_method_is_405_for_anyone(web: Callable[..., Any]) -> None:
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        assert (await client.get("/ui/static/app.js")).status_code == 401
+        r = await client.get("/ui/static/app.js", headers=basic("vic", "v-pass"))
+        assert r.status_code == 200 and "XMLHttpRequest" in r.text
+        assert (await client.get("/ohif/")).status_code == 401
+        r = await client.put("/api/stats")
+        assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+        r = await client.get("/ui/upload", headers=basic("vic", "v-pass"))
+        assert r.status_code == 403 and "write permission needed" in r.json()["error"]["message"]
+        assert (await client.get("/ui/upload", headers=basic("oli", "o-pass"))).status_code == 200
+
+    web(body, users=USERS)
 
 
 def test_refuses_open_http_beyond_loopback() -> None:

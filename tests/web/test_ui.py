@@ -14,7 +14,7 @@ from pydicom.uid import generate_uid
 
 from minipacs.core.archive import Archive
 from minipacs.core.users import Role, User, hash_password
-from minipacs.web.ui_html import e, json_script, json_tag_rows
+from minipacs.web.pages import TagRow, json_tag_rows, templates
 from tests.web.conftest import part10
 
 HOSTILE = "<script>alert(1)</script>^Evil"
@@ -38,17 +38,20 @@ async def store(client: httpx.AsyncClient, headers: dict[str, str] | None = None
     return uids
 
 
-def test_escape_helpers() -> None:
-    assert e('<a href="x">\'&') == "&lt;a href=&quot;x&quot;&gt;&#x27;&amp;"
-    assert e(None) == ""
-    script = json_script("d", {"x": "</script><script>alert(1)</script>"})
+def test_templates_escape_and_tag_rows() -> None:
+    """Autoescaping is on for every template; an absent value is empty; tojson data cannot close its element."""
+    value = templates.env.from_string("{{ v }}")
+    assert value.render(v='<a href="x">\'&') == "&lt;a href=&#34;x&#34;&gt;&#39;&amp;"
+    assert value.render(v=None) == ""
+    script = templates.env.from_string('<script type="application/json">{{ d|tojson }}</script>').render(
+        d={"x": "</script><script>alert(1)</script>"})
     assert script.count("</script>") == 1 and "\\u003c/script\\u003e" in script
     rows = json_tag_rows({"00100010": {"vr": "PN", "Value": [{"Alphabetic": "<b>"}]},
                           "00081115": {"vr": "SQ", "Value": [{"00081150": {"vr": "UI", "Value": ["1.2"]}}]},
                           "7FE00010": {"vr": "OW", "BulkDataURI": "x"}}, lambda tag: "K")
-    assert ["(0010,0010)", "K", "PN", "&lt;b&gt;"] in rows
-    assert any("(bulk data)" in row[3] for row in rows)
-    assert any("&gt; " in row[0] and "1.2" in row[3] for row in rows)
+    assert TagRow(0, "(0010,0010)", "K", "PN", "<b>") in rows
+    assert any(row.value == "(bulk data)" for row in rows)
+    assert TagRow(1, "(0008,1150)", "K", "UI", "1.2") in rows
 
 
 def test_pages_render(web: Callable[..., Any]) -> None:
@@ -146,7 +149,7 @@ def test_hostile_text_is_escaped(web: Callable[..., Any]) -> None:
                 r.text.count('<script type="application/json"'), path
         listing = (await client.get("/ui/")).text
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in listing
-        assert "&quot;&gt;&lt;img src=x onerror=alert(2)&gt;" in listing
+        assert "&#34;&gt;&lt;img src=x onerror=alert(2)&gt;" in listing
 
     web(body)
 

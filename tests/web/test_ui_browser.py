@@ -170,3 +170,46 @@ def test_browser_upload_view_send_and_roles(tmp_path: Path, server: tuple[Server
         finally:
             browser.close()
     assert httpx.get(f"{base}/api/studies/{study}", headers=basic(ADMIN)).status_code == 200
+
+
+HOSTILE_PID = 'x/&"<y>#%'
+
+
+def test_browser_follows_links_of_a_hostile_patient_id_and_deletes_the_patient(
+        tmp_path: Path, server: tuple[ServerProcess, str]) -> None:
+    """A Patient ID with URL and HTML syntax, through uvicorn and Chromium: list -> patient -> study ->
+    patient -> Delete (the DELETE URL the page wrote) -> back on the list, the patient gone."""
+    if not CHROMIUM.exists():
+        missing_peer("Chromium (/usr/bin/chromium)", "apt-get install chromium")
+    srv, base = server
+    path = tmp_path / "hostile.dcm"
+    ds = make_ct(generate_uid(), generate_uid(), generate_uid(), patient_name="Hostile^Id", patient_id=HOSTILE_PID,
+                 StudyDescription="HOSTILE PID STUDY")
+    ds.save_as(path, enforce_file_format=True)
+    r = httpx.post(f"{base}/api/instances", content=path.read_bytes(), headers=basic(ADMIN))
+    assert r.status_code == 200, r.text
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(http_credentials={"username": ADMIN[0], "password": ADMIN[1]})
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("dialog", lambda dialog: dialog.accept())
+            page.goto(f"{base}/ui/")
+            page.click("text=Hostile Id")
+            assert page.locator("h1").inner_text() == "Patient Hostile Id"
+            assert HOSTILE_PID in page.locator("dl.tags").inner_text()
+            page.click("a.study")
+            page.locator("h1", has_text="Study HOSTILE PID STUDY").wait_for()
+            page.click("text=Patient")
+            page.locator("h1", has_text="Patient Hostile Id").wait_for()
+            page.click("button[data-delete]")
+            page.wait_for_url(f"{base}/ui/", timeout=30000)
+            assert "HOSTILE PID STUDY" not in page.content()
+            assert not errors, errors
+            context.close()
+        finally:
+            browser.close()
+    assert httpx.get(f"{base}/api/patients", headers=basic(ADMIN)).json() == []

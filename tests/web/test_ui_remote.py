@@ -52,7 +52,7 @@ def test_remote_page_for_an_operator_or_admin(tmp_path: Path) -> None:
         r = await client.get("/ui/remote", headers=ADMIN)
         assert r.status_code == 200 and 'href="/ui/remote"' in r.text
         assert f'<option value="{first.id}">PACS_A (127.0.0.1:104)' in r.text
-        assert "<script>alert" not in r.text and "&quot;&gt;&lt;script&gt;" in r.text
+        assert "<script>alert" not in r.text and "&#34;&gt;&lt;script&gt;" in r.text
         for name in ("name", "pid", "from", "to", "modality", "accession"):
             assert f'name="{name}"' in r.text, name
         assert '<option value="series">' in r.text
@@ -89,7 +89,7 @@ def test_nodes_page_edit_controls_and_warnings(tmp_path: Path) -> None:
         button = re.search(rf'<button type="button" class="edit-node" data-node="{first.id}"[^>]*>', r.text)
         assert button is not None, r.text
         assert 'data-port="104"' in button.group(0) and 'data-permissions="echo, find"' in button.group(0)
-        assert "<script>alert" not in r.text and 'data-description="&quot;&gt;&lt;script&gt;' in button.group(0)
+        assert "<script>alert" not in r.text and 'data-description="&#34;&gt;&lt;script&gt;' in button.group(0)
         assert '<section id="edit-node-section" hidden>' in r.text and 'id="add-node"' in r.text
         assert f'href="/ui/remote?node={first.id}"' in r.text
         r = await client.get("/ui/nodes", headers=VIEWER)

@@ -92,7 +92,7 @@ def test_archive_text_is_escaped(web: Callable[..., Any]) -> None:
         assert r.status_code == 201, r.text
         page = (await client.get("/ui/worklist")).text
         assert "<script>alert" not in page and "<img src=x" not in page
-        assert "&lt;script&gt;alert(1)&lt;/script&gt;&quot;&gt;&lt;img src=x onerror=alert(2)&gt;" in page
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;&#34;&gt;&lt;img src=x onerror=alert(2)&gt;" in page
 
     web(body)
 

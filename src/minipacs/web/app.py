@@ -1,56 +1,50 @@
-"""The HTTP application: explicit routes, the error mapping, access control."""
+"""The HTTP application: routes that declare their permission (checked by each route), errors by exception class."""
 
 from __future__ import annotations
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount
 
-from minipacs.core.errors import ArchiveError
 from minipacs.web import dicomweb, rest, rest_nodes, rest_worklist, ui
-from minipacs.web.auth import AuthMiddleware
-from minipacs.web.errors import HttpError, error_response, http_error
+from minipacs.web.auth import Authenticator
+from minipacs.web.errors import exception_handlers
 from minipacs.web.ohif import OhifApp
 from minipacs.web.openapi import document
+from minipacs.web.routing import Endpoint, GuardedMount, declared
 from minipacs.web.types import AppContext
 
 
 async def openapi(request: Request) -> Response:
-    return JSONResponse(document())
+    return JSONResponse(request.app.state.openapi)
 
 
 async def ohif_redirect(request: Request) -> Response:
     return RedirectResponse("/ohif/")
 
 
-async def starlette_error(request: Request, exc: Exception) -> Response:
-    status = exc.status_code if isinstance(exc, HTTPException) else 500
-    code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
-    detail = exc.detail if isinstance(exc, HTTPException) else str(exc)
-    message = "there is nothing at this URL" if status == 404 else str(detail)
-    return error_response(status, code, message)
-
-
 def create_app(ctx: AppContext) -> Starlette:
+    """The app; UndeclaredRoute (a TypeError) if any route does not declare the permission it needs."""
+    routes = [
+        Endpoint("/api/openapi.json", openapi, "GET", "public", "This document (OpenAPI 3)"),
+        Endpoint("/", ui.home, "GET", "read", "Redirect to the web UI"),
+        Mount("/ui", routes=ui.routes(), name="ui"),
+        Endpoint("/dicom-web/wado", dicomweb.wado_uri, "GET", "read", "WADO-URI (requestType=WADO)"),
+        Endpoint("/wado", dicomweb.wado_uri, "GET", "read", "WADO-URI (requestType=WADO)"),
+        Mount("/dicom-web", routes=dicomweb.routes(), name="dicomweb"),
+        Mount("/api", routes=[*rest_nodes.routes(), *rest_worklist.routes(), *rest.routes()], name="api"),
+        Endpoint("/ohif", ohif_redirect, "GET", "read", "Redirect to the OHIF viewer"),
+        GuardedMount("/ohif", OhifApp(ctx.settings), "read", "The OHIF viewer (if installed)", name="ohif"),
+    ]
+    list(declared(routes))  # UndeclaredRoute before anything runs
     app = Starlette(
-        routes=[
-            Route("/api/openapi.json", openapi, methods=["GET"]),
-            Route("/", ui.home, methods=["GET"]),
-            Mount("/ui", routes=ui.routes()),
-            Route("/dicom-web/wado", dicomweb.wado_uri, methods=["GET"]),
-            Route("/wado", dicomweb.wado_uri, methods=["GET"]),
-            Mount("/dicom-web", routes=dicomweb.routes()),
-            Mount("/api", routes=[*rest_nodes.routes(), *rest_worklist.routes(), *rest.routes()]),
-            Route("/ohif", ohif_redirect, methods=["GET"]),
-            Mount("/ohif", app=OhifApp(ctx.settings)),
-        ],
-        middleware=[Middleware(AuthMiddleware, settings=ctx.settings)],
-        exception_handlers={HttpError: http_error, ArchiveError: http_error, HTTPException: starlette_error},
+        routes=routes,
+        exception_handlers=exception_handlers(),
     )
     app.state.ctx = ctx
+    app.state.auth = Authenticator(ctx.settings)
+    app.state.openapi = document(app.routes)
     return app
 
 

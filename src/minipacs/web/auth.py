@@ -1,8 +1,10 @@
-"""Access control for REST and DICOMweb: who is asking (Basic or Bearer), and may they.
+"""Access control for every HTTP route: who is asking (Basic or Bearer), and may they.
 
-With no users and no tokens configured everything is open; bootstrap refuses
-that unless HTTP listens on loopback only. Wrong credentials: 401; a role
-without the permission: 403. Both are logged with the client address.
+Each route declares the permission it needs (web/routing.py); :func:`authorize`
+checks it before the endpoint runs. With no users and no tokens configured
+everything is open; bootstrap refuses that unless HTTP listens on loopback only.
+Wrong credentials: 401; a role without the permission: 403. Both are logged with
+the client address.
 """
 
 from __future__ import annotations
@@ -12,34 +14,16 @@ import base64
 import binascii
 import ipaddress
 import logging
-import re
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, Literal, get_args
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from minipacs.config import Settings
 from minipacs.core.users import ROLE_PERMISSIONS, ProvenPasswords, Role, hash_token
 from minipacs.web.errors import error_response
 
 log = logging.getLogger("minipacs.web.auth")
-
-# (method, path pattern) -> permission needed; first match wins; default by method below
-RULES: Final[tuple[tuple[str, re.Pattern[str], str], ...]] = (
-    ("*", re.compile(r"^/api/openapi\.json$"), "public"),
-    ("POST", re.compile(r"^/api/nodes/[^/]+/(echo|store|query|retrieve)$"), "write"),
-    ("*", re.compile(r"^/api/nodes(/.*)?$"), "admin_or_read"),
-)
-READ_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-def permission_for(method: str, path: str) -> str:
-    for rule_method, pattern, permission in RULES:
-        if rule_method in ("*", method) and pattern.match(path):
-            if permission == "admin_or_read":
-                return "read" if method in READ_METHODS else "admin"
-            return permission
-    return "read" if method in READ_METHODS else "write"
 
 
 def loopback_only(host: str) -> bool:
@@ -85,39 +69,36 @@ class Authenticator:
         return None, "no credentials"
 
 
-class AuthMiddleware:
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
-        self.app = app
-        self.auth = Authenticator(settings)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.auth.open:
-            await self.app(scope, receive, send)
-            return
-        method, path = scope["method"], scope["path"]
-        needed = permission_for(method, path)
-        if needed == "public":
-            await self.app(scope, receive, send)
-            return
-        headers: Sequence[tuple[bytes, bytes]] = scope.get("headers", [])
-        authorization = next((v.decode("latin-1") for k, v in headers if k == b"authorization"), "")
-        client = scope.get("client") or ("?", 0)
-        role, who = await self.auth.role_of(authorization)
-        if role is None:
-            log.warning("HTTP 401: %s %s from %s: %s not accepted", method, path, client[0], who)
-            response = error_response(401, "unauthorized", "this needs a user name and password (HTTP Basic) or an "
-                                      "API token (Bearer); the ones given were missing or wrong")
-            response.headers["WWW-Authenticate"] = 'Basic realm="minipacs"'
-            await response(scope, receive, send)
-            return
-        if needed not in ROLE_PERMISSIONS[role]:
-            log.warning("HTTP 403: %s %s from %s: %s (role %s) lacks %r", method, path, client[0], who,
-                        role.value, needed)
-            await error_response(403, "forbidden", f"{who} has the {role.value} role, which may not do this "
-                                 f"({needed} permission needed); ask an admin")(scope, receive, send)
-            return
-        scope.setdefault("state", {})["role"] = role.value
-        await self.app(scope, receive, send)
+#: What a route may need: "public" needs no credentials; the others are role permissions (core/users.py).
+Permission = Literal["public", "read", "write", "admin"]
+PERMISSIONS: Final = frozenset(get_args(Permission))
 
 
-__all__ = ["AuthMiddleware", "Authenticator", "RULES", "loopback_only", "permission_for"]
+async def authorize(scope: Scope, receive: Receive, send: Send, needed: Permission) -> bool:
+    """True: the request may go on (its role is in ``scope["state"]["role"]``). False: a 401 or 403 was sent."""
+    auth: Authenticator = scope["app"].state.auth
+    if needed == "public" or auth.open:
+        return True
+    method, path = scope["method"], scope["path"]
+    headers: Sequence[tuple[bytes, bytes]] = scope.get("headers", [])
+    authorization = next((v.decode("latin-1") for k, v in headers if k == b"authorization"), "")
+    client = scope.get("client") or ("?", 0)
+    role, who = await auth.role_of(authorization)
+    if role is None:
+        log.warning("HTTP 401: %s %s from %s: %s not accepted", method, path, client[0], who)
+        response = error_response(401, "unauthorized", "this needs a user name and password (HTTP Basic) or an "
+                                  "API token (Bearer); the ones given were missing or wrong")
+        response.headers["WWW-Authenticate"] = 'Basic realm="minipacs"'
+        await response(scope, receive, send)
+        return False
+    if needed not in ROLE_PERMISSIONS[role]:
+        log.warning("HTTP 403: %s %s from %s: %s (role %s) lacks %r", method, path, client[0], who,
+                    role.value, needed)
+        await error_response(403, "forbidden", f"{who} has the {role.value} role, which may not do this "
+                             f"({needed} permission needed); ask an admin")(scope, receive, send)
+        return False
+    scope.setdefault("state", {})["role"] = role.value
+    return True
+
+
+__all__ = ["PERMISSIONS", "Authenticator", "Permission", "authorize", "loopback_only"]

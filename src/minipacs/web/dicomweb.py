@@ -12,8 +12,11 @@ from typing import Any, Final
 import pydicom
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
+from minipacs.core.errors import (
+    ArchiveError, DatasetTooLarge, DuplicateInstance, InstanceMismatch, OutOfResources,
+)
 from minipacs.core.metadata import BULK_PREFIX
 from minipacs.core.model import Origin
 from minipacs.core.paths import validate_uid
@@ -25,9 +28,10 @@ from minipacs.core.transcode import (
 from minipacs.web.accept import ANY, DICOM, frame_choice, frame_choices_text, instance_syntax, parse_accept
 from minipacs.web.errors import HttpError
 from minipacs.web.render import choose_format, parse_window, render
+from minipacs.web.routing import Endpoint
 from minipacs.web.search import search, to_json
 from minipacs.web.transfer import (
-    OutPart, aiter_text, boundary_of, file_response, ingest_bytes, multipart_octets, multipart_response, new_boundary,
+    OutPart, aiter_text, boundary_of, file_response, ingest_file, multipart_octets, multipart_response, new_boundary,
     read_body, split_multipart, stored_part,
 )
 from minipacs.web.types import AppContext
@@ -36,12 +40,13 @@ DICOM_JSON: Final = "application/dicom+json"
 # path parameter -> DICOM keyword of the UID it carries
 PATH_KEYS: Final[Mapping[str, str]] = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID",
                                        "instance": "SOPInstanceUID"}
-# PS3.18 Table 10.5.3-1 / PS3.4 Annex B.2.3: FailureReason values we use
-FAILURE_REASONS: Final[Mapping[str, int]] = {
-    "OutOfResources": 0xA700, "DatasetTooLarge": 0xA700, "InstanceMismatch": 0xA900,
-    "DuplicateInstance": 0x0111, "NotInStudy": 0xA900,
+# PS3.18 Table 10.5.3-1 / PS3.4 Annex B.2.3: the FailureReason for why ingest refused an instance
+# (a part not in the study of the URL is 0xA900 too, decided before ingest)
+FAILURE_REASONS: Final[Mapping[type[ArchiveError], int]] = {
+    OutOfResources: 0xA700, DatasetTooLarge: 0xA700, InstanceMismatch: 0xA900, DuplicateInstance: 0x0111,
 }
 PROCESSING_FAILURE: Final = 0x0110  # PS3.4 Annex B: Processing failure
+SOP_CLASS_NOT_SUPPORTED: Final = 0xC000  # PS3.18 Table 10.5.3-1: not a DICOM instance we can read
 
 
 def ctx(request: Request) -> AppContext:
@@ -266,6 +271,15 @@ def _sop_uids(data: bytes) -> tuple[str, str, str]:
         return "", "", ""
 
 
+def failure_reason(exc: ArchiveError, class_uid: str) -> int:
+    """The FailureReason (0008,1197) for an instance ingest refused, by the exception's class (or a base
+    class); any other refusal is a processing failure, or 0xC000 when the part had no SOP Class UID."""
+    for kind in type(exc).__mro__:
+        if kind in FAILURE_REASONS:
+            return FAILURE_REASONS[kind]
+    return PROCESSING_FAILURE if class_uid else SOP_CLASS_NOT_SUPPORTED
+
+
 def _item(class_uid: str, instance_uid: str, **extra: Any) -> dict[str, Any]:
     item: dict[str, Any] = {}
     if class_uid:
@@ -292,19 +306,21 @@ async def store(request: Request) -> Response:
     for part in parts:
         class_uid, instance_uid, study_uid = await asyncio.to_thread(_sop_uids, part.body)
         if part.content_type and not part.content_type.lower().startswith("application/dicom"):
-            failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [0xC000]}))
+            failed.append(_item(class_uid, instance_uid,
+                                t00081197={"vr": "US", "Value": [SOP_CLASS_NOT_SUPPORTED]}))
             continue
         if target and study_uid and study_uid != target:  # PS3.18 §10.5.1: not in the study of the URL
             failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [0xA900]}))
             continue
-        result = await ingest_bytes(context.archive, part.body, origin)
-        if result["status"] == "failed":
-            reason = FAILURE_REASONS.get(result["error"], PROCESSING_FAILURE if class_uid else 0xC000)
+        try:
+            outcome = await ingest_file(context.archive, part.body, origin)
+        except ArchiveError as exc:
+            reason = failure_reason(exc, class_uid)
             failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [reason]}))
-        else:
-            url = (f"{root}/studies/{result['StudyInstanceUID']}/series/{result['SeriesInstanceUID']}"
-                   f"/instances/{result['SOPInstanceUID']}")
-            stored.append(_item(class_uid, result["SOPInstanceUID"], t00081190={"vr": "UR", "Value": [url]}))
+            continue
+        url = (f"{root}/studies/{outcome.study_instance_uid}/series/{outcome.series_instance_uid}"
+               f"/instances/{outcome.sop_instance_uid}")
+        stored.append(_item(class_uid, outcome.sop_instance_uid, t00081190={"vr": "UR", "Value": [url]}))
     response: dict[str, Any] = {}
     if target:
         response["00081190"] = {"vr": "UR", "Value": [f"{root}/studies/{target}"]}
@@ -317,32 +333,41 @@ async def store(request: Request) -> Response:
 
 
 def routes() -> list[BaseRoute]:
+    """Mounted under /dicom-web (named "dicomweb"): PS3.18 §10.4 (WADO-RS), §10.5 (STOW-RS), §10.6 (QIDO-RS)."""
     s, r, i = "/studies/{study}", "/series/{series}", "/instances/{instance}"
+    rendered_summary = "rendered JPEG/PNG (window=center,width)"
     return [
-        Route("/studies", _qido(Level.STUDY), methods=["GET"]),
-        Route("/studies", store, methods=["POST"]),
-        Route("/series", _qido(Level.SERIES), methods=["GET"]),
-        Route("/instances", _qido(Level.IMAGE), methods=["GET"]),
-        Route(s, retrieve, methods=["GET"]),
-        Route(s, store, methods=["POST"]),
-        Route(s + "/series", _qido(Level.SERIES), methods=["GET"]),
-        Route(s + "/instances", _qido(Level.IMAGE), methods=["GET"]),
-        Route(s + r + "/instances", _qido(Level.IMAGE), methods=["GET"]),
-        Route(s + "/metadata", metadata, methods=["GET"]),
-        Route(s + "/thumbnail", thumbnail, methods=["GET"]),
-        Route(s + "/rendered", rendered, methods=["GET"]),
-        Route(s + r, retrieve, methods=["GET"]),
-        Route(s + r + "/metadata", metadata, methods=["GET"]),
-        Route(s + r + "/thumbnail", thumbnail, methods=["GET"]),
-        Route(s + r + "/rendered", rendered, methods=["GET"]),
-        Route(s + r + i, retrieve, methods=["GET"]),
-        Route(s + r + i + "/metadata", metadata, methods=["GET"]),
-        Route(s + r + i + "/rendered", rendered, methods=["GET"]),
-        Route(s + r + i + "/thumbnail", thumbnail, methods=["GET"]),
-        Route(s + r + i + "/frames/{frames}", frames, methods=["GET"]),
-        Route(s + r + i + "/frames/{frames}/rendered", rendered, methods=["GET"]),
-        Route(s + r + i + "/bulkdata/{tag}", bulkdata, methods=["GET"]),
+        Endpoint("/studies", _qido(Level.STUDY), "GET", "read", "QIDO-RS: search for studies"),
+        Endpoint("/studies", store, "POST", "write", "STOW-RS: store instances"),
+        Endpoint("/series", _qido(Level.SERIES), "GET", "read", "QIDO-RS: search for series"),
+        Endpoint("/instances", _qido(Level.IMAGE), "GET", "read", "QIDO-RS: search for instances"),
+        Endpoint(s, retrieve, "GET", "read", "WADO-RS: retrieve a study (multipart/related)"),
+        Endpoint(s, store, "POST", "write", "STOW-RS: store instances of this study"),
+        Endpoint(s + "/series", _qido(Level.SERIES), "GET", "read", "QIDO-RS: search for the series of a study"),
+        Endpoint(s + "/instances", _qido(Level.IMAGE), "GET", "read",
+                 "QIDO-RS: search for the instances of a study"),
+        Endpoint(s + r + "/instances", _qido(Level.IMAGE), "GET", "read",
+                 "QIDO-RS: search for the instances of a series"),
+        Endpoint(s + "/metadata", metadata, "GET", "read", "WADO-RS: study metadata (PS3.18 JSON)"),
+        Endpoint(s + "/thumbnail", thumbnail, "GET", "read", "WADO-RS: a thumbnail of the study",
+                 name="thumbnail"),
+        Endpoint(s + "/rendered", rendered, "GET", "read", "WADO-RS: the study " + rendered_summary),
+        Endpoint(s + r, retrieve, "GET", "read", "WADO-RS: retrieve a series"),
+        Endpoint(s + r + "/metadata", metadata, "GET", "read", "WADO-RS: series metadata (PS3.18 JSON)"),
+        Endpoint(s + r + "/thumbnail", thumbnail, "GET", "read", "WADO-RS: a thumbnail of the series",
+                 name="thumbnail"),
+        Endpoint(s + r + "/rendered", rendered, "GET", "read", "WADO-RS: the series " + rendered_summary),
+        Endpoint(s + r + i, retrieve, "GET", "read", "WADO-RS: retrieve an instance"),
+        Endpoint(s + r + i + "/metadata", metadata, "GET", "read", "WADO-RS: instance metadata (PS3.18 JSON)"),
+        Endpoint(s + r + i + "/rendered", rendered, "GET", "read", "WADO-RS: the instance " + rendered_summary),
+        Endpoint(s + r + i + "/thumbnail", thumbnail, "GET", "read", "WADO-RS: a thumbnail of the instance",
+                 name="thumbnail"),
+        Endpoint(s + r + i + "/frames/{frames}", frames, "GET", "read",
+                 "WADO-RS: frames (uncompressed, or as stored by Accept)"),
+        Endpoint(s + r + i + "/frames/{frames}/rendered", rendered, "GET", "read",
+                 "WADO-RS: frames " + rendered_summary),
+        Endpoint(s + r + i + "/bulkdata/{tag}", bulkdata, "GET", "read", "WADO-RS: the bulk data of one attribute"),
     ]
 
 
-__all__ = ["routes", "wado_uri"]
+__all__ = ["FAILURE_REASONS", "failure_reason", "routes", "wado_uri"]

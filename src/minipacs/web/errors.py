@@ -1,9 +1,21 @@
-"""Core errors -> HTTP: ``{"error": {"code": "stable_code", "message": "a sentence"}}``."""
+"""Errors -> HTTP: ``{"error": {"code": "stable_code", "message": "a sentence"}}``.
+
+The mapping is by exception class: :data:`ERROR_TABLE` (core error class -> status and
+code) becomes Starlette ``exception_handlers``, one per class, and a raised error
+answers as the nearest class on its MRO that has a row (``NoSuchFrame`` as
+``NotFound``). An ArchiveError whose class has no row of its own or of a base is a
+500 logged with its traceback, so a new error class is noticed rather than mapped by
+accident; any other exception is Starlette's plain 500, logged by the server.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import Final
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -11,6 +23,8 @@ from minipacs.core import errors as core
 from minipacs.core.nodes import InvalidNode
 from minipacs.core.retrieve import InvalidRetrieveIdentifier
 from minipacs.core.worklist import InvalidWorklistEntry
+
+log = logging.getLogger("minipacs.web.errors")
 
 
 class HttpError(Exception):
@@ -21,43 +35,75 @@ class HttpError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-# ArchiveError subclass -> (HTTP status, stable code); most specific first
-ERROR_TABLE: Final[tuple[tuple[type[Exception], int, str], ...]] = (
-    (core.NotFound, 404, "not_found"),
-    (core.InvalidIdentifier, 400, "invalid_identifier"),
-    (core.InstanceMismatch, 400, "instance_mismatch"),
-    (core.InvalidInstance, 400, "invalid_instance"),
-    (core.DuplicateInstance, 409, "duplicate_instance"),
-    (core.DatasetTooLarge, 413, "too_large"),
-    (core.OutOfResources, 507, "out_of_resources"),
-    (core.InvalidKeyValue, 400, "invalid_key_value"),
-    (core.IdentifierMismatch, 400, "invalid_query"),
-    (core.InvalidQuery, 400, "invalid_query"),
-    (InvalidRetrieveIdentifier, 400, "invalid_retrieve"),
-    (core.UnknownDestination, 404, "unknown_node"),
-    (InvalidNode, 400, "invalid_node"),
-    (InvalidWorklistEntry, 400, "invalid_worklist_entry"),
-    (core.AccessDenied, 403, "forbidden"),
-    (core.ArchiveError, 500, "archive_error"),
-)
+#: ArchiveError class -> (HTTP status, stable code)
+ERROR_TABLE: Final[Mapping[type[core.ArchiveError], tuple[int, str]]] = MappingProxyType({
+    core.NotFound: (404, "not_found"),
+    core.InvalidIdentifier: (400, "invalid_identifier"),
+    core.InstanceMismatch: (400, "instance_mismatch"),
+    core.InvalidInstance: (400, "invalid_instance"),
+    core.DuplicateInstance: (409, "duplicate_instance"),
+    core.DatasetTooLarge: (413, "too_large"),
+    core.OutOfResources: (507, "out_of_resources"),
+    core.InvalidKeyValue: (400, "invalid_key_value"),
+    core.IdentifierMismatch: (400, "invalid_query"),
+    core.InvalidQuery: (400, "invalid_query"),
+    InvalidRetrieveIdentifier: (400, "invalid_retrieve"),
+    core.UnknownDestination: (404, "unknown_node"),
+    InvalidNode: (400, "invalid_node"),
+    InvalidWorklistEntry: (400, "invalid_worklist_entry"),
+    core.AccessDenied: (403, "forbidden"),
+})
+#: an ArchiveError with no row: a server fault until someone gives it one
+UNMAPPED: Final = (500, "archive_error")
+#: Starlette's own HTTPException status -> stable code
+HTTP_CODES: Final[Mapping[int, str]] = MappingProxyType({404: "not_found", 405: "method_not_allowed"})
+
+Handler = Callable[[Request, Exception], Awaitable[Response]]
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
-def classify(exc: Exception) -> tuple[int, str]:
-    for kind, status, code in ERROR_TABLE:
-        if isinstance(exc, kind):
-            return status, code
-    return 500, "internal_error"
+def classify(exc: core.ArchiveError) -> tuple[int, str]:
+    """(status, code) of the nearest class on the exception's MRO with a row; UNMAPPED (logged) if none."""
+    for kind in type(exc).__mro__:
+        if kind in ERROR_TABLE:
+            return ERROR_TABLE[kind]
+    log.error("%s.%s has no row in web/errors.py ERROR_TABLE: answered HTTP %d", type(exc).__module__,
+              type(exc).__qualname__, UNMAPPED[0], exc_info=exc)
+    return UNMAPPED
 
 
-async def http_error(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, HttpError):
-        return error_response(exc.status, exc.code, exc.message)
+async def archive_error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, core.ArchiveError):  # pragma: no cover - registered for ArchiveError classes only
+        raise exc
     status, code = classify(exc)
     return error_response(status, code, str(exc))
 
 
-__all__ = ["ERROR_TABLE", "HttpError", "classify", "error_response", "http_error"]
+async def http_error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, HttpError):  # pragma: no cover - registered for HttpError only
+        raise exc
+    return error_response(exc.status, exc.code, exc.message)
+
+
+async def starlette_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (no route: 404, no such method: 405) in the same JSON shape."""
+    if not isinstance(exc, HTTPException):  # pragma: no cover - registered for HTTPException only
+        raise exc
+    code = HTTP_CODES.get(exc.status_code, "http_error")
+    message = "there is nothing at this URL" if exc.status_code == 404 else str(exc.detail)
+    return error_response(exc.status_code, code, message)
+
+
+def exception_handlers() -> dict[type[Exception], Handler]:
+    """For ``Starlette(exception_handlers=...)``: Starlette picks the handler of the nearest class on the MRO."""
+    handlers: dict[type[Exception], Handler] = {kind: archive_error for kind in ERROR_TABLE}
+    handlers[core.ArchiveError] = archive_error  # the unmapped ones: 500, logged
+    handlers[HttpError] = http_error
+    handlers[HTTPException] = starlette_error
+    return handlers
+
+
+__all__ = ["ERROR_TABLE", "HTTP_CODES", "UNMAPPED", "HttpError", "classify", "error_response", "exception_handlers"]

@@ -9,7 +9,7 @@ from typing import Any, Final
 from pydicom.dataset import Dataset
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from minipacs.core import changes as journal
 from minipacs.core.delete import delete_resource
@@ -23,6 +23,7 @@ from minipacs.core.retrieve import select_instances
 from minipacs.web import completion
 from minipacs.web.dicomweb import ctx, root_url
 from minipacs.web.errors import HttpError
+from minipacs.web.routing import Endpoint
 from minipacs.web.search import search
 from minipacs.web.transfer import boundary_of, ingest_bytes, read_body, split_multipart, unzip, zip_stream
 
@@ -45,6 +46,8 @@ def _level(request: Request) -> tuple[Level, str, str, str]:
 
 def _id(request: Request, key: str) -> str:
     value: str = request.path_params["id"]
+    if key != "PatientID" and "/" in value:  # only a Patient ID may hold "/": no such URL
+        raise HttpError(404, "not_found", "there is nothing at this URL")
     if key == "PatientID":
         if not value or len(value) > 64 or "\\" in value or any(c in value for c in "*?"):
             raise HttpError(400, "invalid_identifier", "a Patient ID is 1 to 64 characters without \\, * or ?")
@@ -223,21 +226,32 @@ async def remove_node(request: Request) -> Response:
 
 
 def routes() -> list[BaseRoute]:
+    """Mounted under /api (named "api"), after rest_nodes and rest_worklist."""
     return [
-        Route("/instances", upload, methods=["POST"]),
-        Route("/search", search_resources, methods=["GET"]),
-        Route("/associations", associations, methods=["GET"]),
-        Route("/stats", stats, methods=["GET"]),
-        Route("/changes", changes, methods=["GET"]),
-        Route("/nodes", list_nodes, methods=["GET"]),
-        Route("/nodes", add_node, methods=["POST"]),
-        Route("/nodes/{ae_title}", remove_node, methods=["DELETE"]),
-        Route("/instances/{id}/tags", instance_tags, methods=["GET"]),
-        Route("/{level}", list_resources, methods=["GET"]),
-        Route("/{level}/{id}", read_resource, methods=["GET"]),
-        Route("/{level}/{id}", delete, methods=["DELETE"]),
-        Route("/{level}/{id}/file", download, methods=["GET"]),
-        Route("/{level}/{id}/archive", download, methods=["GET"]),
+        Endpoint("/instances", upload, "POST", "write",
+                 "Upload DICOM files: one file, a ZIP, or multipart; per-file result"),
+        Endpoint("/search", search_resources, "GET", "read",
+                 "Search with C-FIND matching rules (level, keys, wildcards, ranges, limit/offset)"),
+        Endpoint("/associations", associations, "GET", "read", "The association log: who, from where, what was "
+                 "negotiated and done, tls, tls_peer, user_identity"),
+        Endpoint("/stats", stats, "GET", "read", "Counts, disk use, ingest counters"),
+        Endpoint("/changes", changes, "GET", "read", "The changes journal after ?since=N (seq), at most ?limit=M "
+                 "(default 100, max 1000): {changes: [{seq, type, level, uid, study, time}], last, done}"),
+        Endpoint("/nodes", list_nodes, "GET", "read", "List DICOM nodes"),
+        Endpoint("/nodes", add_node, "POST", "admin", "Add or update a DICOM node"),
+        Endpoint("/nodes/{ae_title}", remove_node, "DELETE", "admin", "Remove a DICOM node (?host= to pick one)"),
+        Endpoint("/instances/{id}/tags", instance_tags, "GET", "read", "All tags of an instance as PS3.18 JSON"),
+        Endpoint("/{level}", list_resources, "GET", "read",
+                 "List patients, studies, series or instances (limit, offset, matching keys)"),
+        # {id:path}: a Patient ID may hold "/" (sent as %2F, which the ASGI path decodes); file and archive
+        # come first, so a Patient ID that itself ends in "/file" or "/archive" cannot be read back here
+        Endpoint("/{level}/{id:path}/file", download, "GET", "read",
+                 "Download an instance (Part 10); a patient, study or series as a ZIP", name="file"),
+        Endpoint("/{level}/{id:path}/archive", download, "GET", "read",
+                 "Download a patient, study or series as a ZIP (streamed)", name="archive"),
+        Endpoint("/{level}/{id:path}", read_resource, "GET", "read", "Main tags of one resource", name="resource"),
+        Endpoint("/{level}/{id:path}", delete, "DELETE", "write", "Delete a resource and everything below it",
+                 name="resource"),
     ]
 
 

@@ -19,7 +19,7 @@ from typing import Any, Final
 from pydicom.config import disable_value_validation
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from minipacs.bootstrap import association_settings
 from minipacs.core.errors import NotFound
@@ -46,6 +46,7 @@ from minipacs.services.storage_scu import proposal, store_file
 from minipacs.services.verification import echo as c_echo
 from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
+from minipacs.web.routing import Endpoint
 from minipacs.web.types import AppContext
 
 
@@ -408,13 +409,17 @@ async def read_job(request: Request) -> Response:
 def routes() -> list[BaseRoute]:
     """Mounted under /api, before rest.routes() (whose /{level}/{id} would take these paths)."""
     return [
-        Route("/nodes/{id}", update_node, methods=["PUT"]),
-        Route("/nodes/{id}/echo", echo, methods=["POST"]),
-        Route("/nodes/{id}/query", query, methods=["POST"]),
-        Route("/nodes/{id}/retrieve", retrieve, methods=["POST"]),
-        Route("/send", send, methods=["POST"]),
-        Route("/jobs", list_jobs, methods=["GET"]),
-        Route("/jobs/{id}", read_job, methods=["GET"]),
+        Endpoint("/nodes/{id}", update_node, "PUT", "admin",
+                 "Edit a DICOM node (by id, or an AE title only one node has)"),
+        Endpoint("/nodes/{id}/echo", echo, "POST", "write", "C-ECHO a node: {ok, status, message, ms}"),
+        Endpoint("/nodes/{id}/query", query, "POST", "write",
+                 "C-FIND a node: {level, keys, limit} -> matches as PS3.18 JSON"),
+        Endpoint("/nodes/{id}/retrieve", retrieve, "POST", "write", "C-MOVE to us or C-GET from a node: "
+                 "{level, uids, method, study (series level: their study)} -> a job"),
+        Endpoint("/send", send, "POST", "write", "C-STORE stored instances to a node: {node, level, uids} -> a job"),
+        Endpoint("/jobs", list_jobs, "GET", "read", "Send and retrieve jobs, newest first"),
+        Endpoint("/jobs/{id}", read_job, "GET", "read",
+                 "One job: state, total, done, failed, message (retrieve jobs also completed, warning)"),
     ]
 
 

@@ -17,12 +17,13 @@ from pydicom.dataset import Dataset
 from pydicom.valuerep import VR
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from minipacs.core.errors import NotFound
 from minipacs.core.worklist import Worklist, WorklistEntry
 from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
+from minipacs.web.routing import Endpoint
 
 #: Largest worklist entry accepted, in bytes of JSON (an entry is a few kB).
 MAX_ENTRY_BYTES: Final = 1 << 20
@@ -105,10 +106,10 @@ async def remove_entry(request: Request) -> Response:
 def routes() -> list[BaseRoute]:
     """Mounted under /api, before rest.routes() (whose /{level} would take /worklist)."""
     return [
-        Route("/worklist", list_entries, methods=["GET"]),
-        Route("/worklist", add_entry, methods=["POST"]),
-        Route("/worklist/{id}", read_entry, methods=["GET"]),
-        Route("/worklist/{id}", remove_entry, methods=["DELETE"]),
+        Endpoint("/worklist", list_entries, "GET", "read", "Modality worklist entries (?open=1: open ones only)"),
+        Endpoint("/worklist", add_entry, "POST", "write", "Add a worklist entry (PS3.18 JSON dataset)"),
+        Endpoint("/worklist/{id}", read_entry, "GET", "read", "One worklist entry"),
+        Endpoint("/worklist/{id}", remove_entry, "DELETE", "write", "Remove a worklist entry"),
     ]
 
 

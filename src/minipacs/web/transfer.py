@@ -25,7 +25,7 @@ from starlette.responses import StreamingResponse
 
 from minipacs.core.archive import Archive
 from minipacs.core.errors import ArchiveError
-from minipacs.core.model import Origin
+from minipacs.core.model import Origin, StoreOutcome
 from minipacs.core.retrieve import StoredInstance
 from minipacs.web.errors import HttpError
 
@@ -107,20 +107,30 @@ def unzip(body: bytes, limit: int) -> list[tuple[str, bytes]]:
         raise HttpError(400, "bad_zip", f"the ZIP file cannot be read: {exc}") from None
 
 
-async def ingest_bytes(archive: Archive, data: bytes, origin: Origin) -> dict[str, str]:
-    """Store one Part 10 file given as bytes; a per-file result (never raises for a bad file)."""
+async def ingest_file(archive: Archive, data: bytes, origin: Origin) -> StoreOutcome:
+    """Store one Part 10 file given as bytes; an ArchiveError says why it was not stored."""
     fd, name = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=archive.staging_dir)
     path = Path(name)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        outcome = await archive.import_file(path, origin)
-    except ArchiveError as exc:
-        return {"status": "failed", "error": type(exc).__name__, "message": str(exc)}
+        return await archive.import_file(path, origin)
     finally:
         path.unlink(missing_ok=True)
+
+
+def outcome_json(outcome: StoreOutcome) -> dict[str, str]:
     return {"status": outcome.status.value, "SOPInstanceUID": outcome.sop_instance_uid,
             "StudyInstanceUID": outcome.study_instance_uid, "SeriesInstanceUID": outcome.series_instance_uid}
+
+
+async def ingest_bytes(archive: Archive, data: bytes, origin: Origin) -> dict[str, str]:
+    """Store one Part 10 file given as bytes; a per-file result (never raises for a bad file).
+    ``error`` names the exception class for the person reading the upload result."""
+    try:
+        return outcome_json(await ingest_file(archive, data, origin))
+    except ArchiveError as exc:
+        return {"status": "failed", "error": type(exc).__name__, "message": str(exc)}
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:
@@ -390,6 +400,6 @@ async def aiter_text(items: AsyncIterator[str]) -> AsyncIterator[bytes]:
         yield item.encode()
 
 
-__all__ = ["BLOCK", "OutPart", "Part", "aiter_text", "boundary_of", "file_response", "ingest_bytes", "multipart_octets",
-           "multipart_related", "multipart_response", "new_boundary", "read_body", "split_multipart", "stored_part",
+__all__ = ["BLOCK", "OutPart", "Part", "aiter_text", "boundary_of", "file_response", "ingest_bytes", "ingest_file",
+           "multipart_octets", "multipart_related", "outcome_json", "multipart_response", "new_boundary", "read_body", "split_multipart", "stored_part",
            "unzip", "zip_stream"]

@@ -1,10 +1,11 @@
 """The web UI under /ui: server-rendered pages on the ONE query engine, plus static/app.js.
 
+The pages are Jinja2 templates (templates/, autoescaped; links by ``url_for``: web/pages.py).
 Pages read through the same search function as the REST API and QIDO-RS; the
 actions (upload, delete, send, echo, node add/edit/remove, and query/retrieve on
 the page of ui_remote.py) are made by app.js against the REST API, so the
-server's access control (web/auth.py) decides them, whatever the page showed.
-A viewer sees no write buttons.
+server's access control (each route's declared permission, web/routing.py) decides
+them, whatever the page showed. A viewer sees no write buttons.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Final
 from pydicom.datadict import keyword_for_tag
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute
 from starlette.staticfiles import StaticFiles
 
 from minipacs.core.errors import ArchiveError, NotFound
@@ -28,8 +29,9 @@ from minipacs.core.query import Level
 from minipacs.web.completion import completed_studies
 from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError, classify
+from minipacs.web.pages import json_tag_rows, may, path_for, person, render, text
+from minipacs.web.routing import Endpoint, GuardedMount
 from minipacs.web.search import search
-from minipacs.web.ui_html import date, e, json_script, json_tag_rows, may, page, person, qs, table, tag_list, text, u
 from minipacs.web.ui_remote import remote_page
 from minipacs.web.ui_worklist import worklist_page
 
@@ -45,20 +47,20 @@ STUDY_FILTERS: Final[Mapping[str, tuple[str, str]]] = {
     "description": ("StudyDescription", "contains"),
 }
 
-Endpoint = Callable[[Request], Awaitable[Response]]
+PageEndpoint = Callable[[Request], Awaitable[Response]]
 
 
-def html_errors(endpoint: Endpoint) -> Endpoint:
+def html_errors(endpoint: PageEndpoint) -> PageEndpoint:
     """Errors on a page become an HTML page with the same status and sentence as the REST error."""
     @functools.wraps(endpoint)
     async def wrapped(request: Request) -> Response:
         try:
             return await endpoint(request)
         except HttpError as exc:
-            return page(request, "Error", f'<p class="error">{e(exc.message)}</p>', exc.status)
+            return render(request, "error.html", "Error", exc.status, message=exc.message)
         except ArchiveError as exc:
             status, _ = classify(exc)
-            return page(request, "Error", f'<p class="error">{e(exc)}</p>', status)
+            return render(request, "error.html", "Error", status, message=str(exc))
     return wrapped
 
 
@@ -115,32 +117,24 @@ def _number(row: Mapping[str, Any], key: str) -> int:
     return int(raw) if raw.lstrip("-").isdigit() else 0
 
 
-def _delete_button(request: Request, api: str, after: str, what: str) -> str:
-    if not may(request, "write"):
-        return ""
-    return (f'<button class="danger" data-delete="{e(api)}" data-after="{e(after)}" '
-            f'data-what="{e(what)}">Delete {e(what.split(" ")[0])}</button>')
-
-
-async def _send_form(request: Request, level: str, uid: str) -> str:
-    """Send to node: a node picker and a button; app.js posts to /api/send and follows the job."""
-    if not may(request, "write"):
-        return ""
+async def _send_nodes(request: Request) -> list[Any]:
+    """The nodes a Send form offers (none asked for when the role may not send)."""
     registry = ctx(request).nodes
-    nodes = await registry.list() if registry is not None else []
-    if not nodes:
-        return '<p class="hint">No DICOM nodes are registered; add one on the Nodes page to send images.</p>'
-    options = "".join(f'<option value="{e(n.id)}" data-ae-title="{e(n.ae_title)}">{e(n.ae_title)} '
-                      f'({e(n.address)})</option>' for n in nodes)
-    return (f'<form class="send" data-level="{e(level)}" data-uid="{e(uid)}"><label>Send to node '
-            f'<select name="node">{options}</select></label> <button type="submit">Send</button>'
-            f'<span class="job" aria-live="polite"></span></form>')
+    if not may(request, "write") or registry is None:
+        return []
+    return list(await registry.list())
 
 
 # ------------------------------------------------------------------ pages
 
 async def home(request: Request) -> Response:
-    return RedirectResponse("/ui/", status_code=307)
+    return RedirectResponse(path_for(request, "ui:studies"), status_code=307)
+
+
+#: the study list's search form: (field name, label, input type)
+SEARCH_FIELDS: Final = (("name", "Patient name", "search"), ("pid", "Patient ID", "search"),
+                        ("from", "Date from", "date"), ("to", "to", "date"), ("modality", "Modality", "search"),
+                        ("accession", "Accession", "search"), ("description", "Description", "search"))
 
 
 @html_errors
@@ -158,39 +152,10 @@ async def studies(request: Request) -> Response:
         params.append(("StudyDate", dates))
     rows = await _find(request, Level.STUDY, params)
     done = await completed_studies(ctx(request).archive)
-    more = len(rows) > size
-    rows = rows[:size]
-    form_values = {k: q.get(k, "") for k in (*STUDY_FILTERS, "from", "to")}
-    inputs = "".join(
-        f'<label>{e(label)} <input name="{name}" type="{kind}" value="{e(form_values[name])}"></label>'
-        for name, label, kind in (("name", "Patient name", "search"), ("pid", "Patient ID", "search"),
-                                  ("from", "Date from", "date"), ("to", "to", "date"),
-                                  ("modality", "Modality", "search"), ("accession", "Accession", "search"),
-                                  ("description", "Description", "search")))
-    sizes = "".join(f'<option{" selected" if s == size else ""}>{s}</option>' for s in PAGE_SIZES)
-    form = (f'<form class="search" method="get" action="/ui/">{inputs}<label>Per page <select name="size">{sizes}'
-            f'</select></label><button type="submit">Search</button> <a href="/ui/">Clear</a></form>')
-    body_rows = [[
-        f'<a href="/ui/patient?{qs({"id": r.get("PatientID")})}">{e(person(r.get("PatientName")))}</a>',
-        e(r.get("PatientID")), e(date(r.get("StudyDate"))), e(text(r.get("ModalitiesInStudy"))),
-        e(r.get("AccessionNumber")),
-        f'<a class="study" href="/ui/studies/{u(r.get("StudyInstanceUID"))}">'
-        f'{e(r.get("StudyDescription") or "(no description)")}</a>'
-        + (' <span class="badge complete" title="procedure step COMPLETED and every instance arrived">'
-           'complete</span>' if r.get("StudyInstanceUID") in done else ""),
-        e(r.get("NumberOfStudyRelatedSeries")), e(r.get("NumberOfStudyRelatedInstances")),
-    ] for r in rows]
-    listing = table(("Patient", "Patient ID", "Date", "Modalities", "Accession", "Description", "Series",
-                     "Instances"), body_rows, "No study matches.", "studies")
-    keep = {**form_values, "size": size}
-    pager = []
-    if offset > 0:
-        pager.append(f'<a rel="prev" href="/ui/?{qs({**keep, "offset": max(0, offset - size)})}">‹ Previous</a>')
-    shown = f"{offset + 1}–{offset + len(rows)}" if rows else "none"
-    pager.append(f'<span class="range">studies {shown}</span>')
-    if more:
-        pager.append(f'<a rel="next" href="/ui/?{qs({**keep, "offset": offset + size})}">Next ›</a>')
-    return page(request, "Studies", form + listing + f'<nav class="pager">{"".join(pager)}</nav>')
+    values = {k: q.get(k, "") for k in (*STUDY_FILTERS, "from", "to")}
+    return render(request, "studies.html", "Studies", rows=rows[:size], more=len(rows) > size, done=done,
+                  fields=SEARCH_FIELDS, values=values, sizes=PAGE_SIZES, size=size, offset=offset,
+                  keep={**values, "size": size})
 
 
 @html_errors
@@ -200,15 +165,8 @@ async def patient(request: Request) -> Response:
         raise HttpError(400, "invalid_identifier", "a Patient ID is 1 to 64 characters without \\, * or ?")
     info = await _one(request, Level.PATIENT, {"PatientID": pid}, f"Patient {pid!r}")
     found = await _find(request, Level.STUDY, [], {"PatientID": pid})
-    rows = [[e(date(r.get("StudyDate"))), e(text(r.get("ModalitiesInStudy"))), e(r.get("AccessionNumber")),
-             f'<a class="study" href="/ui/studies/{u(r.get("StudyInstanceUID"))}">'
-             f'{e(r.get("StudyDescription") or "(no description)")}</a>',
-             e(r.get("NumberOfStudyRelatedInstances"))] for r in found]
-    tags = tag_list((("Patient name", person(info.get("PatientName"))), ("Patient ID", info.get("PatientID")),
-                     ("Birth date", date(info.get("PatientBirthDate"))), ("Sex", info.get("PatientSex"))))
-    delete = _delete_button(request, f"/api/patients/{pid}", "/ui/", "patient and all their studies")
-    return page(request, f"Patient {person(info.get('PatientName'))}", tags + delete + "<h2>Studies</h2>" + table(
-        ("Date", "Modalities", "Accession", "Description", "Instances"), rows, "No studies."))
+    return render(request, "patient.html", f"Patient {person(info.get('PatientName'))}", info=info, pid=pid,
+                  studies=found)
 
 
 @html_errors
@@ -217,24 +175,8 @@ async def study(request: Request) -> Response:
     info = await _one(request, Level.STUDY, {"StudyInstanceUID": uid}, f"Study {uid}")
     series = await _find(request, Level.SERIES, [], {"StudyInstanceUID": uid})
     series.sort(key=lambda r: _number(r, "SeriesNumber"))
-    rows = [[e(r.get("SeriesNumber")), e(r.get("Modality")),
-             f'<a class="series" href="/ui/studies/{u(uid)}/series/{u(r.get("SeriesInstanceUID"))}">'
-             f'{e(r.get("SeriesDescription") or "(no description)")}</a>',
-             e(r.get("BodyPartExamined")), e(r.get("NumberOfSeriesRelatedInstances")),
-             f'<a class="view" href="/ui/viewer/{u(uid)}/{u(r.get("SeriesInstanceUID"))}">View</a>']
-            for r in series]
-    tags = tag_list((("Patient", person(info.get("PatientName"))), ("Patient ID", info.get("PatientID")),
-                     ("Study date", date(info.get("StudyDate"))), ("Study time", info.get("StudyTime")),
-                     ("Accession", info.get("AccessionNumber")), ("Description", info.get("StudyDescription")),
-                     ("Referring physician", person(info.get("ReferringPhysicianName"))),
-                     ("Study ID", info.get("StudyID")), ("Study Instance UID", uid)))
-    links = (f'<p><a href="/ui/patient?{qs({"id": info.get("PatientID")})}">Patient</a> · '
-             f'<a href="/api/studies/{u(uid)}/archive">Download ZIP</a></p>')
-    actions = (await _send_form(request, "study", uid)
-               + _delete_button(request, f"/api/studies/{uid}", "/ui/", "study and all its series"))
-    return page(request, f"Study {text(info.get('StudyDescription')) or uid}", links + tags + actions
-                + "<h2>Series</h2>" + table(("Number", "Modality", "Description", "Body part", "Instances", ""),
-                                             rows, "No series."))
+    return render(request, "study.html", f"Study {text(info.get('StudyDescription')) or uid}", info=info, uid=uid,
+                  series=series, nodes=await _send_nodes(request))
 
 
 @html_errors
@@ -245,21 +187,8 @@ async def series_page(request: Request) -> Response:
     info = await _one(request, Level.SERIES, fixed, f"Series {uid}")
     instances = await _find(request, Level.IMAGE, [], fixed)
     instances.sort(key=lambda r: _number(r, "InstanceNumber"))
-    base = f"/ui/studies/{u(study_uid)}/series/{u(uid)}/instances/"
-    rows = [[e(r.get("InstanceNumber")), f'<a class="instance" href="{base}{u(r.get("SOPInstanceUID"))}">'
-             f'{e(r.get("SOPInstanceUID"))}</a>', e(f"{text(r.get('Rows'))} × {text(r.get('Columns'))}"),
-             e(r.get("NumberOfFrames") or "1")] for r in instances]
-    tags = tag_list((("Modality", info.get("Modality")), ("Number", info.get("SeriesNumber")),
-                     ("Description", info.get("SeriesDescription")), ("Date", date(info.get("SeriesDate"))),
-                     ("Body part", info.get("BodyPartExamined")), ("Series Instance UID", uid)))
-    links = (f'<p><a href="/ui/studies/{u(study_uid)}">Study</a> · '
-             f'<a class="view" href="/ui/viewer/{u(study_uid)}/{u(uid)}">Open viewer</a> · '
-             f'<a href="/api/series/{u(uid)}/archive">Download ZIP</a></p>')
-    actions = (await _send_form(request, "series", uid)
-               + _delete_button(request, f"/api/series/{uid}", f"/ui/studies/{study_uid}", "series"))
-    return page(request, f"Series {text(info.get('SeriesDescription')) or uid}", links + tags + actions
-                + "<h2>Instances</h2>" + table(("Number", "SOP Instance UID", "Size", "Frames"), rows,
-                                                "No instances."))
+    return render(request, "series.html", f"Series {text(info.get('SeriesDescription')) or uid}", info=info,
+                  uid=uid, study_uid=study_uid, instances=instances, nodes=await _send_nodes(request))
 
 
 def _instance_uids(request: Request) -> tuple[str, str, str]:
@@ -273,17 +202,8 @@ async def instance(request: Request) -> Response:
     study_uid, series_uid, uid = _instance_uids(request)
     info = await _one(request, Level.IMAGE, {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid,
                                              "SOPInstanceUID": uid}, f"SOP Instance {uid}")
-    wado = f"/dicom-web/studies/{u(study_uid)}/series/{u(series_uid)}/instances/{u(uid)}"
-    here = f"/ui/studies/{u(study_uid)}/series/{u(series_uid)}"
-    tags = tag_list((("Instance number", info.get("InstanceNumber")), ("SOP Class UID", info.get("SOPClassUID")),
-                     ("SOP Instance UID", uid), ("Rows", info.get("Rows")), ("Columns", info.get("Columns")),
-                     ("Frames", info.get("NumberOfFrames") or "1")))
-    links = (f'<p><a href="{here}">Series</a> · <a href="{here}/instances/{u(uid)}/tags">All tags</a> · '
-             f'<a href="/api/instances/{u(uid)}/file">Download DICOM</a></p>')
-    preview = f'<img class="preview" alt="preview" src="{wado}/thumbnail">'
-    delete = _delete_button(request, f"/api/instances/{uid}", f"/ui/studies/{study_uid}/series/{series_uid}",
-                            "instance")
-    return page(request, f"Instance {text(info.get('InstanceNumber'))}", links + tags + preview + delete)
+    return render(request, "instance.html", f"Instance {text(info.get('InstanceNumber'))}", info=info, uid=uid,
+                  study_uid=study_uid, series_uid=series_uid)
 
 
 @html_errors
@@ -291,9 +211,7 @@ async def instance_tags(request: Request) -> Response:
     study_uid, series_uid, uid = _instance_uids(request)
     data = json.loads((await ctx(request).metadata.get([uid]))[0])
     rows = json_tag_rows(data, lambda tag: keyword_for_tag(int(tag, 16)) if len(tag) == 8 else "")
-    back = f'<p><a href="/ui/studies/{u(study_uid)}/series/{u(series_uid)}/instances/{u(uid)}">Instance</a></p>'
-    return page(request, "All tags", back + table(("Tag", "Keyword", "VR", "Value"), rows, "No attributes.",
-                                                   "tag-table"))
+    return render(request, "tags.html", "All tags", rows=rows, uid=uid, study_uid=study_uid, series_uid=series_uid)
 
 
 @html_errors
@@ -305,83 +223,25 @@ async def viewer(request: Request) -> Response:
     instances = await _find(request, Level.IMAGE, [], fixed)
     instances.sort(key=lambda r: _number(r, "InstanceNumber"))
     frames = [{"sop": r["SOPInstanceUID"], "frames": max(1, _number(r, "NumberOfFrames"))} for r in instances]
-    data = {"study": study_uid, "series": series_uid, "instances": frames}
-    tools = """<div class="toolbar">
-<label>Preset <select id="preset"><option value="">As stored</option>
-<option value="40,400">CT soft tissue (40/400)</option><option value="-600,1500">CT lung (-600/1500)</option>
-<option value="300,1500">CT bone (300/1500)</option><option value="50,100">CT brain (50/100)</option></select></label>
-<button type="button" id="play">Play</button> <label>fps <input id="fps" type="number" min="1" max="60" value="10">
-</label> <button type="button" id="reset">Reset view</button>
-<span id="status" class="status"></span></div>
-<p class="hint">Wheel or ↑/↓: next image · left drag: window/level · right drag or shift+drag: pan ·
-ctrl+wheel or +/−: zoom</p>"""
     owner = await _one(request, Level.STUDY, {"StudyInstanceUID": study_uid}, f"Study {study_uid}")
-    back = (f'<p><a href="/ui/studies/{u(study_uid)}/series/{u(series_uid)}">Series</a> · '
-            f'{e(person(owner.get("PatientName")))} ({e(owner.get("PatientID"))})</p>')
-    body = (back + tools + '<div id="viewport" class="viewport" tabindex="0"><canvas id="canvas"></canvas></div>'
-            + json_script("viewer-data", data))
-    return page(request, f"Viewer: {text(info.get('SeriesDescription')) or series_uid}", body)
+    return render(request, "viewer.html", f"Viewer: {text(info.get('SeriesDescription')) or series_uid}",
+                  study_uid=study_uid, series_uid=series_uid, owner=owner,
+                  data={"study": study_uid, "series": series_uid, "instances": frames})
 
 
 @html_errors
 async def upload(request: Request) -> Response:
-    if not may(request, "write"):
-        raise HttpError(403, "forbidden", "your role may not upload; ask an admin for an operator account")
-    body = """<div id="dropzone" class="dropzone" tabindex="0">
-<p>Drop DICOM files or ZIP archives here, or <label class="pick">choose files
-<input id="files" type="file" multiple></label></p></div>
-<progress id="progress" max="1" value="0" hidden></progress> <span id="progress-text"></span>
-<table id="results" class="results" hidden><thead><tr><th>File</th><th>Result</th><th>Details</th></tr></thead>
-<tbody></tbody></table>"""
-    return page(request, "Upload", body)
-
-
-#: The add and edit forms of the Nodes page: (field name, label, input attributes).
-NODE_FIELDS: Final = (
-    ("ae_title", "AE title", 'required maxlength="16"'),
-    ("host", "Host", "required"),
-    ("port", "Port", 'type="number" min="1" max="65535" required'),
-    ("description", "Description", ""),
-    ("permissions", "Permissions", ""),
-)
-
-
-def _node_form(form_id: str, heading: str, button: str, values: Mapping[str, object], hidden: bool) -> str:
-    inputs = "".join(f'<label>{e(label)} <input name="{name}" {attrs} value="{e(values.get(name, ""))}"></label>'
-                     for name, label, attrs in NODE_FIELDS)
-    return (f'<section id="{form_id}-section"{" hidden" if hidden else ""}><h2>{e(heading)}</h2>'
-            f'<form id="{form_id}" class="add-node">{inputs}<button type="submit">{e(button)}</button>'
-            + ('<button type="button" class="cancel">Cancel</button>' if hidden else "") + "</form></section>")
+    return render(request, "upload.html", "Upload")
 
 
 @html_errors
 async def nodes(request: Request) -> Response:
     registry = ctx(request).nodes
     if registry is None:
-        return page(request, "Nodes", '<p class="error">The AE registry is not available in this process.</p>')
+        return render(request, "nodes.html", "Nodes", registry_missing=True)
     found = await registry.list()
-    warnings = registry_warnings(found)
-    warn = "".join(f'<li>{e(w)}</li>' for w in warnings)
-    warn_html = f'<ul class="warnings">{warn}</ul>' if warn else ""
-    admin = may(request, "admin")
-    rows = []
-    for n in found:
-        permissions = ", ".join(sorted(n.permissions))
-        edit = (f' <button type="button" class="edit-node" data-node="{e(n.id)}" data-ae-title="{e(n.ae_title)}" '
-                f'data-host="{e(n.host)}" data-port="{e(n.port)}" data-description="{e(n.description)}" '
-                f'data-permissions="{e(permissions)}">Edit</button>'
-                f' <button type="button" class="danger remove-node" data-ae-title="{e(n.ae_title)}" '
-                f'data-host="{e(n.host)}">Remove</button>') if admin else ""
-        rows.append([e(n.ae_title), e(n.host), e(n.port), e(n.description), e(permissions),
-                     f'<button type="button" class="echo" data-node="{e(n.id)}" data-ae-title="{e(n.ae_title)}">'
-                     f'Echo</button><span class="echo-result"></span> <a class="query" '
-                     f'href="/ui/remote?{qs({"node": n.id})}">Query</a>' + edit])
-    forms = "" if not admin else (
-        _node_form("edit-node", "Edit node", "Save", {}, hidden=True)
-        + _node_form("add-node", "Add a node", "Add", {"port": 104, "permissions": "echo,store,find,move,get"},
-                     hidden=False))
-    return page(request, "Nodes", warn_html + table(("AE title", "Host", "Port", "Description", "May ask us", ""),
-                                                    rows, "No nodes are registered.", "nodes") + forms)
+    return render(request, "nodes.html", "Nodes", registry_missing=False, warnings=registry_warnings(found),
+                  nodes=[(n, ", ".join(sorted(n.permissions))) for n in found])
 
 
 @html_errors
@@ -396,29 +256,34 @@ async def association_log(request: Request) -> Response:
         contexts = ", ".join(sorted({str(c.get("name") or c.get("abstract_syntax", "")) for c in r.contexts
                                      if c.get("transfer_syntax")}))
         outcome = "accepted" if r.accepted else f"rejected: {r.reject_reason}"
-        rows.append([e(r.started_at.strftime("%Y-%m-%d %H:%M:%S")), e(r.role), e(r.calling_aet), e(r.called_aet),
-                     e(f"{r.peer_host}:{r.peer_port}"), e(outcome), e(r.end_reason),
-                     e(contexts[:300]), e(operations[:600])])
-    return page(request, "Association log", table(
-        ("Started", "Role", "Calling AE", "Called AE", "Peer", "Outcome", "End", "Accepted contexts", "Operations"),
-        rows, "No associations yet.", "log"))
+        rows.append([r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.role, r.calling_aet, r.called_aet,
+                     f"{r.peer_host}:{r.peer_port}", outcome, r.end_reason, contexts[:300], operations[:600]])
+    return render(request, "log.html", "Association log", rows=rows)
 
 
 def routes() -> list[BaseRoute]:
+    """Mounted at /ui (named "ui": ``url_for('ui:study', study=...)``)."""
+    inst = "/studies/{study}/series/{series}/instances/{instance}"
     return [
-        Route("/", studies, methods=["GET"]),
-        Route("/patient", patient, methods=["GET"]),
-        Route("/studies/{study}", study, methods=["GET"]),
-        Route("/studies/{study}/series/{series}", series_page, methods=["GET"]),
-        Route("/studies/{study}/series/{series}/instances/{instance}", instance, methods=["GET"]),
-        Route("/studies/{study}/series/{series}/instances/{instance}/tags", instance_tags, methods=["GET"]),
-        Route("/viewer/{study}/{series}", viewer, methods=["GET"]),
-        Route("/upload", upload, methods=["GET"]),
-        Route("/nodes", nodes, methods=["GET"]),
-        Route("/remote", html_errors(remote_page), methods=["GET"]),
-        Route("/log", association_log, methods=["GET"]),
-        Route("/worklist", html_errors(worklist_page), methods=["GET"]),
-        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+        Endpoint("/", studies, "GET", "read", "Page: the study list, search and paging", name="studies"),
+        Endpoint("/patient", patient, "GET", "read", "Page: a patient (?id=Patient ID) and their studies",
+                 name="patient"),
+        Endpoint("/studies/{study}", study, "GET", "read", "Page: a study and its series", name="study"),
+        Endpoint("/studies/{study}/series/{series}", series_page, "GET", "read", "Page: a series and its instances",
+                 name="series"),
+        Endpoint(inst, instance, "GET", "read", "Page: an instance", name="instance"),
+        Endpoint(inst + "/tags", instance_tags, "GET", "read", "Page: all tags of an instance", name="tags"),
+        Endpoint("/viewer/{study}/{series}", viewer, "GET", "read", "Page: the image viewer of a series",
+                 name="viewer"),
+        Endpoint("/upload", upload, "GET", "write", "Page: upload files", name="upload"),
+        Endpoint("/nodes", nodes, "GET", "read", "Page: the DICOM nodes", name="nodes"),
+        Endpoint("/remote", html_errors(remote_page), "GET", "read", "Page: query/retrieve another node",
+                 name="remote"),
+        Endpoint("/log", association_log, "GET", "read", "Page: the association log", name="log"),
+        Endpoint("/worklist", html_errors(worklist_page), "GET", "read", "Page: the modality worklist",
+                 name="worklist"),
+        GuardedMount("/static", StaticFiles(directory=STATIC_DIR), "read", "The UI's script and style sheet",
+                     name="static"),
     ]
 
 

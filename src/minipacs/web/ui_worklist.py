@@ -12,19 +12,7 @@ from starlette.responses import Response
 
 from minipacs.core.worklist import Worklist
 from minipacs.web.dicomweb import ctx
-from minipacs.web.ui_html import date, e, may, page, person, table
-
-#: The add form: (field name, label, input type, required, extra attributes).
-FIELDS = (
-    ("patient_id", "Patient ID", "text", True, 'maxlength="64"'),
-    ("patient_name", "Patient name (Family^Given)", "text", False, 'maxlength="64"'),
-    ("accession", "Accession", "text", False, 'maxlength="16"'),
-    ("modality", "Modality", "text", True, 'maxlength="16" placeholder="CT"'),
-    ("date", "Scheduled date", "date", False, ""),
-    ("time", "Scheduled time", "time", False, ""),
-    ("station", "Station AE", "text", False, 'maxlength="16"'),
-    ("procedure", "Procedure description", "text", False, 'maxlength="64"'),
-)
+from minipacs.web.pages import date, render
 
 
 def _when(start: str) -> str:
@@ -34,27 +22,10 @@ def _when(start: str) -> str:
     return f"{date(day)} {time}".strip()
 
 
-def _add_form() -> str:
-    inputs = "".join(
-        f'<label>{e(label)} <input name="{name}" type="{kind}"{" required" if required else ""} {extra}></label>'
-        for name, label, kind, required, extra in FIELDS)
-    return (f'<h2>Add an entry</h2><form id="add-worklist" class="add-node">{inputs}'
-            f'<button type="submit">Add</button></form>')
-
-
 async def worklist_page(request: Request) -> Response:
     entries = await Worklist(ctx(request).archive).list()
-    write = may(request, "write")
-    rows = []
-    for entry in entries:
-        s = entry.summary()
-        delete = (f'<button class="danger remove-worklist" data-id="{e(s["id"])}" '
-                  f'data-what="{e(s["accession"] or s["patient_id"])}">Delete</button>') if write else ""
-        rows.append([e(person(s["patient_name"])), e(s["patient_id"]), e(s["accession"]), e(s["modality"]),
-                     e(_when(s["start"])), e(s["station"]), e(s["procedure"]), e(s["status"]), delete])
-    listing = table(("Patient", "Patient ID", "Accession", "Modality", "Scheduled", "Station AE", "Procedure",
-                     "Status", ""), rows, "The worklist is empty.", "worklist")
-    return page(request, "Worklist", listing + (_add_form() if write else ""))
+    summaries = [(s, _when(s["start"])) for s in (entry.summary() for entry in entries)]
+    return render(request, "worklist.html", "Worklist", entries=summaries)
 
 
 __all__ = ["worklist_page"]

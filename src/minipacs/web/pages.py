@@ -1,0 +1,154 @@
+"""The web UI's templates: Jinja2 with autoescaping, ``url_for`` links, the shared page frame.
+
+Every ``{{ value }}`` in ``templates/`` is HTML-escaped by Jinja2 unless it is
+``Markup`` (only ``tojson`` output is), so text from the archive cannot become
+markup however a template is written. Links come from ``url_for``, which
+percent-encodes each path parameter: a DICOM value such as a Patient ID may hold
+``/``, ``&``, ``?``, ``#`` or ``%`` and still round-trips (RFC 3986 §2.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final, NamedTuple
+from urllib.parse import quote, urlencode
+
+import jinja2
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.templating import Jinja2Templates
+
+from minipacs.core.users import ROLE_PERMISSIONS, Role
+
+TEMPLATE_DIR: Final = Path(__file__).with_name("templates")
+
+#: navigation bar: (route name, path parameters, label, permission needed to see it)
+NAV: Final[tuple[tuple[str, Mapping[str, str], str, str], ...]] = (
+    ("ui:studies", {}, "Studies", "read"),
+    ("ui:upload", {}, "Upload", "write"),
+    ("ui:worklist", {}, "Worklist", "read"),
+    ("ui:nodes", {}, "Nodes", "read"),
+    ("ui:remote", {}, "Query/Retrieve", "read"),
+    ("ui:log", {}, "Association log", "read"),
+    ("ohif", {"path": "/"}, "OHIF viewer", "read"),
+)
+
+
+def role_of(request: Request) -> Role:
+    """The role the route's access check proved; with no users configured (loopback only) everyone is admin."""
+    raw = request.scope.get("state", {}).get("role")
+    return Role(raw) if raw else Role.ADMIN
+
+
+def may(request: Request, permission: str) -> bool:
+    return permission in ROLE_PERMISSIONS[role_of(request)]
+
+
+def path_for(request: Request, name: str, query: Mapping[str, object] | None = None, **params: object) -> str:
+    """The root-relative URL of the route ``name``, each path parameter percent-encoded (a mount's ``path``
+    keeps its slashes); ``query``: a query string from the parameters that are not empty."""
+    encoded = {key: quote(str(value), safe="/" if key == "path" else "") for key, value in params.items()}
+    url = str(request.app.url_path_for(name, **encoded))
+    wanted = {k: str(v) for k, v in (query or {}).items() if v not in (None, "")}
+    return f"{url}?{urlencode(wanted)}" if wanted else url
+
+
+@jinja2.pass_context
+def _url_for(context: Mapping[str, Any], name: str, /, query: Mapping[str, object] | None = None,
+             **params: object) -> str:
+    return path_for(context["request"], name, query, **params)
+
+
+def text(value: object) -> str:
+    """A value from a search match as display text."""
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def date(value: object) -> str:
+    """YYYYMMDD -> YYYY-MM-DD (anything else unchanged)."""
+    raw = text(value)
+    if len(raw) == 8 and raw.isdigit():
+        return f"{raw[:4]}-{raw[4:6]}-{raw[6:]}"
+    return raw
+
+
+def person(value: object) -> str:
+    """A PN value for people: components joined by spaces, the '^' gone."""
+    return text(value).replace("^", " ").strip()
+
+
+class TagRow(NamedTuple):
+    depth: int  # sequence nesting: 0 at the top
+    tag: str  # (gggg,eeee)
+    keyword: str
+    vr: str
+    value: str
+
+
+def _json_value(element: Mapping[str, Any]) -> str:
+    if "BulkDataURI" in element:
+        return "(bulk data)"
+    if "InlineBinary" in element:
+        return f"(binary, {len(element['InlineBinary']) * 3 // 4} bytes)"
+    values = element.get("Value", [])
+    shown = [v.get("Alphabetic", "") if isinstance(v, dict) else str(v) for v in values]
+    joined = "\\".join(shown)
+    return joined if len(joined) <= 500 else joined[:500] + "…"
+
+
+def json_tag_rows(data: Mapping[str, Any], keyword_of: Any, depth: int = 0) -> list[TagRow]:
+    """PS3.18 Annex F JSON -> rows of (depth, tag, keyword, VR, value), sequence items after their sequence."""
+    rows: list[TagRow] = []
+    for tag in sorted(data):
+        element = data[tag]
+        vr = str(element.get("vr", ""))
+        label = f"({tag[:4]},{tag[4:]})" if len(tag) == 8 else tag
+        if vr == "SQ":
+            items = element.get("Value", [])
+            rows.append(TagRow(depth, label, keyword_of(tag), "SQ", f"{len(items)} item(s)"))
+            for item in items:
+                if isinstance(item, dict):
+                    rows.extend(json_tag_rows(item, keyword_of, depth + 1))
+            continue
+        rows.append(TagRow(depth, label, keyword_of(tag), vr, _json_value(element)))
+    return rows
+
+
+def _frame(request: Request) -> dict[str, Any]:
+    """What base.html needs on every page: the role, and which navigation links it may see."""
+    nav = [(path_for(request, name, None, **params), label)
+           for name, params, label, needed in NAV if may(request, needed)]
+    return {"role": role_of(request).value, "can_write": may(request, "write"), "can_admin": may(request, "admin"),
+            "nav": nav}
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        autoescape=True,  # every template is HTML
+        undefined=jinja2.StrictUndefined,  # a misspelt name is an error, not an empty string
+        finalize=lambda value: "" if value is None else value,  # an absent DICOM value shows as nothing
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+    )
+    env.globals["url_for"] = _url_for
+    env.filters.update(date=date, person=person, text=text)
+    return env
+
+
+templates: Final = Jinja2Templates(env=_environment(), context_processors=[_frame])
+
+
+def render(request: Request, name: str, title: str, status_code: int = 200, **context: Any) -> Response:
+    """The page ``templates/<name>`` with its ``title`` in the shared frame (base.html)."""
+    return templates.TemplateResponse(request, name, {"title": title, **context}, status_code=status_code)
+
+
+__all__ = ["NAV", "TagRow", "date", "json_tag_rows", "may", "path_for", "person", "render", "role_of", "templates",
+           "text"]

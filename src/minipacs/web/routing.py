@@ -1,0 +1,83 @@
+"""Routes that carry what they need: the permission, checked before the endpoint runs, and a summary.
+
+Every route of the app is an :class:`Endpoint` (one method) or a :class:`GuardedMount`
+(an ASGI app such as the static files or OHIF), or a plain ``Mount`` grouping such
+routes; :func:`declared` walks them and refuses anything else, so a route cannot
+be added without saying who may use it. The OpenAPI document (web/openapi.py) is
+built from the same walk.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Final
+
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from minipacs.web.auth import PERMISSIONS, Permission, authorize
+
+_CONVERTOR: Final = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*):[a-zA-Z_][a-zA-Z0-9_]*\}")
+
+
+class UndeclaredRoute(TypeError):
+    """A route that does not declare its permission (a plain Route, or a Mount of an app)."""
+
+
+def _check(permission: str, summary: str, what: str) -> None:
+    if permission not in PERMISSIONS:
+        raise ValueError(f"{what}: permission {permission!r} is not one of {', '.join(sorted(PERMISSIONS))}")
+    if not summary.strip():
+        raise ValueError(f"{what}: a route needs a one-line summary (it goes into the OpenAPI document)")
+
+
+class Endpoint(Route):
+    """One method on one path, with the permission it needs and a summary (PS3.18 cites go in the summary)."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], method: str, permission: Permission, summary: str,
+                 *, name: str | None = None) -> None:
+        _check(permission, summary, f"{method} {path}")
+        super().__init__(path, endpoint, methods=[method], name=name)
+        self.method = method.upper()
+        self.permission: Permission = permission
+        self.summary = summary
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # a method this route does not have is Starlette's 405, whoever asks
+        if self.methods and scope["method"] not in self.methods:
+            await super().handle(scope, receive, send)
+        elif await authorize(scope, receive, send, self.permission):
+            await super().handle(scope, receive, send)
+
+
+class GuardedMount(Mount):
+    """An ASGI app under a path prefix (static files, OHIF), with the permission every request to it needs."""
+
+    def __init__(self, path: str, app: ASGIApp, permission: Permission, summary: str,
+                 *, name: str | None = None) -> None:
+        _check(permission, summary, f"mount {path}")
+        super().__init__(path, app=app, name=name)
+        self.permission: Permission = permission
+        self.summary = summary
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if await authorize(scope, receive, send, self.permission):
+            await super().handle(scope, receive, send)
+
+
+def declared(routes: Sequence[BaseRoute], prefix: str = "") -> Iterator[tuple[str, Endpoint | GuardedMount]]:
+    """Every route with its full path (``{name:convertor}`` written ``{name}``), in matching order;
+    UndeclaredRoute for a route that does not declare its permission."""
+    for route in routes:
+        if isinstance(route, Endpoint | GuardedMount):
+            yield prefix + _CONVERTOR.sub(r"{\1}", route.path), route
+        elif isinstance(route, Mount) and route.routes:
+            yield from declared(route.routes, prefix + route.path)
+        else:
+            where = prefix + str(getattr(route, "path", ""))
+            raise UndeclaredRoute(f"the route {where or repr(route)} ({type(route).__name__}) declares no permission: "
+                                  "write it as routing.Endpoint or routing.GuardedMount")
+
+
+__all__ = ["Endpoint", "GuardedMount", "UndeclaredRoute", "declared"]
