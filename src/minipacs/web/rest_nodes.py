@@ -38,7 +38,7 @@ from minipacs.services.retrieve_scu import (
     c_move,
     get_contexts,
     move_contexts,
-    parse_keys,
+    retrieve_identifier,
 )
 from minipacs.services.status import FIND, GET, MOVE, describe, is_success, is_warning
 from minipacs.services.storage import StorageSCP
@@ -206,8 +206,8 @@ async def query(request: Request) -> Response:
     limit = body.get("limit", 1000)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_QUERY_RESULTS:
         raise HttpError(400, "invalid_limit", f"limit must be a whole number from 1 to {MAX_QUERY_RESULTS}")
-    specs = [f"{k}=" for k in DEFAULT_KEYS[level.qr_level] if k not in keys]
-    specs += [f"{k.strip()}={'' if v is None else v}" for k, v in keys.items()]
+    specs: dict[str, str | int | None] = {k: "" for k in DEFAULT_KEYS[level.qr_level] if k not in keys}
+    specs.update({k.strip(): v for k, v in keys.items()})
     try:
         with disable_value_validation(), warnings.catch_warnings():
             warnings.simplefilter("error")
@@ -374,11 +374,12 @@ async def retrieve(request: Request) -> Response:
     method = body.get("method", "move")
     if method not in ("move", "get"):
         raise HttpError(400, "invalid_method", "method must be \"move\" (C-MOVE to us) or \"get\" (C-GET)")
-    keys = [level.unique_key + "=" + "\\".join(values)]
+    keys: dict[str, str | int | None] = {}
     if body.get("study") is not None and level.qr_level == "SERIES":
-        keys.insert(0, "StudyInstanceUID=" + validate_uid("StudyInstanceUID", str(body["study"])))
+        keys["StudyInstanceUID"] = validate_uid("StudyInstanceUID", str(body["study"]))
+    keys[level.unique_key] = "\\".join(values)
     try:
-        identifier = parse_keys(level.qr_level, keys)
+        identifier = retrieve_identifier(level.qr_level, keys)
     except KeySyntaxError as exc:  # pragma: no cover - the values were checked above
         raise HttpError(400, "invalid_uids", str(exc)) from None
 
