@@ -15,11 +15,12 @@ from minipacs.core.archive import Archive
 from minipacs.core.mpps import ProcedureSteps
 from minipacs.core.nodes import NodeRegistry
 from minipacs.core.worklist import Worklist
+from minipacs.hl7.mllp import MLLPServer
+from minipacs.hl7.orders import OrderReceiver
 from minipacs.net.association import AssociationSettings
 from minipacs.net.dul import Timeouts
 from minipacs.net.tls import TLSConfigError, client_context, server_context
 from minipacs.services.commitment import StorageCommitmentSCP
-from minipacs.services.hl7_mllp import MLLPServer
 from minipacs.services.mpps import MPPSSCP
 from minipacs.services.outbound import Outbound, OutboundSettings
 from minipacs.services.qr_find import QueryRetrieveFindSCP
@@ -163,7 +164,7 @@ async def start_hl7(settings: Settings, app: App) -> MLLPServer | None:
     """The HL7 v2 MLLP order listener when hl7_port > 0 (orders -> the worklist)."""
     if settings.hl7_port <= 0:
         return None
-    server = MLLPServer(Worklist(app.archive), host=settings.hl7_host, port=settings.hl7_port,
+    server = MLLPServer(OrderReceiver(Worklist(app.archive), settings.ae_title), host=settings.hl7_host, port=settings.hl7_port,
                         max_message_bytes=settings.hl7_max_message_bytes, idle_timeout=settings.hl7_idle_timeout,
                         application=settings.ae_title)
     try:
