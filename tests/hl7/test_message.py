@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from minipacs.hl7.errors import HL7Error
-from minipacs.hl7.message import CHARSETS, Encoding, declared_charset, escape, parse, parse_bytes, unescape
+from minipacs.hl7.message import (
+    CHARSETS,
+    Encoding,
+    declared_charset,
+    escape,
+    parse,
+    parse_bytes,
+    unescape,
+)
 from tests.hl7.samples import NAME, orm, with_msh18
 
 _msh18 = with_msh18

@@ -26,8 +26,23 @@ from minipacs.core.orders import (
 )
 from minipacs.core.worklist import CANCELLED, Worklist
 from minipacs.hl7.errors import HL7Error
-from minipacs.hl7.message import CHARSETS, Encoding, Message, declared_charset, parse, parse_bytes
-from minipacs.hl7.orders import FIELD_MAP, ORDER_CONTROL, REFUSALS, apply, check_type, refusal, to_dataset
+from minipacs.hl7.message import (
+    CHARSETS,
+    Encoding,
+    Message,
+    declared_charset,
+    parse,
+    parse_bytes,
+)
+from minipacs.hl7.orders import (
+    FIELD_MAP,
+    ORDER_CONTROL,
+    REFUSALS,
+    apply,
+    check_type,
+    refusal,
+    to_dataset,
+)
 from tests.hl7.samples import NAME, OMG, orm, with_msh18
 
 T = TypeVar("T")

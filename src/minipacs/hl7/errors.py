@@ -43,4 +43,4 @@ class HL7Error(ValueError):
         self.location = location
 
 
-__all__ = ["ACCEPT", "ERROR", "ERROR_CODES", "HL7Error", "REJECT"]
+__all__ = ["ACCEPT", "ERROR", "ERROR_CODES", "REJECT", "HL7Error"]

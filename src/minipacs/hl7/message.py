@@ -279,14 +279,14 @@ def parse_bytes(data: bytes) -> Message:
 
 __all__ = [
     "CHARSETS",
-    "Charset",
     "DEFAULT_ENCODING",
+    "SEGMENT_ID",
+    "Charset",
     "Encoding",
     "Message",
-    "SEGMENT_ID",
     "Segment",
-    "decode",
     "declared_charset",
+    "decode",
     "escape",
     "parse",
     "parse_bytes",

@@ -127,4 +127,4 @@ class MLLPServer:
         await writer.drain()
 
 
-__all__ = ["END_BLOCK", "MLLPServer", "MessageHandler", "START_BLOCK", "frame"]
+__all__ = ["END_BLOCK", "START_BLOCK", "MLLPServer", "MessageHandler", "frame"]

@@ -49,8 +49,19 @@ from minipacs.net.association import (
 from minipacs.net.dimse import Command
 from minipacs.net.pdu_items import RoleSelection
 from minipacs.net.presentation import NegotiatedContext
-from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
-from minipacs.services.find_scu import DEFAULT_KEYS, MODELS, FindResult, InvalidKeySpec, KeyValue, build_identifier
+from minipacs.net.uids import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    VERIFICATION_SOP_CLASS,
+)
+from minipacs.services.find_scu import (
+    DEFAULT_KEYS,
+    MODELS,
+    FindResult,
+    InvalidKeySpec,
+    KeyValue,
+    build_identifier,
+)
 from minipacs.services.find_scu import find_all as _find_all
 from minipacs.services.retrieve_scu import (
     KeySyntaxError,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from minipacs.core.part10 import NotPart10, Part10File, read_part10
-from minipacs.core.transcode import TranscodeError, transcode
+from minipacs.core.transcode import transcode
 from minipacs.net.association import Association, FileRegion
 from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext
