@@ -15,12 +15,14 @@ from minipacs.core.archive import Archive
 from minipacs.core.mpps import ProcedureSteps
 from minipacs.core.nodes import NodeRegistry, calling_host_warning
 from minipacs.core.worklist import Worklist
+from minipacs.hl7.mllp import MLLPServer
+from minipacs.hl7.orders import OrderReceiver
 from minipacs.net.association import AssociationSettings
 from minipacs.net.dul import Timeouts
 from minipacs.net.tls import TLSConfigError, client_context, server_context
 from minipacs.services.commitment import StorageCommitmentSCP
-from minipacs.services.hl7_mllp import MLLPServer
 from minipacs.services.mpps import MPPSSCP
+from minipacs.services.outbound import Outbound, OutboundSettings
 from minipacs.services.qr_find import QueryRetrieveFindSCP
 from minipacs.services.qr_get import GetSCP
 from minipacs.services.qr_move import MoveSCP
@@ -29,6 +31,7 @@ from minipacs.services.storage import StorageSCP
 from minipacs.services.user_identity import UserIdentityPolicy
 from minipacs.services.verification import VerificationSCP
 from minipacs.services.worklist import ModalityWorklistSCP
+from minipacs.web.server import start_http
 
 log = logging.getLogger("minipacs")
 
@@ -66,6 +69,13 @@ def association_settings(settings: Settings, ae_title: str | None = None) -> Ass
         timeouts=timeouts(settings),
         tls_context=tls_client(settings),
     )
+
+
+def outbound(settings: Settings, archive: Archive) -> Outbound:
+    """Echo, query, send and retrieve to other nodes as ``settings.ae_title`` (services/outbound.py),
+    C-GET receiving into ``archive``; given to the web edge (it imports neither bootstrap nor net/)."""
+    return Outbound(OutboundSettings(association_settings(settings), connect_timeout=settings.connect_timeout),
+                    archive)
 
 
 @dataclass
@@ -158,7 +168,7 @@ async def start_hl7(settings: Settings, app: App) -> MLLPServer | None:
     """The HL7 v2 MLLP order listener when hl7_port > 0 (orders -> the worklist)."""
     if settings.hl7_port <= 0:
         return None
-    server = MLLPServer(Worklist(app.archive), host=settings.hl7_host, port=settings.hl7_port,
+    server = MLLPServer(OrderReceiver(Worklist(app.archive), settings.ae_title), host=settings.hl7_host, port=settings.hl7_port,
                         max_message_bytes=settings.hl7_max_message_bytes, idle_timeout=settings.hl7_idle_timeout,
                         application=settings.ae_title)
     try:
@@ -180,9 +190,7 @@ async def serve(settings: Settings, on_ready: Callable[[App], None] | None = Non
     hl7: MLLPServer | None = None
     http = None  # the HTTP edge (web/): REST and DICOMweb, same process and loop
     try:
-        from minipacs.web.server import start_http
-
-        http = await start_http(settings, app.archive, app.nodes)
+        http = await start_http(settings, app.archive, app.nodes, outbound(settings, app.archive))
         try:
             await app.dicom.start()
         except TLSListenError:

@@ -95,7 +95,7 @@ class Settings:
     http_port: int = 8042
     #: Largest HTTP request body accepted (uploads, STOW-RS); larger: 413.
     max_upload_bytes: int = 1024 * MiB
-    # --- HL7 v2 orders over MLLP (services/hl7_mllp.py)
+    # --- HL7 v2 orders over MLLP (hl7/mllp.py)
     hl7_host: str = "127.0.0.1"
     #: 0 turns the HL7 listener off.
     hl7_port: int = 0

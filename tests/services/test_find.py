@@ -94,7 +94,7 @@ def run(tmp: Path, files: Path, body: Body, **scp: Any) -> Any:
 
 
 def ident(level: str, **keys: Any) -> Dataset:
-    return build_identifier([f"{k}={v}" if v is not None else k for k, v in keys.items()], level)
+    return build_identifier(keys, level)
 
 
 def test_study_root_find_streams_pending_then_success(tmp_path: Path, files: Path) -> None:

@@ -37,7 +37,7 @@ from minipacs.services.retrieve_scu import (
     c_move,
     get_contexts,
     move_contexts,
-    parse_keys,
+    retrieve_identifier,
 )
 from minipacs.services.server import DicomServer
 from minipacs.services.storage import StorageSCP
@@ -169,6 +169,11 @@ async def archive_env(tmp_path: Path, count: int = 6, series: int = 2,
         await server.close(grace=2.0)
         await archive.close()
 
+
+
+def parse_keys(level: str, specs: list[str]) -> bytes:
+    """The identifier for DCMTK-style "k=v" specs (the CLI's -k), through the structured keys."""
+    return retrieve_identifier(level, {path: value for path, _, value in (s.partition("=") for s in specs)})
 
 def study_key(env: Env) -> bytes:
     return parse_keys("STUDY", [f"StudyInstanceUID={env.study_uid}"])

@@ -28,7 +28,8 @@ TIMEOUTS = Timeouts(acse=5.0, dimse=10.0, idle=30.0)
 def identifier(*specs: str) -> Dataset:
     ds = Dataset()
     for spec in specs:
-        set_key(ds, spec)
+        path, _, value = spec.partition("=")
+        set_key(ds, path, value)
     return ds
 
 

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from pydicom.uid import generate_uid
 
+from minipacs.bootstrap import outbound
 from minipacs.config import Settings
 from minipacs.core.archive import Archive
 from minipacs.core.metadata import MetadataStore
@@ -98,7 +99,7 @@ async def environment(tmp: Path, users: tuple[User, ...] = ()) -> AsyncIterator[
     await remote.start()
     await remote_nodes.add(Node("MINIPACS", "127.0.0.1", ours.port))
     registered = await nodes.add(Node("REMOTE", "127.0.0.1", remote.port))
-    ctx = AppContext(settings, archive, metadata, nodes)
+    ctx = AppContext(settings, archive, metadata, nodes, outbound=outbound(settings, archive))
     transport = httpx.ASGITransport(app=create_app(ctx), client=("127.0.0.1", 5555))
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
@@ -277,6 +278,7 @@ def test_retrieve_series_naming_their_study(tmp_path: Path) -> None:
 def test_move_when_the_remote_does_not_know_us(tmp_path: Path) -> None:
     async def body(env: Env) -> None:
         env.ctx.settings = Settings(data_dir=env.tmp / "local", ae_title="STRANGER", connect_timeout=5.0)
+        env.ctx.outbound = outbound(env.ctx.settings, env.archive)  # bootstrap gives the web how we call out
         r = await env.client.post(f"/api/nodes/{env.remote.id}/retrieve",
                                   json={"level": "study", "uids": [env.study]})
         job = await env.job(r.json()["id"])

@@ -10,13 +10,19 @@ import time
 from pathlib import Path
 
 from minipacs.cli.exit_codes import EXIT_NETWORK, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
-from minipacs.cli.main import association_settings
+from minipacs.cli.main import outbound, peer
 from minipacs.config import ConfigError, Settings
-from minipacs.net.association import AssociationError, build_rq, connect
-from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
+from minipacs.services.outbound import (
+    MAX_CONTEXTS,
+    AssociationLost,
+    EchoResponse,
+    NoAssociation,
+    OutboundError,
+    SendOutcome,
+    TooManyContexts,
+)
 from minipacs.services.status import describe
-from minipacs.services.storage_scu import Part10File, StoreSummary, proposal, scan, store_all
-from minipacs.services.verification import echo as c_echo
+from minipacs.services.storage_scu import StoreSummary, scan
 
 
 def serve(settings: Settings) -> int:
@@ -34,30 +40,20 @@ def serve(settings: Settings) -> int:
 
 
 async def echo(args: argparse.Namespace) -> int:
-    settings = association_settings(args)
-    rq = build_rq(args.calling_aet, args.called_aet,
-                  [(VERIFICATION_SOP_CLASS, [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN])], settings)
-    try:
-        assoc = await connect(args.host, args.port, rq, settings, connect_timeout=args.connect_timeout,
-                              tls=args.tls)
-    except AssociationError as exc:
-        print(f"minipacs echo: {exc}", file=sys.stderr)
-        return EXIT_NETWORK
     code = EXIT_OK
+
+    def show(response: EchoResponse) -> None:
+        nonlocal code
+        print(f"C-ECHO {args.called_aet}@{args.host}:{args.port}: {describe(response.status)} "
+              f"({response.ms:.1f} ms)")
+        if response.status != 0:
+            code = EXIT_PARTIAL
+
     try:
-        for _ in range(max(args.repeat, 1)):
-            start = time.perf_counter()
-            status = await c_echo(assoc)
-            took = (time.perf_counter() - start) * 1000
-            print(f"C-ECHO {args.called_aet}@{args.host}:{args.port}: {describe(status)} ({took:.1f} ms)")
-            if status != 0:
-                code = EXIT_PARTIAL
-    except (AssociationError, LookupError) as exc:
+        await outbound(args).echo(peer(args), repeat=args.repeat, on_response=show)
+    except OutboundError as exc:
         print(f"minipacs echo: {exc}", file=sys.stderr)
-        assoc.abort()
-        await assoc.wait_closed()
         return EXIT_NETWORK
-    await assoc.release()
     return code
 
 
@@ -69,29 +65,28 @@ async def store(args: argparse.Namespace) -> int:
     if not files:
         print("minipacs store: no DICOM files to send", file=sys.stderr)
         return EXIT_PARTIAL
-    settings = association_settings(args)
-    contexts = proposal(files)
-    if len(contexts) > 128:
-        print(f"minipacs store: the files need {len(contexts)} presentation contexts; one association "
-              "allows 128. Send the folders separately.", file=sys.stderr)
-        return EXIT_PARTIAL
-    rq = build_rq(args.calling_aet, args.called_aet, contexts, settings)
-    try:
-        assoc = await connect(args.host, args.port, rq, settings, connect_timeout=args.connect_timeout,
-                              tls=args.tls)
-    except AssociationError as exc:
-        print(f"minipacs store: {exc}", file=sys.stderr)
-        return EXIT_NETWORK
     bar = _progress(len(files), "store", enabled=not args.no_progress)
     start = time.perf_counter()
 
-    def tick(_f: Part10File, _status: int) -> None:
+    def tick(outcome: SendOutcome) -> None:
+        if outcome.ok:
+            summary.sent += 1
+            summary.warnings += outcome.warning
+        else:
+            summary.failed.append((outcome.instance.path, outcome.reason))
         if bar is not None:
             bar.update(1)
 
     try:
-        await store_all(assoc, files, summary, tick)
-    except AssociationError as exc:
+        await outbound(args).send(peer(args), files, progress=tick)
+    except TooManyContexts as exc:
+        print(f"minipacs store: the files need {exc.needed} presentation contexts; one association "
+              f"allows {MAX_CONTEXTS}. Send the folders separately.", file=sys.stderr)
+        return EXIT_PARTIAL
+    except NoAssociation as exc:
+        print(f"minipacs store: {exc}", file=sys.stderr)
+        return EXIT_NETWORK
+    except AssociationLost as exc:
         print(f"minipacs store: {exc}", file=sys.stderr)
         if bar is not None:
             bar.close()
@@ -100,7 +95,6 @@ async def store(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    await assoc.release()
     _print_store_summary(summary, len(files), time.perf_counter() - start)
     return EXIT_OK if summary.ok and not summary.warnings else EXIT_PARTIAL
 

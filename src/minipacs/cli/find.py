@@ -19,11 +19,10 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from minipacs.cli.exit_codes import EXIT_NETWORK, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
-from minipacs.cli.main import association_settings, network_args
+from minipacs.cli.keys import parse_keys
+from minipacs.cli.main import network_args, outbound, peer
 from minipacs.config import Settings
-from minipacs.net.association import AssociationError, build_rq, connect
-from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
-from minipacs.services.find_scu import MODELS, InvalidKeySpec, build_identifier, find
+from minipacs.services.outbound import FindRequest, InvalidKeys, OutboundError
 from minipacs.services.status import FIND, describe
 
 NEEDS_SETTINGS = False
@@ -50,45 +49,24 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings | None) -> int:
-    model = args.model or "study"
-    sop_class, default_level = MODELS[model]
-    level = args.level or default_level
     try:
-        identifier = build_identifier(args.keys, level)
-    except (InvalidKeySpec, ValueError) as exc:
+        request = FindRequest.build(parse_keys(args.keys), model=args.model or "study", level=args.level)
+    except InvalidKeys as exc:
         print(f"minipacs find: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return asyncio.run(_find(args, sop_class, identifier))
+    return asyncio.run(_find(args, request))
 
 
-async def _find(args: argparse.Namespace, sop_class: str, identifier: Dataset) -> int:
-    settings = association_settings(args)
-    rq = build_rq(args.calling_aet, args.called_aet,
-                  [(sop_class, [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN])], settings)
-    try:
-        assoc = await connect(args.host, args.port, rq, settings, connect_timeout=args.connect_timeout,
-                              tls=args.tls)
-    except AssociationError as exc:
-        print(f"minipacs find: {exc}", file=sys.stderr)
-        return EXIT_NETWORK
-    matches: list[Dataset] = []
-    status, error = -1, ""
+async def _find(args: argparse.Namespace, request: FindRequest) -> int:
     start = time.perf_counter()
     try:
-        async for code, ds, command in find(assoc, sop_class, identifier, cancel_after=args.cancel):
-            if code in (0xFF00, 0xFF01):
-                if ds is not None:
-                    matches.append(ds)
-                continue
-            status, error = code, str(command.get("ErrorComment", ""))
-    except (AssociationError, LookupError) as exc:
+        result = await outbound(args).query(peer(args), request, cancel_after=args.cancel)
+    except OutboundError as exc:
         print(f"minipacs find: {exc}", file=sys.stderr)
-        assoc.abort()
-        await assoc.wait_closed()
         return EXIT_NETWORK
-    await assoc.release()
     took = time.perf_counter() - start
-    columns = [elem.tag for elem in identifier if elem.tag not in _HIDDEN]
+    matches, status, error = result.matches, result.status, result.error_comment
+    columns = [elem.tag for elem in request.identifier if elem.tag not in _HIDDEN]
     if args.json:
         print(json.dumps([_json(ds) for ds in matches], indent=2, ensure_ascii=False))
     else:

@@ -12,18 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from minipacs.cli.exit_codes import EXIT_NETWORK, EXIT_USAGE
-from minipacs.cli.main import network_args
-from minipacs.cli.retrieve_common import (
-    ProgressPrinter,
-    assoc_settings,
-    identifier,
-    receiver_service,
-    retrieve_args,
-    summary,
-)
+from minipacs.cli.main import network_args, outbound, peer
+from minipacs.cli.retrieve_common import ProgressPrinter, identifier, receiver_service, retrieve_args, summary
 from minipacs.config import Settings
-from minipacs.net.association import AssociationError, build_rq, connect
-from minipacs.services.retrieve_scu import KeySyntaxError, c_get, get_contexts
+from minipacs.services.outbound import OutboundError, RetrieveRequest
 
 NEEDS_SETTINGS = True
 
@@ -41,34 +33,22 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace, settings: Settings | None) -> int:
     try:
-        ident = identifier(args)
-    except (KeySyntaxError, ValueError) as exc:
+        request = identifier(args)
+    except ValueError as exc:
         print(f"minipacs get: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return asyncio.run(_get(args, settings, ident))
+    return asyncio.run(_get(args, settings, request))
 
 
-async def _get(args: argparse.Namespace, settings: Settings | None, ident: tuple[str, str, bytes]) -> int:
-    model, level, data = ident
+async def _get(args: argparse.Namespace, settings: Settings | None, request: RetrieveRequest) -> int:
     async with receiver_service(args, settings, args.out) as (service, where):
-        aset = assoc_settings(args)
-        contexts, roles = get_contexts(model, args.sop_class)
-        rq = build_rq(args.calling_aet, args.called_aet, contexts, aset, roles=roles)
-        try:
-            assoc = await connect(args.host, args.port, rq, aset, connect_timeout=args.connect_timeout,
-                                  handler=service.c_store, sink_factory=service.sink_for, tls=args.tls)
-        except AssociationError as exc:
-            print(f"minipacs get: {exc}", file=sys.stderr)
-            return EXIT_NETWORK
         printer = ProgressPrinter(not args.no_progress, "get")
         try:
-            result = await c_get(assoc, model, data, printer)
-        except (AssociationError, LookupError) as exc:
+            result = await outbound(args).retrieve(peer(args), request, method="get", receiver=service,
+                                                   offer=args.sop_class, progress=printer)
+        except OutboundError as exc:
             printer.close()
             print(f"minipacs get: {exc}", file=sys.stderr)
-            assoc.abort()
-            await assoc.wait_closed()
             return EXIT_NETWORK
         printer.close()
-        await assoc.release()
-        return summary(f"C-GET {level}", result, printer.elapsed, where)
+        return summary(f"C-GET {request.level}", result, printer.elapsed, where)

@@ -23,6 +23,7 @@ from minipacs.config import ConfigError, Settings, load_settings
 from minipacs.net.association import AssociationSettings
 from minipacs.net.dul import Timeouts
 from minipacs.net.tls import TLSConfigError, client_context
+from minipacs.services.outbound import Address, Outbound, OutboundSettings
 
 from minipacs.cli.exit_codes import EXIT_USAGE
 
@@ -55,6 +56,17 @@ def association_settings(args: argparse.Namespace) -> AssociationSettings:
         timeouts=Timeouts(acse=args.acse_timeout, dimse=args.dimse_timeout, idle=args.dimse_timeout),
         tls_context=getattr(args, "tls_context", None),
     )
+
+
+def outbound(args: argparse.Namespace) -> Outbound:
+    """The one outbound path (services/outbound.py), as the flags of ``network_args`` say."""
+    return Outbound(OutboundSettings(association_settings(args), connect_timeout=args.connect_timeout,
+                                     local_host=getattr(args, "bind", None)))
+
+
+def peer(args: argparse.Namespace) -> Address:
+    """The node the flags of ``network_args`` name: HOST PORT -aec, and --tls."""
+    return Address(args.called_aet, args.host, args.port, tls=args.tls)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,18 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from minipacs.cli.exit_codes import EXIT_NETWORK, EXIT_USAGE
-from minipacs.cli.main import network_args
-from minipacs.cli.retrieve_common import (
-    ProgressPrinter,
-    assoc_settings,
-    identifier,
-    receiver_service,
-    retrieve_args,
-    summary,
-)
+from minipacs.cli.main import network_args, outbound, peer
+from minipacs.cli.retrieve_common import ProgressPrinter, identifier, receiver_service, retrieve_args, summary
 from minipacs.config import Settings
-from minipacs.net.association import AssociationError, build_rq, connect
-from minipacs.services.retrieve_scu import KeySyntaxError, c_move, move_contexts
+from minipacs.services.outbound import OutboundError, RetrieveRequest
 
 NEEDS_SETTINGS = True
 
@@ -52,19 +44,18 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
               "images ourselves", file=sys.stderr)
         return EXIT_USAGE
     try:
-        ident = identifier(args)
-    except (KeySyntaxError, ValueError) as exc:
+        request = identifier(args)
+    except ValueError as exc:
         print(f"minipacs move: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return asyncio.run(_move(args, settings, ident, receiving))
+    return asyncio.run(_move(args, settings, request, receiving))
 
 
-async def _move(args: argparse.Namespace, settings: Settings | None, ident: tuple[str, str, bytes],
+async def _move(args: argparse.Namespace, settings: Settings | None, request: RetrieveRequest,
                 receiving: bool) -> int:
-    model, level, data = ident
     destination = args.move_destination or args.calling_aet
     if not receiving:
-        return await _request(args, model, level, data, destination, "")
+        return await _request(args, request, destination, "")
     from minipacs.services.server import DicomServer
 
     async with receiver_service(args, settings, args.store_to) as (service, where):
@@ -76,30 +67,19 @@ async def _move(args: argparse.Namespace, settings: Settings | None, ident: tupl
             print(f"minipacs move: cannot listen on port {args.listen_port}: {exc.strerror}", file=sys.stderr)
             return EXIT_NETWORK
         try:
-            return await _request(args, model, level, data, destination, where)
+            return await _request(args, request, destination, where)
         finally:
             await server.close(grace=5.0)
 
 
-async def _request(args: argparse.Namespace, model: str, level: str, data: bytes, destination: str,
-                   where: str) -> int:
-    settings = assoc_settings(args)
-    rq = build_rq(args.calling_aet, args.called_aet, move_contexts(model), settings)
-    try:
-        assoc = await connect(args.host, args.port, rq, settings, connect_timeout=args.connect_timeout,
-                              local_host=args.bind, tls=args.tls)
-    except AssociationError as exc:
-        print(f"minipacs move: {exc}", file=sys.stderr)
-        return EXIT_NETWORK
+async def _request(args: argparse.Namespace, request: RetrieveRequest, destination: str, where: str) -> int:
     printer = ProgressPrinter(not args.no_progress, "move")
     try:
-        result = await c_move(assoc, model, data, destination, printer)
-    except (AssociationError, LookupError) as exc:
+        result = await outbound(args).retrieve(peer(args), request, method="move", destination=destination,
+                                               progress=printer)
+    except OutboundError as exc:
         printer.close()
         print(f"minipacs move: {exc}", file=sys.stderr)
-        assoc.abort()
-        await assoc.wait_closed()
         return EXIT_NETWORK
     printer.close()
-    await assoc.release()
-    return summary(f"C-MOVE {level} to {destination}", result, printer.elapsed, where)
+    return summary(f"C-MOVE {request.level} to {destination}", result, printer.elapsed, where)

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from minipacs.cli.exit_codes import EXIT_OK, EXIT_PARTIAL
-from minipacs.cli.main import association_settings
+from minipacs.cli.keys import parse_keys
 from minipacs.config import Settings
-from minipacs.services.retrieve_scu import FolderStorage, RetrieveResult, parse_keys
+from minipacs.services.outbound import RetrieveRequest
+from minipacs.services.retrieve_scu import FolderStorage, RetrieveResult
 from minipacs.services.status import MOVE, PENDING, describe
 
 #: Lowest unique key given -> the level it implies when no level is named (PS3.4 C.6.2.1).
@@ -36,8 +37,8 @@ def retrieve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def identifier(args: argparse.Namespace) -> tuple[str, str, bytes]:
-    """(model, level, encoded identifier) from the arguments; raises ValueError."""
+def identifier(args: argparse.Namespace) -> RetrieveRequest:
+    """The request (model, level, encoded identifier) the arguments ask for; raises InvalidKeys (a ValueError)."""
     keys = [k for k in args.key if not k.partition("=")[0].strip() in ("QueryRetrieveLevel", "0008,0052")]
     named = {k.partition("=")[0].strip(): k.partition("=")[2] for k in args.key}
     level = args.level or named.get("QueryRetrieveLevel") or named.get("0008,0052") or ""
@@ -46,9 +47,7 @@ def identifier(args: argparse.Namespace) -> tuple[str, str, bytes]:
     model = args.model or "STUDY"
     if model == "STUDY" and level.upper() == "PATIENT":
         model = "PATIENT"
-    return model, level.upper(), parse_keys(level, keys)
-
-assoc_settings = association_settings  # move/get use the same flags as every SCU command
+    return RetrieveRequest.build(parse_keys(keys), level=level, model=model)
 
 
 @asynccontextmanager

@@ -20,11 +20,7 @@ from minipacs.cli.exit_codes import EXIT_NETWORK, EXIT_OK, EXIT_PARTIAL, EXIT_US
 from minipacs.cli.nodes import IndexOnly
 from minipacs.config import Settings
 from minipacs.core.worklist import InvalidWorklistEntry, Worklist
-from minipacs.net.association import AssociationError, AssociationSettings, build_rq, connect
-from minipacs.net.dul import Timeouts
-from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
-from minipacs.services.find_scu import InvalidKeySpec, find_all, set_key
-from minipacs.services.worklist import MODALITY_WORKLIST_FIND
+from minipacs.services.outbound import AssociationLost, FindRequest, InvalidKeys, NoAssociation
 
 NEEDS_SETTINGS = True
 
@@ -165,32 +161,22 @@ async def _list(args: argparse.Namespace, worklist: Worklist) -> int:
 
 
 async def _query(args: argparse.Namespace) -> int:
-    identifier = Dataset()
+    from minipacs.cli.keys import parse_keys
+    from minipacs.cli.main import outbound, peer
+
     try:
-        for spec in args.keys or DEFAULT_QUERY_KEYS:
-            set_key(identifier, spec)
-    except (InvalidKeySpec, ValueError) as exc:
+        request = FindRequest.build(parse_keys(args.keys or DEFAULT_QUERY_KEYS), model="worklist")
+    except InvalidKeys as exc:
         print(f"minipacs worklist query: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    settings = AssociationSettings(
-        ae_title=args.calling_aet, max_pdu_receive=args.max_pdu,
-        timeouts=Timeouts(acse=args.acse_timeout, dimse=args.dimse_timeout, idle=args.dimse_timeout),
-        tls_context=getattr(args, "tls_context", None))
-    rq = build_rq(args.calling_aet, args.called_aet,
-                  [(MODALITY_WORKLIST_FIND, [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN])], settings)
     try:
-        assoc = await connect(args.host, args.port, rq, settings, connect_timeout=args.connect_timeout,
-                              tls=args.tls)
-    except (AssociationError, OSError, TimeoutError) as exc:
+        result = await outbound(args).query(peer(args), request)
+    except NoAssociation as exc:
         print(f"minipacs worklist query: no association with {args.host}:{args.port}: {exc}", file=sys.stderr)
         return EXIT_NETWORK
-    try:
-        result = await find_all(assoc, MODALITY_WORKLIST_FIND, identifier)
-    except (AssociationError, LookupError) as exc:
+    except AssociationLost as exc:
         print(f"minipacs worklist query: {exc}", file=sys.stderr)
-        assoc.abort()
         return EXIT_NETWORK
-    await assoc.release()
     if args.json:
         print(json.dumps([m.to_json_dict() for m in result.matches], indent=2))
     else:

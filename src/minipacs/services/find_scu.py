@@ -1,9 +1,11 @@
 """Query/Retrieve Service Class, C-FIND SCU: PS3.4 C.4.1, requester side.
 
-Keys are given the DCMTK way ("PatientName=Doe*", "(0010,0020)=123",
-"ReferencedStudySequence[0].ReferencedSOPClassUID="); responses are yielded as
-they arrive. ``cancel_after`` sends C-CANCEL after that many matches (like
-``findscu --cancel``).
+Keys are structured: a path (keyword or ``(gggg,eeee)``, sequence items as
+``ReferencedStudySequence[0].ReferencedSOPClassUID``) -> a value ('' or None: a
+return key, PS3.4 C.2.2.1.3 universal matching). The CLI parses its DCMTK-style
+``-k PatientName=Doe*`` flags into them (cli/keys.py); the web passes its JSON.
+Responses are yielded as they arrive. ``cancel_after`` sends C-CANCEL after that
+many matches (like ``findscu --cancel``). services/outbound.py calls this module.
 """
 
 from __future__ import annotations
@@ -50,8 +52,12 @@ _TAG_RE: Final = re.compile(r"^\(?([0-9A-Fa-f]{4}),([0-9A-Fa-f]{4})\)?$")
 _PATH_RE: Final = re.compile(r"^(.+?)(?:\[(\d+)\])?$")
 
 
+#: A key's value: text ('' and None ask for the attribute back), or a number for US/UL/SS/SL.
+KeyValue = str | int | None
+
+
 class InvalidKeySpec(ValueError):
-    """A -k key the user wrote cannot be understood."""
+    """A key the user wrote cannot be understood."""
 
 
 def _tag_of(name: str) -> int:
@@ -72,9 +78,11 @@ def _vr_of(tag: int) -> str:
                         "its VR is unknown") from None
 
 
-def set_key(ds: Dataset, spec: str) -> None:
-    """Apply one ``-k`` spec: ``path[=value]``; path parts joined by '.', sequences as ``Name[i]``."""
-    path, _, value = spec.partition("=")
+def set_key(ds: Dataset, path: str, raw: KeyValue = None) -> None:
+    """Set one key: ``path`` parts joined by '.', sequence items as ``Name[i]``; ``raw`` as given
+    (a backslash separates the values of a multi-valued key, PS3.5 6.4)."""
+    value = "" if raw is None else str(raw)
+    spec = f"{path}={value}"  # as the user would have written it, for messages
     parts = path.split(".")
     target = ds
     for part in parts[:-1]:
@@ -104,15 +112,15 @@ def set_key(ds: Dataset, spec: str) -> None:
     target.add(DataElement(tag, vr, elem_value))
 
 
-def build_identifier(keys: Iterable[str], level: str) -> Dataset:
-    """The identifier for ``-k`` specs at ``level``; default return keys when none are given."""
+def build_identifier(keys: Mapping[str, KeyValue], level: str | None) -> Dataset:
+    """The identifier for ``keys`` at ``level`` (None: no QueryRetrieveLevel, as for the Modality
+    Worklist, PS3.4 K.6.1.2); the level's default return keys when none are given."""
     ds = Dataset()
-    specs = list(keys)
-    ds.QueryRetrieveLevel = level
-    if not specs:
-        specs = list(DEFAULT_KEYS.get(level, ()))
-    for spec in specs:
-        set_key(ds, spec)
+    if level is not None:
+        ds.QueryRetrieveLevel = level
+    items = list(keys.items()) or [(k, None) for k in DEFAULT_KEYS.get(level or "", ())]
+    for path, value in items:
+        set_key(ds, path, value)
     if any(not str(v).isascii() for v in _values(ds)):
         ds.SpecificCharacterSet = "ISO_IR 192"
     return ds
@@ -182,4 +190,5 @@ def describe_key(tag: int) -> str:
     return keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
-__all__ = ["DEFAULT_KEYS", "FindResult", "InvalidKeySpec", "MODELS", "build_identifier", "find", "find_all", "set_key"]
+__all__ = ["DEFAULT_KEYS", "FindResult", "InvalidKeySpec", "KeyValue", "MODELS", "build_identifier", "find", "find_all",
+           "set_key"]

@@ -1,8 +1,8 @@
 """Query/Retrieve SCU side: C-MOVE and C-GET requests (PS3.4 C.4.2, C.4.3), and a
 storage receiver writing into a folder (for `minipacs move` to ourselves and `minipacs get`).
 
-The identifier is built from DCMTK-like ``-k`` keys (``Keyword=Value`` or
-``gggg,eeee=Value``). Responses are followed to the final one; its counts and
+The identifier is built from structured keys (``Keyword`` or ``gggg,eeee`` -> value; the
+CLI parses its DCMTK-like ``-k`` flags into them, cli/keys.py). Responses are followed to the final one; its counts and
 Failed SOP Instance UID List are returned as a :class:`RetrieveResult`.
 """
 
@@ -54,11 +54,12 @@ STORABLE_SYNTAXES = frozenset(uid for uid in TRANSFER_SYNTAXES if transfer_synta
 
 
 class KeySyntaxError(ValueError):
-    """A ``-k`` key cannot be understood."""
+    """A key cannot be understood."""
 
 
-def parse_keys(level: str, keys: Sequence[str]) -> bytes:
-    """An identifier (Explicit VR Little Endian) from ``-k`` keys, QueryRetrieveLevel set to ``level``."""
+def retrieve_identifier(level: str, keys: Mapping[str, str | int | None]) -> bytes:
+    """An identifier (Explicit VR Little Endian) from keys (``Keyword`` or ``gggg,eeee`` -> value,
+    a backslash between values), QueryRetrieveLevel set to ``level`` (PS3.4 C.4.2.1.4)."""
     from pydicom.config import disable_value_validation
     from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
     from pydicom.dataset import Dataset
@@ -67,9 +68,10 @@ def parse_keys(level: str, keys: Sequence[str]) -> bytes:
 
     ds = Dataset()
     ds.QueryRetrieveLevel = level.upper()
-    for item in keys:
-        name, _, value = item.partition("=")
-        name = name.strip().strip("()")
+    for key, raw in keys.items():
+        value = "" if raw is None else str(raw)
+        item = f"{key}={value}"  # as the user would have written it, for messages
+        name = key.strip().strip("()")
         tag: int | None
         if "," in name:
             try:
@@ -272,5 +274,5 @@ class FolderStorage:
 
 __all__ = [
     "FolderStorage", "KeySyntaxError", "RetrieveResult", "c_get", "c_move", "get_contexts", "move_contexts",
-    "parse_keys",
+    "retrieve_identifier",
 ]

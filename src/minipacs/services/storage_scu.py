@@ -4,7 +4,8 @@ Files are sent as they are stored (the dataset part streams from disk). The
 proposal has one presentation context per (SOP class, transfer syntax) found,
 plus Explicit/Implicit VR Little Endian as fallbacks, so a peer that refuses
 e.g. Big Endian or a compressed syntax still gets the file, transcoded by
-``core.transcode``. Used by ``minipacs store`` and by C-MOVE/C-GET sub-operations.
+``core.transcode``. Used by services/outbound.py (``minipacs store``, the web's send) and by
+C-MOVE/C-GET sub-operations.
 """
 
 from __future__ import annotations
@@ -16,17 +17,16 @@ from pathlib import Path
 from typing import Protocol
 
 from minipacs.core.part10 import NotPart10, Part10File, read_part10
-from minipacs.core.transcode import TranscodeError, transcode
+from minipacs.core.transcode import transcode
 from minipacs.net.association import Association, FileRegion
 from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext
 from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, transfer_syntax, uid_name
-from minipacs.services.status import describe, is_success, is_warning
 
 NATIVE_FALLBACK = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 
 __all__ = ["NATIVE_FALLBACK", "NotPart10", "Part10File", "SendableFile", "StoreSummary", "proposal",
-           "read_part10", "scan", "store_all", "store_file"]
+           "read_part10", "scan", "store_file"]
 
 
 class SendableFile(Protocol):
@@ -132,33 +132,6 @@ async def store_file(
         status = int(rsp.command.get("Status", -1))
         text = str(rsp.command.get("ErrorComment", ""))
     return status, text
-
-
-async def store_all(
-    assoc: Association,
-    files: Iterable[Part10File],
-    summary: StoreSummary,
-    progress: Callable[[Part10File, int], None] | None = None,
-) -> StoreSummary:
-    for f in files:
-        try:
-            status, text = await store_file(assoc, f)
-        except (LookupError, TranscodeError) as exc:
-            summary.failed.append((f.path, str(exc)))
-            continue
-        except OSError as exc:
-            summary.failed.append((f.path, f"cannot read: {exc.strerror}"))
-            continue
-        if is_success(status):
-            summary.sent += 1
-        elif is_warning(status):
-            summary.sent += 1
-            summary.warnings += 1
-        else:
-            summary.failed.append((f.path, describe(status) + (f" ({text})" if text else "")))
-        if progress is not None:
-            progress(f, status)
-    return summary
 
 
 def scan(paths: Iterable[Path], summary: StoreSummary) -> list[Part10File]:

@@ -3,47 +3,45 @@
 A node is named in a URL or body by its registry id (``GET /api/nodes`` lists
 them), or by its AE title when exactly one node has that title. Sends and
 retrieves run as background jobs (core/jobs.py) watched at ``/api/jobs/{id}``;
-echo and query answer at once. We call out as our own AE title
-(``settings.ae_title``), which is also the C-MOVE destination: the remote
-node must have us registered under that title.
+echo and query answer at once. Every call goes through the ONE outbound path
+(services/outbound.py, ``AppContext.outbound``, built by bootstrap): we call out
+as our own AE title (``settings.ae_title``), which is also the C-MOVE
+destination, so the remote node must have us registered under that title.
+Query keys go to it as the JSON gives them (keyword -> value), never as text.
 """
 
 from __future__ import annotations
 
 import time
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
-from pydicom.config import disable_value_validation
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from minipacs.bootstrap import association_settings
 from minipacs.core.errors import NotFound
 from minipacs.core.jobs import Job, JobFailed
 from minipacs.core.nodes import Node, NodeRegistry, format_permissions, node_from_mapping
 from minipacs.core.paths import validate_uid
 from minipacs.core.retrieve import MAX_KEYS, StoredInstance, select_instances
-from minipacs.core.transcode import TranscodeError
-from minipacs.net.association import Association, AssociationError, build_rq, connect
-from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
-from minipacs.services.find_scu import DEFAULT_KEYS, MODELS, InvalidKeySpec, build_identifier, find_all
-from minipacs.services.retrieve_scu import (
-    KeySyntaxError,
+from minipacs.services.outbound import (
+    DEFAULT_KEYS,
+    MAX_CONTEXTS,
+    AssociationLost,
+    FindRequest,
+    InvalidKeys,
+    KeyValue,
+    NoAssociation,
+    Outbound,
+    OutboundError,
+    RetrieveRequest,
     RetrieveResult,
-    c_get,
-    c_move,
-    get_contexts,
-    move_contexts,
-    parse_keys,
+    SendOutcome,
+    TooManyContexts,
 )
-from minipacs.services.status import FIND, GET, MOVE, describe, is_success, is_warning
-from minipacs.services.storage import StorageSCP
-from minipacs.services.storage_scu import proposal, store_file
-from minipacs.services.verification import echo as c_echo
+from minipacs.services.status import FIND, GET, MOVE, describe
 from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
 from minipacs.web.routing import Endpoint
@@ -69,7 +67,6 @@ LEVEL_ALIASES: Final[Mapping[str, str]] = {
     "patients": "patient", "studies": "study", "instances": "instance", "image": "instance",
 }
 MAX_QUERY_RESULTS: Final = 10000
-QR_SYNTAXES: Final = [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN]
 #: Failures kept per job for the JSON (the counts are always complete).
 MAX_FAILURES_LISTED: Final = 100
 
@@ -141,19 +138,10 @@ def node_json(node: Node) -> dict[str, Any]:
             "description": node.description, "permissions": sorted(node.permissions), "tls": node.tls}
 
 
-async def _associate(context: AppContext, node: Node, contexts: Sequence[tuple[str, Sequence[str]]],
-                     **kw: Any) -> Association:
-    """An association from us (settings.ae_title) to ``node``; raises AssociationError."""
-    aset = association_settings(context.settings)
-    roles = kw.pop("roles", ())
-    rq = build_rq(context.settings.ae_title, node.ae_title, contexts, aset, roles=roles)
-    return await connect(node.host, node.port, rq, aset, connect_timeout=context.settings.connect_timeout,
-                         tls=node.tls, **kw)
-
-
-async def _abort(assoc: Association) -> None:
-    assoc.abort()
-    await assoc.wait_closed()
+def _outbound(context: AppContext) -> Outbound:
+    if context.outbound is None:
+        raise HttpError(503, "no_outbound", "calling other DICOM nodes is not available in this process")
+    return context.outbound
 
 
 # ------------------------------------------------------------------ nodes
@@ -175,18 +163,14 @@ async def echo(request: Request) -> Response:
     """POST /api/nodes/{id}/echo: C-ECHO (PS3.4 A.4); 200 with ok true or false and why."""
     context = ctx(request)
     node = await _resolve(_registry(context), request.path_params["id"])
+    outbound = _outbound(context)
     start = time.perf_counter()
     status: int | None = None
     try:
-        assoc = await _associate(context, node, [(VERIFICATION_SOP_CLASS, QR_SYNTAXES)])
-        try:
-            status = await c_echo(assoc)
-        except (AssociationError, LookupError):
-            await _abort(assoc)
-            raise
-        await assoc.release()
+        [response] = await outbound.echo(node)
+        status = response.status
         message = describe(status) if status >= 0 else "no C-ECHO response"
-    except (AssociationError, LookupError) as exc:
+    except OutboundError as exc:
         message = f"C-ECHO to {node.label()} failed: {exc}"
     took = round((time.perf_counter() - start) * 1000, 1)
     return JSONResponse({"ok": status == 0, "status": status, "message": message, "ms": took,
@@ -207,25 +191,19 @@ async def query(request: Request) -> Response:
     limit = body.get("limit", 1000)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_QUERY_RESULTS:
         raise HttpError(400, "invalid_limit", f"limit must be a whole number from 1 to {MAX_QUERY_RESULTS}")
-    specs = [f"{k}=" for k in DEFAULT_KEYS[level.qr_level] if k not in keys]
-    specs += [f"{k.strip()}={'' if v is None else v}" for k, v in keys.items()]
+    wanted: dict[str, KeyValue] = {k: "" for k in DEFAULT_KEYS[level.qr_level] if k not in keys}
+    wanted.update({k.strip(): v for k, v in keys.items()})
     try:
-        with disable_value_validation(), warnings.catch_warnings():
-            warnings.simplefilter("error")
-            identifier = build_identifier(specs, level.qr_level)
-    except (InvalidKeySpec, ValueError, TypeError, UserWarning) as exc:
+        query = FindRequest.build(wanted, model="patient" if level.model == "PATIENT" else "study",
+                                  level=level.qr_level, strict=True)
+    except InvalidKeys as exc:
         raise HttpError(400, "invalid_keys", f"cannot build the query: {exc}") from None
-    sop_class = MODELS["patient" if level.model == "PATIENT" else "study"][0]
     try:
-        assoc = await _associate(context, node, [(sop_class, QR_SYNTAXES)])
-    except AssociationError as exc:
+        result = await _outbound(context).query(node, query, cancel_after=limit)
+    except NoAssociation as exc:
         raise HttpError(502, "association_failed", f"cannot query {node.label()}: {exc}") from None
-    try:
-        result = await find_all(assoc, sop_class, identifier, cancel_after=limit)
-    except (AssociationError, LookupError) as exc:
-        await _abort(assoc)
+    except AssociationLost as exc:
         raise HttpError(502, "association_failed", f"the query to {node.label()} broke off: {exc}") from None
-    await assoc.release()
     if result.status not in (0, 0xFE00):
         raise HttpError(502, "remote_refused", f"{node.label()} answered {describe(result.status, FIND)}"
                         + (f" ({result.error_comment})" if result.error_comment else ""))
@@ -248,43 +226,30 @@ def _fail(job: Job, uid: str, why: str) -> None:
         failures.append({"uid": uid, "reason": why})
 
 
-async def _send(context: AppContext, node: Node, found: list[StoredInstance], job: Job) -> str:
+async def _send(outbound: Outbound, node: Node, found: list[StoredInstance], job: Job) -> str:
     usable = [i for i in found if not i.problem]
     for instance in found:
         if instance.problem:
             _fail(job, instance.sop_instance_uid, instance.problem)
-    contexts = proposal(usable)
-    if len(contexts) > 128:
-        raise JobFailed(f"these instances need {len(contexts)} presentation contexts and one association allows "
-                        "128; send the series one by one")
+
+    def count(outcome: SendOutcome) -> None:
+        if outcome.ok:
+            job.done += 1
+        else:
+            _fail(job, outcome.instance.sop_instance_uid, outcome.reason)
+
     try:
-        assoc = await _associate(context, node, contexts)
-    except AssociationError as exc:
+        await outbound.send(node, usable, progress=count)
+    except TooManyContexts as exc:
+        raise JobFailed(f"these instances need {exc.needed} presentation contexts and one association allows "
+                        f"{MAX_CONTEXTS}; send the series one by one") from None
+    except NoAssociation as exc:
         job.failed = job.total
         raise JobFailed(f"cannot send to {node.label()}: {exc}") from None
-    try:
-        for instance in usable:
-            try:
-                status, text = await store_file(assoc, instance)
-            except (LookupError, TranscodeError) as exc:
-                _fail(job, instance.sop_instance_uid, str(exc))
-                continue
-            except OSError as exc:
-                _fail(job, instance.sop_instance_uid, f"cannot read its file: {exc.strerror or exc}")
-                continue
-            if is_success(status) or is_warning(status):
-                job.done += 1
-            else:
-                _fail(job, instance.sop_instance_uid, describe(status) + (f" ({text})" if text else ""))
-    except AssociationError as exc:
-        await _abort(assoc)
+    except AssociationLost as exc:
         job.failed = job.total - job.done
         raise JobFailed(f"the association with {node.label()} broke off after {job.done} instance(s): {exc}") \
             from None
-    except BaseException:
-        assoc.abort()
-        raise
-    await assoc.release()
     said = f"sent {job.done} of {job.total} instance(s) to {node.label()}"
     if job.failed and not job.done:
         raise JobFailed(said + "; every one failed (see failures)")
@@ -296,6 +261,7 @@ async def send(request: Request) -> Response:
     context = ctx(request)
     body = await _body(request)
     node = await _resolve(_registry(context), body.get("node"))
+    outbound = _outbound(context)
     level = _level(body.get("level"))
     values = _uids(body.get("uids"), level)
     joined = "\\".join(values)
@@ -304,7 +270,7 @@ async def send(request: Request) -> Response:
         raise NotFound(f"no stored instance matches {level.unique_key} {', '.join(values)[:200]}")
 
     async def work(job: Job) -> str:
-        return await _send(context, node, found, job)
+        return await _send(outbound, node, found, job)
 
     job = context.jobs.submit("send", f"send {len(found)} instance(s) to {node.label()}", work, total=len(found))
     job.details["node"] = node_json(node)
@@ -320,32 +286,14 @@ def _counted(job: Job, result: RetrieveResult) -> None:
     job.details.update(completed=result.completed, warning=result.warning)
 
 
-async def _retrieve(context: AppContext, node: Node, level: ApiLevel, method: str, identifier: bytes,
+async def _retrieve(outbound: Outbound, node: Node, method: Literal["move", "get"], query: RetrieveRequest,
                     job: Job) -> str:
-    kw: dict[str, Any] = {}
-    if method == "get":
-        receiver = StorageSCP(context.archive)  # the ONE ingest path, as for `minipacs get --into-archive`
-        contexts, roles = get_contexts(level.model)
-        kw = {"roles": roles, "handler": receiver.c_store, "sink_factory": receiver.sink_for}
-    else:
-        contexts = move_contexts(level.model)
     try:
-        assoc = await _associate(context, node, contexts, **kw)
-    except AssociationError as exc:
+        result = await outbound.retrieve(node, query, method=method, progress=lambda r: _counted(job, r))
+    except NoAssociation as exc:
         raise JobFailed(f"cannot retrieve from {node.label()}: {exc}") from None
-    try:
-        if method == "get":
-            result = await c_get(assoc, level.model, identifier, lambda r: _counted(job, r))
-        else:
-            result = await c_move(assoc, level.model, identifier, context.settings.ae_title,
-                                  lambda r: _counted(job, r))
-    except (AssociationError, LookupError) as exc:
-        await _abort(assoc)
+    except AssociationLost as exc:
         raise JobFailed(f"the retrieve from {node.label()} broke off: {exc}") from None
-    except BaseException:
-        assoc.abort()
-        raise
-    await assoc.release()
     _counted(job, result)
     job.details["failed_uids"] = result.failed_uids[:MAX_FAILURES_LISTED]
     said = f"C-{method.upper()} from {node.label()}: {job.done} received, {job.failed} failed"
@@ -354,7 +302,7 @@ async def _retrieve(context: AppContext, node: Node, level: ApiLevel, method: st
     meaning = describe(result.status, GET if method == "get" else MOVE)
     hint = ""
     if method == "move" and result.status == 0xA801:
-        hint = f"; {node.ae_title} must have us registered as {context.settings.ae_title!r} to move images to us"
+        hint = f"; {node.ae_title} must have us registered as {outbound.ae_title!r} to move images to us"
     raise JobFailed(f"{said}; it answered {meaning}"
                     + (f" ({result.error_comment})" if result.error_comment else "") + hint)
 
@@ -369,22 +317,25 @@ async def retrieve(request: Request) -> Response:
     """
     context = ctx(request)
     node = await _resolve(_registry(context), request.path_params["id"])
+    outbound = _outbound(context)
     body = await _body(request)
     level = _level(body.get("level"))
     values = _uids(body.get("uids"), level)
-    method = body.get("method", "move")
-    if method not in ("move", "get"):
+    asked = body.get("method", "move")
+    if asked not in ("move", "get"):
         raise HttpError(400, "invalid_method", "method must be \"move\" (C-MOVE to us) or \"get\" (C-GET)")
-    keys = [level.unique_key + "=" + "\\".join(values)]
+    method: Literal["move", "get"] = "get" if asked == "get" else "move"
+    keys: dict[str, KeyValue] = {}
     if body.get("study") is not None and level.qr_level == "SERIES":
-        keys.insert(0, "StudyInstanceUID=" + validate_uid("StudyInstanceUID", str(body["study"])))
+        keys["StudyInstanceUID"] = validate_uid("StudyInstanceUID", str(body["study"]))
+    keys[level.unique_key] = "\\".join(values)
     try:
-        identifier = parse_keys(level.qr_level, keys)
-    except KeySyntaxError as exc:  # pragma: no cover - the values were checked above
+        query = RetrieveRequest.build(keys, level=level.qr_level, model=level.model)
+    except InvalidKeys as exc:  # pragma: no cover - the values were checked above
         raise HttpError(400, "invalid_uids", str(exc)) from None
 
     async def work(job: Job) -> str:
-        return await _retrieve(context, node, level, method, identifier, job)
+        return await _retrieve(outbound, node, method, query, job)
 
     job = context.jobs.submit("retrieve", f"C-{method.upper()} {level.qr_level} {', '.join(values)[:120]} from "
                               f"{node.label()}", work)

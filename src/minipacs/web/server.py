@@ -15,6 +15,7 @@ from minipacs.core.archive import Archive
 from minipacs.core.jobs import JobManager
 from minipacs.core.metadata import MetadataStore
 from minipacs.core.nodes import NodeRegistry
+from minipacs.services.outbound import Outbound
 from minipacs.web.app import create_app
 from minipacs.web.auth import loopback_only
 from minipacs.web.types import AppContext
@@ -59,7 +60,8 @@ class HttpServer:
         await self.metadata.close()
 
 
-async def start_http(settings: Settings, archive: Archive, nodes: NodeRegistry | None) -> HttpServer:
+async def start_http(settings: Settings, archive: Archive, nodes: NodeRegistry | None,
+                     outbound: Outbound | None = None) -> HttpServer:
     """Start metadata precomputation and, unless http_port is 0, the HTTP server. A port already in
     use stops the start-up with a sentence, as for the DICOM port: a server that comes up half is
     worse than one that says why it cannot."""
@@ -68,7 +70,7 @@ async def start_http(settings: Settings, archive: Archive, nodes: NodeRegistry |
     metadata.attach()
     if not settings.http_port:
         return HttpServer(None, None, metadata)
-    context = AppContext(settings, archive, metadata, nodes)
+    context = AppContext(settings, archive, metadata, nodes, outbound=outbound)
     app = create_app(context)
     try:
         sock = socket.create_server((settings.http_host, settings.http_port), reuse_port=False)

@@ -9,6 +9,7 @@ from minipacs.core.archive import Archive
 from minipacs.core.jobs import JobManager
 from minipacs.core.metadata import MetadataStore
 from minipacs.core.nodes import NodeRegistry
+from minipacs.services.outbound import Outbound
 
 
 @dataclass
@@ -21,6 +22,9 @@ class AppContext:
     nodes: NodeRegistry | None = None
     #: Background transfers (send, retrieve) started over HTTP.
     jobs: JobManager = field(default_factory=JobManager)
+    #: Echo, query, send and retrieve to other nodes (services/outbound.py), built by bootstrap;
+    #: None: the /api/nodes/{id}/echo|query|retrieve and /api/send endpoints answer 503.
+    outbound: Outbound | None = None
 
 
 __all__ = ["AppContext"]

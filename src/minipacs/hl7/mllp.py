@@ -1,10 +1,10 @@
 """HL7 v2 orders over MLLP: the listener (HL7 MLLP Release 1, HL7 v2.5 Appendix C.4).
 
-Each message comes framed as <VT 0x0B> message <FS 0x1C><CR 0x0D>, is read in the
-character set its MSH-18 declares (core/hl7.py), and is answered
-with one framed ACK (core/hl7.py) after it has been applied through the Worklist
-API (core/hl7_orders.py). A bad message gets AE/AR with the reason in MSA-3 and
-changes nothing; the connection keeps serving. A frame larger than
+Each message comes framed as <VT 0x0B> message <FS 0x1C><CR 0x0D> and is answered with
+one framed ACK: the listener only frames, the message handler it is given does the rest
+(bootstrap gives hl7/orders.py ``OrderReceiver``: parse per MSH-18, apply to the worklist,
+ACK). A bad message gets AE/AR with the reason in MSA-3 and changes nothing; the
+connection keeps serving. A frame larger than
 ``hl7_max_message_bytes`` is NAKed and the connection closed (the rest of it is
 not read); a connection silent for ``idle_timeout`` seconds is closed.
 """
@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Final
 
-from minipacs.core.hl7 import ACCEPT, ERROR, REJECT, HL7Error, Message, build_ack, parse, parse_bytes
-from minipacs.core.hl7_orders import apply
-from minipacs.core.worklist import Worklist
+from minipacs.hl7.ack import build_ack
+from minipacs.hl7.errors import REJECT, HL7Error
 
 log = logging.getLogger("minipacs.hl7")
 
 START_BLOCK: Final = b"\x0b"
 END_BLOCK: Final = b"\x1c\x0d"
+
+#: One message's bytes (without the frame) -> the ACK's bytes; never raises for a bad message.
+MessageHandler = Callable[[bytes], Awaitable[bytes]]
 
 
 def frame(message: str | bytes) -> bytes:
@@ -30,52 +33,14 @@ def frame(message: str | bytes) -> bytes:
     return START_BLOCK + (message.encode("utf-8") if isinstance(message, str) else message) + END_BLOCK
 
 
-def _for_ack(data: bytes) -> Message | None:
-    """A message whose bytes could not be decoded, read as far as an ACK needs (MSH), or None."""
-    try:
-        return parse(data.decode("latin-1"))
-    except HL7Error:
-        return None
-
-
-async def handle(data: bytes, worklist: Worklist, application: str = "MINIPACS") -> bytes:
-    """One message's bytes -> the ACK's bytes, in the message's character set (MSH-18).
-
-    Never raises for a bad message.
-    """
-    message: Message | None = None
-    try:
-        message = parse_bytes(data)
-        text = await apply(message, worklist)
-    except HL7Error as exc:
-        if message is None and exc.location == "MSH-18":
-            message = _for_ack(data)
-        log.warning("HL7 message %s refused (%s): %s", message.control_id if message else "(unparsed)",
-                    exc.ack_code, exc.reason)
-        return _encoded(build_ack(message, exc.ack_code, exc.reason, error=exc, application=application), message)
-    except Exception as exc:  # an archive failure: the sender should retry later
-        log.exception("HL7 message %s could not be applied", message.control_id if message else "(unparsed)")
-        error = HL7Error(f"minipacs could not apply the order ({type(exc).__name__}: {exc}); retry later",
-                         ack_code=ERROR, error_code=207)
-        return _encoded(build_ack(message, ERROR, error.reason, error=error, application=application), message)
-    log.info("HL7 %s^%s %s accepted: %s", *message.message_type, message.control_id, text)
-    return _encoded(build_ack(message, ACCEPT, text, application=application), message)
-
-
-def _encoded(ack: str, message: Message | None) -> bytes:
-    """The ACK in the character set the original declared (what it cannot hold becomes '?'), else UTF-8."""
-    charset = message.charset if message is not None else None
-    declared = message is not None and bool(message.value(message.first("MSH"), 18))
-    return ack.encode(charset.codec if charset is not None and declared else "utf-8", errors="replace")
-
-
 class MLLPServer:
-    """The HL7 listener: one asyncio server, one task per connection."""
+    """The HL7 listener: one asyncio server, one task per connection; ``handler`` answers each message,
+    ``application`` (MSH-3) names us in the NAK of an oversized frame."""
 
-    def __init__(self, worklist: Worklist, *, host: str = "127.0.0.1", port: int = 2575,
+    def __init__(self, handler: MessageHandler, *, host: str = "127.0.0.1", port: int = 2575,
                  max_message_bytes: int = 1 << 20, idle_timeout: float = 300.0,
                  application: str = "MINIPACS") -> None:
-        self.worklist = worklist
+        self.handler = handler
         self.host = host
         self.port = port
         self.max_message_bytes = max_message_bytes
@@ -140,7 +105,7 @@ class MLLPServer:
                 data = bytes(buffer[1:end])
                 del buffer[: end + len(END_BLOCK)]
                 async with self._lock:
-                    ack = await handle(data, self.worklist, self.application)
+                    ack = await self.handler(data)
                 writer.write(frame(ack))
                 await writer.drain()
                 continue
@@ -162,4 +127,4 @@ class MLLPServer:
         await writer.drain()
 
 
-__all__ = ["END_BLOCK", "MLLPServer", "START_BLOCK", "frame", "handle"]
+__all__ = ["END_BLOCK", "START_BLOCK", "MLLPServer", "MessageHandler", "frame"]

@@ -1,4 +1,5 @@
-"""HL7 v2 parsing, escapes (HL7 v2.5 2.7), the ORM/OMG -> worklist mapping table and order control."""
+"""HL7 v2 orders: the ORM/OMG -> worklist mapping table, order control (HL7 Table 0119), and the core's
+refusals as HL7 acknowledgement codes: hl7/orders.py on core/orders.py."""
 
 from __future__ import annotations
 
@@ -14,53 +15,38 @@ from pydicom.dataset import Dataset
 from minipacs.config import Settings
 from minipacs.core.archive import Archive
 from minipacs.core.errors import ArchiveError
-from minipacs.core.hl7 import (
+from minipacs.core.orders import (
+    AmbiguousOrder,
+    DuplicateOrder,
+    InvalidOrder,
+    OrderChanged,
+    OrderControl,
+    OrderRefused,
+    UnknownOrder,
+)
+from minipacs.core.worklist import CANCELLED, Worklist
+from minipacs.hl7.errors import HL7Error
+from minipacs.hl7.message import (
     CHARSETS,
-    DEFAULT_ENCODING,
     Encoding,
-    HL7Error,
     Message,
-    build_ack,
     declared_charset,
-    escape,
     parse,
     parse_bytes,
-    unescape,
 )
-from minipacs.core.hl7_orders import FIELD_MAP, ORDER_CONTROL, apply, check_type, to_dataset
-from minipacs.core.worklist import CANCELLED, Worklist
+from minipacs.hl7.orders import (
+    FIELD_MAP,
+    ORDER_CONTROL,
+    REFUSALS,
+    apply,
+    check_type,
+    refusal,
+    to_dataset,
+)
+from tests.hl7.samples import NAME, OMG, orm, with_msh18
 
 T = TypeVar("T")
-
-
-def orm(control: str = "NW", accession: str = "ACC100", *, pid3: str = "PAT1^^^HOSP^MR",
-        name: str = "Doe^John^Q^Jr^Dr", obr4: str = "CTHEAD^CT Head w/o contrast^LOCAL",
-        modality: str = "CT", start: str = "202401050830", sep: str = "\r", extra: str = "",
-        msh2: str = "^~\\&", fs: str = "|") -> str:
-    """An ORM^O01 as an IHE RAD-4 Order Filler sends it (HL7 v2.3.1)."""
-    c, r = msh2[0], msh2[1]
-    segments = [
-        f"MSH{fs}{msh2}{fs}RIS{fs}HOSP{fs}MINIPACS{fs}RAD{fs}20240104120000{fs}{fs}ORM{c}O01{fs}CTL{accession}{fs}P"
-        f"{fs}2.3.1",
-        f"PID{fs}1{fs}{fs}{pid3}{fs}{fs}{name}{fs}{fs}19700101{fs}M",
-        f"PV1{fs}1{fs}O{fs}{fs}{fs}{fs}{fs}{fs}123{c}Who{c}Doctor",
-        f"ORC{fs}{control}{fs}PL{accession}{fs}FL{accession}{fs}{fs}SC",
-        f"OBR{fs}1{fs}PL{accession}{fs}FL{accession}{fs}{obr4}{fs}{fs}{fs}{fs}{fs}{fs}{fs}{fs}{fs}{fs}{fs}{fs}"
-        f"77{c}House{c}Gregory{fs}{fs}{accession}{fs}RP{accession}{fs}SPS{accession}{fs}{fs}{fs}{fs}{modality}"
-        f"{fs}{fs}{fs}{c}{c}{c}{start}{c}{c}R",
-        f"ZDS{fs}1.2.826.0.1.3680043.10.9.{len(accession)}{accession.encode().hex()[:8]}{c}RIS{c}Application{c}DICOM",
-    ]
-    if extra:
-        segments.append(extra)
-    return sep.join(segments) + sep
-
-
-OMG = ("MSH|^~\\&|RIS|HOSP|MINIPACS|RAD|20240104120000||OMG^O19^OMG_O19|CTL9|P|2.5.1\r"
-       "PID|1||PAT9^^^HOSP||Müller^Jürgen||19800229|F\r"
-       "ORC|NW|PL9|FL9\r"
-       "TQ1|||||||20240210101500\r"
-       "OBR|1|PL9|FL9|USABD^US Abdomen^LOCAL\r"
-       "IPC|ACC9|RP9|1.2.826.0.1.3680043.10.9.909|SPS9|US||||US01\r")
+_msh18 = with_msh18
 
 
 def run(tmp: Path, body: Callable[[Worklist], Awaitable[T]]) -> T:
@@ -80,54 +66,12 @@ def mapped(text: str) -> Dataset:
 
 def mapped_message(message: Message) -> Dataset:
     check_type(message)
-    from minipacs.core.hl7_orders import _groups
+    from minipacs.hl7.orders import _groups
     patient, groups = _groups(message)
     return to_dataset(message, patient, groups[0])
 
 
-# ------------------------------------------------------------------ escapes and parsing
-
-ESCAPES = [  # HL7 v2.5 2.7.1 .. 2.7.4
-    ("a\\F\\b", "a|b"),
-    ("a\\S\\b", "a^b"),
-    ("a\\T\\b", "a&b"),
-    ("a\\R\\b", "a~b"),
-    ("a\\E\\b", "a\\b"),
-    ("\\X4D\\\\X75\\ller", "Muller"),
-    ("M\\XC3BC\\ller", "Müller"),
-    ("M\\XFC\\ller", "Müller"),  # not UTF-8: Latin-1
-    ("line\\.br\\two", "line\ntwo"),
-    ("\\H\\bold\\N\\", "\\H\\bold\\N\\"),  # formatting kept as sent
-    ("lone \\ escape", "lone \\ escape"),
-]
-
-
-@pytest.mark.parametrize(("raw", "text"), ESCAPES)
-def test_unescape(raw: str, text: str) -> None:
-    assert unescape(raw) == text
-
-
-def test_escape_round_trips_delimiters() -> None:
-    text = "a|b^c&d~e\\f"
-    assert escape(text) == "a\\F\\b\\S\\c\\T\\d\\R\\e\\E\\f"
-    assert unescape(escape(text)) == text
-    enc = Encoding("#", "!", "$", "?", "%")
-    assert unescape(escape(text + "#!$?%", enc), enc) == text + "#!$?%"
-
-
-@pytest.mark.parametrize("sep", ["\r", "\n", "\r\n"])
-def test_segment_terminators_cr_lf_crlf(sep: str) -> None:
-    message = parse(orm(sep=sep))
-    assert [s.name for s in message.segments] == ["MSH", "PID", "PV1", "ORC", "OBR", "ZDS"]
-    assert message.message_type == ("ORM", "O01") and message.control_id == "CTLACC100"
-
-
-def test_msh_fields_are_numbered_from_msh1() -> None:
-    message = parse(orm())
-    msh = message.first("MSH")
-    assert message.value(msh, 1) == "|" and message.value(msh, 2) == "^~\\&"
-    assert message.value(msh, 3) == "RIS" and message.value(msh, 12) == "2.3.1"
-
+# ------------------------------------------------------------------ the mapping table
 
 def test_other_encoding_characters_from_msh2() -> None:
     text = orm(msh2="!@#$", fs="%", name="Doe!John", pid3="PAT1!!!HOSP", obr4="CTHEAD!CT Head!LOCAL")
@@ -138,51 +82,6 @@ def test_other_encoding_characters_from_msh2() -> None:
     assert ds.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate == "20240105"
 
 
-def test_repetitions_components_and_null() -> None:
-    message = parse("MSH|^~\\&|A|B|C|D|||ORM^O01|1|P|2.5\rPID|||ID1^^^H1~ID2^^^H2||\"\"\r")
-    pid = message.first("PID")
-    assert message.value(pid, 3) == "ID1" and message.value(pid, 3, 4, repetition=1) == "H2"
-    assert message.value(pid, 5) == "" and message.value(pid, 40) == ""
-
-
-BROKEN = [  # (text, MSA code, words in the reason)
-    ("", "AR", "empty"),
-    ("PID|||1\r", "AR", "MSH"),
-    ("\x00\x01garbage\xff", "AR", "MSH"),
-    ("MSH|ab|x\r", "AR", "encoding characters"),
-    ("MSH|^~\\&|A|B|C|D|||ORM^O01|1|P|2.5\rthis is not a segment\r", "AR", "not an HL7 segment"),
-    ("MSH|^~\\&|A|B|C|D|||ORM^O01|1|P|2.5\rMSH|^~\\&|A\r", "AR", "second MSH"),
-]
-
-
-@pytest.mark.parametrize(("text", "code", "words"), BROKEN)
-def test_unparseable_messages_are_rejected_with_a_reason(text: str, code: str, words: str) -> None:
-    with pytest.raises(HL7Error, match=words) as info:
-        parse(text)
-    assert info.value.ack_code == code
-
-
-def test_ack_answers_the_message() -> None:
-    message = parse(orm())
-    ack = parse(build_ack(message, "AA", "order ACC100 scheduled"))
-    msh, msa = ack.first("MSH"), ack.first("MSA")
-    assert ack.message_type == ("ACK", "O01")
-    assert ack.value(msh, 5) == "RIS" and ack.value(msh, 6) == "HOSP" and ack.value(msh, 3) == "MINIPACS"
-    assert ack.value(msa, 1) == "AA" and ack.value(msa, 2) == "CTLACC100"
-    assert ack.value(msa, 3) == "order ACC100 scheduled" and ack.first("ERR") is None
-
-
-def test_nak_carries_reason_and_err_segment_even_unparsed() -> None:
-    error = HL7Error("PID-3 is empty | really", location="PID-3", error_code=101)
-    ack = parse(build_ack(None, "AE", error.reason, error=error))
-    assert ack.value(ack.first("MSA"), 3) == "PID-3 is empty | really"
-    err = ack.first("ERR")
-    assert ack.value(err, 2, 1) == "PID" and ack.value(err, 2, 3) == "3"
-    assert ack.value(err, 3, 1) == "101" and ack.value(err, 4) == "E"
-    assert ack.encoding == DEFAULT_ENCODING
-
-
-# ------------------------------------------------------------------ the mapping table
 
 EXPECTED_ORM = {  # FIELD_MAP row -> value from orm(): one row per mapped field
     "PatientID": "PAT1", "IssuerOfPatientID": "HOSP", "PatientName": "Doe^John^Q^Dr^Jr",
@@ -272,6 +171,8 @@ def test_missing_pid_and_orc() -> None:
 
 def test_order_control_table_rows() -> None:
     assert set(ORDER_CONTROL) == {"NW", "CA", "DC", "OC", "XO"}
+    assert [ORDER_CONTROL[c] for c in ("NW", "CA", "DC", "OC", "XO")] == [
+        OrderControl.NEW, OrderControl.CANCEL, OrderControl.CANCEL, OrderControl.CANCEL, OrderControl.CHANGE]
 
 
 def test_nw_then_duplicate_nw_then_xo_then_ca(tmp_path: Path) -> None:
@@ -434,16 +335,6 @@ def test_xo_picks_the_requested_procedure_among_entries_of_one_accession(tmp_pat
 
 # ------------------------------------------------------------------ MSH-18 character sets (HL7 Table 0211)
 
-NAME = "Müller^Jürgen"
-
-
-def _msh18(text: str, charset: str) -> str:
-    msh, rest = text.split("\r", 1)
-    fields = msh.split("|")
-    fields += [""] * (17 - len(fields)) + [charset]  # fields[n - 1] is MSH-n
-    return "|".join(fields[:18]) + "\r" + rest
-
-
 @pytest.mark.parametrize("code", sorted(CHARSETS))
 def test_msh18_table_row_decodes_and_maps_to_specific_character_set(code: str) -> None:
     charset = CHARSETS[code]
@@ -458,20 +349,6 @@ def test_msh18_table_row_decodes_and_maps_to_specific_character_set(code: str) -
     if charset.dicom:  # pydicom knows the term and writes the name in it
         encoded = ds.PatientName.encode(convert_encodings([charset.dicom]))
         assert encoded.decode(python_encoding[charset.dicom]) == f"D{letter}e^John"
-
-
-@pytest.mark.parametrize(("msh18", "payload", "code", "words"), [
-    ("UNICODE UTF-16", NAME.encode("latin-1"), 103, "not supported"),
-    ("BIG-5", NAME.encode("latin-1"), 103, "not supported"),
-    ("UNICODE UTF-8", NAME.encode("latin-1"), 102, "byte 0xFC at offset"),
-    ("ASCII", NAME.encode("utf-8"), 102, "not valid ASCII"),
-])
-def test_msh18_unsupported_or_not_matching_the_bytes_is_rejected(msh18: str, payload: bytes, code: int,
-                                                                words: str) -> None:
-    data = _msh18(orm(name="@NAME@"), msh18).encode("ascii").replace(b"@NAME@", payload)
-    with pytest.raises(HL7Error, match=words) as info:
-        parse_bytes(data)
-    assert (info.value.ack_code, info.value.error_code, info.value.location) == ("AR", code, "MSH-18")
 
 
 @pytest.mark.parametrize(("msh18", "encoding", "dicom"), [
@@ -491,8 +368,30 @@ def test_hex_escape_outside_the_declared_charset_falls_back_to_utf8() -> None:
     assert str(ds.PatientName) == "Ob\u2013rien^M" and ds.SpecificCharacterSet == "ISO_IR 192"
 
 
-def test_ack_repeats_msh18() -> None:
-    ack = parse(build_ack(parse(_msh18(orm(), "8859/1")), "AA", "ok"))
-    assert ack.value(ack.first("MSH"), 18) == "8859/1" and ack.value(ack.first("MSA"), 1) == "AA"
-    plain = parse(build_ack(parse(orm()), "AA", "ok"))
-    assert plain.value(plain.first("MSH"), 18) == ""
+# ------------------------------------------------------------------ core refusals -> HL7 acknowledgement codes
+
+REFUSAL_ROWS = [  # (core refusal, control, keyword) -> (MSA-1, ERR-3, ERR-2, end of MSA-3)
+    (InvalidOrder, OrderControl.NEW, "AccessionNumber", ("AE", 101, "OBR-18", "why (OBR-18 / IPC-1)")),
+    (InvalidOrder, OrderControl.CHANGE, "", ("AE", 101, "", "why")),
+    (DuplicateOrder, OrderControl.NEW, "AccessionNumber",
+     ("AE", 205, "OBR-18", "why; send XO to change it or CA to cancel it")),
+    (AmbiguousOrder, OrderControl.CHANGE, "RequestedProcedureID",
+     ("AE", 205, "OBR-19", "why; OBR-19 Requested Procedure ID says which")),
+    (UnknownOrder, OrderControl.CHANGE, "AccessionNumber", ("AE", 204, "OBR-18", "why; send NW for a new order")),
+    (UnknownOrder, OrderControl.CANCEL, "AccessionNumber", ("AE", 204, "OBR-18", "why")),
+    (OrderChanged, OrderControl.CHANGE, "", ("AE", 204, "ORC-1", "why")),
+]
+
+
+@pytest.mark.parametrize(("kind", "control", "keyword", "expected"), REFUSAL_ROWS)
+def test_refusal_table_row(kind: type[OrderRefused], control: OrderControl, keyword: str,
+                           expected: tuple[str, int, str, str]) -> None:
+    error = refusal(kind("why", control=control, keyword=keyword))
+    assert (error.ack_code, error.error_code, error.location, error.reason) == expected
+
+
+def test_every_core_refusal_has_an_acknowledgement() -> None:
+    import minipacs.core.orders as core_orders
+
+    kinds = {v for v in vars(core_orders).values() if isinstance(v, type) and issubclass(v, OrderRefused)}
+    assert set(REFUSALS) == kinds - {OrderRefused} == {row[0] for row in REFUSAL_ROWS}

@@ -1,32 +1,42 @@
-"""HL7 v2 orders -> Modality Worklist entries (IHE RAD TF-2 RAD-4 / RAD-13, Appendix B).
+"""HL7 v2 orders -> core orders on the Modality Worklist (IHE RAD TF-2 RAD-4 / RAD-13, Appendix B).
 
 ORM^O01 (HL7 v2.3.1) and OMG^O19 (v2.5.1) orders are read through ONE mapping
 table (``FIELD_MAP``: HL7 field -> DICOM keyword, after IHE RAD TF-2 Table B-1)
-and applied through the Worklist API by ORC-1 Order Control (``ORDER_CONTROL``,
-HL7 Table 0119). Every order group of the message is checked before anything is
-written, so a refused message changes nothing. Raises HL7Error; never speaks MLLP.
+into core orders (core/orders.py), by ORC-1 Order Control (``ORDER_CONTROL``, HL7
+Table 0119). Every order group of the message is mapped, and the core checks every
+order, before anything is written, so a refused message changes nothing. The core's
+refusals become HL7 acknowledgement codes here (``REFUSALS``); :func:`handle` turns
+one message's bytes into its ACK's bytes. Never speaks MLLP (hl7/mllp.py does).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
 from pydicom.dataset import Dataset
 
-from minipacs.core.hl7 import REJECT, HL7Error, Message, Segment
-from minipacs.core.worklist import (
-    CANCELLED,
-    OPEN_STATES,
-    InvalidWorklistEntry,
-    Worklist,
-    WorklistEntry,
-    WorklistEntryChanged,
-    validated,
+from minipacs.core.orders import (
+    AmbiguousOrder,
+    DuplicateOrder,
+    InvalidOrder,
+    Order,
+    OrderChanged,
+    OrderControl,
+    OrderRefused,
+    UnknownOrder,
+    apply_orders,
 )
+from minipacs.core.worklist import Worklist
+from minipacs.hl7.ack import build_ack, encode_ack
+from minipacs.hl7.errors import ACCEPT, ERROR, REJECT, HL7Error
+from minipacs.hl7.message import Message, Segment, parse, parse_bytes
+
+log = logging.getLogger("minipacs.hl7")
 
 #: Message types taken (MSH-9.1, MSH-9.2).
 ORDER_MESSAGES: Final = frozenset({("ORM", "O01"), ("OMG", "O19")})
@@ -185,7 +195,7 @@ def to_dataset(message: Message, patient: dict[str, Segment], group: OrderGroup)
 
 def _specific_character_set(message: Message, values: list[str]) -> str:
     """(0008,0005) of the entry: none for ASCII values, else the DICOM term of the message's
-    character set (MSH-18, core/hl7.py CHARSETS) when it holds every value, else ISO_IR 192."""
+    character set (MSH-18, hl7/message.py CHARSETS) when it holds every value, else ISO_IR 192."""
     if all(v.isascii() for v in values):
         return ""
     charset = message.charset
@@ -214,112 +224,55 @@ def _set_all(ds: Dataset, values: dict[str, str]) -> None:
 
 # ------------------------------------------------------------------ order control
 
-Action = Callable[[Worklist], Awaitable[str]]
-
-
-def _order_key(ds: Dataset) -> str:
-    return str(ds.get("AccessionNumber", "") or ds.get("PlacerOrderNumberImagingServiceRequest", "") or "")
-
-
-async def _existing(worklist: Worklist, ds: Dataset) -> list[WorklistEntry]:
-    """Open entries of the same order: by accession number, else by placer / filler order number."""
-    accession = str(ds.get("AccessionNumber", "") or "")
-    if accession:
-        entries = await worklist.by_accession(accession)
-    else:
-        keys = [(k, str(ds.get(k, "") or "")) for k in ("PlacerOrderNumberImagingServiceRequest",
-                                                        "FillerOrderNumberImagingServiceRequest")]
-        keys = [(k, v) for k, v in keys if v]
-        if not keys:
-            raise HL7Error("the order has neither an accession number (OBR-18 / IPC-1) nor placer/filler "
-                           "order numbers (ORC-2 / ORC-3) to find it by", error_code=101, location="OBR-18")
-        entries = [e for e in await worklist.list() if any(str(e.dataset.get(k, "") or "") == v for k, v in keys)]
-    return [e for e in entries if e.status in OPEN_STATES]
-
-
-def _checked(ds: Dataset) -> Dataset:
-    try:
-        return validated(ds)
-    except InvalidWorklistEntry as exc:
-        raise HL7Error(str(exc), error_code=101) from exc
-
-
-async def _new(worklist: Worklist, ds: Dataset) -> Action:
-    """NW: a new order -> a new SCHEDULED entry; an open order with the same number is a duplicate."""
-    ds = _checked(ds)
-    duplicates = await _existing(worklist, ds) if _order_key(ds) else []
-    if duplicates:
-        raise HL7Error(f"order {_order_key(ds)} is already on the worklist; send XO to change it or CA to "
-                       "cancel it", error_code=205, location="OBR-18")
-
-    async def run(wl: Worklist) -> str:
-        entry = await wl.add(ds)
-        return f"order {_order_key(ds) or entry.id} scheduled as worklist entry {entry.id}"
-
-    return run
-
-
-async def _cancel(worklist: Worklist, ds: Dataset) -> Action:
-    """CA / DC / OC: the open entries of the order become CANCELLED (they leave the modality's list)."""
-    entries = await _existing(worklist, ds)
-    if not entries:
-        raise HL7Error(f"no open worklist entry for order {_order_key(ds) or '(no number)'} to cancel",
-                       error_code=204, location="OBR-18")
-
-    async def run(wl: Worklist) -> str:
-        for entry in entries:
-            await wl.set_status(entry.id, CANCELLED)
-        return f"order {_order_key(ds)} cancelled ({len(entries)} worklist entr{'y' if len(entries) == 1 else 'ies'})"
-
-    return run
-
-
-async def _change(worklist: Worklist, ds: Dataset) -> Action:
-    """XO: the order's open entry gets the changed order, in place (one writer transaction: its id,
-    status and MPPS link stay; Study Instance UID kept when not sent).
-
-    An XO for an order that is not open on the worklist is refused (AE, 204 Unknown key):
-    HL7 Table 0119 XO changes an existing order, and taking it as new would resurrect
-    a cancelled order or schedule one from a partial change. Several open entries with
-    the order's number are told apart by the Requested Procedure ID (OBR-19 / IPC-2).
-    """
-    entries = await _existing(worklist, ds)
-    if not entries:
-        raise HL7Error(f"no open worklist entry for order {_order_key(ds) or '(no number)'} to change; "
-                       "send NW for a new order", error_code=204, location="OBR-18")
-    procedure = str(ds.get("RequestedProcedureID", "") or "")
-    if len(entries) > 1 and procedure:
-        entries = [e for e in entries if str(e.dataset.get("RequestedProcedureID", "") or "") == procedure] or entries
-    if len(entries) > 1:
-        raise HL7Error(f"order {_order_key(ds)} has {len(entries)} open worklist entries "
-                       f"({', '.join(str(e.id) for e in entries)}) and the XO does not say which one it changes "
-                       "(OBR-19 Requested Procedure ID)", error_code=205, location="OBR-19")
-    target = entries[0]
-    if not str(ds.get("StudyInstanceUID", "") or ""):
-        ds.StudyInstanceUID = str(target.dataset.get("StudyInstanceUID", "") or "")
-    ds = _checked(ds)
-
-    async def run(wl: Worklist) -> str:
-        try:
-            await wl.update(target.id, ds, states=OPEN_STATES)
-        except WorklistEntryChanged as exc:
-            raise HL7Error(f"order {_order_key(ds)} was not changed: {exc}", error_code=204,
-                           location="ORC-1") from exc
-        return f"order {_order_key(ds)} changed (worklist entry {target.id})"
-
-    return run
-
-
-Planner = Callable[[Worklist, Dataset], Awaitable[Action]]
-
-# HL7 Table 0119 Order Control codes an order receiver acts on
-ORDER_CONTROL: Final[dict[str, Planner]] = {
-    "NW": _new,      # new order
-    "CA": _cancel,   # cancel order request
-    "DC": _cancel,   # discontinue order request
-    "OC": _cancel,   # order cancelled (by the filler)
-    "XO": _change,   # change order request
+# HL7 Table 0119 Order Control codes an order receiver acts on -> what the core does
+ORDER_CONTROL: Final[Mapping[str, OrderControl]] = {
+    "NW": OrderControl.NEW,     # new order
+    "CA": OrderControl.CANCEL,  # cancel order request
+    "DC": OrderControl.CANCEL,  # discontinue order request
+    "OC": OrderControl.CANCEL,  # order cancelled (by the filler)
+    "XO": OrderControl.CHANGE,  # change order request
 }
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """How a core refusal is acknowledged: MSA-1 (Table 0008), ERR-3 (Table 0357), ERR-2 (None: the
+    HL7 field FIELD_MAP reads the refusal's DICOM keyword from), and what the sender can do next
+    (by the order's control, in Table 0119 words)."""
+
+    ack_code: str
+    error_code: int
+    location: str | None = None
+    hints: Mapping[OrderControl, str] = field(default_factory=dict)
+
+
+# core/orders.py refusals -> HL7 acknowledgement (HL7 v2.5 2.9.2; AE, not AR: the message itself is one we take)
+REFUSALS: Final[Mapping[type[OrderRefused], Refusal]] = {
+    InvalidOrder: Refusal(ERROR, 101),
+    DuplicateOrder: Refusal(ERROR, 205, hints={OrderControl.NEW: "send XO to change it or CA to cancel it"}),
+    AmbiguousOrder: Refusal(ERROR, 205, hints={OrderControl.CHANGE: "OBR-19 Requested Procedure ID says which"}),
+    UnknownOrder: Refusal(ERROR, 204, hints={OrderControl.CHANGE: "send NW for a new order"}),
+    OrderChanged: Refusal(ERROR, 204, location="ORC-1"),
+}
+
+
+def fields_of(keyword: str) -> list[str]:
+    """The HL7 fields FIELD_MAP reads ``keyword`` from, like ``['OBR-18', 'IPC-1']``."""
+    return [source.partition(".")[0] for row in FIELD_MAP if row.keyword == keyword for source in row.sources]
+
+
+def refusal(exc: OrderRefused) -> HL7Error:
+    """The HL7 error acknowledging a core refusal (``REFUSALS``, most specific class first)."""
+    row = next(REFUSALS[cls] for cls in type(exc).__mro__ if cls in REFUSALS)
+    fields = fields_of(exc.keyword)
+    reason = exc.reason
+    if isinstance(exc, InvalidOrder) and fields:
+        reason += f" ({' / '.join(fields)})"
+    hint = row.hints.get(exc.control)
+    if hint:
+        reason += f"; {hint}"
+    location = row.location if row.location is not None else (fields[0] if fields else "")
+    return HL7Error(reason, ack_code=row.ack_code, error_code=row.error_code, location=location)
 
 
 def check_type(message: Message) -> None:
@@ -335,28 +288,86 @@ def check_type(message: Message) -> None:
                    ack_code=REJECT, error_code=200, location="MSH-9")
 
 
-async def apply(message: Message, worklist: Worklist) -> str:
-    """Apply every order of ``message`` to the worklist; the text for MSA-3, or HL7Error.
-
-    All groups are mapped and checked first; only then is anything written.
-    """
+def read_orders(message: Message) -> list[Order]:
+    """Every order group of ``message`` -> a core order; raises HL7Error (nothing is applied yet)."""
     check_type(message)
     patient, groups = _groups(message)
     if "PID" not in patient:
         raise HL7Error("the message has no PID segment (patient identification)", error_code=100, location="PID")
     if not groups:
         raise HL7Error("the message has no ORC segment (common order)", error_code=100, location="ORC")
-    plans: list[Action] = []
+    orders: list[Order] = []
     for group in groups:
         if group.get("OBR") is None:
             raise HL7Error("an ORC segment without its OBR (observation request)", error_code=100, location="OBR")
-        control = message.value(group.get("ORC"), 1).upper()
-        planner = ORDER_CONTROL.get(control)
-        if planner is None:
-            raise HL7Error(f"ORC-1 order control {control or '(empty)'!r} is not supported; minipacs takes "
+        code = message.value(group.get("ORC"), 1).upper()
+        control = ORDER_CONTROL.get(code)
+        if control is None:
+            raise HL7Error(f"ORC-1 order control {code or '(empty)'!r} is not supported; minipacs takes "
                            f"{', '.join(ORDER_CONTROL)}", error_code=103, location="ORC-1")
-        plans.append(await planner(worklist, to_dataset(message, patient, group)))
-    return "; ".join([await plan(worklist) for plan in plans])
+        orders.append(Order(control, to_dataset(message, patient, group)))
+    return orders
 
 
-__all__ = ["FIELD_MAP", "ORDER_CONTROL", "ORDER_MESSAGES", "FieldMap", "apply", "check_type", "to_dataset"]
+async def apply(message: Message, worklist: Worklist) -> str:
+    """Apply every order of ``message`` to the worklist; the text for MSA-3, or HL7Error.
+
+    All groups are mapped and checked first; only then is anything written. A failure of
+    the archive itself (not a refusal) propagates as it is.
+    """
+    orders = read_orders(message)
+    try:
+        return await apply_orders(worklist, orders)
+    except OrderRefused as exc:
+        raise refusal(exc) from exc
+
+
+def _for_ack(data: bytes) -> Message | None:
+    """A message whose bytes could not be decoded, read as far as an ACK needs (MSH), or None."""
+    try:
+        return parse(data.decode("latin-1"))
+    except HL7Error:
+        return None
+
+
+async def handle(data: bytes, worklist: Worklist, application: str = "MINIPACS") -> bytes:
+    """One message's bytes -> the ACK's bytes, in the message's character set (MSH-18).
+
+    Never raises for a bad message: a refusal is AE/AR with the reason; a failure of the
+    archive is AE 207 (the sender should retry later).
+    """
+    message: Message | None = None
+    try:
+        message = parse_bytes(data)
+        text = await apply(message, worklist)
+    except HL7Error as exc:
+        if message is None and exc.location == "MSH-18":
+            message = _for_ack(data)
+        log.warning("HL7 message %s refused (%s): %s", message.control_id if message else "(unparsed)",
+                    exc.ack_code, exc.reason)
+        return encode_ack(build_ack(message, exc.ack_code, exc.reason, error=exc, application=application), message)
+    except Exception as exc:  # an archive failure: the sender should retry later
+        log.exception("HL7 message %s could not be applied", message.control_id if message else "(unparsed)")
+        error = HL7Error(f"minipacs could not apply the order ({type(exc).__name__}: {exc}); retry later",
+                         ack_code=ERROR, error_code=207)
+        return encode_ack(build_ack(message, ERROR, error.reason, error=error, application=application), message)
+    log.info("HL7 %s^%s %s accepted: %s", *message.message_type, message.control_id, text)
+    return encode_ack(build_ack(message, ACCEPT, text, application=application), message)
+
+
+class OrderReceiver:
+    """The message handler of the MLLP listener (hl7/mllp.py): orders applied to ``worklist``,
+    ACKs sent as ``application`` (MSH-3)."""
+
+    def __init__(self, worklist: Worklist, application: str = "MINIPACS") -> None:
+        self.worklist = worklist
+        self.application = application
+
+    async def __call__(self, data: bytes) -> bytes:
+        return await handle(data, self.worklist, self.application)
+
+
+__all__ = [
+    "FIELD_MAP", "ORDER_CONTROL", "ORDER_MESSAGES", "REFUSALS", "FieldMap", "OrderReceiver", "Refusal", "apply",
+    "check_type", "handle", "read_orders", "refusal", "to_dataset",
+]

@@ -1,58 +1,21 @@
-"""HL7 v2 messages: parsing, escapes, and acknowledgements (HL7 v2.5 chapter 2).
+"""HL7 v2 messages: parsing, escapes and MSH-18 character sets (HL7 v2.5 chapter 2).
 
 A small parser of the encoding rules of HL7 v2.5 section 2.5 / 2.7: the bytes are read
 in the character set of MSH-18 (Table 0211, ``CHARSETS``); segments end
 with CR (LF and CRLF are accepted too), fields are split by MSH-1, repetitions,
 components and subcomponents by the encoding characters of MSH-2, and the escape
 sequences of section 2.7 (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh..\\ \\.br\\) are undone
-on the way in and applied on the way out. The core never speaks MLLP
-(services/hl7_mllp.py frames the bytes); orders become worklist entries in
-core/hl7_orders.py.
+on the way in and applied on the way out. MLLP frames the bytes (hl7/mllp.py), ACKs are
+built in hl7/ack.py, and orders become worklist entries through hl7/orders.py.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Final
 
-from minipacs.core.errors import ArchiveError
-
-#: MSA-1 acknowledgment codes (HL7 v2.5 Table 0008, original acknowledgment mode).
-ACCEPT: Final = "AA"
-ERROR: Final = "AE"
-REJECT: Final = "AR"
-
-#: ERR-3 error codes (HL7 v2.5 Table 0357), the ones an order receiver uses.
-ERROR_CODES: Final[dict[int, str]] = {
-    0: "Message accepted",
-    100: "Segment sequence error",
-    101: "Required field missing",
-    102: "Data type error",
-    103: "Table value not found",
-    200: "Unsupported message type",
-    201: "Unsupported event code",
-    203: "Unsupported version id",
-    204: "Unknown key identifier",
-    205: "Duplicate key identifier",
-    207: "Application internal error",
-}
-
-
-class HL7Error(ArchiveError, ValueError):
-    """A message that cannot be parsed or applied; the text says why, for MSA-3 / ERR-8.
-
-    ``ack_code`` is AR (rejected: not a message we take) or AE (error in its content);
-    ``error_code`` an HL7 Table 0357 code; ``location`` like ``PID-3``.
-    """
-
-    def __init__(self, reason: str, *, ack_code: str = ERROR, error_code: int = 207, location: str = "") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.ack_code = ack_code
-        self.error_code = error_code
-        self.location = location
+from minipacs.hl7.errors import REJECT, HL7Error
 
 
 @dataclass(frozen=True)
@@ -222,7 +185,7 @@ class Message:
         return self.value(msh, 9, 1).upper(), self.value(msh, 9, 2).upper()
 
 
-_SEGMENT_ID = re.compile(r"^[A-Z][A-Z0-9]{2}$")
+SEGMENT_ID = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 
 
 def parse(text: str) -> Message:
@@ -252,7 +215,7 @@ def parse(text: str) -> Message:
         if not line.strip():
             continue
         name = line[:3]
-        if not _SEGMENT_ID.match(name) or (len(line) > 3 and line[3] != sep):
+        if not SEGMENT_ID.match(name) or (len(line) > 3 and line[3] != sep):
             raise HL7Error(f"segment {len(segments) + 1} ({line[:20]!r}) is not an HL7 segment "
                            f"(three-letter ID followed by {sep!r})", ack_code=REJECT, error_code=100,
                            location=f"segment {len(segments) + 1}")
@@ -314,63 +277,16 @@ def parse_bytes(data: bytes) -> Message:
     return replace(parse(text), charset=charset)
 
 
-def hl7_timestamp(when: datetime | None = None) -> str:
-    return (when or datetime.now(UTC)).strftime("%Y%m%d%H%M%S")
-
-
-def build_ack(message: Message | None, code: str, text: str = "", *, error: HL7Error | None = None,
-              application: str = "MINIPACS", control_id: str = "") -> str:
-    """The ACK (HL7 v2.5 2.14.1 / 2.15.8 MSA / 2.15.5 ERR) answering ``message``.
-
-    Sending and receiving application/facility are the original's swapped; MSA-2 is
-    its control ID; MSA-3 the reason a person reads; with an error an ERR segment
-    (ERR-2 location, ERR-3 Table 0357 code, ERR-4 severity E, ERR-8 the reason).
-    MSH-18 repeats the original's when it declared one (send the ACK in that charset).
-    ``message`` may be None when the original could not be parsed.
-    """
-    enc = message.encoding if message is not None else DEFAULT_ENCODING
-    msh = message.first("MSH") if message is not None else None
-    def raw(segment: Segment | None, field: int) -> str:
-        return message.raw(segment, field) if message is not None else ""
-
-    event = message.message_type[1] if message is not None else ""
-    version = (message.value(msh, 12) if message is not None else "") or "2.5"
-    s = enc.field
-    header = [
-        "MSH", enc.msh2, escape(application, enc), "", raw(msh, 3), raw(msh, 4), hl7_timestamp(), "",
-        f"ACK{enc.component}{event}{enc.component}ACK" if event else "ACK",
-        escape(control_id or f"ACK{hl7_timestamp()}", enc), raw(msh, 11) or "P", version,
-    ]
-    if raw(msh, 18):
-        header += ["", "", "", "", "", raw(msh, 18)]
-    msa = ["MSA", code, escape(message.control_id if message is not None else "", enc), escape(text, enc)]
-    segments = [s.join(header), s.join(msa)]
-    if error is not None:
-        c = enc.component
-        seg, _, field = error.location.partition("-")
-        where = f"{seg}{c}1{c}{field}" if field.isdigit() and _SEGMENT_ID.match(seg) else escape(error.location, enc)
-        err = ["ERR", "", where,
-               f"{error.error_code}{c}{escape(ERROR_CODES.get(error.error_code, 'Error'), enc)}{c}HL70357",
-               "E", "", "", "", escape(error.reason, enc)]
-        segments.append(s.join(err))
-    return "\r".join(segments) + "\r"
-
-
 __all__ = [
-    "ACCEPT",
     "CHARSETS",
-    "Charset",
     "DEFAULT_ENCODING",
-    "ERROR",
-    "ERROR_CODES",
+    "SEGMENT_ID",
+    "Charset",
     "Encoding",
-    "HL7Error",
     "Message",
-    "REJECT",
     "Segment",
-    "build_ack",
-    "decode",
     "declared_charset",
+    "decode",
     "escape",
     "parse",
     "parse_bytes",

@@ -15,10 +15,11 @@ import pytest
 
 from minipacs.config import Settings
 from minipacs.core.archive import Archive
-from minipacs.core.hl7 import Message, parse
 from minipacs.core.worklist import CANCELLED, Worklist
-from minipacs.services.hl7_mllp import MLLPServer, frame
-from tests.core.test_hl7 import OMG, orm
+from minipacs.hl7.message import Message, parse
+from minipacs.hl7.mllp import MLLPServer, frame
+from minipacs.hl7.orders import OrderReceiver
+from tests.hl7.samples import NAME, OMG, orm, with_msh18
 from tests.peers import dcmtk, free_port, start_server, wait_for_port
 
 T = TypeVar("T")
@@ -29,7 +30,7 @@ def serve(tmp: Path, body: Body[T], **options: float) -> T:
     async def main() -> T:
         archive = await Archive.open(Settings(data_dir=tmp / "data", fsync=False))
         worklist = Worklist(archive)
-        server = MLLPServer(worklist, host="127.0.0.1", port=0,
+        server = MLLPServer(OrderReceiver(worklist), host="127.0.0.1", port=0,
                             max_message_bytes=int(options.get("max_bytes", 1 << 20)),
                             idle_timeout=options.get("idle", 30.0))
         await server.start()
@@ -241,17 +242,6 @@ def serve_mwl(tmp: Path, body: Callable[[MLLPServer, Worklist, int], Awaitable[T
             await scp.close(1.0)
 
     return serve(tmp, with_scp)
-
-
-def with_msh18(text: str, charset: str) -> str:
-    """``text`` with MSH-13 .. MSH-18 filled up to the character set."""
-    msh, rest = text.split("\r", 1)
-    fields = msh.split("|")
-    fields += [""] * (17 - len(fields)) + [charset]  # fields[n - 1] is MSH-n
-    return "|".join(fields[:18]) + "\r" + rest
-
-
-NAME = "Müller^Jürgen"
 
 
 @pytest.mark.parametrize(("msh18", "codec", "dicom", "query_charset"), [

@@ -1,0 +1,121 @@
+"""Orders on the worklist (core/orders.py): core types in, core refusals out; no HL7 codes in the core."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+
+from minipacs.config import Settings
+from minipacs.core.archive import Archive
+from minipacs.core.orders import (
+    PLANNERS,
+    AmbiguousOrder,
+    DuplicateOrder,
+    InvalidOrder,
+    Order,
+    OrderControl,
+    OrderRefused,
+    UnknownOrder,
+    apply_orders,
+)
+from minipacs.core.worklist import CANCELLED, Worklist
+
+CORE = Path(__file__).resolve().parents[2] / "src" / "minipacs" / "core"
+
+
+def order(control: OrderControl, accession: str = "ACC1", modality: str = "CT", **extra: str) -> Order:
+    ds = Dataset()
+    ds.PatientID = "PAT1"
+    ds.PatientName = "Doe^John"
+    if accession:
+        ds.AccessionNumber = accession
+    for keyword, value in extra.items():
+        setattr(ds, keyword, value)
+    sps = Dataset()
+    sps.Modality = modality
+    ds.ScheduledProcedureStepSequence = [sps]
+    return Order(control, ds)
+
+
+def run(tmp: Path, orders: list[list[Order]]) -> tuple[list[str | OrderRefused], list[tuple[str, str]]]:
+    """Apply each message (a list of orders) in turn; what each gave, and the worklist at the end."""
+    async def main() -> tuple[list[str | OrderRefused], list[tuple[str, str]]]:
+        archive = await Archive.open(Settings(data_dir=tmp / "data", fsync=False))
+        try:
+            worklist = Worklist(archive)
+            outcomes: list[str | OrderRefused] = []
+            for message in orders:
+                try:
+                    outcomes.append(await apply_orders(worklist, message))
+                except OrderRefused as exc:
+                    outcomes.append(exc)
+            entries = [(e.accession_number, e.status) for e in await worklist.list()]
+            return outcomes, entries
+        finally:
+            await archive.close()
+
+    return asyncio.run(main())
+
+
+def test_every_control_has_a_planner() -> None:
+    assert set(PLANNERS) == set(OrderControl)
+
+
+def test_new_cancel_change_and_their_refusals(tmp_path: Path) -> None:
+    outcomes, entries = run(tmp_path, [
+        [order(OrderControl.NEW)],
+        [order(OrderControl.NEW)],  # duplicate
+        [order(OrderControl.CHANGE, accession="NOPE")],  # unknown
+        [order(OrderControl.CHANGE, modality="MR")],
+        [order(OrderControl.CANCEL, accession="", PlacerOrderNumberImagingServiceRequest="")],  # nothing to find by
+        [order(OrderControl.CANCEL)],
+        [order(OrderControl.CANCEL)],  # nothing open any more
+    ])
+    assert isinstance(outcomes[0], str) and "scheduled" in outcomes[0]
+    refused = {i: o for i, o in enumerate(outcomes) if isinstance(o, OrderRefused)}
+    assert sorted(refused) == [1, 2, 4, 6]
+    assert type(refused[1]) is DuplicateOrder and refused[1].control == OrderControl.NEW
+    assert type(refused[2]) is UnknownOrder and refused[2].control == OrderControl.CHANGE
+    assert type(refused[4]) is InvalidOrder and refused[4].keyword == "AccessionNumber"
+    assert type(refused[6]) is UnknownOrder and refused[6].control == OrderControl.CANCEL
+    assert "changed" in str(outcomes[3]) and "cancelled" in str(outcomes[5])
+    assert entries == [("ACC1", CANCELLED)]
+
+
+def test_a_refused_order_stops_the_whole_message(tmp_path: Path) -> None:
+    outcomes, entries = run(tmp_path, [[order(OrderControl.NEW, "ACC1"), order(OrderControl.CANCEL, "ACC2")]])
+    assert isinstance(outcomes[0], UnknownOrder) and entries == []
+
+
+def test_a_change_matching_two_entries_must_say_which(tmp_path: Path) -> None:
+    async def two() -> OrderRefused | str:
+        archive = await Archive.open(Settings(data_dir=tmp_path / "two", fsync=False))
+        try:
+            worklist = Worklist(archive)
+            await worklist.add(order(OrderControl.NEW, RequestedProcedureID="RP1").dataset)
+            await worklist.add(order(OrderControl.NEW, RequestedProcedureID="RP2").dataset)
+            try:
+                return await apply_orders(worklist, [order(OrderControl.CHANGE, modality="MR")])
+            except OrderRefused as exc:
+                return exc
+        finally:
+            await archive.close()
+
+    refused = asyncio.run(two())
+    assert isinstance(refused, AmbiguousOrder) and refused.keyword == "RequestedProcedureID"
+
+
+@pytest.mark.parametrize("path", sorted(CORE.glob("*.py")), ids=lambda p: p.name)
+def test_the_core_speaks_no_hl7(path: Path) -> None:
+    """No core module imports the HL7 edge or carries HL7 acknowledgement codes (issue 9 point 5)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    modules = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert not [m for m in modules if m.startswith("minipacs.hl7")]
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    names |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    names |= {a.arg for n in ast.walk(tree) if isinstance(n, ast.arguments) for a in n.kwonlyargs + n.args}
+    assert not names & {"ack_code", "error_code", "HL7Error"}
