@@ -72,8 +72,6 @@ KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset({
     # core -> config: the core reads Settings instead of taking its values
     ("minipacs.core.access", "minipacs.config"),  # under TYPE_CHECKING
     ("minipacs.core.archive", "minipacs.config"),
-    # web -> bootstrap: the REST node echo builds its AssociationSettings with bootstrap's helper
-    ("minipacs.web.rest_nodes", "minipacs.bootstrap"),
 })
 
 
