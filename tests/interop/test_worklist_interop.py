@@ -103,3 +103,71 @@ def test_our_worklist_scu_against_wlmscpfs_and_against_us(wl_server: ServerProce
         proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+DCMTK_EXAMPLES = Path("/usr/share/doc/dcmtk/examples")
+
+
+def _step_values(ds: pydicom.Dataset) -> list[dict[str, str]]:
+    """Each Scheduled Procedure Step item as keyword -> value (empty values left out)."""
+    steps = []
+    for item in ds.get("ScheduledProcedureStepSequence", []):
+        steps.append({elem.keyword: str(elem.value) for elem in item if elem.VR != "SQ" and elem.value not in ("", None)})
+    return steps
+
+
+def test_dcmtk_sample_queries_get_what_wlmscpfs_gives(tmp_path: Path) -> None:
+    """Issue 12 item 3: DCMTK's own sample worklist and queries (Debian's dcmtk documentation),
+    served by wlmscpfs and by minipacs. An SPS sequence key with one empty item is universal
+    sequence matching (PS3.4 C.2.2.2.6): the whole stored sequence comes back, not an empty item."""
+    if not (DCMTK_EXAMPLES / "wlistdb" / "OFFIS").is_dir():
+        pytest.fail(f"{DCMTK_EXAMPLES} is missing: the dcmtk package's documentation (apt-get install dcmtk)")
+    db = tmp_path / "db" / "OFFIS"
+    db.mkdir(parents=True)
+    for dump in sorted((DCMTK_EXAMPLES / "wlistdb" / "OFFIS").glob("*.dump")):
+        assert run([dcmtk("dump2dcm"), str(dump), str(db / f"{dump.stem}.wl")]).returncode == 0
+    (db / "lockfile").touch()
+    queries = []
+    for dump in sorted((DCMTK_EXAMPLES / "wlistqry").glob("*.dump")):
+        query = tmp_path / "q" / f"{dump.stem}.dcm"
+        query.parent.mkdir(exist_ok=True)
+        assert run([dcmtk("dump2dcm"), str(dump), str(query)]).returncode == 0
+        queries.append(query)
+    assert len(queries) >= 10
+    imported = run(minipacs_cmd("worklist", "import", "--data", str(tmp_path / "data"), str(db)))
+    assert "imported 10 worklist entries" in imported.stdout, imported.stdout + imported.stderr
+    srv = start_server(tmp_path)
+    port = free_port()
+    wlm = subprocess.Popen([dcmtk("wlmscpfs"), "-dfp", str(db.parent), "-dfr", str(port)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port("127.0.0.1", port, proc=wlm)
+
+        def ask(target_port: int, aec: str, query: Path, out: Path) -> list[pydicom.Dataset]:
+            out.mkdir(parents=True)
+            done = subprocess.run([dcmtk("findscu"), "-W", "-aec", aec, "-X", "-od", str(out), "127.0.0.1",
+                                   str(target_port), str(query)], capture_output=True, text=True, timeout=60,
+                                  check=False)
+            assert done.returncode == 0, done.stdout + done.stderr
+            return [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+
+        universal_steps = 0
+        for query in queries:
+            theirs = ask(port, "OFFIS", query, tmp_path / "theirs" / query.stem)
+            ours = ask(srv.port, "MINIPACS", query, tmp_path / "ours" / query.stem)
+            key = lambda ds: (str(ds.get("AccessionNumber", "")), str(ds.get("PatientName", "")),  # noqa: E731
+                              str(ds.get("RequestedProcedureID", "")))
+            assert sorted(map(key, ours)) == sorted(map(key, theirs)), query.stem
+            # every step attribute wlmscpfs answers with a value, minipacs answers the same, in one response each
+            unpaired = [_step_values(ds) for ds in ours]
+            for other in map(_step_values, theirs):
+                mine = next((m for m in unpaired if len(m) == len(other)
+                             and all(o.items() <= s.items() for o, s in zip(other, m, strict=True))), None)
+                assert mine is not None, (query.stem, other, unpaired)
+                unpaired.remove(mine)
+                universal_steps += sum(len(step) for step in mine)
+        assert universal_steps > 100  # the empty-item queries (wlistqry1, 3) returned whole steps
+    finally:
+        srv.stop()
+        wlm.terminate()
+        wlm.wait(10)

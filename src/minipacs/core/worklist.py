@@ -184,8 +184,8 @@ def _sequence_matches(key: Key, elem: DataElement | None) -> bool:
 def response(keys: Sequence[Key], ds: Dataset) -> Dataset:
     """K.6.1.2.2: every requested key answered — the stored value, or empty when there is none.
 
-    A sequence key with no item returns the stored sequence whole; with an item, the
-    stored items that match it, each reduced to the item's keys.
+    A sequence key with no item or one empty item returns the stored sequence whole; with
+    keys in its item, the stored items that match it, each reduced to the item's keys.
     """
     out = Dataset()
     for key in keys:
@@ -195,7 +195,8 @@ def response(keys: Sequence[Key], ds: Dataset) -> Dataset:
         if key.vr == "SQ":
             items: list[Dataset] = []
             if stored is not None and isinstance(stored.value, (DicomSequence, list)):
-                if not key.items:
+                # PS3.4 C.2.2.2.6: no item, or one empty item, is universal matching: the whole sequence.
+                if not key.items or not any(len(query_item) for query_item in key.items):
                     items = [item for item in stored.value]
                 else:
                     query_item = key.items[0]
