@@ -353,11 +353,13 @@ class Archive:
 
     async def record_association(self, rec: AssociationRecord) -> int:
         """Insert (``rec.id`` None) or update the record; returns its id."""
-        return await self.write(lambda conn: repo.save_association(conn, rec))
+        values = {name: getattr(rec, name) for name in repo.ASSOCIATION_FIELDS}
+        return await self.write(lambda conn: repo.save_association(conn, values, rec.id))
 
     async def list_associations(self, limit: int = 100) -> list[AssociationRecord]:
         """The latest associations, newest first."""
-        return await self.read(lambda conn: repo.load_associations(conn, limit))
+        rows = await self.read(lambda conn: repo.load_associations(conn, limit))
+        return [AssociationRecord(**row) for row in rows]
 
     async def count_instances(self) -> int:
         return await self.read(repo.count_instances)
