@@ -11,12 +11,15 @@ nodes can start at once.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, text
 
+#: An open connection to the index, as the core passes it around: the core never looks
+#: inside, it hands it to the index's repository functions (``Archive.read`` / ``write``).
+IndexConnection: TypeAlias = Connection
 #: Where the migration scripts live inside the installed package.
 MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
 #: Execution option a connection sets to begin SQLite transactions with IMMEDIATE.
@@ -92,4 +95,4 @@ def upgrade_schema(engine: Engine) -> None:
                 connection.commit()
 
 
-__all__ = ["MIGRATIONS_DIR", "WRITER_OPTION", "alembic_config", "create_index_engine", "upgrade_schema"]
+__all__ = ["IndexConnection", "MIGRATIONS_DIR", "WRITER_OPTION", "alembic_config", "create_index_engine", "upgrade_schema"]
