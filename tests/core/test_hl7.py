@@ -11,8 +11,8 @@ import pytest
 from pydicom.charset import convert_encodings, python_encoding
 from pydicom.dataset import Dataset
 
+from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
-from minipacs.core.archive import Archive
 from minipacs.core.errors import ArchiveError
 from minipacs.core.hl7 import (
     CHARSETS,
@@ -65,7 +65,7 @@ OMG = ("MSH|^~\\&|RIS|HOSP|MINIPACS|RAD|20240104120000||OMG^O19^OMG_O19|CTL9|P|2
 
 def run(tmp: Path, body: Callable[[Worklist], Awaitable[T]]) -> T:
     async def main() -> T:
-        archive = await Archive.open(Settings(data_dir=tmp / "data", fsync=False))
+        archive = await open_archive(Settings(data_dir=tmp / "data", fsync=False))
         try:
             return await body(Worklist(archive))
         finally:
