@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-
 from minipacs.index import worklist_repo as repo
 from minipacs.index.database import IndexConnection
 

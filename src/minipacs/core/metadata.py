@@ -12,7 +12,6 @@ DICOMweb root, written with the ``BULK_PREFIX`` marker the web layer replaces.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import logging
 from collections.abc import Iterable
