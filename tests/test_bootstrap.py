@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from minipacs import bootstrap
 from minipacs.bootstrap import build_app
 from minipacs.config import Settings
 from minipacs.core.archive import Archive
@@ -15,7 +16,7 @@ from minipacs.core.mpps import ProcedureSteps
 
 def test_a_failed_start_closes_the_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     opened: list[Archive] = []
-    real_open = Archive.open
+    real_open = bootstrap.open_archive
 
     async def spy_open(settings: Settings) -> Archive:
         archive = await real_open(settings)
@@ -25,7 +26,7 @@ def test_a_failed_start_closes_the_archive(tmp_path: Path, monkeypatch: pytest.M
     async def broken_resume(self: ProcedureSteps) -> None:
         raise RuntimeError("completion check failed")
 
-    monkeypatch.setattr(Archive, "open", staticmethod(spy_open))
+    monkeypatch.setattr(bootstrap, "open_archive", spy_open)
     monkeypatch.setattr(ProcedureSteps, "resume", broken_resume)
     settings = Settings(data_dir=tmp_path / "data", port=0, fsync=False)
     with pytest.raises(RuntimeError, match="completion check failed"):
@@ -46,7 +47,7 @@ def test_start_up_says_when_any_host_can_retrieve_with_a_title(
                         nodes=(Node("WS_7", "127.0.0.3", 104, permissions=frozenset({"find", "move"})),))
 
     async def start() -> None:
-        archive = await Archive.open(settings)
+        archive = await bootstrap.open_archive(settings)
         try:
             await open_registry(settings, archive)
         finally:

@@ -63,15 +63,8 @@ ALLOWED: dict[str, frozenset[str]] = {
 KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset({
     # blobs -> core: the file store raises the core's errors (InvalidIdentifier, NotFound)
     ("minipacs.blobs.filesystem", "minipacs.core.errors"),
-    # index -> core: the index raises InvalidKeyValue, stores InstanceHeader and AssociationRecord
-    ("minipacs.index.matching", "minipacs.core.errors"),
-    ("minipacs.index.repository", "minipacs.core.header"),
-    ("minipacs.index.repository", "minipacs.core.model"),
     # core -> net: transfer-syntax facts live in net.uids (belong in dicom/)
     ("minipacs.core.transcode", "minipacs.net.uids"),
-    # core -> config: the core reads Settings instead of taking its values
-    ("minipacs.core.access", "minipacs.config"),  # under TYPE_CHECKING
-    ("minipacs.core.archive", "minipacs.config"),
 })
 
 

@@ -9,14 +9,16 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from minipacs.blobs.filesystem import FilesystemBlobStore
 from minipacs.config import ConfigError, Settings
-from minipacs.core.access import AccessPolicy
-from minipacs.core.archive import Archive
+from minipacs.core.access import AccessPolicy, AccessRules
+from minipacs.core.archive import Archive, ArchiveSettings
 from minipacs.core.mpps import ProcedureSteps
 from minipacs.core.nodes import NodeRegistry, calling_host_warning
 from minipacs.core.worklist import Worklist
 from minipacs.hl7.mllp import MLLPServer
 from minipacs.hl7.orders import OrderReceiver
+from minipacs.index.database import IndexDatabase
 from minipacs.net.association import AssociationSettings
 from minipacs.net.dul import Timeouts
 from minipacs.net.tls import TLSConfigError, client_context, server_context
@@ -76,6 +78,35 @@ def outbound(settings: Settings, archive: Archive) -> Outbound:
     C-GET receiving into ``archive``; given to the web edge (it imports neither bootstrap nor net/)."""
     return Outbound(OutboundSettings(association_settings(settings), connect_timeout=settings.connect_timeout),
                     archive)
+def archive_settings(settings: Settings) -> ArchiveSettings:
+    return ArchiveSettings(data_dir=settings.data_dir, fsync=settings.fsync,
+                           max_dataset_bytes=settings.max_dataset_bytes, duplicate_policy=settings.duplicate_policy)
+
+
+async def open_archive(settings: Settings) -> Archive:
+    """The archive of ``settings``: its index (migrated to head) and blob store, built here, given to it."""
+    data_dir = settings.data_dir.resolve()
+
+    def prepare() -> tuple[IndexDatabase, FilesystemBlobStore]:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        index = IndexDatabase.open(settings.resolved_index_url, fsync=settings.fsync)
+        return index, FilesystemBlobStore(data_dir / "storage", fsync=settings.fsync)
+
+    index, blobs = await asyncio.to_thread(prepare)
+    try:
+        return await Archive.start(archive_settings(settings), index, blobs)
+    except BaseException:
+        index.dispose()
+        raise
+
+
+def access_rules(settings: Settings) -> AccessRules:
+    return AccessRules(
+        ae_title=settings.ae_title,
+        allow_unregistered=frozenset(settings.allow_unregistered),
+        check_calling_host=settings.check_calling_host,
+        check_called_aet=settings.check_called_aet,
+    )
 
 
 @dataclass
@@ -103,7 +134,7 @@ async def open_registry(settings: Settings, archive: Archive) -> tuple[NodeRegis
     `minipacs nodes add` stay. Duplicate titles are warned about here, in plain words.
     """
     registry = NodeRegistry(archive)
-    access = AccessPolicy.from_settings(settings, resolver=registry.resolver)
+    access = AccessPolicy(access_rules(settings), resolver=registry.resolver)
     registry.subscribe(access.load)
     if settings.nodes:
         await registry.add_all(settings.nodes)
@@ -126,7 +157,7 @@ async def build_app(settings: Settings) -> App:
         log.warning("dicom_user_identity is %r but no [[users]] are configured: every association that %s "
                     "will be rejected", settings.dicom_user_identity,
                     "is made" if settings.dicom_user_identity == "required" else "sends a user identity")
-    archive = await Archive.open(settings)
+    archive = await open_archive(settings)
     try:
         registry, access = await open_registry(settings, archive)
         steps = ProcedureSteps(archive, Worklist(archive))

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
 from minipacs.core.archive import Archive
 from tests.index.pg import postgres_schema_url
@@ -32,7 +33,7 @@ def with_archive(tmp_path: Path, index_url: str) -> Callable[..., Any]:
 
     def run(body: Callable[[Archive], Awaitable[T]], **settings: Any) -> T:
         async def main() -> T:
-            archive = await Archive.open(Settings(data_dir=tmp_path / "data", index_url=index_url, **settings))
+            archive = await open_archive(Settings(data_dir=tmp_path / "data", index_url=index_url, **settings))
             try:
                 return await body(archive)
             finally:

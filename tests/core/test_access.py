@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from minipacs.bootstrap import access_rules
 from minipacs.config import Settings
 from minipacs.core.access import RULE_CALLED_AET, RULE_HOST, RULE_PERMISSIONS, RULE_UNREGISTERED, AccessPolicy, AccessRules
 from minipacs.core.archive import Archive
@@ -139,10 +140,16 @@ def test_async_contract_returns_the_sentence_with_the_rule() -> None:
 
 
 def test_defaults_come_from_settings() -> None:
-    rules = AccessRules.from_settings(Settings())
+    rules = access_rules(Settings())
     assert rules.allow_unregistered == frozenset({"echo", "store", "find"})
     assert not rules.check_calling_host and not rules.check_called_aet and rules.ae_title == "MINIPACS"
-    assert AccessPolicy.from_settings(Settings()).association_refusal("ANYONE", "X", "10.0.0.1") is None
+    assert AccessPolicy(access_rules(Settings())).association_refusal("ANYONE", "X", "10.0.0.1") is None
+
+
+def test_rules_follow_each_setting() -> None:
+    rules = access_rules(Settings(ae_title="OURPACS", allow_unregistered=("echo",), check_calling_host=True,
+                                  check_called_aet=True))
+    assert rules == AccessRules("OURPACS", frozenset({"echo"}), check_calling_host=True, check_called_aet=True)
 
 
 def test_policy_follows_the_registry_without_querying_per_check(with_archive: Any) -> None:

@@ -13,6 +13,7 @@ import pytest
 from pydicom import config as pydicom_config
 from sqlalchemy import select
 
+from minipacs.bootstrap import open_archive
 from minipacs.core.archive import Archive
 from minipacs.core.errors import (
     DuplicateInstance,
@@ -46,8 +47,7 @@ def stage(archive: Archive, ds: pydicom.Dataset, syntax: str = ExplicitVRLittleE
 
 
 def rows(archive: Archive, model: Any) -> list[Any]:
-    with archive._engine.connect() as conn:
-        return list(conn.execute(select(model.__table__)).mappings())
+    return archive._index.read(lambda conn: list(conn.execute(select(model.__table__)).mappings()))
 
 
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian])
@@ -296,7 +296,7 @@ def test_closed_archive_refuses_work(tmp_path: Path) -> None:
     from minipacs.core.errors import ArchiveError
 
     async def main() -> None:
-        archive = await Archive.open(Settings(data_dir=tmp_path))
+        archive = await open_archive(Settings(data_dir=tmp_path))
         await archive.close()
         await archive.close()
         with pytest.raises(ArchiveError, match="closed"):
@@ -307,6 +307,7 @@ def test_closed_archive_refuses_work(tmp_path: Path) -> None:
 
 def test_a_second_process_never_cleans_the_first_ones_transfers(tmp_path: Path) -> None:
     """`minipacs log` or `import` next to a running server must not delete its staging files."""
+    import os
     import subprocess
     import sys
     import textwrap
@@ -316,20 +317,22 @@ def test_a_second_process_never_cleans_the_first_ones_transfers(tmp_path: Path) 
     settings = load_settings(env={}, overrides={"data_dir": tmp_path / "d"})
 
     async def body() -> None:
-        first = await Archive.open(settings)
+        first = await open_archive(settings)
         try:
             inflight = first.open_staging("1.2.840.10008.5.1.4.1.1.2", "1.2.3", "1.2.840.10008.1.2.1")
             inflight.write(b"\x08\x00" * 8)
             opener = textwrap.dedent(f"""
                 import asyncio
                 from minipacs.config import load_settings
-                from minipacs.core.archive import Archive
+                from minipacs.bootstrap import open_archive
                 async def main():
-                    a = await Archive.open(load_settings(env={{}}, overrides={{"data_dir": {str(tmp_path / "d")!r}}}))
+                    a = await open_archive(load_settings(env={{}}, overrides={{"data_dir": {str(tmp_path / "d")!r}}}))
                     await a.close()
                 asyncio.run(main())
             """)
-            res = subprocess.run([sys.executable, "-c", opener], capture_output=True, text=True, timeout=60)
+            src = str(Path(__file__).resolve().parents[2] / "src")  # this tree's code, not the installed one
+            res = subprocess.run([sys.executable, "-c", opener], capture_output=True, text=True, timeout=60,
+                                 env={**os.environ, "PYTHONPATH": src})
             assert res.returncode == 0, res.stderr
             assert inflight.path.exists()  # the other process left it alone
             inflight.discard()
@@ -338,7 +341,7 @@ def test_a_second_process_never_cleans_the_first_ones_transfers(tmp_path: Path) 
         # with no other process, the next opener is the one that recovers
         leftover = tmp_path / "d" / "staging" / "crashed.part"
         leftover.write_bytes(b"x")
-        again = await Archive.open(settings)
+        again = await open_archive(settings)
         await again.close()
         assert not leftover.exists()
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
 from minipacs.core.archive import Archive
 from minipacs.core.changes import CHANGE_TYPES, ChangeType, change_row, last_seq, read_changes
@@ -43,7 +44,7 @@ def on_archive(tmp_path: Path, index_url: str) -> Callable[..., None]:
 
     def run(body: Body, **settings: Any) -> None:
         async def main() -> None:
-            archive = await Archive.open(Settings(data_dir=tmp_path / "data", index_url=index_url, fsync=False,
+            archive = await open_archive(Settings(data_dir=tmp_path / "data", index_url=index_url, fsync=False,
                                                   **settings))
             try:
                 await body(archive, tmp_path)

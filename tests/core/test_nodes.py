@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from minipacs.bootstrap import build_app
+from minipacs.bootstrap import build_app, open_archive
 from minipacs.config import ConfigError, Settings, load_settings
 from minipacs.core.archive import Archive
 from minipacs.core.errors import AmbiguousDestination, UnknownDestination
@@ -76,7 +76,7 @@ def test_add_same_title_and_host_updates(with_archive: Any) -> None:
 )
 def test_invalid_nodes_are_refused_with_the_reason(tmp_path: Path, node: Node, words: str) -> None:
     async def main() -> None:
-        archive = await Archive.open(Settings(data_dir=tmp_path / "data"))
+        archive = await open_archive(Settings(data_dir=tmp_path / "data"))
         try:
             with pytest.raises(InvalidNode, match=words):
                 await NodeRegistry(archive).add(node)

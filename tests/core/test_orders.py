@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 
+from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
-from minipacs.core.archive import Archive
 from minipacs.core.orders import (
     PLANNERS,
     AmbiguousOrder,
@@ -44,7 +44,7 @@ def order(control: OrderControl, accession: str = "ACC1", modality: str = "CT", 
 def run(tmp: Path, orders: list[list[Order]]) -> tuple[list[str | OrderRefused], list[tuple[str, str]]]:
     """Apply each message (a list of orders) in turn; what each gave, and the worklist at the end."""
     async def main() -> tuple[list[str | OrderRefused], list[tuple[str, str]]]:
-        archive = await Archive.open(Settings(data_dir=tmp / "data", fsync=False))
+        archive = await open_archive(Settings(data_dir=tmp / "data", fsync=False))
         try:
             worklist = Worklist(archive)
             outcomes: list[str | OrderRefused] = []
@@ -93,7 +93,7 @@ def test_a_refused_order_stops_the_whole_message(tmp_path: Path) -> None:
 
 def test_a_change_matching_two_entries_must_say_which(tmp_path: Path) -> None:
     async def two() -> OrderRefused | str:
-        archive = await Archive.open(Settings(data_dir=tmp_path / "two", fsync=False))
+        archive = await open_archive(Settings(data_dir=tmp_path / "two", fsync=False))
         try:
             worklist = Worklist(archive)
             await worklist.add(order(OrderControl.NEW, RequestedProcedureID="RP1").dataset)

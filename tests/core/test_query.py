@@ -176,3 +176,33 @@ def test_non_ascii_identifier_values_match(qa: QueryArchive) -> None:  # noqa: F
 
     found = qa.runner.run(collect())
     assert [str(m.PatientName) for m in found] == ["Müller^Jürgen"]
+
+
+def test_every_computed_key_has_its_sql_and_no_more() -> None:
+    """core/query_model.py COMPUTED_KEYS (levels, VRs) and index/query_sql.py AGGREGATES (SQL) name the
+    same keys, and a key is matchable exactly when the index has a column to match it on."""
+    from minipacs.core.query_model import COMPUTED_KEYS
+    from minipacs.index.query_sql import AGGREGATES
+
+    assert set(COMPUTED_KEYS) == set(AGGREGATES)
+    assert {k for k, c in COMPUTED_KEYS.items() if c.matchable} == {
+        k for k, a in AGGREGATES.items() if a.match_column is not None}
+
+
+def test_each_level_answers_its_unique_key_from_the_entitys_unique_column() -> None:
+    from minipacs.core.query_model import INDEXED_KEYS, LEVELS
+    from minipacs.index.entities import ENTITIES
+
+    for level, spec in LEVELS.items():
+        assert INDEXED_KEYS[spec.unique_key].value_column == ENTITIES[spec.entity].unique_column, level
+
+
+def test_a_value_the_index_refuses_is_an_invalid_key_value() -> None:
+    """index/matching.py raises its own InvalidMatchValue; the core hands out InvalidKeyValue (0xC001, HTTP 400)."""
+    from minipacs.core.errors import InvalidKeyValue
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.StudyDate = "20241231-20240101"
+    with pytest.raises(InvalidKeyValue, match="ends before it starts"):
+        prepare_query(ds, STUDY_ROOT)

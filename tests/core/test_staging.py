@@ -7,8 +7,8 @@ import pydicom
 import pytest
 
 from minipacs import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
-from minipacs.core.archive import Archive
 from minipacs.core.errors import DatasetTooLarge, InvalidIdentifier
 from minipacs.core.staging import StagingFile, StagingPool
 from tests.dicomgen import CT_IMAGE_STORAGE, ExplicitVRLittleEndian, encode_dataset, make_ct
@@ -88,7 +88,7 @@ def test_leftovers_in_staging_are_removed_on_open(tmp_path: Path) -> None:
     (staging_dir / "other").write_bytes(b"x")
 
     async def main() -> None:
-        archive = await Archive.open(Settings(data_dir=tmp_path / "data"))
+        archive = await open_archive(Settings(data_dir=tmp_path / "data"))
         await archive.close()
 
     asyncio.run(main())

@@ -13,8 +13,8 @@ from typing import TypeVar
 import pydicom
 import pytest
 
+from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
-from minipacs.core.archive import Archive
 from minipacs.core.worklist import CANCELLED, Worklist
 from minipacs.hl7.message import Message, parse
 from minipacs.hl7.mllp import MLLPServer, frame
@@ -28,7 +28,7 @@ Body = Callable[[MLLPServer, Worklist], Awaitable[T]]
 
 def serve(tmp: Path, body: Body[T], **options: float) -> T:
     async def main() -> T:
-        archive = await Archive.open(Settings(data_dir=tmp / "data", fsync=False))
+        archive = await open_archive(Settings(data_dir=tmp / "data", fsync=False))
         worklist = Worklist(archive)
         server = MLLPServer(OrderReceiver(worklist), host="127.0.0.1", port=0,
                             max_message_bytes=int(options.get("max_bytes", 1 << 20)),

@@ -12,8 +12,8 @@ import pytest
 from pydicom.charset import convert_encodings, python_encoding
 from pydicom.dataset import Dataset
 
+from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
-from minipacs.core.archive import Archive
 from minipacs.core.errors import ArchiveError
 from minipacs.core.orders import (
     AmbiguousOrder,
@@ -51,7 +51,7 @@ _msh18 = with_msh18
 
 def run(tmp: Path, body: Callable[[Worklist], Awaitable[T]]) -> T:
     async def main() -> T:
-        archive = await Archive.open(Settings(data_dir=tmp / "data", fsync=False))
+        archive = await open_archive(Settings(data_dir=tmp / "data", fsync=False))
         try:
             return await body(Worklist(archive))
         finally:

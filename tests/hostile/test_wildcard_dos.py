@@ -79,12 +79,12 @@ def test_hostile_worklist_query_keeps_the_event_loop_free(tmp_path: Path) -> Non
     from pydicom.dataset import Dataset
 
     from minipacs.config import Settings
-    from minipacs.core.archive import Archive
+    from minipacs.bootstrap import open_archive
     from minipacs.core.worklist import Worklist
     from tests.worklist_data import entry
 
     async def scenario() -> tuple[list[Dataset], float]:
-        archive = await Archive.open(Settings(data_dir=tmp_path / "data", fsync=False))
+        archive = await open_archive(Settings(data_dir=tmp_path / "data", fsync=False))
         try:
             worklist = Worklist(archive)
             for n in range(200):

@@ -13,6 +13,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
 from minipacs.core.archive import Archive
 from minipacs.core.model import Origin
@@ -84,7 +85,7 @@ def build(tmp: Path, index_url: str) -> Iterator[QueryArchive]:
                          Modality=modality if s == 0 else "SR", SeriesNumber=s + 1, InstanceNumber=i + 1,
                          SpecificCharacterSet="ISO_IR 100", **extra)
     runner = asyncio.Runner()
-    archive = runner.run(Archive.open(Settings(data_dir=tmp / "data", index_url=index_url, fsync=False)))
+    archive = runner.run(open_archive(Settings(data_dir=tmp / "data", index_url=index_url, fsync=False)))
     try:
         for path in sorted(files.iterdir()):
             runner.run(archive.import_file(path, ORIGIN))

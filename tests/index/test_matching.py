@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from minipacs.core.errors import InvalidKeyValue
+from minipacs.index.errors import InvalidMatchValue
 from minipacs.index.matching import (
     UNIVERSAL,
     Condition,
@@ -164,7 +165,7 @@ def test_classify(vr: str, value: str, expected: Condition) -> None:
 
 
 def test_binary_keys_cannot_match() -> None:
-    with pytest.raises(InvalidKeyValue):
+    with pytest.raises(InvalidMatchValue):
         classify("US", "512")
 
 

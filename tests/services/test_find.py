@@ -13,6 +13,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
 from minipacs.core.archive import Archive
 from minipacs.core.model import Origin
@@ -48,7 +49,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
                  study_uid=f"1.2.826.0.1.3680043.10.2.{n + 1}")
 
     async def load() -> None:
-        archive = await Archive.open(Settings(data_dir=folder / "data", fsync=False))
+        archive = await open_archive(Settings(data_dir=folder / "data", fsync=False))
         try:
             for path in sorted(folder.glob("*.dcm")):
                 await archive.import_file(path, Origin("import", "", "", "", 0))
@@ -61,7 +62,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @asynccontextmanager
 async def running(tmp: Path, files: Path, **scp: Any) -> AsyncIterator[tuple[DicomServer, Archive]]:
-    archive = await Archive.open(Settings(data_dir=files, fsync=False))
+    archive = await open_archive(Settings(data_dir=files, fsync=False))
     find_scp = QueryRetrieveFindSCP(archive, ae_title="MINIPACS", **scp)
     server = DicomServer("MINIPACS", [VerificationSCP(), find_scp], host="127.0.0.1", port=0, timeouts=TIMEOUTS)
     await server.start()

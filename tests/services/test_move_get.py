@@ -20,6 +20,7 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
+from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
 from minipacs.core.archive import Archive
 from minipacs.core.errors import AmbiguousDestination, UnknownDestination
@@ -143,7 +144,7 @@ class Env:
 async def archive_env(tmp_path: Path, count: int = 6, series: int = 2,
                       syntax: str = ExplicitVRLittleEndian, pending_every: int = 1,
                       pending_interval: float = 0.2) -> AsyncIterator[Env]:
-    archive = await Archive.open(Settings(data_dir=tmp_path / "data", fsync=False))
+    archive = await open_archive(Settings(data_dir=tmp_path / "data", fsync=False))
     study = generate_uid()
     series_uids = [generate_uid() for _ in range(series)]
     files: dict[str, Path] = {}

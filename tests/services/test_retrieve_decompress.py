@@ -23,8 +23,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelMove
 
+from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
-from minipacs.core.archive import Archive
 from minipacs.core.errors import UnknownDestination
 from minipacs.core.model import Origin
 from minipacs.net.dul import Timeouts
@@ -69,7 +69,7 @@ class Env:
 
 @asynccontextmanager
 async def archive_with_compressed(tmp_path: Path, destination: Node) -> AsyncIterator[Env]:
-    archive = await Archive.open(Settings(data_dir=tmp_path / "data", fsync=False))
+    archive = await open_archive(Settings(data_dir=tmp_path / "data", fsync=False))
     originals: dict[str, Dataset] = {}
     study = pydicom.uid.generate_uid()
     for name in NAMES:

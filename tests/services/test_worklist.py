@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 
+from minipacs.bootstrap import open_archive
 from minipacs.cli.main import main
 from minipacs.config import Settings
 from minipacs.core.archive import Archive
@@ -34,7 +35,7 @@ def identifier(*specs: str) -> Dataset:
 
 
 async def _with_worklist(tmp: Path, body: Any, extra: int = 0) -> Any:
-    archive = await Archive.open(Settings(data_dir=tmp / "data", fsync=False))
+    archive = await open_archive(Settings(data_dir=tmp / "data", fsync=False))
     try:
         worklist = Worklist(archive)
         for ds in ENTRIES:

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from pydicom.uid import generate_uid
 
+from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
 from minipacs.core.archive import Archive
 from minipacs.core.metadata import MetadataStore
@@ -37,10 +38,11 @@ def web(tmp_path: Path) -> Callable[..., Any]:
 
     def run(body: Body, **settings: Any) -> Any:
         async def main() -> Any:
-            archive = await Archive.open(Settings(data_dir=tmp_path / "data", fsync=False, **settings))
+            config = Settings(data_dir=tmp_path / "data", fsync=False, **settings)
+            archive = await open_archive(config)
             metadata = MetadataStore(archive)
             metadata.attach()
-            app = create_app(AppContext(archive.settings, archive, metadata))
+            app = create_app(AppContext(config, archive, metadata))
             transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5555))
             try:
                 async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:

@@ -76,7 +76,7 @@ def test_metadata_is_precomputed_after_ingest(web: Callable[..., Any]) -> None:
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
         import asyncio
 
-        from minipacs.core.metadata import _TABLE  # noqa: PLC2701 - checking the stored row
+        from minipacs.index.metadata_repo import _TABLE  # noqa: PLC2701 - checking the stored row
 
         await stow(client, part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP))
         for _ in range(100):

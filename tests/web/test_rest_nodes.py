@@ -18,6 +18,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from minipacs.bootstrap import outbound
+from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
 from minipacs.core.archive import Archive
 from minipacs.core.metadata import MetadataStore
@@ -74,11 +75,11 @@ class Env:
 async def environment(tmp: Path, users: tuple[User, ...] = ()) -> AsyncIterator[Env]:
     settings = Settings(data_dir=tmp / "local", fsync=False, ae_title="MINIPACS", users=users,
                         connect_timeout=5.0, acse_timeout=5.0, dimse_timeout=10.0)
-    archive = await Archive.open(settings)
+    archive = await open_archive(settings)
     metadata = MetadataStore(archive)
     metadata.attach()
     nodes = NodeRegistry(archive)
-    remote_archive = await Archive.open(Settings(data_dir=tmp / "remote", fsync=False))
+    remote_archive = await open_archive(Settings(data_dir=tmp / "remote", fsync=False))
     remote_nodes = NodeRegistry(remote_archive)
     study, series = str(generate_uid()), [str(generate_uid()), str(generate_uid())]
     files: dict[str, Path] = {}

@@ -18,8 +18,8 @@ import httpx
 import pydicom
 import pytest
 
+from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
-from minipacs.core.archive import Archive
 from minipacs.core.metadata import MetadataStore
 from minipacs.core.nodes import Node, NodeRegistry
 from minipacs.web.app import create_app
@@ -60,9 +60,11 @@ BUILD_AND_CALL = textwrap.dedent("""
     from minipacs.web.types import AppContext
     assert "minipacs.bootstrap" not in sys.modules, "importing the web app imported bootstrap"
 
+    from minipacs.blobs.filesystem import FilesystemBlobStore
     from minipacs.config import Settings
-    from minipacs.core.archive import Archive
+    from minipacs.core.archive import Archive, ArchiveSettings
     from minipacs.core.metadata import MetadataStore
+    from minipacs.index.database import IndexDatabase
     from minipacs.core.nodes import Node, NodeRegistry
     from minipacs.net.association import AssociationSettings
     from minipacs.services.outbound import Outbound, OutboundSettings
@@ -71,13 +73,22 @@ BUILD_AND_CALL = textwrap.dedent("""
     from minipacs.services.verification import VerificationSCP
 
 
+    async def open_archive(settings: Settings) -> Archive:  # by hand: bootstrap must stay unimported
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        index = IndexDatabase.open(settings.resolved_index_url, fsync=False)
+        blobs = FilesystemBlobStore(settings.data_dir / "storage", fsync=False)
+        limits = ArchiveSettings(data_dir=settings.data_dir, fsync=False, max_dataset_bytes=settings.max_dataset_bytes,
+                                 duplicate_policy=settings.duplicate_policy)
+        return await Archive.start(limits, index, blobs)
+
+
     async def main(tmp: Path) -> None:
-        remote_archive = await Archive.open(Settings(data_dir=tmp / "remote", fsync=False))
+        remote_archive = await open_archive(Settings(data_dir=tmp / "remote", fsync=False))
         remote = DicomServer("REMOTE", [VerificationSCP(), QueryRetrieveFindSCP(remote_archive)], host="127.0.0.1",
                              port=0)
         await remote.start()
         settings = Settings(data_dir=tmp / "local", fsync=False, ae_title="WEBONLY")
-        archive = await Archive.open(settings)
+        archive = await open_archive(settings)
         metadata = MetadataStore(archive)
         metadata.attach()
         nodes = NodeRegistry(archive)
@@ -146,7 +157,7 @@ def _query(tmp: Path, port: int, payload: dict[str, Any]) -> httpx.Response:
     async def main() -> httpx.Response:
         settings = Settings(data_dir=tmp / "local", fsync=False, connect_timeout=5.0, acse_timeout=5.0,
                             dimse_timeout=10.0)
-        archive = await Archive.open(settings)
+        archive = await open_archive(settings)
         metadata = MetadataStore(archive)
         metadata.attach()
         nodes = NodeRegistry(archive)
@@ -196,7 +207,7 @@ def test_a_key_name_holding_equals_is_refused_not_read_as_a_value(
 def test_without_an_outbound_path_the_node_calls_say_so(tmp_path: Path) -> None:
     async def main() -> list[httpx.Response]:
         settings = Settings(data_dir=tmp_path / "local", fsync=False)
-        archive = await Archive.open(settings)
+        archive = await open_archive(settings)
         metadata = MetadataStore(archive)
         metadata.attach()
         nodes = NodeRegistry(archive)

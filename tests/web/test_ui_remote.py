@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 
+from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
-from minipacs.core.archive import Archive
 from minipacs.core.metadata import MetadataStore
 from minipacs.core.nodes import Node, NodeRegistry
 from minipacs.web.app import create_app
@@ -25,11 +25,12 @@ HOSTILE = '"><script>alert(1)</script>'
 
 def run(tmp: Path, body: Callable[[httpx.AsyncClient, NodeRegistry], Awaitable[None]]) -> None:
     async def main() -> None:
-        archive = await Archive.open(Settings(data_dir=tmp / "data", fsync=False, users=USERS, ae_title="OURPACS"))
+        settings = Settings(data_dir=tmp / "data", fsync=False, users=USERS, ae_title="OURPACS")
+        archive = await open_archive(settings)
         metadata = MetadataStore(archive)
         metadata.attach()
         nodes = NodeRegistry(archive)
-        ctx = AppContext(archive.settings, archive, metadata, nodes)
+        ctx = AppContext(settings, archive, metadata, nodes)
         transport = httpx.ASGITransport(app=create_app(ctx), client=("127.0.0.1", 5555))
         try:
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:

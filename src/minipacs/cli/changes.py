@@ -27,9 +27,9 @@ def register(sub: Any) -> None:
 
 
 async def _read(settings: Settings, since: int, limit: int) -> tuple[list[Change], int, bool]:
-    from minipacs.core.archive import Archive
+    from minipacs.bootstrap import open_archive
 
-    archive = await Archive.open(settings)
+    archive = await open_archive(settings)
     try:
         return await archive.read(lambda conn: read_changes(conn, since, limit))
     finally:

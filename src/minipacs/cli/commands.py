@@ -116,10 +116,10 @@ def _progress(total: int, desc: str, enabled: bool):  # type: ignore[no-untyped-
 
 
 async def import_(settings: Settings, paths: list[Path], progress: bool) -> int:
-    from minipacs.core.archive import Archive
+    from minipacs.bootstrap import open_archive
     from minipacs.core.importer import import_tree
 
-    archive = await Archive.open(settings)
+    archive = await open_archive(settings)
     total = {"stored": 0, "duplicate": 0, "rejected": 0}
     try:
         for root in paths:
@@ -139,9 +139,9 @@ async def import_(settings: Settings, paths: list[Path], progress: bool) -> int:
 
 
 async def show_log(settings: Settings, limit: int, as_json: bool) -> int:
-    from minipacs.core.archive import Archive
+    from minipacs.bootstrap import open_archive
 
-    archive = await Archive.open(settings)
+    archive = await open_archive(settings)
     try:
         records = await archive.list_associations(limit)
     finally:

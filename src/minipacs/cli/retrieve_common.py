@@ -55,12 +55,12 @@ async def receiver_service(args: argparse.Namespace, settings: Settings | None,
                            folder: Path | None) -> AsyncIterator[tuple[Any, str]]:
     """The storage service receiving the instances, and a phrase saying where they go."""
     if getattr(args, "into_archive", False):
-        from minipacs.core.archive import Archive
+        from minipacs.bootstrap import open_archive
         from minipacs.services.storage import StorageSCP
 
         if settings is None:
             raise ValueError("--into-archive needs the archive settings")
-        archive = await Archive.open(settings)
+        archive = await open_archive(settings)
         try:
             yield StorageSCP(archive), f"into the archive in {settings.data_dir}"
         finally:

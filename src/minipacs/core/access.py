@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from minipacs.core.nodes import (
     ALL_OPERATIONS,
@@ -33,9 +33,6 @@ from minipacs.core.nodes import (
     normalise_ip,
     normalise_title,
 )
-
-if TYPE_CHECKING:
-    from minipacs.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +45,12 @@ RULE_PERMISSIONS: Final = "node permissions"
 
 @dataclass(frozen=True)
 class AccessRules:
+    """The rules of the module docstring; bootstrap.access_rules takes them from config.py's keys."""
+
     ae_title: str = "MINIPACS"
     allow_unregistered: frozenset[str] = frozenset({"echo", "store", "find"})
     check_calling_host: bool = False
     check_called_aet: bool = False
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> AccessRules:
-        return cls(
-            ae_title=settings.ae_title,
-            allow_unregistered=frozenset(settings.allow_unregistered),
-            check_calling_host=settings.check_calling_host,
-            check_called_aet=settings.check_called_aet,
-        )
 
 
 @dataclass(frozen=True)
@@ -104,11 +94,6 @@ class AccessPolicy:
         self.rules = rules
         self.resolver = resolver or HostResolver()
         self._snap = self._build(tuple(nodes), {})
-
-    @classmethod
-    def from_settings(cls, settings: Settings, nodes: Iterable[Node] = (),
-                      resolver: HostResolver | None = None) -> AccessPolicy:
-        return cls(AccessRules.from_settings(settings), nodes, resolver)
 
     # -------------------------------------------------------------- snapshot
     def _build(self, nodes: tuple[Node, ...], resolved: Mapping[str, frozenset[str]]) -> _Snapshot:

@@ -16,7 +16,11 @@ row and its changes-journal row, core/changes.py; journal rows of a batch go in
 one executemany, in job order, before the commit).
 A row never commits before its file is durable in place; a crash leaves at
 worst an unindexed file in storage (harmless) and leftovers in staging, which
-``Archive.open`` deletes (they were never acknowledged).
+``Archive.start`` deletes (they were never acknowledged).
+
+The archive builds neither its index nor its blob store: bootstrap.py opens both
+(``bootstrap.open_archive``) and hands them to ``Archive.start`` with the
+:class:`ArchiveSettings` it needs. The core never imports the configuration.
 """
 
 from __future__ import annotations
@@ -34,11 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 
-from sqlalchemy import Connection, Engine
-
 from minipacs.blobs.base import BlobStore
-from minipacs.blobs.filesystem import FilesystemBlobStore
-from minipacs.config import Settings
 from minipacs.core.changes import ChangeType, change_row
 from minipacs.core.changes import record as record_changes
 from minipacs.core.errors import (
@@ -54,7 +54,7 @@ from minipacs.core.model import AssociationRecord, DuplicatePolicy, Origin, Stag
 from minipacs.core.paths import instance_key
 from minipacs.core.staging import READY_DIR, StagingFile, StagingPool, remove_leftovers, stage_file
 from minipacs.index import repository as repo
-from minipacs.index.database import WRITER_OPTION, create_index_engine, upgrade_schema
+from minipacs.index.database import IndexConnection, IndexDatabase
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,16 @@ T = TypeVar("T")
 MAX_BATCH: Final = 512
 #: Study/series primary keys the writer remembers between batches.
 KEY_CACHE_SIZE: Final = 4096
+
+
+@dataclass(frozen=True)
+class ArchiveSettings:
+    """What the archive core needs of the configuration (config.py keys of the same names)."""
+
+    data_dir: Path  # staging/, ready/ and the recovery lock live here
+    fsync: bool  # fsync each staged file before its index row commits
+    max_dataset_bytes: int  # largest dataset one ingest accepts
+    duplicate_policy: DuplicatePolicy  # what a second copy of a stored SOP Instance UID does
 
 
 @dataclass
@@ -94,7 +104,7 @@ class _IngestJob(_Job[StoreOutcome]):
 
 @dataclass
 class _CallJob(_Job[Any]):
-    call: Callable[[Connection], Any] = field(kw_only=True)
+    call: Callable[[IndexConnection], Any] = field(kw_only=True)
     #: The call may delete patients, studies or series: cached keys go stale.
     removes_entities: bool = field(default=False, kw_only=True)
 
@@ -203,20 +213,21 @@ def prepare_ingest(staged: StagedPath) -> tuple[InstanceHeader, str, int]:
 
 
 class Archive:
-    """The storage half of the archive core. Build it with ``await Archive.open(settings)``."""
+    """The storage half of the archive core. Start it with ``await Archive.start(settings, index, blobs)``
+    (bootstrap.open_archive builds the index and blob store from the configuration)."""
 
-    def __init__(self, settings: Settings, engine: Engine, blobs: BlobStore, staging_dir: Path) -> None:
+    def __init__(self, settings: ArchiveSettings, index: IndexDatabase, blobs: BlobStore) -> None:
         self.settings = settings
         self.blobs = blobs
-        self.staging_dir = staging_dir
-        self._engine = engine
+        self.staging_dir = settings.data_dir / "staging"
+        self._index = index
+        self._index_writer = index.writer()
         self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._run_writer, name="minipacs-index-writer", daemon=True)
         self._keys = _KeyCache()
         self._stats = IngestStats()
         self._closed = False
-        self._conn: Connection | None = None
-        self._staging_pool = StagingPool(staging_dir.parent / READY_DIR)
+        self._staging_pool = StagingPool(settings.data_dir / READY_DIR)
         self._recovery_lock: int | None = None
         #: After-ingest listeners (web/: PS3.18 metadata), called on the event loop once an
         #: ingest is durable, after its result is known; they must be quick and must not raise.
@@ -228,12 +239,13 @@ class Archive:
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
-    async def open(cls, settings: Settings) -> Archive:
-        """Create the data directory, migrate the index to head, start the writer."""
+    async def start(cls, settings: ArchiveSettings, index: IndexDatabase, blobs: BlobStore) -> Archive:
+        """Create staging/, delete what an earlier process left there unacknowledged (unless
+        another process uses this data directory), start the writer. ``index`` is migrated."""
         data_dir = settings.data_dir.resolve()
         staging_dir = data_dir / "staging"
 
-        def prepare() -> tuple[Engine, FilesystemBlobStore, int | None]:
+        def prepare() -> int | None:
             staging_dir.mkdir(parents=True, exist_ok=True)
             (data_dir / READY_DIR).mkdir(exist_ok=True)
             lock = _take_recovery_lock(data_dir)
@@ -243,25 +255,16 @@ class Archive:
                     log.info("removed %d unacknowledged file(s) left in %s", removed, staging_dir)
             else:
                 log.info("another minipacs process is using %s; leaving staging/ to it", data_dir)
-            blobs = FilesystemBlobStore(data_dir / "storage", fsync=settings.fsync)
-            engine = create_index_engine(settings.resolved_index_url, fsync=settings.fsync)
-            try:
-                upgrade_schema(engine)
-            except Exception:
-                engine.dispose()
-                if lock is not None:
-                    os.close(lock)
-                raise
-            return engine, blobs, lock
+            return lock
 
-        engine, blobs, lock = await asyncio.to_thread(prepare)
-        archive = cls(replace(settings, data_dir=data_dir), engine, blobs, staging_dir)
+        lock = await asyncio.to_thread(prepare)
+        archive = cls(replace(settings, data_dir=data_dir), index, blobs)
         archive._recovery_lock = lock
         archive._writer.start()
         return archive
 
     async def close(self) -> None:
-        """Finish every queued job, stop the writer thread, dispose of the engine."""
+        """Finish every queued job, stop the writer thread, dispose of the index."""
         if self._closed:
             return
         self._closed = True
@@ -271,7 +274,7 @@ class Archive:
         if self._recovery_lock is not None:
             os.close(self._recovery_lock)  # releases the flock
             self._recovery_lock = None
-        self._engine.dispose()
+        self._index.dispose()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -328,7 +331,7 @@ class Archive:
         staged = await asyncio.to_thread(stage_file, self.staging_dir, path, limit)
         return await self.ingest(staged, origin)
 
-    async def write(self, call: Callable[[Connection], T], *, removes_entities: bool = False) -> T:
+    async def write(self, call: Callable[[IndexConnection], T], *, removes_entities: bool = False) -> T:
         """Run ``call`` in the writer's transaction: ALL index writes go through here.
 
         Pass ``removes_entities=True`` when the call may delete patient, study or
@@ -340,24 +343,21 @@ class Archive:
         self._queue.put(_CallJob(loop, future, call=call, removes_entities=removes_entities))
         return await future
 
-    async def read(self, call: Callable[[Connection], T]) -> T:
+    async def read(self, call: Callable[[IndexConnection], T]) -> T:
         """Run a read-only ``call`` on a pooled connection, off the event loop."""
-
-        def run() -> T:
-            with self._engine.connect() as conn:
-                return call(conn)
-
-        return await asyncio.to_thread(run)
+        return await asyncio.to_thread(self._index.read, call)
 
     # ------------------------------------------------------------------ other index access
 
     async def record_association(self, rec: AssociationRecord) -> int:
         """Insert (``rec.id`` None) or update the record; returns its id."""
-        return await self.write(lambda conn: repo.save_association(conn, rec))
+        values = {name: getattr(rec, name) for name in repo.ASSOCIATION_FIELDS}
+        return await self.write(lambda conn: repo.save_association(conn, values, rec.id))
 
     async def list_associations(self, limit: int = 100) -> list[AssociationRecord]:
         """The latest associations, newest first."""
-        return await self.read(lambda conn: repo.load_associations(conn, limit))
+        rows = await self.read(lambda conn: repo.load_associations(conn, limit))
+        return [AssociationRecord(**row) for row in rows]
 
     async def count_instances(self) -> int:
         return await self.read(repo.count_instances)
@@ -397,7 +397,7 @@ class Archive:
                 results = [ArchiveError(f"the index writer failed: {exc}")] * len(batch)
             for job, result in zip(batch, results, strict=True):
                 _resolve(job, result)
-        self._drop_writer_connection()
+        self._index_writer.close()
 
     def _commit_batch(self, batch: list[_Job[Any]]) -> list[object]:
         """Steps 1-4 of the module docstring; one result (value or exception) per job."""
@@ -452,31 +452,26 @@ class Archive:
         """Apply the jobs at ``indexes`` in ONE transaction; files move in before the commit."""
         if not indexes:
             return
-        conn = self._writer_connection()
         now = dt.datetime.now(dt.UTC)
         done: dict[int, object] = {}
         stale: list[str] = []
         moves: list[tuple[Path, str]] = []
         journal: list[dict[str, Any]] = []  # changes-journal rows of the ingests, in job order
-        try:
-            with conn.begin():
-                for index in indexes:
-                    job = batch[index]
-                    if isinstance(job, _CallJob) and journal:  # keep the journal in job order
-                        record_changes(conn, journal)
-                        journal.clear()
-                    mark = len(journal)
-                    try:
-                        done[index] = self._apply(conn, job, now, stale, moves, journal)
-                    except ArchiveError as exc:  # refused by policy: no rows written for it
-                        del journal[mark:]
-                        done[index] = exc
-                record_changes(conn, journal)
-                self._move_into_storage(moves)  # after every statement, before the commit
-                self.blobs.sync()
-        except Exception:
-            self._drop_writer_connection()
-            raise
+        with self._index_writer.transaction() as conn:  # a failure rolls back and drops the connection
+            for index in indexes:
+                job = batch[index]
+                if isinstance(job, _CallJob) and journal:  # keep the journal in job order
+                    record_changes(conn, journal)
+                    journal.clear()
+                mark = len(journal)
+                try:
+                    done[index] = self._apply(conn, job, now, stale, moves, journal)
+                except ArchiveError as exc:  # refused by policy: no rows written for it
+                    del journal[mark:]
+                    done[index] = exc
+            record_changes(conn, journal)
+            self._move_into_storage(moves)  # after every statement, before the commit
+            self.blobs.sync()
         for index, result in done.items():
             results[index] = result
         stale_keys.extend(stale)
@@ -497,21 +492,8 @@ class Archive:
                     log.error("could not return %s to staging after a failed batch: %s", key, exc)
             raise
 
-    def _writer_connection(self) -> Connection:
-        if self._conn is None or self._conn.closed:
-            self._conn = self._engine.connect().execution_options(**{WRITER_OPTION: True})
-        return self._conn
-
-    def _drop_writer_connection(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:  # noqa: BLE001 - it is broken anyway
-                pass
-            self._conn = None
-
     def _apply(
-        self, conn: Connection, job: _Job[Any], now: dt.datetime, stale_keys: list[str],
+        self, conn: IndexConnection, job: _Job[Any], now: dt.datetime, stale_keys: list[str],
         moves: list[tuple[Path, str]], journal: list[dict[str, Any]],
     ) -> object:
         if isinstance(job, _CallJob):
@@ -565,7 +547,7 @@ class Archive:
         return outcome
 
     def _series_pk(
-        self, conn: Connection, header: InstanceHeader, now: dt.datetime, journal: list[dict[str, Any]]
+        self, conn: IndexConnection, header: InstanceHeader, now: dt.datetime, journal: list[dict[str, Any]]
     ) -> int:
         """The series' primary key (cached); patient, study and series rows this inserts are journalled."""
         cache = self._keys
@@ -589,4 +571,4 @@ class Archive:
         return series_pk
 
 
-__all__ = ["Archive", "IngestStats", "MAX_BATCH", "prepare_ingest"]
+__all__ = ["Archive", "ArchiveSettings", "IngestStats", "MAX_BATCH", "prepare_ingest"]

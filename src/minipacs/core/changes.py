@@ -19,14 +19,10 @@ import datetime as dt
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, Final
 
-from sqlalchemy import Connection, Table, func, insert, select
-
-from minipacs.index.schema import Change as ChangeRow
-
-_CHANGES: Final = cast(Table, ChangeRow.__table__)
-_INSERT: Final = insert(_CHANGES)
+from minipacs.index import journal_repo
+from minipacs.index.database import IndexConnection
 
 #: Most changes one read returns.
 MAX_LIMIT: Final = 1000
@@ -64,7 +60,7 @@ CHANGE_TYPES: Final[Mapping[ChangeType, tuple[str, str, str]]] = {
                                 "the study's step is COMPLETED and every instance it references is stored"),
 }
 
-#: Levels a "Deleted" change may carry (core/delete.py LEVEL_COLUMNS).
+#: Levels a "Deleted" change may carry (core/delete.py LEVELS).
 DELETED_LEVELS: Final = frozenset({"patient", "study", "series", "instance"})
 
 
@@ -91,20 +87,17 @@ def change_row(kind: ChangeType, uid: str, study: str, now: dt.datetime, level: 
             "created_at": now}
 
 
-def record(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+def record(conn: IndexConnection, rows: Sequence[Mapping[str, Any]]) -> None:
     """Append ``rows`` (from :func:`change_row`) in order, in the caller's (writer's) transaction."""
-    if len(rows) == 1:
-        conn.execute(_INSERT, dict(rows[0]))  # one row: a plain execute, cheaper than executemany
-    elif rows:
-        conn.execute(_INSERT, list(rows))
+    journal_repo.insert_changes(conn, rows)
 
 
-def last_seq(conn: Connection) -> int:
+def last_seq(conn: IndexConnection) -> int:
     """The highest ``seq`` in the journal, 0 when it is empty."""
-    return int(conn.execute(select(func.coalesce(func.max(_CHANGES.c.seq), 0))).scalar_one())
+    return journal_repo.last_seq(conn)
 
 
-def read_changes(conn: Connection, since: int = 0, limit: int = DEFAULT_LIMIT) -> tuple[list[Change], int, bool]:
+def read_changes(conn: IndexConnection, since: int = 0, limit: int = DEFAULT_LIMIT) -> tuple[list[Change], int, bool]:
     """(changes after ``since`` in ``seq`` order, at most ``limit``; the last ``seq``; no more after it).
 
     With nothing after ``since``, the last ``seq`` is the journal's highest (lower than ``since``
@@ -112,10 +105,8 @@ def read_changes(conn: Connection, since: int = 0, limit: int = DEFAULT_LIMIT) -
     """
     if not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"limit must be from 1 to {MAX_LIMIT}, not {limit}")
-    t = _CHANGES
-    rows = conn.execute(select(t.c.seq, t.c.change_type, t.c.level, t.c.uid, t.c.study_instance_uid, t.c.created_at)
-                        .where(t.c.seq > since).order_by(t.c.seq).limit(limit + 1)).all()
-    found = [Change(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), r[5]) for r in rows[:limit]]
+    rows = journal_repo.changes_after(conn, since, limit + 1)
+    found = [Change(*row) for row in rows[:limit]]
     last = found[-1].seq if found else last_seq(conn)
     return found, last, len(rows) <= limit
 

@@ -13,15 +13,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from sqlalchemy import Connection
-
 from minipacs.index import worklist_repo as repo
+from minipacs.index.database import IndexConnection
 
 T = TypeVar("T")
 
 
 class IndexAccess(Protocol):
-    async def read(self, call: Callable[[Connection], T]) -> T: ...
+    async def read(self, call: Callable[[IndexConnection], T]) -> T: ...
 
 
 class Failure(enum.Enum):

@@ -21,6 +21,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 
 from minipacs.core.errors import InvalidKeyValue
+from minipacs.index.errors import InvalidMatchValue
 from minipacs.index.matching import BINARY_VRS, UNIVERSAL, Condition, Matching, classify, python_matches
 
 SPECIFIC_CHARACTER_SET: Final = 0x00080005
@@ -144,7 +145,7 @@ def _read_key(ds: Dataset, tag: int, charset: str, codecs: Sequence[str], depth:
             if vr in BINARY_VRS and raw:
                 raise InvalidKeyValue(f"{keyword or hex(tag)} ({vr}) cannot be used for matching; "
                                       "send it empty as a return key")
-            return Key(tag, keyword, vr, text, condition=classify(vr, text, keyword))
+            return Key(tag, keyword, vr, text, condition=_classify(vr, text, keyword))
         try:
             elem = ds[tag]
         except Exception as exc:  # noqa: BLE001 - a malformed sequence from a peer
@@ -161,7 +162,15 @@ def _read_key(ds: Dataset, tag: int, charset: str, codecs: Sequence[str], depth:
                                   "send it empty as a return key")
         return Key(tag, keyword, vr)
     text = element_text(elem)
-    return Key(tag, keyword, vr, text, condition=classify(vr, text, keyword))
+    return Key(tag, keyword, vr, text, condition=_classify(vr, text, keyword))
+
+
+def _classify(vr: str, text: str, keyword: str) -> Condition:
+    """The index's classification of a key value, its refusal raised as the core's InvalidKeyValue."""
+    try:
+        return classify(vr, text, keyword)
+    except InvalidMatchValue as exc:
+        raise InvalidKeyValue(str(exc)) from exc
 
 
 def identifier_charset(ds: Dataset) -> str:

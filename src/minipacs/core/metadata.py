@@ -12,20 +12,19 @@ DICOMweb root, written with the ``BULK_PREFIX`` marker the web layer replaces.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import logging
 from collections.abc import Iterable
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import pydicom
 from pydicom.dataelem import DataElement
-from sqlalchemy import Connection, Table, delete, insert, select
 
 from minipacs.core.archive import Archive
 from minipacs.core.errors import NotFound
 from minipacs.core.model import StoreOutcome, StoreStatus
-from minipacs.index.schema import Instance, InstanceMetadata, Series, Study
+from minipacs.index import metadata_repo
+from minipacs.index.database import IndexConnection
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,6 @@ log = logging.getLogger(__name__)
 BULK_THRESHOLD: Final = 1024
 #: Placeholder for the DICOMweb root URL inside stored BulkDataURIs.
 BULK_PREFIX: Final = "minipacs-bulk:"
-_TABLE: Final = cast(Table, InstanceMetadata.__table__)
 _BATCH: Final = 64
 #: Seconds without a new ingest before the worker starts.
 _QUIET: Final = 0.5
@@ -56,25 +54,9 @@ def compute(path: Any, study: str, series: str, sop: str) -> str:
     return json.dumps(model, separators=(",", ":"))
 
 
-def _locations(conn: Connection, uids: list[str]) -> list[Any]:
-    return list(conn.execute(
-        select(Instance.sop_instance_uid, Instance.blob_key, Study.study_instance_uid, Series.series_instance_uid)
-        .join(Series, Instance.series_pk == Series.id).join(Study, Series.study_pk == Study.id)
-        .where(Instance.sop_instance_uid.in_(uids))))
-
-
-def _store(conn: Connection, rows: list[tuple[str, str]]) -> None:
-    if not rows:
-        return
-    conn.execute(delete(_TABLE).where(_TABLE.c.sop_instance_uid.in_([uid for uid, _ in rows])))
-    now = dt.datetime.now(dt.UTC)
-    conn.execute(insert(_TABLE), [{"sop_instance_uid": uid, "json": text, "created_at": now} for uid, text in rows])
-
-
-def delete_rows(conn: Connection, uids: list[str]) -> None:
+def delete_rows(conn: IndexConnection, uids: list[str]) -> None:
     """Forget the metadata of deleted instances (called in the delete transaction)."""
-    if uids:
-        conn.execute(delete(_TABLE).where(_TABLE.c.sop_instance_uid.in_(uids)))
+    metadata_repo.forget(conn, uids)
 
 
 class MetadataStore:
@@ -130,7 +112,7 @@ class MetadataStore:
                     log.exception("computing PS3.18 metadata for %d instance(s) failed", len(batch))
 
     async def compute_and_store(self, uids: list[str]) -> dict[str, str]:
-        rows = await self.archive.read(lambda conn: _locations(conn, uids))
+        rows = await self.archive.read(lambda conn: metadata_repo.locations(conn, uids))
         blobs = self.archive.blobs
 
         def run() -> list[tuple[str, str]]:
@@ -145,21 +127,16 @@ class MetadataStore:
 
         computed = await asyncio.to_thread(run)
         if computed:
-            await self.archive.write(lambda conn: _store(conn, computed))
+            await self.archive.write(lambda conn: metadata_repo.store(conn, computed))
         return dict(computed)
 
     async def get(self, uids: Iterable[str]) -> list[str]:
         """The JSON texts of ``uids`` in that order; missing ones are computed now. Raises NotFound."""
         wanted = list(dict.fromkeys(uids))
         found: dict[str, str] = {}
-        def read(conn: Connection, chunk: list[str]) -> dict[str, str]:
-            rows = conn.execute(select(_TABLE.c.sop_instance_uid, _TABLE.c.json)
-                                .where(_TABLE.c.sop_instance_uid.in_(chunk))).all()
-            return {row[0]: row[1] for row in rows}
-
         for start in range(0, len(wanted), 500):
             chunk = wanted[start:start + 500]
-            found.update(await self.archive.read(lambda conn, c=chunk: read(conn, c)))  # type: ignore[misc]
+            found.update(await self.archive.read(lambda conn, c=chunk: metadata_repo.texts(conn, c)))  # type: ignore[misc]
         missing = [uid for uid in wanted if uid not in found]
         if missing:
             found.update(await self.compute_and_store(missing))

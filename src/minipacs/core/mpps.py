@@ -24,13 +24,13 @@ from typing import Any, Final, Protocol, TypeVar
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
-from sqlalchemy import Connection
 
 from minipacs.core.changes import ChangeType, change_row, record
 from minipacs.core.errors import ArchiveError
 from minipacs.core.model import StoreOutcome
 from minipacs.core.worklist import Worklist, from_text, to_text
 from minipacs.index import worklist_repo as repo
+from minipacs.index.database import IndexConnection
 
 log = logging.getLogger("minipacs.mpps")
 
@@ -85,9 +85,9 @@ TIME_VALUE: Final = re.compile(r"^([01]\d|2[0-3])([0-5]\d([0-5]\d|60)?)?(\.\d{1,
 
 
 class IndexAccess(Protocol):
-    async def write(self, call: Callable[[Connection], T]) -> T: ...
+    async def write(self, call: Callable[[IndexConnection], T]) -> T: ...
 
-    async def read(self, call: Callable[[Connection], T]) -> T: ...
+    async def read(self, call: Callable[[IndexConnection], T]) -> T: ...
 
 
 class StepRefused(ArchiveError):
@@ -307,7 +307,7 @@ _STEP_CHANGES: Final[Mapping[str, ChangeType]] = {
 }
 
 
-def _study_complete(conn: Connection, study_uid: str) -> tuple[str, int] | None:
+def _study_complete(conn: IndexConnection, study_uid: str) -> tuple[str, int] | None:
     """(MPPS UID, instances) that completes ``study_uid`` now, or None. Runs in the writer."""
     steps = [_step(row) for row in repo.mpps_for_study(conn, study_uid)]
     done = [s for s in steps if s.status == COMPLETED]
@@ -348,7 +348,7 @@ class ProcedureSteps:
                   "accession_number": accession[:16], "worklist_pk": entry_pk,
                   "referenced": "\\".join(referenced_instances(ds)), "dataset": to_text(ds)}
 
-        def insert(conn: Connection) -> None:
+        def insert(conn: IndexConnection) -> None:
             if repo.mpps_row(conn, sop_instance_uid) is not None:
                 raise DuplicateStep(f"MPPS {sop_instance_uid} already exists; N-SET it instead")
             repo.insert_mpps(conn, values)
@@ -365,7 +365,7 @@ class ProcedureSteps:
     async def set(self, sop_instance_uid: str, changes: Dataset) -> Step:
         """PS3.4 F.7.2.2 N-SET: only an IN PROGRESS step, only settable attributes, F.7 transitions."""
 
-        def update(conn: Connection) -> Step:
+        def update(conn: IndexConnection) -> Step:
             row = repo.mpps_row(conn, sop_instance_uid)
             if row is None:
                 raise NoSuchStep(f"no MPPS {sop_instance_uid} was created here (N-CREATE it first)")
@@ -425,7 +425,7 @@ class ProcedureSteps:
     async def resume(self) -> None:
         """At start-up: studies with a COMPLETED step that were not yet complete wait again."""
 
-        def pending(conn: Connection) -> set[str]:
+        def pending(conn: IndexConnection) -> set[str]:
             done = repo.completed_studies(conn)
             return {str(r["study_instance_uid"]) for r in repo.completed_mpps(conn)} - set(done)
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 from minipacs.core.errors import AmbiguousDestination, ArchiveError, NotFound, UnknownDestination
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection
+    from minipacs.index.database import IndexConnection
 
 # The index (SQLAlchemy) is imported where the registry first uses it, not here:
 # config.py imports this module for Node, and every command imports config.
@@ -42,9 +42,9 @@ class IndexAccess(Protocol):
     """How the registry reaches the index: ``Archive`` (its writer and its pool), or
     an index-only stand-in for commands that must not open the whole archive."""
 
-    async def write(self, call: Callable[[Connection], T]) -> T: ...
+    async def write(self, call: Callable[[IndexConnection], T]) -> T: ...
 
-    async def read(self, call: Callable[[Connection], T]) -> T: ...
+    async def read(self, call: Callable[[IndexConnection], T]) -> T: ...
 
 #: What a node may ask of us, in the order we print them. "mpps": N-CREATE / N-SET of procedure
 #: steps; "commit": storage commitment N-ACTION. Whoever may "store" may also do these two
@@ -319,7 +319,7 @@ class NodeRegistry:
         node = validated(node)
         now = dt.datetime.now(dt.UTC)
 
-        def run(conn: Connection) -> dict[str, Any]:
+        def run(conn: IndexConnection) -> dict[str, Any]:
             if nodes_repo.node_by_id(conn, node_id) is None:
                 raise NotFound(f"no node has the id {node_id}")
             if any(r["host"] == node.host and int(r["id"]) != node_id

@@ -24,7 +24,6 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 from pydicom.valuerep import PersonName
-from sqlalchemy import ColumnElement, Connection, Integer, Select, exists, func, literal, select
 
 from minipacs.core.errors import IdentifierMismatch, InvalidKeyValue, InvalidQuery
 from minipacs.core.identifier import (
@@ -50,14 +49,11 @@ from minipacs.core.query_model import (  # noqa: F401 - re-exported: the engine'
     COMPUTED_KEYS,
     CONSTANT_KEYS,
     SERVICE_KEYS,
-    _PAT,
-    _STU,
-    _SER,
-    _INS,
-    _DONE,
-    _owner_column,
 )
-from minipacs.index.matching import UNIVERSAL, ColumnKind, Condition, Matching, python_matches, sql_condition
+from minipacs.index import query_sql
+from minipacs.index.database import IndexConnection
+from minipacs.index.entities import Entity
+from minipacs.index.matching import Matching, python_matches
 
 log = logging.getLogger("minipacs.query")
 
@@ -84,9 +80,9 @@ class PreparedQuery:
     computed_keys: tuple[tuple[Key, ComputedKey], ...] = ()
     file_keys: tuple[Key, ...] = ()  # answered (and matched) from the stored file
     ignored: frozenset[int] = field(default_factory=frozenset)  # tags answered empty
-    #: Computed keys a match must have NO value for (no DICOM matching says "empty"; the REST
-    #: API's ``complete=false`` does): a NOT EXISTS on the key's match table.
-    absent: tuple[ComputedKey, ...] = ()
+    #: Keywords of computed keys a match must have NO value for (no DICOM matching says "empty";
+    #: the REST API's ``complete=false`` does): a NOT EXISTS on the key's match table.
+    absent: tuple[str, ...] = ()
 
 
 def _effective_level(level: Level, model: InformationModel) -> Level:
@@ -107,13 +103,13 @@ def prepare_query(
         level = _level_of(keys, model)
     elif level not in model.levels:
         raise IdentifierMismatch(f"level {level.value} is not part of the {model.name} information model")
-    without: list[ComputedKey] = []
+    without: list[str] = []
     for keyword in absent:
         comp = COMPUTED_KEYS.get(keyword)
-        if comp is None or comp.match_column is None or _effective_level(comp.level, model) is not level:
+        if comp is None or not comp.matchable or _effective_level(comp.level, model) is not level:
             raise InvalidQuery(f"{keyword} cannot be required empty at the {level.value} level; only computed "
                                "keys of that level that can be matched can")
-        without.append(comp)
+        without.append(keyword)
     unsupported: list[str] = []
     sql_keys: list[tuple[Key, IndexedKey]] = []
     computed: list[tuple[Key, ComputedKey]] = []
@@ -138,7 +134,7 @@ def prepare_query(
             if _ORDER[_effective_level(comp.level, model)] != _ORDER[level]:
                 ignored.add(key.tag)
                 continue
-            if not key.is_universal and comp.match_column is None:
+            if not key.is_universal and not comp.matchable:
                 unsupported.append(key.name)
             computed.append((key, comp))
         else:
@@ -247,10 +243,11 @@ async def run_query_batches(
     page = FIRST_PAGE
     sent = 0
     slots = _plan(prepared)
+    spec = page_query(prepared)
 
     def read(after: int, want: int) -> Awaitable[tuple[list[Row], int, bool]]:
         return cast(Awaitable[tuple[list[Row], int, bool]], archive.read(
-            lambda conn: _read_page(conn, prepared, slots, after, want, archive.blobs.path_of)))
+            lambda conn: _read_page(conn, prepared, spec, slots, after, want, archive.blobs.path_of)))
 
     pending: asyncio.Future[tuple[list[Row], int, bool]] | None = None
     try:
@@ -282,75 +279,32 @@ async def run_query_batches(
             pending.cancel()
 
 
-def _base_select(prepared: PreparedQuery, dialect: str) -> Select[Any]:
-    level = prepared.level
-    base = LEVELS[level].table
-    frm: Any = base
-    needed = {_ORDER[ik.level] for _k, ik in prepared.sql_keys}
-    top = min(needed | {_ORDER[level]})
-    chain = list(Level)[top : _ORDER[level] + 1]
-    # join upwards: child.parent_fk == parent.id
-    for child, parent in zip(reversed(chain[1:]), reversed(chain[:-1]), strict=True):
-        spec = LEVELS[child]
-        frm = frm.join(LEVELS[parent].table, spec.table.c[str(spec.parent_fk)] == LEVELS[parent].table.c.id)
-    columns = [base.c.id.label("pk")]
-    for key, ik in prepared.sql_keys:
-        columns.append(LEVELS[ik.level].table.c[ik.value_column].label(f"k{key.tag:08x}"))
-    unique = INDEXED_KEYS[LEVELS[level].unique_key]
-    columns.append(base.c[unique.value_column].label("unique_key"))
-    where: list[ColumnElement[bool]] = []
-    for key, ik in prepared.sql_keys:
-        clause = sql_condition(LEVELS[ik.level].table.c[ik.match_column], ik.kind, key.condition, dialect)
-        if clause is not None:
-            where.append(clause)
-    for key, comp in prepared.computed_keys:
-        if key.is_universal or comp.match_column is None:
-            continue
-        where.append(_exists(comp, key.condition, dialect))
-    for comp in prepared.absent:
-        where.append(~_exists(comp, UNIVERSAL, dialect))
-    return select(*columns).select_from(frm).where(*where)
-
-
-# Table of a computed key's match column -> its rows that belong to the study being matched (STUDY level).
-_STUDY_ROWS: Final[Mapping[Any, Callable[[], Select[Any]]]] = {
-    _SER: lambda: select(_SER.c.id).where(_SER.c.study_pk == _STU.c.id),
-    _INS: lambda: select(_INS.c.id).join(_SER, _INS.c.series_pk == _SER.c.id).where(_SER.c.study_pk == _STU.c.id),
-    _DONE: lambda: select(_DONE.c.id).where(_DONE.c.study_instance_uid == _STU.c.study_instance_uid),
-}
-
-
-def _exists(comp: ComputedKey, condition: Condition, dialect: str) -> ColumnElement[bool]:
-    """ModalitiesInStudy / SOPClassesInStudy / StudyStatusID matching: some series, instance or
-    completion row of the study matches (PS3.4 C.2.2.2 on each of its values)."""
-    column = comp.match_column
-    clause = sql_condition(column, ColumnKind.TEXT, condition, dialect)
-    sub = _STUDY_ROWS[column.table]()
-    if clause is not None:
-        sub = sub.where(clause)
-    return exists(sub)
+def page_query(prepared: PreparedQuery) -> query_sql.PageQuery:
+    """What the index matches for ``prepared`` (index/query_sql.py): entity, indexed keys, computed keys."""
+    keys = tuple(
+        query_sql.KeyMatch(f"k{key.tag:08x}", LEVELS[ik.level].entity, ik.value_column, ik.match_column, ik.kind,
+                           key.condition)
+        for key, ik in prepared.sql_keys
+    )
+    related = tuple((key.keyword, key.condition) for key, comp in prepared.computed_keys
+                    if not key.is_universal and comp.matchable)
+    return query_sql.PageQuery(LEVELS[prepared.level].entity, keys, related, prepared.absent)
 
 
 def _read_page(
-    conn: Connection, prepared: PreparedQuery, slots: Sequence[_Slot], after: int, want: int,
-    path_of: Callable[[str], Any],
+    conn: IndexConnection, prepared: PreparedQuery, spec: query_sql.PageQuery, slots: Sequence[_Slot], after: int,
+    want: int, path_of: Callable[[str], Any],
 ) -> tuple[list[Row], int, bool]:
     """One page of matches: (rows, last primary key read, no more rows)."""
-    base = LEVELS[prepared.level].table
-    # The LIMIT is rendered as a literal: given a bound LIMIT, SQLite's planner walks the primary key
-    # (no sort) instead of the index of a selective key, e.g. 35 ms instead of 5 ms for a one-month
-    # StudyDate range over 100,000 studies.
-    statement = (_base_select(prepared, conn.dialect.name).where(base.c.id > after).order_by(base.c.id)
-                 .limit(literal(want, Integer, literal_execute=True)))
-    position = {name: index for index, name in enumerate(statement.selected_columns.keys())}
-    rows = conn.execute(statement).all()
+    rows, position = query_sql.match_page(conn, spec, after, want)
     if not rows:
         return [], after, True
     pks = [int(r[0]) for r in rows]
-    computed = {key.keyword: _computed_values(conn, prepared.level, comp, pks) for key, comp in prepared.computed_keys}
+    computed = {key.keyword: _computed_values(conn, spec.entity, key.keyword, comp, pks)
+                for key, comp in prepared.computed_keys}
     files: dict[int, Dataset | None] = {}
     if prepared.file_keys:
-        files = _representative_files(conn, prepared, pks, path_of)
+        files = _representative_files(conn, prepared, spec.entity, pks, path_of)
     out: list[Row] = []
     fill = _row_builder(slots, position, computed)
     for pk, row in zip(pks, rows, strict=True):
@@ -361,41 +315,24 @@ def _read_page(
     return out, pks[-1], len(rows) < want
 
 
-def _computed_values(conn: Connection, level: Level, comp: ComputedKey, pks: list[int]) -> dict[int, str]:
-    statement = comp.aggregate(level)
-    owner = statement.selected_columns[0]
-    values: dict[int, list[str]] = {}
-    for owner_pk, value in conn.execute(statement.where(owner.in_(pks))):
-        values.setdefault(int(owner_pk), []).append(str(value))
+def _computed_values(
+    conn: IndexConnection, entity: Entity, keyword: str, comp: ComputedKey, pks: list[int]
+) -> dict[int, str]:
+    values = query_sql.aggregate_values(conn, keyword, entity, pks)
     if comp.joined:
         return {pk: "\\".join(sorted(v for v in vals if v)) for pk, vals in values.items()}
     return {pk: vals[0] for pk, vals in values.items()}
 
 
 def _representative_files(
-    conn: Connection, prepared: PreparedQuery, pks: list[int], path_of: Callable[[str], Any]
+    conn: IndexConnection, prepared: PreparedQuery, entity: Entity, pks: list[int],
+    path_of: Callable[[str], Any],
 ) -> dict[int, Dataset | None]:
     """The stored header (no pixel data) of one instance per matched entity (the first stored)."""
-    level = prepared.level
-    if level is Level.IMAGE:
-        owner: Any = _INS.c.id
-        frm: Any = _INS
-    elif level is Level.SERIES:
-        owner, frm = _INS.c.series_pk, _INS
-    elif level is Level.STUDY:
-        owner, frm = _SER.c.study_pk, _INS.join(_SER, _INS.c.series_pk == _SER.c.id)
-    else:
-        owner = _STU.c.patient_pk
-        frm = _INS.join(_SER, _INS.c.series_pk == _SER.c.id).join(_STU, _SER.c.study_pk == _STU.c.id)
-    first = (
-        select(owner.label("owner"), func.min(_INS.c.id).label("first"))
-        .select_from(frm).where(owner.in_(pks)).group_by(owner).subquery()
-    )
-    statement = select(first.c.owner, _INS.c.blob_key).join(_INS, _INS.c.id == first.c.first)
     tags = [k.tag for k in prepared.file_keys] + [SPECIFIC_CHARACTER_SET]
     found: dict[int, Dataset | None] = {}
-    for owner_pk, blob_key in conn.execute(statement):
-        found[int(owner_pk)] = _read_stored(path_of(str(blob_key)), tags)
+    for owner_pk, blob_key in query_sql.representative_blobs(conn, entity, pks):
+        found[owner_pk] = _read_stored(path_of(blob_key), tags)
     return found
 
 
@@ -466,7 +403,7 @@ def _plan(prepared: PreparedQuery) -> list[_Slot]:
     unique = _tag(LEVELS[prepared.level].unique_key)
     if not any(slot.tag == unique for slot in slots):
         vr = "LO" if prepared.level is Level.PATIENT else "UI"
-        slots.append(_Slot(BaseTag(unique), vr, _Source.INDEX, "unique_key"))
+        slots.append(_Slot(BaseTag(unique), vr, _Source.INDEX, query_sql.UNIQUE_LABEL))
     if not any(slot.tag == QUERY_RETRIEVE_LEVEL for slot in slots):
         slots.append(_Slot(BaseTag(QUERY_RETRIEVE_LEVEL), "CS", _Source.LEVEL, prepared.level.value))
     slots.sort(key=lambda slot: int(slot.tag))
@@ -568,6 +505,7 @@ __all__ = [
     "Row",
     "RowValue",
     "STUDY_ROOT",
+    "page_query",
     "prepare_query",
     "query",
     "response_fields",

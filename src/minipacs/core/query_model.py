@@ -1,7 +1,7 @@
 """What the query engine knows about the information models (PS3.4 C.6): levels,
-their tables, the keys the index holds, and the keys it computes (C.3.4, C.6.1.1).
+the index entity of each, the keys the index holds, and the keys it computes (C.3.4, C.6.1.1).
 
-Data tables only; core/query.py runs queries with them.
+Data tables only; core/query.py runs queries with them, index/query_sql.py holds their SQL.
 """
 
 from __future__ import annotations
@@ -9,13 +9,11 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, cast
-
-from sqlalchemy import Select, Table, func, select
+from typing import Any, Final
 
 from minipacs.index import repository as repo
+from minipacs.index.entities import ENTITIES, Entity
 from minipacs.index.matching import ColumnKind
-from minipacs.index.schema import Instance, Patient, Series, Study, StudyCompletion
 
 class Level(enum.Enum):
     """PS3.4 C.6.1.1 / C.6.2.1 Query/Retrieve levels, top to bottom."""
@@ -43,20 +41,23 @@ PATIENT_STUDY_ONLY: Final = InformationModel("Patient/Study Only", (Level.PATIEN
 
 @dataclass(frozen=True)
 class LevelTable:
-    """One level's table in the index, its unique key and the link to the level above."""
+    """One level's entity in the index (index/entities.py) and its unique key."""
 
-    table: Table
+    entity: Entity
     unique_key: str
-    columns: Mapping[str, tuple[str, repo.Converter]]
-    parent_fk: str | None
+
+    @property
+    def columns(self) -> Mapping[str, tuple[str, repo.Converter]]:
+        """The level's keyword ↔ column table (index/repository.py)."""
+        return ENTITIES[self.entity].columns
 
 
-# PS3.4 C.6.1.1.2-5: unique keys per level; index/schema.py tables
+# PS3.4 C.6.1.1.2-5: unique keys per level
 LEVELS: Final[Mapping[Level, LevelTable]] = {
-    Level.PATIENT: LevelTable(cast(Table, Patient.__table__), "PatientID", repo.PATIENT_COLUMNS, None),
-    Level.STUDY: LevelTable(cast(Table, Study.__table__), "StudyInstanceUID", repo.STUDY_COLUMNS, "patient_pk"),
-    Level.SERIES: LevelTable(cast(Table, Series.__table__), "SeriesInstanceUID", repo.SERIES_COLUMNS, "study_pk"),
-    Level.IMAGE: LevelTable(cast(Table, Instance.__table__), "SOPInstanceUID", repo.INSTANCE_COLUMNS, "series_pk"),
+    Level.PATIENT: LevelTable(Entity.PATIENT, "PatientID"),
+    Level.STUDY: LevelTable(Entity.STUDY, "StudyInstanceUID"),
+    Level.SERIES: LevelTable(Entity.SERIES, "SeriesInstanceUID"),
+    Level.IMAGE: LevelTable(Entity.INSTANCE, "SOPInstanceUID"),
 }
 
 _KIND_OF_CONVERTER: Final[Mapping[Callable[[str], Any], ColumnKind]] = {
@@ -98,74 +99,30 @@ INDEXED_KEYS: Final[Mapping[str, IndexedKey]] = _indexed_keys()
 
 # ------------------------------------------------------------------ computed keys
 
-_PAT, _STU, _SER, _INS = (LEVELS[lv].table for lv in Level)
-#: Complete studies (core/mpps.py), keyed by Study Instance UID.
-_DONE: Final = cast(Table, StudyCompletion.__table__)
-
-
-def _count(target: Table, *joins: tuple[Table, Any]) -> Callable[[Level], Select[Any]]:
-    """count(target) grouped by the key of the owning level, over the given join path."""
-
-    def build(level: Level) -> Select[Any]:
-        frm: Any = target
-        for table, on in joins:
-            frm = frm.join(table, on)
-        owner = _owner_column(level)
-        return select(owner, func.count(target.c.id)).select_from(frm).group_by(owner)
-
-    return build
-
-
-def _distinct(column: Any, *joins: tuple[Table, Any]) -> Callable[[Level], Select[Any]]:
-    def build(level: Level) -> Select[Any]:
-        frm: Any = column.table
-        for table, on in joins:
-            frm = frm.join(table, on)
-        owner = _owner_column(level)
-        return select(owner, column).select_from(frm).group_by(owner, column)
-
-    return build
-
-
-def _completion(level: Level) -> Select[Any]:
-    """Study Status ID of each complete study; a study that is not complete has none."""
-    return select(_STU.c.id, _DONE.c.study_status_id).select_from(
-        _STU.join(_DONE, _DONE.c.study_instance_uid == _STU.c.study_instance_uid))
-
-
-def _owner_column(level: Level) -> Any:
-    return {Level.PATIENT: _STU.c.patient_pk, Level.STUDY: _SER.c.study_pk, Level.SERIES: _INS.c.series_pk}[level]
-
-
 @dataclass(frozen=True)
 class ComputedKey:
+    """A key the index computes per match (index/query_sql.py AGGREGATES holds its SQL)."""
+
     level: Level
     vr: str
-    aggregate: Callable[[Level], Select[Any]]
     joined: bool  # True: several values joined by '\'; False: a count
-    #: Column matched (through EXISTS) when the key carries a value; None: not matchable.
-    match_column: Any = None
+    #: Whether a value in the key is matched (through EXISTS on the index rows it is computed from).
+    matchable: bool = False
 
 
 # PS3.4 C.3.4 (Table C.3-x, "Additional Query/Retrieve Attributes") and C.6.1.1.x
 COMPUTED_KEYS: Final[Mapping[str, ComputedKey]] = {
-    "NumberOfPatientRelatedStudies": ComputedKey(Level.PATIENT, "IS", _count(_STU), False),
-    "NumberOfPatientRelatedSeries": ComputedKey(
-        Level.PATIENT, "IS", _count(_SER, (_STU, _SER.c.study_pk == _STU.c.id)), False),
-    "NumberOfPatientRelatedInstances": ComputedKey(
-        Level.PATIENT, "IS",
-        _count(_INS, (_SER, _INS.c.series_pk == _SER.c.id), (_STU, _SER.c.study_pk == _STU.c.id)), False),
-    "NumberOfStudyRelatedSeries": ComputedKey(Level.STUDY, "IS", _count(_SER), False),
-    "NumberOfStudyRelatedInstances": ComputedKey(
-        Level.STUDY, "IS", _count(_INS, (_SER, _INS.c.series_pk == _SER.c.id)), False),
-    "ModalitiesInStudy": ComputedKey(Level.STUDY, "CS", _distinct(_SER.c.modality), True, _SER.c.modality),
-    "SOPClassesInStudy": ComputedKey(
-        Level.STUDY, "UI", _distinct(_INS.c.sop_class_uid, (_SER, _INS.c.series_pk == _SER.c.id)), True,
-        _INS.c.sop_class_uid),
-    "NumberOfSeriesRelatedInstances": ComputedKey(Level.SERIES, "IS", _count(_INS), False),
+    "NumberOfPatientRelatedStudies": ComputedKey(Level.PATIENT, "IS", False),
+    "NumberOfPatientRelatedSeries": ComputedKey(Level.PATIENT, "IS", False),
+    "NumberOfPatientRelatedInstances": ComputedKey(Level.PATIENT, "IS", False),
+    "NumberOfStudyRelatedSeries": ComputedKey(Level.STUDY, "IS", False),
+    "NumberOfStudyRelatedInstances": ComputedKey(Level.STUDY, "IS", False),
+    "ModalitiesInStudy": ComputedKey(Level.STUDY, "CS", True, True),
+    "SOPClassesInStudy": ComputedKey(Level.STUDY, "UI", True, True),
+    "NumberOfSeriesRelatedInstances": ComputedKey(Level.SERIES, "IS", False),
     # Study Status ID (0032,000A), CS, retired in PS3.6 but known to DCMTK and viewers: "COMPLETED"
     # once the study's MPPS is COMPLETED and every instance it references is stored (issue 5), else empty.
-    "StudyStatusID": ComputedKey(Level.STUDY, "CS", _completion, True, _DONE.c.study_status_id),
+    "StudyStatusID": ComputedKey(Level.STUDY, "CS", True, True),
 }
 
 #: Keys answered with a constant (PS3.4 C.4.1.1.3.2 / C.6.1.1.x).

@@ -19,20 +19,18 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Final
-
-from sqlalchemy import Connection, select
+from typing import Final
 
 from minipacs.core.archive import Archive
 from minipacs.core.errors import ArchiveError
 from minipacs.core.part10 import NotPart10
-from minipacs.index.schema import Instance, Patient, Series, Study
+from minipacs.index.entities import Entity
+from minipacs.index.retrieve_repo import StoredRow, stored_instances
 
 log = logging.getLogger(__name__)
 
 #: More values than this in one list of UIDs is refused (one SQL IN list each).
 MAX_KEYS: Final = 5000
-_IN_CHUNK: Final = 500
 
 
 class InvalidRetrieveIdentifier(ArchiveError):
@@ -43,16 +41,16 @@ class InvalidRetrieveIdentifier(ArchiveError):
 class RetrieveLevel:
     name: str
     unique_key: str  # DICOM keyword of the Unique Key at this level
-    column: Any  # index column holding it
+    entity: Entity  # index entity whose unique column holds it
     uid_list: bool  # whether a list of values is allowed (UIDs only)
 
 
 # PS3.4 C.6.1.1.1 (Patient Root) and C.6.2.1.1 (Study Root): levels and their Unique Keys
 LEVELS: Final[dict[str, RetrieveLevel]] = {
-    "PATIENT": RetrieveLevel("PATIENT", "PatientID", Patient.patient_id, False),
-    "STUDY": RetrieveLevel("STUDY", "StudyInstanceUID", Study.study_instance_uid, True),
-    "SERIES": RetrieveLevel("SERIES", "SeriesInstanceUID", Series.series_instance_uid, True),
-    "IMAGE": RetrieveLevel("IMAGE", "SOPInstanceUID", Instance.sop_instance_uid, True),
+    "PATIENT": RetrieveLevel("PATIENT", "PatientID", Entity.PATIENT, False),
+    "STUDY": RetrieveLevel("STUDY", "StudyInstanceUID", Entity.STUDY, True),
+    "SERIES": RetrieveLevel("SERIES", "SeriesInstanceUID", Entity.SERIES, True),
+    "IMAGE": RetrieveLevel("IMAGE", "SOPInstanceUID", Entity.INSTANCE, True),
 }
 
 # PS3.4 C.6.1 / C.6.2: the levels of each information model, top down
@@ -145,32 +143,7 @@ def plan(level: str, identifier: Mapping[str, object], model: str = "STUDY") -> 
     return constraints
 
 
-def _query(conn: Connection, constraints: list[tuple[RetrieveLevel, list[str]]]) -> list[Any]:
-    base = (
-        select(
-            Instance.sop_class_uid, Instance.sop_instance_uid, Instance.transfer_syntax_uid, Instance.blob_key,
-            Study.study_instance_uid, Series.series_instance_uid,
-        )
-        .join(Series, Instance.series_pk == Series.id)
-        .join(Study, Series.study_pk == Study.id)
-        .join(Patient, Study.patient_pk == Patient.id)
-    )
-    for spec, values in constraints[:-1]:
-        base = base.where(spec.column == values[0])
-    spec, values = constraints[-1]
-    order = (Study.id, Series.series_number, Series.id, Instance.instance_number, Instance.id)
-    rows: list[Any] = []
-    seen: set[str] = set()
-    for start in range(0, len(values), _IN_CHUNK):
-        chunk = values[start : start + _IN_CHUNK]
-        for row in conn.execute(base.where(spec.column.in_(chunk)).order_by(*order)):
-            if row.sop_instance_uid not in seen:
-                seen.add(row.sop_instance_uid)
-                rows.append(row)
-    return rows
-
-
-def _instance(archive: Archive, row: Any) -> StoredInstance:
+def _instance(archive: Archive, row: StoredRow) -> StoredInstance:
     return StoredInstance(row.sop_class_uid, row.sop_instance_uid, row.transfer_syntax_uid,
                           archive.blobs.path_of(row.blob_key), -1, row.study_instance_uid, row.series_instance_uid)
 
@@ -211,7 +184,7 @@ def locate(instance: StoredInstance, blob_key: str = "") -> StoredInstance:
     return replace(instance, problem=problem)
 
 
-def _locate(archive: Archive, rows: list[Any]) -> list[StoredInstance]:
+def _locate(archive: Archive, rows: list[StoredRow]) -> list[StoredInstance]:
     return [locate(_instance(archive, row), row.blob_key) for row in rows]
 
 
@@ -228,7 +201,8 @@ async def select_instances(
     just before sending it, so the first sub-operation does not wait for every file.
     """
     constraints = plan(level, identifier, model)
-    rows = await archive.read(lambda conn: _query(conn, constraints))
+    named = [(spec.entity, values) for spec, values in constraints]
+    rows = await archive.read(lambda conn: stored_instances(conn, named))
     if not located:  # still off the loop: a blob path per instance, tens of ms for a 1,000-instance study
         return await asyncio.to_thread(lambda: [_instance(archive, row) for row in rows])
     return await asyncio.to_thread(_locate, archive, rows)

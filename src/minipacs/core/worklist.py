@@ -24,11 +24,11 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import generate_uid
-from sqlalchemy import Connection
 
 from minipacs.core.errors import ArchiveError
 from minipacs.core.identifier import Key, element_text, read_keys
 from minipacs.index import worklist_repo as repo
+from minipacs.index.database import IndexConnection
 from minipacs.index.matching import Matching, python_matches
 
 T = TypeVar("T")
@@ -44,9 +44,9 @@ OPEN_STATES: Final = ("SCHEDULED", "IN PROGRESS")
 
 
 class IndexAccess(Protocol):
-    async def write(self, call: Callable[[Connection], T]) -> T: ...
+    async def write(self, call: Callable[[IndexConnection], T]) -> T: ...
 
-    async def read(self, call: Callable[[Connection], T]) -> T: ...
+    async def read(self, call: Callable[[IndexConnection], T]) -> T: ...
 
 
 class InvalidWorklistEntry(ArchiveError, ValueError):
@@ -253,7 +253,7 @@ class Worklist:
     async def remove(self, key: str) -> int:
         """Remove the entry with id ``key``, or every entry with that accession number."""
 
-        def run(conn: Connection) -> int:
+        def run(conn: IndexConnection) -> int:
             if key.isdigit() and repo.worklist_row(conn, int(key)) is not None:
                 return repo.delete_worklist(conn, [int(key)])
             pks = [int(r["id"]) for r in repo.worklist_rows(conn, {"accession_number": key})]
@@ -269,7 +269,7 @@ class Worklist:
         """
         ds = validated(ds)
 
-        def run(conn: Connection) -> str:
+        def run(conn: IndexConnection) -> str:
             row = repo.worklist_row(conn, pk)
             if row is None:
                 raise WorklistEntryChanged(f"worklist entry {pk} no longer exists")
@@ -308,7 +308,7 @@ class Worklist:
         keys = read_keys(identifier)
         equal = _prefilter(keys)
 
-        def run(conn: Connection) -> builtins.list[Dataset]:
+        def run(conn: IndexConnection) -> builtins.list[Dataset]:
             # Parsing and matching every open entry is CPU work: it runs here, off the event loop.
             found = []
             for row in repo.worklist_rows(conn, equal, OPEN_STATES):

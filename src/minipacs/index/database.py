@@ -10,13 +10,20 @@ nodes can start at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeAlias, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, text
 
+T = TypeVar("T")
+
+#: An open connection to the index, as the core passes it around: the core never looks
+#: inside, it hands it to the index's repository functions (``Archive.read`` / ``write``).
+IndexConnection: TypeAlias = Connection
 #: Where the migration scripts live inside the installed package.
 MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
 #: Execution option a connection sets to begin SQLite transactions with IMMEDIATE.
@@ -92,4 +99,66 @@ def upgrade_schema(engine: Engine) -> None:
                 connection.commit()
 
 
-__all__ = ["MIGRATIONS_DIR", "WRITER_OPTION", "alembic_config", "create_index_engine", "upgrade_schema"]
+class IndexWriter:
+    """The one connection every index write goes through (SQLite: ``BEGIN IMMEDIATE``),
+    kept open across transactions; dropped after a failed transaction, opened again on the next.
+    Used by one thread at a time (the archive's writer thread)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._conn: Connection | None = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[IndexConnection]:
+        """One transaction: committed when the block ends, rolled back (and the connection
+        dropped) when it raises."""
+        if self._conn is None or self._conn.closed:
+            self._conn = self._engine.connect().execution_options(**{WRITER_OPTION: True})
+        conn = self._conn
+        try:
+            with conn.begin():
+                yield conn
+        except Exception:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # noqa: BLE001 - it is broken anyway
+                pass
+            self._conn = None
+
+
+class IndexDatabase:
+    """The index as the core receives it from bootstrap.py: pooled reads, one writer, disposal."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str, *, fsync: bool = True) -> IndexDatabase:
+        """The index at ``url``, migrated to head (blocking: call it off the event loop)."""
+        engine = create_index_engine(url, fsync=fsync)
+        try:
+            upgrade_schema(engine)
+        except Exception:
+            engine.dispose()
+            raise
+        return cls(engine)
+
+    def read(self, call: Callable[[IndexConnection], T]) -> T:
+        """Run a read-only ``call`` on a pooled connection (blocking)."""
+        with self.engine.connect() as conn:
+            return call(conn)
+
+    def writer(self) -> IndexWriter:
+        return IndexWriter(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+__all__ = ["IndexConnection", "IndexDatabase", "IndexWriter", "MIGRATIONS_DIR", "WRITER_OPTION", "alembic_config",
+           "create_index_engine", "upgrade_schema"]

@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from sqlalchemy import ColumnElement, and_, false, or_
 
-from minipacs.core.errors import InvalidKeyValue
+from minipacs.index.errors import InvalidMatchValue
 from minipacs.index.repository import as_date, as_int, normalise_name
 
 #: Longest single value we match on (a wildcard pattern included); longer is refused.
@@ -60,22 +60,22 @@ UNIVERSAL: Final = Condition(Matching.UNIVERSAL)
 
 
 def classify(vr: str, value: str, keyword: str = "") -> Condition:
-    """The matching a key value of ``vr`` asks for (PS3.4 C.2.2.2); raises InvalidKeyValue."""
+    """The matching a key value of ``vr`` asks for (PS3.4 C.2.2.2); raises InvalidMatchValue."""
     name = keyword or vr
     if value == "" or (set(value) == {"*"} and vr not in BINARY_VRS):
         return UNIVERSAL
     if vr in BINARY_VRS:
-        raise InvalidKeyValue(f"{name} ({vr}) cannot be used for matching; send it empty as a return key")
+        raise InvalidMatchValue(f"{name} ({vr}) cannot be used for matching; send it empty as a return key")
     if "\\" in value:
         items = value.split("\\")
         if len(items) > MAX_LIST_VALUES:
-            raise InvalidKeyValue(f"{name} lists {len(items)} values; at most {MAX_LIST_VALUES} are accepted")
+            raise InvalidMatchValue(f"{name} lists {len(items)} values; at most {MAX_LIST_VALUES} are accepted")
         parts = tuple(classify(vr, item, keyword) for item in items)
         if any(p.kind is Matching.UNIVERSAL for p in parts):
             return UNIVERSAL
         return Condition(Matching.UID_LIST if vr == "UI" else Matching.MULTIPLE, parts=parts)
     if len(value) > MAX_VALUE_LENGTH:
-        raise InvalidKeyValue(f"{name} value of {len(value)} characters is longer than {MAX_VALUE_LENGTH}; "
+        raise InvalidMatchValue(f"{name} value of {len(value)} characters is longer than {MAX_VALUE_LENGTH}; "
                               "no stored value can match it")
     if vr in DATE_TIME_VRS:
         return _date_time_condition(vr, value, name)
@@ -92,14 +92,14 @@ def _date_time_condition(vr: str, value: str, name: str) -> Condition:
         low, sep, high = value.partition("-")
     for part in (low, high):
         if part and _BOUNDS[vr](part, False) is None:
-            raise InvalidKeyValue(f"{name} {value[:40]!r} is not a valid {vr} value or range "
+            raise InvalidMatchValue(f"{name} {value[:40]!r} is not a valid {vr} value or range "
                                   f"(PS3.5 Table 6.2-1; ranges are written A-B, -B or A-)")
     if not sep:
         return Condition(Matching.SINGLE, (value,))
     if not low and not high:
         return UNIVERSAL
     if low and high and _BOUNDS[vr](low, False) > _BOUNDS[vr](high, True):
-        raise InvalidKeyValue(f"{name} range {value!r} ends before it starts")
+        raise InvalidMatchValue(f"{name} range {value!r} ends before it starts")
     return Condition(Matching.RANGE, (low, high))
 
 
@@ -279,7 +279,7 @@ def _sql_any(col: Column, kind: ColumnKind, cond: Condition, dialect: str) -> Co
 
 
 def _sql_sequence(col: Column, kind: ColumnKind, cond: Condition, dialect: str) -> ColumnElement[bool] | None:
-    raise InvalidKeyValue("sequence matching is not done on index columns")  # pragma: no cover
+    raise InvalidMatchValue("sequence matching is not done on index columns")  # pragma: no cover
 
 
 # PS3.4 C.2.2.2: matching kind → SQL condition on an index column (None: no condition).
@@ -403,7 +403,7 @@ def _py_any(cond: Condition, vr: str, candidate: str) -> bool:
 
 
 def _py_sequence(cond: Condition, vr: str, candidate: str) -> bool:
-    raise InvalidKeyValue("sequence matching needs the items, not text")  # pragma: no cover
+    raise InvalidMatchValue("sequence matching needs the items, not text")  # pragma: no cover
 
 
 # PS3.4 C.2.2.2: matching kind → test of one stored value (text, multiple values joined by '\').

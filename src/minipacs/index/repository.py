@@ -12,18 +12,23 @@ import json
 import logging
 import unicodedata
 from collections.abc import Callable, Mapping
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from minipacs.core.header import InstanceHeader
-from minipacs.core.model import AssociationRecord
 from minipacs.index.schema import Association, Instance, Patient, Series, Study
 
 log = logging.getLogger(__name__)
 
 Converter = Callable[[str], Any]
+
+
+class InstanceHeader(Protocol):
+    """What the index reads of a parsed header (core/header.py): the text of an attribute by
+    keyword, "" when absent."""
+
+    def get(self, keyword: str) -> str: ...
 
 
 def as_text(value: str) -> str:
@@ -212,66 +217,43 @@ def blob_key_of(conn: Connection, sop_instance_uid: str) -> str | None:
     return None if found is None else found[1]
 
 
-def save_association(conn: Connection, rec: AssociationRecord) -> int:
-    """Insert the record, or update it when ``rec.id`` is set; return its id."""
-    values = {
-        "started_at": rec.started_at,
-        "ended_at": rec.ended_at,
-        "role": rec.role,
-        "calling_aet": rec.calling_aet,
-        "called_aet": rec.called_aet,
-        "peer_host": rec.peer_host,
-        "peer_port": rec.peer_port,
-        "accepted": rec.accepted,
-        "reject_reason": rec.reject_reason,
-        "end_reason": rec.end_reason,
-        "contexts": json.dumps(rec.contexts, default=str),
-        "operations": json.dumps(rec.operations, default=str),
-        "bytes_received": rec.bytes_received,
-        "bytes_sent": rec.bytes_sent,
-        "tls": rec.tls,
-        "tls_peer": rec.tls_peer,
-        "user_identity": rec.user_identity,
-    }
-    if rec.id is None:
+#: Columns of the association log (index/schema.py ``associations``); ``contexts`` and
+#: ``operations`` are lists of mappings, kept as JSON text.
+ASSOCIATION_FIELDS: Final = (
+    "started_at", "ended_at", "role", "calling_aet", "called_aet", "peer_host", "peer_port", "accepted",
+    "reject_reason", "end_reason", "contexts", "operations", "bytes_received", "bytes_sent", "tls", "tls_peer",
+    "user_identity",
+)
+_JSON_FIELDS: Final = frozenset({"contexts", "operations"})
+
+
+def save_association(conn: Connection, record: Mapping[str, Any], pk: int | None) -> int:
+    """Insert the association ``record`` (:data:`ASSOCIATION_FIELDS`), or update row ``pk``; return its id."""
+    values = {name: json.dumps(record[name], default=str) if name in _JSON_FIELDS else record[name]
+              for name in ASSOCIATION_FIELDS}
+    if pk is None:
         return int(conn.execute(insert(Association).values(**values).returning(Association.id)).scalar_one())
-    conn.execute(update(Association).where(Association.id == rec.id).values(**values))
-    return rec.id
+    conn.execute(update(Association).where(Association.id == pk).values(**values))
+    return pk
 
 
-def load_associations(conn: Connection, limit: int) -> list[AssociationRecord]:
-    """The most recent associations, newest first."""
+def load_associations(conn: Connection, limit: int) -> list[dict[str, Any]]:
+    """The most recent associations, newest first: :data:`ASSOCIATION_FIELDS` and ``id`` of each."""
     table = _ASSOCIATIONS
     rows = conn.execute(
         select(table).order_by(table.c.started_at.desc(), table.c.id.desc()).limit(limit)
     ).mappings()
     return [
-        AssociationRecord(
-            started_at=row["started_at"],
-            role=row["role"],
-            calling_aet=row["calling_aet"],
-            called_aet=row["called_aet"],
-            peer_host=row["peer_host"],
-            peer_port=row["peer_port"],
-            accepted=row["accepted"],
-            ended_at=row["ended_at"],
-            reject_reason=row["reject_reason"],
-            end_reason=row["end_reason"],
-            contexts=json.loads(row["contexts"]),
-            operations=json.loads(row["operations"]),
-            bytes_received=row["bytes_received"],
-            bytes_sent=row["bytes_sent"],
-            tls=row["tls"],
-            tls_peer=row["tls_peer"],
-            user_identity=row["user_identity"],
-            id=row["id"],
-        )
+        {**{name: json.loads(row[name]) if name in _JSON_FIELDS else row[name] for name in ASSOCIATION_FIELDS},
+         "id": row["id"]}
         for row in rows
     ]
 
 
 __all__ = [
+    "ASSOCIATION_FIELDS",
     "INSTANCE_COLUMNS",
+    "InstanceHeader",
     "PATIENT_COLUMNS",
     "SERIES_COLUMNS",
     "STUDY_COLUMNS",

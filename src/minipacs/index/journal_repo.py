@@ -1,0 +1,44 @@
+"""SQL of the changes journal (core/changes.py gives the rows their meaning).
+
+Rows are appended in the writer's transaction, on its connection; ``seq`` only grows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, cast
+
+from sqlalchemy import Connection, Table, func, insert, select
+
+from minipacs.index.schema import Change
+
+_CHANGES: Final = cast(Table, Change.__table__)
+_INSERT: Final = insert(_CHANGES)
+
+#: One journal row as :func:`changes_after` reads it.
+ChangeRow = tuple[int, str, str, str, str, dt.datetime]
+
+
+def insert_changes(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Append ``rows`` (change_type, level, uid, study_instance_uid, created_at) in order."""
+    if len(rows) == 1:
+        conn.execute(_INSERT, dict(rows[0]))  # one row: a plain execute, cheaper than executemany
+    elif rows:
+        conn.execute(_INSERT, list(rows))
+
+
+def last_seq(conn: Connection) -> int:
+    """The highest ``seq`` in the journal, 0 when it is empty."""
+    return int(conn.execute(select(func.coalesce(func.max(_CHANGES.c.seq), 0))).scalar_one())
+
+
+def changes_after(conn: Connection, since: int, limit: int) -> list[ChangeRow]:
+    """(seq, change type, level, uid, study, time) of at most ``limit`` rows after ``since``, in ``seq`` order."""
+    t = _CHANGES
+    rows = conn.execute(select(t.c.seq, t.c.change_type, t.c.level, t.c.uid, t.c.study_instance_uid, t.c.created_at)
+                        .where(t.c.seq > since).order_by(t.c.seq).limit(limit)).all()
+    return [(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), r[5]) for r in rows]
+
+
+__all__ = ["ChangeRow", "changes_after", "insert_changes", "last_seq"]

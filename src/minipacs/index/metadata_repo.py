@@ -1,0 +1,55 @@
+"""SQL of the PS3.18 JSON metadata kept per instance (core/metadata.py computes the texts)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Final, NamedTuple, cast
+
+from sqlalchemy import Connection, Table, delete, insert, select
+
+from minipacs.index.schema import Instance, InstanceMetadata, Series, Study
+
+_TABLE: Final = cast(Table, InstanceMetadata.__table__)
+
+
+class Location(NamedTuple):
+    """Where a stored instance is, and the UIDs its BulkDataURIs need."""
+
+    sop_instance_uid: str
+    blob_key: str
+    study_instance_uid: str
+    series_instance_uid: str
+
+
+def locations(conn: Connection, uids: Sequence[str]) -> list[Location]:
+    """The stored instances among ``uids`` (at most a few hundred: one IN list)."""
+    rows = conn.execute(
+        select(Instance.sop_instance_uid, Instance.blob_key, Study.study_instance_uid, Series.series_instance_uid)
+        .join(Series, Instance.series_pk == Series.id).join(Study, Series.study_pk == Study.id)
+        .where(Instance.sop_instance_uid.in_(uids)))
+    return [Location(*row) for row in rows]
+
+
+def store(conn: Connection, rows: Sequence[tuple[str, str]]) -> None:
+    """Keep (SOP Instance UID, JSON text) pairs, replacing what was kept for those instances."""
+    if not rows:
+        return
+    conn.execute(delete(_TABLE).where(_TABLE.c.sop_instance_uid.in_([uid for uid, _ in rows])))
+    now = dt.datetime.now(dt.UTC)
+    conn.execute(insert(_TABLE), [{"sop_instance_uid": uid, "json": text, "created_at": now} for uid, text in rows])
+
+
+def texts(conn: Connection, uids: Sequence[str]) -> dict[str, str]:
+    """SOP Instance UID -> kept JSON text, for those of ``uids`` that have one (one IN list)."""
+    rows = conn.execute(select(_TABLE.c.sop_instance_uid, _TABLE.c.json).where(_TABLE.c.sop_instance_uid.in_(uids)))
+    return {row[0]: row[1] for row in rows}
+
+
+def forget(conn: Connection, uids: Sequence[str]) -> None:
+    """Forget the metadata of deleted instances (in the delete transaction)."""
+    if uids:
+        conn.execute(delete(_TABLE).where(_TABLE.c.sop_instance_uid.in_(uids)))
+
+
+__all__ = ["Location", "forget", "locations", "store", "texts"]

@@ -1,0 +1,92 @@
+"""The index interface the core receives: IndexDatabase (reads, one writer) and the query
+engine's page statement (index/query_sql.py). SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from minipacs.index import journal_repo
+from minipacs.index.database import IndexDatabase
+from minipacs.index.entities import Entity
+from minipacs.index.matching import ColumnKind, classify
+from minipacs.index.query_sql import PK_LABEL, UNIQUE_LABEL, KeyMatch, PageQuery, match_page
+from tests.index.pg import postgres_schema_url
+from tests.index.query_fixture import STUDIES, STUDY_UIDS, QueryArchive, qa  # noqa: F401 - fixture
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[IndexDatabase]:
+    if request.param == "sqlite":
+        made = IndexDatabase.open(f"sqlite:///{tmp_path / 'index.sqlite3'}", fsync=False)
+        yield made
+        made.dispose()
+    else:
+        with postgres_schema_url() as url:
+            made = IndexDatabase.open(url, fsync=False)
+            yield made
+            made.dispose()
+
+
+def _change(uid: str) -> dict[str, Any]:
+    return {"change_type": "NewStudy", "level": "study", "uid": uid, "study_instance_uid": uid,
+            "created_at": dt.datetime.now(dt.UTC)}
+
+
+def test_open_migrates_to_head(index: IndexDatabase) -> None:
+    assert index.read(journal_repo.last_seq) == 0  # the table exists, empty
+
+
+def test_writer_commits_and_a_failed_transaction_leaves_nothing(index: IndexDatabase) -> None:
+    writer = index.writer()
+    with writer.transaction() as conn:
+        journal_repo.insert_changes(conn, [_change("1.1")])
+    first = writer._conn
+    assert index.read(journal_repo.last_seq) == 1
+    with pytest.raises(RuntimeError, match="spoiled"), writer.transaction() as conn:
+        journal_repo.insert_changes(conn, [_change("1.2"), _change("1.3")])
+        raise RuntimeError("spoiled")
+    assert writer._conn is None  # dropped after the failure
+    assert [row[3] for row in index.read(lambda c: journal_repo.changes_after(c, 0, 10))] == ["1.1"]
+    with writer.transaction() as conn:  # a new connection, and it works
+        journal_repo.insert_changes(conn, [_change("1.4")])
+    assert writer._conn is not None and writer._conn is not first
+    assert [row[3] for row in index.read(lambda c: journal_repo.changes_after(c, 0, 10))] == ["1.1", "1.4"]
+    writer.close()
+    assert writer._conn is None
+
+
+def _pages(qa: QueryArchive, query: PageQuery, size: int) -> list[list[Any]]:  # noqa: F811
+    pages: list[list[Any]] = []
+    after = 0
+    while True:
+        rows, position = qa.runner.run(qa.archive.read(lambda c, a=after: match_page(c, query, a, size)))
+        pages.append([(row[position[PK_LABEL]], row[position[UNIQUE_LABEL]]) for row in rows])
+        if len(rows) < size:
+            return pages
+        after = rows[-1][position[PK_LABEL]]
+
+
+def test_pages_follow_the_primary_key(qa: QueryArchive) -> None:  # noqa: F811
+    everything = PageQuery(Entity.STUDY)
+    [whole] = _pages(qa, everything, 100)
+    assert sorted(uid for _pk, uid in whole) == sorted(STUDY_UIDS.values())
+    pks = [pk for pk, _uid in whole]
+    assert pks == sorted(pks) and len(set(pks)) == len(STUDIES)
+    paged = _pages(qa, everything, 2)
+    assert [len(p) for p in paged] == [2, 2, 1]  # 5 studies: the short page is the last
+    assert [row for page in paged for row in page] == whole
+
+
+def test_a_page_matches_keys_of_the_levels_above(qa: QueryArchive) -> None:  # noqa: F811
+    """A SERIES page matched on the patient's name joins series -> studies -> patients."""
+    name = KeyMatch("k00100010", Entity.PATIENT, "patient_name", "patient_name_norm", ColumnKind.NAME,
+                    classify("PN", "doe^j*"))
+    [rows] = _pages(qa, PageQuery(Entity.SERIES, (name,)), 100)
+    studies = {uid.rsplit(".", 1)[0] for _pk, uid in rows}
+    assert studies == {STUDY_UIDS["A1"], STUDY_UIDS["A_2"]}  # Doe^John and DOE^JANE, two series each
+    assert len(rows) == 4
