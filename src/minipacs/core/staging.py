@@ -22,6 +22,7 @@ from minipacs.core.errors import DatasetTooLarge, InvalidIdentifier, InvalidInst
 from minipacs.core.header import read_header
 from minipacs.core.model import StagedPath
 from minipacs.core.paths import strip_uid_padding, validate_uid
+from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 
 #: PS3.10 §7.1: 128-byte preamble then the "DICM" prefix.
 PREAMBLE: Final = b"\x00" * 128 + b"DICM"
@@ -242,9 +243,6 @@ def _as_archive_error(exc: OSError, path: Path) -> Exception:
     return exc
 
 
-#: Transfer syntaxes assumed for a raw dataset without File Meta Information (PS3.5 §10.1, A.2).
-IMPLICIT_VR_LITTLE_ENDIAN: Final = "1.2.840.10008.1.2"
-EXPLICIT_VR_LITTLE_ENDIAN: Final = "1.2.840.10008.1.2.1"
 _MAX_META_BYTES: Final = 64 * 1024
 _COPY_CHUNK: Final = 1024 * 1024
 

@@ -40,6 +40,7 @@ from minipacs.core.query import (
     row_dataset,
     run_query_batches,
 )
+from minipacs.dicom.uids import PATIENT_ROOT_FIND, PATIENT_STUDY_ONLY_FIND, STUDY_ROOT_FIND
 from minipacs.net.association import Association, AssociationError, BytesSink, DatasetSink, Message, RequestHandler
 from minipacs.net.dimse import Command
 from minipacs.net.pdu_items import SOPClassExtendedNegotiation
@@ -61,10 +62,6 @@ from minipacs.services.verification import UNCOMPRESSED
 
 log = logging.getLogger("minipacs.find")
 
-# PS3.4 Table C.5-1 (Patient Root), C.5-2 (Study Root), C.5-3 (Patient/Study Only, retired): FIND SOP classes
-PATIENT_ROOT_FIND: Final = "1.2.840.10008.5.1.4.1.2.1.1"
-STUDY_ROOT_FIND: Final = "1.2.840.10008.5.1.4.1.2.2.1"
-PATIENT_STUDY_ONLY_FIND: Final = "1.2.840.10008.5.1.4.1.2.3.1"
 FIND_MODELS: Final[Mapping[str, InformationModel]] = {
     PATIENT_ROOT_FIND: PATIENT_ROOT,
     STUDY_ROOT_FIND: STUDY_ROOT,

@@ -19,6 +19,11 @@ from typing import Any, Final
 
 from minipacs.core.retrieve import StoredInstance, locate
 from minipacs.core.transcode import TranscodeError
+# moved to dicom/uids.py; re-exported (``as``) until the callers are updated
+from minipacs.dicom.uids import PATIENT_ROOT_GET as PATIENT_ROOT_GET
+from minipacs.dicom.uids import PATIENT_ROOT_MOVE as PATIENT_ROOT_MOVE
+from minipacs.dicom.uids import STUDY_ROOT_GET as STUDY_ROOT_GET
+from minipacs.dicom.uids import STUDY_ROOT_MOVE as STUDY_ROOT_MOVE
 from minipacs.net.association import Association, AssociationError, BytesSink, Message
 from minipacs.net.dimse import Command
 from minipacs.net.uids import (
@@ -40,12 +45,6 @@ from minipacs.services.status import (
 )
 
 log = logging.getLogger("minipacs.retrieve")
-
-# PS3.4 Table C.4-1 / PS3.6 Annex A: Query/Retrieve information models (MOVE and GET)
-PATIENT_ROOT_MOVE: Final = "1.2.840.10008.5.1.4.1.2.1.2"
-PATIENT_ROOT_GET: Final = "1.2.840.10008.5.1.4.1.2.1.3"
-STUDY_ROOT_MOVE: Final = "1.2.840.10008.5.1.4.1.2.2.2"
-STUDY_ROOT_GET: Final = "1.2.840.10008.5.1.4.1.2.2.3"
 
 #: SOP class -> information model name used by ``core.retrieve``.
 MOVE_MODELS: Final[dict[str, str]] = {PATIENT_ROOT_MOVE: "PATIENT", STUDY_ROOT_MOVE: "STUDY"}
