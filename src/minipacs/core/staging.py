@@ -23,6 +23,7 @@ from minipacs.core.header import read_header
 from minipacs.core.model import StagedPath
 from minipacs.core.paths import strip_uid_padding, validate_uid
 from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+from minipacs.dicom.vr import LONG_LENGTH_VRS
 
 #: PS3.10 §7.1: 128-byte preamble then the "DICM" prefix.
 PREAMBLE: Final = b"\x00" * 128 + b"DICM"
@@ -33,14 +34,12 @@ READY_DIR: Final = "ready"
 _WRITE_BUFFER: Final = 256 * 1024
 #: errno values that mean "the disk cannot take more" rather than a bug.
 _RESOURCE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-# PS3.5 Table 7.1-1: explicit VRs with 2 reserved bytes and a 32-bit length.
-_LONG_LENGTH_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
 
 
 def _element(tag: int, vr: str, value: bytes) -> bytes:
     """One explicit VR little endian data element (PS3.5 §7.1.2)."""
     head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode("ascii")
-    if vr in _LONG_LENGTH_VRS:
+    if vr in LONG_LENGTH_VRS:
         return head + struct.pack("<HI", 0, len(value)) + value
     return head + struct.pack("<H", len(value)) + value
 
@@ -263,7 +262,7 @@ def _read_file_meta(fp: BinaryIO, name: str) -> tuple[int, str]:
         if position - start > _MAX_META_BYTES:
             raise InvalidInstance(f"{name} has a File Meta Information group over {_MAX_META_BYTES} bytes")
         element = struct.unpack("<H", head[2:4])[0]
-        if head[4:6].decode("latin-1") in _LONG_LENGTH_VRS:
+        if head[4:6].decode("latin-1") in LONG_LENGTH_VRS:
             length = struct.unpack("<I", fp.read(4))[0]
         else:
             length = struct.unpack("<H", head[6:8])[0]

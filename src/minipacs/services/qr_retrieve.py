@@ -24,6 +24,7 @@ from minipacs.dicom.uids import PATIENT_ROOT_GET as PATIENT_ROOT_GET
 from minipacs.dicom.uids import PATIENT_ROOT_MOVE as PATIENT_ROOT_MOVE
 from minipacs.dicom.uids import STUDY_ROOT_GET as STUDY_ROOT_GET
 from minipacs.dicom.uids import STUDY_ROOT_MOVE as STUDY_ROOT_MOVE
+from minipacs.dicom.vr import STRING_VRS
 from minipacs.net.association import Association, AssociationError, BytesSink, Message
 from minipacs.net.dimse import Command
 from minipacs.net.uids import (
@@ -91,7 +92,7 @@ def decode_identifier(message: Message) -> tuple[str, dict[str, object]]:
             if not keyword or not isinstance(raw, RawDataElement) or raw.value is None:
                 continue
             vr = raw.VR or dictionary_VR(tag)
-            if vr == "SQ" or vr not in _TEXT_VRS:
+            if vr == "SQ" or vr not in STRING_VRS:  # the keys a retrieve uses are all text
                 continue
             text = bytes(raw.value).decode("latin-1").strip(" \x00")
             values = [v.strip(" \x00") for v in text.split("\\")]
@@ -101,10 +102,6 @@ def decode_identifier(message: Message) -> tuple[str, dict[str, object]]:
     level = keys.get("QueryRetrieveLevel", "")
     return (level if isinstance(level, str) else ""), keys
 
-
-#: VRs whose raw value is text (PS3.5 Table 6.2-1); the keys a retrieve uses are all of them.
-_TEXT_VRS: Final = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC",
-                              "UI", "UR", "UT"})
 
 
 def encode_failed_list(uids: list[str], transfer_syntax_uid: str) -> bytes:
