@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 from minipacs.cli.exit_codes import EXIT_NETWORK, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from minipacs.cli.main import association_settings, network_args
 from minipacs.config import Settings
+from minipacs.dicom.levels import LEVEL_NAMES
 from minipacs.net.association import AssociationError, build_rq, connect
 from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from minipacs.services.find_scu import MODELS, InvalidKeySpec, build_identifier, find
@@ -40,7 +41,7 @@ def register(sub: Any) -> None:
                        help="Study Root information model [default]")
     model.add_argument("-O", "--psonly", dest="model", action="store_const", const="patient-study",
                        help="Patient/Study Only information model (retired)")
-    p.add_argument("-L", "--level", type=str.upper, choices=["PATIENT", "STUDY", "SERIES", "IMAGE"],
+    p.add_argument("-L", "--level", type=str.upper, choices=LEVEL_NAMES,
                    help="QueryRetrieveLevel [PATIENT for -P/-O, STUDY for -S]")
     p.add_argument("-k", "--key", dest="keys", action="append", default=[], metavar="KEY[=VALUE]",
                    help="key as keyword or (gggg,eeee), e.g. PatientName=Doe* or (0010,0020)=; "

@@ -23,16 +23,20 @@ from minipacs.core.archive import Archive
 from minipacs.core.changes import ChangeType, change_row, record
 from minipacs.core.errors import NotFound
 from minipacs.core.metadata import delete_rows
+from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.index.schema import Instance, Patient, Series, Study, StudyCompletion
 
 log = logging.getLogger(__name__)
 
-# level -> the column naming a resource at that level
+# level (its noun in dicom/levels.py: "patient", ..., "instance") -> the column naming a resource at that level
 LEVEL_COLUMNS: Final[dict[str, Any]] = {
-    "patient": Patient.patient_id,
-    "study": Study.study_instance_uid,
-    "series": Series.series_instance_uid,
-    "instance": Instance.sop_instance_uid,
+    LEVEL_SPELLINGS[level].noun: column
+    for level, column in (
+        (Level.PATIENT, Patient.patient_id),
+        (Level.STUDY, Study.study_instance_uid),
+        (Level.SERIES, Series.series_instance_uid),
+        (Level.IMAGE, Instance.sop_instance_uid),
+    )
 }
 
 

@@ -6,39 +6,24 @@ Data tables only; core/query.py runs queries with them.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
 from sqlalchemy import Select, Table, func, select
 
+# moved to dicom/levels.py; re-exported (``as``) until the callers are updated
+from minipacs.dicom.levels import LEVEL_SPELLINGS
+from minipacs.dicom.levels import PATIENT_ROOT as PATIENT_ROOT
+from minipacs.dicom.levels import PATIENT_STUDY_ONLY as PATIENT_STUDY_ONLY
+from minipacs.dicom.levels import STUDY_ROOT as STUDY_ROOT
+from minipacs.dicom.levels import InformationModel as InformationModel
+from minipacs.dicom.levels import Level as Level
 from minipacs.index import repository as repo
 from minipacs.index.matching import ColumnKind
 from minipacs.index.schema import Instance, Patient, Series, Study, StudyCompletion
 
-class Level(enum.Enum):
-    """PS3.4 C.6.1.1 / C.6.2.1 Query/Retrieve levels, top to bottom."""
-
-    PATIENT = "PATIENT"
-    STUDY = "STUDY"
-    SERIES = "SERIES"
-    IMAGE = "IMAGE"
-
-
 _ORDER: Final = {level: index for index, level in enumerate(Level)}
-
-
-@dataclass(frozen=True)
-class InformationModel:
-    name: str
-    levels: tuple[Level, ...]
-
-
-# PS3.4 C.6.1 Patient Root, C.6.2 Study Root, C.6.3 Patient/Study Only (retired)
-PATIENT_ROOT: Final = InformationModel("Patient Root", (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE))
-STUDY_ROOT: Final = InformationModel("Study Root", (Level.STUDY, Level.SERIES, Level.IMAGE))
-PATIENT_STUDY_ONLY: Final = InformationModel("Patient/Study Only", (Level.PATIENT, Level.STUDY))
 
 
 @dataclass(frozen=True)
@@ -53,10 +38,13 @@ class LevelTable:
 
 # PS3.4 C.6.1.1.2-5: unique keys per level; index/schema.py tables
 LEVELS: Final[Mapping[Level, LevelTable]] = {
-    Level.PATIENT: LevelTable(cast(Table, Patient.__table__), "PatientID", repo.PATIENT_COLUMNS, None),
-    Level.STUDY: LevelTable(cast(Table, Study.__table__), "StudyInstanceUID", repo.STUDY_COLUMNS, "patient_pk"),
-    Level.SERIES: LevelTable(cast(Table, Series.__table__), "SeriesInstanceUID", repo.SERIES_COLUMNS, "study_pk"),
-    Level.IMAGE: LevelTable(cast(Table, Instance.__table__), "SOPInstanceUID", repo.INSTANCE_COLUMNS, "series_pk"),
+    level: LevelTable(cast(Table, model.__table__), LEVEL_SPELLINGS[level].unique_key, columns, parent_fk)
+    for level, model, columns, parent_fk in (
+        (Level.PATIENT, Patient, repo.PATIENT_COLUMNS, None),
+        (Level.STUDY, Study, repo.STUDY_COLUMNS, "patient_pk"),
+        (Level.SERIES, Series, repo.SERIES_COLUMNS, "study_pk"),
+        (Level.IMAGE, Instance, repo.INSTANCE_COLUMNS, "series_pk"),
+    )
 }
 
 _KIND_OF_CONVERTER: Final[Mapping[Callable[[str], Any], ColumnKind]] = {

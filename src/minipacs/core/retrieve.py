@@ -26,6 +26,7 @@ from sqlalchemy import Connection, select
 from minipacs.core.archive import Archive
 from minipacs.core.errors import ArchiveError
 from minipacs.core.part10 import NotPart10
+from minipacs.dicom.levels import LEVEL_SPELLINGS, RETRIEVE_MODELS, Level
 from minipacs.index.schema import Instance, Patient, Series, Study
 
 log = logging.getLogger(__name__)
@@ -47,18 +48,21 @@ class RetrieveLevel:
     uid_list: bool  # whether a list of values is allowed (UIDs only)
 
 
-# PS3.4 C.6.1.1.1 (Patient Root) and C.6.2.1.1 (Study Root): levels and their Unique Keys
+# PS3.4 C.6.1.1 (Patient Root) and C.6.2.1 (Study Root): levels and their Unique Keys (dicom/levels.py),
+# with the index column holding each
 LEVELS: Final[dict[str, RetrieveLevel]] = {
-    "PATIENT": RetrieveLevel("PATIENT", "PatientID", Patient.patient_id, False),
-    "STUDY": RetrieveLevel("STUDY", "StudyInstanceUID", Study.study_instance_uid, True),
-    "SERIES": RetrieveLevel("SERIES", "SeriesInstanceUID", Series.series_instance_uid, True),
-    "IMAGE": RetrieveLevel("IMAGE", "SOPInstanceUID", Instance.sop_instance_uid, True),
+    level.value: RetrieveLevel(level.value, LEVEL_SPELLINGS[level].unique_key, column, LEVEL_SPELLINGS[level].uid_list)
+    for level, column in (
+        (Level.PATIENT, Patient.patient_id),
+        (Level.STUDY, Study.study_instance_uid),
+        (Level.SERIES, Series.series_instance_uid),
+        (Level.IMAGE, Instance.sop_instance_uid),
+    )
 }
 
 # PS3.4 C.6.1 / C.6.2: the levels of each information model, top down
 MODELS: Final[dict[str, tuple[str, ...]]] = {
-    "PATIENT": ("PATIENT", "STUDY", "SERIES", "IMAGE"),
-    "STUDY": ("STUDY", "SERIES", "IMAGE"),
+    name: tuple(level.value for level in model.levels) for name, model in RETRIEVE_MODELS.items()
 }
 
 

@@ -29,10 +29,6 @@ from pydicom.multival import MultiValue
 from minipacs.core.errors import ArchiveError
 from minipacs.core.identifier import SPECIFIC_CHARACTER_SET, codecs_for, identifier_charset
 from minipacs.core.query import (
-    PATIENT_ROOT,
-    PATIENT_STUDY_ONLY,
-    STUDY_ROOT,
-    InformationModel,
     ResponseField,
     Row,
     prepare_query,
@@ -40,6 +36,7 @@ from minipacs.core.query import (
     row_dataset,
     run_query_batches,
 )
+from minipacs.dicom.levels import INFORMATION_MODELS, InformationModel
 from minipacs.dicom.uids import PATIENT_ROOT_FIND, PATIENT_STUDY_ONLY_FIND, STUDY_ROOT_FIND
 from minipacs.net.association import Association, AssociationError, BytesSink, DatasetSink, Message, RequestHandler
 from minipacs.net.dimse import Command
@@ -62,11 +59,8 @@ from minipacs.services.verification import UNCOMPRESSED
 
 log = logging.getLogger("minipacs.find")
 
-FIND_MODELS: Final[Mapping[str, InformationModel]] = {
-    PATIENT_ROOT_FIND: PATIENT_ROOT,
-    STUDY_ROOT_FIND: STUDY_ROOT,
-    PATIENT_STUDY_ONLY_FIND: PATIENT_STUDY_ONLY,
-}
+#: FIND SOP class -> its information model (PS3.4 C.6, dicom/levels.py)
+FIND_MODELS: Final[Mapping[str, InformationModel]] = {model.find_sop_class: model for model in INFORMATION_MODELS}
 FIND_TRANSFER_SYNTAXES: Final = UNCOMPRESSED | {DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN}
 # PS3.4 C.5.1.1 Extended Negotiation, byte 1: relational-queries (1 = supported)
 RELATIONAL_QUERIES_BYTE: Final = 0

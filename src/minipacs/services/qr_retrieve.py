@@ -24,6 +24,7 @@ from minipacs.dicom.uids import PATIENT_ROOT_GET as PATIENT_ROOT_GET
 from minipacs.dicom.uids import PATIENT_ROOT_MOVE as PATIENT_ROOT_MOVE
 from minipacs.dicom.uids import STUDY_ROOT_GET as STUDY_ROOT_GET
 from minipacs.dicom.uids import STUDY_ROOT_MOVE as STUDY_ROOT_MOVE
+from minipacs.dicom.levels import RETRIEVE_MODELS
 from minipacs.dicom.vr import STRING_VRS
 from minipacs.net.association import Association, AssociationError, BytesSink, Message
 from minipacs.net.dimse import Command
@@ -48,8 +49,8 @@ from minipacs.services.status import (
 log = logging.getLogger("minipacs.retrieve")
 
 #: SOP class -> information model name used by ``core.retrieve``.
-MOVE_MODELS: Final[dict[str, str]] = {PATIENT_ROOT_MOVE: "PATIENT", STUDY_ROOT_MOVE: "STUDY"}
-GET_MODELS: Final[dict[str, str]] = {PATIENT_ROOT_GET: "PATIENT", STUDY_ROOT_GET: "STUDY"}
+MOVE_MODELS: Final[dict[str, str]] = {model.move_sop_class: name for name, model in RETRIEVE_MODELS.items()}
+GET_MODELS: Final[dict[str, str]] = {model.get_sop_class: name for name, model in RETRIEVE_MODELS.items()}
 
 #: Transfer syntaxes for the identifiers of Q/R contexts.
 IDENTIFIER_SYNTAXES: Final = frozenset({IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN})
