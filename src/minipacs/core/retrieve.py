@@ -25,8 +25,8 @@ from sqlalchemy import Connection, select
 
 from minipacs.core.archive import Archive
 from minipacs.core.errors import ArchiveError
-from minipacs.core.part10 import NotPart10
 from minipacs.dicom.levels import LEVEL_SPELLINGS, RETRIEVE_MODELS, Level
+from minipacs.dicom.part10 import NotPart10, dataset_offset_of  # dataset_offset_of: moved there; re-exported
 from minipacs.index.schema import Instance, Patient, Series, Study
 
 log = logging.getLogger(__name__)
@@ -177,27 +177,6 @@ def _query(conn: Connection, constraints: list[tuple[RetrieveLevel, list[str]]])
 def _instance(archive: Archive, row: Any) -> StoredInstance:
     return StoredInstance(row.sop_class_uid, row.sop_instance_uid, row.transfer_syntax_uid,
                           archive.blobs.path_of(row.blob_key), -1, row.study_instance_uid, row.series_instance_uid)
-
-
-def dataset_offset_of(path: Path) -> int:
-    """Where the dataset of a stored Part 10 file begins: 144 + File Meta Information Group Length (PS3.10 §7.1).
-
-    One 144-byte read; the File Meta Information itself was checked when the file was stored.
-    """
-    with open(path, "rb", buffering=0) as fh:
-        head = fh.read(144)
-    if len(head) < 144 or head[128:132] != b"DICM":
-        raise NotPart10("no DICM prefix after the 128-byte preamble (not a DICOM Part 10 file)")
-    if head[132:140] != _GROUP_LENGTH_HEADER:
-        raise NotPart10("File Meta Information Group Length (0002,0000) missing")
-    group_length = int.from_bytes(head[140:144], "little")
-    if group_length > 1 << 20:
-        raise NotPart10(f"File Meta Information of {group_length} bytes is not plausible")
-    return 144 + group_length
-
-
-#: (0002,0000) UL, length 4, explicit VR little endian: how every Part 10 file's meta group starts.
-_GROUP_LENGTH_HEADER: Final = b"\x02\x00\x00\x00UL\x04\x00"
 
 
 def locate(instance: StoredInstance, blob_key: str = "") -> StoredInstance:

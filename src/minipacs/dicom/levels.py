@@ -100,8 +100,8 @@ RETRIEVE_MODELS: Final[Mapping[str, InformationModel]] = {
 
 __all__ = [
     "INFORMATION_MODELS",
-    "LEVEL_SPELLINGS",
     "LEVEL_NAMES",
+    "LEVEL_SPELLINGS",
     "PATIENT_ROOT",
     "PATIENT_STUDY_ONLY",
     "RETRIEVE_MODELS",
