@@ -94,5 +94,10 @@ def test_the_tables_built_from_them_say_what_they_said_before() -> None:
     assert qr_retrieve.GET_MODELS == {uids.PATIENT_ROOT_GET: "PATIENT", uids.STUDY_ROOT_GET: "STUDY"}
     assert retrieve_scu.MOVE_MODEL_UIDS == {"PATIENT": uids.PATIENT_ROOT_MOVE, "STUDY": uids.STUDY_ROOT_MOVE}
     assert retrieve_scu.GET_MODEL_UIDS == {"PATIENT": uids.PATIENT_ROOT_GET, "STUDY": uids.STUDY_ROOT_GET}
+    from minipacs.core.changes import DELETED_LEVELS
+    from minipacs.web.dicomweb import PATH_KEYS
+
+    assert PATH_KEYS == {"study": "StudyInstanceUID", "series": "SeriesInstanceUID", "instance": "SOPInstanceUID"}
+    assert DELETED_LEVELS == {"patient", "study", "series", "instance"}
     assert LEVEL_OF_KEY == (("SOPInstanceUID", "IMAGE"), ("SeriesInstanceUID", "SERIES"),
                             ("StudyInstanceUID", "STUDY"), ("PatientID", "PATIENT"))

@@ -23,6 +23,7 @@ from typing import Any, Final, cast
 
 from sqlalchemy import Connection, Table, func, insert, select
 
+from minipacs.dicom.levels import LEVEL_SPELLINGS
 from minipacs.index.schema import Change as ChangeRow
 
 _CHANGES: Final = cast(Table, ChangeRow.__table__)
@@ -64,8 +65,8 @@ CHANGE_TYPES: Final[Mapping[ChangeType, tuple[str, str, str]]] = {
                                 "the study's step is COMPLETED and every instance it references is stored"),
 }
 
-#: Levels a "Deleted" change may carry (core/delete.py LEVEL_COLUMNS).
-DELETED_LEVELS: Final = frozenset({"patient", "study", "series", "instance"})
+#: Levels a "Deleted" change may carry (core/delete.py LEVEL_COLUMNS): the nouns of dicom/levels.py.
+DELETED_LEVELS: Final = frozenset(s.noun for s in LEVEL_SPELLINGS.values())
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Self, TypeVar
 
+from minipacs.dicom.reasons import (
+    ABORT_REASONS,
+    ABORT_SOURCES,
+    REJECT_REASONS,
+    REJECT_RESULTS,
+    REJECT_SOURCES,
+)
 from minipacs.net.pdu_items import (
     APPLICATION_CONTEXT_ITEM,
     APPLICATION_CONTEXT_NAME,
@@ -75,38 +82,6 @@ _PDATA_HEADER = struct.Struct(">BxLLBB")  # PDU header + first PDV item header
 _AE_TITLE_LENGTH = 16
 _COMMAND_BIT = 0x01  # PS3.8 Annex E.2: bit 0 set = Command, clear = Data Set
 _LAST_BIT = 0x02  # bit 1 set = last fragment
-
-# PS3.8 Table 9-21: A-ASSOCIATE-RJ Result, Source and Reason/Diag.
-REJECT_RESULTS: dict[int, str] = {1: "rejected-permanent", 2: "rejected-transient"}
-REJECT_SOURCES: dict[int, str] = {
-    1: "DICOM UL service-user",
-    2: "DICOM UL service-provider (ACSE related function)",
-    3: "DICOM UL service-provider (Presentation related function)",
-}
-REJECT_REASONS: dict[tuple[int, int], str] = {
-    (1, 1): "no-reason-given",
-    (1, 2): "application-context-name-not-supported",
-    (1, 3): "calling-AE-title-not-recognized",
-    (1, 7): "called-AE-title-not-recognized",
-    (2, 1): "no-reason-given",
-    (2, 2): "protocol-version-not-supported",
-    (3, 1): "temporary-congestion",
-    (3, 2): "local-limit-exceeded",
-}
-
-# PS3.8 Table 9-26: A-ABORT Source and Reason/Diag (reason significant for source 2).
-ABORT_SOURCES: dict[int, str] = {
-    0: "DICOM UL service-user (initiated abort)",
-    2: "DICOM UL service-provider (initiated abort)",
-}
-ABORT_REASONS: dict[int, str] = {
-    0: "reason-not-specified",
-    1: "unrecognized-PDU",
-    2: "unexpected-PDU",
-    4: "unrecognized-PDU-parameter",
-    5: "unexpected-PDU-parameter",
-    6: "invalid-PDU-parameter-value",
-}
 
 
 def _header(pdu_type: int, body: bytes) -> bytes:
@@ -351,7 +326,8 @@ class AAssociateRJ:
     def describe(self) -> str:
         """A sentence naming result, source and reason as PS3.8 Table 9-21 does."""
         result = REJECT_RESULTS.get(self.result, f"result {self.result}")
-        source = REJECT_SOURCES.get(self.source, f"source {self.source}")
+        known = REJECT_SOURCES.get(self.source)
+        source = known.term if known else f"source {self.source}"
         reason = REJECT_REASONS.get((self.source, self.reason), f"reason {self.reason}")
         return f"association {result} by the {source}: {reason}"
 
@@ -406,7 +382,8 @@ class AAbort:
 
     def describe(self) -> str:
         """A sentence naming source and (for the provider) reason, per Table 9-26."""
-        source = ABORT_SOURCES.get(self.source, f"source {self.source}")
+        known = ABORT_SOURCES.get(self.source)
+        source = known.term if known else f"source {self.source}"
         if self.source != 2:
             return f"association aborted by the {source}"
         reason = ABORT_REASONS.get(self.reason, f"reason {self.reason}")
