@@ -9,7 +9,12 @@ import pytest
 from minipacs.core.errors import InvalidInstance
 from minipacs.core.header import read_header
 from minipacs.core.staging import StagingFile
-from tests.dicomgen import CT_IMAGE_STORAGE, ExplicitVRLittleEndian, encode_dataset, make_ct
+from tests.dicomgen import (
+    CT_IMAGE_STORAGE,
+    ExplicitVRLittleEndian,
+    encode_dataset,
+    make_ct,
+)
 
 
 def test_a_malformed_header_is_an_invalid_instance(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from minipacs.dicom import reasons
-from minipacs.dicom.levels import LEVEL_SPELLINGS, LEVEL_NAMES
+from minipacs.dicom.levels import LEVEL_NAMES, LEVEL_SPELLINGS
 from minipacs.dicom.vr import CHARSET_VRS, LONG_LENGTH_VRS
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "minipacs"

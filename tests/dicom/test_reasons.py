@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from minipacs.dicom.reasons import ABORT_REASONS, ABORT_SOURCES, REJECT_REASONS, REJECT_SOURCES, in_words
+from minipacs.dicom.reasons import (
+    ABORT_REASONS,
+    ABORT_SOURCES,
+    REJECT_REASONS,
+    REJECT_SOURCES,
+    in_words,
+)
 from minipacs.net.association import describe_rejection
 from minipacs.net.dul import describe_abort
 from minipacs.net.pdu import AAbort, AAssociateRJ

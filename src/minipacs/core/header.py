@@ -11,7 +11,12 @@ from pathlib import Path
 
 from minipacs.core.errors import InvalidInstance
 from minipacs.dicom import header as _header
-from minipacs.dicom.header import HEADER_ATTRIBUTES, InstanceHeader, MalformedDataset, dataset_encoding
+from minipacs.dicom.header import (
+    HEADER_ATTRIBUTES,
+    InstanceHeader,
+    MalformedDataset,
+    dataset_encoding,
+)
 
 
 def read_header(path: Path, dataset_offset: int, transfer_syntax_uid: str) -> InstanceHeader:

@@ -14,11 +14,11 @@ from sqlalchemy import Select, Table, func, select
 
 # moved to dicom/levels.py; re-exported (``as``) until the callers are updated
 from minipacs.dicom.levels import LEVEL_SPELLINGS
-from minipacs.dicom.levels import PATIENT_ROOT as PATIENT_ROOT
-from minipacs.dicom.levels import PATIENT_STUDY_ONLY as PATIENT_STUDY_ONLY
-from minipacs.dicom.levels import STUDY_ROOT as STUDY_ROOT
-from minipacs.dicom.levels import InformationModel as InformationModel
-from minipacs.dicom.levels import Level as Level
+from minipacs.dicom.levels import PATIENT_ROOT as PATIENT_ROOT  # noqa: PLC0414 - explicit re-export
+from minipacs.dicom.levels import PATIENT_STUDY_ONLY as PATIENT_STUDY_ONLY  # noqa: PLC0414 - explicit re-export
+from minipacs.dicom.levels import STUDY_ROOT as STUDY_ROOT  # noqa: PLC0414 - explicit re-export
+from minipacs.dicom.levels import InformationModel as InformationModel  # noqa: PLC0414 - explicit re-export
+from minipacs.dicom.levels import Level as Level  # noqa: PLC0414 - explicit re-export
 from minipacs.index import repository as repo
 from minipacs.index.matching import ColumnKind
 from minipacs.index.schema import Instance, Patient, Series, Study, StudyCompletion

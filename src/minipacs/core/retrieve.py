@@ -26,7 +26,10 @@ from sqlalchemy import Connection, select
 from minipacs.core.archive import Archive
 from minipacs.core.errors import ArchiveError
 from minipacs.dicom.levels import LEVEL_SPELLINGS, RETRIEVE_MODELS, Level
-from minipacs.dicom.part10 import NotPart10, dataset_offset_of  # dataset_offset_of: moved there; re-exported
+from minipacs.dicom.part10 import (  # dataset_offset_of: moved there; re-exported
+    NotPart10,
+    dataset_offset_of,
+)
 from minipacs.index.schema import Instance, Patient, Series, Study
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from minipacs.core.errors import ArchiveError, NotFound
-from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, TransferSyntax, transfer_syntax
+from minipacs.dicom.uids import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    TransferSyntax,
+    transfer_syntax,
+)
 
 _CODECS_HINT: Final = "(for JPEG, JPEG-LS and JPEG 2000 install pylibjpeg, pylibjpeg-libjpeg and pylibjpeg-openjpeg)"
 

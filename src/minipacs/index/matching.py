@@ -19,8 +19,16 @@ from typing import Any, Final
 from sqlalchemy import ColumnElement, and_, false, or_
 
 from minipacs.core.errors import InvalidKeyValue
-from minipacs.dicom.values import date_bound, datetime_bound, normalise_name, time_bound  # re-exported
-from minipacs.dicom.vr import BINARY_VRS, DATE_TIME_VRS  # moved to dicom/vr.py; re-exported
+from minipacs.dicom.values import (  # re-exported
+    date_bound,
+    datetime_bound,
+    normalise_name,
+    time_bound,
+)
+from minipacs.dicom.vr import (  # moved to dicom/vr.py; re-exported
+    BINARY_VRS,
+    DATE_TIME_VRS,
+)
 from minipacs.index.repository import as_int
 
 #: Longest single value we match on (a wildcard pattern included); longer is refused.

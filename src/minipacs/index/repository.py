@@ -18,7 +18,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from minipacs.core.header import InstanceHeader
 from minipacs.core.model import AssociationRecord
-from minipacs.dicom.values import as_date, as_time, normalise_name  # moved to dicom/values.py; re-exported
+from minipacs.dicom.values import (  # moved to dicom/values.py; re-exported
+    as_date,
+    as_time,
+    normalise_name,
+)
 from minipacs.index.schema import Association, Instance, Patient, Series, Study
 
 log = logging.getLogger(__name__)

@@ -19,12 +19,13 @@ from typing import Any, Final
 
 from minipacs.core.retrieve import StoredInstance, locate
 from minipacs.core.transcode import TranscodeError
-# moved to dicom/uids.py; re-exported (``as``) until the callers are updated
-from minipacs.dicom.uids import PATIENT_ROOT_GET as PATIENT_ROOT_GET
-from minipacs.dicom.uids import PATIENT_ROOT_MOVE as PATIENT_ROOT_MOVE
-from minipacs.dicom.uids import STUDY_ROOT_GET as STUDY_ROOT_GET
-from minipacs.dicom.uids import STUDY_ROOT_MOVE as STUDY_ROOT_MOVE
 from minipacs.dicom.levels import RETRIEVE_MODELS
+
+# moved to dicom/uids.py; re-exported (``as``) until the callers are updated
+from minipacs.dicom.uids import PATIENT_ROOT_GET as PATIENT_ROOT_GET  # noqa: PLC0414 - explicit re-export
+from minipacs.dicom.uids import PATIENT_ROOT_MOVE as PATIENT_ROOT_MOVE  # noqa: PLC0414 - explicit re-export
+from minipacs.dicom.uids import STUDY_ROOT_GET as STUDY_ROOT_GET  # noqa: PLC0414 - explicit re-export
+from minipacs.dicom.uids import STUDY_ROOT_MOVE as STUDY_ROOT_MOVE  # noqa: PLC0414 - explicit re-export
 from minipacs.dicom.vr import STRING_VRS
 from minipacs.net.association import Association, AssociationError, BytesSink, Message
 from minipacs.net.dimse import Command
