@@ -63,8 +63,6 @@ ALLOWED: dict[str, frozenset[str]] = {
 KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset({
     # blobs -> core: the file store raises the core's errors (InvalidIdentifier, NotFound)
     ("minipacs.blobs.filesystem", "minipacs.core.errors"),
-    # core -> net: transfer-syntax facts live in net.uids (belong in dicom/)
-    ("minipacs.core.transcode", "minipacs.net.uids"),
 })
 
 

@@ -111,3 +111,58 @@ def test_staging_pool_refills_in_bursts_and_cleans_up(tmp_path: Path) -> None:
     finally:
         pool.close()
     assert sorted(tmp_path.iterdir()) == sorted(taken)
+
+
+def _meta_file(path: Path, meta_body: bytes, dataset: bytes, group_length: int | None = None) -> Path:
+    import struct
+
+    from minipacs.dicom.part10 import GROUP_LENGTH_HEADER, PREAMBLE
+
+    length = len(meta_body) if group_length is None else group_length
+    path.write_bytes(PREAMBLE + GROUP_LENGTH_HEADER + struct.pack("<I", length) + meta_body + dataset)
+    return path
+
+
+def _ui(element: int, uid: str) -> bytes:
+    import struct
+
+    raw = uid.encode() + (b"\x00" if len(uid) % 2 else b"")
+    return struct.pack("<HH2sH", 2, element, b"UI", len(raw)) + raw
+
+
+def test_stage_file_walks_the_meta_group(tmp_path: Path) -> None:
+    """PS3.10 §7.1: the dataset starts where the group 0002 elements end, whatever the Group
+    Length says; a meta group over 64 KiB, cut short, or without a TransferSyntaxUID is refused."""
+    import struct
+
+    from minipacs.core.errors import InvalidInstance
+    from minipacs.core.staging import stage_file
+
+    ds = make_ct("1.2", "1.3", "1.4")
+    data = encode_dataset(ds, ExplicitVRLittleEndian)
+    meta = _ui(0x0002, CT_IMAGE_STORAGE) + _ui(0x0003, "1.4") + _ui(0x0010, ExplicitVRLittleEndian)
+    (tmp_path / "staging").mkdir()
+    wrong = _meta_file(tmp_path / "wrong.dcm", meta, data, group_length=len(meta) + 10)
+    staged = stage_file(tmp_path / "staging", wrong)
+    assert staged.transfer_syntax_uid == ExplicitVRLittleEndian
+    assert staged.path.read_bytes()[staged.dataset_offset:] == data
+
+    padding = struct.pack("<HH2s2xI", 2, 0x0100, b"OB", 64 * 1024)
+    big = _meta_file(tmp_path / "big.dcm", meta + padding + b"\x00" * 64 * 1024, data)
+    with pytest.raises(InvalidInstance, match="over 65536 bytes"):
+        stage_file(tmp_path / "staging", big)
+    for size, ok in ((64 * 1024, True), (64 * 1024 + 2, False)):  # the whole meta group, at the limit
+        value = size - 12 - len(meta) - 12  # (0002,0000), the UIDs, this element's header
+        element = struct.pack("<HH2s2xI", 2, 0x0100, b"OB", value) + b"\x00" * value
+        path = _meta_file(tmp_path / f"limit{size}.dcm", meta + element, data)
+        if ok:
+            assert stage_file(tmp_path / "staging", path).transfer_syntax_uid == ExplicitVRLittleEndian
+        else:
+            with pytest.raises(InvalidInstance, match="over 65536 bytes"):
+                stage_file(tmp_path / "staging", path)
+    cut = _meta_file(tmp_path / "cut.dcm", meta[:-4], b"")
+    with pytest.raises(InvalidInstance, match="cut.dcm ends inside its File Meta Information"):
+        stage_file(tmp_path / "staging", cut)
+    no_ts = _meta_file(tmp_path / "nots.dcm", meta[: -len(_ui(0x0010, ExplicitVRLittleEndian))], data)
+    with pytest.raises(InvalidInstance, match="no TransferSyntaxUID"):
+        stage_file(tmp_path / "staging", no_ts)

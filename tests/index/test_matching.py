@@ -17,11 +17,9 @@ from minipacs.index.matching import (
     Condition,
     Matching,
     classify,
-    datetime_bound,
     glob_pattern,
     like_pattern,
     python_matches,
-    time_bound,
 )
 from tests.index.query_fixture import STUDY_UIDS, QueryArchive, qa  # noqa: F401 - fixture
 
@@ -195,16 +193,6 @@ PYTHON = [
 @pytest.mark.parametrize(("cond", "vr", "stored", "expected"), PYTHON)
 def test_python_matching(cond: Condition, vr: str, stored: str | None, expected: bool) -> None:
     assert python_matches(cond, vr, stored) is expected
-
-
-def test_bounds() -> None:
-    import datetime as dt
-
-    assert time_bound("10", True) == dt.time(10, 59, 59, 999999)
-    assert time_bound("1015", False) == dt.time(10, 15)
-    assert datetime_bound("202402", True) == dt.datetime(2024, 2, 29, 23, 59, 59, 999999)
-    assert datetime_bound("2024", False) == dt.datetime(2024, 1, 1)
-    assert datetime_bound("2024x", False) is None
 
 
 def _reference_wildcard(pattern: str, value: str) -> bool:

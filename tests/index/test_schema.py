@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 
 from minipacs.index.database import MIGRATIONS_DIR, create_index_engine, upgrade_schema
-from minipacs.index.repository import as_date, as_int, as_time, normalise_name
+from minipacs.index.repository import as_int
 from minipacs.index.schema import Base
 from tests.index.pg import postgres_schema_url
 
@@ -45,49 +44,9 @@ def test_migrations_ship_inside_the_package() -> None:
     assert (MIGRATIONS_DIR / "versions" / "0001_initial.py").is_file()
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("20240131", dt.date(2024, 1, 31)),
-        ("2024.01.31", dt.date(2024, 1, 31)),
-        ("20240230", None),
-        ("2024013", None),
-        ("", None),
-        ("abcdefgh", None),
-        ("２０２４０１３１", None),
-    ],
-)
-def test_as_date(text: str, expected: dt.date | None) -> None:
-    assert as_date(text) == expected
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("10", dt.time(10)),
-        ("1015", dt.time(10, 15)),
-        ("101530", dt.time(10, 15, 30)),
-        ("101530.25", dt.time(10, 15, 30, 250000)),
-        ("10:15:30", dt.time(10, 15, 30)),
-        ("235960", dt.time(23, 59, 59)),
-        ("2515", None),
-        ("1", None),
-        ("101530.1234567", None),
-        ("ab", None),
-    ],
-)
-def test_as_time(text: str, expected: dt.time | None) -> None:
-    assert as_time(text) == expected
-
-
 @pytest.mark.parametrize(("text", "expected"), [("12", 12), (" +3 ", 3), ("-1", -1), ("x", None), ("9" * 12, None)])
 def test_as_int(text: str, expected: Any) -> None:
     assert as_int(text) == expected
-
-
-def test_normalise_name() -> None:
-    assert normalise_name("Müller^Jürgen") == normalise_name("MÜLLER^JÜRGEN") == "müller^jürgen"
-    assert normalise_name("STRASSE") == normalise_name("straße")
 
 
 def test_the_migrations_have_one_head() -> None:

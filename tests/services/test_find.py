@@ -286,33 +286,3 @@ def test_unreadable_identifiers(tmp_path: Path, files: Path, data: bytes, allowe
         await assoc.release()
 
     run(tmp_path, files, body)
-
-
-ENCODE_SAMPLES: list[dict[str, Any]] = [
-    {"PatientName": "Müller^Jürgen", "SpecificCharacterSet": "ISO_IR 192", "QueryRetrieveLevel": "STUDY",
-     "ModalitiesInStudy": ["CT", "MR"], "StudyInstanceUID": "1.2.3", "NumberOfStudyRelatedInstances": "12",
-     "Rows": 512, "StudyDescription": None},
-    {"PatientName": "Muller^J", "PatientID": "odd", "AccessionNumber": ""},
-    {"PatientName": "Müller", "SpecificCharacterSet": "ISO_IR 100", "StudyDate": "20240101"},
-]
-
-
-@pytest.mark.parametrize("syntax", [IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN])
-@pytest.mark.parametrize("values", ENCODE_SAMPLES)
-def test_flat_encoder_matches_pydicom(syntax: str, values: dict[str, Any]) -> None:
-    """The fast response encoder writes exactly what pydicom's writer writes."""
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
-
-    from minipacs.net.uids import transfer_syntax
-    from minipacs.services.qr_find import encode_identifier
-
-    ds = Dataset()
-    for keyword, value in values.items():
-        setattr(ds, keyword, value)
-    ts = transfer_syntax(syntax)
-    assert ts is not None
-    buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = ts.little_endian, ts.implicit_vr
-    write_dataset(buffer, ds)
-    assert encode_identifier(ds, ts) == buffer.getvalue()

@@ -23,6 +23,7 @@ from minipacs.cli.keys import parse_keys
 from minipacs.cli.main import network_args, outbound, peer
 from minipacs.config import Settings
 from minipacs.services.outbound import FindRequest, InvalidKeys, OutboundError
+from minipacs.dicom.levels import LEVEL_NAMES
 from minipacs.services.status import FIND, describe
 
 NEEDS_SETTINGS = False
@@ -39,7 +40,7 @@ def register(sub: Any) -> None:
                        help="Study Root information model [default]")
     model.add_argument("-O", "--psonly", dest="model", action="store_const", const="patient-study",
                        help="Patient/Study Only information model (retired)")
-    p.add_argument("-L", "--level", type=str.upper, choices=["PATIENT", "STUDY", "SERIES", "IMAGE"],
+    p.add_argument("-L", "--level", type=str.upper, choices=LEVEL_NAMES,
                    help="QueryRetrieveLevel [PATIENT for -P/-O, STUDY for -S]")
     p.add_argument("-k", "--key", dest="keys", action="append", default=[], metavar="KEY[=VALUE]",
                    help="key as keyword or (gggg,eeee), e.g. PatientName=Doe* or (0010,0020)=; "

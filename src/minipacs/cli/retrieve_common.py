@@ -13,13 +13,13 @@ from typing import Any
 from minipacs.cli.exit_codes import EXIT_OK, EXIT_PARTIAL
 from minipacs.cli.keys import parse_keys
 from minipacs.config import Settings
+from minipacs.dicom.levels import LEVEL_NAMES, LEVEL_SPELLINGS
 from minipacs.services.outbound import RetrieveRequest
 from minipacs.services.retrieve_scu import FolderStorage, RetrieveResult
 from minipacs.services.status import MOVE, PENDING, describe
 
 #: Lowest unique key given -> the level it implies when no level is named (PS3.4 C.6.2.1).
-LEVEL_OF_KEY = (("SOPInstanceUID", "IMAGE"), ("SeriesInstanceUID", "SERIES"),
-                ("StudyInstanceUID", "STUDY"), ("PatientID", "PATIENT"))
+LEVEL_OF_KEY = tuple((s.unique_key, s.level.value) for s in reversed(list(LEVEL_SPELLINGS.values())))
 
 
 def retrieve_args(p: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def retrieve_args(p: argparse.ArgumentParser) -> None:
                        help="Patient Root information model")
     model.add_argument("-S", "--study", dest="model", action="store_const", const="STUDY",
                        help="Study Root information model [default]")
-    p.add_argument("-L", "--level", choices=["PATIENT", "STUDY", "SERIES", "IMAGE"], type=str.upper,
+    p.add_argument("-L", "--level", choices=LEVEL_NAMES, type=str.upper,
                    help="QueryRetrieveLevel [from the keys, else STUDY]")
     p.add_argument("-k", "--key", action="append", default=[], metavar="KEY=VALUE",
                    help="identifier key, e.g. -k StudyInstanceUID=1.2.3 or -k 0020,000D=1.2.3 (repeatable)")

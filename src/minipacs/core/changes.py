@@ -23,6 +23,7 @@ from typing import Any, Final
 
 from minipacs.index import journal_repo
 from minipacs.index.database import IndexConnection
+from minipacs.dicom.levels import LEVEL_SPELLINGS
 
 #: Most changes one read returns.
 MAX_LIMIT: Final = 1000
@@ -60,8 +61,8 @@ CHANGE_TYPES: Final[Mapping[ChangeType, tuple[str, str, str]]] = {
                                 "the study's step is COMPLETED and every instance it references is stored"),
 }
 
-#: Levels a "Deleted" change may carry (core/delete.py LEVELS).
-DELETED_LEVELS: Final = frozenset({"patient", "study", "series", "instance"})
+#: Levels a "Deleted" change may carry (core/delete.py LEVEL_COLUMNS): the nouns of dicom/levels.py.
+DELETED_LEVELS: Final = frozenset(s.noun for s in LEVEL_SPELLINGS.values())
 
 
 @dataclass(frozen=True)

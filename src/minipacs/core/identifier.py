@@ -13,26 +13,26 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from pydicom.charset import decode_bytes, python_encoding
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.datadict import dictionary_VR, keyword_for_tag
-from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 
 from minipacs.core.errors import InvalidKeyValue
 from minipacs.index.errors import InvalidMatchValue
+from minipacs.dicom import values as _values
+from minipacs.dicom.identifier import (  # moved to dicom/identifier.py; re-exported
+    QUERY_RETRIEVE_LEVEL,
+    SPECIFIC_CHARACTER_SET,
+    dataset_charset,
+    element_text,
+    identifier_charset,
+)
+from minipacs.dicom.values import codecs_for  # moved to dicom/values.py; re-exported
 from minipacs.index.matching import BINARY_VRS, UNIVERSAL, Condition, Matching, classify, python_matches
 
-SPECIFIC_CHARACTER_SET: Final = 0x00080005
-QUERY_RETRIEVE_LEVEL: Final = 0x00080052
 #: Most keys (at any depth) one identifier may carry.
 MAX_KEYS: Final = 2000
-# PS3.5 §6.1.2.5.3: characters that end an ISO 2022 code element, per VR kind.
-_PN_DELIMITERS: Final = {0x5C, 0x5E, 0x3D}
-_TEXT_DELIMITERS: Final = {0x5C, 0x0D, 0x0A, 0x09, 0x0C}
-# PS3.5 §6.1.2.3: VRs whose values may use the extended character sets.
-_EXTENDED_VRS: Final = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
 
 
 @dataclass(frozen=True)
@@ -59,35 +59,11 @@ class Key:
         return self.condition.kind is Matching.UNIVERSAL
 
 
-def codecs_for(specific_character_set: str) -> list[str]:
-    """PS3.3 C.12.1.1.2 defined terms → Python codecs; unknown terms fall back to the default."""
-    terms = [term.strip() for term in specific_character_set.split("\\")] or [""]
-    return [python_encoding.get(term, python_encoding[""]) for term in terms]
-
-
 def decode_text(raw: bytes, vr: str, codecs: Sequence[str]) -> str:
-    """A text value; PS3.5 §6.2 padding removed; NULs dropped (they cannot be in the index)."""
-    if vr in _EXTENDED_VRS:
-        if 0x1B in raw:  # ISO 2022 escape sequences (PS3.5 §6.1.2.5)
-            text = decode_bytes(raw, list(codecs), _PN_DELIMITERS if vr == "PN" else _TEXT_DELIMITERS)
-        else:
-            text = raw.decode(codecs[0], errors="replace")
-    else:
-        text = raw.decode("ascii", errors="replace")
-    text = text.replace("\x00", "")
-    return text.rstrip(" ") if vr in ("UT", "ST", "LT", "UC") else text.strip(" ")
-
-
-def element_text(elem: DataElement) -> str:
-    """A converted element's value as DICOM text (multiple values joined by backslashes)."""
-    value = elem.value
-    if value is None:
-        return ""
-    if isinstance(value, (MultiValue, list, tuple)):
-        return "\\".join(str(v) for v in value)
-    if isinstance(value, (bytes, bytearray)):
-        return ""
-    return str(value).replace("\x00", "")
+    """A key's text value (dicom/values.py decode_text), with every NUL dropped, a UID's too: a key
+    value goes into SQL, where PostgreSQL refuses a NUL."""
+    text = _values.decode_text(raw, vr, codecs)
+    return text.replace("\x00", "").strip(" ") if vr == "UI" else text
 
 
 def _vr_of(tag: int, vr: str | None) -> str:
@@ -107,21 +83,12 @@ def _keyword(tag: int) -> str:
         return ""
 
 
-def _charset(ds: Dataset, inherited: str) -> str:
-    if SPECIFIC_CHARACTER_SET not in ds:
-        return inherited
-    elem = ds.get_item(SPECIFIC_CHARACTER_SET)
-    if isinstance(elem, RawDataElement):
-        return bytes(elem.value or b"").decode("ascii", errors="replace").replace("\x00", "").strip(" ")
-    return element_text(elem)
-
-
 def read_keys(ds: Dataset, inherited_charset: str = "", depth: int = 0, budget: list[int] | None = None) -> tuple[Key, ...]:
     """The keys of ``ds`` in tag order, values decoded and classified; raises InvalidKeyValue."""
     if depth > 8:
         raise InvalidKeyValue("sequences nested deeper than 8 levels in the identifier")
     budget = budget if budget is not None else [MAX_KEYS]
-    charset = _charset(ds, inherited_charset)
+    charset = dataset_charset(ds, inherited_charset)
     codecs = codecs_for(charset)
     keys: list[Key] = []
     for tag in sorted(int(t) for t in ds.keys()):
@@ -171,10 +138,6 @@ def _classify(vr: str, text: str, keyword: str) -> Condition:
         return classify(vr, text, keyword)
     except InvalidMatchValue as exc:
         raise InvalidKeyValue(str(exc)) from exc
-
-
-def identifier_charset(ds: Dataset) -> str:
-    return _charset(ds, "")
 
 
 def walk(keys: Sequence[Key]) -> Iterator[Key]:

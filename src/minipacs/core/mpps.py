@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import re
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from minipacs.core.changes import ChangeType, change_row, record
 from minipacs.core.errors import ArchiveError
 from minipacs.core.model import StoreOutcome
 from minipacs.core.worklist import Worklist, from_text, to_text
+from minipacs.dicom.values import as_date, as_time
 from minipacs.index import worklist_repo as repo
 from minipacs.index.database import IndexConnection
 
@@ -79,9 +79,6 @@ FINAL_TYPE1: Final = ("PerformedProcedureStepEndDate", "PerformedProcedureStepEn
 SERIES_ITEM_TYPE1: Final = ("SeriesInstanceUID", "ProtocolName")
 #: PS3.4 Table F.7.2-1: Type 1 in each item of the Referenced Image / Non-Image Composite sequences.
 REFERENCE_ITEM_TYPE1: Final = ("ReferencedSOPClassUID", "ReferencedSOPInstanceUID")
-#: PS3.5 Table 6.2-1: DA and TM values the final state needs to read.
-DATE_VALUE: Final = re.compile(r"^\d{8}$")
-TIME_VALUE: Final = re.compile(r"^([01]\d|2[0-3])([0-5]\d([0-5]\d|60)?)?(\.\d{1,6})?$")
 
 
 class IndexAccess(Protocol):
@@ -239,17 +236,13 @@ def _validate_series(ds: Dataset, when: str) -> None:
 
 def _check_date(ds: Dataset, keyword: str) -> None:
     value = _text(ds, keyword)
-    try:
-        ok = bool(DATE_VALUE.match(value)) and bool(dt.date(int(value[:4]), int(value[4:6]), int(value[6:])))
-    except ValueError:
-        ok = False
-    if not ok:
+    if as_date(value, strict=True) is None:
         raise InvalidAttributeValue(f"{keyword} {value!r} is not a date (DA: YYYYMMDD, PS3.5 Table 6.2-1)", keyword)
 
 
 def _check_time(ds: Dataset, keyword: str) -> None:
     value = _text(ds, keyword)
-    if not TIME_VALUE.match(value):
+    if as_time(value, strict=True) is None:
         raise InvalidAttributeValue(f"{keyword} {value!r} is not a time (TM: HHMMSS.FFFFFF, PS3.5 Table 6.2-1)",
                                     keyword)
 

@@ -6,37 +6,22 @@ Data tables only; core/query.py runs queries with them, index/query_sql.py holds
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+# moved to dicom/levels.py; re-exported (``as``) until the callers are updated
+from minipacs.dicom.levels import LEVEL_SPELLINGS
+from minipacs.dicom.levels import PATIENT_ROOT as PATIENT_ROOT  # noqa: PLC0414 - explicit re-export
+from minipacs.dicom.levels import PATIENT_STUDY_ONLY as PATIENT_STUDY_ONLY  # noqa: PLC0414 - explicit re-export
+from minipacs.dicom.levels import STUDY_ROOT as STUDY_ROOT  # noqa: PLC0414 - explicit re-export
+from minipacs.dicom.levels import InformationModel as InformationModel  # noqa: PLC0414 - explicit re-export
+from minipacs.dicom.levels import Level as Level  # noqa: PLC0414 - explicit re-export
 from minipacs.index import repository as repo
 from minipacs.index.entities import ENTITIES, Entity
 from minipacs.index.matching import ColumnKind
 
-class Level(enum.Enum):
-    """PS3.4 C.6.1.1 / C.6.2.1 Query/Retrieve levels, top to bottom."""
-
-    PATIENT = "PATIENT"
-    STUDY = "STUDY"
-    SERIES = "SERIES"
-    IMAGE = "IMAGE"
-
-
 _ORDER: Final = {level: index for index, level in enumerate(Level)}
-
-
-@dataclass(frozen=True)
-class InformationModel:
-    name: str
-    levels: tuple[Level, ...]
-
-
-# PS3.4 C.6.1 Patient Root, C.6.2 Study Root, C.6.3 Patient/Study Only (retired)
-PATIENT_ROOT: Final = InformationModel("Patient Root", (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE))
-STUDY_ROOT: Final = InformationModel("Study Root", (Level.STUDY, Level.SERIES, Level.IMAGE))
-PATIENT_STUDY_ONLY: Final = InformationModel("Patient/Study Only", (Level.PATIENT, Level.STUDY))
 
 
 @dataclass(frozen=True)
@@ -54,10 +39,13 @@ class LevelTable:
 
 # PS3.4 C.6.1.1.2-5: unique keys per level
 LEVELS: Final[Mapping[Level, LevelTable]] = {
-    Level.PATIENT: LevelTable(Entity.PATIENT, "PatientID"),
-    Level.STUDY: LevelTable(Entity.STUDY, "StudyInstanceUID"),
-    Level.SERIES: LevelTable(Entity.SERIES, "SeriesInstanceUID"),
-    Level.IMAGE: LevelTable(Entity.INSTANCE, "SOPInstanceUID"),
+    level: LevelTable(entity, LEVEL_SPELLINGS[level].unique_key)
+    for level, entity in (
+        (Level.PATIENT, Entity.PATIENT),
+        (Level.STUDY, Entity.STUDY),
+        (Level.SERIES, Entity.SERIES),
+        (Level.IMAGE, Entity.INSTANCE),
+    )
 }
 
 _KIND_OF_CONVERTER: Final[Mapping[Callable[[str], Any], ColumnKind]] = {

@@ -23,7 +23,11 @@ from typing import Final
 
 from minipacs.core.archive import Archive
 from minipacs.core.errors import ArchiveError
-from minipacs.core.part10 import NotPart10
+from minipacs.dicom.levels import LEVEL_SPELLINGS, RETRIEVE_MODELS, Level
+from minipacs.dicom.part10 import (  # dataset_offset_of: moved there; re-exported
+    NotPart10,
+    dataset_offset_of,
+)
 from minipacs.index.entities import Entity
 from minipacs.index.retrieve_repo import StoredRow, stored_instances
 
@@ -45,18 +49,21 @@ class RetrieveLevel:
     uid_list: bool  # whether a list of values is allowed (UIDs only)
 
 
-# PS3.4 C.6.1.1.1 (Patient Root) and C.6.2.1.1 (Study Root): levels and their Unique Keys
+# PS3.4 C.6.1.1 (Patient Root) and C.6.2.1 (Study Root): levels and their Unique Keys (dicom/levels.py),
+# with the index column holding each
 LEVELS: Final[dict[str, RetrieveLevel]] = {
-    "PATIENT": RetrieveLevel("PATIENT", "PatientID", Entity.PATIENT, False),
-    "STUDY": RetrieveLevel("STUDY", "StudyInstanceUID", Entity.STUDY, True),
-    "SERIES": RetrieveLevel("SERIES", "SeriesInstanceUID", Entity.SERIES, True),
-    "IMAGE": RetrieveLevel("IMAGE", "SOPInstanceUID", Entity.INSTANCE, True),
+    level.value: RetrieveLevel(level.value, LEVEL_SPELLINGS[level].unique_key, entity, LEVEL_SPELLINGS[level].uid_list)
+    for level, entity in (
+        (Level.PATIENT, Entity.PATIENT),
+        (Level.STUDY, Entity.STUDY),
+        (Level.SERIES, Entity.SERIES),
+        (Level.IMAGE, Entity.INSTANCE),
+    )
 }
 
 # PS3.4 C.6.1 / C.6.2: the levels of each information model, top down
 MODELS: Final[dict[str, tuple[str, ...]]] = {
-    "PATIENT": ("PATIENT", "STUDY", "SERIES", "IMAGE"),
-    "STUDY": ("STUDY", "SERIES", "IMAGE"),
+    name: tuple(level.value for level in model.levels) for name, model in RETRIEVE_MODELS.items()
 }
 
 
@@ -146,27 +153,6 @@ def plan(level: str, identifier: Mapping[str, object], model: str = "STUDY") -> 
 def _instance(archive: Archive, row: StoredRow) -> StoredInstance:
     return StoredInstance(row.sop_class_uid, row.sop_instance_uid, row.transfer_syntax_uid,
                           archive.blobs.path_of(row.blob_key), -1, row.study_instance_uid, row.series_instance_uid)
-
-
-def dataset_offset_of(path: Path) -> int:
-    """Where the dataset of a stored Part 10 file begins: 144 + File Meta Information Group Length (PS3.10 §7.1).
-
-    One 144-byte read; the File Meta Information itself was checked when the file was stored.
-    """
-    with open(path, "rb", buffering=0) as fh:
-        head = fh.read(144)
-    if len(head) < 144 or head[128:132] != b"DICM":
-        raise NotPart10("no DICM prefix after the 128-byte preamble (not a DICOM Part 10 file)")
-    if head[132:140] != _GROUP_LENGTH_HEADER:
-        raise NotPart10("File Meta Information Group Length (0002,0000) missing")
-    group_length = int.from_bytes(head[140:144], "little")
-    if group_length > 1 << 20:
-        raise NotPart10(f"File Meta Information of {group_length} bytes is not plausible")
-    return 144 + group_length
-
-
-#: (0002,0000) UL, length 4, explicit VR little endian: how every Part 10 file's meta group starts.
-_GROUP_LENGTH_HEADER: Final = b"\x02\x00\x00\x00UL\x04\x00"
 
 
 def locate(instance: StoredInstance, blob_key: str = "") -> StoredInstance:

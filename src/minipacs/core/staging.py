@@ -22,9 +22,10 @@ from minipacs.core.errors import DatasetTooLarge, InvalidIdentifier, InvalidInst
 from minipacs.core.header import read_header
 from minipacs.core.model import StagedPath
 from minipacs.core.paths import strip_uid_padding, validate_uid
+from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+from minipacs.dicom.part10 import PREAMBLE, NotPart10, uid_value, walk_file_meta
+from minipacs.dicom.vr import LONG_LENGTH_VRS
 
-#: PS3.10 §7.1: 128-byte preamble then the "DICM" prefix.
-PREAMBLE: Final = b"\x00" * 128 + b"DICM"
 STAGING_SUFFIX: Final = ".part"
 #: Folder (beside staging/) of empty files created ahead of time by StagingPool;
 #: a transfer writes into one of them, so in-flight data may live here too.
@@ -32,14 +33,12 @@ READY_DIR: Final = "ready"
 _WRITE_BUFFER: Final = 256 * 1024
 #: errno values that mean "the disk cannot take more" rather than a bug.
 _RESOURCE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-# PS3.5 Table 7.1-1: explicit VRs with 2 reserved bytes and a 32-bit length.
-_LONG_LENGTH_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
 
 
 def _element(tag: int, vr: str, value: bytes) -> bytes:
     """One explicit VR little endian data element (PS3.5 §7.1.2)."""
     head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode("ascii")
-    if vr in _LONG_LENGTH_VRS:
+    if vr in LONG_LENGTH_VRS:
         return head + struct.pack("<HI", 0, len(value)) + value
     return head + struct.pack("<H", len(value)) + value
 
@@ -242,9 +241,6 @@ def _as_archive_error(exc: OSError, path: Path) -> Exception:
     return exc
 
 
-#: Transfer syntaxes assumed for a raw dataset without File Meta Information (PS3.5 §10.1, A.2).
-IMPLICIT_VR_LITTLE_ENDIAN: Final = "1.2.840.10008.1.2"
-EXPLICIT_VR_LITTLE_ENDIAN: Final = "1.2.840.10008.1.2.1"
 _MAX_META_BYTES: Final = 64 * 1024
 _COPY_CHUNK: Final = 1024 * 1024
 
@@ -256,27 +252,19 @@ def _read_file_meta(fp: BinaryIO, name: str) -> tuple[int, str]:
     trusting FileMetaInformationGroupLength, which some writers get wrong.
     """
     start = fp.tell()
-    transfer_syntax = ""
-    while True:
-        position = fp.tell()
-        head = fp.read(8)
-        if len(head) < 8 or struct.unpack("<H", head[:2])[0] != 0x0002:
-            break
-        if position - start > _MAX_META_BYTES:
-            raise InvalidInstance(f"{name} has a File Meta Information group over {_MAX_META_BYTES} bytes")
-        element = struct.unpack("<H", head[2:4])[0]
-        if head[4:6].decode("latin-1") in _LONG_LENGTH_VRS:
-            length = struct.unpack("<I", fp.read(4))[0]
-        else:
-            length = struct.unpack("<H", head[6:8])[0]
-        value = fp.read(length)
-        if len(value) != length:
-            raise InvalidInstance(f"{name} ends inside its File Meta Information")
-        if element == 0x0010:
-            transfer_syntax = value.decode("ascii", errors="replace").rstrip("\x00 ")
+    data = fp.read(_MAX_META_BYTES + 1)
+    try:
+        end, values = walk_file_meta(data)
+    except NotPart10 as exc:
+        if len(data) > _MAX_META_BYTES:  # it runs on past the limit
+            raise InvalidInstance(f"{name} has a File Meta Information group over {_MAX_META_BYTES} bytes") from exc
+        raise InvalidInstance(f"{name} {exc}") from exc
+    if end > _MAX_META_BYTES:
+        raise InvalidInstance(f"{name} has a File Meta Information group over {_MAX_META_BYTES} bytes")
+    transfer_syntax = uid_value(values.get(0x0010, b""))
     if not transfer_syntax:
         raise InvalidInstance(f"{name} has no TransferSyntaxUID (0002,0010) in its File Meta Information")
-    return position, transfer_syntax
+    return start + end, transfer_syntax
 
 
 def stage_file(staging_dir: Path, path: Path, max_dataset_bytes: int = 0) -> StagedPath:

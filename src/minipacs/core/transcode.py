@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from minipacs.core.errors import ArchiveError, NotFound
-from minipacs.net.uids import TransferSyntax, transfer_syntax
+from minipacs.dicom.uids import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    TransferSyntax,
+    transfer_syntax,
+)
 
-EXPLICIT_VR_LITTLE_ENDIAN: Final = "1.2.840.10008.1.2.1"
 _CODECS_HINT: Final = "(for JPEG, JPEG-LS and JPEG 2000 install pylibjpeg, pylibjpeg-libjpeg and pylibjpeg-openjpeg)"
 
 

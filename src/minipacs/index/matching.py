@@ -10,7 +10,6 @@ match case-insensitively through the normalised (casefolded) columns.
 
 from __future__ import annotations
 
-import datetime as dt
 import enum
 import re
 from collections.abc import Callable, Mapping
@@ -19,20 +18,26 @@ from typing import Any, Final
 
 from sqlalchemy import ColumnElement, and_, false, or_
 
+from minipacs.dicom.values import (  # re-exported
+    date_bound,
+    datetime_bound,
+    normalise_name,
+    time_bound,
+)
+from minipacs.dicom.vr import (  # moved to dicom/vr.py; re-exported
+    BINARY_VRS,
+    DATE_TIME_VRS,
+)
 from minipacs.index.errors import InvalidMatchValue
-from minipacs.index.repository import as_date, as_int, normalise_name
+from minipacs.index.repository import as_int
 
 #: Longest single value we match on (a wildcard pattern included); longer is refused.
 MAX_VALUE_LENGTH: Final = 1024
 #: Most values in a list of UIDs (or any multi-valued key).
 MAX_LIST_VALUES: Final = 1000
 
-# PS3.5 Table 6.2-1: VRs whose values are dates and times (range matching, no wildcards).
-DATE_TIME_VRS: Final = frozenset({"DA", "TM", "DT"})
 # VRs whose values cannot carry wildcards (PS3.4 C.2.2.2.4 excludes DA, TM, DT, UI and numbers).
 NO_WILDCARD_VRS: Final = DATE_TIME_VRS | {"UI", "IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "AT"}
-# Binary VRs: not matchable at all (return keys only).
-BINARY_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "US", "UL", "SS", "SL", "FL", "FD", "AT", "SV", "UV"})
 
 
 class Matching(enum.Enum):
@@ -114,74 +119,6 @@ def _split_dt_range(value: str) -> tuple[str, str, str]:
 
 
 # ----------------------------------------------------------------- value bounds
-
-def date_bound(text: str, upper: bool) -> dt.date | None:
-    return as_date(text)
-
-
-def time_bound(text: str, upper: bool) -> dt.time | None:
-    """TM with reduced precision is a span: "10" is 10:00:00 up to 10:59:59.999999."""
-    clean = text.replace(":", "")
-    whole, _, fraction = clean.partition(".")
-    if len(whole) not in (2, 4, 6) or not whole.isascii() or not whole.isdigit():
-        return None
-    if fraction and (not fraction.isascii() or not fraction.isdigit() or len(fraction) > 6):
-        return None
-    hour, minute, second = int(whole[:2]), int(whole[2:4] or 0), int(whole[4:6] or 0)
-    if hour > 23 or minute > 59 or second > 60:
-        return None
-    micro = int(fraction.ljust(6, "0")) if fraction else 0
-    if upper:
-        if len(whole) < 4:
-            minute = 59
-        if len(whole) < 6:
-            second = 59
-        if not fraction:
-            micro = 999999
-        else:
-            micro = int(fraction.ljust(6, "9"))
-    return dt.time(hour, minute, min(second, 59), micro)
-
-
-_DT_RE: Final = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?([+-]\d{4})?$")
-
-
-def datetime_bound(text: str, upper: bool) -> dt.datetime | None:
-    """DT "YYYY[MM[DD[HH[MM[SS[.F]]]]]][&ZZXX]": the first or last instant it stands for.
-
-    Offsets are dropped (compared as local times: we negotiate no timezone adjustment).
-    """
-    found = _DT_RE.match(text)
-    if found is None:
-        return None
-    parts = found.groups()
-    year = int(parts[0])
-    given = [p for p in parts[1:6] if p is not None]
-    defaults_low = [1, 1, 0, 0, 0]
-    try:
-        month, day, hour, minute, second = [int(p) for p in given] + defaults_low[len(given):]
-        low = dt.datetime(year, month, day, hour, minute, second, int((parts[6] or "0").ljust(6, "0")))
-    except ValueError:
-        return None
-    if not upper:
-        return low
-    units = ["year", "month", "day", "hour", "minute", "second"]
-    unit = units[len(given)] if parts[6] is None else "fraction"
-    return _end_of(low, unit, parts[6] or "")
-
-
-def _end_of(start: dt.datetime, unit: str, fraction: str) -> dt.datetime:
-    if unit == "year":
-        return start.replace(month=12, day=31, hour=23, minute=59, second=59, microsecond=999999)
-    if unit == "month":
-        following = (start.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
-        return following - dt.timedelta(microseconds=1)
-    step = {"day": dt.timedelta(days=1), "hour": dt.timedelta(hours=1), "minute": dt.timedelta(minutes=1),
-            "second": dt.timedelta(seconds=1)}.get(unit)
-    if step is not None:
-        return start + step - dt.timedelta(microseconds=1)
-    return start.replace(microsecond=int(fraction.ljust(6, "9")))
-
 
 _BOUNDS: Final[Mapping[str, Callable[[str, bool], Any]]] = {
     "DA": date_bound,

@@ -10,13 +10,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol, cast
 
 from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from minipacs.dicom.values import (  # moved to dicom/values.py; re-exported
+    as_date,
+    as_time,
+    normalise_name,
+)
 from minipacs.index.schema import Association, Instance, Patient, Series, Study
 
 log = logging.getLogger(__name__)
@@ -33,40 +37,6 @@ class InstanceHeader(Protocol):
 
 def as_text(value: str) -> str:
     return value
-
-
-def normalise_name(value: str) -> str:
-    """Form of a name (PN) used for case-insensitive matching: NFKC, casefolded."""
-    return unicodedata.normalize("NFKC", value).casefold()
-
-
-def as_date(value: str) -> dt.date | None:
-    """PS3.5 Table 6.2-1 DA "YYYYMMDD" (also the old "YYYY.MM.DD"); anything else → None."""
-    digits = value.replace(".", "") if len(value) == 10 else value
-    if len(digits) != 8 or not digits.isascii() or not digits.isdigit():
-        return None
-    try:
-        return dt.date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
-    except ValueError:
-        return None
-
-
-def as_time(value: str) -> dt.time | None:
-    """PS3.5 Table 6.2-1 TM "HH[MM[SS[.F{1,6}]]]" (also "HH:MM:SS"); anything else → None."""
-    text = value.replace(":", "")
-    whole, _, fraction = text.partition(".")
-    if (
-        len(whole) not in (2, 4, 6)
-        or not (whole + fraction).isascii()
-        or not whole.isdigit()
-        or (fraction and (not fraction.isdigit() or len(fraction) > 6))
-    ):
-        return None
-    hour, minute, second = int(whole[:2]), int(whole[2:4] or 0), int(whole[4:6] or 0)
-    try:
-        return dt.time(hour, minute, min(second, 59), int(fraction.ljust(6, "0")) if fraction else 0)
-    except ValueError:
-        return None
 
 
 def as_int(value: str) -> int | None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from minipacs import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from minipacs.dicom.reasons import REJECT_REASONS, REJECT_SOURCES, in_words
 from minipacs.net.dimse import Command, CommandError
 from minipacs.net.dul import Timeouts, UpperLayer, UpperLayerUser, stream_limit
 from minipacs.net.fsm import InvalidTransition, State
@@ -585,24 +586,13 @@ def _accepted_contexts(rq: AAssociateRQ, ac: AAssociateAC) -> list[NegotiatedCon
                             rq.user_information.roles)
 
 
-# PS3.8 Table 9-21: A-ASSOCIATE-RJ result, source and reason, in plain words
-REJECT_REASONS: dict[tuple[int, int], str] = {
-    (1, 1): "no reason given",
-    (1, 2): "application context name not supported",
-    (1, 3): "calling AE title not recognized",
-    (1, 7): "called AE title not recognized",
-    (2, 1): "no reason given",
-    (2, 2): "protocol version not supported",
-    (3, 1): "temporary congestion",
-    (3, 2): "local limit exceeded",
-}
-REJECT_SOURCES = {1: "service-user", 2: "service-provider (ACSE)", 3: "service-provider (presentation)"}
-
-
 def describe_rejection(rj: AAssociateRJ) -> str:
+    """PS3.8 Table 9-21 result, source and reason, in plain words."""
     result = "permanent" if rj.result == 1 else "transient"
-    reason = REJECT_REASONS.get((rj.source, rj.reason), f"reason {rj.reason}")
-    return f"association rejected ({result}) by {REJECT_SOURCES.get(rj.source, rj.source)}: {reason}"
+    term = REJECT_REASONS.get((rj.source, rj.reason))
+    reason = in_words(term) if term else f"reason {rj.reason}"
+    source = REJECT_SOURCES.get(rj.source)
+    return f"association rejected ({result}) by {source.short if source else rj.source}: {reason}"
 
 
 def build_rq(

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
+from minipacs.dicom.reasons import ABORT_REASONS, ABORT_SOURCES, in_words
 from minipacs.net.fsm import USER_PRIMITIVES, Event, InvalidTransition, State
 from minipacs.net.pdu import (
     PDU,
@@ -62,23 +63,12 @@ PDU_EVENTS: dict[type, Event] = {
     AAbort: Event.EVT16,
 }
 
-# PS3.8 Table 9-26: A-ABORT source and reason, in plain words
-ABORT_SOURCES = {0: "service-user", 1: "reserved", 2: "service-provider"}
-ABORT_REASONS = {
-    0: "reason not specified",
-    1: "unrecognized PDU",
-    2: "unexpected PDU",
-    3: "reserved",
-    4: "unrecognized PDU parameter",
-    5: "unexpected PDU parameter",
-    6: "invalid PDU parameter value",
-}
-
-
 def describe_abort(source: int, reason: int) -> str:
-    who = ABORT_SOURCES.get(source, f"source {source}")
+    """PS3.8 Table 9-26 source and (for the provider) reason, in plain words."""
+    known = ABORT_SOURCES.get(source)
+    who = known.short if known else f"source {source}"
     if source == 2:
-        return f"{who}: {ABORT_REASONS.get(reason, f'reason {reason}')}"
+        return f"{who}: {in_words(ABORT_REASONS[reason]) if reason in ABORT_REASONS else f'reason {reason}'}"
     return who
 
 

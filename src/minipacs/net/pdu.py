@@ -22,6 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Self, TypeVar
 
+from minipacs.dicom.reasons import (
+    ABORT_REASONS,
+    ABORT_SOURCES,
+    REJECT_REASONS,
+    REJECT_RESULTS,
+    REJECT_SOURCES,
+)
 from minipacs.net.pdu_items import (
     APPLICATION_CONTEXT_ITEM,
     APPLICATION_CONTEXT_NAME,

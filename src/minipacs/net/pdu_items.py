@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar, Self
 
+from minipacs.dicom.uids import APPLICATION_CONTEXT_NAME
+
 __all__ = [
     "APPLICATION_CONTEXT_NAME",
     "AsynchronousOperationsWindow",
@@ -36,9 +38,6 @@ __all__ = [
     "decode_application_context",
     "encode_application_context",
 ]
-
-APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"
-"""PS3.7 Annex A.2.1: the DICOM Application Context Name."""
 
 # PS3.8 §9.3.2 / §9.3.3 item types; PS3.8 Annex D / PS3.7 Annex D.3.3 sub-item types.
 APPLICATION_CONTEXT_ITEM = 0x10

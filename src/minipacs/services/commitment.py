@@ -29,6 +29,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from minipacs.core.commitment import CommitmentResult, Reference, check_commitment
 from minipacs.core.nodes import NodeRegistry
 from minipacs.core.worklist import IndexAccess
+from minipacs.dicom.uids import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH_MODEL
 from minipacs.net.association import (
     Association,
     AssociationError,
@@ -51,9 +52,6 @@ from minipacs.services.status import COMMITMENT, FAILURE_REASONS, SUCCESS, comme
 
 log = logging.getLogger("minipacs.commitment")
 
-# PS3.4 J.3.1 / PS3.6 Annex A: the SOP class and its well-known SOP instance
-STORAGE_COMMITMENT_PUSH_MODEL: Final = "1.2.840.10008.1.20.1"
-STORAGE_COMMITMENT_INSTANCE: Final = "1.2.840.10008.1.20.1.1"
 COMMITMENT_TRANSFER_SYNTAXES: Final = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 #: PS3.4 Table J.3-1: Action Type ID of "Request Storage Commitment"
 REQUEST_STORAGE_COMMITMENT: Final = 1

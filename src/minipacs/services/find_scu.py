@@ -20,32 +20,26 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
+from minipacs.dicom.levels import INFORMATION_MODELS, Level
 from minipacs.net.association import Association, BytesSink
 from minipacs.net.dimse import Command
 from minipacs.net.uids import transfer_syntax
-from minipacs.services.qr_find import (
-    PATIENT_ROOT_FIND,
-    PATIENT_STUDY_ONLY_FIND,
-    STUDY_ROOT_FIND,
-    decode_identifier,
-    encode_identifier,
-)
+from minipacs.services.qr_find import decode_identifier, encode_identifier
 
-#: -P / -S / -O: information model → (FIND SOP class, default level)
+#: -P / -S / -O: information model (dicom/levels.py) → (FIND SOP class, default level: the model's top)
 MODELS: Final[Mapping[str, tuple[str, str]]] = {
-    "patient": (PATIENT_ROOT_FIND, "PATIENT"),
-    "study": (STUDY_ROOT_FIND, "STUDY"),
-    "patient-study": (PATIENT_STUDY_ONLY_FIND, "PATIENT"),
+    model.key: (model.find_sop_class, model.levels[0].value) for model in INFORMATION_MODELS
 }
 
 #: Return keys asked for when the user names none (beyond the level).
 DEFAULT_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
-    "PATIENT": ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "NumberOfPatientRelatedStudies"),
-    "STUDY": ("PatientName", "PatientID", "StudyDate", "StudyTime", "AccessionNumber", "ModalitiesInStudy",
-              "StudyDescription", "NumberOfStudyRelatedInstances", "StudyInstanceUID"),
-    "SERIES": ("StudyInstanceUID", "SeriesNumber", "Modality", "SeriesDescription",
-               "NumberOfSeriesRelatedInstances", "SeriesInstanceUID"),
-    "IMAGE": ("StudyInstanceUID", "SeriesInstanceUID", "InstanceNumber", "SOPClassUID", "SOPInstanceUID"),
+    Level.PATIENT.value: ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+                          "NumberOfPatientRelatedStudies"),
+    Level.STUDY.value: ("PatientName", "PatientID", "StudyDate", "StudyTime", "AccessionNumber",
+                        "ModalitiesInStudy", "StudyDescription", "NumberOfStudyRelatedInstances", "StudyInstanceUID"),
+    Level.SERIES.value: ("StudyInstanceUID", "SeriesNumber", "Modality", "SeriesDescription",
+                         "NumberOfSeriesRelatedInstances", "SeriesInstanceUID"),
+    Level.IMAGE.value: ("StudyInstanceUID", "SeriesInstanceUID", "InstanceNumber", "SOPClassUID", "SOPInstanceUID"),
 }
 
 _TAG_RE: Final = re.compile(r"^\(?([0-9A-Fa-f]{4}),([0-9A-Fa-f]{4})\)?$")

@@ -19,6 +19,7 @@ from pydicom.uid import generate_uid
 
 from minipacs.core.errors import ArchiveError
 from minipacs.core.mpps import ProcedureSteps, StepClosed, StepRefused
+from minipacs.dicom.uids import MODALITY_PERFORMED_PROCEDURE_STEP
 from minipacs.net.association import Association, AssociationError, BytesSink, DatasetSink, Message, RequestHandler
 from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
@@ -37,8 +38,6 @@ from minipacs.services.status import (
 
 log = logging.getLogger("minipacs.mpps")
 
-# PS3.4 F.7.1 / PS3.6 Annex A: Modality Performed Procedure Step SOP Class
-MODALITY_PERFORMED_PROCEDURE_STEP: Final = "1.2.840.10008.3.1.2.3.3"
 MPPS_TRANSFER_SYNTAXES: Final = frozenset({IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN})
 #: PS3.7 C.5: statuses of a request that does not fit the context
 NO_SUCH_SOP_CLASS: Final = 0x0118

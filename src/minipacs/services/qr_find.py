@@ -11,28 +11,16 @@ and the association's A-ASSOCIATE-AC agreed (see :meth:`extended_negotiation`).
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import struct
-import zlib
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
-from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
-from pydicom.multival import MultiValue
-
 from minipacs.core.errors import ArchiveError
-from minipacs.core.identifier import SPECIFIC_CHARACTER_SET, codecs_for, identifier_charset
+from minipacs.core.identifier import identifier_charset
 from minipacs.core.query import (
-    PATIENT_ROOT,
-    PATIENT_STUDY_ONLY,
-    STUDY_ROOT,
-    InformationModel,
     ResponseField,
     Row,
     prepare_query,
@@ -40,6 +28,18 @@ from minipacs.core.query import (
     row_dataset,
     run_query_batches,
 )
+from minipacs.dicom.identifier import (  # decode/encode_identifier, response_charset: moved there; re-exported
+    SPECIFIC_CHARACTER_SET,
+    choose_charset,
+    decode_identifier,
+    deflate,
+    encode_identifier,
+    response_charset,
+)
+from minipacs.dicom.levels import INFORMATION_MODELS, InformationModel
+from minipacs.dicom.uids import PATIENT_ROOT_FIND, PATIENT_STUDY_ONLY_FIND, STUDY_ROOT_FIND
+from minipacs.dicom.values import codecs_for
+from minipacs.dicom.vr import ASCII_VRS, CHARSET_VRS, INT_VR_FORMATS, LONG_LENGTH_VRS
 from minipacs.net.association import Association, AssociationError, BytesSink, DatasetSink, Message, RequestHandler
 from minipacs.net.dimse import Command
 from minipacs.net.pdu_items import SOPClassExtendedNegotiation
@@ -61,104 +61,13 @@ from minipacs.services.verification import UNCOMPRESSED
 
 log = logging.getLogger("minipacs.find")
 
-# PS3.4 Table C.5-1 (Patient Root), C.5-2 (Study Root), C.5-3 (Patient/Study Only, retired): FIND SOP classes
-PATIENT_ROOT_FIND: Final = "1.2.840.10008.5.1.4.1.2.1.1"
-STUDY_ROOT_FIND: Final = "1.2.840.10008.5.1.4.1.2.2.1"
-PATIENT_STUDY_ONLY_FIND: Final = "1.2.840.10008.5.1.4.1.2.3.1"
-FIND_MODELS: Final[Mapping[str, InformationModel]] = {
-    PATIENT_ROOT_FIND: PATIENT_ROOT,
-    STUDY_ROOT_FIND: STUDY_ROOT,
-    PATIENT_STUDY_ONLY_FIND: PATIENT_STUDY_ONLY,
-}
+#: FIND SOP class -> its information model (PS3.4 C.6, dicom/levels.py)
+FIND_MODELS: Final[Mapping[str, InformationModel]] = {model.find_sop_class: model for model in INFORMATION_MODELS}
 FIND_TRANSFER_SYNTAXES: Final = UNCOMPRESSED | {DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN}
 # PS3.4 C.5.1.1 Extended Negotiation, byte 1: relational-queries (1 = supported)
 RELATIONAL_QUERIES_BYTE: Final = 0
 #: (0008,0054) RetrieveAETitle: answered by the service, not the query engine.
 RETRIEVE_AE_TITLE: Final = 0x00080054
-# PS3.5 §6.2: VRs holding text a character set applies to.
-_TEXT_VRS: Final = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
-
-
-def decode_identifier(data: bytes, transfer_syntax_uid: str) -> Dataset:
-    """The identifier as raw (unconverted) elements; raises ValueError when unreadable."""
-    ts = transfer_syntax(transfer_syntax_uid)
-    if ts is None:
-        raise ValueError(f"unknown transfer syntax {transfer_syntax_uid}")
-    if ts.deflated:
-        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        data = inflater.decompress(data, 64 * 1024 * 1024)
-    try:
-        return read_dataset(io.BytesIO(data), ts.implicit_vr, ts.little_endian)
-    except Exception as exc:  # noqa: BLE001 - any parse failure is the peer's malformed identifier
-        raise ValueError(f"the identifier cannot be parsed in {uid_name(transfer_syntax_uid)}: {exc}") from exc
-
-
-def encode_identifier(ds: Dataset, ts: TransferSyntax) -> bytes:
-    """The response identifier in the context's transfer syntax (PS3.5 §7.1).
-
-    Flat identifiers of text and US/UL values (nearly every C-FIND response) are
-    encoded here directly, ten times faster than pydicom's writer; anything else
-    (sequences, binary values, ISO 2022 character sets) goes through pydicom.
-    """
-    data = _encode_flat(ds, ts)
-    if data is None:
-        buffer = DicomBytesIO()
-        buffer.is_little_endian = ts.little_endian
-        buffer.is_implicit_VR = ts.implicit_vr
-        write_dataset(buffer, ds)
-        data = bytes(buffer.getvalue())
-    if ts.deflated:
-        compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
-        data = compressor.compress(data) + compressor.flush()
-    return data
-
-
-# PS3.5 Table 7.1-1: explicit VRs with a 2-byte reserved field and a 4-byte length
-_LONG_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
-_ASCII_VRS: Final = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI", "UR"})
-_INT_VRS: Final = {"US": "H", "UL": "L", "SS": "h", "SL": "l"}
-
-
-def _encode_flat(ds: Dataset, ts: TransferSyntax) -> bytes | None:
-    charset = ds.get("SpecificCharacterSet", "") or ""
-    if not isinstance(charset, str) or "\\" in charset:
-        return None
-    codec = codecs_for(charset)[0]
-    order = "<" if ts.little_endian else ">"
-    out = bytearray()
-    for elem in ds:
-        vr = elem.VR
-        value = elem.value
-        if vr in _INT_VRS:
-            values = [] if value is None or value == "" else value if isinstance(value, (MultiValue, list)) else [value]
-            raw = struct.pack(f"{order}{len(values)}{_INT_VRS[vr]}", *values)
-        elif vr in _ASCII_VRS or vr in _TEXT_VRS:
-            if value is None:
-                text = ""
-            elif isinstance(value, (MultiValue, list)):
-                text = "\\".join(str(v) for v in value)
-            else:
-                text = str(value)
-            try:
-                raw = text.encode("ascii" if vr in _ASCII_VRS else codec)
-            except (UnicodeEncodeError, LookupError):
-                return None
-            if len(raw) % 2:
-                raw += b"\x00" if vr == "UI" else b" "
-        else:
-            return None
-        tag = int(elem.tag)
-        group, element = tag >> 16, tag & 0xFFFF
-        if ts.implicit_vr:
-            out += struct.pack(f"{order}HHL", group, element, len(raw))
-        elif vr in _LONG_VRS:
-            out += struct.pack(f"{order}HH2s2xL", group, element, vr.encode(), len(raw))
-        else:
-            if len(raw) > 0xFFFF:
-                return None
-            out += struct.pack(f"{order}HH2sH", group, element, vr.encode(), len(raw))
-        out += raw
-    return bytes(out)
 
 
 @dataclass(frozen=True)
@@ -196,21 +105,21 @@ class RowEncoder:
         for tag, (vr, value) in constants.items():
             layout[tag] = (vr, -1, value)
         layout[SPECIFIC_CHARACTER_SET] = ("CS", -2, "")
-        self.flat = all(vr in _INT_VRS or vr in _ASCII_VRS or vr in _TEXT_VRS for vr, _i, _c in layout.values())
-        self.text_indexes = tuple(i for i, f in enumerate(fields) if f.vr in _TEXT_VRS and f.tag not in constants)
+        self.flat = all(vr in INT_VR_FORMATS or vr in ASCII_VRS or vr in CHARSET_VRS for vr, _i, _c in layout.values())
+        self.text_indexes = tuple(i for i, f in enumerate(fields) if f.vr in CHARSET_VRS and f.tag not in constants)
         self.elements: list[_Element] = []
         for tag in sorted(layout):
             vr, index, constant = layout[tag]
             head = struct.pack(f"{order}HH", tag >> 16, tag & 0xFFFF)
             if ts.implicit_vr:
                 prefix, length, short = head, struct.Struct(f"{order}L"), False
-            elif vr in _LONG_VRS:
+            elif vr in LONG_LENGTH_VRS:
                 prefix, length, short = head + vr.encode() + b"\0\0", struct.Struct(f"{order}L"), False
             else:
                 prefix, length, short = head + vr.encode(), struct.Struct(f"{order}H"), True
-            kind = "int" if vr in _INT_VRS else "ascii" if vr in _ASCII_VRS else "text"
+            kind = "int" if vr in INT_VR_FORMATS else "ascii" if vr in ASCII_VRS else "text"
             self.elements.append(_Element(prefix, length, kind, b"\0" if vr == "UI" else b" ", index, constant,
-                                          short, f"{order}{_INT_VRS.get(vr, '')}"))
+                                          short, f"{order}{INT_VR_FORMATS.get(vr, '')}"))
 
     def encode(self, row: Row) -> bytes:
         """The response identifier of ``row`` in the context's transfer syntax (deflated if negotiated)."""
@@ -223,25 +132,11 @@ class RowEncoder:
             if charset:
                 ds.SpecificCharacterSet = charset
             return encode_identifier(ds, self.ts)
-        if self.ts.deflated:
-            compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
-            data = compressor.compress(data) + compressor.flush()
-        return data
+        return deflate(data) if self.ts.deflated else data
 
     def _charset(self, row: Row) -> str:
         """PS3.4 C.4.1.1.3.2, as :func:`response_charset` decides it for a Dataset."""
-        texts = [v for i in self.text_indexes if isinstance(v := row[i], str) and not v.isascii()]
-        if not texts:
-            return self.request_charset
-        if self.request_charset and "\\" not in self.request_charset:
-            codec = codecs_for(self.request_charset)[0]
-            try:
-                for text in texts:
-                    text.encode(codec)
-                return self.request_charset
-            except (UnicodeEncodeError, LookupError):
-                pass
-        return "ISO_IR 192"
+        return choose_charset(self.request_charset, (v for i in self.text_indexes if isinstance(v := row[i], str)))
 
     def _encode_fast(self, row: Row) -> bytes | None:
         for value in row:
@@ -293,35 +188,6 @@ class _SameCommand(Command):
 
     def encode(self) -> bytes:
         return self._encoded
-
-
-def _texts(ds: Dataset) -> Iterator[str]:
-    for elem in ds:
-        if elem.VR == "SQ":
-            for item in elem.value or []:
-                yield from _texts(item)
-        elif elem.VR in _TEXT_VRS and elem.value is not None:
-            value = elem.value
-            if isinstance(value, (MultiValue, list)):
-                yield from (str(v) for v in value)
-            else:
-                yield str(value)
-
-
-def response_charset(request_charset: str, ds: Dataset) -> str:
-    """PS3.4 C.4.1.1.3.2: the requester's character set when it can carry every value, else UTF-8."""
-    texts = [t for t in _texts(ds) if not t.isascii()]
-    if not texts:
-        return request_charset
-    if request_charset and "\\" not in request_charset:
-        codec = codecs_for(request_charset)[0]
-        try:
-            for text in texts:
-                text.encode(codec)
-            return request_charset
-        except (UnicodeEncodeError, LookupError):
-            pass
-    return "ISO_IR 192"
 
 
 Respond = Callable[..., Awaitable[None]]

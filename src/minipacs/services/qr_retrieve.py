@@ -19,6 +19,14 @@ from typing import Any, Final
 
 from minipacs.core.retrieve import StoredInstance, locate
 from minipacs.core.transcode import TranscodeError
+from minipacs.dicom.levels import RETRIEVE_MODELS
+
+# moved to dicom/uids.py; re-exported (``as``) until the callers are updated
+from minipacs.dicom.uids import PATIENT_ROOT_GET as PATIENT_ROOT_GET  # noqa: PLC0414 - explicit re-export
+from minipacs.dicom.uids import PATIENT_ROOT_MOVE as PATIENT_ROOT_MOVE  # noqa: PLC0414 - explicit re-export
+from minipacs.dicom.uids import STUDY_ROOT_GET as STUDY_ROOT_GET  # noqa: PLC0414 - explicit re-export
+from minipacs.dicom.uids import STUDY_ROOT_MOVE as STUDY_ROOT_MOVE  # noqa: PLC0414 - explicit re-export
+from minipacs.dicom.vr import STRING_VRS
 from minipacs.net.association import Association, AssociationError, BytesSink, Message
 from minipacs.net.dimse import Command
 from minipacs.net.uids import (
@@ -41,15 +49,9 @@ from minipacs.services.status import (
 
 log = logging.getLogger("minipacs.retrieve")
 
-# PS3.4 Table C.4-1 / PS3.6 Annex A: Query/Retrieve information models (MOVE and GET)
-PATIENT_ROOT_MOVE: Final = "1.2.840.10008.5.1.4.1.2.1.2"
-PATIENT_ROOT_GET: Final = "1.2.840.10008.5.1.4.1.2.1.3"
-STUDY_ROOT_MOVE: Final = "1.2.840.10008.5.1.4.1.2.2.2"
-STUDY_ROOT_GET: Final = "1.2.840.10008.5.1.4.1.2.2.3"
-
 #: SOP class -> information model name used by ``core.retrieve``.
-MOVE_MODELS: Final[dict[str, str]] = {PATIENT_ROOT_MOVE: "PATIENT", STUDY_ROOT_MOVE: "STUDY"}
-GET_MODELS: Final[dict[str, str]] = {PATIENT_ROOT_GET: "PATIENT", STUDY_ROOT_GET: "STUDY"}
+MOVE_MODELS: Final[dict[str, str]] = {model.move_sop_class: name for name, model in RETRIEVE_MODELS.items()}
+GET_MODELS: Final[dict[str, str]] = {model.get_sop_class: name for name, model in RETRIEVE_MODELS.items()}
 
 #: Transfer syntaxes for the identifiers of Q/R contexts.
 IDENTIFIER_SYNTAXES: Final = frozenset({IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN})
@@ -92,7 +94,7 @@ def decode_identifier(message: Message) -> tuple[str, dict[str, object]]:
             if not keyword or not isinstance(raw, RawDataElement) or raw.value is None:
                 continue
             vr = raw.VR or dictionary_VR(tag)
-            if vr == "SQ" or vr not in _TEXT_VRS:
+            if vr == "SQ" or vr not in STRING_VRS:  # the keys a retrieve uses are all text
                 continue
             text = bytes(raw.value).decode("latin-1").strip(" \x00")
             values = [v.strip(" \x00") for v in text.split("\\")]
@@ -102,10 +104,6 @@ def decode_identifier(message: Message) -> tuple[str, dict[str, object]]:
     level = keys.get("QueryRetrieveLevel", "")
     return (level if isinstance(level, str) else ""), keys
 
-
-#: VRs whose raw value is text (PS3.5 Table 6.2-1); the keys a retrieve uses are all of them.
-_TEXT_VRS: Final = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC",
-                              "UI", "UR", "UT"})
 
 
 def encode_failed_list(uids: list[str], transfer_syntax_uid: str) -> bytes:

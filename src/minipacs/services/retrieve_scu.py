@@ -18,6 +18,7 @@ from typing import Any
 
 from minipacs.core.paths import validate_uid
 from minipacs.core.staging import StagingFile
+from minipacs.dicom.levels import RETRIEVE_MODELS
 from minipacs.net.association import Association, BytesSink, DatasetSink, Message, RequestHandler
 from minipacs.net.dimse import Command
 from minipacs.net.pdu_items import RoleSelection
@@ -25,19 +26,13 @@ from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
 from minipacs.net.uids_generated import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from minipacs.services.base import record_operation
-from minipacs.services.qr_retrieve import (
-    GET_MODELS,
-    PATIENT_ROOT_GET,
-    PATIENT_ROOT_MOVE,
-    STUDY_ROOT_GET,
-    STUDY_ROOT_MOVE,
-)
+from minipacs.services.qr_retrieve import GET_MODELS
 from minipacs.services.status import PENDING, SUCCESS, comment, describe, status_for_store_error
 
 log = logging.getLogger("minipacs.retrieve_scu")
 
-MOVE_MODEL_UIDS = {"PATIENT": PATIENT_ROOT_MOVE, "STUDY": STUDY_ROOT_MOVE}
-GET_MODEL_UIDS = {"PATIENT": PATIENT_ROOT_GET, "STUDY": STUDY_ROOT_GET}
+MOVE_MODEL_UIDS = {name: model.move_sop_class for name, model in RETRIEVE_MODELS.items()}
+GET_MODEL_UIDS = {name: model.get_sop_class for name, model in RETRIEVE_MODELS.items()}
 QR_SYNTAXES = [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN]
 #: Transfer syntaxes we offer when receiving (C-GET proposals), native first. Not all
 #: of PS3.6: DCMTK refuses a context with more than a few dozen syntaxes.

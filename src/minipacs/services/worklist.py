@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any
 
 from minipacs.core.identifier import identifier_charset
 from minipacs.core.worklist import Worklist
+from minipacs.dicom.uids import MODALITY_WORKLIST_FIND
 from minipacs.net.association import Association, AssociationError, BytesSink, DatasetSink, Message, RequestHandler
 from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
@@ -31,8 +32,6 @@ from minipacs.services.status import FIND, FIND_CANCELLED, FIND_PENDING, SUCCESS
 
 log = logging.getLogger("minipacs.worklist")
 
-# PS3.4 K.6.1.3 / PS3.6 Annex A: Modality Worklist Information Model - FIND
-MODALITY_WORKLIST_FIND: Final = "1.2.840.10008.5.1.4.31"
 
 
 class ModalityWorklistSCP:

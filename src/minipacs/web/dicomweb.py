@@ -25,6 +25,7 @@ from minipacs.core.retrieve import StoredInstance, select_instances
 from minipacs.core.transcode import (
     EXPLICIT_VR_LITTLE_ENDIAN, NoSuchFrame, TranscodeError, can_transcode, pixel_frames, transcode_part10,
 )
+from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.web.accept import ANY, DICOM, frame_choice, frame_choices_text, instance_syntax, parse_accept
 from minipacs.web.errors import HttpError
 from minipacs.web.render import choose_format, parse_window, render
@@ -37,9 +38,9 @@ from minipacs.web.transfer import (
 from minipacs.web.types import AppContext
 
 DICOM_JSON: Final = "application/dicom+json"
-# path parameter -> DICOM keyword of the UID it carries
-PATH_KEYS: Final[Mapping[str, str]] = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID",
-                                       "instance": "SOPInstanceUID"}
+# path parameter (PS3.18 10.4: {study}, {series}, {instance}) -> DICOM keyword of the UID it carries
+PATH_KEYS: Final[Mapping[str, str]] = {
+    s.noun: s.unique_key for s in LEVEL_SPELLINGS.values() if s.level is not Level.PATIENT}
 # PS3.18 Table 10.5.3-1 / PS3.4 Annex B.2.3: the FailureReason for why ingest refused an instance
 # (a part not in the study of the URL is 0xA900 too, decided before ingest)
 FAILURE_REASONS: Final[Mapping[type[ArchiveError], int]] = {

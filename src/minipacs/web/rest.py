@@ -20,6 +20,7 @@ from minipacs.core.nodes import node_from_mapping
 from minipacs.core.paths import validate_uid
 from minipacs.core.query import Level
 from minipacs.core.retrieve import select_instances
+from minipacs.dicom.levels import LEVEL_SPELLINGS
 from minipacs.web import completion
 from minipacs.web.dicomweb import ctx, root_url
 from minipacs.web.errors import HttpError
@@ -27,20 +28,16 @@ from minipacs.web.routing import Endpoint
 from minipacs.web.search import search
 from minipacs.web.transfer import boundary_of, ingest_bytes, read_body, split_multipart, unzip, zip_stream
 
-# URL level -> (query level, unique key, retrieve level, delete level)
+# URL level -> (query level, unique key, retrieve level, delete level), from dicom/levels.py
 LEVELS: Final[Mapping[str, tuple[Level, str, str, str]]] = {
-    "patients": (Level.PATIENT, "PatientID", "PATIENT", "patient"),
-    "studies": (Level.STUDY, "StudyInstanceUID", "STUDY", "study"),
-    "series": (Level.SERIES, "SeriesInstanceUID", "SERIES", "series"),
-    "instances": (Level.IMAGE, "SOPInstanceUID", "IMAGE", "instance"),
+    s.resource: (s.level, s.unique_key, s.level.value, s.noun) for s in LEVEL_SPELLINGS.values()
 }
 
 
 def _level(request: Request) -> tuple[Level, str, str, str]:
     name = request.path_params["level"]
     if name not in LEVELS:
-        raise HttpError(404, "not_found", f"unknown resource kind {name[:30]!r}; use patients, studies, series, "
-                        "instances")
+        raise HttpError(404, "not_found", f"unknown resource kind {name[:30]!r}; use {', '.join(LEVELS)}")
     return LEVELS[name]
 
 
@@ -90,7 +87,7 @@ async def list_resources(request: Request) -> Response:
 async def search_resources(request: Request) -> Response:
     raw = request.query_params.get("level", "studies")
     if raw not in LEVELS:
-        raise HttpError(400, "invalid_level", "level must be one of patients, studies, series, instances")
+        raise HttpError(400, "invalid_level", f"level must be one of {', '.join(LEVELS)}")
     return JSONResponse(await _matches(request, LEVELS[raw][0]))
 
 

@@ -26,6 +26,7 @@ from minipacs.core.jobs import Job, JobFailed
 from minipacs.core.nodes import Node, NodeRegistry, format_permissions, node_from_mapping
 from minipacs.core.paths import validate_uid
 from minipacs.core.retrieve import MAX_KEYS, StoredInstance, select_instances
+from minipacs.dicom.levels import LEVEL_SPELLINGS, Level, parse_level
 from minipacs.services.outbound import (
     DEFAULT_KEYS,
     MAX_CONTEXTS,
@@ -55,16 +56,11 @@ class ApiLevel:
     model: str  # the information model used for it: PATIENT or STUDY root
 
 
-# PS3.4 C.6.1.1 / C.6.2.1: the levels, their unique keys, and the model we use for each
+# PS3.4 C.6.1.1 / C.6.2.1: the levels (by noun), their unique keys (dicom/levels.py), and the model we
+# use for each: Patient Root for a patient, Study Root below.
 LEVELS: Final[Mapping[str, ApiLevel]] = {
-    "patient": ApiLevel("PATIENT", "PatientID", "PATIENT"),
-    "study": ApiLevel("STUDY", "StudyInstanceUID", "STUDY"),
-    "series": ApiLevel("SERIES", "SeriesInstanceUID", "STUDY"),
-    "instance": ApiLevel("IMAGE", "SOPInstanceUID", "STUDY"),
-}
-#: Other spellings accepted for a level (REST resource names, DICOM level names).
-LEVEL_ALIASES: Final[Mapping[str, str]] = {
-    "patients": "patient", "studies": "study", "instances": "instance", "image": "instance",
+    s.noun: ApiLevel(s.level.value, s.unique_key, "PATIENT" if s.level is Level.PATIENT else "STUDY")
+    for s in LEVEL_SPELLINGS.values()
 }
 MAX_QUERY_RESULTS: Final = 10000
 #: Failures kept per job for the JSON (the counts are always complete).
@@ -84,12 +80,11 @@ async def _body(request: Request) -> dict[str, Any]:
 
 
 def _level(raw: object) -> ApiLevel:
-    name = str(raw).strip().lower() if isinstance(raw, str) else ""
-    name = LEVEL_ALIASES.get(name, name)
-    if name not in LEVELS:
-        raise HttpError(400, "invalid_level", f"level {str(raw)[:30]!r} is not one of patient, study, series, "
-                        "instance")
-    return LEVELS[name]
+    # any spelling of dicom/levels.py: the noun, the REST resource name, the DICOM level name
+    level = parse_level(raw) if isinstance(raw, str) else None
+    if level is None:
+        raise HttpError(400, "invalid_level", f"level {str(raw)[:30]!r} is not one of {', '.join(LEVELS)}")
+    return LEVELS[LEVEL_SPELLINGS[level].noun]
 
 
 def _uids(raw: object, level: ApiLevel) -> list[str]:

@@ -1,0 +1,175 @@
+"""Values as text: character sets (PS3.5 §6.1), DA/TM/DT (PS3.5 Table 6.2-1) and PN.
+
+Dates and times come in two strictnesses. ``strict``: exactly PS3.5 Table 6.2-1,
+for attributes we validate (MPPS). Lenient (the default, for indexing and
+matching what others stored): also the forms PS3.5 Table 6.2-1 recommends
+accepting for compatibility with ACR-NEMA ("YYYY.MM.DD", "HH:MM:SS.frac").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import unicodedata
+from collections.abc import Sequence
+from typing import Final
+
+from pydicom.charset import decode_bytes, python_encoding
+
+from minipacs.dicom.vr import CHARSET_VRS, LEADING_SPACES_KEPT_VRS
+
+# PS3.5 §6.1.2.5.3: characters before which an ISO 2022 code element returns to the default,
+# per VR kind: PN ('\\', '^', '='), other text ('\\', CR, LF, TAB, FF).
+PN_DELIMITERS: Final = frozenset({0x5C, 0x5E, 0x3D})
+TEXT_DELIMITERS: Final = frozenset({0x5C, 0x0D, 0x0A, 0x09, 0x0C})
+_DEFAULT_CODEC: Final = python_encoding[""]
+
+
+def codecs_for(specific_character_set: str) -> list[str]:
+    """PS3.3 C.12.1.1.2 defined terms → Python codecs; unknown terms fall back to the default."""
+    terms = [term.strip() for term in specific_character_set.split("\\")] or [""]
+    return [python_encoding.get(term, _DEFAULT_CODEC) for term in terms]
+
+
+def decode_text(raw: bytes, vr: str, codecs: Sequence[str]) -> str:
+    """One element's raw value as text, PS3.5 §6.2 padding removed.
+
+    The Specific Character Set applies to the VRs of PS3.5 §6.1.2.3 (ISO 2022 escapes
+    switch code elements, PS3.5 §6.1.2.5); the rest are ASCII. A UI keeps a NUL inside
+    the value (PS3.5 §9.1: only a trailing NUL pads; UID validation refuses it); other
+    VRs lose every NUL. ST, LT, UT and UC keep their leading spaces.
+    """
+    if vr in CHARSET_VRS:
+        if 0x1B in raw:  # ISO 2022 escape sequences (PS3.5 §6.1.2.5)
+            delimiters = PN_DELIMITERS if vr == "PN" else TEXT_DELIMITERS
+            text = decode_bytes(raw, list(codecs), set(delimiters))
+        else:
+            text = raw.decode(codecs[0], errors="replace")
+    else:
+        text = raw.decode("ascii", errors="replace")
+    if vr == "UI":
+        return text.rstrip("\x00 ").lstrip(" ")
+    text = text.replace("\x00", "")
+    return text.rstrip(" ") if vr in LEADING_SPACES_KEPT_VRS else text.strip(" ")
+
+
+# ------------------------------------------------------------------ DA
+
+def as_date(value: str, *, strict: bool = False) -> dt.date | None:
+    """PS3.5 Table 6.2-1 DA "YYYYMMDD" (lenient: also the ACR-NEMA "YYYY.MM.DD"); else None."""
+    digits = value.replace(".", "") if len(value) == 10 and not strict else value
+    if len(digits) != 8 or not digits.isascii() or not digits.isdigit():
+        return None
+    if not strict and len(value) == 10 and (value[4], value[7]) != (".", "."):
+        return None
+    try:
+        return dt.date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
+    except ValueError:
+        return None
+
+
+def date_bound(text: str, upper: bool) -> dt.date | None:
+    """A DA as the first (and last: a date is one day) day it stands for (PS3.4 C.2.2.2.5)."""
+    return as_date(text)
+
+
+# ------------------------------------------------------------------ TM
+
+def time_bound(text: str, upper: bool) -> dt.time | None:
+    """A TM as the first (``upper``: last) instant it stands for; None when it is no TM.
+
+    PS3.5 Table 6.2-1 TM "HH[MM[SS[.F{1,6}]]]", HH 00-23, MM 00-59, SS 00-60 (a leap
+    second is read as :59). Reduced precision is a span: "10" is 10:00:00 up to
+    10:59:59.999999. Lenient: also "HH:MM:SS" and a fraction after HH or HHMM.
+    """
+    return _time(text, upper, strict=False)
+
+
+def as_time(value: str, *, strict: bool = False) -> dt.time | None:
+    """PS3.5 Table 6.2-1 TM as the instant it starts at; anything else → None (see time_bound)."""
+    return _time(value, False, strict=strict)
+
+
+def _time(text: str, upper: bool, *, strict: bool) -> dt.time | None:
+    clean = text if strict else text.replace(":", "")
+    whole, dot, fraction = clean.partition(".")
+    if len(whole) not in (2, 4, 6) or not whole.isascii() or not whole.isdigit():
+        return None
+    if fraction and (not fraction.isascii() or not fraction.isdigit() or len(fraction) > 6):
+        return None
+    if strict and dot and (len(whole) != 6 or not fraction):
+        return None
+    hour, minute, second = int(whole[:2]), int(whole[2:4] or 0), int(whole[4:6] or 0)
+    if hour > 23 or minute > 59 or second > 60:
+        return None
+    micro = int(fraction.ljust(6, "0")) if fraction else 0
+    if upper:
+        if len(whole) < 4:
+            minute = 59
+        if len(whole) < 6:
+            second = 59
+        micro = int(fraction.ljust(6, "9")) if fraction else 999999
+    return dt.time(hour, minute, min(second, 59), micro)
+
+
+# ------------------------------------------------------------------ DT
+
+_DT_RE: Final = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?([+-]\d{4})?$", re.ASCII)
+
+
+def datetime_bound(text: str, upper: bool) -> dt.datetime | None:
+    """DT "YYYY[MM[DD[HH[MM[SS[.F]]]]]][&ZZXX]": the first or last instant it stands for.
+
+    Offsets are dropped (compared as local times: we negotiate no timezone adjustment).
+    """
+    found = _DT_RE.match(text)
+    if found is None:
+        return None
+    parts = found.groups()
+    year = int(parts[0])
+    given = [p for p in parts[1:6] if p is not None]
+    defaults_low = [1, 1, 0, 0, 0]
+    try:
+        month, day, hour, minute, second = [int(p) for p in given] + defaults_low[len(given):]
+        low = dt.datetime(year, month, day, hour, minute, second, int((parts[6] or "0").ljust(6, "0")))
+    except ValueError:
+        return None
+    if not upper:
+        return low
+    units = ["year", "month", "day", "hour", "minute", "second"]
+    unit = units[len(given)] if parts[6] is None else "fraction"
+    return _end_of(low, unit, parts[6] or "")
+
+
+def _end_of(start: dt.datetime, unit: str, fraction: str) -> dt.datetime:
+    if unit == "year":
+        return start.replace(month=12, day=31, hour=23, minute=59, second=59, microsecond=999999)
+    if unit == "month":
+        following = (start.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+        return following - dt.timedelta(microseconds=1)
+    step = {"day": dt.timedelta(days=1), "hour": dt.timedelta(hours=1), "minute": dt.timedelta(minutes=1),
+            "second": dt.timedelta(seconds=1)}.get(unit)
+    if step is not None:
+        return start + step - dt.timedelta(microseconds=1)
+    return start.replace(microsecond=int(fraction.ljust(6, "9")))
+
+
+# ------------------------------------------------------------------ PN
+
+def normalise_name(value: str) -> str:
+    """Form of a name (PN) used for case-insensitive matching: NFKC, casefolded."""
+    return unicodedata.normalize("NFKC", value).casefold()
+
+
+__all__ = [
+    "PN_DELIMITERS",
+    "TEXT_DELIMITERS",
+    "as_date",
+    "as_time",
+    "codecs_for",
+    "date_bound",
+    "datetime_bound",
+    "decode_text",
+    "normalise_name",
+    "time_bound",
+]

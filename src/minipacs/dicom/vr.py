@@ -1,0 +1,45 @@
+"""Value Representation families (PS3.5 §6.2, Table 6.2-1; §7.1.2, Table 7.1-1).
+
+Each family is defined here once; encoders, readers and the matching rules use
+these sets rather than spelling VRs out again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+# PS3.5 §7.1.2, Table 7.1-1: explicit VRs whose element header has 2 reserved bytes and a
+# 32-bit value length (every other explicit VR has a 16-bit length).
+LONG_LENGTH_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+#: The same, as the two bytes a reader finds in the element header.
+LONG_LENGTH_VR_BYTES: Final = frozenset(vr.encode("ascii") for vr in LONG_LENGTH_VRS)
+
+# PS3.5 §6.1.2.3 and §6.1.3: VRs whose values the Specific Character Set (0008,0005) applies to.
+CHARSET_VRS: Final = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
+# PS3.5 Table 6.2-1: string VRs limited to the default character repertoire.
+ASCII_VRS: Final = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI", "UR"})
+#: Every VR whose value is text.
+STRING_VRS: Final = ASCII_VRS | CHARSET_VRS
+# PS3.5 Table 6.2-1: text VRs whose leading spaces are part of the value (trailing ones pad).
+LEADING_SPACES_KEPT_VRS: Final = frozenset({"ST", "LT", "UT", "UC"})
+# PS3.5 Table 6.2-1: VRs holding dates and times.
+DATE_TIME_VRS: Final = frozenset({"DA", "TM", "DT"})
+# PS3.5 Table 6.2-1: binary integers -> their struct format (one value; byte order added by the caller).
+INT_VR_FORMATS: Final[Mapping[str, str]] = {"US": "H", "UL": "L", "SS": "h", "SL": "l"}
+# PS3.5 Table 6.2-1: VRs whose values are bytes or binary numbers, not text (PS3.4 C.2.2.2: not matchable).
+BINARY_VRS: Final = frozenset(
+    {"OB", "OD", "OF", "OL", "OV", "OW", "UN", "US", "UL", "SS", "SL", "FL", "FD", "AT", "SV", "UV"}
+)
+
+__all__ = [
+    "ASCII_VRS",
+    "BINARY_VRS",
+    "CHARSET_VRS",
+    "DATE_TIME_VRS",
+    "INT_VR_FORMATS",
+    "LEADING_SPACES_KEPT_VRS",
+    "LONG_LENGTH_VRS",
+    "LONG_LENGTH_VR_BYTES",
+    "STRING_VRS",
+]

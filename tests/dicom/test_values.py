@@ -1,0 +1,128 @@
+"""dicom/values.py: character sets (PS3.5 §6.1), DA/TM/DT (PS3.5 Table 6.2-1), PN."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from minipacs.dicom.values import (
+    as_date,
+    as_time,
+    codecs_for,
+    datetime_bound,
+    decode_text,
+    normalise_name,
+    time_bound,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("20240131", dt.date(2024, 1, 31)),
+        ("2024.01.31", dt.date(2024, 1, 31)),
+        ("20240230", None),
+        ("2024013", None),
+        ("", None),
+        ("abcdefgh", None),
+        ("２０２４０１３１", None),
+        ("2024..0131", None),  # the ACR-NEMA form has its dots at 5 and 8
+    ],
+)
+def test_as_date(text: str, expected: dt.date | None) -> None:
+    assert as_date(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("10", dt.time(10)),
+        ("1015", dt.time(10, 15)),
+        ("101530", dt.time(10, 15, 30)),
+        ("101530.25", dt.time(10, 15, 30, 250000)),
+        ("10:15:30", dt.time(10, 15, 30)),
+        ("235960", dt.time(23, 59, 59)),
+        ("2515", None),
+        ("1", None),
+        ("101530.1234567", None),
+        ("ab", None),
+        # the two copies disagreed: as_time read seconds 61-99 as :59, time_bound refused them;
+        # PS3.5 Table 6.2-1 allows SS 00-60.
+        ("101561", None),
+        ("106000", None),
+        ("240000", None),
+    ],
+)
+def test_as_time(text: str, expected: dt.time | None) -> None:
+    assert as_time(text) == expected
+    assert time_bound(text, False) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ("20240131", True),
+        ("2024.01.31", False),  # ACR-NEMA form: read when stored, not accepted where we validate
+        ("20240230", False),
+        ("２０２４０１３１", False),  # core/mpps.py's regex took any Unicode digit
+    ],
+)
+def test_strict_date(text: str, ok: bool) -> None:
+    assert (as_date(text, strict=True) is not None) is ok
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ("10", True),
+        ("1015", True),
+        ("101530", True),
+        ("101560", True),
+        ("101530.123456", True),
+        ("10:15:30", False),
+        ("10.5", False),  # PS3.5 Table 6.2-1: a fraction only after SS
+        ("1015.5", False),
+        ("101530.", False),
+        ("101530.1234567", False),
+        ("１０１５", False),
+    ],
+)
+def test_strict_time(text: str, ok: bool) -> None:
+    assert (as_time(text, strict=True) is not None) is ok
+
+
+def test_bounds() -> None:
+    assert time_bound("10", True) == dt.time(10, 59, 59, 999999)
+    assert time_bound("1015", False) == dt.time(10, 15)
+    assert time_bound("101530.5", True) == dt.time(10, 15, 30, 599999)
+    assert datetime_bound("202402", True) == dt.datetime(2024, 2, 29, 23, 59, 59, 999999)
+    assert datetime_bound("2024", False) == dt.datetime(2024, 1, 1)
+    assert datetime_bound("2024x", False) is None
+    assert datetime_bound("２０２４", False) is None
+
+
+def test_normalise_name() -> None:
+    assert normalise_name("Müller^Jürgen") == normalise_name("MÜLLER^JÜRGEN") == "müller^jürgen"
+    assert normalise_name("STRASSE") == normalise_name("straße")
+
+
+def test_decode_text_padding_per_vr() -> None:
+    codecs = codecs_for("")
+    assert decode_text(b"  Doe^John ", "PN", codecs) == "Doe^John"
+    assert decode_text(b"  indented text ", "LT", codecs) == "  indented text"
+    assert decode_text(b"1.2.3\x00", "UI", codecs) == "1.2.3"
+    # PS3.5 §9.1: only a trailing NUL pads a UID; one inside stays for validation to refuse
+    assert decode_text(b"1.2\x003\x00", "UI", codecs) == "1.2\x003"
+    assert decode_text(b"CT\x00\x00", "CS", codecs) == "CT"
+
+
+def test_decode_text_character_sets() -> None:
+    assert decode_text("Müller".encode("latin-1"), "PN", codecs_for("ISO_IR 100")) == "Müller"
+    assert decode_text("Müller".encode(), "LO", codecs_for("ISO_IR 192")) == "Müller"
+    # CS is default repertoire: the character set does not apply
+    assert decode_text("Ü".encode("latin-1"), "CS", codecs_for("ISO_IR 100")) == "\ufffd"
+    # PS3.5 §6.1.2.5.3 / Annex H: ISO 2022 escapes, reset at each '=' of a PN
+    raw = (b"Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B=\x1b$B$d$^$@\x1b(B^\x1b$B$?$m$&\x1b(B")
+    assert decode_text(raw, "PN", codecs_for("\\ISO 2022 IR 87")) == "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    assert codecs_for("UNKNOWN") == codecs_for("")

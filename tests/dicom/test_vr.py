@@ -1,0 +1,32 @@
+"""dicom/vr.py: the VR families agree with PS3.5 as pydicom encodes it."""
+
+from __future__ import annotations
+
+from pydicom import valuerep
+
+from minipacs.dicom import vr
+
+
+def _names(vrs: set[valuerep.VR]) -> frozenset[str]:
+    return frozenset(str(v.value) for v in vrs)
+
+
+def test_long_length_vrs_are_table_7_1_1() -> None:
+    assert vr.LONG_LENGTH_VRS == _names(valuerep.EXPLICIT_VR_LENGTH_32)
+    assert {v.encode() for v in vr.LONG_LENGTH_VRS} == vr.LONG_LENGTH_VR_BYTES
+    # the old core/part10.py copy lacked SV and UV (64-bit integers, PS3.5 2019 and later)
+    assert {"SV", "UV"} <= vr.LONG_LENGTH_VRS
+
+
+def test_character_set_families() -> None:
+    assert vr.CHARSET_VRS == _names(valuerep.CUSTOMIZABLE_CHARSET_VR)
+    assert vr.ASCII_VRS == _names(valuerep.DEFAULT_CHARSET_VR)
+    assert vr.STRING_VRS == _names(valuerep.STR_VR)
+    assert vr.LEADING_SPACES_KEPT_VRS <= vr.CHARSET_VRS
+
+
+def test_binary_and_integer_families() -> None:
+    assert vr.BINARY_VRS.isdisjoint(vr.STRING_VRS)
+    assert set(vr.INT_VR_FORMATS) <= vr.BINARY_VRS
+    assert vr.STRING_VRS | vr.BINARY_VRS | {"SQ"} == _names(valuerep.STANDARD_VR)
+    assert vr.DATE_TIME_VRS <= vr.ASCII_VRS
