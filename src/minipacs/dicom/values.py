@@ -157,8 +157,16 @@ def _end_of(start: dt.datetime, unit: str, fraction: str) -> dt.datetime:
 # ------------------------------------------------------------------ PN
 
 def normalise_name(value: str) -> str:
-    """Form of a name (PN) used for case-insensitive matching: NFKC, casefolded."""
-    return unicodedata.normalize("NFKC", value).casefold()
+    """Form of a name (PN) used for case-insensitive matching: NFKC, casefolded, and without
+    what PS3.5 6.2.1.1 makes insignificant — trailing empty components (``Doe^John^^``) and
+    trailing empty component groups (``Wang^XiaoDong=王^小東=``) — in each value."""
+    values = []
+    for name in value.split("\\"):
+        groups = [group.rstrip(" ^") for group in name.split("=")]
+        while len(groups) > 1 and not groups[-1]:
+            groups.pop()
+        values.append("=".join(groups))
+    return unicodedata.normalize("NFKC", "\\".join(values)).casefold()
 
 
 __all__ = [
