@@ -87,7 +87,13 @@ def test_response_character_set() -> None:
     assert choose_charset("ISO_IR 100", ["Müller"]) == "ISO_IR 100"
     assert choose_charset("", ["Müller"]) == "ISO_IR 192"
     assert choose_charset("ISO_IR 100", ["山田"]) == "ISO_IR 192"
-    assert choose_charset("ISO 2022 IR 6\\ISO 2022 IR 87", ["山田"]) == "ISO_IR 192"
+    # PS3.5 6.1.2.5 code extensions: a repertoire that holds the names is answered in (issue 12 item 11)
+    assert choose_charset("ISO 2022 IR 6\\ISO 2022 IR 87", ["Yamada^Tarou=山田^太郎"]) == "ISO 2022 IR 6\\ISO 2022 IR 87"
+    assert choose_charset("ISO 2022 IR 6\\ISO 2022 IR 149", ["Hong^Gildong=洪^吉洞=홍^길동"]) == (
+        "ISO 2022 IR 6\\ISO 2022 IR 149")
+    assert choose_charset("ISO 2022 IR 6\\ISO 2022 IR 87", ["Müller"]) == "ISO_IR 192"  # IR 6 is ASCII
+    assert choose_charset("ISO 2022 IR 6\\ISO 2022 IR 149", ["王^小東 ✓"]) == "ISO_IR 192"
+    assert choose_charset("ISO 2022 IR 100\\ISO 2022 IR 87", ["Müller", "山田"]) == "ISO 2022 IR 100\\ISO 2022 IR 87"
     ds = Dataset()
     ds.PatientName = "Müller"
     ds.StudyInstanceUID = "1.2"

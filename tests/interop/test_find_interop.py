@@ -237,3 +237,29 @@ def test_minipacs_find_against_orthanc(orthanc: int) -> None:
 def test_ci_installs_orthanc() -> None:
     ci = (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
     assert "orthanc" in ci
+
+
+@pytest.mark.parametrize(("charset", "name", "answered_in"), [
+    ("ISO 2022 IR 6\\ISO 2022 IR 87", "Yamada^Tarou=山田^太郎=やまだ^たろう", "ISO 2022 IR 6\\ISO 2022 IR 87"),
+    ("ISO 2022 IR 6\\ISO 2022 IR 149", "Hong^Gildong=洪^吉洞=홍^길동", "ISO 2022 IR 6\\ISO 2022 IR 149"),
+    ("ISO 2022 IR 6\\ISO 2022 IR 87", "Müller^Jürgen", "ISO_IR 192"),  # not in that repertoire: UTF-8
+])
+def test_findscu_gets_answers_in_its_iso_2022_repertoire(tmp_path: Path, charset: str, name: str,
+                                                         answered_in: str) -> None:
+    """Issue 12 item 11, PS3.5 6.1.2.5: a requester asking in ISO 2022 IR 87 / IR 149 is answered in
+    it when its repertoire holds the values (stored here in UTF-8), in UTF-8 only when it does not."""
+    server = start_server(tmp_path)
+    try:
+        path = write_ct(tmp_path / "jp.dcm", rows=8, cols=8, patient_id="JP1", patient_name=name,
+                        SpecificCharacterSet="ISO_IR 192", study_uid="1.2.826.0.1.3680043.10.7.1")
+        done = run([dcmtk("storescu"), "-aec", server.ae_title, "127.0.0.1", str(server.port), str(path)])
+        assert done.returncode == 0, done.stderr
+        res, found = findscu(server, tmp_path / "out", "-S", "-k", "QueryRetrieveLevel=STUDY",
+                             "-k", f"SpecificCharacterSet={charset}", "-k", "PatientID=JP1", "-k", "PatientName")
+        assert res.returncode == 0, res.stdout + res.stderr
+        [match] = found
+        said = match.SpecificCharacterSet
+        assert (said if isinstance(said, str) else "\\".join(said)) == answered_in
+        assert str(match.PatientName) == name
+    finally:
+        server.stop()

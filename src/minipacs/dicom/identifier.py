@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Final
 
 from pydicom.dataelem import DataElement, RawDataElement
@@ -126,19 +126,37 @@ def _texts(ds: Dataset) -> Iterator[str]:
                 yield str(value)
 
 
+#: Defined Terms whose repertoire is ASCII alone (PS3.3 C.12.1.1.2): G0 of ISO 2022 IR 6.
+_ASCII_TERMS: Final = frozenset({"", "ISO_IR 6", "ISO 2022 IR 6"})
+
+
+def _can_carry(request_charset: str, texts: Sequence[str]) -> bool:
+    """Whether every character of ``texts`` is in the repertoire of ``request_charset``: one
+    character set, or several with ISO 2022 code extensions (PS3.5 6.1.2.5), where a character
+    may come from any of them (the writer switches with escape sequences)."""
+    terms = [term.strip() for term in request_charset.split("\\")]
+    encoders = [("ascii" if term in _ASCII_TERMS else codec) for term, codec in zip(terms, codecs_for(request_charset),
+                                                                                     strict=True)]
+    for char in {c for text in texts for c in text if not c.isascii()}:
+        for encoding in encoders:
+            try:
+                char.encode(encoding)
+                break
+            except (UnicodeEncodeError, LookupError):
+                continue
+        else:
+            return False
+    return True
+
+
 def choose_charset(request_charset: str, texts: Iterable[str]) -> str:
-    """PS3.4 C.4.1.1.3.2: the requester's character set when it can carry every text, else UTF-8."""
+    """PS3.4 C.4.1.1.3.2: the requester's character set when it can carry every text — one set, or
+    ISO 2022 code extensions such as ``ISO 2022 IR 6\\ISO 2022 IR 87`` (PS3.5 6.1.2.5) — else UTF-8."""
     wide = [t for t in texts if not t.isascii()]
     if not wide:
         return request_charset
-    if request_charset and "\\" not in request_charset:
-        codec = codecs_for(request_charset)[0]
-        try:
-            for text in wide:
-                text.encode(codec)
-            return request_charset
-        except (UnicodeEncodeError, LookupError):
-            pass
+    if request_charset and _can_carry(request_charset, wide):
+        return request_charset
     return UTF8
 
 
