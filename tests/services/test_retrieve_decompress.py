@@ -37,8 +37,9 @@ from tests.compressed import COMPRESSED, fresh_copy
 from tests.peers import free_port
 
 TIMEOUTS = Timeouts(acse=5.0, dimse=20.0, idle=30.0)
-# JPEG (baseline and lossless), JPEG 2000 (lossless and lossy), and JPEG-LS and RLE for good measure
-NAMES = ["jpeg_baseline", "jpeg_lossless", "jpeg2000_lossless", "jpeg2000", "jpeg_ls", "rle_2frames"]
+# JPEG (baseline, 12-bit extended and lossless), JPEG 2000 (lossless and lossy), and JPEG-LS and RLE for good measure
+NAMES = ["jpeg_baseline", "jpeg_extended_12bit", "jpeg_lossless", "jpeg2000_lossless", "jpeg2000", "jpeg_ls",
+         "rle_2frames"]
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ def test_c_get_to_a_peer_that_only_accepts_explicit_vr_little_endian(tmp_path: P
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("name", ["jpeg_baseline", "jpeg2000_lossless"])
+@pytest.mark.parametrize("name", ["jpeg_baseline", "jpeg_extended_12bit", "jpeg2000_lossless"])
 def test_c_move_to_a_storage_scp_that_only_accepts_explicit_vr_little_endian(tmp_path: Path, name: str) -> None:
     received: dict[str, Dataset] = {}
     lock = threading.Lock()

@@ -4,9 +4,10 @@ Used only when the stored bytes cannot be sent as they are (ARCHITECTURE:
 "transcode only when it does not"): C-MOVE/C-GET sub-operations, WADO-RS
 retrieval with a ``transfer-syntax`` the instance is not stored in, and WADO-RS
 frames asked for uncompressed. Native syntaxes are re-encoded by pydicom;
-compressed ones are decompressed first, which needs the pylibjpeg plugins
-(``pylibjpeg``, ``pylibjpeg-libjpeg``, ``pylibjpeg-openjpeg``) for JPEG, JPEG-LS
-and JPEG 2000; RLE is decoded by pydicom itself. Compressed frames can also be
+compressed ones are decompressed first by pydicom's decoder plugins, backed by the
+permissively licensed libraries listed in :mod:`minipacs.core.decoders` (GDCM for JPEG
+including 12-bit JPEG Extended, OpenJPEG for JPEG 2000 and HTJ2K, GDCM or CharLS for
+JPEG-LS; RLE is decoded by pydicom itself). Compressed frames can also be
 handed out as they are stored (PS3.5 A.4 fragments, no decoding).
 Blocking: call it off the loop.
 """
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from minipacs.core import decoders
 from minipacs.core.errors import ArchiveError, NotFound
 from minipacs.dicom.uids import (
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -24,7 +26,8 @@ from minipacs.dicom.uids import (
     transfer_syntax,
 )
 
-_CODECS_HINT: Final = "(for JPEG, JPEG-LS and JPEG 2000 install pylibjpeg, pylibjpeg-libjpeg and pylibjpeg-openjpeg)"
+_CODECS_HINT: Final = ("(the decoders are python-gdcm, pylibjpeg-openjpeg with pylibjpeg, and pyjpegls: "
+                        "check that they are installed)")
 
 
 class TranscodeError(ArchiveError):
@@ -48,6 +51,7 @@ def _decoded(path: Path, target_ts: str) -> tuple[Any, TransferSyntax]:
     target = transfer_syntax(target_ts)
     if target is None or target.encapsulated or target.deflated:
         raise TranscodeError(f"cannot encode into transfer syntax {target_ts}: only native syntaxes are produced")
+    decoders.register()
     try:
         ds = pydicom.dcmread(path, force=True)
         source = transfer_syntax(str(ds.file_meta.TransferSyntaxUID))
@@ -112,6 +116,7 @@ def pixel_frames(path: Path, numbers: Sequence[int], *, decode: bool) -> list[by
     from pydicom.encaps import generate_frames, get_frame
     from pydicom.pixels.utils import pixel_array
 
+    decoders.register()
     ds = pydicom.dcmread(path)
     if "PixelData" not in ds:
         raise NoSuchFrame("this instance has no pixel data, so it has no frames")

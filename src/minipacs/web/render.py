@@ -10,6 +10,7 @@ import numpy as np
 import pydicom
 from PIL import Image
 
+from minipacs.core import decoders
 from minipacs.web.errors import HttpError
 
 FORMATS: Final = {"image/jpeg": "JPEG", "image/png": "PNG"}
@@ -38,6 +39,7 @@ def _window(ds: Any, frame: Any, window: tuple[float, float] | None) -> Any:
 
 def render(path: Path, frame_number: int, mime: str, window: tuple[float, float] | None, thumbnail: bool) -> bytes:
     """One frame (1-based) of a stored instance as an image."""
+    decoders.register()  # the decoders transcoding uses (12-bit JPEG Extended; no GDCM for JPEG 2000)
     try:
         ds = pydicom.dcmread(path)
         if "PixelData" not in ds:
