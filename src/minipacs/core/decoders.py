@@ -26,12 +26,14 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Final
 
+from pydicom import uid as pydicom_uid
+
 PLUGIN: Final = "minipacs-gdcm"
-JPEG_EXTENDED: Final = "1.2.840.10008.1.2.4.51"  # JPEG Extended (Process 2 & 4)
-# pydicom's plugins taken out, per transfer syntax (PS3.5 Table A-1 UIDs): label -> why
+JPEG_EXTENDED: Final = str(pydicom_uid.JPEGExtended12Bit)  # JPEG Extended (Process 2 & 4)
+# pydicom's plugins taken out, per transfer syntax (PS3.5 Table A-1, pydicom's names): label -> why
 REMOVED: Final[Mapping[str, Mapping[str, str]]] = {
-    "1.2.840.10008.1.2.4.90": {"gdcm": "aborts the process on some corrupt JPEG 2000 codestreams"},
-    "1.2.840.10008.1.2.4.91": {"gdcm": "aborts the process on some corrupt JPEG 2000 codestreams"},
+    str(pydicom_uid.JPEG2000Lossless): {"gdcm": "aborts the process on some corrupt JPEG 2000 codestreams"},
+    str(pydicom_uid.JPEG2000): {"gdcm": "aborts the process on some corrupt JPEG 2000 codestreams"},
 }
 DECODER_DEPENDENCIES: Final[dict[str, tuple[str, ...]]] = {JPEG_EXTENDED: ("python-gdcm>=3.0.10",)}
 _LOCK: Final = threading.Lock()  # pydicom's add_plugin is not thread-safe; decoding runs in worker threads
