@@ -368,7 +368,12 @@ class Association(UpperLayerUser):
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        # A request was answered: the peer's next PDU is now due within idle_timeout.
+        self.dul.rearm_read_timeout()
 
     def release_indication(self) -> None:
         self._spawn(self._release_when_idle())
@@ -415,6 +420,9 @@ class Association(UpperLayerUser):
             self._release_waiter.set_result(None)
 
     def read_timeout(self) -> float | None:
+        """PS3.8 has no idle timer; ours: between requests the peer has ``idle`` seconds, inside
+        a message (or while we wait for its response) ``dimse``, and while we work on its
+        request no limit (the peer is waiting for us). Re-applied after every response."""
         if self._incoming or self._responses:
             return self.settings.timeouts.dimse
         if self._tasks:
@@ -554,6 +562,7 @@ class Association(UpperLayerUser):
                     return
         finally:
             self._responses.pop(msg_id, None)
+            self.dul.rearm_read_timeout()
 
     async def release(self, timeout: float | None = None) -> None:
         """A-RELEASE: orderly close (PS3.8 §7.2)."""
