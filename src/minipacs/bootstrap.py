@@ -145,6 +145,9 @@ async def build_app(settings: Settings) -> App:
         tls_context=server_tls,
         tls_client=client_tls,
         identity=UserIdentityPolicy(settings.dicom_user_identity, settings.users),
+        max_pending_connections=settings.max_pending_connections,
+        max_pending_per_host=settings.max_pending_per_host,
+        handshake_timeout=settings.handshake_timeout,
     )
     watch = asyncio.ensure_future(registry.watch(settings.nodes_refresh))
     return App(settings, archive, server, registry, access, watch)

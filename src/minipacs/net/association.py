@@ -169,6 +169,8 @@ class Association(UpperLayerUser):
         self.called_ae = ""
         self.calling_ae = ""
         self.rq: AAssociateRQ | None = None
+        #: An A-ASSOCIATE-RQ has been read (it may still be being checked).
+        self.rq_received = False
         self.ac: AAssociateAC | None = None
         self.contexts: dict[int, NegotiatedContext] = {}
         self.peer_max_pdu = 0
@@ -224,6 +226,7 @@ class Association(UpperLayerUser):
 
     # --------------------------------------------------- UpperLayerUser side
     async def prepare_negotiation(self, rq: AAssociateRQ) -> None:
+        self.rq_received = True
         if self.preparer is not None:
             await self.preparer(self, rq)
 

@@ -7,6 +7,16 @@ transient / local-limit-exceeded), the called AE title when configured
 refuses gets status 0x0124 (Not authorized). Every association, accepted or
 not, ends up in the association log.
 
+A connection takes an association slot (max_associations) only once its
+association is accepted. Before that -- TCP accepted, TLS handshake or
+A-ASSOCIATE-RQ under way -- it is *pending*, and pending connections are capped
+per listener (max_pending_connections) and per peer address
+(max_pending_per_host): beyond the caps a connection is closed at once, and one
+that has not completed its A-ASSOCIATE-RQ (TLS handshake included)
+handshake_timeout seconds after the TCP accept is closed. So a flood of silent
+connections, or of stalled TLS handshakes, can neither take the slots of real
+associations nor block the other listener.
+
 With a TLS port (PS3.15 B.1) the handshake comes first, and one that fails is
 logged in words and kept in the association log. With dicom_user_identity the
 User Identity item (PS3.7 D.3.3.7, services/user_identity.py) is checked; a
@@ -18,9 +28,14 @@ from __future__ import annotations
 from typing import Any
 
 import asyncio
+import errno
+import functools
 import logging
+import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from minipacs import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -42,8 +57,14 @@ from minipacs.services.user_identity import IdentityCheck, UserIdentityPolicy
 
 log = logging.getLogger("minipacs.server")
 
-#: Connections beyond max_associations + this many are closed unread.
-CONNECTION_SLACK = 8
+#: Defaults of the limits on connections that are not associations yet (config.py has the keys).
+MAX_PENDING_CONNECTIONS = 64
+MAX_PENDING_PER_HOST = 8
+HANDSHAKE_TIMEOUT = 10.0
+#: Refused connections are logged at most once per this many seconds (per listener).
+REFUSAL_LOG_INTERVAL = 10.0
+#: listen() backlog of the DICOM listeners (asyncio.start_server's default).
+LISTEN_BACKLOG = 100
 
 AssociationLogger = Callable[[AssociationRecord], Awaitable[object]]
 
@@ -92,6 +113,105 @@ def guarded(handler: RequestHandler, operation: str, access: AccessPolicy) -> Re
     return guard
 
 
+@dataclass
+class PendingConnections:
+    """The connections of one listener that are not associations yet, in total and per peer address."""
+
+    max_total: int
+    max_per_host: int
+    by_host: dict[str, int] = field(default_factory=dict)
+    total: int = 0
+
+    def refusal(self, host: str) -> str | None:
+        """Why a new connection from ``host`` cannot be taken now; None: it can."""
+        if self.by_host.get(host, 0) >= self.max_per_host:
+            return (f"{self.by_host[host]} connections from that address have not associated yet "
+                    f"(max_pending_per_host = {self.max_per_host})")
+        if self.total >= self.max_total:
+            return (f"{self.total} connections have not associated yet "
+                    f"(max_pending_connections = {self.max_total})")
+        return None
+
+    def add(self, host: str) -> None:
+        self.total += 1
+        self.by_host[host] = self.by_host.get(host, 0) + 1
+
+    def remove(self, host: str) -> None:
+        self.total -= 1
+        left = self.by_host.get(host, 1) - 1
+        if left > 0:
+            self.by_host[host] = left
+        else:
+            self.by_host.pop(host, None)
+
+
+class PendingSlot:
+    """One pending connection's place in its listener's :class:`PendingConnections`; freed once."""
+
+    __slots__ = ("pending", "host", "held")
+
+    def __init__(self, pending: PendingConnections, host: str) -> None:
+        self.pending = pending
+        self.host = host
+        self.held = True
+        pending.add(host)
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.pending.remove(self.host)
+
+
+class Listener:
+    """One listening address of the server (plain DICOM or DICOM TLS), its accept loops and its pending pool."""
+
+    def __init__(self, name: str, pending: PendingConnections, tls: ssl.SSLContext | None) -> None:
+        self.name = name
+        self.pending = pending
+        self.tls = tls
+        self.sockets: list[socket.socket] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.refused_unlogged = 0
+        self.refusal_logged_at = -REFUSAL_LOG_INTERVAL
+
+    def refused(self, host: str, port: int, why: str) -> None:
+        """Log a refused connection, at most once per REFUSAL_LOG_INTERVAL (a flood must not flood the log)."""
+        now = time.monotonic()
+        if now - self.refusal_logged_at < REFUSAL_LOG_INTERVAL:
+            self.refused_unlogged += 1
+            return
+        more = f"; {self.refused_unlogged} more refused since the last message" if self.refused_unlogged else ""
+        log.warning("%s: connection from %s:%s closed at once: %s%s", self.name, host, port, why, more)
+        self.refusal_logged_at = now
+        self.refused_unlogged = 0
+
+
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """Bound, listening, non-blocking sockets for every address of ``host`` (as asyncio.start_server makes)."""
+    infos = socket.getaddrinfo(host or None, port, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM,
+                               flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, object]] = set()
+    try:
+        for family, kind, proto, _name, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 class DicomServer:
     def __init__(
         self,
@@ -111,6 +231,9 @@ class DicomServer:
         tls_context: ssl.SSLContext | None = None,
         tls_client: ssl.SSLContext | None = None,
         identity: UserIdentityPolicy | None = None,
+        max_pending_connections: int = MAX_PENDING_CONNECTIONS,
+        max_pending_per_host: int = MAX_PENDING_PER_HOST,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         self.ae_title = ae_title
         self.host = host
@@ -121,6 +244,10 @@ class DicomServer:
         #: None: User Identity items are not looked at (services/user_identity.py).
         self.identity = identity
         self.max_associations = max_associations
+        self.max_pending_connections = max_pending_connections
+        self.max_pending_per_host = max_pending_per_host
+        #: From the TCP accept to a complete A-ASSOCIATE-RQ (TLS handshake included); ARTIM if shorter.
+        self.handshake_timeout = handshake_timeout
         self.check_called_aet = check_called_aet
         self.assoc_settings = AssociationSettings(
             ae_title=ae_title,
@@ -150,42 +277,57 @@ class DicomServer:
                 self.sinks[abstract] = service
         self.connections: set[Association] = set()
         self.established: set[Association] = set()
-        self._server: asyncio.Server | None = None
-        self._tls_server: asyncio.Server | None = None
-        self._handshakes = 0  # TLS handshakes under way: connections not yet associations
+        self.listeners: list[Listener] = []
         self._log_tasks: set[asyncio.Task[object]] = set()
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._on_connection, self.host, self.port, reuse_address=True,
-            limit=stream_limit(self.assoc_settings.max_pdu_receive),
-        )
+        self.listeners = []
+        plain = self._listener("DICOM listener", None)
+        plain.sockets = listening_sockets(self.host, self.port)
         if self.port == 0:
-            self.port = self._server.sockets[0].getsockname()[1]
+            self.port = plain.sockets[0].getsockname()[1]
+        self._serve_on(plain)
         log.info("DICOM listener %s on %s:%d", self.ae_title, self.host, self.port)
         if self.tls_context is not None:
+            # The TLS listener accepts plain TCP and starts TLS in _on_accepted: a failed handshake
+            # is ours to log in words (asyncio would only log it at debug level).
+            tls = self._listener("DICOM TLS listener", self.tls_context)
             try:
-                # Plain TCP first, TLS started in _on_tls_connection: a failed handshake is
-                # ours to log in words (asyncio would only log it at debug level).
-                self._tls_server = await asyncio.start_server(
-                    self._on_tls_connection, self.host, self.tls_port, reuse_address=True,
-                    limit=stream_limit(self.assoc_settings.max_pdu_receive),
-                )
+                tls.sockets = listening_sockets(self.host, self.tls_port)
             except OSError as exc:
-                self._server.close()
+                await self._stop_listening()
                 raise TLSListenError(exc.errno, f"cannot listen for DICOM TLS on {self.host}:{self.tls_port}: "
                                      f"{exc.strerror} (is another server using that port?)") from exc
             if self.tls_port == 0:
-                self.tls_port = self._tls_server.sockets[0].getsockname()[1]
+                self.tls_port = tls.sockets[0].getsockname()[1]
+            self._serve_on(tls)
             log.info("DICOM TLS listener %s on %s:%d%s", self.ae_title, self.host, self.tls_port,
                      "; client certificates required" if self.tls_context.verify_mode == ssl.CERT_REQUIRED else "")
 
+    def _listener(self, name: str, tls: ssl.SSLContext | None) -> Listener:
+        listener = Listener(name, PendingConnections(self.max_pending_connections, self.max_pending_per_host), tls)
+        self.listeners.append(listener)
+        return listener
+
+    def _serve_on(self, listener: Listener) -> None:
+        for sock in listener.sockets:
+            listener.tasks.append(asyncio.ensure_future(self._accept_loop(listener, sock)))
+
+    async def _stop_listening(self) -> None:
+        for listener in self.listeners:
+            for task in listener.tasks:
+                task.cancel()
+            if listener.tasks:
+                await asyncio.gather(*listener.tasks, return_exceptions=True)
+            listener.tasks = []
+            for sock in listener.sockets:
+                sock.close()
+            listener.sockets = []
+
     async def close(self, grace: float = 5.0) -> None:
         """Stop listening; give open associations ``grace`` seconds, then abort them."""
-        for server in (self._server, self._tls_server):
-            if server is not None:
-                server.close()
+        await self._stop_listening()
         if self.connections:
             log.info("waiting up to %gs for %d open association(s)", grace, len(self.connections))
             waits = [asyncio.ensure_future(a.wait_closed()) for a in list(self.connections)]
@@ -194,65 +336,90 @@ class DicomServer:
                 assoc.abort("server shutting down")
             if pending:
                 await asyncio.wait(pending, timeout=2.0)
-        for server in (self._server, self._tls_server):
-            if server is not None:
-                await server.wait_closed()
         if self._log_tasks:
             await asyncio.gather(*list(self._log_tasks), return_exceptions=True)
 
     # ---------------------------------------------------------- connections
-    async def _on_tls_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """PS3.15 B.1: the TLS handshake first, then the association as on the plain port."""
-        if self._too_many(writer):
-            return
-        if self.tls_context is None:  # pragma: no cover - only started with a context
-            writer.close()
-            return
+    async def _accept_loop(self, listener: Listener, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        limit = stream_limit(self.assoc_settings.max_pdu_receive)
+        while True:
+            conn, address = await loop.sock_accept(sock)
+            host, port = str(address[0]), int(address[1])
+            why = listener.pending.refusal(host)
+            if why is not None:
+                conn.close()
+                listener.refused(host, port, why)
+                continue
+            slot = PendingSlot(listener.pending, host)
+            deadline = loop.time() + min(self.handshake_timeout, self.assoc_settings.timeouts.acse)
+            callback = functools.partial(self._on_accepted, listener, slot, deadline)
+            try:
+                await loop.connect_accepted_socket(
+                    lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader(limit, loop=loop), callback, loop=loop),
+                    conn)
+            except OSError as exc:  # reset before we got to it
+                slot.release()
+                conn.close()
+                log.debug("%s: connection from %s:%s lost at once: %s", listener.name, host, port, exc)
+
+    async def _on_accepted(self, listener: Listener, slot: PendingSlot, deadline: float,
+                           reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if listener.tls is not None and not await self._tls_handshake(listener.tls, writer, deadline):
+                return
+            await self._on_connection(reader, writer, slot, deadline)
+        finally:
+            slot.release()
+
+    async def _tls_handshake(self, context: ssl.SSLContext, writer: asyncio.StreamWriter, deadline: float) -> bool:
+        """PS3.15 B.1: the TLS handshake first (by the handshake deadline), then the association as on the plain port."""
         host, port = (writer.get_extra_info("peername") or ("?", 0))[:2]
         started = datetime.now(UTC)
-        self._handshakes += 1
         try:
-            await writer.start_tls(self.tls_context, ssl_handshake_timeout=self.assoc_settings.timeouts.acse)
+            await writer.start_tls(context, ssl_handshake_timeout=max(deadline - asyncio.get_running_loop().time(),
+                                                                      0.001))
         except (OSError, EOFError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             why = describe_tls_error(exc)
             log.warning("client from %s:%s failed the TLS handshake: %s", host, port, why)
-            writer.close()
+            writer.transport.abort()
             self._record(AssociationRecord(started_at=started, ended_at=datetime.now(UTC), role="acceptor",
                                            calling_aet="", called_aet="", peer_host=str(host), peer_port=int(port),
                                            accepted=False, reject_reason=f"TLS handshake failed: {why}",
                                            tls="failed"))
-            return
-        finally:
-            self._handshakes -= 1
-        await self._on_connection(reader, writer)
+            return False
+        return True
 
-    def _too_many(self, writer: asyncio.StreamWriter) -> bool:
-        if len(self.connections) + self._handshakes >= self.max_associations + CONNECTION_SLACK:
-            peer = writer.get_extra_info("peername")
-            log.warning("connection from %s closed unread: %d connections already open", peer,
-                        len(self.connections) + self._handshakes)
-            writer.close()
-            return True
-        return False
-
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._too_many(writer):
-            return
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                             slot: PendingSlot, deadline: float) -> None:
         assoc = Association(
             reader, writer, self.assoc_settings, is_requestor=False,
             negotiator=self._negotiate, handler=self._handle, sink_factory=self._sink_for,
             preparer=self._prepare,
         )
+        # The slot is held until the association is accepted (or the connection ends).
+        assoc.established.add_done_callback(lambda _: slot.release())
+        expiry = asyncio.get_running_loop().call_at(deadline, self._handshake_expired, assoc)
         self.connections.add(assoc)
         try:
             await assoc.dul.run()
             await assoc.wait_closed()
         finally:
+            expiry.cancel()
             self.connections.discard(assoc)
             self.established.discard(assoc)
             if assoc.established.done() and not assoc.established.cancelled():
                 assoc.established.exception()  # acceptors never await it: mark a failure as seen
             self._log(assoc)
+
+    def _handshake_expired(self, assoc: Association) -> None:
+        """handshake_timeout: no complete A-ASSOCIATE-RQ yet; close the connection (it is not an association)."""
+        if assoc.rq_received or assoc.dul.is_closed:
+            return
+        started = (datetime.now(UTC) - assoc.started_at).total_seconds()
+        assoc.dul.end_reason = (f"no complete A-ASSOCIATE-RQ {started:.1f}s after connecting "
+                                f"(handshake_timeout = {min(self.handshake_timeout, self.assoc_settings.timeouts.acse):g}s)")
+        assoc.abort(assoc.dul.end_reason)
 
     def _negotiate(self, assoc: Association, rq: AAssociateRQ) -> AAssociateAC | AAssociateRJ:
         reject = self._check(assoc, rq)
