@@ -59,6 +59,9 @@ class Settings:
     max_pending_per_host: int = 8
     #: From TCP accept to a complete A-ASSOCIATE-RQ, TLS handshake included (seconds; ARTIM if shorter).
     handshake_timeout: float = 10.0
+    #: Requests one association may have outstanding with us when the requestor proposes an
+    #: Asynchronous Operations Window (PS3.7 D.3.3.3); without one it is 1.
+    max_async_operations: int = 8
     #: Maximum PDU length we announce and accept (PS3.8 D.1); 0 = unlimited is refused.
     max_pdu_receive: int = 1 * MiB
     #: Largest PDU length we send, whatever the peer allows (0 = as the peer allows).
@@ -142,6 +145,8 @@ class Settings:
         if self.max_pending_per_host > self.max_pending_connections:
             raise ConfigError(f"max_pending_per_host ({self.max_pending_per_host}) is more than "
                               f"max_pending_connections ({self.max_pending_connections}); lower it or raise the total")
+        if not 1 <= self.max_async_operations <= 64:
+            raise ConfigError("max_async_operations must be 1 to 64")
         if self.max_pdu_receive < 4096:
             raise ConfigError("max_pdu_receive must be at least 4096 bytes")
         if self.max_pdu_send < 0 or 0 < self.max_pdu_send < 4096:

@@ -6,18 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import time
 
 import pytest
 
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from minipacs.net.association import Association, AssociationSettings, connect
+from minipacs.net.association import Association, AssociationSettings, Message, RequestHandler, build_rq, connect
+from minipacs.net.dimse import Command
+from minipacs.net.pdu import encode_pdu, pdata_pdu_header
+from minipacs.net.pdu_items import AsynchronousOperationsWindow
+from minipacs.net.presentation import NegotiatedContext, SupportedContext
+from minipacs.net.uids import IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
 from minipacs.net.dul import KEEPALIVE_IDLE, Timeouts
 from minipacs.net.tls import client_context, server_context
 from minipacs.services.server import DicomServer
@@ -204,3 +210,148 @@ def test_stalled_tls_handshakes_block_neither_listener(tmp_path: Path, pki: Cert
                 w.close()
 
     asyncio.run(run())
+
+
+# ------------------------------------------------------------ requests pipelined past the window (item 4)
+def echo_rq(message_id: int) -> bytes:
+    cmd = Command.make("C-ECHO-RQ", MessageID=message_id, AffectedSOPClassUID=VERIFICATION_SOP_CLASS).encode()
+    return pdata_pdu_header(1, True, True, len(cmd)) + cmd
+
+
+async def associate_raw(port: int, async_ops: AsynchronousOperationsWindow | None = None,
+                        rcvbuf: int = 0) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # a peer that reads nothing, for real
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    rq = build_rq("RAW", SERVER_AE, [(VERIFICATION_SOP_CLASS, [IMPLICIT_VR_LITTLE_ENDIAN])], settings("RAW"))
+    rq.user_information.async_ops = async_ops
+    writer.write(encode_pdu(rq))
+    header = await asyncio.wait_for(reader.readexactly(6), 3)
+    body = await reader.readexactly(struct.unpack(">xxL", header)[0])
+    assert header[0] == 0x02, "A-ASSOCIATE-AC"
+    return reader, writer
+
+
+def test_pipelined_requests_never_read_keep_memory_flat(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 8 item 4: 50,000 C-ECHO-RQ pipelined by a peer that reads nothing. With no window
+    proposed (1 outstanding) the server holds at most one more request, stops reading, aborts the
+    peer after dimse_timeout of not reading, and logs ONE INFO line for what it left unanswered."""
+    caplog.set_level(logging.DEBUG, logger="minipacs")
+    timeouts = Timeouts(acse=1.0, dimse=1.5, idle=30.0)
+    count = 50_000
+
+    async def run() -> Association:
+        async with serving(timeouts=timeouts) as server:
+            reader, writer = await associate_raw(server.port, rcvbuf=4096)
+            (assoc,) = server.connections
+            # small kernel buffers, so that the few MB of responses cannot all hide in them
+            assoc.dul.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            flood = b"".join(echo_rq(i % 0xFFFF + 1) for i in range(count))
+            writer.write(flood)
+            sent = asyncio.ensure_future(writer.drain())
+            await asyncio.sleep(1.0)
+            assert assoc.window == 1 and assoc.most_outstanding == 1
+            assert len(assoc._tasks) <= 2 and len(assoc._held) <= 1  # (one may be finishing)
+            assert assoc.dul._write_buffer_size() < 1024 * 1024
+            assert assoc.dul.bytes_received < len(flood) // 2, "reading stopped"
+            await asyncio.wait_for(assoc.wait_closed(), timeouts.dimse + 3)
+            await wait_until_idle(server)
+            sent.cancel()
+            writer.transport.abort()
+            return assoc
+
+    assoc = asyncio.run(run())
+    assert "has not read our data for 1.5s" in assoc.end_reason
+    lines = [r for r in caplog.records if "not answered" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO, [r.getMessage() for r in lines]
+    assert f"ended with {assoc.unanswered} request(s) not answered" in lines[0].getMessage()
+    assert 1 <= assoc.unanswered <= 2
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+def test_a_peer_that_closes_with_requests_pending_gets_one_info_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="minipacs")
+
+    async def run() -> None:
+        async with serving(timeouts=Timeouts(acse=1.0, dimse=10.0, idle=30.0)) as server:
+            reader, writer = await associate_raw(server.port, rcvbuf=4096)
+            (assoc,) = server.connections
+            assoc.dul.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            writer.write(b"".join(echo_rq(i % 0xFFFF + 1) for i in range(20_000)))
+            await asyncio.sleep(1.0)
+            assert assoc.most_outstanding == 1
+            writer.transport.abort()  # gone, with requests in flight
+            await wait_until_idle(server, 5)
+
+    asyncio.run(run())
+    lines = [r.getMessage() for r in caplog.records if "not answered" in r.getMessage()]
+    assert len(lines) == 1 and "request(s) not answered" in lines[0]
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+class SlowEcho:
+    """C-ECHO that takes 0.3 s, counting how many run at once."""
+
+    name = "slow-echo"
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.most = 0
+
+    def supported_contexts(self) -> Mapping[str, SupportedContext]:
+        return VerificationSCP().supported_contexts()
+
+    def handlers(self) -> Mapping[str, RequestHandler]:
+        return {"C-ECHO-RQ": self.c_echo}
+
+    def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> None:
+        return None
+
+    async def c_echo(self, assoc: Association, message: Message) -> None:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        await asyncio.sleep(0.3)
+        self.running -= 1
+        await VerificationSCP().c_echo(assoc, message)
+
+
+@pytest.mark.parametrize(("proposed", "answered", "concurrent"), [
+    (None, None, 1),
+    (AsynchronousOperationsWindow(3, 5), AsynchronousOperationsWindow(3, 1), 3),
+    (AsynchronousOperationsWindow(0, 0), AsynchronousOperationsWindow(4, 1), 4),  # unlimited: ours
+    (AsynchronousOperationsWindow(9, 1), AsynchronousOperationsWindow(4, 1), 4),
+], ids=["none proposed", "3", "unlimited", "more than ours"])
+def test_the_asynchronous_operations_window_is_negotiated_and_honoured(
+    proposed: AsynchronousOperationsWindow | None, answered: AsynchronousOperationsWindow | None, concurrent: int,
+) -> None:
+    """PS3.7 D.3.3.3: the AC answers a proposed window (ours: max_async_operations = 4), and no
+    more requests than the window run at once, however many the peer sends."""
+    slow = SlowEcho()
+
+    async def run() -> None:
+        server = DicomServer(SERVER_AE, [slow], host="127.0.0.1", port=0, max_async_operations=4,
+                             timeouts=Timeouts(acse=2.0, dimse=5.0, idle=10.0))
+        await server.start()
+        try:
+            rq = build_rq("RAW", SERVER_AE, [(VERIFICATION_SOP_CLASS, [IMPLICIT_VR_LITTLE_ENDIAN])], settings("RAW"))
+            rq.user_information.async_ops = proposed
+            assoc = await connect("127.0.0.1", server.port, rq, settings("RAW"))
+            assert assoc.ac is not None and assoc.ac.user_information.async_ops == answered
+            ctx = assoc.context_for(VERIFICATION_SOP_CLASS)
+            assert ctx is not None
+
+            async def one() -> int:
+                cmd = Command.make("C-ECHO-RQ", MessageID=assoc.next_message_id(),
+                                   AffectedSOPClassUID=VERIFICATION_SOP_CLASS)
+                return [int(m.command["Status"]) async for m in assoc.request(ctx.context_id, cmd)][-1]
+
+            assert await asyncio.gather(*(one() for _ in range(8))) == [0] * 8
+            await assoc.release()
+        finally:
+            await server.close(grace=0.5)
+
+    asyncio.run(run())
+    assert slow.most == concurrent

@@ -45,8 +45,8 @@ from minipacs.net.association import Association, AssociationSettings, DatasetSi
 from minipacs.net.dimse import Command
 from minipacs.net.dul import Timeouts, stream_limit
 from minipacs.net.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ
-from minipacs.net.pdu_items import (APPLICATION_CONTEXT_NAME, SOPClassExtendedNegotiation, UserIdentityAC,
-                                    UserInformation)
+from minipacs.net.pdu_items import (APPLICATION_CONTEXT_NAME, AsynchronousOperationsWindow,
+                                    SOPClassExtendedNegotiation, UserIdentityAC, UserInformation)
 from minipacs.net.presentation import RESULT_NAMES, NegotiatedContext, SupportedContext, negotiate
 from minipacs.net.tls import describe_tls_error
 from minipacs.net.uids import uid_name
@@ -61,6 +61,8 @@ log = logging.getLogger("minipacs.server")
 MAX_PENDING_CONNECTIONS = 64
 MAX_PENDING_PER_HOST = 8
 HANDSHAKE_TIMEOUT = 10.0
+#: Default of max_async_operations: requests one association may have outstanding (PS3.7 D.3.3.3).
+MAX_ASYNC_OPERATIONS = 8
 #: Refused connections are logged at most once per this many seconds (per listener).
 REFUSAL_LOG_INTERVAL = 10.0
 #: listen() backlog of the DICOM listeners (asyncio.start_server's default).
@@ -234,6 +236,7 @@ class DicomServer:
         max_pending_connections: int = MAX_PENDING_CONNECTIONS,
         max_pending_per_host: int = MAX_PENDING_PER_HOST,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        max_async_operations: int = MAX_ASYNC_OPERATIONS,
     ) -> None:
         self.ae_title = ae_title
         self.host = host
@@ -248,6 +251,8 @@ class DicomServer:
         self.max_pending_per_host = max_pending_per_host
         #: From the TCP accept to a complete A-ASSOCIATE-RQ (TLS handshake included); ARTIM if shorter.
         self.handshake_timeout = handshake_timeout
+        #: The most requests a requestor may have outstanding with us, when it proposes a window.
+        self.max_async_operations = max_async_operations
         self.check_called_aet = check_called_aet
         self.assoc_settings = AssociationSettings(
             ae_title=ae_title,
@@ -436,6 +441,7 @@ class DicomServer:
             implementation_class_uid=IMPLEMENTATION_CLASS_UID,
             implementation_version_name=IMPLEMENTATION_VERSION_NAME,
             roles=roles,
+            async_ops=self._async_window(rq),
             extended=self._extended_negotiation(rq),
             user_identity_ac=identity_ac if isinstance(identity_ac, UserIdentityAC) else None,
         )
@@ -447,6 +453,17 @@ class DicomServer:
         return AAssociateAC(
             called_ae=rq.called_ae, calling_ae=rq.calling_ae, presentation_contexts=answers, user_information=info
         )
+
+    def _async_window(self, rq: AAssociateRQ) -> AsynchronousOperationsWindow | None:
+        """PS3.7 D.3.3.3: answered only when proposed (else both sides use 1/1). The requestor may
+        invoke as many as it proposed, up to max_async_operations (its 0, unlimited, gets ours);
+        we perform one at a time on it (C-GET sub-operations are sequential)."""
+        proposed = rq.user_information.async_ops
+        if proposed is None:
+            return None
+        ours = self.max_async_operations
+        invoked = ours if proposed.max_invoked == 0 else min(proposed.max_invoked, ours)
+        return AsynchronousOperationsWindow(invoked, 1)
 
     def _extended_negotiation(self, rq: AAssociateRQ) -> list[SOPClassExtendedNegotiation]:
         """PS3.7 D.3.3.5: each service answers the items for its SOP classes
