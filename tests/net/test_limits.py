@@ -5,8 +5,11 @@ handshakes, pipelined requests never read, and accept() failing for lack of file
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import struct
+import subprocess
+import sys
 import time
 
 import pytest
@@ -355,3 +358,81 @@ def test_the_asynchronous_operations_window_is_negotiated_and_honoured(
 
     asyncio.run(run())
     assert slow.most == concurrent
+
+
+# ------------------------------------------------------------ accept() without file descriptors (item 6)
+EMFILE_SERVER = """
+import asyncio, logging, os, resource, sys, time
+from minipacs.net.dul import Timeouts
+from minipacs.services.server import DicomServer
+from minipacs.services.verification import VerificationSCP
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(name)s %(message)s")
+
+async def main() -> None:
+    server = DicomServer("MINIPACS", [VerificationSCP()], host="127.0.0.1", port=0,
+                         timeouts=Timeouts(acse=30, dimse=5, idle=30), handshake_timeout=30)
+    await server.start()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 2, hard))
+    print("PORT", server.port, flush=True)
+    loop = asyncio.get_running_loop()
+    started = time.process_time()
+    await loop.run_in_executor(None, sys.stdin.readline)  # phase 1: flooded
+    print("CPU", time.process_time() - started, flush=True)
+    await loop.run_in_executor(None, sys.stdin.readline)  # phase 2: an echo
+    await server.close(grace=0.5)
+
+asyncio.run(main())
+"""
+
+
+def test_accept_backs_off_when_out_of_file_descriptors() -> None:
+    """Issue 8 item 6: accept() failing with EMFILE neither spins nor logs per attempt: one line
+    per back-off, one when accepting works again, and the listener serves again afterwards."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    proc = subprocess.Popen([sys.executable, "-c", EMFILE_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        line = proc.stdout.readline()
+        while not line.startswith("PORT"):
+            assert line, "the server did not start"
+            line = proc.stdout.readline()
+        port = int(line.split()[1])
+
+        async def flood() -> list[socket.socket]:
+            crowd = []
+            for _ in range(8):  # two fit; the others wait in the backlog while accept() fails
+                sock = socket.create_connection(("127.0.0.1", port))
+                crowd.append(sock)
+            await asyncio.sleep(3.0)
+            return crowd
+
+        crowd = asyncio.run(flood())
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        for sock in crowd:
+            sock.close()
+
+        async def echo_again() -> int:
+            await asyncio.sleep(1.0)  # the server sees the closes; descriptors free up
+            return await echo_from(port)
+
+        # the flooding connections are accepted and closed one by one as descriptors free up
+        assert asyncio.run(echo_again()) == 0
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = out.splitlines()
+    cpu = [float(line.split()[1]) for line in lines if line.startswith("CPU ")]
+    flooded = lines[:next((i for i, line in enumerate(lines) if line.startswith("CPU ")), len(lines))]
+    failing = [line for line in flooded if "cannot accept" in line or "out of system resource" in line]
+    again = [line for line in lines if "accepting connections again" in line]
+    assert len(failing) == 1, out
+    assert "Too many open files" in failing[0] and "ulimit -n" in failing[0]
+    assert len(again) >= 1, out
+    assert cpu and cpu[0] < 1.0, f"the accept loop spun: {cpu} s of CPU in 3 s"

@@ -67,6 +67,12 @@ MAX_ASYNC_OPERATIONS = 8
 REFUSAL_LOG_INTERVAL = 10.0
 #: listen() backlog of the DICOM listeners (asyncio.start_server's default).
 LISTEN_BACKLOG = 100
+#: accept() failing for lack of file descriptors or memory: retry after a delay doubling from
+#: the first to the second value (seconds), instead of spinning on a listening socket that stays readable.
+ACCEPT_BACKOFF = (0.05, 2.0)
+ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: accept() errors about one connection that is already gone: just take the next.
+ACCEPT_PEER_ERRORS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ECONNRESET})
 
 AssociationLogger = Callable[[AssociationRecord], Awaitable[object]]
 
@@ -348,8 +354,27 @@ class DicomServer:
     async def _accept_loop(self, listener: Listener, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         limit = stream_limit(self.assoc_settings.max_pdu_receive)
+        delay = 0.0  # > 0 while backing off
+        failures = 0
         while True:
-            conn, address = await loop.sock_accept(sock)
+            try:
+                conn, address = await loop.sock_accept(sock)
+            except OSError as exc:
+                if exc.errno in ACCEPT_PEER_ERRORS:
+                    continue
+                if delay == 0:  # once per back-off, not per attempt
+                    log.error("%s: cannot accept connections: %s; retrying every %g s at most until it "
+                              "works again.%s", listener.name, exc.strerror or exc, ACCEPT_BACKOFF[1],
+                              " Raise the open-file limit (ulimit -n, systemd LimitNOFILE=) or lower "
+                              "max_associations / max_pending_connections" if exc.errno in ACCEPT_RESOURCE_ERRORS
+                              else "")
+                delay = min(max(delay * 2, ACCEPT_BACKOFF[0]), ACCEPT_BACKOFF[1])
+                failures += 1
+                await asyncio.sleep(delay)
+                continue
+            if delay:
+                log.warning("%s: accepting connections again after %d failed attempt(s)", listener.name, failures)
+                delay, failures = 0.0, 0
             host, port = str(address[0]), int(address[1])
             why = listener.pending.refusal(host)
             if why is not None:
