@@ -173,7 +173,7 @@ def test_hand_built_echo_rq_decodes() -> None:
 
 # (case, bytes, message the error must contain)
 MALFORMED: list[tuple[str, bytes, str]] = [
-    ("empty", b"", "unknown CommandField"),
+    ("empty", b"", r"the command set has no CommandField \(0000,0100\)"),
     ("truncated inside an element header", ECHO_RQ[:-5], "truncated"),
     ("truncated inside a value", ECHO_RQ[:-1], "runs past"),
     ("element outside group 0000", ECHO_RQ + element(0x0010, b"DOE^JOHN", group=0x0010), "outside group 0000"),
@@ -197,7 +197,7 @@ MALFORMED: list[tuple[str, bytes, str]] = [
     ("UL of length 2", element(0x0000, us(10)) + ECHO_RQ_BODY, "invalid length 2"),
     ("AT of length 6", ECHO_RQ + element(0x0901, b"\x10\x00\x10\x00\x20\x00"), "not a multiple of 4"),
     ("unknown CommandField", element(0x0100, us(0x0031)) + element(0x0110, us(1)), "unknown CommandField 0x0031"),
-    ("no CommandField", element(0x0110, us(1)), "unknown CommandField"),
+    ("no CommandField", element(0x0110, us(1)), r"the command set has no CommandField \(0000,0100\)"),
 ]
 
 
@@ -211,3 +211,15 @@ def test_unknown_command_elements_are_ignored() -> None:
     """Retired elements such as (0000,0001) Length to End are skipped, not errors."""
     cmd = Command.decode(element(0x0001, struct.pack("<L", 99)) + ECHO_RQ)
     assert cmd.name == "C-ECHO-RQ"
+
+
+def test_a_command_set_without_command_field_is_said_in_words() -> None:
+    """Issue 8 item 16: no "unknown CommandField 0x-001" for a command set that lacks the field."""
+    data = Command({"MessageID": 1}).encode()
+    with pytest.raises(CommandError) as info:
+        Command.decode(data)
+    assert str(info.value) == "the command set has no CommandField (0000,0100), so it names no DIMSE message"
+    assert Command({"MessageID": 1}).name == "command without a CommandField"
+    assert Command({"CommandField": 0x0123}).name == "unknown command 0x0123"
+    with pytest.raises(CommandError, match="unknown CommandField 0x0123$"):
+        Command.decode(Command({"CommandField": 0x0123}).encode())

@@ -142,7 +142,11 @@ class Command:
     @property
     def name(self) -> str:
         mtype = self.message_type
-        return mtype.name if mtype else f"unknown command 0x{self.command_field:04X}"
+        if mtype is not None:
+            return mtype.name
+        if "CommandField" not in self.fields:
+            return "command without a CommandField"
+        return f"unknown command 0x{self.command_field:04X}"
 
     @property
     def has_dataset(self) -> bool:
@@ -199,6 +203,8 @@ class Command:
         cmd = cls(fields)
         mtype = cmd.message_type
         if mtype is None:
+            if "CommandField" not in fields:
+                raise CommandError("the command set has no CommandField (0000,0100), so it names no DIMSE message")
             raise CommandError(f"unknown CommandField 0x{cmd.command_field:04X}")
         missing = [k for k in mtype.required if k not in fields]
         if missing:
