@@ -5,33 +5,45 @@ handshakes, pipelined requests never read, and accept() failing for lack of file
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
+import ssl
 import struct
 import subprocess
 import sys
 import time
-
-import pytest
-
-import logging
-import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from minipacs.net.association import Association, AssociationSettings, Message, RequestHandler, build_rq, connect
+import pytest
+
+from minipacs.net.association import (
+    Association,
+    AssociationSettings,
+    Message,
+    build_rq,
+    connect,
+)
 from minipacs.net.dimse import Command
+from minipacs.net.dul import KEEPALIVE_IDLE, Timeouts
 from minipacs.net.pdu import encode_pdu, pdata_pdu_header
 from minipacs.net.pdu_items import AsynchronousOperationsWindow
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
-from minipacs.net.uids import IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
-from minipacs.net.dul import KEEPALIVE_IDLE, Timeouts
 from minipacs.net.tls import client_context, server_context
+from minipacs.net.uids import IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
+from minipacs.services.dispatch import Operation, Response
 from minipacs.services.server import DicomServer
 from minipacs.services.verification import VerificationSCP, echo
-from tests.net.test_association import SERVER_AE, proposal, serving, settings, wait_until_idle
+from tests.net.test_association import (
+    SERVER_AE,
+    proposal,
+    serving,
+    settings,
+    wait_until_idle,
+)
 from tests.tls_certs import Certificates, make_pki
 
 pytestmark = pytest.mark.interop
@@ -233,7 +245,7 @@ async def associate_raw(port: int, async_ops: AsynchronousOperationsWindow | Non
     rq.user_information.async_ops = async_ops
     writer.write(encode_pdu(rq))
     header = await asyncio.wait_for(reader.readexactly(6), 3)
-    body = await reader.readexactly(struct.unpack(">xxL", header)[0])
+    await reader.readexactly(struct.unpack(">xxL", header)[0])
     assert header[0] == 0x02, "A-ASSOCIATE-AC"
     return reader, writer
 
@@ -248,7 +260,7 @@ def test_pipelined_requests_never_read_keep_memory_flat(caplog: pytest.LogCaptur
 
     async def run() -> Association:
         async with serving(timeouts=timeouts) as server:
-            reader, writer = await associate_raw(server.port, rcvbuf=4096)
+            _reader, writer = await associate_raw(server.port, rcvbuf=4096)
             (assoc,) = server.connections
             # small kernel buffers, so that the few MB of responses cannot all hide in them
             assoc.dul.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
@@ -280,7 +292,7 @@ def test_a_peer_that_closes_with_requests_pending_gets_one_info_line(caplog: pyt
 
     async def run() -> None:
         async with serving(timeouts=Timeouts(acse=1.0, dimse=10.0, idle=30.0)) as server:
-            reader, writer = await associate_raw(server.port, rcvbuf=4096)
+            _reader, writer = await associate_raw(server.port, rcvbuf=4096)
             (assoc,) = server.connections
             assoc.dul.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
             writer.write(b"".join(echo_rq(i % 0xFFFF + 1) for i in range(20_000)))
@@ -307,18 +319,18 @@ class SlowEcho:
     def supported_contexts(self) -> Mapping[str, SupportedContext]:
         return VerificationSCP().supported_contexts()
 
-    def handlers(self) -> Mapping[str, RequestHandler]:
-        return {"C-ECHO-RQ": self.c_echo}
+    def handlers(self) -> Mapping[str, Operation]:
+        return {"C-ECHO-RQ": Operation(self.c_echo, access="echo")}
 
     def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> None:
         return None
 
-    async def c_echo(self, assoc: Association, message: Message) -> None:
+    async def c_echo(self, assoc: Association, message: Message) -> Response:
         self.running += 1
         self.most = max(self.most, self.running)
         await asyncio.sleep(0.3)
         self.running -= 1
-        await VerificationSCP().c_echo(assoc, message)
+        return await VerificationSCP().c_echo(assoc, message)
 
 
 @pytest.mark.parametrize(("proposed", "answered", "concurrent"), [

@@ -23,6 +23,7 @@ from minipacs.cli.retrieve_common import (
 )
 from minipacs.config import Settings
 from minipacs.net.association import AssociationError, build_rq, connect
+from minipacs.services.dispatch import request_handler
 from minipacs.services.retrieve_scu import KeySyntaxError, c_get, get_contexts
 
 NEEDS_SETTINGS = True
@@ -56,7 +57,8 @@ async def _get(args: argparse.Namespace, settings: Settings | None, ident: tuple
         rq = build_rq(args.calling_aet, args.called_aet, contexts, aset, roles=roles)
         try:
             assoc = await connect(args.host, args.port, rq, aset, connect_timeout=args.connect_timeout,
-                                  handler=service.c_store, sink_factory=service.sink_for, tls=args.tls)
+                                  handler=request_handler(service, "C-STORE-RQ"), sink_factory=service.sink_for,
+                                  tls=args.tls)
         except AssociationError as exc:
             print(f"minipacs get: {exc}", file=sys.stderr)
             return EXIT_NETWORK

@@ -395,24 +395,24 @@ class Association(UpperLayerUser):
             if self.handler is not None:
                 await self.handler(self, message)
         except Exception:  # noqa: BLE001 - one bad operation must not kill the server
-            if self._usable:
+            if self.can_respond:
                 log.exception("%s handler failed for %s", self.label, message.command.summary())
         finally:
             if self._running.get(msg_id) is message:
                 del self._running[msg_id]
             self.outstanding -= 1
-            if not message.answered and not self._usable:
+            if not message.answered and not self.can_respond:
                 self.unanswered += 1  # the association ended under it: counted, logged once
             self._start_held()
 
     @property
-    def _usable(self) -> bool:
+    def can_respond(self) -> bool:
         """Responses can still be sent (not aborted, released or lost)."""
         return (self.dul.state is State.STA6 or self.dul.state is State.STA8) and not self.dul.writer.is_closing()
 
     def _start_held(self) -> None:
         """A request ended: start the held ones that now fit in the window, and read on when none is left."""
-        if not self._usable:
+        if not self.can_respond:
             self._drop_held()
             return
         while self._held and self.outstanding < self.window:

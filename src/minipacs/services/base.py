@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from minipacs.net.association import Association, DatasetSink, RequestHandler
+from minipacs.net.association import Association, DatasetSink
 from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
+
+if TYPE_CHECKING:
+    from minipacs.services.dispatch import Operation
 
 
 class ServiceClass(Protocol):
@@ -19,8 +22,8 @@ class ServiceClass(Protocol):
         """Abstract syntax -> what we accept for it."""
         ...
 
-    def handlers(self) -> Mapping[str, RequestHandler]:
-        """DIMSE request name (e.g. 'C-STORE-RQ') -> coroutine answering it."""
+    def handlers(self) -> Mapping[str, Operation]:
+        """DIMSE request name (e.g. 'C-STORE-RQ') -> its handler and access rule (services/dispatch.py)."""
         ...
 
     def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> DatasetSink | None:

@@ -25,8 +25,6 @@ refused identity gets reason 1 (no reason given).
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncio
 import errno
 import functools
@@ -41,21 +39,46 @@ from datetime import UTC, datetime
 from minipacs import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from minipacs.core.access import AccessPolicy
 from minipacs.core.model import AssociationRecord
-from minipacs.net.association import Association, AssociationSettings, DatasetSink, Message, RequestHandler, describe_rejection
+from minipacs.net.association import (
+    Association,
+    AssociationSettings,
+    DatasetSink,
+    Message,
+    describe_rejection,
+)
 from minipacs.net.dimse import Command
 from minipacs.net.dul import Timeouts, stream_limit
 from minipacs.net.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ
-from minipacs.net.pdu_items import (APPLICATION_CONTEXT_NAME, AsynchronousOperationsWindow,
-                                    SOPClassExtendedNegotiation, UserIdentityAC, UserInformation)
-from minipacs.net.presentation import RESULT_NAMES, NegotiatedContext, SupportedContext, negotiate
+from minipacs.net.pdu_items import (
+    APPLICATION_CONTEXT_NAME,
+    AsynchronousOperationsWindow,
+    SOPClassExtendedNegotiation,
+    UserIdentityAC,
+    UserInformation,
+)
+from minipacs.net.presentation import (
+    RESULT_NAMES,
+    NegotiatedContext,
+    SupportedContext,
+    negotiate,
+)
 from minipacs.net.tls import describe_tls_error
 from minipacs.net.uids import uid_name
-from minipacs.services.base import ServiceClass, record_operation
-from minipacs.services.status import comment
+from minipacs.services.base import ServiceClass
+from minipacs.services.dispatch import (
+    Operation,
+    Response,
+    check_operation,
+    dispatch,
+    guarded,
+    send_answer,
+)
 from minipacs.services.user_identity import IdentityCheck, UserIdentityPolicy
 
-
 log = logging.getLogger("minipacs.server")
+
+#: PS3.7 C.4.2: Unrecognized operation (a request the context's SOP class does not have here).
+UNRECOGNIZED_OPERATION = 0x0211
 
 #: Defaults of the limits on connections that are not associations yet (config.py has the keys).
 MAX_PENDING_CONNECTIONS = 64
@@ -79,46 +102,6 @@ AssociationLogger = Callable[[AssociationRecord], Awaitable[object]]
 
 class TLSListenError(OSError):
     """The TLS port cannot be listened on; the message (strerror) is the whole sentence."""
-
-
-#: DIMSE request -> the operation the access policy knows it by.
-ACCESS_OPERATIONS: dict[str, str] = {
-    "C-ECHO-RQ": "echo",
-    "C-STORE-RQ": "store",
-    "C-FIND-RQ": "find",
-    "C-MOVE-RQ": "move",
-    "C-GET-RQ": "get",
-    "N-CREATE-RQ": "mpps",
-    "N-SET-RQ": "mpps",
-    "N-ACTION-RQ": "commit",
-}
-#: PS3.7 Annex C: Refused: Not authorized.
-NOT_AUTHORIZED = 0x0124
-
-
-def guarded(handler: RequestHandler, operation: str, access: AccessPolicy) -> RequestHandler:
-    """``handler`` behind the access policy: a refused request is answered 0x0124 with the reason."""
-
-    async def guard(assoc: Association, message: Message) -> None:
-        refusal = access.operation_refusal(operation, assoc.calling_ae, assoc.peer_host)
-        if refusal is None:
-            await handler(assoc, message)
-            return
-        why = f"{refusal.reason} (rule: {refusal.rule})"
-        log.warning("%s %s refused: %s", assoc.label, message.command.name.removesuffix("-RQ"), why)
-        if message.dataset is not None:
-            message.dataset.discard()
-        fields: dict[str, Any] = {"MessageIDBeingRespondedTo": message.command.get("MessageID", 0),
-                                  "Status": NOT_AUTHORIZED, "ErrorComment": comment(refusal.reason)}
-        for key in ("AffectedSOPClassUID", "AffectedSOPInstanceUID"):
-            if key in message.command:
-                fields[key] = message.command[key]
-        record_operation(assoc, op=message.command.name.removesuffix("-RQ"), status=NOT_AUTHORIZED,
-                         outcome="refused", reason=why)
-        await assoc.send_message(message.context.context_id,
-                                 Command.make(message.command.name.replace("-RQ", "-RSP"), **fields))
-
-    return guard
 
 
 @dataclass
@@ -156,7 +139,7 @@ class PendingConnections:
 class PendingSlot:
     """One pending connection's place in its listener's :class:`PendingConnections`; freed once."""
 
-    __slots__ = ("pending", "host", "held")
+    __slots__ = ("held", "host", "pending")
 
     def __init__(self, pending: PendingConnections, host: str) -> None:
         self.pending = pending
@@ -192,6 +175,12 @@ class Listener:
         log.warning("%s: connection from %s:%s closed at once: %s%s", self.name, host, port, why, more)
         self.refusal_logged_at = now
         self.refused_unlogged = 0
+
+
+def _stream_protocol(limit: int, callback: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+                     loop: asyncio.AbstractEventLoop) -> asyncio.StreamReaderProtocol:
+    """What asyncio.start_server makes per connection: a reader with our buffer limit, ``callback`` run on connect."""
+    return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit, loop=loop), callback, loop=loop)
 
 
 def listening_sockets(host: str, port: int) -> list[socket.socket]:
@@ -272,16 +261,16 @@ class DicomServer:
         self.access = access
         self.services = list(services)
         self.supported: dict[str, SupportedContext] = {}
-        #: (abstract syntax, DIMSE request name) -> handler: two services may both
+        #: (abstract syntax, DIMSE request name) -> operation: two services may both
         #: answer C-FIND, each for its own SOP classes (Q/R models vs worklist).
-        self.dispatch: dict[tuple[str, str], RequestHandler] = {}
+        self.dispatch: dict[tuple[str, str], Operation] = {}
         self.sinks: dict[str, ServiceClass] = {}
         for service in services:
             contexts = service.supported_contexts()
             self.supported.update(contexts)
-            for name, handler in service.handlers().items():
-                operation = ACCESS_OPERATIONS.get(name)
-                entry = handler if access is None or operation is None else guarded(handler, operation, access)
+            for name, registered in service.handlers().items():
+                operation = check_operation(service.name, name, registered)  # no access rule: refused here
+                entry = operation if access is None else guarded(operation, access)
                 for abstract in contexts:
                     self.dispatch[(abstract, name)] = entry
             for abstract in contexts:
@@ -386,7 +375,7 @@ class DicomServer:
             callback = functools.partial(self._on_accepted, listener, slot, deadline)
             try:
                 await loop.connect_accepted_socket(
-                    lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader(limit, loop=loop), callback, loop=loop),
+                    functools.partial(_stream_protocol, limit, callback, loop),
                     conn)
             except OSError as exc:  # reset before we got to it
                 slot.release()
@@ -552,22 +541,17 @@ class DicomServer:
         return sink if sink is not None else BytesSink()
 
     async def _handle(self, assoc: Association, message: Message) -> None:
-        handler = self.dispatch.get((message.context.abstract_syntax, message.command.name))
-        if handler is not None and message.context.requestor_is_scu:
-            await handler(assoc, message)
+        operation = self.dispatch.get((message.context.abstract_syntax, message.command.name))
+        if operation is not None and message.context.requestor_is_scu:
+            await dispatch(assoc, message, operation)
             return
-        # PS3.7 C.5.? 0x0211 Unrecognized operation: say so and keep the association.
+        # PS3.7 C.4.2 0x0211 Unrecognized operation: say so and keep the association.
         log.warning("%s %s on %s is not supported here", assoc.label, message.command.name,
                     uid_name(message.context.abstract_syntax))
         if message.dataset is not None:
             message.dataset.discard()
-        rsp_name = message.command.name.replace("-RQ", "-RSP")
-        fields: dict[str, Any] = {"MessageIDBeingRespondedTo": message.command.get("MessageID", 0), "Status": 0x0211}
-        for key in ("AffectedSOPClassUID", "AffectedSOPInstanceUID"):
-            if key in message.command:
-                fields[key] = message.command[key]
         try:
-            await assoc.send_message(message.context.context_id, Command.make(rsp_name, **fields))
+            await send_answer(assoc, message, Response(UNRECOGNIZED_OPERATION))
         except (KeyError, ValueError):
             assoc.abort(f"cannot answer {message.command.name}")
 

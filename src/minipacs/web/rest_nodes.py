@@ -30,6 +30,7 @@ from minipacs.core.retrieve import MAX_KEYS, StoredInstance, select_instances
 from minipacs.core.transcode import TranscodeError
 from minipacs.net.association import Association, AssociationError, build_rq, connect
 from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
+from minipacs.services.dispatch import request_handler
 from minipacs.services.find_scu import DEFAULT_KEYS, MODELS, InvalidKeySpec, build_identifier, find_all
 from minipacs.services.retrieve_scu import (
     KeySyntaxError,
@@ -325,7 +326,7 @@ async def _retrieve(context: AppContext, node: Node, level: ApiLevel, method: st
     if method == "get":
         receiver = StorageSCP(context.archive)  # the ONE ingest path, as for `minipacs get --into-archive`
         contexts, roles = get_contexts(level.model)
-        kw = {"roles": roles, "handler": receiver.c_store, "sink_factory": receiver.sink_for}
+        kw = {"roles": roles, "handler": request_handler(receiver, "C-STORE-RQ"), "sink_factory": receiver.sink_for}
     else:
         contexts = move_contexts(level.model)
     try:
