@@ -38,6 +38,7 @@ from minipacs.net.dul import Timeouts
 from minipacs.net.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ, encode_pdu, pdata_pdu_header
 from minipacs.net.pdu_items import PresentationContextAC, UserInformation
 from minipacs.net.presentation import NegotiatedContext, SupportedContext, negotiate
+from minipacs.services.base import Service
 from minipacs.services.dispatch import Operation
 from minipacs.services.server import DicomServer
 from minipacs.services.verification import VerificationSCP, echo
@@ -73,7 +74,7 @@ RELEASE_RP = struct.pack(">BBL4x", 0x06, 0, 4)
 
 
 # ------------------------------------------------------------ the echo-back service
-class EchoBackSCP:
+class EchoBackSCP(Service):
     """N-ACTION on a private SOP class: the Action Reply is the Action Information, byte for byte."""
 
     name = "echo-back"

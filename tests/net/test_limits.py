@@ -34,6 +34,7 @@ from minipacs.net.pdu_items import AsynchronousOperationsWindow
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.net.tls import client_context, server_context
 from minipacs.net.uids import IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
+from minipacs.services.base import Service
 from minipacs.services.dispatch import Operation, Response
 from minipacs.services.server import DicomServer
 from minipacs.services.verification import VerificationSCP, echo
@@ -307,7 +308,7 @@ def test_a_peer_that_closes_with_requests_pending_gets_one_info_line(caplog: pyt
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
-class SlowEcho:
+class SlowEcho(Service):
     """C-ECHO that takes 0.3 s, counting how many run at once."""
 
     name = "slow-echo"

@@ -35,6 +35,7 @@ from minipacs.services.commitment import (
     STORAGE_COMMITMENT_PUSH_MODEL,
     StorageCommitmentSCP,
 )
+from minipacs.services.base import Service
 from minipacs.services.dispatch import Operation, Response, ServiceRegistrationError
 from minipacs.services.mpps import MODALITY_PERFORMED_PROCEDURE_STEP, MPPSSCP
 from minipacs.services.qr_find import STUDY_ROOT_FIND, QueryRetrieveFindSCP
@@ -54,7 +55,7 @@ CLASSES = (VERIFICATION_SOP_CLASS, CT_IMAGE_STORAGE, STUDY_ROOT_FIND, STUDY_ROOT
 
 
 # ------------------------------------------------------------------ registration
-class Bare:
+class Bare(Service):
     """A service from before: a handler with no access rule."""
 
     name = "bare"
@@ -264,3 +265,24 @@ def test_the_response_names_the_request() -> None:
     rsp = response_command(find, Response(0xFF00), has_dataset=True)
     assert "AffectedSOPInstanceUID" not in rsp and rsp.has_dataset and rsp["AffectedSOPClassUID"] == "1.2.4"
     assert dataclasses.fields(Response)[0].name == "status"
+
+
+class NoHooks:
+    """Everything but extended_negotiation: the hook is declared by ServiceClass, not looked up."""
+
+    name = "no-hooks"
+
+    def supported_contexts(self) -> Mapping[str, SupportedContext]:
+        return VerificationSCP().supported_contexts()
+
+    def handlers(self) -> Mapping[str, Operation]:
+        return VerificationSCP().handlers()
+
+    def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> None:
+        return None
+
+
+def test_a_service_without_the_declared_hooks_is_refused_at_start_up() -> None:
+    with pytest.raises(ServiceRegistrationError, match="'no-hooks' does not implement ServiceClass .*inherit "
+                                                       "services.base.Service"):
+        DicomServer("MINIPACS", [NoHooks()], host="127.0.0.1", port=0)  # type: ignore[list-item]

@@ -181,7 +181,12 @@ class Association(UpperLayerUser):
         self.peer_max_pdu = 0
         self.established = asyncio.get_running_loop().create_future()
         self.operations: list[dict[str, object]] = []
-        self.info: dict[str, object] = {}  # free space for the service layer
+        #: Operations performed, by "op outcome" (services/base.py record_operation), for the association log.
+        self.operation_counts: collections.Counter[str] = collections.Counter()
+        #: Why the association was rejected, in words (A-ASSOCIATE-RJ), for the association log.
+        self.reject_reason = ""
+        #: The user its User Identity Negotiation (PS3.7 D.3.3.7) established; "" when none.
+        self.user_identity = ""
         self.label = f"[{self.peer_host}:{self.peer_port}]"
         self.dul = UpperLayer(
             reader,

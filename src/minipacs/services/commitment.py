@@ -44,7 +44,7 @@ from minipacs.net.fsm import State
 from minipacs.net.pdu_items import RoleSelection
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
-from minipacs.services.base import record_operation
+from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Operation, Response
 from minipacs.services.qr_find import decode_identifier, encode_identifier
 from minipacs.services.status import COMMITMENT, FAILURE_REASONS, SUCCESS, describe
@@ -67,7 +67,7 @@ NO_SUCH_ACTION: Final = 0x0123
 NO_SUCH_SOP_CLASS: Final = 0x0118
 
 
-class StorageCommitmentSCP:
+class StorageCommitmentSCP(Service):
     name = "storage commitment"
 
     def __init__(self, index: IndexAccess, nodes: NodeRegistry | None, settings: AssociationSettings,

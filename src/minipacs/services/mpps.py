@@ -23,7 +23,7 @@ from minipacs.net.association import Association, BytesSink, DatasetSink, Messag
 from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
-from minipacs.services.base import record_operation
+from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Operation, Response
 from minipacs.services.qr_find import decode_identifier
 from minipacs.services.status import (
@@ -45,7 +45,7 @@ NO_SUCH_SOP_CLASS: Final = 0x0118
 INVALID_OBJECT_INSTANCE: Final = 0x0117
 
 
-class MPPSSCP:
+class MPPSSCP(Service):
     name = "modality performed procedure step"
 
     def __init__(self, steps: ProcedureSteps) -> None:

@@ -45,7 +45,7 @@ from minipacs.net.dimse import Command
 from minipacs.net.pdu_items import SOPClassExtendedNegotiation
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.net.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, TransferSyntax, transfer_syntax, uid_name
-from minipacs.services.base import record_operation
+from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Answer, Operation, PendingBatch, Response
 from minipacs.services.status import (
     FIND,
@@ -336,7 +336,7 @@ def finish_find(assoc: Association, status: int, text: str, *, what: str, sop_cl
     return Response(status, error="" if final else text)
 
 
-class QueryRetrieveFindSCP:
+class QueryRetrieveFindSCP(Service):
     name = "query/retrieve find"
 
     def __init__(self, archive: Any, *, max_results: int | None = None, ae_title: str = "") -> None:

@@ -18,7 +18,7 @@ from minipacs.core.retrieve import InvalidRetrieveIdentifier, StoredInstance, se
 from minipacs.net.association import Association, AssociationError, DatasetSink, Message
 from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
-from minipacs.services.base import record_operation
+from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Answer, Operation, Response
 from minipacs.services.qr_retrieve import (
     DEFAULT_PENDING_EVERY,
@@ -42,7 +42,7 @@ def _peer_is_scp(ctx: NegotiatedContext) -> bool:
     return ctx.requestor_is_scp
 
 
-class GetSCP:
+class GetSCP(Service):
     """C-GET SCP for the Patient Root and Study Root information models."""
 
     name = "qr-get"

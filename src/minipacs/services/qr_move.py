@@ -31,7 +31,7 @@ from minipacs.net.association import (
 )
 from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
-from minipacs.services.base import record_operation
+from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Answer, Operation, Response
 from minipacs.services.qr_retrieve import (
     DEFAULT_PENDING_EVERY,
@@ -109,7 +109,7 @@ def batches(instances: list[StoredInstance]) -> list[list[StoredInstance]]:
     return result
 
 
-class MoveSCP:
+class MoveSCP(Service):
     """C-MOVE SCP for the Patient Root and Study Root information models."""
 
     name = "qr-move"

@@ -24,7 +24,7 @@ from minipacs.net.pdu_items import RoleSelection
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
 from minipacs.net.uids_generated import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
-from minipacs.services.base import record_operation
+from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Operation
 from minipacs.services.qr_retrieve import (
     GET_MODELS,
@@ -218,7 +218,7 @@ class _FileSink:
             self.path = None
 
 
-class FolderStorage:
+class FolderStorage(Service):
     """Storage SCP writing each received instance to ``folder/<SOPInstanceUID>.dcm`` (Part 10)."""
 
     name = "folder-storage"

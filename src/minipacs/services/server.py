@@ -68,6 +68,7 @@ from minipacs.services.base import ServiceClass
 from minipacs.services.dispatch import (
     Operation,
     Response,
+    ServiceRegistrationError,
     check_operation,
     dispatch,
     guarded,
@@ -266,6 +267,10 @@ class DicomServer:
         self.dispatch: dict[tuple[str, str], Operation] = {}
         self.sinks: dict[str, ServiceClass] = {}
         for service in services:
+            if not isinstance(service, ServiceClass):
+                raise ServiceRegistrationError(
+                    f"service {getattr(service, 'name', service)!r} does not implement ServiceClass (name, "
+                    "supported_contexts, handlers, sink_for, extended_negotiation); inherit services.base.Service")
             contexts = service.supported_contexts()
             self.supported.update(contexts)
             for name, registered in service.handlers().items():
@@ -278,6 +283,9 @@ class DicomServer:
         self.connections: set[Association] = set()
         self.established: set[Association] = set()
         self.listeners: list[Listener] = []
+        #: User identities checked off the loop (_prepare) for _check, and our answers for the AC.
+        self._identity_checks: dict[Association, IdentityCheck] = {}
+        self._identity_answers: dict[Association, UserIdentityAC] = {}
         self._log_tasks: set[asyncio.Task[object]] = set()
 
     # ------------------------------------------------------------ lifecycle
@@ -425,6 +433,8 @@ class DicomServer:
             await assoc.wait_closed()
         finally:
             expiry.cancel()
+            self._identity_checks.pop(assoc, None)
+            self._identity_answers.pop(assoc, None)
             self.connections.discard(assoc)
             self.established.discard(assoc)
             if assoc.established.done() and not assoc.established.cancelled():
@@ -444,11 +454,11 @@ class DicomServer:
         reject = self._check(assoc, rq)
         if reject is not None:
             rj, why = reject
-            assoc.info["reject_reason"] = f"{describe_rejection(rj)}: {why}"
+            assoc.reject_reason = f"{describe_rejection(rj)}: {why}"
             log.warning("%s association rejected: %s", assoc.label, why)
             return rj
         answers, accepted, roles = negotiate(rq.presentation_contexts, self.supported, rq.user_information.roles)
-        identity_ac = assoc.info.pop("user_identity_ac", None)
+        identity_ac = self._identity_answers.pop(assoc, None)
         self.established.add(assoc)
         info = UserInformation(
             maximum_length=self.assoc_settings.max_pdu_receive,
@@ -457,7 +467,7 @@ class DicomServer:
             roles=roles,
             async_ops=self._async_window(rq),
             extended=self._extended_negotiation(rq),
-            user_identity_ac=identity_ac if isinstance(identity_ac, UserIdentityAC) else None,
+            user_identity_ac=identity_ac,
         )
         if not accepted:
             log.warning("%s none of the %d proposed presentation contexts is acceptable",
@@ -480,23 +490,20 @@ class DicomServer:
         return AsynchronousOperationsWindow(invoked, 1)
 
     def _extended_negotiation(self, rq: AAssociateRQ) -> list[SOPClassExtendedNegotiation]:
-        """PS3.7 D.3.3.5: each service answers the items for its SOP classes
-        (an optional ``extended_negotiation(items) -> replies`` method)."""
+        """PS3.7 D.3.3.5: each service answers the items for its SOP classes (ServiceClass.extended_negotiation)."""
         replies: list[SOPClassExtendedNegotiation] = []
         proposed = rq.user_information.extended
         if not proposed:
             return replies
         for service in self.services:
-            hook = getattr(service, "extended_negotiation", None)
-            if callable(hook):
-                replies.extend(hook(proposed))
+            replies.extend(service.extended_negotiation(proposed))
         return replies
 
     async def _prepare(self, assoc: Association, rq: AAssociateRQ) -> None:
         """Check a User Identity in a thread: a passcode costs a scrypt (~50 ms) the first time,
         and a peer sending wrong ones must not stall every other association on the loop."""
         if self.identity is not None and rq.user_information.user_identity_rq is not None:
-            assoc.info["identity_check"] = await asyncio.to_thread(
+            self._identity_checks[assoc] = await asyncio.to_thread(
                 self.identity.check, rq.user_information.user_identity_rq)
 
     def _check(self, assoc: Association, rq: AAssociateRQ) -> tuple[AAssociateRJ, str] | None:
@@ -516,14 +523,14 @@ class DicomServer:
                 code = 7 if refusal.called else 3  # called / calling AE title not recognized
                 return AAssociateRJ(1, 1, code), f"{refusal.reason} (rule: {refusal.rule})"
         if self.identity is not None:  # PS3.7 D.3.3.7; refused: 1/1/1, no reason given (see user_identity.py)
-            identity = assoc.info.pop("identity_check", None)
-            if not isinstance(identity, IdentityCheck):  # no item: nothing slow to check
+            identity = self._identity_checks.pop(assoc, None)
+            if identity is None:  # no item: nothing slow to check
                 identity = self.identity.check(rq.user_information.user_identity_rq)
-            assoc.info["user_identity"] = identity.user
+            assoc.user_identity = identity.user
             if not identity.accepted:
                 return AAssociateRJ(1, 1, 1), f"user identity refused: {identity.why}"
             if identity.response is not None:
-                assoc.info["user_identity_ac"] = identity.response
+                self._identity_answers[assoc] = identity.response
             if rq.user_information.user_identity_rq is not None:
                 log.info("%s %s", assoc.label, identity.why)
         if len(self.established) >= self.max_associations:
@@ -560,7 +567,7 @@ class DicomServer:
         rec = association_record(assoc, "acceptor")
         level = logging.INFO if rec.accepted else logging.WARNING
         log.log(level, "%s association ended: %s; %s", assoc.label, rec.end_reason or rec.reject_reason,
-                _counts(assoc.info.get("operation_counts")))
+                _counts(assoc.operation_counts))
         self._record(rec)
 
     def _record(self, rec: AssociationRecord) -> None:
@@ -575,8 +582,8 @@ class DicomServer:
             log.error("could not write the association log: %s", task.exception())
 
 
-def _counts(counts: object) -> str:
-    if not isinstance(counts, Mapping) or not counts:
+def _counts(counts: Mapping[str, int]) -> str:
+    if not counts:
         return "no operations"
     return ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
 
@@ -597,12 +604,12 @@ def association_record(assoc: Association, role: str) -> AssociationRecord:
                 "transfer_syntax": ans.transfer_syntax if ans and ans.result == 0 else "",
             })
     accepted = assoc.ac is not None
-    reject = str(assoc.info.get("reject_reason", ""))
+    reject = assoc.reject_reason
     if assoc.rq is None and not reject:
         reject = f"no A-ASSOCIATE-RQ received ({assoc.end_reason or 'connection closed'})"
-    counts = assoc.info.get("operation_counts")
+    counts = assoc.operation_counts
     ops = list(assoc.operations)
-    if isinstance(counts, Mapping) and sum(counts.values()) > len(ops):
+    if sum(counts.values()) > len(ops):
         ops.append({"op": "summary", "counts": dict(counts)})
     return AssociationRecord(
         started_at=assoc.started_at,
@@ -621,7 +628,7 @@ def association_record(assoc: Association, role: str) -> AssociationRecord:
         bytes_sent=assoc.dul.bytes_sent,
         tls=assoc.tls.version if assoc.tls is not None else "",
         tls_peer=assoc.tls.peer_subject if assoc.tls is not None else "",
-        user_identity=str(assoc.info.get("user_identity", "")),
+        user_identity=assoc.user_identity,
     )
 
 

@@ -19,7 +19,7 @@ from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.net.uids import transfer_syntax, uid_name
 from minipacs.net.uids_generated import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
-from minipacs.services.base import record_operation
+from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Operation, Response
 from minipacs.services.status import SUCCESS, describe, status_for_store_error
 
@@ -48,7 +48,7 @@ class StagingSink:
         self.staging.discard()
 
 
-class StorageSCP:
+class StorageSCP(Service):
     name = "storage"
 
     def __init__(self, archive: Archive, *, scu_role: bool = False) -> None:

@@ -8,14 +8,14 @@ from minipacs.net.association import Association, DatasetSink, Message
 from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.net.uids import EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
-from minipacs.services.base import record_operation
+from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Operation, Response
 from minipacs.services.status import SUCCESS
 
 UNCOMPRESSED = frozenset({IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN})
 
 
-class VerificationSCP:
+class VerificationSCP(Service):
     name = "verification"
 
     def supported_contexts(self) -> Mapping[str, SupportedContext]:

@@ -19,6 +19,7 @@ from minipacs.net.association import Association, BytesSink, DatasetSink, Messag
 from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.net.uids import transfer_syntax, uid_name
+from minipacs.services.base import Service
 from minipacs.services.dispatch import Answer, Operation, Response
 from minipacs.services.qr_find import (
     FIND_TRANSFER_SYNTAXES,
@@ -36,7 +37,7 @@ log = logging.getLogger("minipacs.worklist")
 MODALITY_WORKLIST_FIND: Final = "1.2.840.10008.5.1.4.31"
 
 
-class ModalityWorklistSCP:
+class ModalityWorklistSCP(Service):
     name = "modality worklist"
 
     def __init__(self, worklist: Worklist) -> None:
