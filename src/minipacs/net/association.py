@@ -365,14 +365,14 @@ class Association(UpperLayerUser):
                 incoming.error = exc
         message = Message(incoming.context, command, incoming.sink, incoming.error)
         if not command.is_request:
-            queue = self._responses.get(int(command.get("MessageIDBeingRespondedTo", -1)))
+            queue = self._responses.get(command.message_id_being_responded_to)
             if queue is None:
                 log.warning("%s response to unknown message: %s", self.label, command.summary())
                 return
             queue.put_nowait(message)
             return
         if command.name == "C-CANCEL-RQ":
-            running = self._running.get(int(command["MessageIDBeingRespondedTo"]))
+            running = self._running.get(command.message_id_being_responded_to)
             if running is not None:
                 running.cancelled.set()
             return
@@ -394,7 +394,7 @@ class Association(UpperLayerUser):
         self._spawn(self._handle(message))
 
     async def _handle(self, message: Message) -> None:
-        msg_id = int(message.command.get("MessageID", 0))
+        msg_id = message.command.message_id
         self._running[msg_id] = message
         try:
             if self.handler is not None:
@@ -536,8 +536,8 @@ class Association(UpperLayerUser):
             self._answered(command)
 
     def _answered(self, response: Command) -> None:
-        if int(response.get("Status", 0)) not in PENDING_STATUSES:
-            request = self._running.get(int(response.get("MessageIDBeingRespondedTo", -1)))
+        if response.status not in PENDING_STATUSES:
+            request = self._running.get(response.message_id_being_responded_to)
             if request is not None:
                 request.answered = True
 
@@ -635,7 +635,7 @@ class Association(UpperLayerUser):
         self, context_id: int, command: Command, dataset: DatasetSource | None = None, *, timeout: float | None = None
     ) -> AsyncIterator[Message]:
         """Send a request and yield its responses, the last one non-Pending."""
-        msg_id = int(command["MessageID"])
+        msg_id = command.message_id
         queue: asyncio.Queue[Message | None] = asyncio.Queue()
         self._responses[msg_id] = queue
         wait = self.settings.timeouts.dimse if timeout is None else timeout
@@ -652,7 +652,7 @@ class Association(UpperLayerUser):
                     raise AssociationError(f"association lost while waiting for {command.name} response: "
                                            f"{self.aborted_reason or self.dul.end_reason}")
                 yield response
-                if int(response.command.get("Status", 0)) not in PENDING_STATUSES:
+                if response.command.status not in PENDING_STATUSES:
                     return
         finally:
             self._responses.pop(msg_id, None)

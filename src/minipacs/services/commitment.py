@@ -91,17 +91,17 @@ class StorageCommitmentSCP(Service):
     async def n_action(self, assoc: Association, message: Message) -> Response:
         """PS3.4 J.3.2: accept the request (or refuse it with why), then, once the answer is sent, report (J.3.3)."""
         cmd = message.command
-        sop_class = str(cmd.get("RequestedSOPClassUID", ""))
+        sop_class = cmd.requested_sop_class_uid
         status, text = SUCCESS, ""
         transaction, refs = "", list[Reference]()
         try:
             if sop_class != STORAGE_COMMITMENT_PUSH_MODEL:
                 status, text = NO_SUCH_SOP_CLASS, f"N-ACTION for SOP class {sop_class} on the commitment context"
-            elif str(cmd.get("RequestedSOPInstanceUID", "")) != STORAGE_COMMITMENT_INSTANCE:
-                status, text = NO_SUCH_SOP_INSTANCE, (f"requested SOP instance {cmd.get('RequestedSOPInstanceUID')} "
+            elif cmd.requested_sop_instance_uid != STORAGE_COMMITMENT_INSTANCE:
+                status, text = NO_SUCH_SOP_INSTANCE, (f"requested SOP instance {cmd.requested_sop_instance_uid} "
                                                       f"is not the well-known {STORAGE_COMMITMENT_INSTANCE}")
-            elif int(cmd.get("ActionTypeID", 0)) != REQUEST_STORAGE_COMMITMENT:
-                status, text = NO_SUCH_ACTION, f"action type {cmd.get('ActionTypeID')} (only 1 is defined)"
+            elif cmd.action_type_id != REQUEST_STORAGE_COMMITMENT:
+                status, text = NO_SUCH_ACTION, f"action type {cmd.action_type_id} (only 1 is defined)"
             else:
                 transaction, refs = _read_request(message)
         except ValueError as exc:
@@ -246,7 +246,7 @@ async def _send_report(assoc: Association, context: NegotiatedContext, event: in
                            AffectedSOPInstanceUID=STORAGE_COMMITMENT_INSTANCE, EventTypeID=event)
     status = -1
     async for rsp in assoc.request(context.context_id, command, encode_identifier(ds, ts)):
-        status = int(rsp.command.get("Status", -1))
+        status = rsp.command.status
     return status
 
 

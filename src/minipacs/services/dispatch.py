@@ -110,13 +110,11 @@ def request_handler(service: ServiceClass, request: str) -> RequestHandler:
 def response_command(request: Command, answer: Response | PendingBatch, *, has_dataset: bool) -> Command:
     """The -RSP of ``request`` for ``answer`` (PS3.7 Tables 9.3-x / 10.3-x: the response names the
     message it answers and the SOP class and instance the request named)."""
-    fields: dict[str, Any] = {"MessageIDBeingRespondedTo": request.get("MessageID", 0)}
-    sop_class = request.get("AffectedSOPClassUID", request.get("RequestedSOPClassUID"))
-    if sop_class is not None:
-        fields["AffectedSOPClassUID"] = sop_class
-    sop_instance = request.get("AffectedSOPInstanceUID", request.get("RequestedSOPInstanceUID"))
-    if sop_instance is not None:
-        fields["AffectedSOPInstanceUID"] = sop_instance
+    fields: dict[str, Any] = {"MessageIDBeingRespondedTo": request.message_id}
+    if request.sop_class_uid:
+        fields["AffectedSOPClassUID"] = request.sop_class_uid
+    if request.sop_instance_uid:
+        fields["AffectedSOPInstanceUID"] = request.sop_instance_uid
     fields["Status"] = answer.status
     if isinstance(answer, Response):
         if answer.error:

@@ -64,15 +64,15 @@ class MPPSSCP(Service):
     async def n_create(self, assoc: Association, message: Message) -> Response:
         """PS3.4 F.7.2.1: create the step; the response names its SOP Instance UID."""
         cmd = message.command
-        sop_class = str(cmd.get("AffectedSOPClassUID", ""))
-        uid = str(cmd.get("AffectedSOPInstanceUID", "") or "") or generate_uid()
+        sop_class = cmd.affected_sop_class_uid
+        uid = cmd.affected_sop_instance_uid or generate_uid()
         return await self._run(assoc, message, "N-CREATE", sop_class, uid, create=True)
 
     async def n_set(self, assoc: Association, message: Message) -> Response:
         """PS3.4 F.7.2.2: update an IN PROGRESS step; COMPLETED / DISCONTINUED are final."""
         cmd = message.command
-        return await self._run(assoc, message, "N-SET", str(cmd.get("RequestedSOPClassUID", "")),
-                        str(cmd.get("RequestedSOPInstanceUID", "")), create=False)
+        return await self._run(assoc, message, "N-SET", cmd.requested_sop_class_uid, cmd.requested_sop_instance_uid,
+                               create=False)
 
     async def _run(self, assoc: Association, message: Message, op: str, sop_class: str, uid: str,
                    *, create: bool) -> Response:

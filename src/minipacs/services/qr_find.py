@@ -379,7 +379,7 @@ class QueryRetrieveFindSCP(Service):
         """PS3.4 C.4.1.3: the matches as Pending responses (in batches), then the final status."""
         cmd = message.command
         context = message.context
-        sop_class = str(cmd.get("AffectedSOPClassUID", ""))
+        sop_class = cmd.affected_sop_class_uid
         matches = 0
         status, text = SUCCESS, ""
         level = ""

@@ -143,7 +143,7 @@ class MoveSCP(Service):
     async def c_move(self, assoc: Association, message: Message) -> AsyncGenerator[Answer, None]:
         """PS3.4 C.4.2.3: the sub-operations on a new association to the destination, Pending
         responses here, the final status."""
-        dest_ae = str(message.command.get("MoveDestination", "")).strip()
+        dest_ae = message.command.move_destination
         receipt: dict[str, object] = {"op": "C-MOVE", "destination_ae": dest_ae}
         try:
             async with aclosing(self._move(assoc, message, dest_ae, receipt)) as answers:
@@ -188,7 +188,7 @@ class MoveSCP(Service):
         log.info("%s C-MOVE of %d instance(s) to %s at %s:%d (requested from %s)", assoc.label, len(instances),
                  node.ae_title, node.host, node.port, assoc.peer_host)
         errors: list[str] = []
-        originator = (assoc.calling_ae, int(message.command["MessageID"]))
+        originator = (assoc.calling_ae, message.command.message_id)
         for batch in batches(instances):
             if message.cancelled.is_set():
                 progress.cancelled = True

@@ -66,8 +66,8 @@ class StorageSCP(Service):
 
     def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> DatasetSink | None:
         staging = self.archive.open_staging(
-            str(command.get("AffectedSOPClassUID", "")),
-            str(command.get("AffectedSOPInstanceUID", "")),
+            command.affected_sop_class_uid,
+            command.affected_sop_instance_uid,
             context.transfer_syntax,
             assoc.calling_ae,
         )
@@ -76,8 +76,8 @@ class StorageSCP(Service):
     async def c_store(self, assoc: Association, message: Message) -> Response:
         """PS3.4 B.2.3: Success only once the instance is durable; a refusal says why."""
         cmd = message.command
-        sop_class = str(cmd.get("AffectedSOPClassUID", ""))
-        sop_instance = str(cmd.get("AffectedSOPInstanceUID", ""))
+        sop_class = cmd.affected_sop_class_uid
+        sop_instance = cmd.affected_sop_instance_uid
         status, text = SUCCESS, ""
         outcome = ""
         sink = message.dataset

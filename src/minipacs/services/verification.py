@@ -41,5 +41,5 @@ async def echo(assoc: Association) -> int:
     rq = Command.make("C-ECHO-RQ", MessageID=assoc.next_message_id(), AffectedSOPClassUID=VERIFICATION_SOP_CLASS)
     status = -1
     async for rsp in assoc.request(ctx.context_id, rq):
-        status = int(rsp.command.get("Status", -1))
+        status = rsp.command.status
     return status

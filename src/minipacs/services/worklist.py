@@ -56,7 +56,7 @@ class ModalityWorklistSCP(Service):
         """PS3.4 K.4.1.3: one Pending response per matching Scheduled Procedure Step, then Success."""
         cmd = message.command
         context = message.context
-        sop_class = str(cmd.get("AffectedSOPClassUID", ""))
+        sop_class = cmd.affected_sop_class_uid
         matches = 0
         status, text = SUCCESS, ""
         ts = transfer_syntax(context.transfer_syntax)
