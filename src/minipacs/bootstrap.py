@@ -190,6 +190,10 @@ async def build_app(settings: Settings) -> App:
         tls_client=client_tls,
         identity=UserIdentityPolicy(settings.dicom_user_identity, settings.users,
                                     trust_usernames=settings.dicom_trust_usernames),
+        max_pending_connections=settings.max_pending_connections,
+        max_pending_per_host=settings.max_pending_per_host,
+        handshake_timeout=settings.handshake_timeout,
+        max_async_operations=settings.max_async_operations,
     )
     watch = asyncio.ensure_future(registry.watch(settings.nodes_refresh))
     return App(settings, archive, server, registry, access, watch)

@@ -56,6 +56,15 @@ class Settings:
     dicom_trust_usernames: bool = False
     # --- limits
     max_associations: int = 32
+    #: Connections not yet associations (TCP accepted, TLS handshake or A-ASSOCIATE-RQ under way), per
+    #: listener: beyond this many in all, or max_pending_per_host from one address, closed at once.
+    max_pending_connections: int = 64
+    max_pending_per_host: int = 8
+    #: From TCP accept to a complete A-ASSOCIATE-RQ, TLS handshake included (seconds; ARTIM if shorter).
+    handshake_timeout: float = 10.0
+    #: Requests one association may have outstanding with us when the requestor proposes an
+    #: Asynchronous Operations Window (PS3.7 D.3.3.3); without one it is 1.
+    max_async_operations: int = 8
     #: Maximum PDU length we announce and accept (PS3.8 D.1); 0 = unlimited is refused.
     max_pdu_receive: int = 1 * MiB
     #: Largest PDU length we send, whatever the peer allows (0 = as the peer allows).
@@ -133,6 +142,13 @@ class Settings:
                               f"{', '.join(DICOM_IDENTITY_MODES)}")
         if self.max_associations < 1:
             raise ConfigError("max_associations must be at least 1")
+        if self.max_pending_connections < 1 or self.max_pending_per_host < 1:
+            raise ConfigError("max_pending_connections and max_pending_per_host must be at least 1")
+        if self.max_pending_per_host > self.max_pending_connections:
+            raise ConfigError(f"max_pending_per_host ({self.max_pending_per_host}) is more than "
+                              f"max_pending_connections ({self.max_pending_connections}); lower it or raise the total")
+        if not 1 <= self.max_async_operations <= 64:
+            raise ConfigError("max_async_operations must be 1 to 64")
         if self.max_pdu_receive < 4096:
             raise ConfigError("max_pdu_receive must be at least 4096 bytes")
         if self.max_pdu_send < 0 or 0 < self.max_pdu_send < 4096:
@@ -141,7 +157,8 @@ class Settings:
             raise ConfigError("max_results must be 0 (no limit) or a positive number")
         if self.max_dataset_bytes < 1024:
             raise ConfigError("max_dataset_bytes must be at least 1024")
-        for name in ("acse_timeout", "dimse_timeout", "idle_timeout", "connect_timeout", "nodes_refresh"):
+        for name in ("acse_timeout", "dimse_timeout", "idle_timeout", "connect_timeout", "nodes_refresh",
+                     "handshake_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive number of seconds")
         unknown = sorted(set(self.allow_unregistered) - set(OPERATIONS))

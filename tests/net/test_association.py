@@ -30,7 +30,6 @@ from minipacs.net.association import (
     AssociationSettings,
     BytesSink,
     Message,
-    RequestHandler,
     build_rq,
     connect,
 )
@@ -39,6 +38,8 @@ from minipacs.net.dul import Timeouts
 from minipacs.net.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ, encode_pdu, pdata_pdu_header
 from minipacs.net.pdu_items import PresentationContextAC, UserInformation
 from minipacs.net.presentation import NegotiatedContext, SupportedContext, negotiate
+from minipacs.services.base import Service
+from minipacs.services.dispatch import Operation
 from minipacs.services.server import DicomServer
 from minipacs.services.verification import VerificationSCP, echo
 from tests.peers import dcmtk, free_port
@@ -73,7 +74,7 @@ RELEASE_RP = struct.pack(">BBL4x", 0x06, 0, 4)
 
 
 # ------------------------------------------------------------ the echo-back service
-class EchoBackSCP:
+class EchoBackSCP(Service):
     """N-ACTION on a private SOP class: the Action Reply is the Action Information, byte for byte."""
 
     name = "echo-back"
@@ -81,8 +82,8 @@ class EchoBackSCP:
     def supported_contexts(self) -> Mapping[str, SupportedContext]:
         return {ECHO_BACK: SupportedContext(ECHO_BACK, frozenset({IMPLICIT_LE}))}
 
-    def handlers(self) -> Mapping[str, RequestHandler]:
-        return {"N-ACTION-RQ": self.n_action}
+    def handlers(self) -> Mapping[str, Operation]:
+        return {"N-ACTION-RQ": Operation(self.n_action, access="commit")}
 
     def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> BytesSink | None:
         return None

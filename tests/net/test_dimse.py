@@ -173,7 +173,7 @@ def test_hand_built_echo_rq_decodes() -> None:
 
 # (case, bytes, message the error must contain)
 MALFORMED: list[tuple[str, bytes, str]] = [
-    ("empty", b"", "unknown CommandField"),
+    ("empty", b"", r"the command set has no CommandField \(0000,0100\)"),
     ("truncated inside an element header", ECHO_RQ[:-5], "truncated"),
     ("truncated inside a value", ECHO_RQ[:-1], "runs past"),
     ("element outside group 0000", ECHO_RQ + element(0x0010, b"DOE^JOHN", group=0x0010), "outside group 0000"),
@@ -197,7 +197,7 @@ MALFORMED: list[tuple[str, bytes, str]] = [
     ("UL of length 2", element(0x0000, us(10)) + ECHO_RQ_BODY, "invalid length 2"),
     ("AT of length 6", ECHO_RQ + element(0x0901, b"\x10\x00\x10\x00\x20\x00"), "not a multiple of 4"),
     ("unknown CommandField", element(0x0100, us(0x0031)) + element(0x0110, us(1)), "unknown CommandField 0x0031"),
-    ("no CommandField", element(0x0110, us(1)), "unknown CommandField"),
+    ("no CommandField", element(0x0110, us(1)), r"the command set has no CommandField \(0000,0100\)"),
 ]
 
 
@@ -211,3 +211,31 @@ def test_unknown_command_elements_are_ignored() -> None:
     """Retired elements such as (0000,0001) Length to End are skipped, not errors."""
     cmd = Command.decode(element(0x0001, struct.pack("<L", 99)) + ECHO_RQ)
     assert cmd.name == "C-ECHO-RQ"
+
+
+def test_a_command_set_without_command_field_is_said_in_words() -> None:
+    """Issue 8 item 16: no "unknown CommandField 0x-001" for a command set that lacks the field."""
+    data = Command({"MessageID": 1}).encode()
+    with pytest.raises(CommandError) as info:
+        Command.decode(data)
+    assert str(info.value) == "the command set has no CommandField (0000,0100), so it names no DIMSE message"
+    assert Command({"MessageID": 1}).name == "command without a CommandField"
+    assert Command({"CommandField": 0x0123}).name == "unknown command 0x0123"
+    with pytest.raises(CommandError, match="unknown CommandField 0x0123$"):
+        Command.decode(Command({"CommandField": 0x0123}).encode())
+
+
+def test_typed_accessors_read_the_fields_by_name() -> None:
+    """Issue 9 point 2: command fields are read through typed accessors, absent ones as their empty value."""
+    rq = Command.decode(Command.make("N-ACTION-RQ", MessageID=5, RequestedSOPClassUID="1.2",
+                                     RequestedSOPInstanceUID="1.2.3", ActionTypeID=1).encode())
+    assert (rq.message_id, rq.sop_class_uid, rq.sop_instance_uid, rq.action_type_id, rq.event_type_id) == \
+        (5, "1.2", "1.2.3", 1, None)
+    assert (rq.affected_sop_class_uid, rq.requested_sop_class_uid, rq.status, rq.message_id_being_responded_to) == \
+        ("", "1.2", -1, -1)
+    move = Command.decode(Command.make("C-MOVE-RQ", MessageID=1, Priority=0, AffectedSOPClassUID="1.2.4",
+                                       MoveDestination="DEST").encode())
+    assert (move.move_destination, move.sop_class_uid, move.sop_instance_uid) == ("DEST", "1.2.4", "")
+    rsp = Command.decode(Command.make("C-STORE-RSP", MessageIDBeingRespondedTo=9, Status=0xA700,
+                                      ErrorComment="full").encode())
+    assert (rsp.message_id_being_responded_to, rsp.status, rsp.error_comment) == (9, 0xA700, "full")

@@ -10,6 +10,7 @@ are fragmented to the peer's Maximum Length, streaming file data as it is.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import ssl
@@ -25,7 +26,7 @@ from minipacs.net.dimse import Command, CommandError
 from minipacs.net.dul import Timeouts, UpperLayer, UpperLayerUser, stream_limit
 from minipacs.net.fsm import InvalidTransition, State
 from minipacs.net.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ, PDataTF, pdata_pdu_header
-from minipacs.net.pdu_items import PresentationContextRQ, RoleSelection, UserInformation
+from minipacs.net.pdu_items import AsynchronousOperationsWindow, PresentationContextRQ, RoleSelection, UserInformation
 from minipacs.net.presentation import NegotiatedContext, accepted_by_peer
 from minipacs.net.tls import TLSInfo, describe_tls_error, tls_info
 from minipacs.net.trace import describe_associate
@@ -40,6 +41,8 @@ MAX_MEMORY_DATASET = 16 * 1024 * 1024
 PENDING_STATUSES = frozenset({0xFF00, 0xFF01})
 #: Bytes of a stored file read and framed per socket write when sending it.
 SEND_BLOCK = 256 * 1024
+#: Our cap on an Asynchronous Operations Window of 0 ("unlimited", PS3.7 D.3.3.3.1).
+MAX_WINDOW = 64
 
 
 class AssociationError(Exception):
@@ -105,6 +108,8 @@ class Message:
     #: Set when the dataset could not be taken (e.g. too large); fragments were drained.
     dataset_error: Exception | None = None
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    #: A final (non-Pending) response to this request has been sent.
+    answered: bool = False
 
 
 SinkFactory = Callable[["Association", NegotiatedContext, Command], DatasetSink]
@@ -170,12 +175,19 @@ class Association(UpperLayerUser):
         self.called_ae = ""
         self.calling_ae = ""
         self.rq: AAssociateRQ | None = None
+        #: An A-ASSOCIATE-RQ has been read (it may still be being checked).
+        self.rq_received = False
         self.ac: AAssociateAC | None = None
         self.contexts: dict[int, NegotiatedContext] = {}
         self.peer_max_pdu = 0
         self.established = asyncio.get_running_loop().create_future()
         self.operations: list[dict[str, object]] = []
-        self.info: dict[str, object] = {}  # free space for the service layer
+        #: Operations performed, by "op outcome" (services/base.py record_operation), for the association log.
+        self.operation_counts: collections.Counter[str] = collections.Counter()
+        #: Why the association was rejected, in words (A-ASSOCIATE-RJ), for the association log.
+        self.reject_reason = ""
+        #: The user its User Identity Negotiation (PS3.7 D.3.3.7) established; "" when none.
+        self.user_identity = ""
         self.label = f"[{self.peer_host}:{self.peer_port}]"
         self.dul = UpperLayer(
             reader,
@@ -186,6 +198,17 @@ class Association(UpperLayerUser):
             timeouts=settings.timeouts,
             label=self.label,
         )
+        #: PS3.7 D.3.3.3: how many requests the peer may have outstanding with us (1: no
+        #: asynchronous operations). Requests past it are held, and reading stops, until one ends.
+        self.window = 1
+        #: Requests received and not yet finished (handlers running), and the most there ever were.
+        self.outstanding = 0
+        self.most_outstanding = 0
+        #: Requests the association ended without answering (logged once, at INFO, by wait_closed).
+        self.unanswered = 0
+        self._unanswered_logged = False
+        self._held: collections.deque[Message] = collections.deque()
+        self._read_resume: asyncio.Future[None] | None = None
         self._incoming: dict[int, _Incoming] = {}
         self._responses: dict[int, asyncio.Queue[Message | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -225,6 +248,7 @@ class Association(UpperLayerUser):
 
     # --------------------------------------------------- UpperLayerUser side
     async def prepare_negotiation(self, rq: AAssociateRQ) -> None:
+        self.rq_received = True
         if self.preparer is not None:
             await self.preparer(self, rq)
 
@@ -242,6 +266,8 @@ class Association(UpperLayerUser):
         reply = self.negotiator(self, rq)
         if isinstance(reply, AAssociateAC):
             self.ac = reply
+            # The requestor's invocations on us, as our AC states them (PS3.7 D.3.3.3.2)
+            self.window = _window(reply.user_information.async_ops, invoked=True)
             for ctx in _accepted_contexts(rq, reply):
                 self.contexts[ctx.context_id] = ctx
             if not self.established.done():
@@ -262,6 +288,8 @@ class Association(UpperLayerUser):
             return
         self.ac = pdu
         self.peer_max_pdu = pdu.user_information.maximum_length or 0
+        # The acceptor's invocations on us (e.g. C-STORE sub-operations of our C-GET)
+        self.window = _window(pdu.user_information.async_ops, invoked=False)
         rq = self.rq
         if rq is not None:
             for ctx in accepted_by_peer(
@@ -338,14 +366,14 @@ class Association(UpperLayerUser):
                 incoming.error = exc
         message = Message(incoming.context, command, incoming.sink, incoming.error)
         if not command.is_request:
-            queue = self._responses.get(int(command.get("MessageIDBeingRespondedTo", -1)))
+            queue = self._responses.get(command.message_id_being_responded_to)
             if queue is None:
                 log.warning("%s response to unknown message: %s", self.label, command.summary())
                 return
             queue.put_nowait(message)
             return
         if command.name == "C-CANCEL-RQ":
-            running = self._running.get(int(command["MessageIDBeingRespondedTo"]))
+            running = self._running.get(command.message_id_being_responded_to)
             if running is not None:
                 running.cancelled.set()
             return
@@ -353,23 +381,84 @@ class Association(UpperLayerUser):
             log.warning("%s no handler for %s; aborting", self.label, command.name)
             self.dul.provider_abort(0, f"unexpected request {command.name}")
             return
+        if self.outstanding >= self.window:
+            # Past the Asynchronous Operations Window: hold it, and read no more until one ends
+            # (read_gate). C-CANCEL and responses are read while the window is full; only a
+            # request beyond it stops the reading, so no more than one PDU's requests wait here.
+            self._held.append(message)
+            return
+        self._start(message)
+
+    def _start(self, message: Message) -> None:
+        self.outstanding += 1
+        self.most_outstanding = max(self.most_outstanding, self.outstanding)
         self._spawn(self._handle(message))
 
     async def _handle(self, message: Message) -> None:
-        msg_id = int(message.command.get("MessageID", 0))
+        msg_id = message.command.message_id
         self._running[msg_id] = message
         try:
             if self.handler is not None:
                 await self.handler(self, message)
         except Exception:  # noqa: BLE001 - one bad operation must not kill the server
-            log.exception("%s handler failed for %s", self.label, message.command.summary())
+            if self.can_respond:
+                log.exception("%s handler failed for %s", self.label, message.command.summary())
         finally:
-            self._running.pop(msg_id, None)
+            if self._running.get(msg_id) is message:
+                del self._running[msg_id]
+            self.outstanding -= 1
+            if not message.answered and not self.can_respond:
+                self.unanswered += 1  # the association ended under it: counted, logged once
+            self._start_held()
+
+    @property
+    def can_respond(self) -> bool:
+        """Responses can still be sent (not aborted, released or lost)."""
+        return (self.dul.state is State.STA6 or self.dul.state is State.STA8) and not self.dul.writer.is_closing()
+
+    def _start_held(self) -> None:
+        """A request ended: start the held ones that now fit in the window, and read on when none is left."""
+        if not self.can_respond:
+            self._drop_held()
+            return
+        while self._held and self.outstanding < self.window:
+            self._start(self._held.popleft())
+        if not self._held:
+            self._resume_reading()
+
+    def _drop_held(self) -> None:
+        for message in self._held:
+            if message.dataset is not None:
+                message.dataset.discard()
+        self.unanswered += len(self._held)
+        self._held.clear()
+        self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        if self._read_resume is not None and not self._read_resume.done():
+            self._read_resume.set_result(None)
+        self._read_resume = None
+
+    def read_gate(self) -> Awaitable[None] | None:
+        """Flow control before each PDU read: wait while requests are held beyond the window, or
+        while the peer is not reading our responses (write buffer above its high-water mark)."""
+        if self._held:
+            if self._read_resume is None:
+                self._read_resume = asyncio.get_running_loop().create_future()
+            return self._read_resume
+        if self.dul.write_blocked:
+            return self.dul.drain()
+        return None
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        # A request was answered: the peer's next PDU is now due within idle_timeout.
+        self.dul.rearm_read_timeout()
 
     def release_indication(self) -> None:
         self._spawn(self._release_when_idle())
@@ -402,6 +491,7 @@ class Association(UpperLayerUser):
         self._incoming.clear()
         for message in self._running.values():
             message.cancelled.set()
+        self._drop_held()
 
     def closed(self) -> None:
         if not self.established.done():
@@ -414,11 +504,15 @@ class Association(UpperLayerUser):
             queue.put_nowait(None)
         if self._release_waiter is not None and not self._release_waiter.done():
             self._release_waiter.set_result(None)
+        self._drop_held()
 
     def read_timeout(self) -> float | None:
+        """PS3.8 has no idle timer; ours: between requests the peer has ``idle`` seconds, inside
+        a message (or while we wait for its response) ``dimse``, and while we work on its
+        request no limit (the peer is waiting for us). Re-applied after every response."""
         if self._incoming or self._responses:
             return self.settings.timeouts.dimse
-        if self._tasks:
+        if self._tasks or self._held:
             return None  # we are working; the peer is waiting for us
         return self.settings.timeouts.idle
 
@@ -434,11 +528,19 @@ class Association(UpperLayerUser):
         """Send one DIMSE message, fragmented to the peer's Maximum Length."""
         try:
             await self._send_message(context_id, command, dataset)
-        except InvalidTransition as exc:  # aborted or closed before or while sending
+        except (InvalidTransition, ConnectionError) as exc:  # aborted or closed before or while sending
             raise AssociationError(
                 f"cannot send {command.name}: the association has ended "
                 f"({self.aborted_reason or self.dul.end_reason or exc})"
             ) from exc
+        if not command.is_request:
+            self._answered(command)
+
+    def _answered(self, response: Command) -> None:
+        if response.status not in PENDING_STATUSES:
+            request = self._running.get(response.message_id_being_responded_to)
+            if request is not None:
+                request.answered = True
 
     async def send_responses(self, context_id: int, command: Command, datasets: Sequence[bytes]) -> None:
         """Send ``command`` once per dataset (a batch of C-FIND Pending responses): the
@@ -459,7 +561,7 @@ class Association(UpperLayerUser):
             async with self._send_lock:
                 self.dul.send_pdata(b"".join(parts))
                 await self.dul.drain()
-        except InvalidTransition as exc:
+        except (InvalidTransition, ConnectionError) as exc:
             raise AssociationError(
                 f"cannot send {command.name}: the association has ended "
                 f"({self.aborted_reason or self.dul.end_reason or exc})"
@@ -534,7 +636,7 @@ class Association(UpperLayerUser):
         self, context_id: int, command: Command, dataset: DatasetSource | None = None, *, timeout: float | None = None
     ) -> AsyncIterator[Message]:
         """Send a request and yield its responses, the last one non-Pending."""
-        msg_id = int(command["MessageID"])
+        msg_id = command.message_id
         queue: asyncio.Queue[Message | None] = asyncio.Queue()
         self._responses[msg_id] = queue
         wait = self.settings.timeouts.dimse if timeout is None else timeout
@@ -551,10 +653,11 @@ class Association(UpperLayerUser):
                     raise AssociationError(f"association lost while waiting for {command.name} response: "
                                            f"{self.aborted_reason or self.dul.end_reason}")
                 yield response
-                if int(response.command.get("Status", 0)) not in PENDING_STATUSES:
+                if response.command.status not in PENDING_STATUSES:
                     return
         finally:
             self._responses.pop(msg_id, None)
+            self.dul.rearm_read_timeout()
 
     async def release(self, timeout: float | None = None) -> None:
         """A-RELEASE: orderly close (PS3.8 §7.2)."""
@@ -579,6 +682,19 @@ class Association(UpperLayerUser):
         await self.dul.wait_closed()
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self.unanswered and not self._unanswered_logged:
+            self._unanswered_logged = True
+            log.info("%s association ended with %d request(s) not answered (%s)", self.label, self.unanswered,
+                     self.aborted_reason or self.dul.end_reason or "connection closed")
+
+
+def _window(item: AsynchronousOperationsWindow | None, *, invoked: bool) -> int:
+    """PS3.7 D.3.3.3: the operations the peer may have outstanding with us; no item: 1, 0: unlimited
+    (which we cap at MAX_WINDOW). ``invoked``: we are the acceptor (the requestor's invocations)."""
+    if item is None:
+        return 1
+    value = item.max_invoked if invoked else item.max_performed
+    return MAX_WINDOW if value == 0 else min(value, MAX_WINDOW)
 
 
 def _accepted_contexts(rq: AAssociateRQ, ac: AAssociateAC) -> list[NegotiatedContext]:

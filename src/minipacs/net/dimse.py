@@ -130,6 +130,69 @@ class Command:
     def __contains__(self, keyword: str) -> bool:
         return keyword in self.fields
 
+    # -- typed accessors: PS3.7 Table E.1-1 fields by name; an absent field reads as its empty value
+    @property
+    def message_id(self) -> int:
+        """(0000,0110) Message ID; 0 when absent (requests must have one: decode checks)."""
+        return int(self.fields.get("MessageID", 0))
+
+    @property
+    def message_id_being_responded_to(self) -> int:
+        """(0000,0120); -1 when absent."""
+        return int(self.fields.get("MessageIDBeingRespondedTo", -1))
+
+    @property
+    def status(self) -> int:
+        """(0000,0900) Status of a response; -1 when absent."""
+        return int(self.fields.get("Status", -1))
+
+    @property
+    def error_comment(self) -> str:
+        return str(self.fields.get("ErrorComment", ""))
+
+    @property
+    def affected_sop_class_uid(self) -> str:
+        return str(self.fields.get("AffectedSOPClassUID", ""))
+
+    @property
+    def affected_sop_instance_uid(self) -> str:
+        return str(self.fields.get("AffectedSOPInstanceUID", "") or "")
+
+    @property
+    def requested_sop_class_uid(self) -> str:
+        return str(self.fields.get("RequestedSOPClassUID", ""))
+
+    @property
+    def requested_sop_instance_uid(self) -> str:
+        return str(self.fields.get("RequestedSOPInstanceUID", "") or "")
+
+    @property
+    def sop_class_uid(self) -> str:
+        """The SOP class the message is about: Affected (DIMSE-C, N-CREATE, N-EVENT-REPORT) or Requested."""
+        return self.affected_sop_class_uid or self.requested_sop_class_uid
+
+    @property
+    def sop_instance_uid(self) -> str:
+        """The SOP instance the message is about: Affected or Requested; "" when it names none."""
+        return self.affected_sop_instance_uid or self.requested_sop_instance_uid
+
+    @property
+    def move_destination(self) -> str:
+        """(0000,0600) of a C-MOVE-RQ, without the AE title's padding."""
+        return str(self.fields.get("MoveDestination", "")).strip()
+
+    @property
+    def action_type_id(self) -> int | None:
+        """(0000,1008) of an N-ACTION; None when absent."""
+        value = self.fields.get("ActionTypeID")
+        return None if value is None else int(value)
+
+    @property
+    def event_type_id(self) -> int | None:
+        """(0000,1002) of an N-EVENT-REPORT; None when absent."""
+        value = self.fields.get("EventTypeID")
+        return None if value is None else int(value)
+
     @property
     def command_field(self) -> int:
         return int(self.fields.get("CommandField", -1))
@@ -141,7 +204,11 @@ class Command:
     @property
     def name(self) -> str:
         mtype = self.message_type
-        return mtype.name if mtype else f"unknown command 0x{self.command_field:04X}"
+        if mtype is not None:
+            return mtype.name
+        if "CommandField" not in self.fields:
+            return "command without a CommandField"
+        return f"unknown command 0x{self.command_field:04X}"
 
     @property
     def has_dataset(self) -> bool:
@@ -198,6 +265,8 @@ class Command:
         cmd = cls(fields)
         mtype = cmd.message_type
         if mtype is None:
+            if "CommandField" not in fields:
+                raise CommandError("the command set has no CommandField (0000,0100), so it names no DIMSE message")
             raise CommandError(f"unknown CommandField 0x{cmd.command_field:04X}")
         missing = [k for k in mtype.required if k not in fields]
         if missing:

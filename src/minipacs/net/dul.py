@@ -16,7 +16,7 @@ import asyncio
 import logging
 import socket
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
@@ -40,6 +40,30 @@ from minipacs.net.pdu_items import PDUError
 
 log = logging.getLogger("minipacs.net")
 T = TypeVar("T")
+
+#: TCP keepalive (SO_KEEPALIVE) on every DICOM connection: a peer that vanished
+#: without a FIN (power cut, NAT timeout) is noticed after about
+#: KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_COUNT seconds of silence.
+KEEPALIVE_IDLE = 60
+KEEPALIVE_INTERVAL = 10
+KEEPALIVE_COUNT = 6
+
+
+def set_keepalive(sock: object) -> None:
+    """SO_KEEPALIVE, with Linux/BSD/macOS idle, interval and count where the platform has them."""
+    setsockopt = getattr(sock, "setsockopt", None)
+    if setsockopt is None:
+        return
+    try:
+        setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+                            ("TCP_KEEPCNT", KEEPALIVE_COUNT)):
+            option = getattr(socket, name, None)
+            if option is not None:
+                setsockopt(socket.IPPROTO_TCP, option, value)
+    except OSError as exc:  # e.g. a socket already reset by the peer
+        log.debug("cannot set TCP keepalive: %s", exc)
+
 
 def stream_limit(max_pdu_receive: int) -> int:
     """StreamReader buffer limit: a whole PDU fits, so reading never pauses mid-PDU."""
@@ -108,7 +132,13 @@ class UpperLayerUser:
         """The transport is closed; nothing more will happen."""
 
     def read_timeout(self) -> float | None:
-        """How long the reader may wait for the next PDU in Sta6 (None: no limit)."""
+        """How long the reader may wait for the next PDU in Sta6 (None: no limit).
+        When the answer changes, the user calls :meth:`UpperLayer.rearm_read_timeout`."""
+        return None
+
+    def read_gate(self) -> Awaitable[None] | None:
+        """Before each PDU is read: None to read on, or an awaitable that completes when
+        the user can take more (flow control; PS3.7 D.3.3.3 Asynchronous Operations Window)."""
         return None
 
 
@@ -145,9 +175,14 @@ class UpperLayer:
         self._closed = asyncio.Event()
         #: Events not yet handled; the head is the one whose action is running (see :meth:`event`).
         self._events: deque[tuple[Event, PDU | None]] = deque()
+        #: The timeout of the PDU header read under way, so that :meth:`rearm_read_timeout` can move it.
+        self._header_wait: asyncio.Timeout | None = None
+        transport = getattr(writer, "transport", None)  # (test doubles have none)
+        self._write_high_water = transport.get_write_buffer_limits()[1] if transport is not None else 0
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            set_keepalive(sock)
 
     # ------------------------------------------------------------------ events
     def event(self, event: Event, pdu: PDU | None = None) -> None:
@@ -233,7 +268,34 @@ class UpperLayer:
             self.event(Event.EVT19)
 
     async def drain(self) -> None:
-        await self.writer.drain()
+        """Wait while the transport's write buffer is above its high-water mark.
+
+        A peer that does not read what we send for ``dimse`` seconds is aborted
+        (ConnectionAbortedError): otherwise a client that pipelines requests and
+        never reads the responses would hold the association, and our memory, for ever.
+        """
+        if not self.write_blocked:
+            await self.writer.drain()  # not paused: returns at once (raises if the connection is lost)
+            return
+        try:
+            async with asyncio.timeout(self.timeouts.dimse):
+                await self.writer.drain()
+        except TimeoutError:
+            reason = (f"peer has not read our data for {self.timeouts.dimse:g}s "
+                      f"({self._write_buffer_size()} bytes waiting; DIMSE timeout)")
+            log.warning("%s %s: aborting", self.label, reason)
+            self.abort(reason)
+            self.writer.transport.abort()  # close() would wait for the unread data to be sent
+            raise ConnectionAbortedError(reason) from None
+
+    @property
+    def write_blocked(self) -> bool:
+        """The peer is not keeping up with what we send: the write buffer is above its high-water mark."""
+        return self._write_buffer_size() > self._write_high_water
+
+    def _write_buffer_size(self) -> int:
+        transport = getattr(self.writer, "transport", None)
+        return int(transport.get_write_buffer_size()) if transport is not None else 0
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
@@ -249,6 +311,10 @@ class UpperLayer:
             self.event(Event.EVT5)
         try:
             while self.state is not State.STA1:
+                gate = self.user.read_gate()
+                if gate is not None:
+                    await gate  # flow control: the user cannot take another request yet
+                    continue  # the state may have moved on meanwhile (abort): look again
                 pdu = await self._read_pdu()
                 if pdu is None:
                     continue
@@ -272,11 +338,14 @@ class UpperLayer:
         timeout = self._header_timeout()
         try:
             # asyncio.timeout, not wait_for: no extra task per read on the hot path
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout) as wait:
+                self._header_wait = wait
                 header = await self.reader.readexactly(6)
         except TimeoutError:
             self._on_read_timeout()
             return None
+        finally:
+            self._header_wait = None
         if self._framing_lost:
             return None  # Sta13 after a framing error: just wait for the close
         pdu_type, length = PDU_HEADER.unpack(header)
@@ -304,6 +373,19 @@ class UpperLayer:
             self._abort_pdu = AAbort(2, exc.reason)
             self.event(Event.EVT19)
             return None
+
+    def rearm_read_timeout(self) -> None:
+        """The user's idea of :meth:`UpperLayerUser.read_timeout` changed (a request was
+        answered): apply it to the read under way, counting from now. Without this, a read
+        that started while a request was being worked on (no limit) would never time out."""
+        wait = self._header_wait
+        if wait is None or wait.expired():
+            return
+        timeout = self._header_timeout()
+        try:
+            wait.reschedule(None if timeout is None else asyncio.get_running_loop().time() + timeout)
+        except RuntimeError:  # the timeout is already firing
+            pass
 
     def _header_timeout(self) -> float | None:
         if self.state in (State.STA2, State.STA13):

@@ -37,7 +37,6 @@ from minipacs.net.association import (
     BytesSink,
     DatasetSink,
     Message,
-    RequestHandler,
     build_rq,
     connect,
 )
@@ -46,9 +45,10 @@ from minipacs.net.fsm import State
 from minipacs.net.pdu_items import RoleSelection
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
-from minipacs.services.base import record_operation
+from minipacs.services.base import Service, record_operation
+from minipacs.services.dispatch import Operation, Response
 from minipacs.services.qr_find import decode_identifier, encode_identifier
-from minipacs.services.status import COMMITMENT, FAILURE_REASONS, SUCCESS, comment, describe
+from minipacs.services.status import COMMITMENT, FAILURE_REASONS, SUCCESS, describe
 
 log = logging.getLogger("minipacs.commitment")
 
@@ -65,7 +65,7 @@ NO_SUCH_ACTION: Final = 0x0123
 NO_SUCH_SOP_CLASS: Final = 0x0118
 
 
-class StorageCommitmentSCP:
+class StorageCommitmentSCP(Service):
     name = "storage commitment"
 
     def __init__(self, index: IndexAccess, nodes: NodeRegistry | None, settings: AssociationSettings,
@@ -80,47 +80,44 @@ class StorageCommitmentSCP:
         return {STORAGE_COMMITMENT_PUSH_MODEL: SupportedContext(STORAGE_COMMITMENT_PUSH_MODEL,
                                                                 frozenset(COMMITMENT_TRANSFER_SYNTAXES))}
 
-    def handlers(self) -> Mapping[str, RequestHandler]:
-        return {"N-ACTION-RQ": self.n_action}
+    def handlers(self) -> Mapping[str, Operation]:
+        return {"N-ACTION-RQ": Operation(self.n_action, access="commit")}
 
     def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> DatasetSink | None:
         return None
 
-    async def n_action(self, assoc: Association, message: Message) -> None:
-        """PS3.4 J.3.2: accept the request (or refuse it with why), then report (J.3.3)."""
+    async def n_action(self, assoc: Association, message: Message) -> Response:
+        """PS3.4 J.3.2: accept the request (or refuse it with why), then, once the answer is sent, report (J.3.3)."""
         cmd = message.command
-        sop_class = str(cmd.get("RequestedSOPClassUID", ""))
+        sop_class = cmd.requested_sop_class_uid
         status, text = SUCCESS, ""
         transaction, refs = "", list[Reference]()
         try:
             if sop_class != STORAGE_COMMITMENT_PUSH_MODEL:
                 status, text = NO_SUCH_SOP_CLASS, f"N-ACTION for SOP class {sop_class} on the commitment context"
-            elif str(cmd.get("RequestedSOPInstanceUID", "")) != STORAGE_COMMITMENT_INSTANCE:
-                status, text = NO_SUCH_SOP_INSTANCE, (f"requested SOP instance {cmd.get('RequestedSOPInstanceUID')} "
+            elif cmd.requested_sop_instance_uid != STORAGE_COMMITMENT_INSTANCE:
+                status, text = NO_SUCH_SOP_INSTANCE, (f"requested SOP instance {cmd.requested_sop_instance_uid} "
                                                       f"is not the well-known {STORAGE_COMMITMENT_INSTANCE}")
-            elif int(cmd.get("ActionTypeID", 0)) != REQUEST_STORAGE_COMMITMENT:
-                status, text = NO_SUCH_ACTION, f"action type {cmd.get('ActionTypeID')} (only 1 is defined)"
+            elif cmd.action_type_id != REQUEST_STORAGE_COMMITMENT:
+                status, text = NO_SUCH_ACTION, f"action type {cmd.action_type_id} (only 1 is defined)"
             else:
                 transaction, refs = _read_request(message)
         except ValueError as exc:
             status, text = INVALID_ARGUMENT_VALUE, str(exc)
-        fields: dict[str, Any] = {"MessageIDBeingRespondedTo": cmd["MessageID"], "Status": status,
-                                  "AffectedSOPClassUID": STORAGE_COMMITMENT_PUSH_MODEL,
+        fields: dict[str, Any] = {"AffectedSOPClassUID": STORAGE_COMMITMENT_PUSH_MODEL,
                                   "AffectedSOPInstanceUID": STORAGE_COMMITMENT_INSTANCE}
         if status != SUCCESS:
-            fields["ErrorComment"] = comment(text)
             log.warning("%s storage commitment request refused with %s: %s", assoc.label,
                         describe(status, COMMITMENT), text)
         else:
             fields["ActionTypeID"] = REQUEST_STORAGE_COMMITMENT
         record_operation(assoc, op="N-ACTION", sop_class=sop_class, transaction=transaction, instances=len(refs),
                          status=status, outcome="success" if status == SUCCESS else "failed", error=text)
-        try:
-            await assoc.send_message(message.context.context_id, Command.make("N-ACTION-RSP", **fields))
-        except AssociationError:
-            log.info("%s storage commitment: the association ended before the N-ACTION response", assoc.label)
         if status != SUCCESS:
-            return
+            return Response(status, error=text, fields=fields)
+        return Response(status, fields=fields, then=lambda: self._check_and_report(assoc, transaction, refs))
+
+    async def _check_and_report(self, assoc: Association, transaction: str, refs: list[Reference]) -> None:
         result = await check_commitment(self.index, refs)
         log.info("%s storage commitment %s: %d of %d instance(s) committed%s", assoc.label, transaction,
                  len(result.committed), len(refs), "" if not result.failed else
@@ -247,7 +244,7 @@ async def _send_report(assoc: Association, context: NegotiatedContext, event: in
                            AffectedSOPInstanceUID=STORAGE_COMMITMENT_INSTANCE, EventTypeID=event)
     status = -1
     async for rsp in assoc.request(context.context_id, command, encode_identifier(ds, ts)):
-        status = int(rsp.command.get("Status", -1))
+        status = rsp.command.status
     return status
 
 

@@ -20,18 +20,18 @@ from pydicom.uid import generate_uid
 from minipacs.core.errors import ArchiveError
 from minipacs.core.mpps import ProcedureSteps, StepClosed, StepRefused
 from minipacs.dicom.uids import MODALITY_PERFORMED_PROCEDURE_STEP
-from minipacs.net.association import Association, AssociationError, BytesSink, DatasetSink, Message, RequestHandler
+from minipacs.net.association import Association, BytesSink, DatasetSink, Message
 from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
-from minipacs.services.base import record_operation
+from minipacs.services.base import Service, record_operation
+from minipacs.services.dispatch import Operation, Response
 from minipacs.services.qr_find import decode_identifier
 from minipacs.services.status import (
     MPPS,
     MPPS_MAY_NO_LONGER_BE_UPDATED,
     PROCESSING_FAILURE,
     SUCCESS,
-    comment,
     describe,
     status_for_mpps_error,
 )
@@ -44,7 +44,7 @@ NO_SUCH_SOP_CLASS: Final = 0x0118
 INVALID_OBJECT_INSTANCE: Final = 0x0117
 
 
-class MPPSSCP:
+class MPPSSCP(Service):
     name = "modality performed procedure step"
 
     def __init__(self, steps: ProcedureSteps) -> None:
@@ -54,27 +54,27 @@ class MPPSSCP:
         return {MODALITY_PERFORMED_PROCEDURE_STEP: SupportedContext(MODALITY_PERFORMED_PROCEDURE_STEP,
                                                                     MPPS_TRANSFER_SYNTAXES)}
 
-    def handlers(self) -> Mapping[str, RequestHandler]:
-        return {"N-CREATE-RQ": self.n_create, "N-SET-RQ": self.n_set}
+    def handlers(self) -> Mapping[str, Operation]:
+        return {"N-CREATE-RQ": Operation(self.n_create, access="mpps"), "N-SET-RQ": Operation(self.n_set, access="mpps")}
 
     def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> DatasetSink | None:
         return None
 
-    async def n_create(self, assoc: Association, message: Message) -> None:
+    async def n_create(self, assoc: Association, message: Message) -> Response:
         """PS3.4 F.7.2.1: create the step; the response names its SOP Instance UID."""
         cmd = message.command
-        sop_class = str(cmd.get("AffectedSOPClassUID", ""))
-        uid = str(cmd.get("AffectedSOPInstanceUID", "") or "") or generate_uid()
-        await self._run(assoc, message, "N-CREATE", sop_class, uid, create=True)
+        sop_class = cmd.affected_sop_class_uid
+        uid = cmd.affected_sop_instance_uid or generate_uid()
+        return await self._run(assoc, message, "N-CREATE", sop_class, uid, create=True)
 
-    async def n_set(self, assoc: Association, message: Message) -> None:
+    async def n_set(self, assoc: Association, message: Message) -> Response:
         """PS3.4 F.7.2.2: update an IN PROGRESS step; COMPLETED / DISCONTINUED are final."""
         cmd = message.command
-        await self._run(assoc, message, "N-SET", str(cmd.get("RequestedSOPClassUID", "")),
-                        str(cmd.get("RequestedSOPInstanceUID", "")), create=False)
+        return await self._run(assoc, message, "N-SET", cmd.requested_sop_class_uid, cmd.requested_sop_instance_uid,
+                               create=False)
 
     async def _run(self, assoc: Association, message: Message, op: str, sop_class: str, uid: str,
-                   *, create: bool) -> None:
+                   *, create: bool) -> Response:
         status, text, offending, error_id = SUCCESS, "", None, None
         new_status = ""
         try:
@@ -92,15 +92,11 @@ class MPPSSCP:
                 error_id = MPPS_MAY_NO_LONGER_BE_UPDATED
         except ArchiveError as exc:
             status, text = PROCESSING_FAILURE, str(exc)
-        except Exception as exc:  # noqa: BLE001 - one request must not take the association down
-            log.exception("%s MPPS %s failed", assoc.label, op)
-            status, text = PROCESSING_FAILURE, f"internal error: {type(exc).__name__}"
-        fields: dict[str, Any] = {"MessageIDBeingRespondedTo": message.command["MessageID"],
-                                  "AffectedSOPClassUID": sop_class, "Status": status}
+        # (anything else escapes to the dispatcher: 0x0110 Processing failure, logged)
+        fields: dict[str, Any] = {"AffectedSOPClassUID": sop_class}
         if uid:
             fields["AffectedSOPInstanceUID"] = uid
         if status != SUCCESS:
-            fields["ErrorComment"] = comment(text)
             if offending is not None:
                 fields["OffendingElement"] = [offending]
             if error_id is not None:
@@ -110,10 +106,7 @@ class MPPSSCP:
             log.info("%s MPPS %s %s: %s", assoc.label, op, uid, new_status)
         record_operation(assoc, op=op, sop_class=sop_class, sop_instance=uid, status=status,
                          outcome="success" if status == SUCCESS else "failed", mpps_status=new_status, error=text)
-        try:
-            await assoc.send_message(message.context.context_id, Command.make(f"{op}-RSP", **fields))
-        except AssociationError:
-            log.info("%s MPPS %s %s: the association ended before the response", assoc.label, op, uid)
+        return Response(status, error=text if status != SUCCESS else "", fields=fields)
 
     @staticmethod
     def _attributes(message: Message) -> Dataset:

@@ -54,6 +54,8 @@ from minipacs.net.uids import (
     IMPLICIT_VR_LITTLE_ENDIAN,
     VERIFICATION_SOP_CLASS,
 )
+from minipacs.services.base import ServiceClass
+from minipacs.services.dispatch import request_handler
 from minipacs.services.find_scu import (
     DEFAULT_KEYS,
     MODELS,
@@ -145,11 +147,10 @@ class OutboundSettings:
         return self.association.ae_title
 
 
-class StorageReceiver(Protocol):
+class StorageReceiver(ServiceClass, Protocol):
     """Where C-GET's C-STOREs go (PS3.4 C.4.3.1.3): ``services.storage.StorageSCP`` (the archive, the ONE
-    ingest path) or ``services.retrieve_scu.FolderStorage`` (a folder)."""
-
-    async def c_store(self, assoc: Association, message: Message) -> None: ...
+    ingest path) or ``services.retrieve_scu.FolderStorage`` (a folder) — a service class whose C-STORE
+    operation the dispatcher runs (services/dispatch.py), as for the listener's."""
 
     def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> DatasetSink | None: ...
 
@@ -292,7 +293,8 @@ class Outbound:
         try:
             assoc = await connect(peer.host, peer.port, rq, aset, connect_timeout=self.settings.connect_timeout,
                                   local_host=self.settings.local_host, tls=peer.tls,
-                                  handler=receiver.c_store if receiver is not None else None, sink_factory=sinks)
+                                  handler=request_handler(receiver, "C-STORE-RQ") if receiver is not None else None,
+                                  sink_factory=sinks)
         except AssociationError as exc:
             raise NoAssociation(str(exc)) from exc
         try:

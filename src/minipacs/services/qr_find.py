@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import zlib
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Final, cast
@@ -40,12 +41,13 @@ from minipacs.dicom.levels import INFORMATION_MODELS, InformationModel
 from minipacs.dicom.uids import PATIENT_ROOT_FIND, PATIENT_STUDY_ONLY_FIND, STUDY_ROOT_FIND
 from minipacs.dicom.values import codecs_for
 from minipacs.dicom.vr import ASCII_VRS, CHARSET_VRS, INT_VR_FORMATS, LONG_LENGTH_VRS
-from minipacs.net.association import Association, AssociationError, BytesSink, DatasetSink, Message, RequestHandler
+from minipacs.net.association import Association, BytesSink, DatasetSink, Message
 from minipacs.net.dimse import Command
 from minipacs.net.pdu_items import SOPClassExtendedNegotiation
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.net.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, TransferSyntax, transfer_syntax, uid_name
-from minipacs.services.base import record_operation
+from minipacs.services.base import Service, record_operation
+from minipacs.services.dispatch import Answer, Operation, PendingBatch, Response
 from minipacs.services.status import (
     FIND,
     FIND_CANCELLED,
@@ -53,7 +55,6 @@ from minipacs.services.status import (
     FIND_PENDING,
     FIND_PENDING_WARNING,
     SUCCESS,
-    comment,
     describe,
     status_for_find_error,
 )
@@ -203,24 +204,20 @@ def find_failure(assoc: Association, exc: Exception, what: str) -> tuple[int, st
     return 0xC000, f"internal error: {type(exc).__name__}"
 
 
-async def finish_find(assoc: Association, respond: Respond, status: int, text: str, *, what: str,
-                      sop_class: str, level: str, matches: int) -> bool:
-    """The end of every C-FIND (Q/R and worklist): log a refusal, send the final
-    response, record the operation. False when the association is already gone."""
+def finish_find(assoc: Association, status: int, text: str, *, what: str, sop_class: str, level: str,
+                matches: int) -> Response:
+    """The end of every C-FIND (Q/R and worklist): log a refusal, record the operation, and
+    the final response for the dispatcher to send."""
     final = status in (SUCCESS, FIND_CANCELLED)
     if not final:
         log.warning("%s %s refused with %s: %s", assoc.label, what, describe(status, FIND), text)
-    try:
-        await respond(status, error="" if final else text)
-    except AssociationError:
-        return False
     outcome = {SUCCESS: "success", FIND_CANCELLED: "cancelled"}.get(status, "failed")
     record_operation(assoc, op="C-FIND", sop_class=sop_class, level=level, matches=matches, status=status,
                      outcome=outcome, error=text)
-    return True
+    return Response(status, error="" if final else text)
 
 
-class QueryRetrieveFindSCP:
+class QueryRetrieveFindSCP(Service):
     name = "query/retrieve find"
 
     def __init__(self, archive: Any, *, max_results: int | None = None, ae_title: str = "") -> None:
@@ -233,8 +230,8 @@ class QueryRetrieveFindSCP:
     def supported_contexts(self) -> Mapping[str, SupportedContext]:
         return {uid: SupportedContext(uid, frozenset(FIND_TRANSFER_SYNTAXES)) for uid in FIND_MODELS}
 
-    def handlers(self) -> Mapping[str, RequestHandler]:
-        return {"C-FIND-RQ": self.c_find}
+    def handlers(self) -> Mapping[str, Operation]:
+        return {"C-FIND-RQ": Operation(self.c_find, access="find")}
 
     def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> DatasetSink | None:
         return None
@@ -259,23 +256,14 @@ class QueryRetrieveFindSCP:
         return any(item.sop_class_uid == sop_class_uid and item.info[:1] == b"\x01"
                    for item in assoc.ac.user_information.extended)
 
-    async def c_find(self, assoc: Association, message: Message) -> None:
+    async def c_find(self, assoc: Association, message: Message) -> AsyncGenerator[Answer, None]:
+        """PS3.4 C.4.1.3: the matches as Pending responses (in batches), then the final status."""
         cmd = message.command
         context = message.context
-        sop_class = str(cmd.get("AffectedSOPClassUID", ""))
-        msg_id = cmd["MessageID"]
+        sop_class = cmd.affected_sop_class_uid
         matches = 0
         status, text = SUCCESS, ""
         level = ""
-
-        async def respond(code: int, identifier: bytes | None = None, error: str = "") -> None:
-            fields: dict[str, Any] = {"MessageIDBeingRespondedTo": msg_id, "AffectedSOPClassUID": sop_class,
-                                      "Status": code}
-            if error:
-                fields["ErrorComment"] = comment(error)
-            rsp = Command.make("C-FIND-RSP", has_dataset=identifier is not None, **fields)
-            await assoc.send_message(context.context_id, rsp, identifier)
-
         model = FIND_MODELS.get(context.abstract_syntax)
         ts = transfer_syntax(context.transfer_syntax)
         sink = message.dataset
@@ -300,9 +288,6 @@ class QueryRetrieveFindSCP:
                 wants_aet = any(k.keyword == "RetrieveAETitle" for k in prepared.keys)
                 constants = {RETRIEVE_AE_TITLE: ("AE", self.ae_title or assoc.local_ae)} if wants_aet else {}
                 encoder = RowEncoder(response_fields(prepared), ts, request_charset, constants)
-                pending_rsp = _SameCommand(Command.make(
-                    "C-FIND-RSP", has_dataset=True, MessageIDBeingRespondedTo=msg_id,
-                    AffectedSOPClassUID=sop_class, Status=pending))
                 limit = None if self.max_results is None else self.max_results + 1
                 async with aclosing(run_query_batches(self.archive, prepared, limit=limit)) as batches:
                     async for rows in batches:
@@ -312,8 +297,7 @@ class QueryRetrieveFindSCP:
                         if over:
                             rows = rows[: cast(int, self.max_results) - matches]
                         if rows:
-                            await assoc.send_responses(context.context_id, pending_rsp,
-                                                       [encoder.encode(row) for row in rows])
+                            yield PendingBatch(pending, [encoder.encode(row) for row in rows])
                             matches += len(rows)
                         if over:
                             status = FIND_LIMIT_REACHED
@@ -323,14 +307,9 @@ class QueryRetrieveFindSCP:
                         await asyncio.sleep(0)  # let the reader see a C-CANCEL (drain may not yield)
                 if message.cancelled.is_set():
                     status = FIND_CANCELLED
-        except AssociationError:
-            log.info("%s C-FIND ended: the association is gone after %d match(es)", assoc.label, matches)
-            return
-        except Exception as exc:  # noqa: BLE001 - one query must not take the association down
+        except Exception as exc:  # noqa: BLE001 - the query's own failures get their C-FIND status
             status, text = find_failure(assoc, exc, "C-FIND")
-        if not await finish_find(assoc, respond, status, text, what="C-FIND", sop_class=sop_class,
-                                 level=level, matches=matches):
-            return
+        yield finish_find(assoc, status, text, what="C-FIND", sop_class=sop_class, level=level, matches=matches)
         log.info("%s C-FIND %s %s: %d match(es), %s", assoc.label, FIND_MODELS[sop_class].name if sop_class in
                  FIND_MODELS else sop_class, level or "?", matches, describe(status, FIND))
 

@@ -9,15 +9,17 @@ class has no such context fails as a sub-operation, with a sentence saying so.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import aclosing
 
 from minipacs.core.archive import Archive
 from minipacs.core.errors import ArchiveError
 from minipacs.core.retrieve import InvalidRetrieveIdentifier, StoredInstance, select_instances
-from minipacs.net.association import Association, AssociationError, DatasetSink, Message, RequestHandler
+from minipacs.net.association import Association, AssociationError, DatasetSink, Message
 from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
-from minipacs.services.base import record_operation
+from minipacs.services.base import Service, record_operation
+from minipacs.services.dispatch import Answer, Operation, Response
 from minipacs.services.qr_retrieve import (
     DEFAULT_PENDING_EVERY,
     DEFAULT_PENDING_INTERVAL,
@@ -25,8 +27,9 @@ from minipacs.services.qr_retrieve import (
     IDENTIFIER_SYNTAXES,
     IdentifierError,
     Progress,
-    Responder,
     decode_identifier,
+    final_response,
+    progress_response,
     run_suboperations,
 )
 from minipacs.services.status import GET, IDENTIFIER_DOES_NOT_MATCH, UNABLE_TO_PROCESS, describe
@@ -39,7 +42,7 @@ def _peer_is_scp(ctx: NegotiatedContext) -> bool:
     return ctx.requestor_is_scp
 
 
-class GetSCP:
+class GetSCP(Service):
     """C-GET SCP for the Patient Root and Study Root information models."""
 
     name = "qr-get"
@@ -54,27 +57,32 @@ class GetSCP:
     def supported_contexts(self) -> Mapping[str, SupportedContext]:
         return {uid: SupportedContext(uid, IDENTIFIER_SYNTAXES) for uid in GET_MODELS}
 
-    def handlers(self) -> Mapping[str, RequestHandler]:
-        return {"C-GET-RQ": self.c_get}
+    def handlers(self) -> Mapping[str, Operation]:
+        return {"C-GET-RQ": Operation(self.c_get, access="get")}
 
     def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> DatasetSink | None:
         return None
 
-    async def c_get(self, assoc: Association, message: Message) -> None:
-        responder = Responder(assoc, message, "C-GET-RSP")
+    async def c_get(self, assoc: Association, message: Message) -> AsyncGenerator[Answer, None]:
+        """PS3.4 C.4.3.3: the sub-operations on this association, Pending responses, the final status."""
         receipt: dict[str, object] = {"op": "C-GET", "destination_ae": assoc.calling_ae,
                                       "destination_host": assoc.peer_host, "destination_port": assoc.peer_port}
         try:
-            await self._get(assoc, message, responder, receipt)
+            async with aclosing(self._get(assoc, message, receipt)) as answers:
+                async for answer in answers:
+                    yield answer
         except AssociationError as exc:
             receipt.setdefault("outcome", "requester gone")
             receipt["error"] = str(exc)
             log.warning("%s C-GET ended: %s", assoc.label, exc)
+        except GeneratorExit:  # the dispatcher could not send: the requester's association ended
+            receipt.setdefault("outcome", "requester gone")
+            raise
         finally:
             record_operation(assoc, **receipt)
 
-    async def _get(self, assoc: Association, message: Message, responder: Responder,
-                   receipt: dict[str, object]) -> None:
+    async def _get(self, assoc: Association, message: Message,
+                   receipt: dict[str, object]) -> AsyncGenerator[Response, None]:
         model = GET_MODELS.get(message.context.abstract_syntax, "STUDY")
         try:
             level, keys = decode_identifier(message)
@@ -85,7 +93,7 @@ class GetSCP:
                 else IDENTIFIER_DOES_NOT_MATCH
             receipt.update(status=status, outcome="refused", error=str(exc))
             log.warning("%s C-GET refused with %s: %s", assoc.label, describe(status, GET), exc)
-            await responder.send(status, error=str(exc))
+            yield progress_response(status, error=str(exc))
             return
         progress = Progress(len(instances))
         if instances and not any(c.requestor_is_scp for c in assoc.contexts.values()):
@@ -96,9 +104,12 @@ class GetSCP:
         async def send_one(inst: StoredInstance) -> tuple[int, str]:
             return await store_file(assoc, inst, usable=_peer_is_scp)
 
-        await run_suboperations(responder, instances, progress, send_one, self.pending_every,
-                                self.pending_interval)
-        status = await responder.final(progress)
+        async with aclosing(run_suboperations(assoc, message, instances, progress, send_one, self.pending_every,
+                                              self.pending_interval)) as pendings:
+            async for pending in pendings:
+                yield pending
+        final = final_response(message, progress)
+        status = final.status
         receipt.update(
             status=status, outcome=describe(status, GET).split(": ", 1)[-1], completed=progress.completed,
             failed=progress.failed, warning=progress.warning, remaining=progress.remaining,
@@ -107,6 +118,7 @@ class GetSCP:
         log.log(logging.INFO if status == 0 else logging.WARNING,
                 "%s C-GET: %s; %d completed, %d failed, %d warning, %d not sent", assoc.label,
                 describe(status, GET), progress.completed, progress.failed, progress.warning, progress.remaining)
+        yield final
 
 
 __all__ = ["GetSCP"]

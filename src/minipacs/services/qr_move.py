@@ -13,7 +13,8 @@ delivery receipt (AE, host, port, counts) in the association log.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from contextlib import aclosing
 from typing import Protocol
 
 from minipacs.core.archive import Archive
@@ -25,13 +26,13 @@ from minipacs.net.association import (
     AssociationError,
     DatasetSink,
     Message,
-    RequestHandler,
     build_rq,
     connect,
 )
 from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
-from minipacs.services.base import record_operation
+from minipacs.services.base import Service, record_operation
+from minipacs.services.dispatch import Answer, Operation, Response
 from minipacs.services.qr_retrieve import (
     DEFAULT_PENDING_EVERY,
     DEFAULT_PENDING_INTERVAL,
@@ -39,8 +40,9 @@ from minipacs.services.qr_retrieve import (
     MOVE_MODELS,
     IdentifierError,
     Progress,
-    Responder,
     decode_identifier,
+    final_response,
+    progress_response,
     run_suboperations,
 )
 from minipacs.services.status import (
@@ -107,7 +109,7 @@ def batches(instances: list[StoredInstance]) -> list[list[StoredInstance]]:
     return result
 
 
-class MoveSCP:
+class MoveSCP(Service):
     """C-MOVE SCP for the Patient Root and Study Root information models."""
 
     name = "qr-move"
@@ -132,63 +134,74 @@ class MoveSCP:
     def supported_contexts(self) -> Mapping[str, SupportedContext]:
         return {uid: SupportedContext(uid, IDENTIFIER_SYNTAXES) for uid in MOVE_MODELS}
 
-    def handlers(self) -> Mapping[str, RequestHandler]:
-        return {"C-MOVE-RQ": self.c_move}
+    def handlers(self) -> Mapping[str, Operation]:
+        return {"C-MOVE-RQ": Operation(self.c_move, access="move")}
 
     def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> DatasetSink | None:
         return None
 
-    async def c_move(self, assoc: Association, message: Message) -> None:
-        responder = Responder(assoc, message, "C-MOVE-RSP")
-        dest_ae = str(message.command.get("MoveDestination", "")).strip()
+    async def c_move(self, assoc: Association, message: Message) -> AsyncGenerator[Answer, None]:
+        """PS3.4 C.4.2.3: the sub-operations on a new association to the destination, Pending
+        responses here, the final status."""
+        dest_ae = message.command.move_destination
         receipt: dict[str, object] = {"op": "C-MOVE", "destination_ae": dest_ae}
         try:
-            await self._move(assoc, message, responder, dest_ae, receipt)
+            async with aclosing(self._move(assoc, message, dest_ae, receipt)) as answers:
+                async for answer in answers:
+                    yield answer
         except AssociationError as exc:  # the requester's association ended under us
             receipt.setdefault("outcome", "requester gone")
             receipt["error"] = str(exc)
             log.warning("%s C-MOVE to %r ended: %s", assoc.label, dest_ae, exc)
+        except GeneratorExit:  # the dispatcher could not send: the requester's association ended
+            receipt.setdefault("outcome", "requester gone")
+            raise
         finally:
             record_operation(assoc, **receipt)
 
-    async def _refuse(self, responder: Responder, receipt: dict[str, object], status: int, why: str) -> None:
+    def _refuse(self, assoc: Association, receipt: dict[str, object], status: int, why: str) -> Response:
         receipt.update(status=status, outcome="refused", error=why)
-        log.warning("%s C-MOVE refused with %s: %s", responder.assoc.label, describe(status, MOVE), why)
-        await responder.send(status, error=why)
+        log.warning("%s C-MOVE refused with %s: %s", assoc.label, describe(status, MOVE), why)
+        return progress_response(status, error=why)
 
-    async def _move(self, assoc: Association, message: Message, responder: Responder, dest_ae: str,
-                    receipt: dict[str, object]) -> None:
+    async def _move(self, assoc: Association, message: Message, dest_ae: str,
+                    receipt: dict[str, object]) -> AsyncGenerator[Response, None]:
         model = MOVE_MODELS.get(message.context.abstract_syntax, "STUDY")
         try:
             level, keys = decode_identifier(message)
             receipt["level"] = level
             instances = await select_instances(self.archive, level, keys, model, located=False)
         except (IdentifierError, InvalidRetrieveIdentifier) as exc:
-            await self._refuse(responder, receipt, IDENTIFIER_DOES_NOT_MATCH, str(exc))
+            yield self._refuse(assoc, receipt, IDENTIFIER_DOES_NOT_MATCH, str(exc))
             return
         except ArchiveError as exc:
-            await self._refuse(responder, receipt, UNABLE_TO_PROCESS, str(exc))
+            yield self._refuse(assoc, receipt, UNABLE_TO_PROCESS, str(exc))
             return
         try:
             node = await self.destinations.resolve_move_destination(dest_ae, assoc.peer_host)
         except ArchiveError as exc:
-            await self._refuse(responder, receipt, MOVE_DESTINATION_UNKNOWN,
+            yield self._refuse(assoc, receipt, MOVE_DESTINATION_UNKNOWN,
                                f"{exc} (C-MOVE requested by {assoc.calling_ae!r} from {assoc.peer_host})")
             return
         receipt.update(destination_ae=node.ae_title, destination_host=node.host, destination_port=node.port)
         progress = Progress(len(instances))
         log.info("%s C-MOVE of %d instance(s) to %s at %s:%d (requested from %s)", assoc.label, len(instances),
                  node.ae_title, node.host, node.port, assoc.peer_host)
-        error = ""
-        originator = (assoc.calling_ae, int(message.command["MessageID"]))
+        errors: list[str] = []
+        originator = (assoc.calling_ae, message.command.message_id)
         for batch in batches(instances):
             if message.cancelled.is_set():
                 progress.cancelled = True
                 break
-            error = await self._send_batch(assoc, responder, node, batch, progress, originator) or error
+            async with aclosing(self._send_batch(assoc, message, node, batch, progress, originator,
+                                                 errors)) as pendings:
+                async for pending in pendings:
+                    yield pending
             if progress.cancelled:
                 break
-        status = await responder.final(progress, error)
+        error = errors[-1] if errors else ""
+        final = final_response(message, progress, error)
+        status = final.status
         receipt.update(
             status=status, outcome=describe(status, MOVE).split(": ", 1)[-1], completed=progress.completed,
             failed=progress.failed, warning=progress.warning, remaining=progress.remaining,
@@ -198,11 +211,13 @@ class MoveSCP:
         log.log(level_name, "%s C-MOVE to %s at %s:%d: %s; %d completed, %d failed, %d warning, %d not sent",
                 assoc.label, node.ae_title, node.host, node.port, describe(status, MOVE), progress.completed,
                 progress.failed, progress.warning, progress.remaining)
+        yield final
 
-    async def _send_batch(self, assoc: Association, responder: Responder, node: Destination,
-                          batch: list[StoredInstance], progress: Progress,
-                          originator: tuple[str, int]) -> str:
-        """One storage association to the destination for ``batch``; returns an error sentence or ''."""
+    async def _send_batch(self, assoc: Association, message: Message, node: Destination,
+                          batch: list[StoredInstance], progress: Progress, originator: tuple[str, int],
+                          errors: list[str]) -> AsyncGenerator[Response, None]:
+        """One storage association to the destination for ``batch``, yielding Pending responses;
+        a batch that cannot be sent at all adds its sentence to ``errors``."""
         settings = assoc.settings
         rq = build_rq(settings.ae_title, node.ae_title, proposal(batch), settings)
         try:
@@ -213,7 +228,8 @@ class MoveSCP:
             log.warning("%s %s", assoc.label, why)
             for inst in batch:
                 progress.fail(inst, why)
-            return why
+            errors.append(why)
+            return
 
         async def send_one(inst: StoredInstance) -> tuple[int, str]:
             from minipacs.services.storage_scu import store_file
@@ -221,15 +237,16 @@ class MoveSCP:
             return await store_file(sub, inst, move_originator=originator)
 
         try:
-            await run_suboperations(responder, batch, progress, send_one, self.pending_every,
-                                    self.pending_interval)
+            async with aclosing(run_suboperations(assoc, message, batch, progress, send_one, self.pending_every,
+                                                  self.pending_interval)) as pendings:
+                async for pending in pendings:
+                    yield pending
         finally:
             if sub.dul.is_closed:
                 await sub.wait_closed()
             else:
                 await sub.release()
             await self._log_sub(sub)
-        return ""
 
     async def _log_sub(self, sub: Association) -> None:
         if self.association_logger is None:

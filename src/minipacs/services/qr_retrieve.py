@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -28,20 +28,19 @@ from minipacs.dicom.uids import STUDY_ROOT_GET as STUDY_ROOT_GET  # noqa: PLC041
 from minipacs.dicom.uids import STUDY_ROOT_MOVE as STUDY_ROOT_MOVE  # noqa: PLC0414 - explicit re-export
 from minipacs.dicom.vr import STRING_VRS
 from minipacs.net.association import Association, AssociationError, BytesSink, Message
-from minipacs.net.dimse import Command
 from minipacs.net.uids import (
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
     transfer_syntax,
 )
+from minipacs.services.dispatch import Response
 from minipacs.services.status import (
     CANCEL,
     PENDING,
     SUBOPS_ALL_FAILED,
     SUBOPS_SOME_FAILED,
     SUCCESS,
-    comment,
     describe,
     is_success,
     is_warning,
@@ -159,60 +158,49 @@ class Progress:
 SendOne = Callable[[StoredInstance], Awaitable[tuple[int, str]]]
 
 
-class Responder:
-    """Sends the C-MOVE-RSP / C-GET-RSP messages of one request."""
+def progress_response(status: int, progress: Progress | None = None, *, error: str = "",
+                      dataset: bytes | None = None) -> Response:
+    """A C-MOVE-RSP / C-GET-RSP with the sub-operation counts (PS3.7 Tables 9.3-6, 9.3-10):
+    Remaining only while Pending or on Cancel."""
+    fields: dict[str, Any] = {}
+    if progress is not None:
+        if status in (PENDING, CANCEL):
+            fields["NumberOfRemainingSuboperations"] = progress.remaining
+        fields["NumberOfCompletedSuboperations"] = progress.completed
+        fields["NumberOfFailedSuboperations"] = progress.failed
+        fields["NumberOfWarningSuboperations"] = progress.warning
+    return Response(status, error=error, dataset=dataset, fields=fields)
 
-    def __init__(self, assoc: Association, message: Message, rsp_name: str) -> None:
-        self.assoc = assoc
-        self.message = message
-        self.rsp_name = rsp_name
 
-    async def send(self, status: int, progress: Progress | None = None, *, error: str = "",
-                   dataset: bytes | None = None) -> None:
-        fields: dict[str, Any] = {
-            "MessageIDBeingRespondedTo": self.message.command["MessageID"],
-            "AffectedSOPClassUID": self.message.command.get("AffectedSOPClassUID", self.message.context.abstract_syntax),
-            "Status": status,
-        }
-        if progress is not None:
-            if status in (PENDING, CANCEL):
-                fields["NumberOfRemainingSuboperations"] = progress.remaining
-            fields["NumberOfCompletedSuboperations"] = progress.completed
-            fields["NumberOfFailedSuboperations"] = progress.failed
-            fields["NumberOfWarningSuboperations"] = progress.warning
-        if error:
-            fields["ErrorComment"] = comment(error)
-        cmd = Command.make(self.rsp_name, has_dataset=dataset is not None, **fields)
-        await self.assoc.send_message(self.message.context.context_id, cmd, dataset)
-
-    async def final(self, progress: Progress, error: str = "") -> int:
-        status = progress.final_status()
-        dataset = None
-        if progress.failed_uids:
-            dataset = encode_failed_list(progress.failed_uids, self.message.context.transfer_syntax)
-        if not error and progress.errors and status != SUCCESS:
-            error = progress.errors[0]
-        await self.send(status, progress, error=error, dataset=dataset)
-        return status
+def final_response(message: Message, progress: Progress, error: str = "") -> Response:
+    """The last response: the status of PS3.4 C.4.2.1.5, the Failed SOP Instance UID List when some failed."""
+    status = progress.final_status()
+    dataset = None
+    if progress.failed_uids:
+        dataset = encode_failed_list(progress.failed_uids, message.context.transfer_syntax)
+    if not error and progress.errors and status != SUCCESS:
+        error = progress.errors[0]
+    return progress_response(status, progress, error=error, dataset=dataset)
 
 
 async def run_suboperations(
-    responder: Responder,
+    assoc: Association,
+    message: Message,
     instances: list[StoredInstance],
     progress: Progress,
     send_one: SendOne,
     pending_every: int = DEFAULT_PENDING_EVERY,
     pending_interval: float = DEFAULT_PENDING_INTERVAL,
-) -> None:
-    """Run the C-STORE sub-operations; stops early on C-CANCEL or when the
-    sub-operation association is lost (the rest then count as failed).
+) -> AsyncGenerator[Response, None]:
+    """Run the C-STORE sub-operations, yielding the Pending responses; stops early on C-CANCEL
+    or when the sub-operation association is lost (the rest then count as failed).
 
-    A Pending response goes out after every ``pending_every`` sub-operations
+    A Pending response is yielded after every ``pending_every`` sub-operations
     (0: never by count) and whenever ``pending_interval`` seconds (0: never by
     time) passed since the last one, so a requester sees progress without one
     extra message per instance. Each file is located (:func:`locate`) just before it is sent.
     """
-    cancelled = responder.message.cancelled
+    cancelled = message.cancelled
     last_pending = time.monotonic()
     for index, instance in enumerate(instances):
         if cancelled.is_set():
@@ -227,12 +215,12 @@ async def run_suboperations(
             except (LookupError, TranscodeError) as exc:
                 progress.fail(instance, str(exc))
             except AssociationError as exc:
-                if responder.assoc.dul.is_closed:
+                if assoc.dul.is_closed:
                     raise
                 progress.fail(instance, str(exc))
                 for rest in instances[index + 1:]:
                     progress.fail(rest, "not sent: the storage association was lost")
-                log.warning("%s storage sub-operations stopped: %s", responder.assoc.label, exc)
+                log.warning("%s storage sub-operations stopped: %s", assoc.label, exc)
                 return
             else:
                 if is_success(status):
@@ -250,7 +238,7 @@ async def run_suboperations(
             if cancelled.is_set():
                 progress.cancelled = True
                 return
-            await responder.send(PENDING, progress)
+            yield progress_response(PENDING, progress)
             last_pending = now
     if cancelled.is_set() and progress.remaining > 0:
         progress.cancelled = True

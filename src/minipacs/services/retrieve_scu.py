@@ -19,13 +19,14 @@ from typing import Any
 from minipacs.core.paths import validate_uid
 from minipacs.core.staging import StagingFile
 from minipacs.dicom.levels import RETRIEVE_MODELS
-from minipacs.net.association import Association, BytesSink, DatasetSink, Message, RequestHandler
+from minipacs.net.association import Association, BytesSink, DatasetSink, Message
 from minipacs.net.dimse import Command
 from minipacs.net.pdu_items import RoleSelection
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
 from minipacs.net.uids_generated import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
-from minipacs.services.base import record_operation
+from minipacs.services.base import Service, record_operation
+from minipacs.services.dispatch import Operation
 from minipacs.services.qr_retrieve import GET_MODELS
 from minipacs.services.status import PENDING, SUCCESS, comment, describe, status_for_store_error
 
@@ -214,7 +215,7 @@ class _FileSink:
             self.path = None
 
 
-class FolderStorage:
+class FolderStorage(Service):
     """Storage SCP writing each received instance to ``folder/<SOPInstanceUID>.dcm`` (Part 10)."""
 
     name = "folder-storage"
@@ -229,8 +230,8 @@ class FolderStorage:
     def supported_contexts(self) -> Mapping[str, SupportedContext]:
         return {uid: SupportedContext(uid, STORABLE_SYNTAXES) for uid in STORAGE_SOP_CLASSES}
 
-    def handlers(self) -> Mapping[str, RequestHandler]:
-        return {"C-STORE-RQ": self.c_store}
+    def handlers(self) -> Mapping[str, Operation]:
+        return {"C-STORE-RQ": Operation(self.c_store, access="store")}
 
     def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> DatasetSink | None:
         sop_class = str(command.get("AffectedSOPClassUID", ""))

@@ -7,6 +7,16 @@ transient / local-limit-exceeded), the called AE title when configured
 refuses gets status 0x0124 (Not authorized). Every association, accepted or
 not, ends up in the association log.
 
+A connection takes an association slot (max_associations) only once its
+association is accepted. Before that -- TCP accepted, TLS handshake or
+A-ASSOCIATE-RQ under way -- it is *pending*, and pending connections are capped
+per listener (max_pending_connections) and per peer address
+(max_pending_per_host): beyond the caps a connection is closed at once, and one
+that has not completed its A-ASSOCIATE-RQ (TLS handshake included)
+handshake_timeout seconds after the TCP accept is closed. So a flood of silent
+connections, or of stalled TLS handshakes, can neither take the slots of real
+associations nor block the other listener.
+
 With a TLS port (PS3.15 B.1) the handshake comes first, and one that fails is
 logged in words and kept in the association log. With dicom_user_identity the
 User Identity item (PS3.7 D.3.3.7, services/user_identity.py) is checked; a
@@ -15,35 +25,78 @@ refused identity gets reason 1 (no reason given).
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncio
+import errno
+import functools
 import logging
+import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from minipacs import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from minipacs.core.access import AccessPolicy
 from minipacs.core.model import AssociationRecord
-from minipacs.net.association import Association, AssociationSettings, DatasetSink, Message, RequestHandler, describe_rejection
+from minipacs.net.association import (
+    Association,
+    AssociationSettings,
+    DatasetSink,
+    Message,
+    describe_rejection,
+)
 from minipacs.net.dimse import Command
 from minipacs.net.dul import Timeouts, stream_limit
 from minipacs.net.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ
-from minipacs.net.pdu_items import (APPLICATION_CONTEXT_NAME, SOPClassExtendedNegotiation, UserIdentityAC,
-                                    UserInformation)
-from minipacs.net.presentation import RESULT_NAMES, NegotiatedContext, SupportedContext, negotiate
+from minipacs.net.pdu_items import (
+    APPLICATION_CONTEXT_NAME,
+    AsynchronousOperationsWindow,
+    SOPClassExtendedNegotiation,
+    UserIdentityAC,
+    UserInformation,
+)
+from minipacs.net.presentation import (
+    RESULT_NAMES,
+    NegotiatedContext,
+    SupportedContext,
+    negotiate,
+)
 from minipacs.net.tls import describe_tls_error
 from minipacs.net.uids import uid_name
-from minipacs.services.base import ServiceClass, record_operation
-from minipacs.services.status import comment
+from minipacs.services.base import ServiceClass
+from minipacs.services.dispatch import (
+    Operation,
+    Response,
+    ServiceRegistrationError,
+    check_operation,
+    dispatch,
+    guarded,
+    send_answer,
+)
 from minipacs.services.user_identity import IdentityCheck, UserIdentityPolicy
-
 
 log = logging.getLogger("minipacs.server")
 
-#: Connections beyond max_associations + this many are closed unread.
-CONNECTION_SLACK = 8
+#: PS3.7 C.4.2: Unrecognized operation (a request the context's SOP class does not have here).
+UNRECOGNIZED_OPERATION = 0x0211
+
+#: Defaults of the limits on connections that are not associations yet (config.py has the keys).
+MAX_PENDING_CONNECTIONS = 64
+MAX_PENDING_PER_HOST = 8
+HANDSHAKE_TIMEOUT = 10.0
+#: Default of max_async_operations: requests one association may have outstanding (PS3.7 D.3.3.3).
+MAX_ASYNC_OPERATIONS = 8
+#: Refused connections are logged at most once per this many seconds (per listener).
+REFUSAL_LOG_INTERVAL = 10.0
+#: listen() backlog of the DICOM listeners (asyncio.start_server's default).
+LISTEN_BACKLOG = 100
+#: accept() failing for lack of file descriptors or memory: retry after a delay doubling from
+#: the first to the second value (seconds), instead of spinning on a listening socket that stays readable.
+ACCEPT_BACKOFF = (0.05, 2.0)
+ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: accept() errors about one connection that is already gone: just take the next.
+ACCEPT_PEER_ERRORS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ECONNRESET})
 
 AssociationLogger = Callable[[AssociationRecord], Awaitable[object]]
 
@@ -52,44 +105,109 @@ class TLSListenError(OSError):
     """The TLS port cannot be listened on; the message (strerror) is the whole sentence."""
 
 
-#: DIMSE request -> the operation the access policy knows it by.
-ACCESS_OPERATIONS: dict[str, str] = {
-    "C-ECHO-RQ": "echo",
-    "C-STORE-RQ": "store",
-    "C-FIND-RQ": "find",
-    "C-MOVE-RQ": "move",
-    "C-GET-RQ": "get",
-    "N-CREATE-RQ": "mpps",
-    "N-SET-RQ": "mpps",
-    "N-ACTION-RQ": "commit",
-}
-#: PS3.7 Annex C: Refused: Not authorized.
-NOT_AUTHORIZED = 0x0124
+@dataclass
+class PendingConnections:
+    """The connections of one listener that are not associations yet, in total and per peer address."""
+
+    max_total: int
+    max_per_host: int
+    by_host: dict[str, int] = field(default_factory=dict)
+    total: int = 0
+
+    def refusal(self, host: str) -> str | None:
+        """Why a new connection from ``host`` cannot be taken now; None: it can."""
+        if self.by_host.get(host, 0) >= self.max_per_host:
+            return (f"{self.by_host[host]} connections from that address have not associated yet "
+                    f"(max_pending_per_host = {self.max_per_host})")
+        if self.total >= self.max_total:
+            return (f"{self.total} connections have not associated yet "
+                    f"(max_pending_connections = {self.max_total})")
+        return None
+
+    def add(self, host: str) -> None:
+        self.total += 1
+        self.by_host[host] = self.by_host.get(host, 0) + 1
+
+    def remove(self, host: str) -> None:
+        self.total -= 1
+        left = self.by_host.get(host, 1) - 1
+        if left > 0:
+            self.by_host[host] = left
+        else:
+            self.by_host.pop(host, None)
 
 
-def guarded(handler: RequestHandler, operation: str, access: AccessPolicy) -> RequestHandler:
-    """``handler`` behind the access policy: a refused request is answered 0x0124 with the reason."""
+class PendingSlot:
+    """One pending connection's place in its listener's :class:`PendingConnections`; freed once."""
 
-    async def guard(assoc: Association, message: Message) -> None:
-        refusal = access.operation_refusal(operation, assoc.calling_ae, assoc.peer_host)
-        if refusal is None:
-            await handler(assoc, message)
+    __slots__ = ("held", "host", "pending")
+
+    def __init__(self, pending: PendingConnections, host: str) -> None:
+        self.pending = pending
+        self.host = host
+        self.held = True
+        pending.add(host)
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.pending.remove(self.host)
+
+
+class Listener:
+    """One listening address of the server (plain DICOM or DICOM TLS), its accept loops and its pending pool."""
+
+    def __init__(self, name: str, pending: PendingConnections, tls: ssl.SSLContext | None) -> None:
+        self.name = name
+        self.pending = pending
+        self.tls = tls
+        self.sockets: list[socket.socket] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.refused_unlogged = 0
+        self.refusal_logged_at = -REFUSAL_LOG_INTERVAL
+
+    def refused(self, host: str, port: int, why: str) -> None:
+        """Log a refused connection, at most once per REFUSAL_LOG_INTERVAL (a flood must not flood the log)."""
+        now = time.monotonic()
+        if now - self.refusal_logged_at < REFUSAL_LOG_INTERVAL:
+            self.refused_unlogged += 1
             return
-        why = f"{refusal.reason} (rule: {refusal.rule})"
-        log.warning("%s %s refused: %s", assoc.label, message.command.name.removesuffix("-RQ"), why)
-        if message.dataset is not None:
-            message.dataset.discard()
-        fields: dict[str, Any] = {"MessageIDBeingRespondedTo": message.command.get("MessageID", 0),
-                                  "Status": NOT_AUTHORIZED, "ErrorComment": comment(refusal.reason)}
-        for key in ("AffectedSOPClassUID", "AffectedSOPInstanceUID"):
-            if key in message.command:
-                fields[key] = message.command[key]
-        record_operation(assoc, op=message.command.name.removesuffix("-RQ"), status=NOT_AUTHORIZED,
-                         outcome="refused", reason=why)
-        await assoc.send_message(message.context.context_id,
-                                 Command.make(message.command.name.replace("-RQ", "-RSP"), **fields))
+        more = f"; {self.refused_unlogged} more refused since the last message" if self.refused_unlogged else ""
+        log.warning("%s: connection from %s:%s closed at once: %s%s", self.name, host, port, why, more)
+        self.refusal_logged_at = now
+        self.refused_unlogged = 0
 
-    return guard
+
+def _stream_protocol(limit: int, callback: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+                     loop: asyncio.AbstractEventLoop) -> asyncio.StreamReaderProtocol:
+    """What asyncio.start_server makes per connection: a reader with our buffer limit, ``callback`` run on connect."""
+    return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit, loop=loop), callback, loop=loop)
+
+
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """Bound, listening, non-blocking sockets for every address of ``host`` (as asyncio.start_server makes)."""
+    infos = socket.getaddrinfo(host or None, port, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM,
+                               flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, object]] = set()
+    try:
+        for family, kind, proto, _name, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 class DicomServer:
@@ -111,6 +229,10 @@ class DicomServer:
         tls_context: ssl.SSLContext | None = None,
         tls_client: ssl.SSLContext | None = None,
         identity: UserIdentityPolicy | None = None,
+        max_pending_connections: int = MAX_PENDING_CONNECTIONS,
+        max_pending_per_host: int = MAX_PENDING_PER_HOST,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        max_async_operations: int = MAX_ASYNC_OPERATIONS,
     ) -> None:
         self.ae_title = ae_title
         self.host = host
@@ -121,6 +243,12 @@ class DicomServer:
         #: None: User Identity items are not looked at (services/user_identity.py).
         self.identity = identity
         self.max_associations = max_associations
+        self.max_pending_connections = max_pending_connections
+        self.max_pending_per_host = max_pending_per_host
+        #: From the TCP accept to a complete A-ASSOCIATE-RQ (TLS handshake included); ARTIM if shorter.
+        self.handshake_timeout = handshake_timeout
+        #: The most requests a requestor may have outstanding with us, when it proposes a window.
+        self.max_async_operations = max_async_operations
         self.check_called_aet = check_called_aet
         self.assoc_settings = AssociationSettings(
             ae_title=ae_title,
@@ -134,58 +262,80 @@ class DicomServer:
         self.access = access
         self.services = list(services)
         self.supported: dict[str, SupportedContext] = {}
-        #: (abstract syntax, DIMSE request name) -> handler: two services may both
+        #: (abstract syntax, DIMSE request name) -> operation: two services may both
         #: answer C-FIND, each for its own SOP classes (Q/R models vs worklist).
-        self.dispatch: dict[tuple[str, str], RequestHandler] = {}
+        self.dispatch: dict[tuple[str, str], Operation] = {}
         self.sinks: dict[str, ServiceClass] = {}
         for service in services:
+            if not isinstance(service, ServiceClass):
+                raise ServiceRegistrationError(
+                    f"service {getattr(service, 'name', service)!r} does not implement ServiceClass (name, "
+                    "supported_contexts, handlers, sink_for, extended_negotiation); inherit services.base.Service")
             contexts = service.supported_contexts()
             self.supported.update(contexts)
-            for name, handler in service.handlers().items():
-                operation = ACCESS_OPERATIONS.get(name)
-                entry = handler if access is None or operation is None else guarded(handler, operation, access)
+            for name, registered in service.handlers().items():
+                operation = check_operation(service.name, name, registered)  # no access rule: refused here
+                entry = operation if access is None else guarded(operation, access)
                 for abstract in contexts:
                     self.dispatch[(abstract, name)] = entry
             for abstract in contexts:
                 self.sinks[abstract] = service
         self.connections: set[Association] = set()
         self.established: set[Association] = set()
-        self._server: asyncio.Server | None = None
-        self._tls_server: asyncio.Server | None = None
-        self._handshakes = 0  # TLS handshakes under way: connections not yet associations
+        self.listeners: list[Listener] = []
+        #: User identities checked off the loop (_prepare) for _check, and our answers for the AC.
+        self._identity_checks: dict[Association, IdentityCheck] = {}
+        self._identity_answers: dict[Association, UserIdentityAC] = {}
         self._log_tasks: set[asyncio.Task[object]] = set()
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._on_connection, self.host, self.port, reuse_address=True,
-            limit=stream_limit(self.assoc_settings.max_pdu_receive),
-        )
+        self.listeners = []
+        plain = self._listener("DICOM listener", None)
+        plain.sockets = listening_sockets(self.host, self.port)
         if self.port == 0:
-            self.port = self._server.sockets[0].getsockname()[1]
+            self.port = plain.sockets[0].getsockname()[1]
+        self._serve_on(plain)
         log.info("DICOM listener %s on %s:%d", self.ae_title, self.host, self.port)
         if self.tls_context is not None:
+            # The TLS listener accepts plain TCP and starts TLS in _on_accepted: a failed handshake
+            # is ours to log in words (asyncio would only log it at debug level).
+            tls = self._listener("DICOM TLS listener", self.tls_context)
             try:
-                # Plain TCP first, TLS started in _on_tls_connection: a failed handshake is
-                # ours to log in words (asyncio would only log it at debug level).
-                self._tls_server = await asyncio.start_server(
-                    self._on_tls_connection, self.host, self.tls_port, reuse_address=True,
-                    limit=stream_limit(self.assoc_settings.max_pdu_receive),
-                )
+                tls.sockets = listening_sockets(self.host, self.tls_port)
             except OSError as exc:
-                self._server.close()
+                await self._stop_listening()
                 raise TLSListenError(exc.errno, f"cannot listen for DICOM TLS on {self.host}:{self.tls_port}: "
                                      f"{exc.strerror} (is another server using that port?)") from exc
             if self.tls_port == 0:
-                self.tls_port = self._tls_server.sockets[0].getsockname()[1]
+                self.tls_port = tls.sockets[0].getsockname()[1]
+            self._serve_on(tls)
             log.info("DICOM TLS listener %s on %s:%d%s", self.ae_title, self.host, self.tls_port,
                      "; client certificates required" if self.tls_context.verify_mode == ssl.CERT_REQUIRED else "")
 
+    def _listener(self, name: str, tls: ssl.SSLContext | None) -> Listener:
+        listener = Listener(name, PendingConnections(self.max_pending_connections, self.max_pending_per_host), tls)
+        self.listeners.append(listener)
+        return listener
+
+    def _serve_on(self, listener: Listener) -> None:
+        for sock in listener.sockets:
+            listener.tasks.append(asyncio.ensure_future(self._accept_loop(listener, sock)))
+
+    async def _stop_listening(self) -> None:
+        for listener in self.listeners:
+            for task in listener.tasks:
+                task.cancel()
+            if listener.tasks:
+                await asyncio.gather(*listener.tasks, return_exceptions=True)
+            listener.tasks = []
+            for sock in listener.sockets:
+                sock.close()
+            listener.sockets = []
+
     async def close(self, grace: float = 5.0) -> None:
         """Stop listening; give open associations ``grace`` seconds, then abort them."""
-        for server in (self._server, self._tls_server):
-            if server is not None:
-                server.close()
+        await self._stop_listening()
         if self.connections:
             log.info("waiting up to %gs for %d open association(s)", grace, len(self.connections))
             waits = [asyncio.ensure_future(a.wait_closed()) for a in list(self.connections)]
@@ -194,83 +344,130 @@ class DicomServer:
                 assoc.abort("server shutting down")
             if pending:
                 await asyncio.wait(pending, timeout=2.0)
-        for server in (self._server, self._tls_server):
-            if server is not None:
-                await server.wait_closed()
         if self._log_tasks:
             await asyncio.gather(*list(self._log_tasks), return_exceptions=True)
 
     # ---------------------------------------------------------- connections
-    async def _on_tls_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """PS3.15 B.1: the TLS handshake first, then the association as on the plain port."""
-        if self._too_many(writer):
-            return
-        if self.tls_context is None:  # pragma: no cover - only started with a context
-            writer.close()
-            return
+    async def _accept_loop(self, listener: Listener, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        limit = stream_limit(self.assoc_settings.max_pdu_receive)
+        delay = 0.0  # > 0 while backing off
+        failures = 0
+        while True:
+            try:
+                conn, address = await loop.sock_accept(sock)
+            except OSError as exc:
+                if exc.errno in ACCEPT_PEER_ERRORS:
+                    continue
+                if delay == 0:  # once per back-off, not per attempt
+                    log.error("%s: cannot accept connections: %s; retrying every %g s at most until it "
+                              "works again.%s", listener.name, exc.strerror or exc, ACCEPT_BACKOFF[1],
+                              " Raise the open-file limit (ulimit -n, systemd LimitNOFILE=) or lower "
+                              "max_associations / max_pending_connections" if exc.errno in ACCEPT_RESOURCE_ERRORS
+                              else "")
+                delay = min(max(delay * 2, ACCEPT_BACKOFF[0]), ACCEPT_BACKOFF[1])
+                failures += 1
+                await asyncio.sleep(delay)
+                continue
+            if delay:
+                log.warning("%s: accepting connections again after %d failed attempt(s)", listener.name, failures)
+                delay, failures = 0.0, 0
+            host, port = str(address[0]), int(address[1])
+            why = listener.pending.refusal(host)
+            if why is not None:
+                conn.close()
+                listener.refused(host, port, why)
+                continue
+            slot = PendingSlot(listener.pending, host)
+            deadline = loop.time() + min(self.handshake_timeout, self.assoc_settings.timeouts.acse)
+            callback = functools.partial(self._on_accepted, listener, slot, deadline)
+            try:
+                await loop.connect_accepted_socket(
+                    functools.partial(_stream_protocol, limit, callback, loop),
+                    conn)
+            except OSError as exc:  # reset before we got to it
+                slot.release()
+                conn.close()
+                log.debug("%s: connection from %s:%s lost at once: %s", listener.name, host, port, exc)
+
+    async def _on_accepted(self, listener: Listener, slot: PendingSlot, deadline: float,
+                           reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if listener.tls is not None and not await self._tls_handshake(listener.tls, writer, deadline):
+                return
+            await self._on_connection(reader, writer, slot, deadline)
+        finally:
+            slot.release()
+
+    async def _tls_handshake(self, context: ssl.SSLContext, writer: asyncio.StreamWriter, deadline: float) -> bool:
+        """PS3.15 B.1: the TLS handshake first (by the handshake deadline), then the association as on the plain port."""
         host, port = (writer.get_extra_info("peername") or ("?", 0))[:2]
         started = datetime.now(UTC)
-        self._handshakes += 1
         try:
-            await writer.start_tls(self.tls_context, ssl_handshake_timeout=self.assoc_settings.timeouts.acse)
+            await writer.start_tls(context, ssl_handshake_timeout=max(deadline - asyncio.get_running_loop().time(),
+                                                                      0.001))
         except (OSError, EOFError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             why = describe_tls_error(exc)
             log.warning("client from %s:%s failed the TLS handshake: %s", host, port, why)
-            writer.close()
+            writer.transport.abort()
             self._record(AssociationRecord(started_at=started, ended_at=datetime.now(UTC), role="acceptor",
                                            calling_aet="", called_aet="", peer_host=str(host), peer_port=int(port),
                                            accepted=False, reject_reason=f"TLS handshake failed: {why}",
                                            tls="failed"))
-            return
-        finally:
-            self._handshakes -= 1
-        await self._on_connection(reader, writer)
+            return False
+        return True
 
-    def _too_many(self, writer: asyncio.StreamWriter) -> bool:
-        if len(self.connections) + self._handshakes >= self.max_associations + CONNECTION_SLACK:
-            peer = writer.get_extra_info("peername")
-            log.warning("connection from %s closed unread: %d connections already open", peer,
-                        len(self.connections) + self._handshakes)
-            writer.close()
-            return True
-        return False
-
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._too_many(writer):
-            return
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                             slot: PendingSlot, deadline: float) -> None:
         assoc = Association(
             reader, writer, self.assoc_settings, is_requestor=False,
             negotiator=self._negotiate, handler=self._handle, sink_factory=self._sink_for,
             preparer=self._prepare,
         )
+        # The slot is held until the association is accepted (or the connection ends).
+        assoc.established.add_done_callback(lambda _: slot.release())
+        expiry = asyncio.get_running_loop().call_at(deadline, self._handshake_expired, assoc)
         self.connections.add(assoc)
         try:
             await assoc.dul.run()
             await assoc.wait_closed()
         finally:
+            expiry.cancel()
+            self._identity_checks.pop(assoc, None)
+            self._identity_answers.pop(assoc, None)
             self.connections.discard(assoc)
             self.established.discard(assoc)
             if assoc.established.done() and not assoc.established.cancelled():
                 assoc.established.exception()  # acceptors never await it: mark a failure as seen
             self._log(assoc)
 
+    def _handshake_expired(self, assoc: Association) -> None:
+        """handshake_timeout: no complete A-ASSOCIATE-RQ yet; close the connection (it is not an association)."""
+        if assoc.rq_received or assoc.dul.is_closed:
+            return
+        started = (datetime.now(UTC) - assoc.started_at).total_seconds()
+        assoc.dul.end_reason = (f"no complete A-ASSOCIATE-RQ {started:.1f}s after connecting "
+                                f"(handshake_timeout = {min(self.handshake_timeout, self.assoc_settings.timeouts.acse):g}s)")
+        assoc.abort(assoc.dul.end_reason)
+
     def _negotiate(self, assoc: Association, rq: AAssociateRQ) -> AAssociateAC | AAssociateRJ:
         reject = self._check(assoc, rq)
         if reject is not None:
             rj, why = reject
-            assoc.info["reject_reason"] = f"{describe_rejection(rj)}: {why}"
+            assoc.reject_reason = f"{describe_rejection(rj)}: {why}"
             log.warning("%s association rejected: %s", assoc.label, why)
             return rj
         answers, accepted, roles = negotiate(rq.presentation_contexts, self.supported, rq.user_information.roles)
-        identity_ac = assoc.info.pop("user_identity_ac", None)
+        identity_ac = self._identity_answers.pop(assoc, None)
         self.established.add(assoc)
         info = UserInformation(
             maximum_length=self.assoc_settings.max_pdu_receive,
             implementation_class_uid=IMPLEMENTATION_CLASS_UID,
             implementation_version_name=IMPLEMENTATION_VERSION_NAME,
             roles=roles,
+            async_ops=self._async_window(rq),
             extended=self._extended_negotiation(rq),
-            user_identity_ac=identity_ac if isinstance(identity_ac, UserIdentityAC) else None,
+            user_identity_ac=identity_ac,
         )
         if not accepted:
             log.warning("%s none of the %d proposed presentation contexts is acceptable",
@@ -281,24 +478,32 @@ class DicomServer:
             called_ae=rq.called_ae, calling_ae=rq.calling_ae, presentation_contexts=answers, user_information=info
         )
 
+    def _async_window(self, rq: AAssociateRQ) -> AsynchronousOperationsWindow | None:
+        """PS3.7 D.3.3.3: answered only when proposed (else both sides use 1/1). The requestor may
+        invoke as many as it proposed, up to max_async_operations (its 0, unlimited, gets ours);
+        we perform one at a time on it (C-GET sub-operations are sequential)."""
+        proposed = rq.user_information.async_ops
+        if proposed is None:
+            return None
+        ours = self.max_async_operations
+        invoked = ours if proposed.max_invoked == 0 else min(proposed.max_invoked, ours)
+        return AsynchronousOperationsWindow(invoked, 1)
+
     def _extended_negotiation(self, rq: AAssociateRQ) -> list[SOPClassExtendedNegotiation]:
-        """PS3.7 D.3.3.5: each service answers the items for its SOP classes
-        (an optional ``extended_negotiation(items) -> replies`` method)."""
+        """PS3.7 D.3.3.5: each service answers the items for its SOP classes (ServiceClass.extended_negotiation)."""
         replies: list[SOPClassExtendedNegotiation] = []
         proposed = rq.user_information.extended
         if not proposed:
             return replies
         for service in self.services:
-            hook = getattr(service, "extended_negotiation", None)
-            if callable(hook):
-                replies.extend(hook(proposed))
+            replies.extend(service.extended_negotiation(proposed))
         return replies
 
     async def _prepare(self, assoc: Association, rq: AAssociateRQ) -> None:
         """Check a User Identity in a thread: a passcode costs a scrypt (~50 ms) the first time,
         and a peer sending wrong ones must not stall every other association on the loop."""
         if self.identity is not None and rq.user_information.user_identity_rq is not None:
-            assoc.info["identity_check"] = await asyncio.to_thread(
+            self._identity_checks[assoc] = await asyncio.to_thread(
                 self.identity.check, rq.user_information.user_identity_rq)
 
     def _check(self, assoc: Association, rq: AAssociateRQ) -> tuple[AAssociateRJ, str] | None:
@@ -318,14 +523,14 @@ class DicomServer:
                 code = 7 if refusal.called else 3  # called / calling AE title not recognized
                 return AAssociateRJ(1, 1, code), f"{refusal.reason} (rule: {refusal.rule})"
         if self.identity is not None:  # PS3.7 D.3.3.7; refused: 1/1/1, no reason given (see user_identity.py)
-            identity = assoc.info.pop("identity_check", None)
-            if not isinstance(identity, IdentityCheck):  # no item: nothing slow to check
+            identity = self._identity_checks.pop(assoc, None)
+            if identity is None:  # no item: nothing slow to check
                 identity = self.identity.check(rq.user_information.user_identity_rq)
-            assoc.info["user_identity"] = identity.user
+            assoc.user_identity = identity.user
             if not identity.accepted:
                 return AAssociateRJ(1, 1, 1), f"user identity refused: {identity.why}"
             if identity.response is not None:
-                assoc.info["user_identity_ac"] = identity.response
+                self._identity_answers[assoc] = identity.response
             if rq.user_information.user_identity_rq is not None:
                 log.info("%s %s", assoc.label, identity.why)
         if len(self.established) >= self.max_associations:
@@ -343,22 +548,17 @@ class DicomServer:
         return sink if sink is not None else BytesSink()
 
     async def _handle(self, assoc: Association, message: Message) -> None:
-        handler = self.dispatch.get((message.context.abstract_syntax, message.command.name))
-        if handler is not None and message.context.requestor_is_scu:
-            await handler(assoc, message)
+        operation = self.dispatch.get((message.context.abstract_syntax, message.command.name))
+        if operation is not None and message.context.requestor_is_scu:
+            await dispatch(assoc, message, operation)
             return
-        # PS3.7 C.5.? 0x0211 Unrecognized operation: say so and keep the association.
+        # PS3.7 C.4.2 0x0211 Unrecognized operation: say so and keep the association.
         log.warning("%s %s on %s is not supported here", assoc.label, message.command.name,
                     uid_name(message.context.abstract_syntax))
         if message.dataset is not None:
             message.dataset.discard()
-        rsp_name = message.command.name.replace("-RQ", "-RSP")
-        fields: dict[str, Any] = {"MessageIDBeingRespondedTo": message.command.get("MessageID", 0), "Status": 0x0211}
-        for key in ("AffectedSOPClassUID", "AffectedSOPInstanceUID"):
-            if key in message.command:
-                fields[key] = message.command[key]
         try:
-            await assoc.send_message(message.context.context_id, Command.make(rsp_name, **fields))
+            await send_answer(assoc, message, Response(UNRECOGNIZED_OPERATION))
         except (KeyError, ValueError):
             assoc.abort(f"cannot answer {message.command.name}")
 
@@ -367,7 +567,7 @@ class DicomServer:
         rec = association_record(assoc, "acceptor")
         level = logging.INFO if rec.accepted else logging.WARNING
         log.log(level, "%s association ended: %s; %s", assoc.label, rec.end_reason or rec.reject_reason,
-                _counts(assoc.info.get("operation_counts")))
+                _counts(assoc.operation_counts))
         self._record(rec)
 
     def _record(self, rec: AssociationRecord) -> None:
@@ -382,8 +582,8 @@ class DicomServer:
             log.error("could not write the association log: %s", task.exception())
 
 
-def _counts(counts: object) -> str:
-    if not isinstance(counts, Mapping) or not counts:
+def _counts(counts: Mapping[str, int]) -> str:
+    if not counts:
         return "no operations"
     return ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
 
@@ -404,12 +604,12 @@ def association_record(assoc: Association, role: str) -> AssociationRecord:
                 "transfer_syntax": ans.transfer_syntax if ans and ans.result == 0 else "",
             })
     accepted = assoc.ac is not None
-    reject = str(assoc.info.get("reject_reason", ""))
+    reject = assoc.reject_reason
     if assoc.rq is None and not reject:
         reject = f"no A-ASSOCIATE-RQ received ({assoc.end_reason or 'connection closed'})"
-    counts = assoc.info.get("operation_counts")
+    counts = assoc.operation_counts
     ops = list(assoc.operations)
-    if isinstance(counts, Mapping) and sum(counts.values()) > len(ops):
+    if sum(counts.values()) > len(ops):
         ops.append({"op": "summary", "counts": dict(counts)})
     return AssociationRecord(
         started_at=assoc.started_at,
@@ -428,7 +628,7 @@ def association_record(assoc: Association, role: str) -> AssociationRecord:
         bytes_sent=assoc.dul.bytes_sent,
         tls=assoc.tls.version if assoc.tls is not None else "",
         tls_peer=assoc.tls.peer_subject if assoc.tls is not None else "",
-        user_identity=str(assoc.info.get("user_identity", "")),
+        user_identity=assoc.user_identity,
     )
 
 

@@ -92,6 +92,10 @@ def status_for_find_error(exc: BaseException) -> int:
 
 SUCCESS = 0x0000
 PROCESSING_FAILURE = 0x0110
+#: PS3.7 C.4.2 / Annex C: Refused: Not authorized
+NOT_AUTHORIZED = 0x0124
+#: PS3.7 C.4.4: more responses follow
+PENDING_STATUSES = frozenset({0xFF00, 0xFF01})
 PENDING = 0xFF00
 CANCEL = 0xFE00
 SUBOPS_SOME_FAILED = 0xB000
@@ -198,4 +202,26 @@ COMMITMENT = _table(
 FAILURE_REASONS: dict[commitment.Failure, int] = {
     commitment.Failure.NO_SUCH_OBJECT: 0x0112,  # No such object instance
     commitment.Failure.CLASS_INSTANCE_CONFLICT: 0x0119,  # Class / Instance conflict
+}
+
+
+# What a request is answered when its handler fails unexpectedly (an exception, or no response):
+# the failure status its service defines for "the SCP could not process this".
+# PS3.4 B.2.3 / PS3.7 C.4.2 (C-STORE: Processing failure, as for our other internal errors),
+# PS3.4 C.4.1.1.4 (C-FIND, worklist included: Cxxx Unable to process),
+# PS3.4 C.4.2.1.5 / C.4.3.1.4 (C-MOVE, C-GET: Cxxx Unable to process),
+# PS3.7 C.4.2 and 10.1.x (C-ECHO and every DIMSE-N request: 0x0110 Processing failure).
+HANDLER_FAILURE: dict[str, int] = {
+    "C-ECHO-RQ": PROCESSING_FAILURE,
+    "C-STORE-RQ": PROCESSING_FAILURE,
+    "C-FIND-RQ": UNABLE_TO_PROCESS,
+    "C-MOVE-RQ": UNABLE_TO_PROCESS,
+    "C-GET-RQ": UNABLE_TO_PROCESS,
+    "N-EVENT-REPORT-RQ": PROCESSING_FAILURE,
+    "N-GET-RQ": PROCESSING_FAILURE,
+    "N-SET-RQ": PROCESSING_FAILURE,
+    "N-ACTION-RQ": PROCESSING_FAILURE,
+    "N-CREATE-RQ": PROCESSING_FAILURE,
+    "N-DELETE-RQ": PROCESSING_FAILURE,
+    "default": PROCESSING_FAILURE,
 }

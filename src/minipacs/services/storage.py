@@ -7,8 +7,6 @@ response goes out only after the archive made file and index row durable.
 
 from __future__ import annotations
 
-from typing import Any
-
 import logging
 from collections.abc import Mapping
 
@@ -16,13 +14,14 @@ from minipacs.core.archive import Archive
 from minipacs.core.errors import ArchiveError
 from minipacs.core.model import Origin, StagedPath
 from minipacs.core.staging import StagingFile
-from minipacs.net.association import Association, DatasetSink, Message, RequestHandler
+from minipacs.net.association import Association, DatasetSink, Message
 from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.net.uids import transfer_syntax, uid_name
 from minipacs.net.uids_generated import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
-from minipacs.services.base import record_operation
-from minipacs.services.status import SUCCESS, comment, describe, status_for_store_error
+from minipacs.services.base import Service, record_operation
+from minipacs.services.dispatch import Operation, Response
+from minipacs.services.status import SUCCESS, describe, status_for_store_error
 
 log = logging.getLogger("minipacs.storage")
 
@@ -49,7 +48,7 @@ class StagingSink:
         self.staging.discard()
 
 
-class StorageSCP:
+class StorageSCP(Service):
     name = "storage"
 
     def __init__(self, archive: Archive, *, scu_role: bool = False) -> None:
@@ -62,22 +61,23 @@ class StorageSCP:
         return {uid: SupportedContext(uid, STORABLE_TRANSFER_SYNTAXES, scu_role=self.scu_role)
                 for uid in STORAGE_SOP_CLASSES}
 
-    def handlers(self) -> Mapping[str, RequestHandler]:
-        return {"C-STORE-RQ": self.c_store}
+    def handlers(self) -> Mapping[str, Operation]:
+        return {"C-STORE-RQ": Operation(self.c_store, access="store")}
 
     def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> DatasetSink | None:
         staging = self.archive.open_staging(
-            str(command.get("AffectedSOPClassUID", "")),
-            str(command.get("AffectedSOPInstanceUID", "")),
+            command.affected_sop_class_uid,
+            command.affected_sop_instance_uid,
             context.transfer_syntax,
             assoc.calling_ae,
         )
         return StagingSink(staging)
 
-    async def c_store(self, assoc: Association, message: Message) -> None:
+    async def c_store(self, assoc: Association, message: Message) -> Response:
+        """PS3.4 B.2.3: Success only once the instance is durable; a refusal says why."""
         cmd = message.command
-        sop_class = str(cmd.get("AffectedSOPClassUID", ""))
-        sop_instance = str(cmd.get("AffectedSOPInstanceUID", ""))
+        sop_class = cmd.affected_sop_class_uid
+        sop_instance = cmd.affected_sop_instance_uid
         status, text = SUCCESS, ""
         outcome = ""
         sink = message.dataset
@@ -104,16 +104,8 @@ class StorageSCP:
                 status, text = status_for_store_error(exc), f"internal error: {type(exc).__name__}"
         if status != SUCCESS:
             log.warning("%s C-STORE %s refused with %s: %s", assoc.label, sop_instance, describe(status), text)
-        fields: dict[str, Any] = {
-            "MessageIDBeingRespondedTo": cmd["MessageID"],
-            "AffectedSOPClassUID": sop_class,
-            "AffectedSOPInstanceUID": sop_instance,
-            "Status": status,
-        }
-        if text:
-            fields["ErrorComment"] = comment(text)
-        await assoc.send_message(message.context.context_id, Command.make("C-STORE-RSP", **fields))
         record_operation(
             assoc, op="C-STORE", sop_class=sop_class, sop_instance=sop_instance, status=status,
             outcome=outcome or ("success" if status == SUCCESS else "failed"), error=text,
         )
+        return Response(status, error=text)

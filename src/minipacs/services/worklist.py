@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import AsyncGenerator, Mapping
+from typing import Final
 
 from minipacs.core.identifier import identifier_charset
 from minipacs.core.worklist import Worklist
 from minipacs.dicom.uids import MODALITY_WORKLIST_FIND
-from minipacs.net.association import Association, AssociationError, BytesSink, DatasetSink, Message, RequestHandler
+from minipacs.net.association import Association, BytesSink, DatasetSink, Message
 from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.net.uids import transfer_syntax, uid_name
+from minipacs.services.base import Service
+from minipacs.services.dispatch import Answer, Operation, Response
 from minipacs.services.qr_find import (
     FIND_TRANSFER_SYNTAXES,
     decode_identifier,
@@ -28,13 +30,13 @@ from minipacs.services.qr_find import (
     finish_find,
     response_charset,
 )
-from minipacs.services.status import FIND, FIND_CANCELLED, FIND_PENDING, SUCCESS, comment, describe
+from minipacs.services.status import FIND, FIND_CANCELLED, FIND_PENDING, SUCCESS, describe
 
 log = logging.getLogger("minipacs.worklist")
 
 
 
-class ModalityWorklistSCP:
+class ModalityWorklistSCP(Service):
     name = "modality worklist"
 
     def __init__(self, worklist: Worklist) -> None:
@@ -43,29 +45,19 @@ class ModalityWorklistSCP:
     def supported_contexts(self) -> Mapping[str, SupportedContext]:
         return {MODALITY_WORKLIST_FIND: SupportedContext(MODALITY_WORKLIST_FIND, frozenset(FIND_TRANSFER_SYNTAXES))}
 
-    def handlers(self) -> Mapping[str, RequestHandler]:
-        return {"C-FIND-RQ": self.c_find}
+    def handlers(self) -> Mapping[str, Operation]:
+        return {"C-FIND-RQ": Operation(self.c_find, access="find")}
 
     def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> DatasetSink | None:
         return None
 
-    async def c_find(self, assoc: Association, message: Message) -> None:
+    async def c_find(self, assoc: Association, message: Message) -> AsyncGenerator[Answer, None]:
         """PS3.4 K.4.1.3: one Pending response per matching Scheduled Procedure Step, then Success."""
         cmd = message.command
         context = message.context
-        sop_class = str(cmd.get("AffectedSOPClassUID", ""))
-        msg_id = cmd["MessageID"]
+        sop_class = cmd.affected_sop_class_uid
         matches = 0
         status, text = SUCCESS, ""
-
-        async def respond(code: int, identifier: bytes | None = None, error: str = "") -> None:
-            fields: dict[str, Any] = {"MessageIDBeingRespondedTo": msg_id, "AffectedSOPClassUID": sop_class,
-                                      "Status": code}
-            if error:
-                fields["ErrorComment"] = comment(error)
-            rsp = Command.make("C-FIND-RSP", has_dataset=identifier is not None, **fields)
-            await assoc.send_message(context.context_id, rsp, identifier)
-
         ts = transfer_syntax(context.transfer_syntax)
         sink = message.dataset
         try:
@@ -84,19 +76,15 @@ class ModalityWorklistSCP:
                     charset = response_charset(request_charset, found)
                     if charset:
                         found.SpecificCharacterSet = charset
-                    await respond(FIND_PENDING, encode_identifier(found, ts))
+                    yield Response(FIND_PENDING, dataset=encode_identifier(found, ts))
                     matches += 1
                     await asyncio.sleep(0)  # let the reader see a C-CANCEL
                 if message.cancelled.is_set():
                     status = FIND_CANCELLED
-        except AssociationError:
-            log.info("%s worklist C-FIND ended: the association is gone after %d match(es)", assoc.label, matches)
-            return
-        except Exception as exc:  # noqa: BLE001 - one query must not take the association down
+        except Exception as exc:  # noqa: BLE001 - the query's own failures get their C-FIND status
             status, text = find_failure(assoc, exc, "worklist C-FIND")
-        if not await finish_find(assoc, respond, status, text, what="worklist C-FIND", sop_class=sop_class,
-                                 level="WORKLIST", matches=matches):
-            return
+        yield finish_find(assoc, status, text, what="worklist C-FIND", sop_class=sop_class, level="WORKLIST",
+                          matches=matches)
         log.info("%s worklist C-FIND: %d match(es), %s", assoc.label, matches, describe(status, FIND))
 
 
