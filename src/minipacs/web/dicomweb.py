@@ -29,7 +29,7 @@ from minipacs.web.accept import ANY, DICOM, frame_choice, frame_choices_text, in
 from minipacs.web.errors import HttpError
 from minipacs.web.render import choose_format, parse_window, render
 from minipacs.web.routing import Endpoint
-from minipacs.web.search import search, to_json
+from minipacs.web.search import ascii_digits, search, to_json
 from minipacs.web.transfer import (
     OutPart, aiter_text, boundary_of, file_response, ingest_file, multipart_octets, multipart_response, new_boundary,
     read_body, split_multipart, stored_part,
@@ -139,10 +139,10 @@ async def metadata(request: Request) -> Response:
 
 
 def _frame_numbers(raw: str) -> list[int]:
-    try:
-        numbers = [int(part) for part in raw.split(",")]
-    except ValueError:
-        raise HttpError(400, "invalid_frames", f"frame numbers must be a comma-separated list, not {raw[:40]!r}") from None
+    fields = raw.split(",")
+    if not all(ascii_digits(part) for part in fields):
+        raise HttpError(400, "invalid_frames", f"frame numbers must be a comma-separated list, not {raw[:40]!r}")
+    numbers = [int(part) for part in fields]
     if not numbers or len(numbers) > 10000:
         raise HttpError(400, "invalid_frames", "give between 1 and 10000 frame numbers")
     return numbers
@@ -243,7 +243,7 @@ async def wado_uri(request: Request) -> Response:
     if content_type not in ("image/jpeg", "image/png"):
         raise HttpError(406, "not_acceptable", "contentType must be application/dicom, image/jpeg or image/png")
     frame = params.get("frameNumber", "1")
-    if not frame.isdigit():
+    if not ascii_digits(frame):
         raise HttpError(400, "invalid_frames", "frameNumber must be a positive number")
     window = None
     if params.get("windowCenter") and params.get("windowWidth"):

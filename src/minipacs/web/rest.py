@@ -24,7 +24,7 @@ from minipacs.web import completion
 from minipacs.web.dicomweb import ctx, root_url
 from minipacs.web.errors import HttpError
 from minipacs.web.routing import Endpoint
-from minipacs.web.search import search
+from minipacs.web.search import ascii_digits, search
 from minipacs.web.transfer import boundary_of, ingest_bytes, read_body, split_multipart, unzip, zip_stream
 
 # URL level -> (query level, unique key, retrieve level, delete level)
@@ -137,10 +137,12 @@ async def upload(request: Request) -> Response:
     """POST /api/instances: a DICOM file, a ZIP of them, or multipart/form-data / multipart/related files."""
     context = ctx(request)
     limit = context.settings.max_upload_bytes
-    content_type = request.headers.get("content-type", "application/dicom").lower()
+    # the boundary parameter is case-sensitive (RFC 2046 §5.1.1): only the media type is lower-cased
+    raw_type = request.headers.get("content-type", "application/dicom")
+    content_type = raw_type.lower()
     body = await read_body(request, limit)
     if content_type.startswith("multipart/"):
-        files = [(f"part {n}", part.body) for n, part in enumerate(split_multipart(body, boundary_of(content_type)), 1)]
+        files = [(f"part {n}", part.body) for n, part in enumerate(split_multipart(body, boundary_of(raw_type)), 1)]
     elif content_type.startswith(("application/zip", "application/x-zip")) or body[:4] == b"PK\x03\x04":
         files = unzip(body, limit)
     else:
@@ -156,7 +158,7 @@ async def upload(request: Request) -> Response:
 
 async def associations(request: Request) -> Response:
     raw = request.query_params.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= 10000:
+    if not ascii_digits(raw) or not 1 <= int(raw) <= 10000:
         raise HttpError(400, "invalid_limit", "limit must be a whole number from 1 to 10000")
     records = await ctx(request).archive.list_associations(int(raw))
     return JSONResponse([{**dataclasses.asdict(r), "started_at": r.started_at.isoformat(),

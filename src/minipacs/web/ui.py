@@ -31,7 +31,7 @@ from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError, classify
 from minipacs.web.pages import json_tag_rows, may, path_for, person, render, text
 from minipacs.web.routing import Endpoint, GuardedMount
-from minipacs.web.search import search
+from minipacs.web.search import ascii_digits, search
 from minipacs.web.ui_remote import remote_page
 from minipacs.web.ui_worklist import worklist_page
 
@@ -87,7 +87,7 @@ def _date_range(start: str, end: str) -> str:
 def _int(raw: str | None, default: int, allowed: range | tuple[int, ...], name: str) -> int:
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or int(raw) not in allowed:
+    if not ascii_digits(raw) or int(raw) not in allowed:
         raise HttpError(400, f"invalid_{name}", f"{name} must be one of the offered values, not {raw[:20]!r}")
     return int(raw)
 
