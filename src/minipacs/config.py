@@ -95,6 +95,10 @@ class Settings:
     http_port: int = 8042
     #: Largest HTTP request body accepted (uploads, STOW-RS); larger: 413.
     max_upload_bytes: int = 1024 * MiB
+    #: A ZIP upload may inflate to at most this many bytes in all (each member: max_dataset_bytes); larger: 413.
+    max_zip_inflated_bytes: int = 8192 * MiB
+    #: ... and to at most this many times its own size (beyond 1 MiB): an inflation bomb is refused (413).
+    max_zip_ratio: int = 200
     # --- HL7 v2 orders over MLLP (services/hl7_mllp.py)
     hl7_host: str = "127.0.0.1"
     #: 0 turns the HL7 listener off.
@@ -152,6 +156,8 @@ class Settings:
             raise ConfigError(f"http_port {self.http_port} is outside 0..65535 (0 turns HTTP off)")
         if self.max_upload_bytes < 1024:
             raise ConfigError("max_upload_bytes must be at least 1024")
+        if self.max_zip_inflated_bytes < 1024 or self.max_zip_ratio < 1:
+            raise ConfigError("max_zip_inflated_bytes must be at least 1024 and max_zip_ratio at least 1")
         if not 0 <= self.hl7_port <= 65535:
             raise ConfigError(f"hl7_port {self.hl7_port} is outside 0..65535 (0 turns the HL7 listener off)")
         if self.hl7_max_message_bytes < 1024:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import struct
+import threading
+import zipfile
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +13,8 @@ import httpx
 import pytest
 
 from minipacs.core.archive import Archive
+from minipacs.web import transfer as transfer_module
+from minipacs.web import unzip as unzip_module
 from tests.web.conftest import part10
 
 STUDY, SERIES, SOP = "1.2.3.4", "1.2.3.4.5", "1.2.3.4.5.6"
@@ -53,3 +59,181 @@ def test_non_ascii_digits_are_not_numbers(web: Callable[..., Any], url: str) -> 
         assert (await client.get(ascii_url)).status_code != 400, ascii_url
 
     web(body)
+
+
+# ------------------------------------------------------------------ item 5 and 11: ZIP uploads
+
+def zipped(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=method) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return out.getvalue()
+
+
+def corrupt_deflate(body: bytes, name: str) -> bytes:
+    """``body`` with bytes in the middle of member ``name``'s deflate stream flipped (the CRC still says
+    what it was)."""
+    with zipfile.ZipFile(io.BytesIO(body)) as z:
+        info = z.getinfo(name)
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    broken = bytearray(body)
+    for i in range(start + 2, start + min(40, info.compress_size - 2)):
+        broken[i] ^= 0xFF
+    return bytes(broken)
+
+
+async def post_zip(client: httpx.AsyncClient, body: bytes) -> httpx.Response:
+    return await client.post("/api/instances", content=body, headers={"Content-Type": "application/zip"})
+
+
+def test_zip_member_at_max_dataset_bytes(web: Callable[..., Any]) -> None:
+    data = part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP)
+
+    async def at_limit(client: httpx.AsyncClient, archive: Archive) -> None:
+        r = await post_zip(client, zipped({"a.dcm": data}))
+        assert r.status_code == 200, r.text
+
+    async def beyond(client: httpx.AsyncClient, archive: Archive) -> None:
+        before = await archive.count_instances()  # web() runs on the same data directory twice
+        r = await post_zip(client, zipped({"a.dcm": data}))
+        assert r.status_code == 413, r.text
+        assert "max_dataset_bytes" in r.json()["error"]["message"] and await archive.count_instances() == before
+
+    web(at_limit, max_dataset_bytes=len(data))
+    web(beyond, max_dataset_bytes=len(data) - 1)
+
+
+def test_zip_total_at_max_zip_inflated_bytes(web: Callable[..., Any]) -> None:
+    files = {f"{n}.dcm": part10(study_uid=STUDY, series_uid=SERIES) for n in range(3)}
+    total = sum(map(len, files.values()))
+
+    async def at_limit(client: httpx.AsyncClient, archive: Archive) -> None:
+        r = await post_zip(client, zipped(files))
+        assert r.status_code == 200 and r.json()["stored"] == 3, r.text
+
+    async def beyond(client: httpx.AsyncClient, archive: Archive) -> None:
+        before = await archive.count_instances()
+        r = await post_zip(client, zipped(files))
+        assert r.status_code == 413, r.text
+        assert "max_zip_inflated_bytes" in r.json()["error"]["message"] and await archive.count_instances() == before
+
+    web(at_limit, max_zip_inflated_bytes=total)
+    web(beyond, max_zip_inflated_bytes=total - 1)
+
+
+def test_zip_inflation_ratio_at_max_zip_ratio(web: Callable[..., Any]) -> None:
+    """Zeros: 4 MiB inflate from a few kB. At the ratio they are inflated (and refused as not DICOM, a
+    400 per file); one below it the archive is refused before anything is inflated."""
+    body = zipped({"zeros.bin": bytes(4 * 1024 * 1024)})
+    total = 4 * 1024 * 1024
+    ratio = -(-total // len(body))
+    assert total > (ratio - 1) * len(body)
+
+    async def at_limit(client: httpx.AsyncClient, archive: Archive) -> None:
+        r = await post_zip(client, body)
+        assert r.status_code == 400 and r.json()["results"][0]["status"] == "failed", r.text
+
+    async def beyond(client: httpx.AsyncClient, archive: Archive) -> None:
+        r = await post_zip(client, body)
+        assert r.status_code == 413 and "max_zip_ratio" in r.json()["error"]["message"], r.text
+
+    web(at_limit, max_zip_ratio=ratio)
+    web(beyond, max_zip_ratio=ratio - 1)
+
+
+def test_zip_bomb_is_refused_before_inflating(web: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The issue's case: 1 MB of ZIP claiming about a gigabyte. Members share one deflate stream
+    (overlapping entries), so the archive stays small; with the defaults it is refused with a 413
+    and nothing is inflated."""
+    kernel = zipped({"k": bytes(1024 * 1024 * 1024 // 1024)}, zipfile.ZIP_DEFLATED)  # 1 MiB of zeros
+    # 1,000 central-directory entries pointing at the same local entry: 1,000 MiB declared
+    with zipfile.ZipFile(io.BytesIO(kernel)) as z:
+        info = z.infolist()[0]
+    local_end = info.header_offset + 30 + len(info.filename) + len(info.extra) + info.compress_size
+    local = kernel[:local_end]
+    central = b""
+    for n in range(1000):
+        entry = zipfile.ZipInfo(f"m{n:04d}.dcm", date_time=info.date_time)
+        entry.compress_type, entry.CRC = info.compress_type, info.CRC
+        entry.compress_size, entry.file_size, entry.header_offset = info.compress_size, info.file_size, 0
+        entry.filename = "k"  # the local header's name: zipfile checks they agree
+        central += _central_record(entry)
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 1000, 1000, len(central), len(local), 0)
+    bomb = local + central + end
+    assert len(bomb) < 1024 * 1024
+    inflated: list[str] = []
+    real = unzip_module.inflate
+    monkeypatch.setattr(transfer_module, "inflate", lambda *a: inflated.append("x") or real(*a))
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        r = await post_zip(client, bomb)
+        assert r.status_code == 413, r.text
+        assert "max_zip" in r.json()["error"]["message"]
+        assert inflated == [] and await archive.count_instances() == 0
+
+    web(body)
+
+
+def _central_record(info: zipfile.ZipInfo) -> bytes:
+    """A central directory file header (APPNOTE 4.3.12) for ``info``."""
+    name = info.filename.encode()
+    dostime = info.date_time[3] << 11 | info.date_time[4] << 5 | info.date_time[5] // 2
+    dosdate = (info.date_time[0] - 1980) << 9 | info.date_time[1] << 5 | info.date_time[2]
+    return struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, info.compress_type, dostime, dosdate, info.CRC,
+                       info.compress_size, info.file_size, len(name), 0, 0, 0, 0, 0, info.header_offset) + name
+
+
+def test_zip_members_are_inflated_in_a_worker_thread(web: Callable[..., Any],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[str] = []
+    real = unzip_module.inflate
+
+    def spy(*args: Any) -> int:
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(transfer_module, "inflate", spy)
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        r = await post_zip(client, zipped({"a.dcm": part10(), "b.dcm": part10()}))
+        assert r.status_code == 200, r.text
+        assert len(threads) == 2 and threading.main_thread().name not in threads
+
+    web(body)
+
+
+def test_zip_with_a_corrupt_deflate_stream_is_a_per_file_failure(web: Callable[..., Any]) -> None:
+    """Was a 500 (zlib.error escaped). Now the broken member fails with a sentence; the others are stored."""
+    good = part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP)
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        r = await post_zip(client, corrupt_deflate(zipped({"bad.dcm": part10()}), "bad.dcm"))
+        assert r.status_code == 400, r.text
+        assert "cannot be inflated" in r.json()["results"][0]["message"]
+        r = await post_zip(client, corrupt_deflate(zipped({"good.dcm": good, "bad.dcm": part10()}), "bad.dcm"))
+        assert r.status_code == 207, r.text
+        assert [x["status"] for x in r.json()["results"]] == ["stored", "failed"]
+        assert await archive.count_instances() == 1
+
+    web(body)
+
+
+def test_zip_member_that_inflates_beyond_its_header_stops_there(web: Callable[..., Any]) -> None:
+    """A local and central header that under-declare the inflated size: inflation stops at the
+    declared size and the member fails its CRC check (it is not stored, and no more is inflated)."""
+    data = part10()
+    body = bytearray(zipped({"a.dcm": data}))
+    with zipfile.ZipFile(io.BytesIO(bytes(body))) as z:
+        info = z.getinfo("a.dcm")
+    small = struct.pack("<L", 1000)
+    body[info.header_offset + 22:info.header_offset + 26] = small  # local header: uncompressed size
+    central = bytes(body).rindex(b"PK\x01\x02")
+    body[central + 24:central + 28] = small  # central directory: uncompressed size
+
+    async def run(client: httpx.AsyncClient, archive: Archive) -> None:
+        r = await post_zip(client, bytes(body))
+        assert r.status_code == 400, r.text
+        assert r.json()["results"][0]["status"] == "failed" and await archive.count_instances() == 0
+
+    web(run)

@@ -25,7 +25,8 @@ from minipacs.web.dicomweb import ctx, root_url
 from minipacs.web.errors import HttpError
 from minipacs.web.routing import Endpoint
 from minipacs.web.search import ascii_digits, search
-from minipacs.web.transfer import boundary_of, ingest_bytes, read_body, split_multipart, unzip, zip_stream
+from minipacs.web.transfer import boundary_of, ingest_bytes, ingest_zip, read_body, split_multipart, zip_stream
+from minipacs.web.unzip import ZipLimits
 
 # URL level -> (query level, unique key, retrieve level, delete level)
 LEVELS: Final[Mapping[str, tuple[Level, str, str, str]]] = {
@@ -141,16 +142,17 @@ async def upload(request: Request) -> Response:
     raw_type = request.headers.get("content-type", "application/dicom")
     content_type = raw_type.lower()
     body = await read_body(request, limit)
-    if content_type.startswith("multipart/"):
-        files = [(f"part {n}", part.body) for n, part in enumerate(split_multipart(body, boundary_of(raw_type)), 1)]
-    elif content_type.startswith(("application/zip", "application/x-zip")) or body[:4] == b"PK\x03\x04":
-        files = unzip(body, limit)
-    else:
-        files = [("body", body)]
-    if not files:
-        raise HttpError(400, "no_files", "the upload holds no file")
     origin = Origin("rest", peer_host=request.client.host if request.client else "")
-    results = [{"file": name, **await ingest_bytes(context.archive, data, origin)} for name, data in files]
+    results: list[dict[str, str]] = []
+    if content_type.startswith("multipart/"):
+        for n, part in enumerate(split_multipart(body, boundary_of(raw_type)), 1):
+            results.append({"file": f"part {n}", **await ingest_bytes(context.archive, part.body, origin, f"part {n}")})
+    elif content_type.startswith(("application/zip", "application/x-zip")) or body[:4] == b"PK\x03\x04":
+        results = await ingest_zip(context.archive, body, origin, ZipLimits.of(context.settings))
+    else:
+        results.append({"file": "body", **await ingest_bytes(context.archive, body, origin, "the body")})
+    if not results:
+        raise HttpError(400, "no_files", "the upload holds no file")
     ok = sum(r["status"] != "failed" for r in results)
     status = 200 if ok == len(results) else 207 if ok else 400
     return JSONResponse({"stored": ok, "failed": len(results) - ok, "results": results}, status_code=status)
