@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
+import tempfile
 import threading
 import zipfile
 from collections.abc import Callable
@@ -13,6 +15,7 @@ import httpx
 import pytest
 
 from minipacs.core.archive import Archive
+from minipacs.core.errors import OutOfResources
 from minipacs.web import transfer as transfer_module
 from minipacs.web import unzip as unzip_module
 from tests.web.conftest import part10
@@ -237,3 +240,71 @@ def test_zip_member_that_inflates_beyond_its_header_stops_there(web: Callable[..
         assert r.json()["results"][0]["status"] == "failed" and await archive.count_instances() == 0
 
     web(run)
+
+
+# ------------------------------------------------------------------ item 11: a full disk is 507 with a sentence
+
+@pytest.fixture
+def full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Staging files are opened on /dev/full: every write fails with ENOSPC, as on a full disk."""
+    real = tempfile.mkstemp
+
+    def mkstemp(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        fd, name = real(*args, **kwargs)
+        os.close(fd)
+        return os.open("/dev/full", os.O_WRONLY), name
+
+    monkeypatch.setattr(transfer_module.tempfile, "mkstemp", mkstemp)
+
+
+STOW_TYPE = 'multipart/related; type="application/dicom"; boundary=XyZ'
+
+
+def stow_body(*files: bytes) -> bytes:
+    return b"".join(b"--XyZ\r\nContent-Type: application/dicom\r\n\r\n" + f + b"\r\n" for f in files) + b"--XyZ--\r\n"
+
+
+@pytest.mark.parametrize("kind", ["dicom", "zip", "multipart", "stow"])
+def test_full_disk_is_507_with_a_sentence(web: Callable[..., Any], full_disk: None, kind: str) -> None:
+    data = part10()
+    url, content, ctype = {
+        "dicom": ("/api/instances", data, "application/dicom"),
+        "zip": ("/api/instances", zipped({"a.dcm": data}), "application/zip"),
+        "multipart": ("/api/instances", stow_body(data), STOW_TYPE),
+        "stow": ("/dicom-web/studies", stow_body(data), STOW_TYPE),
+    }[kind]
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        r = await client.post(url, content=content, headers={"Content-Type": ctype})
+        assert r.status_code == 507, r.text
+        message = r.json()["error"]["message"]
+        assert "disk is full" in message and "Free disk space" in message, message
+        assert str(archive.settings.data_dir) not in message
+        assert await archive.count_instances() == 0
+
+    web(body)
+
+
+def test_archive_out_of_resources_stops_the_upload_with_507(web: Callable[..., Any],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The archive's own OutOfResources (its storage filled while indexing) was one failed file per file;
+    the second file fills nothing more: 507 saying the first was stored."""
+    files = [part10(), part10(), part10()]
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        real = archive.import_file
+        calls: list[int] = []
+
+        async def import_file(path: Any, origin: Any) -> Any:
+            calls.append(1)
+            if len(calls) == 2:
+                raise OutOfResources("cannot write to storage: No space left on device")
+            return await real(path, origin)
+
+        monkeypatch.setattr(archive, "import_file", import_file)
+        r = await client.post("/dicom-web/studies", content=stow_body(*files), headers={"Content-Type": STOW_TYPE})
+        assert r.status_code == 507, r.text
+        assert "1 of the 3 file(s) before it were stored" in r.json()["error"]["message"]
+        assert len(calls) == 2 and await archive.count_instances() == 1
+
+    web(body)

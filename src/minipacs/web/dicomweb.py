@@ -31,8 +31,8 @@ from minipacs.web.render import choose_format, parse_window, render
 from minipacs.web.routing import Endpoint
 from minipacs.web.search import ascii_digits, search, to_json
 from minipacs.web.transfer import (
-    OutPart, aiter_text, boundary_of, file_response, ingest_file, multipart_octets, multipart_response, new_boundary,
-    read_body, split_multipart, stored_part,
+    OutPart, aiter_text, boundary_of, file_response, ingest_file, insufficient_storage, multipart_octets,
+    multipart_response, new_boundary, read_body, split_multipart, stored_part,
 )
 from minipacs.web.types import AppContext
 
@@ -303,7 +303,7 @@ async def store(request: Request) -> Response:
     stored: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     origin = Origin("stow", peer_host=request.client.host if request.client else "")
-    for part in parts:
+    for number, part in enumerate(parts, 1):
         class_uid, instance_uid, study_uid = await asyncio.to_thread(_sop_uids, part.body)
         if part.content_type and not part.content_type.lower().startswith("application/dicom"):
             failed.append(_item(class_uid, instance_uid,
@@ -313,7 +313,9 @@ async def store(request: Request) -> Response:
             failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [0xA900]}))
             continue
         try:
-            outcome = await ingest_file(context.archive, part.body, origin)
+            outcome = await ingest_file(context.archive, part.body, origin, f"part {number}")
+        except OutOfResources as exc:  # the parts after it would fail the same way
+            raise insufficient_storage(exc, len(stored), len(parts)) from None
         except ArchiveError as exc:
             reason = failure_reason(exc, class_uid)
             failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [reason]}))

@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute
 
 from minipacs.core import changes as journal
 from minipacs.core.delete import delete_resource
-from minipacs.core.errors import NotFound
+from minipacs.core.errors import NotFound, OutOfResources
 from minipacs.core.metadata import BULK_PREFIX
 from minipacs.core.model import Origin
 from minipacs.core.nodes import node_from_mapping
@@ -25,7 +25,9 @@ from minipacs.web.dicomweb import ctx, root_url
 from minipacs.web.errors import HttpError
 from minipacs.web.routing import Endpoint
 from minipacs.web.search import ascii_digits, search
-from minipacs.web.transfer import boundary_of, ingest_bytes, ingest_zip, read_body, split_multipart, zip_stream
+from minipacs.web.transfer import (
+    boundary_of, ingest_bytes, ingest_zip, insufficient_storage, read_body, split_multipart, zip_stream,
+)
 from minipacs.web.unzip import ZipLimits
 
 # URL level -> (query level, unique key, retrieve level, delete level)
@@ -144,13 +146,17 @@ async def upload(request: Request) -> Response:
     body = await read_body(request, limit)
     origin = Origin("rest", peer_host=request.client.host if request.client else "")
     results: list[dict[str, str]] = []
-    if content_type.startswith("multipart/"):
-        for n, part in enumerate(split_multipart(body, boundary_of(raw_type)), 1):
-            results.append({"file": f"part {n}", **await ingest_bytes(context.archive, part.body, origin, f"part {n}")})
-    elif content_type.startswith(("application/zip", "application/x-zip")) or body[:4] == b"PK\x03\x04":
+    if content_type.startswith(("application/zip", "application/x-zip")) or (
+            not content_type.startswith("multipart/") and body[:4] == b"PK\x03\x04"):
         results = await ingest_zip(context.archive, body, origin, ZipLimits.of(context.settings))
     else:
-        results.append({"file": "body", **await ingest_bytes(context.archive, body, origin, "the body")})
+        files = [(f"part {n}", part.body) for n, part in enumerate(split_multipart(body, boundary_of(raw_type)), 1)] \
+            if content_type.startswith("multipart/") else [("body", body)]
+        for name, data in files:
+            try:
+                results.append({"file": name, **await ingest_bytes(context.archive, data, origin, name)})
+            except OutOfResources as exc:
+                raise insufficient_storage(exc, sum(r["status"] != "failed" for r in results), len(files)) from None
     if not results:
         raise HttpError(400, "no_files", "the upload holds no file")
     ok = sum(r["status"] != "failed" for r in results)

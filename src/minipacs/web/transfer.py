@@ -160,6 +160,14 @@ async def ingest_bytes(archive: Archive, data: bytes | Callable[[BinaryIO], obje
         return failed_json(exc)
 
 
+def insufficient_storage(exc: OutOfResources, stored: int, total: int) -> HttpError:
+    """507 Insufficient Storage (RFC 4918 §11.5) for an upload the disk filled up under, with what was kept:
+    the DICOM side answers 0xA700 Out of Resources to a C-STORE in the same state."""
+    before = f"{stored} of the {total} file(s) before it were stored" if total > 1 else "nothing was stored"
+    return HttpError(507, "insufficient_storage", f"{exc}; {before}. Free disk space in the data directory, then "
+                     "send the rest again")
+
+
 async def ingest_zip(archive: Archive, body: bytes, origin: Origin, limits: ZipLimits) -> list[dict[str, str]]:
     """Store each file member of a ZIP (web/unzip.py: checked, then inflated one at a time off the loop)."""
     zipped, members = await asyncio.to_thread(open_zip, body, limits)
@@ -172,6 +180,8 @@ async def ingest_zip(archive: Archive, body: bytes, origin: Origin, limits: ZipL
                 result = await ingest_bytes(archive, write, origin, info.filename)
             except BrokenMember as exc:
                 result = failed_json(exc)
+            except OutOfResources as exc:
+                raise insufficient_storage(exc, sum(r["status"] != "failed" for r in results), len(members)) from None
             results.append({"file": info.filename, **result})
     finally:
         zipped.close()
@@ -447,4 +457,4 @@ async def aiter_text(items: AsyncIterator[str]) -> AsyncIterator[bytes]:
 
 __all__ = ["BLOCK", "OutPart", "Part", "aiter_text", "boundary_of", "file_response", "ingest_bytes", "ingest_file",
            "multipart_octets", "multipart_related", "outcome_json", "multipart_response", "new_boundary", "read_body", "split_multipart", "stored_part",
-           "failed_json", "ingest_zip", "zip_stream"]
+           "failed_json", "ingest_zip", "insufficient_storage", "zip_stream"]
