@@ -99,6 +99,12 @@ class Settings:
     max_zip_inflated_bytes: int = 8192 * MiB
     #: ... and to at most this many times its own size (beyond 1 MiB): an inflation bomb is refused (413).
     max_zip_ratio: int = 200
+    #: Renders and transcodes (/rendered, /thumbnail, WADO-URI images, transcoded WADO-RS) running at once ...
+    max_concurrent_renders: int = 2
+    #: ... and waiting for a turn; beyond both: 503 with Retry-After.
+    render_queue: int = 16
+    #: Most files in one request: STOW-RS parts, upload multipart parts or ZIP members; more: 413.
+    max_upload_parts: int = 10000
     # --- HL7 v2 orders over MLLP (services/hl7_mllp.py)
     hl7_host: str = "127.0.0.1"
     #: 0 turns the HL7 listener off.
@@ -158,6 +164,10 @@ class Settings:
             raise ConfigError("max_upload_bytes must be at least 1024")
         if self.max_zip_inflated_bytes < 1024 or self.max_zip_ratio < 1:
             raise ConfigError("max_zip_inflated_bytes must be at least 1024 and max_zip_ratio at least 1")
+        if self.max_concurrent_renders < 1 or self.render_queue < 0:
+            raise ConfigError("max_concurrent_renders must be at least 1 and render_queue at least 0")
+        if self.max_upload_parts < 1:
+            raise ConfigError("max_upload_parts must be at least 1")
         if not 0 <= self.hl7_port <= 65535:
             raise ConfigError(f"hl7_port {self.hl7_port} is outside 0..65535 (0 turns the HL7 listener off)")
         if self.hl7_max_message_bytes < 1024:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import struct
@@ -16,6 +17,7 @@ import pytest
 
 from minipacs.core.archive import Archive
 from minipacs.core.errors import OutOfResources
+from minipacs.web import dicomweb as dicomweb_module
 from minipacs.web import transfer as transfer_module
 from minipacs.web import unzip as unzip_module
 from tests.web.conftest import part10
@@ -308,3 +310,95 @@ def test_archive_out_of_resources_stops_the_upload_with_507(web: Callable[..., A
         assert len(calls) == 2 and await archive.count_instances() == 1
 
     web(body)
+
+
+# ------------------------------------------------------------------ item 7: bounded renders and parts
+
+@pytest.mark.parametrize("url", [
+    f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{SOP}/rendered",
+    f"/dicom-web/studies/{STUDY}/thumbnail",
+    f"/dicom-web/wado?requestType=WADO&studyUID={STUDY}&seriesUID={SERIES}&objectUID={SOP}",
+])
+def test_renders_at_max_concurrent_renders_and_render_queue(web: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
+                                                            url: str) -> None:
+    """One render runs, one waits (render_queue = 1); the third request is a 503 with Retry-After at once."""
+    release, running, most = threading.Event(), [0], [0]
+    lock = threading.Lock()
+
+    def slow_render(*args: Any) -> bytes:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        release.wait(10)
+        with lock:
+            running[0] -= 1
+        return b"\xff\xd8\xff\xd9"
+
+    monkeypatch.setattr(dicomweb_module, "render", slow_render)
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        await client.post("/api/instances", content=part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP),
+                          headers={"Content-Type": "application/dicom"})
+        first = [asyncio.create_task(client.get(url)) for _ in range(2)]
+        while client_pool(archive, client).admitted < 2:
+            await asyncio.sleep(0.01)
+        r = await client.get(url)
+        assert r.status_code == 503, r.text
+        assert r.headers["Retry-After"] == "2" and "max_concurrent_renders" in r.json()["error"]["message"]
+        release.set()
+        assert [x.status_code for x in await asyncio.gather(*first)] == [200, 200]
+        assert most[0] == 1
+        assert (await client.get(url)).status_code == 200  # the pool is free again
+
+    web(body, max_concurrent_renders=1, render_queue=1)
+
+
+def client_pool(archive: Archive, client: httpx.AsyncClient) -> Any:
+    transport = client._transport
+    return transport.app.state.ctx.renders  # type: ignore[attr-defined]
+
+
+def test_transcoding_shares_the_render_pool(web: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+
+    def slow_transcode(*args: Any) -> bytes:
+        release.wait(10)
+        return b""
+
+    monkeypatch.setattr(dicomweb_module, "transcode_part10", slow_transcode)
+    url = (f"/dicom-web/wado?requestType=WADO&studyUID={STUDY}&seriesUID={SERIES}&objectUID={SOP}"
+           "&contentType=application/dicom&transferSyntax=1.2.840.10008.1.2.1")
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        implicit = part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP, transfer_syntax="1.2.840.10008.1.2")
+        r = await client.post("/api/instances", content=implicit, headers={"Content-Type": "application/dicom"})
+        assert r.status_code == 200, r.text
+        first = asyncio.create_task(client.get(url))
+        while client_pool(archive, client).admitted < 1:
+            await asyncio.sleep(0.01)
+        r = await client.get(url)
+        assert r.status_code == 503 and "transcoding" in r.json()["error"]["message"], r.text
+        release.set()
+        assert (await first).status_code == 200
+
+    web(body, max_concurrent_renders=1, render_queue=0)
+
+
+@pytest.mark.parametrize("kind", ["stow", "multipart", "zip"])
+def test_parts_at_max_upload_parts(web: Callable[..., Any], kind: str) -> None:
+    """Three parts are taken (empty ones fail one by one); four are refused whole, before any is read."""
+    def request(n: int) -> tuple[str, bytes, str]:
+        if kind == "zip":
+            return "/api/instances", zipped({f"{i}.dcm": b"" for i in range(n)}), "application/zip"
+        body = b"".join(b"--XyZ\r\nContent-Type: application/dicom\r\n\r\n\r\n" for _ in range(n)) + b"--XyZ--\r\n"
+        return ("/dicom-web/studies" if kind == "stow" else "/api/instances"), body, STOW_TYPE
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        url, content, ctype = request(3)
+        r = await client.post(url, content=content, headers={"Content-Type": ctype})
+        assert r.status_code in (400, 409), r.text  # every part failed, one by one
+        url, content, ctype = request(4)
+        r = await client.post(url, content=content, headers={"Content-Type": ctype})
+        assert r.status_code == 413 and "max_upload_parts" in r.json()["error"]["message"], r.text
+
+    web(body, max_upload_parts=3)

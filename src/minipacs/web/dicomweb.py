@@ -35,6 +35,7 @@ from minipacs.web.transfer import (
     multipart_response, new_boundary, read_body, split_multipart, stored_part,
 )
 from minipacs.web.types import AppContext
+from minipacs.web.workers import RenderPool
 
 DICOM_JSON: Final = "application/dicom+json"
 # path parameter -> DICOM keyword of the UID it carries
@@ -100,9 +101,11 @@ async def _instances(request: Request, located: bool = True) -> list[StoredInsta
     return found
 
 
-def _transcoded_part(item: StoredInstance, target_ts: str) -> OutPart:
+def _transcoded_part(item: StoredInstance, target_ts: str, pool: RenderPool) -> OutPart:
+    """A part transcoded when the response reaches it, in the render pool (waiting for a turn there)."""
     return OutPart(f"application/dicom; transfer-syntax={target_ts}",
-                   produce=functools.partial(transcode_part10, item.path, target_ts), label=item.sop_instance_uid)
+                   produce=functools.partial(pool.call, functools.partial(transcode_part10, item.path, target_ts)),
+                   label=item.sop_instance_uid)
 
 
 async def retrieve(request: Request) -> Response:
@@ -112,7 +115,9 @@ async def retrieve(request: Request) -> Response:
         raise HttpError(406, "not_acceptable", "instances are available as multipart/related; "
                         'type="application/dicom" (bulk data and metadata have their own URLs)')
     found = await _instances(request, located=False)
+    pool = ctx(request).renders
     parts: list[OutPart] = []
+    targets: list[str] = []
     for item in found:
         target = instance_syntax(ranges, item.transfer_syntax_uid)
         if target is None:
@@ -121,13 +126,17 @@ async def retrieve(request: Request) -> Response:
                             f"syntax {item.transfer_syntax_uid} and cannot be converted to {asked}: this server "
                             "only decompresses (to Explicit VR Little Endian); ask for "
                             "transfer-syntax=* (as stored) or transfer-syntax=1.2.840.10008.1.2.1")
-        parts.append(stored_part(item) if target == item.transfer_syntax_uid else _transcoded_part(item, target))
+        parts.append(stored_part(item) if target == item.transfer_syntax_uid else
+                     _transcoded_part(item, target, pool))
+        targets.append(target)
     if len(parts) == 1 and parts[0].produce is not None:  # one instance: a failure can still be a 406
         try:
-            data = await asyncio.to_thread(parts[0].produce)
+            data = await pool.run(transcode_part10, found[0].path, targets[0], what="transcoding")
         except TranscodeError as exc:
             raise HttpError(406, "cannot_transcode", f"{exc}; ask for transfer-syntax=* to get it as stored") from None
         parts = [OutPart(parts[0].content_type, produce=lambda: data, label=parts[0].label)]
+    elif any(part.produce is not None for part in parts):
+        pool.check("transcoding")  # 503 now rather than a response that stalls part-way
     return await multipart_response(parts, new_boundary(), DICOM)
 
 
@@ -158,7 +167,8 @@ async def frames(request: Request) -> Response:
                         f"{item.transfer_syntax_uid}, which no media type in the Accept header allows; ask for "
                         f"{frame_choices_text(item.transfer_syntax_uid)}")
     try:
-        chunks = await asyncio.to_thread(pixel_frames, item.path, numbers, decode=choice.decode)
+        chunks = await ctx(request).renders.run(functools.partial(pixel_frames, item.path, numbers,
+                                                                  decode=choice.decode), what="decoding")
     except NoSuchFrame as exc:
         raise HttpError(404, "no_such_frame", str(exc)) from None
     except TranscodeError as exc:
@@ -184,7 +194,7 @@ async def bulkdata(request: Request) -> Response:
     except ValueError:
         raise HttpError(400, "invalid_tag", f"{raw[:20]!r} is not a tag (8 hex digits)") from None
     item = (await _instances(request))[0]
-    data = await asyncio.to_thread(_bulk, item, tag)
+    data = await ctx(request).renders.run(_bulk, item, tag, what="reading")
     boundary = new_boundary()
     return Response(multipart_octets([data], boundary, "application/octet-stream"),
                     media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}')
@@ -195,7 +205,7 @@ async def _render(request: Request, thumbnail: bool, frame: int = 1) -> Response
     item = found[len(found) // 2]  # a representative instance for study/series level
     mime = choose_format(request.headers.get("accept", ""))
     window = parse_window(request.query_params.get("window"))
-    data = await asyncio.to_thread(render, item.path, frame, mime, window, thumbnail)
+    data = await ctx(request).renders.run(render, item.path, frame, mime, window, thumbnail)
     return Response(data, media_type=mime)
 
 
@@ -230,7 +240,7 @@ async def wado_uri(request: Request) -> Response:
                 raise HttpError(406, "not_acceptable", f"the instance is stored in {stored} and cannot be converted "
                                 f"to {wanted[:64]}; leave transferSyntax out, or ask for 1.2.840.10008.1.2.1")
             try:
-                data = await asyncio.to_thread(transcode_part10, found[0].path, wanted)
+                data = await ctx(request).renders.run(transcode_part10, found[0].path, wanted, what="transcoding")
             except TranscodeError as exc:
                 raise HttpError(406, "cannot_transcode",
                                 f"{exc}; leave transferSyntax out to get it as stored") from None
@@ -248,7 +258,7 @@ async def wado_uri(request: Request) -> Response:
     window = None
     if params.get("windowCenter") and params.get("windowWidth"):
         window = parse_window(f"{params['windowCenter']},{params['windowWidth']}")
-    data = await asyncio.to_thread(render, found[0].path, int(frame), content_type, window, False)
+    data = await ctx(request).renders.run(render, found[0].path, int(frame), content_type, window, False)
     return Response(data, media_type=content_type)
 
 
@@ -298,7 +308,8 @@ async def store(request: Request) -> Response:
     if not content_type.lower().startswith("multipart/related"):
         raise HttpError(415, "unsupported_media_type", 'STOW-RS needs a multipart/related; type="application/dicom" '
                         "body")
-    parts = split_multipart(await read_body(request, context.settings.max_upload_bytes), boundary_of(content_type))
+    body = await read_body(request, context.settings.max_upload_bytes)
+    parts = split_multipart(body, boundary_of(content_type), context.settings.max_upload_parts)
     root = root_url(request)
     stored: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []

@@ -30,9 +30,10 @@ log = logging.getLogger("minipacs.web.errors")
 class HttpError(Exception):
     """An error the web layer itself raises (bad parameter, too large, not acceptable)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.headers: Mapping[str, str] = headers or {}
 
 
 #: ArchiveError class -> (HTTP status, stable code)
@@ -85,7 +86,9 @@ async def archive_error(request: Request, exc: Exception) -> Response:
 async def http_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, HttpError):  # pragma: no cover - registered for HttpError only
         raise exc
-    return error_response(exc.status, exc.code, exc.message)
+    response = error_response(exc.status, exc.code, exc.message)
+    response.headers.update(exc.headers)
+    return response
 
 
 async def starlette_error(request: Request, exc: Exception) -> Response:

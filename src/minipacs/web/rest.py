@@ -150,8 +150,11 @@ async def upload(request: Request) -> Response:
             not content_type.startswith("multipart/") and body[:4] == b"PK\x03\x04"):
         results = await ingest_zip(context.archive, body, origin, ZipLimits.of(context.settings))
     else:
-        files = [(f"part {n}", part.body) for n, part in enumerate(split_multipart(body, boundary_of(raw_type)), 1)] \
-            if content_type.startswith("multipart/") else [("body", body)]
+        if content_type.startswith("multipart/"):
+            parts = split_multipart(body, boundary_of(raw_type), context.settings.max_upload_parts)
+            files = [(f"part {n}", part.body) for n, part in enumerate(parts, 1)]
+        else:
+            files = [("body", body)]
         for name, data in files:
             try:
                 results.append({"file": name, **await ingest_bytes(context.archive, data, origin, name)})

@@ -18,6 +18,7 @@ from minipacs.core.nodes import NodeRegistry
 from minipacs.web.app import create_app
 from minipacs.web.auth import loopback_only
 from minipacs.web.types import AppContext
+from minipacs.web.workers import RenderPool
 
 log = logging.getLogger("minipacs.web")
 
@@ -41,8 +42,9 @@ def check_access(settings: Settings) -> None:
 
 class HttpServer:
     def __init__(self, server: _Server | None, task: asyncio.Task[None] | None, metadata: MetadataStore,
-                 jobs: JobManager | None = None) -> None:
+                 jobs: JobManager | None = None, renders: RenderPool | None = None) -> None:
         self.server, self.task, self.metadata, self.jobs = server, task, metadata, jobs
+        self.renders = renders
 
     @property
     def port(self) -> int:
@@ -56,6 +58,8 @@ class HttpServer:
             await asyncio.gather(self.task, return_exceptions=True)
         if self.jobs is not None:
             await self.jobs.close()
+        if self.renders is not None:
+            self.renders.close()
         await self.metadata.close()
 
 
@@ -86,7 +90,7 @@ async def start_http(settings: Settings, archive: Archive, nodes: NodeRegistry |
     if server.started:
         log.info("HTTP (REST, DICOMweb) on http://%s:%d/%s", settings.http_host, settings.http_port,
                  "" if settings.users or settings.tokens else " (no users configured: open to this machine)")
-    return HttpServer(server, task, metadata, context.jobs)
+    return HttpServer(server, task, metadata, context.jobs, context.renders)
 
 
 __all__ = ["HttpServer", "check_access", "start_http"]

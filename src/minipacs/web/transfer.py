@@ -70,9 +70,14 @@ def boundary_of(content_type: str) -> str:
     return found.group(1)
 
 
-def split_multipart(body: bytes, boundary: str) -> list[Part]:
-    """RFC 2046 §5.1 parts of a multipart body; HttpError 400 if it is not well formed."""
+def split_multipart(body: bytes, boundary: str, max_parts: int | None = None) -> list[Part]:
+    """RFC 2046 §5.1 parts of a multipart body; HttpError 400 if it is not well formed, 413 (before
+    any part is looked at) if it has more than ``max_parts`` parts (requests: max_upload_parts)."""
     delimiter = b"--" + boundary.encode("latin-1")
+    if max_parts is not None and body.count(delimiter) - 1 > max_parts:
+        raise HttpError(413, "too_many_parts", f"the request has {body.count(delimiter) - 1} parts; at most "
+                        f"{max_parts} are accepted in one request (max_upload_parts): send them in several; "
+                        "nothing was stored")
     pieces = body.split(delimiter)
     if len(pieces) < 3 or not pieces[-1].startswith(b"--"):
         raise HttpError(400, "bad_multipart", "the multipart body is broken: its boundary delimiters are missing "

@@ -9,6 +9,7 @@ from minipacs.core.archive import Archive
 from minipacs.core.jobs import JobManager
 from minipacs.core.metadata import MetadataStore
 from minipacs.core.nodes import NodeRegistry
+from minipacs.web.workers import RenderPool
 
 
 @dataclass
@@ -21,6 +22,11 @@ class AppContext:
     nodes: NodeRegistry | None = None
     #: Background transfers (send, retrieve) started over HTTP.
     jobs: JobManager = field(default_factory=JobManager)
+    #: Rendering and transcoding: max_concurrent_renders threads, render_queue waiting, 503 beyond.
+    renders: RenderPool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.renders = RenderPool(self.settings.max_concurrent_renders, self.settings.render_queue)
 
 
 __all__ = ["AppContext"]

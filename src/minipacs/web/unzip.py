@@ -42,10 +42,12 @@ class ZipLimits:
     member_bytes: int  # max_dataset_bytes: a member inflating beyond this is one dataset too large
     total_bytes: int  # max_zip_inflated_bytes: all members together
     ratio: int  # max_zip_ratio: all members' inflated size / the archive's size (beyond RATIO_FLOOR)
+    members: int  # max_upload_parts: file members
 
     @classmethod
     def of(cls, settings: Settings) -> ZipLimits:
-        return cls(settings.max_dataset_bytes, settings.max_zip_inflated_bytes, settings.max_zip_ratio)
+        return cls(settings.max_dataset_bytes, settings.max_zip_inflated_bytes, settings.max_zip_ratio,
+                   settings.max_upload_parts)
 
 
 def _too_large(message: str) -> HttpError:
@@ -61,6 +63,9 @@ def open_zip(body: bytes, limits: ZipLimits) -> tuple[zipfile.ZipFile, list[zipf
         raise HttpError(400, "bad_zip", f"the ZIP file cannot be read: {exc}") from None
     try:
         members = [info for info in archive.infolist() if not info.is_dir()]
+        if len(members) > limits.members:
+            raise _too_large(f"the ZIP holds {len(members)} files; at most {limits.members} are accepted in one "
+                             "request (max_upload_parts): split it")
         total = 0
         for info in members:
             name = info.filename[:100]
