@@ -105,6 +105,10 @@ class Settings:
     render_queue: int = 16
     #: Most files in one request: STOW-RS parts, upload multipart parts or ZIP members; more: 413.
     max_upload_parts: int = 10000
+    #: This many failed HTTP logins from one address, or for one user name, within login_lockout_seconds ...
+    login_attempts: int = 10
+    #: ... lock that address or name out (429) for this many seconds.
+    login_lockout_seconds: float = 300.0
     # --- HL7 v2 orders over MLLP (services/hl7_mllp.py)
     hl7_host: str = "127.0.0.1"
     #: 0 turns the HL7 listener off.
@@ -168,6 +172,8 @@ class Settings:
             raise ConfigError("max_concurrent_renders must be at least 1 and render_queue at least 0")
         if self.max_upload_parts < 1:
             raise ConfigError("max_upload_parts must be at least 1")
+        if self.login_attempts < 1 or self.login_lockout_seconds <= 0:
+            raise ConfigError("login_attempts must be at least 1 and login_lockout_seconds a positive number")
         if not 0 <= self.hl7_port <= 65535:
             raise ConfigError(f"hl7_port {self.hl7_port} is outside 0..65535 (0 turns the HL7 listener off)")
         if self.hl7_max_message_bytes < 1024:

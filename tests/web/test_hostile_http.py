@@ -3,23 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import errno
+import hashlib
 import io
+import logging
 import os
 import struct
 import tempfile
 import threading
 import zipfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from minipacs.config import Settings
 from minipacs.core.archive import Archive
 from minipacs.core.errors import OutOfResources
+from minipacs.core.metadata import MetadataStore
+from minipacs.core.users import Role, User, hash_password
 from minipacs.web import dicomweb as dicomweb_module
+from minipacs.web import render as render_module
 from minipacs.web import transfer as transfer_module
 from minipacs.web import unzip as unzip_module
+from minipacs.web.app import create_app
+from minipacs.web.throttle import LoginThrottle
+from minipacs.web.types import AppContext
 from tests.web.conftest import part10
 
 STUDY, SERIES, SOP = "1.2.3.4", "1.2.3.4.5", "1.2.3.4.5.6"
@@ -402,3 +414,121 @@ def test_parts_at_max_upload_parts(web: Callable[..., Any], kind: str) -> None:
         assert r.status_code == 413 and "max_upload_parts" in r.json()["error"]["message"], r.text
 
     web(body, max_upload_parts=3)
+
+
+# ------------------------------------------------------------------ item 10: information leaks, login throttling
+
+FAST = {"n": 2**4}
+USERS = (User("ada", hash_password("a-pass", **FAST), Role.ADMIN),)
+
+
+def basic(name: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()}
+
+
+def test_rest_errors_show_no_server_paths(web: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upload that is not DICOM named the staging file; a render whose read fails named the storage
+    path (an OSError's message is its file name); so did the same error on a UI page."""
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        root = str(archive.settings.data_dir.resolve())
+        r = await client.post("/api/instances", content=b"not dicom", headers={"Content-Type": "application/dicom"})
+        message = r.json()["results"][0]["message"]
+        assert r.status_code == 400 and "the uploaded file is not a DICOM file" in message and root not in message, message
+        r = await client.post("/api/instances", content=part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP),
+                              headers={"Content-Type": "application/dicom"})
+        assert r.status_code == 200
+        def failing_read(path: Any, *args: Any, **kwargs: Any) -> Any:
+            raise OSError(errno.EIO, "Input/output error", str(path))  # as a failing disk says it
+
+        monkeypatch.setattr(render_module.pydicom, "dcmread", failing_read)
+        r = await client.get(f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{SOP}/rendered")
+        message = r.json()["error"]["message"]
+        assert r.status_code == 406 and f"Input/output error: '{SOP}.dcm'" in message and root not in message, message
+        r = await client.get(f"/ui/studies/{STUDY}/series/{SERIES}/instances/{SOP}/tags")
+        assert root not in r.text, r.text
+
+    web(body)
+
+
+def test_unknown_user_names_cost_one_scrypt_like_known_ones(web: Callable[..., Any],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Timing told whether a user name exists (real user >= 43 ms, unknown 2 ms): count the scrypt calls."""
+    calls: list[int] = []
+    real = hashlib.scrypt
+
+    def counting(*args: Any, **kwargs: Any) -> bytes:
+        calls.append(kwargs.get("n", 0))
+        return real(*args, **kwargs)
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        monkeypatch.setattr(hashlib, "scrypt", counting)
+        assert (await client.get("/api/studies", headers=basic("ada", "wrong"))).status_code == 401
+        assert calls == [2**4]
+        assert (await client.get("/api/studies", headers=basic("nobody", "wrong"))).status_code == 401
+        assert calls == [2**4, 2**4]  # the dummy hash costs what the users' hashes cost
+
+    web(body, users=USERS)
+
+
+def test_failed_logins_lock_out_the_address_at_login_attempts(web: Callable[..., Any],
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        for n in range(2):
+            assert (await client.get("/api/studies", headers=basic(f"guess{n}", "x"))).status_code == 401
+        assert (await client.get("/api/studies", headers=basic("ada", "a-pass"))).status_code == 200  # 2 < 3
+        # a success cleared the count: three more failures, the last one the third
+        assert (await client.get("/api/studies", headers=basic("ada", "x"))).status_code == 401
+        for n in range(2):
+            assert (await client.get("/api/studies", headers=basic(f"guess{n}", "x"))).status_code == 401
+        r = await client.get("/api/studies", headers=basic("ada", "a-pass"))
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) == 60, r.text
+        assert "too many failed logins" in r.json()["error"]["message"]
+
+    with caplog.at_level(logging.WARNING, logger="minipacs.web.auth"):
+        web(body, users=USERS, login_attempts=3, login_lockout_seconds=60)
+    lockouts = [r.getMessage() for r in caplog.records if "login lockout" in r.getMessage()]
+    assert lockouts == ["login lockout: address 127.0.0.1 had 3 failed logins within 60 s; refused for 60 s "
+                        "(login_attempts, login_lockout_seconds)"], lockouts
+
+
+def test_failed_logins_lock_out_the_user_name_from_any_address(tmp_path: Path) -> None:
+    async def main() -> None:
+        archive = await Archive.open(Settings(data_dir=tmp_path / "data", fsync=False, users=USERS,
+                                              login_attempts=2, login_lockout_seconds=60))
+        app = create_app(AppContext(archive.settings, archive, MetadataStore(archive)))
+        try:
+            for n, expected in enumerate((401, 401, 429)):
+                transport = httpx.ASGITransport(app=app, client=(f"127.0.0.{n + 1}", 5555))
+                async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+                    password = "a-pass" if expected == 429 else "wrong"
+                    r = await client.get("/api/studies", headers=basic("ada", password))
+                    assert r.status_code == expected, (n, r.text)
+        finally:
+            await archive.close()
+
+    asyncio.run(main())
+
+
+def test_lockout_ends_after_login_lockout_seconds() -> None:
+    now = [1000.0]
+    throttle = LoginThrottle(2, 30, clock=lambda: now[0])
+    throttle.failed("10.0.0.1", "ada", "user 'ada'")
+    assert throttle.locked("10.0.0.1", "ada") == 0
+    throttle.failed("10.0.0.1", "ada", "user 'ada'")
+    assert throttle.locked("10.0.0.1", "bob") == 30 and throttle.locked("10.0.0.2", "ada") == 30
+    now[0] += 29.5
+    assert throttle.locked("10.0.0.2", "ada") == 0.5
+    now[0] += 0.5
+    assert throttle.locked("10.0.0.1", "ada") == 0
+
+
+def test_a_password_typed_as_the_user_name_is_not_logged(web: Callable[..., Any],
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        assert (await client.get("/api/studies", headers=basic("Tr0ub4dor&3", ""))).status_code == 401
+        assert (await client.get("/api/studies", headers=basic("ada", "wrong"))).status_code == 401
+
+    with caplog.at_level(logging.INFO):
+        web(body, users=USERS)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Tr0ub4dor" not in text and "an unknown user name (#" in text and "user 'ada'" in text, text

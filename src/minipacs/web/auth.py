@@ -12,16 +12,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
+import hmac
 import ipaddress
 import logging
+import math
+import secrets
 from collections.abc import Sequence
 from typing import Final, Literal, get_args
 
 from starlette.types import Receive, Scope, Send
 
 from minipacs.config import Settings
-from minipacs.core.users import ROLE_PERMISSIONS, ProvenPasswords, Role, hash_token
+from minipacs.core.users import (
+    ROLE_PERMISSIONS, ProvenPasswords, Role, User, hash_password, hash_token, verify_password,
+)
 from minipacs.web.errors import error_response
+from minipacs.web.throttle import LoginThrottle
 
 log = logging.getLogger("minipacs.web.auth")
 
@@ -35,20 +42,67 @@ def loopback_only(host: str) -> bool:
         return False
 
 
+class LockedOut(Exception):
+    """Too many failed logins from this address or for this user name (web/throttle.py)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"too many failed logins from this address or for this user name; try again in "
+                         f"{math.ceil(seconds)} seconds")
+        self.seconds = math.ceil(seconds)
+
+
+def _cost(users: Sequence[User]) -> dict[str, int]:
+    """scrypt parameters of the first user's hash (the dummy must cost what a real check costs)."""
+    try:
+        _, n, r, p, _, _ = users[0].password_hash.split("$")
+        return {"n": int(n), "r": int(r), "p": int(p)}
+    except (IndexError, ValueError):
+        return {}
+
+
 class Authenticator:
     def __init__(self, settings: Settings) -> None:
         self.users = {user.name: user for user in settings.users}
         self.tokens = {token.token_hash: token for token in settings.tokens}
         self.passwords = ProvenPasswords()
+        self.throttle = LoginThrottle(settings.login_attempts, settings.login_lockout_seconds)
+        self._key = secrets.token_bytes(16)
+        # an unknown name is checked against this, so that it costs what a known one costs: the
+        # answer's timing must not tell which names exist
+        self._dummy = hash_password(secrets.token_urlsafe(16), **_cost(settings.users)) if settings.users else ""
 
     @property
     def open(self) -> bool:
         return not self.users and not self.tokens
 
-    async def role_of(self, authorization: str) -> tuple[Role | None, str]:
-        """The role the Authorization header proves, and who (for the log); None: not proven.
+    def shown(self, name: str) -> str:
+        """A user name as the log shows it: known names as they are; anything else (a password typed
+        into the name field, say) as a keyed fingerprint, never verbatim."""
+        if name in self.users:
+            return f"user {name!r}"
+        mark = hmac.new(self._key, name.encode(), hashlib.sha256).hexdigest()[:8]
+        return f"an unknown user name (#{mark})"
+
+    async def check_password(self, name: str, password: str, address: str) -> Role | None:
+        """The role of ``name`` if ``password`` is theirs, else None; LockedOut while throttled.
         A password not proven before is hashed in a thread: scrypt must not block the loop
-        that also serves every DICOM association."""
+        that also serves every DICOM association. Unknown names cost one scrypt too."""
+        locked = self.throttle.locked(address, name)
+        if locked:
+            raise LockedOut(locked)
+        user = self.users.get(name)
+        if user is not None and (self.passwords.proven(user, password)
+                                 or await asyncio.to_thread(self.passwords.verify, user, password)):
+            self.throttle.succeeded(address, name)
+            return user.role
+        if user is None:
+            await asyncio.to_thread(verify_password, password, self._dummy)
+        self.throttle.failed(address, name, self.shown(name))
+        return None
+
+    async def role_of(self, authorization: str, address: str = "?") -> tuple[Role | None, str]:
+        """The role the Authorization header proves, and who (for the log); None: not proven.
+        LockedOut: too many failed logins from ``address`` or for the name."""
         scheme, _, value = authorization.partition(" ")
         scheme = scheme.lower()
         if scheme == "basic":
@@ -56,11 +110,7 @@ class Authenticator:
                 name, _, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 return None, "malformed Basic credentials"
-            user = self.users.get(name)
-            if user is not None and (self.passwords.proven(user, password)
-                                     or await asyncio.to_thread(self.passwords.verify, user, password)):
-                return user.role, name
-            return None, f"user {name[:40]!r}"
+            return await self.check_password(name, password, address), self.shown(name)
         if scheme == "bearer":
             token = self.tokens.get(hash_token(value.strip()))
             if token is not None:
@@ -83,7 +133,14 @@ async def authorize(scope: Scope, receive: Receive, send: Send, needed: Permissi
     headers: Sequence[tuple[bytes, bytes]] = scope.get("headers", [])
     authorization = next((v.decode("latin-1") for k, v in headers if k == b"authorization"), "")
     client = scope.get("client") or ("?", 0)
-    role, who = await auth.role_of(authorization)
+    try:
+        role, who = await auth.role_of(authorization, client[0])
+    except LockedOut as exc:
+        log.warning("HTTP 429: %s %s from %s: %s", method, path, client[0], exc)
+        response = error_response(429, "too_many_attempts", str(exc))
+        response.headers["Retry-After"] = str(exc.seconds)
+        await response(scope, receive, send)
+        return False
     if role is None:
         log.warning("HTTP 401: %s %s from %s: %s not accepted", method, path, client[0], who)
         response = error_response(401, "unauthorized", "this needs a user name and password (HTTP Basic) or an "
@@ -101,4 +158,4 @@ async def authorize(scope: Scope, receive: Receive, send: Send, needed: Permissi
     return True
 
 
-__all__ = ["PERMISSIONS", "Authenticator", "Permission", "authorize", "loopback_only"]
+__all__ = ["PERMISSIONS", "Authenticator", "LockedOut", "Permission", "authorize", "loopback_only"]

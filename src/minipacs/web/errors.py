@@ -11,7 +11,10 @@ accident; any other exception is Starlette's plain 500, logged by the server.
 from __future__ import annotations
 
 import logging
+import re
+import tempfile
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 
@@ -19,6 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from minipacs.config import Settings
 from minipacs.core import errors as core
 from minipacs.core.nodes import InvalidNode
 from minipacs.core.retrieve import InvalidRetrieveIdentifier
@@ -66,6 +70,32 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
+def _roots(settings: Settings) -> list[str]:
+    """Folders whose paths an answer must not show, longest first."""
+    folders = {settings.data_dir, settings.data_dir.resolve(), Path(tempfile.gettempdir()).resolve()}
+    if settings.ohif_dir:
+        folders |= {Path(settings.ohif_dir), Path(settings.ohif_dir).resolve()}
+    return sorted({str(f).rstrip("/") for f in folders if str(f) not in ("", ".", "/")}, key=len, reverse=True)
+
+
+def redact(message: str, settings: Settings) -> str:
+    """``message`` without the server's file paths: a path under the data directory, the OHIF folder
+    or the temporary folder becomes its last component (``/srv/pacs/staging/upload-x.part`` ->
+    ``upload-x.part``). Errors from the core and from pydicom name files; a client needs to know
+    which file of its request failed, never where the server keeps things."""
+    for root in _roots(settings):
+        if root in message:
+            message = re.sub(re.escape(root) + r"(?:/[^\s'\",;:)]*)?",
+                             lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1] if m.group(0) != root
+                             else "the data directory", message)
+    return message
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.ctx.settings
+    return settings
+
+
 def classify(exc: core.ArchiveError) -> tuple[int, str]:
     """(status, code) of the nearest class on the exception's MRO with a row; UNMAPPED (logged) if none."""
     for kind in type(exc).__mro__:
@@ -80,13 +110,13 @@ async def archive_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, core.ArchiveError):  # pragma: no cover - registered for ArchiveError classes only
         raise exc
     status, code = classify(exc)
-    return error_response(status, code, str(exc))
+    return error_response(status, code, redact(str(exc), _settings(request)))
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, HttpError):  # pragma: no cover - registered for HttpError only
         raise exc
-    response = error_response(exc.status, exc.code, exc.message)
+    response = error_response(exc.status, exc.code, redact(exc.message, _settings(request)))
     response.headers.update(exc.headers)
     return response
 
@@ -109,4 +139,5 @@ def exception_handlers() -> dict[type[Exception], Handler]:
     return handlers
 
 
-__all__ = ["ERROR_TABLE", "HTTP_CODES", "UNMAPPED", "HttpError", "classify", "error_response", "exception_handlers"]
+__all__ = ["ERROR_TABLE", "HTTP_CODES", "UNMAPPED", "HttpError", "classify", "error_response", "exception_handlers",
+           "redact"]

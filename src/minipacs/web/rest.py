@@ -157,7 +157,8 @@ async def upload(request: Request) -> Response:
             files = [("body", body)]
         for name, data in files:
             try:
-                results.append({"file": name, **await ingest_bytes(context.archive, data, origin, name)})
+                label = "the uploaded file" if name == "body" else name
+                results.append({"file": name, **await ingest_bytes(context.archive, data, origin, label)})
             except OutOfResources as exc:
                 raise insufficient_storage(exc, sum(r["status"] != "failed" for r in results), len(files)) from None
     if not results:

@@ -28,7 +28,7 @@ from minipacs.core.archive import Archive
 from minipacs.core.errors import ArchiveError, OutOfResources
 from minipacs.core.model import Origin, StoreOutcome
 from minipacs.core.retrieve import StoredInstance
-from minipacs.web.errors import HttpError
+from minipacs.web.errors import HttpError, redact
 from minipacs.web.unzip import BrokenMember, ZipLimits, inflate, open_zip
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ async def ingest_bytes(archive: Archive, data: bytes | Callable[[BinaryIO], obje
     except OutOfResources:
         raise
     except ArchiveError as exc:
-        return failed_json(exc)
+        return {**failed_json(exc), "message": redact(str(exc), archive.settings)}
 
 
 def insufficient_storage(exc: OutOfResources, stored: int, total: int) -> HttpError:

@@ -28,7 +28,7 @@ from minipacs.core.paths import validate_uid
 from minipacs.core.query import Level
 from minipacs.web.completion import completed_studies
 from minipacs.web.dicomweb import ctx
-from minipacs.web.errors import HttpError, classify
+from minipacs.web.errors import HttpError, classify, redact
 from minipacs.web.pages import json_tag_rows, may, path_for, person, render, text
 from minipacs.web.routing import Endpoint, GuardedMount
 from minipacs.web.search import ascii_digits, search
@@ -57,10 +57,11 @@ def html_errors(endpoint: PageEndpoint) -> PageEndpoint:
         try:
             return await endpoint(request)
         except HttpError as exc:
-            return render(request, "error.html", "Error", exc.status, message=exc.message)
+            return render(request, "error.html", "Error", exc.status,
+                          message=redact(exc.message, ctx(request).settings))
         except ArchiveError as exc:
             status, _ = classify(exc)
-            return render(request, "error.html", "Error", status, message=str(exc))
+            return render(request, "error.html", "Error", status, message=redact(str(exc), ctx(request).settings))
     return wrapped
 
 
