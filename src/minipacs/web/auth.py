@@ -110,7 +110,8 @@ class Authenticator:
                 name, _, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 return None, "malformed Basic credentials"
-            return await self.check_password(name, password, address), self.shown(name)
+            role = await self.check_password(name, password, address)
+            return role, name if role is not None else self.shown(name)
         if scheme == "bearer":
             token = self.tokens.get(hash_token(value.strip()))
             if token is not None:
