@@ -109,7 +109,7 @@ def test_browser_upload_view_send_and_roles(tmp_path: Path, server: tuple[Server
             # upload through the page (file input; the same code path as a drop)
             page.goto(f"{base}/ui/upload")
             page.set_input_files("#files", [str(f) for f in files])
-            page.wait_for_function("document.querySelectorAll('#results tbody tr').length === 2", timeout=30000)
+            page.wait_for_function("() => document.querySelectorAll('#results tbody tr').length === 2", timeout=30000)
             assert page.locator("#progress").evaluate("el => el.value") == 1
             assert page.locator("#results td.ok").count() == 2, page.content()
 
@@ -122,7 +122,7 @@ def test_browser_upload_view_send_and_roles(tmp_path: Path, server: tuple[Server
 
             # the viewer draws non-blank pixels and scrolls
             page.goto(f"{base}/ui/viewer/{study}/{series}")
-            page.wait_for_function("document.body.dataset.viewerReady === '1'", timeout=30000)
+            page.wait_for_function("() => document.body.dataset.viewerReady === '1'", timeout=30000)
             assert "Browser Test (BR1)" in page.content()
             distinct = page.evaluate("""() => {
                 const c = document.getElementById('canvas');
@@ -133,23 +133,23 @@ def test_browser_upload_view_send_and_roles(tmp_path: Path, server: tuple[Server
             assert distinct > 10, distinct
             page.locator("#viewport").focus()
             page.keyboard.press("ArrowDown")
-            page.wait_for_function("document.getElementById('status').textContent.startsWith('image 2/2')")
+            page.wait_for_function("() => document.getElementById('status').textContent.startsWith('image 2/2')")
             page.select_option("#preset", "300,1500")
-            page.wait_for_function("document.getElementById('status').textContent.includes('W 1500 L 300')")
+            page.wait_for_function("() => document.getElementById('status').textContent.includes('W 1500 L 300')")
             if SHOTS:
                 page.screenshot(path=str(SHOTS / "viewer.png"))
 
             # the nodes page: echo the storescp node
             page.goto(f"{base}/ui/nodes")
             page.click("button.echo")
-            page.wait_for_function("/^ok/.test(document.querySelector('.echo-result').textContent)",
+            page.wait_for_function("() => /^ok/.test(document.querySelector('.echo-result').textContent)",
                                    timeout=30000)
 
             # send the study to storescp through the page
             page.goto(f"{base}/ui/studies/{study}")
             page.select_option("form.send select", label=f"UISCP (127.0.0.1:{scp_port})")
             page.click("form.send button")
-            page.wait_for_function("/done/.test(document.querySelector('form.send .job').textContent)",
+            page.wait_for_function("() => /done/.test(document.querySelector('form.send .job').textContent)",
                                    timeout=30000)
             deadline = time.monotonic() + 20
             while len(list(scp_out.iterdir())) < 2 and time.monotonic() < deadline:

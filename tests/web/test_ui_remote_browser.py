@@ -90,14 +90,14 @@ def search(page: Page, node_id: object, level: str = "study", **fields: str) -> 
     for name, value in fields.items():
         page.fill(f"#remote-query input[name={name}]", value)
     page.click("#remote-query button[type=submit]")
-    page.wait_for_function("/ on /.test(document.getElementById('remote-status').textContent) || "
+    page.wait_for_function("() => / on /.test(document.getElementById('remote-status').textContent) || "
                            "!document.getElementById('message').hidden", timeout=30000)
 
 
 def retrieve(page: Page, method: str) -> str:
     page.select_option("#retrieve select[name=method]", method)
     page.click("#retrieve-button")
-    page.wait_for_function("/^(Retrieved|Retrieve failed|Not retrieved)/.test("
+    page.wait_for_function("() => /^(Retrieved|Retrieve failed|Not retrieved)/.test("
                            "document.getElementById('retrieve-summary').textContent)", timeout=60000)
     return page.locator("#retrieve-summary").inner_text()
 
@@ -215,7 +215,7 @@ def test_browser_query_retrieve_edit_and_roles(server: tuple[ServerProcess, str]
             page.evaluate("document.querySelector('#edit-node input[name=ae_title]').removeAttribute('maxlength')")
             page.fill("#edit-node input[name=ae_title]", "THIS TITLE IS FAR TOO LONG")
             page.click("#edit-node button[type=submit]")
-            page.wait_for_function("!document.getElementById('message').hidden")
+            page.wait_for_function("() => !document.getElementById('message').hidden")
             assert "Not saved: " in page.locator("#message").inner_text()
             assert "16 characters" in page.locator("#message").inner_text()
             assert not errors, errors

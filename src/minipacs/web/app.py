@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount
@@ -10,6 +11,7 @@ from starlette.routing import Mount
 from minipacs.web import dicomweb, rest, rest_nodes, rest_worklist, ui
 from minipacs.web.auth import Authenticator
 from minipacs.web.errors import exception_handlers
+from minipacs.web.headers import SecurityHeaders
 from minipacs.web.ohif import OhifApp
 from minipacs.web.openapi import document
 from minipacs.web.routing import Endpoint, GuardedMount, declared
@@ -41,6 +43,7 @@ def create_app(ctx: AppContext) -> Starlette:
     app = Starlette(
         routes=routes,
         exception_handlers=exception_handlers(),
+        middleware=[Middleware(SecurityHeaders)],
     )
     app.state.ctx = ctx
     app.state.auth = Authenticator(ctx.settings)
