@@ -95,6 +95,12 @@ class Settings:
     http_port: int = 8042
     #: Largest HTTP request body accepted (uploads, STOW-RS); larger: 413.
     max_upload_bytes: int = 1024 * MiB
+    #: HTTP connections open at once; one more is answered 503 and closed.
+    http_max_connections: int = 512
+    #: Seconds a connection may take to send a complete request head (after opening or a response).
+    http_header_timeout: float = 10.0
+    #: Seconds a request body may stall (no byte) while it is read; then 408.
+    http_body_timeout: float = 30.0
     #: A ZIP upload may inflate to at most this many bytes in all (each member: max_dataset_bytes); larger: 413.
     max_zip_inflated_bytes: int = 8192 * MiB
     #: ... and to at most this many times its own size (beyond 1 MiB): an inflation bomb is refused (413).
@@ -168,6 +174,10 @@ class Settings:
             raise ConfigError("max_upload_bytes must be at least 1024")
         if self.max_zip_inflated_bytes < 1024 or self.max_zip_ratio < 1:
             raise ConfigError("max_zip_inflated_bytes must be at least 1024 and max_zip_ratio at least 1")
+        if self.http_max_connections < 1:
+            raise ConfigError("http_max_connections must be at least 1")
+        if self.http_header_timeout <= 0 or self.http_body_timeout <= 0:
+            raise ConfigError("http_header_timeout and http_body_timeout must be positive numbers of seconds")
         if self.max_concurrent_renders < 1 or self.render_queue < 0:
             raise ConfigError("max_concurrent_renders must be at least 1 and render_queue at least 0")
         if self.max_upload_parts < 1:

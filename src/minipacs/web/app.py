@@ -12,6 +12,7 @@ from minipacs.web import dicomweb, rest, rest_nodes, rest_worklist, ui
 from minipacs.web.auth import Authenticator
 from minipacs.web.errors import exception_handlers
 from minipacs.web.headers import SecurityHeaders
+from minipacs.web.limits import BodyTimeoutMiddleware
 from minipacs.web.ohif import OhifApp
 from minipacs.web.openapi import document
 from minipacs.web.routing import Endpoint, GuardedMount, declared
@@ -43,7 +44,8 @@ def create_app(ctx: AppContext) -> Starlette:
     app = Starlette(
         routes=routes,
         exception_handlers=exception_handlers(),
-        middleware=[Middleware(SecurityHeaders)],
+        middleware=[Middleware(SecurityHeaders),
+                    Middleware(BodyTimeoutMiddleware, timeout=ctx.settings.http_body_timeout)],
     )
     app.state.ctx = ctx
     app.state.auth = Authenticator(ctx.settings)
