@@ -115,6 +115,10 @@ class Settings:
     login_attempts: int = 10
     #: ... lock that address or name out (429) for this many seconds.
     login_lockout_seconds: float = 300.0
+    #: A web UI session (login page, cookie) unused this many seconds ends.
+    session_idle_timeout: float = 28800.0
+    #: At most this many UI sessions at once (kept in memory); the least recently used ends first.
+    max_sessions: int = 10000
     # --- HL7 v2 orders over MLLP (services/hl7_mllp.py)
     hl7_host: str = "127.0.0.1"
     #: 0 turns the HL7 listener off.
@@ -182,6 +186,8 @@ class Settings:
             raise ConfigError("max_concurrent_renders must be at least 1 and render_queue at least 0")
         if self.max_upload_parts < 1:
             raise ConfigError("max_upload_parts must be at least 1")
+        if self.session_idle_timeout <= 0 or self.max_sessions < 1:
+            raise ConfigError("session_idle_timeout must be a positive number of seconds and max_sessions at least 1")
         if self.login_attempts < 1 or self.login_lockout_seconds <= 0:
             raise ConfigError("login_attempts must be at least 1 and login_lockout_seconds a positive number")
         if not 0 <= self.hl7_port <= 65535:

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Page, sync_playwright
 from pydicom.uid import generate_uid
 
 from minipacs.core.users import hash_password
@@ -35,6 +35,16 @@ pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
 def basic(user: tuple[str, str]) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user[0]}:{user[1]}".encode()).decode()}
+
+
+def login(page: Page, base: str, user: tuple[str, str]) -> None:
+    """Log in through the login page (the UI's session cookie, not cached Basic credentials)."""
+    page.goto(f"{base}/ui/login")
+    page.fill("input[name=name]", user[0])
+    page.fill("input[name=password]", user[1])
+    with page.expect_navigation():
+        page.click("form.login button[type=submit]")
+    assert page.locator("body").get_attribute("data-role") is not None, page.content()
 
 
 def gradient_ct(path: Path, study: str, series: str, number: int) -> None:
@@ -100,9 +110,9 @@ def test_browser_upload_view_send_and_roles(tmp_path: Path, server: tuple[Server
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
-            context = browser.new_context(http_credentials={"username": ADMIN[0], "password": ADMIN[1]},
-                                          viewport={"width": 1200, "height": 800})
+            context = browser.new_context(viewport={"width": 1200, "height": 800})
             page = context.new_page()
+            login(page, base, ADMIN)
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
 
@@ -159,8 +169,9 @@ def test_browser_upload_view_send_and_roles(tmp_path: Path, server: tuple[Server
             context.close()
 
             # a viewer sees no delete or upload button, and the API refuses anyway
-            context = browser.new_context(http_credentials={"username": VIEWER[0], "password": VIEWER[1]})
+            context = browser.new_context()
             page = context.new_page()
+            login(page, base, VIEWER)
             page.goto(f"{base}/ui/studies/{study}")
             assert page.locator("body").get_attribute("data-role") == "viewer"
             assert page.locator("button[data-delete]").count() == 0
@@ -192,8 +203,9 @@ def test_browser_follows_links_of_a_hostile_patient_id_and_deletes_the_patient(
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
-            context = browser.new_context(http_credentials={"username": ADMIN[0], "password": ADMIN[1]})
+            context = browser.new_context()
             page = context.new_page()
+            login(page, base, ADMIN)
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.on("dialog", lambda dialog: dialog.accept())

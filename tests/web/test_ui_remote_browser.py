@@ -20,7 +20,9 @@ from pydicom.uid import generate_uid
 
 from tests.dicomgen import write_ct
 from tests.peers import ServerProcess, dcmtk, free_port, missing_peer, run, wait_for_port
-from tests.web.test_ui_browser import ADMIN, CHROMIUM, CHROMIUM_ARGS, SHOTS, VIEWER, basic, server  # noqa: F401
+from tests.web.test_ui_browser import (  # noqa: F401
+    ADMIN, CHROMIUM, CHROMIUM_ARGS, SHOTS, VIEWER, basic, login, server,
+)
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
@@ -110,9 +112,9 @@ def test_browser_query_retrieve_edit_and_roles(server: tuple[ServerProcess, str]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
-            context = browser.new_context(http_credentials={"username": ADMIN[0], "password": ADMIN[1]},
-                                          viewport={"width": 1300, "height": 900})
+            context = browser.new_context(viewport={"width": 1300, "height": 900})
             page = context.new_page()
+            login(page, base, ADMIN)
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
 
@@ -222,8 +224,9 @@ def test_browser_query_retrieve_edit_and_roles(server: tuple[ServerProcess, str]
             context.close()
 
             # a viewer: the page, no retrieve controls; searching shows the server's 403 sentence
-            context = browser.new_context(http_credentials={"username": VIEWER[0], "password": VIEWER[1]})
+            context = browser.new_context()
             page = context.new_page()
+            login(page, base, VIEWER)
             page.goto(f"{base}/ui/remote")
             assert page.locator("#retrieve-button").count() == 0
             search(page, peers["GOODQR"], pid="RR1")

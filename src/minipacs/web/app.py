@@ -16,6 +16,7 @@ from minipacs.web.limits import BodyTimeoutMiddleware
 from minipacs.web.ohif import OhifApp
 from minipacs.web.openapi import document
 from minipacs.web.routing import Endpoint, GuardedMount, declared
+from minipacs.web.sessions import SessionStore
 from minipacs.web.types import AppContext
 
 
@@ -49,6 +50,7 @@ def create_app(ctx: AppContext) -> Starlette:
     )
     app.state.ctx = ctx
     app.state.auth = Authenticator(ctx.settings)
+    app.state.sessions = SessionStore(ctx.settings.session_idle_timeout, ctx.settings.max_sessions)
     app.state.openapi = document(app.routes)
     return app
 

@@ -1,4 +1,4 @@
-"""Access control for every HTTP route: who is asking (Basic or Bearer), and may they.
+"""Access control for every HTTP route: who is asking (Basic, Bearer or a UI session), and may they.
 
 Each route declares the permission it needs (web/routing.py); :func:`authorize`
 checks it before the endpoint runs. With no users and no tokens configured
@@ -20,7 +20,10 @@ import math
 import secrets
 from collections.abc import Sequence
 from typing import Final, Literal, get_args
+from urllib.parse import urlencode
 
+from starlette.requests import Request
+from starlette.responses import RedirectResponse
 from starlette.types import Receive, Scope, Send
 
 from minipacs.config import Settings
@@ -28,6 +31,7 @@ from minipacs.core.users import (
     ROLE_PERMISSIONS, ProvenPasswords, Role, User, hash_password, hash_token, verify_password,
 )
 from minipacs.web.errors import error_response
+from minipacs.web.sessions import COOKIE, Session, SessionStore
 from minipacs.web.throttle import LoginThrottle
 
 log = logging.getLogger("minipacs.web.auth")
@@ -120,22 +124,65 @@ class Authenticator:
         return None, "no credentials"
 
 
+#: The login page (web/login.py).
+LOGIN_PATH: Final = "/ui/login"
+
 #: What a route may need: "public" needs no credentials; the others are role permissions (core/users.py).
 Permission = Literal["public", "read", "write", "admin"]
 PERMISSIONS: Final = frozenset(get_args(Permission))
 
 
+def session_of(scope: Scope) -> Session | None:
+    """The live UI session whose id the request's cookie carries (web/sessions.py), or None."""
+    session_id = Request(scope).cookies.get(COOKIE)
+    if not session_id:
+        return None
+    sessions: SessionStore = scope["app"].state.sessions
+    return sessions.get(session_id)
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    headers: Sequence[tuple[bytes, bytes]] = scope.get("headers", [])
+    return next((v.decode("latin-1") for k, v in headers if k == name), "")
+
+
+#: Paths of the UI's pages: a browser asking for one without credentials goes to the login page.
+UI_PAGES: Final = ("/ui/", "/ohif")
+
+
+def _page_navigation(scope: Scope) -> bool:
+    path: str = scope["path"]
+    if scope["method"] not in ("GET", "HEAD") or not (path == "/" or path.startswith(UI_PAGES)):
+        return False
+    return _header(scope, b"sec-fetch-dest") == "document" or "text/html" in _header(scope, b"accept")
+
+
+def login_url(scope: Scope) -> str:
+    """The login page, with ``next`` = where the request wanted to go."""
+    query = scope.get("query_string", b"").decode("latin-1")
+    wanted = scope["path"] + (f"?{query}" if query else "")
+    return f"{LOGIN_PATH}?{urlencode({'next': wanted})}"
+
+
 async def authorize(scope: Scope, receive: Receive, send: Send, needed: Permission) -> bool:
-    """True: the request may go on (its role is in ``scope["state"]["role"]``). False: a 401 or 403 was sent."""
+    """True: the request may go on (its role is in ``scope["state"]["role"]``). False: a 401, 403 or 429
+    was sent, or (a browser asking for a UI page without credentials) a redirect to the login page.
+
+    An Authorization header (Basic, Bearer) is checked when there is one; otherwise the UI session
+    cookie. A session's state-changing requests are guarded against other sites by web/csrf.py."""
     auth: Authenticator = scope["app"].state.auth
     if needed == "public" or auth.open:
         return True
     method, path = scope["method"], scope["path"]
-    headers: Sequence[tuple[bytes, bytes]] = scope.get("headers", [])
-    authorization = next((v.decode("latin-1") for k, v in headers if k == b"authorization"), "")
+    authorization = _header(scope, b"authorization")
     client = scope.get("client") or ("?", 0)
+    session = None if authorization else session_of(scope)
+    role: Role | None
     try:
-        role, who = await auth.role_of(authorization, client[0])
+        if session is not None:
+            role, who = session.role, session.user
+        else:
+            role, who = await auth.role_of(authorization, client[0])
     except LockedOut as exc:
         log.warning("HTTP 429: %s %s from %s: %s", method, path, client[0], exc)
         response = error_response(429, "too_many_attempts", str(exc))
@@ -143,10 +190,16 @@ async def authorize(scope: Scope, receive: Receive, send: Send, needed: Permissi
         await response(scope, receive, send)
         return False
     if role is None:
+        if not authorization and _page_navigation(scope):
+            await RedirectResponse(login_url(scope), status_code=303)(scope, receive, send)
+            return False
         log.warning("HTTP 401: %s %s from %s: %s not accepted", method, path, client[0], who)
-        response = error_response(401, "unauthorized", "this needs a user name and password (HTTP Basic) or an "
-                                  "API token (Bearer); the ones given were missing or wrong")
-        response.headers["WWW-Authenticate"] = 'Basic realm="minipacs"'
+        response = error_response(401, "unauthorized", "this needs a user name and password (HTTP Basic), an "
+                                  "API token (Bearer) or a login (the web UI: /ui/login); the ones given were "
+                                  "missing, wrong or expired")
+        # a page's own fetch gets no challenge: the browser would pop up its Basic prompt over the UI
+        if _header(scope, b"sec-fetch-mode") not in ("cors", "same-origin", "no-cors"):
+            response.headers["WWW-Authenticate"] = 'Basic realm="minipacs"'
         await response(scope, receive, send)
         return False
     if needed not in ROLE_PERMISSIONS[role]:
@@ -155,8 +208,10 @@ async def authorize(scope: Scope, receive: Receive, send: Send, needed: Permissi
         await error_response(403, "forbidden", f"{who} has the {role.value} role, which may not do this "
                              f"({needed} permission needed); ask an admin")(scope, receive, send)
         return False
-    scope.setdefault("state", {})["role"] = role.value
+    state = scope.setdefault("state", {})
+    state["role"], state["user"] = role.value, who
     return True
 
 
-__all__ = ["PERMISSIONS", "Authenticator", "LockedOut", "Permission", "authorize", "loopback_only"]
+__all__ = ["LOGIN_PATH", "PERMISSIONS", "Authenticator", "LockedOut", "Permission", "authorize", "login_url",
+           "loopback_only", "session_of"]

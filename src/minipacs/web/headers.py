@@ -5,7 +5,8 @@
   script, eval and WebAssembly, so ``/ohif/`` has its own, looser policy. Both forbid
   framing (``frame-ancestors 'none'``, plus ``X-Frame-Options: DENY`` for old browsers).
 - ``X-Content-Type-Options: nosniff``: a DICOM file or JSON answer is never run as script.
-- ``Referrer-Policy: no-referrer``: URLs carry UIDs and Patient IDs; they are not sent on.
+- ``Referrer-Policy: same-origin``: URLs carry UIDs and Patient IDs; they are not sent to
+  other sites (``no-referrer`` would also make Chromium send ``Origin: null`` with our own forms).
 - ``Cross-Origin-Resource-Policy: same-origin``: another site cannot embed our images or
   answers with <img> or <script> using the browser's credentials.
 - ``Cache-Control: no-store`` on everything but the UI's static files and OHIF's: pages,
@@ -33,7 +34,7 @@ OHIF_CSP: Final = ("default-src 'self'; script-src 'self' 'unsafe-inline' 'unsaf
 ALWAYS: Final[Mapping[str, str]] = MappingProxyType({
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
 })
 #: Paths whose answers are program files, not patient data: they may be cached.

@@ -26,6 +26,7 @@ from minipacs.core.errors import ArchiveError, NotFound
 from minipacs.core.nodes import registry_warnings
 from minipacs.core.paths import validate_uid
 from minipacs.core.query import Level
+from minipacs.web import login
 from minipacs.web.completion import completed_studies
 from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError, classify, redact
@@ -283,7 +284,17 @@ def routes() -> list[BaseRoute]:
         Endpoint("/log", association_log, "GET", "read", "Page: the association log", name="log"),
         Endpoint("/worklist", html_errors(worklist_page), "GET", "read", "Page: the modality worklist",
                  name="worklist"),
-        GuardedMount("/static", StaticFiles(directory=STATIC_DIR), "read", "The UI's script and style sheet",
+        Endpoint("/login", login.login_page, "GET", "public", "Page: log in (a form with a CSRF token)",
+                 name="login"),
+        Endpoint("/login", login.login, "POST", "public", "Log in: a form or JSON {name, password}; sets the session "
+                 "cookie (HttpOnly, SameSite=Strict); JSON answers {user, role, csrf_token}", name="login",
+                 form_checks_csrf=True),
+        Endpoint("/logout", login.logout, "POST", "public", "Log out: ends the session (its CSRF token needed)",
+                 name="logout", form_checks_csrf=True),
+        Endpoint("/session", login.whoami, "GET", "read", "Who the credentials or session say you are: {user, role}",
+                 name="session"),
+        # our own script and style sheet: no patient data, and the login page needs them
+        GuardedMount("/static", StaticFiles(directory=STATIC_DIR), "public", "The UI's script and style sheet",
                      name="static"),
     ]
 
