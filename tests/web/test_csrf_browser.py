@@ -23,7 +23,13 @@ from pydicom.uid import generate_uid
 
 from tests.peers import ServerProcess, free_port, missing_peer
 from tests.web.test_ui_browser import (  # noqa: F401
-    ADMIN, CHROMIUM, CHROMIUM_ARGS, basic, gradient_ct, login, server,
+    ADMIN,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    basic,
+    gradient_ct,
+    login,
+    server,
 )
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -70,7 +76,7 @@ def attacker(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         def __init__(self, *args: object, **kwargs: object) -> None:
             super().__init__(*args, directory=str(folder), **kwargs)  # type: ignore[arg-type]
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        def log_message(self, format: str, *args: object) -> None:
             pass
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Quiet)

@@ -488,8 +488,9 @@ def test_failed_logins_lock_out_the_address_at_login_attempts(web: Callable[...,
     with caplog.at_level(logging.WARNING, logger="minipacs.web.auth"):
         web(body, users=USERS, login_attempts=3, login_lockout_seconds=60)
     lockouts = [r.getMessage() for r in caplog.records if "login lockout" in r.getMessage()]
-    assert lockouts == ["login lockout: address 127.0.0.1 had 3 failed logins within 60 s; refused for 60 s "
-                        "(login_attempts, login_lockout_seconds)"], lockouts
+    expected = ("login lockout: address 127.0.0.1 had 3 failed logins within 60 s; refused for 60 s "
+                "(login_attempts, login_lockout_seconds)")
+    assert lockouts == [expected], lockouts
 
 
 def test_failed_logins_lock_out_the_user_name_from_any_address(tmp_path: Path) -> None:
@@ -570,6 +571,7 @@ def test_ohif_has_its_own_policy_and_no_framing(web: Callable[..., Any]) -> None
 def test_no_page_has_inline_script() -> None:
     """The CSP forbids inline script: every <script> of every template is external or data."""
     import re
+
     from minipacs.web.pages import TEMPLATE_DIR
     for template in TEMPLATE_DIR.glob("*.html"):
         for tag in re.findall(r"<script[^>]*>", template.read_text()):

@@ -10,6 +10,7 @@ accident; any other exception is Starlette's plain 500, logged by the server.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import tempfile
@@ -85,10 +86,14 @@ def redact(message: str, settings: Settings) -> str:
     which file of its request failed, never where the server keeps things."""
     for root in _roots(settings):
         if root in message:
-            message = re.sub(re.escape(root) + r"(?:/[^\s'\",;:)]*)?",
-                             lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1] if m.group(0) != root
-                             else "the data directory", message)
+            message = re.sub(re.escape(root) + r"(?![^/\s'\",;:)])(?:/[^\s'\",;:)]*)?", functools.partial(_last_component, root),
+                             message)
     return message
+
+
+def _last_component(root: str, found: re.Match[str]) -> str:
+    below = found.group(0)[len(root):].strip("/")
+    return below.rsplit("/", 1)[-1] if below else "a folder of the server"
 
 
 def _settings(request: Request) -> Settings:

@@ -133,7 +133,7 @@ async def login(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     session = session_of(request.scope)
     if session is not None:
-        fields, form = await _fields(request) if request.headers.get("content-type") else ({}, False)
+        fields = (await _fields(request))[0] if request.headers.get("content-type") else {}
         posted = fields.get("csrf_token") or request.headers.get("x-csrf-token", "")
         if not hmac.compare_digest(posted.encode(), session.csrf.encode()):
             raise HttpError(403, "cross_site_request", "the logout was not sent by this server's page; "

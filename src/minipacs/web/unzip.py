@@ -114,4 +114,4 @@ def inflate(archive: zipfile.ZipFile, info: zipfile.ZipInfo, out: BinaryIO, limi
     return written
 
 
-__all__ = ["BrokenMember", "PIECE", "RATIO_FLOOR", "ZipLimits", "inflate", "open_zip"]
+__all__ = ["PIECE", "RATIO_FLOOR", "BrokenMember", "ZipLimits", "inflate", "open_zip"]
