@@ -104,6 +104,30 @@ class Settings:
     http_port: int = 8042
     #: Largest HTTP request body accepted (uploads, STOW-RS); larger: 413.
     max_upload_bytes: int = 1024 * MiB
+    #: HTTP connections open at once; one more is answered 503 and closed.
+    http_max_connections: int = 512
+    #: Seconds a connection may take to send a complete request head (after opening or a response).
+    http_header_timeout: float = 10.0
+    #: Seconds a request body may stall (no byte) while it is read; then 408.
+    http_body_timeout: float = 30.0
+    #: A ZIP upload may inflate to at most this many bytes in all (each member: max_dataset_bytes); larger: 413.
+    max_zip_inflated_bytes: int = 8192 * MiB
+    #: ... and to at most this many times its own size (beyond 1 MiB): an inflation bomb is refused (413).
+    max_zip_ratio: int = 200
+    #: Renders and transcodes (/rendered, /thumbnail, WADO-URI images, transcoded WADO-RS) running at once ...
+    max_concurrent_renders: int = 2
+    #: ... and waiting for a turn; beyond both: 503 with Retry-After.
+    render_queue: int = 16
+    #: Most files in one request: STOW-RS parts, upload multipart parts or ZIP members; more: 413.
+    max_upload_parts: int = 10000
+    #: This many failed HTTP logins from one address, or for one user name, within login_lockout_seconds ...
+    login_attempts: int = 10
+    #: ... lock that address or name out (429) for this many seconds.
+    login_lockout_seconds: float = 300.0
+    #: A web UI session (login page, cookie) unused this many seconds ends.
+    session_idle_timeout: float = 28800.0
+    #: At most this many UI sessions at once (kept in memory); the least recently used ends first.
+    max_sessions: int = 10000
     # --- HL7 v2 orders over MLLP (hl7/mllp.py)
     hl7_host: str = "127.0.0.1"
     #: 0 turns the HL7 listener off.
@@ -169,6 +193,20 @@ class Settings:
             raise ConfigError(f"http_port {self.http_port} is outside 0..65535 (0 turns HTTP off)")
         if self.max_upload_bytes < 1024:
             raise ConfigError("max_upload_bytes must be at least 1024")
+        if self.max_zip_inflated_bytes < 1024 or self.max_zip_ratio < 1:
+            raise ConfigError("max_zip_inflated_bytes must be at least 1024 and max_zip_ratio at least 1")
+        if self.http_max_connections < 1:
+            raise ConfigError("http_max_connections must be at least 1")
+        if self.http_header_timeout <= 0 or self.http_body_timeout <= 0:
+            raise ConfigError("http_header_timeout and http_body_timeout must be positive numbers of seconds")
+        if self.max_concurrent_renders < 1 or self.render_queue < 0:
+            raise ConfigError("max_concurrent_renders must be at least 1 and render_queue at least 0")
+        if self.max_upload_parts < 1:
+            raise ConfigError("max_upload_parts must be at least 1")
+        if self.session_idle_timeout <= 0 or self.max_sessions < 1:
+            raise ConfigError("session_idle_timeout must be a positive number of seconds and max_sessions at least 1")
+        if self.login_attempts < 1 or self.login_lockout_seconds <= 0:
+            raise ConfigError("login_attempts must be at least 1 and login_lockout_seconds a positive number")
         if not 0 <= self.hl7_port <= 65535:
             raise ConfigError(f"hl7_port {self.hl7_port} is outside 0..65535 (0 turns the HL7 listener off)")
         if self.hl7_max_message_bytes < 1024:

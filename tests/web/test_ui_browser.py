@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Page, sync_playwright
 from pydicom.uid import generate_uid
 
 from minipacs.core.users import hash_password
@@ -35,6 +35,16 @@ pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
 def basic(user: tuple[str, str]) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user[0]}:{user[1]}".encode()).decode()}
+
+
+def login(page: Page, base: str, user: tuple[str, str]) -> None:
+    """Log in through the login page (the UI's session cookie, not cached Basic credentials)."""
+    page.goto(f"{base}/ui/login")
+    page.fill("input[name=name]", user[0])
+    page.fill("input[name=password]", user[1])
+    with page.expect_navigation():
+        page.click("form.login button[type=submit]")
+    assert page.locator("body").get_attribute("data-role") is not None, page.content()
 
 
 def gradient_ct(path: Path, study: str, series: str, number: int) -> None:
@@ -100,16 +110,16 @@ def test_browser_upload_view_send_and_roles(tmp_path: Path, server: tuple[Server
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
-            context = browser.new_context(http_credentials={"username": ADMIN[0], "password": ADMIN[1]},
-                                          viewport={"width": 1200, "height": 800})
+            context = browser.new_context(viewport={"width": 1200, "height": 800})
             page = context.new_page()
+            login(page, base, ADMIN)
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
 
             # upload through the page (file input; the same code path as a drop)
             page.goto(f"{base}/ui/upload")
             page.set_input_files("#files", [str(f) for f in files])
-            page.wait_for_function("document.querySelectorAll('#results tbody tr').length === 2", timeout=30000)
+            page.wait_for_function("() => document.querySelectorAll('#results tbody tr').length === 2", timeout=30000)
             assert page.locator("#progress").evaluate("el => el.value") == 1
             assert page.locator("#results td.ok").count() == 2, page.content()
 
@@ -122,7 +132,7 @@ def test_browser_upload_view_send_and_roles(tmp_path: Path, server: tuple[Server
 
             # the viewer draws non-blank pixels and scrolls
             page.goto(f"{base}/ui/viewer/{study}/{series}")
-            page.wait_for_function("document.body.dataset.viewerReady === '1'", timeout=30000)
+            page.wait_for_function("() => document.body.dataset.viewerReady === '1'", timeout=30000)
             assert "Browser Test (BR1)" in page.content()
             distinct = page.evaluate("""() => {
                 const c = document.getElementById('canvas');
@@ -133,23 +143,23 @@ def test_browser_upload_view_send_and_roles(tmp_path: Path, server: tuple[Server
             assert distinct > 10, distinct
             page.locator("#viewport").focus()
             page.keyboard.press("ArrowDown")
-            page.wait_for_function("document.getElementById('status').textContent.startsWith('image 2/2')")
+            page.wait_for_function("() => document.getElementById('status').textContent.startsWith('image 2/2')")
             page.select_option("#preset", "300,1500")
-            page.wait_for_function("document.getElementById('status').textContent.includes('W 1500 L 300')")
+            page.wait_for_function("() => document.getElementById('status').textContent.includes('W 1500 L 300')")
             if SHOTS:
                 page.screenshot(path=str(SHOTS / "viewer.png"))
 
             # the nodes page: echo the storescp node
             page.goto(f"{base}/ui/nodes")
             page.click("button.echo")
-            page.wait_for_function("/^ok/.test(document.querySelector('.echo-result').textContent)",
+            page.wait_for_function("() => /^ok/.test(document.querySelector('.echo-result').textContent)",
                                    timeout=30000)
 
             # send the study to storescp through the page
             page.goto(f"{base}/ui/studies/{study}")
             page.select_option("form.send select", label=f"UISCP (127.0.0.1:{scp_port})")
             page.click("form.send button")
-            page.wait_for_function("/done/.test(document.querySelector('form.send .job').textContent)",
+            page.wait_for_function("() => /done/.test(document.querySelector('form.send .job').textContent)",
                                    timeout=30000)
             deadline = time.monotonic() + 20
             while len(list(scp_out.iterdir())) < 2 and time.monotonic() < deadline:
@@ -159,8 +169,9 @@ def test_browser_upload_view_send_and_roles(tmp_path: Path, server: tuple[Server
             context.close()
 
             # a viewer sees no delete or upload button, and the API refuses anyway
-            context = browser.new_context(http_credentials={"username": VIEWER[0], "password": VIEWER[1]})
+            context = browser.new_context()
             page = context.new_page()
+            login(page, base, VIEWER)
             page.goto(f"{base}/ui/studies/{study}")
             assert page.locator("body").get_attribute("data-role") == "viewer"
             assert page.locator("button[data-delete]").count() == 0
@@ -192,8 +203,9 @@ def test_browser_follows_links_of_a_hostile_patient_id_and_deletes_the_patient(
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
-            context = browser.new_context(http_credentials={"username": ADMIN[0], "password": ADMIN[1]})
+            context = browser.new_context()
             page = context.new_page()
+            login(page, base, ADMIN)
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.on("dialog", lambda dialog: dialog.accept())

@@ -20,7 +20,9 @@ from pydicom.uid import generate_uid
 
 from tests.dicomgen import write_ct
 from tests.peers import ServerProcess, dcmtk, free_port, missing_peer, run, wait_for_port
-from tests.web.test_ui_browser import ADMIN, CHROMIUM, CHROMIUM_ARGS, SHOTS, VIEWER, basic, server  # noqa: F401
+from tests.web.test_ui_browser import (  # noqa: F401
+    ADMIN, CHROMIUM, CHROMIUM_ARGS, SHOTS, VIEWER, basic, login, server,
+)
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
@@ -90,14 +92,14 @@ def search(page: Page, node_id: object, level: str = "study", **fields: str) -> 
     for name, value in fields.items():
         page.fill(f"#remote-query input[name={name}]", value)
     page.click("#remote-query button[type=submit]")
-    page.wait_for_function("/ on /.test(document.getElementById('remote-status').textContent) || "
+    page.wait_for_function("() => / on /.test(document.getElementById('remote-status').textContent) || "
                            "!document.getElementById('message').hidden", timeout=30000)
 
 
 def retrieve(page: Page, method: str) -> str:
     page.select_option("#retrieve select[name=method]", method)
     page.click("#retrieve-button")
-    page.wait_for_function("/^(Retrieved|Retrieve failed|Not retrieved)/.test("
+    page.wait_for_function("() => /^(Retrieved|Retrieve failed|Not retrieved)/.test("
                            "document.getElementById('retrieve-summary').textContent)", timeout=60000)
     return page.locator("#retrieve-summary").inner_text()
 
@@ -110,9 +112,9 @@ def test_browser_query_retrieve_edit_and_roles(server: tuple[ServerProcess, str]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
-            context = browser.new_context(http_credentials={"username": ADMIN[0], "password": ADMIN[1]},
-                                          viewport={"width": 1300, "height": 900})
+            context = browser.new_context(viewport={"width": 1300, "height": 900})
             page = context.new_page()
+            login(page, base, ADMIN)
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
 
@@ -215,15 +217,16 @@ def test_browser_query_retrieve_edit_and_roles(server: tuple[ServerProcess, str]
             page.evaluate("document.querySelector('#edit-node input[name=ae_title]').removeAttribute('maxlength')")
             page.fill("#edit-node input[name=ae_title]", "THIS TITLE IS FAR TOO LONG")
             page.click("#edit-node button[type=submit]")
-            page.wait_for_function("!document.getElementById('message').hidden")
+            page.wait_for_function("() => !document.getElementById('message').hidden")
             assert "Not saved: " in page.locator("#message").inner_text()
             assert "16 characters" in page.locator("#message").inner_text()
             assert not errors, errors
             context.close()
 
             # a viewer: the page, no retrieve controls; searching shows the server's 403 sentence
-            context = browser.new_context(http_credentials={"username": VIEWER[0], "password": VIEWER[1]})
+            context = browser.new_context()
             page = context.new_page()
+            login(page, base, VIEWER)
             page.goto(f"{base}/ui/remote")
             assert page.locator("#retrieve-button").count() == 0
             search(page, peers["GOODQR"], pid="RR1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount
@@ -10,9 +11,12 @@ from starlette.routing import Mount
 from minipacs.web import dicomweb, rest, rest_nodes, rest_worklist, ui
 from minipacs.web.auth import Authenticator
 from minipacs.web.errors import exception_handlers
+from minipacs.web.headers import SecurityHeaders
+from minipacs.web.limits import BodyTimeoutMiddleware
 from minipacs.web.ohif import OhifApp
 from minipacs.web.openapi import document
 from minipacs.web.routing import Endpoint, GuardedMount, declared
+from minipacs.web.sessions import SessionStore
 from minipacs.web.types import AppContext
 
 
@@ -41,9 +45,12 @@ def create_app(ctx: AppContext) -> Starlette:
     app = Starlette(
         routes=routes,
         exception_handlers=exception_handlers(),
+        middleware=[Middleware(SecurityHeaders),
+                    Middleware(BodyTimeoutMiddleware, timeout=ctx.settings.http_body_timeout)],
     )
     app.state.ctx = ctx
     app.state.auth = Authenticator(ctx.settings)
+    app.state.sessions = SessionStore(ctx.settings.session_idle_timeout, ctx.settings.max_sessions)
     app.state.openapi = document(app.routes)
     return app
 

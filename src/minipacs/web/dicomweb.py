@@ -30,12 +30,13 @@ from minipacs.web.accept import ANY, DICOM, frame_choice, frame_choices_text, in
 from minipacs.web.errors import HttpError
 from minipacs.web.render import choose_format, parse_window, render
 from minipacs.web.routing import Endpoint
-from minipacs.web.search import search, to_json
+from minipacs.web.search import ascii_digits, search, to_json
 from minipacs.web.transfer import (
-    OutPart, aiter_text, boundary_of, file_response, ingest_file, multipart_octets, multipart_response, new_boundary,
-    read_body, split_multipart, stored_part,
+    OutPart, aiter_text, boundary_of, file_response, ingest_file, insufficient_storage, multipart_octets,
+    multipart_response, new_boundary, read_body, split_multipart, stored_part,
 )
 from minipacs.web.types import AppContext
+from minipacs.web.workers import RenderPool
 
 DICOM_JSON: Final = "application/dicom+json"
 # path parameter (PS3.18 10.4: {study}, {series}, {instance}) -> DICOM keyword of the UID it carries
@@ -101,9 +102,11 @@ async def _instances(request: Request, located: bool = True) -> list[StoredInsta
     return found
 
 
-def _transcoded_part(item: StoredInstance, target_ts: str) -> OutPart:
+def _transcoded_part(item: StoredInstance, target_ts: str, pool: RenderPool) -> OutPart:
+    """A part transcoded when the response reaches it, in the render pool (waiting for a turn there)."""
     return OutPart(f"application/dicom; transfer-syntax={target_ts}",
-                   produce=functools.partial(transcode_part10, item.path, target_ts), label=item.sop_instance_uid)
+                   produce=functools.partial(pool.call, functools.partial(transcode_part10, item.path, target_ts)),
+                   label=item.sop_instance_uid)
 
 
 async def retrieve(request: Request) -> Response:
@@ -113,7 +116,9 @@ async def retrieve(request: Request) -> Response:
         raise HttpError(406, "not_acceptable", "instances are available as multipart/related; "
                         'type="application/dicom" (bulk data and metadata have their own URLs)')
     found = await _instances(request, located=False)
+    pool = ctx(request).renders
     parts: list[OutPart] = []
+    targets: list[str] = []
     for item in found:
         target = instance_syntax(ranges, item.transfer_syntax_uid)
         if target is None:
@@ -122,13 +127,17 @@ async def retrieve(request: Request) -> Response:
                             f"syntax {item.transfer_syntax_uid} and cannot be converted to {asked}: this server "
                             "only decompresses (to Explicit VR Little Endian); ask for "
                             "transfer-syntax=* (as stored) or transfer-syntax=1.2.840.10008.1.2.1")
-        parts.append(stored_part(item) if target == item.transfer_syntax_uid else _transcoded_part(item, target))
+        parts.append(stored_part(item) if target == item.transfer_syntax_uid else
+                     _transcoded_part(item, target, pool))
+        targets.append(target)
     if len(parts) == 1 and parts[0].produce is not None:  # one instance: a failure can still be a 406
         try:
-            data = await asyncio.to_thread(parts[0].produce)
+            data = await pool.run(transcode_part10, found[0].path, targets[0], what="transcoding")
         except TranscodeError as exc:
             raise HttpError(406, "cannot_transcode", f"{exc}; ask for transfer-syntax=* to get it as stored") from None
         parts = [OutPart(parts[0].content_type, produce=lambda: data, label=parts[0].label)]
+    elif any(part.produce is not None for part in parts):
+        pool.check("transcoding")  # 503 now rather than a response that stalls part-way
     return await multipart_response(parts, new_boundary(), DICOM)
 
 
@@ -140,10 +149,10 @@ async def metadata(request: Request) -> Response:
 
 
 def _frame_numbers(raw: str) -> list[int]:
-    try:
-        numbers = [int(part) for part in raw.split(",")]
-    except ValueError:
-        raise HttpError(400, "invalid_frames", f"frame numbers must be a comma-separated list, not {raw[:40]!r}") from None
+    fields = raw.split(",")
+    if not all(ascii_digits(part) for part in fields):
+        raise HttpError(400, "invalid_frames", f"frame numbers must be a comma-separated list, not {raw[:40]!r}")
+    numbers = [int(part) for part in fields]
     if not numbers or len(numbers) > 10000:
         raise HttpError(400, "invalid_frames", "give between 1 and 10000 frame numbers")
     return numbers
@@ -159,7 +168,8 @@ async def frames(request: Request) -> Response:
                         f"{item.transfer_syntax_uid}, which no media type in the Accept header allows; ask for "
                         f"{frame_choices_text(item.transfer_syntax_uid)}")
     try:
-        chunks = await asyncio.to_thread(pixel_frames, item.path, numbers, decode=choice.decode)
+        chunks = await ctx(request).renders.run(functools.partial(pixel_frames, item.path, numbers,
+                                                                  decode=choice.decode), what="decoding")
     except NoSuchFrame as exc:
         raise HttpError(404, "no_such_frame", str(exc)) from None
     except TranscodeError as exc:
@@ -185,7 +195,7 @@ async def bulkdata(request: Request) -> Response:
     except ValueError:
         raise HttpError(400, "invalid_tag", f"{raw[:20]!r} is not a tag (8 hex digits)") from None
     item = (await _instances(request))[0]
-    data = await asyncio.to_thread(_bulk, item, tag)
+    data = await ctx(request).renders.run(_bulk, item, tag, what="reading")
     boundary = new_boundary()
     return Response(multipart_octets([data], boundary, "application/octet-stream"),
                     media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}')
@@ -196,7 +206,7 @@ async def _render(request: Request, thumbnail: bool, frame: int = 1) -> Response
     item = found[len(found) // 2]  # a representative instance for study/series level
     mime = choose_format(request.headers.get("accept", ""))
     window = parse_window(request.query_params.get("window"))
-    data = await asyncio.to_thread(render, item.path, frame, mime, window, thumbnail)
+    data = await ctx(request).renders.run(render, item.path, frame, mime, window, thumbnail)
     return Response(data, media_type=mime)
 
 
@@ -231,7 +241,7 @@ async def wado_uri(request: Request) -> Response:
                 raise HttpError(406, "not_acceptable", f"the instance is stored in {stored} and cannot be converted "
                                 f"to {wanted[:64]}; leave transferSyntax out, or ask for 1.2.840.10008.1.2.1")
             try:
-                data = await asyncio.to_thread(transcode_part10, found[0].path, wanted)
+                data = await ctx(request).renders.run(transcode_part10, found[0].path, wanted, what="transcoding")
             except TranscodeError as exc:
                 raise HttpError(406, "cannot_transcode",
                                 f"{exc}; leave transferSyntax out to get it as stored") from None
@@ -244,12 +254,12 @@ async def wado_uri(request: Request) -> Response:
     if content_type not in ("image/jpeg", "image/png"):
         raise HttpError(406, "not_acceptable", "contentType must be application/dicom, image/jpeg or image/png")
     frame = params.get("frameNumber", "1")
-    if not frame.isdigit():
+    if not ascii_digits(frame):
         raise HttpError(400, "invalid_frames", "frameNumber must be a positive number")
     window = None
     if params.get("windowCenter") and params.get("windowWidth"):
         window = parse_window(f"{params['windowCenter']},{params['windowWidth']}")
-    data = await asyncio.to_thread(render, found[0].path, int(frame), content_type, window, False)
+    data = await ctx(request).renders.run(render, found[0].path, int(frame), content_type, window, False)
     return Response(data, media_type=content_type)
 
 
@@ -299,12 +309,13 @@ async def store(request: Request) -> Response:
     if not content_type.lower().startswith("multipart/related"):
         raise HttpError(415, "unsupported_media_type", 'STOW-RS needs a multipart/related; type="application/dicom" '
                         "body")
-    parts = split_multipart(await read_body(request, context.settings.max_upload_bytes), boundary_of(content_type))
+    body = await read_body(request, context.settings.max_upload_bytes)
+    parts = split_multipart(body, boundary_of(content_type), context.settings.max_upload_parts)
     root = root_url(request)
     stored: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     origin = Origin("stow", peer_host=request.client.host if request.client else "")
-    for part in parts:
+    for number, part in enumerate(parts, 1):
         class_uid, instance_uid, study_uid = await asyncio.to_thread(_sop_uids, part.body)
         if part.content_type and not part.content_type.lower().startswith("application/dicom"):
             failed.append(_item(class_uid, instance_uid,
@@ -314,7 +325,9 @@ async def store(request: Request) -> Response:
             failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [0xA900]}))
             continue
         try:
-            outcome = await ingest_file(context.archive, part.body, origin)
+            outcome = await ingest_file(context.archive, part.body, origin, f"part {number}")
+        except OutOfResources as exc:  # the parts after it would fail the same way
+            raise insufficient_storage(exc, len(stored), len(parts)) from None
         except ArchiveError as exc:
             reason = failure_reason(exc, class_uid)
             failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [reason]}))

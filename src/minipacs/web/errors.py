@@ -10,8 +10,12 @@ accident; any other exception is Starlette's plain 500, logged by the server.
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
+import tempfile
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 
@@ -19,6 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from minipacs.config import Settings
 from minipacs.core import errors as core
 from minipacs.core.nodes import InvalidNode
 from minipacs.core.retrieve import InvalidRetrieveIdentifier
@@ -30,9 +35,10 @@ log = logging.getLogger("minipacs.web.errors")
 class HttpError(Exception):
     """An error the web layer itself raises (bad parameter, too large, not acceptable)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.headers: Mapping[str, str] = headers or {}
 
 
 #: ArchiveError class -> (HTTP status, stable code)
@@ -65,6 +71,36 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
+def _roots(settings: Settings) -> list[str]:
+    """Folders whose paths an answer must not show, longest first."""
+    folders = {settings.data_dir, settings.data_dir.resolve(), Path(tempfile.gettempdir()).resolve()}
+    if settings.ohif_dir:
+        folders |= {Path(settings.ohif_dir), Path(settings.ohif_dir).resolve()}
+    return sorted({str(f).rstrip("/") for f in folders if str(f) not in ("", ".", "/")}, key=len, reverse=True)
+
+
+def redact(message: str, settings: Settings) -> str:
+    """``message`` without the server's file paths: a path under the data directory, the OHIF folder
+    or the temporary folder becomes its last component (``/srv/pacs/staging/upload-x.part`` ->
+    ``upload-x.part``). Errors from the core and from pydicom name files; a client needs to know
+    which file of its request failed, never where the server keeps things."""
+    for root in _roots(settings):
+        if root in message:
+            message = re.sub(re.escape(root) + r"(?![^/\s'\",;:)])(?:/[^\s'\",;:)]*)?", functools.partial(_last_component, root),
+                             message)
+    return message
+
+
+def _last_component(root: str, found: re.Match[str]) -> str:
+    below = found.group(0)[len(root):].strip("/")
+    return below.rsplit("/", 1)[-1] if below else "a folder of the server"
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.ctx.settings
+    return settings
+
+
 def classify(exc: core.ArchiveError) -> tuple[int, str]:
     """(status, code) of the nearest class on the exception's MRO with a row; UNMAPPED (logged) if none."""
     for kind in type(exc).__mro__:
@@ -79,13 +115,15 @@ async def archive_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, core.ArchiveError):  # pragma: no cover - registered for ArchiveError classes only
         raise exc
     status, code = classify(exc)
-    return error_response(status, code, str(exc))
+    return error_response(status, code, redact(str(exc), _settings(request)))
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, HttpError):  # pragma: no cover - registered for HttpError only
         raise exc
-    return error_response(exc.status, exc.code, exc.message)
+    response = error_response(exc.status, exc.code, redact(exc.message, _settings(request)))
+    response.headers.update(exc.headers)
+    return response
 
 
 async def starlette_error(request: Request, exc: Exception) -> Response:
@@ -106,4 +144,5 @@ def exception_handlers() -> dict[type[Exception], Handler]:
     return handlers
 
 
-__all__ = ["ERROR_TABLE", "HTTP_CODES", "UNMAPPED", "HttpError", "classify", "error_response", "exception_handlers"]
+__all__ = ["ERROR_TABLE", "HTTP_CODES", "UNMAPPED", "HttpError", "classify", "error_response", "exception_handlers",
+           "redact"]

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
 from minipacs.core.users import ROLE_PERMISSIONS, Role
+from minipacs.web.auth import session_of
 
 TEMPLATE_DIR: Final = Path(__file__).with_name("templates")
 
@@ -123,8 +124,10 @@ def _frame(request: Request) -> dict[str, Any]:
     """What base.html needs on every page: the role, and which navigation links it may see."""
     nav = [(path_for(request, name, None, **params), label)
            for name, params, label, needed in NAV if may(request, needed)]
+    session = session_of(request.scope)
     return {"role": role_of(request).value, "can_write": may(request, "write"), "can_admin": may(request, "admin"),
-            "nav": nav}
+            "nav": nav, "user": request.scope.get("state", {}).get("user", ""), "logged_in": session is not None,
+            "csrf_token": session.csrf if session is not None else ""}
 
 
 def _environment() -> jinja2.Environment:

@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute
 
 from minipacs.core import changes as journal
 from minipacs.core.delete import delete_resource
-from minipacs.core.errors import NotFound
+from minipacs.core.errors import NotFound, OutOfResources
 from minipacs.core.metadata import BULK_PREFIX
 from minipacs.core.model import Origin
 from minipacs.core.nodes import node_from_mapping
@@ -25,8 +25,11 @@ from minipacs.web import completion
 from minipacs.web.dicomweb import ctx, root_url
 from minipacs.web.errors import HttpError
 from minipacs.web.routing import Endpoint
-from minipacs.web.search import search
-from minipacs.web.transfer import boundary_of, ingest_bytes, read_body, split_multipart, unzip, zip_stream
+from minipacs.web.search import ascii_digits, search
+from minipacs.web.transfer import (
+    boundary_of, ingest_bytes, ingest_zip, insufficient_storage, read_body, split_multipart, zip_stream,
+)
+from minipacs.web.unzip import ZipLimits
 
 # URL level -> (query level, unique key, retrieve level, delete level), from dicom/levels.py
 LEVELS: Final[Mapping[str, tuple[Level, str, str, str]]] = {
@@ -134,18 +137,29 @@ async def upload(request: Request) -> Response:
     """POST /api/instances: a DICOM file, a ZIP of them, or multipart/form-data / multipart/related files."""
     context = ctx(request)
     limit = context.settings.max_upload_bytes
-    content_type = request.headers.get("content-type", "application/dicom").lower()
+    # the boundary parameter is case-sensitive (RFC 2046 §5.1.1): only the media type is lower-cased
+    raw_type = request.headers.get("content-type", "application/dicom")
+    content_type = raw_type.lower()
     body = await read_body(request, limit)
-    if content_type.startswith("multipart/"):
-        files = [(f"part {n}", part.body) for n, part in enumerate(split_multipart(body, boundary_of(content_type)), 1)]
-    elif content_type.startswith(("application/zip", "application/x-zip")) or body[:4] == b"PK\x03\x04":
-        files = unzip(body, limit)
-    else:
-        files = [("body", body)]
-    if not files:
-        raise HttpError(400, "no_files", "the upload holds no file")
     origin = Origin("rest", peer_host=request.client.host if request.client else "")
-    results = [{"file": name, **await ingest_bytes(context.archive, data, origin)} for name, data in files]
+    results: list[dict[str, str]] = []
+    if content_type.startswith(("application/zip", "application/x-zip")) or (
+            not content_type.startswith("multipart/") and body[:4] == b"PK\x03\x04"):
+        results = await ingest_zip(context.archive, body, origin, ZipLimits.of(context.settings))
+    else:
+        if content_type.startswith("multipart/"):
+            parts = split_multipart(body, boundary_of(raw_type), context.settings.max_upload_parts)
+            files = [(f"part {n}", part.body) for n, part in enumerate(parts, 1)]
+        else:
+            files = [("body", body)]
+        for name, data in files:
+            try:
+                label = "the uploaded file" if name == "body" else name
+                results.append({"file": name, **await ingest_bytes(context.archive, data, origin, label)})
+            except OutOfResources as exc:
+                raise insufficient_storage(exc, sum(r["status"] != "failed" for r in results), len(files)) from None
+    if not results:
+        raise HttpError(400, "no_files", "the upload holds no file")
     ok = sum(r["status"] != "failed" for r in results)
     status = 200 if ok == len(results) else 207 if ok else 400
     return JSONResponse({"stored": ok, "failed": len(results) - ok, "results": results}, status_code=status)
@@ -153,7 +167,7 @@ async def upload(request: Request) -> Response:
 
 async def associations(request: Request) -> Response:
     raw = request.query_params.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= 10000:
+    if not ascii_digits(raw) or not 1 <= int(raw) <= 10000:
         raise HttpError(400, "invalid_limit", "limit must be a whole number from 1 to 10000")
     records = await ctx(request).archive.list_associations(int(raw))
     return JSONResponse([{**dataclasses.asdict(r), "started_at": r.started_at.isoformat(),

@@ -9,6 +9,7 @@ built from the same walk.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
@@ -16,8 +17,11 @@ from typing import Any, Final
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from minipacs.web.auth import PERMISSIONS, Permission, authorize
+from minipacs.web import csrf
+from minipacs.web.auth import PERMISSIONS, Permission, authorize, session_of
+from minipacs.web.errors import error_response
 
+log = logging.getLogger("minipacs.web.auth")
 _CONVERTOR: Final = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*):[a-zA-Z_][a-zA-Z0-9_]*\}")
 
 
@@ -36,19 +40,35 @@ class Endpoint(Route):
     """One method on one path, with the permission it needs and a summary (PS3.18 cites go in the summary)."""
 
     def __init__(self, path: str, endpoint: Callable[..., Any], method: str, permission: Permission, summary: str,
-                 *, name: str | None = None) -> None:
+                 *, name: str | None = None, form_checks_csrf: bool = False) -> None:
         _check(permission, summary, f"{method} {path}")
         super().__init__(path, endpoint, methods=[method], name=name)
         self.method = method.upper()
         self.permission: Permission = permission
         self.summary = summary
+        #: a form endpoint (login, logout) that checks a CSRF token of its own (web/csrf.py rule 3)
+        self.form_checks_csrf = form_checks_csrf
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         # a method this route does not have is Starlette's 405, whoever asks
         if self.methods and scope["method"] not in self.methods:
             await super().handle(scope, receive, send)
-        elif await authorize(scope, receive, send, self.permission):
+        elif await refuse_cross_site(scope, receive, send, self.form_checks_csrf) and \
+                await authorize(scope, receive, send, self.permission):
             await super().handle(scope, receive, send)
+
+
+async def refuse_cross_site(scope: Scope, receive: Receive, send: Send, form_checks_csrf: bool = False) -> bool:
+    """True: the request may go on; False: it changes something and another site may have sent it (403
+    sent, logged). Checked before the credentials: a forged request costs no password check."""
+    session = session_of(scope)
+    why = csrf.refusal(scope, session.csrf if session else None, form_checks_csrf)
+    if why is None:
+        return True
+    client = scope.get("client") or ("?", 0)
+    log.warning("HTTP 403: %s %s from %s refused: %s", scope["method"], scope["path"], client[0], why)
+    await error_response(403, "cross_site_request", why)(scope, receive, send)
+    return False
 
 
 class GuardedMount(Mount):
@@ -62,7 +82,7 @@ class GuardedMount(Mount):
         self.summary = summary
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if await authorize(scope, receive, send, self.permission):
+        if await refuse_cross_site(scope, receive, send) and await authorize(scope, receive, send, self.permission):
             await super().handle(scope, receive, send)
 
 
@@ -80,4 +100,4 @@ def declared(routes: Sequence[BaseRoute], prefix: str = "") -> Iterator[tuple[st
                                   "write it as routing.Endpoint or routing.GuardedMount")
 
 
-__all__ = ["Endpoint", "GuardedMount", "UndeclaredRoute", "declared"]
+__all__ = ["Endpoint", "GuardedMount", "UndeclaredRoute", "declared", "refuse_cross_site"]

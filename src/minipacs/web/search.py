@@ -53,11 +53,18 @@ def tag_of(name: str) -> int:
                     "search by; use a keyword such as PatientName or a tag such as 00100010")
 
 
+def ascii_digits(raw: str) -> bool:
+    """True for a whole number written in ASCII digits 0-9 only. ``str.isdigit`` and ``int()`` also take
+    other scripts' digits (``"١٠"`` is 10 to both), superscripts, "+", "_" and spaces: a parameter is
+    ASCII digits (RFC 3986 §2.3 unreserved DIGIT) or it is not a number."""
+    return bool(raw) and raw.isascii() and raw.isdigit()
+
+
 def _int_param(params: Mapping[str, str], name: str, default: int, maximum: int) -> int:
     raw = params.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or int(raw) > maximum:
+    if not ascii_digits(raw) or int(raw) > maximum:
         raise HttpError(400, f"invalid_{name}", f"{name} must be a whole number from 0 to {maximum}, not {raw[:20]!r}")
     return int(raw)
 
@@ -130,4 +137,4 @@ async def search(
                 yield match
 
 
-__all__ = ["CONTROL_PARAMS", "DEFAULT_KEYS", "identifier", "search", "tag_of", "to_json"]
+__all__ = ["CONTROL_PARAMS", "DEFAULT_KEYS", "ascii_digits", "identifier", "search", "tag_of", "to_json"]

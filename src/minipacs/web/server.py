@@ -18,7 +18,9 @@ from minipacs.core.nodes import NodeRegistry
 from minipacs.services.outbound import Outbound
 from minipacs.web.app import create_app
 from minipacs.web.auth import loopback_only
+from minipacs.web.limits import ConnectionGuard, HttpListener, check_fd_budget, raise_fd_limit, uvicorn_options
 from minipacs.web.types import AppContext
+from minipacs.web.workers import RenderPool
 
 log = logging.getLogger("minipacs.web")
 
@@ -42,21 +44,27 @@ def check_access(settings: Settings) -> None:
 
 class HttpServer:
     def __init__(self, server: _Server | None, task: asyncio.Task[None] | None, metadata: MetadataStore,
-                 jobs: JobManager | None = None) -> None:
+                 jobs: JobManager | None = None, renders: RenderPool | None = None,
+                 listener: HttpListener | None = None) -> None:
         self.server, self.task, self.metadata, self.jobs = server, task, metadata, jobs
+        self.renders, self.listener = renders, listener
 
     @property
     def port(self) -> int:
-        if self.server is None or not self.server.servers:
+        if self.listener is None:
             return 0
-        return int(self.server.servers[0].sockets[0].getsockname()[1])
+        return int(self.listener.sock.getsockname()[1])
 
     async def close(self) -> None:
+        if self.listener is not None:
+            await self.listener.close()
         if self.server is not None and self.task is not None:
             self.server.should_exit = True
             await asyncio.gather(self.task, return_exceptions=True)
         if self.jobs is not None:
             await self.jobs.close()
+        if self.renders is not None:
+            self.renders.close()
         await self.metadata.close()
 
 
@@ -66,6 +74,9 @@ async def start_http(settings: Settings, archive: Archive, nodes: NodeRegistry |
     use stops the start-up with a sentence, as for the DICOM port: a server that comes up half is
     worse than one that says why it cannot."""
     check_access(settings)
+    if settings.http_port:
+        soft, _ = raise_fd_limit()
+        check_fd_budget(settings, soft)
     metadata = MetadataStore(archive)
     metadata.attach()
     if not settings.http_port:
@@ -73,22 +84,36 @@ async def start_http(settings: Settings, archive: Archive, nodes: NodeRegistry |
     context = AppContext(settings, archive, metadata, nodes, outbound=outbound)
     app = create_app(context)
     try:
-        sock = socket.create_server((settings.http_host, settings.http_port), reuse_port=False)
+        sock = socket.create_server((settings.http_host, settings.http_port), reuse_port=False,
+                                     backlog=2048)  # uvicorn's default
     except OSError as exc:
         await metadata.close()
         raise OSError(exc.errno, f"cannot listen for HTTP on {settings.http_host}:{settings.http_port}: "
                       f"{exc.strerror} (is another server using that port? choose another with `serve --http-port N`, "
                       "`http_port = N` in the config file or MINIPACS_HTTP_PORT=N; 0 turns HTTP off)"
                       ) from exc
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+    guard = ConnectionGuard.of(settings)
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False, **uvicorn_options(guard))
     server = _Server(config)
-    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]), name="minipacs-http")
+    # uvicorn runs the connections; we accept them (web/limits.py: the cap, and a back-off when
+    # descriptors run out), so uvicorn itself listens on nothing
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[]), name="minipacs-http")
     while not server.started and not task.done():
         await asyncio.sleep(0.01)
+    listener: HttpListener | None = None
+    if server.started:
+        def protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=server.server_state, app_state=server.lifespan.state)
+
+        listener = HttpListener(sock, protocol, lambda: len(server.server_state.connections), guard)
+        listener.start()
+    else:
+        sock.close()
     if server.started:
         log.info("HTTP (REST, DICOMweb) on http://%s:%d/%s", settings.http_host, settings.http_port,
                  "" if settings.users or settings.tokens else " (no users configured: open to this machine)")
-    return HttpServer(server, task, metadata, context.jobs)
+    return HttpServer(server, task, metadata, context.jobs, context.renders, listener)
 
 
 __all__ = ["HttpServer", "check_access", "start_http"]

@@ -7,6 +7,7 @@ index); stored files go out as they are, streamed.
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import logging
 import os
@@ -18,16 +19,17 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import StreamingResponse
 
 from minipacs.core.archive import Archive
-from minipacs.core.errors import ArchiveError
+from minipacs.core.errors import ArchiveError, OutOfResources
 from minipacs.core.model import Origin, StoreOutcome
 from minipacs.core.retrieve import StoredInstance
-from minipacs.web.errors import HttpError
+from minipacs.web.errors import HttpError, redact
+from minipacs.web.unzip import BrokenMember, ZipLimits, inflate, open_zip
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +70,14 @@ def boundary_of(content_type: str) -> str:
     return found.group(1)
 
 
-def split_multipart(body: bytes, boundary: str) -> list[Part]:
-    """RFC 2046 §5.1 parts of a multipart body; HttpError 400 if it is not well formed."""
+def split_multipart(body: bytes, boundary: str, max_parts: int | None = None) -> list[Part]:
+    """RFC 2046 §5.1 parts of a multipart body; HttpError 400 if it is not well formed, 413 (before
+    any part is looked at) if it has more than ``max_parts`` parts (requests: max_upload_parts)."""
     delimiter = b"--" + boundary.encode("latin-1")
+    if max_parts is not None and body.count(delimiter) - 1 > max_parts:
+        raise HttpError(413, "too_many_parts", f"the request has {body.count(delimiter) - 1} parts; at most "
+                        f"{max_parts} are accepted in one request (max_upload_parts): send them in several; "
+                        "nothing was stored")
     pieces = body.split(delimiter)
     if len(pieces) < 3 or not pieces[-1].startswith(b"--"):
         raise HttpError(400, "bad_multipart", "the multipart body is broken: its boundary delimiters are missing "
@@ -95,26 +102,43 @@ def split_multipart(body: bytes, boundary: str) -> list[Part]:
     return parts
 
 
-def unzip(body: bytes, limit: int) -> list[tuple[str, bytes]]:
-    """Members of a ZIP upload (files only), refusing archives that inflate past ``limit``."""
-    try:
-        with zipfile.ZipFile(io.BytesIO(body)) as archive:
-            members = [info for info in archive.infolist() if not info.is_dir()]
-            if sum(info.file_size for info in members) > limit:
-                raise HttpError(413, "too_large", f"the ZIP inflates beyond {limit} bytes (max_upload_bytes)")
-            return [(info.filename, archive.read(info)) for info in members]
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as exc:
-        raise HttpError(400, "bad_zip", f"the ZIP file cannot be read: {exc}") from None
+#: errno values that mean "the disk is full" (no space, over quota)
+NO_SPACE: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
-async def ingest_file(archive: Archive, data: bytes, origin: Origin) -> StoreOutcome:
-    """Store one Part 10 file given as bytes; an ArchiveError says why it was not stored."""
-    fd, name = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=archive.staging_dir)
+def _write_staged(staging_dir: Path, write: Callable[[BinaryIO], object]) -> Path:
+    """A new file in staging filled by ``write`` (blocking: run it in a worker thread).
+    A full disk is OutOfResources: the archive cannot take anything more, whichever file it is."""
+    fd, name = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=staging_dir)
     path = Path(name)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        if exc.errno in NO_SPACE:
+            raise OutOfResources(f"the archive's disk is full ({exc.strerror}): the upload cannot be staged") from None
+        raise
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+async def ingest_file(archive: Archive, data: bytes | Callable[[BinaryIO], object], origin: Origin,
+                      label: str = "") -> StoreOutcome:
+    """Store one Part 10 file given as bytes, or as a function that writes it (called in a worker
+    thread); an ArchiveError says why it was not stored, naming the file ``label`` rather than the
+    staging file (the server's paths are nobody's business)."""
+    write = data if callable(data) else (lambda fh: fh.write(data))
+    path = await asyncio.to_thread(_write_staged, archive.staging_dir, write)
+    try:
         return await archive.import_file(path, origin)
+    except ArchiveError as exc:
+        text = str(exc)
+        if str(path) in text:
+            raise type(exc)(text.replace(str(path), label or "the file")) from None
+        raise
     finally:
         path.unlink(missing_ok=True)
 
@@ -124,13 +148,49 @@ def outcome_json(outcome: StoreOutcome) -> dict[str, str]:
             "StudyInstanceUID": outcome.study_instance_uid, "SeriesInstanceUID": outcome.series_instance_uid}
 
 
-async def ingest_bytes(archive: Archive, data: bytes, origin: Origin) -> dict[str, str]:
-    """Store one Part 10 file given as bytes; a per-file result (never raises for a bad file).
-    ``error`` names the exception class for the person reading the upload result."""
+def failed_json(exc: Exception) -> dict[str, str]:
+    """A per-file failure; ``error`` names the exception class for the person reading the upload result."""
+    return {"status": "failed", "error": type(exc).__name__, "message": str(exc)}
+
+
+async def ingest_bytes(archive: Archive, data: bytes | Callable[[BinaryIO], object], origin: Origin,
+                       label: str = "") -> dict[str, str]:
+    """Store one Part 10 file; a per-file result. Never raises for a bad file; a full disk
+    (OutOfResources) is raised: the files after it would fail the same way (507)."""
     try:
-        return outcome_json(await ingest_file(archive, data, origin))
+        return outcome_json(await ingest_file(archive, data, origin, label))
+    except OutOfResources:
+        raise
     except ArchiveError as exc:
-        return {"status": "failed", "error": type(exc).__name__, "message": str(exc)}
+        return {**failed_json(exc), "message": redact(str(exc), archive.settings)}
+
+
+def insufficient_storage(exc: OutOfResources, stored: int, total: int) -> HttpError:
+    """507 Insufficient Storage (RFC 4918 §11.5) for an upload the disk filled up under, with what was kept:
+    the DICOM side answers 0xA700 Out of Resources to a C-STORE in the same state."""
+    before = f"{stored} of the {total} file(s) before it were stored" if total > 1 else "nothing was stored"
+    return HttpError(507, "insufficient_storage", f"{exc}; {before}. Free disk space in the data directory, then "
+                     "send the rest again")
+
+
+async def ingest_zip(archive: Archive, body: bytes, origin: Origin, limits: ZipLimits) -> list[dict[str, str]]:
+    """Store each file member of a ZIP (web/unzip.py: checked, then inflated one at a time off the loop)."""
+    zipped, members = await asyncio.to_thread(open_zip, body, limits)
+    results: list[dict[str, str]] = []
+    try:
+        for info in members:
+            def write(fh: BinaryIO, info: zipfile.ZipInfo = info) -> int:
+                return inflate(zipped, info, fh, limits)
+            try:
+                result = await ingest_bytes(archive, write, origin, info.filename)
+            except BrokenMember as exc:
+                result = failed_json(exc)
+            except OutOfResources as exc:
+                raise insufficient_storage(exc, sum(r["status"] != "failed" for r in results), len(members)) from None
+            results.append({"file": info.filename, **result})
+    finally:
+        zipped.close()
+    return results
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:
@@ -402,4 +462,4 @@ async def aiter_text(items: AsyncIterator[str]) -> AsyncIterator[bytes]:
 
 __all__ = ["BLOCK", "OutPart", "Part", "aiter_text", "boundary_of", "file_response", "ingest_bytes", "ingest_file",
            "multipart_octets", "multipart_related", "outcome_json", "multipart_response", "new_boundary", "read_body", "split_multipart", "stored_part",
-           "unzip", "zip_stream"]
+           "failed_json", "ingest_zip", "insufficient_storage", "zip_stream"]

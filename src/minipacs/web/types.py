@@ -10,6 +10,7 @@ from minipacs.core.jobs import JobManager
 from minipacs.core.metadata import MetadataStore
 from minipacs.core.nodes import NodeRegistry
 from minipacs.services.outbound import Outbound
+from minipacs.web.workers import RenderPool
 
 
 @dataclass
@@ -25,6 +26,11 @@ class AppContext:
     #: Echo, query, send and retrieve to other nodes (services/outbound.py), built by bootstrap;
     #: None: the /api/nodes/{id}/echo|query|retrieve and /api/send endpoints answer 503.
     outbound: Outbound | None = None
+    #: Rendering and transcoding: max_concurrent_renders threads, render_queue waiting, 503 beyond.
+    renders: RenderPool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.renders = RenderPool(self.settings.max_concurrent_renders, self.settings.render_queue)
 
 
 __all__ = ["AppContext"]

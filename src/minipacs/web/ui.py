@@ -26,12 +26,13 @@ from minipacs.core.errors import ArchiveError, NotFound
 from minipacs.core.nodes import registry_warnings
 from minipacs.core.paths import validate_uid
 from minipacs.core.query import Level
+from minipacs.web import login
 from minipacs.web.completion import completed_studies
 from minipacs.web.dicomweb import ctx
-from minipacs.web.errors import HttpError, classify
+from minipacs.web.errors import HttpError, classify, redact
 from minipacs.web.pages import json_tag_rows, may, path_for, person, render, text
 from minipacs.web.routing import Endpoint, GuardedMount
-from minipacs.web.search import search
+from minipacs.web.search import ascii_digits, search
 from minipacs.web.ui_remote import remote_page
 from minipacs.web.ui_worklist import worklist_page
 
@@ -57,10 +58,11 @@ def html_errors(endpoint: PageEndpoint) -> PageEndpoint:
         try:
             return await endpoint(request)
         except HttpError as exc:
-            return render(request, "error.html", "Error", exc.status, message=exc.message)
+            return render(request, "error.html", "Error", exc.status,
+                          message=redact(exc.message, ctx(request).settings))
         except ArchiveError as exc:
             status, _ = classify(exc)
-            return render(request, "error.html", "Error", status, message=str(exc))
+            return render(request, "error.html", "Error", status, message=redact(str(exc), ctx(request).settings))
     return wrapped
 
 
@@ -87,7 +89,7 @@ def _date_range(start: str, end: str) -> str:
 def _int(raw: str | None, default: int, allowed: range | tuple[int, ...], name: str) -> int:
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or int(raw) not in allowed:
+    if not ascii_digits(raw) or int(raw) not in allowed:
         raise HttpError(400, f"invalid_{name}", f"{name} must be one of the offered values, not {raw[:20]!r}")
     return int(raw)
 
@@ -282,7 +284,17 @@ def routes() -> list[BaseRoute]:
         Endpoint("/log", association_log, "GET", "read", "Page: the association log", name="log"),
         Endpoint("/worklist", html_errors(worklist_page), "GET", "read", "Page: the modality worklist",
                  name="worklist"),
-        GuardedMount("/static", StaticFiles(directory=STATIC_DIR), "read", "The UI's script and style sheet",
+        Endpoint("/login", login.login_page, "GET", "public", "Page: log in (a form with a CSRF token)",
+                 name="login"),
+        Endpoint("/login", login.login, "POST", "public", "Log in: a form or JSON {name, password}; sets the session "
+                 "cookie (HttpOnly, SameSite=Strict); JSON answers {user, role, csrf_token}", name="login",
+                 form_checks_csrf=True),
+        Endpoint("/logout", login.logout, "POST", "public", "Log out: ends the session (its CSRF token needed)",
+                 name="logout", form_checks_csrf=True),
+        Endpoint("/session", login.whoami, "GET", "read", "Who the credentials or session say you are: {user, role}",
+                 name="session"),
+        # our own script and style sheet: no patient data, and the login page needs them
+        GuardedMount("/static", StaticFiles(directory=STATIC_DIR), "public", "The UI's script and style sheet",
                      name="static"),
     ]
 

@@ -14,21 +14,40 @@
     box.hidden = false;
   }
 
+  // The session's CSRF token (base.html), sent with every change: the server refuses changes
+  // that another site could have started (web/csrf.py).
+  const csrfMeta = document.querySelector("meta[name=csrf-token]");
+  const csrfToken = csrfMeta ? csrfMeta.content : "";
+
+  function toLogin() {
+    window.location.assign("/ui/login?next=" + encodeURIComponent(window.location.pathname + window.location.search));
+  }
+
   async function api(method, url, payload) {
     const init = { method: method, credentials: "same-origin", headers: { Accept: "application/json" } };
     if (payload !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(payload);
     }
+    if (method !== "GET" && csrfToken) init.headers["X-CSRF-Token"] = csrfToken;
     let response;
     try {
       response = await fetch(url, init);
     } catch (err) {
       return { status: 0, data: { error: { code: "network", message: "the server could not be reached: " + err } } };
     }
+    if (response.status === 401 && csrfToken) toLogin();  // the session ended
     let data = null;
     try { data = await response.json(); } catch (err) { data = null; }
     return { status: response.status, data: data };
+  }
+
+  // ------------------------------------------------------------ the login page: skip it when logged in
+  // (a link from another site arrives without the SameSite=Strict cookie; this page's own request has it)
+  if (body.dataset.page === "login") {
+    fetch("/ui/session", { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (r) { if (r.status === 200) window.location.replace(body.dataset.next || "/ui/"); })
+      .catch(function () {});
   }
 
   function errorText(result) {
@@ -477,6 +496,7 @@
         xhr.open("POST", "/api/instances");
         xhr.setRequestHeader("Accept", "application/json");
         xhr.setRequestHeader("Content-Type", /\.zip$/i.test(file.name) ? "application/zip" : "application/dicom");
+        if (csrfToken) xhr.setRequestHeader("X-CSRF-Token", csrfToken);
         xhr.upload.onprogress = function (e) {
           if (e.lengthComputable) {
             progress.value = (done + e.loaded) / total;

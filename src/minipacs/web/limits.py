@@ -1,0 +1,279 @@
+"""HTTP connection limits: how many connections, how long a request's head and body may take.
+
+1,100 idle sockets once exhausted the process's file descriptors, and with them the
+DICOM listener too. So, under uvicorn's h11 protocol (RFC 9112):
+
+- at most ``http_max_connections`` connections are open at once; one more is answered
+  ``503 Service Unavailable`` with ``Retry-After`` and closed as it is accepted, so its
+  descriptor comes straight back (the refusals are logged at most once per ``LOG_EVERY`` s);
+- a connection must deliver a complete request head within ``http_header_timeout``
+  seconds of opening, or of the previous response (slow-header "slowloris" clients):
+  a silent one is closed, a half-sent head gets ``408 Request Timeout``;
+- while an endpoint reads a request body, ``http_body_timeout`` seconds without a byte
+  end it with ``408`` (a body that trickles keeps its connection only while it moves;
+  the connection cap bounds how many can).
+
+We accept connections ourselves (:class:`HttpListener`) and hand them to uvicorn: asyncio's
+own accept loop (``loop.create_server``), when descriptors run out, goes on calling
+accept() up to ``backlog`` times in the same tick (uvicorn's backlog is 2048), logging a
+traceback for each and scheduling as many retries -- thousands of lines a second, the
+issue's 407 MB log. Ours checks the cap before it hands a connection on, and on EMFILE or
+ENFILE waits (10 ms, doubling to 1 s) and logs once per ``LOG_EVERY`` seconds.
+:func:`raise_fd_limit` raises the soft RLIMIT_NOFILE to the hard one at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import resource
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import h11
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from minipacs.config import Settings
+from minipacs.web.errors import HttpError
+
+log = logging.getLogger("minipacs.web")
+
+#: At most one log line about refused or timed-out connections in this many seconds.
+LOG_EVERY: Final = 10.0
+#: Seconds a refused client is told to wait.
+RETRY_AFTER: Final = 1
+
+
+def _raw_response(status: str, message: str, retry_after: int | None = None) -> bytes:
+    body = json.dumps({"error": {"code": status.split(" ", 1)[1].lower().replace(" ", "_"),
+                                 "message": message}}).encode()
+    head = [f"HTTP/1.1 {status}", "Content-Type: application/json", f"Content-Length: {len(body)}",
+            "Connection: close"]
+    if retry_after is not None:
+        head.append(f"Retry-After: {retry_after}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+@dataclass
+class ConnectionGuard:
+    """The limits of one HTTP server, and when it last said it used them."""
+
+    max_connections: int
+    header_timeout: float
+    refused: int = 0
+    timed_out: int = 0
+    _last_log: float = field(default=0.0, repr=False)
+
+    @classmethod
+    def of(cls, settings: Settings) -> ConnectionGuard:
+        return cls(settings.http_max_connections, settings.http_header_timeout)
+
+    def note(self) -> None:
+        now = time.monotonic()
+        if now - self._last_log >= LOG_EVERY:
+            self._last_log = now
+            log.warning("HTTP: %d connection(s) refused at http_max_connections = %d, %d closed for sending no "
+                        "complete request head within http_header_timeout = %g s (this is logged at most every "
+                        "%g s)", self.refused, self.max_connections, self.timed_out, self.header_timeout, LOG_EVERY)
+
+    @property
+    def refusal(self) -> bytes:
+        return _raw_response("503 Service Unavailable", f"this server already has {self.max_connections} HTTP "
+                             "connections open (http_max_connections); try again shortly", RETRY_AFTER)
+
+    @property
+    def too_slow(self) -> bytes:
+        return _raw_response("408 Request Timeout", f"the request head did not arrive within {self.header_timeout:g} "
+                             "seconds (http_header_timeout)")
+
+
+def guarded_protocol(guard: ConnectionGuard) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with ``guard``'s header timeout (``Config(http=...)``)."""
+
+    class GuardedH11Protocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            self._arm_header_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_header_timer()
+            super().connection_lost(exc)
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.conn.their_state is not h11.IDLE:  # a request head has arrived
+                self._cancel_header_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                self._arm_header_timer()
+
+        def _arm_header_timer(self) -> None:
+            self._cancel_header_timer()
+            self._header_timer = self.loop.call_later(guard.header_timeout, self._header_timed_out)
+
+        def _cancel_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _header_timed_out(self) -> None:
+            self._header_timer = None
+            if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+                return
+            guard.timed_out += 1
+            guard.note()
+            if self.conn.trailing_data[0]:  # part of a head: say why
+                self.transport.write(guard.too_slow)
+            self.transport.close()
+
+    return GuardedH11Protocol
+
+
+#: accept() errors that mean "out of descriptors or memory for now": wait, then try again
+EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: first and longest wait after such an error (seconds)
+BACKOFF_FIRST: Final = 0.01
+BACKOFF_MOST: Final = 1.0
+
+
+class HttpListener:
+    """Accepts HTTP connections on ``sock`` and hands them to ``protocol_factory`` (uvicorn's), at
+    most ``guard.max_connections`` open at once (``open_count()`` says how many are)."""
+
+    def __init__(self, sock: socket.socket, protocol_factory: Callable[[], asyncio.Protocol],
+                 open_count: Callable[[], int], guard: ConnectionGuard) -> None:
+        self.sock, self.factory, self.open_count, self.guard = sock, protocol_factory, open_count, guard
+        self.exhausted = 0
+        self._task: asyncio.Task[None] | None = None
+        self._last_log = 0.0
+
+    def start(self) -> None:
+        self.sock.setblocking(False)
+        self._task = asyncio.get_running_loop().create_task(self._accept_loop(), name="minipacs-http-accept")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self.sock.close()
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = BACKOFF_FIRST
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self.sock)
+            except OSError as exc:
+                if exc.errno not in EXHAUSTED:
+                    raise
+                self._note_exhausted(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MOST)
+                continue
+            delay = BACKOFF_FIRST
+            if self.open_count() >= self.guard.max_connections:
+                self._refuse(conn)
+                continue
+            try:
+                await loop.connect_accepted_socket(self.factory, conn)
+            except OSError:
+                conn.close()
+
+    def _refuse(self, conn: socket.socket) -> None:
+        self.guard.refused += 1
+        self.guard.note()
+        try:
+            conn.setblocking(False)
+            conn.send(self.guard.refusal)  # a few hundred bytes: the socket buffer takes them
+        except OSError:
+            pass
+        conn.close()
+
+    def _note_exhausted(self, exc: OSError) -> None:
+        self.exhausted += 1
+        now = time.monotonic()
+        if now - self._last_log >= LOG_EVERY:
+            self._last_log = now
+            log.error("HTTP cannot accept connections: %s (%d time(s)); waiting up to %g s between tries; "
+                      "raise the open-file limit or lower http_max_connections (logged at most every %g s)",
+                      exc.strerror, self.exhausted, BACKOFF_MOST, LOG_EVERY)
+
+
+class BodyTimeout(HttpError):
+    """408: the request body stopped arriving."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(408, "request_timeout", f"the request body stopped arriving: nothing for {seconds:g} "
+                         "seconds (http_body_timeout); nothing was stored", headers={"Connection": "close"})
+
+
+class BodyTimeoutMiddleware:
+    """ASGI middleware: a ``receive()`` for request body that waits more than ``timeout`` raises BodyTimeout.
+    Once the body is complete, ``receive()`` (which then waits for the client to leave) is left alone."""
+
+    def __init__(self, app: ASGIApp, timeout: float) -> None:
+        self.app, self.timeout = app, timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        complete = False
+
+        async def timed_receive() -> Message:
+            nonlocal complete
+            if complete:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout)
+            except TimeoutError:
+                raise BodyTimeout(self.timeout) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                complete = True
+            return message
+
+        await self.app(scope, timed_receive, send)
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft limit of open files to the hard one (each HTTP connection and DICOM association
+    holds one); logged. Returns (soft, hard) as they are afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, exc)
+            return soft, hard
+        log.info("open-file limit raised from %d to %d (RLIMIT_NOFILE)", soft, hard)
+        soft = hard
+    return soft, hard
+
+
+def check_fd_budget(settings: Settings, soft: int) -> None:
+    """Warn when the connection limits could use up the descriptors on their own."""
+    wanted = settings.http_max_connections + settings.max_associations + 256  # files, index, logs, ...
+    if soft != resource.RLIM_INFINITY and wanted > soft:
+        log.warning("http_max_connections (%d) + max_associations (%d) + 256 for files is more than the open-file "
+                    "limit %d: lower http_max_connections, or raise the limit (ulimit -n, LimitNOFILE= in systemd)",
+                    settings.http_max_connections, settings.max_associations, soft)
+
+
+def uvicorn_options(guard: ConnectionGuard) -> dict[str, Any]:
+    """``uvicorn.Config`` keyword arguments for the limits above."""
+    return {"http": guarded_protocol(guard)}
+
+
+__all__ = ["BodyTimeout", "BodyTimeoutMiddleware", "ConnectionGuard", "HttpListener", "check_fd_budget",
+           "guarded_protocol",
+           "raise_fd_limit", "uvicorn_options"]

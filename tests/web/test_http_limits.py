@@ -1,0 +1,222 @@
+"""Issue 8 item 6: the HTTP connection cap, header and body timeouts, the open-file limit.
+
+Against the real server (uvicorn in this process and loop, raw sockets as clients), and
+one test against `minipacs serve` whose open-file limit is lowered while HTTP is flooded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import socket
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from minipacs.config import Settings
+from minipacs.core.archive import Archive
+from minipacs.web.limits import raise_fd_limit
+from minipacs.web.server import start_http
+from tests.peers import dcmtk, free_port, start_server, wait_for_port
+
+Client = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+OPEN: list[asyncio.StreamWriter] = []
+
+
+def serve(tmp_path: Path, body: Callable[[int], Awaitable[Any]], **settings: Any) -> Any:
+    """``await body(port)`` while the HTTP server runs with ``settings``; the test's connections are
+    closed at the end."""
+    async def main() -> Any:
+        archive = await Archive.open(Settings(data_dir=tmp_path / "data", fsync=False, http_port=free_port(),
+                                              **settings))
+        http = await start_http(archive.settings, archive, None)
+        try:
+            return await body(http.port)
+        finally:
+            for writer in OPEN:
+                writer.close()
+                await asyncio.gather(writer.wait_closed(), return_exceptions=True)
+            OPEN.clear()
+            await http.close()
+            await archive.close()
+
+    return asyncio.run(main())
+
+
+async def connect(port: int) -> Client:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    OPEN.append(writer)
+    return reader, writer
+
+
+async def answer(reader: asyncio.StreamReader, timeout: float = 10.0) -> bytes:
+    """Everything until the server closes the connection."""
+    return await asyncio.wait_for(reader.read(), timeout)
+
+
+GET = b"GET /api/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+async def status_of(port: int, request: bytes = GET) -> bytes:
+    reader, writer = await connect(port)
+    writer.write(request)
+    return await asyncio.wait_for(reader.readline(), 10)
+
+
+def test_connections_at_http_max_connections(tmp_path: Path) -> None:
+    async def body(port: int) -> None:
+        held = [await connect(port) for _ in range(3)]
+        await asyncio.sleep(0.3)  # accepted and counted by the server
+        reader, _ = await connect(port)
+        refused = await answer(reader)
+        assert refused.startswith(b"HTTP/1.1 503 "), refused
+        assert b"Retry-After: 1" in refused and b"http_max_connections" in refused
+        held[0][1].close()
+        await asyncio.sleep(0.3)
+        assert (await status_of(port)).startswith(b"HTTP/1.1 200"), "a freed place is taken again"
+        for _, writer in held[1:]:
+            writer.close()
+
+    serve(tmp_path, body, http_max_connections=3, http_header_timeout=30.0)
+
+
+def test_request_head_at_http_header_timeout(tmp_path: Path) -> None:
+    async def body(port: int) -> None:
+        # a head that arrives in pieces, complete before the timeout: served
+        reader, writer = await connect(port)
+        for piece in (GET[:10], GET[10:25], GET[25:]):
+            writer.write(piece)
+            await asyncio.sleep(0.2)
+        assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 200")
+        writer.close()
+        # silent: closed without a word after the timeout
+        reader, writer = await connect(port)
+        started = time.monotonic()
+        assert await answer(reader) == b""
+        assert 0.9 <= time.monotonic() - started < 8
+        # half a head: 408 with a sentence
+        reader, writer = await connect(port)
+        writer.write(GET[:25])
+        slow = await answer(reader)
+        assert slow.startswith(b"HTTP/1.1 408 ") and b"http_header_timeout" in slow, slow
+        # the timer starts again after a response on a kept-alive connection
+        reader, writer = await connect(port)
+        writer.write(GET)
+        await asyncio.sleep(0.3)
+        writer.write(GET[:25])
+        rest = await answer(reader)
+        assert rest.count(b"HTTP/1.1 200") == 1 and b"HTTP/1.1 408 " in rest, rest[-300:]
+
+    serve(tmp_path, body, http_header_timeout=1.0)
+
+
+def test_request_body_at_http_body_timeout(tmp_path: Path) -> None:
+    head = (b"POST /api/instances HTTP/1.1\r\nHost: x\r\nContent-Type: application/dicom\r\n"
+            b"Content-Length: 1000\r\n\r\n")
+
+    async def body(port: int) -> None:
+        # a body that stops: 408 after the timeout, and the connection is closed
+        reader, writer = await connect(port)
+        writer.write(head + b"x" * 10)
+        started = time.monotonic()
+        stalled = await answer(reader)
+        assert stalled.startswith(b"HTTP/1.1 408 ") and b"http_body_timeout" in stalled, stalled
+        assert 0.9 <= time.monotonic() - started < 8
+        # a body that keeps moving (a piece every 0.4 s, 2 s in all) is read to its end
+        reader, writer = await connect(port)
+        writer.write(head)
+        for _ in range(5):
+            await asyncio.sleep(0.4)
+            writer.write(b"x" * 200)
+        done = await asyncio.wait_for(reader.readline(), 10)
+        assert done.startswith(b"HTTP/1.1 400"), done  # read whole: not a DICOM file
+        writer.close()
+
+    serve(tmp_path, body, http_body_timeout=1.0, http_header_timeout=30.0)
+
+
+def test_raise_fd_limit_raises_soft_to_hard(caplog: pytest.LogCaptureFixture) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+    try:
+        with caplog.at_level("INFO", logger="minipacs.web"):
+            assert raise_fd_limit() == (hard, hard)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+        assert f"open-file limit raised from {min(256, hard)} to {hard}" in caplog.text
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.slow
+@pytest.mark.interop
+def test_an_http_flood_leaves_dicom_accepting(tmp_path: Path) -> None:
+    """The issue's case: idle HTTP sockets used up the descriptors and DICOM stopped accepting. With the
+    server's open-file limit lowered to 300 and 400 idle HTTP connections, the cap (100) refuses the
+    rest at once and a C-ECHO still gets through; the log stays short."""
+    http_port = free_port()
+    srv = start_server(tmp_path, env={"MINIPACS_HTTP_PORT": str(http_port), "MINIPACS_HTTP_MAX_CONNECTIONS": "100",
+                                      "MINIPACS_FSYNC": "false"})
+    socks: list[socket.socket] = []
+    try:
+        wait_for_port("127.0.0.1", http_port, proc=srv.proc)
+        resource.prlimit(srv.proc.pid, resource.RLIMIT_NOFILE, (300, 300))
+        for _ in range(400):
+            socks.append(socket.create_connection(("127.0.0.1", http_port)))
+        time.sleep(1.0)
+        refused = 0
+        for sock in socks:
+            sock.settimeout(0.05)
+            try:
+                refused += sock.recv(100).startswith(b"HTTP/1.1 503")
+            except TimeoutError:
+                pass
+        assert refused >= 290, refused
+        echo = subprocess.run([dcmtk("echoscu"), "-to", "10", "127.0.0.1", str(srv.port)], capture_output=True,
+                              timeout=60, check=False)
+        assert echo.returncode == 0, echo.stderr
+    finally:
+        for sock in socks:
+            sock.close()
+        srv.stop()
+    log = srv.log_text()
+    assert "Too many open files" not in log and len(log.splitlines()) < 100, log[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.interop
+def test_out_of_descriptors_the_accept_loop_backs_off_and_recovers(tmp_path: Path) -> None:
+    """With a cap above the open-file limit, descriptors do run out: accepting waits and logs once
+    (asyncio's own loop logged a traceback per try, thousands a second), and once the idle
+    connections time out (http_header_timeout) HTTP and DICOM both accept again."""
+    http_port = free_port()
+    srv = start_server(tmp_path, env={"MINIPACS_HTTP_PORT": str(http_port), "MINIPACS_FSYNC": "false",
+                                      "MINIPACS_HTTP_MAX_CONNECTIONS": "1000", "MINIPACS_HTTP_HEADER_TIMEOUT": "2"})
+    socks: list[socket.socket] = []
+    try:
+        wait_for_port("127.0.0.1", http_port, proc=srv.proc)
+        resource.prlimit(srv.proc.pid, resource.RLIMIT_NOFILE, (300, 300))
+        for _ in range(400):
+            socks.append(socket.create_connection(("127.0.0.1", http_port)))
+        time.sleep(4.0)  # the held ones time out; the waiting ones are accepted and time out in turn
+        for sock in socks:
+            sock.close()
+        time.sleep(2.5)
+        with socket.create_connection(("127.0.0.1", http_port), timeout=10) as sock:
+            sock.sendall(b"GET /api/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(20).startswith(b"HTTP/1.1 200"), "HTTP accepts again"
+        echo = subprocess.run([dcmtk("echoscu"), "-to", "10", "127.0.0.1", str(srv.port)], capture_output=True,
+                              timeout=60, check=False)
+        assert echo.returncode == 0, echo.stderr
+    finally:
+        for sock in socks:
+            sock.close()
+        srv.stop()
+    log = srv.log_text()
+    assert "HTTP cannot accept connections: Too many open files" in log, log[-3000:]
+    assert log.count("HTTP cannot accept connections") <= 2 and "socket.accept() out of system resource" not in log
