@@ -190,8 +190,8 @@ def test_migration_0009_splits_the_patient_merged_by_an_empty_patient_id(tmp_pat
     engine = create_index_engine(old_index)
     with engine.begin() as conn:
         command.upgrade(alembic_config(conn), "0008")
-        patient = dict(issuer_of_patient_id="", patient_name="Anonymized", patient_name_norm="anonymized",
-                       patient_birth_date_raw="", patient_sex="", created_at=now)
+        patient = {"issuer_of_patient_id": "", "patient_name": "Anonymized", "patient_name_norm": "anonymized",
+                   "patient_birth_date_raw": "", "patient_sex": "", "created_at": now}
         merged = _insert(conn, "patients", patient_id="", **patient)
         _old_study(conn, merged, "1.2.3.1", "Anonymized", now)
         _old_study(conn, merged, "1.2.3.2", "Roe^Jane", now, "19800202", "F")
