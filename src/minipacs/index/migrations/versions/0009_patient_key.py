@@ -1,6 +1,6 @@
-"""Patients without a Patient ID are kept apart, one per study (issue 12 item 5).
+"""Patients without a Patient ID are kept apart, one per study.
 
-Before, every instance with an empty Patient ID (common in research and anonymised data) was
+Issue 12 item 5. Before, every instance with an empty Patient ID (common in research and anonymised data) was
 filed under ONE patient, named after the first such instance. Now a patient's row is unique on
 ``patient_key`` (and the issuer): the Patient ID when there is one, else a per-study key
 (index/repository.py ``patient_key``). ``patient_id`` stays what queries answer ("" here).
