@@ -47,6 +47,7 @@ class ChangeType(enum.Enum):
 # Change type -> (level, what ``uid`` names, when the row is written). "Deleted" carries
 # the level of the resource removed. MPPS states: PS3.4 F.7 (IN PROGRESS -> COMPLETED | DISCONTINUED).
 CHANGE_TYPES: Final[Mapping[ChangeType, tuple[str, str, str]]] = {
+    # a patient without a Patient ID (kept per study, index/repository.py patient_key): uid "", study its study
     ChangeType.NEW_PATIENT: ("patient", "Patient ID", "an ingest indexes the patient's first instance"),
     ChangeType.NEW_STUDY: ("study", "Study Instance UID", "an ingest indexes the study's first instance"),
     ChangeType.NEW_SERIES: ("series", "Series Instance UID", "an ingest indexes the series' first instance"),

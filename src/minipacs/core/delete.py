@@ -64,6 +64,10 @@ async def delete_resource(archive: Archive, level: str, uid: str) -> Deleted:
     """Delete a patient (by Patient ID), study, series or instance (by UID); raises NotFound."""
     if level not in LEVELS:
         raise ValueError(f"unknown level {level!r}")
+    if LEVELS[level] is Entity.PATIENT and not uid.strip(" "):
+        # it would name every patient without an ID at once (index/repository.py patient_key)
+        raise NotFound("an empty Patient ID names no patient: patients without one are kept apart, one per "
+                       "study; delete the study instead")
     removed = await archive.write(lambda conn: _delete_rows(conn, level, uid), removes_entities=True)
     rows = removed.files
     if removed.uncompleted:

@@ -8,9 +8,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
-from sqlalchemy import Connection, delete, exists, literal, select
+from sqlalchemy import Connection, delete, exists, select
 
 from minipacs.index.entities import Entity
+from minipacs.index.repository import study_of_patient_key
 from minipacs.index.schema import Instance, Patient, Series, Study, StudyCompletion
 
 #: Rows per DELETE ... IN (...) statement.
@@ -31,7 +32,8 @@ _ORPHANS: Final[tuple[tuple[Entity, Any, Any], ...]] = (
      .join(Study, Series.study_pk == Study.id).where(~exists().where(Instance.series_pk == Series.id))),
     (Entity.STUDY, Study, select(Study.id, Study.study_instance_uid, Study.study_instance_uid.label("study"))
      .where(~exists().where(Series.study_pk == Study.id))),
-    (Entity.PATIENT, Patient, select(Patient.id, Patient.patient_id, literal("").label("study"))
+    # a patient's study: that of a patient without a Patient ID (its key names it), else ""
+    (Entity.PATIENT, Patient, select(Patient.id, Patient.patient_id, Patient.patient_key.label("study"))
      .where(~exists().where(Study.patient_pk == Patient.id))),
 )
 
@@ -47,8 +49,8 @@ class DeletedParent(NamedTuple):
     """A patient, study or series removed because it had no children left."""
 
     entity: Entity
-    name: str  # UID, or Patient ID
-    study_instance_uid: str  # "" for a patient
+    name: str  # UID, or Patient ID ("" for a patient without one)
+    study_instance_uid: str  # "" for a patient, but that of a patient without a Patient ID (kept per study)
 
 
 def delete_instances(conn: Connection, entity: Entity, name: str) -> list[DeletedInstance] | None:
@@ -74,7 +76,9 @@ def delete_orphans(conn: Connection) -> list[DeletedParent]:
         found = conn.execute(orphans).all()
         for start in range(0, len(found), _CHUNK):
             conn.execute(delete(table).where(table.id.in_([r[0] for r in found[start:start + _CHUNK]])))
-        removed += [DeletedParent(entity, str(r[1]), str(r[2])) for r in found]
+        removed += [DeletedParent(entity, str(r[1]),
+                                  study_of_patient_key(str(r[2])) if entity is Entity.PATIENT else str(r[2]))
+                    for r in found]
     return removed
 
 

@@ -140,10 +140,34 @@ def _ensure(
     return int(existing["id"]), False
 
 
+#: The internal key of a patient without a Patient ID: this, then the Study Instance UID. A Patient ID
+#: is one LO value, which holds no backslash (PS3.5 6.2), so no Patient ID equals such a key.
+NO_ID_KEY_PREFIX: Final = "\\study\\"
+
+
+def patient_key(patient_id: str, study_instance_uid: str) -> str:
+    """The internal key of a patient (``patients.patient_key``, unique with the issuer): the Patient ID
+    when there is one; for an empty one (or only spaces) the study's own key.
+
+    An empty Patient ID identifies nobody (research and anonymised data often have none): such
+    instances are not merged with other studies' by it; the instances of one study share one patient.
+    """
+    return patient_id if patient_id.strip(" ") else NO_ID_KEY_PREFIX + study_instance_uid
+
+
+def study_of_patient_key(key: str) -> str:
+    """The Study Instance UID of a patient without a Patient ID (from its :func:`patient_key`), else ""."""
+    return key[len(NO_ID_KEY_PREFIX):] if key.startswith(NO_ID_KEY_PREFIX) else ""
+
+
 def ensure_patient(conn: Connection, header: InstanceHeader, now: dt.datetime) -> tuple[int, bool]:
-    """(primary key, newly inserted) of the instance's patient."""
+    """(primary key, newly inserted) of the instance's patient: by Patient ID and issuer, or, without a
+    Patient ID, the patient of the instance's study (:func:`patient_key`)."""
     values = row_values(header, PATIENT_COLUMNS)
-    key = {"patient_id": values["patient_id"], "issuer_of_patient_id": values["issuer_of_patient_id"]}
+    if not values["patient_id"].strip(" "):
+        values["patient_id"] = ""
+    values["patient_key"] = patient_key(values["patient_id"], header.get("StudyInstanceUID"))
+    key = {"patient_key": values["patient_key"], "issuer_of_patient_id": values["issuer_of_patient_id"]}
     return _ensure(conn, _PATIENTS, key, {**values, "created_at": now}, "patient")
 
 
@@ -224,6 +248,7 @@ __all__ = [
     "ASSOCIATION_FIELDS",
     "INSTANCE_COLUMNS",
     "InstanceHeader",
+    "NO_ID_KEY_PREFIX",
     "PATIENT_COLUMNS",
     "SERIES_COLUMNS",
     "STUDY_COLUMNS",
@@ -239,7 +264,9 @@ __all__ = [
     "find_instance",
     "load_associations",
     "normalise_name",
+    "patient_key",
     "row_values",
     "save_association",
+    "study_of_patient_key",
     "write_instance",
 ]

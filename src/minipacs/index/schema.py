@@ -60,11 +60,19 @@ class Base(DeclarativeBase):
 
 
 class Patient(Base):
+    """A patient: one per (Patient ID, Issuer), and one per study for instances without a Patient ID.
+
+    ``patient_key`` is the internal key (index/repository.py ``patient_key``): the Patient ID
+    itself when there is one, else a per-study key no Patient ID can equal. It is never answered;
+    ``patient_id`` is what every query answers and matches ("" for a patient without an ID).
+    """
+
     __tablename__ = "patients"
-    __table_args__ = (UniqueConstraint("patient_id", "issuer_of_patient_id", name="uq_patients_id_issuer"),)
+    __table_args__ = (UniqueConstraint("patient_key", "issuer_of_patient_id", name="uq_patients_id_issuer"),)
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
-    patient_id: Mapped[str] = mapped_column(String(), index=True)
+    patient_key: Mapped[str] = mapped_column(String())
+    patient_id: Mapped[str] = mapped_column(String(), index=True, server_default="")
     issuer_of_patient_id: Mapped[str] = mapped_column(String())
     patient_name: Mapped[str] = mapped_column(String())
     patient_name_norm: Mapped[str] = mapped_column(String(), index=True)

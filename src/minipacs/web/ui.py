@@ -162,9 +162,21 @@ async def studies(request: Request) -> Response:
 
 @html_errors
 async def patient(request: Request) -> Response:
+    """?id=Patient ID; or ?study=UID: the patient of that study, for a patient without a Patient ID,
+    who is kept apart per study (index/repository.py patient_key) and so has that one study."""
+    study_uid = request.query_params.get("study")
+    if study_uid is not None and "id" not in request.query_params:
+        study_uid = validate_uid("StudyInstanceUID", study_uid)
+        info = await _one(request, Level.STUDY, {"StudyInstanceUID": study_uid}, f"Study {study_uid}")
+        if info.get("PatientID"):
+            return RedirectResponse(path_for(request, "ui:patient", query={"id": text(info.get("PatientID"))}),
+                                    status_code=307)
+        return render(request, "patient.html", f"Patient {person(info.get('PatientName'))}", info=info, pid="",
+                      study_uid=study_uid, studies=[info])
     pid = request.query_params.get("id", "")
     if not pid or len(pid) > 64 or any(c in pid for c in "\\*?"):
-        raise HttpError(400, "invalid_identifier", "a Patient ID is 1 to 64 characters without \\, * or ?")
+        raise HttpError(400, "invalid_identifier", "a Patient ID is 1 to 64 characters without \\, * or ?; "
+                        "a patient without one is opened by a study (?study=Study Instance UID)")
     info = await _one(request, Level.PATIENT, {"PatientID": pid}, f"Patient {pid!r}")
     found = await _find(request, Level.STUDY, [], {"PatientID": pid})
     return render(request, "patient.html", f"Patient {person(info.get('PatientName'))}", info=info, pid=pid,
@@ -268,7 +280,8 @@ def routes() -> list[BaseRoute]:
     inst = "/studies/{study}/series/{series}/instances/{instance}"
     return [
         Endpoint("/", studies, "GET", "read", "Page: the study list, search and paging", name="studies"),
-        Endpoint("/patient", patient, "GET", "read", "Page: a patient (?id=Patient ID) and their studies",
+        Endpoint("/patient", patient, "GET", "read", "Page: a patient (?id=Patient ID, or ?study=UID for the "
+                 "patient of a study, e.g. one without a Patient ID) and their studies",
                  name="patient"),
         Endpoint("/studies/{study}", study, "GET", "read", "Page: a study and its series", name="study"),
         Endpoint("/studies/{study}/series/{series}", series_page, "GET", "read", "Page: a series and its instances",
