@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
 from minipacs.core.archive import Archive
 from minipacs.core.errors import OutOfResources
@@ -495,9 +496,10 @@ def test_failed_logins_lock_out_the_address_at_login_attempts(web: Callable[...,
 
 def test_failed_logins_lock_out_the_user_name_from_any_address(tmp_path: Path) -> None:
     async def main() -> None:
-        archive = await Archive.open(Settings(data_dir=tmp_path / "data", fsync=False, users=USERS,
-                                              login_attempts=2, login_lockout_seconds=60))
-        app = create_app(AppContext(archive.settings, archive, MetadataStore(archive)))
+        config = Settings(data_dir=tmp_path / "data", fsync=False, users=USERS, login_attempts=2,
+                          login_lockout_seconds=60)
+        archive = await open_archive(config)
+        app = create_app(AppContext(config, archive, MetadataStore(archive)))
         try:
             for n, expected in enumerate((401, 401, 429)):
                 transport = httpx.ASGITransport(app=app, client=(f"127.0.0.{n + 1}", 5555))

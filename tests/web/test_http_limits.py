@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
 from minipacs.core.archive import Archive
 from minipacs.web.limits import raise_fd_limit
@@ -33,9 +34,9 @@ def serve(tmp_path: Path, body: Callable[[int], Awaitable[Any]], **settings: Any
     """``await body(port)`` while the HTTP server runs with ``settings``; the test's connections are
     closed at the end."""
     async def main() -> Any:
-        archive = await Archive.open(Settings(data_dir=tmp_path / "data", fsync=False, http_port=free_port(),
-                                              **settings))
-        http = await start_http(archive.settings, archive, None)
+        config = Settings(data_dir=tmp_path / "data", fsync=False, http_port=free_port(), **settings)
+        archive = await open_archive(config)
+        http = await start_http(config, archive, None)
         try:
             return await body(http.port)
         finally:

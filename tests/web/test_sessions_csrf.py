@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
 from minipacs.core.archive import Archive
 from minipacs.core.metadata import MetadataStore
@@ -33,9 +34,10 @@ def web(tmp_path: Path) -> Callable[..., Any]:
     """tests/web/conftest.py's ``web``, with an AE registry (POST /api/nodes is the issue's request)."""
     def run(body: Callable[[httpx.AsyncClient, Archive], Awaitable[Any]], **settings: Any) -> Any:
         async def main() -> Any:
-            archive = await Archive.open(Settings(data_dir=tmp_path / "data", fsync=False, **settings))
+            config = Settings(data_dir=tmp_path / "data", fsync=False, **settings)
+            archive = await open_archive(config)
             metadata = MetadataStore(archive)
-            app = create_app(AppContext(archive.settings, archive, metadata, NodeRegistry(archive)))
+            app = create_app(AppContext(config, archive, metadata, NodeRegistry(archive)))
             transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5555))
             try:
                 async with httpx.AsyncClient(transport=transport, base_url=OWN) as client:
@@ -214,8 +216,9 @@ def test_open_mode_has_no_login(web: Callable[..., Any]) -> None:
 
 def test_session_cookie_is_secure_over_https(tmp_path: Path) -> None:
     async def main() -> None:
-        archive = await Archive.open(Settings(data_dir=tmp_path / "data", fsync=False, users=USERS))
-        app = create_app(AppContext(archive.settings, archive, MetadataStore(archive)))
+        config = Settings(data_dir=tmp_path / "data", fsync=False, users=USERS)
+        archive = await open_archive(config)
+        app = create_app(AppContext(config, archive, MetadataStore(archive)))
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5555))
         try:
             async with httpx.AsyncClient(transport=transport, base_url="https://pacs.example") as client:

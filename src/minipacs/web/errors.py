@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from minipacs.config import Settings
+from minipacs.core.archive import ArchiveSettings
 from minipacs.core import errors as core
 from minipacs.core.nodes import InvalidNode
 from minipacs.core.retrieve import InvalidRetrieveIdentifier
@@ -71,15 +72,16 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
-def _roots(settings: Settings) -> list[str]:
+def _roots(settings: Settings | ArchiveSettings) -> list[str]:
     """Folders whose paths an answer must not show, longest first."""
     folders = {settings.data_dir, settings.data_dir.resolve(), Path(tempfile.gettempdir()).resolve()}
-    if settings.ohif_dir:
-        folders |= {Path(settings.ohif_dir), Path(settings.ohif_dir).resolve()}
+    ohif_dir = getattr(settings, "ohif_dir", "")
+    if ohif_dir:
+        folders |= {Path(ohif_dir), Path(ohif_dir).resolve()}
     return sorted({str(f).rstrip("/") for f in folders if str(f) not in ("", ".", "/")}, key=len, reverse=True)
 
 
-def redact(message: str, settings: Settings) -> str:
+def redact(message: str, settings: Settings | ArchiveSettings) -> str:
     """``message`` without the server's file paths: a path under the data directory, the OHIF folder
     or the temporary folder becomes its last component (``/srv/pacs/staging/upload-x.part`` ->
     ``upload-x.part``). Errors from the core and from pydicom name files; a client needs to know
