@@ -31,14 +31,15 @@ sys.path.insert(0, str(BENCH.parent / "src"))
 
 from minipacs.config import Settings  # noqa: E402
 from minipacs.index.database import upgrade_schema  # noqa: E402
-from minipacs.index.repository import normalise_name  # noqa: E402
+from minipacs.dicom.values import normalise_name
 from minipacs.index.schema import Instance, Patient, Series, Study  # noqa: E402
 from minipacs.net.association import AssociationSettings, BytesSink, build_rq, connect  # noqa: E402
 from minipacs.net.dimse import Command  # noqa: E402
 from minipacs.net.dul import Timeouts  # noqa: E402
-from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, transfer_syntax  # noqa: E402
+from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
 from minipacs.services.find_scu import build_identifier, find  # noqa: E402
-from minipacs.services.qr_find import STUDY_ROOT_FIND, encode_identifier  # noqa: E402
+from minipacs.dicom.identifier import encode_identifier
+from minipacs.dicom.uids import STUDY_ROOT_FIND
 
 RETURN_KEYS = ["PatientName", "PatientID", "StudyDate", "StudyTime", "AccessionNumber", "StudyDescription",
                "ModalitiesInStudy", "StudyInstanceUID"]

@@ -29,7 +29,8 @@ from minipacs.core.changes import read_changes
 from minipacs.core.delete import delete_resource
 from minipacs.core.errors import NotFound
 from minipacs.core.model import Origin
-from minipacs.core.query import PATIENT_ROOT, STUDY_ROOT, query
+from minipacs.core.query import query
+from minipacs.dicom.levels import PATIENT_ROOT, STUDY_ROOT
 from minipacs.index.database import alembic_config, create_index_engine
 from tests.dicomgen import write_ct
 from tests.index.pg import postgres_schema_url

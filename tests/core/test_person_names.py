@@ -16,7 +16,8 @@ from pydicom.dataset import Dataset
 from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
 from minipacs.core.model import Origin
-from minipacs.core.query import STUDY_ROOT, query
+from minipacs.core.query import query
+from minipacs.dicom.levels import STUDY_ROOT
 from minipacs.dicom.values import normalise_name
 from minipacs.index.matching import Condition, Matching, python_matches
 from tests.dicomgen import write_ct

@@ -12,7 +12,8 @@ from pydicom.dataset import Dataset
 
 from minipacs.core import query as q
 from minipacs.core.errors import IdentifierMismatch
-from minipacs.core.query import PATIENT_ROOT, PATIENT_STUDY_ONLY, STUDY_ROOT, Level, prepare_query, run_query
+from minipacs.core.query import prepare_query, run_query
+from minipacs.dicom.levels import PATIENT_ROOT, PATIENT_STUDY_ONLY, STUDY_ROOT, Level
 from tests.index.query_fixture import STUDIES, STUDY_UIDS, QueryArchive, qa  # noqa: F401 - fixture
 
 N_STUDIES = len(STUDIES)

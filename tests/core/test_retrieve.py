@@ -103,7 +103,7 @@ def test_select_instances(with_archive: Any, tmp_path: Path) -> None:
 
 def test_select_instances_unlocated_then_located(with_archive: Any, tmp_path: Path) -> None:
     """located=False reads no file; locate() finds the same offset as the File Meta parser, or says what is wrong."""
-    from minipacs.core.part10 import read_part10
+    from minipacs.dicom.part10 import read_part10
     from minipacs.core.retrieve import locate
 
     study = generate_uid()

@@ -98,13 +98,3 @@ def test_the_generated_file_is_marked_and_up_to_date() -> None:
     out = subprocess.run([sys.executable, str(ROOT / "tools/gen_uids.py")], capture_output=True, text=True,
                          check=True, timeout=60).stdout
     assert out == generated
-
-
-def test_the_old_module_names_still_answer() -> None:
-    """net/uids.py and net/uids_generated.py re-export the same objects until callers move."""
-    from minipacs.net import uids as old
-    from minipacs.net import uids_generated as old_generated
-
-    assert old.transfer_syntax is uids.transfer_syntax
-    assert old.TransferSyntax is uids.TransferSyntax
-    assert old_generated.TRANSFER_SYNTAXES is TRANSFER_SYNTAXES

@@ -17,7 +17,8 @@ from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
 from minipacs.core.archive import Archive
 from minipacs.core.model import Origin
-from minipacs.core.query import STUDY_ROOT, InformationModel, Level, query
+from minipacs.core.query import query
+from minipacs.dicom.levels import STUDY_ROOT, InformationModel, Level
 from tests.dicomgen import CT_IMAGE_STORAGE, write_ct
 from tests.index.pg import postgres_schema_url
 

@@ -14,7 +14,8 @@ import pytest
 from pydicom.dataset import Dataset
 
 from minipacs.core.errors import InvalidQuery
-from minipacs.core.query import PATIENT_ROOT, STUDY_ROOT, Level, prepare_query, run_query
+from minipacs.core.query import prepare_query, run_query
+from minipacs.dicom.levels import PATIENT_ROOT, STUDY_ROOT, Level
 from minipacs.index import worklist_repo
 from tests.index.query_fixture import STUDIES, STUDY_UIDS, QueryArchive, qa  # noqa: F401 - fixture
 

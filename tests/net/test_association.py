@@ -711,7 +711,7 @@ def test_no_new_request_once_the_peer_has_asked_to_release() -> None:
     storage commitment report): sending one is refused at once, nothing is written."""
     from minipacs.net.fsm import State
     from minipacs.net.presentation import NegotiatedContext
-    from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
+    from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
     from tests.net.test_fsm import FakeWriter
 
     async def main() -> None:

@@ -33,7 +33,7 @@ from minipacs.net.pdu import encode_pdu, pdata_pdu_header
 from minipacs.net.pdu_items import AsynchronousOperationsWindow
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.net.tls import client_context, server_context
-from minipacs.net.uids import IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
+from minipacs.dicom.uids import IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
 from minipacs.services.base import Service
 from minipacs.services.dispatch import Operation, Response
 from minipacs.services.server import DicomServer

@@ -29,20 +29,8 @@ from minipacs.net.pdu import (
     encode_pdu,
     pdata_pdu_header,
 )
-from minipacs.net.pdu_items import (
-    APPLICATION_CONTEXT_NAME,
-    AsynchronousOperationsWindow,
-    PDUError,
-    PresentationContextAC,
-    PresentationContextRQ,
-    RoleSelection,
-    SOPClassCommonExtendedNegotiation,
-    SOPClassExtendedNegotiation,
-    UnknownItem,
-    UserIdentityAC,
-    UserIdentityRQ,
-    UserInformation,
-)
+from minipacs.net.pdu_items import AsynchronousOperationsWindow, PDUError, PresentationContextAC, PresentationContextRQ, RoleSelection, SOPClassCommonExtendedNegotiation, SOPClassExtendedNegotiation, UnknownItem, UserIdentityAC, UserIdentityRQ, UserInformation
+from minipacs.dicom.uids import APPLICATION_CONTEXT_NAME
 
 VERIFICATION = "1.2.840.10008.1.1"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"

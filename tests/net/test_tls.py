@@ -20,7 +20,7 @@ from minipacs.core.model import AssociationRecord
 from minipacs.net.association import AssociationError, AssociationSettings, build_rq, connect
 from minipacs.net.tls import (HANDSHAKE_REASONS, TLSConfigError, TLSInfo, client_context, describe_tls_error,
                               server_context, subject_of, tls_info)
-from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
+from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
 from minipacs.services.verification import echo
 from tests.peers import free_port
 from tests.tls_certs import Certificates, make_pki

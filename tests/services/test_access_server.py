@@ -23,7 +23,7 @@ from minipacs.bootstrap import App, build_app
 from minipacs.config import Settings
 from minipacs.core.nodes import Node
 from minipacs.net.association import AssociationRejected, AssociationSettings, build_rq, connect
-from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
+from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
 from minipacs.services.verification import echo
 from tests.dicomgen import CT_IMAGE_STORAGE, make_ct
 

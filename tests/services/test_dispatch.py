@@ -28,24 +28,24 @@ from minipacs.net.association import (
 from minipacs.net.dimse import Command
 from minipacs.net.dul import Timeouts
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
-from minipacs.net.uids import IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
+from minipacs.dicom.uids import IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
 from minipacs.services import commitment, qr_move
-from minipacs.services.commitment import (
-    STORAGE_COMMITMENT_INSTANCE,
-    STORAGE_COMMITMENT_PUSH_MODEL,
-    StorageCommitmentSCP,
-)
+from minipacs.services.commitment import StorageCommitmentSCP
+from minipacs.dicom.uids import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH_MODEL
 from minipacs.services.base import Service
 from minipacs.services.dispatch import Operation, Response, ServiceRegistrationError
-from minipacs.services.mpps import MODALITY_PERFORMED_PROCEDURE_STEP, MPPSSCP
-from minipacs.services.qr_find import STUDY_ROOT_FIND, QueryRetrieveFindSCP
+from minipacs.services.mpps import MPPSSCP
+from minipacs.dicom.uids import MODALITY_PERFORMED_PROCEDURE_STEP
+from minipacs.services.qr_find import QueryRetrieveFindSCP
+from minipacs.dicom.uids import STUDY_ROOT_FIND
 from minipacs.services.qr_get import GetSCP
 from minipacs.services.qr_move import MoveSCP
-from minipacs.services.qr_retrieve import STUDY_ROOT_GET, STUDY_ROOT_MOVE
+from minipacs.dicom.uids import STUDY_ROOT_GET, STUDY_ROOT_MOVE
 from minipacs.services.server import DicomServer
 from minipacs.services.storage import StorageSCP
 from minipacs.services.verification import VerificationSCP
-from minipacs.services.worklist import MODALITY_WORKLIST_FIND, ModalityWorklistSCP
+from minipacs.services.worklist import ModalityWorklistSCP
+from minipacs.dicom.uids import MODALITY_WORKLIST_FIND
 from tests.dicomgen import CT_IMAGE_STORAGE, encode_dataset, make_ct
 
 pytestmark = pytest.mark.interop

@@ -21,14 +21,10 @@ from minipacs.net.association import Association, AssociationSettings, BytesSink
 from minipacs.net.dimse import Command
 from minipacs.net.dul import Timeouts
 from minipacs.net.pdu_items import SOPClassExtendedNegotiation
-from minipacs.net.uids import EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+from minipacs.dicom.uids import EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from minipacs.services.find_scu import build_identifier, find_all
-from minipacs.services.qr_find import (
-    PATIENT_ROOT_FIND,
-    PATIENT_STUDY_ONLY_FIND,
-    STUDY_ROOT_FIND,
-    QueryRetrieveFindSCP,
-)
+from minipacs.services.qr_find import QueryRetrieveFindSCP
+from minipacs.dicom.uids import PATIENT_ROOT_FIND, PATIENT_STUDY_ONLY_FIND, STUDY_ROOT_FIND
 from minipacs.services.server import DicomServer
 from minipacs.services.verification import VerificationSCP
 from tests.dicomgen import write_ct

@@ -17,15 +17,9 @@ from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from minipacs.core.query import ResponseField, Row, row_dataset
-from minipacs.net.uids import (
-    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
-    EXPLICIT_VR_BIG_ENDIAN,
-    EXPLICIT_VR_LITTLE_ENDIAN,
-    IMPLICIT_VR_LITTLE_ENDIAN,
-    TransferSyntax,
-    transfer_syntax,
-)
-from minipacs.services.qr_find import RETRIEVE_AE_TITLE, RowEncoder, response_charset
+from minipacs.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, TransferSyntax, transfer_syntax
+from minipacs.services.qr_find import RETRIEVE_AE_TITLE, RowEncoder
+from minipacs.dicom.identifier import response_charset
 
 FIELDS = (
     ResponseField(0x00080020, "DA"),  # StudyDate

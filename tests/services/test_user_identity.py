@@ -23,7 +23,7 @@ from minipacs.config import ConfigError, Settings, load_settings
 from minipacs.core.model import AssociationRecord
 from minipacs.core.users import Role, User, hash_password
 from minipacs.net.pdu_items import UserIdentityAC, UserIdentityRQ
-from minipacs.net.uids import VERIFICATION_SOP_CLASS
+from minipacs.dicom.uids import VERIFICATION_SOP_CLASS
 from minipacs.services.user_identity import UserIdentityPolicy
 from tests.dicomgen import write_ct
 from tests.peers import dcmtk, run

@@ -17,10 +17,11 @@ from minipacs.core.archive import Archive
 from minipacs.core.worklist import InvalidWorklistEntry, Worklist, read_worklist_file
 from minipacs.net.association import AssociationSettings, build_rq, connect
 from minipacs.net.dul import Timeouts
-from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from minipacs.services.find_scu import find_all, set_key
 from minipacs.services.server import DicomServer
-from minipacs.services.worklist import MODALITY_WORKLIST_FIND, ModalityWorklistSCP
+from minipacs.services.worklist import ModalityWorklistSCP
+from minipacs.dicom.uids import MODALITY_WORKLIST_FIND
 from tests.worklist_data import ENTRIES, entry, write_wl
 
 TIMEOUTS = Timeouts(acse=5.0, dimse=10.0, idle=30.0)

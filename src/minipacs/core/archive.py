@@ -49,7 +49,8 @@ from minipacs.core.errors import (
     NotFound,
     OutOfResources,
 )
-from minipacs.core.header import InstanceHeader, read_header
+from minipacs.core.header import read_header
+from minipacs.dicom.header import InstanceHeader
 from minipacs.core.model import AssociationRecord, DuplicatePolicy, Origin, StagedPath, StoreOutcome, StoreStatus
 from minipacs.core.paths import instance_key
 from minipacs.core.staging import READY_DIR, StagingFile, StagingPool, remove_leftovers, stage_file

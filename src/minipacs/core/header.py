@@ -1,6 +1,6 @@
-"""Moved to dicom/header.py; re-exported until the callers are updated.
+"""The archive's adapter of the header reader (dicom/header.py).
 
-``read_header`` stays here as the archive's adapter: the reader in dicom/ raises
+``read_header`` lives here: the reader in dicom/ raises
 MalformedDataset (a ValueError: dicom/ knows nothing of the archive), which the
 archive refuses as InvalidInstance.
 """
@@ -11,12 +11,7 @@ from pathlib import Path
 
 from minipacs.core.errors import InvalidInstance
 from minipacs.dicom import header as _header
-from minipacs.dicom.header import (
-    HEADER_ATTRIBUTES,
-    InstanceHeader,
-    MalformedDataset,
-    dataset_encoding,
-)
+from minipacs.dicom.header import InstanceHeader, MalformedDataset
 
 
 def read_header(path: Path, dataset_offset: int, transfer_syntax_uid: str) -> InstanceHeader:
@@ -27,4 +22,4 @@ def read_header(path: Path, dataset_offset: int, transfer_syntax_uid: str) -> In
         raise InvalidInstance(str(exc)) from exc
 
 
-__all__ = ["HEADER_ATTRIBUTES", "InstanceHeader", "MalformedDataset", "dataset_encoding", "read_header"]
+__all__ = ["read_header"]

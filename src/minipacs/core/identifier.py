@@ -21,15 +21,10 @@ from pydicom.sequence import Sequence as DicomSequence
 from minipacs.core.errors import InvalidKeyValue
 from minipacs.index.errors import InvalidMatchValue
 from minipacs.dicom import values as _values
-from minipacs.dicom.identifier import (  # moved to dicom/identifier.py; re-exported
-    QUERY_RETRIEVE_LEVEL,
-    SPECIFIC_CHARACTER_SET,
-    dataset_charset,
-    element_text,
-    identifier_charset,
-)
-from minipacs.dicom.values import codecs_for  # moved to dicom/values.py; re-exported
-from minipacs.index.matching import BINARY_VRS, UNIVERSAL, Condition, Matching, classify, python_matches
+from minipacs.dicom.identifier import dataset_charset, element_text
+from minipacs.dicom.values import codecs_for
+from minipacs.index.matching import UNIVERSAL, Condition, Matching, classify, python_matches
+from minipacs.dicom.vr import BINARY_VRS
 
 #: Most keys (at any depth) one identifier may carry.
 MAX_KEYS: Final = 2000
@@ -177,12 +172,9 @@ def _item_key_matches(key: Key, item: Dataset) -> bool:
 
 __all__ = [
     "Key",
-    "QUERY_RETRIEVE_LEVEL",
-    "SPECIFIC_CHARACTER_SET",
     "codecs_for",
     "decode_text",
     "element_text",
-    "identifier_charset",
     "read_keys",
     "sequence_matches",
     "value_of",

@@ -26,30 +26,10 @@ from pydicom.tag import BaseTag
 from pydicom.valuerep import PersonName
 
 from minipacs.core.errors import IdentifierMismatch, InvalidKeyValue, InvalidQuery
-from minipacs.core.identifier import (
-    QUERY_RETRIEVE_LEVEL,
-    SPECIFIC_CHARACTER_SET,
-    Key,
-    element_text,
-    read_keys,
-    sequence_matches,
-)
-from minipacs.core.query_model import (  # noqa: F401 - re-exported: the engine's public vocabulary
-    Level,
-    _ORDER,
-    InformationModel,
-    PATIENT_ROOT,
-    STUDY_ROOT,
-    PATIENT_STUDY_ONLY,
-    LevelTable,
-    LEVELS,
-    IndexedKey,
-    INDEXED_KEYS,
-    ComputedKey,
-    COMPUTED_KEYS,
-    CONSTANT_KEYS,
-    SERVICE_KEYS,
-)
+from minipacs.core.identifier import Key, read_keys, sequence_matches
+from minipacs.dicom.identifier import QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET, element_text
+from minipacs.core.query_model import _ORDER, LevelTable, LEVELS, IndexedKey, INDEXED_KEYS, ComputedKey, COMPUTED_KEYS, CONSTANT_KEYS, SERVICE_KEYS
+from minipacs.dicom.levels import Level, InformationModel
 from minipacs.index import query_sql
 from minipacs.index.database import IndexConnection
 from minipacs.index.entities import Entity
@@ -498,13 +478,10 @@ __all__ = [
     "InvalidKeyValue",
     "LEVELS",
     "Level",
-    "PATIENT_ROOT",
-    "PATIENT_STUDY_ONLY",
     "PreparedQuery",
     "ResponseField",
     "Row",
     "RowValue",
-    "STUDY_ROOT",
     "page_query",
     "prepare_query",
     "query",

@@ -10,13 +10,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-# moved to dicom/levels.py; re-exported (``as``) until the callers are updated
 from minipacs.dicom.levels import LEVEL_SPELLINGS
-from minipacs.dicom.levels import PATIENT_ROOT as PATIENT_ROOT  # noqa: PLC0414 - explicit re-export
-from minipacs.dicom.levels import PATIENT_STUDY_ONLY as PATIENT_STUDY_ONLY  # noqa: PLC0414 - explicit re-export
-from minipacs.dicom.levels import STUDY_ROOT as STUDY_ROOT  # noqa: PLC0414 - explicit re-export
-from minipacs.dicom.levels import InformationModel as InformationModel  # noqa: PLC0414 - explicit re-export
-from minipacs.dicom.levels import Level as Level  # noqa: PLC0414 - explicit re-export
+from minipacs.dicom.levels import Level
 from minipacs.index import repository as repo
 from minipacs.index.entities import ENTITIES, Entity
 from minipacs.index.matching import ColumnKind

@@ -24,7 +24,7 @@ from typing import Final
 from minipacs.core.archive import Archive
 from minipacs.core.errors import ArchiveError
 from minipacs.dicom.levels import LEVEL_SPELLINGS, RETRIEVE_MODELS, Level
-from minipacs.dicom.part10 import (  # dataset_offset_of: moved there; re-exported
+from minipacs.dicom.part10 import (
     NotPart10,
     dataset_offset_of,
 )

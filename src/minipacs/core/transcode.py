@@ -20,11 +20,7 @@ from typing import Any, Final
 
 from minipacs.core import decoders
 from minipacs.core.errors import ArchiveError, NotFound
-from minipacs.dicom.uids import (
-    EXPLICIT_VR_LITTLE_ENDIAN,
-    TransferSyntax,
-    transfer_syntax,
-)
+from minipacs.dicom.uids import TransferSyntax, transfer_syntax
 
 _CODECS_HINT: Final = ("(the decoders are python-gdcm, pylibjpeg-openjpeg with pylibjpeg, and pyjpegls: "
                         "check that they are installed)")
@@ -153,5 +149,5 @@ def pixel_frames(path: Path, numbers: Sequence[int], *, decode: bool) -> list[by
     return [np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes() for a in arrays]
 
 
-__all__ = ["EXPLICIT_VR_LITTLE_ENDIAN", "NoSuchFrame", "TranscodeError", "can_transcode", "pixel_frames", "transcode",
+__all__ = [ "NoSuchFrame", "TranscodeError", "can_transcode", "pixel_frames", "transcode",
            "transcode_part10"]

@@ -26,7 +26,8 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import generate_uid
 
 from minipacs.core.errors import ArchiveError
-from minipacs.core.identifier import Key, element_text, read_keys
+from minipacs.core.identifier import Key, read_keys
+from minipacs.dicom.identifier import element_text
 from minipacs.index import worklist_repo as repo
 from minipacs.index.database import IndexConnection
 from minipacs.index.matching import Matching, python_matches

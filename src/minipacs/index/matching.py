@@ -18,13 +18,13 @@ from typing import Any, Final
 
 from sqlalchemy import ColumnElement, and_, false, or_
 
-from minipacs.dicom.values import (  # re-exported
+from minipacs.dicom.values import (
     date_bound,
     datetime_bound,
     normalise_name,
     time_bound,
 )
-from minipacs.dicom.vr import (  # moved to dicom/vr.py; re-exported
+from minipacs.dicom.vr import (
     BINARY_VRS,
     DATE_TIME_VRS,
 )

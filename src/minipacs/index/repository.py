@@ -16,7 +16,7 @@ from typing import Any, Final, Protocol, cast
 from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from minipacs.dicom.values import (  # moved to dicom/values.py; re-exported
+from minipacs.dicom.values import (
     as_date,
     as_time,
     normalise_name,

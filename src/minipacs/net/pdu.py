@@ -22,37 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Self, TypeVar
 
-from minipacs.dicom.reasons import (
-    ABORT_REASONS,
-    ABORT_SOURCES,
-    REJECT_REASONS,
-    REJECT_RESULTS,
-    REJECT_SOURCES,
-)
-from minipacs.net.pdu_items import (
-    APPLICATION_CONTEXT_ITEM,
-    APPLICATION_CONTEXT_NAME,
-    PRESENTATION_CONTEXT_AC_ITEM,
-    PRESENTATION_CONTEXT_RQ_ITEM,
-    USER_INFORMATION_ITEM,
-    PDUError,
-    PresentationContextAC,
-    PresentationContextRQ,
-    UserInformation,
-    decode_application_context,
-    encode_application_context,
-    iter_items,
-)
+from minipacs.net.pdu_items import APPLICATION_CONTEXT_ITEM, PRESENTATION_CONTEXT_AC_ITEM, PRESENTATION_CONTEXT_RQ_ITEM, USER_INFORMATION_ITEM, PDUError, PresentationContextAC, PresentationContextRQ, UserInformation, decode_application_context, encode_application_context, iter_items
+from minipacs.dicom.uids import APPLICATION_CONTEXT_NAME
 
 __all__ = [
-    "ABORT_REASONS",
-    "ABORT_SOURCES",
     "PDU",
     "PDU_HEADER",
     "PDU_TYPES",
     "PDV",
-    "REJECT_REASONS",
-    "REJECT_RESULTS",
     "AAbort",
     "AAssociateAC",
     "AAssociateRJ",

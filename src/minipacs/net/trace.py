@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from minipacs.net.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ
 from minipacs.net.presentation import RESULT_NAMES
-from minipacs.net.uids import uid_name
+from minipacs.dicom.uids import uid_name
 
 IDENTITY_TYPES = {1: "username", 2: "username and passcode", 3: "Kerberos", 4: "SAML", 5: "JWT"}
 

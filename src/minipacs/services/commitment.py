@@ -44,10 +44,10 @@ from minipacs.net.dimse import Command
 from minipacs.net.fsm import State
 from minipacs.net.pdu_items import RoleSelection
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
-from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
+from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
 from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Operation, Response
-from minipacs.services.qr_find import decode_identifier, encode_identifier
+from minipacs.dicom.identifier import decode_identifier, encode_identifier
 from minipacs.services.status import COMMITMENT, FAILURE_REASONS, SUCCESS, describe
 
 log = logging.getLogger("minipacs.commitment")

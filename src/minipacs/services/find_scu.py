@@ -23,8 +23,8 @@ from pydicom.sequence import Sequence as DicomSequence
 from minipacs.dicom.levels import INFORMATION_MODELS, Level
 from minipacs.net.association import Association, BytesSink
 from minipacs.net.dimse import Command
-from minipacs.net.uids import transfer_syntax
-from minipacs.services.qr_find import decode_identifier, encode_identifier
+from minipacs.dicom.uids import transfer_syntax
+from minipacs.dicom.identifier import decode_identifier, encode_identifier
 
 #: -P / -S / -O: information model (dicom/levels.py) → (FIND SOP class, default level: the model's top)
 MODELS: Final[Mapping[str, tuple[str, str]]] = {

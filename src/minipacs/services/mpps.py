@@ -23,10 +23,10 @@ from minipacs.dicom.uids import MODALITY_PERFORMED_PROCEDURE_STEP
 from minipacs.net.association import Association, BytesSink, DatasetSink, Message
 from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
-from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Operation, Response
-from minipacs.services.qr_find import decode_identifier
+from minipacs.dicom.identifier import decode_identifier
 from minipacs.services.status import (
     MPPS,
     MPPS_MAY_NO_LONGER_BE_UPDATED,

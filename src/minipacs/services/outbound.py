@@ -49,11 +49,7 @@ from minipacs.net.association import (
 from minipacs.net.dimse import Command
 from minipacs.net.pdu_items import RoleSelection
 from minipacs.net.presentation import NegotiatedContext
-from minipacs.net.uids import (
-    EXPLICIT_VR_LITTLE_ENDIAN,
-    IMPLICIT_VR_LITTLE_ENDIAN,
-    VERIFICATION_SOP_CLASS,
-)
+from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
 from minipacs.services.base import ServiceClass
 from minipacs.services.dispatch import request_handler
 from minipacs.services.find_scu import (
@@ -78,7 +74,7 @@ from minipacs.services.retrieve_scu import (
 from minipacs.services.status import describe, is_success, is_warning
 from minipacs.services.storage_scu import SendableFile, proposal, store_file
 from minipacs.services.verification import echo as _c_echo
-from minipacs.services.worklist import MODALITY_WORKLIST_FIND
+from minipacs.dicom.uids import MODALITY_WORKLIST_FIND
 
 if TYPE_CHECKING:
     from minipacs.core.archive import Archive

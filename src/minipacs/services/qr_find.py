@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Final, cast
 
 from minipacs.core.errors import ArchiveError
-from minipacs.core.identifier import identifier_charset
+from minipacs.dicom.identifier import identifier_charset
 from minipacs.core.query import (
     ResponseField,
     Row,
@@ -29,7 +29,7 @@ from minipacs.core.query import (
     row_dataset,
     run_query_batches,
 )
-from minipacs.dicom.identifier import (  # decode/encode_identifier, response_charset: moved there; re-exported
+from minipacs.dicom.identifier import (
     SPECIFIC_CHARACTER_SET,
     choose_charset,
     decode_identifier,
@@ -38,14 +38,13 @@ from minipacs.dicom.identifier import (  # decode/encode_identifier, response_ch
     response_charset,
 )
 from minipacs.dicom.levels import INFORMATION_MODELS, InformationModel
-from minipacs.dicom.uids import PATIENT_ROOT_FIND, PATIENT_STUDY_ONLY_FIND, STUDY_ROOT_FIND
 from minipacs.dicom.values import codecs_for
 from minipacs.dicom.vr import ASCII_VRS, CHARSET_VRS, INT_VR_FORMATS, LONG_LENGTH_VRS
 from minipacs.net.association import Association, BytesSink, DatasetSink, Message
 from minipacs.net.dimse import Command
 from minipacs.net.pdu_items import SOPClassExtendedNegotiation
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
-from minipacs.net.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, TransferSyntax, transfer_syntax, uid_name
+from minipacs.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, TransferSyntax, transfer_syntax, uid_name
 from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Answer, Operation, PendingBatch, Response
 from minipacs.services.status import (
@@ -316,11 +315,8 @@ class QueryRetrieveFindSCP(Service):
 
 __all__ = [
     "FIND_MODELS",
-    "PATIENT_ROOT_FIND",
-    "PATIENT_STUDY_ONLY_FIND",
     "QueryRetrieveFindSCP",
     "RowEncoder",
-    "STUDY_ROOT_FIND",
     "decode_identifier",
     "encode_identifier",
     "response_charset",

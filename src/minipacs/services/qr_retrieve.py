@@ -21,19 +21,9 @@ from minipacs.core.retrieve import StoredInstance, locate
 from minipacs.core.transcode import TranscodeError
 from minipacs.dicom.levels import RETRIEVE_MODELS
 
-# moved to dicom/uids.py; re-exported (``as``) until the callers are updated
-from minipacs.dicom.uids import PATIENT_ROOT_GET as PATIENT_ROOT_GET  # noqa: PLC0414 - explicit re-export
-from minipacs.dicom.uids import PATIENT_ROOT_MOVE as PATIENT_ROOT_MOVE  # noqa: PLC0414 - explicit re-export
-from minipacs.dicom.uids import STUDY_ROOT_GET as STUDY_ROOT_GET  # noqa: PLC0414 - explicit re-export
-from minipacs.dicom.uids import STUDY_ROOT_MOVE as STUDY_ROOT_MOVE  # noqa: PLC0414 - explicit re-export
 from minipacs.dicom.vr import STRING_VRS
 from minipacs.net.association import Association, AssociationError, BytesSink, Message
-from minipacs.net.uids import (
-    EXPLICIT_VR_BIG_ENDIAN,
-    EXPLICIT_VR_LITTLE_ENDIAN,
-    IMPLICIT_VR_LITTLE_ENDIAN,
-    transfer_syntax,
-)
+from minipacs.dicom.uids import EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
 from minipacs.services.dispatch import Response
 from minipacs.services.status import (
     CANCEL,

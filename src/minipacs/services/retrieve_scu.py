@@ -23,8 +23,8 @@ from minipacs.net.association import Association, BytesSink, DatasetSink, Messag
 from minipacs.net.dimse import Command
 from minipacs.net.pdu_items import RoleSelection
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
-from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
-from minipacs.net.uids_generated import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
+from minipacs.dicom.uids_generated import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Operation
 from minipacs.services.qr_retrieve import GET_MODELS

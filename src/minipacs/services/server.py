@@ -49,13 +49,8 @@ from minipacs.net.association import (
 from minipacs.net.dimse import Command
 from minipacs.net.dul import Timeouts, stream_limit
 from minipacs.net.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ
-from minipacs.net.pdu_items import (
-    APPLICATION_CONTEXT_NAME,
-    AsynchronousOperationsWindow,
-    SOPClassExtendedNegotiation,
-    UserIdentityAC,
-    UserInformation,
-)
+from minipacs.net.pdu_items import AsynchronousOperationsWindow, SOPClassExtendedNegotiation, UserIdentityAC, UserInformation
+from minipacs.dicom.uids import APPLICATION_CONTEXT_NAME
 from minipacs.net.presentation import (
     RESULT_NAMES,
     NegotiatedContext,
@@ -63,7 +58,7 @@ from minipacs.net.presentation import (
     negotiate,
 )
 from minipacs.net.tls import describe_tls_error
-from minipacs.net.uids import uid_name
+from minipacs.dicom.uids import uid_name
 from minipacs.services.base import ServiceClass
 from minipacs.services.dispatch import (
     Operation,

@@ -17,8 +17,8 @@ from minipacs.core.staging import StagingFile
 from minipacs.net.association import Association, DatasetSink, Message
 from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
-from minipacs.net.uids import transfer_syntax, uid_name
-from minipacs.net.uids_generated import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from minipacs.dicom.uids import transfer_syntax, uid_name
+from minipacs.dicom.uids_generated import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Operation, Response
 from minipacs.services.status import SUCCESS, describe, status_for_store_error

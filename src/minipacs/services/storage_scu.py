@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from minipacs.core.part10 import NotPart10, Part10File, read_part10
+from minipacs.dicom.part10 import NotPart10, Part10File, read_part10
 from minipacs.core.transcode import transcode
 from minipacs.net.association import Association, FileRegion
 from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext
-from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, transfer_syntax, uid_name
+from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, transfer_syntax, uid_name
 
 NATIVE_FALLBACK = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 

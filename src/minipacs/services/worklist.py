@@ -13,23 +13,17 @@ import logging
 from collections.abc import AsyncGenerator, Mapping
 from typing import Final
 
-from minipacs.core.identifier import identifier_charset
+from minipacs.dicom.identifier import identifier_charset
 from minipacs.core.worklist import Worklist
 from minipacs.dicom.uids import MODALITY_WORKLIST_FIND
 from minipacs.net.association import Association, BytesSink, DatasetSink, Message
 from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
-from minipacs.net.uids import transfer_syntax, uid_name
+from minipacs.dicom.uids import transfer_syntax, uid_name
 from minipacs.services.base import Service
 from minipacs.services.dispatch import Answer, Operation, Response
-from minipacs.services.qr_find import (
-    FIND_TRANSFER_SYNTAXES,
-    decode_identifier,
-    encode_identifier,
-    find_failure,
-    finish_find,
-    response_charset,
-)
+from minipacs.services.qr_find import FIND_TRANSFER_SYNTAXES, find_failure, finish_find
+from minipacs.dicom.identifier import decode_identifier, encode_identifier, response_charset
 from minipacs.services.status import FIND, FIND_CANCELLED, FIND_PENDING, SUCCESS, describe
 
 log = logging.getLogger("minipacs.worklist")

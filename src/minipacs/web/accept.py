@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from minipacs.core.transcode import EXPLICIT_VR_LITTLE_ENDIAN, can_transcode
-from minipacs.net.uids import transfer_syntax
+from minipacs.core.transcode import can_transcode
+from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
+from minipacs.dicom.uids import transfer_syntax
 
 ANY: Final = "*/*"
 DICOM: Final = "application/dicom"

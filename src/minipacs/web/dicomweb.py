@@ -20,11 +20,10 @@ from minipacs.core.errors import (
 from minipacs.core.metadata import BULK_PREFIX
 from minipacs.core.model import Origin
 from minipacs.core.paths import validate_uid
-from minipacs.core.query import Level
+from minipacs.dicom.levels import Level
 from minipacs.core.retrieve import StoredInstance, select_instances
-from minipacs.core.transcode import (
-    EXPLICIT_VR_LITTLE_ENDIAN, NoSuchFrame, TranscodeError, can_transcode, pixel_frames, transcode_part10,
-)
+from minipacs.core.transcode import NoSuchFrame, TranscodeError, can_transcode, pixel_frames, transcode_part10
+from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.web.accept import ANY, DICOM, frame_choice, frame_choices_text, instance_syntax, parse_accept
 from minipacs.web.errors import HttpError

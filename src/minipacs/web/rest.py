@@ -18,7 +18,7 @@ from minipacs.core.metadata import BULK_PREFIX
 from minipacs.core.model import Origin
 from minipacs.core.nodes import node_from_mapping
 from minipacs.core.paths import validate_uid
-from minipacs.core.query import Level
+from minipacs.dicom.levels import Level
 from minipacs.core.retrieve import select_instances
 from minipacs.dicom.levels import LEVEL_SPELLINGS
 from minipacs.web import completion

@@ -18,7 +18,8 @@ from pydicom.dataset import Dataset
 from pydicom.valuerep import PersonName
 
 from minipacs.core.archive import Archive
-from minipacs.core.query import PATIENT_ROOT, STUDY_ROOT, Level, prepare_query, run_query
+from minipacs.core.query import prepare_query, run_query
+from minipacs.dicom.levels import PATIENT_ROOT, STUDY_ROOT, Level
 from minipacs.web.errors import HttpError
 
 # PS3.18 Table 10.6.3-3..5: attributes returned by default, per level

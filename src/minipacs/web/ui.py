@@ -25,7 +25,7 @@ from starlette.staticfiles import StaticFiles
 from minipacs.core.errors import ArchiveError, NotFound
 from minipacs.core.nodes import registry_warnings
 from minipacs.core.paths import validate_uid
-from minipacs.core.query import Level
+from minipacs.dicom.levels import Level
 from minipacs.web import login
 from minipacs.web.completion import completed_studies
 from minipacs.web.dicomweb import ctx
