@@ -49,7 +49,8 @@ from minipacs.core.errors import (
     NotFound,
     OutOfResources,
 )
-from minipacs.core.header import InstanceHeader, read_header
+from minipacs.core.header import InstanceHeader, dataset_encoding, read_header
+from minipacs.core.inflate import DatasetLimits, check_deflated
 from minipacs.core.model import AssociationRecord, DuplicatePolicy, Origin, StagedPath, StoreOutcome, StoreStatus
 from minipacs.core.paths import instance_key
 from minipacs.core.staging import READY_DIR, StagingFile, StagingPool, remove_leftovers, stage_file
@@ -74,6 +75,13 @@ class ArchiveSettings:
     fsync: bool  # fsync each staged file before its index row commits
     max_dataset_bytes: int  # largest dataset one ingest accepts
     duplicate_policy: DuplicatePolicy  # what a second copy of a stored SOP Instance UID does
+    max_inflate_ratio: int = 100  # most inflated bytes per deflated byte (PS3.5 A.5; 0: no limit)
+    max_sequence_depth: int = 64  # deepest sequence nesting read from a stored file
+
+    @property
+    def dataset_limits(self) -> DatasetLimits:
+        """What reading one dataset may cost: ingest checks, metadata, transcoding."""
+        return DatasetLimits(self.max_dataset_bytes, self.max_inflate_ratio, self.max_sequence_depth)
 
 
 @dataclass
@@ -304,6 +312,8 @@ class Archive:
     async def ingest(self, staged: StagedPath, origin: Origin) -> StoreOutcome:
         """Store a staged file; returns once file and index row are durable.
 
+        A deflated dataset is inflated first within ``settings.dataset_limits`` (core/inflate.py):
+        past them InflateLimitExceeded, a broken stream InvalidInstance; nothing is stored.
         The staged file is consumed: moved into storage or deleted, whatever happens.
         """
         loop = asyncio.get_running_loop()
@@ -312,6 +322,14 @@ class Archive:
         except BaseException:
             staged.path.unlink(missing_ok=True)
             raise
+        if dataset_encoding(staged.transfer_syntax_uid).deflated:
+            # PS3.5 A.5: inflate it all once, counting, in a worker thread, before the writer sees it
+            try:
+                await asyncio.to_thread(check_deflated, staged.path, staged.dataset_offset,
+                                        self.settings.dataset_limits)
+            except BaseException:
+                staged.path.unlink(missing_ok=True)
+                raise
         future: asyncio.Future[StoreOutcome] = loop.create_future()
         # One hop: the writer parses the header too (0.1 ms; another thread
         # would only add a hand-over under the GIL).

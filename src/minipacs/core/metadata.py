@@ -17,12 +17,13 @@ import logging
 from collections.abc import Iterable
 from typing import Any, Final
 
-import pydicom
 from pydicom.dataelem import DataElement
 
 from minipacs.core.archive import Archive
 from minipacs.core.errors import NotFound
+from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits
 from minipacs.core.model import StoreOutcome, StoreStatus
+from minipacs.core.stored import read_stored
 from minipacs.index import metadata_repo
 from minipacs.index.database import IndexConnection
 
@@ -39,9 +40,9 @@ _QUIET: Final = 0.5
 _BACKLOG: Final = 10_000
 
 
-def compute(path: Any, study: str, series: str, sop: str) -> str:
-    """The PS3.18 JSON object of one stored file, as text."""
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
+def compute(path: Any, study: str, series: str, sop: str, limits: DatasetLimits = DEFAULT_LIMITS) -> str:
+    """The PS3.18 JSON object of one stored file, as text (read within ``limits``: core/stored.py)."""
+    ds = read_stored(path, limits, stop_before_pixels=True)
     base = f"{BULK_PREFIX}/studies/{study}/series/{series}/instances/{sop}"
 
     def bulk(elem: DataElement) -> str:
@@ -113,14 +114,15 @@ class MetadataStore:
 
     async def compute_and_store(self, uids: list[str]) -> dict[str, str]:
         rows = await self.archive.read(lambda conn: metadata_repo.locations(conn, uids))
-        blobs = self.archive.blobs
+        blobs, limits = self.archive.blobs, self.archive.settings.dataset_limits
 
         def run() -> list[tuple[str, str]]:
             done: list[tuple[str, str]] = []
             for row in rows:
                 try:
                     done.append((row.sop_instance_uid, compute(blobs.path_of(row.blob_key), row.study_instance_uid,
-                                                               row.series_instance_uid, row.sop_instance_uid)))
+                                                               row.series_instance_uid, row.sop_instance_uid,
+                                                               limits)))
                 except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
                     log.error("metadata of SOP Instance %s cannot be computed: %s", row.sop_instance_uid, exc)
             return done

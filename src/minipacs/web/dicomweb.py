@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import io
 import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final
 
-import pydicom
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute
@@ -17,11 +15,13 @@ from starlette.routing import BaseRoute
 from minipacs.core.errors import (
     ArchiveError, DatasetTooLarge, DuplicateInstance, InstanceMismatch, OutOfResources,
 )
+from minipacs.core.inflate import DatasetLimits
 from minipacs.core.metadata import BULK_PREFIX
 from minipacs.core.model import Origin
 from minipacs.core.paths import validate_uid
 from minipacs.core.query import Level
 from minipacs.core.retrieve import StoredInstance, select_instances
+from minipacs.core.stored import read_part10_bytes, read_stored
 from minipacs.core.transcode import (
     EXPLICIT_VR_LITTLE_ENDIAN, NoSuchFrame, TranscodeError, can_transcode, pixel_frames, transcode_part10,
 )
@@ -101,9 +101,10 @@ async def _instances(request: Request, located: bool = True) -> list[StoredInsta
     return found
 
 
-def _transcoded_part(item: StoredInstance, target_ts: str) -> OutPart:
+def _transcoded_part(item: StoredInstance, target_ts: str, limits: DatasetLimits) -> OutPart:
     return OutPart(f"application/dicom; transfer-syntax={target_ts}",
-                   produce=functools.partial(transcode_part10, item.path, target_ts), label=item.sop_instance_uid)
+                   produce=functools.partial(transcode_part10, item.path, target_ts, limits),
+                   label=item.sop_instance_uid)
 
 
 async def retrieve(request: Request) -> Response:
@@ -113,6 +114,7 @@ async def retrieve(request: Request) -> Response:
         raise HttpError(406, "not_acceptable", "instances are available as multipart/related; "
                         'type="application/dicom" (bulk data and metadata have their own URLs)')
     found = await _instances(request, located=False)
+    limits = ctx(request).archive.settings.dataset_limits
     parts: list[OutPart] = []
     for item in found:
         target = instance_syntax(ranges, item.transfer_syntax_uid)
@@ -122,7 +124,7 @@ async def retrieve(request: Request) -> Response:
                             f"syntax {item.transfer_syntax_uid} and cannot be converted to {asked}: this server "
                             "only decompresses (to Explicit VR Little Endian); ask for "
                             "transfer-syntax=* (as stored) or transfer-syntax=1.2.840.10008.1.2.1")
-        parts.append(stored_part(item) if target == item.transfer_syntax_uid else _transcoded_part(item, target))
+        parts.append(stored_part(item) if target == item.transfer_syntax_uid else _transcoded_part(item, target, limits))
     if len(parts) == 1 and parts[0].produce is not None:  # one instance: a failure can still be a 406
         try:
             data = await asyncio.to_thread(parts[0].produce)
@@ -159,7 +161,8 @@ async def frames(request: Request) -> Response:
                         f"{item.transfer_syntax_uid}, which no media type in the Accept header allows; ask for "
                         f"{frame_choices_text(item.transfer_syntax_uid)}")
     try:
-        chunks = await asyncio.to_thread(pixel_frames, item.path, numbers, decode=choice.decode)
+        chunks = await asyncio.to_thread(pixel_frames, item.path, numbers, decode=choice.decode,
+                                         limits=ctx(request).archive.settings.dataset_limits)
     except NoSuchFrame as exc:
         raise HttpError(404, "no_such_frame", str(exc)) from None
     except TranscodeError as exc:
@@ -170,8 +173,8 @@ async def frames(request: Request) -> Response:
                     media_type=f'multipart/related; type="{choice.media_type}"; boundary={boundary}')
 
 
-def _bulk(item: StoredInstance, tag: int) -> bytes:
-    ds = pydicom.dcmread(item.path)
+def _bulk(item: StoredInstance, tag: int, limits: DatasetLimits) -> bytes:
+    ds = read_stored(item.path, limits)
     if tag not in ds:
         raise HttpError(404, "no_such_bulkdata", f"the instance has no attribute {tag:08X}")
     value = ds[tag].value
@@ -185,7 +188,7 @@ async def bulkdata(request: Request) -> Response:
     except ValueError:
         raise HttpError(400, "invalid_tag", f"{raw[:20]!r} is not a tag (8 hex digits)") from None
     item = (await _instances(request))[0]
-    data = await asyncio.to_thread(_bulk, item, tag)
+    data = await asyncio.to_thread(_bulk, item, tag, ctx(request).archive.settings.dataset_limits)
     boundary = new_boundary()
     return Response(multipart_octets([data], boundary, "application/octet-stream"),
                     media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}')
@@ -196,7 +199,8 @@ async def _render(request: Request, thumbnail: bool, frame: int = 1) -> Response
     item = found[len(found) // 2]  # a representative instance for study/series level
     mime = choose_format(request.headers.get("accept", ""))
     window = parse_window(request.query_params.get("window"))
-    data = await asyncio.to_thread(render, item.path, frame, mime, window, thumbnail)
+    data = await asyncio.to_thread(render, item.path, frame, mime, window, thumbnail,
+                                ctx(request).archive.settings.dataset_limits)
     return Response(data, media_type=mime)
 
 
@@ -231,7 +235,8 @@ async def wado_uri(request: Request) -> Response:
                 raise HttpError(406, "not_acceptable", f"the instance is stored in {stored} and cannot be converted "
                                 f"to {wanted[:64]}; leave transferSyntax out, or ask for 1.2.840.10008.1.2.1")
             try:
-                data = await asyncio.to_thread(transcode_part10, found[0].path, wanted)
+                data = await asyncio.to_thread(transcode_part10, found[0].path, wanted,
+                                               ctx(request).archive.settings.dataset_limits)
             except TranscodeError as exc:
                 raise HttpError(406, "cannot_transcode",
                                 f"{exc}; leave transferSyntax out to get it as stored") from None
@@ -249,7 +254,8 @@ async def wado_uri(request: Request) -> Response:
     window = None
     if params.get("windowCenter") and params.get("windowWidth"):
         window = parse_window(f"{params['windowCenter']},{params['windowWidth']}")
-    data = await asyncio.to_thread(render, found[0].path, int(frame), content_type, window, False)
+    data = await asyncio.to_thread(render, found[0].path, int(frame), content_type, window, False,
+                                ctx(request).archive.settings.dataset_limits)
     return Response(data, media_type=content_type)
 
 
@@ -262,11 +268,11 @@ def _read_file(path: Any) -> Any:
 
 # ------------------------------------------------------------------ STOW-RS (PS3.18 §10.5)
 
-def _sop_uids(data: bytes) -> tuple[str, str, str]:
+def _sop_uids(data: bytes, limits: DatasetLimits) -> tuple[str, str, str]:
     """SOP Class, SOP Instance and Study Instance UID of a part, for the response ("" if unreadable)."""
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True,
-                             specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"])
+        ds = read_part10_bytes(data, limits, stop_before_pixels=True,
+                               specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"])
         return str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")), str(ds.get("StudyInstanceUID", ""))
     except Exception:  # noqa: BLE001 - an unreadable part is reported as failed
         return "", "", ""
@@ -305,7 +311,8 @@ async def store(request: Request) -> Response:
     failed: list[dict[str, Any]] = []
     origin = Origin("stow", peer_host=request.client.host if request.client else "")
     for part in parts:
-        class_uid, instance_uid, study_uid = await asyncio.to_thread(_sop_uids, part.body)
+        class_uid, instance_uid, study_uid = await asyncio.to_thread(_sop_uids, part.body,
+                                                                     context.archive.settings.dataset_limits)
         if part.content_type and not part.content_type.lower().startswith("application/dicom"):
             failed.append(_item(class_uid, instance_uid,
                                 t00081197={"vr": "US", "Value": [SOP_CLASS_NOT_SUPPORTED]}))
