@@ -176,11 +176,16 @@ def _take_recovery_lock(data_dir: Path) -> int | None:
 
 
 def _as_failure(exc: BaseException) -> Exception:
-    """What a job that failed in the writer reports: always an ArchiveError."""
+    """What a job that failed in the writer reports: always an ArchiveError. Its message reaches peers
+    (a DIMSE Error Comment, an HTTP body), so an OSError's file name is left out of it and logged."""
     if isinstance(exc, ArchiveError):
         return exc
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return OutOfResources(f"the storage filesystem is full ({exc.strerror}); nothing was stored")
+    if isinstance(exc, OSError):
+        log.error("storing failed: %s", exc)  # the server log keeps the path
+        reason = exc.strerror or type(exc).__name__
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return OutOfResources(f"the storage filesystem is full ({reason}); nothing was stored")
+        return ArchiveError(f"storing failed ({reason}); nothing was acknowledged; see the server log")
     return ArchiveError(f"storing failed ({exc}); nothing was acknowledged")
 
 
@@ -430,7 +435,10 @@ class Archive:
                 except ArchiveError as exc:
                     results[index] = exc
                 except OSError as exc:
-                    results[index] = ArchiveError(f"cannot read or fsync the staged file {job.staged.path}: {exc}")
+                    log.error("cannot read or fsync the staged file %s: %s", job.staged.path, exc)
+                    kind = OutOfResources if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ArchiveError
+                    results[index] = kind(f"cannot read or fsync the staged dataset ({exc.strerror}); "
+                                          "nothing was stored; see the server log")
             elif isinstance(job, _CallJob) and job.removes_entities:
                 self._keys.clear()  # a deletion may have removed cached studies or series
         pending = [i for i, r in enumerate(results) if r is None]
