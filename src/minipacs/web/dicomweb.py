@@ -124,7 +124,8 @@ async def retrieve(request: Request) -> Response:
                             f"syntax {item.transfer_syntax_uid} and cannot be converted to {asked}: this server "
                             "only decompresses (to Explicit VR Little Endian); ask for "
                             "transfer-syntax=* (as stored) or transfer-syntax=1.2.840.10008.1.2.1")
-        parts.append(stored_part(item) if target == item.transfer_syntax_uid else _transcoded_part(item, target, limits))
+        parts.append(stored_part(item) if target == item.transfer_syntax_uid
+                     else _transcoded_part(item, target, limits))
     if len(parts) == 1 and parts[0].produce is not None:  # one instance: a failure can still be a 406
         try:
             data = await asyncio.to_thread(parts[0].produce)
