@@ -80,7 +80,9 @@ def outbound(settings: Settings, archive: Archive) -> Outbound:
                     archive)
 def archive_settings(settings: Settings) -> ArchiveSettings:
     return ArchiveSettings(data_dir=settings.data_dir, fsync=settings.fsync,
-                           max_dataset_bytes=settings.max_dataset_bytes, duplicate_policy=settings.duplicate_policy)
+                           max_dataset_bytes=settings.max_dataset_bytes, duplicate_policy=settings.duplicate_policy,
+                           max_inflate_ratio=settings.max_inflate_ratio,
+                           max_sequence_depth=settings.max_sequence_depth)
 
 
 async def open_archive(settings: Settings) -> Archive:

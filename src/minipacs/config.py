@@ -73,6 +73,11 @@ class Settings:
     max_results: int = 0
     #: Largest dataset accepted in one C-STORE (bytes).
     max_dataset_bytes: int = 4096 * MiB
+    #: A deflated dataset (PS3.5 A.5) inflating to more than this many times its size is refused (0xA700);
+    #: 0: no ratio limit (max_dataset_bytes still bounds the inflated size).
+    max_inflate_ratio: int = 100
+    #: Deepest sequence nesting read from a stored file (metadata, transcoding); deeper: unreadable.
+    max_sequence_depth: int = 64
     #: ARTIM timer: how long to wait for A-ASSOCIATE-RQ, or for the close after release/abort.
     acse_timeout: float = 30.0
     #: How long a DIMSE exchange may stall (peer silent mid-message, or no response).
@@ -181,6 +186,10 @@ class Settings:
             raise ConfigError("max_results must be 0 (no limit) or a positive number")
         if self.max_dataset_bytes < 1024:
             raise ConfigError("max_dataset_bytes must be at least 1024")
+        if self.max_inflate_ratio < 0:
+            raise ConfigError("max_inflate_ratio must be 0 (no limit) or a positive number")
+        if not 1 <= self.max_sequence_depth <= 128:
+            raise ConfigError("max_sequence_depth must be 1 to 128 (pydicom reads nesting recursively)")
         for name in ("acse_timeout", "dimse_timeout", "idle_timeout", "connect_timeout", "nodes_refresh",
                      "handshake_timeout"):
             if getattr(self, name) <= 0:

@@ -50,7 +50,8 @@ from minipacs.core.errors import (
     OutOfResources,
 )
 from minipacs.core.header import read_header
-from minipacs.dicom.header import InstanceHeader
+from minipacs.core.inflate import DatasetLimits, check_deflated
+from minipacs.dicom.header import InstanceHeader, dataset_encoding
 from minipacs.core.model import AssociationRecord, DuplicatePolicy, Origin, StagedPath, StoreOutcome, StoreStatus
 from minipacs.core.paths import instance_key
 from minipacs.core.staging import READY_DIR, StagingFile, StagingPool, remove_leftovers, stage_file
@@ -75,6 +76,13 @@ class ArchiveSettings:
     fsync: bool  # fsync each staged file before its index row commits
     max_dataset_bytes: int  # largest dataset one ingest accepts
     duplicate_policy: DuplicatePolicy  # what a second copy of a stored SOP Instance UID does
+    max_inflate_ratio: int = 100  # most inflated bytes per deflated byte (PS3.5 A.5; 0: no limit)
+    max_sequence_depth: int = 64  # deepest sequence nesting read from a stored file
+
+    @property
+    def dataset_limits(self) -> DatasetLimits:
+        """What reading one dataset may cost: ingest checks, metadata, transcoding."""
+        return DatasetLimits(self.max_dataset_bytes, self.max_inflate_ratio, self.max_sequence_depth)
 
 
 @dataclass
@@ -169,11 +177,16 @@ def _take_recovery_lock(data_dir: Path) -> int | None:
 
 
 def _as_failure(exc: BaseException) -> Exception:
-    """What a job that failed in the writer reports: always an ArchiveError."""
+    """What a job that failed in the writer reports: always an ArchiveError. Its message reaches peers
+    (a DIMSE Error Comment, an HTTP body), so an OSError's file name is left out of it and logged."""
     if isinstance(exc, ArchiveError):
         return exc
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return OutOfResources(f"the storage filesystem is full ({exc.strerror}); nothing was stored")
+    if isinstance(exc, OSError):
+        log.error("storing failed: %s", exc)  # the server log keeps the path
+        reason = exc.strerror or type(exc).__name__
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return OutOfResources(f"the storage filesystem is full ({reason}); nothing was stored")
+        return ArchiveError(f"storing failed ({reason}); nothing was acknowledged; see the server log")
     return ArchiveError(f"storing failed ({exc}); nothing was acknowledged")
 
 
@@ -305,6 +318,8 @@ class Archive:
     async def ingest(self, staged: StagedPath, origin: Origin) -> StoreOutcome:
         """Store a staged file; returns once file and index row are durable.
 
+        A deflated dataset is inflated first within ``settings.dataset_limits`` (core/inflate.py):
+        past them InflateLimitExceeded, a broken stream InvalidInstance; nothing is stored.
         The staged file is consumed: moved into storage or deleted, whatever happens.
         """
         loop = asyncio.get_running_loop()
@@ -313,6 +328,14 @@ class Archive:
         except BaseException:
             staged.path.unlink(missing_ok=True)
             raise
+        if dataset_encoding(staged.transfer_syntax_uid).deflated:
+            # PS3.5 A.5: inflate it all once, counting, in a worker thread, before the writer sees it
+            try:
+                await asyncio.to_thread(check_deflated, staged.path, staged.dataset_offset,
+                                        self.settings.dataset_limits)
+            except BaseException:
+                staged.path.unlink(missing_ok=True)
+                raise
         future: asyncio.Future[StoreOutcome] = loop.create_future()
         # One hop: the writer parses the header too (0.1 ms; another thread
         # would only add a hand-over under the GIL).
@@ -413,7 +436,10 @@ class Archive:
                 except ArchiveError as exc:
                     results[index] = exc
                 except OSError as exc:
-                    results[index] = ArchiveError(f"cannot read or fsync the staged file {job.staged.path}: {exc}")
+                    log.error("cannot read or fsync the staged file %s: %s", job.staged.path, exc)
+                    kind = OutOfResources if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ArchiveError
+                    results[index] = kind(f"cannot read or fsync the staged dataset ({exc.strerror}); "
+                                          "nothing was stored; see the server log")
             elif isinstance(job, _CallJob) and job.removes_entities:
                 self._keys.clear()  # a deletion may have removed cached studies or series
         pending = [i for i, r in enumerate(results) if r is None]

@@ -31,8 +31,16 @@ class DatasetTooLarge(ArchiveError):
     """The dataset exceeds the configured maximum size."""
 
 
+class InflateLimitExceeded(DatasetTooLarge):
+    """A deflated dataset (PS3.5 A.5) inflates past max_dataset_bytes or max_inflate_ratio."""
+
+
 class OutOfResources(ArchiveError):
     """Disk full or another resource exhausted; nothing was stored."""
+
+
+class UnreadableInstance(ArchiveError):
+    """The instance is stored, but its file cannot be read: broken, or beyond the reading limits."""
 
 
 class NotFound(ArchiveError):

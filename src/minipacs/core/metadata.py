@@ -17,12 +17,13 @@ import logging
 from collections.abc import Iterable
 from typing import Any, Final
 
-import pydicom
 from pydicom.dataelem import DataElement
 
 from minipacs.core.archive import Archive
-from minipacs.core.errors import NotFound
+from minipacs.core.errors import NotFound, UnreadableInstance
+from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits
 from minipacs.core.model import StoreOutcome, StoreStatus
+from minipacs.core.stored import quiet_pydicom, read_stored
 from minipacs.index import metadata_repo
 from minipacs.index.database import IndexConnection
 
@@ -39,15 +40,21 @@ _QUIET: Final = 0.5
 _BACKLOG: Final = 10_000
 
 
-def compute(path: Any, study: str, series: str, sop: str) -> str:
-    """The PS3.18 JSON object of one stored file, as text."""
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
+def compute(path: Any, study: str, series: str, sop: str, limits: DatasetLimits = DEFAULT_LIMITS) -> str:
+    """The PS3.18 JSON object of one stored file, as text (read within ``limits``: core/stored.py)."""
+    ds = read_stored(path, limits, stop_before_pixels=True)
     base = f"{BULK_PREFIX}/studies/{study}/series/{series}/instances/{sop}"
 
     def bulk(elem: DataElement) -> str:
         return f"{base}/bulkdata/{elem.tag:08X}"
 
-    model: dict[str, Any] = ds.to_json_dict(BULK_THRESHOLD, bulk)
+    with quiet_pydicom() as captured:
+        try:
+            model: dict[str, Any] = ds.to_json_dict(BULK_THRESHOLD, bulk)
+        except Exception as exc:  # noqa: BLE001 - a value pydicom cannot convert: the file is unreadable
+            said = f" ({captured[0][:200]})" if captured else ""
+            raise UnreadableInstance(f"a value cannot be converted to PS3.18 JSON: {type(exc).__name__}: "
+                                     f"{str(exc)[:200]}{said}") from exc
     if "Rows" in ds and "7FE00010" not in model:  # pixel data follows the header we read
         encapsulated = ds.file_meta.TransferSyntaxUID.is_compressed
         model["7FE00010"] = {"vr": "OB" if encapsulated else "OW", "BulkDataURI": f"{base}/bulkdata/7FE00010"}
@@ -112,37 +119,59 @@ class MetadataStore:
                     log.exception("computing PS3.18 metadata for %d instance(s) failed", len(batch))
 
     async def compute_and_store(self, uids: list[str]) -> dict[str, str]:
+        """Compute, store and return the metadata of ``uids``; those that cannot be computed are
+        left out (and logged, one line each)."""
+        return (await self._compute_and_store(uids))[0]
+
+    async def _compute_and_store(self, uids: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+        """(JSON text by UID, why it cannot be computed by UID) for the stored ones among ``uids``."""
         rows = await self.archive.read(lambda conn: metadata_repo.locations(conn, uids))
-        blobs = self.archive.blobs
+        blobs, limits = self.archive.blobs, self.archive.settings.dataset_limits
+        failed: dict[str, str] = {}
 
         def run() -> list[tuple[str, str]]:
             done: list[tuple[str, str]] = []
             for row in rows:
+                path = blobs.path_of(row.blob_key)
                 try:
-                    done.append((row.sop_instance_uid, compute(blobs.path_of(row.blob_key), row.study_instance_uid,
-                                                               row.series_instance_uid, row.sop_instance_uid)))
+                    done.append((row.sop_instance_uid, compute(path, row.study_instance_uid,
+                                                               row.series_instance_uid, row.sop_instance_uid,
+                                                               limits)))
                 except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
-                    log.error("metadata of SOP Instance %s cannot be computed: %s", row.sop_instance_uid, exc)
+                    failed[row.sop_instance_uid] = str(exc) if isinstance(exc, UnreadableInstance) else \
+                        f"{type(exc).__name__}: {str(exc)[:200]}"
+                    # ONE line, with the path (the server log may name it; answers never do)
+                    log.error("metadata of SOP Instance %s cannot be computed from %s: %s", row.sop_instance_uid,
+                              path, failed[row.sop_instance_uid])
             return done
 
         computed = await asyncio.to_thread(run)
         if computed:
             await self.archive.write(lambda conn: metadata_repo.store(conn, computed))
-        return dict(computed)
+        return dict(computed), failed
 
     async def get(self, uids: Iterable[str]) -> list[str]:
-        """The JSON texts of ``uids`` in that order; missing ones are computed now. Raises NotFound."""
+        """The JSON texts of ``uids`` in that order; missing ones are computed now.
+
+        Raises NotFound (not stored) or UnreadableInstance (stored, but its file cannot be read:
+        the message says why; the server log has one line with the file's path).
+        """
         wanted = list(dict.fromkeys(uids))
         found: dict[str, str] = {}
         for start in range(0, len(wanted), 500):
             chunk = wanted[start:start + 500]
             found.update(await self.archive.read(lambda conn, c=chunk: metadata_repo.texts(conn, c)))  # type: ignore[misc]
         missing = [uid for uid in wanted if uid not in found]
+        failed: dict[str, str] = {}
         if missing:
-            found.update(await self.compute_and_store(missing))
-        lost = [uid for uid in wanted if uid not in found]
-        if lost:
-            raise NotFound(f"SOP Instance {lost[0][:70]!r} is not in the archive (or its file is unreadable)")
+            computed, failed = await self._compute_and_store(missing)
+            found.update(computed)
+        for uid in wanted:
+            if uid in failed:
+                raise UnreadableInstance(f"SOP Instance {uid[:70]!r} is stored, but its file cannot be read: "
+                                         f"{failed[uid]}")
+            if uid not in found:
+                raise NotFound(f"SOP Instance {uid[:70]!r} is not in the archive")
         return [found[uid] for uid in wanted]
 
 

@@ -26,6 +26,7 @@ from pydicom.tag import BaseTag
 from pydicom.valuerep import PersonName
 
 from minipacs.core.errors import IdentifierMismatch, InvalidKeyValue, InvalidQuery
+from minipacs.core.stored import read_stored
 from minipacs.core.identifier import Key, read_keys, sequence_matches
 from minipacs.dicom.identifier import QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET, element_text
 from minipacs.core.query_model import _ORDER, LevelTable, LEVELS, IndexedKey, INDEXED_KEYS, ComputedKey, COMPUTED_KEYS, CONSTANT_KEYS, SERVICE_KEYS
@@ -318,7 +319,7 @@ def _representative_files(
 
 def _read_stored(path: Any, tags: list[int]) -> Dataset | None:
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=tags)
+        ds = read_stored(path, stop_before_pixels=True, specific_tags=tags)  # default limits: bounded
         for elem in ds:  # convert now, off the event loop; a bad value becomes empty below
             _ = elem.value
         return ds

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import logging
 import os
 import threading
 import struct
@@ -18,13 +19,15 @@ from pathlib import Path
 from typing import BinaryIO, Final
 
 from minipacs import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from minipacs.core.errors import DatasetTooLarge, InvalidIdentifier, InvalidInstance, OutOfResources
+from minipacs.core.errors import ArchiveError, DatasetTooLarge, InvalidIdentifier, InvalidInstance, OutOfResources
 from minipacs.core.header import read_header
 from minipacs.core.model import StagedPath
 from minipacs.core.paths import strip_uid_padding, validate_uid
 from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from minipacs.dicom.part10 import PREAMBLE, NotPart10, uid_value, walk_file_meta
 from minipacs.dicom.vr import LONG_LENGTH_VRS
+
+log = logging.getLogger(__name__)
 
 STAGING_SUFFIX: Final = ".part"
 #: Folder (beside staging/) of empty files created ahead of time by StagingPool;
@@ -235,10 +238,14 @@ class StagingPool:
             path.unlink(missing_ok=True)
 
 
-def _as_archive_error(exc: OSError, path: Path) -> Exception:
+def _as_archive_error(exc: OSError, path: Path) -> ArchiveError:
+    """What a failed staging write reports. The message reaches peers (a DIMSE Error Comment, an HTTP
+    body), so it never names a server path: the server log gets the full error, path included."""
+    log.error("writing the staging file %s failed: %s", path, exc)
+    reason = exc.strerror or type(exc).__name__
     if exc.errno in _RESOURCE_ERRNOS:
-        return OutOfResources(f"cannot write {path}: {os.strerror(exc.errno or 0)}; free disk space")
-    return exc
+        return OutOfResources(f"cannot write the dataset to disk: {reason}; nothing was stored")
+    return ArchiveError(f"cannot write the dataset to disk: {reason}; see the server log")
 
 
 _MAX_META_BYTES: Final = 64 * 1024

@@ -8,7 +8,8 @@ compressed ones are decompressed first by pydicom's decoder plugins, backed by t
 permissively licensed libraries listed in :mod:`minipacs.core.decoders` (GDCM for JPEG
 including 12-bit JPEG Extended, OpenJPEG for JPEG 2000 and HTJ2K, GDCM or CharLS for
 JPEG-LS; RLE is decoded by pydicom itself). Compressed frames can also be
-handed out as they are stored (PS3.5 A.4 fragments, no decoding).
+handed out as they are stored (PS3.5 A.4 fragments, no decoding). Files are read by
+core/stored.py within the archive's limits (a deflated dataset inflates only that far).
 Blocking: call it off the loop.
 """
 
@@ -19,8 +20,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from minipacs.core import decoders
-from minipacs.core.errors import ArchiveError, NotFound
-from minipacs.dicom.uids import TransferSyntax, transfer_syntax
+from minipacs.core.errors import ArchiveError, NotFound, UnreadableInstance
+from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits
+from minipacs.core.stored import read_stored
+from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, TransferSyntax, transfer_syntax
 
 _CODECS_HINT: Final = ("(the decoders are python-gdcm, pylibjpeg-openjpeg with pylibjpeg, and pyjpegls: "
                         "check that they are installed)")
@@ -40,19 +43,20 @@ def can_transcode(source_ts: str, target_ts: str) -> bool:
     return source is not None and target is not None and not target.encapsulated and not target.deflated
 
 
-def _decoded(path: Path, target_ts: str) -> tuple[Any, TransferSyntax]:
-    """The dataset of ``path`` read, its pixel data decompressed when it is encapsulated; the target syntax."""
-    import pydicom
-
+def _decoded(path: Path, target_ts: str, limits: DatasetLimits) -> tuple[Any, TransferSyntax]:
+    """The dataset of ``path`` read within ``limits``, its pixel data decompressed when it is encapsulated;
+    the target syntax."""
     target = transfer_syntax(target_ts)
     if target is None or target.encapsulated or target.deflated:
         raise TranscodeError(f"cannot encode into transfer syntax {target_ts}: only native syntaxes are produced")
     decoders.register()
     try:
-        ds = pydicom.dcmread(path, force=True)
+        ds = read_stored(path, limits)
         source = transfer_syntax(str(ds.file_meta.TransferSyntaxUID))
         if source is not None and source.encapsulated and "PixelData" in ds:
             ds.decompress(generate_instance_uid=False)  # same instance, another encoding: keep its UID
+    except UnreadableInstance as exc:
+        raise TranscodeError(f"cannot convert {path.name} to {target_ts}: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - any codec failure means "cannot convert"
         raise TranscodeError(f"cannot convert {path.name} to {target_ts}: {type(exc).__name__}: {exc} {_CODECS_HINT}"
                              ) from exc
@@ -67,24 +71,24 @@ def _write_dataset(ds: Any, target: TransferSyntax, out: Any) -> None:
     write_dataset(out, ds)
 
 
-def transcode(path: Path, target_ts: str) -> bytes:
-    """The dataset of the Part 10 file ``path`` encoded in ``target_ts`` (native only)."""
+def transcode(path: Path, target_ts: str, limits: DatasetLimits = DEFAULT_LIMITS) -> bytes:
+    """The dataset of the Part 10 file ``path`` encoded in ``target_ts`` (native only), read within ``limits``."""
     import pydicom
     from pydicom.filebase import DicomBytesIO
 
-    ds, target = _decoded(path, target_ts)
+    ds, target = _decoded(path, target_ts, limits)
     buf = DicomBytesIO()
     ds.file_meta = pydicom.dataset.FileMetaDataset()
     _write_dataset(ds, target, buf)
     return bytes(buf.getvalue())
 
 
-def transcode_part10(path: Path, target_ts: str) -> bytes:
+def transcode_part10(path: Path, target_ts: str, limits: DatasetLimits = DEFAULT_LIMITS) -> bytes:
     """The Part 10 file ``path`` re-encoded in ``target_ts`` (native only): preamble, File Meta, dataset."""
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_file_meta_info
 
-    ds, target = _decoded(path, target_ts)
+    ds, target = _decoded(path, target_ts, limits)
     meta = ds.file_meta
     meta.TransferSyntaxUID = target_ts
     if "FileMetaInformationGroupLength" in meta:
@@ -98,22 +102,23 @@ def transcode_part10(path: Path, target_ts: str) -> bytes:
     return bytes(buf.getvalue())
 
 
-def pixel_frames(path: Path, numbers: Sequence[int], *, decode: bool) -> list[bytes]:
+def pixel_frames(path: Path, numbers: Sequence[int], *, decode: bool,
+                 limits: DatasetLimits = DEFAULT_LIMITS) -> list[bytes]:
     """Frames ``numbers`` (1-based) of the stored instance ``path``.
 
     ``decode=False``: as stored -- for an encapsulated syntax the compressed bitstream of each
     frame, its fragments joined (PS3.5 A.4; PS3.18 §8.7.3.3.2), for a native little-endian one
     the frame's bytes. ``decode=True``: native little-endian pixels (PS3.18 Table 8.7.3-4),
     decompressed by pydicom (colour as pydicom's ``decompress`` leaves it, e.g. YBR -> RGB).
-    Raises NoSuchFrame (no pixel data, frame out of range) or TranscodeError (cannot decode).
+    Raises NoSuchFrame (no pixel data, frame out of range), TranscodeError (cannot decode) or
+    UnreadableInstance (the file cannot be read within ``limits``).
     """
     import numpy as np
-    import pydicom
     from pydicom.encaps import generate_frames, get_frame
     from pydicom.pixels.utils import pixel_array
 
     decoders.register()
-    ds = pydicom.dcmread(path)
+    ds = read_stored(path, limits)
     if "PixelData" not in ds:
         raise NoSuchFrame("this instance has no pixel data, so it has no frames")
     count = int(ds.get("NumberOfFrames", 1) or 1)

@@ -201,6 +201,10 @@ def parse(text: str) -> Message:
         raise HL7Error(f"the message does not start with an MSH segment (it starts {text[:12]!r}); "
                        "an HL7 v2 message begins 'MSH|^~\\&|'", ack_code=REJECT, error_code=100, location="MSH")
     sep = text[3]
+    if sep in "\r\n":
+        raise HL7Error("MSH-1, the field separator, is a line break, which ends segments (HL7 v2.5 2.5.4); "
+                       "the message cannot be read: send 'MSH|^~\\&|'", ack_code=REJECT, error_code=102,
+                       location="MSH-1")
     end = text.find(sep, 4)
     chars = text[4:end] if end > 0 else ""
     if (sep.isalnum() or sep.isspace() or not 2 <= len(chars) <= 5 or len(set(chars + sep)) != len(chars) + 1
@@ -237,7 +241,10 @@ def declared_charset(data: bytes) -> str:
     if not text.startswith(b"MSH") or len(text) < 8:
         return ""
     line = re.split(rb"\r\n|\r|\n", text, maxsplit=1)[0]
-    fields = line.split(line[3:4])  # fields[1] is MSH-2, fields[n - 1] MSH-n
+    separator = line[3:4]
+    if not separator or separator.isspace() or separator.isalnum():
+        return ""  # no usable field separator (CR, LF, ...): parse() refuses the message with AR
+    fields = line.split(separator)  # fields[1] is MSH-2, fields[n - 1] MSH-n
     if len(fields) < 18:
         return ""
     repetition = fields[1][1:2] or b"~"

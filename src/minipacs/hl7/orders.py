@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
 from minipacs.core.orders import (
@@ -159,6 +160,30 @@ def _convert(text: str, kind: str, source: str) -> str:
     return text
 
 
+# PS3.5 §6.1.2.3 / §6.2: the only control characters a string value may hold are ESC (code
+# extensions, ISO 2022) and, in the text VRs, LF, FF, CR and TAB (line formatting).
+_TEXT_VRS: Final = frozenset({"ST", "LT", "UT"})
+_LINE_FORMATTING: Final = re.compile(r"[\t\n\f\r]+")
+
+
+def _checked(keyword: str, value: str, source: str) -> str:
+    """``value`` fit for ``keyword``'s VR (PS3.5 §6.2): line formatting (\\.br\\, CR, LF, FF, TAB)
+    is kept in a text VR and becomes one space in any other; any other control character (NUL,
+    VT, ESC, DEL, C1 ...) refuses the order (AE 102), naming the field: it can only come from an
+    escape like \\X00\\ or \\X0B\\, and a modality must never receive it. ESC is refused too:
+    worklist entries never declare ISO 2022 code extensions, the only place PS3.5 allows it."""
+    vr = dictionary_VR(keyword)
+    if vr not in _TEXT_VRS:
+        value = _LINE_FORMATTING.sub(" ", value).strip(" ")
+    for char in value:
+        code = ord(char)
+        if (code < 0x20 and char not in "\t\n\f\r") or 0x7F <= code <= 0x9F:
+            raise HL7Error(f"{source} holds the control character U+{code:04X}, which DICOM does not allow in "
+                           f"{keyword} ({vr}, PS3.5 6.2); the sender must leave it out (an escape such as "
+                           f"\\X{code:02X}\\ produces it)", error_code=102, location=source.partition(".")[0])
+    return value
+
+
 def to_dataset(message: Message, patient: dict[str, Segment], group: OrderGroup) -> Dataset:
     """One order group -> a worklist dataset, through FIELD_MAP; raises HL7Error."""
     found: dict[str, dict[str, str]] = {TOP: {}, SPS: {}, CODE: {}}
@@ -168,7 +193,7 @@ def to_dataset(message: Message, patient: dict[str, Segment], group: OrderGroup)
             segment = group.get(name) or patient.get(name)
             raw = _value(message, segment, source, row.kind)
             if raw:
-                value = _convert(raw, row.kind, source)
+                value = _checked(row.keyword, _convert(raw, row.kind, source), source)
                 if value:
                     found[row.level][row.keyword] = value
                 break
@@ -333,12 +358,20 @@ def _for_ack(data: bytes) -> Message | None:
 async def handle(data: bytes, worklist: Worklist, application: str = "MINIPACS") -> bytes:
     """One message's bytes -> the ACK's bytes, in the message's character set (MSH-18).
 
-    Never raises for a bad message: a refusal is AE/AR with the reason; a failure of the
-    archive is AE 207 (the sender should retry later).
+    Never raises for a bad message: a refusal is AE/AR with the reason (AR whenever the message
+    itself cannot be read: resending the same bytes can never succeed); a failure of the archive
+    is AE 207 (the sender should retry later).
     """
     message: Message | None = None
     try:
-        message = parse_bytes(data)
+        try:
+            message = parse_bytes(data)
+        except HL7Error:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the same bytes would fail again: AR, never "retry later"
+            log.exception("HL7 message could not be parsed")
+            raise HL7Error(f"the message cannot be parsed ({type(exc).__name__}: {exc}); it is refused, "
+                           "resending it will not help", ack_code=REJECT, error_code=100, location="MSH") from exc
         text = await apply(message, worklist)
     except HL7Error as exc:
         if message is None and exc.location == "MSH-18":

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import io
 import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final
 
-import pydicom
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute
@@ -17,11 +15,13 @@ from starlette.routing import BaseRoute
 from minipacs.core.errors import (
     ArchiveError, DatasetTooLarge, DuplicateInstance, InstanceMismatch, OutOfResources,
 )
+from minipacs.core.inflate import DatasetLimits
 from minipacs.core.metadata import BULK_PREFIX
 from minipacs.core.model import Origin
 from minipacs.core.paths import validate_uid
 from minipacs.dicom.levels import Level
 from minipacs.core.retrieve import StoredInstance, select_instances
+from minipacs.core.stored import read_part10_bytes, read_stored
 from minipacs.core.transcode import NoSuchFrame, TranscodeError, can_transcode, pixel_frames, transcode_part10
 from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
@@ -101,10 +101,11 @@ async def _instances(request: Request, located: bool = True) -> list[StoredInsta
     return found
 
 
-def _transcoded_part(item: StoredInstance, target_ts: str, pool: RenderPool) -> OutPart:
+def _transcoded_part(item: StoredInstance, target_ts: str, pool: RenderPool, limits: DatasetLimits) -> OutPart:
     """A part transcoded when the response reaches it, in the render pool (waiting for a turn there)."""
     return OutPart(f"application/dicom; transfer-syntax={target_ts}",
-                   produce=functools.partial(pool.call, functools.partial(transcode_part10, item.path, target_ts)),
+                   produce=functools.partial(pool.call, functools.partial(transcode_part10, item.path, target_ts,
+                                                                          limits)),
                    label=item.sop_instance_uid)
 
 
@@ -116,6 +117,7 @@ async def retrieve(request: Request) -> Response:
                         'type="application/dicom" (bulk data and metadata have their own URLs)')
     found = await _instances(request, located=False)
     pool = ctx(request).renders
+    limits = ctx(request).archive.settings.dataset_limits
     parts: list[OutPart] = []
     targets: list[str] = []
     for item in found:
@@ -127,11 +129,11 @@ async def retrieve(request: Request) -> Response:
                             "only decompresses (to Explicit VR Little Endian); ask for "
                             "transfer-syntax=* (as stored) or transfer-syntax=1.2.840.10008.1.2.1")
         parts.append(stored_part(item) if target == item.transfer_syntax_uid else
-                     _transcoded_part(item, target, pool))
+                     _transcoded_part(item, target, pool, limits))
         targets.append(target)
     if len(parts) == 1 and parts[0].produce is not None:  # one instance: a failure can still be a 406
         try:
-            data = await pool.run(transcode_part10, found[0].path, targets[0], what="transcoding")
+            data = await pool.run(transcode_part10, found[0].path, targets[0], limits, what="transcoding")
         except TranscodeError as exc:
             raise HttpError(406, "cannot_transcode", f"{exc}; ask for transfer-syntax=* to get it as stored") from None
         parts = [OutPart(parts[0].content_type, produce=lambda: data, label=parts[0].label)]
@@ -168,7 +170,8 @@ async def frames(request: Request) -> Response:
                         f"{frame_choices_text(item.transfer_syntax_uid)}")
     try:
         chunks = await ctx(request).renders.run(functools.partial(pixel_frames, item.path, numbers,
-                                                                  decode=choice.decode), what="decoding")
+                                                                  decode=choice.decode, limits=ctx(request).archive.settings.dataset_limits),
+                                                what="decoding")
     except NoSuchFrame as exc:
         raise HttpError(404, "no_such_frame", str(exc)) from None
     except TranscodeError as exc:
@@ -179,8 +182,8 @@ async def frames(request: Request) -> Response:
                     media_type=f'multipart/related; type="{choice.media_type}"; boundary={boundary}')
 
 
-def _bulk(item: StoredInstance, tag: int) -> bytes:
-    ds = pydicom.dcmread(item.path)
+def _bulk(item: StoredInstance, tag: int, limits: DatasetLimits) -> bytes:
+    ds = read_stored(item.path, limits)
     if tag not in ds:
         raise HttpError(404, "no_such_bulkdata", f"the instance has no attribute {tag:08X}")
     value = ds[tag].value
@@ -194,7 +197,7 @@ async def bulkdata(request: Request) -> Response:
     except ValueError:
         raise HttpError(400, "invalid_tag", f"{raw[:20]!r} is not a tag (8 hex digits)") from None
     item = (await _instances(request))[0]
-    data = await ctx(request).renders.run(_bulk, item, tag, what="reading")
+    data = await ctx(request).renders.run(_bulk, item, tag, ctx(request).archive.settings.dataset_limits, what="reading")
     boundary = new_boundary()
     return Response(multipart_octets([data], boundary, "application/octet-stream"),
                     media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}')
@@ -205,7 +208,7 @@ async def _render(request: Request, thumbnail: bool, frame: int = 1) -> Response
     item = found[len(found) // 2]  # a representative instance for study/series level
     mime = choose_format(request.headers.get("accept", ""))
     window = parse_window(request.query_params.get("window"))
-    data = await ctx(request).renders.run(render, item.path, frame, mime, window, thumbnail)
+    data = await ctx(request).renders.run(render, item.path, frame, mime, window, thumbnail, ctx(request).archive.settings.dataset_limits)
     return Response(data, media_type=mime)
 
 
@@ -240,7 +243,8 @@ async def wado_uri(request: Request) -> Response:
                 raise HttpError(406, "not_acceptable", f"the instance is stored in {stored} and cannot be converted "
                                 f"to {wanted[:64]}; leave transferSyntax out, or ask for 1.2.840.10008.1.2.1")
             try:
-                data = await ctx(request).renders.run(transcode_part10, found[0].path, wanted, what="transcoding")
+                data = await ctx(request).renders.run(transcode_part10, found[0].path, wanted, ctx(request).archive.settings.dataset_limits,
+                                                      what="transcoding")
             except TranscodeError as exc:
                 raise HttpError(406, "cannot_transcode",
                                 f"{exc}; leave transferSyntax out to get it as stored") from None
@@ -258,7 +262,7 @@ async def wado_uri(request: Request) -> Response:
     window = None
     if params.get("windowCenter") and params.get("windowWidth"):
         window = parse_window(f"{params['windowCenter']},{params['windowWidth']}")
-    data = await ctx(request).renders.run(render, found[0].path, int(frame), content_type, window, False)
+    data = await ctx(request).renders.run(render, found[0].path, int(frame), content_type, window, False, ctx(request).archive.settings.dataset_limits)
     return Response(data, media_type=content_type)
 
 
@@ -271,11 +275,11 @@ def _read_file(path: Any) -> Any:
 
 # ------------------------------------------------------------------ STOW-RS (PS3.18 §10.5)
 
-def _sop_uids(data: bytes) -> tuple[str, str, str]:
+def _sop_uids(data: bytes, limits: DatasetLimits) -> tuple[str, str, str]:
     """SOP Class, SOP Instance and Study Instance UID of a part, for the response ("" if unreadable)."""
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True,
-                             specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"])
+        ds = read_part10_bytes(data, limits, stop_before_pixels=True,
+                               specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"])
         return str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")), str(ds.get("StudyInstanceUID", ""))
     except Exception:  # noqa: BLE001 - an unreadable part is reported as failed
         return "", "", ""
@@ -315,7 +319,8 @@ async def store(request: Request) -> Response:
     failed: list[dict[str, Any]] = []
     origin = Origin("stow", peer_host=request.client.host if request.client else "")
     for number, part in enumerate(parts, 1):
-        class_uid, instance_uid, study_uid = await asyncio.to_thread(_sop_uids, part.body)
+        class_uid, instance_uid, study_uid = await asyncio.to_thread(_sop_uids, part.body,
+                                                                     context.archive.settings.dataset_limits)
         if part.content_type and not part.content_type.lower().startswith("application/dicom"):
             failed.append(_item(class_uid, instance_uid,
                                 t00081197={"vr": "US", "Value": [SOP_CLASS_NOT_SUPPORTED]}))

@@ -45,6 +45,7 @@ class HttpError(Exception):
 #: ArchiveError class -> (HTTP status, stable code)
 ERROR_TABLE: Final[Mapping[type[core.ArchiveError], tuple[int, str]]] = MappingProxyType({
     core.NotFound: (404, "not_found"),
+    core.UnreadableInstance: (500, "unreadable_instance"),  # stored, but its file is broken: not the client's fault
     core.InvalidIdentifier: (400, "invalid_identifier"),
     core.InstanceMismatch: (400, "instance_mismatch"),
     core.InvalidInstance: (400, "invalid_instance"),

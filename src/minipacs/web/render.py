@@ -11,6 +11,8 @@ import pydicom
 from PIL import Image
 
 from minipacs.core import decoders
+from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits
+from minipacs.core.stored import read_stored
 from minipacs.web.errors import HttpError
 
 FORMATS: Final = {"image/jpeg": "JPEG", "image/png": "PNG"}
@@ -37,11 +39,12 @@ def _window(ds: Any, frame: Any, window: tuple[float, float] | None) -> Any:
     return scaled.astype(np.uint8)
 
 
-def render(path: Path, frame_number: int, mime: str, window: tuple[float, float] | None, thumbnail: bool) -> bytes:
-    """One frame (1-based) of a stored instance as an image."""
+def render(path: Path, frame_number: int, mime: str, window: tuple[float, float] | None, thumbnail: bool,
+           limits: DatasetLimits = DEFAULT_LIMITS) -> bytes:
+    """One frame (1-based) of a stored instance as an image (the file read within ``limits``)."""
     decoders.register()  # the decoders transcoding uses (12-bit JPEG Extended; no GDCM for JPEG 2000)
     try:
-        ds = pydicom.dcmread(path)
+        ds = read_stored(path, limits)
         if "PixelData" not in ds:
             raise HttpError(406, "no_pixels", "this instance has no pixel data to render")
         pixels = ds.pixel_array
