@@ -214,11 +214,12 @@ class FindRequest:
 
 @dataclass(frozen=True)
 class RetrieveRequest:
-    """A C-MOVE or C-GET: information model (PATIENT or STUDY root), level, encoded identifier."""
+    """A C-MOVE or C-GET: information model (PATIENT or STUDY root), level, identifier (encoded once the
+    association says in which transfer syntax)."""
 
     model: str
     level: str
-    identifier: bytes
+    identifier: Dataset
 
     @classmethod
     def build(cls, keys: Mapping[str, KeyValue], *, level: str, model: str = "STUDY") -> RetrieveRequest:
