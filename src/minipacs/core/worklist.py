@@ -24,8 +24,8 @@ from pydicom import config as pydicom_config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.sequence import Sequence as DicomSequence
 from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import generate_uid
 from pydicom.valuerep import VR, validate_value
 from sqlalchemy import Connection
@@ -378,10 +378,10 @@ __all__ = [
     "Worklist",
     "WorklistEntry",
     "WorklistEntryChanged",
+    "check_values",
     "matches",
+    "new_procedure_id",
     "read_worklist_file",
     "response",
-    "check_values",
-    "new_procedure_id",
     "validated",
 ]

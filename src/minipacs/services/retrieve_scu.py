@@ -21,11 +21,21 @@ from pydicom.dataset import Dataset
 
 from minipacs.core.paths import validate_uid
 from minipacs.core.staging import StagingFile
-from minipacs.net.association import Association, BytesSink, DatasetSink, Message, RequestHandler
+from minipacs.net.association import (
+    Association,
+    BytesSink,
+    DatasetSink,
+    Message,
+    RequestHandler,
+)
 from minipacs.net.dimse import Command
 from minipacs.net.pdu_items import RoleSelection
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
-from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
+from minipacs.net.uids import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    transfer_syntax,
+)
 from minipacs.net.uids_generated import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from minipacs.services.base import record_operation
 from minipacs.services.qr_find import encode_identifier
@@ -36,7 +46,13 @@ from minipacs.services.qr_retrieve import (
     STUDY_ROOT_GET,
     STUDY_ROOT_MOVE,
 )
-from minipacs.services.status import PENDING, SUCCESS, comment, describe, status_for_store_error
+from minipacs.services.status import (
+    PENDING,
+    SUCCESS,
+    comment,
+    describe,
+    status_for_store_error,
+)
 
 log = logging.getLogger("minipacs.retrieve_scu")
 

@@ -23,7 +23,12 @@ from minipacs.core.transcode import transcode
 from minipacs.net.association import Association, FileRegion
 from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext
-from minipacs.net.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, transfer_syntax, uid_name
+from minipacs.net.uids import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    transfer_syntax,
+    uid_name,
+)
 
 NATIVE_FALLBACK = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 
