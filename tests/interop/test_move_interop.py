@@ -182,11 +182,19 @@ def _move_and_get_against_dcmqrscp(tmp_path: Path, *options: str,
                                "-k", f"StudyInstanceUID={study}"))
         assert res.returncode == 0, res.stdout + res.stderr
         assert "4 completed, 0 failed" in res.stdout
+        res = run(minipacs_cmd("move", "127.0.0.1", str(qr_port), "-aec", "DCMQR", "-aem", "NOWHERE", "--json",
+                               "--no-progress", "-k", f"StudyInstanceUID={study}"))
+        assert res.returncode == 1, res.stdout + res.stderr
+        doc = json.loads(res.stdout)
+        assert (doc["command"], doc["status"]) == ("move", 0xA801), doc
+        assert doc["meaning"] == "0xA801 Failure: Refused: Move Destination unknown"
         got = tmp_path / "got"
-        res = run(minipacs_cmd("get", "127.0.0.1", str(qr_port), "-aec", "DCMQR", "-aet", "MINIPACS",
+        res = run(minipacs_cmd("get", "127.0.0.1", str(qr_port), "-aec", "DCMQR", "-aet", "MINIPACS", "--json",
                                "--out", str(got), "--no-progress", "-k", f"StudyInstanceUID={study}"))
         assert res.returncode == 0, res.stdout + res.stderr
-        assert "4 completed, 0 failed" in res.stdout
+        doc = json.loads(res.stdout)  # issue 12 item 17: --json
+        assert (doc["command"], doc["status"], doc["completed"], doc["failed"]) == ("get", 0, 4, 0)
+        assert doc["meaning"].startswith("0x0000 Success") and doc["failed_uids"] == []
     finally:
         proc.terminate()
         proc.wait(10)

@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from minipacs import __version__
+from minipacs.cli.exit_codes import EXIT_USAGE
 from minipacs.config import ConfigError, Settings, load_settings
 from minipacs.net.association import AssociationSettings
 from minipacs.net.dul import Timeouts
 from minipacs.net.tls import TLSConfigError, client_context
 from minipacs.services.outbound import Address, Outbound, OutboundSettings
-
-from minipacs.cli.exit_codes import EXIT_USAGE
 
 
 def settings_args(p: argparse.ArgumentParser) -> None:
@@ -88,16 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("echo", help="C-ECHO a DICOM node (like DCMTK echoscu)")
     network_args(p, "ECHOSCU")
     p.add_argument("-r", "--repeat", type=int, default=1, help="number of C-ECHO requests [1]")
+    p.add_argument("--json", action="store_true", help="print the responses as JSON")
 
     p = sub.add_parser("store", help="send files with C-STORE (like DCMTK storescu +sd)")
     network_args(p, "STORESCU")
     p.add_argument("paths", nargs="+", type=Path, help="files or folders (recursive)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON: every file not sent, with why")
 
     p = sub.add_parser("import", help="import files or folders into the archive")
     settings_args(p)
     p.add_argument("paths", nargs="+", type=Path, help="files or folders (recursive)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON: every file rejected, with why")
 
     p = sub.add_parser("log", help="show the association log")
     settings_args(p)
@@ -176,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "store":
             return asyncio.run(commands.store(args))
         if args.command == "import" and settings is not None:
-            return asyncio.run(commands.import_(settings, args.paths, not args.no_progress))
+            return asyncio.run(commands.import_(settings, args.paths, not args.no_progress, args.json))
         if args.command == "log" and settings is not None:
             return asyncio.run(commands.show_log(settings, args.limit, args.json))
     except KeyboardInterrupt:

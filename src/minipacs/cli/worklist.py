@@ -19,9 +19,16 @@ from pydicom.dataset import Dataset
 
 from minipacs.cli.exit_codes import EXIT_NETWORK, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from minipacs.cli.nodes import IndexOnly
+from minipacs.cli.report import status_text
 from minipacs.config import Settings
 from minipacs.core.worklist import InvalidWorklistEntry, Worklist, check_values
-from minipacs.services.outbound import AssociationLost, FindRequest, InvalidKeys, NoAssociation
+from minipacs.services.outbound import (
+    AssociationLost,
+    FindRequest,
+    InvalidKeys,
+    NoAssociation,
+)
+from minipacs.services.status import FIND
 
 NEEDS_SETTINGS = True
 
@@ -209,7 +216,8 @@ async def _query(args: argparse.Namespace) -> int:
             print(f"# match {n}")
             print(match)
     if result.status != 0:
-        print(f"minipacs worklist query: status 0x{result.status:04X} {result.error_comment}", file=sys.stderr)
+        print(f"minipacs worklist query: final status {status_text(result.status, result.error_comment, FIND)}",
+              file=sys.stderr)
         return EXIT_PARTIAL
     print(f"{len(result.matches)} match(es)", file=sys.stderr)
     return EXIT_OK

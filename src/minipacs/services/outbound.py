@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -75,7 +76,6 @@ from minipacs.services.retrieve_scu import (
 )
 from minipacs.services.status import describe, is_success, is_warning
 from minipacs.services.storage_scu import SendableFile, proposal, store_file
-from minipacs.services.verification import echo as _c_echo
 from minipacs.services.worklist import MODALITY_WORKLIST_FIND
 
 if TYPE_CHECKING:
@@ -238,6 +238,7 @@ class RetrieveRequest:
 class EchoResponse:
     status: int  # -1: no response
     ms: float
+    error_comment: str = ""  # (0000,0902), when the peer sent one
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,10 @@ class SendOutcome:
 class SendResult:
     sent: int = 0  # success or warning
     warnings: int = 0
-    failed: list[SendOutcome] = field(default_factory=list)
+    failed: list[SendOutcome] = field(default_factory=list)  # refused, or not sent (status None), with why
+    associations: int = 0  # opened: one, plus one after each that broke off
+    broken: list[str] = field(default_factory=list)  # why each association that broke off did
+    gave_up: str = ""  # no new association after one broke off: why (the rest were not sent)
 
 
 # ------------------------------------------------------------------ the operations
@@ -314,8 +318,8 @@ class Outbound:
         async with self.session(peer, [(VERIFICATION_SOP_CLASS, QR_SYNTAXES)]) as assoc:
             for _ in range(max(repeat, 1)):
                 start = time.perf_counter()
-                status = await _c_echo(assoc)
-                response = EchoResponse(status, (time.perf_counter() - start) * 1000)
+                status, text = await _c_echo(assoc)
+                response = EchoResponse(status, (time.perf_counter() - start) * 1000, text)
                 responses.append(response)
                 if on_response is not None:
                     on_response(response)
@@ -331,23 +335,48 @@ class Outbound:
         """C-STORE (PS3.4 B.2) each instance as stored (transcoded only when the peer takes none of its
         syntax); a refused or unreadable instance is counted and the others go on.
 
-        Raises :class:`TooManyContexts` before connecting; on :class:`AssociationLost` the outcomes
-        reported to ``progress`` so far are what was done.
+        When the association breaks off (the peer aborts, a DIMSE timeout), the instance in flight is
+        reported failed with the reason (the peer may or may not have kept it) and a NEW association
+        carries the rest, as DCMTK storescu does with ``--no-halt``; when no new association can be had,
+        every instance not sent is reported with that reason. So ``progress`` hears of every instance
+        exactly once. Raises :class:`TooManyContexts` before connecting, :class:`NoAssociation` only
+        when the first association fails (nothing was done).
         """
         contexts = proposal(instances)
         if len(contexts) > MAX_CONTEXTS:
             raise TooManyContexts(len(contexts))
         result = SendResult()
-        async with self.session(peer, contexts) as assoc:
-            for instance in instances:
-                outcome = await _store_one(assoc, instance)
-                if outcome.ok:
-                    result.sent += 1
-                    result.warnings += outcome.warning
-                else:
-                    result.failed.append(outcome)
-                if progress is not None:
-                    progress(outcome)
+        queue = deque(instances)
+
+        def report(outcome: SendOutcome) -> None:
+            if outcome.ok:
+                result.sent += 1
+                result.warnings += outcome.warning
+            else:
+                result.failed.append(outcome)
+            if progress is not None:
+                progress(outcome)
+
+        while queue:
+            try:
+                async with self.session(peer, contexts) as assoc:
+                    result.associations += 1
+                    while queue:
+                        outcome = await _store_one(assoc, queue[0])
+                        queue.popleft()
+                        report(outcome)
+            except NoAssociation as exc:
+                if not result.associations:
+                    raise
+                result.gave_up = str(exc)
+                why = f"not sent: no new association after the last one broke off ({exc})"
+                while queue:
+                    report(SendOutcome(queue.popleft(), None, why))
+            except AssociationLost as exc:
+                result.broken.append(str(exc))
+                if queue:
+                    report(SendOutcome(queue.popleft(), None, f"the association broke off while it was being "
+                                                              f"sent ({exc}); the peer may not have kept it"))
         return result
 
     async def retrieve(self, peer: Peer, request: RetrieveRequest, *, method: Literal["move", "get"] = "move",
@@ -368,6 +397,19 @@ class Outbound:
         contexts, roles = get_contexts(request.model, offer)
         async with self.session(peer, contexts, receiver=receiver, roles=roles) as assoc:
             return await c_get(assoc, request.model, request.identifier, progress)
+
+
+async def _c_echo(assoc: Association) -> tuple[int, str]:
+    """C-ECHO-RQ (PS3.7 9.3.5); the response's Status and Error Comment (-1: no response)."""
+    ctx = assoc.context_for(VERIFICATION_SOP_CLASS)
+    if ctx is None:
+        raise LookupError("the peer did not accept the Verification SOP Class")
+    rq = Command.make("C-ECHO-RQ", MessageID=assoc.next_message_id(), AffectedSOPClassUID=VERIFICATION_SOP_CLASS)
+    status, text = -1, ""
+    async for rsp in assoc.request(ctx.context_id, rq):
+        status = int(rsp.command.get("Status", -1))
+        text = str(rsp.command.get("ErrorComment", "") or "")
+    return status, text
 
 
 async def _store_one(assoc: Association, instance: SendableFile) -> SendOutcome:
