@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import importlib
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -24,7 +26,7 @@ from minipacs.config import ConfigError, Settings, load_settings
 from minipacs.net.association import AssociationSettings
 from minipacs.net.dul import Timeouts
 from minipacs.net.tls import TLSConfigError, client_context
-from minipacs.services.outbound import Address, Outbound, OutboundSettings
+from minipacs.services.outbound import Address, Outbound, OutboundSettings, UserIdentity
 
 
 def settings_args(p: argparse.ArgumentParser) -> None:
@@ -45,6 +47,15 @@ def network_args(p: argparse.ArgumentParser, default_aet: str) -> None:
     p.add_argument("--tls-ca", metavar="PEM", default="", help="CA certificate(s) the peer's certificate must chain to")
     p.add_argument("--tls-cert", metavar="PEM", default="", help="our certificate, for peers that require one")
     p.add_argument("--tls-key", metavar="PEM", default="", help="the private key of --tls-cert")
+    ident = p.add_argument_group("DICOM user identity (PS3.7 D.3.3.7), as DCMTK storescu --user/--password")
+    ident.add_argument("--user", metavar="NAME", help="username sent when associating: alone type 1, "
+                                                      "with a password type 2 (username and passcode)")
+    secret = ident.add_mutually_exclusive_group()
+    secret.add_argument("--password", metavar="PW", help="the password (other users of this machine can read "
+                                                         "it in the process list: prefer the two below)")
+    secret.add_argument("--password-env", metavar="VAR", help="read the password from environment variable VAR")
+    secret.add_argument("--password-prompt", action="store_true", help="ask for the password (not echoed)")
+    ident.add_argument("--pos-response", action="store_true", help="ask the peer to confirm the identity")
 
 
 def association_settings(args: argparse.Namespace) -> AssociationSettings:
@@ -57,10 +68,31 @@ def association_settings(args: argparse.Namespace) -> AssociationSettings:
     )
 
 
+def user_identity(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> UserIdentity | None:
+    """The identity the ``--user``/``--password*`` flags of ``network_args`` give (None: none);
+    raises ValueError saying what is wrong. ``--password-prompt`` asks here, before anything connects."""
+    sources = [flag for flag, given in (("--password", args.password is not None),
+                                        ("--password-env", args.password_env is not None),
+                                        ("--password-prompt", args.password_prompt)) if given]
+    if not args.user:
+        if sources or args.pos_response:
+            raise ValueError(f"{(sources or ['--pos-response'])[0]} needs --user NAME (the DICOM user identity)")
+        return None
+    password: str | None = args.password
+    if args.password_env is not None:
+        password = environ.get(args.password_env)
+        if password is None:
+            raise ValueError(f"--password-env {args.password_env}: no such environment variable is set")
+    elif args.password_prompt:
+        password = getpass.getpass(f"DICOM password for {args.user}: ")
+    return UserIdentity(args.user, password, positive_response=args.pos_response)
+
+
 def outbound(args: argparse.Namespace) -> Outbound:
     """The one outbound path (services/outbound.py), as the flags of ``network_args`` say."""
     return Outbound(OutboundSettings(association_settings(args), connect_timeout=args.connect_timeout,
-                                     local_host=getattr(args, "bind", None)))
+                                     local_host=getattr(args, "bind", None),
+                                     user_identity=getattr(args, "user_identity", None)))
 
 
 def peer(args: argparse.Namespace) -> Address:
@@ -164,6 +196,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             args.tls_context = client_context(args.tls_ca, args.tls_cert, args.tls_key)
         except TLSConfigError as exc:
+            print(f"minipacs: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    if hasattr(args, "password_prompt"):  # DICOM user identity flags of network_args
+        try:
+            args.user_identity = user_identity(args)
+        except ValueError as exc:
             print(f"minipacs: {exc}", file=sys.stderr)
             return EXIT_USAGE
     from minipacs.cli import commands

@@ -48,7 +48,7 @@ from minipacs.net.association import (
     connect,
 )
 from minipacs.net.dimse import Command
-from minipacs.net.pdu_items import RoleSelection
+from minipacs.net.pdu_items import RoleSelection, UserIdentityRQ
 from minipacs.net.presentation import NegotiatedContext
 from minipacs.net.uids import (
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -95,6 +95,7 @@ __all__ = [
     "DEFAULT_KEYS", "FIND_MODELS", "Address", "AssociationLost", "EchoResponse", "FindRequest", "FindResult",
     "InvalidKeys", "KeyValue", "NoAssociation", "Outbound", "OutboundError", "OutboundSettings", "Peer",
     "RetrieveRequest", "RetrieveResult", "SendOutcome", "SendResult", "StorageReceiver", "TooManyContexts",
+    "UserIdentity",
 ]
 
 
@@ -131,14 +132,45 @@ class Address:
         return f"{self.ae_title!r} at {self.host}:{self.port}"
 
 
+#: PS3.7 D.3.3.7.1: the Primary- and Secondary-field lengths are 16-bit.
+MAX_IDENTITY_FIELD: Final = 0xFFFF
+
+
+@dataclass(frozen=True)
+class UserIdentity:
+    """The User Identity we send in the A-ASSOCIATE-RQ (PS3.7 D.3.3.7.1, sub-item 58H): type 2
+    (username and passcode) with a password, type 1 (username only) without; both UTF-8.
+    ``positive_response``: ask the acceptor to confirm it (D.3.3.7.2). ``repr`` never shows the password."""
+
+    username: str
+    password: str | None = field(default=None, repr=False)
+    positive_response: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.username:
+            raise ValueError("a DICOM user identity needs a username")
+        for name, value in (("username", self.username), ("password", self.password or "")):
+            if len(value.encode("utf-8")) > MAX_IDENTITY_FIELD:
+                raise ValueError(f"the {name} is longer than the {MAX_IDENTITY_FIELD} bytes a User Identity "
+                                 "field holds (PS3.7 D.3.3.7.1)")
+
+    def item(self) -> UserIdentityRQ:
+        if self.password is None:
+            return UserIdentityRQ(1, self.positive_response, self.username.encode("utf-8"))
+        return UserIdentityRQ(2, self.positive_response, self.username.encode("utf-8"),
+                              self.password.encode("utf-8"))
+
+
 @dataclass(frozen=True)
 class OutboundSettings:
     """How we call out: ``association`` carries our AE title, PDU sizes, timeouts and the TLS client
-    context (used for peers with ``tls``); ``local_host`` the address we connect from (None: any)."""
+    context (used for peers with ``tls``); ``local_host`` the address we connect from (None: any);
+    ``user_identity`` who we say we are in every A-ASSOCIATE-RQ (None: nobody, PS3.7 D.3.3.7)."""
 
     association: AssociationSettings
     connect_timeout: float = 15.0
     local_host: str | None = None
+    user_identity: UserIdentity | None = None
 
     @property
     def ae_title(self) -> str:
@@ -292,6 +324,8 @@ class Outbound:
         """
         aset = self.settings.association
         rq = build_rq(aset.ae_title, peer.ae_title, contexts, aset, roles=roles)
+        if self.settings.user_identity is not None:
+            rq.user_information.user_identity_rq = self.settings.user_identity.item()
         # A receiver's sink_for may answer None (no dataset expected); the association keeps that as "no sink".
         sinks = cast(SinkFactory, receiver.sink_for) if receiver is not None else None
         try:
