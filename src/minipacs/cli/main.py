@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from minipacs import __version__
+from minipacs.cli.dcmtk import DcmtkSpelling, translate
 from minipacs.cli.exit_codes import EXIT_USAGE
 from minipacs.config import ConfigError, Settings, load_settings
 from minipacs.net.association import AssociationSettings
@@ -178,7 +179,12 @@ def _load(args: argparse.Namespace) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        words = translate(sys.argv[1:] if argv is None else argv)
+    except DcmtkSpelling as exc:
+        print(f"minipacs: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    args = parser.parse_args(words)
     plugins = {name: module for name, module in zip(COMMAND_MODULES, _command_modules(), strict=True)}
     plugin = plugins.get(args.command)
     needs_settings = args.command in ("serve", "import", "log") or (plugin is not None and plugin.NEEDS_SETTINGS)
