@@ -109,6 +109,27 @@ def test_a_change_matching_two_entries_must_say_which(tmp_path: Path) -> None:
     assert isinstance(refused, AmbiguousOrder) and refused.keyword == "RequestedProcedureID"
 
 
+def test_generated_procedure_ids_survive_a_change_that_does_not_send_them(tmp_path: Path) -> None:
+    """Issue 12 item 7: a new order without IDs gets them (Type 1, PS3.4 Table K.6-1); a change
+    without them keeps the ones the modalities already have, not new ones."""
+    async def main() -> None:
+        archive = await open_archive(Settings(data_dir=tmp_path / "data", fsync=False))
+        try:
+            worklist = Worklist(archive)
+            await apply_orders(worklist, [order(OrderControl.NEW)])
+            (first,) = await worklist.list()
+            rp = str(first.dataset.RequestedProcedureID)
+            assert rp and first.dataset.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID == rp
+            await apply_orders(worklist, [order(OrderControl.CHANGE, PatientName="Doe^Jim")])
+            (changed,) = await worklist.list()
+            assert str(changed.dataset.PatientName) == "Doe^Jim" and changed.dataset.RequestedProcedureID == rp
+            assert changed.dataset.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID == rp
+        finally:
+            await archive.close()
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("path", sorted(CORE.glob("*.py")), ids=lambda p: p.name)
 def test_the_core_speaks_no_hl7(path: Path) -> None:
     """No core module imports the HL7 edge or carries HL7 acknowledgement codes (issue 9 point 5)."""

@@ -157,8 +157,9 @@ def test_dcmtk_getscu_to_minipacs(tmp_path: Path, syntax: str) -> None:
 
 # ---------------------------------------------------------------- minipacs SCU -> DCMTK dcmqrscp
 
-def test_minipacs_move_and_get_against_dcmqrscp(tmp_path: Path) -> None:
-    study, sent = _study(tmp_path / "in", 4)
+def _move_and_get_against_dcmqrscp(tmp_path: Path, *options: str,
+                                   syntaxes: tuple[str, ...] = (ExplicitVRLittleEndian,)) -> None:
+    study, sent = _study(tmp_path / "in", 4, syntaxes)
     db = tmp_path / "qrdb"
     db.mkdir()
     res = run([dcmtk("dcmqridx"), str(db), *map(str, sent.values())])
@@ -171,7 +172,7 @@ def test_minipacs_move_and_get_against_dcmqrscp(tmp_path: Path) -> None:
         "VendorTable BEGIN\nVendorTable END\n"
         f"AETable BEGIN\nDCMQR {db} RW (200, 1024mb) ANY\nAETable END\n"
     )
-    proc = subprocess.Popen([dcmtk("dcmqrscp"), "-c", str(cfg), "--disable-host-lookup"],
+    proc = subprocess.Popen([dcmtk("dcmqrscp"), "-c", str(cfg), "--disable-host-lookup", *options],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port("127.0.0.1", qr_port, proc=proc)
@@ -181,15 +182,35 @@ def test_minipacs_move_and_get_against_dcmqrscp(tmp_path: Path) -> None:
                                "-k", f"StudyInstanceUID={study}"))
         assert res.returncode == 0, res.stdout + res.stderr
         assert "4 completed, 0 failed" in res.stdout
+        res = run(minipacs_cmd("move", "127.0.0.1", str(qr_port), "-aec", "DCMQR", "-aem", "NOWHERE", "--json",
+                               "--no-progress", "-k", f"StudyInstanceUID={study}"))
+        assert res.returncode == 1, res.stdout + res.stderr
+        doc = json.loads(res.stdout)
+        assert (doc["command"], doc["status"]) == ("move", 0xA801), doc
+        assert doc["meaning"] == "0xA801 Failure: Refused: Move Destination unknown"
         got = tmp_path / "got"
-        res = run(minipacs_cmd("get", "127.0.0.1", str(qr_port), "-aec", "DCMQR", "-aet", "MINIPACS",
+        res = run(minipacs_cmd("get", "127.0.0.1", str(qr_port), "-aec", "DCMQR", "-aet", "MINIPACS", "--json",
                                "--out", str(got), "--no-progress", "-k", f"StudyInstanceUID={study}"))
         assert res.returncode == 0, res.stdout + res.stderr
+        doc = json.loads(res.stdout)  # issue 12 item 17: --json
+        assert (doc["command"], doc["status"], doc["completed"], doc["failed"]) == ("get", 0, 4, 0)
+        assert doc["meaning"].startswith("0x0000 Success") and doc["failed_uids"] == []
     finally:
         proc.terminate()
         proc.wait(10)
     _assert_same(sent, _by_sop(moved))
     _assert_same(sent, _by_sop(got))
+
+
+def test_minipacs_move_and_get_against_dcmqrscp(tmp_path: Path) -> None:
+    _move_and_get_against_dcmqrscp(tmp_path)
+
+
+def test_minipacs_move_and_get_against_implicit_only_dcmqrscp(tmp_path: Path) -> None:
+    """Issue 12 item 1: dcmqrscp +xi accepts Implicit VR Little Endian only; the identifier of our
+    C-MOVE/C-GET must be encoded in the syntax of the accepted context (PS3.5 10.1, PS3.7 9.3).
+    (-xi: its sub-operations go in Implicit VR too, so the files arrive byte for byte.)"""
+    _move_and_get_against_dcmqrscp(tmp_path, "+xi", "-xi", syntaxes=(ImplicitVRLittleEndian,))
 
 
 # ---------------------------------------------------------------- minipacs SCU -> Orthanc

@@ -142,3 +142,52 @@ def test_minipacs_store_to_pynetdicom_scp(tmp_path: Path) -> None:
     assert set(received) == set(sent)
     for sop, path in sent.items():
         assert received[sop] == dataset_bytes(path)
+
+
+def _meta_disagrees(path: Path) -> tuple[str, str]:
+    """Rewrite ``path`` so that its File Meta Information names another SOP Instance UID than its
+    dataset; returns (dataset UID, File Meta UID)."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(path, enforce_file_format=False)  # True would set the meta from the dataset again
+    return str(ds.SOPInstanceUID), str(ds.file_meta.MediaStorageSOPInstanceUID)
+
+
+def test_minipacs_store_announces_the_datasets_uid_to_minipacs(server: ServerProcess, tmp_path: Path) -> None:
+    """Issue 12 item 6: the C-STORE-RQ names the dataset's SOP Instance UID, as DCMTK storescu does,
+    not the File Meta Information's; minipacs as SCP would refuse a mismatch with 0xA900."""
+    sent = _study(tmp_path / "in", 2)
+    path = next(iter(sent.values()))
+    dataset_uid, meta_uid = _meta_disagrees(path)
+    res = run(minipacs_cmd("store", "127.0.0.1", str(server.port), "-aec", "MINIPACS", "--no-progress",
+                           str(tmp_path / "in")))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "sent 2 of 2" in res.stdout
+    stored = _stored(server)
+    assert dataset_uid in stored and meta_uid not in stored
+
+
+def test_minipacs_store_announces_the_datasets_uid_to_dcmtk_storescp(tmp_path: Path) -> None:
+    """Issue 12 item 6, against DCMTK storescp: it files the object under the announced UID."""
+    import subprocess
+
+    import pydicom
+
+    sent = _study(tmp_path / "in", 1)
+    dataset_uid, meta_uid = _meta_disagrees(next(iter(sent.values())))
+    out = tmp_path / "out"
+    out.mkdir()
+    port = free_port()
+    scp = subprocess.Popen([dcmtk("storescp"), "-od", str(out), "-aet", "STORESCP", str(port)])
+    try:
+        wait_for_port("127.0.0.1", port, proc=scp)
+        res = run(minipacs_cmd("store", "127.0.0.1", str(port), "-aec", "STORESCP", str(tmp_path / "in")))
+        assert res.returncode == 0, res.stdout + res.stderr
+    finally:
+        scp.terminate()
+        scp.wait(10)
+    (received,) = list(out.iterdir())
+    assert received.name.endswith(dataset_uid), received.name
+    assert pydicom.dcmread(received).file_meta.MediaStorageSOPInstanceUID == dataset_uid != meta_uid

@@ -171,3 +171,23 @@ def test_dcmtk_sample_queries_get_what_wlmscpfs_gives(tmp_path: Path) -> None:
         srv.stop()
         wlm.terminate()
         wlm.wait(10)
+
+
+def test_findscu_w_gets_type1_ids_of_an_entry_added_without_them(tmp_path: Path) -> None:
+    """Issue 12 item 7: `minipacs worklist add` without --procedure-id; DCMTK findscu -W (a modality's
+    query) gets a Requested Procedure ID and a Scheduled Procedure Step ID, Type 1 return keys of
+    PS3.4 Table K.6-1, not empty values."""
+    added = run(minipacs_cmd("worklist", "add", "--data", str(tmp_path / "data"), "--patient-id", "77",
+                             "--modality", "CT", "--start", "202612070930"))
+    assert added.returncode == 0, added.stderr
+    srv = start_server(tmp_path)
+    try:
+        (found,) = findscu_w(srv.port, tmp_path / "out", "PatientID=77", "RequestedProcedureID",
+                             "ScheduledProcedureStepSequence[0].ScheduledProcedureStepID",
+                             "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate",
+                             "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime")
+    finally:
+        srv.stop()
+    sps = found.ScheduledProcedureStepSequence[0]
+    assert found.RequestedProcedureID and sps.ScheduledProcedureStepID == found.RequestedProcedureID
+    assert (sps.ScheduledProcedureStepStartDate, sps.ScheduledProcedureStepStartTime) == ("20261207", "0930")

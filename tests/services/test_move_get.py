@@ -18,6 +18,7 @@ from typing import Any
 
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from minipacs.bootstrap import open_archive
@@ -130,7 +131,7 @@ class Env:
         finally:
             await dest.close(grace=2.0)
 
-    async def move(self, identifier: bytes, destination: str = "DEST", model: str = "STUDY",
+    async def move(self, identifier: Dataset, destination: str = "DEST", model: str = "STUDY",
                    on_progress: Any = None) -> RetrieveResult:
         rq = build_rq("VIEWER", "MINIPACS", move_contexts(model), self.settings())
         assoc = await connect("127.0.0.1", self.server.port, rq, self.settings())
@@ -172,11 +173,11 @@ async def archive_env(tmp_path: Path, count: int = 6, series: int = 2,
 
 
 
-def parse_keys(level: str, specs: list[str]) -> bytes:
+def parse_keys(level: str, specs: list[str]) -> Dataset:
     """The identifier for DCMTK-style "k=v" specs (the CLI's -k), through the structured keys."""
     return retrieve_identifier(level, {path: value for path, _, value in (s.partition("=") for s in specs)})
 
-def study_key(env: Env) -> bytes:
+def study_key(env: Env) -> Dataset:
     return parse_keys("STUDY", [f"StudyInstanceUID={env.study_uid}"])
 
 
@@ -397,7 +398,7 @@ def test_batches_keep_each_association_under_128_contexts() -> None:
 
 # ------------------------------------------------------------------ C-GET
 
-async def _get(env: Env, service: FolderStorage, identifier: bytes, roles: bool = True) -> RetrieveResult:
+async def _get(env: Env, service: FolderStorage, identifier: Dataset, roles: bool = True) -> RetrieveResult:
     contexts, role_items = get_contexts("STUDY")
     rq = build_rq("VIEWER", "MINIPACS", contexts, env.settings(), roles=role_items if roles else [])
     assoc = await connect("127.0.0.1", env.server.port, rq, env.settings(),

@@ -111,3 +111,72 @@ def test_viewer_may_read_only(web: Callable[..., Any]) -> None:
         assert (await client.delete(f"/api/worklist/{pk}", headers=operator)).status_code == 200
 
     web(body, users=USERS)
+
+
+# ------------------------------------------------------------------ issue 12 item 7: one validation, IDs generated
+
+def test_entry_without_procedure_ids_gets_both_type1_ids(web: Callable[..., Any]) -> None:
+    """PS3.4 Table K.6-1: Requested Procedure ID and Scheduled Procedure Step ID are Type 1 return keys."""
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        data = ps318()
+        del data["00401001"]  # Requested Procedure ID
+        del data["00400100"]["Value"][0]["00400009"]  # Scheduled Procedure Step ID
+        r = await client.post("/api/worklist", json=data)
+        assert r.status_code == 201, r.text
+        created = r.json()["dataset"]
+        rp = created["00401001"]["Value"][0]
+        assert len(rp) == 16 and created["00400100"]["Value"][0]["00400009"]["Value"] == [rp]
+        r = await client.post("/api/worklist", json=ps318())  # given IDs stay as they are
+        assert r.json()["dataset"]["00401001"]["Value"] == ["RPACC1"]
+
+    web(body)
+
+
+_CLI_BASE = ["worklist", "add", "--patient-id", "42", "--modality", "CT"]
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--start", "2026-12-07"], "--start"),  # would reach modalities as date '2026-12-' and time '07'
+    (["--start", "20261207-0930"], "--start"),
+    (["--sex", "Male"], "--sex"),
+    (["--birth-date", "1980-01-01"], "--birth-date"),
+    (["--accession", "A" * 17], "--accession"),  # SH: at most 16 characters
+])
+def test_cli_worklist_add_refuses_what_rest_refuses(web: Callable[..., Any], tmp_path: Any,
+                                                    capsys: pytest.CaptureFixture[str], flags: list[str],
+                                                    named: str) -> None:
+    from minipacs.cli.main import build_parser, main
+    from minipacs.cli.worklist import _entry_dataset
+
+    data = ["--data", str(tmp_path / "cli")]
+    assert main([*_CLI_BASE, *data, *flags]) == 2
+    err = capsys.readouterr().err
+    assert "worklist entry refused" in err and named in err, err
+    assert main(["worklist", "list", *data, "--json"]) == 0
+    assert capsys.readouterr().out.strip() == "[]"
+    entry_ds = _entry_dataset(build_parser().parse_args([*_CLI_BASE, *flags]))
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        r = await client.post("/api/worklist", json=entry_ds.to_json_dict())
+        assert r.status_code == 400, r.text
+        assert await Worklist(archive).list() == []
+
+    web(body)
+
+
+def test_cli_worklist_add_and_rest_take_the_same_good_values(web: Callable[..., Any], tmp_path: Any,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from minipacs.cli.main import build_parser, main
+    from minipacs.cli.worklist import _entry_dataset
+
+    flags = ["--start", "202612070930", "--sex", "M", "--birth-date", "19800101", "--accession", "A" * 16]
+    assert main([*_CLI_BASE, "--data", str(tmp_path / "cli"), *flags]) == 0
+    out = capsys.readouterr().out
+    assert "requested procedure " in out and "requested procedure ," not in out
+    entry_ds = _entry_dataset(build_parser().parse_args([*_CLI_BASE, *flags]))
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        r = await client.post("/api/worklist", json=entry_ds.to_json_dict())
+        assert r.status_code == 201, r.text
+
+    web(body)

@@ -8,20 +8,21 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from minipacs.cli.exit_codes import EXIT_NETWORK, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from minipacs.cli.main import outbound, peer
+from minipacs.cli.report import print_json, status_json, status_text
 from minipacs.config import ConfigError, Settings
 from minipacs.services.outbound import (
     MAX_CONTEXTS,
-    AssociationLost,
     EchoResponse,
     NoAssociation,
     OutboundError,
     SendOutcome,
+    SendResult,
     TooManyContexts,
 )
-from minipacs.services.status import describe
 from minipacs.services.storage_scu import StoreSummary, scan
 
 
@@ -41,70 +42,121 @@ def serve(settings: Settings) -> int:
 
 async def echo(args: argparse.Namespace) -> int:
     code = EXIT_OK
+    target = f"{args.called_aet}@{args.host}:{args.port}"
 
     def show(response: EchoResponse) -> None:
         nonlocal code
-        print(f"C-ECHO {args.called_aet}@{args.host}:{args.port}: {describe(response.status)} "
-              f"({response.ms:.1f} ms)")
+        if not args.json:
+            print(f"C-ECHO {target}: {status_text(response.status, response.error_comment)} ({response.ms:.1f} ms)")
         if response.status != 0:
             code = EXIT_PARTIAL
 
     try:
-        await outbound(args).echo(peer(args), repeat=args.repeat, on_response=show)
+        responses = await outbound(args).echo(peer(args), repeat=args.repeat, on_response=show)
     except OutboundError as exc:
         print(f"minipacs echo: {exc}", file=sys.stderr)
+        if args.json:
+            print_json({"command": "echo", "peer": target, "error": str(exc), "exit_code": EXIT_NETWORK})
         return EXIT_NETWORK
+    if args.json:
+        print_json({"command": "echo", "peer": target, "exit_code": code,
+                    "responses": [{**status_json(r.status, r.error_comment), "ms": round(r.ms, 3)}
+                                  for r in responses]})
     return code
 
 
 async def store(args: argparse.Namespace) -> int:
+    """C-STORE files and folders; every file not sent is listed with why (stderr, and ``--json``).
+
+    An association that breaks off is replaced by a new one for the rest (services/outbound.py send).
+    """
     summary = StoreSummary()
     files = scan(args.paths, summary)
+    target = f"{args.called_aet}@{args.host}:{args.port}"
     for path, why in summary.skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)
     if not files:
         print("minipacs store: no DICOM files to send", file=sys.stderr)
+        if args.json:
+            print_json(_store_json(target, summary, 0, [], [], None, 0.0, EXIT_PARTIAL, "no DICOM files to send"))
         return EXIT_PARTIAL
     bar = _progress(len(files), "store", enabled=not args.no_progress)
     start = time.perf_counter()
+    failed: list[SendOutcome] = []
+    warned: list[SendOutcome] = []
 
     def tick(outcome: SendOutcome) -> None:
         if outcome.ok:
             summary.sent += 1
             summary.warnings += outcome.warning
+            if outcome.warning:
+                warned.append(outcome)
         else:
             summary.failed.append((outcome.instance.path, outcome.reason))
+            failed.append(outcome)
         if bar is not None:
             bar.update(1)
 
+    error, code = "", EXIT_OK
+    result: SendResult | None = None
     try:
-        await outbound(args).send(peer(args), files, progress=tick)
+        result = await outbound(args).send(peer(args), files, progress=tick)
     except TooManyContexts as exc:
-        print(f"minipacs store: the files need {exc.needed} presentation contexts; one association "
-              f"allows {MAX_CONTEXTS}. Send the folders separately.", file=sys.stderr)
-        return EXIT_PARTIAL
+        error = (f"the files need {exc.needed} presentation contexts; one association allows {MAX_CONTEXTS}. "
+                 "Send the folders separately.")
+        code = EXIT_PARTIAL
     except NoAssociation as exc:
-        print(f"minipacs store: {exc}", file=sys.stderr)
-        return EXIT_NETWORK
-    except AssociationLost as exc:
-        print(f"minipacs store: {exc}", file=sys.stderr)
-        if bar is not None:
-            bar.close()
-        _print_store_summary(summary, len(files), time.perf_counter() - start)
-        return EXIT_NETWORK
+        error, code = str(exc), EXIT_NETWORK
     finally:
         if bar is not None:
             bar.close()
-    _print_store_summary(summary, len(files), time.perf_counter() - start)
-    return EXIT_OK if summary.ok and not summary.warnings else EXIT_PARTIAL
-
-
-def _print_store_summary(summary: StoreSummary, total: int, seconds: float) -> None:
+    seconds = time.perf_counter() - start
+    if error or result is None:
+        print(f"minipacs store: {error}", file=sys.stderr)
+        if args.json:
+            print_json(_store_json(target, summary, len(files), failed, warned, result, seconds, code, error))
+        return code
+    if result.gave_up:
+        code = EXIT_NETWORK
+    else:
+        code = EXIT_OK if summary.ok and not summary.warnings else EXIT_PARTIAL
     for path, why in summary.failed:
         print(f"failed {path}: {why}", file=sys.stderr)
+    for why in result.broken:
+        print(f"minipacs store: an association broke off ({why}); the rest went on a new one", file=sys.stderr)
+    if args.json:
+        print_json(_store_json(target, summary, len(files), failed, warned, result, seconds, code, ""))
+    else:
+        _print_store_summary(summary, len(files), seconds, result)
+    return code
+
+
+def _store_json(target: str, summary: StoreSummary, total: int, failed: list[SendOutcome],
+                warned: list[SendOutcome], result: SendResult | None, seconds: float, code: int,
+                error: str) -> dict[str, Any]:
+    def one(outcome: SendOutcome) -> dict[str, Any]:
+        status = status_json(outcome.status) if outcome.status is not None else {"status": None}
+        return {"path": str(outcome.instance.path), "sop_instance_uid": outcome.instance.sop_instance_uid,
+                **status, "reason": outcome.reason}
+
+    document: dict[str, Any] = {
+        "command": "store", "peer": target, "files": total, "sent": summary.sent,
+        "warnings": [one(o) for o in warned], "failed": [one(o) for o in failed],
+        "skipped": [{"path": str(path), "reason": why} for path, why in summary.skipped],
+        "associations": result.associations if result is not None else 0,
+        "associations_broken": result.broken if result is not None else [],
+        "seconds": round(seconds, 3), "exit_code": code,
+    }
+    if error:
+        document["error"] = error
+    return document
+
+
+def _print_store_summary(summary: StoreSummary, total: int, seconds: float, result: SendResult) -> None:
     rate = summary.sent / seconds if seconds > 0 else 0.0
+    again = f"; {result.associations} associations ({len(result.broken)} broke off)" if result.broken else ""
     print(f"sent {summary.sent} of {total} file(s) in {seconds:.2f} s ({rate:.0f}/s); "
-          f"{summary.warnings} warning(s), {len(summary.failed)} failed, {len(summary.skipped)} skipped")
+          f"{summary.warnings} warning(s), {len(summary.failed)} failed, {len(summary.skipped)} skipped{again}")
 
 
 def _progress(total: int, desc: str, enabled: bool):  # type: ignore[no-untyped-def]
@@ -115,12 +167,13 @@ def _progress(total: int, desc: str, enabled: bool):  # type: ignore[no-untyped-
     return tqdm(total=total, desc=desc, unit="file", file=sys.stderr)
 
 
-async def import_(settings: Settings, paths: list[Path], progress: bool) -> int:
+async def import_(settings: Settings, paths: list[Path], progress: bool, as_json: bool = False) -> int:
     from minipacs.bootstrap import open_archive
     from minipacs.core.importer import import_tree
 
     archive = await open_archive(settings)
     total = {"stored": 0, "duplicate": 0, "rejected": 0}
+    rejections: list[tuple[Path, str]] = []
     try:
         for root in paths:
             bar = _progress(0, "import", enabled=progress)
@@ -131,11 +184,18 @@ async def import_(settings: Settings, paths: list[Path], progress: bool) -> int:
             total["duplicate"] += summary.duplicates
             total["rejected"] += summary.rejected
             for path, why in summary.rejections:
+                rejections.append((path, why))
                 print(f"rejected {path}: {why}", file=sys.stderr)
     finally:
         await archive.close()
-    print(f"imported: {total['stored']} stored, {total['duplicate']} duplicate(s), {total['rejected']} rejected")
-    return EXIT_OK if total["rejected"] == 0 else EXIT_PARTIAL
+    code = EXIT_OK if total["rejected"] == 0 else EXIT_PARTIAL
+    if as_json:
+        print_json({"command": "import", "data_dir": str(settings.data_dir), "stored": total["stored"],
+                    "duplicates": total["duplicate"], "rejected": [{"path": str(p), "reason": why}
+                                                                  for p, why in rejections], "exit_code": code})
+    else:
+        print(f"imported: {total['stored']} stored, {total['duplicate']} duplicate(s), {total['rejected']} rejected")
+    return code
 
 
 async def show_log(settings: Settings, limit: int, as_json: bool) -> int:

@@ -13,7 +13,14 @@ from typing import Any
 
 from minipacs.cli.exit_codes import EXIT_NETWORK, EXIT_USAGE
 from minipacs.cli.main import network_args, outbound, peer
-from minipacs.cli.retrieve_common import ProgressPrinter, identifier, receiver_service, retrieve_args, summary
+from minipacs.cli.retrieve_common import (
+    ProgressPrinter,
+    failure,
+    identifier,
+    receiver_service,
+    retrieve_args,
+    summary,
+)
 from minipacs.config import Settings
 from minipacs.services.outbound import OutboundError, RetrieveRequest
 
@@ -48,7 +55,6 @@ async def _get(args: argparse.Namespace, settings: Settings | None, request: Ret
                                                    offer=args.sop_class, progress=printer)
         except OutboundError as exc:
             printer.close()
-            print(f"minipacs get: {exc}", file=sys.stderr)
-            return EXIT_NETWORK
+            return failure("get", str(exc), args.json, EXIT_NETWORK)
         printer.close()
-        return summary(f"C-GET {request.level}", result, printer.elapsed, where)
+        return summary(f"C-GET {request.level}", result, printer.elapsed, where, as_json=args.json, method="get")

@@ -11,21 +11,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import importlib
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, cast
 
 from minipacs import __version__
+from minipacs.cli.dcmtk import DcmtkSpelling, translate
+from minipacs.cli.exit_codes import EXIT_USAGE
 from minipacs.config import ConfigError, Settings, load_settings
 from minipacs.net.association import AssociationSettings
 from minipacs.net.dul import Timeouts
 from minipacs.net.tls import TLSConfigError, client_context
-from minipacs.services.outbound import Address, Outbound, OutboundSettings
-
-from minipacs.cli.exit_codes import EXIT_USAGE
+from minipacs.services.outbound import Address, Outbound, OutboundSettings, UserIdentity
 
 
 def settings_args(p: argparse.ArgumentParser) -> None:
@@ -46,6 +48,15 @@ def network_args(p: argparse.ArgumentParser, default_aet: str) -> None:
     p.add_argument("--tls-ca", metavar="PEM", default="", help="CA certificate(s) the peer's certificate must chain to")
     p.add_argument("--tls-cert", metavar="PEM", default="", help="our certificate, for peers that require one")
     p.add_argument("--tls-key", metavar="PEM", default="", help="the private key of --tls-cert")
+    ident = p.add_argument_group("DICOM user identity (PS3.7 D.3.3.7), as DCMTK storescu --user/--password")
+    ident.add_argument("--user", metavar="NAME", help="username sent when associating: alone type 1, "
+                                                      "with a password type 2 (username and passcode)")
+    secret = ident.add_mutually_exclusive_group()
+    secret.add_argument("--password", metavar="PW", help="the password (other users of this machine can read "
+                                                         "it in the process list: prefer the two below)")
+    secret.add_argument("--password-env", metavar="VAR", help="read the password from environment variable VAR")
+    secret.add_argument("--password-prompt", action="store_true", help="ask for the password (not echoed)")
+    ident.add_argument("--pos-response", action="store_true", help="ask the peer to confirm the identity")
 
 
 def association_settings(args: argparse.Namespace) -> AssociationSettings:
@@ -58,10 +69,31 @@ def association_settings(args: argparse.Namespace) -> AssociationSettings:
     )
 
 
+def user_identity(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> UserIdentity | None:
+    """The identity the ``--user``/``--password*`` flags of ``network_args`` give (None: none);
+    raises ValueError saying what is wrong. ``--password-prompt`` asks here, before anything connects."""
+    sources = [flag for flag, given in (("--password", args.password is not None),
+                                        ("--password-env", args.password_env is not None),
+                                        ("--password-prompt", args.password_prompt)) if given]
+    if not args.user:
+        if sources or args.pos_response:
+            raise ValueError(f"{(sources or ['--pos-response'])[0]} needs --user NAME (the DICOM user identity)")
+        return None
+    password: str | None = args.password
+    if args.password_env is not None:
+        password = environ.get(args.password_env)
+        if password is None:
+            raise ValueError(f"--password-env {args.password_env}: no such environment variable is set")
+    elif args.password_prompt:
+        password = getpass.getpass(f"DICOM password for {args.user}: ")
+    return UserIdentity(args.user, password, positive_response=args.pos_response)
+
+
 def outbound(args: argparse.Namespace) -> Outbound:
     """The one outbound path (services/outbound.py), as the flags of ``network_args`` say."""
     return Outbound(OutboundSettings(association_settings(args), connect_timeout=args.connect_timeout,
-                                     local_host=getattr(args, "bind", None)))
+                                     local_host=getattr(args, "bind", None),
+                                     user_identity=getattr(args, "user_identity", None)))
 
 
 def peer(args: argparse.Namespace) -> Address:
@@ -88,16 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("echo", help="C-ECHO a DICOM node (like DCMTK echoscu)")
     network_args(p, "ECHOSCU")
     p.add_argument("-r", "--repeat", type=int, default=1, help="number of C-ECHO requests [1]")
+    p.add_argument("--json", action="store_true", help="print the responses as JSON")
 
     p = sub.add_parser("store", help="send files with C-STORE (like DCMTK storescu +sd)")
     network_args(p, "STORESCU")
     p.add_argument("paths", nargs="+", type=Path, help="files or folders (recursive)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON: every file not sent, with why")
 
     p = sub.add_parser("import", help="import files or folders into the archive")
     settings_args(p)
     p.add_argument("paths", nargs="+", type=Path, help="files or folders (recursive)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON: every file rejected, with why")
 
     p = sub.add_parser("log", help="show the association log")
     settings_args(p)
@@ -144,7 +179,12 @@ def _load(args: argparse.Namespace) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        words = translate(sys.argv[1:] if argv is None else argv)
+    except DcmtkSpelling as exc:
+        print(f"minipacs: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    args = parser.parse_args(words)
     plugins = {name: module for name, module in zip(COMMAND_MODULES, _command_modules(), strict=True)}
     plugin = plugins.get(args.command)
     needs_settings = args.command in ("serve", "import", "log") or (plugin is not None and plugin.NEEDS_SETTINGS)
@@ -164,6 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except TLSConfigError as exc:
             print(f"minipacs: {exc}", file=sys.stderr)
             return EXIT_USAGE
+    if hasattr(args, "password_prompt"):  # DICOM user identity flags of network_args
+        try:
+            args.user_identity = user_identity(args)
+        except ValueError as exc:
+            print(f"minipacs: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     from minipacs.cli import commands
 
     try:
@@ -176,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "store":
             return asyncio.run(commands.store(args))
         if args.command == "import" and settings is not None:
-            return asyncio.run(commands.import_(settings, args.paths, not args.no_progress))
+            return asyncio.run(commands.import_(settings, args.paths, not args.no_progress, args.json))
         if args.command == "log" and settings is not None:
             return asyncio.run(commands.show_log(settings, args.limit, args.json))
     except KeyboardInterrupt:

@@ -14,7 +14,14 @@ from typing import Any
 
 from minipacs.cli.exit_codes import EXIT_NETWORK, EXIT_USAGE
 from minipacs.cli.main import network_args, outbound, peer
-from minipacs.cli.retrieve_common import ProgressPrinter, identifier, receiver_service, retrieve_args, summary
+from minipacs.cli.retrieve_common import (
+    ProgressPrinter,
+    failure,
+    identifier,
+    receiver_service,
+    retrieve_args,
+    summary,
+)
 from minipacs.config import Settings
 from minipacs.services.outbound import OutboundError, RetrieveRequest
 
@@ -64,8 +71,8 @@ async def _move(args: argparse.Namespace, settings: Settings | None, request: Re
         try:
             await server.start()
         except OSError as exc:
-            print(f"minipacs move: cannot listen on port {args.listen_port}: {exc.strerror}", file=sys.stderr)
-            return EXIT_NETWORK
+            return failure("move", f"cannot listen on port {args.listen_port}: {exc.strerror}", args.json,
+                           EXIT_NETWORK)
         try:
             return await _request(args, request, destination, where)
         finally:
@@ -79,7 +86,6 @@ async def _request(args: argparse.Namespace, request: RetrieveRequest, destinati
                                                progress=printer)
     except OutboundError as exc:
         printer.close()
-        print(f"minipacs move: {exc}", file=sys.stderr)
-        return EXIT_NETWORK
+        return failure("move", str(exc), args.json, EXIT_NETWORK)
     printer.close()
-    return summary(f"C-MOVE {request.level} to {destination}", result, printer.elapsed, where)
+    return summary(f"C-MOVE {request.level} to {destination}", result, printer.elapsed, where, as_json=args.json)

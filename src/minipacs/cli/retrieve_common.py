@@ -12,11 +12,12 @@ from typing import Any
 
 from minipacs.cli.exit_codes import EXIT_OK, EXIT_PARTIAL
 from minipacs.cli.keys import parse_keys
+from minipacs.cli.report import print_json, status_json, status_text
 from minipacs.config import Settings
 from minipacs.dicom.levels import LEVEL_NAMES, LEVEL_SPELLINGS
 from minipacs.services.outbound import RetrieveRequest
 from minipacs.services.retrieve_scu import FolderStorage, RetrieveResult
-from minipacs.services.status import MOVE, PENDING, describe
+from minipacs.services.status import GET, MOVE, PENDING
 
 #: Lowest unique key given -> the level it implies when no level is named (PS3.4 C.6.2.1).
 LEVEL_OF_KEY = tuple((s.unique_key, s.level.value) for s in reversed(list(LEVEL_SPELLINGS.values())))
@@ -35,6 +36,7 @@ def retrieve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML configuration file (for --into-archive)")
     p.add_argument("--data", type=Path, dest="data_dir", help="archive data folder (for --into-archive)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON (counts, status, failed UIDs)")
 
 
 def identifier(args: argparse.Namespace) -> RetrieveRequest:
@@ -98,14 +100,31 @@ class ProgressPrinter:
         return time.perf_counter() - self.start
 
 
-def summary(op: str, result: RetrieveResult, seconds: float, where: str) -> int:
-    """Print the outcome; return the exit code."""
-    print(f"{op}: {describe(result.status, MOVE)}; {result.completed} completed, {result.failed} failed, "
-          f"{result.warning} warning(s) in {seconds:.2f} s{' ' + where if where else ''}")
+def summary(op: str, result: RetrieveResult, seconds: float, where: str, *, as_json: bool = False,
+            method: str = "move") -> int:
+    """Print the outcome (the final status with its meaning and Error Comment); return the exit code."""
+    table = GET if method == "get" else MOVE
+    code = EXIT_OK if result.status == 0 else EXIT_PARTIAL
+    if as_json:
+        print_json({"command": method, "operation": op, **status_json(result.status, result.error_comment, table),
+                    "completed": result.completed, "failed": result.failed, "warning": result.warning,
+                    "failed_uids": result.failed_uids, "where": where, "seconds": round(seconds, 3),
+                    "exit_code": code})
+        return code
+    print(f"{op}: {status_text(result.status, result.error_comment, table)}; {result.completed} completed, "
+          f"{result.failed} failed, {result.warning} warning(s) in {seconds:.2f} s{' ' + where if where else ''}")
     if result.error_comment:
         print(f"  error comment: {result.error_comment}", file=sys.stderr)
     for uid in result.failed_uids[:50]:
         print(f"  failed: {uid}", file=sys.stderr)
     if len(result.failed_uids) > 50:
         print(f"  ... and {len(result.failed_uids) - 50} more failed", file=sys.stderr)
-    return EXIT_OK if result.status == 0 else EXIT_PARTIAL
+    return code
+
+
+def failure(command: str, error: str, as_json: bool, code: int) -> int:
+    """``minipacs move|get`` could not do it: the reason on stderr (and as JSON); returns ``code``."""
+    print(f"minipacs {command}: {error}", file=sys.stderr)
+    if as_json:
+        print_json({"command": command, "error": error, "exit_code": code})
+    return code

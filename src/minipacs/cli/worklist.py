@@ -14,13 +14,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydicom.config import disable_value_validation
 from pydicom.dataset import Dataset
 
 from minipacs.cli.exit_codes import EXIT_NETWORK, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from minipacs.cli.nodes import IndexOnly
+from minipacs.cli.report import status_text
 from minipacs.config import Settings
-from minipacs.core.worklist import InvalidWorklistEntry, Worklist
-from minipacs.services.outbound import AssociationLost, FindRequest, InvalidKeys, NoAssociation
+from minipacs.core.worklist import InvalidWorklistEntry, Worklist, check_values
+from minipacs.services.outbound import (
+    AssociationLost,
+    FindRequest,
+    InvalidKeys,
+    NoAssociation,
+)
+from minipacs.services.status import FIND
 
 NEEDS_SETTINGS = True
 
@@ -112,35 +120,59 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         index.close()
 
 
-async def _add(args: argparse.Namespace, worklist: Worklist) -> int:
+#: The attribute each `worklist add` flag sets, for messages naming the flag (PS3.4 Table K.6-1).
+ADD_FLAGS = {
+    "PatientID": "--patient-id", "PatientName": "--patient-name", "PatientBirthDate": "--birth-date (YYYYMMDD)",
+    "PatientSex": "--sex (M, F or O)", "AccessionNumber": "--accession", "Modality": "--modality",
+    "ScheduledStationAETitle": "--station-aet", "ScheduledProcedureStepStartDate": "--start (YYYYMMDD[HHMM[SS]])",
+    "ScheduledProcedureStepStartTime": "--start (YYYYMMDD[HHMM[SS]])",
+    "ScheduledPerformingPhysicianName": "--physician", "RequestedProcedureDescription": "--description",
+    "ScheduledProcedureStepDescription": "--description", "RequestedProcedureID": "--procedure-id",
+    "ScheduledProcedureStepID": "--procedure-id", "StudyInstanceUID": "--study-uid",
+}
+
+
+def _entry_dataset(args: argparse.Namespace) -> Dataset:
+    """The entry the flags describe, values as typed (checked by core.worklist.check_values, not here)."""
     ds = Dataset()
-    ds.PatientID = args.patient_id
-    ds.PatientName = args.patient_name
-    ds.PatientBirthDate = args.birth_date
-    ds.PatientSex = args.sex
-    ds.AccessionNumber = args.accession
-    ds.RequestedProcedureDescription = args.description
-    ds.RequestedProcedureID = args.procedure_id
-    if args.study_uid:
-        ds.StudyInstanceUID = args.study_uid
-    sps = Dataset()
-    sps.Modality = args.modality
-    sps.ScheduledStationAETitle = args.station_aet
-    sps.ScheduledProcedureStepStartDate = args.start[:8]
-    sps.ScheduledProcedureStepStartTime = args.start[8:]
-    sps.ScheduledPerformingPhysicianName = args.physician
-    sps.ScheduledProcedureStepDescription = args.description
-    sps.ScheduledProcedureStepID = args.procedure_id
-    ds.ScheduledProcedureStepSequence = [sps]
+    with disable_value_validation():  # the one check is check_values, refusing; not a pydicom warning
+        ds.PatientID = args.patient_id
+        ds.PatientName = args.patient_name
+        ds.PatientBirthDate = args.birth_date
+        ds.PatientSex = args.sex
+        ds.AccessionNumber = args.accession
+        ds.RequestedProcedureDescription = args.description
+        ds.RequestedProcedureID = args.procedure_id
+        if args.study_uid:
+            ds.StudyInstanceUID = args.study_uid
+        sps = Dataset()
+        sps.Modality = args.modality
+        sps.ScheduledStationAETitle = args.station_aet
+        sps.ScheduledProcedureStepStartDate = args.start[:8]
+        sps.ScheduledProcedureStepStartTime = args.start[8:]
+        sps.ScheduledPerformingPhysicianName = args.physician
+        sps.ScheduledProcedureStepDescription = args.description
+        sps.ScheduledProcedureStepID = args.procedure_id
+        ds.ScheduledProcedureStepSequence = [sps]
     if any(not str(v).isascii() for v in (args.patient_name, args.physician, args.description)):
         ds.SpecificCharacterSet = "ISO_IR 192"
+    return ds
+
+
+async def _add(args: argparse.Namespace, worklist: Worklist) -> int:
+    """Validated exactly as ``POST /api/worklist`` (core.worklist.check_values, then ``validated`` in
+    Worklist.add, which generates the Study Instance UID and the procedure IDs when not given)."""
+    ds = _entry_dataset(args)
     try:
-        entry = await worklist.add(ds)
+        entry = await worklist.add(check_values(ds))
     except InvalidWorklistEntry as exc:
-        print(f"minipacs worklist add: {exc}", file=sys.stderr)
+        flags = sorted({flag for keyword, flag in ADD_FLAGS.items() if keyword in str(exc)})
+        print(f"minipacs worklist add: {exc}" + (f" (check {', '.join(flags)})" if flags else ""), file=sys.stderr)
         return EXIT_USAGE
+    sps = entry.dataset.ScheduledProcedureStepSequence[0]
     print(f"added worklist entry {entry.id} (accession {entry.accession_number or '-'}, "
-          f"study {entry.dataset.StudyInstanceUID})")
+          f"study {entry.dataset.StudyInstanceUID}, requested procedure {entry.dataset.RequestedProcedureID}, "
+          f"step {sps.ScheduledProcedureStepID})")
     return EXIT_OK
 
 
@@ -184,7 +216,8 @@ async def _query(args: argparse.Namespace) -> int:
             print(f"# match {n}")
             print(match)
     if result.status != 0:
-        print(f"minipacs worklist query: status 0x{result.status:04X} {result.error_comment}", file=sys.stderr)
+        print(f"minipacs worklist query: final status {status_text(result.status, result.error_comment, FIND)}",
+              file=sys.stderr)
         return EXIT_PARTIAL
     print(f"{len(result.matches)} match(es)", file=sys.stderr)
     return EXIT_OK

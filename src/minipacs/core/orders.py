@@ -162,6 +162,13 @@ async def _change(worklist: Worklist, ds: Dataset) -> Action:
     target = entries[0]
     if not str(ds.get("StudyInstanceUID", "") or ""):
         ds.StudyInstanceUID = str(target.dataset.get("StudyInstanceUID", "") or "")
+    if not str(ds.get("RequestedProcedureID", "") or ""):  # keep the IDs the modality has, not new ones
+        ds.RequestedProcedureID = str(target.dataset.get("RequestedProcedureID", "") or "")
+    old_steps, new_steps = target.dataset.get("ScheduledProcedureStepSequence"), ds.get("ScheduledProcedureStepSequence")
+    if old_steps and new_steps and len(old_steps) == len(new_steps):
+        for old, new in zip(old_steps, new_steps, strict=True):
+            if not str(new.get("ScheduledProcedureStepID", "") or ""):
+                new.ScheduledProcedureStepID = str(old.get("ScheduledProcedureStepID", "") or "")
     ds = _checked(ds, control)
 
     async def run(wl: Worklist) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import secrets
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -19,11 +20,14 @@ from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
 
 import pydicom
+from pydicom import config as pydicom_config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import generate_uid
+from pydicom.valuerep import VR, validate_value
 
 from minipacs.core.errors import ArchiveError
 from minipacs.core.identifier import Key, read_keys
@@ -101,10 +105,55 @@ def from_text(text: str) -> Dataset:
     return Dataset.from_json(text)
 
 
+#: PS3.5 Table 6.2-1: the value representations (the ambiguous "US or SS" kinds are not a VR).
+KNOWN_VRS: Final = frozenset(vr.value for vr in VR if " or " not in vr.value)
+
+
+def check_values(ds: Dataset) -> Dataset:
+    """PS3.5 6.2 (Table 6.2-1): every value of the entry, nested ones too, is valid for its VR (a DA is
+    YYYYMMDD, a CS upper case, an SH at most 16 characters...), as pydicom's validators say, and a DA
+    or TM is one value, not a range as a query key may be (PS3.4 C.2.2.2.5). The ONE
+    value check of entries people type: the REST API (``POST /api/worklist``) and ``minipacs worklist
+    add``. Raises InvalidWorklistEntry naming every invalid attribute.
+    """
+    problems: list[str] = []
+    for elem in ds.iterall():
+        name = elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})"
+        if elem.VR not in KNOWN_VRS:
+            problems.append(f"({elem.tag.group:04X},{elem.tag.element:04X}) has the unknown VR {elem.VR!r}")
+            continue
+        if elem.VR == "SQ":
+            continue
+        values = elem.value if isinstance(elem.value, (list, tuple, MultiValue)) else [elem.value]
+        for value in values:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")
+                    validate_value(elem.VR, value, pydicom_config.RAISE)
+                if elem.VR in ("DA", "TM") and "-" in str(value):  # pydicom takes a query's range (C.2.2.2.5)
+                    raise ValueError(f"a stored {elem.VR} is one {'date, YYYYMMDD' if elem.VR == 'DA' else 'time, HHMM[SS]'}"
+                                     ", not a range")
+            except (ValueError, TypeError, UserWarning) as exc:
+                problems.append(f"{name} {str(value)!r}: {str(exc).split(' Please see')[0]}")
+                break
+    if problems:
+        raise InvalidWorklistEntry("worklist entry refused: " + "; ".join(problems))
+    return ds
+
+
+def new_procedure_id() -> str:
+    """A Requested Procedure ID / Scheduled Procedure Step ID (SH, at most 16 characters) for an entry
+    that came without one: 16 hex digits, random, so two servers on one index never hand out the same."""
+    return secrets.token_hex(8).upper()
+
+
 def validated(ds: Dataset) -> Dataset:
     """PS3.4 K.6 / PS3.3 C.30: an entry needs patient identity and one Scheduled Procedure Step.
 
-    A missing Study Instance UID is generated (MPPS and the images link to it).
+    A missing Study Instance UID is generated (MPPS and the images link to it), and so are a missing
+    Requested Procedure ID and Scheduled Procedure Step ID: both are Type 1 return keys of the
+    Modality Worklist (PS3.4 Table K.6-1), so a modality must get a value (a single Scheduled Procedure
+    Step gets the Requested Procedure ID as its ID, as `worklist add --procedure-id` gives both).
     """
     problems = []
     if not str(ds.get("PatientID", "") or "").strip():
@@ -118,6 +167,11 @@ def validated(ds: Dataset) -> Dataset:
         raise InvalidWorklistEntry("worklist entry refused: " + "; ".join(problems))
     if not str(ds.get("StudyInstanceUID", "") or "").strip():
         ds.StudyInstanceUID = generate_uid()
+    if not str(ds.get("RequestedProcedureID", "") or "").strip():
+        ds.RequestedProcedureID = new_procedure_id()
+    for sps in seq:
+        if not str(sps.get("ScheduledProcedureStepID", "") or "").strip():
+            sps.ScheduledProcedureStepID = str(ds.RequestedProcedureID) if len(seq) == 1 else new_procedure_id()
     return ds
 
 
@@ -326,7 +380,9 @@ __all__ = [
     "Worklist",
     "WorklistEntry",
     "WorklistEntryChanged",
+    "check_values",
     "matches",
+    "new_procedure_id",
     "read_worklist_file",
     "response",
     "validated",

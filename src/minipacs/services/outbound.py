@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ from minipacs.net.association import (
     connect,
 )
 from minipacs.net.dimse import Command
-from minipacs.net.pdu_items import RoleSelection
+from minipacs.net.pdu_items import RoleSelection, UserIdentityRQ
 from minipacs.net.presentation import NegotiatedContext
 from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
 from minipacs.services.base import ServiceClass
@@ -73,7 +74,6 @@ from minipacs.services.retrieve_scu import (
 )
 from minipacs.services.status import describe, is_success, is_warning
 from minipacs.services.storage_scu import SendableFile, proposal, store_file
-from minipacs.services.verification import echo as _c_echo
 from minipacs.dicom.uids import MODALITY_WORKLIST_FIND
 
 if TYPE_CHECKING:
@@ -93,6 +93,7 @@ __all__ = [
     "DEFAULT_KEYS", "FIND_MODELS", "Address", "AssociationLost", "EchoResponse", "FindRequest", "FindResult",
     "InvalidKeys", "KeyValue", "NoAssociation", "Outbound", "OutboundError", "OutboundSettings", "Peer",
     "RetrieveRequest", "RetrieveResult", "SendOutcome", "SendResult", "StorageReceiver", "TooManyContexts",
+    "UserIdentity",
 ]
 
 
@@ -129,14 +130,45 @@ class Address:
         return f"{self.ae_title!r} at {self.host}:{self.port}"
 
 
+#: PS3.7 D.3.3.7.1: the Primary- and Secondary-field lengths are 16-bit.
+MAX_IDENTITY_FIELD: Final = 0xFFFF
+
+
+@dataclass(frozen=True)
+class UserIdentity:
+    """The User Identity we send in the A-ASSOCIATE-RQ (PS3.7 D.3.3.7.1, sub-item 58H): type 2
+    (username and passcode) with a password, type 1 (username only) without; both UTF-8.
+    ``positive_response``: ask the acceptor to confirm it (D.3.3.7.2). ``repr`` never shows the password."""
+
+    username: str
+    password: str | None = field(default=None, repr=False)
+    positive_response: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.username:
+            raise ValueError("a DICOM user identity needs a username")
+        for name, value in (("username", self.username), ("password", self.password or "")):
+            if len(value.encode("utf-8")) > MAX_IDENTITY_FIELD:
+                raise ValueError(f"the {name} is longer than the {MAX_IDENTITY_FIELD} bytes a User Identity "
+                                 "field holds (PS3.7 D.3.3.7.1)")
+
+    def item(self) -> UserIdentityRQ:
+        if self.password is None:
+            return UserIdentityRQ(1, self.positive_response, self.username.encode("utf-8"))
+        return UserIdentityRQ(2, self.positive_response, self.username.encode("utf-8"),
+                              self.password.encode("utf-8"))
+
+
 @dataclass(frozen=True)
 class OutboundSettings:
     """How we call out: ``association`` carries our AE title, PDU sizes, timeouts and the TLS client
-    context (used for peers with ``tls``); ``local_host`` the address we connect from (None: any)."""
+    context (used for peers with ``tls``); ``local_host`` the address we connect from (None: any);
+    ``user_identity`` who we say we are in every A-ASSOCIATE-RQ (None: nobody, PS3.7 D.3.3.7)."""
 
     association: AssociationSettings
     connect_timeout: float = 15.0
     local_host: str | None = None
+    user_identity: UserIdentity | None = None
 
     @property
     def ae_title(self) -> str:
@@ -211,11 +243,12 @@ class FindRequest:
 
 @dataclass(frozen=True)
 class RetrieveRequest:
-    """A C-MOVE or C-GET: information model (PATIENT or STUDY root), level, encoded identifier."""
+    """A C-MOVE or C-GET: information model (PATIENT or STUDY root), level, identifier (encoded once the
+    association says in which transfer syntax)."""
 
     model: str
     level: str
-    identifier: bytes
+    identifier: Dataset
 
     @classmethod
     def build(cls, keys: Mapping[str, KeyValue], *, level: str, model: str = "STUDY") -> RetrieveRequest:
@@ -234,6 +267,7 @@ class RetrieveRequest:
 class EchoResponse:
     status: int  # -1: no response
     ms: float
+    error_comment: str = ""  # (0000,0902), when the peer sent one
 
 
 @dataclass(frozen=True)
@@ -257,7 +291,10 @@ class SendOutcome:
 class SendResult:
     sent: int = 0  # success or warning
     warnings: int = 0
-    failed: list[SendOutcome] = field(default_factory=list)
+    failed: list[SendOutcome] = field(default_factory=list)  # refused, or not sent (status None), with why
+    associations: int = 0  # opened: one, plus one after each that broke off
+    broken: list[str] = field(default_factory=list)  # why each association that broke off did
+    gave_up: str = ""  # no new association after one broke off: why (the rest were not sent)
 
 
 # ------------------------------------------------------------------ the operations
@@ -284,6 +321,8 @@ class Outbound:
         """
         aset = self.settings.association
         rq = build_rq(aset.ae_title, peer.ae_title, contexts, aset, roles=roles)
+        if self.settings.user_identity is not None:
+            rq.user_information.user_identity_rq = self.settings.user_identity.item()
         # A receiver's sink_for may answer None (no dataset expected); the association keeps that as "no sink".
         sinks = cast(SinkFactory, receiver.sink_for) if receiver is not None else None
         try:
@@ -311,8 +350,8 @@ class Outbound:
         async with self.session(peer, [(VERIFICATION_SOP_CLASS, QR_SYNTAXES)]) as assoc:
             for _ in range(max(repeat, 1)):
                 start = time.perf_counter()
-                status = await _c_echo(assoc)
-                response = EchoResponse(status, (time.perf_counter() - start) * 1000)
+                status, text = await _c_echo(assoc)
+                response = EchoResponse(status, (time.perf_counter() - start) * 1000, text)
                 responses.append(response)
                 if on_response is not None:
                     on_response(response)
@@ -328,23 +367,48 @@ class Outbound:
         """C-STORE (PS3.4 B.2) each instance as stored (transcoded only when the peer takes none of its
         syntax); a refused or unreadable instance is counted and the others go on.
 
-        Raises :class:`TooManyContexts` before connecting; on :class:`AssociationLost` the outcomes
-        reported to ``progress`` so far are what was done.
+        When the association breaks off (the peer aborts, a DIMSE timeout), the instance in flight is
+        reported failed with the reason (the peer may or may not have kept it) and a NEW association
+        carries the rest, as DCMTK storescu does with ``--no-halt``; when no new association can be had,
+        every instance not sent is reported with that reason. So ``progress`` hears of every instance
+        exactly once. Raises :class:`TooManyContexts` before connecting, :class:`NoAssociation` only
+        when the first association fails (nothing was done).
         """
         contexts = proposal(instances)
         if len(contexts) > MAX_CONTEXTS:
             raise TooManyContexts(len(contexts))
         result = SendResult()
-        async with self.session(peer, contexts) as assoc:
-            for instance in instances:
-                outcome = await _store_one(assoc, instance)
-                if outcome.ok:
-                    result.sent += 1
-                    result.warnings += outcome.warning
-                else:
-                    result.failed.append(outcome)
-                if progress is not None:
-                    progress(outcome)
+        queue = deque(instances)
+
+        def report(outcome: SendOutcome) -> None:
+            if outcome.ok:
+                result.sent += 1
+                result.warnings += outcome.warning
+            else:
+                result.failed.append(outcome)
+            if progress is not None:
+                progress(outcome)
+
+        while queue:
+            try:
+                async with self.session(peer, contexts) as assoc:
+                    result.associations += 1
+                    while queue:
+                        outcome = await _store_one(assoc, queue[0])
+                        queue.popleft()
+                        report(outcome)
+            except NoAssociation as exc:
+                if not result.associations:
+                    raise
+                result.gave_up = str(exc)
+                why = f"not sent: no new association after the last one broke off ({exc})"
+                while queue:
+                    report(SendOutcome(queue.popleft(), None, why))
+            except AssociationLost as exc:
+                result.broken.append(str(exc))
+                if queue:
+                    report(SendOutcome(queue.popleft(), None, f"the association broke off while it was being "
+                                                              f"sent ({exc}); the peer may not have kept it"))
         return result
 
     async def retrieve(self, peer: Peer, request: RetrieveRequest, *, method: Literal["move", "get"] = "move",
@@ -365,6 +429,19 @@ class Outbound:
         contexts, roles = get_contexts(request.model, offer)
         async with self.session(peer, contexts, receiver=receiver, roles=roles) as assoc:
             return await c_get(assoc, request.model, request.identifier, progress)
+
+
+async def _c_echo(assoc: Association) -> tuple[int, str]:
+    """C-ECHO-RQ (PS3.7 9.3.5); the response's Status and Error Comment (-1: no response)."""
+    ctx = assoc.context_for(VERIFICATION_SOP_CLASS)
+    if ctx is None:
+        raise LookupError("the peer did not accept the Verification SOP Class")
+    rq = Command.make("C-ECHO-RQ", MessageID=assoc.next_message_id(), AffectedSOPClassUID=VERIFICATION_SOP_CLASS)
+    status, text = -1, ""
+    async for rsp in assoc.request(ctx.context_id, rq):
+        status = int(rsp.command.get("Status", -1))
+        text = str(rsp.command.get("ErrorComment", "") or "")
+    return status, text
 
 
 async def _store_one(assoc: Association, instance: SendableFile) -> SendOutcome:

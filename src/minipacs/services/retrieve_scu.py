@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydicom.config import disable_value_validation
+from pydicom.dataset import Dataset
+
 from minipacs.core.paths import validate_uid
 from minipacs.core.staging import StagingFile
 from minipacs.dicom.levels import RETRIEVE_MODELS
@@ -29,6 +32,7 @@ from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Operation
 from minipacs.services.qr_retrieve import GET_MODELS
 from minipacs.services.status import PENDING, SUCCESS, comment, describe, status_for_store_error
+from minipacs.dicom.identifier import encode_identifier
 
 log = logging.getLogger("minipacs.retrieve_scu")
 
@@ -53,14 +57,12 @@ class KeySyntaxError(ValueError):
     """A key cannot be understood."""
 
 
-def retrieve_identifier(level: str, keys: Mapping[str, str | int | None]) -> bytes:
-    """An identifier (Explicit VR Little Endian) from keys (``Keyword`` or ``gggg,eeee`` -> value,
-    a backslash between values), QueryRetrieveLevel set to ``level`` (PS3.4 C.4.2.1.4)."""
+def retrieve_identifier(level: str, keys: Mapping[str, str | int | None]) -> Dataset:
+    """An identifier from keys (``Keyword`` or ``gggg,eeee`` -> value, a backslash between values),
+    QueryRetrieveLevel set to ``level`` (PS3.4 C.4.2.1.4). It is encoded only once the association
+    says in which transfer syntax (:func:`c_move`, :func:`c_get`)."""
     from pydicom.config import disable_value_validation
     from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-    from pydicom.dataset import Dataset
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
 
     ds = Dataset()
     ds.QueryRetrieveLevel = level.upper()
@@ -84,11 +86,20 @@ def retrieve_identifier(level: str, keys: Mapping[str, str | int | None]) -> byt
         # The peer judges the values (a wildcard UID is its to refuse), not us.
         with disable_value_validation():
             ds.add_new(tag, vr, values if isinstance(values, str) or len(values) != 1 else values[0])
-    buf = DicomBytesIO()
-    buf.is_little_endian = True
-    buf.is_implicit_VR = False
-    write_dataset(buf, ds)
-    return bytes(buf.getvalue())
+    if any(not str(elem.value).isascii() for elem in ds if elem.value is not None):
+        ds.SpecificCharacterSet = "ISO_IR 192"
+    return ds
+
+
+def encode_for(context: NegotiatedContext, identifier: Dataset) -> bytes:
+    """``identifier`` in the transfer syntax the peer accepted for ``context`` (PS3.7 9.3: a
+    message's dataset is encoded in its presentation context's syntax; an archive that accepts
+    only Implicit VR Little Endian, as DCMTK dcmqrscp +xi, cannot read Explicit VR)."""
+    ts = transfer_syntax(context.transfer_syntax)
+    if ts is None:  # pragma: no cover - we only propose syntaxes we know
+        raise LookupError(f"the peer accepted {context.transfer_syntax}, a transfer syntax we cannot encode")
+    with disable_value_validation():
+        return encode_identifier(identifier, ts)
 
 
 @dataclass
@@ -139,7 +150,7 @@ def _update(result: RetrieveResult, message: Message) -> None:
 Progress = Callable[[RetrieveResult], None]
 
 
-async def _retrieve(assoc: Association, rq_name: str, model_uid: str, identifier: bytes,
+async def _retrieve(assoc: Association, rq_name: str, model_uid: str, identifier: Dataset,
                     progress: Progress | None, **fields: Any) -> RetrieveResult:
     ctx = assoc.context_for(model_uid)
     if ctx is None:
@@ -149,21 +160,21 @@ async def _retrieve(assoc: Association, rq_name: str, model_uid: str, identifier
                       **fields)
     result = RetrieveResult()
     # Sub-operations can take long: wait for each response as long as the DIMSE timeout allows.
-    async for rsp in assoc.request(ctx.context_id, rq, identifier):
+    async for rsp in assoc.request(ctx.context_id, rq, encode_for(ctx, identifier)):
         _update(result, rsp)
         if progress is not None:
             progress(result)
     return result
 
 
-async def c_move(assoc: Association, model: str, identifier: bytes, destination: str,
+async def c_move(assoc: Association, model: str, identifier: Dataset, destination: str,
                  progress: Progress | None = None) -> RetrieveResult:
     """C-MOVE-RQ on ``assoc``; returns the final response's counts."""
     return await _retrieve(assoc, "C-MOVE-RQ", MOVE_MODEL_UIDS[model], identifier, progress,
                            MoveDestination=destination)
 
 
-async def c_get(assoc: Association, model: str, identifier: bytes,
+async def c_get(assoc: Association, model: str, identifier: Dataset,
                 progress: Progress | None = None) -> RetrieveResult:
     """C-GET-RQ on ``assoc`` (which must carry a handler for the C-STOREs coming back)."""
     return await _retrieve(assoc, "C-GET-RQ", GET_MODEL_UIDS[model], identifier, progress)
@@ -269,6 +280,6 @@ class FolderStorage(Service):
 
 
 __all__ = [
-    "FolderStorage", "KeySyntaxError", "RetrieveResult", "c_get", "c_move", "get_contexts", "move_contexts",
+    "FolderStorage", "KeySyntaxError", "RetrieveResult", "c_get", "c_move", "encode_for", "get_contexts", "move_contexts",
     "retrieve_identifier",
 ]

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+from minipacs.core.errors import InvalidInstance
+from minipacs.core.header import read_header
 from minipacs.dicom.part10 import NotPart10, Part10File, read_part10
 from minipacs.core.transcode import transcode
 from minipacs.net.association import Association, FileRegion
@@ -26,7 +28,7 @@ from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_EN
 NATIVE_FALLBACK = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 
 __all__ = ["NATIVE_FALLBACK", "NotPart10", "Part10File", "SendableFile", "StoreSummary", "proposal",
-           "read_part10", "scan", "store_file"]
+           "read_part10", "read_sendable", "scan", "store_file"]
 
 
 class SendableFile(Protocol):
@@ -134,17 +136,37 @@ async def store_file(
     return status, text
 
 
+def read_sendable(path: Path) -> Part10File:
+    """A file as C-STORE announces it: its transfer syntax and where its dataset starts from the File
+    Meta Information (PS3.10 7.1), its SOP Class and SOP Instance UIDs from the dataset, as DCMTK
+    storescu does. The C-STORE-RQ's Affected SOP Class/Instance UID must be the dataset's (PS3.4
+    B.2.3, PS3.7 9.1.1.1); a File Meta Information naming other UIDs would get 0xA900 from the peer,
+    or the object filed under the wrong UID. Raises NotPart10 (with the reason) or OSError.
+    """
+    meta = read_part10(path)
+    try:
+        header = read_header(path, meta.dataset_offset, meta.transfer_syntax_uid)
+    except InvalidInstance as exc:
+        raise NotPart10(f"the dataset cannot be read: {exc}") from None
+    sop_class, sop_instance = header.get("SOPClassUID"), header.get("SOPInstanceUID")
+    if not sop_class or not sop_instance:
+        missing = " and ".join(name for name, value in (("SOP Class UID (0008,0016)", sop_class),
+                                                        ("SOP Instance UID (0008,0018)", sop_instance)) if not value)
+        raise NotPart10(f"the dataset has no {missing}; a C-STORE must announce the dataset's UIDs")
+    if (sop_class, sop_instance) == (meta.sop_class_uid, meta.sop_instance_uid):
+        return meta
+    return replace(meta, sop_class_uid=sop_class, sop_instance_uid=sop_instance)
+
+
 def scan(paths: Iterable[Path], summary: StoreSummary) -> list[Part10File]:
     found: list[Part10File] = []
     for path in iter_files(paths):
         if path.name == "DICOMDIR":
             continue
         try:
-            found.append(read_part10(path))
+            found.append(read_sendable(path))
         except NotPart10 as exc:
             summary.skipped.append((path, str(exc)))
         except OSError as exc:
             summary.skipped.append((path, f"cannot read: {exc.strerror}"))
     return found
-
-

@@ -14,21 +14,18 @@ import warnings
 from typing import Any, Final
 
 from pydicom.dataset import Dataset
-from pydicom.valuerep import VR
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from minipacs.core.errors import NotFound
-from minipacs.core.worklist import Worklist, WorklistEntry
+from minipacs.core.worklist import Worklist, WorklistEntry, check_values
 from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
 from minipacs.web.routing import Endpoint
 
 #: Largest worklist entry accepted, in bytes of JSON (an entry is a few kB).
 MAX_ENTRY_BYTES: Final = 1 << 20
-#: PS3.5 Table 6.2-1: the value representations.
-_KNOWN_VRS: Final = frozenset(vr.value for vr in VR if " or " not in vr.value)
 
 
 def entry_json(entry: WorklistEntry) -> dict[str, Any]:
@@ -65,10 +62,7 @@ def _dataset(body: bytes) -> Dataset:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # pydicom's complaints about a value become a refusal
             ds = Dataset.from_json(raw)
-            for elem in ds.iterall():  # values are decoded lazily: read each once, here
-                _ = elem.value
-                if elem.VR not in _KNOWN_VRS:
-                    raise ValueError(f"({elem.tag.group:04X},{elem.tag.element:04X}) has the unknown VR {elem.VR!r}")
+            check_values(ds)  # the ONE value check of typed entries (core/worklist.py), as `worklist add`
     except (ValueError, TypeError, KeyError, AttributeError, IndexError, UserWarning) as exc:
         raise HttpError(400, "invalid_dataset", f"the body is not a PS3.18 JSON dataset: {exc}") from None
     return ds
