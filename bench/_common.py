@@ -64,16 +64,20 @@ def minipacs_cmd() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "minipacs.cli.main"]
 
 
-def start_minipacs(data: Path, port: int, log: Path, env_extra: dict[str, str] | None = None,
-                   prefix: list[str] | None = None) -> subprocess.Popen[bytes]:
+def start_minipacs(
+    data: Path, port: int, log: Path, env_extra: dict[str, str] | None = None, prefix: list[str] | None = None
+) -> subprocess.Popen[bytes]:
     """``minipacs serve`` on 127.0.0.1:port with a fresh ``data`` folder; returns once it listens."""
     if data.exists():
         shutil.rmtree(data)
     data.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, MINIPACS_HTTP_PORT="0")  # the DICOM benchmarks need no HTTP
     env.update(env_extra or {})
-    cmd = (prefix or []) + minipacs_cmd() + ["serve", "--data", str(data), "--port", str(port),
-                                             "--aet", "MINIPACS", "--host", "127.0.0.1"]
+    cmd = (
+        (prefix or [])
+        + minipacs_cmd()
+        + ["serve", "--data", str(data), "--port", str(port), "--aet", "MINIPACS", "--host", "127.0.0.1"]
+    )
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
     try:

@@ -104,8 +104,11 @@ def load_orthanc(base: str, studies: int, workers: int = 4) -> float:
     def post(chunk: range) -> None:
         with httpx.Client(timeout=60) as client:
             for s in chunk:
-                r = client.post(f"{base}/instances", content=study_part10(s, studies, days[s]),
-                                headers={"Content-Type": "application/dicom"})
+                r = client.post(
+                    f"{base}/instances",
+                    content=study_part10(s, studies, days[s]),
+                    headers={"Content-Type": "application/dicom"},
+                )
                 r.raise_for_status()
 
     step = (studies + workers - 1) // workers
@@ -118,10 +121,19 @@ def load_orthanc(base: str, studies: int, workers: int = 4) -> float:
 def start_orthanc(run_dir: Path, port: int, http_port: int) -> subprocess.Popen[bytes]:
     storage = run_dir / "orthanc-db"
     config = {
-        "Name": "bench", "StorageDirectory": str(storage), "IndexDirectory": str(storage), "DicomAet": "ORTHANC",
-        "DicomPort": port, "HttpPort": http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-        "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True, "Plugins": [PLUGIN],
-        "StorageCompression": False, "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "Name": "bench",
+        "StorageDirectory": str(storage),
+        "IndexDirectory": str(storage),
+        "DicomAet": "ORTHANC",
+        "DicomPort": port,
+        "HttpPort": http_port,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": False,
+        "DicomAlwaysAllowStore": True,
+        "Plugins": [PLUGIN],
+        "StorageCompression": False,
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
     }
     (run_dir / "orthanc.json").write_text(json.dumps(config))
     with open(run_dir / "orthanc.log", "wb") as fh:
@@ -134,9 +146,13 @@ def start_orthanc(run_dir: Path, port: int, http_port: int) -> subprocess.Popen[
 def start_minipacs(run_dir: Path, data: Path, port: int, http_port: int) -> subprocess.Popen[bytes]:
     env = dict(os.environ, MINIPACS_HTTP_PORT=str(http_port), MINIPACS_LOG_LEVEL="WARNING")
     with open(run_dir / "minipacs.log", "wb") as fh:
-        proc = subprocess.Popen(minipacs_cmd() + ["serve", "--data", str(data), "--port", str(port), "--host",
-                                                  "127.0.0.1", "--aet", "MINIPACS"],
-                                stdout=fh, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            minipacs_cmd()
+            + ["serve", "--data", str(data), "--port", str(port), "--host", "127.0.0.1", "--aet", "MINIPACS"],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     wait_listening(proc, http_port, timeout=120.0)
     return proc
 
@@ -168,7 +184,7 @@ def wado(client: httpx.Client, root: str, uid: str) -> tuple[float, int, int]:
             nbytes += len(chunk)
             data = tail + chunk
             parts += data.count(boundary)
-            tail = data[-(len(boundary) - 1):] if len(boundary) > 1 else b""
+            tail = data[-(len(boundary) - 1) :] if len(boundary) > 1 else b""
     took = time.perf_counter() - start
     return took, nbytes, parts - 1  # the closing delimiter is one more boundary
 
@@ -185,8 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--qido-rounds", type=int, default=20)
     ap.add_argument("--wado-rounds", type=int, default=3)
     ap.add_argument("--wado-only", action="store_true", help="load only the CT study and measure only WADO-RS")
-    ap.add_argument("--py-spy", type=Path, metavar="FILE",
-                    help="record the minipacs server with py-spy during the WADO-RS rounds (collapsed stacks)")
+    ap.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="FILE",
+        help="record the minipacs server with py-spy during the WADO-RS rounds (collapsed stacks)",
+    )
     args = ap.parse_args(argv)
     if args.wado_only:
         args.studies, args.qido_rounds = 0, 0
@@ -207,12 +227,17 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         if args.studies:
             build_index(data, args.studies)
-        subprocess.run(minipacs_cmd() + ["import", "--no-progress", "--data", str(data), str(ct)], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            minipacs_cmd() + ["import", "--no-progress", "--data", str(data), str(ct)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         info["minipacs_load_s"] = time.perf_counter() - t0
         mp_http = free_port()
-        servers["minipacs"] = (start_minipacs(run_dir, data, free_port(), mp_http),
-                               f"http://127.0.0.1:{mp_http}/dicom-web")
+        servers["minipacs"] = (
+            start_minipacs(run_dir, data, free_port(), mp_http),
+            f"http://127.0.0.1:{mp_http}/dicom-web",
+        )
         print(f"minipacs: {args.studies} studies + CT loaded in {info['minipacs_load_s']:.1f} s", flush=True)
         # Orthanc: POST the same studies, C-STORE the CT study
         o_port, o_http = free_port(), free_port()
@@ -223,11 +248,16 @@ def main(argv: list[str] | None = None) -> int:
         info["orthanc_dicomweb_version"] = plugins.get("Version")
         took = load_orthanc(base, args.studies) if args.studies else 0.0
         info["orthanc_load_studies_s"] = took
-        print(f"orthanc: {args.studies} studies POSTed in {took:.1f} s ({args.studies / max(took, 1e-9):.0f}/s)",
-              flush=True)
+        print(
+            f"orthanc: {args.studies} studies POSTed in {took:.1f} s ({args.studies / max(took, 1e-9):.0f}/s)",
+            flush=True,
+        )
         t0 = time.perf_counter()
-        subprocess.run(minipacs_cmd() + ["store", "--no-progress", "127.0.0.1", str(o_port), "-aec", "ORTHANC",
-                                         str(ct)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            minipacs_cmd() + ["store", "--no-progress", "127.0.0.1", str(o_port), "-aec", "ORTHANC", str(ct)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         info["orthanc_load_ct_s"] = time.perf_counter() - t0
         stats = httpx.get(f"{base}/statistics").json()
         info["orthanc_counts"] = {k: stats[k] for k in ("CountStudies", "CountInstances")}
@@ -244,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             qido(clients[n], servers[n][1], f"PatientID={pids[0] if pids else 'none'}")
             qido(clients[n], servers[n][1], DATE_QUERY)
         for rnd in range(args.qido_rounds):
-            order = names[rnd % 2:] + names[: rnd % 2]
+            order = names[rnd % 2 :] + names[: rnd % 2]
             for n in order:
                 took, c = qido(clients[n], servers[n][1], f"PatientID={pids[rnd]}")
                 res[n]["pid"].append(took)
@@ -257,11 +287,24 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"WARNING: {kind} match counts differ: {counts}", flush=True)
         spy = None
         if args.py_spy:  # collapsed stacks (--format raw), all threads, idle frames dropped
-            spy = subprocess.Popen(["py-spy", "record", "--format", "raw", "--threads", "-r", "250", "-o",
-                                    str(args.py_spy), "-p", str(servers["minipacs"][0].pid)])
+            spy = subprocess.Popen(
+                [
+                    "py-spy",
+                    "record",
+                    "--format",
+                    "raw",
+                    "--threads",
+                    "-r",
+                    "250",
+                    "-o",
+                    str(args.py_spy),
+                    "-p",
+                    str(servers["minipacs"][0].pid),
+                ]
+            )
             time.sleep(1.0)
         for rnd in range(args.wado_rounds):
-            order = names[rnd % 2:] + names[: rnd % 2]
+            order = names[rnd % 2 :] + names[: rnd % 2]
             for n in order:
                 cpu0 = cpu_seconds(servers[n][0].pid)
                 took, nbytes, parts = wado(clients[n], servers[n][1], ct_uid)
@@ -270,8 +313,10 @@ def main(argv: list[str] | None = None) -> int:
                     raise RuntimeError(f"{n} WADO-RS returned {parts} parts, expected {expected}")
                 res[n]["wado"].append((took, nbytes))
                 res[n].setdefault("wado_cpu", []).append(cpu)
-                print(f"WADO round {rnd + 1} {n}: {took:.2f} s, {nbytes / took / 1e6:.0f} MB/s, "
-                      f"server CPU {cpu:.2f} s", flush=True)
+                print(
+                    f"WADO round {rnd + 1} {n}: {took:.2f} s, {nbytes / took / 1e6:.0f} MB/s, server CPU {cpu:.2f} s",
+                    flush=True,
+                )
         if spy is not None:
             stop(spy)
         for c in clients.values():
@@ -281,11 +326,16 @@ def main(argv: list[str] | None = None) -> int:
             stop(proc)
 
     out: dict[str, Any] = {"machine": machine_info(), "info": info, "counts": counts, "rounds": res}
-    med = {n: {"pid_ms": median(res[n]["pid"]) * 1000,
-               "date_ms": median(res[n]["date"]) * 1000,
-               "wado_s": median(t for t, _ in res[n]["wado"]),
-               "wado_mbs": median(b / t / 1e6 for t, b in res[n]["wado"]),
-               "wado_cpu_s": median(res[n].get("wado_cpu", []))} for n in names}
+    med = {
+        n: {
+            "pid_ms": median(res[n]["pid"]) * 1000,
+            "date_ms": median(res[n]["date"]) * 1000,
+            "wado_s": median(t for t, _ in res[n]["wado"]),
+            "wado_mbs": median(b / t / 1e6 for t, b in res[n]["wado"]),
+            "wado_cpu_s": median(res[n].get("wado_cpu", [])),
+        }
+        for n in names
+    }
     ratio = {  # >1 means minipacs faster
         "pid": med["orthanc"]["pid_ms"] / med["minipacs"]["pid_ms"],
         "date": med["orthanc"]["date_ms"] / med["minipacs"]["date_ms"],
@@ -297,22 +347,39 @@ def main(argv: list[str] | None = None) -> int:
         "wado": [o[0] / m[0] for m, o in zip(res["minipacs"]["wado"], res["orthanc"]["wado"], strict=True)],
     }
     out.update(median=med, ratio_of_medians=ratio, per_round=per_round)
-    print(f"\n{args.studies} studies (+ CT study of {expected}); QIDO {args.qido_rounds} rounds, "
-          f"WADO {args.wado_rounds} rounds; ratio = Orthanc time / minipacs time")
+    print(
+        f"\n{args.studies} studies (+ CT study of {expected}); QIDO {args.qido_rounds} rounds, "
+        f"WADO {args.wado_rounds} rounds; ratio = Orthanc time / minipacs time"
+    )
     print("| measure | minipacs | Orthanc | ratio of medians | median per-round ratio |")
     print("|---|---:|---:|---:|---:|")
-    print(f"| QIDO PatientID | {med['minipacs']['pid_ms']:.1f} ms | {med['orthanc']['pid_ms']:.1f} ms | "
-          f"{ratio['pid']:.2f}x | {median(per_round['pid']):.2f}x |")
-    print(f"| QIDO StudyDate month, limit=100 | {med['minipacs']['date_ms']:.1f} ms | "
-          f"{med['orthanc']['date_ms']:.1f} ms | {ratio['date']:.2f}x | {median(per_round['date']):.2f}x |")
-    print(f"| WADO-RS study | {med['minipacs']['wado_s']:.2f} s ({med['minipacs']['wado_mbs']:.0f} MB/s) | "
-          f"{med['orthanc']['wado_s']:.2f} s ({med['orthanc']['wado_mbs']:.0f} MB/s) | {ratio['wado']:.2f}x | "
-          f"{median(per_round['wado']):.2f}x |")
-    print(f"WADO-RS server CPU per request (median): minipacs {med['minipacs']['wado_cpu_s']:.2f} s, "
-          f"Orthanc {med['orthanc']['wado_cpu_s']:.2f} s")
-    print("match counts (median): PatientID", median(counts['minipacs']['pid']), "/",
-          median(counts['orthanc']['pid']), "; date", median(counts['minipacs']['date']),
-          "/", median(counts['orthanc']['date']))
+    print(
+        f"| QIDO PatientID | {med['minipacs']['pid_ms']:.1f} ms | {med['orthanc']['pid_ms']:.1f} ms | "
+        f"{ratio['pid']:.2f}x | {median(per_round['pid']):.2f}x |"
+    )
+    print(
+        f"| QIDO StudyDate month, limit=100 | {med['minipacs']['date_ms']:.1f} ms | "
+        f"{med['orthanc']['date_ms']:.1f} ms | {ratio['date']:.2f}x | {median(per_round['date']):.2f}x |"
+    )
+    print(
+        f"| WADO-RS study | {med['minipacs']['wado_s']:.2f} s ({med['minipacs']['wado_mbs']:.0f} MB/s) | "
+        f"{med['orthanc']['wado_s']:.2f} s ({med['orthanc']['wado_mbs']:.0f} MB/s) | {ratio['wado']:.2f}x | "
+        f"{median(per_round['wado']):.2f}x |"
+    )
+    print(
+        f"WADO-RS server CPU per request (median): minipacs {med['minipacs']['wado_cpu_s']:.2f} s, "
+        f"Orthanc {med['orthanc']['wado_cpu_s']:.2f} s"
+    )
+    print(
+        "match counts (median): PatientID",
+        median(counts["minipacs"]["pid"]),
+        "/",
+        median(counts["orthanc"]["pid"]),
+        "; date",
+        median(counts["minipacs"]["date"]),
+        "/",
+        median(counts["orthanc"]["date"]),
+    )
     print(json.dumps({"info": info, "per_round": per_round}, indent=1))
     (WORK / "results_dicomweb.json").write_text(json.dumps(out, indent=2, default=str))
     return 0

@@ -29,20 +29,26 @@ from sqlalchemy import create_engine, insert
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent / "src"))
 
-from minipacs.config import Settings  # noqa: E402
-from minipacs.index.database import upgrade_schema  # noqa: E402
-from minipacs.dicom.values import normalise_name
-from minipacs.index.schema import Instance, Patient, Series, Study  # noqa: E402
-from minipacs.net.association import AssociationSettings, BytesSink, build_rq, connect  # noqa: E402
-from minipacs.net.dimse import Command  # noqa: E402
-from minipacs.net.dul import Timeouts  # noqa: E402
-from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
-from minipacs.services.find_scu import build_identifier, find  # noqa: E402
 from minipacs.dicom.identifier import encode_identifier
-from minipacs.dicom.uids import STUDY_ROOT_FIND
+from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, STUDY_ROOT_FIND, transfer_syntax
+from minipacs.dicom.values import normalise_name
+from minipacs.index.database import upgrade_schema
+from minipacs.index.schema import Instance, Patient, Series, Study
+from minipacs.net.association import AssociationSettings, BytesSink, build_rq, connect
+from minipacs.net.dimse import Command
+from minipacs.net.dul import Timeouts
+from minipacs.services.find_scu import build_identifier, find
 
-RETURN_KEYS = ["PatientName", "PatientID", "StudyDate", "StudyTime", "AccessionNumber", "StudyDescription",
-               "ModalitiesInStudy", "StudyInstanceUID"]
+RETURN_KEYS = [
+    "PatientName",
+    "PatientID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyDescription",
+    "ModalitiesInStudy",
+    "StudyInstanceUID",
+]
 EXPLICIT_LE = transfer_syntax(EXPLICIT_VR_LITTLE_ENDIAN)
 assert EXPLICIT_LE is not None
 SURNAMES = ["SMITH", "JONES", "MULLER", "GARCIA", "ROSSI", "DUBOIS", "NOWAK", "SILVA", "KIM", "NGUYEN"]
@@ -63,9 +69,19 @@ def build_index(data: Path, studies: int) -> None:
         rows: list[dict[str, Any]] = []
         for p in range(patients):
             name = f"{SURNAMES[p % len(SURNAMES)]}{p:06d}^GIVEN{p % 97}"
-            rows.append({"id": p + 1, "patient_id": f"PID{p:07d}", "issuer_of_patient_id": "", "patient_name": name,
-                         "patient_name_norm": normalise_name(name), "patient_birth_date": dt.date(1950, 1, 1),
-                         "patient_birth_date_raw": "19500101", "patient_sex": "O", "created_at": now})
+            rows.append(
+                {
+                    "id": p + 1,
+                    "patient_id": f"PID{p:07d}",
+                    "issuer_of_patient_id": "",
+                    "patient_name": name,
+                    "patient_name_norm": normalise_name(name),
+                    "patient_birth_date": dt.date(1950, 1, 1),
+                    "patient_birth_date_raw": "19500101",
+                    "patient_sex": "O",
+                    "created_at": now,
+                }
+            )
         conn.execute(insert(Patient), rows)
         first = dt.date(2010, 1, 1)
         for start in range(0, studies, 20000):
@@ -73,22 +89,58 @@ def build_index(data: Path, studies: int) -> None:
             for s in range(start, min(start + 20000, studies)):
                 day = first + dt.timedelta(days=rng.randrange(365 * 15))
                 uid = f"1.2.826.0.1.3680043.10.9.{s + 1}"
-                study_rows.append({
-                    "id": s + 1, "study_instance_uid": uid, "patient_pk": s % patients + 1, "study_date": day,
-                    "study_date_raw": day.strftime("%Y%m%d"), "study_time": dt.time(10, 15),
-                    "study_time_raw": "101500", "accession_number": f"ACC{s:08d}", "study_id": "1",
-                    "study_description": "CT HEAD", "referring_physician_name": "",
-                    "referring_physician_name_norm": "", "created_at": now, "updated_at": now})
-                series_rows.append({"id": s + 1, "series_instance_uid": uid + ".1", "study_pk": s + 1,
-                                    "modality": "CT" if s % 3 else "MR", "series_number": 1,
-                                    "series_description": "", "body_part_examined": "", "series_date": day,
-                                    "series_date_raw": day.strftime("%Y%m%d"), "created_at": now})
-                instance_rows.append({"id": s + 1, "sop_instance_uid": uid + ".1.1", "series_pk": s + 1,
-                                      "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "instance_number": 1,
-                                      "number_of_frames": None, "rows": 512, "columns": 512,
-                                      "transfer_syntax_uid": "1.2.840.10008.1.2.1", "blob_key": f"x/{uid}.dcm",
-                                      "size": 1, "received_at": now, "origin_kind": "bench", "calling_aet": "",
-                                      "called_aet": "", "peer_host": ""})
+                study_rows.append(
+                    {
+                        "id": s + 1,
+                        "study_instance_uid": uid,
+                        "patient_pk": s % patients + 1,
+                        "study_date": day,
+                        "study_date_raw": day.strftime("%Y%m%d"),
+                        "study_time": dt.time(10, 15),
+                        "study_time_raw": "101500",
+                        "accession_number": f"ACC{s:08d}",
+                        "study_id": "1",
+                        "study_description": "CT HEAD",
+                        "referring_physician_name": "",
+                        "referring_physician_name_norm": "",
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                )
+                series_rows.append(
+                    {
+                        "id": s + 1,
+                        "series_instance_uid": uid + ".1",
+                        "study_pk": s + 1,
+                        "modality": "CT" if s % 3 else "MR",
+                        "series_number": 1,
+                        "series_description": "",
+                        "body_part_examined": "",
+                        "series_date": day,
+                        "series_date_raw": day.strftime("%Y%m%d"),
+                        "created_at": now,
+                    }
+                )
+                instance_rows.append(
+                    {
+                        "id": s + 1,
+                        "sop_instance_uid": uid + ".1.1",
+                        "series_pk": s + 1,
+                        "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2",
+                        "instance_number": 1,
+                        "number_of_frames": None,
+                        "rows": 512,
+                        "columns": 512,
+                        "transfer_syntax_uid": "1.2.840.10008.1.2.1",
+                        "blob_key": f"x/{uid}.dcm",
+                        "size": 1,
+                        "received_at": now,
+                        "origin_kind": "bench",
+                        "calling_aet": "",
+                        "called_aet": "",
+                        "peer_host": "",
+                    }
+                )
             conn.execute(insert(Study), study_rows)
             conn.execute(insert(Series), series_rows)
             conn.execute(insert(Instance), instance_rows)
@@ -115,8 +167,13 @@ async def timed(assoc: Any, keys: list[str], decode: bool = False) -> tuple[floa
                 status = code
         return time.perf_counter() - start, count, status
     ctx = assoc.context_for(STUDY_ROOT_FIND)
-    rq = Command.make("C-FIND-RQ", has_dataset=True, MessageID=assoc.next_message_id(), Priority=0,
-                      AffectedSOPClassUID=STUDY_ROOT_FIND)
+    rq = Command.make(
+        "C-FIND-RQ",
+        has_dataset=True,
+        MessageID=assoc.next_message_id(),
+        Priority=0,
+        AffectedSOPClassUID=STUDY_ROOT_FIND,
+    )
     async for rsp in assoc.request(ctx.context_id, rq, encode_identifier(ident, EXPLICIT_LE)):
         code = int(rsp.command.get("Status", -1))
         if code in (0xFF00, 0xFF01):
@@ -138,7 +195,9 @@ async def measure(port: int, studies: int, rounds: int) -> dict[str, Any]:
     cases = {
         "exact PatientID": lambda: [f"PatientID=PID{rng.randrange(patients):07d}"],
         "exact AccessionNumber": lambda: [f"AccessionNumber=ACC{rng.randrange(studies):08d}"],
-        "PatientName wildcard": lambda: [f"PatientName={SURNAMES[rng.randrange(10)].lower()}{rng.randrange(patients // 10):05d}*"],
+        "PatientName wildcard": lambda: [
+            f"PatientName={SURNAMES[rng.randrange(10)].lower()}{rng.randrange(patients // 10):05d}*"
+        ],
         "one-month StudyDate range": lambda: [_month(rng)],
         "one-month StudyDate range, SCU decodes": lambda: [_month(rng)],
     }
@@ -148,8 +207,9 @@ async def measure(port: int, studies: int, rounds: int) -> dict[str, Any]:
         for _ in range(rounds):
             keys = make()
             override = {k.split("=")[0] for k in keys}
-            took, count, status = await timed(assoc, keys + [k for k in returned if k not in override],
-                                              decode=name.endswith("SCU decodes"))
+            took, count, status = await timed(
+                assoc, keys + [k for k in returned if k not in override], decode=name.endswith("SCU decodes")
+            )
             assert status == 0, hex(status)
             times.append(took)
             counts.append(count)
@@ -179,14 +239,32 @@ def main() -> int:
         build_index(data, args.studies)
     print(f"index of {args.studies} studies built in {time.perf_counter() - start:.1f} s", flush=True)
     sys.path.insert(0, str(BENCH))
-    from _common import free_port, listening  # noqa: PLC0415
+    from _common import free_port, listening
 
     port = free_port()
     log = open(BENCH / "work" / "find" / "server.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "minipacs.cli.main", "serve", "--data", str(data), "--port",
-                             str(port), "--host", "127.0.0.1"], stdout=log, stderr=subprocess.STDOUT,
-                            env={"PYTHONPATH": str(BENCH.parent / "src"), "PATH": "/usr/bin:/bin",
-                                 "MINIPACS_FSYNC": "false", "MINIPACS_LOG_LEVEL": "WARNING"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "minipacs.cli.main",
+            "serve",
+            "--data",
+            str(data),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={
+            "PYTHONPATH": str(BENCH.parent / "src"),
+            "PATH": "/usr/bin:/bin",
+            "MINIPACS_FSYNC": "false",
+            "MINIPACS_LOG_LEVEL": "WARNING",
+        },
+    )
     try:
         deadline = time.monotonic() + 60
         while not listening(port):
@@ -201,8 +279,13 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
-    targets = {"exact PatientID": 10, "exact AccessionNumber": 10, "PatientName wildcard": 50,
-               "one-month StudyDate range": 50, "one-month StudyDate range, SCU decodes": 50}
+    targets = {
+        "exact PatientID": 10,
+        "exact AccessionNumber": 10,
+        "PatientName wildcard": 50,
+        "one-month StudyDate range": 50,
+        "one-month StudyDate range, SCU decodes": 50,
+    }
     print(f"\n| query ({args.studies} studies, {args.rounds} rounds) | median | matches | responses/s | target |")
     print("|---|---|---|---|---|")
     for name, target in targets.items():
@@ -210,9 +293,17 @@ def main() -> int:
         print(f"| {name} | {ms:.1f} ms | {count:g} | {count / ms * 1000:.0f} | <= {target} ms |")
     took, count = results["unfiltered"]
     print(f"| unfiltered, streaming | {took:.1f} s | {count} | {count / took:.0f} | >= 5000/s |")
-    (BENCH / "work" / "results_find.json").write_text(json.dumps(
-        {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "studies": args.studies,
-         "rounds": args.rounds, "results": results}, indent=2))
+    (BENCH / "work" / "results_find.json").write_text(
+        json.dumps(
+            {
+                "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "studies": args.studies,
+                "rounds": args.rounds,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import WORK, cpu_seconds, free_port, proc_status, start_minipacs, stop  # noqa: E402
+from _common import WORK, cpu_seconds, free_port, proc_status, start_minipacs, stop
 
 APPLICATION_CONTEXT = b"1.2.840.10008.3.1.1.1"
 VERIFICATION = b"1.2.840.10008.1.1"
@@ -129,13 +129,23 @@ def main(argv: list[str] | None = None) -> int:
     base_pct = 100.0 * base_cpu / base_wall
     ok = pct < 2.0 and open_after == args.associations
     results = {
-        "associations": args.associations, "seconds": idle_wall, "cpu_s": idle_cpu, "pct_core": pct,
-        "baseline_seconds": base_wall, "baseline_cpu_s": base_cpu, "baseline_pct_core": base_pct,
-        "still_open": open_after, "released": released, "server_threads": threads, "target_met": ok,
+        "associations": args.associations,
+        "seconds": idle_wall,
+        "cpu_s": idle_cpu,
+        "pct_core": pct,
+        "baseline_seconds": base_wall,
+        "baseline_cpu_s": base_cpu,
+        "baseline_pct_core": base_pct,
+        "still_open": open_after,
+        "released": released,
+        "server_threads": threads,
+        "target_met": ok,
     }
     print(f"baseline (0 associations): {base_cpu:.2f} s CPU in {base_wall:.1f} s = {base_pct:.2f} % of a core")
-    print(f"{args.associations} idle associations: {idle_cpu:.2f} s CPU in {idle_wall:.1f} s = {pct:.2f} % of a core; "
-          f"{open_after} still open after, {released} released cleanly; server threads {threads}")
+    print(
+        f"{args.associations} idle associations: {idle_cpu:.2f} s CPU in {idle_wall:.1f} s = {pct:.2f} % of a core; "
+        f"{open_after} still open after, {released} released cleanly; server threads {threads}"
+    )
     print(f"target < 2 % of a core: {'MET' if ok else 'MISSED'}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1))

@@ -30,7 +30,7 @@ from pydicom.filewriter import dcmwrite
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+from _common import (
     WORK,
     count_files,
     free_port,
@@ -40,7 +40,7 @@ from _common import (  # noqa: E402
     stop,
     sync_disk,
 )
-from bench_store import send  # noqa: E402
+from bench_store import send
 
 ROWS, COLS, FRAMES = 512, 512, 2048
 PIXEL_BYTES = ROWS * COLS * FRAMES * 2  # 1 GiB
@@ -187,14 +187,20 @@ def main(argv: list[str] | None = None) -> int:
     for target in ("minipacs",) + (() if args.no_storescp else ("storescp",)):
         r = measure(target, WORK / "runs" / f"memory-{target}")
         results[target] = r
-        print(f"{target:9s} {r['seconds']:6.2f} s ({r['mib_per_s']:6.1f} MiB/s)  RSS before {r['rss_before_mb']:6.1f} MiB  "
-              f"max sampled VmRSS {r['rss_max_sampled_mb']:6.1f} MiB  VmHWM {r['vmhwm_mb']:6.1f} MiB  "
-              f"({r['samples']} samples)", flush=True)
+        print(
+            f"{target:9s} {r['seconds']:6.2f} s ({r['mib_per_s']:6.1f} MiB/s)  "
+            f"RSS before {r['rss_before_mb']:6.1f} MiB  "
+            f"max sampled VmRSS {r['rss_max_sampled_mb']:6.1f} MiB  VmHWM {r['vmhwm_mb']:6.1f} MiB  "
+            f"({r['samples']} samples)",
+            flush=True,
+        )
     m = results["minipacs"]
     ok = m["vmhwm_mb"] * MB < 150e6  # type: ignore[index]
     results["target_met"] = ok
-    print(f"target peak RSS < 150 MB (decimal): {'MET' if ok else 'MISSED'} "
-          f"(VmHWM {m['vmhwm_mb']:.1f} MiB = {m['vmhwm_mb'] * MB / 1e6:.1f} MB)")  # type: ignore[index]
+    print(
+        f"target peak RSS < 150 MB (decimal): {'MET' if ok else 'MISSED'} "
+        f"(VmHWM {m['vmhwm_mb']:.1f} MiB = {m['vmhwm_mb'] * MB / 1e6:.1f} MB)"
+    )  # type: ignore[index]
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1))
     return 0

@@ -29,7 +29,7 @@ from pathlib import Path
 import pydicom
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import free_port, machine_info, minipacs_cmd, start_storescp, stop, wait_listening  # noqa: E402
+from _common import free_port, machine_info, minipacs_cmd, start_storescp, stop, wait_listening
 
 WORK = Path(__file__).resolve().parent / "work"
 ORTHANC = "/usr/sbin/Orthanc"
@@ -42,12 +42,29 @@ def study_uid(folder: Path) -> str:
 
 def start_minipacs(run_dir: Path, data: Path, port: int, dest_port: int) -> subprocess.Popen[bytes]:
     cfg = run_dir / "minipacs.toml"
-    cfg.write_text('allow_unregistered = "echo,store,find,move,get"\n'
-                   f'[[nodes]]\nae_title = "STORESCP"\nhost = "127.0.0.1"\nport = {dest_port}\n')
+    cfg.write_text(
+        'allow_unregistered = "echo,store,find,move,get"\n'
+        f'[[nodes]]\nae_title = "STORESCP"\nhost = "127.0.0.1"\nport = {dest_port}\n'
+    )
     with open(run_dir / "minipacs.log", "wb") as fh:
-        proc = subprocess.Popen(minipacs_cmd() + ["serve", "--config", str(cfg), "--data", str(data), "--port",
-                                                  str(port), "--host", "127.0.0.1", "--aet", "MINIPACS"],
-                                stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            minipacs_cmd()
+            + [
+                "serve",
+                "--config",
+                str(cfg),
+                "--data",
+                str(data),
+                "--port",
+                str(port),
+                "--host",
+                "127.0.0.1",
+                "--aet",
+                "MINIPACS",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
     wait_listening(proc, port, timeout=60.0)
     return proc
 
@@ -55,10 +72,20 @@ def start_minipacs(run_dir: Path, data: Path, port: int, dest_port: int) -> subp
 def start_orthanc(run_dir: Path, port: int, http_port: int, dest_port: int) -> subprocess.Popen[bytes]:
     storage = run_dir / "orthanc-db"
     config = {
-        "Name": "bench", "StorageDirectory": str(storage), "IndexDirectory": str(storage), "DicomAet": "ORTHANC",
-        "DicomPort": port, "HttpPort": http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-        "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True, "DicomAlwaysAllowGet": True,
-        "DicomAlwaysAllowMove": True, "Plugins": [], "StorageCompression": False,
+        "Name": "bench",
+        "StorageDirectory": str(storage),
+        "IndexDirectory": str(storage),
+        "DicomAet": "ORTHANC",
+        "DicomPort": port,
+        "HttpPort": http_port,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": False,
+        "DicomAlwaysAllowStore": True,
+        "DicomAlwaysAllowGet": True,
+        "DicomAlwaysAllowMove": True,
+        "Plugins": [],
+        "StorageCompression": False,
         "DicomModalities": {"dest": ["STORESCP", "127.0.0.1", dest_port]},
     }
     (run_dir / "orthanc.json").write_text(json.dumps(config))
@@ -71,8 +98,9 @@ def start_orthanc(run_dir: Path, port: int, http_port: int, dest_port: int) -> s
 def timed(cmd: list[str], log: Path) -> float:
     start = time.perf_counter()
     with open(log, "ab") as fh:
-        res = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ, TCP_NODELAY="1"),
-                             check=False, timeout=1800)
+        res = subprocess.run(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ, TCP_NODELAY="1"), check=False, timeout=1800
+        )
     took = time.perf_counter() - start
     if res.returncode != 0:
         raise RuntimeError(f"{cmd[0]} exited {res.returncode}; see {log}")
@@ -101,27 +129,47 @@ def main(argv: list[str] | None = None) -> int:
     servers: dict[str, tuple[subprocess.Popen[bytes], int, str]] = {}
     try:
         data = run_dir / "minipacs-data"
-        subprocess.run(minipacs_cmd() + ["import", "--no-progress", "--data", str(data), str(data_set)],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            minipacs_cmd() + ["import", "--no-progress", "--data", str(data), str(data_set)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         port = free_port()
         servers["minipacs"] = (start_minipacs(run_dir, data, port, dest_port), port, "MINIPACS")
         if Path(ORTHANC).exists():
             port, http = free_port(), free_port()
             servers["orthanc"] = (start_orthanc(run_dir, port, http, dest_port), port, "ORTHANC")
-            subprocess.run(minipacs_cmd() + ["store", "--no-progress", "127.0.0.1", str(port), "-aec", "ORTHANC",
-                                             str(data_set)], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                minipacs_cmd() + ["store", "--no-progress", "127.0.0.1", str(port), "-aec", "ORTHANC", str(data_set)],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
         results: dict[str, dict[str, list[float]]] = {name: {"move": [], "get": []} for name in servers}
         names = list(servers)
         for rnd in range(args.rounds):
-            order = names[rnd % len(names):] + names[: rnd % len(names)]
+            order = names[rnd % len(names) :] + names[: rnd % len(names)]
             for name in order:
                 proc, port, aec = servers[name]
                 keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid}"]
                 out = run_dir / f"out-{name}"
                 dest = start_storescp(out, dest_port, run_dir / "storescp.log", ["-aet", "STORESCP"])
                 try:
-                    took = timed(["/usr/bin/movescu", "-S", "-aet", "BENCH", "-aec", aec, "-aem", "STORESCP",
-                                  *keys, "127.0.0.1", str(port)], run_dir / f"movescu-{name}.log")
+                    took = timed(
+                        [
+                            "/usr/bin/movescu",
+                            "-S",
+                            "-aet",
+                            "BENCH",
+                            "-aec",
+                            aec,
+                            "-aem",
+                            "STORESCP",
+                            *keys,
+                            "127.0.0.1",
+                            str(port),
+                        ],
+                        run_dir / f"movescu-{name}.log",
+                    )
                 finally:
                     stop(dest)
                 if received(out) != expected:
@@ -129,14 +177,32 @@ def main(argv: list[str] | None = None) -> int:
                 results[name]["move"].append(expected / took)
                 shutil.rmtree(out)
                 out.mkdir()
-                took = timed(["/usr/bin/getscu", "-S", "+B", "-aet", "BENCH", "-aec", aec, "-od", str(out), *keys,
-                              "127.0.0.1", str(port)], run_dir / f"getscu-{name}.log")
+                took = timed(
+                    [
+                        "/usr/bin/getscu",
+                        "-S",
+                        "+B",
+                        "-aet",
+                        "BENCH",
+                        "-aec",
+                        aec,
+                        "-od",
+                        str(out),
+                        *keys,
+                        "127.0.0.1",
+                        str(port),
+                    ],
+                    run_dir / f"getscu-{name}.log",
+                )
                 if received(out) != expected:
                     raise RuntimeError(f"{name} get delivered {received(out)} of {expected}")
                 results[name]["get"].append(expected / took)
                 shutil.rmtree(out)
-                print(f"round {rnd + 1} {name}: move {results[name]['move'][-1]:.0f}/s, "
-                      f"get {results[name]['get'][-1]:.0f}/s", flush=True)
+                print(
+                    f"round {rnd + 1} {name}: move {results[name]['move'][-1]:.0f}/s, "
+                    f"get {results[name]['get'][-1]:.0f}/s",
+                    flush=True,
+                )
     finally:
         for proc, _port, _aec in servers.values():
             stop(proc)
@@ -146,10 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, ops in summary.items():
         print(f"{name:<10} {ops['move']:>8.0f} {ops['get']:>8.0f}")
     if "orthanc" in summary:
-        print(f"{'ratio':<10} {summary['minipacs']['move'] / summary['orthanc']['move']:>7.2f}x "
-              f"{summary['minipacs']['get'] / summary['orthanc']['get']:>7.2f}x")
-    (args.work / "results_retrieve.json").write_text(json.dumps(
-        {"machine": machine_info(), "instances": expected, "rounds": results, "median": summary}, indent=2))
+        print(
+            f"{'ratio':<10} {summary['minipacs']['move'] / summary['orthanc']['move']:>7.2f}x "
+            f"{summary['minipacs']['get'] / summary['orthanc']['get']:>7.2f}x"
+        )
+    (args.work / "results_retrieve.json").write_text(
+        json.dumps({"machine": machine_info(), "instances": expected, "rounds": results, "median": summary}, indent=2)
+    )
     return 0
 
 

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+from _common import (
     STORESCU,
     WORK,
     count_files,
@@ -92,8 +92,14 @@ def run_one(target: str, set_name: str, folder: Path, expected: int, run_dir: Pa
         raise RuntimeError(f"minipacs exited with {rc} after SIGINT; see {run_dir / 'server.log'}")
     shutil.rmtree(out, ignore_errors=True)
     sync_disk()
-    return {"target": target, "set": set_name, "seconds": took, "per_s": expected / took,
-            "server_cpu_s": cpu, "stored": stored}
+    return {
+        "target": target,
+        "set": set_name,
+        "seconds": took,
+        "per_s": expected / took,
+        "server_cpu_s": cpu,
+        "stored": stored,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,8 +129,11 @@ def main(argv: list[str] | None = None) -> int:
                 r = run_one(target, set_name, folder, expected, WORK / "runs" / f"{set_name}-{target}-{rnd}")
                 r["round"] = rnd
                 runs.append(r)
-                print(f"  {set_name:5s} round {rnd} {target:14s} {r['seconds']:7.2f} s  "
-                      f"{r['per_s']:8.1f} inst/s  server CPU {r['server_cpu_s']:6.2f} s", flush=True)
+                print(
+                    f"  {set_name:5s} round {rnd} {target:14s} {r['seconds']:7.2f} s  "
+                    f"{r['per_s']:8.1f} inst/s  server CPU {r['server_cpu_s']:6.2f} s",
+                    flush=True,
+                )
     summary: dict[str, dict[str, dict[str, float]]] = {}
     for set_name in sets:
         summary[set_name] = {}
@@ -158,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             s = summary[set_name][target]
             rat = summary[set_name].get("ratios", {}).get(target)  # type: ignore[union-attr]
             rtxt = "" if rat is None else f"{rat['median']:.2f}x  ({', '.join(f'{x:.2f}' for x in rat['per_round'])})"
-            print(f"{set_name:6s} {target:14s} {s['median_seconds']:9.2f} {s['median_per_s']:9.1f} "
-                  f"{s['median_server_cpu_s']:9.2f}  {rtxt}")
+            print(
+                f"{set_name:6s} {target:14s} {s['median_seconds']:9.2f} {s['median_per_s']:9.1f} "
+                f"{s['median_server_cpu_s']:9.2f}  {rtxt}"
+            )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"runs": runs, "summary": summary, "rounds": args.rounds}, indent=1))
     return 0

@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import WORK, count_files, free_port, start_minipacs, stop  # noqa: E402
-from bench_store import SETS, send  # noqa: E402
-
+from _common import WORK, count_files, free_port, start_minipacs, stop
+from bench_store import SETS, send
 
 #: Leaf frames where a thread waits rather than works (py-spy's idle detection misses
 #: these: the GIL is released inside C calls it does not recognise as waits).
@@ -78,8 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--set", default="small", choices=sorted(SETS))
     ap.add_argument("--top", type=int, default=30)
-    ap.add_argument("--gil", action="store_true",
-                    help="sample only the thread holding the GIL (Python CPU; hides fsync and other waits)")
+    ap.add_argument(
+        "--gil",
+        action="store_true",
+        help="sample only the thread holding the GIL (Python CPU; hides fsync and other waits)",
+    )
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second [250]")
     args = ap.parse_args(argv)
     pyspy = shutil.which("py-spy")
@@ -96,9 +98,24 @@ def main(argv: list[str] | None = None) -> int:
     server = spy = None
     try:
         server = start_minipacs(outdir / "data", port, outdir / "server.log")
-        spy = subprocess.Popen([pyspy, "record", "--pid", str(server.pid), "--format", "raw", "--threads",
-                                "--rate", str(args.rate), "-o", str(raw), *(["--gil"] if args.gil else [])],
-                               stdout=subprocess.DEVNULL, stderr=open(outdir / "py-spy.log", "wb"))
+        spy = subprocess.Popen(
+            [
+                pyspy,
+                "record",
+                "--pid",
+                str(server.pid),
+                "--format",
+                "raw",
+                "--threads",
+                "--rate",
+                str(args.rate),
+                "-o",
+                str(raw),
+                *(["--gil"] if args.gil else []),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(outdir / "py-spy.log", "wb"),  # noqa: SIM115 - py-spy keeps it until it exits
+        )
         time.sleep(1.0)  # let py-spy attach
         took = send(folder, port, outdir / "storescu.log")
         stored = count_files(outdir / "data" / "storage", ".dcm")
@@ -115,8 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     s = summarize(raw, args.rate, expected, args.top)
     for thread, t in s["threads"].items():  # type: ignore[union-attr]
-        print(f"\n== thread {thread}: busy {t['busy_s']:.2f} s (idle-wait {t['idle_s']:.2f} s), "
-              f"{t['busy_ms_per_instance']:.3f} ms busy per instance")
+        print(
+            f"\n== thread {thread}: busy {t['busy_s']:.2f} s (idle-wait {t['idle_s']:.2f} s), "
+            f"{t['busy_ms_per_instance']:.3f} ms busy per instance"
+        )
         print("   inclusive ms/instance:")
         for frame, v in t["inclusive"]:
             print(f"   {v:7.3f}  {frame}")

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BENCH, WORK, machine_info  # noqa: E402
+from _common import BENCH, WORK, machine_info
 
 BEGIN, END = "<!-- BEGIN MEASURED -->", "<!-- END MEASURED -->"
 
@@ -45,21 +45,32 @@ def render() -> str:
                     continue
                 r = ratios.get(target)
                 rtxt = "" if r is None else f"**{r['median']:.2f}x** ({', '.join(f'{x:.2f}' for x in r['per_round'])})"
-                lines.append(f"| {set_name} ({s['count']}) | {target} | {s['median_seconds']:.2f} | "
-                             f"{s['median_per_s']:.1f} | {s['median_server_cpu_s']:.2f} | {rtxt} |")
-        lines += ["", "All runs:", "", "| set | round | target | wall s | instances/s | server CPU s |",
-                  "|---|---:|---|---:|---:|---:|"]
+                lines.append(
+                    f"| {set_name} ({s['count']}) | {target} | {s['median_seconds']:.2f} | "
+                    f"{s['median_per_s']:.1f} | {s['median_server_cpu_s']:.2f} | {rtxt} |"
+                )
+        lines += [
+            "",
+            "All runs:",
+            "",
+            "| set | round | target | wall s | instances/s | server CPU s |",
+            "|---|---:|---|---:|---:|---:|",
+        ]
         for r in store["runs"]:
-            lines.append(f"| {r['set']} | {r['round']} | {r['target']} | {r['seconds']:.2f} | {r['per_s']:.1f} | "
-                         f"{r['server_cpu_s']:.2f} |")
+            lines.append(
+                f"| {r['set']} | {r['round']} | {r['target']} | {r['seconds']:.2f} | {r['per_s']:.1f} | "
+                f"{r['server_cpu_s']:.2f} |"
+            )
         lines.append("")
         for set_name, per in store["summary"].items():
             r = per.get("ratios", {}).get("storescp")
             if r:
                 met = r["median"] >= 0.8
                 short = "" if met else f"; needs {0.8 / r['median']:.1f}x more throughput to reach 0.8x"
-                lines.append(f"- target >= 0.8x storescp on **{set_name}**: "
-                             f"{'MET' if met else 'MISSED'} ({r['median']:.2f}x{short})")
+                lines.append(
+                    f"- target >= 0.8x storescp on **{set_name}**: "
+                    f"{'MET' if met else 'MISSED'} ({r['median']:.2f}x{short})"
+                )
         lines.append("")
     mem = _load("results_memory.json")
     if mem:
@@ -72,11 +83,17 @@ def render() -> str:
         for target in ("minipacs", "storescp"):
             m = mem.get(target)
             if m:
-                lines.append(f"| {target} | {m['seconds']:.2f} | {m['mib_per_s']:.0f} | {m['rss_before_mb']:.1f} | "
-                             f"{m['rss_max_sampled_mb']:.1f} | {m['vmhwm_mb']:.1f} |")
+                lines.append(
+                    f"| {target} | {m['seconds']:.2f} | {m['mib_per_s']:.0f} | {m['rss_before_mb']:.1f} | "
+                    f"{m['rss_max_sampled_mb']:.1f} | {m['vmhwm_mb']:.1f} |"
+                )
         m = mem["minipacs"]
-        lines += ["", f"- target peak RSS < 150 MB: {'MET' if mem['target_met'] else 'MISSED'} "
-                      f"(minipacs VmHWM {m['vmhwm_mb'] * 2**20 / 1e6:.1f} MB)", ""]
+        lines += [
+            "",
+            f"- target peak RSS < 150 MB: {'MET' if mem['target_met'] else 'MISSED'} "
+            f"(minipacs VmHWM {m['vmhwm_mb'] * 2**20 / 1e6:.1f} MB)",
+            "",
+        ]
     idle = _load("results_idle.json")
     if idle:
         lines += [

@@ -24,8 +24,16 @@ COMMIT_INSTANCE = "1.2.840.10008.1.20.1.1"
 
 @asynccontextmanager
 async def serving(tmp_path: Path, **settings: Any) -> AsyncIterator[App]:
-    base = Settings(data_dir=tmp_path / "data", host="127.0.0.1", port=0, ae_title=SERVER_AE, fsync=False,
-                    acse_timeout=3.0, dimse_timeout=5.0, connect_timeout=3.0)
+    base = Settings(
+        data_dir=tmp_path / "data",
+        host="127.0.0.1",
+        port=0,
+        ae_title=SERVER_AE,
+        fsync=False,
+        acse_timeout=3.0,
+        dimse_timeout=5.0,
+        connect_timeout=3.0,
+    )
     app = await build_app(dataclasses.replace(base, **settings))
     await app.dicom.start()
     try:
@@ -34,8 +42,9 @@ async def serving(tmp_path: Path, **settings: Any) -> AsyncIterator[App]:
         await app.close(grace=1.0)
 
 
-def mpps_create(study_uid: str, accession: str = "ACC1", status: str = "IN PROGRESS",
-                drop: Sequence[str] = ()) -> Dataset:
+def mpps_create(
+    study_uid: str, accession: str = "ACC1", status: str = "IN PROGRESS", drop: Sequence[str] = ()
+) -> Dataset:
     """An N-CREATE attribute list as PS3.4 Table F.7.2-1 asks, minus ``drop``."""
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
@@ -74,8 +83,9 @@ def mpps_create(study_uid: str, accession: str = "ACC1", status: str = "IN PROGR
     return ds
 
 
-def mpps_final(series_uid: str, sop_uids: Sequence[str], status: str = "COMPLETED",
-               sop_class: str = "1.2.840.10008.5.1.4.1.1.2") -> Dataset:
+def mpps_final(
+    series_uid: str, sop_uids: Sequence[str], status: str = "COMPLETED", sop_class: str = "1.2.840.10008.5.1.4.1.1.2"
+) -> Dataset:
     """The N-SET that ends the step, with the Performed Series Sequence referencing the images."""
     ds = Dataset()
     ds.PerformedProcedureStepStatus = status
@@ -113,8 +123,9 @@ def commitment_request(transaction: str, refs: Sequence[tuple[str, str]]) -> Dat
     return ds
 
 
-def with_scu(port: int, body: Callable[[Any], T], contexts: Sequence[str], *, calling: str = "CT01",
-             handlers: Sequence[Any] = ()) -> T:
+def with_scu(
+    port: int, body: Callable[[Any], T], contexts: Sequence[str], *, calling: str = "CT01", handlers: Sequence[Any] = ()
+) -> T:
     """Associate as ``calling`` with pynetdicom, run ``body(assoc)``, release. Blocking: use a thread."""
     ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30

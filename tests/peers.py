@@ -88,8 +88,9 @@ def minipacs_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "minipacs.cli.main", *args]
 
 
-def start_server(tmp: Path, *extra: str, env: dict[str, str] | None = None, port: int | None = None,
-                 ae_title: str = "MINIPACS") -> ServerProcess:
+def start_server(
+    tmp: Path, *extra: str, env: dict[str, str] | None = None, port: int | None = None, ae_title: str = "MINIPACS"
+) -> ServerProcess:
     port = port or free_port()
     data = tmp / "data"
     log_path = tmp / "server.log"
@@ -99,14 +100,27 @@ def start_server(tmp: Path, *extra: str, env: dict[str, str] | None = None, port
     full_env.update(env or {})
     with open(log_path, "wb") as log_fh:
         proc = subprocess.Popen(
-            minipacs_cmd("-v", "serve", "--data", str(data), "--port", str(port), "--host", "127.0.0.1",
-                         "--aet", ae_title, *extra),
-            stdout=log_fh, stderr=subprocess.STDOUT, env=full_env,
+            minipacs_cmd(
+                "-v",
+                "serve",
+                "--data",
+                str(data),
+                "--port",
+                str(port),
+                "--host",
+                "127.0.0.1",
+                "--aet",
+                ae_title,
+                *extra,
+            ),
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+            env=full_env,
         )
     server = ServerProcess(proc, port, data, log_path, ae_title)
     try:
         wait_for_port("127.0.0.1", port, proc=proc)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any start-up failure: stop it and show its log
         server.stop()
         raise RuntimeError("minipacs serve did not start:\n" + server.log_text()) from None
     return server

@@ -38,13 +38,19 @@ def test_a_failed_start_closes_the_archive(tmp_path: Path, monkeypatch: pytest.M
 
 @pytest.mark.parametrize("check_calling_host", [False, True])
 def test_start_up_says_when_any_host_can_retrieve_with_a_title(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture, check_calling_host: bool) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, check_calling_host: bool
+) -> None:
     """Issue 8 item 16: registered nodes with move/get rights and check_calling_host off."""
     from minipacs.bootstrap import open_registry
     from minipacs.core.nodes import Node
 
-    settings = Settings(data_dir=tmp_path / "data", port=0, fsync=False, check_calling_host=check_calling_host,
-                        nodes=(Node("WS_7", "127.0.0.3", 104, permissions=frozenset({"find", "move"})),))
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        port=0,
+        fsync=False,
+        check_calling_host=check_calling_host,
+        nodes=(Node("WS_7", "127.0.0.3", 104, permissions=frozenset({"find", "move"})),),
+    )
 
     async def start() -> None:
         archive = await bootstrap.open_archive(settings)

@@ -60,10 +60,12 @@ ALLOWED: dict[str, frozenset[str]] = {
 
 # The import edges (importing module, imported module) that run against the
 # layers today. Delete an entry when its import is gone; never add one.
-KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset({
-    # blobs -> core: the file store raises the core's errors (InvalidIdentifier, NotFound)
-    ("minipacs.blobs.filesystem", "minipacs.core.errors"),
-})
+KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset(
+    {
+        # blobs -> core: the file store raises the core's errors (InvalidIdentifier, NotFound)
+        ("minipacs.blobs.filesystem", "minipacs.core.errors"),
+    }
+)
 
 
 # ------------------------------------------------------------------ reading
@@ -196,8 +198,7 @@ def test_every_package_has_a_layer() -> None:
 def test_no_import_runs_up_the_layers() -> None:
     new = violations(EDGES) - KNOWN_VIOLATIONS
     assert not new, (
-        "these imports run up the layers of ARCHITECTURE.md; import downward only, or move the code:\n"
-        + _listing(new)
+        "these imports run up the layers of ARCHITECTURE.md; import downward only, or move the code:\n" + _listing(new)
     )
 
 
@@ -224,25 +225,28 @@ def _write(root: Path, files: dict[str, str]) -> Path:
 
 def test_checker_finds_every_kind_of_import(tmp_path: Path) -> None:
     """Imports in functions, under TYPE_CHECKING, relative, and ``from package import module``."""
-    src = _write(tmp_path, {
-        "__init__.py": "VERSION = '1'\n",
-        "config.py": "",
-        "net/__init__.py": "",
-        "net/dul.py": "from minipacs import VERSION\nfrom . import fsm\nfrom .fsm import State\n",
-        "net/fsm.py": "",
-        "core/__init__.py": "",
-        "core/archive.py": (
-            "from typing import TYPE_CHECKING\n"
-            "if TYPE_CHECKING:\n    from minipacs.web.app import App\n"
-            "def f() -> None:\n    import minipacs.net.dul as dul\n"
-            "from minipacs import config\n"
-            "from ..index import repo\n"
-        ),
-        "index/__init__.py": "",
-        "index/repo.py": "",
-        "web/__init__.py": "",
-        "web/app.py": "",
-    })
+    src = _write(
+        tmp_path,
+        {
+            "__init__.py": "VERSION = '1'\n",
+            "config.py": "",
+            "net/__init__.py": "",
+            "net/dul.py": "from minipacs import VERSION\nfrom . import fsm\nfrom .fsm import State\n",
+            "net/fsm.py": "",
+            "core/__init__.py": "",
+            "core/archive.py": (
+                "from typing import TYPE_CHECKING\n"
+                "if TYPE_CHECKING:\n    from minipacs.web.app import App\n"
+                "def f() -> None:\n    import minipacs.net.dul as dul\n"
+                "from minipacs import config\n"
+                "from ..index import repo\n"
+            ),
+            "index/__init__.py": "",
+            "index/repo.py": "",
+            "web/__init__.py": "",
+            "web/app.py": "",
+        },
+    )
     edges = import_edges(src)
     assert edges == {
         ("minipacs.net.dul", "minipacs"),

@@ -38,8 +38,11 @@ def _name(cn: str, org: str = "minipacs tests") -> x509.Name:
 def _write(folder: Path, stem: str, key: rsa.RSAPrivateKey, cert: x509.Certificate) -> KeyPair:
     pair = KeyPair(folder / f"{stem}.pem", folder / f"{stem}.key")
     pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pair.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                           serialization.NoEncryption()))
+    pair.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+    )
     return pair
 
 
@@ -47,32 +50,53 @@ def _ca(cn: str) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     now = dt.datetime.now(dt.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(cn)).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(_name(cn))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
         .not_valid_after(now + dt.timedelta(days=2))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     return key, cert
 
 
-def _leaf(ca_key: rsa.RSAPrivateKey, ca_cert: x509.Certificate, name: x509.Name,
-          *usage: x509.ObjectIdentifier) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+def _leaf(
+    ca_key: rsa.RSAPrivateKey, ca_cert: x509.Certificate, name: x509.Name, *usage: x509.ObjectIdentifier
+) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     now = dt.datetime.now(dt.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(ca_cert.subject).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
         .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage(list(usage)), critical=False)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                       critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -84,11 +108,16 @@ def make_pki(folder: Path) -> Certificates:
     ca_key, ca_cert = _ca("minipacs test CA")
     ca = folder / "ca.pem"
     ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    server = _write(folder, "server", *_leaf(ca_key, ca_cert, _name("minipacs"), ExtendedKeyUsageOID.SERVER_AUTH,
-                                             ExtendedKeyUsageOID.CLIENT_AUTH))
-    client = _write(folder, "client", *_leaf(ca_key, ca_cert, _name("ECHOSCU", "Test Modality"),
-                                             ExtendedKeyUsageOID.CLIENT_AUTH))
+    server = _write(
+        folder,
+        "server",
+        *_leaf(ca_key, ca_cert, _name("minipacs"), ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
+    )
+    client = _write(
+        folder, "client", *_leaf(ca_key, ca_cert, _name("ECHOSCU", "Test Modality"), ExtendedKeyUsageOID.CLIENT_AUTH)
+    )
     other_key, other_cert = _ca("some other CA")
-    stranger = _write(folder, "stranger", *_leaf(other_key, other_cert, _name("STRANGER"),
-                                                 ExtendedKeyUsageOID.CLIENT_AUTH))
+    stranger = _write(
+        folder, "stranger", *_leaf(other_key, other_cert, _name("STRANGER"), ExtendedKeyUsageOID.CLIENT_AUTH)
+    )
     return Certificates(ca, server, client, stranger)

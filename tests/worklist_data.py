@@ -8,8 +8,17 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 
-def entry(patient_id: str, name: str, accession: str, modality: str, station: str, date: str, time: str,
-          physician: str = "Strange^Stephen", study_uid: str = "") -> Dataset:
+def entry(
+    patient_id: str,
+    name: str,
+    accession: str,
+    modality: str,
+    station: str,
+    date: str,
+    time: str,
+    physician: str = "Strange^Stephen",
+    study_uid: str = "",
+) -> Dataset:
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.PatientName = name

@@ -57,8 +57,9 @@ def tls_server(settings: Settings) -> ssl.SSLContext | None:
     if not settings.tls_port:
         return None
     try:
-        return server_context(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file,
-                              settings.tls_require_client_cert)
+        return server_context(
+            settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file, settings.tls_require_client_cert
+        )
     except TLSConfigError as exc:
         raise ConfigError(str(exc)) from exc
 
@@ -76,13 +77,18 @@ def association_settings(settings: Settings, ae_title: str | None = None) -> Ass
 def outbound(settings: Settings, archive: Archive) -> Outbound:
     """Echo, query, send and retrieve to other nodes as ``settings.ae_title`` (services/outbound.py),
     C-GET receiving into ``archive``; given to the web edge (it imports neither bootstrap nor net/)."""
-    return Outbound(OutboundSettings(association_settings(settings), connect_timeout=settings.connect_timeout),
-                    archive)
+    return Outbound(OutboundSettings(association_settings(settings), connect_timeout=settings.connect_timeout), archive)
+
+
 def archive_settings(settings: Settings) -> ArchiveSettings:
-    return ArchiveSettings(data_dir=settings.data_dir, fsync=settings.fsync,
-                           max_dataset_bytes=settings.max_dataset_bytes, duplicate_policy=settings.duplicate_policy,
-                           max_inflate_ratio=settings.max_inflate_ratio,
-                           max_sequence_depth=settings.max_sequence_depth)
+    return ArchiveSettings(
+        data_dir=settings.data_dir,
+        fsync=settings.fsync,
+        max_dataset_bytes=settings.max_dataset_bytes,
+        duplicate_policy=settings.duplicate_policy,
+        max_inflate_ratio=settings.max_inflate_ratio,
+        max_sequence_depth=settings.max_sequence_depth,
+    )
 
 
 async def open_archive(settings: Settings) -> Archive:
@@ -147,18 +153,23 @@ async def open_registry(settings: Settings, archive: Archive) -> tuple[NodeRegis
     exposed = calling_host_warning(nodes, settings.check_calling_host)
     if exposed:
         log.warning("AE registry: %s", exposed)
-    log.info("AE registry: %d node(s); unregistered callers may %s%s", len(nodes),
-             ", ".join(settings.allow_unregistered) or "not connect",
-             "; registered callers must come from their registered host" if settings.check_calling_host else "")
+    log.info(
+        "AE registry: %d node(s); unregistered callers may %s%s",
+        len(nodes),
+        ", ".join(settings.allow_unregistered) or "not connect",
+        "; registered callers must come from their registered host" if settings.check_calling_host else "",
+    )
     return registry, access
 
 
 async def build_app(settings: Settings) -> App:
     server_tls, client_tls = tls_server(settings), tls_client(settings)  # unusable files: ConfigError, now
     if settings.dicom_user_identity != "ignore" and not settings.users:
-        log.warning("dicom_user_identity is %r but no [[users]] are configured: every association that %s "
-                    "will be rejected", settings.dicom_user_identity,
-                    "is made" if settings.dicom_user_identity == "required" else "sends a user identity")
+        log.warning(
+            "dicom_user_identity is %r but no [[users]] are configured: every association that %s will be rejected",
+            settings.dicom_user_identity,
+            "is made" if settings.dicom_user_identity == "required" else "sends a user identity",
+        )
     archive = await open_archive(settings)
     try:
         registry, access = await open_registry(settings, archive)
@@ -171,13 +182,23 @@ async def build_app(settings: Settings) -> App:
         raise
     server = DicomServer(
         settings.ae_title,
-        [VerificationSCP(), StorageSCP(archive, scu_role=True),
-         QueryRetrieveFindSCP(archive, max_results=settings.max_results or None, ae_title=settings.ae_title),
-         MoveSCP(archive, registry, connect_timeout=settings.connect_timeout,
-                 association_logger=archive.record_association),
-         GetSCP(archive), ModalityWorklistSCP(Worklist(archive)), MPPSSCP(steps),
-         StorageCommitmentSCP(archive, registry, association_settings(settings),
-                              connect_timeout=settings.connect_timeout)],
+        [
+            VerificationSCP(),
+            StorageSCP(archive, scu_role=True),
+            QueryRetrieveFindSCP(archive, max_results=settings.max_results or None, ae_title=settings.ae_title),
+            MoveSCP(
+                archive,
+                registry,
+                connect_timeout=settings.connect_timeout,
+                association_logger=archive.record_association,
+            ),
+            GetSCP(archive),
+            ModalityWorklistSCP(Worklist(archive)),
+            MPPSSCP(steps),
+            StorageCommitmentSCP(
+                archive, registry, association_settings(settings), connect_timeout=settings.connect_timeout
+            ),
+        ],
         host=settings.host,
         port=settings.port,
         max_associations=settings.max_associations,
@@ -190,8 +211,9 @@ async def build_app(settings: Settings) -> App:
         tls_port=settings.tls_port,
         tls_context=server_tls,
         tls_client=client_tls,
-        identity=UserIdentityPolicy(settings.dicom_user_identity, settings.users,
-                                    trust_usernames=settings.dicom_trust_usernames),
+        identity=UserIdentityPolicy(
+            settings.dicom_user_identity, settings.users, trust_usernames=settings.dicom_trust_usernames
+        ),
         max_pending_connections=settings.max_pending_connections,
         max_pending_per_host=settings.max_pending_per_host,
         handshake_timeout=settings.handshake_timeout,
@@ -205,14 +227,22 @@ async def start_hl7(settings: Settings, app: App) -> MLLPServer | None:
     """The HL7 v2 MLLP order listener when hl7_port > 0 (orders -> the worklist)."""
     if settings.hl7_port <= 0:
         return None
-    server = MLLPServer(OrderReceiver(Worklist(app.archive), settings.ae_title), host=settings.hl7_host, port=settings.hl7_port,
-                        max_message_bytes=settings.hl7_max_message_bytes, idle_timeout=settings.hl7_idle_timeout,
-                        application=settings.ae_title)
+    server = MLLPServer(
+        OrderReceiver(Worklist(app.archive), settings.ae_title),
+        host=settings.hl7_host,
+        port=settings.hl7_port,
+        max_message_bytes=settings.hl7_max_message_bytes,
+        idle_timeout=settings.hl7_idle_timeout,
+        application=settings.ae_title,
+    )
     try:
         await server.start()
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot listen for HL7 on {settings.hl7_host}:{settings.hl7_port}: "
-                      f"{exc.strerror} (is another server using that port? set hl7_port = 0 to turn HL7 off)") from exc
+        raise OSError(
+            exc.errno,
+            f"cannot listen for HL7 on {settings.hl7_host}:{settings.hl7_port}: "
+            f"{exc.strerror} (is another server using that port? set hl7_port = 0 to turn HL7 off)",
+        ) from exc
     return server
 
 
@@ -233,13 +263,23 @@ async def serve(settings: Settings, on_ready: Callable[[App], None] | None = Non
         except TLSListenError:
             raise
         except OSError as exc:
-            raise OSError(exc.errno, f"cannot listen for DICOM on {settings.host}:{settings.port}: {exc.strerror} "
-                          "(is another server using that port?)") from exc
-        web = f"http://{'127.0.0.1' if settings.http_host in ('0.0.0.0', '::', '') else settings.http_host}" \
-              f":{settings.http_port}/"
-        log.info("minipacs ready: AE %s, DICOM port %d%s, data in %s; %s", settings.ae_title, app.dicom.port,
-                 f", DICOM TLS port {app.dicom.tls_port}" if app.dicom.tls_context is not None else "",
-                 settings.data_dir.resolve(), f"web UI at {web}" if settings.http_port else "no HTTP (http_port = 0)")
+            raise OSError(
+                exc.errno,
+                f"cannot listen for DICOM on {settings.host}:{settings.port}: {exc.strerror} "
+                "(is another server using that port?)",
+            ) from exc
+        web = (
+            f"http://{'127.0.0.1' if settings.http_host in ('0.0.0.0', '::', '') else settings.http_host}"
+            f":{settings.http_port}/"
+        )
+        log.info(
+            "minipacs ready: AE %s, DICOM port %d%s, data in %s; %s",
+            settings.ae_title,
+            app.dicom.port,
+            f", DICOM TLS port {app.dicom.tls_port}" if app.dicom.tls_context is not None else "",
+            settings.data_dir.resolve(),
+            f"web UI at {web}" if settings.http_port else "no HTTP (http_port = 0)",
+        )
         hl7 = await start_hl7(settings, app)
         if on_ready is not None:
             on_ready(app)

@@ -10,14 +10,13 @@ import difflib
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Final
 
 from minipacs.core.model import DuplicatePolicy
 from minipacs.core.nodes import OPERATIONS, InvalidNode, Node, node_from_mapping
-from minipacs.core.users import (DICOM_IDENTITY_MODES, ApiToken, InvalidUser, User, token_from_mapping,
-                                 user_from_mapping)
+from minipacs.core.users import DICOM_IDENTITY_MODES, ApiToken, InvalidUser, User, token_from_mapping, user_from_mapping
 
 MiB = 1024 * 1024
 
@@ -167,15 +166,18 @@ class Settings:
         if self.tls_require_client_cert and not self.tls_ca_file:
             raise ConfigError("tls_require_client_cert needs tls_ca_file, the CA that signs the clients' certificates")
         if self.dicom_user_identity not in DICOM_IDENTITY_MODES:
-            raise ConfigError(f"dicom_user_identity {self.dicom_user_identity!r} must be one of "
-                              f"{', '.join(DICOM_IDENTITY_MODES)}")
+            raise ConfigError(
+                f"dicom_user_identity {self.dicom_user_identity!r} must be one of {', '.join(DICOM_IDENTITY_MODES)}"
+            )
         if self.max_associations < 1:
             raise ConfigError("max_associations must be at least 1")
         if self.max_pending_connections < 1 or self.max_pending_per_host < 1:
             raise ConfigError("max_pending_connections and max_pending_per_host must be at least 1")
         if self.max_pending_per_host > self.max_pending_connections:
-            raise ConfigError(f"max_pending_per_host ({self.max_pending_per_host}) is more than "
-                              f"max_pending_connections ({self.max_pending_connections}); lower it or raise the total")
+            raise ConfigError(
+                f"max_pending_per_host ({self.max_pending_per_host}) is more than "
+                f"max_pending_connections ({self.max_pending_connections}); lower it or raise the total"
+            )
         if not 1 <= self.max_async_operations <= 64:
             raise ConfigError("max_async_operations must be 1 to 64")
         if self.max_pdu_receive < 4096:
@@ -190,14 +192,22 @@ class Settings:
             raise ConfigError("max_inflate_ratio must be 0 (no limit) or a positive number")
         if not 1 <= self.max_sequence_depth <= 128:
             raise ConfigError("max_sequence_depth must be 1 to 128 (pydicom reads nesting recursively)")
-        for name in ("acse_timeout", "dimse_timeout", "idle_timeout", "connect_timeout", "nodes_refresh",
-                     "handshake_timeout"):
+        for name in (
+            "acse_timeout",
+            "dimse_timeout",
+            "idle_timeout",
+            "connect_timeout",
+            "nodes_refresh",
+            "handshake_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive number of seconds")
         unknown = sorted(set(self.allow_unregistered) - set(OPERATIONS))
         if unknown:
-            raise ConfigError(f"allow_unregistered: unknown operation {', '.join(map(repr, unknown))}; "
-                              f"use any of {', '.join(OPERATIONS)} (or an empty list: registered nodes only)")
+            raise ConfigError(
+                f"allow_unregistered: unknown operation {', '.join(map(repr, unknown))}; "
+                f"use any of {', '.join(OPERATIONS)} (or an empty list: registered nodes only)"
+            )
         if not 0 <= self.http_port <= 65535:
             raise ConfigError(f"http_port {self.http_port} is outside 0..65535 (0 turns HTTP off)")
         if self.max_upload_bytes < 1024:
@@ -337,8 +347,10 @@ def load_settings(
             name = key[len("MINIPACS_") :].lower()
             if name not in _FIELDS or name in _TABLES:
                 hint = _closest(name, env=True)
-                raise ConfigError(f"unknown environment variable {key}{hint} (variables starting with MINIPACS_ "
-                                  f"are settings; unset it or correct the name)")
+                raise ConfigError(
+                    f"unknown environment variable {key}{hint} (variables starting with MINIPACS_ "
+                    f"are settings; unset it or correct the name)"
+                )
             values[name] = _coerce(name, raw)
     for key, raw in (overrides or {}).items():
         if raw is not None:

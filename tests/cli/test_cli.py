@@ -96,13 +96,20 @@ def test_hash_password_reads_a_pipe(flag: list[str]) -> None:
     """Issue 12 item 18: `echo pw | minipacs users hash-password` used to die with EOFError."""
     from minipacs.core.users import verify_password
 
-    res = subprocess.run(minipacs_cmd("users", "hash-password", *flag), input="s3cret pass\n", capture_output=True,
-                         text=True, timeout=60, check=False)
+    res = subprocess.run(
+        minipacs_cmd("users", "hash-password", *flag),
+        input="s3cret pass\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
     line = res.stdout.strip()
     assert line.startswith('password_hash = "') and line.endswith('"')
     assert verify_password("s3cret pass", line.split('"')[1])
-    empty = subprocess.run(minipacs_cmd("users", "hash-password"), input="", capture_output=True, text=True,
-                           timeout=60, check=False)
+    empty = subprocess.run(
+        minipacs_cmd("users", "hash-password"), input="", capture_output=True, text=True, timeout=60, check=False
+    )
     assert empty.returncode == 2 and "empty password is refused" in empty.stderr

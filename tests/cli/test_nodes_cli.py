@@ -36,8 +36,9 @@ def test_add_list_remove(tmp_path: Path, nodes: Callable[..., tuple[int, str, st
     data = tmp_path / "data"
     code, out, _ = nodes(data, "list")
     assert code == 0 and "no nodes registered" in out
-    code, out, err = nodes(data, "add", "SCU_12", "127.0.0.2", "104", "--description", "viewer 2F",
-                           "--permissions", "find,move")
+    code, out, err = nodes(
+        data, "add", "SCU_12", "127.0.0.2", "104", "--description", "viewer 2F", "--permissions", "find,move"
+    )
     assert code == 0, err
     assert out.strip() == "registered 'SCU_12' at 127.0.0.2:104 (may find,move)"
     code, out, _ = nodes(data, "add", "SCU_12", "127.0.0.2", "11112")
@@ -53,7 +54,9 @@ def test_add_list_remove(tmp_path: Path, nodes: Callable[..., tuple[int, str, st
     code, out, _ = nodes(data, "list", "--json")
     listed = json.loads(out)
     assert [(n["ae_title"], n["host"], n["port"], n["tls"]) for n in listed] == [
-        ("CT1", "ct1.local", 4242, True), ("SCU_12", "127.0.0.2", 11112, False)]
+        ("CT1", "ct1.local", 4242, True),
+        ("SCU_12", "127.0.0.2", 11112, False),
+    ]
     assert listed[1]["permissions"] == ["echo", "store", "find", "move", "get", "mpps", "commit"]
 
     code, out, err = nodes(data, "remove", "SCU_12", "--host", "127.0.0.9")
@@ -74,7 +77,8 @@ def test_bad_nodes_exit_2_and_say_why(tmp_path: Path, nodes: Callable[..., tuple
 
 
 def test_check_says_when_any_host_can_retrieve_with_a_title(
-        tmp_path: Path, nodes: Callable[..., tuple[int, str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, nodes: Callable[..., tuple[int, str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Issue 8 item 16: with check_calling_host off (the default) an AE title is all a caller needs."""
     data = tmp_path / "data"
     nodes(data, "add", "VIEWER", "127.0.0.2", "104", "--permissions", "echo,find")
@@ -83,8 +87,10 @@ def test_check_says_when_any_host_can_retrieve_with_a_title(
     nodes(data, "add", "WS_7", "127.0.0.3", "104", "--permissions", "find,get")
     code, out, _ = nodes(data, "check")
     assert code == 0
-    assert ("warning: 1 registered node(s) may retrieve images (C-MOVE/C-GET): WS_7. check_calling_host is off, "
-            "so ANY host that calls with one of these AE titles gets those rights") in out
+    assert (
+        "warning: 1 registered node(s) may retrieve images (C-MOVE/C-GET): WS_7. check_calling_host is off, "
+        "so ANY host that calls with one of these AE titles gets those rights"
+    ) in out
     monkeypatch.setenv("MINIPACS_CHECK_CALLING_HOST", "true")
     code, out, _ = nodes(data, "check")
     assert (code, out.strip()) == (0, "2 node(s), no shared or near-identical AE titles")
@@ -108,8 +114,10 @@ def test_check(tmp_path: Path, nodes: Callable[..., tuple[int, str, str]], monke
         "to the node whose host is the requester's address and is refused (0xA801) when the request comes from "
         "any other address; give each node its own AE title if you can."
     )
-    assert case.startswith("warning: AE titles 'SCU_12' at 127.0.0.2:104, 'SCU_12' at 127.0.0.3:104, "
-                           "'scu_12' at 127.0.0.4:104 differ only in case.")
+    assert case.startswith(
+        "warning: AE titles 'SCU_12' at 127.0.0.2:104, 'SCU_12' at 127.0.0.3:104, "
+        "'scu_12' at 127.0.0.4:104 differ only in case."
+    )
     code, _, err = nodes(data, "list")
     assert code == 0 and "2 warning(s) about these nodes" in err
 
@@ -125,6 +133,7 @@ def test_with_the_server_running(tmp_path: Path) -> None:
     srv = start_server(tmp_path, "--config", str(cfg))
     echoscu = dcmtk("echoscu")
     try:
+
         def echo(calling: str) -> int:
             return run([echoscu, "-aet", calling, "-aec", "MINIPACS", "127.0.0.1", str(srv.port)]).returncode
 
@@ -138,7 +147,10 @@ def test_with_the_server_running(tmp_path: Path) -> None:
             time.sleep(0.2)
         listed = json.loads(nodes_process(srv.data_dir, "list", "--json")[1])
         assert sorted((n["ae_title"], n["host"]) for n in listed) == [
-            ("FROMCONFIG", "127.0.0.1"), ("FROMCONFIG", "127.0.0.9"), ("LATE", "127.0.0.1")]
+            ("FROMCONFIG", "127.0.0.1"),
+            ("FROMCONFIG", "127.0.0.9"),
+            ("LATE", "127.0.0.1"),
+        ]
     finally:
         assert srv.stop() == 0
     log = srv.log_text()

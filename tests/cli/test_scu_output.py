@@ -25,8 +25,12 @@ pytestmark = pytest.mark.interop
 
 def _files(folder: Path, count: int) -> list[Path]:
     study, series = generate_uid(), generate_uid()
-    return [write_ct(folder / f"f{i:03d}.dcm", study_uid=study, series_uid=series, sop_uid=generate_uid(),
-                     InstanceNumber=i + 1) for i in range(count)]
+    return [
+        write_ct(
+            folder / f"f{i:03d}.dcm", study_uid=study, series_uid=series, sop_uid=generate_uid(), InstanceNumber=i + 1
+        )
+        for i in range(count)
+    ]
 
 
 @contextmanager
@@ -68,8 +72,11 @@ def test_store_goes_on_after_an_abort_on_a_new_association(tmp_path: Path) -> No
 
     with pynetdicom_scp(on_store) as (port, _ae):
         start = time.monotonic()
-        res = run(minipacs_cmd("store", "127.0.0.1", str(port), "-aec", "PYNETSCP", "--no-progress", "--json",
-                               str(tmp_path / "in")))
+        res = run(
+            minipacs_cmd(
+                "store", "127.0.0.1", str(port), "-aec", "PYNETSCP", "--no-progress", "--json", str(tmp_path / "in")
+            )
+        )
         took = time.monotonic() - start
     assert res.returncode == 1, res.stdout + res.stderr
     assert took < 20, took
@@ -100,8 +107,9 @@ def test_store_lists_every_file_not_sent_when_no_new_association_comes(tmp_path:
 
     with pynetdicom_scp(on_store) as (port, ae):
         box["ae"] = ae
-        res = run(minipacs_cmd("store", "127.0.0.1", str(port), "-aec", "PYNETSCP", "--no-progress",
-                               str(tmp_path / "in")))
+        res = run(
+            minipacs_cmd("store", "127.0.0.1", str(port), "-aec", "PYNETSCP", "--no-progress", str(tmp_path / "in"))
+        )
     assert res.returncode == 3, res.stdout + res.stderr
     assert "sent 1 of 6" in res.stdout
     for path in files[2:]:
@@ -126,8 +134,9 @@ def test_store_and_echo_print_the_status_meaning_and_the_comment(tmp_path: Path)
         return rsp
 
     with pynetdicom_scp(on_store, EVT_C_ECHO=on_echo) as (port, _ae):
-        store = run(minipacs_cmd("store", "127.0.0.1", str(port), "-aec", "PYNETSCP", "--no-progress",
-                                 str(tmp_path / "in")))
+        store = run(
+            minipacs_cmd("store", "127.0.0.1", str(port), "-aec", "PYNETSCP", "--no-progress", str(tmp_path / "in"))
+        )
         echo = run(minipacs_cmd("echo", "127.0.0.1", str(port), "-aec", "PYNETSCP"))
         echo_json = run(minipacs_cmd("echo", "127.0.0.1", str(port), "-aec", "PYNETSCP", "--json"))
     assert store.returncode == 1
@@ -141,8 +150,11 @@ def test_store_and_echo_print_the_status_meaning_and_the_comment(tmp_path: Path)
 
 def test_worklist_query_prints_the_status_meaning(server: ServerProcess) -> None:
     """Item 14: `worklist query` said only "status 0xC001"; now its meaning and the comment."""
-    res = run(minipacs_cmd("worklist", "query", "127.0.0.1", str(server.port), "-aec", "MINIPACS",
-                           "-k", "PatientBirthDate=notadate"))
+    res = run(
+        minipacs_cmd(
+            "worklist", "query", "127.0.0.1", str(server.port), "-aec", "MINIPACS", "-k", "PatientBirthDate=notadate"
+        )
+    )
     assert res.returncode == 1, res.stdout + res.stderr
     assert "0xC001 Failure: Unable to process: a key value cannot be matched (" in res.stderr
 
@@ -151,8 +163,7 @@ def test_json_of_echo_and_import_and_of_a_failed_store(tmp_path: Path) -> None:
     """Item 17: --json documents; on failure too (with "error")."""
     files = _files(tmp_path / "in", 3)
     (tmp_path / "in" / "junk.txt").write_text("not DICOM")
-    res = run(minipacs_cmd("import", "--data", str(tmp_path / "data"), "--no-progress", "--json",
-                           str(tmp_path / "in")))
+    res = run(minipacs_cmd("import", "--data", str(tmp_path / "data"), "--no-progress", "--json", str(tmp_path / "in")))
     assert res.returncode == 1, res.stdout + res.stderr
     doc = json.loads(res.stdout)
     assert doc["command"] == "import" and doc["stored"] == 3 and doc["duplicates"] == 0

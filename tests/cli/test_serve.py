@@ -21,10 +21,20 @@ SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 def test_serve_with_no_configuration_uses_embedded_defaults(tmp_path: Path) -> None:
     port, http_port = free_port(), free_port()
-    env = dict(os.environ, PYTHONPATH=SRC, MINIPACS_PORT=str(port), MINIPACS_HOST="127.0.0.1",
-               MINIPACS_HTTP_PORT=str(http_port))
-    proc = subprocess.Popen([sys.executable, "-m", "minipacs.cli.main", "serve"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = dict(
+        os.environ,
+        PYTHONPATH=SRC,
+        MINIPACS_PORT=str(port),
+        MINIPACS_HOST="127.0.0.1",
+        MINIPACS_HTTP_PORT=str(http_port),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "minipacs.cli.main", "serve"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_for_port("127.0.0.1", port, proc=proc)
         ae = AE(ae_title="CHECKER")
@@ -52,9 +62,22 @@ def test_ctrl_c_aborts_open_associations_and_stops_cleanly(tmp_path: Path) -> No
     port = free_port()
     env = dict(os.environ, PYTHONPATH=SRC, MINIPACS_HTTP_PORT="0")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "minipacs.cli.main", "-v", "serve", "--data", str(tmp_path / "d"),
-         "--port", str(port), "--host", "127.0.0.1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "minipacs.cli.main",
+            "-v",
+            "serve",
+            "--data",
+            str(tmp_path / "d"),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     ae = AE(ae_title="IDLER")
     ae.add_requested_context("1.2.840.10008.1.1")
@@ -91,10 +114,28 @@ def test_a_port_in_use_stops_start_up_with_a_sentence(tmp_path: Path) -> None:
         taken.listen()
         busy = taken.getsockname()[1]
         env = dict(os.environ, PYTHONPATH=SRC)
-        res = subprocess.run([sys.executable, "-m", "minipacs.cli.main", "serve", "--data", str(tmp_path / "d"),
-                              "--port", str(free_port()), "--host", "127.0.0.1",
-                              "--http-port", str(busy), "--http-host", "127.0.0.1"],
-                             env=env, capture_output=True, text=True, timeout=60)
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "minipacs.cli.main",
+                "serve",
+                "--data",
+                str(tmp_path / "d"),
+                "--port",
+                str(free_port()),
+                "--host",
+                "127.0.0.1",
+                "--http-port",
+                str(busy),
+                "--http-host",
+                "127.0.0.1",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert res.returncode == 3, res.stderr
     assert f"cannot listen for HTTP on 127.0.0.1:{busy}" in res.stderr
     # and it says how to choose another port, in each of the three ways
@@ -102,15 +143,28 @@ def test_a_port_in_use_stops_start_up_with_a_sentence(tmp_path: Path) -> None:
     assert "MINIPACS_HTTP_PORT=N" in res.stderr
 
 
-@pytest.mark.parametrize(("where", "said"), [
-    ("toml", "unknown setting 'http_prot'; did you mean 'http_port'?"),
-    ("env", "unknown environment variable MINIPACS_HTTP_PROT; did you mean MINIPACS_HTTP_PORT?"),
-])
+@pytest.mark.parametrize(
+    ("where", "said"),
+    [
+        ("toml", "unknown setting 'http_prot'; did you mean 'http_port'?"),
+        ("env", "unknown environment variable MINIPACS_HTTP_PROT; did you mean MINIPACS_HTTP_PORT?"),
+    ],
+)
 def test_a_misspelled_setting_stops_start_up(tmp_path: Path, where: str, said: str) -> None:
     """Issue 12 item 16: an unknown key is refused, naming it and the closest known one."""
     env = dict(os.environ, PYTHONPATH=SRC)
-    args = [sys.executable, "-m", "minipacs.cli.main", "serve", "--data", str(tmp_path / "d"),
-            "--port", str(free_port()), "--host", "127.0.0.1"]
+    args = [
+        sys.executable,
+        "-m",
+        "minipacs.cli.main",
+        "serve",
+        "--data",
+        str(tmp_path / "d"),
+        "--port",
+        str(free_port()),
+        "--host",
+        "127.0.0.1",
+    ]
     if where == "toml":
         cfg = tmp_path / "minipacs.toml"
         cfg.write_text("http_prot = 8043\n")

@@ -29,11 +29,26 @@ def locked_server(tmp_path: Path) -> Iterator[tuple[ServerProcess, int]]:
     """minipacs requiring a user identity; a node MOVEDEST (our `move --store-to`) is registered."""
     dest_port = free_port()
     cfg = tmp_path / "minipacs.toml"
-    cfg.write_text("\n".join([
-        'dicom_user_identity = "required"', "fsync = false", 'allow_unregistered = "echo,store,find,get"', "",
-        "[[users]]", 'name = "alice"', f'password_hash = "{hash_password(PASSWORD, n=2**10)}"', 'role = "operator"', "",
-        "[[nodes]]", 'ae_title = "MOVEDEST"', 'host = "127.0.0.1"', f"port = {dest_port}", "",
-    ]))
+    cfg.write_text(
+        "\n".join(
+            [
+                'dicom_user_identity = "required"',
+                "fsync = false",
+                'allow_unregistered = "echo,store,find,get"',
+                "",
+                "[[users]]",
+                'name = "alice"',
+                f'password_hash = "{hash_password(PASSWORD, n=2**10)}"',
+                'role = "operator"',
+                "",
+                "[[nodes]]",
+                'ae_title = "MOVEDEST"',
+                'host = "127.0.0.1"',
+                f"port = {dest_port}",
+                "",
+            ]
+        )
+    )
     srv = start_server(tmp_path, "--config", str(cfg))
     try:
         yield srv, dest_port
@@ -42,7 +57,8 @@ def locked_server(tmp_path: Path) -> Iterator[tuple[ServerProcess, int]]:
 
 
 def test_every_scu_command_gets_in_with_an_identity_and_not_without(
-        locked_server: tuple[ServerProcess, int], tmp_path: Path) -> None:
+    locked_server: tuple[ServerProcess, int], tmp_path: Path
+) -> None:
     srv, dest_port = locked_server
     peer = ["127.0.0.1", str(srv.port), "-aec", "MINIPACS"]
     me = ["--user", "alice", "--password-env", "SCU_TEST_PASSWORD"]
@@ -59,14 +75,28 @@ def test_every_scu_command_gets_in_with_an_identity_and_not_without(
 
     checks = {
         "echo": minipacs_cmd("echo", *peer, *me),
-        "store": minipacs_cmd("store", *peer, "--user", "alice", "--password", PASSWORD, "--no-progress",
-                              str(tmp_path / "in")),
+        "store": minipacs_cmd(
+            "store", *peer, "--user", "alice", "--password", PASSWORD, "--no-progress", str(tmp_path / "in")
+        ),
         "find": minipacs_cmd("find", *peer, *me, "-k", f"StudyInstanceUID={study}", "--json"),
         "worklist query": minipacs_cmd("worklist", "query", *peer, *me),
-        "get": minipacs_cmd("get", *peer, *me, "--out", str(tmp_path / "got"), "--no-progress",
-                            "-k", f"StudyInstanceUID={study}"),
-        "move": minipacs_cmd("move", *peer, *me, "-aet", "MOVEDEST", "--port", str(dest_port), "--store-to",
-                             str(tmp_path / "moved"), "--no-progress", "-k", f"StudyInstanceUID={study}"),
+        "get": minipacs_cmd(
+            "get", *peer, *me, "--out", str(tmp_path / "got"), "--no-progress", "-k", f"StudyInstanceUID={study}"
+        ),
+        "move": minipacs_cmd(
+            "move",
+            *peer,
+            *me,
+            "-aet",
+            "MOVEDEST",
+            "--port",
+            str(dest_port),
+            "--store-to",
+            str(tmp_path / "moved"),
+            "--no-progress",
+            "-k",
+            f"StudyInstanceUID={study}",
+        ),
     }
     for name, cmd in checks.items():
         done = run(cmd, env=SECRET_ENV)
@@ -84,8 +114,13 @@ def _recording_scp(seen: list[tuple[int, bytes, bytes | None]]) -> tuple[int, An
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
     def on_user_id(event: Any, *args: Any) -> tuple[bool, bytes | None]:
-        seen.append((event.user_id_type, bytes(event.primary_field),
-                     None if event.secondary_field is None else bytes(event.secondary_field)))
+        seen.append(
+            (
+                event.user_id_type,
+                bytes(event.primary_field),
+                None if event.secondary_field is None else bytes(event.secondary_field),
+            )
+        )
         return True, None
 
     ae = AE(ae_title="PYNETSCP")
@@ -94,8 +129,9 @@ def _recording_scp(seen: list[tuple[int, bytes, bytes | None]]) -> tuple[int, An
     return port, ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_USER_ID, on_user_id)])
 
 
-def test_pynetdicom_receives_type_1_and_type_2(monkeypatch: pytest.MonkeyPatch,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_pynetdicom_receives_type_1_and_type_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from minipacs.cli.main import main
 
     seen: list[tuple[int, bytes, bytes | None]] = []
@@ -117,21 +153,29 @@ def test_pynetdicom_receives_type_1_and_type_2(monkeypatch: pytest.MonkeyPatch,
         assert main(["echo", *peer, "--user", "bøb", "--password-prompt"]) == 0
     finally:
         scp.shutdown()
-    assert seen == [(1, b"bob", b""), (2, b"bob", b"from argv"), (2, b"bob", b"from the environment"),
-                    (2, "bøb".encode(), b"from the prompt")]  # PS3.7 D.3.3.7.1: UTF-8
+    assert seen == [
+        (1, b"bob", b""),
+        (2, b"bob", b"from argv"),
+        (2, b"bob", b"from the environment"),
+        (2, "bøb".encode(), b"from the prompt"),
+    ]  # PS3.7 D.3.3.7.1: UTF-8
     assert asked == ["DICOM password for bøb: "]
     capsys.readouterr()
 
 
-@pytest.mark.parametrize(("flags", "said"), [
-    (["--password", "x"], "--password needs --user NAME"),
-    (["--password-env", "SCU_TEST_PASSWORD"], "--password-env needs --user NAME"),
-    (["--user", "bob", "--password-env", "SCU_TEST_NOT_SET"], "SCU_TEST_NOT_SET: no such environment variable"),
-    (["--user", "b" * 65536], "longer than the 65535 bytes"),
-    (["--user", "bob", "--password", "p" * 65536], "password is longer than the 65535 bytes"),
-])
-def test_identity_flags_that_cannot_work_are_usage_errors(capsys: pytest.CaptureFixture[str], flags: list[str],
-                                                          said: str) -> None:
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--password", "x"], "--password needs --user NAME"),
+        (["--password-env", "SCU_TEST_PASSWORD"], "--password-env needs --user NAME"),
+        (["--user", "bob", "--password-env", "SCU_TEST_NOT_SET"], "SCU_TEST_NOT_SET: no such environment variable"),
+        (["--user", "b" * 65536], "longer than the 65535 bytes"),
+        (["--user", "bob", "--password", "p" * 65536], "password is longer than the 65535 bytes"),
+    ],
+)
+def test_identity_flags_that_cannot_work_are_usage_errors(
+    capsys: pytest.CaptureFixture[str], flags: list[str], said: str
+) -> None:
     from minipacs.cli.main import main
 
     os.environ.pop("SCU_TEST_NOT_SET", None)

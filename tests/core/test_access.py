@@ -10,15 +10,23 @@ import pytest
 
 from minipacs.bootstrap import access_rules
 from minipacs.config import Settings
-from minipacs.core.access import RULE_CALLED_AET, RULE_HOST, RULE_PERMISSIONS, RULE_UNREGISTERED, AccessPolicy, AccessRules
+from minipacs.core.access import (
+    RULE_CALLED_AET,
+    RULE_HOST,
+    RULE_PERMISSIONS,
+    RULE_UNREGISTERED,
+    AccessPolicy,
+    AccessRules,
+)
 from minipacs.core.archive import Archive
 from minipacs.core.nodes import Node, NodeRegistry
 
 DEFAULT = AccessRules(ae_title="MINIPACS")
 REGISTERED_ONLY = AccessRules(ae_title="MINIPACS", allow_unregistered=frozenset())
 HOST_CHECK = AccessRules(ae_title="MINIPACS", check_calling_host=True)
-STRICT = AccessRules(ae_title="MINIPACS", allow_unregistered=frozenset(), check_calling_host=True,
-                     check_called_aet=True)
+STRICT = AccessRules(
+    ae_title="MINIPACS", allow_unregistered=frozenset(), check_calling_host=True, check_called_aet=True
+)
 
 NODES = (
     Node("VIEWER", "127.0.0.3", 104),
@@ -147,8 +155,9 @@ def test_defaults_come_from_settings() -> None:
 
 
 def test_rules_follow_each_setting() -> None:
-    rules = access_rules(Settings(ae_title="OURPACS", allow_unregistered=("echo",), check_calling_host=True,
-                                  check_called_aet=True))
+    rules = access_rules(
+        Settings(ae_title="OURPACS", allow_unregistered=("echo",), check_calling_host=True, check_called_aet=True)
+    )
     assert rules == AccessRules("OURPACS", frozenset({"echo"}), check_calling_host=True, check_called_aet=True)
 
 

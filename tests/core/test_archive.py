@@ -25,7 +25,6 @@ from minipacs.core.errors import (
 )
 from minipacs.core.model import AssociationRecord, DuplicatePolicy, Origin, StagedPath, StoreStatus
 from minipacs.index.schema import Instance, Patient, Series, Study
-from tests.peers import leftover_transfers
 from tests.dicomgen import (
     CT_IMAGE_STORAGE,
     DeflatedExplicitVRLittleEndian,
@@ -35,12 +34,15 @@ from tests.dicomgen import (
     make_ct,
     write_ct,
 )
+from tests.peers import leftover_transfers
 
 DICOM = Origin(kind="dicom", calling_aet="MODALITY", called_aet="MINIPACS", peer_host="10.0.0.7", peer_port=4242)
 Run = Callable[..., Any]
 
 
-def stage(archive: Archive, ds: pydicom.Dataset, syntax: str = ExplicitVRLittleEndian, data: bytes | None = None) -> StagedPath:
+def stage(
+    archive: Archive, ds: pydicom.Dataset, syntax: str = ExplicitVRLittleEndian, data: bytes | None = None
+) -> StagedPath:
     staging = archive.open_staging(ds.SOPClassUID, ds.SOPInstanceUID, syntax, "MODALITY")
     staging.write(encode_dataset(ds, syntax) if data is None else data)
     return staging.finish()
@@ -83,7 +85,11 @@ def test_ingest_stores_a_valid_part10_file_and_rows(with_archive: Run, syntax: s
         (instance,) = rows(archive, Instance)
         assert (instance["rows"], instance["columns"], instance["instance_number"]) == (64, 64, 3)
         assert instance["transfer_syntax_uid"] == syntax
-        assert (instance["calling_aet"], instance["peer_host"], instance["origin_kind"]) == ("MODALITY", "10.0.0.7", "dicom")
+        assert (instance["calling_aet"], instance["peer_host"], instance["origin_kind"]) == (
+            "MODALITY",
+            "10.0.0.7",
+            "dicom",
+        )
         assert instance["received_at"].tzinfo is not None
 
     with_archive(body)
@@ -331,8 +337,13 @@ def test_a_second_process_never_cleans_the_first_ones_transfers(tmp_path: Path) 
                 asyncio.run(main())
             """)
             src = str(Path(__file__).resolve().parents[2] / "src")  # this tree's code, not the installed one
-            res = subprocess.run([sys.executable, "-c", opener], capture_output=True, text=True, timeout=60,
-                                 env={**os.environ, "PYTHONPATH": src})
+            res = subprocess.run(
+                [sys.executable, "-c", opener],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env={**os.environ, "PYTHONPATH": src},
+            )
             assert res.returncode == 0, res.stderr
             assert inflight.path.exists()  # the other process left it alone
             inflight.discard()

@@ -44,8 +44,9 @@ def on_archive(tmp_path: Path, index_url: str) -> Callable[..., None]:
 
     def run(body: Body, **settings: Any) -> None:
         async def main() -> None:
-            archive = await open_archive(Settings(data_dir=tmp_path / "data", index_url=index_url, fsync=False,
-                                                  **settings))
+            archive = await open_archive(
+                Settings(data_dir=tmp_path / "data", index_url=index_url, fsync=False, **settings)
+            )
             try:
                 await body(archive, tmp_path)
             finally:
@@ -88,9 +89,13 @@ def test_ingest_journals_new_patient_study_series_and_each_instance(on_archive: 
         assert await store(archive, tmp, st, f"{st}.2", f"{st}.2.1") is StoreStatus.STORED
         assert await store(archive, tmp, st, f"{st}.1", f"{st}.1.1") is StoreStatus.DUPLICATE_KEPT  # no row
         assert await journal(archive) == [
-            ("NewPatient", "patient", "P1", st), ("NewStudy", "study", st, st), ("NewSeries", "series", f"{st}.1", st),
-            ("NewInstance", "instance", f"{st}.1.1", st), ("NewInstance", "instance", f"{st}.1.2", st),
-            ("NewSeries", "series", f"{st}.2", st), ("NewInstance", "instance", f"{st}.2.1", st),
+            ("NewPatient", "patient", "P1", st),
+            ("NewStudy", "study", st, st),
+            ("NewSeries", "series", f"{st}.1", st),
+            ("NewInstance", "instance", f"{st}.1.1", st),
+            ("NewInstance", "instance", f"{st}.1.2", st),
+            ("NewSeries", "series", f"{st}.2", st),
+            ("NewInstance", "instance", f"{st}.2.1", st),
         ]
 
     on_archive(body)
@@ -99,15 +104,24 @@ def test_ingest_journals_new_patient_study_series_and_each_instance(on_archive: 
 def test_concurrent_ingests_in_group_commits_journal_each_instance_once(on_archive: Callable[..., None]) -> None:
     async def body(archive: Archive, tmp: Path) -> None:
         studies = [generate_uid() for _ in range(3)]
-        paths = [write_ct(tmp / f"{n}.dcm", study_uid=studies[n % 3], series_uid=f"{studies[n % 3]}.{n % 2}",
-                          sop_uid=f"{studies[n % 3]}.9.{n}", patient_id=f"P{n % 3}") for n in range(60)]
+        paths = [
+            write_ct(
+                tmp / f"{n}.dcm",
+                study_uid=studies[n % 3],
+                series_uid=f"{studies[n % 3]}.{n % 2}",
+                sop_uid=f"{studies[n % 3]}.9.{n}",
+                patient_id=f"P{n % 3}",
+            )
+            for n in range(60)
+        ]
         outcomes = await asyncio.gather(*(archive.import_file(p, ORIGIN) for p in paths))
         assert all(o.status is StoreStatus.STORED for o in outcomes)
         assert archive.stats.multi_job_batches > 0  # the journal went through group commits
         rows = await journal(archive)
         seq_of = {(kind, uid): n for n, (kind, _, uid, _) in enumerate(rows)}
-        assert sorted(uid for kind, _, uid, _ in rows if kind == "NewInstance") == sorted(o.sop_instance_uid
-                                                                                          for o in outcomes)
+        assert sorted(uid for kind, _, uid, _ in rows if kind == "NewInstance") == sorted(
+            o.sop_instance_uid for o in outcomes
+        )
         assert sum(kind == "NewSeries" for kind, *_ in rows) == 6
         assert sum(kind == "NewStudy" for kind, *_ in rows) == 3
         assert sum(kind == "NewPatient" for kind, *_ in rows) == 3
@@ -149,14 +163,21 @@ def test_deletion_journals_every_resource_removed(on_archive: Callable[..., None
             await store(archive, tmp, st, sop.rsplit(".", 1)[0], sop, patient="PDEL")
         mark = await archive.read(last_seq)
         await delete_resource(archive, "series", f"{st}.1")
-        assert sorted(await journal(archive, mark)) == sorted([
-            ("Deleted", "instance", f"{st}.1.1", st), ("Deleted", "instance", f"{st}.1.2", st),
-            ("Deleted", "series", f"{st}.1", st)])
+        assert sorted(await journal(archive, mark)) == sorted(
+            [
+                ("Deleted", "instance", f"{st}.1.1", st),
+                ("Deleted", "instance", f"{st}.1.2", st),
+                ("Deleted", "series", f"{st}.1", st),
+            ]
+        )
         mark = await archive.read(last_seq)
         await delete_resource(archive, "instance", f"{st}.2.1")  # the last one: everything above goes too
         assert await journal(archive, mark) == [
-            ("Deleted", "instance", f"{st}.2.1", st), ("Deleted", "series", f"{st}.2", st),
-            ("Deleted", "study", st, st), ("Deleted", "patient", "PDEL", "")]
+            ("Deleted", "instance", f"{st}.2.1", st),
+            ("Deleted", "series", f"{st}.2", st),
+            ("Deleted", "study", st, st),
+            ("Deleted", "patient", "PDEL", ""),
+        ]
 
     on_archive(body)
 
@@ -199,9 +220,12 @@ def test_mpps_and_study_completion_are_journalled_after_the_instances(on_archive
         await steps.set(stopped_uid, mpps_final(f"{other}.1", [], status="DISCONTINUED"))
         rows = await journal(archive)
         assert [r for r in rows if r[1] in ("mpps",) or r[0] == "StudyComplete"] == [
-            ("MppsCreated", "mpps", done_uid, st), ("MppsCompleted", "mpps", done_uid, st),
+            ("MppsCreated", "mpps", done_uid, st),
+            ("MppsCompleted", "mpps", done_uid, st),
             ("StudyComplete", "study", st, st),
-            ("MppsCreated", "mpps", stopped_uid, other), ("MppsDiscontinued", "mpps", stopped_uid, other)]
+            ("MppsCreated", "mpps", stopped_uid, other),
+            ("MppsDiscontinued", "mpps", stopped_uid, other),
+        ]
         kinds = [kind for kind, *_ in rows]
         last_instance = max(n for n, kind in enumerate(kinds) if kind == "NewInstance")
         assert kinds.index("StudyComplete") > last_instance

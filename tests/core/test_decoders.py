@@ -57,14 +57,28 @@ def test_the_plugin_is_for_jpeg_extended_only() -> None:
 
 
 def test_the_plugin_leaves_colour_to_the_others() -> None:
-    runner = SimpleNamespace(samples_per_pixel=3, rows=2, columns=2, bits_allocated=16, bits_stored=12,
-                             pixel_representation=0, photometric_interpretation="YBR_FULL_422")
+    runner = SimpleNamespace(
+        samples_per_pixel=3,
+        rows=2,
+        columns=2,
+        bits_allocated=16,
+        bits_stored=12,
+        pixel_representation=0,
+        photometric_interpretation="YBR_FULL_422",
+    )
     with pytest.raises(NotImplementedError, match="one sample per pixel, not 3"):
         decoders.decode_frame(b"\xff\xd8\xff\xd9", runner)
 
 
 def test_the_plugin_raises_on_a_bitstream_gdcm_cannot_decode() -> None:
-    runner = SimpleNamespace(samples_per_pixel=1, rows=16, columns=16, bits_allocated=16, bits_stored=12,
-                             pixel_representation=0, photometric_interpretation="MONOCHROME2")
+    runner = SimpleNamespace(
+        samples_per_pixel=1,
+        rows=16,
+        columns=16,
+        bits_allocated=16,
+        bits_stored=12,
+        pixel_representation=0,
+        photometric_interpretation="MONOCHROME2",
+    )
     with pytest.raises(ValueError, match="GDCM could not decode"):
         decoders.decode_frame(b"\xff\xd8\xff\xc1" + b"\x00" * 64, runner)

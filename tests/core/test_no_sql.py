@@ -19,8 +19,9 @@ CORE_MODULES = sorted(CORE_DIR.rglob("*.py"))
 
 def _offending(prefix: str) -> dict[str, list[str]]:
     found = {
-        str(path.relative_to(CORE_DIR)): sorted(m for m in imported_modules(path) if m == prefix
-                                                 or m.startswith(prefix + "."))
+        str(path.relative_to(CORE_DIR)): sorted(
+            m for m in imported_modules(path) if m == prefix or m.startswith(prefix + ".")
+        )
         for path in CORE_MODULES
     }
     return {name: modules for name, modules in found.items() if modules}
@@ -30,8 +31,9 @@ def test_there_are_core_modules_to_check() -> None:
     assert len(CORE_MODULES) > 10
 
 
-@pytest.mark.parametrize("forbidden", ["sqlalchemy", "alembic", "minipacs.config", "minipacs.index.schema",
-                                       "minipacs.blobs.filesystem"])
+@pytest.mark.parametrize(
+    "forbidden", ["sqlalchemy", "alembic", "minipacs.config", "minipacs.index.schema", "minipacs.blobs.filesystem"]
+)
 def test_core_does_not_import(forbidden: str) -> None:
     assert _offending(forbidden) == {}
 

@@ -30,7 +30,13 @@ def test_add_list_find_remove(with_archive: Any) -> None:
         c = await reg.add(Node(" CT1 ", "ct1.local", 4242))
         assert a.id is not None and b.id is not None and c.id is not None
         assert (a.ae_title, a.host, a.port, a.description, a.permissions, a.tls) == (
-            "SCU_12", "127.0.0.2", 104, "viewer 2F", frozenset({"find", "move"}), False)
+            "SCU_12",
+            "127.0.0.2",
+            104,
+            "viewer 2F",
+            frozenset({"find", "move"}),
+            False,
+        )
         assert b.permissions == ALL_OPERATIONS and b.tls
         assert c.ae_title == "CT1"  # PS3.5 AE: surrounding spaces are not significant
         assert [n.address for n in await reg.list()] == ["ct1.local:4242", "127.0.0.2:104", "127.0.0.3:105"]
@@ -125,19 +131,35 @@ RESOLUTION = {
     "duplicate, requester is the second": Case((SCU2, SCU3), "SCU_12", "127.0.0.3", "127.0.0.3:104"),
     "duplicate, IPv4-mapped requester": Case((SCU2, SCU3), "SCU_12", "::ffff:127.0.0.3", "127.0.0.3:104"),
     "duplicate, no requester match": Case(
-        (SCU2, SCU3), "SCU_12", "127.0.0.4", "AmbiguousDestination",
-        ("'SCU_12'", "127.0.0.2:104", "127.0.0.3:104", "127.0.0.4", "none of them")),
+        (SCU2, SCU3),
+        "SCU_12",
+        "127.0.0.4",
+        "AmbiguousDestination",
+        ("'SCU_12'", "127.0.0.2:104", "127.0.0.3:104", "127.0.0.4", "none of them"),
+    ),
     "duplicate, host name resolves to requester": Case((VIA_NAME, OTHER_WS), "WS", "127.0.0.1", "localhost:104"),
     "duplicate, two nodes at the requester's address": Case(
-        (VIA_NAME, VIA_IP, OTHER_WS), "WS", "127.0.0.1", "AmbiguousDestination",
-        ("localhost:104", "127.0.0.1:105", "127.0.0.5:104", "rather than guessing")),
+        (VIA_NAME, VIA_IP, OTHER_WS),
+        "WS",
+        "127.0.0.1",
+        "AmbiguousDestination",
+        ("localhost:104", "127.0.0.1:105", "127.0.0.5:104", "rather than guessing"),
+    ),
     "unknown title": Case(
-        (SCU2,), "NOPE", "127.0.0.2", "UnknownDestination",
-        ("C-MOVE destination 'NOPE' is not a registered node; add it with: minipacs nodes add NOPE HOST PORT",)),
+        (SCU2,),
+        "NOPE",
+        "127.0.0.2",
+        "UnknownDestination",
+        ("C-MOVE destination 'NOPE' is not a registered node; add it with: minipacs nodes add NOPE HOST PORT",),
+    ),
     "trailing spaces in the request": Case((SCU2,), "SCU_12  ", "127.0.0.9", "127.0.0.2:104"),
     "other case than registered": Case(
-        (SCU2,), "scu_12", "127.0.0.2", "UnknownDestination",
-        ("'scu_12' is not a registered node", "differing only in case: 'SCU_12' at 127.0.0.2:104")),
+        (SCU2,),
+        "scu_12",
+        "127.0.0.2",
+        "UnknownDestination",
+        ("'scu_12' is not a registered node", "differing only in case: 'SCU_12' at 127.0.0.2:104"),
+    ),
     "case variants are different titles": Case((SCU2, LOWER), "scu_12", "127.0.0.2", "127.0.0.4:104"),
     "upper case variant still unique": Case((SCU2, LOWER), "SCU_12", "127.0.0.4", "127.0.0.2:104"),
 }
@@ -264,7 +286,10 @@ def test_config_nodes_are_typed(tmp_path: Path) -> None:
     s = load_settings(cfg, env={})
     assert s.allow_unregistered == ("echo",) and s.check_calling_host
     assert [(n.ae_title, n.host, n.port) for n in s.nodes] == [
-        ("SCU_12", "127.0.0.2", 104), ("SCU_12", "127.0.0.3", 104), ("CT1", "127.0.0.7", 4242)]
+        ("SCU_12", "127.0.0.2", 104),
+        ("SCU_12", "127.0.0.3", 104),
+        ("CT1", "127.0.0.7", 4242),
+    ]
     assert s.nodes[0].permissions == frozenset({"find", "move"}) and s.nodes[0].description == "viewer, 2nd floor"
     assert s.nodes[1].permissions == ALL_OPERATIONS
     assert s.nodes[2].permissions == frozenset({"store", "echo"}) and s.nodes[2].tls
@@ -278,8 +303,10 @@ def test_config_nodes_are_typed(tmp_path: Path) -> None:
     ("text", "words"),
     [
         ('[[nodes]]\nae_title = "A"\nhost = "h"\n', "number 1 ('A'): missing port"),
-        ('[[nodes]]\nae_title = "A"\nhost = "h"\nport = 1\n[[nodes]]\nae_title = "B"\nhost = "h"\nport = 0\n',
-         "number 2 ('B'): port 0"),
+        (
+            '[[nodes]]\nae_title = "A"\nhost = "h"\nport = 1\n[[nodes]]\nae_title = "B"\nhost = "h"\nport = 0\n',
+            "number 2 ('B'): port 0",
+        ),
         ('[[nodes]]\nae_title = "A"\nhost = "h"\nport = 1\npermissions = ["fly"]\n', "unknown permission 'fly'"),
         ('[[nodes]]\nae_title = "A"\nhost = "h"\nport = 1\ncolour = "red"\n', "unknown key 'colour'"),
         ('nodes = "SCU_12"\n', "must be [[nodes]] tables"),
@@ -319,7 +346,11 @@ def test_start_up_seeds_the_registry_and_warns_about_duplicates(
     first, second = asyncio.run(main())
     assert [n.address for n in first] == ["127.0.0.8:104", "127.0.0.7:4242", "127.0.0.2:104", "127.0.0.3:104"]
     assert [n.address for n in second] == ["127.0.0.8:104", "127.0.0.7:4343", "127.0.0.2:104", "127.0.0.3:104"]
-    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "AE registry" in r.getMessage()]
+    warned = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "AE registry" in r.getMessage()
+    ]
     assert warned and "'SCU_12' is used by 2 nodes (127.0.0.2:104, 127.0.0.3:104)" in warned[0]
-    assert any("unregistered callers may echo; registered callers must come from their registered host"
-               in r.getMessage() for r in caplog.records)
+    assert any(
+        "unregistered callers may echo; registered callers must come from their registered host" in r.getMessage()
+        for r in caplog.records
+    )

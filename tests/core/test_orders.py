@@ -43,6 +43,7 @@ def order(control: OrderControl, accession: str = "ACC1", modality: str = "CT", 
 
 def run(tmp: Path, orders: list[list[Order]]) -> tuple[list[str | OrderRefused], list[tuple[str, str]]]:
     """Apply each message (a list of orders) in turn; what each gave, and the worklist at the end."""
+
     async def main() -> tuple[list[str | OrderRefused], list[tuple[str, str]]]:
         archive = await open_archive(Settings(data_dir=tmp / "data", fsync=False))
         try:
@@ -66,15 +67,18 @@ def test_every_control_has_a_planner() -> None:
 
 
 def test_new_cancel_change_and_their_refusals(tmp_path: Path) -> None:
-    outcomes, entries = run(tmp_path, [
-        [order(OrderControl.NEW)],
-        [order(OrderControl.NEW)],  # duplicate
-        [order(OrderControl.CHANGE, accession="NOPE")],  # unknown
-        [order(OrderControl.CHANGE, modality="MR")],
-        [order(OrderControl.CANCEL, accession="", PlacerOrderNumberImagingServiceRequest="")],  # nothing to find by
-        [order(OrderControl.CANCEL)],
-        [order(OrderControl.CANCEL)],  # nothing open any more
-    ])
+    outcomes, entries = run(
+        tmp_path,
+        [
+            [order(OrderControl.NEW)],
+            [order(OrderControl.NEW)],  # duplicate
+            [order(OrderControl.CHANGE, accession="NOPE")],  # unknown
+            [order(OrderControl.CHANGE, modality="MR")],
+            [order(OrderControl.CANCEL, accession="", PlacerOrderNumberImagingServiceRequest="")],  # nothing to find by
+            [order(OrderControl.CANCEL)],
+            [order(OrderControl.CANCEL)],  # nothing open any more
+        ],
+    )
     assert isinstance(outcomes[0], str) and "scheduled" in outcomes[0]
     refused = {i: o for i, o in enumerate(outcomes) if isinstance(o, OrderRefused)}
     assert sorted(refused) == [1, 2, 4, 6]
@@ -112,6 +116,7 @@ def test_a_change_matching_two_entries_must_say_which(tmp_path: Path) -> None:
 def test_generated_procedure_ids_survive_a_change_that_does_not_send_them(tmp_path: Path) -> None:
     """Issue 12 item 7: a new order without IDs gets them (Type 1, PS3.4 Table K.6-1); a change
     without them keeps the ones the modalities already have, not new ones."""
+
     async def main() -> None:
         archive = await open_archive(Settings(data_dir=tmp_path / "data", fsync=False))
         try:

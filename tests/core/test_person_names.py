@@ -25,12 +25,15 @@ from tests.dicomgen import write_ct
 STORED = "Wang^XiaoDong=王^小東="
 
 
-@pytest.mark.parametrize(("a", "b"), [
-    ("Wang^XiaoDong=王^小東=", "Wang^XiaoDong=王^小東"),
-    ("Doe^John^^^", "Doe^John"),
-    ("Doe^John^^=", "doe^john"),
-    ("Doe^John\\Roe^Jane^^", "Doe^John\\Roe^Jane"),
-])
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("Wang^XiaoDong=王^小東=", "Wang^XiaoDong=王^小東"),
+        ("Doe^John^^^", "Doe^John"),
+        ("Doe^John^^=", "doe^john"),
+        ("Doe^John\\Roe^Jane^^", "Doe^John\\Roe^Jane"),
+    ],
+)
 def test_insignificant_trailing_parts_are_dropped(a: str, b: str) -> None:
     assert normalise_name(a) == normalise_name(b)
 
@@ -48,17 +51,26 @@ def test_python_matcher(pattern: str) -> None:
 
 
 def test_cfind_by_the_name_without_its_trailing_group(tmp_path: Path) -> None:
-    path = write_ct(tmp_path / "wang.dcm", patient_id="W1", patient_name=STORED, SpecificCharacterSet="ISO_IR 192",
-                    ReferringPhysicianName="Li^Na^^")
+    path = write_ct(
+        tmp_path / "wang.dcm",
+        patient_id="W1",
+        patient_name=STORED,
+        SpecificCharacterSet="ISO_IR 192",
+        ReferringPhysicianName="Li^Na^^",
+    )
 
     async def scenario() -> dict[str, int]:
         archive = await open_archive(Settings(data_dir=tmp_path / "data", fsync=False))
         try:
             await archive.import_file(path, Origin("import", "", "", "", 0))
             counts = {}
-            for key, value in (("PatientName", "Wang^XiaoDong=王^小東"), ("PatientName", "*小東"),
-                               ("PatientName", STORED), ("ReferringPhysicianName", "Li^Na"),
-                               ("PatientName", "Wang^XiaoDong=王^小西")):
+            for key, value in (
+                ("PatientName", "Wang^XiaoDong=王^小東"),
+                ("PatientName", "*小東"),
+                ("PatientName", STORED),
+                ("ReferringPhysicianName", "Li^Na"),
+                ("PatientName", "Wang^XiaoDong=王^小西"),
+            ):
                 ds = Dataset()
                 ds.QueryRetrieveLevel = "STUDY"
                 ds.SpecificCharacterSet = "ISO_IR 192"
@@ -70,8 +82,13 @@ def test_cfind_by_the_name_without_its_trailing_group(tmp_path: Path) -> None:
             await archive.close()
 
     counts = asyncio.run(scenario())
-    assert counts == {"PatientName=Wang^XiaoDong=王^小東": 1, "PatientName=*小東": 1, f"PatientName={STORED}": 1,
-                      "ReferringPhysicianName=Li^Na": 1, "PatientName=Wang^XiaoDong=王^小西": 0}
+    assert counts == {
+        "PatientName=Wang^XiaoDong=王^小東": 1,
+        "PatientName=*小東": 1,
+        f"PatientName={STORED}": 1,
+        "ReferringPhysicianName=Li^Na": 1,
+        "PatientName=Wang^XiaoDong=王^小西": 0,
+    }
 
 
 def test_migration_0008_recomputes_names_stored_before(tmp_path: Path) -> None:
@@ -80,10 +97,14 @@ def test_migration_0008_recomputes_names_stored_before(tmp_path: Path) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'index.sqlite3'}")
     with engine.begin() as conn:
         command.upgrade(alembic_config(conn), "0007")
-        conn.execute(sa.text("INSERT INTO patients (patient_id, issuer_of_patient_id, patient_name, "
-                             "patient_name_norm, patient_birth_date_raw, patient_sex, created_at) "
-                             "VALUES ('W1', '', :n, :old, '', '', CURRENT_TIMESTAMP)"),
-                     {"n": STORED, "old": STORED.casefold()})
+        conn.execute(
+            sa.text(
+                "INSERT INTO patients (patient_id, issuer_of_patient_id, patient_name, "
+                "patient_name_norm, patient_birth_date_raw, patient_sex, created_at) "
+                "VALUES ('W1', '', :n, :old, '', '', CURRENT_TIMESTAMP)"
+            ),
+            {"n": STORED, "old": STORED.casefold()},
+        )
     with engine.begin() as conn:
         command.upgrade(alembic_config(conn), "head")
     with engine.connect() as conn:

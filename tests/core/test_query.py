@@ -19,11 +19,25 @@ from tests.index.query_fixture import STUDIES, STUDY_UIDS, QueryArchive, qa  # n
 N_STUDIES = len(STUDIES)
 
 
-def test_study_level_answers_every_requested_key(qa: QueryArchive) -> None:  # noqa: F811
-    found = qa.find({"AccessionNumber": "A1", "PatientName": "", "PatientID": "", "StudyDate": "", "StudyTime": "",
-                     "StudyDescription": "", "ReferringPhysicianName": "", "InstitutionName": "",
-                     "ModalitiesInStudy": "", "SOPClassesInStudy": "", "NumberOfStudyRelatedSeries": "",
-                     "NumberOfStudyRelatedInstances": "", "InstanceAvailability": "", "BodyPartExamined": ""})
+def test_study_level_answers_every_requested_key(qa: QueryArchive) -> None:
+    found = qa.find(
+        {
+            "AccessionNumber": "A1",
+            "PatientName": "",
+            "PatientID": "",
+            "StudyDate": "",
+            "StudyTime": "",
+            "StudyDescription": "",
+            "ReferringPhysicianName": "",
+            "InstitutionName": "",
+            "ModalitiesInStudy": "",
+            "SOPClassesInStudy": "",
+            "NumberOfStudyRelatedSeries": "",
+            "NumberOfStudyRelatedInstances": "",
+            "InstanceAvailability": "",
+            "BodyPartExamined": "",
+        }
+    )
     assert len(found) == 1
     m = found[0]
     assert m.QueryRetrieveLevel == "STUDY"
@@ -40,51 +54,81 @@ def test_study_level_answers_every_requested_key(qa: QueryArchive) -> None:  # n
     assert "BodyPartExamined" in m and not m.BodyPartExamined  # series key at study level: empty
 
 
-def test_patient_root_patient_level(qa: QueryArchive) -> None:  # noqa: F811
-    found = qa.find({"PatientID": "P1", "PatientName": "", "NumberOfPatientRelatedStudies": "",
-                     "NumberOfPatientRelatedSeries": "", "NumberOfPatientRelatedInstances": ""},
-                    level=Level.PATIENT, model=PATIENT_ROOT)
+def test_patient_root_patient_level(qa: QueryArchive) -> None:
+    found = qa.find(
+        {
+            "PatientID": "P1",
+            "PatientName": "",
+            "NumberOfPatientRelatedStudies": "",
+            "NumberOfPatientRelatedSeries": "",
+            "NumberOfPatientRelatedInstances": "",
+        },
+        level=Level.PATIENT,
+        model=PATIENT_ROOT,
+    )
     assert len(found) == 1
     m = found[0]
-    assert (int(m.NumberOfPatientRelatedStudies), int(m.NumberOfPatientRelatedSeries),
-            int(m.NumberOfPatientRelatedInstances)) == (1, 2, 4)
+    assert (
+        int(m.NumberOfPatientRelatedStudies),
+        int(m.NumberOfPatientRelatedSeries),
+        int(m.NumberOfPatientRelatedInstances),
+    ) == (1, 2, 4)
 
 
-def test_patient_root_study_level_needs_patient_id(qa: QueryArchive) -> None:  # noqa: F811
+def test_patient_root_study_level_needs_patient_id(qa: QueryArchive) -> None:
     with pytest.raises(IdentifierMismatch, match="PatientID"):
         qa.find({"StudyDate": ""}, model=PATIENT_ROOT)
     found = qa.find({"PatientID": "P2", "StudyInstanceUID": ""}, model=PATIENT_ROOT)
     assert [m.StudyInstanceUID for m in found] == [STUDY_UIDS["A_2"]]
 
 
-def test_series_level(qa: QueryArchive) -> None:  # noqa: F811
-    found = qa.find({"StudyInstanceUID": STUDY_UIDS["A%3"], "Modality": "", "SeriesNumber": "",
-                     "NumberOfSeriesRelatedInstances": "", "SeriesInstanceUID": ""}, level=Level.SERIES)
+def test_series_level(qa: QueryArchive) -> None:
+    found = qa.find(
+        {
+            "StudyInstanceUID": STUDY_UIDS["A%3"],
+            "Modality": "",
+            "SeriesNumber": "",
+            "NumberOfSeriesRelatedInstances": "",
+            "SeriesInstanceUID": "",
+        },
+        level=Level.SERIES,
+    )
     assert sorted((str(m.Modality), int(m.SeriesNumber), int(m.NumberOfSeriesRelatedInstances)) for m in found) == [
-        ("CT", 1, 2), ("SR", 2, 2)]
+        ("CT", 1, 2),
+        ("SR", 2, 2),
+    ]
     assert all(m.QueryRetrieveLevel == "SERIES" for m in found)
 
 
-def test_image_level(qa: QueryArchive) -> None:  # noqa: F811
+def test_image_level(qa: QueryArchive) -> None:
     uid = STUDY_UIDS["A'4"]
-    found = qa.find({"StudyInstanceUID": uid, "SeriesInstanceUID": f"{uid}.1", "InstanceNumber": "2",
-                     "SOPInstanceUID": "", "Rows": None, "SOPClassUID": ""}, level=Level.IMAGE)
+    found = qa.find(
+        {
+            "StudyInstanceUID": uid,
+            "SeriesInstanceUID": f"{uid}.1",
+            "InstanceNumber": "2",
+            "SOPInstanceUID": "",
+            "Rows": None,
+            "SOPClassUID": "",
+        },
+        level=Level.IMAGE,
+    )
     assert [m.SOPInstanceUID for m in found] == [f"{uid}.1.2"]
     assert found[0].Rows == 64  # US value answered from the index
 
 
-def test_series_level_without_the_study_uid_is_refused(qa: QueryArchive) -> None:  # noqa: F811
+def test_series_level_without_the_study_uid_is_refused(qa: QueryArchive) -> None:
     with pytest.raises(IdentifierMismatch, match="StudyInstanceUID"):
         qa.find({"Modality": "CT"}, level=Level.SERIES)
 
 
-def test_relational_query_needs_no_upper_unique_keys(qa: QueryArchive) -> None:  # noqa: F811
+def test_relational_query_needs_no_upper_unique_keys(qa: QueryArchive) -> None:
     found = qa.find({"Modality": "MR", "PatientName": "doe*"}, level=Level.SERIES, relational=True)
     assert [str(m.Modality) for m in found] == ["MR"]
     assert str(found[0].PatientName) == "DOE^JANE"
 
 
-def test_patient_study_only_model(qa: QueryArchive) -> None:  # noqa: F811
+def test_patient_study_only_model(qa: QueryArchive) -> None:
     found = qa.find({"PatientName": "smith*", "PatientID": ""}, level=Level.PATIENT, model=PATIENT_STUDY_ONLY)
     assert [m.PatientID for m in found] == ["P4"]
     with pytest.raises(IdentifierMismatch):
@@ -119,12 +163,12 @@ def test_keys_below_the_level_are_answered_empty_and_reported() -> None:
     assert not prepared.sql_keys
 
 
-def test_limit(qa: QueryArchive) -> None:  # noqa: F811
+def test_limit(qa: QueryArchive) -> None:
     assert len(qa.find({"AccessionNumber": ""}, limit=2)) == 2
     assert len(qa.find({"AccessionNumber": ""})) == N_STUDIES
 
 
-def test_results_stream_page_by_page(qa: QueryArchive, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_results_stream_page_by_page(qa: QueryArchive, monkeypatch: pytest.MonkeyPatch) -> None:
     """The first match is out after ONE index read of FIRST_PAGE rows, not after all of them."""
     monkeypatch.setattr(q, "FIRST_PAGE", 2)
     monkeypatch.setattr(q, "PAGE", 2)
@@ -154,13 +198,13 @@ def test_results_stream_page_by_page(qa: QueryArchive, monkeypatch: pytest.Monke
     assert len(reads) == 3  # 2 + 2 + 1 rows
 
 
-def test_non_ascii_identifier_values_match(qa: QueryArchive) -> None:  # noqa: F811
+def test_non_ascii_identifier_values_match(qa: QueryArchive) -> None:
     """Values arrive decoded with the identifier's SpecificCharacterSet (here from raw ISO_IR 100 bytes)."""
     from io import BytesIO
 
+    from pydicom.filebase import DicomBytesIO
     from pydicom.filereader import read_dataset
     from pydicom.filewriter import write_dataset
-    from pydicom.filebase import DicomBytesIO
 
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
@@ -187,7 +231,8 @@ def test_every_computed_key_has_its_sql_and_no_more() -> None:
 
     assert set(COMPUTED_KEYS) == set(AGGREGATES)
     assert {k for k, c in COMPUTED_KEYS.items() if c.matchable} == {
-        k for k, a in AGGREGATES.items() if a.match_column is not None}
+        k for k, a in AGGREGATES.items() if a.match_column is not None
+    }
 
 
 def test_each_level_answers_its_unique_key_from_the_entitys_unique_column() -> None:

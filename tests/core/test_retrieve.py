@@ -17,14 +17,21 @@ from tests.dicomgen import write_ct
 VALID = [
     ("STUDY", "STUDY", {"StudyInstanceUID": "1.2"}, [("StudyInstanceUID", ["1.2"])]),
     ("STUDY", "study ", {"StudyInstanceUID": "1.2\\1.3"}, [("StudyInstanceUID", ["1.2", "1.3"])]),
-    ("STUDY", "SERIES", {"StudyInstanceUID": "1.2", "SeriesInstanceUID": ["1.4", "1.5"]},
-     [("StudyInstanceUID", ["1.2"]), ("SeriesInstanceUID", ["1.4", "1.5"])]),
+    (
+        "STUDY",
+        "SERIES",
+        {"StudyInstanceUID": "1.2", "SeriesInstanceUID": ["1.4", "1.5"]},
+        [("StudyInstanceUID", ["1.2"]), ("SeriesInstanceUID", ["1.4", "1.5"])],
+    ),
     ("STUDY", "SERIES", {"SeriesInstanceUID": "1.4"}, [("SeriesInstanceUID", ["1.4"])]),
-    ("STUDY", "IMAGE", {"SOPInstanceUID": "1.6", "PatientName": "X*", "Modality": ""},
-     [("SOPInstanceUID", ["1.6"])]),
+    ("STUDY", "IMAGE", {"SOPInstanceUID": "1.6", "PatientName": "X*", "Modality": ""}, [("SOPInstanceUID", ["1.6"])]),
     ("PATIENT", "PATIENT", {"PatientID": "P1"}, [("PatientID", ["P1"])]),
-    ("PATIENT", "STUDY", {"PatientID": "P1", "StudyInstanceUID": "1.2"},
-     [("PatientID", ["P1"]), ("StudyInstanceUID", ["1.2"])]),
+    (
+        "PATIENT",
+        "STUDY",
+        {"PatientID": "P1", "StudyInstanceUID": "1.2"},
+        [("PatientID", ["P1"]), ("StudyInstanceUID", ["1.2"])],
+    ),
     ("STUDY", "STUDY", {"StudyInstanceUID": "1.2", "SeriesInstanceUID": "1.9"}, [("StudyInstanceUID", ["1.2"])]),
 ]
 
@@ -64,11 +71,13 @@ def test_select_instances(with_archive: Any, tmp_path: Path) -> None:
         for i in range(4):
             sop = generate_uid()
             sops.append(sop)
-            path = write_ct(tmp_path / f"{i}.dcm", study_uid=study, series_uid=series[i % 2], sop_uid=sop,
-                            InstanceNumber=4 - i)
+            path = write_ct(
+                tmp_path / f"{i}.dcm", study_uid=study, series_uid=series[i % 2], sop_uid=sop, InstanceNumber=4 - i
+            )
             await archive.import_file(path, Origin("import"))
-        await archive.import_file(write_ct(tmp_path / "o.dcm", study_uid=other_study, patient_id="P2"),
-                                  Origin("import"))
+        await archive.import_file(
+            write_ct(tmp_path / "o.dcm", study_uid=other_study, patient_id="P2"), Origin("import")
+        )
 
         found = await select_instances(archive, "STUDY", {"StudyInstanceUID": study})
         assert sorted(f.sop_instance_uid for f in found) == sorted(sops)
@@ -82,11 +91,13 @@ def test_select_instances(with_archive: Any, tmp_path: Path) -> None:
 
         both = await select_instances(archive, "STUDY", {"StudyInstanceUID": [study, other_study]})
         assert len(both) == 5
-        one_series = await select_instances(archive, "SERIES", {"StudyInstanceUID": study,
-                                                                "SeriesInstanceUID": series[1]})
+        one_series = await select_instances(
+            archive, "SERIES", {"StudyInstanceUID": study, "SeriesInstanceUID": series[1]}
+        )
         assert {f.sop_instance_uid for f in one_series} == {sops[1], sops[3]}
-        wrong_parent = await select_instances(archive, "SERIES", {"StudyInstanceUID": other_study,
-                                                                  "SeriesInstanceUID": series[1]})
+        wrong_parent = await select_instances(
+            archive, "SERIES", {"StudyInstanceUID": other_study, "SeriesInstanceUID": series[1]}
+        )
         assert wrong_parent == []
         images = await select_instances(archive, "IMAGE", {"SOPInstanceUID": f"{sops[0]}\\{sops[3]}"})
         assert {f.sop_instance_uid for f in images} == {sops[0], sops[3]}
@@ -103,8 +114,8 @@ def test_select_instances(with_archive: Any, tmp_path: Path) -> None:
 
 def test_select_instances_unlocated_then_located(with_archive: Any, tmp_path: Path) -> None:
     """located=False reads no file; locate() finds the same offset as the File Meta parser, or says what is wrong."""
-    from minipacs.dicom.part10 import read_part10
     from minipacs.core.retrieve import locate
+    from minipacs.dicom.part10 import read_part10
 
     study = generate_uid()
 

@@ -145,7 +145,7 @@ def test_stage_file_walks_the_meta_group(tmp_path: Path) -> None:
     wrong = _meta_file(tmp_path / "wrong.dcm", meta, data, group_length=len(meta) + 10)
     staged = stage_file(tmp_path / "staging", wrong)
     assert staged.transfer_syntax_uid == ExplicitVRLittleEndian
-    assert staged.path.read_bytes()[staged.dataset_offset:] == data
+    assert staged.path.read_bytes()[staged.dataset_offset :] == data
 
     padding = struct.pack("<HH2s2xI", 2, 0x0100, b"OB", 64 * 1024)
     big = _meta_file(tmp_path / "big.dcm", meta + padding + b"\x00" * 64 * 1024, data)

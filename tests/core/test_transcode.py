@@ -61,7 +61,7 @@ def test_corrupt_12_bit_jpeg_extended_is_a_transcode_error(tmp_path: Path) -> No
     path, _ds = fresh_copy("jpeg_extended_12bit", tmp_path)
     data = bytearray(path.read_bytes())
     start = data.index(b"\xff\xd8\xff")  # the JPEG bitstream: keep SOI, garble the rest
-    data[start + 2:start + 400] = b"\x00" * 398
+    data[start + 2 : start + 400] = b"\x00" * 398
     path.write_bytes(bytes(data))
     with pytest.raises(TranscodeError, match="cannot be decompressed"):
         pixel_frames(path, [1], decode=True)
@@ -90,7 +90,7 @@ def test_undecodable_pixels_are_a_transcode_error(tmp_path: Path) -> None:
     path, ds = fresh_copy("jpeg2000_lossless", tmp_path)
     data = bytearray(path.read_bytes())
     start = data.index(b"\xff\x4f\xff\x51")  # the JPEG 2000 codestream: keep SOC/SIZ markers, garble the rest
-    data[start + 4:start + 400] = b"\xff" * 396
+    data[start + 4 : start + 400] = b"\xff" * 396
     path.write_bytes(bytes(data))
     with pytest.raises(TranscodeError, match="cannot be decompressed"):
         pixel_frames(path, [1], decode=True)
@@ -99,12 +99,15 @@ def test_undecodable_pixels_are_a_transcode_error(tmp_path: Path) -> None:
     assert pixel_frames(path, [1], decode=False)  # as stored still works
 
 
-@pytest.mark.parametrize("source,target,expected", [
-    ("1.2.840.10008.1.2.4.90", ELE, True),
-    ("1.2.840.10008.1.2", ELE, True),
-    (ELE, "1.2.840.10008.1.2.4.50", False),  # never compress
-    (ELE, "1.2.840.10008.1.2.1.99", False),  # deflate
-    ("1.2.3.private", ELE, False),
-])
+@pytest.mark.parametrize(
+    "source,target,expected",
+    [
+        ("1.2.840.10008.1.2.4.90", ELE, True),
+        ("1.2.840.10008.1.2", ELE, True),
+        (ELE, "1.2.840.10008.1.2.4.50", False),  # never compress
+        (ELE, "1.2.840.10008.1.2.1.99", False),  # deflate
+        ("1.2.3.private", ELE, False),
+    ],
+)
 def test_can_transcode(source: str, target: str, expected: bool) -> None:
     assert can_transcode(source, target) is expected

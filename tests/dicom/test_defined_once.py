@@ -91,15 +91,22 @@ def test_reason_terms_are_defined_once() -> None:
     terms = {*reasons.REJECT_REASONS.values(), *reasons.ABORT_REASONS.values(), *reasons.REJECT_RESULTS.values()}
     terms.discard("reserved")
     spellings = {t.lower() for t in terms} | {reasons.in_words(t).lower() for t in terms}
-    hits = [f"{name}:{node.lineno} {node.value!r}" for name, tree in _sources() for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.lower() in spellings]
+    hits = [
+        f"{name}:{node.lineno} {node.value!r}"
+        for name, tree in _sources()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.lower() in spellings
+    ]
     assert hits == []
 
 
 def test_uids_are_defined_once() -> None:
-    hits = {name for name, tree in _sources() for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str)
-            and node.value.startswith("1.2.840.10008.")}
+    hits = {
+        name
+        for name, tree in _sources()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("1.2.840.10008.")
+    }
     assert hits <= UID_LITERALS_ALLOWED, sorted(hits - UID_LITERALS_ALLOWED)
 
 

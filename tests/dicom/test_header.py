@@ -34,7 +34,16 @@ def stage(tmp_path: Path, ds: Dataset, syntax: str, data: bytes | None = None) -
 
 @pytest.mark.parametrize("syntax", SYNTAXES)
 def test_header_parses_every_uncompressed_syntax(tmp_path: Path, syntax: str) -> None:
-    ds = make_ct("1.2.3", "1.2.3.4", "1.2.3.4.5", rows=32, cols=48, transfer_syntax=syntax, NumberOfFrames=1, IssuerOfPatientID="HOSP")
+    ds = make_ct(
+        "1.2.3",
+        "1.2.3.4",
+        "1.2.3.4.5",
+        rows=32,
+        cols=48,
+        transfer_syntax=syntax,
+        NumberOfFrames=1,
+        IssuerOfPatientID="HOSP",
+    )
     path, offset = stage(tmp_path, ds, syntax)
     header = read_header(path, offset, syntax)
     assert header.values == {
@@ -179,7 +188,9 @@ def test_large_deflated_instance_is_inflated_as_a_stream(tmp_path: Path) -> None
 
 def test_hostile_nesting_is_refused(tmp_path: Path) -> None:
     # 40 levels of undefined-length sequences, each opening one undefined-length item
-    opening = struct.pack("<HH2sHI", 0x0008, 0x1140, b"SQ", 0, 0xFFFFFFFF) + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    opening = struct.pack("<HH2sHI", 0x0008, 0x1140, b"SQ", 0, 0xFFFFFFFF) + struct.pack(
+        "<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF
+    )
     path, offset = stage(tmp_path, make_ct("1.2", "1.3", "1.4"), ExplicitVRLittleEndian, opening * 40)
     with pytest.raises(MalformedDataset, match="nested"):
         read_header(path, offset, ExplicitVRLittleEndian)

@@ -35,9 +35,16 @@ def _ts(uid: str) -> TransferSyntax:
 
 
 ENCODE_SAMPLES: list[dict[str, Any]] = [
-    {"PatientName": "Müller^Jürgen", "SpecificCharacterSet": "ISO_IR 192", "QueryRetrieveLevel": "STUDY",
-     "ModalitiesInStudy": ["CT", "MR"], "StudyInstanceUID": "1.2.3", "NumberOfStudyRelatedInstances": "12",
-     "Rows": 512, "StudyDescription": None},
+    {
+        "PatientName": "Müller^Jürgen",
+        "SpecificCharacterSet": "ISO_IR 192",
+        "QueryRetrieveLevel": "STUDY",
+        "ModalitiesInStudy": ["CT", "MR"],
+        "StudyInstanceUID": "1.2.3",
+        "NumberOfStudyRelatedInstances": "12",
+        "Rows": 512,
+        "StudyDescription": None,
+    },
     {"PatientName": "Muller^J", "PatientID": "odd", "AccessionNumber": ""},
     {"PatientName": "Müller", "SpecificCharacterSet": "ISO_IR 100", "StudyDate": "20240101"},
 ]
@@ -57,8 +64,10 @@ def test_flat_encoder_matches_pydicom(syntax: str, values: dict[str, Any]) -> No
     assert encode_identifier(ds, ts) == buffer.getvalue()
 
 
-@pytest.mark.parametrize("syntax", [IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN,
-                                    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN])
+@pytest.mark.parametrize(
+    "syntax",
+    [IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN],
+)
 def test_round_trip(syntax: str) -> None:
     ds = Dataset()
     ds.QueryRetrieveLevel = "STUDY"
@@ -77,8 +86,9 @@ def test_unreadable_identifiers_are_value_errors() -> None:
         decode_identifier(b"", "1.2.3.4")
     with pytest.raises(ValueError, match="cannot be parsed in Explicit VR Little Endian"):
         # an undefined-length sequence whose item claims more bytes than there are
-        decode_identifier(b"\x08\x00\x11\x11SQ\x00\x00\xff\xff\xff\xff\xfe\xff\x00\xe0\x10\x00\x00\x00abc",
-                          EXPLICIT_VR_LITTLE_ENDIAN)
+        decode_identifier(
+            b"\x08\x00\x11\x11SQ\x00\x00\xff\xff\xff\xff\xfe\xff\x00\xe0\x10\x00\x00\x00abc", EXPLICIT_VR_LITTLE_ENDIAN
+        )
 
 
 def test_response_character_set() -> None:
@@ -88,9 +98,12 @@ def test_response_character_set() -> None:
     assert choose_charset("", ["Müller"]) == "ISO_IR 192"
     assert choose_charset("ISO_IR 100", ["山田"]) == "ISO_IR 192"
     # PS3.5 6.1.2.5 code extensions: a repertoire that holds the names is answered in (issue 12 item 11)
-    assert choose_charset("ISO 2022 IR 6\\ISO 2022 IR 87", ["Yamada^Tarou=山田^太郎"]) == "ISO 2022 IR 6\\ISO 2022 IR 87"
+    assert (
+        choose_charset("ISO 2022 IR 6\\ISO 2022 IR 87", ["Yamada^Tarou=山田^太郎"]) == "ISO 2022 IR 6\\ISO 2022 IR 87"
+    )
     assert choose_charset("ISO 2022 IR 6\\ISO 2022 IR 149", ["Hong^Gildong=洪^吉洞=홍^길동"]) == (
-        "ISO 2022 IR 6\\ISO 2022 IR 149")
+        "ISO 2022 IR 6\\ISO 2022 IR 149"
+    )
     assert choose_charset("ISO 2022 IR 6\\ISO 2022 IR 87", ["Müller"]) == "ISO_IR 192"  # IR 6 is ASCII
     assert choose_charset("ISO 2022 IR 6\\ISO 2022 IR 149", ["王^小東 ✓"]) == "ISO_IR 192"
     assert choose_charset("ISO 2022 IR 100\\ISO 2022 IR 87", ["Müller", "山田"]) == "ISO 2022 IR 100\\ISO 2022 IR 87"

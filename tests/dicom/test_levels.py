@@ -25,7 +25,11 @@ def test_the_standard_spellings() -> None:
     assert [s.resource for s in LEVEL_SPELLINGS.values()] == ["patients", "studies", "series", "instances"]
     assert [s.noun for s in LEVEL_SPELLINGS.values()] == ["patient", "study", "series", "instance"]
     assert [s.unique_key for s in LEVEL_SPELLINGS.values()] == [
-        "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"]
+        "PatientID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPInstanceUID",
+    ]
     assert [s.uid_list for s in LEVEL_SPELLINGS.values()] == [False, True, True, True]
     assert all(level is s.level for level, s in LEVEL_SPELLINGS.items())
 
@@ -33,10 +37,20 @@ def test_the_standard_spellings() -> None:
 @pytest.mark.parametrize(
     ("text", "level"),
     [
-        ("IMAGE", Level.IMAGE), ("image", Level.IMAGE), ("instance", Level.IMAGE), ("instances", Level.IMAGE),
-        (" Study ", Level.STUDY), ("studies", Level.STUDY), ("series", Level.SERIES), ("SERIES", Level.SERIES),
-        ("patients", Level.PATIENT), ("PATIENT", Level.PATIENT),
-        ("INSTANCEs ", Level.IMAGE), ("", None), ("frame", None), ("stud", None),
+        ("IMAGE", Level.IMAGE),
+        ("image", Level.IMAGE),
+        ("instance", Level.IMAGE),
+        ("instances", Level.IMAGE),
+        (" Study ", Level.STUDY),
+        ("studies", Level.STUDY),
+        ("series", Level.SERIES),
+        ("SERIES", Level.SERIES),
+        ("patients", Level.PATIENT),
+        ("PATIENT", Level.PATIENT),
+        ("INSTANCEs ", Level.IMAGE),
+        ("", None),
+        ("frame", None),
+        ("stud", None),
     ],
 )
 def test_parse_level(text: str, level: Level | None) -> None:
@@ -49,7 +63,10 @@ def test_models() -> None:
     assert PATIENT_STUDY_ONLY.levels == (Level.PATIENT, Level.STUDY)
     assert [m.key for m in INFORMATION_MODELS] == ["patient", "study", "patient-study"]
     assert [m.find_sop_class for m in INFORMATION_MODELS] == [
-        uids.PATIENT_ROOT_FIND, uids.STUDY_ROOT_FIND, uids.PATIENT_STUDY_ONLY_FIND]
+        uids.PATIENT_ROOT_FIND,
+        uids.STUDY_ROOT_FIND,
+        uids.PATIENT_STUDY_ONLY_FIND,
+    ]
     assert RETRIEVE_MODELS == {"PATIENT": PATIENT_ROOT, "STUDY": STUDY_ROOT}
     assert PATIENT_STUDY_ONLY.move_sop_class == PATIENT_STUDY_ONLY.get_sop_class == ""
 
@@ -63,36 +80,64 @@ def test_the_tables_built_from_them_say_what_they_said_before() -> None:
     from minipacs.web import rest, rest_nodes
 
     assert {lv: t.unique_key for lv, t in QUERY_LEVELS.items()} == {
-        Level.PATIENT: "PatientID", Level.STUDY: "StudyInstanceUID", Level.SERIES: "SeriesInstanceUID",
-        Level.IMAGE: "SOPInstanceUID"}
+        Level.PATIENT: "PatientID",
+        Level.STUDY: "StudyInstanceUID",
+        Level.SERIES: "SeriesInstanceUID",
+        Level.IMAGE: "SOPInstanceUID",
+    }
     from minipacs.index.entities import ENTITIES
 
     assert [ENTITIES[t.entity].table.name for t in QUERY_LEVELS.values()] == [
-        "patients", "studies", "series", "instances"]
+        "patients",
+        "studies",
+        "series",
+        "instances",
+    ]
     assert {k: (v.name, v.unique_key, v.uid_list) for k, v in retrieve.LEVELS.items()} == {
-        "PATIENT": ("PATIENT", "PatientID", False), "STUDY": ("STUDY", "StudyInstanceUID", True),
-        "SERIES": ("SERIES", "SeriesInstanceUID", True), "IMAGE": ("IMAGE", "SOPInstanceUID", True)}
+        "PATIENT": ("PATIENT", "PatientID", False),
+        "STUDY": ("STUDY", "StudyInstanceUID", True),
+        "SERIES": ("SERIES", "SeriesInstanceUID", True),
+        "IMAGE": ("IMAGE", "SOPInstanceUID", True),
+    }
     assert [ENTITIES[v.entity].unique_column for v in retrieve.LEVELS.values()] == [
-        "patient_id", "study_instance_uid", "series_instance_uid", "sop_instance_uid"]
-    assert retrieve.MODELS == {"PATIENT": ("PATIENT", "STUDY", "SERIES", "IMAGE"),
-                               "STUDY": ("STUDY", "SERIES", "IMAGE")}
+        "patient_id",
+        "study_instance_uid",
+        "series_instance_uid",
+        "sop_instance_uid",
+    ]
+    assert retrieve.MODELS == {
+        "PATIENT": ("PATIENT", "STUDY", "SERIES", "IMAGE"),
+        "STUDY": ("STUDY", "SERIES", "IMAGE"),
+    }
     assert {k: ENTITIES[v].unique_column for k, v in delete.LEVELS.items()} == {
-        "patient": "patient_id", "study": "study_instance_uid",
-        "series": "series_instance_uid", "instance": "sop_instance_uid"}
+        "patient": "patient_id",
+        "study": "study_instance_uid",
+        "series": "series_instance_uid",
+        "instance": "sop_instance_uid",
+    }
     assert rest.LEVELS == {
         "patients": (Level.PATIENT, "PatientID", "PATIENT", "patient"),
         "studies": (Level.STUDY, "StudyInstanceUID", "STUDY", "study"),
         "series": (Level.SERIES, "SeriesInstanceUID", "SERIES", "series"),
-        "instances": (Level.IMAGE, "SOPInstanceUID", "IMAGE", "instance")}
+        "instances": (Level.IMAGE, "SOPInstanceUID", "IMAGE", "instance"),
+    }
     assert {k: (v.qr_level, v.unique_key, v.model) for k, v in rest_nodes.LEVELS.items()} == {
-        "patient": ("PATIENT", "PatientID", "PATIENT"), "study": ("STUDY", "StudyInstanceUID", "STUDY"),
-        "series": ("SERIES", "SeriesInstanceUID", "STUDY"), "instance": ("IMAGE", "SOPInstanceUID", "STUDY")}
-    assert find_scu.MODELS == {"patient": (uids.PATIENT_ROOT_FIND, "PATIENT"),
-                               "study": (uids.STUDY_ROOT_FIND, "STUDY"),
-                               "patient-study": (uids.PATIENT_STUDY_ONLY_FIND, "PATIENT")}
+        "patient": ("PATIENT", "PatientID", "PATIENT"),
+        "study": ("STUDY", "StudyInstanceUID", "STUDY"),
+        "series": ("SERIES", "SeriesInstanceUID", "STUDY"),
+        "instance": ("IMAGE", "SOPInstanceUID", "STUDY"),
+    }
+    assert find_scu.MODELS == {
+        "patient": (uids.PATIENT_ROOT_FIND, "PATIENT"),
+        "study": (uids.STUDY_ROOT_FIND, "STUDY"),
+        "patient-study": (uids.PATIENT_STUDY_ONLY_FIND, "PATIENT"),
+    }
     assert set(find_scu.DEFAULT_KEYS) == set(LEVEL_NAMES)
-    assert qr_find.FIND_MODELS == {uids.PATIENT_ROOT_FIND: PATIENT_ROOT, uids.STUDY_ROOT_FIND: STUDY_ROOT,
-                                   uids.PATIENT_STUDY_ONLY_FIND: PATIENT_STUDY_ONLY}
+    assert qr_find.FIND_MODELS == {
+        uids.PATIENT_ROOT_FIND: PATIENT_ROOT,
+        uids.STUDY_ROOT_FIND: STUDY_ROOT,
+        uids.PATIENT_STUDY_ONLY_FIND: PATIENT_STUDY_ONLY,
+    }
     assert qr_retrieve.MOVE_MODELS == {uids.PATIENT_ROOT_MOVE: "PATIENT", uids.STUDY_ROOT_MOVE: "STUDY"}
     assert qr_retrieve.GET_MODELS == {uids.PATIENT_ROOT_GET: "PATIENT", uids.STUDY_ROOT_GET: "STUDY"}
     assert retrieve_scu.MOVE_MODEL_UIDS == {"PATIENT": uids.PATIENT_ROOT_MOVE, "STUDY": uids.STUDY_ROOT_MOVE}
@@ -102,5 +147,9 @@ def test_the_tables_built_from_them_say_what_they_said_before() -> None:
 
     assert PATH_KEYS == {"study": "StudyInstanceUID", "series": "SeriesInstanceUID", "instance": "SOPInstanceUID"}
     assert DELETED_LEVELS == {"patient", "study", "series", "instance"}
-    assert LEVEL_OF_KEY == (("SOPInstanceUID", "IMAGE"), ("SeriesInstanceUID", "SERIES"),
-                            ("StudyInstanceUID", "STUDY"), ("PatientID", "PATIENT"))
+    assert LEVEL_OF_KEY == (
+        ("SOPInstanceUID", "IMAGE"),
+        ("SeriesInstanceUID", "SERIES"),
+        ("StudyInstanceUID", "STUDY"),
+        ("PatientID", "PATIENT"),
+    )

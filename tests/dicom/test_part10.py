@@ -30,8 +30,12 @@ def _meta(*elements: bytes) -> bytes:
     return PREAMBLE + GROUP_LENGTH_HEADER + struct.pack("<I", len(body)) + body
 
 
-GOOD = (_element(1, b"OB", b"\x00\x01"), _element(2, b"UI", b"1.2.840.10008.5.1.4.1.1.2\x00"),
-        _element(3, b"UI", b"1.2.3.4"), _element(0x10, b"UI", TS))
+GOOD = (
+    _element(1, b"OB", b"\x00\x01"),
+    _element(2, b"UI", b"1.2.840.10008.5.1.4.1.1.2\x00"),
+    _element(3, b"UI", b"1.2.3.4"),
+    _element(0x10, b"UI", TS),
+)
 
 
 def _file(tmp_path: Path, data: bytes) -> Path:
@@ -45,7 +49,10 @@ def test_read_part10(tmp_path: Path) -> None:
     path = _file(tmp_path, meta + b"\x08\x00\x16\x00")
     found = read_part10(path)
     assert (found.sop_class_uid, found.sop_instance_uid, found.transfer_syntax_uid) == (
-        "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2.1")
+        "1.2.840.10008.5.1.4.1.1.2",
+        "1.2.3.4",
+        "1.2.840.10008.1.2.1",
+    )
     assert found.dataset_offset == len(meta) == dataset_offset_of(path)
 
 

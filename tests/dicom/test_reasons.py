@@ -16,10 +16,15 @@ from minipacs.net.pdu import AAssociateRJ
 
 def test_reject_reasons_are_table_9_21() -> None:
     assert REJECT_REASONS == {
-        (1, 1): "no-reason-given", (1, 2): "application-context-name-not-supported",
-        (1, 3): "calling-AE-title-not-recognized", (1, 7): "called-AE-title-not-recognized",
-        (2, 1): "no-reason-given", (2, 2): "protocol-version-not-supported",
-        (3, 1): "temporary-congestion", (3, 2): "local-limit-exceeded"}
+        (1, 1): "no-reason-given",
+        (1, 2): "application-context-name-not-supported",
+        (1, 3): "calling-AE-title-not-recognized",
+        (1, 7): "called-AE-title-not-recognized",
+        (2, 1): "no-reason-given",
+        (2, 2): "protocol-version-not-supported",
+        (3, 1): "temporary-congestion",
+        (3, 2): "local-limit-exceeded",
+    }
     assert set(REJECT_SOURCES) == {1, 2, 3}
 
 
@@ -33,7 +38,8 @@ def test_standard_terms_and_plain_words_come_from_one_table() -> None:
     rj = AAssociateRJ(1, 1, 3)
     assert describe_rejection(rj) == "association rejected (permanent) by service-user: calling AE title not recognized"
     assert describe_rejection(AAssociateRJ(2, 3, 2)) == (
-        "association rejected (transient) by service-provider (presentation): local limit exceeded")
+        "association rejected (transient) by service-provider (presentation): local limit exceeded"
+    )
     assert describe_rejection(AAssociateRJ(1, 1, 9)).endswith("service-user: reason 9")
     assert describe_abort(2, 5) == "service-provider: unexpected PDU parameter"
     assert describe_abort(0, 5) == "service-user"

@@ -33,12 +33,15 @@ ROOT = Path(__file__).resolve().parents[2]
         ("1.2.840.10008.1.20", True, True, False, False),  # Papyrus 3 Implicit VR Little Endian (retired)
     ],
 )
-def test_transfer_syntax_encodings(uid: str, implicit: bool, little: bool, deflated: bool,
-                                   encapsulated: bool) -> None:
+def test_transfer_syntax_encodings(uid: str, implicit: bool, little: bool, deflated: bool, encapsulated: bool) -> None:
     ts = uids.transfer_syntax(uid)
     assert ts is not None
     assert (ts.implicit_vr, ts.little_endian, ts.deflated, ts.encapsulated) == (
-        implicit, little, deflated, encapsulated)
+        implicit,
+        little,
+        deflated,
+        encapsulated,
+    )
     assert ts.name == TRANSFER_SYNTAXES[uid]
 
 
@@ -95,6 +98,7 @@ def test_the_generated_file_is_marked_and_up_to_date() -> None:
     from pydicom._version import __dicom_version__
 
     assert f"DICOM {__dicom_version__} PS3.6 Table A-1" in generated
-    out = subprocess.run([sys.executable, str(ROOT / "tools/gen_uids.py")], capture_output=True, text=True,
-                         check=True, timeout=60).stdout
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tools/gen_uids.py")], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
     assert out == generated

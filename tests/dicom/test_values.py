@@ -123,6 +123,6 @@ def test_decode_text_character_sets() -> None:
     # CS is default repertoire: the character set does not apply
     assert decode_text("Ü".encode("latin-1"), "CS", codecs_for("ISO_IR 100")) == "\ufffd"
     # PS3.5 §6.1.2.5.3 / Annex H: ISO 2022 escapes, reset at each '=' of a PN
-    raw = (b"Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B=\x1b$B$d$^$@\x1b(B^\x1b$B$?$m$&\x1b(B")
+    raw = b"Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B=\x1b$B$d$^$@\x1b(B^\x1b$B$?$m$&\x1b(B"
     assert decode_text(raw, "PN", codecs_for("\\ISO 2022 IR 87")) == "Yamada^Tarou=山田^太郎=やまだ^たろう"
     assert codecs_for("UNKNOWN") == codecs_for("")

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 
-def orm(control: str = "NW", accession: str = "ACC100", *, pid3: str = "PAT1^^^HOSP^MR",
-        name: str = "Doe^John^Q^Jr^Dr", obr4: str = "CTHEAD^CT Head w/o contrast^LOCAL",
-        modality: str = "CT", start: str = "202401050830", sep: str = "\r", extra: str = "",
-        msh2: str = "^~\\&", fs: str = "|") -> str:
+def orm(
+    control: str = "NW",
+    accession: str = "ACC100",
+    *,
+    pid3: str = "PAT1^^^HOSP^MR",
+    name: str = "Doe^John^Q^Jr^Dr",
+    obr4: str = "CTHEAD^CT Head w/o contrast^LOCAL",
+    modality: str = "CT",
+    start: str = "202401050830",
+    sep: str = "\r",
+    extra: str = "",
+    msh2: str = "^~\\&",
+    fs: str = "|",
+) -> str:
     """An ORM^O01 as an IHE RAD-4 Order Filler sends it (HL7 v2.3.1)."""
-    c, r = msh2[0], msh2[1]
+    c = msh2[0]
     segments = [
         f"MSH{fs}{msh2}{fs}RIS{fs}HOSP{fs}MINIPACS{fs}RAD{fs}20240104120000{fs}{fs}ORM{c}O01{fs}CTL{accession}{fs}P"
         f"{fs}2.3.1",
@@ -25,12 +35,14 @@ def orm(control: str = "NW", accession: str = "ACC100", *, pid3: str = "PAT1^^^H
     return sep.join(segments) + sep
 
 
-OMG = ("MSH|^~\\&|RIS|HOSP|MINIPACS|RAD|20240104120000||OMG^O19^OMG_O19|CTL9|P|2.5.1\r"
-       "PID|1||PAT9^^^HOSP||Müller^Jürgen||19800229|F\r"
-       "ORC|NW|PL9|FL9\r"
-       "TQ1|||||||20240210101500\r"
-       "OBR|1|PL9|FL9|USABD^US Abdomen^LOCAL\r"
-       "IPC|ACC9|RP9|1.2.826.0.1.3680043.10.9.909|SPS9|US||||US01\r")
+OMG = (
+    "MSH|^~\\&|RIS|HOSP|MINIPACS|RAD|20240104120000||OMG^O19^OMG_O19|CTL9|P|2.5.1\r"
+    "PID|1||PAT9^^^HOSP||Müller^Jürgen||19800229|F\r"
+    "ORC|NW|PL9|FL9\r"
+    "TQ1|||||||20240210101500\r"
+    "OBR|1|PL9|FL9|USABD^US Abdomen^LOCAL\r"
+    "IPC|ACC9|RP9|1.2.826.0.1.3680043.10.9.909|SPS9|US||||US01\r"
+)
 
 
 NAME = "Müller^Jürgen"

@@ -33,6 +33,7 @@ def mapped(text: str) -> object:
 
 def ack(data: bytes, tmp_path: Path) -> tuple[list[str], int]:
     """(ACK segments, worklist entries afterwards) of one message through the real handler."""
+
     async def main() -> tuple[list[str], int]:
         archive = await open_archive(Settings(data_dir=tmp_path / "data", fsync=False))
         try:
@@ -45,10 +46,17 @@ def ack(data: bytes, tmp_path: Path) -> tuple[list[str], int]:
     return asyncio.run(main())
 
 
-@pytest.mark.parametrize(("escape", "code"), [
-    ("\\X00\\", 0x00), ("\\X0B\\", 0x0B), ("\\X1B\\", 0x1B), ("\\X7F\\", 0x7F), ("\\X1C\\", 0x1C),
-    ("\\XC285\\", 0x85),  # NEL, a C1 control, as UTF-8
-])
+@pytest.mark.parametrize(
+    ("escape", "code"),
+    [
+        ("\\X00\\", 0x00),
+        ("\\X0B\\", 0x0B),
+        ("\\X1B\\", 0x1B),
+        ("\\X7F\\", 0x7F),
+        ("\\X1C\\", 0x1C),
+        ("\\XC285\\", 0x85),  # NEL, a C1 control, as UTF-8
+    ],
+)
 def test_a_control_character_in_a_name_refuses_the_order(escape: str, code: int) -> None:
     with pytest.raises(HL7Error, match=f"PID-5 holds the control character U\\+{code:04X}") as caught:
         mapped(orm(name=f"Do{escape}e^John"))

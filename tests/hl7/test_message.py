@@ -64,7 +64,7 @@ def test_msh_fields_are_numbered_from_msh1() -> None:
 
 
 def test_repetitions_components_and_null() -> None:
-    message = parse("MSH|^~\\&|A|B|C|D|||ORM^O01|1|P|2.5\rPID|||ID1^^^H1~ID2^^^H2||\"\"\r")
+    message = parse('MSH|^~\\&|A|B|C|D|||ORM^O01|1|P|2.5\rPID|||ID1^^^H1~ID2^^^H2||""\r')
     pid = message.first("PID")
     assert message.value(pid, 3) == "ID1" and message.value(pid, 3, 4, repetition=1) == "H2"
     assert message.value(pid, 5) == "" and message.value(pid, 40) == ""
@@ -87,14 +87,18 @@ def test_unparseable_messages_are_rejected_with_a_reason(text: str, code: str, w
     assert info.value.ack_code == code
 
 
-@pytest.mark.parametrize(("msh18", "payload", "code", "words"), [
-    ("UNICODE UTF-16", NAME.encode("latin-1"), 103, "not supported"),
-    ("BIG-5", NAME.encode("latin-1"), 103, "not supported"),
-    ("UNICODE UTF-8", NAME.encode("latin-1"), 102, "byte 0xFC at offset"),
-    ("ASCII", NAME.encode("utf-8"), 102, "not valid ASCII"),
-])
-def test_msh18_unsupported_or_not_matching_the_bytes_is_rejected(msh18: str, payload: bytes, code: int,
-                                                                words: str) -> None:
+@pytest.mark.parametrize(
+    ("msh18", "payload", "code", "words"),
+    [
+        ("UNICODE UTF-16", NAME.encode("latin-1"), 103, "not supported"),
+        ("BIG-5", NAME.encode("latin-1"), 103, "not supported"),
+        ("UNICODE UTF-8", NAME.encode("latin-1"), 102, "byte 0xFC at offset"),
+        ("ASCII", NAME.encode("utf-8"), 102, "not valid ASCII"),
+    ],
+)
+def test_msh18_unsupported_or_not_matching_the_bytes_is_rejected(
+    msh18: str, payload: bytes, code: int, words: str
+) -> None:
     data = _msh18(orm(name="@NAME@"), msh18).encode("ascii").replace(b"@NAME@", payload)
     with pytest.raises(HL7Error, match=words) as info:
         parse_bytes(data)

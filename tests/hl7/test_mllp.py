@@ -30,9 +30,13 @@ def serve(tmp: Path, body: Body[T], **options: float) -> T:
     async def main() -> T:
         archive = await open_archive(Settings(data_dir=tmp / "data", fsync=False))
         worklist = Worklist(archive)
-        server = MLLPServer(OrderReceiver(worklist), host="127.0.0.1", port=0,
-                            max_message_bytes=int(options.get("max_bytes", 1 << 20)),
-                            idle_timeout=options.get("idle", 30.0))
+        server = MLLPServer(
+            OrderReceiver(worklist),
+            host="127.0.0.1",
+            port=0,
+            max_message_bytes=int(options.get("max_bytes", 1 << 20)),
+            idle_timeout=options.get("idle", 30.0),
+        )
         await server.start()
         try:
             return await body(server, worklist)
@@ -71,14 +75,18 @@ def test_nw_ack_aa_entry_visible_then_ca(tmp_path: Path) -> None:
     serve(tmp_path, body)
 
 
-@pytest.mark.parametrize(("payload", "code", "words"), [
-    (b"garbage that is not HL7", "AR", "MSH"),
-    (orm(pid3="").encode(), "AE", "PID-3"),
-    (orm().replace("ORM^O01", "ADT^A08").encode(), "AR", "not supported"),
-    (b"MSH|^~\\&|A\rPID|||P\r\xff\xfe", "AR", "not an HL7 segment"),
-])
+@pytest.mark.parametrize(
+    ("payload", "code", "words"),
+    [
+        (b"garbage that is not HL7", "AR", "MSH"),
+        (orm(pid3="").encode(), "AE", "PID-3"),
+        (orm().replace("ORM^O01", "ADT^A08").encode(), "AR", "not supported"),
+        (b"MSH|^~\\&|A\rPID|||P\r\xff\xfe", "AR", "not an HL7 segment"),
+    ],
+)
 def test_malformed_is_naked_with_reason_changes_nothing_and_connection_serves_on(
-        tmp_path: Path, payload: bytes, code: str, words: str) -> None:
+    tmp_path: Path, payload: bytes, code: str, words: str
+) -> None:
     async def body(server: MLLPServer, worklist: Worklist) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"\x0b" + payload + b"\x1c\x0d")
@@ -164,10 +172,31 @@ def test_running_server_takes_order_over_mllp_findscu_w_sees_it(tmp_path: Path) 
 
         def query(out: Path) -> list[pydicom.Dataset]:
             out.mkdir()
-            done = subprocess.run([findscu, "-W", "-aec", "MINIPACS", "-X", "-od", str(out), "127.0.0.1",
-                                   str(srv.port), "-k", "PatientID=PAT1", "-k", "AccessionNumber", "-k",
-                                   "PatientName", "-k", "ScheduledProcedureStepSequence[0].Modality"],
-                                  capture_output=True, text=True, timeout=60, check=False)
+            done = subprocess.run(
+                [
+                    findscu,
+                    "-W",
+                    "-aec",
+                    "MINIPACS",
+                    "-X",
+                    "-od",
+                    str(out),
+                    "127.0.0.1",
+                    str(srv.port),
+                    "-k",
+                    "PatientID=PAT1",
+                    "-k",
+                    "AccessionNumber",
+                    "-k",
+                    "PatientName",
+                    "-k",
+                    "ScheduledProcedureStepSequence[0].Modality",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
             assert done.returncode == 0, done.stdout + done.stderr
             return [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
 
@@ -184,11 +213,14 @@ def test_running_server_takes_order_over_mllp_findscu_w_sees_it(tmp_path: Path) 
     assert "HL7 MLLP listener on 127.0.0.1" in srv.log_text()
 
 
-@pytest.mark.parametrize(("env", "words"), [
-    ({"MINIPACS_HL7_PORT": "70000"}, "hl7_port 70000 is outside"),
-    ({"MINIPACS_HL7_MAX_MESSAGE_BYTES": "10"}, "hl7_max_message_bytes"),
-    ({"MINIPACS_HL7_IDLE_TIMEOUT": "0"}, "hl7_idle_timeout"),
-])
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"MINIPACS_HL7_PORT": "70000"}, "hl7_port 70000 is outside"),
+        ({"MINIPACS_HL7_MAX_MESSAGE_BYTES": "10"}, "hl7_max_message_bytes"),
+        ({"MINIPACS_HL7_IDLE_TIMEOUT": "0"}, "hl7_idle_timeout"),
+    ],
+)
 def test_hl7_settings_are_validated(env: dict[str, str], words: str) -> None:
     from minipacs.config import ConfigError, load_settings
 
@@ -199,6 +231,7 @@ def test_hl7_settings_are_validated(env: dict[str, str], words: str) -> None:
 
 
 # ------------------------------------------------------------------ MSH-18, CA, and the worklist SCP behind it
+
 
 def _mwl_find(port: int, charset: str) -> list[pydicom.Dataset]:
     """pynetdicom as the modality: a Modality Worklist C-FIND for every entry. Blocking: use a thread."""
@@ -233,8 +266,13 @@ def serve_mwl(tmp: Path, body: Callable[[MLLPServer, Worklist, int], Awaitable[T
     from minipacs.services.worklist import ModalityWorklistSCP
 
     async def with_scp(server: MLLPServer, worklist: Worklist) -> T:
-        scp = DicomServer("MINIPACS", [ModalityWorklistSCP(worklist)], host="127.0.0.1", port=0,
-                          timeouts=Timeouts(acse=5.0, dimse=10.0, idle=30.0))
+        scp = DicomServer(
+            "MINIPACS",
+            [ModalityWorklistSCP(worklist)],
+            host="127.0.0.1",
+            port=0,
+            timeouts=Timeouts(acse=5.0, dimse=10.0, idle=30.0),
+        )
         await scp.start()
         try:
             return await body(server, worklist, scp.port)
@@ -244,13 +282,17 @@ def serve_mwl(tmp: Path, body: Callable[[MLLPServer, Worklist, int], Awaitable[T
     return serve(tmp, with_scp)
 
 
-@pytest.mark.parametrize(("msh18", "codec", "dicom", "query_charset"), [
-    ("8859/1", "latin-1", "ISO_IR 100", "ISO_IR 100"),
-    ("UNICODE UTF-8", "utf-8", "ISO_IR 192", "ISO_IR 192"),
-    ("8859/1", "latin-1", "ISO_IR 100", ""),  # a requester without (0008,0005): the answer is in UTF-8
-])
-def test_msh18_charset_decodes_the_name_and_c_find_returns_it(tmp_path: Path, msh18: str, codec: str, dicom: str,
-                                                              query_charset: str) -> None:
+@pytest.mark.parametrize(
+    ("msh18", "codec", "dicom", "query_charset"),
+    [
+        ("8859/1", "latin-1", "ISO_IR 100", "ISO_IR 100"),
+        ("UNICODE UTF-8", "utf-8", "ISO_IR 192", "ISO_IR 192"),
+        ("8859/1", "latin-1", "ISO_IR 100", ""),  # a requester without (0008,0005): the answer is in UTF-8
+    ],
+)
+def test_msh18_charset_decodes_the_name_and_c_find_returns_it(
+    tmp_path: Path, msh18: str, codec: str, dicom: str, query_charset: str
+) -> None:
     async def body(server: MLLPServer, worklist: Worklist, port: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(frame(with_msh18(orm(name=NAME), msh18).encode(codec)))
@@ -267,13 +309,15 @@ def test_msh18_charset_decodes_the_name_and_c_find_returns_it(tmp_path: Path, ms
     serve_mwl(tmp_path, body)
 
 
-@pytest.mark.parametrize(("payload", "words"), [
-    (with_msh18(orm(name=NAME), "UNICODE UTF-16").encode("latin-1"), "'UNICODE UTF-16' is not supported"),
-    (with_msh18(orm(name=NAME), "UNICODE UTF-8").encode("latin-1"), "byte 0xFC"),  # says UTF-8, sends Latin-1
-    (with_msh18(orm(name=NAME), "ASCII").encode("latin-1"), "not valid ASCII"),
-])
-def test_msh18_unsupported_or_wrong_is_rejected_and_changes_nothing(tmp_path: Path, payload: bytes,
-                                                                   words: str) -> None:
+@pytest.mark.parametrize(
+    ("payload", "words"),
+    [
+        (with_msh18(orm(name=NAME), "UNICODE UTF-16").encode("latin-1"), "'UNICODE UTF-16' is not supported"),
+        (with_msh18(orm(name=NAME), "UNICODE UTF-8").encode("latin-1"), "byte 0xFC"),  # says UTF-8, sends Latin-1
+        (with_msh18(orm(name=NAME), "ASCII").encode("latin-1"), "not valid ASCII"),
+    ],
+)
+def test_msh18_unsupported_or_wrong_is_rejected_and_changes_nothing(tmp_path: Path, payload: bytes, words: str) -> None:
     async def body(server: MLLPServer, worklist: Worklist) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(frame(payload))

@@ -67,11 +67,13 @@ def mapped(text: str) -> Dataset:
 def mapped_message(message: Message) -> Dataset:
     check_type(message)
     from minipacs.hl7.orders import _groups
+
     patient, groups = _groups(message)
     return to_dataset(message, patient, groups[0])
 
 
 # ------------------------------------------------------------------ the mapping table
+
 
 def test_other_encoding_characters_from_msh2() -> None:
     text = orm(msh2="!@#$", fs="%", name="Doe!John", pid3="PAT1!!!HOSP", obr4="CTHEAD!CT Head!LOCAL")
@@ -82,18 +84,27 @@ def test_other_encoding_characters_from_msh2() -> None:
     assert ds.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate == "20240105"
 
 
-
 EXPECTED_ORM = {  # FIELD_MAP row -> value from orm(): one row per mapped field
-    "PatientID": "PAT1", "IssuerOfPatientID": "HOSP", "PatientName": "Doe^John^Q^Dr^Jr",
-    "PatientBirthDate": "19700101", "PatientSex": "M", "ReferringPhysicianName": "Who^Doctor",
-    "PlacerOrderNumberImagingServiceRequest": "PLACC100", "FillerOrderNumberImagingServiceRequest": "FLACC100",
-    "AccessionNumber": "ACC100", "RequestedProcedureID": "RPACC100",
-    "RequestedProcedureDescription": "CT Head w/o contrast", "RequestingPhysician": "House^Gregory",
+    "PatientID": "PAT1",
+    "IssuerOfPatientID": "HOSP",
+    "PatientName": "Doe^John^Q^Dr^Jr",
+    "PatientBirthDate": "19700101",
+    "PatientSex": "M",
+    "ReferringPhysicianName": "Who^Doctor",
+    "PlacerOrderNumberImagingServiceRequest": "PLACC100",
+    "FillerOrderNumberImagingServiceRequest": "FLACC100",
+    "AccessionNumber": "ACC100",
+    "RequestedProcedureID": "RPACC100",
+    "RequestedProcedureDescription": "CT Head w/o contrast",
+    "RequestingPhysician": "House^Gregory",
     "RequestedProcedurePriority": "ROUTINE",
 }
 EXPECTED_SPS = {
-    "Modality": "CT", "ScheduledProcedureStepStartDate": "20240105", "ScheduledProcedureStepStartTime": "0830",
-    "ScheduledProcedureStepID": "SPSACC100", "ScheduledProcedureStepDescription": "CT Head w/o contrast",
+    "Modality": "CT",
+    "ScheduledProcedureStepStartDate": "20240105",
+    "ScheduledProcedureStepStartTime": "0830",
+    "ScheduledProcedureStepID": "SPSACC100",
+    "ScheduledProcedureStepDescription": "CT Head w/o contrast",
 }
 
 
@@ -111,7 +122,10 @@ def test_orm_mapping_code_and_study_uid() -> None:
     ds = mapped(orm())
     code = ds.RequestedProcedureCodeSequence[0]
     assert (code.CodeValue, code.CodeMeaning, code.CodingSchemeDesignator) == (
-        "CTHEAD", "CT Head w/o contrast", "LOCAL")
+        "CTHEAD",
+        "CT Head w/o contrast",
+        "LOCAL",
+    )
     assert ds.StudyInstanceUID.startswith("1.2.826.0.1.3680043.10.9.")
 
 
@@ -139,17 +153,21 @@ def test_every_field_map_row_has_a_known_level_and_source() -> None:
         assert all(len(s.split("-")[0]) == 3 for s in row.sources)
 
 
-@pytest.mark.parametrize(("text", "code", "location", "words"), [
-    (orm(pid3=""), "AE", "PID-3", "patient ID"),
-    (orm(modality=""), "AE", "OBR-24", "modality"),
-    (orm(start="2024-01-05"), "AE", "OBR-27", "date/time"),
-    (orm(control="ZZ"), "AE", "ORC-1", "order control 'ZZ'"),
-    (orm(obr4="X" * 40 + "^Too long a code"), "AE", "OBR-4", "CodeValue from OBR-4.1 cannot be stored"),
-    (orm().replace("ORM^O01", "ADT^A01"), "AR", "MSH-9", "not supported"),
-    (orm().replace("ORM^O01", "ORM^O02"), "AR", "MSH-9", "not an order event"),
-])
-def test_broken_orders_are_refused_and_change_nothing(tmp_path: Path, text: str, code: str, location: str,
-                                                       words: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "code", "location", "words"),
+    [
+        (orm(pid3=""), "AE", "PID-3", "patient ID"),
+        (orm(modality=""), "AE", "OBR-24", "modality"),
+        (orm(start="2024-01-05"), "AE", "OBR-27", "date/time"),
+        (orm(control="ZZ"), "AE", "ORC-1", "order control 'ZZ'"),
+        (orm(obr4="X" * 40 + "^Too long a code"), "AE", "OBR-4", "CodeValue from OBR-4.1 cannot be stored"),
+        (orm().replace("ORM^O01", "ADT^A01"), "AR", "MSH-9", "not supported"),
+        (orm().replace("ORM^O01", "ORM^O02"), "AR", "MSH-9", "not an order event"),
+    ],
+)
+def test_broken_orders_are_refused_and_change_nothing(
+    tmp_path: Path, text: str, code: str, location: str, words: str
+) -> None:
     async def body(worklist: Worklist) -> int:
         with pytest.raises(HL7Error, match=words) as info:
             await apply(parse(text), worklist)
@@ -161,18 +179,27 @@ def test_broken_orders_are_refused_and_change_nothing(tmp_path: Path, text: str,
 
 def test_missing_pid_and_orc() -> None:
     base = "MSH|^~\\&|A|B|C|D|||ORM^O01|1|P|2.5\r"
-    for text, words in ((base + "ORC|NW\rOBR|1\r", "no PID"), (base + "PID|||1\r", "no ORC"),
-                        (base + "PID|||1\rOBR|1\r", "before any ORC")):
+    for text, words in (
+        (base + "ORC|NW\rOBR|1\r", "no PID"),
+        (base + "PID|||1\r", "no ORC"),
+        (base + "PID|||1\rOBR|1\r", "before any ORC"),
+    ):
         with pytest.raises(HL7Error, match=words):
             asyncio.run(apply(parse(text), Worklist(None)))  # type: ignore[arg-type]  # refused before any I/O
 
 
 # ------------------------------------------------------------------ order control (HL7 Table 0119)
 
+
 def test_order_control_table_rows() -> None:
     assert set(ORDER_CONTROL) == {"NW", "CA", "DC", "OC", "XO"}
     assert [ORDER_CONTROL[c] for c in ("NW", "CA", "DC", "OC", "XO")] == [
-        OrderControl.NEW, OrderControl.CANCEL, OrderControl.CANCEL, OrderControl.CANCEL, OrderControl.CHANGE]
+        OrderControl.NEW,
+        OrderControl.CANCEL,
+        OrderControl.CANCEL,
+        OrderControl.CANCEL,
+        OrderControl.CHANGE,
+    ]
 
 
 def test_nw_then_duplicate_nw_then_xo_then_ca(tmp_path: Path) -> None:
@@ -228,6 +255,7 @@ def test_a_bad_order_group_stops_the_whole_message(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ XO: one update, in place
 
+
 def _xo(**changes: str) -> str:
     return orm("XO", **changes)
 
@@ -238,8 +266,9 @@ def test_xo_updates_the_entry_in_place_keeping_id_status_and_study(tmp_path: Pat
         [before] = await worklist.by_accession("ACC100")
         await worklist.set_status(before.id, "IN PROGRESS")  # the modality has started (MPPS)
         study = before.dataset.StudyInstanceUID
-        assert f"worklist entry {before.id}" in await apply(parse(_xo(modality="MR").replace(f"ZDS|{study}", "ZDS|")),
-                                                            worklist)
+        assert f"worklist entry {before.id}" in await apply(
+            parse(_xo(modality="MR").replace(f"ZDS|{study}", "ZDS|")), worklist
+        )
         [after] = await worklist.list()
         assert (after.id, after.status, after.dataset.StudyInstanceUID) == (before.id, "IN PROGRESS", study)
         assert after.dataset.ScheduledProcedureStepSequence[0].Modality == "MR"
@@ -252,12 +281,15 @@ def _two_orders(first: str, second: str) -> str:
     return first + "\r".join(line for line in second.split("\r") if line[:3] in ("ORC", "OBR", "ZDS"))
 
 
-@pytest.mark.parametrize(("label", "text"), [
-    ("value too long for its VR", _xo(obr4="X" * 40 + "^Too long a code")),
-    ("no modality", _xo(modality="")),
-    ("bad date", _xo(start="2024-01-05")),
-    ("second order of the message bad", _two_orders(_xo(modality="MR"), orm(accession="ACC2", modality=""))),
-])
+@pytest.mark.parametrize(
+    ("label", "text"),
+    [
+        ("value too long for its VR", _xo(obr4="X" * 40 + "^Too long a code")),
+        ("no modality", _xo(modality="")),
+        ("bad date", _xo(start="2024-01-05")),
+        ("second order of the message bad", _two_orders(_xo(modality="MR"), orm(accession="ACC2", modality=""))),
+    ],
+)
 def test_xo_refused_midway_changes_nothing(tmp_path: Path, label: str, text: str) -> None:
     async def body(worklist: Worklist) -> None:
         await apply(parse(orm()), worklist)
@@ -266,13 +298,15 @@ def test_xo_refused_midway_changes_nothing(tmp_path: Path, label: str, text: str
             await apply(parse(text), worklist)
         assert info.value.ack_code == "AE", label
         assert [(e.id, e.status, e.dataset) for e in await worklist.list()] == [
-            (e.id, e.status, e.dataset) for e in before]
+            (e.id, e.status, e.dataset) for e in before
+        ]
 
     run(tmp_path, body)
 
 
-def test_xo_failing_inside_the_writer_transaction_changes_nothing(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_xo_failing_inside_the_writer_transaction_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The UPDATE and everything around it is one transaction: a failure after it rolls it back
     (remove-then-add would have lost the entry)."""
     from minipacs.index import worklist_repo
@@ -299,6 +333,7 @@ def test_xo_failing_inside_the_writer_transaction_changes_nothing(tmp_path: Path
 
 def test_xo_for_an_unknown_or_cancelled_order_is_refused_not_created(tmp_path: Path) -> None:
     """HL7 Table 0119: XO changes an existing order; unknown -> AE, ERR 204 (Unknown key identifier)."""
+
     async def body(worklist: Worklist) -> None:
         with pytest.raises(HL7Error, match="no open worklist entry for order ACC100 to change") as info:
             await apply(parse(_xo()), worklist)
@@ -335,6 +370,7 @@ def test_xo_picks_the_requested_procedure_among_entries_of_one_accession(tmp_pat
 
 # ------------------------------------------------------------------ MSH-18 character sets (HL7 Table 0211)
 
+
 @pytest.mark.parametrize("code", sorted(CHARSETS))
 def test_msh18_table_row_decodes_and_maps_to_specific_character_set(code: str) -> None:
     charset = CHARSETS[code]
@@ -351,12 +387,15 @@ def test_msh18_table_row_decodes_and_maps_to_specific_character_set(code: str) -
         assert encoded.decode(python_encoding[charset.dicom]) == f"D{letter}e^John"
 
 
-@pytest.mark.parametrize(("msh18", "encoding", "dicom"), [
-    ("", "utf-8", "ISO_IR 192"),  # no MSH-18: UTF-8 when the bytes are valid UTF-8
-    ("", "latin-1", "ISO_IR 100"),  # ... else ISO 8859-1
-    ("utf-8", "utf-8", "ISO_IR 192"),  # a name senders use instead of UNICODE UTF-8
-    ("8859/1", "latin-1", "ISO_IR 100"),
-])
+@pytest.mark.parametrize(
+    ("msh18", "encoding", "dicom"),
+    [
+        ("", "utf-8", "ISO_IR 192"),  # no MSH-18: UTF-8 when the bytes are valid UTF-8
+        ("", "latin-1", "ISO_IR 100"),  # ... else ISO 8859-1
+        ("utf-8", "utf-8", "ISO_IR 192"),  # a name senders use instead of UNICODE UTF-8
+        ("8859/1", "latin-1", "ISO_IR 100"),
+    ],
+)
 def test_msh18_absent_or_alias(msh18: str, encoding: str, dicom: str) -> None:
     text = _msh18(orm(name=NAME), msh18) if msh18 else orm(name=NAME)
     ds = mapped_message(parse_bytes(text.encode(encoding)))
@@ -373,10 +412,18 @@ def test_hex_escape_outside_the_declared_charset_falls_back_to_utf8() -> None:
 REFUSAL_ROWS = [  # (core refusal, control, keyword) -> (MSA-1, ERR-3, ERR-2, end of MSA-3)
     (InvalidOrder, OrderControl.NEW, "AccessionNumber", ("AE", 101, "OBR-18", "why (OBR-18 / IPC-1)")),
     (InvalidOrder, OrderControl.CHANGE, "", ("AE", 101, "", "why")),
-    (DuplicateOrder, OrderControl.NEW, "AccessionNumber",
-     ("AE", 205, "OBR-18", "why; send XO to change it or CA to cancel it")),
-    (AmbiguousOrder, OrderControl.CHANGE, "RequestedProcedureID",
-     ("AE", 205, "OBR-19", "why; OBR-19 Requested Procedure ID says which")),
+    (
+        DuplicateOrder,
+        OrderControl.NEW,
+        "AccessionNumber",
+        ("AE", 205, "OBR-18", "why; send XO to change it or CA to cancel it"),
+    ),
+    (
+        AmbiguousOrder,
+        OrderControl.CHANGE,
+        "RequestedProcedureID",
+        ("AE", 205, "OBR-19", "why; OBR-19 Requested Procedure ID says which"),
+    ),
     (UnknownOrder, OrderControl.CHANGE, "AccessionNumber", ("AE", 204, "OBR-18", "why; send NW for a new order")),
     (UnknownOrder, OrderControl.CANCEL, "AccessionNumber", ("AE", 204, "OBR-18", "why")),
     (OrderChanged, OrderControl.CHANGE, "", ("AE", 204, "ORC-1", "why")),
@@ -384,8 +431,9 @@ REFUSAL_ROWS = [  # (core refusal, control, keyword) -> (MSA-1, ERR-3, ERR-2, en
 
 
 @pytest.mark.parametrize(("kind", "control", "keyword", "expected"), REFUSAL_ROWS)
-def test_refusal_table_row(kind: type[OrderRefused], control: OrderControl, keyword: str,
-                           expected: tuple[str, int, str, str]) -> None:
+def test_refusal_table_row(
+    kind: type[OrderRefused], control: OrderControl, keyword: str, expected: tuple[str, int, str, str]
+) -> None:
     error = refusal(kind("why", control=control, keyword=keyword))
     assert (error.ack_code, error.error_code, error.location, error.reason) == expected
 

@@ -73,8 +73,9 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     def forbidden(*args: Any, **kwargs: Any) -> bytes:
         raise AssertionError("pydicom inflated a whole deflated dataset in memory")
 
-    monkeypatch.setattr(inflate_module, "zlib", SimpleNamespace(decompressobj=Counting, MAX_WBITS=zlib.MAX_WBITS,
-                                                                error=zlib.error))
+    monkeypatch.setattr(
+        inflate_module, "zlib", SimpleNamespace(decompressobj=Counting, MAX_WBITS=zlib.MAX_WBITS, error=zlib.error)
+    )
     monkeypatch.setattr(pydicom.filereader, "zlib", SimpleNamespace(decompress=forbidden, MAX_WBITS=zlib.MAX_WBITS))
     yield sizes
 
@@ -203,8 +204,14 @@ def test_c_store_of_a_bomb_answers_a700_with_the_reason_and_stores_nothing(tmp_p
             assert ctx is not None
             results = []
             for item, data in ((ds, deflated), (good, good_data)):
-                cmd = Command.make("C-STORE-RQ", has_dataset=True, MessageID=assoc.next_message_id(), Priority=0,
-                                   AffectedSOPClassUID=CT_IMAGE_STORAGE, AffectedSOPInstanceUID=item.SOPInstanceUID)
+                cmd = Command.make(
+                    "C-STORE-RQ",
+                    has_dataset=True,
+                    MessageID=assoc.next_message_id(),
+                    Priority=0,
+                    AffectedSOPClassUID=CT_IMAGE_STORAGE,
+                    AffectedSOPInstanceUID=item.SOPInstanceUID,
+                )
                 async for rsp in assoc.request(ctx.context_id, cmd, data):
                     results.append((int(rsp.command["Status"]), str(rsp.command.get("ErrorComment", ""))))
             await assoc.release()
@@ -235,8 +242,9 @@ def _stored_before_the_fix(tmp_path: Path, body: Any) -> Any:
     return _run(tmp_path, wrapped, max_inflate_ratio=0)
 
 
-def test_metadata_worker_does_not_inflate_a_stored_bomb(tmp_path: Path, counted: list[int],
-                                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_metadata_worker_does_not_inflate_a_stored_bomb(
+    tmp_path: Path, counted: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
     async def body(archive: Archive, path: Path, ds: Any, deflated_size: int) -> None:
         counted.clear()
         store = MetadataStore(archive)
@@ -252,8 +260,10 @@ def test_metadata_worker_does_not_inflate_a_stored_bomb(tmp_path: Path, counted:
 def test_transcode_and_frames_of_a_stored_bomb_are_bounded(tmp_path: Path, counted: list[int]) -> None:
     async def body(archive: Archive, path: Path, ds: Any, deflated_size: int) -> None:
         limits = archive.settings.dataset_limits
-        calls: list[Callable[[], bytes]] = [lambda: transcode_part10(path, EXPLICIT, limits),
-                                            lambda: transcode(path, EXPLICIT)]
+        calls: list[Callable[[], bytes]] = [
+            lambda: transcode_part10(path, EXPLICIT, limits),
+            lambda: transcode(path, EXPLICIT),
+        ]
         for call in calls:
             counted.clear()
             with pytest.raises(TranscodeError, match="max_inflate_ratio"):
@@ -288,8 +298,10 @@ def test_stow_look_at_a_part_is_bounded(counted: list[int]) -> None:
     small, _d, _s = bomb(16, 16)
     buf = io.BytesIO()
     small.save_as(buf, enforce_file_format=True)
-    assert read_part10_bytes(buf.getvalue(), DatasetLimits(), specific_tags=["SOPInstanceUID"]).SOPInstanceUID \
+    assert (
+        read_part10_bytes(buf.getvalue(), DatasetLimits(), specific_tags=["SOPInstanceUID"]).SOPInstanceUID
         == small.SOPInstanceUID
+    )
 
 
 def test_config_keys_reach_the_archive_and_are_validated() -> None:

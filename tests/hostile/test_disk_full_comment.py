@@ -32,17 +32,28 @@ def store_one(tmp_path: Path, **settings: Any) -> tuple[int, str, int]:
     ds = make_ct(generate_uid(), generate_uid(), generate_uid(), rows=8, cols=8)
 
     async def main() -> tuple[int, str, int]:
-        app = await build_app(Settings(data_dir=tmp_path / "data", host="127.0.0.1", port=0, fsync=False,
-                                       http_port=0, **settings))
+        app = await build_app(
+            Settings(data_dir=tmp_path / "data", host="127.0.0.1", port=0, fsync=False, http_port=0, **settings)
+        )
         await app.dicom.start()
         try:
             scu = AssociationSettings(ae_title="MODALITY")
-            assoc = await connect("127.0.0.1", app.dicom.port,
-                                  build_rq("MODALITY", "MINIPACS", [(CT_IMAGE_STORAGE, [EXPLICIT])], scu), scu)
+            assoc = await connect(
+                "127.0.0.1",
+                app.dicom.port,
+                build_rq("MODALITY", "MINIPACS", [(CT_IMAGE_STORAGE, [EXPLICIT])], scu),
+                scu,
+            )
             ctx = assoc.context_for(CT_IMAGE_STORAGE, EXPLICIT)
             assert ctx is not None
-            cmd = Command.make("C-STORE-RQ", has_dataset=True, MessageID=1, Priority=0,
-                               AffectedSOPClassUID=CT_IMAGE_STORAGE, AffectedSOPInstanceUID=ds.SOPInstanceUID)
+            cmd = Command.make(
+                "C-STORE-RQ",
+                has_dataset=True,
+                MessageID=1,
+                Priority=0,
+                AffectedSOPClassUID=CT_IMAGE_STORAGE,
+                AffectedSOPInstanceUID=ds.SOPInstanceUID,
+            )
             status, comment = -1, ""
             async for rsp in assoc.request(ctx.context_id, cmd, encode_dataset(ds, EXPLICIT)):
                 status, comment = int(rsp.command["Status"]), str(rsp.command.get("ErrorComment", ""))
@@ -70,8 +81,9 @@ class _FullDisk:
         return getattr(self._real, name)
 
 
-def test_disk_full_while_staging_is_a700_without_a_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_disk_full_while_staging_is_a700_without_a_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     real_create = staging._create
     monkeypatch.setattr(staging, "_create", lambda path: _FullDisk(real_create(path), path))
     status, comment, stored = store_one(tmp_path)
@@ -82,7 +94,8 @@ def test_disk_full_while_staging_is_a700_without_a_path(tmp_path: Path, monkeypa
 
 
 def test_disk_full_while_moving_into_storage_is_a700_without_a_path(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     def full(self: FilesystemBlobStore, staged_path: Path, key: str) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", f"{SECRET}/storage/{key}")
 

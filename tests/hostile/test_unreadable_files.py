@@ -57,8 +57,9 @@ def nested(sop: str, depth: int, *, undefined: bool) -> bytes:
     """A dataset whose Content Sequence (0040,A730) nests ``depth`` levels deep (PS3.5 §7.5)."""
     leaf = _element(0x0010, 0x0020, b"LO", b"ID")
     if undefined:
-        opening = struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, 0xFFFFFFFF) + struct.pack("<HHI", 0xFFFE, 0xE000,
-                                                                                              0xFFFFFFFF)
+        opening = struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, 0xFFFFFFFF) + struct.pack(
+            "<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF
+        )
         closing = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
         return _head(sop) + opening * depth + leaf + closing * depth
     heads: list[bytes] = []
@@ -73,8 +74,14 @@ def nested(sop: str, depth: int, *, undefined: bool) -> bytes:
 
 def lying_length(sop: str) -> bytes:
     """Patient ID (0010,0020) claims 30,000 bytes; the dataset has a few hundred."""
-    return _head(sop) + struct.pack("<HH2sH", 0x0010, 0x0010, b"PN", 8) + b"Doe^John" + \
-        struct.pack("<HH2sH", 0x0010, 0x0020, b"LO", 30_000) + b"P1" + _element(0x0010, 0x0030, b"DA", b"19700101")
+    return (
+        _head(sop)
+        + struct.pack("<HH2sH", 0x0010, 0x0010, b"PN", 8)
+        + b"Doe^John"
+        + struct.pack("<HH2sH", 0x0010, 0x0020, b"LO", 30_000)
+        + b"P1"
+        + _element(0x0010, 0x0030, b"DA", b"19700101")
+    )
 
 
 def truncated(sop: str) -> bytes:
@@ -115,32 +122,41 @@ def replace_dataset(path: Path, dataset: bytes) -> None:
 CASES = {
     "truncated": (truncated, "truncated"),
     "lying length": (lying_length, "(0010,0020) claims 30000 bytes, more than remain"),
-    "10,000 levels, undefined lengths": (lambda sop: nested(sop, 10_000, undefined=True),
-                                         "nested more than 64 levels deep (max_sequence_depth)"),
-    "10,000 levels, defined lengths": (lambda sop: nested(sop, 10_000, undefined=False),
-                                       "nested more than 64 levels deep (max_sequence_depth)"),
+    "10,000 levels, undefined lengths": (
+        lambda sop: nested(sop, 10_000, undefined=True),
+        "nested more than 64 levels deep (max_sequence_depth)",
+    ),
+    "10,000 levels, defined lengths": (
+        lambda sop: nested(sop, 10_000, undefined=False),
+        "nested more than 64 levels deep (max_sequence_depth)",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_tags_metadata_and_ui_say_the_file_is_unreadable_and_log_one_line(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture, case: str) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, case: str
+) -> None:
     make, reason = CASES[case]
 
     async def body(client: httpx.AsyncClient, archive: Archive, path: Path, ds: Any) -> None:
         replace_dataset(path, make(ds.SOPInstanceUID))
         study, series, sop = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
-        for url in (f"/api/instances/{sop}/tags",
-                    f"/dicom-web/studies/{study}/series/{series}/instances/{sop}/metadata",
-                    f"/ui/studies/{study}/series/{series}/instances/{sop}/tags"):
+        for url in (
+            f"/api/instances/{sop}/tags",
+            f"/dicom-web/studies/{study}/series/{series}/instances/{sop}/metadata",
+            f"/ui/studies/{study}/series/{series}/instances/{sop}/tags",
+        ):
             caplog.clear()
             r = await client.get(url)
             assert r.status_code == 500, (url, r.text)
             text = r.text if url.startswith("/ui/") else r.json()["error"]["message"]
             if not url.startswith("/ui/"):
                 assert r.json()["error"]["code"] == "unreadable_instance"
-            assert f"{sop}&#39; is stored, but its file cannot be read" in text or \
-                f"{sop}' is stored, but its file cannot be read" in text, text
+            assert (
+                f"{sop}&#39; is stored, but its file cannot be read" in text
+                or f"{sop}' is stored, but its file cannot be read" in text
+            ), text
             assert reason in text, text
             assert str(tmp_path) not in text
             lines = [rec for rec in caplog.records if rec.levelno >= logging.WARNING]
@@ -188,8 +204,9 @@ def test_ordinary_files_walk_cleanly(tmp_path: Path, syntax: str) -> None:
 
     item = Dataset()
     item.CodeValue = "T-A0100"
-    with_sequence = make_ct("1.2.3", "1.2.3.4", "1.2.3.4.5", rows=8, cols=8, transfer_syntax=syntax,
-                            AnatomicRegionSequence=[item, item])
+    with_sequence = make_ct(
+        "1.2.3", "1.2.3.4", "1.2.3.4.5", rows=8, cols=8, transfer_syntax=syntax, AnatomicRegionSequence=[item, item]
+    )
     path = tmp_path / "ok.dcm"
     with_sequence.save_as(path, enforce_file_format=True)
     ds = read_stored(path)

@@ -34,8 +34,14 @@ def test_matcher_is_linear_in_a_subprocess() -> None:
         f"assert python_matches(Condition(Matching.WILDCARD, ('*a?a*b',)), 'LO', 'a' * 100_000 + 'b')\n"
     )
     src = Path(__file__).resolve().parents[2] / "src"
-    proc = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(src)}, timeout=20,
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={"PYTHONPATH": str(src)},
+        timeout=20,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -48,9 +54,23 @@ def test_hostile_cfind_and_qido_do_not_stall_other_clients(tmp_path: Path) -> No
         stored = run([dcmtk("storescu"), "-aec", server.ae_title, "127.0.0.1", str(server.port), str(ct)])
         assert stored.returncode == 0, stored.stderr
         find = subprocess.Popen(
-            [dcmtk("findscu"), "-S", "-aec", server.ae_title, "-k", "QueryRetrieveLevel=STUDY",
-             "-k", "StudyInstanceUID", "-k", f"InstitutionName={HOSTILE}", "127.0.0.1", str(server.port)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                dcmtk("findscu"),
+                "-S",
+                "-aec",
+                server.ae_title,
+                "-k",
+                "QueryRetrieveLevel=STUDY",
+                "-k",
+                "StudyInstanceUID",
+                "-k",
+                f"InstitutionName={HOSTILE}",
+                "127.0.0.1",
+                str(server.port),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=30) as client:
             qido = client.get("/dicom-web/studies", params={"InstitutionName": HOSTILE})
@@ -65,8 +85,22 @@ def test_hostile_cfind_and_qido_do_not_stall_other_clients(tmp_path: Path) -> No
         assert find.returncode == 0, out
         assert "Find Response: 1 (Pending)" not in out
         # and a pattern that does match is still found
-        match = run([dcmtk("findscu"), "-S", "-aec", server.ae_title, "-k", "QueryRetrieveLevel=STUDY",
-                     "-k", "StudyInstanceUID", "-k", "InstitutionName=*a*a*a?a*", "127.0.0.1", str(server.port)])
+        match = run(
+            [
+                dcmtk("findscu"),
+                "-S",
+                "-aec",
+                server.ae_title,
+                "-k",
+                "QueryRetrieveLevel=STUDY",
+                "-k",
+                "StudyInstanceUID",
+                "-k",
+                "InstitutionName=*a*a*a?a*",
+                "127.0.0.1",
+                str(server.port),
+            ]
+        )
         assert "Pending" in match.stdout + match.stderr
     finally:
         server.stop()
@@ -78,8 +112,8 @@ def test_hostile_worklist_query_keeps_the_event_loop_free(tmp_path: Path) -> Non
 
     from pydicom.dataset import Dataset
 
-    from minipacs.config import Settings
     from minipacs.bootstrap import open_archive
+    from minipacs.config import Settings
     from minipacs.core.worklist import Worklist
     from tests.worklist_data import entry
 

@@ -36,15 +36,38 @@ def _code(value: str) -> Sequence:
 
 # One study per row, keyed by AccessionNumber: (PatientID, PatientName, StudyDate, StudyTime, Modality, extra)
 STUDIES: dict[str, tuple[str, str, str, str, str, dict[str, Any]]] = {
-    "A1": ("P1", "Doe^John", "20240115", "101530", "CT",
-           {"StudyDescription": "CT HEAD", "ProcedureCodeSequence": _code("X1"),
-            "AcquisitionDateTime": "20240115101530"}),
-    "A_2": ("P2", "DOE^JANE", "20240201", "083000", "MR",
-            {"StudyDescription": "MR KNEE", "InstitutionName": "General Hospital"}),
-    "A%3": ("P3", "Müller^Jürgen", "20231231", "235959", "CT",
-            {"StudyDescription": "CT CHEST", "ProcedureCodeSequence": _code("X3")}),
-    "A'4": ("P4", "Smith^Anna", "20240131", "120000", "CR",
-            {"StudyDescription": "XR HAND", "AcquisitionDateTime": "20240131120000"}),
+    "A1": (
+        "P1",
+        "Doe^John",
+        "20240115",
+        "101530",
+        "CT",
+        {"StudyDescription": "CT HEAD", "ProcedureCodeSequence": _code("X1"), "AcquisitionDateTime": "20240115101530"},
+    ),
+    "A_2": (
+        "P2",
+        "DOE^JANE",
+        "20240201",
+        "083000",
+        "MR",
+        {"StudyDescription": "MR KNEE", "InstitutionName": "General Hospital"},
+    ),
+    "A%3": (
+        "P3",
+        "Müller^Jürgen",
+        "20231231",
+        "235959",
+        "CT",
+        {"StudyDescription": "CT CHEST", "ProcedureCodeSequence": _code("X3")},
+    ),
+    "A'4": (
+        "P4",
+        "Smith^Anna",
+        "20240131",
+        "120000",
+        "CR",
+        {"StudyDescription": "XR HAND", "AcquisitionDateTime": "20240131120000"},
+    ),
     "B;5": ("p1", "O'Brien^Sean", "20240110", "000000", "MR", {"StudyDescription": "CT[1]"}),
 }
 STUDY_UIDS = {acc: f"1.2.826.0.1.3680043.10.1.{n}" for n, acc in enumerate(STUDIES, start=1)}
@@ -57,8 +80,14 @@ class QueryArchive:
     archive: Archive
     runner: asyncio.Runner
 
-    def find(self, keys: dict[str, Any], level: Level = Level.STUDY, model: InformationModel = STUDY_ROOT,
-             relational: bool = False, limit: int | None = None) -> list[Dataset]:
+    def find(
+        self,
+        keys: dict[str, Any],
+        level: Level = Level.STUDY,
+        model: InformationModel = STUDY_ROOT,
+        relational: bool = False,
+        limit: int | None = None,
+    ) -> list[Dataset]:
         ds = Dataset()
         ds.QueryRetrieveLevel = level.value
         with pydicom.config.disable_value_validation():
@@ -80,11 +109,22 @@ def build(tmp: Path, index_url: str) -> Iterator[QueryArchive]:
     for n, (acc, (pid, name, date, time, modality, extra)) in enumerate(STUDIES.items()):
         for s in range(SERIES_PER_STUDY):
             for i in range(INSTANCES_PER_SERIES):
-                write_ct(files / f"{n}-{s}-{i}.dcm", study_uid=STUDY_UIDS[acc],
-                         series_uid=f"{STUDY_UIDS[acc]}.{s + 1}", sop_uid=f"{STUDY_UIDS[acc]}.{s + 1}.{i + 1}",
-                         patient_id=pid, patient_name=name, StudyDate=date, StudyTime=time, AccessionNumber=acc,
-                         Modality=modality if s == 0 else "SR", SeriesNumber=s + 1, InstanceNumber=i + 1,
-                         SpecificCharacterSet="ISO_IR 100", **extra)
+                write_ct(
+                    files / f"{n}-{s}-{i}.dcm",
+                    study_uid=STUDY_UIDS[acc],
+                    series_uid=f"{STUDY_UIDS[acc]}.{s + 1}",
+                    sop_uid=f"{STUDY_UIDS[acc]}.{s + 1}.{i + 1}",
+                    patient_id=pid,
+                    patient_name=name,
+                    StudyDate=date,
+                    StudyTime=time,
+                    AccessionNumber=acc,
+                    Modality=modality if s == 0 else "SR",
+                    SeriesNumber=s + 1,
+                    InstanceNumber=i + 1,
+                    SpecificCharacterSet="ISO_IR 100",
+                    **extra,
+                )
     runner = asyncio.Runner()
     archive = runner.run(open_archive(Settings(data_dir=tmp / "data", index_url=index_url, fsync=False)))
     try:

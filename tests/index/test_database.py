@@ -33,8 +33,13 @@ def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[IndexDatab
 
 
 def _change(uid: str) -> dict[str, Any]:
-    return {"change_type": "NewStudy", "level": "study", "uid": uid, "study_instance_uid": uid,
-            "created_at": dt.datetime.now(dt.UTC)}
+    return {
+        "change_type": "NewStudy",
+        "level": "study",
+        "uid": uid,
+        "study_instance_uid": uid,
+        "created_at": dt.datetime.now(dt.UTC),
+    }
 
 
 def test_open_migrates_to_head(index: IndexDatabase) -> None:
@@ -60,7 +65,7 @@ def test_writer_commits_and_a_failed_transaction_leaves_nothing(index: IndexData
     assert writer._conn is None
 
 
-def _pages(qa: QueryArchive, query: PageQuery, size: int) -> list[list[Any]]:  # noqa: F811
+def _pages(qa: QueryArchive, query: PageQuery, size: int) -> list[list[Any]]:
     pages: list[list[Any]] = []
     after = 0
     while True:
@@ -71,7 +76,7 @@ def _pages(qa: QueryArchive, query: PageQuery, size: int) -> list[list[Any]]:  #
         after = rows[-1][position[PK_LABEL]]
 
 
-def test_pages_follow_the_primary_key(qa: QueryArchive) -> None:  # noqa: F811
+def test_pages_follow_the_primary_key(qa: QueryArchive) -> None:
     everything = PageQuery(Entity.STUDY)
     [whole] = _pages(qa, everything, 100)
     assert sorted(uid for _pk, uid in whole) == sorted(STUDY_UIDS.values())
@@ -82,10 +87,11 @@ def test_pages_follow_the_primary_key(qa: QueryArchive) -> None:  # noqa: F811
     assert [row for page in paged for row in page] == whole
 
 
-def test_a_page_matches_keys_of_the_levels_above(qa: QueryArchive) -> None:  # noqa: F811
+def test_a_page_matches_keys_of_the_levels_above(qa: QueryArchive) -> None:
     """A SERIES page matched on the patient's name joins series -> studies -> patients."""
-    name = KeyMatch("k00100010", Entity.PATIENT, "patient_name", "patient_name_norm", ColumnKind.NAME,
-                    classify("PN", "doe^j*"))
+    name = KeyMatch(
+        "k00100010", Entity.PATIENT, "patient_name", "patient_name_norm", ColumnKind.NAME, classify("PN", "doe^j*")
+    )
     [rows] = _pages(qa, PageQuery(Entity.SERIES, (name,)), 100)
     studies = {uid.rsplit(".", 1)[0] for _pk, uid in rows}
     assert studies == {STUDY_UIDS["A1"], STUDY_UIDS["A_2"]}  # Doe^John and DOE^JANE, two series each

@@ -86,7 +86,7 @@ CASES: list[tuple[str, dict[str, Any], set[str]]] = [
 
 
 @pytest.mark.parametrize(("keys", "expected"), [(k, e) for _c, k, e in CASES], ids=[c for c, _k, _e in CASES])
-def test_matching(qa: QueryArchive, keys: dict[str, Any], expected: set[str]) -> None:  # noqa: F811
+def test_matching(qa: QueryArchive, keys: dict[str, Any], expected: set[str]) -> None:
     assert qa.accessions(keys) == expected
 
 
@@ -109,9 +109,10 @@ SEQUENCE_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("code", "expected"), [(c, e) for _n, c, e in SEQUENCE_CASES],
-                         ids=[n for n, _c, _e in SEQUENCE_CASES])
-def test_sequence_matching(qa: QueryArchive, code: str | None, expected: set[str]) -> None:  # noqa: F811
+@pytest.mark.parametrize(
+    ("code", "expected"), [(c, e) for _n, c, e in SEQUENCE_CASES], ids=[n for n, _c, _e in SEQUENCE_CASES]
+)
+def test_sequence_matching(qa: QueryArchive, code: str | None, expected: set[str]) -> None:
     found = qa.find({"AccessionNumber": "", "ProcedureCodeSequence": _sequence(code)})
     assert {str(m.AccessionNumber) for m in found} == expected
     for match in found:
@@ -131,7 +132,7 @@ INVALID = [
 
 
 @pytest.mark.parametrize("keys", [k for _n, k in INVALID], ids=[n for n, _k in INVALID])
-def test_invalid_values_are_refused(qa: QueryArchive, keys: dict[str, Any]) -> None:  # noqa: F811
+def test_invalid_values_are_refused(qa: QueryArchive, keys: dict[str, Any]) -> None:
     with pytest.raises(InvalidKeyValue):
         qa.find(keys)
 
@@ -150,10 +151,18 @@ CLASSIFY = [
     ("DT", "20240101120000-0500", Condition(Matching.SINGLE, ("20240101120000-0500",))),
     ("DT", "2024-2025", Condition(Matching.RANGE, ("2024", "2025"))),
     ("DT", "20240101120000-0500-20240102", Condition(Matching.RANGE, ("20240101120000-0500", "20240102"))),
-    ("UI", "1.2\\1.3", Condition(Matching.UID_LIST, parts=(Condition(Matching.SINGLE, ("1.2",)),
-                                                           Condition(Matching.SINGLE, ("1.3",))))),
-    ("CS", "CT\\MR", Condition(Matching.MULTIPLE, parts=(Condition(Matching.SINGLE, ("CT",)),
-                                                         Condition(Matching.SINGLE, ("MR",))))),
+    (
+        "UI",
+        "1.2\\1.3",
+        Condition(
+            Matching.UID_LIST, parts=(Condition(Matching.SINGLE, ("1.2",)), Condition(Matching.SINGLE, ("1.3",)))
+        ),
+    ),
+    (
+        "CS",
+        "CT\\MR",
+        Condition(Matching.MULTIPLE, parts=(Condition(Matching.SINGLE, ("CT",)), Condition(Matching.SINGLE, ("MR",)))),
+    ),
 ]
 
 

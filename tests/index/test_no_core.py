@@ -30,7 +30,9 @@ def test_imported_modules_sees_nested_imports(tmp_path: Path) -> None:
 
 def test_index_imports_nothing_from_core() -> None:
     offenders = {
-        str(path.relative_to(INDEX_DIR)): sorted(m for m in imported_modules(path) if m.split(".")[:2] == ["minipacs", "core"])
+        str(path.relative_to(INDEX_DIR)): sorted(
+            m for m in imported_modules(path) if m.split(".")[:2] == ["minipacs", "core"]
+        )
         for path in sorted(INDEX_DIR.rglob("*.py"))
     }
     assert {name: mods for name, mods in offenders.items() if mods} == {}

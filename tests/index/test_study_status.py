@@ -23,22 +23,28 @@ DONE = {"A1", "A'4"}
 
 
 @pytest.fixture(scope="module")
-def marked(qa: QueryArchive) -> Iterator[QueryArchive]:  # noqa: F811
+def marked(qa: QueryArchive) -> Iterator[QueryArchive]:
     for acc in DONE:
-        qa.runner.run(qa.archive.write(
-            lambda conn, acc=acc: worklist_repo.mark_study_complete(conn, STUDY_UIDS[acc], f"{STUDY_UIDS[acc]}.99")))
+        qa.runner.run(
+            qa.archive.write(
+                lambda conn, acc=acc: worklist_repo.mark_study_complete(conn, STUDY_UIDS[acc], f"{STUDY_UIDS[acc]}.99")
+            )
+        )
     yield qa
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("COMPLETED", DONE),
-    ("COMPL*", DONE),
-    ("COMPLETED\\SCHEDULED", DONE),
-    ("SCHEDULED", set()),
-    ("completed", set()),  # CS matching is case-sensitive
-    ("", set(STUDIES)),  # universal
-    ("*", set(STUDIES)),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("COMPLETED", DONE),
+        ("COMPL*", DONE),
+        ("COMPLETED\\SCHEDULED", DONE),
+        ("SCHEDULED", set()),
+        ("completed", set()),  # CS matching is case-sensitive
+        ("", set(STUDIES)),  # universal
+        ("*", set(STUDIES)),
+    ],
+)
 def test_matching(marked: QueryArchive, value: str, expected: set[str]) -> None:
     assert marked.accessions({"StudyStatusID": value}) == expected
 
@@ -46,21 +52,23 @@ def test_matching(marked: QueryArchive, value: str, expected: set[str]) -> None:
 def test_answered_completed_or_empty(marked: QueryArchive) -> None:
     found = marked.find({"AccessionNumber": "", "StudyStatusID": ""})
     assert {str(m.AccessionNumber): m.StudyStatusID for m in found} == {
-        acc: "COMPLETED" if acc in DONE else None for acc in STUDIES}
+        acc: "COMPLETED" if acc in DONE else None for acc in STUDIES
+    }
     assert all(m["StudyStatusID"].VR == "CS" for m in found)
 
 
 def test_patient_root_study_level_and_other_levels(marked: QueryArchive) -> None:
-    found = marked.find({"PatientID": "P4", "AccessionNumber": "", "StudyStatusID": "COMPLETED"},
-                        model=PATIENT_ROOT)
+    found = marked.find({"PatientID": "P4", "AccessionNumber": "", "StudyStatusID": "COMPLETED"}, model=PATIENT_ROOT)
     assert [str(m.AccessionNumber) for m in found] == ["A'4"]
-    series = marked.find({"StudyInstanceUID": STUDY_UIDS["A1"], "SeriesInstanceUID": "", "StudyStatusID": ""},
-                         level=Level.SERIES)
+    series = marked.find(
+        {"StudyInstanceUID": STUDY_UIDS["A1"], "SeriesInstanceUID": "", "StudyStatusID": ""}, level=Level.SERIES
+    )
     assert len(series) == 2  # a study key above the query level is not answered
 
 
-def _absent(qa: QueryArchive, level: Level = Level.STUDY, absent: tuple[str, ...] = ("StudyStatusID",),
-            **keys: Any) -> set[str]:  # noqa: F811
+def _absent(
+    qa: QueryArchive, level: Level = Level.STUDY, absent: tuple[str, ...] = ("StudyStatusID",), **keys: Any
+) -> set[str]:
     ds = Dataset()
     ds.AccessionNumber = ""
     for keyword, value in keys.items():

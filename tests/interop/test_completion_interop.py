@@ -43,22 +43,39 @@ def modality_day(port: int, files: list[Path], mpps_uid: str) -> tuple[int, list
 def findscu(port: int, out: Path, *keys: str) -> list[pydicom.Dataset]:
     out.mkdir(parents=True, exist_ok=True)
     args = [a for key in keys for a in ("-k", key)]
-    res = run([dcmtk("findscu"), "-S", "-aec", SERVER_AE, "-X", "-od", str(out), "-k", "QueryRetrieveLevel=STUDY",
-               *args, "127.0.0.1", str(port)])
+    res = run(
+        [
+            dcmtk("findscu"),
+            "-S",
+            "-aec",
+            SERVER_AE,
+            "-X",
+            "-od",
+            str(out),
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            *args,
+            "127.0.0.1",
+            str(port),
+        ]
+    )
     assert res.returncode == 0 and "E: " not in res.stdout + res.stderr, res.stdout + res.stderr
     return [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
 
 
 def test_findscu_finds_the_completed_study_and_the_journal_tells_the_day(tmp_path: Path) -> None:
-    files = [write_ct(tmp_path / f"{n}.dcm", study_uid=STUDY, series_uid=f"{STUDY}.1", sop_uid=f"{STUDY}.1.{n}")
-             for n in range(3)]
+    files = [
+        write_ct(tmp_path / f"{n}.dcm", study_uid=STUDY, series_uid=f"{STUDY}.1", sop_uid=f"{STUDY}.1.{n}")
+        for n in range(3)
+    ]
     other = write_ct(tmp_path / "other.dcm", study_uid=OTHER, series_uid=f"{OTHER}.1", sop_uid=f"{OTHER}.1.1")
 
     async def main() -> None:
         async with serving(tmp_path) as app:
             await app.archive.import_file(other, Origin("import"))
-            await Worklist(app.archive).add(entry("123456", "Doe^John", "ACC1", "CT", "CT01", "20240105", "083000",
-                                                  study_uid=STUDY))
+            await Worklist(app.archive).add(
+                entry("123456", "Doe^John", "ACC1", "CT", "CT01", "20240105", "083000", study_uid=STUDY)
+            )
             day = await asyncio.to_thread(modality_day, app.dicom.port, files, "1.2.826.0.1.3680043.10.9.44")
             assert day == (0, [0, 0, 0], 0)
             for _ in range(100):
@@ -68,8 +85,7 @@ def test_findscu_finds_the_completed_study_and_the_journal_tells_the_day(tmp_pat
             assert STUDY in await completed(app)
 
             port = app.dicom.port
-            found = await asyncio.to_thread(findscu, port, tmp_path / "done", f"{STATUS}=COMPLETED",
-                                            "StudyInstanceUID")
+            found = await asyncio.to_thread(findscu, port, tmp_path / "done", f"{STATUS}=COMPLETED", "StudyInstanceUID")
             assert [(str(ds.StudyInstanceUID), ds.StudyStatusID) for ds in found] == [(STUDY, "COMPLETED")]
             every = await asyncio.to_thread(findscu, port, tmp_path / "all", STATUS, "StudyInstanceUID")
             assert {str(ds.StudyInstanceUID): ds.StudyStatusID for ds in every} == {STUDY: "COMPLETED", OTHER: ""}
@@ -82,7 +98,11 @@ def test_findscu_finds_the_completed_study_and_the_journal_tells_the_day(tmp_pat
             [complete] = [c for c in mine if c.type == "StudyComplete"]
             assert complete.uid == STUDY and complete.seq > max(c.seq for c in new)
             assert [c.type for c in mine if c.level == "mpps"] == ["MppsCreated", "MppsCompleted"]
-            assert [c.type for c in changes if c.study == OTHER] == ["NewPatient", "NewStudy", "NewSeries",
-                                                                      "NewInstance"]
+            assert [c.type for c in changes if c.study == OTHER] == [
+                "NewPatient",
+                "NewStudy",
+                "NewSeries",
+                "NewInstance",
+            ]
 
     asyncio.run(main())

@@ -21,10 +21,19 @@ SRC = str(Path(__file__).resolve().parents[2] / "src")
 @pytest.mark.interop
 def test_dicomweb_client_round_trip(tmp_path: Path) -> None:
     port, http_port = free_port(), free_port()
-    env = dict(os.environ, PYTHONPATH=SRC, MINIPACS_PORT=str(port), MINIPACS_HOST="127.0.0.1",
-               MINIPACS_HTTP_PORT=str(http_port), MINIPACS_FSYNC="false")
-    proc = subprocess.Popen([sys.executable, "-m", "minipacs.cli.main", "serve", "--data", str(tmp_path / "d")],
-                            env=env, stderr=subprocess.PIPE)
+    env = dict(
+        os.environ,
+        PYTHONPATH=SRC,
+        MINIPACS_PORT=str(port),
+        MINIPACS_HOST="127.0.0.1",
+        MINIPACS_HTTP_PORT=str(http_port),
+        MINIPACS_FSYNC="false",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "minipacs.cli.main", "serve", "--data", str(tmp_path / "d")],
+        env=env,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_for_port("127.0.0.1", http_port, proc=proc)
         client = DICOMwebClient(f"http://127.0.0.1:{http_port}/dicom-web")
@@ -53,10 +62,19 @@ def test_dicomweb_client_frames_and_transcoding_of_compressed_instances(tmp_path
     from tests.compressed import COMPRESSED, fresh_copy
 
     port, http_port = free_port(), free_port()
-    env = dict(os.environ, PYTHONPATH=SRC, MINIPACS_PORT=str(port), MINIPACS_HOST="127.0.0.1",
-               MINIPACS_HTTP_PORT=str(http_port), MINIPACS_FSYNC="false")
-    proc = subprocess.Popen([sys.executable, "-m", "minipacs.cli.main", "serve", "--data", str(tmp_path / "d")],
-                            env=env, stderr=subprocess.PIPE)
+    env = dict(
+        os.environ,
+        PYTHONPATH=SRC,
+        MINIPACS_PORT=str(port),
+        MINIPACS_HOST="127.0.0.1",
+        MINIPACS_HTTP_PORT=str(http_port),
+        MINIPACS_FSYNC="false",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "minipacs.cli.main", "serve", "--data", str(tmp_path / "d")],
+        env=env,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_for_port("127.0.0.1", http_port, proc=proc)
         client = DICOMwebClient(f"http://127.0.0.1:{http_port}/dicom-web")
@@ -71,12 +89,17 @@ def test_dicomweb_client_frames_and_transcoding_of_compressed_instances(tmp_path
             decoded = [np.asarray(f).astype(f.dtype.newbyteorder("<")).tobytes() for f in pixels]
             # frames as stored: the client's default (*/*), and by the syntax's own media type
             assert client.retrieve_instance_frames(*uids, frame_numbers=numbers) == stored, name
-            media = {"1.2.840.10008.1.2.4.50": "image/jpeg", "1.2.840.10008.1.2.4.80": "image/jls",
-                     "1.2.840.10008.1.2.4.90": "image/jp2", "1.2.840.10008.1.2.5": "image/dicom-rle"}[ts]
+            media = {
+                "1.2.840.10008.1.2.4.50": "image/jpeg",
+                "1.2.840.10008.1.2.4.80": "image/jls",
+                "1.2.840.10008.1.2.4.90": "image/jp2",
+                "1.2.840.10008.1.2.5": "image/dicom-rle",
+            }[ts]
             assert client.retrieve_instance_frames(*uids, frame_numbers=numbers, media_types=((media, ts),)) == stored
             # frames decompressed: application/octet-stream (Explicit VR Little Endian)
-            got = client.retrieve_instance_frames(*uids, frame_numbers=numbers,
-                                                  media_types=(("application/octet-stream", "1.2.840.10008.1.2.1"),))
+            got = client.retrieve_instance_frames(
+                *uids, frame_numbers=numbers, media_types=(("application/octet-stream", "1.2.840.10008.1.2.1"),)
+            )
             assert got == decoded, name
             # the instance: as stored by default, decompressed when asked
             as_stored = client.retrieve_instance(*uids)

@@ -34,7 +34,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from minipacs.net.association import Association, AssociationSettings, build_rq, connect
 from minipacs.net.dimse import Command
 from tests.dicomgen import CT_IMAGE_STORAGE, encode_dataset, make_ct
-from tests.peers import leftover_transfers, ServerProcess, dataset_bytes, dcmtk, run, start_server
+from tests.peers import ServerProcess, dataset_bytes, dcmtk, leftover_transfers, run, start_server
 
 pytestmark = pytest.mark.interop
 
@@ -53,10 +53,14 @@ def hostile_values() -> Iterator[None]:
         yield
 
 
-def ct(sop: str | None = None, study: str | None = None, series: str | None = None,
-       pixels: bytes | None = None) -> Dataset:
-    ds = make_ct(generate_uid() if study is None else study, generate_uid() if series is None else series,
-                 generate_uid() if sop is None else sop)
+def ct(
+    sop: str | None = None, study: str | None = None, series: str | None = None, pixels: bytes | None = None
+) -> Dataset:
+    ds = make_ct(
+        generate_uid() if study is None else study,
+        generate_uid() if series is None else series,
+        generate_uid() if sop is None else sop,
+    )
     if pixels is not None:
         ds.PixelData = pixels
     return ds
@@ -123,8 +127,14 @@ def raw_store(port: int, items: list[tuple[str, bytes]], calling: str = "RAWSCU"
         results: list[tuple[int, str]] = []
         try:
             for announced, data in items:
-                cmd = Command.make("C-STORE-RQ", has_dataset=True, MessageID=assoc.next_message_id(), Priority=0,
-                                   AffectedSOPClassUID=CT_IMAGE_STORAGE, AffectedSOPInstanceUID=announced)
+                cmd = Command.make(
+                    "C-STORE-RQ",
+                    has_dataset=True,
+                    MessageID=assoc.next_message_id(),
+                    Priority=0,
+                    AffectedSOPClassUID=CT_IMAGE_STORAGE,
+                    AffectedSOPInstanceUID=announced,
+                )
                 status, text = -1, ""
                 async for rsp in assoc.request(ctx.context_id, cmd, data):
                     status = int(rsp.command.get("Status", -1))
@@ -227,13 +237,20 @@ def _hostile_cases() -> list[tuple[str, str, bytes, int]]:
             cases.append((f"SOPInstanceUID {label}", bad, encode_dataset(ct(sop=bad)), 0xC000))
             # announced valid, dataset hostile: PS3.4 B.2.3 mismatch; an absent one cannot be stored at all
             sop = generate_uid()
-            cases.append((f"dataset SOPInstanceUID {label} vs announced", sop, encode_dataset(ct(sop=bad)),
-                          0xC000 if bad == "" else 0xA900))
+            cases.append(
+                (
+                    f"dataset SOPInstanceUID {label} vs announced",
+                    sop,
+                    encode_dataset(ct(sop=bad)),
+                    0xC000 if bad == "" else 0xA900,
+                )
+            )
             if "\x00" in bad:
                 # announced as the NUL-free value a careless reader would make of the dataset's
                 sop = bad.replace("\x00", "")
-                cases.append((f"dataset SOPInstanceUID {label} vs announced NUL-free", sop,
-                              encode_dataset(ct(sop=bad)), 0xA900))
+                cases.append(
+                    (f"dataset SOPInstanceUID {label} vs announced NUL-free", sop, encode_dataset(ct(sop=bad)), 0xA900)
+                )
             for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
                 sop = generate_uid()
                 ds = ct(sop=sop, **{"study" if keyword.startswith("Study") else "series": bad})
@@ -261,17 +278,24 @@ def test_hostile_uids_get_failure_statuses_and_write_nothing(tmp_path: Path) -> 
         assert len(results) == len(items)
         # first what must hold whatever the statuses: nothing outside DATA/storage, staging empty
         storage = data / "storage"
-        outside = {p for p in all_files(tmp_path) - before
-                   if not p.is_relative_to(storage) and p != server.log_path
-                   and not (p.parent == data and p.name.startswith("index.sqlite3"))
-                   and not (p.parent == data / "ready" and p.stat().st_size == 0)}  # empty, for the next transfer
+        outside = {
+            p
+            for p in all_files(tmp_path) - before
+            if not p.is_relative_to(storage)
+            and p != server.log_path
+            and not (p.parent == data and p.name.startswith("index.sqlite3"))
+            and not (p.parent == data / "ready" and p.stat().st_size == 0)
+        }  # empty, for the next transfer
         assert not outside, f"files written outside DATA/storage: {sorted(map(str, outside))}"
         assert staging_files(data) == []
 
-        wrong = [f"{label}: got 0x{st:04X} ({text!r}), expected 0x{want:04X}"
-                 for (label, _a, _r, want), (st, text) in zip(cases, results[:-2]) if st != want]
+        wrong = [
+            f"{label}: got 0x{st:04X} ({text!r}), expected 0x{want:04X}"
+            for (label, _a, _r, want), (st, text) in zip(cases, results[:-2], strict=True)
+            if st != want
+        ]
         assert not wrong, "\n".join(wrong)
-        no_comment = [label for (label, *_), (_st, text) in zip(cases, results[:-2]) if not text.strip()]
+        no_comment = [label for (label, *_), (_st, text) in zip(cases, results[:-2], strict=True) if not text.strip()]
         assert not no_comment, f"failures without ErrorComment: {no_comment}"
         assert results[-2] == (0x0000, ""), f"padded UID: {results[-2]}"
         assert results[-1] == (0x0000, ""), f"good instance after the hostile ones: {results[-1]}"
@@ -305,10 +329,16 @@ def test_dataset_too_large_is_refused_and_the_association_continues(tmp_path: Pa
         over2_uid, over2 = _dataset_of_size(LIMIT + 2)  # smallest valid dataset over the limit
         huge_uid, huge = _dataset_of_size(LIMIT * 8)
         good = ct()
-        results = raw_store(server.port, [
-            (exact_uid, exact), (over1_uid, over1 + b"\x00"), (over2_uid, over2), (huge_uid, huge),
-            (good.SOPInstanceUID, encode_dataset(good)),
-        ])
+        results = raw_store(
+            server.port,
+            [
+                (exact_uid, exact),
+                (over1_uid, over1 + b"\x00"),
+                (over2_uid, over2),
+                (huge_uid, huge),
+                (good.SOPInstanceUID, encode_dataset(good)),
+            ],
+        )
         statuses = [st for st, _t in results]
         assert statuses == [0x0000, 0xA700, 0xA700, 0xA700, 0x0000], [hex(s) for s in statuses]
         assert all(text for _st, text in results[1:4]), results
@@ -321,11 +351,14 @@ def test_dataset_too_large_is_refused_and_the_association_continues(tmp_path: Pa
 # ---------------------------------------------------------------- 4. duplicates
 
 
-@pytest.mark.parametrize(("policy", "resend_status", "kept"), [
-    ("reject", 0x0111, "first"),
-    (None, 0x0000, "first"),  # the default is keep
-    ("replace", 0x0000, "second"),
-])
+@pytest.mark.parametrize(
+    ("policy", "resend_status", "kept"),
+    [
+        ("reject", 0x0111, "first"),
+        (None, 0x0000, "first"),  # the default is keep
+        ("replace", 0x0000, "second"),
+    ],
+)
 def test_duplicate_policies(tmp_path: Path, policy: str | None, resend_status: int, kept: str) -> None:
     env = {"MINIPACS_DUPLICATE_POLICY": policy} if policy else None
     with running(tmp_path, env=env) as server:
@@ -419,8 +452,9 @@ def test_one_gib_instance_with_flat_memory(tmp_path: Path) -> None:
 
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
-            res = run([dcmtk("storescu"), "-aec", "MINIPACS", "-xe", "127.0.0.1", str(server.port), str(big)],
-                      timeout=300)
+            res = run(
+                [dcmtk("storescu"), "-aec", "MINIPACS", "-xe", "127.0.0.1", str(server.port), str(big)], timeout=300
+            )
             done.set()
             sampler.join(5)
             hwm_kb = proc_status(pid)["VmHWM"]

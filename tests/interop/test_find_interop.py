@@ -26,13 +26,21 @@ ORTHANC = Path("/usr/sbin/Orthanc")
 def make_files(folder: Path, n: int) -> list[Path]:
     paths = []
     for i in range(n):
-        paths.append(write_ct(
-            folder / f"{i:04d}.dcm", rows=8, cols=8, patient_id=f"PID{i % 20}",
-            patient_name="Müller^Jürgen" if i == 3 else ("Doe^John" if i % 20 == 1 else f"Name{i % 20:02d}^Test"),
-            AccessionNumber=f"ACC{i:04d}", StudyDate=f"2023{1 + i % 12:02d}{1 + i % 28:02d}",
-            study_uid=f"1.2.826.0.1.3680043.10.3.{i + 1}", series_uid=f"1.2.826.0.1.3680043.10.3.{i + 1}.1",
-            sop_uid=f"1.2.826.0.1.3680043.10.3.{i + 1}.1.1", InstitutionName=f"Hospital {i % 3}",
-        ))
+        paths.append(
+            write_ct(
+                folder / f"{i:04d}.dcm",
+                rows=8,
+                cols=8,
+                patient_id=f"PID{i % 20}",
+                patient_name="Müller^Jürgen" if i == 3 else ("Doe^John" if i % 20 == 1 else f"Name{i % 20:02d}^Test"),
+                AccessionNumber=f"ACC{i:04d}",
+                StudyDate=f"2023{1 + i % 12:02d}{1 + i % 28:02d}",
+                study_uid=f"1.2.826.0.1.3680043.10.3.{i + 1}",
+                series_uid=f"1.2.826.0.1.3680043.10.3.{i + 1}.1",
+                sop_uid=f"1.2.826.0.1.3680043.10.3.{i + 1}.1.1",
+                InstitutionName=f"Hospital {i % 3}",
+            )
+        )
     return paths
 
 
@@ -40,8 +48,10 @@ def make_files(folder: Path, n: int) -> list[Path]:
 def minipacs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("find-interop")
     make_files(tmp / "in", N_STUDIES)
-    res = run(minipacs_cmd("import", str(tmp / "in"), "--data", str(tmp / "data"), "--no-progress"),
-              env={"MINIPACS_FSYNC": "false"})
+    res = run(
+        minipacs_cmd("import", str(tmp / "in"), "--data", str(tmp / "data"), "--no-progress"),
+        env={"MINIPACS_FSYNC": "false"},
+    )
     assert res.returncode == 0, res.stderr
     server = start_server(tmp)
     try:
@@ -50,18 +60,39 @@ def minipacs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
         server.stop()
 
 
-def findscu(server: ServerProcess, out: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], list[pydicom.Dataset]]:
+def findscu(
+    server: ServerProcess, out: Path, *args: str
+) -> tuple[subprocess.CompletedProcess[str], list[pydicom.Dataset]]:
     out.mkdir(parents=True, exist_ok=True)
-    res = run([dcmtk("findscu"), "-v", "-aec", server.ae_title, "-X", "-od", str(out), *args,
-               "127.0.0.1", str(server.port)])
+    res = run(
+        [dcmtk("findscu"), "-v", "-aec", server.ae_title, "-X", "-od", str(out), *args, "127.0.0.1", str(server.port)]
+    )
     found = [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
     return res, found
 
 
 def test_findscu_study_root_wildcard_and_return_keys(minipacs_server: ServerProcess, tmp_path: Path) -> None:
-    res, found = findscu(minipacs_server, tmp_path, "-S", "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientName=doe*",
-                         "-k", "StudyDate", "-k", "AccessionNumber", "-k", "InstitutionName",
-                         "-k", "ModalitiesInStudy", "-k", "NumberOfStudyRelatedInstances", "-k", "StudyInstanceUID")
+    res, found = findscu(
+        minipacs_server,
+        tmp_path,
+        "-S",
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        "PatientName=doe*",
+        "-k",
+        "StudyDate",
+        "-k",
+        "AccessionNumber",
+        "-k",
+        "InstitutionName",
+        "-k",
+        "ModalitiesInStudy",
+        "-k",
+        "NumberOfStudyRelatedInstances",
+        "-k",
+        "StudyInstanceUID",
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert len(found) == N_STUDIES // 20
     for ds in found:
@@ -72,8 +103,17 @@ def test_findscu_study_root_wildcard_and_return_keys(minipacs_server: ServerProc
 
 
 def test_findscu_date_range(minipacs_server: ServerProcess, tmp_path: Path) -> None:
-    res, found = findscu(minipacs_server, tmp_path, "-S", "-k", "QueryRetrieveLevel=STUDY",
-                         "-k", "StudyDate=20230301-20230331", "-k", "AccessionNumber")
+    res, found = findscu(
+        minipacs_server,
+        tmp_path,
+        "-S",
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        "StudyDate=20230301-20230331",
+        "-k",
+        "AccessionNumber",
+    )
     assert res.returncode == 0, res.stderr
     expected = {f"ACC{i:04d}" for i in range(N_STUDIES) if 1 + i % 12 == 3}
     assert {ds.AccessionNumber for ds in found} == expected
@@ -81,14 +121,37 @@ def test_findscu_date_range(minipacs_server: ServerProcess, tmp_path: Path) -> N
 
 
 def test_findscu_patient_root(minipacs_server: ServerProcess, tmp_path: Path) -> None:
-    res, found = findscu(minipacs_server, tmp_path / "p", "-P", "-k", "QueryRetrieveLevel=PATIENT",
-                         "-k", "PatientID=PID3", "-k", "PatientName", "-k", "NumberOfPatientRelatedStudies")
+    res, found = findscu(
+        minipacs_server,
+        tmp_path / "p",
+        "-P",
+        "-k",
+        "QueryRetrieveLevel=PATIENT",
+        "-k",
+        "PatientID=PID3",
+        "-k",
+        "PatientName",
+        "-k",
+        "NumberOfPatientRelatedStudies",
+    )
     assert res.returncode == 0, res.stderr
     assert [(ds.PatientID, int(ds.NumberOfPatientRelatedStudies)) for ds in found] == [("PID3", N_STUDIES // 20)]
     assert str(found[0].PatientName) == "Müller^Jürgen"
-    res, found = findscu(minipacs_server, tmp_path / "s", "-P", "-k", "QueryRetrieveLevel=SERIES",
-                         "-k", "PatientID=PID3", "-k", "StudyInstanceUID=1.2.826.0.1.3680043.10.3.4",
-                         "-k", "SeriesInstanceUID", "-k", "Modality")
+    res, found = findscu(
+        minipacs_server,
+        tmp_path / "s",
+        "-P",
+        "-k",
+        "QueryRetrieveLevel=SERIES",
+        "-k",
+        "PatientID=PID3",
+        "-k",
+        "StudyInstanceUID=1.2.826.0.1.3680043.10.3.4",
+        "-k",
+        "SeriesInstanceUID",
+        "-k",
+        "Modality",
+    )
     assert res.returncode == 0, res.stderr
     assert [(ds.SeriesInstanceUID, ds.Modality) for ds in found] == [("1.2.826.0.1.3680043.10.3.4.1", "CT")]
 
@@ -101,30 +164,51 @@ def test_findscu_missing_unique_key_is_refused(minipacs_server: ServerProcess, t
 
 
 def test_findscu_cancel(minipacs_server: ServerProcess, tmp_path: Path) -> None:
-    res, found = findscu(minipacs_server, tmp_path, "-S", "--cancel", "1", "-k", "QueryRetrieveLevel=STUDY",
-                         "-k", "AccessionNumber", "-k", "PatientName")
+    res, found = findscu(
+        minipacs_server,
+        tmp_path,
+        "-S",
+        "--cancel",
+        "1",
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        "AccessionNumber",
+        "-k",
+        "PatientName",
+    )
     assert res.returncode == 0, res.stderr
     text = res.stdout + res.stderr
     assert "Cancel" in text
     assert len(found) < N_STUDIES
     # the server answered 0xFE00 and keeps serving
-    res, found = findscu(minipacs_server, tmp_path / "after", "-S", "-k", "QueryRetrieveLevel=STUDY",
-                         "-k", "AccessionNumber=ACC0010")
+    res, found = findscu(
+        minipacs_server, tmp_path / "after", "-S", "-k", "QueryRetrieveLevel=STUDY", "-k", "AccessionNumber=ACC0010"
+    )
     assert [ds.AccessionNumber for ds in found] == ["ACC0010"]
 
 
 def test_findscu_hostile_keys(minipacs_server: ServerProcess, tmp_path: Path) -> None:
-    for n, key in enumerate(["PatientName=%';--", "AccessionNumber=_", "PatientName=" + "*" * 10000,
-                             "StudyDescription=" + "x" * 3000, "StudyDate=notadate"]):
+    for n, key in enumerate(
+        [
+            "PatientName=%';--",
+            "AccessionNumber=_",
+            "PatientName=" + "*" * 10000,
+            "StudyDescription=" + "x" * 3000,
+            "StudyDate=notadate",
+        ]
+    ):
         res, found = findscu(minipacs_server, tmp_path / str(n), "-S", "-k", "QueryRetrieveLevel=STUDY", "-k", key)
         assert res.returncode == 0, res.stderr
         assert len(found) in (0, N_STUDIES)
-    res, found = findscu(minipacs_server, tmp_path / "after", "-S", "-k", "QueryRetrieveLevel=STUDY",
-                         "-k", "AccessionNumber=ACC0011")
+    res, found = findscu(
+        minipacs_server, tmp_path / "after", "-S", "-k", "QueryRetrieveLevel=STUDY", "-k", "AccessionNumber=ACC0011"
+    )
     assert [ds.AccessionNumber for ds in found] == ["ACC0011"]
 
 
 # ---------------------------------------------------------------- minipacs find → DCMTK dcmqrscp
+
 
 @pytest.fixture(scope="module")
 def dcmqrscp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
@@ -141,8 +225,9 @@ def dcmqrscp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     )
     res = run([dcmtk("dcmqridx"), str(db), *map(str, files)])
     assert res.returncode == 0, res.stderr
-    proc = subprocess.Popen([dcmtk("dcmqrscp"), "-c", str(config), str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [dcmtk("dcmqrscp"), "-c", str(config), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_for_port("127.0.0.1", port, proc=proc)
         yield port
@@ -165,8 +250,20 @@ def test_minipacs_find_against_dcmqrscp(dcmqrscp: int) -> None:
     res, matches = minipacs_find(dcmqrscp, "DCMQR", "-P", "-L", "PATIENT", "-k", "PatientID=PID5", "-k", "PatientName")
     assert res.returncode == 0, res.stderr
     assert len(matches) == 1
-    res = run(minipacs_cmd("find", "127.0.0.1", str(dcmqrscp), "-aec", "DCMQR", "-S", "-k", "AccessionNumber=ACC0002",
-                           "-k", "StudyDate"))
+    res = run(
+        minipacs_cmd(
+            "find",
+            "127.0.0.1",
+            str(dcmqrscp),
+            "-aec",
+            "DCMQR",
+            "-S",
+            "-k",
+            "AccessionNumber=ACC0002",
+            "-k",
+            "StudyDate",
+        )
+    )
     assert res.returncode == 0 and "ACC0002" in res.stdout, res.stderr
     assert "AccessionNumber" in res.stdout.splitlines()[0]
 
@@ -187,6 +284,7 @@ def test_minipacs_find_against_minipacs_json_and_table(minipacs_server: ServerPr
 
 # ---------------------------------------------------------------- minipacs find → Orthanc
 
+
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     if not ORTHANC.exists():
@@ -194,21 +292,38 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     tmp = tmp_path_factory.mktemp("orthanc")
     dicom_port, http_port = free_port(), free_port()
     config = tmp / "orthanc.json"
-    config.write_text(json.dumps({
-        "Name": "minipacs-test", "StorageDirectory": str(tmp / "storage"), "IndexDirectory": str(tmp / "index"),
-        "DicomAet": "ORTHANC", "DicomPort": dicom_port, "HttpPort": http_port, "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "DicomAlwaysAllowFind": True,
-        "DicomAlwaysAllowEcho": True, "DicomModalities": {"findscu": ["FINDSCU", "127.0.0.1", 4242]},
-        "Plugins": [], "HttpDescribeErrors": True,
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "Name": "minipacs-test",
+                "StorageDirectory": str(tmp / "storage"),
+                "IndexDirectory": str(tmp / "index"),
+                "DicomAet": "ORTHANC",
+                "DicomPort": dicom_port,
+                "HttpPort": http_port,
+                "RemoteAccessAllowed": False,
+                "AuthenticationEnabled": False,
+                "DicomCheckCalledAet": False,
+                "DicomAlwaysAllowFind": True,
+                "DicomAlwaysAllowEcho": True,
+                "DicomModalities": {"findscu": ["FINDSCU", "127.0.0.1", 4242]},
+                "Plugins": [],
+                "HttpDescribeErrors": True,
+            }
+        )
+    )
     log = open(tmp / "orthanc.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([str(ORTHANC), str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_port("127.0.0.1", http_port, proc=proc)
         wait_for_port("127.0.0.1", dicom_port, proc=proc)
         for path in make_files(tmp / "in", 30):
-            request = urllib.request.Request(f"http://127.0.0.1:{http_port}/instances", data=path.read_bytes(),
-                                             method="POST", headers={"Content-Type": "application/dicom"})
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{http_port}/instances",
+                data=path.read_bytes(),
+                method="POST",
+                headers={"Content-Type": "application/dicom"},
+            )
             with urllib.request.urlopen(request, timeout=30) as response:
                 assert response.status == 200
         yield dicom_port
@@ -223,13 +338,15 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 
 def test_minipacs_find_against_orthanc(orthanc: int) -> None:
-    res, matches = minipacs_find(orthanc, "ORTHANC", "-S", "-k", "PatientName=DOE*", "-k", "AccessionNumber",
-                                 "-k", "StudyDate=20230101-20230630")
+    res, matches = minipacs_find(
+        orthanc, "ORTHANC", "-S", "-k", "PatientName=DOE*", "-k", "AccessionNumber", "-k", "StudyDate=20230101-20230630"
+    )
     assert res.returncode == 0, res.stderr
     # ACC0021 is a DOE too, but of October: outside the range
     assert {m["00080050"]["Value"][0] for m in matches} == {"ACC0001"}  # type: ignore[index]
-    res, matches = minipacs_find(orthanc, "ORTHANC", "-S", "-L", "SERIES",
-                                 "-k", "StudyInstanceUID=1.2.826.0.1.3680043.10.3.5", "-k", "Modality")
+    res, matches = minipacs_find(
+        orthanc, "ORTHANC", "-S", "-L", "SERIES", "-k", "StudyInstanceUID=1.2.826.0.1.3680043.10.3.5", "-k", "Modality"
+    )
     assert res.returncode == 0, res.stderr
     assert [m["00080060"]["Value"][0] for m in matches] == ["CT"]  # type: ignore[index]
 
@@ -239,23 +356,45 @@ def test_ci_installs_orthanc() -> None:
     assert "orthanc" in ci
 
 
-@pytest.mark.parametrize(("charset", "name", "answered_in"), [
-    ("ISO 2022 IR 6\\ISO 2022 IR 87", "Yamada^Tarou=山田^太郎=やまだ^たろう", "ISO 2022 IR 6\\ISO 2022 IR 87"),
-    ("ISO 2022 IR 6\\ISO 2022 IR 149", "Hong^Gildong=洪^吉洞=홍^길동", "ISO 2022 IR 6\\ISO 2022 IR 149"),
-    ("ISO 2022 IR 6\\ISO 2022 IR 87", "Müller^Jürgen", "ISO_IR 192"),  # not in that repertoire: UTF-8
-])
-def test_findscu_gets_answers_in_its_iso_2022_repertoire(tmp_path: Path, charset: str, name: str,
-                                                         answered_in: str) -> None:
+@pytest.mark.parametrize(
+    ("charset", "name", "answered_in"),
+    [
+        ("ISO 2022 IR 6\\ISO 2022 IR 87", "Yamada^Tarou=山田^太郎=やまだ^たろう", "ISO 2022 IR 6\\ISO 2022 IR 87"),
+        ("ISO 2022 IR 6\\ISO 2022 IR 149", "Hong^Gildong=洪^吉洞=홍^길동", "ISO 2022 IR 6\\ISO 2022 IR 149"),
+        ("ISO 2022 IR 6\\ISO 2022 IR 87", "Müller^Jürgen", "ISO_IR 192"),  # not in that repertoire: UTF-8
+    ],
+)
+def test_findscu_gets_answers_in_its_iso_2022_repertoire(
+    tmp_path: Path, charset: str, name: str, answered_in: str
+) -> None:
     """Issue 12 item 11, PS3.5 6.1.2.5: a requester asking in ISO 2022 IR 87 / IR 149 is answered in
     it when its repertoire holds the values (stored here in UTF-8), in UTF-8 only when it does not."""
     server = start_server(tmp_path)
     try:
-        path = write_ct(tmp_path / "jp.dcm", rows=8, cols=8, patient_id="JP1", patient_name=name,
-                        SpecificCharacterSet="ISO_IR 192", study_uid="1.2.826.0.1.3680043.10.7.1")
+        path = write_ct(
+            tmp_path / "jp.dcm",
+            rows=8,
+            cols=8,
+            patient_id="JP1",
+            patient_name=name,
+            SpecificCharacterSet="ISO_IR 192",
+            study_uid="1.2.826.0.1.3680043.10.7.1",
+        )
         done = run([dcmtk("storescu"), "-aec", server.ae_title, "127.0.0.1", str(server.port), str(path)])
         assert done.returncode == 0, done.stderr
-        res, found = findscu(server, tmp_path / "out", "-S", "-k", "QueryRetrieveLevel=STUDY",
-                             "-k", f"SpecificCharacterSet={charset}", "-k", "PatientID=JP1", "-k", "PatientName")
+        res, found = findscu(
+            server,
+            tmp_path / "out",
+            "-S",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"SpecificCharacterSet={charset}",
+            "-k",
+            "PatientID=JP1",
+            "-k",
+            "PatientName",
+        )
         assert res.returncode == 0, res.stdout + res.stderr
         [match] = found
         said = match.SpecificCharacterSet

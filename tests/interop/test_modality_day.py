@@ -59,26 +59,29 @@ def modality_day(port: int, files: list[Path], reports: Reports) -> dict[str, An
         status, _ = assoc.send_n_set(mpps_final(f"{STUDY}.1", sops), MPPS_CLASS, mpps_uid)
         out["set"] = int(status.Status)
         out["txn"] = generate_uid()
-        status, _ = assoc.send_n_action(commitment_request(out["txn"], [(CT_IMAGE_STORAGE, u) for u in sops]), 1,
-                                        COMMIT_CLASS, COMMIT_INSTANCE)
+        status, _ = assoc.send_n_action(
+            commitment_request(out["txn"], [(CT_IMAGE_STORAGE, u) for u in sops]), 1, COMMIT_CLASS, COMMIT_INSTANCE
+        )
         out["action"] = int(status.Status)
         reports.answered.wait(30)  # the report follows the N-ACTION-RSP; a loaded CI machine is slow
         return out
 
-    return with_scu(port, body, [MWL_FIND, MPPS_CLASS, COMMIT_CLASS, CT_IMAGE_STORAGE],
-                    handlers=reports.handlers)
+    return with_scu(port, body, [MWL_FIND, MPPS_CLASS, COMMIT_CLASS, CT_IMAGE_STORAGE], handlers=reports.handlers)
 
 
 def test_modality_day(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="minipacs")
     reports = Reports()
-    files = [write_ct(tmp_path / f"{n}.dcm", study_uid=STUDY, series_uid=f"{STUDY}.1", sop_uid=f"{STUDY}.1.{n}")
-             for n in range(3)]
+    files = [
+        write_ct(tmp_path / f"{n}.dcm", study_uid=STUDY, series_uid=f"{STUDY}.1", sop_uid=f"{STUDY}.1.{n}")
+        for n in range(3)
+    ]
 
     async def main() -> None:
         async with serving(tmp_path) as app:
-            wl = await Worklist(app.archive).add(entry("123456", "Doe^John", "ACC1", "CT", "CT01", "20240105",
-                                                       "083000", study_uid=STUDY))
+            wl = await Worklist(app.archive).add(
+                entry("123456", "Doe^John", "ACC1", "CT", "CT01", "20240105", "083000", study_uid=STUDY)
+            )
             day = await asyncio.to_thread(modality_day, app.dicom.port, files, reports)
             assert day["worklist"] == [("ACC1", STUDY)]
             assert (day["create"], day["store"], day["set"], day["action"]) == (0, [0, 0, 0], 0, 0)

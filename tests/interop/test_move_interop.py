@@ -40,20 +40,31 @@ pytestmark = pytest.mark.interop
 ORTHANC = Path("/usr/sbin/Orthanc")
 
 
-def _study(folder: Path, count: int, syntaxes: tuple[str, ...] = (ExplicitVRLittleEndian,)) -> tuple[str, dict[str, Path]]:
+def _study(
+    folder: Path, count: int, syntaxes: tuple[str, ...] = (ExplicitVRLittleEndian,)
+) -> tuple[str, dict[str, Path]]:
     folder.mkdir(parents=True, exist_ok=True)
     study, series = generate_uid(), generate_uid()
     files: dict[str, Path] = {}
     for i in range(count):
         sop = generate_uid()
-        files[sop] = write_ct(folder / f"f{i:03d}.dcm", study_uid=study, series_uid=series, sop_uid=sop,
-                              transfer_syntax=syntaxes[i % len(syntaxes)], InstanceNumber=i + 1)
+        files[sop] = write_ct(
+            folder / f"f{i:03d}.dcm",
+            study_uid=study,
+            series_uid=series,
+            sop_uid=sop,
+            transfer_syntax=syntaxes[i % len(syntaxes)],
+            InstanceNumber=i + 1,
+        )
     return study, files
 
 
 def _by_sop(folder: Path) -> dict[str, Path]:
-    return {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p
-            for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".part")}
+    return {
+        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p
+        for p in folder.rglob("*")
+        if p.is_file() and not p.name.endswith(".part")
+    }
 
 
 def _assert_same(sent: dict[str, Path], got: dict[str, Path]) -> None:
@@ -76,8 +87,11 @@ def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     out = tmp_path / "storescp-out"
     out.mkdir()
     port = free_port()
-    proc = subprocess.Popen([dcmtk("storescp"), "-od", str(out), "-aet", "STORESCP", "+B", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [dcmtk("storescp"), "-od", str(out), "-aet", "STORESCP", "+B", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_port("127.0.0.1", port, proc=proc)
         yield port, out
@@ -97,14 +111,30 @@ def _serve_with(tmp: Path, nodes: list[tuple[str, str, int]], files: Path) -> Se
 
 # ---------------------------------------------------------------- DCMTK SCUs -> minipacs
 
+
 def test_dcmtk_movescu_to_minipacs(tmp_path: Path, storescp: tuple[int, Path]) -> None:
     port, out = storescp
     study, sent = _study(tmp_path / "in", 5, (ExplicitVRLittleEndian, ImplicitVRLittleEndian))
     server = _serve_with(tmp_path, [("STORESCP", "127.0.0.1", port)], tmp_path / "in")
     try:
-        res = run([dcmtk("movescu"), "-S", "-aet", "MOVESCU", "-aec", "MINIPACS", "-aem", "STORESCP",
-                   "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
-                   "127.0.0.1", str(server.port)])
+        res = run(
+            [
+                dcmtk("movescu"),
+                "-S",
+                "-aet",
+                "MOVESCU",
+                "-aec",
+                "MINIPACS",
+                "-aem",
+                "STORESCP",
+                "-k",
+                "QueryRetrieveLevel=STUDY",
+                "-k",
+                f"StudyInstanceUID={study}",
+                "127.0.0.1",
+                str(server.port),
+            ]
+        )
         assert res.returncode == 0, res.stdout + res.stderr
         log = run(minipacs_cmd("log", "--data", str(server.data_dir), "--json"))
     finally:
@@ -120,9 +150,23 @@ def test_dcmtk_movescu_unknown_destination(tmp_path: Path) -> None:
     study, _sent = _study(tmp_path / "in", 1)
     server = _serve_with(tmp_path, [], tmp_path / "in")
     try:
-        res = run([dcmtk("movescu"), "-v", "-S", "-aec", "MINIPACS", "-aem", "NOWHERE",
-                   "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
-                   "127.0.0.1", str(server.port)])
+        res = run(
+            [
+                dcmtk("movescu"),
+                "-v",
+                "-S",
+                "-aec",
+                "MINIPACS",
+                "-aem",
+                "NOWHERE",
+                "-k",
+                "QueryRetrieveLevel=STUDY",
+                "-k",
+                f"StudyInstanceUID={study}",
+                "127.0.0.1",
+                str(server.port),
+            ]
+        )
     finally:
         server.stop()
     assert "Refused: MoveDestinationUnknown" in res.stdout + res.stderr
@@ -138,9 +182,25 @@ def test_dcmtk_getscu_to_minipacs(tmp_path: Path, syntax: str) -> None:
     out = tmp_path / "got"
     out.mkdir()
     try:
-        res = run([dcmtk("getscu"), "-S", "+B", "-aet", "GETSCU", "-aec", "MINIPACS", "-od", str(out),
-                   "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
-                   "127.0.0.1", str(server.port)])
+        res = run(
+            [
+                dcmtk("getscu"),
+                "-S",
+                "+B",
+                "-aet",
+                "GETSCU",
+                "-aec",
+                "MINIPACS",
+                "-od",
+                str(out),
+                "-k",
+                "QueryRetrieveLevel=STUDY",
+                "-k",
+                f"StudyInstanceUID={study}",
+                "127.0.0.1",
+                str(server.port),
+            ]
+        )
         assert res.returncode == 0, res.stdout + res.stderr
     finally:
         server.stop()
@@ -157,8 +217,10 @@ def test_dcmtk_getscu_to_minipacs(tmp_path: Path, syntax: str) -> None:
 
 # ---------------------------------------------------------------- minipacs SCU -> DCMTK dcmqrscp
 
-def _move_and_get_against_dcmqrscp(tmp_path: Path, *options: str,
-                                   syntaxes: tuple[str, ...] = (ExplicitVRLittleEndian,)) -> None:
+
+def _move_and_get_against_dcmqrscp(
+    tmp_path: Path, *options: str, syntaxes: tuple[str, ...] = (ExplicitVRLittleEndian,)
+) -> None:
     study, sent = _study(tmp_path / "in", 4, syntaxes)
     db = tmp_path / "qrdb"
     db.mkdir()
@@ -172,25 +234,71 @@ def _move_and_get_against_dcmqrscp(tmp_path: Path, *options: str,
         "VendorTable BEGIN\nVendorTable END\n"
         f"AETable BEGIN\nDCMQR {db} RW (200, 1024mb) ANY\nAETable END\n"
     )
-    proc = subprocess.Popen([dcmtk("dcmqrscp"), "-c", str(cfg), "--disable-host-lookup", *options],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [dcmtk("dcmqrscp"), "-c", str(cfg), "--disable-host-lookup", *options],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_port("127.0.0.1", qr_port, proc=proc)
         moved = tmp_path / "moved"
-        res = run(minipacs_cmd("move", "127.0.0.1", str(qr_port), "-aec", "DCMQR", "-aet", "MINIPACS",
-                               "--port", str(our_port), "--store-to", str(moved), "--no-progress",
-                               "-k", f"StudyInstanceUID={study}"))
+        res = run(
+            minipacs_cmd(
+                "move",
+                "127.0.0.1",
+                str(qr_port),
+                "-aec",
+                "DCMQR",
+                "-aet",
+                "MINIPACS",
+                "--port",
+                str(our_port),
+                "--store-to",
+                str(moved),
+                "--no-progress",
+                "-k",
+                f"StudyInstanceUID={study}",
+            )
+        )
         assert res.returncode == 0, res.stdout + res.stderr
         assert "4 completed, 0 failed" in res.stdout
-        res = run(minipacs_cmd("move", "127.0.0.1", str(qr_port), "-aec", "DCMQR", "-aem", "NOWHERE", "--json",
-                               "--no-progress", "-k", f"StudyInstanceUID={study}"))
+        res = run(
+            minipacs_cmd(
+                "move",
+                "127.0.0.1",
+                str(qr_port),
+                "-aec",
+                "DCMQR",
+                "-aem",
+                "NOWHERE",
+                "--json",
+                "--no-progress",
+                "-k",
+                f"StudyInstanceUID={study}",
+            )
+        )
         assert res.returncode == 1, res.stdout + res.stderr
         doc = json.loads(res.stdout)
         assert (doc["command"], doc["status"]) == ("move", 0xA801), doc
         assert doc["meaning"] == "0xA801 Failure: Refused: Move Destination unknown"
         got = tmp_path / "got"
-        res = run(minipacs_cmd("get", "127.0.0.1", str(qr_port), "-aec", "DCMQR", "-aet", "MINIPACS", "--json",
-                               "--out", str(got), "--no-progress", "-k", f"StudyInstanceUID={study}"))
+        res = run(
+            minipacs_cmd(
+                "get",
+                "127.0.0.1",
+                str(qr_port),
+                "-aec",
+                "DCMQR",
+                "-aet",
+                "MINIPACS",
+                "--json",
+                "--out",
+                str(got),
+                "--no-progress",
+                "-k",
+                f"StudyInstanceUID={study}",
+            )
+        )
         assert res.returncode == 0, res.stdout + res.stderr
         doc = json.loads(res.stdout)  # issue 12 item 17: --json
         assert (doc["command"], doc["status"], doc["completed"], doc["failed"]) == ("get", 0, 4, 0)
@@ -215,6 +323,7 @@ def test_minipacs_move_and_get_against_implicit_only_dcmqrscp(tmp_path: Path) ->
 
 # ---------------------------------------------------------------- minipacs SCU -> Orthanc
 
+
 def test_minipacs_move_and_get_against_orthanc(tmp_path: Path) -> None:
     if not ORTHANC.exists():
         missing_peer("Orthanc", "apt-get install orthanc")
@@ -222,10 +331,19 @@ def test_minipacs_move_and_get_against_orthanc(tmp_path: Path) -> None:
     dicom_port, http_port, our_port = free_port(), free_port(), free_port()
     storage = tmp_path / "orthanc-db"
     config = {
-        "Name": "minipacs-test", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
-        "DicomAet": "ORTHANC", "DicomPort": dicom_port, "HttpPort": http_port, "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True,
-        "DicomAlwaysAllowGet": True, "DicomAlwaysAllowMove": True, "Plugins": [],
+        "Name": "minipacs-test",
+        "StorageDirectory": str(storage),
+        "IndexDirectory": str(storage),
+        "DicomAet": "ORTHANC",
+        "DicomPort": dicom_port,
+        "HttpPort": http_port,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": False,
+        "DicomAlwaysAllowStore": True,
+        "DicomAlwaysAllowGet": True,
+        "DicomAlwaysAllowMove": True,
+        "Plugins": [],
         "DicomModalities": {"minipacs": ["MINIPACS", "127.0.0.1", our_port]},
         "StorageCompression": False,
     }
@@ -236,17 +354,49 @@ def test_minipacs_move_and_get_against_orthanc(tmp_path: Path) -> None:
         proc = subprocess.Popen([str(ORTHANC), str(cfg)], stdout=log_fh, stderr=subprocess.STDOUT)
     try:
         wait_for_port("127.0.0.1", dicom_port, proc=proc, timeout=60)
-        res = run(minipacs_cmd("store", "127.0.0.1", str(dicom_port), "-aec", "ORTHANC", "-aet", "MINIPACS",
-                               str(tmp_path / "in")))
+        res = run(
+            minipacs_cmd(
+                "store", "127.0.0.1", str(dicom_port), "-aec", "ORTHANC", "-aet", "MINIPACS", str(tmp_path / "in")
+            )
+        )
         assert res.returncode == 0, res.stdout + res.stderr
         moved = tmp_path / "moved"
-        res = run(minipacs_cmd("move", "127.0.0.1", str(dicom_port), "-aec", "ORTHANC", "-aet", "MINIPACS",
-                               "--port", str(our_port), "--store-to", str(moved), "--no-progress",
-                               "-k", f"StudyInstanceUID={study}"))
+        res = run(
+            minipacs_cmd(
+                "move",
+                "127.0.0.1",
+                str(dicom_port),
+                "-aec",
+                "ORTHANC",
+                "-aet",
+                "MINIPACS",
+                "--port",
+                str(our_port),
+                "--store-to",
+                str(moved),
+                "--no-progress",
+                "-k",
+                f"StudyInstanceUID={study}",
+            )
+        )
         assert res.returncode == 0, res.stdout + res.stderr + log_path.read_text(errors="replace")
         got = tmp_path / "got"
-        res = run(minipacs_cmd("get", "127.0.0.1", str(dicom_port), "-aec", "ORTHANC", "-aet", "MINIPACS",
-                               "--out", str(got), "--no-progress", "-k", f"StudyInstanceUID={study}"))
+        res = run(
+            minipacs_cmd(
+                "get",
+                "127.0.0.1",
+                str(dicom_port),
+                "-aec",
+                "ORTHANC",
+                "-aet",
+                "MINIPACS",
+                "--out",
+                str(got),
+                "--no-progress",
+                "-k",
+                f"StudyInstanceUID={study}",
+            )
+        )
         assert res.returncode == 0, res.stdout + res.stderr + log_path.read_text(errors="replace")
     finally:
         proc.terminate()
@@ -257,31 +407,66 @@ def test_minipacs_move_and_get_against_orthanc(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- the seed scenario
 
+
 def test_two_viewers_sharing_an_ae_title_each_get_their_own_images(tmp_path: Path) -> None:
     study, sent = _study(tmp_path / "in", 3)
     port2, port3 = free_port("127.0.0.2"), free_port("127.0.0.3")
-    server = _serve_with(tmp_path, [("VIEWER", "127.0.0.2", port2), ("VIEWER", "127.0.0.3", port3)],
-                         tmp_path / "in")
+    server = _serve_with(tmp_path, [("VIEWER", "127.0.0.2", port2), ("VIEWER", "127.0.0.3", port3)], tmp_path / "in")
     try:
         viewers = {}
         for host, port in (("127.0.0.2", port2), ("127.0.0.3", port3)):
             folder = tmp_path / f"viewer-{host}"
-            viewers[host] = (folder, subprocess.Popen(
-                minipacs_cmd("move", "127.0.0.1", str(server.port), "-aec", "MINIPACS", "-aet", "VIEWER",
-                             "--bind", host, "--port", str(port), "--store-to", str(folder), "--no-progress",
-                             "-k", f"StudyInstanceUID={study}"),
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")},
-            ))
-        for host, (folder, proc) in viewers.items():
+            viewers[host] = (
+                folder,
+                subprocess.Popen(
+                    minipacs_cmd(
+                        "move",
+                        "127.0.0.1",
+                        str(server.port),
+                        "-aec",
+                        "MINIPACS",
+                        "-aet",
+                        "VIEWER",
+                        "--bind",
+                        host,
+                        "--port",
+                        str(port),
+                        "--store-to",
+                        str(folder),
+                        "--no-progress",
+                        "-k",
+                        f"StudyInstanceUID={study}",
+                    ),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")},
+                ),
+            )
+        for _host, (folder, proc) in viewers.items():
             output, _ = proc.communicate(timeout=120)
             assert proc.returncode == 0, output
             assert "3 completed, 0 failed" in output
             _assert_same(sent, _by_sop(folder))  # its own images, all of them, and only those
         # a third requester elsewhere: refused, and the log names both candidates
-        res = run(minipacs_cmd("move", "127.0.0.1", str(server.port), "-aec", "MINIPACS", "-aet", "OTHER",
-                               "--bind", "127.0.0.4", "-aem", "VIEWER", "--no-progress",
-                               "-k", f"StudyInstanceUID={study}"))
+        res = run(
+            minipacs_cmd(
+                "move",
+                "127.0.0.1",
+                str(server.port),
+                "-aec",
+                "MINIPACS",
+                "-aet",
+                "OTHER",
+                "--bind",
+                "127.0.0.4",
+                "-aem",
+                "VIEWER",
+                "--no-progress",
+                "-k",
+                f"StudyInstanceUID={study}",
+            )
+        )
         assert res.returncode == 1, res.stdout + res.stderr
         assert "0xA801" in res.stdout
         text = server.log_text()

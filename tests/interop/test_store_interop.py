@@ -26,8 +26,13 @@ def _study(folder: Path, count: int, syntaxes: tuple[str, ...] = (ExplicitVRLitt
     files: dict[str, Path] = {}
     for i in range(count):
         sop = generate_uid()
-        files[sop] = write_ct(folder / f"f{i:03d}.dcm", study_uid=study, series_uid=series, sop_uid=sop,
-                              transfer_syntax=syntaxes[i % len(syntaxes)])
+        files[sop] = write_ct(
+            folder / f"f{i:03d}.dcm",
+            study_uid=study,
+            series_uid=series,
+            sop_uid=sop,
+            transfer_syntax=syntaxes[i % len(syntaxes)],
+        )
     return files
 
 
@@ -58,8 +63,22 @@ def test_dcmtk_storescu_to_minipacs(server: ServerProcess, tmp_path: Path) -> No
         folder = tmp_path / f"in{n}"
         files = _study(folder, 4, (syntax,))
         sent.update(files)
-        res = run([dcmtk("storescu"), "-aec", "MINIPACS", "-aet", "MODALITY1", flag, "+sd", "+r",
-                   "127.0.0.1", str(server.port), str(folder)], env={"TCP_NODELAY": "1"})
+        res = run(
+            [
+                dcmtk("storescu"),
+                "-aec",
+                "MINIPACS",
+                "-aet",
+                "MODALITY1",
+                flag,
+                "+sd",
+                "+r",
+                "127.0.0.1",
+                str(server.port),
+                str(folder),
+            ],
+            env={"TCP_NODELAY": "1"},
+        )
         assert res.returncode == 0, res.stdout + res.stderr
     _assert_same_datasets(sent, _stored(server))
     log = run(minipacs_cmd("log", "--data", str(server.data_dir)))
@@ -96,8 +115,8 @@ def test_minipacs_echo_and_store_to_dcmtk_storescp(tmp_path: Path) -> None:
 
 
 def test_pynetdicom_scu_to_minipacs(server: ServerProcess, tmp_path: Path) -> None:
-    from pynetdicom import AE
     import pydicom
+    from pynetdicom import AE
 
     sent = _study(tmp_path / "in", 5)
     ae = AE(ae_title="PYNETSCU")
@@ -161,8 +180,9 @@ def test_minipacs_store_announces_the_datasets_uid_to_minipacs(server: ServerPro
     sent = _study(tmp_path / "in", 2)
     path = next(iter(sent.values()))
     dataset_uid, meta_uid = _meta_disagrees(path)
-    res = run(minipacs_cmd("store", "127.0.0.1", str(server.port), "-aec", "MINIPACS", "--no-progress",
-                           str(tmp_path / "in")))
+    res = run(
+        minipacs_cmd("store", "127.0.0.1", str(server.port), "-aec", "MINIPACS", "--no-progress", str(tmp_path / "in"))
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "sent 2 of 2" in res.stdout
     stored = _stored(server)

@@ -113,13 +113,22 @@ def proposal(ae: str = "OURSCU", called: str = SERVER_AE, max_pdu: int = 16384) 
 
 @asynccontextmanager
 async def serving(
-    *, timeouts: Timeouts = TIMEOUTS, max_pdu_receive: int = 16384, max_associations: int = 8,
+    *,
+    timeouts: Timeouts = TIMEOUTS,
+    max_pdu_receive: int = 16384,
+    max_associations: int = 8,
     check_called_aet: bool = True,
 ) -> AsyncIterator[DicomServer]:
     server = DicomServer(
-        SERVER_AE, [VerificationSCP(), EchoBackSCP()], host="127.0.0.1", port=0,
-        max_associations=max_associations, check_called_aet=check_called_aet,
-        max_pdu_receive=max_pdu_receive, max_pdu_send=0, timeouts=timeouts,
+        SERVER_AE,
+        [VerificationSCP(), EchoBackSCP()],
+        host="127.0.0.1",
+        port=0,
+        max_associations=max_associations,
+        check_called_aet=check_called_aet,
+        max_pdu_receive=max_pdu_receive,
+        max_pdu_send=0,
+        timeouts=timeouts,
     )
     await server.start()
     try:
@@ -140,8 +149,12 @@ async def echo_back(assoc: Association, payload: bytes, sop_class: str = ECHO_BA
     ctx = assoc.context_for(sop_class)
     assert ctx is not None
     rq = Command.make(
-        "N-ACTION-RQ", has_dataset=True, MessageID=assoc.next_message_id(), RequestedSOPClassUID=sop_class,
-        RequestedSOPInstanceUID="1.2.3.4", ActionTypeID=1,
+        "N-ACTION-RQ",
+        has_dataset=True,
+        MessageID=assoc.next_message_id(),
+        RequestedSOPClassUID=sop_class,
+        RequestedSOPInstanceUID="1.2.3.4",
+        ActionTypeID=1,
     )
     replies = [m async for m in assoc.request(ctx.context_id, rq, payload)]
     assert len(replies) == 1 and replies[0].command["Status"] == 0
@@ -248,8 +261,17 @@ def test_echo_dcmtk_echoscu_to_ours() -> None:
     async def run() -> None:
         async with serving() as server:
             proc = await asyncio.create_subprocess_exec(
-                echoscu, "-aet", "DCMTK", "-aec", SERVER_AE, "--repeat", "3", "127.0.0.1", str(server.port),
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                echoscu,
+                "-aet",
+                "DCMTK",
+                "-aec",
+                SERVER_AE,
+                "--repeat",
+                "3",
+                "127.0.0.1",
+                str(server.port),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
             )
             out, _ = await asyncio.wait_for(proc.communicate(), 10)
             assert proc.returncode == 0, out.decode(errors="replace")
@@ -264,8 +286,14 @@ def test_echo_ours_to_dcmtk_storescp() -> None:
 
     async def run() -> None:
         proc = await asyncio.create_subprocess_exec(
-            storescp, "-aet", "STORESCP", "--output-directory", "/tmp", str(port),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            storescp,
+            "-aet",
+            "STORESCP",
+            "--output-directory",
+            "/tmp",
+            str(port),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         try:
             assoc = None
@@ -289,6 +317,7 @@ def test_echo_ours_to_dcmtk_storescp() -> None:
 def test_echo_pynetdicom_to_ours() -> None:
     async def run() -> None:
         async with serving() as server:
+
             def scu() -> int:
                 ae = AE(ae_title="PYNETDICOM")
                 ae.add_requested_context(VERIFICATION)
@@ -354,6 +383,7 @@ def pynetdicom_payload() -> tuple[Dataset, bytes]:
 def test_large_message_fragmented_pynetdicom_to_ours() -> None:
     async def run() -> None:
         async with serving(max_pdu_receive=SMALL_PDU) as server:
+
             def scu() -> None:
                 ae = AE(ae_title="PYNETDICOM")
                 ae.maximum_pdu_size = SMALL_PDU
@@ -440,14 +470,24 @@ def test_reject_too_many_associations() -> None:
     [
         (
             "application context not DICOM's",
-            AAssociateRQ(SERVER_AE, "RAW", proposal().presentation_contexts, UserInformation(maximum_length=16384),
-                         application_context="1.2.3.4.5"),
+            AAssociateRQ(
+                SERVER_AE,
+                "RAW",
+                proposal().presentation_contexts,
+                UserInformation(maximum_length=16384),
+                application_context="1.2.3.4.5",
+            ),
             reject_bytes(1, 1, 2),
         ),
         (
             "protocol version without bit 0",
-            AAssociateRQ(SERVER_AE, "RAW", proposal().presentation_contexts, UserInformation(maximum_length=16384),
-                         protocol_version=2),
+            AAssociateRQ(
+                SERVER_AE,
+                "RAW",
+                proposal().presentation_contexts,
+                UserInformation(maximum_length=16384),
+                protocol_version=2,
+            ),
             reject_bytes(1, 2, 2),
         ),
     ],
@@ -479,12 +519,15 @@ HOSTILE: list[tuple[str, bool, bytes, bytes | None]] = [
     ("A-RELEASE-RQ of the wrong length", True, struct.pack(">BBL6x", 0x05, 0, 6), abort_bytes(2, 6)),
     ("PDV longer than its PDU", True, struct.pack(">BBLLBB", 0x04, 0, 6, 100, 1, 3), abort_bytes(2, 6)),
     ("garbage after a valid PDU", True, echo_pdata() + b"\xff" * 12, abort_bytes(2, 1)),
-    ("data set fragment before its command", True, pdata_pdu_header(1, False, True, 4) + b"abcd",
-     abort_bytes(2, 5)),
+    ("data set fragment before its command", True, pdata_pdu_header(1, False, True, 4) + b"abcd", abort_bytes(2, 5)),
     ("unreadable command set", True, pdata_pdu_header(1, True, True, 7) + b"\x00" * 7, abort_bytes(2, 6)),
     ("second A-ASSOCIATE-RQ", True, encode_pdu(proposal("RAW")), abort_bytes(2, 2)),
-    ("A-ASSOCIATE-AC to an acceptor", False, encode_pdu(AAssociateAC(SERVER_AE, "RAW", [], UserInformation())),
-     abort_bytes(2, 2)),
+    (
+        "A-ASSOCIATE-AC to an acceptor",
+        False,
+        encode_pdu(AAssociateAC(SERVER_AE, "RAW", [], UserInformation())),
+        abort_bytes(2, 2),
+    ),
     ("truncated PDU then close", True, PDATA_HEADER_ONLY + b"\x00" * 100, None),
     ("truncated header then close", True, b"\x04\x00\x00", None),
     ("truncated A-ASSOCIATE-RQ then close", False, encode_pdu(proposal("RAW"))[:40], None),
@@ -517,8 +560,14 @@ def test_bad_pdu_inside_a_fragmented_message() -> None:
         async with serving() as server, well_behaved(server):
             raw = await Raw.open(server.port)
             await raw.associate()
-            cmd = Command.make("N-ACTION-RQ", has_dataset=True, MessageID=1, RequestedSOPClassUID=ECHO_BACK,
-                               RequestedSOPInstanceUID="1.2.3.4", ActionTypeID=1).encode()
+            cmd = Command.make(
+                "N-ACTION-RQ",
+                has_dataset=True,
+                MessageID=1,
+                RequestedSOPClassUID=ECHO_BACK,
+                RequestedSOPInstanceUID="1.2.3.4",
+                ActionTypeID=1,
+            ).encode()
             raw.send(pdata_pdu_header(3, True, True, len(cmd)) + cmd)
             raw.send(pdata_pdu_header(3, False, False, 4) + b"abcd")
             raw.send(struct.pack(">BBL", 0x09, 0, 0))
@@ -665,8 +714,9 @@ def test_peer_abort_while_we_send_is_an_association_error(abort_after_pdus: int)
             raw = Raw(reader, writer)
             rq = await raw.read_pdu()
             assert rq is not None and rq[0] == 0x01
-            ac = AAssociateAC("PEER", "OURSCU", [PresentationContextAC(3, 0, IMPLICIT_LE)],
-                              UserInformation(maximum_length=SMALL_PDU))
+            ac = AAssociateAC(
+                "PEER", "OURSCU", [PresentationContextAC(3, 0, IMPLICIT_LE)], UserInformation(maximum_length=SMALL_PDU)
+            )
             raw.send(encode_pdu(ac))
             for _ in range(abort_after_pdus):
                 assert await raw.read_pdu() is not None
@@ -709,15 +759,19 @@ def test_release_after_our_own_abort_is_a_no_op() -> None:
 def test_no_new_request_once_the_peer_has_asked_to_release() -> None:
     """In Sta8 the peer waits for our A-RELEASE-RP and cannot answer a request (e.g. a
     storage commitment report): sending one is refused at once, nothing is written."""
+    from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
     from minipacs.net.fsm import State
     from minipacs.net.presentation import NegotiatedContext
-    from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
     from tests.net.test_fsm import FakeWriter
 
     async def main() -> None:
         writer = FakeWriter()
-        assoc = Association(asyncio.StreamReader(), writer, AssociationSettings(ae_title="US"),  # type: ignore[arg-type]
-                            is_requestor=False)
+        assoc = Association(
+            asyncio.StreamReader(),
+            writer,
+            AssociationSettings(ae_title="US"),  # type: ignore[arg-type]
+            is_requestor=False,
+        )
         assoc.contexts[1] = NegotiatedContext(1, VERIFICATION_SOP_CLASS, EXPLICIT_VR_LITTLE_ENDIAN)
         assoc.dul.state = State.STA8
         before = len(writer.data)
@@ -726,8 +780,9 @@ def test_no_new_request_once_the_peer_has_asked_to_release() -> None:
             await assoc.send_message(1, rq)
         assert len(writer.data) == before
         # a response may still go out in Sta8 (PS3.8 AR-7)
-        rsp = Command.make("C-ECHO-RSP", MessageIDBeingRespondedTo=1, AffectedSOPClassUID=VERIFICATION_SOP_CLASS,
-                           Status=0)
+        rsp = Command.make(
+            "C-ECHO-RSP", MessageIDBeingRespondedTo=1, AffectedSOPClassUID=VERIFICATION_SOP_CLASS, Status=0
+        )
         await assoc.send_message(1, rsp)
         assert len(writer.data) > before
 

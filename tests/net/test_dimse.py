@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.filewriter import write_dataset
 from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pynetdicom import dimse_messages
 
 from minipacs.net.dimse import (
@@ -227,15 +227,29 @@ def test_a_command_set_without_command_field_is_said_in_words() -> None:
 
 def test_typed_accessors_read_the_fields_by_name() -> None:
     """Issue 9 point 2: command fields are read through typed accessors, absent ones as their empty value."""
-    rq = Command.decode(Command.make("N-ACTION-RQ", MessageID=5, RequestedSOPClassUID="1.2",
-                                     RequestedSOPInstanceUID="1.2.3", ActionTypeID=1).encode())
-    assert (rq.message_id, rq.sop_class_uid, rq.sop_instance_uid, rq.action_type_id, rq.event_type_id) == \
-        (5, "1.2", "1.2.3", 1, None)
-    assert (rq.affected_sop_class_uid, rq.requested_sop_class_uid, rq.status, rq.message_id_being_responded_to) == \
-        ("", "1.2", -1, -1)
-    move = Command.decode(Command.make("C-MOVE-RQ", MessageID=1, Priority=0, AffectedSOPClassUID="1.2.4",
-                                       MoveDestination="DEST").encode())
+    rq = Command.decode(
+        Command.make(
+            "N-ACTION-RQ", MessageID=5, RequestedSOPClassUID="1.2", RequestedSOPInstanceUID="1.2.3", ActionTypeID=1
+        ).encode()
+    )
+    assert (rq.message_id, rq.sop_class_uid, rq.sop_instance_uid, rq.action_type_id, rq.event_type_id) == (
+        5,
+        "1.2",
+        "1.2.3",
+        1,
+        None,
+    )
+    assert (rq.affected_sop_class_uid, rq.requested_sop_class_uid, rq.status, rq.message_id_being_responded_to) == (
+        "",
+        "1.2",
+        -1,
+        -1,
+    )
+    move = Command.decode(
+        Command.make("C-MOVE-RQ", MessageID=1, Priority=0, AffectedSOPClassUID="1.2.4", MoveDestination="DEST").encode()
+    )
     assert (move.move_destination, move.sop_class_uid, move.sop_instance_uid) == ("DEST", "1.2.4", "")
-    rsp = Command.decode(Command.make("C-STORE-RSP", MessageIDBeingRespondedTo=9, Status=0xA700,
-                                      ErrorComment="full").encode())
+    rsp = Command.decode(
+        Command.make("C-STORE-RSP", MessageIDBeingRespondedTo=9, Status=0xA700, ErrorComment="full").encode()
+    )
     assert (rsp.message_id_being_responded_to, rsp.status, rsp.error_comment) == (9, 0xA700, "full")

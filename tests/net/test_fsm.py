@@ -535,9 +535,7 @@ INVALID_LOCAL = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("event", "state"), INVALID_LOCAL, ids=[f"{e.name}-{s.name}" for e, s in INVALID_LOCAL]
-)
+@pytest.mark.parametrize(("event", "state"), INVALID_LOCAL, ids=[f"{e.name}-{s.name}" for e, s in INVALID_LOCAL])
 def test_invalid_local_primitive_raises(event: Event, state: State) -> None:
     async def run() -> None:
         h = make_layer(state)

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from minipacs.dicom.uids import IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
 from minipacs.net.association import (
     Association,
     AssociationSettings,
@@ -33,7 +34,6 @@ from minipacs.net.pdu import encode_pdu, pdata_pdu_header
 from minipacs.net.pdu_items import AsynchronousOperationsWindow
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.net.tls import client_context, server_context
-from minipacs.dicom.uids import IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
 from minipacs.services.base import Service
 from minipacs.services.dispatch import Operation, Response
 from minipacs.services.server import DicomServer
@@ -138,9 +138,17 @@ async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
 
 
 async def echo_from(port: int, source: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> int:
-    assoc = await connect("127.0.0.1", port, proposal(), AssociationSettings(
-        ae_title="OURSCU", max_pdu_receive=16384, timeouts=Timeouts(acse=5, dimse=5, idle=5), tls_context=tls),
-        local_host=source, tls=tls is not None, connect_timeout=5)
+    assoc = await connect(
+        "127.0.0.1",
+        port,
+        proposal(),
+        AssociationSettings(
+            ae_title="OURSCU", max_pdu_receive=16384, timeouts=Timeouts(acse=5, dimse=5, idle=5), tls_context=tls
+        ),
+        local_host=source,
+        tls=tls is not None,
+        connect_timeout=5,
+    )
     status = await echo(assoc)
     await assoc.release()
     return status
@@ -234,8 +242,9 @@ def echo_rq(message_id: int) -> bytes:
     return pdata_pdu_header(1, True, True, len(cmd)) + cmd
 
 
-async def associate_raw(port: int, async_ops: AsynchronousOperationsWindow | None = None,
-                        rcvbuf: int = 0) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def associate_raw(
+    port: int, async_ops: AsynchronousOperationsWindow | None = None, rcvbuf: int = 0
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if rcvbuf:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # a peer that reads nothing, for real
@@ -334,22 +343,34 @@ class SlowEcho(Service):
         return await VerificationSCP().c_echo(assoc, message)
 
 
-@pytest.mark.parametrize(("proposed", "answered", "concurrent"), [
-    (None, None, 1),
-    (AsynchronousOperationsWindow(3, 5), AsynchronousOperationsWindow(3, 1), 3),
-    (AsynchronousOperationsWindow(0, 0), AsynchronousOperationsWindow(4, 1), 4),  # unlimited: ours
-    (AsynchronousOperationsWindow(9, 1), AsynchronousOperationsWindow(4, 1), 4),
-], ids=["none proposed", "3", "unlimited", "more than ours"])
+@pytest.mark.parametrize(
+    ("proposed", "answered", "concurrent"),
+    [
+        (None, None, 1),
+        (AsynchronousOperationsWindow(3, 5), AsynchronousOperationsWindow(3, 1), 3),
+        (AsynchronousOperationsWindow(0, 0), AsynchronousOperationsWindow(4, 1), 4),  # unlimited: ours
+        (AsynchronousOperationsWindow(9, 1), AsynchronousOperationsWindow(4, 1), 4),
+    ],
+    ids=["none proposed", "3", "unlimited", "more than ours"],
+)
 def test_the_asynchronous_operations_window_is_negotiated_and_honoured(
-    proposed: AsynchronousOperationsWindow | None, answered: AsynchronousOperationsWindow | None, concurrent: int,
+    proposed: AsynchronousOperationsWindow | None,
+    answered: AsynchronousOperationsWindow | None,
+    concurrent: int,
 ) -> None:
     """PS3.7 D.3.3.3: the AC answers a proposed window (ours: max_async_operations = 4), and no
     more requests than the window run at once, however many the peer sends."""
     slow = SlowEcho()
 
     async def run() -> None:
-        server = DicomServer(SERVER_AE, [slow], host="127.0.0.1", port=0, max_async_operations=4,
-                             timeouts=Timeouts(acse=2.0, dimse=5.0, idle=10.0))
+        server = DicomServer(
+            SERVER_AE,
+            [slow],
+            host="127.0.0.1",
+            port=0,
+            max_async_operations=4,
+            timeouts=Timeouts(acse=2.0, dimse=5.0, idle=10.0),
+        )
         await server.start()
         try:
             rq = build_rq("RAW", SERVER_AE, [(VERIFICATION_SOP_CLASS, [IMPLICIT_VR_LITTLE_ENDIAN])], settings("RAW"))
@@ -360,8 +381,9 @@ def test_the_asynchronous_operations_window_is_negotiated_and_honoured(
             assert ctx is not None
 
             async def one() -> int:
-                cmd = Command.make("C-ECHO-RQ", MessageID=assoc.next_message_id(),
-                                   AffectedSOPClassUID=VERIFICATION_SOP_CLASS)
+                cmd = Command.make(
+                    "C-ECHO-RQ", MessageID=assoc.next_message_id(), AffectedSOPClassUID=VERIFICATION_SOP_CLASS
+                )
                 return [int(m.command["Status"]) async for m in assoc.request(ctx.context_id, cmd)][-1]
 
             assert await asyncio.gather(*(one() for _ in range(8))) == [0] * 8
@@ -403,8 +425,14 @@ def test_accept_backs_off_when_out_of_file_descriptors() -> None:
     """Issue 8 item 6: accept() failing with EMFILE neither spins nor logs per attempt: one line
     per back-off, one when accepting works again, and the listener serves again afterwards."""
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
-    proc = subprocess.Popen([sys.executable, "-c", EMFILE_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", EMFILE_SERVER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     assert proc.stdin is not None and proc.stdout is not None
     try:
         line = proc.stdout.readline()
@@ -442,7 +470,7 @@ def test_accept_backs_off_when_out_of_file_descriptors() -> None:
             proc.wait()
     lines = out.splitlines()
     cpu = [float(line.split()[1]) for line in lines if line.startswith("CPU ")]
-    flooded = lines[:next((i for i, line in enumerate(lines) if line.startswith("CPU ")), len(lines))]
+    flooded = lines[: next((i for i, line in enumerate(lines) if line.startswith("CPU ")), len(lines))]
     failing = [line for line in flooded if "cannot accept" in line or "out of system resource" in line]
     again = [line for line in lines if "accepting connections again" in line]
     assert len(failing) == 1, out

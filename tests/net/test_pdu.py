@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from minipacs.dicom.uids import APPLICATION_CONTEXT_NAME
 from minipacs.net.pdu import (
     PDU,
     PDU_HEADER,
@@ -29,8 +30,19 @@ from minipacs.net.pdu import (
     encode_pdu,
     pdata_pdu_header,
 )
-from minipacs.net.pdu_items import AsynchronousOperationsWindow, PDUError, PresentationContextAC, PresentationContextRQ, RoleSelection, SOPClassCommonExtendedNegotiation, SOPClassExtendedNegotiation, UnknownItem, UserIdentityAC, UserIdentityRQ, UserInformation
-from minipacs.dicom.uids import APPLICATION_CONTEXT_NAME
+from minipacs.net.pdu_items import (
+    AsynchronousOperationsWindow,
+    PDUError,
+    PresentationContextAC,
+    PresentationContextRQ,
+    RoleSelection,
+    SOPClassCommonExtendedNegotiation,
+    SOPClassExtendedNegotiation,
+    UnknownItem,
+    UserIdentityAC,
+    UserIdentityRQ,
+    UserInformation,
+)
 
 VERIFICATION = "1.2.840.10008.1.1"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -96,11 +108,7 @@ SUB_ITEM_CASES: list[tuple[str, UserInformation, bytes]] = [
     ),
     (
         "57H SOP class common extended negotiation",
-        UserInformation(
-            common_extended=[
-                SOPClassCommonExtendedNegotiation("1.2.3", "1.2.4", ["1.2.5", "1.2.66"])
-            ]
-        ),
+        UserInformation(common_extended=[SOPClassCommonExtendedNegotiation("1.2.3", "1.2.4", ["1.2.5", "1.2.66"])]),
         # 0 type 57H, 1 Sub-Item-version 0, 2-3 length 31, 4-5 SOP-class-uid-length,
         # 6-10 SOP-class-uid, 11-12 Service-class-uid-length, 13-17 Service-class-uid,
         # 18-19 Related-general-sop-class-identification-length 15, 20- sub-fields
@@ -144,9 +152,7 @@ SUB_ITEM_CASES: list[tuple[str, UserInformation, bytes]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("info", "sub_item"), [c[1:] for c in SUB_ITEM_CASES], ids=[c[0] for c in SUB_ITEM_CASES]
-)
+@pytest.mark.parametrize(("info", "sub_item"), [c[1:] for c in SUB_ITEM_CASES], ids=[c[0] for c in SUB_ITEM_CASES])
 def test_user_information_sub_item(info: UserInformation, sub_item: bytes) -> None:
     expected = item(0x50, sub_item)
     assert info.encode() == expected
@@ -220,9 +226,7 @@ RQ_BYTES = pdu(
         + item(0x40, IMPLICIT_LE.encode())
         + item(0x40, EXPLICIT_LE.encode()),
     )
-    + item(
-        0x20, bytes([3, 0, 0, 0]) + item(0x30, CT_IMAGE.encode()) + item(0x40, EXPLICIT_LE.encode())
-    )
+    + item(0x20, bytes([3, 0, 0, 0]) + item(0x30, CT_IMAGE.encode()) + item(0x40, EXPLICIT_LE.encode()))
     + item(
         0x50,
         item(0x51, struct.pack(">L", 16384))
@@ -428,9 +432,7 @@ def test_pdata_pdu_header() -> None:
 
 def test_pdata_encode_accepts_memoryview() -> None:
     data = memoryview(b"xxhelloxx")[2:7]
-    assert encode_pdu(PDataTF([PDV(1, False, True, data)])) == pdu(
-        0x04, struct.pack(">LBB", 7, 1, 2) + b"hello"
-    )
+    assert encode_pdu(PDataTF([PDV(1, False, True, data)])) == pdu(0x04, struct.pack(">LBB", 7, 1, 2) + b"hello")
 
 
 # ------------------------------------------------------------- encoding errors
@@ -460,9 +462,7 @@ def test_oversized_values_are_refused_on_encode() -> None:
 # ------------------------------------------------------------- malformed input
 
 
-def rq_body(
-    *items: bytes, called: bytes = b"SCP".ljust(16), calling: bytes = b"SCU".ljust(16)
-) -> bytes:
+def rq_body(*items: bytes, called: bytes = b"SCP".ljust(16), calling: bytes = b"SCU".ljust(16)) -> bytes:
     return associate_fixed(called, calling) + b"".join(items)
 
 
@@ -502,15 +502,9 @@ MALFORMED: list[Malformed] = [
         "not ASCII",
     ),
     Malformed("missing application context", 0x01, rq_body(GOOD_PC), 6, "no Application Context"),
-    Malformed(
-        "two application contexts", 0x01, rq_body(APP_CONTEXT_ITEM, APP_CONTEXT_ITEM), 5, "second"
-    ),
-    Malformed(
-        "two user information items", 0x01, rq_body(APP_CONTEXT_ITEM, ui(), ui()), 5, "second"
-    ),
-    Malformed(
-        "application context non-ASCII", 0x01, rq_body(item(0x10, b"1.2\xe9")), 6, "not ASCII"
-    ),
+    Malformed("two application contexts", 0x01, rq_body(APP_CONTEXT_ITEM, APP_CONTEXT_ITEM), 5, "second"),
+    Malformed("two user information items", 0x01, rq_body(APP_CONTEXT_ITEM, ui(), ui()), 5, "second"),
+    Malformed("application context non-ASCII", 0x01, rq_body(item(0x10, b"1.2\xe9")), 6, "not ASCII"),
     Malformed("item header truncated", 0x01, rq_body(APP_CONTEXT_ITEM, b"\x20\x00"), 6, "byte 99"),
     Malformed(
         "item length past buffer",
@@ -545,9 +539,7 @@ MALFORMED: list[Malformed] = [
         0x01,
         rq_body(
             APP_CONTEXT_ITEM,
-            item(
-                0x20, b"\x01\0\0\0" + item(0x30, b"1.1") + item(0x30, b"1.1") + item(0x40, b"1.2")
-            ),
+            item(0x20, b"\x01\0\0\0" + item(0x30, b"1.1") + item(0x30, b"1.1") + item(0x40, b"1.2")),
         ),
         5,
         "second Abstract Syntax",
@@ -569,9 +561,7 @@ MALFORMED: list[Malformed] = [
     Malformed(
         "two transfer syntaxes in AC",
         0x02,
-        rq_body(
-            APP_CONTEXT_ITEM, item(0x21, b"\x01\0\0\0" + item(0x40, b"1.2") + item(0x40, b"1.2"))
-        ),
+        rq_body(APP_CONTEXT_ITEM, item(0x21, b"\x01\0\0\0" + item(0x40, b"1.2") + item(0x40, b"1.2"))),
         5,
         "second Transfer Syntax",
     ),
@@ -789,9 +779,7 @@ def test_decode_pynetdicom_built_rq_with_every_sub_item() -> None:
             async_ops=AsynchronousOperationsWindow(3, 2),
             roles=[RoleSelection(CT_IMAGE, False, True)],
             extended=[SOPClassExtendedNegotiation(CT_IMAGE, b"\x01\x00")],
-            common_extended=[
-                SOPClassCommonExtendedNegotiation("1.2.3", "1.2.4", ["1.2.5", "1.2.6"])
-            ],
+            common_extended=[SOPClassCommonExtendedNegotiation("1.2.3", "1.2.4", ["1.2.5", "1.2.6"])],
             user_identity_rq=UserIdentityRQ(2, True, b"user", b"pass"),
         ),
     )

@@ -17,10 +17,18 @@ import pytest
 from minipacs.bootstrap import App, build_app
 from minipacs.config import ConfigError, Settings, load_settings
 from minipacs.core.model import AssociationRecord
-from minipacs.net.association import AssociationError, AssociationSettings, build_rq, connect
-from minipacs.net.tls import (HANDSHAKE_REASONS, TLSConfigError, TLSInfo, client_context, describe_tls_error,
-                              server_context, subject_of, tls_info)
 from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
+from minipacs.net.association import AssociationError, AssociationSettings, build_rq, connect
+from minipacs.net.tls import (
+    HANDSHAKE_REASONS,
+    TLSConfigError,
+    TLSInfo,
+    client_context,
+    describe_tls_error,
+    server_context,
+    subject_of,
+    tls_info,
+)
 from minipacs.services.verification import echo
 from tests.peers import free_port
 from tests.tls_certs import Certificates, make_pki
@@ -45,14 +53,17 @@ def test_contexts_need_tls_1_2_and_check_the_chain(pki: Certificates) -> None:
     assert client.verify_mode == ssl.CERT_REQUIRED and not client.check_hostname
 
 
-@pytest.mark.parametrize(("call", "words"), [
-    (lambda p: server_context("", ""), "needs a certificate (tls_cert_file)"),
-    (lambda p: server_context(str(p.server.cert), str(p.server.key), "", True), "needs tls_ca_file"),
-    (lambda p: server_context(str(p.server.cert) + ".nope", str(p.server.key)), "not found"),
-    (lambda p: server_context(str(p.server.cert), str(p.client.key)), "are both PEM, unencrypted, and a pair?"),
-    (lambda p: client_context(""), "calling a TLS node needs tls_ca_file"),
-    (lambda p: client_context(str(p.client.key)), "cannot read the TLS CA file"),
-])
+@pytest.mark.parametrize(
+    ("call", "words"),
+    [
+        (lambda p: server_context("", ""), "needs a certificate (tls_cert_file)"),
+        (lambda p: server_context(str(p.server.cert), str(p.server.key), "", True), "needs tls_ca_file"),
+        (lambda p: server_context(str(p.server.cert) + ".nope", str(p.server.key)), "not found"),
+        (lambda p: server_context(str(p.server.cert), str(p.client.key)), "are both PEM, unencrypted, and a pair?"),
+        (lambda p: client_context(""), "calling a TLS node needs tls_ca_file"),
+        (lambda p: client_context(str(p.client.key)), "cannot read the TLS CA file"),
+    ],
+)
 def test_unusable_files_are_said_in_words(pki: Certificates, call: Any, words: str) -> None:
     with pytest.raises(TLSConfigError, match=r".*") as info:
         call(pki)
@@ -101,9 +112,13 @@ def test_tls_info() -> None:
 
 
 def test_tls_settings_from_the_environment_and_their_checks(pki: Certificates) -> None:
-    env = {"MINIPACS_TLS_PORT": "2762", "MINIPACS_TLS_CERT_FILE": str(pki.server.cert),
-           "MINIPACS_TLS_KEY_FILE": str(pki.server.key), "MINIPACS_TLS_CA_FILE": str(pki.ca),
-           "MINIPACS_TLS_REQUIRE_CLIENT_CERT": "yes"}
+    env = {
+        "MINIPACS_TLS_PORT": "2762",
+        "MINIPACS_TLS_CERT_FILE": str(pki.server.cert),
+        "MINIPACS_TLS_KEY_FILE": str(pki.server.key),
+        "MINIPACS_TLS_CA_FILE": str(pki.ca),
+        "MINIPACS_TLS_REQUIRE_CLIENT_CERT": "yes",
+    }
     settings = load_settings(env=env)
     assert (settings.tls_port, settings.tls_require_client_cert, settings.tls_ca_file) == (2762, True, str(pki.ca))
     assert Settings().tls_port == 0  # off by default
@@ -119,8 +134,9 @@ def test_tls_settings_from_the_environment_and_their_checks(pki: Certificates) -
 
 def test_unreadable_tls_files_stop_the_start(tmp_path: Path, pki: Certificates) -> None:
     settings = Settings(data_dir=tmp_path / "data", port=0, tls_port=0, fsync=False)
-    bad = dataclasses.replace(settings, tls_port=1, tls_cert_file=str(tmp_path / "missing.pem"),
-                              tls_key_file=str(pki.server.key))
+    bad = dataclasses.replace(
+        settings, tls_port=1, tls_cert_file=str(tmp_path / "missing.pem"), tls_key_file=str(pki.server.key)
+    )
     with pytest.raises(ConfigError, match="TLS certificate or key file not found"):
         asyncio.run(build_app(bad))
 
@@ -130,9 +146,19 @@ def test_unreadable_tls_files_stop_the_start(tmp_path: Path, pki: Certificates) 
 
 @asynccontextmanager
 async def serving(tmp_path: Path, pki: Certificates, **settings: Any) -> AsyncIterator[App]:
-    base = Settings(data_dir=tmp_path / "data", host="127.0.0.1", port=0, tls_port=free_port(), ae_title="MINIPACS",
-                    fsync=False, acse_timeout=3.0, dimse_timeout=5.0, tls_cert_file=str(pki.server.cert),
-                    tls_key_file=str(pki.server.key), tls_ca_file=str(pki.ca))
+    base = Settings(
+        data_dir=tmp_path / "data",
+        host="127.0.0.1",
+        port=0,
+        tls_port=free_port(),
+        ae_title="MINIPACS",
+        fsync=False,
+        acse_timeout=3.0,
+        dimse_timeout=5.0,
+        tls_cert_file=str(pki.server.cert),
+        tls_key_file=str(pki.server.key),
+        tls_ca_file=str(pki.ca),
+    )
     app = await build_app(dataclasses.replace(base, **settings))
     await app.dicom.start()
     try:
@@ -210,8 +236,9 @@ def test_refusals_are_said_in_words_and_do_not_disturb_others(
     errors, statuses, records, plain = asyncio.run(main())
     assert statuses == [0, 0] and plain == 0
     # TLS 1.3: the server judges our certificate after our side of the handshake ended
-    assert all("may require a client certificate we did not send or do not have signed by its CA" in e
-               for e in errors[:2])
+    assert all(
+        "may require a client certificate we did not send or do not have signed by its CA" in e for e in errors[:2]
+    )
     assert errors[2] == "connection closed by peer"  # plain DICOM to the TLS port
     words = warnings_of(caplog)
     assert "client from 127.0.0.1:" in words and "failed the TLS handshake" in words
@@ -219,8 +246,9 @@ def test_refusals_are_said_in_words_and_do_not_disturb_others(
     assert "failed the TLS handshake: certificate unknown: unable to get local issuer certificate" in words
     assert "the peer did not speak TLS (plain DICOM on the TLS port?)" in words
     failed = [r for r in records if r.tls == "failed"]
-    assert len(failed) == 3 and all(not r.accepted and r.reject_reason.startswith("TLS handshake failed: ")
-                                    for r in failed)
+    assert len(failed) == 3 and all(
+        not r.accepted and r.reject_reason.startswith("TLS handshake failed: ") for r in failed
+    )
     assert any(r.accepted and r.tls == "" for r in records)  # the plain port is not TLS
 
 

@@ -22,8 +22,8 @@ from pynetdicom import AE
 from minipacs.bootstrap import App, build_app
 from minipacs.config import Settings
 from minipacs.core.nodes import Node
-from minipacs.net.association import AssociationRejected, AssociationSettings, build_rq, connect
 from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
+from minipacs.net.association import AssociationRejected, AssociationSettings, build_rq, connect
 from minipacs.services.verification import echo
 from tests.dicomgen import CT_IMAGE_STORAGE, make_ct
 
@@ -35,8 +35,15 @@ SERVER_AE = "MINIPACS"
 
 @asynccontextmanager
 async def serving(tmp_path: Path, **settings: Any) -> AsyncIterator[App]:
-    base = Settings(data_dir=tmp_path / "data", host="127.0.0.1", port=0, ae_title=SERVER_AE, fsync=False,
-                    acse_timeout=10.0, dimse_timeout=10.0)
+    base = Settings(
+        data_dir=tmp_path / "data",
+        host="127.0.0.1",
+        port=0,
+        ae_title=SERVER_AE,
+        fsync=False,
+        acse_timeout=10.0,
+        dimse_timeout=10.0,
+    )
     app = await build_app(dataclasses.replace(base, **settings))
     await app.dicom.start()
     try:
@@ -69,8 +76,9 @@ def in_thread(call: Callable[[], T]) -> asyncio.Future[T]:
 
 
 def warnings_of(caplog: pytest.LogCaptureFixture) -> str:
-    return "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
-                     and r.name.startswith("minipacs"))
+    return "\n".join(
+        r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("minipacs")
+    )
 
 
 async def _association_log(app: App) -> list[Any]:
@@ -160,9 +168,7 @@ def test_registry_changes_apply_without_a_restart(tmp_path: Path) -> None:
     assert asyncio.run(main()) == [3, 0, 3]
 
 
-def test_operations_outside_a_nodes_permissions_get_0x0124(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_operations_outside_a_nodes_permissions_get_0x0124(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="minipacs")
     sop_uid = generate_uid()
     dataset = make_ct(generate_uid(), generate_uid(), sop_uid)

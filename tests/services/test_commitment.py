@@ -56,6 +56,7 @@ def ask_same_association(port: int, ds: Dataset, reports: Reports) -> int:
         status, _reply = assoc.send_n_action(ds, 1, COMMIT_CLASS, COMMIT_INSTANCE)
         reports.answered.wait(30)  # the report follows the N-ACTION-RSP; a loaded CI machine is slow
         return int(status.Status)
+
     return with_scu(port, body, [COMMIT_CLASS], handlers=reports.handlers)
 
 
@@ -92,14 +93,18 @@ def test_instances_not_stored_are_failed_with_0112(tmp_path: Path) -> None:
             [stored] = await _stored(tmp_path, app, 1)
             missing = generate_uid()
             before = await app.archive.count_instances()
-            ds = commitment_request(generate_uid(), [(CT_IMAGE_STORAGE, stored), (CT_IMAGE_STORAGE, missing),
-                                                     ("1.2.840.10008.5.1.4.1.1.4", stored)])
+            ds = commitment_request(
+                generate_uid(),
+                [(CT_IMAGE_STORAGE, stored), (CT_IMAGE_STORAGE, missing), ("1.2.840.10008.5.1.4.1.1.4", stored)],
+            )
             assert await asyncio.to_thread(ask_same_association, app.dicom.port, ds, reports) == 0
             [(event, info)] = reports.got
             assert event == 2
             assert [i.ReferencedSOPInstanceUID for i in info.ReferencedSOPSequence] == [stored]
-            failed = {(i.ReferencedSOPInstanceUID, i.ReferencedSOPClassUID): int(i.FailureReason)
-                      for i in info.FailedSOPSequence}
+            failed = {
+                (i.ReferencedSOPInstanceUID, i.ReferencedSOPClassUID): int(i.FailureReason)
+                for i in info.FailedSOPSequence
+            }
             assert failed == {(missing, CT_IMAGE_STORAGE): 0x0112, (stored, "1.2.840.10008.5.1.4.1.1.4"): 0x0119}
             assert await app.archive.count_instances() == before
 
@@ -111,6 +116,7 @@ def test_bad_requests_are_refused(tmp_path: Path) -> None:
         def body(assoc: Any) -> int:
             status, _reply = assoc.send_n_action(ds, action, COMMIT_CLASS, instance)
             return int(status.Status)
+
         return with_scu(port, body, [COMMIT_CLASS])
 
     async def main() -> None:
@@ -134,13 +140,15 @@ def test_report_on_new_association_to_registered_node(tmp_path: Path) -> None:
     port = free_port()
     modality = AE(ae_title="CT01")
     modality.add_supported_context(COMMIT_CLASS, scu_role=True, scp_role=True)
-    listener = modality.start_server(("127.0.0.1", port), block=False,
-                                     evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.handle)])
+    listener = modality.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.handle)]
+    )
 
     def ask_and_leave(server_port: int, ds: Dataset) -> int:
         def body(assoc: Any) -> int:
             status, _reply = assoc.send_n_action(ds, 1, COMMIT_CLASS, COMMIT_INSTANCE)
             return int(status.Status)
+
         return with_scu(server_port, body, [COMMIT_CLASS])  # no report handler: it releases right away
 
     async def main() -> None:

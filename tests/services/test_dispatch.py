@@ -18,6 +18,17 @@ from pydicom.uid import generate_uid
 
 from minipacs.bootstrap import App, build_app
 from minipacs.config import Settings
+from minipacs.dicom.uids import (
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    MODALITY_PERFORMED_PROCEDURE_STEP,
+    MODALITY_WORKLIST_FIND,
+    STORAGE_COMMITMENT_INSTANCE,
+    STORAGE_COMMITMENT_PUSH_MODEL,
+    STUDY_ROOT_FIND,
+    STUDY_ROOT_GET,
+    STUDY_ROOT_MOVE,
+    VERIFICATION_SOP_CLASS,
+)
 from minipacs.net.association import (
     Association,
     AssociationSettings,
@@ -28,30 +39,32 @@ from minipacs.net.association import (
 from minipacs.net.dimse import Command
 from minipacs.net.dul import Timeouts
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
-from minipacs.dicom.uids import IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
 from minipacs.services import commitment, qr_move
-from minipacs.services.commitment import StorageCommitmentSCP
-from minipacs.dicom.uids import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH_MODEL
 from minipacs.services.base import Service
+from minipacs.services.commitment import StorageCommitmentSCP
 from minipacs.services.dispatch import Operation, Response, ServiceRegistrationError
 from minipacs.services.mpps import MPPSSCP
-from minipacs.dicom.uids import MODALITY_PERFORMED_PROCEDURE_STEP
 from minipacs.services.qr_find import QueryRetrieveFindSCP
-from minipacs.dicom.uids import STUDY_ROOT_FIND
 from minipacs.services.qr_get import GetSCP
 from minipacs.services.qr_move import MoveSCP
-from minipacs.dicom.uids import STUDY_ROOT_GET, STUDY_ROOT_MOVE
 from minipacs.services.server import DicomServer
 from minipacs.services.storage import StorageSCP
 from minipacs.services.verification import VerificationSCP
 from minipacs.services.worklist import ModalityWorklistSCP
-from minipacs.dicom.uids import MODALITY_WORKLIST_FIND
 from tests.dicomgen import CT_IMAGE_STORAGE, encode_dataset, make_ct
 
 pytestmark = pytest.mark.interop
 
-CLASSES = (VERIFICATION_SOP_CLASS, CT_IMAGE_STORAGE, STUDY_ROOT_FIND, STUDY_ROOT_MOVE, STUDY_ROOT_GET,
-           MODALITY_WORKLIST_FIND, MODALITY_PERFORMED_PROCEDURE_STEP, STORAGE_COMMITMENT_PUSH_MODEL)
+CLASSES = (
+    VERIFICATION_SOP_CLASS,
+    CT_IMAGE_STORAGE,
+    STUDY_ROOT_FIND,
+    STUDY_ROOT_MOVE,
+    STUDY_ROOT_GET,
+    MODALITY_WORKLIST_FIND,
+    MODALITY_PERFORMED_PROCEDURE_STEP,
+    STORAGE_COMMITMENT_PUSH_MODEL,
+)
 
 
 # ------------------------------------------------------------------ registration
@@ -104,9 +117,16 @@ def test_every_service_bootstrap_wires_declares_its_access_rule(tmp_path: Path) 
 # ------------------------------------------------------------------ a handler that raises
 @asynccontextmanager
 async def serving(tmp_path: Path) -> AsyncIterator[App]:
-    settings = Settings(data_dir=tmp_path / "data", host="127.0.0.1", port=0, ae_title="MINIPACS", fsync=False,
-                        acse_timeout=5.0, dimse_timeout=60.0,
-                        allow_unregistered=("echo", "store", "find", "move", "get", "mpps", "commit"))
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        host="127.0.0.1",
+        port=0,
+        ae_title="MINIPACS",
+        fsync=False,
+        acse_timeout=5.0,
+        dimse_timeout=60.0,
+        allow_unregistered=("echo", "store", "find", "move", "get", "mpps", "commit"),
+    )
     app = await build_app(settings)
     await app.dicom.start()
     try:
@@ -127,32 +147,76 @@ def request(case: str) -> tuple[str, Command, bytes | None]:
     uid = generate_uid()
     query = identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID="1.2.3")
     if case == "echo":
-        return VERIFICATION_SOP_CLASS, Command.make("C-ECHO-RQ", MessageID=1,
-                                                    AffectedSOPClassUID=VERIFICATION_SOP_CLASS), None
+        return (
+            VERIFICATION_SOP_CLASS,
+            Command.make("C-ECHO-RQ", MessageID=1, AffectedSOPClassUID=VERIFICATION_SOP_CLASS),
+            None,
+        )
     if case == "store":
         ct = make_ct(generate_uid(), generate_uid(), uid)
-        return CT_IMAGE_STORAGE, Command.make("C-STORE-RQ", has_dataset=True, MessageID=1, Priority=0,
-                                              AffectedSOPClassUID=CT_IMAGE_STORAGE, AffectedSOPInstanceUID=uid), \
-            encode_dataset(ct, IMPLICIT_VR_LITTLE_ENDIAN)
+        return (
+            CT_IMAGE_STORAGE,
+            Command.make(
+                "C-STORE-RQ",
+                has_dataset=True,
+                MessageID=1,
+                Priority=0,
+                AffectedSOPClassUID=CT_IMAGE_STORAGE,
+                AffectedSOPInstanceUID=uid,
+            ),
+            encode_dataset(ct, IMPLICIT_VR_LITTLE_ENDIAN),
+        )
     if case in ("find", "move", "get", "mwl"):
-        sop_class, name = {"find": (STUDY_ROOT_FIND, "C-FIND-RQ"), "move": (STUDY_ROOT_MOVE, "C-MOVE-RQ"),
-                           "get": (STUDY_ROOT_GET, "C-GET-RQ"), "mwl": (MODALITY_WORKLIST_FIND, "C-FIND-RQ")}[case]
+        sop_class, name = {
+            "find": (STUDY_ROOT_FIND, "C-FIND-RQ"),
+            "move": (STUDY_ROOT_MOVE, "C-MOVE-RQ"),
+            "get": (STUDY_ROOT_GET, "C-GET-RQ"),
+            "mwl": (MODALITY_WORKLIST_FIND, "C-FIND-RQ"),
+        }[case]
         extra = {"MoveDestination": "SOMEWHERE"} if case == "move" else {}
         data = identifier(AccessionNumber="") if case == "mwl" else query
-        return sop_class, Command.make(name, has_dataset=True, MessageID=1, Priority=0,
-                                       AffectedSOPClassUID=sop_class, **extra), data
+        return (
+            sop_class,
+            Command.make(name, has_dataset=True, MessageID=1, Priority=0, AffectedSOPClassUID=sop_class, **extra),
+            data,
+        )
     if case == "n-create":
-        return MODALITY_PERFORMED_PROCEDURE_STEP, Command.make(
-            "N-CREATE-RQ", has_dataset=True, MessageID=1, AffectedSOPClassUID=MODALITY_PERFORMED_PROCEDURE_STEP,
-            AffectedSOPInstanceUID=uid), identifier(PerformedProcedureStepStatus="IN PROGRESS")
+        return (
+            MODALITY_PERFORMED_PROCEDURE_STEP,
+            Command.make(
+                "N-CREATE-RQ",
+                has_dataset=True,
+                MessageID=1,
+                AffectedSOPClassUID=MODALITY_PERFORMED_PROCEDURE_STEP,
+                AffectedSOPInstanceUID=uid,
+            ),
+            identifier(PerformedProcedureStepStatus="IN PROGRESS"),
+        )
     if case == "n-set":
-        return MODALITY_PERFORMED_PROCEDURE_STEP, Command.make(
-            "N-SET-RQ", has_dataset=True, MessageID=1, RequestedSOPClassUID=MODALITY_PERFORMED_PROCEDURE_STEP,
-            RequestedSOPInstanceUID=uid), identifier(PerformedProcedureStepStatus="COMPLETED")
+        return (
+            MODALITY_PERFORMED_PROCEDURE_STEP,
+            Command.make(
+                "N-SET-RQ",
+                has_dataset=True,
+                MessageID=1,
+                RequestedSOPClassUID=MODALITY_PERFORMED_PROCEDURE_STEP,
+                RequestedSOPInstanceUID=uid,
+            ),
+            identifier(PerformedProcedureStepStatus="COMPLETED"),
+        )
     assert case in ("n-action", "n-action-body")
-    return STORAGE_COMMITMENT_PUSH_MODEL, Command.make(
-        "N-ACTION-RQ", has_dataset=True, MessageID=1, RequestedSOPClassUID=STORAGE_COMMITMENT_PUSH_MODEL,
-        RequestedSOPInstanceUID=STORAGE_COMMITMENT_INSTANCE, ActionTypeID=1), identifier(TransactionUID=uid)
+    return (
+        STORAGE_COMMITMENT_PUSH_MODEL,
+        Command.make(
+            "N-ACTION-RQ",
+            has_dataset=True,
+            MessageID=1,
+            RequestedSOPClassUID=STORAGE_COMMITMENT_PUSH_MODEL,
+            RequestedSOPInstanceUID=STORAGE_COMMITMENT_INSTANCE,
+            ActionTypeID=1,
+        ),
+        identifier(TransactionUID=uid),
+    )
 
 
 async def raising(self: object, assoc: Association, message: Message) -> Response:
@@ -191,11 +255,18 @@ CASES: list[tuple[str, Any, str, Any, int]] = [
 ]
 
 
-@pytest.mark.parametrize(("case", "owner", "attribute", "replacement", "expected"), CASES,
-                         ids=[f"{c[0]}:{c[2]}" for c in CASES])
+@pytest.mark.parametrize(
+    ("case", "owner", "attribute", "replacement", "expected"), CASES, ids=[f"{c[0]}:{c[2]}" for c in CASES]
+)
 def test_an_exception_in_a_handler_is_answered_at_once_with_the_failure_status(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-    case: str, owner: Any, attribute: str, replacement: Any, expected: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    case: str,
+    owner: Any,
+    attribute: str,
+    replacement: Any,
+    expected: int,
 ) -> None:
     monkeypatch.setattr(owner, attribute, replacement)
     caplog.set_level(logging.INFO, logger="minipacs")
@@ -227,7 +298,8 @@ def test_an_exception_in_a_handler_is_answered_at_once_with_the_failure_status(
 
 
 def test_a_handler_that_ends_without_answering_gets_a_failure_response(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async def silent(self: object, assoc: Association, message: Message) -> None:
         return None
@@ -255,12 +327,18 @@ def test_the_response_names_the_request() -> None:
     from minipacs.services.dispatch import response_command
 
     n_set = Command.make("N-SET-RQ", MessageID=7, RequestedSOPClassUID="1.2", RequestedSOPInstanceUID="1.2.3")
-    rsp = response_command(n_set, Response(0x0106, error="x" * 80, fields={"OffendingElement": [0x00400252]}),
-                           has_dataset=False)
+    rsp = response_command(
+        n_set, Response(0x0106, error="x" * 80, fields={"OffendingElement": [0x00400252]}), has_dataset=False
+    )
     assert rsp.name == "N-SET-RSP"
-    assert (rsp["MessageIDBeingRespondedTo"], rsp["AffectedSOPClassUID"], rsp["AffectedSOPInstanceUID"],
-            rsp["Status"], len(rsp["ErrorComment"]), rsp["OffendingElement"]) == (7, "1.2", "1.2.3", 0x0106, 64,
-                                                                                  [0x00400252])
+    assert (
+        rsp["MessageIDBeingRespondedTo"],
+        rsp["AffectedSOPClassUID"],
+        rsp["AffectedSOPInstanceUID"],
+        rsp["Status"],
+        len(rsp["ErrorComment"]),
+        rsp["OffendingElement"],
+    ) == (7, "1.2", "1.2.3", 0x0106, 64, [0x00400252])
     find = Command.make("C-FIND-RQ", has_dataset=True, MessageID=3, Priority=0, AffectedSOPClassUID="1.2.4")
     rsp = response_command(find, Response(0xFF00), has_dataset=True)
     assert "AffectedSOPInstanceUID" not in rsp and rsp.has_dataset and rsp["AffectedSOPClassUID"] == "1.2.4"
@@ -283,6 +361,7 @@ class NoHooks:
 
 
 def test_a_service_without_the_declared_hooks_is_refused_at_start_up() -> None:
-    with pytest.raises(ServiceRegistrationError, match="'no-hooks' does not implement ServiceClass .*inherit "
-                                                       "services.base.Service"):
+    with pytest.raises(
+        ServiceRegistrationError, match="'no-hooks' does not implement ServiceClass .*inherit services.base.Service"
+    ):
         DicomServer("MINIPACS", [NoHooks()], host="127.0.0.1", port=0)  # type: ignore[list-item]

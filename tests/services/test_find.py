@@ -17,14 +17,20 @@ from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
 from minipacs.core.archive import Archive
 from minipacs.core.model import Origin
+from minipacs.dicom.uids import (
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    PATIENT_ROOT_FIND,
+    PATIENT_STUDY_ONLY_FIND,
+    STUDY_ROOT_FIND,
+)
 from minipacs.net.association import Association, AssociationSettings, BytesSink, build_rq, connect
 from minipacs.net.dimse import Command
 from minipacs.net.dul import Timeouts
 from minipacs.net.pdu_items import SOPClassExtendedNegotiation
-from minipacs.dicom.uids import EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from minipacs.services.find_scu import build_identifier, find_all
 from minipacs.services.qr_find import QueryRetrieveFindSCP
-from minipacs.dicom.uids import PATIENT_ROOT_FIND, PATIENT_STUDY_ONLY_FIND, STUDY_ROOT_FIND
 from minipacs.services.server import DicomServer
 from minipacs.services.verification import VerificationSCP
 from tests.dicomgen import write_ct
@@ -39,10 +45,16 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data folder holding N_STUDIES one-instance studies (imported once; tests only read)."""
     folder = tmp_path_factory.mktemp("find-files")
     for n in range(N_STUDIES):
-        write_ct(folder / f"{n:04d}.dcm", rows=8, cols=8, patient_id="PIDX" if n == 7 else f"PID{n % 10}",
-                 patient_name="Müller^Jürgen" if n == 7 else f"Patient{n:03d}^Test",
-                 AccessionNumber=f"ACC{n:04d}", StudyDate=f"2024{1 + n % 12:02d}15",
-                 study_uid=f"1.2.826.0.1.3680043.10.2.{n + 1}")
+        write_ct(
+            folder / f"{n:04d}.dcm",
+            rows=8,
+            cols=8,
+            patient_id="PIDX" if n == 7 else f"PID{n % 10}",
+            patient_name="Müller^Jürgen" if n == 7 else f"Patient{n:03d}^Test",
+            AccessionNumber=f"ACC{n:04d}",
+            StudyDate=f"2024{1 + n % 12:02d}15",
+            study_uid=f"1.2.826.0.1.3680043.10.2.{n + 1}",
+        )
 
     async def load() -> None:
         archive = await open_archive(Settings(data_dir=folder / "data", fsync=False))
@@ -69,8 +81,9 @@ async def running(tmp: Path, files: Path, **scp: Any) -> AsyncIterator[tuple[Dic
         await archive.close()
 
 
-async def associate(port: int, classes: list[str] | None = None, relational: bool = False,
-                    syntaxes: list[str] | None = None) -> Association:
+async def associate(
+    port: int, classes: list[str] | None = None, relational: bool = False, syntaxes: list[str] | None = None
+) -> Association:
     settings = AssociationSettings(ae_title="FINDSCU", timeouts=TIMEOUTS)
     ts = syntaxes or [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN]
     rq = build_rq("FINDSCU", "MINIPACS", [(c, ts) for c in classes or ALL_FIND], settings)
@@ -97,9 +110,18 @@ def ident(level: str, **keys: Any) -> Dataset:
 def test_study_root_find_streams_pending_then_success(tmp_path: Path, files: Path) -> None:
     async def body(server: DicomServer, archive: Archive) -> None:
         assoc = await associate(server.port)
-        result = await find_all(assoc, STUDY_ROOT_FIND,
-                                ident("STUDY", PatientID="PID3", AccessionNumber=None, StudyDate=None,
-                                      RetrieveAETitle=None, NumberOfStudyRelatedInstances=None))
+        result = await find_all(
+            assoc,
+            STUDY_ROOT_FIND,
+            ident(
+                "STUDY",
+                PatientID="PID3",
+                AccessionNumber=None,
+                StudyDate=None,
+                RetrieveAETitle=None,
+                NumberOfStudyRelatedInstances=None,
+            ),
+        )
         assert result.status == 0x0000
         assert len(result.matches) == N_STUDIES // 10
         assert all(m.RetrieveAETitle == "MINIPACS" for m in result.matches)
@@ -141,8 +163,9 @@ def test_iso_ir_100_request_gets_iso_ir_100_answers(tmp_path: Path, files: Path)
 def test_patient_root_patient_level(tmp_path: Path, files: Path) -> None:
     async def body(server: DicomServer, archive: Archive) -> None:
         assoc = await associate(server.port)
-        result = await find_all(assoc, PATIENT_ROOT_FIND,
-                                ident("PATIENT", PatientID="PID1", NumberOfPatientRelatedStudies=None))
+        result = await find_all(
+            assoc, PATIENT_ROOT_FIND, ident("PATIENT", PatientID="PID1", NumberOfPatientRelatedStudies=None)
+        )
         await assoc.release()
         assert result.status == 0
         assert [int(m.NumberOfPatientRelatedStudies) for m in result.matches] == [N_STUDIES // 10]
@@ -156,8 +179,9 @@ def test_unsupported_optional_key_gives_ff01(tmp_path: Path, files: Path) -> Non
         statuses = []
         from minipacs.services.find_scu import find
 
-        async for status, _ds, _cmd in find(assoc, STUDY_ROOT_FIND,
-                                            ident("STUDY", AccessionNumber="ACC0001", NumberOfStudyRelatedSeries="1")):
+        async for status, _ds, _cmd in find(
+            assoc, STUDY_ROOT_FIND, ident("STUDY", AccessionNumber="ACC0001", NumberOfStudyRelatedSeries="1")
+        ):
             statuses.append(status)
         await assoc.release()
         assert statuses == [0xFF01, 0x0000]
@@ -247,8 +271,13 @@ def test_hostile_keys_fail_cleanly_and_the_server_keeps_serving(
 async def _raw_find(assoc: Association, data: bytes) -> tuple[int, str]:
     ctx = assoc.context_for(STUDY_ROOT_FIND)
     assert ctx is not None
-    rq = Command.make("C-FIND-RQ", has_dataset=True, MessageID=assoc.next_message_id(), Priority=0,
-                      AffectedSOPClassUID=STUDY_ROOT_FIND)
+    rq = Command.make(
+        "C-FIND-RQ",
+        has_dataset=True,
+        MessageID=assoc.next_message_id(),
+        Priority=0,
+        AffectedSOPClassUID=STUDY_ROOT_FIND,
+    )
     status, text = -1, ""
     async for rsp in assoc.request(ctx.context_id, rq, data):
         status = int(rsp.command["Status"])
@@ -261,12 +290,22 @@ FAILED = frozenset(range(0xC000, 0xD000)) | {0xA900}
 # (case, identifier bytes in Implicit VR Little Endian, acceptable final statuses)
 RAW: list[tuple[str, bytes, frozenset[int]]] = [
     ("garbage bytes", b"\xff\xfe\x00\x01garbage!", FAILED),
-    ("element length past the end (pydicom reads what is there)",
-     b"\x08\x00\x52\x00\xff\x00\x00\x00STUDY ", FAILED | {0x0000}),
-    ("binary key with a value",
-     b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY \x28\x00\x10\x00\x02\x00\x00\x00\x00\x02", FAILED),
-    ("sequence with a broken item", b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY "
-     b"\x08\x00\x32\x10\xff\xff\xff\xff\xfe\xff\x00\xe0\x10\x00\x00\x00\x01\x02", FAILED | {0x0000}),
+    (
+        "element length past the end (pydicom reads what is there)",
+        b"\x08\x00\x52\x00\xff\x00\x00\x00STUDY ",
+        FAILED | {0x0000},
+    ),
+    (
+        "binary key with a value",
+        b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY \x28\x00\x10\x00\x02\x00\x00\x00\x00\x02",
+        FAILED,
+    ),
+    (
+        "sequence with a broken item",
+        b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY "
+        b"\x08\x00\x32\x10\xff\xff\xff\xff\xfe\xff\x00\xe0\x10\x00\x00\x00\x01\x02",
+        FAILED | {0x0000},
+    ),
 ]
 
 

@@ -17,9 +17,16 @@ from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from minipacs.core.query import ResponseField, Row, row_dataset
-from minipacs.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, TransferSyntax, transfer_syntax
-from minipacs.services.qr_find import RETRIEVE_AE_TITLE, RowEncoder
 from minipacs.dicom.identifier import response_charset
+from minipacs.dicom.uids import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    TransferSyntax,
+    transfer_syntax,
+)
+from minipacs.services.qr_find import RETRIEVE_AE_TITLE, RowEncoder
 
 FIELDS = (
     ResponseField(0x00080020, "DA"),  # StudyDate
@@ -31,8 +38,12 @@ FIELDS = (
     ResponseField(0x0020000D, "UI"),  # StudyInstanceUID
     ResponseField(0x00280010, "US"),  # Rows
 )
-SYNTAXES = [IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN,
-            DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN]
+SYNTAXES = [
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+]
 
 
 def _ts(uid: str) -> TransferSyntax:
@@ -41,8 +52,13 @@ def _ts(uid: str) -> TransferSyntax:
     return ts
 
 
-def reference(fields: tuple[ResponseField, ...], row: Row, ts: TransferSyntax, request_charset: str,
-              constants: dict[int, tuple[str, str]]) -> bytes:
+def reference(
+    fields: tuple[ResponseField, ...],
+    row: Row,
+    ts: TransferSyntax,
+    request_charset: str,
+    constants: dict[int, tuple[str, str]],
+) -> bytes:
     """The identifier as pydicom writes it, character set chosen by response_charset."""
     ds = row_dataset(fields, row)
     for tag, (vr, value) in constants.items():
@@ -62,11 +78,24 @@ def reference(fields: tuple[ResponseField, ...], row: Row, ts: TransferSyntax, r
 
 
 def _row(**values: Any) -> Row:
-    base: dict[int, Any] = {0x00080020: "20240115", 0x00080052: "STUDY", 0x00080054: None, 0x00080061: "CT\\MR",
-                            0x00081030: "CT HEAD", 0x00100010: "Doe^John", 0x0020000D: "1.2.3.45",
-                            0x00280010: "512"}
-    names = {"date": 0x00080020, "desc": 0x00081030, "name": 0x00100010, "uid": 0x0020000D, "rows": 0x00280010,
-             "modalities": 0x00080061}
+    base: dict[int, Any] = {
+        0x00080020: "20240115",
+        0x00080052: "STUDY",
+        0x00080054: None,
+        0x00080061: "CT\\MR",
+        0x00081030: "CT HEAD",
+        0x00100010: "Doe^John",
+        0x0020000D: "1.2.3.45",
+        0x00280010: "512",
+    }
+    names = {
+        "date": 0x00080020,
+        "desc": 0x00081030,
+        "name": 0x00100010,
+        "uid": 0x0020000D,
+        "rows": 0x00280010,
+        "modalities": 0x00080061,
+    }
     for key, value in values.items():
         base[names[key]] = value
     return tuple(base[f.tag] for f in FIELDS)

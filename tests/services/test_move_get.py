@@ -77,8 +77,9 @@ class FakeRegistry:
 class PickyStorage(FolderStorage):
     """Refuses the instances listed, answers the rest; optionally slow."""
 
-    def __init__(self, folder: Path, refuse: set[str] | None = None, delay: float = 0.0,
-                 syntaxes: frozenset[str] | None = None) -> None:
+    def __init__(
+        self, folder: Path, refuse: set[str] | None = None, delay: float = 0.0, syntaxes: frozenset[str] | None = None
+    ) -> None:
         super().__init__(folder)
         self.refuse = refuse or set()
         self.delay = delay
@@ -97,9 +98,14 @@ class PickyStorage(FolderStorage):
         if sop in self.refuse:
             if message.dataset is not None:
                 message.dataset.discard()
-            rsp = Command.make("C-STORE-RSP", MessageIDBeingRespondedTo=message.command["MessageID"],
-                               AffectedSOPClassUID=message.command["AffectedSOPClassUID"],
-                               AffectedSOPInstanceUID=sop, Status=0xA700, ErrorComment="disk full (test)")
+            rsp = Command.make(
+                "C-STORE-RSP",
+                MessageIDBeingRespondedTo=message.command["MessageID"],
+                AffectedSOPClassUID=message.command["AffectedSOPClassUID"],
+                AffectedSOPInstanceUID=sop,
+                Status=0xA700,
+                ErrorComment="disk full (test)",
+            )
             await assoc.send_message(message.context.context_id, rsp)
             return
         await super().c_store(assoc, message)
@@ -119,8 +125,9 @@ class Env:
         return AssociationSettings(ae_title=ae, timeouts=TIMEOUTS)
 
     @asynccontextmanager
-    async def destination(self, ae: str = "DEST", service: Any = None,
-                          host: str = "127.0.0.1") -> AsyncIterator[FolderStorage]:
+    async def destination(
+        self, ae: str = "DEST", service: Any = None, host: str = "127.0.0.1"
+    ) -> AsyncIterator[FolderStorage]:
         folder = self.tmp / f"dest-{ae}-{host}"
         svc = service or FolderStorage(folder)
         dest = DicomServer(ae, [svc], host=host, port=0, timeouts=TIMEOUTS)
@@ -131,8 +138,9 @@ class Env:
         finally:
             await dest.close(grace=2.0)
 
-    async def move(self, identifier: Dataset, destination: str = "DEST", model: str = "STUDY",
-                   on_progress: Any = None) -> RetrieveResult:
+    async def move(
+        self, identifier: Dataset, destination: str = "DEST", model: str = "STUDY", on_progress: Any = None
+    ) -> RetrieveResult:
         rq = build_rq("VIEWER", "MINIPACS", move_contexts(model), self.settings())
         assoc = await connect("127.0.0.1", self.server.port, rq, self.settings())
         try:
@@ -142,27 +150,49 @@ class Env:
 
 
 @asynccontextmanager
-async def archive_env(tmp_path: Path, count: int = 6, series: int = 2,
-                      syntax: str = ExplicitVRLittleEndian, pending_every: int = 1,
-                      pending_interval: float = 0.2) -> AsyncIterator[Env]:
+async def archive_env(
+    tmp_path: Path,
+    count: int = 6,
+    series: int = 2,
+    syntax: str = ExplicitVRLittleEndian,
+    pending_every: int = 1,
+    pending_interval: float = 0.2,
+) -> AsyncIterator[Env]:
     archive = await open_archive(Settings(data_dir=tmp_path / "data", fsync=False))
     study = generate_uid()
     series_uids = [generate_uid() for _ in range(series)]
     files: dict[str, Path] = {}
     for i in range(count):
         sop = generate_uid()
-        path = write_ct(tmp_path / "src" / f"{i:03d}.dcm", study_uid=study, series_uid=series_uids[i % series],
-                        sop_uid=sop, transfer_syntax=syntax, InstanceNumber=i + 1)
+        path = write_ct(
+            tmp_path / "src" / f"{i:03d}.dcm",
+            study_uid=study,
+            series_uid=series_uids[i % series],
+            sop_uid=sop,
+            transfer_syntax=syntax,
+            InstanceNumber=i + 1,
+        )
         files[sop] = path
         await archive.import_file(path, Origin("import"))
     registry = FakeRegistry()
     server = DicomServer(
         "MINIPACS",
-        [VerificationSCP(), StorageSCP(archive, scu_role=True),
-         MoveSCP(archive, registry, pending_every=pending_every, pending_interval=pending_interval,
-                 association_logger=archive.record_association),
-         GetSCP(archive, pending_every=pending_every, pending_interval=pending_interval)],
-        host="127.0.0.1", port=0, timeouts=TIMEOUTS, association_logger=archive.record_association,
+        [
+            VerificationSCP(),
+            StorageSCP(archive, scu_role=True),
+            MoveSCP(
+                archive,
+                registry,
+                pending_every=pending_every,
+                pending_interval=pending_interval,
+                association_logger=archive.record_association,
+            ),
+            GetSCP(archive, pending_every=pending_every, pending_interval=pending_interval),
+        ],
+        host="127.0.0.1",
+        port=0,
+        timeouts=TIMEOUTS,
+        association_logger=archive.record_association,
     )
     await server.start()
     try:
@@ -172,10 +202,10 @@ async def archive_env(tmp_path: Path, count: int = 6, series: int = 2,
         await archive.close()
 
 
-
 def parse_keys(level: str, specs: list[str]) -> Dataset:
     """The identifier for DCMTK-style "k=v" specs (the CLI's -k), through the structured keys."""
     return retrieve_identifier(level, {path: value for path, _, value in (s.partition("=") for s in specs)})
+
 
 def study_key(env: Env) -> Dataset:
     return parse_keys("STUDY", [f"StudyInstanceUID={env.study_uid}"])
@@ -186,6 +216,7 @@ def received(folder: Path) -> dict[str, Path]:
 
 
 # ------------------------------------------------------------------ C-MOVE
+
 
 def test_move_study_sends_stored_bytes_and_leaves_a_receipt(tmp_path: Path) -> None:
     async def main() -> None:
@@ -212,18 +243,24 @@ def test_move_study_sends_stored_bytes_and_leaves_a_receipt(tmp_path: Path) -> N
     asyncio.run(main())
 
 
-@pytest.mark.parametrize(("every", "interval", "remaining"), [
-    (1, 0.0, [5, 4, 3, 2, 1]),  # after every sub-operation
-    (4, 0.0, [2]),  # after every 4th
-    (0, 1e-9, [5, 4, 3, 2, 1]),  # by time: the interval always passed
-    (0, 0.0, []),  # never: Pending responses are optional (PS3.4 C.4.2.3.1)
-    (100, 3600.0, []),  # the defaults' shape on a small study: only the final response
-])
-def test_move_pending_responses_by_count_or_time(tmp_path: Path, every: int, interval: float,
-                                                 remaining: list[int]) -> None:
+@pytest.mark.parametrize(
+    ("every", "interval", "remaining"),
+    [
+        (1, 0.0, [5, 4, 3, 2, 1]),  # after every sub-operation
+        (4, 0.0, [2]),  # after every 4th
+        (0, 1e-9, [5, 4, 3, 2, 1]),  # by time: the interval always passed
+        (0, 0.0, []),  # never: Pending responses are optional (PS3.4 C.4.2.3.1)
+        (100, 3600.0, []),  # the defaults' shape on a small study: only the final response
+    ],
+)
+def test_move_pending_responses_by_count_or_time(
+    tmp_path: Path, every: int, interval: float, remaining: list[int]
+) -> None:
     async def main() -> None:
-        async with archive_env(tmp_path, pending_every=every, pending_interval=interval) as env, \
-                env.destination() as dest:
+        async with (
+            archive_env(tmp_path, pending_every=every, pending_interval=interval) as env,
+            env.destination() as dest,
+        ):
             seen: list[RetrieveResult] = []
             result = await env.move(study_key(env), on_progress=lambda r: seen.append(RetrieveResult(**vars(r))))
             assert (result.status, result.completed) == (0, 6)
@@ -233,12 +270,15 @@ def test_move_pending_responses_by_count_or_time(tmp_path: Path, every: int, int
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("level,keys,expected", [
-    ("SERIES", lambda e: [f"StudyInstanceUID={e.study_uid}", f"SeriesInstanceUID={e.series_uids[0]}"], 3),
-    ("SERIES", lambda e: [f"SeriesInstanceUID={e.series_uids[0]}\\{e.series_uids[1]}"], 6),
-    ("IMAGE", lambda e: [f"SOPInstanceUID={list(e.files)[0]}"], 1),
-    ("STUDY", lambda e: ["StudyInstanceUID=1.2.3.4.5.6.7"], 0),
-])
+@pytest.mark.parametrize(
+    "level,keys,expected",
+    [
+        ("SERIES", lambda e: [f"StudyInstanceUID={e.study_uid}", f"SeriesInstanceUID={e.series_uids[0]}"], 3),
+        ("SERIES", lambda e: [f"SeriesInstanceUID={e.series_uids[0]}\\{e.series_uids[1]}"], 6),
+        ("IMAGE", lambda e: [f"SOPInstanceUID={list(e.files)[0]}"], 1),
+        ("STUDY", lambda e: ["StudyInstanceUID=1.2.3.4.5.6.7"], 0),
+    ],
+)
 def test_move_levels(tmp_path: Path, level: str, keys: Any, expected: int) -> None:
     async def main() -> None:
         async with archive_env(tmp_path) as env, env.destination() as dest:
@@ -283,13 +323,16 @@ def test_ambiguous_destination_names_candidates(tmp_path: Path, caplog: pytest.L
     assert "10.0.0.2:104" in caplog.text and "10.0.0.3:104" in caplog.text
 
 
-@pytest.mark.parametrize("keys,level", [
-    ([], ""),  # no level, no keys
-    (["StudyInstanceUID=1.2.*"], "STUDY"),  # wildcard
-    ([], "STUDY"),  # unique key missing
-    (["PatientID=P1"], "PATIENT"),  # PATIENT level in Study Root
-    (["StudyInstanceUID=" + "1" * 80], "STUDY"),  # too long
-])
+@pytest.mark.parametrize(
+    "keys,level",
+    [
+        ([], ""),  # no level, no keys
+        (["StudyInstanceUID=1.2.*"], "STUDY"),  # wildcard
+        ([], "STUDY"),  # unique key missing
+        (["PatientID=P1"], "PATIENT"),  # PATIENT level in Study Root
+        (["StudyInstanceUID=" + "1" * 80], "STUDY"),  # too long
+    ],
+)
 def test_bad_identifier_is_a900(tmp_path: Path, keys: list[str], level: str) -> None:
     async def main() -> None:
         async with archive_env(tmp_path, count=1, series=1) as env:
@@ -398,11 +441,13 @@ def test_batches_keep_each_association_under_128_contexts() -> None:
 
 # ------------------------------------------------------------------ C-GET
 
+
 async def _get(env: Env, service: FolderStorage, identifier: Dataset, roles: bool = True) -> RetrieveResult:
     contexts, role_items = get_contexts("STUDY")
     rq = build_rq("VIEWER", "MINIPACS", contexts, env.settings(), roles=role_items if roles else [])
-    assoc = await connect("127.0.0.1", env.server.port, rq, env.settings(),
-                          handler=service.c_store, sink_factory=service.sink_for)
+    assoc = await connect(
+        "127.0.0.1", env.server.port, rq, env.settings(), handler=service.c_store, sink_factory=service.sink_for
+    )
     try:
         return await c_get(assoc, "STUDY", identifier)
     finally:

@@ -56,8 +56,9 @@ def n_set(port: int, ds: Dataset, uid: str) -> tuple[int, Dataset]:
 
 
 async def _scheduled(app: App) -> int:
-    added = await Worklist(app.archive).add(entry("123456", "Doe^John", "ACC1", "CT", "CT01", "20240105", "083000",
-                                                  study_uid=STUDY))
+    added = await Worklist(app.archive).add(
+        entry("123456", "Doe^John", "ACC1", "CT", "CT01", "20240105", "083000", study_uid=STUDY)
+    )
     return added.id
 
 
@@ -111,6 +112,7 @@ def test_create_without_uid_gets_one_generated(tmp_path: Path) -> None:
         def body(assoc: Any) -> int:
             status, _attrs = assoc.send_n_create(mpps_create(STUDY), MPPS_CLASS, None)
             return int(status.Status)
+
         return with_scu(port, body, [MPPS_CLASS], handlers=[(evt.EVT_DIMSE_RECV, on_recv)])
 
     async def main() -> None:
@@ -121,14 +123,18 @@ def test_create_without_uid_gets_one_generated(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-@pytest.mark.parametrize(("drop", "status_value", "expected", "offending"), [
-    (("PerformedStationAETitle",), "IN PROGRESS", 0x0120, 0x00400241),
-    (("ScheduledStepAttributesSequence",), "IN PROGRESS", 0x0120, 0x00400270),
-    ((), "COMPLETED", 0x0106, 0x00400252),
-    ((), "", 0x0121, 0x00400252),
-])
-def test_create_refusals_change_nothing(tmp_path: Path, drop: tuple[str, ...], status_value: str, expected: int,
-                                        offending: int) -> None:
+@pytest.mark.parametrize(
+    ("drop", "status_value", "expected", "offending"),
+    [
+        (("PerformedStationAETitle",), "IN PROGRESS", 0x0120, 0x00400241),
+        (("ScheduledStepAttributesSequence",), "IN PROGRESS", 0x0120, 0x00400270),
+        ((), "COMPLETED", 0x0106, 0x00400252),
+        ((), "", 0x0121, 0x00400252),
+    ],
+)
+def test_create_refusals_change_nothing(
+    tmp_path: Path, drop: tuple[str, ...], status_value: str, expected: int, offending: int
+) -> None:
     async def main() -> None:
         async with serving(tmp_path) as app:
             pk = await _scheduled(app)
@@ -211,12 +217,18 @@ def test_transition_table(current: str, new: str) -> None:
 
 # ------------------------------------------------------------------ final state (PS3.4 F.7.2.2.2)
 
+
 def _without(keyword: str, where: str = "") -> Callable[[Dataset], None]:
     """Drop ``keyword`` from the N-SET (``where``: 'series' = the Performed Series item, 'ref' = its image)."""
+
     def edit(ds: Dataset) -> None:
-        target = {"": ds, "series": ds.PerformedSeriesSequence[0] if "PerformedSeriesSequence" in ds else ds,
-                  "ref": ds.PerformedSeriesSequence[0].ReferencedImageSequence[0]}[where]
+        target = {
+            "": ds,
+            "series": ds.PerformedSeriesSequence[0] if "PerformedSeriesSequence" in ds else ds,
+            "ref": ds.PerformedSeriesSequence[0].ReferencedImageSequence[0],
+        }[where]
         delattr(target, keyword)
+
     return edit
 
 
@@ -225,6 +237,7 @@ def _value(keyword: str, value: Any) -> Callable[[Dataset], None]:
         with warnings.catch_warnings():  # pydicom warns about the malformed DA / TM we mean to send
             warnings.simplefilter("ignore")
             setattr(ds, keyword, value)
+
     return edit
 
 
@@ -250,8 +263,9 @@ FINAL_STATE_RULES = [
 
 
 @pytest.mark.parametrize(("final", "edit", "expected", "offending"), FINAL_STATE_RULES)
-def test_final_state_rules_refuse_and_change_nothing(tmp_path: Path, final: str, edit: Callable[[Dataset], None],
-                                                     expected: int, offending: int) -> None:
+def test_final_state_rules_refuse_and_change_nothing(
+    tmp_path: Path, final: str, edit: Callable[[Dataset], None], expected: int, offending: int
+) -> None:
     async def main() -> None:
         async with serving(tmp_path) as app:
             pk = await _scheduled(app)
@@ -271,6 +285,7 @@ def test_final_state_rules_refuse_and_change_nothing(tmp_path: Path, final: str,
 
 def test_final_state_counts_what_earlier_n_sets_and_the_n_create_sent(tmp_path: Path) -> None:
     """The final state is checked on the stored step merged with the N-SET (PS3.7 10.1.3)."""
+
     async def main() -> None:
         async with serving(tmp_path) as app:
             port = app.dicom.port

@@ -38,8 +38,15 @@ from tests.peers import free_port
 
 TIMEOUTS = Timeouts(acse=5.0, dimse=20.0, idle=30.0)
 # JPEG (baseline, 12-bit extended and lossless), JPEG 2000 (lossless and lossy), and JPEG-LS and RLE for good measure
-NAMES = ["jpeg_baseline", "jpeg_extended_12bit", "jpeg_lossless", "jpeg2000_lossless", "jpeg2000", "jpeg_ls",
-         "rle_2frames"]
+NAMES = [
+    "jpeg_baseline",
+    "jpeg_extended_12bit",
+    "jpeg_lossless",
+    "jpeg2000_lossless",
+    "jpeg2000",
+    "jpeg_ls",
+    "rle_2frames",
+]
 
 
 @dataclass(frozen=True)
@@ -80,9 +87,15 @@ async def archive_with_compressed(tmp_path: Path, destination: Node) -> AsyncIte
         originals[str(ds.SOPInstanceUID)] = ds
     server = DicomServer(
         "MINIPACS",
-        [VerificationSCP(), StorageSCP(archive, scu_role=True), MoveSCP(archive, Registry(destination)),
-         GetSCP(archive)],
-        host="127.0.0.1", port=0, timeouts=TIMEOUTS,
+        [
+            VerificationSCP(),
+            StorageSCP(archive, scu_role=True),
+            MoveSCP(archive, Registry(destination)),
+            GetSCP(archive),
+        ],
+        host="127.0.0.1",
+        port=0,
+        timeouts=TIMEOUTS,
     )
     await server.start()
     try:
@@ -133,12 +146,20 @@ def test_c_get_to_a_peer_that_only_accepts_explicit_vr_little_endian(tmp_path: P
         for sop_class in sorted(_sop_classes(env)):
             ae.add_requested_context(sop_class, [ExplicitVRLittleEndian])
             roles.append(build_role(sop_class, scp_role=True))
-        assoc = ae.associate("127.0.0.1", env.server.port, ae_title="MINIPACS", ext_neg=roles,
-                             evt_handlers=[(evt.EVT_C_STORE, _keep, [received, lock])])
+        assoc = ae.associate(
+            "127.0.0.1",
+            env.server.port,
+            ae_title="MINIPACS",
+            ext_neg=roles,
+            evt_handlers=[(evt.EVT_C_STORE, _keep, [received, lock])],
+        )
         assert assoc.is_established
         try:
-            return [int(status.Status) for status, _ in
-                    assoc.send_c_get(_study_identifier(env), StudyRootQueryRetrieveInformationModelGet) if status]
+            return [
+                int(status.Status)
+                for status, _ in assoc.send_c_get(_study_identifier(env), StudyRootQueryRetrieveInformationModelGet)
+                if status
+            ]
         finally:
             assoc.release()
             ae.shutdown()
@@ -163,10 +184,12 @@ def test_c_move_to_a_storage_scp_that_only_accepts_explicit_vr_little_endian(tmp
             scp_ae = AE(ae_title="EXPLICITONLY")
             for sop_class in _sop_classes(env):
                 scp_ae.add_supported_context(sop_class, [ExplicitVRLittleEndian])
-            scp = scp_ae.start_server(("127.0.0.1", dest_port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, _keep, [received, lock])])
-            sop = next(uid for uid, ds in env.originals.items()
-                       if ds.file_meta.TransferSyntaxUID == COMPRESSED[name][1])
+            scp = scp_ae.start_server(
+                ("127.0.0.1", dest_port), block=False, evt_handlers=[(evt.EVT_C_STORE, _keep, [received, lock])]
+            )
+            sop = next(
+                uid for uid, ds in env.originals.items() if ds.file_meta.TransferSyntaxUID == COMPRESSED[name][1]
+            )
 
             def move() -> list[int]:
                 ae = AE(ae_title="MOVESCU")
@@ -178,9 +201,13 @@ def test_c_move_to_a_storage_scp_that_only_accepts_explicit_vr_little_endian(tmp
                 identifier.QueryRetrieveLevel = "IMAGE"
                 identifier.SOPInstanceUID = sop
                 try:
-                    return [int(status.Status) for status, _ in
-                            assoc.send_c_move(identifier, "EXPLICITONLY", StudyRootQueryRetrieveInformationModelMove)
-                            if status]
+                    return [
+                        int(status.Status)
+                        for status, _ in assoc.send_c_move(
+                            identifier, "EXPLICITONLY", StudyRootQueryRetrieveInformationModelMove
+                        )
+                        if status
+                    ]
                 finally:
                     assoc.release()
                     ae.shutdown()

@@ -31,9 +31,23 @@ def tls_storescp(tmp_path: Path, pki: Certificates) -> Iterator[tuple[int, Path]
     out = tmp_path / "storescp-out"
     out.mkdir()
     port = free_port()
-    proc = subprocess.Popen([dcmtk("storescp"), "+tls", str(pki.server.key), str(pki.server.cert),
-                             "+cf", str(pki.ca), "-od", str(out), "-aet", "TLSSCP", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            dcmtk("storescp"),
+            "+tls",
+            str(pki.server.key),
+            str(pki.server.cert),
+            "+cf",
+            str(pki.ca),
+            "-od",
+            str(out),
+            "-aet",
+            "TLSSCP",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_port("127.0.0.1", port, proc=proc)
         yield port, out
@@ -49,18 +63,30 @@ def _json_log(data_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
-def test_dcmtk_peers_against_our_tls_port(tmp_path: Path, pki: Certificates,
-                                          tls_storescp: tuple[int, Path]) -> None:
+def test_dcmtk_peers_against_our_tls_port(tmp_path: Path, pki: Certificates, tls_storescp: tuple[int, Path]) -> None:
     scp_port, scp_out = tls_storescp
     study = generate_uid()
     sent = write_ct(tmp_path / "in" / "ct.dcm", study_uid=study)
     config = tmp_path / "minipacs.toml"
-    config.write_text("\n".join([
-        'allow_unregistered = "echo,store,find,move"', "fsync = false",
-        f'tls_cert_file = "{pki.server.cert}"', f'tls_key_file = "{pki.server.key}"', f'tls_ca_file = "{pki.ca}"',
-        "tls_require_client_cert = true", "",
-        "[[nodes]]", 'ae_title = "TLSSCP"', 'host = "127.0.0.1"', f"port = {scp_port}", "tls = true", "",
-    ]))
+    config.write_text(
+        "\n".join(
+            [
+                'allow_unregistered = "echo,store,find,move"',
+                "fsync = false",
+                f'tls_cert_file = "{pki.server.cert}"',
+                f'tls_key_file = "{pki.server.key}"',
+                f'tls_ca_file = "{pki.ca}"',
+                "tls_require_client_cert = true",
+                "",
+                "[[nodes]]",
+                'ae_title = "TLSSCP"',
+                'host = "127.0.0.1"',
+                f"port = {scp_port}",
+                "tls = true",
+                "",
+            ]
+        )
+    )
     tls_port = free_port()
     server = start_server(tmp_path, "--config", str(config), "--tls-port", str(tls_port))
     client = ["+tls", str(pki.client.key), str(pki.client.cert), "+cf", str(pki.ca)]
@@ -68,16 +94,42 @@ def test_dcmtk_peers_against_our_tls_port(tmp_path: Path, pki: Certificates,
         wait_for_port("127.0.0.1", tls_port)
         echo = run([dcmtk("echoscu"), *client, "-aec", "MINIPACS", "127.0.0.1", str(tls_port)])
         store = run([dcmtk("storescu"), *client, "-aec", "MINIPACS", "127.0.0.1", str(tls_port), str(sent)])
-        anonymous = run([dcmtk("echoscu"), "+tla", "+cf", str(pki.ca), "-aec", "MINIPACS", "127.0.0.1",
-                         str(tls_port)])
-        stranger = run([dcmtk("echoscu"), "+tls", str(pki.stranger.key), str(pki.stranger.cert), "+cf", str(pki.ca),
-                        "-aec", "MINIPACS", "127.0.0.1", str(tls_port)])
+        anonymous = run([dcmtk("echoscu"), "+tla", "+cf", str(pki.ca), "-aec", "MINIPACS", "127.0.0.1", str(tls_port)])
+        stranger = run(
+            [
+                dcmtk("echoscu"),
+                "+tls",
+                str(pki.stranger.key),
+                str(pki.stranger.cert),
+                "+cf",
+                str(pki.ca),
+                "-aec",
+                "MINIPACS",
+                "127.0.0.1",
+                str(tls_port),
+            ]
+        )
         plain_to_tls = run([dcmtk("echoscu"), "-to", "5", "-aec", "MINIPACS", "127.0.0.1", str(tls_port)])
         plain = run([dcmtk("echoscu"), "-aec", "MINIPACS", "127.0.0.1", str(server.port)])
         # C-MOVE on the plain port to a node registered with tls = true: the sub-association is TLS
-        move = run([dcmtk("movescu"), "-S", "-aet", "MOVESCU", "-aec", "MINIPACS", "-aem", "TLSSCP",
-                    "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1",
-                    str(server.port)])
+        move = run(
+            [
+                dcmtk("movescu"),
+                "-S",
+                "-aet",
+                "MOVESCU",
+                "-aec",
+                "MINIPACS",
+                "-aem",
+                "TLSSCP",
+                "-k",
+                "QueryRetrieveLevel=STUDY",
+                "-k",
+                f"StudyInstanceUID={study}",
+                "127.0.0.1",
+                str(server.port),
+            ]
+        )
         records = _json_log(server.data_dir)
         text_log = run(minipacs_cmd("log", "--data", str(server.data_dir), "-n", "50")).stdout
     finally:
@@ -97,8 +149,12 @@ def test_dcmtk_peers_against_our_tls_port(tmp_path: Path, pki: Certificates,
     tls_ok = [r for r in records if r["accepted"] and r["role"] == "acceptor" and r["tls"]]
     assert len(tls_ok) == 2 and all(r["tls_peer"] == "CN=ECHOSCU,O=Test Modality" for r in tls_ok)
     failed = " | ".join(r["reject_reason"] for r in records if r["tls"] == "failed" and not r["accepted"])
-    for why in ("no certificate presented", "certificate unknown", "the peer did not speak TLS",
-                "the connection was closed during the TLS handshake"):  # the last: wait_for_port's probe
+    for why in (
+        "no certificate presented",
+        "certificate unknown",
+        "the peer did not speak TLS",
+        "the connection was closed during the TLS handshake",
+    ):  # the last: wait_for_port's probe
         assert f"TLS handshake failed: {why}" in failed
     sub = [r for r in records if r["role"] == "requestor"]
     assert sub and sub[0]["called_aet"] == "TLSSCP" and sub[0]["tls"]
@@ -107,8 +163,9 @@ def test_dcmtk_peers_against_our_tls_port(tmp_path: Path, pki: Certificates,
     assert "from 127.0.0.1:" in text_log and " over TLSv1." in text_log and "(CN=ECHOSCU,O=Test Modality)" in text_log
 
 
-def test_minipacs_echo_and_store_against_dcmtk_over_tls(tmp_path: Path, pki: Certificates,
-                                                        tls_storescp: tuple[int, Path]) -> None:
+def test_minipacs_echo_and_store_against_dcmtk_over_tls(
+    tmp_path: Path, pki: Certificates, tls_storescp: tuple[int, Path]
+) -> None:
     port, out = tls_storescp
     sent = write_ct(tmp_path / "in" / "ct.dcm")
     ours = ["--tls", "--tls-ca", str(pki.ca), "--tls-cert", str(pki.client.cert), "--tls-key", str(pki.client.key)]
@@ -116,8 +173,9 @@ def test_minipacs_echo_and_store_against_dcmtk_over_tls(tmp_path: Path, pki: Cer
     store = run(minipacs_cmd("store", "127.0.0.1", str(port), "-aec", "TLSSCP", "--no-progress", *ours, str(sent)))
     no_cert = run(minipacs_cmd("echo", "127.0.0.1", str(port), "-aec", "TLSSCP", "--tls", "--tls-ca", str(pki.ca)))
     no_ca = run(minipacs_cmd("echo", "127.0.0.1", str(port), "-aec", "TLSSCP", "--tls"))
-    untrusted = run(minipacs_cmd("echo", "127.0.0.1", str(port), "-aec", "TLSSCP", "--tls", "--tls-ca",
-                                 str(pki.stranger.cert)))
+    untrusted = run(
+        minipacs_cmd("echo", "127.0.0.1", str(port), "-aec", "TLSSCP", "--tls", "--tls-ca", str(pki.stranger.cert))
+    )
     assert echo.returncode == 0 and "Success" in echo.stdout, echo.stdout + echo.stderr
     assert store.returncode == 0, store.stdout + store.stderr
     assert len(list(out.iterdir())) == 1

@@ -22,8 +22,8 @@ from minipacs.bootstrap import App, build_app
 from minipacs.config import ConfigError, Settings, load_settings
 from minipacs.core.model import AssociationRecord
 from minipacs.core.users import Role, User, hash_password
-from minipacs.net.pdu_items import UserIdentityAC, UserIdentityRQ
 from minipacs.dicom.uids import VERIFICATION_SOP_CLASS
+from minipacs.net.pdu_items import UserIdentityAC, UserIdentityRQ
 from minipacs.services.user_identity import UserIdentityPolicy
 from tests.dicomgen import write_ct
 from tests.peers import dcmtk, run
@@ -58,8 +58,7 @@ CASES: list[tuple[str, UserIdentityRQ | None, bool, str, bool, str]] = [
 
 
 @pytest.mark.parametrize(("mode", "item", "accepted", "user", "response", "words"), CASES)
-def test_policy(mode: str, item: UserIdentityRQ | None, accepted: bool, user: str, response: bool,
-                words: str) -> None:
+def test_policy(mode: str, item: UserIdentityRQ | None, accepted: bool, user: str, response: bool, words: str) -> None:
     check = UserIdentityPolicy(mode, [ALICE]).check(item)
     assert (check.accepted, check.user) == (accepted, user)
     assert check.response == (UserIdentityAC(b"") if response else None)  # empty for types 1 and 2
@@ -102,8 +101,16 @@ def test_the_setting() -> None:
 
 @asynccontextmanager
 async def serving(tmp_path: Path, **settings: Any) -> AsyncIterator[App]:
-    base = Settings(data_dir=tmp_path / "data", host="127.0.0.1", port=0, ae_title="MINIPACS", fsync=False,
-                    acse_timeout=3.0, dimse_timeout=5.0, users=(ALICE,))
+    base = Settings(
+        data_dir=tmp_path / "data",
+        host="127.0.0.1",
+        port=0,
+        ae_title="MINIPACS",
+        fsync=False,
+        acse_timeout=3.0,
+        dimse_timeout=5.0,
+        users=(ALICE,),
+    )
     app = await build_app(dataclasses.replace(base, **settings))
     await app.dicom.start()
     try:
@@ -112,8 +119,9 @@ async def serving(tmp_path: Path, **settings: Any) -> AsyncIterator[App]:
         await app.close(grace=1.0)
 
 
-def pynetdicom_echo(port: int, kind: int | None, name: str = "alice", passcode: str = "",
-                    positive: bool = True) -> tuple[Any, ...]:
+def pynetdicom_echo(
+    port: int, kind: int | None, name: str = "alice", passcode: str = "", positive: bool = True
+) -> tuple[Any, ...]:
     """(result, source, reason) when rejected, else ("accepted", the User Identity AC's server response)."""
     ae = AE(ae_title="PYNETDICOM")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
@@ -159,8 +167,13 @@ def test_pynetdicom_identities_against_a_required_policy(tmp_path: Path, caplog:
     async def main() -> tuple[list[tuple[Any, ...]], list[AssociationRecord]]:
         async with serving(tmp_path, dicom_user_identity="required") as app:
             port = app.dicom.port
-            calls = [(2, "alice", PASSWORD, True), (2, "alice", "guessing", True), (None, "", "", False),
-                     (1, "alice", "", False), (1, "mallory", "", True)]
+            calls = [
+                (2, "alice", PASSWORD, True),
+                (2, "alice", "guessing", True),
+                (None, "", "", False),
+                (1, "alice", "", False),
+                (1, "mallory", "", True),
+            ]
             out = [await asyncio.to_thread(pynetdicom_echo, port, *call) for call in calls]
             return out, await association_log(app, len(calls))
 
@@ -185,7 +198,8 @@ def test_pynetdicom_identities_against_a_required_policy(tmp_path: Path, caplog:
 
 
 def test_a_slow_passcode_check_does_not_stall_other_associations(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The scrypt of a passcode runs off the event loop: a peer guessing passwords must not hold
     up everybody else's associations while each guess is hashed."""
 
@@ -236,8 +250,9 @@ def test_dcmtk_storescu_with_username_and_password(tmp_path: Path) -> None:
     async def main() -> tuple[Any, Any, Any]:
         async with serving(tmp_path, dicom_user_identity="required") as app:
             base = [dcmtk("storescu"), "-aec", "MINIPACS", "127.0.0.1", str(app.dicom.port), str(sent)]
-            right = await asyncio.to_thread(run, base[:1] + ["--user", "alice", "--password", PASSWORD,
-                                                             "--pos-response"] + base[1:])
+            right = await asyncio.to_thread(
+                run, base[:1] + ["--user", "alice", "--password", PASSWORD, "--pos-response"] + base[1:]
+            )
             wrong = await asyncio.to_thread(run, base[:1] + ["--user", "alice", "--password", "nope"] + base[1:])
             none = await asyncio.to_thread(run, base)
             return right, wrong, none

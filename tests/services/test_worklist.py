@@ -15,13 +15,12 @@ from minipacs.cli.main import main
 from minipacs.config import Settings
 from minipacs.core.archive import Archive
 from minipacs.core.worklist import InvalidWorklistEntry, Worklist, read_worklist_file
+from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, MODALITY_WORKLIST_FIND
 from minipacs.net.association import AssociationSettings, build_rq, connect
 from minipacs.net.dul import Timeouts
-from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from minipacs.services.find_scu import find_all, set_key
 from minipacs.services.server import DicomServer
 from minipacs.services.worklist import ModalityWorklistSCP
-from minipacs.dicom.uids import MODALITY_WORKLIST_FIND
 from tests.worklist_data import ENTRIES, entry, write_wl
 
 TIMEOUTS = Timeouts(acse=5.0, dimse=10.0, idle=30.0)
@@ -42,8 +41,18 @@ async def _with_worklist(tmp: Path, body: Any, extra: int = 0) -> Any:
         for ds in ENTRIES:
             await worklist.add(Dataset(ds))
         for n in range(extra):
-            await worklist.add(entry(f"P{n}", "Many^Pat", f"ACCX{n}", "CT", "CT09", "20240301", "080000",
-                                     study_uid=f"1.2.826.0.1.3680043.10.9.1000{n}"))
+            await worklist.add(
+                entry(
+                    f"P{n}",
+                    "Many^Pat",
+                    f"ACCX{n}",
+                    "CT",
+                    "CT09",
+                    "20240301",
+                    "080000",
+                    study_uid=f"1.2.826.0.1.3680043.10.9.1000{n}",
+                )
+            )
         return await body(archive, worklist)
     finally:
         await archive.close()
@@ -61,15 +70,28 @@ MATCHING_CASES = [
     (("PatientName=Müller^Jürgen", "AccessionNumber"), ["ACC4"]),
     (("AccessionNumber", "ScheduledProcedureStepSequence[0].ScheduledStationAETitle=CT0?"), ["ACC1", "ACC3"]),
     (("AccessionNumber", "ScheduledProcedureStepSequence[0].Modality=MR"), ["ACC2"]),
-    (("AccessionNumber", "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate=20240106-"),
-     ["ACC2", "ACC3", "ACC4"]),
-    (("AccessionNumber", "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate=20240105",
-      "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime=0800-0900"), ["ACC1"]),
-    (("AccessionNumber", "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime=1200-"),
-     ["ACC2"]),
+    (
+        ("AccessionNumber", "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate=20240106-"),
+        ["ACC2", "ACC3", "ACC4"],
+    ),
+    (
+        (
+            "AccessionNumber",
+            "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate=20240105",
+            "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime=0800-0900",
+        ),
+        ["ACC1"],
+    ),
+    (("AccessionNumber", "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime=1200-"), ["ACC2"]),
     (("AccessionNumber", "ScheduledProcedureStepSequence[0].ScheduledPerformingPhysicianName=HOUSE^*"), ["ACC2"]),
-    (("AccessionNumber", "ScheduledProcedureStepSequence[0].Modality=CT",
-      "ScheduledProcedureStepSequence[0].ScheduledStationAETitle=MR01"), []),  # both in ONE item
+    (
+        (
+            "AccessionNumber",
+            "ScheduledProcedureStepSequence[0].Modality=CT",
+            "ScheduledProcedureStepSequence[0].ScheduledStationAETitle=MR01",
+        ),
+        [],
+    ),  # both in ONE item
     (("AccessionNumber", "ScheduledProcedureStepSequence"), ["ACC1", "ACC2", "ACC3", "ACC4"]),
     (("SpecificCharacterSet=ISO_IR 192", "PatientID=123456", "AccessionNumber"), ["ACC1", "ACC2"]),  # K.2.2.2
 ]
@@ -85,15 +107,22 @@ def test_k6_matching(tmp_path: Path, specs: tuple[str, ...], expected: list[str]
 
 def test_every_requested_key_is_answered_and_no_other(tmp_path: Path) -> None:
     async def body(_archive: Archive, worklist: Worklist) -> list[Dataset]:
-        return await worklist.find(identifier(
-            "AccessionNumber=ACC1", "PatientName", "OtherPatientIDs", "ScheduledProcedureStepSequence[0].Modality",
-            "ScheduledProcedureStepSequence[0].CommentsOnTheScheduledProcedureStep"))
+        return await worklist.find(
+            identifier(
+                "AccessionNumber=ACC1",
+                "PatientName",
+                "OtherPatientIDs",
+                "ScheduledProcedureStepSequence[0].Modality",
+                "ScheduledProcedureStepSequence[0].CommentsOnTheScheduledProcedureStep",
+            )
+        )
 
     [found] = asyncio.run(_with_worklist(tmp_path, body))
     assert set(found.dir()) == {"AccessionNumber", "PatientName", "OtherPatientIDs", "ScheduledProcedureStepSequence"}
     assert found.OtherPatientIDs in (None, "")
     sps = found.ScheduledProcedureStepSequence[0]
     assert set(sps.dir()) == {"Modality", "CommentsOnTheScheduledProcedureStep"} and sps.Modality == "CT"
+
     # an empty sequence key returns the stored items whole
     async def whole(_archive: Archive, worklist: Worklist) -> list[Dataset]:
         return await worklist.find(identifier("AccessionNumber=ACC1", "ScheduledProcedureStepSequence"))
@@ -130,13 +159,16 @@ def test_reads_part10_and_raw_wl_files(tmp_path: Path) -> None:
 
 async def _scp_query(tmp: Path, specs: tuple[str, ...], cancel_after: int | None = None, extra: int = 0) -> Any:
     async def body(_archive: Archive, worklist: Worklist) -> Any:
-        server = DicomServer("MINIPACS", [ModalityWorklistSCP(worklist)], host="127.0.0.1", port=0,
-                             timeouts=TIMEOUTS)
+        server = DicomServer("MINIPACS", [ModalityWorklistSCP(worklist)], host="127.0.0.1", port=0, timeouts=TIMEOUTS)
         await server.start()
         try:
             settings = AssociationSettings(ae_title="CT01", timeouts=TIMEOUTS)
-            rq = build_rq("CT01", "MINIPACS", [(MODALITY_WORKLIST_FIND,
-                                                 [IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN])], settings)
+            rq = build_rq(
+                "CT01",
+                "MINIPACS",
+                [(MODALITY_WORKLIST_FIND, [IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN])],
+                settings,
+            )
             assoc = await connect("127.0.0.1", server.port, rq, settings)
             try:
                 return await find_all(assoc, MODALITY_WORKLIST_FIND, identifier(*specs), cancel_after=cancel_after)
@@ -182,8 +214,29 @@ def test_scp_refuses_unmatchable_key(tmp_path: Path) -> None:
 
 def test_cli_add_list_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = str(tmp_path / "data")
-    assert main(["worklist", "add", "--data", data, "--patient-id", "42", "--patient-name", "Doe^Jane",
-                 "--accession", "A42", "--modality", "MR", "--station-aet", "MR01", "--start", "202403011030"]) == 0
+    assert (
+        main(
+            [
+                "worklist",
+                "add",
+                "--data",
+                data,
+                "--patient-id",
+                "42",
+                "--patient-name",
+                "Doe^Jane",
+                "--accession",
+                "A42",
+                "--modality",
+                "MR",
+                "--station-aet",
+                "MR01",
+                "--start",
+                "202403011030",
+            ]
+        )
+        == 0
+    )
     assert main(["worklist", "add", "--data", data, "--patient-id", "43", "--modality", ""]) == 2
     assert main(["worklist", "list", "--data", data]) == 0
     out = capsys.readouterr().out

@@ -11,40 +11,48 @@ JPEG, J2K = "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.90"
 RLE, JLS = "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.80"
 
 
-@pytest.mark.parametrize("header,expected", [
-    ("", []),
-    ('multipart/related; type="application/dicom"', [MediaRange("application/dicom")]),
-    ("multipart/related; type=application/dicom; transfer-syntax=*", [MediaRange("application/dicom", "*")]),
-    ('multipart/related;type="image/x-jls";transfer-syntax=1.2.840.10008.1.2.4.80', [MediaRange("image/jls", JLS)]),
-    ("multipart/related", [MediaRange("")]),
-    ("*/*", [MediaRange("*/*")]),
-    ('multipart/related; type="*"', [MediaRange("*/*")]),
-    ("application/dicom; q=0.5, image/jpeg", [MediaRange("image/jpeg"), MediaRange("application/dicom", "", 0.5)]),
-    ("image/png; q=0, image/jpeg", [MediaRange("image/jpeg")]),
-    ('multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1, multipart/related; '
-     'type="application/dicom"; transfer-syntax=*',
-     [MediaRange("application/dicom", ELE), MediaRange("application/dicom", "*")]),
-    ("image/jpeg; q=nonsense", [MediaRange("image/jpeg")]),
-    ("image/jpeg; q=nan, image/png; q=inf", [MediaRange("image/jpeg"), MediaRange("image/png")]),
-])
+@pytest.mark.parametrize(
+    "header,expected",
+    [
+        ("", []),
+        ('multipart/related; type="application/dicom"', [MediaRange("application/dicom")]),
+        ("multipart/related; type=application/dicom; transfer-syntax=*", [MediaRange("application/dicom", "*")]),
+        ('multipart/related;type="image/x-jls";transfer-syntax=1.2.840.10008.1.2.4.80', [MediaRange("image/jls", JLS)]),
+        ("multipart/related", [MediaRange("")]),
+        ("*/*", [MediaRange("*/*")]),
+        ('multipart/related; type="*"', [MediaRange("*/*")]),
+        ("application/dicom; q=0.5, image/jpeg", [MediaRange("image/jpeg"), MediaRange("application/dicom", "", 0.5)]),
+        ("image/png; q=0, image/jpeg", [MediaRange("image/jpeg")]),
+        (
+            'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1, multipart/related; '
+            'type="application/dicom"; transfer-syntax=*',
+            [MediaRange("application/dicom", ELE), MediaRange("application/dicom", "*")],
+        ),
+        ("image/jpeg; q=nonsense", [MediaRange("image/jpeg")]),
+        ("image/jpeg; q=nan, image/png; q=inf", [MediaRange("image/jpeg"), MediaRange("image/png")]),
+    ],
+)
 def test_parse_accept(header: str, expected: list[MediaRange]) -> None:
     assert parse_accept(header) == expected
 
 
-@pytest.mark.parametrize("accept,stored,expected", [
-    ("", J2K, J2K),  # no Accept: as stored
-    ('multipart/related; type="application/dicom"', J2K, J2K),  # no transfer-syntax: as stored (README)
-    ('multipart/related; type="application/dicom"; transfer-syntax=*', JPEG, JPEG),
-    ("*/*", ILE, ILE),
-    (f'multipart/related; type="application/dicom"; transfer-syntax={ELE}', J2K, ELE),  # decompress
-    (f'multipart/related; type="application/dicom"; transfer-syntax={ELE}', ILE, ELE),  # re-encode
-    (f'multipart/related; type="application/dicom"; transfer-syntax={ILE}', ELE, None),  # not for the web
-    (f'multipart/related; type="application/dicom"; transfer-syntax={ILE}', ILE, ILE),  # as stored, though
-    (f'multipart/related; type="application/dicom"; transfer-syntax={J2K}', J2K, J2K),  # asked = stored
-    (f'multipart/related; type="application/dicom"; transfer-syntax={JPEG}', ELE, None),  # no compressing
-    (f'multipart/related; type="application/dicom"; transfer-syntax={JPEG}', "1.2.3.4.private", None),
-    ('multipart/related; type="application/octet-stream"', ELE, None),  # not a DICOM media type
-])
+@pytest.mark.parametrize(
+    "accept,stored,expected",
+    [
+        ("", J2K, J2K),  # no Accept: as stored
+        ('multipart/related; type="application/dicom"', J2K, J2K),  # no transfer-syntax: as stored (README)
+        ('multipart/related; type="application/dicom"; transfer-syntax=*', JPEG, JPEG),
+        ("*/*", ILE, ILE),
+        (f'multipart/related; type="application/dicom"; transfer-syntax={ELE}', J2K, ELE),  # decompress
+        (f'multipart/related; type="application/dicom"; transfer-syntax={ELE}', ILE, ELE),  # re-encode
+        (f'multipart/related; type="application/dicom"; transfer-syntax={ILE}', ELE, None),  # not for the web
+        (f'multipart/related; type="application/dicom"; transfer-syntax={ILE}', ILE, ILE),  # as stored, though
+        (f'multipart/related; type="application/dicom"; transfer-syntax={J2K}', J2K, J2K),  # asked = stored
+        (f'multipart/related; type="application/dicom"; transfer-syntax={JPEG}', ELE, None),  # no compressing
+        (f'multipart/related; type="application/dicom"; transfer-syntax={JPEG}', "1.2.3.4.private", None),
+        ('multipart/related; type="application/octet-stream"', ELE, None),  # not a DICOM media type
+    ],
+)
 def test_instance_syntax(accept: str, stored: str, expected: str | None) -> None:
     assert instance_syntax(parse_accept(accept), stored) == expected
 
@@ -53,39 +61,51 @@ NATIVE = FrameChoice("application/octet-stream", ELE, False)
 DECODE = FrameChoice("application/octet-stream", ELE, True)
 
 
-@pytest.mark.parametrize("accept,stored,expected", [
-    # native stored: octets as they are, whatever the wording
-    ("", ELE, NATIVE),
-    ('multipart/related; type="application/octet-stream"', ILE, NATIVE),
-    ('multipart/related; type="application/octet-stream"; transfer-syntax=*', ELE, NATIVE),
-    ("multipart/related; type=*/*", ELE, NATIVE),
-    ("", BE, DECODE),  # big endian: swapped through a decode
-    ('multipart/related; type="image/jpeg"', ELE, None),  # we do not compress
-    # compressed stored: as stored by its media type, octet-stream with its syntax or *, or */*
-    ('multipart/related; type="image/jpeg"', JPEG, FrameChoice("image/jpeg", JPEG, False)),
-    (f'multipart/related; type="image/jpeg"; transfer-syntax={JPEG}', JPEG, FrameChoice("image/jpeg", JPEG, False)),
-    ('multipart/related; type="image/*"', J2K, FrameChoice("image/jp2", J2K, False)),
-    ('multipart/related; type="image/dicom-rle"', RLE, FrameChoice("image/dicom-rle", RLE, False)),
-    ('multipart/related; type="application/octet-stream"; transfer-syntax=*', J2K,
-     FrameChoice("application/octet-stream", J2K, False)),
-    (f'multipart/related; type="application/octet-stream"; transfer-syntax={JLS}', JLS,
-     FrameChoice("application/octet-stream", JLS, False)),
-    ('multipart/related; type="*/*"', JLS, FrameChoice("image/jls", JLS, False)),
-    # compressed stored, decompressed: octet-stream without syntax or with Explicit VR LE, no Accept, bare multipart
-    ('multipart/related; type="application/octet-stream"', J2K, DECODE),
-    (f'multipart/related; type="application/octet-stream"; transfer-syntax={ELE}', JPEG, DECODE),
-    ("", RLE, DECODE),
-    ("multipart/related", JPEG, DECODE),
-    (f"multipart/related; type=*/*; transfer-syntax={ELE}", JPEG, DECODE),
-    # neither
-    ('multipart/related; type="image/jpeg"', J2K, None),
-    (f'multipart/related; type="image/jp2"; transfer-syntax={JPEG}', J2K, None),
-    ('multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.4.201', J2K, None),
-    ("", "1.2.3.4.private", None),
-    # the first acceptable range wins
-    ('multipart/related; type="image/jpeg", multipart/related; type="image/jp2"', J2K,
-     FrameChoice("image/jp2", J2K, False)),
-])
+@pytest.mark.parametrize(
+    "accept,stored,expected",
+    [
+        # native stored: octets as they are, whatever the wording
+        ("", ELE, NATIVE),
+        ('multipart/related; type="application/octet-stream"', ILE, NATIVE),
+        ('multipart/related; type="application/octet-stream"; transfer-syntax=*', ELE, NATIVE),
+        ("multipart/related; type=*/*", ELE, NATIVE),
+        ("", BE, DECODE),  # big endian: swapped through a decode
+        ('multipart/related; type="image/jpeg"', ELE, None),  # we do not compress
+        # compressed stored: as stored by its media type, octet-stream with its syntax or *, or */*
+        ('multipart/related; type="image/jpeg"', JPEG, FrameChoice("image/jpeg", JPEG, False)),
+        (f'multipart/related; type="image/jpeg"; transfer-syntax={JPEG}', JPEG, FrameChoice("image/jpeg", JPEG, False)),
+        ('multipart/related; type="image/*"', J2K, FrameChoice("image/jp2", J2K, False)),
+        ('multipart/related; type="image/dicom-rle"', RLE, FrameChoice("image/dicom-rle", RLE, False)),
+        (
+            'multipart/related; type="application/octet-stream"; transfer-syntax=*',
+            J2K,
+            FrameChoice("application/octet-stream", J2K, False),
+        ),
+        (
+            f'multipart/related; type="application/octet-stream"; transfer-syntax={JLS}',
+            JLS,
+            FrameChoice("application/octet-stream", JLS, False),
+        ),
+        ('multipart/related; type="*/*"', JLS, FrameChoice("image/jls", JLS, False)),
+        # compressed stored, decompressed: octet-stream without syntax or with Explicit VR LE, no Accept, bare multipart
+        ('multipart/related; type="application/octet-stream"', J2K, DECODE),
+        (f'multipart/related; type="application/octet-stream"; transfer-syntax={ELE}', JPEG, DECODE),
+        ("", RLE, DECODE),
+        ("multipart/related", JPEG, DECODE),
+        (f"multipart/related; type=*/*; transfer-syntax={ELE}", JPEG, DECODE),
+        # neither
+        ('multipart/related; type="image/jpeg"', J2K, None),
+        (f'multipart/related; type="image/jp2"; transfer-syntax={JPEG}', J2K, None),
+        ('multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.4.201', J2K, None),
+        ("", "1.2.3.4.private", None),
+        # the first acceptable range wins
+        (
+            'multipart/related; type="image/jpeg", multipart/related; type="image/jp2"',
+            J2K,
+            FrameChoice("image/jp2", J2K, False),
+        ),
+    ],
+)
 def test_frame_choice(accept: str, stored: str, expected: FrameChoice | None) -> None:
     assert frame_choice(parse_accept(accept), stored) == expected
 

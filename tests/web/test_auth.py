@@ -16,8 +16,8 @@ from minipacs.core.users import ApiToken, Role, User, hash_password, hash_token,
 from minipacs.web.app import create_app
 from minipacs.web.auth import PERMISSIONS
 from minipacs.web.routing import Endpoint, GuardedMount, UndeclaredRoute, declared
-from minipacs.web.types import AppContext
 from minipacs.web.server import check_access
+from minipacs.web.types import AppContext
 from tests.web.conftest import part10
 
 FAST = {"n": 2**4}
@@ -27,9 +27,11 @@ def basic(name: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()}
 
 
-USERS = (User("ada", hash_password("a-pass", **FAST), Role.ADMIN),
-         User("vic", hash_password("v-pass", **FAST), Role.VIEWER),
-         User("oli", hash_password("o-pass", **FAST), Role.OPERATOR))
+USERS = (
+    User("ada", hash_password("a-pass", **FAST), Role.ADMIN),
+    User("vic", hash_password("v-pass", **FAST), Role.VIEWER),
+    User("oli", hash_password("o-pass", **FAST), Role.OPERATOR),
+)
 TOKENS = (ApiToken("script", hash_token("tok-123"), Role.OPERATOR),)
 
 
@@ -45,17 +47,31 @@ def test_password_hash_roundtrip() -> None:
     assert not verify_password("x", "garbage")
 
 
-@pytest.mark.parametrize("method,path,needed", [
-    ("GET", "/dicom-web/studies", "read"), ("POST", "/dicom-web/studies", "write"),
-    ("DELETE", "/api/{level}/{id}", "write"), ("POST", "/api/nodes", "admin"), ("GET", "/api/nodes", "read"),
-    ("PUT", "/api/nodes/{id}", "admin"), ("DELETE", "/api/nodes/{ae_title}", "admin"),
-    ("POST", "/api/nodes/{id}/echo", "write"), ("POST", "/api/nodes/{id}/retrieve", "write"),
-    ("POST", "/api/send", "write"), ("GET", "/api/openapi.json", "public"), ("GET", "/ui/upload", "write"),
-    ("GET", "/ui/", "read"), ("GET", "/ohif", "read"),
-])
+@pytest.mark.parametrize(
+    "method,path,needed",
+    [
+        ("GET", "/dicom-web/studies", "read"),
+        ("POST", "/dicom-web/studies", "write"),
+        ("DELETE", "/api/{level}/{id}", "write"),
+        ("POST", "/api/nodes", "admin"),
+        ("GET", "/api/nodes", "read"),
+        ("PUT", "/api/nodes/{id}", "admin"),
+        ("DELETE", "/api/nodes/{ae_title}", "admin"),
+        ("POST", "/api/nodes/{id}/echo", "write"),
+        ("POST", "/api/nodes/{id}/retrieve", "write"),
+        ("POST", "/api/send", "write"),
+        ("GET", "/api/openapi.json", "public"),
+        ("GET", "/ui/upload", "write"),
+        ("GET", "/ui/", "read"),
+        ("GET", "/ohif", "read"),
+    ],
+)
 def test_permission_declared_with_each_route(tmp_path: Path, method: str, path: str, needed: str) -> None:
-    found = {(route.method, full): route.permission for full, route in declared(app_of(tmp_path).routes)
-             if isinstance(route, Endpoint)}
+    found = {
+        (route.method, full): route.permission
+        for full, route in declared(app_of(tmp_path).routes)
+        if isinstance(route, Endpoint)
+    }
     assert found[(method, path)] == needed
 
 
@@ -67,13 +83,18 @@ def test_every_route_declares_a_permission(tmp_path: Path) -> None:
     assert mounts == {"/ui/static": "public", "/ohif": "read"}
 
 
-@pytest.mark.parametrize("undeclared", [
-    Route("/plain", lambda request: None, methods=["GET"]),
-    Mount("/app", app=Starlette()),  # an ASGI app, not routes
-])
+@pytest.mark.parametrize(
+    "undeclared",
+    [
+        Route("/plain", lambda request: None, methods=["GET"]),
+        Mount("/app", app=Starlette()),  # an ASGI app, not routes
+    ],
+)
 def test_a_route_without_a_permission_fails_app_construction(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, undeclared: Route | Mount) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, undeclared: Route | Mount
+) -> None:
     from minipacs.web import rest_worklist
+
     real = rest_worklist.routes
     monkeypatch.setattr(rest_worklist, "routes", lambda: [*real(), undeclared])
     with pytest.raises(UndeclaredRoute, match=f"the route /api{undeclared.path} .* declares no permission"):
@@ -127,7 +148,8 @@ def test_refuses_open_http_beyond_loopback() -> None:
 
 
 def test_basic_passwords_are_hashed_once_and_off_the_event_loop(
-        web: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    web: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """scrypt per request would block the loop that also serves DICOM: a proven password is
     remembered, and an unproven one is hashed in a worker thread."""
     import threading

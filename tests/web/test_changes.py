@@ -34,7 +34,8 @@ def test_changes_pages_with_since_limit_last_and_done(web: Callable[..., Any]) -
         assert set(first["changes"][0]) == {"seq", "type", "level", "uid", "study", "time"}
         rest = (await client.get(f"/api/changes?since={first['last']}&limit=1000")).json()
         assert [(c["type"], c["uid"]) for c in rest["changes"]] == [("NewSeries", series)] + [
-            ("NewInstance", sop) for sop in sops]
+            ("NewInstance", sop) for sop in sops
+        ]
         assert rest["done"] is True and all(c["study"] == study for c in rest["changes"])
         assert all(c["seq"] > first["last"] for c in rest["changes"])
         end = rest["last"]
@@ -43,9 +44,9 @@ def test_changes_pages_with_since_limit_last_and_done(web: Callable[..., Any]) -
         assert (await client.delete(f"/api/studies/{study}")).status_code == 200
         gone = (await client.get(f"/api/changes?since={end}")).json()["changes"]
         assert sorted((c["type"], c["level"], c["uid"]) for c in gone) == sorted(
-            [("Deleted", "instance", sop) for sop in sops] + [("Deleted", "series", series),
-                                                              ("Deleted", "study", study),
-                                                              ("Deleted", "patient", "P1")])
+            [("Deleted", "instance", sop) for sop in sops]
+            + [("Deleted", "series", series), ("Deleted", "study", study), ("Deleted", "patient", "P1")]
+        )
 
     web(body)
 
@@ -87,7 +88,8 @@ def test_qido_answers_and_matches_study_status_id(web: Callable[..., Any]) -> No
         only = (await client.get("/dicom-web/studies?StudyStatusID=COMPLETED")).json()
         assert [m["0020000D"]["Value"][0] for m in only] == [done]
         assert (await client.get(f"/dicom-web/studies?{STATUS_ID}=COMPL*")).json()[0][STATUS_ID]["Value"] == [
-            "COMPLETED"]
+            "COMPLETED"
+        ]
         assert (await client.get("/dicom-web/studies?StudyStatusID=SCHEDULED")).json() == []
         assert len((await client.get("/dicom-web/studies?StudyStatusID=*")).json()) == 2  # universal
         # the REST filter is the same SQL: complete=false is the negated EXISTS

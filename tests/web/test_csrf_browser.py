@@ -111,8 +111,11 @@ def assert_unchanged(base: str, study: str) -> None:
 def launch(p: object) -> Browser:
     if not CHROMIUM.exists():
         missing_peer("Chromium (/usr/bin/chromium)", "apt-get install chromium")
-    browser: Browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,  # type: ignore[attr-defined]
-                                         headless=True)
+    browser: Browser = p.chromium.launch(
+        executable_path=str(CHROMIUM),
+        args=CHROMIUM_ARGS,  # type: ignore[attr-defined]
+        headless=True,
+    )
     return browser
 
 
@@ -125,8 +128,9 @@ def stored_study(tmp_path: Path, base: str) -> str:
     return study
 
 
-def test_another_origin_cannot_act_with_the_admins_session(tmp_path: Path, server: tuple[ServerProcess, str],
-                                                          attacker: tuple[str, Path]) -> None:
+def test_another_origin_cannot_act_with_the_admins_session(
+    tmp_path: Path, server: tuple[ServerProcess, str], attacker: tuple[str, Path]
+) -> None:
     srv, base = server
     site, folder = attacker
     study = stored_study(tmp_path, base)
@@ -136,8 +140,10 @@ def test_another_origin_cannot_act_with_the_admins_session(tmp_path: Path, serve
             context = browser.new_context()
             page = context.new_page()
             login(page, base, ADMIN)
-            assert any(c["name"] == "minipacs_session" and c["sameSite"] == "Strict" and c["httpOnly"]
-                       for c in context.cookies())
+            assert any(
+                c["name"] == "minipacs_session" and c["sameSite"] == "Strict" and c["httpOnly"]
+                for c in context.cookies()
+            )
             title = attack(context, site, folder, base, study)
             # the no-cors answers are opaque (status 0); the DELETE never passed its preflight
             assert "delete:blocked" in title, title
@@ -151,8 +157,9 @@ def test_another_origin_cannot_act_with_the_admins_session(tmp_path: Path, serve
     assert "refused: this request was started by another site (Sec-Fetch-Site: same-site)" in log, log[-3000:]
 
 
-def test_another_origin_cannot_act_with_cached_basic_credentials(tmp_path: Path, server: tuple[ServerProcess, str],
-                                                                attacker: tuple[str, Path]) -> None:
+def test_another_origin_cannot_act_with_cached_basic_credentials(
+    tmp_path: Path, server: tuple[ServerProcess, str], attacker: tuple[str, Path]
+) -> None:
     """Playwright's http_credentials answer every Basic challenge, as a browser that cached them does."""
     _srv, base = server
     site, folder = attacker

@@ -11,7 +11,7 @@ import pytest
 
 from minipacs.core.archive import Archive
 from minipacs.web.accept import FRAME_MEDIA_TYPES
-from minipacs.web.transfer import split_multipart, boundary_of
+from minipacs.web.transfer import boundary_of, split_multipart
 from tests.compressed import COMPRESSED, fresh_copy
 from tests.web.conftest import part10
 
@@ -19,8 +19,14 @@ STUDY, SERIES, SOP = "1.2.3.4", "1.2.3.4.5", "1.2.3.4.5.6"
 
 
 def stow_body(*files: bytes, boundary: str = "XYZ") -> tuple[bytes, dict[str, str]]:
-    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + f + b"\r\n"
-                    for f in files) + b"--" + boundary.encode() + b"--\r\n"
+    body = (
+        b"".join(
+            b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + f + b"\r\n" for f in files
+        )
+        + b"--"
+        + boundary.encode()
+        + b"--\r\n"
+    )
     return body, {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'}
 
 
@@ -62,9 +68,16 @@ def test_stow_then_qido_wado_metadata(web: Callable[..., Any]) -> None:
         assert r.status_code == 200 and r.content[:8] == b"\x89PNG\r\n\x1a\n"
         r = await client.get(base + "/thumbnail")
         assert r.headers["content-type"] == "image/jpeg"
-        r = await client.get("/dicom-web/wado", params={"requestType": "WADO", "studyUID": STUDY,
-                                                        "seriesUID": SERIES, "objectUID": SOP,
-                                                        "contentType": "application/dicom"})
+        r = await client.get(
+            "/dicom-web/wado",
+            params={
+                "requestType": "WADO",
+                "studyUID": STUDY,
+                "seriesUID": SERIES,
+                "objectUID": SOP,
+                "contentType": "application/dicom",
+            },
+        )
         assert r.status_code == 200 and r.content[128:132] == b"DICM"
         r = await client.get("/dicom-web/studies", params={"limit": "1", "offset": "1"})
         assert r.json() == []
@@ -76,7 +89,7 @@ def test_metadata_is_precomputed_after_ingest(web: Callable[..., Any]) -> None:
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
         import asyncio
 
-        from minipacs.index.metadata_repo import _TABLE  # noqa: PLC2701 - checking the stored row
+        from minipacs.index.metadata_repo import _TABLE
 
         await stow(client, part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP))
         for _ in range(100):
@@ -89,16 +102,19 @@ def test_metadata_is_precomputed_after_ingest(web: Callable[..., Any]) -> None:
     web(body)
 
 
-@pytest.mark.parametrize("url", [
-    "/dicom-web/studies/..%2F..%2Fetc",
-    "/dicom-web/studies/1.2.3;DROP TABLE/metadata",
-    "/dicom-web/studies/1.02.3",
-    "/dicom-web/studies?PatientName=%27%3B%20DROP%20TABLE%20studies%3B--",
-    "/dicom-web/studies?NoSuchKeyword=1",
-    "/dicom-web/studies?limit=-1",
-    "/dicom-web/studies?StudyDate=2020-garbage-",
-    "/dicom-web/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5/frames/x",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/dicom-web/studies/..%2F..%2Fetc",
+        "/dicom-web/studies/1.2.3;DROP TABLE/metadata",
+        "/dicom-web/studies/1.02.3",
+        "/dicom-web/studies?PatientName=%27%3B%20DROP%20TABLE%20studies%3B--",
+        "/dicom-web/studies?NoSuchKeyword=1",
+        "/dicom-web/studies?limit=-1",
+        "/dicom-web/studies?StudyDate=2020-garbage-",
+        "/dicom-web/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5/frames/x",
+    ],
+)
 def test_hostile_urls_get_4xx_and_change_nothing(web: Callable[..., Any], url: str) -> None:
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
         await stow(client, part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP))
@@ -113,11 +129,17 @@ def test_hostile_urls_get_4xx_and_change_nothing(web: Callable[..., Any], url: s
     web(body)
 
 
-@pytest.mark.parametrize("payload,content_type", [
-    (b"--XYZ\r\nContent-Type: application/dicom\r\n\r\nabc", 'multipart/related; type="application/dicom"; boundary=XYZ'),
-    (b"garbage", 'multipart/related; type="application/dicom"'),
-    (b"garbage", "application/json"),
-])
+@pytest.mark.parametrize(
+    "payload,content_type",
+    [
+        (
+            b"--XYZ\r\nContent-Type: application/dicom\r\n\r\nabc",
+            'multipart/related; type="application/dicom"; boundary=XYZ',
+        ),
+        (b"garbage", 'multipart/related; type="application/dicom"'),
+        (b"garbage", "application/json"),
+    ],
+)
 def test_broken_stow_bodies(web: Callable[..., Any], payload: bytes, content_type: str) -> None:
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
         r = await client.post("/dicom-web/studies", content=payload, headers={"Content-Type": content_type})
@@ -149,6 +171,7 @@ def test_stow_to_other_study_fails_the_instance(web: Callable[..., Any]) -> None
 
 # ------------------------------------------------------------------ compressed instances: frames and transcoding
 
+
 def _frames_as_stored(ds: Any) -> list[bytes]:
     from pydicom.encaps import generate_frames
 
@@ -171,14 +194,14 @@ async def _store_compressed(archive: Archive, tmp: Path, name: str) -> tuple[str
 
     path, ds = fresh_copy(name, tmp)
     await archive.import_file(path, Origin("import"))
-    url = (f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-           f"/instances/{ds.SOPInstanceUID}")
+    url = f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
     return url, ds
 
 
 @pytest.mark.parametrize("name", sorted(COMPRESSED))
-def test_frames_of_compressed_instances_as_stored_and_decompressed(web: Callable[..., Any], tmp_path: Path,
-                                                                   name: str) -> None:
+def test_frames_of_compressed_instances_as_stored_and_decompressed(
+    web: Callable[..., Any], tmp_path: Path, name: str
+) -> None:
     _file, ts, count = COMPRESSED[name]
     media = FRAME_MEDIA_TYPES[ts]
 
@@ -187,25 +210,32 @@ def test_frames_of_compressed_instances_as_stored_and_decompressed(web: Callable
         numbers = ",".join(str(n) for n in range(1, count + 1))
         stored, decoded = _frames_as_stored(ds), _decoded(ds)
         # the stored bitstream: by its own media type, as octet-stream with its syntax or *, or */*
-        for accept in (f'multipart/related; type="{media}"', f"multipart/related; type={media}; transfer-syntax={ts}",
-                       'multipart/related; type="application/octet-stream"; transfer-syntax=*',
-                       f'multipart/related; type="application/octet-stream"; transfer-syntax={ts}',
-                       'multipart/related; type="*/*"'):
+        for accept in (
+            f'multipart/related; type="{media}"',
+            f"multipart/related; type={media}; transfer-syntax={ts}",
+            'multipart/related; type="application/octet-stream"; transfer-syntax=*',
+            f'multipart/related; type="application/octet-stream"; transfer-syntax={ts}',
+            'multipart/related; type="*/*"',
+        ):
             r = await client.get(f"{url}/frames/{numbers}", headers={"Accept": accept})
             parts = _parts(r)
             assert [p.body for p in parts] == stored, accept
             assert all(p.content_type.endswith(f"transfer-syntax={ts}") for p in parts), accept
         # decompressed to native Explicit VR Little Endian
-        for accept in ('multipart/related; type="application/octet-stream"',
-                       "multipart/related; type=application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1",
-                       "multipart/related"):
+        for accept in (
+            'multipart/related; type="application/octet-stream"',
+            "multipart/related; type=application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1",
+            "multipart/related",
+        ):
             parts = _parts(await client.get(f"{url}/frames/{numbers}", headers={"Accept": accept}))
             assert [p.body for p in parts] == decoded, accept
             assert parts[0].content_type == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
         # neither: a JPEG asked of a JPEG 2000 instance, a syntax we cannot produce
         other = "image/jp2" if media != "image/jp2" else "image/jpeg"
-        for accept in (f'multipart/related; type="{other}"',
-                       'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.4.201'):
+        for accept in (
+            f'multipart/related; type="{other}"',
+            'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.4.201',
+        ):
             r = await client.get(f"{url}/frames/1", headers={"Accept": accept})
             assert r.status_code == 406, accept
             assert ts in r.json()["error"]["message"] and "decompressed" in r.json()["error"]["message"]
@@ -218,12 +248,15 @@ def test_frames_of_compressed_instances_as_stored_and_decompressed(web: Callable
 def test_frames_that_cannot_be_decoded_are_406_with_the_way_out(web: Callable[..., Any], tmp_path: Path) -> None:
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
         url, ds = await _store_compressed(archive, tmp_path / "src", "jpeg_baseline")
-        stored = (await archive.read(lambda c: c.exec_driver_sql(
-            "SELECT blob_key FROM instances WHERE sop_instance_uid = ?", (str(ds.SOPInstanceUID),)).scalar_one()))
+        stored = await archive.read(
+            lambda c: c.exec_driver_sql(
+                "SELECT blob_key FROM instances WHERE sop_instance_uid = ?", (str(ds.SOPInstanceUID),)
+            ).scalar_one()
+        )
         path = archive.blobs.path_of(stored)
         data = bytearray(path.read_bytes())
         start = data.rindex(b"\xff\xd8")  # the JPEG bitstream: keep the marker, garble the rest
-        data[start + 2:start + 600] = b"\x00" * 598
+        data[start + 2 : start + 600] = b"\x00" * 598
         path.write_bytes(bytes(data))
         octets = 'multipart/related; type="application/octet-stream"'
         r = await client.get(f"{url}/frames/1", headers={"Accept": octets})
@@ -244,8 +277,12 @@ def test_retrieve_transcodes_per_accept(web: Callable[..., Any], tmp_path: Path)
         study_url = url.split("/series/")[0]
         ts = "1.2.840.10008.1.2.4.90"
         # as stored: no transfer-syntax parameter (our documented default), or *
-        for accept in ('multipart/related; type="application/dicom"',
-                       'multipart/related; type="application/dicom"; transfer-syntax=*', "*/*", None):
+        for accept in (
+            'multipart/related; type="application/dicom"',
+            'multipart/related; type="application/dicom"; transfer-syntax=*',
+            "*/*",
+            None,
+        ):
             parts = _parts(await client.get(url, headers={"Accept": accept} if accept else {}))
             assert len(parts) == 1 and parts[0].content_type == f"application/dicom; transfer-syntax={ts}"
             assert pydicom.dcmread(io.BytesIO(parts[0].body)).PixelData == ds.PixelData  # the stored bitstream
@@ -261,13 +298,19 @@ def test_retrieve_transcodes_per_accept(web: Callable[..., Any], tmp_path: Path)
                 assert (got.pixel_array == ds.pixel_array).all()
         # a syntax we cannot produce (we never compress; PS3.18 §8.7.3 rules out Implicit VR): 406, what to ask for
         for ts_asked in ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2"):
-            r = await client.get(url, headers={
-                "Accept": f'multipart/related; type="application/dicom"; transfer-syntax={ts_asked}'})
+            r = await client.get(
+                url, headers={"Accept": f'multipart/related; type="application/dicom"; transfer-syntax={ts_asked}'}
+            )
             assert r.status_code == 406 and "transfer-syntax=*" in r.json()["error"]["message"]
         # the first acceptable choice wins
-        r = await client.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; '
-                                           'transfer-syntax=1.2.840.10008.1.2.4.50, multipart/related; '
-                                           'type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'})
+        r = await client.get(
+            url,
+            headers={
+                "Accept": 'multipart/related; type="application/dicom"; '
+                "transfer-syntax=1.2.840.10008.1.2.4.50, multipart/related; "
+                'type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'
+            },
+        )
         assert _parts(r)[0].content_type.endswith("transfer-syntax=1.2.840.10008.1.2.1")
 
     web(body)
@@ -278,8 +321,9 @@ def test_retrieve_leaves_out_a_missing_file_and_streams_the_rest(web: Callable[.
         sops = [f"{SERIES}.{i}" for i in range(1, 4)]
         for sop in sops:
             await stow(client, part10(study_uid=STUDY, series_uid=SERIES, sop_uid=sop))
-        keys = await archive.read(lambda c: [row[0] for row in c.exec_driver_sql(
-            "SELECT blob_key FROM instances ORDER BY id").all()])
+        keys = await archive.read(
+            lambda c: [row[0] for row in c.exec_driver_sql("SELECT blob_key FROM instances ORDER BY id").all()]
+        )
         archive.blobs.path_of(keys[1]).unlink()
         parts = _parts(await client.get(f"/dicom-web/studies/{STUDY}"))
         assert len(parts) == 2 and all(p.body[128:132] == b"DICM" for p in parts)
@@ -315,8 +359,13 @@ def test_wado_uri_transfer_syntax(web: Callable[..., Any], tmp_path: Path) -> No
 
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
         _url, ds = await _store_compressed(archive, tmp_path / "src", "jpeg_ls")
-        params = {"requestType": "WADO", "studyUID": str(ds.StudyInstanceUID), "seriesUID": str(ds.SeriesInstanceUID),
-                  "objectUID": str(ds.SOPInstanceUID), "contentType": "application/dicom"}
+        params = {
+            "requestType": "WADO",
+            "studyUID": str(ds.StudyInstanceUID),
+            "seriesUID": str(ds.SeriesInstanceUID),
+            "objectUID": str(ds.SOPInstanceUID),
+            "contentType": "application/dicom",
+        }
         r = await client.get("/dicom-web/wado", params=params)
         assert r.status_code == 200 and r.headers["content-length"] == str(len(r.content))
         assert pydicom.dcmread(io.BytesIO(r.content)).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"

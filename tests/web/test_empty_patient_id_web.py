@@ -46,8 +46,9 @@ def web_on(tmp_path: Path, index_url: str) -> Callable[..., Any]:
             archive = await open_archive(config)
             metadata = MetadataStore(archive)
             metadata.attach()
-            transport = httpx.ASGITransport(app=create_app(AppContext(config, archive, metadata)),
-                                            client=("127.0.0.1", 5555))
+            transport = httpx.ASGITransport(
+                app=create_app(AppContext(config, archive, metadata)), client=("127.0.0.1", 5555)
+            )
             try:
                 async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
                     return await body(client, archive)
@@ -77,7 +78,9 @@ def test_qido_and_rest_answer_each_study_its_own_patient(web_on: Callable[..., A
         assert [m["0020000D"]["Value"][0] for m in r.json()] == [first["study_uid"]]
         patients = (await client.get("/api/patients")).json()
         assert sorted((p["PatientName"], p["PatientID"], p["NumberOfPatientRelatedStudies"]) for p in patients) == [
-            ("Anonymized", None, "1"), ("Roe^Jane", None, "1")]
+            ("Anonymized", None, "1"),
+            ("Roe^Jane", None, "1"),
+        ]
         study = (await client.get(f"/api/studies/{second['study_uid']}")).json()
         assert (study["PatientName"], study["PatientID"]) == ("Roe^Jane", None)
 

@@ -13,7 +13,13 @@ from starlette.responses import Response
 
 from minipacs.core.archive import Archive
 from minipacs.core.errors import (
-    ArchiveError, DatasetTooLarge, DuplicateInstance, InstanceMismatch, InvalidIdentifier, NotFound, OutOfResources,
+    ArchiveError,
+    DatasetTooLarge,
+    DuplicateInstance,
+    InstanceMismatch,
+    InvalidIdentifier,
+    NotFound,
+    OutOfResources,
 )
 from minipacs.core.transcode import NoSuchFrame
 from minipacs.web import rest_worklist
@@ -30,6 +36,7 @@ class Unlisted(ArchiveError):
 
 def raising(monkeypatch: pytest.MonkeyPatch, exc: Exception) -> None:
     """/api/boom raises ``exc``."""
+
     async def boom(request: Request) -> Response:
         raise exc
 
@@ -37,15 +44,19 @@ def raising(monkeypatch: pytest.MonkeyPatch, exc: Exception) -> None:
     monkeypatch.setattr(rest_worklist, "routes", lambda: [Endpoint("/boom", boom, "GET", "read", "Raise"), *real()])
 
 
-@pytest.mark.parametrize("exc,status,code", [
-    (NotFound("gone"), 404, "not_found"),
-    (NoSuchFrame("frame 9"), 404, "not_found"),  # a NotFound: its base's row
-    (InvalidIdentifier("bad uid"), 400, "invalid_identifier"),  # its own row before its base InvalidInstance's
-    (InstanceMismatch("other study"), 400, "instance_mismatch"),
-    (OutOfResources("disk full"), 507, "out_of_resources"),
-])
-def test_errors_map_by_class(web: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, exc: ArchiveError,
-                             status: int, code: str) -> None:
+@pytest.mark.parametrize(
+    "exc,status,code",
+    [
+        (NotFound("gone"), 404, "not_found"),
+        (NoSuchFrame("frame 9"), 404, "not_found"),  # a NotFound: its base's row
+        (InvalidIdentifier("bad uid"), 400, "invalid_identifier"),  # its own row before its base InvalidInstance's
+        (InstanceMismatch("other study"), 400, "instance_mismatch"),
+        (OutOfResources("disk full"), 507, "out_of_resources"),
+    ],
+)
+def test_errors_map_by_class(
+    web: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, exc: ArchiveError, status: int, code: str
+) -> None:
     raising(monkeypatch, exc)
 
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
@@ -55,8 +66,9 @@ def test_errors_map_by_class(web: Callable[..., Any], monkeypatch: pytest.Monkey
     web(body)
 
 
-def test_an_unmapped_archive_error_is_a_logged_500(web: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_an_unmapped_archive_error_is_a_logged_500(
+    web: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     assert not any(issubclass(Unlisted, kind) for kind in ERROR_TABLE)
     raising(monkeypatch, Unlisted("something new"))
 
@@ -94,6 +106,7 @@ def test_stow_failure_reasons_by_class() -> None:
 
 def test_stow_answers_the_reason_of_the_class_ingest_raised(web: Callable[..., Any]) -> None:
     """Through the real ingest path: a dataset over max_dataset_bytes is DatasetTooLarge -> 0xA700."""
+
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
         r = await stow(client, part10(rows=128, cols=128))
         assert r.status_code == 409, r.text

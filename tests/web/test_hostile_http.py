@@ -40,37 +40,53 @@ STUDY, SERIES, SOP = "1.2.3.4", "1.2.3.4.5", "1.2.3.4.5.6"
 
 # ------------------------------------------------------------------ item 12: boundary case, non-ASCII digits
 
+
 def test_form_upload_keeps_the_boundary_case(web: Callable[..., Any]) -> None:
     """A browser's FormData boundary has upper-case letters (----WebKitFormBoundaryAbC...); lower-casing
     it made every browser form upload a 400."""
+
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
         boundary = "----WebKitFormBoundaryAbCdEfGh"
         data = part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP)
-        content = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.dcm\"\r\n"
-                   f"Content-Type: application/dicom\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-        r = await client.post("/api/instances", content=content,
-                              headers={"Content-Type": f"multipart/form-data; boundary={boundary}",
-                                       "Origin": "http://testserver"})  # as the browser sends it
+        content = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.dcm"\r\n'
+                f"Content-Type: application/dicom\r\n\r\n"
+            ).encode()
+            + data
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        r = await client.post(
+            "/api/instances",
+            content=content,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}", "Origin": "http://testserver"},
+        )  # as the browser sends it
         assert r.status_code == 200, r.text
         assert r.json()["stored"] == 1 and await archive.count_instances() == 1
 
     web(body)
 
 
-@pytest.mark.parametrize("url", [
-    "/dicom-web/studies?limit=\u0661\u0660",  # Arabic-Indic 10
-    "/dicom-web/studies?offset=\u0661",
-    "/dicom-web/studies?limit=\u00b2",  # superscript two: isdigit() but not a number
-    "/api/studies?limit=\u0661\u0660",
-    "/api/associations?limit=\u0661\u0660",
-    "/ui/?size=\u0661\u0660",
-    f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{SOP}/frames/\u0661",
-    f"/dicom-web/wado?requestType=WADO&studyUID={STUDY}&seriesUID={SERIES}&objectUID={SOP}&frameNumber=\u0661",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/dicom-web/studies?limit=\u0661\u0660",  # Arabic-Indic 10
+        "/dicom-web/studies?offset=\u0661",
+        "/dicom-web/studies?limit=\u00b2",  # superscript two: isdigit() but not a number
+        "/api/studies?limit=\u0661\u0660",
+        "/api/associations?limit=\u0661\u0660",
+        "/ui/?size=\u0661\u0660",
+        f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{SOP}/frames/\u0661",
+        f"/dicom-web/wado?requestType=WADO&studyUID={STUDY}&seriesUID={SERIES}&objectUID={SOP}&frameNumber=\u0661",
+    ],
+)
 def test_non_ascii_digits_are_not_numbers(web: Callable[..., Any], url: str) -> None:
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
-        await client.post("/api/instances", content=part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP),
-                          headers={"Content-Type": "application/dicom"})
+        await client.post(
+            "/api/instances",
+            content=part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP),
+            headers={"Content-Type": "application/dicom"},
+        )
         r = await client.get(url)
         assert r.status_code == 400, (url, r.status_code, r.text[:200])
         # the same parameter in ASCII digits is accepted
@@ -81,6 +97,7 @@ def test_non_ascii_digits_are_not_numbers(web: Callable[..., Any], url: str) -> 
 
 
 # ------------------------------------------------------------------ item 5 and 11: ZIP uploads
+
 
 def zipped(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
     out = io.BytesIO()
@@ -199,12 +216,32 @@ def _central_record(info: zipfile.ZipInfo) -> bytes:
     name = info.filename.encode()
     dostime = info.date_time[3] << 11 | info.date_time[4] << 5 | info.date_time[5] // 2
     dosdate = (info.date_time[0] - 1980) << 9 | info.date_time[1] << 5 | info.date_time[2]
-    return struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, info.compress_type, dostime, dosdate, info.CRC,
-                       info.compress_size, info.file_size, len(name), 0, 0, 0, 0, 0, info.header_offset) + name
+    return (
+        struct.pack(
+            "<4s6H3L5H2L",
+            b"PK\x01\x02",
+            20,
+            20,
+            0,
+            info.compress_type,
+            dostime,
+            dosdate,
+            info.CRC,
+            info.compress_size,
+            info.file_size,
+            len(name),
+            0,
+            0,
+            0,
+            0,
+            0,
+            info.header_offset,
+        )
+        + name
+    )
 
 
-def test_zip_members_are_inflated_in_a_worker_thread(web: Callable[..., Any],
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_zip_members_are_inflated_in_a_worker_thread(web: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
     threads: list[str] = []
     real = unzip_module.inflate
 
@@ -246,9 +283,9 @@ def test_zip_member_that_inflates_beyond_its_header_stops_there(web: Callable[..
     with zipfile.ZipFile(io.BytesIO(bytes(body))) as z:
         info = z.getinfo("a.dcm")
     small = struct.pack("<L", 1000)
-    body[info.header_offset + 22:info.header_offset + 26] = small  # local header: uncompressed size
+    body[info.header_offset + 22 : info.header_offset + 26] = small  # local header: uncompressed size
     central = bytes(body).rindex(b"PK\x01\x02")
-    body[central + 24:central + 28] = small  # central directory: uncompressed size
+    body[central + 24 : central + 28] = small  # central directory: uncompressed size
 
     async def run(client: httpx.AsyncClient, archive: Archive) -> None:
         r = await post_zip(client, bytes(body))
@@ -259,6 +296,7 @@ def test_zip_member_that_inflates_beyond_its_header_stops_there(web: Callable[..
 
 
 # ------------------------------------------------------------------ item 11: a full disk is 507 with a sentence
+
 
 @pytest.fixture
 def full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -301,8 +339,9 @@ def test_full_disk_is_507_with_a_sentence(web: Callable[..., Any], full_disk: No
     web(body)
 
 
-def test_archive_out_of_resources_stops_the_upload_with_507(web: Callable[..., Any],
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_archive_out_of_resources_stops_the_upload_with_507(
+    web: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The archive's own OutOfResources (its storage filled while indexing) was one failed file per file;
     the second file fills nothing more: 507 saying the first was stored."""
     files = [part10(), part10(), part10()]
@@ -328,13 +367,18 @@ def test_archive_out_of_resources_stops_the_upload_with_507(web: Callable[..., A
 
 # ------------------------------------------------------------------ item 7: bounded renders and parts
 
-@pytest.mark.parametrize("url", [
-    f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{SOP}/rendered",
-    f"/dicom-web/studies/{STUDY}/thumbnail",
-    f"/dicom-web/wado?requestType=WADO&studyUID={STUDY}&seriesUID={SERIES}&objectUID={SOP}",
-])
-def test_renders_at_max_concurrent_renders_and_render_queue(web: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
-                                                            url: str) -> None:
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{SOP}/rendered",
+        f"/dicom-web/studies/{STUDY}/thumbnail",
+        f"/dicom-web/wado?requestType=WADO&studyUID={STUDY}&seriesUID={SERIES}&objectUID={SOP}",
+    ],
+)
+def test_renders_at_max_concurrent_renders_and_render_queue(
+    web: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
     """One render runs, one waits (render_queue = 1); the third request is a 503 with Retry-After at once."""
     release, running, most = threading.Event(), [0], [0]
     lock = threading.Lock()
@@ -351,8 +395,11 @@ def test_renders_at_max_concurrent_renders_and_render_queue(web: Callable[..., A
     monkeypatch.setattr(dicomweb_module, "render", slow_render)
 
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
-        await client.post("/api/instances", content=part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP),
-                          headers={"Content-Type": "application/dicom"})
+        await client.post(
+            "/api/instances",
+            content=part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP),
+            headers={"Content-Type": "application/dicom"},
+        )
         first = [asyncio.create_task(client.get(url)) for _ in range(2)]
         while client_pool(archive, client).admitted < 2:
             await asyncio.sleep(0.01)
@@ -380,8 +427,10 @@ def test_transcoding_shares_the_render_pool(web: Callable[..., Any], monkeypatch
         return b""
 
     monkeypatch.setattr(dicomweb_module, "transcode_part10", slow_transcode)
-    url = (f"/dicom-web/wado?requestType=WADO&studyUID={STUDY}&seriesUID={SERIES}&objectUID={SOP}"
-           "&contentType=application/dicom&transferSyntax=1.2.840.10008.1.2.1")
+    url = (
+        f"/dicom-web/wado?requestType=WADO&studyUID={STUDY}&seriesUID={SERIES}&objectUID={SOP}"
+        "&contentType=application/dicom&transferSyntax=1.2.840.10008.1.2.1"
+    )
 
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
         implicit = part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP, transfer_syntax="1.2.840.10008.1.2")
@@ -401,6 +450,7 @@ def test_transcoding_shares_the_render_pool(web: Callable[..., Any], monkeypatch
 @pytest.mark.parametrize("kind", ["stow", "multipart", "zip"])
 def test_parts_at_max_upload_parts(web: Callable[..., Any], kind: str) -> None:
     """Three parts are taken (empty ones fail one by one); four are refused whole, before any is read."""
+
     def request(n: int) -> tuple[str, bytes, str]:
         if kind == "zip":
             return "/api/instances", zipped({f"{i}.dcm": b"" for i in range(n)}), "application/zip"
@@ -431,14 +481,21 @@ def basic(name: str, password: str) -> dict[str, str]:
 def test_rest_errors_show_no_server_paths(web: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """An upload that is not DICOM named the staging file; a render whose read fails named the storage
     path (an OSError's message is its file name); so did the same error on a UI page."""
+
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
         root = str(archive.settings.data_dir.resolve())
         r = await client.post("/api/instances", content=b"not dicom", headers={"Content-Type": "application/dicom"})
         message = r.json()["results"][0]["message"]
-        assert r.status_code == 400 and "the uploaded file is not a DICOM file" in message and root not in message, message
-        r = await client.post("/api/instances", content=part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP),
-                              headers={"Content-Type": "application/dicom"})
+        assert r.status_code == 400 and "the uploaded file is not a DICOM file" in message and root not in message, (
+            message
+        )
+        r = await client.post(
+            "/api/instances",
+            content=part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP),
+            headers={"Content-Type": "application/dicom"},
+        )
         assert r.status_code == 200
+
         def failing_read(path: Any, *args: Any, **kwargs: Any) -> Any:
             raise OSError(errno.EIO, "Input/output error", str(path))  # as a failing disk says it
 
@@ -452,8 +509,9 @@ def test_rest_errors_show_no_server_paths(web: Callable[..., Any], monkeypatch: 
     web(body)
 
 
-def test_unknown_user_names_cost_one_scrypt_like_known_ones(web: Callable[..., Any],
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unknown_user_names_cost_one_scrypt_like_known_ones(
+    web: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Timing told whether a user name exists (real user >= 43 ms, unknown 2 ms): count the scrypt calls."""
     calls: list[int] = []
     real = hashlib.scrypt
@@ -472,8 +530,9 @@ def test_unknown_user_names_cost_one_scrypt_like_known_ones(web: Callable[..., A
     web(body, users=USERS)
 
 
-def test_failed_logins_lock_out_the_address_at_login_attempts(web: Callable[..., Any],
-                                                             caplog: pytest.LogCaptureFixture) -> None:
+def test_failed_logins_lock_out_the_address_at_login_attempts(
+    web: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
         for n in range(2):
             assert (await client.get("/api/studies", headers=basic(f"guess{n}", "x"))).status_code == 401
@@ -489,15 +548,18 @@ def test_failed_logins_lock_out_the_address_at_login_attempts(web: Callable[...,
     with caplog.at_level(logging.WARNING, logger="minipacs.web.auth"):
         web(body, users=USERS, login_attempts=3, login_lockout_seconds=60)
     lockouts = [r.getMessage() for r in caplog.records if "login lockout" in r.getMessage()]
-    expected = ("login lockout: address 127.0.0.1 had 3 failed logins within 60 s; refused for 60 s "
-                "(login_attempts, login_lockout_seconds)")
+    expected = (
+        "login lockout: address 127.0.0.1 had 3 failed logins within 60 s; refused for 60 s "
+        "(login_attempts, login_lockout_seconds)"
+    )
     assert lockouts == [expected], lockouts
 
 
 def test_failed_logins_lock_out_the_user_name_from_any_address(tmp_path: Path) -> None:
     async def main() -> None:
-        config = Settings(data_dir=tmp_path / "data", fsync=False, users=USERS, login_attempts=2,
-                          login_lockout_seconds=60)
+        config = Settings(
+            data_dir=tmp_path / "data", fsync=False, users=USERS, login_attempts=2, login_lockout_seconds=60
+        )
         archive = await open_archive(config)
         app = create_app(AppContext(config, archive, MetadataStore(archive)))
         try:
@@ -526,8 +588,9 @@ def test_lockout_ends_after_login_lockout_seconds() -> None:
     assert throttle.locked("10.0.0.1", "ada") == 0
 
 
-def test_a_password_typed_as_the_user_name_is_not_logged(web: Callable[..., Any],
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_a_password_typed_as_the_user_name_is_not_logged(
+    web: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
         assert (await client.get("/api/studies", headers=basic("Tr0ub4dor&3", ""))).status_code == 401
         assert (await client.get("/api/studies", headers=basic("ada", "wrong"))).status_code == 401
@@ -540,15 +603,27 @@ def test_a_password_typed_as_the_user_name_is_not_logged(web: Callable[..., Any]
 
 # ------------------------------------------------------------------ item 9: security headers
 
-@pytest.mark.parametrize("url,no_store", [
-    ("/ui/", True), (f"/ui/studies/{STUDY}", True), ("/api/studies", True), ("/dicom-web/studies", True),
-    (f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{SOP}/rendered", True),
-    (f"/api/instances/{SOP}/file", True), ("/api/nope", True), ("/ui/static/app.js", False),
-])
+
+@pytest.mark.parametrize(
+    "url,no_store",
+    [
+        ("/ui/", True),
+        (f"/ui/studies/{STUDY}", True),
+        ("/api/studies", True),
+        ("/dicom-web/studies", True),
+        (f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{SOP}/rendered", True),
+        (f"/api/instances/{SOP}/file", True),
+        ("/api/nope", True),
+        ("/ui/static/app.js", False),
+    ],
+)
 def test_security_headers(web: Callable[..., Any], url: str, no_store: bool) -> None:
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
-        await client.post("/api/instances", content=part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP),
-                          headers={"Content-Type": "application/dicom"})
+        await client.post(
+            "/api/instances",
+            content=part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP),
+            headers={"Content-Type": "application/dicom"},
+        )
         r = await client.get(url)
         assert r.status_code in (200, 404), r.text[:200]
         csp = r.headers["Content-Security-Policy"]
@@ -575,6 +650,7 @@ def test_no_page_has_inline_script() -> None:
     import re
 
     from minipacs.web.pages import TEMPLATE_DIR
+
     for template in TEMPLATE_DIR.glob("*.html"):
         for tag in re.findall(r"<script[^>]*>", template.read_text()):
             assert "src=" in tag or 'type="application/json"' in tag, (template.name, tag)

@@ -19,7 +19,6 @@ import pytest
 
 from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
-from minipacs.core.archive import Archive
 from minipacs.web.limits import raise_fd_limit
 from minipacs.web.server import start_http
 from tests.peers import dcmtk, free_port, start_server, wait_for_port
@@ -33,6 +32,7 @@ OPEN: list[asyncio.StreamWriter] = []
 def serve(tmp_path: Path, body: Callable[[int], Awaitable[Any]], **settings: Any) -> Any:
     """``await body(port)`` while the HTTP server runs with ``settings``; the test's connections are
     closed at the end."""
+
     async def main() -> Any:
         config = Settings(data_dir=tmp_path / "data", fsync=False, http_port=free_port(), **settings)
         archive = await open_archive(config)
@@ -118,8 +118,7 @@ def test_request_head_at_http_header_timeout(tmp_path: Path) -> None:
 
 
 def test_request_body_at_http_body_timeout(tmp_path: Path) -> None:
-    head = (b"POST /api/instances HTTP/1.1\r\nHost: x\r\nContent-Type: application/dicom\r\n"
-            b"Content-Length: 1000\r\n\r\n")
+    head = b"POST /api/instances HTTP/1.1\r\nHost: x\r\nContent-Type: application/dicom\r\nContent-Length: 1000\r\n\r\n"
 
     async def body(port: int) -> None:
         # a body that stops: 408 after the timeout, and the connection is closed
@@ -161,8 +160,10 @@ def test_an_http_flood_leaves_dicom_accepting(tmp_path: Path) -> None:
     server's open-file limit lowered to 300 and 400 idle HTTP connections, the cap (100) refuses the
     rest at once and a C-ECHO still gets through; the log stays short."""
     http_port = free_port()
-    srv = start_server(tmp_path, env={"MINIPACS_HTTP_PORT": str(http_port), "MINIPACS_HTTP_MAX_CONNECTIONS": "100",
-                                      "MINIPACS_FSYNC": "false"})
+    srv = start_server(
+        tmp_path,
+        env={"MINIPACS_HTTP_PORT": str(http_port), "MINIPACS_HTTP_MAX_CONNECTIONS": "100", "MINIPACS_FSYNC": "false"},
+    )
     socks: list[socket.socket] = []
     try:
         wait_for_port("127.0.0.1", http_port, proc=srv.proc)
@@ -178,8 +179,9 @@ def test_an_http_flood_leaves_dicom_accepting(tmp_path: Path) -> None:
             except TimeoutError:
                 pass
         assert refused >= 290, refused
-        echo = subprocess.run([dcmtk("echoscu"), "-to", "10", "127.0.0.1", str(srv.port)], capture_output=True,
-                              timeout=60, check=False)
+        echo = subprocess.run(
+            [dcmtk("echoscu"), "-to", "10", "127.0.0.1", str(srv.port)], capture_output=True, timeout=60, check=False
+        )
         assert echo.returncode == 0, echo.stderr
     finally:
         for sock in socks:
@@ -196,8 +198,15 @@ def test_out_of_descriptors_the_accept_loop_backs_off_and_recovers(tmp_path: Pat
     (asyncio's own loop logged a traceback per try, thousands a second), and once the idle
     connections time out (http_header_timeout) HTTP and DICOM both accept again."""
     http_port = free_port()
-    srv = start_server(tmp_path, env={"MINIPACS_HTTP_PORT": str(http_port), "MINIPACS_FSYNC": "false",
-                                      "MINIPACS_HTTP_MAX_CONNECTIONS": "1000", "MINIPACS_HTTP_HEADER_TIMEOUT": "2"})
+    srv = start_server(
+        tmp_path,
+        env={
+            "MINIPACS_HTTP_PORT": str(http_port),
+            "MINIPACS_FSYNC": "false",
+            "MINIPACS_HTTP_MAX_CONNECTIONS": "1000",
+            "MINIPACS_HTTP_HEADER_TIMEOUT": "2",
+        },
+    )
     socks: list[socket.socket] = []
     try:
         wait_for_port("127.0.0.1", http_port, proc=srv.proc)
@@ -211,8 +220,9 @@ def test_out_of_descriptors_the_accept_loop_backs_off_and_recovers(tmp_path: Pat
         with socket.create_connection(("127.0.0.1", http_port), timeout=10) as sock:
             sock.sendall(b"GET /api/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n")
             assert sock.recv(20).startswith(b"HTTP/1.1 200"), "HTTP accepts again"
-        echo = subprocess.run([dcmtk("echoscu"), "-to", "10", "127.0.0.1", str(srv.port)], capture_output=True,
-                              timeout=60, check=False)
+        echo = subprocess.run(
+            [dcmtk("echoscu"), "-to", "10", "127.0.0.1", str(srv.port)], capture_output=True, timeout=60, check=False
+        )
         assert echo.returncode == 0, echo.stderr
     finally:
         for sock in socks:

@@ -23,6 +23,7 @@ class Client:
         async def go() -> httpx.Response:
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://t") as c:
                 return await c.get(url)
+
         return asyncio.run(go())
 
 
@@ -39,8 +40,10 @@ def test_not_installed_is_a_404_page_saying_how_to_install(tmp_path: Path) -> No
 def test_rebased_dist_is_served_with_our_config_and_an_spa_fallback(tmp_path: Path) -> None:
     dist = tmp_path / "package" / "dist"
     dist.mkdir(parents=True)
-    (dist / "index.html").write_text('<script>window.PUBLIC_URL="/"</script><script src="/app.bundle.1.js"></script>'
-                                     '<link href="//cdn.example/x.css">')
+    (dist / "index.html").write_text(
+        '<script>window.PUBLIC_URL="/"</script><script src="/app.bundle.1.js"></script>'
+        '<link href="//cdn.example/x.css">'
+    )
     (dist / "app.bundle.1.js").write_text('__webpack_require__.p = "/";')
     (dist / "app-config.js").write_text("// OHIF's own: a public demo server")
     (tmp_path / "app-config.js").write_text("window.config = {qidoRoot: '/dicom-web'};")

@@ -44,8 +44,10 @@ def ohif_dir() -> Path:
 def server(tmp_path: Path) -> Iterator[tuple[ServerProcess, str]]:
     folder = ohif_dir()
     http_port = free_port()
-    srv = start_server(tmp_path, env={"MINIPACS_HTTP_PORT": str(http_port), "MINIPACS_FSYNC": "false",
-                                      "MINIPACS_OHIF_DIR": str(folder)})
+    srv = start_server(
+        tmp_path,
+        env={"MINIPACS_HTTP_PORT": str(http_port), "MINIPACS_FSYNC": "false", "MINIPACS_OHIF_DIR": str(folder)},
+    )
     try:
         wait_for_port("127.0.0.1", http_port, proc=srv.proc)
         yield srv, f"http://127.0.0.1:{http_port}"
@@ -58,8 +60,14 @@ def test_ohif_lists_a_study_stored_by_c_store(tmp_path: Path, server: tuple[Serv
         missing_peer("Chromium (/usr/bin/chromium)", "apt-get install chromium")
     srv, base = server
     path = tmp_path / "ohif.dcm"
-    make_ct(generate_uid(), generate_uid(), generate_uid(), patient_name="Ohif^Olga", patient_id="OHIF1",
-            StudyDescription="OHIF STUDY").save_as(path, enforce_file_format=True)
+    make_ct(
+        generate_uid(),
+        generate_uid(),
+        generate_uid(),
+        patient_name="Ohif^Olga",
+        patient_id="OHIF1",
+        StudyDescription="OHIF STUDY",
+    ).save_as(path, enforce_file_format=True)
     done = run(minipacs_cmd("store", "--no-progress", "-aec", srv.ae_title, "127.0.0.1", str(srv.port), str(path)))
     assert done.returncode == 0, done.stdout + done.stderr
 

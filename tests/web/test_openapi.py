@@ -47,8 +47,7 @@ def fetch_document(web: Callable[..., Any]) -> dict[str, Any]:
     return result
 
 
-def test_the_document_lists_exactly_the_api_routes_with_their_methods(web: Callable[..., Any],
-                                                                       tmp_path: Path) -> None:
+def test_the_document_lists_exactly_the_api_routes_with_their_methods(web: Callable[..., Any], tmp_path: Path) -> None:
     document = fetch_document(web)
     found = list(routes_of(app_of(tmp_path).routes))
     for start in ("/api/", "/dicom-web/", "/wado"):
@@ -63,10 +62,19 @@ def test_the_document_lists_exactly_the_api_routes_with_their_methods(web: Calla
         assert [p["name"] for p in op["parameters"]] == re.findall(r"\{(\w+)\}", path)
     # what the hand-written document said is still there
     assert operations(document, "/api/") >= {
-        ("/api/{level}", "get"), ("/api/{level}/{id}", "get"), ("/api/{level}/{id}", "delete"),
-        ("/api/instances/{id}/tags", "get"), ("/api/{level}/{id}/archive", "get"), ("/api/instances", "post"),
-        ("/api/nodes/{id}", "put"), ("/api/nodes/{ae_title}", "delete"), ("/api/send", "post"),
-        ("/api/jobs/{id}", "get"), ("/api/worklist/{id}", "delete"), ("/api/openapi.json", "get")}
+        ("/api/{level}", "get"),
+        ("/api/{level}/{id}", "get"),
+        ("/api/{level}/{id}", "delete"),
+        ("/api/instances/{id}/tags", "get"),
+        ("/api/{level}/{id}/archive", "get"),
+        ("/api/instances", "post"),
+        ("/api/nodes/{id}", "put"),
+        ("/api/nodes/{ae_title}", "delete"),
+        ("/api/send", "post"),
+        ("/api/jobs/{id}", "get"),
+        ("/api/worklist/{id}", "delete"),
+        ("/api/openapi.json", "get"),
+    }
     assert document["paths"]["/api/nodes"]["post"]["x-minipacs-permission"] == "admin"
     assert document["paths"]["/api/openapi.json"]["get"]["x-minipacs-permission"] == "public"
     assert document["paths"]["/dicom-web/studies"]["post"]["summary"] == "STOW-RS: store instances"
@@ -77,8 +85,9 @@ def test_a_new_route_is_in_the_document(web: Callable[..., Any], monkeypatch: py
         return JSONResponse({})
 
     real = rest_worklist.routes
-    monkeypatch.setattr(rest_worklist, "routes",
-                        lambda: [Endpoint("/hello/{who}", hello, "PATCH", "write", "Say hello"), *real()])
+    monkeypatch.setattr(
+        rest_worklist, "routes", lambda: [Endpoint("/hello/{who}", hello, "PATCH", "write", "Say hello"), *real()]
+    )
     op = fetch_document(web)["paths"]["/api/hello/{who}"]["patch"]
     assert op["summary"] == "Say hello" and op["x-minipacs-permission"] == "write"
     assert op["parameters"] == [{"name": "who", "in": "path", "required": True, "schema": {"type": "string"}}]

@@ -23,11 +23,17 @@ def zipped(*files: bytes) -> bytes:
 
 def test_upload_list_read_download_delete(web: Callable[..., Any]) -> None:
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
-        r = await client.post("/api/instances", content=part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP),
-                              headers={"Content-Type": "application/dicom"})
+        r = await client.post(
+            "/api/instances",
+            content=part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP),
+            headers={"Content-Type": "application/dicom"},
+        )
         assert r.status_code == 200 and r.json()["results"][0]["status"] == "stored"
-        r = await client.post("/api/instances", content=zipped(part10(study_uid=STUDY), b"junk"),
-                              headers={"Content-Type": "application/zip"})
+        r = await client.post(
+            "/api/instances",
+            content=zipped(part10(study_uid=STUDY), b"junk"),
+            headers={"Content-Type": "application/zip"},
+        )
         assert r.status_code == 207 and r.json()["stored"] == 1 and r.json()["failed"] == 1
         studies = (await client.get("/api/studies")).json()
         assert {s["StudyInstanceUID"] for s in studies} == {STUDY}
@@ -57,15 +63,24 @@ def test_upload_list_read_download_delete(web: Callable[..., Any]) -> None:
 
 def test_hostile_uploads(web: Callable[..., Any]) -> None:
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
-        for content, ctype in [(b"hello", "application/dicom"), (b"PK\x03\x04broken", "application/zip"),
-                               (b"--a\r\nbroken", "multipart/form-data; boundary=a"), (b"", "application/dicom")]:
+        for content, ctype in [
+            (b"hello", "application/dicom"),
+            (b"PK\x03\x04broken", "application/zip"),
+            (b"--a\r\nbroken", "multipart/form-data; boundary=a"),
+            (b"", "application/dicom"),
+        ]:
             r = await client.post("/api/instances", content=content, headers={"Content-Type": ctype})
             assert 400 <= r.status_code < 500, (ctype, r.text)
             assert r.json().get("error") or r.json().get("failed")
         r = await client.post("/api/instances", content=part10(rows=256, cols=256))
         assert r.status_code == 413
-        for url in ["/api/studies/..%2F..", "/api/instances/1.2.3abc/file", "/api/nope",
-                    "/api/search?level=studies&PatientID=%27%20OR%201%3D1--&limit=abc", "/api/patients/*"]:
+        for url in [
+            "/api/studies/..%2F..",
+            "/api/instances/1.2.3abc/file",
+            "/api/nope",
+            "/api/search?level=studies&PatientID=%27%20OR%201%3D1--&limit=abc",
+            "/api/patients/*",
+        ]:
             r = await client.get(url)
             assert 400 <= r.status_code < 500, (url, r.text)
         assert (await client.delete("/api/studies/1.2.3")).status_code == 404

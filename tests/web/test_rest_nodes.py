@@ -17,8 +17,7 @@ import httpx
 import pytest
 from pydicom.uid import generate_uid
 
-from minipacs.bootstrap import outbound
-from minipacs.bootstrap import open_archive
+from minipacs.bootstrap import open_archive, outbound
 from minipacs.config import Settings
 from minipacs.core.archive import Archive
 from minipacs.core.metadata import MetadataStore
@@ -39,9 +38,11 @@ from tests.peers import dataset_bytes, dcmtk, free_port, wait_for_port
 
 TIMEOUTS = Timeouts(acse=5.0, dimse=10.0, idle=30.0)
 FAST = {"n": 2**4}
-USERS = (User("vic", hash_password("v-pass", **FAST), Role.VIEWER),
-         User("oli", hash_password("o-pass", **FAST), Role.OPERATOR),
-         User("ada", hash_password("a-pass", **FAST), Role.ADMIN))
+USERS = (
+    User("vic", hash_password("v-pass", **FAST), Role.VIEWER),
+    User("oli", hash_password("o-pass", **FAST), Role.OPERATOR),
+    User("ada", hash_password("a-pass", **FAST), Role.ADMIN),
+)
 
 
 def auth(name: str, password: str) -> dict[str, str]:
@@ -73,8 +74,15 @@ class Env:
 
 @asynccontextmanager
 async def environment(tmp: Path, users: tuple[User, ...] = ()) -> AsyncIterator[Env]:
-    settings = Settings(data_dir=tmp / "local", fsync=False, ae_title="MINIPACS", users=users,
-                        connect_timeout=5.0, acse_timeout=5.0, dimse_timeout=10.0)
+    settings = Settings(
+        data_dir=tmp / "local",
+        fsync=False,
+        ae_title="MINIPACS",
+        users=users,
+        connect_timeout=5.0,
+        acse_timeout=5.0,
+        dimse_timeout=10.0,
+    )
     archive = await open_archive(settings)
     metadata = MetadataStore(archive)
     metadata.attach()
@@ -85,17 +93,26 @@ async def environment(tmp: Path, users: tuple[User, ...] = ()) -> AsyncIterator[
     files: dict[str, Path] = {}
     for i in range(4):
         sop = generate_uid()
-        files[sop] = write_ct(tmp / "src" / f"{i}.dcm", study_uid=study, series_uid=series[i % 2], sop_uid=sop,
-                              InstanceNumber=i + 1)
+        files[sop] = write_ct(
+            tmp / "src" / f"{i}.dcm", study_uid=study, series_uid=series[i % 2], sop_uid=sop, InstanceNumber=i + 1
+        )
         await remote_archive.import_file(files[sop], Origin("import"))
-    ours = DicomServer("MINIPACS", [VerificationSCP(), StorageSCP(archive)], host="127.0.0.1", port=0,
-                       timeouts=TIMEOUTS)
+    ours = DicomServer(
+        "MINIPACS", [VerificationSCP(), StorageSCP(archive)], host="127.0.0.1", port=0, timeouts=TIMEOUTS
+    )
     remote = DicomServer(
         "REMOTE",
-        [VerificationSCP(), StorageSCP(remote_archive, scu_role=True),
-         QueryRetrieveFindSCP(remote_archive, ae_title="REMOTE"), MoveSCP(remote_archive, remote_nodes),
-         GetSCP(remote_archive)],
-        host="127.0.0.1", port=0, timeouts=TIMEOUTS)
+        [
+            VerificationSCP(),
+            StorageSCP(remote_archive, scu_role=True),
+            QueryRetrieveFindSCP(remote_archive, ae_title="REMOTE"),
+            MoveSCP(remote_archive, remote_nodes),
+            GetSCP(remote_archive),
+        ],
+        host="127.0.0.1",
+        port=0,
+        timeouts=TIMEOUTS,
+    )
     await ours.start()
     await remote.start()
     await remote_nodes.add(Node("MINIPACS", "127.0.0.1", ours.port))
@@ -124,6 +141,7 @@ def run(tmp: Path, body: Callable[[Env], Coroutine[Any, Any, None]], **kw: Any) 
 
 # ------------------------------------------------------------------ echo, edit
 
+
 def test_echo_ok_and_unreachable(tmp_path: Path) -> None:
     async def body(env: Env) -> None:
         r = await env.client.post(f"/api/nodes/{env.remote.id}/echo")
@@ -141,8 +159,9 @@ def test_echo_ok_and_unreachable(tmp_path: Path) -> None:
 
 def test_edit_node(tmp_path: Path) -> None:
     async def body(env: Env) -> None:
-        r = await env.client.put(f"/api/nodes/{env.remote.id}", json={"description": "the other PACS",
-                                                                      "permissions": ["echo", "find"]})
+        r = await env.client.put(
+            f"/api/nodes/{env.remote.id}", json={"description": "the other PACS", "permissions": ["echo", "find"]}
+        )
         assert r.status_code == 200, r.text
         assert r.json()["description"] == "the other PACS" and r.json()["permissions"] == ["echo", "find"]
         assert r.json()["port"] == env.remote.port and r.json()["id"] == env.remote.id
@@ -163,13 +182,17 @@ def test_edit_node(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ send to DCMTK storescp
 
+
 @pytest.fixture
 def storescp(tmp_path: Path) -> Any:
     out = tmp_path / "storescp-out"
     out.mkdir()
     port = free_port()
-    proc = subprocess.Popen([dcmtk("storescp"), "-od", str(out), "-aet", "STORESCP", port.__str__()],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [dcmtk("storescp"), "-od", str(out), "-aet", "STORESCP", port.__str__()],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_port("127.0.0.1", port, proc=proc)
         yield port, out
@@ -215,29 +238,37 @@ def test_send_to_nobody_is_a_failed_job(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ query, retrieve
 
+
 def test_query_remote(tmp_path: Path) -> None:
     async def body(env: Env) -> None:
-        r = await env.client.post(f"/api/nodes/{env.remote.id}/query",
-                                  json={"level": "study", "keys": {"PatientID": "P1"}})
+        r = await env.client.post(
+            f"/api/nodes/{env.remote.id}/query", json={"level": "study", "keys": {"PatientID": "P1"}}
+        )
         assert r.status_code == 200, r.text
         results = r.json()["results"]
         assert r.json()["count"] == 1 and results[0]["0020000D"]["Value"] == [env.study]
         assert results[0]["00100020"]["Value"] == ["P1"]
-        r = await env.client.post(f"/api/nodes/{env.remote.id}/query",
-                                  json={"level": "SERIES", "keys": {"StudyInstanceUID": env.study, "Modality": ""}})
+        r = await env.client.post(
+            f"/api/nodes/{env.remote.id}/query",
+            json={"level": "SERIES", "keys": {"StudyInstanceUID": env.study, "Modality": ""}},
+        )
         assert {m["0020000E"]["Value"][0] for m in r.json()["results"]} == set(env.series)
-        r = await env.client.post(f"/api/nodes/{env.remote.id}/query",
-                                  json={"level": "image", "keys": {"StudyInstanceUID": env.study}})
+        r = await env.client.post(
+            f"/api/nodes/{env.remote.id}/query", json={"level": "image", "keys": {"StudyInstanceUID": env.study}}
+        )
         assert r.status_code == 502 and r.json()["error"]["code"] == "remote_refused"  # no SeriesInstanceUID
         assert "0xA900" in r.json()["error"]["message"]
         keys = {"StudyInstanceUID": env.study, "SeriesInstanceUID": env.series[0]}
         r = await env.client.post(f"/api/nodes/{env.remote.id}/query", json={"level": "image", "keys": keys})
         assert r.json()["count"] == 2
-        r = await env.client.post(f"/api/nodes/{env.remote.id}/query",
-                                  json={"level": "series", "keys": {"StudyInstanceUID": env.study}, "limit": 1})
+        r = await env.client.post(
+            f"/api/nodes/{env.remote.id}/query",
+            json={"level": "series", "keys": {"StudyInstanceUID": env.study}, "limit": 1},
+        )
         assert r.json()["count"] == 1 and r.json()["truncated"] is True
-        r = await env.client.post(f"/api/nodes/{env.remote.id}/query",
-                                  json={"level": "study", "keys": {"PatientID": "NOBODY"}})
+        r = await env.client.post(
+            f"/api/nodes/{env.remote.id}/query", json={"level": "study", "keys": {"PatientID": "NOBODY"}}
+        )
         assert r.json()["count"] == 0
 
     run(tmp_path, body)
@@ -246,14 +277,16 @@ def test_query_remote(tmp_path: Path) -> None:
 @pytest.mark.parametrize("method", ["move", "get"])
 def test_retrieve_into_archive(tmp_path: Path, method: str) -> None:
     async def body(env: Env) -> None:
-        r = await env.client.post(f"/api/nodes/{env.remote.id}/retrieve",
-                                  json={"level": "series", "uids": [env.series[1]], "method": method})
+        r = await env.client.post(
+            f"/api/nodes/{env.remote.id}/retrieve", json={"level": "series", "uids": [env.series[1]], "method": method}
+        )
         assert r.status_code == 202, r.text
         job = await env.job(r.json()["id"])
         assert (job["state"], job["done"], job["failed"]) == ("done", 2, 0), job
         assert await env.archive.count_instances() == 2
-        r = await env.client.post(f"/api/nodes/{env.remote.id}/retrieve",
-                                  json={"level": "study", "uids": [env.study], "method": method})
+        r = await env.client.post(
+            f"/api/nodes/{env.remote.id}/retrieve", json={"level": "study", "uids": [env.study], "method": method}
+        )
         job = await env.job(r.json()["id"])
         assert job["state"] == "done" and job["done"] == 4, job
         assert await env.archive.count_instances() == 4
@@ -265,9 +298,12 @@ def test_retrieve_into_archive(tmp_path: Path, method: str) -> None:
 
 def test_retrieve_series_naming_their_study(tmp_path: Path) -> None:
     """The StudyInstanceUID above a series-level retrieve (PS3.4 C.4.2.2.1), as strict peers need it."""
+
     async def body(env: Env) -> None:
-        r = await env.client.post(f"/api/nodes/{env.remote.id}/retrieve",
-                                  json={"level": "series", "uids": [env.series[0]], "study": env.study})
+        r = await env.client.post(
+            f"/api/nodes/{env.remote.id}/retrieve",
+            json={"level": "series", "uids": [env.series[0]], "study": env.study},
+        )
         assert r.status_code == 202, r.text
         job = await env.job(r.json()["id"])
         assert (job["state"], job["completed"], job["warning"], job["failed"]) == ("done", 2, 0, 0), job
@@ -280,8 +316,7 @@ def test_move_when_the_remote_does_not_know_us(tmp_path: Path) -> None:
     async def body(env: Env) -> None:
         env.ctx.settings = Settings(data_dir=env.tmp / "local", ae_title="STRANGER", connect_timeout=5.0)
         env.ctx.outbound = outbound(env.ctx.settings, env.archive)  # bootstrap gives the web how we call out
-        r = await env.client.post(f"/api/nodes/{env.remote.id}/retrieve",
-                                  json={"level": "study", "uids": [env.study]})
+        r = await env.client.post(f"/api/nodes/{env.remote.id}/retrieve", json={"level": "study", "uids": [env.study]})
         job = await env.job(r.json()["id"])
         assert job["state"] == "failed" and "0xA801" in job["message"] and "STRANGER" in job["message"]
         assert await env.archive.count_instances() == 0
@@ -299,35 +334,54 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("send", "/api/send", {"node": 999, "level": "study", "uids": ["1.2.3"]}, 404, "not_found"),
     ("send", "/api/send", {"node": "{remote}", "level": "frame", "uids": ["1.2.3"]}, 400, "invalid_level"),
     ("send", "/api/send", {"node": "{remote}", "level": ["study"], "uids": ["1.2.3"]}, 400, "invalid_level"),
-    ("send", "/api/send", {"node": "{remote}", "level": "study", "uids": ["../../etc/passwd"]}, 400,
-     "invalid_identifier"),
+    (
+        "send",
+        "/api/send",
+        {"node": "{remote}", "level": "study", "uids": ["../../etc/passwd"]},
+        400,
+        "invalid_identifier",
+    ),
     ("send", "/api/send", {"node": "{remote}", "level": "study", "uids": ["1.2.*"]}, 400, "invalid_identifier"),
     ("send", "/api/send", {"node": "{remote}", "level": "study", "uids": []}, 400, "invalid_uids"),
     ("send", "/api/send", {"node": "{remote}", "level": "study", "uids": [1, 2]}, 400, "invalid_uids"),
-    ("send", "/api/send", {"node": "{remote}", "level": "study", "uids": ["1." + "2" * 70]}, 400,
-     "invalid_identifier"),
+    ("send", "/api/send", {"node": "{remote}", "level": "study", "uids": ["1." + "2" * 70]}, 400, "invalid_identifier"),
     ("send", "/api/send", {"node": "{remote}", "level": "study", "uids": ["1.2.3.4.5"]}, 404, "not_found"),
     ("send", "/api/send", {"node": None, "level": "study", "uids": ["1.2.3"]}, 400, "invalid_node"),
     ("send", "/api/send", {"node": "{remote}", "level": "patient", "uids": ["A", "B"]}, 400, "invalid_uids"),
-    ("retrieve", "/api/nodes/{remote}/retrieve", {"level": "study", "uids": ["1.2.3"], "method": "steal"}, 400,
-     "invalid_method"),
-    ("retrieve", "/api/nodes/{remote}/retrieve", {"level": "series", "uids": ["1.2.3'; DROP TABLE x"]}, 400,
-     "invalid_identifier"),
+    (
+        "retrieve",
+        "/api/nodes/{remote}/retrieve",
+        {"level": "study", "uids": ["1.2.3"], "method": "steal"},
+        400,
+        "invalid_method",
+    ),
+    (
+        "retrieve",
+        "/api/nodes/{remote}/retrieve",
+        {"level": "series", "uids": ["1.2.3'; DROP TABLE x"]},
+        400,
+        "invalid_identifier",
+    ),
     ("retrieve", "/api/nodes/{remote}/retrieve", {"level": "bogus", "uids": ["1.2.3"]}, 400, "invalid_level"),
-    ("retrieve", "/api/nodes/{remote}/retrieve", {"level": "series", "uids": ["1.2.3"], "study": "../etc"}, 400,
-     "invalid_identifier"),
+    (
+        "retrieve",
+        "/api/nodes/{remote}/retrieve",
+        {"level": "series", "uids": ["1.2.3"], "study": "../etc"},
+        400,
+        "invalid_identifier",
+    ),
     ("query", "/api/nodes/{remote}/query", {"level": "study", "keys": {"NotAKeyword": "x"}}, 400, "invalid_keys"),
     ("query", "/api/nodes/{remote}/query", {"level": "study", "keys": ["PatientID"]}, 400, "invalid_keys"),
-    ("query", "/api/nodes/{remote}/query", {"level": "study", "keys": {"NumberOfFrames": "many"}}, 400,
-     "invalid_keys"),
+    ("query", "/api/nodes/{remote}/query", {"level": "study", "keys": {"NumberOfFrames": "many"}}, 400, "invalid_keys"),
     ("query", "/api/nodes/{remote}/query", {"level": "study", "limit": 0}, 400, "invalid_limit"),
     ("query", "/api/nodes/{remote}/query", {"level": "volume"}, 400, "invalid_level"),
 ]
 
 
 @pytest.mark.parametrize(("kind", "path", "payload", "status", "code"), BAD_REQUESTS)
-def test_hostile_input_is_a_clear_4xx_and_changes_nothing(tmp_path: Path, kind: str, path: str,
-                                                          payload: dict[str, Any], status: int, code: str) -> None:
+def test_hostile_input_is_a_clear_4xx_and_changes_nothing(
+    tmp_path: Path, kind: str, path: str, payload: dict[str, Any], status: int, code: str
+) -> None:
     async def body(env: Env) -> None:
         before = await env.nodes.list()
         url = path.replace("{remote}", str(env.remote.id))
@@ -384,8 +438,11 @@ def test_roles(tmp_path: Path) -> None:
         assert await env.archive.count_instances() == 0
         r = await env.client.post(f"/api/nodes/{rid}/echo", headers=operator)
         assert r.json()["ok"] is True
-        r = await env.client.post(f"/api/nodes/{rid}/retrieve", json={"level": "study", "uids": [env.study],
-                                                                      "method": "get"}, headers=operator)
+        r = await env.client.post(
+            f"/api/nodes/{rid}/retrieve",
+            json={"level": "study", "uids": [env.study], "method": "get"},
+            headers=operator,
+        )
         assert r.status_code == 202
         assert (await env.job(r.json()["id"], viewer))["state"] == "done"
         r = await env.client.put(f"/api/nodes/{rid}", json={"description": "changed"}, headers=admin)
@@ -397,8 +454,15 @@ def test_roles(tmp_path: Path) -> None:
 def test_openapi_lists_the_new_operations(tmp_path: Path) -> None:
     async def body(env: Env) -> None:
         paths = (await env.client.get("/api/openapi.json")).json()["paths"]
-        for path in ("/api/nodes/{id}/echo", "/api/nodes/{id}/query", "/api/nodes/{id}/retrieve", "/api/send",
-                     "/api/jobs/{id}", "/api/worklist", "/api/worklist/{id}"):
+        for path in (
+            "/api/nodes/{id}/echo",
+            "/api/nodes/{id}/query",
+            "/api/nodes/{id}/retrieve",
+            "/api/send",
+            "/api/jobs/{id}",
+            "/api/worklist",
+            "/api/worklist/{id}",
+        ):
             assert path in paths
         assert "put" in paths["/api/nodes/{id}"]
 

@@ -42,8 +42,12 @@ def _imports(path: Path) -> Iterator[str]:
 
 
 def test_web_imports_neither_bootstrap_nor_the_wire() -> None:
-    found = [(path.name, module) for path in sorted(WEB.glob("*.py")) for module in _imports(path)
-             if module == "minipacs.bootstrap" or module.startswith("minipacs.net")]
+    found = [
+        (path.name, module)
+        for path in sorted(WEB.glob("*.py"))
+        for module in _imports(path)
+        if module == "minipacs.bootstrap" or module.startswith("minipacs.net")
+    ]
     assert [f for f in found if f[1] == "minipacs.bootstrap"] == []
     assert set(found) <= NET_VOCABULARY, found
     assert any(module == "minipacs.services.outbound" for module in _imports(WEB / "rest_nodes.py"))
@@ -117,13 +121,20 @@ BUILD_AND_CALL = textwrap.dedent("""
 def test_web_app_serves_node_echo_and_query_without_bootstrap(tmp_path: Path) -> None:
     """In a fresh interpreter: build the app from an Outbound made by hand, echo and query a node."""
     env = dict(os.environ, PYTHONPATH=str(SRC))
-    done = subprocess.run([sys.executable, "-c", BUILD_AND_CALL, str(tmp_path)], capture_output=True, text=True,
-                          timeout=120, env=env, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", BUILD_AND_CALL, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "served without bootstrap" in done.stdout
 
 
 # ------------------------------------------------------------------ keys reach the peer intact
+
 
 @pytest.fixture
 def recording_peer() -> Iterator[tuple[int, list[pydicom.Dataset]]]:
@@ -154,8 +165,9 @@ def _query(tmp: Path, port: int, payload: dict[str, Any]) -> httpx.Response:
     from minipacs.bootstrap import outbound
 
     async def main() -> httpx.Response:
-        settings = Settings(data_dir=tmp / "local", fsync=False, connect_timeout=5.0, acse_timeout=5.0,
-                            dimse_timeout=10.0)
+        settings = Settings(
+            data_dir=tmp / "local", fsync=False, connect_timeout=5.0, acse_timeout=5.0, dimse_timeout=10.0
+        )
         archive = await open_archive(settings)
         metadata = MetadataStore(archive)
         metadata.attach()
@@ -174,12 +186,15 @@ def _query(tmp: Path, port: int, payload: dict[str, Any]) -> httpx.Response:
 
 
 def test_query_values_with_equals_and_backslash_reach_the_peer_intact(
-        tmp_path: Path, recording_peer: tuple[int, list[pydicom.Dataset]]) -> None:
+    tmp_path: Path, recording_peer: tuple[int, list[pydicom.Dataset]]
+) -> None:
     port, received = recording_peer
-    keys = {"PatientName": "Yamada^Tarou=山田^太郎",  # PN component groups are separated by '='
-            "AccessionNumber": "A=1",
-            "ModalitiesInStudy": "CT\\MR",  # two values (PS3.5 6.4)
-            "StudyDescription": None}
+    keys = {
+        "PatientName": "Yamada^Tarou=山田^太郎",  # PN component groups are separated by '='
+        "AccessionNumber": "A=1",
+        "ModalitiesInStudy": "CT\\MR",  # two values (PS3.5 6.4)
+        "StudyDescription": None,
+    }
     r = _query(tmp_path, port, {"level": "study", "keys": keys})
     assert r.status_code == 200, r.text
     [identifier] = received
@@ -194,7 +209,8 @@ def test_query_values_with_equals_and_backslash_reach_the_peer_intact(
 
 
 def test_a_key_name_holding_equals_is_refused_not_read_as_a_value(
-        tmp_path: Path, recording_peer: tuple[int, list[pydicom.Dataset]]) -> None:
+    tmp_path: Path, recording_peer: tuple[int, list[pydicom.Dataset]]
+) -> None:
     """Through "k=v" text, {"PatientID=EVIL": ""} became PatientID = "EVIL=": the key smuggled a value."""
     port, received = recording_peer
     r = _query(tmp_path, port, {"level": "study", "keys": {"PatientID=EVIL": ""}})
@@ -211,12 +227,15 @@ def test_without_an_outbound_path_the_node_calls_say_so(tmp_path: Path) -> None:
         metadata.attach()
         nodes = NodeRegistry(archive)
         node = await nodes.add(Node("SOMEONE", "127.0.0.1", free_port()))
-        transport = httpx.ASGITransport(app=create_app(AppContext(settings, archive, metadata, nodes)),
-                                        client=("127.0.0.1", 5555))
+        transport = httpx.ASGITransport(
+            app=create_app(AppContext(settings, archive, metadata, nodes)), client=("127.0.0.1", 5555)
+        )
         try:
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-                return [await client.post(f"/api/nodes/{node.id}/echo"),
-                        await client.post(f"/api/nodes/{node.id}/query", json={"level": "study"})]
+                return [
+                    await client.post(f"/api/nodes/{node.id}/echo"),
+                    await client.post(f"/api/nodes/{node.id}/query", json={"level": "study"}),
+                ]
         finally:
             await metadata.close()
             await archive.close()

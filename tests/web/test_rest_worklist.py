@@ -15,8 +15,10 @@ from minipacs.core.worklist import Worklist
 from tests.worklist_data import entry
 
 FAST = {"n": 2**4}
-USERS = (User("vic", hash_password("v-pass", **FAST), Role.VIEWER),
-         User("oli", hash_password("o-pass", **FAST), Role.OPERATOR))
+USERS = (
+    User("vic", hash_password("v-pass", **FAST), Role.VIEWER),
+    User("oli", hash_password("o-pass", **FAST), Role.OPERATOR),
+)
 
 
 def auth(name: str, password: str) -> dict[str, str]:
@@ -58,19 +60,21 @@ def _without(key: str) -> dict[str, Any]:
     return data
 
 
-@pytest.mark.parametrize(("content", "status", "code"), [
-    (b"not json", 400, "invalid_json"),
-    (b"[1, 2]", 400, "invalid_json"),
-    (b"{}", 400, "invalid_json"),
-    (b'{"00100020": {"vr": "XX", "Value": ["1"]}}', 400, "invalid_dataset"),
-    (b'{"nonsense": {"vr": "LO", "Value": ["1"]}}', 400, "invalid_dataset"),
-    (b'{"00100020": {"vr": "LO", "Value": "notalist"}}', 400, "invalid_dataset"),
-    (b'{"00100020": {"vr": "LO", "Value": ["123"]}}', 400, "invalid_worklist_entry"),  # no procedure step
-    (None, 400, "invalid_worklist_entry"),  # no PatientID
-    (b"{" + b'"x":' * 10 + b"1" + b"}" * 10, 400, "invalid_json"),
-])
-def test_hostile_bodies_change_nothing(web: Callable[..., Any], content: bytes | None, status: int,
-                                       code: str) -> None:
+@pytest.mark.parametrize(
+    ("content", "status", "code"),
+    [
+        (b"not json", 400, "invalid_json"),
+        (b"[1, 2]", 400, "invalid_json"),
+        (b"{}", 400, "invalid_json"),
+        (b'{"00100020": {"vr": "XX", "Value": ["1"]}}', 400, "invalid_dataset"),
+        (b'{"nonsense": {"vr": "LO", "Value": ["1"]}}', 400, "invalid_dataset"),
+        (b'{"00100020": {"vr": "LO", "Value": "notalist"}}', 400, "invalid_dataset"),
+        (b'{"00100020": {"vr": "LO", "Value": ["123"]}}', 400, "invalid_worklist_entry"),  # no procedure step
+        (None, 400, "invalid_worklist_entry"),  # no PatientID
+        (b"{" + b'"x":' * 10 + b"1" + b"}" * 10, 400, "invalid_json"),
+    ],
+)
+def test_hostile_bodies_change_nothing(web: Callable[..., Any], content: bytes | None, status: int, code: str) -> None:
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
         import json
 
@@ -86,8 +90,13 @@ def test_hostile_bodies_change_nothing(web: Callable[..., Any], content: bytes |
 def test_unknown_and_bad_ids(web: Callable[..., Any]) -> None:
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
         await client.post("/api/worklist", json=ps318())
-        for path in ("/api/worklist/999", "/api/worklist/ACC1", "/api/worklist/..%2F..", "/api/worklist/-1",
-                     "/api/worklist/" + "9" * 40):
+        for path in (
+            "/api/worklist/999",
+            "/api/worklist/ACC1",
+            "/api/worklist/..%2F..",
+            "/api/worklist/-1",
+            "/api/worklist/" + "9" * 40,
+        ):
             for method in ("GET", "DELETE"):
                 r = await client.request(method, path)
                 assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", (method, path)
@@ -115,8 +124,10 @@ def test_viewer_may_read_only(web: Callable[..., Any]) -> None:
 
 # ------------------------------------------------------------------ issue 12 item 7: one validation, IDs generated
 
+
 def test_entry_without_procedure_ids_gets_both_type1_ids(web: Callable[..., Any]) -> None:
     """PS3.4 Table K.6-1: Requested Procedure ID and Scheduled Procedure Step ID are Type 1 return keys."""
+
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
         data = ps318()
         del data["00401001"]  # Requested Procedure ID
@@ -135,16 +146,19 @@ def test_entry_without_procedure_ids_gets_both_type1_ids(web: Callable[..., Any]
 _CLI_BASE = ["worklist", "add", "--patient-id", "42", "--modality", "CT"]
 
 
-@pytest.mark.parametrize(("flags", "named"), [
-    (["--start", "2026-12-07"], "--start"),  # would reach modalities as date '2026-12-' and time '07'
-    (["--start", "20261207-0930"], "--start"),
-    (["--sex", "Male"], "--sex"),
-    (["--birth-date", "1980-01-01"], "--birth-date"),
-    (["--accession", "A" * 17], "--accession"),  # SH: at most 16 characters
-])
-def test_cli_worklist_add_refuses_what_rest_refuses(web: Callable[..., Any], tmp_path: Any,
-                                                    capsys: pytest.CaptureFixture[str], flags: list[str],
-                                                    named: str) -> None:
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--start", "2026-12-07"], "--start"),  # would reach modalities as date '2026-12-' and time '07'
+        (["--start", "20261207-0930"], "--start"),
+        (["--sex", "Male"], "--sex"),
+        (["--birth-date", "1980-01-01"], "--birth-date"),
+        (["--accession", "A" * 17], "--accession"),  # SH: at most 16 characters
+    ],
+)
+def test_cli_worklist_add_refuses_what_rest_refuses(
+    web: Callable[..., Any], tmp_path: Any, capsys: pytest.CaptureFixture[str], flags: list[str], named: str
+) -> None:
     from minipacs.cli.main import build_parser, main
     from minipacs.cli.worklist import _entry_dataset
 
@@ -164,8 +178,9 @@ def test_cli_worklist_add_refuses_what_rest_refuses(web: Callable[..., Any], tmp
     web(body)
 
 
-def test_cli_worklist_add_and_rest_take_the_same_good_values(web: Callable[..., Any], tmp_path: Any,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_worklist_add_and_rest_take_the_same_good_values(
+    web: Callable[..., Any], tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     from minipacs.cli.main import build_parser, main
     from minipacs.cli.worklist import _entry_dataset
 

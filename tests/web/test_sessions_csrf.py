@@ -23,8 +23,10 @@ from minipacs.web.login import safe_next
 from minipacs.web.sessions import SessionStore
 from minipacs.web.types import AppContext
 
-USERS = (User("ada", hash_password("a-pass", n=2**4), Role.ADMIN),
-         User("vic", hash_password("v-pass", n=2**4), Role.VIEWER))
+USERS = (
+    User("ada", hash_password("a-pass", n=2**4), Role.ADMIN),
+    User("vic", hash_password("v-pass", n=2**4), Role.VIEWER),
+)
 NODE = {"ae_title": "EVIL", "host": "10.6.6.6", "port": 104}
 OWN = "http://testserver"
 
@@ -32,6 +34,7 @@ OWN = "http://testserver"
 @pytest.fixture
 def web(tmp_path: Path) -> Callable[..., Any]:
     """tests/web/conftest.py's ``web``, with an AE registry (POST /api/nodes is the issue's request)."""
+
     def run(body: Callable[[httpx.AsyncClient, Archive], Awaitable[Any]], **settings: Any) -> Any:
         async def main() -> Any:
             config = Settings(data_dir=tmp_path / "data", fsync=False, **settings)
@@ -55,29 +58,33 @@ def basic(name: str, password: str) -> dict[str, str]:
 
 
 # (extra headers, content type, expected status) for POST /api/nodes with a JSON body, as admin by Basic
-@pytest.mark.parametrize("headers,content_type,status", [
-    ({}, "application/json", 201),  # a script
-    ({}, "", 201),  # a script that names no type
-    ({"Origin": OWN, "Sec-Fetch-Site": "same-origin"}, "application/json", 201),  # our own page
-    ({"Sec-Fetch-Site": "same-site", "Origin": "http://127.0.0.1:9999"}, "application/json", 403),
-    ({"Sec-Fetch-Site": "cross-site"}, "application/json", 403),
-    ({"Origin": "http://evil.example"}, "application/json", 403),  # an older browser: no Sec-Fetch-Site
-    ({"Origin": "null"}, "application/json", 403),
-    ({}, "text/plain", 403),  # what a cross-site form sends, even with no Origin
-    ({}, "application/x-www-form-urlencoded", 403),
-    ({}, "multipart/form-data; boundary=x", 403),
-    ({"Origin": OWN}, "text/plain", 201),  # a form type from our own origin
-    ({"Sec-Fetch-Site": "same-origin"}, "text/plain", 201),
-    ({"Sec-Fetch-Site": "none"}, "application/json", 201),  # typed by the user (no page started it)
-    ({"X-CSRF-Token": "forged"}, "application/json", 403),  # a token that is not the session's
-])
+@pytest.mark.parametrize(
+    "headers,content_type,status",
+    [
+        ({}, "application/json", 201),  # a script
+        ({}, "", 201),  # a script that names no type
+        ({"Origin": OWN, "Sec-Fetch-Site": "same-origin"}, "application/json", 201),  # our own page
+        ({"Sec-Fetch-Site": "same-site", "Origin": "http://127.0.0.1:9999"}, "application/json", 403),
+        ({"Sec-Fetch-Site": "cross-site"}, "application/json", 403),
+        ({"Origin": "http://evil.example"}, "application/json", 403),  # an older browser: no Sec-Fetch-Site
+        ({"Origin": "null"}, "application/json", 403),
+        ({}, "text/plain", 403),  # what a cross-site form sends, even with no Origin
+        ({}, "application/x-www-form-urlencoded", 403),
+        ({}, "multipart/form-data; boundary=x", 403),
+        ({"Origin": OWN}, "text/plain", 201),  # a form type from our own origin
+        ({"Sec-Fetch-Site": "same-origin"}, "text/plain", 201),
+        ({"Sec-Fetch-Site": "none"}, "application/json", 201),  # typed by the user (no page started it)
+        ({"X-CSRF-Token": "forged"}, "application/json", 403),  # a token that is not the session's
+    ],
+)
 def test_csrf_rules(web: Callable[..., Any], headers: dict[str, str], content_type: str, status: int) -> None:
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
         sent = {**basic("ada", "a-pass"), **headers}
         if content_type:
             sent["Content-Type"] = content_type
-        r = await client.post("/api/nodes", content=b'{"ae_title": "EVIL", "host": "10.6.6.6", "port": 104}',
-                              headers=sent)
+        r = await client.post(
+            "/api/nodes", content=b'{"ae_title": "EVIL", "host": "10.6.6.6", "port": 104}', headers=sent
+        )
         assert r.status_code == status, r.text
         if status == 403:
             assert r.json()["error"]["code"] == "cross_site_request"
@@ -86,14 +93,24 @@ def test_csrf_rules(web: Callable[..., Any], headers: dict[str, str], content_ty
     web(body, users=USERS)
 
 
-@pytest.mark.parametrize("method,url", [("DELETE", "/api/studies/1.2.3"), ("PUT", "/api/nodes/1"),
-                                        ("POST", "/api/instances"), ("POST", "/dicom-web/studies")])
-def test_cross_site_is_refused_before_credentials_on_every_change(web: Callable[..., Any], method: str,
-                                                                  url: str) -> None:
+@pytest.mark.parametrize(
+    "method,url",
+    [
+        ("DELETE", "/api/studies/1.2.3"),
+        ("PUT", "/api/nodes/1"),
+        ("POST", "/api/instances"),
+        ("POST", "/dicom-web/studies"),
+    ],
+)
+def test_cross_site_is_refused_before_credentials_on_every_change(
+    web: Callable[..., Any], method: str, url: str
+) -> None:
     """No password is checked (nor a failure counted) for a forged request; in open mode too."""
+
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
-        r = await client.request(method, url, content=b"x", headers={"Sec-Fetch-Site": "cross-site",
-                                                                        "Content-Type": "application/dicom"})
+        r = await client.request(
+            method, url, content=b"x", headers={"Sec-Fetch-Site": "cross-site", "Content-Type": "application/dicom"}
+        )
         assert r.status_code == 403 and r.json()["error"]["code"] == "cross_site_request", r.text
 
     web(body)  # open mode: no users, loopback
@@ -128,8 +145,11 @@ def test_login_form_session_cookie_csrf_token_and_logout(web: Callable[..., Any]
         assert (await client.post("/api/nodes", json=NODE)).status_code == 201
         r = await client.post("/api/nodes", content=b"{}", headers={"Content-Type": "text/plain"})
         assert r.status_code == 403
-        r = await client.post("/api/nodes", json={**NODE, "ae_title": "B"},
-                              headers={"X-CSRF-Token": csrf.group(1), "Content-Type": "text/plain"})
+        r = await client.post(
+            "/api/nodes",
+            json={**NODE, "ae_title": "B"},
+            headers={"X-CSRF-Token": csrf.group(1), "Content-Type": "text/plain"},
+        )
         assert r.status_code == 201, r.text
         # logout needs the token; then the cookie is worth nothing
         assert (await client.post("/ui/logout", data={"csrf_token": "wrong"})).status_code == 403
@@ -143,6 +163,7 @@ def test_login_form_session_cookie_csrf_token_and_logout(web: Callable[..., Any]
 
 def test_login_form_needs_its_own_token(web: Callable[..., Any]) -> None:
     """Login CSRF: another site posting our login form (with a name and password of its choosing)."""
+
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
         await client.get("/ui/login")
         r = await client.post("/ui/login", data={"csrf_token": "guessed", "name": "ada", "password": "a-pass"})
@@ -162,8 +183,9 @@ def test_login_json_wrong_password_and_throttle(web: Callable[..., Any]) -> None
         r = await client.post("/ui/login", json={"name": "vic", "password": "wrong"})
         assert r.status_code == 401 and "wrong" in r.json()["error"]["message"]
         page = await client.get("/ui/login")
-        r = await client.post("/ui/login", data={"csrf_token": login_token(page.text), "name": "vic",
-                                                  "password": "wrong"})
+        r = await client.post(
+            "/ui/login", data={"csrf_token": login_token(page.text), "name": "vic", "password": "wrong"}
+        )
         assert r.status_code == 401 and "user name or password is wrong" in r.text
         r = await client.post("/ui/login", json={"name": "vic", "password": "v-pass"})
         assert r.status_code == 429 and r.headers["Retry-After"]  # login_attempts = 2, from this address
@@ -173,6 +195,7 @@ def test_login_json_wrong_password_and_throttle(web: Callable[..., Any]) -> None
 
 def test_a_page_fetch_gets_no_basic_challenge(web: Callable[..., Any]) -> None:
     """app.js's own fetch after the session ended: a 401 without WWW-Authenticate (no Basic pop-up)."""
+
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
         r = await client.get("/api/studies", headers={"Sec-Fetch-Mode": "cors"})
         assert r.status_code == 401 and "www-authenticate" not in r.headers
@@ -198,10 +221,18 @@ def test_session_idle_timeout_and_max_sessions() -> None:
     assert store.get(b.id) is None and store.get(a.id) is a and store.get(c.id) is c and len(store) == 2
 
 
-@pytest.mark.parametrize("raw,expected", [
-    ("/ui/nodes?x=1", "/ui/nodes?x=1"), (None, "/ui/"), ("", "/ui/"), ("//evil.example/x", "/ui/"),
-    ("/\\evil.example", "/ui/"), ("https://evil.example", "/ui/"), ("/ui/\r\nSet-Cookie: x", "/ui/"),
-])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("/ui/nodes?x=1", "/ui/nodes?x=1"),
+        (None, "/ui/"),
+        ("", "/ui/"),
+        ("//evil.example/x", "/ui/"),
+        ("/\\evil.example", "/ui/"),
+        ("https://evil.example", "/ui/"),
+        ("/ui/\r\nSet-Cookie: x", "/ui/"),
+    ],
+)
 def test_after_login_only_paths_of_this_server(raw: str | None, expected: str) -> None:
     assert safe_next(raw) == expected
 
@@ -222,8 +253,9 @@ def test_session_cookie_is_secure_over_https(tmp_path: Path) -> None:
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5555))
         try:
             async with httpx.AsyncClient(transport=transport, base_url="https://pacs.example") as client:
-                r = await client.post("/ui/login", json={"name": "ada", "password": "a-pass"},
-                                      headers={"Origin": "https://pacs.example"})
+                r = await client.post(
+                    "/ui/login", json={"name": "ada", "password": "a-pass"}, headers={"Origin": "https://pacs.example"}
+                )
                 assert r.status_code == 200 and "; secure" in r.headers["set-cookie"].lower(), r.headers
         finally:
             await archive.close()

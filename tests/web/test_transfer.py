@@ -47,8 +47,12 @@ def test_unreadable_parts_are_left_out_and_logged(tmp_path: Path, caplog: pytest
     def fail() -> bytes:
         raise ValueError("cannot transcode this one")
 
-    parts = [OutPart("a", path=good[0]), OutPart("b", path=tmp_path / "gone.bin", label="1.2.3"),
-             OutPart("c", produce=fail, label="4.5.6"), OutPart("d", path=good[1])]
+    parts = [
+        OutPart("a", path=good[0]),
+        OutPart("b", path=tmp_path / "gone.bin", label="1.2.3"),
+        OutPart("c", produce=fail, label="4.5.6"),
+        OutPart("d", path=good[1]),
+    ]
     with caplog.at_level(logging.ERROR, logger="minipacs.web.transfer"):
         body = b"".join(asyncio.run(_collect(multipart_related(parts, "B"))))
     assert [p.content_type for p in split_multipart(body, "B")] == ["a", "d"]
@@ -66,8 +70,9 @@ def test_file_response_has_its_length(tmp_path: Path) -> None:
     assert b"".join(asyncio.run(_collect(response.body_iterator))) == path.read_bytes()
 
 
-def test_multipart_response_of_files_announces_its_exact_length(tmp_path: Path,
-                                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_multipart_response_of_files_announces_its_exact_length(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     paths = _files(tmp_path, [3_000_000, 0, 100_000, 7])
     parts = [OutPart(f"application/dicom; n={i}", path=p, label=f"sop{i}") for i, p in enumerate(paths)]
     parts.insert(1, OutPart("application/dicom", path=tmp_path / "missing.dcm", label="sop-missing"))

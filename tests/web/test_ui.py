@@ -20,8 +20,10 @@ from tests.web.conftest import part10
 HOSTILE = "<script>alert(1)</script>^Evil"
 HOSTILE_DESCRIPTION = '"><img src=x onerror=alert(2)>'
 FAST = {"n": 2**4}
-USERS = (User("ada", hash_password("a-pass", **FAST), Role.ADMIN),
-         User("vic", hash_password("v-pass", **FAST), Role.VIEWER))
+USERS = (
+    User("ada", hash_password("a-pass", **FAST), Role.ADMIN),
+    User("vic", hash_password("v-pass", **FAST), Role.VIEWER),
+)
 
 
 def basic(name: str, password: str) -> dict[str, str]:
@@ -29,8 +31,11 @@ def basic(name: str, password: str) -> dict[str, str]:
 
 
 async def store(client: httpx.AsyncClient, headers: dict[str, str] | None = None, **kw: Any) -> dict[str, str]:
-    uids = {"study_uid": kw.pop("study_uid", generate_uid()), "series_uid": kw.pop("series_uid", generate_uid()),
-            "sop_uid": kw.pop("sop_uid", generate_uid())}
+    uids = {
+        "study_uid": kw.pop("study_uid", generate_uid()),
+        "series_uid": kw.pop("series_uid", generate_uid()),
+        "sop_uid": kw.pop("sop_uid", generate_uid()),
+    }
     with pydicom.config.disable_value_validation():
         data = part10(**uids, **kw)
     r = await client.post("/api/instances", content=data, headers=headers or {})
@@ -44,11 +49,17 @@ def test_templates_escape_and_tag_rows() -> None:
     assert value.render(v='<a href="x">\'&') == "&lt;a href=&#34;x&#34;&gt;&#39;&amp;"
     assert value.render(v=None) == ""
     script = templates.env.from_string('<script type="application/json">{{ d|tojson }}</script>').render(
-        d={"x": "</script><script>alert(1)</script>"})
+        d={"x": "</script><script>alert(1)</script>"}
+    )
     assert script.count("</script>") == 1 and "\\u003c/script\\u003e" in script
-    rows = json_tag_rows({"00100010": {"vr": "PN", "Value": [{"Alphabetic": "<b>"}]},
-                          "00081115": {"vr": "SQ", "Value": [{"00081150": {"vr": "UI", "Value": ["1.2"]}}]},
-                          "7FE00010": {"vr": "OW", "BulkDataURI": "x"}}, lambda tag: "K")
+    rows = json_tag_rows(
+        {
+            "00100010": {"vr": "PN", "Value": [{"Alphabetic": "<b>"}]},
+            "00081115": {"vr": "SQ", "Value": [{"00081150": {"vr": "UI", "Value": ["1.2"]}}]},
+            "7FE00010": {"vr": "OW", "BulkDataURI": "x"},
+        },
+        lambda tag: "K",
+    )
     assert TagRow(0, "(0010,0010)", "K", "PN", "<b>") in rows
     assert any(row.value == "(bulk data)" for row in rows)
     assert TagRow(1, "(0008,1150)", "K", "UI", "1.2") in rows
@@ -66,7 +77,7 @@ def test_pages_render(web: Callable[..., Any]) -> None:
         assert "Doe John" in r.text and "2024-01-31" in r.text
         r = await client.get(f"/ui/studies/{study}")
         assert r.status_code == 200 and "AXIAL" in r.text and f"/ui/viewer/{study}/{series}" in r.text
-        assert "data-delete=\"/api/studies/" in r.text
+        assert 'data-delete="/api/studies/' in r.text
         r = await client.get(f"/ui/studies/{study}/series/{series}")
         assert r.status_code == 200 and sop in r.text
         r = await client.get(f"/ui/studies/{study}/series/{series}/instances/{sop}")
@@ -90,10 +101,18 @@ def test_pages_render(web: Callable[..., Any]) -> None:
 
 def test_search_filters(web: Callable[..., Any]) -> None:
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
-        await store(client, StudyDescription="BRAIN MR", Modality="MR", StudyDate="20230105", AccessionNumber="A9",
-                    patient_name="Smith^Anna", patient_id="S1")
-        await store(client, StudyDescription="CT ABDOMEN", StudyDate="20240610", patient_name="Jones^Bob",
-                    patient_id="J1")
+        await store(
+            client,
+            StudyDescription="BRAIN MR",
+            Modality="MR",
+            StudyDate="20230105",
+            AccessionNumber="A9",
+            patient_name="Smith^Anna",
+            patient_id="S1",
+        )
+        await store(
+            client, StudyDescription="CT ABDOMEN", StudyDate="20240610", patient_name="Jones^Bob", patient_id="J1"
+        )
 
         async def found(**params: str) -> set[str]:
             r = await client.get("/ui/", params=params)
@@ -134,19 +153,30 @@ def test_paging(web: Callable[..., Any]) -> None:
 
 def test_hostile_text_is_escaped(web: Callable[..., Any]) -> None:
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
-        uids = await store(client, patient_name=HOSTILE, patient_id="<i>P</i>", StudyDescription=HOSTILE_DESCRIPTION,
-                           SeriesDescription="<script>x()</script>")
+        uids = await store(
+            client,
+            patient_name=HOSTILE,
+            patient_id="<i>P</i>",
+            StudyDescription=HOSTILE_DESCRIPTION,
+            SeriesDescription="<script>x()</script>",
+        )
         study, series, sop = uids["study_uid"], uids["series_uid"], uids["sop_uid"]
-        pages = ["/ui/", f"/ui/studies/{study}", f"/ui/studies/{study}/series/{series}",
-                 f"/ui/studies/{study}/series/{series}/instances/{sop}/tags", f"/ui/viewer/{study}/{series}",
-                 "/ui/patient?id=%3Ci%3EP%3C%2Fi%3E"]
+        pages = [
+            "/ui/",
+            f"/ui/studies/{study}",
+            f"/ui/studies/{study}/series/{series}",
+            f"/ui/studies/{study}/series/{series}/instances/{sop}/tags",
+            f"/ui/viewer/{study}/{series}",
+            "/ui/patient?id=%3Ci%3EP%3C%2Fi%3E",
+        ]
         for path in pages:
             r = await client.get(path)
             assert r.status_code == 200, (path, r.text)
             assert "<script>alert" not in r.text and "<script>x()" not in r.text, path
             assert "<img src=x" not in r.text and "<i>P</i>" not in r.text, path
-            assert r.text.count("<script") == r.text.count('<script src="/ui/static/app.js">') + \
-                r.text.count('<script type="application/json"'), path
+            assert r.text.count("<script") == r.text.count('<script src="/ui/static/app.js">') + r.text.count(
+                '<script type="application/json"'
+            ), path
         listing = (await client.get("/ui/")).text
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in listing
         assert "&#34;&gt;&lt;img src=x onerror=alert(2)&gt;" in listing

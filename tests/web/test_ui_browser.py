@@ -25,10 +25,19 @@ from tests.dicomgen import make_ct
 from tests.peers import ServerProcess, dcmtk, free_port, missing_peer, start_server, wait_for_port
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ADMIN, VIEWER = ("ada", "a-pass"), ("vic", "v-pass")
-SHOTS = Path(os.environ.get("MINIPACS_TEST_UI_SCREENSHOTS", "")) if os.environ.get("MINIPACS_TEST_UI_SCREENSHOTS") else None
+SHOTS = (
+    Path(os.environ.get("MINIPACS_TEST_UI_SCREENSHOTS", "")) if os.environ.get("MINIPACS_TEST_UI_SCREENSHOTS") else None
+)
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
@@ -50,9 +59,18 @@ def login(page: Page, base: str, user: tuple[str, str]) -> None:
 def gradient_ct(path: Path, study: str, series: str, number: int) -> None:
     """A 64x64 CT whose pixels form a ramp (so a rendered image is not blank)."""
     ramp = (np.add.outer(np.arange(64), np.arange(64)) * 8 + number * 50).astype("<u2")
-    ds = make_ct(study, series, generate_uid(), patient_name="Browser^Test", patient_id="BR1",
-                 StudyDescription="UI BROWSER STUDY", InstanceNumber=number, PixelData=ramp.tobytes(),
-                 WindowCenter=500, WindowWidth=1000)
+    ds = make_ct(
+        study,
+        series,
+        generate_uid(),
+        patient_name="Browser^Test",
+        patient_id="BR1",
+        StudyDescription="UI BROWSER STUDY",
+        InstanceNumber=number,
+        PixelData=ramp.tobytes(),
+        WindowCenter=500,
+        WindowWidth=1000,
+    )
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     path.write_bytes(out.getvalue())
@@ -63,13 +81,21 @@ def server(tmp_path: Path) -> Iterator[tuple[ServerProcess, str]]:
     config = tmp_path / "minipacs.toml"
     lines = []
     for (name, password), role in ((ADMIN, "admin"), (VIEWER, "viewer")):
-        lines += ["[[users]]", f'name = "{name}"', f'password_hash = "{hash_password(password, n=2**4)}"',
-                  f'role = "{role}"', ""]
+        lines += [
+            "[[users]]",
+            f'name = "{name}"',
+            f'password_hash = "{hash_password(password, n=2**4)}"',
+            f'role = "{role}"',
+            "",
+        ]
     config.write_text("\n".join(lines))
     http_port = free_port()
-    srv = start_server(tmp_path, "--config", str(config),
-                       env={"MINIPACS_HTTP_PORT": str(http_port), "MINIPACS_FSYNC": "false",
-                            "MINIPACS_HTTP_HOST": "127.0.0.1"})
+    srv = start_server(
+        tmp_path,
+        "--config",
+        str(config),
+        env={"MINIPACS_HTTP_PORT": str(http_port), "MINIPACS_FSYNC": "false", "MINIPACS_HTTP_HOST": "127.0.0.1"},
+    )
     try:
         wait_for_port("127.0.0.1", http_port, proc=srv.proc)
         yield srv, f"http://127.0.0.1:{http_port}"
@@ -82,8 +108,9 @@ def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     binary = dcmtk("storescp")
     port, out = free_port(), tmp_path / "scp-out"
     out.mkdir()
-    proc = subprocess.Popen([binary, "--aetitle", "UISCP", "-od", str(out), str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [binary, "--aetitle", "UISCP", "-od", str(out), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_for_port("127.0.0.1", port, proc=proc)
         yield port, out
@@ -92,8 +119,9 @@ def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         proc.wait(10)
 
 
-def test_browser_upload_view_send_and_roles(tmp_path: Path, server: tuple[ServerProcess, str],
-                                            storescp: tuple[int, Path]) -> None:
+def test_browser_upload_view_send_and_roles(
+    tmp_path: Path, server: tuple[ServerProcess, str], storescp: tuple[int, Path]
+) -> None:
     if not CHROMIUM.exists():
         missing_peer("Chromium (/usr/bin/chromium)", "apt-get install chromium")
     srv, base = server
@@ -103,8 +131,11 @@ def test_browser_upload_view_send_and_roles(tmp_path: Path, server: tuple[Server
     for n, path in enumerate(files, 1):
         gradient_ct(path, study, series, n)
     # the node to send to, registered over REST by the admin
-    r = httpx.post(f"{base}/api/nodes", headers=basic(ADMIN),
-                   json={"ae_title": "UISCP", "host": "127.0.0.1", "port": scp_port, "description": "storescp"})
+    r = httpx.post(
+        f"{base}/api/nodes",
+        headers=basic(ADMIN),
+        json={"ae_title": "UISCP", "host": "127.0.0.1", "port": scp_port, "description": "storescp"},
+    )
     assert r.status_code == 201, r.text
 
     with sync_playwright() as p:
@@ -152,15 +183,17 @@ def test_browser_upload_view_send_and_roles(tmp_path: Path, server: tuple[Server
             # the nodes page: echo the storescp node
             page.goto(f"{base}/ui/nodes")
             page.click("button.echo")
-            page.wait_for_function("() => /^ok/.test(document.querySelector('.echo-result').textContent)",
-                                   timeout=30000)
+            page.wait_for_function(
+                "() => /^ok/.test(document.querySelector('.echo-result').textContent)", timeout=30000
+            )
 
             # send the study to storescp through the page
             page.goto(f"{base}/ui/studies/{study}")
             page.select_option("form.send select", label=f"UISCP (127.0.0.1:{scp_port})")
             page.click("form.send button")
-            page.wait_for_function("() => /done/.test(document.querySelector('form.send .job').textContent)",
-                                   timeout=30000)
+            page.wait_for_function(
+                "() => /done/.test(document.querySelector('form.send .job').textContent)", timeout=30000
+            )
             deadline = time.monotonic() + 20
             while len(list(scp_out.iterdir())) < 2 and time.monotonic() < deadline:
                 time.sleep(0.1)
@@ -187,15 +220,22 @@ HOSTILE_PID = 'x/&"<y>#%'
 
 
 def test_browser_follows_links_of_a_hostile_patient_id_and_deletes_the_patient(
-        tmp_path: Path, server: tuple[ServerProcess, str]) -> None:
+    tmp_path: Path, server: tuple[ServerProcess, str]
+) -> None:
     """A Patient ID with URL and HTML syntax, through uvicorn and Chromium: list -> patient -> study ->
     patient -> Delete (the DELETE URL the page wrote) -> back on the list, the patient gone."""
     if not CHROMIUM.exists():
         missing_peer("Chromium (/usr/bin/chromium)", "apt-get install chromium")
     srv, base = server
     path = tmp_path / "hostile.dcm"
-    ds = make_ct(generate_uid(), generate_uid(), generate_uid(), patient_name="Hostile^Id", patient_id=HOSTILE_PID,
-                 StudyDescription="HOSTILE PID STUDY")
+    ds = make_ct(
+        generate_uid(),
+        generate_uid(),
+        generate_uid(),
+        patient_name="Hostile^Id",
+        patient_id=HOSTILE_PID,
+        StudyDescription="HOSTILE PID STUDY",
+    )
     ds.save_as(path, enforce_file_format=True)
     r = httpx.post(f"{base}/api/instances", content=path.read_bytes(), headers=basic(ADMIN))
     assert r.status_code == 200, r.text

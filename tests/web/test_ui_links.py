@@ -23,7 +23,7 @@ from tests.web.test_ui import store
 
 #: one of each character that means something in a URL path, a query or HTML, then all of them at once
 #: ("?" and "*" are C-FIND wildcards, which the patient page and REST refuse in a Patient ID: 400)
-PATIENT_IDS = ["A&B", "A/B", 'A"B', "A<B>", "A#B", "A%2FB", "A B+C", "A'B", 'x/&"<y>#%=;\'/z']
+PATIENT_IDS = ["A&B", "A/B", 'A"B', "A<B>", "A#B", "A%2FB", "A B+C", "A'B", "x/&\"<y>#%=;'/z"]
 LINK = re.compile(r'\s(?:href|src|data-after)="([^"]*)"')
 DELETE = re.compile(r'\sdata-delete="([^"]*)"')
 
@@ -57,10 +57,16 @@ def test_a_patient_id_round_trips_through_every_ui_link_and_page(web: Callable[.
         patient_page = pages[patient_pages[0]]
         assert f"<dd>{shown}</dd>" in patient_page and "LINKS" in patient_page and "OTHER" not in patient_page
         study, series, sop = uids["study_uid"], uids["series_uid"], uids["sop_uid"]
-        for must in (f"/ui/studies/{study}", f"/ui/studies/{study}/series/{series}",
-                     f"/ui/studies/{study}/series/{series}/instances/{sop}",
-                     f"/ui/studies/{study}/series/{series}/instances/{sop}/tags", f"/ui/viewer/{study}/{series}",
-                     f"/api/studies/{study}/archive", f"/api/series/{series}/archive", f"/api/instances/{sop}/file"):
+        for must in (
+            f"/ui/studies/{study}",
+            f"/ui/studies/{study}/series/{series}",
+            f"/ui/studies/{study}/series/{series}/instances/{sop}",
+            f"/ui/studies/{study}/series/{series}/instances/{sop}/tags",
+            f"/ui/viewer/{study}/{series}",
+            f"/api/studies/{study}/archive",
+            f"/api/series/{series}/archive",
+            f"/api/instances/{sop}/file",
+        ):
             assert must in seen, (must, sorted(seen))
         assert f"<dd>{shown}</dd>" in pages[f"/ui/studies/{study}"]
         assert f"({shown})</p>" in pages[f"/ui/viewer/{study}/{series}"]
@@ -80,6 +86,7 @@ def test_a_patient_id_round_trips_through_every_ui_link_and_page(web: Callable[.
 
 def test_a_patient_id_ending_like_a_sub_resource_is_still_deleted(web: Callable[..., Any]) -> None:
     """DELETE has one route, so a Patient ID that looks like ``x/archive`` still names the patient."""
+
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
         await store(client, patient_id="x/archive", study_uid=generate_uid())
         r = await client.delete("/api/patients/" + quote("x/archive", safe=""))
@@ -90,6 +97,7 @@ def test_a_patient_id_ending_like_a_sub_resource_is_still_deleted(web: Callable[
 
 def test_a_uid_with_a_slash_is_no_url(web: Callable[..., Any]) -> None:
     """Only a Patient ID may hold "/": for the other levels such a URL names nothing (404, as before)."""
+
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
         r = await client.get("/api/studies/1.2/3")
         assert r.status_code == 404 and r.json()["error"]["message"] == "there is nothing at this URL"

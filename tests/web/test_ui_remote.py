@@ -71,8 +71,9 @@ def test_remote_page_for_a_viewer_has_no_retrieve_controls(tmp_path: Path) -> No
         assert r.status_code == 200 and 'id="remote-query"' in r.text and 'href="/ui/remote"' in r.text
         assert 'id="retrieve"' not in r.text and "retrieve-button" not in r.text
         assert "Your role may not query or retrieve" in r.text
-        r = await client.post(f"/api/nodes/{node.id}/retrieve", json={"level": "study", "uids": ["1.2.3"]},
-                              headers=VIEWER)
+        r = await client.post(
+            f"/api/nodes/{node.id}/retrieve", json={"level": "study", "uids": ["1.2.3"]}, headers=VIEWER
+        )
         assert r.status_code == 403 and "viewer role, which may not do this" in r.json()["error"]["message"]
         assert (await client.get("/ui/remote")).status_code == 401
 
@@ -81,8 +82,9 @@ def test_remote_page_for_a_viewer_has_no_retrieve_controls(tmp_path: Path) -> No
 
 def test_nodes_page_edit_controls_and_warnings(tmp_path: Path) -> None:
     async def body(client: httpx.AsyncClient, nodes: NodeRegistry) -> None:
-        first = await nodes.add(Node("PACS_A", "127.0.0.1", 104, description=HOSTILE,
-                                     permissions=frozenset({"echo", "find"})))
+        first = await nodes.add(
+            Node("PACS_A", "127.0.0.1", 104, description=HOSTILE, permissions=frozenset({"echo", "find"}))
+        )
         await nodes.add(Node("PACS_A", "127.0.0.2", 104))
         r = await client.get("/ui/nodes", headers=ADMIN)
         assert r.status_code == 200

@@ -21,7 +21,14 @@ from pydicom.uid import generate_uid
 from tests.dicomgen import write_ct
 from tests.peers import ServerProcess, dcmtk, free_port, missing_peer, run, wait_for_port
 from tests.web.test_ui_browser import (  # noqa: F401
-    ADMIN, CHROMIUM, CHROMIUM_ARGS, SHOTS, VIEWER, basic, login, server,
+    ADMIN,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    SHOTS,
+    VIEWER,
+    basic,
+    login,
+    server,
 )
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -37,11 +44,16 @@ def start_dcmqrscp(folder: Path, files: list[Path], ae_title: str, hosts: str) -
     assert res.returncode == 0, res.stdout + res.stderr
     port = free_port()
     config = folder / "dcmqrscp.cfg"
-    config.write_text(f"NetworkTCPPort = {port}\nMaxPDUSize = 16384\nMaxAssociations = 16\n"
-                      f"HostTable BEGIN\n{hosts}HostTable END\nVendorTable BEGIN\nVendorTable END\n"
-                      f"AETable BEGIN\n{ae_title} {db} RW (200, 1024mb) ANY\nAETable END\n")
-    proc = subprocess.Popen([dcmtk("dcmqrscp"), "-c", str(config), "--disable-host-lookup"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config.write_text(
+        f"NetworkTCPPort = {port}\nMaxPDUSize = 16384\nMaxAssociations = 16\n"
+        f"HostTable BEGIN\n{hosts}HostTable END\nVendorTable BEGIN\nVendorTable END\n"
+        f"AETable BEGIN\n{ae_title} {db} RW (200, 1024mb) ANY\nAETable END\n"
+    )
+    proc = subprocess.Popen(
+        [dcmtk("dcmqrscp"), "-c", str(config), "--disable-host-lookup"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_for_port("127.0.0.1", port, proc=proc)
     return proc, port
 
@@ -51,21 +63,34 @@ def peers(tmp_path: Path, server: tuple[ServerProcess, str]) -> Iterator[dict[st
     """The study's files, and GOODQR / BADQR registered with our server (ids in the dict)."""
     srv, base = server
     study, series = str(generate_uid()), [str(generate_uid()), str(generate_uid())]
-    files = [write_ct(tmp_path / "src" / f"{n}.dcm", study_uid=study, series_uid=series[n % 2],
-                      patient_name="Remote^Rita", patient_id="RR1", InstanceNumber=n + 1,
-                      StudyDescription=STUDY_DESCRIPTION, SeriesNumber=n % 2 + 1)
-             for n in range(4)]
+    files = [
+        write_ct(
+            tmp_path / "src" / f"{n}.dcm",
+            study_uid=study,
+            series_uid=series[n % 2],
+            patient_name="Remote^Rita",
+            patient_id="RR1",
+            InstanceNumber=n + 1,
+            StudyDescription=STUDY_DESCRIPTION,
+            SeriesNumber=n % 2 + 1,
+        )
+        for n in range(4)
+    ]
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        good, good_port = start_dcmqrscp(tmp_path / "good", files, "GOODQR",
-                                         f"us = ({srv.ae_title}, 127.0.0.1, {srv.port})\n")
+        good, good_port = start_dcmqrscp(
+            tmp_path / "good", files, "GOODQR", f"us = ({srv.ae_title}, 127.0.0.1, {srv.port})\n"
+        )
         procs.append(good)
         bad, bad_port = start_dcmqrscp(tmp_path / "bad", files, "BADQR", "")
         procs.append(bad)
         ids = {}
         for title, port in (("GOODQR", good_port), ("BADQR", bad_port)):
-            r = httpx.post(f"{base}/api/nodes", headers=basic(ADMIN),
-                           json={"ae_title": title, "host": "127.0.0.1", "port": port, "description": "dcmqrscp"})
+            r = httpx.post(
+                f"{base}/api/nodes",
+                headers=basic(ADMIN),
+                json={"ae_title": title, "host": "127.0.0.1", "port": port, "description": "dcmqrscp"},
+            )
             assert r.status_code == 201, r.text
             ids[title] = r.json()["id"]
         yield {"study": study, "series": series, "GOODQR": ids["GOODQR"], "BADQR": ids["BADQR"]}
@@ -92,15 +117,21 @@ def search(page: Page, node_id: object, level: str = "study", **fields: str) -> 
     for name, value in fields.items():
         page.fill(f"#remote-query input[name={name}]", value)
     page.click("#remote-query button[type=submit]")
-    page.wait_for_function("() => / on /.test(document.getElementById('remote-status').textContent) || "
-                           "!document.getElementById('message').hidden", timeout=30000)
+    page.wait_for_function(
+        "() => / on /.test(document.getElementById('remote-status').textContent) || "
+        "!document.getElementById('message').hidden",
+        timeout=30000,
+    )
 
 
 def retrieve(page: Page, method: str) -> str:
     page.select_option("#retrieve select[name=method]", method)
     page.click("#retrieve-button")
-    page.wait_for_function("() => /^(Retrieved|Retrieve failed|Not retrieved)/.test("
-                           "document.getElementById('retrieve-summary').textContent)", timeout=60000)
+    page.wait_for_function(
+        "() => /^(Retrieved|Retrieve failed|Not retrieved)/.test("
+        "document.getElementById('retrieve-summary').textContent)",
+        timeout=60000,
+    )
     return page.locator("#retrieve-summary").inner_text()
 
 
@@ -142,8 +173,9 @@ def test_browser_query_retrieve_edit_and_roles(server: tuple[ServerProcess, str]
                     route.continue_()
                     return
                 answered.append(route.request.url)
-                route.fulfill(json={"id": "x", "state": "running", "total": 4, "done": 1, "failed": 1,
-                                    "message": "running"})
+                route.fulfill(
+                    json={"id": "x", "state": "running", "total": 4, "done": 1, "failed": 1, "message": "running"}
+                )
 
             page.route("**/api/jobs/*", first_poll_mid_way)
             summary = retrieve(page, "move")
@@ -193,8 +225,9 @@ def test_browser_query_retrieve_edit_and_roles(server: tuple[ServerProcess, str]
             page.unroute("**/api/nodes/*/retrieve")
 
             # edit BADQR's port on the Nodes page; REST sees it, duplicate-title warnings stay
-            r = httpx.post(f"{base}/api/nodes", headers=basic(ADMIN),
-                           json={"ae_title": "GOODQR", "host": "127.0.0.2", "port": 104})
+            r = httpx.post(
+                f"{base}/api/nodes", headers=basic(ADMIN), json={"ae_title": "GOODQR", "host": "127.0.0.2", "port": 104}
+            )
             assert r.status_code == 201, r.text
             page.goto(f"{base}/ui/nodes")
             assert "is used by 2 nodes" in page.locator("ul.warnings").inner_text()
@@ -232,8 +265,9 @@ def test_browser_query_retrieve_edit_and_roles(server: tuple[ServerProcess, str]
             search(page, peers["GOODQR"], pid="RR1")
             text = page.locator("#message").inner_text()
             assert text.startswith("Search failed: vic has the viewer role, which may not do this"), text
-            r = page.request.post(f"{base}/api/nodes/{peers['GOODQR']}/retrieve",
-                                  data={"level": "study", "uids": [study]})
+            r = page.request.post(
+                f"{base}/api/nodes/{peers['GOODQR']}/retrieve", data={"level": "study", "uids": [study]}
+            )
             assert r.status == 403
             page.goto(f"{base}/ui/nodes")
             assert page.locator("button.edit-node").count() == 0 and page.locator("#edit-node").count() == 0

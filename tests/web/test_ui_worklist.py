@@ -16,8 +16,10 @@ from minipacs.core.worklist import Worklist
 from tests.worklist_data import entry
 
 FAST = {"n": 2**4}
-USERS = (User("ada", hash_password("a-pass", **FAST), Role.ADMIN),
-         User("vic", hash_password("v-pass", **FAST), Role.VIEWER))
+USERS = (
+    User("ada", hash_password("a-pass", **FAST), Role.ADMIN),
+    User("vic", hash_password("v-pass", **FAST), Role.VIEWER),
+)
 HOSTILE = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
 APP_JS = Path(__file__).parents[2] / "src" / "minipacs" / "web" / "static" / "app.js"
 
@@ -26,29 +28,45 @@ def basic(name: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()}
 
 
-def form_body(patient_id: str, name: str, accession: str, modality: str, day: str, time: str, station: str,
-              procedure: str) -> dict[str, Any]:
+def form_body(
+    patient_id: str, name: str, accession: str, modality: str, day: str, time: str, station: str, procedure: str
+) -> dict[str, Any]:
     """What app.js's worklistDataset() posts for the add form (kept in step with it)."""
-    sps = {"00400001": {"vr": "AE", "Value": [station]},
-           "00400002": {"vr": "DA", "Value": [day.replace("-", "")]},
-           "00400003": {"vr": "TM", "Value": [time.replace(":", "")]},
-           "00080060": {"vr": "CS", "Value": [modality]},
-           "00400007": {"vr": "LO", "Value": [procedure]}}
-    return {"00080005": {"vr": "CS", "Value": ["ISO_IR 192"]},
-            "00100020": {"vr": "LO", "Value": [patient_id]},
-            "00100010": {"vr": "PN", "Value": [{"Alphabetic": name}]},
-            "00080050": {"vr": "SH", "Value": [accession]},
-            "00321060": {"vr": "LO", "Value": [procedure]},
-            "00400100": {"vr": "SQ", "Value": [sps]}}
+    sps = {
+        "00400001": {"vr": "AE", "Value": [station]},
+        "00400002": {"vr": "DA", "Value": [day.replace("-", "")]},
+        "00400003": {"vr": "TM", "Value": [time.replace(":", "")]},
+        "00080060": {"vr": "CS", "Value": [modality]},
+        "00400007": {"vr": "LO", "Value": [procedure]},
+    }
+    return {
+        "00080005": {"vr": "CS", "Value": ["ISO_IR 192"]},
+        "00100020": {"vr": "LO", "Value": [patient_id]},
+        "00100010": {"vr": "PN", "Value": [{"Alphabetic": name}]},
+        "00080050": {"vr": "SH", "Value": [accession]},
+        "00321060": {"vr": "LO", "Value": [procedure]},
+        "00400100": {"vr": "SQ", "Value": [sps]},
+    }
 
 
 def test_script_builds_the_tested_body() -> None:
     script = APP_JS.read_text()
-    for tag in ("00400001", "00400002", "00400003", "00080060", "00400007", "00080005", "00100020", "00100010",
-                "00080050", "00321060", "00400100"):
+    for tag in (
+        "00400001",
+        "00400002",
+        "00400003",
+        "00080060",
+        "00400007",
+        "00080005",
+        "00100020",
+        "00100010",
+        "00080050",
+        "00321060",
+        "00400100",
+    ):
         assert f'"{tag}"' in script
     assert 'api("POST", "/api/worklist"' in script and '"/api/worklist/" + encodeURIComponent' in script
-    assert "window.confirm(\"Delete worklist entry" in script
+    assert 'window.confirm("Delete worklist entry' in script
 
 
 def test_page_lists_entries_and_links_from_nav(web: Callable[..., Any]) -> None:
@@ -70,8 +88,9 @@ def test_page_lists_entries_and_links_from_nav(web: Callable[..., Any]) -> None:
 
 def test_add_through_rest_then_delete(web: Callable[..., Any]) -> None:
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
-        r = await client.post("/api/worklist", json=form_body("P-7", "Roe^Jane", "A77", "MR", "2024-03-04",
-                                                              "14:15", "MR01", "MR head"))
+        r = await client.post(
+            "/api/worklist", json=form_body("P-7", "Roe^Jane", "A77", "MR", "2024-03-04", "14:15", "MR01", "MR head")
+        )
         assert r.status_code == 201, r.text
         pk = r.json()["id"]
         assert r.json()["summary"]["start"] == "20240304 1415" and r.json()["summary"]["station"] == "MR01"
@@ -87,8 +106,9 @@ def test_add_through_rest_then_delete(web: Callable[..., Any]) -> None:
 
 def test_archive_text_is_escaped(web: Callable[..., Any]) -> None:
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
-        r = await client.post("/api/worklist", json=form_body("P-8", HOSTILE, "A8", "CT", "2024-03-04", "14:15",
-                                                              "CT01", HOSTILE))
+        r = await client.post(
+            "/api/worklist", json=form_body("P-8", HOSTILE, "A8", "CT", "2024-03-04", "14:15", "CT01", HOSTILE)
+        )
         assert r.status_code == 201, r.text
         page = (await client.get("/ui/worklist")).text
         assert "<script>alert" not in page and "<img src=x" not in page
@@ -101,14 +121,20 @@ def test_viewer_sees_no_add_or_delete_and_is_refused(web: Callable[..., Any]) ->
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
         admin, viewer = basic("ada", "a-pass"), basic("vic", "v-pass")
         assert (await client.get("/ui/worklist")).status_code == 401
-        created = await client.post("/api/worklist", headers=admin,
-                                    json=form_body("P-9", "Doe^Jo", "A9", "US", "2024-03-04", "09:00", "US1", "US"))
+        created = await client.post(
+            "/api/worklist",
+            headers=admin,
+            json=form_body("P-9", "Doe^Jo", "A9", "US", "2024-03-04", "09:00", "US1", "US"),
+        )
         assert created.status_code == 201
         page = await client.get("/ui/worklist", headers=viewer)
         assert page.status_code == 200 and "A9" in page.text and 'href="/ui/worklist"' in page.text
         assert "add-worklist" not in page.text and "remove-worklist" not in page.text
-        r = await client.post("/api/worklist", headers=viewer,
-                              json=form_body("P-10", "X^Y", "A10", "US", "2024-03-04", "09:00", "US1", "US"))
+        r = await client.post(
+            "/api/worklist",
+            headers=viewer,
+            json=form_body("P-10", "X^Y", "A10", "US", "2024-03-04", "09:00", "US1", "US"),
+        )
         assert r.status_code == 403
         r = await client.delete(f"/api/worklist/{created.json()['id']}", headers=viewer)
         assert r.status_code == 403

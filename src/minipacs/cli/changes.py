@@ -21,8 +21,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("changes", help="show the changes journal (new resources, deletions, MPPS, completion)")
     settings_args(p)
     p.add_argument("--since", type=int, default=0, help="only changes after this seq [0]")
-    p.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help=f"most changes shown, 1-{MAX_LIMIT} "
-                   f"[{DEFAULT_LIMIT}]")
+    p.add_argument(
+        "--limit", type=int, default=DEFAULT_LIMIT, help=f"most changes shown, 1-{MAX_LIMIT} [{DEFAULT_LIMIT}]"
+    )
     p.add_argument("--json", action="store_true", help="JSON output, as GET /api/changes")
 
 

@@ -59,9 +59,14 @@ async def echo(args: argparse.Namespace) -> int:
             print_json({"command": "echo", "peer": target, "error": str(exc), "exit_code": EXIT_NETWORK})
         return EXIT_NETWORK
     if args.json:
-        print_json({"command": "echo", "peer": target, "exit_code": code,
-                    "responses": [{**status_json(r.status, r.error_comment), "ms": round(r.ms, 3)}
-                                  for r in responses]})
+        print_json(
+            {
+                "command": "echo",
+                "peer": target,
+                "exit_code": code,
+                "responses": [{**status_json(r.status, r.error_comment), "ms": round(r.ms, 3)} for r in responses],
+            }
+        )
     return code
 
 
@@ -102,8 +107,10 @@ async def store(args: argparse.Namespace) -> int:
     try:
         result = await outbound(args).send(peer(args), files, progress=tick)
     except TooManyContexts as exc:
-        error = (f"the files need {exc.needed} presentation contexts; one association allows {MAX_CONTEXTS}. "
-                 "Send the folders separately.")
+        error = (
+            f"the files need {exc.needed} presentation contexts; one association allows {MAX_CONTEXTS}. "
+            "Send the folders separately."
+        )
         code = EXIT_PARTIAL
     except NoAssociation as exc:
         error, code = str(exc), EXIT_NETWORK
@@ -131,21 +138,38 @@ async def store(args: argparse.Namespace) -> int:
     return code
 
 
-def _store_json(target: str, summary: StoreSummary, total: int, failed: list[SendOutcome],
-                warned: list[SendOutcome], result: SendResult | None, seconds: float, code: int,
-                error: str) -> dict[str, Any]:
+def _store_json(
+    target: str,
+    summary: StoreSummary,
+    total: int,
+    failed: list[SendOutcome],
+    warned: list[SendOutcome],
+    result: SendResult | None,
+    seconds: float,
+    code: int,
+    error: str,
+) -> dict[str, Any]:
     def one(outcome: SendOutcome) -> dict[str, Any]:
         status = status_json(outcome.status) if outcome.status is not None else {"status": None}
-        return {"path": str(outcome.instance.path), "sop_instance_uid": outcome.instance.sop_instance_uid,
-                **status, "reason": outcome.reason}
+        return {
+            "path": str(outcome.instance.path),
+            "sop_instance_uid": outcome.instance.sop_instance_uid,
+            **status,
+            "reason": outcome.reason,
+        }
 
     document: dict[str, Any] = {
-        "command": "store", "peer": target, "files": total, "sent": summary.sent,
-        "warnings": [one(o) for o in warned], "failed": [one(o) for o in failed],
+        "command": "store",
+        "peer": target,
+        "files": total,
+        "sent": summary.sent,
+        "warnings": [one(o) for o in warned],
+        "failed": [one(o) for o in failed],
         "skipped": [{"path": str(path), "reason": why} for path, why in summary.skipped],
         "associations": result.associations if result is not None else 0,
         "associations_broken": result.broken if result is not None else [],
-        "seconds": round(seconds, 3), "exit_code": code,
+        "seconds": round(seconds, 3),
+        "exit_code": code,
     }
     if error:
         document["error"] = error
@@ -155,8 +179,10 @@ def _store_json(target: str, summary: StoreSummary, total: int, failed: list[Sen
 def _print_store_summary(summary: StoreSummary, total: int, seconds: float, result: SendResult) -> None:
     rate = summary.sent / seconds if seconds > 0 else 0.0
     again = f"; {result.associations} associations ({len(result.broken)} broke off)" if result.broken else ""
-    print(f"sent {summary.sent} of {total} file(s) in {seconds:.2f} s ({rate:.0f}/s); "
-          f"{summary.warnings} warning(s), {len(summary.failed)} failed, {len(summary.skipped)} skipped{again}")
+    print(
+        f"sent {summary.sent} of {total} file(s) in {seconds:.2f} s ({rate:.0f}/s); "
+        f"{summary.warnings} warning(s), {len(summary.failed)} failed, {len(summary.skipped)} skipped{again}"
+    )
 
 
 def _progress(total: int, desc: str, enabled: bool):  # type: ignore[no-untyped-def]
@@ -190,9 +216,16 @@ async def import_(settings: Settings, paths: list[Path], progress: bool, as_json
         await archive.close()
     code = EXIT_OK if total["rejected"] == 0 else EXIT_PARTIAL
     if as_json:
-        print_json({"command": "import", "data_dir": str(settings.data_dir), "stored": total["stored"],
-                    "duplicates": total["duplicate"], "rejected": [{"path": str(p), "reason": why}
-                                                                  for p, why in rejections], "exit_code": code})
+        print_json(
+            {
+                "command": "import",
+                "data_dir": str(settings.data_dir),
+                "stored": total["stored"],
+                "duplicates": total["duplicate"],
+                "rejected": [{"path": str(p), "reason": why} for p, why in rejections],
+                "exit_code": code,
+            }
+        )
     else:
         print(f"imported: {total['stored']} stored, {total['duplicate']} duplicate(s), {total['rejected']} rejected")
     return code
@@ -231,8 +264,10 @@ async def show_log(settings: Settings, limit: int, as_json: bool) -> int:
         accepted_ctx = sum(1 for c in r.contexts if c.get("result") == "accepted")
         secure = f" over {r.tls}" + (f" ({r.tls_peer})" if r.tls_peer else "") if r.tls and r.tls != "failed" else ""
         user = f" user {r.user_identity}" if r.user_identity else ""
-        print(f"{r.started_at:%Y-%m-%d %H:%M:%S} {r.calling_aet or '?'} -> {r.called_aet or '?'} "
-              f"from {r.peer_host}:{r.peer_port}{secure}{user} {state}; {accepted_ctx}/{len(r.contexts)} contexts; "
-              f"{what}; {r.bytes_received} B in, {r.bytes_sent} B out; {dur}; "
-              f"{r.end_reason or ''}".rstrip("; "))
+        print(
+            f"{r.started_at:%Y-%m-%d %H:%M:%S} {r.calling_aet or '?'} -> {r.called_aet or '?'} "
+            f"from {r.peer_host}:{r.peer_port}{secure}{user} {state}; {accepted_ctx}/{len(r.contexts)} contexts; "
+            f"{what}; {r.bytes_received} B in, {r.bytes_sent} B out; {dur}; "
+            f"{r.end_reason or ''}".rstrip("; ")
+        )
     return EXIT_OK

@@ -21,24 +21,37 @@ GLOBAL_FLAGS: Final = frozenset({"-v", "--verbose", "-d", "--debug"})
 #: Options whose next argument is a value, never a DCMTK option (e.g. ``-k +x``).
 _TAKES_VALUE: Final = frozenset({"-k", "--key", "--password", "-pwd", "--user", "-usr", "-aet", "-aec", "-aem"})
 
-_TRANSFER_SYNTAX: Final = ("minipacs chooses transfer syntaxes itself (store: each file's own, plus Explicit and "
-                           "Implicit VR Little Endian to transcode to; find/move/get: Explicit, then Implicit VR "
-                           "Little Endian); there is no option for it")
+_TRANSFER_SYNTAX: Final = (
+    "minipacs chooses transfer syntaxes itself (store: each file's own, plus Explicit and "
+    "Implicit VR Little Endian to transcode to; find/move/get: Explicit, then Implicit VR "
+    "Little Endian); there is no option for it"
+)
 
 _ANY: Final = "*"
 
 #: (command or "*", DCMTK option) -> the minipacs arguments meaning the same (empty: minipacs always does it).
 SAME: Final[Mapping[tuple[str, str], tuple[str, ...]]] = {
-    ("store", "+sd"): (), ("store", "--scan-directories"): (),  # folders are always scanned
-    ("store", "+r"): (), ("store", "--recurse"): (),  # ... recursively
-    ("store", "-nh"): (), ("store", "--no-halt"): (),  # a failed file never stops the others
-    ("store", "+f"): (), ("store", "--read-file"): (),
-    ("get", "-od"): ("--out",), ("get", "--output-directory"): ("--out",),
-    ("move", "-od"): ("--store-to",), ("move", "--output-directory"): ("--store-to",),
-    ("move", "+P"): ("--port",), ("move", "--move"): ("-aem",),
-    (_ANY, "--call"): ("-aec",), (_ANY, "--aetitle"): ("-aet",),
-    (_ANY, "-usr"): ("--user",), (_ANY, "-pwd"): ("--password",), (_ANY, "-rsp"): ("--pos-response",),
-    (_ANY, "-epw"): ("--password", ""), (_ANY, "--empty-password"): ("--password", ""),
+    ("store", "+sd"): (),
+    ("store", "--scan-directories"): (),  # folders are always scanned
+    ("store", "+r"): (),
+    ("store", "--recurse"): (),  # ... recursively
+    ("store", "-nh"): (),
+    ("store", "--no-halt"): (),  # a failed file never stops the others
+    ("store", "+f"): (),
+    ("store", "--read-file"): (),
+    ("get", "-od"): ("--out",),
+    ("get", "--output-directory"): ("--out",),
+    ("move", "-od"): ("--store-to",),
+    ("move", "--output-directory"): ("--store-to",),
+    ("move", "+P"): ("--port",),
+    ("move", "--move"): ("-aem",),
+    (_ANY, "--call"): ("-aec",),
+    (_ANY, "--aetitle"): ("-aet",),
+    (_ANY, "-usr"): ("--user",),
+    (_ANY, "-pwd"): ("--password",),
+    (_ANY, "-rsp"): ("--pos-response",),
+    (_ANY, "-epw"): ("--password", ""),
+    (_ANY, "--empty-password"): ("--password", ""),
 }
 
 #: (command or "*", DCMTK option) -> what to do in minipacs instead.
@@ -49,7 +62,7 @@ ANSWERS: Final[Mapping[tuple[str, str], str]] = {
     ("find", "--extract"): "minipacs find prints the matches; --json gives them as PS3.18 JSON",
     ("find", "-od"): "minipacs find writes no files; --json prints the matches as PS3.18 JSON",
     ("store", "+sp"): "minipacs store has no scan pattern: it sends every DICOM file under the folders "
-                      "(the others are listed as skipped); name the files to send only some",
+    "(the others are listed as skipped); name the files to send only some",
     ("store", "--scan-pattern"): "minipacs store has no scan pattern: name the files to send only some",
     ("store", "-r"): "minipacs store always recurses into folders",
     (_ANY, "+tls"): "DICOM TLS is --tls --tls-ca PEM [--tls-cert PEM --tls-key PEM]",
@@ -58,7 +71,9 @@ ANSWERS: Final[Mapping[tuple[str, str], str]] = {
     (_ANY, "--quiet"): "minipacs prints only warnings and errors unless given -v (info) or -d (debug)",
     (_ANY, "-ll"): "the log level is -v (info) or -d (debug)",
     (_ANY, "--log-level"): "the log level is -v (info) or -d (debug)",
-    (_ANY, "-R"): _TRANSFER_SYNTAX, (_ANY, "--required"): _TRANSFER_SYNTAX, (_ANY, "+C"): _TRANSFER_SYNTAX,
+    (_ANY, "-R"): _TRANSFER_SYNTAX,
+    (_ANY, "--required"): _TRANSFER_SYNTAX,
+    (_ANY, "+C"): _TRANSFER_SYNTAX,
     **{(_ANY, f"-x{c}"): _TRANSFER_SYNTAX for c in "=ebisyxvwtumhnl23o45rd"},
     **{(_ANY, f"+x{c}"): _TRANSFER_SYNTAX for c in "=ebisyxvwtumhnl23o45rda"},
 }
@@ -84,9 +99,9 @@ def translate(argv: Sequence[str]) -> list[str]:
     if at is None or argv[at] not in SCU_COMMANDS:
         return list(argv)
     command = argv[at]
-    if command == "worklist" and argv[at + 1: at + 2] != ["query"]:  # only `worklist query` is a DCMTK-like SCU
+    if command == "worklist" and argv[at + 1 : at + 2] != ["query"]:  # only `worklist query` is a DCMTK-like SCU
         return list(argv)
-    front, rest = list(argv[: at]), list(argv[at + 1:])
+    front, rest = list(argv[:at]), list(argv[at + 1 :])
     out: list[str] = []
     previous = ""
     for word in rest:
@@ -100,8 +115,10 @@ def translate(argv: Sequence[str]) -> list[str]:
             answer = ANSWERS.get((command, word)) or ANSWERS[(_ANY, word)]
             raise DcmtkSpelling(f"{word} is a DCMTK option; {answer}")
         elif _OPTION_LIKE.match(word):
-            raise DcmtkSpelling(f"{word} is a DCMTK option minipacs {command} does not take; "
-                                f"see `minipacs {command} --help` for what it does take")
+            raise DcmtkSpelling(
+                f"{word} is a DCMTK option minipacs {command} does not take; "
+                f"see `minipacs {command} --help` for what it does take"
+            )
         else:
             out.append(word)
         previous = word

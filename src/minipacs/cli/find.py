@@ -22,8 +22,8 @@ from minipacs.cli.exit_codes import EXIT_NETWORK, EXIT_OK, EXIT_PARTIAL, EXIT_US
 from minipacs.cli.keys import parse_keys
 from minipacs.cli.main import network_args, outbound, peer
 from minipacs.config import Settings
-from minipacs.services.outbound import FindRequest, InvalidKeys, OutboundError
 from minipacs.dicom.levels import LEVEL_NAMES
+from minipacs.services.outbound import FindRequest, InvalidKeys, OutboundError
 from minipacs.services.status import FIND, describe
 
 NEEDS_SETTINGS = False
@@ -34,17 +34,42 @@ def register(sub: Any) -> None:
     p = sub.add_parser("find", help="query a DICOM node with C-FIND (like DCMTK findscu)")
     network_args(p, "FINDSCU")
     model = p.add_mutually_exclusive_group()
-    model.add_argument("-P", "--patient", dest="model", action="store_const", const="patient",
-                       help="Patient Root information model")
-    model.add_argument("-S", "--study", dest="model", action="store_const", const="study",
-                       help="Study Root information model [default]")
-    model.add_argument("-O", "--psonly", dest="model", action="store_const", const="patient-study",
-                       help="Patient/Study Only information model (retired)")
-    p.add_argument("-L", "--level", type=str.upper, choices=LEVEL_NAMES,
-                   help="QueryRetrieveLevel [PATIENT for -P/-O, STUDY for -S]")
-    p.add_argument("-k", "--key", dest="keys", action="append", default=[], metavar="KEY[=VALUE]",
-                   help="key as keyword or (gggg,eeee), e.g. PatientName=Doe* or (0010,0020)=; "
-                        "sequence items as Name[0].Keyword=value (repeatable)")
+    model.add_argument(
+        "-P", "--patient", dest="model", action="store_const", const="patient", help="Patient Root information model"
+    )
+    model.add_argument(
+        "-S",
+        "--study",
+        dest="model",
+        action="store_const",
+        const="study",
+        help="Study Root information model [default]",
+    )
+    model.add_argument(
+        "-O",
+        "--psonly",
+        dest="model",
+        action="store_const",
+        const="patient-study",
+        help="Patient/Study Only information model (retired)",
+    )
+    p.add_argument(
+        "-L",
+        "--level",
+        type=str.upper,
+        choices=LEVEL_NAMES,
+        help="QueryRetrieveLevel [PATIENT for -P/-O, STUDY for -S]",
+    )
+    p.add_argument(
+        "-k",
+        "--key",
+        dest="keys",
+        action="append",
+        default=[],
+        metavar="KEY[=VALUE]",
+        help="key as keyword or (gggg,eeee), e.g. PatientName=Doe* or (0010,0020)=; "
+        "sequence items as Name[0].Keyword=value (repeatable)",
+    )
     p.add_argument("--cancel", type=int, metavar="N", help="send C-CANCEL after N matches")
     p.add_argument("--json", action="store_true", help="print the matches as PS3.18 JSON")
 

@@ -1,6 +1,6 @@
 """`minipacs get`: C-GET, the images coming back on the same association (like DCMTK getscu).
 
-  minipacs get HOST PORT -aec PACS -k StudyInstanceUID=1.2.3 --out ./in
+minipacs get HOST PORT -aec PACS -k StudyInstanceUID=1.2.3 --out ./in
 """
 
 from __future__ import annotations
@@ -34,8 +34,13 @@ def register(sub: Any) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", type=Path, metavar="DIR", help="write the received files into DIR")
     where.add_argument("--into-archive", action="store_true", help="store the received files in the archive")
-    p.add_argument("--sop-class", action="append", default=[], metavar="UID",
-                   help="also offer this Storage SOP class (the first 127 standard ones are offered)")
+    p.add_argument(
+        "--sop-class",
+        action="append",
+        default=[],
+        metavar="UID",
+        help="also offer this Storage SOP class (the first 127 standard ones are offered)",
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings | None) -> int:
@@ -51,8 +56,9 @@ async def _get(args: argparse.Namespace, settings: Settings | None, request: Ret
     async with receiver_service(args, settings, args.out) as (service, where):
         printer = ProgressPrinter(not args.no_progress, "get")
         try:
-            result = await outbound(args).retrieve(peer(args), request, method="get", receiver=service,
-                                                   offer=args.sop_class, progress=printer)
+            result = await outbound(args).retrieve(
+                peer(args), request, method="get", receiver=service, offer=args.sop_class, progress=printer
+            )
         except OutboundError as exc:
             printer.close()
             return failure("get", str(exc), args.json, EXIT_NETWORK)

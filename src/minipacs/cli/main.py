@@ -49,11 +49,17 @@ def network_args(p: argparse.ArgumentParser, default_aet: str) -> None:
     p.add_argument("--tls-cert", metavar="PEM", default="", help="our certificate, for peers that require one")
     p.add_argument("--tls-key", metavar="PEM", default="", help="the private key of --tls-cert")
     ident = p.add_argument_group("DICOM user identity (PS3.7 D.3.3.7), as DCMTK storescu --user/--password")
-    ident.add_argument("--user", metavar="NAME", help="username sent when associating: alone type 1, "
-                                                      "with a password type 2 (username and passcode)")
+    ident.add_argument(
+        "--user",
+        metavar="NAME",
+        help="username sent when associating: alone type 1, with a password type 2 (username and passcode)",
+    )
     secret = ident.add_mutually_exclusive_group()
-    secret.add_argument("--password", metavar="PW", help="the password (other users of this machine can read "
-                                                         "it in the process list: prefer the two below)")
+    secret.add_argument(
+        "--password",
+        metavar="PW",
+        help="the password (other users of this machine can read it in the process list: prefer the two below)",
+    )
     secret.add_argument("--password-env", metavar="VAR", help="read the password from environment variable VAR")
     secret.add_argument("--password-prompt", action="store_true", help="ask for the password (not echoed)")
     ident.add_argument("--pos-response", action="store_true", help="ask the peer to confirm the identity")
@@ -72,9 +78,15 @@ def association_settings(args: argparse.Namespace) -> AssociationSettings:
 def user_identity(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> UserIdentity | None:
     """The identity the ``--user``/``--password*`` flags of ``network_args`` give (None: none);
     raises ValueError saying what is wrong. ``--password-prompt`` asks here, before anything connects."""
-    sources = [flag for flag, given in (("--password", args.password is not None),
-                                        ("--password-env", args.password_env is not None),
-                                        ("--password-prompt", args.password_prompt)) if given]
+    sources = [
+        flag
+        for flag, given in (
+            ("--password", args.password is not None),
+            ("--password-env", args.password_env is not None),
+            ("--password-prompt", args.password_prompt),
+        )
+        if given
+    ]
     if not args.user:
         if sources or args.pos_response:
             raise ValueError(f"{(sources or ['--pos-response'])[0]} needs --user NAME (the DICOM user identity)")
@@ -91,9 +103,14 @@ def user_identity(args: argparse.Namespace, environ: Mapping[str, str] = os.envi
 
 def outbound(args: argparse.Namespace) -> Outbound:
     """The one outbound path (services/outbound.py), as the flags of ``network_args`` say."""
-    return Outbound(OutboundSettings(association_settings(args), connect_timeout=args.connect_timeout,
-                                     local_host=getattr(args, "bind", None),
-                                     user_identity=getattr(args, "user_identity", None)))
+    return Outbound(
+        OutboundSettings(
+            association_settings(args),
+            connect_timeout=args.connect_timeout,
+            local_host=getattr(args, "bind", None),
+            user_identity=getattr(args, "user_identity", None),
+        )
+    )
 
 
 def peer(args: argparse.Namespace) -> Address:
@@ -196,8 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args, settings)
     if hasattr(args, "tls_ca") and args.tls:  # DICOM TLS flags of network_args: read the files once, here
         if not args.tls_ca:
-            print("minipacs: --tls needs --tls-ca FILE: the CA certificate(s) the peer's certificate must chain to",
-                  file=sys.stderr)
+            print(
+                "minipacs: --tls needs --tls-ca FILE: the CA certificate(s) the peer's certificate must chain to",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
         try:
             args.tls_context = client_context(args.tls_ca, args.tls_cert, args.tls_key)

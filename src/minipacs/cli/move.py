@@ -1,7 +1,7 @@
 """`minipacs move`: C-MOVE to a third AE, or to ourselves with a built-in storage SCP.
 
-  minipacs move HOST PORT -aec PACS -aem VIEWER -k StudyInstanceUID=1.2.3
-  minipacs move HOST PORT -aec PACS -aet ME --port 11113 --store-to ./in -k StudyInstanceUID=1.2.3
+minipacs move HOST PORT -aec PACS -aem VIEWER -k StudyInstanceUID=1.2.3
+minipacs move HOST PORT -aec PACS -aet ME --port 11113 --store-to ./in -k StudyInstanceUID=1.2.3
 """
 
 from __future__ import annotations
@@ -43,12 +43,13 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace, settings: Settings | None) -> int:
     receiving = args.store_to is not None or args.into_archive
     if receiving and not args.listen_port:
-        print("minipacs move: receiving needs --port (the port the destination is registered with)",
-              file=sys.stderr)
+        print("minipacs move: receiving needs --port (the port the destination is registered with)", file=sys.stderr)
         return EXIT_USAGE
     if not receiving and not args.move_destination:
-        print("minipacs move: give -aem DESTINATION, or --store-to DIR / --into-archive to receive the "
-              "images ourselves", file=sys.stderr)
+        print(
+            "minipacs move: give -aem DESTINATION, or --store-to DIR / --into-archive to receive the images ourselves",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     try:
         request = identifier(args)
@@ -58,21 +59,24 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
     return asyncio.run(_move(args, settings, request, receiving))
 
 
-async def _move(args: argparse.Namespace, settings: Settings | None, request: RetrieveRequest,
-                receiving: bool) -> int:
+async def _move(args: argparse.Namespace, settings: Settings | None, request: RetrieveRequest, receiving: bool) -> int:
     destination = args.move_destination or args.calling_aet
     if not receiving:
         return await _request(args, request, destination, "")
     from minipacs.services.server import DicomServer
 
     async with receiver_service(args, settings, args.store_to) as (service, where):
-        server = DicomServer(args.calling_aet, [service], host=args.bind or "0.0.0.0", port=args.listen_port,
-                             max_pdu_receive=args.max_pdu)
+        server = DicomServer(
+            args.calling_aet,
+            [service],
+            host=args.bind or "0.0.0.0",
+            port=args.listen_port,
+            max_pdu_receive=args.max_pdu,
+        )
         try:
             await server.start()
         except OSError as exc:
-            return failure("move", f"cannot listen on port {args.listen_port}: {exc.strerror}", args.json,
-                           EXIT_NETWORK)
+            return failure("move", f"cannot listen on port {args.listen_port}: {exc.strerror}", args.json, EXIT_NETWORK)
         try:
             return await _request(args, request, destination, where)
         finally:
@@ -82,8 +86,9 @@ async def _move(args: argparse.Namespace, settings: Settings | None, request: Re
 async def _request(args: argparse.Namespace, request: RetrieveRequest, destination: str, where: str) -> int:
     printer = ProgressPrinter(not args.no_progress, "move")
     try:
-        result = await outbound(args).retrieve(peer(args), request, method="move", destination=destination,
-                                               progress=printer)
+        result = await outbound(args).retrieve(
+            peer(args), request, method="move", destination=destination, progress=printer
+        )
     except OutboundError as exc:
         printer.close()
         return failure("move", str(exc), args.json, EXIT_NETWORK)

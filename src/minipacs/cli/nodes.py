@@ -84,8 +84,11 @@ def register(sub: Any) -> None:
     p.add_argument("node_host", metavar="HOST", help="its host name or IP address")
     p.add_argument("node_port", metavar="PORT", type=int, help="its DICOM port (where C-MOVE sends images)")
     p.add_argument("--description", default="", help="free text, e.g. 'viewer, 3rd floor'")
-    p.add_argument("--permissions", default="all",
-                   help="what it may ask of us: any of echo,store,find,move,get, or all, or none [all]")
+    p.add_argument(
+        "--permissions",
+        default="all",
+        help="what it may ask of us: any of echo,store,find,move,get, or all, or none [all]",
+    )
     p.add_argument("--tls", action="store_true", help="the node uses TLS")
 
     p = actions.add_parser("list", help="list the registered nodes")
@@ -114,7 +117,9 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         if args.nodes_action == "check":
             return await _check(args, registry, settings)
         action: Callable[[argparse.Namespace, NodeRegistry], Any] = {
-            "add": _add, "list": _list, "remove": _remove,
+            "add": _add,
+            "list": _list,
+            "remove": _remove,
         }[args.nodes_action]
         code: int = await action(args, registry)
         return code
@@ -124,15 +129,23 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _add(args: argparse.Namespace, registry: NodeRegistry) -> int:
     try:
-        node = Node(args.node_aet, args.node_host, args.node_port, args.description,
-                    parse_permissions(args.permissions), args.tls)
+        node = Node(
+            args.node_aet,
+            args.node_host,
+            args.node_port,
+            args.description,
+            parse_permissions(args.permissions),
+            args.tls,
+        )
         existed = any(n.host == node.host.strip() for n in await registry.find(node.ae_title))
         stored = await registry.add(node, warn=False)
     except InvalidNode as exc:
         print(f"minipacs nodes add: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"{'updated' if existed else 'registered'} {stored.label()} "
-          f"(may {format_permissions(stored.permissions) or 'nothing'}{', TLS' if stored.tls else ''})")
+    print(
+        f"{'updated' if existed else 'registered'} {stored.label()} "
+        f"(may {format_permissions(stored.permissions) or 'nothing'}{', TLS' if stored.tls else ''})"
+    )
     mark = repr(stored.ae_title)
     for warning in await registry.check():
         if mark in warning:
@@ -143,10 +156,23 @@ async def _add(args: argparse.Namespace, registry: NodeRegistry) -> int:
 async def _list(args: argparse.Namespace, registry: NodeRegistry) -> int:
     nodes = await registry.list()
     if args.json:
-        print(json.dumps([{
-            "id": n.id, "ae_title": n.ae_title, "host": n.host, "port": n.port, "description": n.description,
-            "permissions": format_permissions(n.permissions).split(",") if n.permissions else [], "tls": n.tls,
-        } for n in nodes], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": n.id,
+                        "ae_title": n.ae_title,
+                        "host": n.host,
+                        "port": n.port,
+                        "description": n.description,
+                        "permissions": format_permissions(n.permissions).split(",") if n.permissions else [],
+                        "tls": n.tls,
+                    }
+                    for n in nodes
+                ],
+                indent=2,
+            )
+        )
         return EXIT_OK
     if not nodes:
         print("no nodes registered; add one with: minipacs nodes add AET HOST PORT")
@@ -169,8 +195,9 @@ async def _remove(args: argparse.Namespace, registry: NodeRegistry) -> int:
     count = await registry.remove(title, args.node_host)
     where = f" on host {args.node_host}" if args.node_host else ""
     if count == 0:
-        print(f"minipacs nodes remove: no node {title!r}{where} is registered; see 'minipacs nodes list'",
-              file=sys.stderr)
+        print(
+            f"minipacs nodes remove: no node {title!r}{where} is registered; see 'minipacs nodes list'", file=sys.stderr
+        )
         return EXIT_PARTIAL
     print(f"removed {count} node(s) {title!r}{where}")
     return EXIT_OK

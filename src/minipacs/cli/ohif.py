@@ -85,14 +85,20 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
     folder: Path = args.ohif_dir if args.ohif_dir is not None else install_dir(settings)
     npm = shutil.which("npm")
     if npm is None:
-        print("minipacs: npm is not installed (Debian: apt-get install npm); the OHIF viewer needs it",
-              file=sys.stderr)
+        print("minipacs: npm is not installed (Debian: apt-get install npm); the OHIF viewer needs it", file=sys.stderr)
         return 2
     folder.mkdir(parents=True, exist_ok=True)
     # `npm pack`, not `npm install`: the built viewer is self-contained, its package.json's dependencies are
     # only for building it (and some are not even published at the same version: npm install fails ETARGET)
-    command = [npm, "pack", f"@ohif/app@{args.ohif_version}", "--pack-destination", str(folder),
-               "--loglevel=error", "--json"]
+    command = [
+        npm,
+        "pack",
+        f"@ohif/app@{args.ohif_version}",
+        "--pack-destination",
+        str(folder),
+        "--loglevel=error",
+        "--json",
+    ]
     print(f"minipacs: {' '.join(command)}", file=sys.stderr)
     done = subprocess.run(command, check=False, stdout=subprocess.PIPE, text=True)
     if done.returncode != 0:
@@ -107,16 +113,16 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         return 1
     shutil.rmtree(folder / "package", ignore_errors=True)
     with tarfile.open(tarball) as tar:
-        tar.extractall(folder, members=[m for m in tar.getmembers() if m.name.startswith("package/")],
-                       filter="data")
+        tar.extractall(folder, members=[m for m in tar.getmembers() if m.name.startswith("package/")], filter="data")
     tarball.unlink()
     dist = dist_dir(folder)
     if dist is None:
-        print(f"minipacs: npm pack finished but {folder}/package/dist/index.html is missing",
-              file=sys.stderr)
+        print(f"minipacs: npm pack finished but {folder}/package/dist/index.html is missing", file=sys.stderr)
         return 1
     rebase(dist)
     write_config(folder)
-    print(f"OHIF {args.ohif_version} installed in {folder.resolve()}; `minipacs serve` shows it at /ohif/"
-          + ("" if args.ohif_dir is None else f' (set ohif_dir = "{folder.resolve()}" in the config)'))
+    print(
+        f"OHIF {args.ohif_version} installed in {folder.resolve()}; `minipacs serve` shows it at /ohif/"
+        + ("" if args.ohif_dir is None else f' (set ohif_dir = "{folder.resolve()}" in the config)')
+    )
     return 0

@@ -21,8 +21,12 @@ def status_json(status: int, error_comment: str = "", table: dict[int, Status] |
     """The status as JSON: the number, its hex form, its meaning (PS3.7 Annex C / PS3.4) and the comment."""
     if status < 0:
         return {"status": None, "status_hex": None, "meaning": "no response", "error_comment": error_comment}
-    return {"status": status, "status_hex": f"0x{status:04X}", "meaning": describe(status, table),
-            "error_comment": error_comment}
+    return {
+        "status": status,
+        "status_hex": f"0x{status:04X}",
+        "meaning": describe(status, table),
+        "error_comment": error_comment,
+    }
 
 
 def print_json(document: dict[str, Any]) -> None:

@@ -25,14 +25,28 @@ LEVEL_OF_KEY = tuple((s.unique_key, s.level.value) for s in reversed(list(LEVEL_
 
 def retrieve_args(p: argparse.ArgumentParser) -> None:
     model = p.add_mutually_exclusive_group()
-    model.add_argument("-P", "--patient", dest="model", action="store_const", const="PATIENT",
-                       help="Patient Root information model")
-    model.add_argument("-S", "--study", dest="model", action="store_const", const="STUDY",
-                       help="Study Root information model [default]")
-    p.add_argument("-L", "--level", choices=LEVEL_NAMES, type=str.upper,
-                   help="QueryRetrieveLevel [from the keys, else STUDY]")
-    p.add_argument("-k", "--key", action="append", default=[], metavar="KEY=VALUE",
-                   help="identifier key, e.g. -k StudyInstanceUID=1.2.3 or -k 0020,000D=1.2.3 (repeatable)")
+    model.add_argument(
+        "-P", "--patient", dest="model", action="store_const", const="PATIENT", help="Patient Root information model"
+    )
+    model.add_argument(
+        "-S",
+        "--study",
+        dest="model",
+        action="store_const",
+        const="STUDY",
+        help="Study Root information model [default]",
+    )
+    p.add_argument(
+        "-L", "--level", choices=LEVEL_NAMES, type=str.upper, help="QueryRetrieveLevel [from the keys, else STUDY]"
+    )
+    p.add_argument(
+        "-k",
+        "--key",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="identifier key, e.g. -k StudyInstanceUID=1.2.3 or -k 0020,000D=1.2.3 (repeatable)",
+    )
     p.add_argument("--config", type=Path, help="TOML configuration file (for --into-archive)")
     p.add_argument("--data", type=Path, dest="data_dir", help="archive data folder (for --into-archive)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -41,7 +55,7 @@ def retrieve_args(p: argparse.ArgumentParser) -> None:
 
 def identifier(args: argparse.Namespace) -> RetrieveRequest:
     """The request (model, level, encoded identifier) the arguments ask for; raises InvalidKeys (a ValueError)."""
-    keys = [k for k in args.key if not k.partition("=")[0].strip() in ("QueryRetrieveLevel", "0008,0052")]
+    keys = [k for k in args.key if k.partition("=")[0].strip() not in ("QueryRetrieveLevel", "0008,0052")]
     named = {k.partition("=")[0].strip(): k.partition("=")[2] for k in args.key}
     level = args.level or named.get("QueryRetrieveLevel") or named.get("0008,0052") or ""
     if not level:
@@ -53,8 +67,9 @@ def identifier(args: argparse.Namespace) -> RetrieveRequest:
 
 
 @asynccontextmanager
-async def receiver_service(args: argparse.Namespace, settings: Settings | None,
-                           folder: Path | None) -> AsyncIterator[tuple[Any, str]]:
+async def receiver_service(
+    args: argparse.Namespace, settings: Settings | None, folder: Path | None
+) -> AsyncIterator[tuple[Any, str]]:
     """The storage service receiving the instances, and a phrase saying where they go."""
     if getattr(args, "into_archive", False):
         from minipacs.bootstrap import open_archive
@@ -100,19 +115,32 @@ class ProgressPrinter:
         return time.perf_counter() - self.start
 
 
-def summary(op: str, result: RetrieveResult, seconds: float, where: str, *, as_json: bool = False,
-            method: str = "move") -> int:
+def summary(
+    op: str, result: RetrieveResult, seconds: float, where: str, *, as_json: bool = False, method: str = "move"
+) -> int:
     """Print the outcome (the final status with its meaning and Error Comment); return the exit code."""
     table = GET if method == "get" else MOVE
     code = EXIT_OK if result.status == 0 else EXIT_PARTIAL
     if as_json:
-        print_json({"command": method, "operation": op, **status_json(result.status, result.error_comment, table),
-                    "completed": result.completed, "failed": result.failed, "warning": result.warning,
-                    "failed_uids": result.failed_uids, "where": where, "seconds": round(seconds, 3),
-                    "exit_code": code})
+        print_json(
+            {
+                "command": method,
+                "operation": op,
+                **status_json(result.status, result.error_comment, table),
+                "completed": result.completed,
+                "failed": result.failed,
+                "warning": result.warning,
+                "failed_uids": result.failed_uids,
+                "where": where,
+                "seconds": round(seconds, 3),
+                "exit_code": code,
+            }
+        )
         return code
-    print(f"{op}: {status_text(result.status, result.error_comment, table)}; {result.completed} completed, "
-          f"{result.failed} failed, {result.warning} warning(s) in {seconds:.2f} s{' ' + where if where else ''}")
+    print(
+        f"{op}: {status_text(result.status, result.error_comment, table)}; {result.completed} completed, "
+        f"{result.failed} failed, {result.warning} warning(s) in {seconds:.2f} s{' ' + where if where else ''}"
+    )
     if result.error_comment:
         print(f"  error comment: {result.error_comment}", file=sys.stderr)
     for uid in result.failed_uids[:50]:

@@ -34,8 +34,14 @@ NEEDS_SETTINGS = True
 
 #: Return keys a `worklist query` asks for when given no -k (PS3.4 Table K.6-1, the usual ones).
 DEFAULT_QUERY_KEYS = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyInstanceUID",
-    "RequestedProcedureDescription", "RequestedProcedureID",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyInstanceUID",
+    "RequestedProcedureDescription",
+    "RequestedProcedureID",
     "ScheduledProcedureStepSequence[0].ScheduledStationAETitle",
     "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate",
     "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime",
@@ -81,8 +87,14 @@ def register(sub: Any) -> None:
 
     p = actions.add_parser("query", help="query a Modality Worklist SCP (like findscu -W)")
     network_args(p, "FINDSCU")
-    p.add_argument("-k", "--key", action="append", default=[], dest="keys",
-                   help="key as in findscu: PatientID=123456, ScheduledProcedureStepSequence[0].Modality=CT")
+    p.add_argument(
+        "-k",
+        "--key",
+        action="append",
+        default=[],
+        dest="keys",
+        help="key as in findscu: PatientID=123456, ScheduledProcedureStepSequence[0].Modality=CT",
+    )
     p.add_argument("--json", action="store_true", help="PS3.18 JSON output")
 
 
@@ -105,16 +117,21 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         if args.worklist_action == "remove":
             count = await worklist.remove(args.key)
             if not count:
-                print(f"minipacs worklist remove: no entry with id or accession {args.key!r}; "
-                      "see 'minipacs worklist list'", file=sys.stderr)
+                print(
+                    f"minipacs worklist remove: no entry with id or accession {args.key!r}; "
+                    "see 'minipacs worklist list'",
+                    file=sys.stderr,
+                )
                 return EXIT_PARTIAL
             print(f"removed {count} worklist entr{'y' if count == 1 else 'ies'}")
             return EXIT_OK
         added, problems = await worklist.import_files(args.paths)
         for problem in problems:
             print(f"skipped {problem}", file=sys.stderr)
-        print(f"imported {added} worklist entr{'y' if added == 1 else 'ies'}"
-              + (f", {len(problems)} file(s) skipped" if problems else ""))
+        print(
+            f"imported {added} worklist entr{'y' if added == 1 else 'ies'}"
+            + (f", {len(problems)} file(s) skipped" if problems else "")
+        )
         return EXIT_PARTIAL if problems else EXIT_OK
     finally:
         index.close()
@@ -122,13 +139,21 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 #: The attribute each `worklist add` flag sets, for messages naming the flag (PS3.4 Table K.6-1).
 ADD_FLAGS = {
-    "PatientID": "--patient-id", "PatientName": "--patient-name", "PatientBirthDate": "--birth-date (YYYYMMDD)",
-    "PatientSex": "--sex (M, F or O)", "AccessionNumber": "--accession", "Modality": "--modality",
-    "ScheduledStationAETitle": "--station-aet", "ScheduledProcedureStepStartDate": "--start (YYYYMMDD[HHMM[SS]])",
+    "PatientID": "--patient-id",
+    "PatientName": "--patient-name",
+    "PatientBirthDate": "--birth-date (YYYYMMDD)",
+    "PatientSex": "--sex (M, F or O)",
+    "AccessionNumber": "--accession",
+    "Modality": "--modality",
+    "ScheduledStationAETitle": "--station-aet",
+    "ScheduledProcedureStepStartDate": "--start (YYYYMMDD[HHMM[SS]])",
     "ScheduledProcedureStepStartTime": "--start (YYYYMMDD[HHMM[SS]])",
-    "ScheduledPerformingPhysicianName": "--physician", "RequestedProcedureDescription": "--description",
-    "ScheduledProcedureStepDescription": "--description", "RequestedProcedureID": "--procedure-id",
-    "ScheduledProcedureStepID": "--procedure-id", "StudyInstanceUID": "--study-uid",
+    "ScheduledPerformingPhysicianName": "--physician",
+    "RequestedProcedureDescription": "--description",
+    "ScheduledProcedureStepDescription": "--description",
+    "RequestedProcedureID": "--procedure-id",
+    "ScheduledProcedureStepID": "--procedure-id",
+    "StudyInstanceUID": "--study-uid",
 }
 
 
@@ -170,9 +195,11 @@ async def _add(args: argparse.Namespace, worklist: Worklist) -> int:
         print(f"minipacs worklist add: {exc}" + (f" (check {', '.join(flags)})" if flags else ""), file=sys.stderr)
         return EXIT_USAGE
     sps = entry.dataset.ScheduledProcedureStepSequence[0]
-    print(f"added worklist entry {entry.id} (accession {entry.accession_number or '-'}, "
-          f"study {entry.dataset.StudyInstanceUID}, requested procedure {entry.dataset.RequestedProcedureID}, "
-          f"step {sps.ScheduledProcedureStepID})")
+    print(
+        f"added worklist entry {entry.id} (accession {entry.accession_number or '-'}, "
+        f"study {entry.dataset.StudyInstanceUID}, requested procedure {entry.dataset.RequestedProcedureID}, "
+        f"step {sps.ScheduledProcedureStepID})"
+    )
     return EXIT_OK
 
 
@@ -216,8 +243,10 @@ async def _query(args: argparse.Namespace) -> int:
             print(f"# match {n}")
             print(match)
     if result.status != 0:
-        print(f"minipacs worklist query: final status {status_text(result.status, result.error_comment, FIND)}",
-              file=sys.stderr)
+        print(
+            f"minipacs worklist query: final status {status_text(result.status, result.error_comment, FIND)}",
+            file=sys.stderr,
+        )
         return EXIT_PARTIAL
     print(f"{len(result.matches)} match(es)", file=sys.stderr)
     return EXIT_OK

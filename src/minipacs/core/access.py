@@ -133,30 +133,52 @@ class AccessPolicy:
         rules = self.rules
         calling = normalise_title(calling_ae)
         if rules.check_called_aet and normalise_title(called_ae) != normalise_title(rules.ae_title):
-            return Refusal(RULE_CALLED_AET, (
-                f"called AE title {called_ae!r} is not ours ({rules.ae_title!r}); configure the peer to call "
-                f"{rules.ae_title!r}, or set check_called_aet = false"), called=True)
+            return Refusal(
+                RULE_CALLED_AET,
+                (
+                    f"called AE title {called_ae!r} is not ours ({rules.ae_title!r}); configure the peer to call "
+                    f"{rules.ae_title!r}, or set check_called_aet = false"
+                ),
+                called=True,
+            )
         nodes = self._nodes_of(calling)
         if not nodes:
             if rules.allow_unregistered:
                 return None
-            return Refusal(RULE_UNREGISTERED, (
-                f"calling AE title {calling!r} from {peer_host} is not a registered node, and only registered "
-                f"nodes may connect (allow_unregistered is empty){self._near_miss(calling)}; register it with: "
-                f"minipacs nodes add {calling} {peer_host} PORT"))
+            return Refusal(
+                RULE_UNREGISTERED,
+                (
+                    f"calling AE title {calling!r} from {peer_host} is not a registered node, and only registered "
+                    f"nodes may connect (allow_unregistered is empty){self._near_miss(calling)}; register it with: "
+                    f"minipacs nodes add {calling} {peer_host} PORT"
+                ),
+            )
         if len({n.host for n in nodes}) > 1:
-            log.warning("calling AE title %r (from %s) is registered on %d hosts (%s)", calling, peer_host,
-                        len(nodes), ", ".join(n.address for n in nodes))
+            log.warning(
+                "calling AE title %r (from %s) is registered on %d hosts (%s)",
+                calling,
+                peer_host,
+                len(nodes),
+                ", ".join(n.address for n in nodes),
+            )
         here = self._at(nodes, peer_host)
         if rules.check_calling_host and not here:
-            return Refusal(RULE_HOST, (
-                f"calling AE title {calling!r} connected from {peer_host}, but it is registered only on "
-                f"{', '.join(n.host for n in nodes)}, and check_calling_host is on; if it moved, update it "
-                f"with: minipacs nodes add {calling} {peer_host} PORT"))
+            return Refusal(
+                RULE_HOST,
+                (
+                    f"calling AE title {calling!r} connected from {peer_host}, but it is registered only on "
+                    f"{', '.join(n.host for n in nodes)}, and check_calling_host is on; if it moved, update it "
+                    f"with: minipacs nodes add {calling} {peer_host} PORT"
+                ),
+            )
         if not self._permissions(nodes, here):
-            return Refusal(RULE_PERMISSIONS, (
-                f"calling AE title {calling!r} (from {peer_host}) is registered with no permissions; grant "
-                f"some with: minipacs nodes add {calling} HOST PORT --permissions echo,store,..."))
+            return Refusal(
+                RULE_PERMISSIONS,
+                (
+                    f"calling AE title {calling!r} (from {peer_host}) is registered with no permissions; grant "
+                    f"some with: minipacs nodes add {calling} HOST PORT --permissions echo,store,..."
+                ),
+            )
         return None
 
     def operation_refusal(self, operation: str, calling_ae: str, peer_host: str) -> Refusal | None:
@@ -168,24 +190,36 @@ class AccessPolicy:
         if not nodes:
             if _grants(self.rules.allow_unregistered, operation):
                 return None
-            return Refusal(RULE_UNREGISTERED, (
-                f"calling AE title {calling!r} from {peer_host} is not a registered node, and unregistered "
-                f"callers may only {_listed(self.rules.allow_unregistered)} (allow_unregistered), not "
-                f"{_dimse(operation)}{self._near_miss(calling)}; register it with: "
-                f"minipacs nodes add {calling} {peer_host} PORT"))
+            return Refusal(
+                RULE_UNREGISTERED,
+                (
+                    f"calling AE title {calling!r} from {peer_host} is not a registered node, and unregistered "
+                    f"callers may only {_listed(self.rules.allow_unregistered)} (allow_unregistered), not "
+                    f"{_dimse(operation)}{self._near_miss(calling)}; register it with: "
+                    f"minipacs nodes add {calling} {peer_host} PORT"
+                ),
+            )
         here = self._at(nodes, peer_host)
         if self.rules.check_calling_host and not here:
-            return Refusal(RULE_HOST, (
-                f"calling AE title {calling!r} asked for {_dimse(operation)} from {peer_host}, but it is "
-                f"registered only on {', '.join(n.host for n in nodes)}, and check_calling_host is on"))
+            return Refusal(
+                RULE_HOST,
+                (
+                    f"calling AE title {calling!r} asked for {_dimse(operation)} from {peer_host}, but it is "
+                    f"registered only on {', '.join(n.host for n in nodes)}, and check_calling_host is on"
+                ),
+            )
         allowed = self._permissions(nodes, here)
         if _grants(allowed, operation):
             return None
-        return Refusal(RULE_PERMISSIONS, (
-            f"calling AE title {calling!r} (from {peer_host}) is registered with permission to "
-            f"{_listed(allowed)}, not {_dimse(operation)}; grant it with: minipacs nodes add {calling} "
-            f"{(here or nodes)[0].host} {(here or nodes)[0].port} "
-            f"--permissions {format_permissions(allowed | {operation})}"))
+        return Refusal(
+            RULE_PERMISSIONS,
+            (
+                f"calling AE title {calling!r} (from {peer_host}) is registered with permission to "
+                f"{_listed(allowed)}, not {_dimse(operation)}; grant it with: minipacs nodes add {calling} "
+                f"{(here or nodes)[0].host} {(here or nodes)[0].port} "
+                f"--permissions {format_permissions(allowed | {operation})}"
+            ),
+        )
 
     @staticmethod
     def _permissions(nodes: tuple[Node, ...], here: list[Node]) -> frozenset[str]:

@@ -51,10 +51,10 @@ from minipacs.core.errors import (
 )
 from minipacs.core.header import read_header
 from minipacs.core.inflate import DatasetLimits, check_deflated
-from minipacs.dicom.header import InstanceHeader, dataset_encoding
 from minipacs.core.model import AssociationRecord, DuplicatePolicy, Origin, StagedPath, StoreOutcome, StoreStatus
 from minipacs.core.paths import instance_key
 from minipacs.core.staging import READY_DIR, StagingFile, StagingPool, remove_leftovers, stage_file
+from minipacs.dicom.header import InstanceHeader, dataset_encoding
 from minipacs.index import repository as repo
 from minipacs.index.database import IndexConnection, IndexDatabase
 
@@ -331,8 +331,9 @@ class Archive:
         if dataset_encoding(staged.transfer_syntax_uid).deflated:
             # PS3.5 A.5: inflate it all once, counting, in a worker thread, before the writer sees it
             try:
-                await asyncio.to_thread(check_deflated, staged.path, staged.dataset_offset,
-                                        self.settings.dataset_limits)
+                await asyncio.to_thread(
+                    check_deflated, staged.path, staged.dataset_offset, self.settings.dataset_limits
+                )
             except BaseException:
                 staged.path.unlink(missing_ok=True)
                 raise
@@ -344,7 +345,7 @@ class Archive:
         for listener in self.on_stored:  # empty on a plain DICOM archive: ~0 cost
             try:
                 listener(outcome)
-            except Exception:  # noqa: BLE001 - a listener never spoils a store
+            except Exception:
                 log.exception("after-ingest listener %r failed", listener)
         return outcome
 
@@ -438,15 +439,17 @@ class Archive:
                 except OSError as exc:
                     log.error("cannot read or fsync the staged file %s: %s", job.staged.path, exc)
                     kind = OutOfResources if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ArchiveError
-                    results[index] = kind(f"cannot read or fsync the staged dataset ({exc.strerror}); "
-                                          "nothing was stored; see the server log")
+                    results[index] = kind(
+                        f"cannot read or fsync the staged dataset ({exc.strerror}); "
+                        "nothing was stored; see the server log"
+                    )
             elif isinstance(job, _CallJob) and job.removes_entities:
                 self._keys.clear()  # a deletion may have removed cached studies or series
         pending = [i for i, r in enumerate(results) if r is None]
         stale_keys: list[str] = []
         try:
             self._transaction(batch, pending, results, stale_keys)
-        except Exception as exc:  # one job spoiled the batch: retry each on its own
+        except Exception as exc:  # noqa: BLE001 - one job spoiled the batch: retry each on its own
             self._keys.clear()
             if len(pending) > 1:
                 log.info("index batch of %d failed (%s); retrying job by job", len(pending), exc)
@@ -520,8 +523,13 @@ class Archive:
             raise
 
     def _apply(
-        self, conn: IndexConnection, job: _Job[Any], now: dt.datetime, stale_keys: list[str],
-        moves: list[tuple[Path, str]], journal: list[dict[str, Any]],
+        self,
+        conn: IndexConnection,
+        job: _Job[Any],
+        now: dt.datetime,
+        stale_keys: list[str],
+        moves: list[tuple[Path, str]],
+        journal: list[dict[str, Any]],
     ) -> object:
         if isinstance(job, _CallJob):
             return job.call(conn)

@@ -21,9 +21,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from minipacs.dicom.levels import LEVEL_SPELLINGS
 from minipacs.index import journal_repo
 from minipacs.index.database import IndexConnection
-from minipacs.dicom.levels import LEVEL_SPELLINGS
 
 #: Most changes one read returns.
 MAX_LIMIT: Final = 1000
@@ -51,15 +51,24 @@ CHANGE_TYPES: Final[Mapping[ChangeType, tuple[str, str, str]]] = {
     ChangeType.NEW_PATIENT: ("patient", "Patient ID", "an ingest indexes the patient's first instance"),
     ChangeType.NEW_STUDY: ("study", "Study Instance UID", "an ingest indexes the study's first instance"),
     ChangeType.NEW_SERIES: ("series", "Series Instance UID", "an ingest indexes the series' first instance"),
-    ChangeType.NEW_INSTANCE: ("instance", "SOP Instance UID",
-                              "an instance is stored (also when the duplicate policy 'replace' overwrites it)"),
-    ChangeType.DELETED: ("", "the resource's UID (Patient ID for a patient)",
-                         "a patient, study, series or instance is deleted, once per resource removed"),
+    ChangeType.NEW_INSTANCE: (
+        "instance",
+        "SOP Instance UID",
+        "an instance is stored (also when the duplicate policy 'replace' overwrites it)",
+    ),
+    ChangeType.DELETED: (
+        "",
+        "the resource's UID (Patient ID for a patient)",
+        "a patient, study, series or instance is deleted, once per resource removed",
+    ),
     ChangeType.MPPS_CREATED: ("mpps", "MPPS SOP Instance UID", "N-CREATE of a step (IN PROGRESS)"),
     ChangeType.MPPS_COMPLETED: ("mpps", "MPPS SOP Instance UID", "N-SET moves a step to COMPLETED"),
     ChangeType.MPPS_DISCONTINUED: ("mpps", "MPPS SOP Instance UID", "N-SET moves a step to DISCONTINUED"),
-    ChangeType.STUDY_COMPLETE: ("study", "Study Instance UID",
-                                "the study's step is COMPLETED and every instance it references is stored"),
+    ChangeType.STUDY_COMPLETE: (
+        "study",
+        "Study Instance UID",
+        "the study's step is COMPLETED and every instance it references is stored",
+    ),
 }
 
 #: Levels a "Deleted" change may carry (core/delete.py LEVEL_COLUMNS): the nouns of dicom/levels.py.
@@ -76,8 +85,14 @@ class Change:
     time: dt.datetime
 
     def to_json(self) -> dict[str, Any]:
-        return {"seq": self.seq, "type": self.type, "level": self.level, "uid": self.uid, "study": self.study,
-                "time": self.time.isoformat()}
+        return {
+            "seq": self.seq,
+            "type": self.type,
+            "level": self.level,
+            "uid": self.uid,
+            "study": self.study,
+            "time": self.time.isoformat(),
+        }
 
 
 def change_row(kind: ChangeType, uid: str, study: str, now: dt.datetime, level: str = "") -> dict[str, Any]:
@@ -85,8 +100,13 @@ def change_row(kind: ChangeType, uid: str, study: str, now: dt.datetime, level: 
     fixed = CHANGE_TYPES[kind][0]
     if kind is ChangeType.DELETED and level not in DELETED_LEVELS:
         raise ValueError(f"a Deleted change needs one of the levels {sorted(DELETED_LEVELS)}, not {level!r}")
-    return {"change_type": kind.value, "level": fixed or level, "uid": uid[:64], "study_instance_uid": study[:64],
-            "created_at": now}
+    return {
+        "change_type": kind.value,
+        "level": fixed or level,
+        "uid": uid[:64],
+        "study_instance_uid": study[:64],
+        "created_at": now,
+    }
 
 
 def record(conn: IndexConnection, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -113,5 +133,14 @@ def read_changes(conn: IndexConnection, since: int = 0, limit: int = DEFAULT_LIM
     return found, last, len(rows) <= limit
 
 
-__all__ = ["CHANGE_TYPES", "DEFAULT_LIMIT", "MAX_LIMIT", "Change", "ChangeType", "change_row", "last_seq",
-           "read_changes", "record"]
+__all__ = [
+    "CHANGE_TYPES",
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+    "Change",
+    "ChangeType",
+    "change_row",
+    "last_seq",
+    "read_changes",
+    "record",
+]

@@ -59,8 +59,9 @@ def decode_frame(src: bytes, runner: Any) -> bytes:
     import gdcm
 
     if runner.samples_per_pixel != 1:
-        raise NotImplementedError(f"the {PLUGIN} plugin decodes only one sample per pixel, not "
-                                  f"{runner.samples_per_pixel}")
+        raise NotImplementedError(
+            f"the {PLUGIN} plugin decodes only one sample per pixel, not {runner.samples_per_pixel}"
+        )
     fragment = gdcm.Fragment()
     fragment.SetByteStringValue(src)
     fragments = gdcm.SequenceOfFragments.New()
@@ -75,16 +76,19 @@ def decode_frame(src: bytes, runner: Any) -> bytes:
     image.SetPhotometricInterpretation(gdcm.PhotometricInterpretation(kind))
     image.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGExtendedProcess2_4))
     bits = int(runner.bits_stored)
-    image.SetPixelFormat(gdcm.PixelFormat(1, int(runner.bits_allocated), bits, bits - 1,
-                                          int(runner.pixel_representation)))
+    image.SetPixelFormat(
+        gdcm.PixelFormat(1, int(runner.bits_allocated), bits, bits - 1, int(runner.pixel_representation))
+    )
     decoded = image.GetBuffer()  # GDCM hands bytes out as a surrogate-escaped str, None on failure
     if decoded is None:
         raise ValueError("GDCM could not decode the JPEG Extended bitstream")
     frame = decoded.encode("utf-8", "surrogateescape")
     expected = runner.rows * runner.columns * (int(runner.bits_allocated) // 8)
     if len(frame) != expected:
-        raise ValueError(f"GDCM decoded {len(frame)} bytes, but a frame of {runner.rows}x{runner.columns} "
-                         f"at {runner.bits_allocated} bits allocated has {expected}")
+        raise ValueError(
+            f"GDCM decoded {len(frame)} bytes, but a frame of {runner.rows}x{runner.columns} "
+            f"at {runner.bits_allocated} bits allocated has {expected}"
+        )
     return bytes(frame)
 
 

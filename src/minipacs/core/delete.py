@@ -50,10 +50,13 @@ def _delete_rows(conn: IndexConnection, level: str, uid: str) -> _Removed:
         raise NotFound(f"{level} {uid[:70]!r} is not in the archive")
     delete_rows(conn, [row.sop_instance_uid for row in rows])
     now = dt.datetime.now(dt.UTC)
-    journal = [change_row(ChangeType.DELETED, row.sop_instance_uid, row.study_instance_uid, now, "instance")
-               for row in rows]
-    journal += [change_row(ChangeType.DELETED, parent.name, parent.study_instance_uid, now, parent.entity.value)
-                for parent in deletion_repo.delete_orphans(conn)]  # parents left without children, bottom up
+    journal = [
+        change_row(ChangeType.DELETED, row.sop_instance_uid, row.study_instance_uid, now, "instance") for row in rows
+    ]
+    journal += [
+        change_row(ChangeType.DELETED, parent.name, parent.study_instance_uid, now, parent.entity.value)
+        for parent in deletion_repo.delete_orphans(conn)
+    ]  # parents left without children, bottom up
     record(conn, journal)
     studies = sorted({row.study_instance_uid for row in rows} | ({uid} if level == "study" else set()))
     uncompleted = deletion_repo.delete_completions(conn, studies)
@@ -66,15 +69,17 @@ async def delete_resource(archive: Archive, level: str, uid: str) -> Deleted:
         raise ValueError(f"unknown level {level!r}")
     if LEVELS[level] is Entity.PATIENT and not uid.strip(" "):
         # it would name every patient without an ID at once (index/repository.py patient_key)
-        raise NotFound("an empty Patient ID names no patient: patients without one are kept apart, one per "
-                       "study; delete the study instead")
+        raise NotFound(
+            "an empty Patient ID names no patient: patients without one are kept apart, one per "
+            "study; delete the study instead"
+        )
     removed = await archive.write(lambda conn: _delete_rows(conn, level, uid), removes_entities=True)
     rows = removed.files
     if removed.uncompleted:
         for listener in archive.on_uncompleted:
             try:
                 listener(removed.uncompleted)
-            except Exception:  # noqa: BLE001 - a listener never spoils a deletion
+            except Exception:
                 log.exception("after-deletion listener %r failed", listener)
 
     def remove_files() -> None:

@@ -13,18 +13,18 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.sequence import Sequence as DicomSequence
 
 from minipacs.core.errors import InvalidKeyValue
-from minipacs.index.errors import InvalidMatchValue
 from minipacs.dicom import values as _values
 from minipacs.dicom.identifier import dataset_charset, element_text
 from minipacs.dicom.values import codecs_for
-from minipacs.index.matching import UNIVERSAL, Condition, Matching, classify, python_matches
 from minipacs.dicom.vr import BINARY_VRS
+from minipacs.index.errors import InvalidMatchValue
+from minipacs.index.matching import UNIVERSAL, Condition, Matching, classify, python_matches
 
 #: Most keys (at any depth) one identifier may carry.
 MAX_KEYS: Final = 2000
@@ -78,7 +78,9 @@ def _keyword(tag: int) -> str:
         return ""
 
 
-def read_keys(ds: Dataset, inherited_charset: str = "", depth: int = 0, budget: list[int] | None = None) -> tuple[Key, ...]:
+def read_keys(
+    ds: Dataset, inherited_charset: str = "", depth: int = 0, budget: list[int] | None = None
+) -> tuple[Key, ...]:
     """The keys of ``ds`` in tag order, values decoded and classified; raises InvalidKeyValue."""
     if depth > 8:
         raise InvalidKeyValue("sequences nested deeper than 8 levels in the identifier")
@@ -105,12 +107,13 @@ def _read_key(ds: Dataset, tag: int, charset: str, codecs: Sequence[str], depth:
             raw = bytes(elem.value or b"")
             text = "" if vr in BINARY_VRS else decode_text(raw, vr, codecs)
             if vr in BINARY_VRS and raw:
-                raise InvalidKeyValue(f"{keyword or hex(tag)} ({vr}) cannot be used for matching; "
-                                      "send it empty as a return key")
+                raise InvalidKeyValue(
+                    f"{keyword or hex(tag)} ({vr}) cannot be used for matching; send it empty as a return key"
+                )
             return Key(tag, keyword, vr, text, condition=_classify(vr, text, keyword))
         try:
             elem = ds[tag]
-        except Exception as exc:  # noqa: BLE001 - a malformed sequence from a peer
+        except Exception as exc:
             raise InvalidKeyValue(f"sequence {keyword or hex(tag)} cannot be read: {exc}") from exc
     vr = _vr_of(tag, elem.VR)
     if vr == "SQ":
@@ -120,8 +123,9 @@ def _read_key(ds: Dataset, tag: int, charset: str, codecs: Sequence[str], depth:
         return Key(tag, keyword, vr, "", items, cond)
     if vr in BINARY_VRS:
         if elem.value not in (None, b"", ""):
-            raise InvalidKeyValue(f"{keyword or hex(tag)} ({vr}) cannot be used for matching; "
-                                  "send it empty as a return key")
+            raise InvalidKeyValue(
+                f"{keyword or hex(tag)} ({vr}) cannot be used for matching; send it empty as a return key"
+            )
         return Key(tag, keyword, vr)
     text = element_text(elem)
     return Key(tag, keyword, vr, text, condition=_classify(vr, text, keyword))

@@ -59,8 +59,9 @@ class DatasetLimits:
 DEFAULT_LIMITS: Final = DatasetLimits()
 
 
-def inflate(fp: BinaryIO, deflated_size: int, limits: DatasetLimits,
-            sink: Callable[[bytes], object] | None = None) -> int:
+def inflate(
+    fp: BinaryIO, deflated_size: int, limits: DatasetLimits, sink: Callable[[bytes], object] | None = None
+) -> int:
     """Inflate the raw deflate stream (RFC 1951) that runs from ``fp``'s position to its end;
     hand each inflated chunk to ``sink`` (if any) and return the inflated size.
 

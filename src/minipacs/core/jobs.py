@@ -74,10 +74,17 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "kind": self.kind, "description": self.description, "state": self.state.value,
-            "total": self.total, "done": self.done, "failed": self.failed, "message": self.message,
+            "id": self.id,
+            "kind": self.kind,
+            "description": self.description,
+            "state": self.state.value,
+            "total": self.total,
+            "done": self.done,
+            "failed": self.failed,
+            "message": self.message,
             "created_at": self.created_at.isoformat(),
-            "finished_at": self.finished_at.isoformat() if self.finished_at else None, **self.details,
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            **self.details,
         }
 
 
@@ -130,7 +137,7 @@ class JobManager:
 
     def _trim(self) -> None:
         excess = len(self._jobs) - self.history
-        for job_id in [j.id for j in self._jobs.values() if j.finished][:max(excess, 0)]:
+        for job_id in [j.id for j in self._jobs.values() if j.finished][: max(excess, 0)]:
             del self._jobs[job_id]
 
     def get(self, job_id: str) -> Job | None:

@@ -51,10 +51,11 @@ def compute(path: Any, study: str, series: str, sop: str, limits: DatasetLimits 
     with quiet_pydicom() as captured:
         try:
             model: dict[str, Any] = ds.to_json_dict(BULK_THRESHOLD, bulk)
-        except Exception as exc:  # noqa: BLE001 - a value pydicom cannot convert: the file is unreadable
+        except Exception as exc:
             said = f" ({captured[0][:200]})" if captured else ""
-            raise UnreadableInstance(f"a value cannot be converted to PS3.18 JSON: {type(exc).__name__}: "
-                                     f"{str(exc)[:200]}{said}") from exc
+            raise UnreadableInstance(
+                f"a value cannot be converted to PS3.18 JSON: {type(exc).__name__}: {str(exc)[:200]}{said}"
+            ) from exc
     if "Rows" in ds and "7FE00010" not in model:  # pixel data follows the header we read
         encapsulated = ds.file_meta.TransferSyntaxUID.is_compressed
         model["7FE00010"] = {"vr": "OB" if encapsulated else "OW", "BulkDataURI": f"{base}/bulkdata/7FE00010"}
@@ -115,7 +116,7 @@ class MetadataStore:
                     self._pending.pop(uid, None)
                 try:
                     await self.compute_and_store(batch)
-                except Exception:  # noqa: BLE001 - the worker must survive; requests compute on demand
+                except Exception:
                     log.exception("computing PS3.18 metadata for %d instance(s) failed", len(batch))
 
     async def compute_and_store(self, uids: list[str]) -> dict[str, str]:
@@ -134,15 +135,25 @@ class MetadataStore:
             for row in rows:
                 path = blobs.path_of(row.blob_key)
                 try:
-                    done.append((row.sop_instance_uid, compute(path, row.study_instance_uid,
-                                                               row.series_instance_uid, row.sop_instance_uid,
-                                                               limits)))
+                    done.append(
+                        (
+                            row.sop_instance_uid,
+                            compute(
+                                path, row.study_instance_uid, row.series_instance_uid, row.sop_instance_uid, limits
+                            ),
+                        )
+                    )
                 except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
-                    failed[row.sop_instance_uid] = str(exc) if isinstance(exc, UnreadableInstance) else \
-                        f"{type(exc).__name__}: {str(exc)[:200]}"
+                    failed[row.sop_instance_uid] = (
+                        str(exc) if isinstance(exc, UnreadableInstance) else f"{type(exc).__name__}: {str(exc)[:200]}"
+                    )
                     # ONE line, with the path (the server log may name it; answers never do)
-                    log.error("metadata of SOP Instance %s cannot be computed from %s: %s", row.sop_instance_uid,
-                              path, failed[row.sop_instance_uid])
+                    log.error(
+                        "metadata of SOP Instance %s cannot be computed from %s: %s",
+                        row.sop_instance_uid,
+                        path,
+                        failed[row.sop_instance_uid],
+                    )
             return done
 
         computed = await asyncio.to_thread(run)
@@ -159,7 +170,7 @@ class MetadataStore:
         wanted = list(dict.fromkeys(uids))
         found: dict[str, str] = {}
         for start in range(0, len(wanted), 500):
-            chunk = wanted[start:start + 500]
+            chunk = wanted[start : start + 500]
             found.update(await self.archive.read(lambda conn, c=chunk: metadata_repo.texts(conn, c)))  # type: ignore[misc]
         missing = [uid for uid in wanted if uid not in found]
         failed: dict[str, str] = {}
@@ -168,8 +179,9 @@ class MetadataStore:
             found.update(computed)
         for uid in wanted:
             if uid in failed:
-                raise UnreadableInstance(f"SOP Instance {uid[:70]!r} is stored, but its file cannot be read: "
-                                         f"{failed[uid]}")
+                raise UnreadableInstance(
+                    f"SOP Instance {uid[:70]!r} is stored, but its file cannot be read: {failed[uid]}"
+                )
             if uid not in found:
                 raise NotFound(f"SOP Instance {uid[:70]!r} is not in the archive")
         return [found[uid] for uid in wanted]

@@ -50,25 +50,54 @@ TRANSITIONS: Final[Mapping[str, frozenset[str]]] = {
 
 # PS3.4 Table F.7.2-1, N-CREATE usage 1 (SCU shall send, with a value).
 CREATE_TYPE1: Final = (
-    "ScheduledStepAttributesSequence", "PerformedStationAETitle", "PerformedProcedureStepStartDate",
-    "PerformedProcedureStepStartTime", "PerformedProcedureStepStatus", "Modality", "PerformedProcedureStepID",
+    "ScheduledStepAttributesSequence",
+    "PerformedStationAETitle",
+    "PerformedProcedureStepStartDate",
+    "PerformedProcedureStepStartTime",
+    "PerformedProcedureStepStatus",
+    "Modality",
+    "PerformedProcedureStepID",
 )
 # PS3.4 Table F.7.2-1, N-CREATE usage 1 inside each Scheduled Step Attributes Sequence item.
 CREATE_ITEM_TYPE1: Final = ("StudyInstanceUID",)
 # PS3.4 Table F.7.2-1, N-CREATE usage 2 (SCU shall send, maybe empty). Tolerated when absent
 # (many modalities leave some out); the log says which were missing.
 CREATE_TYPE2: Final = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "ReferencedPatientSequence",
-    "ProcedureCodeSequence", "PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime",
-    "PerformedProcedureStepDescription", "PerformedLocation", "StudyID", "PerformedSeriesSequence",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "ReferencedPatientSequence",
+    "ProcedureCodeSequence",
+    "PerformedProcedureStepEndDate",
+    "PerformedProcedureStepEndTime",
+    "PerformedProcedureStepDescription",
+    "PerformedLocation",
+    "StudyID",
+    "PerformedSeriesSequence",
 )
 # PS3.4 Table F.7.2-1, N-SET usage "Not allowed": fixed once the step is created.
-SET_NOT_ALLOWED: Final = frozenset({
-    "SOPClassUID", "SOPInstanceUID", "ScheduledStepAttributesSequence", "PatientName", "PatientID",
-    "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "ReferencedPatientSequence", "PerformedStationAETitle",
-    "PerformedStationName", "PerformedLocation", "PerformedProcedureStepStartDate",
-    "PerformedProcedureStepStartTime", "PerformedProcedureStepID", "Modality", "StudyID",
-})
+SET_NOT_ALLOWED: Final = frozenset(
+    {
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "ScheduledStepAttributesSequence",
+        "PatientName",
+        "PatientID",
+        "IssuerOfPatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "ReferencedPatientSequence",
+        "PerformedStationAETitle",
+        "PerformedStationName",
+        "PerformedLocation",
+        "PerformedProcedureStepStartDate",
+        "PerformedProcedureStepStartTime",
+        "PerformedProcedureStepID",
+        "Modality",
+        "StudyID",
+    }
+)
 #: PS3.3 C.4.14: where the instances a step produced are listed, inside each Performed Series item.
 REFERENCE_SEQUENCES: Final = ("ReferencedImageSequence", "ReferencedNonImageCompositeSOPInstanceSequence")
 #: PS3.4 F.7.2.2.2 / Table F.7.2-1 column "Final State" (note 1): Type 1 once an N-SET makes the step
@@ -160,8 +189,7 @@ def validate_create(ds: Dataset) -> list[str]:
         if keyword not in ds:
             raise MissingAttribute(f"N-CREATE lacks {keyword}, which PS3.4 Table F.7.2-1 requires", keyword)
         if not _has_value(ds, keyword):
-            raise MissingAttributeValue(f"N-CREATE has {keyword} empty; PS3.4 Table F.7.2-1 requires a value",
-                                        keyword)
+            raise MissingAttributeValue(f"N-CREATE has {keyword} empty; PS3.4 Table F.7.2-1 requires a value", keyword)
     for n, item in enumerate(ds.ScheduledStepAttributesSequence):
         for keyword in CREATE_ITEM_TYPE1:
             if not _text(item, keyword):
@@ -170,7 +198,8 @@ def validate_create(ds: Dataset) -> list[str]:
     if status != IN_PROGRESS:
         raise InvalidAttributeValue(
             f"Performed Procedure Step Status is {status!r}; a step is created IN PROGRESS (PS3.4 F.7.2.1)",
-            "PerformedProcedureStepStatus")
+            "PerformedProcedureStepStatus",
+        )
     return [keyword for keyword in CREATE_TYPE2 if keyword not in ds]
 
 
@@ -190,7 +219,9 @@ def validate_set(current: str, changes: Dataset, stored: Dataset | None = None) 
     if new not in TRANSITIONS[current]:
         raise InvalidAttributeValue(
             f"Performed Procedure Step Status {new!r} is not allowed after {current} "
-            f"(one of {', '.join(sorted(TRANSITIONS[current]))})", "PerformedProcedureStepStatus")
+            f"(one of {', '.join(sorted(TRANSITIONS[current]))})",
+            "PerformedProcedureStepStatus",
+        )
     if "PerformedSeriesSequence" in changes:
         _validate_series(changes, "N-SET")
     if not TRANSITIONS[new]:
@@ -211,7 +242,9 @@ def validate_final(ds: Dataset, status: str) -> None:
             how = "is empty" if keyword in ds else "is missing"
             raise MissingAttributeValue(
                 f"{keyword} {how}: a step becomes {status} only with it (PS3.4 Table F.7.2-1, Final State); "
-                "send it in this N-SET", keyword)
+                "send it in this N-SET",
+                keyword,
+            )
     _check_date(ds, "PerformedProcedureStepEndDate")
     _check_time(ds, "PerformedProcedureStepEndTime")
     _validate_series(ds, status)
@@ -224,14 +257,18 @@ def _validate_series(ds: Dataset, when: str) -> None:
             if not _text(series, keyword):
                 raise MissingAttributeValue(
                     f"{keyword} is missing in Performed Series Sequence item {n} ({when}); PS3.4 Table F.7.2-1 "
-                    "requires it (Type 1)", keyword)
+                    "requires it (Type 1)",
+                    keyword,
+                )
         for name in REFERENCE_SEQUENCES:
             for m, ref in enumerate(series.get(name) or [], 1):
                 for keyword in REFERENCE_ITEM_TYPE1:
                     if not _text(ref, keyword):
                         raise MissingAttributeValue(
                             f"{keyword} is missing in Performed Series Sequence item {n}, {name} item {m} "
-                            f"({when}); PS3.4 Table F.7.2-1 requires it (Type 1)", keyword)
+                            f"({when}); PS3.4 Table F.7.2-1 requires it (Type 1)",
+                            keyword,
+                        )
 
 
 def _check_date(ds: Dataset, keyword: str) -> None:
@@ -243,8 +280,9 @@ def _check_date(ds: Dataset, keyword: str) -> None:
 def _check_time(ds: Dataset, keyword: str) -> None:
     value = _text(ds, keyword)
     if as_time(value, strict=True) is None:
-        raise InvalidAttributeValue(f"{keyword} {value!r} is not a time (TM: HHMMSS.FFFFFF, PS3.5 Table 6.2-1)",
-                                    keyword)
+        raise InvalidAttributeValue(
+            f"{keyword} {value!r} is not a time (TM: HHMMSS.FFFFFF, PS3.5 Table 6.2-1)", keyword
+        )
 
 
 def _merged(stored: Dataset | None, changes: Dataset) -> Dataset:
@@ -281,9 +319,15 @@ def _scheduled(ds: Dataset) -> tuple[str, str]:
 def _step(row: Mapping[str, Any]) -> Step:
     refs = tuple(r for r in str(row["referenced"] or "").split("\\") if r)
     pk = row["worklist_pk"]
-    return Step(str(row["sop_instance_uid"]), str(row["status"]), str(row["study_instance_uid"]),
-                str(row["accession_number"]), int(pk) if pk is not None else None, refs,
-                from_text(str(row["dataset"])))
+    return Step(
+        str(row["sop_instance_uid"]),
+        str(row["status"]),
+        str(row["study_instance_uid"]),
+        str(row["accession_number"]),
+        int(pk) if pk is not None else None,
+        refs,
+        from_text(str(row["dataset"])),
+    )
 
 
 def _merge(stored: Dataset, changes: Dataset) -> Dataset:
@@ -333,13 +377,22 @@ class ProcedureSteps:
         """PS3.4 F.7.2.1 N-CREATE: validate, link to the worklist entry, store IN PROGRESS."""
         missing = validate_create(ds)
         if missing:
-            log.warning("MPPS %s created without %s (Type 2 in PS3.4 Table F.7.2-1; accepted)", sop_instance_uid,
-                        ", ".join(missing))
+            log.warning(
+                "MPPS %s created without %s (Type 2 in PS3.4 Table F.7.2-1; accepted)",
+                sop_instance_uid,
+                ", ".join(missing),
+            )
         study, accession = _scheduled(ds)
         entry_pk = await self._worklist_entry(study, accession)
-        values = {"sop_instance_uid": sop_instance_uid, "status": IN_PROGRESS, "study_instance_uid": study[:64],
-                  "accession_number": accession[:16], "worklist_pk": entry_pk,
-                  "referenced": "\\".join(referenced_instances(ds)), "dataset": to_text(ds)}
+        values = {
+            "sop_instance_uid": sop_instance_uid,
+            "status": IN_PROGRESS,
+            "study_instance_uid": study[:64],
+            "accession_number": accession[:16],
+            "worklist_pk": entry_pk,
+            "referenced": "\\".join(referenced_instances(ds)),
+            "dataset": to_text(ds),
+        }
 
         def insert(conn: IndexConnection) -> None:
             if repo.mpps_row(conn, sop_instance_uid) is not None:
@@ -351,8 +404,12 @@ class ProcedureSteps:
         if entry_pk is not None:
             await self.worklist.set_status(entry_pk, IN_PROGRESS)
         else:
-            log.info("MPPS %s (study %s, accession %r) matches no worklist entry: an unscheduled procedure",
-                     sop_instance_uid, study, accession)
+            log.info(
+                "MPPS %s (study %s, accession %r) matches no worklist entry: an unscheduled procedure",
+                sop_instance_uid,
+                study,
+                accession,
+            )
         return await self._require(sop_instance_uid)
 
     async def set(self, sop_instance_uid: str, changes: Dataset) -> Step:
@@ -365,11 +422,20 @@ class ProcedureSteps:
             step = _step(row)
             status = validate_set(step.status, changes, step.dataset)
             merged = _merge(step.dataset, changes)
-            repo.update_mpps(conn, sop_instance_uid, {
-                "status": status, "referenced": "\\".join(referenced_instances(merged)), "dataset": to_text(merged)})
+            repo.update_mpps(
+                conn,
+                sop_instance_uid,
+                {"status": status, "referenced": "\\".join(referenced_instances(merged)), "dataset": to_text(merged)},
+            )
             if status != step.status and status in _STEP_CHANGES:
-                record(conn, [change_row(_STEP_CHANGES[status], sop_instance_uid, step.study_instance_uid,
-                                         dt.datetime.now(dt.UTC))])
+                record(
+                    conn,
+                    [
+                        change_row(
+                            _STEP_CHANGES[status], sop_instance_uid, step.study_instance_uid, dt.datetime.now(dt.UTC)
+                        )
+                    ],
+                )
             return _step(repo.mpps_row(conn, sop_instance_uid) or row)
 
         step = await self.index.write(update)
@@ -404,15 +470,22 @@ class ProcedureSteps:
             completed = await self.index.read(lambda conn: repo.completed_studies(conn))
             if study_uid not in completed and study_uid not in self.waiting:
                 self.waiting.add(study_uid)
-                log.info("study %s: its procedure step is COMPLETED; waiting for the referenced instances "
-                         "to arrive before marking it complete", study_uid)
+                log.info(
+                    "study %s: its procedure step is COMPLETED; waiting for the referenced instances "
+                    "to arrive before marking it complete",
+                    study_uid,
+                )
             elif study_uid in completed:
                 self.waiting.discard(study_uid)
             return False
         self.waiting.discard(study_uid)
         mpps_uid, count = done
-        log.info("study %s is complete: procedure step %s is COMPLETED and all %d instance(s) it references "
-                 "are stored", study_uid, mpps_uid, count)
+        log.info(
+            "study %s is complete: procedure step %s is COMPLETED and all %d instance(s) it references are stored",
+            study_uid,
+            mpps_uid,
+            count,
+        )
         return True
 
     async def resume(self) -> None:
@@ -446,8 +519,7 @@ class ProcedureSteps:
         try:
             await self.check_study(study)
         except ArchiveError as exc:
-            log.warning("study %s: completion check failed (%s); it is checked again on the next instance",
-                        study, exc)
+            log.warning("study %s: completion check failed (%s); it is checked again on the next instance", study, exc)
 
     async def drain(self) -> None:
         """Wait for the completion checks started by ingests (tests, shutdown)."""
@@ -456,7 +528,22 @@ class ProcedureSteps:
 
 
 __all__ = [
-    "COMPLETED", "DISCONTINUED", "IN_PROGRESS", "TRANSITIONS", "AttributeNotSettable", "DuplicateStep",
-    "InvalidAttributeValue", "MissingAttribute", "MissingAttributeValue", "NoSuchStep", "ProcedureSteps", "Step",
-    "StepClosed", "StepRefused", "referenced_instances", "validate_create", "validate_final", "validate_set",
+    "COMPLETED",
+    "DISCONTINUED",
+    "IN_PROGRESS",
+    "TRANSITIONS",
+    "AttributeNotSettable",
+    "DuplicateStep",
+    "InvalidAttributeValue",
+    "MissingAttribute",
+    "MissingAttributeValue",
+    "NoSuchStep",
+    "ProcedureSteps",
+    "Step",
+    "StepClosed",
+    "StepRefused",
+    "referenced_instances",
+    "validate_create",
+    "validate_final",
+    "validate_set",
 ]

@@ -46,6 +46,7 @@ class IndexAccess(Protocol):
 
     async def read(self, call: Callable[[IndexConnection], T]) -> T: ...
 
+
 #: What a node may ask of us, in the order we print them. "mpps": N-CREATE / N-SET of procedure
 #: steps; "commit": storage commitment N-ACTION. Whoever may "store" may also do these two
 #: (core/access.py IMPLIED_BY_STORE), so they need listing only to grant them without "store".
@@ -130,18 +131,23 @@ def validated(node: Node) -> Node:
         raise InvalidNode(f"port {node.port!r} of {node.ae_title!r} is outside 1..65535")
     unknown = sorted(set(node.permissions) - ALL_OPERATIONS)
     if unknown:
-        raise InvalidNode(f"unknown permission {', '.join(map(repr, unknown))} for {node.ae_title!r}; "
-                          f"use any of {', '.join(OPERATIONS)}")
-    return dataclasses.replace(node, ae_title=normalise_title(node.ae_title), host=host,
-                               permissions=frozenset(node.permissions))
+        raise InvalidNode(
+            f"unknown permission {', '.join(map(repr, unknown))} for {node.ae_title!r}; "
+            f"use any of {', '.join(OPERATIONS)}"
+        )
+    return dataclasses.replace(
+        node, ae_title=normalise_title(node.ae_title), host=host, permissions=frozenset(node.permissions)
+    )
 
 
 def node_from_mapping(raw: Mapping[str, Any]) -> Node:
     """A node from a config table (``[[nodes]]``): ae_title, host, port, description, permissions, tls."""
     unknown = sorted(set(raw) - {"ae_title", "host", "port", "description", "permissions", "tls"})
     if unknown:
-        raise InvalidNode(f"unknown key {', '.join(map(repr, unknown))}; a node has ae_title, host, port, "
-                          "description, permissions, tls")
+        raise InvalidNode(
+            f"unknown key {', '.join(map(repr, unknown))}; a node has ae_title, host, port, "
+            "description, permissions, tls"
+        )
     missing = [key for key in ("ae_title", "host", "port") if key not in raw]
     if missing:
         raise InvalidNode(f"missing {', '.join(missing)}")
@@ -152,19 +158,27 @@ def node_from_mapping(raw: Mapping[str, Any]) -> Node:
     if not isinstance(tls, bool):
         raise InvalidNode(f"tls must be true or false, not {tls!r}")
     permissions = parse_permissions(raw["permissions"]) if "permissions" in raw else ALL_OPERATIONS
-    return validated(Node(str(raw["ae_title"]), str(raw["host"]), port, str(raw.get("description", "")),
-                          permissions, tls))
+    return validated(
+        Node(str(raw["ae_title"]), str(raw["host"]), port, str(raw.get("description", "")), permissions, tls)
+    )
 
 
 def _node_from_row(row: Mapping[str, Any]) -> Node:
     perms = frozenset(p for p in str(row["permissions"]).split(",") if p)
-    return Node(row["ae_title"], row["host"], int(row["port"]), row["description"], perms, bool(row["tls"]),
-                int(row["id"]))
+    return Node(
+        row["ae_title"], row["host"], int(row["port"]), row["description"], perms, bool(row["tls"]), int(row["id"])
+    )
 
 
 def _row_of(node: Node) -> dict[str, Any]:
-    return {"ae_title": node.ae_title, "host": node.host, "port": node.port, "description": node.description,
-            "permissions": format_permissions(node.permissions), "tls": node.tls}
+    return {
+        "ae_title": node.ae_title,
+        "host": node.host,
+        "port": node.port,
+        "description": node.description,
+        "permissions": format_permissions(node.permissions),
+        "tls": node.tls,
+    }
 
 
 def _addresses(nodes: Iterable[Node]) -> str:
@@ -268,7 +282,7 @@ class NodeRegistry:
             await asyncio.sleep(interval)
             try:
                 await self.refresh()
-            except Exception as exc:  # the index may be briefly unreachable; try again next time
+            except Exception as exc:  # noqa: BLE001 - the index may be briefly unreachable; try again next time
                 log.warning("could not re-read the AE registry (trying again in %gs): %s", interval, exc)
 
     # ------------------------------------------------------------------ CRUD
@@ -292,9 +306,13 @@ class NodeRegistry:
         nodes = await self.list()
         shared = [n for n in nodes if n.ae_title == stored.ae_title and n.host != stored.host]
         if shared and warn:
-            log.warning("AE title %r is now registered on %d hosts (%s); a C-MOVE to it goes to the node at "
-                        "the requester's address, and is refused from anywhere else",
-                        stored.ae_title, len(shared) + 1, _addresses([stored, *shared]))
+            log.warning(
+                "AE title %r is now registered on %d hosts (%s); a C-MOVE to it goes to the node at "
+                "the requester's address, and is refused from anywhere else",
+                stored.ae_title,
+                len(shared) + 1,
+                _addresses([stored, *shared]),
+            )
         await self._publish(nodes)
         return stored
 
@@ -322,8 +340,9 @@ class NodeRegistry:
         def run(conn: IndexConnection) -> dict[str, Any]:
             if nodes_repo.node_by_id(conn, node_id) is None:
                 raise NotFound(f"no node has the id {node_id}")
-            if any(r["host"] == node.host and int(r["id"]) != node_id
-                   for r in nodes_repo.nodes_titled(conn, node.ae_title)):
+            if any(
+                r["host"] == node.host and int(r["id"]) != node_id for r in nodes_repo.nodes_titled(conn, node.ae_title)
+            ):
                 raise InvalidNode(f"another node is already registered as {node.label()}; edit or remove that one")
             return nodes_repo.update_node(conn, node_id, _row_of(node), now)
 
@@ -362,15 +381,23 @@ class NodeRegistry:
         candidates = [n for n in nodes if n.ae_title == title]
         near = [n for n in nodes if n.ae_title != title and n.ae_title.casefold() == title.casefold()]
         if not candidates:
-            message = (f"C-MOVE destination {title!r} is not a registered node; add it with: "
-                       f"minipacs nodes add {title} HOST PORT")
+            message = (
+                f"C-MOVE destination {title!r} is not a registered node; add it with: "
+                f"minipacs nodes add {title} HOST PORT"
+            )
             if near:
-                message += (f" (registered titles differing only in case: {', '.join(n.label() for n in near)}; "
-                            "DICOM compares AE titles exactly)")
+                message += (
+                    f" (registered titles differing only in case: {', '.join(n.label() for n in near)}; "
+                    "DICOM compares AE titles exactly)"
+                )
             raise UnknownDestination(message)
         if near:
-            log.warning("C-MOVE destination %r: registered titles %s differ from it only in case; they are other "
-                        "nodes to DICOM and receive nothing from this move", title, ", ".join(n.label() for n in near))
+            log.warning(
+                "C-MOVE destination %r: registered titles %s differ from it only in case; they are other "
+                "nodes to DICOM and receive nothing from this move",
+                title,
+                ", ".join(n.label() for n in near),
+            )
         if len(candidates) == 1:
             return candidates[0]
         requester = normalise_ip(requester_host) or requester_host
@@ -378,8 +405,14 @@ class NodeRegistry:
         where = _addresses(candidates)
         if len(matches) == 1:
             chosen = matches[0]
-            log.warning("C-MOVE destination %r is registered %d times (%s); the request came from %s, so images "
-                        "go to %s", title, len(candidates), where, requester_host, chosen.address)
+            log.warning(
+                "C-MOVE destination %r is registered %d times (%s); the request came from %s, so images go to %s",
+                title,
+                len(candidates),
+                where,
+                requester_host,
+                chosen.address,
+            )
             return chosen
         if matches:
             message = (
@@ -447,7 +480,9 @@ def calling_host_warning(nodes: Sequence[Node], check_calling_host: bool) -> str
     exposed = [n for n in nodes if n.permissions & RETRIEVE_OPERATIONS]
     if not exposed:
         return None
-    listed = ", ".join(n.ae_title for n in exposed[:10]) + (f" and {len(exposed) - 10} more" if len(exposed) > 10 else "")
+    listed = ", ".join(n.ae_title for n in exposed[:10]) + (
+        f" and {len(exposed) - 10} more" if len(exposed) > 10 else ""
+    )
     return (
         f"{len(exposed)} registered node(s) may retrieve images (C-MOVE/C-GET): {listed}. check_calling_host is "
         f"off, so ANY host that calls with one of these AE titles gets those rights and can pull every study; an "

@@ -91,12 +91,17 @@ async def _existing(worklist: Worklist, ds: Dataset, control: OrderControl) -> l
     if accession:
         entries = await worklist.by_accession(accession)
     else:
-        keys = [(k, str(ds.get(k, "") or "")) for k in ("PlacerOrderNumberImagingServiceRequest",
-                                                        "FillerOrderNumberImagingServiceRequest")]
+        keys = [
+            (k, str(ds.get(k, "") or ""))
+            for k in ("PlacerOrderNumberImagingServiceRequest", "FillerOrderNumberImagingServiceRequest")
+        ]
         keys = [(k, v) for k, v in keys if v]
         if not keys:
-            raise InvalidOrder("the order has neither an accession number nor placer/filler order numbers to "
-                               "find it by", control=control, keyword="AccessionNumber")
+            raise InvalidOrder(
+                "the order has neither an accession number nor placer/filler order numbers to find it by",
+                control=control,
+                keyword="AccessionNumber",
+            )
         entries = [e for e in await worklist.list() if any(str(e.dataset.get(k, "") or "") == v for k, v in keys)]
     return [e for e in entries if e.status in OPEN_STATES]
 
@@ -113,8 +118,9 @@ async def _new(worklist: Worklist, ds: Dataset) -> Action:
     ds = _checked(ds, OrderControl.NEW)
     duplicates = await _existing(worklist, ds, OrderControl.NEW) if order_key(ds) else []
     if duplicates:
-        raise DuplicateOrder(f"order {order_key(ds)} is already on the worklist", control=OrderControl.NEW,
-                             keyword="AccessionNumber")
+        raise DuplicateOrder(
+            f"order {order_key(ds)} is already on the worklist", control=OrderControl.NEW, keyword="AccessionNumber"
+        )
 
     async def run(wl: Worklist) -> str:
         entry = await wl.add(ds)
@@ -127,8 +133,11 @@ async def _cancel(worklist: Worklist, ds: Dataset) -> Action:
     """The open entries of the order become CANCELLED (they leave the modality's list)."""
     entries = await _existing(worklist, ds, OrderControl.CANCEL)
     if not entries:
-        raise UnknownOrder(f"no open worklist entry for order {order_key(ds) or '(no number)'} to cancel",
-                           control=OrderControl.CANCEL, keyword="AccessionNumber")
+        raise UnknownOrder(
+            f"no open worklist entry for order {order_key(ds) or '(no number)'} to cancel",
+            control=OrderControl.CANCEL,
+            keyword="AccessionNumber",
+        )
 
     async def run(wl: Worklist) -> str:
         for entry in entries:
@@ -150,21 +159,31 @@ async def _change(worklist: Worklist, ds: Dataset) -> Action:
     control = OrderControl.CHANGE
     entries = await _existing(worklist, ds, control)
     if not entries:
-        raise UnknownOrder(f"no open worklist entry for order {order_key(ds) or '(no number)'} to change",
-                           control=control, keyword="AccessionNumber")
+        raise UnknownOrder(
+            f"no open worklist entry for order {order_key(ds) or '(no number)'} to change",
+            control=control,
+            keyword="AccessionNumber",
+        )
     procedure = str(ds.get("RequestedProcedureID", "") or "")
     if len(entries) > 1 and procedure:
         entries = [e for e in entries if str(e.dataset.get("RequestedProcedureID", "") or "") == procedure] or entries
     if len(entries) > 1:
-        raise AmbiguousOrder(f"order {order_key(ds)} has {len(entries)} open worklist entries "
-                             f"({', '.join(str(e.id) for e in entries)}) and the change does not say which one it "
-                             "is for", control=control, keyword="RequestedProcedureID")
+        raise AmbiguousOrder(
+            f"order {order_key(ds)} has {len(entries)} open worklist entries "
+            f"({', '.join(str(e.id) for e in entries)}) and the change does not say which one it "
+            "is for",
+            control=control,
+            keyword="RequestedProcedureID",
+        )
     target = entries[0]
     if not str(ds.get("StudyInstanceUID", "") or ""):
         ds.StudyInstanceUID = str(target.dataset.get("StudyInstanceUID", "") or "")
     if not str(ds.get("RequestedProcedureID", "") or ""):  # keep the IDs the modality has, not new ones
         ds.RequestedProcedureID = str(target.dataset.get("RequestedProcedureID", "") or "")
-    old_steps, new_steps = target.dataset.get("ScheduledProcedureStepSequence"), ds.get("ScheduledProcedureStepSequence")
+    old_steps, new_steps = (
+        target.dataset.get("ScheduledProcedureStepSequence"),
+        ds.get("ScheduledProcedureStepSequence"),
+    )
     if old_steps and new_steps and len(old_steps) == len(new_steps):
         for old, new in zip(old_steps, new_steps, strict=True):
             if not str(new.get("ScheduledProcedureStepID", "") or ""):
@@ -199,6 +218,15 @@ async def apply_orders(worklist: Worklist, orders: Sequence[Order]) -> str:
 
 
 __all__ = [
-    "PLANNERS", "AmbiguousOrder", "DuplicateOrder", "InvalidOrder", "Order", "OrderChanged", "OrderControl",
-    "OrderRefused", "UnknownOrder", "apply_orders", "order_key",
+    "PLANNERS",
+    "AmbiguousOrder",
+    "DuplicateOrder",
+    "InvalidOrder",
+    "Order",
+    "OrderChanged",
+    "OrderControl",
+    "OrderRefused",
+    "UnknownOrder",
+    "apply_orders",
+    "order_key",
 ]

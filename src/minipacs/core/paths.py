@@ -37,8 +37,7 @@ def validate_uid(attribute: str, value: str) -> str:
         raise InvalidIdentifier(f"{attribute} is empty; a UID is required there")
     if len(value) > UID_MAX_LENGTH:
         raise InvalidIdentifier(
-            f"{attribute} {_shown(value)} is {len(value)} characters long; "
-            f"PS3.5 §9.1 allows at most {UID_MAX_LENGTH}"
+            f"{attribute} {_shown(value)} is {len(value)} characters long; PS3.5 §9.1 allows at most {UID_MAX_LENGTH}"
         )
     if _UID_SYNTAX.fullmatch(value) is None:
         raise InvalidIdentifier(

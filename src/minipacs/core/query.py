@@ -26,11 +26,20 @@ from pydicom.tag import BaseTag
 from pydicom.valuerep import PersonName
 
 from minipacs.core.errors import IdentifierMismatch, InvalidKeyValue, InvalidQuery
-from minipacs.core.stored import read_stored
 from minipacs.core.identifier import Key, read_keys, sequence_matches
+from minipacs.core.query_model import (
+    _ORDER,
+    COMPUTED_KEYS,
+    CONSTANT_KEYS,
+    INDEXED_KEYS,
+    LEVELS,
+    SERVICE_KEYS,
+    ComputedKey,
+    IndexedKey,
+)
+from minipacs.core.stored import read_stored
 from minipacs.dicom.identifier import QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET, element_text
-from minipacs.core.query_model import _ORDER, LevelTable, LEVELS, IndexedKey, INDEXED_KEYS, ComputedKey, COMPUTED_KEYS, CONSTANT_KEYS, SERVICE_KEYS
-from minipacs.dicom.levels import Level, InformationModel
+from minipacs.dicom.levels import InformationModel, Level
 from minipacs.index import query_sql
 from minipacs.index.database import IndexConnection
 from minipacs.index.entities import Entity
@@ -46,6 +55,7 @@ BATCH: Final = 32
 
 
 # ------------------------------------------------------------------ the prepared query
+
 
 @dataclass(frozen=True)
 class PreparedQuery:
@@ -72,7 +82,11 @@ def _effective_level(level: Level, model: InformationModel) -> Level:
 
 
 def prepare_query(
-    identifier: Dataset, model: InformationModel, *, level: Level | None = None, relational: bool = False,
+    identifier: Dataset,
+    model: InformationModel,
+    *,
+    level: Level | None = None,
+    relational: bool = False,
     absent: Sequence[str] = (),
 ) -> PreparedQuery:
     """Validate ``identifier`` against ``model`` (PS3.4 C.4.1.2); raises IdentifierMismatch / InvalidKeyValue.
@@ -88,8 +102,10 @@ def prepare_query(
     for keyword in absent:
         comp = COMPUTED_KEYS.get(keyword)
         if comp is None or not comp.matchable or _effective_level(comp.level, model) is not level:
-            raise InvalidQuery(f"{keyword} cannot be required empty at the {level.value} level; only computed "
-                               "keys of that level that can be matched can")
+            raise InvalidQuery(
+                f"{keyword} cannot be required empty at the {level.value} level; only computed "
+                "keys of that level that can be matched can"
+            )
         without.append(keyword)
     unsupported: list[str] = []
     sql_keys: list[tuple[Key, IndexedKey]] = []
@@ -122,20 +138,33 @@ def prepare_query(
             file_keys.append(key)
     if not relational:
         _check_hierarchical(keys, model, level)
-    return PreparedQuery(model, level, keys, relational, tuple(unsupported), tuple(sql_keys), tuple(computed),
-                         tuple(file_keys), frozenset(ignored), tuple(without))
+    return PreparedQuery(
+        model,
+        level,
+        keys,
+        relational,
+        tuple(unsupported),
+        tuple(sql_keys),
+        tuple(computed),
+        tuple(file_keys),
+        frozenset(ignored),
+        tuple(without),
+    )
 
 
 def _level_of(keys: Sequence[Key], model: InformationModel) -> Level:
     key = next((k for k in keys if k.tag == QUERY_RETRIEVE_LEVEL), None)
     if key is None or not key.text:
-        raise IdentifierMismatch("the identifier has no QueryRetrieveLevel (0008,0052); "
-                                 f"the {model.name} model needs one of {', '.join(lv.value for lv in model.levels)}")
+        raise IdentifierMismatch(
+            "the identifier has no QueryRetrieveLevel (0008,0052); "
+            f"the {model.name} model needs one of {', '.join(lv.value for lv in model.levels)}"
+        )
     try:
         level = Level(key.text.strip().upper())
     except ValueError:
-        raise IdentifierMismatch(f"QueryRetrieveLevel {key.text[:20]!r} is not one of "
-                                 f"{', '.join(lv.value for lv in model.levels)}") from None
+        raise IdentifierMismatch(
+            f"QueryRetrieveLevel {key.text[:20]!r} is not one of {', '.join(lv.value for lv in model.levels)}"
+        ) from None
     if level not in model.levels:
         raise IdentifierMismatch(f"QueryRetrieveLevel {level.value} is not part of the {model.name} model")
     return level
@@ -155,6 +184,7 @@ def _check_hierarchical(keys: Sequence[Key], model: InformationModel, level: Lev
 
 
 # ------------------------------------------------------------------ running it
+
 
 async def query(
     archive: Any,
@@ -227,8 +257,10 @@ async def run_query_batches(
     spec = page_query(prepared)
 
     def read(after: int, want: int) -> Awaitable[tuple[list[Row], int, bool]]:
-        return cast(Awaitable[tuple[list[Row], int, bool]], archive.read(
-            lambda conn: _read_page(conn, prepared, spec, slots, after, want, archive.blobs.path_of)))
+        return cast(
+            Awaitable[tuple[list[Row], int, bool]],
+            archive.read(lambda conn: _read_page(conn, prepared, spec, slots, after, want, archive.blobs.path_of)),
+        )
 
     pending: asyncio.Future[tuple[list[Row], int, bool]] | None = None
     try:
@@ -239,7 +271,7 @@ async def run_query_batches(
                 rows = rows[: limit - sent]
             after_page = sent + len(rows)
             for start in range(0, len(rows), batch):
-                yield rows[start:start + batch]
+                yield rows[start : start + batch]
                 if start == 0 and not exhausted:  # the first batch is out: read the next page meanwhile
                     page = PAGE
                     next_want = page if limit is None else min(page, limit - after_page)
@@ -263,26 +295,34 @@ async def run_query_batches(
 def page_query(prepared: PreparedQuery) -> query_sql.PageQuery:
     """What the index matches for ``prepared`` (index/query_sql.py): entity, indexed keys, computed keys."""
     keys = tuple(
-        query_sql.KeyMatch(f"k{key.tag:08x}", LEVELS[ik.level].entity, ik.value_column, ik.match_column, ik.kind,
-                           key.condition)
+        query_sql.KeyMatch(
+            f"k{key.tag:08x}", LEVELS[ik.level].entity, ik.value_column, ik.match_column, ik.kind, key.condition
+        )
         for key, ik in prepared.sql_keys
     )
-    related = tuple((key.keyword, key.condition) for key, comp in prepared.computed_keys
-                    if not key.is_universal and comp.matchable)
+    related = tuple(
+        (key.keyword, key.condition) for key, comp in prepared.computed_keys if not key.is_universal and comp.matchable
+    )
     return query_sql.PageQuery(LEVELS[prepared.level].entity, keys, related, prepared.absent)
 
 
 def _read_page(
-    conn: IndexConnection, prepared: PreparedQuery, spec: query_sql.PageQuery, slots: Sequence[_Slot], after: int,
-    want: int, path_of: Callable[[str], Any],
+    conn: IndexConnection,
+    prepared: PreparedQuery,
+    spec: query_sql.PageQuery,
+    slots: Sequence[_Slot],
+    after: int,
+    want: int,
+    path_of: Callable[[str], Any],
 ) -> tuple[list[Row], int, bool]:
     """One page of matches: (rows, last primary key read, no more rows)."""
     rows, position = query_sql.match_page(conn, spec, after, want)
     if not rows:
         return [], after, True
     pks = [int(r[0]) for r in rows]
-    computed = {key.keyword: _computed_values(conn, spec.entity, key.keyword, comp, pks)
-                for key, comp in prepared.computed_keys}
+    computed = {
+        key.keyword: _computed_values(conn, spec.entity, key.keyword, comp, pks) for key, comp in prepared.computed_keys
+    }
     files: dict[int, Dataset | None] = {}
     if prepared.file_keys:
         files = _representative_files(conn, prepared, spec.entity, pks, path_of)
@@ -306,7 +346,10 @@ def _computed_values(
 
 
 def _representative_files(
-    conn: IndexConnection, prepared: PreparedQuery, entity: Entity, pks: list[int],
+    conn: IndexConnection,
+    prepared: PreparedQuery,
+    entity: Entity,
+    pks: list[int],
     path_of: Callable[[str], Any],
 ) -> dict[int, Dataset | None]:
     """The stored header (no pixel data) of one instance per matched entity (the first stored)."""
@@ -435,10 +478,10 @@ def row_dataset(fields: Sequence[ResponseField], row: Row) -> Dataset:
             continue
         converted = _element_value(spec.vr, value)
         if spec.vr == "PN" and converted is not None:  # pydicom writes PN values only as PersonName
-            converted = ([PersonName(v) for v in converted] if isinstance(converted, list)
-                         else PersonName(converted))
-        elements[tag] = DataElement(tag, spec.vr, converted, already_converted=True,
-                                    validation_mode=pydicom.config.IGNORE)
+            converted = [PersonName(v) for v in converted] if isinstance(converted, list) else PersonName(converted)
+        elements[tag] = DataElement(
+            tag, spec.vr, converted, already_converted=True, validation_mode=pydicom.config.IGNORE
+        )
     return Dataset(elements)
 
 

@@ -10,8 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from minipacs.dicom.levels import LEVEL_SPELLINGS
-from minipacs.dicom.levels import Level
+from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.index import repository as repo
 from minipacs.index.entities import ENTITIES, Entity
 from minipacs.index.matching import ColumnKind
@@ -81,6 +80,7 @@ INDEXED_KEYS: Final[Mapping[str, IndexedKey]] = _indexed_keys()
 
 
 # ------------------------------------------------------------------ computed keys
+
 
 @dataclass(frozen=True)
 class ComputedKey:

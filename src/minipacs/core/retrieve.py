@@ -106,16 +106,18 @@ def _checked(keyword: str, values: list[str], level: RetrieveLevel | None) -> li
                 "unique keys (PS3.4 C.4.2.2.1): query with C-FIND first, then retrieve the UIDs found"
             )
         if len(value) > 64:
-            raise InvalidRetrieveIdentifier(f"{keyword} {value[:40]!r}... is {len(value)} characters long; "
-                                            "unique keys have at most 64")
+            raise InvalidRetrieveIdentifier(
+                f"{keyword} {value[:40]!r}... is {len(value)} characters long; unique keys have at most 64"
+            )
     if len(values) > 1 and (level is None or not level.uid_list):
         raise InvalidRetrieveIdentifier(
             f"{keyword} has {len(values)} values; only the Unique Key of the retrieve level may be a "
             "list, and only when it is a UID (PS3.4 C.4.2.2.1)"
         )
     if len(values) > MAX_KEYS:
-        raise InvalidRetrieveIdentifier(f"{keyword} lists {len(values)} UIDs; at most {MAX_KEYS} per request, "
-                                        "split the retrieve")
+        raise InvalidRetrieveIdentifier(
+            f"{keyword} lists {len(values)} UIDs; at most {MAX_KEYS} per request, split the retrieve"
+        )
     return values
 
 
@@ -126,8 +128,9 @@ def plan(level: str, identifier: Mapping[str, object], model: str = "STUDY") -> 
         raise InvalidRetrieveIdentifier(f"unknown information model {model!r}; expected PATIENT or STUDY root")
     name = level.strip().upper()
     if not name:
-        raise InvalidRetrieveIdentifier("QueryRetrieveLevel (0008,0052) is missing; it must be one of "
-                                        + ", ".join(levels))
+        raise InvalidRetrieveIdentifier(
+            "QueryRetrieveLevel (0008,0052) is missing; it must be one of " + ", ".join(levels)
+        )
     if name not in levels:
         raise InvalidRetrieveIdentifier(
             f"QueryRetrieveLevel {level[:20]!r} is not a level of the {model.title()} Root model "
@@ -151,8 +154,15 @@ def plan(level: str, identifier: Mapping[str, object], model: str = "STUDY") -> 
 
 
 def _instance(archive: Archive, row: StoredRow) -> StoredInstance:
-    return StoredInstance(row.sop_class_uid, row.sop_instance_uid, row.transfer_syntax_uid,
-                          archive.blobs.path_of(row.blob_key), -1, row.study_instance_uid, row.series_instance_uid)
+    return StoredInstance(
+        row.sop_class_uid,
+        row.sop_instance_uid,
+        row.transfer_syntax_uid,
+        archive.blobs.path_of(row.blob_key),
+        -1,
+        row.study_instance_uid,
+        row.series_instance_uid,
+    )
 
 
 def locate(instance: StoredInstance, blob_key: str = "") -> StoredInstance:
@@ -194,5 +204,13 @@ async def select_instances(
     return await asyncio.to_thread(_locate, archive, rows)
 
 
-__all__ = ["InvalidRetrieveIdentifier", "LEVELS", "MODELS", "StoredInstance", "dataset_offset_of", "locate", "plan",
-           "select_instances"]
+__all__ = [
+    "InvalidRetrieveIdentifier",
+    "LEVELS",
+    "MODELS",
+    "StoredInstance",
+    "dataset_offset_of",
+    "locate",
+    "plan",
+    "select_instances",
+]

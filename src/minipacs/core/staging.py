@@ -11,8 +11,8 @@ import collections
 import errno
 import logging
 import os
-import threading
 import struct
+import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,8 +23,8 @@ from minipacs.core.errors import ArchiveError, DatasetTooLarge, InvalidIdentifie
 from minipacs.core.header import read_header
 from minipacs.core.model import StagedPath
 from minipacs.core.paths import strip_uid_padding, validate_uid
-from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from minipacs.dicom.part10 import PREAMBLE, NotPart10, uid_value, walk_file_meta
+from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from minipacs.dicom.vr import LONG_LENGTH_VRS
 
 log = logging.getLogger(__name__)
@@ -107,9 +107,7 @@ class StagingFile:
         self._sop_class_uid = strip_uid_padding(sop_class_uid)
         self._sop_instance_uid = strip_uid_padding(sop_instance_uid)
         self._transfer_syntax_uid = strip_uid_padding(transfer_syntax_uid)
-        meta = file_meta_information(
-            self._sop_class_uid, self._sop_instance_uid, self._transfer_syntax_uid, source_aet
-        )
+        meta = file_meta_information(self._sop_class_uid, self._sop_instance_uid, self._transfer_syntax_uid, source_aet)
         self._limit = max_dataset_bytes
         self._size = 0
         self._dataset_offset = len(meta)

@@ -29,10 +29,9 @@ from minipacs.core.errors import (
     InvalidInstance,
     UnreadableInstance,
 )
-from minipacs.dicom.header import dataset_encoding
-from minipacs.dicom.header import MalformedDataset
 from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits, inflate, inflated
 from minipacs.core.structure import PIXEL_TAGS, check_structure
+from minipacs.dicom.header import MalformedDataset, dataset_encoding
 from minipacs.dicom.part10 import (
     NotPart10,
     dataset_offset_of,
@@ -52,21 +51,26 @@ def _at_pixel_data(tag: Any, vr: str | None, length: int) -> bool:
     return int(tag) in PIXEL_TAGS
 
 
-def read_part10_bytes(data: bytes, limits: DatasetLimits, *, stop_before_pixels: bool = False,
-                      specific_tags: list[Any] | None = None) -> Dataset:
+def read_part10_bytes(
+    data: bytes, limits: DatasetLimits, *, stop_before_pixels: bool = False, specific_tags: list[Any] | None = None
+) -> Dataset:
     """A Part 10 file received as bytes (a STOW-RS part), read by pydicom; a deflated dataset is
     inflated within ``limits`` (UnreadableInstance past them). Other errors are pydicom's."""
     if data[128:132] == b"DICM":
-        end, values = walk_file_meta(data[132:132 + _MAX_META])
+        end, values = walk_file_meta(data[132 : 132 + _MAX_META])
         if dataset_encoding(uid_value(values.get(0x0010, b""))).deflated:
             out = bytearray()
             try:
-                inflate(io.BytesIO(data[132 + end:]), len(data) - 132 - end, limits, out.extend)
+                inflate(io.BytesIO(data[132 + end :]), len(data) - 132 - end, limits, out.extend)
             except (InflateLimitExceeded, InvalidInstance) as exc:
                 raise UnreadableInstance(str(exc)) from exc
-            return read_dataset(io.BytesIO(out), False, True,
-                                stop_when=_at_pixel_data if stop_before_pixels else None,
-                                specific_tags=_tags(specific_tags))
+            return read_dataset(
+                io.BytesIO(out),
+                False,
+                True,
+                stop_when=_at_pixel_data if stop_before_pixels else None,
+                specific_tags=_tags(specific_tags),
+            )
     return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels, specific_tags=specific_tags)
 
 
@@ -101,8 +105,13 @@ def quiet_pydicom() -> Iterator[list[str]]:
         _QUIET.captured = previous
 
 
-def read_stored(path: Path, limits: DatasetLimits = DEFAULT_LIMITS, *, stop_before_pixels: bool = False,
-                specific_tags: list[Any] | None = None) -> FileDataset:
+def read_stored(
+    path: Path,
+    limits: DatasetLimits = DEFAULT_LIMITS,
+    *,
+    stop_before_pixels: bool = False,
+    specific_tags: list[Any] | None = None,
+) -> FileDataset:
     """The stored file ``path`` read by pydicom (``pydicom.dcmread`` arguments of the same names).
 
     The whole structure is walked first (core/structure.py: truncation, lying lengths, nesting
@@ -119,7 +128,7 @@ def read_stored(path: Path, limits: DatasetLimits = DEFAULT_LIMITS, *, stop_befo
             raise UnreadableInstance("its file is missing from storage") from exc
         except (MalformedDataset, InflateLimitExceeded, InvalidInstance, NotPart10) as exc:
             raise UnreadableInstance(str(exc)) from exc
-        except Exception as exc:  # noqa: BLE001 - whatever pydicom raises, the file cannot be read
+        except Exception as exc:
             said = f" ({captured[0][:200]})" if captured else ""
             raise UnreadableInstance(f"pydicom cannot read it: {type(exc).__name__}: {str(exc)[:200]}{said}") from exc
 
@@ -132,16 +141,33 @@ def _read(path: Path, limits: DatasetLimits, stop_before_pixels: bool, specific_
         with open(path, "rb") as fp:
             size = os.fstat(fp.fileno()).st_size
             fp.seek(offset)
-            check_structure(fp, size, implicit=encoding.implicit_vr, little_endian=encoding.little_endian,
-                            max_depth=limits.max_sequence_depth, stop_at_pixels=stop_before_pixels)
+            check_structure(
+                fp,
+                size,
+                implicit=encoding.implicit_vr,
+                little_endian=encoding.little_endian,
+                max_depth=limits.max_sequence_depth,
+                stop_at_pixels=stop_before_pixels,
+            )
         return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags)
     data = inflated(path, offset, limits)
-    check_structure(io.BytesIO(data), len(data), implicit=False, little_endian=True,
-                    max_depth=limits.max_sequence_depth, stop_at_pixels=stop_before_pixels)
+    check_structure(
+        io.BytesIO(data),
+        len(data),
+        implicit=False,
+        little_endian=True,
+        max_depth=limits.max_sequence_depth,
+        stop_at_pixels=stop_before_pixels,
+    )
     with open(path, "rb") as fh:
         preamble = fh.read(128)
-    dataset = read_dataset(io.BytesIO(data), False, True, stop_when=_at_pixel_data if stop_before_pixels else None,
-                           specific_tags=_tags(specific_tags))
+    dataset = read_dataset(
+        io.BytesIO(data),
+        False,
+        True,
+        stop_when=_at_pixel_data if stop_before_pixels else None,
+        specific_tags=_tags(specific_tags),
+    )
     ds = FileDataset(str(path), dataset, preamble, meta, is_implicit_VR=False, is_little_endian=True)
     ds.set_original_encoding(False, True, dataset._character_set)
     return ds

@@ -51,8 +51,9 @@ def _known_vr(tag: int) -> str:
         return "UN"
 
 
-def check_structure(fp: BinaryIO, end: int, *, implicit: bool, little_endian: bool, max_depth: int,
-                    stop_at_pixels: bool = False) -> None:
+def check_structure(
+    fp: BinaryIO, end: int, *, implicit: bool, little_endian: bool, max_depth: int, stop_at_pixels: bool = False
+) -> None:
     """Walk the dataset from ``fp``'s position to ``end``; raise MalformedDataset when it is broken.
 
     ``stop_at_pixels``: stop at top-level (pixel) data, as ``dcmread(stop_before_pixels=True)`` does.
@@ -79,8 +80,9 @@ def check_structure(fp: BinaryIO, end: int, *, implicit: bool, little_endian: bo
             if len(stack) == 1:
                 return  # fewer than 8 bytes of padding after the last element: pydicom ignores them too
             what = "sequence" if frame.sequence else "item"
-            raise MalformedDataset(f"an undefined-length {what} runs past the end of what contains it "
-                                   "(its delimitation item is missing)")
+            raise MalformedDataset(
+                f"an undefined-length {what} runs past the end of what contains it (its delimitation item is missing)"
+            )
         head = read(8)
         group, element = tag_struct.unpack_from(head)
         tag = group << 16 | element
@@ -98,8 +100,9 @@ def check_structure(fp: BinaryIO, end: int, *, implicit: bool, little_endian: bo
                 stack.append(_Frame(False, None, frame.limit, frame.implicit))
                 continue
             if pos + 8 + length > frame.limit:
-                raise MalformedDataset(f"an item claims {length} bytes, more than remain in its sequence "
-                                       "(a wrong length)")
+                raise MalformedDataset(
+                    f"an item claims {length} bytes, more than remain in its sequence (a wrong length)"
+                )
             if frame.fragments:
                 fp.seek(pos + 8 + length)
             else:
@@ -118,21 +121,26 @@ def check_structure(fp: BinaryIO, end: int, *, implicit: bool, little_endian: bo
         else:
             vr = head[4:6]
             if not (vr.isalpha() and vr.isupper()):
-                raise MalformedDataset(f"data element {_tag_text(tag)} has no valid VR ({vr!r}) although the "
-                                       "transfer syntax is explicit VR")
+                raise MalformedDataset(
+                    f"data element {_tag_text(tag)} has no valid VR ({vr!r}) although the "
+                    "transfer syntax is explicit VR"
+                )
             if vr in LONG_LENGTH_VR_BYTES:
                 length, start = u32.unpack(read(4))[0], pos + 12
             else:
                 length, start = u16.unpack_from(head, 6)[0], pos + 8
         known = _known_vr(tag) if frame.implicit or vr == b"UN" else ""
         if length == _UNDEFINED:
-            fragments = (vr in _ENCAPSULATING_VRS or tag == _PIXEL_DATA
-                         or (frame.implicit and known in ("OB", "OW", "OB or OW")))
+            fragments = (
+                vr in _ENCAPSULATING_VRS or tag == _PIXEL_DATA or (frame.implicit and known in ("OB", "OW", "OB or OW"))
+            )
             inner_implicit = frame.implicit or vr == b"UN"
             child = _Frame(True, None, frame.limit, inner_implicit, fragments)
         elif start + length > frame.limit:
-            raise MalformedDataset(f"data element {_tag_text(tag)} claims {length} bytes, more than remain "
-                                   "(a wrong length, or the file is truncated)")
+            raise MalformedDataset(
+                f"data element {_tag_text(tag)} claims {length} bytes, more than remain "
+                "(a wrong length, or the file is truncated)"
+            )
         elif vr == b"SQ" or known == "SQ":
             child = _Frame(True, start + length, start + length, frame.implicit or vr == b"UN")
         else:

@@ -23,10 +23,11 @@ from minipacs.core import decoders
 from minipacs.core.errors import ArchiveError, NotFound, UnreadableInstance
 from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits
 from minipacs.core.stored import read_stored
-from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, TransferSyntax, transfer_syntax
+from minipacs.dicom.uids import TransferSyntax, transfer_syntax
 
-_CODECS_HINT: Final = ("(the decoders are python-gdcm, pylibjpeg-openjpeg with pylibjpeg, and pyjpegls: "
-                        "check that they are installed)")
+_CODECS_HINT: Final = (
+    "(the decoders are python-gdcm, pylibjpeg-openjpeg with pylibjpeg, and pyjpegls: check that they are installed)"
+)
 
 
 class TranscodeError(ArchiveError):
@@ -57,9 +58,10 @@ def _decoded(path: Path, target_ts: str, limits: DatasetLimits) -> tuple[Any, Tr
             ds.decompress(generate_instance_uid=False)  # same instance, another encoding: keep its UID
     except UnreadableInstance as exc:
         raise TranscodeError(f"cannot convert {path.name} to {target_ts}: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - any codec failure means "cannot convert"
-        raise TranscodeError(f"cannot convert {path.name} to {target_ts}: {type(exc).__name__}: {exc} {_CODECS_HINT}"
-                             ) from exc
+    except Exception as exc:
+        raise TranscodeError(
+            f"cannot convert {path.name} to {target_ts}: {type(exc).__name__}: {exc} {_CODECS_HINT}"
+        ) from exc
     return ds, target
 
 
@@ -102,8 +104,9 @@ def transcode_part10(path: Path, target_ts: str, limits: DatasetLimits = DEFAULT
     return bytes(buf.getvalue())
 
 
-def pixel_frames(path: Path, numbers: Sequence[int], *, decode: bool,
-                 limits: DatasetLimits = DEFAULT_LIMITS) -> list[bytes]:
+def pixel_frames(
+    path: Path, numbers: Sequence[int], *, decode: bool, limits: DatasetLimits = DEFAULT_LIMITS
+) -> list[bytes]:
     """Frames ``numbers`` (1-based) of the stored instance ``path``.
 
     ``decode=False``: as stored -- for an encapsulated syntax the compressed bitstream of each
@@ -127,8 +130,10 @@ def pixel_frames(path: Path, numbers: Sequence[int], *, decode: bool,
             raise NoSuchFrame(f"frame {number} does not exist; the instance has {count}")
     stored = transfer_syntax(str(ds.file_meta.TransferSyntaxUID))
     if stored is None:
-        raise TranscodeError(f"the instance is stored in transfer syntax {ds.file_meta.TransferSyntaxUID}, "
-                             "which this server does not know")
+        raise TranscodeError(
+            f"the instance is stored in transfer syntax {ds.file_meta.TransferSyntaxUID}, "
+            "which this server does not know"
+        )
     if stored.encapsulated and not decode:
         offsets = None
         if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
@@ -141,18 +146,18 @@ def pixel_frames(path: Path, numbers: Sequence[int], *, decode: bool,
     if not stored.encapsulated and stored.little_endian and bits % 8 == 0:
         size = ds.Rows * ds.Columns * int(ds.get("SamplesPerPixel", 1)) * bits // 8
         data = ds.PixelData
-        return [bytes(data[(number - 1) * size:number * size]) for number in numbers]
+        return [bytes(data[(number - 1) * size : number * size]) for number in numbers]
     try:  # compressed (or big endian, or 1-bit) -> decode
         if len(numbers) <= 4 or count == 1:
             arrays = [pixel_array(ds, index=number - 1 if count > 1 else None) for number in numbers]
         else:
             everything = ds.pixel_array
             arrays = [everything[number - 1] for number in numbers]
-    except Exception as exc:  # noqa: BLE001 - any codec failure means "cannot decode"
-        raise TranscodeError(f"the pixel data ({stored.uid}) cannot be decompressed: {type(exc).__name__}: {exc} "
-                             f"{_CODECS_HINT}") from exc
+    except Exception as exc:
+        raise TranscodeError(
+            f"the pixel data ({stored.uid}) cannot be decompressed: {type(exc).__name__}: {exc} {_CODECS_HINT}"
+        ) from exc
     return [np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes() for a in arrays]
 
 
-__all__ = [ "NoSuchFrame", "TranscodeError", "can_transcode", "pixel_frames", "transcode",
-           "transcode_part10"]
+__all__ = ["NoSuchFrame", "TranscodeError", "can_transcode", "pixel_frames", "transcode", "transcode_part10"]

@@ -73,8 +73,15 @@ def verify_password(password: str, stored: str) -> bool:
         if scheme != "scrypt":
             return False
         expected = base64.b64decode(digest, validate=True)
-        got = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt, validate=True), n=int(n), r=int(r),
-                             p=int(p), maxmem=128 * 1024 * 1024, dklen=len(expected))
+        got = hashlib.scrypt(
+            password.encode(),
+            salt=base64.b64decode(salt, validate=True),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            maxmem=128 * 1024 * 1024,
+            dklen=len(expected),
+        )
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(got, expected)
@@ -144,6 +151,18 @@ def token_from_mapping(table: Mapping[str, Any]) -> ApiToken:
     return ApiToken(name, token_hash, _role(table.get("role", "viewer"), f"token {name!r}"))
 
 
-__all__ = ["DICOM_IDENTITY_MODES", "ApiToken", "InvalidUser", "ProvenPasswords", "ROLE_PERMISSIONS", "Role", "User",
-           "hash_password",
-           "hash_token", "new_token", "token_from_mapping", "user_from_mapping", "verify_password"]
+__all__ = [
+    "DICOM_IDENTITY_MODES",
+    "ApiToken",
+    "InvalidUser",
+    "ProvenPasswords",
+    "ROLE_PERMISSIONS",
+    "Role",
+    "User",
+    "hash_password",
+    "hash_token",
+    "new_token",
+    "token_from_mapping",
+    "user_from_mapping",
+    "verify_password",
+]

@@ -77,14 +77,18 @@ class WorklistEntry:
         ds = self.dataset
         sps = _first_sps(ds)
         return {
-            "id": str(self.id), "status": self.status, "accession": self.accession_number,
-            "patient_id": str(ds.get("PatientID", "") or ""), "patient_name": str(ds.get("PatientName", "") or ""),
+            "id": str(self.id),
+            "status": self.status,
+            "accession": self.accession_number,
+            "patient_id": str(ds.get("PatientID", "") or ""),
+            "patient_name": str(ds.get("PatientName", "") or ""),
             "modality": str(sps.get("Modality", "") or ""),
             "station": str(sps.get("ScheduledStationAETitle", "") or ""),
             "start": f"{sps.get('ScheduledProcedureStepStartDate', '') or ''} "
-                     f"{sps.get('ScheduledProcedureStepStartTime', '') or ''}".strip(),
-            "procedure": str(ds.get("RequestedProcedureDescription", "") or sps.get(
-                "ScheduledProcedureStepDescription", "") or ""),
+            f"{sps.get('ScheduledProcedureStepStartTime', '') or ''}".strip(),
+            "procedure": str(
+                ds.get("RequestedProcedureDescription", "") or sps.get("ScheduledProcedureStepDescription", "") or ""
+            ),
             "study_uid": str(ds.get("StudyInstanceUID", "") or ""),
         }
 
@@ -95,6 +99,7 @@ def _first_sps(ds: Dataset) -> Dataset:
 
 
 # ------------------------------------------------------------------ storage form
+
 
 def to_text(ds: Dataset) -> str:
     """The dataset as PS3.18 JSON (binary values inline)."""
@@ -131,8 +136,10 @@ def check_values(ds: Dataset) -> Dataset:
                     warnings.simplefilter("error")
                     validate_value(elem.VR, value, pydicom_config.RAISE)
                 if elem.VR in ("DA", "TM") and "-" in str(value):  # pydicom takes a query's range (C.2.2.2.5)
-                    raise ValueError(f"a stored {elem.VR} is one {'date, YYYYMMDD' if elem.VR == 'DA' else 'time, HHMM[SS]'}"
-                                     ", not a range")
+                    raise ValueError(
+                        f"a stored {elem.VR} is one {'date, YYYYMMDD' if elem.VR == 'DA' else 'time, HHMM[SS]'}"
+                        ", not a range"
+                    )
             except (ValueError, TypeError, UserWarning) as exc:
                 problems.append(f"{name} {str(value)!r}: {str(exc).split(' Please see')[0]}")
                 break
@@ -210,6 +217,7 @@ def read_worklist_file(path: Path) -> Dataset:
 
 # ------------------------------------------------------------------ PS3.4 K.6 matching
 
+
 def matches(keys: Sequence[Key], ds: Dataset) -> bool:
     """PS3.4 K.6.1.2.2 / C.2.2.2: every non-universal key matches ``ds``.
 
@@ -276,6 +284,7 @@ def _prefilter(keys: Sequence[Key]) -> dict[str, str]:
 
 # ------------------------------------------------------------------ the API
 
+
 class Worklist:
     """Worklist entries in the index: add, list, get, update, remove, import, find."""
 
@@ -330,8 +339,9 @@ class Worklist:
                 raise WorklistEntryChanged(f"worklist entry {pk} no longer exists")
             status = str(row["status"])
             if states is not None and status not in states:
-                raise WorklistEntryChanged(f"worklist entry {pk} is {status} now (only {', '.join(states)} "
-                                           "entries may be changed)")
+                raise WorklistEntryChanged(
+                    f"worklist entry {pk} is {status} now (only {', '.join(states)} entries may be changed)"
+                )
             repo.update_worklist(conn, pk, _columns(ds, status))
             return status
 

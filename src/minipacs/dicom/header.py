@@ -256,9 +256,7 @@ class _Walker:
             if tag == _SEQUENCE_DELIMITATION:
                 return
             if tag != _ITEM:
-                raise MalformedDataset(
-                    f"found {_tag_text(tag)} inside a sequence where an item (FFFE,E000) belongs"
-                )
+                raise MalformedDataset(f"found {_tag_text(tag)} inside a sequence where an item (FFFE,E000) belongs")
             if length == _UNDEFINED_LENGTH:
                 self._skip_item(depth, implicit)
             else:

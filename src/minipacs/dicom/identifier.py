@@ -135,8 +135,10 @@ def _can_carry(request_charset: str, texts: Sequence[str]) -> bool:
     character set, or several with ISO 2022 code extensions (PS3.5 6.1.2.5), where a character
     may come from any of them (the writer switches with escape sequences)."""
     terms = [term.strip() for term in request_charset.split("\\")]
-    encoders = [("ascii" if term in _ASCII_TERMS else codec) for term, codec in zip(terms, codecs_for(request_charset),
-                                                                                     strict=True)]
+    encoders = [
+        ("ascii" if term in _ASCII_TERMS else codec)
+        for term, codec in zip(terms, codecs_for(request_charset), strict=True)
+    ]
     for char in {c for text in texts for c in text if not c.isascii()}:
         for encoding in encoders:
             try:

@@ -85,13 +85,19 @@ class InformationModel:
 
 # PS3.4 C.6.1 Patient Root, C.6.2 Study Root, C.6.3 Patient/Study Only (retired); Table C.4-1, C.5-1..3
 PATIENT_ROOT: Final = InformationModel(
-    "Patient Root", (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE), "patient",
-    PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE, PATIENT_ROOT_GET)
+    "Patient Root",
+    (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE),
+    "patient",
+    PATIENT_ROOT_FIND,
+    PATIENT_ROOT_MOVE,
+    PATIENT_ROOT_GET,
+)
 STUDY_ROOT: Final = InformationModel(
-    "Study Root", (Level.STUDY, Level.SERIES, Level.IMAGE), "study",
-    STUDY_ROOT_FIND, STUDY_ROOT_MOVE, STUDY_ROOT_GET)
+    "Study Root", (Level.STUDY, Level.SERIES, Level.IMAGE), "study", STUDY_ROOT_FIND, STUDY_ROOT_MOVE, STUDY_ROOT_GET
+)
 PATIENT_STUDY_ONLY: Final = InformationModel(
-    "Patient/Study Only", (Level.PATIENT, Level.STUDY), "patient-study", PATIENT_STUDY_ONLY_FIND)
+    "Patient/Study Only", (Level.PATIENT, Level.STUDY), "patient-study", PATIENT_STUDY_ONLY_FIND
+)
 INFORMATION_MODELS: Final[tuple[InformationModel, ...]] = (PATIENT_ROOT, STUDY_ROOT, PATIENT_STUDY_ONLY)
 #: The models a C-MOVE or C-GET uses, by the name of their top level (how core/retrieve.py names them).
 RETRIEVE_MODELS: Final[Mapping[str, InformationModel]] = {

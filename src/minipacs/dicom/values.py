@@ -55,6 +55,7 @@ def decode_text(raw: bytes, vr: str, codecs: Sequence[str]) -> str:
 
 # ------------------------------------------------------------------ DA
 
+
 def as_date(value: str, *, strict: bool = False) -> dt.date | None:
     """PS3.5 Table 6.2-1 DA "YYYYMMDD" (lenient: also the ACR-NEMA "YYYY.MM.DD"); else None."""
     digits = value.replace(".", "") if len(value) == 10 and not strict else value
@@ -74,6 +75,7 @@ def date_bound(text: str, upper: bool) -> dt.date | None:
 
 
 # ------------------------------------------------------------------ TM
+
 
 def time_bound(text: str, upper: bool) -> dt.time | None:
     """A TM as the first (``upper``: last) instant it stands for; None when it is no TM.
@@ -130,7 +132,7 @@ def datetime_bound(text: str, upper: bool) -> dt.datetime | None:
     given = [p for p in parts[1:6] if p is not None]
     defaults_low = [1, 1, 0, 0, 0]
     try:
-        month, day, hour, minute, second = [int(p) for p in given] + defaults_low[len(given):]
+        month, day, hour, minute, second = [int(p) for p in given] + defaults_low[len(given) :]
         low = dt.datetime(year, month, day, hour, minute, second, int((parts[6] or "0").ljust(6, "0")))
     except ValueError:
         return None
@@ -147,14 +149,19 @@ def _end_of(start: dt.datetime, unit: str, fraction: str) -> dt.datetime:
     if unit == "month":
         following = (start.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
         return following - dt.timedelta(microseconds=1)
-    step = {"day": dt.timedelta(days=1), "hour": dt.timedelta(hours=1), "minute": dt.timedelta(minutes=1),
-            "second": dt.timedelta(seconds=1)}.get(unit)
+    step = {
+        "day": dt.timedelta(days=1),
+        "hour": dt.timedelta(hours=1),
+        "minute": dt.timedelta(minutes=1),
+        "second": dt.timedelta(seconds=1),
+    }.get(unit)
     if step is not None:
         return start + step - dt.timedelta(microseconds=1)
     return start.replace(microsecond=int(fraction.ljust(6, "9")))
 
 
 # ------------------------------------------------------------------ PN
+
 
 def normalise_name(value: str) -> str:
     """Form of a name (PN) used for case-insensitive matching: NFKC, casefolded, and without

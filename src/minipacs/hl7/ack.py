@@ -16,8 +16,15 @@ def hl7_timestamp(when: datetime | None = None) -> str:
     return (when or datetime.now(UTC)).strftime("%Y%m%d%H%M%S")
 
 
-def build_ack(message: Message | None, code: str, text: str = "", *, error: HL7Error | None = None,
-              application: str = "MINIPACS", control_id: str = "") -> str:
+def build_ack(
+    message: Message | None,
+    code: str,
+    text: str = "",
+    *,
+    error: HL7Error | None = None,
+    application: str = "MINIPACS",
+    control_id: str = "",
+) -> str:
     """The ACK (HL7 v2.5 2.14.1 / 2.15.8 MSA / 2.15.5 ERR) answering ``message``.
 
     Sending and receiving application/facility are the original's swapped; MSA-2 is
@@ -28,6 +35,7 @@ def build_ack(message: Message | None, code: str, text: str = "", *, error: HL7E
     """
     enc = message.encoding if message is not None else DEFAULT_ENCODING
     msh = message.first("MSH") if message is not None else None
+
     def raw(segment: Segment | None, field: int) -> str:
         return message.raw(segment, field) if message is not None else ""
 
@@ -35,9 +43,18 @@ def build_ack(message: Message | None, code: str, text: str = "", *, error: HL7E
     version = (message.value(msh, 12) if message is not None else "") or "2.5"
     s = enc.field
     header = [
-        "MSH", enc.msh2, escape(application, enc), "", raw(msh, 3), raw(msh, 4), hl7_timestamp(), "",
+        "MSH",
+        enc.msh2,
+        escape(application, enc),
+        "",
+        raw(msh, 3),
+        raw(msh, 4),
+        hl7_timestamp(),
+        "",
         f"ACK{enc.component}{event}{enc.component}ACK" if event else "ACK",
-        escape(control_id or f"ACK{hl7_timestamp()}", enc), raw(msh, 11) or "P", version,
+        escape(control_id or f"ACK{hl7_timestamp()}", enc),
+        raw(msh, 11) or "P",
+        version,
     ]
     if raw(msh, 18):
         header += ["", "", "", "", "", raw(msh, 18)]
@@ -47,9 +64,17 @@ def build_ack(message: Message | None, code: str, text: str = "", *, error: HL7E
         c = enc.component
         seg, _, field = error.location.partition("-")
         where = f"{seg}{c}1{c}{field}" if field.isdigit() and SEGMENT_ID.match(seg) else escape(error.location, enc)
-        err = ["ERR", "", where,
-               f"{error.error_code}{c}{escape(ERROR_CODES.get(error.error_code, 'Error'), enc)}{c}HL70357",
-               "E", "", "", "", escape(error.reason, enc)]
+        err = [
+            "ERR",
+            "",
+            where,
+            f"{error.error_code}{c}{escape(ERROR_CODES.get(error.error_code, 'Error'), enc)}{c}HL70357",
+            "E",
+            "",
+            "",
+            "",
+            escape(error.reason, enc),
+        ]
         segments.append(s.join(err))
     return "\r".join(segments) + "\r"
 

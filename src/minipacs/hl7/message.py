@@ -48,22 +48,29 @@ class Charset:
 
 # HL7 v2.5 Table 0211 Alternate Character Sets -> codec and PS3.3 Table C.12-2 / C.12-5 defined term.
 # Others of Table 0211 (ISO IR87, UNICODE UTF-16, BIG-5, ...) are refused with AR, never guessed.
-CHARSETS: Final[dict[str, Charset]] = {c.hl7: c for c in (
-    Charset("ASCII", "ascii", ""),
-    Charset("8859/1", "iso8859_1", "ISO_IR 100"),
-    Charset("8859/2", "iso8859_2", "ISO_IR 101"),
-    Charset("8859/3", "iso8859_3", "ISO_IR 109"),
-    Charset("8859/4", "iso8859_4", "ISO_IR 110"),
-    Charset("8859/5", "iso8859_5", "ISO_IR 144"),
-    Charset("8859/6", "iso8859_6", "ISO_IR 127"),
-    Charset("8859/7", "iso8859_7", "ISO_IR 126"),
-    Charset("8859/8", "iso8859_8", "ISO_IR 138"),
-    Charset("8859/9", "iso8859_9", "ISO_IR 148"),
-    Charset("UNICODE UTF-8", "utf-8", "ISO_IR 192"),
-)}
+CHARSETS: Final[dict[str, Charset]] = {
+    c.hl7: c
+    for c in (
+        Charset("ASCII", "ascii", ""),
+        Charset("8859/1", "iso8859_1", "ISO_IR 100"),
+        Charset("8859/2", "iso8859_2", "ISO_IR 101"),
+        Charset("8859/3", "iso8859_3", "ISO_IR 109"),
+        Charset("8859/4", "iso8859_4", "ISO_IR 110"),
+        Charset("8859/5", "iso8859_5", "ISO_IR 144"),
+        Charset("8859/6", "iso8859_6", "ISO_IR 127"),
+        Charset("8859/7", "iso8859_7", "ISO_IR 126"),
+        Charset("8859/8", "iso8859_8", "ISO_IR 138"),
+        Charset("8859/9", "iso8859_9", "ISO_IR 148"),
+        Charset("UNICODE UTF-8", "utf-8", "ISO_IR 192"),
+    )
+}
 #: Names senders use instead of the Table 0211 code.
-CHARSET_ALIASES: Final[dict[str, str]] = {"UTF-8": "UNICODE UTF-8", "UTF8": "UNICODE UTF-8",
-                                          "ISO-8859-1": "8859/1", "ISO8859-1": "8859/1"}
+CHARSET_ALIASES: Final[dict[str, str]] = {
+    "UTF-8": "UNICODE UTF-8",
+    "UTF8": "UNICODE UTF-8",
+    "ISO-8859-1": "8859/1",
+    "ISO8859-1": "8859/1",
+}
 
 _HEX = re.compile(r"^X([0-9A-Fa-f]{2})+$")
 
@@ -78,8 +85,7 @@ def unescape(text: str, enc: Encoding = DEFAULT_ENCODING) -> str:
     esc = enc.escape
     if not esc or esc not in text:
         return text
-    simple = {"F": enc.field, "S": enc.component, "T": enc.subcomponent, "R": enc.repetition, "E": esc,
-              ".br": "\n"}
+    simple = {"F": enc.field, "S": enc.component, "T": enc.subcomponent, "R": enc.repetition, "E": esc, ".br": "\n"}
     out: list[str] = []
     i = 0
     while i < len(text):
@@ -152,8 +158,9 @@ class Message:
         raw = self.raw(segment, field)
         return raw.split(self.encoding.repetition) if raw else []
 
-    def value(self, segment: Segment | None, field: int, component: int = 1, subcomponent: int = 1,
-              repetition: int = 0) -> str:
+    def value(
+        self, segment: Segment | None, field: int, component: int = 1, subcomponent: int = 1, repetition: int = 0
+    ) -> str:
         """SEG-field.component.subcomponent of one repetition, unescaped ('' when absent).
 
         The HL7 null ``""`` reads as empty.
@@ -198,35 +205,60 @@ def parse(text: str) -> Message:
     if not text:
         raise HL7Error("the message is empty", ack_code=REJECT, error_code=100, location="MSH")
     if not text.startswith("MSH") or len(text) < 8:
-        raise HL7Error(f"the message does not start with an MSH segment (it starts {text[:12]!r}); "
-                       "an HL7 v2 message begins 'MSH|^~\\&|'", ack_code=REJECT, error_code=100, location="MSH")
+        raise HL7Error(
+            f"the message does not start with an MSH segment (it starts {text[:12]!r}); "
+            "an HL7 v2 message begins 'MSH|^~\\&|'",
+            ack_code=REJECT,
+            error_code=100,
+            location="MSH",
+        )
     sep = text[3]
     if sep in "\r\n":
-        raise HL7Error("MSH-1, the field separator, is a line break, which ends segments (HL7 v2.5 2.5.4); "
-                       "the message cannot be read: send 'MSH|^~\\&|'", ack_code=REJECT, error_code=102,
-                       location="MSH-1")
+        raise HL7Error(
+            "MSH-1, the field separator, is a line break, which ends segments (HL7 v2.5 2.5.4); "
+            "the message cannot be read: send 'MSH|^~\\&|'",
+            ack_code=REJECT,
+            error_code=102,
+            location="MSH-1",
+        )
     end = text.find(sep, 4)
     chars = text[4:end] if end > 0 else ""
-    if (sep.isalnum() or sep.isspace() or not 2 <= len(chars) <= 5 or len(set(chars + sep)) != len(chars) + 1
-            or any(c.isalnum() or c.isspace() for c in chars)):
-        raise HL7Error(f"MSH-1/MSH-2 encoding characters {text[3:end + 1 if end > 0 else 12]!r} are not usable "
-                       "(expected a field separator and four distinct delimiters, like '|^~\\&')",
-                       ack_code=REJECT, error_code=102, location="MSH-2")
-    enc = Encoding(sep, chars[0], chars[1], chars[2] if len(chars) > 2 else "",
-                   chars[3] if len(chars) > 3 else "&")
+    if (
+        sep.isalnum()
+        or sep.isspace()
+        or not 2 <= len(chars) <= 5
+        or len(set(chars + sep)) != len(chars) + 1
+        or any(c.isalnum() or c.isspace() for c in chars)
+    ):
+        raise HL7Error(
+            f"MSH-1/MSH-2 encoding characters {text[3 : end + 1 if end > 0 else 12]!r} are not usable "
+            "(expected a field separator and four distinct delimiters, like '|^~\\&')",
+            ack_code=REJECT,
+            error_code=102,
+            location="MSH-2",
+        )
+    enc = Encoding(sep, chars[0], chars[1], chars[2] if len(chars) > 2 else "", chars[3] if len(chars) > 3 else "&")
     segments: list[Segment] = []
     for line in re.split(r"\r\n|\r|\n", text):
         if not line.strip():
             continue
         name = line[:3]
         if not SEGMENT_ID.match(name) or (len(line) > 3 and line[3] != sep):
-            raise HL7Error(f"segment {len(segments) + 1} ({line[:20]!r}) is not an HL7 segment "
-                           f"(three-letter ID followed by {sep!r})", ack_code=REJECT, error_code=100,
-                           location=f"segment {len(segments) + 1}")
+            raise HL7Error(
+                f"segment {len(segments) + 1} ({line[:20]!r}) is not an HL7 segment "
+                f"(three-letter ID followed by {sep!r})",
+                ack_code=REJECT,
+                error_code=100,
+                location=f"segment {len(segments) + 1}",
+            )
         if name == "MSH":
             if segments:
-                raise HL7Error("a second MSH segment inside one message (send each message in its own frame)",
-                               ack_code=REJECT, error_code=100, location="MSH")
+                raise HL7Error(
+                    "a second MSH segment inside one message (send each message in its own frame)",
+                    ack_code=REJECT,
+                    error_code=100,
+                    location="MSH",
+                )
             rest = line[4 + len(chars) + 1 :] if end > 0 else ""
             fields = ("MSH", sep, chars, *rest.split(sep))
         else:
@@ -268,14 +300,22 @@ def decode(data: bytes) -> tuple[str, Charset]:
         return data.decode("latin-1"), CHARSETS["8859/1"]
     charset = CHARSETS.get(CHARSET_ALIASES.get(declared, declared))
     if charset is None:
-        raise HL7Error(f"MSH-18 character set {declared!r} is not supported; send {', '.join(CHARSETS)} "
-                       "(HL7 Table 0211)", ack_code=REJECT, error_code=103, location="MSH-18")
+        raise HL7Error(
+            f"MSH-18 character set {declared!r} is not supported; send {', '.join(CHARSETS)} (HL7 Table 0211)",
+            ack_code=REJECT,
+            error_code=103,
+            location="MSH-18",
+        )
     try:
         return data.decode(charset.codec), charset
     except UnicodeDecodeError as exc:
-        raise HL7Error(f"byte 0x{data[exc.start]:02X} at offset {exc.start} is not valid {charset.hl7}, the "
-                       "character set MSH-18 declares; correct MSH-18 or the sender's encoding",
-                       ack_code=REJECT, error_code=102, location="MSH-18") from None
+        raise HL7Error(
+            f"byte 0x{data[exc.start]:02X} at offset {exc.start} is not valid {charset.hl7}, the "
+            "character set MSH-18 declares; correct MSH-18 or the sender's encoding",
+            ack_code=REJECT,
+            error_code=102,
+            location="MSH-18",
+        ) from None
 
 
 def parse_bytes(data: bytes) -> Message:

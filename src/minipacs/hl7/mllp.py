@@ -37,9 +37,16 @@ class MLLPServer:
     """The HL7 listener: one asyncio server, one task per connection; ``handler`` answers each message,
     ``application`` (MSH-3) names us in the NAK of an oversized frame."""
 
-    def __init__(self, handler: MessageHandler, *, host: str = "127.0.0.1", port: int = 2575,
-                 max_message_bytes: int = 1 << 20, idle_timeout: float = 300.0,
-                 application: str = "MINIPACS") -> None:
+    def __init__(
+        self,
+        handler: MessageHandler,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 2575,
+        max_message_bytes: int = 1 << 20,
+        idle_timeout: float = 300.0,
+        application: str = "MINIPACS",
+    ) -> None:
         self.handler = handler
         self.host = host
         self.port = port
@@ -119,8 +126,10 @@ class MLLPServer:
             buffer += chunk
 
     async def _refuse_oversized(self, writer: asyncio.StreamWriter, peer: object) -> None:
-        reason = (f"message larger than hl7_max_message_bytes ({self.max_message_bytes} bytes); "
-                  "nothing was applied and the connection is closed")
+        reason = (
+            f"message larger than hl7_max_message_bytes ({self.max_message_bytes} bytes); "
+            "nothing was applied and the connection is closed"
+        )
         log.warning("HL7 %s: %s", peer, reason)
         error = HL7Error(reason, ack_code=REJECT, error_code=207)
         writer.write(frame(build_ack(None, REJECT, reason, error=error, application=self.application)))

@@ -122,8 +122,11 @@ def _groups(message: Message) -> tuple[dict[str, Segment], list[OrderGroup]]:
         elif groups and seg.name in ("OBR", "TQ1", "IPC", "ZDS") and seg.name not in groups[-1].segments:
             groups[-1].segments[seg.name] = seg
         elif not groups and seg.name in ("OBR", "TQ1", "IPC", "ZDS"):
-            raise HL7Error(f"{seg.name} segment before any ORC segment (each order starts with ORC)",
-                           error_code=100, location=seg.name)
+            raise HL7Error(
+                f"{seg.name} segment before any ORC segment (each order starts with ORC)",
+                error_code=100,
+                location=seg.name,
+            )
         else:
             patient.setdefault(seg.name, seg)
     return patient, groups
@@ -150,8 +153,11 @@ def _convert(text: str, kind: str, source: str) -> str:
     if kind in ("DA", "TM"):
         match = _TS.match(text)
         if match is None:
-            raise HL7Error(f"{source} {text!r} is not an HL7 date/time (YYYYMMDD[HHMM[SS]])",
-                           error_code=102, location=source.partition(".")[0])
+            raise HL7Error(
+                f"{source} {text!r} is not an HL7 date/time (YYYYMMDD[HHMM[SS]])",
+                error_code=102,
+                location=source.partition(".")[0],
+            )
         return match.group(1) if kind == "DA" else (match.group(2) or "")
     if kind == "SEX":
         return SEX.get(text.upper()[:1], "O")
@@ -178,9 +184,13 @@ def _checked(keyword: str, value: str, source: str) -> str:
     for char in value:
         code = ord(char)
         if (code < 0x20 and char not in "\t\n\f\r") or 0x7F <= code <= 0x9F:
-            raise HL7Error(f"{source} holds the control character U+{code:04X}, which DICOM does not allow in "
-                           f"{keyword} ({vr}, PS3.5 6.2); the sender must leave it out (an escape such as "
-                           f"\\X{code:02X}\\ produces it)", error_code=102, location=source.partition(".")[0])
+            raise HL7Error(
+                f"{source} holds the control character U+{code:04X}, which DICOM does not allow in "
+                f"{keyword} ({vr}, PS3.5 6.2); the sender must leave it out (an escape such as "
+                f"\\X{code:02X}\\ produces it)",
+                error_code=102,
+                location=source.partition(".")[0],
+            )
     return value
 
 
@@ -198,11 +208,18 @@ def to_dataset(message: Message, patient: dict[str, Segment], group: OrderGroup)
                     found[row.level][row.keyword] = value
                 break
     if not found[TOP].get("PatientID"):
-        raise HL7Error("PID-3 Patient Identifier List is empty: a worklist entry needs the patient ID",
-                       error_code=101, location="PID-3")
+        raise HL7Error(
+            "PID-3 Patient Identifier List is empty: a worklist entry needs the patient ID",
+            error_code=101,
+            location="PID-3",
+        )
     if not found[SPS].get("Modality"):
-        raise HL7Error("the order has no modality (OBR-24 Diagnostic Service Section ID, or IPC-5 in OMG^O19); "
-                       "a worklist entry needs one", error_code=101, location="OBR-24")
+        raise HL7Error(
+            "the order has no modality (OBR-24 Diagnostic Service Section ID, or IPC-5 in OMG^O19); "
+            "a worklist entry needs one",
+            error_code=101,
+            location="OBR-24",
+        )
     ds = Dataset()
     charset = _specific_character_set(message, [v for level in found.values() for v in level.values()])
     if charset:
@@ -243,15 +260,18 @@ def _set_all(ds: Dataset, values: dict[str, str]) -> None:
                 setattr(ds, keyword, value)
             except (UserWarning, ValueError) as exc:
                 source = next(row.sources[0] for row in FIELD_MAP if row.keyword == keyword)
-                raise HL7Error(f"{keyword} from {source} cannot be stored in DICOM: {exc}",
-                               error_code=102, location=source.partition(".")[0]) from None
+                raise HL7Error(
+                    f"{keyword} from {source} cannot be stored in DICOM: {exc}",
+                    error_code=102,
+                    location=source.partition(".")[0],
+                ) from None
 
 
 # ------------------------------------------------------------------ order control
 
 # HL7 Table 0119 Order Control codes an order receiver acts on -> what the core does
 ORDER_CONTROL: Final[Mapping[str, OrderControl]] = {
-    "NW": OrderControl.NEW,     # new order
+    "NW": OrderControl.NEW,  # new order
     "CA": OrderControl.CANCEL,  # cancel order request
     "DC": OrderControl.CANCEL,  # discontinue order request
     "OC": OrderControl.CANCEL,  # order cancelled (by the filler)
@@ -307,10 +327,18 @@ def check_type(message: Message) -> None:
         return
     taken = " or ".join(f"{k}^{e}" for k, e in sorted(ORDER_MESSAGES))
     if kind in {k for k, _ in ORDER_MESSAGES}:
-        raise HL7Error(f"{kind}^{event} is not an order event minipacs takes (only {taken})",
-                       ack_code=REJECT, error_code=201, location="MSH-9")
-    raise HL7Error(f"message type {kind or '(empty)'}^{event} is not supported: minipacs takes {taken} orders",
-                   ack_code=REJECT, error_code=200, location="MSH-9")
+        raise HL7Error(
+            f"{kind}^{event} is not an order event minipacs takes (only {taken})",
+            ack_code=REJECT,
+            error_code=201,
+            location="MSH-9",
+        )
+    raise HL7Error(
+        f"message type {kind or '(empty)'}^{event} is not supported: minipacs takes {taken} orders",
+        ack_code=REJECT,
+        error_code=200,
+        location="MSH-9",
+    )
 
 
 def read_orders(message: Message) -> list[Order]:
@@ -328,8 +356,12 @@ def read_orders(message: Message) -> list[Order]:
         code = message.value(group.get("ORC"), 1).upper()
         control = ORDER_CONTROL.get(code)
         if control is None:
-            raise HL7Error(f"ORC-1 order control {code or '(empty)'!r} is not supported; minipacs takes "
-                           f"{', '.join(ORDER_CONTROL)}", error_code=103, location="ORC-1")
+            raise HL7Error(
+                f"ORC-1 order control {code or '(empty)'!r} is not supported; minipacs takes "
+                f"{', '.join(ORDER_CONTROL)}",
+                error_code=103,
+                location="ORC-1",
+            )
         orders.append(Order(control, to_dataset(message, patient, group)))
     return orders
 
@@ -368,21 +400,30 @@ async def handle(data: bytes, worklist: Worklist, application: str = "MINIPACS")
             message = parse_bytes(data)
         except HL7Error:
             raise
-        except Exception as exc:  # noqa: BLE001 - the same bytes would fail again: AR, never "retry later"
+        except Exception as exc:
             log.exception("HL7 message could not be parsed")
-            raise HL7Error(f"the message cannot be parsed ({type(exc).__name__}: {exc}); it is refused, "
-                           "resending it will not help", ack_code=REJECT, error_code=100, location="MSH") from exc
+            raise HL7Error(
+                f"the message cannot be parsed ({type(exc).__name__}: {exc}); it is refused, "
+                "resending it will not help",
+                ack_code=REJECT,
+                error_code=100,
+                location="MSH",
+            ) from exc
         text = await apply(message, worklist)
     except HL7Error as exc:
         if message is None and exc.location == "MSH-18":
             message = _for_ack(data)
-        log.warning("HL7 message %s refused (%s): %s", message.control_id if message else "(unparsed)",
-                    exc.ack_code, exc.reason)
+        log.warning(
+            "HL7 message %s refused (%s): %s", message.control_id if message else "(unparsed)", exc.ack_code, exc.reason
+        )
         return encode_ack(build_ack(message, exc.ack_code, exc.reason, error=exc, application=application), message)
     except Exception as exc:  # an archive failure: the sender should retry later
         log.exception("HL7 message %s could not be applied", message.control_id if message else "(unparsed)")
-        error = HL7Error(f"minipacs could not apply the order ({type(exc).__name__}: {exc}); retry later",
-                         ack_code=ERROR, error_code=207)
+        error = HL7Error(
+            f"minipacs could not apply the order ({type(exc).__name__}: {exc}); retry later",
+            ack_code=ERROR,
+            error_code=207,
+        )
         return encode_ack(build_ack(message, ERROR, error.reason, error=error, application=application), message)
     log.info("HL7 %s^%s %s accepted: %s", *message.message_type, message.control_id, text)
     return encode_ack(build_ack(message, ACCEPT, text, application=application), message)
@@ -401,6 +442,17 @@ class OrderReceiver:
 
 
 __all__ = [
-    "FIELD_MAP", "ORDER_CONTROL", "ORDER_MESSAGES", "REFUSALS", "FieldMap", "OrderReceiver", "Refusal", "apply",
-    "check_type", "handle", "read_orders", "refusal", "to_dataset",
+    "FIELD_MAP",
+    "ORDER_CONTROL",
+    "ORDER_MESSAGES",
+    "REFUSALS",
+    "FieldMap",
+    "OrderReceiver",
+    "Refusal",
+    "apply",
+    "check_type",
+    "handle",
+    "read_orders",
+    "refusal",
+    "to_dataset",
 ]

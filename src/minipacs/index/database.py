@@ -160,5 +160,13 @@ class IndexDatabase:
         self.engine.dispose()
 
 
-__all__ = ["IndexConnection", "IndexDatabase", "IndexWriter", "MIGRATIONS_DIR", "WRITER_OPTION", "alembic_config",
-           "create_index_engine", "upgrade_schema"]
+__all__ = [
+    "IndexConnection",
+    "IndexDatabase",
+    "IndexWriter",
+    "MIGRATIONS_DIR",
+    "WRITER_OPTION",
+    "alembic_config",
+    "create_index_engine",
+    "upgrade_schema",
+]

@@ -28,13 +28,28 @@ NAME_COLUMNS: Final[Mapping[Entity, Any]] = {
 # Resources left without children once instances are gone, bottom up: (entity, table, their
 # (primary key, UID or Patient ID, Study Instance UID or "")).
 _ORPHANS: Final[tuple[tuple[Entity, Any, Any], ...]] = (
-    (Entity.SERIES, Series, select(Series.id, Series.series_instance_uid, Study.study_instance_uid)
-     .join(Study, Series.study_pk == Study.id).where(~exists().where(Instance.series_pk == Series.id))),
-    (Entity.STUDY, Study, select(Study.id, Study.study_instance_uid, Study.study_instance_uid.label("study"))
-     .where(~exists().where(Series.study_pk == Study.id))),
+    (
+        Entity.SERIES,
+        Series,
+        select(Series.id, Series.series_instance_uid, Study.study_instance_uid)
+        .join(Study, Series.study_pk == Study.id)
+        .where(~exists().where(Instance.series_pk == Series.id)),
+    ),
+    (
+        Entity.STUDY,
+        Study,
+        select(Study.id, Study.study_instance_uid, Study.study_instance_uid.label("study")).where(
+            ~exists().where(Series.study_pk == Study.id)
+        ),
+    ),
     # a patient's study: that of a patient without a Patient ID (its key names it), else ""
-    (Entity.PATIENT, Patient, select(Patient.id, Patient.patient_id, Patient.patient_key.label("study"))
-     .where(~exists().where(Study.patient_pk == Patient.id))),
+    (
+        Entity.PATIENT,
+        Patient,
+        select(Patient.id, Patient.patient_id, Patient.patient_key.label("study")).where(
+            ~exists().where(Study.patient_pk == Patient.id)
+        ),
+    ),
 )
 
 
@@ -59,13 +74,16 @@ def delete_instances(conn: Connection, entity: Entity, name: str) -> list[Delete
     column = NAME_COLUMNS[entity]
     rows = conn.execute(
         select(Instance.id, Instance.sop_instance_uid, Instance.blob_key, Instance.size, Study.study_instance_uid)
-        .join(Series, Instance.series_pk == Series.id).join(Study, Series.study_pk == Study.id)
-        .join(Patient, Study.patient_pk == Patient.id).where(column == name)).all()
+        .join(Series, Instance.series_pk == Series.id)
+        .join(Study, Series.study_pk == Study.id)
+        .join(Patient, Study.patient_pk == Patient.id)
+        .where(column == name)
+    ).all()
     if not rows and conn.execute(select(column).where(column == name).limit(1)).first() is None:
         return None
     ids = [row.id for row in rows]
     for start in range(0, len(ids), _CHUNK):
-        conn.execute(delete(Instance).where(Instance.id.in_(ids[start:start + _CHUNK])))
+        conn.execute(delete(Instance).where(Instance.id.in_(ids[start : start + _CHUNK])))
     return [DeletedInstance(row.sop_instance_uid, row.blob_key, row.size, row.study_instance_uid) for row in rows]
 
 
@@ -75,10 +93,11 @@ def delete_orphans(conn: Connection) -> list[DeletedParent]:
     for entity, table, orphans in _ORPHANS:
         found = conn.execute(orphans).all()
         for start in range(0, len(found), _CHUNK):
-            conn.execute(delete(table).where(table.id.in_([r[0] for r in found[start:start + _CHUNK]])))
-        removed += [DeletedParent(entity, str(r[1]),
-                                  study_of_patient_key(str(r[2])) if entity is Entity.PATIENT else str(r[2]))
-                    for r in found]
+            conn.execute(delete(table).where(table.id.in_([r[0] for r in found[start : start + _CHUNK]])))
+        removed += [
+            DeletedParent(entity, str(r[1]), study_of_patient_key(str(r[2])) if entity is Entity.PATIENT else str(r[2]))
+            for r in found
+        ]
     return removed
 
 
@@ -86,12 +105,25 @@ def delete_completions(conn: Connection, studies: Sequence[str]) -> set[str]:
     """Withdraw the completion marks of ``studies``; the Study Instance UIDs that had one."""
     uncompleted: set[str] = set()
     for start in range(0, len(studies), _CHUNK):
-        chunk = list(studies[start:start + _CHUNK])
-        gone = conn.execute(delete(StudyCompletion).where(StudyCompletion.study_instance_uid.in_(chunk))
-                            .returning(StudyCompletion.study_instance_uid)).scalars().all()
+        chunk = list(studies[start : start + _CHUNK])
+        gone = (
+            conn.execute(
+                delete(StudyCompletion)
+                .where(StudyCompletion.study_instance_uid.in_(chunk))
+                .returning(StudyCompletion.study_instance_uid)
+            )
+            .scalars()
+            .all()
+        )
         uncompleted.update(str(study) for study in gone)
     return uncompleted
 
 
-__all__ = ["NAME_COLUMNS", "DeletedInstance", "DeletedParent", "delete_completions", "delete_instances",
-           "delete_orphans"]
+__all__ = [
+    "NAME_COLUMNS",
+    "DeletedInstance",
+    "DeletedParent",
+    "delete_completions",
+    "delete_instances",
+    "delete_orphans",
+]

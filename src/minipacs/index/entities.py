@@ -48,8 +48,9 @@ ENTITIES: Final[Mapping[Entity, EntityTable]] = {
     Entity.PATIENT: EntityTable(cast(Table, Patient.__table__), None, repo.PATIENT_COLUMNS, "patient_id"),
     Entity.STUDY: EntityTable(cast(Table, Study.__table__), "patient_pk", repo.STUDY_COLUMNS, "study_instance_uid"),
     Entity.SERIES: EntityTable(cast(Table, Series.__table__), "study_pk", repo.SERIES_COLUMNS, "series_instance_uid"),
-    Entity.INSTANCE: EntityTable(cast(Table, Instance.__table__), "series_pk", repo.INSTANCE_COLUMNS,
-                                 "sop_instance_uid"),
+    Entity.INSTANCE: EntityTable(
+        cast(Table, Instance.__table__), "series_pk", repo.INSTANCE_COLUMNS, "sop_instance_uid"
+    ),
 }
 
 

@@ -36,8 +36,12 @@ def last_seq(conn: Connection) -> int:
 def changes_after(conn: Connection, since: int, limit: int) -> list[ChangeRow]:
     """(seq, change type, level, uid, study, time) of at most ``limit`` rows after ``since``, in ``seq`` order."""
     t = _CHANGES
-    rows = conn.execute(select(t.c.seq, t.c.change_type, t.c.level, t.c.uid, t.c.study_instance_uid, t.c.created_at)
-                        .where(t.c.seq > since).order_by(t.c.seq).limit(limit)).all()
+    rows = conn.execute(
+        select(t.c.seq, t.c.change_type, t.c.level, t.c.uid, t.c.study_instance_uid, t.c.created_at)
+        .where(t.c.seq > since)
+        .order_by(t.c.seq)
+        .limit(limit)
+    ).all()
     return [(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), r[5]) for r in rows]
 
 

@@ -80,8 +80,9 @@ def classify(vr: str, value: str, keyword: str = "") -> Condition:
             return UNIVERSAL
         return Condition(Matching.UID_LIST if vr == "UI" else Matching.MULTIPLE, parts=parts)
     if len(value) > MAX_VALUE_LENGTH:
-        raise InvalidMatchValue(f"{name} value of {len(value)} characters is longer than {MAX_VALUE_LENGTH}; "
-                              "no stored value can match it")
+        raise InvalidMatchValue(
+            f"{name} value of {len(value)} characters is longer than {MAX_VALUE_LENGTH}; no stored value can match it"
+        )
     if vr in DATE_TIME_VRS:
         return _date_time_condition(vr, value, name)
     if ("*" in value or "?" in value) and vr not in NO_WILDCARD_VRS:
@@ -97,8 +98,10 @@ def _date_time_condition(vr: str, value: str, name: str) -> Condition:
         low, sep, high = value.partition("-")
     for part in (low, high):
         if part and _BOUNDS[vr](part, False) is None:
-            raise InvalidMatchValue(f"{name} {value[:40]!r} is not a valid {vr} value or range "
-                                  f"(PS3.5 Table 6.2-1; ranges are written A-B, -B or A-)")
+            raise InvalidMatchValue(
+                f"{name} {value[:40]!r} is not a valid {vr} value or range "
+                f"(PS3.5 Table 6.2-1; ranges are written A-B, -B or A-)"
+            )
     if not sep:
         return Condition(Matching.SINGLE, (value,))
     if not low and not high:
@@ -111,8 +114,12 @@ def _date_time_condition(vr: str, value: str, name: str) -> Condition:
 def _split_dt_range(value: str) -> tuple[str, str, str]:
     """A DT range: the '-' that separates, not the sign of a UTC offset ("...HH-0500")."""
     for index, char in enumerate(value):
-        offset = index >= 10 and value[index + 1 : index + 5].isdigit() and len(value) in (index + 5,) or (
-            index >= 10 and value[index + 1 : index + 5].isdigit() and value[index + 5 : index + 6] == "-")
+        offset = (
+            index >= 10
+            and value[index + 1 : index + 5].isdigit()
+            and len(value) in (index + 5,)
+            or (index >= 10 and value[index + 1 : index + 5].isdigit() and value[index + 5 : index + 6] == "-")
+        )
         if char == "-" and not offset:
             return value[:index], "-", value[index + 1 :]
     return value, "", ""
@@ -128,6 +135,7 @@ _BOUNDS: Final[Mapping[str, Callable[[str, bool], Any]]] = {
 
 
 # ----------------------------------------------------------------- SQL
+
 
 class ColumnKind(enum.Enum):
     """How an index column holds its attribute (index/schema.py)."""
@@ -201,8 +209,11 @@ def _sql_range(col: Column, kind: ColumnKind, cond: Condition, dialect: str) -> 
 
 
 def _sql_any(col: Column, kind: ColumnKind, cond: Condition, dialect: str) -> ColumnElement[bool] | None:
-    singles = [_operand(kind, p.values[0]) for p in cond.parts if p.kind is Matching.SINGLE
-               and kind not in (ColumnKind.DATE, ColumnKind.TIME)]
+    singles = [
+        _operand(kind, p.values[0])
+        for p in cond.parts
+        if p.kind is Matching.SINGLE and kind not in (ColumnKind.DATE, ColumnKind.TIME)
+    ]
     singles = [s for s in singles if s is not None]
     others = [p for p in cond.parts if p.kind is not Matching.SINGLE or kind in (ColumnKind.DATE, ColumnKind.TIME)]
     clauses: list[ColumnElement[bool]] = []

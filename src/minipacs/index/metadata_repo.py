@@ -26,8 +26,10 @@ def locations(conn: Connection, uids: Sequence[str]) -> list[Location]:
     """The stored instances among ``uids`` (at most a few hundred: one IN list)."""
     rows = conn.execute(
         select(Instance.sop_instance_uid, Instance.blob_key, Study.study_instance_uid, Series.series_instance_uid)
-        .join(Series, Instance.series_pk == Series.id).join(Study, Series.study_pk == Study.id)
-        .where(Instance.sop_instance_uid.in_(uids)))
+        .join(Series, Instance.series_pk == Series.id)
+        .join(Study, Series.study_pk == Study.id)
+        .where(Instance.sop_instance_uid.in_(uids))
+    )
     return [Location(*row) for row in rows]
 
 

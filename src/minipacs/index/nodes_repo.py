@@ -24,9 +24,9 @@ NODE_FIELDS: Final = ("ae_title", "host", "port", "description", "permissions", 
 # several minipacs nodes seeding the same config at once do not collide.
 _INSERT_IGNORING: Final[Mapping[str, Callable[[Mapping[str, Any]], Any]]] = {
     "sqlite": lambda v: sqlite.insert(_NODES).values(**v).on_conflict_do_nothing(index_elements=["ae_title", "host"]),
-    "postgresql": lambda v: postgresql.insert(_NODES)
-    .values(**v)
-    .on_conflict_do_nothing(index_elements=["ae_title", "host"]),
+    "postgresql": lambda v: (
+        postgresql.insert(_NODES).values(**v).on_conflict_do_nothing(index_elements=["ae_title", "host"])
+    ),
 }
 
 

@@ -57,6 +57,7 @@ class PageQuery:
 
 # ------------------------------------------------------------------ computed keys
 
+
 def _owner_column(entity: Entity) -> Any:
     """The column naming the owning entity of a row one level down."""
     return {Entity.PATIENT: _STU.c.patient_pk, Entity.STUDY: _SER.c.study_pk, Entity.SERIES: _INS.c.series_pk}[entity]
@@ -89,7 +90,8 @@ def _distinct(column: Any, *joins: tuple[Table, Any]) -> Callable[[Entity], Sele
 def _completion(entity: Entity) -> Select[Any]:
     """Study Status ID of each complete study; a study that is not complete has none."""
     return select(_STU.c.id, _DONE.c.study_status_id).select_from(
-        _STU.join(_DONE, _DONE.c.study_instance_uid == _STU.c.study_instance_uid))
+        _STU.join(_DONE, _DONE.c.study_instance_uid == _STU.c.study_instance_uid)
+    )
 
 
 @dataclass(frozen=True)
@@ -107,12 +109,14 @@ AGGREGATES: Final[Mapping[str, Aggregate]] = {
     "NumberOfPatientRelatedStudies": Aggregate(_count(_STU)),
     "NumberOfPatientRelatedSeries": Aggregate(_count(_SER, (_STU, _SER.c.study_pk == _STU.c.id))),
     "NumberOfPatientRelatedInstances": Aggregate(
-        _count(_INS, (_SER, _INS.c.series_pk == _SER.c.id), (_STU, _SER.c.study_pk == _STU.c.id))),
+        _count(_INS, (_SER, _INS.c.series_pk == _SER.c.id), (_STU, _SER.c.study_pk == _STU.c.id))
+    ),
     "NumberOfStudyRelatedSeries": Aggregate(_count(_SER)),
     "NumberOfStudyRelatedInstances": Aggregate(_count(_INS, (_SER, _INS.c.series_pk == _SER.c.id))),
     "ModalitiesInStudy": Aggregate(_distinct(_SER.c.modality), _SER.c.modality),
-    "SOPClassesInStudy": Aggregate(_distinct(_INS.c.sop_class_uid, (_SER, _INS.c.series_pk == _SER.c.id)),
-                                   _INS.c.sop_class_uid),
+    "SOPClassesInStudy": Aggregate(
+        _distinct(_INS.c.sop_class_uid, (_SER, _INS.c.series_pk == _SER.c.id)), _INS.c.sop_class_uid
+    ),
     "NumberOfSeriesRelatedInstances": Aggregate(_count(_INS)),
     # Study Status ID (0032,000A): "COMPLETED" once the study's MPPS is COMPLETED and every
     # instance it references is stored (issue 5), else empty.
@@ -139,6 +143,7 @@ def _exists(keyword: str, condition: Condition, dialect: str) -> ColumnElement[b
 
 
 # ------------------------------------------------------------------ pages
+
 
 def _base_select(query: PageQuery, dialect: str) -> Select[Any]:
     entity = query.entity
@@ -177,8 +182,12 @@ def match_page(
     # The LIMIT is rendered as a literal: given a bound LIMIT, SQLite's planner walks the primary key
     # (no sort) instead of the index of a selective key, e.g. 35 ms instead of 5 ms for a one-month
     # StudyDate range over 100,000 studies.
-    statement = (_base_select(query, conn.dialect.name).where(base.c.id > after).order_by(base.c.id)
-                 .limit(literal(want, Integer, literal_execute=True)))
+    statement = (
+        _base_select(query, conn.dialect.name)
+        .where(base.c.id > after)
+        .order_by(base.c.id)
+        .limit(literal(want, Integer, literal_execute=True))
+    )
     position = {name: index for index, name in enumerate(statement.selected_columns.keys())}
     return conn.execute(statement).all(), position
 
@@ -207,7 +216,10 @@ def representative_blobs(conn: Connection, entity: Entity, pks: Sequence[int]) -
         frm = _INS.join(_SER, _INS.c.series_pk == _SER.c.id).join(_STU, _SER.c.study_pk == _STU.c.id)
     first = (
         select(owner.label("owner"), func.min(_INS.c.id).label("first"))
-        .select_from(frm).where(owner.in_(pks)).group_by(owner).subquery()
+        .select_from(frm)
+        .where(owner.in_(pks))
+        .group_by(owner)
+        .subquery()
     )
     statement = select(first.c.owner, _INS.c.blob_key).join(_INS, _INS.c.id == first.c.first)
     return [(int(owner_pk), str(blob_key)) for owner_pk, blob_key in conn.execute(statement)]

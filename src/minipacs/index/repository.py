@@ -157,7 +157,7 @@ def patient_key(patient_id: str, study_instance_uid: str) -> str:
 
 def study_of_patient_key(key: str) -> str:
     """The Study Instance UID of a patient without a Patient ID (from its :func:`patient_key`), else ""."""
-    return key[len(NO_ID_KEY_PREFIX):] if key.startswith(NO_ID_KEY_PREFIX) else ""
+    return key[len(NO_ID_KEY_PREFIX) :] if key.startswith(NO_ID_KEY_PREFIX) else ""
 
 
 def ensure_patient(conn: Connection, header: InstanceHeader, now: dt.datetime) -> tuple[int, bool]:
@@ -214,8 +214,22 @@ def blob_key_of(conn: Connection, sop_instance_uid: str) -> str | None:
 #: Columns of the association log (index/schema.py ``associations``); ``contexts`` and
 #: ``operations`` are lists of mappings, kept as JSON text.
 ASSOCIATION_FIELDS: Final = (
-    "started_at", "ended_at", "role", "calling_aet", "called_aet", "peer_host", "peer_port", "accepted",
-    "reject_reason", "end_reason", "contexts", "operations", "bytes_received", "bytes_sent", "tls", "tls_peer",
+    "started_at",
+    "ended_at",
+    "role",
+    "calling_aet",
+    "called_aet",
+    "peer_host",
+    "peer_port",
+    "accepted",
+    "reject_reason",
+    "end_reason",
+    "contexts",
+    "operations",
+    "bytes_received",
+    "bytes_sent",
+    "tls",
+    "tls_peer",
     "user_identity",
 )
 _JSON_FIELDS: Final = frozenset({"contexts", "operations"})
@@ -223,8 +237,10 @@ _JSON_FIELDS: Final = frozenset({"contexts", "operations"})
 
 def save_association(conn: Connection, record: Mapping[str, Any], pk: int | None) -> int:
     """Insert the association ``record`` (:data:`ASSOCIATION_FIELDS`), or update row ``pk``; return its id."""
-    values = {name: json.dumps(record[name], default=str) if name in _JSON_FIELDS else record[name]
-              for name in ASSOCIATION_FIELDS}
+    values = {
+        name: json.dumps(record[name], default=str) if name in _JSON_FIELDS else record[name]
+        for name in ASSOCIATION_FIELDS
+    }
     if pk is None:
         return int(conn.execute(insert(Association).values(**values).returning(Association.id)).scalar_one())
     conn.execute(update(Association).where(Association.id == pk).values(**values))
@@ -234,12 +250,12 @@ def save_association(conn: Connection, record: Mapping[str, Any], pk: int | None
 def load_associations(conn: Connection, limit: int) -> list[dict[str, Any]]:
     """The most recent associations, newest first: :data:`ASSOCIATION_FIELDS` and ``id`` of each."""
     table = _ASSOCIATIONS
-    rows = conn.execute(
-        select(table).order_by(table.c.started_at.desc(), table.c.id.desc()).limit(limit)
-    ).mappings()
+    rows = conn.execute(select(table).order_by(table.c.started_at.desc(), table.c.id.desc()).limit(limit)).mappings()
     return [
-        {**{name: json.loads(row[name]) if name in _JSON_FIELDS else row[name] for name in ASSOCIATION_FIELDS},
-         "id": row["id"]}
+        {
+            **{name: json.loads(row[name]) if name in _JSON_FIELDS else row[name] for name in ASSOCIATION_FIELDS},
+            "id": row["id"],
+        }
         for row in rows
     ]
 

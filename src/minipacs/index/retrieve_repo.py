@@ -30,8 +30,12 @@ def stored_instances(conn: Connection, constraints: Sequence[tuple[Entity, Seque
     the last is a list (sent in IN lists of 500)."""
     base = (
         select(
-            Instance.sop_class_uid, Instance.sop_instance_uid, Instance.transfer_syntax_uid, Instance.blob_key,
-            Study.study_instance_uid, Series.series_instance_uid,
+            Instance.sop_class_uid,
+            Instance.sop_instance_uid,
+            Instance.transfer_syntax_uid,
+            Instance.blob_key,
+            Study.study_instance_uid,
+            Series.series_instance_uid,
         )
         .join(Series, Instance.series_pk == Series.id)
         .join(Study, Series.study_pk == Study.id)

@@ -181,8 +181,6 @@ class Node(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
 
 
-
-
 class WorklistItem(Base):
     """A Modality Worklist entry (PS3.4 Annex K): the whole dataset (PS3.18 JSON), the keys
     modalities filter on most copied into indexed columns, and its lifecycle status."""
@@ -244,8 +242,20 @@ class Change(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
 
 
-__all__ = ["Association", "Base", "Change", "Instance", "Node", "Patient", "PerformedProcedureStep", "Series", "Study",
-           "StudyCompletion", "UtcDateTime", "WorklistItem"]
+__all__ = [
+    "Association",
+    "Base",
+    "Change",
+    "Instance",
+    "Node",
+    "Patient",
+    "PerformedProcedureStep",
+    "Series",
+    "Study",
+    "StudyCompletion",
+    "UtcDateTime",
+    "WorklistItem",
+]
 
 
 class InstanceMetadata(Base):

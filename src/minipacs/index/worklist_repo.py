@@ -29,14 +29,16 @@ WORKLIST_PREFILTER: Final[Mapping[str, str]] = {
 
 # ------------------------------------------------------------------ worklist
 
+
 def insert_worklist(conn: Connection, values: Mapping[str, Any]) -> int:
     now = dt.datetime.now(dt.UTC)
     pk = conn.execute(insert(_WL).values(**values, created_at=now, updated_at=now)).inserted_primary_key
     return int(pk[0]) if pk else 0
 
 
-def worklist_rows(conn: Connection, equal: Mapping[str, str] | None = None,
-                  statuses: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def worklist_rows(
+    conn: Connection, equal: Mapping[str, str] | None = None, statuses: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
     """Entries in id order; ``equal``: column -> exact value; ``statuses``: only these."""
     query = select(_WL).order_by(_WL.c.id)
     for column, value in (equal or {}).items():
@@ -57,8 +59,9 @@ def delete_worklist(conn: Connection, pks: Sequence[int]) -> int:
 
 def update_worklist(conn: Connection, pk: int, values: Mapping[str, Any]) -> int:
     """Replace the columns of entry ``pk`` (its dataset with them), keeping its id; rows changed."""
-    return int(conn.execute(update(_WL).where(_WL.c.id == pk)
-                            .values(**values, updated_at=dt.datetime.now(dt.UTC))).rowcount)
+    return int(
+        conn.execute(update(_WL).where(_WL.c.id == pk).values(**values, updated_at=dt.datetime.now(dt.UTC))).rowcount
+    )
 
 
 def set_worklist_status(conn: Connection, pk: int, status: str) -> None:
@@ -66,6 +69,7 @@ def set_worklist_status(conn: Connection, pk: int, status: str) -> None:
 
 
 # ------------------------------------------------------------------ MPPS
+
 
 def mpps_row(conn: Connection, sop_instance_uid: str) -> dict[str, Any] | None:
     row = conn.execute(select(_MPPS).where(_MPPS.c.sop_instance_uid == sop_instance_uid)).mappings().first()
@@ -79,8 +83,11 @@ def insert_mpps(conn: Connection, values: Mapping[str, Any]) -> int:
 
 
 def update_mpps(conn: Connection, sop_instance_uid: str, values: Mapping[str, Any]) -> None:
-    conn.execute(update(_MPPS).where(_MPPS.c.sop_instance_uid == sop_instance_uid)
-                 .values(**values, updated_at=dt.datetime.now(dt.UTC)))
+    conn.execute(
+        update(_MPPS)
+        .where(_MPPS.c.sop_instance_uid == sop_instance_uid)
+        .values(**values, updated_at=dt.datetime.now(dt.UTC))
+    )
 
 
 def completed_mpps(conn: Connection, study_instance_uid: str | None = None) -> list[dict[str, Any]]:
@@ -92,14 +99,16 @@ def completed_mpps(conn: Connection, study_instance_uid: str | None = None) -> l
 
 # ------------------------------------------------------------------ instances and completion
 
+
 def stored_instances(conn: Connection, sop_instance_uids: Sequence[str]) -> dict[str, str]:
     """SOP Instance UID -> SOP Class UID of those among ``sop_instance_uids`` in the index."""
     found: dict[str, str] = {}
     uids = list(dict.fromkeys(sop_instance_uids))
     for start in range(0, len(uids), 500):
         chunk = uids[start : start + 500]
-        rows = conn.execute(select(_INS.c.sop_instance_uid, _INS.c.sop_class_uid)
-                            .where(_INS.c.sop_instance_uid.in_(chunk)))
+        rows = conn.execute(
+            select(_INS.c.sop_instance_uid, _INS.c.sop_class_uid).where(_INS.c.sop_instance_uid.in_(chunk))
+        )
         found.update({str(uid): str(cls or "") for uid, cls in rows})
     return found
 
@@ -108,8 +117,11 @@ def mark_study_complete(conn: Connection, study_instance_uid: str, mpps_uid: str
     """Record the completion once; True when it is new."""
     if conn.execute(select(_DONE.c.id).where(_DONE.c.study_instance_uid == study_instance_uid)).first():
         return False
-    conn.execute(insert(_DONE).values(study_instance_uid=study_instance_uid, mpps_sop_instance_uid=mpps_uid,
-                                      completed_at=dt.datetime.now(dt.UTC)))
+    conn.execute(
+        insert(_DONE).values(
+            study_instance_uid=study_instance_uid, mpps_sop_instance_uid=mpps_uid, completed_at=dt.datetime.now(dt.UTC)
+        )
+    )
     return True
 
 

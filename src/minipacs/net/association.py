@@ -400,7 +400,7 @@ class Association(UpperLayerUser):
         try:
             if self.handler is not None:
                 await self.handler(self, message)
-        except Exception:  # noqa: BLE001 - one bad operation must not kill the server
+        except Exception:
             if self.can_respond:
                 log.exception("%s handler failed for %s", self.label, message.command.summary())
         finally:
@@ -577,8 +577,10 @@ class Association(UpperLayerUser):
                 # After the peer's A-RELEASE-RQ (Sta8) P-DATA may still flow, but a new
                 # request could never be answered: the peer is waiting for our release reply.
                 raise AssociationError(f"cannot send {command.name}: the peer has asked to release the association")
-            if (dataset is None or isinstance(dataset, bytes | memoryview)) and len(cmd_bytes) <= chunk and (
-                dataset is None or 0 < len(dataset) <= chunk
+            if (
+                (dataset is None or isinstance(dataset, bytes | memoryview))
+                and len(cmd_bytes) <= chunk
+                and (dataset is None or 0 < len(dataset) <= chunk)
             ):
                 # The common small message (a response, a C-FIND match): its one or two
                 # PDUs go out in a single write.
@@ -650,8 +652,10 @@ class Association(UpperLayerUser):
                     self.dul.abort(f"no response to {command.name} within {wait:g}s (DIMSE timeout)")
                     raise AssociationError(f"no response to {command.name} within {wait:g}s") from None
                 if response is None:
-                    raise AssociationError(f"association lost while waiting for {command.name} response: "
-                                           f"{self.aborted_reason or self.dul.end_reason}")
+                    raise AssociationError(
+                        f"association lost while waiting for {command.name} response: "
+                        f"{self.aborted_reason or self.dul.end_reason}"
+                    )
                 yield response
                 if response.command.status not in PENDING_STATUSES:
                     return
@@ -684,8 +688,12 @@ class Association(UpperLayerUser):
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         if self.unanswered and not self._unanswered_logged:
             self._unanswered_logged = True
-            log.info("%s association ended with %d request(s) not answered (%s)", self.label, self.unanswered,
-                     self.aborted_reason or self.dul.end_reason or "connection closed")
+            log.info(
+                "%s association ended with %d request(s) not answered (%s)",
+                self.label,
+                self.unanswered,
+                self.aborted_reason or self.dul.end_reason or "connection closed",
+            )
 
 
 def _window(item: AsynchronousOperationsWindow | None, *, invoked: bool) -> int:
@@ -698,8 +706,9 @@ def _window(item: AsynchronousOperationsWindow | None, *, invoked: bool) -> int:
 
 
 def _accepted_contexts(rq: AAssociateRQ, ac: AAssociateAC) -> list[NegotiatedContext]:
-    return accepted_by_peer(rq.presentation_contexts, ac.presentation_contexts, ac.user_information.roles,
-                            rq.user_information.roles)
+    return accepted_by_peer(
+        rq.presentation_contexts, ac.presentation_contexts, ac.user_information.roles, rq.user_information.roles
+    )
 
 
 def describe_rejection(rj: AAssociateRJ) -> str:
@@ -751,30 +760,42 @@ async def connect(
     if tls:
         context = settings.tls_context
         if context is None:
-            raise AssociationError(f"{host}:{port} is to be called with TLS, but no TLS client settings are "
-                                   "configured (set tls_ca_file, and tls_cert_file/tls_key_file if the peer "
-                                   "wants our certificate)")
+            raise AssociationError(
+                f"{host}:{port} is to be called with TLS, but no TLS client settings are "
+                "configured (set tls_ca_file, and tls_cert_file/tls_key_file if the peer "
+                "wants our certificate)"
+            )
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, limit=stream_limit(settings.max_pdu_receive),
-                                    local_addr=(local_host, 0) if local_host else None, ssl=context,
-                                    server_hostname=host if context is not None else None,
-                                    ssl_handshake_timeout=connect_timeout if context is not None else None),
+            asyncio.open_connection(
+                host,
+                port,
+                limit=stream_limit(settings.max_pdu_receive),
+                local_addr=(local_host, 0) if local_host else None,
+                ssl=context,
+                server_hostname=host if context is not None else None,
+                ssl_handshake_timeout=connect_timeout if context is not None else None,
+            ),
             connect_timeout,
         )
     except TimeoutError:
-        raise AssociationError(f"no TCP connection to {host}:{port} within {connect_timeout:g}s "
-                               "(host down, or a firewall dropping packets?)") from None
+        raise AssociationError(
+            f"no TCP connection to {host}:{port} within {connect_timeout:g}s "
+            "(host down, or a firewall dropping packets?)"
+        ) from None
     except ssl.SSLError as exc:
         raise AssociationError(f"TLS handshake with {host}:{port} failed: {describe_tls_error(exc)}") from exc
     except OSError as exc:
         if context is not None and isinstance(exc, ConnectionAbortedError):  # handshake timeout
             raise AssociationError(f"TLS handshake with {host}:{port} failed: {describe_tls_error(exc)}") from exc
         if context is not None and isinstance(exc, ConnectionResetError | BrokenPipeError):
-            raise AssociationError(f"TLS handshake with {host}:{port} failed: the peer closed the connection "
-                                   "(is it a TLS port? does it accept our certificate?)") from exc
-        raise AssociationError(f"cannot connect to {host}:{port}: {exc.strerror or exc} "
-                               "(is the peer listening on that port?)") from exc
+            raise AssociationError(
+                f"TLS handshake with {host}:{port} failed: the peer closed the connection "
+                "(is it a TLS port? does it accept our certificate?)"
+            ) from exc
+        raise AssociationError(
+            f"cannot connect to {host}:{port}: {exc.strerror or exc} (is the peer listening on that port?)"
+        ) from exc
     assoc = Association(reader, writer, settings, is_requestor=True, handler=handler, sink_factory=sink_factory)
     assoc.rq = rq
     assoc.calling_ae = rq.calling_ae
@@ -793,8 +814,10 @@ async def connect(
         if context is not None and assoc.dul.bytes_received == 0:
             # TLS 1.3: the server checks our certificate after the handshake has ended
             # for us, so its refusal arrives as a closed connection.
-            raise AssociationError(f"{exc}: the TLS peer closed the connection without answering; it may require "
-                                   "a client certificate we did not send or do not have signed by its CA "
-                                   "(--tls-cert/--tls-key, tls_cert_file/tls_key_file)") from exc
+            raise AssociationError(
+                f"{exc}: the TLS peer closed the connection without answering; it may require "
+                "a client certificate we did not send or do not have signed by its CA "
+                "(--tls-cert/--tls-key, tls_cert_file/tls_key_file)"
+            ) from exc
         raise
     return assoc

@@ -82,13 +82,17 @@ _MESSAGES = (
     MessageType("C-ECHO-RQ", 0x0030, ("AffectedSOPClassUID", "MessageID")),
     MessageType("C-ECHO-RSP", 0x8030, ("MessageIDBeingRespondedTo", "Status")),
     MessageType("C-CANCEL-RQ", 0x0FFF, ("MessageIDBeingRespondedTo",)),
-    MessageType("N-EVENT-REPORT-RQ", 0x0100, ("AffectedSOPClassUID", "MessageID", "AffectedSOPInstanceUID", "EventTypeID")),
+    MessageType(
+        "N-EVENT-REPORT-RQ", 0x0100, ("AffectedSOPClassUID", "MessageID", "AffectedSOPInstanceUID", "EventTypeID")
+    ),
     MessageType("N-EVENT-REPORT-RSP", 0x8100, ("MessageIDBeingRespondedTo", "Status")),
     MessageType("N-GET-RQ", 0x0110, ("RequestedSOPClassUID", "MessageID", "RequestedSOPInstanceUID")),
     MessageType("N-GET-RSP", 0x8110, ("MessageIDBeingRespondedTo", "Status")),
     MessageType("N-SET-RQ", 0x0120, ("RequestedSOPClassUID", "MessageID", "RequestedSOPInstanceUID")),
     MessageType("N-SET-RSP", 0x8120, ("MessageIDBeingRespondedTo", "Status")),
-    MessageType("N-ACTION-RQ", 0x0130, ("RequestedSOPClassUID", "MessageID", "RequestedSOPInstanceUID", "ActionTypeID")),
+    MessageType(
+        "N-ACTION-RQ", 0x0130, ("RequestedSOPClassUID", "MessageID", "RequestedSOPInstanceUID", "ActionTypeID")
+    ),
     MessageType("N-ACTION-RSP", 0x8130, ("MessageIDBeingRespondedTo", "Status")),
     MessageType("N-CREATE-RQ", 0x0140, ("AffectedSOPClassUID", "MessageID")),
     MessageType("N-CREATE-RSP", 0x8140, ("MessageIDBeingRespondedTo", "Status")),
@@ -221,8 +225,15 @@ class Command:
     def summary(self) -> str:
         """One line for the debug trace, in the spirit of DCMTK's dumps."""
         parts = [self.name]
-        for kw in ("MessageID", "MessageIDBeingRespondedTo", "AffectedSOPClassUID", "RequestedSOPClassUID",
-                   "AffectedSOPInstanceUID", "RequestedSOPInstanceUID", "MoveDestination"):
+        for kw in (
+            "MessageID",
+            "MessageIDBeingRespondedTo",
+            "AffectedSOPClassUID",
+            "RequestedSOPClassUID",
+            "AffectedSOPInstanceUID",
+            "RequestedSOPInstanceUID",
+            "MoveDestination",
+        ):
             if kw in self.fields:
                 parts.append(f"{kw}={self.fields[kw]}")
         if "Status" in self.fields:

@@ -56,8 +56,11 @@ def set_keepalive(sock: object) -> None:
         return
     try:
         setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
-                            ("TCP_KEEPCNT", KEEPALIVE_COUNT)):
+        for name, value in (
+            ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+            ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+            ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+        ):
             option = getattr(socket, name, None)
             if option is not None:
                 setsockopt(socket.IPPROTO_TCP, option, value)
@@ -86,6 +89,7 @@ PDU_EVENTS: dict[type, Event] = {
     AReleaseRP: Event.EVT13,
     AAbort: Event.EVT16,
 }
+
 
 def describe_abort(source: int, reason: int) -> str:
     """PS3.8 Table 9-26 source and (for the provider) reason, in plain words."""
@@ -281,8 +285,10 @@ class UpperLayer:
             async with asyncio.timeout(self.timeouts.dimse):
                 await self.writer.drain()
         except TimeoutError:
-            reason = (f"peer has not read our data for {self.timeouts.dimse:g}s "
-                      f"({self._write_buffer_size()} bytes waiting; DIMSE timeout)")
+            reason = (
+                f"peer has not read our data for {self.timeouts.dimse:g}s "
+                f"({self._write_buffer_size()} bytes waiting; DIMSE timeout)"
+            )
             log.warning("%s %s: aborting", self.label, reason)
             self.abort(reason)
             self.writer.transport.abort()  # close() would wait for the unread data to be sent
@@ -355,9 +361,7 @@ class UpperLayer:
             return None
         limit = self.max_pdu_receive if pdu_type == 0x04 else MAX_CONTROL_PDU
         if length > limit:
-            self._framing_error(
-                6, f"PDU type 0x{pdu_type:02X} of {length} bytes exceeds our limit of {limit} bytes"
-            )
+            self._framing_error(6, f"PDU type 0x{pdu_type:02X} of {length} bytes exceeds our limit of {limit} bytes")
             return None
         try:
             async with asyncio.timeout(self.timeouts.dimse):

@@ -22,8 +22,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Self, TypeVar
 
-from minipacs.net.pdu_items import APPLICATION_CONTEXT_ITEM, PRESENTATION_CONTEXT_AC_ITEM, PRESENTATION_CONTEXT_RQ_ITEM, USER_INFORMATION_ITEM, PDUError, PresentationContextAC, PresentationContextRQ, UserInformation, decode_application_context, encode_application_context, iter_items
 from minipacs.dicom.uids import APPLICATION_CONTEXT_NAME
+from minipacs.net.pdu_items import (
+    APPLICATION_CONTEXT_ITEM,
+    PRESENTATION_CONTEXT_AC_ITEM,
+    PRESENTATION_CONTEXT_RQ_ITEM,
+    USER_INFORMATION_ITEM,
+    PDUError,
+    PresentationContextAC,
+    PresentationContextRQ,
+    UserInformation,
+    decode_application_context,
+    encode_application_context,
+    iter_items,
+)
 
 __all__ = [
     "PDU",
@@ -59,6 +71,7 @@ _PDATA_HEADER = struct.Struct(">BxLLBB")  # PDU header + first PDV item header
 _AE_TITLE_LENGTH = 16
 _COMMAND_BIT = 0x01  # PS3.8 Annex E.2: bit 0 set = Command, clear = Data Set
 _LAST_BIT = 0x02  # bit 1 set = last fragment
+
 
 def _header(pdu_type: int, body: bytes) -> bytes:
     return PDU_HEADER.pack(pdu_type, len(body)) + body
@@ -150,8 +163,7 @@ def _decode_associate(
     """
     if len(body) < _ASSOCIATE_FIXED.size:
         raise PDUError(
-            f"{name} PDU body is {len(body)} bytes; its fixed fields alone need "
-            f"{_ASSOCIATE_FIXED.size} (PS3.8 §9.3.2)"
+            f"{name} PDU body is {len(body)} bytes; its fixed fields alone need {_ASSOCIATE_FIXED.size} (PS3.8 §9.3.2)"
         )
     version, called_raw, calling_raw = _ASSOCIATE_FIXED.unpack_from(body)
     if titles_tested:
@@ -177,9 +189,7 @@ def _decode_associate(
             user_information = UserInformation.decode(value, offset)
     if application_context is None:
         raise PDUError(f"{name} has no Application Context Item (10H)")
-    fields = _AssociateFields(
-        version, called, calling, application_context, user_information or UserInformation()
-    )
+    fields = _AssociateFields(version, called, calling, application_context, user_information or UserInformation())
     return fields, contexts
 
 
@@ -439,9 +449,7 @@ def pdata_pdu_header(context_id: int, is_command: bool, is_last: bool, data_leng
     try:
         return _PDATA_HEADER.pack(0x04, 6 + data_length, 2 + data_length, context_id, control)
     except struct.error as exc:
-        raise ValueError(
-            f"cannot frame a PDV of {data_length} bytes for context {context_id}: {exc}"
-        ) from None
+        raise ValueError(f"cannot frame a PDV of {data_length} bytes for context {context_id}: {exc}") from None
 
 
 # -------------------------------------------------------------- dispatch
@@ -450,8 +458,7 @@ PDU = AAssociateRQ | AAssociateAC | AAssociateRJ | PDataTF | AReleaseRQ | ARelea
 
 # PS3.8 §9.3.1: PDU-type -> PDU structure.
 PDU_TYPES: dict[int, type[PDU]] = {
-    cls.PDU_TYPE: cls
-    for cls in (AAssociateRQ, AAssociateAC, AAssociateRJ, PDataTF, AReleaseRQ, AReleaseRP, AAbort)
+    cls.PDU_TYPE: cls for cls in (AAssociateRQ, AAssociateAC, AAssociateRJ, PDataTF, AReleaseRQ, AReleaseRP, AAbort)
 }
 
 

@@ -152,8 +152,7 @@ def iter_items(buf: memoryview, base: int, where: str) -> Iterator[tuple[int, me
     while pos < end:
         if end - pos < ITEM_HEADER.size:
             raise PDUError(
-                f"{where}: item header at byte {base + pos} is truncated "
-                f"({end - pos} byte(s) left, 4 needed)"
+                f"{where}: item header at byte {base + pos} is truncated ({end - pos} byte(s) left, 4 needed)"
             )
         item_type, length = ITEM_HEADER.unpack_from(buf, pos)
         start = pos + ITEM_HEADER.size
@@ -170,8 +169,7 @@ def encode_item(item_type: int, value: bytes) -> bytes:
     """Item header + value; ``ValueError`` if the value exceeds the 16-bit Item-length."""
     if len(value) > 0xFFFF:
         raise ValueError(
-            f"item {item_type:02X}H value is {len(value)} bytes; the Item-length field "
-            "holds at most 65535"
+            f"item {item_type:02X}H value is {len(value)} bytes; the Item-length field holds at most 65535"
         )
     return ITEM_HEADER.pack(item_type, len(value)) + value
 
@@ -227,9 +225,7 @@ class PresentationContextRQ:
             struct.pack(">B3x", self.context_id),
             encode_item(ABSTRACT_SYNTAX_SUB_ITEM, encode_uid(self.abstract_syntax)),
         ]
-        parts += [
-            encode_item(TRANSFER_SYNTAX_SUB_ITEM, encode_uid(ts)) for ts in self.transfer_syntaxes
-        ]
+        parts += [encode_item(TRANSFER_SYNTAX_SUB_ITEM, encode_uid(ts)) for ts in self.transfer_syntaxes]
         return encode_item(PRESENTATION_CONTEXT_RQ_ITEM, b"".join(parts))
 
     @classmethod
@@ -245,9 +241,7 @@ class PresentationContextRQ:
         for sub_type, sub_value, sub_offset in iter_items(reader.rest(), reader.position, where):
             if sub_type == ABSTRACT_SYNTAX_SUB_ITEM:
                 if abstract is not None:
-                    raise PDUError(
-                        f"{where}: second Abstract Syntax Sub-Item at byte {sub_offset - 4}", 5
-                    )
+                    raise PDUError(f"{where}: second Abstract Syntax Sub-Item at byte {sub_offset - 4}", 5)
                 abstract = decode_uid(sub_value, f"{where}: Abstract-syntax-name", sub_offset)
             elif sub_type == TRANSFER_SYNTAX_SUB_ITEM:
                 transfer.append(decode_uid(sub_value, f"{where}: Transfer-syntax-name", sub_offset))
@@ -293,15 +287,11 @@ class PresentationContextAC:
             if sub_type != TRANSFER_SYNTAX_SUB_ITEM:
                 continue
             if transfer is not None:
-                raise PDUError(
-                    f"{where}: second Transfer Syntax Sub-Item at byte {sub_offset - 4}", 5
-                )
+                raise PDUError(f"{where}: second Transfer Syntax Sub-Item at byte {sub_offset - 4}", 5)
             transfer = decode_uid(sub_value, f"{where}: Transfer-syntax-name", sub_offset)
         if transfer is None:
             if result == 0:
-                raise PDUError(
-                    f"{where} accepts the context but has no Transfer Syntax Sub-Item (40H)"
-                )
+                raise PDUError(f"{where} accepts the context but has no Transfer Syntax Sub-Item (40H)")
             transfer = ""
         return cls(context_id, result, transfer)
 
@@ -340,9 +330,7 @@ class RoleSelection:
 
     def encode(self) -> bytes:
         uid = _u16_prefixed(encode_uid(self.sop_class_uid), "SOP-class-uid")
-        return encode_item(
-            ROLE_SELECTION_SUB_ITEM, uid + bytes((int(self.scu_role), int(self.scp_role)))
-        )
+        return encode_item(ROLE_SELECTION_SUB_ITEM, uid + bytes((int(self.scu_role), int(self.scp_role))))
 
     @classmethod
     def read(cls, reader: FieldReader) -> Self:
@@ -377,8 +365,7 @@ class SOPClassCommonExtendedNegotiation:
 
     def encode(self) -> bytes:
         related = b"".join(
-            _u16_prefixed(encode_uid(uid), "Related-general-sop-class-uid")
-            for uid in self.related_general_sop_classes
+            _u16_prefixed(encode_uid(uid), "Related-general-sop-class-uid") for uid in self.related_general_sop_classes
         )
         value = (
             _u16_prefixed(encode_uid(self.sop_class_uid), "SOP-class-uid")
@@ -387,13 +374,8 @@ class SOPClassCommonExtendedNegotiation:
         )
         # Byte 1 is the Sub-Item-version (00H), not a reserved byte.
         if len(value) > 0xFFFF:
-            raise ValueError(
-                f"item 57H value is {len(value)} bytes; the Item-length field holds at most 65535"
-            )
-        return (
-            _SUB_ITEM_57_HEADER.pack(SOP_CLASS_COMMON_EXTENDED_NEGOTIATION_SUB_ITEM, 0, len(value))
-            + value
-        )
+            raise ValueError(f"item 57H value is {len(value)} bytes; the Item-length field holds at most 65535")
+        return _SUB_ITEM_57_HEADER.pack(SOP_CLASS_COMMON_EXTENDED_NEGOTIATION_SUB_ITEM, 0, len(value)) + value
 
     @classmethod
     def read(cls, reader: FieldReader) -> Self:
@@ -453,9 +435,7 @@ class UserIdentityAC:
     server_response: bytes
 
     def encode(self) -> bytes:
-        return encode_item(
-            USER_IDENTITY_AC_SUB_ITEM, _u16_prefixed(bytes(self.server_response), "Server-response")
-        )
+        return encode_item(USER_IDENTITY_AC_SUB_ITEM, _u16_prefixed(bytes(self.server_response), "Server-response"))
 
     @classmethod
     def read(cls, reader: FieldReader) -> Self:
@@ -498,17 +478,11 @@ class UserInformation:
         if self.maximum_length is not None:
             parts.append(encode_item(MAXIMUM_LENGTH_SUB_ITEM, _U32.pack(self.maximum_length)))
         if self.implementation_class_uid is not None:
-            parts.append(
-                encode_item(
-                    IMPLEMENTATION_CLASS_UID_SUB_ITEM, encode_uid(self.implementation_class_uid)
-                )
-            )
+            parts.append(encode_item(IMPLEMENTATION_CLASS_UID_SUB_ITEM, encode_uid(self.implementation_class_uid)))
         if self.implementation_version_name:
             name = self.implementation_version_name
             if len(name) > 16:
-                raise ValueError(
-                    f"Implementation-version-name {name!r} is longer than 16 characters (PS3.7 D.3.3.2.3)"
-                )
+                raise ValueError(f"Implementation-version-name {name!r} is longer than 16 characters (PS3.7 D.3.3.2.3)")
             parts.append(encode_item(IMPLEMENTATION_VERSION_NAME_SUB_ITEM, encode_uid(name)))
         if self.async_ops is not None:
             parts.append(self.async_ops.encode())
@@ -543,15 +517,11 @@ def _read_maximum_length(info: UserInformation, reader: FieldReader) -> None:
 
 
 def _read_implementation_class_uid(info: UserInformation, reader: FieldReader) -> None:
-    info.implementation_class_uid = decode_uid(
-        reader.rest(), "Implementation-class-uid", reader.position
-    )
+    info.implementation_class_uid = decode_uid(reader.rest(), "Implementation-class-uid", reader.position)
 
 
 def _read_implementation_version_name(info: UserInformation, reader: FieldReader) -> None:
-    info.implementation_version_name = decode_uid(
-        reader.rest(), "Implementation-version-name", reader.position
-    )
+    info.implementation_version_name = decode_uid(reader.rest(), "Implementation-version-name", reader.position)
 
 
 def _read_async_ops(info: UserInformation, reader: FieldReader) -> None:

@@ -28,8 +28,10 @@ def _load_chain(ctx: ssl.SSLContext, cert_file: str, key_file: str) -> None:
     except FileNotFoundError as exc:
         raise TLSConfigError(f"TLS certificate or key file not found: {exc.filename or cert_file}") from exc
     except (ssl.SSLError, OSError) as exc:
-        raise TLSConfigError(f"cannot use TLS certificate {cert_file} with key {key_file or cert_file}: "
-                             f"{getattr(exc, 'reason', None) or exc} (are both PEM, unencrypted, and a pair?)") from exc
+        raise TLSConfigError(
+            f"cannot use TLS certificate {cert_file} with key {key_file or cert_file}: "
+            f"{getattr(exc, 'reason', None) or exc} (are both PEM, unencrypted, and a pair?)"
+        ) from exc
 
 
 def _load_ca(ctx: ssl.SSLContext, ca_file: str) -> None:
@@ -38,8 +40,9 @@ def _load_ca(ctx: ssl.SSLContext, ca_file: str) -> None:
     except FileNotFoundError as exc:
         raise TLSConfigError(f"TLS CA file not found: {ca_file}") from exc
     except (ssl.SSLError, OSError) as exc:
-        raise TLSConfigError(f"cannot read the TLS CA file {ca_file}: {getattr(exc, 'reason', None) or exc} "
-                             "(PEM certificates expected)") from exc
+        raise TLSConfigError(
+            f"cannot read the TLS CA file {ca_file}: {getattr(exc, 'reason', None) or exc} (PEM certificates expected)"
+        ) from exc
 
 
 def _base(purpose: ssl.Purpose) -> ssl.SSLContext:
@@ -48,8 +51,9 @@ def _base(purpose: ssl.Purpose) -> ssl.SSLContext:
     return ctx
 
 
-def server_context(cert_file: str, key_file: str, ca_file: str = "",
-                   require_client_cert: bool = False) -> ssl.SSLContext:
+def server_context(
+    cert_file: str, key_file: str, ca_file: str = "", require_client_cert: bool = False
+) -> ssl.SSLContext:
     """The listener's side: our certificate; with ``require_client_cert`` every client must present one
     chaining to ``ca_file`` (without it a client certificate is still checked when one is sent)."""
     if not cert_file:
@@ -101,8 +105,13 @@ def tls_info(ssl_object: Any) -> TLSInfo | None:
 
 # X.509 attribute names as getpeercert() spells them -> RFC 4514 short names.
 SUBJECT_KEYS: Final[dict[str, str]] = {
-    "commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU", "countryName": "C",
-    "localityName": "L", "stateOrProvinceName": "ST", "emailAddress": "E",
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "localityName": "L",
+    "stateOrProvinceName": "ST",
+    "emailAddress": "E",
 }
 
 
@@ -152,5 +161,14 @@ def describe_tls_error(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-__all__ = ["DICOM_TLS_PORT", "HANDSHAKE_REASONS", "TLSConfigError", "TLSInfo", "client_context",
-           "describe_tls_error", "server_context", "subject_of", "tls_info"]
+__all__ = [
+    "DICOM_TLS_PORT",
+    "HANDSHAKE_REASONS",
+    "TLSConfigError",
+    "TLSInfo",
+    "client_context",
+    "describe_tls_error",
+    "server_context",
+    "subject_of",
+    "tls_info",
+]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from minipacs.dicom.uids import uid_name
 from minipacs.net.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ
 from minipacs.net.presentation import RESULT_NAMES
-from minipacs.dicom.uids import uid_name
 
 IDENTITY_TYPES = {1: "username", 2: "username and passcode", 3: "Kerberos", 4: "SAML", 5: "JWT"}
 
@@ -22,18 +22,23 @@ def describe_associate(pdu: AAssociateRQ | AAssociateAC | AAssociateRJ) -> str:
         f"  Maximum PDU length: {info.maximum_length if info.maximum_length is not None else 'absent'}",
     ]
     if info.async_ops is not None:
-        lines.append(f"  Async operations window: invoked {info.async_ops.max_invoked}, "
-                     f"performed {info.async_ops.max_performed}")
+        lines.append(
+            f"  Async operations window: invoked {info.async_ops.max_invoked}, performed {info.async_ops.max_performed}"
+        )
     for role in info.roles:
-        lines.append(f"  Role selection {uid_name(role.sop_class_uid)}: SCU={int(role.scu_role)} SCP={int(role.scp_role)}")
+        lines.append(
+            f"  Role selection {uid_name(role.sop_class_uid)}: SCU={int(role.scu_role)} SCP={int(role.scp_role)}"
+        )
     for ext in info.extended:
         lines.append(f"  SOP class extended negotiation {uid_name(ext.sop_class_uid)}: {ext.info.hex()}")
     for cext in info.common_extended:
         lines.append(f"  SOP class common extended {uid_name(cext.sop_class_uid)} service {cext.service_class_uid}")
     if info.user_identity_rq is not None:
         ident = info.user_identity_rq
-        lines.append(f"  User identity: {IDENTITY_TYPES.get(ident.identity_type, ident.identity_type)}"
-                     f"{' (response requested)' if ident.positive_response_requested else ''}")
+        lines.append(
+            f"  User identity: {IDENTITY_TYPES.get(ident.identity_type, ident.identity_type)}"
+            f"{' (response requested)' if ident.positive_response_requested else ''}"
+        )
     if info.user_identity_ac is not None:
         lines.append(f"  User identity response: {len(info.user_identity_ac.server_response)} bytes")
     if isinstance(pdu, AAssociateRQ):

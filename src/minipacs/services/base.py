@@ -32,7 +32,9 @@ class ServiceClass(Protocol):
         """Where the dataset of ``command`` goes; None to keep it in memory."""
         ...
 
-    def extended_negotiation(self, proposed: Sequence[SOPClassExtendedNegotiation]) -> list[SOPClassExtendedNegotiation]:
+    def extended_negotiation(
+        self, proposed: Sequence[SOPClassExtendedNegotiation]
+    ) -> list[SOPClassExtendedNegotiation]:
         """PS3.7 D.3.3.5: our A-ASSOCIATE-AC answers to the SOP Class Extended Negotiation items
         proposed for this service's SOP classes (an item we do not answer is not agreed)."""
         ...
@@ -46,7 +48,9 @@ class Service:
     def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> DatasetSink | None:
         return None
 
-    def extended_negotiation(self, proposed: Sequence[SOPClassExtendedNegotiation]) -> list[SOPClassExtendedNegotiation]:
+    def extended_negotiation(
+        self, proposed: Sequence[SOPClassExtendedNegotiation]
+    ) -> list[SOPClassExtendedNegotiation]:
         return []
 
 

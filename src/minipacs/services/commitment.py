@@ -29,7 +29,14 @@ from pydicom.sequence import Sequence as DicomSequence
 from minipacs.core.commitment import CommitmentResult, Reference, check_commitment
 from minipacs.core.nodes import NodeRegistry
 from minipacs.core.worklist import IndexAccess
-from minipacs.dicom.uids import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH_MODEL
+from minipacs.dicom.identifier import decode_identifier, encode_identifier
+from minipacs.dicom.uids import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    STORAGE_COMMITMENT_INSTANCE,
+    STORAGE_COMMITMENT_PUSH_MODEL,
+    transfer_syntax,
+)
 from minipacs.net.association import (
     Association,
     AssociationError,
@@ -44,10 +51,8 @@ from minipacs.net.dimse import Command
 from minipacs.net.fsm import State
 from minipacs.net.pdu_items import RoleSelection
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
-from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
 from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Operation, Response
-from minipacs.dicom.identifier import decode_identifier, encode_identifier
 from minipacs.services.status import COMMITMENT, FAILURE_REASONS, SUCCESS, describe
 
 log = logging.getLogger("minipacs.commitment")
@@ -68,8 +73,14 @@ NO_SUCH_SOP_CLASS: Final = 0x0118
 class StorageCommitmentSCP(Service):
     name = "storage commitment"
 
-    def __init__(self, index: IndexAccess, nodes: NodeRegistry | None, settings: AssociationSettings,
-                 *, connect_timeout: float = 15.0) -> None:
+    def __init__(
+        self,
+        index: IndexAccess,
+        nodes: NodeRegistry | None,
+        settings: AssociationSettings,
+        *,
+        connect_timeout: float = 15.0,
+    ) -> None:
         self.index = index
         self.nodes = nodes
         #: Our side of a new association for the report (our AE title, PDU sizes, timeouts).
@@ -77,8 +88,11 @@ class StorageCommitmentSCP(Service):
         self.connect_timeout = connect_timeout
 
     def supported_contexts(self) -> Mapping[str, SupportedContext]:
-        return {STORAGE_COMMITMENT_PUSH_MODEL: SupportedContext(STORAGE_COMMITMENT_PUSH_MODEL,
-                                                                frozenset(COMMITMENT_TRANSFER_SYNTAXES))}
+        return {
+            STORAGE_COMMITMENT_PUSH_MODEL: SupportedContext(
+                STORAGE_COMMITMENT_PUSH_MODEL, frozenset(COMMITMENT_TRANSFER_SYNTAXES)
+            )
+        }
 
     def handlers(self) -> Mapping[str, Operation]:
         return {"N-ACTION-RQ": Operation(self.n_action, access="commit")}
@@ -96,32 +110,55 @@ class StorageCommitmentSCP(Service):
             if sop_class != STORAGE_COMMITMENT_PUSH_MODEL:
                 status, text = NO_SUCH_SOP_CLASS, f"N-ACTION for SOP class {sop_class} on the commitment context"
             elif cmd.requested_sop_instance_uid != STORAGE_COMMITMENT_INSTANCE:
-                status, text = NO_SUCH_SOP_INSTANCE, (f"requested SOP instance {cmd.requested_sop_instance_uid} "
-                                                      f"is not the well-known {STORAGE_COMMITMENT_INSTANCE}")
+                status, text = (
+                    NO_SUCH_SOP_INSTANCE,
+                    (
+                        f"requested SOP instance {cmd.requested_sop_instance_uid} "
+                        f"is not the well-known {STORAGE_COMMITMENT_INSTANCE}"
+                    ),
+                )
             elif cmd.action_type_id != REQUEST_STORAGE_COMMITMENT:
                 status, text = NO_SUCH_ACTION, f"action type {cmd.action_type_id} (only 1 is defined)"
             else:
                 transaction, refs = _read_request(message)
         except ValueError as exc:
             status, text = INVALID_ARGUMENT_VALUE, str(exc)
-        fields: dict[str, Any] = {"AffectedSOPClassUID": STORAGE_COMMITMENT_PUSH_MODEL,
-                                  "AffectedSOPInstanceUID": STORAGE_COMMITMENT_INSTANCE}
+        fields: dict[str, Any] = {
+            "AffectedSOPClassUID": STORAGE_COMMITMENT_PUSH_MODEL,
+            "AffectedSOPInstanceUID": STORAGE_COMMITMENT_INSTANCE,
+        }
         if status != SUCCESS:
-            log.warning("%s storage commitment request refused with %s: %s", assoc.label,
-                        describe(status, COMMITMENT), text)
+            log.warning(
+                "%s storage commitment request refused with %s: %s", assoc.label, describe(status, COMMITMENT), text
+            )
         else:
             fields["ActionTypeID"] = REQUEST_STORAGE_COMMITMENT
-        record_operation(assoc, op="N-ACTION", sop_class=sop_class, transaction=transaction, instances=len(refs),
-                         status=status, outcome="success" if status == SUCCESS else "failed", error=text)
+        record_operation(
+            assoc,
+            op="N-ACTION",
+            sop_class=sop_class,
+            transaction=transaction,
+            instances=len(refs),
+            status=status,
+            outcome="success" if status == SUCCESS else "failed",
+            error=text,
+        )
         if status != SUCCESS:
             return Response(status, error=text, fields=fields)
         return Response(status, fields=fields, then=lambda: self._check_and_report(assoc, transaction, refs))
 
     async def _check_and_report(self, assoc: Association, transaction: str, refs: list[Reference]) -> None:
         result = await check_commitment(self.index, refs)
-        log.info("%s storage commitment %s: %d of %d instance(s) committed%s", assoc.label, transaction,
-                 len(result.committed), len(refs), "" if not result.failed else
-                 f"; {len(result.failed)} failed ({', '.join(sorted({f.value for _r, f in result.failed}))})")
+        log.info(
+            "%s storage commitment %s: %d of %d instance(s) committed%s",
+            assoc.label,
+            transaction,
+            len(result.committed),
+            len(refs),
+            ""
+            if not result.failed
+            else f"; {len(result.failed)} failed ({', '.join(sorted({f.value for _r, f in result.failed}))})",
+        )
         await self.report(assoc, transaction, result)
 
     # ------------------------------------------------------------------ the report
@@ -133,54 +170,100 @@ class StorageCommitmentSCP(Service):
         if context is not None and assoc.dul.state is State.STA6:
             try:
                 status = await _send_report(assoc, context, event, ds)
-                record_operation(assoc, op="N-EVENT-REPORT", transaction=transaction, event_type=event,
-                                 status=status, outcome="success" if status == SUCCESS else "failed")
-                log.info("%s storage commitment %s reported on the same association (event type %d): %s",
-                         assoc.label, transaction, event, describe(status, COMMITMENT))
+                record_operation(
+                    assoc,
+                    op="N-EVENT-REPORT",
+                    transaction=transaction,
+                    event_type=event,
+                    status=status,
+                    outcome="success" if status == SUCCESS else "failed",
+                )
+                log.info(
+                    "%s storage commitment %s reported on the same association (event type %d): %s",
+                    assoc.label,
+                    transaction,
+                    event,
+                    describe(status, COMMITMENT),
+                )
                 if status == SUCCESS:
                     return True
-                log.info("%s storage commitment %s: the requester refused the report on its association; "
-                         "trying its registered node", assoc.label, transaction)
+                log.info(
+                    "%s storage commitment %s: the requester refused the report on its association; "
+                    "trying its registered node",
+                    assoc.label,
+                    transaction,
+                )
             except AssociationError as exc:
-                log.info("%s storage commitment %s: the requesting association ended (%s); reporting on a new "
-                         "association", assoc.label, transaction, exc)
+                log.info(
+                    "%s storage commitment %s: the requesting association ended (%s); reporting on a new association",
+                    assoc.label,
+                    transaction,
+                    exc,
+                )
         return await self._report_new_association(assoc.calling_ae, transaction, event, ds)
 
     async def _report_new_association(self, calling_ae: str, transaction: str, event: int, ds: Dataset) -> bool:
         nodes = await self.nodes.find(calling_ae) if self.nodes is not None else []
         if not nodes:
-            log.warning("storage commitment %s for %r cannot be reported: the requesting association is closed and "
-                        "%r is not a registered node; register it (minipacs nodes add %s HOST PORT) or have the "
-                        "modality keep its association open until the report arrives", transaction, calling_ae,
-                        calling_ae, calling_ae)
+            log.warning(
+                "storage commitment %s for %r cannot be reported: the requesting association is closed and "
+                "%r is not a registered node; register it (minipacs nodes add %s HOST PORT) or have the "
+                "modality keep its association open until the report arrives",
+                transaction,
+                calling_ae,
+                calling_ae,
+                calling_ae,
+            )
             return False
         node = nodes[0]
         if len(nodes) > 1:
-            log.warning("storage commitment %s: %r is registered %d times; reporting to %s", transaction,
-                        calling_ae, len(nodes), node.label())
+            log.warning(
+                "storage commitment %s: %r is registered %d times; reporting to %s",
+                transaction,
+                calling_ae,
+                len(nodes),
+                node.label(),
+            )
         # PS3.7 D.3.3.4: requestor of the association, SCP of the class: propose SCU role 0, SCP role 1.
-        rq = build_rq(self.settings.ae_title, node.ae_title, [(STORAGE_COMMITMENT_PUSH_MODEL,
-                                                               COMMITMENT_TRANSFER_SYNTAXES)], self.settings,
-                      roles=[RoleSelection(STORAGE_COMMITMENT_PUSH_MODEL, False, True)])
+        rq = build_rq(
+            self.settings.ae_title,
+            node.ae_title,
+            [(STORAGE_COMMITMENT_PUSH_MODEL, COMMITMENT_TRANSFER_SYNTAXES)],
+            self.settings,
+            roles=[RoleSelection(STORAGE_COMMITMENT_PUSH_MODEL, False, True)],
+        )
         try:
-            out = await connect(node.host, node.port, rq, self.settings, connect_timeout=self.connect_timeout,
-                                tls=node.tls)
+            out = await connect(
+                node.host, node.port, rq, self.settings, connect_timeout=self.connect_timeout, tls=node.tls
+            )
         except AssociationError as exc:
             log.warning("storage commitment %s cannot be reported to %s: %s", transaction, node.label(), exc)
             return False
         try:
             context = out.context_for(STORAGE_COMMITMENT_PUSH_MODEL)
             if context is None:
-                log.warning("storage commitment %s: %s refused the Storage Commitment context; configure it to "
-                            "accept Storage Commitment Push Model as SCU with SCP role selection", transaction,
-                            node.label())
+                log.warning(
+                    "storage commitment %s: %s refused the Storage Commitment context; configure it to "
+                    "accept Storage Commitment Push Model as SCU with SCP role selection",
+                    transaction,
+                    node.label(),
+                )
                 return False
             if not context.requestor_is_scp:
-                log.warning("storage commitment %s: %s did not grant us the SCP role (PS3.7 D.3.3.4); sending the "
-                            "report anyway", transaction, node.label())
+                log.warning(
+                    "storage commitment %s: %s did not grant us the SCP role (PS3.7 D.3.3.4); sending the "
+                    "report anyway",
+                    transaction,
+                    node.label(),
+                )
             status = await _send_report(out, context, event, ds)
-            log.info("storage commitment %s reported to %s on a new association (event type %d): %s", transaction,
-                     node.label(), event, describe(status, COMMITMENT))
+            log.info(
+                "storage commitment %s reported to %s on a new association (event type %d): %s",
+                transaction,
+                node.label(),
+                event,
+                describe(status, COMMITMENT),
+            )
             return status == SUCCESS
         except AssociationError as exc:
             log.warning("storage commitment %s: report to %s failed: %s", transaction, node.label(), exc)
@@ -239,9 +322,14 @@ async def _send_report(assoc: Association, context: NegotiatedContext, event: in
     ts = transfer_syntax(context.transfer_syntax)
     if ts is None:  # pragma: no cover - we only accept the two above
         raise AssociationError(f"cannot encode the report in {context.transfer_syntax}")
-    command = Command.make("N-EVENT-REPORT-RQ", has_dataset=True, MessageID=assoc.next_message_id(),
-                           AffectedSOPClassUID=STORAGE_COMMITMENT_PUSH_MODEL,
-                           AffectedSOPInstanceUID=STORAGE_COMMITMENT_INSTANCE, EventTypeID=event)
+    command = Command.make(
+        "N-EVENT-REPORT-RQ",
+        has_dataset=True,
+        MessageID=assoc.next_message_id(),
+        AffectedSOPClassUID=STORAGE_COMMITMENT_PUSH_MODEL,
+        AffectedSOPInstanceUID=STORAGE_COMMITMENT_INSTANCE,
+        EventTypeID=event,
+    )
     status = -1
     async for rsp in assoc.request(context.context_id, command, encode_identifier(ds, ts)):
         status = rsp.command.status

@@ -88,11 +88,13 @@ def check_operation(service: str, request: str, operation: object) -> Operation:
     if not isinstance(operation, Operation):
         raise ServiceRegistrationError(
             f"service {service!r} registers {request} without an access rule: its handlers() must map "
-            f"{request} to Operation(handler, access=...) with access one of {', '.join(OPERATIONS)}")
+            f"{request} to Operation(handler, access=...) with access one of {', '.join(OPERATIONS)}"
+        )
     if operation.access not in ALL_OPERATIONS:
         raise ServiceRegistrationError(
             f"service {service!r} registers {request} with access rule {operation.access!r}, which the access "
-            f"policy does not know; use one of {', '.join(OPERATIONS)}")
+            f"policy does not know; use one of {', '.join(OPERATIONS)}"
+        )
     return operation
 
 
@@ -158,7 +160,7 @@ async def dispatch(assoc: Association, message: Message, operation: Operation) -
                         await _follow_up(assoc, request, single.then)
         if not message.answered:
             raise RuntimeError(f"the {request} handler ended without a final response")
-    except Exception as exc:  # noqa: BLE001 - the peer gets a failure status, the association survives
+    except Exception as exc:
         if not assoc.can_respond:
             return  # the association ended under the handler: counted and logged once by the association
         if message.answered:
@@ -170,7 +172,7 @@ async def dispatch(assoc: Association, message: Message, operation: Operation) -
 async def _follow_up(assoc: Association, request: str, work: Callable[[], Awaitable[None]]) -> None:
     try:
         await work()
-    except Exception as exc:  # noqa: BLE001 - the response is out; nothing to answer any more
+    except Exception as exc:
         log.error("%s %s: the work after the response failed: %s", assoc.label, request, exc, exc_info=exc)
 
 
@@ -179,8 +181,9 @@ async def fail(assoc: Association, message: Message, exc: Exception) -> None:
     request = message.command.name
     status = HANDLER_FAILURE.get(request, HANDLER_FAILURE["default"])
     why = f"internal error: {type(exc).__name__}: {exc}"
-    log.error("%s %s failed, answered %s: %s", assoc.label, message.command.summary(), describe(status), why,
-              exc_info=exc)
+    log.error(
+        "%s %s failed, answered %s: %s", assoc.label, message.command.summary(), describe(status), why, exc_info=exc
+    )
     if message.dataset is not None:
         message.dataset.discard()
     record_operation(assoc, op=request.removesuffix("-RQ"), status=status, outcome="failed", error=why)
@@ -202,12 +205,23 @@ def guarded(operation: Operation, access: AccessPolicy) -> Operation:
         log.warning("%s %s refused: %s", assoc.label, message.command.name.removesuffix("-RQ"), why)
         if message.dataset is not None:
             message.dataset.discard()
-        record_operation(assoc, op=message.command.name.removesuffix("-RQ"), status=NOT_AUTHORIZED,
-                         outcome="refused", reason=why)
+        record_operation(
+            assoc, op=message.command.name.removesuffix("-RQ"), status=NOT_AUTHORIZED, outcome="refused", reason=why
+        )
         return Response(NOT_AUTHORIZED, error=refusal.reason)
 
     return Operation(guard, operation.access)
 
 
-__all__ = ["Answer", "Handler", "Operation", "PendingBatch", "Response", "ServiceRegistrationError", "dispatch",
-           "guarded", "request_handler", "response_command"]
+__all__ = [
+    "Answer",
+    "Handler",
+    "Operation",
+    "PendingBatch",
+    "Response",
+    "ServiceRegistrationError",
+    "dispatch",
+    "guarded",
+    "request_handler",
+    "response_command",
+]

@@ -20,11 +20,11 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
+from minipacs.dicom.identifier import decode_identifier, encode_identifier
 from minipacs.dicom.levels import INFORMATION_MODELS, Level
+from minipacs.dicom.uids import transfer_syntax
 from minipacs.net.association import Association, BytesSink
 from minipacs.net.dimse import Command
-from minipacs.dicom.uids import transfer_syntax
-from minipacs.dicom.identifier import decode_identifier, encode_identifier
 
 #: -P / -S / -O: information model (dicom/levels.py) → (FIND SOP class, default level: the model's top)
 MODELS: Final[Mapping[str, tuple[str, str]]] = {
@@ -33,12 +33,32 @@ MODELS: Final[Mapping[str, tuple[str, str]]] = {
 
 #: Return keys asked for when the user names none (beyond the level).
 DEFAULT_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
-    Level.PATIENT.value: ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-                          "NumberOfPatientRelatedStudies"),
-    Level.STUDY.value: ("PatientName", "PatientID", "StudyDate", "StudyTime", "AccessionNumber",
-                        "ModalitiesInStudy", "StudyDescription", "NumberOfStudyRelatedInstances", "StudyInstanceUID"),
-    Level.SERIES.value: ("StudyInstanceUID", "SeriesNumber", "Modality", "SeriesDescription",
-                         "NumberOfSeriesRelatedInstances", "SeriesInstanceUID"),
+    Level.PATIENT.value: (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "NumberOfPatientRelatedStudies",
+    ),
+    Level.STUDY.value: (
+        "PatientName",
+        "PatientID",
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+        "ModalitiesInStudy",
+        "StudyDescription",
+        "NumberOfStudyRelatedInstances",
+        "StudyInstanceUID",
+    ),
+    Level.SERIES.value: (
+        "StudyInstanceUID",
+        "SeriesNumber",
+        "Modality",
+        "SeriesDescription",
+        "NumberOfSeriesRelatedInstances",
+        "SeriesInstanceUID",
+    ),
     Level.IMAGE.value: ("StudyInstanceUID", "SeriesInstanceUID", "InstanceNumber", "SOPClassUID", "SOPInstanceUID"),
 }
 
@@ -68,8 +88,9 @@ def _vr_of(tag: int) -> str:
     try:
         return dictionary_VR(tag).split(" or ")[0]
     except KeyError:
-        raise InvalidKeySpec(f"tag ({tag >> 16:04X},{tag & 0xFFFF:04X}) is not in the DICOM dictionary; "
-                        "its VR is unknown") from None
+        raise InvalidKeySpec(
+            f"tag ({tag >> 16:04X},{tag & 0xFFFF:04X}) is not in the DICOM dictionary; its VR is unknown"
+        ) from None
 
 
 def set_key(ds: Dataset, path: str, raw: KeyValue = None) -> None:
@@ -184,5 +205,14 @@ def describe_key(tag: int) -> str:
     return keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
-__all__ = ["DEFAULT_KEYS", "FindResult", "InvalidKeySpec", "KeyValue", "MODELS", "build_identifier", "find", "find_all",
-           "set_key"]
+__all__ = [
+    "DEFAULT_KEYS",
+    "FindResult",
+    "InvalidKeySpec",
+    "KeyValue",
+    "MODELS",
+    "build_identifier",
+    "find",
+    "find_all",
+    "set_key",
+]

@@ -19,14 +19,13 @@ from pydicom.uid import generate_uid
 
 from minipacs.core.errors import ArchiveError
 from minipacs.core.mpps import ProcedureSteps, StepClosed, StepRefused
-from minipacs.dicom.uids import MODALITY_PERFORMED_PROCEDURE_STEP
+from minipacs.dicom.identifier import decode_identifier
+from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, MODALITY_PERFORMED_PROCEDURE_STEP
 from minipacs.net.association import Association, BytesSink, DatasetSink, Message
 from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
-from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Operation, Response
-from minipacs.dicom.identifier import decode_identifier
 from minipacs.services.status import (
     MPPS,
     MPPS_MAY_NO_LONGER_BE_UPDATED,
@@ -51,11 +50,17 @@ class MPPSSCP(Service):
         self.steps = steps
 
     def supported_contexts(self) -> Mapping[str, SupportedContext]:
-        return {MODALITY_PERFORMED_PROCEDURE_STEP: SupportedContext(MODALITY_PERFORMED_PROCEDURE_STEP,
-                                                                    MPPS_TRANSFER_SYNTAXES)}
+        return {
+            MODALITY_PERFORMED_PROCEDURE_STEP: SupportedContext(
+                MODALITY_PERFORMED_PROCEDURE_STEP, MPPS_TRANSFER_SYNTAXES
+            )
+        }
 
     def handlers(self) -> Mapping[str, Operation]:
-        return {"N-CREATE-RQ": Operation(self.n_create, access="mpps"), "N-SET-RQ": Operation(self.n_set, access="mpps")}
+        return {
+            "N-CREATE-RQ": Operation(self.n_create, access="mpps"),
+            "N-SET-RQ": Operation(self.n_set, access="mpps"),
+        }
 
     def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> DatasetSink | None:
         return None
@@ -70,11 +75,13 @@ class MPPSSCP(Service):
     async def n_set(self, assoc: Association, message: Message) -> Response:
         """PS3.4 F.7.2.2: update an IN PROGRESS step; COMPLETED / DISCONTINUED are final."""
         cmd = message.command
-        return await self._run(assoc, message, "N-SET", cmd.requested_sop_class_uid, cmd.requested_sop_instance_uid,
-                               create=False)
+        return await self._run(
+            assoc, message, "N-SET", cmd.requested_sop_class_uid, cmd.requested_sop_instance_uid, create=False
+        )
 
-    async def _run(self, assoc: Association, message: Message, op: str, sop_class: str, uid: str,
-                   *, create: bool) -> Response:
+    async def _run(
+        self, assoc: Association, message: Message, op: str, sop_class: str, uid: str, *, create: bool
+    ) -> Response:
         status, text, offending, error_id = SUCCESS, "", None, None
         new_status = ""
         try:
@@ -104,8 +111,16 @@ class MPPSSCP(Service):
             log.warning("%s MPPS %s %s refused with %s: %s", assoc.label, op, uid, describe(status, MPPS), text)
         else:
             log.info("%s MPPS %s %s: %s", assoc.label, op, uid, new_status)
-        record_operation(assoc, op=op, sop_class=sop_class, sop_instance=uid, status=status,
-                         outcome="success" if status == SUCCESS else "failed", mpps_status=new_status, error=text)
+        record_operation(
+            assoc,
+            op=op,
+            sop_class=sop_class,
+            sop_instance=uid,
+            status=status,
+            outcome="success" if status == SUCCESS else "failed",
+            mpps_status=new_status,
+            error=text,
+        )
         return Response(status, error=text if status != SUCCESS else "", fields=fields)
 
     @staticmethod

@@ -37,12 +37,17 @@ from pydicom.config import disable_value_validation
 from pydicom.dataset import Dataset
 
 from minipacs.core.transcode import TranscodeError
+from minipacs.dicom.uids import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    MODALITY_WORKLIST_FIND,
+    VERIFICATION_SOP_CLASS,
+)
 from minipacs.net.association import (
     Association,
     AssociationError,
     AssociationSettings,
     DatasetSink,
-    Message,
     SinkFactory,
     build_rq,
     connect,
@@ -50,7 +55,6 @@ from minipacs.net.association import (
 from minipacs.net.dimse import Command
 from minipacs.net.pdu_items import RoleSelection, UserIdentityRQ
 from minipacs.net.presentation import NegotiatedContext
-from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
 from minipacs.services.base import ServiceClass
 from minipacs.services.dispatch import request_handler
 from minipacs.services.find_scu import (
@@ -74,7 +78,6 @@ from minipacs.services.retrieve_scu import (
 )
 from minipacs.services.status import describe, is_success, is_warning
 from minipacs.services.storage_scu import SendableFile, proposal, store_file
-from minipacs.dicom.uids import MODALITY_WORKLIST_FIND
 
 if TYPE_CHECKING:
     from minipacs.core.archive import Archive
@@ -86,18 +89,37 @@ MAX_CONTEXTS: Final = 128
 #: C-FIND information models -> (SOP class, default level): the Q/R ones (PS3.4 C.6) and the
 #: Modality Worklist (PS3.4 K.6.1.1, no Query/Retrieve Level).
 FIND_MODELS: Final[Mapping[str, tuple[str, str | None]]] = {
-    **MODELS, "worklist": (MODALITY_WORKLIST_FIND, None),
+    **MODELS,
+    "worklist": (MODALITY_WORKLIST_FIND, None),
 }
 
 __all__ = [
-    "DEFAULT_KEYS", "FIND_MODELS", "Address", "AssociationLost", "EchoResponse", "FindRequest", "FindResult",
-    "InvalidKeys", "KeyValue", "NoAssociation", "Outbound", "OutboundError", "OutboundSettings", "Peer",
-    "RetrieveRequest", "RetrieveResult", "SendOutcome", "SendResult", "StorageReceiver", "TooManyContexts",
+    "DEFAULT_KEYS",
+    "FIND_MODELS",
+    "Address",
+    "AssociationLost",
+    "EchoResponse",
+    "FindRequest",
+    "FindResult",
+    "InvalidKeys",
+    "KeyValue",
+    "NoAssociation",
+    "Outbound",
+    "OutboundError",
+    "OutboundSettings",
+    "Peer",
+    "RetrieveRequest",
+    "RetrieveResult",
+    "SendOutcome",
+    "SendResult",
+    "StorageReceiver",
+    "TooManyContexts",
     "UserIdentity",
 ]
 
 
 # ------------------------------------------------------------------ who we call, as whom
+
 
 class Peer(Protocol):
     """The node we call: a registered ``core.nodes.Node`` or an :class:`Address`."""
@@ -149,14 +171,15 @@ class UserIdentity:
             raise ValueError("a DICOM user identity needs a username")
         for name, value in (("username", self.username), ("password", self.password or "")):
             if len(value.encode("utf-8")) > MAX_IDENTITY_FIELD:
-                raise ValueError(f"the {name} is longer than the {MAX_IDENTITY_FIELD} bytes a User Identity "
-                                 "field holds (PS3.7 D.3.3.7.1)")
+                raise ValueError(
+                    f"the {name} is longer than the {MAX_IDENTITY_FIELD} bytes a User Identity "
+                    "field holds (PS3.7 D.3.3.7.1)"
+                )
 
     def item(self) -> UserIdentityRQ:
         if self.password is None:
             return UserIdentityRQ(1, self.positive_response, self.username.encode("utf-8"))
-        return UserIdentityRQ(2, self.positive_response, self.username.encode("utf-8"),
-                              self.password.encode("utf-8"))
+        return UserIdentityRQ(2, self.positive_response, self.username.encode("utf-8"), self.password.encode("utf-8"))
 
 
 @dataclass(frozen=True)
@@ -185,6 +208,7 @@ class StorageReceiver(ServiceClass, Protocol):
 
 # ------------------------------------------------------------------ failures
 
+
 class OutboundError(Exception):
     """Calling another node failed; the text is the reason as the wire gave it."""
 
@@ -202,8 +226,9 @@ class TooManyContexts(OutboundError):
     """The instances of one send need more presentation contexts than one association carries."""
 
     def __init__(self, needed: int) -> None:
-        super().__init__(f"these instances need {needed} presentation contexts and one association allows "
-                         f"{MAX_CONTEXTS}")
+        super().__init__(
+            f"these instances need {needed} presentation contexts and one association allows {MAX_CONTEXTS}"
+        )
         self.needed = needed
 
 
@@ -213,6 +238,7 @@ class InvalidKeys(ValueError):
 
 # ------------------------------------------------------------------ requests, built before connecting
 
+
 @dataclass(frozen=True)
 class FindRequest:
     """A C-FIND: the SOP class of its information model and the identifier."""
@@ -221,8 +247,9 @@ class FindRequest:
     identifier: Dataset
 
     @classmethod
-    def build(cls, keys: Mapping[str, KeyValue], *, model: str = "study", level: str | None = None,
-              strict: bool = False) -> FindRequest:
+    def build(
+        cls, keys: Mapping[str, KeyValue], *, model: str = "study", level: str | None = None, strict: bool = False
+    ) -> FindRequest:
         """``keys`` at ``level`` (the model's default level when None) in ``model`` (:data:`FIND_MODELS`).
 
         No keys: the level's usual return keys. ``strict`` (the web): pydicom's value checks off, any other
@@ -263,6 +290,7 @@ class RetrieveRequest:
 
 # ------------------------------------------------------------------ results
 
+
 @dataclass(frozen=True)
 class EchoResponse:
     status: int  # -1: no response
@@ -299,6 +327,7 @@ class SendResult:
 
 # ------------------------------------------------------------------ the operations
 
+
 class Outbound:
     """Echo, query, send and retrieve to other nodes, as ``settings.ae_title``."""
 
@@ -311,9 +340,14 @@ class Outbound:
         return self.settings.ae_title
 
     @asynccontextmanager
-    async def session(self, peer: Peer, contexts: Sequence[tuple[str, Sequence[str]]], *,
-                      receiver: StorageReceiver | None = None, roles: Sequence[RoleSelection] = ()
-                      ) -> AsyncIterator[Association]:
+    async def session(
+        self,
+        peer: Peer,
+        contexts: Sequence[tuple[str, Sequence[str]]],
+        *,
+        receiver: StorageReceiver | None = None,
+        roles: Sequence[RoleSelection] = (),
+    ) -> AsyncIterator[Association]:
         """An association from us to ``peer``, released at the end; aborted when the body fails.
 
         Raises :class:`NoAssociation`; an AssociationError or LookupError inside the body
@@ -326,10 +360,17 @@ class Outbound:
         # A receiver's sink_for may answer None (no dataset expected); the association keeps that as "no sink".
         sinks = cast(SinkFactory, receiver.sink_for) if receiver is not None else None
         try:
-            assoc = await connect(peer.host, peer.port, rq, aset, connect_timeout=self.settings.connect_timeout,
-                                  local_host=self.settings.local_host, tls=peer.tls,
-                                  handler=request_handler(receiver, "C-STORE-RQ") if receiver is not None else None,
-                                  sink_factory=sinks)
+            assoc = await connect(
+                peer.host,
+                peer.port,
+                rq,
+                aset,
+                connect_timeout=self.settings.connect_timeout,
+                local_host=self.settings.local_host,
+                tls=peer.tls,
+                handler=request_handler(receiver, "C-STORE-RQ") if receiver is not None else None,
+                sink_factory=sinks,
+            )
         except AssociationError as exc:
             raise NoAssociation(str(exc)) from exc
         try:
@@ -343,8 +384,9 @@ class Outbound:
             raise
         await assoc.release()
 
-    async def echo(self, peer: Peer, *, repeat: int = 1,
-                   on_response: Callable[[EchoResponse], None] | None = None) -> list[EchoResponse]:
+    async def echo(
+        self, peer: Peer, *, repeat: int = 1, on_response: Callable[[EchoResponse], None] | None = None
+    ) -> list[EchoResponse]:
         """C-ECHO (PS3.4 A.4) ``repeat`` times on one association; each response as it comes."""
         responses: list[EchoResponse] = []
         async with self.session(peer, [(VERIFICATION_SOP_CLASS, QR_SYNTAXES)]) as assoc:
@@ -362,8 +404,9 @@ class Outbound:
         async with self.session(peer, [(request.sop_class, QR_SYNTAXES)]) as assoc:
             return await _find_all(assoc, request.sop_class, request.identifier, cancel_after=cancel_after)
 
-    async def send(self, peer: Peer, instances: Sequence[SendableFile], *,
-                   progress: Callable[[SendOutcome], None] | None = None) -> SendResult:
+    async def send(
+        self, peer: Peer, instances: Sequence[SendableFile], *, progress: Callable[[SendOutcome], None] | None = None
+    ) -> SendResult:
         """C-STORE (PS3.4 B.2) each instance as stored (transcoded only when the peer takes none of its
         syntax); a refused or unreadable instance is counted and the others go on.
 
@@ -407,19 +450,31 @@ class Outbound:
             except AssociationLost as exc:
                 result.broken.append(str(exc))
                 if queue:
-                    report(SendOutcome(queue.popleft(), None, f"the association broke off while it was being "
-                                                              f"sent ({exc}); the peer may not have kept it"))
+                    report(
+                        SendOutcome(
+                            queue.popleft(),
+                            None,
+                            f"the association broke off while it was being sent ({exc}); the peer may not have kept it",
+                        )
+                    )
         return result
 
-    async def retrieve(self, peer: Peer, request: RetrieveRequest, *, method: Literal["move", "get"] = "move",
-                       destination: str | None = None, receiver: StorageReceiver | None = None,
-                       offer: Sequence[str] = (), progress: Progress | None = None) -> RetrieveResult:
+    async def retrieve(
+        self,
+        peer: Peer,
+        request: RetrieveRequest,
+        *,
+        method: Literal["move", "get"] = "move",
+        destination: str | None = None,
+        receiver: StorageReceiver | None = None,
+        offer: Sequence[str] = (),
+        progress: Progress | None = None,
+    ) -> RetrieveResult:
         """C-MOVE (PS3.4 C.4.2) to ``destination`` (us when None), or C-GET (C.4.3) into ``receiver``
         (the archive when None), offering the Storage classes of ``offer`` first; the final counts."""
         if method == "move":
             async with self.session(peer, move_contexts(request.model)) as assoc:
-                return await c_move(assoc, request.model, request.identifier, destination or self.ae_title,
-                                    progress)
+                return await c_move(assoc, request.model, request.identifier, destination or self.ae_title, progress)
         if receiver is None:
             if self.archive is None:
                 raise ValueError("C-GET needs a receiver, or an archive to receive into")

@@ -13,14 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-import zlib
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
 from minipacs.core.errors import ArchiveError
-from minipacs.dicom.identifier import identifier_charset
 from minipacs.core.query import (
     ResponseField,
     Row,
@@ -35,16 +33,17 @@ from minipacs.dicom.identifier import (
     decode_identifier,
     deflate,
     encode_identifier,
+    identifier_charset,
     response_charset,
 )
 from minipacs.dicom.levels import INFORMATION_MODELS, InformationModel
+from minipacs.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, TransferSyntax, transfer_syntax, uid_name
 from minipacs.dicom.values import codecs_for
 from minipacs.dicom.vr import ASCII_VRS, CHARSET_VRS, INT_VR_FORMATS, LONG_LENGTH_VRS
 from minipacs.net.association import Association, BytesSink, DatasetSink, Message
 from minipacs.net.dimse import Command
 from minipacs.net.pdu_items import SOPClassExtendedNegotiation
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
-from minipacs.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, TransferSyntax, transfer_syntax, uid_name
 from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Answer, Operation, PendingBatch, Response
 from minipacs.services.status import (
@@ -93,8 +92,13 @@ class RowEncoder:
     binary values, ISO 2022 character sets) go through pydicom instead.
     """
 
-    def __init__(self, fields: Sequence[ResponseField], ts: TransferSyntax, request_charset: str,
-                 constants: Mapping[int, tuple[str, str]]) -> None:
+    def __init__(
+        self,
+        fields: Sequence[ResponseField],
+        ts: TransferSyntax,
+        request_charset: str,
+        constants: Mapping[int, tuple[str, str]],
+    ) -> None:
         """``constants``: tag -> (VR, value) answered the same in every response (RetrieveAETitle)."""
         self.fields = tuple(fields)
         self.ts = ts
@@ -118,8 +122,18 @@ class RowEncoder:
             else:
                 prefix, length, short = head + vr.encode(), struct.Struct(f"{order}H"), True
             kind = "int" if vr in INT_VR_FORMATS else "ascii" if vr in ASCII_VRS else "text"
-            self.elements.append(_Element(prefix, length, kind, b"\0" if vr == "UI" else b" ", index, constant,
-                                          short, f"{order}{INT_VR_FORMATS.get(vr, '')}"))
+            self.elements.append(
+                _Element(
+                    prefix,
+                    length,
+                    kind,
+                    b"\0" if vr == "UI" else b" ",
+                    index,
+                    constant,
+                    short,
+                    f"{order}{INT_VR_FORMATS.get(vr, '')}",
+                )
+            )
 
     def encode(self, row: Row) -> bytes:
         """The response identifier of ``row`` in the context's transfer syntax (deflated if negotiated)."""
@@ -203,16 +217,25 @@ def find_failure(assoc: Association, exc: Exception, what: str) -> tuple[int, st
     return 0xC000, f"internal error: {type(exc).__name__}"
 
 
-def finish_find(assoc: Association, status: int, text: str, *, what: str, sop_class: str, level: str,
-                matches: int) -> Response:
+def finish_find(
+    assoc: Association, status: int, text: str, *, what: str, sop_class: str, level: str, matches: int
+) -> Response:
     """The end of every C-FIND (Q/R and worklist): log a refusal, record the operation, and
     the final response for the dispatcher to send."""
     final = status in (SUCCESS, FIND_CANCELLED)
     if not final:
         log.warning("%s %s refused with %s: %s", assoc.label, what, describe(status, FIND), text)
     outcome = {SUCCESS: "success", FIND_CANCELLED: "cancelled"}.get(status, "failed")
-    record_operation(assoc, op="C-FIND", sop_class=sop_class, level=level, matches=matches, status=status,
-                     outcome=outcome, error=text)
+    record_operation(
+        assoc,
+        op="C-FIND",
+        sop_class=sop_class,
+        level=level,
+        matches=matches,
+        status=status,
+        outcome=outcome,
+        error=text,
+    )
     return Response(status, error="" if final else text)
 
 
@@ -252,8 +275,10 @@ class QueryRetrieveFindSCP(Service):
         """Whether the A-ASSOCIATE-AC of ``assoc`` agreed to relational queries for the class."""
         if assoc.ac is None:
             return False
-        return any(item.sop_class_uid == sop_class_uid and item.info[:1] == b"\x01"
-                   for item in assoc.ac.user_information.extended)
+        return any(
+            item.sop_class_uid == sop_class_uid and item.info[:1] == b"\x01"
+            for item in assoc.ac.user_information.extended
+        )
 
     async def c_find(self, assoc: Association, message: Message) -> AsyncGenerator[Answer, None]:
         """PS3.4 C.4.1.3: the matches as Pending responses (in batches), then the final status."""
@@ -270,8 +295,13 @@ class QueryRetrieveFindSCP(Service):
             if message.dataset_error is not None:
                 status, text = 0xC000, f"the identifier could not be received: {message.dataset_error}"
             elif model is None or ts is None or sop_class != context.abstract_syntax:
-                status, text = 0xA900, (f"C-FIND for {uid_name(sop_class)} on a context negotiated for "
-                                        f"{uid_name(context.abstract_syntax)}")
+                status, text = (
+                    0xA900,
+                    (
+                        f"C-FIND for {uid_name(sop_class)} on a context negotiated for "
+                        f"{uid_name(context.abstract_syntax)}"
+                    ),
+                )
             elif not isinstance(sink, BytesSink):
                 status, text = 0xC000, "C-FIND request without an identifier"
             else:
@@ -282,8 +312,11 @@ class QueryRetrieveFindSCP(Service):
                 request_charset = identifier_charset(identifier)
                 pending = FIND_PENDING_WARNING if prepared.unsupported else FIND_PENDING
                 if prepared.unsupported:
-                    log.info("%s C-FIND: matching on %s is not supported; they are answered, not matched",
-                             assoc.label, ", ".join(prepared.unsupported))
+                    log.info(
+                        "%s C-FIND: matching on %s is not supported; they are answered, not matched",
+                        assoc.label,
+                        ", ".join(prepared.unsupported),
+                    )
                 wants_aet = any(k.keyword == "RetrieveAETitle" for k in prepared.keys)
                 constants = {RETRIEVE_AE_TITLE: ("AE", self.ae_title or assoc.local_ae)} if wants_aet else {}
                 encoder = RowEncoder(response_fields(prepared), ts, request_charset, constants)
@@ -300,8 +333,10 @@ class QueryRetrieveFindSCP(Service):
                             matches += len(rows)
                         if over:
                             status = FIND_LIMIT_REACHED
-                            text = (f"more than {self.max_results} matches (max_results); "
-                                    "the first were sent, narrow the query")
+                            text = (
+                                f"more than {self.max_results} matches (max_results); "
+                                "the first were sent, narrow the query"
+                            )
                             break
                         await asyncio.sleep(0)  # let the reader see a C-CANCEL (drain may not yield)
                 if message.cancelled.is_set():
@@ -309,8 +344,14 @@ class QueryRetrieveFindSCP(Service):
         except Exception as exc:  # noqa: BLE001 - the query's own failures get their C-FIND status
             status, text = find_failure(assoc, exc, "C-FIND")
         yield finish_find(assoc, status, text, what="C-FIND", sop_class=sop_class, level=level, matches=matches)
-        log.info("%s C-FIND %s %s: %d match(es), %s", assoc.label, FIND_MODELS[sop_class].name if sop_class in
-                 FIND_MODELS else sop_class, level or "?", matches, describe(status, FIND))
+        log.info(
+            "%s C-FIND %s %s: %d match(es), %s",
+            assoc.label,
+            FIND_MODELS[sop_class].name if sop_class in FIND_MODELS else sop_class,
+            level or "?",
+            matches,
+            describe(status, FIND),
+        )
 
 
 __all__ = [

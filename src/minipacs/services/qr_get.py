@@ -47,8 +47,13 @@ class GetSCP(Service):
 
     name = "qr-get"
 
-    def __init__(self, archive: Archive, *, pending_every: int = DEFAULT_PENDING_EVERY,
-                 pending_interval: float = DEFAULT_PENDING_INTERVAL) -> None:
+    def __init__(
+        self,
+        archive: Archive,
+        *,
+        pending_every: int = DEFAULT_PENDING_EVERY,
+        pending_interval: float = DEFAULT_PENDING_INTERVAL,
+    ) -> None:
         """``pending_every`` / ``pending_interval``: how often Pending responses go out (see run_suboperations)."""
         self.archive = archive
         self.pending_every = pending_every
@@ -65,8 +70,12 @@ class GetSCP(Service):
 
     async def c_get(self, assoc: Association, message: Message) -> AsyncGenerator[Answer, None]:
         """PS3.4 C.4.3.3: the sub-operations on this association, Pending responses, the final status."""
-        receipt: dict[str, object] = {"op": "C-GET", "destination_ae": assoc.calling_ae,
-                                      "destination_host": assoc.peer_host, "destination_port": assoc.peer_port}
+        receipt: dict[str, object] = {
+            "op": "C-GET",
+            "destination_ae": assoc.calling_ae,
+            "destination_host": assoc.peer_host,
+            "destination_port": assoc.peer_port,
+        }
         try:
             async with aclosing(self._get(assoc, message, receipt)) as answers:
                 async for answer in answers:
@@ -81,43 +90,63 @@ class GetSCP(Service):
         finally:
             record_operation(assoc, **receipt)
 
-    async def _get(self, assoc: Association, message: Message,
-                   receipt: dict[str, object]) -> AsyncGenerator[Response, None]:
+    async def _get(
+        self, assoc: Association, message: Message, receipt: dict[str, object]
+    ) -> AsyncGenerator[Response, None]:
         model = GET_MODELS.get(message.context.abstract_syntax, "STUDY")
         try:
             level, keys = decode_identifier(message)
             receipt["level"] = level
             instances = await select_instances(self.archive, level, keys, model, located=False)
         except (IdentifierError, InvalidRetrieveIdentifier, ArchiveError) as exc:
-            status = UNABLE_TO_PROCESS if not isinstance(exc, (IdentifierError, InvalidRetrieveIdentifier)) \
+            status = (
+                UNABLE_TO_PROCESS
+                if not isinstance(exc, (IdentifierError, InvalidRetrieveIdentifier))
                 else IDENTIFIER_DOES_NOT_MATCH
+            )
             receipt.update(status=status, outcome="refused", error=str(exc))
             log.warning("%s C-GET refused with %s: %s", assoc.label, describe(status, GET), exc)
             yield progress_response(status, error=str(exc))
             return
         progress = Progress(len(instances))
         if instances and not any(c.requestor_is_scp for c in assoc.contexts.values()):
-            log.warning("%s C-GET of %d instance(s), but the requester negotiated no storage context with the "
-                        "SCP role (SCP/SCU role selection): every sub-operation will fail", assoc.label,
-                        len(instances))
+            log.warning(
+                "%s C-GET of %d instance(s), but the requester negotiated no storage context with the "
+                "SCP role (SCP/SCU role selection): every sub-operation will fail",
+                assoc.label,
+                len(instances),
+            )
 
         async def send_one(inst: StoredInstance) -> tuple[int, str]:
             return await store_file(assoc, inst, usable=_peer_is_scp)
 
-        async with aclosing(run_suboperations(assoc, message, instances, progress, send_one, self.pending_every,
-                                              self.pending_interval)) as pendings:
+        async with aclosing(
+            run_suboperations(assoc, message, instances, progress, send_one, self.pending_every, self.pending_interval)
+        ) as pendings:
             async for pending in pendings:
                 yield pending
         final = final_response(message, progress)
         status = final.status
         receipt.update(
-            status=status, outcome=describe(status, GET).split(": ", 1)[-1], completed=progress.completed,
-            failed=progress.failed, warning=progress.warning, remaining=progress.remaining,
-            instances=len(instances), error=progress.errors[0] if progress.errors else "",
+            status=status,
+            outcome=describe(status, GET).split(": ", 1)[-1],
+            completed=progress.completed,
+            failed=progress.failed,
+            warning=progress.warning,
+            remaining=progress.remaining,
+            instances=len(instances),
+            error=progress.errors[0] if progress.errors else "",
         )
-        log.log(logging.INFO if status == 0 else logging.WARNING,
-                "%s C-GET: %s; %d completed, %d failed, %d warning, %d not sent", assoc.label,
-                describe(status, GET), progress.completed, progress.failed, progress.warning, progress.remaining)
+        log.log(
+            logging.INFO if status == 0 else logging.WARNING,
+            "%s C-GET: %s; %d completed, %d failed, %d warning, %d not sent",
+            assoc.label,
+            describe(status, GET),
+            progress.completed,
+            progress.failed,
+            progress.warning,
+            progress.remaining,
+        )
         yield final
 
 

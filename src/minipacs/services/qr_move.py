@@ -164,8 +164,9 @@ class MoveSCP(Service):
         log.warning("%s C-MOVE refused with %s: %s", assoc.label, describe(status, MOVE), why)
         return progress_response(status, error=why)
 
-    async def _move(self, assoc: Association, message: Message, dest_ae: str,
-                    receipt: dict[str, object]) -> AsyncGenerator[Response, None]:
+    async def _move(
+        self, assoc: Association, message: Message, dest_ae: str, receipt: dict[str, object]
+    ) -> AsyncGenerator[Response, None]:
         model = MOVE_MODELS.get(message.context.abstract_syntax, "STUDY")
         try:
             level, keys = decode_identifier(message)
@@ -180,21 +181,33 @@ class MoveSCP(Service):
         try:
             node = await self.destinations.resolve_move_destination(dest_ae, assoc.peer_host)
         except ArchiveError as exc:
-            yield self._refuse(assoc, receipt, MOVE_DESTINATION_UNKNOWN,
-                               f"{exc} (C-MOVE requested by {assoc.calling_ae!r} from {assoc.peer_host})")
+            yield self._refuse(
+                assoc,
+                receipt,
+                MOVE_DESTINATION_UNKNOWN,
+                f"{exc} (C-MOVE requested by {assoc.calling_ae!r} from {assoc.peer_host})",
+            )
             return
         receipt.update(destination_ae=node.ae_title, destination_host=node.host, destination_port=node.port)
         progress = Progress(len(instances))
-        log.info("%s C-MOVE of %d instance(s) to %s at %s:%d (requested from %s)", assoc.label, len(instances),
-                 node.ae_title, node.host, node.port, assoc.peer_host)
+        log.info(
+            "%s C-MOVE of %d instance(s) to %s at %s:%d (requested from %s)",
+            assoc.label,
+            len(instances),
+            node.ae_title,
+            node.host,
+            node.port,
+            assoc.peer_host,
+        )
         errors: list[str] = []
         originator = (assoc.calling_ae, message.command.message_id)
         for batch in batches(instances):
             if message.cancelled.is_set():
                 progress.cancelled = True
                 break
-            async with aclosing(self._send_batch(assoc, message, node, batch, progress, originator,
-                                                 errors)) as pendings:
+            async with aclosing(
+                self._send_batch(assoc, message, node, batch, progress, originator, errors)
+            ) as pendings:
                 async for pending in pendings:
                     yield pending
             if progress.cancelled:
@@ -203,28 +216,49 @@ class MoveSCP(Service):
         final = final_response(message, progress, error)
         status = final.status
         receipt.update(
-            status=status, outcome=describe(status, MOVE).split(": ", 1)[-1], completed=progress.completed,
-            failed=progress.failed, warning=progress.warning, remaining=progress.remaining,
-            instances=len(instances), error=error or (progress.errors[0] if progress.errors else ""),
+            status=status,
+            outcome=describe(status, MOVE).split(": ", 1)[-1],
+            completed=progress.completed,
+            failed=progress.failed,
+            warning=progress.warning,
+            remaining=progress.remaining,
+            instances=len(instances),
+            error=error or (progress.errors[0] if progress.errors else ""),
         )
         level_name = logging.INFO if status == 0 else logging.WARNING
-        log.log(level_name, "%s C-MOVE to %s at %s:%d: %s; %d completed, %d failed, %d warning, %d not sent",
-                assoc.label, node.ae_title, node.host, node.port, describe(status, MOVE), progress.completed,
-                progress.failed, progress.warning, progress.remaining)
+        log.log(
+            level_name,
+            "%s C-MOVE to %s at %s:%d: %s; %d completed, %d failed, %d warning, %d not sent",
+            assoc.label,
+            node.ae_title,
+            node.host,
+            node.port,
+            describe(status, MOVE),
+            progress.completed,
+            progress.failed,
+            progress.warning,
+            progress.remaining,
+        )
         yield final
 
-    async def _send_batch(self, assoc: Association, message: Message, node: Destination,
-                          batch: list[StoredInstance], progress: Progress, originator: tuple[str, int],
-                          errors: list[str]) -> AsyncGenerator[Response, None]:
+    async def _send_batch(
+        self,
+        assoc: Association,
+        message: Message,
+        node: Destination,
+        batch: list[StoredInstance],
+        progress: Progress,
+        originator: tuple[str, int],
+        errors: list[str],
+    ) -> AsyncGenerator[Response, None]:
         """One storage association to the destination for ``batch``, yielding Pending responses;
         a batch that cannot be sent at all adds its sentence to ``errors``."""
         settings = assoc.settings
         rq = build_rq(settings.ae_title, node.ae_title, proposal(batch), settings)
         try:
-            sub = await connect(node.host, node.port, rq, settings, connect_timeout=self.connect_timeout,
-                                tls=node.tls)
+            sub = await connect(node.host, node.port, rq, settings, connect_timeout=self.connect_timeout, tls=node.tls)
         except AssociationError as exc:
-            why = (f"cannot open the storage association to {node.ae_title} at {node.host}:{node.port}: {exc}")
+            why = f"cannot open the storage association to {node.ae_title} at {node.host}:{node.port}: {exc}"
             log.warning("%s %s", assoc.label, why)
             for inst in batch:
                 progress.fail(inst, why)
@@ -237,8 +271,9 @@ class MoveSCP(Service):
             return await store_file(sub, inst, move_originator=originator)
 
         try:
-            async with aclosing(run_suboperations(assoc, message, batch, progress, send_one, self.pending_every,
-                                                  self.pending_interval)) as pendings:
+            async with aclosing(
+                run_suboperations(assoc, message, batch, progress, send_one, self.pending_every, self.pending_interval)
+            ) as pendings:
                 async for pending in pendings:
                     yield pending
         finally:

@@ -20,10 +20,14 @@ from typing import Any, Final
 from minipacs.core.retrieve import StoredInstance, locate
 from minipacs.core.transcode import TranscodeError
 from minipacs.dicom.levels import RETRIEVE_MODELS
-
+from minipacs.dicom.uids import (
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    transfer_syntax,
+)
 from minipacs.dicom.vr import STRING_VRS
 from minipacs.net.association import Association, AssociationError, BytesSink, Message
-from minipacs.dicom.uids import EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
 from minipacs.services.dispatch import Response
 from minipacs.services.status import (
     CANCEL,
@@ -88,11 +92,10 @@ def decode_identifier(message: Message) -> tuple[str, dict[str, object]]:
             text = bytes(raw.value).decode("latin-1").strip(" \x00")
             values = [v.strip(" \x00") for v in text.split("\\")]
             keys[keyword] = values if len(values) > 1 else text
-    except Exception as exc:  # noqa: BLE001 - a hostile identifier gets a status, not a crash
+    except Exception as exc:
         raise IdentifierError(f"the identifier cannot be decoded: {type(exc).__name__}: {exc}") from exc
     level = keys.get("QueryRetrieveLevel", "")
     return (level if isinstance(level, str) else ""), keys
-
 
 
 def encode_failed_list(uids: list[str], transfer_syntax_uid: str) -> bytes:
@@ -148,8 +151,9 @@ class Progress:
 SendOne = Callable[[StoredInstance], Awaitable[tuple[int, str]]]
 
 
-def progress_response(status: int, progress: Progress | None = None, *, error: str = "",
-                      dataset: bytes | None = None) -> Response:
+def progress_response(
+    status: int, progress: Progress | None = None, *, error: str = "", dataset: bytes | None = None
+) -> Response:
     """A C-MOVE-RSP / C-GET-RSP with the sub-operation counts (PS3.7 Tables 9.3-6, 9.3-10):
     Remaining only while Pending or on Cancel."""
     fields: dict[str, Any] = {}
@@ -208,7 +212,7 @@ async def run_suboperations(
                 if assoc.dul.is_closed:
                     raise
                 progress.fail(instance, str(exc))
-                for rest in instances[index + 1:]:
+                for rest in instances[index + 1 :]:
                     progress.fail(rest, "not sent: the storage association was lost")
                 log.warning("%s storage sub-operations stopped: %s", assoc.label, exc)
                 return
@@ -223,7 +227,8 @@ async def run_suboperations(
             continue
         now = time.monotonic()
         due = (pending_every > 0 and (index + 1) % pending_every == 0) or (
-            pending_interval > 0 and now - last_pending >= pending_interval)
+            pending_interval > 0 and now - last_pending >= pending_interval
+        )
         if due:
             if cancelled.is_set():
                 progress.cancelled = True
@@ -235,5 +240,9 @@ async def run_suboperations(
 
 
 def counts(progress: Progress) -> Mapping[str, int]:
-    return {"completed": progress.completed, "failed": progress.failed, "warning": progress.warning,
-            "remaining": progress.remaining}
+    return {
+        "completed": progress.completed,
+        "failed": progress.failed,
+        "warning": progress.warning,
+        "remaining": progress.remaining,
+    }

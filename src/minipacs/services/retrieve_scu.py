@@ -21,18 +21,18 @@ from pydicom.dataset import Dataset
 
 from minipacs.core.paths import validate_uid
 from minipacs.core.staging import StagingFile
+from minipacs.dicom.identifier import encode_identifier
 from minipacs.dicom.levels import RETRIEVE_MODELS
+from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
+from minipacs.dicom.uids_generated import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from minipacs.net.association import Association, BytesSink, DatasetSink, Message
 from minipacs.net.dimse import Command
 from minipacs.net.pdu_items import RoleSelection
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
-from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
-from minipacs.dicom.uids_generated import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Operation
 from minipacs.services.qr_retrieve import GET_MODELS
 from minipacs.services.status import PENDING, SUCCESS, comment, describe, status_for_store_error
-from minipacs.dicom.identifier import encode_identifier
 
 log = logging.getLogger("minipacs.retrieve_scu")
 
@@ -41,14 +41,28 @@ GET_MODEL_UIDS = {name: model.get_sop_class for name, model in RETRIEVE_MODELS.i
 QR_SYNTAXES = [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN]
 #: Transfer syntaxes we offer when receiving (C-GET proposals), native first. Not all
 #: of PS3.6: DCMTK refuses a context with more than a few dozen syntaxes.
-RECEIVABLE_SYNTAXES = [uid for uid in (
-    EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN,
-    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",  # JPEG baseline/extended/lossless
-    "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",  # JPEG lossless SV1, JPEG-LS
-    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",  # JPEG 2000
-    "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203",  # HTJ2K
-    "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2",  # RLE, deflated, big endian
-) if transfer_syntax(uid) is not None]
+RECEIVABLE_SYNTAXES = [
+    uid
+    for uid in (
+        EXPLICIT_VR_LITTLE_ENDIAN,
+        IMPLICIT_VR_LITTLE_ENDIAN,
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.51",
+        "1.2.840.10008.1.2.4.57",  # JPEG baseline/extended/lossless
+        "1.2.840.10008.1.2.4.70",
+        "1.2.840.10008.1.2.4.80",
+        "1.2.840.10008.1.2.4.81",  # JPEG lossless SV1, JPEG-LS
+        "1.2.840.10008.1.2.4.90",
+        "1.2.840.10008.1.2.4.91",  # JPEG 2000
+        "1.2.840.10008.1.2.4.201",
+        "1.2.840.10008.1.2.4.202",
+        "1.2.840.10008.1.2.4.203",  # HTJ2K
+        "1.2.840.10008.1.2.5",
+        "1.2.840.10008.1.2.1.99",
+        "1.2.840.10008.1.2.2",  # RLE, deflated, big endian
+    )
+    if transfer_syntax(uid) is not None
+]
 #: What our folder receiver accepts: every syntax whose header we can parse.
 STORABLE_SYNTAXES = frozenset(uid for uid in TRANSFER_SYNTAXES if transfer_syntax(uid) is not None)
 
@@ -122,8 +136,9 @@ def _failed_list(message: Message) -> list[str]:
 
     ts = transfer_syntax(message.context.transfer_syntax)
     try:
-        ds = read_dataset(io.BytesIO(message.dataset.getvalue()), ts.implicit_vr if ts else True,
-                          ts.little_endian if ts else True)
+        ds = read_dataset(
+            io.BytesIO(message.dataset.getvalue()), ts.implicit_vr if ts else True, ts.little_endian if ts else True
+        )
         with disable_value_validation():
             value = ds.get("FailedSOPInstanceUIDList")
     except Exception:  # noqa: BLE001 - a malformed identifier in a response is reported as empty
@@ -150,14 +165,14 @@ def _update(result: RetrieveResult, message: Message) -> None:
 Progress = Callable[[RetrieveResult], None]
 
 
-async def _retrieve(assoc: Association, rq_name: str, model_uid: str, identifier: Dataset,
-                    progress: Progress | None, **fields: Any) -> RetrieveResult:
+async def _retrieve(
+    assoc: Association, rq_name: str, model_uid: str, identifier: Dataset, progress: Progress | None, **fields: Any
+) -> RetrieveResult:
     ctx = assoc.context_for(model_uid)
     if ctx is None:
         raise LookupError(f"the peer did not accept {rq_name[:6]} with the {model_uid} information model")
     msg_id = assoc.next_message_id()
-    rq = Command.make(rq_name, has_dataset=True, MessageID=msg_id, Priority=0, AffectedSOPClassUID=model_uid,
-                      **fields)
+    rq = Command.make(rq_name, has_dataset=True, MessageID=msg_id, Priority=0, AffectedSOPClassUID=model_uid, **fields)
     result = RetrieveResult()
     # Sub-operations can take long: wait for each response as long as the DIMSE timeout allows.
     async for rsp in assoc.request(ctx.context_id, rq, encode_for(ctx, identifier)):
@@ -167,15 +182,18 @@ async def _retrieve(assoc: Association, rq_name: str, model_uid: str, identifier
     return result
 
 
-async def c_move(assoc: Association, model: str, identifier: Dataset, destination: str,
-                 progress: Progress | None = None) -> RetrieveResult:
+async def c_move(
+    assoc: Association, model: str, identifier: Dataset, destination: str, progress: Progress | None = None
+) -> RetrieveResult:
     """C-MOVE-RQ on ``assoc``; returns the final response's counts."""
-    return await _retrieve(assoc, "C-MOVE-RQ", MOVE_MODEL_UIDS[model], identifier, progress,
-                           MoveDestination=destination)
+    return await _retrieve(
+        assoc, "C-MOVE-RQ", MOVE_MODEL_UIDS[model], identifier, progress, MoveDestination=destination
+    )
 
 
-async def c_get(assoc: Association, model: str, identifier: Dataset,
-                progress: Progress | None = None) -> RetrieveResult:
+async def c_get(
+    assoc: Association, model: str, identifier: Dataset, progress: Progress | None = None
+) -> RetrieveResult:
     """C-GET-RQ on ``assoc`` (which must carry a handler for the C-STOREs coming back)."""
     return await _retrieve(assoc, "C-GET-RQ", GET_MODEL_UIDS[model], identifier, progress)
 
@@ -275,11 +293,24 @@ class FolderStorage(Service):
         if text:
             fields["ErrorComment"] = comment(text)
         await assoc.send_message(message.context.context_id, Command.make("C-STORE-RSP", **fields))
-        record_operation(assoc, op="C-STORE", sop_instance=sop_instance, status=status,
-                         outcome="stored" if status == SUCCESS else "failed", error=text)
+        record_operation(
+            assoc,
+            op="C-STORE",
+            sop_instance=sop_instance,
+            status=status,
+            outcome="stored" if status == SUCCESS else "failed",
+            error=text,
+        )
 
 
 __all__ = [
-    "FolderStorage", "KeySyntaxError", "RetrieveResult", "c_get", "c_move", "encode_for", "get_contexts", "move_contexts",
+    "FolderStorage",
+    "KeySyntaxError",
+    "RetrieveResult",
+    "c_get",
+    "c_move",
+    "encode_for",
+    "get_contexts",
+    "move_contexts",
     "retrieve_identifier",
 ]

@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from minipacs import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from minipacs.core.access import AccessPolicy
 from minipacs.core.model import AssociationRecord
+from minipacs.dicom.uids import APPLICATION_CONTEXT_NAME, uid_name
 from minipacs.net.association import (
     Association,
     AssociationSettings,
@@ -49,8 +50,12 @@ from minipacs.net.association import (
 from minipacs.net.dimse import Command
 from minipacs.net.dul import Timeouts, stream_limit
 from minipacs.net.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ
-from minipacs.net.pdu_items import AsynchronousOperationsWindow, SOPClassExtendedNegotiation, UserIdentityAC, UserInformation
-from minipacs.dicom.uids import APPLICATION_CONTEXT_NAME
+from minipacs.net.pdu_items import (
+    AsynchronousOperationsWindow,
+    SOPClassExtendedNegotiation,
+    UserIdentityAC,
+    UserInformation,
+)
 from minipacs.net.presentation import (
     RESULT_NAMES,
     NegotiatedContext,
@@ -58,7 +63,6 @@ from minipacs.net.presentation import (
     negotiate,
 )
 from minipacs.net.tls import describe_tls_error
-from minipacs.dicom.uids import uid_name
 from minipacs.services.base import ServiceClass
 from minipacs.services.dispatch import (
     Operation,
@@ -112,11 +116,12 @@ class PendingConnections:
     def refusal(self, host: str) -> str | None:
         """Why a new connection from ``host`` cannot be taken now; None: it can."""
         if self.by_host.get(host, 0) >= self.max_per_host:
-            return (f"{self.by_host[host]} connections from that address have not associated yet "
-                    f"(max_pending_per_host = {self.max_per_host})")
+            return (
+                f"{self.by_host[host]} connections from that address have not associated yet "
+                f"(max_pending_per_host = {self.max_per_host})"
+            )
         if self.total >= self.max_total:
-            return (f"{self.total} connections have not associated yet "
-                    f"(max_pending_connections = {self.max_total})")
+            return f"{self.total} connections have not associated yet (max_pending_connections = {self.max_total})"
         return None
 
     def add(self, host: str) -> None:
@@ -173,16 +178,20 @@ class Listener:
         self.refused_unlogged = 0
 
 
-def _stream_protocol(limit: int, callback: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-                     loop: asyncio.AbstractEventLoop) -> asyncio.StreamReaderProtocol:
+def _stream_protocol(
+    limit: int,
+    callback: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    loop: asyncio.AbstractEventLoop,
+) -> asyncio.StreamReaderProtocol:
     """What asyncio.start_server makes per connection: a reader with our buffer limit, ``callback`` run on connect."""
     return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit, loop=loop), callback, loop=loop)
 
 
 def listening_sockets(host: str, port: int) -> list[socket.socket]:
     """Bound, listening, non-blocking sockets for every address of ``host`` (as asyncio.start_server makes)."""
-    infos = socket.getaddrinfo(host or None, port, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM,
-                               flags=socket.AI_PASSIVE)
+    infos = socket.getaddrinfo(
+        host or None, port, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
     sockets: list[socket.socket] = []
     seen: set[tuple[int, object]] = set()
     try:
@@ -265,7 +274,8 @@ class DicomServer:
             if not isinstance(service, ServiceClass):
                 raise ServiceRegistrationError(
                     f"service {getattr(service, 'name', service)!r} does not implement ServiceClass (name, "
-                    "supported_contexts, handlers, sink_for, extended_negotiation); inherit services.base.Service")
+                    "supported_contexts, handlers, sink_for, extended_negotiation); inherit services.base.Service"
+                )
             contexts = service.supported_contexts()
             self.supported.update(contexts)
             for name, registered in service.handlers().items():
@@ -300,13 +310,21 @@ class DicomServer:
                 tls.sockets = listening_sockets(self.host, self.tls_port)
             except OSError as exc:
                 await self._stop_listening()
-                raise TLSListenError(exc.errno, f"cannot listen for DICOM TLS on {self.host}:{self.tls_port}: "
-                                     f"{exc.strerror} (is another server using that port?)") from exc
+                raise TLSListenError(
+                    exc.errno,
+                    f"cannot listen for DICOM TLS on {self.host}:{self.tls_port}: "
+                    f"{exc.strerror} (is another server using that port?)",
+                ) from exc
             if self.tls_port == 0:
                 self.tls_port = tls.sockets[0].getsockname()[1]
             self._serve_on(tls)
-            log.info("DICOM TLS listener %s on %s:%d%s", self.ae_title, self.host, self.tls_port,
-                     "; client certificates required" if self.tls_context.verify_mode == ssl.CERT_REQUIRED else "")
+            log.info(
+                "DICOM TLS listener %s on %s:%d%s",
+                self.ae_title,
+                self.host,
+                self.tls_port,
+                "; client certificates required" if self.tls_context.verify_mode == ssl.CERT_REQUIRED else "",
+            )
 
     def _listener(self, name: str, tls: ssl.SSLContext | None) -> Listener:
         listener = Listener(name, PendingConnections(self.max_pending_connections, self.max_pending_per_host), tls)
@@ -355,11 +373,16 @@ class DicomServer:
                 if exc.errno in ACCEPT_PEER_ERRORS:
                     continue
                 if delay == 0:  # once per back-off, not per attempt
-                    log.error("%s: cannot accept connections: %s; retrying every %g s at most until it "
-                              "works again.%s", listener.name, exc.strerror or exc, ACCEPT_BACKOFF[1],
-                              " Raise the open-file limit (ulimit -n, systemd LimitNOFILE=) or lower "
-                              "max_associations / max_pending_connections" if exc.errno in ACCEPT_RESOURCE_ERRORS
-                              else "")
+                    log.error(
+                        "%s: cannot accept connections: %s; retrying every %g s at most until it works again.%s",
+                        listener.name,
+                        exc.strerror or exc,
+                        ACCEPT_BACKOFF[1],
+                        " Raise the open-file limit (ulimit -n, systemd LimitNOFILE=) or lower "
+                        "max_associations / max_pending_connections"
+                        if exc.errno in ACCEPT_RESOURCE_ERRORS
+                        else "",
+                    )
                 delay = min(max(delay * 2, ACCEPT_BACKOFF[0]), ACCEPT_BACKOFF[1])
                 failures += 1
                 await asyncio.sleep(delay)
@@ -377,16 +400,20 @@ class DicomServer:
             deadline = loop.time() + min(self.handshake_timeout, self.assoc_settings.timeouts.acse)
             callback = functools.partial(self._on_accepted, listener, slot, deadline)
             try:
-                await loop.connect_accepted_socket(
-                    functools.partial(_stream_protocol, limit, callback, loop),
-                    conn)
+                await loop.connect_accepted_socket(functools.partial(_stream_protocol, limit, callback, loop), conn)
             except OSError as exc:  # reset before we got to it
                 slot.release()
                 conn.close()
                 log.debug("%s: connection from %s:%s lost at once: %s", listener.name, host, port, exc)
 
-    async def _on_accepted(self, listener: Listener, slot: PendingSlot, deadline: float,
-                           reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _on_accepted(
+        self,
+        listener: Listener,
+        slot: PendingSlot,
+        deadline: float,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
         try:
             if listener.tls is not None and not await self._tls_handshake(listener.tls, writer, deadline):
                 return
@@ -395,28 +422,46 @@ class DicomServer:
             slot.release()
 
     async def _tls_handshake(self, context: ssl.SSLContext, writer: asyncio.StreamWriter, deadline: float) -> bool:
-        """PS3.15 B.1: the TLS handshake first (by the handshake deadline), then the association as on the plain port."""
+        """PS3.15 B.1: the TLS handshake first (by the handshake deadline), then the association as on the
+        plain port."""
         host, port = (writer.get_extra_info("peername") or ("?", 0))[:2]
         started = datetime.now(UTC)
         try:
-            await writer.start_tls(context, ssl_handshake_timeout=max(deadline - asyncio.get_running_loop().time(),
-                                                                      0.001))
+            await writer.start_tls(
+                context, ssl_handshake_timeout=max(deadline - asyncio.get_running_loop().time(), 0.001)
+            )
         except (OSError, EOFError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             why = describe_tls_error(exc)
             log.warning("client from %s:%s failed the TLS handshake: %s", host, port, why)
             writer.transport.abort()
-            self._record(AssociationRecord(started_at=started, ended_at=datetime.now(UTC), role="acceptor",
-                                           calling_aet="", called_aet="", peer_host=str(host), peer_port=int(port),
-                                           accepted=False, reject_reason=f"TLS handshake failed: {why}",
-                                           tls="failed"))
+            self._record(
+                AssociationRecord(
+                    started_at=started,
+                    ended_at=datetime.now(UTC),
+                    role="acceptor",
+                    calling_aet="",
+                    called_aet="",
+                    peer_host=str(host),
+                    peer_port=int(port),
+                    accepted=False,
+                    reject_reason=f"TLS handshake failed: {why}",
+                    tls="failed",
+                )
+            )
             return False
         return True
 
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                             slot: PendingSlot, deadline: float) -> None:
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slot: PendingSlot, deadline: float
+    ) -> None:
         assoc = Association(
-            reader, writer, self.assoc_settings, is_requestor=False,
-            negotiator=self._negotiate, handler=self._handle, sink_factory=self._sink_for,
+            reader,
+            writer,
+            self.assoc_settings,
+            is_requestor=False,
+            negotiator=self._negotiate,
+            handler=self._handle,
+            sink_factory=self._sink_for,
             preparer=self._prepare,
         )
         # The slot is held until the association is accepted (or the connection ends).
@@ -441,8 +486,10 @@ class DicomServer:
         if assoc.rq_received or assoc.dul.is_closed:
             return
         started = (datetime.now(UTC) - assoc.started_at).total_seconds()
-        assoc.dul.end_reason = (f"no complete A-ASSOCIATE-RQ {started:.1f}s after connecting "
-                                f"(handshake_timeout = {min(self.handshake_timeout, self.assoc_settings.timeouts.acse):g}s)")
+        assoc.dul.end_reason = (
+            f"no complete A-ASSOCIATE-RQ {started:.1f}s after connecting "
+            f"(handshake_timeout = {min(self.handshake_timeout, self.assoc_settings.timeouts.acse):g}s)"
+        )
         assoc.abort(assoc.dul.end_reason)
 
     def _negotiate(self, assoc: Association, rq: AAssociateRQ) -> AAssociateAC | AAssociateRJ:
@@ -465,10 +512,20 @@ class DicomServer:
             user_identity_ac=identity_ac,
         )
         if not accepted:
-            log.warning("%s none of the %d proposed presentation contexts is acceptable",
-                        assoc.label, len(rq.presentation_contexts))
-        log.info("%s association accepted (%d of %d contexts) from %s calling %r called %r",
-                 assoc.label, len(accepted), len(answers), assoc.peer_host, rq.calling_ae, rq.called_ae)
+            log.warning(
+                "%s none of the %d proposed presentation contexts is acceptable",
+                assoc.label,
+                len(rq.presentation_contexts),
+            )
+        log.info(
+            "%s association accepted (%d of %d contexts) from %s calling %r called %r",
+            assoc.label,
+            len(accepted),
+            len(answers),
+            assoc.peer_host,
+            rq.calling_ae,
+            rq.called_ae,
+        )
         return AAssociateAC(
             called_ae=rq.called_ae, calling_ae=rq.calling_ae, presentation_contexts=answers, user_information=info
         )
@@ -499,7 +556,8 @@ class DicomServer:
         and a peer sending wrong ones must not stall every other association on the loop."""
         if self.identity is not None and rq.user_information.user_identity_rq is not None:
             self._identity_checks[assoc] = await asyncio.to_thread(
-                self.identity.check, rq.user_information.user_identity_rq)
+                self.identity.check, rq.user_information.user_identity_rq
+            )
 
     def _check(self, assoc: Association, rq: AAssociateRQ) -> tuple[AAssociateRJ, str] | None:
         """PS3.8 Table 9-21 rejections, each with the sentence for the log."""
@@ -548,8 +606,12 @@ class DicomServer:
             await dispatch(assoc, message, operation)
             return
         # PS3.7 C.4.2 0x0211 Unrecognized operation: say so and keep the association.
-        log.warning("%s %s on %s is not supported here", assoc.label, message.command.name,
-                    uid_name(message.context.abstract_syntax))
+        log.warning(
+            "%s %s on %s is not supported here",
+            assoc.label,
+            message.command.name,
+            uid_name(message.context.abstract_syntax),
+        )
         if message.dataset is not None:
             message.dataset.discard()
         try:
@@ -561,8 +623,13 @@ class DicomServer:
     def _log(self, assoc: Association) -> None:
         rec = association_record(assoc, "acceptor")
         level = logging.INFO if rec.accepted else logging.WARNING
-        log.log(level, "%s association ended: %s; %s", assoc.label, rec.end_reason or rec.reject_reason,
-                _counts(assoc.operation_counts))
+        log.log(
+            level,
+            "%s association ended: %s; %s",
+            assoc.label,
+            rec.end_reason or rec.reject_reason,
+            _counts(assoc.operation_counts),
+        )
         self._record(rec)
 
     def _record(self, rec: AssociationRecord) -> None:
@@ -590,14 +657,16 @@ def association_record(assoc: Association, role: str) -> AssociationRecord:
         answers = {c.context_id: c for c in assoc.ac.presentation_contexts} if assoc.ac is not None else {}
         for pc in assoc.rq.presentation_contexts:
             ans = answers.get(pc.context_id)
-            contexts.append({
-                "id": pc.context_id,
-                "abstract_syntax": pc.abstract_syntax,
-                "name": uid_name(pc.abstract_syntax),
-                "proposed": list(pc.transfer_syntaxes),
-                "result": RESULT_NAMES.get(ans.result, str(ans.result)) if ans else "not answered",
-                "transfer_syntax": ans.transfer_syntax if ans and ans.result == 0 else "",
-            })
+            contexts.append(
+                {
+                    "id": pc.context_id,
+                    "abstract_syntax": pc.abstract_syntax,
+                    "name": uid_name(pc.abstract_syntax),
+                    "proposed": list(pc.transfer_syntaxes),
+                    "result": RESULT_NAMES.get(ans.result, str(ans.result)) if ans else "not answered",
+                    "transfer_syntax": ans.transfer_syntax if ans and ans.result == 0 else "",
+                }
+            )
     accepted = assoc.ac is not None
     reject = assoc.reject_reason
     if assoc.rq is None and not reject:
@@ -625,5 +694,3 @@ def association_record(assoc: Association, role: str) -> AssociationRecord:
         tls_peer=assoc.tls.peer_subject if assoc.tls is not None else "",
         user_identity=assoc.user_identity,
     )
-
-

@@ -14,11 +14,11 @@ from minipacs.core.archive import Archive
 from minipacs.core.errors import ArchiveError
 from minipacs.core.model import Origin, StagedPath
 from minipacs.core.staging import StagingFile
+from minipacs.dicom.uids import transfer_syntax, uid_name
+from minipacs.dicom.uids_generated import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from minipacs.net.association import Association, DatasetSink, Message
 from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
-from minipacs.dicom.uids import transfer_syntax, uid_name
-from minipacs.dicom.uids_generated import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Operation, Response
 from minipacs.services.status import SUCCESS, describe, status_for_store_error
@@ -58,8 +58,10 @@ class StorageSCP(Service):
         self.scu_role = scu_role
 
     def supported_contexts(self) -> Mapping[str, SupportedContext]:
-        return {uid: SupportedContext(uid, STORABLE_TRANSFER_SYNTAXES, scu_role=self.scu_role)
-                for uid in STORAGE_SOP_CLASSES}
+        return {
+            uid: SupportedContext(uid, STORABLE_TRANSFER_SYNTAXES, scu_role=self.scu_role)
+            for uid in STORAGE_SOP_CLASSES
+        }
 
     def handlers(self) -> Mapping[str, Operation]:
         return {"C-STORE-RQ": Operation(self.c_store, access="store")}
@@ -86,8 +88,10 @@ class StorageSCP(Service):
         elif sop_class != message.context.abstract_syntax:
             # PS3.4 B.2.3: the announced class must match the presentation context.
             status = 0xA900
-            text = (f"C-STORE of {uid_name(sop_class)} on a context negotiated for "
-                    f"{uid_name(message.context.abstract_syntax)}")
+            text = (
+                f"C-STORE of {uid_name(sop_class)} on a context negotiated for "
+                f"{uid_name(message.context.abstract_syntax)}"
+            )
             if isinstance(sink, StagingSink):
                 sink.discard()
         elif not isinstance(sink, StagingSink) or sink.staged is None:
@@ -99,13 +103,18 @@ class StorageSCP(Service):
                 outcome = result.status.value
             except ArchiveError as exc:
                 status, text = status_for_store_error(exc), str(exc)
-            except Exception as exc:  # noqa: BLE001 - never lose the association over one instance
+            except Exception as exc:
                 log.exception("%s storing %s failed", assoc.label, sop_instance)
                 status, text = status_for_store_error(exc), f"internal error: {type(exc).__name__}"
         if status != SUCCESS:
             log.warning("%s C-STORE %s refused with %s: %s", assoc.label, sop_instance, describe(status), text)
         record_operation(
-            assoc, op="C-STORE", sop_class=sop_class, sop_instance=sop_instance, status=status,
-            outcome=outcome or ("success" if status == SUCCESS else "failed"), error=text,
+            assoc,
+            op="C-STORE",
+            sop_class=sop_class,
+            sop_instance=sop_instance,
+            status=status,
+            outcome=outcome or ("success" if status == SUCCESS else "failed"),
+            error=text,
         )
         return Response(status, error=text)

@@ -18,17 +18,27 @@ from typing import Protocol
 
 from minipacs.core.errors import InvalidInstance
 from minipacs.core.header import read_header
-from minipacs.dicom.part10 import NotPart10, Part10File, read_part10
 from minipacs.core.transcode import transcode
+from minipacs.dicom.part10 import NotPart10, Part10File, read_part10
+from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, transfer_syntax, uid_name
 from minipacs.net.association import Association, FileRegion
 from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext
-from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, transfer_syntax, uid_name
 
 NATIVE_FALLBACK = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 
-__all__ = ["NATIVE_FALLBACK", "NotPart10", "Part10File", "SendableFile", "StoreSummary", "proposal",
-           "read_part10", "read_sendable", "scan", "store_file"]
+__all__ = [
+    "NATIVE_FALLBACK",
+    "NotPart10",
+    "Part10File",
+    "SendableFile",
+    "StoreSummary",
+    "proposal",
+    "read_part10",
+    "read_sendable",
+    "scan",
+    "store_file",
+]
 
 
 class SendableFile(Protocol):
@@ -118,16 +128,23 @@ async def store_file(
         ctx = next((c for c in candidates if c.transfer_syntax in NATIVE_FALLBACK), None)
         if ctx is None:
             accepted = ", ".join(sorted({c.transfer_syntax for c in candidates})) or "none"
-            raise LookupError(f"the peer accepted no presentation context for {uid_name(f.sop_class_uid)} "
-                              f"in {uid_name(f.transfer_syntax_uid)} or a native syntax (accepted: {accepted})")
+            raise LookupError(
+                f"the peer accepted no presentation context for {uid_name(f.sop_class_uid)} "
+                f"in {uid_name(f.transfer_syntax_uid)} or a native syntax (accepted: {accepted})"
+            )
         dataset = await asyncio.to_thread(transcode, f.path, ctx.transfer_syntax)
     fields: dict[str, object] = {}
     if move_originator is not None:
         fields["MoveOriginatorApplicationEntityTitle"] = move_originator[0]
         fields["MoveOriginatorMessageID"] = move_originator[1]
     rq = Command.make(
-        "C-STORE-RQ", has_dataset=True, MessageID=assoc.next_message_id(), Priority=0,
-        AffectedSOPClassUID=f.sop_class_uid, AffectedSOPInstanceUID=f.sop_instance_uid, **fields,
+        "C-STORE-RQ",
+        has_dataset=True,
+        MessageID=assoc.next_message_id(),
+        Priority=0,
+        AffectedSOPClassUID=f.sop_class_uid,
+        AffectedSOPInstanceUID=f.sop_instance_uid,
+        **fields,
     )
     status, text = -1, ""
     async for rsp in assoc.request(ctx.context_id, rq, dataset):
@@ -150,8 +167,14 @@ def read_sendable(path: Path) -> Part10File:
         raise NotPart10(f"the dataset cannot be read: {exc}") from None
     sop_class, sop_instance = header.get("SOPClassUID"), header.get("SOPInstanceUID")
     if not sop_class or not sop_instance:
-        missing = " and ".join(name for name, value in (("SOP Class UID (0008,0016)", sop_class),
-                                                        ("SOP Instance UID (0008,0018)", sop_instance)) if not value)
+        missing = " and ".join(
+            name
+            for name, value in (
+                ("SOP Class UID (0008,0016)", sop_class),
+                ("SOP Instance UID (0008,0018)", sop_instance),
+            )
+            if not value
+        )
         raise NotPart10(f"the dataset has no {missing}; a C-STORE must announce the dataset's UIDs")
     if (sop_class, sop_instance) == (meta.sop_class_uid, meta.sop_instance_uid):
         return meta

@@ -69,8 +69,12 @@ class UserIdentityPolicy:
     def check(self, item: UserIdentityRQ | None) -> IdentityCheck:
         if item is None:
             if self.mode == "required":
-                return IdentityCheck(False, "", "no user identity was sent and dicom_user_identity is 'required' "
-                                                "(the requestor must send a username and passcode)")
+                return IdentityCheck(
+                    False,
+                    "",
+                    "no user identity was sent and dicom_user_identity is 'required' "
+                    "(the requestor must send a username and passcode)",
+                )
             return IdentityCheck(True, "", "no user identity sent")
         kind = IDENTITY_TYPES.get(item.identity_type, f"type {item.identity_type}")
         try:
@@ -79,15 +83,23 @@ class UserIdentityPolicy:
             name = bytes(item.primary_field).decode("latin-1")
         shown = repr(name[:64]) if item.identity_type in CHECKED_TYPES else f"a {kind}"
         if self.mode == "ignore":
-            return IdentityCheck(True, f"{name[:64]} (not checked)" if item.identity_type in CHECKED_TYPES else "",
-                                 f"{shown} not checked (dicom_user_identity is 'ignore')")
+            return IdentityCheck(
+                True,
+                f"{name[:64]} (not checked)" if item.identity_type in CHECKED_TYPES else "",
+                f"{shown} not checked (dicom_user_identity is 'ignore')",
+            )
         if item.identity_type not in CHECKED_TYPES:
-            return IdentityCheck(False, "", f"{shown} cannot be checked here; send a username and passcode "
-                                            "(User-Identity-Type 2)")
+            return IdentityCheck(
+                False, "", f"{shown} cannot be checked here; send a username and passcode (User-Identity-Type 2)"
+            )
         if item.identity_type == 1 and self.mode == "required" and not self.trust_usernames:
-            return IdentityCheck(False, name[:64], f"user {shown} sent no passcode and dicom_user_identity is "
-                                                   "'required': send a username and passcode (User-Identity-Type 2), "
-                                                   "or set dicom_trust_usernames = true")
+            return IdentityCheck(
+                False,
+                name[:64],
+                f"user {shown} sent no passcode and dicom_user_identity is "
+                "'required': send a username and passcode (User-Identity-Type 2), "
+                "or set dicom_trust_usernames = true",
+            )
         user = self.users.get(name)
         if user is None:
             return IdentityCheck(False, name[:64], f"user {shown} is not a configured user ([[users]])")

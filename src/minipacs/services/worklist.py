@@ -11,23 +11,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, Mapping
-from typing import Final
 
-from minipacs.dicom.identifier import identifier_charset
 from minipacs.core.worklist import Worklist
-from minipacs.dicom.uids import MODALITY_WORKLIST_FIND
+from minipacs.dicom.identifier import decode_identifier, encode_identifier, identifier_charset, response_charset
+from minipacs.dicom.uids import MODALITY_WORKLIST_FIND, transfer_syntax, uid_name
 from minipacs.net.association import Association, BytesSink, DatasetSink, Message
 from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
-from minipacs.dicom.uids import transfer_syntax, uid_name
 from minipacs.services.base import Service
 from minipacs.services.dispatch import Answer, Operation, Response
 from minipacs.services.qr_find import FIND_TRANSFER_SYNTAXES, find_failure, finish_find
-from minipacs.dicom.identifier import decode_identifier, encode_identifier, response_charset
 from minipacs.services.status import FIND, FIND_CANCELLED, FIND_PENDING, SUCCESS, describe
 
 log = logging.getLogger("minipacs.worklist")
-
 
 
 class ModalityWorklistSCP(Service):
@@ -77,8 +73,9 @@ class ModalityWorklistSCP(Service):
                     status = FIND_CANCELLED
         except Exception as exc:  # noqa: BLE001 - the query's own failures get their C-FIND status
             status, text = find_failure(assoc, exc, "worklist C-FIND")
-        yield finish_find(assoc, status, text, what="worklist C-FIND", sop_class=sop_class, level="WORKLIST",
-                          matches=matches)
+        yield finish_find(
+            assoc, status, text, what="worklist C-FIND", sop_class=sop_class, level="WORKLIST", matches=matches
+        )
         log.info("%s worklist C-FIND: %d match(es), %s", assoc.label, matches, describe(status, FIND))
 
 

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from minipacs.core.transcode import can_transcode
-from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
-from minipacs.dicom.uids import transfer_syntax
+from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
 
 ANY: Final = "*/*"
 DICOM: Final = "application/dicom"
@@ -174,9 +173,18 @@ def frame_choices_text(stored_ts: str) -> str:
     """What a client can ask for, for a 406 sentence."""
     media = FRAME_MEDIA_TYPES.get(stored_ts)
     stored = f'type="{media}" or ' if media else ""
-    return (f'multipart/related; {stored}type="application/octet-stream"; transfer-syntax={stored_ts} (as stored), '
-            f'or type="application/octet-stream" without transfer-syntax (decompressed to {EXPLICIT_VR_LITTLE_ENDIAN})')
+    return (
+        f'multipart/related; {stored}type="application/octet-stream"; transfer-syntax={stored_ts} (as stored), '
+        f'or type="application/octet-stream" without transfer-syntax (decompressed to {EXPLICIT_VR_LITTLE_ENDIAN})'
+    )
 
 
-__all__ = ["FRAME_MEDIA_TYPES", "FrameChoice", "MediaRange", "frame_choice", "frame_choices_text",
-           "instance_syntax", "parse_accept"]
+__all__ = [
+    "FRAME_MEDIA_TYPES",
+    "FrameChoice",
+    "MediaRange",
+    "frame_choice",
+    "frame_choices_text",
+    "instance_syntax",
+    "parse_accept",
+]

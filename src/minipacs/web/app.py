@@ -45,8 +45,10 @@ def create_app(ctx: AppContext) -> Starlette:
     app = Starlette(
         routes=routes,
         exception_handlers=exception_handlers(),
-        middleware=[Middleware(SecurityHeaders),
-                    Middleware(BodyTimeoutMiddleware, timeout=ctx.settings.http_body_timeout)],
+        middleware=[
+            Middleware(SecurityHeaders),
+            Middleware(BodyTimeoutMiddleware, timeout=ctx.settings.http_body_timeout),
+        ],
     )
     app.state.ctx = ctx
     app.state.auth = Authenticator(ctx.settings)

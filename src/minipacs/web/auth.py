@@ -28,7 +28,13 @@ from starlette.types import Receive, Scope, Send
 
 from minipacs.config import Settings
 from minipacs.core.users import (
-    ROLE_PERMISSIONS, ProvenPasswords, Role, User, hash_password, hash_token, verify_password,
+    ROLE_PERMISSIONS,
+    ProvenPasswords,
+    Role,
+    User,
+    hash_password,
+    hash_token,
+    verify_password,
 )
 from minipacs.web.errors import error_response
 from minipacs.web.sessions import COOKIE, Session, SessionStore
@@ -50,8 +56,9 @@ class LockedOut(Exception):
     """Too many failed logins from this address or for this user name (web/throttle.py)."""
 
     def __init__(self, seconds: float) -> None:
-        super().__init__(f"too many failed logins from this address or for this user name; try again in "
-                         f"{math.ceil(seconds)} seconds")
+        super().__init__(
+            f"too many failed logins from this address or for this user name; try again in {math.ceil(seconds)} seconds"
+        )
         self.seconds = math.ceil(seconds)
 
 
@@ -95,8 +102,9 @@ class Authenticator:
         if locked:
             raise LockedOut(locked)
         user = self.users.get(name)
-        if user is not None and (self.passwords.proven(user, password)
-                                 or await asyncio.to_thread(self.passwords.verify, user, password)):
+        if user is not None and (
+            self.passwords.proven(user, password) or await asyncio.to_thread(self.passwords.verify, user, password)
+        ):
             self.throttle.succeeded(address, name)
             return user.role
         if user is None:
@@ -194,24 +202,39 @@ async def authorize(scope: Scope, receive: Receive, send: Send, needed: Permissi
             await RedirectResponse(login_url(scope), status_code=303)(scope, receive, send)
             return False
         log.warning("HTTP 401: %s %s from %s: %s not accepted", method, path, client[0], who)
-        response = error_response(401, "unauthorized", "this needs a user name and password (HTTP Basic), an "
-                                  "API token (Bearer) or a login (the web UI: /ui/login); the ones given were "
-                                  "missing, wrong or expired")
+        response = error_response(
+            401,
+            "unauthorized",
+            "this needs a user name and password (HTTP Basic), an "
+            "API token (Bearer) or a login (the web UI: /ui/login); the ones given were "
+            "missing, wrong or expired",
+        )
         # a page's own fetch gets no challenge: the browser would pop up its Basic prompt over the UI
         if _header(scope, b"sec-fetch-mode") not in ("cors", "same-origin", "no-cors"):
             response.headers["WWW-Authenticate"] = 'Basic realm="minipacs"'
         await response(scope, receive, send)
         return False
     if needed not in ROLE_PERMISSIONS[role]:
-        log.warning("HTTP 403: %s %s from %s: %s (role %s) lacks %r", method, path, client[0], who,
-                    role.value, needed)
-        await error_response(403, "forbidden", f"{who} has the {role.value} role, which may not do this "
-                             f"({needed} permission needed); ask an admin")(scope, receive, send)
+        log.warning("HTTP 403: %s %s from %s: %s (role %s) lacks %r", method, path, client[0], who, role.value, needed)
+        await error_response(
+            403,
+            "forbidden",
+            f"{who} has the {role.value} role, which may not do this ({needed} permission needed); ask an admin",
+        )(scope, receive, send)
         return False
     state = scope.setdefault("state", {})
     state["role"], state["user"] = role.value, who
     return True
 
 
-__all__ = ["LOGIN_PATH", "PERMISSIONS", "Authenticator", "LockedOut", "Permission", "authorize", "login_url",
-           "loopback_only", "session_of"]
+__all__ = [
+    "LOGIN_PATH",
+    "PERMISSIONS",
+    "Authenticator",
+    "LockedOut",
+    "Permission",
+    "authorize",
+    "login_url",
+    "loopback_only",
+    "session_of",
+]

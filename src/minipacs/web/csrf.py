@@ -50,13 +50,17 @@ def refusal(scope: Scope, session_token: str | None, form_checks_itself: bool = 
     origin = headers.get("origin", "").lower()
     if site:  # the browser's own word (Fetch Metadata): pages cannot set it
         if site not in OWN:
-            return (f"this request was started by another site (Sec-Fetch-Site: {site[:20]}); changes come only "
-                    "from this server's own pages or from scripts")
+            return (
+                f"this request was started by another site (Sec-Fetch-Site: {site[:20]}); changes come only "
+                "from this server's own pages or from scripts"
+            )
         same_origin = site == "same-origin"
     else:  # older browsers: the Origin header
         if origin and origin != own_origin(scope, headers):
-            return (f"this request comes from the page of another site ({origin[:100]}); changes come only from "
-                    "this server's own pages or from scripts")
+            return (
+                f"this request comes from the page of another site ({origin[:100]}); changes come only from "
+                "this server's own pages or from scripts"
+            )
         same_origin = bool(origin)
     token = headers.get(HEADER)
     if token is not None:
@@ -66,9 +70,11 @@ def refusal(scope: Scope, session_token: str | None, form_checks_itself: bool = 
     media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media not in FORM_TYPES or form_checks_itself or same_origin:
         return None
-    return (f"a change sent as {media} (what a form on any site can send) must come from this server's pages "
-            "or carry the X-CSRF-Token header; scripts: send JSON (Content-Type: application/json), "
-            "application/dicom or multipart/related")
+    return (
+        f"a change sent as {media} (what a form on any site can send) must come from this server's pages "
+        "or carry the X-CSRF-Token header; scripts: send JSON (Content-Type: application/json), "
+        "application/dicom or multipart/related"
+    )
 
 
 __all__ = ["FORM_TYPES", "HEADER", "SAFE_METHODS", "own_origin", "refusal"]

@@ -13,26 +13,39 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute
 
 from minipacs.core.errors import (
-    ArchiveError, DatasetTooLarge, DuplicateInstance, InstanceMismatch, OutOfResources,
+    ArchiveError,
+    DatasetTooLarge,
+    DuplicateInstance,
+    InstanceMismatch,
+    OutOfResources,
 )
 from minipacs.core.inflate import DatasetLimits
 from minipacs.core.metadata import BULK_PREFIX
 from minipacs.core.model import Origin
 from minipacs.core.paths import validate_uid
-from minipacs.dicom.levels import Level
 from minipacs.core.retrieve import StoredInstance, select_instances
 from minipacs.core.stored import read_part10_bytes, read_stored
 from minipacs.core.transcode import NoSuchFrame, TranscodeError, can_transcode, pixel_frames, transcode_part10
-from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
+from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from minipacs.web.accept import ANY, DICOM, frame_choice, frame_choices_text, instance_syntax, parse_accept
 from minipacs.web.errors import HttpError
 from minipacs.web.render import choose_format, parse_window, render
 from minipacs.web.routing import Endpoint
 from minipacs.web.search import ascii_digits, search, to_json
 from minipacs.web.transfer import (
-    OutPart, aiter_text, boundary_of, file_response, ingest_file, insufficient_storage, multipart_octets,
-    multipart_response, new_boundary, read_body, split_multipart, stored_part,
+    OutPart,
+    aiter_text,
+    boundary_of,
+    file_response,
+    ingest_file,
+    insufficient_storage,
+    multipart_octets,
+    multipart_response,
+    new_boundary,
+    read_body,
+    split_multipart,
+    stored_part,
 )
 from minipacs.web.types import AppContext
 from minipacs.web.workers import RenderPool
@@ -40,11 +53,15 @@ from minipacs.web.workers import RenderPool
 DICOM_JSON: Final = "application/dicom+json"
 # path parameter (PS3.18 10.4: {study}, {series}, {instance}) -> DICOM keyword of the UID it carries
 PATH_KEYS: Final[Mapping[str, str]] = {
-    s.noun: s.unique_key for s in LEVEL_SPELLINGS.values() if s.level is not Level.PATIENT}
+    s.noun: s.unique_key for s in LEVEL_SPELLINGS.values() if s.level is not Level.PATIENT
+}
 # PS3.18 Table 10.5.3-1 / PS3.4 Annex B.2.3: the FailureReason for why ingest refused an instance
 # (a part not in the study of the URL is 0xA900 too, decided before ingest)
 FAILURE_REASONS: Final[Mapping[type[ArchiveError], int]] = {
-    OutOfResources: 0xA700, DatasetTooLarge: 0xA700, InstanceMismatch: 0xA900, DuplicateInstance: 0x0111,
+    OutOfResources: 0xA700,
+    DatasetTooLarge: 0xA700,
+    InstanceMismatch: 0xA900,
+    DuplicateInstance: 0x0111,
 }
 PROCESSING_FAILURE: Final = 0x0110  # PS3.4 Annex B: Processing failure
 SOP_CLASS_NOT_SUPPORTED: Final = 0xC000  # PS3.18 Table 10.5.3-1: not a DICOM instance we can read
@@ -57,8 +74,11 @@ def ctx(request: Request) -> AppContext:
 
 def uids(request: Request) -> dict[str, str]:
     """The UIDs in the path, each checked (path-like or malformed UIDs: 400)."""
-    return {PATH_KEYS[name]: validate_uid(PATH_KEYS[name], value) for name, value in request.path_params.items()
-            if name in PATH_KEYS}
+    return {
+        PATH_KEYS[name]: validate_uid(PATH_KEYS[name], value)
+        for name, value in request.path_params.items()
+        if name in PATH_KEYS
+    }
 
 
 def root_url(request: Request) -> str:
@@ -66,6 +86,7 @@ def root_url(request: Request) -> str:
 
 
 # ------------------------------------------------------------------ QIDO-RS (PS3.18 §10.6)
+
 
 def _qido(level: Level) -> Any:
     async def endpoint(request: Request) -> Response:
@@ -84,18 +105,21 @@ def _qido(level: Level) -> Any:
             yield "]"
 
         return StreamingResponse(aiter_text(body()), media_type=DICOM_JSON)
+
     return endpoint
 
 
 # ------------------------------------------------------------------ WADO-RS (PS3.18 §10.4)
+
 
 async def _instances(request: Request, located: bool = True) -> list[StoredInstance]:
     """The stored instances the path names; ``located=False`` skips reading each file's header
     (whole files are sent, and a file missing by then is left out of the response and logged)."""
     keys = uids(request)
     level = "IMAGE" if "SOPInstanceUID" in keys else "SERIES" if "SeriesInstanceUID" in keys else "STUDY"
-    found = [item for item in await select_instances(ctx(request).archive, level, keys, located=located)
-             if not item.problem]
+    found = [
+        item for item in await select_instances(ctx(request).archive, level, keys, located=located) if not item.problem
+    ]
     if not found:
         raise HttpError(404, "not_found", f"no stored instance matches {', '.join(keys.values())}")
     return found
@@ -103,18 +127,23 @@ async def _instances(request: Request, located: bool = True) -> list[StoredInsta
 
 def _transcoded_part(item: StoredInstance, target_ts: str, pool: RenderPool, limits: DatasetLimits) -> OutPart:
     """A part transcoded when the response reaches it, in the render pool (waiting for a turn there)."""
-    return OutPart(f"application/dicom; transfer-syntax={target_ts}",
-                   produce=functools.partial(pool.call, functools.partial(transcode_part10, item.path, target_ts,
-                                                                          limits)),
-                   label=item.sop_instance_uid)
+    return OutPart(
+        f"application/dicom; transfer-syntax={target_ts}",
+        produce=functools.partial(pool.call, functools.partial(transcode_part10, item.path, target_ts, limits)),
+        label=item.sop_instance_uid,
+    )
 
 
 async def retrieve(request: Request) -> Response:
     """WADO-RS Retrieve Study/Series/Instance (PS3.18 §10.4): stored files, or transcoded per Accept (§8.7.3)."""
     ranges = parse_accept(request.headers.get("accept", ""))
     if ranges and not any(r.media_type in (DICOM, ANY, "application/*", "") for r in ranges):
-        raise HttpError(406, "not_acceptable", "instances are available as multipart/related; "
-                        'type="application/dicom" (bulk data and metadata have their own URLs)')
+        raise HttpError(
+            406,
+            "not_acceptable",
+            "instances are available as multipart/related; "
+            'type="application/dicom" (bulk data and metadata have their own URLs)',
+        )
     found = await _instances(request, located=False)
     pool = ctx(request).renders
     limits = ctx(request).archive.settings.dataset_limits
@@ -124,12 +153,17 @@ async def retrieve(request: Request) -> Response:
         target = instance_syntax(ranges, item.transfer_syntax_uid)
         if target is None:
             asked = (", ".join(sorted({r.transfer_syntax for r in ranges if r.transfer_syntax})) or "?")[:200]
-            raise HttpError(406, "not_acceptable", f"SOP Instance {item.sop_instance_uid} is stored in transfer "
-                            f"syntax {item.transfer_syntax_uid} and cannot be converted to {asked}: this server "
-                            "only decompresses (to Explicit VR Little Endian); ask for "
-                            "transfer-syntax=* (as stored) or transfer-syntax=1.2.840.10008.1.2.1")
-        parts.append(stored_part(item) if target == item.transfer_syntax_uid else
-                     _transcoded_part(item, target, pool, limits))
+            raise HttpError(
+                406,
+                "not_acceptable",
+                f"SOP Instance {item.sop_instance_uid} is stored in transfer "
+                f"syntax {item.transfer_syntax_uid} and cannot be converted to {asked}: this server "
+                "only decompresses (to Explicit VR Little Endian); ask for "
+                "transfer-syntax=* (as stored) or transfer-syntax=1.2.840.10008.1.2.1",
+            )
+        parts.append(
+            stored_part(item) if target == item.transfer_syntax_uid else _transcoded_part(item, target, pool, limits)
+        )
         targets.append(target)
     if len(parts) == 1 and parts[0].produce is not None:  # one instance: a failure can still be a 406
         try:
@@ -165,21 +199,37 @@ async def frames(request: Request) -> Response:
     item = (await _instances(request))[0]
     choice = frame_choice(parse_accept(request.headers.get("accept", "")), item.transfer_syntax_uid)
     if choice is None:
-        raise HttpError(406, "not_acceptable", f"the frames of this instance are stored in transfer syntax "
-                        f"{item.transfer_syntax_uid}, which no media type in the Accept header allows; ask for "
-                        f"{frame_choices_text(item.transfer_syntax_uid)}")
+        raise HttpError(
+            406,
+            "not_acceptable",
+            f"the frames of this instance are stored in transfer syntax "
+            f"{item.transfer_syntax_uid}, which no media type in the Accept header allows; ask for "
+            f"{frame_choices_text(item.transfer_syntax_uid)}",
+        )
     try:
-        chunks = await ctx(request).renders.run(functools.partial(pixel_frames, item.path, numbers,
-                                                                  decode=choice.decode, limits=ctx(request).archive.settings.dataset_limits),
-                                                what="decoding")
+        chunks = await ctx(request).renders.run(
+            functools.partial(
+                pixel_frames,
+                item.path,
+                numbers,
+                decode=choice.decode,
+                limits=ctx(request).archive.settings.dataset_limits,
+            ),
+            what="decoding",
+        )
     except NoSuchFrame as exc:
         raise HttpError(404, "no_such_frame", str(exc)) from None
     except TranscodeError as exc:
-        raise HttpError(406, "cannot_decompress", f"{exc}; ask for the frames as stored: "
-                        f"{frame_choices_text(item.transfer_syntax_uid)}") from None
+        raise HttpError(
+            406,
+            "cannot_decompress",
+            f"{exc}; ask for the frames as stored: {frame_choices_text(item.transfer_syntax_uid)}",
+        ) from None
     boundary = new_boundary()
-    return Response(multipart_octets(chunks, boundary, choice.content_type),
-                    media_type=f'multipart/related; type="{choice.media_type}"; boundary={boundary}')
+    return Response(
+        multipart_octets(chunks, boundary, choice.content_type),
+        media_type=f'multipart/related; type="{choice.media_type}"; boundary={boundary}',
+    )
 
 
 def _bulk(item: StoredInstance, tag: int, limits: DatasetLimits) -> bytes:
@@ -197,10 +247,14 @@ async def bulkdata(request: Request) -> Response:
     except ValueError:
         raise HttpError(400, "invalid_tag", f"{raw[:20]!r} is not a tag (8 hex digits)") from None
     item = (await _instances(request))[0]
-    data = await ctx(request).renders.run(_bulk, item, tag, ctx(request).archive.settings.dataset_limits, what="reading")
+    data = await ctx(request).renders.run(
+        _bulk, item, tag, ctx(request).archive.settings.dataset_limits, what="reading"
+    )
     boundary = new_boundary()
-    return Response(multipart_octets([data], boundary, "application/octet-stream"),
-                    media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}')
+    return Response(
+        multipart_octets([data], boundary, "application/octet-stream"),
+        media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}',
+    )
 
 
 async def _render(request: Request, thumbnail: bool, frame: int = 1) -> Response:
@@ -208,7 +262,9 @@ async def _render(request: Request, thumbnail: bool, frame: int = 1) -> Response
     item = found[len(found) // 2]  # a representative instance for study/series level
     mime = choose_format(request.headers.get("accept", ""))
     window = parse_window(request.query_params.get("window"))
-    data = await ctx(request).renders.run(render, item.path, frame, mime, window, thumbnail, ctx(request).archive.settings.dataset_limits)
+    data = await ctx(request).renders.run(
+        render, item.path, frame, mime, window, thumbnail, ctx(request).archive.settings.dataset_limits
+    )
     return Response(data, media_type=mime)
 
 
@@ -224,12 +280,16 @@ async def thumbnail(request: Request) -> Response:
 
 # ------------------------------------------------------------------ WADO-URI (PS3.18 §9)
 
+
 async def wado_uri(request: Request) -> Response:
     params = request.query_params
     if params.get("requestType") != "WADO":
         raise HttpError(400, "invalid_request_type", "WADO-URI needs requestType=WADO")
-    keys = {"StudyInstanceUID": params.get("studyUID", ""), "SeriesInstanceUID": params.get("seriesUID", ""),
-            "SOPInstanceUID": params.get("objectUID", "")}
+    keys = {
+        "StudyInstanceUID": params.get("studyUID", ""),
+        "SeriesInstanceUID": params.get("seriesUID", ""),
+        "SOPInstanceUID": params.get("objectUID", ""),
+    }
     for keyword, value in keys.items():
         validate_uid(keyword, value)
     found = [i for i in await select_instances(ctx(request).archive, "IMAGE", keys) if not i.problem]
@@ -240,20 +300,34 @@ async def wado_uri(request: Request) -> Response:
         wanted, stored = params.get("transferSyntax", ""), found[0].transfer_syntax_uid
         if wanted and wanted != stored:  # WADO-URI transferSyntax parameter: transcode, never compress
             if wanted != EXPLICIT_VR_LITTLE_ENDIAN or not can_transcode(stored, wanted):
-                raise HttpError(406, "not_acceptable", f"the instance is stored in {stored} and cannot be converted "
-                                f"to {wanted[:64]}; leave transferSyntax out, or ask for 1.2.840.10008.1.2.1")
+                raise HttpError(
+                    406,
+                    "not_acceptable",
+                    f"the instance is stored in {stored} and cannot be converted "
+                    f"to {wanted[:64]}; leave transferSyntax out, or ask for 1.2.840.10008.1.2.1",
+                )
             try:
-                data = await ctx(request).renders.run(transcode_part10, found[0].path, wanted, ctx(request).archive.settings.dataset_limits,
-                                                      what="transcoding")
+                data = await ctx(request).renders.run(
+                    transcode_part10,
+                    found[0].path,
+                    wanted,
+                    ctx(request).archive.settings.dataset_limits,
+                    what="transcoding",
+                )
             except TranscodeError as exc:
-                raise HttpError(406, "cannot_transcode",
-                                f"{exc}; leave transferSyntax out to get it as stored") from None
+                raise HttpError(
+                    406, "cannot_transcode", f"{exc}; leave transferSyntax out to get it as stored"
+                ) from None
             return Response(data, media_type="application/dicom")
         try:
             return await asyncio.to_thread(file_response, found[0].path, "application/dicom")
         except OSError:
-            raise HttpError(404, "not_found", f"the file of SOP Instance {keys['SOPInstanceUID']} is missing from "
-                            "storage (it is indexed); see the server log") from None
+            raise HttpError(
+                404,
+                "not_found",
+                f"the file of SOP Instance {keys['SOPInstanceUID']} is missing from "
+                "storage (it is indexed); see the server log",
+            ) from None
     if content_type not in ("image/jpeg", "image/png"):
         raise HttpError(406, "not_acceptable", "contentType must be application/dicom, image/jpeg or image/png")
     frame = params.get("frameNumber", "1")
@@ -262,7 +336,9 @@ async def wado_uri(request: Request) -> Response:
     window = None
     if params.get("windowCenter") and params.get("windowWidth"):
         window = parse_window(f"{params['windowCenter']},{params['windowWidth']}")
-    data = await ctx(request).renders.run(render, found[0].path, int(frame), content_type, window, False, ctx(request).archive.settings.dataset_limits)
+    data = await ctx(request).renders.run(
+        render, found[0].path, int(frame), content_type, window, False, ctx(request).archive.settings.dataset_limits
+    )
     return Response(data, media_type=content_type)
 
 
@@ -275,11 +351,13 @@ def _read_file(path: Any) -> Any:
 
 # ------------------------------------------------------------------ STOW-RS (PS3.18 §10.5)
 
+
 def _sop_uids(data: bytes, limits: DatasetLimits) -> tuple[str, str, str]:
     """SOP Class, SOP Instance and Study Instance UID of a part, for the response ("" if unreadable)."""
     try:
-        ds = read_part10_bytes(data, limits, stop_before_pixels=True,
-                               specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"])
+        ds = read_part10_bytes(
+            data, limits, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"]
+        )
         return str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")), str(ds.get("StudyInstanceUID", ""))
     except Exception:  # noqa: BLE001 - an unreadable part is reported as failed
         return "", "", ""
@@ -310,8 +388,9 @@ async def store(request: Request) -> Response:
     target = uids(request).get("StudyInstanceUID")
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/related"):
-        raise HttpError(415, "unsupported_media_type", 'STOW-RS needs a multipart/related; type="application/dicom" '
-                        "body")
+        raise HttpError(
+            415, "unsupported_media_type", 'STOW-RS needs a multipart/related; type="application/dicom" body'
+        )
     body = await read_body(request, context.settings.max_upload_bytes)
     parts = split_multipart(body, boundary_of(content_type), context.settings.max_upload_parts)
     root = root_url(request)
@@ -319,11 +398,11 @@ async def store(request: Request) -> Response:
     failed: list[dict[str, Any]] = []
     origin = Origin("stow", peer_host=request.client.host if request.client else "")
     for number, part in enumerate(parts, 1):
-        class_uid, instance_uid, study_uid = await asyncio.to_thread(_sop_uids, part.body,
-                                                                     context.archive.settings.dataset_limits)
+        class_uid, instance_uid, study_uid = await asyncio.to_thread(
+            _sop_uids, part.body, context.archive.settings.dataset_limits
+        )
         if part.content_type and not part.content_type.lower().startswith("application/dicom"):
-            failed.append(_item(class_uid, instance_uid,
-                                t00081197={"vr": "US", "Value": [SOP_CLASS_NOT_SUPPORTED]}))
+            failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [SOP_CLASS_NOT_SUPPORTED]}))
             continue
         if target and study_uid and study_uid != target:  # PS3.18 §10.5.1: not in the study of the URL
             failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [0xA900]}))
@@ -336,8 +415,10 @@ async def store(request: Request) -> Response:
             reason = failure_reason(exc, class_uid)
             failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [reason]}))
             continue
-        url = (f"{root}/studies/{outcome.study_instance_uid}/series/{outcome.series_instance_uid}"
-               f"/instances/{outcome.sop_instance_uid}")
+        url = (
+            f"{root}/studies/{outcome.study_instance_uid}/series/{outcome.series_instance_uid}"
+            f"/instances/{outcome.sop_instance_uid}"
+        )
         stored.append(_item(class_uid, outcome.sop_instance_uid, t00081190={"vr": "UR", "Value": [url]}))
     response: dict[str, Any] = {}
     if target:
@@ -362,28 +443,35 @@ def routes() -> list[BaseRoute]:
         Endpoint(s, retrieve, "GET", "read", "WADO-RS: retrieve a study (multipart/related)"),
         Endpoint(s, store, "POST", "write", "STOW-RS: store instances of this study"),
         Endpoint(s + "/series", _qido(Level.SERIES), "GET", "read", "QIDO-RS: search for the series of a study"),
-        Endpoint(s + "/instances", _qido(Level.IMAGE), "GET", "read",
-                 "QIDO-RS: search for the instances of a study"),
-        Endpoint(s + r + "/instances", _qido(Level.IMAGE), "GET", "read",
-                 "QIDO-RS: search for the instances of a series"),
+        Endpoint(s + "/instances", _qido(Level.IMAGE), "GET", "read", "QIDO-RS: search for the instances of a study"),
+        Endpoint(
+            s + r + "/instances", _qido(Level.IMAGE), "GET", "read", "QIDO-RS: search for the instances of a series"
+        ),
         Endpoint(s + "/metadata", metadata, "GET", "read", "WADO-RS: study metadata (PS3.18 JSON)"),
-        Endpoint(s + "/thumbnail", thumbnail, "GET", "read", "WADO-RS: a thumbnail of the study",
-                 name="thumbnail"),
+        Endpoint(s + "/thumbnail", thumbnail, "GET", "read", "WADO-RS: a thumbnail of the study", name="thumbnail"),
         Endpoint(s + "/rendered", rendered, "GET", "read", "WADO-RS: the study " + rendered_summary),
         Endpoint(s + r, retrieve, "GET", "read", "WADO-RS: retrieve a series"),
         Endpoint(s + r + "/metadata", metadata, "GET", "read", "WADO-RS: series metadata (PS3.18 JSON)"),
-        Endpoint(s + r + "/thumbnail", thumbnail, "GET", "read", "WADO-RS: a thumbnail of the series",
-                 name="thumbnail"),
+        Endpoint(
+            s + r + "/thumbnail", thumbnail, "GET", "read", "WADO-RS: a thumbnail of the series", name="thumbnail"
+        ),
         Endpoint(s + r + "/rendered", rendered, "GET", "read", "WADO-RS: the series " + rendered_summary),
         Endpoint(s + r + i, retrieve, "GET", "read", "WADO-RS: retrieve an instance"),
         Endpoint(s + r + i + "/metadata", metadata, "GET", "read", "WADO-RS: instance metadata (PS3.18 JSON)"),
         Endpoint(s + r + i + "/rendered", rendered, "GET", "read", "WADO-RS: the instance " + rendered_summary),
-        Endpoint(s + r + i + "/thumbnail", thumbnail, "GET", "read", "WADO-RS: a thumbnail of the instance",
-                 name="thumbnail"),
-        Endpoint(s + r + i + "/frames/{frames}", frames, "GET", "read",
-                 "WADO-RS: frames (uncompressed, or as stored by Accept)"),
-        Endpoint(s + r + i + "/frames/{frames}/rendered", rendered, "GET", "read",
-                 "WADO-RS: frames " + rendered_summary),
+        Endpoint(
+            s + r + i + "/thumbnail", thumbnail, "GET", "read", "WADO-RS: a thumbnail of the instance", name="thumbnail"
+        ),
+        Endpoint(
+            s + r + i + "/frames/{frames}",
+            frames,
+            "GET",
+            "read",
+            "WADO-RS: frames (uncompressed, or as stored by Accept)",
+        ),
+        Endpoint(
+            s + r + i + "/frames/{frames}/rendered", rendered, "GET", "read", "WADO-RS: frames " + rendered_summary
+        ),
         Endpoint(s + r + i + "/bulkdata/{tag}", bulkdata, "GET", "read", "WADO-RS: the bulk data of one attribute"),
     ]
 

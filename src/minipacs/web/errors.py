@@ -24,8 +24,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from minipacs.config import Settings
-from minipacs.core.archive import ArchiveSettings
 from minipacs.core import errors as core
+from minipacs.core.archive import ArchiveSettings
 from minipacs.core.nodes import InvalidNode
 from minipacs.core.retrieve import InvalidRetrieveIdentifier
 from minipacs.core.worklist import InvalidWorklistEntry
@@ -43,24 +43,26 @@ class HttpError(Exception):
 
 
 #: ArchiveError class -> (HTTP status, stable code)
-ERROR_TABLE: Final[Mapping[type[core.ArchiveError], tuple[int, str]]] = MappingProxyType({
-    core.NotFound: (404, "not_found"),
-    core.UnreadableInstance: (500, "unreadable_instance"),  # stored, but its file is broken: not the client's fault
-    core.InvalidIdentifier: (400, "invalid_identifier"),
-    core.InstanceMismatch: (400, "instance_mismatch"),
-    core.InvalidInstance: (400, "invalid_instance"),
-    core.DuplicateInstance: (409, "duplicate_instance"),
-    core.DatasetTooLarge: (413, "too_large"),
-    core.OutOfResources: (507, "out_of_resources"),
-    core.InvalidKeyValue: (400, "invalid_key_value"),
-    core.IdentifierMismatch: (400, "invalid_query"),
-    core.InvalidQuery: (400, "invalid_query"),
-    InvalidRetrieveIdentifier: (400, "invalid_retrieve"),
-    core.UnknownDestination: (404, "unknown_node"),
-    InvalidNode: (400, "invalid_node"),
-    InvalidWorklistEntry: (400, "invalid_worklist_entry"),
-    core.AccessDenied: (403, "forbidden"),
-})
+ERROR_TABLE: Final[Mapping[type[core.ArchiveError], tuple[int, str]]] = MappingProxyType(
+    {
+        core.NotFound: (404, "not_found"),
+        core.UnreadableInstance: (500, "unreadable_instance"),  # stored, but its file is broken: not the client's fault
+        core.InvalidIdentifier: (400, "invalid_identifier"),
+        core.InstanceMismatch: (400, "instance_mismatch"),
+        core.InvalidInstance: (400, "invalid_instance"),
+        core.DuplicateInstance: (409, "duplicate_instance"),
+        core.DatasetTooLarge: (413, "too_large"),
+        core.OutOfResources: (507, "out_of_resources"),
+        core.InvalidKeyValue: (400, "invalid_key_value"),
+        core.IdentifierMismatch: (400, "invalid_query"),
+        core.InvalidQuery: (400, "invalid_query"),
+        InvalidRetrieveIdentifier: (400, "invalid_retrieve"),
+        core.UnknownDestination: (404, "unknown_node"),
+        InvalidNode: (400, "invalid_node"),
+        InvalidWorklistEntry: (400, "invalid_worklist_entry"),
+        core.AccessDenied: (403, "forbidden"),
+    }
+)
 #: an ArchiveError with no row: a server fault until someone gives it one
 UNMAPPED: Final = (500, "archive_error")
 #: Starlette's own HTTPException status -> stable code
@@ -89,13 +91,16 @@ def redact(message: str, settings: Settings | ArchiveSettings) -> str:
     which file of its request failed, never where the server keeps things."""
     for root in _roots(settings):
         if root in message:
-            message = re.sub(re.escape(root) + r"(?![^/\s'\",;:)])(?:/[^\s'\",;:)]*)?", functools.partial(_last_component, root),
-                             message)
+            message = re.sub(
+                re.escape(root) + r"(?![^/\s'\",;:)])(?:/[^\s'\",;:)]*)?",
+                functools.partial(_last_component, root),
+                message,
+            )
     return message
 
 
 def _last_component(root: str, found: re.Match[str]) -> str:
-    below = found.group(0)[len(root):].strip("/")
+    below = found.group(0)[len(root) :].strip("/")
     return below.rsplit("/", 1)[-1] if below else "a folder of the server"
 
 
@@ -109,8 +114,13 @@ def classify(exc: core.ArchiveError) -> tuple[int, str]:
     for kind in type(exc).__mro__:
         if kind in ERROR_TABLE:
             return ERROR_TABLE[kind]
-    log.error("%s.%s has no row in web/errors.py ERROR_TABLE: answered HTTP %d", type(exc).__module__,
-              type(exc).__qualname__, UNMAPPED[0], exc_info=exc)
+    log.error(
+        "%s.%s has no row in web/errors.py ERROR_TABLE: answered HTTP %d",
+        type(exc).__module__,
+        type(exc).__qualname__,
+        UNMAPPED[0],
+        exc_info=exc,
+    )
     return UNMAPPED
 
 
@@ -147,5 +157,13 @@ def exception_handlers() -> dict[type[Exception], Handler]:
     return handlers
 
 
-__all__ = ["ERROR_TABLE", "HTTP_CODES", "UNMAPPED", "HttpError", "classify", "error_response", "exception_handlers",
-           "redact"]
+__all__ = [
+    "ERROR_TABLE",
+    "HTTP_CODES",
+    "UNMAPPED",
+    "HttpError",
+    "classify",
+    "error_response",
+    "exception_handlers",
+    "redact",
+]

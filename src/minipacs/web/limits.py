@@ -51,10 +51,10 @@ RETRY_AFTER: Final = 1
 
 
 def _raw_response(status: str, message: str, retry_after: int | None = None) -> bytes:
-    body = json.dumps({"error": {"code": status.split(" ", 1)[1].lower().replace(" ", "_"),
-                                 "message": message}}).encode()
-    head = [f"HTTP/1.1 {status}", "Content-Type: application/json", f"Content-Length: {len(body)}",
-            "Connection: close"]
+    body = json.dumps(
+        {"error": {"code": status.split(" ", 1)[1].lower().replace(" ", "_"), "message": message}}
+    ).encode()
+    head = [f"HTTP/1.1 {status}", "Content-Type: application/json", f"Content-Length: {len(body)}", "Connection: close"]
     if retry_after is not None:
         head.append(f"Retry-After: {retry_after}")
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
@@ -78,19 +78,32 @@ class ConnectionGuard:
         now = time.monotonic()
         if now - self._last_log >= LOG_EVERY:
             self._last_log = now
-            log.warning("HTTP: %d connection(s) refused at http_max_connections = %d, %d closed for sending no "
-                        "complete request head within http_header_timeout = %g s (this is logged at most every "
-                        "%g s)", self.refused, self.max_connections, self.timed_out, self.header_timeout, LOG_EVERY)
+            log.warning(
+                "HTTP: %d connection(s) refused at http_max_connections = %d, %d closed for sending no "
+                "complete request head within http_header_timeout = %g s (this is logged at most every "
+                "%g s)",
+                self.refused,
+                self.max_connections,
+                self.timed_out,
+                self.header_timeout,
+                LOG_EVERY,
+            )
 
     @property
     def refusal(self) -> bytes:
-        return _raw_response("503 Service Unavailable", f"this server already has {self.max_connections} HTTP "
-                             "connections open (http_max_connections); try again shortly", RETRY_AFTER)
+        return _raw_response(
+            "503 Service Unavailable",
+            f"this server already has {self.max_connections} HTTP "
+            "connections open (http_max_connections); try again shortly",
+            RETRY_AFTER,
+        )
 
     @property
     def too_slow(self) -> bytes:
-        return _raw_response("408 Request Timeout", f"the request head did not arrive within {self.header_timeout:g} "
-                             "seconds (http_header_timeout)")
+        return _raw_response(
+            "408 Request Timeout",
+            f"the request head did not arrive within {self.header_timeout:g} seconds (http_header_timeout)",
+        )
 
 
 def guarded_protocol(guard: ConnectionGuard) -> type[H11Protocol]:
@@ -150,8 +163,13 @@ class HttpListener:
     """Accepts HTTP connections on ``sock`` and hands them to ``protocol_factory`` (uvicorn's), at
     most ``guard.max_connections`` open at once (``open_count()`` says how many are)."""
 
-    def __init__(self, sock: socket.socket, protocol_factory: Callable[[], asyncio.Protocol],
-                 open_count: Callable[[], int], guard: ConnectionGuard) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        protocol_factory: Callable[[], asyncio.Protocol],
+        open_count: Callable[[], int],
+        guard: ConnectionGuard,
+    ) -> None:
         self.sock, self.factory, self.open_count, self.guard = sock, protocol_factory, open_count, guard
         self.exhausted = 0
         self._task: asyncio.Task[None] | None = None
@@ -204,17 +222,27 @@ class HttpListener:
         now = time.monotonic()
         if now - self._last_log >= LOG_EVERY:
             self._last_log = now
-            log.error("HTTP cannot accept connections: %s (%d time(s)); waiting up to %g s between tries; "
-                      "raise the open-file limit or lower http_max_connections (logged at most every %g s)",
-                      exc.strerror, self.exhausted, BACKOFF_MOST, LOG_EVERY)
+            log.error(
+                "HTTP cannot accept connections: %s (%d time(s)); waiting up to %g s between tries; "
+                "raise the open-file limit or lower http_max_connections (logged at most every %g s)",
+                exc.strerror,
+                self.exhausted,
+                BACKOFF_MOST,
+                LOG_EVERY,
+            )
 
 
 class BodyTimeout(HttpError):
     """408: the request body stopped arriving."""
 
     def __init__(self, seconds: float) -> None:
-        super().__init__(408, "request_timeout", f"the request body stopped arriving: nothing for {seconds:g} "
-                         "seconds (http_body_timeout); nothing was stored", headers={"Connection": "close"})
+        super().__init__(
+            408,
+            "request_timeout",
+            f"the request body stopped arriving: nothing for {seconds:g} "
+            "seconds (http_body_timeout); nothing was stored",
+            headers={"Connection": "close"},
+        )
 
 
 class BodyTimeoutMiddleware:
@@ -264,9 +292,13 @@ def check_fd_budget(settings: Settings, soft: int) -> None:
     """Warn when the connection limits could use up the descriptors on their own."""
     wanted = settings.http_max_connections + settings.max_associations + 256  # files, index, logs, ...
     if soft != resource.RLIM_INFINITY and wanted > soft:
-        log.warning("http_max_connections (%d) + max_associations (%d) + 256 for files is more than the open-file "
-                    "limit %d: lower http_max_connections, or raise the limit (ulimit -n, LimitNOFILE= in systemd)",
-                    settings.http_max_connections, settings.max_associations, soft)
+        log.warning(
+            "http_max_connections (%d) + max_associations (%d) + 256 for files is more than the open-file "
+            "limit %d: lower http_max_connections, or raise the limit (ulimit -n, LimitNOFILE= in systemd)",
+            settings.http_max_connections,
+            settings.max_associations,
+            soft,
+        )
 
 
 def uvicorn_options(guard: ConnectionGuard) -> dict[str, Any]:
@@ -274,6 +306,13 @@ def uvicorn_options(guard: ConnectionGuard) -> dict[str, Any]:
     return {"http": guarded_protocol(guard)}
 
 
-__all__ = ["BodyTimeout", "BodyTimeoutMiddleware", "ConnectionGuard", "HttpListener", "check_fd_budget",
-           "guarded_protocol",
-           "raise_fd_limit", "uvicorn_options"]
+__all__ = [
+    "BodyTimeout",
+    "BodyTimeoutMiddleware",
+    "ConnectionGuard",
+    "HttpListener",
+    "check_fd_budget",
+    "guarded_protocol",
+    "raise_fd_limit",
+    "uvicorn_options",
+]

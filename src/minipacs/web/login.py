@@ -52,13 +52,29 @@ def _auth(request: Request) -> Authenticator:
     return auth
 
 
-def _page(request: Request, status: int = 200, message: str = "", name: str = "",
-          next_url: str | None = None) -> Response:
+def _page(
+    request: Request, status: int = 200, message: str = "", name: str = "", next_url: str | None = None
+) -> Response:
     token = secrets.token_urlsafe(24)
-    response = render(request, "login.html", "Log in", status, token=token, message=message, user_name=name,
-                      next=safe_next(next_url or request.query_params.get("next")))
-    response.set_cookie(LOGIN_COOKIE, token, max_age=FORM_SECONDS, path=LOGIN_PATH, httponly=True,
-                        samesite="strict", secure=_https(request))
+    response = render(
+        request,
+        "login.html",
+        "Log in",
+        status,
+        token=token,
+        message=message,
+        user_name=name,
+        next=safe_next(next_url or request.query_params.get("next")),
+    )
+    response.set_cookie(
+        LOGIN_COOKIE,
+        token,
+        max_age=FORM_SECONDS,
+        path=LOGIN_PATH,
+        httponly=True,
+        samesite="strict",
+        secure=_https(request),
+    )
     return response
 
 
@@ -97,8 +113,12 @@ async def login(request: Request) -> Response:
     if form:  # the double submit: the form's token must be the one in our cookie
         cookie, posted = request.cookies.get(LOGIN_COOKIE, ""), fields.get("csrf_token", "")
         if not cookie or not hmac.compare_digest(cookie.encode(), posted.encode()):
-            return _page(request, 403, "The login form expired or was not sent by this page; log in again.",
-                         next_url=fields.get("next"))
+            return _page(
+                request,
+                403,
+                "The login form expired or was not sent by this page; log in again.",
+                next_url=fields.get("next"),
+            )
     name, password = fields.get("name", ""), fields.get("password", "")
     client = request.client.host if request.client else "?"
     response: Response
@@ -136,8 +156,9 @@ async def logout(request: Request) -> Response:
         fields = (await _fields(request))[0] if request.headers.get("content-type") else {}
         posted = fields.get("csrf_token") or request.headers.get("x-csrf-token", "")
         if not hmac.compare_digest(posted.encode(), session.csrf.encode()):
-            raise HttpError(403, "cross_site_request", "the logout was not sent by this server's page; "
-                            "use its Log out button")
+            raise HttpError(
+                403, "cross_site_request", "the logout was not sent by this server's page; use its Log out button"
+            )
         sessions: SessionStore = request.app.state.sessions
         sessions.end(session.id)
         log.info("logout: %s", _auth(request).shown(session.user))

@@ -1,8 +1,9 @@
 """`/ohif/`: the OHIF viewer (npm package ``@ohif/app``), served from the folder `minipacs ohif install` filled.
 
 OHIF's published ``dist/`` is built for the site root (``PUBLIC_URL="/"``, webpack public path "/"); the
-installer rewrites it (`rebase`) so that its assets, its router and its webpack chunks live under ``/ohif/``.  ``app-config.js`` comes from
-the install folder (written by the installer: the DICOMweb data source is this server's ``/dicom-web``).
+installer rewrites it (`rebase`) so that its assets, its router and its webpack chunks live under ``/ohif/``.
+``app-config.js`` comes from the install folder (written by the installer: the DICOMweb data source is
+this server's ``/dicom-web``).
 Any other path that is not a file gets index.html (OHIF is a single-page app: /ohif/viewer?..., /ohif/local).
 """
 
@@ -52,8 +53,11 @@ def rebase(dist: Path) -> int:
     for script in dist.glob("*.js"):
         text = script.read_text(encoding="utf-8", errors="surrogateescape")
         if WEBPACK_ROOT in text:
-            script.write_text(text.replace(WEBPACK_ROOT, f'__webpack_require__.p = "{PREFIX}";'),
-                              encoding="utf-8", errors="surrogateescape")
+            script.write_text(
+                text.replace(WEBPACK_ROOT, f'__webpack_require__.p = "{PREFIX}";'),
+                encoding="utf-8",
+                errors="surrogateescape",
+            )
             changed += 1
     return changed
 
@@ -77,16 +81,18 @@ class OhifApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         dist = dist_dir(self.folder)
         path = scope.get("path", "")
-        rel = path[len("/ohif"):].lstrip("/") if path.startswith("/ohif") else path.lstrip("/")
+        rel = path[len("/ohif") :].lstrip("/") if path.startswith("/ohif") else path.lstrip("/")
         response: Response
         if dist is None:
             from html import escape
+
             response = HTMLResponse(NOT_INSTALLED.format(folder=escape(str(self.folder.resolve()))), status_code=404)
         elif rel in ("", "index.html"):
             response = self.index(dist)
         elif rel == CONFIG_NAME and (self.folder / CONFIG_NAME).is_file():
-            response = FileResponse(self.folder / CONFIG_NAME, media_type="text/javascript",
-                                    headers={"Cache-Control": "no-cache"})
+            response = FileResponse(
+                self.folder / CONFIG_NAME, media_type="text/javascript", headers={"Cache-Control": "no-cache"}
+            )
         else:
             static = StaticFiles(directory=dist, html=True)
             try:

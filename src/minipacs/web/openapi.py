@@ -26,23 +26,42 @@ def document(routes: Sequence[BaseRoute]) -> dict[str, Any]:
     for path, route in declared(routes):
         if not isinstance(route, Endpoint) or not API_PATHS.match(path):
             continue
-        params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-                  for name in _PARAMETER.findall(path)]
+        params = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in _PARAMETER.findall(path)
+        ]
         paths.setdefault(path, {})[route.method.lower()] = {
-            "summary": route.summary, "parameters": params, "x-minipacs-permission": route.permission,
-            "responses": {"200": {"description": "OK"},
-                          "default": {"description": "Error", "content": {"application/json": {
-                              "schema": {"$ref": "#/components/schemas/Error"}}}}},
+            "summary": route.summary,
+            "parameters": params,
+            "x-minipacs-permission": route.permission,
+            "responses": {
+                "200": {"description": "OK"},
+                "default": {
+                    "description": "Error",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                },
+            },
         }
     return {
         "openapi": "3.0.3",
         "info": {"title": "minipacs REST API and DICOMweb", "version": __version__},
         "paths": paths,
         "components": {
-            "schemas": {"Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
-                "code": {"type": "string"}, "message": {"type": "string"}}}}}},
-            "securitySchemes": {"basic": {"type": "http", "scheme": "basic"},
-                                "token": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                        }
+                    },
+                }
+            },
+            "securitySchemes": {
+                "basic": {"type": "http", "scheme": "basic"},
+                "token": {"type": "http", "scheme": "bearer"},
+            },
         },
         "security": [{"basic": []}, {"token": []}],
     }

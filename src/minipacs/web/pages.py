@@ -56,8 +56,9 @@ def path_for(request: Request, name: str, query: Mapping[str, object] | None = N
 
 
 @jinja2.pass_context
-def _url_for(context: Mapping[str, Any], name: str, /, query: Mapping[str, object] | None = None,
-             **params: object) -> str:
+def _url_for(
+    context: Mapping[str, Any], name: str, /, query: Mapping[str, object] | None = None, **params: object
+) -> str:
     return path_for(context["request"], name, query, **params)
 
 
@@ -122,12 +123,19 @@ def json_tag_rows(data: Mapping[str, Any], keyword_of: Any, depth: int = 0) -> l
 
 def _frame(request: Request) -> dict[str, Any]:
     """What base.html needs on every page: the role, and which navigation links it may see."""
-    nav = [(path_for(request, name, None, **params), label)
-           for name, params, label, needed in NAV if may(request, needed)]
+    nav = [
+        (path_for(request, name, None, **params), label) for name, params, label, needed in NAV if may(request, needed)
+    ]
     session = session_of(request.scope)
-    return {"role": role_of(request).value, "can_write": may(request, "write"), "can_admin": may(request, "admin"),
-            "nav": nav, "user": request.scope.get("state", {}).get("user", ""), "logged_in": session is not None,
-            "csrf_token": session.csrf if session is not None else ""}
+    return {
+        "role": role_of(request).value,
+        "can_write": may(request, "write"),
+        "can_admin": may(request, "admin"),
+        "nav": nav,
+        "user": request.scope.get("state", {}).get("user", ""),
+        "logged_in": session is not None,
+        "csrf_token": session.csrf if session is not None else "",
+    }
 
 
 def _environment() -> jinja2.Environment:
@@ -153,5 +161,16 @@ def render(request: Request, name: str, title: str, status_code: int = 200, **co
     return templates.TemplateResponse(request, name, {"title": title, **context}, status_code=status_code)
 
 
-__all__ = ["NAV", "TagRow", "date", "json_tag_rows", "may", "path_for", "person", "render", "role_of", "templates",
-           "text"]
+__all__ = [
+    "NAV",
+    "TagRow",
+    "date",
+    "json_tag_rows",
+    "may",
+    "path_for",
+    "person",
+    "render",
+    "role_of",
+    "templates",
+    "text",
+]

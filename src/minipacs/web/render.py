@@ -39,8 +39,14 @@ def _window(ds: Any, frame: Any, window: tuple[float, float] | None) -> Any:
     return scaled.astype(np.uint8)
 
 
-def render(path: Path, frame_number: int, mime: str, window: tuple[float, float] | None, thumbnail: bool,
-           limits: DatasetLimits = DEFAULT_LIMITS) -> bytes:
+def render(
+    path: Path,
+    frame_number: int,
+    mime: str,
+    window: tuple[float, float] | None,
+    thumbnail: bool,
+    limits: DatasetLimits = DEFAULT_LIMITS,
+) -> bytes:
     """One frame (1-based) of a stored instance as an image (the file read within ``limits``)."""
     decoders.register()  # the decoders transcoding uses (12-bit JPEG Extended; no GDCM for JPEG 2000)
     try:

@@ -18,16 +18,21 @@ from minipacs.core.metadata import BULK_PREFIX
 from minipacs.core.model import Origin
 from minipacs.core.nodes import node_from_mapping
 from minipacs.core.paths import validate_uid
-from minipacs.dicom.levels import Level
 from minipacs.core.retrieve import select_instances
-from minipacs.dicom.levels import LEVEL_SPELLINGS
+from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.web import completion
 from minipacs.web.dicomweb import ctx, root_url
 from minipacs.web.errors import HttpError
 from minipacs.web.routing import Endpoint
 from minipacs.web.search import ascii_digits, search
 from minipacs.web.transfer import (
-    boundary_of, ingest_bytes, ingest_zip, insufficient_storage, read_body, split_multipart, zip_stream,
+    boundary_of,
+    ingest_bytes,
+    ingest_zip,
+    insufficient_storage,
+    read_body,
+    split_multipart,
+    zip_stream,
 )
 from minipacs.web.unzip import ZipLimits
 
@@ -78,8 +83,10 @@ async def _matches(request: Request, level: Level, fixed: Mapping[str, str] | No
     want = completion.wanted(request.query_params.get(completion.PARAM))
     extra, absent = completion.search_terms(want)
     params = [(k, v) for k, v in params if k != completion.PARAM] + extra
-    return [{**plain(ds), "complete": completion.is_complete(ds)}
-            async for ds in search(archive, level, params, fixed, absent)]
+    return [
+        {**plain(ds), "complete": completion.is_complete(ds)}
+        async for ds in search(archive, level, params, fixed, absent)
+    ]
 
 
 async def list_resources(request: Request) -> Response:
@@ -121,16 +128,26 @@ async def delete(request: Request) -> Response:
 async def download(request: Request) -> Response:
     _, key, retrieve_level, _ = _level(request)
     value = _id(request, key)
-    found = [i for i in await select_instances(ctx(request).archive, retrieve_level, {key: value}, "PATIENT")
-             if not i.problem]
+    found = [
+        i
+        for i in await select_instances(ctx(request).archive, retrieve_level, {key: value}, "PATIENT")
+        if not i.problem
+    ]
     if not found:
         raise NotFound(f"{request.path_params['level']} {value!r} has no stored instance")
     if retrieve_level == "IMAGE":
         from minipacs.web.dicomweb import _read_file
-        return StreamingResponse(_read_file(found[0].path), media_type="application/dicom",
-                                 headers={"Content-Disposition": f'attachment; filename="{value}.dcm"'})
-    return StreamingResponse(zip_stream(found), media_type="application/zip",
-                             headers={"Content-Disposition": f'attachment; filename="{value}.zip"'})
+
+        return StreamingResponse(
+            _read_file(found[0].path),
+            media_type="application/dicom",
+            headers={"Content-Disposition": f'attachment; filename="{value}.dcm"'},
+        )
+    return StreamingResponse(
+        zip_stream(found),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{value}.zip"'},
+    )
 
 
 async def upload(request: Request) -> Response:
@@ -144,7 +161,8 @@ async def upload(request: Request) -> Response:
     origin = Origin("rest", peer_host=request.client.host if request.client else "")
     results: list[dict[str, str]] = []
     if content_type.startswith(("application/zip", "application/x-zip")) or (
-            not content_type.startswith("multipart/") and body[:4] == b"PK\x03\x04"):
+        not content_type.startswith("multipart/") and body[:4] == b"PK\x03\x04"
+    ):
         results = await ingest_zip(context.archive, body, origin, ZipLimits.of(context.settings))
     else:
         if content_type.startswith("multipart/"):
@@ -170,8 +188,16 @@ async def associations(request: Request) -> Response:
     if not ascii_digits(raw) or not 1 <= int(raw) <= 10000:
         raise HttpError(400, "invalid_limit", "limit must be a whole number from 1 to 10000")
     records = await ctx(request).archive.list_associations(int(raw))
-    return JSONResponse([{**dataclasses.asdict(r), "started_at": r.started_at.isoformat(),
-                          "ended_at": r.ended_at.isoformat() if r.ended_at else None} for r in records])
+    return JSONResponse(
+        [
+            {
+                **dataclasses.asdict(r),
+                "started_at": r.started_at.isoformat(),
+                "ended_at": r.ended_at.isoformat() if r.ended_at else None,
+            }
+            for r in records
+        ]
+    )
 
 
 def _whole_number(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -179,8 +205,7 @@ def _whole_number(request: Request, name: str, default: int, low: int, high: int
     if raw is None or raw == "":
         return default
     if not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= high:
-        raise HttpError(400, f"invalid_{name}", f"{name} must be a whole number from {low} to {high}, "
-                        f"not {raw[:20]!r}")
+        raise HttpError(400, f"invalid_{name}", f"{name} must be a whole number from {low} to {high}, not {raw[:20]!r}")
     return int(raw)
 
 
@@ -195,16 +220,32 @@ async def changes(request: Request) -> Response:
 async def stats(request: Request) -> Response:
     archive = ctx(request).archive
     ingest = archive.stats
-    usage = sum(p.stat().st_size for p in (archive.settings.data_dir / "storage").rglob("*") if p.is_file()) \
-        if (archive.settings.data_dir / "storage").exists() else 0
-    return JSONResponse({"instances": await archive.count_instances(), "disk_bytes": usage,
-                         "ingested_since_start": ingest.ingested, "index_batches": ingest.batches,
-                         "metadata_pending": ctx(request).metadata.pending})
+    usage = (
+        sum(p.stat().st_size for p in (archive.settings.data_dir / "storage").rglob("*") if p.is_file())
+        if (archive.settings.data_dir / "storage").exists()
+        else 0
+    )
+    return JSONResponse(
+        {
+            "instances": await archive.count_instances(),
+            "disk_bytes": usage,
+            "ingested_since_start": ingest.ingested,
+            "index_batches": ingest.batches,
+            "metadata_pending": ctx(request).metadata.pending,
+        }
+    )
 
 
 def _node_json(node: Any) -> dict[str, Any]:
-    return {"id": node.id, "ae_title": node.ae_title, "host": node.host, "port": node.port, "description": node.description,
-            "permissions": sorted(node.permissions), "tls": node.tls}
+    return {
+        "id": node.id,
+        "ae_title": node.ae_title,
+        "host": node.host,
+        "port": node.port,
+        "description": node.description,
+        "permissions": sorted(node.permissions),
+        "tls": node.tls,
+    }
 
 
 def _registry(request: Request) -> Any:
@@ -239,30 +280,70 @@ async def remove_node(request: Request) -> Response:
 def routes() -> list[BaseRoute]:
     """Mounted under /api (named "api"), after rest_nodes and rest_worklist."""
     return [
-        Endpoint("/instances", upload, "POST", "write",
-                 "Upload DICOM files: one file, a ZIP, or multipart; per-file result"),
-        Endpoint("/search", search_resources, "GET", "read",
-                 "Search with C-FIND matching rules (level, keys, wildcards, ranges, limit/offset)"),
-        Endpoint("/associations", associations, "GET", "read", "The association log: who, from where, what was "
-                 "negotiated and done, tls, tls_peer, user_identity"),
+        Endpoint(
+            "/instances", upload, "POST", "write", "Upload DICOM files: one file, a ZIP, or multipart; per-file result"
+        ),
+        Endpoint(
+            "/search",
+            search_resources,
+            "GET",
+            "read",
+            "Search with C-FIND matching rules (level, keys, wildcards, ranges, limit/offset)",
+        ),
+        Endpoint(
+            "/associations",
+            associations,
+            "GET",
+            "read",
+            "The association log: who, from where, what was negotiated and done, tls, tls_peer, user_identity",
+        ),
         Endpoint("/stats", stats, "GET", "read", "Counts, disk use, ingest counters"),
-        Endpoint("/changes", changes, "GET", "read", "The changes journal after ?since=N (seq), at most ?limit=M "
-                 "(default 100, max 1000): {changes: [{seq, type, level, uid, study, time}], last, done}"),
+        Endpoint(
+            "/changes",
+            changes,
+            "GET",
+            "read",
+            "The changes journal after ?since=N (seq), at most ?limit=M "
+            "(default 100, max 1000): {changes: [{seq, type, level, uid, study, time}], last, done}",
+        ),
         Endpoint("/nodes", list_nodes, "GET", "read", "List DICOM nodes"),
         Endpoint("/nodes", add_node, "POST", "admin", "Add or update a DICOM node"),
         Endpoint("/nodes/{ae_title}", remove_node, "DELETE", "admin", "Remove a DICOM node (?host= to pick one)"),
         Endpoint("/instances/{id}/tags", instance_tags, "GET", "read", "All tags of an instance as PS3.18 JSON"),
-        Endpoint("/{level}", list_resources, "GET", "read",
-                 "List patients, studies, series or instances (limit, offset, matching keys)"),
+        Endpoint(
+            "/{level}",
+            list_resources,
+            "GET",
+            "read",
+            "List patients, studies, series or instances (limit, offset, matching keys)",
+        ),
         # {id:path}: a Patient ID may hold "/" (sent as %2F, which the ASGI path decodes); file and archive
         # come first, so a Patient ID that itself ends in "/file" or "/archive" cannot be read back here
-        Endpoint("/{level}/{id:path}/file", download, "GET", "read",
-                 "Download an instance (Part 10); a patient, study or series as a ZIP", name="file"),
-        Endpoint("/{level}/{id:path}/archive", download, "GET", "read",
-                 "Download a patient, study or series as a ZIP (streamed)", name="archive"),
+        Endpoint(
+            "/{level}/{id:path}/file",
+            download,
+            "GET",
+            "read",
+            "Download an instance (Part 10); a patient, study or series as a ZIP",
+            name="file",
+        ),
+        Endpoint(
+            "/{level}/{id:path}/archive",
+            download,
+            "GET",
+            "read",
+            "Download a patient, study or series as a ZIP (streamed)",
+            name="archive",
+        ),
         Endpoint("/{level}/{id:path}", read_resource, "GET", "read", "Main tags of one resource", name="resource"),
-        Endpoint("/{level}/{id:path}", delete, "DELETE", "write", "Delete a resource and everything below it",
-                 name="resource"),
+        Endpoint(
+            "/{level}/{id:path}",
+            delete,
+            "DELETE",
+            "write",
+            "Delete a resource and everything below it",
+            name="resource",
+        ),
     ]
 
 

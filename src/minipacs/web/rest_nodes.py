@@ -69,6 +69,7 @@ MAX_FAILURES_LISTED: Final = 100
 
 # ------------------------------------------------------------------ input
 
+
 async def _body(request: Request) -> dict[str, Any]:
     try:
         raw = await request.json()
@@ -98,8 +99,11 @@ def _uids(raw: object, level: ApiLevel) -> list[str]:
     values = list(dict.fromkeys(v.strip() for v in raw))
     if level.unique_key == "PatientID":
         if len(values) != 1 or not 1 <= len(values[0]) <= 64 or any(c in values[0] for c in "\\*?"):
-            raise HttpError(400, "invalid_uids", "a patient-level request names one Patient ID of 1 to 64 "
-                            "characters without \\, * or ?")
+            raise HttpError(
+                400,
+                "invalid_uids",
+                "a patient-level request names one Patient ID of 1 to 64 characters without \\, * or ?",
+            )
         return values
     return [validate_uid(level.unique_key, v) for v in values]
 
@@ -117,8 +121,13 @@ async def _resolve(registry: NodeRegistry, ref: object) -> Node:
     if len(found) == 1:
         return found[0]
     if found:
-        raise HttpError(409, "ambiguous_node", f"AE title {text!r} is registered {len(found)} times ("
-                        + ", ".join(f"id {n.id}: {n.address}" for n in found) + "); name the node by its id")
+        raise HttpError(
+            409,
+            "ambiguous_node",
+            f"AE title {text!r} is registered {len(found)} times ("
+            + ", ".join(f"id {n.id}: {n.address}" for n in found)
+            + "); name the node by its id",
+        )
     raise NotFound(f"no node has the id or AE title {text[:40]!r}; GET /api/nodes lists them")
 
 
@@ -129,8 +138,15 @@ def _registry(context: AppContext) -> NodeRegistry:
 
 
 def node_json(node: Node) -> dict[str, Any]:
-    return {"id": node.id, "ae_title": node.ae_title, "host": node.host, "port": node.port,
-            "description": node.description, "permissions": sorted(node.permissions), "tls": node.tls}
+    return {
+        "id": node.id,
+        "ae_title": node.ae_title,
+        "host": node.host,
+        "port": node.port,
+        "description": node.description,
+        "permissions": sorted(node.permissions),
+        "tls": node.tls,
+    }
 
 
 def _outbound(context: AppContext) -> Outbound:
@@ -141,13 +157,20 @@ def _outbound(context: AppContext) -> Outbound:
 
 # ------------------------------------------------------------------ nodes
 
+
 async def update_node(request: Request) -> Response:
     """PUT /api/nodes/{id}: change any of ae_title, host, port, description, permissions, tls."""
     registry = _registry(ctx(request))
     node = await _resolve(registry, request.path_params["id"])
     body = await _body(request)
-    current = {"ae_title": node.ae_title, "host": node.host, "port": node.port, "description": node.description,
-               "permissions": format_permissions(node.permissions) or "none", "tls": node.tls}
+    current = {
+        "ae_title": node.ae_title,
+        "host": node.host,
+        "port": node.port,
+        "description": node.description,
+        "permissions": format_permissions(node.permissions) or "none",
+        "tls": node.tls,
+    }
     if node.id is None:  # pragma: no cover - nodes read from the index always have one
         raise NotFound("that node is not stored in the registry")
     updated = await registry.update(node.id, node_from_mapping({**current, **body}))
@@ -168,8 +191,7 @@ async def echo(request: Request) -> Response:
     except OutboundError as exc:
         message = f"C-ECHO to {node.label()} failed: {exc}"
     took = round((time.perf_counter() - start) * 1000, 1)
-    return JSONResponse({"ok": status == 0, "status": status, "message": message, "ms": took,
-                         "node": node_json(node)})
+    return JSONResponse({"ok": status == 0, "status": status, "message": message, "ms": took, "node": node_json(node)})
 
 
 async def query(request: Request) -> Response:
@@ -180,8 +202,9 @@ async def query(request: Request) -> Response:
     body = await _body(request)
     level = _level(body.get("level", "study"))
     keys = body.get("keys", {})
-    if not isinstance(keys, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, type(None)))
-                                             for k, v in keys.items()):
+    if not isinstance(keys, dict) or not all(
+        isinstance(k, str) and isinstance(v, (str, int, type(None))) for k, v in keys.items()
+    ):
         raise HttpError(400, "invalid_keys", "keys must be an object of DICOM keyword (or gggg,eeee) -> text value")
     limit = body.get("limit", 1000)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_QUERY_RESULTS:
@@ -189,8 +212,9 @@ async def query(request: Request) -> Response:
     wanted: dict[str, KeyValue] = {k: "" for k in DEFAULT_KEYS[level.qr_level] if k not in keys}
     wanted.update({k.strip(): v for k, v in keys.items()})
     try:
-        query = FindRequest.build(wanted, model="patient" if level.model == "PATIENT" else "study",
-                                  level=level.qr_level, strict=True)
+        query = FindRequest.build(
+            wanted, model="patient" if level.model == "PATIENT" else "study", level=level.qr_level, strict=True
+        )
     except InvalidKeys as exc:
         raise HttpError(400, "invalid_keys", f"cannot build the query: {exc}") from None
     try:
@@ -200,19 +224,30 @@ async def query(request: Request) -> Response:
     except AssociationLost as exc:
         raise HttpError(502, "association_failed", f"the query to {node.label()} broke off: {exc}") from None
     if result.status not in (0, 0xFE00):
-        raise HttpError(502, "remote_refused", f"{node.label()} answered {describe(result.status, FIND)}"
-                        + (f" ({result.error_comment})" if result.error_comment else ""))
+        raise HttpError(
+            502,
+            "remote_refused",
+            f"{node.label()} answered {describe(result.status, FIND)}"
+            + (f" ({result.error_comment})" if result.error_comment else ""),
+        )
     matches = []
     for ds in result.matches[:limit]:
         try:
             matches.append(ds.to_json_dict())
         except Exception as exc:  # noqa: BLE001 - a value the JSON model cannot carry
             matches.append({"error": f"cannot convert this match to JSON: {exc}"})
-    return JSONResponse({"count": len(matches), "truncated": result.cancelled_sent,
-                         "message": f"{len(matches)} match(es) from {node.label()}", "results": matches})
+    return JSONResponse(
+        {
+            "count": len(matches),
+            "truncated": result.cancelled_sent,
+            "message": f"{len(matches)} match(es) from {node.label()}",
+            "results": matches,
+        }
+    )
 
 
 # ------------------------------------------------------------------ send (C-STORE) as a job
+
 
 def _fail(job: Job, uid: str, why: str) -> None:
     job.failed += 1
@@ -236,15 +271,16 @@ async def _send(outbound: Outbound, node: Node, found: list[StoredInstance], job
     try:
         await outbound.send(node, usable, progress=count)
     except TooManyContexts as exc:
-        raise JobFailed(f"these instances need {exc.needed} presentation contexts and one association allows "
-                        f"{MAX_CONTEXTS}; send the series one by one") from None
+        raise JobFailed(
+            f"these instances need {exc.needed} presentation contexts and one association allows "
+            f"{MAX_CONTEXTS}; send the series one by one"
+        ) from None
     except NoAssociation as exc:
         job.failed = job.total
         raise JobFailed(f"cannot send to {node.label()}: {exc}") from None
     except AssociationLost as exc:
         job.failed = job.total - job.done
-        raise JobFailed(f"the association with {node.label()} broke off after {job.done} instance(s): {exc}") \
-            from None
+        raise JobFailed(f"the association with {node.label()} broke off after {job.done} instance(s): {exc}") from None
     said = f"sent {job.done} of {job.total} instance(s) to {node.label()}"
     if job.failed and not job.done:
         raise JobFailed(said + "; every one failed (see failures)")
@@ -274,6 +310,7 @@ async def send(request: Request) -> Response:
 
 # ------------------------------------------------------------------ retrieve (C-MOVE / C-GET) as a job
 
+
 def _counted(job: Job, result: RetrieveResult) -> None:
     job.done = result.completed + result.warning
     job.failed = result.failed
@@ -281,8 +318,9 @@ def _counted(job: Job, result: RetrieveResult) -> None:
     job.details.update(completed=result.completed, warning=result.warning)
 
 
-async def _retrieve(outbound: Outbound, node: Node, method: Literal["move", "get"], query: RetrieveRequest,
-                    job: Job) -> str:
+async def _retrieve(
+    outbound: Outbound, node: Node, method: Literal["move", "get"], query: RetrieveRequest, job: Job
+) -> str:
     try:
         result = await outbound.retrieve(node, query, method=method, progress=lambda r: _counted(job, r))
     except NoAssociation as exc:
@@ -298,8 +336,9 @@ async def _retrieve(outbound: Outbound, node: Node, method: Literal["move", "get
     hint = ""
     if method == "move" and result.status == 0xA801:
         hint = f"; {node.ae_title} must have us registered as {outbound.ae_title!r} to move images to us"
-    raise JobFailed(f"{said}; it answered {meaning}"
-                    + (f" ({result.error_comment})" if result.error_comment else "") + hint)
+    raise JobFailed(
+        f"{said}; it answered {meaning}" + (f" ({result.error_comment})" if result.error_comment else "") + hint
+    )
 
 
 async def retrieve(request: Request) -> Response:
@@ -318,7 +357,7 @@ async def retrieve(request: Request) -> Response:
     values = _uids(body.get("uids"), level)
     asked = body.get("method", "move")
     if asked not in ("move", "get"):
-        raise HttpError(400, "invalid_method", "method must be \"move\" (C-MOVE to us) or \"get\" (C-GET)")
+        raise HttpError(400, "invalid_method", 'method must be "move" (C-MOVE to us) or "get" (C-GET)')
     method: Literal["move", "get"] = "get" if asked == "get" else "move"
     keys: dict[str, KeyValue] = {}
     if body.get("study") is not None and level.qr_level == "SERIES":
@@ -332,13 +371,15 @@ async def retrieve(request: Request) -> Response:
     async def work(job: Job) -> str:
         return await _retrieve(outbound, node, method, query, job)
 
-    job = context.jobs.submit("retrieve", f"C-{method.upper()} {level.qr_level} {', '.join(values)[:120]} from "
-                              f"{node.label()}", work)
+    job = context.jobs.submit(
+        "retrieve", f"C-{method.upper()} {level.qr_level} {', '.join(values)[:120]} from {node.label()}", work
+    )
     job.details["node"] = node_json(node)
     return JSONResponse(job.to_dict(), status_code=202, headers={"Location": f"/api/jobs/{job.id}"})
 
 
 # ------------------------------------------------------------------ jobs
+
 
 async def list_jobs(request: Request) -> Response:
     return JSONResponse([job.to_dict() for job in ctx(request).jobs.list()])
@@ -347,25 +388,39 @@ async def list_jobs(request: Request) -> Response:
 async def read_job(request: Request) -> Response:
     job = ctx(request).jobs.get(request.path_params["id"])
     if job is None:
-        raise NotFound(f"no job {request.path_params['id'][:40]!r}; jobs are kept in memory until the server "
-                       "restarts, and only the latest ones")
+        raise NotFound(
+            f"no job {request.path_params['id'][:40]!r}; jobs are kept in memory until the server "
+            "restarts, and only the latest ones"
+        )
     return JSONResponse(job.to_dict())
 
 
 def routes() -> list[BaseRoute]:
     """Mounted under /api, before rest.routes() (whose /{level}/{id} would take these paths)."""
     return [
-        Endpoint("/nodes/{id}", update_node, "PUT", "admin",
-                 "Edit a DICOM node (by id, or an AE title only one node has)"),
+        Endpoint(
+            "/nodes/{id}", update_node, "PUT", "admin", "Edit a DICOM node (by id, or an AE title only one node has)"
+        ),
         Endpoint("/nodes/{id}/echo", echo, "POST", "write", "C-ECHO a node: {ok, status, message, ms}"),
-        Endpoint("/nodes/{id}/query", query, "POST", "write",
-                 "C-FIND a node: {level, keys, limit} -> matches as PS3.18 JSON"),
-        Endpoint("/nodes/{id}/retrieve", retrieve, "POST", "write", "C-MOVE to us or C-GET from a node: "
-                 "{level, uids, method, study (series level: their study)} -> a job"),
+        Endpoint(
+            "/nodes/{id}/query", query, "POST", "write", "C-FIND a node: {level, keys, limit} -> matches as PS3.18 JSON"
+        ),
+        Endpoint(
+            "/nodes/{id}/retrieve",
+            retrieve,
+            "POST",
+            "write",
+            "C-MOVE to us or C-GET from a node: {level, uids, method, study (series level: their study)} -> a job",
+        ),
         Endpoint("/send", send, "POST", "write", "C-STORE stored instances to a node: {node, level, uids} -> a job"),
         Endpoint("/jobs", list_jobs, "GET", "read", "Send and retrieve jobs, newest first"),
-        Endpoint("/jobs/{id}", read_job, "GET", "read",
-                 "One job: state, total, done, failed, message (retrieve jobs also completed, warning)"),
+        Endpoint(
+            "/jobs/{id}",
+            read_job,
+            "GET",
+            "read",
+            "One job: state, total, done, failed, message (retrieve jobs also completed, warning)",
+        ),
     ]
 
 

@@ -29,8 +29,12 @@ MAX_ENTRY_BYTES: Final = 1 << 20
 
 
 def entry_json(entry: WorklistEntry) -> dict[str, Any]:
-    return {"id": entry.id, "status": entry.status, "summary": entry.summary(),
-            "dataset": entry.dataset.to_json_dict(bulk_data_threshold=1 << 30, bulk_data_element_handler=None)}
+    return {
+        "id": entry.id,
+        "status": entry.status,
+        "summary": entry.summary(),
+        "dataset": entry.dataset.to_json_dict(bulk_data_threshold=1 << 30, bulk_data_element_handler=None),
+    }
 
 
 def _worklist(request: Request) -> Worklist:
@@ -56,8 +60,12 @@ def _dataset(body: bytes) -> Dataset:
     if isinstance(raw, dict) and set(raw) == {"dataset"}:
         raw = raw["dataset"]
     if not isinstance(raw, dict) or not raw:
-        raise HttpError(400, "invalid_json", "the body must be a worklist entry as a PS3.18 JSON object "
-                        '({"00100020": {"vr": "LO", "Value": ["123"]}, ...})')
+        raise HttpError(
+            400,
+            "invalid_json",
+            "the body must be a worklist entry as a PS3.18 JSON object "
+            '({"00100020": {"vr": "LO", "Value": ["123"]}, ...})',
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # pydicom's complaints about a value become a refusal

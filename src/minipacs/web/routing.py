@@ -39,8 +39,17 @@ def _check(permission: str, summary: str, what: str) -> None:
 class Endpoint(Route):
     """One method on one path, with the permission it needs and a summary (PS3.18 cites go in the summary)."""
 
-    def __init__(self, path: str, endpoint: Callable[..., Any], method: str, permission: Permission, summary: str,
-                 *, name: str | None = None, form_checks_csrf: bool = False) -> None:
+    def __init__(
+        self,
+        path: str,
+        endpoint: Callable[..., Any],
+        method: str,
+        permission: Permission,
+        summary: str,
+        *,
+        name: str | None = None,
+        form_checks_csrf: bool = False,
+    ) -> None:
         _check(permission, summary, f"{method} {path}")
         super().__init__(path, endpoint, methods=[method], name=name)
         self.method = method.upper()
@@ -53,8 +62,9 @@ class Endpoint(Route):
         # a method this route does not have is Starlette's 405, whoever asks
         if self.methods and scope["method"] not in self.methods:
             await super().handle(scope, receive, send)
-        elif await refuse_cross_site(scope, receive, send, self.form_checks_csrf) and \
-                await authorize(scope, receive, send, self.permission):
+        elif await refuse_cross_site(scope, receive, send, self.form_checks_csrf) and await authorize(
+            scope, receive, send, self.permission
+        ):
             await super().handle(scope, receive, send)
 
 
@@ -74,8 +84,9 @@ async def refuse_cross_site(scope: Scope, receive: Receive, send: Send, form_che
 class GuardedMount(Mount):
     """An ASGI app under a path prefix (static files, OHIF), with the permission every request to it needs."""
 
-    def __init__(self, path: str, app: ASGIApp, permission: Permission, summary: str,
-                 *, name: str | None = None) -> None:
+    def __init__(
+        self, path: str, app: ASGIApp, permission: Permission, summary: str, *, name: str | None = None
+    ) -> None:
         _check(permission, summary, f"mount {path}")
         super().__init__(path, app=app, name=name)
         self.permission: Permission = permission
@@ -96,8 +107,10 @@ def declared(routes: Sequence[BaseRoute], prefix: str = "") -> Iterator[tuple[st
             yield from declared(route.routes, prefix + route.path)
         else:
             where = prefix + str(getattr(route, "path", ""))
-            raise UndeclaredRoute(f"the route {where or repr(route)} ({type(route).__name__}) declares no permission: "
-                                  "write it as routing.Endpoint or routing.GuardedMount")
+            raise UndeclaredRoute(
+                f"the route {where or repr(route)} ({type(route).__name__}) declares no permission: "
+                "write it as routing.Endpoint or routing.GuardedMount"
+            )
 
 
 __all__ = ["Endpoint", "GuardedMount", "UndeclaredRoute", "declared", "refuse_cross_site"]

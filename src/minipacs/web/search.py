@@ -25,13 +25,42 @@ from minipacs.web.errors import HttpError
 # PS3.18 Table 10.6.3-3..5: attributes returned by default, per level
 DEFAULT_KEYS: Final[Mapping[Level, tuple[str, ...]]] = {
     Level.PATIENT: ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "NumberOfPatientRelatedStudies"),
-    Level.STUDY: ("StudyDate", "StudyTime", "AccessionNumber", "ModalitiesInStudy", "ReferringPhysicianName",
-                  "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
-                  "StudyDescription", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"),
-    Level.SERIES: ("StudyInstanceUID", "Modality", "SeriesDescription", "SeriesNumber", "SeriesInstanceUID",
-                   "SeriesDate", "BodyPartExamined", "NumberOfSeriesRelatedInstances"),
-    Level.IMAGE: ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID", "InstanceNumber",
-                  "Rows", "Columns", "NumberOfFrames"),
+    Level.STUDY: (
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+        "ModalitiesInStudy",
+        "ReferringPhysicianName",
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyInstanceUID",
+        "StudyID",
+        "StudyDescription",
+        "NumberOfStudyRelatedSeries",
+        "NumberOfStudyRelatedInstances",
+    ),
+    Level.SERIES: (
+        "StudyInstanceUID",
+        "Modality",
+        "SeriesDescription",
+        "SeriesNumber",
+        "SeriesInstanceUID",
+        "SeriesDate",
+        "BodyPartExamined",
+        "NumberOfSeriesRelatedInstances",
+    ),
+    Level.IMAGE: (
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "InstanceNumber",
+        "Rows",
+        "Columns",
+        "NumberOfFrames",
+    ),
 }
 #: Parameters that are not attribute keys (PS3.18 Table 8.3.4-1).
 CONTROL_PARAMS: Final = frozenset({"limit", "offset", "includefield", "fuzzymatching", "level"})
@@ -50,8 +79,12 @@ def tag_of(name: str) -> int:
         found = tag_for_keyword(name)
         if found is not None:
             return int(found)
-    raise HttpError(400, "unknown_attribute", f"{name[:64]!r} is not a DICOM keyword or tag this archive can "
-                    "search by; use a keyword such as PatientName or a tag such as 00100010")
+    raise HttpError(
+        400,
+        "unknown_attribute",
+        f"{name[:64]!r} is not a DICOM keyword or tag this archive can "
+        "search by; use a keyword such as PatientName or a tag such as 00100010",
+    )
 
 
 def ascii_digits(raw: str) -> bool:
@@ -77,8 +110,9 @@ def identifier(level: Level, params: Iterable[tuple[str, str]], fixed: Mapping[s
     def put(tag: int, value: str) -> None:
         vr = dictionary_VR(tag)
         if vr == "SQ":
-            raise HttpError(400, "unsupported_attribute", f"searching by the sequence {keyword_for_tag(tag)} is "
-                            "not supported")
+            raise HttpError(
+                400, "unsupported_attribute", f"searching by the sequence {keyword_for_tag(tag)} is not supported"
+            )
         if len(value) > 1024:
             raise HttpError(400, "invalid_key_value", f"the value for {keyword_for_tag(tag)} is too long")
         ds[tag] = DataElement(tag, vr, value or None, validation_mode=pydicom.config.IGNORE)
@@ -113,7 +147,10 @@ def to_json(ds: Dataset) -> dict[str, Any]:
 
 
 async def search(
-    archive: Archive, level: Level, params: list[tuple[str, str]], fixed: Mapping[str, str] | None = None,
+    archive: Archive,
+    level: Level,
+    params: list[tuple[str, str]],
+    fixed: Mapping[str, str] | None = None,
     absent: Sequence[str] = (),
 ) -> AsyncIterator[Dataset]:
     """Matches of a search, after ``offset``, at most ``limit`` (PS3.18 §8.3.4.4).

@@ -39,13 +39,20 @@ def check_access(settings: Settings) -> None:
         raise ConfigError(
             f"HTTP would listen on {settings.http_host}, which other machines can reach, but no [[users]] or "
             "[[tokens]] are configured, so anyone could read and delete images; add users (see `minipacs users "
-            "hash-password`) or set http_host = \"127.0.0.1\"")
+            'hash-password`) or set http_host = "127.0.0.1"'
+        )
 
 
 class HttpServer:
-    def __init__(self, server: _Server | None, task: asyncio.Task[None] | None, metadata: MetadataStore,
-                 jobs: JobManager | None = None, renders: RenderPool | None = None,
-                 listener: HttpListener | None = None) -> None:
+    def __init__(
+        self,
+        server: _Server | None,
+        task: asyncio.Task[None] | None,
+        metadata: MetadataStore,
+        jobs: JobManager | None = None,
+        renders: RenderPool | None = None,
+        listener: HttpListener | None = None,
+    ) -> None:
         self.server, self.task, self.metadata, self.jobs = server, task, metadata, jobs
         self.renders, self.listener = renders, listener
 
@@ -68,8 +75,9 @@ class HttpServer:
         await self.metadata.close()
 
 
-async def start_http(settings: Settings, archive: Archive, nodes: NodeRegistry | None,
-                     outbound: Outbound | None = None) -> HttpServer:
+async def start_http(
+    settings: Settings, archive: Archive, nodes: NodeRegistry | None, outbound: Outbound | None = None
+) -> HttpServer:
     """Start metadata precomputation and, unless http_port is 0, the HTTP server. A port already in
     use stops the start-up with a sentence, as for the DICOM port: a server that comes up half is
     worse than one that says why it cannot."""
@@ -84,14 +92,17 @@ async def start_http(settings: Settings, archive: Archive, nodes: NodeRegistry |
     context = AppContext(settings, archive, metadata, nodes, outbound=outbound)
     app = create_app(context)
     try:
-        sock = socket.create_server((settings.http_host, settings.http_port), reuse_port=False,
-                                     backlog=2048)  # uvicorn's default
+        sock = socket.create_server(
+            (settings.http_host, settings.http_port), reuse_port=False, backlog=2048
+        )  # uvicorn's default
     except OSError as exc:
         await metadata.close()
-        raise OSError(exc.errno, f"cannot listen for HTTP on {settings.http_host}:{settings.http_port}: "
-                      f"{exc.strerror} (is another server using that port? choose another with `serve --http-port N`, "
-                      "`http_port = N` in the config file or MINIPACS_HTTP_PORT=N; 0 turns HTTP off)"
-                      ) from exc
+        raise OSError(
+            exc.errno,
+            f"cannot listen for HTTP on {settings.http_host}:{settings.http_port}: "
+            f"{exc.strerror} (is another server using that port? choose another with `serve --http-port N`, "
+            "`http_port = N` in the config file or MINIPACS_HTTP_PORT=N; 0 turns HTTP off)",
+        ) from exc
     guard = ConnectionGuard.of(settings)
     config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False, **uvicorn_options(guard))
     server = _Server(config)
@@ -102,17 +113,23 @@ async def start_http(settings: Settings, archive: Archive, nodes: NodeRegistry |
         await asyncio.sleep(0.01)
     listener: HttpListener | None = None
     if server.started:
+
         def protocol() -> asyncio.Protocol:
             return config.http_protocol_class(  # type: ignore[call-arg]
-                config=config, server_state=server.server_state, app_state=server.lifespan.state)
+                config=config, server_state=server.server_state, app_state=server.lifespan.state
+            )
 
         listener = HttpListener(sock, protocol, lambda: len(server.server_state.connections), guard)
         listener.start()
     else:
         sock.close()
     if server.started:
-        log.info("HTTP (REST, DICOMweb) on http://%s:%d/%s", settings.http_host, settings.http_port,
-                 "" if settings.users or settings.tokens else " (no users configured: open to this machine)")
+        log.info(
+            "HTTP (REST, DICOMweb) on http://%s:%d/%s",
+            settings.http_host,
+            settings.http_port,
+            "" if settings.users or settings.tokens else " (no users configured: open to this machine)",
+        )
     return HttpServer(server, task, metadata, context.jobs, context.renders, listener)
 
 

@@ -53,8 +53,14 @@ class LoginThrottle:
             if count.failures >= self.attempts and count.locked_until <= now:
                 count.locked_until = now + self.window
                 what = f"address {address}" if key[0] == "address" else shown_user
-                log.warning("login lockout: %s had %d failed logins within %g s; refused for %g s "
-                            "(login_attempts, login_lockout_seconds)", what, count.failures, self.window, self.window)
+                log.warning(
+                    "login lockout: %s had %d failed logins within %g s; refused for %g s "
+                    "(login_attempts, login_lockout_seconds)",
+                    what,
+                    count.failures,
+                    self.window,
+                    self.window,
+                )
         self._prune(now)
 
     def succeeded(self, address: str, user: str | None) -> None:

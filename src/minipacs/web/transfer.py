@@ -41,16 +41,20 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing (413) more than ``limit`` bytes before reading them all."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise HttpError(413, "too_large", f"the request body is {declared} bytes; this server accepts at most "
-                        f"{limit} (max_upload_bytes)")
+        raise HttpError(
+            413,
+            "too_large",
+            f"the request body is {declared} bytes; this server accepts at most {limit} (max_upload_bytes)",
+        )
     parts: list[bytes] = []
     size = 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise HttpError(413, "too_large", f"the request body exceeds {limit} bytes (max_upload_bytes); "
-                                "nothing was stored")
+                raise HttpError(
+                    413, "too_large", f"the request body exceeds {limit} bytes (max_upload_bytes); nothing was stored"
+                )
             parts.append(chunk)
     except ClientDisconnect:
         raise HttpError(400, "incomplete_body", "the client disconnected before the body was complete") from None
@@ -75,13 +79,20 @@ def split_multipart(body: bytes, boundary: str, max_parts: int | None = None) ->
     any part is looked at) if it has more than ``max_parts`` parts (requests: max_upload_parts)."""
     delimiter = b"--" + boundary.encode("latin-1")
     if max_parts is not None and body.count(delimiter) - 1 > max_parts:
-        raise HttpError(413, "too_many_parts", f"the request has {body.count(delimiter) - 1} parts; at most "
-                        f"{max_parts} are accepted in one request (max_upload_parts): send them in several; "
-                        "nothing was stored")
+        raise HttpError(
+            413,
+            "too_many_parts",
+            f"the request has {body.count(delimiter) - 1} parts; at most "
+            f"{max_parts} are accepted in one request (max_upload_parts): send them in several; "
+            "nothing was stored",
+        )
     pieces = body.split(delimiter)
     if len(pieces) < 3 or not pieces[-1].startswith(b"--"):
-        raise HttpError(400, "bad_multipart", "the multipart body is broken: its boundary delimiters are missing "
-                        "or it has no closing delimiter")
+        raise HttpError(
+            400,
+            "bad_multipart",
+            "the multipart body is broken: its boundary delimiters are missing or it has no closing delimiter",
+        )
     parts: list[Part] = []
     for piece in pieces[1:-1]:
         if not piece.startswith(b"\r\n"):
@@ -125,8 +136,9 @@ def _write_staged(staging_dir: Path, write: Callable[[BinaryIO], object]) -> Pat
     return path
 
 
-async def ingest_file(archive: Archive, data: bytes | Callable[[BinaryIO], object], origin: Origin,
-                      label: str = "") -> StoreOutcome:
+async def ingest_file(
+    archive: Archive, data: bytes | Callable[[BinaryIO], object], origin: Origin, label: str = ""
+) -> StoreOutcome:
     """Store one Part 10 file given as bytes, or as a function that writes it (called in a worker
     thread); an ArchiveError says why it was not stored, naming the file ``label`` rather than the
     staging file (the server's paths are nobody's business)."""
@@ -144,8 +156,12 @@ async def ingest_file(archive: Archive, data: bytes | Callable[[BinaryIO], objec
 
 
 def outcome_json(outcome: StoreOutcome) -> dict[str, str]:
-    return {"status": outcome.status.value, "SOPInstanceUID": outcome.sop_instance_uid,
-            "StudyInstanceUID": outcome.study_instance_uid, "SeriesInstanceUID": outcome.series_instance_uid}
+    return {
+        "status": outcome.status.value,
+        "SOPInstanceUID": outcome.sop_instance_uid,
+        "StudyInstanceUID": outcome.study_instance_uid,
+        "SeriesInstanceUID": outcome.series_instance_uid,
+    }
 
 
 def failed_json(exc: Exception) -> dict[str, str]:
@@ -153,8 +169,9 @@ def failed_json(exc: Exception) -> dict[str, str]:
     return {"status": "failed", "error": type(exc).__name__, "message": str(exc)}
 
 
-async def ingest_bytes(archive: Archive, data: bytes | Callable[[BinaryIO], object], origin: Origin,
-                       label: str = "") -> dict[str, str]:
+async def ingest_bytes(
+    archive: Archive, data: bytes | Callable[[BinaryIO], object], origin: Origin, label: str = ""
+) -> dict[str, str]:
     """Store one Part 10 file; a per-file result. Never raises for a bad file; a full disk
     (OutOfResources) is raised: the files after it would fail the same way (507)."""
     try:
@@ -169,8 +186,9 @@ def insufficient_storage(exc: OutOfResources, stored: int, total: int) -> HttpEr
     """507 Insufficient Storage (RFC 4918 §11.5) for an upload the disk filled up under, with what was kept:
     the DICOM side answers 0xA700 Out of Resources to a C-STORE in the same state."""
     before = f"{stored} of the {total} file(s) before it were stored" if total > 1 else "nothing was stored"
-    return HttpError(507, "insufficient_storage", f"{exc}; {before}. Free disk space in the data directory, then "
-                     "send the rest again")
+    return HttpError(
+        507, "insufficient_storage", f"{exc}; {before}. Free disk space in the data directory, then send the rest again"
+    )
 
 
 async def ingest_zip(archive: Archive, body: bytes, origin: Origin, limits: ZipLimits) -> list[dict[str, str]]:
@@ -179,8 +197,10 @@ async def ingest_zip(archive: Archive, body: bytes, origin: Origin, limits: ZipL
     results: list[dict[str, str]] = []
     try:
         for info in members:
+
             def write(fh: BinaryIO, info: zipfile.ZipInfo = info) -> int:
                 return inflate(zipped, info, fh, limits)
+
             try:
                 result = await ingest_bytes(archive, write, origin, info.filename)
             except BrokenMember as exc:
@@ -292,11 +312,12 @@ class _BodyReader:
                 if content is None and part.path is not None:
                     self._file = open(part.path, "rb", buffering=0)  # noqa: SIM115 - closed in read/close
                     self._left = part.size if part.size >= 0 else os.fstat(self._file.fileno()).st_size
-            except Exception as exc:  # noqa: BLE001 - one bad part must not end the response
+            except Exception as exc:
                 if self._exact:
                     raise
-                log.error("left %s out of a multipart response: %s: %s", part.label or part.path,
-                          type(exc).__name__, exc)
+                log.error(
+                    "left %s out of a multipart response: %s: %s", part.label or part.path, type(exc).__name__, exc
+                )
                 continue
             if self._boundary is not None:
                 self._pending.append(_part_head(self._boundary, part.content_type))
@@ -341,6 +362,7 @@ async def read_blocks(reader: _BodyReader, block: int) -> AsyncIterator[bytes]:
             for piece in pieces:
                 yield piece
     finally:
+
         def done(future: asyncio.Future[list[bytes]]) -> None:
             if not future.cancelled():
                 future.exception()  # retrieved: a failure after the client left is not news
@@ -381,29 +403,40 @@ async def multipart_response(parts: Sequence[OutPart], boundary: str, part_type:
     """
     sized = await asyncio.to_thread(_sized, parts)
     if parts and not sized:
-        raise HttpError(404, "not_found", f"the {len(parts)} instance(s) asked for are indexed but their files are "
-                        "missing from storage; see the server log")
+        raise HttpError(
+            404,
+            "not_found",
+            f"the {len(parts)} instance(s) asked for are indexed but their files are "
+            "missing from storage; see the server log",
+        )
     headers: dict[str, str] = {}
     exact = all(part.size >= 0 for part in sized)
     if exact:
         length = sum(len(_part_head(boundary, p.content_type)) + p.size + 2 for p in sized) + len(_closing(boundary))
         headers["content-length"] = str(length)
-    return StreamingResponse(read_blocks(_BodyReader(sized, boundary, exact), BLOCK), headers=headers,
-                             media_type=f'multipart/related; type="{part_type}"; boundary={boundary}')
+    return StreamingResponse(
+        read_blocks(_BodyReader(sized, boundary, exact), BLOCK),
+        headers=headers,
+        media_type=f'multipart/related; type="{part_type}"; boundary={boundary}',
+    )
 
 
 def file_response(path: Path, media_type: str) -> StreamingResponse:
     """One file as a response, streamed like :func:`multipart_response` (with its Content-Length)."""
     size = os.stat(path).st_size
     part = OutPart("", path=path, size=size)
-    return StreamingResponse(read_blocks(_BodyReader([part], None, exact=True), BLOCK),
-                             headers={"content-length": str(size)}, media_type=media_type)
+    return StreamingResponse(
+        read_blocks(_BodyReader([part], None, exact=True), BLOCK),
+        headers={"content-length": str(size)},
+        media_type=media_type,
+    )
 
 
 def stored_part(item: StoredInstance) -> OutPart:
     """A stored instance as it is: ``application/dicom`` in its stored transfer syntax (PS3.18 §8.7.3.2)."""
-    return OutPart(f"application/dicom; transfer-syntax={item.transfer_syntax_uid}", path=item.path,
-                   label=item.sop_instance_uid)
+    return OutPart(
+        f"application/dicom; transfer-syntax={item.transfer_syntax_uid}", path=item.path, label=item.sop_instance_uid
+    )
 
 
 def multipart_octets(chunks: Sequence[bytes], boundary: str, content_type: str) -> bytes:
@@ -460,6 +493,25 @@ async def aiter_text(items: AsyncIterator[str]) -> AsyncIterator[bytes]:
         yield item.encode()
 
 
-__all__ = ["BLOCK", "OutPart", "Part", "aiter_text", "boundary_of", "file_response", "ingest_bytes", "ingest_file",
-           "multipart_octets", "multipart_related", "outcome_json", "multipart_response", "new_boundary", "read_body", "split_multipart", "stored_part",
-           "failed_json", "ingest_zip", "insufficient_storage", "zip_stream"]
+__all__ = [
+    "BLOCK",
+    "OutPart",
+    "Part",
+    "aiter_text",
+    "boundary_of",
+    "file_response",
+    "ingest_bytes",
+    "ingest_file",
+    "multipart_octets",
+    "multipart_related",
+    "outcome_json",
+    "multipart_response",
+    "new_boundary",
+    "read_body",
+    "split_multipart",
+    "stored_part",
+    "failed_json",
+    "ingest_zip",
+    "insufficient_storage",
+    "zip_stream",
+]

@@ -53,16 +53,19 @@ PageEndpoint = Callable[[Request], Awaitable[Response]]
 
 def html_errors(endpoint: PageEndpoint) -> PageEndpoint:
     """Errors on a page become an HTML page with the same status and sentence as the REST error."""
+
     @functools.wraps(endpoint)
     async def wrapped(request: Request) -> Response:
         try:
             return await endpoint(request)
         except HttpError as exc:
-            return render(request, "error.html", "Error", exc.status,
-                          message=redact(exc.message, ctx(request).settings))
+            return render(
+                request, "error.html", "Error", exc.status, message=redact(exc.message, ctx(request).settings)
+            )
         except ArchiveError as exc:
             status, _ = classify(exc)
             return render(request, "error.html", "Error", status, message=redact(str(exc), ctx(request).settings))
+
     return wrapped
 
 
@@ -94,15 +97,17 @@ def _int(raw: str | None, default: int, allowed: range | tuple[int, ...], name: 
     return int(raw)
 
 
-async def _find(request: Request, level: Level, params: list[tuple[str, str]],
-                fixed: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+async def _find(
+    request: Request, level: Level, params: list[tuple[str, str]], fixed: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     async for ds in search(ctx(request).archive, level, params, fixed):
         row: dict[str, Any] = {}
         for elem in ds:
             value = elem.value
-            row[elem.keyword] = None if value is None or value == "" else (
-                [str(v) for v in value] if elem.VM > 1 else str(value))
+            row[elem.keyword] = (
+                None if value is None or value == "" else ([str(v) for v in value] if elem.VM > 1 else str(value))
+            )
         out.append(row)
     return out
 
@@ -129,14 +134,21 @@ async def _send_nodes(request: Request) -> list[Any]:
 
 # ------------------------------------------------------------------ pages
 
+
 async def home(request: Request) -> Response:
     return RedirectResponse(path_for(request, "ui:studies"), status_code=307)
 
 
 #: the study list's search form: (field name, label, input type)
-SEARCH_FIELDS: Final = (("name", "Patient name", "search"), ("pid", "Patient ID", "search"),
-                        ("from", "Date from", "date"), ("to", "to", "date"), ("modality", "Modality", "search"),
-                        ("accession", "Accession", "search"), ("description", "Description", "search"))
+SEARCH_FIELDS: Final = (
+    ("name", "Patient name", "search"),
+    ("pid", "Patient ID", "search"),
+    ("from", "Date from", "date"),
+    ("to", "to", "date"),
+    ("modality", "Modality", "search"),
+    ("accession", "Accession", "search"),
+    ("description", "Description", "search"),
+)
 
 
 @html_errors
@@ -155,9 +167,20 @@ async def studies(request: Request) -> Response:
     rows = await _find(request, Level.STUDY, params)
     done = await completed_studies(ctx(request).archive)
     values = {k: q.get(k, "") for k in (*STUDY_FILTERS, "from", "to")}
-    return render(request, "studies.html", "Studies", rows=rows[:size], more=len(rows) > size, done=done,
-                  fields=SEARCH_FIELDS, values=values, sizes=PAGE_SIZES, size=size, offset=offset,
-                  keep={**values, "size": size})
+    return render(
+        request,
+        "studies.html",
+        "Studies",
+        rows=rows[:size],
+        more=len(rows) > size,
+        done=done,
+        fields=SEARCH_FIELDS,
+        values=values,
+        sizes=PAGE_SIZES,
+        size=size,
+        offset=offset,
+        keep={**values, "size": size},
+    )
 
 
 @html_errors
@@ -169,18 +192,31 @@ async def patient(request: Request) -> Response:
         study_uid = validate_uid("StudyInstanceUID", study_uid)
         info = await _one(request, Level.STUDY, {"StudyInstanceUID": study_uid}, f"Study {study_uid}")
         if info.get("PatientID"):
-            return RedirectResponse(path_for(request, "ui:patient", query={"id": text(info.get("PatientID"))}),
-                                    status_code=307)
-        return render(request, "patient.html", f"Patient {person(info.get('PatientName'))}", info=info, pid="",
-                      study_uid=study_uid, studies=[info])
+            return RedirectResponse(
+                path_for(request, "ui:patient", query={"id": text(info.get("PatientID"))}), status_code=307
+            )
+        return render(
+            request,
+            "patient.html",
+            f"Patient {person(info.get('PatientName'))}",
+            info=info,
+            pid="",
+            study_uid=study_uid,
+            studies=[info],
+        )
     pid = request.query_params.get("id", "")
     if not pid or len(pid) > 64 or any(c in pid for c in "\\*?"):
-        raise HttpError(400, "invalid_identifier", "a Patient ID is 1 to 64 characters without \\, * or ?; "
-                        "a patient without one is opened by a study (?study=Study Instance UID)")
+        raise HttpError(
+            400,
+            "invalid_identifier",
+            "a Patient ID is 1 to 64 characters without \\, * or ?; "
+            "a patient without one is opened by a study (?study=Study Instance UID)",
+        )
     info = await _one(request, Level.PATIENT, {"PatientID": pid}, f"Patient {pid!r}")
     found = await _find(request, Level.STUDY, [], {"PatientID": pid})
-    return render(request, "patient.html", f"Patient {person(info.get('PatientName'))}", info=info, pid=pid,
-                  studies=found)
+    return render(
+        request, "patient.html", f"Patient {person(info.get('PatientName'))}", info=info, pid=pid, studies=found
+    )
 
 
 @html_errors
@@ -189,8 +225,15 @@ async def study(request: Request) -> Response:
     info = await _one(request, Level.STUDY, {"StudyInstanceUID": uid}, f"Study {uid}")
     series = await _find(request, Level.SERIES, [], {"StudyInstanceUID": uid})
     series.sort(key=lambda r: _number(r, "SeriesNumber"))
-    return render(request, "study.html", f"Study {text(info.get('StudyDescription')) or uid}", info=info, uid=uid,
-                  series=series, nodes=await _send_nodes(request))
+    return render(
+        request,
+        "study.html",
+        f"Study {text(info.get('StudyDescription')) or uid}",
+        info=info,
+        uid=uid,
+        series=series,
+        nodes=await _send_nodes(request),
+    )
 
 
 @html_errors
@@ -201,23 +244,44 @@ async def series_page(request: Request) -> Response:
     info = await _one(request, Level.SERIES, fixed, f"Series {uid}")
     instances = await _find(request, Level.IMAGE, [], fixed)
     instances.sort(key=lambda r: _number(r, "InstanceNumber"))
-    return render(request, "series.html", f"Series {text(info.get('SeriesDescription')) or uid}", info=info,
-                  uid=uid, study_uid=study_uid, instances=instances, nodes=await _send_nodes(request))
+    return render(
+        request,
+        "series.html",
+        f"Series {text(info.get('SeriesDescription')) or uid}",
+        info=info,
+        uid=uid,
+        study_uid=study_uid,
+        instances=instances,
+        nodes=await _send_nodes(request),
+    )
 
 
 def _instance_uids(request: Request) -> tuple[str, str, str]:
-    return (validate_uid("StudyInstanceUID", request.path_params["study"]),
-            validate_uid("SeriesInstanceUID", request.path_params["series"]),
-            validate_uid("SOPInstanceUID", request.path_params["instance"]))
+    return (
+        validate_uid("StudyInstanceUID", request.path_params["study"]),
+        validate_uid("SeriesInstanceUID", request.path_params["series"]),
+        validate_uid("SOPInstanceUID", request.path_params["instance"]),
+    )
 
 
 @html_errors
 async def instance(request: Request) -> Response:
     study_uid, series_uid, uid = _instance_uids(request)
-    info = await _one(request, Level.IMAGE, {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid,
-                                             "SOPInstanceUID": uid}, f"SOP Instance {uid}")
-    return render(request, "instance.html", f"Instance {text(info.get('InstanceNumber'))}", info=info, uid=uid,
-                  study_uid=study_uid, series_uid=series_uid)
+    info = await _one(
+        request,
+        Level.IMAGE,
+        {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid, "SOPInstanceUID": uid},
+        f"SOP Instance {uid}",
+    )
+    return render(
+        request,
+        "instance.html",
+        f"Instance {text(info.get('InstanceNumber'))}",
+        info=info,
+        uid=uid,
+        study_uid=study_uid,
+        series_uid=series_uid,
+    )
 
 
 @html_errors
@@ -238,9 +302,15 @@ async def viewer(request: Request) -> Response:
     instances.sort(key=lambda r: _number(r, "InstanceNumber"))
     frames = [{"sop": r["SOPInstanceUID"], "frames": max(1, _number(r, "NumberOfFrames"))} for r in instances]
     owner = await _one(request, Level.STUDY, {"StudyInstanceUID": study_uid}, f"Study {study_uid}")
-    return render(request, "viewer.html", f"Viewer: {text(info.get('SeriesDescription')) or series_uid}",
-                  study_uid=study_uid, series_uid=series_uid, owner=owner,
-                  data={"study": study_uid, "series": series_uid, "instances": frames})
+    return render(
+        request,
+        "viewer.html",
+        f"Viewer: {text(info.get('SeriesDescription')) or series_uid}",
+        study_uid=study_uid,
+        series_uid=series_uid,
+        owner=owner,
+        data={"study": study_uid, "series": series_uid, "instances": frames},
+    )
 
 
 @html_errors
@@ -254,8 +324,14 @@ async def nodes(request: Request) -> Response:
     if registry is None:
         return render(request, "nodes.html", "Nodes", registry_missing=True)
     found = await registry.list()
-    return render(request, "nodes.html", "Nodes", registry_missing=False, warnings=registry_warnings(found),
-                  nodes=[(n, ", ".join(sorted(n.permissions))) for n in found])
+    return render(
+        request,
+        "nodes.html",
+        "Nodes",
+        registry_missing=False,
+        warnings=registry_warnings(found),
+        nodes=[(n, ", ".join(sorted(n.permissions))) for n in found],
+    )
 
 
 @html_errors
@@ -266,12 +342,25 @@ async def association_log(request: Request) -> Response:
     for r in records:
         operations = "; ".join(
             " ".join([str(o.get("op", "?"))] + [f"{k}={v}" for k, v in o.items() if k != "op" and v not in ("", None)])
-            for o in r.operations[:20])
-        contexts = ", ".join(sorted({str(c.get("name") or c.get("abstract_syntax", "")) for c in r.contexts
-                                     if c.get("transfer_syntax")}))
+            for o in r.operations[:20]
+        )
+        contexts = ", ".join(
+            sorted({str(c.get("name") or c.get("abstract_syntax", "")) for c in r.contexts if c.get("transfer_syntax")})
+        )
         outcome = "accepted" if r.accepted else f"rejected: {r.reject_reason}"
-        rows.append([r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.role, r.calling_aet, r.called_aet,
-                     f"{r.peer_host}:{r.peer_port}", outcome, r.end_reason, contexts[:300], operations[:600]])
+        rows.append(
+            [
+                r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+                r.role,
+                r.calling_aet,
+                r.called_aet,
+                f"{r.peer_host}:{r.peer_port}",
+                outcome,
+                r.end_reason,
+                contexts[:300],
+                operations[:600],
+            ]
+        )
     return render(request, "log.html", "Association log", rows=rows)
 
 
@@ -280,35 +369,70 @@ def routes() -> list[BaseRoute]:
     inst = "/studies/{study}/series/{series}/instances/{instance}"
     return [
         Endpoint("/", studies, "GET", "read", "Page: the study list, search and paging", name="studies"),
-        Endpoint("/patient", patient, "GET", "read", "Page: a patient (?id=Patient ID, or ?study=UID for the "
-                 "patient of a study, e.g. one without a Patient ID) and their studies",
-                 name="patient"),
+        Endpoint(
+            "/patient",
+            patient,
+            "GET",
+            "read",
+            "Page: a patient (?id=Patient ID, or ?study=UID for the "
+            "patient of a study, e.g. one without a Patient ID) and their studies",
+            name="patient",
+        ),
         Endpoint("/studies/{study}", study, "GET", "read", "Page: a study and its series", name="study"),
-        Endpoint("/studies/{study}/series/{series}", series_page, "GET", "read", "Page: a series and its instances",
-                 name="series"),
+        Endpoint(
+            "/studies/{study}/series/{series}",
+            series_page,
+            "GET",
+            "read",
+            "Page: a series and its instances",
+            name="series",
+        ),
         Endpoint(inst, instance, "GET", "read", "Page: an instance", name="instance"),
         Endpoint(inst + "/tags", instance_tags, "GET", "read", "Page: all tags of an instance", name="tags"),
-        Endpoint("/viewer/{study}/{series}", viewer, "GET", "read", "Page: the image viewer of a series",
-                 name="viewer"),
+        Endpoint(
+            "/viewer/{study}/{series}", viewer, "GET", "read", "Page: the image viewer of a series", name="viewer"
+        ),
         Endpoint("/upload", upload, "GET", "write", "Page: upload files", name="upload"),
         Endpoint("/nodes", nodes, "GET", "read", "Page: the DICOM nodes", name="nodes"),
-        Endpoint("/remote", html_errors(remote_page), "GET", "read", "Page: query/retrieve another node",
-                 name="remote"),
+        Endpoint(
+            "/remote", html_errors(remote_page), "GET", "read", "Page: query/retrieve another node", name="remote"
+        ),
         Endpoint("/log", association_log, "GET", "read", "Page: the association log", name="log"),
-        Endpoint("/worklist", html_errors(worklist_page), "GET", "read", "Page: the modality worklist",
-                 name="worklist"),
-        Endpoint("/login", login.login_page, "GET", "public", "Page: log in (a form with a CSRF token)",
-                 name="login"),
-        Endpoint("/login", login.login, "POST", "public", "Log in: a form or JSON {name, password}; sets the session "
-                 "cookie (HttpOnly, SameSite=Strict); JSON answers {user, role, csrf_token}", name="login",
-                 form_checks_csrf=True),
-        Endpoint("/logout", login.logout, "POST", "public", "Log out: ends the session (its CSRF token needed)",
-                 name="logout", form_checks_csrf=True),
-        Endpoint("/session", login.whoami, "GET", "read", "Who the credentials or session say you are: {user, role}",
-                 name="session"),
+        Endpoint(
+            "/worklist", html_errors(worklist_page), "GET", "read", "Page: the modality worklist", name="worklist"
+        ),
+        Endpoint("/login", login.login_page, "GET", "public", "Page: log in (a form with a CSRF token)", name="login"),
+        Endpoint(
+            "/login",
+            login.login,
+            "POST",
+            "public",
+            "Log in: a form or JSON {name, password}; sets the session "
+            "cookie (HttpOnly, SameSite=Strict); JSON answers {user, role, csrf_token}",
+            name="login",
+            form_checks_csrf=True,
+        ),
+        Endpoint(
+            "/logout",
+            login.logout,
+            "POST",
+            "public",
+            "Log out: ends the session (its CSRF token needed)",
+            name="logout",
+            form_checks_csrf=True,
+        ),
+        Endpoint(
+            "/session",
+            login.whoami,
+            "GET",
+            "read",
+            "Who the credentials or session say you are: {user, role}",
+            name="session",
+        ),
         # our own script and style sheet: no patient data, and the login page needs them
-        GuardedMount("/static", StaticFiles(directory=STATIC_DIR), "public", "The UI's script and style sheet",
-                     name="static"),
+        GuardedMount(
+            "/static", StaticFiles(directory=STATIC_DIR), "public", "The UI's script and style sheet", name="static"
+        ),
     ]
 
 

@@ -20,8 +20,14 @@ from minipacs.web.pages import render
 async def remote_page(request: Request) -> Response:
     registry = ctx(request).nodes
     nodes = await registry.list() if registry is not None else []
-    return render(request, "remote.html", "Query/Retrieve", nodes=nodes, wanted=request.query_params.get("node", ""),
-                  our_title=ctx(request).settings.ae_title)
+    return render(
+        request,
+        "remote.html",
+        "Query/Retrieve",
+        nodes=nodes,
+        wanted=request.query_params.get("node", ""),
+        our_title=ctx(request).settings.ae_title,
+    )
 
 
 __all__ = ["remote_page"]

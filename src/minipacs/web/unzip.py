@@ -46,8 +46,12 @@ class ZipLimits:
 
     @classmethod
     def of(cls, settings: Settings) -> ZipLimits:
-        return cls(settings.max_dataset_bytes, settings.max_zip_inflated_bytes, settings.max_zip_ratio,
-                   settings.max_upload_parts)
+        return cls(
+            settings.max_dataset_bytes,
+            settings.max_zip_inflated_bytes,
+            settings.max_zip_ratio,
+            settings.max_upload_parts,
+        )
 
 
 def _too_large(message: str) -> HttpError:
@@ -64,22 +68,30 @@ def open_zip(body: bytes, limits: ZipLimits) -> tuple[zipfile.ZipFile, list[zipf
     try:
         members = [info for info in archive.infolist() if not info.is_dir()]
         if len(members) > limits.members:
-            raise _too_large(f"the ZIP holds {len(members)} files; at most {limits.members} are accepted in one "
-                             "request (max_upload_parts): split it")
+            raise _too_large(
+                f"the ZIP holds {len(members)} files; at most {limits.members} are accepted in one "
+                "request (max_upload_parts): split it"
+            )
         total = 0
         for info in members:
             name = info.filename[:100]
             if info.file_size > limits.member_bytes:
-                raise _too_large(f"the ZIP member {name!r} inflates to {info.file_size} bytes; one file may be at "
-                                 f"most {limits.member_bytes} (max_dataset_bytes)")
+                raise _too_large(
+                    f"the ZIP member {name!r} inflates to {info.file_size} bytes; one file may be at "
+                    f"most {limits.member_bytes} (max_dataset_bytes)"
+                )
             total += info.file_size
             if total > limits.total_bytes:
-                raise _too_large(f"the ZIP inflates to more than {limits.total_bytes} bytes "
-                                 "(max_zip_inflated_bytes); split it into smaller archives")
+                raise _too_large(
+                    f"the ZIP inflates to more than {limits.total_bytes} bytes "
+                    "(max_zip_inflated_bytes); split it into smaller archives"
+                )
         if total > RATIO_FLOOR and total > limits.ratio * len(body):
-            raise _too_large(f"the ZIP ({len(body)} bytes) inflates to {total} bytes, {total // len(body)} times "
-                             f"its size; at most {limits.ratio} times is accepted (max_zip_ratio): such archives are "
-                             "built to exhaust memory or disk")
+            raise _too_large(
+                f"the ZIP ({len(body)} bytes) inflates to {total} bytes, {total // len(body)} times "
+                f"its size; at most {limits.ratio} times is accepted (max_zip_ratio): such archives are "
+                "built to exhaust memory or disk"
+            )
     except BaseException:
         archive.close()
         raise
@@ -93,8 +105,10 @@ def _pieces(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Iterator[bytes]:
                 yield piece
     except (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError, RuntimeError) as exc:
         # RuntimeError: an encrypted member (zipfile wants a password)
-        raise BrokenMember(f"the ZIP member {info.filename[:100]!r} cannot be inflated ({exc}); the archive is "
-                           "damaged: create it again") from None
+        raise BrokenMember(
+            f"the ZIP member {info.filename[:100]!r} cannot be inflated ({exc}); the archive is "
+            "damaged: create it again"
+        ) from None
 
 
 def inflate(archive: zipfile.ZipFile, info: zipfile.ZipInfo, out: BinaryIO, limits: ZipLimits) -> int:
@@ -107,9 +121,13 @@ def inflate(archive: zipfile.ZipFile, info: zipfile.ZipInfo, out: BinaryIO, limi
     for piece in _pieces(archive, info):
         written += len(piece)
         if written > limits.member_bytes:
-            raise HttpError(413, "too_large", f"the ZIP member {info.filename[:100]!r} inflates beyond "
-                            f"{limits.member_bytes} bytes (max_dataset_bytes), more than its header said; "
-                            "the members before it were stored")
+            raise HttpError(
+                413,
+                "too_large",
+                f"the ZIP member {info.filename[:100]!r} inflates beyond "
+                f"{limits.member_bytes} bytes (max_dataset_bytes), more than its header said; "
+                "the members before it were stored",
+            )
         out.write(piece)
     return written
 

@@ -34,9 +34,13 @@ class Busy(HttpError):
     """503: the pool and its queue are full."""
 
     def __init__(self, what: str, running: int, queue: int) -> None:
-        super().__init__(503, "busy", f"the server is already {what} {running} image(s) with {queue} waiting "
-                         f"(max_concurrent_renders, render_queue); try again in {RETRY_AFTER} seconds",
-                         headers={"Retry-After": str(RETRY_AFTER)})
+        super().__init__(
+            503,
+            "busy",
+            f"the server is already {what} {running} image(s) with {queue} waiting "
+            f"(max_concurrent_renders, render_queue); try again in {RETRY_AFTER} seconds",
+            headers={"Retry-After": str(RETRY_AFTER)},
+        )
 
 
 class RenderPool:
@@ -67,8 +71,13 @@ class RenderPool:
                 now = time.monotonic()
                 if now - self._last_warning >= LOG_EVERY:
                     self._last_warning = now
-                    log.warning("HTTP 503: %d render/transcode jobs running or waiting (max_concurrent_renders %d, "
-                                "render_queue %d); refusing more", self._admitted, self.workers, self.queue)
+                    log.warning(
+                        "HTTP 503: %d render/transcode jobs running or waiting (max_concurrent_renders %d, "
+                        "render_queue %d); refusing more",
+                        self._admitted,
+                        self.workers,
+                        self.queue,
+                    )
                 raise Busy(what, self.workers, self.queue)
             self._admitted += 1
 

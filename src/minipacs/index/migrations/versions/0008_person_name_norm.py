@@ -33,14 +33,23 @@ def upgrade() -> None:
     conn = op.get_bind()
     for table, raw, norm in _COLUMNS:
         t = sa.table(table, sa.column("id", sa.Integer), sa.column(raw, sa.String), sa.column(norm, sa.String))
-        candidates = sa.select(t.c.id, t.c[raw], t.c[norm]).where(sa.or_(
-            t.c[raw].contains("="), t.c[raw].endswith("^"), t.c[raw].endswith(" "), t.c[raw].contains("\\"),
-        ))
-        changed = [{"pk": pk, "value": normalise_name(name or "")} for pk, name, old in conn.execute(candidates)
-                   if normalise_name(name or "") != old]
+        candidates = sa.select(t.c.id, t.c[raw], t.c[norm]).where(
+            sa.or_(
+                t.c[raw].contains("="),
+                t.c[raw].endswith("^"),
+                t.c[raw].endswith(" "),
+                t.c[raw].contains("\\"),
+            )
+        )
+        changed = [
+            {"pk": pk, "value": normalise_name(name or "")}
+            for pk, name, old in conn.execute(candidates)
+            if normalise_name(name or "") != old
+        ]
         if changed:
-            conn.execute(sa.update(t).where(t.c.id == sa.bindparam("pk")).values({norm: sa.bindparam("value")}),
-                         changed)
+            conn.execute(
+                sa.update(t).where(t.c.id == sa.bindparam("pk")).values({norm: sa.bindparam("value")}), changed
+            )
 
 
 def downgrade() -> None:

@@ -42,17 +42,31 @@ _NO_ID = "\\study\\"
 _NO_STUDY = "\\patient\\"
 
 _patients = sa.table(
-    "patients", sa.column("id", sa.Integer), sa.column("patient_key", sa.String), sa.column("patient_id", sa.String),
-    sa.column("issuer_of_patient_id", sa.String), sa.column("patient_name", sa.String),
-    sa.column("patient_name_norm", sa.String), sa.column("patient_birth_date", sa.Date),
-    sa.column("patient_birth_date_raw", sa.String), sa.column("patient_sex", sa.String),
+    "patients",
+    sa.column("id", sa.Integer),
+    sa.column("patient_key", sa.String),
+    sa.column("patient_id", sa.String),
+    sa.column("issuer_of_patient_id", sa.String),
+    sa.column("patient_name", sa.String),
+    sa.column("patient_name_norm", sa.String),
+    sa.column("patient_birth_date", sa.Date),
+    sa.column("patient_birth_date_raw", sa.String),
+    sa.column("patient_sex", sa.String),
     sa.column("created_at", sa.DateTime),
 )
-_studies = sa.table("studies", sa.column("id", sa.Integer), sa.column("patient_pk", sa.Integer),
-                    sa.column("study_instance_uid", sa.String))
+_studies = sa.table(
+    "studies",
+    sa.column("id", sa.Integer),
+    sa.column("patient_pk", sa.Integer),
+    sa.column("study_instance_uid", sa.String),
+)
 _series = sa.table("series", sa.column("id", sa.Integer), sa.column("study_pk", sa.Integer))
-_instances = sa.table("instances", sa.column("id", sa.Integer), sa.column("series_pk", sa.Integer),
-                      sa.column("sop_instance_uid", sa.String))
+_instances = sa.table(
+    "instances",
+    sa.column("id", sa.Integer),
+    sa.column("series_pk", sa.Integer),
+    sa.column("sop_instance_uid", sa.String),
+)
 _metadata = sa.table("instance_metadata", sa.column("sop_instance_uid", sa.String), sa.column("json", sa.Text))
 
 
@@ -76,9 +90,15 @@ def _patient_of(conn: sa.Connection, study_pk: int) -> dict[str, Any] | None:
     """Name, birth date and sex of a study's patient as its first instance with metadata stored says."""
     found = conn.execute(
         sa.select(_metadata.c.json)
-        .select_from(_instances.join(_series, _instances.c.series_pk == _series.c.id)
-                     .join(_metadata, _metadata.c.sop_instance_uid == _instances.c.sop_instance_uid))
-        .where(_series.c.study_pk == study_pk).order_by(_instances.c.id).limit(1)).scalar()
+        .select_from(
+            _instances.join(_series, _instances.c.series_pk == _series.c.id).join(
+                _metadata, _metadata.c.sop_instance_uid == _instances.c.sop_instance_uid
+            )
+        )
+        .where(_series.c.study_pk == study_pk)
+        .order_by(_instances.c.id)
+        .limit(1)
+    ).scalar()
     if found is None:
         return None
     try:
@@ -86,8 +106,13 @@ def _patient_of(conn: sa.Connection, study_pk: int) -> dict[str, Any] | None:
     except ValueError:
         return None
     name, birth = _text(model, "00100010"), _text(model, "00100030")
-    return {"patient_name": name, "patient_name_norm": normalise_name(name), "patient_birth_date": as_date(birth),
-            "patient_birth_date_raw": birth, "patient_sex": _text(model, "00100040")}
+    return {
+        "patient_name": name,
+        "patient_name_norm": normalise_name(name),
+        "patient_birth_date": as_date(birth),
+        "patient_birth_date_raw": birth,
+        "patient_sex": _text(model, "00100040"),
+    }
 
 
 def upgrade() -> None:
@@ -98,20 +123,30 @@ def upgrade() -> None:
     conn.execute(sa.update(_patients).values(patient_id=_patients.c.patient_key))
     op.create_index("ix_patients_patient_id", "patients", ["patient_id"])
 
-    merged = [row._asdict() for row in conn.execute(sa.select(_patients).where(
-        sa.func.trim(_patients.c.patient_key) == ""))]
+    merged = [
+        row._asdict() for row in conn.execute(sa.select(_patients).where(sa.func.trim(_patients.c.patient_key) == ""))
+    ]
     for row in merged:
-        studies = conn.execute(sa.select(_studies.c.id, _studies.c.study_instance_uid)
-                               .where(_studies.c.patient_pk == row["id"]).order_by(_studies.c.id)).all()
+        studies = conn.execute(
+            sa.select(_studies.c.id, _studies.c.study_instance_uid)
+            .where(_studies.c.patient_pk == row["id"])
+            .order_by(_studies.c.id)
+        ).all()
         if not studies:
-            conn.execute(sa.update(_patients).where(_patients.c.id == row["id"])
-                         .values(patient_key=f"{_NO_STUDY}{row['id']}", patient_id=""))
+            conn.execute(
+                sa.update(_patients)
+                .where(_patients.c.id == row["id"])
+                .values(patient_key=f"{_NO_STUDY}{row['id']}", patient_id="")
+            )
             continue
         for index, (study_pk, study_uid) in enumerate(studies):
             own = _patient_of(conn, study_pk)
             if own is None:
-                log.warning("study %s had no Patient ID and no stored metadata: its patient keeps the name, "
-                            "birth date and sex of the patient it was merged with", study_uid)
+                log.warning(
+                    "study %s had no Patient ID and no stored metadata: its patient keeps the name, "
+                    "birth date and sex of the patient it was merged with",
+                    study_uid,
+                )
             values = {"patient_key": _NO_ID + study_uid, "patient_id": "", **(own or {})}
             if index == 0:
                 conn.execute(sa.update(_patients).where(_patients.c.id == row["id"]).values(**values))
@@ -120,17 +155,28 @@ def upgrade() -> None:
             pk = conn.execute(sa.insert(_patients).values(**{**copied, **values}).returning(_patients.c.id)).scalar()
             conn.execute(sa.update(_studies).where(_studies.c.id == study_pk).values(patient_pk=pk))
         if len(studies) > 1:
-            log.info("the patient without a Patient ID of %d studies was split into one patient per study",
-                     len(studies))
+            log.info(
+                "the patient without a Patient ID of %d studies was split into one patient per study", len(studies)
+            )
 
 
 def downgrade() -> None:
     conn = op.get_bind()
     # Patients without a Patient ID are merged again (the old unique key cannot hold them apart).
-    for issuer in conn.execute(sa.select(_patients.c.issuer_of_patient_id).distinct()
-                               .where(_patients.c.patient_id == "")).scalars().all():
-        pks = conn.execute(sa.select(_patients.c.id).where(_patients.c.patient_id == "",
-                           _patients.c.issuer_of_patient_id == issuer).order_by(_patients.c.id)).scalars().all()
+    for issuer in (
+        conn.execute(sa.select(_patients.c.issuer_of_patient_id).distinct().where(_patients.c.patient_id == ""))
+        .scalars()
+        .all()
+    ):
+        pks = (
+            conn.execute(
+                sa.select(_patients.c.id)
+                .where(_patients.c.patient_id == "", _patients.c.issuer_of_patient_id == issuer)
+                .order_by(_patients.c.id)
+            )
+            .scalars()
+            .all()
+        )
         conn.execute(sa.update(_studies).where(_studies.c.patient_pk.in_(pks[1:])).values(patient_pk=pks[0]))
         conn.execute(sa.delete(_patients).where(_patients.c.id.in_(pks[1:])))
     conn.execute(sa.update(_patients).values(patient_key=_patients.c.patient_id))
