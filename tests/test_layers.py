@@ -60,12 +60,7 @@ ALLOWED: dict[str, frozenset[str]] = {
 
 # The import edges (importing module, imported module) that run against the
 # layers today. Delete an entry when its import is gone; never add one.
-KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset(
-    {
-        # blobs -> core: the file store raises the core's errors (InvalidIdentifier, NotFound)
-        ("minipacs.blobs.filesystem", "minipacs.core.errors"),
-    }
-)
+KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset()  # all fixed; keep it empty
 
 
 # ------------------------------------------------------------------ reading

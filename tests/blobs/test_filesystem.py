@@ -4,9 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from minipacs.blobs.base import BlobStore
+from minipacs.blobs.base import BlobNotFound, BlobStore, InvalidBlobKey
 from minipacs.blobs.filesystem import FilesystemBlobStore
-from minipacs.core.errors import InvalidIdentifier, NotFound
 
 
 def test_is_a_blob_store(tmp_path: Path) -> None:
@@ -28,7 +27,7 @@ def test_put_open_range_delete(tmp_path: Path, fsync: bool) -> None:
     assert store.path_of("1.2/1.3/1.4.dcm") == (tmp_path / "storage/1.2/1.3/1.4.dcm").resolve()
     store.delete("1.2/1.3/1.4.dcm")
     store.delete("1.2/1.3/1.4.dcm")
-    with pytest.raises(NotFound):
+    with pytest.raises(BlobNotFound):
         store.open("1.2/1.3/1.4.dcm")
 
 
@@ -45,12 +44,12 @@ def test_put_replaces(tmp_path: Path) -> None:
 @pytest.mark.parametrize("key", ["../outside.dcm", "a/../../outside", "/etc/passwd", "", ".", "a\x00b", "a/../.."])
 def test_keys_escaping_the_root_are_refused(tmp_path: Path, key: str) -> None:
     store = FilesystemBlobStore(tmp_path / "storage")
-    with pytest.raises(InvalidIdentifier):
+    with pytest.raises(InvalidBlobKey):
         store.path_of(key)
 
 
 def test_symlink_out_of_root_is_refused(tmp_path: Path) -> None:
     store = FilesystemBlobStore(tmp_path / "storage")
     (tmp_path / "storage" / "link").symlink_to(tmp_path)
-    with pytest.raises(InvalidIdentifier):
+    with pytest.raises(InvalidBlobKey):
         store.path_of("link/x.dcm")

@@ -13,6 +13,18 @@ from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
 
+class BlobError(Exception):
+    """A blob store refused a key or lost a blob (the store's own errors: blobs/ sits below the core)."""
+
+
+class InvalidBlobKey(BlobError, ValueError):
+    """A key that is not a plain relative path inside the store (never built by core.paths)."""
+
+
+class BlobNotFound(BlobError, LookupError):
+    """No blob under that key."""
+
+
 @runtime_checkable
 class BlobStore(Protocol):
     def put_from_staging(self, staged_path: Path, key: str) -> None:
@@ -22,10 +34,10 @@ class BlobStore(Protocol):
         """Make every put since the last sync durable (directory entries included)."""
 
     def open(self, key: str) -> BinaryIO:
-        """Open the blob for reading; raises NotFound."""
+        """Open the blob for reading; raises BlobNotFound."""
 
     def open_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
-        """Bytes ``start`` (inclusive) to ``end`` (exclusive), in chunks; raises NotFound."""
+        """Bytes ``start`` (inclusive) to ``end`` (exclusive), in chunks; raises BlobNotFound."""
 
     def delete(self, key: str) -> None:
         """Remove the blob; a missing blob is not an error."""
@@ -34,4 +46,4 @@ class BlobStore(Protocol):
         """Local path of the blob (the filesystem store; others may raise NotImplementedError)."""
 
 
-__all__ = ["BlobStore"]
+__all__ = ["BlobError", "BlobNotFound", "BlobStore", "InvalidBlobKey"]

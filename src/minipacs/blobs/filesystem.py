@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from minipacs.core.errors import InvalidIdentifier, NotFound
+from minipacs.blobs.base import BlobNotFound, InvalidBlobKey
 
 _CHUNK: Final = 1024 * 1024
 
@@ -45,14 +45,14 @@ class FilesystemBlobStore:
         every instance of a study before sending: ~20 ms instead of ~0.2 s for 1,000.
         """
         if not key or "\x00" in key or os.path.isabs(key):
-            raise InvalidIdentifier(f"blob key {key[:80]!r} is not a relative path")
+            raise InvalidBlobKey(f"blob key {key[:80]!r} is not a relative path")
         head, _, name = key.rpartition("/")
         if name not in ("", ".", ".."):
             parent = self._resolved_dirs.get(head)
             if parent is None:
                 parent = (self.root / head).resolve() if head else self.root
                 if parent != self.root and not parent.is_relative_to(self.root):
-                    raise InvalidIdentifier(f"blob key {key[:80]!r} points outside the blob store")
+                    raise InvalidBlobKey(f"blob key {key[:80]!r} points outside the blob store")
                 if len(self._resolved_dirs) > 4096:
                     self._resolved_dirs.clear()
                 self._resolved_dirs[head] = parent
@@ -64,7 +64,7 @@ class FilesystemBlobStore:
                 return path
         path = (self.root / key).resolve()
         if not path.is_relative_to(self.root) or path == self.root:
-            raise InvalidIdentifier(f"blob key {key[:80]!r} points outside the blob store")
+            raise InvalidBlobKey(f"blob key {key[:80]!r} points outside the blob store")
         return path
 
     def _make_parents(self, path: Path) -> None:
@@ -89,7 +89,7 @@ class FilesystemBlobStore:
         """
         parts = key.split("/")
         if not key or "\x00" in key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise InvalidIdentifier(f"blob key {key[:80]!r} is not a plain relative path")
+            raise InvalidBlobKey(f"blob key {key[:80]!r} is not a plain relative path")
         parent = self.root.joinpath(*parts[:-1])
         if parent not in self._known_dirs:
             path = self.path_of(key)  # resolves symlinks: refuses anything escaping the root
@@ -112,7 +112,7 @@ class FilesystemBlobStore:
         try:
             return open(path, "rb")
         except FileNotFoundError as exc:
-            raise NotFound(f"blob {key} is not in the store at {self.root}") from exc
+            raise BlobNotFound(f"blob {key} is not in the store") from exc
 
     def open_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
         if start < 0 or end < start:
