@@ -173,7 +173,7 @@ async def find(
     received = 0
     cancelled = False
     async for rsp in assoc.request(ctx.context_id, rq, encode_identifier(identifier, ts)):
-        status = int(rsp.command.get("Status", -1))
+        status = rsp.command.status
         ds: Dataset | None = None
         if isinstance(rsp.dataset, BytesSink) and rsp.dataset.getvalue():
             ds = decode_identifier(rsp.dataset.getvalue(), ctx.transfer_syntax)
@@ -196,7 +196,7 @@ async def find_all(
                 result.matches.append(ds)
             continue
         result.status = status
-        result.error_comment = str(command.get("ErrorComment", ""))
+        result.error_comment = command.error_comment
     result.cancelled_sent = cancel_after is not None and len(result.matches) >= cancel_after
     return result
 

@@ -494,8 +494,8 @@ async def _c_echo(assoc: Association) -> tuple[int, str]:
     rq = Command.make("C-ECHO-RQ", MessageID=assoc.next_message_id(), AffectedSOPClassUID=VERIFICATION_SOP_CLASS)
     status, text = -1, ""
     async for rsp in assoc.request(ctx.context_id, rq):
-        status = int(rsp.command.get("Status", -1))
-        text = str(rsp.command.get("ErrorComment", "") or "")
+        status = rsp.command.status
+        text = rsp.command.error_comment
     return status, text
 
 

@@ -263,8 +263,8 @@ class FolderStorage(Service):
         return {"C-STORE-RQ": Operation(self.c_store, access="store")}
 
     def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> DatasetSink | None:
-        sop_class = str(command.get("AffectedSOPClassUID", ""))
-        sop_instance = validate_uid("AffectedSOPInstanceUID", str(command.get("AffectedSOPInstanceUID", "")))
+        sop_class = command.affected_sop_class_uid
+        sop_instance = validate_uid("AffectedSOPInstanceUID", command.affected_sop_instance_uid)
         staging = StagingFile(self.folder, sop_class, sop_instance, context.transfer_syntax, assoc.calling_ae)
         return _FileSink(staging, self.folder / f"{sop_instance}.dcm")
 

@@ -148,8 +148,8 @@ async def store_file(
     )
     status, text = -1, ""
     async for rsp in assoc.request(ctx.context_id, rq, dataset):
-        status = int(rsp.command.get("Status", -1))
-        text = str(rsp.command.get("ErrorComment", ""))
+        status = rsp.command.status
+        text = rsp.command.error_comment
     return status, text
 
 
