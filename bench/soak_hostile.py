@@ -52,7 +52,6 @@ import sys
 import threading
 import time
 import zipfile
-import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -230,7 +229,9 @@ def good_client(args: argparse.Namespace) -> None:
     def assoc_open() -> Any:
         t0 = time.perf_counter()
         assoc = ae.associate("127.0.0.1", args.port, ae_title="MINIPACS", bind_address=bind)
-        samples.append((time.time(), "associate", time.perf_counter() - t0, "ok" if assoc.is_established else "refused"))
+        samples.append(
+            (time.time(), "associate", time.perf_counter() - t0, "ok" if assoc.is_established else "refused")
+        )
         return assoc
 
     def probe() -> None:
@@ -666,8 +667,7 @@ def setup(cfg: dict[str, Any], data: Path) -> None:
     assoc.release()
     ds = dcmread(large, stop_before_pixels=True)
     cfg["render_url"] = (
-        f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-        f"/instances/{ds.SOPInstanceUID}/rendered"
+        f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/rendered"
     )
 
 
@@ -715,7 +715,9 @@ def main() -> int:
     small = make_ct(run / "small.dcm", 64, 64)
     bomb = make_ct(run / "bomb.dcm", 4096, 4096, ts=DEFLATED)
     zdata = zip_bomb(256 << 20)
-    print(f"deflate bomb {bomb.stat().st_size} B (inflates to {4096 * 4096 * 2} B); zip bomb {len(zdata)} B", flush=True)
+    print(
+        f"deflate bomb {bomb.stat().st_size} B (inflates to {4096 * 4096 * 2} B); zip bomb {len(zdata)} B", flush=True
+    )
     server = start_minipacs(run / "data", port, run / "server.log", env)
     cfg: dict[str, Any] = {
         "port": port,
@@ -800,7 +802,9 @@ def main() -> int:
     rss_attack = [kb for t, kb in rss if t_attack <= t <= t_end] or [0]
     rss_all = [kb for _, kb in rss] or [0]
     p99s = {op: ops[f"attack/{op}"].get("p99", float("inf")) for op in ("echo", "store", "find")}
-    failures = sum(n for op in ("echo", "store", "find") for k, n in ops[f"attack/{op}"]["outcomes"].items() if k != "ok")
+    failures = sum(
+        n for op in ("echo", "store", "find") for k, n in ops[f"attack/{op}"]["outcomes"].items() if k != "ok"
+    )
     result.update(
         {
             "duration_attack_s": t_end - t_attack,
@@ -831,7 +835,8 @@ def main() -> int:
             continue
         ms = [st[k] * 1000 for k in ("p50", "p95", "p99", "max")]
         print(f"{key:<20}{st['n']:>6}" + "".join(f"{v:>9.1f}" for v in ms) + f"  {st['outcomes']}")
-    print(f"\nserver RSS max: {result['rss_max_mb_attack']:.1f} MB during attack, {result['rss_max_mb_all']:.1f} MB overall")
+    rss_attack_mb, rss_all_mb = result["rss_max_mb_attack"], result["rss_max_mb_all"]
+    print(f"\nserver RSS max: {rss_attack_mb:.1f} MB during attack, {rss_all_mb:.1f} MB overall")
     print(f"good client reconnects: {g['reconnects']}; non-ok answers during attack: {failures}")
     print(f"after the attack: alive={alive}, {after}")
     for name, summ in result["attacks"].items():
