@@ -68,7 +68,19 @@ def test_ohif_lists_a_study_stored_by_c_store(tmp_path: Path, server: tuple[Serv
         patient_id="OHIF1",
         StudyDescription="OHIF STUDY",
     ).save_as(path, enforce_file_format=True)
-    done = run(minipacs_cmd("store", "--no-progress", "-aec", srv.ae_title, "127.0.0.1", str(srv.port), str(path)))
+    # issue 12 item 13: a study with no Modality (ModalitiesInStudy without a value) emptied OHIF's whole list
+    no_modality = tmp_path / "no-modality.dcm"
+    make_ct(
+        generate_uid(),
+        generate_uid(),
+        generate_uid(),
+        patient_name="Blank^Bert",
+        patient_id="OHIF2",
+        StudyDescription="NO MODALITY STUDY",
+        Modality="",
+    ).save_as(no_modality, enforce_file_format=True)
+    store = minipacs_cmd("store", "--no-progress", "-aec", srv.ae_title, "127.0.0.1", str(srv.port))
+    done = run([*store, str(path), str(no_modality)])
     assert done.returncode == 0, done.stdout + done.stderr
 
     # served by minipacs: the rewritten index page, our app-config.js, a bundle
@@ -83,11 +95,16 @@ def test_ohif_lists_a_study_stored_by_c_store(tmp_path: Path, server: tuple[Serv
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             qido: list[str] = []
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("request", lambda r: qido.append(r.url) if "/dicom-web/studies" in r.url else None)
             page.goto(f"{base}/ohif/")
             page.get_by_text("OHIF STUDY").first.wait_for(timeout=60000)
             text = page.locator("body").inner_text()
             assert "Ohif, Olga" in text, text[:2000]  # OHIF's way of writing Ohif^Olga
+            page.get_by_text("NO MODALITY STUDY").first.wait_for(timeout=10000)
+            assert "Blank, Bert" in page.locator("body").inner_text()
+            assert not [e for e in errors if "length" in e], errors
             assert any(url.startswith(f"{base}/dicom-web/studies") for url in qido), qido
         finally:
             browser.close()
