@@ -26,6 +26,7 @@ from minipacs.core.errors import ArchiveError, NotFound
 from minipacs.core.nodes import registry_warnings
 from minipacs.core.paths import validate_uid
 from minipacs.dicom.levels import Level
+from minipacs.index.matching import wildcard_match
 from minipacs.web import login
 from minipacs.web.completion import completed_studies
 from minipacs.web.dicomweb import ctx
@@ -39,14 +40,30 @@ from minipacs.web.ui_worklist import worklist_page
 STATIC_DIR: Final = Path(__file__).with_name("static")
 PAGE_SIZES: Final = (10, 25, 50, 100)
 DEFAULT_PAGE_SIZE: Final = 25
-# study list form field -> (search key, how the typed value becomes a matching value)
-STUDY_FILTERS: Final[Mapping[str, tuple[str, str]]] = {
-    "name": ("PatientName", "contains"),
-    "pid": ("PatientID", "exact"),
-    "modality": ("ModalitiesInStudy", "exact"),
-    "accession": ("AccessionNumber", "exact"),
-    "description": ("StudyDescription", "contains"),
+#: study list form field -> the search key it matches. Every field matches the same way (issue 12 item 23):
+#: case-insensitive, the typed text anywhere in the value, or the whole value as a pattern when the text has
+#: PS3.4 C.2.2.2.4 wildcards (* and ?). The patient name goes to the index (its casefolded twin column); the
+#: others are matched here, on at most ``ui_search_max_studies`` studies.
+STUDY_FILTERS: Final[Mapping[str, str]] = {
+    "name": "PatientName",
+    "pid": "PatientID",
+    "modality": "ModalitiesInStudy",
+    "accession": "AccessionNumber",
+    "description": "StudyDescription",
 }
+#: ``sort=`` -> the key the study list is ordered by; numbers sort as numbers.
+STUDY_SORTS: Final[Mapping[str, str]] = {
+    "patient": "PatientName",
+    "pid": "PatientID",
+    "date": "StudyDate",
+    "modality": "ModalitiesInStudy",
+    "accession": "AccessionNumber",
+    "description": "StudyDescription",
+    "series": "NumberOfStudyRelatedSeries",
+    "instances": "NumberOfStudyRelatedInstances",
+}
+NUMERIC_SORTS: Final = frozenset({"series", "instances"})
+DEFAULT_SORT: Final = ("date", "desc")
 
 PageEndpoint = Callable[[Request], Awaitable[Response]]
 
@@ -69,13 +86,28 @@ def html_errors(endpoint: PageEndpoint) -> PageEndpoint:
     return wrapped
 
 
-def _matching(value: str, how: str) -> str:
-    """What a person types -> a C-FIND matching value (PS3.4 C.2.2.2): 'contains' adds * around
-    text that has no wildcard of its own."""
+def _matching(value: str) -> str:
+    """What a person types -> a pattern (PS3.4 C.2.2.2.4): * around text that has no wildcard of its own."""
     value = value.strip()
-    if how == "contains" and value and not any(c in value for c in "*?"):
+    if value and not any(c in value for c in "*?"):
         return f"*{value}*"
     return value
+
+
+def _field_matches(pattern: str, value: object) -> bool:
+    """A casefolded pattern (``_matching``) against one value of a match, or any of several (VM > 1)."""
+    values = value if isinstance(value, list) else [value]
+    return any(wildcard_match(pattern, text(v).casefold()) for v in values)
+
+
+def _sort_key(field: str, row: Mapping[str, Any]) -> int | str:
+    """Numbers as numbers, dates with their time, text casefolded (empty values are put last by the caller)."""
+    raw = text(row.get(STUDY_SORTS[field]))
+    if field in NUMERIC_SORTS:
+        return _number(row, STUDY_SORTS[field])
+    if field == "date":
+        return raw + text(row.get("StudyTime"))
+    return (person(raw) if field == "patient" else raw).casefold()
 
 
 def _date_range(start: str, end: str) -> str:
@@ -153,33 +185,56 @@ SEARCH_FIELDS: Final = (
 
 @html_errors
 async def studies(request: Request) -> Response:
+    """The study list: every field filters alike (``STUDY_FILTERS``), with the total and sortable columns."""
     q = request.query_params
     size = _int(q.get("size"), DEFAULT_PAGE_SIZE, PAGE_SIZES, "size")
     offset = _int(q.get("offset"), 0, range(0, 10**9), "offset")
-    params = [("limit", str(size + 1)), ("offset", str(offset))]
-    for field, (key, how) in STUDY_FILTERS.items():
-        value = _matching(q.get(field, ""), how)
-        if value:
+    sort = q.get("sort") or DEFAULT_SORT[0]
+    order = q.get("dir") or (DEFAULT_SORT[1] if sort == DEFAULT_SORT[0] else "asc")
+    if sort not in STUDY_SORTS or order not in ("asc", "desc"):
+        raise HttpError(
+            400, "invalid_sort", f"sort is one of {', '.join(STUDY_SORTS)} and dir is asc or desc, not {sort[:20]!r}"
+        )
+    cap = ctx(request).settings.ui_search_max_studies
+    params = [("limit", str(cap + 1))]
+    patterns: dict[str, str] = {}
+    for field, key in STUDY_FILTERS.items():
+        value = _matching(q.get(field, ""))
+        if not value:
+            continue
+        if field == "name":
             params.append((key, value))
+        else:
+            patterns[key] = value.casefold()
     dates = _date_range(q.get("from", ""), q.get("to", ""))
     if dates:
         params.append(("StudyDate", dates))
-    rows = await _find(request, Level.STUDY, params)
+    found = await _find(request, Level.STUDY, params)
+    capped = len(found) > cap
+    rows = [r for r in found[:cap] if all(_field_matches(p, r.get(k)) for k, p in patterns.items())]
+    filled = [r for r in rows if text(r.get(STUDY_SORTS[sort]))]
+    filled.sort(key=functools.partial(_sort_key, sort), reverse=order == "desc")
+    rows = filled + [r for r in rows if not text(r.get(STUDY_SORTS[sort]))]
     done = await completed_studies(ctx(request).archive)
     values = {k: q.get(k, "") for k in (*STUDY_FILTERS, "from", "to")}
     return render(
         request,
         "studies.html",
         "Studies",
-        rows=rows[:size],
-        more=len(rows) > size,
+        rows=rows[offset : offset + size],
+        total=len(rows),
+        capped=cap if capped else 0,
+        more=len(rows) > offset + size,
         done=done,
         fields=SEARCH_FIELDS,
         values=values,
         sizes=PAGE_SIZES,
         size=size,
         offset=offset,
-        keep={**values, "size": size},
+        sort=sort,
+        order=order,
+        keep={**values, "size": size, "sort": sort, "dir": order},
+        filters={**values, "size": size},
     )
 
 
