@@ -78,6 +78,7 @@ def test_pages_render(web: Callable[..., Any]) -> None:
         r = await client.get(f"/ui/studies/{study}")
         assert r.status_code == 200 and "AXIAL" in r.text and f"/ui/viewer/{study}/{series}" in r.text
         assert 'data-delete="/api/studies/' in r.text
+        assert f'<a class="ohif" href="/ohif/viewer?StudyInstanceUIDs={study}">Open in OHIF</a>' in r.text
         r = await client.get(f"/ui/studies/{study}/series/{series}")
         assert r.status_code == 200 and sop in r.text
         r = await client.get(f"/ui/studies/{study}/series/{series}/instances/{sop}")
