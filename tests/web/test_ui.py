@@ -288,3 +288,22 @@ def test_static_does_not_leave_its_folder(web: Callable[..., Any], path: str) ->
         assert r.status_code == 404 and "Final" not in r.text
 
     web(body)
+
+
+def test_deletions_name_the_user(web: Callable[..., Any], caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 12 item 24: a deletion was attributed to nobody; the response and the server log name the user."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        admin = basic("ada", "a-pass")
+        uids = await store(client, headers=admin)
+        with caplog.at_level("INFO", logger="minipacs.web.audit"):
+            r = await client.delete(f"/api/studies/{uids['study_uid']}", headers=admin)
+        assert r.status_code == 200 and r.json()["deleted_by"] == "ada (admin) from 127.0.0.1"
+        lines = [rec.getMessage() for rec in caplog.records if rec.name == "minipacs.web.audit"]
+        assert len(lines) == 1, lines
+        assert re.fullmatch(
+            rf"deleted studies {uids['study_uid']} by ada \(admin\) from 127.0.0.1: 1 instance\(s\), \d+ bytes",
+            lines[0],
+        )
+
+    web(body, users=USERS)
