@@ -132,6 +132,11 @@ class Settings:
     session_idle_timeout: float = 28800.0
     #: At most this many UI sessions at once (kept in memory); the least recently used ends first.
     max_sessions: int = 10000
+    #: The web study list filters, counts and sorts at most this many studies (after the name and date filters,
+    #: which the index applies); beyond: it says so and asks for a narrower search.
+    ui_search_max_studies: int = 5000
+    #: The web association log filters and pages the latest this many associations.
+    ui_log_window: int = 10000
     # --- HL7 v2 orders over MLLP (hl7/mllp.py)
     hl7_host: str = "127.0.0.1"
     #: 0 turns the HL7 listener off.
@@ -184,6 +189,10 @@ class Settings:
             raise ConfigError("max_pdu_receive must be at least 4096 bytes")
         if self.max_pdu_send < 0 or 0 < self.max_pdu_send < 4096:
             raise ConfigError("max_pdu_send must be 0 (as the peer allows) or at least 4096 bytes")
+        if self.ui_log_window < 1:
+            raise ConfigError("ui_log_window must be at least 1")
+        if self.ui_search_max_studies < 1:
+            raise ConfigError("ui_search_max_studies must be at least 1")
         if self.max_results < 0:
             raise ConfigError("max_results must be 0 (no limit) or a positive number")
         if self.max_dataset_bytes < 1024:

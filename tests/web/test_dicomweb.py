@@ -377,3 +377,19 @@ def test_wado_uri_transfer_syntax(web: Callable[..., Any], tmp_path: Path) -> No
         assert r.status_code == 406
 
     web(body)
+
+
+def test_qido_empty_modalities_in_study_is_an_empty_value_list(web: Callable[..., Any]) -> None:
+    """Issue 12 item 13: ModalitiesInStudy with no value is ``"Value": []`` (the pinned OHIF reads its length)."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        r = await stow(client, part10(Modality=""), part10(study_uid=STUDY))
+        assert r.status_code == 200, r.text
+        studies = (await client.get("/dicom-web/studies")).json()
+        by_uid = {s["0020000D"]["Value"][0]: s for s in studies}
+        assert len(by_uid) == 2
+        empty = next(s for uid, s in by_uid.items() if uid != STUDY)
+        assert empty["00080061"] == {"vr": "CS", "Value": []}
+        assert by_uid[STUDY]["00080061"] == {"vr": "CS", "Value": ["CT"]}
+
+    web(body)

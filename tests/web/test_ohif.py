@@ -56,3 +56,19 @@ def test_rebased_dist_is_served_with_our_config_and_an_spa_fallback(tmp_path: Pa
     assert c.get("/ohif/app.bundle.1.js").text == '__webpack_require__.p = "/ohif/";'
     assert "/dicom-web" in c.get("/ohif/app-config.js").text
     assert c.get("/ohif/viewer?StudyInstanceUIDs=1.2").text == index.text
+
+
+def test_style_sheet_fonts_are_under_ohif(tmp_path: Path) -> None:
+    """Issue 12 item 24: OHIF's CSS asks for ``url(/a34f….woff2)`` at the site root, a 404; rebased and, for an
+    install rebased before, rewritten as it is served."""
+    dist = tmp_path / "package" / "dist"
+    dist.mkdir(parents=True)
+    (dist / "index.html").write_text('<script>window.PUBLIC_URL="/ohif/"</script>')
+    sheet = "@font-face{src:url(/f1.woff2) format('woff2'),url('/f2.woff')}a{background:url(//cdn.x/i.png)}"
+    (dist / "app.bundle.css").write_text(sheet)
+    want = "@font-face{src:url(/ohif/f1.woff2) format('woff2'),url('/ohif/f2.woff')}a{background:url(//cdn.x/i.png)}"
+    served = client(tmp_path).get("/ohif/app.bundle.css")  # not yet rebased: rewritten on the way out
+    assert served.status_code == 200 and served.text == want and served.headers["content-type"].startswith("text/css")
+    assert rebase(dist) == 1 and rebase(dist) == 0
+    assert (dist / "app.bundle.css").read_text() == want
+    assert client(tmp_path).get("/ohif/app.bundle.css").text == want

@@ -6,7 +6,9 @@ from our /dicom-web. The install folder comes from MINIPACS_OHIF_DIR (.ci/run in
 
 from __future__ import annotations
 
+import html
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,15 +62,28 @@ def test_ohif_lists_a_study_stored_by_c_store(tmp_path: Path, server: tuple[Serv
         missing_peer("Chromium (/usr/bin/chromium)", "apt-get install chromium")
     srv, base = server
     path = tmp_path / "ohif.dcm"
+    study_uid = generate_uid()
     make_ct(
-        generate_uid(),
+        study_uid,
         generate_uid(),
         generate_uid(),
         patient_name="Ohif^Olga",
         patient_id="OHIF1",
         StudyDescription="OHIF STUDY",
     ).save_as(path, enforce_file_format=True)
-    done = run(minipacs_cmd("store", "--no-progress", "-aec", srv.ae_title, "127.0.0.1", str(srv.port), str(path)))
+    # issue 12 item 13: a study with no Modality (ModalitiesInStudy without a value) emptied OHIF's whole list
+    no_modality = tmp_path / "no-modality.dcm"
+    make_ct(
+        generate_uid(),
+        generate_uid(),
+        generate_uid(),
+        patient_name="Blank^Bert",
+        patient_id="OHIF2",
+        StudyDescription="NO MODALITY STUDY",
+        Modality="",
+    ).save_as(no_modality, enforce_file_format=True)
+    store = minipacs_cmd("store", "--no-progress", "-aec", srv.ae_title, "127.0.0.1", str(srv.port))
+    done = run([*store, str(path), str(no_modality)])
     assert done.returncode == 0, done.stdout + done.stderr
 
     # served by minipacs: the rewritten index page, our app-config.js, a bundle
@@ -83,11 +98,30 @@ def test_ohif_lists_a_study_stored_by_c_store(tmp_path: Path, server: tuple[Serv
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             qido: list[str] = []
+            errors: list[str] = []
+            missing: list[str] = []
+            page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("request", lambda r: qido.append(r.url) if "/dicom-web/studies" in r.url else None)
             page.goto(f"{base}/ohif/")
             page.get_by_text("OHIF STUDY").first.wait_for(timeout=60000)
             text = page.locator("body").inner_text()
             assert "Ohif, Olga" in text, text[:2000]  # OHIF's way of writing Ohif^Olga
+            page.get_by_text("NO MODALITY STUDY").first.wait_for(timeout=10000)
+            assert "Blank, Bert" in page.locator("body").inner_text()
+            assert not [e for e in errors if "length" in e], errors
+
+            # the study page's "Open in OHIF" link opens that study in the viewer (issue 12 item 24)
+            study_page = httpx.get(f"{base}/ui/studies/{study_uid}")
+            link = re.search(r'<a class="ohif" href="([^"]+)">Open in OHIF</a>', study_page.text)
+            assert link is not None, study_page.text
+            wado: list[str] = []
+            page.on("request", lambda r: wado.append(r.url) if f"/studies/{study_uid}/" in r.url else None)
+            page.goto(base + html.unescape(link.group(1)))
+            page.wait_for_function("() => document.querySelectorAll('canvas').length > 0", timeout=60000)
+            page.wait_for_timeout(2000)
+            assert any("/series" in url or "/metadata" in url for url in wado), wado
+            assert not missing, missing  # nothing OHIF asks for is missing, fonts included
             assert any(url.startswith(f"{base}/dicom-web/studies") for url in qido), qido
         finally:
             browser.close()

@@ -195,3 +195,29 @@ def test_cli_worklist_add_and_rest_take_the_same_good_values(
         assert r.status_code == 201, r.text
 
     web(body)
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b'{"00100010": "x"}', "the element 00100010 must be an object"),
+        (b'{"00100010": {"Value": ["x"]}}', 'needs "vr"'),
+        (b'{"00100010": {"vr": "PN", "Value": "x"}}', 'the "Value" of 00100010 must be a list'),
+        (b'{"00400100": {"vr": "SQ", "Value": ["a"]}}', "item 1 of the sequence 00400100"),
+        (b'{"00400100": {"vr": "SQ", "Value": [{"zz": 1}]}}', "'00400100 item 1 > zz' is not a tag"),
+        (b'{"00100020": {"vr": "LO", "Value": ["1"], "Other": 1}}', "'Other'"),
+        (b'{"00100010": {"vr": "PN", "Value": [{"Alphabetic": {"a": 1}}]}}', "does not fit"),
+    ],
+)
+def test_a_wrong_shape_is_named_not_python_text(web: Callable[..., Any], content: bytes, says: str) -> None:
+    """Issue 12 item 24: a wrong PS3.18 JSON shape said "string indices must be integers"."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        r = await client.post("/api/worklist", content=content, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, r.text
+        message = r.json()["error"]["message"]
+        assert r.json()["error"]["code"] == "invalid_dataset" and says in message, message
+        for python in ("indices", "object has no attribute", "'str'", "'dict'", "NoneType", "subscriptable"):
+            assert python not in message, message
+
+    web(body)

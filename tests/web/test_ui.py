@@ -78,6 +78,7 @@ def test_pages_render(web: Callable[..., Any]) -> None:
         r = await client.get(f"/ui/studies/{study}")
         assert r.status_code == 200 and "AXIAL" in r.text and f"/ui/viewer/{study}/{series}" in r.text
         assert 'data-delete="/api/studies/' in r.text
+        assert f'<a class="ohif" href="/ohif/viewer?StudyInstanceUIDs={study}">Open in OHIF</a>' in r.text
         r = await client.get(f"/ui/studies/{study}/series/{series}")
         assert r.status_code == 200 and sop in r.text
         r = await client.get(f"/ui/studies/{study}/series/{series}/instances/{sop}")
@@ -134,6 +135,68 @@ def test_search_filters(web: Callable[..., Any]) -> None:
     web(body)
 
 
+def test_search_is_alike_on_every_field_with_total_and_sort(web: Callable[..., Any]) -> None:
+    """Issue 12 item 23: every field case-insensitive substring (or wildcards), a total, sortable columns."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        await store(client, StudyDescription="MR Brain", Modality="MR", AccessionNumber="ACC-77", patient_id="Pa1")
+        await store(client, StudyDescription="BRAIN CT", StudyDate="20220101", patient_name="Zed^Al", patient_id="pb2")
+        await store(client, StudyDescription="brain perfusion", Modality="CT", StudyDate="20250101", patient_id="X3")
+        await store(client, StudyDescription="Chest", StudyDate="20240601", patient_name="Alpha^Bo", patient_id="x4")
+
+        async def found(**params: str) -> list[str]:
+            r = await client.get("/ui/", params=params)
+            assert r.status_code == 200, r.text
+            return re.findall(r'class="study" href="[^"]+">([^<]+)<', r.text)
+
+        assert sorted(await found(description="brain")) == ["BRAIN CT", "MR Brain", "brain perfusion"]
+        assert sorted(await found(modality="ct")) == ["BRAIN CT", "Chest", "brain perfusion"]
+        assert await found(accession="acc-7") == ["MR Brain"]
+        assert sorted(await found(pid="x")) == ["Chest", "brain perfusion"]
+        assert await found(description="br*ct") == ["BRAIN CT"]
+        assert sorted(await found(description="b?ain*")) == ["BRAIN CT", "brain perfusion"]
+
+        r = await client.get("/ui/", params={"description": "brain"})
+        assert "3 studies found" in r.text and "studies 1–3 of 3" in r.text
+        r = await client.get("/ui/", params={"description": "nothing like it"})
+        assert "No study matches." in r.text and "no studies" in r.text and "studies none" not in r.text
+
+        by_date = ["BRAIN CT", "MR Brain", "Chest", "brain perfusion"]
+        assert await found(sort="date", dir="asc") == by_date
+        assert await found() == await found(sort="date", dir="desc") == by_date[::-1]  # newest first by default
+        assert await found(sort="description") == ["BRAIN CT", "brain perfusion", "Chest", "MR Brain"]
+        assert await found(sort="description", dir="desc") == ["MR Brain", "Chest", "brain perfusion", "BRAIN CT"]
+        assert (await found(sort="patient", dir="asc"))[0] == "Chest"  # Alpha^Bo
+        assert (await found(sort="patient", dir="desc"))[0] == "BRAIN CT"  # Zed^Al
+        r = await client.get("/ui/", params={"sort": "description"})
+        assert 'aria-sort="ascending"' in r.text and "dir=desc" in r.text
+        assert (await client.get("/ui/", params={"sort": "size"})).status_code == 400
+        assert (await client.get("/ui/", params={"dir": "up"})).status_code == 400
+
+    web(body)
+
+
+def test_search_says_when_it_stops_at_ui_search_max_studies(web: Callable[..., Any]) -> None:
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        for n in range(3):
+            await store(client, StudyDescription=f"STUDY {n}")
+        r = await client.get("/ui/", params={"description": "study"})
+        assert "2 studies found among the first 2 (the most one search looks at)" in r.text
+        assert "studies 1–2 of 2" in r.text
+
+    web(body, ui_search_max_studies=2)
+
+
+def test_search_at_ui_search_max_studies_is_not_capped(web: Callable[..., Any]) -> None:
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        for n in range(2):
+            await store(client, StudyDescription=f"STUDY {n}")
+        r = await client.get("/ui/", params={"description": "study"})
+        assert "2 studies found." in r.text and "among the first" not in r.text
+
+    web(body, ui_search_max_studies=2)
+
+
 def test_paging(web: Callable[..., Any]) -> None:
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
         for n in range(12):
@@ -141,7 +204,7 @@ def test_paging(web: Callable[..., Any]) -> None:
         first = await client.get("/ui/", params={"size": "10"})
         rows = re.findall(r'class="study" href', first.text)
         assert len(rows) == 10 and 'rel="next"' in first.text and 'rel="prev"' not in first.text
-        assert "studies 1–10" in first.text
+        assert "studies 1–10 of 12" in first.text
         second = await client.get("/ui/", params={"size": "10", "offset": "10"})
         assert len(re.findall(r'class="study" href', second.text)) == 2
         assert 'rel="prev"' in second.text and 'rel="next"' not in second.text
@@ -225,3 +288,22 @@ def test_static_does_not_leave_its_folder(web: Callable[..., Any], path: str) ->
         assert r.status_code == 404 and "Final" not in r.text
 
     web(body)
+
+
+def test_deletions_name_the_user(web: Callable[..., Any], caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 12 item 24: a deletion was attributed to nobody; the response and the server log name the user."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        admin = basic("ada", "a-pass")
+        uids = await store(client, headers=admin)
+        with caplog.at_level("INFO", logger="minipacs.web.audit"):
+            r = await client.delete(f"/api/studies/{uids['study_uid']}", headers=admin)
+        assert r.status_code == 200 and r.json()["deleted_by"] == "ada (admin) from 127.0.0.1"
+        lines = [rec.getMessage() for rec in caplog.records if rec.name == "minipacs.web.audit"]
+        assert len(lines) == 1, lines
+        assert re.fullmatch(
+            rf"deleted studies {uids['study_uid']} by ada \(admin\) from 127.0.0.1: 1 instance\(s\), \d+ bytes",
+            lines[0],
+        )
+
+    web(body, users=USERS)

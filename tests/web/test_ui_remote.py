@@ -68,9 +68,12 @@ def test_remote_page_for_a_viewer_has_no_retrieve_controls(tmp_path: Path) -> No
     async def body(client: httpx.AsyncClient, nodes: NodeRegistry) -> None:
         node = await nodes.add(Node("PACS_A", "127.0.0.1", 104))
         r = await client.get("/ui/remote", headers=VIEWER)
-        assert r.status_code == 200 and 'id="remote-query"' in r.text and 'href="/ui/remote"' in r.text
+        # issue 12 item 24: no search form, retrieve controls or menu link that would only answer 403
+        assert r.status_code == 200 and 'id="remote-query"' not in r.text and 'href="/ui/remote"' not in r.text
         assert 'id="retrieve"' not in r.text and "retrieve-button" not in r.text
         assert "Your role may not query or retrieve" in r.text
+        r = await client.post(f"/api/nodes/{node.id}/query", json={"level": "study", "keys": {}}, headers=VIEWER)
+        assert r.status_code == 403 and "viewer role" in r.text
         r = await client.post(
             f"/api/nodes/{node.id}/retrieve", json={"level": "study", "uids": ["1.2.3"]}, headers=VIEWER
         )
@@ -95,8 +98,12 @@ def test_nodes_page_edit_controls_and_warnings(tmp_path: Path) -> None:
         assert "<script>alert" not in r.text and 'data-description="&#34;&gt;&lt;script&gt;' in button.group(0)
         assert '<section id="edit-node-section" hidden>' in r.text and 'id="add-node"' in r.text
         assert f'href="/ui/remote?node={first.id}"' in r.text
+        assert 'class="echo"' in r.text and 'class="query"' in r.text
         r = await client.get("/ui/nodes", headers=VIEWER)
         assert r.status_code == 200 and "is used by 2 nodes" in r.text
+        assert 'class="echo"' not in r.text and 'class="query"' not in r.text  # they answer a viewer 403
+        r = await client.post(f"/api/nodes/{first.id}/echo", headers=VIEWER)
+        assert r.status_code == 403 and "viewer role" in r.text
         assert "edit-node" not in r.text and "add-node" not in r.text and "remove-node" not in r.text
         r = await client.put(f"/api/nodes/{first.id}", json={"port": 105}, headers=VIEWER)
         assert r.status_code == 403

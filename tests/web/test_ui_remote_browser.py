@@ -256,21 +256,22 @@ def test_browser_query_retrieve_edit_and_roles(server: tuple[ServerProcess, str]
             assert not errors, errors
             context.close()
 
-            # a viewer: the page, no retrieve controls; searching shows the server's 403 sentence
+            # a viewer: the page says why there is no search form and no retrieve controls; the server answers 403
             context = browser.new_context()
             page = context.new_page()
             login(page, base, VIEWER)
             page.goto(f"{base}/ui/remote")
-            assert page.locator("#retrieve-button").count() == 0
-            search(page, peers["GOODQR"], pid="RR1")
-            text = page.locator("#message").inner_text()
-            assert text.startswith("Search failed: vic has the viewer role, which may not do this"), text
+            assert page.locator("#retrieve-button").count() == 0 and page.locator("#remote-query").count() == 0
+            assert "Your role may not query or retrieve" in page.locator("body").inner_text()
+            r = page.request.post(f"{base}/api/nodes/{peers['GOODQR']}/query", data={"level": "study", "keys": {}})
+            assert r.status == 403 and "vic has the viewer role, which may not do this" in r.text()
             r = page.request.post(
                 f"{base}/api/nodes/{peers['GOODQR']}/retrieve", data={"level": "study", "uids": [study]}
             )
             assert r.status == 403
             page.goto(f"{base}/ui/nodes")
             assert page.locator("button.edit-node").count() == 0 and page.locator("#edit-node").count() == 0
+            assert page.locator("button.echo").count() == 0 and page.locator("a.query").count() == 0
             context.close()
         finally:
             browser.close()

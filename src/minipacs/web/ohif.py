@@ -36,6 +36,13 @@ def dist_dir(folder: Path) -> Path | None:
 
 
 WEBPACK_ROOT = '__webpack_require__.p = "/";'
+#: a root-relative ``url(/x)`` in a style sheet (OHIF's fonts: ``url(/a34f….woff2)``), not ``//host`` or /ohif/
+_CSS_ROOT_URL = re.compile(r"""url\((['"]?)/(?!/|ohif/)""")
+
+
+def rebase_css(text: str) -> str:
+    """A style sheet built for "/" -> its ``url(/…)`` under /ohif/ (else the browser asks the site root: 404)."""
+    return _CSS_ROOT_URL.sub(lambda m: f"url({m.group(1)}{PREFIX}", text)
 
 
 def rebase(dist: Path) -> int:
@@ -58,6 +65,12 @@ def rebase(dist: Path) -> int:
                 encoding="utf-8",
                 errors="surrogateescape",
             )
+            changed += 1
+    for sheet in dist.glob("*.css"):
+        text = sheet.read_text(encoding="utf-8", errors="surrogateescape")
+        new = rebase_css(text)
+        if new != text:
+            sheet.write_text(new, encoding="utf-8", errors="surrogateescape")
             changed += 1
     return changed
 
@@ -89,6 +102,10 @@ class OhifApp:
             response = HTMLResponse(NOT_INSTALLED.format(folder=escape(str(self.folder.resolve()))), status_code=404)
         elif rel in ("", "index.html"):
             response = self.index(dist)
+        elif rel.endswith(".css") and "/" not in rel and (dist / rel).is_file():
+            # an install rebased before style sheets were: their font URLs still point at the site root
+            css = rebase_css((dist / rel).read_text(encoding="utf-8", errors="surrogateescape"))
+            response = Response(css.encode("utf-8", "surrogateescape"), media_type="text/css")
         elif rel == CONFIG_NAME and (self.folder / CONFIG_NAME).is_file():
             response = FileResponse(
                 self.folder / CONFIG_NAME, media_type="text/javascript", headers={"Cache-Control": "no-cache"}

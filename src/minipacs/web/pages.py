@@ -30,7 +30,7 @@ NAV: Final[tuple[tuple[str, Mapping[str, str], str, str], ...]] = (
     ("ui:upload", {}, "Upload", "write"),
     ("ui:worklist", {}, "Worklist", "read"),
     ("ui:nodes", {}, "Nodes", "read"),
-    ("ui:remote", {}, "Query/Retrieve", "read"),
+    ("ui:remote", {}, "Query/Retrieve", "write"),  # C-FIND/C-MOVE/C-GET of a node: write (rest_nodes.py)
     ("ui:log", {}, "Association log", "read"),
     ("ohif", {"path": "/"}, "OHIF viewer", "read"),
 )

@@ -10,6 +10,7 @@ Procedure Step with a Modality), else 400 saying what is missing.
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from typing import Any, Final
 
@@ -48,6 +49,40 @@ def _pk(request: Request) -> int:
     return int(raw)
 
 
+_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
+_EXAMPLE = '{"00100020": {"vr": "LO", "Value": ["123"]}}'
+
+
+def _shape_problem(raw: dict[str, Any], where: str = "") -> str | None:
+    """What breaks the PS3.18 F.2 shape of ``raw`` (tag keys; objects with "vr" and a list "Value"; sequence
+    items that are objects themselves), as a sentence naming the element; None when the shape is right.
+    pydicom's reader answers a wrong shape with Python's own words ("string indices must be integers")."""
+    for key, element in raw.items():
+        name = f"{where}{key}"
+        if not _TAG.match(key):
+            return f"{name[:40]!r} is not a tag: keys are 8 hexadecimal digits, as in {_EXAMPLE}"
+        if not isinstance(element, dict):
+            return f'the element {name} must be an object with a "vr" and a "Value" list, as in {_EXAMPLE}'
+        vr = element.get("vr")
+        if not isinstance(vr, str) or not re.fullmatch(r"[A-Z]{2}", vr):
+            return f'the element {name} needs "vr": its two-letter value representation, such as "LO"'
+        unknown = set(element) - {"vr", "Value", "BulkDataURI", "InlineBinary"}
+        if unknown:
+            extra = sorted(unknown)[0][:20]
+            return f"the element {name} has {extra!r}; an element has vr, Value, BulkDataURI or InlineBinary"
+        value = element.get("Value", [])
+        if not isinstance(value, list):
+            return f'the "Value" of {name} must be a list, as in {_EXAMPLE}'
+        if vr == "SQ":
+            for number, item in enumerate(value, 1):
+                if not isinstance(item, dict):
+                    return f"item {number} of the sequence {name} must be an object of elements"
+                problem = _shape_problem(item, f"{name} item {number} > ")
+                if problem:
+                    return problem
+    return None
+
+
 def _dataset(body: bytes) -> Dataset:
     """The PS3.18 JSON body as a dataset; HttpError 400 saying why it is not one."""
 
@@ -66,13 +101,23 @@ def _dataset(body: bytes) -> Dataset:
             "the body must be a worklist entry as a PS3.18 JSON object "
             '({"00100020": {"vr": "LO", "Value": ["123"]}, ...})',
         )
+    problem = _shape_problem(raw)
+    if problem:
+        raise HttpError(400, "invalid_dataset", f"the body is not a PS3.18 JSON dataset: {problem}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # pydicom's complaints about a value become a refusal
             ds = Dataset.from_json(raw)
             check_values(ds)  # the ONE value check of typed entries (core/worklist.py), as `worklist add`
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError, UserWarning) as exc:
+    except (ValueError, UserWarning) as exc:  # pydicom's sentences about a value
         raise HttpError(400, "invalid_dataset", f"the body is not a PS3.18 JSON dataset: {exc}") from None
+    except (TypeError, KeyError, AttributeError, IndexError):  # Python's words, not for a client
+        raise HttpError(
+            400,
+            "invalid_dataset",
+            f"the body is not a PS3.18 JSON dataset: a value does not fit its element's VR; values are lists of "
+            f'strings or numbers, a PN value a string or an object with "Alphabetic", as in {_EXAMPLE}',
+        ) from None
     return ds
 
 

@@ -64,6 +64,11 @@ DEFAULT_KEYS: Final[Mapping[Level, tuple[str, ...]]] = {
 }
 #: Parameters that are not attribute keys (PS3.18 Table 8.3.4-1).
 CONTROL_PARAMS: Final = frozenset({"limit", "offset", "includefield", "fuzzymatching", "level"})
+#: Multi-valued keys whose JSON object gets ``"Value": []`` when empty, instead of no "Value" member (PS3.18
+#: F.2.5 allows either reading: no Value is "zero length"). The OHIF viewer that ``minipacs ohif install`` pins
+#: (3.x, ``getModalities``) reads ``ModalitiesInStudy.Value.length`` without a check, and one study without a
+#: Modality then empties its whole study list; ``[]`` reads as "no value" to every other client too.
+EMPTY_AS_LIST: Final = frozenset({"00080061"})
 MAX_LIMIT: Final = 10000
 _TAG: Final = re.compile(r"^[0-9A-Fa-f]{8}$")
 _QR_LEVEL: Final = 0x00080052
@@ -143,6 +148,10 @@ def to_json(ds: Dataset) -> dict[str, Any]:
         if elem.VR == "PN" and not elem.is_empty and not isinstance(elem.value, PersonName):
             ds[elem.tag] = DataElement(elem.tag, "PN", elem.value, validation_mode=pydicom.config.IGNORE)
     result: dict[str, Any] = ds.to_json_dict()
+    for tag in EMPTY_AS_LIST:
+        element = result.get(tag)
+        if element is not None and "Value" not in element:
+            element["Value"] = []
     return result
 
 

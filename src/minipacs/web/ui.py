@@ -10,6 +10,7 @@ them, whatever the page showed. A viewer sees no write buttons.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 from collections.abc import Awaitable, Callable, Mapping
@@ -26,6 +27,9 @@ from minipacs.core.errors import ArchiveError, NotFound
 from minipacs.core.nodes import registry_warnings
 from minipacs.core.paths import validate_uid
 from minipacs.dicom.levels import Level
+from minipacs.index.matching import wildcard_match
+from minipacs.services import status
+from minipacs.services.status import Status
 from minipacs.web import login
 from minipacs.web.completion import completed_studies
 from minipacs.web.dicomweb import ctx
@@ -39,14 +43,30 @@ from minipacs.web.ui_worklist import worklist_page
 STATIC_DIR: Final = Path(__file__).with_name("static")
 PAGE_SIZES: Final = (10, 25, 50, 100)
 DEFAULT_PAGE_SIZE: Final = 25
-# study list form field -> (search key, how the typed value becomes a matching value)
-STUDY_FILTERS: Final[Mapping[str, tuple[str, str]]] = {
-    "name": ("PatientName", "contains"),
-    "pid": ("PatientID", "exact"),
-    "modality": ("ModalitiesInStudy", "exact"),
-    "accession": ("AccessionNumber", "exact"),
-    "description": ("StudyDescription", "contains"),
+#: study list form field -> the search key it matches. Every field matches the same way (issue 12 item 23):
+#: case-insensitive, the typed text anywhere in the value, or the whole value as a pattern when the text has
+#: PS3.4 C.2.2.2.4 wildcards (* and ?). The patient name goes to the index (its casefolded twin column); the
+#: others are matched here, on at most ``ui_search_max_studies`` studies.
+STUDY_FILTERS: Final[Mapping[str, str]] = {
+    "name": "PatientName",
+    "pid": "PatientID",
+    "modality": "ModalitiesInStudy",
+    "accession": "AccessionNumber",
+    "description": "StudyDescription",
 }
+#: ``sort=`` -> the key the study list is ordered by; numbers sort as numbers.
+STUDY_SORTS: Final[Mapping[str, str]] = {
+    "patient": "PatientName",
+    "pid": "PatientID",
+    "date": "StudyDate",
+    "modality": "ModalitiesInStudy",
+    "accession": "AccessionNumber",
+    "description": "StudyDescription",
+    "series": "NumberOfStudyRelatedSeries",
+    "instances": "NumberOfStudyRelatedInstances",
+}
+NUMERIC_SORTS: Final = frozenset({"series", "instances"})
+DEFAULT_SORT: Final = ("date", "desc")
 
 PageEndpoint = Callable[[Request], Awaitable[Response]]
 
@@ -69,13 +89,28 @@ def html_errors(endpoint: PageEndpoint) -> PageEndpoint:
     return wrapped
 
 
-def _matching(value: str, how: str) -> str:
-    """What a person types -> a C-FIND matching value (PS3.4 C.2.2.2): 'contains' adds * around
-    text that has no wildcard of its own."""
+def _matching(value: str) -> str:
+    """What a person types -> a pattern (PS3.4 C.2.2.2.4): * around text that has no wildcard of its own."""
     value = value.strip()
-    if how == "contains" and value and not any(c in value for c in "*?"):
+    if value and not any(c in value for c in "*?"):
         return f"*{value}*"
     return value
+
+
+def _field_matches(pattern: str, value: object) -> bool:
+    """A casefolded pattern (``_matching``) against one value of a match, or any of several (VM > 1)."""
+    values = value if isinstance(value, list) else [value]
+    return any(wildcard_match(pattern, text(v).casefold()) for v in values)
+
+
+def _sort_key(field: str, row: Mapping[str, Any]) -> int | str:
+    """Numbers as numbers, dates with their time, text casefolded (empty values are put last by the caller)."""
+    raw = text(row.get(STUDY_SORTS[field]))
+    if field in NUMERIC_SORTS:
+        return _number(row, STUDY_SORTS[field])
+    if field == "date":
+        return raw + text(row.get("StudyTime"))
+    return (person(raw) if field == "patient" else raw).casefold()
 
 
 def _date_range(start: str, end: str) -> str:
@@ -153,33 +188,56 @@ SEARCH_FIELDS: Final = (
 
 @html_errors
 async def studies(request: Request) -> Response:
+    """The study list: every field filters alike (``STUDY_FILTERS``), with the total and sortable columns."""
     q = request.query_params
     size = _int(q.get("size"), DEFAULT_PAGE_SIZE, PAGE_SIZES, "size")
     offset = _int(q.get("offset"), 0, range(0, 10**9), "offset")
-    params = [("limit", str(size + 1)), ("offset", str(offset))]
-    for field, (key, how) in STUDY_FILTERS.items():
-        value = _matching(q.get(field, ""), how)
-        if value:
+    sort = q.get("sort") or DEFAULT_SORT[0]
+    order = q.get("dir") or (DEFAULT_SORT[1] if sort == DEFAULT_SORT[0] else "asc")
+    if sort not in STUDY_SORTS or order not in ("asc", "desc"):
+        raise HttpError(
+            400, "invalid_sort", f"sort is one of {', '.join(STUDY_SORTS)} and dir is asc or desc, not {sort[:20]!r}"
+        )
+    cap = ctx(request).settings.ui_search_max_studies
+    params = [("limit", str(cap + 1))]
+    patterns: dict[str, str] = {}
+    for field, key in STUDY_FILTERS.items():
+        value = _matching(q.get(field, ""))
+        if not value:
+            continue
+        if field == "name":
             params.append((key, value))
+        else:
+            patterns[key] = value.casefold()
     dates = _date_range(q.get("from", ""), q.get("to", ""))
     if dates:
         params.append(("StudyDate", dates))
-    rows = await _find(request, Level.STUDY, params)
+    found = await _find(request, Level.STUDY, params)
+    capped = len(found) > cap
+    rows = [r for r in found[:cap] if all(_field_matches(p, r.get(k)) for k, p in patterns.items())]
+    filled = [r for r in rows if text(r.get(STUDY_SORTS[sort]))]
+    filled.sort(key=functools.partial(_sort_key, sort), reverse=order == "desc")
+    rows = filled + [r for r in rows if not text(r.get(STUDY_SORTS[sort]))]
     done = await completed_studies(ctx(request).archive)
     values = {k: q.get(k, "") for k in (*STUDY_FILTERS, "from", "to")}
     return render(
         request,
         "studies.html",
         "Studies",
-        rows=rows[:size],
-        more=len(rows) > size,
+        rows=rows[offset : offset + size],
+        total=len(rows),
+        capped=cap if capped else 0,
+        more=len(rows) > offset + size,
         done=done,
         fields=SEARCH_FIELDS,
         values=values,
         sizes=PAGE_SIZES,
         size=size,
         offset=offset,
-        keep={**values, "size": size},
+        sort=sort,
+        order=order,
+        keep={**values, "size": size, "sort": sort, "dir": order},
+        filters={**values, "size": size},
     )
 
 
@@ -334,34 +392,137 @@ async def nodes(request: Request) -> Response:
     )
 
 
+#: the status table each operation's statuses are read with (PS3.4 annexes); others: GENERAL/STORAGE
+_OP_STATUS_TABLES: Final[Mapping[str, Mapping[int, Status]]] = {
+    "C-MOVE": status.MOVE,
+    "C-GET": status.GET,
+    "C-FIND": status.FIND,
+    "C-STORE": status.STORAGE,
+    "N-CREATE": status.MPPS,
+    "N-SET": status.MPPS,
+}
+LOG_STATUS_CHOICES: Final = ("", "success", "warning", "failure", "rejected")
+
+
+def _operation_text(op: Mapping[str, Any]) -> tuple[str, list[int]]:
+    """One logged operation as a line, each status in hex with its PS3.4 meaning; and its statuses."""
+    name = str(op.get("op", "?"))
+    if name == "summary":
+        counts = op.get("counts")
+        if isinstance(counts, Mapping):
+            return "in all: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())), []
+    table = dict(_OP_STATUS_TABLES.get(name, {}))
+    parts, codes = [name], []
+    for key, value in op.items():
+        if key == "op" or value in ("", None):
+            continue
+        if key.endswith("status") and isinstance(value, int) and not isinstance(value, bool):
+            codes.append(value)
+            parts.append(f"{key.replace('_', ' ')} {status.describe(value, table)}")
+        else:
+            parts.append(f"{key.replace('_', ' ')}: {str(value)[:200]}")
+    return " · ".join(parts), codes
+
+
+def _status_kind(codes: list[int], accepted: bool) -> str:
+    """The association's worst outcome: rejected, failure, warning or success (PS3.7 C: status classes)."""
+    if not accepted:
+        return "rejected"
+    if any(
+        not (status.is_success(c) or status.is_warning(c) or c in status.PENDING_STATUSES or c == status.CANCEL)
+        for c in codes
+    ):
+        return "failure"
+    if any(status.is_warning(c) for c in codes):
+        return "warning"
+    return "success"
+
+
+def _when(raw: str, name: str) -> dt.datetime | None:
+    """An <input type=datetime-local> value (UTC) or None."""
+    if not raw:
+        return None
+    try:
+        return dt.datetime.fromisoformat(raw).replace(tzinfo=dt.UTC)
+    except ValueError:
+        raise HttpError(
+            400, f"invalid_{name}", f"{name} is a date and time YYYY-MM-DDTHH:MM, not {raw[:20]!r}"
+        ) from None
+
+
 @html_errors
 async def association_log(request: Request) -> Response:
-    limit = _int(request.query_params.get("limit"), 100, range(1, 10001), "limit")
-    records = await ctx(request).archive.list_associations(limit)
+    """The association log: a table filtered by AE title, address, status and time, in pages; statuses in hex
+    with their meaning (issue 12 item 22). It looks at the latest ``ui_log_window`` associations."""
+    q = request.query_params
+    size = _int(q.get("size"), DEFAULT_PAGE_SIZE, PAGE_SIZES, "size")
+    offset = _int(q.get("offset"), 0, range(0, 10**9), "offset")
+    ae, address = q.get("ae", "").strip().casefold(), q.get("address", "").strip().casefold()
+    wanted = q.get("status", "")
+    if wanted not in LOG_STATUS_CHOICES:
+        raise HttpError(
+            400, "invalid_status", f"status is one of {', '.join(LOG_STATUS_CHOICES[1:])}, not {wanted[:20]!r}"
+        )
+    since, until = _when(q.get("from", ""), "from"), _when(q.get("to", ""), "to")
+    window = ctx(request).settings.ui_log_window
+    records = await ctx(request).archive.list_associations(window)
     rows = []
     for r in records:
-        operations = "; ".join(
-            " ".join([str(o.get("op", "?"))] + [f"{k}={v}" for k, v in o.items() if k != "op" and v not in ("", None)])
-            for o in r.operations[:20]
-        )
+        if ae and ae not in r.calling_aet.casefold() and ae not in r.called_aet.casefold():
+            continue
+        if address and address not in f"{r.peer_host}:{r.peer_port}".casefold():
+            continue
+        started = r.started_at if r.started_at.tzinfo else r.started_at.replace(tzinfo=dt.UTC)
+        if (since and started < since) or (until and started > until):
+            continue
+        lines: list[str] = []
+        codes: list[int] = []
+        for op in r.operations:
+            line, found = _operation_text(op)
+            codes.extend(found)
+            if len(lines) < 50:
+                lines.append(line)
+        if len(r.operations) > 50:
+            lines.append(f"… and {len(r.operations) - 50} more operation(s)")
+        kind = _status_kind(codes, r.accepted)
+        if wanted and kind != wanted:
+            continue
         contexts = ", ".join(
             sorted({str(c.get("name") or c.get("abstract_syntax", "")) for c in r.contexts if c.get("transfer_syntax")})
         )
-        outcome = "accepted" if r.accepted else f"rejected: {r.reject_reason}"
         rows.append(
-            [
-                r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
-                r.role,
-                r.calling_aet,
-                r.called_aet,
-                f"{r.peer_host}:{r.peer_port}",
-                outcome,
-                r.end_reason,
-                contexts[:300],
-                operations[:600],
-            ]
+            {
+                "started": started.strftime("%Y-%m-%d %H:%M:%S"),
+                "role": "incoming" if r.role == "acceptor" else "outgoing",
+                "calling": r.calling_aet,
+                "called": r.called_aet,
+                "peer": f"{r.peer_host}:{r.peer_port}",
+                "kind": kind,
+                "outcome": "accepted" if r.accepted else f"rejected: {r.reject_reason}",
+                "end": r.end_reason,
+                "contexts": contexts[:300],
+                "operations": lines,
+                "user": r.user_identity,
+                "tls": r.tls,
+            }
         )
-    return render(request, "log.html", "Association log", rows=rows)
+    values = {"ae": q.get("ae", ""), "address": q.get("address", ""), "status": wanted}
+    values.update({"from": q.get("from", ""), "to": q.get("to", "")})
+    return render(
+        request,
+        "log.html",
+        "Association log",
+        rows=rows[offset : offset + size],
+        total=len(rows),
+        window=window if len(records) >= window else 0,
+        more=len(rows) > offset + size,
+        offset=offset,
+        size=size,
+        sizes=PAGE_SIZES,
+        values=values,
+        statuses=LOG_STATUS_CHOICES,
+        keep={**values, "size": size},
+    )
 
 
 def routes() -> list[BaseRoute]:

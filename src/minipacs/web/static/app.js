@@ -711,6 +711,50 @@
       }
     });
     window.addEventListener("mouseup", function () { drag = null; });
+    // Touch (issue 12 item 21): one finger drags window/level, two fingers pinch to zoom and move to pan,
+    // a quick one-finger swipe left/right goes to the next/previous image.
+    let touch = null;
+    function spread(t) { return Math.hypot(t[0].clientX - t[1].clientX, t[0].clientY - t[1].clientY); }
+    function middle(t) { return { x: (t[0].clientX + t[1].clientX) / 2, y: (t[0].clientY + t[1].clientY) / 2 }; }
+    viewport.addEventListener("touchstart", function (e) {
+      e.preventDefault();
+      const t = e.touches;
+      if (t.length === 1) {
+        if (state.wc === null) { state.wc = state.baseWindow[0]; state.ww = state.baseWindow[1]; }
+        touch = { x: t[0].clientX, y: t[0].clientY, at: Date.now(), wc: state.wc, ww: state.ww, moved: 0 };
+      } else if (t.length === 2) {
+        const m = middle(t);
+        touch = { pinch: spread(t), zoom: state.zoom, x: m.x, y: m.y, panX: state.panX, panY: state.panY };
+      }
+    }, { passive: false });
+    viewport.addEventListener("touchmove", function (e) {
+      e.preventDefault();
+      const t = e.touches;
+      if (!touch) return;
+      if (touch.pinch && t.length === 2) {
+        const m = middle(t);
+        state.zoom = Math.min(20, Math.max(0.1, touch.zoom * spread(t) / Math.max(touch.pinch, 1)));
+        state.panX = touch.panX + m.x - touch.x;
+        state.panY = touch.panY + m.y - touch.y;
+        draw();
+      } else if (!touch.pinch && t.length === 1) {
+        const dx = t[0].clientX - touch.x, dy = t[0].clientY - touch.y;
+        touch.moved = Math.max(touch.moved, Math.abs(dy));
+        touch.dx = dx;
+        if (Math.abs(dy) > 8) {
+          const k = Math.max(touch.ww, 2) / 256;
+          preset.value = "";
+          setWindow(touch.wc + dy * k, touch.ww + dx * k);
+        }
+      }
+    }, { passive: false });
+    viewport.addEventListener("touchend", function (e) {
+      e.preventDefault();
+      if (touch && !touch.pinch && touch.moved <= 8 && Math.abs(touch.dx || 0) > 40 && Date.now() - touch.at < 600) {
+        go(touch.dx < 0 ? 1 : -1);
+      }
+      if (e.touches.length === 0) touch = null;
+    }, { passive: false });
     viewport.addEventListener("wheel", function (e) {
       e.preventDefault();
       if (e.ctrlKey) zoomBy(e.deltaY < 0 ? 1.15 : 1 / 1.15);
