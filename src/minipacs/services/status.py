@@ -38,6 +38,7 @@ STORAGE = _table(
     Status(0xA700, "Failure", "Refused: Out of Resources"),
     Status(0xA900, "Failure", "Error: Data Set does not match SOP Class"),
     Status(0xC000, "Failure", "Error: Cannot understand"),
+    Status(0xC001, "Failure", "Error: Cannot understand: SOP Instance UID differs from the command's"),
     Status(0xB000, "Warning", "Coercion of Data Elements"),
     Status(0xB007, "Warning", "Data Set does not match SOP Class"),
     Status(0xB006, "Warning", "Elements Discarded"),
@@ -104,9 +105,15 @@ MOVE_DESTINATION_UNKNOWN = 0xA801
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
 UNABLE_TO_PROCESS = 0xC000
 
+#: PS3.4 B.2.3: the dataset's SOP Instance UID differs from the Affected SOP Instance UID of the
+#: C-STORE-RQ. Not 0xA900 (that is for a dataset that does not match the SOP *class*): an error of
+#: the Cxxx "Cannot understand" family, whose low bits PS3.4 Table B.2-1 leaves to the SCP.
+STORE_INSTANCE_UID_MISMATCH = 0xC001
+
 # Archive error -> C-STORE status. Most specific class first: the first match wins.
 STORE_ERROR_STATUS: tuple[tuple[type[errors.ArchiveError], int], ...] = (
     (errors.DuplicateInstance, 0x0111),
+    (errors.InstanceUIDMismatch, STORE_INSTANCE_UID_MISMATCH),
     (errors.InstanceMismatch, 0xA900),
     (errors.InvalidIdentifier, 0xC000),
     (errors.InvalidInstance, 0xC000),
@@ -120,6 +127,21 @@ def status_for_store_error(exc: BaseException) -> int:
         if isinstance(exc, kind):
             return code
     return PROCESSING_FAILURE
+
+
+# Archive error -> the C-STORE-RSP Error Comment (an LO: at most 64 characters, PS3.5 6.2), for the
+# refusals whose full message (logged) is too long to send. Most specific class first.
+STORE_ERROR_COMMENT: tuple[tuple[type[errors.ArchiveError], str], ...] = (
+    (errors.InstanceUIDMismatch, "Dataset SOPInstanceUID differs from Affected SOP Instance UID"),
+)
+
+
+def store_error_comment(exc: BaseException) -> str:
+    """The Error Comment for a C-STORE refused with ``exc`` (the full text goes to the log)."""
+    for kind, text in STORE_ERROR_COMMENT:
+        if isinstance(exc, kind):
+            return text
+    return comment(str(exc))
 
 
 def describe(code: int, table: dict[int, Status] | None = None) -> str:
