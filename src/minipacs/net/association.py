@@ -143,6 +143,15 @@ class _Incoming:
         self.error: Exception | None = None
 
 
+def _even(data: bytes | memoryview) -> bytes | memoryview:
+    """A dataset (or its last fragment) padded to even length with one trailing 0x00.
+
+    PS3.8 E.2: every message fragment is of even length. A dataset is always even unless it is a
+    deflate stream (PS3.5 A.5), which ends where the compressor stopped; A.5 pads such a stream
+    with a trailing 0x00, which an inflater ignores. Peers (DCMTK, Orthanc) abort on an odd PDV."""
+    return data if len(data) % 2 == 0 else bytes(data) + b"\x00"
+
+
 class Association(UpperLayerUser):
     """A DICOM association, as acceptor or requestor."""
 
@@ -518,11 +527,14 @@ class Association(UpperLayerUser):
 
     # ---------------------------------------------------------- sending
     def _max_fragment(self) -> int:
+        """The longest fragment a P-DATA-TF PDU to the peer carries: its Maximum Length less the PDV
+        item's 6 bytes, rounded down to EVEN -- PS3.8 E.2 wants every fragment of a message to be
+        of even length, and an even chunk leaves only the last fragment to watch (see ``_even``)."""
         limit = self.peer_max_pdu
         ours = self.settings.max_pdu_send
         if limit == 0 or (ours and ours < limit):
             limit = ours or 1024 * 1024
-        return max(limit - 6, 1)
+        return max((limit - 6) & ~1, 2)
 
     async def send_message(self, context_id: int, command: Command, dataset: DatasetSource | None = None) -> None:
         """Send one DIMSE message, fragmented to the peer's Maximum Length."""
@@ -547,15 +559,16 @@ class Association(UpperLayerUser):
         messages that fit in one PDV each go out in one write and one drain."""
         chunk = self._max_fragment()
         cmd_bytes = command.encode()
-        if len(cmd_bytes) > chunk or any(not 0 < len(ds) <= chunk for ds in datasets):
-            for ds in datasets:
+        padded = [_even(ds) for ds in datasets]
+        if len(cmd_bytes) > chunk or any(not 0 < len(ds) <= chunk for ds in padded):
+            for ds in padded:
                 await self.send_message(context_id, command, ds)
             return
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s sending %d x %s", self.label, len(datasets), command.summary())
         cmd_header = pdata_pdu_header(context_id, True, True, len(cmd_bytes))
-        parts: list[bytes] = []
-        for ds in datasets:
+        parts: list[bytes | memoryview] = []
+        for ds in padded:
             parts += (cmd_header, cmd_bytes, pdata_pdu_header(context_id, False, True, len(ds)), ds)
         try:
             async with self._send_lock:
@@ -586,6 +599,7 @@ class Association(UpperLayerUser):
                 # PDUs go out in a single write.
                 parts: list[bytes | memoryview] = [pdata_pdu_header(context_id, True, True, len(cmd_bytes)), cmd_bytes]
                 if dataset is not None:
+                    dataset = _even(dataset)
                     parts += [pdata_pdu_header(context_id, False, True, len(dataset)), dataset]
                 self.dul.send_pdata(*parts)
                 await self.dul.drain()
@@ -604,7 +618,7 @@ class Association(UpperLayerUser):
             if len(view) == 0:
                 self.dul.send_pdata(pdata_pdu_header(context_id, False, True, 0))
             for start in range(0, len(view), chunk):
-                piece = view[start : start + chunk]
+                piece = _even(view[start : start + chunk])  # chunk is even: only the last can be odd
                 self.dul.send_pdata(pdata_pdu_header(context_id, False, start + chunk >= len(view), len(piece)), piece)
                 await self.dul.drain()
             await self.dul.drain()
@@ -620,10 +634,18 @@ class Association(UpperLayerUser):
             if remaining <= 0:
                 self.dul.send_pdata(pdata_pdu_header(context_id, False, True, 0))
             while remaining > 0:
-                data = fh.read(min(block, remaining))
+                want = min(block, remaining)
+                data = fh.read(want)
+                while data and len(data) < want:  # a short read: fill the block, so fragments stay even
+                    more = fh.read(want - len(data))
+                    if not more:
+                        break
+                    data += more
                 if not data:
                     raise AssociationError(f"{region.path} shrank while being sent")
                 remaining -= len(data)
+                if remaining <= 0:
+                    data = bytes(_even(data))  # an odd deflate stream (PS3.5 A.5) ends in a 0x00 pad
                 view = memoryview(data)
                 out = bytearray()
                 for start in range(0, len(view), chunk):
