@@ -21,7 +21,7 @@ from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Operation, Response
-from minipacs.services.status import SUCCESS, describe, status_for_store_error, store_error_comment
+from minipacs.services.status import SUCCESS, describe, error_comment, status_for_store_error
 
 log = logging.getLogger("minipacs.storage")
 
@@ -86,7 +86,7 @@ class StorageSCP(Service):
         sink = message.dataset
         if message.dataset_error is not None:
             status, text = status_for_store_error(message.dataset_error), str(message.dataset_error)
-            short = store_error_comment(message.dataset_error)
+            short = error_comment(status, message.dataset_error)
         elif sop_class != message.context.abstract_syntax:
             # PS3.4 B.2.3: the announced class must match the presentation context.
             status = 0xA900
@@ -104,7 +104,8 @@ class StorageSCP(Service):
                 result = await self.archive.ingest(sink.staged, origin)
                 outcome = result.status.value
             except ArchiveError as exc:
-                status, text, short = status_for_store_error(exc), str(exc), store_error_comment(exc)
+                status, text = status_for_store_error(exc), str(exc)
+                short = error_comment(status, exc)
             except Exception as exc:
                 log.exception("%s storing %s failed", assoc.label, sop_instance)
                 status, text = status_for_store_error(exc), f"internal error: {type(exc).__name__}"
