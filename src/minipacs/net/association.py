@@ -221,6 +221,8 @@ class Association(UpperLayerUser):
         self._incoming: dict[int, _Incoming] = {}
         self._responses: dict[int, asyncio.Queue[Message | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Work after an answered request (``spawn_after``): awaited before closing, not before a release.
+        self._after: set[asyncio.Task[None]] = set()
         self._running: dict[int, Message] = {}
         self._send_lock = asyncio.Lock()
         self._message_id = 0
@@ -469,6 +471,14 @@ class Association(UpperLayerUser):
         # A request was answered: the peer's next PDU is now due within idle_timeout.
         self.dul.rearm_read_timeout()
 
+    def spawn_after(self, work: Awaitable[None]) -> None:
+        """Run ``work`` that follows a request already answered (e.g. the Storage Commitment report,
+        PS3.4 J.3.3). Unlike a request being served, it does not hold up the answer to the peer's
+        A-RELEASE-RQ: the peer waits for nothing from it (wait_closed still awaits it)."""
+        task: asyncio.Task[None] = asyncio.ensure_future(work)
+        self._after.add(task)
+        task.add_done_callback(self._after.discard)
+
     def release_indication(self) -> None:
         self._spawn(self._release_when_idle())
 
@@ -708,6 +718,8 @@ class Association(UpperLayerUser):
         await self.dul.wait_closed()
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._after:
+            await asyncio.gather(*list(self._after), return_exceptions=True)
         if self.unanswered and not self._unanswered_logged:
             self._unanswered_logged = True
             log.info(

@@ -161,7 +161,10 @@ async def dispatch(assoc: Association, message: Message, operation: Operation) -
                     await send_answer(assoc, message, single)
                 finally:
                     if single.then is not None:
-                        await _follow_up(assoc, request, single.then)
+                        # not in this request's task: a release the peer sends now is answered at
+                        # once, not after the follow-up (PS3.4 J.3.3: the report may come later,
+                        # on a new association)
+                        assoc.spawn_after(_follow_up(assoc, request, single.then))
         if not message.answered:
             raise RuntimeError(f"the {request} handler ended without a final response")
     except Exception as exc:
