@@ -170,13 +170,25 @@ def test_report_on_new_association_to_registered_node(tmp_path: Path) -> None:
         modality.shutdown()
 
 
-def test_a_release_right_after_the_n_action_is_answered_at_once(tmp_path: Path) -> None:
+def test_a_release_right_after_the_n_action_is_answered_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Issue 12 item 4: a requester that releases right after the N-ACTION-RSP and takes the report
     only once it is released (a single-threaded modality) gets its A-RELEASE-RP within a second, and
     the N-EVENT-REPORT on a new association to its registered node (PS3.4 J.3.3) -- not a release
     held until the report, which such a modality can only answer after the release: a deadlock
-    ended by a timeout and an abort."""
+    ended by a timeout and an abort. The check is held until the release returned (as a long check
+    would be), so the report cannot race the release onto the requesting association."""
+    from minipacs.services import commitment
+
     released = threading.Event()
+    real_check = commitment.check_commitment
+
+    async def slow_check(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.to_thread(released.wait, 15)
+        return await real_check(*args, **kwargs)
+
+    monkeypatch.setattr(commitment, "check_commitment", slow_check)
     reports = Reports()
     port = free_port()
     modality = AE(ae_title="CT01")
