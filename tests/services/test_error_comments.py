@@ -67,6 +67,8 @@ def test_every_refusal_kind_of_the_core_has_its_short_comment() -> None:
     """A new ArchiveError subclass must get a row in ERROR_COMMENTS (or inherit a specific one)."""
     kinds = [k for k, _ in ERROR_COMMENTS]
     for kind in [*all_subclasses(errors.ArchiveError)]:
+        if not kind.__module__.startswith("minipacs."):
+            continue  # defined by another test
         if kind.__name__ in ABSTRACT or any(base.__name__ in NOT_DIMSE for base in kind.__mro__):
             continue
         assert any(issubclass(kind, k) for k in kinds), f"{kind.__name__} has no Error Comment in ERROR_COMMENTS"
