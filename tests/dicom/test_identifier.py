@@ -121,3 +121,24 @@ def test_dataset_charset_raw_and_converted() -> None:
     built.SpecificCharacterSet = "ISO_IR 192"
     assert identifier_charset(built) == "ISO_IR 192"
     assert dataset_charset(Dataset(), "ISO_IR 100") == "ISO_IR 100"
+
+
+def test_a_deflated_identifier_is_padded_to_even_length_and_still_decodes() -> None:
+    """PS3.5 A.5: an odd deflate stream gets one trailing 0x00 (issue 12 item 2); it still inflates."""
+    from minipacs.dicom.identifier import decode_identifier, deflate, encode_identifier
+    from minipacs.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
+
+    ts = transfer_syntax(DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)
+    assert ts is not None
+    odd_seen = False
+    for n in range(1, 40):
+        plain = bytes(range(n)) * 4
+        raw = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+        unpadded = raw.compress(plain) + raw.flush()
+        padded = deflate(plain)
+        odd_seen |= len(unpadded) % 2 == 1
+        assert padded == unpadded + b"\x00" * (len(unpadded) % 2)
+        ds = Dataset()
+        ds.PatientName = "DOE^" + "J" * n
+        assert str(decode_identifier(encode_identifier(ds, ts), ts.uid).PatientName) == "DOE^" + "J" * n
+    assert odd_seen  # the padding was exercised

@@ -88,7 +88,7 @@ def test_disk_full_while_staging_is_a700_without_a_path(
     monkeypatch.setattr(staging, "_create", lambda path: _FullDisk(real_create(path), path))
     status, comment, stored = store_one(tmp_path)
     assert (status, stored) == (0xA700, 0)
-    assert comment == "cannot write the dataset to disk: No space left on device; no..."
+    assert comment == "Archive out of resources (disk full?); try again later"  # its kind's, not cut
     assert "/" not in comment
     assert SECRET in caplog.text  # the server log has the whole story
 

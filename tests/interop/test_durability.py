@@ -242,14 +242,14 @@ def _hostile_cases() -> list[tuple[str, str, bytes, int]]:
                     f"dataset SOPInstanceUID {label} vs announced",
                     sop,
                     encode_dataset(ct(sop=bad)),
-                    0xC000 if bad == "" else 0xA900,
+                    0xC000 if bad == "" else 0xC001,  # PS3.4 B.2.3: instance UID, not class, mismatch
                 )
             )
             if "\x00" in bad:
                 # announced as the NUL-free value a careless reader would make of the dataset's
                 sop = bad.replace("\x00", "")
                 cases.append(
-                    (f"dataset SOPInstanceUID {label} vs announced NUL-free", sop, encode_dataset(ct(sop=bad)), 0xA900)
+                    (f"dataset SOPInstanceUID {label} vs announced NUL-free", sop, encode_dataset(ct(sop=bad)), 0xC001)
                 )
             for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
                 sop = generate_uid()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,76 @@ def test_report_on_new_association_to_registered_node(tmp_path: Path) -> None:
             txn = generate_uid()
             ds = commitment_request(txn, [(CT_IMAGE_STORAGE, u) for u in uids])
             assert await asyncio.to_thread(ask_and_leave, app.dicom.port, ds) == 0
+            assert await asyncio.to_thread(reports.arrived.wait, 10)
+            [(event, info)] = reports.got
+            assert event == 1 and info.TransactionUID == txn and len(info.ReferencedSOPSequence) == 2
+
+    try:
+        asyncio.run(main())
+    finally:
+        listener.shutdown()
+        modality.shutdown()
+
+
+def test_a_release_right_after_the_n_action_is_answered_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12 item 4: a requester that releases right after the N-ACTION-RSP and takes the report
+    only once it is released (a single-threaded modality) gets its A-RELEASE-RP within a second, and
+    the N-EVENT-REPORT on a new association to its registered node (PS3.4 J.3.3) -- not a release
+    held until the report, which such a modality can only answer after the release: a deadlock
+    ended by a timeout and an abort. The check is held until the release returned (as a long check
+    would be), so the report cannot race the release onto the requesting association."""
+    from minipacs.services import commitment
+
+    released = threading.Event()
+    real_check = commitment.check_commitment
+
+    async def slow_check(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.to_thread(released.wait, 15)
+        return await real_check(*args, **kwargs)
+
+    monkeypatch.setattr(commitment, "check_commitment", slow_check)
+    reports = Reports()
+    port = free_port()
+    modality = AE(ae_title="CT01")
+    modality.add_supported_context(COMMIT_CLASS, scu_role=True, scp_role=True)
+
+    def after_release(event: Any) -> tuple[int, None]:
+        released.wait(15)  # the modality listens for the report only once its release is done
+        return reports.handle(event)
+
+    listener = modality.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, after_release)]
+    )
+
+    def ask_and_release(server_port: int, ds: Dataset) -> tuple[int, float, bool]:
+        ae = AE(ae_title="CT01")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        ae.add_requested_context(COMMIT_CLASS)
+        same = Reports()
+        assoc = ae.associate("127.0.0.1", server_port, ae_title="MINIPACS", evt_handlers=same.handlers)
+        assert assoc.is_established
+        try:
+            status, _reply = assoc.send_n_action(ds, 1, COMMIT_CLASS, COMMIT_INSTANCE)
+            started = time.monotonic()
+            assoc.release()
+            took = time.monotonic() - started
+            assert not same.got, "the report came on the requesting association, not a new one"
+            return int(status.Status), took, bool(assoc.is_released)
+        finally:
+            released.set()
+            ae.shutdown()
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            await app.nodes.add(Node("CT01", "127.0.0.1", port))
+            uids = await _stored(tmp_path, app, 2)
+            txn = generate_uid()
+            ds = commitment_request(txn, [(CT_IMAGE_STORAGE, u) for u in uids])
+            status, took, was_released = await asyncio.to_thread(ask_and_release, app.dicom.port, ds)
+            assert status == 0
+            assert was_released and took < 1.0, f"release answered after {took:.1f}s"
             assert await asyncio.to_thread(reports.arrived.wait, 10)
             [(event, info)] = reports.got
             assert event == 1 and info.TransactionUID == txn and len(info.ReferencedSOPSequence) == 2

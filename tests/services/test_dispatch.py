@@ -325,6 +325,7 @@ def test_the_response_names_the_request() -> None:
     """PS3.7 9.3 / 10.3: MessageIDBeingRespondedTo and the Affected SOP Class / Instance of the request
     (an N-request's Requested ones), unless the handler says otherwise."""
     from minipacs.services.dispatch import response_command
+    from minipacs.services.status import STATUS_COMMENTS
 
     n_set = Command.make("N-SET-RQ", MessageID=7, RequestedSOPClassUID="1.2", RequestedSOPInstanceUID="1.2.3")
     rsp = response_command(
@@ -336,9 +337,9 @@ def test_the_response_names_the_request() -> None:
         rsp["AffectedSOPClassUID"],
         rsp["AffectedSOPInstanceUID"],
         rsp["Status"],
-        len(rsp["ErrorComment"]),
+        rsp["ErrorComment"],
         rsp["OffendingElement"],
-    ) == (7, "1.2", "1.2.3", 0x0106, 64, [0x00400252])
+    ) == (7, "1.2", "1.2.3", 0x0106, STATUS_COMMENTS[0x0106], [0x00400252])  # too long: its status's sentence
     find = Command.make("C-FIND-RQ", has_dataset=True, MessageID=3, Priority=0, AffectedSOPClassUID="1.2.4")
     rsp = response_command(find, Response(0xFF00), has_dataset=True)
     assert "AffectedSOPInstanceUID" not in rsp and rsp.has_dataset and rsp["AffectedSOPClassUID"] == "1.2.4"

@@ -74,6 +74,7 @@ def reference(
     if ts.deflated:
         compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
         data = compressor.compress(data) + compressor.flush()
+        data += b"\x00" * (len(data) % 2)  # PS3.5 A.5: an odd deflate stream is padded to even length
     return data
 
 

@@ -45,6 +45,7 @@ from minipacs.core.errors import (
     ArchiveError,
     DuplicateInstance,
     InstanceMismatch,
+    InstanceUIDMismatch,
     InvalidInstance,
     NotFound,
     OutOfResources,
@@ -218,7 +219,8 @@ def prepare_ingest(staged: StagedPath) -> tuple[InstanceHeader, str, int]:
         if not found:
             raise InvalidInstance(f"the dataset has no {keyword}; it cannot be stored")
         if found != announced:
-            raise InstanceMismatch(
+            mismatch = InstanceUIDMismatch if keyword == "SOPInstanceUID" else InstanceMismatch
+            raise mismatch(
                 f"the dataset's {keyword} {found[:70]!r} differs from the announced "
                 f"{announced[:70]!r}; the sender must send matching values"
             )

@@ -23,6 +23,11 @@ class InstanceMismatch(InvalidInstance):
     """The dataset contradicts what the sender announced (SOP class/instance UID)."""
 
 
+class InstanceUIDMismatch(InstanceMismatch):
+    """The dataset's SOP Instance UID differs from the announced Affected SOP Instance UID
+    (not a SOP class mismatch: the class may well be right)."""
+
+
 class DuplicateInstance(ArchiveError):
     """The SOP Instance UID is already stored and the policy says reject."""
 

@@ -49,9 +49,11 @@ def decode_identifier(data: bytes, transfer_syntax_uid: str) -> Dataset:
 
 
 def deflate(data: bytes) -> bytes:
-    """A raw deflate stream (PS3.5 A.5, RFC 1951)."""
+    """A raw deflate stream (PS3.5 A.5, RFC 1951), padded with a trailing 0x00 to even length as A.5
+    says (a PDV fragment must be of even length, PS3.8 E.2; an inflater ignores what follows the end)."""
     compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
-    return compressor.compress(data) + compressor.flush()
+    stream = compressor.compress(data) + compressor.flush()
+    return stream + b"\x00" if len(stream) % 2 else stream
 
 
 def encode_identifier(ds: Dataset, ts: TransferSyntax) -> bytes:

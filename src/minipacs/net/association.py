@@ -143,6 +143,15 @@ class _Incoming:
         self.error: Exception | None = None
 
 
+def _even(data: bytes | memoryview) -> bytes | memoryview:
+    """A dataset (or its last fragment) padded to even length with one trailing 0x00.
+
+    PS3.8 E.2: every message fragment is of even length. A dataset is always even unless it is a
+    deflate stream (PS3.5 A.5), which ends where the compressor stopped; A.5 pads such a stream
+    with a trailing 0x00, which an inflater ignores. Peers (DCMTK, Orthanc) abort on an odd PDV."""
+    return data if len(data) % 2 == 0 else bytes(data) + b"\x00"
+
+
 class Association(UpperLayerUser):
     """A DICOM association, as acceptor or requestor."""
 
@@ -212,6 +221,8 @@ class Association(UpperLayerUser):
         self._incoming: dict[int, _Incoming] = {}
         self._responses: dict[int, asyncio.Queue[Message | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Work after an answered request (``spawn_after``): awaited before closing, not before a release.
+        self._after: set[asyncio.Task[None]] = set()
         self._running: dict[int, Message] = {}
         self._send_lock = asyncio.Lock()
         self._message_id = 0
@@ -460,6 +471,14 @@ class Association(UpperLayerUser):
         # A request was answered: the peer's next PDU is now due within idle_timeout.
         self.dul.rearm_read_timeout()
 
+    def spawn_after(self, work: Awaitable[None]) -> None:
+        """Run ``work`` that follows a request already answered (e.g. the Storage Commitment report,
+        PS3.4 J.3.3). Unlike a request being served, it does not hold up the answer to the peer's
+        A-RELEASE-RQ: the peer waits for nothing from it (wait_closed still awaits it)."""
+        task: asyncio.Task[None] = asyncio.ensure_future(work)
+        self._after.add(task)
+        task.add_done_callback(self._after.discard)
+
     def release_indication(self) -> None:
         self._spawn(self._release_when_idle())
 
@@ -518,11 +537,14 @@ class Association(UpperLayerUser):
 
     # ---------------------------------------------------------- sending
     def _max_fragment(self) -> int:
+        """The longest fragment a P-DATA-TF PDU to the peer carries: its Maximum Length less the PDV
+        item's 6 bytes, rounded down to EVEN -- PS3.8 E.2 wants every fragment of a message to be
+        of even length, and an even chunk leaves only the last fragment to watch (see ``_even``)."""
         limit = self.peer_max_pdu
         ours = self.settings.max_pdu_send
         if limit == 0 or (ours and ours < limit):
             limit = ours or 1024 * 1024
-        return max(limit - 6, 1)
+        return max((limit - 6) & ~1, 2)
 
     async def send_message(self, context_id: int, command: Command, dataset: DatasetSource | None = None) -> None:
         """Send one DIMSE message, fragmented to the peer's Maximum Length."""
@@ -547,15 +569,16 @@ class Association(UpperLayerUser):
         messages that fit in one PDV each go out in one write and one drain."""
         chunk = self._max_fragment()
         cmd_bytes = command.encode()
-        if len(cmd_bytes) > chunk or any(not 0 < len(ds) <= chunk for ds in datasets):
-            for ds in datasets:
+        padded = [_even(ds) for ds in datasets]
+        if len(cmd_bytes) > chunk or any(not 0 < len(ds) <= chunk for ds in padded):
+            for ds in padded:
                 await self.send_message(context_id, command, ds)
             return
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s sending %d x %s", self.label, len(datasets), command.summary())
         cmd_header = pdata_pdu_header(context_id, True, True, len(cmd_bytes))
-        parts: list[bytes] = []
-        for ds in datasets:
+        parts: list[bytes | memoryview] = []
+        for ds in padded:
             parts += (cmd_header, cmd_bytes, pdata_pdu_header(context_id, False, True, len(ds)), ds)
         try:
             async with self._send_lock:
@@ -586,6 +609,7 @@ class Association(UpperLayerUser):
                 # PDUs go out in a single write.
                 parts: list[bytes | memoryview] = [pdata_pdu_header(context_id, True, True, len(cmd_bytes)), cmd_bytes]
                 if dataset is not None:
+                    dataset = _even(dataset)
                     parts += [pdata_pdu_header(context_id, False, True, len(dataset)), dataset]
                 self.dul.send_pdata(*parts)
                 await self.dul.drain()
@@ -604,7 +628,7 @@ class Association(UpperLayerUser):
             if len(view) == 0:
                 self.dul.send_pdata(pdata_pdu_header(context_id, False, True, 0))
             for start in range(0, len(view), chunk):
-                piece = view[start : start + chunk]
+                piece = _even(view[start : start + chunk])  # chunk is even: only the last can be odd
                 self.dul.send_pdata(pdata_pdu_header(context_id, False, start + chunk >= len(view), len(piece)), piece)
                 await self.dul.drain()
             await self.dul.drain()
@@ -620,10 +644,18 @@ class Association(UpperLayerUser):
             if remaining <= 0:
                 self.dul.send_pdata(pdata_pdu_header(context_id, False, True, 0))
             while remaining > 0:
-                data = fh.read(min(block, remaining))
+                want = min(block, remaining)
+                data = fh.read(want)
+                while data and len(data) < want:  # a short read: fill the block, so fragments stay even
+                    more = fh.read(want - len(data))
+                    if not more:
+                        break
+                    data += more
                 if not data:
                     raise AssociationError(f"{region.path} shrank while being sent")
                 remaining -= len(data)
+                if remaining <= 0:
+                    data = bytes(_even(data))  # an odd deflate stream (PS3.5 A.5) ends in a 0x00 pad
                 view = memoryview(data)
                 out = bytearray()
                 for start in range(0, len(view), chunk):
@@ -686,6 +718,8 @@ class Association(UpperLayerUser):
         await self.dul.wait_closed()
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._after:
+            await asyncio.gather(*list(self._after), return_exceptions=True)
         if self.unanswered and not self._unanswered_logged:
             self._unanswered_logged = True
             log.info(

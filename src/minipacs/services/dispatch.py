@@ -34,8 +34,9 @@ from minipacs.services.status import (
     HANDLER_FAILURE,
     NOT_AUTHORIZED,
     PENDING_STATUSES,
-    comment,
+    access_comment,
     describe,
+    error_comment,
 )
 
 log = logging.getLogger("minipacs.server")
@@ -47,7 +48,8 @@ class Response:
     the Affected SOP Class / Instance UIDs of the request (``fields`` may override them)."""
 
     status: int
-    #: Error Comment (0000,0902), cut to its 64 characters.
+    #: Error Comment (0000,0902): a sentence within the LO's 64 characters (``status.error_comment``);
+    #: a longer one is logged and replaced by the short sentence of its status, never cut.
     error: str = ""
     #: The identifier / attribute list / action reply, already encoded in the context's transfer syntax.
     dataset: bytes | None = None
@@ -120,7 +122,9 @@ def response_command(request: Command, answer: Response | PendingBatch, *, has_d
     fields["Status"] = answer.status
     if isinstance(answer, Response):
         if answer.error:
-            fields["ErrorComment"] = comment(answer.error)
+            fields["ErrorComment"] = error_comment(answer.status, answer.error)
+            if fields["ErrorComment"] != answer.error:
+                log.info("%s answered 0x%04X: %s", request.name, answer.status, answer.error)
         fields.update(answer.fields)
     return Command.make(request.name.replace("-RQ", "-RSP"), has_dataset=has_dataset, **fields)
 
@@ -157,7 +161,10 @@ async def dispatch(assoc: Association, message: Message, operation: Operation) -
                     await send_answer(assoc, message, single)
                 finally:
                     if single.then is not None:
-                        await _follow_up(assoc, request, single.then)
+                        # not in this request's task: a release the peer sends now is answered at
+                        # once, not after the follow-up (PS3.4 J.3.3: the report may come later,
+                        # on a new association)
+                        assoc.spawn_after(_follow_up(assoc, request, single.then))
         if not message.answered:
             raise RuntimeError(f"the {request} handler ended without a final response")
     except Exception as exc:
@@ -181,6 +188,7 @@ async def fail(assoc: Association, message: Message, exc: Exception) -> None:
     request = message.command.name
     status = HANDLER_FAILURE.get(request, HANDLER_FAILURE["default"])
     why = f"internal error: {type(exc).__name__}: {exc}"
+    short = error_comment(status, f"internal error: {type(exc).__name__}")
     log.error(
         "%s %s failed, answered %s: %s", assoc.label, message.command.summary(), describe(status), why, exc_info=exc
     )
@@ -188,7 +196,7 @@ async def fail(assoc: Association, message: Message, exc: Exception) -> None:
         message.dataset.discard()
     record_operation(assoc, op=request.removesuffix("-RQ"), status=status, outcome="failed", error=why)
     try:
-        await send_answer(assoc, message, Response(status, error=why))
+        await send_answer(assoc, message, Response(status, error=short))
     except Exception as again:  # noqa: BLE001 - nothing more we can say to this peer
         log.warning("%s could not send the failure response to %s: %s", assoc.label, request, again)
 
@@ -208,7 +216,8 @@ def guarded(operation: Operation, access: AccessPolicy) -> Operation:
         record_operation(
             assoc, op=message.command.name.removesuffix("-RQ"), status=NOT_AUTHORIZED, outcome="refused", reason=why
         )
-        return Response(NOT_AUTHORIZED, error=refusal.reason)
+        comment = access_comment(refusal.rule, assoc.calling_ae.strip(), operation.access, refusal.reason)
+        return Response(NOT_AUTHORIZED, error=comment)
 
     return Operation(guard, operation.access)
 

@@ -32,6 +32,7 @@ from minipacs.services.status import (
     PROCESSING_FAILURE,
     SUCCESS,
     describe,
+    error_comment,
     status_for_mpps_error,
 )
 
@@ -83,6 +84,7 @@ class MPPSSCP(Service):
         self, assoc: Association, message: Message, op: str, sop_class: str, uid: str, *, create: bool
     ) -> Response:
         status, text, offending, error_id = SUCCESS, "", None, None
+        refusal: BaseException | None = None  # the Error Comment is made of it (status.error_comment)
         new_status = ""
         try:
             if sop_class != MODALITY_PERFORMED_PROCEDURE_STEP:
@@ -92,13 +94,13 @@ class MPPSSCP(Service):
                 step = await (self.steps.create(uid, ds) if create else self.steps.set(uid, ds))
                 new_status = step.status
         except ValueError as exc:
-            status, text = INVALID_OBJECT_INSTANCE, str(exc)
+            status, text, refusal = INVALID_OBJECT_INSTANCE, str(exc), exc
         except StepRefused as exc:
-            status, text, offending = status_for_mpps_error(exc), str(exc), exc.tag
+            status, text, offending, refusal = status_for_mpps_error(exc), str(exc), exc.tag, exc
             if isinstance(exc, StepClosed):
                 error_id = MPPS_MAY_NO_LONGER_BE_UPDATED
         except ArchiveError as exc:
-            status, text = PROCESSING_FAILURE, str(exc)
+            status, text, refusal = PROCESSING_FAILURE, str(exc), exc
         # (anything else escapes to the dispatcher: 0x0110 Processing failure, logged)
         fields: dict[str, Any] = {"AffectedSOPClassUID": sop_class}
         if uid:
@@ -121,7 +123,8 @@ class MPPSSCP(Service):
             mpps_status=new_status,
             error=text,
         )
-        return Response(status, error=text if status != SUCCESS else "", fields=fields)
+        comment = error_comment(status, refusal or text) if status != SUCCESS else ""
+        return Response(status, error=comment, fields=fields)
 
     @staticmethod
     def _attributes(message: Message) -> Dataset:

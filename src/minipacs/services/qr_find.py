@@ -54,6 +54,7 @@ from minipacs.services.status import (
     FIND_PENDING_WARNING,
     SUCCESS,
     describe,
+    error_comment,
     status_for_find_error,
 )
 from minipacs.services.verification import UNCOMPRESSED
@@ -207,18 +208,19 @@ class _SameCommand(Command):
 Respond = Callable[..., Awaitable[None]]
 
 
-def find_failure(assoc: Association, exc: Exception, what: str) -> tuple[int, str]:
-    """The status and Error Comment for a C-FIND that raised (PS3.4 C.4.1.1.4)."""
+def find_failure(assoc: Association, exc: Exception, what: str) -> tuple[int, str | Exception]:
+    """The status and the reason (its sentence, or the refusal itself: ``status.error_comment``
+    makes the Error Comment of it) for a C-FIND that raised (PS3.4 C.4.1.1.4)."""
     if isinstance(exc, ValueError):
-        return 0xC000, str(exc)
+        return 0xC000, exc
     if isinstance(exc, ArchiveError):
-        return status_for_find_error(exc), str(exc)
+        return status_for_find_error(exc), exc
     log.exception("%s %s failed", assoc.label, what)
     return 0xC000, f"internal error: {type(exc).__name__}"
 
 
 def finish_find(
-    assoc: Association, status: int, text: str, *, what: str, sop_class: str, level: str, matches: int
+    assoc: Association, status: int, text: str | Exception, *, what: str, sop_class: str, level: str, matches: int
 ) -> Response:
     """The end of every C-FIND (Q/R and worklist): log a refusal, record the operation, and
     the final response for the dispatcher to send."""
@@ -234,9 +236,9 @@ def finish_find(
         matches=matches,
         status=status,
         outcome=outcome,
-        error=text,
+        error=str(text),
     )
-    return Response(status, error="" if final else text)
+    return Response(status, error="" if final else error_comment(status, text))
 
 
 class QueryRetrieveFindSCP(Service):
@@ -286,7 +288,8 @@ class QueryRetrieveFindSCP(Service):
         context = message.context
         sop_class = cmd.affected_sop_class_uid
         matches = 0
-        status, text = SUCCESS, ""
+        status = SUCCESS
+        text: str | Exception = ""
         level = ""
         model = FIND_MODELS.get(context.abstract_syntax)
         ts = transfer_syntax(context.transfer_syntax)
@@ -333,10 +336,8 @@ class QueryRetrieveFindSCP(Service):
                             matches += len(rows)
                         if over:
                             status = FIND_LIMIT_REACHED
-                            text = (
-                                f"more than {self.max_results} matches (max_results); "
-                                "the first were sent, narrow the query"
-                            )
+                            # an Error Comment within 64 characters for any max_results (PS3.5 LO)
+                            text = f"over {self.max_results} matches (max_results); narrow the query"
                             break
                         await asyncio.sleep(0)  # let the reader see a C-CANCEL (drain may not yield)
                 if message.cancelled.is_set():

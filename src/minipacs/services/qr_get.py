@@ -32,7 +32,7 @@ from minipacs.services.qr_retrieve import (
     progress_response,
     run_suboperations,
 )
-from minipacs.services.status import GET, IDENTIFIER_DOES_NOT_MATCH, UNABLE_TO_PROCESS, describe
+from minipacs.services.status import GET, IDENTIFIER_DOES_NOT_MATCH, UNABLE_TO_PROCESS, describe, error_comment
 from minipacs.services.storage_scu import store_file
 
 log = logging.getLogger("minipacs.get")
@@ -106,7 +106,7 @@ class GetSCP(Service):
             )
             receipt.update(status=status, outcome="refused", error=str(exc))
             log.warning("%s C-GET refused with %s: %s", assoc.label, describe(status, GET), exc)
-            yield progress_response(status, error=str(exc))
+            yield progress_response(status, error=error_comment(status, exc))
             return
         progress = Progress(len(instances))
         if instances and not any(c.requestor_is_scp for c in assoc.contexts.values()):

@@ -18,7 +18,7 @@ from contextlib import aclosing
 from typing import Protocol
 
 from minipacs.core.archive import Archive
-from minipacs.core.errors import ArchiveError
+from minipacs.core.errors import AmbiguousDestination, ArchiveError, UnknownDestination
 from minipacs.core.model import AssociationRecord
 from minipacs.core.retrieve import InvalidRetrieveIdentifier, StoredInstance, select_instances
 from minipacs.net.association import (
@@ -51,6 +51,7 @@ from minipacs.services.status import (
     MOVE_DESTINATION_UNKNOWN,
     UNABLE_TO_PROCESS,
     describe,
+    error_comment,
 )
 from minipacs.services.storage_scu import proposal
 
@@ -109,6 +110,15 @@ def batches(instances: list[StoredInstance]) -> list[list[StoredInstance]]:
     return result
 
 
+def destination_comment(exc: BaseException, dest_ae: str) -> BaseException | str:
+    """The Error Comment of a refused Move Destination (fits 64 characters for any 16-character AE)."""
+    if isinstance(exc, UnknownDestination):
+        return f"Destination {dest_ae!r} is not a registered node; add it"
+    if isinstance(exc, AmbiguousDestination):
+        return f"Destination {dest_ae!r} is ambiguous; fix the node list"
+    return exc
+
+
 class MoveSCP(Service):
     """C-MOVE SCP for the Patient Root and Study Root information models."""
 
@@ -159,10 +169,13 @@ class MoveSCP(Service):
         finally:
             record_operation(assoc, **receipt)
 
-    def _refuse(self, assoc: Association, receipt: dict[str, object], status: int, why: str) -> Response:
+    def _refuse(
+        self, assoc: Association, receipt: dict[str, object], status: int, why: str, cause: BaseException | str = ""
+    ) -> Response:
+        """Log and record the full sentence ``why``; answer with the Error Comment made of ``cause`` (or ``why``)."""
         receipt.update(status=status, outcome="refused", error=why)
         log.warning("%s C-MOVE refused with %s: %s", assoc.label, describe(status, MOVE), why)
-        return progress_response(status, error=why)
+        return progress_response(status, error=error_comment(status, cause or why))
 
     async def _move(
         self, assoc: Association, message: Message, dest_ae: str, receipt: dict[str, object]
@@ -173,10 +186,10 @@ class MoveSCP(Service):
             receipt["level"] = level
             instances = await select_instances(self.archive, level, keys, model, located=False)
         except (IdentifierError, InvalidRetrieveIdentifier) as exc:
-            yield self._refuse(assoc, receipt, IDENTIFIER_DOES_NOT_MATCH, str(exc))
+            yield self._refuse(assoc, receipt, IDENTIFIER_DOES_NOT_MATCH, str(exc), exc)
             return
         except ArchiveError as exc:
-            yield self._refuse(assoc, receipt, UNABLE_TO_PROCESS, str(exc))
+            yield self._refuse(assoc, receipt, UNABLE_TO_PROCESS, str(exc), exc)
             return
         try:
             node = await self.destinations.resolve_move_destination(dest_ae, assoc.peer_host)
@@ -186,6 +199,7 @@ class MoveSCP(Service):
                 receipt,
                 MOVE_DESTINATION_UNKNOWN,
                 f"{exc} (C-MOVE requested by {assoc.calling_ae!r} from {assoc.peer_host})",
+                destination_comment(exc, dest_ae),
             )
             return
         receipt.update(destination_ae=node.ae_title, destination_host=node.host, destination_port=node.port)
@@ -260,9 +274,10 @@ class MoveSCP(Service):
         except AssociationError as exc:
             why = f"cannot open the storage association to {node.ae_title} at {node.host}:{node.port}: {exc}"
             log.warning("%s %s", assoc.label, why)
+            short = f"Cannot connect to {node.ae_title}; check its host and port"
             for inst in batch:
-                progress.fail(inst, why)
-            errors.append(why)
+                progress.fail(inst, why, short)
+            errors.append(short)
             return
 
         async def send_one(inst: StoredInstance) -> tuple[int, str]:

@@ -36,6 +36,7 @@ from minipacs.services.status import (
     SUBOPS_SOME_FAILED,
     SUCCESS,
     describe,
+    error_comment,
     is_success,
     is_warning,
 )
@@ -125,13 +126,18 @@ class Progress:
     failed_uids: list[str] = field(default_factory=list)
     cancelled: bool = False
     errors: list[str] = field(default_factory=list)
+    #: The Error Comment for the final response (<= 64 characters), from the first failure that has one.
+    comment: str = ""
 
     @property
     def remaining(self) -> int:
         return self.total - self.completed - self.failed - self.warning
 
-    def fail(self, instance: StoredInstance, why: str) -> None:
+    def fail(self, instance: StoredInstance, why: str, short: str = "") -> None:
+        """Count a failed sub-operation; ``why`` is logged, ``short`` (if any) may become the Error Comment."""
         self.failed += 1
+        if short and not self.comment:
+            self.comment = short
         self.failed_uids.append(instance.sop_instance_uid)
         if len(self.errors) < 20:
             self.errors.append(why)
@@ -173,7 +179,7 @@ def final_response(message: Message, progress: Progress, error: str = "") -> Res
     if progress.failed_uids:
         dataset = encode_failed_list(progress.failed_uids, message.context.transfer_syntax)
     if not error and progress.errors and status != SUCCESS:
-        error = progress.errors[0]
+        error = progress.comment or error_comment(status, progress.errors[0])
     return progress_response(status, progress, error=error, dataset=dataset)
 
 
@@ -206,8 +212,10 @@ async def run_suboperations(
         else:
             try:
                 status, text = await send_one(instance)
-            except (LookupError, TranscodeError) as exc:
-                progress.fail(instance, str(exc))
+            except LookupError as exc:
+                progress.fail(instance, str(exc), "No accepted presentation context fits; see the log")
+            except TranscodeError as exc:
+                progress.fail(instance, str(exc), "An instance could not be converted; see the server log")
             except AssociationError as exc:
                 if assoc.dul.is_closed:
                     raise

@@ -32,7 +32,7 @@ from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Operation
 from minipacs.services.qr_retrieve import GET_MODELS
-from minipacs.services.status import PENDING, SUCCESS, comment, describe, status_for_store_error
+from minipacs.services.status import PENDING, SUCCESS, describe, error_comment, status_for_store_error
 
 log = logging.getLogger("minipacs.retrieve_scu")
 
@@ -291,7 +291,7 @@ class FolderStorage(Service):
             "Status": status,
         }
         if text:
-            fields["ErrorComment"] = comment(text)
+            fields["ErrorComment"] = error_comment(status, message.dataset_error or text)
         await assoc.send_message(message.context.context_id, Command.make("C-STORE-RSP", **fields))
         record_operation(
             assoc,

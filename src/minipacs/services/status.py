@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from minipacs.core import commitment, errors, mpps
+from minipacs.core import access, commitment, errors, mpps, retrieve, transcode
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ STORAGE = _table(
     Status(0xA700, "Failure", "Refused: Out of Resources"),
     Status(0xA900, "Failure", "Error: Data Set does not match SOP Class"),
     Status(0xC000, "Failure", "Error: Cannot understand"),
+    Status(0xC001, "Failure", "Error: Cannot understand: SOP Instance UID differs from the command's"),
     Status(0xB000, "Warning", "Coercion of Data Elements"),
     Status(0xB007, "Warning", "Data Set does not match SOP Class"),
     Status(0xB006, "Warning", "Elements Discarded"),
@@ -104,9 +105,15 @@ MOVE_DESTINATION_UNKNOWN = 0xA801
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
 UNABLE_TO_PROCESS = 0xC000
 
+#: PS3.4 B.2.3: the dataset's SOP Instance UID differs from the Affected SOP Instance UID of the
+#: C-STORE-RQ. Not 0xA900 (that is for a dataset that does not match the SOP *class*): an error of
+#: the Cxxx "Cannot understand" family, whose low bits PS3.4 Table B.2-1 leaves to the SCP.
+STORE_INSTANCE_UID_MISMATCH = 0xC001
+
 # Archive error -> C-STORE status. Most specific class first: the first match wins.
 STORE_ERROR_STATUS: tuple[tuple[type[errors.ArchiveError], int], ...] = (
     (errors.DuplicateInstance, 0x0111),
+    (errors.InstanceUIDMismatch, STORE_INSTANCE_UID_MISMATCH),
     (errors.InstanceMismatch, 0xA900),
     (errors.InvalidIdentifier, 0xC000),
     (errors.InvalidInstance, 0xC000),
@@ -145,11 +152,6 @@ def is_success(code: int) -> bool:
 
 def is_warning(code: int) -> bool:
     return code in (0x0001,) or 0xB000 <= code <= 0xBFFF
-
-
-def comment(text: str) -> str:
-    """An Error Comment (0000,0902) is LO: at most 64 characters."""
-    return text if len(text) <= 64 else text[:61] + "..."
 
 
 # PS3.4 Table F.7.2-2 (N-CREATE/N-SET of the MPPS SOP class) and PS3.7 C.5 / 10.1.3, 10.1.5
@@ -225,3 +227,122 @@ HANDLER_FAILURE: dict[str, int] = {
     "N-DELETE-RQ": PROCESSING_FAILURE,
     "default": PROCESSING_FAILURE,
 }
+
+
+#: PS3.7 C.4 / PS3.5 Table 6.2-1: the Error Comment (0000,0902) is an LO, at most 64 characters.
+ERROR_COMMENT_MAX = 64
+
+# Refusal kind -> its Error Comment: a sentence that fits the LO and says what to do, for when the
+# full sentence (which the server log keeps) does not fit. Most specific class first.
+ERROR_COMMENTS: tuple[tuple[type[BaseException], str], ...] = (
+    (errors.InstanceUIDMismatch, "Dataset SOPInstanceUID differs from Affected SOP Instance UID"),
+    (errors.InstanceMismatch, "Dataset SOPClassUID differs from Affected SOP Class UID"),
+    (errors.InvalidIdentifier, "A UID in the dataset is malformed; correct it and send again"),
+    (errors.InvalidInstance, "Dataset unreadable or without its UIDs; correct it, send again"),
+    (errors.DuplicateInstance, "Instance already stored and duplicates are refused here"),
+    (errors.InflateLimitExceeded, "Deflated dataset inflates past the limit; send it uncompressed"),
+    (errors.DatasetTooLarge, "Dataset larger than this archive accepts (max_dataset_bytes)"),
+    (errors.OutOfResources, "Archive out of resources (disk full?); try again later"),
+    (errors.UnreadableInstance, "A stored instance cannot be read; the server log says which"),
+    (errors.NotFound, "Nothing found with these UIDs; check them and ask again"),
+    (errors.UnknownDestination, "Move destination unknown; register it as a node first"),
+    (errors.AmbiguousDestination, "Move destination AE title is ambiguous; fix the node list"),
+    (errors.AccessDenied, "Not authorized; ask the archive admin to allow this AE"),
+    (errors.IdentifierMismatch, "Identifier does not fit the query model; check level and keys"),
+    (errors.InvalidKeyValue, "A key value cannot be matched; correct it and ask again"),
+    (retrieve.InvalidRetrieveIdentifier, "Identifier cannot select instances; check level and UIDs"),
+    (transcode.TranscodeError, "An instance could not be converted; see the server log"),
+    (mpps.MissingAttributeValue, "A required attribute is empty; give it a value, send again"),
+    (mpps.MissingAttribute, "A required attribute is missing; add it and send again"),
+    (mpps.AttributeNotSettable, "An attribute N-SET cannot change was sent; leave it out"),
+    (mpps.InvalidAttributeValue, "An attribute value is invalid; correct it and send again"),
+    (mpps.DuplicateStep, "The step exists already; update it with N-SET"),
+    (mpps.NoSuchStep, "No such step; create it with N-CREATE first"),
+    (mpps.StepClosed, "The step is final and may no longer be updated"),
+)
+
+# Status -> its Error Comment when no refusal kind above applies and the full sentence does not fit.
+STATUS_COMMENTS: dict[int, str] = {
+    0x0105: "No such attribute; leave it out and send again",
+    0x0106: "An attribute value is invalid; correct it and send again",
+    0x0110: "Processing failed; the server log says why",
+    0x0111: "Duplicate SOP instance; it is already here",
+    0x0112: "No such SOP instance; check the UID",
+    0x0115: "Invalid argument value; correct the request",
+    0x0117: "Invalid object instance; correct it and send again",
+    0x0119: "Class and instance conflict; check both UIDs",
+    0x0120: "A required attribute is missing; add it and send again",
+    0x0121: "A required attribute is empty; give it a value, send again",
+    0x0122: "SOP class not supported here; use another",
+    0x0123: "No such action; only action type 1 is defined",
+    0x0124: "Not authorized; ask the archive admin to allow this AE",
+    0x0211: "Unrecognized operation; this service does not offer it",
+    0xA700: "Out of resources; try again later or ask for fewer",
+    0xA701: "Out of resources counting matches; narrow the request",
+    0xA702: "Sub-operations could not be done; the server log says why",
+    0xA801: "Move destination unknown; register it as a node first",
+    0xA900: "Does not match the SOP class; check the request",
+    0xB000: "Some sub-operations failed; the server log says why",
+}
+# Access-policy rule -> the Error Comment of a refused request (0x0124), for a calling AE title ``ae``
+# (at most 16 characters, PS3.5 Table 6.2-1) and the access operation ``op`` (core/nodes.py OPERATIONS:
+# echo, store, ...); core/access.py
+# words the full sentence, which the server log keeps.
+ACCESS_COMMENTS: dict[str, str] = {
+    access.RULE_UNREGISTERED: "calling AE title {ae!r}: unknown; add it as a node",
+    access.RULE_HOST: "calling AE title {ae!r}: wrong host; update the node",
+    access.RULE_PERMISSIONS: "calling AE title {ae!r} may not {op}; grant it",
+}
+
+
+def access_comment(rule: str, ae: str, op: str, reason: str) -> str:
+    """The Error Comment of a request refused by the access policy under ``rule``."""
+    template = ACCESS_COMMENTS.get(rule)
+    return error_comment(NOT_AUTHORIZED, template.format(ae=ae, op=op) if template else reason)
+
+
+_CATEGORY_COMMENTS: tuple[tuple[range, str], ...] = (
+    (range(0xA700, 0xA800), "Out of resources; try again later"),
+    (range(0xA900, 0xAA00), "Does not match the SOP class; check the request"),
+    (range(0xC000, 0xD000), "Cannot process the request; the server log says why"),
+)
+_DEFAULT_COMMENT = "Request failed; the server log says why"
+
+
+def fits_error_comment(text: str) -> bool:
+    """A whole sentence that fits the LO: at most 64 characters and not cut off ("...")."""
+    stripped = text.rstrip()
+    return len(text) <= ERROR_COMMENT_MAX and not stripped.endswith(("...", "\u2026"))
+
+
+def _whole_clauses(text: str) -> str:
+    """The longest run of leading "; "-separated clauses of ``text`` that fits the LO, or ""."""
+    clauses = text.split("; ")
+    for n in range(len(clauses) - 1, 0, -1):
+        head = "; ".join(clauses[:n])
+        if fits_error_comment(head):
+            return head
+    return ""
+
+
+def error_comment(status: int, reason: BaseException | str) -> str:
+    """The Error Comment (0000,0902) for a refusal, never a cut sentence (whoever refuses logs the
+    full one): the reason's own sentence when it fits the LO's 64 characters, else the sentence of
+    its kind (``ERROR_COMMENTS``), else its leading whole clauses, else the sentence of its status
+    (``STATUS_COMMENTS``, then by category)."""
+    text = str(reason)
+    if fits_error_comment(text):
+        return text
+    if isinstance(reason, BaseException):
+        for kind, short in ERROR_COMMENTS:
+            if isinstance(reason, kind):
+                return short
+    head = _whole_clauses(text)
+    if head:
+        return head
+    if status in STATUS_COMMENTS:
+        return STATUS_COMMENTS[status]
+    for codes, short in _CATEGORY_COMMENTS:
+        if status in codes:
+            return short
+    return _DEFAULT_COMMENT

@@ -21,7 +21,7 @@ from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Operation, Response
-from minipacs.services.status import SUCCESS, describe, status_for_store_error
+from minipacs.services.status import SUCCESS, describe, error_comment, status_for_store_error
 
 log = logging.getLogger("minipacs.storage")
 
@@ -81,10 +81,12 @@ class StorageSCP(Service):
         sop_class = cmd.affected_sop_class_uid
         sop_instance = cmd.affected_sop_instance_uid
         status, text = SUCCESS, ""
+        short = ""  # the Error Comment, when the full text (logged) does not fit its 64 characters
         outcome = ""
         sink = message.dataset
         if message.dataset_error is not None:
             status, text = status_for_store_error(message.dataset_error), str(message.dataset_error)
+            short = error_comment(status, message.dataset_error)
         elif sop_class != message.context.abstract_syntax:
             # PS3.4 B.2.3: the announced class must match the presentation context.
             status = 0xA900
@@ -103,6 +105,7 @@ class StorageSCP(Service):
                 outcome = result.status.value
             except ArchiveError as exc:
                 status, text = status_for_store_error(exc), str(exc)
+                short = error_comment(status, exc)
             except Exception as exc:
                 log.exception("%s storing %s failed", assoc.label, sop_instance)
                 status, text = status_for_store_error(exc), f"internal error: {type(exc).__name__}"
@@ -117,4 +120,4 @@ class StorageSCP(Service):
             outcome=outcome or ("success" if status == SUCCESS else "failed"),
             error=text,
         )
-        return Response(status, error=text)
+        return Response(status, error=short or text)

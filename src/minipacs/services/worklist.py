@@ -47,7 +47,8 @@ class ModalityWorklistSCP(Service):
         context = message.context
         sop_class = cmd.affected_sop_class_uid
         matches = 0
-        status, text = SUCCESS, ""
+        status = SUCCESS
+        text: str | Exception = ""
         ts = transfer_syntax(context.transfer_syntax)
         sink = message.dataset
         try:
