@@ -239,6 +239,10 @@ def test_move_study_sends_stored_bytes_and_leaves_a_receipt(tmp_path: Path) -> N
             assert receipts[0]["completed"] == 6 and receipts[0]["failed"] == 0
             sub = [r for r in records if r.role == "requestor"]
             assert sub and sub[0].called_aet == "DEST"
+            # the outgoing sub-association lists what it carried (issue 12 item 22), not "no operations"
+            carried = [op for op in sub[0].operations if op.get("op") == "C-STORE"]
+            assert sorted(op["sop_instance"] for op in carried) == sorted(env.files)
+            assert all(op["status"] == 0 and op["outcome"] == "success" for op in carried)
 
     asyncio.run(main())
 

@@ -52,6 +52,8 @@ from minipacs.services.status import (
     UNABLE_TO_PROCESS,
     describe,
     error_comment,
+    is_success,
+    is_warning,
 )
 from minipacs.services.storage_scu import proposal
 
@@ -283,7 +285,18 @@ class MoveSCP(Service):
         async def send_one(inst: StoredInstance) -> tuple[int, str]:
             from minipacs.services.storage_scu import store_file
 
-            return await store_file(sub, inst, move_originator=originator)
+            status, text = await store_file(sub, inst, move_originator=originator)
+            # the sub-association's own log entry lists what it carried (issue 12 item 22)
+            record_operation(
+                sub,
+                op="C-STORE",
+                sop_class=inst.sop_class_uid,
+                sop_instance=inst.sop_instance_uid,
+                status=status,
+                outcome="success" if is_success(status) else ("warning" if is_warning(status) else "failed"),
+                error=text,
+            )
+            return status, text
 
         try:
             async with aclosing(
