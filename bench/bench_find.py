@@ -73,6 +73,7 @@ def build_index(data: Path, studies: int) -> None:
                 {
                     "id": p + 1,
                     "patient_id": f"PID{p:07d}",
+                    "patient_key": f"PID{p:07d}",  # the Patient ID itself when there is one (index/repository.py)
                     "issuer_of_patient_id": "",
                     "patient_name": name,
                     "patient_name_norm": normalise_name(name),
@@ -156,7 +157,8 @@ async def timed(assoc: Any, keys: list[str], decode: bool = False) -> tuple[floa
     identifier), so the time is the server's; ``decode`` also parses every
     identifier with pydicom, as ``minipacs find`` does.
     """
-    ident = build_identifier(keys, "STUDY")
+    # "Keyword=value" specs (the CLI's -k) -> the structured keys the outbound path takes
+    ident = build_identifier({k: v for k, _, v in (spec.partition("=") for spec in keys)}, "STUDY")
     start = time.perf_counter()
     count, status = 0, -1
     if decode:
