@@ -88,6 +88,10 @@ def archive_settings(settings: Settings) -> ArchiveSettings:
         duplicate_policy=settings.duplicate_policy,
         max_inflate_ratio=settings.max_inflate_ratio,
         max_sequence_depth=settings.max_sequence_depth,
+        intake_inline_max_bytes=settings.intake_inline_max_bytes,
+        intake_segment_bytes=settings.intake_segment_bytes,
+        intake_checkpoint_seconds=settings.intake_checkpoint_seconds,
+        intake_checkpoint_bytes=settings.intake_checkpoint_bytes,
     )
 
 

@@ -89,6 +89,15 @@ class Settings:
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP
     #: fsync every stored file and index commit before answering success.
     fsync: bool = True
+    #: Stored files up to this size are made durable by the intake log, one flush per batch
+    #: (core/intake.py); larger ones by their own fsyncs. 0: never the log.
+    intake_inline_max_bytes: int = 1 * MiB
+    #: Size of one intake-log segment file (data/intake/); the first ones are smaller.
+    intake_segment_bytes: int = 16 * MiB
+    #: Most seconds between intake-log checkpoints while instances arrive.
+    intake_checkpoint_seconds: float = 1.0
+    #: A checkpoint also starts after this many bytes of log records.
+    intake_checkpoint_bytes: int = 64 * MiB
     # --- logging
     log_level: str = "INFO"
     # --- access policy and AE registry (see core/access.py)
@@ -201,6 +210,14 @@ class Settings:
             raise ConfigError("max_inflate_ratio must be 0 (no limit) or a positive number")
         if not 1 <= self.max_sequence_depth <= 128:
             raise ConfigError("max_sequence_depth must be 1 to 128 (pydicom reads nesting recursively)")
+        if not 0 <= self.intake_inline_max_bytes <= 64 * MiB:
+            raise ConfigError("intake_inline_max_bytes must be 0 (no intake log) to 67108864 (64 MiB)")
+        if not 1 * MiB <= self.intake_segment_bytes <= 1024 * MiB:
+            raise ConfigError("intake_segment_bytes must be 1 MiB to 1 GiB")
+        if not 0 < self.intake_checkpoint_seconds <= 3600:
+            raise ConfigError("intake_checkpoint_seconds must be more than 0 and at most 3600")
+        if self.intake_checkpoint_bytes < 1 * MiB:
+            raise ConfigError("intake_checkpoint_bytes must be at least 1 MiB")
         for name in (
             "acse_timeout",
             "dimse_timeout",

@@ -30,8 +30,11 @@ class BlobStore(Protocol):
     def put_from_staging(self, staged_path: Path, key: str) -> None:
         """Move a complete staged file to ``key``, replacing what is there."""
 
-    def sync(self) -> None:
-        """Make every put since the last sync durable (directory entries included)."""
+    def sync(self, *, durable: bool = True) -> None:
+        """Make every put since the last sync durable (directory entries included).
+
+        ``durable=False``: only forget them (the caller makes them durable another way, e.g. the
+        archive's intake log and its checkpoint's syncfs)."""
 
     def open(self, key: str) -> BinaryIO:
         """Open the blob for reading; raises BlobNotFound."""

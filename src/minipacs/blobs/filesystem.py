@@ -100,9 +100,9 @@ class FilesystemBlobStore:
         os.replace(staged_path, parent / parts[-1])
         self._dirty.add(parent)
 
-    def sync(self) -> None:
+    def sync(self, *, durable: bool = True) -> None:
         dirty, self._dirty = self._dirty, set()
-        if self._fsync:
+        if self._fsync and durable:
             # deepest first, so a new directory's own entries are durable before its parent's
             for directory in sorted(dirty, key=lambda p: len(p.parts), reverse=True):
                 fsync_directory(directory)

@@ -52,10 +52,26 @@ from minipacs.core.errors import (
 )
 from minipacs.core.header import read_header
 from minipacs.core.inflate import DatasetLimits, check_deflated
-from minipacs.core.model import AssociationRecord, DuplicatePolicy, Origin, StagedPath, StoreOutcome, StoreStatus
+from minipacs.core.intake import IntakeLog, IntakeRecord, syncfs
+from minipacs.core.model import (
+    AssociationRecord,
+    DuplicatePolicy,
+    Origin,
+    StagedPath,
+    StoreOutcome,
+    StoreStatus,
+)
 from minipacs.core.paths import instance_key
-from minipacs.core.staging import READY_DIR, StagingFile, StagingPool, remove_leftovers, stage_file
+from minipacs.core.staging import (
+    READY_DIR,
+    STAGING_SUFFIX,
+    StagingFile,
+    StagingPool,
+    remove_leftovers,
+    stage_file,
+)
 from minipacs.dicom.header import InstanceHeader, dataset_encoding
+from minipacs.index import intake_repo
 from minipacs.index import repository as repo
 from minipacs.index.database import IndexConnection, IndexDatabase
 
@@ -79,6 +95,11 @@ class ArchiveSettings:
     duplicate_policy: DuplicatePolicy  # what a second copy of a stored SOP Instance UID does
     max_inflate_ratio: int = 100  # most inflated bytes per deflated byte (PS3.5 A.5; 0: no limit)
     max_sequence_depth: int = 64  # deepest sequence nesting read from a stored file
+    #: Stored files up to this size go through the intake log (core/intake.py); 0: never (3 fsyncs each).
+    intake_inline_max_bytes: int = 1 << 20
+    intake_segment_bytes: int = 16 << 20  # size of one intake-log segment file
+    intake_checkpoint_seconds: float = 1.0  # most time between checkpoints while instances arrive
+    intake_checkpoint_bytes: int = 64 << 20  # a checkpoint starts after this many logged bytes
 
     @property
     def dataset_limits(self) -> DatasetLimits:
@@ -110,6 +131,8 @@ class _IngestJob(_Job[StoreOutcome]):
     header: InstanceHeader | None = field(default=None, kw_only=True)
     key: str = field(default="", kw_only=True)
     size: int = field(default=0, kw_only=True)
+    #: Made durable by the intake log rather than its own fsyncs (set by the writer).
+    logged: bool = field(default=False, kw_only=True)
 
 
 @dataclass
@@ -117,6 +140,17 @@ class _CallJob(_Job[Any]):
     call: Callable[[IndexConnection], Any] = field(kw_only=True)
     #: The call may delete patients, studies or series: cached keys go stale.
     removes_entities: bool = field(default=False, kw_only=True)
+
+
+@dataclass
+class _Barrier:
+    """A checkpoint's request to the writer: one durable commit after everything queued before it."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
+WriterJob = _Job[Any] | _Barrier
 
 
 @dataclass
@@ -160,6 +194,9 @@ def _clean(text: str) -> str:
     """Strings from peers go into the index without NULs (PostgreSQL refuses them)."""
     return text.replace("\x00", "")
 
+
+#: The intake log's folder under the data directory (core/intake.py).
+INTAKE_DIR: Final = "intake"
 
 #: Held (flock, exclusive) by the one process that may clean staging/ and ready/:
 #: leftovers there are unacknowledged only if no other process is writing them.
@@ -238,13 +275,20 @@ class Archive:
         self.staging_dir = settings.data_dir / "staging"
         self._index = index
         self._index_writer = index.writer()
-        self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[WriterJob | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._run_writer, name="minipacs-index-writer", daemon=True)
         self._keys = _KeyCache()
         self._stats = IngestStats()
         self._closed = False
         self._staging_pool = StagingPool(settings.data_dir / READY_DIR)
         self._recovery_lock: int | None = None
+        self._intake: IntakeLog | None = None  # set by start() when this process owns the data folder
+        self._committed_lsn = 0  # the last intake record whose rows are committed (writer thread)
+        self._bytes_at_request = 0  # intake bytes appended when a checkpoint was last asked for
+        self._checkpoint_wanted = threading.Event()
+        self._checkpointer: threading.Thread | None = None
+        self._checkpoint_lock = threading.Lock()
+        self._stopping = False
         #: After-ingest listeners (web/: PS3.18 metadata), called on the event loop once an
         #: ingest is durable, after its result is known; they must be quick and must not raise.
         self.on_stored: list[Callable[[StoreOutcome], None]] = []
@@ -261,36 +305,188 @@ class Archive:
         data_dir = settings.data_dir.resolve()
         staging_dir = data_dir / "staging"
 
-        def prepare() -> int | None:
+        use_log = settings.fsync and settings.intake_inline_max_bytes > 0
+
+        def prepare() -> tuple[int | None, IntakeLog | None, list[IntakeRecord]]:
             staging_dir.mkdir(parents=True, exist_ok=True)
             (data_dir / READY_DIR).mkdir(exist_ok=True)
             lock = _take_recovery_lock(data_dir)
+            intake: IntakeLog | None = None
+            pending: list[IntakeRecord] = []
             if lock is not None:
                 removed = remove_leftovers(staging_dir) + remove_leftovers(data_dir / READY_DIR)
                 if removed:
                     log.info("removed %d unacknowledged file(s) left in %s", removed, staging_dir)
+                # The log is replayed even when it is now turned off: it may hold acknowledged instances.
+                if use_log or (data_dir / INTAKE_DIR).is_dir():
+                    intake, pending = IntakeLog.open(data_dir / INTAKE_DIR, settings.intake_segment_bytes)
             else:
-                log.info("another minipacs process is using %s; leaving staging/ to it", data_dir)
-            return lock
+                log.info(
+                    "another minipacs process is using %s; leaving staging/ to it and flushing each "
+                    "instance on its own (no intake log)",
+                    data_dir,
+                )
+            return lock, intake, pending
 
-        lock = await asyncio.to_thread(prepare)
+        lock, intake, pending = await asyncio.to_thread(prepare)
         archive = cls(replace(settings, data_dir=data_dir), index, blobs)
         archive._recovery_lock = lock
+        archive._intake = intake
+        if intake is not None:
+            intake.on_new_segment = archive._checkpoint_wanted.set
         archive._writer.start()
+        if intake is not None:
+            archive._checkpointer = threading.Thread(
+                target=archive._run_checkpointer, name="minipacs-intake-checkpoint", daemon=True
+            )
+            archive._checkpointer.start()
+            if pending:
+                await archive._replay(pending)
+            if not use_log:  # replayed: from now on each instance is flushed on its own
+                await asyncio.to_thread(archive._stop_checkpointer)
+                intake.close()
+                archive._intake = None
         return archive
 
-    async def close(self) -> None:
-        """Finish every queued job, stop the writer thread, dispose of the index."""
+    async def close(self, *, checkpoint: bool = True) -> None:
+        """Finish every queued job, stop the writer thread, dispose of the index.
+
+        ``checkpoint=False`` leaves the intake log as a crash would (for tests of the replay)."""
         if self._closed:
             return
         self._closed = True
+        if self._intake is not None:
+            await asyncio.to_thread(self._stop_checkpointer, checkpoint=checkpoint)
         self._queue.put(None)
         await asyncio.to_thread(self._writer.join)
+        if self._intake is not None:
+            self._intake.close()
         await asyncio.to_thread(self._staging_pool.close)
         if self._recovery_lock is not None:
             os.close(self._recovery_lock)  # releases the flock
             self._recovery_lock = None
         self._index.dispose()
+
+    # ------------------------------------------------------------------ the intake log
+
+    def _run_checkpointer(self) -> None:
+        interval = self.settings.intake_checkpoint_seconds
+        while not self._stopping:
+            self._checkpoint_wanted.wait(timeout=interval)
+            self._checkpoint_wanted.clear()
+            if self._stopping:
+                break
+            try:
+                self._checkpoint()
+            except Exception:
+                log.exception("intake-log checkpoint failed; the log keeps the instances until the next one")
+            intake = self._intake
+            if intake is not None and intake.wants_spare and not self._stopping:
+                try:
+                    intake.make_spare()
+                except OSError as exc:  # the writer falls back to fallocate
+                    log.warning("cannot prepare the next intake-log segment: %s", exc)
+
+    def _stop_checkpointer(self, *, checkpoint: bool = True) -> None:
+        self._stopping = True
+        self._checkpoint_wanted.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join()
+            self._checkpointer = None
+        if checkpoint:
+            try:
+                self._checkpoint()
+            except Exception:
+                log.exception("final intake-log checkpoint failed; the next start replays the log")
+
+    def _checkpoint(self) -> None:
+        """Make everything the log holds up to the last committed record durable without it, then say so
+        in the log (core/intake.py). Any thread but the writer's."""
+        intake = self._intake
+        if intake is None:
+            return
+        with self._checkpoint_lock:
+            lsn = self._committed_lsn
+            if lsn <= intake.checkpoint_lsn:
+                return
+            barrier = _Barrier()
+            self._queue.put(barrier)  # a durable commit after every commit up to lsn
+            barrier.done.wait()
+            if barrier.error is not None:
+                raise barrier.error
+            seen: set[int] = set()
+            for path in (self.settings.data_dir, getattr(self.blobs, "root", self.settings.data_dir)):
+                device = os.stat(path).st_dev
+                if device not in seen:
+                    seen.add(device)
+                    syncfs(path)
+            intake.checkpoint(lsn)
+
+    async def _replay(self, records: list[IntakeRecord]) -> None:
+        """Start-up: bring the index and storage up to the log (core/intake.py, "replayed")."""
+        committed = await self.read(intake_repo.committed_lsn)
+        self._committed_lsn = committed
+        restored = ingested = 0
+        for record in records:
+            if record.lsn <= committed:
+                restored += await asyncio.to_thread(self._restore_file, record)
+            else:
+                await self._ingest_again(record)
+                ingested += 1
+        await asyncio.to_thread(self._checkpoint)
+        log.info(
+            "intake log replayed: %d record(s) after the last checkpoint; %d file(s) rewritten, "
+            "%d instance(s) whose index commit was lost stored again",
+            len(records),
+            restored,
+            ingested,
+        )
+
+    def _staged_copy(self, record: IntakeRecord) -> Path:
+        path = self.staging_dir / f"replay-{record.lsn}{STAGING_SUFFIX}"
+        with open(path, "wb") as fh:
+            fh.write(record.data)
+        return path
+
+    def _restore_file(self, record: IntakeRecord) -> int:
+        """A committed record: rewrite its file if a row still names it. Returns 1 if rewritten."""
+        key = str(record.meta["key"])
+        if not self._index.read(lambda conn: intake_repo.blob_key_in_use(conn, key)):
+            return 0  # deleted or replaced since
+        self.blobs.put_from_staging(self._staged_copy(record), key)
+        return 1
+
+    async def _ingest_again(self, record: IntakeRecord) -> None:
+        """A record whose commit was lost: store it again (its file may sit in storage unindexed)."""
+        meta = record.meta
+        key = str(meta["key"])
+        in_use = await self.read(lambda conn: intake_repo.blob_key_in_use(conn, key))
+        if not in_use:
+            await asyncio.to_thread(self.blobs.delete, key)
+        kind, calling, called, host = meta["origin"]
+        staged = StagedPath(
+            path=await asyncio.to_thread(self._staged_copy, record),
+            dataset_offset=int(meta["offset"]),
+            transfer_syntax_uid=str(meta["ts"]),
+            sop_class_uid=str(meta["class"]),
+            sop_instance_uid=str(meta["sop"]),
+        )
+        try:
+            await self.ingest(staged, Origin(kind, calling, called, host))
+        except ArchiveError as exc:  # refused now as it would have been then: nothing was acknowledged
+            log.warning("intake-log record %d could not be stored again: %s", record.lsn, exc)
+
+    @staticmethod
+    def _record_meta(job: _IngestJob) -> dict[str, Any]:
+        staged, origin = job.staged, job.origin
+        return {
+            "key": job.key,
+            "offset": staged.dataset_offset,
+            "ts": staged.transfer_syntax_uid,
+            "class": staged.sop_class_uid,
+            "sop": staged.sop_instance_uid,
+            "origin": [origin.kind, origin.calling_aet, origin.called_aet, origin.peer_host],
+        }
 
     def _check_open(self) -> None:
         if self._closed:
@@ -407,7 +603,7 @@ class Archive:
             first = self._queue.get()
             if first is None:
                 break
-            batch: list[_Job[Any]] = [first]
+            batch: list[WriterJob] = [first]
             while len(batch) < MAX_BATCH:
                 try:
                     job = self._queue.get_nowait()
@@ -423,10 +619,20 @@ class Archive:
                 log.exception("index writer batch of %d job(s) failed", len(batch))
                 results = [ArchiveError(f"the index writer failed: {exc}")] * len(batch)
             for job, result in zip(batch, results, strict=True):
-                _resolve(job, result)
+                if isinstance(job, _Barrier):
+                    job.error = result if isinstance(result, BaseException) else None
+                    job.done.set()
+                else:
+                    _resolve(job, result)
+            intake = self._intake
+            if intake is not None and intake.bytes_appended - self._bytes_at_request >= (
+                self.settings.intake_checkpoint_bytes
+            ):
+                self._bytes_at_request = intake.bytes_appended
+                self._checkpoint_wanted.set()
         self._index_writer.close()
 
-    def _commit_batch(self, batch: list[_Job[Any]]) -> list[object]:
+    def _commit_batch(self, batch: list[WriterJob]) -> list[object]:
         """Steps 1-4 of the module docstring; one result (value or exception) per job."""
         ingests = [job for job in batch if isinstance(job, _IngestJob)]
         results: list[object] = [None] * len(batch)
@@ -434,7 +640,8 @@ class Archive:
             if isinstance(job, _IngestJob):
                 try:
                     job.header, job.key, job.size = prepare_ingest(job.staged)
-                    if self.settings.fsync:
+                    job.logged = self._intake is not None and job.size <= self.settings.intake_inline_max_bytes
+                    if self.settings.fsync and not job.logged:
                         _fsync_file(job.staged.path)
                 except ArchiveError as exc:
                     results[index] = exc
@@ -479,9 +686,12 @@ class Archive:
         return results
 
     def _transaction(
-        self, batch: list[_Job[Any]], indexes: list[int], results: list[object], stale_keys: list[str]
+        self, batch: list[WriterJob], indexes: list[int], results: list[object], stale_keys: list[str]
     ) -> None:
-        """Apply the jobs at ``indexes`` in ONE transaction; files move in before the commit."""
+        """Apply the jobs at ``indexes`` in ONE transaction; files move in before the commit.
+
+        A transaction of logged ingests only commits without waiting for the disk: their intake
+        records, fdatasynced inside it, keep them (core/intake.py). Any other job commits durably."""
         if not indexes:
             return
         now = dt.datetime.now(dt.UTC)
@@ -489,7 +699,9 @@ class Archive:
         stale: list[str] = []
         moves: list[tuple[Path, str]] = []
         journal: list[dict[str, Any]] = []  # changes-journal rows of the ingests, in job order
-        with self._index_writer.transaction() as conn:  # a failure rolls back and drops the connection
+        durable = not all(isinstance(batch[i], _IngestJob) and batch[i].logged for i in indexes)  # type: ignore[union-attr]
+        last_lsn = 0
+        with self._index_writer.transaction(durable=durable) as conn:  # a failure rolls back, drops the connection
             for index in indexes:
                 job = batch[index]
                 if isinstance(job, _CallJob) and journal:  # keep the journal in job order
@@ -502,8 +714,20 @@ class Archive:
                     del journal[mark:]
                     done[index] = exc
             record_changes(conn, journal)
+            logged = [
+                job
+                for index in indexes
+                if isinstance(job := batch[index], _IngestJob) and job.logged and _moved_into_storage(done[index])
+            ]
+            if logged:  # the files' bytes, before they move; one fdatasync for all
+                records = [(self._record_meta(job), job.staged.path.read_bytes()) for job in logged]
+                assert self._intake is not None
+                last_lsn = self._intake.append(records)[-1]
+                intake_repo.set_committed_lsn(conn, last_lsn)
             self._move_into_storage(moves)  # after every statement, before the commit
-            self.blobs.sync()
+            self.blobs.sync(durable=durable)
+        if last_lsn:
+            self._committed_lsn = last_lsn
         for index, result in done.items():
             results[index] = result
         stale_keys.extend(stale)
@@ -527,7 +751,7 @@ class Archive:
     def _apply(
         self,
         conn: IndexConnection,
-        job: _Job[Any],
+        job: WriterJob,
         now: dt.datetime,
         stale_keys: list[str],
         moves: list[tuple[Path, str]],
@@ -535,6 +759,9 @@ class Archive:
     ) -> object:
         if isinstance(job, _CallJob):
             return job.call(conn)
+        if isinstance(job, _Barrier):
+            intake_repo.touch(conn)
+            return None
         if not isinstance(job, _IngestJob):  # pragma: no cover - the queue holds only these
             raise TypeError(f"unknown writer job {job!r}")
         header = job.header

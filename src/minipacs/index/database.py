@@ -104,19 +104,37 @@ class IndexWriter:
     kept open across transactions; dropped after a failed transaction, opened again on the next.
     Used by one thread at a time (the archive's writer thread)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, fsync: bool = True) -> None:
         self._engine = engine
         self._conn: Connection | None = None
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._durable_setting = "FULL" if fsync else "NORMAL"
+        self._synchronous: str | None = None  # the SQLite connection's setting; None: not known
 
     @contextmanager
-    def transaction(self) -> Iterator[IndexConnection]:
+    def transaction(self, *, durable: bool = True) -> Iterator[IndexConnection]:
         """One transaction: committed when the block ends, rolled back (and the connection
-        dropped) when it raises."""
+        dropped) when it raises.
+
+        ``durable=False``: the commit does not wait for the disk (SQLite ``synchronous=NORMAL``,
+        PostgreSQL ``synchronous_commit=off``); the caller keeps what it commits durable another
+        way (core/intake.py) and any later durable commit flushes it too. An index opened with
+        ``fsync=False`` never waits anyway.
+        """
         if self._conn is None or self._conn.closed:
             self._conn = self._engine.connect().execution_options(**{WRITER_OPTION: True})
+            self._synchronous = None
         conn = self._conn
+        if self._sqlite:
+            wanted = self._durable_setting if durable else "NORMAL"
+            driver = conn.connection.driver_connection
+            if wanted != self._synchronous and driver is not None:  # outside a transaction: it may change
+                driver.execute(f"PRAGMA synchronous={wanted}")
+                self._synchronous = wanted
         try:
             with conn.begin():
+                if not durable and not self._sqlite:
+                    conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
                 yield conn
         except Exception:
             self.close()
@@ -134,8 +152,9 @@ class IndexWriter:
 class IndexDatabase:
     """The index as the core receives it from bootstrap.py: pooled reads, one writer, disposal."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, fsync: bool = True) -> None:
         self.engine = engine
+        self.fsync = fsync
 
     @classmethod
     def open(cls, url: str, *, fsync: bool = True) -> IndexDatabase:
@@ -146,7 +165,7 @@ class IndexDatabase:
         except Exception:
             engine.dispose()
             raise
-        return cls(engine)
+        return cls(engine, fsync=fsync)
 
     def read(self, call: Callable[[IndexConnection], T]) -> T:
         """Run a read-only ``call`` on a pooled connection (blocking)."""
@@ -154,7 +173,7 @@ class IndexDatabase:
             return call(conn)
 
     def writer(self) -> IndexWriter:
-        return IndexWriter(self.engine)
+        return IndexWriter(self.engine, fsync=self.fsync)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -21,6 +21,7 @@ from minipacs.dicom.values import (
     as_time,
     normalise_name,
 )
+from minipacs.index.fastsql import Prepared
 from minipacs.index.schema import Association, Instance, Patient, Series, Study
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,8 @@ _FIND_INSTANCE: Final = select(_INSTANCES.c.id, _INSTANCES.c.blob_key, _INSTANCE
 )
 _INSERT_INSTANCE: Final = insert(_INSTANCES).returning(_INSTANCES.c.id)
 _UPDATE_INSTANCE: Final = update(_INSTANCES).where(_INSTANCES.c.id == bindparam("pk"))
+_FAST_FIND_INSTANCE: Final = Prepared(_FIND_INSTANCE)
+_FAST_INSERT_INSTANCE: Final = Prepared(_INSERT_INSTANCE)
 _TOUCH_STUDY: Final = update(_STUDIES).where(_STUDIES.c.id == bindparam("pk")).values(updated_at=bindparam("now"))
 
 # Dialects whose INSERT can skip a row that violates a unique constraint.
@@ -190,14 +193,19 @@ def ensure_series(conn: Connection, header: InstanceHeader, study_pk: int, now: 
 
 def find_instance(conn: Connection, sop_instance_uid: str) -> tuple[int, str, int] | None:
     """(primary key, blob key, size) of a stored instance, or None."""
-    row = conn.execute(_FIND_INSTANCE, {"uid": sop_instance_uid}).first()
+    cursor = _FAST_FIND_INSTANCE.execute(conn, {"uid": sop_instance_uid})
+    row = cursor.fetchone()
+    cursor.close()
     return None if row is None else (int(row[0]), str(row[1]), int(row[2]))
 
 
 def write_instance(conn: Connection, values: Mapping[str, Any], replace_pk: int | None) -> int:
     """Insert the instance row, or overwrite row ``replace_pk``; return its primary key."""
     if replace_pk is None:
-        return int(conn.execute(_INSERT_INSTANCE, dict(values)).scalar_one())
+        cursor = _FAST_INSERT_INSTANCE.execute(conn, values)
+        pk = int(cursor.fetchone()[0])
+        cursor.close()
+        return pk
     conn.execute(_UPDATE_INSTANCE.values({name: bindparam(name) for name in values}), {**values, "pk": replace_pk})
     return replace_pk
 

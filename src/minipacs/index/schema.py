@@ -128,7 +128,7 @@ class Instance(Base):
     rows: Mapped[int | None] = mapped_column(Integer())
     columns: Mapped[int | None] = mapped_column(Integer())
     transfer_syntax_uid: Mapped[str] = mapped_column(UID)
-    blob_key: Mapped[str] = mapped_column(String(255))
+    blob_key: Mapped[str] = mapped_column(String(255), index=True)
     size: Mapped[int] = mapped_column(BigInteger())
     received_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
     origin_kind: Mapped[str] = mapped_column(String())
@@ -217,6 +217,14 @@ class PerformedProcedureStep(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
 
 
+class IntakeState(Base):
+    """One row: the last intake-log record whose index rows are committed (core/intake.py)."""
+
+    __tablename__ = "intake_state"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    lsn: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
 class StudyCompletion(Base):
     """A study whose MPPS is COMPLETED and every referenced instance arrived (issue 5)."""
 
@@ -247,6 +255,7 @@ __all__ = [
     "Base",
     "Change",
     "Instance",
+    "IntakeState",
     "Node",
     "Patient",
     "PerformedProcedureStep",

@@ -1,0 +1,286 @@
+"""The intake log (core/intake.py): one flush per batch of acknowledged instances, and the replay that
+brings the index and storage back after a crash or a power cut.
+
+A power cut is staged by taking away what the log's promise says may be lost: index commits after
+the last checkpoint (rows deleted, the committed LSN set back) and the contents of files written
+since (truncated or removed). After a start every acknowledged instance is back, byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, select, update
+
+from minipacs.bootstrap import open_archive
+from minipacs.config import Settings
+from minipacs.core.archive import INTAKE_DIR, Archive
+from minipacs.core.delete import delete_resource
+from minipacs.core.intake import FIRST_SEGMENT_BYTES, IntakeLog, IntakeRecord
+from minipacs.core.model import StoreStatus
+from minipacs.index import intake_repo
+from minipacs.index.schema import Instance, IntakeState
+from tests.core.test_archive import DICOM, stage
+from tests.dicomgen import ExplicitVRLittleEndian, ImplicitVRLittleEndian, encode_dataset, generate_uid, make_ct
+from tests.index.pg import postgres_schema_url
+
+# ---------------------------------------------------------------- the log on its own
+
+
+def _records(log: IntakeLog, count: int, size: int = 100, start: int = 0) -> list[int]:
+    return log.append([({"n": start + i}, bytes([(start + i) % 256]) * size) for i in range(count)])
+
+
+def test_records_come_back_in_order_after_reopening(tmp_path: Path) -> None:
+    log, pending = IntakeLog.open(tmp_path, 1 << 16)
+    assert pending == []
+    assert _records(log, 3) == [1, 2, 3]
+    assert _records(log, 2, start=3) == [4, 5]
+    log.close()
+    again, pending = IntakeLog.open(tmp_path, 1 << 16)
+    assert [(r.lsn, r.meta["n"], r.data[:1]) for r in pending] == [(i + 1, i, bytes([i])) for i in range(5)]
+    assert again.next_lsn == 6
+    assert _records(again, 1, start=5) == [6]  # numbering goes on (in a new segment)
+
+
+def test_a_torn_record_ends_the_log(tmp_path: Path) -> None:
+    log, _ = IntakeLog.open(tmp_path, 1 << 16)
+    _records(log, 3, size=1000)
+    log.close()
+    (segment,) = tmp_path.glob("*.seg")
+    raw = bytearray(segment.read_bytes())
+    second = 20 + 4 + len(b'{"n":0}') + 1000  # record 1: head, metadata length, metadata, data
+    raw[second + 20 + 4 + 10 + 500] ^= 0xFF  # a bit of record 2's data: its CRC no longer matches
+    segment.write_bytes(bytes(raw))
+    _, pending = IntakeLog.open(tmp_path, 1 << 16)
+    assert [r.lsn for r in pending] == [1]  # record 3 is intact, but nothing after a bad record counts
+
+
+def test_checkpoint_recycles_segments_and_old_records_are_not_replayed(tmp_path: Path) -> None:
+    log, _ = IntakeLog.open(tmp_path, 1 << 20)
+    for n in range(6):  # 6 x 300 kB: segments of 1 MiB, a record never spans two
+        _records(log, 1, size=300_000, start=n)
+    segments = sorted(tmp_path.glob("*.seg"))
+    assert len(segments) >= 2
+    log.checkpoint(4)
+    log.close()
+    reopened, pending = IntakeLog.open(tmp_path, 1 << 20)
+    assert [r.lsn for r in pending] == [5, 6]
+    # a recycled segment is reused: its stale records (LSN 1..) never read as new ones
+    reopened.append([({"n": 99}, b"x" * 300_000)] * 4)
+    reopened.checkpoint(reopened.next_lsn - 1)
+    reopened.close()
+    assert sum(1 for _ in tmp_path.glob("*.seg")) <= len(segments) + 1
+    _, pending = IntakeLog.open(tmp_path, 1 << 20)
+    assert pending == []
+
+
+def test_spare_segments_are_zero_filled_ahead_and_sizes_grow(tmp_path: Path) -> None:
+    log, _ = IntakeLog.open(tmp_path, 4 * FIRST_SEGMENT_BYTES)
+    _records(log, 1)
+    assert log.wants_spare
+    log.make_spare()
+    assert not log.wants_spare
+    spare = tmp_path / "spare.tmp"
+    assert spare.stat().st_size == 2 * FIRST_SEGMENT_BYTES and spare.read_bytes()[:4096] == bytes(4096)
+    _records(log, 1, size=FIRST_SEGMENT_BYTES)  # does not fit: the spare becomes the next segment
+    assert not spare.exists()
+    assert sorted(p.stat().st_size for p in tmp_path.glob("*.seg")) == [FIRST_SEGMENT_BYTES, 2 * FIRST_SEGMENT_BYTES]
+
+
+# ---------------------------------------------------------------- the archive with its log
+
+
+def _settings(data: Path, url: str = "", **extra: Any) -> Settings:
+    # no checkpoint on its own during the test: the log keeps everything until close
+    return Settings(data_dir=data, index_url=url, intake_checkpoint_seconds=3600, **extra)
+
+
+def _instances(count: int, syntax: str = ExplicitVRLittleEndian) -> list[tuple[Any, bytes]]:
+    study, series = generate_uid(), generate_uid()
+    out = []
+    for _ in range(count):
+        ds = make_ct(study, series, generate_uid())
+        out.append((ds, encode_dataset(ds, syntax)))
+    return out
+
+
+async def _store(archive: Archive, items: list[tuple[Any, bytes]], syntax: str = ExplicitVRLittleEndian) -> None:
+    outcomes = await asyncio.gather(*(archive.ingest(stage(archive, ds, syntax, data), DICOM) for ds, data in items))
+    assert {o.status for o in outcomes} == {StoreStatus.STORED}
+
+
+def _index(archive: Archive) -> dict[str, str]:
+    rows = archive._index.read(lambda c: list(c.execute(select(Instance.sop_instance_uid, Instance.blob_key))))
+    return {uid: key for uid, key in rows}
+
+
+def _stored_dataset(archive: Archive, key: str) -> bytes:
+    return archive.blobs.path_of(key).read_bytes()
+
+
+def _power_cut(archive: Archive, lose_after: int) -> list[str]:
+    """What a power cut may take once the process is gone: every index commit after the log record
+    ``lose_after`` and the contents of every file written since the last checkpoint. Returns the
+    SOP Instance UIDs whose rows were taken."""
+    _, records = IntakeLog.open(archive.settings.data_dir / INTAKE_DIR, 1 << 20)
+    lost = [str(r.meta["sop"]) for r in records if r.lsn > lose_after]
+
+    def roll_back(conn: Any) -> None:
+        conn.execute(delete(Instance).where(Instance.sop_instance_uid.in_(lost)))
+        conn.execute(update(IntakeState).values(lsn=lose_after))
+
+    with archive._index.engine.begin() as conn:
+        roll_back(conn)
+    archive._index.dispose()
+    for record in records:
+        path = archive.blobs.path_of(str(record.meta["key"]))
+        if record.lsn % 2:
+            path.unlink(missing_ok=True)  # the new directory entry was lost
+        elif path.exists():
+            os.truncate(path, 0)  # the entry survived, its data did not
+    return lost
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest) -> Any:
+    if request.param == "sqlite":
+        yield ""
+    else:
+        with postgres_schema_url() as value:
+            yield value
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_a_power_cut_loses_no_acknowledged_instance(tmp_path: Path, url: str, syntax: str) -> None:
+    items = _instances(30, syntax)
+    data = tmp_path / "data"
+
+    async def main() -> None:
+        archive = await open_archive(_settings(data, url))
+        await _store(archive, items[:20], syntax)
+        committed = await archive.read(intake_repo.committed_lsn)
+        assert committed >= 20  # the rows carry the log's position
+        await _store(archive, items[20:], syntax)
+        keys = _index(archive)
+        await archive.close(checkpoint=False)  # the process dies: no checkpoint
+        assert len(_power_cut(archive, lose_after=committed)) == 10
+
+        again = await open_archive(_settings(data, url))
+        try:
+            after = _index(again)
+            assert set(after) == {ds.SOPInstanceUID for ds, _ in items}
+            for ds, encoded in items:
+                stored = _stored_dataset(again, after[ds.SOPInstanceUID])
+                assert stored.endswith(encoded), f"{ds.SOPInstanceUID}: the stored file differs"
+            # the instances whose commit survived keep their keys; none is stored twice
+            assert all(after[uid] == keys[uid] for uid in keys if uid in after)
+            assert await again.count_instances() == 30
+            assert again._intake is not None and again._intake.checkpoint_lsn >= 30  # replayed, checkpointed
+        finally:
+            await again.close()
+        third = await open_archive(_settings(data, url))  # nothing left to replay
+        try:
+            assert _index(third) == after
+        finally:
+            await third.close()
+
+    asyncio.run(main())
+
+
+def test_a_deleted_instance_is_not_brought_back_by_the_replay(tmp_path: Path) -> None:
+    items = _instances(4)
+    gone = items[0][0]
+    data = tmp_path / "data"
+
+    async def main() -> None:
+        archive = await open_archive(_settings(data))
+        await _store(archive, items)
+        await delete_resource(archive, "instance", gone.SOPInstanceUID)
+        await archive.close(checkpoint=False)
+        again = await open_archive(_settings(data))
+        try:
+            assert set(_index(again)) == {ds.SOPInstanceUID for ds, _ in items[1:]}
+            assert (
+                not again.blobs.path_of(f"{gone.StudyInstanceUID}/{gone.SeriesInstanceUID}")
+                .joinpath(f"{gone.SOPInstanceUID}.dcm")
+                .exists()
+            )
+        finally:
+            await again.close()
+
+    asyncio.run(main())
+
+
+def test_a_clean_close_checkpoints_and_a_checkpoint_empties_the_log(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+
+    async def main() -> None:
+        archive = await open_archive(Settings(data_dir=data, intake_checkpoint_seconds=0.05))
+        await _store(archive, _instances(3))
+        intake = archive._intake
+        assert intake is not None
+        for _ in range(100):  # the checkpointer runs on its own
+            if intake.checkpoint_lsn >= 3:
+                break
+            await asyncio.sleep(0.05)
+        assert intake.checkpoint_lsn == 3
+        await _store(archive, _instances(2))
+        await archive.close()
+        _, pending = IntakeLog.open(data / INTAKE_DIR, 1 << 20)
+        assert pending == []  # close checkpointed the last two
+
+    asyncio.run(main())
+
+
+def test_large_files_and_fsync_off_bypass_the_log(tmp_path: Path) -> None:
+    async def main() -> None:
+        archive = await open_archive(Settings(data_dir=tmp_path / "a", intake_inline_max_bytes=2000))
+        try:
+            await _store(archive, _instances(2))  # ~9 kB each: over the limit, flushed on their own
+            assert archive._intake is not None and archive._intake.next_lsn == 1
+            assert await archive.count_instances() == 2
+        finally:
+            await archive.close()
+        off = await open_archive(Settings(data_dir=tmp_path / "b", fsync=False))
+        try:
+            await _store(off, _instances(1))
+            assert off._intake is None and not (tmp_path / "b" / INTAKE_DIR).exists()
+        finally:
+            await off.close()
+
+    asyncio.run(main())
+
+
+def test_a_log_left_by_a_crash_is_replayed_even_with_the_log_now_off(tmp_path: Path) -> None:
+    items = _instances(3)
+    data = tmp_path / "data"
+
+    async def main() -> None:
+        archive = await open_archive(_settings(data))
+        await _store(archive, items)
+        await archive.close(checkpoint=False)
+        _power_cut(archive, lose_after=0)
+        again = await open_archive(_settings(data, intake_inline_max_bytes=0))
+        try:
+            assert set(_index(again)) == {ds.SOPInstanceUID for ds, _ in items}
+            assert again._intake is None  # replayed, then off
+        finally:
+            await again.close()
+
+    asyncio.run(main())
+
+
+def test_record_crc_covers_metadata_and_data(tmp_path: Path) -> None:
+    log, _ = IntakeLog.open(tmp_path, 1 << 16)
+    log.append([({"key": "a"}, b"payload")])
+    log.close()
+    raw = next(tmp_path.glob("*.seg")).read_bytes()
+    _magic, _lsn, length, crc = __import__("struct").unpack_from("<4sQII", raw)
+    assert zlib.crc32(raw[20 : 20 + length]) == crc
+    assert isinstance(IntakeRecord(1, {}, b""), IntakeRecord)
