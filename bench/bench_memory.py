@@ -252,6 +252,10 @@ def measure_stow(run_dir: Path) -> dict[str, object]:
         sampler = Sampler(proc.pid)
         sampler.start()
         base = f"http://127.0.0.1:{http_port}"
+        echoes = Echoes(port)  # the round trip of an idle server, for comparison
+        echoes.start()
+        time.sleep(2.5)
+        results["idle"] = echoes.stop()
         with httpx.Client(base_url=base, timeout=600) as client:
             echoes = Echoes(port)
             echoes.start()
@@ -346,6 +350,12 @@ def main_stow(json_path: Path) -> int:
             f"max {r['echo_max_ms']:.0f} ms, {r['echo_failed']} failed",
             flush=True,
         )
+    idle = results["idle"]
+    assert isinstance(idle, dict)
+    print(
+        f"idle  echoscu: {idle['echoes']} round trips, median {idle['echo_median_ms']:.0f} ms, "
+        f"max {idle['echo_max_ms']:.0f} ms"
+    )
     hwm = float(results["vmhwm_mb"])  # type: ignore[arg-type]
     results["target_met"] = hwm * MB < 150e6
     print(

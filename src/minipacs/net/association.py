@@ -703,8 +703,14 @@ class Association(UpperLayerUser):
                 self.dul.send_pdata(memoryview(out))
                 await self.dul.drain()
         finally:
-            if ahead is not None and not ahead.done():
-                ahead.add_done_callback(lambda future: (future.cancelled() or future.exception(), reader.close()))
+            if ahead is not None:  # a read is in flight (or done, unread): close once it is over
+
+                def close(future: asyncio.Future[bytes]) -> None:
+                    if not future.cancelled():
+                        future.exception()  # retrieved: a read failing after the send failed is not news
+                    reader.close()
+
+                ahead.add_done_callback(close)
             else:
                 reader.close()
 
