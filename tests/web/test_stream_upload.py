@@ -51,7 +51,10 @@ async def pieces(body: bytes, size: int, stall: float = 0.0, stop_at: int | None
 
 
 def leftovers(archive: Archive) -> list[Path]:
-    return list(archive.staging_dir.iterdir())
+    """Files of this request left in staging: the temporary copies in staging/, and staging files
+    taken from the pool in ready/ (the pool's own spare files there are empty)."""
+    ready = archive.settings.data_dir / staging_module.READY_DIR
+    return [*archive.staging_dir.iterdir(), *(p for p in ready.iterdir() if p.stat().st_size)]
 
 
 def dataset_of(data: bytes) -> bytes:
@@ -285,3 +288,41 @@ def test_a_zip_upload_is_spooled_and_leaves_nothing_behind(web: Callable[..., An
         assert leftovers(archive) == []
 
     web(run)
+
+
+def test_a_client_that_leaves_mid_body_stores_nothing(tmp_path: Path) -> None:
+    """Over a real socket (uvicorn): the first part arrives whole, the client hangs up inside the second;
+    nothing is stored and no staging file is left."""
+    from minipacs.bootstrap import open_archive
+    from minipacs.config import Settings
+    from minipacs.web.server import start_http
+    from tests.peers import free_port
+
+    body = part(part10()) + part(part10(rows=512, cols=512)) + closing()
+
+    async def main() -> None:
+        config = Settings(data_dir=tmp_path / "data", fsync=False, http_port=free_port())
+        archive = await open_archive(config)
+        http = await start_http(config, archive, None)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", http.port)
+            head = (
+                f"POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\nContent-Type: {STOW_TYPE}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            writer.write(head + body[: len(body) // 2])
+            await writer.drain()
+            await asyncio.sleep(0.5)  # the first part is staged by now
+            writer.close()
+            await writer.wait_closed()
+            for _ in range(50):  # the handler notices, discards, and ends
+                await asyncio.sleep(0.1)
+                if not leftovers(archive):
+                    break
+            assert leftovers(archive) == []
+            assert await archive.count_instances() == 0
+        finally:
+            await http.close()
+            await archive.close()
+
+    asyncio.run(main())
