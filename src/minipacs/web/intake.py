@@ -321,10 +321,8 @@ class Intake:
 
     def _write(self, pieces: list[bytes]) -> None:
         target: Any = self._staging if self._mode == _STAGING else self._spool
-        if target is None:
-            return
-        for piece in pieces:
-            target.write(piece)
+        if target is not None:
+            target.write(pieces[0] if len(pieces) == 1 else b"".join(pieces))  # one system call per batch
 
     # ---------------------------------------------------------------- after the body
 
