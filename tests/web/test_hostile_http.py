@@ -312,7 +312,7 @@ def full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def create(path: Path) -> Any:
         path.touch()
-        return open("/dev/full", "wb", buffering=staging_module._WRITE_BUFFER)  # noqa: SIM115 - the caller closes it
+        return open("/dev/full", "wb", buffering=staging_module._WRITE_BUFFER)
 
     monkeypatch.setattr(transfer_module.tempfile, "mkstemp", mkstemp)
     monkeypatch.setattr(staging_module, "_create", create)
