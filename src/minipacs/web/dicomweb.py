@@ -408,27 +408,29 @@ async def store(request: Request) -> Response:
     failed: list[dict[str, Any]] = []
     origin = Origin("stow", peer_host=request.client.host if request.client else "")
     parts = intake.received
-    for part in parts:
-        class_uid, instance_uid = part.sop_class_uid, part.sop_instance_uid
-        if part.refusal is not None:
-            failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [part.refusal]}))
-            continue
-        try:
-            if part.failure is not None:
-                raise part.failure
-            outcome = await intake.ingest(part, origin)
-        except OutOfResources as exc:  # the parts after it would fail the same way
-            await intake.discard()
-            raise insufficient_storage(exc, len(stored), len(parts)) from None
-        except ArchiveError as exc:
-            reason = failure_reason(exc, class_uid)
-            failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [reason]}))
-            continue
-        url = (
-            f"{root}/studies/{outcome.study_instance_uid}/series/{outcome.series_instance_uid}"
-            f"/instances/{outcome.sop_instance_uid}"
-        )
-        stored.append(_item(class_uid, outcome.sop_instance_uid, t00081190={"vr": "UR", "Value": [url]}))
+    try:
+        for part in parts:
+            class_uid, instance_uid = part.sop_class_uid, part.sop_instance_uid
+            if part.refusal is not None:
+                failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [part.refusal]}))
+                continue
+            try:
+                if part.failure is not None:
+                    raise part.failure
+                outcome = await intake.ingest(part, origin)
+            except OutOfResources as exc:  # the parts after it would fail the same way
+                raise insufficient_storage(exc, len(stored), len(parts)) from None
+            except ArchiveError as exc:
+                reason = failure_reason(exc, class_uid)
+                failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [reason]}))
+                continue
+            url = (
+                f"{root}/studies/{outcome.study_instance_uid}/series/{outcome.series_instance_uid}"
+                f"/instances/{outcome.sop_instance_uid}"
+            )
+            stored.append(_item(class_uid, outcome.sop_instance_uid, t00081190={"vr": "UR", "Value": [url]}))
+    finally:
+        await intake.discard()  # what was not ingested (after a 507, or a cancelled request)
     response: dict[str, Any] = {}
     if target:
         response["00081190"] = {"vr": "UR", "Value": [f"{root}/studies/{target}"]}
