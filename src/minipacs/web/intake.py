@@ -234,7 +234,7 @@ class Intake:
         head = bytes(self._head)
         self._head = bytearray()
         offset, staging = await asyncio.to_thread(self._open, part, head, complete)
-        if part.refusal is not None or part.failure is not None:
+        if part.refusal is not None or part.failure is not None or part.staged is not None:
             self._mode = _SKIP
             return
         if staging is not None:
@@ -267,6 +267,15 @@ class Intake:
             raise
         except ArchiveError as exc:
             part.failure = exc
+            return 0, None
+        if complete:  # a part that fitted in the head: written and closed in this one thread hop
+            try:
+                staging.write(memoryview(head)[offset:])
+                part.staged = staging.finish()
+            except OutOfResources:
+                raise
+            except ArchiveError as exc:  # too large (StagingFile discarded itself)
+                part.failure = exc
             return 0, None
         return offset, staging
 
