@@ -1,7 +1,8 @@
-"""Bytes in and out: bounded request bodies, multipart/related (PS3.18 §8.6), ZIP, Part 10 ingest.
+"""Bytes in and out: multipart/related responses (PS3.18 §8.6), ZIP in and out, Part 10 ingest of ZIP members.
 
-Uploads go through the ONE ingest path (``Archive.import_file``: stage, check,
-index); stored files go out as they are, streamed.
+Request bodies stream into staging in web/intake.py (STOW-RS, uploads); a ZIP's members go
+through the ONE ingest path (``Archive.import_file``: stage, check, index) one at a time;
+stored files go out as they are, streamed from worker threads.
 """
 
 from __future__ import annotations
