@@ -94,6 +94,29 @@ def render() -> str:
             f"(minipacs VmHWM {m['vmhwm_mb'] * 2**20 / 1e6:.1f} MB)",
             "",
         ]
+    stow = _load("results_memory_stow.json")
+    if stow:
+        lines += [
+            f"## STOW-RS in, WADO-RS and C-GET out: one {stow['file_bytes'] / 2**20:.0f} MiB instance",
+            "",
+            "| phase | s | MiB/s | server VmHWM after, MiB | echoscu meanwhile: n, median ms, max ms |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for phase in ("stow", "wado", "cget"):
+            r = stow[phase]
+            lines.append(
+                f"| {phase} | {r['seconds']:.2f} | {r['mib_per_s']:.0f} | {r['vmhwm_mb']:.1f} | "
+                f"{r['echoes']}, {r['echo_median_ms']:.0f}, {r['echo_max_ms']:.0f} |"
+            )
+        idle_echo = stow["idle"]
+        lines += [
+            "",
+            f"- server RSS before {stow['rss_before_mb']:.1f} MiB (HTTP on); echoscu on the idle server: "
+            f"median {idle_echo['echo_median_ms']:.0f} ms, max {idle_echo['echo_max_ms']:.0f} ms",
+            f"- target peak RSS < 150 MB: {'MET' if stow['target_met'] else 'MISSED'} "
+            f"(VmHWM {stow['vmhwm_mb'] * 2**20 / 1e6:.1f} MB)",
+            "",
+        ]
     idle = _load("results_idle.json")
     if idle:
         lines += [

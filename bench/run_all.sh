@@ -14,6 +14,7 @@ step() { echo; echo "=== $*"; "$@" || { echo "!!! failed: $*"; status=1; }; }
 step timeout 300 python bench/gen_data.py
 step timeout 600 python bench/bench_store.py --rounds "$ROUNDS"
 step timeout 300 python bench/bench_memory.py
+step timeout 600 python bench/bench_memory.py --stow
 step timeout 180 python bench/bench_idle.py
 if command -v py-spy >/dev/null; then
   step timeout 180 python bench/profile_store.py --set small

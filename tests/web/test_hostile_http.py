@@ -22,6 +22,7 @@ import pytest
 
 from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
+from minipacs.core import staging as staging_module
 from minipacs.core.archive import Archive
 from minipacs.core.errors import OutOfResources
 from minipacs.core.metadata import MetadataStore
@@ -300,7 +301,8 @@ def test_zip_member_that_inflates_beyond_its_header_stops_there(web: Callable[..
 
 @pytest.fixture
 def full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Staging files are opened on /dev/full: every write fails with ENOSPC, as on a full disk."""
+    """Staging files (the archive's, and the temporary copies of uploads) are opened on /dev/full:
+    every write fails with ENOSPC, as on a full disk."""
     real = tempfile.mkstemp
 
     def mkstemp(*args: Any, **kwargs: Any) -> tuple[int, str]:
@@ -308,7 +310,12 @@ def full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
         os.close(fd)
         return os.open("/dev/full", os.O_WRONLY), name
 
+    def create(path: Path) -> Any:
+        path.touch()
+        return open("/dev/full", "wb", buffering=staging_module._WRITE_BUFFER)
+
     monkeypatch.setattr(transfer_module.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(staging_module, "_create", create)
 
 
 STOW_TYPE = 'multipart/related; type="application/dicom"; boundary=XyZ'
@@ -347,20 +354,22 @@ def test_archive_out_of_resources_stops_the_upload_with_507(
     files = [part10(), part10(), part10()]
 
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
-        real = archive.import_file
+        real = archive.ingest
         calls: list[int] = []
 
-        async def import_file(path: Any, origin: Any) -> Any:
+        async def ingest(staged: Any, origin: Any) -> Any:
             calls.append(1)
             if len(calls) == 2:
+                staged.path.unlink()
                 raise OutOfResources("cannot write to storage: No space left on device")
-            return await real(path, origin)
+            return await real(staged, origin)
 
-        monkeypatch.setattr(archive, "import_file", import_file)
+        monkeypatch.setattr(archive, "ingest", ingest)
         r = await client.post("/dicom-web/studies", content=stow_body(*files), headers={"Content-Type": STOW_TYPE})
         assert r.status_code == 507, r.text
         assert "1 of the 3 file(s) before it were stored" in r.json()["error"]["message"]
         assert len(calls) == 2 and await archive.count_instances() == 1
+        assert not any(archive.staging_dir.iterdir()), "the third part's staging file was left behind"
 
     web(body)
 

@@ -8,6 +8,7 @@ archive refuses as InvalidInstance.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 from minipacs.core.errors import InvalidInstance
 from minipacs.dicom import header as _header
@@ -22,4 +23,13 @@ def read_header(path: Path, dataset_offset: int, transfer_syntax_uid: str) -> In
         raise InvalidInstance(str(exc)) from exc
 
 
-__all__ = ["read_header"]
+def read_header_from(fp: BinaryIO, dataset_offset: int, transfer_syntax_uid: str) -> InstanceHeader:
+    """dicom.header.read_header_from (a file object, e.g. the first bytes of an upload); InvalidInstance when
+    malformed, which for a file object holding only the start of a dataset may mean "read past its end"."""
+    try:
+        return _header.read_header_from(fp, dataset_offset, transfer_syntax_uid)
+    except MalformedDataset as exc:
+        raise InvalidInstance(str(exc)) from exc
+
+
+__all__ = ["read_header", "read_header_from"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import io
 import logging
 import os
 import struct
@@ -20,9 +21,10 @@ from typing import BinaryIO, Final
 
 from minipacs import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from minipacs.core.errors import ArchiveError, DatasetTooLarge, InvalidIdentifier, InvalidInstance, OutOfResources
-from minipacs.core.header import read_header
+from minipacs.core.header import read_header, read_header_from
 from minipacs.core.model import StagedPath
 from minipacs.core.paths import strip_uid_padding, validate_uid
+from minipacs.dicom.header import InstanceHeader
 from minipacs.dicom.part10 import PREAMBLE, NotPart10, uid_value, walk_file_meta
 from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from minipacs.dicom.vr import LONG_LENGTH_VRS
@@ -272,6 +274,35 @@ def _read_file_meta(fp: BinaryIO, name: str) -> tuple[int, str]:
     return start + end, transfer_syntax
 
 
+def locate_dataset(fp: BinaryIO, name: str) -> tuple[int, str]:
+    """Where the dataset of the file ``fp`` starts and its transfer syntax (``fp`` at its start).
+
+    A Part 10 file (PS3.10 §7.1), a File Meta group without preamble, or a raw dataset
+    (implicit VR little endian, or explicit when the VR bytes say so); anything else is
+    InvalidInstance ("``name`` is not a DICOM file ...").
+    """
+    head = fp.read(132)
+    if len(head) == 132 and head[128:] == b"DICM":
+        return _read_file_meta(fp, name)
+    if head[:2] == b"\x02\x00":
+        fp.seek(0)
+        return _read_file_meta(fp, name)
+    if len(head) >= 8 and head[:2] == b"\x08\x00":
+        explicit = head[4:6].isalpha() and head[4:6].isupper()
+        return 0, EXPLICIT_VR_LITTLE_ENDIAN if explicit else IMPLICIT_VR_LITTLE_ENDIAN
+    raise InvalidInstance(f"{name} is not a DICOM file (no DICM prefix and no dataset at its start)")
+
+
+def read_head(head: bytes, name: str) -> tuple[int, str, InstanceHeader]:
+    """The dataset offset, transfer syntax and header (dicom/header.py) of a file from its first bytes,
+    as :func:`stage_file` reads them from a whole file: an upload streamed to disk can be staged with
+    its own UIDs without first landing whole somewhere. InvalidInstance when they do not tell (broken,
+    or the header runs on past ``head``); the caller then falls back to :func:`stage_file`."""
+    fp = io.BytesIO(head)
+    offset, transfer_syntax = locate_dataset(fp, name)
+    return offset, transfer_syntax, read_header_from(fp, offset, transfer_syntax)
+
+
 def stage_file(staging_dir: Path, path: Path, max_dataset_bytes: int = 0) -> StagedPath:
     """Copy a file from disk into staging with OUR File Meta Information.
 
@@ -282,18 +313,7 @@ def stage_file(staging_dir: Path, path: Path, max_dataset_bytes: int = 0) -> Sta
     """
     name = str(path)
     with open(path, "rb") as fp:
-        head = fp.read(132)
-        if len(head) == 132 and head[128:] == b"DICM":
-            offset, transfer_syntax = _read_file_meta(fp, name)
-        elif head[:2] == b"\x02\x00":
-            fp.seek(0)
-            offset, transfer_syntax = _read_file_meta(fp, name)
-        elif len(head) >= 8 and head[:2] == b"\x08\x00":
-            explicit = head[4:6].isalpha() and head[4:6].isupper()
-            offset = 0
-            transfer_syntax = EXPLICIT_VR_LITTLE_ENDIAN if explicit else IMPLICIT_VR_LITTLE_ENDIAN
-        else:
-            raise InvalidInstance(f"{name} is not a DICOM file (no DICM prefix and no dataset at its start)")
+        offset, transfer_syntax = locate_dataset(fp, name)
         try:
             header = read_header(path, offset, transfer_syntax)
         except InvalidInstance as exc:
@@ -330,6 +350,8 @@ __all__ = [
     "StagingFile",
     "StagingPool",
     "file_meta_information",
+    "locate_dataset",
+    "read_head",
     "remove_leftovers",
     "stage_file",
 ]

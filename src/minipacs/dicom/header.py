@@ -295,13 +295,19 @@ def read_header(path: Path, dataset_offset: int, transfer_syntax_uid: str) -> In
 
     Raises MalformedDataset with a sentence when the header is malformed.
     """
+    with open(path, "rb") as fp:
+        return read_header_from(fp, dataset_offset, transfer_syntax_uid)
+
+
+def read_header_from(fp: BinaryIO, dataset_offset: int, transfer_syntax_uid: str) -> InstanceHeader:
+    """:func:`read_header` of a seekable binary file object (e.g. the first bytes of an upload in a BytesIO:
+    what lies beyond its end reads as "the dataset ends in the middle of a data element")."""
     encoding = dataset_encoding(transfer_syntax_uid)
     try:
-        with open(path, "rb") as fp:
-            size = fp.seek(0, 2)
-            fp.seek(dataset_offset)
-            source: _Source = _InflatingSource(fp) if encoding.deflated else _FileSource(fp, size)
-            found = _Walker(source, encoding).top_level()
+        size = fp.seek(0, 2)
+        fp.seek(dataset_offset)
+        source: _Source = _InflatingSource(fp) if encoding.deflated else _FileSource(fp, size)
+        found = _Walker(source, encoding).top_level()
     except struct.error as exc:  # pragma: no cover - reads are length-checked first
         raise MalformedDataset(f"the dataset header is malformed ({exc})") from exc
     charset_raw = found.get(HEADER_ATTRIBUTES["SpecificCharacterSet"][0], b"")
@@ -321,4 +327,5 @@ __all__ = [
     "MalformedDataset",
     "dataset_encoding",
     "read_header",
+    "read_header_from",
 ]

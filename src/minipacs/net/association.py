@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import io
 import logging
 import os
 import ssl
@@ -141,6 +142,40 @@ class _Incoming:
         self.command: Command | None = None
         self.sink: DatasetSink | None = None
         self.error: Exception | None = None
+
+
+class _BlockReader:
+    """The dataset of a FileRegion, read block by block by worker threads (one read at a time)."""
+
+    def __init__(self, region: FileRegion) -> None:
+        self.region = region
+        self.remaining = -1  # unknown until the file is open
+        self._fh: io.FileIO | None = None
+
+    def read(self, size: int) -> bytes:
+        """The next ``size`` bytes (fewer only at the end; b"" once none remain). Blocking."""
+        if self._fh is None:
+            self._fh = open(self.region.path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+            self.remaining = max(os.fstat(self._fh.fileno()).st_size - self.region.offset, 0)
+            self._fh.seek(self.region.offset)
+        want = min(size, self.remaining)
+        if want <= 0:
+            return b""
+        data = self._fh.read(want) or b""
+        while data and len(data) < want:  # a short read: fill the block, so fragments stay even
+            more = self._fh.read(want - len(data))
+            if not more:
+                break
+            data += more
+        if not data:
+            raise AssociationError(f"{self.region.path} shrank while being sent")
+        self.remaining -= len(data)
+        return data
+
+    def close(self) -> None:
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            fh.close()
 
 
 def _even(data: bytes | memoryview) -> bytes | memoryview:
@@ -636,35 +671,48 @@ class Association(UpperLayerUser):
     async def _send_file(self, context_id: int, region: FileRegion, chunk: int) -> None:
         # Read a block at a time and frame it into PDUs in one buffer: one socket
         # write per block rather than two per PDU (peers often take only 16 KiB PDUs).
+        # Opening and reading happen in a worker thread, the next block while this one
+        # is sent: a cold disk or a 1 GB file never stalls the event loop, and at most
+        # two blocks are in memory.
         block = max(chunk, SEND_BLOCK // chunk * chunk)
-        with open(region.path, "rb", buffering=0) as fh:
-            size = os.fstat(fh.fileno()).st_size
-            fh.seek(region.offset)
-            remaining = size - region.offset
-            if remaining <= 0:
-                self.dul.send_pdata(pdata_pdu_header(context_id, False, True, 0))
-            while remaining > 0:
-                want = min(block, remaining)
-                data = fh.read(want)
-                while data and len(data) < want:  # a short read: fill the block, so fragments stay even
-                    more = fh.read(want - len(data))
-                    if not more:
-                        break
-                    data += more
+        reader = _BlockReader(region)
+        loop = asyncio.get_running_loop()
+        ahead: asyncio.Future[bytes] | None = loop.run_in_executor(None, reader.read, block)
+        try:
+            first = True
+            while ahead is not None:
+                # shielded: a cancelled send must not close the file under a read in flight
+                data = await asyncio.shield(ahead)
+                ahead = None
                 if not data:
-                    raise AssociationError(f"{region.path} shrank while being sent")
-                remaining -= len(data)
-                if remaining <= 0:
+                    if first:  # an empty dataset: one empty last fragment
+                        self.dul.send_pdata(pdata_pdu_header(context_id, False, True, 0))
+                    break
+                first = False
+                if reader.remaining > 0:
+                    ahead = loop.run_in_executor(None, reader.read, block)
+                else:
                     data = bytes(_even(data))  # an odd deflate stream (PS3.5 A.5) ends in a 0x00 pad
                 view = memoryview(data)
                 out = bytearray()
                 for start in range(0, len(view), chunk):
                     piece = view[start : start + chunk]
-                    last = remaining <= 0 and start + chunk >= len(view)
+                    last = reader.remaining <= 0 and start + chunk >= len(view)
                     out += pdata_pdu_header(context_id, False, last, len(piece))
                     out += piece
                 self.dul.send_pdata(memoryview(out))
                 await self.dul.drain()
+        finally:
+            if ahead is not None:  # a read is in flight (or done, unread): close once it is over
+
+                def close(future: asyncio.Future[bytes]) -> None:
+                    if not future.cancelled():
+                        future.exception()  # retrieved: a read failing after the send failed is not news
+                    reader.close()
+
+                ahead.add_done_callback(close)
+            else:
+                reader.close()
 
     async def request(
         self, context_id: int, command: Command, dataset: DatasetSource | None = None, *, timeout: float | None = None

@@ -24,12 +24,14 @@ from minipacs.core.metadata import BULK_PREFIX
 from minipacs.core.model import Origin
 from minipacs.core.paths import validate_uid
 from minipacs.core.retrieve import StoredInstance, select_instances
-from minipacs.core.stored import read_part10_bytes, read_stored
+from minipacs.core.stored import read_stored
 from minipacs.core.transcode import NoSuchFrame, TranscodeError, can_transcode, pixel_frames, transcode_part10
+from minipacs.dicom.header import InstanceHeader
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from minipacs.web.accept import ANY, DICOM, frame_choice, frame_choices_text, instance_syntax, parse_accept
 from minipacs.web.errors import HttpError
+from minipacs.web.intake import Intake, Screen, receive_multipart
 from minipacs.web.render import choose_format, parse_window, render
 from minipacs.web.routing import Endpoint
 from minipacs.web.search import ascii_digits, search, to_json
@@ -38,13 +40,10 @@ from minipacs.web.transfer import (
     aiter_text,
     boundary_of,
     file_response,
-    ingest_file,
     insufficient_storage,
     multipart_octets,
     multipart_response,
     new_boundary,
-    read_body,
-    split_multipart,
     stored_part,
 )
 from minipacs.web.types import AppContext
@@ -352,17 +351,6 @@ def _read_file(path: Any) -> Any:
 # ------------------------------------------------------------------ STOW-RS (PS3.18 §10.5)
 
 
-def _sop_uids(data: bytes, limits: DatasetLimits) -> tuple[str, str, str]:
-    """SOP Class, SOP Instance and Study Instance UID of a part, for the response ("" if unreadable)."""
-    try:
-        ds = read_part10_bytes(
-            data, limits, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"]
-        )
-        return str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")), str(ds.get("StudyInstanceUID", ""))
-    except Exception:  # noqa: BLE001 - an unreadable part is reported as failed
-        return "", "", ""
-
-
 def failure_reason(exc: ArchiveError, class_uid: str) -> int:
     """The FailureReason (0008,1197) for an instance ingest refused, by the exception's class (or a base
     class); any other refusal is a processing failure, or 0xC000 when the part had no SOP Class UID."""
@@ -383,7 +371,24 @@ def _item(class_uid: str, instance_uid: str, **extra: Any) -> dict[str, Any]:
     return item
 
 
+def _stow_screen(target: str | None) -> Screen:
+    """What STOW-RS refuses before storing: a part that is not application/dicom (a part without a
+    Content-Type is one), and one of another study than the URL's (PS3.18 §10.5.1: 0xA900)."""
+
+    def screen(content_type: str, header: InstanceHeader | None) -> int | None:
+        if content_type and not content_type.lower().startswith("application/dicom"):
+            return SOP_CLASS_NOT_SUPPORTED
+        study = header.get("StudyInstanceUID") if header is not None else ""
+        if target and study and study != target:
+            return 0xA900
+        return None
+
+    return screen
+
+
 async def store(request: Request) -> Response:
+    """STOW-RS (PS3.18 §10.5): the body is read as it arrives, each part streamed into staging
+    (web/intake.py), and the parts are stored once the body is complete."""
     context = ctx(request)
     target = uids(request).get("StudyInstanceUID")
     content_type = request.headers.get("content-type", "")
@@ -391,35 +396,41 @@ async def store(request: Request) -> Response:
         raise HttpError(
             415, "unsupported_media_type", 'STOW-RS needs a multipart/related; type="application/dicom" body'
         )
-    body = await read_body(request, context.settings.max_upload_bytes)
-    parts = split_multipart(body, boundary_of(content_type), context.settings.max_upload_parts)
+    boundary = boundary_of(content_type)
+    intake = Intake(context.archive, _stow_screen(target))
+    settings = context.settings
+    try:
+        await receive_multipart(request, intake, boundary, settings.max_upload_bytes, settings.max_upload_parts)
+    except OutOfResources as exc:
+        raise insufficient_storage(exc, 0, 1) from None
     root = root_url(request)
     stored: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     origin = Origin("stow", peer_host=request.client.host if request.client else "")
-    for number, part in enumerate(parts, 1):
-        class_uid, instance_uid, study_uid = await asyncio.to_thread(
-            _sop_uids, part.body, context.archive.settings.dataset_limits
-        )
-        if part.content_type and not part.content_type.lower().startswith("application/dicom"):
-            failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [SOP_CLASS_NOT_SUPPORTED]}))
-            continue
-        if target and study_uid and study_uid != target:  # PS3.18 §10.5.1: not in the study of the URL
-            failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [0xA900]}))
-            continue
-        try:
-            outcome = await ingest_file(context.archive, part.body, origin, f"part {number}")
-        except OutOfResources as exc:  # the parts after it would fail the same way
-            raise insufficient_storage(exc, len(stored), len(parts)) from None
-        except ArchiveError as exc:
-            reason = failure_reason(exc, class_uid)
-            failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [reason]}))
-            continue
-        url = (
-            f"{root}/studies/{outcome.study_instance_uid}/series/{outcome.series_instance_uid}"
-            f"/instances/{outcome.sop_instance_uid}"
-        )
-        stored.append(_item(class_uid, outcome.sop_instance_uid, t00081190={"vr": "UR", "Value": [url]}))
+    parts = intake.received
+    try:
+        for part in parts:
+            class_uid, instance_uid = part.sop_class_uid, part.sop_instance_uid
+            if part.refusal is not None:
+                failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [part.refusal]}))
+                continue
+            try:
+                if part.failure is not None:
+                    raise part.failure
+                outcome = await intake.ingest(part, origin)
+            except OutOfResources as exc:  # the parts after it would fail the same way
+                raise insufficient_storage(exc, len(stored), len(parts)) from None
+            except ArchiveError as exc:
+                reason = failure_reason(exc, class_uid)
+                failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [reason]}))
+                continue
+            url = (
+                f"{root}/studies/{outcome.study_instance_uid}/series/{outcome.series_instance_uid}"
+                f"/instances/{outcome.sop_instance_uid}"
+            )
+            stored.append(_item(class_uid, outcome.sop_instance_uid, t00081190={"vr": "UR", "Value": [url]}))
+    finally:
+        await intake.discard()  # what was not ingested (after a 507, or a cancelled request)
     response: dict[str, Any] = {}
     if target:
         response["00081190"] = {"vr": "UR", "Value": [f"{root}/studies/{target}"]}

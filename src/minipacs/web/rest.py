@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final
 
 from pydicom.dataset import Dataset
@@ -14,7 +15,7 @@ from starlette.routing import BaseRoute
 
 from minipacs.core import changes as journal
 from minipacs.core.delete import delete_resource
-from minipacs.core.errors import NotFound, OutOfResources
+from minipacs.core.errors import ArchiveError, NotFound, OutOfResources
 from minipacs.core.metadata import BULK_PREFIX
 from minipacs.core.model import Origin
 from minipacs.core.nodes import node_from_mapping
@@ -23,16 +24,16 @@ from minipacs.core.retrieve import select_instances
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.web import completion
 from minipacs.web.dicomweb import ctx, root_url
-from minipacs.web.errors import HttpError
+from minipacs.web.errors import HttpError, redact
+from minipacs.web.intake import Intake, body_pieces, receive_multipart, receive_single, spool_body
 from minipacs.web.routing import Endpoint
 from minipacs.web.search import ascii_digits, search
 from minipacs.web.transfer import (
     boundary_of,
-    ingest_bytes,
+    failed_json,
     ingest_zip,
     insufficient_storage,
-    read_body,
-    split_multipart,
+    outcome_json,
     zip_stream,
 )
 from minipacs.web.unzip import ZipLimits
@@ -175,31 +176,77 @@ async def download(request: Request) -> Response:
 
 
 async def upload(request: Request) -> Response:
-    """POST /api/instances: a DICOM file, a ZIP of them, or multipart/form-data / multipart/related files."""
+    """POST /api/instances: a DICOM file, a ZIP of them, or multipart/form-data / multipart/related files.
+
+    Read as it arrives (web/intake.py): each file streams into staging, a ZIP to a temporary file
+    in the data folder; nothing is stored unless the whole body arrived."""
     context = ctx(request)
-    limit = context.settings.max_upload_bytes
     # the boundary parameter is case-sensitive (RFC 2046 §5.1.1): only the media type is lower-cased
     raw_type = request.headers.get("content-type", "application/dicom")
-    content_type = raw_type.lower()
-    body = await read_body(request, limit)
     origin = Origin("rest", peer_host=request.client.host if request.client else "")
-    results: list[dict[str, str]] = []
-    if content_type.startswith(("application/zip", "application/x-zip")) or (
-        not content_type.startswith("multipart/") and body[:4] == b"PK\x03\x04"
-    ):
-        results = await ingest_zip(context.archive, body, origin, ZipLimits.of(context.settings))
+    try:
+        return await _receive_upload(request, context, raw_type, origin)
+    except OutOfResources as exc:  # while the body was staged: nothing was stored
+        raise insufficient_storage(exc, 0, 1) from None
+
+
+async def _receive_upload(request: Request, context: Any, raw_type: str, origin: Origin) -> Response:
+    content_type = raw_type.lower()
+    settings = context.settings
+    intake = Intake(context.archive)
+    if content_type.startswith("multipart/"):
+        boundary = boundary_of(raw_type)
+        await receive_multipart(request, intake, boundary, settings.max_upload_bytes, settings.max_upload_parts)
     else:
-        if content_type.startswith("multipart/"):
-            parts = split_multipart(body, boundary_of(raw_type), context.settings.max_upload_parts)
-            files = [(f"part {n}", part.body) for n, part in enumerate(parts, 1)]
-        else:
-            files = [("body", body)]
-        for name, data in files:
+        pieces = body_pieces(request, settings.max_upload_bytes)
+        first = b""
+        async for chunk in pieces:  # enough to tell a ZIP (PKWARE APPNOTE 4.3.7: local header PK\3\4)
+            first += chunk
+            if len(first) >= 4:
+                break
+        if content_type.startswith(("application/zip", "application/x-zip")) or first[:4] == b"PK\x03\x04":
+            return _upload_result(await _upload_zip(context, first, pieces, origin))
+        await receive_single(request, intake, "the uploaded file", _chain(first, pieces))
+    single = not content_type.startswith("multipart/")
+    results: list[dict[str, str]] = []
+    try:
+        for part in intake.received:
+            name = "body" if single else part.label
             try:
-                label = "the uploaded file" if name == "body" else name
-                results.append({"file": name, **await ingest_bytes(context.archive, data, origin, label)})
+                if part.failure is not None:
+                    raise part.failure
+                outcome = await intake.ingest(part, origin)
             except OutOfResources as exc:
-                raise insufficient_storage(exc, sum(r["status"] != "failed" for r in results), len(files)) from None
+                raise insufficient_storage(
+                    exc, sum(r["status"] != "failed" for r in results), len(intake.received)
+                ) from None
+            except ArchiveError as exc:
+                message = redact(str(exc), context.archive.settings)
+                results.append({"file": name, **failed_json(exc), "message": message})
+                continue
+            results.append({"file": name, **outcome_json(outcome)})
+    finally:
+        await intake.discard()  # what was not ingested (after a 507)
+    return _upload_result(results)
+
+
+async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for chunk in rest:
+        yield chunk
+
+
+async def _upload_zip(context: Any, first: bytes, rest: AsyncIterator[bytes], origin: Origin) -> list[dict[str, str]]:
+    """A ZIP body: copied to a temporary file in the staging folder (off the loop), then each member as before."""
+    path = await spool_body(context.archive.staging_dir, first, rest)
+    try:
+        return await ingest_zip(context.archive, path, origin, ZipLimits.of(context.settings))
+    finally:
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+
+
+def _upload_result(results: list[dict[str, str]]) -> Response:
     if not results:
         raise HttpError(400, "no_files", "the upload holds no file")
     ok = sum(r["status"] != "failed" for r in results)

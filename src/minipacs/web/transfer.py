@@ -1,7 +1,8 @@
-"""Bytes in and out: bounded request bodies, multipart/related (PS3.18 §8.6), ZIP, Part 10 ingest.
+"""Bytes in and out: multipart/related responses (PS3.18 §8.6), ZIP in and out, Part 10 ingest of ZIP members.
 
-Uploads go through the ONE ingest path (``Archive.import_file``: stage, check,
-index); stored files go out as they are, streamed.
+Request bodies stream into staging in web/intake.py (STOW-RS, uploads); a ZIP's members go
+through the ONE ingest path (``Archive.import_file``: stage, check, index) one at a time;
+stored files go out as they are, streamed from worker threads.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
 from minipacs.core.archive import Archive
@@ -29,6 +30,8 @@ from minipacs.core.errors import ArchiveError, OutOfResources
 from minipacs.core.model import Origin, StoreOutcome
 from minipacs.core.retrieve import StoredInstance
 from minipacs.web.errors import HttpError, redact
+from minipacs.web.intake import body_pieces
+from minipacs.web.multipart import MultipartParser, PartStart
 from minipacs.web.unzip import BrokenMember, ZipLimits, inflate, open_zip
 
 log = logging.getLogger(__name__)
@@ -38,27 +41,9 @@ _BOUNDARY: Final = re.compile(r'boundary="?([^";]{1,200})"?', re.IGNORECASE)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) more than ``limit`` bytes before reading them all."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise HttpError(
-            413,
-            "too_large",
-            f"the request body is {declared} bytes; this server accepts at most {limit} (max_upload_bytes)",
-        )
-    parts: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise HttpError(
-                    413, "too_large", f"the request body exceeds {limit} bytes (max_upload_bytes); nothing was stored"
-                )
-            parts.append(chunk)
-    except ClientDisconnect:
-        raise HttpError(400, "incomplete_body", "the client disconnected before the body was complete") from None
-    return b"".join(parts)
+    """The whole body, refusing (413) more than ``limit`` bytes before reading them all. For small
+    bodies only (a login form): uploads stream (web/intake.py)."""
+    return b"".join([chunk async for chunk in body_pieces(request, limit)])
 
 
 @dataclass(frozen=True)
@@ -75,41 +60,20 @@ def boundary_of(content_type: str) -> str:
 
 
 def split_multipart(body: bytes, boundary: str, max_parts: int | None = None) -> list[Part]:
-    """RFC 2046 §5.1 parts of a multipart body; HttpError 400 if it is not well formed, 413 (before
-    any part is looked at) if it has more than ``max_parts`` parts (requests: max_upload_parts)."""
-    delimiter = b"--" + boundary.encode("latin-1")
-    if max_parts is not None and body.count(delimiter) - 1 > max_parts:
-        raise HttpError(
-            413,
-            "too_many_parts",
-            f"the request has {body.count(delimiter) - 1} parts; at most "
-            f"{max_parts} are accepted in one request (max_upload_parts): send them in several; "
-            "nothing was stored",
-        )
-    pieces = body.split(delimiter)
-    if len(pieces) < 3 or not pieces[-1].startswith(b"--"):
-        raise HttpError(
-            400,
-            "bad_multipart",
-            "the multipart body is broken: its boundary delimiters are missing or it has no closing delimiter",
-        )
+    """RFC 2046 §5.1 parts of a whole multipart body (web/multipart.py); HttpError 400 if it is not
+    well formed, 413 if it has more than ``max_parts`` parts."""
+    parser = MultipartParser(boundary, max_parts)
     parts: list[Part] = []
-    for piece in pieces[1:-1]:
-        if not piece.startswith(b"\r\n"):
-            raise HttpError(400, "bad_multipart", "the multipart body is broken: a delimiter is not followed by CRLF")
-        head, sep, content = piece[2:].partition(b"\r\n\r\n")
-        if not sep:
-            if head.strip():
-                raise HttpError(400, "bad_multipart", "a multipart part has no blank line after its headers")
-            head, content = b"", piece[2:]
-        if content.endswith(b"\r\n"):
-            content = content[:-2]
-        content_type = ""
-        for line in head.decode("latin-1").split("\r\n"):
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "content-type":
-                content_type = value.strip()
-        parts.append(Part(content_type, content))
+    content: list[bytes] = []
+    content_type = ""
+    for event in parser.feed(body):
+        if isinstance(event, PartStart):
+            content_type, content = event.content_type, []
+        elif isinstance(event, bytes):
+            content.append(event)
+        else:
+            parts.append(Part(content_type, b"".join(content)))
+    parser.close()
     return parts
 
 
@@ -191,7 +155,7 @@ def insufficient_storage(exc: OutOfResources, stored: int, total: int) -> HttpEr
     )
 
 
-async def ingest_zip(archive: Archive, body: bytes, origin: Origin, limits: ZipLimits) -> list[dict[str, str]]:
+async def ingest_zip(archive: Archive, body: bytes | Path, origin: Origin, limits: ZipLimits) -> list[dict[str, str]]:
     """Store each file member of a ZIP (web/unzip.py: checked, then inflated one at a time off the loop)."""
     zipped, members = await asyncio.to_thread(open_zip, body, limits)
     results: list[dict[str, str]] = []

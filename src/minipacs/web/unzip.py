@@ -17,10 +17,12 @@ ZIP format: PKWARE APPNOTE.TXT 6.3.10 (§4.3.6 local headers, §4.3.12 central d
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO, Final
 
 from minipacs.config import Settings
@@ -58,11 +60,13 @@ def _too_large(message: str) -> HttpError:
     return HttpError(413, "too_large", message + "; nothing was stored")
 
 
-def open_zip(body: bytes, limits: ZipLimits) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]:
-    """The archive and its file members, after checking their declared sizes against ``limits``
-    (HttpError 413), or HttpError 400 when it is not a ZIP. Blocking: call it in a worker thread."""
+def open_zip(body: bytes | Path, limits: ZipLimits) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]:
+    """The archive (in memory, or a file: an upload is spooled to one) and its file members, after
+    checking their declared sizes against ``limits`` (HttpError 413), or HttpError 400 when it is
+    not a ZIP. Blocking: call it in a worker thread."""
+    size = len(body) if isinstance(body, bytes) else os.path.getsize(body)
     try:
-        archive = zipfile.ZipFile(io.BytesIO(body))
+        archive = zipfile.ZipFile(io.BytesIO(body) if isinstance(body, bytes) else body)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError) as exc:
         raise HttpError(400, "bad_zip", f"the ZIP file cannot be read: {exc}") from None
     try:
@@ -86,9 +90,9 @@ def open_zip(body: bytes, limits: ZipLimits) -> tuple[zipfile.ZipFile, list[zipf
                     f"the ZIP inflates to more than {limits.total_bytes} bytes "
                     "(max_zip_inflated_bytes); split it into smaller archives"
                 )
-        if total > RATIO_FLOOR and total > limits.ratio * len(body):
+        if total > RATIO_FLOOR and total > limits.ratio * size:
             raise _too_large(
-                f"the ZIP ({len(body)} bytes) inflates to {total} bytes, {total // len(body)} times "
+                f"the ZIP ({size} bytes) inflates to {total} bytes, {total // size} times "
                 f"its size; at most {limits.ratio} times is accepted (max_zip_ratio): such archives are "
                 "built to exhaust memory or disk"
             )
