@@ -20,6 +20,7 @@ from minipacs.core.model import Origin
 from minipacs.core.nodes import node_from_mapping
 from minipacs.core.paths import validate_uid
 from minipacs.core.retrieve import select_instances
+from minipacs.core.stats import storage_figures
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.web import completion
 from minipacs.web.dicomweb import ctx, root_url
@@ -242,20 +243,21 @@ async def changes(request: Request) -> Response:
 
 
 async def stats(request: Request) -> Response:
+    """GET /api/stats: counters the index keeps (core/stats.py), never a walk of the storage folder."""
     archive = ctx(request).archive
     ingest = archive.stats
-    usage = (
-        sum(p.stat().st_size for p in (archive.settings.data_dir / "storage").rglob("*") if p.is_file())
-        if (archive.settings.data_dir / "storage").exists()
-        else 0
-    )
+    figures = await storage_figures(archive)
     return JSONResponse(
         {
-            "instances": await archive.count_instances(),
-            "disk_bytes": usage,
+            "instances": figures.instances,
+            "disk_bytes": figures.instance_bytes,
             "ingested_since_start": ingest.ingested,
             "index_batches": ingest.batches,
             "metadata_pending": ctx(request).metadata.pending,
+            "patients": figures.patients,
+            "studies": figures.studies,
+            "series": figures.series,
+            "free_bytes": figures.free_bytes,
         }
     )
 
