@@ -9,6 +9,11 @@ one counter UPDATE per batch issued from Python. Then times reading the counters
 walking a folder of N files as the old ``/api/stats`` did.
 
   python bench/bench_stats_counters.py [--instances 20000] [--batch 1] [--files 30000] [--rounds 2]
+
+Measured 2026-12-06 (2-core VM, SQLite 3.40, fsync off so only CPU shows), process CPU per
+instance: batch 1 (a sequential association): no counters 50-52 us, triggers 55-58 us, one Python
+UPDATE per batch 72-79 us; batch 64: all three 23-25 us (noise). Reading the counters: 16-18 us.
+The old walk: 0.59 s for 30,000 files (warm cache).
 """
 
 from __future__ import annotations

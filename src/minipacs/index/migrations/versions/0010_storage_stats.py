@@ -115,7 +115,6 @@ def upgrade() -> None:
         sa.Column("instances", sa.BigInteger(), nullable=False),
         sa.Column("instance_bytes", sa.BigInteger(), nullable=False),
     )
-    assert stats is not None
     zero = {"patients": 0, "studies": 0, "series": 0, "instances": 0, "instance_bytes": 0}
     op.bulk_insert(stats, [{"slot": slot, **zero} for slot in range(_PG_SLOTS if postgresql else 1)])
     for statement in _postgresql_triggers() if postgresql else _sqlite_triggers():
