@@ -35,7 +35,24 @@ TRIGGERS = {
             "series_delete",
         )
     },
-    "postgresql": {f"storage_stats_{table}" for table in ("instances", "patients", "studies", "series")},
+    "postgresql": {
+        f"storage_stats_{name}"
+        for name in (
+            "instances_insert",
+            "instances_delete",
+            "instances_update",
+            "patients_insert",
+            "patients_delete",
+            "studies_insert",
+            "studies_delete",
+            "series_insert",
+            "series_delete",
+            "instances_flush",
+            "patients_flush",
+            "studies_flush",
+            "series_flush",
+        )
+    },
 }
 
 
@@ -214,11 +231,27 @@ def test_any_statement_keeps_the_counters(engine: Engine) -> None:
     assert _counts(engine) == (0, 0, 0, 0, 0)
 
 
+def test_a_rolled_back_savepoint_is_not_counted(engine: Engine) -> None:
+    upgrade_schema(engine)
+    with engine.begin() as conn:
+        _archive_of_0009(conn)
+        series = conn.execute(sa.text("SELECT id FROM series ORDER BY id LIMIT 1")).scalar_one()
+        _instance(conn, series, "3.1", 1000)
+        savepoint = conn.begin_nested()
+        _instance(conn, series, "3.2", 2000)
+        conn.execute(sa.text("DELETE FROM instances WHERE sop_instance_uid = '1.9.0'"))
+        savepoint.rollback()
+        _instance(conn, series, "3.3", 4000)
+    assert _counts(engine) == (2, 3, 4, 7, 5150)
+
+
 @pytest.mark.postgres
-def test_writers_of_several_nodes_do_not_queue_on_one_counter_row() -> None:
-    """PostgreSQL: an ingest transaction holds the counter row it updated until it commits (after its
-    renames and fsyncs). The counters are spread over rows by transaction id, so a second node's
-    writer goes on; with one row it would wait for the first's commit."""
+def test_writers_of_several_nodes_do_not_queue_on_the_counters() -> None:
+    """PostgreSQL, several nodes' writers on one index. A transaction adds to the counters only as it
+    commits, so another writer never waits for it (it would wait from the first insert to the commit,
+    after renames and fsyncs, if the counter row were updated by each statement). And at commit the
+    counters are spread over rows by transaction id: even a transaction that applied them early (SET
+    CONSTRAINTS ALL IMMEDIATE) and holds its row lets another commit."""
     with postgres_schema_url() as url:
         engine = create_index_engine(url)
         try:
@@ -226,24 +259,26 @@ def test_writers_of_several_nodes_do_not_queue_on_one_counter_row() -> None:
             with engine.begin() as conn:
                 _archive_of_0009(conn)
                 series = conn.execute(sa.text("SELECT id FROM series ORDER BY id LIMIT 1")).scalar_one()
-            with engine.connect() as first, engine.connect() as second:
-                first.begin()
-                _instance(first, series, "2.1", 100)  # holds its counter row until it commits
-                for attempt in range(3):  # transaction ids of other sessions may land on the same row
-                    second.begin()
-                    second.execute(sa.text("SET LOCAL lock_timeout = '2s'"))
-                    try:
-                        _instance(second, series, f"2.2.{attempt}", 1000)
-                    except OperationalError:  # lock timeout: it queued behind the first
-                        second.rollback()
-                        continue
-                    second.commit()
-                    break
-                else:
-                    pytest.fail("a second writer waited three times for the first writer's counter row")
-                assert _counts(engine) == (2, 3, 4, 6, 1150)  # the first is not committed yet
-                first.commit()
-            assert _counts(engine) == (2, 3, 4, 7, 1250)
+            for early in (False, True):
+                with engine.connect() as first, engine.connect() as second:
+                    first.begin()
+                    _instance(first, series, f"2.1.{early}", 100)
+                    if early:
+                        first.execute(sa.text("SET CONSTRAINTS ALL IMMEDIATE"))  # applies its deltas now
+                    for attempt in range(3):  # other sessions' transaction ids may give both one row
+                        second.begin()
+                        second.execute(sa.text("SET LOCAL lock_timeout = '2s'"))
+                        try:
+                            _instance(second, series, f"2.2.{early}.{attempt}", 1000)
+                            second.commit()
+                        except OperationalError:  # lock timeout: it queued behind the first
+                            second.rollback()
+                            continue
+                        break
+                    else:
+                        pytest.fail(f"a second writer waited three times for the first (early={early})")
+                    first.commit()
+            assert _counts(engine) == (2, 3, 4, 9, 2350)
             with engine.connect() as conn:
                 assert conn.execute(sa.text("SELECT count(*) FROM storage_stats")).scalar_one() > 1
         finally:
