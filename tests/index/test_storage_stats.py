@@ -283,3 +283,29 @@ def test_writers_of_several_nodes_do_not_queue_on_the_counters() -> None:
                 assert conn.execute(sa.text("SELECT count(*) FROM storage_stats")).scalar_one() > 1
         finally:
             engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgresql_updates_the_counters_once_per_transaction() -> None:
+    """Not once per statement or row: a counter row updated again and again in one transaction grows
+    a version chain every later update walks (a 20,000-instance delete took 2.5 s instead of 0.07 s)."""
+    with postgres_schema_url() as url:
+        engine = create_index_engine(url)
+        try:
+            upgrade_schema(engine)
+            with engine.begin() as conn:
+                _archive_of_0009(conn)
+                series = conn.execute(sa.text("SELECT id FROM series ORDER BY id LIMIT 1")).scalar_one()
+            with engine.begin() as conn:
+                for n in range(40):
+                    _instance(conn, series, f"4.{n}", 10)
+                conn.execute(sa.text("DELETE FROM instances WHERE sop_instance_uid LIKE '4.1%'"))
+                conn.execute(sa.text("UPDATE instances SET size = 20 WHERE sop_instance_uid = '4.2'"))
+                # the backend's updates of storage_stats not yet reported (this one's and earlier ones')
+                updated = sa.text("SELECT n_tup_upd FROM pg_stat_xact_user_tables WHERE relname = 'storage_stats'")
+                before = conn.execute(updated).scalar_one()
+                conn.execute(sa.text("SET CONSTRAINTS ALL IMMEDIATE"))  # apply the deltas now, to look
+                assert conn.execute(updated).scalar_one() - before == 1
+            assert _counts(engine) == (2, 3, 4, 5 + 29, 150 + 29 * 10 + 10)
+        finally:
+            engine.dispose()
