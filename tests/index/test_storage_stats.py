@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from minipacs.index.database import alembic_config, create_index_engine, upgrade_schema
-from minipacs.index.stats_repo import StorageCounts, read_counts
+from minipacs.index.stats_repo import StorageCounts, count_rows, read_counts, recount
 from tests.index.pg import postgres_schema_url
 
 NOW = dt.datetime(2026, 12, 6, tzinfo=dt.UTC)
@@ -243,6 +243,34 @@ def test_a_rolled_back_savepoint_is_not_counted(engine: Engine) -> None:
         savepoint.rollback()
         _instance(conn, series, "3.3", 4000)
     assert _counts(engine) == (2, 3, 4, 7, 5150)
+
+
+def test_recount_repairs_counters_the_triggers_missed(engine: Engine) -> None:
+    """Rows changed with the triggers off (here: dropped and created again around the change on SQLite,
+    disabled on PostgreSQL) leave the counters wrong; recount sets them from the rows."""
+    upgrade_schema(engine)
+    with engine.begin() as conn:
+        _archive_of_0009(conn)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.text("ALTER TABLE instances DISABLE TRIGGER USER"))
+            conn.execute(sa.text("DELETE FROM instances WHERE size > 30"))
+            conn.execute(sa.text("ALTER TABLE instances ENABLE TRIGGER USER"))
+        else:
+            ddl = conn.execute(
+                sa.text("SELECT sql FROM sqlite_master WHERE name = 'storage_stats_instances_delete'")
+            ).scalar_one()
+            conn.execute(sa.text("DROP TRIGGER storage_stats_instances_delete"))
+            conn.execute(sa.text("DELETE FROM instances WHERE size > 30"))
+            conn.execute(sa.text(ddl))
+    assert _counts(engine) == (2, 3, 4, 5, 150)
+    with engine.begin() as conn:
+        assert count_rows(conn) == (2, 3, 4, 3, 60)
+        assert recount(conn) == ((2, 3, 4, 5, 150), (2, 3, 4, 3, 60))
+    assert _counts(engine) == (2, 3, 4, 3, 60)
+    with engine.begin() as conn:  # and the triggers go on from there
+        _instance(conn, conn.execute(sa.text("SELECT min(id) FROM series")).scalar_one(), "6.1", 5)
+    assert _counts(engine) == (2, 3, 4, 4, 65)
 
 
 @pytest.mark.postgres

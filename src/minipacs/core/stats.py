@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from minipacs.core.archive import Archive
 from minipacs.index import stats_repo
+from minipacs.index.stats_repo import StorageCounts
 
 
 @dataclass(frozen=True)
@@ -33,4 +34,10 @@ async def storage_figures(archive: Archive) -> StorageFigures:
     return StorageFigures(*counts, free_bytes=usage.free)
 
 
-__all__ = ["StorageFigures", "storage_figures"]
+async def recount(archive: Archive) -> tuple[StorageCounts, StorageCounts]:
+    """Set the counters from the rows (a repair, reading every row: for ``minipacs doctor``-like
+    checks, not for a page); (the counters before, after). Through the writer, like every write."""
+    return await archive.write(stats_repo.recount)
+
+
+__all__ = ["StorageCounts", "StorageFigures", "recount", "storage_figures"]
