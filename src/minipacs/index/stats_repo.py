@@ -14,9 +14,6 @@ from sqlalchemy import Connection, Table, func, select, text, update
 from minipacs.index.schema import Instance, Patient, Series, StorageStats, Study
 
 _STATS: Final = cast(Table, StorageStats.__table__)
-_COUNTERS: Final = ("patients", "studies", "series", "instances", "instance_bytes")
-# PostgreSQL keeps the counters on several rows (slots): their sum is the figure.
-_READ: Final = select(*(func.coalesce(func.sum(_STATS.c[name]), 0) for name in _COUNTERS))
 
 
 class StorageCounts(NamedTuple):
@@ -25,6 +22,12 @@ class StorageCounts(NamedTuple):
     series: int
     instances: int
     instance_bytes: int  # the sum of the stored instances' file sizes
+
+
+#: The counter columns of ``storage_stats``, named as the fields above.
+_COUNTERS: Final = StorageCounts._fields
+# PostgreSQL keeps the counters on several rows (slots): their sum is the figure.
+_READ: Final = select(*(func.coalesce(func.sum(_STATS.c[name]), 0) for name in _COUNTERS))
 
 
 def read_counts(conn: Connection) -> StorageCounts:

@@ -246,18 +246,14 @@ async def stats(request: Request) -> Response:
     """GET /api/stats: counters the index keeps (core/stats.py), never a walk of the storage folder."""
     archive = ctx(request).archive
     ingest = archive.stats
-    figures = await storage_figures(archive)
+    figures = dataclasses.asdict(await storage_figures(archive))
+    figures["disk_bytes"] = figures.pop("instance_bytes")  # the name this field always had
     return JSONResponse(
         {
-            "instances": figures.instances,
-            "disk_bytes": figures.instance_bytes,
+            **figures,
             "ingested_since_start": ingest.ingested,
             "index_batches": ingest.batches,
             "metadata_pending": ctx(request).metadata.pending,
-            "patients": figures.patients,
-            "studies": figures.studies,
-            "series": figures.series,
-            "free_bytes": figures.free_bytes,
         }
     )
 
