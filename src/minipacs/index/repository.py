@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol, cast
 
-from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from minipacs.dicom.values import (
@@ -21,6 +21,7 @@ from minipacs.dicom.values import (
     as_time,
     normalise_name,
 )
+from minipacs.index import stats_repo
 from minipacs.index.fastsql import Prepared
 from minipacs.index.schema import Association, Instance, Patient, Series, Study
 
@@ -211,7 +212,8 @@ def write_instance(conn: Connection, values: Mapping[str, Any], replace_pk: int 
 
 
 def count_instances(conn: Connection) -> int:
-    return int(conn.execute(select(func.count()).select_from(_INSTANCES)).scalar_one())
+    """From the counters the index keeps (index/stats_repo.py, migration 0010): not a COUNT(*)."""
+    return stats_repo.count_instances(conn)
 
 
 def blob_key_of(conn: Connection, sop_instance_uid: str) -> str | None:

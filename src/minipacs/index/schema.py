@@ -260,11 +260,28 @@ __all__ = [
     "Patient",
     "PerformedProcedureStep",
     "Series",
+    "StorageStats",
     "Study",
     "StudyCompletion",
     "UtcDateTime",
     "WorklistItem",
 ]
+
+
+class StorageStats(Base):
+    """Counters of what the archive holds, for ``GET /api/stats`` without walking the storage folder
+    (issue 10). Kept by triggers on patients, studies, series and instances, in the transaction
+    that changes them (migration 0010 creates them: SQLite one row, PostgreSQL several rows
+    that readers sum, so nodes' writers do not queue on one row). ``index/stats_repo.py`` reads it."""
+
+    __tablename__ = "storage_stats"
+    slot: Mapped[int] = mapped_column(Integer(), primary_key=True, autoincrement=False)
+    patients: Mapped[int] = mapped_column(BigInteger())
+    studies: Mapped[int] = mapped_column(BigInteger())
+    series: Mapped[int] = mapped_column(BigInteger())
+    instances: Mapped[int] = mapped_column(BigInteger())
+    #: Sum of ``instances.size``: the bytes of the stored instance files.
+    instance_bytes: Mapped[int] = mapped_column(BigInteger())
 
 
 class InstanceMetadata(Base):

@@ -21,6 +21,7 @@ from minipacs.core.model import Origin
 from minipacs.core.nodes import node_from_mapping
 from minipacs.core.paths import validate_uid
 from minipacs.core.retrieve import select_instances
+from minipacs.core.stats import storage_figures
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.web import completion
 from minipacs.web.dicomweb import ctx, root_url
@@ -289,17 +290,14 @@ async def changes(request: Request) -> Response:
 
 
 async def stats(request: Request) -> Response:
+    """GET /api/stats: counters the index keeps (core/stats.py), never a walk of the storage folder."""
     archive = ctx(request).archive
     ingest = archive.stats
-    usage = (
-        sum(p.stat().st_size for p in (archive.settings.data_dir / "storage").rglob("*") if p.is_file())
-        if (archive.settings.data_dir / "storage").exists()
-        else 0
-    )
+    figures = dataclasses.asdict(await storage_figures(archive))
+    figures["disk_bytes"] = figures.pop("instance_bytes")  # the name this field always had
     return JSONResponse(
         {
-            "instances": await archive.count_instances(),
-            "disk_bytes": usage,
+            **figures,
             "ingested_since_start": ingest.ingested,
             "index_batches": ingest.batches,
             "metadata_pending": ctx(request).metadata.pending,
