@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Final
@@ -26,6 +27,9 @@ class FilesystemBlobStore:
     """Blobs as files under ``root``; ``fsync`` decides whether sync() really syncs.
 
     Staged files must be on the same filesystem as ``root`` (rename, not copy).
+    Puts and syncs come from one thread (the archive's writer); deletes may come from
+    others (a deletion removes its files after its commit, in a worker thread), so the
+    set of directories to sync changes hands under a lock.
     """
 
     def __init__(self, root: Path, fsync: bool = True) -> None:
@@ -33,6 +37,7 @@ class FilesystemBlobStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._fsync = fsync
         self._dirty: set[Path] = set()
+        self._dirty_lock = threading.Lock()  # delete() adds from other threads while sync() takes the set
         self._known_dirs: set[Path] = set()
         self._resolved_dirs: dict[str, Path] = {}  # directory part of a key -> its resolved path
 
@@ -101,7 +106,8 @@ class FilesystemBlobStore:
         self._dirty.add(parent)
 
     def sync(self) -> None:
-        dirty, self._dirty = self._dirty, set()
+        with self._dirty_lock:
+            dirty, self._dirty = self._dirty, set()
         if self._fsync:
             # deepest first, so a new directory's own entries are durable before its parent's
             for directory in sorted(dirty, key=lambda p: len(p.parts), reverse=True):
@@ -135,7 +141,8 @@ class FilesystemBlobStore:
     def delete(self, key: str) -> None:
         path = self.path_of(key)
         path.unlink(missing_ok=True)
-        self._dirty.add(path.parent)
+        with self._dirty_lock:
+            self._dirty.add(path.parent)
 
 
 __all__ = ["FilesystemBlobStore", "fsync_directory"]
