@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Final
@@ -28,8 +27,9 @@ class FilesystemBlobStore:
 
     Staged files must be on the same filesystem as ``root`` (rename, not copy).
     Puts and syncs come from one thread (the archive's writer); deletes may come from
-    others (a deletion removes its files after its commit, in a worker thread), so the
-    set of directories to sync changes hands under a lock.
+    others (a deletion removes its files after its commit, in a worker thread): sync()
+    swaps the set of directories to sync in one assignment, and a removal's directory
+    that misses this sync is synced by the next (a removal need not be durable at once).
     """
 
     def __init__(self, root: Path, fsync: bool = True) -> None:
@@ -37,7 +37,6 @@ class FilesystemBlobStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._fsync = fsync
         self._dirty: set[Path] = set()
-        self._dirty_lock = threading.Lock()  # delete() adds from other threads while sync() takes the set
         self._known_dirs: set[Path] = set()
         self._resolved_dirs: dict[str, Path] = {}  # directory part of a key -> its resolved path
 
@@ -106,8 +105,7 @@ class FilesystemBlobStore:
         self._dirty.add(parent)
 
     def sync(self) -> None:
-        with self._dirty_lock:
-            dirty, self._dirty = self._dirty, set()
+        dirty, self._dirty = self._dirty, set()
         if self._fsync:
             # deepest first, so a new directory's own entries are durable before its parent's
             for directory in sorted(dirty, key=lambda p: len(p.parts), reverse=True):
@@ -138,11 +136,28 @@ class FilesystemBlobStore:
 
         return chunks()
 
+    def keys(self) -> Iterator[str]:
+        """Every file under the root as a key (``a/b/c.dcm``); symlinks are not followed."""
+        stack = [self.root]
+        while stack:
+            directory = stack.pop()
+            try:
+                entries = list(os.scandir(directory))
+            except FileNotFoundError:  # removed while we walked
+                continue
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                else:
+                    yield Path(entry.path).relative_to(self.root).as_posix()
+
+    def exists(self, key: str) -> bool:
+        return self.path_of(key).is_file()
+
     def delete(self, key: str) -> None:
         path = self.path_of(key)
         path.unlink(missing_ok=True)
-        with self._dirty_lock:
-            self._dirty.add(path.parent)
+        self._dirty.add(path.parent)
 
 
 __all__ = ["FilesystemBlobStore", "fsync_directory"]

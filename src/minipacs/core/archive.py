@@ -302,6 +302,12 @@ class Archive:
             raise ArchiveError("the archive is closed; nothing more can be stored")
 
     @property
+    def owns_data_dir(self) -> bool:
+        """Whether this process holds the data directory's recovery lock (no other minipacs
+        process writes there): only then is an unindexed file in staging or storage no one's."""
+        return self._recovery_lock is not None
+
+    @property
     def stats(self) -> IngestStats:
         return replace(self._stats)
 
