@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from sqlalchemy import select
 
 from minipacs.bootstrap import open_archive
 from minipacs.core.archive import Archive
+from minipacs.core.delete import delete_resource
 from minipacs.core.errors import (
     DuplicateInstance,
     InstanceMismatch,
@@ -26,6 +28,7 @@ from minipacs.core.errors import (
 )
 from minipacs.core.model import AssociationRecord, DuplicatePolicy, Origin, StagedPath, StoreStatus
 from minipacs.core.paths import sop_instance_uid_of_key
+from minipacs.core.storage_check import check_storage
 from minipacs.index.schema import Instance, Patient, Series, Study
 from tests.dicomgen import (
     CT_IMAGE_STORAGE,
@@ -225,6 +228,32 @@ def test_a_replaced_blob_that_cannot_be_removed_fails_nothing(with_archive: Run)
         assert await archive.get_instance_path("1.2.3") == archive.blobs.path_of(second.relative_path)
 
     with_archive(body, duplicate_policy=DuplicatePolicy.REPLACE)
+
+
+def test_an_ingest_after_a_deletion_in_the_same_batch_finds_its_series_anew(with_archive: Run) -> None:
+    """A deletion in the writer's batch removes a series whose key the writer cached: an ingest
+    after it in the same transaction (and on the retry job by job) must not reuse that key."""
+
+    async def body(archive: Archive) -> None:
+        await archive.ingest(stage(archive, make_ct("1.2.1", "1.2.2", "1.2.3.1")), DICOM)
+        gate = threading.Event()
+        blocker = asyncio.create_task(archive.write(lambda conn: gate.wait(10)))
+        await asyncio.sleep(0.05)  # the writer waits inside the blocker: the next three make one batch
+        batch = asyncio.gather(
+            archive.ingest(stage(archive, make_ct("1.2.1", "1.2.2", "1.2.3.2")), DICOM),
+            delete_resource(archive, "study", "1.2.1"),
+            archive.ingest(stage(archive, make_ct("1.2.1", "1.2.2", "1.2.3.3")), DICOM),
+        )
+        await asyncio.sleep(0.05)
+        gate.set()
+        await blocker
+        before, deleted, after = await batch
+        assert before.status is after.status is StoreStatus.STORED
+        assert deleted.instances == 2
+        assert [i["sop_instance_uid"] for i in rows(archive, Instance)] == ["1.2.3.3"]
+        assert (await check_storage(archive)).consistent
+
+    with_archive(body)
 
 
 def test_concurrent_ingests_are_durable_and_batched(with_archive: Run) -> None:

@@ -554,7 +554,12 @@ class Archive:
         journal: list[dict[str, Any]],
     ) -> object:
         if isinstance(job, _CallJob):
-            return job.call(conn)
+            result = job.call(conn)
+            if job.removes_entities:
+                # an ingest later in this transaction (or a retry job by job) must not reuse
+                # the key of a series or study this call deleted (a FOREIGN KEY failure)
+                self._keys.clear()
+            return result
         if not isinstance(job, _IngestJob):  # pragma: no cover - the queue holds only these
             raise TypeError(f"unknown writer job {job!r}")
         header = job.header
