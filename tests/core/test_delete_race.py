@@ -13,6 +13,7 @@ index row and no file. Each round here checks, after a restart of the archive:
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,7 +26,7 @@ from pydicom.uid import generate_uid
 
 from minipacs.bootstrap import App, build_app
 from minipacs.config import Settings
-from minipacs.core.changes import ChangeType, read_changes
+from minipacs.core.changes import Change, ChangeType, read_changes
 from minipacs.core.delete import delete_resource
 from minipacs.core.model import DuplicatePolicy
 from minipacs.core.retrieve import select_instances
@@ -94,15 +95,14 @@ class Round:
     sent_after_delete: set[str] = field(default_factory=set)  # ... whose request went after the deletion returned
 
 
-def make_study(rng: random.Random) -> Round:
-    study = generate_uid()
-    series = [generate_uid(), generate_uid()]
-    payloads = {}
+def make_study() -> Round:
+    study = str(generate_uid())
+    series = [str(generate_uid()), str(generate_uid())]
+    payloads: dict[str, bytes] = {}
     for n in range(INSTANCES):
-        sop = generate_uid()
+        sop = str(generate_uid())
         ds = make_ct(study, series[n % 2], sop, rows=8, cols=8, InstanceNumber=n + 1)
         payloads[sop] = encode_dataset(ds, IMPLICIT_VR_LITTLE_ENDIAN)
-    rng.shuffle(series)
     return Round(study, payloads)
 
 
@@ -149,9 +149,10 @@ async def race(app: App, rnd: Round, rng: random.Random) -> None:
 async def committed_after_the_deletion(app: App, study: str) -> set[str]:
     """The study's instances whose (last) store committed after its "Deleted" row (one writer:
     the journal is in commit order)."""
-    changes, since, done = [], 0, False
+    changes: list[Change] = []
+    since, done = 0, False
     while not done:
-        page, since, done = await app.archive.read(lambda conn, s=since: read_changes(conn, s, 1000))
+        page, since, done = await app.archive.read(functools.partial(read_changes, since=since, limit=1000))
         changes += [c for c in page if c.study == study]
     deleted_at = max(c.seq for c in changes if c.type == ChangeType.DELETED.value and c.level == "study")
     return {c.uid for c in changes if c.type == ChangeType.NEW_INSTANCE.value and c.seq > deleted_at}
@@ -180,7 +181,7 @@ def test_a_study_deleted_while_it_is_re_sent_loses_no_acknowledged_file(
     async def main() -> tuple[int, int]:
         stored_after = answered_before = 0
         for _ in range(ROUNDS):
-            rnd = make_study(rng)
+            rnd = make_study()
             async with serving(tmp_path / "data", policy) as app:
                 await race(app, rnd, rng)
             async with serving(tmp_path / "data", policy) as app:  # the restart
