@@ -8,12 +8,13 @@ that failed after a commit, leaves: harmless (never acknowledged, or already del
 taking space. It is not removed at start (walking the storage takes seconds per 100,000
 files); ``minipacs check --remove-unindexed`` removes it.
 
-The storage is walked first, then the index is read in the writer thread, between two
-batches: a file renamed into storage before the walk has then either its row committed
-or, its batch having failed, been moved back to staging. Run on a live archive, the lists
-may still show a deletion's files it is removing at that moment: confirm with a second
-run. Removal needs this process to own the data directory (no ``minipacs serve`` or
-``import`` on it), since another process's files are unindexed until its commit.
+The storage is walked first, then the index is read in this archive's writer thread,
+between two of its batches: a file it renamed into storage before the walk has then
+either its row committed or, its batch having failed, been moved back to staging. Files
+another process (``minipacs serve``, ``import``) is committing or a deletion is removing
+at that moment may still be listed: run the check again to confirm. Removal needs this
+process to own the data directory (``Archive.owns_data_dir``), since another process's
+files are unindexed until its commit.
 """
 
 from __future__ import annotations
