@@ -53,3 +53,18 @@ def test_symlink_out_of_root_is_refused(tmp_path: Path) -> None:
     (tmp_path / "storage" / "link").symlink_to(tmp_path)
     with pytest.raises(InvalidBlobKey):
         store.path_of("link/x.dcm")
+
+
+def test_keys_lists_every_file_without_following_symlinks(tmp_path: Path) -> None:
+    store = FilesystemBlobStore(tmp_path / "storage", fsync=False)
+    for key in ("1.2/1.3/1.4_0123456789abcdef.dcm", "1.2/1.3/1.5.dcm", "9.9/x.dcm"):
+        staged = tmp_path / "s.part"
+        staged.write_bytes(b"x")
+        store.put_from_staging(staged, key)
+    outside = tmp_path / "outside"
+    (outside / "deep").mkdir(parents=True)
+    (outside / "deep" / "secret.dcm").write_bytes(b"x")
+    (store.root / "link").symlink_to(outside, target_is_directory=True)
+    (store.root / "1.2" / "empty").mkdir()
+    assert sorted(store.keys()) == ["1.2/1.3/1.4_0123456789abcdef.dcm", "1.2/1.3/1.5.dcm", "9.9/x.dcm", "link"]
+    assert store.exists("1.2/1.3/1.5.dcm") and not store.exists("1.2/1.3/1.6.dcm") and not store.exists("1.2")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from sqlalchemy import select
 
 from minipacs.bootstrap import open_archive
 from minipacs.core.archive import Archive
+from minipacs.core.delete import delete_resource
 from minipacs.core.errors import (
     DuplicateInstance,
     InstanceMismatch,
@@ -24,6 +27,8 @@ from minipacs.core.errors import (
     OutOfResources,
 )
 from minipacs.core.model import AssociationRecord, DuplicatePolicy, Origin, StagedPath, StoreStatus
+from minipacs.core.paths import sop_instance_uid_of_key
+from minipacs.core.storage_check import check_storage
 from minipacs.index.schema import Instance, Patient, Series, Study
 from tests.dicomgen import (
     CT_IMAGE_STORAGE,
@@ -60,7 +65,7 @@ def test_ingest_stores_a_valid_part10_file_and_rows(with_archive: Run, syntax: s
     async def body(archive: Archive) -> None:
         outcome = await archive.ingest(stage(archive, ds, syntax, data), DICOM)
         assert outcome.status is StoreStatus.STORED
-        assert outcome.relative_path == "1.2.826.1/1.2.826.1.2/1.2.826.1.2.3.dcm"
+        assert re.fullmatch(r"1\.2\.826\.1/1\.2\.826\.1\.2/1\.2\.826\.1\.2\.3_[0-9a-f]{16}\.dcm", outcome.relative_path)
         assert (outcome.study_instance_uid, outcome.series_instance_uid) == ("1.2.826.1", "1.2.826.1.2")
         path = await archive.get_instance_path("1.2.826.1.2.3")
         assert path == archive.blobs.path_of(outcome.relative_path)
@@ -170,6 +175,87 @@ def test_replace_into_another_series_moves_the_file(with_archive: Run) -> None:
     with_archive(body, duplicate_policy=DuplicatePolicy.REPLACE)
 
 
+def test_a_replacing_copy_gets_its_own_file_and_the_replaced_one_goes(with_archive: Run) -> None:
+    """Issue 10: each stored copy has its own blob key; the replaced copy's blob (exactly that key)
+    is removed after the commit, the replacing one lands beside it, never on its path."""
+
+    async def body(archive: Archive) -> None:
+        first = await archive.ingest(stage(archive, make_ct("1.2.1", "1.2.2", "1.2.3")), DICOM)
+        second = await archive.ingest(stage(archive, make_ct("1.2.1", "1.2.2", "1.2.3", InstanceNumber=9)), DICOM)
+        assert second.status is StoreStatus.REPLACED
+        assert second.relative_path != first.relative_path
+        assert not archive.blobs.path_of(first.relative_path).exists()
+        assert await archive.get_instance_path("1.2.3") == archive.blobs.path_of(second.relative_path)
+        (instance,) = rows(archive, Instance)
+        assert instance["blob_key"] == second.relative_path
+        assert [p.name for p in archive.blobs.path_of("1.2.1").rglob("*.dcm")] == [second.relative_path.split("/")[-1]]
+
+    with_archive(body, duplicate_policy=DuplicatePolicy.REPLACE)
+
+
+def test_copies_of_one_instance_in_one_batch_leave_the_last_one(with_archive: Run) -> None:
+    """Three copies of one SOP Instance committed in one writer transaction: the index keeps the
+    last, and only its file is left (each replaced row's own blob went after the commit)."""
+
+    async def body(archive: Archive) -> None:
+        staged = [stage(archive, make_ct("1.2.1", "1.2.2", "1.2.3", InstanceNumber=n)) for n in (1, 2, 3)]
+        outcomes = await asyncio.gather(*(archive.ingest(s, DICOM) for s in staged))
+        assert [o.status for o in outcomes] == [StoreStatus.STORED, StoreStatus.REPLACED, StoreStatus.REPLACED]
+        assert len({o.relative_path for o in outcomes}) == 3
+        (instance,) = rows(archive, Instance)
+        assert (instance["instance_number"], instance["blob_key"]) == (3, outcomes[2].relative_path)
+        assert sorted(p.name for p in archive.blobs.path_of("1.2.1").rglob("*.dcm")) == [
+            outcomes[2].relative_path.split("/")[-1]
+        ]
+
+    with_archive(body, duplicate_policy=DuplicatePolicy.REPLACE)
+
+
+def test_a_replaced_blob_that_cannot_be_removed_fails_nothing(with_archive: Run) -> None:
+    """The replacement is committed before the old blob goes: failing to remove it is logged and
+    leaves a file without a row, never a failure status for a stored copy."""
+
+    async def body(archive: Archive) -> None:
+        first = await archive.ingest(stage(archive, make_ct("1.2.1", "1.2.2", "1.2.3")), DICOM)
+
+        def refuse(key: str) -> None:
+            raise PermissionError(13, "Permission denied")
+
+        archive.blobs.delete = refuse  # type: ignore[method-assign]
+        second = await archive.ingest(stage(archive, make_ct("1.2.1", "1.2.2", "1.2.3", InstanceNumber=9)), DICOM)
+        assert second.status is StoreStatus.REPLACED
+        assert archive.blobs.path_of(first.relative_path).exists()  # left behind, for minipacs check
+        assert await archive.get_instance_path("1.2.3") == archive.blobs.path_of(second.relative_path)
+
+    with_archive(body, duplicate_policy=DuplicatePolicy.REPLACE)
+
+
+def test_an_ingest_after_a_deletion_in_the_same_batch_finds_its_series_anew(with_archive: Run) -> None:
+    """A deletion in the writer's batch removes a series whose key the writer cached: an ingest
+    after it in the same transaction (and on the retry job by job) must not reuse that key."""
+
+    async def body(archive: Archive) -> None:
+        await archive.ingest(stage(archive, make_ct("1.2.1", "1.2.2", "1.2.3.1")), DICOM)
+        gate = threading.Event()
+        blocker = asyncio.create_task(archive.write(lambda conn: gate.wait(10)))
+        await asyncio.sleep(0.05)  # the writer waits inside the blocker: the next three make one batch
+        batch = asyncio.gather(
+            archive.ingest(stage(archive, make_ct("1.2.1", "1.2.2", "1.2.3.2")), DICOM),
+            delete_resource(archive, "study", "1.2.1"),
+            archive.ingest(stage(archive, make_ct("1.2.1", "1.2.2", "1.2.3.3")), DICOM),
+        )
+        await asyncio.sleep(0.05)
+        gate.set()
+        await blocker
+        before, deleted, after = await batch
+        assert before.status is after.status is StoreStatus.STORED
+        assert deleted.instances == 2
+        assert [i["sop_instance_uid"] for i in rows(archive, Instance)] == ["1.2.3.3"]
+        assert (await check_storage(archive)).consistent
+
+    with_archive(body)
+
+
 def test_concurrent_ingests_are_durable_and_batched(with_archive: Run) -> None:
     study, series = generate_uid(), generate_uid()
     datasets = [make_ct(study, series if i % 2 else generate_uid(), generate_uid()) for i in range(200)]
@@ -223,7 +309,7 @@ def test_a_failing_job_inside_the_writer_batch_rolls_back_alone(with_archive: Ru
         real_put = archive.blobs.put_from_staging
 
         def put(path: Path, key: str) -> None:
-            if key.endswith("1.2.3.2.dcm"):
+            if sop_instance_uid_of_key(key) == "1.2.3.2":
                 raise OSError(28, "No space left on device")
             real_put(path, key)
 

@@ -3,7 +3,14 @@ from __future__ import annotations
 import pytest
 
 from minipacs.core.errors import InvalidIdentifier
-from minipacs.core.paths import instance_key, strip_uid_padding, validate_uid
+from minipacs.core.paths import (
+    COPY_TOKEN_HEX,
+    instance_key,
+    new_copy_token,
+    sop_instance_uid_of_key,
+    strip_uid_padding,
+    validate_uid,
+)
 
 GOOD_UIDS = [
     "1.2.840.10008.1.2",
@@ -59,7 +66,42 @@ def test_long_value_is_truncated_in_message() -> None:
 
 
 def test_instance_key_layout() -> None:
-    assert instance_key("1.2", "1.2.3", "1.2.3.4") == "1.2/1.2.3/1.2.3.4.dcm"
+    assert instance_key("1.2", "1.2.3", "1.2.3.4", "0123456789abcdef") == "1.2/1.2.3/1.2.3.4_0123456789abcdef.dcm"
+
+
+def test_every_copy_gets_its_own_key() -> None:
+    """Issue 10: a re-sent copy must never land on the path of one a deletion is about to remove."""
+    keys = {instance_key("1.2", "1.2.3", "1.2.3.4") for _ in range(10_000)}
+    assert len(keys) == 10_000
+    assert all(k.startswith("1.2/1.2.3/1.2.3.4_") and k.endswith(".dcm") for k in keys)
+    assert all(len(k) == len("1.2/1.2.3/1.2.3.4_.dcm") + COPY_TOKEN_HEX for k in keys)
+
+
+def test_longest_key_fits_the_index_column() -> None:
+    uid = "1." + "2" * 62
+    assert len(instance_key(uid, uid, uid)) == 215 <= 255  # index/schema.py Instance.blob_key String(255)
+
+
+@pytest.mark.parametrize("token", ["", "0123456789abcde", "0123456789abcdef0", "0123456789ABCDEF", "../../../../etc/"])
+def test_a_copy_token_is_sixteen_hex_digits(token: str) -> None:
+    with pytest.raises(ValueError, match="copy token"):
+        instance_key("1.2", "1.2.3", "1.2.3.4", token)
+    assert len(new_copy_token()) == COPY_TOKEN_HEX
+
+
+@pytest.mark.parametrize(
+    ("key", "uid"),
+    [
+        ("1.2/1.2.3/1.2.3.4_0123456789abcdef.dcm", "1.2.3.4"),
+        ("1.2/1.2.3/1.2.3.4.dcm", "1.2.3.4"),  # an archive written before per-copy keys
+        ("1.2/1.2.3/1.2.3.4_xyz.dcm", ""),
+        ("1.2/1.2.3/1.2.3.4_0123456789abcdef", ""),
+        ("1.2/1.2.3/notes.txt", ""),
+        ("1.2/1.2.3/a.dcm", ""),
+    ],
+)
+def test_the_sop_instance_uid_of_a_key(key: str, uid: str) -> None:
+    assert sop_instance_uid_of_key(key) == uid
 
 
 @pytest.mark.parametrize(

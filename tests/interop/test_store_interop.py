@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
+from minipacs.core.paths import sop_instance_uid_of_key
 from tests.dicomgen import write_ct
 from tests.peers import ServerProcess, dataset_bytes, dcmtk, free_port, minipacs_cmd, run, wait_for_port
 
@@ -37,7 +38,8 @@ def _study(folder: Path, count: int, syntaxes: tuple[str, ...] = (ExplicitVRLitt
 
 
 def _stored(server: ServerProcess) -> dict[str, Path]:
-    return {p.stem: p for p in (server.data_dir / "storage").rglob("*.dcm")}
+    storage = server.data_dir / "storage"
+    return {sop_instance_uid_of_key(p.relative_to(storage).as_posix()): p for p in storage.rglob("*.dcm")}
 
 
 def _assert_same_datasets(sent: dict[str, Path], stored: dict[str, Path]) -> None:

@@ -48,5 +48,11 @@ class BlobStore(Protocol):
     def path_of(self, key: str) -> Path:
         """Local path of the blob (the filesystem store; others may raise NotImplementedError)."""
 
+    def keys(self) -> Iterator[str]:
+        """Every key in the store, in no particular order (a walk: slow on a large store)."""
+
+    def exists(self, key: str) -> bool:
+        """Whether a blob is stored under ``key``."""
+
 
 __all__ = ["BlobError", "BlobNotFound", "BlobStore", "InvalidBlobKey"]

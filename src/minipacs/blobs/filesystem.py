@@ -26,6 +26,10 @@ class FilesystemBlobStore:
     """Blobs as files under ``root``; ``fsync`` decides whether sync() really syncs.
 
     Staged files must be on the same filesystem as ``root`` (rename, not copy).
+    Puts and syncs come from one thread (the archive's writer); deletes may come from
+    others (a deletion removes its files after its commit, in a worker thread): sync()
+    swaps the set of directories to sync in one assignment, and a removal's directory
+    that misses this sync is synced by the next (a removal need not be durable at once).
     """
 
     def __init__(self, root: Path, fsync: bool = True) -> None:
@@ -131,6 +135,24 @@ class FilesystemBlobStore:
                     yield data
 
         return chunks()
+
+    def keys(self) -> Iterator[str]:
+        """Every file under the root as a key (``a/b/c.dcm``); symlinks are not followed."""
+        stack = [self.root]
+        while stack:
+            directory = stack.pop()
+            try:
+                entries = list(os.scandir(directory))
+            except FileNotFoundError:  # removed while we walked
+                continue
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                else:
+                    yield Path(entry.path).relative_to(self.root).as_posix()
+
+    def exists(self, key: str) -> bool:
+        return self.path_of(key).is_file()
 
     def delete(self, key: str) -> None:
         path = self.path_of(key)

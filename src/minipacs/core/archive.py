@@ -17,6 +17,11 @@ one executemany, in job order, before the commit).
 A row never commits before its file is durable in place; a crash leaves at
 worst an unindexed file in storage (harmless) and leftovers in staging, which
 ``Archive.start`` deletes (they were never acknowledged).
+Every stored copy gets a blob key of its own (``core/paths.py`` instance_key: the
+UIDs and a random copy token), so no two rows ever name one file: a replacing copy
+(duplicate_policy "replace") lands beside the copy it replaces, whose blob is
+removed after the commit, and a deletion (core/delete.py) removes exactly the keys
+of the rows it deleted, never the file of a copy stored after it.
 
 The archive builds neither its index nor its blob store: bootstrap.py opens both
 (``bootstrap.open_archive``) and hands them to ``Archive.start`` with the
@@ -38,7 +43,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 
-from minipacs.blobs.base import BlobStore
+from minipacs.blobs.base import BlobError, BlobStore
 from minipacs.core.changes import ChangeType, change_row
 from minipacs.core.changes import record as record_changes
 from minipacs.core.errors import (
@@ -493,6 +498,12 @@ class Archive:
             raise ArchiveError("the archive is closed; nothing more can be stored")
 
     @property
+    def owns_data_dir(self) -> bool:
+        """Whether this process holds the data directory's recovery lock (no other minipacs
+        process writes there): only then is an unindexed file in staging or storage no one's."""
+        return self._recovery_lock is not None
+
+    @property
     def stats(self) -> IngestStats:
         return replace(self._stats)
 
@@ -675,8 +686,7 @@ class Archive:
             # A committed STORED/REPLACED file was renamed into storage; any other is still in staging.
             if isinstance(job, _IngestJob) and not _moved_into_storage(results[index]):
                 job.staged.path.unlink(missing_ok=True)
-        for key in stale_keys:
-            self.blobs.delete(key)
+        self._remove_replaced(stale_keys)
         self._keys.bound()
         if ingests:
             self._stats.batches += 1
@@ -684,6 +694,16 @@ class Archive:
             self._stats.largest_batch = max(self._stats.largest_batch, len(ingests))
             self._stats.multi_job_batches += len(ingests) > 1
         return results
+
+    def _remove_replaced(self, stale_keys: list[str]) -> None:
+        """Remove the blobs of the rows a committed batch replaced: exactly their keys, each
+        copy having its own (core/paths.py), so never the file of the copy that replaced it.
+        A blob that cannot be removed stays as a file without a row (``minipacs check``)."""
+        for key in stale_keys:
+            try:
+                self.blobs.delete(key)
+            except (OSError, BlobError) as exc:
+                log.error("the replaced copy %s could not be removed: %s", key, exc)
 
     def _transaction(
         self, batch: list[WriterJob], indexes: list[int], results: list[object], stale_keys: list[str]
@@ -758,7 +778,12 @@ class Archive:
         journal: list[dict[str, Any]],
     ) -> object:
         if isinstance(job, _CallJob):
-            return job.call(conn)
+            result = job.call(conn)
+            if job.removes_entities:
+                # an ingest later in this transaction (or a retry job by job) must not reuse
+                # the key of a series or study this call deleted (a FOREIGN KEY failure)
+                self._keys.clear()
+            return result
         if isinstance(job, _Barrier):
             intake_repo.touch(conn)
             return None
@@ -806,8 +831,8 @@ class Archive:
         repo.write_instance(conn, values, replace_pk)
         journal.append(change_row(ChangeType.NEW_INSTANCE, uid, study_uid, now))
         moves.append((job.staged.path, job.key))
-        if existing is not None and existing[1] != job.key:
-            stale_keys.append(existing[1])
+        if existing is not None and existing[1] != job.key:  # never equal: each copy has its own key
+            stale_keys.append(existing[1])  # the replaced row's blob, removed after the commit
         return outcome
 
     def _series_pk(

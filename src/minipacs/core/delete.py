@@ -3,8 +3,11 @@
 A patient, study, series or instance goes with everything below it; a series,
 study or patient left without children goes too. Each resource removed gets a
 "Deleted" row in the changes journal (core/changes.py), in the same transaction.
-Files are removed after the commit: a crash in between leaves unindexed files
-(harmless), never rows pointing to missing files. A study that loses instances
+Files are removed after the commit, by the blob keys read from the deleted rows in
+the same transaction, never by a path computed from UIDs: each stored copy has its
+own key (core/paths.py), so a copy of the same instance re-sent while the deletion
+runs is stored under a new key and survives it. A crash in between leaves unindexed
+files (harmless; ``minipacs check`` lists them), never rows pointing to missing files. A study that loses instances
 also loses its completion mark (core/mpps.py): it is checked again at once, and
 waits for its referenced instances if one of them went.
 """
@@ -18,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from minipacs.blobs.base import BlobError
 from minipacs.core.archive import Archive
 from minipacs.core.changes import ChangeType, change_row, record
 from minipacs.core.errors import NotFound
@@ -40,7 +44,7 @@ class Deleted:
 
 @dataclass(frozen=True)
 class _Removed:
-    files: list[tuple[str, str, int]]  # (SOP Instance UID, blob key, size)
+    files: list[tuple[str, str, int]]  # (SOP Instance UID, blob key, size) of exactly the rows deleted
     uncompleted: set[str]  # studies whose completion mark went with the deletion
 
 
@@ -82,11 +86,11 @@ async def delete_resource(archive: Archive, level: str, uid: str) -> Deleted:
             except Exception:
                 log.exception("after-deletion listener %r failed", listener)
 
-    def remove_files() -> None:
+    def remove_files() -> None:  # after the commit; only these rows' own copies
         for _, key, _ in rows:
             try:
                 archive.blobs.delete(key)
-            except OSError as exc:
+            except (OSError, BlobError) as exc:
                 log.error("deleted instance file %s could not be removed: %s", key, exc)
 
     await asyncio.to_thread(remove_files)

@@ -221,6 +221,13 @@ def blob_key_of(conn: Connection, sop_instance_uid: str) -> str | None:
     return None if found is None else found[1]
 
 
+def blob_keys(conn: Connection) -> list[tuple[str, str]]:
+    """(SOP Instance UID, blob key) of every stored instance (``minipacs check``: ~100 bytes each)."""
+    return [
+        (str(uid), str(key)) for uid, key in conn.execute(select(_INSTANCES.c.sop_instance_uid, _INSTANCES.c.blob_key))
+    ]
+
+
 #: Columns of the association log (index/schema.py ``associations``); ``contexts`` and
 #: ``operations`` are lists of mappings, kept as JSON text.
 ASSOCIATION_FIELDS: Final = (
@@ -283,6 +290,7 @@ __all__ = [
     "as_text",
     "as_time",
     "blob_key_of",
+    "blob_keys",
     "count_instances",
     "ensure_patient",
     "ensure_series",
