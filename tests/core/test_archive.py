@@ -19,6 +19,7 @@ from minipacs.bootstrap import open_archive
 from minipacs.core.archive import Archive
 from minipacs.core.delete import delete_resource
 from minipacs.core.errors import (
+    ArchiveError,
     DuplicateInstance,
     InstanceMismatch,
     InvalidIdentifier,
@@ -443,3 +444,15 @@ def test_a_second_process_never_cleans_the_first_ones_transfers(tmp_path: Path) 
         assert not leftover.exists()
 
     asyncio.run(body())
+
+
+def test_a_database_error_reaches_the_peer_without_its_sql() -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    from minipacs.core.archive import _as_failure
+
+    exc = IntegrityError("INSERT INTO instances (sop_instance_uid) VALUES (?)", ("1.2.3",), Exception("UNIQUE"))
+    failure = _as_failure(exc)
+    assert isinstance(failure, ArchiveError)
+    assert "INSERT" not in str(failure) and "1.2.3" not in str(failure)
+    assert "IntegrityError" in str(failure) and "server log" in str(failure)

@@ -230,7 +230,9 @@ def _as_failure(exc: BaseException) -> Exception:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return OutOfResources(f"the storage filesystem is full ({reason}); nothing was stored")
         return ArchiveError(f"storing failed ({reason}); nothing was acknowledged; see the server log")
-    return ArchiveError(f"storing failed ({exc}); nothing was acknowledged")
+    # A database error's text carries SQL and values: it goes to the server log, not to the peer.
+    log.error("storing failed: %s", exc)
+    return ArchiveError(f"storing failed (internal error: {type(exc).__name__}); see the server log")
 
 
 def _moved_into_storage(result: object) -> bool:
@@ -628,7 +630,8 @@ class Archive:
                 results = self._commit_batch(batch)
             except Exception as exc:  # the writer must survive anything
                 log.exception("index writer batch of %d job(s) failed", len(batch))
-                results = [ArchiveError(f"the index writer failed: {exc}")] * len(batch)
+                failure = ArchiveError(f"the index writer failed ({type(exc).__name__}); see the server log")
+                results = [failure] * len(batch)
             for job, result in zip(batch, results, strict=True):
                 if isinstance(job, _Barrier):
                     job.error = result if isinstance(result, BaseException) else None
