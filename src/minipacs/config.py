@@ -109,6 +109,8 @@ class Settings:
     doctor_move_wait: float = 10.0
     #: The passive findings read the latest this many associations of the log.
     diagnostics_window: int = 10000
+    #: A running server looks for new findings this often (s) and logs a WARNING when one first appears.
+    diagnostics_interval: float = 60.0
     # --- HTTP: REST API and DICOMweb (web/)
     http_host: str = "127.0.0.1"
     #: 0 turns the HTTP server off.
@@ -218,6 +220,7 @@ class Settings:
             "nodes_refresh",
             "handshake_timeout",
             "doctor_move_wait",
+            "diagnostics_interval",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive number of seconds")
