@@ -152,6 +152,6 @@ def test_a_finding_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     watch = FindingWatch()
     assert len(watch.update(analyse(records, [], "MINIPACS"))) == 1
     assert watch.update(analyse(records, [], "MINIPACS")) == []
-    assert [r.getMessage()[:74] for r in caplog.records] == [
+    assert [r.getMessage()[:75] for r in caplog.records] == [
         "diagnostics: AE title 'SCU_1' calls us from 2 addresses: 10.0.0.1, 10.0.0.2"
     ]
