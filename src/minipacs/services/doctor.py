@@ -371,9 +371,7 @@ class Doctor:
             cert = writer.get_extra_info("peercert") or {}
             version = ssl_object.version() if ssl_object is not None else "TLS"
         finally:
-            writer.close()
-            with contextlib.suppress(OSError, ssl.SSLError):
-                await writer.wait_closed()
+            writer.transport.abort()  # no TLS close_notify exchange: the peer waits for an association request
         subject = ", ".join("=".join(pair) for rdn in cert.get("subject", ()) for pair in rdn)
         issuer = ", ".join("=".join(pair) for rdn in cert.get("issuer", ()) for pair in rdn)
         not_after = cert.get("notAfter", "")
@@ -594,7 +592,7 @@ def _failed(w: words.Words, details: dict[str, Any] | None = None) -> Step:
 #: The test object's Patient and Study, so that nobody takes it for a patient's image.
 TEST_PATIENT_NAME: Final = "MINIPACS^CONNECTIVITY TEST"
 TEST_PATIENT_ID: Final = "MINIPACS-DOCTOR-TEST"
-TEST_DESCRIPTION: Final = "minipacs doctor connectivity test object - not a patient, safe to delete"
+TEST_DESCRIPTION: Final = "minipacs doctor test object: not a patient, safe to delete"
 
 
 def write_test_object(path: Path, ae_title: str) -> None:
