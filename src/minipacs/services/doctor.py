@@ -448,6 +448,9 @@ class Doctor:
                     else:
                         storage.setdefault(ctx.abstract_syntax, []).append(ctx.transfer_syntax)
         except OutboundError as exc:
+            if isinstance(exc.__cause__, AssociationRejected):  # step 2 was accepted: it is these contexts
+                w = words.NOTHING_ACCEPTED
+                return _failed(words.Words(f"{w.verdict} ({exc})", w.cause, w.fix))
             return _failed(words.association_failed(str(exc), ours=self.outbound.ae_title, port=self.settings.port))
         models = [uid for uid in PROBE_MODELS if uid in models]
         details = {
