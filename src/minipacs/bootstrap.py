@@ -199,7 +199,11 @@ async def build_app(settings: Settings) -> App:
             ModalityWorklistSCP(Worklist(archive)),
             MPPSSCP(steps),
             StorageCommitmentSCP(
-                archive, registry, association_settings(settings), connect_timeout=settings.connect_timeout
+                archive,
+                registry,
+                association_settings(settings),
+                connect_timeout=settings.connect_timeout,
+                association_logger=archive.record_association,
             ),
         ],
         host=settings.host,

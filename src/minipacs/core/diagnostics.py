@@ -97,7 +97,8 @@ def _registered_at(nodes: Sequence[Node], title: str, host: str) -> Node | None:
 
 def analyse(records: Iterable[AssociationRecord], nodes: Sequence[Node], our_ae_title: str) -> list[Finding]:
     """The findings of ``records`` (any order) against the registry ``nodes``; warnings first."""
-    records = [r for r in records if r.role == "acceptor"]
+    everything = list(records)
+    records = [r for r in everything if r.role == "acceptor"]
     findings: list[Finding] = []
     findings += _titles_from_several_addresses(records, nodes)
     findings += _registered_title_elsewhere(records, nodes)
@@ -107,6 +108,7 @@ def analyse(records: Iterable[AssociationRecord], nodes: Sequence[Node], our_ae_
     findings += _aborts(records)
     findings += _called_not_ours(records, our_ae_title)
     findings += _commitment_undelivered(records, nodes)
+    findings += _reports_not_delivered(r for r in everything if r.role == "requestor")
     findings.sort(key=lambda f: (f.severity != WARNING, f.kind, f.key))
     return findings
 
@@ -448,6 +450,33 @@ def _commitment_undelivered(records: Sequence[AssociationRecord], nodes: Sequenc
             details={"ae_title": title, "count": len(lines)},
         )
         for title, lines in sorted(lost.items())
+    ]
+
+
+def _reports_not_delivered(records: Iterable[AssociationRecord]) -> list[Finding]:
+    """Our own associations carrying a storage commitment report (services/commitment.py) that failed."""
+    lost: dict[tuple[str, str], list[str]] = {}
+    for rec in records:
+        for op in rec.operations:
+            if op.get("op") == "N-EVENT-REPORT" and op.get("outcome") != "success":
+                why = str(op.get("error", "") or rec.reject_reason or rec.end_reason or "failed")
+                lost.setdefault((rec.called_aet.strip(), f"{rec.peer_host}:{rec.peer_port}"), []).append(
+                    f"{_when(rec.started_at)} transaction {op.get('transaction')}: {why}"
+                )
+    return [
+        Finding(
+            key=f"commitment-report-failed:{title}:{where}",
+            kind="commitment-undelivered",
+            severity=WARNING,
+            title=f"{len(lines)} storage commitment report(s) to {title!r} at {where} failed",
+            evidence=lines[:MAX_EVIDENCE],
+            fix=(
+                f"check that {title!r} listens at {where} and accepts Storage Commitment Push Model as SCU with "
+                f"the SCP role for us (minipacs doctor {title})"
+            ),
+            details={"ae_title": title, "address": where, "count": len(lines)},
+        )
+        for (title, where), lines in sorted(lost.items())
     ]
 
 
