@@ -97,7 +97,7 @@ def test_dcmqrscp_that_does_not_know_us_explains_the_rejection(tmp_path: Path) -
     assert assoc["cause"].startswith("the node does not know our AE title MINIPACS, or does not answer to the title")
     assert "DCMTK dcmqrscp among them" in assoc["cause"]
     assert (assoc["details"]["source"], assoc["details"]["reason"]) == (1, 7)
-    assert assoc["fix"].startswith(f"register it there with our address and port {our_port}")
+    assert assoc["fix"].startswith(f"register it there with our address 127.0.0.1 and port {our_port}")
     assert "echo" not in steps  # stopped at the first failure
 
 
@@ -128,7 +128,7 @@ def test_dcmqrscp_with_our_title_on_a_wrong_port_step_5_says_images_do_not_come_
     assert "the node could not send the images to us" in res.stdout, res.stdout
     assert "nothing reached us" in res.stdout
     assert "resolves our AE title MINIPACS to another address or port" in res.stdout
-    assert f"our address and port {our_port}" in res.stdout
+    assert f"our address 127.0.0.1 and port {our_port}" in res.stdout
     assert "stopped at step 5" in res.stdout
 
 

@@ -58,7 +58,7 @@ def test_move_success_but_images_go_to_another_machine_with_our_title(tmp_path: 
         assert code == 1, out  # ... and the doctor says so
         assert "the node answered C-MOVE success but no images arrived within 2 s" in out
         assert "it resolves our AE title to another address or cannot open a connection back" in out
-        assert f"our address and port {our_port}" in out
+        assert f"our address 127.0.0.1 and port {our_port}" in out
     finally:
         server.stop()
 

@@ -47,7 +47,7 @@ def test_node_that_does_not_know_our_title_says_so_in_the_issues_words() -> None
     assert step is not None and (step.number, step.name) == (2, "associate")
     assert step.verdict.startswith("the node rejected the association permanently: calling AE title not recognized")
     assert f"{step.cause}: {step.fix}".startswith(
-        "the node does not know our AE title MINIPACS: register it there with our address and port 11112"
+        "the node does not know our AE title MINIPACS: register it there with our address 127.0.0.1 and port 11112"
     )
 
 
@@ -83,5 +83,5 @@ def test_step_1_times_out_and_says_what_it_usually_means() -> None:
 @pytest.mark.parametrize("source_reason", sorted(REJECT_REASONS))
 def test_every_rejection_reason_has_a_cause_and_a_fix(source_reason: tuple[int, int]) -> None:
     source, reason = source_reason
-    w = words.rejected(source, reason, True, ours="MINIPACS", port=104, theirs="PACS", host="h", wire="...")
+    w = words.rejected(source, reason, True, ours="MINIPACS", us=words.us("", 104), theirs="PACS", host="h", wire="...")
     assert w.cause and w.fix and "{" not in w.cause + w.fix

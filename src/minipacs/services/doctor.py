@@ -288,14 +288,15 @@ class Doctor:
     async def check(self, node: Peer, *, move_test: bool = False, store_test: bool = False) -> NodeReport:
         report = NodeReport(node.ae_title, node.host, node.port, node.tls)
         try:
-            await self._step(report, 1, "connect", self._connect(node))
+            tcp = await self._step(report, 1, "connect", self._connect(node))
+            us = words.us(str(tcp.get("local_address", "")), self.settings.port)
             if node.tls:
                 await self._step(report, 6, "tls", self._tls(node))
-            await self._step(report, 2, "associate", self._associate(node))
-            await self._step(report, 3, "echo", self._echo(node))
-            accepted = await self._step(report, 4, "accepts", self._accepts(node))
+            await self._step(report, 2, "associate", self._associate(node, us))
+            await self._step(report, 3, "echo", self._echo(node, us))
+            await self._step(report, 4, "accepts", self._accepts(node, us))
             if move_test:
-                await self._step(report, 5, "way back (C-MOVE)", self._move_back(node, accepted))
+                await self._step(report, 5, "way back (C-MOVE)", self._move_back(node, us))
             if store_test:
                 await self._step(report, 5, "way there (C-STORE)", self._store_test(node))
         except _Stop:
@@ -346,10 +347,12 @@ class Doctor:
         except OSError as exc:  # EHOSTUNREACH, ENETUNREACH, EADDRNOTAVAIL (our --bind address) ...
             return _failed(words.unreachable(host, port, exc.strerror or str(exc)))
         ms = (time.perf_counter() - start) * 1000
+        local = writer.get_extra_info("sockname")
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
-        return Step(0, "", OK, ms, words.connected(host, port, address), details={"address": address})
+        details = {"address": address, "local_address": str(local[0]) if local else ""}
+        return Step(0, "", OK, ms, words.connected(host, port, address), details=details)
 
     # -------------------------------------------------------------- step 6 (TLS)
 
@@ -387,7 +390,7 @@ class Doctor:
 
     # -------------------------------------------------------------- step 2
 
-    async def _associate(self, node: Peer) -> Step:
+    async def _associate(self, node: Peer, us: str) -> Step:
         try:
             async with self.outbound.session(node, [(VERIFICATION_SOP_CLASS, QR_SYNTAXES)]) as assoc:
                 ok = assoc.context_for(VERIFICATION_SOP_CLASS) is not None
@@ -400,25 +403,25 @@ class Doctor:
                     rj.reason,
                     rj.result == 1,
                     ours=self.outbound.ae_title,
-                    port=self.settings.port,
+                    us=us,
                     theirs=node.ae_title,
                     host=node.host,
                     wire=str(exc),
                 )
                 return _failed(w, {"result": rj.result, "source": rj.source, "reason": rj.reason})
-            return _failed(words.association_failed(str(exc), ours=self.outbound.ae_title, port=self.settings.port))
+            return _failed(words.association_failed(str(exc), ours=self.outbound.ae_title, us=us))
         return Step(0, "", OK, 0.0, words.accepted(node.ae_title, self.outbound.ae_title), details={"verification": ok})
 
     # -------------------------------------------------------------- step 3
 
-    async def _echo(self, node: Peer) -> Step:
+    async def _echo(self, node: Peer, us: str) -> Step:
         try:
             responses = await self.outbound.echo(node, repeat=self.settings.echo_count)
         except OutboundError as exc:
             if "Verification" in str(exc):
                 w = words.ECHO_NOT_ACCEPTED
                 return Step(0, "", WARNING, 0.0, w.verdict, w.cause, w.fix)
-            return _failed(words.association_failed(str(exc), ours=self.outbound.ae_title, port=self.settings.port))
+            return _failed(words.association_failed(str(exc), ours=self.outbound.ae_title, us=us))
         bad = next((r for r in responses if r.status != 0), None)
         if bad is not None:
             text = describe(bad.status) if bad.status >= 0 else "no response"
@@ -434,7 +437,7 @@ class Doctor:
 
     # -------------------------------------------------------------- step 4
 
-    async def _accepts(self, node: Peer) -> Step:
+    async def _accepts(self, node: Peer, us: str) -> Step:
         contexts: list[tuple[str, Sequence[str]]] = [(uid, QR_SYNTAXES) for uid in PROBE_MODELS]
         for uid in PROBE_STORAGE_CLASSES:
             contexts += [(uid, [ts]) for ts in PROBE_SYNTAXES]
@@ -451,7 +454,7 @@ class Doctor:
             if isinstance(exc.__cause__, AssociationRejected):  # step 2 was accepted: it is these contexts
                 w = words.NOTHING_ACCEPTED
                 return _failed(words.Words(f"{w.verdict} ({exc})", w.cause, w.fix))
-            return _failed(words.association_failed(str(exc), ours=self.outbound.ae_title, port=self.settings.port))
+            return _failed(words.association_failed(str(exc), ours=self.outbound.ae_title, us=us))
         models = [uid for uid in PROBE_MODELS if uid in models]
         details = {
             "models": [_QR_SHORT[uid] for uid in models],
@@ -509,8 +512,8 @@ class Doctor:
                         return st, se, uid
         return None
 
-    async def _move_back(self, node: Peer, accepted: dict[str, Any]) -> Step:
-        ours, port = self.outbound.ae_title, self.settings.port
+    async def _move_back(self, node: Peer, us: str) -> Step:
+        ours = self.outbound.ae_title
         if self.arrivals is None:
             w = words.move_no_instance("nothing here can watch for the images coming back")
             return _failed(w)
@@ -562,11 +565,11 @@ class Doctor:
             return Step(0, "", OK, 0.0, text, details=details)
         status_text = details["status_text"]
         if result.status == MOVE_DESTINATION_UNKNOWN:
-            return _failed(words.move_destination_unknown(ours, port), details)
+            return _failed(words.move_destination_unknown(ours, us), details)
         if result.failed or result.status in (SUBOPS_ALL_FAILED, SUBOPS_SOME_FAILED):
-            return _failed(words.move_failed_nothing_arrived(status_text, ours, port), details)
+            return _failed(words.move_failed_nothing_arrived(status_text, ours, us), details)
         if is_success(result.status) or is_warning(result.status):
-            return _failed(words.move_success_nothing_arrived(self.settings.move_wait, ours, port), details)
+            return _failed(words.move_success_nothing_arrived(self.settings.move_wait, ours, us), details)
         return _failed(words.move_refused(status_text, result.error_comment), details)
 
     async def _store_test(self, node: Peer) -> Step:
@@ -670,7 +673,7 @@ async def check_listener(
         w = words.listener_down(name, target, port)
         return ListenerReport(name, target, port, False, step.ms, w.verdict + f" ({step.verdict})", w.cause, w.fix)
     if dicom and not tls:
-        echo = await doctor._echo(me)
+        echo = await doctor._echo(me, words.us(target, port))
         if echo.outcome == FAILED:
             return ListenerReport(
                 name, target, port, False, (time.perf_counter() - start) * 1000, echo.verdict, echo.cause, echo.fix

@@ -78,19 +78,19 @@ def connected(host: str, port: int, address: str) -> str:
 _REJECTIONS: Final[Mapping[tuple[int, int], tuple[str, str]]] = {
     (1, 3): (
         "the node does not know our AE title {ours}",
-        "register it there with our address and port {port} (AE title {ours}, exactly, upper case as written)",
+        "register it there with {us} (AE title {ours}, exactly, upper case as written)",
     ),
     (1, 7): (
         "the node does not know our AE title {ours}, or does not answer to the title {theirs} we call it by: it "
         "says 'called AE title', but many systems (DCMTK dcmqrscp among them) give this same answer when our "
         "title is not among the peers they allow",
-        "register it there with our address and port {port} (AE title {ours}) as a peer allowed to use {theirs}; "
+        "register it there with {us} (AE title {ours}) as a peer allowed to use {theirs}; "
         "and check that the node's own AE title is exactly {theirs}",
     ),
     (1, 1): (
         "the node refused without saying why; most often it does not know our AE title {ours} or our address, "
         "or it wants a user name and password",
-        "register us there (AE title {ours}, our address, port {port}) and check its list of allowed hosts",
+        "register us there (AE title {ours}, {us}) and check its list of allowed hosts",
     ),
     (1, 2): (
         "the node does not speak the DICOM application context (it may not be a DICOM service)",
@@ -115,8 +115,13 @@ _REJECTIONS: Final[Mapping[tuple[int, int], tuple[str, str]]] = {
 }
 
 
+def us(address: str, port: int) -> str:
+    """How the node must know us: 'our address 10.0.0.5 and port 11112' (the address it saw us connect from)."""
+    return f"our address {address} and port {port}" if address else f"our address and port {port}"
+
+
 def rejected(
-    source: int, reason: int, permanent: bool, *, ours: str, port: int, theirs: str, host: str, wire: str
+    source: int, reason: int, permanent: bool, *, ours: str, us: str, theirs: str, host: str, wire: str
 ) -> Words:
     """An A-ASSOCIATE-RJ (PS3.8 9.3.4, Table 9-21) in words, with the fix."""
     term = REJECT_REASONS.get((source, reason))
@@ -124,7 +129,7 @@ def rejected(
     cause, fix = _REJECTIONS.get(
         (source, reason), ("the node gave a reason this program does not know", "look in the node's log")
     )
-    values = {"ours": ours, "port": port, "theirs": theirs, "host": host}
+    values = {"ours": ours, "us": us, "theirs": theirs, "host": host}
     kind = "permanently" if permanent else "for now (transient)"
     return Words(
         f"the node rejected the association {kind}: {said} ({wire})",
@@ -133,7 +138,7 @@ def rejected(
     )
 
 
-def association_failed(wire: str, *, ours: str, port: int) -> Words:
+def association_failed(wire: str, *, ours: str, us: str) -> Words:
     """No A-ASSOCIATE-AC nor -RJ: the node aborted, closed the connection or never answered."""
     if "TLS" in wire:
         return Words(
@@ -151,7 +156,7 @@ def association_failed(wire: str, *, ours: str, port: int) -> Words:
     return Words(
         f"the node ended the connection instead of answering the association request ({wire})",
         f"the node filters by address or AE title and does not know us ({ours}), or it expects TLS on this port",
-        f"register us there (AE title {ours}, our address, port {port}); check whether the port is a TLS port",
+        f"register us there (AE title {ours}, {us}); check whether the port is a TLS port",
     )
 
 
@@ -221,30 +226,29 @@ def move_arrived(calling: str, host: str, count: int, seconds: float) -> str:
     )
 
 
-def move_destination_unknown(ours: str, port: int) -> Words:
+def move_destination_unknown(ours: str, us: str) -> Words:
     return Words(
         f"the node does not know our AE title {ours} as a C-MOVE destination (0xA801)",
         f"{ours} is not in the node's list of destinations",
-        f"register {ours} there with our address and port {port}",
+        f"register {ours} there with {us}",
     )
 
 
-def move_failed_nothing_arrived(status: str, ours: str, port: int) -> Words:
+def move_failed_nothing_arrived(status: str, ours: str, us: str) -> Words:
     return Words(
-        f"the node could not send the images to us: it answered {status} and nothing reached us",
+        f"the node could not send the images to us: it answered {status}, and nothing reached us",
         f"the node resolves our AE title {ours} to another address or port, or a firewall blocks the connection back",
-        f"correct the entry for {ours} on the node: our address and port {port}; open TCP port {port} from the "
-        "node to this server",
+        f"correct the entry for {ours} on the node: {us}; open that TCP port from the node to this server",
     )
 
 
-def move_success_nothing_arrived(seconds: float, ours: str, port: int) -> Words:
+def move_success_nothing_arrived(seconds: float, ours: str, us: str) -> Words:
     return Words(
         f"the node answered C-MOVE success but no images arrived within {seconds:g} s: it resolves our AE title "
         "to another address or cannot open a connection back",
         f"the node's entry for {ours} points to another machine (the seed's duplicate AE title), or a firewall "
         "blocks the connection back",
-        f"check the node's entry for {ours}: our address and port {port}; and that no other machine uses {ours}",
+        f"check the node's entry for {ours}: {us}; and that no other machine uses {ours}",
     )
 
 
