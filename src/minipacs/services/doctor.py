@@ -290,13 +290,14 @@ class Doctor:
         try:
             tcp = await self._step(report, 1, "connect", self._connect(node))
             us = words.us(str(tcp.get("local_address", "")), self.settings.port)
+            seen_at = str(tcp.get("address", ""))
             if node.tls:
                 await self._step(report, 6, "tls", self._tls(node))
             await self._step(report, 2, "associate", self._associate(node, us))
             await self._step(report, 3, "echo", self._echo(node, us))
             await self._step(report, 4, "accepts", self._accepts(node, us))
             if move_test:
-                await self._step(report, 5, "way back (C-MOVE)", self._move_back(node, us))
+                await self._step(report, 5, "way back (C-MOVE)", self._move_back(node, us, seen_at))
             if store_test:
                 await self._step(report, 5, "way there (C-STORE)", self._store_test(node))
         except _Stop:
@@ -512,7 +513,9 @@ class Doctor:
                         return st, se, uid
         return None
 
-    async def _move_back(self, node: Peer, us: str) -> Step:
+    async def _move_back(self, node: Peer, us: str, node_address: str) -> Step:
+        """Arrivals count when they call as the node's title or come from its address: other traffic
+        reaching a running archive, or other nodes checked in parallel, are not this node's images."""
         ours = self.outbound.ae_title
         if self.arrivals is None:
             w = words.move_no_instance("nothing here can watch for the images coming back")
@@ -543,7 +546,11 @@ class Doctor:
         came: list[Arrival] = []
         deadline = time.perf_counter() + self.settings.move_wait
         while True:
-            came = [a for a in await self.arrivals.since(moment) if a.stored or a.calling_ae.strip() == node.ae_title]
+            came = [
+                a
+                for a in await self.arrivals.since(moment)
+                if a.calling_ae.strip() == node.ae_title or a.host in (node_address, node.host)
+            ]
             if any(a.stored for a in came) or time.perf_counter() >= deadline:
                 break
             refused = result.status >= 0 and not is_success(result.status) and not is_warning(result.status)
