@@ -53,7 +53,7 @@ def test_report_to_a_node_that_is_not_listening_is_a_finding(tmp_path: Path) -> 
             assert await asyncio.to_thread(ask_and_leave, app.dicom.port, ds) == 0
             for _ in range(100):
                 records = await app.archive.list_associations(20)
-                if any(r.role == "requestor" for r in records):
+                if {r.role for r in records} >= {"requestor", "acceptor"}:  # both written (in either order)
                     break
                 await asyncio.sleep(0.1)
             (attempt,) = [r for r in records if r.role == "requestor"]
