@@ -85,3 +85,27 @@ def test_every_rejection_reason_has_a_cause_and_a_fix(source_reason: tuple[int, 
     source, reason = source_reason
     w = words.rejected(source, reason, True, ours="MINIPACS", us=words.us("", 104), theirs="PACS", host="h", wire="...")
     assert w.cause and w.fix and "{" not in w.cause + w.fix
+
+
+@pytest.mark.parametrize(
+    ("key", "bad", "good"),
+    [
+        ("doctor_parallel", 0, 1),
+        ("diagnostics_window", 0, 1),
+        ("doctor_move_wait", 0.0, 0.001),
+        ("diagnostics_interval", 0.0, 0.001),
+    ],
+)
+def test_doctor_settings_at_their_limits(key: str, bad: float, good: float) -> None:
+    from minipacs.config import ConfigError, Settings
+
+    Settings(**{key: good}).validate()  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=key):
+        Settings(**{key: bad}).validate()  # type: ignore[arg-type]
+
+
+def test_cli_refuses_parallel_below_one(tmp_path: object) -> None:
+    from minipacs.cli.main import main
+
+    assert main(["doctor", "--data", str(tmp_path), "--parallel", "0"]) == 2
+    assert main(["doctor", "--data", str(tmp_path), "--wait", "0"]) == 2
