@@ -130,11 +130,14 @@ class App:
     access: AccessPolicy
     #: Re-reads the AE registry every settings.nodes_refresh seconds (edits by `minipacs nodes`).
     nodes_watch: asyncio.Task[None] | None = None
+    #: Looks for new findings in the association log every settings.diagnostics_interval seconds.
+    diagnostics_watch: asyncio.Task[None] | None = None
 
     async def close(self, grace: float = 5.0) -> None:
-        if self.nodes_watch is not None:
-            self.nodes_watch.cancel()
-            await asyncio.gather(self.nodes_watch, return_exceptions=True)
+        for task in (self.nodes_watch, self.diagnostics_watch):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.dicom.close(grace)
         await self.archive.close()
 
@@ -200,7 +203,11 @@ async def build_app(settings: Settings) -> App:
             ModalityWorklistSCP(Worklist(archive)),
             MPPSSCP(steps),
             StorageCommitmentSCP(
-                archive, registry, association_settings(settings), connect_timeout=settings.connect_timeout
+                archive,
+                registry,
+                association_settings(settings),
+                connect_timeout=settings.connect_timeout,
+                association_logger=archive.record_association,
             ),
         ],
         host=settings.host,
@@ -224,7 +231,23 @@ async def build_app(settings: Settings) -> App:
         max_async_operations=settings.max_async_operations,
     )
     watch = asyncio.ensure_future(registry.watch(settings.nodes_refresh))
-    return App(settings, archive, server, registry, access, watch)
+    findings = asyncio.ensure_future(watch_diagnostics(settings, archive, registry))
+    return App(settings, archive, server, registry, access, watch, findings)
+
+
+async def watch_diagnostics(settings: Settings, archive: Archive, registry: NodeRegistry) -> None:
+    """Every ``diagnostics_interval`` s: the passive findings of the association log (core/diagnostics.py),
+    a WARNING in the log for each one that appears for the first time."""
+    from minipacs.core.diagnostics import FindingWatch, analyse
+
+    seen = FindingWatch()
+    while True:
+        await asyncio.sleep(settings.diagnostics_interval)
+        try:
+            records = await archive.list_associations(settings.diagnostics_window)
+            seen.update(analyse(records, registry.snapshot, settings.ae_title))
+        except Exception as exc:  # noqa: BLE001 - the next round tries again
+            log.warning("diagnostics: could not analyse the association log: %s", exc)
 
 
 async def start_hl7(settings: Settings, app: App) -> MLLPServer | None:

@@ -111,6 +111,15 @@ class Settings:
     nodes_refresh: float = 5.0
     #: Nodes from the config file (``[[nodes]]`` tables), upserted into the registry at start-up.
     nodes: tuple[Node, ...] = ()
+    # --- the doctor (services/doctor.py, core/diagnostics.py)
+    #: `minipacs doctor` without a node checks at most this many nodes at once.
+    doctor_parallel: int = 8
+    #: Step 5 (the way back) waits this many seconds for the images of its C-MOVE to reach us.
+    doctor_move_wait: float = 10.0
+    #: The passive findings read the latest this many associations of the log.
+    diagnostics_window: int = 10000
+    #: A running server looks for new findings this often (s) and logs a WARNING when one first appears.
+    diagnostics_interval: float = 60.0
     # --- HTTP: REST API and DICOMweb (web/)
     http_host: str = "127.0.0.1"
     #: 0 turns the HTTP server off.
@@ -202,6 +211,8 @@ class Settings:
             raise ConfigError("ui_log_window must be at least 1")
         if self.ui_search_max_studies < 1:
             raise ConfigError("ui_search_max_studies must be at least 1")
+        if self.doctor_parallel < 1 or self.diagnostics_window < 1:
+            raise ConfigError("doctor_parallel and diagnostics_window must be at least 1")
         if self.max_results < 0:
             raise ConfigError("max_results must be 0 (no limit) or a positive number")
         if self.max_dataset_bytes < 1024:
@@ -225,6 +236,8 @@ class Settings:
             "connect_timeout",
             "nodes_refresh",
             "handshake_timeout",
+            "doctor_move_wait",
+            "diagnostics_interval",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive number of seconds")

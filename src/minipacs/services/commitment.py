@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from minipacs.core.commitment import CommitmentResult, Reference, check_commitment
-from minipacs.core.nodes import NodeRegistry
+from minipacs.core.model import AssociationRecord
+from minipacs.core.nodes import Node, NodeRegistry
 from minipacs.core.worklist import IndexAccess
 from minipacs.dicom.identifier import decode_identifier, encode_identifier
 from minipacs.dicom.uids import (
@@ -80,12 +82,16 @@ class StorageCommitmentSCP(Service):
         settings: AssociationSettings,
         *,
         connect_timeout: float = 15.0,
+        association_logger: Callable[[AssociationRecord], Awaitable[object]] | None = None,
     ) -> None:
         self.index = index
         self.nodes = nodes
         #: Our side of a new association for the report (our AE title, PDU sizes, timeouts).
         self.settings = settings
         self.connect_timeout = connect_timeout
+        #: Where a report's new association goes in the association log (role "requestor"), delivered or
+        #: not, with an N-EVENT-REPORT operation: the doctor's findings read undelivered reports from it.
+        self.association_logger = association_logger
 
     def supported_contexts(self) -> Mapping[str, SupportedContext]:
         return {
@@ -216,11 +222,51 @@ class StorageCommitmentSCP(Service):
             )
             return False
         node = nodes[0]
+        started = datetime.now(UTC)
+        outcome: dict[str, object] = {"op": "N-EVENT-REPORT", "transaction": transaction, "event_type": event}
+        delivered = False
+        try:
+            delivered = await self._deliver(node, nodes, transaction, event, ds, outcome)
+        finally:
+            outcome.setdefault("outcome", "success" if delivered else "failed")
+            await self._log_report(node, started, outcome)
+        return delivered
+
+    async def _log_report(self, node: Node, started: datetime, outcome: dict[str, object]) -> None:
+        if self.association_logger is None:
+            return
+        assoc = outcome.pop("association", None)
+        if isinstance(assoc, Association):
+            from minipacs.services.server import association_record
+
+            rec = association_record(assoc, "requestor")
+            rec.operations = [outcome]
+        else:
+            rec = AssociationRecord(
+                started_at=started,
+                ended_at=datetime.now(UTC),
+                role="requestor",
+                calling_aet=self.settings.ae_title,
+                called_aet=node.ae_title,
+                peer_host=node.host,
+                peer_port=node.port,
+                accepted=False,
+                reject_reason=str(outcome.get("error", "")),
+                operations=[outcome],
+            )
+        try:
+            await self.association_logger(rec)
+        except Exception as exc:  # noqa: BLE001 - the log is not worth losing the report over
+            log.error("could not write the association log: %s", exc)
+
+    async def _deliver(
+        self, node: Node, nodes: list[Node], transaction: str, event: int, ds: Dataset, outcome: dict[str, object]
+    ) -> bool:
         if len(nodes) > 1:
             log.warning(
                 "storage commitment %s: %r is registered %d times; reporting to %s",
                 transaction,
-                calling_ae,
+                node.ae_title,
                 len(nodes),
                 node.label(),
             )
@@ -238,7 +284,9 @@ class StorageCommitmentSCP(Service):
             )
         except AssociationError as exc:
             log.warning("storage commitment %s cannot be reported to %s: %s", transaction, node.label(), exc)
+            outcome["error"] = f"no association: {exc}"
             return False
+        outcome["association"] = out
         try:
             context = out.context_for(STORAGE_COMMITMENT_PUSH_MODEL)
             if context is None:
@@ -248,6 +296,7 @@ class StorageCommitmentSCP(Service):
                     transaction,
                     node.label(),
                 )
+                outcome["error"] = "the node refused the Storage Commitment context"
                 return False
             if not context.requestor_is_scp:
                 log.warning(
@@ -264,9 +313,13 @@ class StorageCommitmentSCP(Service):
                 event,
                 describe(status, COMMITMENT),
             )
+            outcome["status"] = status
+            if status != SUCCESS:
+                outcome["error"] = describe(status, COMMITMENT)
             return status == SUCCESS
         except AssociationError as exc:
             log.warning("storage commitment %s: report to %s failed: %s", transaction, node.label(), exc)
+            outcome["error"] = str(exc)
             return False
         finally:
             try:

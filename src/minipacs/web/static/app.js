@@ -183,6 +183,48 @@
     });
   });
 
+  // ------------------------------------------------------------ diagnostics: the doctor's steps for one node
+  function doctorSteps(cell, report) {
+    cell.textContent = "";
+    const list = document.createElement("ol");
+    list.className = "doctor-steps";
+    (report.steps || []).forEach(function (step) {
+      const item = document.createElement("li");
+      item.className = "step " + step.outcome;
+      item.textContent = "step " + step.number + " (" + step.name + "): " + step.outcome + ", " + step.ms + " ms: " +
+        step.verdict;
+      if (step.cause) {
+        const cause = document.createElement("div");
+        cause.textContent = "likely cause: " + step.cause;
+        item.appendChild(cause);
+      }
+      if (step.fix) {
+        const fix = document.createElement("div");
+        fix.className = "fix";
+        fix.textContent = "fix: " + step.fix;
+        item.appendChild(fix);
+      }
+      list.appendChild(item);
+    });
+    const verdict = document.createElement("p");
+    verdict.textContent = report.ok ? "all checks passed" : "stopped at the first failure";
+    cell.appendChild(verdict);
+    cell.appendChild(list);
+  }
+
+  document.querySelectorAll("button.doctor").forEach(function (button) {
+    button.addEventListener("click", async function () {
+      const cell = button.closest("tr").querySelector(".doctor-result");
+      const moveTest = button.dataset.moveTest === "1";
+      if (moveTest && !window.confirm("Move one instance from this node to us, to test the way back?")) return;
+      cell.textContent = "checking…";
+      const result = await api("POST", "/api/nodes/" + encodeURIComponent(button.dataset.node) + "/doctor",
+        { move_test: moveTest });
+      if (result.status >= 300) { cell.textContent = "failed: " + errorText(result); return; }
+      doctorSteps(cell, result.data || {});
+    });
+  });
+
   document.querySelectorAll("button.remove-node").forEach(function (button) {
     button.addEventListener("click", async function () {
       const title = button.dataset.aeTitle;
