@@ -51,10 +51,11 @@ from minipacs.core.errors import (
     OutOfResources,
 )
 from minipacs.core.header import read_header
-from minipacs.core.inflate import DatasetLimits, check_deflated
+from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits, check_deflated
 from minipacs.core.model import AssociationRecord, DuplicatePolicy, Origin, StagedPath, StoreOutcome, StoreStatus
 from minipacs.core.paths import instance_key
 from minipacs.core.staging import READY_DIR, StagingFile, StagingPool, remove_leftovers, stage_file
+from minipacs.core.structure import check_staged
 from minipacs.dicom.header import InstanceHeader, dataset_encoding
 from minipacs.index import repository as repo
 from minipacs.index.database import IndexConnection, IndexDatabase
@@ -204,12 +205,16 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def prepare_ingest(staged: StagedPath) -> tuple[InstanceHeader, str, int]:
+def prepare_ingest(
+    staged: StagedPath, max_sequence_depth: int = DEFAULT_LIMITS.max_sequence_depth
+) -> tuple[InstanceHeader, str, int]:
     """Header, blob key and file size of a staged file, after every check.
 
-    Raises InvalidInstance (malformed header), InstanceMismatch (dataset UIDs
-    differ from the announced ones) or InvalidIdentifier (a UID unfit for a path).
+    Raises BrokenDataset (the whole dataset's element structure is walked first: core/structure.py;
+    a deflated one was walked by check_deflated), InvalidInstance (malformed header), InstanceMismatch
+    (dataset UIDs differ from the announced ones) or InvalidIdentifier (a UID unfit for a path).
     """
+    check_staged(staged.path, staged.dataset_offset, staged.transfer_syntax_uid, max_sequence_depth)
     header = read_header(staged.path, staged.dataset_offset, staged.transfer_syntax_uid)
     for keyword, announced in (
         ("SOPInstanceUID", staged.sop_instance_uid),
@@ -433,7 +438,7 @@ class Archive:
         for index, job in enumerate(batch):
             if isinstance(job, _IngestJob):
                 try:
-                    job.header, job.key, job.size = prepare_ingest(job.staged)
+                    job.header, job.key, job.size = prepare_ingest(job.staged, self.settings.max_sequence_depth)
                     if self.settings.fsync:
                         _fsync_file(job.staged.path)
                 except ArchiveError as exc:
