@@ -146,7 +146,9 @@ def pixels(enc: Encoder, data: bytes = PIXELS, length: int | None = None) -> byt
     return enc.el(PIXEL_DATA, "OW", data, length)
 
 
-def encapsulated(enc: Encoder, fragments: list[bytes], *, closed: bool = True, lengths: list[int] | None = None) -> bytes:
+def encapsulated(
+    enc: Encoder, fragments: list[bytes], *, closed: bool = True, lengths: list[int] | None = None
+) -> bytes:
     """PS3.5 A.4: undefined-length OB, an empty Basic Offset Table, then one fragment per frame."""
     items = [enc.item(b"")]
     for index, fragment in enumerate(fragments):
@@ -197,10 +199,14 @@ def _ok_un_undefined(e: Encoder, sop: str) -> bytes:
     # PS3.5 §6.2.2: UN of undefined length holds implicit VR little endian items
     implicit = Encoder(IMPLICIT)
     leaf = implicit.text(0x0040A040, "CS", "TEXT")
-    return head(e, sop) + implicit.sq(CONTENT_SEQUENCE, [implicit.item(leaf)], defined=False).replace(
-        implicit.tag(CONTENT_SEQUENCE) + struct.pack("<I", UNDEFINED),
-        e.tag(CONTENT_SEQUENCE) + b"UN" + struct.pack(e.o + "HI", 0, UNDEFINED),
-    ) + pixels(e)
+    return (
+        head(e, sop)
+        + implicit.sq(CONTENT_SEQUENCE, [implicit.item(leaf)], defined=False).replace(
+            implicit.tag(CONTENT_SEQUENCE) + struct.pack("<I", UNDEFINED),
+            e.tag(CONTENT_SEQUENCE) + b"UN" + struct.pack(e.o + "HI", 0, UNDEFINED),
+        )
+        + pixels(e)
+    )
 
 
 def _ok_encapsulated(e: Encoder, sop: str) -> bytes:
@@ -285,7 +291,11 @@ KINDS: dict[str, tuple[Builder, str, tuple[Syntax, ...]]] = {
     # broken: must be refused, the comment naming what and where
     "element-past-end": (_past_end, r"^\(0028,0030\) at \d+: length 5000 runs past the end", SYNTAXES),
     "pixel-data-truncated": (_pixels_truncated, r"^\(7FE0,0010\) at \d+: length 128 runs past the end", SYNTAXES),
-    "fragment-truncated": (_fragment_truncated, r"^\(7FE0,0010\) fragment at \d+: length 20 runs past", (ENCAPSULATED,)),
+    "fragment-truncated": (
+        _fragment_truncated,
+        r"^\(7FE0,0010\) fragment at \d+: length 20 runs past",
+        (ENCAPSULATED,),
+    ),
     "fragments-undelimited": (_fragments_undelimited, r"^\(7FE0,0010\) at \d+: no \(FFFE,E0DD\)", (ENCAPSULATED,)),
     "fragment-undefined-length": (_fragment_undefined, r"^\(FFFE,E000\) at \d+: pixel data fragment", (ENCAPSULATED,)),
     "garbage-short": (_garbage_short, r"^5 bytes after the last element at \d+ are not an element$", SYNTAXES),

@@ -204,9 +204,27 @@ _UNPACK: Final = {
 }
 
 
-def _fit(text: str, tail: str) -> str:
-    """``text`` + ``tail`` if that fits a DIMSE Error Comment (an LO: 64 characters), else ``text``."""
-    return text + tail if len(text) + len(tail) <= ERROR_COMMENT_LENGTH else text
+def _fit(*sentences: str) -> str:
+    """The first, most detailed, of ``sentences`` that fits a DIMSE Error Comment (an LO: 64 characters)."""
+    for sentence in sentences:
+        if len(sentence) <= ERROR_COMMENT_LENGTH:
+            return sentence
+    return sentences[-1][:ERROR_COMMENT_LENGTH]  # pragma: no cover - every last choice fits
+
+
+def _runs_past(what: str, at: int, length: int, where: str, end: int) -> str:
+    return _fit(
+        f"{what} at {at}: length {length} runs past {where} at {end}",
+        f"{what} at {at}: length {length} runs past {where}",
+        f"{what} at {at} runs past {where}",
+    )
+
+
+def _too_deep(max_depth: int, at: int) -> str:
+    return _fit(
+        f"sequences nested over {max_depth} deep at {at} (max_sequence_depth)",
+        f"sequences nested over {max_depth} deep (max_sequence_depth)",
+    )
 
 
 class StructureWalk:
@@ -341,9 +359,7 @@ class StructureWalk:
                     else:
                         self._depth += 1
                         if self._depth > self._max_depth:
-                            raise MalformedDataset(
-                                f"sequences nested over {self._max_depth} deep at {pos} (max_sequence_depth)"
-                            )
+                            raise MalformedDataset(_too_deep(self._max_depth, pos))
                         frame = (_SEQUENCE, -1, limit, implicit or vr == un_code, tag, pos, length)
                     stack.append(frame)
                     kind, end, pos = frame[0], -1, start
@@ -355,9 +371,7 @@ class StructureWalk:
                 if vr == sq_code or (implicit and (group << 16 | element) in sq_tags):
                     self._depth += 1
                     if self._depth > self._max_depth:
-                        raise MalformedDataset(
-                            f"sequences nested over {self._max_depth} deep at {pos} (max_sequence_depth)"
-                        )
+                        raise MalformedDataset(_too_deep(self._max_depth, pos))
                     stack.append((_SEQUENCE, after, after, implicit, group << 16 | element, pos, length))
                     kind, end, limit, pos = _SEQUENCE, after, after, start
                     continue
@@ -395,7 +409,10 @@ class StructureWalk:
                 continue
             opener = stack[-1]
             raise MalformedDataset(
-                _fit(f"{_tag_text(tag)} at {pos} where an item belongs", f" (in {_tag_text(opener[4])})")
+                _fit(
+                    f"{_tag_text(tag)} at {pos} where an item belongs (in {_tag_text(opener[4])})",
+                    f"{_tag_text(tag)} at {pos} where an item belongs",
+                )
             )
         self._pos = pos
 
@@ -411,35 +428,37 @@ class StructureWalk:
             if stack[index][1] != -1:
                 where = "its item" if stack[index][0] == _DATASET else "its sequence"
                 break
-        return _fit(f"{what} at {at}: length {length} runs past {where}", f" at {limit}")
+        return _runs_past(what, at, length, where, limit)
 
     def _short(self, pos: int, limit: int) -> str:
         """Fewer bytes than a header are left before ``limit`` (the end of the frame or its parent)."""
         kind, end, _limit, _implicit, tag, at, _length = self._stack[-1]
         if len(self._stack) == 1:
             return f"{limit - pos} bytes after the last element at {pos} are not an element"
-        opener = "item" if tag == _ITEM else _tag_text(tag)
+        opener = _tag_text(tag)
         if end == -1:
             closing = "(FFFE,E00D)" if kind == _DATASET else "(FFFE,E0DD)"
-            return _fit(f"{opener} at {at}: no {closing} before the end", f" at {limit}")
-        return _fit(f"{opener} at {at}: its last {limit - pos} bytes are not an element", "")
+            return _fit(f"{opener} at {at}: no {closing} before the end at {limit}", f"{opener} at {at}: no {closing}")
+        return f"{opener} at {at}: its last {limit - pos} bytes are not an {'element' if kind == _DATASET else 'item'}"
 
     def _ended(self, pos: int, avail: int) -> None:
         """The data ended (a stream at its end) before the walk did; a stream's last step."""
         if pos > avail:
             tag, at, length = self._last
-            raise MalformedDataset(_fit(f"{_tag_text(tag)} at {at}: length {length} runs past the end", f" at {avail}"))
+            raise MalformedDataset(_runs_past(_tag_text(tag), at, length, "the end", avail))
         if len(self._stack) == 1:
             if pos == avail:
                 self._stack.pop()
                 return
             raise MalformedDataset(f"{avail - pos} bytes after the last element at {pos} are not an element")
         kind, end, _limit, _implicit, tag, at, length = self._stack[-1]
-        opener = "item" if tag == _ITEM else _tag_text(tag)
+        opener = _tag_text(tag)
         if end == -1:
             closing = "(FFFE,E00D)" if kind == _DATASET else "(FFFE,E0DD)"
-            raise MalformedDataset(_fit(f"{opener} at {at}: no {closing} before the end", f" at {avail}"))
-        raise MalformedDataset(_fit(f"{opener} at {at}: length {length} runs past the end", f" at {avail}"))
+            raise MalformedDataset(
+                _fit(f"{opener} at {at}: no {closing} before the end at {avail}", f"{opener} at {at}: no {closing}")
+            )
+        raise MalformedDataset(_runs_past(opener, at, length, "the end", avail))
 
 
 #: Bytes read at a time: a whole small dataset, or the headers up to a large value (stepped over
@@ -451,7 +470,8 @@ def walk_file(
     path: Path, dataset_offset: int, *, implicit: bool, little_endian: bool, max_depth: int, window: int = _WINDOW
 ) -> None:
     """:class:`StructureWalk` over the dataset of a file, from ``dataset_offset`` to the file's end,
-    reading ``window`` bytes at a time from where the next header starts."""
+    reading ``window`` bytes (at least a header's 12) at a time from where the next header starts."""
+    window = max(window, 12)
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size - dataset_offset
