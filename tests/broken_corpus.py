@@ -12,12 +12,15 @@ The encoder is our own, not pydicom's: pydicom will not write most of these.
 
 from __future__ import annotations
 
+import io
 import re
 import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pydicom.dataset import FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import generate_uid
 
 from minipacs.dicom.uids import (
@@ -298,7 +301,7 @@ KINDS: dict[str, tuple[Builder, str, tuple[Syntax, ...]]] = {
     ),
     "fragments-undelimited": (_fragments_undelimited, r"^\(7FE0,0010\) at \d+: no \(FFFE,E0DD\)", (ENCAPSULATED,)),
     "fragment-undefined-length": (_fragment_undefined, r"^\(FFFE,E000\) at \d+: pixel data fragment", (ENCAPSULATED,)),
-    "garbage-short": (_garbage_short, r"^5 bytes after the last element at \d+ are not an element$", SYNTAXES),
+    "garbage-short": (_garbage_short, r"^[56] bytes after the last element at \d+ are not an element$", SYNTAXES),
     "garbage-not-an-element": (_garbage_not_element, rf"^{TAG} {AT}: (invalid VR|length)", SYNTAXES),
     "invalid-vr": (_invalid_vr, r"^\(0040,0254\) at \d+: invalid VR Xy in explicit VR$", (EXPLICIT, BIG, DEFLATED)),
     "nul-vr": (_nul_vr, r"^\(0040,0254\) at \d+: invalid VR 0x0000 in explicit VR$", (EXPLICIT, BIG, DEFLATED)),
@@ -329,8 +332,21 @@ def cases(broken: bool | None = None) -> list[Case]:
     return [c for c in out if broken is None or c.broken == broken]
 
 
+def part10(case: Case) -> bytes:
+    """The case as a Part 10 file (PS3.10 §7.1): preamble, DICM, File Meta Information, the dataset."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+    meta.MediaStorageSOPInstanceUID = case.sop
+    meta.TransferSyntaxUID = case.syntax.uid
+    meta.ImplementationClassUID = "1.2.826.0.1.3680043.8.498.1"
+    buffer = io.BytesIO()
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    return buffer.getvalue() + case.data
+
+
 def matches(case: Case, comment: str) -> bool:
     return bool(re.search(case.expected, comment))
 
 
-__all__ = ["KINDS", "SYNTAXES", "Case", "Encoder", "case", "cases", "matches"]
+__all__ = ["KINDS", "SYNTAXES", "Case", "Encoder", "case", "cases", "matches", "part10"]
