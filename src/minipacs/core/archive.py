@@ -79,7 +79,7 @@ class ArchiveSettings:
     max_dataset_bytes: int  # largest dataset one ingest accepts
     duplicate_policy: DuplicatePolicy  # what a second copy of a stored SOP Instance UID does
     max_inflate_ratio: int = 100  # most inflated bytes per deflated byte (PS3.5 A.5; 0: no limit)
-    max_sequence_depth: int = 64  # deepest sequence nesting read from a stored file
+    max_sequence_depth: int = 64  # deepest sequence nesting accepted at ingest and read from a stored file
 
     @property
     def dataset_limits(self) -> DatasetLimits:
