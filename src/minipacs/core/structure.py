@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from pydicom.datadict import DicomDictionary, dictionary_VR
+from pydicom._dicom_dict import DicomDictionary  # PS3.6 as pydicom generates it (datadict re-exports it)
+from pydicom.datadict import dictionary_VR
 
 from minipacs.core.errors import BrokenDataset
 from minipacs.dicom.header import MalformedDataset, dataset_encoding
