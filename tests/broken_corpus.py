@@ -216,6 +216,20 @@ def _ok_encapsulated(e: Encoder, sop: str) -> bytes:
     return head(e, sop) + content(e) + encapsulated(e, [b"\xff\xd8" + b"\x00" * 60 + b"\xff\xd9", b"\x01" * 20])
 
 
+def _ok_stray_delimiters(e: Encoder, sop: str) -> bytes:
+    """Delimiters PS3.5 §7.5 does not put there but DCMTK and pydicom both read past: a Sequence
+    Delimitation Item closing a defined-length sequence, an Item Delimitation Item closing a
+    defined-length item, and one after the last element."""
+    leaf = e.text(0x0040A040, "CS", "TEXT")
+    sq = e.sq(CONTENT_SEQUENCE, [e.item(leaf + e.delimiter(ITEM_END)), e.delimiter(SEQUENCE_END)])
+    return head(e, sop) + sq + pixels(e) + e.delimiter(ITEM_END)
+
+
+def _item_delimiter_mid_dataset(e: Encoder, sop: str) -> bytes:
+    # pydicom stops reading the dataset there (no Pixel Data), DCMTK does not: readers would disagree
+    return head(e, sop) + e.delimiter(ITEM_END) + content(e) + pixels(e)
+
+
 def _past_end(e: Encoder, sop: str) -> bytes:
     # Pixel Spacing claims 5000 bytes; a few hundred follow
     return head(e, sop) + e.el(0x00280030, "DS", b"0.5\\0.5 ", 5000) + pixels(e)
@@ -291,6 +305,7 @@ KINDS: dict[str, tuple[Builder, str, tuple[Syntax, ...]]] = {
     "ok-trailing-padding": (_ok_padding, "", SYNTAXES),
     "ok-un-undefined-length": (_ok_un_undefined, "", (EXPLICIT, DEFLATED)),
     "ok-encapsulated": (_ok_encapsulated, "", (ENCAPSULATED,)),
+    "ok-stray-delimiters": (_ok_stray_delimiters, "", SYNTAXES),
     # broken: must be refused, the comment naming what and where
     "element-past-end": (_past_end, r"^\(0028,0030\) at \d+: length 5000 runs past the end", SYNTAXES),
     "pixel-data-truncated": (_pixels_truncated, r"^\(7FE0,0010\) at \d+: length 128 runs past the end", SYNTAXES),
@@ -315,6 +330,11 @@ KINDS: dict[str, tuple[Builder, str, tuple[Syntax, ...]]] = {
     "element-past-item": (_element_past_item, r"^\(0040,A160\) at \d+: length 40 runs past its item", SYNTAXES),
     "sequence-undelimited": (_sequence_undelimited, r"^\(7FE0,0010\) at \d+ where an item belongs", SYNTAXES),
     "item-undelimited": (_item_undelimited, r"^\(FFFE,E0DD\) at \d+ where a data element belongs", SYNTAXES),
+    "item-delimiter-mid-dataset": (
+        _item_delimiter_mid_dataset,
+        r"^\(FFFE,E00D\) at \d+ where a data element belongs$",
+        SYNTAXES,
+    ),
     "item-at-top-level": (_item_at_top, r"^\(FFFE,E000\) at \d+ where a data element belongs", SYNTAXES),
 }
 

@@ -8,6 +8,7 @@ well-formed datasets of the corpus, pydicom's test files and the benchmark's ins
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import io
 import os
@@ -24,6 +25,7 @@ from minipacs.core.archive import Archive
 from minipacs.core.errors import ArchiveError, BrokenDataset, InvalidInstance
 from minipacs.core.inflate import DatasetLimits, check_deflated
 from minipacs.core.model import DuplicatePolicy, Origin, StagedPath, StoreStatus
+from minipacs.core.stored import read_stored
 from minipacs.core.structure import ERROR_COMMENT_LENGTH, StructureWalk, _too_deep, walk_file
 from minipacs.dicom.header import MalformedDataset, dataset_encoding
 from minipacs.dicom.part10 import NotPart10, dataset_offset_of
@@ -219,6 +221,9 @@ def test_ingest_refuses_every_broken_case_and_stores_every_good_one(with_archive
                 outcome = await archive.ingest(staged, IMPORT)
                 assert outcome.status is StoreStatus.STORED, c.id
                 stored += 1
+                # what ingest accepts, the stored-file reader (its own walk, then pydicom) reads whole
+                ds = await asyncio.to_thread(read_stored, await archive.get_instance_path(c.sop))
+                assert ds.SOPInstanceUID == c.sop and "PixelData" in ds, c.id
                 continue
             with pytest.raises(BrokenDataset) as caught:
                 await archive.ingest(staged, IMPORT)

@@ -106,6 +106,9 @@ def check_structure(
                 stack.pop()
                 depth -= 1
                 continue
+            if tag == _SEQUENCE_DELIMITATION and not frame.fragments and pos + 8 + length <= frame.limit:
+                fp.seek(pos + 8 + length)  # in a defined-length sequence: ignored (as ingest does)
+                continue
             if tag != _ITEM:
                 raise MalformedDataset(f"found {_tag_text(tag)} inside a sequence where an item (FFFE,E000) belongs")
             if length == _UNDEFINED:
@@ -125,6 +128,11 @@ def check_structure(
         if tag == _ITEM_DELIMITATION and len(stack) > 1 and frame.end is None:
             stack.pop()
             continue
+        if tag == _ITEM_DELIMITATION and pos + 8 + u32.unpack_from(head, 4)[0] <= frame.limit:
+            after = pos + 8 + u32.unpack_from(head, 4)[0]
+            if len(stack) > 1 or after == frame.limit:  # in a defined-length item, or last: ignored (as ingest does)
+                fp.seek(after)
+                continue
         if tag in (_ITEM, _ITEM_DELIMITATION, _SEQUENCE_DELIMITATION):
             raise MalformedDataset(f"found the item tag {_tag_text(tag)} where a data element belongs")
         if stop_at_pixels and len(stack) == 1 and tag in PIXEL_TAGS:
@@ -245,7 +253,7 @@ class StructureWalk:
     ``None`` (an inflating stream): the end is known at :meth:`finish`.
     """
 
-    __slots__ = ("_buf", "_base", "_pos", "_stack", "_depth", "_max_depth", "_order", "_last", "_size")
+    __slots__ = ("_buf", "_base", "_pos", "_stack", "_depth", "_max_depth", "_order", "_last", "_size", "_stray")
 
     def __init__(self, *, implicit: bool, little_endian: bool, max_depth: int, size: int | None = None) -> None:
         end = _UNBOUNDED if size is None else size
@@ -259,6 +267,7 @@ class StructureWalk:
         self._order = "<" if little_endian else ">"
         self._last = (0, 0, 0)  # tag, offset, length of the last value stepped over past the data
         self._size = size
+        self._stray = 0  # where an item delimitation item after the last element was
 
     # ------------------------------------------------------------------ feeding
 
@@ -300,11 +309,13 @@ class StructureWalk:
         avail = base + len(buf)
         order = self._order
         hh_i, hh_hh, u32 = _UNPACK[order]
+        if not stack:  # done; a stream that goes on after a last item delimitation item did not end there
+            if pos < avail:
+                raise MalformedDataset(f"(FFFE,E00D) at {self._stray} where a data element belongs")
+            return
         long_vrs, all_vrs = _LONG_CODES[order], _ALL_CODES[order]
         sq_code, un_code, ob_code, ow_code = _CODE[order]
         sq_tags = _SQ_TAGS
-        if not stack:
-            return
         kind, end, limit, implicit = stack[-1][:4]
         while True:
             if pos == end:  # a defined-length frame is complete
@@ -346,11 +357,23 @@ class StructureWalk:
                         )
                 if group == 0xFFFE:  # PS3.5 §7.5: items and delimiters have no VR
                     tag = group << 16 | element
-                    if tag == _ITEM_DELIMITATION and end == -1 and len(stack) > 1:
-                        pos += 8
-                        stack.pop()
-                        kind, end, limit, implicit = stack[-1][:4]
-                        continue
+                    if tag == _ITEM_DELIMITATION:
+                        if end == -1 and len(stack) > 1:  # the end of an undefined-length item
+                            pos += 8
+                            stack.pop()
+                            kind, end, limit, implicit = stack[-1][:4]
+                            continue
+                        after = pos + 8 + u32(buf, p + 4)[0]
+                        if len(stack) > 1 and after <= limit:
+                            pos = after  # in a defined-length item: DCMTK and pydicom ignore it
+                            continue
+                        if len(stack) == 1 and after <= limit and (self._size is None or after == limit):
+                            # after the last element: DCMTK and pydicom ignore it; anywhere else
+                            # at the top level pydicom stops reading there (and DCMTK does not)
+                            self._stray = pos
+                            stack[0] = (_DATASET, after, after, implicit, tag, pos, 0)
+                            end = limit = pos = after
+                            continue
                     raise MalformedDataset(f"{_tag_text(tag)} at {pos} where a data element belongs")
                 start = pos + head
                 if length == _UNDEFINED:
@@ -407,6 +430,9 @@ class StructureWalk:
                 if kind == _SEQUENCE:
                     self._depth -= 1
                 kind, end, limit, implicit = stack[-1][:4]
+                continue
+            if tag == _SEQUENCE_DELIMITATION and pos + 8 + length <= limit:
+                pos += 8 + length  # in a defined-length sequence: DCMTK and pydicom ignore it
                 continue
             opener = stack[-1]
             raise MalformedDataset(
