@@ -287,10 +287,11 @@ class StructureWalk:
         """The dataset ended: raise MalformedDataset if it ended inside something."""
         self._walk(final=True)
 
-    def walk(self, data: bytes | memoryview, offset: int = 0) -> None:
-        """Walk ``data``, the dataset from ``-offset`` on (the whole of it, or a window of a file: with
-        ``size`` known, the walk stops at the window's end and goes on from :attr:`next_offset`)."""
-        self._buf, self._base = data, -offset
+    def walk(self, data: bytes | memoryview, start: int = 0) -> None:
+        """Walk ``data``, the dataset from offset ``start`` on: the whole of it, or a window of a file
+        (with ``size`` known, the walk stops at the window's end; the next window starts at
+        :attr:`next_offset`)."""
+        self._buf, self._base = data, start
         self._walk(final=self._size is None)
 
     @property
@@ -508,7 +509,7 @@ def walk_file(
             data = os.pread(fd, window, dataset_offset + at)
             if not data:  # the file shrank under us
                 raise MalformedDataset(f"the dataset ends at {at}, before its {size} bytes")
-            walk.walk(data, -at)
+            walk.walk(data, at)
     finally:
         os.close(fd)
 
