@@ -75,7 +75,8 @@ class Settings:
     #: A deflated dataset (PS3.5 A.5) inflating to more than this many times its size is refused (0xA700);
     #: 0: no ratio limit (max_dataset_bytes still bounds the inflated size).
     max_inflate_ratio: int = 100
-    #: Deepest sequence nesting read from a stored file (metadata, transcoding); deeper: unreadable.
+    #: Deepest sequence nesting accepted at ingest (deeper: refused) and read from a stored file
+    #: (metadata, transcoding; deeper: unreadable).
     max_sequence_depth: int = 64
     #: ARTIM timer: how long to wait for A-ASSOCIATE-RQ, or for the close after release/abort.
     acse_timeout: float = 30.0

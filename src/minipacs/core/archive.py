@@ -56,7 +56,7 @@ from minipacs.core.errors import (
     OutOfResources,
 )
 from minipacs.core.header import read_header
-from minipacs.core.inflate import DatasetLimits, check_deflated
+from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits, check_deflated
 from minipacs.core.intake import IntakeLog, IntakeRecord, syncfs
 from minipacs.core.model import (
     AssociationRecord,
@@ -75,6 +75,7 @@ from minipacs.core.staging import (
     remove_leftovers,
     stage_file,
 )
+from minipacs.core.structure import check_staged
 from minipacs.dicom.header import InstanceHeader, dataset_encoding
 from minipacs.index import intake_repo
 from minipacs.index import repository as repo
@@ -99,7 +100,7 @@ class ArchiveSettings:
     max_dataset_bytes: int  # largest dataset one ingest accepts
     duplicate_policy: DuplicatePolicy  # what a second copy of a stored SOP Instance UID does
     max_inflate_ratio: int = 100  # most inflated bytes per deflated byte (PS3.5 A.5; 0: no limit)
-    max_sequence_depth: int = 64  # deepest sequence nesting read from a stored file
+    max_sequence_depth: int = 64  # deepest sequence nesting accepted at ingest and read from a stored file
     #: Stored files up to this size go through the intake log (core/intake.py); 0: never (3 fsyncs each).
     intake_inline_max_bytes: int = 1 << 20
     intake_segment_bytes: int = 16 << 20  # size of one intake-log segment file
@@ -248,12 +249,16 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def prepare_ingest(staged: StagedPath) -> tuple[InstanceHeader, str, int]:
+def prepare_ingest(
+    staged: StagedPath, max_sequence_depth: int = DEFAULT_LIMITS.max_sequence_depth
+) -> tuple[InstanceHeader, str, int]:
     """Header, blob key and file size of a staged file, after every check.
 
-    Raises InvalidInstance (malformed header), InstanceMismatch (dataset UIDs
-    differ from the announced ones) or InvalidIdentifier (a UID unfit for a path).
+    Raises BrokenDataset (the whole dataset's element structure is walked first: core/structure.py;
+    a deflated one was walked by check_deflated), InvalidInstance (malformed header), InstanceMismatch
+    (dataset UIDs differ from the announced ones) or InvalidIdentifier (a UID unfit for a path).
     """
+    check_staged(staged.path, staged.dataset_offset, staged.transfer_syntax_uid, max_sequence_depth)
     header = read_header(staged.path, staged.dataset_offset, staged.transfer_syntax_uid)
     for keyword, announced in (
         ("SOPInstanceUID", staged.sop_instance_uid),
@@ -653,7 +658,7 @@ class Archive:
         for index, job in enumerate(batch):
             if isinstance(job, _IngestJob):
                 try:
-                    job.header, job.key, job.size = prepare_ingest(job.staged)
+                    job.header, job.key, job.size = prepare_ingest(job.staged, self.settings.max_sequence_depth)
                     job.logged = self._intake is not None and job.size <= self.settings.intake_inline_max_bytes
                     if self.settings.fsync and not job.logged:
                         _fsync_file(job.staged.path)

@@ -15,6 +15,12 @@ class InvalidInstance(ArchiveError):
     """The dataset cannot be parsed, or lacks what the archive needs (UIDs)."""
 
 
+class BrokenDataset(InvalidInstance):
+    """The dataset's element structure is broken (PS3.5 §7.1, §7.5): a length runs past the end or past
+    what contains it, bytes after the last element, an invalid explicit VR, a missing delimiter. The
+    message (at most 64 characters: it is also the DIMSE Error Comment) says what and where."""
+
+
 class InvalidIdentifier(InvalidInstance):
     """A UID or other identifier is malformed or hostile (e.g. ``../``)."""
 

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from minipacs.core.errors import InflateLimitExceeded, InvalidInstance
+from minipacs.core.errors import BrokenDataset, InflateLimitExceeded, InvalidInstance
+from minipacs.core.structure import StructureWalk
+from minipacs.dicom.header import MalformedDataset
 
 #: Deflated bytes read per step, and most inflated bytes one zlib call may return.
 _IN_CHUNK: Final = 64 * 1024
@@ -94,14 +96,21 @@ def inflate(
 
 
 def check_deflated(path: Path, dataset_offset: int, limits: DatasetLimits) -> int:
-    """Inflate the dataset of a staged or stored file, keeping nothing; its inflated size.
+    """Inflate the dataset of a staged file, keeping nothing, and walk its element structure as it
+    comes out (core/structure.py, the ingest walk); its inflated size.
 
-    Raises as :func:`inflate` does.
+    Raises as :func:`inflate` does, and BrokenDataset when the inflated dataset is broken.
     """
-    with open(path, "rb") as fp:
-        size = os.fstat(fp.fileno()).st_size
-        fp.seek(dataset_offset)
-        return inflate(fp, size - dataset_offset, limits)
+    walk = StructureWalk(implicit=False, little_endian=True, max_depth=limits.max_sequence_depth)
+    try:
+        with open(path, "rb") as fp:
+            size = os.fstat(fp.fileno()).st_size
+            fp.seek(dataset_offset)
+            total = inflate(fp, size - dataset_offset, limits, walk.feed)
+        walk.finish()
+    except MalformedDataset as exc:
+        raise BrokenDataset(str(exc)) from None
+    return total
 
 
 def inflated(path: Path, dataset_offset: int, limits: DatasetLimits) -> bytearray:

@@ -9,6 +9,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
+# PS3.5 §6.2, Table 6.2-1: every Value Representation; in an explicit VR data element (PS3.5 §7.1.2)
+# any other two bytes are an encoding error.
+ALL_VRS: Final = frozenset(
+    {
+        "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF", "OL", "OV",
+        "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US", "UT", "UV",
+    }
+)  # fmt: skip
+
 # PS3.5 §7.1.2, Table 7.1-1: explicit VRs whose element header has 2 reserved bytes and a
 # 32-bit value length (every other explicit VR has a 16-bit length).
 LONG_LENGTH_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
@@ -33,6 +42,7 @@ BINARY_VRS: Final = frozenset(
 )
 
 __all__ = [
+    "ALL_VRS",
     "ASCII_VRS",
     "BINARY_VRS",
     "CHARSET_VRS",

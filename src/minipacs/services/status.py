@@ -238,6 +238,7 @@ ERROR_COMMENTS: tuple[tuple[type[BaseException], str], ...] = (
     (errors.InstanceUIDMismatch, "Dataset SOPInstanceUID differs from Affected SOP Instance UID"),
     (errors.InstanceMismatch, "Dataset SOPClassUID differs from Affected SOP Class UID"),
     (errors.InvalidIdentifier, "A UID in the dataset is malformed; correct it and send again"),
+    (errors.BrokenDataset, "Dataset encoding broken (PS3.5 7.1); the server log says where"),
     (errors.InvalidInstance, "Dataset unreadable or without its UIDs; correct it, send again"),
     (errors.DuplicateInstance, "Instance already stored and duplicates are refused here"),
     (errors.InflateLimitExceeded, "Deflated dataset inflates past the limit; send it uncompressed"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final
 
@@ -17,6 +18,7 @@ from minipacs.core.errors import (
     DatasetTooLarge,
     DuplicateInstance,
     InstanceMismatch,
+    InvalidInstance,
     OutOfResources,
 )
 from minipacs.core.inflate import DatasetLimits
@@ -49,18 +51,22 @@ from minipacs.web.transfer import (
 from minipacs.web.types import AppContext
 from minipacs.web.workers import RenderPool
 
+log = logging.getLogger(__name__)
+
 DICOM_JSON: Final = "application/dicom+json"
 # path parameter (PS3.18 10.4: {study}, {series}, {instance}) -> DICOM keyword of the UID it carries
 PATH_KEYS: Final[Mapping[str, str]] = {
     s.noun: s.unique_key for s in LEVEL_SPELLINGS.values() if s.level is not Level.PATIENT
 }
-# PS3.18 Table 10.5.3-1 / PS3.4 Annex B.2.3: the FailureReason for why ingest refused an instance
-# (a part not in the study of the URL is 0xA900 too, decided before ingest)
+# PS3.18 Table 10.5.3-1, Table I.2-2 / PS3.4 Annex B.2.3: the FailureReason for why ingest refused an
+# instance (a part not in the study of the URL is 0xA900 too, decided before ingest); looked up along
+# the exception's classes, so InstanceMismatch (an InvalidInstance) is 0xA900
 FAILURE_REASONS: Final[Mapping[type[ArchiveError], int]] = {
     OutOfResources: 0xA700,
     DatasetTooLarge: 0xA700,
     InstanceMismatch: 0xA900,
     DuplicateInstance: 0x0111,
+    InvalidInstance: 0xC000,  # Error: Cannot understand -- a broken dataset (BrokenDataset), a malformed UID
 }
 PROCESSING_FAILURE: Final = 0x0110  # PS3.4 Annex B: Processing failure
 SOP_CLASS_NOT_SUPPORTED: Final = 0xC000  # PS3.18 Table 10.5.3-1: not a DICOM instance we can read
@@ -409,7 +415,7 @@ async def store(request: Request) -> Response:
     origin = Origin("stow", peer_host=request.client.host if request.client else "")
     parts = intake.received
     try:
-        for part in parts:
+        for number, part in enumerate(parts, 1):
             class_uid, instance_uid = part.sop_class_uid, part.sop_instance_uid
             if part.refusal is not None:
                 failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [part.refusal]}))
@@ -422,6 +428,7 @@ async def store(request: Request) -> Response:
                 raise insufficient_storage(exc, len(stored), len(parts)) from None
             except ArchiveError as exc:
                 reason = failure_reason(exc, class_uid)
+                log.warning("STOW-RS part %d refused with FailureReason 0x%04X: %s", number, reason, exc)
                 failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [reason]}))
                 continue
             url = (
