@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: Commands living in their own module ``minipacs.cli.<name>``; each module has
 #: ``register(subparsers)`` (adding a sub-command of that name),
 #: ``NEEDS_SETTINGS: bool`` and ``run(args, settings) -> int`` (exit code).
-COMMAND_MODULES: tuple[str, ...] = ("nodes", "move", "get", "find", "users", "worklist", "ohif", "changes")
+COMMAND_MODULES: tuple[str, ...] = ("nodes", "move", "get", "find", "users", "worklist", "ohif", "changes", "jobs")
 
 
 class CommandModule(Protocol):

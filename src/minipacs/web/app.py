@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount
 
-from minipacs.web import dicomweb, rest, rest_nodes, rest_worklist, ui
+from minipacs.web import dicomweb, rest, rest_jobs, rest_nodes, rest_worklist, ui
 from minipacs.web.auth import Authenticator
 from minipacs.web.errors import exception_handlers
 from minipacs.web.headers import SecurityHeaders
@@ -37,7 +37,11 @@ def create_app(ctx: AppContext) -> Starlette:
         Endpoint("/dicom-web/wado", dicomweb.wado_uri, "GET", "read", "WADO-URI (requestType=WADO)"),
         Endpoint("/wado", dicomweb.wado_uri, "GET", "read", "WADO-URI (requestType=WADO)"),
         Mount("/dicom-web", routes=dicomweb.routes(), name="dicomweb"),
-        Mount("/api", routes=[*rest_nodes.routes(), *rest_worklist.routes(), *rest.routes()], name="api"),
+        Mount(
+            "/api",
+            routes=[*rest_nodes.routes(), *rest_jobs.routes(), *rest_worklist.routes(), *rest.routes()],
+            name="api",
+        ),
         Endpoint("/ohif", ohif_redirect, "GET", "read", "Redirect to the OHIF viewer"),
         GuardedMount("/ohif", OhifApp(ctx.settings), "read", "The OHIF viewer (if installed)", name="ohif"),
     ]
