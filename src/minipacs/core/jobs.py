@@ -39,7 +39,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -258,6 +258,7 @@ class JobContext:
         self._queue = queue
         self.cancel_seen = False  # someone asked it to stop
         self.lost = False  # the row is not ours any more (another node took it over)
+        self.ended = asyncio.Event()  # the handler returned or raised
         self._reported: tuple[Any, ...] | None = None
         self._beat = time.monotonic()
 
@@ -271,7 +272,7 @@ class JobContext:
             raise JobCancelled("cancelled")
 
 
-Handler = Callable[[JobContext], Awaitable[str]]
+Handler = Callable[[JobContext], Coroutine[Any, Any, str]]
 
 
 @dataclass(frozen=True)
@@ -304,7 +305,7 @@ class JobQueue:
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._closing = False
-        self._pruned_at = 0.0
+        self._pruned_at: float | None = None  # monotonic time of the last complete pruning
 
     # ------------------------------------------------------------ kinds
 
@@ -503,8 +504,8 @@ class JobQueue:
         """Stop running: each running job is queued again (or failed, as its kind says), its attempt
         not charged; queued jobs stay for the next start or another node."""
         self._closing = True
-        if self._loop_task is not None:
-            self._loop_task.cancel()
+        if self._loop_task is not None:  # not cancelled: an index call in flight finishes first
+            self._wake.set()
             await asyncio.gather(self._loop_task, return_exceptions=True)
             self._loop_task = None
         for running in list(self._running.values()):
@@ -512,16 +513,16 @@ class JobQueue:
         await asyncio.gather(*self._executions, return_exceptions=True)
 
     async def _loop(self) -> None:
-        while True:
+        while not self._closing:
             self._wake.clear()
             try:
                 await self._recover(startup=False)
                 await self._claim()
                 await self._prune()
-            except asyncio.CancelledError:
-                raise
             except Exception:  # the runner must survive a bad moment of the index
                 log.exception("jobs: the runner's pass failed; trying again in %s s", self.settings.poll_seconds)
+            if self._closing:
+                return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
 
@@ -566,7 +567,7 @@ class JobQueue:
                 log.exception("job %d (%s) failed unexpectedly", job.id, job.description)
                 outcome = (JobState.FAILED.value, f"failed unexpectedly: {exc}; see the server log", True)
         finally:
-            watcher.cancel()
+            context.ended.set()  # the watcher finishes the report it may be making, then stops
             await asyncio.gather(watcher, return_exceptions=True)
             self._running.pop(job.id, None)
         if outcome[0] != "lost":
@@ -633,11 +634,11 @@ class JobQueue:
     async def _watch(self, context: JobContext, task: asyncio.Task[str]) -> None:
         """Every progress_seconds: report the counts (when changed, and a heartbeat), read the cancel flag."""
         while not task.done():
-            await asyncio.sleep(self.settings.progress_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(context.ended.wait(), self.settings.progress_seconds)
+                return
             try:
                 await self._report(context)
-            except asyncio.CancelledError:
-                raise
             except Exception:  # a missed report is not fatal; the next one may pass
                 log.exception("job %d: progress report failed", context.id)
                 continue
@@ -724,7 +725,7 @@ class JobQueue:
         return await self.archive.write(run)
 
     async def _prune(self) -> None:
-        if self.settings.keep_days <= 0 or time.monotonic() - self._pruned_at < 3600:
+        if self.settings.keep_days <= 0 or (self._pruned_at is not None and time.monotonic() - self._pruned_at < 3600):
             return
         cutoff = _now() - dt.timedelta(days=self.settings.keep_days)
         removed = await self.archive.write(lambda conn: jobs_repo.delete_finished(conn, cutoff, PRUNE_BATCH))

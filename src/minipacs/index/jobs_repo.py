@@ -14,7 +14,7 @@ import datetime as dt
 from collections.abc import Collection, Mapping
 from typing import Any, Final, cast
 
-from sqlalchemy import Connection, Table, and_, delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Table, and_, delete, func, insert, or_, select, update
 
 from minipacs.index.schema import JobRecord
 
@@ -140,7 +140,7 @@ def orphans(
     """Running jobs whose runner is gone, locked for the caller (others skipped): run by one of
     ``runners``, or by a runner whose name starts with ``runner_prefix``, or silent (no heartbeat)
     since ``silent_since``. The caller decides which of them really are orphans."""
-    alternatives = []
+    alternatives: list[ColumnElement[bool]] = []
     if runners:
         alternatives.append(_JOBS.c.runner.in_(list(runners)))
     if runner_prefix is not None:

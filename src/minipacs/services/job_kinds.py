@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Final, Literal
 
-from minipacs.core.jobs import JobContext, JobFailed, JobQueue
+from minipacs.core.jobs import Handler, JobContext, JobFailed, JobQueue
 from minipacs.core.nodes import Node, NodeRegistry
 from minipacs.core.retrieve import InvalidRetrieveIdentifier, StoredInstance, select_instances
 from minipacs.services.outbound import (
@@ -79,7 +79,7 @@ async def select_for_send(archive: Any, params: dict[str, Any]) -> list[StoredIn
     )
 
 
-def send_handler(outbound: Outbound, registry: NodeRegistry) -> Any:
+def send_handler(outbound: Outbound, registry: NodeRegistry) -> Handler:
     async def send(job: JobContext) -> str:
         node = await _node(registry, job)
         if outbound.archive is None:  # pragma: no cover - bootstrap always gives one
@@ -134,7 +134,7 @@ def _counted(job: JobContext, result: RetrieveResult) -> None:
     job.details.update(completed=result.completed, warning=result.warning)
 
 
-def retrieve_handler(outbound: Outbound, registry: NodeRegistry) -> Any:
+def retrieve_handler(outbound: Outbound, registry: NodeRegistry) -> Handler:
     async def retrieve(job: JobContext) -> str:
         node = await _node(registry, job)
         asked = job.params.get("method")

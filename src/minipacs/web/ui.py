@@ -37,6 +37,7 @@ from minipacs.web.errors import HttpError, classify, redact
 from minipacs.web.pages import json_tag_rows, may, path_for, person, render, text
 from minipacs.web.routing import Endpoint, GuardedMount
 from minipacs.web.search import ascii_digits, search
+from minipacs.web.ui_jobs import jobs_page
 from minipacs.web.ui_remote import remote_page
 from minipacs.web.ui_worklist import worklist_page
 
@@ -559,6 +560,7 @@ def routes() -> list[BaseRoute]:
             "/remote", html_errors(remote_page), "GET", "read", "Page: query/retrieve another node", name="remote"
         ),
         Endpoint("/log", association_log, "GET", "read", "Page: the association log", name="log"),
+        Endpoint("/jobs", jobs_page, "GET", "read", "Page: background jobs, with live progress", name="jobs"),
         Endpoint(
             "/worklist", html_errors(worklist_page), "GET", "read", "Page: the modality worklist", name="worklist"
         ),
