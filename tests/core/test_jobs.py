@@ -378,3 +378,35 @@ def test_two_runners_never_claim_the_same_job(with_archive: ArchiveRunner, index
             await second.close()
 
     with_archive(body)
+
+
+@pytest.mark.parametrize(
+    ("key", "good", "bad"),
+    [
+        ("job_concurrency", 64, 65),
+        ("job_concurrency", 1, 0),
+        ("job_max_attempts", 100, 101),
+        ("job_max_attempts", 1, 0),
+        ("job_retry_seconds", 0.001, 0),
+        ("job_poll_seconds", 0.001, 0),
+        ("job_keep_days", 0, -1),
+        ("node_name", "n" * 200, "n" * 201),
+        ("node_name", "node-a", "bad\nname"),
+    ],
+)
+def test_job_settings_limits(key: str, good: Any, bad: Any) -> None:
+    from minipacs.config import ConfigError, Settings
+
+    Settings(**{key: good}).validate()
+    with pytest.raises(ConfigError, match=key):
+        Settings(**{key: bad}).validate()
+
+
+def test_job_settings_relations() -> None:
+    from minipacs.config import ConfigError, Settings
+
+    Settings(job_retry_seconds=10, job_retry_max_seconds=10, job_progress_seconds=1, job_stale_seconds=3).validate()
+    with pytest.raises(ConfigError, match="job_retry_max_seconds"):
+        Settings(job_retry_seconds=10, job_retry_max_seconds=9).validate()
+    with pytest.raises(ConfigError, match="job_stale_seconds"):
+        Settings(job_progress_seconds=1, job_stale_seconds=2.9).validate()
