@@ -817,7 +817,7 @@
       progressCell.appendChild(document.createTextNode(" " + (job.done || 0) + (job.total ? "/" + job.total : "") +
         (job.failed ? " (" + job.failed + " failed)" : "")));
       const said = cell(tr, job.message || "");
-      if (job.last_error && job.state !== "failed") {
+      if (job.last_error && (job.message || "").indexOf(job.last_error) < 0) {
         said.appendChild(document.createElement("br"));
         const small = document.createElement("small");
         small.textContent = "last error: " + job.last_error;
