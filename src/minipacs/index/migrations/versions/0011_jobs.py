@@ -1,4 +1,4 @@
-"""The persistent job queue (issue 13, "Jobs that survive"): one row per background job.
+"""The persistent job queue: one row per background job (sends, retrieves; later routing, storage policy).
 
 Revision ID: 0011
 Revises: 0009
