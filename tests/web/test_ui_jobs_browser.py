@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 
 from minipacs.core.users import hash_password
-from tests.interop.test_jobs_interop import FAST_JOBS, closed_port, storescp, store, study_files
+from tests.interop.test_jobs_interop import FAST_JOBS, closed_port, store, storescp, study_files
 from tests.peers import ServerProcess, free_port, missing_peer, start_server, wait_for_port
 from tests.web.test_ui_browser import ADMIN, CHROMIUM, CHROMIUM_ARGS, SHOTS, VIEWER, basic, login
 
