@@ -94,7 +94,7 @@ def test_jobs_page_live_progress_cancel_retry(tmp_path: Path, server: tuple[Serv
             )
             page.click(f"{row(page, never)} button.job-retry")
             page.wait_for_function(
-                f"() => /queued|running/.test(document.querySelector(\"{row(page, never)} .badge\").textContent)",
+                f'() => /queued|running/.test(document.querySelector("{row(page, never)} .badge").textContent)',
                 timeout=30000,
             )
             assert httpx.get(f"{base}/api/jobs/{never}", headers=admin).json()["attempts"] <= 1
