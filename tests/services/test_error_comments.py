@@ -30,7 +30,14 @@ LONG = (
 OPERATIONS = sorted(ALL_OPERATIONS)  # what an access refusal names (echo, store, ...)
 #: Refusals that never reach a DIMSE response (HTTP and HL7 only), and abstract bases whose every
 #: concrete refusal has its own row.
-NOT_DIMSE = {"InvalidWorklistEntry", "WorklistEntryChanged", "OrderRefused", "InvalidNode"}  # and their subclasses
+NOT_DIMSE = {
+    "InvalidWorklistEntry",
+    "WorklistEntryChanged",
+    "OrderRefused",
+    "InvalidNode",
+    "JobConflict",
+    "InvalidJob",
+}  # and their subclasses (the job queue: REST and CLI only)
 ABSTRACT = {"StepRefused", "InvalidQuery"}
 
 
