@@ -13,6 +13,7 @@ from minipacs.blobs.filesystem import FilesystemBlobStore
 from minipacs.config import ConfigError, Settings
 from minipacs.core.access import AccessPolicy, AccessRules
 from minipacs.core.archive import Archive, ArchiveSettings
+from minipacs.core.jobs import JobQueue, JobSettings
 from minipacs.core.mpps import ProcedureSteps
 from minipacs.core.nodes import NodeRegistry, calling_host_warning
 from minipacs.core.worklist import Worklist
@@ -23,6 +24,7 @@ from minipacs.net.association import AssociationSettings
 from minipacs.net.dul import Timeouts
 from minipacs.net.tls import TLSConfigError, client_context, server_context
 from minipacs.services.commitment import StorageCommitmentSCP
+from minipacs.services.job_kinds import register_transfer_jobs
 from minipacs.services.mpps import MPPSSCP
 from minipacs.services.outbound import Outbound, OutboundSettings
 from minipacs.services.qr_find import QueryRetrieveFindSCP
@@ -80,6 +82,28 @@ def outbound(settings: Settings, archive: Archive) -> Outbound:
     return Outbound(OutboundSettings(association_settings(settings), connect_timeout=settings.connect_timeout), archive)
 
 
+def job_settings(settings: Settings) -> JobSettings:
+    return JobSettings(
+        runner=settings.node_name,
+        concurrency=settings.job_concurrency,
+        max_attempts=settings.job_max_attempts,
+        retry_seconds=settings.job_retry_seconds,
+        retry_max_seconds=settings.job_retry_max_seconds,
+        poll_seconds=settings.job_poll_seconds,
+        progress_seconds=settings.job_progress_seconds,
+        stale_seconds=settings.job_stale_seconds,
+        keep_days=settings.job_keep_days,
+    )
+
+
+def job_queue(settings: Settings, archive: Archive, nodes: NodeRegistry, calls: Outbound | None = None) -> JobQueue:
+    """The persistent job queue with every kind this build knows (not started: ``await queue.start()``
+    runs it; commands that only list, cancel or retry never start it)."""
+    queue = JobQueue(archive, job_settings(settings))
+    register_transfer_jobs(queue, calls or outbound(settings, archive), nodes)
+    return queue
+
+
 def archive_settings(settings: Settings) -> ArchiveSettings:
     return ArchiveSettings(
         data_dir=settings.data_dir,
@@ -128,12 +152,15 @@ class App:
     dicom: DicomServer
     nodes: NodeRegistry
     access: AccessPolicy
+    #: The persistent job queue (core/jobs.py); ``serve`` starts its runner.
+    jobs: JobQueue
     #: Re-reads the AE registry every settings.nodes_refresh seconds (edits by `minipacs nodes`).
     nodes_watch: asyncio.Task[None] | None = None
     #: Looks for new findings in the association log every settings.diagnostics_interval seconds.
     diagnostics_watch: asyncio.Task[None] | None = None
 
     async def close(self, grace: float = 5.0) -> None:
+        await self.jobs.close()  # running jobs go back to the queue while the index is still open
         for task in (self.nodes_watch, self.diagnostics_watch):
             if task is not None:
                 task.cancel()
@@ -232,7 +259,7 @@ async def build_app(settings: Settings) -> App:
     )
     watch = asyncio.ensure_future(registry.watch(settings.nodes_refresh))
     findings = asyncio.ensure_future(watch_diagnostics(settings, archive, registry))
-    return App(settings, archive, server, registry, access, watch, findings)
+    return App(settings, archive, server, registry, access, job_queue(settings, archive, registry), watch, findings)
 
 
 async def watch_diagnostics(settings: Settings, archive: Archive, registry: NodeRegistry) -> None:
@@ -284,7 +311,7 @@ async def serve(settings: Settings, on_ready: Callable[[App], None] | None = Non
     hl7: MLLPServer | None = None
     http = None  # the HTTP edge (web/): REST and DICOMweb, same process and loop
     try:
-        http = await start_http(settings, app.archive, app.nodes, outbound(settings, app.archive))
+        http = await start_http(settings, app.archive, app.nodes, outbound(settings, app.archive), app.jobs)
         try:
             await app.dicom.start()
         except TLSListenError:
@@ -308,6 +335,7 @@ async def serve(settings: Settings, on_ready: Callable[[App], None] | None = Non
             f"web UI at {web}" if settings.http_port else "no HTTP (http_port = 0)",
         )
         hl7 = await start_hl7(settings, app)
+        await app.jobs.start()
         if on_ready is not None:
             on_ready(app)
         await stop.wait()

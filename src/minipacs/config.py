@@ -121,6 +121,25 @@ class Settings:
     diagnostics_window: int = 10000
     #: A running server looks for new findings this often (s) and logs a WARNING when one first appears.
     diagnostics_interval: float = 60.0
+    # --- background jobs: sends, retrieves (core/jobs.py; README "Jobs")
+    #: This node's name in the job queue (the ``runner`` of the jobs it runs); empty: host:pid. Nodes
+    #: sharing one index need different names; a named node takes back its own running jobs at start.
+    node_name: str = ""
+    #: Jobs this node runs at once.
+    job_concurrency: int = 4
+    #: Attempts before a job that keeps failing for a passing reason (a peer down) fails for good.
+    job_max_attempts: int = 5
+    #: Seconds before the second attempt; each further wait doubles, up to job_retry_max_seconds.
+    job_retry_seconds: float = 30.0
+    job_retry_max_seconds: float = 3600.0
+    #: Seconds between looks for due jobs (a job submitted on this node starts at once).
+    job_poll_seconds: float = 2.0
+    #: Seconds between progress reports of a running job (when cancelling it takes effect).
+    job_progress_seconds: float = 1.0
+    #: A running job whose node gave no sign of life for this long is taken over (resumed or failed).
+    job_stale_seconds: float = 60.0
+    #: Finished jobs are deleted this many days after they ended; 0 keeps them.
+    job_keep_days: float = 30.0
     # --- HTTP: REST API and DICOMweb (web/)
     http_host: str = "127.0.0.1"
     #: 0 turns the HTTP server off.
@@ -248,6 +267,23 @@ class Settings:
                 f"allow_unregistered: unknown operation {', '.join(map(repr, unknown))}; "
                 f"use any of {', '.join(OPERATIONS)} (or an empty list: registered nodes only)"
             )
+        if len(self.node_name) > 200 or any(not c.isprintable() for c in self.node_name):
+            raise ConfigError("node_name must be at most 200 printable characters")
+        if not 1 <= self.job_concurrency <= 64:
+            raise ConfigError("job_concurrency must be 1 to 64")
+        if not 1 <= self.job_max_attempts <= 100:
+            raise ConfigError("job_max_attempts must be 1 to 100")
+        for name in ("job_retry_seconds", "job_poll_seconds", "job_progress_seconds", "job_stale_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be a positive number of seconds")
+        if self.job_retry_max_seconds < self.job_retry_seconds:
+            raise ConfigError("job_retry_max_seconds must be at least job_retry_seconds")
+        if self.job_stale_seconds < 3 * self.job_progress_seconds:
+            raise ConfigError(
+                "job_stale_seconds must be at least 3 times job_progress_seconds, or running jobs would look stale"
+            )
+        if self.job_keep_days < 0:
+            raise ConfigError("job_keep_days must be 0 (keep finished jobs) or a positive number of days")
         if not 0 <= self.http_port <= 65535:
             raise ConfigError(f"http_port {self.http_port} is outside 0..65535 (0 turns HTTP off)")
         if self.max_upload_bytes < 1024:

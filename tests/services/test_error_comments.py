@@ -36,7 +36,9 @@ NOT_DIMSE = {
     "OrderRefused",
     "InvalidNode",
     "DataDirectoryInUse",
-}  # and subclasses
+    "JobConflict",
+    "InvalidJob",
+}  # and their subclasses (the job queue: REST and CLI only)
 ABSTRACT = {"StepRefused", "InvalidQuery"}
 
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from pydicom.uid import generate_uid
 
-from minipacs.bootstrap import open_archive, outbound
+from minipacs.bootstrap import job_queue, open_archive, outbound
 from minipacs.config import Settings
 from minipacs.core.archive import Archive
 from minipacs.core.metadata import MetadataStore
@@ -62,7 +62,7 @@ class Env:
     ctx: AppContext
     tmp: Path
 
-    async def job(self, job_id: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    async def job(self, job_id: int, headers: dict[str, str] | None = None) -> dict[str, Any]:
         for _ in range(400):
             r = await self.client.get(f"/api/jobs/{job_id}", headers=headers or {})
             assert r.status_code == 200
@@ -82,6 +82,12 @@ async def environment(tmp: Path, users: tuple[User, ...] = ()) -> AsyncIterator[
         connect_timeout=5.0,
         acse_timeout=5.0,
         dimse_timeout=10.0,
+        # a peer that is down: tried twice, quickly
+        job_max_attempts=2,
+        job_retry_seconds=0.05,
+        job_retry_max_seconds=0.1,
+        job_poll_seconds=0.05,
+        job_progress_seconds=0.05,
     )
     archive = await open_archive(settings)
     metadata = MetadataStore(archive)
@@ -117,13 +123,16 @@ async def environment(tmp: Path, users: tuple[User, ...] = ()) -> AsyncIterator[
     await remote.start()
     await remote_nodes.add(Node("MINIPACS", "127.0.0.1", ours.port))
     registered = await nodes.add(Node("REMOTE", "127.0.0.1", remote.port))
-    ctx = AppContext(settings, archive, metadata, nodes, outbound=outbound(settings, archive))
+    calls = outbound(settings, archive)
+    jobs = job_queue(settings, archive, nodes, calls)
+    await jobs.start()
+    ctx = AppContext(settings, archive, metadata, nodes, jobs=jobs, outbound=calls)
     transport = httpx.ASGITransport(app=create_app(ctx), client=("127.0.0.1", 5555))
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield Env(client, archive, nodes, remote_archive, registered, study, series, files, ctx, tmp)
     finally:
-        await ctx.jobs.close()
+        await jobs.close()
         await ours.close(grace=2.0)
         await remote.close(grace=2.0)
         await metadata.close()
@@ -232,6 +241,8 @@ def test_send_to_nobody_is_a_failed_job(tmp_path: Path) -> None:
         r = await env.client.post("/api/send", json={"node": gone.id, "level": "study", "uids": [env.study]})
         job = await env.job(r.json()["id"])
         assert job["state"] == "failed" and job["failed"] == 1 and "cannot send to 'GONE'" in job["message"]
+        assert job["attempts"] == 2 and "gave up after 2 attempt(s)" in job["message"], job
+        assert "cannot send to 'GONE'" in job["last_error"] and job["runner"] == env.ctx.jobs.runner  # type: ignore[union-attr]
 
     run(tmp_path, body)
 
@@ -316,8 +327,18 @@ def test_move_when_the_remote_does_not_know_us(tmp_path: Path) -> None:
     async def body(env: Env) -> None:
         env.ctx.settings = Settings(data_dir=env.tmp / "local", ae_title="STRANGER", connect_timeout=5.0)
         env.ctx.outbound = outbound(env.ctx.settings, env.archive)  # bootstrap gives the web how we call out
-        r = await env.client.post(f"/api/nodes/{env.remote.id}/retrieve", json={"level": "study", "uids": [env.study]})
-        job = await env.job(r.json()["id"])
+        ours = env.ctx.jobs
+        assert ours is not None
+        await ours.close()  # ... and the job queue its handlers, calling out as STRANGER
+        env.ctx.jobs = job_queue(env.ctx.settings, env.archive, env.nodes, env.ctx.outbound)
+        await env.ctx.jobs.start()
+        try:
+            r = await env.client.post(
+                f"/api/nodes/{env.remote.id}/retrieve", json={"level": "study", "uids": [env.study]}
+            )
+            job = await env.job(r.json()["id"])
+        finally:
+            await env.ctx.jobs.close()
         assert job["state"] == "failed" and "0xA801" in job["message"] and "STRANGER" in job["message"]
         assert await env.archive.count_instances() == 0
 
@@ -402,8 +423,9 @@ def test_broken_bodies(tmp_path: Path) -> None:
         for content in (b"not json", b"[]", b"\xff\xfe", b'"text"'):
             r = await env.client.post("/api/send", content=content)
             assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
-        r = await env.client.get("/api/jobs/0123456789abcdef")
-        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+        for missing in ("0123456789abcdef", "12345"):
+            r = await env.client.get(f"/api/jobs/{missing}")
+            assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
     run(tmp_path, body)
 

@@ -36,7 +36,6 @@ def run(tmp: Path, body: Callable[[httpx.AsyncClient, NodeRegistry], Awaitable[N
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
                 await body(client, nodes)
         finally:
-            await ctx.jobs.close()
             await metadata.close()
             await archive.close()
 

@@ -174,6 +174,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "changes",
     "check",
     "doctor",
+    "jobs",
 )
 
 

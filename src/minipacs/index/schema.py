@@ -250,12 +250,48 @@ class Change(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
 
 
+class JobRecord(Base):
+    """One background job (core/jobs.py): what to do (kind + JSON params), where it stands, who runs it.
+
+    The row is the truth for every node sharing the index: a runner claims a queued row (PostgreSQL:
+    ``FOR UPDATE SKIP LOCKED``), reports progress and a heartbeat into it, and reads back whether
+    someone asked it to stop."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_state_next_try_at", "state", "next_try_at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    description: Mapped[str] = mapped_column(Text())
+    params: Mapped[str] = mapped_column(Text())  # JSON object: the handler's input, enough to run it again
+    #: queued, running, done, failed, cancelled (core/jobs.py JobState).
+    state: Mapped[str] = mapped_column(String(16))
+    total: Mapped[int] = mapped_column(Integer())
+    done: Mapped[int] = mapped_column(Integer())
+    failed: Mapped[int] = mapped_column(Integer())
+    message: Mapped[str] = mapped_column(Text())  # where it stands, in words
+    details: Mapped[str] = mapped_column(Text())  # JSON object: the handler's results (failures, counts)
+    attempts: Mapped[int] = mapped_column(Integer())
+    max_attempts: Mapped[int] = mapped_column(Integer())
+    next_try_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    last_error: Mapped[str] = mapped_column(Text())
+    #: The minipacs node (process) that runs or last ran it: settings.node_name, else host:pid.
+    runner: Mapped[str] = mapped_column(String(255))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean())
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    started_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    #: The runner's last sign of life; a running row silent for job_stale_seconds is taken over.
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
 __all__ = [
     "Association",
     "Base",
     "Change",
     "Instance",
     "IntakeState",
+    "JobRecord",
     "Node",
     "Patient",
     "PerformedProcedureStep",

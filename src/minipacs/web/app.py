@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount
 
-from minipacs.web import dicomweb, rest, rest_diagnostics, rest_nodes, rest_worklist, ui
+from minipacs.web import dicomweb, rest, rest_diagnostics, rest_jobs, rest_nodes, rest_worklist, ui
 from minipacs.web.auth import Authenticator
 from minipacs.web.errors import exception_handlers
 from minipacs.web.headers import SecurityHeaders
@@ -39,7 +39,13 @@ def create_app(ctx: AppContext) -> Starlette:
         Mount("/dicom-web", routes=dicomweb.routes(), name="dicomweb"),
         Mount(
             "/api",
-            routes=[*rest_nodes.routes(), *rest_diagnostics.routes(), *rest_worklist.routes(), *rest.routes()],
+            routes=[
+                *rest_nodes.routes(),
+                *rest_diagnostics.routes(),
+                *rest_jobs.routes(),
+                *rest_worklist.routes(),
+                *rest.routes(),
+            ],
             name="api",
         ),
         Endpoint("/ohif", ohif_redirect, "GET", "read", "Redirect to the OHIF viewer"),

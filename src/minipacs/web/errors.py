@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from minipacs.config import Settings
 from minipacs.core import errors as core
 from minipacs.core.archive import ArchiveSettings
+from minipacs.core.jobs import InvalidJob, JobConflict
 from minipacs.core.nodes import InvalidNode
 from minipacs.core.retrieve import InvalidRetrieveIdentifier
 from minipacs.core.worklist import InvalidWorklistEntry
@@ -46,6 +47,8 @@ class HttpError(Exception):
 ERROR_TABLE: Final[Mapping[type[core.ArchiveError], tuple[int, str]]] = MappingProxyType(
     {
         core.NotFound: (404, "not_found"),
+        JobConflict: (409, "job_conflict"),
+        InvalidJob: (400, "invalid_job"),
         core.UnreadableInstance: (500, "unreadable_instance"),  # stored, but its file is broken: not the client's fault
         core.InvalidIdentifier: (400, "invalid_identifier"),
         core.InstanceMismatch: (400, "instance_mismatch"),

@@ -2,7 +2,8 @@
 
 A node is named in a URL or body by its registry id (``GET /api/nodes`` lists
 them), or by its AE title when exactly one node has that title. Sends and
-retrieves run as background jobs (core/jobs.py) watched at ``/api/jobs/{id}``;
+retrieves are jobs of the persistent queue (core/jobs.py, kinds in services/job_kinds.py) watched at
+``/api/jobs/{id}`` (web/rest_jobs.py);
 echo and query answer at once. Every call goes through the ONE outbound path
 (services/outbound.py, ``AppContext.outbound``, built by bootstrap): we call out
 as our own AE title (``settings.ae_title``), which is also the C-MOVE
@@ -22,14 +23,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from minipacs.core.errors import NotFound
-from minipacs.core.jobs import Job, JobFailed
+from minipacs.core.jobs import Job, JobQueue
 from minipacs.core.nodes import Node, NodeRegistry, format_permissions, node_from_mapping
 from minipacs.core.paths import validate_uid
-from minipacs.core.retrieve import MAX_KEYS, StoredInstance, select_instances
+from minipacs.core.retrieve import MAX_KEYS
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level, parse_level
+from minipacs.services.job_kinds import RETRIEVE, SEND, node_json, select_for_send
 from minipacs.services.outbound import (
     DEFAULT_KEYS,
-    MAX_CONTEXTS,
     AssociationLost,
     FindRequest,
     InvalidKeys,
@@ -38,11 +39,8 @@ from minipacs.services.outbound import (
     Outbound,
     OutboundError,
     RetrieveRequest,
-    RetrieveResult,
-    SendOutcome,
-    TooManyContexts,
 )
-from minipacs.services.status import FIND, GET, MOVE, describe
+from minipacs.services.status import FIND, describe
 from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
 from minipacs.web.routing import Endpoint
@@ -63,8 +61,6 @@ LEVELS: Final[Mapping[str, ApiLevel]] = {
     for s in LEVEL_SPELLINGS.values()
 }
 MAX_QUERY_RESULTS: Final = 10000
-#: Failures kept per job for the JSON (the counts are always complete).
-MAX_FAILURES_LISTED: Final = 100
 
 
 # ------------------------------------------------------------------ input
@@ -135,18 +131,6 @@ def _registry(context: AppContext) -> NodeRegistry:
     if context.nodes is None:
         raise HttpError(503, "no_registry", "the AE registry is not available in this process")
     return context.nodes
-
-
-def node_json(node: Node) -> dict[str, Any]:
-    return {
-        "id": node.id,
-        "ae_title": node.ae_title,
-        "host": node.host,
-        "port": node.port,
-        "description": node.description,
-        "permissions": sorted(node.permissions),
-        "tls": node.tls,
-    }
 
 
 def _outbound(context: AppContext) -> Outbound:
@@ -246,45 +230,17 @@ async def query(request: Request) -> Response:
     )
 
 
-# ------------------------------------------------------------------ send (C-STORE) as a job
+# ------------------------------------------------------------------ send and retrieve: jobs (services/job_kinds.py)
 
 
-def _fail(job: Job, uid: str, why: str) -> None:
-    job.failed += 1
-    failures = job.details.setdefault("failures", [])
-    if len(failures) < MAX_FAILURES_LISTED:
-        failures.append({"uid": uid, "reason": why})
+def _jobs(context: AppContext) -> JobQueue:
+    if context.jobs is None:
+        raise HttpError(503, "no_jobs", "background jobs (send, retrieve) are not available in this process")
+    return context.jobs
 
 
-async def _send(outbound: Outbound, node: Node, found: list[StoredInstance], job: Job) -> str:
-    usable = [i for i in found if not i.problem]
-    for instance in found:
-        if instance.problem:
-            _fail(job, instance.sop_instance_uid, instance.problem)
-
-    def count(outcome: SendOutcome) -> None:
-        if outcome.ok:
-            job.done += 1
-        else:
-            _fail(job, outcome.instance.sop_instance_uid, outcome.reason)
-
-    try:
-        await outbound.send(node, usable, progress=count)
-    except TooManyContexts as exc:
-        raise JobFailed(
-            f"these instances need {exc.needed} presentation contexts and one association allows "
-            f"{MAX_CONTEXTS}; send the series one by one"
-        ) from None
-    except NoAssociation as exc:
-        job.failed = job.total
-        raise JobFailed(f"cannot send to {node.label()}: {exc}") from None
-    except AssociationLost as exc:
-        job.failed = job.total - job.done
-        raise JobFailed(f"the association with {node.label()} broke off after {job.done} instance(s): {exc}") from None
-    said = f"sent {job.done} of {job.total} instance(s) to {node.label()}"
-    if job.failed and not job.done:
-        raise JobFailed(said + "; every one failed (see failures)")
-    return said + (f"; {job.failed} failed (see failures)" if job.failed else "")
+def _accepted(job: Job) -> Response:
+    return JSONResponse(job.to_dict(), status_code=202, headers={"Location": f"/api/jobs/{job.id}"})
 
 
 async def send(request: Request) -> Response:
@@ -292,53 +248,22 @@ async def send(request: Request) -> Response:
     context = ctx(request)
     body = await _body(request)
     node = await _resolve(_registry(context), body.get("node"))
-    outbound = _outbound(context)
+    _outbound(context)
+    queue = _jobs(context)
     level = _level(body.get("level"))
     values = _uids(body.get("uids"), level)
-    joined = "\\".join(values)
-    found = await select_instances(context.archive, level.qr_level, {level.unique_key: joined}, level.model)
+    params = {"node": node.id, "level": level.qr_level, "model": level.model, "key": level.unique_key, "uids": values}
+    found = await select_for_send(context.archive, params)
     if not found:
         raise NotFound(f"no stored instance matches {level.unique_key} {', '.join(values)[:200]}")
-
-    async def work(job: Job) -> str:
-        return await _send(outbound, node, found, job)
-
-    job = context.jobs.submit("send", f"send {len(found)} instance(s) to {node.label()}", work, total=len(found))
-    job.details["node"] = node_json(node)
-    return JSONResponse(job.to_dict(), status_code=202, headers={"Location": f"/api/jobs/{job.id}"})
-
-
-# ------------------------------------------------------------------ retrieve (C-MOVE / C-GET) as a job
-
-
-def _counted(job: Job, result: RetrieveResult) -> None:
-    job.done = result.completed + result.warning
-    job.failed = result.failed
-    job.total = max(job.total, job.done + job.failed + result.remaining)
-    job.details.update(completed=result.completed, warning=result.warning)
-
-
-async def _retrieve(
-    outbound: Outbound, node: Node, method: Literal["move", "get"], query: RetrieveRequest, job: Job
-) -> str:
-    try:
-        result = await outbound.retrieve(node, query, method=method, progress=lambda r: _counted(job, r))
-    except NoAssociation as exc:
-        raise JobFailed(f"cannot retrieve from {node.label()}: {exc}") from None
-    except AssociationLost as exc:
-        raise JobFailed(f"the retrieve from {node.label()} broke off: {exc}") from None
-    _counted(job, result)
-    job.details["failed_uids"] = result.failed_uids[:MAX_FAILURES_LISTED]
-    said = f"C-{method.upper()} from {node.label()}: {job.done} received, {job.failed} failed"
-    if result.status == 0 or (result.status == 0xB000 and job.done):
-        return said
-    meaning = describe(result.status, GET if method == "get" else MOVE)
-    hint = ""
-    if method == "move" and result.status == 0xA801:
-        hint = f"; {node.ae_title} must have us registered as {outbound.ae_title!r} to move images to us"
-    raise JobFailed(
-        f"{said}; it answered {meaning}" + (f" ({result.error_comment})" if result.error_comment else "") + hint
+    job = await queue.submit(
+        SEND,
+        f"send {len(found)} instance(s) to {node.label()}",
+        params,
+        total=len(found),
+        details={"node": node_json(node)},
     )
+    return _accepted(job)
 
 
 async def retrieve(request: Request) -> Response:
@@ -351,7 +276,8 @@ async def retrieve(request: Request) -> Response:
     """
     context = ctx(request)
     node = await _resolve(_registry(context), request.path_params["id"])
-    outbound = _outbound(context)
+    _outbound(context)
+    queue = _jobs(context)
     body = await _body(request)
     level = _level(body.get("level"))
     values = _uids(body.get("uids"), level)
@@ -364,35 +290,17 @@ async def retrieve(request: Request) -> Response:
         keys["StudyInstanceUID"] = validate_uid("StudyInstanceUID", str(body["study"]))
     keys[level.unique_key] = "\\".join(values)
     try:
-        query = RetrieveRequest.build(keys, level=level.qr_level, model=level.model)
+        RetrieveRequest.build(keys, level=level.qr_level, model=level.model)  # checked now, built again by the job
     except InvalidKeys as exc:  # pragma: no cover - the values were checked above
         raise HttpError(400, "invalid_uids", str(exc)) from None
-
-    async def work(job: Job) -> str:
-        return await _retrieve(outbound, node, method, query, job)
-
-    job = context.jobs.submit(
-        "retrieve", f"C-{method.upper()} {level.qr_level} {', '.join(values)[:120]} from {node.label()}", work
+    params = {"node": node.id, "method": method, "level": level.qr_level, "model": level.model, "keys": keys}
+    job = await queue.submit(
+        RETRIEVE,
+        f"C-{method.upper()} {level.qr_level} {', '.join(values)[:120]} from {node.label()}",
+        params,
+        details={"node": node_json(node)},
     )
-    job.details["node"] = node_json(node)
-    return JSONResponse(job.to_dict(), status_code=202, headers={"Location": f"/api/jobs/{job.id}"})
-
-
-# ------------------------------------------------------------------ jobs
-
-
-async def list_jobs(request: Request) -> Response:
-    return JSONResponse([job.to_dict() for job in ctx(request).jobs.list()])
-
-
-async def read_job(request: Request) -> Response:
-    job = ctx(request).jobs.get(request.path_params["id"])
-    if job is None:
-        raise NotFound(
-            f"no job {request.path_params['id'][:40]!r}; jobs are kept in memory until the server "
-            "restarts, and only the latest ones"
-        )
-    return JSONResponse(job.to_dict())
+    return _accepted(job)
 
 
 def routes() -> list[BaseRoute]:
@@ -413,14 +321,6 @@ def routes() -> list[BaseRoute]:
             "C-MOVE to us or C-GET from a node: {level, uids, method, study (series level: their study)} -> a job",
         ),
         Endpoint("/send", send, "POST", "write", "C-STORE stored instances to a node: {node, level, uids} -> a job"),
-        Endpoint("/jobs", list_jobs, "GET", "read", "Send and retrieve jobs, newest first"),
-        Endpoint(
-            "/jobs/{id}",
-            read_job,
-            "GET",
-            "read",
-            "One job: state, total, done, failed, message (retrieve jobs also completed, warning)",
-        ),
     ]
 
 

@@ -12,7 +12,7 @@ import uvicorn
 
 from minipacs.config import ConfigError, Settings
 from minipacs.core.archive import Archive
-from minipacs.core.jobs import JobManager
+from minipacs.core.jobs import JobQueue
 from minipacs.core.metadata import MetadataStore
 from minipacs.core.nodes import NodeRegistry
 from minipacs.services.outbound import Outbound
@@ -49,11 +49,10 @@ class HttpServer:
         server: _Server | None,
         task: asyncio.Task[None] | None,
         metadata: MetadataStore,
-        jobs: JobManager | None = None,
         renders: RenderPool | None = None,
         listener: HttpListener | None = None,
     ) -> None:
-        self.server, self.task, self.metadata, self.jobs = server, task, metadata, jobs
+        self.server, self.task, self.metadata = server, task, metadata
         self.renders, self.listener = renders, listener
 
     @property
@@ -68,15 +67,17 @@ class HttpServer:
         if self.server is not None and self.task is not None:
             self.server.should_exit = True
             await asyncio.gather(self.task, return_exceptions=True)
-        if self.jobs is not None:
-            await self.jobs.close()
         if self.renders is not None:
             self.renders.close()
         await self.metadata.close()
 
 
 async def start_http(
-    settings: Settings, archive: Archive, nodes: NodeRegistry | None, outbound: Outbound | None = None
+    settings: Settings,
+    archive: Archive,
+    nodes: NodeRegistry | None,
+    outbound: Outbound | None = None,
+    jobs: JobQueue | None = None,
 ) -> HttpServer:
     """Start metadata precomputation and, unless http_port is 0, the HTTP server. A port already in
     use stops the start-up with a sentence, as for the DICOM port: a server that comes up half is
@@ -89,7 +90,7 @@ async def start_http(
     metadata.attach()
     if not settings.http_port:
         return HttpServer(None, None, metadata)
-    context = AppContext(settings, archive, metadata, nodes, outbound=outbound)
+    context = AppContext(settings, archive, metadata, nodes, jobs=jobs, outbound=outbound)
     app = create_app(context)
     try:
         sock = socket.create_server(
@@ -130,7 +131,7 @@ async def start_http(
             settings.http_port,
             "" if settings.users or settings.tokens else " (no users configured: open to this machine)",
         )
-    return HttpServer(server, task, metadata, context.jobs, context.renders, listener)
+    return HttpServer(server, task, metadata, context.renders, listener)
 
 
 __all__ = ["HttpServer", "check_access", "start_http"]

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from minipacs.config import Settings
 from minipacs.core.archive import Archive
-from minipacs.core.jobs import JobManager
+from minipacs.core.jobs import JobQueue
 from minipacs.core.metadata import MetadataStore
 from minipacs.core.nodes import NodeRegistry
 from minipacs.services.outbound import Outbound
@@ -21,8 +21,9 @@ class AppContext:
     archive: Archive
     metadata: MetadataStore
     nodes: NodeRegistry | None = None
-    #: Background transfers (send, retrieve) started over HTTP.
-    jobs: JobManager = field(default_factory=JobManager)
+    #: The persistent job queue (core/jobs.py), built and run by bootstrap; None: the job
+    #: endpoints, send and retrieve answer 503.
+    jobs: JobQueue | None = None
     #: Echo, query, send and retrieve to other nodes (services/outbound.py), built by bootstrap;
     #: None: the /api/nodes/{id}/echo|query|retrieve and /api/send endpoints answer 503.
     outbound: Outbound | None = None

@@ -38,6 +38,7 @@ from minipacs.web.pages import json_tag_rows, may, path_for, person, render, tex
 from minipacs.web.routing import Endpoint, GuardedMount
 from minipacs.web.search import ascii_digits, search
 from minipacs.web.ui_diagnostics import diagnostics_page
+from minipacs.web.ui_jobs import jobs_page
 from minipacs.web.ui_remote import remote_page
 from minipacs.web.ui_worklist import worklist_page
 
@@ -560,6 +561,7 @@ def routes() -> list[BaseRoute]:
             "/remote", html_errors(remote_page), "GET", "read", "Page: query/retrieve another node", name="remote"
         ),
         Endpoint("/log", association_log, "GET", "read", "Page: the association log", name="log"),
+        Endpoint("/jobs", jobs_page, "GET", "read", "Page: background jobs, with live progress", name="jobs"),
         Endpoint(
             "/diagnostics",
             html_errors(diagnostics_page),

@@ -333,7 +333,7 @@
       const result = await api("GET", "/api/jobs/" + encodeURIComponent(id));
       if (result.status !== 200) return { state: "failed", done: 0, failed: 0, message: errorText(result) };
       onUpdate(result.data);
-      if (result.data.state === "done" || result.data.state === "failed") return result.data;
+      if (["done", "failed", "cancelled"].indexOf(result.data.state) >= 0) return result.data;
       await sleep(500);
     }
   }
@@ -436,7 +436,7 @@
         if (job.total) progress.value = (n + finished / job.total) / count;
         else if (n === 0) progress.removeAttribute("value");
         summary.textContent = (job.total ? finished + " of " + job.total + " instance(s)" :
-          (job.state === "queued" ? "waiting for a free slot" : "asking " + state.nodeLabel)) +
+          (job.state === "queued" ? (job.attempts ? job.message : "waiting for a free slot") : "asking " + state.nodeLabel)) +
           (count > 1 ? " (request " + (n + 1) + " of " + count + ")" : "") + "…";
       }
 
@@ -824,5 +824,72 @@
     window.addEventListener("resize", draw);
     window.minipacsViewer = { state: state, frames: frames, go: go, setWindow: setWindow, zoomBy: zoomBy };
     show();
+  }
+
+  // ------------------------------------------------------------ the Jobs page: live progress, cancel, retry
+  const jobsTable = document.getElementById("jobs");
+  if (jobsTable) jobsPage(jobsTable);
+
+  function jobsPage(table) {
+    const rows = table.tBodies[0];
+    const emptyBox = document.getElementById("jobs-empty");
+    const query = new URLSearchParams({ limit: table.dataset.limit || "100" });
+    if (table.dataset.state) query.append("state", table.dataset.state);
+
+    function cell(tr, text) { const td = document.createElement("td"); td.textContent = text; tr.appendChild(td); return td; }
+    function button(td, cls, label, id) {
+      const b = document.createElement("button");
+      b.type = "button"; b.className = cls; b.dataset.job = id; b.textContent = label;
+      td.appendChild(document.createTextNode(" ")); td.appendChild(b);
+    }
+    function row(job) {
+      const tr = document.createElement("tr");
+      tr.dataset.id = job.id; tr.className = job.state;
+      cell(tr, String(job.id));
+      cell(tr, (job.created_at || "").slice(0, 19).replace("T", " "));
+      cell(tr, job.kind);
+      cell(tr, job.description);
+      const badge = document.createElement("span");
+      badge.className = "badge " + job.state; badge.textContent = job.state;
+      cell(tr, "").appendChild(badge);
+      const progressCell = cell(tr, "");
+      const bar = document.createElement("progress");
+      bar.max = job.total || 1; bar.value = job.total ? (job.done || 0) + (job.failed || 0) : 0;
+      progressCell.appendChild(bar);
+      progressCell.appendChild(document.createTextNode(" " + (job.done || 0) + (job.total ? "/" + job.total : "") +
+        (job.failed ? " (" + job.failed + " failed)" : "")));
+      const said = cell(tr, job.message || "");
+      if (job.last_error && (job.message || "").indexOf(job.last_error) < 0) {
+        said.appendChild(document.createElement("br"));
+        const small = document.createElement("small");
+        small.textContent = "last error: " + job.last_error;
+        said.appendChild(small);
+      }
+      cell(tr, job.attempts + " of " + job.max_attempts);
+      cell(tr, job.runner || "");
+      const actions = cell(tr, "");
+      if (canWrite) {
+        if ((job.state === "queued" || job.state === "running") && !job.cancel_requested) button(actions, "job-cancel", "Cancel", job.id);
+        if (job.state === "failed" || job.state === "cancelled") button(actions, "job-retry", "Retry", job.id);
+        else if (job.state === "queued" && job.attempts) button(actions, "job-retry", "Retry now", job.id);
+      }
+      return tr;
+    }
+    async function refresh() {
+      const result = await api("GET", "/api/jobs?" + query.toString());
+      if (result.status !== 200 || !Array.isArray(result.data)) return;
+      rows.replaceChildren.apply(rows, result.data.map(row));
+      if (emptyBox) emptyBox.hidden = result.data.length > 0;
+    }
+    table.addEventListener("click", async function (event) {
+      const b = event.target.closest("button[data-job]");
+      if (!b) return;
+      const action = b.classList.contains("job-cancel") ? "cancel" : "retry";
+      b.disabled = true;
+      const result = await api("POST", "/api/jobs/" + encodeURIComponent(b.dataset.job) + "/" + action);
+      if (result.status >= 300) message("Job " + b.dataset.job + ": " + errorText(result), true);
+      await refresh();
+    });
+    window.setInterval(refresh, 2000);
   }
 })();

@@ -4,8 +4,8 @@ One row, id 1: the last intake-log record whose index rows are committed. At sta
 after it are ingested again (their commit was lost); records up to it only have their files
 checked. Also an index on ``instances.blob_key``, which that check and the orphan check use.
 
-Revision ID: 0014
-Revises: 0010
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-06
 """
 
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0014"
-down_revision: str | None = "0010"
+revision: str = "0012"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
