@@ -344,12 +344,16 @@ class Attack:
         self.times: dict[str, list[float]] = {}
         self.lock = threading.Lock()
         self.errors: Counter[str] = Counter()
+        #: (wall start, wall end) of every timed outcome, to see what was in flight when the good client was slow.
+        self.spans: list[tuple[float, float]] = []
 
     def count(self, outcome: str, seconds: float | None = None) -> None:
         with self.lock:
             self.outcomes[outcome] += 1
             if seconds is not None:
                 self.times.setdefault(outcome, []).append(seconds)
+                end = time.time()
+                self.spans.append((end - seconds, end))
 
     def summary(self) -> dict[str, Any]:
         with self.lock:
@@ -653,6 +657,35 @@ def _stats(values: list[float]) -> dict[str, float]:
     }
 
 
+#: Attacks made of timed requests (the others hold connections the whole time, so always "in flight").
+REQUEST_ATTACKS = ("wildcard", "bomb", "render", "stow")
+
+
+def slow_overlap(samples: list[list[Any]], attacks: dict[str, Attack], lo: float, hi: float) -> dict[str, Any]:
+    """For each good-client operation: of its answers slower than 100 ms during the attack, the share
+    that overlapped a request of each request-based attacker, next to the same share over all its
+    answers (the base rate). An attacker in flight far more often than its base rate drives the tail."""
+    out: dict[str, Any] = {}
+    for op in ("echo", "store", "find"):
+        rows = [(s[0] - s[2], s[0], s[2]) for s in samples if s[1] == op and lo <= s[0] < hi and s[3] == "ok"]
+        slow = [r for r in rows if r[2] > 0.100]
+        entry: dict[str, Any] = {"n": len(rows), "slow": len(slow)}
+        for name in REQUEST_ATTACKS:
+            if name not in attacks:
+                continue
+            spans = sorted(attacks[name].spans)
+
+            def busy(start: float, end: float, spans: list[tuple[float, float]] = spans) -> bool:
+                return any(a < end and b > start for a, b in spans)
+
+            entry[name] = {
+                "slow_share": round(sum(busy(r[0], r[1]) for r in slow) / len(slow), 2) if slow else None,
+                "base_share": round(sum(busy(r[0], r[1]) for r in rows) / len(rows), 2) if rows else None,
+            }
+        out[op] = entry
+    return out
+
+
 def tree_rss_kb(root: int) -> int:
     """VmRSS of ``root`` and all its descendants (kB)."""
     children: dict[int, list[int]] = {}
@@ -855,6 +888,7 @@ def main() -> int:
             "server_answering_after": after,
             "server_exit": rc,
             "attacks": {name: at.summary() for name, at in attacks.items()},
+            "slow_overlap": slow_overlap(g["samples"], attacks, t_attack, t_end),
             "zip_answer": cfg.get("zip_answer"),
             "target_p99_ms": 100,
             "target_rss_mb": 300,
@@ -885,6 +919,10 @@ def main() -> int:
             print(f"  {v:>6} x {k}{extra}")
         for k, v in summ["errors"].items():
             print(f"  {v:>6} x error {k}")
+    print("\ngood answers > 100 ms during the attack: share overlapping a request of ... (base rate)")
+    for op, entry in result["slow_overlap"].items():
+        shares = [f"{name} {v['slow_share']} ({v['base_share']})" for name, v in entry.items() if isinstance(v, dict)]
+        print(f"  {op:<6} {entry['slow']:>4} of {entry['n']:<5} " + ", ".join(shares))
     verdict_p99 = "PASS" if result["p99_pass"] else "MISSED"
     verdict_rss = "PASS" if result["rss_pass"] else "MISSED"
     print(f"\np99 < 100 ms: {verdict_p99} ({', '.join(f'{k} {v * 1000:.1f}' for k, v in p99s.items())} ms)")
