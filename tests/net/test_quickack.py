@@ -17,7 +17,6 @@ import statistics
 import struct
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -126,7 +125,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-def test_the_same_over_tls(pki: Certificates, tmp_path: Path) -> None:
+def test_the_same_over_tls(pki: Certificates) -> None:
     times = round_trips(
         server_context(str(pki.server.cert), str(pki.server.key), str(pki.ca)), client_context(str(pki.ca))
     )
