@@ -49,6 +49,15 @@ KEEPALIVE_INTERVAL = 10
 KEEPALIVE_COUNT = 6
 
 
+#: Linux's TCP_QUICKACK (None elsewhere), set again after every PDU we read. A peer with Nagle's
+#: algorithm on (pynetdicom's default, DCMTK without TCP_NODELAY=1) writes a request's command
+#: and its dataset as two PDUs and sends the second only once the first is acknowledged; a
+#: receiver with nothing to send yet delays that ACK (Linux: 40 ms or more), so every C-STORE
+#: and C-FIND waited ~45 ms on loopback (bench/RESULTS.md, "Nagle vs delayed ACK"). Setting the
+#: option sends a pending ACK at once; Linux clears it again by itself, hence once per PDU.
+QUICKACK: Final[int | None] = getattr(socket, "TCP_QUICKACK", None)
+
+
 def set_keepalive(sock: object) -> None:
     """SO_KEEPALIVE, with Linux/BSD/macOS idle, interval and count where the platform has them."""
     setsockopt = getattr(sock, "setsockopt", None)
@@ -184,6 +193,10 @@ class UpperLayer:
         transport = getattr(writer, "transport", None)  # (test doubles have none)
         self._write_high_water = transport.get_write_buffer_limits()[1] if transport is not None else 0
         sock = writer.get_extra_info("socket")
+        #: The TCP socket and option with which :meth:`_read_pdu` re-arms TCP_QUICKACK (None: not here).
+        self._quickack: tuple[socket.socket, int] | None = (
+            (sock, QUICKACK) if sock is not None and QUICKACK is not None else None
+        )
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             set_keepalive(sock)
@@ -369,6 +382,8 @@ class UpperLayer:
         except TimeoutError:
             self._framing_error(0, f"peer stalled for {self.timeouts.dimse:g}s inside a PDU")
             return None
+        if self._quickack is not None:
+            self._ack_now(*self._quickack)
         try:
             return decode_pdu(pdu_type, memoryview(body))
         except PDUError as exc:
@@ -377,6 +392,14 @@ class UpperLayer:
             self._abort_pdu = AAbort(2, exc.reason)
             self.event(Event.EVT19)
             return None
+
+    def _ack_now(self, sock: socket.socket, option: int) -> None:
+        """Acknowledge what we have read now, not after the delayed-ACK timer (see :data:`QUICKACK`)."""
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, option, 1)
+        except OSError as exc:  # e.g. already reset by the peer; not worth trying again
+            log.debug("%s cannot set TCP_QUICKACK: %s", self.label, exc)
+            self._quickack = None
 
     def rearm_read_timeout(self) -> None:
         """The user's idea of :meth:`UpperLayerUser.read_timeout` changed (a request was
