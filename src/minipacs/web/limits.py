@@ -203,6 +203,12 @@ class HttpListener:
                 self._refuse(conn)
                 continue
             try:
+                # asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, and an
+                # accepted socket of socket.create_server has proto 0: without this, a response
+                # written as headers then body waits for the client's delayed ACK (~40 ms) on
+                # every request of a kept-alive connection after the first.
+                if conn.family in (socket.AF_INET, socket.AF_INET6):
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 await loop.connect_accepted_socket(self.factory, conn)
             except OSError:
                 conn.close()
