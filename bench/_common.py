@@ -8,7 +8,8 @@ still running (the scripts call it on the way out, also on Ctrl-C / SIGTERM).
 The benchmarks measure the source tree they live in: importing this module puts
 ``<repo>/src`` first on ``sys.path`` and on ``PYTHONPATH`` (inherited by every
 ``minipacs`` subprocess, which runs as ``sys.executable -m minipacs.cli.main``),
-so an installed or editable minipacs elsewhere is not what gets measured.
+so an installed or editable minipacs elsewhere is not what gets measured
+(``MINIPACS_BENCH_SRC=/other/src`` measures another tree with the same scripts).
 
 Every DCMTK program and Orthanc gets ``TCP_NODELAY=1`` in its environment
 (``peer_env()``): DCMTK (and Orthanc, which uses DCMTK's network layer) keep
@@ -31,7 +32,9 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-SRC = REPO / "src"
+#: The minipacs sources measured: this checkout's, or MINIPACS_BENCH_SRC (e.g. an older commit's
+#: ``src/`` from ``git worktree add``, for a before/after comparison on the same machine).
+SRC = Path(os.environ.get("MINIPACS_BENCH_SRC") or REPO / "src").resolve()
 WORK = BENCH / "work"
 STORESCU = "/usr/bin/storescu"
 STORESCP = "/usr/bin/storescp"
@@ -339,10 +342,10 @@ def machine_info() -> dict[str, str]:
         out = subprocess.run([ORTHANC, "--version"], capture_output=True, text=True, timeout=10).stdout
         orthanc = out.splitlines()[0] if out else "?"
     commit = subprocess.run(
-        ["git", "-C", str(REPO), "log", "-1", "--format=%h %s"], capture_output=True, text=True, timeout=10
+        ["git", "-C", str(SRC), "log", "-1", "--format=%h %s"], capture_output=True, text=True, timeout=10
     ).stdout.strip()
     dirty = subprocess.run(
-        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no", "src"],
+        ["git", "-C", str(SRC), "status", "--porcelain", "--untracked-files=no", "."],
         capture_output=True,
         text=True,
         timeout=10,

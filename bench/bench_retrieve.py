@@ -10,7 +10,9 @@ Orthanc: ``minipacs store`` to its DICOM port). Then, each round, in rotated ord
   get   ``/usr/bin/getscu -S +B -od OUT -k ...`` (the images come back on the C-GET association)
 
 Wall time of the SCU process (start to exit) -> instances/s; the received count
-is checked. Median over rounds, and the ratio minipacs / Orthanc.
+is checked. Median over rounds, and the ratio minipacs / Orthanc. Every DCMTK program
+and Orthanc runs with ``TCP_NODELAY=1`` (runs before 2026-12-06 gave it to the SCUs
+and storescp only, not to Orthanc).
 Results: printed table, JSON in bench/work/results_retrieve.json.
 """
 
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -29,10 +30,20 @@ from pathlib import Path
 import pydicom
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import free_port, machine_info, minipacs_cmd, start_storescp, stop, wait_listening
-
-WORK = Path(__file__).resolve().parent / "work"
-ORTHANC = "/usr/sbin/Orthanc"
+from _common import (
+    ORTHANC,
+    WORK,
+    free_port,
+    machine_info,
+    minipacs_cmd,
+    peer_env,
+    spawn,
+    start_orthanc,
+    start_storescp,
+    stop,
+    stop_all,
+    wait_listening,
+)
 
 
 def study_uid(folder: Path) -> str:
@@ -46,61 +57,31 @@ def start_minipacs(run_dir: Path, data: Path, port: int, dest_port: int) -> subp
         'allow_unregistered = "echo,store,find,move,get"\n'
         f'[[nodes]]\nae_title = "STORESCP"\nhost = "127.0.0.1"\nport = {dest_port}\n'
     )
-    with open(run_dir / "minipacs.log", "wb") as fh:
-        proc = subprocess.Popen(
-            minipacs_cmd()
-            + [
-                "serve",
-                "--config",
-                str(cfg),
-                "--data",
-                str(data),
-                "--port",
-                str(port),
-                "--host",
-                "127.0.0.1",
-                "--aet",
-                "MINIPACS",
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    wait_listening(proc, port, timeout=60.0)
+    log = run_dir / "minipacs.log"
+    cmd = minipacs_cmd() + ["serve", "--config", str(cfg), "--data", str(data), "--port", str(port)]
+    proc = spawn(cmd + ["--host", "127.0.0.1", "--aet", "MINIPACS"], log, peer_env({"MINIPACS_HTTP_PORT": "0"}))
+    wait_listening(proc, port, timeout=60.0, log=log)
     return proc
 
 
-def start_orthanc(run_dir: Path, port: int, http_port: int, dest_port: int) -> subprocess.Popen[bytes]:
-    storage = run_dir / "orthanc-db"
-    config = {
-        "Name": "bench",
-        "StorageDirectory": str(storage),
-        "IndexDirectory": str(storage),
-        "DicomAet": "ORTHANC",
-        "DicomPort": port,
-        "HttpPort": http_port,
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "DicomCheckCalledAet": False,
-        "DicomAlwaysAllowStore": True,
-        "DicomAlwaysAllowGet": True,
-        "DicomAlwaysAllowMove": True,
-        "Plugins": [],
-        "StorageCompression": False,
-        "DicomModalities": {"dest": ["STORESCP", "127.0.0.1", dest_port]},
-    }
-    (run_dir / "orthanc.json").write_text(json.dumps(config))
-    with open(run_dir / "orthanc.log", "wb") as fh:
-        proc = subprocess.Popen([ORTHANC, str(run_dir / "orthanc.json")], stdout=fh, stderr=subprocess.STDOUT)
-    wait_listening(proc, port, timeout=60.0)
-    return proc
+def start_orthanc_peer(run_dir: Path, port: int, http_port: int, dest_port: int) -> subprocess.Popen[bytes]:
+    """Orthanc (no plugins, SQLite) that answers C-MOVE/C-GET and knows the storescp destination."""
+    return start_orthanc(
+        run_dir,
+        port,
+        http_port,
+        config={
+            "DicomAlwaysAllowGet": True,
+            "DicomAlwaysAllowMove": True,
+            "DicomModalities": {"dest": ["STORESCP", "127.0.0.1", dest_port]},
+        },
+    )
 
 
 def timed(cmd: list[str], log: Path) -> float:
     start = time.perf_counter()
     with open(log, "ab") as fh:
-        res = subprocess.run(
-            cmd, stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ, TCP_NODELAY="1"), check=False, timeout=1800
-        )
+        res = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=peer_env(), check=False, timeout=1800)
     took = time.perf_counter() - start
     if res.returncode != 0:
         raise RuntimeError(f"{cmd[0]} exited {res.returncode}; see {log}")
@@ -138,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         servers["minipacs"] = (start_minipacs(run_dir, data, port, dest_port), port, "MINIPACS")
         if Path(ORTHANC).exists():
             port, http = free_port(), free_port()
-            servers["orthanc"] = (start_orthanc(run_dir, port, http, dest_port), port, "ORTHANC")
+            servers["orthanc"] = (start_orthanc_peer(run_dir, port, http, dest_port), port, "ORTHANC")
             subprocess.run(
                 minipacs_cmd() + ["store", "--no-progress", "127.0.0.1", str(port), "-aec", "ORTHANC", str(data_set)],
                 check=True,
@@ -206,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for proc, _port, _aec in servers.values():
             stop(proc)
+        stop_all()
     summary = {name: {op: statistics.median(v) for op, v in ops.items()} for name, ops in results.items()}
     print(f"\n{expected} CT instances, median of {args.rounds} round(s), instances/s")
     print(f"{'target':<10} {'C-MOVE':>8} {'C-GET':>8}")

@@ -242,17 +242,32 @@ def start_server(server: str, port: int, run_dir: Path, database: str | None) ->
     return start_storescp(out, port, run_dir / "server.log", extra)
 
 
+def start_with_retry(server: str, run_dir: Path, database: str | None) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``server`` on a free port; again on another port (3 tries) only if the port was taken
+    between ``free_port()`` and the server's bind (other programs on the machine pick ports too)."""
+    for attempt in range(3):
+        port = free_port()
+        try:
+            return start_server(server, port, run_dir, database), port
+        except (RuntimeError, TimeoutError) as exc:
+            if "in use" not in str(exc) or attempt == 2:
+                raise
+            print(f"  {server}: port {port} was taken before the server bound it; trying another", flush=True)
+            shutil.rmtree(run_dir / "out", ignore_errors=True)
+            shutil.rmtree(run_dir / "orthanc-db", ignore_errors=True)
+    raise AssertionError("unreachable")
+
+
 def run_one(server: str, data: DataSet, run_dir: Path, rnd: int) -> dict[str, Any]:
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    port = free_port()
     aec = AET[family(server)]
     database = f"bench_{os.getpid()}_{data.name}_{rnd}_{server.replace('-', '_')}" if server.endswith("-pg") else None
     if database:
         _DATABASES.append(database)
     proc = None
     try:
-        proc = start_server(server, port, run_dir, database)
+        proc, port = start_with_retry(server, run_dir, database)
         if database and pg_table_count(database) == 0:
             raise RuntimeError(f"{server} is up but database {database} has no tables: is its index really there?")
         children = True
