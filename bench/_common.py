@@ -318,6 +318,28 @@ def sync_disk() -> None:
     subprocess.run([SYNC], check=False, timeout=120)
 
 
+def fsync_probe(n: int = 40, size: int = 9728) -> dict[str, float]:
+    """What a durable write costs on this disk right now: ``n`` x (pwrite ``size`` bytes at the
+    end of a file in WORK + fdatasync), median and 90th percentile in ms. Taken before and after a
+    benchmark, it shows how much of the spread is the disk (other work on the machine)."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    path = WORK / f".fsync-probe-{os.getpid()}"
+    block = os.urandom(size)
+    times = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for i in range(n):
+            start = time.perf_counter()
+            os.pwrite(fd, block, i * size)
+            os.fdatasync(fd)
+            times.append((time.perf_counter() - start) * 1000)
+    finally:
+        os.close(fd)
+        path.unlink()
+    times.sort()
+    return {"median_ms": times[len(times) // 2], "p90_ms": times[int(len(times) * 0.9)]}
+
+
 def machine_info() -> dict[str, str]:
     model = "?"
     with open("/proc/cpuinfo") as fh:

@@ -76,6 +76,7 @@ from _common import (
     count_files,
     cpu_seconds,
     free_port,
+    fsync_probe,
     machine_info,
     orthanc_pg_config,
     peer_env,
@@ -331,6 +332,11 @@ def _spread(values: list[float], fmt: str) -> str:
     return f"{format(med, fmt)} ({format(lo, fmt)}-{format(hi, fmt)})"
 
 
+def _ratio(values: list[float]) -> str:
+    med = statistics.median(values)
+    return f"**{med:.2f}x**" + (f" ({min(values):.2f}-{max(values):.2f})" if len(values) > 1 else "")
+
+
 def summarise(runs: list[dict[str, Any]], sets: list[str], servers: list[str]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for set_name in sets:
@@ -369,7 +375,15 @@ def markdown(result: dict[str, Any]) -> str:
     summary, runs = result["summary"], result["runs"]
     servers = [s for s in SERVERS + EXTRA_SERVERS if any(s in per["servers"] for per in summary.values())]
     ratio_names = [f"{a}/{b}" for a, b in RATIOS if any(f"{a}/{b}" in per["ratios"] for per in summary.values())]
-    lines = [
+    probe = result.get("fsync_probe")
+    disk = (
+        f"Disk: 9.5 kB pwrite + fdatasync {probe['start']['median_ms']:.2f} ms median "
+        f"({probe['start']['p90_ms']:.2f} p90) before the run, {probe['end']['median_ms']:.2f} "
+        f"({probe['end']['p90_ms']:.2f}) after."
+        if probe
+        else ""
+    )
+    lines = ([disk, ""] if disk else []) + [
         f"Instances/s, median (min-max) of {result['rounds']} round(s); ratios are per round (same round = "
         "closest in time): median (min-max).",
         "",
@@ -380,9 +394,7 @@ def markdown(result: dict[str, Any]) -> str:
         first = next(iter(per["servers"].values()))
         label = f"{set_name} ({first['count']}, {first['associations']} assoc.)"
         cells = [_spread(per["servers"][s]["per_s"], ".0f") if s in per["servers"] else "" for s in servers]
-        cells += [
-            f"**{_spread(per['ratios'][r]['per_round'], '.2f')}x**" if r in per["ratios"] else "" for r in ratio_names
-        ]
+        cells += [_ratio(per["ratios"][r]["per_round"]) if r in per["ratios"] else "" for r in ratio_names]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -443,7 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with `&`
     info = machine_info()
+    probe_start = fsync_probe()
     print(f"{info['date']}; {info['cpu']} x {info['nproc']}; kernel {info['kernel']}; load {info['loadavg']}")
+    print(f"disk: 9.5 kB pwrite + fdatasync {probe_start['median_ms']:.2f} ms median, {probe_start['p90_ms']:.2f} p90")
     print(f"minipacs from {info['source']}; {info['dcmtk']}; {info['orthanc']}", flush=True)
     runs: list[dict[str, Any]] = []
     started = time.time()
@@ -474,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "machine": info,
         "loadavg_end": Path("/proc/loadavg").read_text().split()[:3],
+        "fsync_probe": {"start": probe_start, "end": fsync_probe()},
         "seconds": time.time() - started,
         "rounds": rounds,
         "quick": args.quick,
