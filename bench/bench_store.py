@@ -106,6 +106,7 @@ RATIOS = (
     ("minipacs-pg", "minipacs"),
     ("minipacs", "storescp+sync"),
     ("minipacs-nofsync", "minipacs"),
+    ("minipacs-nofsync", "storescp"),
 )
 AET = {"minipacs": "MINIPACS", "orthanc": "ORTHANC", "storescp": "STORESCP"}
 STORESCU_TIMEOUT = 600.0
@@ -387,7 +388,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"Instances/s, median (min-max) of {result['rounds']} round(s); ratios are per round (same round = "
         "closest in time): median (min-max).",
         "",
-        "| set | " + " | ".join(servers) + " | " + " | ".join(r.replace("/", " / ") for r in ratio_names) + " |",
+        "| " + " | ".join(["set", *servers, *(r.replace("/", " / ") for r in ratio_names)]) + " |",
         "|---|" + "---:|" * (len(servers) + len(ratio_names)),
     ]
     for set_name, per in summary.items():
