@@ -10,7 +10,8 @@ Orthanc: ``minipacs store`` to its DICOM port). Then, each round, in rotated ord
   get   ``/usr/bin/getscu -S +B -od OUT -k ...`` (the images come back on the C-GET association)
 
 Wall time of the SCU process (start to exit) -> instances/s; the received count
-is checked. Median over rounds, and the ratio minipacs / Orthanc. Every DCMTK program
+is checked. Median over rounds, and the ratio minipacs / Orthanc; server CPU
+(utime+stime from /proc) per instance sent. Every DCMTK program
 and Orthanc runs with ``TCP_NODELAY=1`` (runs before 2026-12-06 gave it to the SCUs
 and storescp only, not to Orthanc).
 Results: printed table, JSON in bench/work/results_retrieve.json.
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     ORTHANC,
     WORK,
+    cpu_seconds,
     free_port,
     machine_info,
     minipacs_cmd,
@@ -126,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                 stdout=subprocess.DEVNULL,
             )
         results: dict[str, dict[str, list[float]]] = {name: {"move": [], "get": []} for name in servers}
+        #: server CPU (utime+stime, children included) per instance sent, ms
+        cpu: dict[str, dict[str, list[float]]] = {name: {"move": [], "get": []} for name in servers}
         names = list(servers)
         for rnd in range(args.rounds):
             order = names[rnd % len(names) :] + names[: rnd % len(names)]
@@ -134,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid}"]
                 out = run_dir / f"out-{name}"
                 dest = start_storescp(out, dest_port, run_dir / "storescp.log", ["-aet", "STORESCP"])
+                cpu0 = cpu_seconds(proc.pid, children=True)
                 try:
                     took = timed(
                         [
@@ -155,9 +160,11 @@ def main(argv: list[str] | None = None) -> int:
                     stop(dest)
                 if received(out) != expected:
                     raise RuntimeError(f"{name} move delivered {received(out)} of {expected}")
+                cpu[name]["move"].append((cpu_seconds(proc.pid, children=True) - cpu0) * 1000 / expected)
                 results[name]["move"].append(expected / took)
                 shutil.rmtree(out)
                 out.mkdir()
+                cpu0 = cpu_seconds(proc.pid, children=True)
                 took = timed(
                     [
                         "/usr/bin/getscu",
@@ -177,11 +184,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 if received(out) != expected:
                     raise RuntimeError(f"{name} get delivered {received(out)} of {expected}")
+                cpu[name]["get"].append((cpu_seconds(proc.pid, children=True) - cpu0) * 1000 / expected)
                 results[name]["get"].append(expected / took)
                 shutil.rmtree(out)
                 print(
                     f"round {rnd + 1} {name}: move {results[name]['move'][-1]:.0f}/s, "
-                    f"get {results[name]['get'][-1]:.0f}/s",
+                    f"get {results[name]['get'][-1]:.0f}/s; server CPU ms/instance move "
+                    f"{cpu[name]['move'][-1]:.2f}, get {cpu[name]['get'][-1]:.2f}",
                     flush=True,
                 )
     finally:
@@ -199,7 +208,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{summary['minipacs']['get'] / summary['orthanc']['get']:>7.2f}x"
         )
     (args.work / "results_retrieve.json").write_text(
-        json.dumps({"machine": machine_info(), "instances": expected, "rounds": results, "median": summary}, indent=2)
+        json.dumps(
+            {
+                "machine": machine_info(),
+                "instances": expected,
+                "rounds": results,
+                "median": summary,
+                "server_cpu_ms_per_instance": cpu,
+            },
+            indent=2,
+        )
     )
     return 0
 
