@@ -27,7 +27,6 @@ import concurrent.futures as cf
 import datetime as dt
 import io
 import json
-import os
 import random
 import shutil
 import statistics
@@ -44,13 +43,22 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-sys.path.insert(0, str(BENCH.parent / "src"))
-from _common import cpu_seconds, free_port, machine_info, minipacs_cmd, stop, wait_listening
+from _common import (
+    ORTHANC_DICOMWEB,
+    cpu_seconds,
+    free_port,
+    machine_info,
+    minipacs_cmd,
+    peer_env,
+    spawn,
+    start_orthanc,
+    stop,
+    stop_all,
+    wait_listening,
+)
 from bench_find import SURNAMES, build_index
 
 WORK = BENCH / "work"
-ORTHANC = "/usr/sbin/Orthanc"
-PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 DATE_QUERY = "StudyDate=20240101-20240131&limit=100"
 
 
@@ -118,42 +126,25 @@ def load_orthanc(base: str, studies: int, workers: int = 4) -> float:
     return time.perf_counter() - start
 
 
-def start_orthanc(run_dir: Path, port: int, http_port: int) -> subprocess.Popen[bytes]:
-    storage = run_dir / "orthanc-db"
-    config = {
-        "Name": "bench",
-        "StorageDirectory": str(storage),
-        "IndexDirectory": str(storage),
-        "DicomAet": "ORTHANC",
-        "DicomPort": port,
-        "HttpPort": http_port,
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "DicomCheckCalledAet": False,
-        "DicomAlwaysAllowStore": True,
-        "Plugins": [PLUGIN],
-        "StorageCompression": False,
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-    }
-    (run_dir / "orthanc.json").write_text(json.dumps(config))
-    with open(run_dir / "orthanc.log", "wb") as fh:
-        proc = subprocess.Popen([ORTHANC, str(run_dir / "orthanc.json")], stdout=fh, stderr=subprocess.STDOUT)
-    wait_listening(proc, http_port, timeout=60.0)
-    wait_listening(proc, port, timeout=60.0)
-    return proc
+def start_orthanc_web(run_dir: Path, port: int, http_port: int) -> subprocess.Popen[bytes]:
+    """Orthanc (SQLite index) with the Debian DICOMweb plugin (orthanc-dicomweb) and nothing else."""
+    if not ORTHANC_DICOMWEB.exists():
+        raise SystemExit(f"{ORTHANC_DICOMWEB} missing: apt-get install orthanc-dicomweb")
+    return start_orthanc(
+        run_dir,
+        port,
+        http_port,
+        plugins=[ORTHANC_DICOMWEB],
+        config={"DicomWeb": {"Enable": True, "Root": "/dicom-web/"}},
+    )
 
 
 def start_minipacs(run_dir: Path, data: Path, port: int, http_port: int) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, MINIPACS_HTTP_PORT=str(http_port), MINIPACS_LOG_LEVEL="WARNING")
-    with open(run_dir / "minipacs.log", "wb") as fh:
-        proc = subprocess.Popen(
-            minipacs_cmd()
-            + ["serve", "--data", str(data), "--port", str(port), "--host", "127.0.0.1", "--aet", "MINIPACS"],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    wait_listening(proc, http_port, timeout=120.0)
+    env = peer_env({"MINIPACS_HTTP_PORT": str(http_port), "MINIPACS_LOG_LEVEL": "WARNING"})
+    log = run_dir / "minipacs.log"
+    cmd = minipacs_cmd() + ["serve", "--data", str(data), "--port", str(port), "--host", "127.0.0.1"]
+    proc = spawn(cmd + ["--aet", "MINIPACS"], log, env)
+    wait_listening(proc, http_port, timeout=120.0, log=log)
     return proc
 
 
@@ -241,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minipacs: {args.studies} studies + CT loaded in {info['minipacs_load_s']:.1f} s", flush=True)
         # Orthanc: POST the same studies, C-STORE the CT study
         o_port, o_http = free_port(), free_port()
-        servers["orthanc"] = (start_orthanc(run_dir, o_port, o_http), f"http://127.0.0.1:{o_http}/dicom-web")
+        servers["orthanc"] = (start_orthanc_web(run_dir, o_port, o_http), f"http://127.0.0.1:{o_http}/dicom-web")
         base = f"http://127.0.0.1:{o_http}"
         info["orthanc_version"] = httpx.get(f"{base}/system").json().get("Version")
         plugins = httpx.get(f"{base}/plugins/dicom-web").json()
@@ -324,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for proc, _root in servers.values():
             stop(proc)
+        stop_all()
 
     out: dict[str, Any] = {"machine": machine_info(), "info": info, "counts": counts, "rounds": res}
     med = {

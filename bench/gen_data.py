@@ -3,6 +3,8 @@
 
   ct/     N instances (default 1000) of 512x512x16-bit CT, ~0.5 MB each
   small/  2000 instances of 64x64x16-bit (secondary-capture-like MR)
+  store-small-500/  500 x 64x64 (~9.5 kB each) in 4 subfolders p0..p3 (bench_store.py)
+  store-ct-200/     200 x 512x512 CT (~0.5 MB each) (bench_store.py; --quick: 100 and 40)
 
 Explicit VR Little Endian, one study / one series per set, a realistic header.
 The header is built once with pydicom; per instance only the UIDs and
@@ -94,15 +96,19 @@ def base_dataset(modality: str, sop_class: str, rows: int, cols: int, study_uid:
 
 
 def count_dcm(folder: Path) -> int:
-    return sum(1 for p in folder.glob("*.dcm")) if folder.is_dir() else 0
+    return sum(1 for p in folder.rglob("*.dcm")) if folder.is_dir() else 0
 
 
-def generate(folder: Path, count: int, modality: str, sop_class: str, rows: int, cols: int, seed: int) -> None:
+def generate(
+    folder: Path, count: int, modality: str, sop_class: str, rows: int, cols: int, seed: int, parts: int = 1
+) -> None:
+    """``count`` instances in ``folder``; with ``parts`` > 1 split in order into subfolders
+    ``p0`` .. ``p{parts-1}`` (one per parallel association of bench_store.py)."""
     if count_dcm(folder) == count:
         print(f"{folder}: {count} instances present, skipping")
         return
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.dcm"):
+    for old in folder.rglob("*.dcm"):
         old.unlink()
     start = time.perf_counter()
     pixels = pixel_bytes(rows, cols, seed)
@@ -125,7 +131,9 @@ def generate(folder: Path, count: int, modality: str, sop_class: str, rows: int,
         meta.ImplementationClassUID = IMPL_UID
         meta.ImplementationVersionName = "MINIPACS_BENCH"
         ds.file_meta = meta
-        ds.save_as(folder / f"{n:05d}.dcm", enforce_file_format=True)
+        target = folder / f"p{(n - 1) * parts // count}" if parts > 1 else folder
+        target.mkdir(exist_ok=True)
+        ds.save_as(target / f"{n:05d}.dcm", enforce_file_format=True)
     took = time.perf_counter() - start
     print(f"{folder}: wrote {count} instances of {rows}x{cols} in {took:.1f} s")
 
@@ -138,7 +146,36 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     generate(args.work / "ct", args.ct, "CT", CT_IMAGE_STORAGE, 512, 512, 1)
     generate(args.work / "small", args.small, "MR", MR_IMAGE_STORAGE, 64, 64, 2)
+    for folder, count, kind in store_sets(args.work, quick=False).values():
+        generate_kind(folder, count, kind)
     return 0
+
+
+#: bench_store.py's sets: (subfolder, count, kind) -- full run, then --quick.
+STORE_SETS = {
+    "small": ("store-small-{n}", 500, "small"),
+    "ct": ("store-ct-{n}", 200, "ct"),
+}
+STORE_SETS_QUICK = {"small": 100, "ct": 40}
+#: Associations (storescu processes) per bench_store.py set; "small4" sends the small set's files.
+STORE_PARTS = 4
+
+
+def store_sets(work: Path = WORK, quick: bool = False) -> dict[str, tuple[Path, int, str]]:
+    """bench_store.py's data: name -> (folder, instance count, kind). The small folder is split
+    into STORE_PARTS subfolders so the parallel set can give each association a quarter."""
+    out = {}
+    for name, (pattern, count, kind) in STORE_SETS.items():
+        n = STORE_SETS_QUICK[name] if quick else count
+        out[name] = (work / pattern.format(n=n), n, kind)
+    return out
+
+
+def generate_kind(folder: Path, count: int, kind: str) -> None:
+    if kind == "ct":
+        generate(folder, count, "CT", CT_IMAGE_STORAGE, 512, 512, 1)
+    else:
+        generate(folder, count, "MR", MR_IMAGE_STORAGE, 64, 64, 2, parts=STORE_PARTS)
 
 
 if __name__ == "__main__":

@@ -31,47 +31,19 @@ def render() -> str:
         "",
     ]
     store = _load("results_store.json")
-    if store:
+    if store and "machine" in store:
+        from bench_store import markdown
+
+        m = store["machine"]
         lines += [
-            f"## C-STORE throughput (median of {store['rounds']} rounds, order rotated each round)",
+            f"## C-STORE throughput (`bench_store.py`, {store['rounds']} rounds, order rotated each round)",
             "",
-            "| set | target | median wall s | instances/s | server CPU s | minipacs / target (median; per round) |",
-            "|---|---|---:|---:|---:|---|",
+            f"Run {m['date']}, load average {m['loadavg']} at the start, {' '.join(store['loadavg_end'])} at the end;"
+            f" minipacs from {m['source']}; {m['orthanc']}.",
+            "",
+            markdown(store),
+            "",
         ]
-        for set_name, per in store["summary"].items():
-            ratios = per.get("ratios", {})
-            for target, s in per.items():
-                if target == "ratios":
-                    continue
-                r = ratios.get(target)
-                rtxt = "" if r is None else f"**{r['median']:.2f}x** ({', '.join(f'{x:.2f}' for x in r['per_round'])})"
-                lines.append(
-                    f"| {set_name} ({s['count']}) | {target} | {s['median_seconds']:.2f} | "
-                    f"{s['median_per_s']:.1f} | {s['median_server_cpu_s']:.2f} | {rtxt} |"
-                )
-        lines += [
-            "",
-            "All runs:",
-            "",
-            "| set | round | target | wall s | instances/s | server CPU s |",
-            "|---|---:|---|---:|---:|---:|",
-        ]
-        for r in store["runs"]:
-            lines.append(
-                f"| {r['set']} | {r['round']} | {r['target']} | {r['seconds']:.2f} | {r['per_s']:.1f} | "
-                f"{r['server_cpu_s']:.2f} |"
-            )
-        lines.append("")
-        for set_name, per in store["summary"].items():
-            r = per.get("ratios", {}).get("storescp")
-            if r:
-                met = r["median"] >= 0.8
-                short = "" if met else f"; needs {0.8 / r['median']:.1f}x more throughput to reach 0.8x"
-                lines.append(
-                    f"- target >= 0.8x storescp on **{set_name}**: "
-                    f"{'MET' if met else 'MISSED'} ({r['median']:.2f}x{short})"
-                )
-        lines.append("")
     mem = _load("results_memory.json")
     if mem:
         lines += [
