@@ -678,18 +678,30 @@ class Archive:
         try:
             self._transaction(batch, pending, results, stale_keys)
         except Exception as exc:  # noqa: BLE001 - one job spoiled the batch: retry each on its own
+            # Each job is tried again on its own, with the cached study/series keys forgotten: a job
+            # may have spoiled the batch, or another process on the same index (a second node on one
+            # PostgreSQL) may have inserted the same instance, study or series between our read and
+            # our insert (a unique violation), or deleted a series whose key we cached (a foreign-key
+            # violation); the next try sees its commit and applies the duplicate policy.
             self._keys.clear()
             if len(pending) > 1:
                 log.info("index batch of %d failed (%s); retrying job by job", len(pending), exc)
-                for index in pending:
+            alone = len(pending) == 1  # the batch's failure was already this job's first try
+            for index in pending:
+                failure: Exception | None = exc if alone else None
+                for _ in range(1 if alone else 2):
+                    if isinstance(failure, OSError):
+                        break  # a disk error: trying again will not help
                     try:
                         self._transaction(batch, [index], results, stale_keys)
                     except Exception as single:  # noqa: BLE001 - this job's own failure
                         self._keys.clear()
-                        results[index] = _as_failure(single)
-            else:
-                for index in pending:
-                    results[index] = _as_failure(exc)
+                        failure = single
+                    else:
+                        failure = None
+                        break
+                if failure is not None:
+                    results[index] = _as_failure(failure)
         for index, job in enumerate(batch):
             # A committed STORED/REPLACED file was renamed into storage; any other is still in staging.
             if isinstance(job, _IngestJob) and not _moved_into_storage(results[index]):

@@ -1,0 +1,87 @@
+"""Two archives (two nodes) on one index: what one commits between the other's read and insert.
+
+Issue 11 items 2 and 3: the same SOP Instance UIDs sent to two nodes at the same moment under
+``duplicate_policy=keep`` answered 0x0110 (a unique-key violation), and a node whose cached series
+key a delete on the other node had removed failed its next C-STORE into that series (a foreign-key
+violation). The writer now tries such a job again on its own with its caches forgotten; the second
+try sees the other node's commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from minipacs.bootstrap import open_archive
+from minipacs.config import Settings
+from minipacs.core.archive import Archive
+from minipacs.core.delete import delete_resource
+from minipacs.core.model import StoreStatus
+from tests.core.test_archive import DICOM, stage
+from tests.dicomgen import ExplicitVRLittleEndian, encode_dataset, generate_uid, make_ct
+from tests.index.pg import postgres_schema_url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'shared.sqlite3'}"
+    else:
+        with postgres_schema_url() as url:
+            yield url
+
+
+async def _two(tmp_path: Path, url: str) -> tuple[Archive, Archive]:
+    first = await open_archive(Settings(data_dir=tmp_path / "a", index_url=url))
+    second = await open_archive(Settings(data_dir=tmp_path / "b", index_url=url))
+    return first, second
+
+
+async def _ingest(archive: Archive, ds: Any) -> Any:
+    return await archive.ingest(
+        stage(archive, ds, ExplicitVRLittleEndian, encode_dataset(ds, ExplicitVRLittleEndian)), DICOM
+    )
+
+
+def test_a_series_deleted_on_another_node_is_created_again(tmp_path: Path, shared_url: str) -> None:
+    study, series = generate_uid(), generate_uid()
+
+    async def main() -> None:
+        a, b = await _two(tmp_path, shared_url)
+        try:
+            assert (await _ingest(a, make_ct(study, series, generate_uid()))).status is StoreStatus.STORED
+            await delete_resource(b, "study", study)  # a still caches the series' key
+            again = make_ct(study, series, generate_uid())
+            assert (await _ingest(a, again)).status is StoreStatus.STORED
+            assert await a.get_instance_path(again.SOPInstanceUID)  # each node here has its own storage
+            assert await a.count_instances() == 1
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.postgres
+def test_the_same_instances_sent_to_two_nodes_at_once_are_kept_once(tmp_path: Path) -> None:
+    study, series = generate_uid(), generate_uid()
+    items = [make_ct(study, series, generate_uid()) for _ in range(40)]
+
+    async def main(url: str) -> None:
+        a, b = await _two(tmp_path, url)
+        try:
+            outcomes = await asyncio.gather(*(_ingest(node, ds) for ds in items for node in (a, b)))
+            statuses = [o.status for o in outcomes]
+            assert statuses.count(StoreStatus.STORED) == 40
+            assert statuses.count(StoreStatus.DUPLICATE_KEPT) == 40
+            assert await a.count_instances() == 40
+        finally:
+            await a.close()
+            await b.close()
+
+    with postgres_schema_url() as url:
+        asyncio.run(main(url))
