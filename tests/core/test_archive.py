@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import re
 import threading
 from collections.abc import Callable
@@ -456,3 +457,43 @@ def test_a_database_error_reaches_the_peer_without_its_sql() -> None:
     assert isinstance(failure, ArchiveError)
     assert "INSERT" not in str(failure) and "1.2.3" not in str(failure)
     assert "IntegrityError" in str(failure) and "server log" in str(failure)
+
+
+def test_a_restart_of_the_folder_owner_leaves_another_nodes_transfers_alone(tmp_path: Path) -> None:
+    """Issue 11 item 1: two processes on one data folder; the one holding its lock restarts while the
+    other receives. The other stages in a folder of its own, which only its own end (or, once it
+    is gone, the next owner's start) removes."""
+    from minipacs.config import Settings
+    from minipacs.core.archive import PRIVATE_PREFIX, _make_private_folders
+
+    settings = Settings(data_dir=tmp_path / "d")
+    ds = make_ct("1.2.826.7", "1.2.826.7.1", "1.2.826.7.1.1")
+
+    async def body() -> None:
+        owner = await open_archive(settings)
+        other = await open_archive(settings)  # a second open file description: the lock is taken
+        assert owner.owns_data_dir and not other.owns_data_dir
+        assert other.staging_dir.name.startswith(PRIVATE_PREFIX)
+        inflight = other.open_staging(ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian, "MODALITY")
+        await owner.close()
+        restarted = await open_archive(settings)  # takes the lock and cleans what is no one's
+        try:
+            assert restarted.owns_data_dir and inflight.path.exists()
+            inflight.write(encode_dataset(ds, ExplicitVRLittleEndian))
+            outcome = await other.ingest(inflight.finish(), DICOM)
+            assert outcome.status is StoreStatus.STORED
+            private = other.staging_dir
+            await other.close()
+            assert not private.exists()  # a clean end removes its folders
+            # a process that died: its folders are locked by no one, and the next owner removes them
+            staging, _ready, fd = _make_private_folders(restarted.settings.data_dir)
+            (staging / "dead.part").write_bytes(b"x")
+            os.close(fd)
+        finally:
+            await restarted.close()
+        last = await open_archive(settings)
+        await last.close()
+        assert not staging.exists()
+        assert leftover_transfers(settings.data_dir) == []
+
+    asyncio.run(body())

@@ -220,6 +220,59 @@ def _take_recovery_lock(data_dir: Path) -> int | None:
     return fd
 
 
+#: A process that does not hold RECOVERY_LOCK (a second node on one data folder, `minipacs import`
+#: next to a server) stages in staging/<this>/ and ready/<this>/, flocking staging/<this>/PRIVATE_LOCK;
+#: the lock holder's start removes only such folders whose lock it can take (their process is gone).
+PRIVATE_PREFIX: Final = "node-"
+PRIVATE_LOCK: Final = ".lock"
+
+
+def _make_private_folders(data_dir: Path) -> tuple[Path, Path, int]:
+    name = f"{PRIVATE_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
+    staging, ready = data_dir / "staging" / name, data_dir / READY_DIR / name
+    building = data_dir / "staging" / f".{name}"  # not yet a name the cleaner looks at
+    building.mkdir()
+    fd = os.open(building / PRIVATE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new and ours: never contended
+    ready.mkdir()
+    os.rename(building, staging)  # locked before the cleaner can see it
+    return staging, ready, fd
+
+
+def _remove_private_folders(staging: Path, ready: Path) -> int:
+    removed = 0
+    for folder in (staging, ready):
+        for entry in folder.iterdir() if folder.is_dir() else ():
+            entry.unlink(missing_ok=True)
+            removed += entry.name != PRIVATE_LOCK
+        folder.rmdir()
+    return removed
+
+
+def _remove_dead_private_folders(data_dir: Path) -> int:
+    """Remove the private staging folders of processes that are gone; return the files removed."""
+    removed = 0
+    for staging in (data_dir / "staging").glob(PRIVATE_PREFIX + "*"):
+        try:
+            fd = os.open(staging / PRIVATE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its process is alive: its transfers are its own
+            removed += _remove_private_folders(staging, data_dir / READY_DIR / staging.name)
+        finally:
+            os.close(fd)
+    for ready in (data_dir / READY_DIR).glob(PRIVATE_PREFIX + "*"):  # its staging half already gone
+        if not (data_dir / "staging" / ready.name).exists():
+            for entry in ready.iterdir():
+                entry.unlink(missing_ok=True)
+            ready.rmdir()
+    return removed
+
+
 def _as_failure(exc: BaseException) -> Exception:
     """What a job that failed in the writer reports: always an ArchiveError. Its message reaches peers
     (a DIMSE Error Comment, an HTTP body), so an OSError's file name is left out of it and logged."""
@@ -281,10 +334,19 @@ class Archive:
     """The storage half of the archive core. Start it with ``await Archive.start(settings, index, blobs)``
     (bootstrap.open_archive builds the index and blob store from the configuration)."""
 
-    def __init__(self, settings: ArchiveSettings, index: IndexDatabase, blobs: BlobStore) -> None:
+    def __init__(
+        self,
+        settings: ArchiveSettings,
+        index: IndexDatabase,
+        blobs: BlobStore,
+        *,
+        private: tuple[Path, Path, int] | None = None,
+    ) -> None:
         self.settings = settings
         self.blobs = blobs
-        self.staging_dir = settings.data_dir / "staging"
+        #: (staging, ready, lock fd) of a process that does not own the data folder (see start()).
+        self._private = private
+        self.staging_dir = private[0] if private is not None else settings.data_dir / "staging"
         self._index = index
         self._index_writer = index.writer()
         self._queue: queue.SimpleQueue[WriterJob | None] = queue.SimpleQueue()
@@ -292,7 +354,7 @@ class Archive:
         self._keys = _KeyCache()
         self._stats = IngestStats()
         self._closed = False
-        self._staging_pool = StagingPool(settings.data_dir / READY_DIR)
+        self._staging_pool = StagingPool(private[1] if private is not None else settings.data_dir / READY_DIR)
         self._recovery_lock: int | None = None
         self._intake: IntakeLog | None = None  # set by start() when this process owns the data folder
         self._committed_lsn = 0  # the last intake record whose rows are committed (writer thread)
@@ -319,29 +381,33 @@ class Archive:
 
         use_log = settings.fsync and settings.intake_inline_max_bytes > 0
 
-        def prepare() -> tuple[int | None, IntakeLog | None, list[IntakeRecord]]:
+        def prepare() -> tuple[int | None, IntakeLog | None, list[IntakeRecord], tuple[Path, Path, int] | None]:
             staging_dir.mkdir(parents=True, exist_ok=True)
             (data_dir / READY_DIR).mkdir(exist_ok=True)
             lock = _take_recovery_lock(data_dir)
             intake: IntakeLog | None = None
             pending: list[IntakeRecord] = []
+            private: tuple[Path, Path, int] | None = None
             if lock is not None:
                 removed = remove_leftovers(staging_dir) + remove_leftovers(data_dir / READY_DIR)
+                removed += _remove_dead_private_folders(data_dir)
                 if removed:
                     log.info("removed %d unacknowledged file(s) left in %s", removed, staging_dir)
                 # The log is replayed even when it is now turned off: it may hold acknowledged instances.
                 if use_log or (data_dir / INTAKE_DIR).is_dir():
                     intake, pending = IntakeLog.open(data_dir / INTAKE_DIR, settings.intake_segment_bytes)
             else:
+                private = _make_private_folders(data_dir)
                 log.info(
-                    "another minipacs process is using %s; leaving staging/ to it and flushing each "
-                    "instance on its own (no intake log)",
+                    "another minipacs process is using %s; staging in %s, and flushing each instance on "
+                    "its own (no intake log)",
                     data_dir,
+                    private[0].name,
                 )
-            return lock, intake, pending
+            return lock, intake, pending, private
 
-        lock, intake, pending = await asyncio.to_thread(prepare)
-        archive = cls(replace(settings, data_dir=data_dir), index, blobs)
+        lock, intake, pending, private = await asyncio.to_thread(prepare)
+        archive = cls(replace(settings, data_dir=data_dir), index, blobs, private=private)
         archive._recovery_lock = lock
         archive._intake = intake
         if intake is not None:
@@ -374,6 +440,11 @@ class Archive:
         if self._intake is not None:
             self._intake.close()
         await asyncio.to_thread(self._staging_pool.close)
+        if self._private is not None:
+            staging, ready, fd = self._private
+            self._private = None
+            await asyncio.to_thread(_remove_private_folders, staging, ready)
+            os.close(fd)
         if self._recovery_lock is not None:
             os.close(self._recovery_lock)  # releases the flock
             self._recovery_lock = None
