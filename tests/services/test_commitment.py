@@ -134,9 +134,21 @@ def test_bad_requests_are_refused(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_report_on_new_association_to_registered_node(tmp_path: Path) -> None:
+def test_report_on_new_association_to_registered_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The requester releases at once; the report comes on an association we open, proposing
-    the SCP role for the commitment class (PS3.7 D.3.3.4), to the node registered for its title."""
+    the SCP role for the commitment class (PS3.7 D.3.3.4), to the node registered for its title.
+    The check waits for the release, so the report cannot race it onto the requesting association
+    (whose requester, here, binds no report handler)."""
+    from minipacs.services import commitment
+
+    released = threading.Event()
+    real_check = commitment.check_commitment
+
+    async def check_after_release(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.to_thread(released.wait, 15)
+        return await real_check(*args, **kwargs)
+
+    monkeypatch.setattr(commitment, "check_commitment", check_after_release)
     reports = Reports()
     port = free_port()
     modality = AE(ae_title="CT01")
@@ -150,7 +162,10 @@ def test_report_on_new_association_to_registered_node(tmp_path: Path) -> None:
             status, _reply = assoc.send_n_action(ds, 1, COMMIT_CLASS, COMMIT_INSTANCE)
             return int(status.Status)
 
-        return with_scu(server_port, body, [COMMIT_CLASS])  # no report handler: it releases right away
+        try:
+            return with_scu(server_port, body, [COMMIT_CLASS])  # no report handler: it releases right away
+        finally:
+            released.set()
 
     async def main() -> None:
         async with serving(tmp_path) as app:
