@@ -10,6 +10,7 @@ try sees the other node's commit.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,37 @@ def test_the_same_instances_sent_to_two_nodes_at_once_are_kept_once(tmp_path: Pa
             assert statuses.count(StoreStatus.STORED) == 40
             assert statuses.count(StoreStatus.DUPLICATE_KEPT) == 40
             assert await a.count_instances() == 40
+        finally:
+            await a.close()
+            await b.close()
+
+    with postgres_schema_url() as url:
+        asyncio.run(main(url))
+
+
+@pytest.mark.postgres
+def test_of_two_racing_final_n_sets_on_two_nodes_the_second_is_refused(tmp_path: Path) -> None:
+    """Issue 11 item 5, PS3.4 F.7: COMPLETED on one node and DISCONTINUED on the other at the same
+    moment; once the first is final, the second is refused (0xA710 at the DIMSE level)."""
+    from minipacs.core.mpps import ProcedureSteps, StepClosed
+    from minipacs.core.worklist import Worklist
+    from tests.modality import mpps_create, mpps_final
+
+    async def main(url: str) -> None:
+        a, b = await _two(tmp_path, url)
+        try:
+            on_a, on_b = ProcedureSteps(a, Worklist(a)), ProcedureSteps(b, Worklist(b))
+            for n in range(10):
+                study, step = f"1.2.826.0.1.3680043.9.7{n}{os.getpid()}", generate_uid()
+                await on_a.create(step, mpps_create(study))
+                done = mpps_final(f"{study}.1", [])
+                stopped = mpps_final(f"{study}.1", [], status="DISCONTINUED")
+                results = await asyncio.gather(on_a.set(step, done), on_b.set(step, stopped), return_exceptions=True)
+                refused = [r for r in results if isinstance(r, StepClosed)]
+                accepted = [r for r in results if not isinstance(r, BaseException)]
+                assert len(accepted) == 1 and len(refused) == 1, results
+                final = await on_b.get(step)
+                assert final is not None and final.status == accepted[0].status
         finally:
             await a.close()
             await b.close()

@@ -416,17 +416,20 @@ class ProcedureSteps:
         """PS3.4 F.7.2.2 N-SET: only an IN PROGRESS step, only settable attributes, F.7 transitions."""
 
         def update(conn: IndexConnection) -> Step:
-            row = repo.mpps_row(conn, sop_instance_uid)
-            if row is None:
-                raise NoSuchStep(f"no MPPS {sop_instance_uid} was created here (N-CREATE it first)")
-            step = _step(row)
-            status = validate_set(step.status, changes, step.dataset)
-            merged = _merge(step.dataset, changes)
-            repo.update_mpps(
-                conn,
-                sop_instance_uid,
-                {"status": status, "referenced": "\\".join(referenced_instances(merged)), "dataset": to_text(merged)},
-            )
+            while True:  # PS3.4 F.7: of two N-SETs racing on two nodes, the second sees the first's result
+                row = repo.mpps_row(conn, sop_instance_uid)
+                if row is None:
+                    raise NoSuchStep(f"no MPPS {sop_instance_uid} was created here (N-CREATE it first)")
+                step = _step(row)
+                status = validate_set(step.status, changes, step.dataset)
+                merged = _merge(step.dataset, changes)
+                values = {
+                    "status": status,
+                    "referenced": "\\".join(referenced_instances(merged)),
+                    "dataset": to_text(merged),
+                }
+                if repo.update_mpps(conn, sop_instance_uid, values, was=row):
+                    break
             if status != step.status and status in _STEP_CHANGES:
                 record(
                     conn,

@@ -82,12 +82,19 @@ def insert_mpps(conn: Connection, values: Mapping[str, Any]) -> int:
     return int(pk[0]) if pk else 0
 
 
-def update_mpps(conn: Connection, sop_instance_uid: str, values: Mapping[str, Any]) -> None:
-    conn.execute(
-        update(_MPPS)
-        .where(_MPPS.c.sop_instance_uid == sop_instance_uid)
-        .values(**values, updated_at=dt.datetime.now(dt.UTC))
-    )
+def update_mpps(
+    conn: Connection, sop_instance_uid: str, values: Mapping[str, Any], *, was: Mapping[str, Any] | None = None
+) -> bool:
+    """Update the step; with ``was`` (its row as read), only if its status and dataset are still those:
+    False when another writer (another node on the same index) changed it since. On PostgreSQL the
+    second of two concurrent updates waits for the first's commit, then sees the new row."""
+    statement = update(_MPPS).where(_MPPS.c.sop_instance_uid == sop_instance_uid)
+    if was is not None:
+        statement = statement.where(
+            _MPPS.c.status.is_not_distinct_from(was["status"]), _MPPS.c.dataset.is_not_distinct_from(was["dataset"])
+        )
+    result = conn.execute(statement.values(**values, updated_at=dt.datetime.now(dt.UTC)))
+    return bool(result.rowcount)
 
 
 def completed_mpps(conn: Connection, study_instance_uid: str | None = None) -> list[dict[str, Any]]:
