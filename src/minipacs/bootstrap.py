@@ -158,10 +158,12 @@ class App:
     nodes_watch: asyncio.Task[None] | None = None
     #: Looks for new findings in the association log every settings.diagnostics_interval seconds.
     diagnostics_watch: asyncio.Task[None] | None = None
+    #: Looks for studies whose procedure step another node completed (core/mpps.py ``watch``).
+    completion_watch: asyncio.Task[None] | None = None
 
     async def close(self, grace: float = 5.0) -> None:
         await self.jobs.close()  # running jobs go back to the queue while the index is still open
-        for task in (self.nodes_watch, self.diagnostics_watch):
+        for task in (self.nodes_watch, self.diagnostics_watch, self.completion_watch):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -259,7 +261,10 @@ async def build_app(settings: Settings) -> App:
     )
     watch = asyncio.ensure_future(registry.watch(settings.nodes_refresh))
     findings = asyncio.ensure_future(watch_diagnostics(settings, archive, registry))
-    return App(settings, archive, server, registry, access, job_queue(settings, archive, registry), watch, findings)
+    completion = asyncio.ensure_future(steps.watch(settings.completion_recheck_seconds))
+    return App(
+        settings, archive, server, registry, access, job_queue(settings, archive, registry), watch, findings, completion
+    )
 
 
 async def watch_diagnostics(settings: Settings, archive: Archive, registry: NodeRegistry) -> None:

@@ -95,6 +95,9 @@ class Settings:
     intake_inline_max_bytes: int = 1 * MiB
     #: Size of one intake-log segment file (data/intake/); the first ones are smaller.
     intake_segment_bytes: int = 16 * MiB
+    #: Every this many seconds, studies whose procedure step is COMPLETED but not yet marked complete
+    #: are checked again (a step completed on another node sharing the index).
+    completion_recheck_seconds: float = 5.0
     #: Most seconds between intake-log checkpoints while instances arrive.
     intake_checkpoint_seconds: float = 1.0
     #: A checkpoint also starts after this many bytes of log records.
@@ -245,6 +248,8 @@ class Settings:
             raise ConfigError("intake_inline_max_bytes must be 0 (no intake log) to 67108864 (64 MiB)")
         if not 1 * MiB <= self.intake_segment_bytes <= 1024 * MiB:
             raise ConfigError("intake_segment_bytes must be 1 MiB to 1 GiB")
+        if not 0 < self.completion_recheck_seconds <= 86400:
+            raise ConfigError("completion_recheck_seconds must be more than 0 and at most 86400")
         if not 0 < self.intake_checkpoint_seconds <= 3600:
             raise ConfigError("intake_checkpoint_seconds must be more than 0 and at most 3600")
         if self.intake_checkpoint_bytes < 1 * MiB:

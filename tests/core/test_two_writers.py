@@ -117,3 +117,41 @@ def test_of_two_racing_final_n_sets_on_two_nodes_the_second_is_refused(tmp_path:
 
     with postgres_schema_url() as url:
         asyncio.run(main(url))
+
+
+def test_a_study_completed_by_mpps_on_another_node_is_marked_complete(tmp_path: Path, shared_url: str) -> None:
+    """Issue 11 item 4: MPPS N-CREATE on A, N-SET COMPLETED on B, the instances stored via A: A never
+    knew the step was completed (B's waiting list is B's memory); A's periodic re-check finds it."""
+    from minipacs.core.mpps import ProcedureSteps
+    from minipacs.core.worklist import Worklist
+    from minipacs.index import worklist_repo
+    from tests.modality import mpps_create, mpps_final
+
+    study = f"1.2.826.0.1.3680043.9.8{os.getpid()}"
+    series = f"{study}.1"
+    sops = [f"{series}.{n}" for n in range(3)]
+
+    async def main() -> None:
+        a, b = await _two(tmp_path, shared_url)
+        on_a, on_b = ProcedureSteps(a, Worklist(a)), ProcedureSteps(b, Worklist(b))
+        a.on_stored.append(on_a.instance_stored)
+        watch = asyncio.ensure_future(on_a.watch(0.05))
+        try:
+            step = generate_uid()
+            await on_a.create(step, mpps_create(study))
+            await on_b.set(step, mpps_final(series, sops))  # B waits for the instances; A does not know
+            for sop in sops:
+                assert (await _ingest(a, make_ct(study, series, sop))).status is StoreStatus.STORED
+            await on_a.drain()
+            for _ in range(100):
+                if study in await a.read(worklist_repo.completed_studies):
+                    break
+                await asyncio.sleep(0.05)
+            assert study in await a.read(worklist_repo.completed_studies)
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+            await a.close()
+            await b.close()
+
+    asyncio.run(main())

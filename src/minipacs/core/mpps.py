@@ -359,6 +359,10 @@ def _study_complete(conn: IndexConnection, study_uid: str) -> tuple[str, int] | 
     return done[-1].sop_instance_uid, len(set(wanted))
 
 
+#: How far back :meth:`ProcedureSteps.watch` looks for steps another node completed.
+RECHECK_WINDOW: Final = dt.timedelta(days=1)
+
+
 class ProcedureSteps:
     """MPPS instances in the index: create, set, and the study completion they lead to."""
 
@@ -491,15 +495,24 @@ class ProcedureSteps:
         )
         return True
 
-    async def resume(self) -> None:
-        """At start-up: studies with a COMPLETED step that were not yet complete wait again."""
-
-        def pending(conn: IndexConnection) -> set[str]:
-            done = repo.completed_studies(conn)
-            return {str(r["study_instance_uid"]) for r in repo.completed_mpps(conn)} - set(done)
-
-        for study in await self.index.read(pending):
+    async def resume(self, since: dt.datetime | None = None) -> None:
+        """At start-up (and every ``completion_recheck_seconds`` after, :meth:`watch`): studies with a
+        COMPLETED step (changed ``since``) that are not yet complete are checked, and wait for their
+        instances."""
+        for study in await self.index.read(lambda conn: repo.studies_awaiting_completion(conn, since)):
             await self.check_study(study)
+
+    async def watch(self, interval: float) -> None:
+        """Several nodes on one index: a step completed by N-SET on another node, with the instances
+        arriving here (or already here), is found within ``interval`` seconds; until then it waits
+        in that node's memory only."""
+        while True:
+            await asyncio.sleep(interval)
+            try:  # steps completed in the last day: older ones wait for their instances on this node's
+                # own arrivals (and at the next start), so years of never-complete studies cost nothing
+                await self.resume(dt.datetime.now(dt.UTC) - RECHECK_WINDOW)
+            except ArchiveError as exc:
+                log.warning("study completion re-check failed (%s); trying again in %g s", exc, interval)
 
     def instance_stored(self, outcome: StoreOutcome) -> None:
         """``Archive.on_stored`` listener: a set lookup unless the study is waiting for instances."""

@@ -132,6 +132,21 @@ def mark_study_complete(conn: Connection, study_instance_uid: str, mpps_uid: str
     return True
 
 
+def studies_awaiting_completion(conn: Connection, since: dt.datetime | None = None) -> list[str]:
+    """Studies with a COMPLETED procedure step that are not marked complete (their instances have not
+    all arrived, or another node completed the step and this one does not know yet); ``since``: only
+    steps changed since then."""
+    marked = select(_DONE.c.study_instance_uid)
+    query = (
+        select(_MPPS.c.study_instance_uid)
+        .where(_MPPS.c.status == "COMPLETED", _MPPS.c.study_instance_uid.not_in(marked))
+        .distinct()
+    )
+    if since is not None:
+        query = query.where(_MPPS.c.updated_at >= since)
+    return [str(uid) for (uid,) in conn.execute(query) if uid]
+
+
 def completed_studies(conn: Connection) -> dict[str, dt.datetime]:
     rows = conn.execute(select(_DONE.c.study_instance_uid, _DONE.c.completed_at).order_by(_DONE.c.id))
     return {str(uid): at for uid, at in rows}
