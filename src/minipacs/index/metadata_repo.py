@@ -37,6 +37,8 @@ def store(conn: Connection, rows: Sequence[tuple[str, str]]) -> None:
     """Keep (SOP Instance UID, JSON text) pairs, replacing what was kept for those instances."""
     if not rows:
         return
+    # one order for every writer: two nodes storing overlapping sets lock their rows in the same order
+    rows = sorted(rows)
     conn.execute(delete(_TABLE).where(_TABLE.c.sop_instance_uid.in_([uid for uid, _ in rows])))
     now = dt.datetime.now(dt.UTC)
     conn.execute(insert(_TABLE), [{"sop_instance_uid": uid, "json": text, "created_at": now} for uid, text in rows])
