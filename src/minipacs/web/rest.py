@@ -23,6 +23,7 @@ from minipacs.core.paths import validate_uid
 from minipacs.core.retrieve import select_instances
 from minipacs.core.stats import storage_figures
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
+from minipacs.services.job_kinds import node_json
 from minipacs.web import completion
 from minipacs.web.dicomweb import ctx, root_url
 from minipacs.web.errors import HttpError, redact
@@ -305,18 +306,6 @@ async def stats(request: Request) -> Response:
     )
 
 
-def _node_json(node: Any) -> dict[str, Any]:
-    return {
-        "id": node.id,
-        "ae_title": node.ae_title,
-        "host": node.host,
-        "port": node.port,
-        "description": node.description,
-        "permissions": sorted(node.permissions),
-        "tls": node.tls,
-    }
-
-
 def _registry(request: Request) -> Any:
     registry = ctx(request).nodes
     if registry is None:
@@ -325,7 +314,7 @@ def _registry(request: Request) -> Any:
 
 
 async def list_nodes(request: Request) -> Response:
-    return JSONResponse([_node_json(n) for n in await _registry(request).list()])
+    return JSONResponse([node_json(n) for n in await _registry(request).list()])
 
 
 async def add_node(request: Request) -> Response:
@@ -336,7 +325,7 @@ async def add_node(request: Request) -> Response:
     if not isinstance(raw, dict):
         raise HttpError(400, "invalid_json", "the body must be a JSON object (ae_title, host, port, ...)")
     node = await _registry(request).add(node_from_mapping(raw))
-    return JSONResponse(_node_json(node), status_code=201)
+    return JSONResponse(node_json(node), status_code=201)
 
 
 async def remove_node(request: Request) -> Response:
