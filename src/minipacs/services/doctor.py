@@ -55,6 +55,7 @@ from minipacs.net.association import AssociationRejected
 from minipacs.services import doctor_verdicts as words
 from minipacs.services.outbound import (
     QR_SYNTAXES,
+    Address,
     FindRequest,
     NoAssociation,
     Outbound,
@@ -673,7 +674,7 @@ async def check_listener(
 ) -> ListenerReport:
     """Connect to our own ``name`` listener (``host`` 0.0.0.0 / :: as loopback); a DICOM one is C-ECHOed as well."""
     target = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
-    me = _Ours(doctor.outbound.ae_title, target, port, tls)
+    me = Address(doctor.outbound.ae_title, target, port, tls)  # our own listener, by address
     start = time.perf_counter()
     step = await doctor._connect(me)
     if step.outcome == FAILED:
@@ -689,17 +690,6 @@ async def check_listener(
             name, target, port, True, (time.perf_counter() - start) * 1000, f"our {name} answers: {echo.verdict}"
         )
     return ListenerReport(name, target, port, True, step.ms, f"our {name} accepts connections on port {port}")
-
-
-@dataclass(frozen=True)
-class _Ours:
-    ae_title: str
-    host: str
-    port: int
-    tls: bool = False
-
-    def label(self) -> str:
-        return f"{self.ae_title!r} at {self.host}:{self.port}"
 
 
 async def check_nodes(
