@@ -96,3 +96,33 @@ def test_a_page_matches_keys_of_the_levels_above(qa: QueryArchive) -> None:
     studies = {uid.rsplit(".", 1)[0] for _pk, uid in rows}
     assert studies == {STUDY_UIDS["A1"], STUDY_UIDS["A_2"]}  # Doe^John and DOE^JANE, two series each
     assert len(rows) == 4
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_the_writer_commits_without_waiting_only_when_asked(dialect: str, tmp_path: Path) -> None:
+    """IndexWriter.transaction(durable=False) is for the intake log's batches (core/intake.py): only
+    they commit without waiting for the disk; any other transaction waits, also right after them, and
+    a connection goes back to the pool as it came."""
+    from contextlib import ExitStack
+
+    from sqlalchemy import text
+
+    from tests.index.pg import postgres_schema_url
+
+    with ExitStack() as stack:
+        url = (
+            f"sqlite:///{tmp_path / 'i.sqlite3'}" if dialect == "sqlite" else stack.enter_context(postgres_schema_url())
+        )
+        index = IndexDatabase.open(url)
+        writer = index.writer()
+        show = "PRAGMA synchronous" if dialect == "sqlite" else "SHOW synchronous_commit"
+        waits = {"sqlite": "2", "postgres": "on"}[dialect]  # FULL is 2
+        seen = []
+        for durable in (True, False, False, True, False, True):
+            with writer.transaction(durable=durable) as conn:
+                seen.append((durable, str(conn.execute(text(show)).scalar())))
+        assert all((value == waits) == durable for durable, value in seen), seen
+        writer.close()
+        with index.engine.connect() as conn:
+            assert str(conn.execute(text(show)).scalar()) in (waits, "1" if dialect == "sqlite" else waits)
+        index.dispose()

@@ -110,6 +110,7 @@ class IndexWriter:
         self._sqlite = engine.dialect.name == "sqlite"
         self._durable_setting = "FULL" if fsync else "NORMAL"
         self._synchronous: str | None = None  # the SQLite connection's setting; None: not known
+        self._pg_async = False  # PostgreSQL: synchronous_commit is off for this connection's session
 
     @contextmanager
     def transaction(self, *, durable: bool = True) -> Iterator[IndexConnection]:
@@ -124,6 +125,7 @@ class IndexWriter:
         if self._conn is None or self._conn.closed:
             self._conn = self._engine.connect().execution_options(**{WRITER_OPTION: True})
             self._synchronous = None
+            self._pg_async = False
         conn = self._conn
         if self._sqlite:
             wanted = self._durable_setting if durable else "NORMAL"
@@ -133,8 +135,14 @@ class IndexWriter:
                 self._synchronous = wanted
         try:
             with conn.begin():
-                if not durable and not self._sqlite:
-                    conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+                # PostgreSQL: the setting of the more frequent kind (logged ingests) is the session's,
+                # so only the other kind pays a statement (a round trip) to change it
+                if not self._sqlite and durable == self._pg_async:
+                    if durable:
+                        conn.exec_driver_sql("SET LOCAL synchronous_commit TO ON")
+                    else:
+                        conn.exec_driver_sql("SET synchronous_commit TO OFF")  # the session, from its commit
+                        self._pg_async = True
                 yield conn
         except Exception:
             self.close()
@@ -142,6 +150,14 @@ class IndexWriter:
 
     def close(self) -> None:
         if self._conn is not None:
+            try:
+                if self._pg_async and not self._conn.invalidated:
+                    # back to the pool as it came out of it: no other user commits without waiting
+                    self._conn.exec_driver_sql("RESET synchronous_commit")
+                    self._conn.commit()
+            except Exception:  # noqa: BLE001 - broken: the pool discards it
+                pass
+            self._pg_async = False
             try:
                 self._conn.close()
             except Exception:  # noqa: BLE001 - it is broken anyway
