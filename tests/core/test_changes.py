@@ -268,3 +268,17 @@ def test_deleting_an_instance_withdraws_completion_until_it_is_sent_again(on_arc
         assert kinds == ["StudyComplete"] * 3  # first, after the unreferenced deletion, after the re-send
 
     on_archive(body)
+
+
+def test_an_empty_page_stays_at_since_even_if_rows_commit_between_its_two_statements(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The journal's highest seq is a second statement: rows another node committed after the first
+    one are visible to it. Answering it as ``last`` made a paging reader skip them (issue 11 item 6)."""
+    from minipacs.core import changes
+
+    monkeypatch.setattr(changes.journal_repo, "changes_after", lambda conn, since, limit: [])
+    monkeypatch.setattr(changes.journal_repo, "last_seq", lambda conn: 57)  # 50-57 committed meanwhile
+    assert read_changes(None, 50, 10) == ([], 50, True)  # type: ignore[arg-type]
+    # a reader past the journal's end still learns where it ends (another journal, e.g. restored)
+    assert read_changes(None, 90, 10) == ([], 57, True)  # type: ignore[arg-type]

@@ -144,7 +144,10 @@ def read_changes(conn: IndexConnection, since: int = 0, limit: int = DEFAULT_LIM
             kept = found[:index]  # done: nothing more in order now (come back for the rest)
             return kept, kept[-1].seq if kept else since, not kept
         expected = change.seq + 1
-    last = found[-1].seq if found else last_seq(conn)
+    # Nothing after ``since``: stay there. The journal's highest seq is read by a second statement,
+    # which may already see rows committed since the first: answering it would skip them. It only
+    # tells a reader whose ``since`` is past the end that the journal is not the one it was reading.
+    last = found[-1].seq if found else min(since, last_seq(conn))
     return found, last, len(rows) <= limit
 
 
