@@ -13,7 +13,7 @@ from minipacs.blobs.filesystem import FilesystemBlobStore
 from minipacs.config import ConfigError, Settings
 from minipacs.core.access import AccessPolicy, AccessRules
 from minipacs.core.archive import Archive, ArchiveSettings
-from minipacs.core.jobs import JobQueue, JobSettings
+from minipacs.core.jobs import JobQueue, JobSettings, default_runner
 from minipacs.core.mpps import ProcedureSteps
 from minipacs.core.nodes import NodeRegistry, calling_host_warning
 from minipacs.core.worklist import Worklist
@@ -116,6 +116,7 @@ def archive_settings(settings: Settings) -> ArchiveSettings:
         intake_segment_bytes=settings.intake_segment_bytes,
         intake_checkpoint_seconds=settings.intake_checkpoint_seconds,
         intake_checkpoint_bytes=settings.intake_checkpoint_bytes,
+        node_name=settings.node_name or default_runner(),
     )
 
 

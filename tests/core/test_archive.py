@@ -373,8 +373,10 @@ def test_associations_are_recorded_and_listed_newest_first(with_archive: Run) ->
         assert listed[0].operations == [{"op": "C-STORE", "status": 0}]
         assert listed[0].contexts == [{"abstract_syntax": CT_IMAGE_STORAGE, "result": 0}]
         assert listed[0].started_at == start + dt.timedelta(minutes=2)
+        # issue 11 item 8: each association names the node that saw it (node_name, else host:pid)
+        assert {r.node for r in listed} == {"PACS-A"}
 
-    with_archive(body)
+    with_archive(body, node_name="PACS-A")
 
 
 def test_unknown_instance_is_not_found(with_archive: Run) -> None:

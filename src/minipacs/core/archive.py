@@ -106,6 +106,7 @@ class ArchiveSettings:
     intake_segment_bytes: int = 16 << 20  # size of one intake-log segment file
     intake_checkpoint_seconds: float = 1.0  # most time between checkpoints while instances arrive
     intake_checkpoint_bytes: int = 64 << 20  # a checkpoint starts after this many logged bytes
+    node_name: str = ""  # this node in the association log (several nodes share one index)
 
     @property
     def dataset_limits(self) -> DatasetLimits:
@@ -664,6 +665,7 @@ class Archive:
     async def record_association(self, rec: AssociationRecord) -> int:
         """Insert (``rec.id`` None) or update the record; returns its id."""
         values = {name: getattr(rec, name) for name in repo.ASSOCIATION_FIELDS}
+        values["node"] = rec.node or self.settings.node_name
         return await self.write(lambda conn: repo.save_association(conn, values, rec.id))
 
     async def list_associations(self, limit: int = 100) -> list[AssociationRecord]:

@@ -64,6 +64,7 @@ class AssociationRecord:
     tls: str = ""  # DICOM TLS: "" plain TCP, "TLSv1.3" etc., "failed" for a failed handshake
     tls_peer: str = ""  # the peer certificate's subject, "CN=...,O=..."
     user_identity: str = ""  # the User Identity username (never the passcode)
+    node: str = ""  # the minipacs node that saw it (set by Archive.record_association when empty)
     id: int | None = None
 
     @property

@@ -248,6 +248,7 @@ ASSOCIATION_FIELDS: Final = (
     "tls",
     "tls_peer",
     "user_identity",
+    "node",
 )
 _JSON_FIELDS: Final = frozenset({"contexts", "operations"})
 

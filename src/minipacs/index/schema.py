@@ -161,6 +161,8 @@ class Association(Base):
     tls_peer: Mapped[str] = mapped_column(Text(), default="", server_default="")
     #: The User Identity username (PS3.7 D.3.3.7), "name (not checked)" when dicom_user_identity = ignore.
     user_identity: Mapped[str] = mapped_column(String(), default="", server_default="")
+    #: The minipacs node that saw it (``node_name``, else host:pid): several nodes share one index.
+    node: Mapped[str] = mapped_column(String(), default="", server_default="")
 
 
 class Node(Base):
