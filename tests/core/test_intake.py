@@ -287,3 +287,54 @@ def test_record_crc_covers_metadata_and_data(tmp_path: Path) -> None:
     _magic, _lsn, length, crc = __import__("struct").unpack_from("<4sQII", raw)
     assert zlib.crc32(raw[20 : 20 + length]) == crc
     assert isinstance(IntakeRecord(1, {}, b""), IntakeRecord)
+
+
+MiB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("key", "good", "bad"),
+    [
+        ("intake_inline_max_bytes", 0, -1),
+        ("intake_inline_max_bytes", 64 * MiB, 64 * MiB + 1),
+        ("intake_segment_bytes", MiB, MiB - 1),
+        ("intake_segment_bytes", 1024 * MiB, 1024 * MiB + 1),
+        ("intake_checkpoint_seconds", 0.001, 0),
+        ("intake_checkpoint_seconds", 3600, 3600.5),
+        ("intake_checkpoint_bytes", MiB, MiB - 1),
+        ("completion_recheck_seconds", 0.001, 0),
+        ("completion_recheck_seconds", 86400, 86401),
+    ],
+)
+def test_intake_settings_at_their_limits(key: str, good: Any, bad: Any) -> None:
+    from minipacs.config import ConfigError
+
+    Settings(**{key: good}).validate()
+    with pytest.raises(ConfigError, match=key):
+        Settings(**{key: bad}).validate()
+
+
+def test_a_file_of_exactly_intake_inline_max_bytes_is_logged_one_byte_more_is_not(tmp_path: Path) -> None:
+    ((ds, data),) = _instances(1)
+
+    async def size_of(root: Path) -> int:
+        archive = await open_archive(Settings(data_dir=root, fsync=False))
+        try:
+            staged = stage(archive, ds, ExplicitVRLittleEndian, data)
+            return staged.path.stat().st_size
+        finally:
+            await archive.close()
+
+    size = asyncio.run(size_of(tmp_path / "probe"))
+
+    async def logged_with(limit: int, root: Path) -> int:
+        archive = await open_archive(_settings(root, intake_inline_max_bytes=limit))
+        try:
+            await _store(archive, [(ds, data)])
+            assert archive._intake is not None
+            return archive._intake.next_lsn - 1  # records written
+        finally:
+            await archive.close()
+
+    assert asyncio.run(logged_with(size, tmp_path / "at")) == 1
+    assert asyncio.run(logged_with(size - 1, tmp_path / "over")) == 0
