@@ -18,7 +18,9 @@ from tests.peers import dataset_bytes
 from tests.services.test_move_get import _get, archive_env, received, study_key
 
 #: How long each block read takes in these tests: a disk that is very slow.
-SLOW = 0.3
+#: Each read's delay: long enough that one read on the loop stands far above a loaded VM's
+#: scheduling hiccups (0.34 s was seen once in CI with every read in a worker thread).
+SLOW = 1.0
 
 
 class LagProbe:
@@ -45,7 +47,7 @@ class LagProbe:
 
 
 def test_c_get_reads_files_off_the_loop_in_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each block read sleeps 0.3 s (blocking): on the loop the probe would see 0.3 s; in a worker
+    """Each block read sleeps SLOW (blocking): on the loop the probe would see SLOW; in a worker
     thread it sees a few ms. The reads ask for at most one block each, and the bytes arrive intact."""
     real = association_module._BlockReader.read
     sizes: list[int] = []
