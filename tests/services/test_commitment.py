@@ -134,11 +134,9 @@ def test_bad_requests_are_refused(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_report_on_new_association_to_registered_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The requester releases at once; the report comes on an association we open, proposing
-    the SCP role for the commitment class (PS3.7 D.3.3.4), to the node registered for its title.
-    The check waits for the release, so the report cannot race it onto the requesting association
-    (whose requester, here, binds no report handler)."""
+def check_after(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Hold the commitment check until the returned event is set (the requester's release has
+    returned), as a long check would, so the report cannot race the release."""
     from minipacs.services import commitment
 
     released = threading.Event()
@@ -149,6 +147,15 @@ def test_report_on_new_association_to_registered_node(tmp_path: Path, monkeypatc
         return await real_check(*args, **kwargs)
 
     monkeypatch.setattr(commitment, "check_commitment", check_after_release)
+    return released
+
+
+def test_report_on_new_association_to_registered_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The requester releases at once; the report comes on an association we open, proposing
+    the SCP role for the commitment class (PS3.7 D.3.3.4), to the node registered for its title.
+    The check waits for the release, so the report cannot race it onto the requesting association
+    (whose requester, here, binds no report handler)."""
+    released = check_after(monkeypatch)
     reports = Reports()
     port = free_port()
     modality = AE(ae_title="CT01")
@@ -194,16 +201,7 @@ def test_a_release_right_after_the_n_action_is_answered_at_once(
     held until the report, which such a modality can only answer after the release: a deadlock
     ended by a timeout and an abort. The check is held until the release returned (as a long check
     would be), so the report cannot race the release onto the requesting association."""
-    from minipacs.services import commitment
-
-    released = threading.Event()
-    real_check = commitment.check_commitment
-
-    async def slow_check(*args: Any, **kwargs: Any) -> Any:
-        await asyncio.to_thread(released.wait, 15)
-        return await real_check(*args, **kwargs)
-
-    monkeypatch.setattr(commitment, "check_commitment", slow_check)
+    released = check_after(monkeypatch)
     reports = Reports()
     port = free_port()
     modality = AE(ae_title="CT01")

@@ -44,7 +44,7 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -327,10 +327,6 @@ class IntakeLog:
                     drop.append(segment.path)
         for old in drop:
             old.unlink(missing_ok=True)
-
-    def segment_paths(self) -> Iterable[Path]:
-        with self._lock:
-            return [s.path for s in self._segments]
 
 
 __all__ = ["IntakeLog", "IntakeLogError", "IntakeRecord", "syncfs"]
