@@ -14,6 +14,7 @@ from minipacs.config import ConfigError, Settings
 from minipacs.core.access import AccessPolicy, AccessRules
 from minipacs.core.archive import Archive, ArchiveSettings
 from minipacs.core.jobs import JobQueue, JobSettings, default_runner
+from minipacs.core.metrics import Metrics
 from minipacs.core.mpps import ProcedureSteps
 from minipacs.core.nodes import NodeRegistry, calling_host_warning
 from minipacs.core.worklist import Worklist
@@ -155,6 +156,8 @@ class App:
     access: AccessPolicy
     #: The persistent job queue (core/jobs.py); ``serve`` starts its runner.
     jobs: JobQueue
+    #: Prometheus figures (core/metrics.py), counted by the DICOM server and the HTTP edge.
+    metrics: Metrics
     #: Re-reads the AE registry every settings.nodes_refresh seconds (edits by `minipacs nodes`).
     nodes_watch: asyncio.Task[None] | None = None
     #: Looks for new findings in the association log every settings.diagnostics_interval seconds.
@@ -217,6 +220,8 @@ async def build_app(settings: Settings) -> App:
     except BaseException:
         await archive.close()
         raise
+    metrics = Metrics(max_ae_labels=settings.metrics_max_ae_labels)
+    archive.metrics = metrics
     server = DicomServer(
         settings.ae_title,
         [
@@ -259,12 +264,22 @@ async def build_app(settings: Settings) -> App:
         max_pending_per_host=settings.max_pending_per_host,
         handshake_timeout=settings.handshake_timeout,
         max_async_operations=settings.max_async_operations,
+        metrics=metrics,
     )
     watch = asyncio.ensure_future(registry.watch(settings.nodes_refresh))
     findings = asyncio.ensure_future(watch_diagnostics(settings, archive, registry))
     completion = asyncio.ensure_future(steps.watch(settings.completion_recheck_seconds))
     return App(
-        settings, archive, server, registry, access, job_queue(settings, archive, registry), watch, findings, completion
+        settings,
+        archive,
+        server,
+        registry,
+        access,
+        job_queue(settings, archive, registry),
+        metrics,
+        watch,
+        findings,
+        completion,
     )
 
 
@@ -317,7 +332,9 @@ async def serve(settings: Settings, on_ready: Callable[[App], None] | None = Non
     hl7: MLLPServer | None = None
     http = None  # the HTTP edge (web/): REST and DICOMweb, same process and loop
     try:
-        http = await start_http(settings, app.archive, app.nodes, outbound(settings, app.archive), app.jobs)
+        http = await start_http(
+            settings, app.archive, app.nodes, outbound(settings, app.archive), app.jobs, metrics=app.metrics
+        )
         try:
             await app.dicom.start()
         except TLSListenError:

@@ -64,6 +64,9 @@ class Settings:
     #: Requests one association may have outstanding with us when the requestor proposes an
     #: Asynchronous Operations Window (PS3.7 D.3.3.3); without one it is 1.
     max_async_operations: int = 8
+    #: Distinct calling AE titles /metrics labels separately; later ones count as "(other)"
+    #: (a peer chooses its title: the labels, and the memory they take, stay bounded).
+    metrics_max_ae_labels: int = 200
     #: Maximum PDU length we announce and accept (PS3.8 D.1); 0 = unlimited is refused.
     max_pdu_receive: int = 1 * MiB
     #: Largest PDU length we send, whatever the peer allows (0 = as the peer allows).
@@ -226,6 +229,8 @@ class Settings:
             )
         if not 1 <= self.max_async_operations <= 64:
             raise ConfigError("max_async_operations must be 1 to 64")
+        if not 1 <= self.metrics_max_ae_labels <= 100_000:
+            raise ConfigError("metrics_max_ae_labels must be 1 to 100000")
         if self.max_pdu_receive < 4096:
             raise ConfigError("max_pdu_receive must be at least 4096 bytes")
         if self.max_pdu_send < 0 or 0 < self.max_pdu_send < 4096:

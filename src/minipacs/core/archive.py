@@ -38,6 +38,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -58,6 +59,7 @@ from minipacs.core.errors import (
 from minipacs.core.header import read_header
 from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits, check_deflated
 from minipacs.core.intake import IntakeLog, IntakeRecord, syncfs
+from minipacs.core.metrics import Metrics
 from minipacs.core.model import (
     AssociationRecord,
     DuplicatePolicy,
@@ -367,6 +369,8 @@ class Archive:
         #: After-ingest listeners (web/: PS3.18 metadata), called on the event loop once an
         #: ingest is durable, after its result is known; they must be quick and must not raise.
         self.on_stored: list[Callable[[StoreOutcome], None]] = []
+        #: Prometheus figures (core/metrics.py), set by bootstrap; None: nothing is counted.
+        self.metrics: Metrics | None = None
         #: After-deletion listeners (core/mpps.py): called on the event loop with the Study
         #: Instance UIDs whose completion a deletion withdrew; quick, must not raise.
         self.on_uncompleted: list[Callable[[set[str]], None]] = []
@@ -626,10 +630,20 @@ class Archive:
                 staged.path.unlink(missing_ok=True)
                 raise
         future: asyncio.Future[StoreOutcome] = loop.create_future()
+        started = time.perf_counter()
         # One hop: the writer parses the header too (0.1 ms; another thread
         # would only add a hand-over under the GIL).
         self._queue.put(_IngestJob(loop, future, staged=staged, origin=origin))
-        outcome = await future
+        metrics = self.metrics
+        if metrics is None:
+            outcome = await future
+        else:
+            try:
+                outcome = await future
+            except ArchiveError as exc:
+                metrics.ingest_failed(origin.kind, exc)
+                raise
+            metrics.ingested(origin.kind, outcome.status.value, outcome.size, time.perf_counter() - started)
         for listener in self.on_stored:  # empty on a plain DICOM archive: ~0 cost
             try:
                 listener(outcome)

@@ -130,7 +130,7 @@ class Instance(Base):
     transfer_syntax_uid: Mapped[str] = mapped_column(UID)
     blob_key: Mapped[str] = mapped_column(String(255), index=True)
     size: Mapped[int] = mapped_column(BigInteger())
-    received_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    received_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), index=True)  # arrivals (migration 0021)
     origin_kind: Mapped[str] = mapped_column(String())
     calling_aet: Mapped[str] = mapped_column(String())
     called_aet: Mapped[str] = mapped_column(String())

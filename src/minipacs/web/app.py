@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount
 
-from minipacs.web import dicomweb, rest, rest_diagnostics, rest_jobs, rest_nodes, rest_worklist, ui
+from minipacs.web import dicomweb, rest, rest_diagnostics, rest_jobs, rest_metrics, rest_nodes, rest_worklist, ui
 from minipacs.web.auth import Authenticator
 from minipacs.web.errors import exception_handlers
 from minipacs.web.headers import SecurityHeaders
@@ -33,6 +33,7 @@ def create_app(ctx: AppContext) -> Starlette:
     routes = [
         Endpoint("/api/openapi.json", openapi, "GET", "public", "This document (OpenAPI 3)"),
         Endpoint("/", ui.home, "GET", "read", "Redirect to the web UI"),
+        *rest_metrics.routes(),
         Mount("/ui", routes=ui.routes(), name="ui"),
         Endpoint("/dicom-web/wado", dicomweb.wado_uri, "GET", "read", "WADO-URI (requestType=WADO)"),
         Endpoint("/wado", dicomweb.wado_uri, "GET", "read", "WADO-URI (requestType=WADO)"),

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final
 
@@ -97,8 +98,10 @@ def _qido(level: Level) -> Any:
     async def endpoint(request: Request) -> Response:
         context = ctx(request)
         fixed = uids(request)
+        started = time.perf_counter()
         matches = search(context.archive, level, list(request.query_params.multi_items()), fixed)
         first = await anext(aiter(matches), None)  # errors surface before the 200 goes out
+        context.metrics.query_seconds.labels("qido").observe(time.perf_counter() - started)
 
         async def body() -> AsyncIterator[str]:
             if first is None:
@@ -421,7 +424,8 @@ async def store(request: Request) -> Response:
                 failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [part.refusal]}))
                 continue
             try:
-                if part.failure is not None:
+                if part.failure is not None:  # refused while it was staged: never reached the ingest path
+                    ctx(request).metrics.ingest_failed(origin.kind, part.failure)
                     raise part.failure
                 outcome = await intake.ingest(part, origin)
             except OutOfResources as exc:  # the parts after it would fail the same way

@@ -215,7 +215,8 @@ async def _receive_upload(request: Request, context: Any, raw_type: str, origin:
         for part in intake.received:
             name = "body" if single else part.label
             try:
-                if part.failure is not None:
+                if part.failure is not None:  # refused while it was staged: never reached the ingest path
+                    context.metrics.ingest_failed(origin.kind, part.failure)
                     raise part.failure
                 outcome = await intake.ingest(part, origin)
             except OutOfResources as exc:

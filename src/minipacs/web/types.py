@@ -8,6 +8,7 @@ from minipacs.config import Settings
 from minipacs.core.archive import Archive
 from minipacs.core.jobs import JobQueue
 from minipacs.core.metadata import MetadataStore
+from minipacs.core.metrics import Metrics
 from minipacs.core.nodes import NodeRegistry
 from minipacs.services.outbound import Outbound
 from minipacs.web.workers import RenderPool
@@ -27,6 +28,8 @@ class AppContext:
     #: Echo, query, send and retrieve to other nodes (services/outbound.py), built by bootstrap;
     #: None: the /api/nodes/{id}/echo|query|retrieve and /api/send endpoints answer 503.
     outbound: Outbound | None = None
+    #: Prometheus figures shared with the DICOM server (core/metrics.py, GET /metrics).
+    metrics: Metrics = field(default_factory=Metrics)
     #: Rendering and transcoding: max_concurrent_renders threads, render_queue waiting, 503 beyond.
     renders: RenderPool = field(init=False)
 

@@ -39,6 +39,7 @@ from minipacs.web.routing import Endpoint, GuardedMount
 from minipacs.web.search import ascii_digits, search
 from minipacs.web.ui_diagnostics import diagnostics_page
 from minipacs.web.ui_jobs import jobs_page
+from minipacs.web.ui_overview import overview_page
 from minipacs.web.ui_remote import remote_page
 from minipacs.web.ui_worklist import worklist_page
 
@@ -173,7 +174,7 @@ async def _send_nodes(request: Request) -> list[Any]:
 
 
 async def home(request: Request) -> Response:
-    return RedirectResponse(path_for(request, "ui:studies"), status_code=307)
+    return RedirectResponse(path_for(request, "ui:overview"), status_code=307)
 
 
 #: the study list's search form: (field name, label, input type)
@@ -532,6 +533,14 @@ def routes() -> list[BaseRoute]:
     inst = "/studies/{study}/series/{series}/instances/{instance}"
     return [
         Endpoint("/", studies, "GET", "read", "Page: the study list, search and paging", name="studies"),
+        Endpoint(
+            "/overview",
+            html_errors(overview_page),
+            "GET",
+            "read",
+            "Page: the archive at a glance: arrivals, storage, jobs, failures",
+            name="overview",
+        ),
         Endpoint(
             "/patient",
             patient,
