@@ -26,6 +26,7 @@ from minipacs.net.dul import Timeouts
 from minipacs.net.tls import TLSConfigError, client_context, server_context
 from minipacs.services.commitment import StorageCommitmentSCP
 from minipacs.services.job_kinds import register_transfer_jobs
+from minipacs.services.metrics import Metrics
 from minipacs.services.mpps import MPPSSCP
 from minipacs.services.outbound import Outbound, OutboundSettings
 from minipacs.services.qr_find import QueryRetrieveFindSCP
@@ -165,6 +166,8 @@ class App:
     completion_watch: asyncio.Task[None] | None = None
     #: Queues a retention run every settings.retention_interval_seconds (core/retention.py).
     retention_watch: asyncio.Task[None] | None = None
+    #: Prometheus metrics of this process (services/metrics.py), served at GET /metrics.
+    metrics: Metrics | None = None
 
     async def close(self, grace: float = 5.0) -> None:
         await self.jobs.close()  # running jobs go back to the queue while the index is still open
@@ -221,6 +224,9 @@ async def build_app(settings: Settings) -> App:
     except BaseException:
         await archive.close()
         raise
+    metrics = Metrics(archive)  # services/metrics.py: GET /metrics
+    metrics.attach()
+    association_log = metrics.association_logger(archive.record_association)
     server = DicomServer(
         settings.ae_title,
         [
@@ -231,7 +237,7 @@ async def build_app(settings: Settings) -> App:
                 archive,
                 registry,
                 connect_timeout=settings.connect_timeout,
-                association_logger=archive.record_association,
+                association_logger=association_log,
             ),
             GetSCP(archive),
             ModalityWorklistSCP(Worklist(archive)),
@@ -241,7 +247,7 @@ async def build_app(settings: Settings) -> App:
                 registry,
                 association_settings(settings),
                 connect_timeout=settings.connect_timeout,
-                association_logger=archive.record_association,
+                association_logger=association_log,
             ),
         ],
         host=settings.host,
@@ -251,7 +257,7 @@ async def build_app(settings: Settings) -> App:
         max_pdu_receive=settings.max_pdu_receive,
         max_pdu_send=settings.max_pdu_send,
         timeouts=timeouts(settings),
-        association_logger=archive.record_association,
+        association_logger=association_log,
         access=access,
         tls_port=settings.tls_port,
         tls_context=server_tls,
@@ -264,11 +270,21 @@ async def build_app(settings: Settings) -> App:
         handshake_timeout=settings.handshake_timeout,
         max_async_operations=settings.max_async_operations,
     )
+    metrics.server = server
     watch = asyncio.ensure_future(registry.watch(settings.nodes_refresh))
     findings = asyncio.ensure_future(watch_diagnostics(settings, archive, registry))
     completion = asyncio.ensure_future(steps.watch(settings.completion_recheck_seconds))
     return App(
-        settings, archive, server, registry, access, job_queue(settings, archive, registry), watch, findings, completion
+        settings,
+        archive,
+        server,
+        registry,
+        access,
+        job_queue(settings, archive, registry),
+        watch,
+        findings,
+        completion,
+        metrics=metrics,
     )
 
 
@@ -321,7 +337,9 @@ async def serve(settings: Settings, on_ready: Callable[[App], None] | None = Non
     hl7: MLLPServer | None = None
     http = None  # the HTTP edge (web/): REST and DICOMweb, same process and loop
     try:
-        http = await start_http(settings, app.archive, app.nodes, outbound(settings, app.archive), app.jobs)
+        http = await start_http(
+            settings, app.archive, app.nodes, outbound(settings, app.archive), app.jobs, metrics=app.metrics
+        )
         try:
             await app.dicom.start()
         except TLSListenError:
