@@ -4,6 +4,7 @@ jobs by state, storage; and the association-outcome table row by row."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -40,7 +41,18 @@ def value(text: str, name: str, **labels: str) -> float:
 
 def test_metrics_of_a_running_server(tmp_path: Path) -> None:
     http = free_port()
-    srv = start_server(tmp_path, env={"MINIPACS_HTTP_PORT": str(http), "MINIPACS_DUPLICATE_POLICY": "reject"})
+    config = tmp_path / "minipacs.toml"  # and a retention rule, run periodically as a job by serve
+    config.write_text('retention_interval_seconds = 0.5\n[[retention]]\nname = "ten-years"\nolder_than_days = 3650\n')
+    srv = start_server(
+        tmp_path,
+        "--config",
+        str(config),
+        env={
+            "MINIPACS_HTTP_PORT": str(http),
+            "MINIPACS_DUPLICATE_POLICY": "reject",
+            "MINIPACS_JOB_POLL_SECONDS": "0.2",
+        },
+    )
     try:
         files = [write_ct(tmp_path / f"in/{i}.dcm") for i in range(2)]
         send = [STORESCU, "-aet", "CT01", "-aec", "MINIPACS", "127.0.0.1", str(srv.port)]
@@ -63,7 +75,16 @@ def test_metrics_of_a_running_server(tmp_path: Path) -> None:
         failed = [line for line in text.splitlines() if line.startswith("minipacs_dimse_failures_total{")]
         assert len(failed) == 1 and 'op="C-STORE"' in failed[0] and 'status="0x' in failed[0], failed
         assert value(text, "minipacs_query_seconds_count", level="STUDY") >= 1
-        assert value(text, "minipacs_jobs", state="queued") == 0 and "minipacs_jobs{" in text
+        assert "minipacs_jobs{" in text
+        while True:  # serve queues a retention run every retention_interval_seconds; it finds nothing to delete
+            with urllib.request.urlopen(f"http://127.0.0.1:{http}/api/jobs?kind=retention", timeout=30) as response:
+                jobs = json.loads(response.read())
+            if any(job["state"] == "done" for job in jobs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        done = [job for job in jobs if job["state"] == "done"]
+        assert done and done[0]["message"].startswith("retention deleted 0 study(ies)"), jobs
+        assert value(scrape(http), "minipacs_jobs", state="done") >= 1
         assert value(text, "minipacs_stored", kind="instances") == 2
         assert value(text, "minipacs_storage_bytes") > 0
         assert "minipacs_associations_open" in text
