@@ -26,7 +26,6 @@ from minipacs.net.dul import Timeouts
 from minipacs.net.tls import TLSConfigError, client_context, server_context
 from minipacs.services.commitment import StorageCommitmentSCP
 from minipacs.services.job_kinds import register_transfer_jobs
-from minipacs.services.metrics import Metrics
 from minipacs.services.mpps import MPPSSCP
 from minipacs.services.outbound import Outbound, OutboundSettings
 from minipacs.services.qr_find import QueryRetrieveFindSCP
@@ -166,8 +165,6 @@ class App:
     completion_watch: asyncio.Task[None] | None = None
     #: Queues a retention run every settings.retention_interval_seconds (core/retention.py).
     retention_watch: asyncio.Task[None] | None = None
-    #: Prometheus metrics of this process (services/metrics.py), served at GET /metrics.
-    metrics: Metrics | None = None
 
     async def close(self, grace: float = 5.0) -> None:
         await self.jobs.close()  # running jobs go back to the queue while the index is still open
@@ -224,9 +221,6 @@ async def build_app(settings: Settings) -> App:
     except BaseException:
         await archive.close()
         raise
-    metrics = Metrics(archive)  # services/metrics.py: GET /metrics
-    metrics.attach()
-    association_log = metrics.association_logger(archive.record_association)
     server = DicomServer(
         settings.ae_title,
         [
@@ -237,7 +231,7 @@ async def build_app(settings: Settings) -> App:
                 archive,
                 registry,
                 connect_timeout=settings.connect_timeout,
-                association_logger=association_log,
+                association_logger=archive.record_association,
             ),
             GetSCP(archive),
             ModalityWorklistSCP(Worklist(archive)),
@@ -247,7 +241,7 @@ async def build_app(settings: Settings) -> App:
                 registry,
                 association_settings(settings),
                 connect_timeout=settings.connect_timeout,
-                association_logger=association_log,
+                association_logger=archive.record_association,
             ),
         ],
         host=settings.host,
@@ -257,7 +251,7 @@ async def build_app(settings: Settings) -> App:
         max_pdu_receive=settings.max_pdu_receive,
         max_pdu_send=settings.max_pdu_send,
         timeouts=timeouts(settings),
-        association_logger=association_log,
+        association_logger=archive.record_association,
         access=access,
         tls_port=settings.tls_port,
         tls_context=server_tls,
@@ -270,21 +264,11 @@ async def build_app(settings: Settings) -> App:
         handshake_timeout=settings.handshake_timeout,
         max_async_operations=settings.max_async_operations,
     )
-    metrics.server = server
     watch = asyncio.ensure_future(registry.watch(settings.nodes_refresh))
     findings = asyncio.ensure_future(watch_diagnostics(settings, archive, registry))
     completion = asyncio.ensure_future(steps.watch(settings.completion_recheck_seconds))
     return App(
-        settings,
-        archive,
-        server,
-        registry,
-        access,
-        job_queue(settings, archive, registry),
-        watch,
-        findings,
-        completion,
-        metrics=metrics,
+        settings, archive, server, registry, access, job_queue(settings, archive, registry), watch, findings, completion
     )
 
 
@@ -337,9 +321,7 @@ async def serve(settings: Settings, on_ready: Callable[[App], None] | None = Non
     hl7: MLLPServer | None = None
     http = None  # the HTTP edge (web/): REST and DICOMweb, same process and loop
     try:
-        http = await start_http(
-            settings, app.archive, app.nodes, outbound(settings, app.archive), app.jobs, metrics=app.metrics
-        )
+        http = await start_http(settings, app.archive, app.nodes, outbound(settings, app.archive), app.jobs)
         try:
             await app.dicom.start()
         except TLSListenError:

@@ -38,7 +38,6 @@ import logging
 import os
 import queue
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -371,11 +370,6 @@ class Archive:
         #: After-deletion listeners (core/mpps.py): called on the event loop with the Study
         #: Instance UIDs whose completion a deletion withdrew; quick, must not raise.
         self.on_uncompleted: list[Callable[[set[str]], None]] = []
-        #: Timed-ingest listeners (services/metrics.py): (outcome, origin, seconds from the ingest call to
-        #: durable), on the event loop; quick, must not raise. Empty: one perf_counter per ingest.
-        self.on_timed: list[Callable[[StoreOutcome, Origin, float], None]] = []
-        #: Query listeners (core/query.py, services/metrics.py): (level, seconds to the last match).
-        self.on_query: list[Callable[[str, float], None]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -616,7 +610,6 @@ class Archive:
         past them InflateLimitExceeded, a broken stream InvalidInstance; nothing is stored.
         The staged file is consumed: moved into storage or deleted, whatever happens.
         """
-        started = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
             self._check_open()
@@ -642,13 +635,6 @@ class Archive:
                 listener(outcome)
             except Exception:
                 log.exception("after-ingest listener %r failed", listener)
-        if self.on_timed:
-            elapsed = time.perf_counter() - started
-            for timed in self.on_timed:
-                try:
-                    timed(outcome, origin, elapsed)
-                except Exception:
-                    log.exception("timed-ingest listener %r failed", timed)
         return outcome
 
     async def import_file(self, path: Path, origin: Origin) -> StoreOutcome:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -259,7 +258,6 @@ async def run_query_batches(
 
     Once a page's first batch is out, the next page is read while the rest is sent.
     """
-    started = time.perf_counter()
     page = FIRST_PAGE
     sent = 0
     slots = _plan(prepared)
@@ -299,11 +297,6 @@ async def run_query_batches(
     finally:
         if pending is not None:
             pending.cancel()
-        for listener in getattr(archive, "on_query", ()):  # Archive's (services/metrics.py); stand-ins have none
-            try:
-                listener(prepared.level.value, time.perf_counter() - started)
-            except Exception:
-                log.exception("query listener %r failed", listener)
 
 
 def page_query(prepared: PreparedQuery) -> query_sql.PageQuery:

@@ -10,7 +10,6 @@ from starlette.routing import Mount
 
 from minipacs.web import (
     dicomweb,
-    metrics,
     rest,
     rest_diagnostics,
     rest_jobs,
@@ -44,7 +43,6 @@ def create_app(ctx: AppContext) -> Starlette:
     routes = [
         Endpoint("/api/openapi.json", openapi, "GET", "public", "This document (OpenAPI 3)"),
         Endpoint("/", ui.home, "GET", "read", "Redirect to the web UI"),
-        Endpoint("/metrics", metrics.metrics, "GET", "read", "Prometheus metrics (docs/METRICS.md)"),
         Mount("/ui", routes=ui.routes(), name="ui"),
         Endpoint("/dicom-web/wado", dicomweb.wado_uri, "GET", "read", "WADO-URI (requestType=WADO)"),
         Endpoint("/wado", dicomweb.wado_uri, "GET", "read", "WADO-URI (requestType=WADO)"),

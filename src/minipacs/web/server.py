@@ -15,7 +15,6 @@ from minipacs.core.archive import Archive
 from minipacs.core.jobs import JobQueue
 from minipacs.core.metadata import MetadataStore
 from minipacs.core.nodes import NodeRegistry
-from minipacs.services.metrics import Metrics
 from minipacs.services.outbound import Outbound
 from minipacs.web.app import create_app
 from minipacs.web.auth import loopback_only
@@ -79,8 +78,6 @@ async def start_http(
     nodes: NodeRegistry | None,
     outbound: Outbound | None = None,
     jobs: JobQueue | None = None,
-    *,
-    metrics: Metrics | None = None,
 ) -> HttpServer:
     """Start metadata precomputation and, unless http_port is 0, the HTTP server. A port already in
     use stops the start-up with a sentence, as for the DICOM port: a server that comes up half is
@@ -93,7 +90,7 @@ async def start_http(
     metadata.attach()
     if not settings.http_port:
         return HttpServer(None, None, metadata)
-    context = AppContext(settings, archive, metadata, nodes, jobs=jobs, outbound=outbound, metrics=metrics)
+    context = AppContext(settings, archive, metadata, nodes, jobs=jobs, outbound=outbound)
     app = create_app(context)
     try:
         sock = socket.create_server(

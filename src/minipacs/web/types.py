@@ -9,7 +9,6 @@ from minipacs.core.archive import Archive
 from minipacs.core.jobs import JobQueue
 from minipacs.core.metadata import MetadataStore
 from minipacs.core.nodes import NodeRegistry
-from minipacs.services.metrics import Metrics
 from minipacs.services.outbound import Outbound
 from minipacs.web.workers import RenderPool
 
@@ -28,8 +27,6 @@ class AppContext:
     #: Echo, query, send and retrieve to other nodes (services/outbound.py), built by bootstrap;
     #: None: the /api/nodes/{id}/echo|query|retrieve and /api/send endpoints answer 503.
     outbound: Outbound | None = None
-    #: Prometheus metrics (services/metrics.py), built by bootstrap; None: GET /metrics answers 503.
-    metrics: Metrics | None = None
     #: Rendering and transcoding: max_concurrent_renders threads, render_queue waiting, 503 beyond.
     renders: RenderPool = field(init=False)
 

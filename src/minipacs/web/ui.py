@@ -27,7 +27,6 @@ from minipacs.core.errors import ArchiveError, NotFound
 from minipacs.core.labels import labels_of, labels_of_studies
 from minipacs.core.nodes import registry_warnings
 from minipacs.core.paths import validate_uid
-from minipacs.core.summary import home_summary
 from minipacs.dicom.levels import Level
 from minipacs.index.matching import wildcard_match
 from minipacs.services import status
@@ -234,7 +233,6 @@ async def studies(request: Request) -> Response:
         "Studies",
         rows=page,
         labels=await labels_of_studies(ctx(request).archive, [text(r.get("StudyInstanceUID")) for r in page]),
-        summary=await home_summary(ctx(request).archive),
         total=len(rows),
         capped=cap if capped else 0,
         more=len(rows) > offset + size,
