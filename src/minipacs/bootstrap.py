@@ -17,6 +17,7 @@ from minipacs.core.jobs import JobQueue, JobSettings, default_runner
 from minipacs.core.metrics import Metrics
 from minipacs.core.mpps import ProcedureSteps
 from minipacs.core.nodes import NodeRegistry, calling_host_warning
+from minipacs.core.retention import periodic, register_retention_job
 from minipacs.core.worklist import Worklist
 from minipacs.hl7.mllp import MLLPServer
 from minipacs.hl7.orders import OrderReceiver
@@ -102,6 +103,7 @@ def job_queue(settings: Settings, archive: Archive, nodes: NodeRegistry, calls: 
     runs it; commands that only list, cancel or retry never start it)."""
     queue = JobQueue(archive, job_settings(settings))
     register_transfer_jobs(queue, calls or outbound(settings, archive), nodes)
+    register_retention_job(queue, archive, settings.retention, settings.retention_max_deletions)
     return queue
 
 
@@ -164,10 +166,12 @@ class App:
     diagnostics_watch: asyncio.Task[None] | None = None
     #: Looks for studies whose procedure step another node completed (core/mpps.py ``watch``).
     completion_watch: asyncio.Task[None] | None = None
+    #: Queues a retention run every settings.retention_interval_seconds (core/retention.py).
+    retention_watch: asyncio.Task[None] | None = None
 
     async def close(self, grace: float = 5.0) -> None:
         await self.jobs.close()  # running jobs go back to the queue while the index is still open
-        for task in (self.nodes_watch, self.diagnostics_watch, self.completion_watch):
+        for task in (self.nodes_watch, self.diagnostics_watch, self.completion_watch, self.retention_watch):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -359,6 +363,8 @@ async def serve(settings: Settings, on_ready: Callable[[App], None] | None = Non
         )
         hl7 = await start_hl7(settings, app)
         await app.jobs.start()
+        if settings.retention and settings.retention_interval_seconds > 0:
+            app.retention_watch = asyncio.ensure_future(periodic(app.jobs, settings.retention_interval_seconds))
         if on_ready is not None:
             on_ready(app)
         await stop.wait()

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from minipacs.core.model import DuplicatePolicy
 from minipacs.core.nodes import OPERATIONS, InvalidNode, Node, node_from_mapping
+from minipacs.core.retention import InvalidRetentionRule, RetentionRule, check_rules, rule_from_mapping
 from minipacs.core.users import DICOM_IDENTITY_MODES, ApiToken, InvalidUser, User, token_from_mapping, user_from_mapping
 
 MiB = 1024 * 1024
@@ -192,6 +193,13 @@ class Settings:
     #: ``[[users]]`` (name, password_hash, role) and ``[[tokens]]`` (name, token_hash, role).
     users: tuple[User, ...] = ()
     tokens: tuple[ApiToken, ...] = ()
+    # --- retention (core/retention.py; docs/RETENTION.md)
+    #: ``[[retention]]`` rules: name, older_than_days + by, max_storage_bytes, match, protect_label.
+    retention: tuple[RetentionRule, ...] = ()
+    #: Seconds between the periodic retention runs (jobs of kind "retention"); 0: only when asked.
+    retention_interval_seconds: float = 3600.0
+    #: Most studies one retention run deletes (the next run goes on).
+    retention_max_deletions: int = 1000
 
     @property
     def resolved_index_url(self) -> str:
@@ -318,10 +326,18 @@ class Settings:
             raise ConfigError("hl7_max_message_bytes must be at least 1024")
         if self.hl7_idle_timeout <= 0:
             raise ConfigError("hl7_idle_timeout must be a positive number of seconds")
+        if self.retention_interval_seconds < 0:
+            raise ConfigError("retention_interval_seconds must be 0 (no periodic runs) or a positive number")
+        if not 1 <= self.retention_max_deletions <= 100000:
+            raise ConfigError("retention_max_deletions must be 1 to 100000")
+        try:
+            check_rules(self.retention)
+        except InvalidRetentionRule as exc:
+            raise ConfigError(str(exc)) from None
         return self
 
 
-_TABLES = ("nodes", "users", "tokens")
+_TABLES = ("nodes", "users", "tokens", "retention")
 _FIELDS = {f.name: f for f in fields(Settings) if f.name not in _TABLES}
 
 
@@ -386,6 +402,19 @@ def _accounts(doc: Mapping[str, Any], section: Mapping[str, Any], config_file: P
     return out
 
 
+def _retention(tables: Any, config_file: Path) -> tuple[RetentionRule, ...]:
+    """``[[retention]]`` tables -> rules, or a ConfigError naming the bad one."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"{config_file}: 'retention' must be [[retention]] tables (name, older_than_days, ...)")
+    rules: list[RetentionRule] = []
+    for number, table in enumerate(tables, 1):
+        try:
+            rules.append(rule_from_mapping(table))
+        except InvalidRetentionRule as exc:
+            raise ConfigError(f"{config_file}: [[retention]] number {number}: {exc}") from exc
+    return tuple(rules)
+
+
 #: MINIPACS_* environment variables that are not settings: read by the tests and benchmarks only.
 NOT_SETTINGS_PREFIXES: Final = ("MINIPACS_TEST_", "MINIPACS_BENCH_")
 
@@ -418,6 +447,7 @@ def load_settings(
         tables = section.get("nodes", doc.get("nodes", []))
         values["nodes"] = _nodes(tables, config_file)
         values.update(_accounts(doc, section, config_file))
+        values["retention"] = _retention(section.get("retention", doc.get("retention", [])), config_file)
         for key, raw in section.items():
             if key in _TABLES:
                 continue

@@ -250,6 +250,20 @@ class Change(Base):
     uid: Mapped[str] = mapped_column(String(64))  # a UID, or the Patient ID at patient level
     study_instance_uid: Mapped[str] = mapped_column(UID)  # "" when the change has no single study
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    #: Why, when something other than a person's request made it: "retention:<rule>" (core/retention.py).
+    reason: Mapped[str] = mapped_column(String(100), server_default="")
+
+
+class StudyLabel(Base):
+    """A label on a study (core/labels.py), as Orthanc 1.12 has: keyed by Study Instance UID, removed
+    with the study (core/delete.py)."""
+
+    __tablename__ = "study_labels"
+    __table_args__ = (UniqueConstraint("study_instance_uid", "label", name="uq_study_labels"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    label: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
 
 
 class JobRecord(Base):
@@ -301,6 +315,7 @@ __all__ = [
     "StorageStats",
     "Study",
     "StudyCompletion",
+    "StudyLabel",
     "UtcDateTime",
     "WorklistItem",
 ]

@@ -26,7 +26,9 @@ from starlette.responses import JSONResponse, Response
 from minipacs.config import Settings
 from minipacs.core import errors as core
 from minipacs.core.archive import ArchiveSettings
+from minipacs.core.delete import Spared
 from minipacs.core.jobs import InvalidJob, JobConflict
+from minipacs.core.labels import InvalidLabel
 from minipacs.core.nodes import InvalidNode
 from minipacs.core.retrieve import InvalidRetrieveIdentifier
 from minipacs.core.worklist import InvalidWorklistEntry
@@ -64,6 +66,8 @@ ERROR_TABLE: Final[Mapping[type[core.ArchiveError], tuple[int, str]]] = MappingP
         InvalidNode: (400, "invalid_node"),
         InvalidWorklistEntry: (400, "invalid_worklist_entry"),
         core.AccessDenied: (403, "forbidden"),
+        InvalidLabel: (400, "invalid_label"),
+        Spared: (409, "spared"),
     }
 )
 #: an ArchiveError with no row: a server fault until someone gives it one

@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute
 from minipacs.core import changes as journal
 from minipacs.core.delete import delete_resource
 from minipacs.core.errors import ArchiveError, NotFound, OutOfResources
+from minipacs.core.labels import labels_of_studies
 from minipacs.core.metadata import BULK_PREFIX
 from minipacs.core.model import Origin
 from minipacs.core.nodes import node_from_mapping
@@ -91,10 +92,14 @@ async def _matches(request: Request, level: Level, fixed: Mapping[str, str] | No
     want = completion.wanted(request.query_params.get(completion.PARAM))
     extra, absent = completion.search_terms(want)
     params = [(k, v) for k, v in params if k != completion.PARAM] + extra
-    return [
+    found = [
         {**plain(ds), "complete": completion.is_complete(ds)}
         async for ds in search(archive, level, params, fixed, absent)
     ]
+    carried = await labels_of_studies(archive, [str(m.get("StudyInstanceUID") or "") for m in found])
+    for match in found:  # core/labels.py: not DICOM, so answered next to the attributes
+        match["labels"] = carried.get(str(match.get("StudyInstanceUID") or ""), [])
+    return found
 
 
 async def list_resources(request: Request) -> Response:
@@ -117,6 +122,7 @@ async def read_resource(request: Request) -> Response:
         found = plain(ds)
         if level is Level.STUDY:
             found["complete"] = completion.is_complete(ds)
+            found["labels"] = (await labels_of_studies(ctx(request).archive, [value])).get(value, [])
         return JSONResponse(found)
     raise NotFound(f"{request.path_params['level']} {value!r} is not in the archive")
 
@@ -347,7 +353,7 @@ def routes() -> list[BaseRoute]:
             search_resources,
             "GET",
             "read",
-            "Search with C-FIND matching rules (level, keys, wildcards, ranges, limit/offset)",
+            "Search with C-FIND matching rules (level, keys, wildcards, ranges, limit/offset; labels=a,b)",
         ),
         Endpoint(
             "/associations",
@@ -363,7 +369,7 @@ def routes() -> list[BaseRoute]:
             "GET",
             "read",
             "The changes journal after ?since=N (seq), at most ?limit=M "
-            "(default 100, max 1000): {changes: [{seq, type, level, uid, study, time}], last, done}",
+            "(default 100, max 1000): {changes: [{seq, type, level, uid, study, time, reason}], last, done}",
         ),
         Endpoint("/nodes", list_nodes, "GET", "read", "List DICOM nodes"),
         Endpoint("/nodes", add_node, "POST", "admin", "Add or update a DICOM node"),

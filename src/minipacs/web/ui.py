@@ -24,6 +24,7 @@ from starlette.routing import BaseRoute
 from starlette.staticfiles import StaticFiles
 
 from minipacs.core.errors import ArchiveError, NotFound
+from minipacs.core.labels import labels_of, labels_of_studies
 from minipacs.core.nodes import registry_warnings
 from minipacs.core.paths import validate_uid
 from minipacs.dicom.levels import Level
@@ -36,7 +37,7 @@ from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError, classify, redact
 from minipacs.web.pages import json_tag_rows, may, path_for, person, render, text
 from minipacs.web.routing import Endpoint, GuardedMount
-from minipacs.web.search import ascii_digits, search
+from minipacs.web.search import LABELS_PARAM, ascii_digits, search
 from minipacs.web.ui_diagnostics import diagnostics_page
 from minipacs.web.ui_jobs import jobs_page
 from minipacs.web.ui_overview import overview_page
@@ -186,6 +187,7 @@ SEARCH_FIELDS: Final = (
     ("modality", "Modality", "search"),
     ("accession", "Accession", "search"),
     ("description", "Description", "search"),
+    ("labels", "Labels", "search"),  # core/labels.py: studies carrying every one (comma-separated)
 )
 
 
@@ -215,6 +217,8 @@ async def studies(request: Request) -> Response:
     dates = _date_range(q.get("from", ""), q.get("to", ""))
     if dates:
         params.append(("StudyDate", dates))
+    if q.get("labels", "").strip():
+        params.append((LABELS_PARAM, q["labels"]))
     found = await _find(request, Level.STUDY, params)
     capped = len(found) > cap
     rows = [r for r in found[:cap] if all(_field_matches(p, r.get(k)) for k, p in patterns.items())]
@@ -222,12 +226,14 @@ async def studies(request: Request) -> Response:
     filled.sort(key=functools.partial(_sort_key, sort), reverse=order == "desc")
     rows = filled + [r for r in rows if not text(r.get(STUDY_SORTS[sort]))]
     done = await completed_studies(ctx(request).archive)
-    values = {k: q.get(k, "") for k in (*STUDY_FILTERS, "from", "to")}
+    values = {k: q.get(k, "") for k in (*STUDY_FILTERS, "from", "to", "labels")}
+    page = rows[offset : offset + size]
     return render(
         request,
         "studies.html",
         "Studies",
-        rows=rows[offset : offset + size],
+        rows=page,
+        labels=await labels_of_studies(ctx(request).archive, [text(r.get("StudyInstanceUID")) for r in page]),
         total=len(rows),
         capped=cap if capped else 0,
         more=len(rows) > offset + size,
@@ -294,6 +300,7 @@ async def study(request: Request) -> Response:
         uid=uid,
         series=series,
         nodes=await _send_nodes(request),
+        labels=await labels_of(ctx(request).archive, uid),
     )
 
 

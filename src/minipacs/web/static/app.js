@@ -62,6 +62,25 @@
       /nothing at this URL|unknown resource kind/.test(result.data.error.message || "");
   }
 
+  // ------------------------------------------------------------ study labels (core/labels.py)
+  document.querySelectorAll("form.add-label").forEach(function (form) {
+    form.addEventListener("submit", async function (event) {
+      event.preventDefault();
+      const label = form.elements.label.value.trim();
+      const result = await api("PUT", form.dataset.api + "/" + encodeURIComponent(label));
+      if (result.status === 200) window.location.reload();
+      else message("Label not added: " + errorText(result), true);
+    });
+  });
+  document.querySelectorAll("button[data-label-remove]").forEach(function (button) {
+    button.addEventListener("click", async function () {
+      button.disabled = true;
+      const result = await api("DELETE", button.dataset.labelRemove);
+      if (result.status === 200) window.location.reload();
+      else { message("Label not removed: " + errorText(result), true); button.disabled = false; }
+    });
+  });
+
   // ------------------------------------------------------------ delete with confirmation
   document.querySelectorAll("button[data-delete]").forEach(function (button) {
     button.addEventListener("click", async function () {
