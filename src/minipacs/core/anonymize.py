@@ -1,0 +1,286 @@
+"""Anonymize a patient, study or series: de-identify each stored instance (core/deid.py) and store
+the result through the ONE ingest path as new studies (or write it into a ZIP).
+
+- The instances are read from storage, de-identified in a worker thread, written as Part 10 files
+  into the archive's staging folder and ingested with ``Archive.import_file`` (as ``minipacs
+  import`` does), origin "anonymize". The pseudonyms are keyed HMACs, so running it again gives
+  the same patient ID, names and UIDs: a second run stores nothing new (duplicates).
+- The mapping (original <-> pseudonym) goes into the index (index/anonymization_repo.py), for
+  admins only. It is written before the first new instance is stored.
+- ``keep_original=False`` deletes the original resource once every instance was stored; if any
+  instance failed, the original stays and the result says why.
+- The key: ``anonymization_key`` (config, or MINIPACS_ANONYMIZATION_KEY); without one, a random
+  key is created once in DATA/anonymization.key (mode 0600) and used from then on (:func:`load_key`).
+- Large requests run as jobs of kind "anonymize" (:func:`register_anonymize_job`); a job run again
+  after a restart does the same work again and stores nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import secrets
+import uuid
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import pydicom
+from pydicom.dataset import FileMetaDataset
+
+from minipacs.core.deid import Mapping, Pseudonyms, check_options, deidentify
+from minipacs.core.delete import delete_resource
+from minipacs.core.errors import ArchiveError, NotFound, OutOfResources
+from minipacs.core.jobs import JobContext, JobFailed, JobQueue
+from minipacs.core.model import Origin
+from minipacs.core.retrieve import StoredInstance, select_instances
+from minipacs.index import anonymization_repo
+
+if TYPE_CHECKING:
+    from minipacs.core.archive import Archive
+
+log = logging.getLogger(__name__)
+
+ANONYMIZE: Final = "anonymize"
+KEY_FILE: Final = "anonymization.key"
+#: Level noun -> (retrieve level, unique key): what each entry point names.
+LEVELS: Final[dict[str, tuple[str, str]]] = {
+    "patient": ("PATIENT", "PatientID"),
+    "study": ("STUDY", "StudyInstanceUID"),
+    "series": ("SERIES", "SeriesInstanceUID"),
+}
+Output = Literal["archive", "zip"]
+
+
+def load_key(configured: str, data_dir: Path) -> bytes:
+    """The pseudonym key: the configured one, else DATA/anonymization.key, created once if missing."""
+    if configured:
+        return configured.encode("utf-8")
+    path = data_dir / KEY_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        text = path.read_text(encoding="ascii").strip()
+        if len(text) < 32:
+            raise ArchiveError(
+                f"{path} holds no usable anonymization key (64 hex digits expected); restore it from a "
+                "backup, or set anonymization_key (a new key gives new pseudonyms)"
+            ) from None
+        return text.encode("ascii")
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(secrets.token_hex(32) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    log.warning("created the anonymization key %s: back it up, pseudonyms depend on it", path)
+    return path.read_text(encoding="ascii").strip().encode("ascii")
+
+
+@dataclass(frozen=True)
+class AnonymizeRequest:
+    level: str  # "patient", "study" or "series"
+    id: str  # Patient ID or the UID
+    options: frozenset[str] = frozenset()
+    keep_original: bool = True
+
+    def to_params(self) -> dict[str, Any]:
+        return {
+            "level": self.level,
+            "id": self.id,
+            "options": sorted(self.options),
+            "keep_original": self.keep_original,
+        }
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> AnonymizeRequest:
+        return cls(params["level"], params["id"], frozenset(params["options"]), bool(params["keep_original"]))
+
+
+@dataclass
+class AnonymizeResult:
+    instances: int = 0
+    patient: str = ""  # the pseudonymous Patient ID
+    studies: list[str] = field(default_factory=list)
+    series: list[str] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    original_deleted: bool = False
+
+    def to_json(self, level: str) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "patient": self.patient,
+            "studies": self.studies,
+            "series": self.series,
+            "instances": self.instances,
+            "failed": self.failures,
+            "original_deleted": self.original_deleted,
+        }
+        if level in ("study", "series") and len(self.studies) == 1:
+            out["study"] = self.studies[0]
+        if level == "series" and len(self.series) == 1:
+            out["series_uid"] = self.series[0]
+        return out
+
+
+def _part10(instance: StoredInstance, options: frozenset[str], pseudonyms: Pseudonyms, mapping: Mapping) -> bytes:
+    """Read, de-identify and encode one stored instance (blocking)."""
+    import io
+
+    ds = pydicom.dcmread(instance.path)
+    syntax = ds.file_meta.TransferSyntaxUID
+    deidentify(ds, options, pseudonyms, mapping)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = syntax
+    ds.file_meta = meta
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+class Anonymizer:
+    """Anonymizes resources of one archive with one key."""
+
+    def __init__(self, archive: Archive, key: bytes) -> None:
+        self.archive = archive
+        self.pseudonyms = Pseudonyms(key)
+
+    async def select(self, request: AnonymizeRequest) -> list[StoredInstance]:
+        if request.level not in LEVELS:
+            raise NotFound(f"cannot anonymize a {request.level!r}: choose patient, study or series")
+        check_options(request.options)
+        level, key = LEVELS[request.level]
+        found = await select_instances(self.archive, level, {key: request.id}, "PATIENT")
+        if not found:
+            raise NotFound(f"{request.level} {request.id!r} has no stored instance to anonymize")
+        return found
+
+    async def _store_mapping(self, mapping: Mapping) -> None:
+        now = dt.datetime.now(dt.UTC)
+        rows = list(mapping.rows)
+        await self.archive.write(lambda conn: anonymization_repo.insert_mappings(conn, rows, now))
+
+    async def run(
+        self,
+        request: AnonymizeRequest,
+        *,
+        zip_path: Path | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        found: list[StoredInstance] | None = None,
+    ) -> AnonymizeResult:
+        """Anonymize into the archive, or into the ZIP at ``zip_path``; ``progress(done, failed)``."""
+        instances = found if found is not None else await self.select(request)
+        result = AnonymizeResult()
+        studies: dict[str, None] = {}
+        series: dict[str, None] = {}
+        origin = Origin(kind=ANONYMIZE)
+        archive_zip = zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) if zip_path is not None else None
+        try:
+            for instance in instances:
+                if instance.problem:
+                    result.failures.append({"uid": instance.sop_instance_uid, "reason": instance.problem})
+                    continue
+                mapping = Mapping()
+                try:
+                    data = await asyncio.to_thread(_part10, instance, request.options, self.pseudonyms, mapping)
+                except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
+                    result.failures.append({"uid": instance.sop_instance_uid, "reason": f"cannot de-identify: {exc}"})
+                    continue
+                await self._store_mapping(mapping)
+                new = {kind: pseudonym for kind, _, pseudonym in mapping.rows if kind == "patient_id"}
+                result.patient = new.get("patient_id", result.patient)
+                study_uid = self.pseudonyms.uid(instance.study_instance_uid)
+                series_uid = self.pseudonyms.uid(instance.series_instance_uid)
+                if "retain-uids" in request.options:
+                    study_uid, series_uid = instance.study_instance_uid, instance.series_instance_uid
+                if archive_zip is not None:
+                    name = f"{study_uid}/{series_uid}/{uuid.uuid4().hex[:16]}.dcm"
+                    await asyncio.to_thread(archive_zip.writestr, name, data)
+                else:
+                    try:
+                        await self._ingest(data, origin)
+                    except OutOfResources:
+                        raise
+                    except ArchiveError as exc:
+                        result.failures.append({"uid": instance.sop_instance_uid, "reason": str(exc)})
+                        continue
+                studies.setdefault(study_uid)
+                series.setdefault(series_uid)
+                result.instances += 1
+                if progress is not None:
+                    progress(result.instances, len(result.failures))
+        finally:
+            if archive_zip is not None:
+                await asyncio.to_thread(archive_zip.close)
+        result.studies, result.series = list(studies), list(series)
+        if not request.keep_original and archive_zip is None and not result.failures and result.instances:
+            await delete_resource(self.archive, request.level, request.id)
+            result.original_deleted = True
+        log.info(
+            "anonymized %s %s: %d instance(s), %d failed%s",
+            request.level,
+            request.id,
+            result.instances,
+            len(result.failures),
+            "; original deleted" if result.original_deleted else "",
+        )
+        return result
+
+    async def _ingest(self, data: bytes, origin: Origin) -> None:
+        path = self.archive.staging_dir / f"{uuid.uuid4().hex}.anonymized"
+
+        def write() -> None:
+            with open(path, "wb") as fh:
+                fh.write(data)
+
+        try:
+            await asyncio.to_thread(write)
+            await self.archive.import_file(path, origin)
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def anonymize_handler(anonymizer: Anonymizer) -> Callable[[JobContext], Any]:
+    async def anonymize(job: JobContext) -> str:
+        try:
+            request = AnonymizeRequest.from_params(job.params)
+            found = await anonymizer.select(request)
+        except NotFound as exc:
+            raise JobFailed(str(exc)) from None
+        except (KeyError, TypeError, ArchiveError) as exc:
+            raise JobFailed(f"the job's parameters cannot be used: {exc}") from None
+        job.total, job.done, job.failed = len(found), 0, 0
+
+        def count(done: int, failed: int) -> None:
+            job.done, job.failed = done, failed
+            job.message = f"anonymized {done} of {job.total} instance(s)"
+
+        result = await anonymizer.run(request, progress=count, found=found)
+        job.done, job.failed = result.instances, len(result.failures)
+        job.details["result"] = result.to_json(request.level)
+        said = f"anonymized {result.instances} of {job.total} instance(s) into {len(result.studies)} new study(ies)"
+        if result.failures and not result.instances:
+            raise JobFailed(said + "; every one failed (see details)")
+        return said + (f"; {len(result.failures)} failed (see details)" if result.failures else "")
+
+    return anonymize
+
+
+def register_anonymize_job(queue: JobQueue, anonymizer: Anonymizer) -> None:
+    """The "anonymize" kind; resumed after a restart (running again stores nothing twice)."""
+    queue.register(ANONYMIZE, anonymize_handler(anonymizer), on_restart="resume")
+
+
+__all__ = [
+    "ANONYMIZE",
+    "AnonymizeRequest",
+    "AnonymizeResult",
+    "Anonymizer",
+    "KEY_FILE",
+    "LEVELS",
+    "load_key",
+    "register_anonymize_job",
+]
