@@ -80,6 +80,14 @@ SAFE_PRIVATE: Final[frozenset[tuple[str, int, int]]] = frozenset(
 
 # PS3.15 E.1.1: the combined actions, resolved to the IOD-safe choice.
 RESOLVED: Final[dict[str, str]] = {"X/Z": "Z", "Z/D": "D", "X/D": "D", "X/Z/D": "D", "X/Z/U*": "U*"}
+#: Where the resolved combined action would break the IOD whatever the profile allows, the choice
+#: that keeps it (checked with dciodvfy): Referenced Study Sequence (X/Z) is Type 3 with 1-n items in
+#: the General Study module (PS3.3 C.7.2.1), so Z's empty sequence is an error: its items stay, their
+#: UIDs mapped, as X/Z/U* does for Referenced Image Sequence.
+IOD_CHOICE: Final[dict[int, str]] = {0x00081110: "U*"}
+#: PS3.3 C.7.1.3: Clinical Trial Protocol Ethics Committee Name (D) is 1C, present only with the
+#: Approval Number (X): (attribute, the one it needs).
+REMOVED_WITH: Final[tuple[tuple[int, int], ...]] = ((0x00120081, 0x00120082),)
 DUMMY_TEXT: Final = "ANONYMIZED"
 # PS3.5 Table 6.2-1: a dummy value of each VR (D), never empty.
 DUMMY: Final[dict[str, Any]] = {
@@ -164,7 +172,7 @@ def action_for(tag: int, options: frozenset[str]) -> str:
         return "K"
     if "C" in chosen:
         return "C"
-    return RESOLVED.get(row[3], row[3])
+    return IOD_CHOICE.get(tag) or RESOLVED.get(row[3], row[3])
 
 
 class Pseudonyms:
@@ -363,6 +371,9 @@ def _apply(ds: Dataset, ctx: _Context) -> None:
             _uid(elem, ctx) if elem.VR == "UI" else _dummy(elem, ctx)
         elif action == "C":
             _clean(elem, ctx)
+    for dependent, needed in REMOVED_WITH:
+        if dependent in ds and needed not in ds:
+            del ds[dependent]
 
 
 def _clean_all(ds: Dataset, ctx: _Context) -> None:

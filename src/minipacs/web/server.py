@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from minipacs.config import ConfigError, Settings
+from minipacs.core.anonymize import Anonymizer
 from minipacs.core.archive import Archive
 from minipacs.core.jobs import JobQueue
 from minipacs.core.metadata import MetadataStore
@@ -78,6 +79,7 @@ async def start_http(
     nodes: NodeRegistry | None,
     outbound: Outbound | None = None,
     jobs: JobQueue | None = None,
+    anonymizer: Anonymizer | None = None,
 ) -> HttpServer:
     """Start metadata precomputation and, unless http_port is 0, the HTTP server. A port already in
     use stops the start-up with a sentence, as for the DICOM port: a server that comes up half is
@@ -90,7 +92,7 @@ async def start_http(
     metadata.attach()
     if not settings.http_port:
         return HttpServer(None, None, metadata)
-    context = AppContext(settings, archive, metadata, nodes, jobs=jobs, outbound=outbound)
+    context = AppContext(settings, archive, metadata, nodes, jobs=jobs, outbound=outbound, anonymizer=anonymizer)
     app = create_app(context)
     try:
         sock = socket.create_server(

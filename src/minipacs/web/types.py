@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from minipacs.config import Settings
+from minipacs.core.anonymize import Anonymizer
 from minipacs.core.archive import Archive
 from minipacs.core.jobs import JobQueue
 from minipacs.core.metadata import MetadataStore
@@ -27,6 +28,8 @@ class AppContext:
     #: Echo, query, send and retrieve to other nodes (services/outbound.py), built by bootstrap;
     #: None: the /api/nodes/{id}/echo|query|retrieve and /api/send endpoints answer 503.
     outbound: Outbound | None = None
+    #: De-identification (core/anonymize.py), built by bootstrap; None: /anonymize answers 503.
+    anonymizer: Anonymizer | None = None
     #: Rendering and transcoding: max_concurrent_renders threads, render_queue waiting, 503 beyond.
     renders: RenderPool = field(init=False)
 
