@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import pydicom
 from pydicom.dataset import FileMetaDataset
 
-from minipacs.core.deid import Mapping, Pseudonyms, check_options, deidentify
+from minipacs.core.deid import InvalidDeidOptions, Mapping, Pseudonyms, check_options, deidentify
 from minipacs.core.delete import delete_resource
 from minipacs.core.errors import ArchiveError, NotFound, OutOfResources
 from minipacs.core.jobs import JobContext, JobFailed, JobQueue
@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 ANONYMIZE: Final = "anonymize"
 KEY_FILE: Final = "anonymization.key"
+#: Anonymized files the archive refused after their original was replaced (Retain UIDs).
+KEPT_DIR: Final = "anonymize-kept"
 #: Level noun -> (retrieve level, unique key): what each entry point names.
 LEVELS: Final[dict[str, tuple[str, str]]] = {
     "patient": ("PATIENT", "PatientID"),
@@ -148,10 +150,20 @@ class Anonymizer:
         self.archive = archive
         self.pseudonyms = Pseudonyms(key)
 
-    async def select(self, request: AnonymizeRequest) -> list[StoredInstance]:
+    async def select(self, request: AnonymizeRequest, *, into_zip: bool = False) -> list[StoredInstance]:
         if request.level not in LEVELS:
             raise NotFound(f"cannot anonymize a {request.level!r}: choose patient, study or series")
         check_options(request.options)
+        if "retain-uids" in request.options and request.keep_original and not into_zip:
+            raise InvalidDeidOptions(
+                "with retain-uids the anonymized instances keep the originals' UIDs, so both cannot be in "
+                "this archive: replace the original (keep_original false, --delete-original) or write a ZIP"
+            )
+        if "retain-uids" in request.options and request.level == "series" and not into_zip:
+            raise InvalidDeidOptions(
+                "with retain-uids a series keeps its Study Instance UID, and one study cannot belong to two "
+                "patients in this archive: anonymize the whole study, or write a ZIP"
+            )
         level, key = LEVELS[request.level]
         found = await select_instances(self.archive, level, {key: request.id}, "PATIENT")
         if not found:
@@ -171,13 +183,20 @@ class Anonymizer:
         progress: Callable[[int, int], None] | None = None,
         found: list[StoredInstance] | None = None,
     ) -> AnonymizeResult:
-        """Anonymize into the archive, or into the ZIP at ``zip_path``; ``progress(done, failed)``."""
-        instances = found if found is not None else await self.select(request)
+        """Anonymize into the archive, or into the ZIP at ``zip_path``; ``progress(done, failed)``.
+
+        Every instance is de-identified into a file first. Into the archive, the files are then
+        ingested and the original deleted if asked (only when all succeeded); with Retain UIDs the
+        new instances have the original UIDs, so the original is deleted first (only when every
+        instance was de-identified) and the files ingested after it (a file the archive then
+        refuses is kept in DATA/anonymize-kept/ and named in the failures)."""
+        instances = found if found is not None else await self.select(request, into_zip=zip_path is not None)
         result = AnonymizeResult()
         studies: dict[str, None] = {}
         series: dict[str, None] = {}
-        origin = Origin(kind=ANONYMIZE)
+        files: list[tuple[str, Path]] = []  # (original SOP Instance UID, de-identified file)
         archive_zip = zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) if zip_path is not None else None
+        in_place = "retain-uids" in request.options
         try:
             for instance in instances:
                 if instance.problem:
@@ -190,35 +209,28 @@ class Anonymizer:
                     result.failures.append({"uid": instance.sop_instance_uid, "reason": f"cannot de-identify: {exc}"})
                     continue
                 await self._store_mapping(mapping)
-                new = {kind: pseudonym for kind, _, pseudonym in mapping.rows if kind == "patient_id"}
-                result.patient = new.get("patient_id", result.patient)
-                study_uid = self.pseudonyms.uid(instance.study_instance_uid)
-                series_uid = self.pseudonyms.uid(instance.series_instance_uid)
-                if "retain-uids" in request.options:
-                    study_uid, series_uid = instance.study_instance_uid, instance.series_instance_uid
+                result.patient = next((p for k, _, p in mapping.rows if k == "patient_id"), result.patient)
+                study_uid, series_uid = instance.study_instance_uid, instance.series_instance_uid
+                if not in_place:
+                    study_uid, series_uid = self.pseudonyms.uid(study_uid), self.pseudonyms.uid(series_uid)
+                studies.setdefault(study_uid)
+                series.setdefault(series_uid)
                 if archive_zip is not None:
                     name = f"{study_uid}/{series_uid}/{uuid.uuid4().hex[:16]}.dcm"
                     await asyncio.to_thread(archive_zip.writestr, name, data)
+                    result.instances += 1
+                    if progress is not None:
+                        progress(result.instances, len(result.failures))
                 else:
-                    try:
-                        await self._ingest(data, origin)
-                    except OutOfResources:
-                        raise
-                    except ArchiveError as exc:
-                        result.failures.append({"uid": instance.sop_instance_uid, "reason": str(exc)})
-                        continue
-                studies.setdefault(study_uid)
-                series.setdefault(series_uid)
-                result.instances += 1
-                if progress is not None:
-                    progress(result.instances, len(result.failures))
+                    files.append((instance.sop_instance_uid, await self._write(data)))
+            if archive_zip is None:
+                await self._into_archive(request, files, result, progress)
         finally:
             if archive_zip is not None:
                 await asyncio.to_thread(archive_zip.close)
+            for _, path in files:
+                path.unlink(missing_ok=True)
         result.studies, result.series = list(studies), list(series)
-        if not request.keep_original and archive_zip is None and not result.failures and result.instances:
-            await delete_resource(self.archive, request.level, request.id)
-            result.original_deleted = True
         log.info(
             "anonymized %s %s: %d instance(s), %d failed%s",
             request.level,
@@ -229,18 +241,53 @@ class Anonymizer:
         )
         return result
 
-    async def _ingest(self, data: bytes, origin: Origin) -> None:
+    async def _into_archive(
+        self,
+        request: AnonymizeRequest,
+        files: list[tuple[str, Path]],
+        result: AnonymizeResult,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        in_place = "retain-uids" in request.options
+        delete = not request.keep_original and not result.failures and bool(files)
+        if in_place and delete:
+            await delete_resource(self.archive, request.level, request.id)
+            result.original_deleted = True
+        elif in_place:
+            return  # nothing replaced: the original stays whole (the failures say why)
+        origin = Origin(kind=ANONYMIZE)
+        for uid, path in files:
+            try:
+                await self.archive.import_file(path, origin)
+            except OutOfResources:
+                raise
+            except ArchiveError as exc:
+                reason = str(exc)
+                if in_place:
+                    reason += f"; the anonymized file is kept as {await asyncio.to_thread(self._keep, path)}"
+                result.failures.append({"uid": uid, "reason": reason})
+                continue
+            result.instances += 1
+            if progress is not None:
+                progress(result.instances, len(result.failures))
+        if not in_place and delete and not result.failures:
+            await delete_resource(self.archive, request.level, request.id)
+            result.original_deleted = True
+
+    async def _write(self, data: bytes) -> Path:
         path = self.archive.staging_dir / f"{uuid.uuid4().hex}.anonymized"
 
         def write() -> None:
             with open(path, "wb") as fh:
                 fh.write(data)
 
-        try:
-            await asyncio.to_thread(write)
-            await self.archive.import_file(path, origin)
-        finally:
-            path.unlink(missing_ok=True)
+        await asyncio.to_thread(write)
+        return path
+
+    def _keep(self, path: Path) -> Path:
+        kept = self.archive.settings.data_dir / KEPT_DIR
+        kept.mkdir(exist_ok=True)
+        return path.rename(kept / path.name)
 
 
 def anonymize_handler(anonymizer: Anonymizer) -> Callable[[JobContext], Any]:

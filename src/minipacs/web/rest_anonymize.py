@@ -106,7 +106,7 @@ async def anonymize(request: Request) -> Response:
         raise HttpError(400, "invalid_parameter", f"output must be one of {', '.join(OUTPUTS)}")
     anonymizer = anonymizer_of(request)
     job = AnonymizeRequest(level, value, frozenset(options), keep_original=keep or output == "zip")
-    found = await anonymizer.select(job)  # NotFound: 404, bad options: 400
+    found = await anonymizer.select(job, into_zip=output == "zip")  # NotFound: 404, bad options: 400
     who = _who(request)
     if output == "zip":
         path = anonymizer.archive.staging_dir / f"anonymized-{uuid.uuid4().hex}.zip"
