@@ -111,3 +111,15 @@ def test_above_the_threshold_it_is_a_job(tmp_path: Path) -> None:
         assert job["result"]["study"].startswith("2.25.") and job["by"].startswith("oli")
 
     run(tmp_path, body, threshold=1)
+
+
+def test_the_study_page_offers_anonymize_to_writers(tmp_path: Path) -> None:
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        page = await client.get(f"/ui/studies/{STUDY}", headers=OPERATOR)
+        assert page.status_code == 200
+        assert f'data-api="/api/studies/{STUDY}/anonymize"' in page.text
+        assert 'value="retain-long-modified-dates"' in page.text and "Burned-in text" in page.text
+        viewer = await client.get(f"/ui/studies/{STUDY}", headers=VIEWER)
+        assert viewer.status_code == 200 and "/anonymize" not in viewer.text
+
+    run(tmp_path, body)

@@ -195,6 +195,7 @@ def routes() -> list[BaseRoute]:
             "write",
             "De-identify a patient, study or series (PS3.15 E.1): body {options, keep_original, output: "
             "archive|zip}; 200 the new UIDs, 202 a job when large, or the ZIP",
+            name="anonymize",
         ),
     ]
 

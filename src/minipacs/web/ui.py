@@ -26,6 +26,7 @@ from starlette.staticfiles import StaticFiles
 from minipacs.core.errors import ArchiveError, NotFound
 from minipacs.core.nodes import registry_warnings
 from minipacs.core.paths import validate_uid
+from minipacs.dicom.deid_table import OPTIONS as DEID_OPTIONS
 from minipacs.dicom.levels import Level
 from minipacs.index.matching import wildcard_match
 from minipacs.services import status
@@ -293,6 +294,7 @@ async def study(request: Request) -> Response:
         uid=uid,
         series=series,
         nodes=await _send_nodes(request),
+        deid_options=DEID_OPTIONS,
     )
 
 
