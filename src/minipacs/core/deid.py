@@ -58,8 +58,8 @@ OPTION_CODES: Final[dict[str, tuple[str, str]]] = {
 #: Options that cannot be chosen together.
 EXCLUSIVE: Final = (frozenset({"retain-long-full-dates", "retain-long-modified-dates"}),)
 
-#: Retain Safe Private: (private creator, element byte) kept. Our list, after the examples of
-#: PS3.15 Table E.3.10-1 (acquisition parameters needed for quantitative work, no identity).
+#: Retain Safe Private: (private creator, group, element byte) kept. Our own short list, of the kind
+#: PS3.15 Table E.3.10-1 lists (acquisition parameters needed for quantitative work, no identity).
 SAFE_PRIVATE: Final[frozenset[tuple[str, int, int]]] = frozenset(
     {
         ("GEMS_ACQU_01", 0x0019, 0x23),  # table speed
