@@ -215,3 +215,14 @@ def test_jobs_survive_as_plain_json() -> None:
     request = AnonymizeRequest("study", "1.2.3", frozenset({"retain-uids"}), keep_original=False)
     assert AnonymizeRequest.from_params(request.to_params()) == request
     assert asyncio.iscoroutinefunction(Anonymizer.run)
+
+
+def test_settings_at_their_limits() -> None:
+    from minipacs.config import ConfigError, Settings
+
+    assert Settings(anonymization_key="k" * 16, anonymize_job_threshold=0).validate().anonymize_job_threshold == 0
+    with pytest.raises(ConfigError, match="at least 16 characters"):
+        Settings(anonymization_key="k" * 15).validate()
+    with pytest.raises(ConfigError, match="anonymize_job_threshold"):
+        Settings(anonymize_job_threshold=-1).validate()
+    assert "k" * 16 not in repr(Settings(anonymization_key="k" * 16))  # the key stays out of logs

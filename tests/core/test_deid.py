@@ -231,3 +231,14 @@ def test_the_mapping_lists_patient_and_uids() -> None:
     kinds = {(k, o) for k, o, _ in mapping.rows}
     assert ("patient_id", "PM") in kinds and ("uid", "1.8.1") in kinds and ("uid", "1.8.3") in kinds
     assert ("uid", "1.2.840.10008.5.1.4.1.1.2") not in kinds  # SOP Class UIDs are not identifying
+
+
+def test_the_table_file_is_what_the_generator_writes(capsys: pytest.CaptureFixture[str]) -> None:
+    import runpy
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    generator = runpy.run_path(str(root / "tools" / "gen_deid_table.py"))
+    generator["main"](["gen_deid_table.py"])
+    written = (root / "src" / "minipacs" / "dicom" / "deid_table.py").read_text(encoding="utf-8")
+    assert capsys.readouterr().out == written  # generated, never edited by hand

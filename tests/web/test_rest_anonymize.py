@@ -113,6 +113,14 @@ def test_above_the_threshold_it_is_a_job(tmp_path: Path) -> None:
     run(tmp_path, body, threshold=1)
 
 
+def test_at_the_threshold_it_runs_at_once(tmp_path: Path) -> None:
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        answer = await client.post(f"/api/studies/{STUDY}/anonymize", headers=OPERATOR)
+        assert answer.status_code == 200 and answer.json()["instances"] == 2  # 2 instances, threshold 2
+
+    run(tmp_path, body, threshold=2)
+
+
 def test_the_study_page_offers_anonymize_to_writers(tmp_path: Path) -> None:
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
         page = await client.get(f"/ui/studies/{STUDY}", headers=OPERATOR)

@@ -21,13 +21,16 @@ _INSERT_IGNORING: Final[Mapping[str, Callable[[list[dict[str, Any]]], Any]]] = {
     "sqlite": lambda v: sqlite.insert(_MAP).values(v).on_conflict_do_nothing(index_elements=_KEY),
     "postgresql": lambda v: postgresql.insert(_MAP).values(v).on_conflict_do_nothing(index_elements=_KEY),
 }
+#: Longest original kept (the column's size; PS3.5 values are shorter).
+MAX_ORIGINAL: Final = 400
 #: Rows per INSERT statement (bound parameters stay well under SQLite's limit).
 _BATCH: Final = 200
 
 
 def insert_mappings(conn: Connection, rows: Iterable[tuple[str, str, str]], now: dt.datetime) -> int:
     """Store (kind, original, pseudonym) rows not stored yet; returns how many were new."""
-    values = [{"kind": k, "original": o, "pseudonym": p, "created_at": now} for k, o, p in sorted(set(rows))]
+    unique = sorted({(k, o[:MAX_ORIGINAL], p) for k, o, p in rows})
+    values = [{"kind": k, "original": o, "pseudonym": p, "created_at": now} for k, o, p in unique]
     added = 0
     for start in range(0, len(values), _BATCH):
         result = conn.execute(_INSERT_IGNORING[conn.dialect.name](values[start : start + _BATCH]))
