@@ -49,6 +49,9 @@ ANONYMIZE: Final = "anonymize"
 KEY_FILE: Final = "anonymization.key"
 #: Anonymized files the archive refused after their original was replaced (Retain UIDs).
 KEPT_DIR: Final = "anonymize-kept"
+#: Instances de-identified at once (pydicom in worker threads) and ingested at once (group commit).
+DEID_CONCURRENCY: Final = 4
+INGEST_CONCURRENCY: Final = 8
 #: Level noun -> (retrieve level, unique key): what each entry point names.
 LEVELS: Final[dict[str, tuple[str, str]]] = {
     "patient": ("PATIENT", "PatientID"),
@@ -126,10 +129,10 @@ class AnonymizeResult:
         return out
 
 
-def _part10(instance: StoredInstance, options: frozenset[str], pseudonyms: Pseudonyms, mapping: Mapping) -> bytes:
-    """Read, de-identify and encode one stored instance (blocking)."""
-    import io
-
+def _part10(
+    instance: StoredInstance, options: frozenset[str], pseudonyms: Pseudonyms, mapping: Mapping, out: Path
+) -> None:
+    """Read, de-identify and write one stored instance as a Part 10 file at ``out`` (blocking)."""
     ds = pydicom.dcmread(instance.path)
     syntax = ds.file_meta.TransferSyntaxUID
     deidentify(ds, options, pseudonyms, mapping)
@@ -138,9 +141,7 @@ def _part10(instance: StoredInstance, options: frozenset[str], pseudonyms: Pseud
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = syntax
     ds.file_meta = meta
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    ds.save_as(out, enforce_file_format=True)
 
 
 class Anonymizer:
@@ -170,11 +171,6 @@ class Anonymizer:
             raise NotFound(f"{request.level} {request.id!r} has no stored instance to anonymize")
         return found
 
-    async def _store_mapping(self, mapping: Mapping) -> None:
-        now = dt.datetime.now(dt.UTC)
-        rows = list(mapping.rows)
-        await self.archive.write(lambda conn: anonymization_repo.insert_mappings(conn, rows, now))
-
     async def run(
         self,
         request: AnonymizeRequest,
@@ -185,52 +181,33 @@ class Anonymizer:
     ) -> AnonymizeResult:
         """Anonymize into the archive, or into the ZIP at ``zip_path``; ``progress(done, failed)``.
 
-        Every instance is de-identified into a file first. Into the archive, the files are then
-        ingested and the original deleted if asked (only when all succeeded); with Retain UIDs the
-        new instances have the original UIDs, so the original is deleted first (only when every
-        instance was de-identified) and the files ingested after it (a file the archive then
-        refuses is kept in DATA/anonymize-kept/ and named in the failures)."""
+        Every instance is de-identified into a file first (DEID_CONCURRENCY at a time) and the
+        mapping stored in one write. Into the archive, the files are then ingested
+        (INGEST_CONCURRENCY at a time, so group commit batches their fsyncs) and the original
+        deleted if asked (only when all succeeded); with Retain UIDs the new instances have the
+        original UIDs, so the original is deleted first (only when every instance was de-identified)
+        and the files ingested after it (a file the archive then refuses is kept in
+        DATA/anonymize-kept/ and named in the failures)."""
         instances = found if found is not None else await self.select(request, into_zip=zip_path is not None)
         result = AnonymizeResult()
-        studies: dict[str, None] = {}
-        series: dict[str, None] = {}
-        files: list[tuple[str, Path]] = []  # (original SOP Instance UID, de-identified file)
-        archive_zip = zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) if zip_path is not None else None
         in_place = "retain-uids" in request.options
+        files: list[tuple[str, Path]] = []  # (original SOP Instance UID, de-identified file), in order
         try:
-            for instance in instances:
-                if instance.problem:
-                    result.failures.append({"uid": instance.sop_instance_uid, "reason": instance.problem})
-                    continue
-                mapping = Mapping()
-                try:
-                    data = await asyncio.to_thread(_part10, instance, request.options, self.pseudonyms, mapping)
-                except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
-                    result.failures.append({"uid": instance.sop_instance_uid, "reason": f"cannot de-identify: {exc}"})
-                    continue
-                await self._store_mapping(mapping)
-                result.patient = next((p for k, _, p in mapping.rows if k == "patient_id"), result.patient)
-                study_uid, series_uid = instance.study_instance_uid, instance.series_instance_uid
-                if not in_place:
-                    study_uid, series_uid = self.pseudonyms.uid(study_uid), self.pseudonyms.uid(series_uid)
-                studies.setdefault(study_uid)
-                series.setdefault(series_uid)
-                if archive_zip is not None:
-                    name = f"{study_uid}/{series_uid}/{uuid.uuid4().hex[:16]}.dcm"
-                    await asyncio.to_thread(archive_zip.writestr, name, data)
-                    result.instances += 1
-                    if progress is not None:
-                        progress(result.instances, len(result.failures))
-                else:
-                    files.append((instance.sop_instance_uid, await self._write(data)))
-            if archive_zip is None:
+            files = await self._deidentify_all(request, instances, result)
+            by_uid = {i.sop_instance_uid: i for i in instances}
+            for uid, _ in files:
+                study, series = self._new_parents(by_uid, uid, in_place)
+                if study not in result.studies:
+                    result.studies.append(study)
+                if series not in result.series:
+                    result.series.append(series)
+            if zip_path is not None:
+                await self._into_zip(zip_path, by_uid, files, result, progress, in_place)
+            else:
                 await self._into_archive(request, files, result, progress)
         finally:
-            if archive_zip is not None:
-                await asyncio.to_thread(archive_zip.close)
             for _, path in files:
                 path.unlink(missing_ok=True)
-        result.studies, result.series = list(studies), list(series)
         log.info(
             "anonymized %s %s: %d instance(s), %d failed%s",
             request.level,
@@ -240,6 +217,68 @@ class Anonymizer:
             "; original deleted" if result.original_deleted else "",
         )
         return result
+
+    def _new_parents(self, instances: dict[str, StoredInstance], uid: str, in_place: bool) -> tuple[str, str]:
+        instance = instances[uid]
+        study, series = instance.study_instance_uid, instance.series_instance_uid
+        return (study, series) if in_place else (self.pseudonyms.uid(study), self.pseudonyms.uid(series))
+
+    async def _deidentify_all(
+        self, request: AnonymizeRequest, instances: list[StoredInstance], result: AnonymizeResult
+    ) -> list[tuple[str, Path]]:
+        limit = asyncio.Semaphore(DEID_CONCURRENCY)
+        done: dict[int, tuple[str, Path]] = {}
+        mappings: list[Mapping] = []
+
+        async def one(n: int, instance: StoredInstance) -> None:
+            if instance.problem:
+                result.failures.append({"uid": instance.sop_instance_uid, "reason": instance.problem})
+                return
+            mapping = Mapping()
+            out = self.archive.staging_dir / f"{uuid.uuid4().hex}.anonymized"
+            async with limit:
+                try:
+                    await asyncio.to_thread(_part10, instance, request.options, self.pseudonyms, mapping, out)
+                except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
+                    out.unlink(missing_ok=True)
+                    result.failures.append({"uid": instance.sop_instance_uid, "reason": f"cannot de-identify: {exc}"})
+                    return
+            mappings.append(mapping)
+            done[n] = (instance.sop_instance_uid, out)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for n, instance in enumerate(instances):
+                    group.create_task(one(n, instance))
+        except BaseException:
+            for _, path in done.values():
+                path.unlink(missing_ok=True)
+            raise
+        rows = {row for mapping in mappings for row in mapping.rows}
+        result.patient = next((p for k, _, p in sorted(rows) if k == "patient_id"), "")
+        now = dt.datetime.now(dt.UTC)
+        await self.archive.write(lambda conn: anonymization_repo.insert_mappings(conn, rows, now))
+        return [done[n] for n in sorted(done)]
+
+    async def _into_zip(
+        self,
+        zip_path: Path,
+        instances: dict[str, StoredInstance],
+        files: list[tuple[str, Path]],
+        result: AnonymizeResult,
+        progress: Callable[[int, int], None] | None,
+        in_place: bool,
+    ) -> None:
+        def write() -> None:
+            with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive_zip:
+                for uid, path in files:
+                    study, series = self._new_parents(instances, uid, in_place)
+                    archive_zip.write(path, f"{study}/{series}/{uuid.uuid4().hex[:16]}.dcm")
+
+        await asyncio.to_thread(write)
+        result.instances = len(files)
+        if progress is not None:
+            progress(result.instances, len(result.failures))
 
     async def _into_archive(
         self,
@@ -256,33 +295,36 @@ class Anonymizer:
         elif in_place:
             return  # nothing replaced: the original stays whole (the failures say why)
         origin = Origin(kind=ANONYMIZE)
-        for uid, path in files:
-            try:
-                await self.archive.import_file(path, origin)
-            except OutOfResources:
-                raise
-            except ArchiveError as exc:
-                reason = str(exc)
-                if in_place:
-                    reason += f"; the anonymized file is kept as {await asyncio.to_thread(self._keep, path)}"
-                result.failures.append({"uid": uid, "reason": reason})
-                continue
+        limit = asyncio.Semaphore(INGEST_CONCURRENCY)
+        exhausted: list[OutOfResources] = []
+
+        async def one(uid: str, path: Path) -> None:
+            async with limit:
+                if exhausted:
+                    return
+                try:
+                    await self.archive.import_file(path, origin)
+                except OutOfResources as exc:
+                    exhausted.append(exc)
+                    return
+                except ArchiveError as exc:
+                    reason = str(exc)
+                    if in_place:
+                        reason += f"; the anonymized file is kept as {await asyncio.to_thread(self._keep, path)}"
+                    result.failures.append({"uid": uid, "reason": reason})
+                    return
             result.instances += 1
             if progress is not None:
                 progress(result.instances, len(result.failures))
+
+        async with asyncio.TaskGroup() as group:
+            for uid, path in files:
+                group.create_task(one(uid, path))
+        if exhausted:
+            raise exhausted[0]
         if not in_place and delete and not result.failures:
             await delete_resource(self.archive, request.level, request.id)
             result.original_deleted = True
-
-    async def _write(self, data: bytes) -> Path:
-        path = self.archive.staging_dir / f"{uuid.uuid4().hex}.anonymized"
-
-        def write() -> None:
-            with open(path, "wb") as fh:
-                fh.write(data)
-
-        await asyncio.to_thread(write)
-        return path
 
     def _keep(self, path: Path) -> Path:
         kept = self.archive.settings.data_dir / KEPT_DIR
