@@ -85,6 +85,9 @@ def test_zip_output_and_errors(tmp_path: Path) -> None:
         cases = [
             (f"/api/studies/{STUDY}/anonymize", {"options": ["retain-all"]}, 400, "invalid_deid_options"),
             (f"/api/studies/{STUDY}/anonymize", {"output": "cd"}, 400, "invalid_parameter"),
+            (f"/api/studies/{STUDY}/anonymize", {"output": "zip", "keep_original": False}, 400, "invalid_parameter"),
+            (f"/api/studies/{STUDY}/anonymize", {"options": "retain-uids"}, 400, "invalid_parameter"),
+            (f"/api/studies/{STUDY}/anonymize", {"options": ["retain-uids"]}, 400, "invalid_deid_options"),
             (f"/api/studies/{STUDY}/anonymize", {"colour": 1}, 400, "invalid_parameter"),
             (f"/api/studies/{STUDY}/anonymize", ["x"], 400, "invalid_json"),
             ("/api/studies/1.2.3.4.5/anonymize", {}, 404, "not_found"),

@@ -104,8 +104,10 @@ async def anonymize(request: Request) -> Response:
         raise HttpError(400, "invalid_parameter", "keep_original must be true or false")
     if output not in OUTPUTS:
         raise HttpError(400, "invalid_parameter", f"output must be one of {', '.join(OUTPUTS)}")
+    if output == "zip" and not keep:
+        raise HttpError(400, "invalid_parameter", "keep_original false goes with storing, not with a ZIP")
     anonymizer = anonymizer_of(request)
-    job = AnonymizeRequest(level, value, frozenset(options), keep_original=keep or output == "zip")
+    job = AnonymizeRequest(level, value, frozenset(options), keep_original=keep)
     found = await anonymizer.select(job, into_zip=output == "zip")  # NotFound: 404, bad options: 400
     who = _who(request)
     if output == "zip":
