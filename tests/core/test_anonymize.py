@@ -226,3 +226,40 @@ def test_settings_at_their_limits() -> None:
     with pytest.raises(ConfigError, match="anonymize_job_threshold"):
         Settings(anonymize_job_threshold=-1).validate()
     assert "k" * 16 not in repr(Settings(anonymization_key="k" * 16))  # the key stays out of logs
+
+
+@pytest.mark.parametrize("name", ["rle", "jpeg_baseline", "deflated", "implicit", "big_endian"])
+def test_transfer_syntax_and_pixels_are_kept(tmp_path: Path, name: str) -> None:
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+    from minipacs.bootstrap import open_archive
+    from minipacs.config import Settings
+    from tests.compressed import fresh_copy
+
+    syntaxes = {"deflated": DeflatedExplicitVRLittleEndian, "implicit": ImplicitVRLittleEndian}
+    syntaxes["big_endian"] = ExplicitVRBigEndian
+
+    async def main() -> None:
+        archive = await open_archive(Settings(data_dir=tmp_path / "data", fsync=False))
+        try:
+            if name in syntaxes:
+                path = tmp_path / f"{name}.dcm"
+                ds = make_ct(
+                    "1.2.826.0.1.3680043.10.2.9", "1.2.826.0.1.3680043.10.2.9.1", "1.2.826.0.1.3680043.10.2.9.1.1"
+                )
+                ds.file_meta.TransferSyntaxUID = syntaxes[name]
+                ds.save_as(path, enforce_file_format=True)
+                original = pydicom.dcmread(path)
+            else:
+                path, original = fresh_copy(name, tmp_path / "src")
+            await archive.import_file(path, Origin("import"))
+            result = await Anonymizer(archive, KEY).run(AnonymizeRequest("study", original.StudyInstanceUID))
+            assert result.instances == 1, result.failures
+            stored = await select_instances(archive, "STUDY", {"StudyInstanceUID": result.studies[0]})
+            out = pydicom.dcmread(stored[0].path)
+            assert out.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+            assert out.PixelData == original.PixelData and out.PatientIdentityRemoved == "YES"
+        finally:
+            await archive.close()
+
+    asyncio.run(main())

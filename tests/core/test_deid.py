@@ -186,6 +186,8 @@ def test_no_identifying_value_is_left_in_the_output_bytes() -> None:
         assert secret.encode() not in data, secret
     # dates: none of the original's dates survive without the temporal options
     assert b"19710203" not in data
+    # UIDs: every test UID (all U, or in the make_ct study/series/instance) is replaced
+    assert b"1.2.826.0.1.3680043.10.1." not in data
 
 
 def test_pseudonyms_are_consistent_and_keyed() -> None:
