@@ -18,6 +18,7 @@ from minipacs.core.archive import Archive
 from minipacs.core.jobs import JobQueue, JobSettings
 from minipacs.core.metadata import MetadataStore
 from minipacs.web.app import create_app
+from minipacs.web.rest_anonymize import MAX_BODY, MAX_MAPPINGS
 from minipacs.web.types import AppContext
 from tests.core.test_anonymize import KEY, store
 from tests.web.test_rest_nodes import USERS, auth
@@ -96,6 +97,15 @@ def test_zip_output_and_errors(tmp_path: Path) -> None:
         for url, payload, status, code in cases:
             failed = await client.post(url, headers=OPERATOR, json=payload)
             assert (failed.status_code, failed.json()["error"]["code"]) == (status, code), (url, failed.text)
+        # the limits, at and past them
+        padded = b'{"options": []}' + b" " * (MAX_BODY - 15)
+        url = f"/api/studies/{STUDY}/anonymize"
+        headers = {**OPERATOR, "Content-Type": "application/json"}
+        assert (await client.post(url, headers=headers, content=padded)).status_code == 200
+        assert (await client.post(url, headers=headers, content=padded + b" ")).status_code == 413
+        mappings = "/api/anonymization/mappings"
+        assert (await client.get(mappings, params={"limit": MAX_MAPPINGS}, headers=ADMIN)).status_code == 200
+        assert (await client.get(mappings, params={"limit": MAX_MAPPINGS + 1}, headers=ADMIN)).status_code == 400
 
     run(tmp_path, body)
 
