@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from minipacs.blobs.filesystem import FilesystemBlobStore
 from minipacs.config import ConfigError, Settings
 from minipacs.core.access import AccessPolicy, AccessRules
+from minipacs.core.anonymize import Anonymizer, load_key, register_anonymize_job
 from minipacs.core.archive import Archive, ArchiveSettings
 from minipacs.core.jobs import JobQueue, JobSettings, default_runner
 from minipacs.core.metrics import Metrics
@@ -104,7 +105,13 @@ def job_queue(settings: Settings, archive: Archive, nodes: NodeRegistry, calls: 
     queue = JobQueue(archive, job_settings(settings))
     register_transfer_jobs(queue, calls or outbound(settings, archive), nodes)
     register_retention_job(queue, archive, settings.retention, settings.retention_max_deletions)
+    register_anonymize_job(queue, anonymizer(settings, archive))
     return queue
+
+
+def anonymizer(settings: Settings, archive: Archive) -> Anonymizer:
+    """De-identification with the configured key, or DATA/anonymization.key (created once)."""
+    return Anonymizer(archive, load_key(settings.anonymization_key, settings.data_dir.resolve()))
 
 
 def archive_settings(settings: Settings) -> ArchiveSettings:
@@ -337,7 +344,13 @@ async def serve(settings: Settings, on_ready: Callable[[App], None] | None = Non
     http = None  # the HTTP edge (web/): REST and DICOMweb, same process and loop
     try:
         http = await start_http(
-            settings, app.archive, app.nodes, outbound(settings, app.archive), app.jobs, metrics=app.metrics
+            settings,
+            app.archive,
+            app.nodes,
+            outbound(settings, app.archive),
+            app.jobs,
+            anonymizer=anonymizer(settings, app.archive),
+            metrics=app.metrics,
         )
         try:
             await app.dicom.start()

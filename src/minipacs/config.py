@@ -190,6 +190,12 @@ class Settings:
     hl7_max_message_bytes: int = 1 * MiB
     #: An HL7 connection silent this long is closed.
     hl7_idle_timeout: float = 300.0
+    # --- de-identification (core/anonymize.py, docs/ANONYMIZATION.md)
+    #: Secret of the keyed pseudonyms (HMAC-SHA256), at least 16 characters; empty: a random key
+    #: generated once into DATA/anonymization.key. Same key, same pseudonyms and UIDs in every run.
+    anonymization_key: str = dataclasses.field(default="", repr=False)
+    #: A REST anonymization of more instances than this runs as a job (202 and the job's id).
+    anonymize_job_threshold: int = 200
     #: ``[[users]]`` (name, password_hash, role) and ``[[tokens]]`` (name, token_hash, role).
     users: tuple[User, ...] = ()
     tokens: tuple[ApiToken, ...] = ()
@@ -334,6 +340,10 @@ class Settings:
             check_rules(self.retention)
         except InvalidRetentionRule as exc:
             raise ConfigError(str(exc)) from None
+        if self.anonymization_key and len(self.anonymization_key) < 16:
+            raise ConfigError("anonymization_key must be at least 16 characters (or empty: a generated key)")
+        if self.anonymize_job_threshold < 0:
+            raise ConfigError("anonymize_job_threshold must be 0 (always a job) or more instances")
         return self
 
 

@@ -345,3 +345,20 @@ class InstanceMetadata(Base):
     sop_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
     json: Mapped[str] = mapped_column(Text())
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class AnonymizationMapping(Base):
+    """What de-identification replaced (core/anonymize.py): original value <-> pseudonym, by kind
+    ("patient_id", "patient_name", "uid", "date_shift_days"). Read by admins only; one row per
+    distinct triple (the pseudonyms are keyed HMACs: a new key gives new rows, old ones stay)."""
+
+    __tablename__ = "anonymization_mappings"
+    __table_args__ = (
+        UniqueConstraint("kind", "original", "pseudonym", name="uq_anonymization_mapping"),
+        Index("ix_anonymization_mappings_pseudonym", "pseudonym"),
+    )
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    original: Mapped[str] = mapped_column(String(400))
+    pseudonym: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())

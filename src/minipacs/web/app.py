@@ -11,6 +11,7 @@ from starlette.routing import Mount
 from minipacs.web import (
     dicomweb,
     rest,
+    rest_anonymize,
     rest_diagnostics,
     rest_jobs,
     rest_labels,
@@ -58,6 +59,7 @@ def create_app(ctx: AppContext) -> Starlette:
                 *rest_worklist.routes(),
                 *rest_labels.routes(),
                 *rest_retention.routes(),
+                *rest_anonymize.routes(),
                 *rest.routes(),
             ],
             name="api",

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from minipacs.config import ConfigError, Settings
+from minipacs.core.anonymize import Anonymizer
 from minipacs.core.archive import Archive
 from minipacs.core.jobs import JobQueue
 from minipacs.core.metadata import MetadataStore
@@ -79,6 +80,7 @@ async def start_http(
     nodes: NodeRegistry | None,
     outbound: Outbound | None = None,
     jobs: JobQueue | None = None,
+    anonymizer: Anonymizer | None = None,
     metrics: Metrics | None = None,
 ) -> HttpServer:
     """Start metadata precomputation and, unless http_port is 0, the HTTP server. A port already in
@@ -99,6 +101,7 @@ async def start_http(
         nodes,
         jobs=jobs,
         outbound=outbound,
+        anonymizer=anonymizer,
         metrics=metrics or Metrics(max_ae_labels=settings.metrics_max_ae_labels),
     )
     app = create_app(context)

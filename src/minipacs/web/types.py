@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from minipacs.config import Settings
+from minipacs.core.anonymize import Anonymizer
 from minipacs.core.archive import Archive
 from minipacs.core.jobs import JobQueue
 from minipacs.core.metadata import MetadataStore
@@ -30,6 +31,8 @@ class AppContext:
     outbound: Outbound | None = None
     #: Prometheus figures shared with the DICOM server (core/metrics.py, GET /metrics).
     metrics: Metrics = field(default_factory=Metrics)
+    #: De-identification (core/anonymize.py), built by bootstrap; None: /anonymize answers 503.
+    anonymizer: Anonymizer | None = None
     #: Rendering and transcoding: max_concurrent_renders threads, render_queue waiting, 503 beyond.
     renders: RenderPool = field(init=False)
 

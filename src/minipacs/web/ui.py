@@ -27,6 +27,7 @@ from minipacs.core.errors import ArchiveError, NotFound
 from minipacs.core.labels import labels_of, labels_of_studies
 from minipacs.core.nodes import registry_warnings
 from minipacs.core.paths import validate_uid
+from minipacs.dicom.deid_table import OPTIONS as DEID_OPTIONS
 from minipacs.dicom.levels import Level
 from minipacs.index.matching import wildcard_match
 from minipacs.services import status
@@ -301,6 +302,7 @@ async def study(request: Request) -> Response:
         series=series,
         nodes=await _send_nodes(request),
         labels=await labels_of(ctx(request).archive, uid),
+        deid_options=DEID_OPTIONS,
     )
 
 

@@ -911,4 +911,21 @@
     });
     window.setInterval(refresh, 2000);
   }
+
+  // ------------------------------------------------------------ anonymize a study (web/rest_anonymize.py)
+  document.querySelectorAll("form.anonymize").forEach(function (form) {
+    form.addEventListener("submit", async function (event) {
+      event.preventDefault();
+      const out = form.querySelector(".job");
+      const options = Array.from(form.querySelectorAll("input[name=option]:checked")).map(function (b) { return b.value; });
+      const keep = form.querySelector("input[name=keep_original]").checked;
+      out.textContent = "anonymizing…";
+      const result = await api("POST", form.dataset.api, { options: options, keep_original: keep });
+      if (result.status === 202 && result.data) { out.textContent = "job " + result.data.job + " started"; followJob(result.data.job, out); return; }
+      if (result.status !== 200) { out.textContent = ""; message("Not anonymized: " + errorText(result), true); return; }
+      out.textContent = "";
+      message("Anonymized " + result.data.instances + " instance(s) into study " + result.data.study + ".", false);
+      window.location.assign(form.dataset.studyPage + "studies/" + encodeURIComponent(result.data.study));
+    });
+  });
 })();
