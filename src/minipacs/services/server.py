@@ -483,7 +483,7 @@ class DicomServer:
             if assoc in self.established:
                 self.established.discard(assoc)
                 if self.metrics is not None:
-                    self.metrics.associations_open.dec()
+                    self.metrics.association_closed()
             if assoc.established.done() and not assoc.established.cancelled():
                 assoc.established.exception()  # acceptors never await it: mark a failure as seen
             self._log(assoc)
@@ -510,7 +510,7 @@ class DicomServer:
         identity_ac = self._identity_answers.pop(assoc, None)
         self.established.add(assoc)
         if self.metrics is not None:
-            self.metrics.associations_open.inc()
+            self.metrics.association_opened()
         info = UserInformation(
             maximum_length=self.assoc_settings.max_pdu_receive,
             implementation_class_uid=IMPLEMENTATION_CLASS_UID,

@@ -37,12 +37,8 @@ def _failing(jobs: list[dict[str, Any]], now: dt.datetime) -> list[dict[str, Any
 
 def _refusals(request: Request) -> list[tuple[str, str, int]]:
     """(request, status, count) of the DIMSE failures and warnings since this node started."""
-    rows: list[tuple[str, str, int]] = []
-    for family in ctx(request).metrics.dimse_failures.collect():
-        for sample in family.samples:
-            if sample.name.endswith("_total") and sample.value:
-                rows.append((sample.labels["request"], sample.labels["status"], int(sample.value)))
-    return sorted(rows, key=lambda row: -row[2])
+    failures = ctx(request).metrics.dimse_failures
+    return sorted(((request, status, count) for (request, status), count in failures.items()), key=lambda r: -r[2])
 
 
 async def overview_page(request: Request) -> Response:
