@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute
 from minipacs.core import changes as journal
 from minipacs.core.delete import delete_resource
 from minipacs.core.errors import ArchiveError, NotFound, OutOfResources
+from minipacs.core.media import readable_names, series_labels_of
 from minipacs.core.metadata import BULK_PREFIX
 from minipacs.core.model import Origin
 from minipacs.core.nodes import node_from_mapping
@@ -170,8 +171,9 @@ async def download(request: Request) -> Response:
             media_type="application/dicom",
             headers={"Content-Disposition": f'attachment; filename="{value}.dcm"'},
         )
+    names = readable_names(found, await series_labels_of(ctx(request).archive, found))
     return StreamingResponse(
-        zip_stream(found),
+        zip_stream(found, names),
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{value}.zip"'},
     )
