@@ -13,6 +13,7 @@ from minipacs.blobs.filesystem import FilesystemBlobStore
 from minipacs.config import ConfigError, Settings
 from minipacs.core.access import AccessPolicy, AccessRules
 from minipacs.core.archive import Archive, ArchiveSettings
+from minipacs.core.audit import AuditSettings
 from minipacs.core.jobs import JobQueue, JobSettings, default_runner
 from minipacs.core.mpps import ProcedureSteps
 from minipacs.core.nodes import NodeRegistry, calling_host_warning
@@ -131,10 +132,20 @@ async def open_archive(settings: Settings) -> Archive:
 
     index, blobs = await asyncio.to_thread(prepare)
     try:
-        return await Archive.start(archive_settings(settings), index, blobs)
+        archive = await Archive.start(archive_settings(settings), index, blobs)
     except BaseException:
         index.dispose()
         raise
+    archive.audit.settings = audit_settings(settings)
+    return archive
+
+
+def audit_settings(settings: Settings) -> AuditSettings:
+    return AuditSettings(
+        retention_days=settings.audit_retention_days,
+        flush_seconds=settings.audit_flush_seconds,
+        max_pending=settings.audit_max_pending,
+    )
 
 
 def access_rules(settings: Settings) -> AccessRules:
@@ -161,10 +172,12 @@ class App:
     diagnostics_watch: asyncio.Task[None] | None = None
     #: Looks for studies whose procedure step another node completed (core/mpps.py ``watch``).
     completion_watch: asyncio.Task[None] | None = None
+    #: Writes the audit trail's waiting events and prunes old rows (core/audit.py ``run``).
+    audit_watch: asyncio.Task[None] | None = None
 
     async def close(self, grace: float = 5.0) -> None:
         await self.jobs.close()  # running jobs go back to the queue while the index is still open
-        for task in (self.nodes_watch, self.diagnostics_watch, self.completion_watch):
+        for task in (self.nodes_watch, self.diagnostics_watch, self.completion_watch, self.audit_watch):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -263,9 +276,11 @@ async def build_app(settings: Settings) -> App:
     watch = asyncio.ensure_future(registry.watch(settings.nodes_refresh))
     findings = asyncio.ensure_future(watch_diagnostics(settings, archive, registry))
     completion = asyncio.ensure_future(steps.watch(settings.completion_recheck_seconds))
-    return App(
+    app = App(
         settings, archive, server, registry, access, job_queue(settings, archive, registry), watch, findings, completion
     )
+    app.audit_watch = asyncio.ensure_future(archive.audit.run())
+    return app
 
 
 async def watch_diagnostics(settings: Settings, archive: Archive, registry: NodeRegistry) -> None:

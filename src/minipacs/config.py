@@ -186,6 +186,13 @@ class Settings:
     hl7_max_message_bytes: int = 1 * MiB
     #: An HL7 connection silent this long is closed.
     hl7_idle_timeout: float = 300.0
+    # --- the audit trail (core/audit.py, docs/AUDIT.md)
+    #: Audit rows are deleted this many days after they were written; 0 keeps them for ever.
+    audit_retention_days: int = 365
+    #: Waiting audit events are written to the index this often (s), in one transaction.
+    audit_flush_seconds: float = 1.0
+    #: At most this many audit events wait in memory (the index down); beyond, the oldest are dropped.
+    audit_max_pending: int = 100_000
     #: ``[[users]]`` (name, password_hash, role) and ``[[tokens]]`` (name, token_hash, role).
     users: tuple[User, ...] = ()
     tokens: tuple[ApiToken, ...] = ()
@@ -313,6 +320,12 @@ class Settings:
             raise ConfigError("hl7_max_message_bytes must be at least 1024")
         if self.hl7_idle_timeout <= 0:
             raise ConfigError("hl7_idle_timeout must be a positive number of seconds")
+        if self.audit_retention_days < 0:
+            raise ConfigError("audit_retention_days must be 0 (keep the audit trail for ever) or a number of days")
+        if not 0.05 <= self.audit_flush_seconds <= 3600:
+            raise ConfigError("audit_flush_seconds must be from 0.05 to 3600 seconds")
+        if self.audit_max_pending < 1000:
+            raise ConfigError("audit_max_pending must be at least 1000 events")
         return self
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import sys
 from pathlib import Path
 from typing import Any, Final
 
 from minipacs.cli.exit_codes import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from minipacs.config import Settings
+from minipacs.core.audit import Action, ActorKind
 from minipacs.core.errors import ArchiveError
 
 NEEDS_SETTINGS = True
@@ -61,6 +63,15 @@ async def _export(settings: Settings, level: str, key: str, value: str, args: ar
             count = await asyncio.to_thread(_write_zip, media.entries(), args.zip)
             count -= 2  # DICOMDIR, README
             where = str(args.zip)
+        for study_uid in sorted({i.study_instance_uid for i in usable}):
+            archive.audit.record(
+                Action.EXPORTED,
+                actor_kind=ActorKind.CLI,
+                actor=getpass.getuser(),
+                patient_id=value if level == "PATIENT" else "",
+                study_uid=study_uid,
+                detail=f"DICOM media of {level.lower()} {value} to {where}",
+            )
     finally:
         await archive.close()
     left = len(found) - count

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount
 
-from minipacs.web import dicomweb, rest, rest_diagnostics, rest_jobs, rest_media, rest_nodes, rest_worklist, ui
+from minipacs.web import audit, dicomweb, rest, rest_diagnostics, rest_jobs, rest_media, rest_nodes, rest_worklist, ui
 from minipacs.web.auth import Authenticator
 from minipacs.web.errors import exception_handlers
 from minipacs.web.headers import SecurityHeaders
@@ -33,7 +33,7 @@ def create_app(ctx: AppContext) -> Starlette:
     routes = [
         Endpoint("/api/openapi.json", openapi, "GET", "public", "This document (OpenAPI 3)"),
         Endpoint("/", ui.home, "GET", "read", "Redirect to the web UI"),
-        Mount("/ui", routes=ui.routes(), name="ui"),
+        Mount("/ui", routes=[*audit.ui_routes(), *ui.routes()], name="ui"),
         Endpoint("/dicom-web/wado", dicomweb.wado_uri, "GET", "read", "WADO-URI (requestType=WADO)"),
         Endpoint("/wado", dicomweb.wado_uri, "GET", "read", "WADO-URI (requestType=WADO)"),
         Mount("/dicom-web", routes=dicomweb.routes(), name="dicomweb"),
@@ -45,6 +45,7 @@ def create_app(ctx: AppContext) -> Starlette:
                 *rest_jobs.routes(),
                 *rest_worklist.routes(),
                 *rest_media.routes(),
+                *audit.api_routes(),
                 *rest.routes(),
             ],
             name="api",

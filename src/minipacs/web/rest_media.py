@@ -9,9 +9,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute
 
+from minipacs.core.audit import Action
 from minipacs.core.errors import NotFound
 from minipacs.core.media import build_media, safe_name
 from minipacs.core.retrieve import select_instances
+from minipacs.web import audit
 from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
 from minipacs.web.rest import LEVELS, _id, _level
@@ -30,6 +32,14 @@ async def media(request: Request) -> Response:
         raise NotFound(f"{request.path_params['level']} {value!r} has no stored instance")
     what = f"{request.path_params['level']} {value}"
     built = await asyncio.to_thread(build_media, found, what)
+    for study_uid in sorted({i.study_instance_uid for i in found if not i.problem}):
+        audit.record(
+            request,
+            Action.EXPORTED,
+            patient_id=value if key == "PatientID" else "",
+            study_uid=study_uid,
+            detail=f"DICOM media of {what}: {len(built.files)} instance(s)",
+        )
     filename = safe_name(value, "media", 64).replace('"', "_")
     return StreamingResponse(
         zip_entries(built.entries()),
