@@ -113,3 +113,47 @@ def test_batches_are_one_write_each_and_a_failed_write_keeps_the_events() -> Non
 )
 def test_which_queries_name_a_patient(keys: dict[str, str], expected: tuple[str, str] | None) -> None:
     assert patient_query(keys) == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "good", "bad"),
+    [("audit_retention_days", 0, -1), ("audit_flush_seconds", 0.05, 0.04), ("audit_max_pending", 1000, 999)],
+)
+def test_settings_at_their_limits(tmp_path: Path, key: str, good: float, bad: float) -> None:
+    from minipacs.config import ConfigError, Settings
+
+    Settings(data_dir=tmp_path, **{key: good}).validate()
+    with pytest.raises(ConfigError, match=key):
+        Settings(data_dir=tmp_path, **{key: bad}).validate()
+
+
+def test_the_running_task_writes_without_being_asked_and_flushes_when_cancelled(tmp_path: Path) -> None:
+    import asyncio
+
+    from minipacs.bootstrap import audit_settings, open_archive
+    from minipacs.config import Settings
+
+    async def main() -> None:
+        settings = Settings(data_dir=tmp_path / "data", fsync=False, audit_flush_seconds=0.05)
+        archive = await open_archive(settings)
+        assert archive.audit.settings == audit_settings(settings)
+        task = asyncio.ensure_future(archive.audit.run())
+        try:
+            archive.audit.record(Action.EXPORTED, actor="first")
+            for _ in range(400):  # written by the task within a few flush intervals, nobody asking
+                if archive.audit.pending == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert archive.audit.pending == 0
+            archive.audit.settings = AuditSettings(flush_seconds=3600)
+            await asyncio.sleep(0.1)  # the task now sleeps for an hour
+            archive.audit.record(Action.EXPORTED, actor="last")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert archive.audit.pending == 0  # the cancelled task wrote what was waiting
+        rows = await archive.audit.query()
+        await archive.close()
+        assert [r["actor"] for r in rows] == ["last", "first"]
+
+    asyncio.run(main())

@@ -4,7 +4,8 @@
 no lock the event loop could wait on for long and does no I/O; the event waits in
 memory and a background task (``run``, started by bootstrap) writes the waiting events
 in ONE index transaction every ``flush_seconds`` (and whenever ``batch`` are waiting),
-then prunes rows older than ``retention_days`` once an hour. So an audited request
+then prunes rows older than ``retention_days`` once an hour.
+Whoever deletes or moves studies calls ``before_removal`` first (see docs/AUDIT.md). So an audited request
 costs a list append, never an index write of its own.
 
 Granularity (what one row stands for):
@@ -171,6 +172,13 @@ class AuditLog:
                         self._pending.extendleft(reversed(rows))
                     raise
                 written += len(rows)
+
+    async def before_removal(self, study_uids: list[str]) -> dict[str, str]:
+        """Call before studies are deleted or moved: writes the waiting events (their Patient ID is
+        still in the index) and answers Study Instance UID -> Patient ID for the rows about to be recorded."""
+        await self.flush()
+        found: dict[str, str] = await self._read(lambda conn: audit_repo.patients_of(conn, study_uids))
+        return found
 
     async def prune(self, now: dt.datetime | None = None) -> int:
         """Delete rows older than ``retention_days`` (none when it is 0); how many."""

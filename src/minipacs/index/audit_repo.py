@@ -27,7 +27,8 @@ AUDIT_FIELDS: Final = (
 )
 
 
-def _patients_of(conn: Connection, study_uids: Sequence[str]) -> dict[str, str]:
+def patients_of(conn: Connection, study_uids: Sequence[str]) -> dict[str, str]:
+    """Study Instance UID -> Patient ID of those of ``study_uids`` in the index."""
     found: dict[str, str] = {}
     unique = sorted(set(study_uids))
     for start in range(0, len(unique), 500):
@@ -44,7 +45,7 @@ def insert_audit(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     """Append ``rows``; a row naming a study but no patient gets the study's Patient ID from the index
     (looked up here, in the batch, so that whoever records an event need not)."""
     missing = [str(r["study_uid"]) for r in rows if r["study_uid"] and not r["patient_id"]]
-    patients = _patients_of(conn, missing) if missing else {}
+    patients = patients_of(conn, missing) if missing else {}
     out = [
         {**r, "patient_id": patients.get(str(r["study_uid"]), "")} if r["study_uid"] and not r["patient_id"] else r
         for r in rows
@@ -81,4 +82,4 @@ def prune_audit(conn: Connection, before: dt.datetime) -> int:
     return int(conn.execute(delete(_AUDIT).where(_AUDIT.c.time < before)).rowcount or 0)
 
 
-__all__ = ["AUDIT_FIELDS", "audit_rows", "insert_audit", "prune_audit"]
+__all__ = ["AUDIT_FIELDS", "audit_rows", "insert_audit", "patients_of", "prune_audit"]

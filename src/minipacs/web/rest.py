@@ -145,12 +145,12 @@ async def delete(request: Request) -> Response:
     uid = _id(request, key)
     who = _who(request)
     studies = await _studies_of(request, key, uid) if kind != "patient" else []
+    patients = await ctx(request).archive.audit.before_removal(studies)
     deleted = await delete_resource(ctx(request).archive, kind, uid)
     detail = f"{request.path_params['level']} {uid}: {deleted.instances} instance(s)"
     for study_uid in studies or [""]:
-        audit_trail.record(
-            request, Action.DELETED, patient_id=uid if kind == "patient" else "", study_uid=study_uid, detail=detail
-        )
+        pid = uid if kind == "patient" else patients.get(study_uid, "")
+        audit_trail.record(request, Action.DELETED, patient_id=pid, study_uid=study_uid, detail=detail)
     audit.warning(
         "deleted %s %s by %s: %d instance(s), %d bytes",
         request.path_params["level"],
