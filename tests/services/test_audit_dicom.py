@@ -24,9 +24,7 @@ FINDSCU, GETSCU, MOVESCU = "/usr/bin/findscu", "/usr/bin/getscu", "/usr/bin/move
 
 
 async def _run(*cmd: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode == 0, (cmd[0], err.decode(errors="replace"))
 
@@ -59,8 +57,9 @@ def test_find_get_move_are_audited_per_request_and_study(tmp_path: Path) -> None
         (tmp_path / "got").mkdir()
         try:
             base = ["-aec", "MINIPACS", "127.0.0.1", port]
-            await _run(FINDSCU, "-S", "-aet", "FINDER", "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientID=PID-D", *base)
-            await _run(FINDSCU, "-S", "-aet", "FINDER", "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyDate=", *base)
+            find = [FINDSCU, "-S", "-aet", "FINDER", "-k", "QueryRetrieveLevel=STUDY"]
+            await _run(*find, "-k", "PatientID=PID-D", *base)
+            await _run(*find, "-k", "StudyDate=", *base)
             await _run(
                 GETSCU, "-S", "-aet", "GETTER", "-od", str(tmp_path / "got"),
                 "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", *base,
