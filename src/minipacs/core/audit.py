@@ -34,6 +34,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final
 
 from minipacs.index import audit_repo
@@ -116,7 +117,8 @@ class AuditLog:
         study_uid: str = "",
         detail: str = "",
     ) -> None:
-        """Note one event; written with the next batch. Never raises for a value (it is cut to fit)."""
+        """Note one event; written with the next batch. Values too long are cut to fit; an action or actor
+        kind that is not one of :class:`Action` / :class:`ActorKind` is a ValueError (a programming error)."""
         verb = Action(action).value
         kind = ActorKind(actor_kind).value
         row = {
@@ -133,7 +135,7 @@ class AuditLog:
         now = time.monotonic()
         with self._lock:
             if Action(verb) in FOLDED and self.settings.fold_seconds > 0:
-                key = (kind, row["actor"], row["address"], verb, row["patient_id"], row["study_uid"], row["detail"])
+                key = (kind, actor[:128], address[:64], verb, patient_id[:64], study_uid[:64], detail[:2000])
                 seen = self._folded.get(key)
                 if seen is not None and now - seen < self.settings.fold_seconds:
                     return
@@ -166,7 +168,7 @@ class AuditLog:
                 if not rows:
                     return written
                 try:
-                    await self._write(lambda conn, rows=rows: audit_repo.insert_audit(conn, rows))
+                    await self._write(partial(audit_repo.insert_audit, rows=rows))
                 except Exception:
                     with self._lock:
                         self._pending.extendleft(reversed(rows))
