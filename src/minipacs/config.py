@@ -193,6 +193,14 @@ class Settings:
     audit_flush_seconds: float = 1.0
     #: At most this many audit events wait in memory (the index down); beyond, the oldest are dropped.
     audit_max_pending: int = 100_000
+    #: Send each audit row on as a DICOM Audit Message (PS3.15 A.5) over syslog to this collector (an
+    #: IHE ATNA audit record repository): "udp://host:514" (RFC 5426) or "tls://host:6514" (RFC 5425); "" off.
+    audit_syslog: str = ""
+    #: tls://: the CA (PEM) the collector's certificate must chain to; tls_cert_file/tls_key_file, when
+    #: set, are our client certificate.
+    audit_syslog_ca_file: str = ""
+    #: Audit messages waiting for the collector at most; beyond, the oldest are dropped (the index keeps them).
+    audit_syslog_queue: int = 10_000
     #: ``[[users]]`` (name, password_hash, role) and ``[[tokens]]`` (name, token_hash, role).
     users: tuple[User, ...] = ()
     tokens: tuple[ApiToken, ...] = ()
@@ -326,6 +334,12 @@ class Settings:
             raise ConfigError("audit_flush_seconds must be from 0.05 to 3600 seconds")
         if self.audit_max_pending < 1000:
             raise ConfigError("audit_max_pending must be at least 1000 events")
+        if self.audit_syslog and not self.audit_syslog.startswith(("udp://", "tls://")):
+            raise ConfigError(f"audit_syslog {self.audit_syslog!r} must be udp://host:port or tls://host:port")
+        if self.audit_syslog.startswith("tls://") and not self.audit_syslog_ca_file:
+            raise ConfigError("audit_syslog over tls:// needs audit_syslog_ca_file, the CA of the collector")
+        if self.audit_syslog_queue < 1:
+            raise ConfigError("audit_syslog_queue must be at least 1 message")
         return self
 
 

@@ -105,6 +105,9 @@ class AuditLog:
         self._folded: dict[tuple[str, ...], float] = {}
         self._flushing: asyncio.Lock | None = None
         self.dropped = 0
+        #: Called on the event loop with each batch once it is in the index (services/audit_syslog.py
+        #: sends them on as DICOM Audit Messages); quick, must not raise.
+        self.forward: list[Callable[[list[dict[str, Any]]], None]] = []
 
     def record(
         self,
@@ -168,12 +171,17 @@ class AuditLog:
                 if not rows:
                     return written
                 try:
-                    await self._write(partial(audit_repo.insert_audit, rows=rows))
+                    written_rows: list[dict[str, Any]] = await self._write(partial(audit_repo.insert_audit, rows=rows))
                 except Exception:
                     with self._lock:
                         self._pending.extendleft(reversed(rows))
                     raise
                 written += len(rows)
+                for listener in self.forward:
+                    try:
+                        listener(written_rows)
+                    except Exception:  # a listener's bug must not lose the trail
+                        log.exception("audit: a forwarder failed")
 
     async def before_removal(self, study_uids: list[str]) -> dict[str, str]:
         """Call before studies are deleted or moved: writes the waiting events (their Patient ID is

@@ -41,16 +41,19 @@ def patients_of(conn: Connection, study_uids: Sequence[str]) -> dict[str, str]:
     return found
 
 
-def insert_audit(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+def insert_audit(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Append ``rows``; a row naming a study but no patient gets the study's Patient ID from the index
-    (looked up here, in the batch, so that whoever records an event need not)."""
+    (looked up here, in the batch, so that whoever records an event need not). The rows as written."""
     missing = [str(r["study_uid"]) for r in rows if r["study_uid"] and not r["patient_id"]]
     patients = patients_of(conn, missing) if missing else {}
     out = [
-        {**r, "patient_id": patients.get(str(r["study_uid"]), "")} if r["study_uid"] and not r["patient_id"] else r
+        {**r, "patient_id": patients.get(str(r["study_uid"]), "")}
+        if r["study_uid"] and not r["patient_id"]
+        else dict(r)
         for r in rows
     ]
     conn.execute(insert(_AUDIT), out)
+    return out
 
 
 def audit_rows(
