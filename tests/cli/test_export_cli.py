@@ -41,9 +41,35 @@ def _study(tmp_path: Path) -> tuple[str, str, list[str]]:
     return data, study, sops
 
 
+_BELOW = {"PATIENT": "STUDY", "STUDY": "SERIES", "SERIES": "IMAGE", "IMAGE": None}
+
+
+def check_offsets(ds: pydicom.Dataset) -> None:
+    """Every record is reached exactly once from the root by its offsets (PS3.3 F.3.2.2), each level
+    below the one above it."""
+    records = {r.seq_item_tell: r for r in ds.DirectoryRecordSequence}
+    seen: list[int] = []
+
+    def walk(offset: int, kind: str | None) -> None:
+        while offset:
+            record = records[offset]  # KeyError: an offset that is not a record
+            assert record.DirectoryRecordType == kind and offset not in seen
+            seen.append(offset)
+            walk(record.OffsetOfReferencedLowerLevelDirectoryEntity, _BELOW[kind])
+            offset = record.OffsetOfTheNextDirectoryRecord
+
+    walk(ds.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity, "PATIENT")
+    assert sorted(seen) == sorted(records)
+    assert (
+        records[max(o for o in seen if records[o].DirectoryRecordType == "PATIENT")]
+        is records[ds.OffsetOfTheLastDirectoryRecordOfTheRootDirectoryEntity]
+    )
+
+
 def referenced(dicomdir: Path) -> dict[str, str]:
-    """SOP Instance UID -> Referenced File ID ("/"-joined) of every record of a DICOMDIR."""
+    """SOP Instance UID -> Referenced File ID ("/"-joined) of every record of a DICOMDIR (offsets checked)."""
     ds = pydicom.dcmread(dicomdir)
+    check_offsets(ds)
     return {
         str(r.ReferencedSOPInstanceUIDInFile): "/".join(r.ReferencedFileID)
         for r in ds.DirectoryRecordSequence
@@ -75,14 +101,14 @@ def test_dicomdir_folder_is_read_by_dcmtk_and_imports_back(tmp_path: Path) -> No
     assert "FileSetDescriptorFileID" in dump.stdout and "[README]" in dump.stdout
     # DCMTK's own check of the files against the STD-GEN-CD profile (-w: write nothing) ...
     check = subprocess.run(
-        [DCMMKDIR, "-w", "-Pgp", "+r", "+p", "IM*", "+id", str(out)], capture_output=True, text=True, timeout=60
+        [DCMMKDIR, "-w", "-Pgp", "+r", "+p", "I0*", "+id", str(out)], capture_output=True, text=True, timeout=60
     )
     assert check.returncode == 0 and "E:" not in check.stderr, check.stderr
     # ... and it reads our DICOMDIR back (update mode resolves every record offset), in a copy
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     update = subprocess.run(
-        [DCMMKDIR, "+U", "-nb", "-Pgp", "+r", "+p", "IM*"], cwd=copy, capture_output=True, text=True, timeout=60
+        [DCMMKDIR, "+U", "-nb", "-Pgp", "+r", "+p", "I0*"], cwd=copy, capture_output=True, text=True, timeout=60
     )
     assert update.returncode == 0 and "E:" not in update.stderr, update.stderr
     # pydicom reads the File-set: six instances, each referenced file present

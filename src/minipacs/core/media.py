@@ -2,25 +2,25 @@
 
 PS3.10 §8 (File-set, DICOMDIR) and PS3.11 Annex D, General Purpose CD-R and USB
 interchange (STD-GEN-CD, STD-GEN-USB): every File ID component is at most 8 characters
-of upper-case A-Z, 0-9 and ``_`` (PS3.10 §8.5), at most 8 components deep. The DICOMDIR
-is written by pydicom's ``FileSet`` (its layout: ``PT000000/ST000000/SE000000/IM000000``,
-one PATIENT, STUDY, SERIES and IMAGE record per level, the keys of PS3.3 Annex F.5);
-a ``README`` in the root is the File-set Descriptor File (PS3.10 §8.6, (0004,1141)).
+of upper-case A-Z, 0-9 and ``_`` (PS3.10 §8.5), at most 8 components deep. Layout:
+``DICOM/P0000001/S0000001/SE000001/I0000001``; the DICOMDIR (core/dicomdir.py) has one PATIENT,
+STUDY and SERIES record per level and a leaf record per instance (IMAGE, SR DOCUMENT,
+PRESENTATION..., the keys of PS3.3 Annex F.5); a ``README`` in the root is the File-set
+Descriptor File (PS3.10 §8.6, (0004,1141)).
 
 The stored files go on the media as they are (their stored transfer syntax, no
-transcoding); pydicom only sees each file's header, so a 1,000-instance study costs
+transcoding); only each file's header is read, so a 1,000-instance study costs
 one header read per file, not a copy. A directory record needs a few Type 1 keys
 (Study Date, Study Time, Study ID, Series Number, Instance Number, Patient ID) that
 some files lack: the record then carries a stand-in (see ``_STAND_INS``), the file is
-left as it is. An instance whose SOP Class has no directory record type pydicom knows
-is left off the media, and the README names it.
+left as it is. An instance that still cannot be recorded (a Type 1 key of its leaf record
+type missing, e.g. an SR without Completion Flag) is left off the media, and the README names it.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import tempfile
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,9 +29,9 @@ from typing import Final
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.fileset import FileSet
 
 from minipacs.core.archive import Archive
+from minipacs.core.dicomdir import Directory
 from minipacs.core.errors import ArchiveError
 from minipacs.core.retrieve import StoredInstance
 from minipacs.index.media_repo import SeriesLabel, series_labels
@@ -140,7 +140,7 @@ class Media:
     left_out: list[tuple[str, str]] = field(default_factory=list)  # (SOP Instance UID, why)
 
     def entries(self) -> list[tuple[str, Path | bytes]]:
-        """(path on the media, content): DICOMDIR, README, then the files, in File ID order."""
+        """(path on the media, content): DICOMDIR, README, then the files in study/series/instance order."""
         return [("DICOMDIR", self.dicomdir), (README, self.readme), *self.files]
 
 
@@ -166,44 +166,59 @@ def _readme(media: Media, count: int, what: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n").encode("latin-1", "replace")
 
 
-def _add_all(fs: FileSet, items: Sequence[StoredInstance]) -> tuple[dict[str, Path], list[tuple[str, str]]]:
-    """Add each instance's header to ``fs``: (SOP Instance UID -> its file, [(UID, why left out)])."""
-    sources: dict[str, Path] = {}
-    left_out: list[tuple[str, str]] = []
-    for item in items:
-        try:
-            fs.add(_header(item))
-        except (ValueError, KeyError, OSError) as exc:  # no record type for this SOP Class, or unreadable
-            left_out.append((item.sop_instance_uid, str(exc)[:200]))
-            log.warning("media: SOP Instance %s left out: %s", item.sop_instance_uid, exc)
-            continue
-        sources[item.sop_instance_uid] = item.path
-    return sources, left_out
+class _FileIds:
+    """File IDs ``DICOM/P0000001/S0000001/SE000001/I0000001`` (PS3.10 §8.5: 1-8 characters of A-Z 0-9 _;
+    5 components), numbered per level in the order instances come."""
+
+    def __init__(self) -> None:
+        self._numbers: dict[tuple[str, ...], int] = {}
+        self._children: dict[tuple[str, ...], int] = {}
+
+    def _number(self, path: tuple[str, ...]) -> int:
+        if path not in self._numbers:
+            parent = path[:-1]
+            self._children[parent] = self._children.get(parent, 0) + 1
+            self._numbers[path] = self._children[parent]
+        return self._numbers[path]
+
+    def next(self, ds: Dataset) -> list[str]:
+        patient = (f"{ds.get('PatientID', '')}\x00{ds.get('PatientName', '')}",)
+        study = (*patient, str(ds.StudyInstanceUID))
+        series = (*study, str(ds.SeriesInstanceUID))
+        image = (*series, str(ds.SOPInstanceUID))
+        return [
+            "DICOM",
+            f"P{self._number(patient):07d}",
+            f"S{self._number(study):07d}",
+            f"SE{self._number(series):06d}",
+            f"I{self._number(image):07d}",
+        ]
 
 
 def build_media(instances: Iterable[StoredInstance], what: str = "Export") -> Media:
-    """The DICOMDIR (PS3.10 §7.3, §8) of ``instances`` and where each file goes (blocking: run it in
-    a thread). MediaError when no instance could be recorded."""
+    """The DICOMDIR (PS3.10 §7.3, §8; core/dicomdir.py) of ``instances`` and where each file goes
+    (blocking: run it in a thread). MediaError when no instance could be recorded."""
     items = [item for item in instances if not item.problem]
-    fs = FileSet()
-    fs.ID = FILE_SET_ID
-    fs.descriptor_file_id = README
-    fs.descriptor_character_set = "ISO_IR 100"
-    try:
-        sources, left_out = _add_all(fs, items)
-        if not sources:
-            raise MediaError(
-                f"none of the {len(items)} instance(s) can be put on DICOM media"
-                + (f": {left_out[0][1]}" if left_out else "; nothing is stored there")
-            )
-        with tempfile.TemporaryDirectory(prefix="minipacs-media-") as work:
-            fs.write(work)
-            dicomdir = (Path(work) / "DICOMDIR").read_bytes()
-            files = sorted((Path(i.FileID).as_posix(), sources[i.SOPInstanceUID]) for i in fs)
-    finally:
-        # pydicom stages into a TemporaryDirectory of its own and has no public close
-        fs._stage["t"].cleanup()
-    media = Media(dicomdir, b"", files, left_out)
+    directory = Directory()
+    ids = _FileIds()
+    files: list[tuple[str, Path]] = []
+    left_out: list[tuple[str, str]] = []
+    for item in items:
+        try:
+            ds = _header(item)
+            file_id = ids.next(ds)
+            directory.add(ds, file_id)
+        except (ValueError, KeyError, AttributeError, OSError) as exc:  # no record type, a key missing, unreadable
+            left_out.append((item.sop_instance_uid, str(exc)[:200]))
+            log.warning("media: SOP Instance %s left out: %s", item.sop_instance_uid, exc)
+            continue
+        files.append(("/".join(file_id), item.path))
+    if not files:
+        raise MediaError(
+            f"none of the {len(items)} instance(s) can be put on DICOM media"
+            + (f": {left_out[0][1]}" if left_out else "; nothing is stored there")
+        )
+    media = Media(directory.encode(FILE_SET_ID, README), b"", files, left_out)
     media.readme = _readme(media, len(files), what)
     return media
 
