@@ -32,6 +32,7 @@ def test_who_did_what_to_which_patient_and_study(web: Callable[..., Any]) -> Non
         for _ in range(3):  # a viewer's repeated requests: one "viewed" row
             assert (await client.get(f"/dicom-web/studies/{study}/metadata", headers=VIEWER)).status_code == 200
         assert (await client.get(f"/ui/studies/{study}", headers=VIEWER)).status_code == 200
+        assert f"/ui/audit?study={study}" in (await client.get(f"/ui/studies/{study}", headers=ADMIN)).text
         assert (await client.get(f"/api/studies/{study}/archive", headers=TOKEN)).status_code == 200
         assert (await client.get(f"/api/series/{series}/media", headers=VIEWER)).status_code == 200
         for params in ({"PatientID": "PAT-A"}, {"StudyDate": "20240131"}):  # the second names no patient
@@ -49,6 +50,7 @@ def test_who_did_what_to_which_patient_and_study(web: Callable[..., Any]) -> Non
             ("downloaded", "token", "script", f"studies {study}"),
             ("exported", "user", "vic", f"DICOM media of series {series}"),
             ("queried", "user", "vic", "QIDO-RS STUDY"),
+            ("viewed", "user", "ada", "study page"),
             ("viewed", "user", "vic", "WADO-RS"),
             ("viewed", "user", "vic", "study page"),
         ]
@@ -67,5 +69,6 @@ def test_who_did_what_to_which_patient_and_study(web: Callable[..., Any]) -> Non
         assert page.status_code == 200 and "study page" in page.text and "script" in page.text
         assert ">Audit<" in page.text  # in the admin's navigation ...
         assert ">Audit<" not in (await client.get("/ui/", headers=VIEWER)).text  # ... not a viewer's
+        assert "Audit trail" not in (await client.get(f"/ui/studies/{study}", headers=VIEWER)).text
 
     web(body, users=USERS, tokens=TOKENS)
