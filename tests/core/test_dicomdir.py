@@ -64,3 +64,11 @@ def test_nothing_recordable_is_an_error(tmp_path: Path) -> None:
     odd = write_ct(tmp_path / "sr.dcm", SOPClassUID=SR)
     with pytest.raises(MediaError, match="none of the 1 instance"):
         build_media([_item(odd)])
+
+
+def test_type1_keys_a_file_lacks_get_stand_ins_in_the_record_only(tmp_path: Path) -> None:
+    path = write_ct(tmp_path / "a.dcm", patient_id="", StudyID="", InstanceNumber=None)
+    media = build_media([_item(path)])
+    records = pydicom.dcmread(io.BytesIO(media.dicomdir)).DirectoryRecordSequence
+    assert records[0].PatientID == "UNKNOWN" and records[1].StudyID == "1" and records[3].InstanceNumber == 1
+    assert pydicom.dcmread(path).PatientID == ""  # the file is not touched
