@@ -14,6 +14,7 @@ from minipacs.config import ConfigError, Settings
 from minipacs.core.access import AccessPolicy, AccessRules
 from minipacs.core.anonymize import Anonymizer, load_key, register_anonymize_job
 from minipacs.core.archive import Archive, ArchiveSettings
+from minipacs.core.audit import AuditSettings
 from minipacs.core.jobs import JobQueue, JobSettings, default_runner
 from minipacs.core.metrics import Metrics
 from minipacs.core.mpps import ProcedureSteps
@@ -26,6 +27,7 @@ from minipacs.index.database import IndexDatabase
 from minipacs.net.association import AssociationSettings
 from minipacs.net.dul import Timeouts
 from minipacs.net.tls import TLSConfigError, client_context, server_context
+from minipacs.services.audit_syslog import SyslogConfigError, SyslogSender, parse_collector
 from minipacs.services.commitment import StorageCommitmentSCP
 from minipacs.services.job_kinds import register_transfer_jobs
 from minipacs.services.mpps import MPPSSCP
@@ -141,10 +143,20 @@ async def open_archive(settings: Settings) -> Archive:
 
     index, blobs = await asyncio.to_thread(prepare)
     try:
-        return await Archive.start(archive_settings(settings), index, blobs)
+        archive = await Archive.start(archive_settings(settings), index, blobs)
     except BaseException:
         index.dispose()
         raise
+    archive.audit.settings = audit_settings(settings)
+    return archive
+
+
+def audit_settings(settings: Settings) -> AuditSettings:
+    return AuditSettings(
+        retention_days=settings.audit_retention_days,
+        flush_seconds=settings.audit_flush_seconds,
+        max_pending=settings.audit_max_pending,
+    )
 
 
 def access_rules(settings: Settings) -> AccessRules:
@@ -175,10 +187,15 @@ class App:
     completion_watch: asyncio.Task[None] | None = None
     #: Queues a retention run every settings.retention_interval_seconds (core/retention.py).
     retention_watch: asyncio.Task[None] | None = None
+    #: Writes the audit trail's waiting events and prunes old rows (core/audit.py ``run``).
+    audit_watch: asyncio.Task[None] | None = None
+    #: Sends the audit rows on to the ATNA collector (services/audit_syslog.py), when audit_syslog is set.
+    audit_syslog_watch: asyncio.Task[None] | None = None
 
     async def close(self, grace: float = 5.0) -> None:
         await self.jobs.close()  # running jobs go back to the queue while the index is still open
-        for task in (self.nodes_watch, self.diagnostics_watch, self.completion_watch, self.retention_watch):
+        tasks = (self.nodes_watch, self.diagnostics_watch, self.completion_watch, self.retention_watch)
+        for task in (*tasks, self.audit_watch, self.audit_syslog_watch):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -215,6 +232,7 @@ async def open_registry(settings: Settings, archive: Archive) -> tuple[NodeRegis
 
 async def build_app(settings: Settings) -> App:
     server_tls, client_tls = tls_server(settings), tls_client(settings)  # unusable files: ConfigError, now
+    sender = audit_syslog(settings)  # likewise
     if settings.dicom_user_identity != "ignore" and not settings.users:
         log.warning(
             "dicom_user_identity is %r but no [[users]] are configured: every association that %s will be rejected",
@@ -280,7 +298,7 @@ async def build_app(settings: Settings) -> App:
     watch = asyncio.ensure_future(registry.watch(settings.nodes_refresh))
     findings = asyncio.ensure_future(watch_diagnostics(settings, archive, registry))
     completion = asyncio.ensure_future(steps.watch(settings.completion_recheck_seconds))
-    return App(
+    app = App(
         settings,
         archive,
         server,
@@ -292,6 +310,25 @@ async def build_app(settings: Settings) -> App:
         findings,
         completion,
     )
+    app.audit_watch = asyncio.ensure_future(archive.audit.run())
+    if sender is not None:
+        archive.audit.forward.append(sender.submit)
+        app.audit_syslog_watch = asyncio.ensure_future(sender.run())
+    return app
+
+
+def audit_syslog(settings: Settings) -> SyslogSender | None:
+    """The ATNA sender of the audit trail when ``audit_syslog`` is set; ConfigError if it cannot be used."""
+    if not settings.audit_syslog:
+        return None
+    try:
+        collector = parse_collector(settings.audit_syslog)
+        tls = None
+        if collector.scheme == "tls":
+            tls = client_context(settings.audit_syslog_ca_file, settings.tls_cert_file, settings.tls_key_file)
+        return SyslogSender(collector, settings.ae_title, tls=tls, max_queue=settings.audit_syslog_queue)
+    except (SyslogConfigError, TLSConfigError) as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 async def watch_diagnostics(settings: Settings, archive: Archive, registry: NodeRegistry) -> None:

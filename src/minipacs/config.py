@@ -196,6 +196,21 @@ class Settings:
     anonymization_key: str = dataclasses.field(default="", repr=False)
     #: A REST anonymization of more instances than this runs as a job (202 and the job's id).
     anonymize_job_threshold: int = 200
+    # --- the audit trail (core/audit.py, docs/AUDIT.md)
+    #: Audit rows are deleted this many days after they were written; 0 keeps them for ever.
+    audit_retention_days: int = 365
+    #: Waiting audit events are written to the index this often (s), in one transaction.
+    audit_flush_seconds: float = 1.0
+    #: At most this many audit events wait in memory (the index down); beyond, the oldest are dropped.
+    audit_max_pending: int = 100_000
+    #: Send each audit row on as a DICOM Audit Message (PS3.15 A.5) over syslog to this collector (an
+    #: IHE ATNA audit record repository): "udp://host:514" (RFC 5426) or "tls://host:6514" (RFC 5425); "" off.
+    audit_syslog: str = ""
+    #: tls://: the CA (PEM) the collector's certificate must chain to; tls_cert_file/tls_key_file, when
+    #: set, are our client certificate.
+    audit_syslog_ca_file: str = ""
+    #: Audit messages waiting for the collector at most; beyond, the oldest are dropped (the index keeps them).
+    audit_syslog_queue: int = 10_000
     #: ``[[users]]`` (name, password_hash, role) and ``[[tokens]]`` (name, token_hash, role).
     users: tuple[User, ...] = ()
     tokens: tuple[ApiToken, ...] = ()
@@ -344,6 +359,18 @@ class Settings:
             raise ConfigError("anonymization_key must be at least 16 characters (or empty: a generated key)")
         if self.anonymize_job_threshold < 0:
             raise ConfigError("anonymize_job_threshold must be 0 (always a job) or more instances")
+        if self.audit_retention_days < 0:
+            raise ConfigError("audit_retention_days must be 0 (keep the audit trail for ever) or a number of days")
+        if not 0.05 <= self.audit_flush_seconds <= 3600:
+            raise ConfigError("audit_flush_seconds must be from 0.05 to 3600 seconds")
+        if self.audit_max_pending < 1000:
+            raise ConfigError("audit_max_pending must be at least 1000 events")
+        if self.audit_syslog and not self.audit_syslog.startswith(("udp://", "tls://")):
+            raise ConfigError(f"audit_syslog {self.audit_syslog!r} must be udp://host:port or tls://host:port")
+        if self.audit_syslog.startswith("tls://") and not self.audit_syslog_ca_file:
+            raise ConfigError("audit_syslog over tls:// needs audit_syslog_ca_file, the CA of the collector")
+        if self.audit_syslog_queue < 1:
+            raise ConfigError("audit_syslog_queue must be at least 1 message")
         return self
 
 

@@ -177,6 +177,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "jobs",
     "retention",
     "anonymize",
+    "export",
 )
 
 

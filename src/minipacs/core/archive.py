@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 
 from minipacs.blobs.base import BlobError, BlobStore
+from minipacs.core.audit import AuditLog
 from minipacs.core.changes import ChangeType, change_row
 from minipacs.core.changes import record as record_changes
 from minipacs.core.errors import (
@@ -374,6 +375,8 @@ class Archive:
         #: After-deletion listeners (core/mpps.py): called on the event loop with the Study
         #: Instance UIDs whose completion a deletion withdrew; quick, must not raise.
         self.on_uncompleted: list[Callable[[set[str]], None]] = []
+        #: The audit trail (core/audit.py): ``archive.audit.record(...)`` from any layer above.
+        self.audit = AuditLog(self.write, self.read, settings.node_name)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -437,6 +440,10 @@ class Archive:
         ``checkpoint=False`` leaves the intake log as a crash would (for tests of the replay)."""
         if self._closed:
             return
+        try:
+            await self.audit.flush()  # the audit events still waiting (core/audit.py)
+        except Exception as exc:  # noqa: BLE001 - closing anyway; say what is lost
+            log.error("audit: %d event(s) not written at close: %s", self.audit.pending, exc)
         self._closed = True
         if self._intake is not None:
             await asyncio.to_thread(self._stop_checkpointer, checkpoint=checkpoint)

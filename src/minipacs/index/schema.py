@@ -362,3 +362,21 @@ class AnonymizationMapping(Base):
     original: Mapped[str] = mapped_column(String(400))
     pseudonym: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class AuditEvent(Base):
+    """The audit trail (core/audit.py): who did what to which patient and study. Rows are written in
+    batches off the request path and pruned after ``audit_retention_days``; never updated."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    time: Mapped[dt.datetime] = mapped_column(UtcDateTime(), index=True)
+    actor_kind: Mapped[str] = mapped_column(String(16))  # user, token, http, dicom, hl7, rule, cli, system
+    actor: Mapped[str] = mapped_column(String(128), index=True)  # user name, token name, AE title, ...
+    address: Mapped[str] = mapped_column(String(64))  # client / peer IP address, "" when none
+    action: Mapped[str] = mapped_column(String(16))  # core/audit.py Action
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    study_uid: Mapped[str] = mapped_column(UID, index=True)
+    detail: Mapped[str] = mapped_column(Text())
+    node: Mapped[str] = mapped_column(String(), default="", server_default="")

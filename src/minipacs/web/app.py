@@ -9,12 +9,14 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount
 
 from minipacs.web import (
+    audit,
     dicomweb,
     rest,
     rest_anonymize,
     rest_diagnostics,
     rest_jobs,
     rest_labels,
+    rest_media,
     rest_metrics,
     rest_nodes,
     rest_retention,
@@ -46,7 +48,7 @@ def create_app(ctx: AppContext) -> Starlette:
         Endpoint("/api/openapi.json", openapi, "GET", "public", "This document (OpenAPI 3)"),
         Endpoint("/", ui.home, "GET", "read", "Redirect to the web UI"),
         *rest_metrics.routes(),
-        Mount("/ui", routes=ui.routes(), name="ui"),
+        Mount("/ui", routes=[*audit.ui_routes(), *ui.routes()], name="ui"),
         Endpoint("/dicom-web/wado", dicomweb.wado_uri, "GET", "read", "WADO-URI (requestType=WADO)"),
         Endpoint("/wado", dicomweb.wado_uri, "GET", "read", "WADO-URI (requestType=WADO)"),
         Mount("/dicom-web", routes=dicomweb.routes(), name="dicomweb"),
@@ -60,6 +62,8 @@ def create_app(ctx: AppContext) -> Starlette:
                 *rest_labels.routes(),
                 *rest_retention.routes(),
                 *rest_anonymize.routes(),
+                *rest_media.routes(),
+                *audit.api_routes(),
                 *rest.routes(),
             ],
             name="api",

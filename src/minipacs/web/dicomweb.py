@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute
 
+from minipacs.core.audit import Action
 from minipacs.core.errors import (
     ArchiveError,
     DatasetTooLarge,
@@ -32,6 +33,7 @@ from minipacs.core.transcode import NoSuchFrame, TranscodeError, can_transcode, 
 from minipacs.dicom.header import InstanceHeader
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
+from minipacs.web import audit
 from minipacs.web.accept import ANY, DICOM, frame_choice, frame_choices_text, instance_syntax, parse_accept
 from minipacs.web.errors import HttpError
 from minipacs.web.intake import Intake, Screen, receive_multipart
@@ -99,6 +101,7 @@ def _qido(level: Level) -> Any:
         context = ctx(request)
         fixed = uids(request)
         started = time.perf_counter()
+        audit.record_query(request, f"QIDO-RS {level.value}")
         matches = search(context.archive, level, list(request.query_params.multi_items()), fixed)
         first = await anext(aiter(matches), None)  # errors surface before the 200 goes out
         context.metrics.query_answered("qido", time.perf_counter() - started)
@@ -130,6 +133,7 @@ async def _instances(request: Request, located: bool = True) -> list[StoredInsta
     ]
     if not found:
         raise HttpError(404, "not_found", f"no stored instance matches {', '.join(keys.values())}")
+    audit.record(request, Action.VIEWED, study_uid=found[0].study_instance_uid, detail="WADO-RS")
     return found
 
 
@@ -301,6 +305,8 @@ async def wado_uri(request: Request) -> Response:
     for keyword, value in keys.items():
         validate_uid(keyword, value)
     found = [i for i in await select_instances(ctx(request).archive, "IMAGE", keys) if not i.problem]
+    if found:
+        audit.record(request, Action.VIEWED, study_uid=found[0].study_instance_uid, detail="WADO-URI")
     if not found:
         raise HttpError(404, "not_found", f"SOP Instance {keys['SOPInstanceUID']} is not in the archive")
     content_type = params.get("contentType", "image/jpeg").split(",")[0].strip()

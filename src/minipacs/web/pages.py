@@ -35,6 +35,7 @@ NAV: Final[tuple[tuple[str, Mapping[str, str], str, str], ...]] = (
     ("ui:jobs", {}, "Jobs", "read"),
     ("ui:log", {}, "Association log", "read"),
     ("ui:diagnostics", {}, "Diagnostics", "admin"),
+    ("ui:audit", {}, "Audit", "admin"),
     ("ohif", {"path": "/"}, "OHIF viewer", "read"),
 )
 

@@ -14,9 +14,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute
 
 from minipacs.core import changes as journal
+from minipacs.core.audit import Action
 from minipacs.core.delete import delete_resource
 from minipacs.core.errors import ArchiveError, NotFound, OutOfResources
 from minipacs.core.labels import labels_of_studies
+from minipacs.core.media import readable_names, series_labels_of
 from minipacs.core.metadata import BULK_PREFIX
 from minipacs.core.model import Origin
 from minipacs.core.nodes import node_from_mapping
@@ -25,6 +27,7 @@ from minipacs.core.retrieve import select_instances
 from minipacs.core.stats import storage_figures
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.services.job_kinds import node_json
+from minipacs.web import audit as audit_trail
 from minipacs.web import completion
 from minipacs.web.dicomweb import ctx, root_url
 from minipacs.web.errors import HttpError, redact
@@ -87,6 +90,7 @@ async def _matches(request: Request, level: Level, fixed: Mapping[str, str] | No
     """A search from the query string; studies also carry ``complete`` and filter on ``complete=``."""
     params = list(request.query_params.multi_items())
     archive = ctx(request).archive
+    audit_trail.record_query(request, f"REST search {level.value}")
     if level is not Level.STUDY:
         return [plain(ds) async for ds in search(archive, level, params, fixed)]
     want = completion.wanted(request.query_params.get(completion.PARAM))
@@ -146,7 +150,13 @@ async def delete(request: Request) -> Response:
     _, key, _, kind = _level(request)
     uid = _id(request, key)
     who = _who(request)
+    studies = await _studies_of(request, key, uid) if kind != "patient" else []
+    patients = await ctx(request).archive.audit.before_removal(studies)
     deleted = await delete_resource(ctx(request).archive, kind, uid)
+    detail = f"{request.path_params['level']} {uid}: {deleted.instances} instance(s)"
+    for study_uid in studies or [""]:
+        pid = uid if kind == "patient" else patients.get(study_uid, "")
+        audit_trail.record(request, Action.DELETED, patient_id=pid, study_uid=study_uid, detail=detail)
     audit.warning(
         "deleted %s %s by %s: %d instance(s), %d bytes",
         request.path_params["level"],
@@ -156,6 +166,13 @@ async def delete(request: Request) -> Response:
         deleted.bytes,
     )
     return JSONResponse({"deleted_instances": deleted.instances, "freed_bytes": deleted.bytes, "deleted_by": who})
+
+
+async def _studies_of(request: Request, key: str, value: str) -> list[str]:
+    """The Study Instance UIDs of the instances a resource holds (for the audit trail of a deletion)."""
+    level = {"StudyInstanceUID": "STUDY", "SeriesInstanceUID": "SERIES", "SOPInstanceUID": "IMAGE"}[key]
+    found = await select_instances(ctx(request).archive, level, {key: value}, "PATIENT", located=False)
+    return sorted({i.study_instance_uid for i in found})
 
 
 async def download(request: Request) -> Response:
@@ -168,6 +185,14 @@ async def download(request: Request) -> Response:
     ]
     if not found:
         raise NotFound(f"{request.path_params['level']} {value!r} has no stored instance")
+    for study_uid in sorted({i.study_instance_uid for i in found}):
+        audit_trail.record(
+            request,
+            Action.DOWNLOADED,
+            patient_id=value if key == "PatientID" else "",
+            study_uid=study_uid,
+            detail=f"{request.path_params['level']} {value}: {len(found)} instance(s)",
+        )
     if retrieve_level == "IMAGE":
         from minipacs.web.dicomweb import _read_file
 
@@ -176,8 +201,9 @@ async def download(request: Request) -> Response:
             media_type="application/dicom",
             headers={"Content-Disposition": f'attachment; filename="{value}.dcm"'},
         )
+    names = readable_names(found, await series_labels_of(ctx(request).archive, found))
     return StreamingResponse(
-        zip_stream(found),
+        zip_stream(found, names),
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{value}.zip"'},
     )

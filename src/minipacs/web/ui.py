@@ -23,6 +23,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute
 from starlette.staticfiles import StaticFiles
 
+from minipacs.core.audit import Action
 from minipacs.core.errors import ArchiveError, NotFound
 from minipacs.core.labels import labels_of, labels_of_studies
 from minipacs.core.nodes import registry_warnings
@@ -32,7 +33,7 @@ from minipacs.dicom.levels import Level
 from minipacs.index.matching import wildcard_match
 from minipacs.services import status
 from minipacs.services.status import Status
-from minipacs.web import login
+from minipacs.web import audit, login
 from minipacs.web.completion import completed_studies
 from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError, classify, redact
@@ -293,6 +294,8 @@ async def study(request: Request) -> Response:
     info = await _one(request, Level.STUDY, {"StudyInstanceUID": uid}, f"Study {uid}")
     series = await _find(request, Level.SERIES, [], {"StudyInstanceUID": uid})
     series.sort(key=lambda r: _number(r, "SeriesNumber"))
+    pid = str(info.get("PatientID") or "")
+    audit.record(request, Action.VIEWED, patient_id=pid, study_uid=uid, detail="study page")
     return render(
         request,
         "study.html",

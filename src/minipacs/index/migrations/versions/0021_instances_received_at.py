@@ -2,7 +2,7 @@
 by reading only those rows.
 
 Revision ID: 0021
-Revises: 0018
+Revises: 0020
 Create Date: 2026-12-06
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0021"
-down_revision: str | None = "0018"
+down_revision: str | None = "0020"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
