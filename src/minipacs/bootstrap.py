@@ -13,6 +13,8 @@ from minipacs.blobs.filesystem import FilesystemBlobStore
 from minipacs.config import ConfigError, Settings
 from minipacs.core.access import AccessPolicy, AccessRules
 from minipacs.core.archive import Archive, ArchiveSettings
+from minipacs.core.compression import CompressionSettings, Compressor
+from minipacs.core.compression_jobs import CompressionScheduler, SchedulerSettings, register_compression_jobs
 from minipacs.core.jobs import JobQueue, JobSettings, default_runner
 from minipacs.core.mpps import ProcedureSteps
 from minipacs.core.nodes import NodeRegistry, calling_host_warning
@@ -101,7 +103,24 @@ def job_queue(settings: Settings, archive: Archive, nodes: NodeRegistry, calls: 
     runs it; commands that only list, cancel or retry never start it)."""
     queue = JobQueue(archive, job_settings(settings))
     register_transfer_jobs(queue, calls or outbound(settings, archive), nodes)
+    register_compression_jobs(queue, compressor(settings, archive))
     return queue
+
+
+def compressor(settings: Settings, archive: Archive) -> Compressor:
+    """Lossless compression of stored instances (core/compression.py)."""
+    return Compressor(archive, CompressionSettings(settings.compression_keep_replaced_seconds, settings.fsync))
+
+
+def compression_scheduler(settings: Settings, app: App) -> CompressionScheduler:
+    """Submits the ``[[compression]]`` policies' jobs (core/compression_jobs.py); ``attach()`` starts it."""
+    return CompressionScheduler(
+        app.archive,
+        app.jobs,
+        compressor(settings, app.archive),
+        settings.compression,
+        SchedulerSettings(settings.compression_ingest_delay_seconds, settings.compression_sweep_seconds),
+    )
 
 
 def archive_settings(settings: Settings) -> ArchiveSettings:
@@ -161,8 +180,12 @@ class App:
     diagnostics_watch: asyncio.Task[None] | None = None
     #: Looks for studies whose procedure step another node completed (core/mpps.py ``watch``).
     completion_watch: asyncio.Task[None] | None = None
+    #: Submits compression jobs (``serve`` starts it after the job runner).
+    compression: CompressionScheduler | None = None
 
     async def close(self, grace: float = 5.0) -> None:
+        if self.compression is not None:
+            await self.compression.close()
         await self.jobs.close()  # running jobs go back to the queue while the index is still open
         for task in (self.nodes_watch, self.diagnostics_watch, self.completion_watch):
             if task is not None:
@@ -342,6 +365,8 @@ async def serve(settings: Settings, on_ready: Callable[[App], None] | None = Non
         )
         hl7 = await start_hl7(settings, app)
         await app.jobs.start()
+        app.compression = compression_scheduler(settings, app)
+        app.compression.attach()
         if on_ready is not None:
             on_ready(app)
         await stop.wait()

@@ -175,6 +175,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "check",
     "doctor",
     "jobs",
+    "compress",
 )
 
 

@@ -21,6 +21,7 @@ from minipacs.core.model import Origin
 from minipacs.core.nodes import node_from_mapping
 from minipacs.core.paths import validate_uid
 from minipacs.core.retrieve import select_instances
+from minipacs.core.compression import Compressor
 from minipacs.core.stats import storage_figures
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.services.job_kinds import node_json
@@ -117,6 +118,7 @@ async def read_resource(request: Request) -> Response:
         found = plain(ds)
         if level is Level.STUDY:
             found["complete"] = completion.is_complete(ds)
+            found["storage"] = await Compressor(ctx(request).archive).savings(value)  # disk saved by compression
         return JSONResponse(found)
     raise NotFound(f"{request.path_params['level']} {value!r} is not in the archive")
 
