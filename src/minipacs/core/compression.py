@@ -275,22 +275,26 @@ async def matching_series(archive: Any, match: Mapping[str, str], study_uids: Se
     when ``match`` is empty (every series)."""
     if not match:
         return None
+    import pydicom
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.dataelem import DataElement
     from pydicom.dataset import Dataset
 
     from minipacs.core.query import prepare_query, run_query
     from minipacs.dicom.levels import STUDY_ROOT, Level
 
-    identifier = Dataset()
-    for keyword, value in match.items():
-        try:
-            setattr(identifier, keyword, value)
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise InvalidPolicy(f"match key {keyword!r} is not a DICOM keyword that takes {value!r}: {exc}") from None
-    identifier.SeriesInstanceUID = ""
+    keys = dict(match)
+    keys["SeriesInstanceUID"] = ""
     if study_uids:
-        identifier.StudyInstanceUID = "\\".join(study_uids)
-    elif "StudyInstanceUID" not in identifier:
-        identifier.StudyInstanceUID = ""
+        keys["StudyInstanceUID"] = "\\".join(study_uids)
+    keys.setdefault("StudyInstanceUID", "")
+    identifier = Dataset()
+    for keyword, value in keys.items():
+        tag = tag_for_keyword(keyword)
+        if tag is None:
+            raise InvalidPolicy(f"match key {keyword!r} is not a DICOM keyword (PS3.6), e.g. Modality")
+        # wildcards and ranges are matching syntax (PS3.4 C.2.2.2), not values: no VR validation
+        identifier[tag] = DataElement(tag, dictionary_VR(tag), value or None, validation_mode=pydicom.config.IGNORE)
     prepared = prepare_query(identifier, STUDY_ROOT, level=Level.SERIES, relational=True)
     found: list[str] = []
     async for ds in run_query(archive, prepared):
