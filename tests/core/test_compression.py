@@ -404,3 +404,41 @@ def test_an_ingest_policy_compresses_shortly_after_storing(with_archive: Any, tm
         assert jobs and jobs[-1].params["series_uids"] == [str(ds.SeriesInstanceUID)]
 
     with_archive(body, fsync=False)
+
+
+@pytest.mark.parametrize(
+    ("key", "good", "bad"),
+    [
+        ("compression_ingest_delay_seconds", 3600, 3600.001),
+        ("compression_ingest_delay_seconds", 0.001, 0),
+        ("compression_sweep_seconds", 604800, 604801),
+        ("compression_sweep_seconds", 1, 0.999),
+        ("compression_keep_replaced_seconds", 86400, 86401),
+        ("compression_keep_replaced_seconds", 0, -1),
+    ],
+)
+def test_compression_settings_limits(key: str, good: Any, bad: Any) -> None:
+    from minipacs.config import ConfigError, Settings
+
+    Settings(**{key: good}).validate()
+    with pytest.raises(ConfigError, match=key):
+        Settings(**{key: bad}).validate()
+
+
+def test_a_sweep_submits_one_job_per_policy_at_a_time(with_archive: Any, tmp_path: Path) -> None:
+    old = CompressionPolicy("old-ct", "rle", {"Modality": "CT"}, older_than_days=30)
+    every = CompressionPolicy("all", "jpeg-ls-lossless")
+
+    async def body(archive: Archive) -> None:
+        queue = JobQueue(archive, FAST)  # not started: the jobs stay queued
+        compressor = Compressor(archive, CompressionSettings(fsync=False))
+        register_compression_jobs(queue, compressor)
+        scheduler = CompressionScheduler(archive, queue, compressor, [old, every])
+        assert await scheduler.sweep() == 2
+        assert await scheduler.sweep() == 0  # each policy's job is still queued
+        jobs = {j.params["policy"]: j for j in await queue.list(kinds=(COMPRESS,))}
+        assert jobs["old-ct"].params["older_than_days"] == 30 and jobs["old-ct"].params["syntax"] == "rle"
+        assert jobs["all"].description == "compress (policy all)"
+        assert await scheduler.submit_noted() == 0  # nothing stored, and no ingest policy
+
+    with_archive(body, fsync=False)
