@@ -329,8 +329,8 @@ def test_a_policy_matches_through_the_query_engine(with_archive: Any, tmp_path: 
         for match, expected in (({"Modality": "CT"}, [ct]), ({"Modality": "C*"}, [ct]), ({"Modality": "PT"}, [])):
             found = [c.sop_instance_uid async for p in compressor.candidates(match=match) for c in p]
             assert found == [str(d.SOPInstanceUID) for d in expected], match
-        found = [c async for p in compressor.candidates(match={"Modality": "MR"}, study_uids=[study]) for c in p]
-        assert [c.sop_instance_uid for c in found] == [str(mr.SOPInstanceUID)]
+        within = [c async for p in compressor.candidates(match={"Modality": "MR"}, study_uids=[study]) for c in p]
+        assert [c.sop_instance_uid for c in within] == [str(mr.SOPInstanceUID)]
         assert [c async for c in compressor.candidates(older_than_days=1)] == []  # both arrived just now
 
     with_archive(body, fsync=False)

@@ -28,6 +28,7 @@ from pydicom.uid import generate_uid
 from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
 from minipacs.core.compression import SYNTAXES, CompressionSettings, Compressor
+from minipacs.core.model import Origin
 from minipacs.core.nodes import Node
 from minipacs.core.retrieve import select_instances
 from minipacs.net.association import AssociationSettings
@@ -114,7 +115,5 @@ def test_compressed_instances_reach_dcmtk_pixel_identical(tmp_path: Path, syntax
         assert np.array_equal(transcoded.pixel_array, arr)
 
 
-def _origin() -> object:
-    from minipacs.core.model import Origin
-
+def _origin() -> Origin:
     return Origin("test")

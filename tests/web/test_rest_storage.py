@@ -54,7 +54,8 @@ def test_compress_over_rest_and_retrieve(tmp_path: Path) -> None:
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
                 body = {"study_uids": [study], "policy": "ct"}
                 assert (await client.post("/api/storage/compress", json=body, headers=VIEWER)).status_code == 403
-                for bad in ({}, {"study_uids": []}, {"study_uids": [study], "syntax": "jpeg"}, {"study_uids": ["x"]}):
+                bads: list[dict[str, object]] = [{}, {"study_uids": []}, {"study_uids": [study], "syntax": "jpeg"}]
+                for bad in [*bads, {"study_uids": ["x"]}]:
                     r = await client.post("/api/storage/compress", json=bad, headers=OPERATOR)
                     assert r.status_code == 400, (bad, r.text)
                 r = await client.post("/api/storage/compress", json={**body, "policy": "mr"}, headers=OPERATOR)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import os
 import secrets
@@ -338,8 +339,13 @@ class Compressor:
             after = 0
             while True:
                 page = await self.archive.read(
-                    lambda conn, a=after, st=study_group, se=series_group: compression_repo.candidates(
-                        conn, study_uids=st, series_uids=se, received_before=before, after_pk=a, limit=PAGE
+                    functools.partial(
+                        compression_repo.candidates,
+                        study_uids=study_group,
+                        series_uids=series_group,
+                        received_before=before,
+                        after_pk=after,
+                        limit=PAGE,
                     )
                 )
                 if not page:
