@@ -73,6 +73,9 @@ def test_compress_over_rest_and_retrieve(tmp_path: Path) -> None:
                 assert (await client.get(f"/api/storage/studies/{generate_uid()}", headers=VIEWER)).status_code == 404
                 details = (await client.get(f"/api/studies/{study}", headers=VIEWER)).json()
                 assert details["storage"]["saved_bytes"] == total["saved_bytes"]
+                page = (await client.get(f"/ui/studies/{study}", headers=VIEWER)).text
+                assert f"{total['saved_bytes']} saved by compression (1 of 1 instances compressed" in page
+                assert f'href="/api/storage/studies/{study}"' in page
 
                 url = f"/dicom-web/studies/{study}/series/{series}/instances/{sop}"
                 default = await client.get(url, headers=VIEWER)  # Accept: multipart/related; type="application/dicom"

@@ -94,6 +94,7 @@ def routes() -> list[BaseRoute]:
             "GET",
             "read",
             "Disk use and disk saved by compression for one study, and why instances were skipped",
+            name="storage_study",
         ),
         Endpoint(
             "/storage/compress",

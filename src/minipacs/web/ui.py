@@ -23,6 +23,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute
 from starlette.staticfiles import StaticFiles
 
+from minipacs.core.compression import Compressor
 from minipacs.core.errors import ArchiveError, NotFound
 from minipacs.core.nodes import registry_warnings
 from minipacs.core.paths import validate_uid
@@ -293,6 +294,7 @@ async def study(request: Request) -> Response:
         uid=uid,
         series=series,
         nodes=await _send_nodes(request),
+        storage=await Compressor(ctx(request).archive).savings(uid),  # disk saved by compression
     )
 
 
