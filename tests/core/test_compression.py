@@ -260,6 +260,15 @@ def test_a_copy_re_sent_while_compressing_wins(with_archive: Any, tmp_path: Path
         # the re-sent copy is compressed in its turn
         again = [await compressor.compress(c, SYNTAXES["rle"]) async for page in compressor.candidates() for c in page]
         assert [o.status for o in again] == ["compressed"]
+        # a copy re-sent after compression starts afresh: sizes and mark reset, the study saves nothing
+        await _store(archive, tmp_path, ds, "c")
+        row = await _stored_row(archive, sop)
+        assert (row["original_size"], row["compression"], row["transfer_syntax_uid"]) == (
+            None,
+            "",
+            ExplicitVRLittleEndian,
+        )
+        assert (await compressor.savings(str(ds.StudyInstanceUID)))["saved_bytes"] == 0
 
     with_archive(body, fsync=False, duplicate_policy=DuplicatePolicy.REPLACE)
 
@@ -440,5 +449,45 @@ def test_a_sweep_submits_one_job_per_policy_at_a_time(with_archive: Any, tmp_pat
         assert jobs["old-ct"].params["older_than_days"] == 30 and jobs["old-ct"].params["syntax"] == "rle"
         assert jobs["all"].description == "compress (policy all)"
         assert await scheduler.submit_noted() == 0  # nothing stored, and no ingest policy
+
+    with_archive(body, fsync=False)
+
+
+def test_a_compress_job_stopped_by_a_shutdown_resumes(with_archive: Any, tmp_path: Path) -> None:
+    study = generate_uid()
+    images = [image("16unsigned", study) for _ in range(3)]
+
+    async def body(archive: Archive) -> None:
+        for n, (ds, _) in enumerate(images):
+            await _store(archive, tmp_path, ds, str(n))
+        first_done = asyncio.Event()
+        never = asyncio.Event()
+
+        class Stalling(Compressor):
+            async def compress(self, candidate: Any, syntax: Any, *, dry_run: bool = False) -> Any:
+                if first_done.is_set():
+                    await never.wait()  # the second instance hangs until the server stops
+                outcome = await super().compress(candidate, syntax, dry_run=dry_run)
+                first_done.set()
+                return outcome
+
+        queue = JobQueue(archive, FAST)
+        register_compression_jobs(queue, Stalling(archive, CompressionSettings(fsync=False)))
+        await queue.start()
+        job = await queue.submit(COMPRESS, "stalls", job_params("rle", study_uids=[study]))
+        await asyncio.wait_for(first_done.wait(), 60)
+        await queue.close()  # a clean stop: the running job goes back to the queue, its attempt not charged
+        stopped = await queue.get(job.id)
+        assert stopped is not None and stopped.state is JobState.QUEUED and stopped.attempts == 0
+        again = JobQueue(archive, FAST)
+        register_compression_jobs(again, Compressor(archive, CompressionSettings(fsync=False)))
+        await again.start()
+        try:
+            done = await again.wait(job.id, timeout=120)
+        finally:
+            await again.close()
+        assert done.state is JobState.DONE and done.details["compressed"] == 2, done.message  # the rest only
+        saved = await Compressor(archive).savings(study)
+        assert saved["compressed"] == 3 and saved["skipped"] == 0
 
     with_archive(body, fsync=False)
