@@ -10,7 +10,9 @@ then our C-STORE SCU (services/outbound.py) sends the study to /usr/bin/storescp
 - JPEG 2000 lossless to ``storescp +xv``: received as JPEG 2000 (DCMTK has no JPEG 2000 codec: the
   received files are decoded by pydicom's OpenJPEG plugin);
 - any of them to a default ``storescp`` (uncompressed syntaxes only): received uncompressed,
-  transcoded by the retrieve path, pixel-identical.
+  transcoded by the retrieve path, pixel-identical;
+- end to end: `minipacs serve` with an ingest policy compresses what DCMTK storescu sent, and
+  DCMTK movescu moves it to ``storescp +xt`` as JPEG-LS.
 """
 
 from __future__ import annotations
@@ -117,3 +119,77 @@ def test_compressed_instances_reach_dcmtk_pixel_identical(tmp_path: Path, syntax
 
 def _origin() -> Origin:
     return Origin("test")
+
+
+def test_minipacs_serve_compresses_on_ingest_and_moves_as_stored(tmp_path: Path) -> None:
+    """End to end: `minipacs serve` with an ingest policy; DCMTK storescu sends, the instances are
+    compressed shortly after (GET /api/storage), and DCMTK movescu moves them to storescp +xt as
+    JPEG-LS, which dcmdjpls decompresses to the original pixels."""
+    import time
+
+    import httpx
+
+    from tests.peers import start_server
+
+    study, series = generate_uid(), generate_uid()
+    originals = {}
+    for n, kind in enumerate(("16signed", "multiframe", "rgb")):
+        ds, arr = image(kind, study, series)
+        ds.InstanceNumber = n + 1
+        originals[str(ds.SOPInstanceUID)] = arr
+        save(ds, tmp_path / "in" / f"{n}.dcm")
+    http = free_port()
+    with storescp(tmp_path / "out", "+xt") as scp_port:
+        config = tmp_path / "minipacs.toml"
+        config.write_text(
+            'allow_unregistered = "echo,store,find,move"\nfsync = false\ncompression_ingest_delay_seconds = 0.2\n\n'
+            f'[[nodes]]\nae_title = "STORESCP"\nhost = "127.0.0.1"\nport = {scp_port}\n\n'
+            '[[compression]]\nname = "ct"\nsyntax = "jpeg-ls-lossless"\nmatch = { Modality = "CT" }\nwhen = "ingest"\n'
+        )
+        server = start_server(tmp_path, "--config", str(config), env={"MINIPACS_HTTP_PORT": str(http)})
+        try:
+            wait_for_port("127.0.0.1", http, proc=server.proc)
+            res = run(
+                [dcmtk("storescu"), "+sd", "-aec", "MINIPACS", "127.0.0.1", str(server.port), str(tmp_path / "in")]
+            )
+            assert res.returncode == 0, res.stdout + res.stderr
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                storage = httpx.get(f"http://127.0.0.1:{http}/api/storage").json()
+                if storage["compressed"] == len(originals):
+                    break
+                time.sleep(0.2)
+            assert storage["compressed"] == len(originals) and storage["saved_bytes"] > 0, storage
+            moved = run(
+                [
+                    dcmtk("movescu"),
+                    "-S",
+                    "-aet",
+                    "MOVESCU",
+                    "-aec",
+                    "MINIPACS",
+                    "-aem",
+                    "STORESCP",
+                    "-k",
+                    "QueryRetrieveLevel=STUDY",
+                    "-k",
+                    f"StudyInstanceUID={study}",
+                    "127.0.0.1",
+                    str(server.port),
+                ]
+            )
+            assert moved.returncode == 0, moved.stdout + moved.stderr
+        finally:
+            server.stop()
+    got = received(tmp_path / "out")
+    assert set(got) == set(originals)
+    for uid, arr in originals.items():
+        assert pydicom.dcmread(got[uid], stop_before_pixels=True).file_meta.TransferSyntaxUID == JLS
+        out = tmp_path / "plain" / f"{uid}.dcm"
+        out.parent.mkdir(exist_ok=True)
+        res = run([dcmtk("dcmdjpls"), str(got[uid]), str(out)])
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert np.array_equal(pydicom.dcmread(out).pixel_array, arr)
+
+
+JLS = SYNTAXES["jpeg-ls-lossless"].uid
