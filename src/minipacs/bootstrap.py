@@ -109,7 +109,12 @@ def job_queue(settings: Settings, archive: Archive, nodes: NodeRegistry, calls: 
 
 def compressor(settings: Settings, archive: Archive) -> Compressor:
     """Lossless compression of stored instances (core/compression.py)."""
-    return Compressor(archive, CompressionSettings(settings.compression_keep_replaced_seconds, settings.fsync))
+    return Compressor(
+        archive,
+        CompressionSettings(
+            settings.compression_keep_replaced_seconds, settings.fsync, settings.compression_max_instance_bytes
+        ),
+    )
 
 
 def compression_scheduler(settings: Settings, app: App) -> CompressionScheduler:

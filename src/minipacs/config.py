@@ -199,6 +199,8 @@ class Settings:
     compression_sweep_seconds: float = 3600.0
     #: A copy replaced by its compressed copy is removed this many seconds later (retrieves under way read it).
     compression_keep_replaced_seconds: float = 300.0
+    #: Stored instances larger than this are not compressed (encoding holds the pixels ~3 times in memory).
+    compression_max_instance_bytes: int = 512 * MiB
 
     @property
     def resolved_index_url(self) -> str:
@@ -333,6 +335,8 @@ class Settings:
             raise ConfigError("compression_sweep_seconds must be 1 to 604800 (a week)")
         if not 0 <= self.compression_keep_replaced_seconds <= 86400:
             raise ConfigError("compression_keep_replaced_seconds must be 0 to 86400")
+        if self.compression_max_instance_bytes < 1024:
+            raise ConfigError("compression_max_instance_bytes must be at least 1024")
         names = [p.name for p in self.compression]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:

@@ -424,6 +424,7 @@ def test_an_ingest_policy_compresses_shortly_after_storing(with_archive: Any, tm
         ("compression_sweep_seconds", 1, 0.999),
         ("compression_keep_replaced_seconds", 86400, 86401),
         ("compression_keep_replaced_seconds", 0, -1),
+        ("compression_max_instance_bytes", 1024, 1023),
     ],
 )
 def test_compression_settings_limits(key: str, good: Any, bad: Any) -> None:
@@ -489,5 +490,27 @@ def test_a_compress_job_stopped_by_a_shutdown_resumes(with_archive: Any, tmp_pat
         assert done.state is JobState.DONE and done.details["compressed"] == 2, done.message  # the rest only
         saved = await Compressor(archive).savings(study)
         assert saved["compressed"] == 3 and saved["skipped"] == 0
+
+    with_archive(body, fsync=False)
+
+
+def test_instances_above_the_size_limit_are_skipped(with_archive: Any, tmp_path: Path) -> None:
+    small, _ = image("8bit")
+    large, _ = image("8bit")
+
+    async def body(archive: Archive) -> None:
+        await _store(archive, tmp_path, small, "small")
+        await _store(archive, tmp_path, large, "large")
+        sizes = {c.sop_instance_uid: c.size async for page in Compressor(archive).candidates() for c in page}
+        limit = sizes[str(small.SOPInstanceUID)]
+        assert sizes[str(large.SOPInstanceUID)] == limit  # same shape and header: the same size
+        at_limit = Compressor(archive, CompressionSettings(fsync=False, max_instance_bytes=limit))
+        below = Compressor(archive, CompressionSettings(fsync=False, max_instance_bytes=limit - 1))
+        pages = [c async for page in at_limit.candidates() for c in page]
+        first = await below.compress(pages[0], SYNTAXES["rle"])
+        assert first.status == "skipped" and first.reason == (
+            f"it is {limit} bytes, more than compression_max_instance_bytes ({limit - 1})"
+        )
+        assert (await at_limit.compress(pages[1], SYNTAXES["rle"])).status == "compressed"
 
     with_archive(body, fsync=False)

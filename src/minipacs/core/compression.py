@@ -245,6 +245,8 @@ class CompressionSettings:
     keep_replaced_seconds: float = 300.0
     #: fsync the compressed file before its row switches to it.
     fsync: bool = True
+    #: Larger stored files are skipped: encoding holds the pixels about three times in memory.
+    max_instance_bytes: int = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -359,6 +361,11 @@ class Compressor:
         uid, study = candidate.sop_instance_uid, candidate.study_instance_uid
         path = archive.blobs.path_of(candidate.blob_key)
         try:
+            if candidate.size > self.settings.max_instance_bytes:
+                raise Skip(
+                    f"it is {candidate.size} bytes, more than compression_max_instance_bytes "
+                    f"({self.settings.max_instance_bytes})"
+                )
             data = await asyncio.to_thread(encode, path, syntax, archive.settings.dataset_limits)
         except FileNotFoundError:
             return Outcome(
