@@ -514,3 +514,25 @@ def test_instances_above_the_size_limit_are_skipped(with_archive: Any, tmp_path:
         assert (await at_limit.compress(pages[1], SYNTAXES["rle"])).status == "compressed"
 
     with_archive(body, fsync=False)
+
+
+def test_metadata_computed_from_a_replaced_copy_is_not_kept(with_archive: Any, tmp_path: Path) -> None:
+    """The metadata worker read the old copy; compression switched meanwhile: its text is dropped."""
+    from minipacs.index import metadata_repo
+
+    ds, _ = image("16unsigned")
+    sop = str(ds.SOPInstanceUID)
+
+    async def body(archive: Archive) -> None:
+        await _store(archive, tmp_path, ds, "a")
+        old_key = (await _stored_row(archive, sop))["blob_key"]
+        compressor = Compressor(archive, CompressionSettings(fsync=False))
+        [await compressor.compress(c, SYNTAXES["rle"]) async for page in compressor.candidates() for c in page]
+        await archive.write(lambda conn: metadata_repo.store(conn, [(sop, '{"stale":1}')], {sop: old_key}))
+        kept = await archive.read(lambda conn: metadata_repo.texts(conn, [sop]))
+        assert json.loads(kept[sop])["7FE00010"]["vr"] == "OB"  # what compression stored, not the stale text
+        new_key = (await _stored_row(archive, sop))["blob_key"]
+        await archive.write(lambda conn: metadata_repo.store(conn, [(sop, '{"fresh":1}')], {sop: new_key}))
+        assert await archive.read(lambda conn: metadata_repo.texts(conn, [sop])) == {sop: '{"fresh":1}'}
+
+    with_archive(body, fsync=False)
