@@ -15,6 +15,8 @@ from minipacs.core.access import AccessPolicy, AccessRules
 from minipacs.core.anonymize import Anonymizer, load_key, register_anonymize_job
 from minipacs.core.archive import Archive, ArchiveSettings
 from minipacs.core.audit import AuditSettings
+from minipacs.core.compression import CompressionSettings, Compressor
+from minipacs.core.compression_jobs import CompressionScheduler, SchedulerSettings, register_compression_jobs
 from minipacs.core.jobs import JobQueue, JobSettings, default_runner
 from minipacs.core.metrics import Metrics
 from minipacs.core.mpps import ProcedureSteps
@@ -108,12 +110,34 @@ def job_queue(settings: Settings, archive: Archive, nodes: NodeRegistry, calls: 
     register_transfer_jobs(queue, calls or outbound(settings, archive), nodes)
     register_retention_job(queue, archive, settings.retention, settings.retention_max_deletions)
     register_anonymize_job(queue, anonymizer(settings, archive))
+    register_compression_jobs(queue, compressor(settings, archive))
     return queue
 
 
 def anonymizer(settings: Settings, archive: Archive) -> Anonymizer:
     """De-identification with the configured key, or DATA/anonymization.key (created once)."""
     return Anonymizer(archive, load_key(settings.anonymization_key, settings.data_dir.resolve()))
+
+
+def compressor(settings: Settings, archive: Archive) -> Compressor:
+    """Lossless compression of stored instances (core/compression.py)."""
+    return Compressor(
+        archive,
+        CompressionSettings(
+            settings.compression_keep_replaced_seconds, settings.fsync, settings.compression_max_instance_bytes
+        ),
+    )
+
+
+def compression_scheduler(settings: Settings, app: App) -> CompressionScheduler:
+    """Submits the ``[[compression]]`` policies' jobs (core/compression_jobs.py); ``attach()`` starts it."""
+    return CompressionScheduler(
+        app.archive,
+        app.jobs,
+        compressor(settings, app.archive),
+        settings.compression,
+        SchedulerSettings(settings.compression_ingest_delay_seconds, settings.compression_sweep_seconds),
+    )
 
 
 def archive_settings(settings: Settings) -> ArchiveSettings:
@@ -191,8 +215,12 @@ class App:
     audit_watch: asyncio.Task[None] | None = None
     #: Sends the audit rows on to the ATNA collector (services/audit_syslog.py), when audit_syslog is set.
     audit_syslog_watch: asyncio.Task[None] | None = None
+    #: Submits compression jobs (``serve`` starts it after the job runner).
+    compression: CompressionScheduler | None = None
 
     async def close(self, grace: float = 5.0) -> None:
+        if self.compression is not None:
+            await self.compression.close()
         await self.jobs.close()  # running jobs go back to the queue while the index is still open
         tasks = (self.nodes_watch, self.diagnostics_watch, self.completion_watch, self.retention_watch)
         for task in (*tasks, self.audit_watch, self.audit_syslog_watch):
@@ -415,6 +443,8 @@ async def serve(settings: Settings, on_ready: Callable[[App], None] | None = Non
         await app.jobs.start()
         if settings.retention and settings.retention_interval_seconds > 0:
             app.retention_watch = asyncio.ensure_future(periodic(app.jobs, settings.retention_interval_seconds))
+        app.compression = compression_scheduler(settings, app)
+        app.compression.attach()
         if on_ready is not None:
             on_ready(app)
         await stop.wait()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Final
 
+from minipacs.core.compression import CompressionPolicy, InvalidPolicy, policy_from_mapping
 from minipacs.core.model import DuplicatePolicy
 from minipacs.core.nodes import OPERATIONS, InvalidNode, Node, node_from_mapping
 from minipacs.core.retention import InvalidRetentionRule, RetentionRule, check_rules, rule_from_mapping
@@ -221,6 +222,17 @@ class Settings:
     retention_interval_seconds: float = 3600.0
     #: Most studies one retention run deletes (the next run goes on).
     retention_max_deletions: int = 1000
+    # --- lossless compression of stored instances (core/compression.py; docs/COMPRESSION.md)
+    #: ``[[compression]]`` tables: name, syntax, match, older_than_days, when.
+    compression: tuple[CompressionPolicy, ...] = ()
+    #: An ingest policy's job starts once no instance arrived for this many seconds.
+    compression_ingest_delay_seconds: float = 5.0
+    #: Every this many seconds each policy sweeps the archive for instances it has not looked at.
+    compression_sweep_seconds: float = 3600.0
+    #: A copy replaced by its compressed copy is removed this many seconds later (retrieves under way read it).
+    compression_keep_replaced_seconds: float = 300.0
+    #: Stored instances larger than this are not compressed (encoding holds the pixels ~3 times in memory).
+    compression_max_instance_bytes: int = 512 * MiB
 
     @property
     def resolved_index_url(self) -> str:
@@ -371,10 +383,31 @@ class Settings:
             raise ConfigError("audit_syslog over tls:// needs audit_syslog_ca_file, the CA of the collector")
         if self.audit_syslog_queue < 1:
             raise ConfigError("audit_syslog_queue must be at least 1 message")
+        self._validate_compression()
         return self
 
+    def _validate_compression(self) -> None:
+        if not 0 < self.compression_ingest_delay_seconds <= 3600:
+            raise ConfigError("compression_ingest_delay_seconds must be more than 0 and at most 3600")
+        if not 1 <= self.compression_sweep_seconds <= 7 * 86400:
+            raise ConfigError("compression_sweep_seconds must be 1 to 604800 (a week)")
+        if not 0 <= self.compression_keep_replaced_seconds <= 86400:
+            raise ConfigError("compression_keep_replaced_seconds must be 0 to 86400")
+        if self.compression_max_instance_bytes < 1024:
+            raise ConfigError("compression_max_instance_bytes must be at least 1024")
+        names = [p.name for p in self.compression]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(f"[[compression]] name {twice[0]!r} is used twice; each policy needs its own name")
+        for policy in self.compression:
+            if policy.when == "ingest" and policy.older_than_days:
+                raise ConfigError(
+                    f'[[compression]] {policy.name!r}: older_than_days needs when = "background" '
+                    "(an instance just stored is never older than that)"
+                )
 
-_TABLES = ("nodes", "users", "tokens", "retention")
+
+_TABLES = ("nodes", "users", "tokens", "retention", "compression")
 _FIELDS = {f.name: f for f in fields(Settings) if f.name not in _TABLES}
 
 
@@ -452,6 +485,21 @@ def _retention(tables: Any, config_file: Path) -> tuple[RetentionRule, ...]:
     return tuple(rules)
 
 
+def _compression(tables: Any, config_file: Path) -> tuple[CompressionPolicy, ...]:
+    """``[[compression]]`` tables of the config file -> policies, or a ConfigError naming the bad one."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"{config_file}: 'compression' must be [[compression]] tables (name, syntax, match, ...)")
+    policies: list[CompressionPolicy] = []
+    for number, table in enumerate(tables, 1):
+        try:
+            policies.append(policy_from_mapping(table))
+        except InvalidPolicy as exc:
+            raise ConfigError(
+                f"{config_file}: [[compression]] number {number} ({table.get('name', '?')!r}): {exc}"
+            ) from exc
+    return tuple(policies)
+
+
 #: MINIPACS_* environment variables that are not settings: read by the tests and benchmarks only.
 NOT_SETTINGS_PREFIXES: Final = ("MINIPACS_TEST_", "MINIPACS_BENCH_")
 
@@ -485,6 +533,7 @@ def load_settings(
         values["nodes"] = _nodes(tables, config_file)
         values.update(_accounts(doc, section, config_file))
         values["retention"] = _retention(section.get("retention", doc.get("retention", [])), config_file)
+        values["compression"] = _compression(section.get("compression", doc.get("compression", [])), config_file)
         for key, raw in section.items():
             if key in _TABLES:
                 continue

@@ -178,6 +178,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "retention",
     "anonymize",
     "export",
+    "compress",
 )
 
 

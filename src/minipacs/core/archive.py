@@ -942,6 +942,8 @@ class Archive:
             "called_aet": _clean(job.origin.called_aet),
             "peer_host": _clean(job.origin.peer_host),
         }
+        if replace_pk is not None:  # a new copy as it arrived: what compression knew of the old one goes
+            values.update(original_size=None, compression="")
         repo.write_instance(conn, values, replace_pk)
         journal.append(change_row(ChangeType.NEW_INSTANCE, uid, study_uid, now))
         moves.append((job.staged.path, job.key))

@@ -135,6 +135,10 @@ class Instance(Base):
     calling_aet: Mapped[str] = mapped_column(String())
     called_aet: Mapped[str] = mapped_column(String())
     peer_host: Mapped[str] = mapped_column(String())
+    #: Size of the file as it arrived, when the archive replaced it by a compressed copy (else NULL).
+    original_size: Mapped[int | None] = mapped_column(BigInteger(), nullable=True)
+    #: "" (compression not tried), the syntax name it was compressed to, or "skipped: <why>" (migration 0016).
+    compression: Mapped[str] = mapped_column(String(), server_default="")
 
 
 class Association(Base):
@@ -304,6 +308,7 @@ class JobRecord(Base):
 __all__ = [
     "Association",
     "Base",
+    "BlobRemoval",
     "Change",
     "Instance",
     "IntakeState",
@@ -380,3 +385,15 @@ class AuditEvent(Base):
     study_uid: Mapped[str] = mapped_column(UID, index=True)
     detail: Mapped[str] = mapped_column(Text())
     node: Mapped[str] = mapped_column(String(), default="", server_default="")
+
+
+class BlobRemoval(Base):
+    """A blob of a replaced copy (a compressed copy took its place), removed after ``remove_after``:
+    a retrieve that chose the old copy just before the switch still finds it (migration 0016)."""
+
+    __tablename__ = "blob_removals"
+    __table_args__ = (Index("ix_blob_removals_remove_after", "remove_after"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    blob_key: Mapped[str] = mapped_column(String(255))
+    remove_after: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    reason: Mapped[str] = mapped_column(Text(), default="", server_default="")

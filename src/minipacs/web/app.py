@@ -20,6 +20,7 @@ from minipacs.web import (
     rest_metrics,
     rest_nodes,
     rest_retention,
+    rest_storage,
     rest_worklist,
     ui,
 )
@@ -58,6 +59,7 @@ def create_app(ctx: AppContext) -> Starlette:
                 *rest_nodes.routes(),
                 *rest_diagnostics.routes(),
                 *rest_jobs.routes(),
+                *rest_storage.routes(),
                 *rest_worklist.routes(),
                 *rest_labels.routes(),
                 *rest_retention.routes(),

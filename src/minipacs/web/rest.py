@@ -15,6 +15,7 @@ from starlette.routing import BaseRoute
 
 from minipacs.core import changes as journal
 from minipacs.core.audit import Action
+from minipacs.core.compression import Compressor
 from minipacs.core.delete import delete_resource
 from minipacs.core.errors import ArchiveError, NotFound, OutOfResources
 from minipacs.core.labels import labels_of_studies
@@ -127,6 +128,7 @@ async def read_resource(request: Request) -> Response:
         if level is Level.STUDY:
             found["complete"] = completion.is_complete(ds)
             found["labels"] = (await labels_of_studies(ctx(request).archive, [value])).get(value, [])
+            found["storage"] = await Compressor(ctx(request).archive).savings(value)  # disk saved by compression
         return JSONResponse(found)
     raise NotFound(f"{request.path_params['level']} {value!r} is not in the archive")
 

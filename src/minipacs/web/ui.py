@@ -24,6 +24,7 @@ from starlette.routing import BaseRoute
 from starlette.staticfiles import StaticFiles
 
 from minipacs.core.audit import Action
+from minipacs.core.compression import Compressor
 from minipacs.core.errors import ArchiveError, NotFound
 from minipacs.core.labels import labels_of, labels_of_studies
 from minipacs.core.nodes import registry_warnings
@@ -306,6 +307,7 @@ async def study(request: Request) -> Response:
         nodes=await _send_nodes(request),
         labels=await labels_of(ctx(request).archive, uid),
         deid_options=DEID_OPTIONS,
+        storage=await Compressor(ctx(request).archive).savings(uid),  # disk saved by compression
     )
 
 
