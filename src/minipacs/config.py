@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from minipacs.core.model import DuplicatePolicy
 from minipacs.core.nodes import OPERATIONS, InvalidNode, Node, node_from_mapping
+from minipacs.core.rules import InvalidRule, Rule, rules_from_tables
 from minipacs.core.users import DICOM_IDENTITY_MODES, ApiToken, InvalidUser, User, token_from_mapping, user_from_mapping
 
 MiB = 1024 * 1024
@@ -189,6 +190,14 @@ class Settings:
     #: ``[[users]]`` (name, password_hash, role) and ``[[tokens]]`` (name, token_hash, role).
     users: tuple[User, ...] = ()
     tokens: tuple[ApiToken, ...] = ()
+    # --- auto-routing (core/rules.py, core/routing.py; docs/ROUTING.md)
+    #: ``[[rules]]`` tables: read-only here; rules made through /api/rules live in the index.
+    rules: tuple[Rule, ...] = ()
+    #: Seconds between looks for quiet studies (when = "stable"), completed studies and new worklist entries.
+    routing_poll_seconds: float = 1.0
+    #: A "complete" or "scheduled" rule also acts on studies completed / entries created this many seconds
+    #: before it first looked (at start-up, or when it was made): what happened while the server was down.
+    routing_catch_up_seconds: float = 3600.0
 
     @property
     def resolved_index_url(self) -> str:
@@ -313,10 +322,14 @@ class Settings:
             raise ConfigError("hl7_max_message_bytes must be at least 1024")
         if self.hl7_idle_timeout <= 0:
             raise ConfigError("hl7_idle_timeout must be a positive number of seconds")
+        if not 0.05 <= self.routing_poll_seconds <= 3600:
+            raise ConfigError("routing_poll_seconds must be 0.05 to 3600")
+        if not 0 <= self.routing_catch_up_seconds <= 30 * 86400:
+            raise ConfigError("routing_catch_up_seconds must be 0 to 2592000 (30 days)")
         return self
 
 
-_TABLES = ("nodes", "users", "tokens")
+_TABLES = ("nodes", "users", "tokens", "rules")
 _FIELDS = {f.name: f for f in fields(Settings) if f.name not in _TABLES}
 
 
@@ -413,6 +426,10 @@ def load_settings(
         tables = section.get("nodes", doc.get("nodes", []))
         values["nodes"] = _nodes(tables, config_file)
         values.update(_accounts(doc, section, config_file))
+        try:
+            values["rules"] = rules_from_tables(section.get("rules", doc.get("rules", [])))
+        except InvalidRule as exc:
+            raise ConfigError(f"{config_file}: {exc}") from exc
         for key, raw in section.items():
             if key in _TABLES:
                 continue
