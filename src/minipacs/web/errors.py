@@ -29,6 +29,7 @@ from minipacs.core.archive import ArchiveSettings
 from minipacs.core.jobs import InvalidJob, JobConflict
 from minipacs.core.nodes import InvalidNode
 from minipacs.core.retrieve import InvalidRetrieveIdentifier
+from minipacs.core.rules import InvalidRule, RuleConflict
 from minipacs.core.worklist import InvalidWorklistEntry
 
 log = logging.getLogger("minipacs.web.errors")
@@ -63,6 +64,8 @@ ERROR_TABLE: Final[Mapping[type[core.ArchiveError], tuple[int, str]]] = MappingP
         core.UnknownDestination: (404, "unknown_node"),
         InvalidNode: (400, "invalid_node"),
         InvalidWorklistEntry: (400, "invalid_worklist_entry"),
+        InvalidRule: (400, "invalid_rule"),
+        RuleConflict: (409, "rule_conflict"),
         core.AccessDenied: (403, "forbidden"),
     }
 )
