@@ -175,6 +175,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "check",
     "doctor",
     "jobs",
+    "deliveries",
+    "rules",
 )
 
 

@@ -1,0 +1,96 @@
+"""Rules as the config file gives them (core/rules.py): parsing, validation at start, AE filters."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+
+from minipacs.bootstrap import build_app
+from minipacs.config import ConfigError, Settings, load_settings
+from minipacs.core.nodes import Node
+from minipacs.core.routing import _flat
+from minipacs.core.rules import Trigger, rule_from_mapping, rules_from_tables
+from minipacs.core.worklist import matches
+
+GOOD = """
+[[rules]]
+name = "ct-to-ai"
+when = "stable"
+stable_seconds = 30
+match = { Modality = "CT", StudyDate = "20240101-", BodyPartExamined = ["HEAD", "NECK"] }
+calling_aet = "CT0?"
+called_aet = "MINI*"
+send_to = ["AI_NODE"]
+stow_to = ["https://dicomweb.example/dicom-web/"]
+"""
+
+
+def test_a_rules_table_of_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "minipacs.toml"
+    config.write_text(GOOD)
+    (rule,) = load_settings(config, env={}).rules
+    assert rule.when is Trigger.STABLE and rule.stable_seconds == 30 and rule.level == "study"
+    assert dict(rule.match) == {"Modality": "CT", "StudyDate": "20240101-", "BodyPartExamined": "HEAD\\NECK"}
+    assert rule.destinations() == [("C-STORE", "AI_NODE"), ("STOW-RS", "https://dicomweb.example/dicom-web")]
+    assert rule.source == "config" and rule.to_json()["read_only"] is True
+    assert rule_from_mapping(rule.to_dict()) == rule  # what the API stores reads back the same
+    assert rule.from_ae("CT01", "MINIPACS") and rule.from_ae("CT07 ", "MINIPACS")
+    assert not rule.from_ae("CT011", "MINIPACS") and not rule.from_ae("MR01", "MINIPACS")
+    assert not rule.from_ae("CT01", "OTHER")
+
+
+@pytest.mark.parametrize(
+    ("table", "words"),
+    [
+        ('name = "a"\nwhen = "stable"\nsend_to = ["X"]', "[[rules]] number 1: rule 'a': when = \"stable\" needs"),
+        ('name = "a"\nwhen = "instance"\nsend_to = ["X"]\nsend-to = ["Y"]', "unknown key 'send-to'"),
+        ('name = "a"\nwhen = "instance"\nsend_to = "X"\nstable_seconds = 3', 'belong to when = "stable"'),
+        ('name = "a"\nwhen = "instance"\nsend_to = ["X"]\nmatch = { StudyDate = "2024-01-01" }', "rule 'a': match"),
+        ('name = "a"\nwhen = "stable"\nstable_seconds = 0\nsend_to = ["X"]', "more than 0"),
+        ('name = "a"\nwhen = "stable"\nstable_seconds = 604801\nsend_to = ["X"]', "at most 604800"),
+        ('name = "a"\nwhen = "stable"\nstable_seconds = 5\nlevel = "patient"\nsend_to = ["X"]', "level 'patient'"),
+        ('name = "a"\nwhen = "complete"\nprefetch_from = "Q"\nprefetch_to = "V"\nsend_to = ["X"]', "prefetch_from"),
+    ],
+)
+def test_bad_rules_stop_the_config_naming_the_rule(tmp_path: Path, table: str, words: str) -> None:
+    config = tmp_path / "minipacs.toml"
+    config.write_text(f"[[rules]]\n{table}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, env={})
+    assert words in str(caught.value)
+
+
+def test_limits_at_the_edge() -> None:
+    (rule,) = rules_from_tables([{"name": "a", "when": "stable", "stable_seconds": 604800, "send_to": ["X"]}])
+    assert rule.stable_seconds == 604800
+    sixteen = [f"N{i}" for i in range(16)]
+    assert len(rule_from_mapping({"name": "b", "when": "instance", "send_to": sixteen}).send_to) == 16
+    with pytest.raises(ValueError, match="at most 16"):
+        rule_from_mapping({"name": "b", "when": "instance", "send_to": [*sixteen, "N16"]})
+    with pytest.raises(ValueError, match="already defined above"):
+        rules_from_tables([{"name": "a", "when": "instance", "send_to": ["X"]}] * 2)
+
+
+def test_a_scheduled_rule_matches_the_worklist_entry_with_its_step() -> None:
+    rule = rule_from_mapping(
+        {"name": "p", "when": "scheduled", "match": {"Modality": "C?"}, "prefetch_from": "Q", "prefetch_to": "V"}
+    )
+    ds, sps = Dataset(), Dataset()
+    sps.Modality = "CT"
+    ds.PatientID, ds.ScheduledProcedureStepSequence = "P", [sps]
+    assert matches(rule.keys(), _flat(ds))
+    sps.Modality = "MR"
+    assert not matches(rule.keys(), _flat(ds))
+
+
+def test_serve_refuses_a_rule_to_a_node_that_is_not_registered(tmp_path: Path) -> None:
+    rules = rules_from_tables([{"name": "ct-to-ai", "when": "instance", "send_to": ["AI_NODE", "NOWHERE"]}])
+    settings = Settings(
+        data_dir=tmp_path / "data", fsync=False, rules=rules, nodes=(Node("AI_NODE", "127.0.0.1", 104),)
+    )
+    with pytest.raises(ConfigError) as caught:
+        asyncio.run(build_app(settings))
+    assert "rule 'ct-to-ai': send_to names 'NOWHERE', which is not a registered node" in str(caught.value)
