@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
@@ -33,7 +34,7 @@ from minipacs.core.routing import ROUTE, study_receipts
 from minipacs.core.rules import rules_from_tables
 from minipacs.core.worklist import Worklist
 from tests.dicomgen import write_ct
-from tests.peers import dcmtk, free_port, run, wait_for_port
+from tests.peers import dcmtk, free_port, run, start_server, wait_for_port
 
 pytestmark = [pytest.mark.interop]
 
@@ -276,3 +277,39 @@ def test_worklist_entry_prefetches_priors_from_dcmqrscp(tmp_path: Path) -> None:
 
 async def _files(out: Path, n: int) -> bool:
     return len(received(out)) >= n
+
+
+def test_stow_to_another_dicomweb_server(tmp_path: Path) -> None:
+    """STOW-RS to a second minipacs (its DICOMweb endpoint); a destination whose port is closed waits
+    in "retrying", saying it cannot reach it."""
+    http_port, closed = free_port(), free_port()
+    (tmp_path / "other").mkdir()
+    other = start_server(tmp_path / "other", env={"MINIPACS_HTTP_PORT": str(http_port), "MINIPACS_FSYNC": "false"})
+    rules = [
+        {
+            "name": "web",
+            "when": "instance",
+            "stow_to": [f"http://127.0.0.1:{http_port}/dicom-web", f"http://127.0.0.1:{closed}/dicom-web"],
+        }
+    ]
+    study, series = str(generate_uid()), str(generate_uid())
+
+    async def body(app: App) -> None:
+        for n in range(2):
+            await receive(app, ct(tmp_path, study, series, n + 1))
+        base = f"http://127.0.0.1:{http_port}/dicom-web"
+        await until(lambda: _sent_to(app, study, base, 2), "2 instances stored by STOW-RS")
+        r = httpx.get(f"http://127.0.0.1:{http_port}/dicom-web/studies/{study}/instances")
+        assert r.status_code == 200 and len(r.json()) == 2, r.text
+
+        async def waiting() -> bool:
+            late = [r for r in await study_receipts(app.archive, study) if str(closed) in r["destination"]]
+            return len(late) == 2 and all(r["status"] == "retrying" and "cannot reach" in r["reason"] for r in late)
+
+        await until(waiting, "the closed destination's receipts saying retrying")
+
+    try:
+        wait_for_port("127.0.0.1", http_port, proc=other.proc)
+        running(tmp_path, rules, ())(body)
+    finally:
+        other.stop()

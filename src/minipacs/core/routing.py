@@ -159,7 +159,8 @@ async def set_study_receipt(index: Any, job_id: int, study: str, status: Deliver
 
 
 async def job_receipts(index: Any, job_id: int) -> list[dict[str, Any]]:
-    return await index.read(lambda conn: routing_repo.job_deliveries(conn, job_id))
+    rows: list[dict[str, Any]] = await index.read(lambda conn: routing_repo.job_deliveries(conn, job_id))
+    return rows
 
 
 async def add_receipts(index: Any, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -370,7 +371,7 @@ class Router:
             )
             todo = [r for r in rows if r["sop_instance_uid"] not in given]
             for chunk in _chunks(todo, MAX_PER_JOB):
-                receipts = [
+                receipts: list[tuple[str, ...]] = [
                     (rule.name, method, destination, study, r["series_instance_uid"], r["sop_instance_uid"])
                     for r in chunk
                 ]

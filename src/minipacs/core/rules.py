@@ -126,11 +126,11 @@ class Rule:
     def to_json(self) -> dict[str, Any]:
         return {**self.to_dict(), "source": self.source, "read_only": self.source == "config"}
 
-    def identifier(self, extra: Mapping[str, str] = (), *, level: str | None = "IMAGE") -> Dataset:
+    def identifier(self, extra: Mapping[str, str] | None = None, *, level: str | None = "IMAGE") -> Dataset:
         """The rule's ``match`` as a C-FIND identifier (relational, at ``level``; None: no
         QueryRetrieveLevel), plus ``extra`` keys."""
         ds = Dataset()
-        for keyword, value in (*self.match, *dict(extra).items()):
+        for keyword, value in (*self.match, *(extra or {}).items()):
             tag = tag_for_keyword(keyword)
             if tag is None:  # pragma: no cover - checked when the rule was read
                 continue
