@@ -14,6 +14,7 @@ from pydicom.uid import generate_uid
 from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
 from minipacs.core.metadata import MetadataStore
+from minipacs.core.model import Origin
 from minipacs.core.nodes import Node, NodeRegistry
 from minipacs.core.routing import receipt_row
 from minipacs.core.rules import rules_from_tables
@@ -21,6 +22,7 @@ from minipacs.core.users import Role, User, hash_password
 from minipacs.index import routing_repo
 from minipacs.web.app import create_app
 from minipacs.web.types import AppContext
+from tests.dicomgen import write_ct
 
 FAST = {"n": 2**4}
 USERS = (
@@ -146,5 +148,32 @@ def test_study_deliveries(tmp_path: Path) -> None:
         ]
         r = await client.get("/api/studies/not-a-uid/deliveries", headers=OPERATOR)
         assert r.status_code == 400
+
+    run(tmp_path, body)
+
+
+def test_rules_page_and_the_study_page_deliveries(tmp_path: Path) -> None:
+    study, series, sop = str(generate_uid()), str(generate_uid()), str(generate_uid())
+    source = write_ct(tmp_path / "ct.dcm", study_uid=study, series_uid=series, sop_uid=sop)
+
+    async def body(client: httpx.AsyncClient, archive: Any) -> None:
+        r = await client.get("/ui/rules", headers=OPERATOR)
+        assert r.status_code == 403
+        r = await client.get("/ui/rules", headers=ADMIN)
+        assert r.status_code == 200 and "from-file" in r.text and "config file (read-only)" in r.text
+        assert 'id="add-rule"' in r.text and ">Rules</a>" in r.text
+        await archive.import_file(source, Origin("import"))
+        r = await client.get(f"/ui/studies/{study}", headers=OPERATOR)
+        assert r.status_code == 200 and "No routing rule sent this study anywhere." in r.text
+        rows = [receipt_row(9, "from-file", "C-STORE", "AI_NODE", study, series, sop)]
+        await archive.write(lambda conn: routing_repo.insert_deliveries(conn, rows))
+        why = "cannot send to 'AI_NODE' at 127.0.0.1:11119: <refused>"
+        now = dt.datetime.now(dt.UTC)
+        await archive.write(lambda c: routing_repo.set_job_deliveries(c, 9, "retrying", why, now))
+        r = await client.get(f"/ui/studies/{study}", headers=OPERATOR)
+        assert r.status_code == 200
+        page = r.text
+        assert "<h2>Deliveries</h2>" in page and "1 retrying" in page and "(job 9)" in page
+        assert "&lt;refused&gt;" in page and "<refused>" not in page  # the reason is escaped
 
     run(tmp_path, body)
