@@ -33,7 +33,9 @@ from minipacs.core.nodes import Node
 from minipacs.core.routing import ROUTE, study_receipts
 from minipacs.core.rules import rules_from_tables
 from minipacs.core.worklist import Worklist
+from minipacs.index import worklist_repo
 from tests.dicomgen import write_ct
+from tests.index.pg import postgres_schema_url
 from tests.peers import dcmtk, free_port, run, start_server, wait_for_port
 
 pytestmark = [pytest.mark.interop]
@@ -116,7 +118,16 @@ def received(out: Path) -> list[Path]:
     return [p for p in out.iterdir() if p.is_file()] if out.exists() else []
 
 
-def test_stable_study_is_routed_once_then_only_what_came_later(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def index_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield ""
+    else:
+        with postgres_schema_url() as url:
+            yield url
+
+
+def test_stable_study_is_routed_once_then_only_what_came_later(tmp_path: Path, index_url: str) -> None:
     port, out = free_port(), tmp_path / "dest"
     rules = [
         {
@@ -149,7 +160,7 @@ def test_stable_study_is_routed_once_then_only_what_came_later(tmp_path: Path) -
         receipts = await study_receipts(app.archive, study)
         assert len(receipts) == 5 and {r["destination"] for r in receipts} == {"DEST"}
         assert {r["rule"] for r in receipts} == {"ct-to-ai"} and {r["method"] for r in receipts} == {"C-STORE"}
-        await asyncio.sleep(1.5)  # quiet again: nothing more is routed
+        await asyncio.sleep(1.2)  # quiet again: nothing more is routed
         assert len(await app.jobs.list(kinds=(ROUTE,))) == 1
         assert await study_receipts(app.archive, other) == []
         # a late instance: routed alone, after its own quiet second
@@ -161,7 +172,7 @@ def test_stable_study_is_routed_once_then_only_what_came_later(tmp_path: Path) -
         assert len(received(out)) == 6
 
     with storescp(port, out):
-        running(tmp_path, rules, (node("DEST", port),))(body)
+        running(tmp_path, rules, (node("DEST", port),), index_url=index_url)(body)
 
 
 async def _count(app: App, n: int) -> bool:
@@ -313,3 +324,25 @@ def test_stow_to_another_dicomweb_server(tmp_path: Path) -> None:
         running(tmp_path, rules, ())(body)
     finally:
         other.stop()
+
+
+def test_complete_study_is_routed_once(tmp_path: Path, index_url: str) -> None:
+    """when = "complete": the study is sent once its completion is recorded (core/mpps.py writes the
+    row this test writes; tests/services/test_mpps.py covers how MPPS leads to it), and only once."""
+    port, out = free_port(), tmp_path / "dest"
+    rules = [{"name": "done", "when": "complete", "match": {"StudyDescription": "CT*"}, "send_to": ["DEST"]}]
+    study, series = str(generate_uid()), str(generate_uid())
+
+    async def body(app: App) -> None:
+        for n in range(3):
+            await receive(app, ct(tmp_path, study, series, n + 1))
+        await asyncio.sleep(0.5)
+        assert await study_receipts(app.archive, study) == []  # not complete yet: nothing sent
+        await app.archive.write(lambda conn: worklist_repo.mark_study_complete(conn, study, "1.2.3.4"))
+        await until(lambda: _sent_to(app, study, "DEST", 3), "the complete study sent")
+        await asyncio.sleep(0.5)
+        assert len(await app.jobs.list(kinds=(ROUTE,))) == 1
+        assert len(received(out)) == 3
+
+    with storescp(port, out):
+        running(tmp_path, rules, (node("DEST", port),), index_url=index_url)(body)
