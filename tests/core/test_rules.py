@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
 
 from minipacs.bootstrap import build_app
 from minipacs.config import ConfigError, Settings, load_settings
+from minipacs.core.archive import Archive
 from minipacs.core.nodes import Node
 from minipacs.core.routing import _flat
 from minipacs.core.rules import Trigger, rule_from_mapping, rules_from_tables
 from minipacs.core.worklist import matches
+from minipacs.index import routing_repo
 
 GOOD = """
 [[rules]]
@@ -94,3 +98,32 @@ def test_serve_refuses_a_rule_to_a_node_that_is_not_registered(tmp_path: Path) -
     with pytest.raises(ConfigError) as caught:
         asyncio.run(build_app(settings))
     assert "rule 'ct-to-ai': send_to names 'NOWHERE', which is not a registered node" in str(caught.value)
+
+
+def test_marks_claimed_once_moved_by_a_late_arrival_and_pruned(with_archive: Any) -> None:
+    """routing_marks on SQLite and PostgreSQL: what "stable routes once" rests on."""
+
+    async def body(archive: Archive) -> None:
+        t0 = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10)
+        await archive.write(lambda c: routing_repo.touch_marks(c, [("r", "1.2.3", "1.2.3")], t0))
+        await archive.write(lambda c: routing_repo.touch_marks(c, [("r", "1.2.3", "1.2.3")], t0))  # one row
+        assert await archive.read(lambda c: routing_repo.due_marks(c, "r", t0 - dt.timedelta(seconds=1))) == []
+        (mark,) = await archive.read(lambda c: routing_repo.due_marks(c, "r", t0))
+        now = t0 + dt.timedelta(seconds=5)
+        claim = [await archive.write(lambda c: routing_repo.claim_mark(c, mark["id"], t0, now)) for _ in range(2)]
+        assert claim == [True, False]  # a second node (or pass) does not route it again
+        assert await archive.read(lambda c: routing_repo.due_marks(c, "r", now)) == []
+        later = now + dt.timedelta(seconds=5)
+        await archive.write(lambda c: routing_repo.touch_marks(c, [("r", "1.2.3", "1.2.3")], later))
+        (again,) = await archive.read(lambda c: routing_repo.due_marks(c, "r", later))
+        assert not await archive.write(lambda c: routing_repo.claim_mark(c, again["id"], t0, later))  # stale read
+        assert await archive.write(lambda c: routing_repo.claim_mark(c, again["id"], later, later))
+        assert await archive.write(lambda c: routing_repo.mark_once(c, "done", "9.9", "9.9", later))
+        assert not await archive.write(lambda c: routing_repo.mark_once(c, "done", "9.9", "9.9", later))
+        await archive.write(lambda c: routing_repo.touch_marks(c, [("r", "4.5", "4.5")], later))  # not routed
+        assert await archive.write(lambda c: routing_repo.prune_marks(c, later)) == 0  # routed AT later: kept
+        assert await archive.write(lambda c: routing_repo.prune_marks(c, later + dt.timedelta(seconds=1))) == 2
+        left = await archive.read(lambda c: routing_repo.due_marks(c, "r", later))
+        assert [m["key"] for m in left] == ["4.5"]
+
+    with_archive(body, fsync=False)

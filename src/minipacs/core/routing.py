@@ -56,6 +56,9 @@ COALESCE_SECONDS: Final = 0.2
 MAX_PER_JOB: Final = 5000
 #: SOP Instance UIDs per matching query (index/matching.py MAX_LIST_VALUES).
 _MATCH_CHUNK: Final = 1000
+#: Routed marks are kept at least this long (and at least routing_catch_up_seconds), then forgotten.
+MARKS_KEPT: Final = dt.timedelta(days=1)
+PRUNE_EVERY: Final = dt.timedelta(hours=1)
 #: Most receipts one read returns.
 MAX_RECEIPTS: Final = 20000
 
@@ -213,6 +216,7 @@ class Router:
         self._closing = False
         self._watch_arrivals = True  # any instance/stable rule? (refreshed each pass)
         self.passes = 0  # completed passes (tests wait on it)
+        self._pruned_at: dt.datetime | None = None
 
     # ------------------------------------------------------------ the C-STORE side: cheap
 
@@ -263,6 +267,7 @@ class Router:
         if arrivals_only:
             return
         now = _now()
+        await self._prune(now)
         for rule in rules:
             if rule.when is Trigger.STABLE:
                 await self._stable(rule, now)
@@ -270,6 +275,18 @@ class Router:
                 await self._complete(rule, now)
             elif rule.when is Trigger.SCHEDULED:
                 await self._scheduled(rule, now)
+
+    async def _prune(self, now: dt.datetime) -> None:
+        """Once an hour: forget marks routed long ago (older than the catch-up window, at least a day):
+        a complete/scheduled rule no longer looks that far back, a stable one makes a new mark."""
+        if self._pruned_at is not None and now - self._pruned_at < PRUNE_EVERY:
+            return
+        self._pruned_at = now
+        keep = max(self.settings.catch_up_seconds, MARKS_KEPT.total_seconds())
+        before = now - dt.timedelta(seconds=keep)
+        removed = await self.archive.write(lambda conn: routing_repo.prune_marks(conn, before))
+        if removed:
+            log.info("routing: %d mark(s) of studies routed before %s forgotten", removed, f"{before:%Y-%m-%d %H:%M}")
 
     # ------------------------------------------------------------ triggers
 

@@ -62,8 +62,9 @@ def insert_rule(conn: Connection, name: str, definition: str, now: dt.datetime) 
         _insert(conn)(_RULES)
         .values(name=name, definition=definition, created_at=now, updated_at=now)
         .on_conflict_do_nothing(index_elements=["name"])
+        .returning(_RULES.c.id)
     )
-    return bool(conn.execute(statement).rowcount)
+    return conn.execute(statement).first() is not None  # rowcount is not reliable here on PostgreSQL
 
 
 def update_rule(conn: Connection, name: str, definition: str, now: dt.datetime) -> bool:
@@ -123,14 +124,26 @@ def claim_mark(conn: Connection, pk: int, last_arrival_at: dt.datetime, now: dt.
     return bool(conn.execute(statement).rowcount)
 
 
+def prune_marks(conn: Connection, routed_before: dt.datetime) -> int:
+    """Forget marks routed before ``routed_before`` with nothing arrived since (a later arrival makes a
+    new mark, and the receipts still say what was given)."""
+    statement = delete(_MARKS).where(
+        _MARKS.c.routed_at.is_not(None),
+        _MARKS.c.routed_at < routed_before,
+        _MARKS.c.last_arrival_at <= _MARKS.c.routed_at,
+    )
+    return int(conn.execute(statement).rowcount)
+
+
 def mark_once(conn: Connection, rule: str, key: str, study: str, now: dt.datetime) -> bool:
     """Record that ``rule`` handled event ``key``; False when it (or another node) already had."""
     statement = (
         _insert(conn)(_MARKS)
         .values(rule=rule, key=key, study_instance_uid=study, last_arrival_at=now, routed_at=now)
         .on_conflict_do_nothing(index_elements=["rule", "key"])
+        .returning(_MARKS.c.id)
     )
-    return bool(conn.execute(statement).rowcount)
+    return conn.execute(statement).first() is not None  # rowcount is not reliable here on PostgreSQL
 
 
 def marked_keys(conn: Connection, rule: str, keys: Sequence[str]) -> set[str]:
@@ -274,6 +287,7 @@ __all__ = [
     "job_deliveries",
     "mark_once",
     "marked_keys",
+    "prune_marks",
     "rule_row",
     "rule_rows",
     "set_job_deliveries",

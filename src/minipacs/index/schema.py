@@ -358,7 +358,7 @@ class RoutingMark(Base):
     __tablename__ = "routing_marks"
     __table_args__ = (
         UniqueConstraint("rule", "key", name="uq_routing_marks_rule_key"),
-        Index("ix_routing_marks_due", "routed_at", "last_arrival_at"),
+        Index("ix_routing_marks_due", "rule", "last_arrival_at"),
     )
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     rule: Mapped[str] = mapped_column(String(64))

@@ -39,7 +39,7 @@ def upgrade() -> None:
         sa.Column("routed_at", sa.DateTime(timezone=True), nullable=True),
         sa.UniqueConstraint("rule", "key", name="uq_routing_marks_rule_key"),
     )
-    op.create_index("ix_routing_marks_due", "routing_marks", ["routed_at", "last_arrival_at"])
+    op.create_index("ix_routing_marks_due", "routing_marks", ["rule", "last_arrival_at"])
     op.create_table(
         "deliveries",
         sa.Column("id", Id, primary_key=True),
