@@ -404,7 +404,7 @@ class Router:
                         "method": method,
                         "destination": destination,
                         "study": study,
-                        "sops": [r["sop_instance_uid"] for r in chunk],
+                        "instances": len(chunk),  # which ones: the job's receipts (not here: GET /api/jobs stays small)
                     },
                     total=len(chunk),
                     then=then,

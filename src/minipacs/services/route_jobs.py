@@ -53,9 +53,11 @@ def route_handler(outbound: Outbound, registry: NodeRegistry, tls: ssl.SSLContex
         if archive is None:  # pragma: no cover - bootstrap always gives one
             raise JobFailed("this node has no archive to send from")
         receipts = await routing.job_receipts(archive, job.id)
+        if not receipts:
+            raise JobFailed("its delivery receipts, which list the instances to send, are gone")
         done = {r["sop_instance_uid"] for r in receipts if r["status"] == routing.DeliveryStatus.SENT}
-        wanted = [s for s in p["sops"] if s not in done]
-        job.total, job.done, job.failed = len(p["sops"]), len(done), 0
+        wanted = [r["sop_instance_uid"] for r in receipts if r["sop_instance_uid"] not in done]
+        job.total, job.done, job.failed = len(receipts), len(done), 0
         destination, method = str(p["destination"]), str(p["method"])
         if not wanted:
             return f"all {job.total} instance(s) already delivered to {destination}"
