@@ -5,19 +5,23 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from minipacs.bootstrap import build_app
 from minipacs.config import ConfigError, Settings, load_settings
 from minipacs.core.archive import Archive
+from minipacs.core.jobs import JobQueue
+from minipacs.core.model import Origin
 from minipacs.core.nodes import Node
-from minipacs.core.routing import _flat
-from minipacs.core.rules import Trigger, rule_from_mapping, rules_from_tables
+from minipacs.core.routing import Router, _flat
+from minipacs.core.rules import Rule, RuleBook, Trigger, rule_from_mapping, rules_from_tables
 from minipacs.core.worklist import matches
 from minipacs.index import routing_repo
+from tests.dicomgen import write_ct
 
 GOOD = """
 [[rules]]
@@ -125,5 +129,40 @@ def test_marks_claimed_once_moved_by_a_late_arrival_and_pruned(with_archive: Any
         assert await archive.write(lambda c: routing_repo.prune_marks(c, later + dt.timedelta(seconds=1))) == 2
         left = await archive.read(lambda c: routing_repo.due_marks(c, "r", later))
         assert [m["key"] for m in left] == ["4.5"]
+
+    with_archive(body, fsync=False)
+
+
+def test_a_rule_selects_instances_by_dicom_matching_and_ae_titles(with_archive: Any, tmp_path: Path) -> None:
+    """Router.matching: the query engine's matching (wildcards, ranges, lists) at any level, and the AE filters."""
+    study, ct_series, mr_series = str(generate_uid()), str(generate_uid()), str(generate_uid())
+    ct = [
+        write_ct(tmp_path / f"ct{n}.dcm", study_uid=study, series_uid=ct_series, patient_name="Smith^Ann")
+        for n in range(2)
+    ]
+    mr = write_ct(tmp_path / "mr.dcm", study_uid=study, series_uid=mr_series, Modality="MR", patient_name="Smith^Ann")
+
+    def rule(match: dict[str, Any], calling: str = "") -> Rule:
+        return rule_from_mapping(
+            {"name": "r", "when": "instance", "match": match, "calling_aet": calling, "send_to": ["X"]}
+        )
+
+    async def body(archive: Archive) -> None:
+        for path in ct:
+            await archive.import_file(path, Origin("dicom", calling_aet="CT01", called_aet="MINIPACS"))
+        await archive.import_file(mr, Origin("dicom", calling_aet="MR01", called_aet="MINIPACS"))
+        router = Router(archive, cast(JobQueue, None), RuleBook(archive))
+
+        async def count(r: Rule, **kw: Any) -> int:
+            return len(await router.matching(r, study, **kw))
+
+        assert await count(rule({})) == 3
+        assert await count(rule({"Modality": "CT"})) == 2
+        assert await count(rule({"Modality": ["MR", "PT"]})) == 1
+        assert await count(rule({"PatientName": "smith*", "StudyDate": "20240101-20240201"})) == 3
+        assert await count(rule({"StudyDate": "20250101-"})) == 0
+        assert await count(rule({}, calling="CT*")) == 2
+        assert await count(rule({"Modality": "CT"}, calling="MR01")) == 0
+        assert await count(rule({}), series=mr_series) == 1
 
     with_archive(body, fsync=False)
