@@ -346,3 +346,32 @@ def test_complete_study_is_routed_once(tmp_path: Path, index_url: str) -> None:
 
     with storescp(port, out):
         running(tmp_path, rules, (node("DEST", port),), index_url=index_url)(body)
+
+
+def test_a_delivery_waiting_for_its_destination_survives_a_restart(tmp_path: Path) -> None:
+    """The job and its receipts are rows of the index: after a restart the job runs again and the
+    destination, now up, gets every instance; nothing was kept in memory."""
+    port, out = free_port(), tmp_path / "dest"
+    rules = [{"name": "each", "when": "instance", "send_to": ["DEST"]}]
+    study, series = str(generate_uid()), str(generate_uid())
+    nodes = (node("DEST", port),)
+
+    async def before(app: App) -> None:
+        for n in range(3):
+            await receive(app, ct(tmp_path, study, series, n + 1))
+
+        async def retrying() -> bool:
+            receipts = await study_receipts(app.archive, study)
+            return len(receipts) == 3 and all(r["status"] == "retrying" for r in receipts)
+
+        await until(retrying, "3 receipts retrying while DEST is down")
+
+    async def after(app: App) -> None:
+        await until(lambda: _sent_to(app, study, "DEST", 3), "3 instances sent after the restart")
+        jobs = await app.jobs.list(kinds=(ROUTE,))
+        assert len(jobs) == 1 and jobs[0].state.value == "done"
+
+    running(tmp_path, rules, nodes)(before)
+    with storescp(port, out):
+        running(tmp_path, rules, nodes)(after)
+    assert len(received(out)) == 3
