@@ -13,6 +13,7 @@ from pydicom.uid import generate_uid
 
 from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
+from minipacs.core.jobs import JobContext, JobQueue
 from minipacs.core.metadata import MetadataStore
 from minipacs.core.model import Origin
 from minipacs.core.nodes import Node, NodeRegistry
@@ -175,5 +176,28 @@ def test_rules_page_and_the_study_page_deliveries(tmp_path: Path) -> None:
         page = r.text
         assert "<h2>Deliveries</h2>" in page and "1 retrying" in page and "(job 9)" in page
         assert "&lt;refused&gt;" in page and "<refused>" not in page  # the reason is escaped
+
+    run(tmp_path, body)
+
+
+def test_receipts_of_a_cancelled_job_say_failed(tmp_path: Path) -> None:
+    study = str(generate_uid())
+
+    async def body(client: httpx.AsyncClient, archive: Any) -> None:
+        queue = JobQueue(archive)
+
+        async def never(job: JobContext) -> str:  # pragma: no cover - the job is cancelled before it runs
+            return ""
+
+        queue.register("route", never)
+        job = await queue.submit("route", "rule x: 1 instance", {})
+        rows = [receipt_row(job.id, "x", "C-STORE", "AI_NODE", study, "1.2", "1.2.3")]
+        await archive.write(lambda conn: routing_repo.insert_deliveries(conn, rows))
+        r = await client.get(f"/api/studies/{study}/deliveries", headers=OPERATOR)
+        assert r.json()["deliveries"][0]["status"] == "queued"
+        await queue.cancel(job.id)
+        r = await client.get(f"/api/studies/{study}/deliveries", headers=OPERATOR)
+        (receipt,) = r.json()["deliveries"]
+        assert receipt["status"] == "failed" and receipt["reason"] == f"its job {job.id} was cancelled", receipt
 
     run(tmp_path, body)

@@ -96,8 +96,14 @@ def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
 
 
 def receipt_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    """One receipt as ``GET /api/studies/{uid}/deliveries`` answers it."""
+    """One receipt as ``GET /api/studies/{uid}/deliveries`` answers it. A receipt still waiting
+    whose job was cancelled (or failed before it ran) says so: "failed", and why."""
     status = next((s for s in DeliveryStatus if s.value == row["status"]), None)
+    reason = row["reason"]
+    job_state = row.get("job_state")
+    if status in (DeliveryStatus.QUEUED, DeliveryStatus.RETRYING) and job_state in ("cancelled", "failed"):
+        why = f"its job {row['job_id']} was {job_state}" + ("" if job_state == "cancelled" else " (see the job)")
+        status, reason = DeliveryStatus.FAILED, why + (f"; last attempt: {reason}" if reason else "")
     return {
         "study": row["study_instance_uid"],
         "series": row["series_instance_uid"],
@@ -105,9 +111,9 @@ def receipt_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "rule": row["rule"],
         "destination": row["destination"],
         "method": row["method"],
-        "status": row["status"],
+        "status": status.value if status is not None else row["status"],
         "meaning": STATUS_WORDS[status] if status is not None else "",
-        "reason": row["reason"],
+        "reason": reason,
         "job": row["job_id"],
         "created_at": row["created_at"].isoformat() if row["created_at"] else None,
         "updated_at": row["updated_at"].isoformat() if row["updated_at"] else None,

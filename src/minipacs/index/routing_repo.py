@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from minipacs.index.schema import (
     Delivery,
     Instance,
+    JobRecord,
     Patient,
     RoutingMark,
     RoutingRule,
@@ -34,6 +35,7 @@ _STU: Final = cast(Table, Study.__table__)
 _PAT: Final = cast(Table, Patient.__table__)
 _DONE: Final = cast(Table, StudyCompletion.__table__)
 _WL: Final = cast(Table, WorklistItem.__table__)
+_JOBS: Final = cast(Table, JobRecord.__table__)
 
 #: Rows a poll reads at most per rule (the rest wait for the next poll).
 POLL_LIMIT: Final = 500
@@ -269,8 +271,14 @@ def job_deliveries(conn: Connection, job_id: int) -> list[dict[str, Any]]:
 
 
 def study_deliveries(conn: Connection, study: str, limit: int) -> list[dict[str, Any]]:
+    """The study's receipts, oldest first, each with its job's state (``job_state``, None once the job
+    row is gone) so that a receipt of a cancelled job does not say "queued" for ever."""
     rows = conn.execute(
-        select(_DELIVERIES).where(_DELIVERIES.c.study_instance_uid == study).order_by(_DELIVERIES.c.id).limit(limit)
+        select(_DELIVERIES, _JOBS.c.state.label("job_state"))
+        .select_from(_DELIVERIES.outerjoin(_JOBS, _JOBS.c.id == _DELIVERIES.c.job_id))
+        .where(_DELIVERIES.c.study_instance_uid == study)
+        .order_by(_DELIVERIES.c.id)
+        .limit(limit)
     )
     return [dict(r) for r in rows.mappings()]
 
