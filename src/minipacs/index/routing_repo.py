@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, cast
 
-from sqlalchemy import Connection, Table, delete, insert, or_, select, update
+from sqlalchemy import Connection, Table, and_, delete, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from minipacs.index.schema import (
@@ -208,16 +208,25 @@ def study_instances(
 
 
 def already_routed(conn: Connection, rule: str, destination: str, sops: Sequence[str]) -> set[str]:
-    """Of ``sops``, those ``rule`` already gave to ``destination`` (a receipt in any state but failed)."""
+    """Of ``sops``, those ``rule`` already gave (or is giving) to ``destination``: a receipt sent, or
+    waiting for a job that is neither cancelled nor failed."""
     found: set[str] = set()
     for start in range(0, len(sops), 500):
         chunk = list(sops[start : start + 500])
         rows = conn.execute(
-            select(_DELIVERIES.c.sop_instance_uid).where(
+            select(_DELIVERIES.c.sop_instance_uid)
+            .select_from(_DELIVERIES.outerjoin(_JOBS, _JOBS.c.id == _DELIVERIES.c.job_id))
+            .where(
                 _DELIVERIES.c.rule == rule,
                 _DELIVERIES.c.destination == destination,
                 _DELIVERIES.c.sop_instance_uid.in_(chunk),
-                _DELIVERIES.c.status != "failed",
+                or_(
+                    _DELIVERIES.c.status == "sent",
+                    and_(
+                        _DELIVERIES.c.status != "failed",
+                        or_(_JOBS.c.state.is_(None), _JOBS.c.state.not_in(["cancelled", "failed"])),
+                    ),
+                ),
             )
         )
         found.update(str(s) for (s,) in rows)
