@@ -22,6 +22,8 @@ from minipacs.core.metrics import Metrics
 from minipacs.core.mpps import ProcedureSteps
 from minipacs.core.nodes import NodeRegistry, calling_host_warning
 from minipacs.core.retention import periodic, register_retention_job
+from minipacs.core.routing import Router, RoutingSettings
+from minipacs.core.rules import RuleBook, check_against_nodes
 from minipacs.core.worklist import Worklist
 from minipacs.hl7.mllp import MLLPServer
 from minipacs.hl7.orders import OrderReceiver
@@ -37,6 +39,7 @@ from minipacs.services.outbound import Outbound, OutboundSettings
 from minipacs.services.qr_find import QueryRetrieveFindSCP
 from minipacs.services.qr_get import GetSCP
 from minipacs.services.qr_move import MoveSCP
+from minipacs.services.route_jobs import register_routing_jobs
 from minipacs.services.server import DicomServer, TLSListenError
 from minipacs.services.storage import StorageSCP
 from minipacs.services.user_identity import UserIdentityPolicy
@@ -107,7 +110,9 @@ def job_queue(settings: Settings, archive: Archive, nodes: NodeRegistry, calls: 
     """The persistent job queue with every kind this build knows (not started: ``await queue.start()``
     runs it; commands that only list, cancel or retry never start it)."""
     queue = JobQueue(archive, job_settings(settings))
-    register_transfer_jobs(queue, calls or outbound(settings, archive), nodes)
+    calls = calls or outbound(settings, archive)
+    register_transfer_jobs(queue, calls, nodes)
+    register_routing_jobs(queue, calls, nodes)
     register_retention_job(queue, archive, settings.retention, settings.retention_max_deletions)
     register_anonymize_job(queue, anonymizer(settings, archive))
     register_compression_jobs(queue, compressor(settings, archive))
@@ -138,6 +143,28 @@ def compression_scheduler(settings: Settings, app: App) -> CompressionScheduler:
         settings.compression,
         SchedulerSettings(settings.compression_ingest_delay_seconds, settings.compression_sweep_seconds),
     )
+
+
+async def router(settings: Settings, archive: Archive, nodes: NodeRegistry, jobs: JobQueue) -> Router:
+    """Auto-routing (core/routing.py), listening to ``archive``'s arrivals (not started: ``await
+    router.start()``). The config's rules must name registered nodes: ConfigError naming the rule."""
+    problems = check_against_nodes(settings.rules, nodes.snapshot)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    routing = Router(
+        archive,
+        jobs,
+        RuleBook(archive, settings.rules, nodes),
+        RoutingSettings(poll_seconds=settings.routing_poll_seconds, catch_up_seconds=settings.routing_catch_up_seconds),
+    )
+    archive.on_stored.append(routing.instance_stored)
+    if settings.rules:
+        log.info(
+            "routing: %d rule(s) from the config file: %s",
+            len(settings.rules),
+            ", ".join(r.name for r in settings.rules),
+        )
+    return routing
 
 
 def archive_settings(settings: Settings) -> ArchiveSettings:
@@ -217,8 +244,12 @@ class App:
     audit_syslog_watch: asyncio.Task[None] | None = None
     #: Submits compression jobs (``serve`` starts it after the job runner).
     compression: CompressionScheduler | None = None
+    #: Auto-routing (core/routing.py); ``serve`` starts it with the job runner.
+    router: Router | None = None
 
     async def close(self, grace: float = 5.0) -> None:
+        if self.router is not None:
+            await self.router.close()
         if self.compression is not None:
             await self.compression.close()
         await self.jobs.close()  # running jobs go back to the queue while the index is still open
@@ -323,6 +354,12 @@ async def build_app(settings: Settings) -> App:
         max_async_operations=settings.max_async_operations,
         metrics=metrics,
     )
+    jobs = job_queue(settings, archive, registry)
+    try:
+        routing = await router(settings, archive, registry, jobs)
+    except BaseException:
+        await archive.close()
+        raise
     watch = asyncio.ensure_future(registry.watch(settings.nodes_refresh))
     findings = asyncio.ensure_future(watch_diagnostics(settings, archive, registry))
     completion = asyncio.ensure_future(steps.watch(settings.completion_recheck_seconds))
@@ -332,11 +369,12 @@ async def build_app(settings: Settings) -> App:
         server,
         registry,
         access,
-        job_queue(settings, archive, registry),
+        jobs,
         metrics,
         watch,
         findings,
         completion,
+        router=routing,
     )
     app.audit_watch = asyncio.ensure_future(archive.audit.run())
     if sender is not None:
@@ -445,6 +483,8 @@ async def serve(settings: Settings, on_ready: Callable[[App], None] | None = Non
             app.retention_watch = asyncio.ensure_future(periodic(app.jobs, settings.retention_interval_seconds))
         app.compression = compression_scheduler(settings, app)
         app.compression.attach()
+        if app.router is not None:
+            await app.router.start()
         if on_ready is not None:
             on_ready(app)
         await stop.wait()

@@ -18,6 +18,7 @@ from minipacs.core.compression import CompressionPolicy, InvalidPolicy, policy_f
 from minipacs.core.model import DuplicatePolicy
 from minipacs.core.nodes import OPERATIONS, InvalidNode, Node, node_from_mapping
 from minipacs.core.retention import InvalidRetentionRule, RetentionRule, check_rules, rule_from_mapping
+from minipacs.core.rules import InvalidRule, Rule, rules_from_tables
 from minipacs.core.users import DICOM_IDENTITY_MODES, ApiToken, InvalidUser, User, token_from_mapping, user_from_mapping
 
 MiB = 1024 * 1024
@@ -233,6 +234,14 @@ class Settings:
     compression_keep_replaced_seconds: float = 300.0
     #: Stored instances larger than this are not compressed (encoding holds the pixels ~3 times in memory).
     compression_max_instance_bytes: int = 512 * MiB
+    # --- auto-routing (core/rules.py, core/routing.py; docs/ROUTING.md)
+    #: ``[[rules]]`` tables: read-only here; rules made through /api/rules live in the index.
+    rules: tuple[Rule, ...] = ()
+    #: Seconds between looks for quiet studies (when = "stable"), completed studies and new worklist entries.
+    routing_poll_seconds: float = 1.0
+    #: A "complete" or "scheduled" rule also acts on studies completed / entries created this many seconds
+    #: before it first looked (at start-up, or when it was made): what happened while the server was down.
+    routing_catch_up_seconds: float = 3600.0
 
     @property
     def resolved_index_url(self) -> str:
@@ -384,6 +393,10 @@ class Settings:
         if self.audit_syslog_queue < 1:
             raise ConfigError("audit_syslog_queue must be at least 1 message")
         self._validate_compression()
+        if not 0.05 <= self.routing_poll_seconds <= 3600:
+            raise ConfigError("routing_poll_seconds must be 0.05 to 3600")
+        if not 0 <= self.routing_catch_up_seconds <= 30 * 86400:
+            raise ConfigError("routing_catch_up_seconds must be 0 to 2592000 (30 days)")
         return self
 
     def _validate_compression(self) -> None:
@@ -407,7 +420,7 @@ class Settings:
                 )
 
 
-_TABLES = ("nodes", "users", "tokens", "retention", "compression")
+_TABLES = ("nodes", "users", "tokens", "retention", "compression", "rules")
 _FIELDS = {f.name: f for f in fields(Settings) if f.name not in _TABLES}
 
 
@@ -534,6 +547,10 @@ def load_settings(
         values.update(_accounts(doc, section, config_file))
         values["retention"] = _retention(section.get("retention", doc.get("retention", [])), config_file)
         values["compression"] = _compression(section.get("compression", doc.get("compression", [])), config_file)
+        try:
+            values["rules"] = rules_from_tables(section.get("rules", doc.get("rules", [])))
+        except InvalidRule as exc:
+            raise ConfigError(f"{config_file}: {exc}") from exc
         for key, raw in section.items():
             if key in _TABLES:
                 continue

@@ -179,6 +179,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "anonymize",
     "export",
     "compress",
+    "deliveries",
+    "rules",
 )
 
 

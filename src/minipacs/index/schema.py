@@ -310,12 +310,15 @@ __all__ = [
     "Base",
     "BlobRemoval",
     "Change",
+    "Delivery",
     "Instance",
     "IntakeState",
     "JobRecord",
     "Node",
     "Patient",
     "PerformedProcedureStep",
+    "RoutingMark",
+    "RoutingRule",
     "Series",
     "StorageStats",
     "Study",
@@ -397,3 +400,59 @@ class BlobRemoval(Base):
     blob_key: Mapped[str] = mapped_column(String(255))
     remove_after: Mapped[dt.datetime] = mapped_column(UtcDateTime())
     reason: Mapped[str] = mapped_column(Text(), default="", server_default="")
+
+
+class RoutingRule(Base):
+    """An auto-routing rule created through ``/api/rules`` (core/routing.py; docs/ROUTING.md). Rules of
+    the config file are not stored: they are read-only and come back with the config at each start."""
+
+    __tablename__ = "routing_rules"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    #: The rule as a JSON object, with the same keys as a ``[[rules]]`` table.
+    definition: Mapped[str] = mapped_column(Text())
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class RoutingMark(Base):
+    """What a rule with a waiting trigger (stable, complete, scheduled) has seen and done, per event:
+    ``key`` is a Study or Series Instance UID ("stable", "complete") or ``worklist:<id>`` ("scheduled").
+    ``last_arrival_at``: the latest instance seen; ``routed_at``: when it was last routed (NULL: not
+    yet). A row routes again when an instance arrives after ``routed_at``. Shared by every node: the
+    node whose conditional UPDATE sets ``routed_at`` routes it."""
+
+    __tablename__ = "routing_marks"
+    __table_args__ = (
+        UniqueConstraint("rule", "key", name="uq_routing_marks_rule_key"),
+        Index("ix_routing_marks_due", "rule", "last_arrival_at"),
+    )
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    rule: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(80))
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    last_arrival_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    routed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class Delivery(Base):
+    """The delivery receipt (core/routing.py): one row per instance sent (or study moved) to one
+    destination by one rule, with its status in words. ``sop_instance_uid`` is "" for a C-MOVE of a
+    whole study (prefetch)."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (Index("ix_deliveries_rule_destination_sop", "rule", "destination", "sop_instance_uid"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    rule: Mapped[str] = mapped_column(String(64))
+    #: An AE title (C-STORE, C-MOVE) or a URL (STOW-RS).
+    destination: Mapped[str] = mapped_column(Text())
+    method: Mapped[str] = mapped_column(String(16))  # C-STORE, STOW-RS, C-MOVE
+    #: queued, sent, retrying, failed (core/routing.py DeliveryStatus).
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text())
+    job_id: Mapped[int | None] = mapped_column(Id, nullable=True, index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())

@@ -32,6 +32,7 @@ from minipacs.core.jobs import InvalidJob, JobConflict
 from minipacs.core.labels import InvalidLabel
 from minipacs.core.nodes import InvalidNode
 from minipacs.core.retrieve import InvalidRetrieveIdentifier
+from minipacs.core.rules import InvalidRule, RuleConflict
 from minipacs.core.worklist import InvalidWorklistEntry
 
 log = logging.getLogger("minipacs.web.errors")
@@ -67,6 +68,8 @@ ERROR_TABLE: Final[Mapping[type[core.ArchiveError], tuple[int, str]]] = MappingP
         InvalidNode: (400, "invalid_node"),
         InvalidWorklistEntry: (400, "invalid_worklist_entry"),
         InvalidDeidOptions: (400, "invalid_deid_options"),
+        InvalidRule: (400, "invalid_rule"),
+        RuleConflict: (409, "rule_conflict"),
         core.AccessDenied: (403, "forbidden"),
         InvalidLabel: (400, "invalid_label"),
         Spared: (409, "spared"),

@@ -45,6 +45,7 @@ from minipacs.web.ui_diagnostics import diagnostics_page
 from minipacs.web.ui_jobs import jobs_page
 from minipacs.web.ui_overview import overview_page
 from minipacs.web.ui_remote import remote_page
+from minipacs.web.ui_rules import rules_page, study_deliveries
 from minipacs.web.ui_worklist import worklist_page
 
 STATIC_DIR: Final = Path(__file__).with_name("static")
@@ -308,6 +309,7 @@ async def study(request: Request) -> Response:
         labels=await labels_of(ctx(request).archive, uid),
         deid_options=DEID_OPTIONS,
         storage=await Compressor(ctx(request).archive).savings(uid),  # disk saved by compression
+        deliveries=await study_deliveries(request, uid),
     )
 
 
@@ -585,6 +587,7 @@ def routes() -> list[BaseRoute]:
         ),
         Endpoint("/log", association_log, "GET", "read", "Page: the association log", name="log"),
         Endpoint("/jobs", jobs_page, "GET", "read", "Page: background jobs, with live progress", name="jobs"),
+        Endpoint("/rules", rules_page, "GET", "admin", "Page: auto-routing rules", name="rules"),
         Endpoint(
             "/diagnostics",
             html_errors(diagnostics_page),

@@ -928,4 +928,30 @@
       window.location.assign(form.dataset.studyPage + "studies/" + encodeURIComponent(result.data.study));
     });
   });
+
+  // ------------------------------------------------------------ rules (admin): create, delete
+  const addRule = document.getElementById("add-rule");
+  if (addRule) {
+    addRule.addEventListener("submit", async function (event) {
+      event.preventDefault();
+      let rule;
+      try { rule = JSON.parse(new FormData(addRule).get("rule")); } catch (err) {
+        message("Not created: the rule is not valid JSON (" + err.message + ")", true);
+        return;
+      }
+      const result = await api("POST", "/api/rules", rule);
+      if (result.status === 201) window.location.reload();
+      else message("Not created: " + errorText(result), true);
+    });
+  }
+
+  document.querySelectorAll("button.remove-rule").forEach(function (button) {
+    button.addEventListener("click", async function () {
+      if (!window.confirm("Delete rule " + button.dataset.rule + "? Deliveries already queued still run.")) return;
+      button.disabled = true;
+      const result = await api("DELETE", "/api/rules/" + encodeURIComponent(button.dataset.rule));
+      if (result.status === 204) window.location.reload();
+      else { message("Not deleted: " + errorText(result), true); button.disabled = false; }
+    });
+  });
 })();

@@ -13,7 +13,7 @@ The columns are added with plain ALTER TABLE ADD COLUMN (no ``batch_alter_table`
 batch rebuild would drop the storage counters' triggers of migration 0010.
 
 Revision ID: 0016
-Revises: 0013
+Revises: 0015
 Create Date: 2026-12-06
 """
 
@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0016"
-down_revision: str | None = "0013"
+down_revision: str | None = "0015"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
