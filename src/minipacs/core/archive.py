@@ -48,6 +48,7 @@ from minipacs.core.changes import ChangeType, change_row
 from minipacs.core.changes import record as record_changes
 from minipacs.core.errors import (
     ArchiveError,
+    CorrectionConflict,
     DuplicateInstance,
     InstanceMismatch,
     InstanceUIDMismatch,
@@ -77,7 +78,7 @@ from minipacs.core.staging import (
 )
 from minipacs.core.structure import check_staged
 from minipacs.dicom.header import InstanceHeader, dataset_encoding
-from minipacs.index import intake_repo
+from minipacs.index import intake_repo, metadata_repo
 from minipacs.index import repository as repo
 from minipacs.index.database import IndexConnection, IndexDatabase
 
@@ -140,6 +141,9 @@ class _IngestJob(_Job[StoreOutcome]):
     size: int = field(default=0, kw_only=True)
     #: Made durable by the intake log rather than its own fsyncs (set by the writer).
     logged: bool = field(default=False, kw_only=True)
+    #: A correction's rewrite (core/corrections.py): replace exactly the stored copy with this blob key,
+    #: whatever the duplicate policy, keeping the row's origin; refused if that copy is gone or replaced.
+    replace_key: str | None = field(default=None, kw_only=True)
 
 
 @dataclass
@@ -603,8 +607,12 @@ class Archive:
             pool=self._staging_pool,
         )
 
-    async def ingest(self, staged: StagedPath, origin: Origin) -> StoreOutcome:
+    async def ingest(self, staged: StagedPath, origin: Origin, *, replace_key: str | None = None) -> StoreOutcome:
         """Store a staged file; returns once file and index row are durable.
+
+        ``replace_key`` (corrections, core/corrections.py): the staged file replaces exactly the stored
+        copy with that blob key, keeping its row's origin and reception time; CorrectionConflict when
+        the instance is no longer stored under that key (deleted, or replaced by a newer copy).
 
         A deflated dataset is inflated first within ``settings.dataset_limits`` (core/inflate.py):
         past them InflateLimitExceeded, a broken stream InvalidInstance; nothing is stored.
@@ -628,7 +636,7 @@ class Archive:
         future: asyncio.Future[StoreOutcome] = loop.create_future()
         # One hop: the writer parses the header too (0.1 ms; another thread
         # would only add a hand-over under the GIL).
-        self._queue.put(_IngestJob(loop, future, staged=staged, origin=origin))
+        self._queue.put(_IngestJob(loop, future, staged=staged, origin=origin, replace_key=replace_key))
         outcome = await future
         for listener in self.on_stored:  # empty on a plain DICOM archive: ~0 cost
             try:
@@ -896,7 +904,15 @@ class Archive:
         )
         existing = repo.find_instance(conn, uid)
         replace_pk: int | None = None
-        if existing is not None:
+        if job.replace_key is not None:
+            if existing is None or existing[1] != job.replace_key:
+                raise CorrectionConflict(
+                    f"SOP Instance {uid} was deleted or stored again while it was being corrected; "
+                    "the new copy was kept as it is (run the correction again to correct it)"
+                )
+            replace_pk = existing[0]
+            outcome = replace(outcome, status=StoreStatus.REPLACED)
+        elif existing is not None:
             policy = self.settings.duplicate_policy
             if policy is DuplicatePolicy.REJECT:
                 raise DuplicateInstance(
@@ -921,6 +937,11 @@ class Archive:
             "called_aet": _clean(job.origin.called_aet),
             "peer_host": _clean(job.origin.peer_host),
         }
+        if job.replace_key is not None:  # a corrected copy: still the instance that was received then
+            for kept in ("received_at", "origin_kind", "calling_aet", "called_aet", "peer_host"):
+                del values[kept]
+        if replace_pk is not None:  # the PS3.18 metadata kept for the replaced copy is computed again
+            metadata_repo.forget(conn, [uid])
         repo.write_instance(conn, values, replace_pk)
         journal.append(change_row(ChangeType.NEW_INSTANCE, uid, study_uid, now))
         moves.append((job.staged.path, job.key))
