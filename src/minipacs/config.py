@@ -186,6 +186,11 @@ class Settings:
     hl7_max_message_bytes: int = 1 * MiB
     #: An HL7 connection silent this long is closed.
     hl7_idle_timeout: float = 300.0
+    # --- corrections (core/corrections.py, docs/CORRECTIONS.md)
+    #: A modify, merge or series move touching more instances than this runs as a job (202 + job id).
+    correction_inline_max_instances: int = 200
+    #: Passes that rewrite instances stored into the resource while it is corrected (at least 1).
+    correction_max_passes: int = 3
     #: ``[[users]]`` (name, password_hash, role) and ``[[tokens]]`` (name, token_hash, role).
     users: tuple[User, ...] = ()
     tokens: tuple[ApiToken, ...] = ()
@@ -313,6 +318,10 @@ class Settings:
             raise ConfigError("hl7_max_message_bytes must be at least 1024")
         if self.hl7_idle_timeout <= 0:
             raise ConfigError("hl7_idle_timeout must be a positive number of seconds")
+        if self.correction_inline_max_instances < 0:
+            raise ConfigError("correction_inline_max_instances must be 0 (every correction a job) or more")
+        if not 1 <= self.correction_max_passes <= 100:
+            raise ConfigError("correction_max_passes must be 1 to 100")
         return self
 
 

@@ -175,6 +175,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "check",
     "doctor",
     "jobs",
+    "modify",
+    "merge",
+    "split",
+    "corrections",
 )
 
 

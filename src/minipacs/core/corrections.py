@@ -330,6 +330,24 @@ class Corrections:
             "move", Entity.SERIES, series_uid, actor, lambda conn: _move_rows(conn, series_uid, study_uid, actor), True
         )
 
+    # ------------------------------------------------------------ patients as HL7 ADT sees them
+
+    async def patient(self, patient_id: str) -> dict[str, str] | None:
+        """The archived patient's attributes by keyword (:data:`MODIFIABLE`), None if not archived;
+        InvalidCorrection when several patients (issuers) share the ID."""
+
+        def run(conn: IndexConnection) -> dict[str, str] | None:
+            rows = sql.rows_named(conn, Entity.PATIENT, patient_id)
+            return raw_values(Entity.PATIENT, _one(conn, Entity.PATIENT, patient_id)) if rows else None
+
+        return await self.archive.read(run)
+
+    async def correct_worklist(self, patient_id: str, values: Mapping[str, str]) -> int:
+        """Set ``values`` in the open worklist entries of ``patient_id`` only (a patient not archived yet);
+        the entries changed."""
+        checked = check_changes(Entity.PATIENT, values)
+        return await self.archive.write(lambda conn: correct_open_entries(conn, patient_id, checked))
+
     # ------------------------------------------------------------ as a job when large
 
     async def submit(self, params: Mapping[str, Any]) -> CorrectionResult:

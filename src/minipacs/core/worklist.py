@@ -385,7 +385,6 @@ class Worklist:
         return await self.index.read(run)
 
 
-
 def correct_open_entries(conn: IndexConnection, patient_id: str, values: dict[str, str]) -> int:
     """Set ``values`` (DICOM keyword -> text) in every open entry (:data:`OPEN_STATES`) of Patient ID
     ``patient_id``, in the caller's (writer's) transaction: a patient correction or an HL7 ADT
@@ -398,6 +397,7 @@ def correct_open_entries(conn: IndexConnection, patient_id: str, values: dict[st
         repo.update_worklist(conn, int(row["id"]), _columns(ds, str(row["status"])))
         changed += 1
     return changed
+
 
 __all__ = [
     "correct_open_entries",

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount
 
-from minipacs.web import dicomweb, rest, rest_diagnostics, rest_jobs, rest_nodes, rest_worklist, ui
+from minipacs.web import dicomweb, rest, rest_corrections, rest_diagnostics, rest_jobs, rest_nodes, rest_worklist, ui
 from minipacs.web.auth import Authenticator
 from minipacs.web.errors import exception_handlers
 from minipacs.web.headers import SecurityHeaders
@@ -44,6 +44,7 @@ def create_app(ctx: AppContext) -> Starlette:
                 *rest_diagnostics.routes(),
                 *rest_jobs.routes(),
                 *rest_worklist.routes(),
+                *rest_corrections.routes(),  # before rest.py's /{level}/{id:path}
                 *rest.routes(),
             ],
             name="api",

@@ -63,6 +63,8 @@ ERROR_TABLE: Final[Mapping[type[core.ArchiveError], tuple[int, str]]] = MappingP
         core.UnknownDestination: (404, "unknown_node"),
         InvalidNode: (400, "invalid_node"),
         InvalidWorklistEntry: (400, "invalid_worklist_entry"),
+        core.InvalidCorrection: (400, "invalid_correction"),
+        core.CorrectionConflict: (409, "correction_conflict"),
         core.AccessDenied: (403, "forbidden"),
     }
 )
