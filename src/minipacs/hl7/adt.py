@@ -100,6 +100,8 @@ def demographics(message: Message, pid: Segment) -> dict[str, str]:
 
 def _pairs(message: Message, event: Event) -> list[tuple[Segment, Segment | None]]:
     """(PID, its MRG) of each patient group (HL7 v2.5 3.3.40: PID, [PD1], MRG, [PV1] repeated)."""
+    if message.first("PID") is None:
+        raise HL7Error("the message has no PID segment (patient identification)", error_code=100, location="PID")
     pairs: list[tuple[Segment, Segment | None]] = []
     for segment in message.segments[1:]:
         if segment.name == "PID":
@@ -108,8 +110,6 @@ def _pairs(message: Message, event: Event) -> list[tuple[Segment, Segment | None
             if not pairs or pairs[-1][1] is not None:
                 raise HL7Error("an MRG segment without its PID segment before it", error_code=100, location="MRG")
             pairs[-1] = (pairs[-1][0], segment)
-    if not pairs:
-        raise HL7Error("the message has no PID segment (patient identification)", error_code=100, location="PID")
     if event.needs_mrg and any(mrg is None for _, mrg in pairs):
         raise HL7Error(
             "the message has no MRG segment (merge patient information): it names the prior patient identifier",
