@@ -118,7 +118,12 @@ def routes() -> list[BaseRoute]:
         Endpoint("/corrections", log_of_corrections, "GET", "read", "Corrections: who changed what, old values"),
         Endpoint("/patients/merge", merge, "POST", "write", "Merge patient source into target (IHE PIR)"),
         Endpoint(
-            "/series/{id:path}/move", move, "POST", "write", "Move a series to another study (its files rewritten)"
+            "/series/{id:path}/move",
+            move,
+            "POST",
+            "write",
+            "Move a series to another study (its files rewritten)",
+            name="move",
         ),
         Endpoint(
             "/{level}/{id:path}/modify",
@@ -126,6 +131,7 @@ def routes() -> list[BaseRoute]:
             "POST",
             "write",
             "Correct a patient's, study's or series' attributes (files rewritten; old values logged)",
+            name="modify",
         ),
     ]
 
