@@ -200,28 +200,41 @@ def test_move_series_to_another_study(with_archive: ArchiveRunner, tmp_path: Pat
     with_archive(body, fsync=False)
 
 
-def test_a_store_into_the_study_during_a_modify_is_not_lost(with_archive: ArchiveRunner, tmp_path: Path) -> None:
+@pytest.mark.parametrize("passes", [3, 1])
+def test_a_store_into_the_study_during_a_modify_is_not_lost(
+    with_archive: ArchiveRunner, tmp_path: Path, passes: int
+) -> None:
+    """With correction_max_passes = 1 (the limit) the late store is kept but still holds the old
+    values, and the answer says so (``left``); with more passes it is rewritten too."""
+
     async def body(archive: Archive) -> None:
         study, series = generate_uid(), generate_uid()
         await _store(archive, tmp_path, 6, study_uid=study, series_uid=series, patient_id="P")
         late = generate_uid()
         path = write_ct(tmp_path / "late.dcm", study_uid=study, series_uid=series, sop_uid=late, patient_id="P")
-        c = Corrections(archive)
+        c = Corrections(archive, max_passes=passes)
         original = c._rewrite_one  # the store lands after the first file is rewritten
         stored: list[Any] = []
 
         async def rewrite_then_store(copy: Any, values: Any) -> str:
             key = await original(copy, values)
-            if not stored:
-                stored.append(await archive.import_file(path, Origin("dicom")))
+            if not stored:  # once, while the other rewrites of the pass are in flight
+                stored.append(path)
+                await archive.import_file(path, Origin("dicom"))
             return key
 
         c._rewrite_one = rewrite_then_store  # type: ignore[method-assign]
         result = await c.modify("patient", "P", {"PatientName": "NEW^NAME"}, "dave")
-        assert (result.instances, result.left) == (7, 0)  # the late one too, in a second pass
         files = _files(archive)
-        assert late in files and len(files) == 7
-        assert {str(ds.PatientName) for ds in files.values()} == {"NEW^NAME"}
+        assert late in files and len(files) == 7  # never lost
+        if passes > 1:
+            assert (result.instances, result.left) == (7, 0)  # the late one too, in a second pass
+            assert {str(ds.PatientName) for ds in files.values()} == {"NEW^NAME"}
+        else:
+            assert (result.instances, result.left) == (6, 1)
+            assert str(files[late].PatientName) == "Doe^John"
+            [row] = await list_corrections(archive)
+            assert "1 instance(s) stored during the correction" in row["message"]
 
     with_archive(body, fsync=False)
 
@@ -233,7 +246,7 @@ def test_a_large_correction_runs_as_a_job(with_archive: ArchiveRunner, tmp_path:
         queue = JobQueue(archive, JobSettings(runner="node-a", poll_seconds=0.05, progress_seconds=0.05))
         c = Corrections(archive, inline_max=2)
         register_correction_jobs(queue, c)
-        assert JOB_KIND in queue.kinds
+        assert JOB_KIND in queue.kinds  # correction_inline_max_instances = 2: 3 instances are a job
         params = {
             "operation": "modify",
             "level": "study",
@@ -267,3 +280,15 @@ def test_rewrite_keeps_pixel_data(with_archive: ArchiveRunner, tmp_path: Path) -
         assert after.PixelData == before and after.StudyID == "42"
 
     with_archive(body, fsync=False)
+
+
+@pytest.mark.parametrize(
+    ("key", "bad", "good"),
+    [("correction_inline_max_instances", -1, 0), ("correction_max_passes", 0, 1), ("correction_max_passes", 101, 100)],
+)
+def test_settings_at_their_limits(key: str, bad: int, good: int) -> None:
+    from minipacs.config import ConfigError, Settings
+
+    assert getattr(Settings(**{key: good}).validate(), key) == good
+    with pytest.raises(ConfigError, match=key):
+        Settings(**{key: bad}).validate()

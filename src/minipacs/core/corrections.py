@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 JOB_KIND: Final = "correct"
 #: The instance rows' origin is kept; this names the rewrite in the log.
 ORIGIN: Final = Origin("correction")
+#: Files rewritten at once: reading and writing overlap, and the writer commits several in one transaction.
+REWRITES_AT_ONCE: Final = 8
 #: Most corrections one listing returns.
 MAX_LIST: Final = 1000
 
@@ -431,12 +433,17 @@ class Corrections:
         """Rewrite every copy under the plan's scope, in passes (module docstring); (rewritten, left)."""
         written: set[str] = set()
         todo = plan.copies
-        for _ in range(self.max_passes):
-            for copy in todo:
+        gate = asyncio.Semaphore(REWRITES_AT_ONCE)
+
+        async def one(copy: sql.StoredCopy) -> None:
+            async with gate:
                 try:
                     written.add(await self._rewrite_one(copy, plan.file_values))
                 except (CorrectionConflict, NotFound):
-                    continue  # deleted or replaced under us: the next listing says which
+                    pass  # deleted or replaced under us: the next listing says which
+
+        for _ in range(self.max_passes):
+            await asyncio.gather(*(one(copy) for copy in todo))
             todo = [
                 c
                 for c in await self.archive.read(lambda conn: sql.copies_under(conn, plan.scope, plan.pks))
