@@ -292,3 +292,28 @@ def test_settings_at_their_limits(key: str, bad: int, good: int) -> None:
     assert getattr(Settings(**{key: good}).validate(), key) == good
     with pytest.raises(ConfigError, match=key):
         Settings(**{key: bad}).validate()
+
+
+def test_a_correction_made_meanwhile_is_not_undone(with_archive: ArchiveRunner, tmp_path: Path) -> None:
+    """B corrects the name again while A's files are being rewritten: A's later passes write what the
+    index holds now (B's name), so every file ends with the name the index answers."""
+
+    async def body(archive: Archive) -> None:
+        await _store(archive, tmp_path, 6, study_uid=generate_uid(), series_uid=generate_uid(), patient_id="P")
+        a, b = Corrections(archive), Corrections(archive)
+        original = a._rewrite_one  # B runs whole after A's first file
+        ran: list[Any] = []
+
+        async def rewrite_then_correct(copy: Any, values: Any) -> str:
+            key = await original(copy, values)
+            if not ran:
+                ran.append(True)
+                await b.modify("patient", "P", {"PatientName": "B^NAME"}, "bob")
+            return key
+
+        a._rewrite_one = rewrite_then_correct  # type: ignore[method-assign]
+        await a.modify("patient", "P", {"PatientName": "A^NAME"}, "alice")
+        assert {str(ds.PatientName) for ds in _files(archive).values()} == {"B^NAME"}
+        assert [str(ds.PatientName) for ds in await _studies(archive, PatientID="P")] == ["B^NAME"]
+
+    with_archive(body, fsync=False)

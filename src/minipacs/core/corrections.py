@@ -435,20 +435,23 @@ class Corrections:
         todo = plan.copies
         gate = asyncio.Semaphore(REWRITES_AT_ONCE)
 
+        values: dict[str, dict[str, str]] = {}  # by Series Instance UID, from the second pass on
+
         async def one(copy: sql.StoredCopy) -> None:
             async with gate:
                 try:
-                    written.add(await self._rewrite_one(copy, plan.file_values))
+                    written.add(await self._rewrite_one(copy, values.get(copy.series_instance_uid, plan.file_values)))
                 except (CorrectionConflict, NotFound):
                     pass  # deleted or replaced under us: the next listing says which
 
         for _ in range(self.max_passes):
             await asyncio.gather(*(one(copy) for copy in todo))
-            todo = [
-                c
-                for c in await self.archive.read(lambda conn: sql.copies_under(conn, plan.scope, plan.pks))
-                if c.blob_key not in written
-            ]
+
+            def listing(conn: IndexConnection) -> tuple[list[sql.StoredCopy], dict[str, dict[str, str]]]:
+                left = [c for c in sql.copies_under(conn, plan.scope, plan.pks) if c.blob_key not in written]
+                return left, _current(conn, left, plan.file_values)
+
+            todo, values = await self.archive.read(listing)
             if not todo:
                 break
         return len(written), len(todo)
@@ -473,6 +476,22 @@ class Corrections:
         staged = await asyncio.to_thread(build)
         outcome = await archive.ingest(staged, ORIGIN, replace_key=copy.blob_key)
         return outcome.relative_path
+
+
+def _current(
+    conn: IndexConnection, copies: list[sql.StoredCopy], wanted: Mapping[str, str]
+) -> dict[str, dict[str, str]]:
+    """The values of ``wanted``'s keywords the files of ``copies`` must hold NOW, by Series Instance UID:
+    those of their series', study's and patient's rows. A later pass writes these, not the values the
+    correction began with, so a correction made meanwhile (another process, another request) is not
+    undone by a re-pass of this one."""
+    out: dict[str, dict[str, str]] = {}
+    for series_uid, rows in sql.hierarchy(conn, [c.series_instance_uid for c in copies]).items():
+        current: dict[str, str] = {}
+        for entity, row in rows.items():
+            current.update(raw_values(entity, row))
+        out[series_uid] = {k: current.get(k, v) for k, v in wanted.items()}
+    return out
 
 
 def _entity(level: str) -> Entity:

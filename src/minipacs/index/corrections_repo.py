@@ -100,6 +100,30 @@ def count_under(conn: Connection, entity: Entity, pks: Sequence[int]) -> int:
     return int(conn.execute(query).scalar_one())
 
 
+def hierarchy(conn: Connection, series_uids: Sequence[str]) -> dict[str, dict[Entity, dict[str, Any]]]:
+    """Series Instance UID -> its series, study and patient rows, for ``series_uids`` (one IN list each 500)."""
+    out: dict[str, dict[Entity, dict[str, Any]]] = {}
+    uids = sorted(set(series_uids))
+    for start in range(0, len(uids), 500):
+        rows = conn.execute(
+            select(_SERIES, _STUDIES, _PATIENTS)
+            .join(_STUDIES, _SERIES.c.study_pk == _STUDIES.c.id)
+            .join(_PATIENTS, _STUDIES.c.patient_pk == _PATIENTS.c.id)
+            .where(_SERIES.c.series_instance_uid.in_(uids[start : start + 500]))
+        )
+        for row in rows:
+            values = list(row)
+            n_series, n_study = len(_SERIES.c), len(_STUDIES.c)
+            parts = (
+                (Entity.SERIES, _SERIES, values[:n_series]),
+                (Entity.STUDY, _STUDIES, values[n_series : n_series + n_study]),
+                (Entity.PATIENT, _PATIENTS, values[n_series + n_study :]),
+            )
+            found = {entity: dict(zip(table.c.keys(), part, strict=True)) for entity, table, part in parts}
+            out[str(found[Entity.SERIES]["series_instance_uid"])] = found
+    return out
+
+
 def studies_of_patient(conn: Connection, patient_pk: int) -> list[tuple[int, str]]:
     """(primary key, Study Instance UID) of the patient's studies."""
     rows = conn.execute(
@@ -157,6 +181,7 @@ __all__ = [
     "corrections",
     "count_under",
     "finish_correction",
+    "hierarchy",
     "insert_correction",
     "move_series",
     "move_studies",
