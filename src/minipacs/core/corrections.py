@@ -15,7 +15,8 @@ that study's Study Instance UID and its study and patient attributes.
 A store into the resource while it is corrected is not lost: the rewrite replaces exactly the copy
 it read (``replace_key``), and after each pass the instances under the resource whose copy it did
 not write (stored meanwhile, or replaced under it) are rewritten in another pass, at most
-``max_passes``; what is still left after them is counted in the correction's message.
+``max_passes``, with the values the index holds then (a correction made meanwhile is not undone);
+what is still left after them is counted in the correction's message.
 """
 
 from __future__ import annotations
