@@ -1,6 +1,7 @@
 """Corrections end to end on a real `minipacs serve` (issue 14): after a REST modify, a CLI modify
-and an HL7 A08, every way out shows the corrected values: C-FIND and C-GET (pynetdicom), QIDO-RS,
-WADO-RS metadata and the file bytes (REST download); the corrections log has the old values.
+and an HL7 A08, every way out shows the corrected values: C-FIND, C-GET and C-MOVE (pynetdicom),
+QIDO-RS, WADO-RS metadata, the file bytes (REST download) and the ZIP export; the corrections log
+has the old values.
 Then a merge and a split over REST."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import socket
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from pynetdicom.sop_class import (
     CTImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
 )
 
 from minipacs.hl7.mllp import frame
@@ -74,6 +77,35 @@ def _get(port: int, study: str) -> list[Dataset]:
     return received
 
 
+def _move(port: int, study: str, http: httpx.Client) -> list[Dataset]:
+    """C-MOVE the study to a pynetdicom storage SCP registered as node MOVER (which also asks)."""
+    received: list[Dataset] = []
+
+    def on_store(event: Any) -> int:
+        received.append(event.dataset)
+        return 0x0000
+
+    scp_port = free_port()
+    ae = AE("MOVER")
+    ae.add_supported_context(CTImageStorage)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    scp = ae.start_server(("127.0.0.1", scp_port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        rsp = http.post("/api/nodes", json={"ae_title": "MOVER", "host": "127.0.0.1", "port": scp_port})
+        assert rsp.status_code in (200, 201), rsp.text
+        assoc = ae.associate("127.0.0.1", port, ae_title="MINIPACS")
+        assert assoc.is_established
+        ident = Dataset()
+        ident.QueryRetrieveLevel = "STUDY"
+        ident.StudyInstanceUID = study
+        statuses = [s.Status for s, _ in assoc.send_c_move(ident, "MOVER", StudyRootQueryRetrieveInformationModelMove)]
+        assoc.release()
+        assert statuses[-1] == 0x0000, statuses
+    finally:
+        scp.shutdown()
+    return received
+
+
 def _hl7(port: int, message: str) -> str:
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
         sock.sendall(frame(message))
@@ -92,7 +124,7 @@ def test_every_way_out_shows_the_corrected_values(tmp_path: Path) -> None:
         env={
             "MINIPACS_HTTP_PORT": str(http_port),
             "MINIPACS_HL7_PORT": str(hl7_port),
-            "MINIPACS_ALLOW_UNREGISTERED": "echo,store,find,get",
+            "MINIPACS_ALLOW_UNREGISTERED": "echo,store,find,get,move",
             "MINIPACS_FSYNC": "false",
         },
     )
@@ -159,6 +191,18 @@ def test_every_way_out_shows_the_corrected_values(tmp_path: Path) -> None:
             assert {(ds.PatientID, str(ds.PatientName), ds.PatientBirthDate) for ds in got} == {
                 ("RIGHT", "DOE^JANE", "19650405")
             }
+            # C-MOVE to a registered node
+            moved_out = _move(server.port, study, http)
+            assert {(ds.SOPInstanceUID, ds.PatientID, ds.AccessionNumber) for ds in moved_out} == {
+                (sop, "RIGHT", "ACC-NEW") for sop in sops
+            }
+            # the ZIP export
+            with zipfile.ZipFile(io.BytesIO(http.get(f"/api/studies/{study}/archive").content)) as zf:
+                names = [n for n in zf.namelist() if not n.endswith("/")]
+                assert len(names) == 3
+                for name in names:
+                    ds = pydicom.dcmread(io.BytesIO(zf.read(name)))
+                    assert (ds.PatientID, str(ds.PatientName)) == ("RIGHT", "DOE^JANE")
             # the log: three corrections, who and the old values
             log = http.get("/api/corrections").json()
             assert [row["operation"] for row in log] == ["modify"] * 3
