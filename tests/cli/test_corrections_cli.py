@@ -46,6 +46,9 @@ def test_merge_split_and_the_log(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert all("command line" in row["actor"] for row in log)
     assert main(["corrections", "--data", str(data), "--target", dup_series]) == 0
     assert capsys.readouterr().out.count("\n") == 1
+    assert main(["split", "--data", str(data), "--series", dup_series]) == 0  # to a new study
+    new = json.loads(capsys.readouterr().out)["new_values"]["StudyInstanceUID"]
+    assert _files(data)[moved].StudyInstanceUID == new != keep_study
 
 
 @pytest.mark.parametrize(

@@ -317,3 +317,22 @@ def test_a_correction_made_meanwhile_is_not_undone(with_archive: ArchiveRunner, 
         assert [str(ds.PatientName) for ds in await _studies(archive, PatientID="P")] == ["B^NAME"]
 
     with_archive(body, fsync=False)
+
+
+def test_split_a_series_into_a_new_study(with_archive: ArchiveRunner, tmp_path: Path) -> None:
+    async def body(archive: Archive) -> None:
+        study, keep, split = generate_uid(), generate_uid(), generate_uid()
+        await _store(archive, tmp_path, 1, study_uid=study, series_uid=keep, AccessionNumber="A1")
+        moved = await _store(archive, tmp_path, 2, study_uid=study, series_uid=split, AccessionNumber="A1")
+        result = await Corrections(archive).move_series(split, None, "x")
+        new = result.new_values["StudyInstanceUID"]
+        assert new != study and result.old_values == {"StudyInstanceUID": study}
+        files = _files(archive)
+        assert {(files[s].StudyInstanceUID, files[s].AccessionNumber, files[s].PatientID) for s in moved} == {
+            (new, "A1", "P1")
+        }
+        assert sorted(ds.StudyInstanceUID for ds in await _studies(archive, PatientID="P1")) == sorted([study, new])
+        changes, _, _ = await archive.read(lambda conn: read_changes(conn, 0, 100))
+        assert ("NewStudy", new) in [(c.type, c.uid) for c in changes]
+
+    with_archive(body, fsync=False)

@@ -2,7 +2,7 @@
 
 - ``minipacs modify --patient P1 PatientName=DOE^JANE`` (or ``--study UID`` / ``--series UID``)
 - ``minipacs merge --from P2 --into P1``: every study of P2 moves to P1
-- ``minipacs split --series UID --study UID``: the series moves to that study
+- ``minipacs split --series UID [--study UID]``: the series moves to that study (or a new one)
 - ``minipacs corrections [--target ID] [--json]``: who corrected what, with the old values
 
 They open the archive themselves (beside a running server too: a second process stages privately),
@@ -64,7 +64,7 @@ def register_split(sub: Any) -> None:
     p = sub.add_parser("split", help="move a series to another study (its instances take that study's UID)")
     settings_args(p)
     p.add_argument("--series", required=True, metavar="SERIES_UID")
-    p.add_argument("--study", required=True, metavar="STUDY_UID", help="the study it moves to")
+    p.add_argument("--study", metavar="STUDY_UID", help="the study it moves to [a new study of the same patient]")
 
 
 def register(sub: Any) -> None:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pydicom import config as pydicom_config
 from pydicom.datadict import dictionary_VR
+from pydicom.uid import generate_uid
 from pydicom.valuerep import validate_value
 
 from minipacs.core.archive import Archive
@@ -261,18 +262,26 @@ def _merge_rows(conn: IndexConnection, source: str, target: str, demographics: M
     )
 
 
-def _move_rows(conn: IndexConnection, series_uid: str, study_uid: str, actor: str) -> _Plan:
+def _move_rows(conn: IndexConnection, series_uid: str, study_uid: str | None, actor: str) -> _Plan:
     series = _one(conn, Entity.SERIES, series_uid)
+    before = sql.row_by_pk(conn, Entity.STUDY, int(series["study_pk"]))
+    if before is None:  # pragma: no cover - foreign keys keep it
+        raise NotFound(f"series {series_uid} has lost its study row")
+    now = dt.datetime.now(dt.UTC)
+    journal = []
+    if study_uid is None:  # a new study of the same patient, with the old one's attributes and a new UID
+        study_uid = generate_uid()
+        values = {**raw_values(Entity.STUDY, before), "StudyInstanceUID": study_uid}
+        repo.ensure_study(conn, _Values(values), int(before["patient_pk"]), now)
+        journal.append(change_row(ChangeType.NEW_STUDY, study_uid, study_uid, now))
     study = _one(conn, Entity.STUDY, study_uid)
     if series["study_pk"] == study["id"]:
         raise InvalidCorrection(f"series {series_uid} is already in study {study_uid}")
-    before = sql.row_by_pk(conn, Entity.STUDY, int(series["study_pk"]))
     patient = sql.row_by_pk(conn, Entity.PATIENT, int(study["patient_pk"]))
-    if before is None or patient is None:  # pragma: no cover - foreign keys keep them
-        raise NotFound(f"series {series_uid} has lost its study or patient row")
-    now = dt.datetime.now(dt.UTC)
+    if patient is None:  # pragma: no cover - foreign keys keep it
+        raise NotFound(f"study {study_uid} has lost its patient row")
     sql.move_series(conn, int(series["id"]), int(study["id"]), now)
-    journal = [change_row(ChangeType.SERIES_MOVED, series_uid, study_uid, now)]
+    journal.append(change_row(ChangeType.SERIES_MOVED, series_uid, study_uid, now))
     journal += _orphans(conn, now)
     record(conn, journal)
     file_values = {
@@ -327,8 +336,9 @@ class Corrections:
             "merge", Entity.PATIENT, target, actor, lambda conn: _merge_rows(conn, source, target, extra, actor), True
         )
 
-    async def move_series(self, series_uid: str, study_uid: str, actor: str) -> CorrectionResult:
-        """The series moves to study ``study_uid`` (a split): its instances take that study's UID and attributes."""
+    async def move_series(self, series_uid: str, study_uid: str | None, actor: str) -> CorrectionResult:
+        """The series moves to study ``study_uid`` (a split): its instances take that study's UID and attributes;
+        ``None``: to a new study of the same patient (a new Study Instance UID, the old study's attributes)."""
         return await self._run(
             "move", Entity.SERIES, series_uid, actor, lambda conn: _move_rows(conn, series_uid, study_uid, actor), True
         )
@@ -373,7 +383,8 @@ class Corrections:
 
     async def run(self, params: Mapping[str, Any]) -> CorrectionResult:
         """``{"operation": "modify", "level", "target", "changes", "actor"}``, ``{"operation": "merge",
-        "source", "target", "actor"[, "demographics"]}`` or ``{"operation": "move", "series", "study", "actor"}``."""
+        "source", "target", "actor"[, "demographics"]}`` or ``{"operation": "move", "series", "study" (None: a new
+        one), "actor"}``."""
         operation = params.get("operation")
         actor = str(params.get("actor", ""))
         try:
@@ -384,7 +395,8 @@ class Corrections:
                     str(params["source"]), str(params["target"]), actor, params.get("demographics") or None
                 )
             if operation == "move":
-                return await self.move_series(str(params["series"]), str(params["study"]), actor)
+                study = params.get("study")
+                return await self.move_series(str(params["series"]), str(study) if study else None, actor)
         except KeyError as exc:
             raise InvalidCorrection(f"a {operation} correction needs {exc.args[0]!r}") from None
         raise InvalidCorrection(f"unknown correction {str(operation)[:30]!r}; use modify, merge or move")

@@ -2,7 +2,7 @@
 
 - ``POST /api/{patients|studies|series}/{id}/modify`` ``{"changes": {"PatientName": "DOE^JANE"}}``
 - ``POST /api/patients/merge`` ``{"source": "<Patient ID>", "target": "<Patient ID>"}``
-- ``POST /api/series/{uid}/move`` ``{"study": "<Study Instance UID>"}``
+- ``POST /api/series/{uid}/move`` ``{"study": "<Study Instance UID>"}`` (``{}``: to a new study of the patient)
 - ``GET /api/corrections?target=&limit=``: who corrected what, with the old values.
 
 200 with what was done, or 202 with ``{"job": id}`` when it touches more than
@@ -100,7 +100,8 @@ async def move(request: Request) -> Response:
     series = _id(request, "SeriesInstanceUID")
     body = await _body(request)
     who = _who(request)
-    params = {"operation": "move", "series": series, "study": _text(body, "study"), "actor": who}
+    study = None if body.get("study") is None else _text(body, "study")  # none: a new study (a split)
+    params = {"operation": "move", "series": series, "study": study, "actor": who}
     return _answer(await corrections_of(request).submit(params), who)
 
 

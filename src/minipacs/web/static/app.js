@@ -936,7 +936,9 @@
     form.addEventListener("submit", async function (event) {
       event.preventDefault();
       const study = form.elements.study.value.trim();
-      corrected(await api("POST", form.dataset.move, { study: study }), "/ui/studies/" + encodeURIComponent(study));
+      const result = await api("POST", form.dataset.move, { study: study || null });
+      const target = result.status === 200 ? result.data.new_values.StudyInstanceUID : study;
+      corrected(result, "/ui/studies/" + encodeURIComponent(target));
     });
   });
 })();
