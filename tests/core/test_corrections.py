@@ -336,3 +336,18 @@ def test_split_a_series_into_a_new_study(with_archive: ArchiveRunner, tmp_path: 
         assert ("NewStudy", new) in [(c.type, c.uid) for c in changes]
 
     with_archive(body, fsync=False)
+
+
+def test_an_unreadable_file_is_left_and_said(with_archive: ArchiveRunner, tmp_path: Path) -> None:
+    async def body(archive: Archive) -> None:
+        study = generate_uid()
+        good, broken = await _store(archive, tmp_path, 2, study_uid=study, series_uid=generate_uid())
+        path = await archive.get_instance_path(broken)
+        path.write_bytes(path.read_bytes()[:400])  # truncated inside the header
+        result = await Corrections(archive, max_passes=1).modify("study", study, {"StudyID": "7"}, "x")
+        assert (result.instances, result.left) == (1, 1)
+        assert pydicom.dcmread(await archive.get_instance_path(good)).StudyID == "7"
+        [row] = await list_corrections(archive)
+        assert row["state"] == "done" and "could not be read" in row["message"]
+
+    with_archive(body, fsync=False)

@@ -91,7 +91,8 @@ def _report(result: CorrectionResult) -> int:
     print(json.dumps(result.to_json(), indent=2))
     if result.left:
         print(
-            f"minipacs: {result.left} instance(s) stored during the correction still hold the old values; run it again",
+            f"minipacs: {result.left} instance(s) stored during the correction, or unreadable, still hold the old "
+            "values; run it again (the server log names unreadable ones)",
             file=sys.stderr,
         )
         return EXIT_PARTIAL

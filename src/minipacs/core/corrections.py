@@ -35,7 +35,7 @@ from pydicom.valuerep import validate_value
 
 from minipacs.core.archive import Archive
 from minipacs.core.changes import ChangeType, change_row, record
-from minipacs.core.errors import CorrectionConflict, InvalidCorrection, NotFound
+from minipacs.core.errors import CorrectionConflict, InvalidCorrection, NotFound, UnreadableInstance
 from minipacs.core.model import Origin, StagedPath
 from minipacs.core.paths import new_copy_token
 from minipacs.core.staging import stage_file
@@ -428,7 +428,12 @@ class Corrections:
         except Exception as exc:
             await self._finish(plan, "failed", 0, f"{type(exc).__name__}: {exc}")
             raise
-        message = f"{left} instance(s) stored during the correction still hold the old values" if left else ""
+        message = (
+            f"{left} instance(s) stored during the correction, or whose file could not be read (see the server "
+            "log), still hold the old values"
+            if left
+            else ""
+        )
         await self._finish(plan, "done", written, message)
         return CorrectionResult(
             operation, entity.value, plan.target, plan.correction, written, left, plan.old, plan.new
@@ -456,6 +461,8 @@ class Corrections:
                     written.add(await self._rewrite_one(copy, values.get(copy.series_instance_uid, plan.file_values)))
                 except (CorrectionConflict, NotFound):
                     pass  # deleted or replaced under us: the next listing says which
+                except UnreadableInstance as exc:  # its blob went with a replacement, or the file is broken
+                    log.warning("SOP Instance %s not rewritten now: %s", copy.sop_instance_uid, exc)
 
         for _ in range(self.max_passes):
             await asyncio.gather(*(one(copy) for copy in todo))
