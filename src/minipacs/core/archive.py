@@ -560,7 +560,10 @@ class Archive:
             sop_instance_uid=str(meta["sop"]),
         )
         try:
-            await self.ingest(staged, Origin(kind, calling, called, host))
+            replacing = meta.get("replace")
+            await self.ingest(
+                staged, Origin(kind, calling, called, host), replace_key=str(replacing) if replacing else None
+            )
         except ArchiveError as exc:  # refused now as it would have been then: nothing was acknowledged
             log.warning("intake-log record %d could not be stored again: %s", record.lsn, exc)
 
@@ -574,6 +577,8 @@ class Archive:
             "class": staged.sop_class_uid,
             "sop": staged.sop_instance_uid,
             "origin": [origin.kind, origin.calling_aet, origin.called_aet, origin.peer_host],
+            # a correction's rewrite (core/corrections.py) replays as one: it replaces exactly that copy
+            **({"replace": job.replace_key} if job.replace_key is not None else {}),
         }
 
     def _check_open(self) -> None:
