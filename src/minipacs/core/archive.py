@@ -38,12 +38,14 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 
 from minipacs.blobs.base import BlobError, BlobStore
+from minipacs.core.audit import AuditLog
 from minipacs.core.changes import ChangeType, change_row
 from minipacs.core.changes import record as record_changes
 from minipacs.core.errors import (
@@ -59,6 +61,7 @@ from minipacs.core.errors import (
 from minipacs.core.header import read_header
 from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits, check_deflated
 from minipacs.core.intake import IntakeLog, IntakeRecord, syncfs
+from minipacs.core.metrics import Metrics
 from minipacs.core.model import (
     AssociationRecord,
     DuplicatePolicy,
@@ -371,9 +374,13 @@ class Archive:
         #: After-ingest listeners (web/: PS3.18 metadata), called on the event loop once an
         #: ingest is durable, after its result is known; they must be quick and must not raise.
         self.on_stored: list[Callable[[StoreOutcome], None]] = []
+        #: Prometheus figures (core/metrics.py), set by bootstrap; None: nothing is counted.
+        self.metrics: Metrics | None = None
         #: After-deletion listeners (core/mpps.py): called on the event loop with the Study
         #: Instance UIDs whose completion a deletion withdrew; quick, must not raise.
         self.on_uncompleted: list[Callable[[set[str]], None]] = []
+        #: The audit trail (core/audit.py): ``archive.audit.record(...)`` from any layer above.
+        self.audit = AuditLog(self.write, self.read, settings.node_name)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -437,6 +444,10 @@ class Archive:
         ``checkpoint=False`` leaves the intake log as a crash would (for tests of the replay)."""
         if self._closed:
             return
+        try:
+            await self.audit.flush()  # the audit events still waiting (core/audit.py)
+        except Exception as exc:  # noqa: BLE001 - closing anyway; say what is lost
+            log.error("audit: %d event(s) not written at close: %s", self.audit.pending, exc)
         self._closed = True
         if self._intake is not None:
             await asyncio.to_thread(self._stop_checkpointer, checkpoint=checkpoint)
@@ -639,10 +650,20 @@ class Archive:
                 staged.path.unlink(missing_ok=True)
                 raise
         future: asyncio.Future[StoreOutcome] = loop.create_future()
+        started = time.perf_counter()
         # One hop: the writer parses the header too (0.1 ms; another thread
         # would only add a hand-over under the GIL).
         self._queue.put(_IngestJob(loop, future, staged=staged, origin=origin, replace_key=replace_key))
-        outcome = await future
+        metrics = self.metrics
+        if metrics is None:
+            outcome = await future
+        else:
+            try:
+                outcome = await future
+            except ArchiveError as exc:
+                metrics.ingest_failed(origin.kind, exc)
+                raise
+            metrics.ingested(origin.kind, outcome.status.value, outcome.size, time.perf_counter() - started)
         for listener in self.on_stored:  # empty on a plain DICOM archive: ~0 cost
             try:
                 listener(outcome)
@@ -942,9 +963,12 @@ class Archive:
             "called_aet": _clean(job.origin.called_aet),
             "peer_host": _clean(job.origin.peer_host),
         }
-        if job.replace_key is not None:  # a corrected copy: still the instance that was received then
+        if job.replace_key is not None:  # a corrected copy: still the instance that was received then, in the
+            # transfer syntax it had (compressed or not: core/corrections.py rewrites it as it is stored)
             for kept in ("received_at", "origin_kind", "calling_aet", "called_aet", "peer_host"):
                 del values[kept]
+        elif replace_pk is not None:  # a new copy as it arrived: what compression knew of the old one goes
+            values.update(original_size=None, compression="")
         if replace_pk is not None:  # the PS3.18 metadata kept for the replaced copy is computed again
             metadata_repo.forget(conn, [uid])
         repo.write_instance(conn, values, replace_pk)

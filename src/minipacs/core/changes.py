@@ -94,6 +94,8 @@ class Change:
     uid: str
     study: str
     time: dt.datetime
+    #: What made the change when no person asked for it: "retention:<rule name>"; else "".
+    reason: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,21 +105,32 @@ class Change:
             "uid": self.uid,
             "study": self.study,
             "time": self.time.isoformat(),
+            "reason": self.reason,
         }
 
 
-def change_row(kind: ChangeType, uid: str, study: str, now: dt.datetime, level: str = "") -> dict[str, Any]:
-    """The journal row of one change, for :func:`record` (``level`` only for "Deleted" and "Modified")."""
+#: Longest reason (the column's size).
+MAX_REASON: Final = 100
+
+
+def change_row(
+    kind: ChangeType, uid: str, study: str, now: dt.datetime, level: str = "", reason: str = ""
+) -> dict[str, Any]:
+    """The journal row of one change, for :func:`record` (``level`` only for "Deleted" and "Modified"; ``reason``
+    when no person asked for it, e.g. "retention:<rule>")."""
     fixed = CHANGE_TYPES[kind][0]
     if not fixed and level not in DELETED_LEVELS:
         raise ValueError(f"a {kind.value} change needs one of the levels {sorted(DELETED_LEVELS)}, not {level!r}")
-    return {
+    row = {
         "change_type": kind.value,
         "level": fixed or level,
         "uid": uid[:64],
         "study_instance_uid": study[:64],
         "created_at": now,
     }
+    if reason:  # else the column's default "": the rows of an ingest keep their few keys
+        row["reason"] = reason[:MAX_REASON]
+    return row
 
 
 def record(conn: IndexConnection, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -166,6 +179,7 @@ __all__ = [
     "CHANGE_TYPES",
     "DEFAULT_LIMIT",
     "MAX_LIMIT",
+    "MAX_REASON",
     "Change",
     "ChangeType",
     "change_row",

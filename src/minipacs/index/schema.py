@@ -130,11 +130,15 @@ class Instance(Base):
     transfer_syntax_uid: Mapped[str] = mapped_column(UID)
     blob_key: Mapped[str] = mapped_column(String(255), index=True)
     size: Mapped[int] = mapped_column(BigInteger())
-    received_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    received_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), index=True)  # arrivals (migration 0021)
     origin_kind: Mapped[str] = mapped_column(String())
     calling_aet: Mapped[str] = mapped_column(String())
     called_aet: Mapped[str] = mapped_column(String())
     peer_host: Mapped[str] = mapped_column(String())
+    #: Size of the file as it arrived, when the archive replaced it by a compressed copy (else NULL).
+    original_size: Mapped[int | None] = mapped_column(BigInteger(), nullable=True)
+    #: "" (compression not tried), the syntax name it was compressed to, or "skipped: <why>" (migration 0016).
+    compression: Mapped[str] = mapped_column(String(), server_default="")
 
 
 class Association(Base):
@@ -250,6 +254,20 @@ class Change(Base):
     uid: Mapped[str] = mapped_column(String(64))  # a UID, or the Patient ID at patient level
     study_instance_uid: Mapped[str] = mapped_column(UID)  # "" when the change has no single study
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    #: Why, when something other than a person's request made it: "retention:<rule>" (core/retention.py).
+    reason: Mapped[str] = mapped_column(String(100), server_default="")
+
+
+class StudyLabel(Base):
+    """A label on a study (core/labels.py), as Orthanc 1.12 has: keyed by Study Instance UID, removed
+    with the study (core/delete.py)."""
+
+    __tablename__ = "study_labels"
+    __table_args__ = (UniqueConstraint("study_instance_uid", "label", name="uq_study_labels"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    label: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
 
 
 class JobRecord(Base):
@@ -290,6 +308,7 @@ class JobRecord(Base):
 __all__ = [
     "Association",
     "Base",
+    "BlobRemoval",
     "Change",
     "Correction",
     "Instance",
@@ -302,6 +321,7 @@ __all__ = [
     "StorageStats",
     "Study",
     "StudyCompletion",
+    "StudyLabel",
     "UtcDateTime",
     "WorklistItem",
 ]
@@ -331,6 +351,53 @@ class InstanceMetadata(Base):
     sop_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
     json: Mapped[str] = mapped_column(Text())
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class AnonymizationMapping(Base):
+    """What de-identification replaced (core/anonymize.py): original value <-> pseudonym, by kind
+    ("patient_id", "patient_name", "uid", "date_shift_days"). Read by admins only; one row per
+    distinct triple (the pseudonyms are keyed HMACs: a new key gives new rows, old ones stay)."""
+
+    __tablename__ = "anonymization_mappings"
+    __table_args__ = (
+        UniqueConstraint("kind", "original", "pseudonym", name="uq_anonymization_mapping"),
+        Index("ix_anonymization_mappings_pseudonym", "pseudonym"),
+    )
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    original: Mapped[str] = mapped_column(String(400))
+    pseudonym: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class AuditEvent(Base):
+    """The audit trail (core/audit.py): who did what to which patient and study. Rows are written in
+    batches off the request path and pruned after ``audit_retention_days``; never updated."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    time: Mapped[dt.datetime] = mapped_column(UtcDateTime(), index=True)
+    actor_kind: Mapped[str] = mapped_column(String(16))  # user, token, http, dicom, hl7, rule, cli, system
+    actor: Mapped[str] = mapped_column(String(128), index=True)  # user name, token name, AE title, ...
+    address: Mapped[str] = mapped_column(String(64))  # client / peer IP address, "" when none
+    action: Mapped[str] = mapped_column(String(16))  # core/audit.py Action
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    study_uid: Mapped[str] = mapped_column(UID, index=True)
+    detail: Mapped[str] = mapped_column(Text())
+    node: Mapped[str] = mapped_column(String(), default="", server_default="")
+
+
+class BlobRemoval(Base):
+    """A blob of a replaced copy (a compressed copy took its place), removed after ``remove_after``:
+    a retrieve that chose the old copy just before the switch still finds it (migration 0016)."""
+
+    __tablename__ = "blob_removals"
+    __table_args__ = (Index("ix_blob_removals_remove_after", "remove_after"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    blob_key: Mapped[str] = mapped_column(String(255))
+    remove_after: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    reason: Mapped[str] = mapped_column(Text(), default="", server_default="")
 
 
 class Correction(Base):

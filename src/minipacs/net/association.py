@@ -111,6 +111,8 @@ class Message:
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     #: A final (non-Pending) response to this request has been sent.
     answered: bool = False
+    #: The Status of that final response (None until it is sent).
+    status: int | None = None
 
 
 SinkFactory = Callable[["Association", NegotiatedContext, Command], DatasetSink]
@@ -598,6 +600,7 @@ class Association(UpperLayerUser):
             request = self._running.get(response.message_id_being_responded_to)
             if request is not None:
                 request.answered = True
+                request.status = response.status
 
     async def send_responses(self, context_id: int, command: Command, datasets: Sequence[bytes]) -> None:
         """Send ``command`` once per dataset (a batch of C-FIND Pending responses): the

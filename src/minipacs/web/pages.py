@@ -26,6 +26,7 @@ TEMPLATE_DIR: Final = Path(__file__).with_name("templates")
 
 #: navigation bar: (route name, path parameters, label, permission needed to see it)
 NAV: Final[tuple[tuple[str, Mapping[str, str], str, str], ...]] = (
+    ("ui:overview", {}, "Overview", "read"),
     ("ui:studies", {}, "Studies", "read"),
     ("ui:upload", {}, "Upload", "write"),
     ("ui:worklist", {}, "Worklist", "read"),
@@ -34,6 +35,7 @@ NAV: Final[tuple[tuple[str, Mapping[str, str], str, str], ...]] = (
     ("ui:jobs", {}, "Jobs", "read"),
     ("ui:log", {}, "Association log", "read"),
     ("ui:diagnostics", {}, "Diagnostics", "admin"),
+    ("ui:audit", {}, "Audit", "admin"),
     ("ohif", {"path": "/"}, "OHIF viewer", "read"),
 )
 

@@ -62,6 +62,25 @@
       /nothing at this URL|unknown resource kind/.test(result.data.error.message || "");
   }
 
+  // ------------------------------------------------------------ study labels (core/labels.py)
+  document.querySelectorAll("form.add-label").forEach(function (form) {
+    form.addEventListener("submit", async function (event) {
+      event.preventDefault();
+      const label = form.elements.label.value.trim();
+      const result = await api("PUT", form.dataset.api + "/" + encodeURIComponent(label));
+      if (result.status === 200) window.location.reload();
+      else message("Label not added: " + errorText(result), true);
+    });
+  });
+  document.querySelectorAll("button[data-label-remove]").forEach(function (button) {
+    button.addEventListener("click", async function () {
+      button.disabled = true;
+      const result = await api("DELETE", button.dataset.labelRemove);
+      if (result.status === 200) window.location.reload();
+      else { message("Label not removed: " + errorText(result), true); button.disabled = false; }
+    });
+  });
+
   // ------------------------------------------------------------ delete with confirmation
   document.querySelectorAll("button[data-delete]").forEach(function (button) {
     button.addEventListener("click", async function () {
@@ -892,6 +911,23 @@
     });
     window.setInterval(refresh, 2000);
   }
+
+  // ------------------------------------------------------------ anonymize a study (web/rest_anonymize.py)
+  document.querySelectorAll("form.anonymize").forEach(function (form) {
+    form.addEventListener("submit", async function (event) {
+      event.preventDefault();
+      const out = form.querySelector(".job");
+      const options = Array.from(form.querySelectorAll("input[name=option]:checked")).map(function (b) { return b.value; });
+      const keep = form.querySelector("input[name=keep_original]").checked;
+      out.textContent = "anonymizing…";
+      const result = await api("POST", form.dataset.api, { options: options, keep_original: keep });
+      if (result.status === 202 && result.data) { out.textContent = "job " + result.data.job + " started"; followJob(result.data.job, out); return; }
+      if (result.status !== 200) { out.textContent = ""; message("Not anonymized: " + errorText(result), true); return; }
+      out.textContent = "";
+      message("Anonymized " + result.data.instances + " instance(s) into study " + result.data.study + ".", false);
+      window.location.assign(form.dataset.studyPage + "studies/" + encodeURIComponent(result.data.study));
+    });
+  });
 
   // ------------------------------------------------------------ corrections (docs/CORRECTIONS.md)
   function corrected(result, after) {

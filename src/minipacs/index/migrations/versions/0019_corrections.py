@@ -1,7 +1,7 @@
 """Corrections (issue 14): who modified, merged or moved what, with the values it had before.
 
 Revision ID: 0019
-Revises: 0013
+Revises: 0021 (chained after main's head when main was merged in)
 Create Date: 2026-12-06
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0019"
-down_revision: str | None = "0013"
+down_revision: str | None = "0021"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
