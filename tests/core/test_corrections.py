@@ -22,6 +22,7 @@ from minipacs.core.query import query
 from minipacs.core.worklist import Worklist
 from minipacs.dicom.levels import STUDY_ROOT, Level
 from minipacs.index import corrections_repo
+from minipacs.index.audit_repo import audit_rows
 from minipacs.index.entities import Entity
 from minipacs.index.repository import blob_keys
 from tests.core.conftest import ArchiveRunner
@@ -160,8 +161,14 @@ def test_merge_moves_every_study_and_removes_the_duplicate(with_archive: Archive
             archive, tmp_path, 2, study_uid=s1, series_uid=generate_uid(), patient_id="B", patient_name="Wrong^Name"
         )
         dup += await _store(archive, tmp_path, 1, study_uid=s2, series_uid=generate_uid(), patient_id="B")
-        result = await Corrections(archive).merge("B", "A", "admin")
+        result = await Corrections(archive).merge("B", "A", "admin", who=("user", "ada", "10.1.2.3"))
         assert result.instances == 3
+        await archive.audit.flush()
+        rows = await archive.read(lambda conn: audit_rows(conn, patient_id="A"))
+        assert {(r["action"], r["actor_kind"], r["actor"], r["address"], r["study_uid"]) for r in rows} == {
+            ("merged", "user", "ada", "10.1.2.3", s1),
+            ("merged", "user", "ada", "10.1.2.3", s2),
+        }
         assert sorted(result.old_values["StudyInstanceUIDs"]) == sorted([s1, s2])
         files = _files(archive)
         assert {(files[s].PatientID, str(files[s].PatientName)) for s in dup + keep} == {("A", "Right^Name")}

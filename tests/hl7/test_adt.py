@@ -23,6 +23,7 @@ from minipacs.core.worklist import Worklist
 from minipacs.hl7.adt import HL7Receiver
 from minipacs.hl7.message import Message, parse
 from minipacs.hl7.mllp import MLLPServer, frame
+from minipacs.index.audit_repo import audit_rows
 from tests.dicomgen import write_ct
 from tests.hl7.samples import orm
 from tests.worklist_data import entry as worklist_entry
@@ -110,6 +111,9 @@ def test_a08_updates_archived_files_and_open_worklist_entries(tmp_path: Path) ->
         assert wl is not None and str(wl.dataset.PatientName) == "Doe^Jane"
         [log] = await list_corrections(archive)
         assert log["actor"] == "HL7 ADT^A08 CTLA08 from HIS/HOSP"
+        await archive.audit.flush()
+        [row] = await archive.read(lambda conn: audit_rows(conn, patient_id="PAT1"))
+        assert (row["action"], row["actor_kind"], row["actor"]) == ("modified", "hl7", "HIS/HOSP")
         assert log["old_values"] == {"PatientName": "Doe^John", "PatientBirthDate": "19700101"}
         # the same update again changes nothing and rewrites nothing
         code, text, _ = await send(reader, writer, adt("A08", "PAT1", name="Doe^Jane", birth="19710203"))

@@ -37,6 +37,14 @@ def actor() -> str:
     return f"{user} (command line on {socket.gethostname()})"
 
 
+def _has_user() -> bool:
+    try:
+        getpass.getuser()
+    except (KeyError, OSError):
+        return False
+    return True
+
+
 def register_modify(sub: Any) -> None:
     from minipacs.cli.main import settings_args
 
@@ -103,7 +111,8 @@ def _correct(settings: Settings | None, params: dict[str, Any]) -> int:
     if settings is None:  # pragma: no cover - NEEDS_SETTINGS
         return EXIT_USAGE
     try:
-        result = asyncio.run(_with_archive(settings, lambda c: c.run({**params, "actor": actor()})))
+        who = ["cli", getpass.getuser() if _has_user() else "?", ""]  # core/audit.py ActorKind.CLI
+        result = asyncio.run(_with_archive(settings, lambda c: c.run({**params, "actor": actor(), "audit": who})))
     except ArchiveError as exc:
         print(f"minipacs: {exc}", file=sys.stderr)
         return EXIT_PARTIAL

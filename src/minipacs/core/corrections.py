@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -34,6 +34,7 @@ from pydicom.uid import generate_uid
 from pydicom.valuerep import validate_value
 
 from minipacs.core.archive import Archive
+from minipacs.core.audit import Action, ActorKind
 from minipacs.core.changes import ChangeType, change_row, record
 from minipacs.core.errors import CorrectionConflict, InvalidCorrection, NotFound, UnreadableInstance
 from minipacs.core.model import Origin, StagedPath
@@ -319,28 +320,51 @@ class Corrections:
 
     # ------------------------------------------------------------ the three operations
 
-    async def modify(self, level: str, name: str, changes: Mapping[str, Any], actor: str) -> CorrectionResult:
-        """Change attributes of a patient (by Patient ID), study or series (by UID)."""
+    async def modify(
+        self, level: str, name: str, changes: Mapping[str, Any], actor: str, *, who: Sequence[str] = ()
+    ) -> CorrectionResult:
+        """Change attributes of a patient (by Patient ID), study or series (by UID). ``who``: (actor kind,
+        actor, address) for the audit trail (core/audit.py; default: the system)."""
         entity = _entity(level)
         checked = check_changes(entity, changes)
         return await self._run(
-            "modify", entity, name, actor, lambda conn: _modify_rows(conn, entity, name, checked, actor)
+            "modify", entity, name, actor, lambda conn: _modify_rows(conn, entity, name, checked, actor), who=who
         )
 
     async def merge(
-        self, source: str, target: str, actor: str, demographics: Mapping[str, str] | None = None
+        self,
+        source: str,
+        target: str,
+        actor: str,
+        demographics: Mapping[str, str] | None = None,
+        *,
+        who: Sequence[str] = (),
     ) -> CorrectionResult:
         """Every study of patient ``source`` moves to patient ``target``; ``source`` is gone after it."""
         extra = check_changes(Entity.PATIENT, demographics) if demographics else {}
         return await self._run(
-            "merge", Entity.PATIENT, target, actor, lambda conn: _merge_rows(conn, source, target, extra, actor), True
+            "merge",
+            Entity.PATIENT,
+            target,
+            actor,
+            lambda conn: _merge_rows(conn, source, target, extra, actor),
+            True,
+            who=who,
         )
 
-    async def move_series(self, series_uid: str, study_uid: str | None, actor: str) -> CorrectionResult:
+    async def move_series(
+        self, series_uid: str, study_uid: str | None, actor: str, *, who: Sequence[str] = ()
+    ) -> CorrectionResult:
         """The series moves to study ``study_uid`` (a split): its instances take that study's UID and attributes;
         ``None``: to a new study of the same patient (a new Study Instance UID, the old study's attributes)."""
         return await self._run(
-            "move", Entity.SERIES, series_uid, actor, lambda conn: _move_rows(conn, series_uid, study_uid, actor), True
+            "move",
+            Entity.SERIES,
+            series_uid,
+            actor,
+            lambda conn: _move_rows(conn, series_uid, study_uid, actor),
+            True,
+            who=who,
         )
 
     # ------------------------------------------------------------ patients as HL7 ADT sees them
@@ -382,21 +406,22 @@ class Corrections:
         return await self.run(params)
 
     async def run(self, params: Mapping[str, Any]) -> CorrectionResult:
-        """``{"operation": "modify", "level", "target", "changes", "actor"}``, ``{"operation": "merge",
+        """``{"operation": "modify", "level", "target", "changes", "actor"[, "audit"]}``, ``{"operation": "merge",
         "source", "target", "actor"[, "demographics"]}`` or ``{"operation": "move", "series", "study" (None: a new
         one), "actor"}``."""
         operation = params.get("operation")
         actor = str(params.get("actor", ""))
+        who = [str(v) for v in params.get("audit") or ()]  # (actor kind, actor, address): core/audit.py
         try:
             if operation == "modify":
-                return await self.modify(str(params["level"]), str(params["target"]), params["changes"], actor)
+                return await self.modify(str(params["level"]), str(params["target"]), params["changes"], actor, who=who)
             if operation == "merge":
                 return await self.merge(
-                    str(params["source"]), str(params["target"]), actor, params.get("demographics") or None
+                    str(params["source"]), str(params["target"]), actor, params.get("demographics") or None, who=who
                 )
             if operation == "move":
                 study = params.get("study")
-                return await self.move_series(str(params["series"]), str(study) if study else None, actor)
+                return await self.move_series(str(params["series"]), str(study) if study else None, actor, who=who)
         except KeyError as exc:
             raise InvalidCorrection(f"a {operation} correction needs {exc.args[0]!r}") from None
         raise InvalidCorrection(f"unknown correction {str(operation)[:30]!r}; use modify, merge or move")
@@ -420,7 +445,10 @@ class Corrections:
         actor: str,
         rows: Callable[[IndexConnection], _Plan],
         removes: bool = False,
+        *,
+        who: Sequence[str] = (),
     ) -> CorrectionResult:
+        await self.archive.audit.flush()  # waiting events name studies by the patient they have now
         plan = await self.archive.write(rows, removes_entities=removes)
         log.info("%s %s %s by %s: rewriting %d file(s)", operation, entity.value, name, actor, len(plan.copies))
         try:
@@ -435,9 +463,27 @@ class Corrections:
             else ""
         )
         await self._finish(plan, "done", written, message)
+        self._audit(operation, entity, plan, who)
         return CorrectionResult(
             operation, entity.value, plan.target, plan.correction, written, left, plan.old, plan.new
         )
+
+    def _audit(self, operation: str, entity: Entity, plan: _Plan, who: Sequence[str]) -> None:
+        """One audit row (core/audit.py) per study the correction touched: "merged" or "modified"."""
+        kind, actor, address = (list(who) + ["", "", ""])[:3] if who else (ActorKind.SYSTEM.value, "", "")
+        action = Action.MERGED if operation == "merge" else Action.MODIFIED
+        patient = plan.target if entity is Entity.PATIENT else ""
+        detail = f"correction {plan.correction}: {operation} {entity.value} {plan.target}, was {plan.old}"
+        for study in sorted({c.study_instance_uid for c in plan.copies}) or [""]:
+            self.archive.audit.record(
+                action,
+                actor_kind=kind or ActorKind.SYSTEM.value,
+                actor=actor,
+                address=address,
+                patient_id=patient,
+                study_uid=study,
+                detail=detail,
+            )
 
     async def _finish(self, plan: _Plan, state: str, written: int, message: str) -> None:
         def run(conn: IndexConnection) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from minipacs.core.audit import ActorKind
 from minipacs.core.corrections import Corrections
 from minipacs.core.errors import ArchiveError, CorrectionConflict, InvalidCorrection, NotFound
 from minipacs.core.worklist import Worklist
@@ -119,11 +120,12 @@ def _pairs(message: Message, event: Event) -> list[tuple[Segment, Segment | None
     return pairs
 
 
-def _actor(message: Message) -> str:
+def _actor(message: Message) -> tuple[str, list[str]]:
+    """(who, for the corrections log; (actor kind, actor, address) for the audit trail)."""
     msh = message.first("MSH")
     kind, event = message.message_type
     sender = "/".join(v for v in (message.value(msh, 3), message.value(msh, 4)) if v) or "an unnamed sender"
-    return f"HL7 {kind}^{event} {message.control_id} from {sender}"
+    return f"HL7 {kind}^{event} {message.control_id} from {sender}", [ActorKind.HL7.value, sender, ""]
 
 
 class ADTApplier:
@@ -150,10 +152,10 @@ class ADTApplier:
             prior = _identifier(message, mrg, 1, "Prior Patient Identifier List") if mrg is not None else ""
             groups.append((current, prior, demographics(message, pid)))
         said: list[str] = []
-        actor = _actor(message)
+        actor, who = _actor(message)
         for current, prior, demo in groups:
             try:
-                said.append(await self._one(event, current, prior, demo, actor))
+                said.append(await self._one(event, current, prior, demo, actor, who))
             except ArchiveError as exc:
                 row = next((REFUSALS[c] for c in type(exc).__mro__ if c in REFUSALS), None)
                 if row is None:
@@ -166,7 +168,9 @@ class ADTApplier:
                 ) from exc
         return "; ".join(said)
 
-    async def _one(self, event: Event, current: str, prior: str, demo: dict[str, str], actor: str) -> str:
+    async def _one(
+        self, event: Event, current: str, prior: str, demo: dict[str, str], actor: str, who: list[str]
+    ) -> str:
         c = self.corrections
         if event.action == "update":
             archived = await c.patient(current)
@@ -182,7 +186,14 @@ class ADTApplier:
             if not changes:
                 return f"patient {current}: nothing changed"
             result = await c.submit(
-                {"operation": "modify", "level": "patient", "target": current, "changes": changes, "actor": actor}
+                {
+                    "operation": "modify",
+                    "level": "patient",
+                    "target": current,
+                    "changes": changes,
+                    "actor": actor,
+                    "audit": who,
+                }
             )
             return _done(result.job, f"patient {current} updated ({', '.join(changes)})", result.instances)
         source, target = await c.patient(prior), await c.patient(current)
@@ -196,7 +207,14 @@ class ADTApplier:
             return f"patient {prior} -> {current}: {changed} worklist entry(ies) updated"
         if event.action == "merge" and target is not None:
             extra = {k: v for k, v in demo.items() if target.get(k) != v}
-            params = {"operation": "merge", "source": prior, "target": current, "actor": actor, "demographics": extra}
+            params = {
+                "operation": "merge",
+                "source": prior,
+                "target": current,
+                "actor": actor,
+                "demographics": extra,
+                "audit": who,
+            }
             result = await c.submit(params)
             return _done(result.job, f"patient {prior} merged into {current}", result.instances)
         if target is not None:  # A47: the new identifier must be new
@@ -204,7 +222,14 @@ class ADTApplier:
                 f"patient {current[:64]!r} (PID-3) already exists; send A40 to merge {prior!r} into it"
             )
         changes = {"PatientID": current, **{k: v for k, v in demo.items() if source.get(k) != v}}
-        params = {"operation": "modify", "level": "patient", "target": prior, "changes": changes, "actor": actor}
+        params = {
+            "operation": "modify",
+            "level": "patient",
+            "target": prior,
+            "changes": changes,
+            "actor": actor,
+            "audit": who,
+        }
         result = await c.submit(params)
         return _done(result.job, f"patient {prior} is now {current}", result.instances)
 

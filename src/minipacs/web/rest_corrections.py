@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute
 
 from minipacs.core.corrections import JOB_KIND, CorrectionResult, Corrections, list_corrections
 from minipacs.dicom.levels import LEVEL_SPELLINGS
+from minipacs.web.audit import actor_of
 from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
 from minipacs.web.rest import LEVELS, _id, _who
@@ -68,6 +69,12 @@ def _answer(result: CorrectionResult, who: str) -> Response:
     return JSONResponse(result.to_json())
 
 
+def _audit(request: Request) -> list[str]:
+    """(actor kind, actor, address) of the caller, for the audit trail (web/audit.py)."""
+    kind, actor, address = actor_of(request)
+    return [kind.value, actor, address]
+
+
 def _text(body: dict[str, Any], name: str) -> str:
     value = body.get(name)
     if not isinstance(value, str) or not value:
@@ -85,14 +92,27 @@ async def modify(request: Request) -> Response:
     if not isinstance(changes, dict):
         raise HttpError(400, "invalid_body", 'give the new values as {"changes": {"Keyword": "value", ...}}')
     who = _who(request)
-    params = {"operation": "modify", "level": CORRECTED[resource], "target": name, "changes": changes, "actor": who}
+    params = {
+        "operation": "modify",
+        "level": CORRECTED[resource],
+        "target": name,
+        "changes": changes,
+        "actor": who,
+        "audit": _audit(request),
+    }
     return _answer(await corrections_of(request).submit(params), who)
 
 
 async def merge(request: Request) -> Response:
     body = await _body(request)
     who = _who(request)
-    params = {"operation": "merge", "source": _text(body, "source"), "target": _text(body, "target"), "actor": who}
+    params = {
+        "operation": "merge",
+        "source": _text(body, "source"),
+        "target": _text(body, "target"),
+        "actor": who,
+        "audit": _audit(request),
+    }
     return _answer(await corrections_of(request).submit(params), who)
 
 
@@ -101,7 +121,7 @@ async def move(request: Request) -> Response:
     body = await _body(request)
     who = _who(request)
     study = None if body.get("study") is None else _text(body, "study")  # none: a new study (a split)
-    params = {"operation": "move", "series": series, "study": study, "actor": who}
+    params = {"operation": "move", "series": series, "study": study, "actor": who, "audit": _audit(request)}
     return _answer(await corrections_of(request).submit(params), who)
 
 
