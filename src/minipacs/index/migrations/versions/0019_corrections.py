@@ -1,4 +1,4 @@
-"""Corrections (issue 14): who modified, merged or moved what, with the values it had before.
+"""Corrections: who modified, merged or moved what, with the values it had before.
 
 Revision ID: 0019
 Revises: 0021 (chained after main's head when main was merged in)
