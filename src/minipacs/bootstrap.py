@@ -17,6 +17,7 @@ from minipacs.core.archive import Archive, ArchiveSettings
 from minipacs.core.audit import AuditSettings
 from minipacs.core.compression import CompressionSettings, Compressor
 from minipacs.core.compression_jobs import CompressionScheduler, SchedulerSettings, register_compression_jobs
+from minipacs.core.corrections import Corrections, register_correction_jobs
 from minipacs.core.jobs import JobQueue, JobSettings, default_runner
 from minipacs.core.metrics import Metrics
 from minipacs.core.mpps import ProcedureSteps
@@ -25,8 +26,8 @@ from minipacs.core.retention import periodic, register_retention_job
 from minipacs.core.routing import Router, RoutingSettings
 from minipacs.core.rules import RuleBook, check_against_nodes
 from minipacs.core.worklist import Worklist
+from minipacs.hl7.adt import HL7Receiver
 from minipacs.hl7.mllp import MLLPServer
-from minipacs.hl7.orders import OrderReceiver
 from minipacs.index.database import IndexDatabase
 from minipacs.net.association import AssociationSettings
 from minipacs.net.dul import Timeouts
@@ -116,7 +117,18 @@ def job_queue(settings: Settings, archive: Archive, nodes: NodeRegistry, calls: 
     register_retention_job(queue, archive, settings.retention, settings.retention_max_deletions)
     register_anonymize_job(queue, anonymizer(settings, archive))
     register_compression_jobs(queue, compressor(settings, archive))
+    register_correction_jobs(queue, corrections(settings, archive))
     return queue
+
+
+def corrections(settings: Settings, archive: Archive, jobs: JobQueue | None = None) -> Corrections:
+    """Modify, merge and series moves (core/corrections.py); large ones go on ``jobs``."""
+    return Corrections(
+        archive,
+        jobs=jobs,
+        inline_max=settings.correction_inline_max_instances,
+        max_passes=settings.correction_max_passes,
+    )
 
 
 def anonymizer(settings: Settings, archive: Archive) -> Anonymizer:
@@ -413,11 +425,11 @@ async def watch_diagnostics(settings: Settings, archive: Archive, registry: Node
 
 
 async def start_hl7(settings: Settings, app: App) -> MLLPServer | None:
-    """The HL7 v2 MLLP order listener when hl7_port > 0 (orders -> the worklist)."""
+    """The HL7 v2 MLLP listener when hl7_port > 0 (orders -> the worklist; ADT -> corrections, hl7/adt.py)."""
     if settings.hl7_port <= 0:
         return None
     server = MLLPServer(
-        OrderReceiver(Worklist(app.archive), settings.ae_title),
+        HL7Receiver(Worklist(app.archive), corrections(settings, app.archive, app.jobs), settings.ae_title),
         host=settings.hl7_host,
         port=settings.hl7_port,
         max_message_bytes=settings.hl7_max_message_bytes,

@@ -213,6 +213,11 @@ class Settings:
     audit_syslog_ca_file: str = ""
     #: Audit messages waiting for the collector at most; beyond, the oldest are dropped (the index keeps them).
     audit_syslog_queue: int = 10_000
+    # --- corrections (core/corrections.py, docs/CORRECTIONS.md)
+    #: A modify, merge or series move touching more instances than this runs as a job (202 + job id).
+    correction_inline_max_instances: int = 200
+    #: Passes that rewrite instances stored into the resource while it is corrected (at least 1).
+    correction_max_passes: int = 3
     #: ``[[users]]`` (name, password_hash, role) and ``[[tokens]]`` (name, token_hash, role).
     users: tuple[User, ...] = ()
     tokens: tuple[ApiToken, ...] = ()
@@ -397,6 +402,10 @@ class Settings:
             raise ConfigError("routing_poll_seconds must be 0.05 to 3600")
         if not 0 <= self.routing_catch_up_seconds <= 30 * 86400:
             raise ConfigError("routing_catch_up_seconds must be 0 to 2592000 (30 days)")
+        if self.correction_inline_max_instances < 0:
+            raise ConfigError("correction_inline_max_instances must be 0 (every correction a job) or more")
+        if not 1 <= self.correction_max_passes <= 100:
+            raise ConfigError("correction_max_passes must be 1 to 100")
         return self
 
     def _validate_compression(self) -> None:

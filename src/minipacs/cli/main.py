@@ -181,6 +181,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "compress",
     "deliveries",
     "rules",
+    "modify",
+    "merge",
+    "split",
+    "corrections",
 )
 
 

@@ -311,6 +311,7 @@ __all__ = [
     "BlobRemoval",
     "Change",
     "Delivery",
+    "Correction",
     "Instance",
     "IntakeState",
     "JobRecord",
@@ -456,3 +457,26 @@ class Delivery(Base):
     job_id: Mapped[int | None] = mapped_column(Id, nullable=True, index=True)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class Correction(Base):
+    """One correction (core/corrections.py, issue 14): a modify, merge or series move, who asked for
+    it and the values the resource had before (JSON objects keyed by DICOM keyword), so a wrong
+    correction can be undone by hand. Written by the writer in the transaction that changes the rows."""
+
+    __tablename__ = "corrections"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    #: modify, merge, move (core/corrections.py OPERATIONS).
+    operation: Mapped[str] = mapped_column(String(16))
+    level: Mapped[str] = mapped_column(String(16))  # patient, study, series
+    #: The resource acted on: Patient ID (patient), Study or Series Instance UID.
+    target: Mapped[str] = mapped_column(String(64), index=True)
+    actor: Mapped[str] = mapped_column(Text())  # who: user, token, HL7 sender, CLI
+    old_values: Mapped[str] = mapped_column(Text())
+    new_values: Mapped[str] = mapped_column(Text())
+    #: rewriting (files being rewritten), done, failed.
+    state: Mapped[str] = mapped_column(String(16))
+    instances: Mapped[int] = mapped_column(Integer(), server_default="0")  # files rewritten
+    message: Mapped[str] = mapped_column(Text(), server_default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), index=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime(), nullable=True)

@@ -13,6 +13,7 @@ from minipacs.web import (
     dicomweb,
     rest,
     rest_anonymize,
+    rest_corrections,
     rest_diagnostics,
     rest_jobs,
     rest_labels,
@@ -68,6 +69,7 @@ def create_app(ctx: AppContext) -> Starlette:
                 *rest_media.routes(),
                 *audit.api_routes(),
                 *rest_rules.routes(),
+                *rest_corrections.routes(),  # before rest.py's /{level}/{id:path}
                 *rest.routes(),
             ],
             name="api",

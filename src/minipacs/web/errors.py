@@ -70,6 +70,8 @@ ERROR_TABLE: Final[Mapping[type[core.ArchiveError], tuple[int, str]]] = MappingP
         InvalidDeidOptions: (400, "invalid_deid_options"),
         InvalidRule: (400, "invalid_rule"),
         RuleConflict: (409, "rule_conflict"),
+        core.InvalidCorrection: (400, "invalid_correction"),
+        core.CorrectionConflict: (409, "correction_conflict"),
         core.AccessDenied: (403, "forbidden"),
         InvalidLabel: (400, "invalid_label"),
         Spared: (409, "spared"),

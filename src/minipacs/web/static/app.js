@@ -954,4 +954,53 @@
       else { message("Not deleted: " + errorText(result), true); button.disabled = false; }
     });
   });
+
+  // ------------------------------------------------------------ corrections (docs/CORRECTIONS.md)
+  function corrected(result, after) {
+    if (result.status === 202) {
+      message("Large correction: it runs as job " + result.data.job + " (see the Jobs page).", false);
+    } else if (result.status === 200) {
+      message("Corrected: " + result.data.instances + " file(s) rewritten.", false);
+      window.location.assign(after);
+    } else {
+      message("Not corrected: " + errorText(result), true);
+    }
+  }
+
+  document.querySelectorAll("form.correct").forEach(function (form) {
+    form.addEventListener("submit", async function (event) {
+      event.preventDefault();
+      const changes = {};
+      form.querySelectorAll("input[name]").forEach(function (input) {
+        if (input.value !== input.dataset.old) changes[input.name] = input.value;
+      });
+      if (Object.keys(changes).length === 0) { message("Nothing was changed.", true); return; }
+      const result = await api("POST", form.dataset.modify, { changes: changes });
+      let after = window.location.href;
+      if (result.status === 200 && form.dataset.what === "patient") {
+        after = "/ui/patient?id=" + encodeURIComponent(result.data.target);
+      }
+      corrected(result, after);
+    });
+  });
+
+  document.querySelectorAll("form.merge").forEach(function (form) {
+    form.addEventListener("submit", async function (event) {
+      event.preventDefault();
+      const source = form.elements.source.value;
+      if (!window.confirm("Merge patient " + source + " into " + form.dataset.target + "? This cannot be undone.")) return;
+      corrected(await api("POST", "/api/patients/merge", { source: source, target: form.dataset.target }),
+        window.location.href);
+    });
+  });
+
+  document.querySelectorAll("form.move-series").forEach(function (form) {
+    form.addEventListener("submit", async function (event) {
+      event.preventDefault();
+      const study = form.elements.study.value.trim();
+      const result = await api("POST", form.dataset.move, { study: study || null });
+      const target = result.status === 200 ? result.data.new_values.StudyInstanceUID : study;
+      corrected(result, "/ui/studies/" + encodeURIComponent(target));
+    });
+  });
 })();

@@ -1,4 +1,4 @@
-"""Lossless compression of stored instances (issue 13, "Storage policy"): sizes and deferred removals.
+"""Lossless compression of stored instances (the storage policy): sizes and deferred removals.
 
 - ``instances.original_size``: the size of the file as it arrived, kept when the archive replaced it
   with a compressed copy (NULL: never compressed here, ``size`` is the original size); the disk

@@ -1,4 +1,4 @@
-"""The anonymization mapping: original value <-> pseudonym, visible to admins (issue 14).
+"""The anonymization mapping: original value <-> pseudonym, visible to admins.
 
 Revision ID: 0018
 Revises: 0017
