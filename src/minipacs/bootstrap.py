@@ -13,13 +13,14 @@ from minipacs.blobs.filesystem import FilesystemBlobStore
 from minipacs.config import ConfigError, Settings
 from minipacs.core.access import AccessPolicy, AccessRules
 from minipacs.core.archive import Archive, ArchiveSettings
-from minipacs.core.jobs import JobQueue, JobSettings, default_runner
+from minipacs.core.jobs import JobQueue, JobSettings
 from minipacs.core.mpps import ProcedureSteps
 from minipacs.core.nodes import NodeRegistry, calling_host_warning
 from minipacs.core.worklist import Worklist
 from minipacs.hl7.mllp import MLLPServer
 from minipacs.hl7.orders import OrderReceiver
 from minipacs.index.database import IndexDatabase
+from minipacs.index.node_claim import NodeClaim, NodeClaimRefused, claim_node
 from minipacs.net.association import AssociationSettings
 from minipacs.net.dul import Timeouts
 from minipacs.net.tls import TLSConfigError, client_context, server_context
@@ -84,7 +85,7 @@ def outbound(settings: Settings, archive: Archive) -> Outbound:
 
 def job_settings(settings: Settings) -> JobSettings:
     return JobSettings(
-        runner=settings.node_name,
+        runner=settings.resolved_node_id,
         concurrency=settings.job_concurrency,
         max_attempts=settings.job_max_attempts,
         retry_seconds=settings.job_retry_seconds,
@@ -116,7 +117,7 @@ def archive_settings(settings: Settings) -> ArchiveSettings:
         intake_segment_bytes=settings.intake_segment_bytes,
         intake_checkpoint_seconds=settings.intake_checkpoint_seconds,
         intake_checkpoint_bytes=settings.intake_checkpoint_bytes,
-        node_name=settings.node_name or default_runner(),
+        node_id=settings.resolved_node_id,
     )
 
 
@@ -161,6 +162,8 @@ class App:
     diagnostics_watch: asyncio.Task[None] | None = None
     #: Looks for studies whose procedure step another node completed (core/mpps.py ``watch``).
     completion_watch: asyncio.Task[None] | None = None
+    #: This node's claim on its node_id (index/node_claim.py), released last.
+    claim: NodeClaim | None = None
 
     async def close(self, grace: float = 5.0) -> None:
         await self.jobs.close()  # running jobs go back to the queue while the index is still open
@@ -170,6 +173,8 @@ class App:
                 await asyncio.gather(task, return_exceptions=True)
         await self.dicom.close(grace)
         await self.archive.close()
+        if self.claim is not None:
+            self.claim.release()
 
 
 async def open_registry(settings: Settings, archive: Archive) -> tuple[NodeRegistry, AccessPolicy]:
@@ -207,7 +212,12 @@ async def build_app(settings: Settings) -> App:
             settings.dicom_user_identity,
             "is made" if settings.dicom_user_identity == "required" else "sends a user identity",
         )
-    archive = await open_archive(settings)
+    claim = await take_node_claim(settings)
+    try:
+        archive = await open_archive(settings)
+    except BaseException:
+        claim.release()
+        raise
     try:
         registry, access = await open_registry(settings, archive)
         steps = ProcedureSteps(archive, Worklist(archive))
@@ -216,6 +226,7 @@ async def build_app(settings: Settings) -> App:
         await steps.resume()
     except BaseException:
         await archive.close()
+        claim.release()
         raise
     server = DicomServer(
         settings.ae_title,
@@ -264,8 +275,30 @@ async def build_app(settings: Settings) -> App:
     findings = asyncio.ensure_future(watch_diagnostics(settings, archive, registry))
     completion = asyncio.ensure_future(steps.watch(settings.completion_recheck_seconds))
     return App(
-        settings, archive, server, registry, access, job_queue(settings, archive, registry), watch, findings, completion
+        settings,
+        archive,
+        server,
+        registry,
+        access,
+        job_queue(settings, archive, registry),
+        watch,
+        findings,
+        completion,
+        claim,
     )
+
+
+async def take_node_claim(settings: Settings) -> NodeClaim:
+    """This serving node's claim on its node_id (index/node_claim.py), before anything in the data
+    folder is touched: a second node on a SQLite index, or a second live node with one node_id on
+    PostgreSQL, stops here with a sentence saying what to do (a ConfigError: the deployment is wrong)."""
+    node_id = settings.resolved_node_id
+    try:
+        claim = await asyncio.to_thread(claim_node, settings.resolved_index_url, node_id)
+    except NodeClaimRefused as exc:
+        raise ConfigError(str(exc)) from None
+    log.info("node %s: serving the index as this node_id", node_id)
+    return claim
 
 
 async def watch_diagnostics(settings: Settings, archive: Archive, registry: NodeRegistry) -> None:
