@@ -16,6 +16,7 @@ from minipacs.core.archive import Archive, ArchiveSettings
 from minipacs.core.jobs import JobQueue, JobSettings
 from minipacs.core.mpps import ProcedureSteps
 from minipacs.core.nodes import NodeRegistry, calling_host_warning
+from minipacs.core.stats import NodeStatsPublisher
 from minipacs.core.worklist import Worklist
 from minipacs.hl7.mllp import MLLPServer
 from minipacs.hl7.orders import OrderReceiver
@@ -164,14 +165,22 @@ class App:
     completion_watch: asyncio.Task[None] | None = None
     #: This node's claim on its node_id (index/node_claim.py), released last.
     claim: NodeClaim | None = None
+    #: Writes this node's own figures into the index for /api/stats on every node (core/stats.py).
+    node_stats: NodeStatsPublisher | None = None
+    node_stats_watch: asyncio.Task[None] | None = None
 
     async def close(self, grace: float = 5.0) -> None:
         await self.jobs.close()  # running jobs go back to the queue while the index is still open
-        for task in (self.nodes_watch, self.diagnostics_watch, self.completion_watch):
+        for task in (self.nodes_watch, self.diagnostics_watch, self.completion_watch, self.node_stats_watch):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         await self.dicom.close(grace)
+        if self.node_stats is not None:
+            try:
+                await self.node_stats.publish(running=False)
+            except Exception as exc:  # noqa: BLE001 - the stop goes on; the row only looks stale
+                log.warning("node statistics: could not write this node's last figures: %s", exc)
         await self.archive.close()
         if self.claim is not None:
             self.claim.release()
@@ -274,6 +283,11 @@ async def build_app(settings: Settings) -> App:
     watch = asyncio.ensure_future(registry.watch(settings.nodes_refresh))
     findings = asyncio.ensure_future(watch_diagnostics(settings, archive, registry))
     completion = asyncio.ensure_future(steps.watch(settings.completion_recheck_seconds))
+    node_stats = NodeStatsPublisher(archive, settings.resolved_node_id, settings.node_stats_seconds)
+    try:
+        await node_stats.publish()
+    except Exception as exc:  # noqa: BLE001 - statistics never stop a node from serving
+        log.warning("node statistics: could not write this node's figures to the index: %s", exc)
     return App(
         settings,
         archive,
@@ -285,6 +299,8 @@ async def build_app(settings: Settings) -> App:
         findings,
         completion,
         claim,
+        node_stats,
+        asyncio.ensure_future(node_stats.run()),
     )
 
 

@@ -124,6 +124,9 @@ class Settings:
     #: folders. Empty: the host name, sanitised. 1 to 64 of A-Z a-z 0-9 . _ -; two running nodes on one
     #: index never share one (the second is refused), and a SQLite index serves one node only.
     node_id: str = ""
+    #: Seconds between writes of this node's own figures (ingests, free disk) to the index, where
+    #: ``GET /api/stats`` on any node reads every node's (also written at start and at a clean stop).
+    node_stats_seconds: float = 10.0
     # --- access policy and AE registry (see core/access.py)
     #: What a calling AE that is not a registered node may ask for (echo, store, find, move, get, mpps,
     #: commit; store grants mpps and commit too);
@@ -303,6 +306,8 @@ class Settings:
                     f"{name} {value[:80]!r} must be 1 to {NODE_ID_MAX} characters of A-Z a-z 0-9 . _ - "
                     "(it names this node in logs, folders and the job queue)"
                 )
+        if not 0 < self.node_stats_seconds <= 3600:
+            raise ConfigError("node_stats_seconds must be more than 0 and at most 3600")
         if self.node_id and self.node_name and self.node_id != self.node_name:
             raise ConfigError(
                 f"node_id {self.node_id!r} and node_name {self.node_name!r} differ; node_name is the older "

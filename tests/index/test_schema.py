@@ -33,9 +33,21 @@ def test_migration_creates_exactly_the_models(engine: Engine) -> None:
     upgrade_schema(engine)  # idempotent
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    # indexes made for another dialect only (``Index(...).ddl_if(dialect=...)``; Alembic compares them anyway)
+    diff = [d for d in diff if not (d[0] == "add_index" and _for_other_dialect(d[1], engine.dialect.name))]
     assert diff == []
     names = set(inspect(engine).get_table_names())
     assert {"patients", "studies", "series", "instances", "associations", "alembic_version"} <= names
+
+
+def _for_other_dialect(index: Any, dialect: str) -> bool:
+    """Whether the model declares ``index`` for another dialect only (Alembic's copy forgets it)."""
+    for table in Base.metadata.tables.values():
+        for declared in table.indexes:
+            ddl_if = getattr(declared, "_ddl_if", None)
+            if declared.name == index.name and ddl_if is not None:
+                return ddl_if.dialect not in (None, dialect)
+    return False
 
 
 def test_migrations_ship_inside_the_package() -> None:

@@ -352,7 +352,7 @@ class Archive:
         self._private = private
         self.staging_dir = private[0] if private is not None else settings.data_dir / "staging"
         self._index = index
-        self._index_writer = index.writer()
+        self._index_writer = index.writer(node=settings.node_id)
         self._queue: queue.SimpleQueue[WriterJob | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._run_writer, name="minipacs-index-writer", daemon=True)
         self._keys = _KeyCache()

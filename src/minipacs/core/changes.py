@@ -83,6 +83,7 @@ class Change:
     uid: str
     study: str
     time: dt.datetime
+    node: str = ""  # the node_id whose transaction made it (several nodes share one index)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -92,6 +93,7 @@ class Change:
             "uid": self.uid,
             "study": self.study,
             "time": self.time.isoformat(),
+            "node": self.node,
         }
 
 
