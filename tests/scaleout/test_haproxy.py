@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import pydicom
+import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (
