@@ -153,6 +153,18 @@ def get_study(port: int, study: str) -> set[str]:
     return received
 
 
+def store_statuses(port: int, files: list[Path]) -> list[int]:
+    """C-STORE each file on one association (pynetdicom); the statuses answered."""
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title="MINIPACS")
+    assert assoc.is_established
+    try:
+        return [int(assoc.send_c_store(pydicom.dcmread(p)).Status) for p in files]
+    finally:
+        assoc.release()
+
+
 def wait_until(condition: Any, timeout: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -204,9 +216,24 @@ def test_stores_through_haproxy_reach_two_nodes_and_each_node_serves_them_all(tm
                 return seen if sum(seen.values()) == total else None
 
             seen = wait_until(both_nodes)
-            # round robin: each node received some of the associations, and stats show both from node a
+            # round robin: each node received some of the associations; node a's /api/stats shows both
             assert seen and set(seen) == {"node-a", "node-b"} and all(seen.values()), seen
             assert httpx.get(f"{base_b}/api/stats", timeout=30).json()["instances"] == total
+
+            # the race of issue 11 item 2 between two real processes: the same instances sent to both
+            # nodes at the same moment (duplicate_policy keep): every answer a success, never 0x0110
+            answers: list[list[int]] = []
+            threads = [
+                threading.Thread(target=lambda p=srv.port, f=batch: answers.append(store_statuses(p, f)))
+                for batch in batches
+                for srv in (a, b)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(120)
+            assert len(answers) == len(threads) and {s for each in answers for s in each} == {0}, answers
+            assert count_instances(a.port, study) == total
         finally:
             if b is not None:
                 assert b.stop() == 0, b.log_text()
