@@ -9,7 +9,7 @@ Any change here needs a new migration in ``index/migrations/versions``.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import (
     BigInteger,
@@ -92,6 +92,11 @@ class Patient(Base):
     patient_birth_date_raw: Mapped[str] = mapped_column(String())
     patient_sex: Mapped[str] = mapped_column(String())
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+#: Indexes a migration creates only where the database allows (not declared here): PostgreSQL's
+#: trigram index of the patient name, when the pg_trgm extension can be had (migration 0014).
+OPTIONAL_INDEXES: Final = frozenset({"ix_patients_patient_name_norm_trgm"})
 
 
 class Study(Base):
@@ -325,6 +330,7 @@ __all__ = [
     "PerformedProcedureStep",
     "Series",
     "NodeStats",
+    "OPTIONAL_INDEXES",
     "StorageStats",
     "Study",
     "StudyCompletion",

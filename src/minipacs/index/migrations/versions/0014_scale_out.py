@@ -8,6 +8,13 @@ planner read every patient row (76 ms at 1,000,000 patients). An index with the
 ``text_pattern_ops`` operator class compares bytes and serves ``LIKE 'prefix%'`` whatever the
 collation. SQLite needs nothing: GLOB is case-sensitive and uses the plain index.
 
+Inner wildcards (``*MITH*``, ``LIKE '%mith%'``) on the patient name: a GIN index of trigrams
+(``pg_trgm``, a contrib extension shipped with Debian's PostgreSQL packages; trusted since
+PostgreSQL 13, so a database owner may create it). Where ``CREATE EXTENSION`` is refused (no
+extension files, no privilege) the migration goes on without that index and logs a WARNING:
+such queries then read every patient row, as before. The index is optional, so the SQLAlchemy
+schema does not declare it (index/schema.py ``OPTIONAL_INDEXES``).
+
 Revision ID: 0014
 Revises: 0013
 Create Date: 2026-12-06
@@ -15,10 +22,13 @@ Create Date: 2026-12-06
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+
+log = logging.getLogger("minipacs")
 
 revision: str = "0014"
 down_revision: str | None = "0013"
@@ -50,10 +60,41 @@ def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         for name, table, column in _PATTERN_INDEXES:
             op.create_index(name, table, [column], postgresql_ops={column: "text_pattern_ops"})
+        _trigram_index()
+
+
+#: The GIN trigram index of the patient name (inner wildcards), when pg_trgm can be had.
+TRIGRAM_INDEX = "ix_patients_patient_name_norm_trgm"
+
+
+def _trigram_index() -> None:
+    conn = op.get_bind()
+    try:
+        with conn.begin_nested():  # a refusal rolls back to here, not the whole migration
+            # into public when it is new (a schema of its own per test would drop it with the schema);
+            # where it already is (a DBA's choice) when it exists
+            conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public")
+    except sa.exc.DBAPIError as exc:
+        log.warning(
+            "PostgreSQL refused CREATE EXTENSION pg_trgm (%s): inner wildcards on PatientName (*MITH*) "
+            "will read every patient row. A superuser can run CREATE EXTENSION pg_trgm in this database "
+            "(Debian ships it with the postgresql package); the index is then created by hand: "
+            "CREATE INDEX %s ON patients USING gin (patient_name_norm gin_trgm_ops)",
+            str(exc.orig).strip().splitlines()[0] if exc.orig else exc,
+            TRIGRAM_INDEX,
+        )
+        return
+    schema = conn.exec_driver_sql(
+        "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_trgm'"
+    ).scalar_one()
+    conn.exec_driver_sql(
+        f'CREATE INDEX {TRIGRAM_INDEX} ON patients USING gin (patient_name_norm "{schema}".gin_trgm_ops)'
+    )
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
+        op.execute(f"DROP INDEX IF EXISTS {TRIGRAM_INDEX}")  # the extension stays: others may use it
         for name, table, _column in _PATTERN_INDEXES:
             op.drop_index(name, table_name=table)
     op.drop_table("node_stats")
