@@ -10,7 +10,7 @@ which bench_store.py does. No files: every key asked for is an index column. The
 serve`` runs on that database and our C-FIND SCU (bench_find.py ``timed``: it counts the Pending
 responses, each must carry an identifier) asks in ONE association; median of ``--rounds`` queries
 with random values, after a warm-up round. ``--without-pattern-indexes`` drops migration 0014's
-``text_pattern_ops`` indexes first: the "before" of the name prefix.
+``text_pattern_ops`` and trigram indexes first: the "before" of the name wildcards.
 
   python bench/bench_pg_query.py [--studies 100000] [--instances-per-study 10] [--rounds 30]
 """
@@ -49,6 +49,7 @@ from minipacs.net.dul import Timeouts
 
 DATABASE = "minipacs_bench_pg_query"
 PATTERN_INDEXES = (
+    "ix_patients_patient_name_norm_trgm",
     "ix_patients_patient_name_norm_pattern",
     "ix_patients_patient_id_pattern",
     "ix_studies_referring_physician_name_norm_pattern",
@@ -124,9 +125,15 @@ async def measure(port: int, studies: int, patients: int, rounds: int) -> dict[s
         name = f"{SURNAMES[p % len(SURNAMES)]}{p:06d}"
         return [f"PatientName={name[:-1]}*"]  # the last digit open: one or two patients
 
+    def inner() -> list[str]:
+        p = rng.randrange(patients)
+        name = f"{SURNAMES[p % len(SURNAMES)]}{p:06d}"
+        return [f"PatientName=*{name[2:-1]}*"]  # no target: served by pg_trgm when it is there
+
     cases = {
         "exact PatientID": lambda: [f"PatientID=PID{rng.randrange(patients):07d}"],
         "PatientName prefix": prefix,
+        "PatientName inner wildcard": inner,
         "one-month StudyDate range": lambda: [_month(rng)],
     }
     results: dict[str, tuple[float, float, float]] = {}
@@ -195,9 +202,9 @@ def main() -> int:
     )
     print("|---|---|---|---|---|")
     for name, (median, p90, count) in results.items():
-        target = TARGETS[name]
-        verdict = "met" if median <= target else "**missed**"
-        print(f"| {name} | {median:.1f} ms | {p90:.1f} ms | {count:g} | <= {target:g} ms: {verdict} |")
+        target = TARGETS.get(name)
+        verdict = "-" if target is None else f"<= {target:g} ms: {'met' if median <= target else '**missed**'}"
+        print(f"| {name} | {median:.1f} ms | {p90:.1f} ms | {count:g} | {verdict} |")
     (work / "results.json").write_text(
         json.dumps(
             {
