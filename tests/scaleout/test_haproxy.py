@@ -37,6 +37,14 @@ pytestmark = pytest.mark.postgres
 HAPROXY = Path("/usr/sbin/haproxy")
 ASSOCIATIONS = 4
 PER_ASSOCIATION = 5
+#: pynetdicom's waits (its default DIMSE timeout is 30 s): generous, for a loaded CI machine.
+TIMEOUT = 120
+
+
+def scu(title: str) -> AE:
+    ae = AE(ae_title=title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT
+    return ae
 
 
 def haproxy_config(port: int, backends: list[int]) -> str:
@@ -99,7 +107,7 @@ def node(tmp: Path, shared: Path, url: str, node_id: str) -> tuple[ServerProcess
 
 
 def count_instances(port: int, study: str) -> int:
-    ae = AE(ae_title="FINDSCU")
+    ae = scu("FINDSCU")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     assoc = ae.associate("127.0.0.1", port, ae_title="MINIPACS")
     assert assoc.is_established
@@ -128,7 +136,7 @@ def get_study(port: int, study: str) -> set[str]:
             received.add(str(event.dataset.SOPInstanceUID))
         return 0
 
-    ae = AE(ae_title="GETSCU")
+    ae = scu("GETSCU")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     ae.add_requested_context(CTImageStorage)
     assoc = ae.associate(
@@ -155,12 +163,13 @@ def get_study(port: int, study: str) -> set[str]:
 
 def store_statuses(port: int, files: list[Path]) -> list[int]:
     """C-STORE each file on one association (pynetdicom); the statuses answered."""
-    ae = AE(ae_title="STORESCU")
+    ae = scu("STORESCU")
     ae.add_requested_context(CTImageStorage)
     assoc = ae.associate("127.0.0.1", port, ae_title="MINIPACS")
     assert assoc.is_established
     try:
-        return [int(assoc.send_c_store(pydicom.dcmread(p)).Status) for p in files]
+        # no response (a timeout) is an empty Dataset: -1
+        return [int(getattr(assoc.send_c_store(pydicom.dcmread(p)), "Status", -1)) for p in files]
     finally:
         assoc.release()
 
@@ -222,17 +231,21 @@ def test_stores_through_haproxy_reach_two_nodes_and_each_node_serves_them_all(tm
 
             # the race of issue 11 item 2 between two real processes: the same instances sent to both
             # nodes at the same moment (duplicate_policy keep): every answer a success, never 0x0110
-            answers: list[list[int]] = []
-            threads = [
-                threading.Thread(target=lambda p=srv.port, f=batch: answers.append(store_statuses(p, f)))
-                for batch in batches
-                for srv in (a, b)
-            ]
+            answers: list[list[int] | BaseException] = []
+
+            def race(port: int, files: list[Path]) -> None:
+                try:
+                    answers.append(store_statuses(port, files))
+                except BaseException as exc:  # noqa: BLE001 - shown by the assertion below
+                    answers.append(exc)
+
+            threads = [threading.Thread(target=race, args=(srv.port, batch)) for batch in batches for srv in (a, b)]
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join(120)
-            assert len(answers) == len(threads) and {s for each in answers for s in each} == {0}, answers
+            assert len(answers) == len(threads), answers
+            assert {s for each in answers for s in (each if isinstance(each, list) else [each])} == {0}, answers
             assert count_instances(a.port, study) == total
         finally:
             if b is not None:
