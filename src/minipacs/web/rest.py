@@ -25,7 +25,7 @@ from minipacs.core.model import Origin
 from minipacs.core.nodes import node_from_mapping
 from minipacs.core.paths import validate_uid
 from minipacs.core.retrieve import select_instances
-from minipacs.core.stats import storage_figures
+from minipacs.core.stats import node_figures, storage_figures
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.services.job_kinds import node_json
 from minipacs.web import audit as audit_trail
@@ -337,6 +337,9 @@ async def stats(request: Request) -> Response:
             "ingested_since_start": ingest.ingested,
             "index_batches": ingest.batches,
             "metadata_pending": ctx(request).metadata.pending,
+            # the figures above that are this process's own; below, every node's as it last wrote them
+            "node_id": archive.settings.node_id,
+            "nodes": [n.to_json() for n in await node_figures(archive)],
         }
     )
 
