@@ -274,6 +274,26 @@ def set_study_delivery(conn: Connection, job_id: int, study: str, status: str, r
     return int(conn.execute(statement).rowcount)
 
 
+def delete_deliveries(conn: Connection, instances: Mapping[str, Sequence[str]], studies: Sequence[str]) -> int:
+    """Forget the receipts of deleted instances (study UID -> SOP Instance UIDs) and every receipt
+    of the deleted ``studies`` (study-level ones too); read by the index on study_instance_uid."""
+    removed = 0
+    for start in range(0, len(studies), 500):
+        chunk = list(studies[start : start + 500])
+        removed += int(conn.execute(delete(_DELIVERIES).where(_DELIVERIES.c.study_instance_uid.in_(chunk))).rowcount)
+    gone = set(studies)
+    for study, sops in instances.items():
+        if study in gone:
+            continue
+        for start in range(0, len(sops), 500):
+            statement = delete(_DELIVERIES).where(
+                _DELIVERIES.c.study_instance_uid == study,
+                _DELIVERIES.c.sop_instance_uid.in_(list(sops[start : start + 500])),
+            )
+            removed += int(conn.execute(statement).rowcount)
+    return removed
+
+
 def job_deliveries(conn: Connection, job_id: int) -> list[dict[str, Any]]:
     rows = conn.execute(select(_DELIVERIES).where(_DELIVERIES.c.job_id == job_id).order_by(_DELIVERIES.c.id))
     return [dict(r) for r in rows.mappings()]
@@ -362,6 +382,7 @@ __all__ = [
     "already_routed",
     "claim_mark",
     "completions_since",
+    "delete_deliveries",
     "delete_rule",
     "delivery_counts",
     "due_marks",
