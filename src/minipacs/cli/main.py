@@ -176,6 +176,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "doctor",
     "jobs",
     "retention",
+    "labels",
     "anonymize",
     "export",
     "compress",
