@@ -14,9 +14,11 @@ import ssl
 from typing import Any, Final
 
 from minipacs.core import routing
+from minipacs.core.anonymize import Anonymizer
+from minipacs.core.audit import Action, ActorKind
 from minipacs.core.jobs import Handler, JobContext, JobFailed, JobQueue
 from minipacs.core.nodes import Node, NodeRegistry
-from minipacs.core.retrieve import select_instances
+from minipacs.core.retrieve import StoredInstance, select_instances
 from minipacs.services.outbound import (
     AssociationLost,
     FindRequest,
@@ -46,7 +48,21 @@ def _will_retry(job: JobContext) -> bool:
     return job.attempt < job.max_attempts
 
 
-def route_handler(outbound: Outbound, registry: NodeRegistry, tls: ssl.SSLContext | None = None) -> Handler:
+def anonymized_note(options: list[str] | None) -> str:
+    """What a receipt of a de-identified delivery says (its reason while "sent")."""
+    if options is None:
+        return ""
+    return "anonymized: a de-identified copy was sent (PS3.15 E.1 basic profile" + (
+        f"; {', '.join(options)})" if options else ")"
+    )
+
+
+def route_handler(
+    outbound: Outbound,
+    registry: NodeRegistry,
+    tls: ssl.SSLContext | None = None,
+    anonymizer: Anonymizer | None = None,
+) -> Handler:
     async def route(job: JobContext) -> str:
         p = job.params
         archive = outbound.archive
@@ -58,7 +74,7 @@ def route_handler(outbound: Outbound, registry: NodeRegistry, tls: ssl.SSLContex
         done = {r["sop_instance_uid"] for r in receipts if r["status"] == routing.DeliveryStatus.SENT}
         wanted = [r["sop_instance_uid"] for r in receipts if r["sop_instance_uid"] not in done]
         job.total, job.done, job.failed = len(receipts), len(done), 0
-        destination, method = str(p["destination"]), str(p["method"])
+        destination = str(p["destination"])
         if not wanted:
             return f"all {job.total} instance(s) already delivered to {destination}"
         found = await select_instances(
@@ -73,6 +89,47 @@ def route_handler(outbound: Outbound, registry: NodeRegistry, tls: ssl.SSLContex
         for i in found:
             if i.problem:
                 failed[i.sop_instance_uid] = i.problem
+        options = p.get("anonymize")
+        original: dict[str, str] = {}  # SOP Instance UID sent -> the stored original's (the receipts' key)
+        if options is not None:
+            if anonymizer is None:
+                raise JobFailed(f"rule {p['rule']} anonymizes, but this node has no anonymizer; nothing was sent")
+            copies, unusable = await anonymizer.copies(usable, frozenset(options))
+            failed.update(unusable)
+            failed.update({uid: f"its de-identified copy {copy.problem}" for uid, copy in copies if copy.problem})
+            usable = [copy for _, copy in copies]
+            original = {copy.sop_instance_uid: uid for uid, copy in copies}
+            job.message = f"de-identified {len(usable)} instance(s) to send to {destination}"
+            if copies:
+                archive.audit.record(
+                    Action.ANONYMIZED,
+                    actor_kind=ActorKind.RULE,
+                    actor=str(p["rule"]),
+                    study_uid=str(p["study"]),
+                    detail=f"{len(copies)} instance(s) de-identified to send to {destination} (job {job.id}); "
+                    "the copies are not stored",
+                )
+        try:
+            return await _deliver(job, archive, [i for i in usable if not i.problem], failed, done, original, options)
+        finally:
+            for path in [i.path for i in usable] if options is not None else []:
+                path.unlink(missing_ok=True)
+
+    async def _deliver(
+        job: JobContext,
+        archive: Any,
+        usable: list[StoredInstance],
+        failed: dict[str, str],
+        done: set[str],
+        original: dict[str, str],
+        options: list[str] | None,
+    ) -> str:
+        p = job.params
+        destination, method = str(p["destination"]), str(p["method"])
+
+        def back(uid: str) -> str:
+            return original.get(uid, uid)
+
         sent: list[str] = []
         passing = ""  # why the rest may go through on another attempt
         if method == "C-STORE":
@@ -80,10 +137,10 @@ def route_handler(outbound: Outbound, registry: NodeRegistry, tls: ssl.SSLContex
 
             def count(outcome: SendOutcome) -> None:
                 if outcome.ok:
-                    sent.append(outcome.instance.sop_instance_uid)
+                    sent.append(back(outcome.instance.sop_instance_uid))
                     job.done += 1
                 else:
-                    failed[outcome.instance.sop_instance_uid] = outcome.reason
+                    failed[back(outcome.instance.sop_instance_uid)] = outcome.reason
                     job.failed += 1
                 job.message = f"sent {job.done} of {job.total} instance(s) to {node.label()}"
 
@@ -92,32 +149,46 @@ def route_handler(outbound: Outbound, registry: NodeRegistry, tls: ssl.SSLContex
                 if result.broken or result.gave_up:
                     passing = result.gave_up or result.broken[-1]
             except TooManyContexts as exc:
-                await routing.record_outcomes(archive, job.id, [], {s: str(exc) for s in wanted}, retrying=False)
+                await routing.record_outcomes(
+                    archive, job.id, [], {back(i.sop_instance_uid): str(exc) for i in usable}, retrying=False
+                )
                 raise JobFailed(
                     f"these instances need {exc.needed} presentation contexts, more than one association allows"
                 ) from None
             except NoAssociation as exc:
                 passing = f"cannot send to {node.label()}: {exc}"
-                failed.update({i.sop_instance_uid: passing for i in usable})
+                failed.update({back(i.sop_instance_uid): passing for i in usable})
         else:
             try:
                 answer = await stow(destination, [i.path for i in usable], context=tls)
             except StowError as exc:
-                failed.update({i.sop_instance_uid: str(exc) for i in usable})
+                failed.update({back(i.sop_instance_uid): str(exc) for i in usable})
                 if exc.retry:
                     passing = str(exc)
                 else:
                     await routing.record_outcomes(archive, job.id, [], failed, retrying=False)
                     raise JobFailed(str(exc)) from None
             else:
-                failed.update(answer.failed)
-                sent = [i.sop_instance_uid for i in usable if i.sop_instance_uid not in answer.failed]
+                failed.update({back(uid): why for uid, why in answer.failed.items()})
+                sent = [back(i.sop_instance_uid) for i in usable if i.sop_instance_uid not in answer.failed]
                 job.done += len(sent)
         job.failed = len(failed)
         retrying = bool(passing) and _will_retry(job)
-        await routing.record_outcomes(archive, job.id, sent, failed, retrying=retrying)
+        note = anonymized_note(options)
+        await routing.record_outcomes(archive, job.id, sent, failed, retrying=retrying, note=note)
+        if sent:
+            archive.audit.record(
+                Action.SENT,
+                actor_kind=ActorKind.RULE,
+                actor=str(p["rule"]),
+                study_uid=str(p["study"]),
+                detail=f"{len(sent)} instance(s) to {destination} ({method}, job {job.id})"
+                + (f"; {note}" if note else ""),
+            )
         job.details["failures"] = [{"uid": u, "reason": w} for u, w in list(failed.items())[:MAX_LISTED]]
-        said = f"delivered {job.done} of {job.total} instance(s) to {destination} ({method})"
+        said = f"delivered {job.done} of {job.total} instance(s) to {destination} ({method})" + (
+            ", anonymized" if options is not None else ""
+        )
         if passing:
             raise JobFailed(f"{said}; {passing}", retry=True)
         if failed and not sent and not done:
@@ -201,10 +272,15 @@ async def _studies_failed(archive: Any, job_id: int, failed: dict[str, str], *, 
 
 
 def register_routing_jobs(
-    queue: JobQueue, outbound: Outbound, registry: NodeRegistry, tls: ssl.SSLContext | None = None
+    queue: JobQueue,
+    outbound: Outbound,
+    registry: NodeRegistry,
+    tls: ssl.SSLContext | None = None,
+    anonymizer: Anonymizer | None = None,
 ) -> None:
-    """The "route" and "prefetch" kinds; both resume after a restart (sending again is harmless)."""
-    queue.register(routing.ROUTE, route_handler(outbound, registry, tls), on_restart="resume")
+    """The "route" and "prefetch" kinds; both resume after a restart (sending again is harmless).
+    ``anonymizer``: de-identifies for rules with ``anonymize`` (without one, their jobs fail)."""
+    queue.register(routing.ROUTE, route_handler(outbound, registry, tls, anonymizer), on_restart="resume")
     queue.register(routing.PREFETCH, prefetch_handler(outbound, registry), on_restart="resume")
 
 

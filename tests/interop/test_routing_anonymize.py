@@ -1,0 +1,87 @@
+"""Anonymize, then forward (issue 14, the research pipeline): a rule with ``anonymize`` sends
+de-identified copies to a real DCMTK storescp, never the originals; the archive keeps only the
+originals; the same patient gets the same pseudonym in two studies; receipts and the audit trail say so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+from sqlalchemy import text
+
+from minipacs.bootstrap import App
+from minipacs.core.routing import study_receipts
+from minipacs.index.anonymization_repo import list_mappings
+from tests.interop.test_routing_interop import ct, node, receive, received, running, storescp, until
+from tests.peers import free_port
+
+pytestmark = [pytest.mark.interop]
+
+NAME, PID = "Research^Rita", "MRN-77123"
+
+
+def test_anonymize_then_forward(tmp_path: Path) -> None:
+    port, out = free_port(), tmp_path / "dest"
+    rules = [{"name": "research", "when": "instance", "send_to": ["DEST"], "anonymize": True}]
+    first, second = str(generate_uid()), str(generate_uid())
+    series = {first: str(generate_uid()), second: str(generate_uid())}
+    sops: list[str] = []
+    originals: set[str] = {first, second, *series.values()}
+
+    async def body(app: App) -> None:
+        for study, n in ((first, 1), (first, 2), (second, 1)):
+            sop = str(generate_uid())
+            sops.append(sop)
+            await receive(app, ct(tmp_path, study, series[study], n, sop_uid=sop, patient_id=PID, patient_name=NAME))
+        originals.update(sops)
+
+        async def delivered() -> bool:
+            receipts = [*await study_receipts(app.archive, first), *await study_receipts(app.archive, second)]
+            return len(received(out)) >= 3 and len(receipts) == 3 and all(r["status"] == "sent" for r in receipts)
+
+        await until(delivered, "3 de-identified instances delivered")
+        receipts = [*await study_receipts(app.archive, first), *await study_receipts(app.archive, second)]
+        assert all(r["reason"].startswith("anonymized: a de-identified copy was sent") for r in receipts), receipts
+        assert {r["instance"] for r in receipts} == set(sops)  # receipts name the stored originals
+
+        # the archive holds the originals only: three instances, under their own UIDs
+        stored = await app.archive.read(
+            lambda conn: conn.execute(text("SELECT sop_instance_uid FROM instances")).scalars().all()
+        )
+        assert sorted(stored) == sorted(sops)
+
+        # the mapping is stored as the Anonymizer stores it
+        rows, _ = await app.archive.read(lambda conn: list_mappings(conn, kind="patient_id", value=PID))
+        assert len(rows) == 1 and rows[0]["pseudonym"].startswith("ANON")
+        mapped["pid"] = rows[0]["pseudonym"]
+
+        await app.archive.audit.flush()
+        audit = await app.archive.audit.query(actor="research")
+        actions = sorted({(r["action"], r["actor_kind"]) for r in audit})
+        assert actions == [("anonymized", "rule"), ("sent", "rule")], audit
+        assert {r["study_uid"] for r in audit if r["action"] == "sent"} == {first, second}
+        assert all(r["patient_id"] == PID for r in audit)
+        assert any("anonymized" in r["detail"] for r in audit if r["action"] == "sent")
+
+    mapped: dict[str, Any] = {}
+    with storescp(port, out):
+        running(tmp_path, rules, (node("DEST", port),))(body)
+
+    files = received(out)
+    assert len(files) == 3
+    pseudonym_ids, studies = set(), set()
+    for path in files:
+        raw = path.read_bytes()
+        for value in (PID, "Research", "Rita", *originals):
+            assert value.encode() not in raw, f"{value} found in the forwarded {path.name}"
+        ds = pydicom.dcmread(path)
+        assert ds.PatientIdentityRemoved == "YES"
+        pseudonym_ids.add(str(ds.PatientID))
+        studies.add(str(ds.StudyInstanceUID))
+        assert str(ds.SOPInstanceUID).startswith("2.25.")
+    assert pseudonym_ids == {mapped["pid"]}  # one patient, one pseudonym across both studies
+    assert len(studies) == 2
