@@ -185,6 +185,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "merge",
     "split",
     "corrections",
+    "audit",
 )
 
 
