@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
@@ -17,7 +18,7 @@ from minipacs.bootstrap import App
 from minipacs.core.routing import study_receipts
 from minipacs.index.anonymization_repo import list_mappings
 from tests.interop.test_routing_interop import ct, node, receive, received, running, storescp, until
-from tests.peers import free_port
+from tests.peers import free_port, start_server, wait_for_port
 
 pytestmark = [pytest.mark.interop]
 
@@ -85,3 +86,38 @@ def test_anonymize_then_forward(tmp_path: Path) -> None:
         assert str(ds.SOPInstanceUID).startswith("2.25.")
     assert pseudonym_ids == {mapped["pid"]}  # one patient, one pseudonym across both studies
     assert len(studies) == 2
+
+
+def test_anonymize_then_stow(tmp_path: Path) -> None:
+    """STOW-RS to a second minipacs: it stores the de-identified copy only (with the rule's options)."""
+    http_port = free_port()
+    (tmp_path / "other").mkdir()
+    other = start_server(tmp_path / "other", env={"MINIPACS_HTTP_PORT": str(http_port), "MINIPACS_FSYNC": "false"})
+    base = f"http://127.0.0.1:{http_port}/dicom-web"
+    rules = [
+        {"name": "web-research", "when": "instance", "stow_to": [base], "anonymize": ["retain-long-modified-dates"]}
+    ]
+    study, series = str(generate_uid()), str(generate_uid())
+
+    async def body(app: App) -> None:
+        await receive(app, ct(tmp_path, study, series, 1, patient_id=PID, patient_name=NAME))
+
+        async def sent() -> bool:
+            receipts = await study_receipts(app.archive, study)
+            return len(receipts) == 1 and receipts[0]["status"] == "sent"
+
+        await until(sent, "the de-identified copy stored by STOW-RS")
+        [receipt] = await study_receipts(app.archive, study)
+        assert "anonymized" in receipt["reason"] and "retain-long-modified-dates" in receipt["reason"]
+        assert httpx.get(f"{base}/studies", params={"PatientID": PID}).json() == []
+        by_uid = httpx.get(f"{base}/studies/{study}/instances")
+        assert by_uid.status_code in (204, 404) or by_uid.json() == [], by_uid.text  # not under the original UID
+        [found] = httpx.get(f"{base}/studies").json()
+        assert found["00100020"]["Value"][0].startswith("ANON")
+        assert found["00080020"]["Value"][0] != "20240131"  # the study date moved by the patient's shift
+
+    try:
+        wait_for_port("127.0.0.1", http_port, proc=other.proc)
+        running(tmp_path, rules, ())(body)
+    finally:
+        other.stop()
