@@ -17,6 +17,7 @@ from sqlalchemy import text
 from minipacs.bootstrap import App
 from minipacs.core.routing import study_receipts
 from minipacs.index.anonymization_repo import list_mappings
+from minipacs.services import route_jobs
 from tests.interop.test_routing_interop import ct, node, receive, received, running, storescp, until
 from tests.peers import free_port, start_server, wait_for_port
 
@@ -25,7 +26,8 @@ pytestmark = [pytest.mark.interop]
 NAME, PID = "Research^Rita", "MRN-77123"
 
 
-def test_anonymize_then_forward(tmp_path: Path) -> None:
+def test_anonymize_then_forward(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(route_jobs, "ANONYMIZE_BATCH", 1)  # the first study's two instances: two batches
     port, out = free_port(), tmp_path / "dest"
     rules = [{"name": "research", "when": "instance", "send_to": ["DEST"], "anonymize": True}]
     first, second = str(generate_uid()), str(generate_uid())
@@ -48,6 +50,7 @@ def test_anonymize_then_forward(tmp_path: Path) -> None:
         receipts = [*await study_receipts(app.archive, first), *await study_receipts(app.archive, second)]
         assert all(r["reason"].startswith("anonymized: a de-identified copy was sent") for r in receipts), receipts
         assert {r["instance"] for r in receipts} == set(sops)  # receipts name the stored originals
+        assert not list(app.archive.staging_dir.glob("*.anonymized"))  # the copies are gone from staging
 
         # the archive holds the originals only: three instances, under their own UIDs
         stored = await app.archive.read(

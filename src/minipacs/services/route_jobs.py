@@ -44,6 +44,25 @@ async def _node(registry: NodeRegistry, title: str, rule: str) -> Node:
     return found[0]
 
 
+#: Instances a rule's ``anonymize`` de-identifies, then sends, at a time: the staging folder holds at
+#: most this many copies, whatever the size of the job (up to routing.MAX_PER_JOB).
+ANONYMIZE_BATCH: Final = 200
+
+
+def _audit_sent(archive: Any, job: JobContext, sent: list[str], note: str) -> None:
+    """One "sent" audit row per job attempt that delivered something: actor kind "rule", the rule's name."""
+    if sent:
+        p = job.params
+        archive.audit.record(
+            Action.SENT,
+            actor_kind=ActorKind.RULE,
+            actor=str(p["rule"]),
+            study_uid=str(p["study"]),
+            detail=f"{len(sent)} instance(s) to {p['destination']} ({p['method']}, job {job.id})"
+            + (f"; {note}" if note else ""),
+        )
+
+
 def _will_retry(job: JobContext) -> bool:
     return job.attempt < job.max_attempts
 
@@ -74,7 +93,7 @@ def route_handler(
         done = {r["sop_instance_uid"] for r in receipts if r["status"] == routing.DeliveryStatus.SENT}
         wanted = [r["sop_instance_uid"] for r in receipts if r["sop_instance_uid"] not in done]
         job.total, job.done, job.failed = len(receipts), len(done), 0
-        destination = str(p["destination"])
+        destination, method = str(p["destination"]), str(p["method"])
         if not wanted:
             return f"all {job.total} instance(s) already delivered to {destination}"
         found = await select_instances(
@@ -90,48 +109,88 @@ def route_handler(
             if i.problem:
                 failed[i.sop_instance_uid] = i.problem
         options = p.get("anonymize")
-        original: dict[str, str] = {}  # SOP Instance UID sent -> the stored original's (the receipts' key)
-        if options is not None:
-            if anonymizer is None:
-                raise JobFailed(f"rule {p['rule']} anonymizes, but this node has no anonymizer; nothing was sent")
-            copies, unusable = await anonymizer.copies(usable, frozenset(options))
-            failed.update(unusable)
-            failed.update({uid: f"its de-identified copy {copy.problem}" for uid, copy in copies if copy.problem})
-            usable = [copy for _, copy in copies]
-            original = {copy.sop_instance_uid: uid for uid, copy in copies}
-            job.message = f"de-identified {len(usable)} instance(s) to send to {destination}"
-            if copies:
-                archive.audit.record(
+        note = anonymized_note(options)
+        sent: list[str] = []
+        try:
+            if options is None:
+                passing = await deliver(job, usable, sent, failed, {})
+            else:
+                passing = await deliver_anonymized(job, usable, list(options), sent, failed)
+        except JobFailed:
+            await routing.record_outcomes(archive, job.id, sent, failed, retrying=False, note=note)
+            _audit_sent(archive, job, sent, note)
+            raise
+        job.failed = len(failed)
+        retrying = bool(passing) and _will_retry(job)
+        await routing.record_outcomes(archive, job.id, sent, failed, retrying=retrying, note=note)
+        _audit_sent(archive, job, sent, note)
+        job.details["failures"] = [{"uid": u, "reason": w} for u, w in list(failed.items())[:MAX_LISTED]]
+        said = f"delivered {job.done} of {job.total} instance(s) to {destination} ({method})" + (
+            ", anonymized" if options is not None else ""
+        )
+        if passing:
+            raise JobFailed(f"{said}; {passing}", retry=True)
+        if failed and not sent and not done:
+            raise JobFailed(f"{said}; every one failed (see failures)")
+        return said + (f"; {len(failed)} failed (see failures)" if failed else "")
+
+    async def deliver_anonymized(
+        job: JobContext, usable: list[StoredInstance], options: list[str], sent: list[str], failed: dict[str, str]
+    ) -> str:
+        """De-identify and send :data:`ANONYMIZE_BATCH` instances at a time (the staging folder holds
+        at most one batch of copies); the first passing failure stops it (the rest wait for a retry)."""
+        if anonymizer is None:
+            raise JobFailed(f"rule {job.params['rule']} anonymizes, but this node has no anonymizer; nothing was sent")
+        made = 0
+        passing = ""
+        try:
+            for start in range(0, len(usable), ANONYMIZE_BATCH):
+                batch = usable[start : start + ANONYMIZE_BATCH]
+                if passing:
+                    failed.update({i.sop_instance_uid: passing for i in batch})
+                    continue
+                copies, unusable = await anonymizer.copies(batch, frozenset(options))
+                made += len(copies)
+                failed.update(unusable)
+                failed.update({uid: f"its de-identified copy {c.problem}" for uid, c in copies if c.problem})
+                try:
+                    passing = await deliver(
+                        job,
+                        [c for _, c in copies if not c.problem],
+                        sent,
+                        failed,
+                        {c.sop_instance_uid: uid for uid, c in copies},
+                    )
+                finally:
+                    for _, copy in copies:
+                        copy.path.unlink(missing_ok=True)
+        finally:
+            if made and outbound.archive is not None:
+                outbound.archive.audit.record(
                     Action.ANONYMIZED,
                     actor_kind=ActorKind.RULE,
-                    actor=str(p["rule"]),
-                    study_uid=str(p["study"]),
-                    detail=f"{len(copies)} instance(s) de-identified to send to {destination} (job {job.id}); "
+                    actor=str(job.params["rule"]),
+                    study_uid=str(job.params["study"]),
+                    detail=f"{made} instance(s) de-identified to send to {job.params['destination']} (job {job.id}); "
                     "the copies are not stored",
                 )
-        try:
-            return await _deliver(job, archive, [i for i in usable if not i.problem], failed, done, original, options)
-        finally:
-            for path in [i.path for i in usable] if options is not None else []:
-                path.unlink(missing_ok=True)
+        return passing
 
-    async def _deliver(
-        job: JobContext,
-        archive: Any,
-        usable: list[StoredInstance],
-        failed: dict[str, str],
-        done: set[str],
-        original: dict[str, str],
-        options: list[str] | None,
+    async def deliver(
+        job: JobContext, usable: list[StoredInstance], sent: list[str], failed: dict[str, str], original: dict[str, str]
     ) -> str:
+        """Send ``usable`` (C-STORE or STOW-RS); delivered ones go to ``sent``, refused ones to ``failed``,
+        both under the stored original's UID (``original``: UID sent -> it). Answers why the rest may go
+        through on another attempt ("" if nothing passing went wrong); JobFailed when nothing can."""
         p = job.params
         destination, method = str(p["destination"]), str(p["method"])
 
         def back(uid: str) -> str:
             return original.get(uid, uid)
 
-        sent: list[str] = []
-        passing = ""  # why the rest may go through on another attempt
+        if not usable:
+            return ""
+        passing = ""
         if method == "C-STORE":
             node = await _node(registry, destination, p["rule"])
 
@@ -149,9 +208,7 @@ def route_handler(
                 if result.broken or result.gave_up:
                     passing = result.gave_up or result.broken[-1]
             except TooManyContexts as exc:
-                await routing.record_outcomes(
-                    archive, job.id, [], {back(i.sop_instance_uid): str(exc) for i in usable}, retrying=False
-                )
+                failed.update({back(i.sop_instance_uid): str(exc) for i in usable})
                 raise JobFailed(
                     f"these instances need {exc.needed} presentation contexts, more than one association allows"
                 ) from None
@@ -163,37 +220,15 @@ def route_handler(
                 answer = await stow(destination, [i.path for i in usable], context=tls)
             except StowError as exc:
                 failed.update({back(i.sop_instance_uid): str(exc) for i in usable})
-                if exc.retry:
-                    passing = str(exc)
-                else:
-                    await routing.record_outcomes(archive, job.id, [], failed, retrying=False)
+                if not exc.retry:
                     raise JobFailed(str(exc)) from None
+                passing = str(exc)
             else:
                 failed.update({back(uid): why for uid, why in answer.failed.items()})
-                sent = [back(i.sop_instance_uid) for i in usable if i.sop_instance_uid not in answer.failed]
-                job.done += len(sent)
-        job.failed = len(failed)
-        retrying = bool(passing) and _will_retry(job)
-        note = anonymized_note(options)
-        await routing.record_outcomes(archive, job.id, sent, failed, retrying=retrying, note=note)
-        if sent:
-            archive.audit.record(
-                Action.SENT,
-                actor_kind=ActorKind.RULE,
-                actor=str(p["rule"]),
-                study_uid=str(p["study"]),
-                detail=f"{len(sent)} instance(s) to {destination} ({method}, job {job.id})"
-                + (f"; {note}" if note else ""),
-            )
-        job.details["failures"] = [{"uid": u, "reason": w} for u, w in list(failed.items())[:MAX_LISTED]]
-        said = f"delivered {job.done} of {job.total} instance(s) to {destination} ({method})" + (
-            ", anonymized" if options is not None else ""
-        )
-        if passing:
-            raise JobFailed(f"{said}; {passing}", retry=True)
-        if failed and not sent and not done:
-            raise JobFailed(f"{said}; every one failed (see failures)")
-        return said + (f"; {len(failed)} failed (see failures)" if failed else "")
+                delivered = [back(i.sop_instance_uid) for i in usable if i.sop_instance_uid not in answer.failed]
+                sent.extend(delivered)
+                job.done += len(delivered)
+        return passing
 
     return route
 
