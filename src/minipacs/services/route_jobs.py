@@ -274,6 +274,15 @@ def prefetch_handler(outbound: Outbound, registry: NodeRegistry) -> Handler:
             if result.status == 0 or (result.status == 0xB000 and result.completed):
                 job.done += 1
                 await _study_sent(archive, job.id, study, result.completed)
+                archive.audit.record(  # a rule had another node send a patient's study: "retrieved"
+                    Action.RETRIEVED,
+                    actor_kind=ActorKind.RULE,
+                    actor=str(p["rule"]),
+                    patient_id=str(p["patient_id"]),
+                    study_uid=study,
+                    detail=f"prefetch: C-MOVE from {source.label()} to {destination}, "
+                    f"{result.completed} instance(s) (job {job.id})",
+                )
             else:
                 why = f"{source.label()} answered {describe(result.status, MOVE)}" + (
                     f" ({result.error_comment})" if result.error_comment else ""
