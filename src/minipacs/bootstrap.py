@@ -114,10 +114,11 @@ def job_queue(settings: Settings, archive: Archive, nodes: NodeRegistry, calls: 
     runs it; commands that only list, cancel or retry never start it)."""
     queue = JobQueue(archive, job_settings(settings))
     calls = calls or outbound(settings, archive)
+    deid = anonymizer(settings, archive)
     register_transfer_jobs(queue, calls, nodes)
-    register_routing_jobs(queue, calls, nodes)
+    register_routing_jobs(queue, calls, nodes, anonymizer=deid)
     register_retention_job(queue, archive, settings.retention, settings.retention_max_deletions)
-    register_anonymize_job(queue, anonymizer(settings, archive))
+    register_anonymize_job(queue, deid)
     register_compression_jobs(queue, compressor(settings, archive))
     register_correction_jobs(queue, corrections(settings, archive))
     return queue

@@ -186,6 +186,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "merge",
     "split",
     "corrections",
+    "audit",
 )
 
 

@@ -182,15 +182,16 @@ async def failing_destinations(
 
 
 async def record_outcomes(
-    index: Any, job_id: int, sent: Sequence[str], failed: Mapping[str, str], *, retrying: bool
+    index: Any, job_id: int, sent: Sequence[str], failed: Mapping[str, str], *, retrying: bool, note: str = ""
 ) -> None:
-    """A delivery job's attempt ended: ``sent`` delivered; ``failed`` (SOP -> why) retried or given up."""
+    """A delivery job's attempt ended: ``sent`` delivered (``note``: the receipt's reason, e.g. that a
+    de-identified copy went); ``failed`` (SOP -> why) retried or given up."""
     now = _now()
     status = DeliveryStatus.RETRYING if retrying else DeliveryStatus.FAILED
 
     def run(conn: IndexConnection) -> None:
         if sent:
-            routing_repo.set_job_deliveries(conn, job_id, DeliveryStatus.SENT, "", now, sops=list(sent))
+            routing_repo.set_job_deliveries(conn, job_id, DeliveryStatus.SENT, note, now, sops=list(sent))
         by_reason: dict[str, list[str]] = {}
         for sop, why in failed.items():
             by_reason.setdefault(why, []).append(sop)
@@ -441,16 +442,20 @@ class Router:
                 def then(conn: IndexConnection, job_id: int, receipts: list[tuple[str, ...]] = receipts) -> None:
                     routing_repo.insert_deliveries(conn, [receipt_row(job_id, *r) for r in receipts])
 
+                params: dict[str, Any] = {
+                    "rule": rule.name,
+                    "method": method,
+                    "destination": destination,
+                    "study": study,
+                    "instances": len(chunk),  # which ones: the job's receipts (not here: GET /api/jobs stays small)
+                }
+                if rule.anonymize is not None:  # the job keeps what the rule said when it was queued
+                    params["anonymize"] = list(rule.anonymize)
                 job = await self.jobs.submit(
                     ROUTE,
-                    f"rule {rule.name}: {len(chunk)} instance(s) of study {study} to {destination} ({method})",
-                    {
-                        "rule": rule.name,
-                        "method": method,
-                        "destination": destination,
-                        "study": study,
-                        "instances": len(chunk),  # which ones: the job's receipts (not here: GET /api/jobs stays small)
-                    },
+                    f"rule {rule.name}: {len(chunk)} instance(s) of study {study} to {destination} ({method})"
+                    + (", anonymized" if rule.anonymize is not None else ""),
+                    params,
                     total=len(chunk),
                     then=then,
                 )

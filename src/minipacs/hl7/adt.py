@@ -25,6 +25,7 @@ from minipacs.core.worklist import Worklist
 from minipacs.hl7 import orders
 from minipacs.hl7.errors import ERROR, REJECT, HL7Error
 from minipacs.hl7.message import Message, Segment
+from minipacs.hl7.mllp import PEER
 
 log = logging.getLogger("minipacs.hl7")
 
@@ -121,11 +122,13 @@ def _pairs(message: Message, event: Event) -> list[tuple[Segment, Segment | None
 
 
 def _actor(message: Message) -> tuple[str, list[str]]:
-    """(who, for the corrections log; (actor kind, actor, address) for the audit trail)."""
+    """(who, for the corrections log; (actor kind, actor, address) for the audit trail): the sender is
+    MSH-3/MSH-4 (sending application/facility), the address the host of the MLLP connection."""
     msh = message.first("MSH")
     kind, event = message.message_type
     sender = "/".join(v for v in (message.value(msh, 3), message.value(msh, 4)) if v) or "an unnamed sender"
-    return f"HL7 {kind}^{event} {message.control_id} from {sender}", [ActorKind.HL7.value, sender, ""]
+    address = PEER.get()  # hl7/mllp.py: the connection the message came on
+    return f"HL7 {kind}^{event} {message.control_id} from {sender}", [ActorKind.HL7.value, sender, address]
 
 
 class ADTApplier:

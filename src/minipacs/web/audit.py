@@ -50,10 +50,11 @@ def record(request: Request, action: Action, *, patient_id: str = "", study_uid:
 _PATIENT_TAGS: Final = {"00100020": "PatientID", "00100010": "PatientName", "00100030": "PatientBirthDate"}
 
 
-def record_query(request: Request, what: str) -> None:
-    """A "queried" row when the request's query string looks for a patient (core/audit.py patient_query)."""
+def record_query(request: Request, what: str, level: str = "") -> None:
+    """A "queried" row when the request's query string looks for a patient, or searches at ``level``
+    PATIENT (core/audit.py patient_query)."""
     keys = {_PATIENT_TAGS.get(k.upper(), k): v for k, v in request.query_params.items()}
-    asked = patient_query(keys)
+    asked = patient_query(keys, level=level)
     if asked is not None:
         record(request, Action.QUERIED, patient_id=asked[0], detail=f"{what}: {asked[1]}")
 

@@ -91,7 +91,7 @@ async def _matches(request: Request, level: Level, fixed: Mapping[str, str] | No
     """A search from the query string; studies also carry ``complete`` and filter on ``complete=``."""
     params = list(request.query_params.multi_items())
     archive = ctx(request).archive
-    audit_trail.record_query(request, f"REST search {level.value}")
+    audit_trail.record_query(request, f"REST search {level.value}", level=level.value)
     if level is not Level.STUDY:
         return [plain(ds) async for ds in search(archive, level, params, fixed)]
     want = completion.wanted(request.query_params.get(completion.PARAM))

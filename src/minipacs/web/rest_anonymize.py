@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute
 from minipacs.core.anonymize import ANONYMIZE, Anonymizer, AnonymizeRequest
 from minipacs.core.paths import validate_uid
 from minipacs.index.anonymization_repo import list_mappings
+from minipacs.web.audit import actor_of
 from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
 from minipacs.web.routing import Endpoint
@@ -86,6 +87,12 @@ def _who(request: Request) -> str:
     return f"{user} ({state.get('role', '?')}) from {client}" if user else f"an unnamed caller from {client}"
 
 
+def _actor(request: Request) -> list[str]:
+    """(actor kind, actor, address) of the caller, for the audit trail (web/audit.py)."""
+    kind, actor, address = actor_of(request)
+    return [kind.value, actor, address]
+
+
 def _file_chunks(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
@@ -113,7 +120,7 @@ async def anonymize(request: Request) -> Response:
     if output == "zip":
         path = anonymizer.archive.staging_dir / f"anonymized-{uuid.uuid4().hex}.zip"
         try:
-            result = await anonymizer.run(job, zip_path=path, found=found)
+            result = await anonymizer.run(job, zip_path=path, found=found, who=_actor(request))
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -128,13 +135,17 @@ async def anonymize(request: Request) -> Response:
     threshold = ctx(request).settings.anonymize_job_threshold
     if len(found) > threshold and queue is not None:
         submitted = await queue.submit(
-            ANONYMIZE, f"anonymize {level} {value}", job.to_params(), total=len(found), details={"by": who}
+            ANONYMIZE,
+            f"anonymize {level} {value}",
+            job.to_params(),
+            total=len(found),
+            details={"by": who, "actor": _actor(request)},
         )
         audit.warning("anonymization of %s %s queued by %s: job %d", level, value, who, submitted.id)
         return JSONResponse(
             {"job": submitted.id, "href": f"/api/jobs/{submitted.id}", "instances": len(found)}, status_code=202
         )
-    result = await anonymizer.run(job, found=found)
+    result = await anonymizer.run(job, found=found, who=_actor(request))
     audit.warning(
         "anonymized %s %s by %s: %d instance(s)%s",
         level,
