@@ -78,8 +78,28 @@ def _limit(request: Request, default: int) -> int:
     return int(raw)
 
 
+#: The text filters of the audit query, and the longest value each can match (core/audit.py cuts to these).
+FILTERS: Final = {"patient": 64, "study": 64, "user": 128}
+
+
+def _filters(request: Request) -> dict[str, str]:
+    """The text filters, refused (400) when longer than any stored value or holding a control character
+    (a NUL: PostgreSQL refuses it in a query)."""
+    out = {}
+    for name, longest in FILTERS.items():
+        value = request.query_params.get(name, "")
+        if len(value) > longest or not value.isprintable():
+            raise HttpError(
+                400,
+                "invalid_parameter",
+                f"{name} must be at most {longest} printable characters (no control characters)",
+            )
+        out[name] = value
+    return out
+
+
 async def _rows(request: Request, default_limit: int) -> list[dict[str, Any]]:
-    q = request.query_params
+    q = _filters(request)
     rows: list[dict[str, Any]] = await request.app.state.ctx.archive.audit.query(
         patient_id=q.get("patient", ""),
         study_uid=q.get("study", ""),

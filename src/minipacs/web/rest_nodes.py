@@ -45,6 +45,7 @@ from minipacs.services.status import FIND, describe
 from minipacs.web import audit
 from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
+from minipacs.web.jsonbody import read_object
 from minipacs.web.routing import Endpoint
 from minipacs.web.types import AppContext
 
@@ -69,13 +70,7 @@ MAX_QUERY_RESULTS: Final = 10000
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    try:
-        raw = await request.json()
-    except ValueError:
-        raw = None
-    if not isinstance(raw, dict):
-        raise HttpError(400, "invalid_json", "the body must be a JSON object")
-    return raw
+    return await read_object(request, "the fields this endpoint takes (GET /api/openapi.json)")
 
 
 def _level(raw: object) -> ApiLevel:
