@@ -108,11 +108,35 @@ def _prior(message: Message, mrg: Segment) -> str:
     return _identifier(message, mrg, 1, "Prior Patient Identifier List")
 
 
+#: PS3.5 6.2 PN: the component and group separators, and the value separator (a name is one value).
+PN_DELIMITERS: Final = "^=\\"
+
+
+def _plain_name(message: Message, pid: Segment, source: str) -> None:
+    """AE 102 when a component of the XPN holds '^', '=' or a backslash (an escape such as \\S\\ or
+    \\E\\ produces it): in the DICOM name they would split or end components and groups, and a
+    correction writes the reshaped name into every file of the patient. (An order keeps it as sent:
+    hl7/orders.py; a worklist entry is replaced by the next order, an archived file is not.)"""
+    field = int(source.partition("-")[2])
+    rep = (message.repetitions(pid, field) or [""])[0]
+    for number in range(1, 6):
+        if any(c in message.component(rep, number) for c in PN_DELIMITERS):
+            raise HL7Error(
+                f"{source} component {number} holds '^', '=' or a backslash (from an escape such as \\S\\); "
+                "in a DICOM person name they separate components and groups (PS3.5 6.2 PN), so the name "
+                "would change its meaning: the sender must leave them out",
+                error_code=102,
+                location=source,
+            )
+
+
 def demographics(message: Message, pid: Segment) -> dict[str, str]:
     """The PID's non-empty demographics, as DICOM keyword -> value."""
     found: dict[str, str] = {}
     for row in DEMOGRAPHICS:
         source = row.sources[0]
+        if row.kind == "PN":
+            _plain_name(message, pid, source)
         raw = orders._value(message, pid, source, row.kind)  # one mapping for orders and ADT
         if raw:
             found[row.keyword] = orders._checked(row.keyword, orders._convert(raw, row.kind, source), source)

@@ -132,10 +132,6 @@ def _groups(message: Message) -> tuple[dict[str, Segment], list[OrderGroup]]:
     return patient, groups
 
 
-#: PS3.5 6.2 PN: the component and group separators, and the value separator (a name is one value).
-_PN_DELIMITERS: Final = "^=\\"
-
-
 def _value(message: Message, segment: Segment | None, source: str, kind: str) -> str:
     match = _SOURCE.match(source)
     if match is None:  # a programming error in FIELD_MAP
@@ -145,15 +141,7 @@ def _value(message: Message, segment: Segment | None, source: str, kind: str) ->
     if kind == "PN":  # XPN / XCN: family^given^middle^suffix^prefix (XCN: ID first)
         rep = (message.repetitions(segment, number) or [""])[0]
         offset = 1 if match.group(1) in ("PV1", "OBR", "ORC") else 0
-        family, given, middle, suffix, prefix = parts = [message.component(rep, offset + n) for n in range(1, 6)]
-        if any(c in part for part in parts for c in _PN_DELIMITERS):
-            raise HL7Error(
-                f"{source} holds '^', '=' or a backslash inside a name component (an escape such as \\S\\ "
-                "produces it); in a DICOM person name they separate components and groups (PS3.5 6.2 PN), "
-                "so the name would change its meaning: the sender must leave them out",
-                error_code=102,
-                location=source.partition(".")[0],
-            )
+        family, given, middle, suffix, prefix = (message.component(rep, offset + n) for n in range(1, 6))
         return "^".join((family, given, middle, prefix, suffix)).rstrip("^")
     if kind == "NDL":  # OBR-34: CNN in subcomponents ID&family&given
         family, given = (message.value(segment, number, 1, n) for n in (2, 3))
