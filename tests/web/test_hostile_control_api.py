@@ -286,6 +286,13 @@ def test_a_large_correction_with_a_bad_value_is_refused_not_queued(web: Callable
         ("GET", "/api/audit?limit=99999999999999999999", None, 400, "1 to 1000"),
         ("GET", "/api/audit?since=2024-13-45", None, 400, "ISO 8601"),
         ("GET", "/api/corrections?target=a%00", None, 400, "printable"),
+        # a superscript two is isdigit() to Python but not int(): these were 500s
+        ("GET", "/api/corrections?limit=%C2%B2", None, 400, "whole number"),
+        ("GET", "/api/audit?limit=%C2%B2", None, 400, "whole number"),
+        ("GET", "/ui/audit?limit=%C2%B2", None, 400, "whole number"),
+        ("GET", "/api/anonymization/mappings?limit=%C2%B2", None, 400, "whole number"),
+        ("GET", "/api/worklist/%C2%B2", None, 404, "numeric id"),
+        ("POST", "/api/nodes/%C2%B2/echo", None, 404, "GET /api/nodes lists them"),
         ("GET", "/api/patients/P%00/media", None, 400, "printable"),
         ("GET", "/api/studies/1.2.*/media", None, 400, "not a valid UID"),
     ],

@@ -14,6 +14,7 @@ from minipacs.core.audit import MAX_LIMIT, Action, ActorKind, patient_query, row
 from minipacs.web.errors import HttpError
 from minipacs.web.pages import render
 from minipacs.web.routing import Endpoint
+from minipacs.web.search import ascii_digits
 
 #: Rows the UI page shows.
 PAGE_SIZE: Final = 200
@@ -73,7 +74,7 @@ def _time(request: Request, name: str) -> dt.datetime | None:
 
 def _limit(request: Request, default: int) -> int:
     raw = request.query_params.get("limit", str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not ascii_digits(raw) or not 1 <= int(raw) <= MAX_LIMIT:
         raise HttpError(400, "invalid_limit", f"limit must be a whole number from 1 to {MAX_LIMIT}")
     return int(raw)
 

@@ -28,6 +28,7 @@ from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
 from minipacs.web.jsonbody import read_json
 from minipacs.web.routing import Endpoint
+from minipacs.web.search import ascii_digits
 
 #: URL spelling -> level noun and the key its id is.
 RESOURCES: Final[dict[str, tuple[str, str]]] = {
@@ -144,7 +145,7 @@ def _int(request: Request, name: str, default: int, high: int) -> int:
     raw = request.query_params.get(name, "")
     if not raw:
         return default
-    if not raw.isdigit() or int(raw) > high:
+    if not ascii_digits(raw) or int(raw) > high:
         raise HttpError(400, "invalid_parameter", f"{name} must be a whole number from 0 to {high}")
     return int(raw)
 

@@ -27,6 +27,7 @@ from minipacs.web.errors import HttpError
 from minipacs.web.jsonbody import read_object
 from minipacs.web.rest import LEVELS, _id, _who
 from minipacs.web.routing import Endpoint
+from minipacs.web.search import ascii_digits
 
 audit = logging.getLogger("minipacs.web.audit")
 
@@ -144,7 +145,7 @@ async def move(request: Request) -> Response:
 
 async def log_of_corrections(request: Request) -> Response:
     raw = request.query_params.get("limit", "100")
-    if not raw.isdigit():
+    if not ascii_digits(raw):
         raise HttpError(400, "invalid_limit", "limit must be a whole number")
     target = request.query_params.get("target") or None
     if target is not None and (len(target) > 64 or not target.isprintable()):

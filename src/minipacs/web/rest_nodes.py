@@ -47,6 +47,7 @@ from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
 from minipacs.web.jsonbody import read_object
 from minipacs.web.routing import Endpoint
+from minipacs.web.search import ascii_digits
 from minipacs.web.types import AppContext
 
 
@@ -106,7 +107,7 @@ async def _resolve(registry: NodeRegistry, ref: object) -> Node:
     text = str(ref).strip() if isinstance(ref, (str, int)) and not isinstance(ref, bool) else ""
     if not text:
         raise HttpError(400, "invalid_node", "name the node by its id (see GET /api/nodes) or its AE title")
-    if text.isdigit():
+    if ascii_digits(text):
         node = await registry.get(int(text))
         if node is not None:
             return node
