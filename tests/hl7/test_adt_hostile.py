@@ -84,10 +84,13 @@ def test_hostile_adt_is_refused_with_a_reason_and_changes_nothing(tmp_path: Path
     serve(tmp_path, body)
 
 
-def test_patient_groups_at_the_limit_are_taken(tmp_path: Path) -> None:
+def test_patient_groups_and_fields_at_the_limit_are_taken(tmp_path: Path) -> None:
     async def body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, archive: Archive) -> None:
         await store(archive, tmp_path, "P1")
         code, text, _ = await send(reader, writer, msh("A08") + "PID|1||P1||Same^Name\r" * MAX_PATIENT_GROUPS)
         assert code == "AA", text
+        many_fields = msh("A08", 2) + "PID|1||P1||Same^Name" + "|" * 200_000 + "\r"  # within 1 MiB: read, not choked on
+        code, text, _ = await send(reader, writer, many_fields)
+        assert code == "AA" and "nothing changed" in text, text
 
     serve(tmp_path, body)
