@@ -285,6 +285,15 @@ def test_a_large_correction_with_a_bad_value_is_refused_not_queued(web: Callable
         ("GET", "/api/audit?patient=" + "x" * 65, None, 400, "at most 64"),
         ("GET", "/api/audit?limit=99999999999999999999", None, 400, "1 to 1000"),
         ("GET", "/api/audit?since=2024-13-45", None, 400, "ISO 8601"),
+        ("GET", "/api/audit?since=9999-12-31T23:59:59-14:00", None, 400, "years 1 to 9999"),  # was an OverflowError
+        ("GET", "/api/audit?until=0001-01-01T00:00:00%2B14:00", None, 400, "years 1 to 9999"),
+        (
+            "POST",
+            "/api/rules",
+            {"name": "r1", "when": "instance", "match": {"PatientID": "a\x00"}, "stow_to": ["http://h/"]},
+            400,
+            "control character",
+        ),
         ("GET", "/api/corrections?target=a%00", None, 400, "printable"),
         # a superscript two is isdigit() to Python but not int(): these were 500s
         ("GET", "/api/corrections?limit=%C2%B2", None, 400, "whole number"),

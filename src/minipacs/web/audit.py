@@ -65,11 +65,14 @@ def _time(request: Request, name: str) -> dt.datetime | None:
         return None
     try:
         value = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
+        value = value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    except (ValueError, OverflowError):  # 9999-12-31T23:59-14:00 is past year 9999 in UTC
         raise HttpError(
-            400, "invalid_time", f"{name}={raw[:40]!r} is not an ISO 8601 date or time (2026-12-06T10:00:00Z)"
+            400,
+            "invalid_time",
+            f"{name}={raw[:40]!r} is not an ISO 8601 date or time in years 1 to 9999 UTC (2026-12-06T10:00:00Z)",
         ) from None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return value
 
 
 def _limit(request: Request, default: int) -> int:
