@@ -144,6 +144,11 @@ def test_json_limits_at_the_edge(web: Callable[..., Any]) -> None:
         ("/api/patients/P1/modify", {"changes": {"PatientBirthDate": "20240230"}}, "not a calendar date"),
         ("/api/patients/P1/modify", {"changes": {"PatientBirthDate": "2024-13-45"}}, "Invalid value for VR DA"),
         ("/api/patients/P1/modify", {"changes": {"PatientSex": "Q"}}, "one of F, M, O"),
+        (  # the good value is not written either: all are checked before any file is
+            "/api/patients/P1/modify",
+            {"changes": {"PatientName": "Good^Name", "PatientBirthDate": "19991399"}},
+            "PatientBirthDate",
+        ),
         ("/api/patients/P1/modify", {"changes": {"PatientID": "P*"}}, "wildcard"),
         ("/api/patients/P1/modify", {"changes": {"PatientName": "a\u2028b"}}, "line separator"),
         ("/api/patients/P1/modify", {"changes": {"PatientName": "a\x00b"}}, "control character"),
