@@ -210,6 +210,8 @@ def _match(rule: str, raw: Any) -> tuple[tuple[str, str], ...]:
             raise InvalidRule(f"rule {rule!r}: match.{keyword} must be text or a list of text")
         if not text or len(text) > 1024:
             raise InvalidRule(f"rule {rule!r}: match.{keyword} must be 1 to 1024 characters (use '*' for any)")
+        if not text.isprintable():  # a NUL or line break matches nothing an index holds (PS3.5 6.1.2.3)
+            raise InvalidRule(f"rule {rule!r}: match.{keyword} holds a control character; give printable text")
         pairs.append((str(keyword), text))
     probe = Rule(rule, Trigger.INSTANCE, tuple(pairs))
     try:

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Iterator
@@ -28,7 +27,9 @@ from minipacs.index.anonymization_repo import list_mappings
 from minipacs.web.audit import actor_of
 from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
+from minipacs.web.jsonbody import read_json
 from minipacs.web.routing import Endpoint
+from minipacs.web.search import ascii_digits
 
 #: URL spelling -> level noun and the key its id is.
 RESOURCES: Final[dict[str, tuple[str, str]]] = {
@@ -56,22 +57,16 @@ def _target(request: Request) -> tuple[str, str]:
     level, key = RESOURCES[resource]
     value: str = request.path_params["id"]
     if key == "PatientID":
-        if not value.strip() or len(value) > 64 or "\\" in value:
-            raise HttpError(400, "invalid_identifier", "a Patient ID is 1 to 64 characters without \\")
+        if not value.strip() or len(value) > 64 or any(c in value for c in "\\*?") or not value.isprintable():
+            raise HttpError(
+                400, "invalid_identifier", "a Patient ID is 1 to 64 printable characters without \\, * or ?"
+            )
         return level, value
     return level, validate_uid(key, value)
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise HttpError(413, "too_large", f"the request body is limited to {MAX_BODY} bytes")
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise HttpError(400, "invalid_json", f"the body is not JSON: {exc}") from None
+    body = await read_json(request, limit=MAX_BODY, empty={})  # bounded before it is read, depth too
     if not isinstance(body, dict):
         raise HttpError(400, "invalid_json", "the body must be a JSON object")
     unknown = sorted(set(body) - {"options", "keep_original", "output"})
@@ -161,7 +156,7 @@ def _int(request: Request, name: str, default: int, high: int) -> int:
     raw = request.query_params.get(name, "")
     if not raw:
         return default
-    if not raw.isdigit() or int(raw) > high:
+    if not ascii_digits(raw) or int(raw) > high:
         raise HttpError(400, "invalid_parameter", f"{name} must be a whole number from 0 to {high}")
     return int(raw)
 
