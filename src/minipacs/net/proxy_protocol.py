@@ -68,6 +68,8 @@ class ProxyHeader:
     source: tuple[str, int] | None
     destination: tuple[str, int] | None = None
     note: str = ""
+    #: "PROXY", or version 2's "LOCAL" (the balancer's own connection: a health check).
+    command: str = "PROXY"
     #: True when the header is valid but its addresses are not used for a reason worth a warning.
     unsupported: bool = False
 
@@ -161,7 +163,9 @@ def parse_v2(fixed: bytes, block: bytes, max_bytes: int = V2_MAX_BYTES) -> Proxy
     if transport not in _V2_TRANSPORTS:
         raise ProxyHeaderError(f"version 2 transport {transport:#x} is not one the spec defines")
     if command == 0:  # LOCAL: the balancer's own connection (a health check); family and addresses ignored
-        return ProxyHeader(2, None, note="version 2 LOCAL (the balancer's own connection, e.g. a health check)")
+        return ProxyHeader(
+            2, None, note="version 2 LOCAL (the balancer's own connection, e.g. a health check)", command="LOCAL"
+        )
     name, needed = _V2_FAMILIES[family]
     if length < needed:
         raise ProxyHeaderError(f"version 2 {name} header has {length} bytes of addresses; {name} needs {needed}")

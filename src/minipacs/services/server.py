@@ -467,7 +467,15 @@ class DicomServer:
         except ProxyHeaderError as exc:
             slot.release()
             conn.close()
-            listener.refused(*balancer, f"no valid PROXY header (proxy_protocol_from lists {balancer[0]}): {exc}")
+            # Not rate-limited like refused(): the sender is a listed balancer, so this is a misconfiguration
+            # (a balancer without send-proxy, or a client let in past it) that each line should point at.
+            log.warning(
+                "%s: connection from %s:%s closed: no valid PROXY header (proxy_protocol_from lists %s): %s",
+                listener.name,
+                *balancer,
+                balancer[0],
+                exc,
+            )
             return
         except BaseException:
             slot.release()
@@ -489,7 +497,9 @@ class DicomServer:
             log.debug(
                 "%s: connection from %s:%s via %s:%s (PROXY v%d)", listener.name, *peer, *balancer, header.version
             )
-        callback = functools.partial(self._on_accepted, listener, slot, deadline, peer=peer)
+        callback = functools.partial(
+            self._on_accepted, listener, slot, deadline, peer=peer, health_check=header.command == "LOCAL"
+        )
         try:
             await loop.connect_accepted_socket(functools.partial(_stream_protocol, limit, callback, loop), conn)
         except OSError as exc:
@@ -506,11 +516,12 @@ class DicomServer:
         writer: asyncio.StreamWriter,
         *,
         peer: tuple[str, int] | None = None,
+        health_check: bool = False,
     ) -> None:
         try:
             if listener.tls is not None and not await self._tls_handshake(listener.tls, writer, deadline, peer):
                 return
-            await self._on_connection(reader, writer, slot, deadline, peer)
+            await self._on_connection(reader, writer, slot, deadline, peer, health_check)
         finally:
             slot.release()
 
@@ -557,6 +568,7 @@ class DicomServer:
         slot: PendingSlot,
         deadline: float,
         peer: tuple[str, int] | None = None,
+        health_check: bool = False,
     ) -> None:
         assoc = Association(
             reader,
@@ -587,7 +599,11 @@ class DicomServer:
                     self.metrics.association_closed()
             if assoc.established.done() and not assoc.established.cancelled():
                 assoc.established.exception()  # acceptors never await it: mark a failure as seen
-            self._log(assoc)
+            if health_check and not assoc.rq_received:
+                # PROXY v2 LOCAL and no A-ASSOCIATE-RQ: the balancer's health check, not an association
+                log.debug("%s the load balancer's health check (PROXY v2 LOCAL) ended", assoc.label)
+            else:
+                self._log(assoc)
 
     def _handshake_expired(self, assoc: Association) -> None:
         """handshake_timeout: no complete A-ASSOCIATE-RQ yet; close the connection (it is not an association)."""
