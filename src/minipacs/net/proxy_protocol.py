@@ -281,13 +281,15 @@ class ProxySources:
         ip = _address(host)
         return ip is not None and any(ip.version == n.version and ip in n for n in self.networks)
 
-    async def read(self, read: ReadExactly, timeout: float) -> ProxyHeader:
-        """Read the header within ``timeout`` seconds; ProxyHeaderError (in words) if there is none."""
+    async def read(self, read: ReadExactly, timeout: float, deadline_name: str = "") -> ProxyHeader:
+        """Read the header within ``timeout`` seconds; ProxyHeaderError (in words) if there is none.
+        ``deadline_name`` names the limit in that sentence (default: the seconds themselves)."""
         try:
             async with asyncio.timeout(timeout):
                 return await read_header(read, v2_max_bytes=self.v2_max_bytes)
         except TimeoutError:
-            raise ProxyHeaderError(f"no complete PROXY header within {timeout:g}s of connecting") from None
+            within = deadline_name or f"{timeout:g}s of connecting"
+            raise ProxyHeaderError(f"no complete PROXY header within {within}") from None
         except OSError as exc:
             raise ProxyHeaderError(f"the connection failed while reading the PROXY header: {exc}") from None
 

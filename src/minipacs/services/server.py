@@ -463,7 +463,11 @@ class DicomServer:
         assert self.proxy_sources is not None
         loop = asyncio.get_running_loop()
         try:
-            header = await self.proxy_sources.read(socket_reader(conn), max(deadline - loop.time(), 0.001))
+            header = await self.proxy_sources.read(
+                socket_reader(conn),
+                max(deadline - loop.time(), 0.001),
+                f"the handshake deadline ({min(self.handshake_timeout, self.assoc_settings.timeouts.acse):g}s)",
+            )
         except ProxyHeaderError as exc:
             slot.release()
             conn.close()
