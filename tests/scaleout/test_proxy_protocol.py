@@ -19,8 +19,9 @@ from typing import Any
 
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage, Verification
+from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelMove, Verification
 
 from tests.dicomgen import write_ct
 from tests.peers import ServerProcess, dcmtk, free_port, minipacs_cmd, missing_peer, run, start_server, wait_for_port
@@ -108,6 +109,25 @@ def store(port: int, title: str, path: Path) -> int:
         assoc.release()
 
 
+def move(port: int, title: str, study: str, destination: str) -> int:
+    """C-MOVE of ``study`` to ``destination`` from 127.0.0.2; the final status."""
+    ae = scu(title)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = ae.associate("127.0.0.1", port, ae_title="MINIPACS", bind_address=(CLIENT, 0))
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study
+    final = -1
+    try:
+        for status, _identifier in assoc.send_c_move(query, destination, StudyRootQueryRetrieveInformationModelMove):
+            if status and status.Status not in (0xFF00, 0xFF01):
+                final = int(status.Status)
+    finally:
+        assoc.release()
+    return final
+
+
 def association_log(srv: ServerProcess) -> list[dict[str, Any]]:
     out = run([*minipacs_cmd("log", "--data", str(srv.data_dir), "-n", "100", "--json")])
     assert out.returncode == 0, out.stderr
@@ -115,23 +135,41 @@ def association_log(srv: ServerProcess) -> list[dict[str, Any]]:
 
 
 def test_haproxy_send_proxy_v1_and_v2_name_the_client(tmp_path: Path) -> None:
+    # two destinations titled VIEWER: a C-MOVE to VIEWER goes to the one on the requester's host
+    viewer, elsewhere = free_port(), free_port()
+    received = tmp_path / "received"
+    received.mkdir()
     config = tmp_path / "minipacs.toml"
     config.write_text(
         'proxy_protocol_from = ["127.0.0.1"]\n'
         "check_calling_host = true\n"
         "allow_unregistered = []\n"
         "[[nodes]]\n"
-        'ae_title = "MODALITY"\nhost = "127.0.0.2"\nport = 104\npermissions = "echo,store"\n'
+        'ae_title = "MODALITY"\nhost = "127.0.0.2"\nport = 104\npermissions = "echo,store,move"\n'
+        "[[nodes]]\n"
+        f'ae_title = "VIEWER"\nhost = "127.0.0.2"\nport = {viewer}\npermissions = "echo"\n'
+        "[[nodes]]\n"
+        f'ae_title = "VIEWER"\nhost = "127.0.0.3"\nport = {elsewhere}\npermissions = "echo"\n'
         "[[nodes]]\n"
         'ae_title = "ELSEWHERE"\nhost = "127.0.0.3"\nport = 104\npermissions = "echo"\n'
     )
     srv = start_server(tmp_path, "--config", str(config))
     ct = write_ct(tmp_path / "ct.dcm")
+    study = str(pydicom.dcmread(ct, stop_before_pixels=True).StudyInstanceUID)
+    storescp = subprocess.Popen(
+        [dcmtk("storescp"), "-aet", "VIEWER", "-od", str(received), str(viewer)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     try:
+        wait_for_port("127.0.0.2", viewer, proc=storescp)
         with haproxy(tmp_path, srv.port) as (v1, v2):
             assert echo(v1, "MODALITY") == "0x0000"  # send-proxy (text)
             assert echo(v2, "MODALITY") == "0x0000"  # send-proxy-v2 (binary)
             assert store(v2, "MODALITY", ct) == 0
+            # the C-MOVE destination is chosen by the requester's host: 127.0.0.2's VIEWER, not 127.0.0.3's
+            assert move(v1, "MODALITY", study, "VIEWER") == 0
+            assert len(list(received.iterdir())) == 1
             # check_calling_host judges the client, not the balancer: ELSEWHERE is registered on 127.0.0.3
             assert echo(v2, "ELSEWHERE") == "rejected"
             assert echo(v1, "ELSEWHERE", source="127.0.0.3") == "0x0000"
@@ -149,17 +187,19 @@ def test_haproxy_send_proxy_v1_and_v2_name_the_client(tmp_path: Path) -> None:
 
             def logged() -> list[dict[str, Any]] | None:
                 records = association_log(srv)
-                return records if len([r for r in records if r["calling_aet"]]) >= 5 else None
+                return records if len([r for r in records if r["calling_aet"]]) >= 6 else None
 
             records = wait_until(logged, timeout=60)
     finally:
+        storescp.terminate()
+        storescp.wait(10)
         assert srv.stop() == 0, srv.log_text()
     assert records, srv.log_text()
     named = [r for r in records if r["calling_aet"]]
     by_title: dict[str, list[tuple[str, bool]]] = {}
     for r in named:
         by_title.setdefault(r["calling_aet"].strip(), []).append((r["peer_host"], r["accepted"]))
-    assert sorted(by_title["MODALITY"]) == [("127.0.0.2", True)] * 3, by_title
+    assert sorted(by_title["MODALITY"]) == [("127.0.0.2", True)] * 4, by_title
     assert sorted(by_title["ELSEWHERE"]) == [("127.0.0.2", False), ("127.0.0.3", True)], by_title
     refused = next(r for r in named if r["calling_aet"].strip() == "ELSEWHERE" and not r["accepted"])
     assert "registered only on" in refused["reject_reason"], refused
