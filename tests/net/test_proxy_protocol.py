@@ -192,3 +192,21 @@ def test_header_timeout() -> None:
 
     with pytest.raises(ProxyHeaderError, match=r"no complete PROXY header within 0.2s"):
         asyncio.run(go())
+
+
+# ------------------------------------------------------------------ the settings
+def test_settings_from_the_environment_and_their_limits() -> None:
+    from minipacs.config import ConfigError, load_settings
+
+    settings = load_settings(env={"MINIPACS_PROXY_PROTOCOL_FROM": "127.0.0.1, 10.0.0.0/8,FD00::/8"})
+    assert settings.proxy_protocol_from == ("127.0.0.1", "10.0.0.0/8", "fd00::/8")
+    assert load_settings(env={}).proxy_protocol_from == ()  # off by default
+    sources = ProxySources(settings.proxy_protocol_from)
+    assert sources.expects("10.1.2.3") and sources.expects("fd00::5") and not sources.expects("192.168.0.1")
+    for ok in ("216", "65535"):
+        assert load_settings(env={"MINIPACS_PROXY_PROTOCOL_V2_MAX_BYTES": ok}).proxy_protocol_v2_max_bytes == int(ok)
+    for bad in ("215", "65536"):
+        with pytest.raises(ConfigError, match="proxy_protocol_v2_max_bytes must be 216"):
+            load_settings(env={"MINIPACS_PROXY_PROTOCOL_V2_MAX_BYTES": bad})
+    with pytest.raises(ConfigError, match="'10.0.0.0/33' is not an IP address or network"):
+        load_settings(env={"MINIPACS_PROXY_PROTOCOL_FROM": "10.0.0.0/33"})

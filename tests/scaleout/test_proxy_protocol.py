@@ -27,6 +27,8 @@ from tests.dicomgen import write_ct
 from tests.peers import ServerProcess, dcmtk, free_port, minipacs_cmd, missing_peer, run, start_server, wait_for_port
 from tests.scaleout.test_haproxy import HAPROXY, wait_until
 
+pytestmark = pytest.mark.interop
+
 #: pynetdicom's waits: generous, for a loaded CI machine.
 TIMEOUT = 60
 CLIENT = "127.0.0.2"
