@@ -218,8 +218,9 @@ def test_haproxy_send_proxy_v1_and_v2_name_the_client(tmp_path: Path) -> None:
     assert "Traceback" not in text, text
 
 
-@pytest.mark.parametrize("value", ["balancer.example", "10.0.0.0/33"])
-def test_proxy_protocol_from_must_be_addresses(tmp_path: Path, value: str) -> None:
+def test_proxy_protocol_from_must_be_addresses(tmp_path: Path) -> None:
+    """A host name is refused at start (exit 2, in words): the header's sender is checked by address."""
+    value = "balancer.example"
     out = run(
         [*minipacs_cmd("log", "--data", str(tmp_path / "data"))],
         env={"MINIPACS_PROXY_PROTOCOL_FROM": f"127.0.0.1,{value}"},
