@@ -8,6 +8,7 @@ not listed is not believed (it is a malformed PDU, nothing more).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -23,6 +24,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelMove, Verification
 
+from minipacs.bootstrap import open_archive
+from minipacs.config import load_settings
 from tests.dicomgen import write_ct
 from tests.peers import ServerProcess, dcmtk, free_port, minipacs_cmd, missing_peer, run, start_server, wait_for_port
 from tests.scaleout.test_haproxy import HAPROXY, wait_until
@@ -130,6 +133,15 @@ def move(port: int, title: str, study: str, destination: str) -> int:
     return final
 
 
+async def audit_rows(data: Path, study: str) -> list[dict[str, Any]]:
+    """The audit trail's rows about ``study``, read from the stopped node's index."""
+    archive = await open_archive(load_settings(env={}, overrides={"data_dir": data}))
+    try:
+        return await archive.audit.query(study_uid=study)
+    finally:
+        await archive.close()
+
+
 def association_log(srv: ServerProcess) -> list[dict[str, Any]]:
     out = run([*minipacs_cmd("log", "--data", str(srv.data_dir), "-n", "100", "--json")])
     assert out.returncode == 0, out.stderr
@@ -206,6 +218,9 @@ def test_haproxy_send_proxy_v1_and_v2_name_the_client(tmp_path: Path) -> None:
     refused = next(r for r in named if r["calling_aet"].strip() == "ELSEWHERE" and not r["accepted"])
     assert "registered only on" in refused["reject_reason"], refused
     assert "10.9.9.9" not in json.dumps(records)
+    # the audit trail: its "retrieved" row of the C-MOVE names the modality's address, not the balancer
+    audit = asyncio.run(audit_rows(srv.data_dir, study))
+    assert audit and {row["address"] for row in audit} == {"127.0.0.2"}, audit
     text = srv.log_text()
     refusals = [line for line in text.splitlines() if "no valid PROXY header" in line]
     # the echo without a header (an A-ASSOCIATE-RQ starts 01 00); the test's own port probe said nothing at all
