@@ -28,11 +28,12 @@ from minipacs.core.rules import RuleBook, check_against_nodes
 from minipacs.core.stats import NodeStatsPublisher
 from minipacs.core.worklist import Worklist
 from minipacs.hl7.adt import HL7Receiver
-from minipacs.hl7.mllp import MLLPServer
+from minipacs.hl7.mllp import MLLPServer, PeerResolver
 from minipacs.index.database import IndexDatabase
 from minipacs.index.node_claim import NodeClaim, NodeClaimRefused, claim_node
 from minipacs.net.association import AssociationSettings
 from minipacs.net.dul import Timeouts
+from minipacs.net.proxy_protocol import ProxySources
 from minipacs.net.tls import TLSConfigError, client_context, server_context
 from minipacs.services.audit_syslog import SyslogConfigError, SyslogSender, parse_collector
 from minipacs.services.commitment import StorageCommitmentSCP
@@ -386,6 +387,7 @@ async def build_app(settings: Settings) -> App:
         handshake_timeout=settings.handshake_timeout,
         max_async_operations=settings.max_async_operations,
         metrics=metrics,
+        proxy_sources=proxy_sources(settings),
     )
     jobs = job_queue(settings, archive, registry)
     try:
@@ -466,6 +468,19 @@ async def watch_diagnostics(settings: Settings, archive: Archive, registry: Node
             log.warning("diagnostics: could not analyse the association log: %s", exc)
 
 
+def proxy_sources(settings: Settings) -> ProxySources | None:
+    """proxy_protocol_from: the load balancers whose connections start with a PROXY header; None: off."""
+    if not settings.proxy_protocol_from:
+        return None
+    return ProxySources(settings.proxy_protocol_from, settings.proxy_protocol_v2_max_bytes)
+
+
+def hl7_peer_resolver(settings: Settings) -> PeerResolver | None:
+    """The HL7 listener reads PROXY headers as the DICOM one does, by the same handshake_timeout."""
+    sources = proxy_sources(settings)
+    return None if sources is None else sources.stream_resolver(settings.handshake_timeout)
+
+
 async def start_hl7(settings: Settings, app: App) -> MLLPServer | None:
     """The HL7 v2 MLLP listener when hl7_port > 0 (orders -> the worklist; ADT -> corrections, hl7/adt.py)."""
     if settings.hl7_port <= 0:
@@ -477,6 +492,7 @@ async def start_hl7(settings: Settings, app: App) -> MLLPServer | None:
         max_message_bytes=settings.hl7_max_message_bytes,
         idle_timeout=settings.hl7_idle_timeout,
         application=settings.ae_title,
+        peer_resolver=hl7_peer_resolver(settings),
     )
     try:
         await server.start()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import os
 import re
 import socket
@@ -269,6 +270,12 @@ class Settings:
     #: A "complete" or "scheduled" rule also acts on studies completed / entries created this many seconds
     #: before it first looked (at start-up, or when it was made): what happened while the server was down.
     routing_catch_up_seconds: float = 3600.0
+    # --- PROXY protocol behind a load balancer (net/proxy_protocol.py; docs/SCALE-OUT.md)
+    #: Addresses / networks (e.g. "10.0.0.0/8") whose connections to the DICOM, DICOM TLS and HL7 ports must
+    #: start with a PROXY header (HAProxy send-proxy / send-proxy-v2) naming the real client; empty: off.
+    proxy_protocol_from: tuple[str, ...] = ()
+    #: Longest version 2 PROXY header accepted after its 16 fixed bytes (addresses and extensions).
+    proxy_protocol_v2_max_bytes: int = 1024
 
     @property
     def resolved_node_id(self) -> str:
@@ -445,7 +452,20 @@ class Settings:
             raise ConfigError("correction_inline_max_instances must be 0 (every correction a job) or more")
         if not 1 <= self.correction_max_passes <= 100:
             raise ConfigError("correction_max_passes must be 1 to 100")
+        self._validate_proxy_protocol()
         return self
+
+    def _validate_proxy_protocol(self) -> None:
+        for source in self.proxy_protocol_from:
+            try:
+                ipaddress.ip_network(source, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"proxy_protocol_from: {source!r} is not an IP address or network (e.g. 127.0.0.1, "
+                    "10.0.0.0/8, fd00::/8): list the load balancers' addresses"
+                ) from None
+        if not 216 <= self.proxy_protocol_v2_max_bytes <= 65535:
+            raise ConfigError("proxy_protocol_v2_max_bytes must be 216 (an AF_UNIX header) to 65535")
 
     def _validate_compression(self) -> None:
         if not 0 < self.compression_ingest_delay_seconds <= 3600:

@@ -31,6 +31,9 @@ PEER: contextvars.ContextVar[str] = contextvars.ContextVar("minipacs_hl7_peer", 
 
 #: One message's bytes (without the frame) -> the ACK's bytes; never raises for a bad message.
 MessageHandler = Callable[[bytes], Awaitable[bytes]]
+#: The connection's (host, port) and reader -> the client's (host, port): behind a load balancer, the one its
+#: PROXY header names (bootstrap wires net/proxy_protocol.py). ValueError (in words): the connection is closed.
+PeerResolver = Callable[[tuple[str, int], asyncio.StreamReader], Awaitable[tuple[str, int]]]
 
 
 def frame(message: str | bytes) -> bytes:
@@ -51,8 +54,10 @@ class MLLPServer:
         max_message_bytes: int = 1 << 20,
         idle_timeout: float = 300.0,
         application: str = "MINIPACS",
+        peer_resolver: PeerResolver | None = None,
     ) -> None:
         self.handler = handler
+        self.peer_resolver = peer_resolver
         self.host = host
         self.port = port
         self.max_message_bytes = max_message_bytes
@@ -83,6 +88,13 @@ class MLLPServer:
             self._connections.add(task)
         peer = writer.get_extra_info("peername")
         try:
+            if self.peer_resolver is not None:
+                socket_peer = (str(peer[0]), int(peer[1]))
+                try:
+                    peer = await self.peer_resolver(socket_peer, reader)
+                except ValueError as exc:
+                    log.warning("HL7 connection from %s:%s closed: %s", *socket_peer, exc)
+                    return
             await self._serve(reader, writer, peer)
         except (ConnectionError, asyncio.IncompleteReadError):
             log.info("HL7 connection from %s dropped", peer)
@@ -143,4 +155,4 @@ class MLLPServer:
         await writer.drain()
 
 
-__all__ = ["END_BLOCK", "PEER", "START_BLOCK", "MLLPServer", "MessageHandler", "frame"]
+__all__ = ["END_BLOCK", "PEER", "START_BLOCK", "MLLPServer", "MessageHandler", "PeerResolver", "frame"]

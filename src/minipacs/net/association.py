@@ -203,8 +203,13 @@ class Association(UpperLayerUser):
         handler: RequestHandler | None = None,
         sink_factory: SinkFactory | None = None,
         preparer: Preparer | None = None,
+        peer: tuple[str, int] | None = None,
     ) -> None:
-        peer = writer.get_extra_info("peername") or ("?", 0)
+        #: The connection's own end; ``peer`` when given: the client a PROXY header named (net/proxy_protocol.py).
+        socket_peer = writer.get_extra_info("peername") or ("?", 0)
+        #: "host:port" of the load balancer the connection came through (PROXY protocol); "" when direct.
+        self.via = f"{socket_peer[0]}:{socket_peer[1]}" if peer is not None else ""
+        peer = peer or socket_peer
         self.peer_host: str = str(peer[0])
         self.peer_port: int = int(peer[1])
         #: None on plain TCP; the TLS version and the peer's certificate subject on DICOM TLS.

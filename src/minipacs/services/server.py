@@ -63,6 +63,7 @@ from minipacs.net.presentation import (
     SupportedContext,
     negotiate,
 )
+from minipacs.net.proxy_protocol import ProxyHeaderError, ProxySources, socket_reader
 from minipacs.net.tls import describe_tls_error
 from minipacs.services.base import ServiceClass
 from minipacs.services.dispatch import (
@@ -116,21 +117,31 @@ class PendingConnections:
 
     def refusal(self, host: str) -> str | None:
         """Why a new connection from ``host`` cannot be taken now; None: it can."""
+        return self.host_refusal(host) or self.total_refusal()
+
+    def host_refusal(self, host: str) -> str | None:
         if self.by_host.get(host, 0) >= self.max_per_host:
             return (
                 f"{self.by_host[host]} connections from that address have not associated yet "
                 f"(max_pending_per_host = {self.max_per_host})"
             )
+        return None
+
+    def total_refusal(self) -> str | None:
         if self.total >= self.max_total:
             return f"{self.total} connections have not associated yet (max_pending_connections = {self.max_total})"
         return None
 
-    def add(self, host: str) -> None:
+    def add(self, host: str | None) -> None:
+        """``host`` None: counted in the total only (a load balancer's connection before its PROXY header)."""
         self.total += 1
-        self.by_host[host] = self.by_host.get(host, 0) + 1
+        if host is not None:
+            self.by_host[host] = self.by_host.get(host, 0) + 1
 
-    def remove(self, host: str) -> None:
+    def remove(self, host: str | None) -> None:
         self.total -= 1
+        if host is None:
+            return
         left = self.by_host.get(host, 1) - 1
         if left > 0:
             self.by_host[host] = left
@@ -143,7 +154,7 @@ class PendingSlot:
 
     __slots__ = ("held", "host", "pending")
 
-    def __init__(self, pending: PendingConnections, host: str) -> None:
+    def __init__(self, pending: PendingConnections, host: str | None) -> None:
         self.pending = pending
         self.host = host
         self.held = True
@@ -153,6 +164,12 @@ class PendingSlot:
         if self.held:
             self.held = False
             self.pending.remove(self.host)
+
+    def move_to(self, host: str) -> None:
+        """Count a held total-only slot under ``host`` (the client its PROXY header named) from now on."""
+        if self.held and self.host is None:
+            self.host = host
+            self.pending.by_host[host] = self.pending.by_host.get(host, 0) + 1
 
 
 class Listener:
@@ -239,8 +256,12 @@ class DicomServer:
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         max_async_operations: int = MAX_ASYNC_OPERATIONS,
         metrics: Metrics | None = None,
+        proxy_sources: ProxySources | None = None,
     ) -> None:
         self.ae_title = ae_title
+        #: Addresses whose connections start with a PROXY header naming the real client (proxy_protocol_from).
+        self.proxy_sources = proxy_sources if proxy_sources else None
+        self._header_tasks: set[asyncio.Task[None]] = set()
         #: Prometheus figures (core/metrics.py); None: nothing is counted.
         self.metrics = metrics
         self.host = host
@@ -340,6 +361,10 @@ class DicomServer:
             listener.tasks.append(asyncio.ensure_future(self._accept_loop(listener, sock)))
 
     async def _stop_listening(self) -> None:
+        for task in list(self._header_tasks):
+            task.cancel()
+        if self._header_tasks:
+            await asyncio.gather(*self._header_tasks, return_exceptions=True)
         for listener in self.listeners:
             for task in listener.tasks:
                 task.cancel()
@@ -395,13 +420,26 @@ class DicomServer:
                 log.warning("%s: accepting connections again after %d failed attempt(s)", listener.name, failures)
                 delay, failures = 0.0, 0
             host, port = str(address[0]), int(address[1])
+            deadline = loop.time() + min(self.handshake_timeout, self.assoc_settings.timeouts.acse)
+            if self.proxy_sources is not None and self.proxy_sources.expects(host):
+                # A load balancer: its own address is not the per-host key, the client's is (once read).
+                why = listener.pending.total_refusal()
+                if why is not None:
+                    conn.close()
+                    listener.refused(host, port, why)
+                    continue
+                task = asyncio.ensure_future(
+                    self._proxied(listener, conn, (host, port), PendingSlot(listener.pending, None), deadline, limit)
+                )
+                self._header_tasks.add(task)
+                task.add_done_callback(self._header_tasks.discard)
+                continue
             why = listener.pending.refusal(host)
             if why is not None:
                 conn.close()
                 listener.refused(host, port, why)
                 continue
             slot = PendingSlot(listener.pending, host)
-            deadline = loop.time() + min(self.handshake_timeout, self.assoc_settings.timeouts.acse)
             callback = functools.partial(self._on_accepted, listener, slot, deadline)
             try:
                 await loop.connect_accepted_socket(functools.partial(_stream_protocol, limit, callback, loop), conn)
@@ -410,6 +448,69 @@ class DicomServer:
                 conn.close()
                 log.debug("%s: connection from %s:%s lost at once: %s", listener.name, host, port, exc)
 
+    async def _proxied(
+        self,
+        listener: Listener,
+        conn: socket.socket,
+        balancer: tuple[str, int],
+        slot: PendingSlot,
+        deadline: float,
+        limit: int,
+    ) -> None:
+        """A connection from a proxy_protocol_from address: its PROXY header first (haproxy.org
+        proxy-protocol.txt), read off the socket by the handshake deadline and not a byte further (a TLS
+        ClientHello may follow), then the connection as any other, from the client the header names."""
+        assert self.proxy_sources is not None
+        loop = asyncio.get_running_loop()
+        try:
+            header = await self.proxy_sources.read(
+                socket_reader(conn),
+                max(deadline - loop.time(), 0.001),
+                f"the handshake deadline ({min(self.handshake_timeout, self.assoc_settings.timeouts.acse):g}s)",
+            )
+        except ProxyHeaderError as exc:
+            slot.release()
+            conn.close()
+            # Not rate-limited like refused(): the sender is a listed balancer, so this is a misconfiguration
+            # (a balancer without send-proxy, or a client let in past it) that each line should point at.
+            log.warning(
+                "%s: connection from %s:%s closed: no valid PROXY header (proxy_protocol_from lists %s): %s",
+                listener.name,
+                *balancer,
+                balancer[0],
+                exc,
+            )
+            return
+        except BaseException:
+            slot.release()
+            conn.close()
+            raise
+        peer: tuple[str, int] | None = header.source
+        if peer is None:
+            (log.warning if header.unsupported else log.debug)(
+                "%s: connection from %s:%s: %s; using the balancer's address", listener.name, *balancer, header.note
+            )
+        else:
+            why = listener.pending.host_refusal(peer[0])
+            if why is not None:
+                slot.release()
+                conn.close()
+                listener.refused(peer[0], peer[1], f"{why} (via the load balancer at {balancer[0]})")
+                return
+            slot.move_to(peer[0])
+            log.debug(
+                "%s: connection from %s:%s via %s:%s (PROXY v%d)", listener.name, *peer, *balancer, header.version
+            )
+        callback = functools.partial(
+            self._on_accepted, listener, slot, deadline, peer=peer, health_check=header.command == "LOCAL"
+        )
+        try:
+            await loop.connect_accepted_socket(functools.partial(_stream_protocol, limit, callback, loop), conn)
+        except OSError as exc:
+            slot.release()
+            conn.close()
+            log.debug("%s: connection from %s:%s lost at once: %s", listener.name, *balancer, exc)
+
     async def _on_accepted(
         self,
         listener: Listener,
@@ -417,18 +518,27 @@ class DicomServer:
         deadline: float,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
+        *,
+        peer: tuple[str, int] | None = None,
+        health_check: bool = False,
     ) -> None:
         try:
-            if listener.tls is not None and not await self._tls_handshake(listener.tls, writer, deadline):
+            if listener.tls is not None and not await self._tls_handshake(listener.tls, writer, deadline, peer):
                 return
-            await self._on_connection(reader, writer, slot, deadline)
+            await self._on_connection(reader, writer, slot, deadline, peer, health_check)
         finally:
             slot.release()
 
-    async def _tls_handshake(self, context: ssl.SSLContext, writer: asyncio.StreamWriter, deadline: float) -> bool:
+    async def _tls_handshake(
+        self,
+        context: ssl.SSLContext,
+        writer: asyncio.StreamWriter,
+        deadline: float,
+        peer: tuple[str, int] | None = None,
+    ) -> bool:
         """PS3.15 B.1: the TLS handshake first (by the handshake deadline), then the association as on the
         plain port."""
-        host, port = (writer.get_extra_info("peername") or ("?", 0))[:2]
+        host, port = peer or (writer.get_extra_info("peername") or ("?", 0))[:2]
         started = datetime.now(UTC)
         try:
             await writer.start_tls(
@@ -456,7 +566,13 @@ class DicomServer:
         return True
 
     async def _on_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slot: PendingSlot, deadline: float
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        slot: PendingSlot,
+        deadline: float,
+        peer: tuple[str, int] | None = None,
+        health_check: bool = False,
     ) -> None:
         assoc = Association(
             reader,
@@ -467,6 +583,7 @@ class DicomServer:
             handler=self._handle,
             sink_factory=self._sink_for,
             preparer=self._prepare,
+            peer=peer,
         )
         # The slot is held until the association is accepted (or the connection ends).
         assoc.established.add_done_callback(lambda _: slot.release())
@@ -486,7 +603,11 @@ class DicomServer:
                     self.metrics.association_closed()
             if assoc.established.done() and not assoc.established.cancelled():
                 assoc.established.exception()  # acceptors never await it: mark a failure as seen
-            self._log(assoc)
+            if health_check and not assoc.rq_received:
+                # PROXY v2 LOCAL and no A-ASSOCIATE-RQ: the balancer's health check, not an association
+                log.debug("%s the load balancer's health check (PROXY v2 LOCAL) ended", assoc.label)
+            else:
+                self._log(assoc)
 
     def _handshake_expired(self, assoc: Association) -> None:
         """handshake_timeout: no complete A-ASSOCIATE-RQ yet; close the connection (it is not an association)."""
@@ -527,11 +648,12 @@ class DicomServer:
                 len(rq.presentation_contexts),
             )
         log.info(
-            "%s association accepted (%d of %d contexts) from %s calling %r called %r",
+            "%s association accepted (%d of %d contexts) from %s%s calling %r called %r",
             assoc.label,
             len(accepted),
             len(answers),
             assoc.peer_host,
+            f" (via the load balancer at {assoc.via})" if assoc.via else "",
             rq.calling_ae,
             rq.called_ae,
         )
