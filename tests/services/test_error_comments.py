@@ -38,7 +38,19 @@ NOT_DIMSE = {
     "DataDirectoryInUse",
     "JobConflict",
     "InvalidJob",
-}  # and their subclasses (the job queue: REST and CLI only)
+    # labels, corrections, compression, retention, de-identification, rules, media: REST, UI and CLI only
+    # (no DIMSE request reaches them; labels= is a QIDO-RS / REST search key, not a C-FIND one)
+    "InvalidLabel",
+    "InvalidCorrection",
+    "CorrectionConflict",
+    "InvalidPolicy",
+    "Spared",
+    "InvalidRetentionRule",
+    "InvalidDeidOptions",
+    "InvalidRule",
+    "RuleConflict",
+    "MediaError",
+}  # and their subclasses (the job queue and the rest: REST and CLI only)
 ABSTRACT = {"StepRefused", "InvalidQuery"}
 
 

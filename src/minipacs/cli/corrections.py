@@ -24,6 +24,7 @@ from minipacs.cli.exit_codes import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from minipacs.config import Settings
 from minipacs.core.corrections import CorrectionResult, Corrections, list_corrections
 from minipacs.core.errors import ArchiveError
+from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 
 NEEDS_SETTINGS = True
 
@@ -127,7 +128,8 @@ def run_modify(args: argparse.Namespace, settings: Settings | None) -> int:
             print(f"minipacs: {item!r} is not Keyword=value (e.g. PatientName=DOE^JANE)", file=sys.stderr)
             return EXIT_USAGE
         changes[keyword] = value
-    level, target = next((lv, v) for lv in ("patient", "study", "series") if (v := getattr(args, lv)) is not None)
+    nouns = (LEVEL_SPELLINGS[lv].noun for lv in (Level.PATIENT, Level.STUDY, Level.SERIES))
+    level, target = next((lv, v) for lv in nouns if (v := getattr(args, lv)) is not None)
     return _correct(settings, {"operation": "modify", "level": level, "target": target, "changes": changes})
 
 

@@ -18,15 +18,12 @@ from minipacs.cli.exit_codes import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from minipacs.config import Settings
 from minipacs.core.audit import Action, ActorKind
 from minipacs.core.errors import ArchiveError
+from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 
 NEEDS_SETTINGS = True
 
 #: flag -> (retrieve level, unique key)
-_LEVELS: Final = {
-    "patient": ("PATIENT", "PatientID"),
-    "study": ("STUDY", "StudyInstanceUID"),
-    "series": ("SERIES", "SeriesInstanceUID"),
-}
+_LEVELS: Final = {s.noun: (s.level.value, s.unique_key) for s in LEVEL_SPELLINGS.values() if s.level is not Level.IMAGE}
 
 
 def register(sub: Any) -> None:

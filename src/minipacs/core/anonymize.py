@@ -39,6 +39,7 @@ from minipacs.core.errors import ArchiveError, NotFound, OutOfResources
 from minipacs.core.jobs import JobContext, JobFailed, JobQueue
 from minipacs.core.model import Origin
 from minipacs.core.retrieve import StoredInstance, locate, select_instances
+from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.index import anonymization_repo
 
 if TYPE_CHECKING:
@@ -55,9 +56,7 @@ DEID_CONCURRENCY: Final = 4
 INGEST_CONCURRENCY: Final = 8
 #: Level noun -> (retrieve level, unique key): what each entry point names.
 LEVELS: Final[dict[str, tuple[str, str]]] = {
-    "patient": ("PATIENT", "PatientID"),
-    "study": ("STUDY", "StudyInstanceUID"),
-    "series": ("SERIES", "SeriesInstanceUID"),
+    s.noun: (s.level.value, s.unique_key) for s in LEVEL_SPELLINGS.values() if s.level is not Level.IMAGE
 }
 Output = Literal["archive", "zip"]
 
@@ -115,11 +114,13 @@ class AnonymizeResult:
     original_deleted: bool = False
 
     def to_json(self, level: str) -> dict[str, Any]:
+        # the JSON API's resource names (dicom/levels.py)
+        study, series, image = (LEVEL_SPELLINGS[lv].resource for lv in (Level.STUDY, Level.SERIES, Level.IMAGE))
         out: dict[str, Any] = {
             "patient": self.patient,
-            "studies": self.studies,
-            "series": self.series,
-            "instances": self.instances,
+            study: self.studies,
+            series: self.series,
+            image: self.instances,
             "failed": self.failures,
             "original_deleted": self.original_deleted,
         }

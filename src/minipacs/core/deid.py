@@ -40,6 +40,7 @@ from pydicom.sequence import Sequence
 
 from minipacs.core.errors import ArchiveError
 from minipacs.dicom.deid_table import EDITION, OPTIONS, PRIVATE, PROFILE, Row
+from minipacs.dicom.vr import CHARSET_VRS, PLACEHOLDER_TEXT, PLACEHOLDER_VALUES, TEXT_VRS
 
 # PS3.16 CID 7050 De-identification Method: the option -> (code value, meaning), scheme DCM.
 OPTION_CODES: Final[dict[str, tuple[str, str]]] = {
@@ -88,43 +89,9 @@ IOD_CHOICE: Final[dict[int, str]] = {0x00081110: "U*"}
 #: PS3.3 C.7.1.3: Clinical Trial Protocol Ethics Committee Name (D) is 1C, present only with the
 #: Approval Number (X): (attribute, the one it needs).
 REMOVED_WITH: Final[tuple[tuple[int, int], ...]] = ((0x00120081, 0x00120082),)
-DUMMY_TEXT: Final = "ANONYMIZED"
-# PS3.5 Table 6.2-1: a dummy value of each VR (D), never empty.
-DUMMY: Final[dict[str, Any]] = {
-    "AE": "ANONYMIZED",
-    "AS": "000D",
-    "AT": 0,
-    "CS": DUMMY_TEXT,
-    "DA": "19000101",
-    "DS": "0",
-    "DT": "19000101000000",
-    "FL": 0.0,
-    "FD": 0.0,
-    "IS": "0",
-    "LO": DUMMY_TEXT,
-    "LT": DUMMY_TEXT,
-    "OB": b"\x00\x00",
-    "OD": b"\x00" * 8,
-    "OF": b"\x00" * 4,
-    "OL": b"\x00" * 4,
-    "OV": b"\x00" * 8,
-    "OW": b"\x00\x00",
-    "PN": DUMMY_TEXT,
-    "SH": DUMMY_TEXT,
-    "SL": 0,
-    "SS": 0,
-    "ST": DUMMY_TEXT,
-    "SV": 0,
-    "TM": "000000",
-    "UC": DUMMY_TEXT,
-    "UL": 0,
-    "UN": b"\x00\x00",
-    "UR": DUMMY_TEXT,
-    "US": 0,
-    "UT": DUMMY_TEXT,
-    "UV": 0,
-}
-TEXT_VRS: Final = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR"})
+DUMMY_TEXT: Final = PLACEHOLDER_TEXT
+#: PS3.5 Table 6.2-1: a dummy value of each VR (D), never empty (dicom/vr.py).
+DUMMY: Final = PLACEHOLDER_VALUES
 PATIENT_ID: Final = 0x00100020
 PATIENT_NAME: Final = 0x00100010
 #: Days a patient's dates move back at most (Modified Dates); at least one.
@@ -382,7 +349,7 @@ def _clean_all(ds: Dataset, ctx: _Context) -> None:
         if elem.VR == "SQ":
             for item in elem.value or []:
                 _clean_all(item, ctx)
-        elif elem.VR in ("LO", "LT", "PN", "SH", "ST", "UC", "UT"):
+        elif elem.VR in CHARSET_VRS:
             _clean(elem, ctx)
 
 

@@ -42,7 +42,7 @@ from minipacs.core.model import StoreOutcome, StoreStatus
 from minipacs.core.query import query
 from minipacs.core.rules import Rule, RuleBook, Trigger
 from minipacs.core.worklist import SCHEDULED, Worklist, matches
-from minipacs.dicom.levels import STUDY_ROOT, Level
+from minipacs.dicom.levels import LEVEL_SPELLINGS, STUDY_ROOT, Level
 from minipacs.index import routing_repo
 from minipacs.index.database import IndexConnection
 
@@ -104,10 +104,11 @@ def receipt_json(row: Mapping[str, Any]) -> dict[str, Any]:
     if status in (DeliveryStatus.QUEUED, DeliveryStatus.RETRYING) and job_state in ("cancelled", "failed"):
         why = f"its job {row['job_id']} was {job_state}" + ("" if job_state == "cancelled" else " (see the job)")
         status, reason = DeliveryStatus.FAILED, why + (f"; last attempt: {reason}" if reason else "")
-    return {
-        "study": row["study_instance_uid"],
-        "series": row["series_instance_uid"],
-        "instance": row["sop_instance_uid"],
+    study, series, image = (LEVEL_SPELLINGS[lv].noun for lv in (Level.STUDY, Level.SERIES, Level.IMAGE))
+    return {  # the JSON API's nouns (dicom/levels.py)
+        study: row["study_instance_uid"],
+        series: row["series_instance_uid"],
+        image: row["sop_instance_uid"],
         "rule": row["rule"],
         "destination": row["destination"],
         "method": row["method"],

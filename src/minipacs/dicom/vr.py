@@ -41,7 +41,51 @@ BINARY_VRS: Final = frozenset(
     {"OB", "OD", "OF", "OL", "OV", "OW", "UN", "US", "UL", "SS", "SL", "FL", "FD", "AT", "SV", "UV"}
 )
 
+#: The text of a placeholder value (de-identification's D action, core/deid.py).
+PLACEHOLDER_TEXT: Final = "ANONYMIZED"
+#: PS3.5 Table 6.2-1: a valid, never empty placeholder value of each VR (PS3.15 E.1 action D).
+PLACEHOLDER_VALUES: Final[Mapping[str, str | int | float | bytes]] = {
+    "AE": "ANONYMIZED",
+    "AS": "000D",
+    "AT": 0,
+    "CS": PLACEHOLDER_TEXT,
+    "DA": "19000101",
+    "DS": "0",
+    "DT": "19000101000000",
+    "FL": 0.0,
+    "FD": 0.0,
+    "IS": "0",
+    "LO": PLACEHOLDER_TEXT,
+    "LT": PLACEHOLDER_TEXT,
+    "OB": b"\x00\x00",
+    "OD": b"\x00" * 8,
+    "OF": b"\x00" * 4,
+    "OL": b"\x00" * 4,
+    "OV": b"\x00" * 8,
+    "OW": b"\x00\x00",
+    "PN": PLACEHOLDER_TEXT,
+    "SH": PLACEHOLDER_TEXT,
+    "SL": 0,
+    "SS": 0,
+    "ST": PLACEHOLDER_TEXT,
+    "SV": 0,
+    "TM": "000000",
+    "UC": PLACEHOLDER_TEXT,
+    "UL": 0,
+    "UN": b"\x00\x00",
+    "UR": PLACEHOLDER_TEXT,
+    "US": 0,
+    "UT": PLACEHOLDER_TEXT,
+    "UV": 0,
+}
+#: VRs whose value is text (placeholders and cleaning replace it with text).
+TEXT_VRS: Final = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR"})
+
+
 __all__ = [
+    "PLACEHOLDER_TEXT",
+    "PLACEHOLDER_VALUES",
+    "TEXT_VRS",
     "ALL_VRS",
     "ASCII_VRS",
     "BINARY_VRS",

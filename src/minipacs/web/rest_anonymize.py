@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute
 
 from minipacs.core.anonymize import ANONYMIZE, Anonymizer, AnonymizeRequest
 from minipacs.core.paths import validate_uid
+from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.index.anonymization_repo import list_mappings
 from minipacs.web.audit import actor_of
 from minipacs.web.dicomweb import ctx
@@ -33,9 +34,7 @@ from minipacs.web.search import ascii_digits
 
 #: URL spelling -> level noun and the key its id is.
 RESOURCES: Final[dict[str, tuple[str, str]]] = {
-    "patients": ("patient", "PatientID"),
-    "studies": ("study", "StudyInstanceUID"),
-    "series": ("series", "SeriesInstanceUID"),
+    s.resource: (s.noun, s.unique_key) for s in LEVEL_SPELLINGS.values() if s.level is not Level.IMAGE
 }
 OUTPUTS: Final = ("archive", "zip")
 MAX_BODY: Final = 64 * 1024
