@@ -161,17 +161,19 @@ def main() -> int:
     parser.add_argument("--instances-per-study", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--keep", action="store_true", help="reuse the database of the last run")
+    parser.add_argument("--database", default=DATABASE, help=f"PostgreSQL database to fill (default {DATABASE})")
     parser.add_argument("--without-pattern-indexes", action="store_true", help="drop migration 0014's indexes")
     args = parser.parse_args()
     patients = args.patients or max(args.studies // 2, 1)
-    work = WORK / "pg_query"
+    database = args.database
+    work = WORK / ("pg_query" if database == DATABASE else f"pg_query_{database}")
     work.mkdir(parents=True, exist_ok=True)
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DATABASE}"
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
     filled: dict[str, float] = {}
     if not args.keep:
-        url = pg_create_database(DATABASE)
+        url = pg_create_database(database)
         print(
-            f"filling {DATABASE}: {args.studies} studies, {patients} patients, "
+            f"filling {database}: {args.studies} studies, {patients} patients, "
             f"{args.studies * args.instances_per_study} instances",
             flush=True,
         )
@@ -194,7 +196,7 @@ def main() -> int:
     finally:
         stop(proc)
         if args.without_pattern_indexes:
-            pg_drop_database(DATABASE)  # its indexes are gone: never --keep it
+            pg_drop_database(database)  # its indexes are gone: never --keep it
     label = "without pattern indexes" if args.without_pattern_indexes else "with migration 0014"
     print(
         f"\n| query ({args.studies} studies, {args.studies * args.instances_per_study} instances, "
