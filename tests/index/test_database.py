@@ -172,3 +172,26 @@ def test_computed_keys_in_the_page_equal_their_own_statement(
             assert {pk: sorted(v) for pk, v in in_page.items() if v} == {
                 pk: sorted(v) for pk, v in own[keyword].items()
             }
+
+
+@pytest.mark.postgres
+def test_reads_keep_psycopgs_prepared_statements() -> None:
+    """A read ends with COMMIT, not the pool's ROLLBACK (on which psycopg forgets every prepared
+    statement): a statement read again and again is prepared after psycopg's prepare_threshold and
+    PostgreSQL stops parsing it each time (issue 11: 1-2.5 ms of a C-FIND went to that)."""
+    from sqlalchemy import text
+
+    with postgres_schema_url() as url:
+        made = IndexDatabase.open(url, fsync=False)
+        try:
+            statement = text("SELECT count(*) FROM studies WHERE id > :after")
+            for after in range(8):
+                made.read(lambda c, a=after: c.execute(statement, {"after": a}).scalar())
+            prepared = made.read(
+                lambda c: c.exec_driver_sql(
+                    "SELECT count(*) FROM pg_prepared_statements WHERE strpos(statement, 'FROM studies WHERE id >') > 0"
+                ).scalar()
+            )
+        finally:
+            made.dispose()
+    assert prepared == 1
