@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Final, cast
 
 from sqlalchemy import ColumnElement, Connection, Integer, Select, Table, exists, func, literal, select
+from sqlalchemy.types import NullType
 
 from minipacs.index.entities import DEPTH, ENTITIES, Entity
 from minipacs.index.labels_repo import labelled_clause
@@ -106,13 +107,15 @@ def _count_of(target: Table, *joins: tuple[Table, Any]) -> Callable[[Any], Colum
 
 
 def _values_of(column: Any, *joins: tuple[Table, Any]) -> Callable[[Any], ColumnElement[Any]]:
-    """The distinct values of ``column`` for one owner row, as an array (PostgreSQL's array_agg)."""
+    """The distinct values of ``column`` for one owner row, as a list (PostgreSQL's array_agg, which
+    psycopg returns as a list: typed NullType, SQLAlchemy does not convert it again row by row)."""
 
     def build(owner_id: Any) -> ColumnElement[Any]:
         frm: Any = column.table
         for table, on in joins:
             frm = frm.join(table, on)
-        return select(func.array_agg(column.distinct())).select_from(frm).where(owner_id).scalar_subquery()
+        values = func.array_agg(column.distinct(), type_=NullType())
+        return select(values).select_from(frm).where(owner_id).scalar_subquery()
 
     return build
 
