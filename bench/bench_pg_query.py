@@ -113,8 +113,12 @@ def fill(url: str, studies: int, patients: int, per_study: int) -> dict[str, flo
     return took
 
 
-async def measure(port: int, studies: int, patients: int, rounds: int) -> dict[str, tuple[float, float, float]]:
-    """(median ms, 90th percentile ms, median matches) per query kind, all in one association."""
+async def measure(
+    port: int, studies: int, patients: int, rounds: int, warmup: int = 1
+) -> dict[str, tuple[float, float, float]]:
+    """(median ms, 90th percentile ms, median matches) per query kind, all in one association; the
+    first ``warmup`` queries of each kind are not counted (a fresh server's connections, caches and
+    prepared statements)."""
     settings = AssociationSettings(ae_title="BENCH", timeouts=Timeouts(acse=30, dimse=600, idle=600))
     rq = build_rq("BENCH", "MINIPACS", [(STUDY_ROOT_FIND, [EXPLICIT_VR_LITTLE_ENDIAN])], settings)
     assoc = await connect("127.0.0.1", port, rq, settings)
@@ -139,13 +143,13 @@ async def measure(port: int, studies: int, patients: int, rounds: int) -> dict[s
     results: dict[str, tuple[float, float, float]] = {}
     for name, make in cases.items():
         times, counts = [], []
-        for n in range(rounds + 1):
+        for n in range(rounds + warmup):
             keys = make()
             override = {k.split("=")[0] for k in keys}
             took, count, status = await timed(assoc, keys + [k for k in RETURN_KEYS if k not in override])
             if status != 0:
                 raise RuntimeError(f"{name}: C-FIND ended with status {status:#06x}")
-            if n:  # the first one warms the caches
+            if n >= warmup:
                 times.append(took * 1000)
                 counts.append(count)
         times.sort()
@@ -160,18 +164,21 @@ def main() -> int:
     parser.add_argument("--patients", type=int, default=0, help="default: studies / 2")
     parser.add_argument("--instances-per-study", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=1, help="queries per kind before measuring")
     parser.add_argument("--keep", action="store_true", help="reuse the database of the last run")
+    parser.add_argument("--database", default=DATABASE, help=f"PostgreSQL database to fill (default {DATABASE})")
     parser.add_argument("--without-pattern-indexes", action="store_true", help="drop migration 0014's indexes")
     args = parser.parse_args()
     patients = args.patients or max(args.studies // 2, 1)
-    work = WORK / "pg_query"
+    database = args.database
+    work = WORK / ("pg_query" if database == DATABASE else f"pg_query_{database}")
     work.mkdir(parents=True, exist_ok=True)
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DATABASE}"
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
     filled: dict[str, float] = {}
     if not args.keep:
-        url = pg_create_database(DATABASE)
+        url = pg_create_database(database)
         print(
-            f"filling {DATABASE}: {args.studies} studies, {patients} patients, "
+            f"filling {database}: {args.studies} studies, {patients} patients, "
             f"{args.studies * args.instances_per_study} instances",
             flush=True,
         )
@@ -190,11 +197,11 @@ def main() -> int:
         {"MINIPACS_INDEX_URL": url, "MINIPACS_FSYNC": "false", "MINIPACS_LOG_LEVEL": "WARNING"},
     )
     try:
-        results = asyncio.run(measure(port, args.studies, patients, args.rounds))
+        results = asyncio.run(measure(port, args.studies, patients, args.rounds, args.warmup))
     finally:
         stop(proc)
         if args.without_pattern_indexes:
-            pg_drop_database(DATABASE)  # its indexes are gone: never --keep it
+            pg_drop_database(database)  # its indexes are gone: never --keep it
     label = "without pattern indexes" if args.without_pattern_indexes else "with migration 0014"
     print(
         f"\n| query ({args.studies} studies, {args.studies * args.instances_per_study} instances, "
@@ -215,6 +222,7 @@ def main() -> int:
                 "instances": args.studies * args.instances_per_study,
                 "fill_seconds": filled,
                 "pattern_indexes": not args.without_pattern_indexes,
+                "warmup": args.warmup,
                 "results": results,
             },
             indent=2,

@@ -14,7 +14,16 @@ from minipacs.index import journal_repo
 from minipacs.index.database import IndexDatabase
 from minipacs.index.entities import Entity
 from minipacs.index.matching import ColumnKind, classify
-from minipacs.index.query_sql import PK_LABEL, UNIQUE_LABEL, KeyMatch, PageQuery, match_page
+from minipacs.index.query_sql import (
+    IN_PAGE_DIALECTS,
+    PK_LABEL,
+    UNIQUE_LABEL,
+    KeyMatch,
+    PageQuery,
+    aggregate_values,
+    in_page_label,
+    match_page,
+)
 from tests.index.pg import postgres_schema_url
 from tests.index.query_fixture import STUDIES, STUDY_UIDS, QueryArchive, qa  # noqa: F401 - fixture
 
@@ -126,3 +135,63 @@ def test_the_writer_commits_without_waiting_only_when_asked(dialect: str, tmp_pa
         with index.engine.connect() as conn:
             assert str(conn.execute(text(show)).scalar()) in (waits, "1" if dialect == "sqlite" else waits)
         index.dispose()
+
+
+@pytest.mark.parametrize(
+    ("entity", "keywords"),
+    [
+        (Entity.STUDY, ("ModalitiesInStudy", "SOPClassesInStudy", "NumberOfStudyRelatedInstances")),
+        (Entity.PATIENT, ("NumberOfPatientRelatedStudies", "NumberOfPatientRelatedInstances")),
+        (Entity.SERIES, ("NumberOfSeriesRelatedInstances",)),
+    ],
+)
+def test_computed_keys_in_the_page_equal_their_own_statement(
+    qa: QueryArchive, entity: Entity, keywords: tuple[str, ...]
+) -> None:
+    """On PostgreSQL the page statement answers the computed keys itself (query_sql.IN_PAGE: one
+    round trip, not two); its values are those of aggregate_values, the statement SQLite runs."""
+    query = PageQuery(entity, answered=keywords)
+
+    def read(conn: Any) -> tuple[Any, Any, dict[str, dict[int, list[str]]], str]:
+        rows, position = match_page(conn, query, 0, 100)
+        pks = [int(row[position[PK_LABEL]]) for row in rows]
+        own = {keyword: aggregate_values(conn, keyword, entity, pks) for keyword in keywords}
+        return rows, position, own, conn.dialect.name
+
+    rows, position, own, dialect = qa.runner.run(qa.archive.read(read))
+    assert rows
+    for keyword in keywords:
+        label = in_page_label(keyword)
+        if dialect not in IN_PAGE_DIALECTS:
+            assert label not in position
+            continue
+        in_page = {int(row[position[PK_LABEL]]): row[position[label]] for row in rows}
+        if isinstance(next(iter(in_page.values())), int):  # a count: every row has one
+            assert {pk: [str(n)] for pk, n in in_page.items() if n} == own[keyword]
+        else:  # the distinct values
+            assert {pk: sorted(v) for pk, v in in_page.items() if v} == {
+                pk: sorted(v) for pk, v in own[keyword].items()
+            }
+
+
+@pytest.mark.postgres
+def test_reads_keep_psycopgs_prepared_statements() -> None:
+    """A read ends with COMMIT, not the pool's ROLLBACK (on which psycopg forgets every prepared
+    statement): a statement read again and again is prepared after psycopg's prepare_threshold and
+    PostgreSQL stops parsing it each time (issue 11: 1-2.5 ms of a C-FIND went to that)."""
+    from sqlalchemy import text
+
+    with postgres_schema_url() as url:
+        made = IndexDatabase.open(url, fsync=False)
+        try:
+            statement = text("SELECT count(*) FROM studies WHERE id > :after")
+            for after in range(8):
+                made.read(lambda c, a=after: c.execute(statement, {"after": a}).scalar())
+            prepared = made.read(
+                lambda c: c.exec_driver_sql(
+                    "SELECT count(*) FROM pg_prepared_statements WHERE strpos(statement, 'FROM studies WHERE id >') > 0"
+                ).scalar()
+            )
+        finally:
+            made.dispose()
+    assert prepared == 1

@@ -29,6 +29,7 @@ from minipacs.net.pdu import (
     decode_pdu,
     encode_pdu,
     pdata_pdu_header,
+    pdata_pdus,
 )
 from minipacs.net.pdu_items import (
     AsynchronousOperationsWindow,
@@ -851,3 +852,21 @@ def test_decode_rq_from_live_pynetdicom_ae() -> None:
     assert info.implementation_version_name.startswith("PYNETDICOM")
     assert info.unknown == []
     assert decode_pdu(0x01, encode_pdu(decoded)[6:]) == decoded
+
+
+def test_pdata_pdus_one_message_per_pdu() -> None:
+    """C-FIND Pending responses: the command and the dataset of a message in one P-DATA-TF PDU
+    (PS3.8 9.3.5: one or more PDV items), never past the peer's Maximum Length (its variable field)."""
+    messages = [(b"C" * 10, b"D" * (20 + 2 * n)) for n in range(3)]
+    sizes = [12 + len(c) + len(d) for c, d in messages]  # two PDV items: 4+2 header bytes each
+    pdus = pdata_pdus(3, messages, sizes[-1])
+    assert pdus is not None and len(pdus) == 3
+    for raw, (cmd, data), size in zip(pdus, messages, sizes, strict=True):
+        assert raw[0] == 0x04 and int.from_bytes(raw[2:6], "big") == len(raw) - 6 == size
+        decoded = decode_pdu(raw[0], raw[6:])
+        assert isinstance(decoded, PDataTF)
+        assert [(p.context_id, p.is_command, p.is_last, bytes(p.data)) for p in decoded.pdvs] == [
+            (3, True, True, cmd),
+            (3, False, True, data),
+        ]
+    assert pdata_pdus(3, messages, sizes[-1] - 1) is None  # the last message needs fragments

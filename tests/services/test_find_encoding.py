@@ -156,3 +156,19 @@ def test_stored_text_element_goes_through_pydicom() -> None:
     encoder = RowEncoder(FIELDS, ts, "", {})
     assert encoder._encode_fast(row) is None
     assert encoder.encode(row) == reference(FIELDS, row, ts, "", {})
+
+
+@pytest.mark.parametrize("syntax", SYNTAXES)
+@pytest.mark.parametrize("request_charset", ["", "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 6\\ISO 2022 IR 100"])
+def test_encode_many_matches_pydicom(syntax: str, request_charset: str) -> None:
+    """The batch path (all-ASCII rows in one loop, the rest as before) gives pydicom's bytes, row by row."""
+    ts = _ts(syntax)
+    constants = {RETRIEVE_AE_TITLE: ("AE", "MINIPACS")}
+    rows = [case[0] for case in CASES.values()] + [_row(desc="X" * 0xFFFD), _row(name="Ünal^Ça")]
+    encoder = RowEncoder(FIELDS, ts, request_charset, constants)
+    assert encoder.encode_many(rows) == [reference(FIELDS, row, ts, request_charset, constants) for row in rows]
+    if "\\" in request_charset:
+        assert encoder._ascii_plan is None  # ISO 2022 code extensions: pydicom writes them
+    else:
+        assert encoder._encode_ascii(_row()) is not None
+        assert encoder._encode_ascii(_row(name="Müller")) is None  # not ASCII: the character set is chosen

@@ -310,7 +310,8 @@ def page_query(prepared: PreparedQuery) -> query_sql.PageQuery:
     related = tuple(
         (key.keyword, key.condition) for key, comp in prepared.computed_keys if not key.is_universal and comp.matchable
     )
-    return query_sql.PageQuery(LEVELS[prepared.level].entity, keys, related, prepared.absent, prepared.labels)
+    answered = tuple(key.keyword for key, _comp in prepared.computed_keys)
+    return query_sql.PageQuery(LEVELS[prepared.level].entity, keys, related, prepared.absent, prepared.labels, answered)
 
 
 def _read_page(
@@ -328,7 +329,10 @@ def _read_page(
         return [], after, True
     pks = [int(r[0]) for r in rows]
     computed = {
-        key.keyword: _computed_values(conn, spec.entity, key.keyword, comp, pks) for key, comp in prepared.computed_keys
+        key.keyword: _in_page_values(rows, pks, position[label], comp)
+        if (label := query_sql.in_page_label(key.keyword)) in position
+        else _computed_values(conn, spec.entity, key.keyword, comp, pks)
+        for key, comp in prepared.computed_keys
     }
     files: dict[int, Dataset | None] = {}
     if prepared.file_keys:
@@ -341,6 +345,18 @@ def _read_page(
             continue
         out.append(fill(row, pk, stored))
     return out, pks[-1], len(rows) < want
+
+
+def _in_page_values(rows: Sequence[Sequence[Any]], pks: list[int], column: int, comp: ComputedKey) -> dict[int, str]:
+    """A computed key answered in the page rows (index/query_sql.py IN_PAGE), as :func:`_computed_values`
+    gives it: distinct values sorted and joined, or the count."""
+    if comp.joined:
+        return {
+            pk: "\\".join(sorted(str(v) for v in row[column] if v))
+            for pk, row in zip(pks, rows, strict=True)
+            if row[column]
+        }
+    return {pk: str(row[column]) for pk, row in zip(pks, rows, strict=True)}
 
 
 def _computed_values(

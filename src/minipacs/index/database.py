@@ -191,7 +191,13 @@ class IndexDatabase:
     def read(self, call: Callable[[IndexConnection], T]) -> T:
         """Run a read-only ``call`` on a pooled connection (blocking)."""
         with self.engine.connect() as conn:
-            return call(conn)
+            result = call(conn)
+            # A read ends with COMMIT, the same as a ROLLBACK for a read-only transaction, so that the
+            # pool's reset finds nothing to roll back: psycopg forgets its prepared statements on every
+            # ROLLBACK, and the query engine's statements (index/query_sql.py) are then parsed and
+            # planned afresh each time instead of prepared after psycopg's prepare_threshold (5) uses.
+            conn.commit()
+            return result
 
     def writer(self, node: str = "") -> IndexWriter:
         """The writer of the node named ``node`` (its ``node_id``: the journal records it)."""

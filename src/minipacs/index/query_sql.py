@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Final, cast
 
 from sqlalchemy import ColumnElement, Connection, Integer, Select, Table, exists, func, literal, select
+from sqlalchemy.types import NullType
 
 from minipacs.index.entities import DEPTH, ENTITIES, Entity
 from minipacs.index.labels_repo import labelled_clause
@@ -56,6 +57,9 @@ class PageQuery:
     absent: tuple[str, ...] = ()
     #: Labels (core/labels.py) a matching study must carry, every one (STUDY level only).
     labels: tuple[str, ...] = ()
+    #: Computed keys answered (keywords of :data:`AGGREGATES`): on PostgreSQL, those of
+    #: :data:`IN_PAGE` come in the page statement itself (:func:`in_page_label`).
+    answered: tuple[str, ...] = ()
 
 
 # ------------------------------------------------------------------ computed keys
@@ -86,6 +90,32 @@ def _distinct(column: Any, *joins: tuple[Table, Any]) -> Callable[[Entity], Sele
             frm = frm.join(table, on)
         owner = _owner_column(entity)
         return select(owner, column).select_from(frm).group_by(owner, column)
+
+    return build
+
+
+def _count_of(target: Table, *joins: tuple[Table, Any]) -> Callable[[Any], ColumnElement[Any]]:
+    """count(target) of one owner row, as a scalar subquery correlated to the page's ``owner_id``."""
+
+    def build(owner_id: Any) -> ColumnElement[Any]:
+        frm: Any = target
+        for table, on in joins:
+            frm = frm.join(table, on)
+        return select(func.count(target.c.id)).select_from(frm).where(owner_id).scalar_subquery()
+
+    return build
+
+
+def _values_of(column: Any, *joins: tuple[Table, Any]) -> Callable[[Any], ColumnElement[Any]]:
+    """The distinct values of ``column`` for one owner row, as a list (PostgreSQL's array_agg, which
+    psycopg returns as a list: typed NullType, SQLAlchemy does not convert it again row by row)."""
+
+    def build(owner_id: Any) -> ColumnElement[Any]:
+        frm: Any = column.table
+        for table, on in joins:
+            frm = frm.join(table, on)
+        values = func.array_agg(column.distinct(), type_=NullType())
+        return select(values).select_from(frm).where(owner_id).scalar_subquery()
 
     return build
 
@@ -126,6 +156,46 @@ AGGREGATES: Final[Mapping[str, Aggregate]] = {
     "StudyStatusID": Aggregate(_completion, _DONE.c.study_status_id),
 }
 
+_INS_SER: Final = (_SER, _INS.c.series_pk == _SER.c.id)
+#: The computed keys answered inside the page statement on PostgreSQL, by keyword: (the level whose
+#: rows they describe, the correlated subquery given ``owner column == page primary key``). One
+#: statement instead of two per page: no second round trip, and a text that stays the same from
+#: query to query, so psycopg's prepared statement is reused (index/database.py).
+IN_PAGE: Final[Mapping[str, tuple[Entity, Callable[[Any], ColumnElement[Any]], Callable[[Table], Any]]]] = {
+    "NumberOfPatientRelatedStudies": (Entity.PATIENT, _count_of(_STU), lambda base: _STU.c.patient_pk == base.c.id),
+    "NumberOfPatientRelatedSeries": (
+        Entity.PATIENT,
+        _count_of(_SER, (_STU, _SER.c.study_pk == _STU.c.id)),
+        lambda base: _STU.c.patient_pk == base.c.id,
+    ),
+    "NumberOfPatientRelatedInstances": (
+        Entity.PATIENT,
+        _count_of(_INS, _INS_SER, (_STU, _SER.c.study_pk == _STU.c.id)),
+        lambda base: _STU.c.patient_pk == base.c.id,
+    ),
+    "NumberOfStudyRelatedSeries": (Entity.STUDY, _count_of(_SER), lambda base: _SER.c.study_pk == base.c.id),
+    "NumberOfStudyRelatedInstances": (
+        Entity.STUDY,
+        _count_of(_INS, _INS_SER),
+        lambda base: _SER.c.study_pk == base.c.id,
+    ),
+    "ModalitiesInStudy": (Entity.STUDY, _values_of(_SER.c.modality), lambda base: _SER.c.study_pk == base.c.id),
+    "SOPClassesInStudy": (
+        Entity.STUDY,
+        _values_of(_INS.c.sop_class_uid, _INS_SER),
+        lambda base: _SER.c.study_pk == base.c.id,
+    ),
+    "NumberOfSeriesRelatedInstances": (Entity.SERIES, _count_of(_INS), lambda base: _INS.c.series_pk == base.c.id),
+}
+#: Dialects whose page statement answers :data:`IN_PAGE` (array_agg, correlated scalar subqueries).
+IN_PAGE_DIALECTS: Final = frozenset({"postgresql"})
+
+
+def in_page_label(keyword: str) -> str:
+    """The label of computed key ``keyword``'s column in a page row, when it is answered there."""
+    return f"agg_{keyword}"
+
+
 # Table of a computed key's match column -> its rows that belong to the study being matched (STUDY level).
 _STUDY_ROWS: Final[Mapping[Any, Callable[[], Select[Any]]]] = {
     _SER: lambda: select(_SER.c.id).where(_SER.c.study_pk == _STU.c.id),
@@ -163,6 +233,11 @@ def _base_select(query: PageQuery, dialect: str) -> Select[Any]:
     for key in query.keys:
         columns.append(ENTITIES[key.entity].table.c[key.value_column].label(key.label))
     columns.append(base.c[ENTITIES[entity].unique_column].label(UNIQUE_LABEL))
+    if dialect in IN_PAGE_DIALECTS:
+        for keyword in query.answered:
+            folded = IN_PAGE.get(keyword)
+            if folded is not None and folded[0] is entity:
+                columns.append(folded[1](folded[2](base)).label(in_page_label(keyword)))
     where: list[ColumnElement[bool]] = []
     for key in query.keys:
         clause = sql_condition(ENTITIES[key.entity].table.c[key.match_column], key.kind, key.condition, dialect)
@@ -182,7 +257,8 @@ def match_page(
 ) -> tuple[Sequence[Sequence[Any]], Mapping[str, int]]:
     """Up to ``want`` matching rows whose primary key is above ``after``, in primary key order,
     and the position of each label in a row (:data:`PK_LABEL` first, each key's label,
-    :data:`UNIQUE_LABEL`). Fewer than ``want`` rows: there are no more."""
+    :data:`UNIQUE_LABEL`, then the computed keys answered in the page: :func:`in_page_label`).
+    Fewer than ``want`` rows: there are no more."""
     base = ENTITIES[query.entity].table
     # The LIMIT is rendered as a literal: given a bound LIMIT, SQLite's planner walks the primary key
     # (no sort) instead of the index of a selective key, e.g. 35 ms instead of 5 ms for a one-month
@@ -232,12 +308,14 @@ def representative_blobs(conn: Connection, entity: Entity, pks: Sequence[int]) -
 
 __all__ = [
     "AGGREGATES",
+    "IN_PAGE",
     "PK_LABEL",
     "UNIQUE_LABEL",
     "Aggregate",
     "KeyMatch",
     "PageQuery",
     "aggregate_values",
+    "in_page_label",
     "match_page",
     "representative_blobs",
 ]

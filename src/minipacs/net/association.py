@@ -26,7 +26,7 @@ from minipacs.dicom.reasons import REJECT_REASONS, REJECT_SOURCES, in_words
 from minipacs.net.dimse import Command, CommandError
 from minipacs.net.dul import Timeouts, UpperLayer, UpperLayerUser, stream_limit
 from minipacs.net.fsm import InvalidTransition, State
-from minipacs.net.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ, PDataTF, pdata_pdu_header
+from minipacs.net.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ, PDataTF, pdata_pdu_header, pdata_pdus
 from minipacs.net.pdu_items import AsynchronousOperationsWindow, PresentationContextRQ, RoleSelection, UserInformation
 from minipacs.net.presentation import NegotiatedContext, accepted_by_peer
 from minipacs.net.tls import TLSInfo, describe_tls_error, tls_info
@@ -609,23 +609,22 @@ class Association(UpperLayerUser):
 
     async def send_responses(self, context_id: int, command: Command, datasets: Sequence[bytes]) -> None:
         """Send ``command`` once per dataset (a batch of C-FIND Pending responses): the
-        messages that fit in one PDV each go out in one write and one drain."""
-        chunk = self._max_fragment()
+        messages go out in one write and one drain, each in one P-DATA-TF PDU (its command and
+        dataset PDVs together, PS3.8 §9.3.5) when it fits in the peer's Maximum Length."""
         cmd_bytes = command.encode()
-        padded = [_even(ds) for ds in datasets]
-        if len(cmd_bytes) > chunk or any(not 0 < len(ds) <= chunk for ds in padded):
+        padded = [bytes(_even(ds)) for ds in datasets]
+        pdus = None
+        if all(padded):
+            pdus = pdata_pdus(context_id, [(cmd_bytes, ds) for ds in padded], self._max_fragment() + 6)
+        if pdus is None:  # a message to fragment, or an empty dataset: one by one
             for ds in padded:
                 await self.send_message(context_id, command, ds)
             return
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s sending %d x %s", self.label, len(datasets), command.summary())
-        cmd_header = pdata_pdu_header(context_id, True, True, len(cmd_bytes))
-        parts: list[bytes | memoryview] = []
-        for ds in padded:
-            parts += (cmd_header, cmd_bytes, pdata_pdu_header(context_id, False, True, len(ds)), ds)
+            log.debug("%s sending %d x %s in %d PDU(s)", self.label, len(datasets), command.summary(), len(pdus))
         try:
             async with self._send_lock:
-                self.dul.send_pdata(b"".join(parts))
+                self.dul.send_pdata(b"".join(pdus))
                 await self.dul.drain()
         except (InvalidTransition, ConnectionError) as exc:
             raise AssociationError(

@@ -18,7 +18,7 @@ sender write the 12 header bytes and the fragment without joining them.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Self, TypeVar
 
@@ -54,6 +54,7 @@ __all__ = [
     "encode_ae_title",
     "encode_pdu",
     "pdata_pdu_header",
+    "pdata_pdus",
 ]
 
 PDU_HEADER = struct.Struct(">BxL")  # PDU-type, Reserved, PDU-length
@@ -450,6 +451,30 @@ def pdata_pdu_header(context_id: int, is_command: bool, is_last: bool, data_leng
         return _PDATA_HEADER.pack(0x04, 6 + data_length, 2 + data_length, context_id, control)
     except struct.error as exc:
         raise ValueError(f"cannot frame a PDV of {data_length} bytes for context {context_id}: {exc}") from None
+
+
+_PDV_HEADER = struct.Struct(">LBB")
+
+
+def pdata_pdus(context_id: int, messages: Sequence[tuple[bytes, bytes]], max_length: int) -> list[bytes] | None:
+    """One P-DATA-TF PDU per message (command set, dataset), both as last-fragment PDV items of it
+    (PS3.8 §9.3.5: a PDU holds one or more PDV items): half the PDUs of a PDU per PDV, for a peer
+    to read, on C-FIND's many small Pending responses. Never two messages in one PDU: DCMTK's
+    findscu (3.6.7) crashes on the second. None when a message does not fit in ``max_length``
+    (the peer's Maximum Length: the PDV items with their headers, PS3.8 D.1): it must be fragmented."""
+    pdus: list[bytes] = []
+    command = _COMMAND_BIT | _LAST_BIT
+    for cmd, data in messages:
+        size = 12 + len(cmd) + len(data)
+        if size > max_length:
+            return None
+        pdus.append(
+            _PDATA_HEADER.pack(0x04, size, 2 + len(cmd), context_id, command)
+            + cmd
+            + _PDV_HEADER.pack(2 + len(data), context_id, _LAST_BIT)
+            + data
+        )
+    return pdus
 
 
 # -------------------------------------------------------------- dispatch
