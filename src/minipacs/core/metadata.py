@@ -133,25 +133,21 @@ class MetadataStore:
         def run() -> list[tuple[str, str]]:
             done: list[tuple[str, str]] = []
             for row in rows:
-                path = blobs.path_of(row.blob_key)
                 try:
-                    done.append(
-                        (
-                            row.sop_instance_uid,
-                            compute(
-                                path, row.study_instance_uid, row.series_instance_uid, row.sop_instance_uid, limits
-                            ),
+                    with blobs.local_file(row.blob_key) as path:
+                        text = compute(
+                            path, row.study_instance_uid, row.series_instance_uid, row.sop_instance_uid, limits
                         )
-                    )
+                    done.append((row.sop_instance_uid, text))
                 except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
                     failed[row.sop_instance_uid] = (
                         str(exc) if isinstance(exc, UnreadableInstance) else f"{type(exc).__name__}: {str(exc)[:200]}"
                     )
-                    # ONE line, with the path (the server log may name it; answers never do)
+                    # ONE line, with the blob key (the server log may name it; answers never do)
                     log.error(
                         "metadata of SOP Instance %s cannot be computed from %s: %s",
                         row.sop_instance_uid,
-                        path,
+                        row.blob_key,
                         failed[row.sop_instance_uid],
                     )
             return done

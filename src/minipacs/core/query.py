@@ -15,8 +15,9 @@ import asyncio
 import enum
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import aclosing
+from contextlib import AbstractContextManager, aclosing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, cast
 
 import pydicom
@@ -224,7 +225,7 @@ def response_fields(prepared: PreparedQuery) -> tuple[ResponseField, ...]:
 async def run_query(archive: Any, prepared: PreparedQuery, *, limit: int | None = None) -> AsyncIterator[Dataset]:
     """Yield one response identifier per match, in index order; at most ``limit``.
 
-    ``archive`` is anything with ``async read(fn)`` and ``blobs.path_of(key)``.
+    ``archive`` is anything with ``async read(fn)`` and ``blobs`` (a BlobStore).
     The Dataset view of :func:`run_query_rows` (QIDO-RS, the web); C-FIND encodes the rows.
     """
     fields = response_fields(prepared)
@@ -259,7 +260,7 @@ async def run_query_batches(
     def read(after: int, want: int) -> Awaitable[tuple[list[Row], int, bool]]:
         return cast(
             Awaitable[tuple[list[Row], int, bool]],
-            archive.read(lambda conn: _read_page(conn, prepared, spec, slots, after, want, archive.blobs.path_of)),
+            archive.read(lambda conn: _read_page(conn, prepared, spec, slots, after, want, archive.blobs.local_file)),
         )
 
     pending: asyncio.Future[tuple[list[Row], int, bool]] | None = None
@@ -313,7 +314,7 @@ def _read_page(
     slots: Sequence[_Slot],
     after: int,
     want: int,
-    path_of: Callable[[str], Any],
+    local_file: Callable[[str], AbstractContextManager[Path]],
 ) -> tuple[list[Row], int, bool]:
     """One page of matches: (rows, last primary key read, no more rows)."""
     rows, position = query_sql.match_page(conn, spec, after, want)
@@ -325,7 +326,7 @@ def _read_page(
     }
     files: dict[int, Dataset | None] = {}
     if prepared.file_keys:
-        files = _representative_files(conn, prepared, spec.entity, pks, path_of)
+        files = _representative_files(conn, prepared, spec.entity, pks, local_file)
     out: list[Row] = []
     fill = _row_builder(slots, position, computed)
     for pk, row in zip(pks, rows, strict=True):
@@ -350,24 +351,27 @@ def _representative_files(
     prepared: PreparedQuery,
     entity: Entity,
     pks: list[int],
-    path_of: Callable[[str], Any],
+    local_file: Callable[[str], AbstractContextManager[Path]],
 ) -> dict[int, Dataset | None]:
     """The stored header (no pixel data) of one instance per matched entity (the first stored)."""
     tags = [k.tag for k in prepared.file_keys] + [SPECIFIC_CHARACTER_SET]
     found: dict[int, Dataset | None] = {}
     for owner_pk, blob_key in query_sql.representative_blobs(conn, entity, pks):
-        found[owner_pk] = _read_stored(path_of(blob_key), tags)
+        found[owner_pk] = _read_stored(local_file, blob_key, tags)
     return found
 
 
-def _read_stored(path: Any, tags: list[int]) -> Dataset | None:
+def _read_stored(
+    local_file: Callable[[str], AbstractContextManager[Path]], key: str, tags: list[int]
+) -> Dataset | None:
     try:
-        ds = read_stored(path, stop_before_pixels=True, specific_tags=tags)  # default limits: bounded
-        for elem in ds:  # convert now, off the event loop; a bad value becomes empty below
-            _ = elem.value
+        with local_file(key) as path:
+            ds = read_stored(path, stop_before_pixels=True, specific_tags=tags)  # default limits: bounded
+            for elem in ds:  # convert now, off the event loop; a bad value becomes empty below
+                _ = elem.value
         return ds
     except Exception as exc:  # noqa: BLE001 - a missing or damaged file answers empty values
-        log.warning("cannot read the stored file %s for query return keys: %s", path, exc)
+        log.warning("cannot read the stored file %s for query return keys: %s", key, exc)
         return None
 
 
