@@ -28,7 +28,14 @@ from minipacs.core.model import Origin
 from minipacs.core.paths import validate_uid
 from minipacs.core.retrieve import StoredInstance, select_instances
 from minipacs.core.stored import read_stored
-from minipacs.core.transcode import NoSuchFrame, TranscodeError, can_transcode, pixel_frames, transcode_part10
+from minipacs.core.transcode import (
+    NoSuchFrame,
+    TranscodeError,
+    can_transcode,
+    native_frame_ranges,
+    pixel_frames,
+    transcode_part10,
+)
 from minipacs.dicom.header import InstanceHeader
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
@@ -216,12 +223,7 @@ async def frames(request: Request) -> Response:
     try:
         chunks = await ctx(request).renders.run(
             functools.partial(
-                on_file,
-                item,
-                pixel_frames,
-                numbers,
-                decode=choice.decode,
-                limits=ctx(request).archive.settings.dataset_limits,
+                _frames, item, numbers, decode=choice.decode, limits=ctx(request).archive.settings.dataset_limits
             ),
             what="decoding",
         )
@@ -238,6 +240,16 @@ async def frames(request: Request) -> Response:
         multipart_octets(chunks, boundary, choice.content_type),
         media_type=f'multipart/related; type="{choice.media_type}"; boundary={boundary}',
     )
+
+
+def _frames(item: StoredInstance, numbers: list[int], *, decode: bool, limits: DatasetLimits) -> list[bytes]:
+    """Frames of a stored instance: native ones by ranged reads of just those bytes (the header read
+    first: one GET of its start on S3), others from a whole-file read (core/transcode.py)."""
+    with item.open() as fh:
+        ranges = native_frame_ranges(fh, numbers, limits)
+    if ranges is None:
+        return on_file(item, pixel_frames, numbers, decode=decode, limits=limits)
+    return [b"".join(item.blobs.open_range(item.blob_key, start, end)) for start, end in ranges]
 
 
 def _bulk(item: StoredInstance, tag: int, limits: DatasetLimits) -> bytes:
