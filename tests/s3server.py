@@ -33,16 +33,21 @@ class S3Server:
     proc: subprocess.Popen[bytes]
     log_path: Path
 
-    def client(self) -> Any:
-        import boto3
+    _client: Any = None
 
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        )
+    def client(self) -> Any:
+        """One boto3 client for the session (closed with the server: no socket left to the GC)."""
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client(
+                "s3",
+                endpoint_url=self.endpoint,
+                region_name="us-east-1",
+                aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            )
+        return self._client
 
     def new_bucket(self) -> str:
         name = "minipacs-" + uuid.uuid4().hex[:20]
@@ -94,6 +99,8 @@ def start_s3_server(tmp: Path, timeout: float = 60.0) -> Iterator[S3Server]:
                 time.sleep(0.1)
         yield server
     finally:
+        if server._client is not None:
+            server._client.close()
         proc.terminate()
         try:
             proc.wait(10)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,20 @@ DATA = bytes(range(256)) * 40  # 10,240 bytes, every offset distinguishable
 def s3_store(server: S3Server, tmp: Path, bucket: str | None = None, **kwargs: int) -> S3BlobStore:
     location = S3Location(bucket or server.new_bucket(), "site/a")
     return S3BlobStore(location, tmp / "s3tmp", endpoint=server.endpoint, region="us-east-1", **kwargs)
+
+
+@pytest.fixture
+def make_s3(s3_server: S3Server, tmp_path: Path) -> Iterator[Callable[..., S3BlobStore]]:
+    """S3 stores on the test server, closed after the test (no connection left to the GC)."""
+    made: list[S3BlobStore] = []
+
+    def make(bucket: str | None = None, **kwargs: int) -> S3BlobStore:
+        made.append(s3_store(s3_server, tmp_path, bucket, **kwargs))
+        return made[-1]
+
+    yield make
+    for store in made:
+        store.close()
 
 
 @pytest.fixture(params=["filesystem", "s3"])
@@ -161,20 +175,24 @@ def test_parse_s3_url() -> None:
             parse_s3_url(bad)
 
 
-def test_s3_objects_live_under_the_prefix(s3_server: S3Server, tmp_path: Path) -> None:
+def test_s3_objects_live_under_the_prefix(
+    s3_server: S3Server, tmp_path: Path, make_s3: Callable[..., S3BlobStore]
+) -> None:
     bucket = s3_server.new_bucket()
     s3_server.client().put_object(Bucket=bucket, Key="other/1.dcm", Body=b"not ours")
-    store = s3_store(s3_server, tmp_path, bucket)
+    store = make_s3(bucket)
     put(store, tmp_path, KEY, DATA)
     listed = s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]
     assert sorted(o["Key"] for o in listed) == ["other/1.dcm", "site/a/" + KEY]
     assert list(store.keys()) == [KEY]
 
 
-def test_s3_multipart_at_the_threshold(s3_server: S3Server, tmp_path: Path) -> None:
+def test_s3_multipart_at_the_threshold(
+    s3_server: S3Server, tmp_path: Path, make_s3: Callable[..., S3BlobStore]
+) -> None:
     """A file of exactly s3_multipart_bytes goes up in parts, one byte less in one PUT (S3's ETag of a
     multipart upload ends in -<parts>); the bytes read back are the bytes put."""
-    store = s3_store(s3_server, tmp_path, multipart_bytes=MIN_PART_BYTES)
+    store = make_s3(multipart_bytes=MIN_PART_BYTES)
     client = s3_server.client()
     cases = {"below.dcm": MIN_PART_BYTES - 1, "at.dcm": MIN_PART_BYTES, "three.dcm": 2 * MIN_PART_BYTES + 7}
     blobs = {name: os.urandom(size) for name, size in cases.items()}
@@ -198,10 +216,10 @@ def test_s3_multipart_at_the_threshold(s3_server: S3Server, tmp_path: Path) -> N
         s3_store(s3_server, tmp_path, multipart_bytes=MIN_PART_BYTES - 1)
 
 
-def test_s3_failed_upload_keeps_the_staged_file(s3_server: S3Server, tmp_path: Path) -> None:
+def test_s3_failed_upload_keeps_the_staged_file(tmp_path: Path, make_s3: Callable[..., S3BlobStore]) -> None:
     """sync() raises when an upload fails (here: no such bucket) and leaves every staged file in
     staging, so the archive can roll the batch back and answer a failure."""
-    store = s3_store(s3_server, tmp_path, bucket="minipacs-no-such-bucket")
+    store = make_s3("minipacs-no-such-bucket")
     with pytest.raises(BlobError, match="cannot be used"):
         store.check()
     staged = tmp_path / "s.part"

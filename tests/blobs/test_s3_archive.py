@@ -216,6 +216,7 @@ def test_acknowledged_instances_survive_kill_9_on_s3(tmp_path: Path, s3_server: 
         ae.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
         assoc = ae.associate("127.0.0.1", server.port, ae_title="MINIPACS")
         assert assoc.is_established
+        raw_socket = assoc.dul.socket.socket  # pynetdicom leaves it open when the peer dies
         try:
             for i in range(150):
                 ds = make_ct(study, series, generate_uid())
@@ -235,6 +236,8 @@ def test_acknowledged_instances_survive_kill_9_on_s3(tmp_path: Path, s3_server: 
             twentieth.set()
             if assoc.is_established:
                 assoc.abort()
+            if raw_socket is not None:
+                raw_socket.close()
         thread.join(10)
         assert server.proc.wait(30) == -signal.SIGKILL, "the server was not killed by the SIGKILL"
     assert 20 <= len(acked) < 150, f"{len(acked)} acknowledged: the kill did not land mid-transfers"

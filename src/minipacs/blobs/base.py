@@ -78,5 +78,8 @@ class BlobStore(Protocol):
     def exists(self, key: str) -> bool:
         """Whether a blob is stored under ``key``."""
 
+    def close(self) -> None:
+        """Release connections and threads (the archive closes its store when it closes)."""
+
 
 __all__ = ["BlobError", "BlobNotFound", "BlobStore", "InvalidBlobKey", "checked_key"]

@@ -167,6 +167,9 @@ class FilesystemBlobStore:
     def exists(self, key: str) -> bool:
         return self.path_of(key).is_file()
 
+    def close(self) -> None:
+        """Nothing to release."""
+
     def delete(self, key: str) -> None:
         path = self.path_of(key)
         path.unlink(missing_ok=True)

@@ -355,7 +355,9 @@ class S3BlobStore:
             raise BlobError(f"listing {self.where} failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
 
     def close(self) -> None:
+        """Wait for uploads in flight, stop the upload threads, close the client's connections."""
         self._pool.shutdown(wait=True)
+        self.client.close()
 
 
 __all__ = ["MIN_PART_BYTES", "S3BlobStore", "S3Location", "parse_s3_url"]

@@ -454,6 +454,7 @@ class Archive:
         if self._recovery_lock is not None:
             os.close(self._recovery_lock)  # releases the flock
             self._recovery_lock = None
+        await asyncio.to_thread(self.blobs.close)
         self._index.dispose()
 
     # ------------------------------------------------------------------ the intake log
