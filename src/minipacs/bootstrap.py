@@ -137,7 +137,11 @@ def blob_store(settings: Settings) -> BlobStore:
         multipart_bytes=settings.s3_multipart_bytes,
         concurrency=settings.s3_concurrency,
     )
-    store.check()
+    try:
+        store.check()
+    except BaseException:
+        store.close()
+        raise
     return store
 
 
