@@ -152,7 +152,11 @@ async def open_archive(settings: Settings) -> Archive:
     def prepare() -> tuple[IndexDatabase, BlobStore]:
         data_dir.mkdir(parents=True, exist_ok=True)
         blobs = blob_store(settings)
-        index = IndexDatabase.open(settings.resolved_index_url, fsync=settings.fsync)
+        try:
+            index = IndexDatabase.open(settings.resolved_index_url, fsync=settings.fsync)
+        except BaseException:
+            blobs.close()
+            raise
         return index, blobs
 
     index, blobs = await asyncio.to_thread(prepare)
@@ -160,6 +164,7 @@ async def open_archive(settings: Settings) -> Archive:
         return await Archive.start(archive_settings(settings), index, blobs)
     except BaseException:
         index.dispose()
+        blobs.close()
         raise
 
 
