@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import WORK, count_files, free_port, start_minipacs, stop
-from bench_store import SETS, send
+from bench_store import SETS, load_set, send
 
 #: Leaf frames where a thread waits rather than works (py-spy's idle detection misses
 #: these: the GIL is released inside C calls it does not recognise as waits).
@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     if pyspy is None:
         print("py-spy is not installed (pip install py-spy)", file=sys.stderr)
         return 2
-    folder = SETS[args.set]
-    expected = count_files(folder, ".dcm")
+    data = load_set(args.set, quick=False)
+    expected = data.count
     outdir = WORK / "profile"
     outdir.mkdir(parents=True, exist_ok=True)
     tag = f"{args.set}{'-gil' if args.gil else ''}"
@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             stderr=open(outdir / "py-spy.log", "wb"),  # noqa: SIM115 - py-spy keeps it until it exits
         )
         time.sleep(1.0)  # let py-spy attach
-        took = send(folder, port, outdir / "storescu.log")
+        run_dir = outdir / "run"
+        run_dir.mkdir(exist_ok=True)
+        took = send(data, "MINIPACS", port, run_dir)
         stored = count_files(outdir / "data" / "storage", ".dcm")
         spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
         spy.wait(60)

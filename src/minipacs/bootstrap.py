@@ -14,17 +14,27 @@ from minipacs.blobs.filesystem import FilesystemBlobStore
 from minipacs.blobs.s3 import S3BlobStore, parse_s3_url
 from minipacs.config import ConfigError, Settings
 from minipacs.core.access import AccessPolicy, AccessRules
+from minipacs.core.anonymize import Anonymizer, load_key, register_anonymize_job
 from minipacs.core.archive import Archive, ArchiveSettings
+from minipacs.core.audit import AuditSettings
+from minipacs.core.compression import CompressionSettings, Compressor
+from minipacs.core.compression_jobs import CompressionScheduler, SchedulerSettings, register_compression_jobs
+from minipacs.core.corrections import Corrections, register_correction_jobs
 from minipacs.core.jobs import JobQueue, JobSettings, default_runner
+from minipacs.core.metrics import Metrics
 from minipacs.core.mpps import ProcedureSteps
 from minipacs.core.nodes import NodeRegistry, calling_host_warning
+from minipacs.core.retention import periodic, register_retention_job
+from minipacs.core.routing import Router, RoutingSettings
+from minipacs.core.rules import RuleBook, check_against_nodes
 from minipacs.core.worklist import Worklist
+from minipacs.hl7.adt import HL7Receiver
 from minipacs.hl7.mllp import MLLPServer
-from minipacs.hl7.orders import OrderReceiver
 from minipacs.index.database import IndexDatabase
 from minipacs.net.association import AssociationSettings
 from minipacs.net.dul import Timeouts
 from minipacs.net.tls import TLSConfigError, client_context, server_context
+from minipacs.services.audit_syslog import SyslogConfigError, SyslogSender, parse_collector
 from minipacs.services.commitment import StorageCommitmentSCP
 from minipacs.services.job_kinds import register_transfer_jobs
 from minipacs.services.mpps import MPPSSCP
@@ -32,6 +42,7 @@ from minipacs.services.outbound import Outbound, OutboundSettings
 from minipacs.services.qr_find import QueryRetrieveFindSCP
 from minipacs.services.qr_get import GetSCP
 from minipacs.services.qr_move import MoveSCP
+from minipacs.services.route_jobs import register_routing_jobs
 from minipacs.services.server import DicomServer, TLSListenError
 from minipacs.services.storage import StorageSCP
 from minipacs.services.user_identity import UserIdentityPolicy
@@ -102,8 +113,72 @@ def job_queue(settings: Settings, archive: Archive, nodes: NodeRegistry, calls: 
     """The persistent job queue with every kind this build knows (not started: ``await queue.start()``
     runs it; commands that only list, cancel or retry never start it)."""
     queue = JobQueue(archive, job_settings(settings))
-    register_transfer_jobs(queue, calls or outbound(settings, archive), nodes)
+    calls = calls or outbound(settings, archive)
+    register_transfer_jobs(queue, calls, nodes)
+    register_routing_jobs(queue, calls, nodes)
+    register_retention_job(queue, archive, settings.retention, settings.retention_max_deletions)
+    register_anonymize_job(queue, anonymizer(settings, archive))
+    register_compression_jobs(queue, compressor(settings, archive))
+    register_correction_jobs(queue, corrections(settings, archive))
     return queue
+
+
+def corrections(settings: Settings, archive: Archive, jobs: JobQueue | None = None) -> Corrections:
+    """Modify, merge and series moves (core/corrections.py); large ones go on ``jobs``."""
+    return Corrections(
+        archive,
+        jobs=jobs,
+        inline_max=settings.correction_inline_max_instances,
+        max_passes=settings.correction_max_passes,
+    )
+
+
+def anonymizer(settings: Settings, archive: Archive) -> Anonymizer:
+    """De-identification with the configured key, or DATA/anonymization.key (created once)."""
+    return Anonymizer(archive, load_key(settings.anonymization_key, settings.data_dir.resolve()))
+
+
+def compressor(settings: Settings, archive: Archive) -> Compressor:
+    """Lossless compression of stored instances (core/compression.py)."""
+    return Compressor(
+        archive,
+        CompressionSettings(
+            settings.compression_keep_replaced_seconds, settings.fsync, settings.compression_max_instance_bytes
+        ),
+    )
+
+
+def compression_scheduler(settings: Settings, app: App) -> CompressionScheduler:
+    """Submits the ``[[compression]]`` policies' jobs (core/compression_jobs.py); ``attach()`` starts it."""
+    return CompressionScheduler(
+        app.archive,
+        app.jobs,
+        compressor(settings, app.archive),
+        settings.compression,
+        SchedulerSettings(settings.compression_ingest_delay_seconds, settings.compression_sweep_seconds),
+    )
+
+
+async def router(settings: Settings, archive: Archive, nodes: NodeRegistry, jobs: JobQueue) -> Router:
+    """Auto-routing (core/routing.py), listening to ``archive``'s arrivals (not started: ``await
+    router.start()``). The config's rules must name registered nodes: ConfigError naming the rule."""
+    problems = check_against_nodes(settings.rules, nodes.snapshot)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    routing = Router(
+        archive,
+        jobs,
+        RuleBook(archive, settings.rules, nodes),
+        RoutingSettings(poll_seconds=settings.routing_poll_seconds, catch_up_seconds=settings.routing_catch_up_seconds),
+    )
+    archive.on_stored.append(routing.instance_stored)
+    if settings.rules:
+        log.info(
+            "routing: %d rule(s) from the config file: %s",
+            len(settings.rules),
+            ", ".join(r.name for r in settings.rules),
+        )
+    return routing
 
 
 def archive_settings(settings: Settings) -> ArchiveSettings:
@@ -161,11 +236,21 @@ async def open_archive(settings: Settings) -> Archive:
 
     index, blobs = await asyncio.to_thread(prepare)
     try:
-        return await Archive.start(archive_settings(settings), index, blobs)
+        archive = await Archive.start(archive_settings(settings), index, blobs)
     except BaseException:
         index.dispose()
         blobs.close()
         raise
+    archive.audit.settings = audit_settings(settings)
+    return archive
+
+
+def audit_settings(settings: Settings) -> AuditSettings:
+    return AuditSettings(
+        retention_days=settings.audit_retention_days,
+        flush_seconds=settings.audit_flush_seconds,
+        max_pending=settings.audit_max_pending,
+    )
 
 
 def access_rules(settings: Settings) -> AccessRules:
@@ -186,16 +271,33 @@ class App:
     access: AccessPolicy
     #: The persistent job queue (core/jobs.py); ``serve`` starts its runner.
     jobs: JobQueue
+    #: Prometheus figures (core/metrics.py), counted by the DICOM server and the HTTP edge.
+    metrics: Metrics
     #: Re-reads the AE registry every settings.nodes_refresh seconds (edits by `minipacs nodes`).
     nodes_watch: asyncio.Task[None] | None = None
     #: Looks for new findings in the association log every settings.diagnostics_interval seconds.
     diagnostics_watch: asyncio.Task[None] | None = None
     #: Looks for studies whose procedure step another node completed (core/mpps.py ``watch``).
     completion_watch: asyncio.Task[None] | None = None
+    #: Queues a retention run every settings.retention_interval_seconds (core/retention.py).
+    retention_watch: asyncio.Task[None] | None = None
+    #: Writes the audit trail's waiting events and prunes old rows (core/audit.py ``run``).
+    audit_watch: asyncio.Task[None] | None = None
+    #: Sends the audit rows on to the ATNA collector (services/audit_syslog.py), when audit_syslog is set.
+    audit_syslog_watch: asyncio.Task[None] | None = None
+    #: Submits compression jobs (``serve`` starts it after the job runner).
+    compression: CompressionScheduler | None = None
+    #: Auto-routing (core/routing.py); ``serve`` starts it with the job runner.
+    router: Router | None = None
 
     async def close(self, grace: float = 5.0) -> None:
+        if self.router is not None:
+            await self.router.close()
+        if self.compression is not None:
+            await self.compression.close()
         await self.jobs.close()  # running jobs go back to the queue while the index is still open
-        for task in (self.nodes_watch, self.diagnostics_watch, self.completion_watch):
+        tasks = (self.nodes_watch, self.diagnostics_watch, self.completion_watch, self.retention_watch)
+        for task in (*tasks, self.audit_watch, self.audit_syslog_watch):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -232,6 +334,7 @@ async def open_registry(settings: Settings, archive: Archive) -> tuple[NodeRegis
 
 async def build_app(settings: Settings) -> App:
     server_tls, client_tls = tls_server(settings), tls_client(settings)  # unusable files: ConfigError, now
+    sender = audit_syslog(settings)  # likewise
     if settings.dicom_user_identity != "ignore" and not settings.users:
         log.warning(
             "dicom_user_identity is %r but no [[users]] are configured: every association that %s will be rejected",
@@ -248,6 +351,8 @@ async def build_app(settings: Settings) -> App:
     except BaseException:
         await archive.close()
         raise
+    metrics = Metrics(max_ae_labels=settings.metrics_max_ae_labels)
+    archive.metrics = metrics
     server = DicomServer(
         settings.ae_title,
         [
@@ -290,13 +395,49 @@ async def build_app(settings: Settings) -> App:
         max_pending_per_host=settings.max_pending_per_host,
         handshake_timeout=settings.handshake_timeout,
         max_async_operations=settings.max_async_operations,
+        metrics=metrics,
     )
+    jobs = job_queue(settings, archive, registry)
+    try:
+        routing = await router(settings, archive, registry, jobs)
+    except BaseException:
+        await archive.close()
+        raise
     watch = asyncio.ensure_future(registry.watch(settings.nodes_refresh))
     findings = asyncio.ensure_future(watch_diagnostics(settings, archive, registry))
     completion = asyncio.ensure_future(steps.watch(settings.completion_recheck_seconds))
-    return App(
-        settings, archive, server, registry, access, job_queue(settings, archive, registry), watch, findings, completion
+    app = App(
+        settings,
+        archive,
+        server,
+        registry,
+        access,
+        jobs,
+        metrics,
+        watch,
+        findings,
+        completion,
+        router=routing,
     )
+    app.audit_watch = asyncio.ensure_future(archive.audit.run())
+    if sender is not None:
+        archive.audit.forward.append(sender.submit)
+        app.audit_syslog_watch = asyncio.ensure_future(sender.run())
+    return app
+
+
+def audit_syslog(settings: Settings) -> SyslogSender | None:
+    """The ATNA sender of the audit trail when ``audit_syslog`` is set; ConfigError if it cannot be used."""
+    if not settings.audit_syslog:
+        return None
+    try:
+        collector = parse_collector(settings.audit_syslog)
+        tls = None
+        if collector.scheme == "tls":
+            tls = client_context(settings.audit_syslog_ca_file, settings.tls_cert_file, settings.tls_key_file)
+        return SyslogSender(collector, settings.ae_title, tls=tls, max_queue=settings.audit_syslog_queue)
+    except (SyslogConfigError, TLSConfigError) as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 async def watch_diagnostics(settings: Settings, archive: Archive, registry: NodeRegistry) -> None:
@@ -315,11 +456,11 @@ async def watch_diagnostics(settings: Settings, archive: Archive, registry: Node
 
 
 async def start_hl7(settings: Settings, app: App) -> MLLPServer | None:
-    """The HL7 v2 MLLP order listener when hl7_port > 0 (orders -> the worklist)."""
+    """The HL7 v2 MLLP listener when hl7_port > 0 (orders -> the worklist; ADT -> corrections, hl7/adt.py)."""
     if settings.hl7_port <= 0:
         return None
     server = MLLPServer(
-        OrderReceiver(Worklist(app.archive), settings.ae_title),
+        HL7Receiver(Worklist(app.archive), corrections(settings, app.archive, app.jobs), settings.ae_title),
         host=settings.hl7_host,
         port=settings.hl7_port,
         max_message_bytes=settings.hl7_max_message_bytes,
@@ -348,7 +489,15 @@ async def serve(settings: Settings, on_ready: Callable[[App], None] | None = Non
     hl7: MLLPServer | None = None
     http = None  # the HTTP edge (web/): REST and DICOMweb, same process and loop
     try:
-        http = await start_http(settings, app.archive, app.nodes, outbound(settings, app.archive), app.jobs)
+        http = await start_http(
+            settings,
+            app.archive,
+            app.nodes,
+            outbound(settings, app.archive),
+            app.jobs,
+            anonymizer=anonymizer(settings, app.archive),
+            metrics=app.metrics,
+        )
         try:
             await app.dicom.start()
         except TLSListenError:
@@ -373,6 +522,12 @@ async def serve(settings: Settings, on_ready: Callable[[App], None] | None = Non
         )
         hl7 = await start_hl7(settings, app)
         await app.jobs.start()
+        if settings.retention and settings.retention_interval_seconds > 0:
+            app.retention_watch = asyncio.ensure_future(periodic(app.jobs, settings.retention_interval_seconds))
+        app.compression = compression_scheduler(settings, app)
+        app.compression.attach()
+        if app.router is not None:
+            await app.router.start()
         if on_ready is not None:
             on_ready(app)
         await stop.wait()

@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from minipacs.blobs.s3 import parse_s3_url
+from minipacs.core.compression import CompressionPolicy, InvalidPolicy, policy_from_mapping
 from minipacs.core.model import DuplicatePolicy
 from minipacs.core.nodes import OPERATIONS, InvalidNode, Node, node_from_mapping
+from minipacs.core.retention import InvalidRetentionRule, RetentionRule, check_rules, rule_from_mapping
+from minipacs.core.rules import InvalidRule, Rule, rules_from_tables
 from minipacs.core.users import DICOM_IDENTITY_MODES, ApiToken, InvalidUser, User, token_from_mapping, user_from_mapping
 
 MiB = 1024 * 1024
@@ -65,6 +68,9 @@ class Settings:
     #: Requests one association may have outstanding with us when the requestor proposes an
     #: Asynchronous Operations Window (PS3.7 D.3.3.3); without one it is 1.
     max_async_operations: int = 8
+    #: Distinct calling AE titles /metrics labels separately; later ones count as "(other)"
+    #: (a peer chooses its title: the labels, and the memory they take, stay bounded).
+    metrics_max_ae_labels: int = 200
     #: Maximum PDU length we announce and accept (PS3.8 D.1); 0 = unlimited is refused.
     max_pdu_receive: int = 1 * MiB
     #: Largest PDU length we send, whatever the peer allows (0 = as the peer allows).
@@ -187,9 +193,61 @@ class Settings:
     hl7_max_message_bytes: int = 1 * MiB
     #: An HL7 connection silent this long is closed.
     hl7_idle_timeout: float = 300.0
+    # --- de-identification (core/anonymize.py, docs/ANONYMIZATION.md)
+    #: Secret of the keyed pseudonyms (HMAC-SHA256), at least 16 characters; empty: a random key
+    #: generated once into DATA/anonymization.key. Same key, same pseudonyms and UIDs in every run.
+    anonymization_key: str = dataclasses.field(default="", repr=False)
+    #: A REST anonymization of more instances than this runs as a job (202 and the job's id).
+    anonymize_job_threshold: int = 200
+    # --- the audit trail (core/audit.py, docs/AUDIT.md)
+    #: Audit rows are deleted this many days after they were written; 0 keeps them for ever.
+    audit_retention_days: int = 365
+    #: Waiting audit events are written to the index this often (s), in one transaction.
+    audit_flush_seconds: float = 1.0
+    #: At most this many audit events wait in memory (the index down); beyond, the oldest are dropped.
+    audit_max_pending: int = 100_000
+    #: Send each audit row on as a DICOM Audit Message (PS3.15 A.5) over syslog to this collector (an
+    #: IHE ATNA audit record repository): "udp://host:514" (RFC 5426) or "tls://host:6514" (RFC 5425); "" off.
+    audit_syslog: str = ""
+    #: tls://: the CA (PEM) the collector's certificate must chain to; tls_cert_file/tls_key_file, when
+    #: set, are our client certificate.
+    audit_syslog_ca_file: str = ""
+    #: Audit messages waiting for the collector at most; beyond, the oldest are dropped (the index keeps them).
+    audit_syslog_queue: int = 10_000
+    # --- corrections (core/corrections.py, docs/CORRECTIONS.md)
+    #: A modify, merge or series move touching more instances than this runs as a job (202 + job id).
+    correction_inline_max_instances: int = 200
+    #: Passes that rewrite instances stored into the resource while it is corrected (at least 1).
+    correction_max_passes: int = 3
     #: ``[[users]]`` (name, password_hash, role) and ``[[tokens]]`` (name, token_hash, role).
     users: tuple[User, ...] = ()
     tokens: tuple[ApiToken, ...] = ()
+    # --- retention (core/retention.py; docs/RETENTION.md)
+    #: ``[[retention]]`` rules: name, older_than_days + by, max_storage_bytes, match, protect_label.
+    retention: tuple[RetentionRule, ...] = ()
+    #: Seconds between the periodic retention runs (jobs of kind "retention"); 0: only when asked.
+    retention_interval_seconds: float = 3600.0
+    #: Most studies one retention run deletes (the next run goes on).
+    retention_max_deletions: int = 1000
+    # --- lossless compression of stored instances (core/compression.py; docs/COMPRESSION.md)
+    #: ``[[compression]]`` tables: name, syntax, match, older_than_days, when.
+    compression: tuple[CompressionPolicy, ...] = ()
+    #: An ingest policy's job starts once no instance arrived for this many seconds.
+    compression_ingest_delay_seconds: float = 5.0
+    #: Every this many seconds each policy sweeps the archive for instances it has not looked at.
+    compression_sweep_seconds: float = 3600.0
+    #: A copy replaced by its compressed copy is removed this many seconds later (retrieves under way read it).
+    compression_keep_replaced_seconds: float = 300.0
+    #: Stored instances larger than this are not compressed (encoding holds the pixels ~3 times in memory).
+    compression_max_instance_bytes: int = 512 * MiB
+    # --- auto-routing (core/rules.py, core/routing.py; docs/ROUTING.md)
+    #: ``[[rules]]`` tables: read-only here; rules made through /api/rules live in the index.
+    rules: tuple[Rule, ...] = ()
+    #: Seconds between looks for quiet studies (when = "stable"), completed studies and new worklist entries.
+    routing_poll_seconds: float = 1.0
+    #: A "complete" or "scheduled" rule also acts on studies completed / entries created this many seconds
+    #: before it first looked (at start-up, or when it was made): what happened while the server was down.
+    routing_catch_up_seconds: float = 3600.0
     # --- where stored instances live (blobs/; docs/S3.md)
     #: "" (default): files under DATA/storage. "s3://BUCKET/PREFIX": objects in an S3-compatible store
     #: (credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws, as every AWS client reads them).
@@ -258,6 +316,8 @@ class Settings:
             )
         if not 1 <= self.max_async_operations <= 64:
             raise ConfigError("max_async_operations must be 1 to 64")
+        if not 1 <= self.metrics_max_ae_labels <= 100_000:
+            raise ConfigError("metrics_max_ae_labels must be 1 to 100000")
         if self.max_pdu_receive < 4096:
             raise ConfigError("max_pdu_receive must be at least 4096 bytes")
         if self.max_pdu_send < 0 or 0 < self.max_pdu_send < 4096:
@@ -345,10 +405,63 @@ class Settings:
             raise ConfigError("hl7_max_message_bytes must be at least 1024")
         if self.hl7_idle_timeout <= 0:
             raise ConfigError("hl7_idle_timeout must be a positive number of seconds")
+        if self.retention_interval_seconds < 0:
+            raise ConfigError("retention_interval_seconds must be 0 (no periodic runs) or a positive number")
+        if not 1 <= self.retention_max_deletions <= 100000:
+            raise ConfigError("retention_max_deletions must be 1 to 100000")
+        try:
+            check_rules(self.retention)
+        except InvalidRetentionRule as exc:
+            raise ConfigError(str(exc)) from None
+        if self.anonymization_key and len(self.anonymization_key) < 16:
+            raise ConfigError("anonymization_key must be at least 16 characters (or empty: a generated key)")
+        if self.anonymize_job_threshold < 0:
+            raise ConfigError("anonymize_job_threshold must be 0 (always a job) or more instances")
+        if self.audit_retention_days < 0:
+            raise ConfigError("audit_retention_days must be 0 (keep the audit trail for ever) or a number of days")
+        if not 0.05 <= self.audit_flush_seconds <= 3600:
+            raise ConfigError("audit_flush_seconds must be from 0.05 to 3600 seconds")
+        if self.audit_max_pending < 1000:
+            raise ConfigError("audit_max_pending must be at least 1000 events")
+        if self.audit_syslog and not self.audit_syslog.startswith(("udp://", "tls://")):
+            raise ConfigError(f"audit_syslog {self.audit_syslog!r} must be udp://host:port or tls://host:port")
+        if self.audit_syslog.startswith("tls://") and not self.audit_syslog_ca_file:
+            raise ConfigError("audit_syslog over tls:// needs audit_syslog_ca_file, the CA of the collector")
+        if self.audit_syslog_queue < 1:
+            raise ConfigError("audit_syslog_queue must be at least 1 message")
+        self._validate_compression()
+        if not 0.05 <= self.routing_poll_seconds <= 3600:
+            raise ConfigError("routing_poll_seconds must be 0.05 to 3600")
+        if not 0 <= self.routing_catch_up_seconds <= 30 * 86400:
+            raise ConfigError("routing_catch_up_seconds must be 0 to 2592000 (30 days)")
+        if self.correction_inline_max_instances < 0:
+            raise ConfigError("correction_inline_max_instances must be 0 (every correction a job) or more")
+        if not 1 <= self.correction_max_passes <= 100:
+            raise ConfigError("correction_max_passes must be 1 to 100")
         return self
 
+    def _validate_compression(self) -> None:
+        if not 0 < self.compression_ingest_delay_seconds <= 3600:
+            raise ConfigError("compression_ingest_delay_seconds must be more than 0 and at most 3600")
+        if not 1 <= self.compression_sweep_seconds <= 7 * 86400:
+            raise ConfigError("compression_sweep_seconds must be 1 to 604800 (a week)")
+        if not 0 <= self.compression_keep_replaced_seconds <= 86400:
+            raise ConfigError("compression_keep_replaced_seconds must be 0 to 86400")
+        if self.compression_max_instance_bytes < 1024:
+            raise ConfigError("compression_max_instance_bytes must be at least 1024")
+        names = [p.name for p in self.compression]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(f"[[compression]] name {twice[0]!r} is used twice; each policy needs its own name")
+        for policy in self.compression:
+            if policy.when == "ingest" and policy.older_than_days:
+                raise ConfigError(
+                    f'[[compression]] {policy.name!r}: older_than_days needs when = "background" '
+                    "(an instance just stored is never older than that)"
+                )
 
-_TABLES = ("nodes", "users", "tokens")
+
+_TABLES = ("nodes", "users", "tokens", "retention", "compression", "rules")
 _FIELDS = {f.name: f for f in fields(Settings) if f.name not in _TABLES}
 
 
@@ -413,6 +526,34 @@ def _accounts(doc: Mapping[str, Any], section: Mapping[str, Any], config_file: P
     return out
 
 
+def _retention(tables: Any, config_file: Path) -> tuple[RetentionRule, ...]:
+    """``[[retention]]`` tables -> rules, or a ConfigError naming the bad one."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"{config_file}: 'retention' must be [[retention]] tables (name, older_than_days, ...)")
+    rules: list[RetentionRule] = []
+    for number, table in enumerate(tables, 1):
+        try:
+            rules.append(rule_from_mapping(table))
+        except InvalidRetentionRule as exc:
+            raise ConfigError(f"{config_file}: [[retention]] number {number}: {exc}") from exc
+    return tuple(rules)
+
+
+def _compression(tables: Any, config_file: Path) -> tuple[CompressionPolicy, ...]:
+    """``[[compression]]`` tables of the config file -> policies, or a ConfigError naming the bad one."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"{config_file}: 'compression' must be [[compression]] tables (name, syntax, match, ...)")
+    policies: list[CompressionPolicy] = []
+    for number, table in enumerate(tables, 1):
+        try:
+            policies.append(policy_from_mapping(table))
+        except InvalidPolicy as exc:
+            raise ConfigError(
+                f"{config_file}: [[compression]] number {number} ({table.get('name', '?')!r}): {exc}"
+            ) from exc
+    return tuple(policies)
+
+
 #: MINIPACS_* environment variables that are not settings: read by the tests and benchmarks only.
 NOT_SETTINGS_PREFIXES: Final = ("MINIPACS_TEST_", "MINIPACS_BENCH_")
 
@@ -445,6 +586,12 @@ def load_settings(
         tables = section.get("nodes", doc.get("nodes", []))
         values["nodes"] = _nodes(tables, config_file)
         values.update(_accounts(doc, section, config_file))
+        values["retention"] = _retention(section.get("retention", doc.get("retention", [])), config_file)
+        values["compression"] = _compression(section.get("compression", doc.get("compression", [])), config_file)
+        try:
+            values["rules"] = rules_from_tables(section.get("rules", doc.get("rules", [])))
+        except InvalidRule as exc:
+            raise ConfigError(f"{config_file}: {exc}") from exc
         for key, raw in section.items():
             if key in _TABLES:
                 continue

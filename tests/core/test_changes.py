@@ -76,9 +76,10 @@ async def store(archive: Archive, tmp: Path, study: str, series: str, sop: str, 
 def test_every_change_type_has_a_level_and_a_description() -> None:
     assert set(CHANGE_TYPES) == set(ChangeType)
     for kind, (level, uid, when) in CHANGE_TYPES.items():
-        assert uid and when and (level or kind is ChangeType.DELETED)
-    with pytest.raises(ValueError, match="Deleted change needs"):
-        change_row(ChangeType.DELETED, "1.2", "", dt.datetime.now(dt.UTC))
+        assert uid and when and (level or kind in (ChangeType.DELETED, ChangeType.MODIFIED))
+    for kind in (ChangeType.DELETED, ChangeType.MODIFIED):  # the level is the resource's, given per row
+        with pytest.raises(ValueError, match=f"{kind.value} change needs"):
+            change_row(kind, "1.2", "", dt.datetime.now(dt.UTC))
 
 
 def test_ingest_journals_new_patient_study_series_and_each_instance(on_archive: Callable[..., None]) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Final
 
+import numpy as np
+import pydicom
 import pytest
 from pydicom.pixels.decoders.base import get_decoder
 
@@ -82,3 +85,24 @@ def test_the_plugin_raises_on_a_bitstream_gdcm_cannot_decode() -> None:
     )
     with pytest.raises(ValueError, match="GDCM could not decode"):
         decoders.decode_frame(b"\xff\xd8\xff\xc1" + b"\x00" * 64, runner)
+
+
+@pytest.mark.parametrize("uid", sorted(decoders.LAST))
+def test_gdcm_is_tried_last_for_jpeg_ls(uid: str) -> None:
+    """pydicom 3.0.2 fails to sign-correct GDCM's read-only JPEG-LS output (signed pixels): pyjpegls goes first."""
+    decoders.register()
+    decoders.register()  # idempotent: the order stays
+    order = list(get_decoder(uid)._available)
+    assert order[-1] == "gdcm" and "pyjpegls" in order
+
+
+def test_signed_jpeg_ls_is_transcoded(tmp_path: Path) -> None:
+    from minipacs.core.compression import SYNTAXES, encode
+    from minipacs.core.transcode import transcode_part10
+    from tests.core.test_compression import image, save
+
+    ds, arr = image("16signed")
+    compressed = tmp_path / "jls.dcm"
+    compressed.write_bytes(encode(save(ds, tmp_path / "in.dcm"), SYNTAXES["jpeg-ls-lossless"]))
+    (tmp_path / "out.dcm").write_bytes(transcode_part10(compressed, "1.2.840.10008.1.2.1"))
+    assert np.array_equal(pydicom.dcmread(tmp_path / "out.dcm").pixel_array, arr)

@@ -330,7 +330,10 @@ def test_postgresql_updates_the_counters_once_per_transaction() -> None:
                 conn.execute(sa.text("DELETE FROM instances WHERE sop_instance_uid LIKE '4.1%'"))
                 conn.execute(sa.text("UPDATE instances SET size = 20 WHERE sop_instance_uid = '4.2'"))
                 # the backend's updates of storage_stats not yet reported (this one's and earlier ones')
-                updated = sa.text("SELECT n_tup_upd FROM pg_stat_xact_user_tables WHERE relname = 'storage_stats'")
+                updated = sa.text(
+                    "SELECT n_tup_upd FROM pg_stat_xact_user_tables "
+                    "WHERE relname = 'storage_stats' AND schemaname = current_schema()"
+                )
                 before = conn.execute(updated).scalar_one()
                 conn.execute(sa.text("SET CONSTRAINTS ALL IMMEDIATE"))  # apply the deltas now, to look
                 assert conn.execute(updated).scalar_one() - before == 1

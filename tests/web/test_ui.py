@@ -70,7 +70,7 @@ def test_pages_render(web: Callable[..., Any]) -> None:
         uids = await store(client, StudyDescription="CT CHEST", patient_id="PID7")
         study, series, sop = uids["study_uid"], uids["series_uid"], uids["sop_uid"]
         r = await client.get("/", follow_redirects=False)
-        assert r.status_code == 307 and r.headers["location"] == "/ui/"
+        assert r.status_code == 307 and r.headers["location"] == "/ui/overview"
         r = await client.get("/ui/")
         assert r.status_code == 200 and "text/html" in r.headers["content-type"]
         assert "CT CHEST" in r.text and "PID7" in r.text and f"/ui/studies/{study}" in r.text

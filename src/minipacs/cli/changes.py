@@ -49,7 +49,8 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         return EXIT_OK
     for c in found:
         study = f" (study {c.study})" if c.study and c.study != c.uid else ""
-        print(f"{c.seq:>8} {c.time:%Y-%m-%d %H:%M:%S} {c.type:<17} {c.level:<8} {c.uid}{study}")
+        why = f" [{c.reason}]" if c.reason else ""  # e.g. [retention:<rule>]
+        print(f"{c.seq:>8} {c.time:%Y-%m-%d %H:%M:%S} {c.type:<17} {c.level:<8} {c.uid}{study}{why}")
     more = "" if done else f"; more: minipacs changes --since {last}"
     print(f"last seq {last}{more}")
     return EXIT_OK

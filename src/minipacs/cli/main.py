@@ -175,6 +175,16 @@ COMMAND_MODULES: tuple[str, ...] = (
     "check",
     "doctor",
     "jobs",
+    "retention",
+    "anonymize",
+    "export",
+    "compress",
+    "deliveries",
+    "rules",
+    "modify",
+    "merge",
+    "split",
+    "corrections",
 )
 
 

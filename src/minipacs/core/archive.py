@@ -38,16 +38,19 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 
 from minipacs.blobs.base import BlobError, BlobStore
+from minipacs.core.audit import AuditLog
 from minipacs.core.changes import ChangeType, change_row
 from minipacs.core.changes import record as record_changes
 from minipacs.core.errors import (
     ArchiveError,
+    CorrectionConflict,
     DuplicateInstance,
     InstanceMismatch,
     InstanceUIDMismatch,
@@ -58,6 +61,7 @@ from minipacs.core.errors import (
 from minipacs.core.header import read_header
 from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits, check_deflated
 from minipacs.core.intake import IntakeLog, IntakeRecord, syncfs
+from minipacs.core.metrics import Metrics
 from minipacs.core.model import (
     AssociationRecord,
     DuplicatePolicy,
@@ -77,7 +81,7 @@ from minipacs.core.staging import (
 )
 from minipacs.core.structure import check_staged
 from minipacs.dicom.header import InstanceHeader, dataset_encoding
-from minipacs.index import intake_repo
+from minipacs.index import intake_repo, metadata_repo
 from minipacs.index import repository as repo
 from minipacs.index.database import IndexConnection, IndexDatabase
 
@@ -140,6 +144,9 @@ class _IngestJob(_Job[StoreOutcome]):
     size: int = field(default=0, kw_only=True)
     #: Made durable by the intake log rather than its own fsyncs (set by the writer).
     logged: bool = field(default=False, kw_only=True)
+    #: A correction's rewrite (core/corrections.py): replace exactly the stored copy with this blob key,
+    #: whatever the duplicate policy, keeping the row's origin; refused if that copy is gone or replaced.
+    replace_key: str | None = field(default=None, kw_only=True)
 
 
 @dataclass
@@ -372,9 +379,13 @@ class Archive:
         #: After-ingest listeners (web/: PS3.18 metadata), called on the event loop once an
         #: ingest is durable, after its result is known; they must be quick and must not raise.
         self.on_stored: list[Callable[[StoreOutcome], None]] = []
+        #: Prometheus figures (core/metrics.py), set by bootstrap; None: nothing is counted.
+        self.metrics: Metrics | None = None
         #: After-deletion listeners (core/mpps.py): called on the event loop with the Study
         #: Instance UIDs whose completion a deletion withdrew; quick, must not raise.
         self.on_uncompleted: list[Callable[[set[str]], None]] = []
+        #: The audit trail (core/audit.py): ``archive.audit.record(...)`` from any layer above.
+        self.audit = AuditLog(self.write, self.read, settings.node_name)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -438,6 +449,10 @@ class Archive:
         ``checkpoint=False`` leaves the intake log as a crash would (for tests of the replay)."""
         if self._closed:
             return
+        try:
+            await self.audit.flush()  # the audit events still waiting (core/audit.py)
+        except Exception as exc:  # noqa: BLE001 - closing anyway; say what is lost
+            log.error("audit: %d event(s) not written at close: %s", self.audit.pending, exc)
         self._closed = True
         if self._intake is not None:
             await asyncio.to_thread(self._stop_checkpointer, checkpoint=checkpoint)
@@ -563,7 +578,10 @@ class Archive:
             sop_instance_uid=str(meta["sop"]),
         )
         try:
-            await self.ingest(staged, Origin(kind, calling, called, host))
+            replacing = meta.get("replace")
+            await self.ingest(
+                staged, Origin(kind, calling, called, host), replace_key=str(replacing) if replacing else None
+            )
         except ArchiveError as exc:  # refused now as it would have been then: nothing was acknowledged
             log.warning("intake-log record %d could not be stored again: %s", record.lsn, exc)
 
@@ -577,6 +595,8 @@ class Archive:
             "class": staged.sop_class_uid,
             "sop": staged.sop_instance_uid,
             "origin": [origin.kind, origin.calling_aet, origin.called_aet, origin.peer_host],
+            # a correction's rewrite (core/corrections.py) replays as one: it replaces exactly that copy
+            **({"replace": job.replace_key} if job.replace_key is not None else {}),
         }
 
     def _check_open(self) -> None:
@@ -610,8 +630,12 @@ class Archive:
             pool=self._staging_pool,
         )
 
-    async def ingest(self, staged: StagedPath, origin: Origin) -> StoreOutcome:
+    async def ingest(self, staged: StagedPath, origin: Origin, *, replace_key: str | None = None) -> StoreOutcome:
         """Store a staged file; returns once file and index row are durable.
+
+        ``replace_key`` (corrections, core/corrections.py): the staged file replaces exactly the stored
+        copy with that blob key, keeping its row's origin and reception time; CorrectionConflict when
+        the instance is no longer stored under that key (deleted, or replaced by a newer copy).
 
         A deflated dataset is inflated first within ``settings.dataset_limits`` (core/inflate.py):
         past them InflateLimitExceeded, a broken stream InvalidInstance; nothing is stored.
@@ -633,10 +657,20 @@ class Archive:
                 staged.path.unlink(missing_ok=True)
                 raise
         future: asyncio.Future[StoreOutcome] = loop.create_future()
+        started = time.perf_counter()
         # One hop: the writer parses the header too (0.1 ms; another thread
         # would only add a hand-over under the GIL).
-        self._queue.put(_IngestJob(loop, future, staged=staged, origin=origin))
-        outcome = await future
+        self._queue.put(_IngestJob(loop, future, staged=staged, origin=origin, replace_key=replace_key))
+        metrics = self.metrics
+        if metrics is None:
+            outcome = await future
+        else:
+            try:
+                outcome = await future
+            except ArchiveError as exc:
+                metrics.ingest_failed(origin.kind, exc)
+                raise
+            metrics.ingested(origin.kind, outcome.status.value, outcome.size, time.perf_counter() - started)
         for listener in self.on_stored:  # empty on a plain DICOM archive: ~0 cost
             try:
                 listener(outcome)
@@ -908,7 +942,15 @@ class Archive:
         )
         existing = repo.find_instance(conn, uid)
         replace_pk: int | None = None
-        if existing is not None:
+        if job.replace_key is not None:
+            if existing is None or existing[1] != job.replace_key:
+                raise CorrectionConflict(
+                    f"SOP Instance {uid} was deleted or stored again while it was being corrected; "
+                    "the new copy was kept as it is (run the correction again to correct it)"
+                )
+            replace_pk = existing[0]
+            outcome = replace(outcome, status=StoreStatus.REPLACED)
+        elif existing is not None:
             policy = self.settings.duplicate_policy
             if policy is DuplicatePolicy.REJECT:
                 raise DuplicateInstance(
@@ -933,6 +975,14 @@ class Archive:
             "called_aet": _clean(job.origin.called_aet),
             "peer_host": _clean(job.origin.peer_host),
         }
+        if job.replace_key is not None:  # a corrected copy: still the instance that was received then, in the
+            # transfer syntax it had (compressed or not: core/corrections.py rewrites it as it is stored)
+            for kept in ("received_at", "origin_kind", "calling_aet", "called_aet", "peer_host"):
+                del values[kept]
+        elif replace_pk is not None:  # a new copy as it arrived: what compression knew of the old one goes
+            values.update(original_size=None, compression="")
+        if replace_pk is not None:  # the PS3.18 metadata kept for the replaced copy is computed again
+            metadata_repo.forget(conn, [uid])
         repo.write_instance(conn, values, replace_pk)
         journal.append(change_row(ChangeType.NEW_INSTANCE, uid, study_uid, now))
         moves.append((job.staged.path, job.key))

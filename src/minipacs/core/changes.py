@@ -42,6 +42,9 @@ class ChangeType(enum.Enum):
     MPPS_COMPLETED = "MppsCompleted"
     MPPS_DISCONTINUED = "MppsDiscontinued"
     STUDY_COMPLETE = "StudyComplete"
+    MODIFIED = "Modified"
+    PATIENTS_MERGED = "PatientsMerged"
+    SERIES_MOVED = "SeriesMoved"
 
 
 # Change type -> (level, what ``uid`` names, when the row is written). "Deleted" carries
@@ -69,6 +72,14 @@ CHANGE_TYPES: Final[Mapping[ChangeType, tuple[str, str, str]]] = {
         "Study Instance UID",
         "the study's step is COMPLETED and every instance it references is stored",
     ),
+    # corrections (core/corrections.py): who did it and the old values are in the corrections log
+    ChangeType.MODIFIED: (
+        "",
+        "the Patient ID (its new one), Study or Series Instance UID",
+        "a correction changed a patient's, study's or series' attributes (its files are rewritten)",
+    ),
+    ChangeType.PATIENTS_MERGED: ("patient", "the surviving Patient ID", "a patient's studies moved to another"),
+    ChangeType.SERIES_MOVED: ("series", "Series Instance UID", "a series moved to another study (``study``)"),
 }
 
 #: Levels a "Deleted" change may carry (core/delete.py LEVEL_COLUMNS): the nouns of dicom/levels.py.
@@ -83,6 +94,8 @@ class Change:
     uid: str
     study: str
     time: dt.datetime
+    #: What made the change when no person asked for it: "retention:<rule name>"; else "".
+    reason: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -92,21 +105,32 @@ class Change:
             "uid": self.uid,
             "study": self.study,
             "time": self.time.isoformat(),
+            "reason": self.reason,
         }
 
 
-def change_row(kind: ChangeType, uid: str, study: str, now: dt.datetime, level: str = "") -> dict[str, Any]:
-    """The journal row of one change, for :func:`record` (``level`` only for "Deleted")."""
+#: Longest reason (the column's size).
+MAX_REASON: Final = 100
+
+
+def change_row(
+    kind: ChangeType, uid: str, study: str, now: dt.datetime, level: str = "", reason: str = ""
+) -> dict[str, Any]:
+    """The journal row of one change, for :func:`record` (``level`` only for "Deleted" and "Modified"; ``reason``
+    when no person asked for it, e.g. "retention:<rule>")."""
     fixed = CHANGE_TYPES[kind][0]
-    if kind is ChangeType.DELETED and level not in DELETED_LEVELS:
-        raise ValueError(f"a Deleted change needs one of the levels {sorted(DELETED_LEVELS)}, not {level!r}")
-    return {
+    if not fixed and level not in DELETED_LEVELS:
+        raise ValueError(f"a {kind.value} change needs one of the levels {sorted(DELETED_LEVELS)}, not {level!r}")
+    row = {
         "change_type": kind.value,
         "level": fixed or level,
         "uid": uid[:64],
         "study_instance_uid": study[:64],
         "created_at": now,
     }
+    if reason:  # else the column's default "": the rows of an ingest keep their few keys
+        row["reason"] = reason[:MAX_REASON]
+    return row
 
 
 def record(conn: IndexConnection, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -155,6 +179,7 @@ __all__ = [
     "CHANGE_TYPES",
     "DEFAULT_LIMIT",
     "MAX_LIMIT",
+    "MAX_REASON",
     "Change",
     "ChangeType",
     "change_row",

@@ -35,6 +35,16 @@ REMOVED: Final[Mapping[str, Mapping[str, str]]] = {
     str(pydicom_uid.JPEG2000Lossless): {"gdcm": "aborts the process on some corrupt JPEG 2000 codestreams"},
     str(pydicom_uid.JPEG2000): {"gdcm": "aborts the process on some corrupt JPEG 2000 codestreams"},
 }
+_GDCM_LAST: Final = (
+    ("pydicom.pixels.decoders.gdcm", "_decode_frame"),
+    "pydicom 3.0.2 cannot sign-correct GDCM's read-only output: signed JPEG-LS fails with "
+    "'output array is read-only' (compressed instances of CT, issue 13), where pyjpegls decodes it",
+)
+# pydicom's plugins tried last, per transfer syntax: label -> (its import path, why)
+LAST: Final[Mapping[str, Mapping[str, tuple[tuple[str, str], str]]]] = {
+    str(pydicom_uid.JPEGLSLossless): {"gdcm": _GDCM_LAST},
+    str(pydicom_uid.JPEGLSNearLossless): {"gdcm": _GDCM_LAST},
+}
 DECODER_DEPENDENCIES: Final[dict[str, tuple[str, ...]]] = {JPEG_EXTENDED: ("python-gdcm>=3.0.10",)}
 _LOCK: Final = threading.Lock()  # pydicom's add_plugin is not thread-safe; decoding runs in worker threads
 
@@ -95,8 +105,8 @@ def decode_frame(src: bytes, runner: Any) -> bytes:
 def register() -> None:
     """Set pydicom's decoders up as described above (process-wide); idempotent.
 
-    Adds :func:`decode_frame` to the JPEG Extended decoder, after pydicom's own plugins, and
-    takes the :data:`REMOVED` plugins out.
+    Adds :func:`decode_frame` to the JPEG Extended decoder, after pydicom's own plugins, takes
+    the :data:`REMOVED` plugins out and moves the :data:`LAST` ones to the end of the order.
     """
     from pydicom.pixels.decoders.base import get_decoder
 
@@ -112,6 +122,14 @@ def register() -> None:
             for label in plugins:
                 if label in decoder.available_plugins:
                     decoder.remove_plugin(label)
+        for uid, last in LAST.items():
+            decoder = get_decoder(uid)
+            order = list(getattr(decoder, "_available", {}))  # pydicom tries them in this order
+            for label, (path, _) in last.items():
+                if label in order and order[-1] != label:  # once: a decode in another thread may iterate it
+                    decoder.remove_plugin(label)
+                    decoder.add_plugin(label, path)
+                    order = list(getattr(decoder, "_available", {}))
 
 
-__all__ = ["DECODER_DEPENDENCIES", "PLUGIN", "REMOVED", "decode_frame", "is_available", "register"]
+__all__ = ["DECODER_DEPENDENCIES", "LAST", "PLUGIN", "REMOVED", "decode_frame", "is_available", "register"]

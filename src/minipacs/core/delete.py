@@ -9,7 +9,13 @@ own key (core/paths.py), so a copy of the same instance re-sent while the deleti
 runs is stored under a new key and survives it. A crash in between leaves unindexed
 files (harmless; ``minipacs check`` lists them), never rows pointing to missing files. A study that loses instances
 also loses its completion mark (core/mpps.py): it is checked again at once, and
-waits for its referenced instances if one of them went.
+waits for its referenced instances if one of them went. A study that goes loses its labels
+(core/labels.py) in the same transaction.
+
+A deletion made by a policy rather than a person (retention, core/retention.py) gives a
+``reason`` ("retention:<rule>"), written in every journal row it makes, and may give a
+``guard``: called first in the same transaction, it refuses the deletion (:class:`Spared`)
+when what the plan saw has changed (a protecting label put on meanwhile, new arrivals).
 """
 
 from __future__ import annotations
@@ -17,16 +23,16 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
 from minipacs.blobs.base import BlobError
 from minipacs.core.archive import Archive
 from minipacs.core.changes import ChangeType, change_row, record
-from minipacs.core.errors import NotFound
+from minipacs.core.errors import ArchiveError, NotFound
 from minipacs.core.metadata import delete_rows
-from minipacs.index import deletion_repo
+from minipacs.index import deletion_repo, labels_repo
 from minipacs.index.database import IndexConnection
 from minipacs.index.entities import Entity
 
@@ -34,6 +40,14 @@ log = logging.getLogger(__name__)
 
 #: Level a deletion names -> the index entity (the names are the changes journal's levels).
 LEVELS: Final[Mapping[str, Entity]] = {entity.value: entity for entity in Entity}
+
+
+class Spared(ArchiveError):
+    """A guarded deletion did not happen: its guard said why (the message)."""
+
+
+#: Called in the deletion's transaction before anything goes: a reason to spare the resource, or None.
+Guard = Callable[[IndexConnection], str | None]
 
 
 @dataclass(frozen=True)
@@ -48,27 +62,39 @@ class _Removed:
     uncompleted: set[str]  # studies whose completion mark went with the deletion
 
 
-def _delete_rows(conn: IndexConnection, level: str, uid: str) -> _Removed:
+def _delete_rows(conn: IndexConnection, level: str, uid: str, reason: str = "", guard: Guard | None = None) -> _Removed:
+    if guard is not None:
+        spared = guard(conn)
+        if spared is not None:
+            raise Spared(spared)
     rows = deletion_repo.delete_instances(conn, LEVELS[level], uid)
     if rows is None:
         raise NotFound(f"{level} {uid[:70]!r} is not in the archive")
     delete_rows(conn, [row.sop_instance_uid for row in rows])
     now = dt.datetime.now(dt.UTC)
     journal = [
-        change_row(ChangeType.DELETED, row.sop_instance_uid, row.study_instance_uid, now, "instance") for row in rows
+        change_row(ChangeType.DELETED, row.sop_instance_uid, row.study_instance_uid, now, "instance", reason)
+        for row in rows
     ]
+    parents = deletion_repo.delete_orphans(conn)  # parents left without children, bottom up
     journal += [
-        change_row(ChangeType.DELETED, parent.name, parent.study_instance_uid, now, parent.entity.value)
-        for parent in deletion_repo.delete_orphans(conn)
-    ]  # parents left without children, bottom up
+        change_row(ChangeType.DELETED, parent.name, parent.study_instance_uid, now, parent.entity.value, reason)
+        for parent in parents
+    ]
     record(conn, journal)
+    gone_studies = [parent.name for parent in parents if parent.entity is Entity.STUDY]
+    if gone_studies:
+        labels_repo.delete_for_studies(conn, gone_studies)
     studies = sorted({row.study_instance_uid for row in rows} | ({uid} if level == "study" else set()))
     uncompleted = deletion_repo.delete_completions(conn, studies)
     return _Removed([(row.sop_instance_uid, row.blob_key, row.size) for row in rows], uncompleted)
 
 
-async def delete_resource(archive: Archive, level: str, uid: str) -> Deleted:
-    """Delete a patient (by Patient ID), study, series or instance (by UID); raises NotFound."""
+async def delete_resource(
+    archive: Archive, level: str, uid: str, *, reason: str = "", guard: Guard | None = None
+) -> Deleted:
+    """Delete a patient (by Patient ID), study, series or instance (by UID); raises NotFound, or
+    Spared when ``guard`` refuses. ``reason`` goes into each journal row (module docstring)."""
     if level not in LEVELS:
         raise ValueError(f"unknown level {level!r}")
     if LEVELS[level] is Entity.PATIENT and not uid.strip(" "):
@@ -77,7 +103,7 @@ async def delete_resource(archive: Archive, level: str, uid: str) -> Deleted:
             "an empty Patient ID names no patient: patients without one are kept apart, one per "
             "study; delete the study instead"
         )
-    removed = await archive.write(lambda conn: _delete_rows(conn, level, uid), removes_entities=True)
+    removed = await archive.write(lambda conn: _delete_rows(conn, level, uid, reason, guard), removes_entities=True)
     rows = removed.files
     if removed.uncompleted:
         for listener in archive.on_uncompleted:
@@ -94,8 +120,8 @@ async def delete_resource(archive: Archive, level: str, uid: str) -> Deleted:
                 log.error("deleted instance file %s could not be removed: %s", key, exc)
 
     await asyncio.to_thread(remove_files)
-    log.info("deleted %s %s: %d instance(s)", level, uid, len(rows))
+    log.info("deleted %s %s: %d instance(s)%s", level, uid, len(rows), f" ({reason})" if reason else "")
     return Deleted(len(rows), sum(size for _, _, size in rows))
 
 
-__all__ = ["Deleted", "LEVELS", "delete_resource"]
+__all__ = ["LEVELS", "Deleted", "Guard", "Spared", "delete_resource"]

@@ -80,3 +80,13 @@ class IdentifierMismatch(InvalidQuery):
 
 class InvalidKeyValue(InvalidQuery):
     """A key's value cannot be matched: a bad range, a value far too long, a binary key (PS3.4 C.2.2.2)."""
+
+
+class InvalidCorrection(ArchiveError, ValueError):
+    """A modify, merge or series move that cannot be done as asked (core/corrections.py): an attribute that
+    may not be changed at that level, a value its VR cannot hold, a merge of a patient with itself."""
+
+
+class CorrectionConflict(ArchiveError):
+    """A correction would collide with what the archive holds (a new Patient ID that another patient already
+    has: merge them instead), or a stored copy changed while it was being rewritten."""

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 IMPORT_CONCURRENCY: Final = 8
 #: PS3.10 §8.6: the media directory file, not an instance.
 _SKIPPED_NAMES: Final = frozenset({"DICOMDIR"})
+#: Skipped when a DICOMDIR is in the same folder (media written by `minipacs export`, core/media.py).
+_DESCRIPTOR_NAMES: Final = frozenset({"README"})
 
 
 @dataclass
@@ -45,14 +47,16 @@ _COUNTER_BY_STATUS: Final = {
 
 
 def walk_files(root: Path) -> Iterator[Path]:
-    """Regular files under ``root``, recursively, in sorted order; DICOMDIR skipped."""
+    """Regular files under ``root``, recursively, in sorted order; DICOMDIR skipped (and README beside it)."""
     if root.is_file():
         yield root
         return
     for directory, subdirs, files in os.walk(root):
         subdirs.sort()
+        # PS3.10 §8.6: beside a DICOMDIR, README is the File-set Descriptor File (text, not DICOM)
+        skipped = _SKIPPED_NAMES | _DESCRIPTOR_NAMES if any(n.upper() == "DICOMDIR" for n in files) else _SKIPPED_NAMES
         for name in sorted(files):
-            if name.upper() not in _SKIPPED_NAMES:
+            if name.upper() not in skipped:
                 path = Path(directory) / name
                 if path.is_file():
                     yield path

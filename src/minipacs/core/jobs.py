@@ -337,8 +337,11 @@ class JobQueue:
         total: int = 0,
         details: Mapping[str, Any] | None = None,
         max_attempts: int | None = None,
+        then: Callable[[IndexConnection, int], object] | None = None,
     ) -> Job:
-        """Queue a job of a registered ``kind``; it runs on whichever node claims it first."""
+        """Queue a job of a registered ``kind``; it runs on whichever node claims it first.
+        ``then(conn, job_id)``: more writes in the same transaction (rows that name the job, such as
+        delivery receipts, exist before any runner can claim it)."""
         if kind not in self._kinds:
             raise InvalidJob(f"no job kind {kind[:40]!r}; known: {', '.join(self._kinds) or 'none'}")
         try:
@@ -369,7 +372,14 @@ class JobQueue:
             "finished_at": None,
             "heartbeat_at": None,
         }
-        row = await self.archive.write(lambda conn: jobs_repo.insert_job(conn, values))
+
+        def insert(conn: IndexConnection) -> dict[str, Any]:
+            row = jobs_repo.insert_job(conn, values)
+            if then is not None:
+                then(conn, int(row["id"]))
+            return row
+
+        row = await self.archive.write(insert)
         self._wake.set()
         return Job.from_row(row)
 

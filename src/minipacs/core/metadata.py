@@ -156,8 +156,9 @@ class MetadataStore:
             return done
 
         computed = await asyncio.to_thread(run)
-        if computed:
-            await self.archive.write(lambda conn: metadata_repo.store(conn, computed))
+        if computed:  # only for the copies still stored (compression may have replaced one meanwhile)
+            keys = {row.sop_instance_uid: row.blob_key for row in rows}
+            await self.archive.write(lambda conn: metadata_repo.store(conn, computed, keys))
         return dict(computed), failed
 
     async def get(self, uids: Iterable[str]) -> list[str]:

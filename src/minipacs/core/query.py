@@ -75,6 +75,8 @@ class PreparedQuery:
     #: Keywords of computed keys a match must have NO value for (no DICOM matching says "empty";
     #: the REST API's ``complete=false`` does): a NOT EXISTS on the key's match table.
     absent: tuple[str, ...] = ()
+    #: Labels (core/labels.py) a matching study must carry, every one; STUDY level only.
+    labels: tuple[str, ...] = ()
 
 
 def _effective_level(level: Level, model: InformationModel) -> Level:
@@ -89,16 +91,20 @@ def prepare_query(
     level: Level | None = None,
     relational: bool = False,
     absent: Sequence[str] = (),
+    labels: Sequence[str] = (),
 ) -> PreparedQuery:
     """Validate ``identifier`` against ``model`` (PS3.4 C.4.1.2); raises IdentifierMismatch / InvalidKeyValue.
 
     ``absent``: keywords of matchable computed keys of the query level that matches must have no value for.
+    ``labels``: labels (core/labels.py, not DICOM) a matching study must carry, every one; STUDY level only.
     """
     keys = read_keys(identifier)
     if level is None:
         level = _level_of(keys, model)
     elif level not in model.levels:
         raise IdentifierMismatch(f"level {level.value} is not part of the {model.name} information model")
+    if labels and level is not Level.STUDY:
+        raise InvalidQuery(f"labels are put on studies: search at the study level to filter by them, not {level.value}")
     without: list[str] = []
     for keyword in absent:
         comp = COMPUTED_KEYS.get(keyword)
@@ -150,6 +156,7 @@ def prepare_query(
         tuple(file_keys),
         frozenset(ignored),
         tuple(without),
+        tuple(labels),
     )
 
 
@@ -304,7 +311,7 @@ def page_query(prepared: PreparedQuery) -> query_sql.PageQuery:
     related = tuple(
         (key.keyword, key.condition) for key, comp in prepared.computed_keys if not key.is_universal and comp.matchable
     )
-    return query_sql.PageQuery(LEVELS[prepared.level].entity, keys, related, prepared.absent)
+    return query_sql.PageQuery(LEVELS[prepared.level].entity, keys, related, prepared.absent, prepared.labels)
 
 
 def _read_page(

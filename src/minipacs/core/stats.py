@@ -9,12 +9,13 @@ The free space is one statvfs of the staging folder, which is on the storage fil
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import shutil
 from dataclasses import dataclass
 
 from minipacs.core.archive import Archive
 from minipacs.index import stats_repo
-from minipacs.index.stats_repo import StorageCounts
+from minipacs.index.stats_repo import Arrivals, StorageCounts
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,15 @@ async def storage_figures(archive: Archive) -> StorageFigures:
     return StorageFigures(*counts, free_bytes=usage.free)
 
 
+async def arrivals(archive: Archive, since: dt.datetime) -> Arrivals:
+    """Instances (and their studies, bytes) received since ``since``: an indexed range of rows."""
+    return await archive.read(lambda conn: stats_repo.arrivals_since(conn, since))
+
+
 async def recount(archive: Archive) -> tuple[StorageCounts, StorageCounts]:
     """Set the counters from the rows (a repair, reading every row: for ``minipacs doctor``-like
     checks, not for a page); (the counters before, after). Through the writer, like every write."""
     return await archive.write(stats_repo.recount)
 
 
-__all__ = ["StorageCounts", "StorageFigures", "recount", "storage_figures"]
+__all__ = ["Arrivals", "StorageCounts", "StorageFigures", "arrivals", "recount", "storage_figures"]

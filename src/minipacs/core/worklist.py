@@ -385,7 +385,22 @@ class Worklist:
         return await self.index.read(run)
 
 
+def correct_open_entries(conn: IndexConnection, patient_id: str, values: dict[str, str]) -> int:
+    """Set ``values`` (DICOM keyword -> text) in every open entry (:data:`OPEN_STATES`) of Patient ID
+    ``patient_id``, in the caller's (writer's) transaction: a patient correction or an HL7 ADT
+    update or merge reaches the worklist too (IHE RAD PIR). Returns the entries changed."""
+    changed = 0
+    for row in repo.worklist_rows(conn, {"patient_id": patient_id}, statuses=OPEN_STATES):
+        ds = from_text(str(row["dataset"]))
+        for keyword, value in values.items():
+            setattr(ds, keyword, value)
+        repo.update_worklist(conn, int(row["id"]), _columns(ds, str(row["status"])))
+        changed += 1
+    return changed
+
+
 __all__ = [
+    "correct_open_entries",
     "InvalidWorklistEntry",
     "Worklist",
     "WorklistEntry",

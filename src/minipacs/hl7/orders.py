@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -387,8 +387,16 @@ def _for_ack(data: bytes) -> Message | None:
         return None
 
 
-async def handle(data: bytes, worklist: Worklist, application: str = "MINIPACS") -> bytes:
+async def handle(
+    data: bytes,
+    worklist: Worklist,
+    application: str = "MINIPACS",
+    apply_message: Callable[[Message], Awaitable[str]] | None = None,
+) -> bytes:
     """One message's bytes -> the ACK's bytes, in the message's character set (MSH-18).
+
+    ``apply_message`` applies a parsed message (default: orders to ``worklist``; hl7/adt.py also
+    takes ADT patient updates and merges) and returns the text for MSA-3, or raises HL7Error.
 
     Never raises for a bad message: a refusal is AE/AR with the reason (AR whenever the message
     itself cannot be read: resending the same bytes can never succeed); a failure of the archive
@@ -409,7 +417,7 @@ async def handle(data: bytes, worklist: Worklist, application: str = "MINIPACS")
                 error_code=100,
                 location="MSH",
             ) from exc
-        text = await apply(message, worklist)
+        text = await (apply(message, worklist) if apply_message is None else apply_message(message))
     except HL7Error as exc:
         if message is None and exc.location == "MSH-18":
             message = _for_ack(data)
@@ -420,7 +428,7 @@ async def handle(data: bytes, worklist: Worklist, application: str = "MINIPACS")
     except Exception as exc:  # an archive failure: the sender should retry later
         log.exception("HL7 message %s could not be applied", message.control_id if message else "(unparsed)")
         error = HL7Error(
-            f"minipacs could not apply the order ({type(exc).__name__}: {exc}); retry later",
+            f"minipacs could not apply the message ({type(exc).__name__}: {exc}); retry later",
             ack_code=ERROR,
             error_code=207,
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final, NamedTuple, cast
 
 from sqlalchemy import Connection, Table, delete, insert, select
@@ -33,8 +33,21 @@ def locations(conn: Connection, uids: Sequence[str]) -> list[Location]:
     return [Location(*row) for row in rows]
 
 
-def store(conn: Connection, rows: Sequence[tuple[str, str]]) -> None:
-    """Keep (SOP Instance UID, JSON text) pairs, replacing what was kept for those instances."""
+def store(conn: Connection, rows: Sequence[tuple[str, str]], computed_from: Mapping[str, str] | None = None) -> None:
+    """Keep (SOP Instance UID, JSON text) pairs, replacing what was kept for those instances.
+
+    ``computed_from``: SOP Instance UID -> the blob key the text was computed from; a pair whose
+    instance names another copy by now (compressed, replaced meanwhile) is dropped, not stored."""
+    if computed_from is not None and rows:
+        current = {
+            uid: key
+            for uid, key in conn.execute(
+                select(Instance.sop_instance_uid, Instance.blob_key).where(
+                    Instance.sop_instance_uid.in_([uid for uid, _ in rows])
+                )
+            )
+        }
+        rows = [(uid, text) for uid, text in rows if current.get(uid) == computed_from.get(uid)]
     if not rows:
         return
     # one order for every writer: two nodes storing overlapping sets lock their rows in the same order

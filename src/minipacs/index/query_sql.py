@@ -17,6 +17,7 @@ from typing import Any, Final, cast
 from sqlalchemy import ColumnElement, Connection, Integer, Select, Table, exists, func, literal, select
 
 from minipacs.index.entities import DEPTH, ENTITIES, Entity
+from minipacs.index.labels_repo import labelled_clause
 from minipacs.index.matching import UNIVERSAL, ColumnKind, Condition, sql_condition
 from minipacs.index.schema import StudyCompletion
 
@@ -53,6 +54,8 @@ class PageQuery:
     related: tuple[tuple[str, Condition], ...] = ()
     #: Computed keys a match must have NO row for (NOT EXISTS), by keyword of :data:`AGGREGATES`.
     absent: tuple[str, ...] = ()
+    #: Labels (core/labels.py) a matching study must carry, every one (STUDY level only).
+    labels: tuple[str, ...] = ()
 
 
 # ------------------------------------------------------------------ computed keys
@@ -169,6 +172,8 @@ def _base_select(query: PageQuery, dialect: str) -> Select[Any]:
         where.append(_exists(keyword, condition, dialect))
     for keyword in query.absent:
         where.append(~_exists(keyword, UNIVERSAL, dialect))
+    for label in query.labels:
+        where.append(labelled_clause(label))
     return select(*columns).select_from(frm).where(*where)
 
 

@@ -130,11 +130,15 @@ class Instance(Base):
     transfer_syntax_uid: Mapped[str] = mapped_column(UID)
     blob_key: Mapped[str] = mapped_column(String(255), index=True)
     size: Mapped[int] = mapped_column(BigInteger())
-    received_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    received_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), index=True)  # arrivals (migration 0021)
     origin_kind: Mapped[str] = mapped_column(String())
     calling_aet: Mapped[str] = mapped_column(String())
     called_aet: Mapped[str] = mapped_column(String())
     peer_host: Mapped[str] = mapped_column(String())
+    #: Size of the file as it arrived, when the archive replaced it by a compressed copy (else NULL).
+    original_size: Mapped[int | None] = mapped_column(BigInteger(), nullable=True)
+    #: "" (compression not tried), the syntax name it was compressed to, or "skipped: <why>" (migration 0016).
+    compression: Mapped[str] = mapped_column(String(), server_default="")
 
 
 class Association(Base):
@@ -250,6 +254,20 @@ class Change(Base):
     uid: Mapped[str] = mapped_column(String(64))  # a UID, or the Patient ID at patient level
     study_instance_uid: Mapped[str] = mapped_column(UID)  # "" when the change has no single study
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    #: Why, when something other than a person's request made it: "retention:<rule>" (core/retention.py).
+    reason: Mapped[str] = mapped_column(String(100), server_default="")
+
+
+class StudyLabel(Base):
+    """A label on a study (core/labels.py), as Orthanc 1.12 has: keyed by Study Instance UID, removed
+    with the study (core/delete.py)."""
+
+    __tablename__ = "study_labels"
+    __table_args__ = (UniqueConstraint("study_instance_uid", "label", name="uq_study_labels"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    label: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
 
 
 class JobRecord(Base):
@@ -290,17 +308,23 @@ class JobRecord(Base):
 __all__ = [
     "Association",
     "Base",
+    "BlobRemoval",
     "Change",
+    "Delivery",
+    "Correction",
     "Instance",
     "IntakeState",
     "JobRecord",
     "Node",
     "Patient",
     "PerformedProcedureStep",
+    "RoutingMark",
+    "RoutingRule",
     "Series",
     "StorageStats",
     "Study",
     "StudyCompletion",
+    "StudyLabel",
     "UtcDateTime",
     "WorklistItem",
 ]
@@ -330,3 +354,129 @@ class InstanceMetadata(Base):
     sop_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
     json: Mapped[str] = mapped_column(Text())
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class AnonymizationMapping(Base):
+    """What de-identification replaced (core/anonymize.py): original value <-> pseudonym, by kind
+    ("patient_id", "patient_name", "uid", "date_shift_days"). Read by admins only; one row per
+    distinct triple (the pseudonyms are keyed HMACs: a new key gives new rows, old ones stay)."""
+
+    __tablename__ = "anonymization_mappings"
+    __table_args__ = (
+        UniqueConstraint("kind", "original", "pseudonym", name="uq_anonymization_mapping"),
+        Index("ix_anonymization_mappings_pseudonym", "pseudonym"),
+    )
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    original: Mapped[str] = mapped_column(String(400))
+    pseudonym: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class AuditEvent(Base):
+    """The audit trail (core/audit.py): who did what to which patient and study. Rows are written in
+    batches off the request path and pruned after ``audit_retention_days``; never updated."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    time: Mapped[dt.datetime] = mapped_column(UtcDateTime(), index=True)
+    actor_kind: Mapped[str] = mapped_column(String(16))  # user, token, http, dicom, hl7, rule, cli, system
+    actor: Mapped[str] = mapped_column(String(128), index=True)  # user name, token name, AE title, ...
+    address: Mapped[str] = mapped_column(String(64))  # client / peer IP address, "" when none
+    action: Mapped[str] = mapped_column(String(16))  # core/audit.py Action
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    study_uid: Mapped[str] = mapped_column(UID, index=True)
+    detail: Mapped[str] = mapped_column(Text())
+    node: Mapped[str] = mapped_column(String(), default="", server_default="")
+
+
+class BlobRemoval(Base):
+    """A blob of a replaced copy (a compressed copy took its place), removed after ``remove_after``:
+    a retrieve that chose the old copy just before the switch still finds it (migration 0016)."""
+
+    __tablename__ = "blob_removals"
+    __table_args__ = (Index("ix_blob_removals_remove_after", "remove_after"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    blob_key: Mapped[str] = mapped_column(String(255))
+    remove_after: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    reason: Mapped[str] = mapped_column(Text(), default="", server_default="")
+
+
+class RoutingRule(Base):
+    """An auto-routing rule created through ``/api/rules`` (core/routing.py; docs/ROUTING.md). Rules of
+    the config file are not stored: they are read-only and come back with the config at each start."""
+
+    __tablename__ = "routing_rules"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    #: The rule as a JSON object, with the same keys as a ``[[rules]]`` table.
+    definition: Mapped[str] = mapped_column(Text())
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class RoutingMark(Base):
+    """What a rule with a waiting trigger (stable, complete, scheduled) has seen and done, per event:
+    ``key`` is a Study or Series Instance UID ("stable", "complete") or ``worklist:<id>`` ("scheduled").
+    ``last_arrival_at``: the latest instance seen; ``routed_at``: when it was last routed (NULL: not
+    yet). A row routes again when an instance arrives after ``routed_at``. Shared by every node: the
+    node whose conditional UPDATE sets ``routed_at`` routes it."""
+
+    __tablename__ = "routing_marks"
+    __table_args__ = (
+        UniqueConstraint("rule", "key", name="uq_routing_marks_rule_key"),
+        Index("ix_routing_marks_due", "rule", "last_arrival_at"),
+    )
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    rule: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(80))
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    last_arrival_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    routed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class Delivery(Base):
+    """The delivery receipt (core/routing.py): one row per instance sent (or study moved) to one
+    destination by one rule, with its status in words. ``sop_instance_uid`` is "" for a C-MOVE of a
+    whole study (prefetch)."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (Index("ix_deliveries_rule_destination_sop", "rule", "destination", "sop_instance_uid"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    rule: Mapped[str] = mapped_column(String(64))
+    #: An AE title (C-STORE, C-MOVE) or a URL (STOW-RS).
+    destination: Mapped[str] = mapped_column(Text())
+    method: Mapped[str] = mapped_column(String(16))  # C-STORE, STOW-RS, C-MOVE
+    #: queued, sent, retrying, failed (core/routing.py DeliveryStatus).
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text())
+    job_id: Mapped[int | None] = mapped_column(Id, nullable=True, index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class Correction(Base):
+    """One correction (core/corrections.py, issue 14): a modify, merge or series move, who asked for
+    it and the values the resource had before (JSON objects keyed by DICOM keyword), so a wrong
+    correction can be undone by hand. Written by the writer in the transaction that changes the rows."""
+
+    __tablename__ = "corrections"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    #: modify, merge, move (core/corrections.py OPERATIONS).
+    operation: Mapped[str] = mapped_column(String(16))
+    level: Mapped[str] = mapped_column(String(16))  # patient, study, series
+    #: The resource acted on: Patient ID (patient), Study or Series Instance UID.
+    target: Mapped[str] = mapped_column(String(64), index=True)
+    actor: Mapped[str] = mapped_column(Text())  # who: user, token, HL7 sender, CLI
+    old_values: Mapped[str] = mapped_column(Text())
+    new_values: Mapped[str] = mapped_column(Text())
+    #: rewriting (files being rewritten), done, failed.
+    state: Mapped[str] = mapped_column(String(16))
+    instances: Mapped[int] = mapped_column(Integer(), server_default="0")  # files rewritten
+    message: Mapped[str] = mapped_column(Text(), server_default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), index=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime(), nullable=True)

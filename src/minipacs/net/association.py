@@ -113,6 +113,8 @@ class Message:
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     #: A final (non-Pending) response to this request has been sent.
     answered: bool = False
+    #: The Status of that final response (None until it is sent).
+    status: int | None = None
 
 
 SinkFactory = Callable[["Association", NegotiatedContext, Command], DatasetSink]
@@ -601,6 +603,7 @@ class Association(UpperLayerUser):
             request = self._running.get(response.message_id_being_responded_to)
             if request is not None:
                 request.answered = True
+                request.status = response.status
 
     async def send_responses(self, context_id: int, command: Command, datasets: Sequence[bytes]) -> None:
         """Send ``command`` once per dataset (a batch of C-FIND Pending responses): the
@@ -692,7 +695,11 @@ class Association(UpperLayerUser):
                         self.dul.send_pdata(pdata_pdu_header(context_id, False, True, 0))
                     break
                 first = False
-                if reader.remaining > 0:
+                # Read now, before the next read starts: that read runs in a thread while this block is
+                # framed, and its decrement of ``remaining`` must not mark this block's end as the last
+                # fragment (the peer would then take the rest of the dataset for the next command).
+                final = reader.remaining <= 0
+                if not final:
                     ahead = loop.run_in_executor(None, reader.read, block)
                 else:
                     data = bytes(_even(data))  # an odd deflate stream (PS3.5 A.5) ends in a 0x00 pad
@@ -700,7 +707,7 @@ class Association(UpperLayerUser):
                 out = bytearray()
                 for start in range(0, len(view), chunk):
                     piece = view[start : start + chunk]
-                    last = reader.remaining <= 0 and start + chunk >= len(view)
+                    last = final and start + chunk >= len(view)
                     out += pdata_pdu_header(context_id, False, last, len(piece))
                     out += piece
                 self.dul.send_pdata(memoryview(out))

@@ -18,6 +18,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
+from minipacs.core.audit import Action, ActorKind, patient_query
 from minipacs.core.errors import ArchiveError
 from minipacs.core.query import (
     ResponseField,
@@ -312,6 +313,16 @@ class QueryRetrieveFindSCP(Service):
                 relational = self.relational_agreed(assoc, sop_class)
                 prepared = prepare_query(identifier, model, relational=relational)
                 level = prepared.level.value
+                asked = patient_query({k.keyword: k.text for k in prepared.keys if k.keyword and not k.items})
+                if asked is not None:
+                    self.archive.audit.record(
+                        Action.QUERIED,
+                        actor_kind=ActorKind.DICOM,
+                        actor=assoc.calling_ae,
+                        address=assoc.peer_host,
+                        patient_id=asked[0],
+                        detail=f"C-FIND {level}: {asked[1]}",
+                    )
                 request_charset = identifier_charset(identifier)
                 pending = FIND_PENDING_WARNING if prepared.unsupported else FIND_PENDING
                 if prepared.unsupported:

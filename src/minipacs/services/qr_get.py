@@ -27,6 +27,7 @@ from minipacs.services.qr_retrieve import (
     IDENTIFIER_SYNTAXES,
     IdentifierError,
     Progress,
+    audit_retrieve,
     decode_identifier,
     final_response,
     progress_response,
@@ -108,6 +109,7 @@ class GetSCP(Service):
             log.warning("%s C-GET refused with %s: %s", assoc.label, describe(status, GET), exc)
             yield progress_response(status, error=error_comment(status, exc))
             return
+        audit_retrieve(self.archive, assoc, instances, f"C-GET {level}")
         progress = Progress(len(instances))
         if instances and not any(c.requestor_is_scp for c in assoc.contexts.values()):
             log.warning(

@@ -40,6 +40,7 @@ from minipacs.services.qr_retrieve import (
     MOVE_MODELS,
     IdentifierError,
     Progress,
+    audit_retrieve,
     decode_identifier,
     final_response,
     progress_response,
@@ -205,6 +206,7 @@ class MoveSCP(Service):
             )
             return
         receipt.update(destination_ae=node.ae_title, destination_host=node.host, destination_port=node.port)
+        audit_retrieve(self.archive, assoc, instances, f"C-MOVE {level} to {node.ae_title} at {node.host}:{node.port}")
         progress = Progress(len(instances))
         log.info(
             "%s C-MOVE of %d instance(s) to %s at %s:%d (requested from %s)",

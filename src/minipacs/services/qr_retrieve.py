@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from minipacs.core.audit import Action, ActorKind
 from minipacs.core.retrieve import StoredInstance, locate
 from minipacs.core.transcode import TranscodeError
 from minipacs.dicom.levels import RETRIEVE_MODELS
@@ -58,6 +59,22 @@ DEFAULT_PENDING_INTERVAL: Final = 0.2
 
 class IdentifierError(ValueError):
     """The identifier dataset cannot be decoded."""
+
+
+def audit_retrieve(archive: Any, assoc: Association, instances: list[StoredInstance], what: str) -> None:
+    """One "retrieved" audit row per study of a C-MOVE/C-GET request (core/audit.py), the peer as actor."""
+    per_study: dict[str, int] = {}
+    for item in instances:
+        per_study[item.study_instance_uid] = per_study.get(item.study_instance_uid, 0) + 1
+    for study_uid, count in sorted(per_study.items()):
+        archive.audit.record(
+            Action.RETRIEVED,
+            actor_kind=ActorKind.DICOM,
+            actor=assoc.calling_ae,
+            address=assoc.peer_host,
+            study_uid=study_uid,
+            detail=f"{what}: {count} instance(s)",
+        )
 
 
 def decode_identifier(message: Message) -> tuple[str, dict[str, object]]:

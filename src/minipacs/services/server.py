@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 
 from minipacs import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from minipacs.core.access import AccessPolicy
+from minipacs.core.metrics import Metrics
 from minipacs.core.model import AssociationRecord
 from minipacs.dicom.uids import APPLICATION_CONTEXT_NAME, uid_name
 from minipacs.net.association import (
@@ -237,8 +238,11 @@ class DicomServer:
         max_pending_per_host: int = MAX_PENDING_PER_HOST,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         max_async_operations: int = MAX_ASYNC_OPERATIONS,
+        metrics: Metrics | None = None,
     ) -> None:
         self.ae_title = ae_title
+        #: Prometheus figures (core/metrics.py); None: nothing is counted.
+        self.metrics = metrics
         self.host = host
         self.port = port
         #: DICOM TLS listener (PS3.15 B.1): ``tls_context`` (net/tls.py server_context) on ``tls_port``.
@@ -476,7 +480,10 @@ class DicomServer:
             self._identity_checks.pop(assoc, None)
             self._identity_answers.pop(assoc, None)
             self.connections.discard(assoc)
-            self.established.discard(assoc)
+            if assoc in self.established:
+                self.established.discard(assoc)
+                if self.metrics is not None:
+                    self.metrics.association_closed()
             if assoc.established.done() and not assoc.established.cancelled():
                 assoc.established.exception()  # acceptors never await it: mark a failure as seen
             self._log(assoc)
@@ -502,6 +509,8 @@ class DicomServer:
         answers, accepted, roles = negotiate(rq.presentation_contexts, self.supported, rq.user_information.roles)
         identity_ac = self._identity_answers.pop(assoc, None)
         self.established.add(assoc)
+        if self.metrics is not None:
+            self.metrics.association_opened()
         info = UserInformation(
             maximum_length=self.assoc_settings.max_pdu_receive,
             implementation_class_uid=IMPLEMENTATION_CLASS_UID,
@@ -603,7 +612,12 @@ class DicomServer:
     async def _handle(self, assoc: Association, message: Message) -> None:
         operation = self.dispatch.get((message.context.abstract_syntax, message.command.name))
         if operation is not None and message.context.requestor_is_scu:
+            if self.metrics is None:
+                await dispatch(assoc, message, operation)
+                return
+            started = time.perf_counter()
             await dispatch(assoc, message, operation)
+            self._count(message, time.perf_counter() - started)
             return
         # PS3.7 C.4.2 0x0211 Unrecognized operation: say so and keep the association.
         log.warning(
@@ -619,9 +633,17 @@ class DicomServer:
         except (KeyError, ValueError):
             assoc.abort(f"cannot answer {message.command.name}")
 
+    def _count(self, message: Message, seconds: float) -> None:
+        metrics = self.metrics
+        if metrics is None:
+            return
+        metrics.dimse_answered(message.command.name, message.status, seconds)
+
     # ---------------------------------------------------------- association log
     def _log(self, assoc: Association) -> None:
         rec = association_record(assoc, "acceptor")
+        if self.metrics is not None:
+            self.metrics.association_ended(rec.calling_aet, accepted=rec.accepted, end_reason=rec.end_reason)
         level = logging.INFO if rec.accepted else logging.WARNING
         log.log(
             level,

@@ -8,7 +8,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount
 
-from minipacs.web import dicomweb, rest, rest_diagnostics, rest_jobs, rest_nodes, rest_worklist, ui
+from minipacs.web import (
+    audit,
+    dicomweb,
+    rest,
+    rest_anonymize,
+    rest_corrections,
+    rest_diagnostics,
+    rest_jobs,
+    rest_labels,
+    rest_media,
+    rest_metrics,
+    rest_nodes,
+    rest_retention,
+    rest_rules,
+    rest_storage,
+    rest_worklist,
+    ui,
+)
 from minipacs.web.auth import Authenticator
 from minipacs.web.errors import exception_handlers
 from minipacs.web.headers import SecurityHeaders
@@ -33,7 +50,8 @@ def create_app(ctx: AppContext) -> Starlette:
     routes = [
         Endpoint("/api/openapi.json", openapi, "GET", "public", "This document (OpenAPI 3)"),
         Endpoint("/", ui.home, "GET", "read", "Redirect to the web UI"),
-        Mount("/ui", routes=ui.routes(), name="ui"),
+        *rest_metrics.routes(),
+        Mount("/ui", routes=[*audit.ui_routes(), *ui.routes()], name="ui"),
         Endpoint("/dicom-web/wado", dicomweb.wado_uri, "GET", "read", "WADO-URI (requestType=WADO)"),
         Endpoint("/wado", dicomweb.wado_uri, "GET", "read", "WADO-URI (requestType=WADO)"),
         Mount("/dicom-web", routes=dicomweb.routes(), name="dicomweb"),
@@ -43,7 +61,15 @@ def create_app(ctx: AppContext) -> Starlette:
                 *rest_nodes.routes(),
                 *rest_diagnostics.routes(),
                 *rest_jobs.routes(),
+                *rest_storage.routes(),
                 *rest_worklist.routes(),
+                *rest_labels.routes(),
+                *rest_retention.routes(),
+                *rest_anonymize.routes(),
+                *rest_media.routes(),
+                *audit.api_routes(),
+                *rest_rules.routes(),
+                *rest_corrections.routes(),  # before rest.py's /{level}/{id:path}
                 *rest.routes(),
             ],
             name="api",

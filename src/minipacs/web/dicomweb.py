@@ -6,6 +6,7 @@ import asyncio
 import functools
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, Final, TypeVar
 
@@ -14,6 +15,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute
 
 from minipacs.blobs.base import BlobError
+from minipacs.core.audit import Action
 from minipacs.core.errors import (
     ArchiveError,
     DatasetTooLarge,
@@ -39,6 +41,7 @@ from minipacs.core.transcode import (
 from minipacs.dicom.header import InstanceHeader
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
+from minipacs.web import audit
 from minipacs.web.accept import ANY, DICOM, frame_choice, frame_choices_text, instance_syntax, parse_accept
 from minipacs.web.errors import HttpError
 from minipacs.web.intake import Intake, Screen, receive_multipart
@@ -106,8 +109,11 @@ def _qido(level: Level) -> Any:
     async def endpoint(request: Request) -> Response:
         context = ctx(request)
         fixed = uids(request)
+        started = time.perf_counter()
+        audit.record_query(request, f"QIDO-RS {level.value}")
         matches = search(context.archive, level, list(request.query_params.multi_items()), fixed)
         first = await anext(aiter(matches), None)  # errors surface before the 200 goes out
+        context.metrics.query_answered("qido", time.perf_counter() - started)
 
         async def body() -> AsyncIterator[str]:
             if first is None:
@@ -136,6 +142,7 @@ async def _instances(request: Request, located: bool = True) -> list[StoredInsta
     ]
     if not found:
         raise HttpError(404, "not_found", f"no stored instance matches {', '.join(keys.values())}")
+    audit.record(request, Action.VIEWED, study_uid=found[0].study_instance_uid, detail="WADO-RS")
     return found
 
 
@@ -314,6 +321,8 @@ async def wado_uri(request: Request) -> Response:
     for keyword, value in keys.items():
         validate_uid(keyword, value)
     found = [i for i in await select_instances(ctx(request).archive, "IMAGE", keys) if not i.problem]
+    if found:
+        audit.record(request, Action.VIEWED, study_uid=found[0].study_instance_uid, detail="WADO-URI")
     if not found:
         raise HttpError(404, "not_found", f"SOP Instance {keys['SOPInstanceUID']} is not in the archive")
     content_type = params.get("contentType", "image/jpeg").split(",")[0].strip()
@@ -452,7 +461,8 @@ async def store(request: Request) -> Response:
                 failed.append(_item(class_uid, instance_uid, t00081197={"vr": "US", "Value": [part.refusal]}))
                 continue
             try:
-                if part.failure is not None:
+                if part.failure is not None:  # refused while it was staged: never reached the ingest path
+                    ctx(request).metrics.ingest_failed(origin.kind, part.failure)
                     raise part.failure
                 outcome = await intake.ingest(part, origin)
             except OutOfResources as exc:  # the parts after it would fail the same way

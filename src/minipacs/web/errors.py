@@ -26,9 +26,13 @@ from starlette.responses import JSONResponse, Response
 from minipacs.config import Settings
 from minipacs.core import errors as core
 from minipacs.core.archive import ArchiveSettings
+from minipacs.core.deid import InvalidDeidOptions
+from minipacs.core.delete import Spared
 from minipacs.core.jobs import InvalidJob, JobConflict
+from minipacs.core.labels import InvalidLabel
 from minipacs.core.nodes import InvalidNode
 from minipacs.core.retrieve import InvalidRetrieveIdentifier
+from minipacs.core.rules import InvalidRule, RuleConflict
 from minipacs.core.worklist import InvalidWorklistEntry
 
 log = logging.getLogger("minipacs.web.errors")
@@ -63,7 +67,14 @@ ERROR_TABLE: Final[Mapping[type[core.ArchiveError], tuple[int, str]]] = MappingP
         core.UnknownDestination: (404, "unknown_node"),
         InvalidNode: (400, "invalid_node"),
         InvalidWorklistEntry: (400, "invalid_worklist_entry"),
+        InvalidDeidOptions: (400, "invalid_deid_options"),
+        InvalidRule: (400, "invalid_rule"),
+        RuleConflict: (409, "rule_conflict"),
+        core.InvalidCorrection: (400, "invalid_correction"),
+        core.CorrectionConflict: (409, "correction_conflict"),
         core.AccessDenied: (403, "forbidden"),
+        InvalidLabel: (400, "invalid_label"),
+        Spared: (409, "spared"),
     }
 )
 #: an ArchiveError with no row: a server fault until someone gives it one

@@ -26,14 +26,17 @@ TEMPLATE_DIR: Final = Path(__file__).with_name("templates")
 
 #: navigation bar: (route name, path parameters, label, permission needed to see it)
 NAV: Final[tuple[tuple[str, Mapping[str, str], str, str], ...]] = (
+    ("ui:overview", {}, "Overview", "read"),
     ("ui:studies", {}, "Studies", "read"),
     ("ui:upload", {}, "Upload", "write"),
     ("ui:worklist", {}, "Worklist", "read"),
     ("ui:nodes", {}, "Nodes", "read"),
     ("ui:remote", {}, "Query/Retrieve", "write"),  # C-FIND/C-MOVE/C-GET of a node: write (rest_nodes.py)
     ("ui:jobs", {}, "Jobs", "read"),
+    ("ui:rules", {}, "Rules", "admin"),
     ("ui:log", {}, "Association log", "read"),
     ("ui:diagnostics", {}, "Diagnostics", "admin"),
+    ("ui:audit", {}, "Audit", "admin"),
     ("ohif", {"path": "/"}, "OHIF viewer", "read"),
 )
 

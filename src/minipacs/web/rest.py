@@ -14,8 +14,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute
 
 from minipacs.core import changes as journal
+from minipacs.core.audit import Action
+from minipacs.core.compression import Compressor
 from minipacs.core.delete import delete_resource
 from minipacs.core.errors import ArchiveError, NotFound, OutOfResources
+from minipacs.core.labels import labels_of_studies
+from minipacs.core.media import readable_names, series_labels_of
 from minipacs.core.metadata import BULK_PREFIX
 from minipacs.core.model import Origin
 from minipacs.core.nodes import node_from_mapping
@@ -24,6 +28,7 @@ from minipacs.core.retrieve import select_instances
 from minipacs.core.stats import storage_figures
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.services.job_kinds import node_json
+from minipacs.web import audit as audit_trail
 from minipacs.web import completion
 from minipacs.web.dicomweb import ctx, root_url
 from minipacs.web.errors import HttpError, redact
@@ -86,15 +91,20 @@ async def _matches(request: Request, level: Level, fixed: Mapping[str, str] | No
     """A search from the query string; studies also carry ``complete`` and filter on ``complete=``."""
     params = list(request.query_params.multi_items())
     archive = ctx(request).archive
+    audit_trail.record_query(request, f"REST search {level.value}")
     if level is not Level.STUDY:
         return [plain(ds) async for ds in search(archive, level, params, fixed)]
     want = completion.wanted(request.query_params.get(completion.PARAM))
     extra, absent = completion.search_terms(want)
     params = [(k, v) for k, v in params if k != completion.PARAM] + extra
-    return [
+    found = [
         {**plain(ds), "complete": completion.is_complete(ds)}
         async for ds in search(archive, level, params, fixed, absent)
     ]
+    carried = await labels_of_studies(archive, [str(m.get("StudyInstanceUID") or "") for m in found])
+    for match in found:  # core/labels.py: not DICOM, so answered next to the attributes
+        match["labels"] = carried.get(str(match.get("StudyInstanceUID") or ""), [])
+    return found
 
 
 async def list_resources(request: Request) -> Response:
@@ -117,6 +127,8 @@ async def read_resource(request: Request) -> Response:
         found = plain(ds)
         if level is Level.STUDY:
             found["complete"] = completion.is_complete(ds)
+            found["labels"] = (await labels_of_studies(ctx(request).archive, [value])).get(value, [])
+            found["storage"] = await Compressor(ctx(request).archive).savings(value)  # disk saved by compression
         return JSONResponse(found)
     raise NotFound(f"{request.path_params['level']} {value!r} is not in the archive")
 
@@ -140,7 +152,13 @@ async def delete(request: Request) -> Response:
     _, key, _, kind = _level(request)
     uid = _id(request, key)
     who = _who(request)
+    studies = await _studies_of(request, key, uid) if kind != "patient" else []
+    patients = await ctx(request).archive.audit.before_removal(studies)
     deleted = await delete_resource(ctx(request).archive, kind, uid)
+    detail = f"{request.path_params['level']} {uid}: {deleted.instances} instance(s)"
+    for study_uid in studies or [""]:
+        pid = uid if kind == "patient" else patients.get(study_uid, "")
+        audit_trail.record(request, Action.DELETED, patient_id=pid, study_uid=study_uid, detail=detail)
     audit.warning(
         "deleted %s %s by %s: %d instance(s), %d bytes",
         request.path_params["level"],
@@ -150,6 +168,13 @@ async def delete(request: Request) -> Response:
         deleted.bytes,
     )
     return JSONResponse({"deleted_instances": deleted.instances, "freed_bytes": deleted.bytes, "deleted_by": who})
+
+
+async def _studies_of(request: Request, key: str, value: str) -> list[str]:
+    """The Study Instance UIDs of the instances a resource holds (for the audit trail of a deletion)."""
+    level = {"StudyInstanceUID": "STUDY", "SeriesInstanceUID": "SERIES", "SOPInstanceUID": "IMAGE"}[key]
+    found = await select_instances(ctx(request).archive, level, {key: value}, "PATIENT", located=False)
+    return sorted({i.study_instance_uid for i in found})
 
 
 async def download(request: Request) -> Response:
@@ -162,6 +187,14 @@ async def download(request: Request) -> Response:
     ]
     if not found:
         raise NotFound(f"{request.path_params['level']} {value!r} has no stored instance")
+    for study_uid in sorted({i.study_instance_uid for i in found}):
+        audit_trail.record(
+            request,
+            Action.DOWNLOADED,
+            patient_id=value if key == "PatientID" else "",
+            study_uid=study_uid,
+            detail=f"{request.path_params['level']} {value}: {len(found)} instance(s)",
+        )
     if retrieve_level == "IMAGE":
         from minipacs.web.dicomweb import _read_file
 
@@ -170,8 +203,9 @@ async def download(request: Request) -> Response:
             media_type="application/dicom",
             headers={"Content-Disposition": f'attachment; filename="{value}.dcm"'},
         )
+    names = readable_names(found, await series_labels_of(ctx(request).archive, found))
     return StreamingResponse(
-        zip_stream(found),
+        zip_stream(found, names),
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{value}.zip"'},
     )
@@ -215,7 +249,8 @@ async def _receive_upload(request: Request, context: Any, raw_type: str, origin:
         for part in intake.received:
             name = "body" if single else part.label
             try:
-                if part.failure is not None:
+                if part.failure is not None:  # refused while it was staged: never reached the ingest path
+                    context.metrics.ingest_failed(origin.kind, part.failure)
                     raise part.failure
                 outcome = await intake.ingest(part, origin)
             except OutOfResources as exc:
@@ -346,7 +381,7 @@ def routes() -> list[BaseRoute]:
             search_resources,
             "GET",
             "read",
-            "Search with C-FIND matching rules (level, keys, wildcards, ranges, limit/offset)",
+            "Search with C-FIND matching rules (level, keys, wildcards, ranges, limit/offset; labels=a,b)",
         ),
         Endpoint(
             "/associations",
@@ -362,7 +397,7 @@ def routes() -> list[BaseRoute]:
             "GET",
             "read",
             "The changes journal after ?since=N (seq), at most ?limit=M "
-            "(default 100, max 1000): {changes: [{seq, type, level, uid, study, time}], last, done}",
+            "(default 100, max 1000): {changes: [{seq, type, level, uid, study, time, reason}], last, done}",
         ),
         Endpoint("/nodes", list_nodes, "GET", "read", "List DICOM nodes"),
         Endpoint("/nodes", add_node, "POST", "admin", "Add or update a DICOM node"),

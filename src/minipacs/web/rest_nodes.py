@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
+from minipacs.core.audit import Action
 from minipacs.core.errors import NotFound
 from minipacs.core.jobs import Job, JobQueue
 from minipacs.core.nodes import Node, NodeRegistry, format_permissions, node_from_mapping
@@ -41,6 +42,7 @@ from minipacs.services.outbound import (
     RetrieveRequest,
 )
 from minipacs.services.status import FIND, describe
+from minipacs.web import audit
 from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
 from minipacs.web.routing import Endpoint
@@ -263,6 +265,8 @@ async def send(request: Request) -> Response:
         total=len(found),
         details={"node": node_json(node)},
     )
+    for study_uid in sorted({item.study_instance_uid for item in found}):
+        audit.record(request, Action.SENT, study_uid=study_uid, detail=f"to {node.label()} (job {job.id})")
     return _accepted(job)
 
 
@@ -299,6 +303,12 @@ async def retrieve(request: Request) -> Response:
         f"C-{method.upper()} {level.qr_level} {', '.join(values)[:120]} from {node.label()}",
         params,
         details={"node": node_json(node)},
+    )
+    audit.record(
+        request,
+        Action.RETRIEVED,
+        study_uid=str(keys.get("StudyInstanceUID", values[0] if level.qr_level == "STUDY" else "")),
+        detail=f"C-{method.upper()} {level.qr_level} {', '.join(values)[:200]} from {node.label()} (job {job.id})",
     )
     return _accepted(job)
 

@@ -18,9 +18,13 @@ from pydicom.dataset import Dataset
 from pydicom.valuerep import PersonName
 
 from minipacs.core.archive import Archive
+from minipacs.core.labels import parse_labels
 from minipacs.core.query import prepare_query, run_query
 from minipacs.dicom.levels import PATIENT_ROOT, STUDY_ROOT, Level
 from minipacs.web.errors import HttpError
+
+#: Not DICOM: studies carrying every one of these labels (comma-separated), REST search and QIDO-RS studies.
+LABELS_PARAM: Final = "labels"
 
 # PS3.18 Table 10.6.3-3..5: attributes returned by default, per level
 DEFAULT_KEYS: Final[Mapping[Level, tuple[str, ...]]] = {
@@ -62,8 +66,8 @@ DEFAULT_KEYS: Final[Mapping[Level, tuple[str, ...]]] = {
         "NumberOfFrames",
     ),
 }
-#: Parameters that are not attribute keys (PS3.18 Table 8.3.4-1).
-CONTROL_PARAMS: Final = frozenset({"limit", "offset", "includefield", "fuzzymatching", "level"})
+#: Parameters that are not attribute keys (PS3.18 Table 8.3.4-1), and ours: ``labels`` (core/labels.py).
+CONTROL_PARAMS: Final = frozenset({"limit", "offset", "includefield", "fuzzymatching", "level", LABELS_PARAM})
 #: Multi-valued keys whose JSON object gets ``"Value": []`` when empty, instead of no "Value" member (PS3.18
 #: F.2.5 allows either reading: no Value is "zero length"). The OHIF viewer that ``minipacs ohif install`` pins
 #: (3.x, ``getModalities``) reads ``ModalitiesInStudy.Value.length`` without a check, and one study without a
@@ -165,13 +169,15 @@ async def search(
     """Matches of a search, after ``offset``, at most ``limit`` (PS3.18 §8.3.4.4).
 
     ``absent``: computed keys matches must have no value for (see ``prepare_query``), e.g. the
-    REST API's ``complete=false``: studies without a Study Status ID."""
+    REST API's ``complete=false``: studies without a Study Status ID. ``labels=a,b``: studies
+    carrying both labels (core/labels.py; several ``labels`` parameters add up)."""
     query = dict(params)
+    labels = parse_labels(",".join(v for k, v in params if k == LABELS_PARAM))
     limit = _int_param(query, "limit", MAX_LIMIT, MAX_LIMIT)
     offset = _int_param(query, "offset", 0, 10**9)
     ds = identifier(level, params, fixed or {})
     model = PATIENT_ROOT if level is Level.PATIENT else STUDY_ROOT
-    prepared = prepare_query(ds, model, level=level, relational=True, absent=absent)
+    prepared = prepare_query(ds, model, level=level, relational=True, absent=absent, labels=labels)
     seen = 0
     # run_query is an async generator: close it if the consumer stops early
     matches = cast(AsyncGenerator[Dataset, None], run_query(archive, prepared, limit=offset + limit))
@@ -184,4 +190,13 @@ async def search(
                 yield match
 
 
-__all__ = ["CONTROL_PARAMS", "DEFAULT_KEYS", "ascii_digits", "identifier", "search", "tag_of", "to_json"]
+__all__ = [
+    "CONTROL_PARAMS",
+    "DEFAULT_KEYS",
+    "LABELS_PARAM",
+    "ascii_digits",
+    "identifier",
+    "search",
+    "tag_of",
+    "to_json",
+]

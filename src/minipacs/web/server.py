@@ -11,9 +11,11 @@ from collections.abc import Iterator
 import uvicorn
 
 from minipacs.config import ConfigError, Settings
+from minipacs.core.anonymize import Anonymizer
 from minipacs.core.archive import Archive
 from minipacs.core.jobs import JobQueue
 from minipacs.core.metadata import MetadataStore
+from minipacs.core.metrics import Metrics
 from minipacs.core.nodes import NodeRegistry
 from minipacs.services.outbound import Outbound
 from minipacs.web.app import create_app
@@ -78,6 +80,8 @@ async def start_http(
     nodes: NodeRegistry | None,
     outbound: Outbound | None = None,
     jobs: JobQueue | None = None,
+    anonymizer: Anonymizer | None = None,
+    metrics: Metrics | None = None,
 ) -> HttpServer:
     """Start metadata precomputation and, unless http_port is 0, the HTTP server. A port already in
     use stops the start-up with a sentence, as for the DICOM port: a server that comes up half is
@@ -90,7 +94,16 @@ async def start_http(
     metadata.attach()
     if not settings.http_port:
         return HttpServer(None, None, metadata)
-    context = AppContext(settings, archive, metadata, nodes, jobs=jobs, outbound=outbound)
+    context = AppContext(
+        settings,
+        archive,
+        metadata,
+        nodes,
+        jobs=jobs,
+        outbound=outbound,
+        anonymizer=anonymizer,
+        metrics=metrics or Metrics(max_ae_labels=settings.metrics_max_ae_labels),
+    )
     app = create_app(context)
     try:
         sock = socket.create_server(

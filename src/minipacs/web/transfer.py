@@ -448,21 +448,30 @@ class _Sink(io.RawIOBase):
         return out
 
 
-def zip_stream(instances: Sequence[StoredInstance]) -> Iterator[bytes]:
-    """A ZIP of stored files (study/series/instance.dcm), produced while it is sent."""
+def zip_entries(entries: Iterable[tuple[str, Callable[[], BinaryIO] | bytes]]) -> Iterator[bytes]:
+    """A ZIP of (member name, bytes or a stored file's opener: StoredInstance.open) entries, produced
+    while it is sent."""
     sink = _Sink()
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for item in instances:
-            if item.problem:
-                continue
-            name = f"{item.study_instance_uid}/{item.series_instance_uid}/{item.sop_instance_uid}.dcm"
+        for name, content in entries:
             with archive.open(zipfile.ZipInfo(name), "w", force_zip64=True) as member:
-                for chunk in _file_chunks(item.open):
+                for chunk in [content] if isinstance(content, bytes) else _file_chunks(content):
                     member.write(chunk)
                     if len(sink.buffer) >= CHUNK:
                         yield sink.take()
             yield sink.take()
     yield sink.take()
+
+
+def zip_stream(instances: Sequence[StoredInstance], names: Sequence[str] | None = None) -> Iterator[bytes]:
+    """A ZIP of stored files, produced while it is sent: each under its name in ``names`` (core/media.py
+    ``readable_names``), else study/series/instance.dcm by UID."""
+    sendable = [(n, item) for n, item in enumerate(instances) if not item.problem]
+    return zip_entries((names[n] if names is not None else _uid_name(i), i.open) for n, i in sendable)
+
+
+def _uid_name(item: StoredInstance) -> str:
+    return f"{item.study_instance_uid}/{item.series_instance_uid}/{item.sop_instance_uid}.dcm"
 
 
 async def aiter_text(items: AsyncIterator[str]) -> AsyncIterator[bytes]:
@@ -490,5 +499,6 @@ __all__ = [
     "failed_json",
     "ingest_zip",
     "insufficient_storage",
+    "zip_entries",
     "zip_stream",
 ]

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from minipacs.config import Settings
+from minipacs.core.anonymize import Anonymizer
 from minipacs.core.archive import Archive
 from minipacs.core.jobs import JobQueue
 from minipacs.core.metadata import MetadataStore
+from minipacs.core.metrics import Metrics
 from minipacs.core.nodes import NodeRegistry
 from minipacs.services.outbound import Outbound
 from minipacs.web.workers import RenderPool
@@ -27,6 +29,10 @@ class AppContext:
     #: Echo, query, send and retrieve to other nodes (services/outbound.py), built by bootstrap;
     #: None: the /api/nodes/{id}/echo|query|retrieve and /api/send endpoints answer 503.
     outbound: Outbound | None = None
+    #: Prometheus figures shared with the DICOM server (core/metrics.py, GET /metrics).
+    metrics: Metrics = field(default_factory=Metrics)
+    #: De-identification (core/anonymize.py), built by bootstrap; None: /anonymize answers 503.
+    anonymizer: Anonymizer | None = None
     #: Rendering and transcoding: max_concurrent_renders threads, render_queue waiting, 503 beyond.
     renders: RenderPool = field(init=False)
 

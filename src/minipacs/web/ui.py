@@ -23,23 +23,29 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute
 from starlette.staticfiles import StaticFiles
 
+from minipacs.core.audit import Action
+from minipacs.core.compression import Compressor
 from minipacs.core.errors import ArchiveError, NotFound
+from minipacs.core.labels import labels_of, labels_of_studies
 from minipacs.core.nodes import registry_warnings
 from minipacs.core.paths import validate_uid
+from minipacs.dicom.deid_table import OPTIONS as DEID_OPTIONS
 from minipacs.dicom.levels import Level
 from minipacs.index.matching import wildcard_match
 from minipacs.services import status
 from minipacs.services.status import Status
-from minipacs.web import login
+from minipacs.web import audit, login
 from minipacs.web.completion import completed_studies
 from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError, classify, redact
 from minipacs.web.pages import json_tag_rows, may, path_for, person, render, text
 from minipacs.web.routing import Endpoint, GuardedMount
-from minipacs.web.search import ascii_digits, search
+from minipacs.web.search import LABELS_PARAM, ascii_digits, search
 from minipacs.web.ui_diagnostics import diagnostics_page
 from minipacs.web.ui_jobs import jobs_page
+from minipacs.web.ui_overview import overview_page
 from minipacs.web.ui_remote import remote_page
+from minipacs.web.ui_rules import rules_page, study_deliveries
 from minipacs.web.ui_worklist import worklist_page
 
 STATIC_DIR: Final = Path(__file__).with_name("static")
@@ -173,7 +179,7 @@ async def _send_nodes(request: Request) -> list[Any]:
 
 
 async def home(request: Request) -> Response:
-    return RedirectResponse(path_for(request, "ui:studies"), status_code=307)
+    return RedirectResponse(path_for(request, "ui:overview"), status_code=307)
 
 
 #: the study list's search form: (field name, label, input type)
@@ -185,6 +191,7 @@ SEARCH_FIELDS: Final = (
     ("modality", "Modality", "search"),
     ("accession", "Accession", "search"),
     ("description", "Description", "search"),
+    ("labels", "Labels", "search"),  # core/labels.py: studies carrying every one (comma-separated)
 )
 
 
@@ -214,6 +221,8 @@ async def studies(request: Request) -> Response:
     dates = _date_range(q.get("from", ""), q.get("to", ""))
     if dates:
         params.append(("StudyDate", dates))
+    if q.get("labels", "").strip():
+        params.append((LABELS_PARAM, q["labels"]))
     found = await _find(request, Level.STUDY, params)
     capped = len(found) > cap
     rows = [r for r in found[:cap] if all(_field_matches(p, r.get(k)) for k, p in patterns.items())]
@@ -221,12 +230,14 @@ async def studies(request: Request) -> Response:
     filled.sort(key=functools.partial(_sort_key, sort), reverse=order == "desc")
     rows = filled + [r for r in rows if not text(r.get(STUDY_SORTS[sort]))]
     done = await completed_studies(ctx(request).archive)
-    values = {k: q.get(k, "") for k in (*STUDY_FILTERS, "from", "to")}
+    values = {k: q.get(k, "") for k in (*STUDY_FILTERS, "from", "to", "labels")}
+    page = rows[offset : offset + size]
     return render(
         request,
         "studies.html",
         "Studies",
-        rows=rows[offset : offset + size],
+        rows=page,
+        labels=await labels_of_studies(ctx(request).archive, [text(r.get("StudyInstanceUID")) for r in page]),
         total=len(rows),
         capped=cap if capped else 0,
         more=len(rows) > offset + size,
@@ -285,6 +296,8 @@ async def study(request: Request) -> Response:
     info = await _one(request, Level.STUDY, {"StudyInstanceUID": uid}, f"Study {uid}")
     series = await _find(request, Level.SERIES, [], {"StudyInstanceUID": uid})
     series.sort(key=lambda r: _number(r, "SeriesNumber"))
+    pid = str(info.get("PatientID") or "")
+    audit.record(request, Action.VIEWED, patient_id=pid, study_uid=uid, detail="study page")
     return render(
         request,
         "study.html",
@@ -293,6 +306,10 @@ async def study(request: Request) -> Response:
         uid=uid,
         series=series,
         nodes=await _send_nodes(request),
+        labels=await labels_of(ctx(request).archive, uid),
+        deid_options=DEID_OPTIONS,
+        storage=await Compressor(ctx(request).archive).savings(uid),  # disk saved by compression
+        deliveries=await study_deliveries(request, uid),
     )
 
 
@@ -533,6 +550,14 @@ def routes() -> list[BaseRoute]:
     return [
         Endpoint("/", studies, "GET", "read", "Page: the study list, search and paging", name="studies"),
         Endpoint(
+            "/overview",
+            html_errors(overview_page),
+            "GET",
+            "read",
+            "Page: the archive at a glance: arrivals, storage, jobs, failures",
+            name="overview",
+        ),
+        Endpoint(
             "/patient",
             patient,
             "GET",
@@ -562,6 +587,7 @@ def routes() -> list[BaseRoute]:
         ),
         Endpoint("/log", association_log, "GET", "read", "Page: the association log", name="log"),
         Endpoint("/jobs", jobs_page, "GET", "read", "Page: background jobs, with live progress", name="jobs"),
+        Endpoint("/rules", rules_page, "GET", "admin", "Page: auto-routing rules", name="rules"),
         Endpoint(
             "/diagnostics",
             html_errors(diagnostics_page),

@@ -62,6 +62,25 @@
       /nothing at this URL|unknown resource kind/.test(result.data.error.message || "");
   }
 
+  // ------------------------------------------------------------ study labels (core/labels.py)
+  document.querySelectorAll("form.add-label").forEach(function (form) {
+    form.addEventListener("submit", async function (event) {
+      event.preventDefault();
+      const label = form.elements.label.value.trim();
+      const result = await api("PUT", form.dataset.api + "/" + encodeURIComponent(label));
+      if (result.status === 200) window.location.reload();
+      else message("Label not added: " + errorText(result), true);
+    });
+  });
+  document.querySelectorAll("button[data-label-remove]").forEach(function (button) {
+    button.addEventListener("click", async function () {
+      button.disabled = true;
+      const result = await api("DELETE", button.dataset.labelRemove);
+      if (result.status === 200) window.location.reload();
+      else { message("Label not removed: " + errorText(result), true); button.disabled = false; }
+    });
+  });
+
   // ------------------------------------------------------------ delete with confirmation
   document.querySelectorAll("button[data-delete]").forEach(function (button) {
     button.addEventListener("click", async function () {
@@ -892,4 +911,96 @@
     });
     window.setInterval(refresh, 2000);
   }
+
+  // ------------------------------------------------------------ anonymize a study (web/rest_anonymize.py)
+  document.querySelectorAll("form.anonymize").forEach(function (form) {
+    form.addEventListener("submit", async function (event) {
+      event.preventDefault();
+      const out = form.querySelector(".job");
+      const options = Array.from(form.querySelectorAll("input[name=option]:checked")).map(function (b) { return b.value; });
+      const keep = form.querySelector("input[name=keep_original]").checked;
+      out.textContent = "anonymizing…";
+      const result = await api("POST", form.dataset.api, { options: options, keep_original: keep });
+      if (result.status === 202 && result.data) { out.textContent = "job " + result.data.job + " started"; followJob(result.data.job, out); return; }
+      if (result.status !== 200) { out.textContent = ""; message("Not anonymized: " + errorText(result), true); return; }
+      out.textContent = "";
+      message("Anonymized " + result.data.instances + " instance(s) into study " + result.data.study + ".", false);
+      window.location.assign(form.dataset.studyPage + "studies/" + encodeURIComponent(result.data.study));
+    });
+  });
+
+  // ------------------------------------------------------------ rules (admin): create, delete
+  const addRule = document.getElementById("add-rule");
+  if (addRule) {
+    addRule.addEventListener("submit", async function (event) {
+      event.preventDefault();
+      let rule;
+      try { rule = JSON.parse(new FormData(addRule).get("rule")); } catch (err) {
+        message("Not created: the rule is not valid JSON (" + err.message + ")", true);
+        return;
+      }
+      const result = await api("POST", "/api/rules", rule);
+      if (result.status === 201) window.location.reload();
+      else message("Not created: " + errorText(result), true);
+    });
+  }
+
+  document.querySelectorAll("button.remove-rule").forEach(function (button) {
+    button.addEventListener("click", async function () {
+      if (!window.confirm("Delete rule " + button.dataset.rule + "? Deliveries already queued still run.")) return;
+      button.disabled = true;
+      const result = await api("DELETE", "/api/rules/" + encodeURIComponent(button.dataset.rule));
+      if (result.status === 204) window.location.reload();
+      else { message("Not deleted: " + errorText(result), true); button.disabled = false; }
+    });
+  });
+
+  // ------------------------------------------------------------ corrections (docs/CORRECTIONS.md)
+  function corrected(result, after) {
+    if (result.status === 202) {
+      message("Large correction: it runs as job " + result.data.job + " (see the Jobs page).", false);
+    } else if (result.status === 200) {
+      message("Corrected: " + result.data.instances + " file(s) rewritten.", false);
+      window.location.assign(after);
+    } else {
+      message("Not corrected: " + errorText(result), true);
+    }
+  }
+
+  document.querySelectorAll("form.correct").forEach(function (form) {
+    form.addEventListener("submit", async function (event) {
+      event.preventDefault();
+      const changes = {};
+      form.querySelectorAll("input[name]").forEach(function (input) {
+        if (input.value !== input.dataset.old) changes[input.name] = input.value;
+      });
+      if (Object.keys(changes).length === 0) { message("Nothing was changed.", true); return; }
+      const result = await api("POST", form.dataset.modify, { changes: changes });
+      let after = window.location.href;
+      if (result.status === 200 && form.dataset.what === "patient") {
+        after = "/ui/patient?id=" + encodeURIComponent(result.data.target);
+      }
+      corrected(result, after);
+    });
+  });
+
+  document.querySelectorAll("form.merge").forEach(function (form) {
+    form.addEventListener("submit", async function (event) {
+      event.preventDefault();
+      const source = form.elements.source.value;
+      if (!window.confirm("Merge patient " + source + " into " + form.dataset.target + "? This cannot be undone.")) return;
+      corrected(await api("POST", "/api/patients/merge", { source: source, target: form.dataset.target }),
+        window.location.href);
+    });
+  });
+
+  document.querySelectorAll("form.move-series").forEach(function (form) {
+    form.addEventListener("submit", async function (event) {
+      event.preventDefault();
+      const study = form.elements.study.value.trim();
+      const result = await api("POST", form.dataset.move, { study: study || null });
+      const target = result.status === 200 ? result.data.new_values.StudyInstanceUID : study;
+      corrected(result, "/ui/studies/" + encodeURIComponent(target));
+    });
+  });
 })();

@@ -1,0 +1,9 @@
+"""`minipacs merge`: see cli/corrections.py."""
+
+from __future__ import annotations
+
+from minipacs.cli.corrections import NEEDS_SETTINGS
+from minipacs.cli.corrections import register_merge as register
+from minipacs.cli.corrections import run_merge as run
+
+__all__ = ["NEEDS_SETTINGS", "register", "run"]

@@ -1,0 +1,9 @@
+"""`minipacs split`: see cli/corrections.py."""
+
+from __future__ import annotations
+
+from minipacs.cli.corrections import NEEDS_SETTINGS
+from minipacs.cli.corrections import register_split as register
+from minipacs.cli.corrections import run_split as run
+
+__all__ = ["NEEDS_SETTINGS", "register", "run"]

@@ -1,0 +1,376 @@
+"""Anonymize a patient, study or series: de-identify each stored instance (core/deid.py) and store
+the result through the ONE ingest path as new studies (or write it into a ZIP).
+
+- The instances are read from storage, de-identified in a worker thread, written as Part 10 files
+  into the archive's staging folder and ingested with ``Archive.import_file`` (as ``minipacs
+  import`` does), origin "anonymize". The pseudonyms are keyed HMACs, so running it again gives
+  the same patient ID, names and UIDs: a second run stores nothing new (duplicates).
+- The mapping (original <-> pseudonym) goes into the index (index/anonymization_repo.py), for
+  admins only. It is written before the first new instance is stored.
+- ``keep_original=False`` deletes the original resource once every instance was stored; if any
+  instance failed, the original stays and the result says why.
+- The key: ``anonymization_key`` (config, or MINIPACS_ANONYMIZATION_KEY); without one, a random
+  key is created once in DATA/anonymization.key (mode 0600) and used from then on (:func:`load_key`).
+- Large requests run as jobs of kind "anonymize" (:func:`register_anonymize_job`); a job run again
+  after a restart does the same work again and stores nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import secrets
+import uuid
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import pydicom
+from pydicom.dataset import FileMetaDataset
+
+from minipacs.core.deid import InvalidDeidOptions, Mapping, Pseudonyms, check_options, deidentify
+from minipacs.core.delete import delete_resource
+from minipacs.core.errors import ArchiveError, NotFound, OutOfResources
+from minipacs.core.jobs import JobContext, JobFailed, JobQueue
+from minipacs.core.model import Origin
+from minipacs.core.retrieve import StoredInstance, select_instances
+from minipacs.index import anonymization_repo
+
+if TYPE_CHECKING:
+    from minipacs.core.archive import Archive
+
+log = logging.getLogger(__name__)
+
+ANONYMIZE: Final = "anonymize"
+KEY_FILE: Final = "anonymization.key"
+#: Anonymized files the archive refused after their original was replaced (Retain UIDs).
+KEPT_DIR: Final = "anonymize-kept"
+#: Instances de-identified at once (pydicom in worker threads) and ingested at once (group commit).
+DEID_CONCURRENCY: Final = 4
+INGEST_CONCURRENCY: Final = 8
+#: Level noun -> (retrieve level, unique key): what each entry point names.
+LEVELS: Final[dict[str, tuple[str, str]]] = {
+    "patient": ("PATIENT", "PatientID"),
+    "study": ("STUDY", "StudyInstanceUID"),
+    "series": ("SERIES", "SeriesInstanceUID"),
+}
+Output = Literal["archive", "zip"]
+
+
+def load_key(configured: str, data_dir: Path) -> bytes:
+    """The pseudonym key: the configured one, else DATA/anonymization.key, created once if missing."""
+    if configured:
+        return configured.encode("utf-8")
+    path = data_dir / KEY_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        text = path.read_text(encoding="ascii").strip()
+        if len(text) < 32:
+            raise ArchiveError(
+                f"{path} holds no usable anonymization key (64 hex digits expected); restore it from a "
+                "backup, or set anonymization_key (a new key gives new pseudonyms)"
+            ) from None
+        return text.encode("ascii")
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(secrets.token_hex(32) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    log.warning("created the anonymization key %s: back it up, pseudonyms depend on it", path)
+    return path.read_text(encoding="ascii").strip().encode("ascii")
+
+
+@dataclass(frozen=True)
+class AnonymizeRequest:
+    level: str  # "patient", "study" or "series"
+    id: str  # Patient ID or the UID
+    options: frozenset[str] = frozenset()
+    keep_original: bool = True
+
+    def to_params(self) -> dict[str, Any]:
+        return {
+            "level": self.level,
+            "id": self.id,
+            "options": sorted(self.options),
+            "keep_original": self.keep_original,
+        }
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> AnonymizeRequest:
+        return cls(params["level"], params["id"], frozenset(params["options"]), bool(params["keep_original"]))
+
+
+@dataclass
+class AnonymizeResult:
+    instances: int = 0
+    patient: str = ""  # the pseudonymous Patient ID
+    studies: list[str] = field(default_factory=list)
+    series: list[str] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    original_deleted: bool = False
+
+    def to_json(self, level: str) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "patient": self.patient,
+            "studies": self.studies,
+            "series": self.series,
+            "instances": self.instances,
+            "failed": self.failures,
+            "original_deleted": self.original_deleted,
+        }
+        if level in ("study", "series") and len(self.studies) == 1:
+            out["study"] = self.studies[0]
+        if level == "series" and len(self.series) == 1:
+            out["series_uid"] = self.series[0]
+        return out
+
+
+def _part10(
+    instance: StoredInstance, options: frozenset[str], pseudonyms: Pseudonyms, mapping: Mapping, out: Path
+) -> None:
+    """Read, de-identify and write one stored instance as a Part 10 file at ``out`` (blocking)."""
+    with instance.open() as fh:
+        ds = pydicom.dcmread(fh)
+    syntax = ds.file_meta.TransferSyntaxUID
+    deidentify(ds, options, pseudonyms, mapping)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = syntax
+    ds.file_meta = meta
+    ds.save_as(out, enforce_file_format=True)
+
+
+class Anonymizer:
+    """Anonymizes resources of one archive with one key."""
+
+    def __init__(self, archive: Archive, key: bytes) -> None:
+        self.archive = archive
+        self.pseudonyms = Pseudonyms(key)
+
+    async def select(self, request: AnonymizeRequest, *, into_zip: bool = False) -> list[StoredInstance]:
+        if request.level not in LEVELS:
+            raise NotFound(f"cannot anonymize a {request.level!r}: choose patient, study or series")
+        check_options(request.options)
+        if "retain-uids" in request.options and request.keep_original and not into_zip:
+            raise InvalidDeidOptions(
+                "with retain-uids the anonymized instances keep the originals' UIDs, so both cannot be in "
+                "this archive: replace the original (keep_original false, --delete-original) or write a ZIP"
+            )
+        if "retain-uids" in request.options and request.level == "series" and not into_zip:
+            raise InvalidDeidOptions(
+                "with retain-uids a series keeps its Study Instance UID, and one study cannot belong to two "
+                "patients in this archive: anonymize the whole study, or write a ZIP"
+            )
+        level, key = LEVELS[request.level]
+        found = await select_instances(self.archive, level, {key: request.id}, "PATIENT")
+        if not found:
+            raise NotFound(f"{request.level} {request.id!r} has no stored instance to anonymize")
+        return found
+
+    async def run(
+        self,
+        request: AnonymizeRequest,
+        *,
+        zip_path: Path | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        found: list[StoredInstance] | None = None,
+    ) -> AnonymizeResult:
+        """Anonymize into the archive, or into the ZIP at ``zip_path``; ``progress(done, failed)``.
+
+        Every instance is de-identified into a file first (DEID_CONCURRENCY at a time) and the
+        mapping stored in one write. Into the archive, the files are then ingested
+        (INGEST_CONCURRENCY at a time, so group commit batches their fsyncs) and the original
+        deleted if asked (only when all succeeded); with Retain UIDs the new instances have the
+        original UIDs, so the original is deleted first (only when every instance was de-identified)
+        and the files ingested after it (a file the archive then refuses is kept in
+        DATA/anonymize-kept/ and named in the failures)."""
+        instances = found if found is not None else await self.select(request, into_zip=zip_path is not None)
+        result = AnonymizeResult()
+        in_place = "retain-uids" in request.options
+        files: list[tuple[str, Path]] = []  # (original SOP Instance UID, de-identified file), in order
+        try:
+            files = await self._deidentify_all(request, instances, result)
+            by_uid = {i.sop_instance_uid: i for i in instances}
+            for uid, _ in files:
+                study, series = self._new_parents(by_uid, uid, in_place)
+                if study not in result.studies:
+                    result.studies.append(study)
+                if series not in result.series:
+                    result.series.append(series)
+            if zip_path is not None:
+                await self._into_zip(zip_path, by_uid, files, result, progress, in_place)
+            else:
+                await self._into_archive(request, files, result, progress)
+        finally:
+            for _, path in files:
+                path.unlink(missing_ok=True)
+        log.info(
+            "anonymized %s %s: %d instance(s), %d failed%s",
+            request.level,
+            request.id,
+            result.instances,
+            len(result.failures),
+            "; original deleted" if result.original_deleted else "",
+        )
+        return result
+
+    def _new_parents(self, instances: dict[str, StoredInstance], uid: str, in_place: bool) -> tuple[str, str]:
+        instance = instances[uid]
+        study, series = instance.study_instance_uid, instance.series_instance_uid
+        return (study, series) if in_place else (self.pseudonyms.uid(study), self.pseudonyms.uid(series))
+
+    async def _deidentify_all(
+        self, request: AnonymizeRequest, instances: list[StoredInstance], result: AnonymizeResult
+    ) -> list[tuple[str, Path]]:
+        limit = asyncio.Semaphore(DEID_CONCURRENCY)
+        done: dict[int, tuple[str, Path]] = {}
+        mappings: list[Mapping] = []
+
+        async def one(n: int, instance: StoredInstance) -> None:
+            if instance.problem:
+                result.failures.append({"uid": instance.sop_instance_uid, "reason": instance.problem})
+                return
+            mapping = Mapping()
+            out = self.archive.staging_dir / f"{uuid.uuid4().hex}.anonymized"
+            async with limit:
+                try:
+                    await asyncio.to_thread(_part10, instance, request.options, self.pseudonyms, mapping, out)
+                except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
+                    out.unlink(missing_ok=True)
+                    result.failures.append({"uid": instance.sop_instance_uid, "reason": f"cannot de-identify: {exc}"})
+                    return
+            mappings.append(mapping)
+            done[n] = (instance.sop_instance_uid, out)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for n, instance in enumerate(instances):
+                    group.create_task(one(n, instance))
+        except BaseException:
+            for _, path in done.values():
+                path.unlink(missing_ok=True)
+            raise
+        rows = {row for mapping in mappings for row in mapping.rows}
+        result.patient = next((p for k, _, p in sorted(rows) if k == "patient_id"), "")
+        now = dt.datetime.now(dt.UTC)
+        await self.archive.write(lambda conn: anonymization_repo.insert_mappings(conn, rows, now))
+        return [done[n] for n in sorted(done)]
+
+    async def _into_zip(
+        self,
+        zip_path: Path,
+        instances: dict[str, StoredInstance],
+        files: list[tuple[str, Path]],
+        result: AnonymizeResult,
+        progress: Callable[[int, int], None] | None,
+        in_place: bool,
+    ) -> None:
+        def write() -> None:
+            with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive_zip:
+                for uid, path in files:
+                    study, series = self._new_parents(instances, uid, in_place)
+                    archive_zip.write(path, f"{study}/{series}/{uuid.uuid4().hex[:16]}.dcm")
+
+        await asyncio.to_thread(write)
+        result.instances = len(files)
+        if progress is not None:
+            progress(result.instances, len(result.failures))
+
+    async def _into_archive(
+        self,
+        request: AnonymizeRequest,
+        files: list[tuple[str, Path]],
+        result: AnonymizeResult,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        in_place = "retain-uids" in request.options
+        delete = not request.keep_original and not result.failures and bool(files)
+        if in_place and delete:
+            await delete_resource(self.archive, request.level, request.id)
+            result.original_deleted = True
+        elif in_place:
+            return  # nothing replaced: the original stays whole (the failures say why)
+        origin = Origin(kind=ANONYMIZE)
+        limit = asyncio.Semaphore(INGEST_CONCURRENCY)
+        exhausted: list[OutOfResources] = []
+
+        async def one(uid: str, path: Path) -> None:
+            async with limit:
+                if exhausted:
+                    return
+                try:
+                    await self.archive.import_file(path, origin)
+                except OutOfResources as exc:
+                    exhausted.append(exc)
+                    return
+                except ArchiveError as exc:
+                    reason = str(exc)
+                    if in_place:
+                        reason += f"; the anonymized file is kept as {await asyncio.to_thread(self._keep, path)}"
+                    result.failures.append({"uid": uid, "reason": reason})
+                    return
+            result.instances += 1
+            if progress is not None:
+                progress(result.instances, len(result.failures))
+
+        async with asyncio.TaskGroup() as group:
+            for uid, path in files:
+                group.create_task(one(uid, path))
+        if exhausted:
+            raise exhausted[0]
+        if not in_place and delete and not result.failures:
+            await delete_resource(self.archive, request.level, request.id)
+            result.original_deleted = True
+
+    def _keep(self, path: Path) -> Path:
+        kept = self.archive.settings.data_dir / KEPT_DIR
+        kept.mkdir(exist_ok=True)
+        return path.rename(kept / path.name)
+
+
+def anonymize_handler(anonymizer: Anonymizer) -> Callable[[JobContext], Any]:
+    async def anonymize(job: JobContext) -> str:
+        try:
+            request = AnonymizeRequest.from_params(job.params)
+            found = await anonymizer.select(request)
+        except NotFound as exc:
+            raise JobFailed(str(exc)) from None
+        except (KeyError, TypeError, ArchiveError) as exc:
+            raise JobFailed(f"the job's parameters cannot be used: {exc}") from None
+        job.total, job.done, job.failed = len(found), 0, 0
+
+        def count(done: int, failed: int) -> None:
+            job.done, job.failed = done, failed
+            job.message = f"anonymized {done} of {job.total} instance(s)"
+
+        result = await anonymizer.run(request, progress=count, found=found)
+        job.done, job.failed = result.instances, len(result.failures)
+        job.details["result"] = result.to_json(request.level)
+        said = f"anonymized {result.instances} of {job.total} instance(s) into {len(result.studies)} new study(ies)"
+        if result.failures and not result.instances:
+            raise JobFailed(said + "; every one failed (see details)")
+        return said + (f"; {len(result.failures)} failed (see details)" if result.failures else "")
+
+    return anonymize
+
+
+def register_anonymize_job(queue: JobQueue, anonymizer: Anonymizer) -> None:
+    """The "anonymize" kind; resumed after a restart (running again stores nothing twice)."""
+    queue.register(ANONYMIZE, anonymize_handler(anonymizer), on_restart="resume")
+
+
+__all__ = [
+    "ANONYMIZE",
+    "AnonymizeRequest",
+    "AnonymizeResult",
+    "Anonymizer",
+    "KEY_FILE",
+    "LEVELS",
+    "load_key",
+    "register_anonymize_job",
+]

@@ -1,0 +1,258 @@
+"""HL7 v2 ADT patient updates and merges -> corrections of the archive and of the worklist
+(IHE RAD TF-2 4.12 Patient Update RAD-12: ADT^A08, A40; HL7 v2.5 3.3.8 A08, 3.3.34 A34,
+3.3.40 A40, 3.3.47 A47; docs/CORRECTIONS.md).
+
+What each event does is one row of ``EVENTS``; the patient identifiers are read from PID-3
+(the patient as it is now to be known) and MRG-1 (the prior identifier, HL7 v2.5 3.4.3), the
+demographics through the order receiver's mapping (hl7/orders.py ``FIELD_MAP``, PID rows).
+Archived instances are corrected (their files rewritten) and open worklist entries updated.
+Refusals become acknowledgements through ``REFUSALS``: an unknown patient AE 204, an ID that
+another patient already has AE 205, a missing segment AE 100, an empty required field AE 101.
+:class:`HL7Receiver` is the MLLP listener's handler: ADT here, orders to hl7/orders.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from minipacs.core.audit import ActorKind
+from minipacs.core.corrections import Corrections
+from minipacs.core.errors import ArchiveError, CorrectionConflict, InvalidCorrection, NotFound
+from minipacs.core.worklist import Worklist
+from minipacs.hl7 import orders
+from minipacs.hl7.errors import ERROR, REJECT, HL7Error
+from minipacs.hl7.message import Message, Segment
+
+log = logging.getLogger("minipacs.hl7")
+
+
+@dataclass(frozen=True)
+class Event:
+    """What an ADT trigger event does: ``merge`` (PID-3 survives, MRG-1 goes into it), ``rename``
+    (MRG-1 takes the ID of PID-3, which must be new) or ``update`` (PID-3's demographics)."""
+
+    action: str
+    needs_mrg: bool
+    summary: str
+
+
+# HL7 v2.5 Table 0003 event types minipacs takes (chapter 3)
+EVENTS: Final[Mapping[str, Event]] = {
+    "A08": Event("update", False, "update patient information"),
+    "A31": Event("update", False, "update person information"),
+    "A34": Event("merge", True, "merge patient information - patient ID only"),
+    "A40": Event("merge", True, "merge patient - patient identifier list"),
+    "A47": Event("rename", True, "change patient identifier list"),
+}
+
+#: The order mapping's rows of patient demographics (hl7/orders.py FIELD_MAP; IHE RAD TF-2 Table B-1).
+DEMOGRAPHICS: Final = tuple(
+    row for row in orders.FIELD_MAP if row.keyword in ("PatientName", "PatientBirthDate", "PatientSex")
+)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    ack_code: str
+    error_code: int  # HL7 Table 0357
+    location: str
+
+
+# core refusals -> acknowledgement (AE: a message we take whose content cannot be applied)
+REFUSALS: Final[Mapping[type[ArchiveError], Refusal]] = {
+    NotFound: Refusal(ERROR, 204, "PID-3"),
+    CorrectionConflict: Refusal(ERROR, 205, "PID-3"),
+    InvalidCorrection: Refusal(ERROR, 102, "PID"),
+}
+
+
+def _identifier(message: Message, segment: Segment, field: int, name: str) -> str:
+    """The ID (component 1) of a CX identifier list's first repetition; AE 101 when empty."""
+    value = message.value(segment, field, 1)
+    if not value.strip():
+        raise HL7Error(
+            f"{segment.name}-{field} {name} is empty: the patient cannot be identified",
+            error_code=101,
+            location=f"{segment.name}-{field}",
+        )
+    if len(value) > 64 or "\\" in value:
+        raise HL7Error(
+            f"{segment.name}-{field} {value[:70]!r} is not a Patient ID DICOM can hold (at most 64 characters, "
+            "no backslash)",
+            error_code=102,
+            location=f"{segment.name}-{field}",
+        )
+    return value
+
+
+def demographics(message: Message, pid: Segment) -> dict[str, str]:
+    """The PID's non-empty demographics, as DICOM keyword -> value."""
+    found: dict[str, str] = {}
+    for row in DEMOGRAPHICS:
+        source = row.sources[0]
+        raw = orders._value(message, pid, source, row.kind)  # one mapping for orders and ADT
+        if raw:
+            found[row.keyword] = orders._checked(row.keyword, orders._convert(raw, row.kind, source), source)
+    return {k: v for k, v in found.items() if v}
+
+
+def _pairs(message: Message, event: Event) -> list[tuple[Segment, Segment | None]]:
+    """(PID, its MRG) of each patient group (HL7 v2.5 3.3.40: PID, [PD1], MRG, [PV1] repeated)."""
+    if message.first("PID") is None:
+        raise HL7Error("the message has no PID segment (patient identification)", error_code=100, location="PID")
+    pairs: list[tuple[Segment, Segment | None]] = []
+    for segment in message.segments[1:]:
+        if segment.name == "PID":
+            pairs.append((segment, None))
+        elif segment.name == "MRG":
+            if not pairs or pairs[-1][1] is not None:
+                raise HL7Error("an MRG segment without its PID segment before it", error_code=100, location="MRG")
+            pairs[-1] = (pairs[-1][0], segment)
+    if event.needs_mrg and any(mrg is None for _, mrg in pairs):
+        raise HL7Error(
+            "the message has no MRG segment (merge patient information): it names the prior patient identifier",
+            error_code=100,
+            location="MRG",
+        )
+    return pairs
+
+
+def _actor(message: Message) -> tuple[str, list[str]]:
+    """(who, for the corrections log; (actor kind, actor, address) for the audit trail)."""
+    msh = message.first("MSH")
+    kind, event = message.message_type
+    sender = "/".join(v for v in (message.value(msh, 3), message.value(msh, 4)) if v) or "an unnamed sender"
+    return f"HL7 {kind}^{event} {message.control_id} from {sender}", [ActorKind.HL7.value, sender, ""]
+
+
+class ADTApplier:
+    """Applies ADT messages through ``corrections`` (archive and worklist)."""
+
+    def __init__(self, corrections: Corrections) -> None:
+        self.corrections = corrections
+
+    async def apply(self, message: Message) -> str:
+        """Every patient group of ``message`` checked first, then applied in order; the MSA-3 text."""
+        kind, trigger = message.message_type
+        event = EVENTS.get(trigger)
+        if event is None:
+            raise HL7Error(
+                f"ADT^{trigger or '(empty)'} is not an ADT event minipacs takes (only "
+                f"{', '.join(f'{e} {v.summary}' for e, v in EVENTS.items())})",
+                ack_code=REJECT,
+                error_code=201,
+                location="MSH-9",
+            )
+        groups = []
+        for pid, mrg in _pairs(message, event):
+            current = _identifier(message, pid, 3, "Patient Identifier List")
+            prior = _identifier(message, mrg, 1, "Prior Patient Identifier List") if mrg is not None else ""
+            groups.append((current, prior, demographics(message, pid)))
+        said: list[str] = []
+        actor, who = _actor(message)
+        for current, prior, demo in groups:
+            try:
+                said.append(await self._one(event, current, prior, demo, actor, who))
+            except ArchiveError as exc:
+                row = next((REFUSALS[c] for c in type(exc).__mro__ if c in REFUSALS), None)
+                if row is None:
+                    raise
+                raise HL7Error(
+                    str(exc) + (f" ({len(said)} earlier patient(s) of the message applied)" if said else ""),
+                    ack_code=row.ack_code,
+                    error_code=row.error_code,
+                    location=row.location,
+                ) from exc
+        return "; ".join(said)
+
+    async def _one(
+        self, event: Event, current: str, prior: str, demo: dict[str, str], actor: str, who: list[str]
+    ) -> str:
+        c = self.corrections
+        if event.action == "update":
+            archived = await c.patient(current)
+            if archived is None:
+                changed = await c.correct_worklist(current, demo) if demo else 0
+                if not changed:
+                    raise NotFound(
+                        f"patient {current[:64]!r} (PID-3) is neither archived nor on an open worklist entry; "
+                        "nothing to update"
+                    )
+                return f"patient {current}: {changed} worklist entry(ies) updated"
+            changes = {k: v for k, v in demo.items() if archived.get(k) != v}
+            if not changes:
+                return f"patient {current}: nothing changed"
+            result = await c.submit(
+                {
+                    "operation": "modify",
+                    "level": "patient",
+                    "target": current,
+                    "changes": changes,
+                    "actor": actor,
+                    "audit": who,
+                }
+            )
+            return _done(result.job, f"patient {current} updated ({', '.join(changes)})", result.instances)
+        source, target = await c.patient(prior), await c.patient(current)
+        if source is None:
+            changed = await c.correct_worklist(prior, {"PatientID": current, **demo})
+            if not changed:
+                raise NotFound(
+                    f"prior patient {prior[:64]!r} (MRG-1) is neither archived nor on an open worklist entry; "
+                    "nothing to merge"
+                )
+            return f"patient {prior} -> {current}: {changed} worklist entry(ies) updated"
+        if event.action == "merge" and target is not None:
+            extra = {k: v for k, v in demo.items() if target.get(k) != v}
+            params = {
+                "operation": "merge",
+                "source": prior,
+                "target": current,
+                "actor": actor,
+                "demographics": extra,
+                "audit": who,
+            }
+            result = await c.submit(params)
+            return _done(result.job, f"patient {prior} merged into {current}", result.instances)
+        if target is not None:  # A47: the new identifier must be new
+            raise CorrectionConflict(
+                f"patient {current[:64]!r} (PID-3) already exists; send A40 to merge {prior!r} into it"
+            )
+        changes = {"PatientID": current, **{k: v for k, v in demo.items() if source.get(k) != v}}
+        params = {
+            "operation": "modify",
+            "level": "patient",
+            "target": prior,
+            "changes": changes,
+            "actor": actor,
+            "audit": who,
+        }
+        result = await c.submit(params)
+        return _done(result.job, f"patient {prior} is now {current}", result.instances)
+
+
+def _done(job: int | None, what: str, instances: int) -> str:
+    return f"{what}: queued as job {job}" if job is not None else f"{what}: {instances} instance(s) rewritten"
+
+
+class HL7Receiver:
+    """The MLLP listener's handler (hl7/mllp.py): ADT to the corrections, orders to the worklist; one ACK each."""
+
+    def __init__(self, worklist: Worklist, corrections: Corrections, application: str = "MINIPACS") -> None:
+        self.worklist = worklist
+        self.adt = ADTApplier(corrections)
+        self.application = application
+
+    async def _apply(self, message: Message) -> str:
+        if message.message_type[0] == "ADT":
+            return await self.adt.apply(message)
+        return await orders.apply(message, self.worklist)
+
+    async def __call__(self, data: bytes) -> bytes:
+        return await orders.handle(data, self.worklist, self.application, self._apply)
+
+
+__all__ = ["ADTApplier", "DEMOGRAPHICS", "EVENTS", "Event", "HL7Receiver", "REFUSALS", "demographics"]

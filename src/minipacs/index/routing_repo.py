@@ -1,0 +1,317 @@
+"""SQL of auto-routing (core/routing.py): rules made through the API, the marks of waiting triggers,
+and the delivery receipts. Rows in and out as plain mappings; writes run in the archive's writer
+transaction. Several minipacs nodes share these tables: a mark is routed by the one node whose
+conditional UPDATE (or INSERT that skips a duplicate) changes a row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Final, cast
+
+from sqlalchemy import Connection, Table, and_, delete, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from minipacs.index.schema import (
+    Delivery,
+    Instance,
+    JobRecord,
+    Patient,
+    RoutingMark,
+    RoutingRule,
+    Series,
+    Study,
+    StudyCompletion,
+    WorklistItem,
+)
+
+_RULES: Final = cast(Table, RoutingRule.__table__)
+_MARKS: Final = cast(Table, RoutingMark.__table__)
+_DELIVERIES: Final = cast(Table, Delivery.__table__)
+_INS: Final = cast(Table, Instance.__table__)
+_SER: Final = cast(Table, Series.__table__)
+_STU: Final = cast(Table, Study.__table__)
+_PAT: Final = cast(Table, Patient.__table__)
+_DONE: Final = cast(Table, StudyCompletion.__table__)
+_WL: Final = cast(Table, WorklistItem.__table__)
+_JOBS: Final = cast(Table, JobRecord.__table__)
+
+#: Rows a poll reads at most per rule (the rest wait for the next poll).
+POLL_LIMIT: Final = 500
+_DIALECT_INSERT: Final[Mapping[str, Callable[..., Any]]] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+
+
+def _insert(conn: Connection) -> Callable[..., Any]:
+    return _DIALECT_INSERT[conn.dialect.name]
+
+
+# ------------------------------------------------------------------ rules
+
+
+def rule_rows(conn: Connection) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.execute(select(_RULES).order_by(_RULES.c.name)).mappings()]
+
+
+def rule_row(conn: Connection, name: str) -> dict[str, Any] | None:
+    row = conn.execute(select(_RULES).where(_RULES.c.name == name)).mappings().first()
+    return dict(row) if row is not None else None
+
+
+def insert_rule(conn: Connection, name: str, definition: str, now: dt.datetime) -> bool:
+    """False when a rule of that name is already stored."""
+    statement = (
+        _insert(conn)(_RULES)
+        .values(name=name, definition=definition, created_at=now, updated_at=now)
+        .on_conflict_do_nothing(index_elements=["name"])
+        .returning(_RULES.c.id)
+    )
+    return conn.execute(statement).first() is not None  # rowcount is not reliable here on PostgreSQL
+
+
+def update_rule(conn: Connection, name: str, definition: str, now: dt.datetime) -> bool:
+    statement = update(_RULES).where(_RULES.c.name == name).values(definition=definition, updated_at=now)
+    return bool(conn.execute(statement).rowcount)
+
+
+def delete_rule(conn: Connection, name: str) -> bool:
+    removed = bool(conn.execute(delete(_RULES).where(_RULES.c.name == name)).rowcount)
+    conn.execute(delete(_MARKS).where(_MARKS.c.rule == name))
+    return removed
+
+
+# ------------------------------------------------------------------ marks
+
+
+def touch_marks(conn: Connection, marks: Iterable[tuple[str, str, str]], at: dt.datetime) -> None:
+    """(rule, key, study): an instance arrived at ``at``; the row is created or its last arrival moved on."""
+    rows = [{"rule": r, "key": k, "study_instance_uid": s, "last_arrival_at": at} for r, k, s in marks]
+    if not rows:
+        return
+    statement = _insert(conn)(_MARKS)
+    conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=["rule", "key"], set_={"last_arrival_at": statement.excluded.last_arrival_at}
+        ),
+        rows,
+    )
+
+
+def due_marks(conn: Connection, rule: str, quiet_since: dt.datetime) -> list[dict[str, Any]]:
+    """Marks of ``rule`` with no arrival since ``quiet_since`` and an arrival not yet routed."""
+    statement = (
+        select(_MARKS)
+        .where(
+            _MARKS.c.rule == rule,
+            _MARKS.c.last_arrival_at <= quiet_since,
+            or_(_MARKS.c.routed_at.is_(None), _MARKS.c.routed_at < _MARKS.c.last_arrival_at),
+        )
+        .order_by(_MARKS.c.last_arrival_at)
+        .limit(POLL_LIMIT)
+    )
+    return [dict(r) for r in conn.execute(statement).mappings()]
+
+
+def claim_mark(conn: Connection, pk: int, last_arrival_at: dt.datetime, now: dt.datetime) -> bool:
+    """Mark ``pk`` routed now, if nothing arrived since it was read and no other node routed it."""
+    statement = (
+        update(_MARKS)
+        .where(
+            _MARKS.c.id == pk,
+            _MARKS.c.last_arrival_at == last_arrival_at,
+            or_(_MARKS.c.routed_at.is_(None), _MARKS.c.routed_at < _MARKS.c.last_arrival_at),
+        )
+        .values(routed_at=now)
+    )
+    return bool(conn.execute(statement).rowcount)
+
+
+def prune_marks(conn: Connection, routed_before: dt.datetime) -> int:
+    """Forget marks routed before ``routed_before`` with nothing arrived since (a later arrival makes a
+    new mark, and the receipts still say what was given)."""
+    statement = delete(_MARKS).where(
+        _MARKS.c.routed_at.is_not(None),
+        _MARKS.c.routed_at < routed_before,
+        _MARKS.c.last_arrival_at <= _MARKS.c.routed_at,
+    )
+    return int(conn.execute(statement).rowcount)
+
+
+def mark_once(conn: Connection, rule: str, key: str, study: str, now: dt.datetime) -> bool:
+    """Record that ``rule`` handled event ``key``; False when it (or another node) already had."""
+    statement = (
+        _insert(conn)(_MARKS)
+        .values(rule=rule, key=key, study_instance_uid=study, last_arrival_at=now, routed_at=now)
+        .on_conflict_do_nothing(index_elements=["rule", "key"])
+        .returning(_MARKS.c.id)
+    )
+    return conn.execute(statement).first() is not None  # rowcount is not reliable here on PostgreSQL
+
+
+def marked_keys(conn: Connection, rule: str, keys: Sequence[str]) -> set[str]:
+    if not keys:
+        return set()
+    rows = conn.execute(select(_MARKS.c.key).where(_MARKS.c.rule == rule, _MARKS.c.key.in_(list(keys))))
+    return {str(k) for (k,) in rows}
+
+
+def completions_since(conn: Connection, since: dt.datetime) -> list[str]:
+    """Studies marked complete since ``since`` (oldest first)."""
+    rows = conn.execute(
+        select(_DONE.c.study_instance_uid)
+        .where(_DONE.c.completed_at >= since)
+        .order_by(_DONE.c.completed_at)
+        .limit(POLL_LIMIT)
+    )
+    return [str(u) for (u,) in rows]
+
+
+def worklist_since(conn: Connection, since: dt.datetime, statuses: Sequence[str]) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        select(_WL.c.id, _WL.c.patient_id, _WL.c.study_instance_uid, _WL.c.accession_number, _WL.c.modality)
+        .where(_WL.c.created_at >= since, _WL.c.status.in_(list(statuses)))
+        .order_by(_WL.c.id)
+        .limit(POLL_LIMIT)
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+# ------------------------------------------------------------------ instances a rule looks at
+
+
+def study_instances(
+    conn: Connection, study: str, *, series: str | None = None, sops: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """The study's instances (or those of one series, or only ``sops``): UIDs, AE titles, patient."""
+    statement = (
+        select(
+            _INS.c.sop_instance_uid,
+            _SER.c.series_instance_uid,
+            _STU.c.study_instance_uid,
+            _INS.c.calling_aet,
+            _INS.c.called_aet,
+            _PAT.c.patient_id,
+        )
+        .select_from(_INS.join(_SER, _INS.c.series_pk == _SER.c.id).join(_STU, _SER.c.study_pk == _STU.c.id))
+        .join(_PAT, _STU.c.patient_pk == _PAT.c.id)
+        .where(_STU.c.study_instance_uid == study)
+        .order_by(_INS.c.id)
+    )
+    if series is not None:
+        statement = statement.where(_SER.c.series_instance_uid == series)
+    if sops is not None:
+        statement = statement.where(_INS.c.sop_instance_uid.in_(list(sops)))
+    return [dict(r) for r in conn.execute(statement).mappings()]
+
+
+# ------------------------------------------------------------------ delivery receipts
+
+
+def already_routed(conn: Connection, rule: str, destination: str, sops: Sequence[str]) -> set[str]:
+    """Of ``sops``, those ``rule`` already gave (or is giving) to ``destination``: a receipt sent, or
+    waiting for a job that is neither cancelled nor failed."""
+    found: set[str] = set()
+    for start in range(0, len(sops), 500):
+        chunk = list(sops[start : start + 500])
+        rows = conn.execute(
+            select(_DELIVERIES.c.sop_instance_uid)
+            .select_from(_DELIVERIES.outerjoin(_JOBS, _JOBS.c.id == _DELIVERIES.c.job_id))
+            .where(
+                _DELIVERIES.c.rule == rule,
+                _DELIVERIES.c.destination == destination,
+                _DELIVERIES.c.sop_instance_uid.in_(chunk),
+                or_(
+                    _DELIVERIES.c.status == "sent",
+                    and_(
+                        _DELIVERIES.c.status != "failed",
+                        or_(_JOBS.c.state.is_(None), _JOBS.c.state.not_in(["cancelled", "failed"])),
+                    ),
+                ),
+            )
+        )
+        found.update(str(s) for (s,) in rows)
+    return found
+
+
+def insert_deliveries(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    if rows:
+        conn.execute(insert(_DELIVERIES), [dict(r) for r in rows])
+
+
+def set_job_deliveries(
+    conn: Connection,
+    job_id: int,
+    status: str,
+    reason: str,
+    now: dt.datetime,
+    *,
+    sops: Sequence[str] | None = None,
+    unless: str | None = None,
+) -> int:
+    """Set status and reason of the receipts of ``job_id`` (only ``sops`` when given; not those already
+    ``unless``)."""
+    statement = update(_DELIVERIES).where(_DELIVERIES.c.job_id == job_id)
+    if unless is not None:
+        statement = statement.where(_DELIVERIES.c.status != unless)
+    values = {"status": status, "reason": reason, "updated_at": now}
+    if sops is None:
+        return int(conn.execute(statement.values(**values)).rowcount)
+    changed = 0
+    for start in range(0, len(sops), 500):
+        chunk = list(sops[start : start + 500])
+        changed += int(
+            conn.execute(statement.where(_DELIVERIES.c.sop_instance_uid.in_(chunk)).values(**values)).rowcount
+        )
+    return changed
+
+
+def set_study_delivery(conn: Connection, job_id: int, study: str, status: str, reason: str, now: dt.datetime) -> int:
+    statement = (
+        update(_DELIVERIES)
+        .where(_DELIVERIES.c.job_id == job_id, _DELIVERIES.c.study_instance_uid == study)
+        .values(status=status, reason=reason, updated_at=now)
+    )
+    return int(conn.execute(statement).rowcount)
+
+
+def job_deliveries(conn: Connection, job_id: int) -> list[dict[str, Any]]:
+    rows = conn.execute(select(_DELIVERIES).where(_DELIVERIES.c.job_id == job_id).order_by(_DELIVERIES.c.id))
+    return [dict(r) for r in rows.mappings()]
+
+
+def study_deliveries(conn: Connection, study: str, limit: int) -> list[dict[str, Any]]:
+    """The study's receipts, oldest first, each with its job's state (``job_state``, None once the job
+    row is gone) so that a receipt of a cancelled job does not say "queued" for ever."""
+    rows = conn.execute(
+        select(_DELIVERIES, _JOBS.c.state.label("job_state"))
+        .select_from(_DELIVERIES.outerjoin(_JOBS, _JOBS.c.id == _DELIVERIES.c.job_id))
+        .where(_DELIVERIES.c.study_instance_uid == study)
+        .order_by(_DELIVERIES.c.id)
+        .limit(limit)
+    )
+    return [dict(r) for r in rows.mappings()]
+
+
+__all__ = [
+    "POLL_LIMIT",
+    "already_routed",
+    "claim_mark",
+    "completions_since",
+    "delete_rule",
+    "due_marks",
+    "insert_deliveries",
+    "insert_rule",
+    "job_deliveries",
+    "mark_once",
+    "marked_keys",
+    "prune_marks",
+    "rule_row",
+    "rule_rows",
+    "set_job_deliveries",
+    "set_study_delivery",
+    "study_deliveries",
+    "study_instances",
+    "touch_marks",
+    "update_rule",
+    "worklist_since",
+]

@@ -1,0 +1,211 @@
+"""The job kinds of auto-routing (core/routing.py): "route" (C-STORE or STOW-RS of given instances to
+one destination) and "prefetch" (C-FIND the patient's studies on a node, C-MOVE the priors to a
+destination). Registered by bootstrap with :func:`register_routing_jobs`.
+
+Each attempt brings the delivery receipts up to date: delivered instances become "sent"; the others
+"retrying" (with the reason) when the queue will try again, "failed" when it will not. A retry sends
+only what is not yet "sent". Which failures are retried: no association or connection (the peer is
+down), an association that broke off, an HTTP 5xx; a peer that refuses an instance is not.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any, Final
+
+from minipacs.core import routing
+from minipacs.core.jobs import Handler, JobContext, JobFailed, JobQueue
+from minipacs.core.nodes import Node, NodeRegistry
+from minipacs.core.retrieve import select_instances
+from minipacs.services.outbound import (
+    AssociationLost,
+    FindRequest,
+    NoAssociation,
+    Outbound,
+    RetrieveRequest,
+    SendOutcome,
+    TooManyContexts,
+)
+from minipacs.services.status import MOVE, describe
+from minipacs.services.stow_scu import StowError, stow
+
+#: Failures listed per job in its JSON (the counts are complete).
+MAX_LISTED: Final = 100
+
+
+async def _node(registry: NodeRegistry, title: str, rule: str) -> Node:
+    found = await registry.find(title)
+    if not found:
+        raise JobFailed(f"rule {rule}: {title} is no longer a registered node (GET /api/nodes lists them)")
+    if len(found) > 1:
+        raise JobFailed(f"rule {rule}: {title} is registered {len(found)} times; keep one")
+    return found[0]
+
+
+def _will_retry(job: JobContext) -> bool:
+    return job.attempt < job.max_attempts
+
+
+def route_handler(outbound: Outbound, registry: NodeRegistry, tls: ssl.SSLContext | None = None) -> Handler:
+    async def route(job: JobContext) -> str:
+        p = job.params
+        archive = outbound.archive
+        if archive is None:  # pragma: no cover - bootstrap always gives one
+            raise JobFailed("this node has no archive to send from")
+        receipts = await routing.job_receipts(archive, job.id)
+        if not receipts:
+            raise JobFailed("its delivery receipts, which list the instances to send, are gone")
+        done = {r["sop_instance_uid"] for r in receipts if r["status"] == routing.DeliveryStatus.SENT}
+        wanted = [r["sop_instance_uid"] for r in receipts if r["sop_instance_uid"] not in done]
+        job.total, job.done, job.failed = len(receipts), len(done), 0
+        destination, method = str(p["destination"]), str(p["method"])
+        if not wanted:
+            return f"all {job.total} instance(s) already delivered to {destination}"
+        found = await select_instances(
+            archive, "IMAGE", {"StudyInstanceUID": p["study"], "SOPInstanceUID": "\\".join(wanted)}
+        )
+        failed: dict[str, str] = {}
+        stored = {i.sop_instance_uid for i in found}
+        for sop in wanted:
+            if sop not in stored:
+                failed[sop] = "no longer stored here (deleted after it was routed)"
+        usable = [i for i in found if not i.problem]
+        for i in found:
+            if i.problem:
+                failed[i.sop_instance_uid] = i.problem
+        sent: list[str] = []
+        passing = ""  # why the rest may go through on another attempt
+        if method == "C-STORE":
+            node = await _node(registry, destination, p["rule"])
+
+            def count(outcome: SendOutcome) -> None:
+                if outcome.ok:
+                    sent.append(outcome.instance.sop_instance_uid)
+                    job.done += 1
+                else:
+                    failed[outcome.instance.sop_instance_uid] = outcome.reason
+                    job.failed += 1
+                job.message = f"sent {job.done} of {job.total} instance(s) to {node.label()}"
+
+            try:
+                result = await outbound.send(node, usable, progress=count)
+                if result.broken or result.gave_up:
+                    passing = result.gave_up or result.broken[-1]
+            except TooManyContexts as exc:
+                await routing.record_outcomes(archive, job.id, [], {s: str(exc) for s in wanted}, retrying=False)
+                raise JobFailed(
+                    f"these instances need {exc.needed} presentation contexts, more than one association allows"
+                ) from None
+            except NoAssociation as exc:
+                passing = f"cannot send to {node.label()}: {exc}"
+                failed.update({i.sop_instance_uid: passing for i in usable})
+        else:
+            try:
+                answer = await stow(destination, [i.open for i in usable], context=tls)
+            except StowError as exc:
+                failed.update({i.sop_instance_uid: str(exc) for i in usable})
+                if exc.retry:
+                    passing = str(exc)
+                else:
+                    await routing.record_outcomes(archive, job.id, [], failed, retrying=False)
+                    raise JobFailed(str(exc)) from None
+            else:
+                failed.update(answer.failed)
+                sent = [i.sop_instance_uid for i in usable if i.sop_instance_uid not in answer.failed]
+                job.done += len(sent)
+        job.failed = len(failed)
+        retrying = bool(passing) and _will_retry(job)
+        await routing.record_outcomes(archive, job.id, sent, failed, retrying=retrying)
+        job.details["failures"] = [{"uid": u, "reason": w} for u, w in list(failed.items())[:MAX_LISTED]]
+        said = f"delivered {job.done} of {job.total} instance(s) to {destination} ({method})"
+        if passing:
+            raise JobFailed(f"{said}; {passing}", retry=True)
+        if failed and not sent and not done:
+            raise JobFailed(f"{said}; every one failed (see failures)")
+        return said + (f"; {len(failed)} failed (see failures)" if failed else "")
+
+    return route
+
+
+def prefetch_handler(outbound: Outbound, registry: NodeRegistry) -> Handler:
+    async def prefetch(job: JobContext) -> str:
+        p = job.params
+        archive = outbound.archive
+        if archive is None:  # pragma: no cover
+            raise JobFailed("this node has no archive")
+        source = await _node(registry, str(p["from"]), p["rule"])
+        destination = str(p["to"])
+        request = FindRequest.build(
+            {"PatientID": p["patient_id"], "StudyInstanceUID": "", "StudyDate": ""}, model="study", level="STUDY"
+        )
+        try:
+            found = await outbound.query(source, request)
+        except (NoAssociation, AssociationLost) as exc:
+            raise JobFailed(f"cannot ask {source.label()} for the priors: {exc}", retry=True) from None
+        priors = sorted(
+            {str(ds.get("StudyInstanceUID", "") or "") for ds in found.matches} - {"", str(p.get("exclude", ""))}
+        )
+        receipts = {r["study_instance_uid"]: r for r in await routing.job_receipts(archive, job.id)}
+        new = [s for s in priors if s not in receipts]
+        if new:
+            await routing.add_receipts(
+                archive, [routing.receipt_row(job.id, p["rule"], "C-MOVE", destination, s) for s in new]
+            )
+        todo = [s for s in priors if s not in receipts or receipts[s]["status"] != routing.DeliveryStatus.SENT]
+        job.total, job.done, job.failed = len(priors), len(priors) - len(todo), 0
+        if not priors:
+            return f"{source.label()} has no prior study of patient {p['patient_id']}"
+        failed: dict[str, str] = {}
+        passing = ""
+        for study in todo:
+            move = RetrieveRequest.build({"StudyInstanceUID": study}, level="STUDY")
+            try:
+                result = await outbound.retrieve(source, move, method="move", destination=destination)
+            except (NoAssociation, AssociationLost) as exc:
+                passing = f"C-MOVE from {source.label()} failed: {exc}"
+                failed[study] = passing
+                continue
+            if result.status == 0 or (result.status == 0xB000 and result.completed):
+                job.done += 1
+                await _study_sent(archive, job.id, study, result.completed)
+            else:
+                why = f"{source.label()} answered {describe(result.status, MOVE)}" + (
+                    f" ({result.error_comment})" if result.error_comment else ""
+                )
+                if result.status == 0xA801:
+                    why += f"; {source.ae_title} must know {destination} as a move destination"
+                failed[study] = why
+            job.message = f"moved {job.done} of {job.total} prior stud(ies) to {destination}"
+        job.failed = len(failed)
+        retrying = bool(passing) and _will_retry(job)
+        if failed:
+            await _studies_failed(archive, job.id, failed, retrying=retrying)
+        said = f"{job.done} of {job.total} prior stud(ies) of patient {p['patient_id']} moved to {destination}"
+        if passing:
+            raise JobFailed(f"{said}; {passing}", retry=True)
+        if failed:
+            raise JobFailed(f"{said}; {next(iter(failed.values()))}")
+        return said
+
+    return prefetch
+
+
+async def _study_sent(archive: Any, job_id: int, study: str, count: int) -> None:
+    await routing.set_study_receipt(archive, job_id, study, routing.DeliveryStatus.SENT, f"{count} instance(s) moved")
+
+
+async def _studies_failed(archive: Any, job_id: int, failed: dict[str, str], *, retrying: bool) -> None:
+    status = routing.DeliveryStatus.RETRYING if retrying else routing.DeliveryStatus.FAILED
+    for study, why in failed.items():
+        await routing.set_study_receipt(archive, job_id, study, status, why)
+
+
+def register_routing_jobs(
+    queue: JobQueue, outbound: Outbound, registry: NodeRegistry, tls: ssl.SSLContext | None = None
+) -> None:
+    """The "route" and "prefetch" kinds; both resume after a restart (sending again is harmless)."""
+    queue.register(routing.ROUTE, route_handler(outbound, registry, tls), on_restart="resume")
+    queue.register(routing.PREFETCH, prefetch_handler(outbound, registry), on_restart="resume")
+
+
+__all__ = ["prefetch_handler", "register_routing_jobs", "route_handler"]

@@ -1,0 +1,131 @@
+"""The audit trail at the HTTP edge: who the request's caller is (core/audit.py ``ActorKind``), the
+admin-only ``GET /api/audit`` and the ``/ui/audit`` page."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Final
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
+
+from minipacs.core.audit import MAX_LIMIT, Action, ActorKind, patient_query, row_json
+from minipacs.web.errors import HttpError
+from minipacs.web.pages import render
+from minipacs.web.routing import Endpoint
+
+#: Rows the UI page shows.
+PAGE_SIZE: Final = 200
+
+
+def actor_of(request: Request) -> tuple[ActorKind, str, str]:
+    """(kind, actor, address) of the caller web/auth.py proved: a user, a token, or (no users
+    configured) an unnamed HTTP caller."""
+    state = request.scope.get("state", {})
+    user = str(state.get("user") or "")
+    address = request.client.host if request.client else ""
+    if not user:
+        return ActorKind.HTTP, "", address
+    if user.startswith("token "):
+        return ActorKind.TOKEN, user.removeprefix("token "), address
+    return ActorKind.USER, user, address
+
+
+def record(request: Request, action: Action, *, patient_id: str = "", study_uid: str = "", detail: str = "") -> None:
+    """Note that the caller of ``request`` did ``action`` (written off the request path, core/audit.py)."""
+    kind, actor, address = actor_of(request)
+    request.app.state.ctx.archive.audit.record(
+        action,
+        actor_kind=kind,
+        actor=actor,
+        address=address,
+        patient_id=patient_id,
+        study_uid=study_uid,
+        detail=detail,
+    )
+
+
+#: QIDO-RS lets a key be spelled as its tag (PS3.18 §8.3.4.1): the tags of core/audit.py PATIENT_KEYS
+_PATIENT_TAGS: Final = {"00100020": "PatientID", "00100010": "PatientName", "00100030": "PatientBirthDate"}
+
+
+def record_query(request: Request, what: str) -> None:
+    """A "queried" row when the request's query string looks for a patient (core/audit.py patient_query)."""
+    keys = {_PATIENT_TAGS.get(k.upper(), k): v for k, v in request.query_params.items()}
+    asked = patient_query(keys)
+    if asked is not None:
+        record(request, Action.QUERIED, patient_id=asked[0], detail=f"{what}: {asked[1]}")
+
+
+def _time(request: Request, name: str) -> dt.datetime | None:
+    raw = request.query_params.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise HttpError(
+            400, "invalid_time", f"{name}={raw[:40]!r} is not an ISO 8601 date or time (2026-12-06T10:00:00Z)"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _limit(request: Request, default: int) -> int:
+    raw = request.query_params.get("limit", str(default))
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise HttpError(400, "invalid_limit", f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+async def _rows(request: Request, default_limit: int) -> list[dict[str, Any]]:
+    q = request.query_params
+    rows: list[dict[str, Any]] = await request.app.state.ctx.archive.audit.query(
+        patient_id=q.get("patient", ""),
+        study_uid=q.get("study", ""),
+        actor=q.get("user", ""),
+        since=_time(request, "since"),
+        until=_time(request, "until"),
+        limit=_limit(request, default_limit),
+    )
+    return [row_json(r) for r in rows]
+
+
+async def audit_api(request: Request) -> Response:
+    return JSONResponse(await _rows(request, 100))
+
+
+async def audit_page(request: Request) -> Response:
+    q = request.query_params
+    return render(
+        request,
+        "audit.html",
+        "Audit trail",
+        rows=await _rows(request, PAGE_SIZE),
+        patient=q.get("patient", ""),
+        study=q.get("study", ""),
+        user=q.get("user", ""),
+        since=q.get("since", ""),
+        until=q.get("until", ""),
+    )
+
+
+def api_routes() -> list[BaseRoute]:
+    """Mounted under /api."""
+    return [
+        Endpoint(
+            "/audit",
+            audit_api,
+            "GET",
+            "admin",
+            "The audit trail, newest first: ?patient=&study=&user=&since=&until= (ISO 8601) &limit= (max 1000)",
+        )
+    ]
+
+
+def ui_routes() -> list[BaseRoute]:
+    """Mounted under /ui."""
+    return [Endpoint("/audit", audit_page, "GET", "admin", "Page: the audit trail (admin)", name="audit")]
+
+
+__all__ = ["actor_of", "api_routes", "record", "record_query", "ui_routes"]

@@ -1,0 +1,160 @@
+"""REST corrections (core/corrections.py, docs/CORRECTIONS.md): modify, merge, move a series, the log.
+
+- ``POST /api/{patients|studies|series}/{id}/modify`` ``{"changes": {"PatientName": "DOE^JANE"}}``
+- ``POST /api/patients/merge`` ``{"source": "<Patient ID>", "target": "<Patient ID>"}``
+- ``POST /api/series/{uid}/move`` ``{"study": "<Study Instance UID>"}`` (``{}``: to a new study of the patient)
+- ``GET /api/corrections?target=&limit=``: who corrected what, with the old values.
+
+200 with what was done, or 202 with ``{"job": id}`` when it touches more than
+``correction_inline_max_instances`` instances (it runs on the job queue: GET /api/jobs/{id}).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
+
+from minipacs.core.corrections import JOB_KIND, CorrectionResult, Corrections, list_corrections
+from minipacs.dicom.levels import LEVEL_SPELLINGS
+from minipacs.web.audit import actor_of
+from minipacs.web.dicomweb import ctx
+from minipacs.web.errors import HttpError
+from minipacs.web.rest import LEVELS, _id, _who
+from minipacs.web.routing import Endpoint
+
+audit = logging.getLogger("minipacs.web.audit")
+
+#: URL resource name -> the correction level (the changes journal's noun); instances are never corrected alone.
+CORRECTED: Final = {s.resource: s.noun for s in LEVEL_SPELLINGS.values() if s.noun != "instance"}
+
+
+def corrections_of(request: Request) -> Corrections:
+    """The corrections of this app's archive; large ones on the job queue when it runs the kind."""
+    context = ctx(request)
+    jobs = context.jobs if context.jobs is not None and JOB_KIND in context.jobs.kinds else None
+    settings = context.settings
+    return Corrections(
+        context.archive,
+        jobs=jobs,
+        inline_max=settings.correction_inline_max_instances,
+        max_passes=settings.correction_max_passes,
+    )
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    try:
+        raw = await request.json()
+    except ValueError:
+        raw = None
+    if not isinstance(raw, dict):
+        raise HttpError(400, "invalid_json", "the body must be a JSON object")
+    return raw
+
+
+def _answer(result: CorrectionResult, who: str) -> Response:
+    audit.warning(
+        "%s %s %s by %s: %s",
+        result.operation,
+        result.level,
+        result.target,
+        who,
+        f"queued as job {result.job}" if result.job is not None else f"{result.instances} file(s) rewritten",
+    )
+    if result.job is not None:
+        return JSONResponse({"job": result.job, "operation": result.operation, "target": result.target}, 202)
+    return JSONResponse(result.to_json())
+
+
+def _audit(request: Request) -> list[str]:
+    """(actor kind, actor, address) of the caller, for the audit trail (web/audit.py)."""
+    kind, actor, address = actor_of(request)
+    return [kind.value, actor, address]
+
+
+def _text(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise HttpError(400, "invalid_body", f"{name!r} must be a non-empty string")
+    return value
+
+
+async def modify(request: Request) -> Response:
+    resource = request.path_params["level"]
+    if resource not in CORRECTED:
+        raise HttpError(404, "not_found", f"only {', '.join(CORRECTED)} can be modified, not {resource[:30]!r}")
+    name = _id(request, LEVELS[resource][1])
+    body = await _body(request)
+    changes = body.get("changes")
+    if not isinstance(changes, dict):
+        raise HttpError(400, "invalid_body", 'give the new values as {"changes": {"Keyword": "value", ...}}')
+    who = _who(request)
+    params = {
+        "operation": "modify",
+        "level": CORRECTED[resource],
+        "target": name,
+        "changes": changes,
+        "actor": who,
+        "audit": _audit(request),
+    }
+    return _answer(await corrections_of(request).submit(params), who)
+
+
+async def merge(request: Request) -> Response:
+    body = await _body(request)
+    who = _who(request)
+    params = {
+        "operation": "merge",
+        "source": _text(body, "source"),
+        "target": _text(body, "target"),
+        "actor": who,
+        "audit": _audit(request),
+    }
+    return _answer(await corrections_of(request).submit(params), who)
+
+
+async def move(request: Request) -> Response:
+    series = _id(request, "SeriesInstanceUID")
+    body = await _body(request)
+    who = _who(request)
+    study = None if body.get("study") is None else _text(body, "study")  # none: a new study (a split)
+    params = {"operation": "move", "series": series, "study": study, "actor": who, "audit": _audit(request)}
+    return _answer(await corrections_of(request).submit(params), who)
+
+
+async def log_of_corrections(request: Request) -> Response:
+    raw = request.query_params.get("limit", "100")
+    if not raw.isdigit():
+        raise HttpError(400, "invalid_limit", "limit must be a whole number")
+    target = request.query_params.get("target") or None
+    return JSONResponse(await list_corrections(ctx(request).archive, target, int(raw)))
+
+
+def routes() -> list[BaseRoute]:
+    """Mounted under /api BEFORE web/rest.py's routes (their ``/{level}/{id:path}`` would take these paths)."""
+    return [
+        Endpoint("/corrections", log_of_corrections, "GET", "read", "Corrections: who changed what, old values"),
+        Endpoint("/patients/merge", merge, "POST", "write", "Merge patient source into target (IHE PIR)"),
+        Endpoint(
+            "/series/{id:path}/move",
+            move,
+            "POST",
+            "write",
+            "Move a series to another study (its files rewritten)",
+            name="move",
+        ),
+        Endpoint(
+            "/{level}/{id:path}/modify",
+            modify,
+            "POST",
+            "write",
+            "Correct a patient's, study's or series' attributes (files rewritten; old values logged)",
+            name="modify",
+        ),
+    ]
+
+
+__all__ = ["CORRECTED", "corrections_of", "routes"]

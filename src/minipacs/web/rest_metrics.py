@@ -1,0 +1,42 @@
+"""GET /metrics: the Prometheus text format (core/metrics.py; names in docs/METRICS.md).
+
+The counters the DICOM server and the HTTP edge keep as work happens, plus the figures that
+live in the index (storage, the job queue), read at each scrape: two small queries, never a
+walk of the storage. It needs the "read" permission like the API (a scraper sends a token as
+``Authorization: Bearer``): calling AE titles and archive sizes are not for anyone on the network.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+
+from minipacs.core.jobs import JobState
+from minipacs.core.stats import storage_figures
+from minipacs.web.routing import Endpoint
+from minipacs.web.types import AppContext
+
+#: The Prometheus text exposition format, which ``generate_latest`` writes.
+TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+async def metrics(request: Request) -> Response:
+    context: AppContext = request.app.state.ctx
+    figures = await storage_figures(context.archive)
+    context.metrics.set_storage(
+        studies=figures.studies,
+        instances=figures.instances,
+        instance_bytes=figures.instance_bytes,
+        free_bytes=figures.free_bytes,
+    )
+    if context.jobs is not None:
+        context.metrics.set_jobs(await context.jobs.counts(), tuple(state.value for state in JobState))
+    return Response(context.metrics.exposition(), media_type=TEXT_FORMAT)
+
+
+def routes() -> list[BaseRoute]:
+    return [Endpoint("/metrics", metrics, "GET", "read", "Prometheus metrics (text format 0.0.4; docs/METRICS.md)")]
+
+
+__all__ = ["metrics", "routes"]

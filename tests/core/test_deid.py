@@ -1,0 +1,246 @@
+"""De-identification (core/deid.py) against every row of the generated PS3.15 Table E.1-1."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from minipacs.core.deid import (
+    RESOLVED,
+    InvalidDeidOptions,
+    Mapping,
+    Pseudonyms,
+    action_for,
+    check_options,
+    deidentify,
+)
+from minipacs.dicom.deid_table import EDITION, OPTIONS, PRIVATE, PROFILE
+from tests.dicomgen import make_ct
+
+KEY = b"test-key-0123456789abcdef"
+#: A tag standing for each masked row of the table.
+STAND_IN = {0x50000000: 0x50003000, 0x60004000: 0x60004000, 0x60003000: 0x60003000}
+
+
+def _tag(row: tuple[int, int, str, str, dict[str, str]]) -> int:
+    return STAND_IN.get(row[0], row[0]) if row[1] != 0xFFFFFFFF else row[0]
+
+
+def _value(tag: int, vr: str) -> Any:
+    """A VR-correct value that names its tag, so the output bytes can be searched for it."""
+    hexed = f"{tag:08X}"
+    text = {
+        "AE": f"AE{hexed}",
+        "AS": "042Y",
+        "CS": f"CS{hexed}",
+        "DA": "19710203",
+        "DS": "7.5",
+        "DT": "19710203101112",
+        "IS": "7",
+        "LO": f"SECRETLO{hexed}",
+        "LT": f"SECRETLT{hexed}",
+        "PN": f"SECRETPN{hexed}^GIVEN{hexed}",
+        "SH": f"SH{hexed}",
+        "ST": f"SECRETST{hexed}",
+        "TM": "101112",
+        "UC": f"SECRETUC{hexed}",
+        "UR": f"http://example.invalid/{hexed}",
+        "UT": f"SECRETUT{hexed}",
+        "UI": f"1.2.826.0.1.3680043.10.1.{tag}",
+    }
+    if vr in text:
+        return text[vr]
+    if vr in ("US", "SS", "UL", "SL"):
+        return 7
+    if vr in ("OB", "OW", "UN", "OB or OW"):
+        return b"\x01\x02"
+    raise AssertionError(f"no test value for VR {vr}")
+
+
+def _nested() -> Dataset:
+    """An item with an identifying name, a UID and a private element inside."""
+    item = Dataset()
+    item.PersonName = "NESTED^SECRETPERSON"
+    item.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.10.1.777"
+    item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    item.add_new(0x00090010, "LO", "NESTED CREATOR")
+    item.add_new(0x00091001, "LO", "SECRETNESTEDPRIVATE")
+    return item
+
+
+def full_dataset() -> Dataset:
+    """A CT whose every Table E.1-1 attribute is present with a VR-correct value."""
+    ds = make_ct("1.2.826.0.1.3680043.10.1.1", "1.2.826.0.1.3680043.10.1.2", "1.2.826.0.1.3680043.10.1.3")
+    for row in PROFILE:
+        tag = _tag(row)
+        vr = dictionary_VR(tag)
+        if vr == "SQ":
+            ds.add_new(tag, "SQ", Sequence([_nested()]))
+        else:
+            ds.add_new(tag, "OB" if vr == "OB or OW" else vr, _value(tag, vr))
+    ds.PatientID = "SECRETPID42"
+    ds.PatientName = "SECRETSURNAME^SECRETGIVEN"
+    ds.add_new(0x00290010, "LO", "SOME VENDOR")
+    ds.add_new(0x00291001, "LO", "SECRETPRIVATEVALUE")
+    ds.add_new(0x00190010, "LO", "SIEMENS MR HEADER")
+    ds.add_new(0x0019100C, "IS", "1000")  # safe private: B value
+    ds.add_new(0x00191001, "LO", "SECRETUNSAFE")
+    return ds
+
+
+def _encoded(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_the_generated_table_records_its_edition_and_every_action_is_known() -> None:
+    assert EDITION.startswith("20")
+    assert len(PROFILE) > 600
+    actions = {row[3] for row in PROFILE}
+    assert actions <= {"D", "Z", "X", "K", "C", "U", *RESOLVED}
+    assert {"X/Z/U*", "Z/D", "X/Z/D"} <= actions
+    assert PRIVATE["basic"] == "X" and PRIVATE["retain-safe-private"] == "C"
+
+
+@pytest.mark.parametrize("options", [frozenset(), frozenset(OPTIONS) - {"retain-long-full-dates"}])
+def test_every_attribute_of_the_table_gets_its_action(options: frozenset[str]) -> None:
+    original = full_dataset()
+    ds = full_dataset()
+    pseudo = Pseudonyms(KEY)
+    deidentify(ds, options, pseudo, Mapping())
+    checked = 0
+    for row in PROFILE:
+        tag = _tag(row)
+        action = action_for(tag, options)
+        before = original[tag]
+        assert action in ("X", "Z", "K", "D", "U", "U*", "C"), row
+        if tag in (0x00120081,) and 0x00120082 not in ds:
+            assert tag not in ds, row  # REMOVED_WITH: 1C on an attribute the profile removed
+        elif tag >> 16 in (0x0000, 0x0002):
+            assert tag not in ds, row  # command and file meta elements: the file meta is written anew
+        elif tag in (0x00100010, 0x00100020):
+            assert str(ds[tag].value).startswith("ANON"), row
+        elif action == "X":
+            assert tag not in ds, row
+        elif action == "Z":
+            assert tag in ds and (ds[tag].VM == 0 or before.VR == "SQ" and len(ds[tag].value) == 0), row
+        elif action == "K":
+            if before.VR != "SQ":
+                assert ds[tag].value == before.value, row
+        elif action == "D":
+            assert tag in ds and ds[tag].VM >= 1, row
+            if before.VR != "SQ":
+                assert ds[tag].value != before.value, row
+        elif action in ("U", "U*"):
+            if before.VR == "UI":
+                assert ds[tag].value == pseudo.uid(before.value), row
+            else:
+                assert len(ds[tag].value) == 1, row
+        elif action == "C":
+            assert tag in ds, row
+            if before.VR in ("DA", "DT"):
+                assert ds[tag].value != before.value and ds[tag].value[:4].isdigit(), row
+        else:  # pragma: no cover - the table test above keeps this out
+            raise AssertionError(f"unknown action {action} for {row}")
+        if before.VR == "SQ" and tag in ds and len(ds[tag].value):
+            item = ds[tag].value[0]  # nested: the same table applies inside
+            assert "PersonName" in item and item.PersonName != "NESTED^SECRETPERSON", row
+            nested_uid = "1.2.826.0.1.3680043.10.1.777"
+            expected = nested_uid if "retain-uids" in options else pseudo.uid(nested_uid)
+            assert item.ReferencedSOPInstanceUID == expected, row
+            assert 0x00091001 not in item and 0x00090010 not in item, row
+        checked += 1
+    assert checked == len(PROFILE)
+    assert ds.PatientIdentityRemoved == "YES"
+    codes = {item.CodeValue for item in ds.DeidentificationMethodCodeSequence}
+    assert "113100" in codes and len(codes) == 1 + len(options)
+
+
+def test_private_attributes_removed_unless_safe_and_asked() -> None:
+    ds = deidentify(full_dataset(), frozenset(), Pseudonyms(KEY), Mapping())
+    assert not [e for e in ds if e.tag.group & 1]
+    kept = deidentify(full_dataset(), frozenset({"retain-safe-private"}), Pseudonyms(KEY), Mapping())
+    private = {int(e.tag) for e in kept if e.tag.group & 1}
+    assert private == {0x00190010, 0x0019100C}
+
+
+def test_no_identifying_value_is_left_in_the_output_bytes() -> None:
+    original = full_dataset()
+    ds = deidentify(full_dataset(), frozenset(), Pseudonyms(KEY), Mapping())
+    data = _encoded(ds)
+    secrets = ["SECRETPID42", "SECRETSURNAME", "SECRETGIVEN", "SECRETPRIVATE", "SECRETNESTED", "SECRETPERSON"]
+    for row in PROFILE:
+        tag = _tag(row)
+        if action_for(tag, frozenset()) != "K" and original[tag].VR not in ("SQ", "DA", "DT", "TM", "AS", "DS", "IS"):
+            value = original[tag].value
+            if isinstance(value, str):
+                secrets.append(value.split("^")[0])
+    for secret in secrets:
+        assert secret.encode() not in data, secret
+    # dates: none of the original's dates survive without the temporal options
+    assert b"19710203" not in data
+    # UIDs: every test UID (all U, or in the make_ct study/series/instance) is replaced
+    assert b"1.2.826.0.1.3680043.10.1." not in data
+
+
+def test_pseudonyms_are_consistent_and_keyed() -> None:
+    one, two = Pseudonyms(KEY), Pseudonyms(KEY)
+    assert one.uid("1.2.3") == two.uid("1.2.3") != Pseudonyms(b"another-key-0123456789").uid("1.2.3")
+    assert one.uid("1.2.3").startswith("2.25.") and len(one.uid("1.2.3")) <= 64
+    a = deidentify(make_ct("1.2.3.1", "1.2.3.2", "1.2.3.3", patient_id="PX"), frozenset(), one, Mapping())
+    b = deidentify(make_ct("1.2.4.1", "1.2.4.2", "1.2.4.3", patient_id="PX"), frozenset(), two, Mapping())
+    assert a.PatientID == b.PatientID and a.PatientName == b.PatientName
+    assert a.StudyInstanceUID != b.StudyInstanceUID
+
+
+def test_modified_dates_shift_every_date_of_a_patient_by_the_same_days() -> None:
+    options = frozenset({"retain-long-modified-dates"})
+    pseudo = Pseudonyms(KEY)
+    one = deidentify(make_ct("1.5.1", "1.5.2", "1.5.3", StudyDate="20200110"), options, pseudo, Mapping())
+    two = deidentify(make_ct("1.6.1", "1.6.2", "1.6.3", StudyDate="20200120"), options, pseudo, Mapping())
+    assert one.StudyDate != "20200110"
+    days = (
+        pydicom.valuerep.DA(two.StudyDate) - pydicom.valuerep.DA(one.StudyDate)  # type: ignore[operator]
+    ).days
+    assert days == 10
+    assert one.LongitudinalTemporalInformationModified == "MODIFIED"
+
+
+def test_clean_descriptors_blanks_identifying_words_and_keeps_the_rest() -> None:
+    ds = make_ct("1.7.1", "1.7.2", "1.7.3", patient_name="Smithers^Waylon", StudyDescription="CT head Smithers")
+    out = deidentify(ds, frozenset({"clean-descriptors"}), Pseudonyms(KEY), Mapping())
+    assert out.StudyDescription == "CT head ***"
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(InvalidDeidOptions, match="unknown"):
+        check_options(["retain-everything"])
+    with pytest.raises(InvalidDeidOptions, match="not both"):
+        check_options(["retain-long-full-dates", "retain-long-modified-dates"])
+
+
+def test_the_mapping_lists_patient_and_uids() -> None:
+    mapping = Mapping()
+    pseudo = Pseudonyms(KEY)
+    deidentify(make_ct("1.8.1", "1.8.2", "1.8.3", patient_id="PM"), frozenset(), pseudo, mapping)
+    kinds = {(k, o) for k, o, _ in mapping.rows}
+    assert ("patient_id", "PM") in kinds and ("uid", "1.8.1") in kinds and ("uid", "1.8.3") in kinds
+    assert ("uid", "1.2.840.10008.5.1.4.1.1.2") not in kinds  # SOP Class UIDs are not identifying
+
+
+def test_the_table_file_is_what_the_generator_writes(capsys: pytest.CaptureFixture[str]) -> None:
+    import runpy
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    generator = runpy.run_path(str(root / "tools" / "gen_deid_table.py"))
+    generator["main"](["gen_deid_table.py"])
+    written = (root / "src" / "minipacs" / "dicom" / "deid_table.py").read_text(encoding="utf-8")
+    assert capsys.readouterr().out == written  # generated, never edited by hand

@@ -1,0 +1,219 @@
+"""HL7 ADT over a real MLLP connection on loopback (hl7/adt.py, issue 14): A08 updates the archived
+patient (its files rewritten) and its open worklist entries, A40/A34 merge, A47 renames; unknown
+patients, missing segments and empty identifiers are answered AE with the reason, unsupported
+events AR, an oversized frame AR and the connection closed; nothing is changed by a refusal."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from minipacs.bootstrap import open_archive
+from minipacs.config import Settings
+from minipacs.core.archive import Archive
+from minipacs.core.corrections import Corrections, list_corrections
+from minipacs.core.model import Origin
+from minipacs.core.worklist import Worklist
+from minipacs.hl7.adt import HL7Receiver
+from minipacs.hl7.message import Message, parse
+from minipacs.hl7.mllp import MLLPServer, frame
+from minipacs.index.audit_repo import audit_rows
+from tests.dicomgen import write_ct
+from tests.hl7.samples import orm
+from tests.stored_files import instance_path
+from tests.worklist_data import entry as worklist_entry
+
+T = TypeVar("T")
+Body = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Archive], Awaitable[T]]
+
+
+def adt(event: str, pid3: str, *, name: str = "", mrg: str | None = None, birth: str = "", sex: str = "") -> str:
+    """An ADT message as a HIS sends it (HL7 v2.5; A40's structure ADT_A39)."""
+    segments = [
+        f"MSH|^~\\&|HIS|HOSP|MINIPACS|RAD|20261206101500||ADT^{event}^ADT_A39|CTL{event}|P|2.5",
+        f"EVN|{event}|20261206101500",
+        f"PID|1||{pid3}||{name}||{birth}|{sex}",
+    ]
+    if mrg is not None:
+        segments.append(f"MRG|{mrg}")
+    return "\r".join(segments) + "\r"
+
+
+def serve(tmp: Path, body: Body[T], max_bytes: int = 1 << 20) -> T:
+    async def main() -> T:
+        archive = await open_archive(Settings(data_dir=tmp / "data", fsync=False))
+        server = MLLPServer(
+            HL7Receiver(Worklist(archive), Corrections(archive)), host="127.0.0.1", port=0, max_message_bytes=max_bytes
+        )
+        await server.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            return await body(reader, writer, archive)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+            await server.close()
+            await archive.close()
+
+    return asyncio.run(main())
+
+
+async def send(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, message: str) -> tuple[str, str, Message]:
+    """(MSA-1, MSA-3, the ACK) of one message."""
+    writer.write(frame(message))
+    await writer.drain()
+    data = await asyncio.wait_for(reader.readuntil(b"\x1c\x0d"), 60)
+    ack = parse(data[1:-2].decode("utf-8"))
+    seg = ack.first("MSA")
+    return ack.value(seg, 1), ack.value(seg, 3), ack
+
+
+async def store(archive: Archive, tmp: Path, patient_id: str, name: str = "Doe^John", n: int = 1) -> list[str]:
+    study, series = generate_uid(), generate_uid()
+    sops = []
+    for _ in range(n):
+        sop = generate_uid()
+        path = write_ct(
+            tmp / f"{sop}.dcm",
+            study_uid=study,
+            series_uid=series,
+            sop_uid=sop,
+            patient_id=patient_id,
+            patient_name=name,
+        )
+        await archive.import_file(path, Origin("import"))
+        sops.append(sop)
+    return sops
+
+
+async def stored(archive: Archive, sop: str) -> pydicom.Dataset:
+    return pydicom.dcmread(await instance_path(archive, sop), stop_before_pixels=True)
+
+
+def test_a08_updates_archived_files_and_open_worklist_entries(tmp_path: Path) -> None:
+    async def body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, archive: Archive) -> None:
+        sops = await store(archive, tmp_path, "PAT1", n=2)
+        worklist = Worklist(archive)
+        entry = await worklist.add(worklist_entry("PAT1", "Doe^John", "ACC1", "CT", "CT1", "20261206", "0900"))
+        code, text, ack = await send(reader, writer, adt("A08", "PAT1^^^HOSP^MR", name="Doe^Jane", birth="19710203"))
+        assert code == "AA", text
+        assert ack.value(ack.first("MSA"), 2) == "CTLA08"
+        assert "2 instance(s) rewritten" in text
+        for sop in sops:
+            ds = await stored(archive, sop)
+            assert (str(ds.PatientName), ds.PatientBirthDate) == ("Doe^Jane", "19710203")
+        wl = await worklist.get(entry.id)
+        assert wl is not None and str(wl.dataset.PatientName) == "Doe^Jane"
+        [log] = await list_corrections(archive)
+        assert log["actor"] == "HL7 ADT^A08 CTLA08 from HIS/HOSP"
+        await archive.audit.flush()
+        [row] = await archive.read(lambda conn: audit_rows(conn, patient_id="PAT1"))
+        assert (row["action"], row["actor_kind"], row["actor"]) == ("modified", "hl7", "HIS/HOSP")
+        assert log["old_values"] == {"PatientName": "Doe^John", "PatientBirthDate": "19700101"}
+        # the same update again changes nothing and rewrites nothing
+        code, text, _ = await send(reader, writer, adt("A08", "PAT1", name="Doe^Jane", birth="19710203"))
+        assert code == "AA" and "nothing changed" in text
+        assert len(await list_corrections(archive)) == 1
+
+    serve(tmp_path, body)
+
+
+def test_a08_of_a_worklist_only_patient_and_of_an_unknown_one(tmp_path: Path) -> None:
+    async def body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, archive: Archive) -> None:
+        worklist = Worklist(archive)
+        entry = await worklist.add(worklist_entry("WL1", "Old^Name", "ACC2", "CT", "CT1", "20261206", "0900"))
+        code, text, _ = await send(reader, writer, adt("A08", "WL1", name="New^Name"))
+        assert code == "AA" and "1 worklist entry" in text
+        wl = await worklist.get(entry.id)
+        assert wl is not None and str(wl.dataset.PatientName) == "New^Name"
+        code, text, ack = await send(reader, writer, adt("A08", "NOBODY", name="X^Y"))
+        assert code == "AE" and "'NOBODY'" in text and "neither archived nor" in text
+        err = ack.first("ERR")
+        assert err is not None and ack.value(err, 3) == "204"
+
+    serve(tmp_path, body)
+
+
+def test_a40_merges_the_prior_patient_into_the_surviving_one(tmp_path: Path) -> None:
+    async def body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, archive: Archive) -> None:
+        keep = await store(archive, tmp_path, "GOOD", "Right^Name")
+        dup = await store(archive, tmp_path, "DUP", "Wrong^Name", n=2)
+        worklist = Worklist(archive)
+        entry = await worklist.add(worklist_entry("DUP", "Wrong^Name", "ACC3", "CT", "CT1", "20261206", "0900"))
+        code, text, _ = await send(reader, writer, adt("A40", "GOOD^^^HOSP", name="Right^Name", mrg="DUP^^^HOSP"))
+        assert code == "AA", text
+        assert "merged into GOOD" in text
+        for sop in keep + dup:
+            ds = await stored(archive, sop)
+            assert (ds.PatientID, str(ds.PatientName)) == ("GOOD", "Right^Name")
+        wl = await worklist.get(entry.id)
+        assert wl is not None and wl.dataset.PatientID == "GOOD"
+        assert await Corrections(archive).patient("DUP") is None
+        # A34 (ID only) to a surviving ID nobody has yet: the prior patient takes it
+        code, text, _ = await send(reader, writer, adt("A34", "NEWID", mrg="GOOD"))
+        assert code == "AA" and "is now NEWID" in text
+        assert (await stored(archive, dup[0])).PatientID == "NEWID"
+
+    serve(tmp_path, body)
+
+
+def test_a47_changes_the_identifier_and_refuses_an_existing_one(tmp_path: Path) -> None:
+    async def body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, archive: Archive) -> None:
+        [sop] = await store(archive, tmp_path, "TEMP1")
+        await store(archive, tmp_path, "TAKEN")
+        code, text, ack = await send(reader, writer, adt("A47", "TAKEN", mrg="TEMP1"))
+        assert code == "AE" and "send A40" in text
+        err = ack.first("ERR")
+        assert err is not None and ack.value(err, 3) == "205"
+        assert (await stored(archive, sop)).PatientID == "TEMP1"
+        code, text, _ = await send(reader, writer, adt("A47", "MRN77", mrg="TEMP1"))
+        assert code == "AA", text
+        assert (await stored(archive, sop)).PatientID == "MRN77"
+
+    serve(tmp_path, body)
+
+
+@pytest.mark.parametrize(
+    ("message", "code", "words", "where"),
+    [
+        ("MSH|^~\\&|HIS|HOSP|MINIPACS|RAD|20261206||ADT^A40|C1|P|2.5\rEVN|A40\rMRG|P1\r", "AE", "no PID", "PID"),
+        (adt("A40", "P1"), "AE", "no MRG segment", "MRG"),
+        (adt("A40", "P1", mrg=""), "AE", "MRG-1 Prior Patient Identifier List is empty", "MRG^1^1"),
+        (adt("A08", "", name="X"), "AE", "PID-3 Patient Identifier List is empty", "PID^1^3"),
+        (adt("A40", "P1", mrg="NOBODY"), "AE", "prior patient 'NOBODY' (MRG-1) is neither", "PID^1^3"),
+        (adt("A08", "P1", birth="1970-01-01"), "AE", "not an HL7 date", "PID^1^7"),
+        (adt("A01", "P1"), "AR", "ADT^A01 is not an ADT event minipacs takes", "MSH^1^9"),
+    ],
+)
+def test_bad_adt_is_refused_with_the_reason_and_changes_nothing(
+    tmp_path: Path, message: str, code: str, words: str, where: str
+) -> None:
+    async def body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, archive: Archive) -> None:
+        [sop] = await store(archive, tmp_path, "P1")
+        got, text, ack = await send(reader, writer, message)
+        assert (got, words in text) == (code, True), text
+        err = ack.first("ERR")
+        assert err is not None and ack.raw(err, 2) == where
+        assert (await stored(archive, sop)).PatientID == "P1"
+        assert await list_corrections(archive) == []
+        got, _, _ = await send(reader, writer, orm())  # the connection still serves, orders too
+        assert got == "AA"
+
+    serve(tmp_path, body)
+
+
+def test_oversized_adt_is_refused_and_the_connection_closed(tmp_path: Path) -> None:
+    async def body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, archive: Archive) -> None:
+        [sop] = await store(archive, tmp_path, "P1")
+        got, text, _ = await send(reader, writer, adt("A08", "P1", name="X" * 5000))
+        assert got == "AR" and "hl7_max_message_bytes" in text
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        assert (await stored(archive, sop)).PatientName == "Doe^John"
+
+    serve(tmp_path, body, max_bytes=2048)
