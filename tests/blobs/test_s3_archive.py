@@ -161,7 +161,8 @@ def test_serve_on_s3_store_retrieve_wado_zip_delete_check(tmp_path: Path, s3_ser
             archive = http.get(f"/api/studies/{study}/archive")
             assert archive.status_code == 200
             with zipfile.ZipFile(io.BytesIO(archive.content)) as zipped:
-                members = {name.rsplit("/", 1)[1][: -len(".dcm")]: zipped.read(name) for name in zipped.namelist()}
+                contents = [zipped.read(name) for name in zipped.namelist()]
+            members = {str(pydicom.dcmread(io.BytesIO(c)).SOPInstanceUID): c for c in contents}
             assert set(members) == set(sent)
             assert all(pydicom.dcmread(io.BytesIO(members[u])).PixelData == sent[u].PixelData for u in sent)
             # a return key read from the stored file (query.py representative files), not the index

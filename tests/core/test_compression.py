@@ -234,7 +234,7 @@ def test_a_stored_copy_is_switched_safely(with_archive: Any, tmp_path: Path) -> 
 
         await archive.write(due)
         assert await quick.remove_replaced() == 1
-        assert not chosen[0].path.exists() and archive.blobs.path_of(after["blob_key"]).is_file()
+        assert not archive.blobs.exists(chosen[0].blob_key) and archive.blobs.path_of(after["blob_key"]).is_file()
         assert (await quick.savings())["replaced_copies_pending_removal"] == 0
 
     with_archive(body, fsync=False)
