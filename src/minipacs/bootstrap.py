@@ -20,17 +20,19 @@ from minipacs.core.audit import AuditSettings
 from minipacs.core.compression import CompressionSettings, Compressor
 from minipacs.core.compression_jobs import CompressionScheduler, SchedulerSettings, register_compression_jobs
 from minipacs.core.corrections import Corrections, register_correction_jobs
-from minipacs.core.jobs import JobQueue, JobSettings, default_runner
+from minipacs.core.jobs import JobQueue, JobSettings
 from minipacs.core.metrics import Metrics
 from minipacs.core.mpps import ProcedureSteps
 from minipacs.core.nodes import NodeRegistry, calling_host_warning
 from minipacs.core.retention import periodic, register_retention_job
 from minipacs.core.routing import Router, RoutingSettings
 from minipacs.core.rules import RuleBook, check_against_nodes
+from minipacs.core.stats import NodeStatsPublisher
 from minipacs.core.worklist import Worklist
 from minipacs.hl7.adt import HL7Receiver
 from minipacs.hl7.mllp import MLLPServer
 from minipacs.index.database import IndexDatabase
+from minipacs.index.node_claim import NodeClaim, NodeClaimRefused, claim_node
 from minipacs.net.association import AssociationSettings
 from minipacs.net.dul import Timeouts
 from minipacs.net.tls import TLSConfigError, client_context, server_context
@@ -97,7 +99,7 @@ def outbound(settings: Settings, archive: Archive) -> Outbound:
 
 def job_settings(settings: Settings) -> JobSettings:
     return JobSettings(
-        runner=settings.node_name,
+        runner=settings.resolved_node_id,
         concurrency=settings.job_concurrency,
         max_attempts=settings.job_max_attempts,
         retry_seconds=settings.job_retry_seconds,
@@ -114,10 +116,11 @@ def job_queue(settings: Settings, archive: Archive, nodes: NodeRegistry, calls: 
     runs it; commands that only list, cancel or retry never start it)."""
     queue = JobQueue(archive, job_settings(settings))
     calls = calls or outbound(settings, archive)
+    deid = anonymizer(settings, archive)
     register_transfer_jobs(queue, calls, nodes)
-    register_routing_jobs(queue, calls, nodes)
+    register_routing_jobs(queue, calls, nodes, anonymizer=deid)
     register_retention_job(queue, archive, settings.retention, settings.retention_max_deletions)
-    register_anonymize_job(queue, anonymizer(settings, archive))
+    register_anonymize_job(queue, deid)
     register_compression_jobs(queue, compressor(settings, archive))
     register_correction_jobs(queue, corrections(settings, archive))
     return queue
@@ -194,7 +197,7 @@ def archive_settings(settings: Settings) -> ArchiveSettings:
         intake_segment_bytes=settings.intake_segment_bytes,
         intake_checkpoint_seconds=settings.intake_checkpoint_seconds,
         intake_checkpoint_bytes=settings.intake_checkpoint_bytes,
-        node_name=settings.node_name or default_runner(),
+        node_id=settings.resolved_node_id,
     )
 
 
@@ -289,6 +292,11 @@ class App:
     compression: CompressionScheduler | None = None
     #: Auto-routing (core/routing.py); ``serve`` starts it with the job runner.
     router: Router | None = None
+    #: This node's claim on its node_id (index/node_claim.py), released last.
+    claim: NodeClaim | None = None
+    #: Writes this node's own figures into the index for /api/stats on every node (core/stats.py).
+    node_stats: NodeStatsPublisher | None = None
+    node_stats_watch: asyncio.Task[None] | None = None
 
     async def close(self, grace: float = 5.0) -> None:
         if self.router is not None:
@@ -297,12 +305,19 @@ class App:
             await self.compression.close()
         await self.jobs.close()  # running jobs go back to the queue while the index is still open
         tasks = (self.nodes_watch, self.diagnostics_watch, self.completion_watch, self.retention_watch)
-        for task in (*tasks, self.audit_watch, self.audit_syslog_watch):
+        for task in (*tasks, self.audit_watch, self.audit_syslog_watch, self.node_stats_watch):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         await self.dicom.close(grace)
+        if self.node_stats is not None:
+            try:
+                await self.node_stats.publish(running=False)
+            except Exception as exc:  # noqa: BLE001 - the stop goes on; the row only looks stale
+                log.warning("node statistics: could not write this node's last figures: %s", exc)
         await self.archive.close()
+        if self.claim is not None:
+            self.claim.release()
 
 
 async def open_registry(settings: Settings, archive: Archive) -> tuple[NodeRegistry, AccessPolicy]:
@@ -341,7 +356,12 @@ async def build_app(settings: Settings) -> App:
             settings.dicom_user_identity,
             "is made" if settings.dicom_user_identity == "required" else "sends a user identity",
         )
-    archive = await open_archive(settings)
+    claim = await take_node_claim(settings)
+    try:
+        archive = await open_archive(settings)
+    except BaseException:
+        claim.release()
+        raise
     try:
         registry, access = await open_registry(settings, archive)
         steps = ProcedureSteps(archive, Worklist(archive))
@@ -350,6 +370,7 @@ async def build_app(settings: Settings) -> App:
         await steps.resume()
     except BaseException:
         await archive.close()
+        claim.release()
         raise
     metrics = Metrics(max_ae_labels=settings.metrics_max_ae_labels)
     archive.metrics = metrics
@@ -406,6 +427,11 @@ async def build_app(settings: Settings) -> App:
     watch = asyncio.ensure_future(registry.watch(settings.nodes_refresh))
     findings = asyncio.ensure_future(watch_diagnostics(settings, archive, registry))
     completion = asyncio.ensure_future(steps.watch(settings.completion_recheck_seconds))
+    node_stats = NodeStatsPublisher(archive, settings.resolved_node_id, settings.node_stats_seconds)
+    try:
+        await node_stats.publish()
+    except Exception as exc:  # noqa: BLE001 - statistics never stop a node from serving
+        log.warning("node statistics: could not write this node's figures to the index: %s", exc)
     app = App(
         settings,
         archive,
@@ -418,6 +444,9 @@ async def build_app(settings: Settings) -> App:
         findings,
         completion,
         router=routing,
+        claim=claim,
+        node_stats=node_stats,
+        node_stats_watch=asyncio.ensure_future(node_stats.run()),
     )
     app.audit_watch = asyncio.ensure_future(archive.audit.run())
     if sender is not None:
@@ -438,6 +467,19 @@ def audit_syslog(settings: Settings) -> SyslogSender | None:
         return SyslogSender(collector, settings.ae_title, tls=tls, max_queue=settings.audit_syslog_queue)
     except (SyslogConfigError, TLSConfigError) as exc:
         raise ConfigError(str(exc)) from exc
+
+
+async def take_node_claim(settings: Settings) -> NodeClaim:
+    """This serving node's claim on its node_id (index/node_claim.py), before anything in the data
+    folder is touched: a second node on a SQLite index, or a second live node with one node_id on
+    PostgreSQL, stops here with a sentence saying what to do (a ConfigError: the deployment is wrong)."""
+    node_id = settings.resolved_node_id
+    try:
+        claim = await asyncio.to_thread(claim_node, settings.resolved_index_url, node_id)
+    except NodeClaimRefused as exc:
+        raise ConfigError(str(exc)) from None
+    log.info("node %s: serving the index as this node_id", node_id)
+    return claim
 
 
 async def watch_diagnostics(settings: Settings, archive: Archive, registry: NodeRegistry) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -27,6 +29,18 @@ MiB = 1024 * 1024
 
 class ConfigError(ValueError):
     """A setting has a value that cannot be used; the message says which and why."""
+
+
+#: Longest node_id: it goes into folder names, log lines and the ``runner`` of jobs.
+NODE_ID_MAX: Final = 64
+NODE_ID_PATTERN: Final = re.compile(rf"[A-Za-z0-9._-]{{1,{NODE_ID_MAX}}}")
+
+
+def default_node_id(hostname: str | None = None) -> str:
+    """The host name made a valid node_id: other characters become '-', cut to NODE_ID_MAX."""
+    host = socket.gethostname() if hostname is None else hostname
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", host)[:NODE_ID_MAX].strip("-.")
+    return cleaned or "minipacs"
 
 
 @dataclass(frozen=True)
@@ -111,6 +125,15 @@ class Settings:
     intake_checkpoint_bytes: int = 64 * MiB
     # --- logging
     log_level: str = "INFO"
+    # --- scale-out (docs/SCALE-OUT.md)
+    #: This node's name among the nodes sharing one index: in the association log, the changes journal,
+    #: the statistics, the jobs it runs (it takes back its own running jobs at start) and its staging
+    #: folders. Empty: the host name, sanitised. 1 to 64 of A-Z a-z 0-9 . _ -; two running nodes on one
+    #: index never share one (the second is refused), and a SQLite index serves one node only.
+    node_id: str = ""
+    #: Seconds between writes of this node's own figures (ingests, free disk) to the index, where
+    #: ``GET /api/stats`` on any node reads every node's (also written at start and at a clean stop).
+    node_stats_seconds: float = 10.0
     # --- access policy and AE registry (see core/access.py)
     #: What a calling AE that is not a registered node may ask for (echo, store, find, move, get, mpps,
     #: commit; store grants mpps and commit too);
@@ -132,8 +155,7 @@ class Settings:
     #: A running server looks for new findings this often (s) and logs a WARNING when one first appears.
     diagnostics_interval: float = 60.0
     # --- background jobs: sends, retrieves (core/jobs.py; README "Jobs")
-    #: This node's name in the job queue (the ``runner`` of the jobs it runs); empty: host:pid. Nodes
-    #: sharing one index need different names; a named node takes back its own running jobs at start.
+    #: The older spelling of node_id (kept so existing configurations still start).
     node_name: str = ""
     #: Jobs this node runs at once.
     job_concurrency: int = 4
@@ -280,6 +302,11 @@ class Settings:
             raise ConfigError("s3_concurrency must be 1 to 64")
 
     @property
+    def resolved_node_id(self) -> str:
+        """node_id, else the older node_name, else the host name made fit (default_node_id)."""
+        return self.node_id or self.node_name or default_node_id()
+
+    @property
     def resolved_index_url(self) -> str:
         if self.index_url:
             return self.index_url
@@ -364,8 +391,20 @@ class Settings:
                 f"allow_unregistered: unknown operation {', '.join(map(repr, unknown))}; "
                 f"use any of {', '.join(OPERATIONS)} (or an empty list: registered nodes only)"
             )
-        if len(self.node_name) > 200 or any(not c.isprintable() for c in self.node_name):
-            raise ConfigError("node_name must be at most 200 printable characters")
+        for name in ("node_id", "node_name"):
+            value = getattr(self, name)
+            if value and not NODE_ID_PATTERN.fullmatch(value):
+                raise ConfigError(
+                    f"{name} {value[:80]!r} must be 1 to {NODE_ID_MAX} characters of A-Z a-z 0-9 . _ - "
+                    "(it names this node in logs, folders and the job queue)"
+                )
+        if not 0 < self.node_stats_seconds <= 3600:
+            raise ConfigError("node_stats_seconds must be more than 0 and at most 3600")
+        if self.node_id and self.node_name and self.node_id != self.node_name:
+            raise ConfigError(
+                f"node_id {self.node_id!r} and node_name {self.node_name!r} differ; node_name is the older "
+                "spelling of node_id: keep only node_id"
+            )
         if not 1 <= self.job_concurrency <= 64:
             raise ConfigError("job_concurrency must be 1 to 64")
         if not 1 <= self.job_max_attempts <= 100:

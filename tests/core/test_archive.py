@@ -374,10 +374,10 @@ def test_associations_are_recorded_and_listed_newest_first(with_archive: Run) ->
         assert listed[0].operations == [{"op": "C-STORE", "status": 0}]
         assert listed[0].contexts == [{"abstract_syntax": CT_IMAGE_STORAGE, "result": 0}]
         assert listed[0].started_at == start + dt.timedelta(minutes=2)
-        # issue 11 item 8: each association names the node that saw it (node_name, else host:pid)
+        # issue 11 item 8: each association names the node that saw it (node_id)
         assert {r.node for r in listed} == {"PACS-A"}
 
-    with_archive(body, node_name="PACS-A")
+    with_archive(body, node_id="PACS-A")
 
 
 def test_unknown_instance_is_not_found(with_archive: Run) -> None:
@@ -476,7 +476,7 @@ def test_a_restart_of_the_folder_owner_leaves_another_nodes_transfers_alone(tmp_
         owner = await open_archive(settings)
         other = await open_archive(settings)  # a second open file description: the lock is taken
         assert owner.owns_data_dir and not other.owns_data_dir
-        assert other.staging_dir.name.startswith(PRIVATE_PREFIX)
+        assert other.staging_dir.name.startswith(f"{PRIVATE_PREFIX}{settings.resolved_node_id}.{os.getpid()}-")
         inflight = other.open_staging(ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian, "MODALITY")
         await owner.close()
         restarted = await open_archive(settings)  # takes the lock and cleans what is no one's

@@ -390,8 +390,10 @@ def test_two_runners_never_claim_the_same_job(with_archive: ArchiveRunner, index
         ("job_retry_seconds", 0.001, 0),
         ("job_poll_seconds", 0.001, 0),
         ("job_keep_days", 0, -1),
-        ("node_name", "n" * 200, "n" * 201),
-        ("node_name", "node-a", "bad\nname"),
+        ("node_id", "n" * 64, "n" * 65),
+        ("node_id", "node-a.site_1", "bad name"),
+        ("node_id", "node-a", "bad/name"),
+        ("node_name", "n" * 64, "n" * 65),
     ],
 )
 def test_job_settings_limits(key: str, good: Any, bad: Any) -> None:

@@ -115,6 +115,7 @@ def test_a08_updates_archived_files_and_open_worklist_entries(tmp_path: Path) ->
         await archive.audit.flush()
         [row] = await archive.read(lambda conn: audit_rows(conn, patient_id="PAT1"))
         assert (row["action"], row["actor_kind"], row["actor"]) == ("modified", "hl7", "HIS/HOSP")
+        assert row["address"] == "127.0.0.1"  # the MLLP connection's peer (hl7/mllp.py PEER)
         assert log["old_values"] == {"PatientName": "Doe^John", "PatientBirthDate": "19700101"}
         # the same update again changes nothing and rewrites nothing
         code, text, _ = await send(reader, writer, adt("A08", "PAT1", name="Doe^Jane", birth="19710203"))
@@ -155,6 +156,11 @@ def test_a40_merges_the_prior_patient_into_the_surviving_one(tmp_path: Path) -> 
         wl = await worklist.get(entry.id)
         assert wl is not None and wl.dataset.PatientID == "GOOD"
         assert await Corrections(archive).patient("DUP") is None
+        await archive.audit.flush()
+        merged = [
+            r for r in await archive.read(lambda conn: audit_rows(conn, actor="HIS/HOSP")) if r["action"] == "merged"
+        ]
+        assert merged and {(r["actor_kind"], r["address"]) for r in merged} == {("hl7", "127.0.0.1")}
         # A34 (ID only) to a surviving ID nobody has yet: the prior patient takes it
         code, text, _ = await send(reader, writer, adt("A34", "NEWID", mrg="GOOD"))
         assert code == "AA" and "is now NEWID" in text

@@ -24,6 +24,7 @@ import httpx
 import pytest
 from pydicom.uid import generate_uid
 
+from minipacs.config import default_node_id
 from minipacs.core.jobs import RESTART_REASON, SHUTDOWN_REASON
 from tests.dicomgen import write_ct
 from tests.index.pg import postgres_schema_url
@@ -184,7 +185,7 @@ def test_a_running_send_survives_a_clean_stop_and_a_kill(tmp_path: Path) -> None
         with black_hole(port):
             job_id = httpx.post(f"{base}/api/send", json={"node": node, "level": "study", "uids": [study]}).json()["id"]
             running = wait_job(base, job_id, lambda j: j["state"] == "running")
-            assert running["runner"].endswith(f":{srv.proc.pid}")
+            assert running["runner"] == default_node_id()  # the node id: the host name by default
             assert srv.stop(signal.SIGINT) == 0  # a clean stop: back in the queue, the attempt not charged
             stopped = cli_job(srv.data_dir, job_id)
             assert (stopped["state"], stopped["attempts"]) == ("queued", 0), stopped
@@ -201,7 +202,7 @@ def test_a_running_send_survives_a_clean_stop_and_a_kill(tmp_path: Path) -> None
             done = wait_job(base, job_id, lambda j: j["state"] in ("done", "failed"))
         assert done["state"] == "done" and done["done"] == 2, done
         assert done["attempts"] == 2 and done["last_error"] == RESTART_REASON
-        assert done["runner"].endswith(f":{srv.proc.pid}")
+        assert done["runner"] == default_node_id()
         assert len(list((tmp_path / "out").iterdir())) == 2
     finally:
         srv.stop()
@@ -211,13 +212,13 @@ def test_a_running_send_survives_a_clean_stop_and_a_kill(tmp_path: Path) -> None
 def test_two_servers_on_one_postgresql_run_each_job_once(tmp_path: Path) -> None:
     with postgres_schema_url() as url:
         shared = {"MINIPACS_INDEX_URL": url, "MINIPACS_JOB_CONCURRENCY": "1"}
-        a, base_a = serve(tmp_path, {**shared, "MINIPACS_NODE_NAME": "node-a"}, sub="a")
+        a, base_a = serve(tmp_path, {**shared, "MINIPACS_NODE_ID": "node-a"}, sub="a")
         b: ServerProcess | None = None
         try:
             study, files = study_files(tmp_path, 1)
             store(a, files)
             # the second node uses the same index and, as in a scale-out, the same storage
-            b, base_b = serve(tmp_path, {**shared, "MINIPACS_NODE_NAME": "node-b"}, sub="a")
+            b, base_b = serve(tmp_path, {**shared, "MINIPACS_NODE_ID": "node-b"}, sub="a")
             port = free_port()
             with storescp(port, tmp_path / "out"):
                 node = register(base_a, "STORESCP", port)

@@ -270,6 +270,13 @@ def test_worklist_entry_prefetches_priors_from_dcmqrscp(tmp_path: Path) -> None:
         assert receipts[0]["method"] == "C-MOVE" and receipts[0]["destination"] == "VIEWER"
         assert "2 instance(s) moved" in receipts[0]["reason"]
         assert await study_receipts(app.archive, scheduled) == []  # the scheduled study itself is not a prior
+        [row] = await app.archive.audit.query(actor="priors")  # the audit trail: the rule retrieved it
+        assert (row["action"], row["actor_kind"], row["patient_id"], row["study_uid"]) == (
+            "retrieved",
+            "rule",
+            patient,
+            prior,
+        )
         await until(lambda: _files(out, 2), "2 files at VIEWER")
 
     proc = subprocess.Popen(

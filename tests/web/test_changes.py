@@ -31,7 +31,7 @@ def test_changes_pages_with_since_limit_last_and_done(web: Callable[..., Any]) -
         first = (await client.get("/api/changes?limit=2")).json()
         assert [c["type"] for c in first["changes"]] == ["NewPatient", "NewStudy"] and first["done"] is False
         assert first["last"] == first["changes"][-1]["seq"]
-        assert set(first["changes"][0]) == {"seq", "type", "level", "uid", "study", "time", "reason"}
+        assert set(first["changes"][0]) == {"seq", "type", "level", "uid", "study", "time", "reason", "node"}
         rest = (await client.get(f"/api/changes?since={first['last']}&limit=1000")).json()
         assert [(c["type"], c["uid"]) for c in rest["changes"]] == [("NewSeries", series)] + [
             ("NewInstance", sop) for sop in sops

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import sys
 from pathlib import Path
@@ -50,9 +51,18 @@ async def _run(settings: Settings, request: AnonymizeRequest, zip_path: Path | N
 
     archive = await open_archive(settings)
     try:
-        return await anonymizer(settings, archive).run(request, zip_path=zip_path)
+        who = ["cli", getpass.getuser() if _has_user() else "?", ""]  # core/audit.py ActorKind.CLI
+        return await anonymizer(settings, archive).run(request, zip_path=zip_path, who=who)
     finally:
         await archive.close()
+
+
+def _has_user() -> bool:
+    try:
+        getpass.getuser()
+    except (KeyError, OSError):
+        return False
+    return True
 
 
 def run(args: argparse.Namespace, settings: Settings | None) -> int:

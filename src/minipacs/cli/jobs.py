@@ -19,19 +19,22 @@ from minipacs.core.errors import NotFound
 from minipacs.core.jobs import MAX_LIST, InvalidJob, Job, JobConflict, JobState
 
 NEEDS_SETTINGS = True
+#: Every kind of job the queue runs (the modules' own constants; tests/cli/test_jobs_kinds.py keeps
+#: this list equal to them without importing them all at each CLI start).
+KINDS = ("send", "retrieve", "route", "prefetch", "compress", "retention", "anonymize", "correct")
 
 
 def register(sub: Any) -> None:
     from minipacs.cli.main import settings_args
 
-    p = sub.add_parser("jobs", help="background jobs (sends, retrieves): list, show, cancel, retry")
+    p = sub.add_parser("jobs", help=f"background jobs ({', '.join(KINDS)}): list, show, cancel, retry")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="jobs, newest first")
     settings_args(listing)
     listing.add_argument(
         "--state", action="append", default=[], choices=[s.value for s in JobState], help="only this state (repeatable)"
     )
-    listing.add_argument("--kind", action="append", default=[], help="only this kind, e.g. send (repeatable)")
+    listing.add_argument("--kind", action="append", default=[], help=f"only this kind: {', '.join(KINDS)} (repeatable)")
     listing.add_argument("-n", "--limit", type=int, default=20, help=f"how many, 1-{MAX_LIST} [20]")
     listing.add_argument("--json", action="store_true", help="JSON output, as GET /api/jobs")
     for name, text in (

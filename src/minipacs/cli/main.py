@@ -176,6 +176,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "doctor",
     "jobs",
     "retention",
+    "labels",
     "anonymize",
     "export",
     "compress",
@@ -185,6 +186,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "merge",
     "split",
     "corrections",
+    "audit",
 )
 
 

@@ -24,7 +24,7 @@ import os
 import secrets
 import uuid
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -32,12 +32,14 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import pydicom
 from pydicom.dataset import FileMetaDataset
 
+from minipacs.blobs.filesystem import FilesystemBlobStore
+from minipacs.core.audit import Action, ActorKind
 from minipacs.core.deid import InvalidDeidOptions, Mapping, Pseudonyms, check_options, deidentify
 from minipacs.core.delete import delete_resource
 from minipacs.core.errors import ArchiveError, NotFound, OutOfResources
 from minipacs.core.jobs import JobContext, JobFailed, JobQueue
 from minipacs.core.model import Origin
-from minipacs.core.retrieve import StoredInstance, select_instances
+from minipacs.core.retrieve import StoredInstance, locate, select_instances
 from minipacs.index import anonymization_repo
 
 if TYPE_CHECKING:
@@ -179,6 +181,7 @@ class Anonymizer:
         zip_path: Path | None = None,
         progress: Callable[[int, int], None] | None = None,
         found: list[StoredInstance] | None = None,
+        who: Sequence[str] = (),
     ) -> AnonymizeResult:
         """Anonymize into the archive, or into the ZIP at ``zip_path``; ``progress(done, failed)``.
 
@@ -190,6 +193,8 @@ class Anonymizer:
         and the files ingested after it (a file the archive then refuses is kept in
         DATA/anonymize-kept/ and named in the failures)."""
         instances = found if found is not None else await self.select(request, into_zip=zip_path is not None)
+        originals = sorted({i.study_instance_uid for i in instances})
+        patients = {} if request.keep_original else await self.archive.audit.before_removal(originals)
         result = AnonymizeResult()
         in_place = "retain-uids" in request.options
         files: list[tuple[str, Path]] = []  # (original SOP Instance UID, de-identified file), in order
@@ -209,6 +214,7 @@ class Anonymizer:
         finally:
             for _, path in files:
                 path.unlink(missing_ok=True)
+        self._audit(request, originals, patients, result, who, "a ZIP" if zip_path is not None else "")
         log.info(
             "anonymized %s %s: %d instance(s), %d failed%s",
             request.level,
@@ -218,6 +224,64 @@ class Anonymizer:
             "; original deleted" if result.original_deleted else "",
         )
         return result
+
+    def _audit(
+        self,
+        request: AnonymizeRequest,
+        studies: list[str],
+        patients: dict[str, str],
+        result: AnonymizeResult,
+        who: Sequence[str],
+        into: str,
+    ) -> None:
+        """One "anonymized" row (core/audit.py) per original study; ``who`` is (actor kind, actor, address)."""
+        kind, actor, address = (list(who) + ["", "", ""])[:3] if who else (ActorKind.SYSTEM.value, "", "")
+        options = ", ".join(sorted(request.options)) or "basic profile"
+        detail = (
+            f"{request.level} {request.id}: {result.instances} instance(s) de-identified ({options}) into "
+            + (into or f"{len(result.studies)} new study(ies)")
+            + (f", {len(result.failures)} failed" if result.failures else "")
+            + ("; the original deleted" if result.original_deleted else "")
+        )
+        for study in studies:
+            self.archive.audit.record(
+                Action.ANONYMIZED,
+                actor_kind=kind or ActorKind.SYSTEM.value,
+                actor=actor,
+                address=address,
+                patient_id=request.id if request.level == "patient" else patients.get(study, ""),
+                study_uid=study,
+                detail=detail,
+            )
+
+    async def copies(
+        self, instances: list[StoredInstance], options: frozenset[str]
+    ) -> tuple[list[tuple[str, StoredInstance]], dict[str, str]]:
+        """De-identified copies of ``instances`` as Part 10 files in the staging folder, to send on (a
+        routing rule's ``anonymize``: anonymize, then forward); NOT stored in the archive. The mapping is
+        stored as :meth:`run` stores it. Answers ((original SOP Instance UID, the copy), ...) and the
+        failures (original UID -> why); the caller deletes the copies' files once they are sent."""
+        check_options(options)
+        result = AnonymizeResult()
+        files = await self._deidentify_all(AnonymizeRequest("study", "", options), instances, result)
+        by_uid = {i.sop_instance_uid: i for i in instances}
+        in_place = "retain-uids" in options
+        out: list[tuple[str, StoredInstance]] = []
+        for uid, path in files:
+            original = by_uid[uid]
+            study, series = self._new_parents(by_uid, uid, in_place)
+            copy = StoredInstance(
+                original.sop_class_uid,
+                uid if in_place else self.pseudonyms.uid(uid),
+                original.transfer_syntax_uid,
+                path.name,
+                FilesystemBlobStore(path.parent, fsync=False),  # a copy in staging, never stored: a store of its own
+                -1,
+                study,
+                series,
+            )
+            out.append((uid, locate(copy)))
+        return out, {f["uid"]: f["reason"] for f in result.failures}
 
     def _new_parents(self, instances: dict[str, StoredInstance], uid: str, in_place: bool) -> tuple[str, str]:
         instance = instances[uid]
@@ -348,7 +412,8 @@ def anonymize_handler(anonymizer: Anonymizer) -> Callable[[JobContext], Any]:
             job.done, job.failed = done, failed
             job.message = f"anonymized {done} of {job.total} instance(s)"
 
-        result = await anonymizer.run(request, progress=count, found=found)
+        who = job.details.get("actor") or [ActorKind.SYSTEM.value, f"job {job.id}", ""]
+        result = await anonymizer.run(request, progress=count, found=found, who=who)
         job.done, job.failed = result.instances, len(result.failures)
         job.details["result"] = result.to_json(request.level)
         said = f"anonymized {result.instances} of {job.total} instance(s) into {len(result.studies)} new study(ies)"

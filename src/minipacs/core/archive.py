@@ -110,7 +110,7 @@ class ArchiveSettings:
     intake_segment_bytes: int = 16 << 20  # size of one intake-log segment file
     intake_checkpoint_seconds: float = 1.0  # most time between checkpoints while instances arrive
     intake_checkpoint_bytes: int = 64 << 20  # a checkpoint starts after this many logged bytes
-    node_name: str = ""  # this node in the association log (several nodes share one index)
+    node_id: str = ""  # this node in the association log and staging folder names (config.py node_id)
 
     @property
     def dataset_limits(self) -> DatasetLimits:
@@ -235,8 +235,11 @@ PRIVATE_PREFIX: Final = "node-"
 PRIVATE_LOCK: Final = ".lock"
 
 
-def _make_private_folders(data_dir: Path) -> tuple[Path, Path, int]:
-    name = f"{PRIVATE_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
+def _make_private_folders(data_dir: Path, node_id: str = "") -> tuple[Path, Path, int]:
+    """staging/node-<node_id>.<pid>-<random>/ (and its ready/ twin), locked: the node id says whose
+    they are to a person; the lock, not the name, says whether their process is alive."""
+    owner = f"{node_id}.{os.getpid()}" if node_id else str(os.getpid())
+    name = f"{PRIVATE_PREFIX}{owner}-{os.urandom(4).hex()}"
     staging, ready = data_dir / "staging" / name, data_dir / READY_DIR / name
     building = data_dir / "staging" / f".{name}"  # not yet a name the cleaner looks at
     building.mkdir()
@@ -361,7 +364,7 @@ class Archive:
         self._private = private
         self.staging_dir = private[0] if private is not None else settings.data_dir / "staging"
         self._index = index
-        self._index_writer = index.writer()
+        self._index_writer = index.writer(node=settings.node_id)
         self._queue: queue.SimpleQueue[WriterJob | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._run_writer, name="minipacs-index-writer", daemon=True)
         self._keys = _KeyCache()
@@ -385,7 +388,7 @@ class Archive:
         #: Instance UIDs whose completion a deletion withdrew; quick, must not raise.
         self.on_uncompleted: list[Callable[[set[str]], None]] = []
         #: The audit trail (core/audit.py): ``archive.audit.record(...)`` from any layer above.
-        self.audit = AuditLog(self.write, self.read, settings.node_name)
+        self.audit = AuditLog(self.write, self.read, settings.node_id)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -414,7 +417,7 @@ class Archive:
                 if use_log or (data_dir / INTAKE_DIR).is_dir():
                     intake, pending = IntakeLog.open(data_dir / INTAKE_DIR, settings.intake_segment_bytes)
             else:
-                private = _make_private_folders(data_dir)
+                private = _make_private_folders(data_dir, settings.node_id)
                 log.info(
                     "another minipacs process is using %s; staging in %s, and flushing each instance on "
                     "its own (no intake log)",
@@ -706,7 +709,7 @@ class Archive:
     async def record_association(self, rec: AssociationRecord) -> int:
         """Insert (``rec.id`` None) or update the record; returns its id."""
         values = {name: getattr(rec, name) for name in repo.ASSOCIATION_FIELDS}
-        values["node"] = rec.node or self.settings.node_name
+        values["node"] = rec.node or self.settings.node_id
         return await self.write(lambda conn: repo.save_association(conn, values, rec.id))
 
     async def list_associations(self, limit: int = 100) -> list[AssociationRecord]:

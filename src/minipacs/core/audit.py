@@ -245,14 +245,20 @@ class AuditLog:
 PATIENT_KEYS: Final = ("PatientID", "PatientName", "PatientBirthDate", "OtherPatientIDsSequence")
 
 
-def patient_query(keys: Mapping[str, str]) -> tuple[str, str] | None:
+#: What the detail says of a PATIENT-level query that names nobody (it lists patients).
+EVERY_PATIENT: Final = "no patient key: a list of patients"
+
+
+def patient_query(keys: Mapping[str, str], level: str = "") -> tuple[str, str] | None:
     """(Patient ID or "", what was asked) when query ``keys`` (keyword -> text) look for a patient, else None.
 
     A key that matches everything ("" or "*") names nobody; a wildcard Patient ID is a search for
-    patients and is recorded with the pattern as detail, not as the Patient ID."""
+    patients and is recorded with the pattern as detail, not as the Patient ID. A query at ``level``
+    PATIENT is always a patient-level query (its answers are patients' names and IDs): without a
+    patient key it is recorded too, with :data:`EVERY_PATIENT` as what was asked."""
     named = {k: v for k, v in keys.items() if k in PATIENT_KEYS and v.strip() not in ("", "*")}
     if not named:
-        return None
+        return ("", EVERY_PATIENT) if level.upper() == "PATIENT" else None
     pid = named.get("PatientID", "")
     exact = pid if pid and not any(c in pid for c in "*?\\") else ""
     return exact, ", ".join(f"{k}={v[:64]}" for k, v in sorted(named.items()))
@@ -263,4 +269,14 @@ def row_json(row: Mapping[str, Any]) -> dict[str, Any]:
     return {**row, "time": row["time"].isoformat()}
 
 
-__all__ = ["MAX_LIMIT", "PATIENT_KEYS", "patient_query", "Action", "ActorKind", "AuditLog", "AuditSettings", "row_json"]
+__all__ = [
+    "EVERY_PATIENT",
+    "MAX_LIMIT",
+    "PATIENT_KEYS",
+    "patient_query",
+    "Action",
+    "ActorKind",
+    "AuditLog",
+    "AuditSettings",
+    "row_json",
+]

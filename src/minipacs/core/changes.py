@@ -96,6 +96,7 @@ class Change:
     time: dt.datetime
     #: What made the change when no person asked for it: "retention:<rule name>"; else "".
     reason: str = ""
+    node: str = ""  # the node_id whose transaction made it (several nodes share one index)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -106,6 +107,7 @@ class Change:
             "study": self.study,
             "time": self.time.isoformat(),
             "reason": self.reason,
+            "node": self.node,
         }
 
 

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from pydicom.datadict import tag_for_keyword
+
 from minipacs.blobs.base import BlobStore
 from minipacs.core.errors import ArchiveError, UnreadableInstance
 from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits
@@ -149,6 +151,8 @@ def policy_from_mapping(table: Mapping[str, Any]) -> CompressionPolicy:
         raise InvalidPolicy(f"match must be a table of at most {MAX_MATCH_KEYS} DICOM keywords and values")
     match: dict[str, str] = {}
     for keyword, value in raw_match.items():
+        if not isinstance(keyword, str) or tag_for_keyword(keyword) is None:  # refused at start, not at each run
+            raise InvalidPolicy(f"match key {str(keyword)[:64]!r} is not a DICOM keyword (PS3.6), e.g. Modality")
         if isinstance(value, list):
             value = "\\".join(str(v) for v in value)  # a list of values (PS3.4 C.2.2.2.8)
         if not isinstance(value, (str, int)) or isinstance(value, bool):

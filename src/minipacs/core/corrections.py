@@ -24,12 +24,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from pydicom import config as pydicom_config
+from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pydicom.valuerep import validate_value
 
@@ -82,6 +85,34 @@ MODIFIABLE: Final[Mapping[Entity, tuple[str, ...]]] = {
 LEVEL_OF: Final[Mapping[str, Entity]] = {kw: entity for entity, kws in MODIFIABLE.items() for kw in kws}
 
 
+# PS3.3 C.7.1.1 Patient Module: attributes whose values are enumerated (anything else is not DICOM).
+ENUMERATED: Final[Mapping[str, frozenset[str]]] = {"PatientSex": frozenset({"M", "F", "O"})}
+#: Unicode categories no corrected value may hold: control, surrogate, private use, unassigned,
+#: line and paragraph separators (PS3.5 6.1.2.3: a single-line value has no control character).
+REFUSED_CATEGORIES: Final = frozenset({"Cc", "Cs", "Co", "Cn", "Zl", "Zp"})
+#: PS3.5 Table 6.2-1 PN: at most five components (family, given, middle, prefix, suffix) per group.
+PN_COMPONENTS: Final = 5
+
+
+def _vr_problem(keyword: str, vr: str, value: str) -> str | None:
+    """What PS3.5 6.2 forbids in ``value`` beyond pydicom's own check (``validate_value``), None if nothing."""
+    if vr == "PN":
+        for group in value.split("="):
+            if group.count("^") >= PN_COMPONENTS:
+                return f"a person name has at most {PN_COMPONENTS} components (family^given^middle^prefix^suffix)"
+    if vr == "DA" and value:
+        try:
+            dt.datetime.strptime(value, "%Y%m%d")
+        except ValueError:
+            return "it is not a calendar date YYYYMMDD"
+    allowed = ENUMERATED.get(keyword)
+    if allowed is not None and value and value not in allowed:
+        return f"it must be one of {', '.join(sorted(allowed))} (or empty)"
+    if keyword == "PatientID" and any(c in value for c in "*?"):
+        return "a Patient ID with * or ? would read as a wildcard (PS3.4 C.2.2.2.4) and name no one patient"
+    return None
+
+
 class _Values:
     """keyword -> text, read like a parsed header (index/repository.py ``InstanceHeader``)."""
 
@@ -121,12 +152,18 @@ def check_changes(entity: Entity, changes: Mapping[str, Any]) -> dict[str, str]:
             )
         if not isinstance(value, str):
             raise InvalidCorrection(f"the new {keyword} must be text, not {type(value).__name__}")
-        if "\\" in value or any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value):
-            raise InvalidCorrection(f"the new {keyword} holds a backslash or a control character; give one plain value")
+        if "\\" in value or any(unicodedata.category(c) in REFUSED_CATEGORIES for c in value):
+            raise InvalidCorrection(
+                f"the new {keyword} holds a backslash, a control character or a line separator; give one plain value"
+            )
+        vr = dictionary_VR(keyword)
         try:
-            validate_value(dictionary_VR(keyword), value, pydicom_config.RAISE)
+            validate_value(vr, value, pydicom_config.RAISE)
         except ValueError as exc:
             raise InvalidCorrection(f"the new {keyword} {value[:70]!r} is not valid: {exc}") from None
+        problem = _vr_problem(keyword, vr, value)
+        if problem is not None:
+            raise InvalidCorrection(f"the new {keyword} {value[:70]!r} is not valid: {problem}")
         out[keyword] = value
     if entity is Entity.PATIENT and "PatientID" in out and not out["PatientID"].strip(" "):
         raise InvalidCorrection("the Patient ID cannot be emptied: an empty one identifies nobody")
@@ -399,6 +436,7 @@ class Corrections:
 
             total = await self.archive.read(count)
             if total > self.inline_max:
+                _check_values(params)  # a bad value is refused now, not queued to fail as a job later
                 job = await self.jobs.submit(
                     JOB_KIND, f"{operation} {entity.value} {name[:64]}", dict(params), total=total
                 )
@@ -529,8 +567,7 @@ class Corrections:
         def build() -> StagedPath:
             with archive.blobs.local_file(copy.blob_key) as path:
                 ds = read_stored(path, limits)
-            if any(not v.isascii() for v in values.values()) and not str(ds.get("SpecificCharacterSet", "") or ""):
-                ds.SpecificCharacterSet = "ISO_IR 192"  # plain ASCII is also UTF-8: nothing else changes
+            fit_charset(ds, values)
             for keyword, value in values.items():
                 setattr(ds, keyword, value)
             out = archive.staging_dir / f"correct-{new_copy_token()}.dcm"
@@ -543,6 +580,26 @@ class Corrections:
         staged = await asyncio.to_thread(build)
         outcome = await archive.ingest(staged, ORIGIN, replace_key=copy.blob_key)
         return outcome.relative_path
+
+
+def fit_charset(ds: Dataset, values: Mapping[str, str]) -> None:
+    """Make ``ds``'s Specific Character Set (0008,0005) able to hold ``values`` (PS3.5 6.1.2.5): kept when
+    its one character set encodes them, else the whole dataset becomes UTF-8 (ISO_IR 192): every text
+    value is decoded in the old set first, so nothing is written as '?' (pydicom's replacement) or as
+    bytes of one set under the name of another."""
+    if all(v.isascii() for v in values.values()):
+        return
+    terms = ds.get("SpecificCharacterSet", "") or ""
+    codecs = convert_encodings(terms)
+    if len(codecs) == 1 and terms:
+        try:
+            for value in values.values():
+                value.encode(codecs[0])
+            return
+        except UnicodeEncodeError:
+            pass
+    ds.decode()  # raw text values -> str, in the old character set
+    ds.SpecificCharacterSet = "ISO_IR 192"
 
 
 def _current(
@@ -559,6 +616,15 @@ def _current(
             current.update(raw_values(entity, row))
         out[series_uid] = {k: current.get(k, v) for k, v in wanted.items()}
     return out
+
+
+def _check_values(params: Mapping[str, Any]) -> None:
+    """The new values of a modify or merge, checked as :meth:`Corrections.run` will check them."""
+    operation = params.get("operation")
+    if operation == "modify":
+        check_changes(_entity(str(params.get("level"))), params.get("changes") or {})
+    elif operation == "merge" and params.get("demographics"):
+        check_changes(Entity.PATIENT, params["demographics"])
 
 
 def _entity(level: str) -> Entity:

@@ -10,7 +10,8 @@ runs is stored under a new key and survives it. A crash in between leaves uninde
 files (harmless; ``minipacs check`` lists them), never rows pointing to missing files. A study that loses instances
 also loses its completion mark (core/mpps.py): it is checked again at once, and
 waits for its referenced instances if one of them went. A study that goes loses its labels
-(core/labels.py) in the same transaction.
+(core/labels.py) in the same transaction, and the deleted instances (a study that goes: all its
+rows) lose their delivery receipts (core/routing.py; docs/ROUTING.md says why).
 
 A deletion made by a policy rather than a person (retention, core/retention.py) gives a
 ``reason`` ("retention:<rule>"), written in every journal row it makes, and may give a
@@ -32,7 +33,7 @@ from minipacs.core.archive import Archive
 from minipacs.core.changes import ChangeType, change_row, record
 from minipacs.core.errors import ArchiveError, NotFound
 from minipacs.core.metadata import delete_rows
-from minipacs.index import deletion_repo, labels_repo
+from minipacs.index import deletion_repo, labels_repo, routing_repo
 from minipacs.index.database import IndexConnection
 from minipacs.index.entities import Entity
 
@@ -85,6 +86,10 @@ def _delete_rows(conn: IndexConnection, level: str, uid: str, reason: str = "", 
     gone_studies = [parent.name for parent in parents if parent.entity is Entity.STUDY]
     if gone_studies:
         labels_repo.delete_for_studies(conn, gone_studies)
+    deleted_sops: dict[str, list[str]] = {}
+    for row in rows:
+        deleted_sops.setdefault(row.study_instance_uid, []).append(row.sop_instance_uid)
+    routing_repo.delete_deliveries(conn, deleted_sops, gone_studies)  # docs/ROUTING.md "A study deleted"
     studies = sorted({row.study_instance_uid for row in rows} | ({uid} if level == "study" else set()))
     uncompleted = deletion_repo.delete_completions(conn, studies)
     return _Removed([(row.sop_instance_uid, row.blob_key, row.size) for row in rows], uncompleted)

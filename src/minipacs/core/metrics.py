@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Final
 
 from prometheus_client import CollectorRegistry
@@ -109,6 +109,7 @@ class Metrics(Collector):
         # set from the index just before a scrape (web/rest_metrics.py)
         self.storage: dict[str, int] = {}
         self.jobs: dict[str, int] = {}
+        self.deliveries: dict[Labels, int] = {}  # (destination, status)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -168,6 +169,20 @@ class Metrics(Collector):
 
     def set_jobs(self, by_state: Mapping[str, int], states: tuple[str, ...]) -> None:
         self.jobs = {state: by_state.get(state, 0) for state in states}
+
+    def set_deliveries(self, rows: Iterable[tuple[str, str, int]]) -> None:
+        """(destination, status, receipts) from the index. Destinations are registered nodes and
+        configured URLs, but the label is bounded all the same: past ``max_ae_labels`` destinations
+        (those with the most receipts keep their own), the rest count under ``"(other)"``."""
+        rows = list(rows)
+        totals: dict[str, int] = defaultdict(int)
+        for destination, _, count in rows:
+            totals[destination] += count
+        kept = set(sorted(totals, key=lambda d: (-totals[d], d))[: self.max_ae_labels])
+        deliveries: dict[Labels, int] = defaultdict(int)
+        for destination, status, count in rows:
+            deliveries[(destination if destination in kept else OTHER_AE, status)] += count
+        self.deliveries = dict(deliveries)
 
     # ------------------------------------------------------------------ the scrape
 
@@ -239,6 +254,15 @@ class Metrics(Collector):
         for state, count in self.jobs.items():
             jobs.add_metric([state], count)
         yield jobs
+        deliveries = GaugeMetricFamily(
+            "minipacs_deliveries",
+            "Delivery receipts of auto-routing kept in the index, by destination and status "
+            "(queued, sent, retrying, failed)",
+            labels=["destination", "status"],
+        )
+        for (destination, status), count in sorted(self.deliveries.items()):
+            deliveries.add_metric([destination, status], count)
+        yield deliveries
 
     def exposition(self) -> bytes:
         """The text format (version 0.0.4) of every metric."""

@@ -61,6 +61,8 @@ DEFAULT_PROTECT_LABEL: Final = "keep"
 RULE_KEYS: Final = frozenset({"name", "older_than_days", "by", "max_storage_bytes", "match", "protect_label"})
 #: Deleted studies listed in a job's details (the counts are always complete).
 MAX_LISTED: Final = 200
+#: Largest older_than_days (a hundred years, as [[compression]]): beyond it, no study is ever old enough.
+MAX_OLDER_THAN_DAYS: Final = 36500
 #: The reason written in the changes journal for a deletion by a rule.
 REASON_PREFIX: Final = "retention:"
 _DAY: Final = dt.timedelta(days=1)
@@ -118,8 +120,12 @@ def rule_from_mapping(table: Mapping[str, Any]) -> RetentionRule:
     if not isinstance(name, str) or not 1 <= len(name) <= 64 or not name.isprintable():
         raise InvalidRetentionRule("name must be 1 to 64 printable characters (it names the rule in the journal)")
     days = table.get("older_than_days")
-    if days is not None and (isinstance(days, bool) or not isinstance(days, (int, float)) or days <= 0):
-        raise InvalidRetentionRule(f"rule {name!r}: older_than_days must be a positive number of days")
+    if days is not None and (
+        isinstance(days, bool) or not isinstance(days, (int, float)) or not 0 < days <= MAX_OLDER_THAN_DAYS
+    ):  # inf and nan fail the range too (a timedelta of them raises at every run)
+        raise InvalidRetentionRule(
+            f"rule {name!r}: older_than_days must be a positive number of days, at most {MAX_OLDER_THAN_DAYS}"
+        )
     by = table.get("by", "arrival")
     if by not in BY:
         raise InvalidRetentionRule(f"rule {name!r}: by must be one of {', '.join(BY)}, not {by!r}")

@@ -142,16 +142,56 @@ def summarise(receipts: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return list(groups.values())
 
 
+#: Destinations the overview page lists as failing (the most recently failing first).
+FAILING_DESTINATIONS: Final = 20
+
+
+async def delivery_counts(index: Any) -> list[tuple[str, str, int]]:
+    """(destination, status, receipts) of every receipt kept (``minipacs_deliveries``, docs/METRICS.md);
+    a receipt waiting for a cancelled or failed job counts as failed, as the study page says it."""
+    rows: list[tuple[str, str, int]] = await index.read(routing_repo.delivery_counts)
+    return rows
+
+
+async def failing_destinations(
+    index: Any, since: dt.datetime, limit: int = FAILING_DESTINATIONS
+) -> list[dict[str, Any]]:
+    """Destinations with deliveries retrying or failed changed since ``since`` (the overview page):
+    how many receipts and studies, and the latest status and reason in words."""
+    rows = await index.read(lambda conn: routing_repo.failing_destinations(conn, since, limit))
+    found = []
+    for row in rows:
+        status = DeliveryStatus(row["status"])
+        reason = row["reason"]
+        if row["job_state"] in ("cancelled", "failed") and row["job"] is not None:
+            why = f"its job {row['job']} was {row['job_state']}"
+            reason = why + (f"; last attempt: {reason}" if reason else "")
+        found.append(
+            {
+                "destination": row["destination"],
+                "receipts": row["receipts"],
+                "studies": row["studies"],
+                "status": status.value,
+                "meaning": STATUS_WORDS[status],
+                "reason": reason,
+                "job": row["job"],
+                "updated_at": row["updated_at"].isoformat() if row["updated_at"] else None,
+            }
+        )
+    return found
+
+
 async def record_outcomes(
-    index: Any, job_id: int, sent: Sequence[str], failed: Mapping[str, str], *, retrying: bool
+    index: Any, job_id: int, sent: Sequence[str], failed: Mapping[str, str], *, retrying: bool, note: str = ""
 ) -> None:
-    """A delivery job's attempt ended: ``sent`` delivered; ``failed`` (SOP -> why) retried or given up."""
+    """A delivery job's attempt ended: ``sent`` delivered (``note``: the receipt's reason, e.g. that a
+    de-identified copy went); ``failed`` (SOP -> why) retried or given up."""
     now = _now()
     status = DeliveryStatus.RETRYING if retrying else DeliveryStatus.FAILED
 
     def run(conn: IndexConnection) -> None:
         if sent:
-            routing_repo.set_job_deliveries(conn, job_id, DeliveryStatus.SENT, "", now, sops=list(sent))
+            routing_repo.set_job_deliveries(conn, job_id, DeliveryStatus.SENT, note, now, sops=list(sent))
         by_reason: dict[str, list[str]] = {}
         for sop, why in failed.items():
             by_reason.setdefault(why, []).append(sop)
@@ -402,16 +442,20 @@ class Router:
                 def then(conn: IndexConnection, job_id: int, receipts: list[tuple[str, ...]] = receipts) -> None:
                     routing_repo.insert_deliveries(conn, [receipt_row(job_id, *r) for r in receipts])
 
+                params: dict[str, Any] = {
+                    "rule": rule.name,
+                    "method": method,
+                    "destination": destination,
+                    "study": study,
+                    "instances": len(chunk),  # which ones: the job's receipts (not here: GET /api/jobs stays small)
+                }
+                if rule.anonymize is not None:  # the job keeps what the rule said when it was queued
+                    params["anonymize"] = list(rule.anonymize)
                 job = await self.jobs.submit(
                     ROUTE,
-                    f"rule {rule.name}: {len(chunk)} instance(s) of study {study} to {destination} ({method})",
-                    {
-                        "rule": rule.name,
-                        "method": method,
-                        "destination": destination,
-                        "study": study,
-                        "instances": len(chunk),  # which ones: the job's receipts (not here: GET /api/jobs stays small)
-                    },
+                    f"rule {rule.name}: {len(chunk)} instance(s) of study {study} to {destination} ({method})"
+                    + (", anonymized" if rule.anonymize is not None else ""),
+                    params,
                     total=len(chunk),
                     then=then,
                 )
@@ -448,10 +492,13 @@ __all__ = [
     "PREFETCH",
     "ROUTE",
     "STATUS_WORDS",
+    "FAILING_DESTINATIONS",
     "DeliveryStatus",
     "Router",
     "RoutingSettings",
     "add_receipts",
+    "delivery_counts",
+    "failing_destinations",
     "job_receipts",
     "receipt_json",
     "receipt_row",

@@ -11,7 +11,8 @@ ones scripts rely on (issue 13):
   single value, wildcards ``*`` ``?``, date/time ranges, lists), ``calling_aet`` and ``called_aet``
   (with wildcards) of the association that brought each instance.
 - **do**: ``send_to`` (C-STORE to registered nodes, by AE title), ``stow_to`` (STOW-RS to DICOMweb
-  base URLs), or for ``scheduled``: ``prefetch_from`` (a registered node to C-FIND and C-MOVE the
+  base URLs), optionally ``anonymize`` (de-identified copies are sent instead, core/anonymize.py),
+  or for ``scheduled``: ``prefetch_from`` (a registered node to C-FIND and C-MOVE the
   patient's prior studies from) and ``prefetch_to`` (the C-MOVE destination AE title).
 
 Nothing here runs a rule: core/routing.py does.
@@ -32,6 +33,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
+from minipacs.core.deid import InvalidDeidOptions, check_options
 from minipacs.core.errors import ArchiveError, InvalidKeyValue, NotFound
 from minipacs.core.identifier import Key, read_keys
 from minipacs.core.nodes import Node, normalise_title
@@ -74,6 +76,7 @@ RULE_KEYS: Final = (
     "stow_to",
     "prefetch_from",
     "prefetch_to",
+    "anonymize",
 )
 MAX_NAME: Final = 64
 MAX_STABLE_SECONDS: Final = 7 * 86400
@@ -103,6 +106,8 @@ class Rule:
     stow_to: tuple[str, ...] = ()
     prefetch_from: str = ""
     prefetch_to: str = ""
+    #: De-identify before sending (docs/ROUTING.md): None no; () the basic profile; else its options.
+    anonymize: tuple[str, ...] | None = None
     #: "config" (the file: read-only) or "api" (the index).
     source: str = "config"
     created_at: dt.datetime | None = field(default=None, compare=False)
@@ -121,6 +126,8 @@ class Rule:
         for key in ("send_to", "stow_to"):
             if getattr(self, key):
                 out[key] = list(getattr(self, key))
+        if self.anonymize is not None:
+            out["anonymize"] = list(self.anonymize) if self.anonymize else True
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -203,6 +210,8 @@ def _match(rule: str, raw: Any) -> tuple[tuple[str, str], ...]:
             raise InvalidRule(f"rule {rule!r}: match.{keyword} must be text or a list of text")
         if not text or len(text) > 1024:
             raise InvalidRule(f"rule {rule!r}: match.{keyword} must be 1 to 1024 characters (use '*' for any)")
+        if not text.isprintable():  # a NUL or line break matches nothing an index holds (PS3.5 6.1.2.3)
+            raise InvalidRule(f"rule {rule!r}: match.{keyword} holds a control character; give printable text")
         pairs.append((str(keyword), text))
     probe = Rule(rule, Trigger.INSTANCE, tuple(pairs))
     try:
@@ -210,6 +219,23 @@ def _match(rule: str, raw: Any) -> tuple[tuple[str, str], ...]:
     except InvalidKeyValue as exc:
         raise InvalidRule(f"rule {rule!r}: match: {exc}") from None
     return tuple(pairs)
+
+
+def _anonymize(rule: str, raw: Any) -> tuple[str, ...] | None:
+    """``anonymize``: false (default), true (PS3.15 E.1 basic profile) or a list of its options."""
+    if raw is False:
+        return None
+    if raw is True:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(o, str) for o in raw):
+        raise InvalidRule(
+            f"rule {rule!r}: anonymize must be true, false or a list of de-identification options, e.g. "
+            'anonymize = ["retain-long-modified-dates"] (docs/ANONYMIZATION.md lists them)'
+        )
+    try:
+        return tuple(sorted(check_options(raw)))
+    except InvalidDeidOptions as exc:
+        raise InvalidRule(f"rule {rule!r}: anonymize: {exc}") from None
 
 
 def rule_from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> Rule:
@@ -255,6 +281,9 @@ def rule_from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> Rule
         raise InvalidRule(f'rule {name!r}: prefetch_from and prefetch_to belong to when = "scheduled" rules only')
     elif not (send_to or stow_to):
         raise InvalidRule(f"rule {name!r}: it does nothing; give send_to (AE titles) and/or stow_to (DICOMweb URLs)")
+    anonymize = _anonymize(name, raw.get("anonymize", False))
+    if anonymize is not None and when is Trigger.SCHEDULED:
+        raise InvalidRule(f"rule {name!r}: anonymize belongs to rules that send (send_to, stow_to), not to prefetch")
     return Rule(
         name=name,
         when=when,
@@ -267,6 +296,7 @@ def rule_from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> Rule
         stow_to=stow_to,
         prefetch_from=prefetch_from,
         prefetch_to=prefetch_to,
+        anonymize=anonymize,
         source=source,
     )
 

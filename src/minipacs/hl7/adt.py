@@ -25,6 +25,7 @@ from minipacs.core.worklist import Worklist
 from minipacs.hl7 import orders
 from minipacs.hl7.errors import ERROR, REJECT, HL7Error
 from minipacs.hl7.message import Message, Segment
+from minipacs.hl7.mllp import PEER
 
 log = logging.getLogger("minipacs.hl7")
 
@@ -54,6 +55,10 @@ DEMOGRAPHICS: Final = tuple(
 )
 
 
+#: Most patient groups (PID [MRG]) one ADT message may hold: each can rewrite a patient's files.
+MAX_PATIENT_GROUPS: Final = 100
+
+
 @dataclass(frozen=True)
 class Refusal:
     ack_code: str
@@ -78,14 +83,52 @@ def _identifier(message: Message, segment: Segment, field: int, name: str) -> st
             error_code=101,
             location=f"{segment.name}-{field}",
         )
-    if len(value) > 64 or "\\" in value:
+    if len(value) > 64 or any(c in value for c in "\\*?") or not value.isprintable():
         raise HL7Error(
-            f"{segment.name}-{field} {value[:70]!r} is not a Patient ID DICOM can hold (at most 64 characters, "
-            "no backslash)",
+            f"{segment.name}-{field} {value[:70]!r} is not a Patient ID DICOM can hold (at most 64 printable "
+            "characters, no backslash, no wildcard * or ?)",
             error_code=102,
             location=f"{segment.name}-{field}",
         )
     return value
+
+
+def _prior(message: Message, mrg: Segment) -> str:
+    """MRG-1's one prior Patient ID. Several repetitions naming different IDs are refused (AE 102):
+    the archive knows a patient by one Patient ID and cannot tell which of them is meant, and merging
+    only the first would leave the others behind while the sender believes them merged."""
+    ids = {message.component(rep, 1) for rep in message.repetitions(mrg, 1)} - {""}
+    if len(ids) > 1:
+        listed = ", ".join(repr(i[:20]) for i in sorted(ids)[:5])
+        raise HL7Error(
+            f"MRG-1 lists several prior identifiers ({listed}); send one MRG segment (with its PID) per "
+            "prior patient, each naming the Patient ID the archive knows",
+            error_code=102,
+            location="MRG-1",
+        )
+    return _identifier(message, mrg, 1, "Prior Patient Identifier List")
+
+
+#: PS3.5 6.2 PN: the component and group separators, and the value separator (a name is one value).
+PN_DELIMITERS: Final = "^=\\"
+
+
+def _plain_name(message: Message, pid: Segment, source: str) -> None:
+    """AE 102 when a component of the XPN holds '^', '=' or a backslash (an escape such as \\S\\ or
+    \\E\\ produces it): in the DICOM name they would split or end components and groups, and a
+    correction writes the reshaped name into every file of the patient. (An order keeps it as sent:
+    hl7/orders.py; a worklist entry is replaced by the next order, an archived file is not.)"""
+    field = int(source.partition("-")[2])
+    rep = (message.repetitions(pid, field) or [""])[0]
+    for number in range(1, 6):
+        if any(c in message.component(rep, number) for c in PN_DELIMITERS):
+            raise HL7Error(
+                f"{source} component {number} holds '^', '=' or a backslash (from an escape such as \\S\\); "
+                "in a DICOM person name they separate components and groups (PS3.5 6.2 PN), so the name "
+                "would change its meaning: the sender must leave them out",
+                error_code=102,
+                location=source,
+            )
 
 
 def demographics(message: Message, pid: Segment) -> dict[str, str]:
@@ -93,6 +136,8 @@ def demographics(message: Message, pid: Segment) -> dict[str, str]:
     found: dict[str, str] = {}
     for row in DEMOGRAPHICS:
         source = row.sources[0]
+        if row.kind == "PN":
+            _plain_name(message, pid, source)
         raw = orders._value(message, pid, source, row.kind)  # one mapping for orders and ADT
         if raw:
             found[row.keyword] = orders._checked(row.keyword, orders._convert(raw, row.kind, source), source)
@@ -111,6 +156,13 @@ def _pairs(message: Message, event: Event) -> list[tuple[Segment, Segment | None
             if not pairs or pairs[-1][1] is not None:
                 raise HL7Error("an MRG segment without its PID segment before it", error_code=100, location="MRG")
             pairs[-1] = (pairs[-1][0], segment)
+    if len(pairs) > MAX_PATIENT_GROUPS:
+        raise HL7Error(
+            f"the message has {len(pairs)} patient groups (PID); at most {MAX_PATIENT_GROUPS} are taken in one "
+            "message: split it",
+            error_code=100,
+            location="PID",
+        )
     if event.needs_mrg and any(mrg is None for _, mrg in pairs):
         raise HL7Error(
             "the message has no MRG segment (merge patient information): it names the prior patient identifier",
@@ -121,11 +173,13 @@ def _pairs(message: Message, event: Event) -> list[tuple[Segment, Segment | None
 
 
 def _actor(message: Message) -> tuple[str, list[str]]:
-    """(who, for the corrections log; (actor kind, actor, address) for the audit trail)."""
+    """(who, for the corrections log; (actor kind, actor, address) for the audit trail): the sender is
+    MSH-3/MSH-4 (sending application/facility), the address the host of the MLLP connection."""
     msh = message.first("MSH")
     kind, event = message.message_type
     sender = "/".join(v for v in (message.value(msh, 3), message.value(msh, 4)) if v) or "an unnamed sender"
-    return f"HL7 {kind}^{event} {message.control_id} from {sender}", [ActorKind.HL7.value, sender, ""]
+    address = PEER.get()  # hl7/mllp.py: the connection the message came on
+    return f"HL7 {kind}^{event} {message.control_id} from {sender}", [ActorKind.HL7.value, sender, address]
 
 
 class ADTApplier:
@@ -149,7 +203,7 @@ class ADTApplier:
         groups = []
         for pid, mrg in _pairs(message, event):
             current = _identifier(message, pid, 3, "Patient Identifier List")
-            prior = _identifier(message, mrg, 1, "Prior Patient Identifier List") if mrg is not None else ""
+            prior = _prior(message, mrg) if mrg is not None else ""
             groups.append((current, prior, demographics(message, pid)))
         said: list[str] = []
         actor, who = _actor(message)
@@ -255,4 +309,13 @@ class HL7Receiver:
         return await orders.handle(data, self.worklist, self.application, self._apply)
 
 
-__all__ = ["ADTApplier", "DEMOGRAPHICS", "EVENTS", "Event", "HL7Receiver", "REFUSALS", "demographics"]
+__all__ = [
+    "ADTApplier",
+    "DEMOGRAPHICS",
+    "EVENTS",
+    "MAX_PATIENT_GROUPS",
+    "Event",
+    "HL7Receiver",
+    "REFUSALS",
+    "demographics",
+]

@@ -12,6 +12,7 @@ not read); a connection silent for ``idle_timeout`` seconds is closed.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -23,6 +24,10 @@ log = logging.getLogger("minipacs.hl7")
 
 START_BLOCK: Final = b"\x0b"
 END_BLOCK: Final = b"\x1c\x0d"
+
+#: The sending peer's host address while its message is handled (each connection is a task of
+#: its own), for the audit trail (hl7/adt.py): the handler's signature stays bytes -> bytes.
+PEER: contextvars.ContextVar[str] = contextvars.ContextVar("minipacs_hl7_peer", default="")
 
 #: One message's bytes (without the frame) -> the ACK's bytes; never raises for a bad message.
 MessageHandler = Callable[[bytes], Awaitable[bytes]]
@@ -93,6 +98,8 @@ class MLLPServer:
                 pass
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: object) -> None:
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            PEER.set(str(peer[0]))
         buffer = bytearray()
         while True:
             start = buffer.find(START_BLOCK)
@@ -136,4 +143,4 @@ class MLLPServer:
         await writer.drain()
 
 
-__all__ = ["END_BLOCK", "START_BLOCK", "MLLPServer", "MessageHandler", "frame"]
+__all__ = ["END_BLOCK", "PEER", "START_BLOCK", "MLLPServer", "MessageHandler", "frame"]

@@ -28,6 +28,9 @@ IndexConnection: TypeAlias = Connection
 MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
 #: Execution option a connection sets to begin SQLite transactions with IMMEDIATE.
 WRITER_OPTION: Final = "minipacs_writer"
+#: Key in the writer connection's ``info``: the node (``node_id``) whose writes it carries; the
+#: changes journal records it with each row (index/journal_repo.py).
+NODE_INFO: Final = "minipacs_node"
 #: Any constant shared by all nodes; the key of the migration advisory lock.
 _MIGRATION_LOCK_KEY: Final = 0x6D696E69  # "mini"
 
@@ -104,8 +107,9 @@ class IndexWriter:
     kept open across transactions; dropped after a failed transaction, opened again on the next.
     Used by one thread at a time (the archive's writer thread)."""
 
-    def __init__(self, engine: Engine, *, fsync: bool = True) -> None:
+    def __init__(self, engine: Engine, *, fsync: bool = True, node: str = "") -> None:
         self._engine = engine
+        self._node = node
         self._conn: Connection | None = None
         self._sqlite = engine.dialect.name == "sqlite"
         self._durable_setting = "FULL" if fsync else "NORMAL"
@@ -124,6 +128,7 @@ class IndexWriter:
         """
         if self._conn is None or self._conn.closed:
             self._conn = self._engine.connect().execution_options(**{WRITER_OPTION: True})
+            self._conn.info[NODE_INFO] = self._node
             self._synchronous = None
             self._pg_async = False
         conn = self._conn
@@ -188,8 +193,9 @@ class IndexDatabase:
         with self.engine.connect() as conn:
             return call(conn)
 
-    def writer(self) -> IndexWriter:
-        return IndexWriter(self.engine, fsync=self.fsync)
+    def writer(self, node: str = "") -> IndexWriter:
+        """The writer of the node named ``node`` (its ``node_id``: the journal records it)."""
+        return IndexWriter(self.engine, fsync=self.fsync, node=node)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -200,6 +206,7 @@ __all__ = [
     "IndexDatabase",
     "IndexWriter",
     "MIGRATIONS_DIR",
+    "NODE_INFO",
     "WRITER_OPTION",
     "alembic_config",
     "create_index_engine",

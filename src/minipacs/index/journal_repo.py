@@ -11,6 +11,7 @@ from typing import Any, Final, cast
 
 from sqlalchemy import Connection, Table, func, insert, select
 
+from minipacs.index.database import NODE_INFO
 from minipacs.index.fastsql import Prepared
 from minipacs.index.schema import Change
 
@@ -18,12 +19,15 @@ _CHANGES: Final = cast(Table, Change.__table__)
 _INSERT: Final = insert(_CHANGES)
 _FAST_INSERT: Final = Prepared(_INSERT)
 
-#: One journal row as :func:`changes_after` reads it.
-ChangeRow = tuple[int, str, str, str, str, dt.datetime, str]
+#: One journal row as :func:`changes_after` reads it (seq, type, level, uid, study, time, reason, node).
+ChangeRow = tuple[int, str, str, str, str, dt.datetime, str, str]
 
 
 def insert_changes(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Append ``rows`` (change_type, level, uid, study_instance_uid, created_at[, reason]) in order."""
+    """Append ``rows`` (change_type, level, uid, study_instance_uid, created_at[, reason]) in order, each
+    with the node whose writer connection runs the transaction (index/database.py ``NODE_INFO``)."""
+    node = conn.info.get(NODE_INFO, "")
+    rows = [{**row, "node": node} for row in rows]
     if len(rows) <= 4:  # a few rows (one C-STORE's): straight to the driver
         _FAST_INSERT.execute_many(conn, rows)
     else:
@@ -36,16 +40,20 @@ def last_seq(conn: Connection) -> int:
 
 
 def changes_after(conn: Connection, since: int, limit: int) -> list[ChangeRow]:
-    """(seq, change type, level, uid, study, time, reason) of at most ``limit`` rows after ``since``, in ``seq``
-    order."""
+    """(seq, change type, level, uid, study, time, reason, node) of at most ``limit`` rows after ``since``,
+    in ``seq`` order."""
     t = _CHANGES
     rows = conn.execute(
-        select(t.c.seq, t.c.change_type, t.c.level, t.c.uid, t.c.study_instance_uid, t.c.created_at, t.c.reason)
+        select(
+            t.c.seq, t.c.change_type, t.c.level, t.c.uid, t.c.study_instance_uid, t.c.created_at, t.c.reason, t.c.node
+        )
         .where(t.c.seq > since)
         .order_by(t.c.seq)
         .limit(limit)
     ).all()
-    return [(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), r[5], str(r[6] or "")) for r in rows]
+    return [
+        (int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), r[5], str(r[6] or ""), str(r[7] or "")) for r in rows
+    ]
 
 
 __all__ = ["ChangeRow", "changes_after", "insert_changes", "last_seq"]

@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, cast
 
-from sqlalchemy import Connection, Table, and_, delete, insert, or_, select, update
+from sqlalchemy import Connection, Table, and_, case, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from minipacs.index.schema import (
@@ -274,6 +274,26 @@ def set_study_delivery(conn: Connection, job_id: int, study: str, status: str, r
     return int(conn.execute(statement).rowcount)
 
 
+def delete_deliveries(conn: Connection, instances: Mapping[str, Sequence[str]], studies: Sequence[str]) -> int:
+    """Forget the receipts of deleted instances (study UID -> SOP Instance UIDs) and every receipt
+    of the deleted ``studies`` (study-level ones too); read by the index on study_instance_uid."""
+    removed = 0
+    for start in range(0, len(studies), 500):
+        chunk = list(studies[start : start + 500])
+        removed += int(conn.execute(delete(_DELIVERIES).where(_DELIVERIES.c.study_instance_uid.in_(chunk))).rowcount)
+    gone = set(studies)
+    for study, sops in instances.items():
+        if study in gone:
+            continue
+        for start in range(0, len(sops), 500):
+            statement = delete(_DELIVERIES).where(
+                _DELIVERIES.c.study_instance_uid == study,
+                _DELIVERIES.c.sop_instance_uid.in_(list(sops[start : start + 500])),
+            )
+            removed += int(conn.execute(statement).rowcount)
+    return removed
+
+
 def job_deliveries(conn: Connection, job_id: int) -> list[dict[str, Any]]:
     rows = conn.execute(select(_DELIVERIES).where(_DELIVERIES.c.job_id == job_id).order_by(_DELIVERIES.c.id))
     return [dict(r) for r in rows.mappings()]
@@ -292,13 +312,81 @@ def study_deliveries(conn: Connection, study: str, limit: int) -> list[dict[str,
     return [dict(r) for r in rows.mappings()]
 
 
+#: Job states that end a receipt still waiting (queued, retrying): it will never be sent by that job.
+_DEAD_JOB_STATES: Final = ("cancelled", "failed")
+
+
+def _effective_status() -> Any:
+    """The receipt's status as ``core/routing.receipt_json`` tells it: a receipt still waiting whose job
+    was cancelled or failed is "failed" (the job's state is only looked up for waiting receipts)."""
+    job = _JOBS.alias("receipt_job")
+    dead_job = select(job.c.id).where(job.c.id == _DELIVERIES.c.job_id, job.c.state.in_(_DEAD_JOB_STATES)).exists()
+    return case(
+        (and_(_DELIVERIES.c.status.in_(["queued", "retrying"]), dead_job), "failed"),
+        else_=_DELIVERIES.c.status,
+    )
+
+
+def delivery_counts(conn: Connection) -> list[tuple[str, str, int]]:
+    """(destination, status, receipts) over every receipt kept, the status as the study page says it."""
+    status = _effective_status().label("status")
+    rows = conn.execute(
+        select(_DELIVERIES.c.destination, status, func.count()).group_by(_DELIVERIES.c.destination, status)
+    )
+    return [(str(d), str(s), int(n)) for d, s, n in rows]
+
+
+def failing_destinations(conn: Connection, since: dt.datetime, limit: int) -> list[dict[str, Any]]:
+    """Destinations with receipts not delivered (retrying, or failed: given up or their job cancelled)
+    changed since ``since``: ``destination``, ``receipts`` (how many), ``studies``, ``updated_at`` and
+    ``status``, ``reason``, ``job`` and ``job_state`` of the latest; the most recently changed first,
+    at most ``limit``."""
+    # A receipt changes only with its job: read those of the jobs still waiting or running, or ended
+    # since ``since`` (the jobs table is ~1000 times smaller), through the index on job_id.
+    recent_jobs = select(_JOBS.c.id).where(or_(_JOBS.c.state.in_(["queued", "running"]), _JOBS.c.finished_at >= since))
+    status = _effective_status()
+    failing = and_(
+        _DELIVERIES.c.job_id.in_(recent_jobs),
+        _DELIVERIES.c.updated_at >= since,
+        status.in_(["retrying", "failed"]),
+    )
+    groups = conn.execute(
+        select(
+            _DELIVERIES.c.destination,
+            func.count().label("receipts"),
+            func.count(func.distinct(_DELIVERIES.c.study_instance_uid)).label("studies"),
+            func.max(_DELIVERIES.c.updated_at).label("updated_at"),
+        )
+        .where(failing)
+        .group_by(_DELIVERIES.c.destination)
+        .order_by(func.max(_DELIVERIES.c.updated_at).desc(), _DELIVERIES.c.destination)
+        .limit(limit)
+    ).mappings()
+    found = []
+    for group in [dict(g) for g in groups]:
+        latest = conn.execute(
+            select(status.label("status"), _DELIVERIES.c.reason, _DELIVERIES.c.job_id, _JOBS.c.state)
+            .select_from(_DELIVERIES.outerjoin(_JOBS, _JOBS.c.id == _DELIVERIES.c.job_id))
+            .where(failing, _DELIVERIES.c.destination == group["destination"])
+            .order_by(_DELIVERIES.c.updated_at.desc(), _DELIVERIES.c.id.desc())
+            .limit(1)
+        ).one()
+        found.append(
+            {**group, "status": latest.status, "reason": latest.reason, "job": latest.job_id, "job_state": latest.state}
+        )
+    return found
+
+
 __all__ = [
     "POLL_LIMIT",
     "already_routed",
     "claim_mark",
     "completions_since",
+    "delete_deliveries",
     "delete_rule",
+    "delivery_counts",
     "due_marks",
+    "failing_destinations",
     "insert_deliveries",
     "insert_rule",
     "job_deliveries",

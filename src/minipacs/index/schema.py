@@ -9,7 +9,7 @@ Any change here needs a new migration in ``index/migrations/versions``.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import (
     BigInteger,
@@ -68,7 +68,19 @@ class Patient(Base):
     """
 
     __tablename__ = "patients"
-    __table_args__ = (UniqueConstraint("patient_key", "issuer_of_patient_id", name="uq_patients_id_issuer"),)
+    __table_args__ = (
+        UniqueConstraint("patient_key", "issuer_of_patient_id", name="uq_patients_id_issuer"),
+        # PostgreSQL: prefix wildcards (LIKE 'smith%') need an operator class that ignores the collation
+        # (migration 0014); SQLite's GLOB uses the plain index above.
+        Index(
+            "ix_patients_patient_name_norm_pattern",
+            "patient_name_norm",
+            postgresql_ops={"patient_name_norm": "text_pattern_ops"},
+        ).ddl_if(dialect="postgresql"),
+        Index("ix_patients_patient_id_pattern", "patient_id", postgresql_ops={"patient_id": "text_pattern_ops"}).ddl_if(
+            dialect="postgresql"
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     patient_key: Mapped[str] = mapped_column(String())
@@ -82,8 +94,25 @@ class Patient(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
 
 
+#: Indexes a migration creates only where the database allows (not declared here): PostgreSQL's
+#: trigram index of the patient name, when the pg_trgm extension can be had (migration 0014).
+OPTIONAL_INDEXES: Final = frozenset({"ix_patients_patient_name_norm_trgm"})
+
+
 class Study(Base):
     __tablename__ = "studies"
+    __table_args__ = (
+        Index(
+            "ix_studies_referring_physician_name_norm_pattern",
+            "referring_physician_name_norm",
+            postgresql_ops={"referring_physician_name_norm": "text_pattern_ops"},
+        ).ddl_if(dialect="postgresql"),
+        Index(
+            "ix_studies_accession_number_pattern",
+            "accession_number",
+            postgresql_ops={"accession_number": "text_pattern_ops"},
+        ).ddl_if(dialect="postgresql"),
+    )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
@@ -165,7 +194,7 @@ class Association(Base):
     tls_peer: Mapped[str] = mapped_column(Text(), default="", server_default="")
     #: The User Identity username (PS3.7 D.3.3.7), "name (not checked)" when dicom_user_identity = ignore.
     user_identity: Mapped[str] = mapped_column(String(), default="", server_default="")
-    #: The minipacs node that saw it (``node_name``, else host:pid): several nodes share one index.
+    #: The minipacs node that saw it (its ``node_id``): several nodes share one index.
     node: Mapped[str] = mapped_column(String(), default="", server_default="")
 
 
@@ -256,6 +285,8 @@ class Change(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     #: Why, when something other than a person's request made it: "retention:<rule>" (core/retention.py).
     reason: Mapped[str] = mapped_column(String(100), server_default="")
+    #: The node (``node_id``) whose transaction made the change (migration 0014).
+    node: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
 
 class StudyLabel(Base):
@@ -321,6 +352,8 @@ __all__ = [
     "RoutingMark",
     "RoutingRule",
     "Series",
+    "NodeStats",
+    "OPTIONAL_INDEXES",
     "StorageStats",
     "Study",
     "StudyCompletion",
@@ -344,6 +377,26 @@ class StorageStats(Base):
     instances: Mapped[int] = mapped_column(BigInteger())
     #: Sum of ``instances.size``: the bytes of the stored instance files.
     instance_bytes: Mapped[int] = mapped_column(BigInteger())
+
+
+class NodeStats(Base):
+    """What each node sharing the index did since it started, for ``GET /api/stats`` from any node:
+    figures a process keeps in memory (its ingests and index transactions) and of its own disk (free
+    bytes), written by the node itself every ``node_stats_seconds`` and at its clean stop
+    (core/stats.py). One row per ``node_id``; the shared counts are ``storage_stats``."""
+
+    __tablename__ = "node_stats"
+    node: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    #: Ingests (any outcome) and index transactions carrying them since the node started.
+    ingested: Mapped[int] = mapped_column(BigInteger())
+    index_batches: Mapped[int] = mapped_column(BigInteger())
+    #: Free bytes on the node's staging filesystem (its own disk unless the data folder is shared).
+    free_bytes: Mapped[int] = mapped_column(BigInteger())
+    #: False once the node stopped cleanly; a row still True with an old ``updated_at`` is a node
+    #: that died or lost the index.
+    running: Mapped[bool] = mapped_column()
 
 
 class InstanceMetadata(Base):

@@ -8,13 +8,15 @@ COUNT(*) over the instances, no walk of the storage folder.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Final, NamedTuple, cast
+from collections.abc import Mapping
+from typing import Any, Final, NamedTuple, cast
 
-from sqlalchemy import Connection, Table, func, select, text, update
+from sqlalchemy import Connection, Table, func, insert, select, text, update
 
-from minipacs.index.schema import Instance, Patient, Series, StorageStats, Study
+from minipacs.index.schema import Instance, NodeStats, Patient, Series, StorageStats, Study
 
 _STATS: Final = cast(Table, StorageStats.__table__)
+_NODES: Final = cast(Table, NodeStats.__table__)
 
 
 class StorageCounts(NamedTuple):
@@ -87,4 +89,25 @@ def count_instances(conn: Connection) -> int:
     return read_counts(conn).instances
 
 
-__all__ = ["StorageCounts", "count_instances", "count_rows", "read_counts", "recount"]
+def write_node_stats(conn: Connection, node: str, values: Mapping[str, Any]) -> None:
+    """Set the row of ``node`` in ``node_stats`` (created on its first write). Only the node itself
+    writes its row, and two live nodes never share a node_id (index/node_claim.py): no race."""
+    found = conn.execute(update(_NODES).where(_NODES.c.node == node).values(dict(values))).rowcount
+    if not found:
+        conn.execute(insert(_NODES).values({**values, "node": node}))
+
+
+def read_node_stats(conn: Connection) -> list[dict[str, Any]]:
+    """Every node's row of ``node_stats``, by node_id."""
+    return [dict(row._mapping) for row in conn.execute(select(_NODES).order_by(_NODES.c.node))]
+
+
+__all__ = [
+    "StorageCounts",
+    "count_instances",
+    "count_rows",
+    "read_counts",
+    "read_node_stats",
+    "recount",
+    "write_node_stats",
+]

@@ -313,7 +313,9 @@ class QueryRetrieveFindSCP(Service):
                 relational = self.relational_agreed(assoc, sop_class)
                 prepared = prepare_query(identifier, model, relational=relational)
                 level = prepared.level.value
-                asked = patient_query({k.keyword: k.text for k in prepared.keys if k.keyword and not k.items})
+                asked = patient_query(
+                    {k.keyword: k.text for k in prepared.keys if k.keyword and not k.items}, level=level
+                )
                 if asked is not None:
                     self.archive.audit.record(
                         Action.QUERIED,

@@ -14,9 +14,11 @@ import ssl
 from typing import Any, Final
 
 from minipacs.core import routing
+from minipacs.core.anonymize import Anonymizer
+from minipacs.core.audit import Action, ActorKind
 from minipacs.core.jobs import Handler, JobContext, JobFailed, JobQueue
 from minipacs.core.nodes import Node, NodeRegistry
-from minipacs.core.retrieve import select_instances
+from minipacs.core.retrieve import StoredInstance, select_instances
 from minipacs.services.outbound import (
     AssociationLost,
     FindRequest,
@@ -42,11 +44,44 @@ async def _node(registry: NodeRegistry, title: str, rule: str) -> Node:
     return found[0]
 
 
+#: Instances a rule's ``anonymize`` de-identifies, then sends, at a time: the staging folder holds at
+#: most this many copies, whatever the size of the job (up to routing.MAX_PER_JOB).
+ANONYMIZE_BATCH: Final = 200
+
+
+def _audit_sent(archive: Any, job: JobContext, sent: list[str], note: str) -> None:
+    """One "sent" audit row per job attempt that delivered something: actor kind "rule", the rule's name."""
+    if sent:
+        p = job.params
+        archive.audit.record(
+            Action.SENT,
+            actor_kind=ActorKind.RULE,
+            actor=str(p["rule"]),
+            study_uid=str(p["study"]),
+            detail=f"{len(sent)} instance(s) to {p['destination']} ({p['method']}, job {job.id})"
+            + (f"; {note}" if note else ""),
+        )
+
+
 def _will_retry(job: JobContext) -> bool:
     return job.attempt < job.max_attempts
 
 
-def route_handler(outbound: Outbound, registry: NodeRegistry, tls: ssl.SSLContext | None = None) -> Handler:
+def anonymized_note(options: list[str] | None) -> str:
+    """What a receipt of a de-identified delivery says (its reason while "sent")."""
+    if options is None:
+        return ""
+    return "anonymized: a de-identified copy was sent (PS3.15 E.1 basic profile" + (
+        f"; {', '.join(options)})" if options else ")"
+    )
+
+
+def route_handler(
+    outbound: Outbound,
+    registry: NodeRegistry,
+    tls: ssl.SSLContext | None = None,
+    anonymizer: Anonymizer | None = None,
+) -> Handler:
     async def route(job: JobContext) -> str:
         p = job.params
         archive = outbound.archive
@@ -73,17 +108,98 @@ def route_handler(outbound: Outbound, registry: NodeRegistry, tls: ssl.SSLContex
         for i in found:
             if i.problem:
                 failed[i.sop_instance_uid] = i.problem
+        options = p.get("anonymize")
+        note = anonymized_note(options)
         sent: list[str] = []
-        passing = ""  # why the rest may go through on another attempt
+        try:
+            if options is None:
+                passing = await deliver(job, usable, sent, failed, {})
+            else:
+                passing = await deliver_anonymized(job, usable, list(options), sent, failed)
+        except JobFailed:
+            await routing.record_outcomes(archive, job.id, sent, failed, retrying=False, note=note)
+            _audit_sent(archive, job, sent, note)
+            raise
+        job.failed = len(failed)
+        retrying = bool(passing) and _will_retry(job)
+        await routing.record_outcomes(archive, job.id, sent, failed, retrying=retrying, note=note)
+        _audit_sent(archive, job, sent, note)
+        job.details["failures"] = [{"uid": u, "reason": w} for u, w in list(failed.items())[:MAX_LISTED]]
+        said = f"delivered {job.done} of {job.total} instance(s) to {destination} ({method})" + (
+            ", anonymized" if options is not None else ""
+        )
+        if passing:
+            raise JobFailed(f"{said}; {passing}", retry=True)
+        if failed and not sent and not done:
+            raise JobFailed(f"{said}; every one failed (see failures)")
+        return said + (f"; {len(failed)} failed (see failures)" if failed else "")
+
+    async def deliver_anonymized(
+        job: JobContext, usable: list[StoredInstance], options: list[str], sent: list[str], failed: dict[str, str]
+    ) -> str:
+        """De-identify and send :data:`ANONYMIZE_BATCH` instances at a time (the staging folder holds
+        at most one batch of copies); the first passing failure stops it (the rest wait for a retry)."""
+        if anonymizer is None:
+            raise JobFailed(f"rule {job.params['rule']} anonymizes, but this node has no anonymizer; nothing was sent")
+        made = 0
+        passing = ""
+        try:
+            for start in range(0, len(usable), ANONYMIZE_BATCH):
+                batch = usable[start : start + ANONYMIZE_BATCH]
+                if passing:
+                    failed.update({i.sop_instance_uid: passing for i in batch})
+                    continue
+                copies, unusable = await anonymizer.copies(batch, frozenset(options))
+                made += len(copies)
+                failed.update(unusable)
+                failed.update({uid: f"its de-identified copy {c.problem}" for uid, c in copies if c.problem})
+                try:
+                    passing = await deliver(
+                        job,
+                        [c for _, c in copies if not c.problem],
+                        sent,
+                        failed,
+                        {c.sop_instance_uid: uid for uid, c in copies},
+                    )
+                finally:
+                    for _, copy in copies:
+                        copy.blobs.delete(copy.blob_key)
+        finally:
+            if made and outbound.archive is not None:
+                outbound.archive.audit.record(
+                    Action.ANONYMIZED,
+                    actor_kind=ActorKind.RULE,
+                    actor=str(job.params["rule"]),
+                    study_uid=str(job.params["study"]),
+                    detail=f"{made} instance(s) de-identified to send to {job.params['destination']} (job {job.id}); "
+                    "the copies are not stored",
+                )
+        return passing
+
+    async def deliver(
+        job: JobContext, usable: list[StoredInstance], sent: list[str], failed: dict[str, str], original: dict[str, str]
+    ) -> str:
+        """Send ``usable`` (C-STORE or STOW-RS); delivered ones go to ``sent``, refused ones to ``failed``,
+        both under the stored original's UID (``original``: UID sent -> it). Answers why the rest may go
+        through on another attempt ("" if nothing passing went wrong); JobFailed when nothing can."""
+        p = job.params
+        destination, method = str(p["destination"]), str(p["method"])
+
+        def back(uid: str) -> str:
+            return original.get(uid, uid)
+
+        if not usable:
+            return ""
+        passing = ""
         if method == "C-STORE":
             node = await _node(registry, destination, p["rule"])
 
             def count(outcome: SendOutcome) -> None:
                 if outcome.ok:
-                    sent.append(outcome.instance.sop_instance_uid)
+                    sent.append(back(outcome.instance.sop_instance_uid))
                     job.done += 1
                 else:
-                    failed[outcome.instance.sop_instance_uid] = outcome.reason
+                    failed[back(outcome.instance.sop_instance_uid)] = outcome.reason
                     job.failed += 1
                 job.message = f"sent {job.done} of {job.total} instance(s) to {node.label()}"
 
@@ -92,37 +208,27 @@ def route_handler(outbound: Outbound, registry: NodeRegistry, tls: ssl.SSLContex
                 if result.broken or result.gave_up:
                     passing = result.gave_up or result.broken[-1]
             except TooManyContexts as exc:
-                await routing.record_outcomes(archive, job.id, [], {s: str(exc) for s in wanted}, retrying=False)
+                failed.update({back(i.sop_instance_uid): str(exc) for i in usable})
                 raise JobFailed(
                     f"these instances need {exc.needed} presentation contexts, more than one association allows"
                 ) from None
             except NoAssociation as exc:
                 passing = f"cannot send to {node.label()}: {exc}"
-                failed.update({i.sop_instance_uid: passing for i in usable})
+                failed.update({back(i.sop_instance_uid): passing for i in usable})
         else:
             try:
                 answer = await stow(destination, [i.open for i in usable], context=tls)
             except StowError as exc:
-                failed.update({i.sop_instance_uid: str(exc) for i in usable})
-                if exc.retry:
-                    passing = str(exc)
-                else:
-                    await routing.record_outcomes(archive, job.id, [], failed, retrying=False)
+                failed.update({back(i.sop_instance_uid): str(exc) for i in usable})
+                if not exc.retry:
                     raise JobFailed(str(exc)) from None
+                passing = str(exc)
             else:
-                failed.update(answer.failed)
-                sent = [i.sop_instance_uid for i in usable if i.sop_instance_uid not in answer.failed]
-                job.done += len(sent)
-        job.failed = len(failed)
-        retrying = bool(passing) and _will_retry(job)
-        await routing.record_outcomes(archive, job.id, sent, failed, retrying=retrying)
-        job.details["failures"] = [{"uid": u, "reason": w} for u, w in list(failed.items())[:MAX_LISTED]]
-        said = f"delivered {job.done} of {job.total} instance(s) to {destination} ({method})"
-        if passing:
-            raise JobFailed(f"{said}; {passing}", retry=True)
-        if failed and not sent and not done:
-            raise JobFailed(f"{said}; every one failed (see failures)")
-        return said + (f"; {len(failed)} failed (see failures)" if failed else "")
+                failed.update({back(uid): why for uid, why in answer.failed.items()})
+                delivered = [back(i.sop_instance_uid) for i in usable if i.sop_instance_uid not in answer.failed]
+                sent.extend(delivered)
+                job.done += len(delivered)
+        return passing
 
     return route
 
@@ -168,6 +274,15 @@ def prefetch_handler(outbound: Outbound, registry: NodeRegistry) -> Handler:
             if result.status == 0 or (result.status == 0xB000 and result.completed):
                 job.done += 1
                 await _study_sent(archive, job.id, study, result.completed)
+                archive.audit.record(  # a rule had another node send a patient's study: "retrieved"
+                    Action.RETRIEVED,
+                    actor_kind=ActorKind.RULE,
+                    actor=str(p["rule"]),
+                    patient_id=str(p["patient_id"]),
+                    study_uid=study,
+                    detail=f"prefetch: C-MOVE from {source.label()} to {destination}, "
+                    f"{result.completed} instance(s) (job {job.id})",
+                )
             else:
                 why = f"{source.label()} answered {describe(result.status, MOVE)}" + (
                     f" ({result.error_comment})" if result.error_comment else ""
@@ -201,10 +316,15 @@ async def _studies_failed(archive: Any, job_id: int, failed: dict[str, str], *, 
 
 
 def register_routing_jobs(
-    queue: JobQueue, outbound: Outbound, registry: NodeRegistry, tls: ssl.SSLContext | None = None
+    queue: JobQueue,
+    outbound: Outbound,
+    registry: NodeRegistry,
+    tls: ssl.SSLContext | None = None,
+    anonymizer: Anonymizer | None = None,
 ) -> None:
-    """The "route" and "prefetch" kinds; both resume after a restart (sending again is harmless)."""
-    queue.register(routing.ROUTE, route_handler(outbound, registry, tls), on_restart="resume")
+    """The "route" and "prefetch" kinds; both resume after a restart (sending again is harmless).
+    ``anonymizer``: de-identifies for rules with ``anonymize`` (without one, their jobs fail)."""
+    queue.register(routing.ROUTE, route_handler(outbound, registry, tls, anonymizer), on_restart="resume")
     queue.register(routing.PREFETCH, prefetch_handler(outbound, registry), on_restart="resume")
 
 

@@ -14,6 +14,7 @@ from minipacs.core.audit import MAX_LIMIT, Action, ActorKind, patient_query, row
 from minipacs.web.errors import HttpError
 from minipacs.web.pages import render
 from minipacs.web.routing import Endpoint
+from minipacs.web.search import ascii_digits
 
 #: Rows the UI page shows.
 PAGE_SIZE: Final = 200
@@ -50,10 +51,11 @@ def record(request: Request, action: Action, *, patient_id: str = "", study_uid:
 _PATIENT_TAGS: Final = {"00100020": "PatientID", "00100010": "PatientName", "00100030": "PatientBirthDate"}
 
 
-def record_query(request: Request, what: str) -> None:
-    """A "queried" row when the request's query string looks for a patient (core/audit.py patient_query)."""
+def record_query(request: Request, what: str, level: str = "") -> None:
+    """A "queried" row when the request's query string looks for a patient, or searches at ``level``
+    PATIENT (core/audit.py patient_query)."""
     keys = {_PATIENT_TAGS.get(k.upper(), k): v for k, v in request.query_params.items()}
-    asked = patient_query(keys)
+    asked = patient_query(keys, level=level)
     if asked is not None:
         record(request, Action.QUERIED, patient_id=asked[0], detail=f"{what}: {asked[1]}")
 
@@ -64,22 +66,45 @@ def _time(request: Request, name: str) -> dt.datetime | None:
         return None
     try:
         value = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
+        value = value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    except (ValueError, OverflowError):  # 9999-12-31T23:59-14:00 is past year 9999 in UTC
         raise HttpError(
-            400, "invalid_time", f"{name}={raw[:40]!r} is not an ISO 8601 date or time (2026-12-06T10:00:00Z)"
+            400,
+            "invalid_time",
+            f"{name}={raw[:40]!r} is not an ISO 8601 date or time in years 1 to 9999 UTC (2026-12-06T10:00:00Z)",
         ) from None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return value
 
 
 def _limit(request: Request, default: int) -> int:
     raw = request.query_params.get("limit", str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not ascii_digits(raw) or not 1 <= int(raw) <= MAX_LIMIT:
         raise HttpError(400, "invalid_limit", f"limit must be a whole number from 1 to {MAX_LIMIT}")
     return int(raw)
 
 
+#: The text filters of the audit query, and the longest value each can match (core/audit.py cuts to these).
+FILTERS: Final = {"patient": 64, "study": 64, "user": 128}
+
+
+def _filters(request: Request) -> dict[str, str]:
+    """The text filters, refused (400) when longer than any stored value or holding a control character
+    (a NUL: PostgreSQL refuses it in a query)."""
+    out = {}
+    for name, longest in FILTERS.items():
+        value = request.query_params.get(name, "")
+        if len(value) > longest or not value.isprintable():
+            raise HttpError(
+                400,
+                "invalid_parameter",
+                f"{name} must be at most {longest} printable characters (no control characters)",
+            )
+        out[name] = value
+    return out
+
+
 async def _rows(request: Request, default_limit: int) -> list[dict[str, Any]]:
-    q = request.query_params
+    q = _filters(request)
     rows: list[dict[str, Any]] = await request.app.state.ctx.archive.audit.query(
         patient_id=q.get("patient", ""),
         study_uid=q.get("study", ""),

@@ -110,7 +110,7 @@ def _qido(level: Level) -> Any:
         context = ctx(request)
         fixed = uids(request)
         started = time.perf_counter()
-        audit.record_query(request, f"QIDO-RS {level.value}")
+        audit.record_query(request, f"QIDO-RS {level.value}", level=level.value)
         matches = search(context.archive, level, list(request.query_params.multi_items()), fixed)
         first = await anext(aiter(matches), None)  # errors surface before the 200 goes out
         context.metrics.query_answered("qido", time.perf_counter() - started)

@@ -34,6 +34,8 @@ NAV: Final[tuple[tuple[str, Mapping[str, str], str, str], ...]] = (
     ("ui:remote", {}, "Query/Retrieve", "write"),  # C-FIND/C-MOVE/C-GET of a node: write (rest_nodes.py)
     ("ui:jobs", {}, "Jobs", "read"),
     ("ui:rules", {}, "Rules", "admin"),
+    ("ui:storage", {}, "Storage", "read"),
+    ("ui:retention", {}, "Retention", "admin"),
     ("ui:log", {}, "Association log", "read"),
     ("ui:diagnostics", {}, "Diagnostics", "admin"),
     ("ui:audit", {}, "Audit", "admin"),

@@ -25,7 +25,7 @@ from minipacs.core.model import Origin
 from minipacs.core.nodes import node_from_mapping
 from minipacs.core.paths import validate_uid
 from minipacs.core.retrieve import select_instances
-from minipacs.core.stats import storage_figures
+from minipacs.core.stats import node_figures, storage_figures
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.services.job_kinds import node_json
 from minipacs.web import audit as audit_trail
@@ -33,6 +33,7 @@ from minipacs.web import completion
 from minipacs.web.dicomweb import ctx, root_url
 from minipacs.web.errors import HttpError, redact
 from minipacs.web.intake import Intake, body_pieces, receive_multipart, receive_single, spool_body
+from minipacs.web.jsonbody import read_object
 from minipacs.web.routing import Endpoint
 from minipacs.web.search import ascii_digits, search
 from minipacs.web.transfer import (
@@ -67,8 +68,11 @@ def _id(request: Request, key: str) -> str:
     if key != "PatientID" and "/" in value:  # only a Patient ID may hold "/": no such URL
         raise HttpError(404, "not_found", "there is nothing at this URL")
     if key == "PatientID":
-        if not value or len(value) > 64 or "\\" in value or any(c in value for c in "*?"):
-            raise HttpError(400, "invalid_identifier", "a Patient ID is 1 to 64 characters without \\, * or ?")
+        # a control character (a NUL: PostgreSQL refuses it in a query) is in no Patient ID (PS3.5 6.2 LO)
+        if not value or len(value) > 64 or any(c in value for c in "\\*?") or not value.isprintable():
+            raise HttpError(
+                400, "invalid_identifier", "a Patient ID is 1 to 64 printable characters without \\, * or ?"
+            )
         return value
     return validate_uid(key, value)
 
@@ -91,7 +95,7 @@ async def _matches(request: Request, level: Level, fixed: Mapping[str, str] | No
     """A search from the query string; studies also carry ``complete`` and filter on ``complete=``."""
     params = list(request.query_params.multi_items())
     archive = ctx(request).archive
-    audit_trail.record_query(request, f"REST search {level.value}")
+    audit_trail.record_query(request, f"REST search {level.value}", level=level.value)
     if level is not Level.STUDY:
         return [plain(ds) async for ds in search(archive, level, params, fixed)]
     want = completion.wanted(request.query_params.get(completion.PARAM))
@@ -337,6 +341,9 @@ async def stats(request: Request) -> Response:
             "ingested_since_start": ingest.ingested,
             "index_batches": ingest.batches,
             "metadata_pending": ctx(request).metadata.pending,
+            # the figures above that are this process's own; below, every node's as it last wrote them
+            "node_id": archive.settings.node_id,
+            "nodes": [n.to_json() for n in await node_figures(archive)],
         }
     )
 
@@ -353,12 +360,7 @@ async def list_nodes(request: Request) -> Response:
 
 
 async def add_node(request: Request) -> Response:
-    try:
-        raw = await request.json()
-    except ValueError:
-        raise HttpError(400, "invalid_json", "the body must be a JSON object (ae_title, host, port, ...)") from None
-    if not isinstance(raw, dict):
-        raise HttpError(400, "invalid_json", "the body must be a JSON object (ae_title, host, port, ...)")
+    raw = await read_object(request, "ae_title, host, port, ...")
     node = await _registry(request).add(node_from_mapping(raw))
     return JSONResponse(node_json(node), status_code=201)
 

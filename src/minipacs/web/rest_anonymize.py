@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Iterator
@@ -25,9 +24,12 @@ from starlette.routing import BaseRoute
 from minipacs.core.anonymize import ANONYMIZE, Anonymizer, AnonymizeRequest
 from minipacs.core.paths import validate_uid
 from minipacs.index.anonymization_repo import list_mappings
+from minipacs.web.audit import actor_of
 from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
+from minipacs.web.jsonbody import read_json
 from minipacs.web.routing import Endpoint
+from minipacs.web.search import ascii_digits
 
 #: URL spelling -> level noun and the key its id is.
 RESOURCES: Final[dict[str, tuple[str, str]]] = {
@@ -55,22 +57,16 @@ def _target(request: Request) -> tuple[str, str]:
     level, key = RESOURCES[resource]
     value: str = request.path_params["id"]
     if key == "PatientID":
-        if not value.strip() or len(value) > 64 or "\\" in value:
-            raise HttpError(400, "invalid_identifier", "a Patient ID is 1 to 64 characters without \\")
+        if not value.strip() or len(value) > 64 or any(c in value for c in "\\*?") or not value.isprintable():
+            raise HttpError(
+                400, "invalid_identifier", "a Patient ID is 1 to 64 printable characters without \\, * or ?"
+            )
         return level, value
     return level, validate_uid(key, value)
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise HttpError(413, "too_large", f"the request body is limited to {MAX_BODY} bytes")
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise HttpError(400, "invalid_json", f"the body is not JSON: {exc}") from None
+    body = await read_json(request, limit=MAX_BODY, empty={})  # bounded before it is read, depth too
     if not isinstance(body, dict):
         raise HttpError(400, "invalid_json", "the body must be a JSON object")
     unknown = sorted(set(body) - {"options", "keep_original", "output"})
@@ -84,6 +80,12 @@ def _who(request: Request) -> str:
     client = request.client.host if request.client else "?"
     user = state.get("user")
     return f"{user} ({state.get('role', '?')}) from {client}" if user else f"an unnamed caller from {client}"
+
+
+def _actor(request: Request) -> list[str]:
+    """(actor kind, actor, address) of the caller, for the audit trail (web/audit.py)."""
+    kind, actor, address = actor_of(request)
+    return [kind.value, actor, address]
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:
@@ -113,7 +115,7 @@ async def anonymize(request: Request) -> Response:
     if output == "zip":
         path = anonymizer.archive.staging_dir / f"anonymized-{uuid.uuid4().hex}.zip"
         try:
-            result = await anonymizer.run(job, zip_path=path, found=found)
+            result = await anonymizer.run(job, zip_path=path, found=found, who=_actor(request))
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -128,13 +130,17 @@ async def anonymize(request: Request) -> Response:
     threshold = ctx(request).settings.anonymize_job_threshold
     if len(found) > threshold and queue is not None:
         submitted = await queue.submit(
-            ANONYMIZE, f"anonymize {level} {value}", job.to_params(), total=len(found), details={"by": who}
+            ANONYMIZE,
+            f"anonymize {level} {value}",
+            job.to_params(),
+            total=len(found),
+            details={"by": who, "actor": _actor(request)},
         )
         audit.warning("anonymization of %s %s queued by %s: job %d", level, value, who, submitted.id)
         return JSONResponse(
             {"job": submitted.id, "href": f"/api/jobs/{submitted.id}", "instances": len(found)}, status_code=202
         )
-    result = await anonymizer.run(job, found=found)
+    result = await anonymizer.run(job, found=found, who=_actor(request))
     audit.warning(
         "anonymized %s %s by %s: %d instance(s)%s",
         level,
@@ -150,7 +156,7 @@ def _int(request: Request, name: str, default: int, high: int) -> int:
     raw = request.query_params.get(name, "")
     if not raw:
         return default
-    if not raw.isdigit() or int(raw) > high:
+    if not ascii_digits(raw) or int(raw) > high:
         raise HttpError(400, "invalid_parameter", f"{name} must be a whole number from 0 to {high}")
     return int(raw)
 

@@ -19,12 +19,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from minipacs.core.corrections import JOB_KIND, CorrectionResult, Corrections, list_corrections
+from minipacs.core.paths import validate_uid
 from minipacs.dicom.levels import LEVEL_SPELLINGS
 from minipacs.web.audit import actor_of
 from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
+from minipacs.web.jsonbody import read_object
 from minipacs.web.rest import LEVELS, _id, _who
 from minipacs.web.routing import Endpoint
+from minipacs.web.search import ascii_digits
 
 audit = logging.getLogger("minipacs.web.audit")
 
@@ -45,14 +48,17 @@ def corrections_of(request: Request) -> Corrections:
     )
 
 
-async def _body(request: Request) -> dict[str, Any]:
-    try:
-        raw = await request.json()
-    except ValueError:
-        raw = None
-    if not isinstance(raw, dict):
-        raise HttpError(400, "invalid_json", "the body must be a JSON object")
-    return raw
+#: The keys each correction body takes (anything else is refused: a misspelt key must not be ignored).
+BODY_KEYS: Final = {
+    "modify": ("changes",),
+    "merge": ("source", "target"),
+    "move": ("study",),
+}
+
+
+async def _body(request: Request, operation: str) -> dict[str, Any]:
+    keys = BODY_KEYS[operation]
+    return await read_object(request, ", ".join(keys), allowed=keys)
 
 
 def _answer(result: CorrectionResult, who: str) -> Response:
@@ -82,12 +88,23 @@ def _text(body: dict[str, Any], name: str) -> str:
     return value
 
 
+def _patient_id(body: dict[str, Any], name: str) -> str:
+    """A Patient ID of the body, held to the rule of one in a URL (web/rest.py ``_id``): a wildcard or a
+    backslash names no single patient, and a merge must name exactly one."""
+    value = _text(body, name)
+    if len(value) > 64 or any(c in value for c in "\\*?") or not value.isprintable():
+        raise HttpError(
+            400, "invalid_identifier", f"{name!r} must be a Patient ID: 1 to 64 printable characters without \\, * or ?"
+        )
+    return value
+
+
 async def modify(request: Request) -> Response:
     resource = request.path_params["level"]
     if resource not in CORRECTED:
         raise HttpError(404, "not_found", f"only {', '.join(CORRECTED)} can be modified, not {resource[:30]!r}")
     name = _id(request, LEVELS[resource][1])
-    body = await _body(request)
+    body = await _body(request, "modify")
     changes = body.get("changes")
     if not isinstance(changes, dict):
         raise HttpError(400, "invalid_body", 'give the new values as {"changes": {"Keyword": "value", ...}}')
@@ -104,12 +121,12 @@ async def modify(request: Request) -> Response:
 
 
 async def merge(request: Request) -> Response:
-    body = await _body(request)
+    body = await _body(request, "merge")
     who = _who(request)
     params = {
         "operation": "merge",
-        "source": _text(body, "source"),
-        "target": _text(body, "target"),
+        "source": _patient_id(body, "source"),
+        "target": _patient_id(body, "target"),
         "actor": who,
         "audit": _audit(request),
     }
@@ -118,18 +135,21 @@ async def merge(request: Request) -> Response:
 
 async def move(request: Request) -> Response:
     series = _id(request, "SeriesInstanceUID")
-    body = await _body(request)
+    body = await _body(request, "move")
     who = _who(request)
-    study = None if body.get("study") is None else _text(body, "study")  # none: a new study (a split)
+    # none: a new study (a split); else a UID, not a pattern (PS3.5 9.1)
+    study = None if body.get("study") is None else validate_uid("StudyInstanceUID", _text(body, "study"))
     params = {"operation": "move", "series": series, "study": study, "actor": who, "audit": _audit(request)}
     return _answer(await corrections_of(request).submit(params), who)
 
 
 async def log_of_corrections(request: Request) -> Response:
     raw = request.query_params.get("limit", "100")
-    if not raw.isdigit():
+    if not ascii_digits(raw):
         raise HttpError(400, "invalid_limit", "limit must be a whole number")
     target = request.query_params.get("target") or None
+    if target is not None and (len(target) > 64 or not target.isprintable()):
+        raise HttpError(400, "invalid_parameter", "target must be a Patient ID or UID: 1 to 64 printable characters")
     return JSONResponse(await list_corrections(ctx(request).archive, target, int(raw)))
 
 

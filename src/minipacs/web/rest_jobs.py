@@ -16,6 +16,7 @@ from minipacs.core.jobs import MAX_LIST, InvalidJob, JobQueue
 from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
 from minipacs.web.routing import Endpoint
+from minipacs.web.search import ascii_digits
 
 DEFAULT_LIMIT = 100
 
@@ -29,7 +30,7 @@ def queue_of(request: Request) -> JobQueue:
 
 def job_id(request: Request) -> int:
     raw = str(request.path_params["id"])
-    if not raw.isdigit() or len(raw) > 18:
+    if not ascii_digits(raw) or len(raw) > 18:
         raise NotFound(f"no job {raw[:40]!r}: job ids are whole numbers (GET /api/jobs lists them)")
     return int(raw)
 
@@ -38,7 +39,7 @@ def _int(request: Request, name: str, default: int | None) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or len(raw) > 18:
+    if not ascii_digits(raw) or len(raw) > 18:
         raise HttpError(400, "invalid_parameter", f"{name} must be a whole number")
     return int(raw)
 

@@ -1,9 +1,11 @@
 """GET /metrics: the Prometheus text format (core/metrics.py; names in docs/METRICS.md).
 
 The counters the DICOM server and the HTTP edge keep as work happens, plus the figures that
-live in the index (storage, the job queue), read at each scrape: two small queries, never a
-walk of the storage. It needs the "read" permission like the API (a scraper sends a token as
-``Authorization: Bearer``): calling AE titles and archive sizes are not for anyone on the network.
+live in the index (storage, the job queue, the delivery receipts by destination and status), read
+at each scrape: three small queries, never a walk of the storage (the receipts' count reads the
+``deliveries`` rows: docs/METRICS.md gives its cost). It needs the "read" permission like the API
+(a scraper sends a token as ``Authorization: Bearer``): calling AE titles and archive sizes are not
+for anyone on the network.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from minipacs.core.jobs import JobState
+from minipacs.core.routing import delivery_counts
 from minipacs.core.stats import storage_figures
 from minipacs.web.routing import Endpoint
 from minipacs.web.types import AppContext
@@ -32,6 +35,7 @@ async def metrics(request: Request) -> Response:
     )
     if context.jobs is not None:
         context.metrics.set_jobs(await context.jobs.counts(), tuple(state.value for state in JobState))
+    context.metrics.set_deliveries(await delivery_counts(context.archive))
     return Response(context.metrics.exposition(), media_type=TEXT_FORMAT)
 
 

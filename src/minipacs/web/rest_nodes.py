@@ -45,7 +45,9 @@ from minipacs.services.status import FIND, describe
 from minipacs.web import audit
 from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
+from minipacs.web.jsonbody import read_object
 from minipacs.web.routing import Endpoint
+from minipacs.web.search import ascii_digits
 from minipacs.web.types import AppContext
 
 
@@ -69,13 +71,7 @@ MAX_QUERY_RESULTS: Final = 10000
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    try:
-        raw = await request.json()
-    except ValueError:
-        raw = None
-    if not isinstance(raw, dict):
-        raise HttpError(400, "invalid_json", "the body must be a JSON object")
-    return raw
+    return await read_object(request, "the fields this endpoint takes (GET /api/openapi.json)")
 
 
 def _level(raw: object) -> ApiLevel:
@@ -111,7 +107,7 @@ async def _resolve(registry: NodeRegistry, ref: object) -> Node:
     text = str(ref).strip() if isinstance(ref, (str, int)) and not isinstance(ref, bool) else ""
     if not text:
         raise HttpError(400, "invalid_node", "name the node by its id (see GET /api/nodes) or its AE title")
-    if text.isdigit():
+    if ascii_digits(text):
         node = await registry.get(int(text))
         if node is not None:
             return node

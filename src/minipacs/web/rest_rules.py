@@ -21,7 +21,7 @@ from minipacs.core.paths import validate_uid
 from minipacs.core.routing import MAX_RECEIPTS, study_receipts, summarise
 from minipacs.core.rules import RuleBook
 from minipacs.web.dicomweb import ctx
-from minipacs.web.errors import HttpError
+from minipacs.web.jsonbody import read_object
 from minipacs.web.routing import Endpoint
 
 
@@ -31,13 +31,7 @@ def book(request: Request) -> RuleBook:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    try:
-        raw = await request.json()
-    except ValueError:
-        raw = None
-    if not isinstance(raw, dict):
-        raise HttpError(400, "invalid_json", "the body must be a JSON object with the keys of a [[rules]] table")
-    return raw
+    return await read_object(request, "the keys of a [[rules]] table")
 
 
 def _name(request: Request) -> str:

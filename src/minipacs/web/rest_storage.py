@@ -22,6 +22,7 @@ from minipacs.core.paths import validate_uid
 from minipacs.index import compression_repo
 from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
+from minipacs.web.jsonbody import read_object
 from minipacs.web.rest_jobs import queue_of
 from minipacs.web.routing import Endpoint
 
@@ -54,12 +55,7 @@ async def study_storage(request: Request) -> Response:
 
 
 async def compress(request: Request) -> Response:
-    try:
-        body = await request.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        raise HttpError(400, "invalid_json", "the body must be a JSON object: study_uids, syntax or policy, dry_run")
+    body = await read_object(request, "study_uids, syntax or policy, dry_run")
     studies = body.get("study_uids")
     if not isinstance(studies, list) or not 1 <= len(studies) <= MAX_STUDIES:
         raise HttpError(400, "invalid_parameter", f"study_uids must be a list of 1 to {MAX_STUDIES} UIDs")

@@ -24,6 +24,7 @@ from minipacs.core.worklist import Worklist, WorklistEntry, check_values
 from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
 from minipacs.web.routing import Endpoint
+from minipacs.web.search import ascii_digits
 
 #: Largest worklist entry accepted, in bytes of JSON (an entry is a few kB).
 MAX_ENTRY_BYTES: Final = 1 << 20
@@ -44,7 +45,7 @@ def _worklist(request: Request) -> Worklist:
 
 def _pk(request: Request) -> int:
     raw: str = request.path_params["id"]
-    if not raw.isdigit() or len(raw) > 18:
+    if not ascii_digits(raw) or len(raw) > 18:
         raise NotFound(f"no worklist entry {raw[:30]!r}; entries are named by their numeric id")
     return int(raw)
 

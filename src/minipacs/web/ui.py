@@ -44,6 +44,7 @@ from minipacs.web.search import LABELS_PARAM, ascii_digits, search
 from minipacs.web.ui_diagnostics import diagnostics_page
 from minipacs.web.ui_jobs import jobs_page
 from minipacs.web.ui_overview import overview_page
+from minipacs.web.ui_policy import retention_page, storage_page
 from minipacs.web.ui_remote import remote_page
 from minipacs.web.ui_rules import rules_page, study_deliveries
 from minipacs.web.ui_worklist import worklist_page
@@ -588,6 +589,22 @@ def routes() -> list[BaseRoute]:
         Endpoint("/log", association_log, "GET", "read", "Page: the association log", name="log"),
         Endpoint("/jobs", jobs_page, "GET", "read", "Page: background jobs, with live progress", name="jobs"),
         Endpoint("/rules", rules_page, "GET", "admin", "Page: auto-routing rules", name="rules"),
+        Endpoint(
+            "/retention",
+            html_errors(retention_page),
+            "GET",
+            "admin",
+            "Page: retention rules, what a run would delete now, run now",
+            name="retention",
+        ),
+        Endpoint(
+            "/storage",
+            html_errors(storage_page),
+            "GET",
+            "read",
+            "Page: disk used and saved by compression, compression policies, compress a study",
+            name="storage",
+        ),
         Endpoint(
             "/diagnostics",
             html_errors(diagnostics_page),

@@ -2,7 +2,8 @@
 
 What arrived in the last hour and day (an indexed range of instance rows), the storage, the job
 queue by state, the jobs that are failing (failed in the last day, or waiting to try again after
-an error: a destination that is down shows here in plain words), and what this node has refused
+an error: a destination that is down shows here in plain words), the routing destinations failing
+(deliveries retrying or failed in the last day, with the latest reason), and what this node has refused
 since it started (the Prometheus counters of core/metrics.py). The same figures as ``/metrics``.
 """
 
@@ -15,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from minipacs.core.jobs import JobState
+from minipacs.core.routing import failing_destinations
 from minipacs.core.stats import arrivals, storage_figures
 from minipacs.web.dicomweb import ctx
 from minipacs.web.pages import render
@@ -65,6 +67,7 @@ async def overview_page(request: Request) -> Response:
         queue_missing=queue is None,
         failing=_failing(recent, now),
         refusals=_refusals(request),
+        destinations=await failing_destinations(context.archive, now - dt.timedelta(days=1)),
     )
 
 

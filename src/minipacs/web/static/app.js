@@ -955,6 +955,36 @@
     });
   });
 
+  // ------------------------------------------------------------ retention (admin): run now (web/rest_retention.py)
+  const retentionRun = document.getElementById("retention-run");
+  if (retentionRun) {
+    retentionRun.addEventListener("submit", async function (event) {
+      event.preventDefault();
+      const out = retentionRun.querySelector(".job");
+      out.textContent = "queuing…";
+      const result = await api("POST", "/api/retention/run");
+      if (result.status === 202 && result.data) { out.textContent = "job " + result.data.id + " queued"; followJob(result.data.id, out); return; }
+      out.textContent = "";
+      message("Not run: " + errorText(result), true);
+    });
+  }
+
+  // ------------------------------------------------------------ compress one study now (web/rest_storage.py)
+  const compressStudy = document.getElementById("compress-study");
+  if (compressStudy) {
+    compressStudy.addEventListener("submit", async function (event) {
+      event.preventDefault();
+      const out = compressStudy.querySelector(".job");
+      const f = compressStudy.elements;
+      out.textContent = "queuing…";
+      const result = await api("POST", "/api/storage/compress",
+        { study_uids: [f.study.value.trim()], syntax: f.syntax.value, dry_run: f.dry_run.checked });
+      if (result.status === 202 && result.data) { out.textContent = "job " + result.data.id + " queued"; followJob(result.data.id, out); return; }
+      out.textContent = "";
+      message("Not compressed: " + errorText(result), true);
+    });
+  }
+
   // ------------------------------------------------------------ corrections (docs/CORRECTIONS.md)
   function corrected(result, after) {
     if (result.status === 202) {

@@ -1,0 +1,128 @@
+"""One running node per node id on an index, and one node at all on a SQLite index.
+
+Several nodes share one PostgreSQL index (docs/SCALE-OUT.md); each names itself with its
+``node_id`` in the association log, the changes journal, the statistics and the job queue,
+and a node that starts again takes back the running jobs of its id. Two live nodes with one id
+would take each other's jobs, so a serving node holds a claim for its whole life:
+
+- PostgreSQL: a session advisory lock keyed on the node id, on a connection of its own (the
+  server drops it when the process dies, however it dies);
+- SQLite: an exclusive ``flock`` on ``<database>.node-lock`` beside the database file. A SQLite
+  index serves one node: its single writer lock and the data folder's own recovery lock are
+  made for one process, so a second ``minipacs serve`` is refused whatever its node id.
+
+Commands that only read or add a few rows (``minipacs import``, ``jobs``, ``changes``) take no claim.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from sqlalchemy import Connection, create_engine, make_url, text
+from sqlalchemy.pool import NullPool
+
+#: Suffix of the lock file beside a SQLite database.
+SQLITE_LOCK_SUFFIX: Final = ".node-lock"
+#: First half of the PostgreSQL advisory lock key of node claims (the second is the node id's hash);
+#: distinct from the migration lock's single-key space.
+_PG_CLAIM_CLASS: Final = 0x6D706E64  # "mpnd"
+
+
+class NodeClaimRefused(RuntimeError):
+    """Another live process holds the claim; the message says who, why it matters and what to do."""
+
+
+def _pg_key(node_id: str) -> int:
+    """The node id's 32-bit signed hash: the second key of ``pg_try_advisory_lock(int, int)``."""
+    return int.from_bytes(hashlib.blake2b(node_id.encode(), digest_size=4).digest(), "big", signed=True)
+
+
+@dataclass
+class NodeClaim:
+    """Held while the node serves; ``release`` gives it back (also done by the process's end)."""
+
+    node_id: str
+    _fd: int | None = None
+    _conn: Connection | None = None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the flock
+            self._fd = None
+        if self._conn is not None:
+            engine = self._conn.engine
+            try:
+                self._conn.close()  # the session ends: PostgreSQL drops its advisory locks
+            finally:
+                engine.dispose()
+            self._conn = None
+
+
+def _claim_sqlite(database: Path, node_id: str) -> NodeClaim:
+    lock_path = database.with_name(database.name + SQLITE_LOCK_SUFFIX)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+        finally:
+            os.close(fd)
+        raise NodeClaimRefused(
+            f"another minipacs node ({holder}) is already serving the SQLite index {database}: a SQLite "
+            "index serves one node only (one writer, one data folder). Stop the other node, give this one "
+            "its own data folder, or run several nodes on one PostgreSQL index (index_url = "
+            "postgresql+psycopg://..., each with its own node_id; see docs/SCALE-OUT.md)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"node {node_id}, pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    return NodeClaim(node_id, _fd=fd)
+
+
+def _claim_postgresql(url: str, node_id: str) -> NodeClaim:
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        conn = engine.connect()
+    except Exception:
+        engine.dispose()
+        raise
+    try:
+        got = conn.execute(
+            text("SELECT pg_try_advisory_lock(:cls, :key)"), {"cls": _PG_CLAIM_CLASS, "key": _pg_key(node_id)}
+        ).scalar()
+        conn.commit()  # the session lock outlives the transaction; no transaction stays open
+    except Exception:
+        conn.close()
+        engine.dispose()
+        raise
+    if not got:
+        conn.close()
+        engine.dispose()
+        raise NodeClaimRefused(
+            f"another running minipacs node already uses node_id {node_id!r} on this PostgreSQL index: two "
+            "live nodes with one id would take each other's jobs and mix their records. Give each node its "
+            "own node_id (setting node_id, environment MINIPACS_NODE_ID; the default is the host name), "
+            "or stop the other node first"
+        )
+    return NodeClaim(node_id, _conn=conn)
+
+
+def claim_node(url: str, node_id: str) -> NodeClaim:
+    """Claim ``node_id`` on the index at ``url`` for this process (blocking), or NodeClaimRefused."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return NodeClaim(node_id)  # a private in-memory index: nobody else can open it
+        return _claim_sqlite(Path(database).resolve(), node_id)
+    return _claim_postgresql(url, node_id)
+
+
+__all__ = ["SQLITE_LOCK_SUFFIX", "NodeClaim", "NodeClaimRefused", "claim_node"]
