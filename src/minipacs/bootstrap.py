@@ -9,7 +9,9 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from minipacs.blobs.base import BlobStore
 from minipacs.blobs.filesystem import FilesystemBlobStore
+from minipacs.blobs.s3 import S3BlobStore, parse_s3_url
 from minipacs.config import ConfigError, Settings
 from minipacs.core.access import AccessPolicy, AccessRules
 from minipacs.core.anonymize import Anonymizer, load_key, register_anonymize_job
@@ -191,7 +193,8 @@ def archive_settings(settings: Settings) -> ArchiveSettings:
         duplicate_policy=settings.duplicate_policy,
         max_inflate_ratio=settings.max_inflate_ratio,
         max_sequence_depth=settings.max_sequence_depth,
-        intake_inline_max_bytes=settings.intake_inline_max_bytes,
+        # S3: the upload is on the critical path, so no intake log (docs/S3.md, durability)
+        intake_inline_max_bytes=0 if settings.storage else settings.intake_inline_max_bytes,
         intake_segment_bytes=settings.intake_segment_bytes,
         intake_checkpoint_seconds=settings.intake_checkpoint_seconds,
         intake_checkpoint_bytes=settings.intake_checkpoint_bytes,
@@ -199,20 +202,48 @@ def archive_settings(settings: Settings) -> ArchiveSettings:
     )
 
 
+def blob_store(settings: Settings) -> BlobStore:
+    """Where stored instances live: files under DATA/storage, or the S3 bucket of ``storage``
+    (checked now: a bucket that cannot be reached stops the start with what to do). Blocking."""
+    data_dir = settings.data_dir.resolve()
+    if not settings.storage:
+        return FilesystemBlobStore(data_dir / "storage", fsync=settings.fsync)
+    store = S3BlobStore(
+        parse_s3_url(settings.storage),
+        data_dir / "tmp",
+        endpoint=settings.s3_endpoint,
+        region=settings.s3_region,
+        multipart_bytes=settings.s3_multipart_bytes,
+        concurrency=settings.s3_concurrency,
+    )
+    try:
+        store.check()
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
 async def open_archive(settings: Settings) -> Archive:
     """The archive of ``settings``: its index (migrated to head) and blob store, built here, given to it."""
     data_dir = settings.data_dir.resolve()
 
-    def prepare() -> tuple[IndexDatabase, FilesystemBlobStore]:
+    def prepare() -> tuple[IndexDatabase, BlobStore]:
         data_dir.mkdir(parents=True, exist_ok=True)
-        index = IndexDatabase.open(settings.resolved_index_url, fsync=settings.fsync)
-        return index, FilesystemBlobStore(data_dir / "storage", fsync=settings.fsync)
+        blobs = blob_store(settings)
+        try:
+            index = IndexDatabase.open(settings.resolved_index_url, fsync=settings.fsync)
+        except BaseException:
+            blobs.close()
+            raise
+        return index, blobs
 
     index, blobs = await asyncio.to_thread(prepare)
     try:
         archive = await Archive.start(archive_settings(settings), index, blobs)
     except BaseException:
         index.dispose()
+        blobs.close()
         raise
     archive.audit.settings = audit_settings(settings)
     return archive

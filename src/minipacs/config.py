@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Final
 
+from minipacs.blobs.s3 import parse_s3_url
 from minipacs.core.compression import CompressionPolicy, InvalidPolicy, policy_from_mapping
 from minipacs.core.model import DuplicatePolicy
 from minipacs.core.nodes import OPERATIONS, InvalidNode, Node, node_from_mapping
@@ -276,6 +277,36 @@ class Settings:
     proxy_protocol_from: tuple[str, ...] = ()
     #: Longest version 2 PROXY header accepted after its 16 fixed bytes (addresses and extensions).
     proxy_protocol_v2_max_bytes: int = 1024
+    # --- where stored instances live (blobs/; docs/S3.md)
+    #: "" (default): files under DATA/storage. "s3://BUCKET/PREFIX": objects in an S3-compatible store
+    #: (credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws, as every AWS client reads them).
+    storage: str = ""
+    #: URL of the S3 API (e.g. http://127.0.0.1:9000 for MinIO); "": AWS's own, from the region.
+    s3_endpoint: str = ""
+    #: S3 region (e.g. eu-central-1); "": from AWS_DEFAULT_REGION or ~/.aws/config.
+    s3_region: str = ""
+    #: Files of this size or more are uploaded in parts of this size (5 MiB, S3's smallest part, to 5 GiB).
+    s3_multipart_bytes: int = 64 * MiB
+    #: Uploads in flight at once (the instances of one writer batch go up together).
+    s3_concurrency: int = 8
+
+    def _validate_storage(self) -> None:
+        if self.storage:
+            if not self.storage.startswith("s3://"):
+                raise ConfigError(
+                    f"storage {self.storage[:100]!r} is not an S3 location: leave it empty (files under "
+                    "DATA/storage) or write s3://BUCKET/PREFIX"
+                )
+            try:
+                parse_s3_url(self.storage)
+            except ValueError as exc:
+                raise ConfigError(f"storage: {exc}") from None
+        if self.s3_endpoint and not self.s3_endpoint.startswith(("http://", "https://")):
+            raise ConfigError(f"s3_endpoint {self.s3_endpoint[:100]!r} must be an http:// or https:// URL")
+        if not 5 * MiB <= self.s3_multipart_bytes <= 5 * 1024 * MiB:
+            raise ConfigError("s3_multipart_bytes must be 5242880 (5 MiB, S3's smallest part) to 5 GiB")
+        if not 1 <= self.s3_concurrency <= 64:
+            raise ConfigError("s3_concurrency must be 1 to 64")
 
     @property
     def resolved_node_id(self) -> str:
@@ -289,6 +320,7 @@ class Settings:
         return f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}"
 
     def validate(self) -> Settings:
+        self._validate_storage()
         if not 1 <= len(self.ae_title.strip()) <= 16:
             raise ConfigError(f"ae_title {self.ae_title!r} must be 1 to 16 characters")
         if not all(0x20 <= ord(c) < 0x7F and c != "\\" for c in self.ae_title):

@@ -16,6 +16,7 @@ from minipacs.cli.main import main
 from minipacs.config import Settings
 from minipacs.core.model import Origin
 from tests.core.test_compression import _no_pixels, image, save
+from tests.stored_files import instance_path
 
 
 def test_compress_a_study_now(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -63,7 +64,7 @@ def test_compress_a_study_now(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     async def check() -> None:
         archive = await open_archive(Settings(data_dir=data, fsync=False))
         try:
-            path = await archive.get_instance_path(str(ds.SOPInstanceUID))
+            path = await instance_path(archive, str(ds.SOPInstanceUID))
         finally:
             await archive.close()
         stored = pydicom.dcmread(path)

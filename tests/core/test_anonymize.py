@@ -5,6 +5,7 @@ job kind, dciodvfy on the output, and no identifying value left in the stored by
 from __future__ import annotations
 
 import asyncio
+import io
 import subprocess
 import zipfile
 from pathlib import Path
@@ -25,7 +26,7 @@ from minipacs.core.deid import Mapping, Pseudonyms, deidentify
 from minipacs.core.errors import NotFound
 from minipacs.core.jobs import JobQueue, JobSettings, JobState
 from minipacs.core.model import Origin
-from minipacs.core.retrieve import select_instances
+from minipacs.core.retrieve import StoredInstance, select_instances
 from minipacs.index.anonymization_repo import list_mappings
 from tests.dicomgen import make_ct
 
@@ -94,14 +95,14 @@ def test_study_anonymized_into_the_archive_consistently(with_archive: Any, tmp_p
         assert first.instances == 3 and len(first.studies) == 1 and not first.failures
         new = await select_instances(archive, "STUDY", {"StudyInstanceUID": first.studies[0]})
         assert len(new) == 3
-        data = b"".join(i.path.read_bytes() for i in new)
+        data = b"".join(_read(i) for i in new)
         original = await select_instances(archive, "STUDY", {"StudyInstanceUID": "1.2.826.0.1.3680043.10.9.1"})
-        before = b"".join(i.path.read_bytes() for i in original)
+        before = b"".join(_read(i) for i in original)
         for value in IDENTIFYING:
             assert value.encode() in before and value.encode() not in data, value  # needs the mapping
         for uid in ("1.2.826.0.1.3680043.10.9.1", "1.2.826.0.1.3680043.10.9.1.1"):
             assert uid.encode() in before and uid.encode() not in data
-        ds = pydicom.dcmread(new[0].path)
+        ds = pydicom.dcmread(io.BytesIO(_read(new[0])))
         assert ds.PatientID == first.patient and ds.PatientIdentityRemoved == "YES"
         assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
         # again: the same UIDs, nothing new stored; another study of the patient: the same pseudonym
@@ -159,7 +160,7 @@ def test_patient_level_as_a_job(with_archive: Any, tmp_path: Path) -> None:
         result = done.details["result"]
         assert len(result["studies"]) == 2 and result["instances"] == 2
         ds = pydicom.dcmread(
-            (await select_instances(archive, "STUDY", {"StudyInstanceUID": result["studies"][0]}))[0].path
+            io.BytesIO(_read((await select_instances(archive, "STUDY", {"StudyInstanceUID": result["studies"][0]}))[0]))
         )
         assert ds.LongitudinalTemporalInformationModified == "MODIFIED" and ds.StudyDate != "20240105"
 
@@ -256,10 +257,15 @@ def test_transfer_syntax_and_pixels_are_kept(tmp_path: Path, name: str) -> None:
             result = await Anonymizer(archive, KEY).run(AnonymizeRequest("study", original.StudyInstanceUID))
             assert result.instances == 1, result.failures
             stored = await select_instances(archive, "STUDY", {"StudyInstanceUID": result.studies[0]})
-            out = pydicom.dcmread(stored[0].path)
+            out = pydicom.dcmread(io.BytesIO(_read(stored[0])))
             assert out.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
             assert out.PixelData == original.PixelData and out.PatientIdentityRemoved == "YES"
         finally:
             await archive.close()
 
     asyncio.run(main())
+
+
+def _read(instance: StoredInstance) -> bytes:
+    with instance.open() as fh:
+        return fh.read()

@@ -42,6 +42,7 @@ from tests.dicomgen import (
     write_ct,
 )
 from tests.peers import leftover_transfers
+from tests.stored_files import instance_path
 
 DICOM = Origin(kind="dicom", calling_aet="MODALITY", called_aet="MINIPACS", peer_host="10.0.0.7", peer_port=4242)
 Run = Callable[..., Any]
@@ -69,7 +70,7 @@ def test_ingest_stores_a_valid_part10_file_and_rows(with_archive: Run, syntax: s
         assert outcome.status is StoreStatus.STORED
         assert re.fullmatch(r"1\.2\.826\.1/1\.2\.826\.1\.2/1\.2\.826\.1\.2\.3_[0-9a-f]{16}\.dcm", outcome.relative_path)
         assert (outcome.study_instance_uid, outcome.series_instance_uid) == ("1.2.826.1", "1.2.826.1.2")
-        path = await archive.get_instance_path("1.2.826.1.2.3")
+        path = await instance_path(archive, "1.2.826.1.2.3")
         assert path == archive.blobs.path_of(outcome.relative_path)
         assert outcome.size == path.stat().st_size
         stored = pydicom.dcmread(path)
@@ -156,7 +157,7 @@ def test_duplicate_policies(
         else:
             assert (await archive.ingest(staged, DICOM)).status is status
         assert not staged.path.exists()
-        stored = pydicom.dcmread(await archive.get_instance_path("1.2.3"))
+        stored = pydicom.dcmread(await instance_path(archive, "1.2.3"))
         assert stored.SeriesDescription == stored_description
         (instance,) = rows(archive, Instance)
         assert instance["instance_number"] == (9 if policy is DuplicatePolicy.REPLACE else 3)
@@ -168,11 +169,11 @@ def test_duplicate_policies(
 def test_replace_into_another_series_moves_the_file(with_archive: Run) -> None:
     async def body(archive: Archive) -> None:
         await archive.ingest(stage(archive, make_ct("1.2.1", "1.2.2", "1.2.3")), DICOM)
-        old = await archive.get_instance_path("1.2.3")
+        old = await instance_path(archive, "1.2.3")
         outcome = await archive.ingest(stage(archive, make_ct("1.2.1", "1.2.9", "1.2.3")), DICOM)
         assert outcome.status is StoreStatus.REPLACED
         assert not old.exists()
-        assert (await archive.get_instance_path("1.2.3")).parent.name == "1.2.9"
+        assert (await instance_path(archive, "1.2.3")).parent.name == "1.2.9"
 
     with_archive(body, duplicate_policy=DuplicatePolicy.REPLACE)
 
@@ -187,7 +188,7 @@ def test_a_replacing_copy_gets_its_own_file_and_the_replaced_one_goes(with_archi
         assert second.status is StoreStatus.REPLACED
         assert second.relative_path != first.relative_path
         assert not archive.blobs.path_of(first.relative_path).exists()
-        assert await archive.get_instance_path("1.2.3") == archive.blobs.path_of(second.relative_path)
+        assert await instance_path(archive, "1.2.3") == archive.blobs.path_of(second.relative_path)
         (instance,) = rows(archive, Instance)
         assert instance["blob_key"] == second.relative_path
         assert [p.name for p in archive.blobs.path_of("1.2.1").rglob("*.dcm")] == [second.relative_path.split("/")[-1]]
@@ -227,7 +228,7 @@ def test_a_replaced_blob_that_cannot_be_removed_fails_nothing(with_archive: Run)
         second = await archive.ingest(stage(archive, make_ct("1.2.1", "1.2.2", "1.2.3", InstanceNumber=9)), DICOM)
         assert second.status is StoreStatus.REPLACED
         assert archive.blobs.path_of(first.relative_path).exists()  # left behind, for minipacs check
-        assert await archive.get_instance_path("1.2.3") == archive.blobs.path_of(second.relative_path)
+        assert await instance_path(archive, "1.2.3") == archive.blobs.path_of(second.relative_path)
 
     with_archive(body, duplicate_policy=DuplicatePolicy.REPLACE)
 
@@ -269,7 +270,7 @@ def test_concurrent_ingests_are_durable_and_batched(with_archive: Run) -> None:
         assert {o.status for o in outcomes} == {StoreStatus.STORED}
         assert await archive.count_instances() == 200
         for outcome in outcomes[::20]:
-            assert (await archive.get_instance_path(outcome.sop_instance_uid)).is_file()
+            assert (await instance_path(archive, outcome.sop_instance_uid)).is_file()
         stats = archive.stats
         assert stats.ingested == 200
         assert stats.multi_job_batches >= 1 and stats.largest_batch > 1
@@ -321,7 +322,7 @@ def test_a_failing_job_inside_the_writer_batch_rolls_back_alone(with_archive: Ru
         assert await archive.count_instances() == 5
         assert len(rows(archive, Series)) == 5
         with pytest.raises(NotFound):
-            await archive.get_instance_path("1.2.3.2")
+            await instance_path(archive, "1.2.3.2")
 
     with_archive(body)
 
@@ -335,11 +336,11 @@ def test_import_file_part10_and_raw_dataset(with_archive: Run, tmp_path: Path) -
         first = await archive.import_file(part10, Origin(kind="import"))
         second = await archive.import_file(raw, Origin(kind="import"))
         assert first.status is second.status is StoreStatus.STORED
-        stored = pydicom.dcmread(await archive.get_instance_path("1.2.4"))
+        stored = pydicom.dcmread(await instance_path(archive, "1.2.4"))
         assert stored.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
         assert stored.PatientID == "P1"
         original = part10.read_bytes()
-        assert (await archive.get_instance_path("1.2.3")).read_bytes()[-4096:] == original[-4096:]
+        assert (await instance_path(archive, "1.2.3")).read_bytes()[-4096:] == original[-4096:]
 
     with_archive(body)
 
@@ -382,7 +383,7 @@ def test_associations_are_recorded_and_listed_newest_first(with_archive: Run) ->
 def test_unknown_instance_is_not_found(with_archive: Run) -> None:
     async def body(archive: Archive) -> None:
         with pytest.raises(NotFound):
-            await archive.get_instance_path("1.2.3")
+            await instance_path(archive, "1.2.3")
 
     with_archive(body)
 

@@ -27,6 +27,7 @@ from minipacs.index.entities import Entity
 from minipacs.index.repository import blob_keys
 from tests.core.conftest import ArchiveRunner
 from tests.dicomgen import write_ct
+from tests.stored_files import instance_path
 from tests.worklist_data import entry as worklist_entry
 
 
@@ -281,9 +282,9 @@ def test_rewrite_keeps_pixel_data(with_archive: ArchiveRunner, tmp_path: Path) -
     async def body(archive: Archive) -> None:
         study = generate_uid()
         [sop] = await _store(archive, tmp_path, 1, study_uid=study, series_uid=generate_uid())
-        before = pydicom.dcmread(await archive.get_instance_path(sop)).PixelData
+        before = pydicom.dcmread(await instance_path(archive, sop)).PixelData
         await Corrections(archive).modify("study", study, {"StudyID": "42"}, "x")
-        after = pydicom.dcmread(await archive.get_instance_path(sop))
+        after = pydicom.dcmread(await instance_path(archive, sop))
         assert after.PixelData == before and after.StudyID == "42"
 
     with_archive(body, fsync=False)
@@ -349,11 +350,11 @@ def test_an_unreadable_file_is_left_and_said(with_archive: ArchiveRunner, tmp_pa
     async def body(archive: Archive) -> None:
         study = generate_uid()
         good, broken = await _store(archive, tmp_path, 2, study_uid=study, series_uid=generate_uid())
-        path = await archive.get_instance_path(broken)
+        path = await instance_path(archive, broken)
         path.write_bytes(path.read_bytes()[:400])  # truncated inside the header
         result = await Corrections(archive, max_passes=1).modify("study", study, {"StudyID": "7"}, "x")
         assert (result.instances, result.left) == (1, 1)
-        assert pydicom.dcmread(await archive.get_instance_path(good)).StudyID == "7"
+        assert pydicom.dcmread(await instance_path(archive, good)).StudyID == "7"
         [row] = await list_corrections(archive)
         assert row["state"] == "done" and "could not be read" in row["message"]
 

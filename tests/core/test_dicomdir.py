@@ -10,6 +10,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from minipacs.blobs.filesystem import FilesystemBlobStore
 from minipacs.core.media import MediaError, build_media, write_media
 from minipacs.core.retrieve import StoredInstance
 from tests.cli.test_export_cli import check_offsets
@@ -21,7 +22,8 @@ SR = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR: an SR DOCUMENT record nee
 def _item(path: Path) -> StoredInstance:
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     return StoredInstance(
-        str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.file_meta.TransferSyntaxUID), path, -1,
+        str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.file_meta.TransferSyntaxUID),
+        path.name, FilesystemBlobStore(path.parent), -1,
         str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID),
     )  # fmt: skip
 

@@ -46,6 +46,7 @@ from tests.broken_corpus import (
 )
 from tests.core.test_archive import rows
 from tests.dicomgen import CT_IMAGE_STORAGE, encode_dataset, generate_uid, make_ct
+from tests.stored_files import instance_path
 
 IMPORT = Origin(kind="import")
 
@@ -222,7 +223,7 @@ def test_ingest_refuses_every_broken_case_and_stores_every_good_one(with_archive
                 assert outcome.status is StoreStatus.STORED, c.id
                 stored += 1
                 # what ingest accepts, the stored-file reader (its own walk, then pydicom) reads whole
-                ds = await asyncio.to_thread(read_stored, await archive.get_instance_path(c.sop))
+                ds = await asyncio.to_thread(read_stored, await instance_path(archive, c.sop))
                 assert ds.SOPInstanceUID == c.sop and "PixelData" in ds, c.id
                 continue
             with pytest.raises(BrokenDataset) as caught:
@@ -245,12 +246,12 @@ def test_a_broken_copy_never_replaces_a_good_stored_instance(with_archive: Any) 
         for syntax in SYNTAXES:
             good = case("ok", syntax, sop)
             await archive.ingest(stage_raw(archive, good), IMPORT)
-            path = await archive.get_instance_path(sop)
+            path = await instance_path(archive, sop)
             kept = path.read_bytes()
             for name in ("pixel-data-truncated", "garbage-short", "item-past-sequence", "element-past-end"):
                 with pytest.raises(BrokenDataset):
                     await archive.ingest(stage_raw(archive, case(name, syntax, sop)), IMPORT)
-                assert (await archive.get_instance_path(sop)).read_bytes() == kept, (name, syntax.name)
+                assert (await instance_path(archive, sop)).read_bytes() == kept, (name, syntax.name)
             assert len(rows(archive, Instance)) == 1
 
     with_archive(body, duplicate_policy=DuplicatePolicy.REPLACE)

@@ -12,6 +12,7 @@ from minipacs.core.archive import Archive
 from minipacs.core.model import Origin
 from minipacs.core.retrieve import InvalidRetrieveIdentifier, plan, select_instances
 from tests.dicomgen import write_ct
+from tests.stored_files import instance_path
 
 # (model, level, identifier, expected constraints as (key, values) top down)
 VALID = [
@@ -82,7 +83,7 @@ def test_select_instances(with_archive: Any, tmp_path: Path) -> None:
         found = await select_instances(archive, "STUDY", {"StudyInstanceUID": study})
         assert sorted(f.sop_instance_uid for f in found) == sorted(sops)
         first = found[0]
-        assert first.dataset_offset > 132 and first.path.is_file() and not first.problem
+        assert first.dataset_offset > 132 and archive.blobs.exists(first.blob_key) and not first.problem
         assert first.transfer_syntax_uid == "1.2.840.10008.1.2.1"
         assert first.sop_class_uid == "1.2.840.10008.5.1.4.1.1.2"
         # within a series, by InstanceNumber
@@ -105,7 +106,7 @@ def test_select_instances(with_archive: Any, tmp_path: Path) -> None:
         assert len(patient) == 1
         assert await select_instances(archive, "STUDY", {"StudyInstanceUID": "1.2.3.999"}) == []
 
-        (await archive.get_instance_path(sops[0])).unlink()
+        (await instance_path(archive, sops[0])).unlink()
         again = await select_instances(archive, "IMAGE", {"SOPInstanceUID": sops[0]})
         assert again[0].dataset_offset == -1 and "missing" in again[0].problem
 
@@ -125,12 +126,12 @@ def test_select_instances_unlocated_then_located(with_archive: Any, tmp_path: Pa
         lazy = await select_instances(archive, "STUDY", {"StudyInstanceUID": study}, located=False)
         assert [f.dataset_offset for f in lazy] == [-1, -1] and not any(f.problem for f in lazy)
         first = locate(lazy[0])
-        assert first.dataset_offset == read_part10(first.path).dataset_offset
+        assert first.dataset_offset == read_part10(archive.blobs.path_of(first.blob_key)).dataset_offset  # type: ignore[attr-defined]
         assert locate(first) is first
-        lazy[1].path.unlink()
+        archive.blobs.delete(lazy[1].blob_key)
         gone = locate(lazy[1])
         assert gone.dataset_offset == -1 and "missing" in gone.problem
-        lazy[0].path.write_bytes(b"\0" * 200)
+        archive.blobs.path_of(lazy[0].blob_key).write_bytes(b"\0" * 200)  # type: ignore[attr-defined]
         assert "cannot be read" in locate(lazy[0]).problem
 
     with_archive(body)

@@ -25,6 +25,7 @@ from minipacs.core.model import StoreStatus
 from tests.core.test_archive import DICOM, stage
 from tests.dicomgen import ExplicitVRLittleEndian, encode_dataset, generate_uid, make_ct
 from tests.index.pg import postgres_schema_url
+from tests.stored_files import instance_path
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -58,7 +59,7 @@ def test_a_series_deleted_on_another_node_is_created_again(tmp_path: Path, share
             await delete_resource(b, "study", study)  # a still caches the series' key
             again = make_ct(study, series, generate_uid())
             assert (await _ingest(a, again)).status is StoreStatus.STORED
-            assert await a.get_instance_path(again.SOPInstanceUID)  # each node here has its own storage
+            assert await instance_path(a, again.SOPInstanceUID)  # each node here has its own storage
             assert await a.count_instances() == 1
         finally:
             await a.close()

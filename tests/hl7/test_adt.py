@@ -26,6 +26,7 @@ from minipacs.hl7.mllp import MLLPServer, frame
 from minipacs.index.audit_repo import audit_rows
 from tests.dicomgen import write_ct
 from tests.hl7.samples import orm
+from tests.stored_files import instance_path
 from tests.worklist_data import entry as worklist_entry
 
 T = TypeVar("T")
@@ -92,7 +93,7 @@ async def store(archive: Archive, tmp: Path, patient_id: str, name: str = "Doe^J
 
 
 async def stored(archive: Archive, sop: str) -> pydicom.Dataset:
-    return pydicom.dcmread(await archive.get_instance_path(sop), stop_before_pixels=True)
+    return pydicom.dcmread(await instance_path(archive, sop), stop_before_pixels=True)
 
 
 def test_a08_updates_archived_files_and_open_worklist_entries(tmp_path: Path) -> None:

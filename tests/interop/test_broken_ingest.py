@@ -30,6 +30,7 @@ from minipacs.net.dul import Timeouts
 from tests.broken_corpus import DEFLATED, ENCAPSULATED, EXPLICIT, IMPLICIT, Case, case, cases, matches, part10
 from tests.dicomgen import CT_IMAGE_STORAGE
 from tests.peers import dcmtk, minipacs_cmd, run
+from tests.stored_files import instance_path
 
 pytestmark = pytest.mark.interop
 
@@ -98,13 +99,13 @@ def test_a_broken_c_store_never_replaces_the_good_instance(tmp_path: Path) -> No
     async def main() -> list[tuple[int, str]]:
         async with serving(tmp_path, duplicate_policy=DuplicatePolicy.REPLACE) as app:
             answers = [await c_store(app.dicom.port, case("ok", IMPLICIT, sop))]
-            path = await app.archive.get_instance_path(sop)
+            path = await instance_path(app.archive, sop)
             kept = path.read_bytes()
             answers.append(await c_store(app.dicom.port, case("pixel-data-truncated", IMPLICIT, sop)))
             answers.append(await c_store(app.dicom.port, case("garbage-short", IMPLICIT, sop)))
-            assert (await app.archive.get_instance_path(sop)).read_bytes() == kept
+            assert (await instance_path(app.archive, sop)).read_bytes() == kept
             answers.append(await c_store(app.dicom.port, case("ok-undefined-lengths", IMPLICIT, sop)))
-            assert (await app.archive.get_instance_path(sop)).read_bytes() != kept  # a good copy does replace
+            assert (await instance_path(app.archive, sop)).read_bytes() != kept  # a good copy does replace
             assert await app.archive.count_instances() == 1
             return answers
 

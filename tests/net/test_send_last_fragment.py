@@ -19,6 +19,7 @@ from typing import Any
 import pydicom
 from pydicom.uid import generate_uid
 
+from minipacs.blobs.filesystem import FilesystemBlobStore
 from minipacs.core.nodes import Node
 from minipacs.core.retrieve import StoredInstance, locate
 from minipacs.net.association import AssociationSettings
@@ -54,7 +55,12 @@ def test_a_file_of_several_blocks_arrives_whole_when_reads_finish_early(tmp_path
         for path in files:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             stub = StoredInstance(
-                str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.file_meta.TransferSyntaxUID), path, -1
+                str(ds.SOPClassUID),
+                str(ds.SOPInstanceUID),
+                str(ds.file_meta.TransferSyntaxUID),
+                path.name,
+                FilesystemBlobStore(path.parent),
+                -1,
             )
             instances.append(locate(stub))
         outbound = Outbound(OutboundSettings(AssociationSettings(ae_title="MINIPACS"), connect_timeout=10.0))

@@ -23,6 +23,7 @@ from minipacs.index import repository
 from tests.core.test_two_writers import _ingest
 from tests.dicomgen import generate_uid, make_ct
 from tests.index.pg import postgres_schema_url
+from tests.stored_files import instance_path
 
 pytestmark = pytest.mark.postgres
 
@@ -54,7 +55,7 @@ def _answer(result: Any) -> Any:
 async def _all_readable(node: Archive, uids: list[str]) -> None:
     """Every instance is indexed and its file is there (NotFound names what is lost)."""
     for uid in uids:
-        path = await node.get_instance_path(uid)
+        path = await instance_path(node, uid)
         assert path.stat().st_size > 0
 
 

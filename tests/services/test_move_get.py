@@ -46,6 +46,7 @@ from minipacs.services.storage import StorageSCP
 from minipacs.services.verification import VerificationSCP
 from tests.dicomgen import write_ct
 from tests.peers import dataset_bytes
+from tests.stored_files import instance_path
 
 TIMEOUTS = Timeouts(acse=5.0, dimse=10.0, idle=30.0)
 
@@ -388,7 +389,7 @@ def test_missing_file_fails_that_instance_only(tmp_path: Path) -> None:
     async def main() -> None:
         async with archive_env(tmp_path, count=3, series=1) as env, env.destination():
             victim = list(env.files)[1]
-            path = await env.archive.get_instance_path(victim)
+            path = await instance_path(env.archive, victim)
             path.unlink()
             result = await env.move(study_key(env))
             assert (result.status, result.completed, result.failed, result.failed_uids) == (0xB000, 2, 1, [victim])
@@ -438,7 +439,7 @@ def test_cancel_stops_the_move_after_the_current_suboperation(tmp_path: Path) ->
 def test_batches_keep_each_association_under_128_contexts() -> None:
     from minipacs.core.retrieve import StoredInstance
 
-    insts = [StoredInstance(f"1.2.3.{i}", f"9.{i}", ExplicitVRLittleEndian, Path("x"), 0) for i in range(100)]
+    insts = [StoredInstance(f"1.2.3.{i}", f"9.{i}", ExplicitVRLittleEndian, "x", None, 0) for i in range(100)]  # type: ignore[arg-type]
     groups = batches(insts)
     assert len(groups) == 2 and sum(len(g) for g in groups) == 100
 

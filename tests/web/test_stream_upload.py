@@ -23,6 +23,7 @@ from minipacs.core.archive import Archive
 from minipacs.dicom.part10 import walk_file_meta
 from minipacs.web import intake as intake_module
 from tests.services.test_send_off_loop import LagProbe
+from tests.stored_files import instance_path
 from tests.web.conftest import part10
 
 STOW_TYPE = 'multipart/related; type="application/dicom"; boundary="b0und:ary"'
@@ -105,7 +106,7 @@ def test_a_big_part_is_staged_as_it_arrives_without_a_copy(
         )
         assert r.status_code == 200, r.text
         uid = r.json()["00081199"]["Value"][0]["00081155"]["Value"][0]
-        stored = (await archive.get_instance_path(uid)).read_bytes()
+        stored = (await instance_path(archive, uid)).read_bytes()
         assert dataset_of(stored) == dataset_of(data)
 
     web(run)

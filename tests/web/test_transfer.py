@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from minipacs.blobs.filesystem import FilesystemBlobStore
+from minipacs.core.retrieve import StoredInstance
 from minipacs.web.transfer import OutPart, file_response, multipart_related, multipart_response, split_multipart
 
 
@@ -65,7 +67,8 @@ def test_no_parts_is_just_the_closing_delimiter() -> None:
 
 def test_file_response_has_its_length(tmp_path: Path) -> None:
     path = _files(tmp_path, [300_001])[0]
-    response = file_response(path, "application/dicom")
+    stored = StoredInstance("", "1.2.3", "", path.name, FilesystemBlobStore(tmp_path))
+    response = file_response(stored, "application/dicom")
     assert response.headers["content-length"] == "300001"
     assert b"".join(asyncio.run(_collect(response.body_iterator))) == path.read_bytes()
 

@@ -9,6 +9,7 @@ since the last sync durable at once (group commit).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -21,20 +22,46 @@ class InvalidBlobKey(BlobError, ValueError):
     """A key that is not a plain relative path inside the store (never built by core.paths)."""
 
 
-class BlobNotFound(BlobError, LookupError):
-    """No blob under that key."""
+class BlobNotFound(BlobError, LookupError, FileNotFoundError):
+    """No blob under that key (a FileNotFoundError too: readers treat a missing blob as a missing file)."""
+
+
+def checked_key(key: str) -> str:
+    """``key`` if it is a plain relative path (``a/b/c.dcm``: no empty, ``.`` or ``..`` part, no NUL);
+    else InvalidBlobKey. Keys come from core/paths.py, so a refusal means a bug or a forged key."""
+    parts = key.split("/")
+    if not key or "\x00" in key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise InvalidBlobKey(f"blob key {key[:80]!r} is not a plain relative path")
+    return key
 
 
 @runtime_checkable
 class BlobStore(Protocol):
+    """Where stored instances live. Nothing outside ``blobs/`` opens a stored file by path: reads go
+    through ``open``/``open_range``/``local_file``, writes through ``put_from_staging`` + ``sync``."""
+
     def put_from_staging(self, staged_path: Path, key: str) -> None:
-        """Move a complete staged file to ``key``, replacing what is there."""
+        """Move a complete staged file to ``key``, replacing what is there. The staged file is
+        consumed by the put (at once, or by the ``sync`` that completes it)."""
 
     def sync(self, *, durable: bool = True) -> None:
-        """Make every put since the last sync durable (directory entries included).
+        """Complete every put this thread made since its last sync and make it durable (directory
+        entries included); raises BlobError (staged files of failed puts are left in place).
 
-        ``durable=False``: only forget them (the caller makes them durable another way, e.g. the
-        archive's intake log and its checkpoint's syncfs)."""
+        ``durable=False``: the caller makes them durable another way (e.g. the archive's intake
+        log and its checkpoint's syncfs); a store whose puts are durable once done ignores it."""
+
+    def take_back(self, key: str, staged_path: Path) -> None:
+        """Undo a put of this thread not yet synced: the bytes are at ``staged_path`` again and
+        ``key`` holds nothing (a batch that failed returns its files to staging)."""
+
+    def local_file(self, key: str) -> AbstractContextManager[Path]:
+        """A local file with the blob's bytes for the ``with`` block, for readers that need a file
+        name (pydicom): the filesystem store yields its own file (no copy), others a temporary copy.
+        Raises BlobNotFound (a FileNotFoundError) when the blob is missing (maybe only on use)."""
+
+    def size(self, key: str) -> int:
+        """The blob's size in bytes; raises BlobNotFound."""
 
     def open(self, key: str) -> BinaryIO:
         """Open the blob for reading; raises BlobNotFound."""
@@ -45,14 +72,14 @@ class BlobStore(Protocol):
     def delete(self, key: str) -> None:
         """Remove the blob; a missing blob is not an error."""
 
-    def path_of(self, key: str) -> Path:
-        """Local path of the blob (the filesystem store; others may raise NotImplementedError)."""
-
     def keys(self) -> Iterator[str]:
         """Every key in the store, in no particular order (a walk: slow on a large store)."""
 
     def exists(self, key: str) -> bool:
         """Whether a blob is stored under ``key``."""
 
+    def close(self) -> None:
+        """Release connections and threads (the archive closes its store when it closes)."""
 
-__all__ = ["BlobError", "BlobNotFound", "BlobStore", "InvalidBlobKey"]
+
+__all__ = ["BlobError", "BlobNotFound", "BlobStore", "InvalidBlobKey", "checked_key"]

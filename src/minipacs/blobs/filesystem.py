@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from minipacs.blobs.base import BlobNotFound, InvalidBlobKey
+from minipacs.blobs.base import BlobNotFound, InvalidBlobKey, checked_key
 
 _CHUNK: Final = 1024 * 1024
 
@@ -91,9 +92,7 @@ class FilesystemBlobStore:
         Directories already checked (resolved inside the root) are remembered,
         so a series' next instance costs one lexical check and the rename.
         """
-        parts = key.split("/")
-        if not key or "\x00" in key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise InvalidBlobKey(f"blob key {key[:80]!r} is not a plain relative path")
+        parts = checked_key(key).split("/")
         parent = self.root.joinpath(*parts[:-1])
         if parent not in self._known_dirs:
             path = self.path_of(key)  # resolves symlinks: refuses anything escaping the root
@@ -110,6 +109,20 @@ class FilesystemBlobStore:
             # deepest first, so a new directory's own entries are durable before its parent's
             for directory in sorted(dirty, key=lambda p: len(p.parts), reverse=True):
                 fsync_directory(directory)
+
+    def take_back(self, key: str, staged_path: Path) -> None:
+        os.replace(self.path_of(key), staged_path)
+
+    @contextmanager
+    def local_file(self, key: str) -> Iterator[Path]:
+        """The blob's own file: no copy (a missing file fails when the caller opens it)."""
+        yield self.path_of(key)
+
+    def size(self, key: str) -> int:
+        try:
+            return os.stat(self.path_of(key)).st_size
+        except FileNotFoundError as exc:
+            raise BlobNotFound(f"blob {key} is not in the store") from exc
 
     def open(self, key: str) -> BinaryIO:
         path = self.path_of(key)
@@ -153,6 +166,9 @@ class FilesystemBlobStore:
 
     def exists(self, key: str) -> bool:
         return self.path_of(key).is_file()
+
+    def close(self) -> None:
+        """Nothing to release."""
 
     def delete(self, key: str) -> None:
         path = self.path_of(key)

@@ -97,7 +97,7 @@ async def store(args: argparse.Namespace) -> int:
             if outcome.warning:
                 warned.append(outcome)
         else:
-            summary.failed.append((outcome.instance.path, outcome.reason))
+            summary.failed.append((Path(outcome.instance.label), outcome.reason))
             failed.append(outcome)
         if bar is not None:
             bar.update(1)
@@ -152,7 +152,7 @@ def _store_json(
     def one(outcome: SendOutcome) -> dict[str, Any]:
         status = status_json(outcome.status) if outcome.status is not None else {"status": None}
         return {
-            "path": str(outcome.instance.path),
+            "path": str(outcome.instance.label),
             "sop_instance_uid": outcome.instance.sop_instance_uid,
             **status,
             "reason": outcome.reason,

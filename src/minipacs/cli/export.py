@@ -11,8 +11,9 @@ import argparse
 import asyncio
 import getpass
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 from minipacs.cli.exit_codes import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from minipacs.config import Settings
@@ -76,7 +77,7 @@ async def _export(settings: Settings, level: str, key: str, value: str, args: ar
     return EXIT_OK if not left else EXIT_PARTIAL
 
 
-def _write_zip(entries: list[tuple[str, Path | bytes]], out: Path) -> int:
+def _write_zip(entries: list[tuple[str, Callable[[], BinaryIO] | bytes]], out: Path) -> int:
     from minipacs.web.transfer import zip_entries
 
     with open(out, "wb") as fh:

@@ -24,14 +24,16 @@ import os
 import secrets
 import uuid
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal
 
 import pydicom
 from pydicom.dataset import FileMetaDataset
 
+from minipacs.blobs.base import BlobError, checked_key
 from minipacs.core.audit import Action, ActorKind
 from minipacs.core.deid import InvalidDeidOptions, Mapping, Pseudonyms, check_options, deidentify
 from minipacs.core.delete import delete_resource
@@ -82,6 +84,54 @@ def load_key(configured: str, data_dir: Path) -> bytes:
         os.fsync(fh.fileno())
     log.warning("created the anonymization key %s: back it up, pseudonyms depend on it", path)
     return path.read_text(encoding="ascii").strip().encode("ascii")
+
+
+class _StagedCopies:
+    """The BlobStore a de-identified copy to send is read through: its file in staging, by name (the
+    copies of a routing rule's ``anonymize`` are sent and removed, never put into the archive's store)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def _path(self, key: str) -> Path:
+        return self.directory / Path(checked_key(key)).name
+
+    def put_from_staging(self, staged_path: Path, key: str) -> None:
+        raise BlobError("a staged copy cannot be stored through its own reader")
+
+    def sync(self, *, durable: bool = True) -> None:
+        return None
+
+    def take_back(self, key: str, staged_path: Path) -> None:
+        return None
+
+    @contextmanager
+    def local_file(self, key: str) -> Iterator[Path]:
+        yield self._path(key)
+
+    def size(self, key: str) -> int:
+        return self._path(key).stat().st_size
+
+    def open(self, key: str) -> BinaryIO:
+        return open(self._path(key), "rb")
+
+    def open_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
+        with open(self._path(key), "rb") as fh:
+            fh.seek(start)
+            data = fh.read(max(end - start, 0))
+        return iter([data] if data else [])
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def keys(self) -> Iterator[str]:
+        return iter(())
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def close(self) -> None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -135,7 +185,8 @@ def _part10(
     instance: StoredInstance, options: frozenset[str], pseudonyms: Pseudonyms, mapping: Mapping, out: Path
 ) -> None:
     """Read, de-identify and write one stored instance as a Part 10 file at ``out`` (blocking)."""
-    ds = pydicom.dcmread(instance.path)
+    with instance.open() as fh:
+        ds = pydicom.dcmread(fh)
     syntax = ds.file_meta.TransferSyntaxUID
     deidentify(ds, options, pseudonyms, mapping)
     meta = FileMetaDataset()
@@ -273,7 +324,8 @@ class Anonymizer:
                 original.sop_class_uid,
                 uid if in_place else self.pseudonyms.uid(uid),
                 original.transfer_syntax_uid,
-                path,
+                path.name,
+                _StagedCopies(path.parent),  # a copy in staging, never stored: read where it is
                 -1,
                 study,
                 series,

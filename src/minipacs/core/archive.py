@@ -289,6 +289,11 @@ def _as_failure(exc: BaseException) -> Exception:
     (a DIMSE Error Comment, an HTTP body), so an OSError's file name is left out of it and logged."""
     if isinstance(exc, ArchiveError):
         return exc
+    if isinstance(exc, BlobError) and not isinstance(exc, FileNotFoundError):  # e.g. an S3 upload refused
+        log.error("storing failed: %s", exc)
+        return ArchiveError(
+            "storing failed: the blob store did not take the file; nothing was acknowledged; see the server log"
+        )
     if isinstance(exc, OSError):
         log.error("storing failed: %s", exc)  # the server log keeps the path
         reason = exc.strerror or type(exc).__name__
@@ -467,6 +472,7 @@ class Archive:
         if self._recovery_lock is not None:
             os.close(self._recovery_lock)  # releases the flock
             self._recovery_lock = None
+        await asyncio.to_thread(self.blobs.close)
         self._index.dispose()
 
     # ------------------------------------------------------------------ the intake log
@@ -556,6 +562,7 @@ class Archive:
         if not self._index.read(lambda conn: intake_repo.blob_key_in_use(conn, key)):
             return 0  # deleted or replaced since
         self.blobs.put_from_staging(self._staged_copy(record), key)
+        self.blobs.sync(durable=False)  # the put completed (the replay's checkpoint makes it durable)
         return 1
 
     async def _ingest_again(self, record: IntakeRecord) -> None:
@@ -713,15 +720,20 @@ class Archive:
     async def count_instances(self) -> int:
         return await self.read(repo.count_instances)
 
-    async def get_instance_path(self, sop_instance_uid: str) -> Path:
-        """Local path of a stored instance; raises NotFound."""
+    async def get_instance_bytes(self, sop_instance_uid: str) -> bytes:
+        """The stored Part 10 file of an instance, read through the blob store; raises NotFound."""
         key = await self.read(lambda conn: repo.blob_key_of(conn, sop_instance_uid))
         if key is None:
             raise NotFound(f"SOP Instance {sop_instance_uid[:70]!r} is not in the archive")
-        path = self.blobs.path_of(key)
-        if not path.is_file():
-            raise NotFound(f"SOP Instance {sop_instance_uid} is indexed but its file {key} is missing")
-        return path
+
+        def read() -> bytes:
+            with self.blobs.open(key) as fh:
+                return fh.read()
+
+        try:
+            return await asyncio.to_thread(read)
+        except FileNotFoundError:  # BlobNotFound too
+            raise NotFound(f"SOP Instance {sop_instance_uid} is indexed but its file {key} is missing") from None
 
     # ------------------------------------------------------------------ the writer thread
 
@@ -893,8 +905,8 @@ class Archive:
         except BaseException:
             for staged_path, key in reversed(moved):
                 try:
-                    os.replace(self.blobs.path_of(key), staged_path)
-                except OSError as exc:
+                    self.blobs.take_back(key, staged_path)
+                except (OSError, BlobError) as exc:
                     log.error("could not return %s to staging after a failed batch: %s", key, exc)
             raise
 

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pydicom.datadict import tag_for_keyword
 
+from minipacs.blobs.base import BlobStore
 from minipacs.core.errors import ArchiveError, UnreadableInstance
 from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits
 from minipacs.core.metadata import compute as compute_metadata
@@ -176,6 +177,12 @@ def _raw_frames(ds: Any, arr: Any) -> bytes:
     if int(ds.get("SamplesPerPixel", 1)) > 1 and int(ds.get("PlanarConfiguration", 0)) == 1:
         out = np.ascontiguousarray(np.moveaxis(out, -1, -3))  # (..., rows, cols, s) -> (..., s, rows, cols)
     return bytes(out.tobytes())
+
+
+def _encode_blob(blobs: BlobStore, key: str, syntax: CompressionSyntax, limits: DatasetLimits) -> bytes:
+    """:func:`encode` of a stored blob (a local file of it: the stored file itself on the filesystem store)."""
+    with blobs.local_file(key) as path:
+        return encode(path, syntax, limits)
 
 
 def encode(path: Path, syntax: CompressionSyntax, limits: DatasetLimits = DEFAULT_LIMITS) -> bytes:
@@ -363,14 +370,15 @@ class Compressor:
         """Compress one instance (module docstring, steps 1-2); never raises for the instance's sake."""
         archive = self.archive
         uid, study = candidate.sop_instance_uid, candidate.study_instance_uid
-        path = archive.blobs.path_of(candidate.blob_key)
         try:
             if candidate.size > self.settings.max_instance_bytes:
                 raise Skip(
                     f"it is {candidate.size} bytes, more than compression_max_instance_bytes "
                     f"({self.settings.max_instance_bytes})"
                 )
-            data = await asyncio.to_thread(encode, path, syntax, archive.settings.dataset_limits)
+            data = await asyncio.to_thread(
+                _encode_blob, archive.blobs, candidate.blob_key, syntax, archive.settings.dataset_limits
+            )
         except FileNotFoundError:
             return Outcome(
                 uid, study, "changed", candidate.size, reason="its file went (deleted or replaced meanwhile)"

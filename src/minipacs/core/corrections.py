@@ -565,7 +565,8 @@ class Corrections:
         limits = archive.settings.dataset_limits
 
         def build() -> StagedPath:
-            ds = read_stored(archive.blobs.path_of(copy.blob_key), limits)
+            with archive.blobs.local_file(copy.blob_key) as path:
+                ds = read_stored(path, limits)
             fit_charset(ds, values)
             for keyword, value in values.items():
                 setattr(ds, keyword, value)

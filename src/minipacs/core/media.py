@@ -22,10 +22,10 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -136,16 +136,17 @@ class Media:
 
     dicomdir: bytes
     readme: bytes
-    files: list[tuple[str, Path]] = field(default_factory=list)  # (File ID with "/", stored file)
+    files: list[tuple[str, Callable[[], BinaryIO]]] = field(default_factory=list)  # (File ID with "/", opener)
     left_out: list[tuple[str, str]] = field(default_factory=list)  # (SOP Instance UID, why)
 
-    def entries(self) -> list[tuple[str, Path | bytes]]:
+    def entries(self) -> list[tuple[str, Callable[[], BinaryIO] | bytes]]:
         """(path on the media, content): DICOMDIR, README, then the files in study/series/instance order."""
         return [("DICOMDIR", self.dicomdir), (README, self.readme), *self.files]
 
 
 def _header(item: StoredInstance) -> Dataset:
-    ds = dcmread(item.path, stop_before_pixels=True)
+    with item.open() as fh:
+        ds = dcmread(fh, stop_before_pixels=True)
     for keyword, value in _STAND_INS.items():
         if keyword not in ds or ds[keyword].VM == 0:
             setattr(ds, keyword, value)
@@ -201,7 +202,7 @@ def build_media(instances: Iterable[StoredInstance], what: str = "Export") -> Me
     items = [item for item in instances if not item.problem]
     directory = Directory()
     ids = _FileIds()
-    files: list[tuple[str, Path]] = []
+    files: list[tuple[str, Callable[[], BinaryIO]]] = []
     left_out: list[tuple[str, str]] = []
     for item in items:
         try:
@@ -212,7 +213,7 @@ def build_media(instances: Iterable[StoredInstance], what: str = "Export") -> Me
             left_out.append((item.sop_instance_uid, str(exc)[:200]))
             log.warning("media: SOP Instance %s left out: %s", item.sop_instance_uid, exc)
             continue
-        files.append(("/".join(file_id), item.path))
+        files.append(("/".join(file_id), item.open))
     if not files:
         raise MediaError(
             f"none of the {len(items)} instance(s) can be put on DICOM media"
@@ -234,7 +235,7 @@ def write_media(media: Media, out: Path) -> int:
         if isinstance(content, bytes):
             target.write_bytes(content)
         else:
-            with open(content, "rb") as src, open(target, "wb") as dst:
+            with content() as src, open(target, "wb") as dst:
                 while chunk := src.read(1 << 20):
                     dst.write(chunk)
     return len(media.files)

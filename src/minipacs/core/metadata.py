@@ -18,12 +18,13 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
 
 from minipacs.core.archive import Archive
 from minipacs.core.errors import NotFound, UnreadableInstance
 from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits
 from minipacs.core.model import StoreOutcome, StoreStatus
-from minipacs.core.stored import quiet_pydicom, read_stored
+from minipacs.core.stored import quiet_pydicom, read_blob_header, read_stored
 from minipacs.index import metadata_repo
 from minipacs.index.database import IndexConnection
 
@@ -42,7 +43,11 @@ _BACKLOG: Final = 10_000
 
 def compute(path: Any, study: str, series: str, sop: str, limits: DatasetLimits = DEFAULT_LIMITS) -> str:
     """The PS3.18 JSON object of one stored file, as text (read within ``limits``: core/stored.py)."""
-    ds = read_stored(path, limits, stop_before_pixels=True)
+    return model_text(read_stored(path, limits, stop_before_pixels=True), study, series, sop)
+
+
+def model_text(ds: Dataset, study: str, series: str, sop: str) -> str:
+    """The PS3.18 JSON object of a stored header (read without its pixel data), as text."""
     base = f"{BULK_PREFIX}/studies/{study}/series/{series}/instances/{sop}"
 
     def bulk(elem: DataElement) -> str:
@@ -133,25 +138,19 @@ class MetadataStore:
         def run() -> list[tuple[str, str]]:
             done: list[tuple[str, str]] = []
             for row in rows:
-                path = blobs.path_of(row.blob_key)
                 try:
-                    done.append(
-                        (
-                            row.sop_instance_uid,
-                            compute(
-                                path, row.study_instance_uid, row.series_instance_uid, row.sop_instance_uid, limits
-                            ),
-                        )
-                    )
+                    ds = read_blob_header(blobs, row.blob_key, limits)  # the header only: on S3 its start
+                    text = model_text(ds, row.study_instance_uid, row.series_instance_uid, row.sop_instance_uid)
+                    done.append((row.sop_instance_uid, text))
                 except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
                     failed[row.sop_instance_uid] = (
                         str(exc) if isinstance(exc, UnreadableInstance) else f"{type(exc).__name__}: {str(exc)[:200]}"
                     )
-                    # ONE line, with the path (the server log may name it; answers never do)
+                    # ONE line, with the blob key (the server log may name it; answers never do)
                     log.error(
                         "metadata of SOP Instance %s cannot be computed from %s: %s",
                         row.sop_instance_uid,
-                        path,
+                        row.blob_key,
                         failed[row.sop_instance_uid],
                     )
             return done
@@ -188,4 +187,4 @@ class MetadataStore:
         return [found[uid] for uid in wanted]
 
 
-__all__ = ["BULK_PREFIX", "BULK_THRESHOLD", "MetadataStore", "compute", "delete_rows"]
+__all__ = ["BULK_PREFIX", "BULK_THRESHOLD", "MetadataStore", "compute", "delete_rows", "model_text"]

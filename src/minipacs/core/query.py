@@ -25,6 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 from pydicom.valuerep import PersonName
 
+from minipacs.blobs.base import BlobStore
 from minipacs.core.errors import IdentifierMismatch, InvalidKeyValue, InvalidQuery
 from minipacs.core.identifier import Key, read_keys, sequence_matches
 from minipacs.core.query_model import (
@@ -37,7 +38,7 @@ from minipacs.core.query_model import (
     ComputedKey,
     IndexedKey,
 )
-from minipacs.core.stored import read_stored
+from minipacs.core.stored import read_blob_header
 from minipacs.dicom.identifier import QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET, element_text
 from minipacs.dicom.levels import InformationModel, Level
 from minipacs.index import query_sql
@@ -231,7 +232,7 @@ def response_fields(prepared: PreparedQuery) -> tuple[ResponseField, ...]:
 async def run_query(archive: Any, prepared: PreparedQuery, *, limit: int | None = None) -> AsyncIterator[Dataset]:
     """Yield one response identifier per match, in index order; at most ``limit``.
 
-    ``archive`` is anything with ``async read(fn)`` and ``blobs.path_of(key)``.
+    ``archive`` is anything with ``async read(fn)`` and ``blobs`` (a BlobStore).
     The Dataset view of :func:`run_query_rows` (QIDO-RS, the web); C-FIND encodes the rows.
     """
     fields = response_fields(prepared)
@@ -266,7 +267,7 @@ async def run_query_batches(
     def read(after: int, want: int) -> Awaitable[tuple[list[Row], int, bool]]:
         return cast(
             Awaitable[tuple[list[Row], int, bool]],
-            archive.read(lambda conn: _read_page(conn, prepared, spec, slots, after, want, archive.blobs.path_of)),
+            archive.read(lambda conn: _read_page(conn, prepared, spec, slots, after, want, archive.blobs)),
         )
 
     pending: asyncio.Future[tuple[list[Row], int, bool]] | None = None
@@ -321,7 +322,7 @@ def _read_page(
     slots: Sequence[_Slot],
     after: int,
     want: int,
-    path_of: Callable[[str], Any],
+    blobs: BlobStore,
 ) -> tuple[list[Row], int, bool]:
     """One page of matches: (rows, last primary key read, no more rows)."""
     rows, position = query_sql.match_page(conn, spec, after, want)
@@ -336,7 +337,7 @@ def _read_page(
     }
     files: dict[int, Dataset | None] = {}
     if prepared.file_keys:
-        files = _representative_files(conn, prepared, spec.entity, pks, path_of)
+        files = _representative_files(conn, prepared, spec.entity, pks, blobs)
     out: list[Row] = []
     fill = _row_builder(slots, position, computed)
     for pk, row in zip(pks, rows, strict=True):
@@ -373,24 +374,24 @@ def _representative_files(
     prepared: PreparedQuery,
     entity: Entity,
     pks: list[int],
-    path_of: Callable[[str], Any],
+    blobs: BlobStore,
 ) -> dict[int, Dataset | None]:
     """The stored header (no pixel data) of one instance per matched entity (the first stored)."""
     tags = [k.tag for k in prepared.file_keys] + [SPECIFIC_CHARACTER_SET]
     found: dict[int, Dataset | None] = {}
     for owner_pk, blob_key in query_sql.representative_blobs(conn, entity, pks):
-        found[owner_pk] = _read_stored(path_of(blob_key), tags)
+        found[owner_pk] = _read_stored(blobs, blob_key, tags)
     return found
 
 
-def _read_stored(path: Any, tags: list[int]) -> Dataset | None:
+def _read_stored(blobs: BlobStore, key: str, tags: list[int]) -> Dataset | None:
     try:
-        ds = read_stored(path, stop_before_pixels=True, specific_tags=tags)  # default limits: bounded
+        ds = read_blob_header(blobs, key, specific_tags=tags)  # default limits: bounded; the header only
         for elem in ds:  # convert now, off the event loop; a bad value becomes empty below
             _ = elem.value
         return ds
     except Exception as exc:  # noqa: BLE001 - a missing or damaged file answers empty values
-        log.warning("cannot read the stored file %s for query return keys: %s", path, exc)
+        log.warning("cannot read the stored file %s for query return keys: %s", key, exc)
         return None
 
 

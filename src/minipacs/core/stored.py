@@ -17,13 +17,14 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 import pydicom
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.filereader import read_dataset, read_file_meta_info
 from pydicom.tag import Tag
 
+from minipacs.blobs.base import BlobStore
 from minipacs.core.errors import (
     InflateLimitExceeded,
     InvalidInstance,
@@ -34,6 +35,7 @@ from minipacs.core.structure import PIXEL_TAGS, check_structure
 from minipacs.dicom.header import MalformedDataset, dataset_encoding
 from minipacs.dicom.part10 import (
     NotPart10,
+    dataset_offset_from,
     dataset_offset_of,
     uid_value,
     walk_file_meta,
@@ -122,15 +124,62 @@ def read_stored(
     with quiet_pydicom() as captured:
         try:
             return _read(path, limits, stop_before_pixels, specific_tags)
-        except UnreadableInstance:
-            raise
-        except FileNotFoundError as exc:
-            raise UnreadableInstance("its file is missing from storage") from exc
-        except (MalformedDataset, InflateLimitExceeded, InvalidInstance, NotPart10) as exc:
-            raise UnreadableInstance(str(exc)) from exc
         except Exception as exc:
-            said = f" ({captured[0][:200]})" if captured else ""
-            raise UnreadableInstance(f"pydicom cannot read it: {type(exc).__name__}: {str(exc)[:200]}{said}") from exc
+            raise _unreadable(exc, captured) from exc
+
+
+def _unreadable(exc: Exception, captured: list[str]) -> UnreadableInstance:
+    """What a failed read of a stored file says (one sentence)."""
+    if isinstance(exc, UnreadableInstance):
+        return exc
+    if isinstance(exc, FileNotFoundError):  # BlobNotFound too
+        return UnreadableInstance("its file is missing from storage")
+    if isinstance(exc, (MalformedDataset, InflateLimitExceeded, InvalidInstance, NotPart10)):
+        return UnreadableInstance(str(exc))
+    said = f" ({captured[0][:200]})" if captured else ""
+    return UnreadableInstance(f"pydicom cannot read it: {type(exc).__name__}: {str(exc)[:200]}{said}")
+
+
+def read_blob_header(
+    blobs: BlobStore, key: str, limits: DatasetLimits = DEFAULT_LIMITS, *, specific_tags: list[Any] | None = None
+) -> Dataset:
+    """The header (no pixel data) of the stored blob ``key``, reading no more of it than the header
+    (on S3: the start of the object, not all of it), walked and read as :func:`read_stored` does;
+    a deflated dataset is read from a local file by :func:`read_stored`. Raises UnreadableInstance."""
+    with quiet_pydicom() as captured:
+        try:
+            with blobs.open(key) as fp:
+                ds = _read_header(fp, limits, specific_tags)
+        except Exception as exc:
+            raise _unreadable(exc, captured) from exc
+    if ds is not None:
+        return ds
+    with blobs.local_file(key) as path:
+        return read_stored(path, limits, stop_before_pixels=True, specific_tags=specific_tags)
+
+
+def _read_header(fp: BinaryIO, limits: DatasetLimits, specific_tags: list[Any] | None) -> Dataset | None:
+    """:func:`_read` of the header from an open file; None when the dataset is deflated."""
+    size = fp.seek(0, os.SEEK_END)
+    fp.seek(0)
+    head = fp.read(144)
+    offset = dataset_offset_from(head)
+    fp.seek(0)
+    _, meta = walk_file_meta(fp.read(offset)[132:])
+    encoding = dataset_encoding(uid_value(meta.get(0x0010, b"")))
+    if encoding.deflated:
+        return None
+    fp.seek(offset)
+    check_structure(
+        fp,
+        size,
+        implicit=encoding.implicit_vr,
+        little_endian=encoding.little_endian,
+        max_depth=limits.max_sequence_depth,
+        stop_at_pixels=True,
+    )
+    fp.seek(0)
+    return pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=specific_tags)
 
 
 def _read(path: Path, limits: DatasetLimits, stop_before_pixels: bool, specific_tags: list[Any] | None) -> FileDataset:
@@ -173,4 +222,4 @@ def _read(path: Path, limits: DatasetLimits, stop_before_pixels: bool, specific_
     return ds
 
 
-__all__ = ["quiet_pydicom", "read_part10_bytes", "read_stored"]
+__all__ = ["quiet_pydicom", "read_blob_header", "read_part10_bytes", "read_stored"]

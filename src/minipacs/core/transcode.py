@@ -17,12 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 from minipacs.core import decoders
 from minipacs.core.errors import ArchiveError, NotFound, UnreadableInstance
 from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits
-from minipacs.core.stored import read_stored
+from minipacs.core.stored import quiet_pydicom, read_stored
+from minipacs.core.structure import check_structure
+from minipacs.dicom.header import dataset_encoding
+from minipacs.dicom.part10 import dataset_offset_from, uid_value, walk_file_meta
 from minipacs.dicom.uids import TransferSyntax, transfer_syntax
 
 _CODECS_HINT: Final = (
@@ -160,4 +163,66 @@ def pixel_frames(
     return [np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes() for a in arrays]
 
 
-__all__ = ["NoSuchFrame", "TranscodeError", "can_transcode", "pixel_frames", "transcode", "transcode_part10"]
+#: (7FE0,0010) Pixel Data's tag as it is written in a little-endian dataset
+_PIXEL_DATA_TAG: Final = b"\xe0\x7f\x10\x00"
+
+
+def native_frame_ranges(
+    fp: BinaryIO, numbers: Sequence[int], limits: DatasetLimits = DEFAULT_LIMITS
+) -> list[tuple[int, int]] | None:
+    """Where frames ``numbers`` (1-based) lie in the stored file ``fp`` (seekable, from its start), read
+    from the header alone: [start, end) byte ranges of the Pixel Data value, or None when the frames
+    are not plain byte ranges or anything looks wrong -- then :func:`pixel_frames` reads the whole
+    file and says what is wrong. Plain: a native, little-endian, not deflated transfer syntax and whole
+    bytes per sample, where frame n is bytes (n-1)*F to n*F of Pixel Data (PS3.5 8.1.1, 8.2), as
+    :func:`pixel_frames` cuts them. The header is walked (core/structure.py) before pydicom reads it.
+    """
+    import pydicom
+
+    try:
+        size = fp.seek(0, 2)
+        fp.seek(0)
+        offset = dataset_offset_from(fp.read(144))
+        fp.seek(0)
+        _, meta = walk_file_meta(fp.read(offset)[132:])
+        ts = transfer_syntax(uid_value(meta.get(0x0010, b"")))
+        if ts is None or ts.encapsulated or not ts.little_endian or dataset_encoding(ts.uid).deflated:
+            return None
+        fp.seek(offset)
+        check_structure(
+            fp,
+            size,
+            implicit=ts.implicit_vr,
+            little_endian=True,
+            max_depth=limits.max_sequence_depth,
+            stop_at_pixels=True,
+        )
+        fp.seek(0)
+        with quiet_pydicom():
+            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+        head = fp.read(8 if ts.implicit_vr else 12)  # pydicom stops at the Pixel Data element's header
+        if len(head) < 8 or head[:4] != _PIXEL_DATA_TAG:
+            return None
+        length = int.from_bytes(head[4:8] if ts.implicit_vr else head[8:12], "little")
+        value = fp.tell()
+        bits = int(ds.get("BitsAllocated", 0) or 0)
+        frame = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * bits // 8
+        count = int(ds.get("NumberOfFrames", 1) or 1)
+    except Exception:  # noqa: BLE001 - anything odd: the whole-file path reads it and says what is wrong
+        return None
+    if bits == 0 or bits % 8 or frame <= 0 or length == 0xFFFFFFFF or count * frame > min(length, size - value):
+        return None
+    if not all(1 <= number <= count for number in numbers):
+        return None  # pixel_frames says NoSuchFrame
+    return [(value + (number - 1) * frame, value + number * frame) for number in numbers]
+
+
+__all__ = [
+    "NoSuchFrame",
+    "TranscodeError",
+    "can_transcode",
+    "native_frame_ranges",
+    "pixel_frames",
+    "transcode",
+    "transcode_part10",
+]

@@ -8,9 +8,11 @@ Information is always explicit VR little endian (PS3.10 §7.1).
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 from minipacs.dicom.vr import LONG_LENGTH_VR_BYTES
 
@@ -35,6 +37,17 @@ class Part10File:
     transfer_syntax_uid: str
     dataset_offset: int
 
+    @property
+    def label(self) -> str:
+        return str(self.path)
+
+    def open(self) -> BinaryIO:
+        return open(self.path, "rb")
+
+    @contextmanager
+    def local_file(self) -> Iterator[Path]:
+        yield self.path
+
 
 def _group_length(head: bytes) -> int:
     """The File Meta Information Group Length from the first 144 bytes of a Part 10 file."""
@@ -46,6 +59,11 @@ def _group_length(head: bytes) -> int:
     if group_length > MAX_GROUP_LENGTH:
         raise NotPart10(f"File Meta Information of {group_length} bytes is not plausible")
     return group_length
+
+
+def dataset_offset_from(head: bytes) -> int:
+    """Where the dataset begins, from the first 144 bytes of a Part 10 file (see ``dataset_offset_of``)."""
+    return _HEAD + _group_length(head)
 
 
 def dataset_offset_of(path: Path) -> int:

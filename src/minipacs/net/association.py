@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from minipacs import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from minipacs.dicom.reasons import REJECT_REASONS, REJECT_SOURCES, in_words
@@ -90,10 +90,12 @@ class BytesSink:
 
 @dataclass
 class FileRegion:
-    """A dataset to send from a file, from ``offset`` to the end."""
+    """A dataset to send from a file, from ``offset`` to the end. ``opener``, when given, opens
+    it (a seekable binary file, e.g. from a blob store); ``path`` then only names it in messages."""
 
     path: Path
     offset: int = 0
+    opener: Callable[[], BinaryIO] | None = None
 
 
 DatasetSource = bytes | memoryview | FileRegion
@@ -152,13 +154,14 @@ class _BlockReader:
     def __init__(self, region: FileRegion) -> None:
         self.region = region
         self.remaining = -1  # unknown until the file is open
-        self._fh: io.FileIO | None = None
+        self._fh: BinaryIO | io.FileIO | None = None
 
     def read(self, size: int) -> bytes:
         """The next ``size`` bytes (fewer only at the end; b"" once none remain). Blocking."""
         if self._fh is None:
-            self._fh = open(self.region.path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
-            self.remaining = max(os.fstat(self._fh.fileno()).st_size - self.region.offset, 0)
+            opener = self.region.opener
+            self._fh = opener() if opener else open(self.region.path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+            self.remaining = max(self._fh.seek(0, os.SEEK_END) - self.region.offset, 0)
             self._fh.seek(self.region.offset)
         want = min(size, self.remaining)
         if want <= 0:

@@ -163,7 +163,7 @@ def route_handler(
                     )
                 finally:
                     for _, copy in copies:
-                        copy.path.unlink(missing_ok=True)
+                        copy.blobs.delete(copy.blob_key)
         finally:
             if made and outbound.archive is not None:
                 outbound.archive.audit.record(
@@ -217,7 +217,7 @@ def route_handler(
                 failed.update({back(i.sop_instance_uid): passing for i in usable})
         else:
             try:
-                answer = await stow(destination, [i.path for i in usable], context=tls)
+                answer = await stow(destination, [i.open for i in usable], context=tls)
             except StowError as exc:
                 failed.update({back(i.sop_instance_uid): str(exc) for i in usable})
                 if not exc.retry:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from minipacs.core.errors import InvalidInstance
 from minipacs.core.header import read_header
@@ -42,10 +43,15 @@ __all__ = [
 
 
 class SendableFile(Protocol):
-    """What C-STORE needs of a file: a Part 10 file and where its dataset starts."""
+    """What C-STORE needs of a file: a Part 10 file (read through ``open``, or ``local_file`` for a
+    reader that needs a file name) and where its dataset starts."""
 
     @property
-    def path(self) -> Path: ...
+    def label(self) -> str: ...
+
+    def open(self) -> BinaryIO: ...
+
+    def local_file(self) -> AbstractContextManager[Path]: ...
 
     @property
     def sop_class_uid(self) -> str: ...
@@ -123,7 +129,7 @@ async def store_file(
     ctx = next((c for c in candidates if c.transfer_syntax == f.transfer_syntax_uid), None)
     dataset: FileRegion | bytes
     if ctx is not None:
-        dataset = FileRegion(f.path, f.dataset_offset)
+        dataset = FileRegion(Path(f.label), f.dataset_offset, opener=f.open)
     else:
         ctx = next((c for c in candidates if c.transfer_syntax in NATIVE_FALLBACK), None)
         if ctx is None:
@@ -132,7 +138,7 @@ async def store_file(
                 f"the peer accepted no presentation context for {uid_name(f.sop_class_uid)} "
                 f"in {uid_name(f.transfer_syntax_uid)} or a native syntax (accepted: {accepted})"
             )
-        dataset = await asyncio.to_thread(transcode, f.path, ctx.transfer_syntax)
+        dataset = await asyncio.to_thread(_transcoded, f, ctx.transfer_syntax)
     fields: dict[str, object] = {}
     if move_originator is not None:
         fields["MoveOriginatorApplicationEntityTitle"] = move_originator[0]
@@ -151,6 +157,11 @@ async def store_file(
         status = rsp.command.status
         text = rsp.command.error_comment
     return status, text
+
+
+def _transcoded(f: SendableFile, transfer_syntax: str) -> bytes:
+    with f.local_file() as path:
+        return transcode(path, transfer_syntax)
 
 
 def read_sendable(path: Path) -> Part10File:

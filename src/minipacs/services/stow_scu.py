@@ -13,10 +13,10 @@ import http.client
 import json
 import ssl
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 from urllib.parse import urlsplit
 
 #: Bytes read from a file per chunk of the request body.
@@ -47,10 +47,10 @@ def studies_url(base: str) -> str:
     return base if base.rstrip("/").endswith("/studies") else base.rstrip("/") + "/studies"
 
 
-def _body(files: Sequence[Path], boundary: str) -> Iterator[bytes]:
+def _body(files: Sequence[Path | Callable[[], BinaryIO]], boundary: str) -> Iterator[bytes]:
     for path in files:
         yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode("ascii")
-        with open(path, "rb") as fh:
+        with open(path, "rb") if isinstance(path, Path) else path() as fh:  # a stored one: StoredInstance.open
             while chunk := fh.read(CHUNK):
                 yield chunk
         yield b"\r\n"
@@ -71,7 +71,9 @@ def _failures(payload: bytes) -> dict[str, str]:
     return failed
 
 
-def _post(url: str, files: Sequence[Path], timeout: float, context: ssl.SSLContext | None) -> StowResult:
+def _post(
+    url: str, files: Sequence[Path | Callable[[], BinaryIO]], timeout: float, context: ssl.SSLContext | None
+) -> StowResult:
     target = urlsplit(studies_url(url))
     boundary = uuid.uuid4().hex
     conn: http.client.HTTPConnection
@@ -114,7 +116,11 @@ def _post(url: str, files: Sequence[Path], timeout: float, context: ssl.SSLConte
 
 
 async def stow(
-    url: str, files: Sequence[Path], *, timeout: float = 60.0, context: ssl.SSLContext | None = None
+    url: str,
+    files: Sequence[Path | Callable[[], BinaryIO]],
+    *,
+    timeout: float = 60.0,
+    context: ssl.SSLContext | None = None,
 ) -> StowResult:
     """POST ``files`` to the DICOMweb base ``url`` (PS3.18 10.5); raises :class:`StowError`."""
     return await asyncio.to_thread(_post, url, files, timeout, context)

@@ -7,13 +7,14 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
-from typing import Any, Final
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import Any, Final, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute
 
+from minipacs.blobs.base import BlobError
 from minipacs.core.audit import Action
 from minipacs.core.errors import (
     ArchiveError,
@@ -29,7 +30,14 @@ from minipacs.core.model import Origin
 from minipacs.core.paths import validate_uid
 from minipacs.core.retrieve import StoredInstance, select_instances
 from minipacs.core.stored import read_stored
-from minipacs.core.transcode import NoSuchFrame, TranscodeError, can_transcode, pixel_frames, transcode_part10
+from minipacs.core.transcode import (
+    NoSuchFrame,
+    TranscodeError,
+    can_transcode,
+    native_frame_ranges,
+    pixel_frames,
+    transcode_part10,
+)
 from minipacs.dicom.header import InstanceHeader
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
@@ -54,6 +62,7 @@ from minipacs.web.transfer import (
 from minipacs.web.types import AppContext
 from minipacs.web.workers import RenderPool
 
+_T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 DICOM_JSON: Final = "application/dicom+json"
@@ -141,7 +150,7 @@ def _transcoded_part(item: StoredInstance, target_ts: str, pool: RenderPool, lim
     """A part transcoded when the response reaches it, in the render pool (waiting for a turn there)."""
     return OutPart(
         f"application/dicom; transfer-syntax={target_ts}",
-        produce=functools.partial(pool.call, functools.partial(transcode_part10, item.path, target_ts, limits)),
+        produce=functools.partial(pool.call, functools.partial(on_file, item, transcode_part10, target_ts, limits)),
         label=item.sop_instance_uid,
     )
 
@@ -179,7 +188,7 @@ async def retrieve(request: Request) -> Response:
         targets.append(target)
     if len(parts) == 1 and parts[0].produce is not None:  # one instance: a failure can still be a 406
         try:
-            data = await pool.run(transcode_part10, found[0].path, targets[0], limits, what="transcoding")
+            data = await pool.run(on_file, found[0], transcode_part10, targets[0], limits, what="transcoding")
         except TranscodeError as exc:
             raise HttpError(406, "cannot_transcode", f"{exc}; ask for transfer-syntax=* to get it as stored") from None
         parts = [OutPart(parts[0].content_type, produce=lambda: data, label=parts[0].label)]
@@ -221,11 +230,7 @@ async def frames(request: Request) -> Response:
     try:
         chunks = await ctx(request).renders.run(
             functools.partial(
-                pixel_frames,
-                item.path,
-                numbers,
-                decode=choice.decode,
-                limits=ctx(request).archive.settings.dataset_limits,
+                _frames, item, numbers, decode=choice.decode, limits=ctx(request).archive.settings.dataset_limits
             ),
             what="decoding",
         )
@@ -244,8 +249,19 @@ async def frames(request: Request) -> Response:
     )
 
 
+def _frames(item: StoredInstance, numbers: list[int], *, decode: bool, limits: DatasetLimits) -> list[bytes]:
+    """Frames of a stored instance: native ones by ranged reads of just those bytes (the header read
+    first: one GET of its start on S3), others from a whole-file read (core/transcode.py)."""
+    with item.open() as fh:
+        ranges = native_frame_ranges(fh, numbers, limits)
+    if ranges is None:
+        return on_file(item, pixel_frames, numbers, decode=decode, limits=limits)
+    return [b"".join(item.blobs.open_range(item.blob_key, start, end)) for start, end in ranges]
+
+
 def _bulk(item: StoredInstance, tag: int, limits: DatasetLimits) -> bytes:
-    ds = read_stored(item.path, limits)
+    with item.local_file() as path:
+        ds = read_stored(path, limits)
     if tag not in ds:
         raise HttpError(404, "no_such_bulkdata", f"the instance has no attribute {tag:08X}")
     value = ds[tag].value
@@ -275,7 +291,7 @@ async def _render(request: Request, thumbnail: bool, frame: int = 1) -> Response
     mime = choose_format(request.headers.get("accept", ""))
     window = parse_window(request.query_params.get("window"))
     data = await ctx(request).renders.run(
-        render, item.path, frame, mime, window, thumbnail, ctx(request).archive.settings.dataset_limits
+        on_file, item, render, frame, mime, window, thumbnail, ctx(request).archive.settings.dataset_limits
     )
     return Response(data, media_type=mime)
 
@@ -322,8 +338,9 @@ async def wado_uri(request: Request) -> Response:
                 )
             try:
                 data = await ctx(request).renders.run(
+                    on_file,
+                    found[0],
                     transcode_part10,
-                    found[0].path,
                     wanted,
                     ctx(request).archive.settings.dataset_limits,
                     what="transcoding",
@@ -334,8 +351,8 @@ async def wado_uri(request: Request) -> Response:
                 ) from None
             return Response(data, media_type="application/dicom")
         try:
-            return await asyncio.to_thread(file_response, found[0].path, "application/dicom")
-        except OSError:
+            return await asyncio.to_thread(file_response, found[0], "application/dicom")
+        except (OSError, BlobError):
             raise HttpError(
                 404,
                 "not_found",
@@ -351,16 +368,30 @@ async def wado_uri(request: Request) -> Response:
     if params.get("windowCenter") and params.get("windowWidth"):
         window = parse_window(f"{params['windowCenter']},{params['windowWidth']}")
     data = await ctx(request).renders.run(
-        render, found[0].path, int(frame), content_type, window, False, ctx(request).archive.settings.dataset_limits
+        on_file,
+        found[0],
+        render,
+        int(frame),
+        content_type,
+        window,
+        False,
+        ctx(request).archive.settings.dataset_limits,
     )
     return Response(data, media_type=content_type)
 
 
-def _read_file(path: Any) -> Any:
+def _read_file(item: StoredInstance) -> Iterator[bytes]:
     """A stored file in 256 KiB chunks (web/rest.py downloads; ``transfer.file_response`` streams faster)."""
-    with open(path, "rb") as fh:
+    with item.open() as fh:
         while chunk := fh.read(256 * 1024):
             yield chunk
+
+
+def on_file(item: StoredInstance, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """``fn(path, *args, **kwargs)`` with ``path`` a local file of the stored instance (the stored file
+    itself on the filesystem store, a temporary copy on S3). Blocking: run it in the render pool."""
+    with item.local_file() as path:
+        return fn(path, *args, **kwargs)
 
 
 # ------------------------------------------------------------------ STOW-RS (PS3.18 §10.5)

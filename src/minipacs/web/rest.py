@@ -203,7 +203,7 @@ async def download(request: Request) -> Response:
         from minipacs.web.dicomweb import _read_file
 
         return StreamingResponse(
-            _read_file(found[0].path),
+            _read_file(found[0]),
             media_type="application/dicom",
             headers={"Content-Disposition": f'attachment; filename="{value}.dcm"'},
         )

@@ -177,8 +177,9 @@ async def ingest_zip(archive: Archive, body: bytes | Path, origin: Origin, limit
     return results
 
 
-def _file_chunks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as fh:
+def _file_chunks(opener: Callable[[], BinaryIO]) -> Iterator[bytes]:
+    """A stored file (``StoredInstance.open``) in CHUNK pieces."""
+    with opener() as fh:
         while chunk := fh.read(CHUNK):
             yield chunk
 
@@ -209,6 +210,9 @@ class OutPart:
     produce: Callable[[], bytes] | None = None
     label: str = ""  # what the log calls it, e.g. the SOP Instance UID
     size: int = -1  # of the file, when known: all known -> the response has a Content-Length
+    #: A stored instance: opens its blob (then ``path`` is None) and tells its size (off the event loop).
+    opener: Callable[[], BinaryIO] | None = None
+    sizer: Callable[[], int] | None = None
 
 
 class _BodyReader:
@@ -225,7 +229,7 @@ class _BodyReader:
         self._boundary = boundary
         self._exact = exact  # sizes were announced: a file that shrank since is an error, not an ending
         self._pending: deque[bytes] = deque()  # bytes to send before reading the open file on
-        self._file: io.FileIO | None = None
+        self._file: BinaryIO | io.FileIO | None = None
         self._left = 0  # bytes of the open file still to send
         self._closing_sent = boundary is None
 
@@ -273,7 +277,11 @@ class _BodyReader:
         for part in self._parts:
             try:
                 content = part.produce() if part.produce is not None else None
-                if content is None and part.path is not None:
+                if content is None and part.opener is not None:
+                    self._file = part.opener()
+                    self._left = part.size if part.size >= 0 else self._file.seek(0, os.SEEK_END)
+                    self._file.seek(0)
+                elif content is None and part.path is not None:
                     self._file = open(part.path, "rb", buffering=0)  # noqa: SIM115 - closed in read/close
                     self._left = part.size if part.size >= 0 else os.fstat(self._file.fileno()).st_size
             except Exception as exc:
@@ -348,11 +356,12 @@ def _sized(parts: Sequence[OutPart]) -> list[OutPart]:
     """``parts`` with the size of each file; a file that cannot be read is left out (and logged)."""
     out: list[OutPart] = []
     for part in parts:
-        if part.path is None or part.produce is not None:
+        if (part.path is None and part.sizer is None) or part.produce is not None:
             out.append(part)
             continue
         try:
-            out.append(replace(part, size=os.stat(part.path).st_size))
+            size = part.sizer() if part.sizer is not None else os.stat(part.path or "").st_size
+            out.append(replace(part, size=size))
         except OSError as exc:
             log.error("left %s out of a multipart response: %s: %s", part.label or part.path, type(exc).__name__, exc)
     return out
@@ -385,10 +394,11 @@ async def multipart_response(parts: Sequence[OutPart], boundary: str, part_type:
     )
 
 
-def file_response(path: Path, media_type: str) -> StreamingResponse:
-    """One file as a response, streamed like :func:`multipart_response` (with its Content-Length)."""
-    size = os.stat(path).st_size
-    part = OutPart("", path=path, size=size)
+def file_response(item: StoredInstance, media_type: str) -> StreamingResponse:
+    """One stored file as a response, streamed like :func:`multipart_response` (with its Content-Length).
+    Blocking (the size); raises FileNotFoundError (BlobNotFound) when the file is missing."""
+    size = item.size()
+    part = OutPart("", size=size, opener=item.open, label=item.sop_instance_uid)
     return StreamingResponse(
         read_blocks(_BodyReader([part], None, exact=True), BLOCK),
         headers={"content-length": str(size)},
@@ -399,7 +409,10 @@ def file_response(path: Path, media_type: str) -> StreamingResponse:
 def stored_part(item: StoredInstance) -> OutPart:
     """A stored instance as it is: ``application/dicom`` in its stored transfer syntax (PS3.18 §8.7.3.2)."""
     return OutPart(
-        f"application/dicom; transfer-syntax={item.transfer_syntax_uid}", path=item.path, label=item.sop_instance_uid
+        f"application/dicom; transfer-syntax={item.transfer_syntax_uid}",
+        label=item.sop_instance_uid,
+        opener=item.open,
+        sizer=item.size,
     )
 
 
@@ -435,8 +448,9 @@ class _Sink(io.RawIOBase):
         return out
 
 
-def zip_entries(entries: Iterable[tuple[str, Path | bytes]]) -> Iterator[bytes]:
-    """A ZIP of (member name, stored file or bytes) entries, produced while it is sent."""
+def zip_entries(entries: Iterable[tuple[str, Callable[[], BinaryIO] | bytes]]) -> Iterator[bytes]:
+    """A ZIP of (member name, bytes or a stored file's opener: StoredInstance.open) entries, produced
+    while it is sent."""
     sink = _Sink()
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
         for name, content in entries:
@@ -453,7 +467,7 @@ def zip_stream(instances: Sequence[StoredInstance], names: Sequence[str] | None 
     """A ZIP of stored files, produced while it is sent: each under its name in ``names`` (core/media.py
     ``readable_names``), else study/series/instance.dcm by UID."""
     sendable = [(n, item) for n, item in enumerate(instances) if not item.problem]
-    return zip_entries((names[n] if names is not None else _uid_name(i), i.path) for n, i in sendable)
+    return zip_entries((names[n] if names is not None else _uid_name(i), i.open) for n, i in sendable)
 
 
 def _uid_name(item: StoredInstance) -> str:
