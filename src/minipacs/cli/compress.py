@@ -46,15 +46,16 @@ async def _run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
             report["studies"] = {uid: await worker.savings(uid) for uid in args.study}
             return report
         match: dict[str, str] = {}
+        labels: tuple[str, ...] = ()
         syntax = SYNTAXES[args.syntax or "jpeg-ls-lossless"]
         if args.policy:
             policy = next((p for p in settings.compression if p.name == args.policy), None)
             if policy is None:
                 known = ", ".join(p.name for p in settings.compression) or "none configured"
                 raise InvalidPolicy(f"no [[compression]] policy named {args.policy!r} ({known})")
-            syntax, match = policy.target, dict(policy.match)
+            syntax, match, labels = policy.target, dict(policy.match), policy.labels
         outcomes: list[Outcome] = []
-        async for page in worker.candidates(match=match, study_uids=args.study):
+        async for page in worker.candidates(match=match, study_uids=args.study, labels=labels):
             for candidate in page:
                 outcomes.append(await worker.compress(candidate, syntax, dry_run=args.dry_run))
         return {

@@ -42,6 +42,7 @@ from pydicom.datadict import tag_for_keyword
 from minipacs.blobs.base import BlobStore
 from minipacs.core.errors import ArchiveError, UnreadableInstance
 from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits
+from minipacs.core.labels import InvalidLabel, rule_labels
 from minipacs.core.metadata import compute as compute_metadata
 from minipacs.core.paths import instance_key
 from minipacs.core.stored import read_part10_bytes, read_stored
@@ -113,6 +114,8 @@ class CompressionPolicy:
     #: Only instances that arrived more than this many days ago; None: any age.
     older_than_days: float | None = None
     when: str = "background"
+    #: Labels (core/labels.py) the study must carry, every one (as ``labels=``); () any study.
+    labels: tuple[str, ...] = ()
 
     @property
     def target(self) -> CompressionSyntax:
@@ -126,10 +129,11 @@ class CompressionPolicy:
             "match": dict(self.match),
             "older_than_days": self.older_than_days,
             "when": self.when,
+            "labels": list(self.labels),
         }
 
 
-_POLICY_KEYS: Final = frozenset({"name", "syntax", "match", "older_than_days", "when"})
+_POLICY_KEYS: Final = frozenset({"name", "syntax", "match", "older_than_days", "when", "labels"})
 
 
 def policy_from_mapping(table: Mapping[str, Any]) -> CompressionPolicy:
@@ -161,7 +165,11 @@ def policy_from_mapping(table: Mapping[str, Any]) -> CompressionPolicy:
     age = table.get("older_than_days")
     if age is not None and (isinstance(age, bool) or not isinstance(age, (int, float)) or not 0 <= age <= 36500):
         raise InvalidPolicy(f"older_than_days must be a number of days from 0 to 36500, not {age!r}")
-    return CompressionPolicy(name, str(syntax), match, None if age is None else float(age), str(when))
+    try:
+        labels = rule_labels(table.get("labels", []))
+    except InvalidLabel as exc:
+        raise InvalidPolicy(str(exc)) from None
+    return CompressionPolicy(name, str(syntax), match, None if age is None else float(age), str(when), labels)
 
 
 # ------------------------------------------------------------------ encoding (blocking)
@@ -283,11 +291,13 @@ class Outcome:
         }
 
 
-async def matching_series(archive: Any, match: Mapping[str, str], study_uids: Sequence[str] = ()) -> list[str] | None:
+async def matching_series(
+    archive: Any, match: Mapping[str, str], study_uids: Sequence[str] = (), labels: Sequence[str] = ()
+) -> list[str] | None:
     """Series Instance UIDs of the series ``match`` selects through the query engine (C-FIND
-    matching, PS3.4 C.2.2.2, relational, STUDY root), within ``study_uids`` if given; None
-    when ``match`` is empty (every series)."""
-    if not match:
+    matching, PS3.4 C.2.2.2, relational, STUDY root), of studies carrying every one of ``labels``,
+    within ``study_uids`` if given; None when ``match`` and ``labels`` are empty (every series)."""
+    if not match and not labels:
         return None
     import pydicom
     from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -309,7 +319,7 @@ async def matching_series(archive: Any, match: Mapping[str, str], study_uids: Se
             raise InvalidPolicy(f"match key {keyword!r} is not a DICOM keyword (PS3.6), e.g. Modality")
         # wildcards and ranges are matching syntax (PS3.4 C.2.2.2), not values: no VR validation
         identifier[tag] = DataElement(tag, dictionary_VR(tag), value or None, validation_mode=pydicom.config.IGNORE)
-    prepared = prepare_query(identifier, STUDY_ROOT, level=Level.SERIES, relational=True)
+    prepared = prepare_query(identifier, STUDY_ROOT, level=Level.SERIES, relational=True, labels=labels)
     found: list[str] = []
     async for ds in run_query(archive, prepared):
         found.append(str(ds.SeriesInstanceUID))
@@ -330,12 +340,13 @@ class Compressor:
         study_uids: Sequence[str] = (),
         series_uids: Sequence[str] = (),
         older_than_days: float | None = None,
+        labels: Sequence[str] = (),
     ) -> AsyncIterator[list[Candidate]]:
-        """Pages of instances not yet looked at by compression, that ``match`` selects (through
-        the query engine), within the studies/series given, arrived before ``older_than_days``."""
+        """Pages of instances not yet looked at by compression, that ``match`` and ``labels`` select
+        (through the query engine), within the studies/series given, arrived before ``older_than_days``."""
         series: list[str] = list(series_uids)
-        if match:
-            selected = await matching_series(self.archive, match, study_uids) or []
+        if match or labels:
+            selected = await matching_series(self.archive, match or {}, study_uids, labels) or []
             series = [s for s in selected if s in set(series)] if series else selected
             if not series:
                 return

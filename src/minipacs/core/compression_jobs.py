@@ -2,8 +2,8 @@
 
 The work runs as jobs of the persistent queue (core/jobs.py), so it is visible, cancellable and
 resumed after a restart on any node. A job's ``params`` (plain JSON, :func:`job_params`):
-``{"syntax": "jpeg-ls-lossless", "policy": "<name or ''>", "match": {...}, "study_uids": [...],
-"series_uids": [...], "older_than_days": null, "dry_run": false}``. It walks the instances not yet
+``{"syntax": "jpeg-ls-lossless", "policy": "<name or ''>", "match": {...}, "labels": [...],
+"study_uids": [...], "series_uids": [...], "older_than_days": null, "dry_run": false}``. It walks the instances not yet
 looked at that the selection names and compresses each (core/compression.py); compressing again
 is harmless (done or skipped instances are not candidates any more), so the kind is "resume".
 
@@ -55,6 +55,7 @@ def job_params(
         "syntax": policy.syntax if policy is not None else syntax,
         "policy": policy.name if policy is not None else "",
         "match": dict(policy.match) if policy is not None else {},
+        "labels": list(policy.labels) if policy is not None else [],
         "older_than_days": policy.older_than_days if policy is not None else None,
         "study_uids": list(study_uids),
         "series_uids": list(series_uids),
@@ -94,6 +95,7 @@ def compress_handler(compressor: Compressor) -> Handler:
                 study_uids=params.get("study_uids") or (),
                 series_uids=params.get("series_uids") or (),
                 older_than_days=params.get("older_than_days"),
+                labels=params.get("labels") or (),
             )
             async for page in pages:
                 job.total += len(page)

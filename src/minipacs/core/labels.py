@@ -8,7 +8,9 @@ Instance UID in the ``study_labels`` table (index/labels_repo.py) and removed wi
 - queries: the REST search and QIDO-RS take ``labels=a,b`` (studies carrying every one of them;
   core/query.py ``prepare_query(labels=...)`` adds an EXISTS per label at the STUDY level);
 - retention (core/retention.py): a study carrying a rule's ``protect_label`` is never deleted by it;
-- rule filters (routing, compression): call :func:`study_has_label` (async, from anywhere with the
+- rule filters: the ``labels`` key of routing ``[[rules]]``, ``[[compression]]`` and ``[[retention]]``
+  (:func:`rule_labels` reads it) goes to the query engine with the rule's ``match``, the same
+  filter as ``labels=``; elsewhere call :func:`study_has_label` (async, from anywhere with the
   archive) or :func:`has_label` (inside an index transaction, e.g. a writer call).
 
 Labels are not DICOM attributes: C-FIND does not see them, and they are not sent with the images.
@@ -19,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from minipacs.core.errors import InvalidQuery, NotFound
 from minipacs.index import labels_repo
@@ -55,6 +57,20 @@ def parse_labels(raw: str) -> tuple[str, ...]:
     if len(found) > MAX_QUERY_LABELS:
         raise InvalidLabel(f"a query may ask for at most {MAX_QUERY_LABELS} labels, not {len(found)}")
     return tuple(validate_label(label) for label in found)
+
+
+def rule_labels(raw: Any) -> tuple[str, ...]:
+    """A rule's ``labels`` key (a list of labels the study must carry, every one, as ``labels=``)
+    -> the labels, each valid; InvalidLabel saying what is wrong (the caller names the rule)."""
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise InvalidLabel('labels must be a list of labels the study must carry, e.g. labels = ["teaching"]')
+    if len(items) > MAX_QUERY_LABELS:
+        raise InvalidLabel(f"labels lists {len(items)} labels; at most {MAX_QUERY_LABELS}")
+    try:
+        return tuple(dict.fromkeys(validate_label(i) for i in items))
+    except InvalidLabel as exc:
+        raise InvalidLabel(f"labels: {exc}") from None
 
 
 def has_label(conn: IndexConnection, study: str, label: str) -> bool:
@@ -135,6 +151,7 @@ __all__ = [
     "labels_of_studies",
     "parse_labels",
     "remove_label",
+    "rule_labels",
     "study_has_label",
     "validate_label",
 ]

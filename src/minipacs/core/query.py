@@ -75,7 +75,8 @@ class PreparedQuery:
     #: Keywords of computed keys a match must have NO value for (no DICOM matching says "empty";
     #: the REST API's ``complete=false`` does): a NOT EXISTS on the key's match table.
     absent: tuple[str, ...] = ()
-    #: Labels (core/labels.py) a matching study must carry, every one; STUDY level only.
+    #: Labels (core/labels.py) the matching study (or the study of a matching series or
+    #: instance) must carry, every one; STUDY level or below.
     labels: tuple[str, ...] = ()
 
 
@@ -96,15 +97,19 @@ def prepare_query(
     """Validate ``identifier`` against ``model`` (PS3.4 C.4.1.2); raises IdentifierMismatch / InvalidKeyValue.
 
     ``absent``: keywords of matchable computed keys of the query level that matches must have no value for.
-    ``labels``: labels (core/labels.py, not DICOM) a matching study must carry, every one; STUDY level only.
+    ``labels``: labels (core/labels.py, not DICOM) a matching study must carry, every one; at the
+    SERIES or IMAGE level, the study the series or instance belongs to (rule filters: core/rules.py,
+    core/compression.py). Not at the PATIENT level: labels are put on studies.
     """
     keys = read_keys(identifier)
     if level is None:
         level = _level_of(keys, model)
     elif level not in model.levels:
         raise IdentifierMismatch(f"level {level.value} is not part of the {model.name} information model")
-    if labels and level is not Level.STUDY:
-        raise InvalidQuery(f"labels are put on studies: search at the study level to filter by them, not {level.value}")
+    if labels and _effective_level(level, model) is Level.PATIENT:
+        raise InvalidQuery(
+            f"labels are put on studies: filter by them at the study, series or image level, not {level.value}"
+        )
     without: list[str] = []
     for keyword in absent:
         comp = COMPUTED_KEYS.get(keyword)
@@ -202,9 +207,10 @@ async def query(
     model: InformationModel,
     limit: int | None = None,
     relational: bool = False,
+    labels: Sequence[str] = (),
 ) -> AsyncIterator[Dataset]:
     """Validate and run in one go (see :func:`prepare_query` and :func:`run_query`)."""
-    prepared = prepare_query(identifier, model, level=level, relational=relational)
+    prepared = prepare_query(identifier, model, level=level, relational=relational, labels=labels)
     async for match in run_query(archive, prepared, limit=limit):
         yield match
 

@@ -5,6 +5,8 @@ which studies it may delete and when:
 
 - ``match``: DICOM matching (PS3.4 C.2.2.2) on indexed attributes, by the ONE query engine at the
   STUDY level (patient and study attributes, ModalitiesInStudy, ...); no match: every study.
+- ``labels``: the study must carry every one of these labels (core/labels.py), the same filter of
+  the query engine as the ``labels=`` query parameter; none: any study.
 - ``older_than_days`` with ``by``: "arrival" (the study's last instance arrived that long ago) or
   "study_date" (its Study Date is that old; a study without a Study Date is never old by it).
 - ``max_storage_bytes``: while the archive holds more than this (the sum of the stored instance
@@ -42,7 +44,7 @@ from minipacs.core.archive import Archive
 from minipacs.core.delete import Spared, delete_resource
 from minipacs.core.errors import ArchiveError, NotFound
 from minipacs.core.jobs import JobContext, JobFailed, JobQueue, JobState
-from minipacs.core.labels import InvalidLabel, validate_label
+from minipacs.core.labels import InvalidLabel, rule_labels, validate_label
 from minipacs.core.query import prepare_query, run_query
 from minipacs.dicom.levels import STUDY_ROOT, Level
 from minipacs.index import retention_repo, stats_repo
@@ -58,7 +60,7 @@ BY: Final = ("arrival", "study_date")
 By = Literal["arrival", "study_date"]
 DEFAULT_PROTECT_LABEL: Final = "keep"
 #: Keys a rule table may have.
-RULE_KEYS: Final = frozenset({"name", "older_than_days", "by", "max_storage_bytes", "match", "protect_label"})
+RULE_KEYS: Final = frozenset({"name", "older_than_days", "by", "max_storage_bytes", "match", "protect_label", "labels"})
 #: Deleted studies listed in a job's details (the counts are always complete).
 MAX_LISTED: Final = 200
 #: Largest older_than_days (a hundred years, as [[compression]]): beyond it, no study is ever old enough.
@@ -80,6 +82,8 @@ class RetentionRule:
     max_storage_bytes: int | None = None
     match: Mapping[str, str] = field(default_factory=dict)
     protect_label: str = DEFAULT_PROTECT_LABEL
+    #: Labels (core/labels.py) a study must carry, every one, for the rule to delete it; () any study.
+    labels: tuple[str, ...] = ()
 
     @property
     def reason(self) -> str:
@@ -93,6 +97,7 @@ class RetentionRule:
             "max_storage_bytes": self.max_storage_bytes,
             "match": dict(self.match),
             "protect_label": self.protect_label,
+            "labels": list(self.labels),
         }
 
 
@@ -145,7 +150,16 @@ def rule_from_mapping(table: Mapping[str, Any]) -> RetentionRule:
             validate_label(protect)
         except InvalidLabel as exc:
             raise InvalidRetentionRule(f"rule {name!r}: protect_label: {exc}") from None
-    rule = RetentionRule(name, float(days) if days is not None else None, by, quota, dict(match), protect)
+    try:
+        labels = rule_labels(table.get("labels", []))
+    except InvalidLabel as exc:
+        raise InvalidRetentionRule(f"rule {name!r}: {exc}") from None
+    if protect and protect in labels:
+        raise InvalidRetentionRule(
+            f"rule {name!r}: labels names {protect!r}, its protect_label: it would never delete anything; "
+            "drop one of them"
+        )
+    rule = RetentionRule(name, float(days) if days is not None else None, by, quota, dict(match), protect, labels)
     prepared = prepare_query(match_identifier(rule.match), STUDY_ROOT, level=Level.STUDY, relational=True)
     if prepared.unsupported:
         raise InvalidRetentionRule(
@@ -235,10 +249,12 @@ def _expired(facts: StudyFacts, rule: RetentionRule, now: dt.datetime) -> str | 
 
 
 async def _matching(archive: Archive, rule: RetentionRule) -> list[str] | None:
-    """Study Instance UIDs the rule's match selects; None: no match (every study)."""
-    if not rule.match:
+    """Study Instance UIDs the rule's match and labels select; None: neither (every study)."""
+    if not rule.match and not rule.labels:
         return None
-    prepared = prepare_query(match_identifier(rule.match), STUDY_ROOT, level=Level.STUDY, relational=True)
+    prepared = prepare_query(
+        match_identifier(rule.match), STUDY_ROOT, level=Level.STUDY, relational=True, labels=rule.labels
+    )
     return [str(ds.StudyInstanceUID) async for ds in run_query(archive, prepared)]
 
 

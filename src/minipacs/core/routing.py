@@ -410,12 +410,13 @@ class Router:
         """The study's instances (of ``series``, among ``sops``) that ``rule`` selects."""
         rows = await self.archive.read(lambda conn: routing_repo.study_instances(conn, study, series=series, sops=sops))
         rows = [r for r in rows if rule.from_ae(r["calling_aet"], r["called_aet"])]
-        if not rule.match or not rows:
+        if not (rule.match or rule.labels) or not rows:
             return rows
         keep: set[str] = set()
         for chunk in _chunks([r["sop_instance_uid"] for r in rows], _MATCH_CHUNK):
             identifier = rule.identifier({"StudyInstanceUID": study, "SOPInstanceUID": "\\".join(chunk)})
-            async for ds in query(self.archive, Level.IMAGE, identifier, model=STUDY_ROOT, relational=True):
+            found = query(self.archive, Level.IMAGE, identifier, model=STUDY_ROOT, relational=True, labels=rule.labels)
+            async for ds in found:
                 keep.add(str(ds.SOPInstanceUID))
         return [r for r in rows if r["sop_instance_uid"] in keep]
 

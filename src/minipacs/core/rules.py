@@ -9,7 +9,9 @@ ones scripts rely on (issue 13):
   MPPS and arrivals), ``scheduled`` (a worklist entry appeared: prefetch).
 - **which**: ``match`` (DICOM keyword -> value, PS3.4 C.2.2.2 matching of indexed attributes:
   single value, wildcards ``*`` ``?``, date/time ranges, lists), ``calling_aet`` and ``called_aet``
-  (with wildcards) of the association that brought each instance.
+  (with wildcards) of the association that brought each instance, ``labels`` (the study must carry
+  every one, core/labels.py, as the ``labels=`` query parameter; checked when the rule runs, so for
+  ``instance`` when each instance arrives; not for ``scheduled``: a worklist entry has no labels).
 - **do**: ``send_to`` (C-STORE to registered nodes, by AE title), ``stow_to`` (STOW-RS to DICOMweb
   base URLs), optionally ``anonymize`` (de-identified copies are sent instead, core/anonymize.py),
   or for ``scheduled``: ``prefetch_from`` (a registered node to C-FIND and C-MOVE the
@@ -36,6 +38,7 @@ from pydicom.dataset import Dataset
 from minipacs.core.deid import InvalidDeidOptions, check_options
 from minipacs.core.errors import ArchiveError, InvalidKeyValue, NotFound
 from minipacs.core.identifier import Key, read_keys
+from minipacs.core.labels import InvalidLabel, rule_labels
 from minipacs.core.nodes import Node, normalise_title
 from minipacs.core.query_model import INDEXED_KEYS
 from minipacs.index import routing_repo
@@ -70,6 +73,7 @@ RULE_KEYS: Final = (
     "stable_seconds",
     "level",
     "match",
+    "labels",
     "calling_aet",
     "called_aet",
     "send_to",
@@ -98,6 +102,8 @@ class Rule:
     when: Trigger
     #: (keyword, value) pairs, matched as C-FIND matching keys (lists joined by "\").
     match: tuple[tuple[str, str], ...] = ()
+    #: Labels (core/labels.py) the study must carry, every one, when the rule runs.
+    labels: tuple[str, ...] = ()
     calling_aet: str = ""
     called_aet: str = ""
     stable_seconds: float = 0.0
@@ -120,6 +126,8 @@ class Rule:
             out["level"] = self.level
         if self.match:
             out["match"] = {k: (v.split("\\") if "\\" in v else v) for k, v in self.match}
+        if self.labels:
+            out["labels"] = list(self.labels)
         for key in ("calling_aet", "called_aet", "prefetch_from", "prefetch_to"):
             if getattr(self, key):
                 out[key] = getattr(self, key)
@@ -284,10 +292,20 @@ def rule_from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> Rule
     anonymize = _anonymize(name, raw.get("anonymize", False))
     if anonymize is not None and when is Trigger.SCHEDULED:
         raise InvalidRule(f"rule {name!r}: anonymize belongs to rules that send (send_to, stow_to), not to prefetch")
+    try:
+        labels = rule_labels(raw.get("labels", []))
+    except InvalidLabel as exc:
+        raise InvalidRule(f"rule {name!r}: {exc}") from None
+    if labels and when is Trigger.SCHEDULED:
+        raise InvalidRule(
+            f'rule {name!r}: labels cannot filter a when = "scheduled" rule: it matches a worklist entry, '
+            "which carries no labels (labels are put on stored studies); use match"
+        )
     return Rule(
         name=name,
         when=when,
         match=_match(name, raw.get("match", {})),
+        labels=labels,
         calling_aet=_text(name, "calling_aet", raw.get("calling_aet", ""), 16),
         called_aet=_text(name, "called_aet", raw.get("called_aet", ""), 16),
         stable_seconds=float(stable) if when is Trigger.STABLE else 0.0,

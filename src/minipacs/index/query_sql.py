@@ -55,7 +55,8 @@ class PageQuery:
     related: tuple[tuple[str, Condition], ...] = ()
     #: Computed keys a match must have NO row for (NOT EXISTS), by keyword of :data:`AGGREGATES`.
     absent: tuple[str, ...] = ()
-    #: Labels (core/labels.py) a matching study must carry, every one (STUDY level only).
+    #: Labels (core/labels.py) a matching study (or the study of a matching series or instance)
+    #: must carry, every one: the studies table is then joined in.
     labels: tuple[str, ...] = ()
     #: Computed keys answered (keywords of :data:`AGGREGATES`): on PostgreSQL, those of
     #: :data:`IN_PAGE` come in the page statement itself (:func:`in_page_label`).
@@ -223,6 +224,8 @@ def _base_select(query: PageQuery, dialect: str) -> Select[Any]:
     base = ENTITIES[entity].table
     frm: Any = base
     needed = {DEPTH[key.entity] for key in query.keys}
+    if query.labels:  # labelled_clause correlates with the studies table
+        needed.add(DEPTH[Entity.STUDY])
     top = min(needed | {DEPTH[entity]})
     chain = list(Entity)[top : DEPTH[entity] + 1]
     # join upwards: child.parent_fk == parent.id

@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.valuerep import PersonName
 
 from minipacs.core.archive import Archive
+from minipacs.core.errors import InvalidQuery
 from minipacs.core.labels import parse_labels
 from minipacs.core.query import prepare_query, run_query
 from minipacs.dicom.levels import PATIENT_ROOT, STUDY_ROOT, Level
@@ -173,6 +174,8 @@ async def search(
     carrying both labels (core/labels.py; several ``labels`` parameters add up)."""
     query = dict(params)
     labels = parse_labels(",".join(v for k, v in params if k == LABELS_PARAM))
+    if labels and level is not Level.STUDY:  # the engine could (rule filters do); searches keep it simple
+        raise InvalidQuery(f"labels are put on studies: search at the study level to filter by them, not {level.value}")
     limit = _int_param(query, "limit", MAX_LIMIT, MAX_LIMIT)
     offset = _int_param(query, "offset", 0, 10**9)
     ds = identifier(level, params, fixed or {})
