@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Instructions per received instance, deterministic (valgrind --tool=callgrind).
+
+Timing on a shared, loaded machine is noisy; instruction counts are not. This runs
+``minipacs serve`` under callgrind twice, each time sending ``--low`` and then
+``--high`` small instances with /usr/bin/storescu on one association, and reports
+``(Ir(high) - Ir(low)) / (high - low)``: the server's instructions per instance,
+start-up, imports and association set-up cancelling out. (All threads together;
+the kernel's work, e.g. fdatasync, is not counted: this is user-space CPU.)
+
+  python bench/callgrind_store.py [--low 20] [--high 220]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import WORK, free_port, minipacs_cmd, peer_env, spawn, stop, wait_listening
+from bench_store import load_set
+
+VALGRIND = "/usr/bin/valgrind"
+
+
+def instructions(files: list[Path], run_dir: Path) -> int:
+    """Total instructions (Ir) of one ``minipacs serve`` that receives ``files`` on one association."""
+    import subprocess
+
+    src = run_dir / "src"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    src.mkdir(parents=True)
+    for i, f in enumerate(files):
+        (src / f"f{i:05d}.dcm").symlink_to(f.resolve())
+    out = run_dir / "callgrind.out"
+    port = free_port()
+    prefix = [VALGRIND, "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-line=no"]
+    env = peer_env({"MINIPACS_HTTP_PORT": "0", "PYTHONMALLOC": "malloc"})
+    serve = ["serve", "--data", str(run_dir / "data"), "--port", str(port), "--aet", "MINIPACS", "--host", "127.0.0.1"]
+    server = spawn(prefix + minipacs_cmd() + serve, run_dir / "server.log", env)
+    try:
+        wait_listening(server, port, timeout=900.0, log=run_dir / "server.log")
+        if files:
+            cmd = ["/usr/bin/storescu", "-xe", "+sd", "+r", "-aet", "BENCH", "-aec", "MINIPACS"]
+            cmd += ["-to", "600", "-td", "600", "-ta", "600", "127.0.0.1", str(port), str(src)]
+            subprocess.run(cmd, check=True, capture_output=True, timeout=1800)
+    finally:
+        stop(server, grace=600.0)
+    text = out.read_text(errors="replace")
+    match = re.search(r"^summary:\s*(\d+)", text, re.M) or re.search(r"^totals:\s*(\d+)", text, re.M)
+    if match is None:
+        raise RuntimeError(f"no summary in {out}")
+    return int(match.group(1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--low", type=int, default=20)
+    ap.add_argument("--high", type=int, default=220)
+    args = ap.parse_args(argv)
+    files = sorted(p for p in load_set("small", quick=False).sources[0].rglob("*") if p.is_file())
+    if len(files) < args.high:
+        print(f"need {args.high} files, have {len(files)}", file=sys.stderr)
+        return 2
+    low = instructions(files[: args.low], WORK / "callgrind" / "low")
+    high = instructions(files[: args.high], WORK / "callgrind" / "high")
+    per = (high - low) / (args.high - args.low)
+    print(f"Ir: {args.low} instances {low:,}; {args.high} instances {high:,}")
+    print(f"instructions per instance: {per:,.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
