@@ -6,7 +6,8 @@ Timing on a shared, loaded machine is noisy; instruction counts are not. This ru
 ``--high`` small instances with /usr/bin/storescu on one association, and reports
 ``(Ir(high) - Ir(low)) / (high - low)``: the server's instructions per instance,
 start-up, imports and association set-up cancelling out. (All threads together;
-the kernel's work, e.g. fdatasync, is not counted: this is user-space CPU.)
+the kernel's work, e.g. fdatasync, is not counted: this is user-space CPU. Run it once
+before measuring, so that both runs find the bytecode caches written.)
 
   python bench/callgrind_store.py [--low 20] [--high 220]
 """
@@ -61,13 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--low", type=int, default=20)
     ap.add_argument("--high", type=int, default=220)
+    ap.add_argument("--tag", default="", help="a name for this run's work folder (runs side by side)")
     args = ap.parse_args(argv)
     files = sorted(p for p in load_set("small", quick=False).sources[0].rglob("*") if p.is_file())
     if len(files) < args.high:
         print(f"need {args.high} files, have {len(files)}", file=sys.stderr)
         return 2
-    low = instructions(files[: args.low], WORK / "callgrind" / "low")
-    high = instructions(files[: args.high], WORK / "callgrind" / "high")
+    work = WORK / "callgrind" / args.tag if args.tag else WORK / "callgrind"
+    low = instructions(files[: args.low], work / "low")
+    high = instructions(files[: args.high], work / "high")
     per = (high - low) / (args.high - args.low)
     print(f"Ir: {args.low} instances {low:,}; {args.high} instances {high:,}")
     print(f"instructions per instance: {per:,.0f}")
