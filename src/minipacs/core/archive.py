@@ -190,19 +190,21 @@ class _KeyCache:
             self.clear()
 
 
-def _resolve(job: _Job[Any], result: object) -> None:
-    """Hand the result to the job's event loop; the waiter may be gone (cancelled)."""
+def _resolve_all(loop: asyncio.AbstractEventLoop, settled: list[tuple[_Job[Any], object]]) -> None:
+    """Hand a batch's results to their event loop in one wake-up (one self-pipe write, not one
+    per job), in job order; a waiter may be gone (cancelled)."""
 
     def settle() -> None:
-        if job.future.done():
-            return
-        if isinstance(result, BaseException):
-            job.future.set_exception(result)
-        else:
-            job.future.set_result(result)
+        for job, result in settled:
+            if job.future.done():
+                continue
+            if isinstance(result, BaseException):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)
 
     try:
-        job.loop.call_soon_threadsafe(settle)
+        loop.call_soon_threadsafe(settle)
     except RuntimeError:  # the loop is closed: nobody is waiting any more
         pass
 
@@ -752,12 +754,15 @@ class Archive:
                 log.exception("index writer batch of %d job(s) failed", len(batch))
                 failure = ArchiveError(f"the index writer failed ({type(exc).__name__}); see the server log")
                 results = [failure] * len(batch)
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job[Any], object]]] = {}
             for job, result in zip(batch, results, strict=True):
                 if isinstance(job, _Barrier):
                     job.error = result if isinstance(result, BaseException) else None
                     job.done.set()
                 else:
-                    _resolve(job, result)
+                    by_loop.setdefault(job.loop, []).append((job, result))
+            for loop, settled in by_loop.items():
+                _resolve_all(loop, settled)
             intake = self._intake
             if intake is not None and intake.bytes_appended - self._bytes_at_request >= (
                 self.settings.intake_checkpoint_bytes
