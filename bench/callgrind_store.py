@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
-"""Instructions per received instance, deterministic (valgrind --tool=callgrind).
+"""Instructions per received instance (valgrind --tool=callgrind) -- read the caveat first.
 
-Timing on a shared, loaded machine is noisy; instruction counts are not. This runs
-``minipacs serve`` under callgrind twice, each time sending ``--low`` and then
-``--high`` small instances with /usr/bin/storescu on one association, and reports
-``(Ir(high) - Ir(low)) / (high - low)``: the server's instructions per instance,
-start-up, imports and association set-up cancelling out. (All threads together;
-the kernel's work, e.g. fdatasync, is not counted: this is user-space CPU. Run it once
-before measuring, so that both runs find the bytecode caches written.)
+``minipacs serve`` runs under callgrind twice, receiving ``--low`` and then ``--high`` small
+instances from /usr/bin/storescu on one association; ``(Ir(high) - Ir(low)) / (high - low)``
+cancels start-up. ``--interval``: one server, ``--low`` instances to warm up, then the counters
+are read (callgrind_control) around the sending of the rest. All threads; user space only.
 
-  python bench/callgrind_store.py [--low 20] [--high 220]
+Caveat (bench/RESULTS.md, 2026-12-06 "C-STORE path CPU"): under valgrind the server runs ~50x
+slower, so its time-driven background work (job runner, staging pool, lazy first-use imports
+compiled from source when PYTHONDONTWRITEBYTECODE is set) grows 50x per instance and can dominate:
+repeated runs of one tree gave 2.7 M and 19.6 M per instance. Not a before/after measure as is.
+
+  python bench/callgrind_store.py [--low 20] [--high 220] [--tag NAME] [--interval]
 """
 
 from __future__ import annotations
