@@ -27,6 +27,7 @@ from minipacs.core.inflate import DatasetLimits, check_deflated
 from minipacs.core.model import DuplicatePolicy, Origin, StagedPath, StoreStatus
 from minipacs.core.stored import read_stored
 from minipacs.core.structure import ERROR_COMMENT_LENGTH, StructureWalk, _too_deep, walk_file
+from minipacs.core.structure import walk_bytes as walk_in_memory
 from minipacs.dicom.header import MalformedDataset, dataset_encoding
 from minipacs.dicom.part10 import NotPart10, dataset_offset_of
 from minipacs.index.schema import Instance
@@ -114,6 +115,32 @@ def test_a_file_read_in_windows_gives_the_same_sentence(tmp_path: Path, window: 
         except MalformedDataset as exc:
             said = str(exc)
         assert said == walk_bytes(c), c.id
+
+
+def test_a_file_already_in_memory_gives_the_same_sentence_as_read_from_disk(tmp_path: Path) -> None:
+    """The writer walks a small staged file from the bytes it read once (walk_bytes): same verdicts."""
+    path = tmp_path / "ds"
+    checked = 0
+    for c in cases():
+        if c.syntax.deflated:
+            continue
+        data = b"PREFIX" + c.data
+        path.write_bytes(data)
+        enc = dataset_encoding(c.syntax.uid)
+        options = {"implicit": enc.implicit_vr, "little_endian": enc.little_endian, "max_depth": 64}
+        try:
+            walk_file(path, 6, **options)
+            from_disk = ""
+        except MalformedDataset as exc:
+            from_disk = str(exc)
+        try:
+            walk_in_memory(data, 6, **options)
+            from_memory = ""
+        except MalformedDataset as exc:
+            from_memory = str(exc)
+        assert from_disk == from_memory == walk_bytes(c), c.id
+        checked += bool(from_disk)
+    assert checked >= 10, "the corpus has broken cases"
 
 
 def test_every_sentence_fits_the_error_comment_even_with_large_numbers() -> None:

@@ -34,6 +34,7 @@ import asyncio
 import datetime as dt
 import errno
 import fcntl
+import io
 import logging
 import os
 import queue
@@ -58,7 +59,7 @@ from minipacs.core.errors import (
     NotFound,
     OutOfResources,
 )
-from minipacs.core.header import read_header
+from minipacs.core.header import read_header, read_header_from
 from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits, check_deflated
 from minipacs.core.intake import IntakeLog, IntakeRecord, syncfs
 from minipacs.core.metrics import Metrics
@@ -144,6 +145,8 @@ class _IngestJob(_Job[StoreOutcome]):
     size: int = field(default=0, kw_only=True)
     #: Made durable by the intake log rather than its own fsyncs (set by the writer).
     logged: bool = field(default=False, kw_only=True)
+    #: The whole staged file when it is small enough for the intake log (read once by the writer).
+    data: bytes | None = field(default=None, kw_only=True, repr=False)
     #: A correction's rewrite (core/corrections.py): replace exactly the stored copy with this blob key,
     #: whatever the duplicate policy, keeping the row's origin; refused if that copy is gone or replaced.
     replace_key: str | None = field(default=None, kw_only=True)
@@ -187,19 +190,21 @@ class _KeyCache:
             self.clear()
 
 
-def _resolve(job: _Job[Any], result: object) -> None:
-    """Hand the result to the job's event loop; the waiter may be gone (cancelled)."""
+def _resolve_all(loop: asyncio.AbstractEventLoop, settled: list[tuple[_Job[Any], object]]) -> None:
+    """Hand a batch's results to their event loop in one wake-up (one self-pipe write, not one
+    per job), in job order; a waiter may be gone (cancelled)."""
 
     def settle() -> None:
-        if job.future.done():
-            return
-        if isinstance(result, BaseException):
-            job.future.set_exception(result)
-        else:
-            job.future.set_result(result)
+        for job, result in settled:
+            if job.future.done():
+                continue
+            if isinstance(result, BaseException):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)
 
     try:
-        job.loop.call_soon_threadsafe(settle)
+        loop.call_soon_threadsafe(settle)
     except RuntimeError:  # the loop is closed: nobody is waiting any more
         pass
 
@@ -319,16 +324,21 @@ def _fsync_file(path: Path) -> None:
 
 
 def prepare_ingest(
-    staged: StagedPath, max_sequence_depth: int = DEFAULT_LIMITS.max_sequence_depth
+    staged: StagedPath, max_sequence_depth: int = DEFAULT_LIMITS.max_sequence_depth, data: bytes | None = None
 ) -> tuple[InstanceHeader, str, int]:
     """Header, blob key and file size of a staged file, after every check.
 
+    ``data``: the whole staged file, when the caller has read it (a small one, for the intake log):
+    walked and parsed from memory, the file is not opened again.
     Raises BrokenDataset (the whole dataset's element structure is walked first: core/structure.py;
     a deflated one was walked by check_deflated), InvalidInstance (malformed header), InstanceMismatch
     (dataset UIDs differ from the announced ones) or InvalidIdentifier (a UID unfit for a path).
     """
-    check_staged(staged.path, staged.dataset_offset, staged.transfer_syntax_uid, max_sequence_depth)
-    header = read_header(staged.path, staged.dataset_offset, staged.transfer_syntax_uid)
+    check_staged(staged.path, staged.dataset_offset, staged.transfer_syntax_uid, max_sequence_depth, data)
+    if data is None:
+        header = read_header(staged.path, staged.dataset_offset, staged.transfer_syntax_uid)
+    else:
+        header = read_header_from(io.BytesIO(data), staged.dataset_offset, staged.transfer_syntax_uid)
     for keyword, announced in (
         ("SOPInstanceUID", staged.sop_instance_uid),
         ("SOPClassUID", staged.sop_class_uid),
@@ -343,7 +353,7 @@ def prepare_ingest(
                 f"{announced[:70]!r}; the sender must send matching values"
             )
     key = instance_key(header.get("StudyInstanceUID"), header.get("SeriesInstanceUID"), header.get("SOPInstanceUID"))
-    return header, key, os.stat(staged.path).st_size
+    return header, key, os.stat(staged.path).st_size if data is None else len(data)
 
 
 class Archive:
@@ -759,12 +769,15 @@ class Archive:
                 log.exception("index writer batch of %d job(s) failed", len(batch))
                 failure = ArchiveError(f"the index writer failed ({type(exc).__name__}); see the server log")
                 results = [failure] * len(batch)
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job[Any], object]]] = {}
             for job, result in zip(batch, results, strict=True):
                 if isinstance(job, _Barrier):
                     job.error = result if isinstance(result, BaseException) else None
                     job.done.set()
                 else:
-                    _resolve(job, result)
+                    by_loop.setdefault(job.loop, []).append((job, result))
+            for loop, settled in by_loop.items():
+                _resolve_all(loop, settled)
             intake = self._intake
             if intake is not None and intake.bytes_appended - self._bytes_at_request >= (
                 self.settings.intake_checkpoint_bytes
@@ -780,7 +793,14 @@ class Archive:
         for index, job in enumerate(batch):
             if isinstance(job, _IngestJob):
                 try:
-                    job.header, job.key, job.size = prepare_ingest(job.staged, self.settings.max_sequence_depth)
+                    if self._intake is not None:
+                        # A small file goes into the intake log: read it once, here, for the walk, the
+                        # header and the log record alike
+                        if os.stat(job.staged.path).st_size <= self.settings.intake_inline_max_bytes:
+                            job.data = job.staged.path.read_bytes()
+                    job.header, job.key, job.size = prepare_ingest(
+                        job.staged, self.settings.max_sequence_depth, job.data
+                    )
                     job.logged = self._intake is not None and job.size <= self.settings.intake_inline_max_bytes
                     if self.settings.fsync and not job.logged:
                         _fsync_file(job.staged.path)
@@ -882,7 +902,10 @@ class Archive:
                 if isinstance(job := batch[index], _IngestJob) and job.logged and _moved_into_storage(done[index])
             ]
             if logged:  # the files' bytes, before they move; one fdatasync for all
-                records = [(self._record_meta(job), job.staged.path.read_bytes()) for job in logged]
+                records = [
+                    (self._record_meta(job), job.data if job.data is not None else job.staged.path.read_bytes())
+                    for job in logged
+                ]
                 assert self._intake is not None
                 last_lsn = self._intake.append(records)[-1]
                 intake_repo.set_committed_lsn(conn, last_lsn)

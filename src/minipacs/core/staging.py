@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import io
 import logging
 import os
@@ -73,10 +74,40 @@ def file_meta_information(
     Every value is validated first: UIDs per PS3.5 §9.1, the AE title per
     PS3.5 Table 6.2-1; anything else raises InvalidIdentifier.
     """
+    # Validated in this order, so that the first invalid value is the one reported.
+    sop_class = _uid_element(0x00020002, "MediaStorageSOPClassUID", sop_class_uid)
+    sop_instance = _element(
+        0x00020003, "UI", _padded(validate_uid("MediaStorageSOPInstanceUID", sop_instance_uid), b"\x00")
+    )
+    tail = _meta_tail(transfer_syntax_uid, source_aet)
+    body_length = len(_META_VERSION) + len(sop_class) + len(sop_instance) + len(tail)
+    return b"".join(
+        (
+            PREAMBLE,
+            _element(0x00020000, "UL", struct.pack("<I", body_length)),
+            _META_VERSION,
+            sop_class,
+            sop_instance,
+            tail,
+        )
+    )
+
+
+#: (0002,0001) FileMetaInformationVersion.
+_META_VERSION: Final = _element(0x00020001, "OB", b"\x00\x01")
+
+
+@functools.lru_cache(maxsize=256)
+def _uid_element(tag: int, keyword: str, uid: str) -> bytes:
+    """A validated UI element of the File Meta group; the SOP classes a node receives are few,
+    so each is validated and encoded once (an invalid one raises, and is not cached)."""
+    return _element(tag, "UI", _padded(validate_uid(keyword, uid), b"\x00"))
+
+
+@functools.lru_cache(maxsize=256)
+def _meta_tail(transfer_syntax_uid: str, source_aet: str) -> bytes:
+    """(0002,0010) to (0002,0016): the same for every instance of an association."""
     elements: Sequence[tuple[int, str, bytes]] = [
-        (0x00020001, "OB", b"\x00\x01"),  # FileMetaInformationVersion
-        (0x00020002, "UI", _padded(validate_uid("MediaStorageSOPClassUID", sop_class_uid), b"\x00")),
-        (0x00020003, "UI", _padded(validate_uid("MediaStorageSOPInstanceUID", sop_instance_uid), b"\x00")),
         (0x00020010, "UI", _padded(validate_uid("TransferSyntaxUID", transfer_syntax_uid), b"\x00")),
         (0x00020012, "UI", _padded(IMPLEMENTATION_CLASS_UID, b"\x00")),
         (0x00020013, "SH", _padded(IMPLEMENTATION_VERSION_NAME, b" ")),
@@ -84,9 +115,7 @@ def file_meta_information(
     aet = _checked_ae(source_aet)
     if aet:
         elements = [*elements, (0x00020016, "AE", _padded(aet, b" "))]
-    body = b"".join(_element(tag, vr, value) for tag, vr, value in elements)
-    group_length = _element(0x00020000, "UL", struct.pack("<I", len(body)))
-    return PREAMBLE + group_length + body
+    return b"".join(_element(tag, vr, value) for tag, vr, value in elements)
 
 
 class StagingFile:

@@ -514,9 +514,26 @@ def walk_file(
         os.close(fd)
 
 
-def check_staged(path: Path, dataset_offset: int, transfer_syntax_uid: str, max_depth: int) -> None:
+def walk_bytes(data: bytes, dataset_offset: int, *, implicit: bool, little_endian: bool, max_depth: int) -> None:
+    """:func:`walk_file` of a file already read whole into ``data``: the same walk, windows
+    sliced from memory rather than read (so the same verdicts, offsets and sentences)."""
+    size = len(data) - dataset_offset
+    view = memoryview(data)
+    walk = StructureWalk(implicit=implicit, little_endian=little_endian, max_depth=max_depth, size=size)
+    while walk.wants_more():
+        at = walk.next_offset
+        window = view[dataset_offset + at :]
+        if not window:
+            raise MalformedDataset(f"the dataset ends at {at}, before its {size} bytes")
+        walk.walk(window, at)
+
+
+def check_staged(
+    path: Path, dataset_offset: int, transfer_syntax_uid: str, max_depth: int, data: bytes | None = None
+) -> None:
     """Walk the dataset of a staged file (ingest); raise BrokenDataset when it is broken.
 
+    ``data``: the whole file, when the caller has read it already (it is then not read again).
     A deflated dataset (PS3.5 A.5) is walked while it is inflated, by core/inflate.py check_deflated,
     before the job reaches the writer; here it is skipped.
     """
@@ -524,6 +541,15 @@ def check_staged(path: Path, dataset_offset: int, transfer_syntax_uid: str, max_
     if encoding.deflated:
         return
     try:
+        if data is not None:
+            walk_bytes(
+                data,
+                dataset_offset,
+                implicit=encoding.implicit_vr,
+                little_endian=encoding.little_endian,
+                max_depth=max_depth,
+            )
+            return
         walk_file(
             path,
             dataset_offset,
@@ -535,4 +561,12 @@ def check_staged(path: Path, dataset_offset: int, transfer_syntax_uid: str, max_
         raise BrokenDataset(str(exc)) from None
 
 
-__all__ = ["ERROR_COMMENT_LENGTH", "PIXEL_TAGS", "StructureWalk", "check_staged", "check_structure", "walk_file"]
+__all__ = [
+    "ERROR_COMMENT_LENGTH",
+    "PIXEL_TAGS",
+    "StructureWalk",
+    "check_staged",
+    "check_structure",
+    "walk_bytes",
+    "walk_file",
+]

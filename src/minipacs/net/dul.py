@@ -49,12 +49,12 @@ KEEPALIVE_INTERVAL = 10
 KEEPALIVE_COUNT = 6
 
 
-#: Linux's TCP_QUICKACK (None elsewhere), set again after every PDU we read. A peer with Nagle's
+#: Linux's TCP_QUICKACK (None elsewhere), set again after every read of the stream. A peer with Nagle's
 #: algorithm on (pynetdicom's default, DCMTK without TCP_NODELAY=1) writes a request's command
 #: and its dataset as two PDUs and sends the second only once the first is acknowledged; a
 #: receiver with nothing to send yet delays that ACK (Linux: 40 ms or more), so every C-STORE
 #: and C-FIND waited ~45 ms on loopback (bench/RESULTS.md, "Nagle vs delayed ACK"). Setting the
-#: option sends a pending ACK at once; Linux clears it again by itself, hence once per PDU.
+#: option sends a pending ACK at once; Linux clears it again by itself, hence once per read.
 QUICKACK: Final[int | None] = getattr(socket, "TCP_QUICKACK", None)
 
 
@@ -81,6 +81,10 @@ def stream_limit(max_pdu_receive: int) -> int:
     """StreamReader buffer limit: a whole PDU fits, so reading never pauses mid-PDU."""
     return max(max_pdu_receive, MAX_CONTROL_PDU) + 64 * 1024
 
+
+#: How much more than the PDU it waits for one read may take from the stream: the next PDUs
+#: (a C-STORE's dataset after its command) are then framed without another read or timer.
+READ_AHEAD = 64 * 1024
 
 #: Parts of a write up to this size are joined into one buffer (one syscall).
 SMALL_WRITE = 64 * 1024
@@ -190,10 +194,13 @@ class UpperLayer:
         self._events: deque[tuple[Event, PDU | None]] = deque()
         #: The timeout of the PDU header read under way, so that :meth:`rearm_read_timeout` can move it.
         self._header_wait: asyncio.Timeout | None = None
+        #: Bytes read from ``reader`` and not yet framed: ``_buffer[_pos:]`` (see :meth:`_read_more`).
+        self._buffer = b""
+        self._pos = 0
         transport = getattr(writer, "transport", None)  # (test doubles have none)
         self._write_high_water = transport.get_write_buffer_limits()[1] if transport is not None else 0
         sock = writer.get_extra_info("socket")
-        #: The TCP socket and option with which :meth:`_read_pdu` re-arms TCP_QUICKACK (None: not here).
+        #: The TCP socket and option with which :meth:`_read_more` re-arms TCP_QUICKACK (None: not here).
         self._quickack: tuple[socket.socket, int] | None = (
             (sock, QUICKACK) if sock is not None and QUICKACK is not None else None
         )
@@ -354,17 +361,14 @@ class UpperLayer:
                 self.user.closed()
 
     async def _read_pdu(self) -> PDU | None:
-        timeout = self._header_timeout()
-        try:
-            # asyncio.timeout, not wait_for: no extra task per read on the hot path
-            async with asyncio.timeout(timeout) as wait:
-                self._header_wait = wait
-                header = await self.reader.readexactly(6)
-        except TimeoutError:
-            self._on_read_timeout()
-            return None
-        finally:
-            self._header_wait = None
+        header = self._take_buffered(6)
+        if header is None:
+            timeout = self._header_timeout()
+            try:
+                header = await self._read_more(6, timeout, header=True)
+            except TimeoutError:
+                self._on_read_timeout()
+                return None
         if self._framing_lost:
             return None  # Sta13 after a framing error: just wait for the close
         pdu_type, length = PDU_HEADER.unpack(header)
@@ -376,22 +380,62 @@ class UpperLayer:
         if length > limit:
             self._framing_error(6, f"PDU type 0x{pdu_type:02X} of {length} bytes exceeds our limit of {limit} bytes")
             return None
+        body = self._take_buffered(length)
+        if body is None:
+            try:
+                body = await self._read_more(length, self.timeouts.dimse, header=False)
+            except TimeoutError:
+                self._framing_error(0, f"peer stalled for {self.timeouts.dimse:g}s inside a PDU")
+                return None
         try:
-            async with asyncio.timeout(self.timeouts.dimse):
-                body = await self.reader.readexactly(length)
-        except TimeoutError:
-            self._framing_error(0, f"peer stalled for {self.timeouts.dimse:g}s inside a PDU")
-            return None
-        if self._quickack is not None:
-            self._ack_now(*self._quickack)
-        try:
-            return decode_pdu(pdu_type, memoryview(body))
+            return decode_pdu(pdu_type, body)
         except PDUError as exc:
             self.end_reason = self.end_reason or f"malformed PDU: {exc}"
             log.warning("%s malformed PDU from peer: %s", self.label, exc)
             self._abort_pdu = AAbort(2, exc.reason)
             self.event(Event.EVT19)
             return None
+
+    def _take_buffered(self, n: int) -> memoryview | None:
+        """The next ``n`` bytes if what we have read already holds them (no await, no timer):
+        a request's command and dataset PDUs usually arrive together, in one read."""
+        start = self._pos
+        end = start + n
+        if end > len(self._buffer):
+            return None
+        self._pos = end
+        return memoryview(self._buffer)[start:end]
+
+    async def _read_more(self, n: int, timeout: float | None, *, header: bool) -> memoryview:
+        """The next ``n`` bytes, reading from the stream under ``timeout`` (TimeoutError when
+        it expires; IncompleteReadError at the end of the stream). One read takes whatever the
+        stream holds, up to :data:`READ_AHEAD` beyond ``n``: the PDUs after this one are then
+        framed from it without waiting (flow control is unchanged: :meth:`run` still asks
+        ``read_gate`` before each PDU, and the stream pauses the socket past its limit)."""
+        rest = self._buffer[self._pos :]
+        parts = [rest] if rest else []
+        have = len(rest)
+        reader = self.reader
+        try:
+            # asyncio.timeout, not wait_for: no extra task per read
+            async with asyncio.timeout(timeout) as wait:
+                if header:
+                    self._header_wait = wait
+                while have < n:
+                    chunk = await reader.read(n - have + READ_AHEAD)
+                    if not chunk:
+                        raise asyncio.IncompleteReadError(b"".join(parts), n)
+                    parts.append(chunk)
+                    have += len(chunk)
+                    if self._quickack is not None:
+                        self._ack_now(*self._quickack)
+        finally:
+            # keep what was read, also when the timer expired: nothing is lost or read twice
+            self._header_wait = None
+            self._buffer = parts[0] if len(parts) == 1 else b"".join(parts)
+            self._pos = 0
+        self._pos = n
+        return memoryview(self._buffer)[:n]
 
     def _ack_now(self, sock: socket.socket, option: int) -> None:
         """Acknowledge what we have read now, not after the delayed-ACK timer (see :data:`QUICKACK`)."""
