@@ -9,12 +9,16 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
 from minipacs.core.archive import Archive
+from minipacs.core.errors import ArchiveError
 from minipacs.core.metadata import MetadataStore
 from minipacs.index import metadata_repo
 from tests.core.test_two_writers import _ingest
@@ -101,6 +105,39 @@ def test_metadata_on_one_node_while_the_other_ingests_never_fails(tmp_path: Path
             await b.close()
         said = [repr(f) for f in failures[:5]]
         assert not failures, f"{len(failures)} request(s) failed in {failed_rounds} of {ROUNDS} rounds: {said}"
+
+    with postgres_schema_url() as url:
+        asyncio.run(main(url))
+
+
+@pytest.mark.parametrize("error", [psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure])
+def test_a_deadlocked_write_is_tried_again_and_succeeds(tmp_path: Path, error: type[Exception]) -> None:
+    """The writer tries a transaction PostgreSQL aborted as a deadlock or a serialization failure
+    again, with back-off: three aborts in a row still end in the write's own result."""
+    aborted = 0
+
+    def write(conn: Any) -> str:
+        nonlocal aborted
+        if aborted < 3:
+            aborted += 1
+            raise OperationalError("INSERT ...", {}, error("aborted to let another transaction go on"))
+        return "written"
+
+    def unique_violation(conn: Any) -> str:
+        raise IntegrityError("INSERT ...", {}, psycopg.errors.UniqueViolation("duplicate key"))
+
+    async def main(url: str) -> None:
+        a = await open_archive(Settings(data_dir=tmp_path / "data", index_url=url, node_id="node-a"))
+        try:
+            assert await a.write(write) == "written"
+            assert aborted == 3
+            assert a.stats.transient_retries >= 3
+            before = a.stats.transient_retries
+            with pytest.raises(ArchiveError):  # any other database error is not tried again and again
+                await a.write(unique_violation)
+            assert a.stats.transient_retries == before
+        finally:
+            await a.close()
 
     with postgres_schema_url() as url:
         asyncio.run(main(url))
