@@ -38,6 +38,7 @@ import io
 import logging
 import os
 import queue
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -84,7 +85,7 @@ from minipacs.core.structure import check_staged
 from minipacs.dicom.header import InstanceHeader, dataset_encoding
 from minipacs.index import intake_repo, metadata_repo
 from minipacs.index import repository as repo
-from minipacs.index.database import IndexConnection, IndexDatabase
+from minipacs.index.database import IndexConnection, IndexDatabase, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,11 @@ T = TypeVar("T")
 MAX_BATCH: Final = 512
 #: Study/series primary keys the writer remembers between batches.
 KEY_CACHE_SIZE: Final = 4096
+#: Tries of one writer transaction that PostgreSQL aborts as a deadlock or a serialization failure
+#: (another node on the same index took the same rows in another order), and the first wait between
+#: two tries, doubling, with jitter: at most ~0.3 s of waiting before the failure is reported.
+TRANSIENT_TRIES: Final = 6
+TRANSIENT_FIRST_WAIT: Final = 0.01
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,7 @@ class IngestStats:
     ingested: int = 0  # ingest jobs that went through the writer (any outcome)
     largest_batch: int = 0  # most ingest jobs in one transaction
     multi_job_batches: int = 0  # transactions with more than one ingest job
+    transient_retries: int = 0  # transactions tried again after a deadlock or serialization failure
 
 
 @dataclass
@@ -308,6 +315,13 @@ def _as_failure(exc: BaseException) -> Exception:
     # A database error's text carries SQL and values: it goes to the server log, not to the peer.
     log.error("storing failed: %s", exc)
     return ArchiveError(f"storing failed (internal error: {type(exc).__name__}); see the server log")
+
+
+def _sqlstate(exc: BaseException) -> str:
+    """The SQLSTATE of a database error and its one-line meaning, for the log."""
+    orig = getattr(exc, "orig", exc)
+    first = str(orig).splitlines()[0][:120] if str(orig) else type(orig).__name__
+    return f"SQLSTATE {getattr(orig, 'sqlstate', '?')}: {first}"
 
 
 def _moved_into_storage(result: object) -> bool:
@@ -818,7 +832,7 @@ class Archive:
         pending = [i for i, r in enumerate(results) if r is None]
         stale_keys: list[str] = []
         try:
-            self._transaction(batch, pending, results, stale_keys)
+            self._transaction_retried(batch, pending, results, stale_keys)
         except Exception as exc:  # noqa: BLE001 - one job spoiled the batch: retry each on its own
             # Each job is tried again on its own, with the cached study/series keys forgotten: a job
             # may have spoiled the batch, or another process on the same index (a second node on one
@@ -835,7 +849,7 @@ class Archive:
                     if isinstance(failure, OSError):
                         break  # a disk error: trying again will not help
                     try:
-                        self._transaction(batch, [index], results, stale_keys)
+                        self._transaction_retried(batch, [index], results, stale_keys)
                     except Exception as single:  # noqa: BLE001 - this job's own failure
                         self._keys.clear()
                         failure = single
@@ -866,6 +880,29 @@ class Archive:
                 self.blobs.delete(key)
             except (OSError, BlobError) as exc:
                 log.error("the replaced copy %s could not be removed: %s", key, exc)
+
+    def _transaction_retried(
+        self, batch: list[WriterJob], indexes: list[int], results: list[object], stale_keys: list[str]
+    ) -> None:
+        """``_transaction``, tried again after a deadlock or a serialization failure (issue 11: they
+        must never reach a peer as 0x0110 or a client as HTTP 500), with a bounded, jittered back-off
+        so that the two nodes do not meet again in step. Nothing of an aborted try was committed;
+        the study/series keys it cached are forgotten."""
+        wait = TRANSIENT_FIRST_WAIT
+        for attempt in range(1, TRANSIENT_TRIES + 1):
+            try:
+                self._transaction(batch, indexes, results, stale_keys)
+                return
+            except Exception as exc:
+                if attempt == TRANSIENT_TRIES or not is_transient(exc):
+                    raise
+                self._keys.clear()
+                self._stats.transient_retries += 1
+                log.info(
+                    "index transaction of %d job(s) aborted (%s); try %d", len(indexes), _sqlstate(exc), attempt + 1
+                )
+                time.sleep(wait * random.uniform(0.5, 1.5))  # jitter, not secrecy
+                wait *= 2
 
     def _transaction(
         self, batch: list[WriterJob], indexes: list[int], results: list[object], stale_keys: list[str]

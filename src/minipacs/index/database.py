@@ -102,6 +102,17 @@ def upgrade_schema(engine: Engine) -> None:
                 connection.commit()
 
 
+#: SQLSTATEs of a transaction PostgreSQL aborted so that another could go on (serialization_failure,
+#: deadlock_detected): nothing of it was written, and the same transaction may pass when tried again.
+TRANSIENT_SQLSTATES: Final = frozenset({"40001", "40P01"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a serialization failure or a deadlock (the DBAPI error under SQLAlchemy's)."""
+    orig = getattr(exc, "orig", exc)
+    return getattr(orig, "sqlstate", None) in TRANSIENT_SQLSTATES
+
+
 class IndexWriter:
     """The one connection every index write goes through (SQLite: ``BEGIN IMMEDIATE``),
     kept open across transactions; dropped after a failed transaction, opened again on the next.
@@ -213,8 +224,10 @@ __all__ = [
     "IndexWriter",
     "MIGRATIONS_DIR",
     "NODE_INFO",
+    "TRANSIENT_SQLSTATES",
     "WRITER_OPTION",
     "alembic_config",
     "create_index_engine",
+    "is_transient",
     "upgrade_schema",
 ]

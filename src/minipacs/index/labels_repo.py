@@ -6,13 +6,20 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Final, cast
 
-from sqlalchemy import ColumnElement, Connection, Table, delete, exists, func, insert, select
+from sqlalchemy import ColumnElement, Connection, Table, delete, exists, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from minipacs.index.schema import Study, StudyLabel
 
 _LABELS: Final = cast(Table, StudyLabel.__table__)
 #: Rows per ``IN (...)``.
 _CHUNK: Final = 500
+#: Dialect -> an INSERT that leaves a label already there alone: two nodes putting one label on one
+#: study at once both saw it missing, and the second plain INSERT failed on uq_study_labels (HTTP 500).
+_INSERT_IGNORING: Final = {
+    "sqlite": sqlite.insert(_LABELS).on_conflict_do_nothing(index_elements=["study_instance_uid", "label"]),
+    "postgresql": postgresql.insert(_LABELS).on_conflict_do_nothing(index_elements=["study_instance_uid", "label"]),
+}
 
 
 def study_exists(conn: Connection, study: str) -> bool:
@@ -56,8 +63,8 @@ def add_label(conn: Connection, study: str, label: str, now: dt.datetime) -> boo
     """Put ``label`` on ``study``; False when it was there already."""
     if has_label(conn, study, label):
         return False
-    conn.execute(insert(_LABELS).values(study_instance_uid=study, label=label, created_at=now))
-    return True
+    values = {"study_instance_uid": study, "label": label, "created_at": now}
+    return bool(conn.execute(_INSERT_IGNORING[conn.dialect.name].values(values)).rowcount)
 
 
 def remove_label(conn: Connection, study: str, label: str) -> bool:

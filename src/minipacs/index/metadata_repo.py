@@ -6,11 +6,22 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Final, NamedTuple, cast
 
-from sqlalchemy import Connection, Table, delete, insert, select
+from sqlalchemy import Connection, Insert, Table, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from minipacs.index.schema import Instance, InstanceMetadata, Series, Study
 
 _TABLE: Final = cast(Table, InstanceMetadata.__table__)
+#: Dialect -> an INSERT that replaces the kept text of an instance that has one (one statement, no
+#: DELETE first: a DELETE ... IN locks the existing rows in the order its plan reads them, and a row
+#: another writer inserts meanwhile made the following INSERT fail with a unique violation).
+_UPSERT: Final[dict[str, Insert]] = {}
+for _name, _dialect in (("sqlite", sqlite), ("postgresql", postgresql)):
+    _insert = _dialect.insert(_TABLE)
+    _UPSERT[_name] = _insert.on_conflict_do_update(
+        index_elements=[_TABLE.c.sop_instance_uid],
+        set_={"json": _insert.excluded.json, "created_at": _insert.excluded.created_at},
+    )
 
 
 class Location(NamedTuple):
@@ -50,11 +61,15 @@ def store(conn: Connection, rows: Sequence[tuple[str, str]], computed_from: Mapp
         rows = [(uid, text) for uid, text in rows if current.get(uid) == computed_from.get(uid)]
     if not rows:
         return
-    # one order for every writer: two nodes storing overlapping sets lock their rows in the same order
-    rows = sorted(rows)
-    conn.execute(delete(_TABLE).where(_TABLE.c.sop_instance_uid.in_([uid for uid, _ in rows])))
+    # One order for every writer: two nodes (node B computing on demand what node A's worker stores
+    # too) lock the rows in the same order, and a row the other inserted first is waited for and
+    # updated, not a unique violation. Rows stored by two jobs of one group-committed transaction
+    # can still meet another writer in another order: the writer retries a deadlock (core/archive.py).
+    rows = sorted(dict(rows).items())
     now = dt.datetime.now(dt.UTC)
-    conn.execute(insert(_TABLE), [{"sop_instance_uid": uid, "json": text, "created_at": now} for uid, text in rows])
+    conn.execute(
+        _UPSERT[conn.dialect.name], [{"sop_instance_uid": uid, "json": text, "created_at": now} for uid, text in rows]
+    )
 
 
 def texts(conn: Connection, uids: Sequence[str]) -> dict[str, str]:

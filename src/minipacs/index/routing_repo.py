@@ -85,7 +85,8 @@ def delete_rule(conn: Connection, name: str) -> bool:
 
 def touch_marks(conn: Connection, marks: Iterable[tuple[str, str, str]], at: dt.datetime) -> None:
     """(rule, key, study): an instance arrived at ``at``; the row is created or its last arrival moved on."""
-    rows = [{"rule": r, "key": k, "study_instance_uid": s, "last_arrival_at": at} for r, k, s in marks]
+    # in one (rule, key) order: two nodes touching overlapping marks lock them in the same order
+    rows = [{"rule": r, "key": k, "study_instance_uid": s, "last_arrival_at": at} for r, k, s in sorted(set(marks))]
     if not rows:
         return
     statement = _insert(conn)(_MARKS)
