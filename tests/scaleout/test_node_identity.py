@@ -100,3 +100,20 @@ def test_two_live_nodes_with_one_node_id_on_postgresql_are_refused(tmp_path: Pat
             killed.proc.wait()
             back = start_server(tmp_path / "a", env={"MINIPACS_INDEX_URL": url, "MINIPACS_NODE_ID": "same"})
             back.stop()
+
+
+def test_one_node_id_in_two_indexes_of_one_postgresql_database_is_two_claims() -> None:
+    """Advisory locks are per database; an index is per schema. Two archives in two schemas of one
+    database each have their own nodes: the same node_id in both is no conflict, in one schema it is."""
+    from minipacs.index.node_claim import NodeClaimRefused, claim_node
+
+    with postgres_schema_url() as first, postgres_schema_url() as second:
+        a = claim_node(first, "node-x")
+        try:
+            b = claim_node(second, "node-x")  # another index: its own claim
+            b.release()
+            with pytest.raises(NodeClaimRefused, match="node-x"):
+                claim_node(first, "node-x")
+        finally:
+            a.release()
+        claim_node(first, "node-x").release()  # released: free again

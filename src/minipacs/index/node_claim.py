@@ -38,9 +38,11 @@ class NodeClaimRefused(RuntimeError):
     """Another live process holds the claim; the message says who, why it matters and what to do."""
 
 
-def _pg_key(node_id: str) -> int:
-    """The node id's 32-bit signed hash: the second key of ``pg_try_advisory_lock(int, int)``."""
-    return int.from_bytes(hashlib.blake2b(node_id.encode(), digest_size=4).digest(), "big", signed=True)
+def _pg_key(node_id: str, schema: str = "") -> int:
+    """The 32-bit signed hash of the index's schema and the node id: the second key of
+    ``pg_try_advisory_lock(int, int)``. Advisory locks are per database, and one database may hold
+    several indexes in their own schemas (separate archives): each schema's nodes claim their own ids."""
+    return int.from_bytes(hashlib.blake2b(f"{schema}\0{node_id}".encode(), digest_size=4).digest(), "big", signed=True)
 
 
 @dataclass
@@ -94,8 +96,9 @@ def _claim_postgresql(url: str, node_id: str) -> NodeClaim:
         engine.dispose()
         raise
     try:
+        schema = str(conn.execute(text("SELECT current_schema()")).scalar() or "")
         got = conn.execute(
-            text("SELECT pg_try_advisory_lock(:cls, :key)"), {"cls": _PG_CLAIM_CLASS, "key": _pg_key(node_id)}
+            text("SELECT pg_try_advisory_lock(:cls, :key)"), {"cls": _PG_CLAIM_CLASS, "key": _pg_key(node_id, schema)}
         ).scalar()
         conn.commit()  # the session lock outlives the transaction; no transaction stays open
     except Exception:
