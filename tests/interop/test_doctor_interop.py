@@ -132,16 +132,18 @@ def test_dcmqrscp_with_our_title_on_a_wrong_port_step_5_says_images_do_not_come_
     assert "stopped at step 5" in res.stdout
 
 
-def test_dcmtk_peer_without_tcp_nodelay_step_3_names_the_setting(tmp_path: Path) -> None:
-    """Measured: this DCMTK dcmqrscp answers each C-ECHO in ~44 ms on loopback without TCP_NODELAY=1 in
-    its environment, and in ~0.1 ms with it. Step 3 says so and names the setting."""
+def test_dcmtk_peer_without_tcp_nodelay_no_longer_slows_our_echo(tmp_path: Path) -> None:
+    """This DCMTK dcmqrscp, without TCP_NODELAY=1 in its environment, writes each C-ECHO-RSP in two
+    writes and sends the second only once the first is acknowledged. Our reader used to acknowledge
+    after a whole PDU only, so each echo took ~44 ms (Linux's delayed ACK) and step 3 warned about
+    Nagle; it now re-arms TCP_QUICKACK after every read (net/dul.py), so the echo is as fast as with
+    TCP_NODELAY=1 and step 3 is ok. (The warning stays for platforms without TCP_QUICKACK.)"""
     data, our_port = tmp_path / "data", free_port()
     with _dcmqrscp(tmp_path, known=True, our_port=our_port, nodelay=False) as port:
         _register(data, "DCMQR", port)
         res = _doctor(data, our_port, "DCMQR", "--json")
-    assert res.returncode == 0, res.stdout + res.stderr  # a warning, not a failure
+    assert res.returncode == 0, res.stdout + res.stderr
     (node,) = json.loads(res.stdout)["nodes"]
     echo = next(s for s in node["steps"] if s["number"] == 3)
-    assert echo["outcome"] == "warning", echo
-    assert 30 <= echo["details"]["median_ms"] <= 60
-    assert "Nagle" in echo["verdict"] and "TCP_NODELAY=1" in echo["fix"]
+    assert echo["outcome"] == "ok", echo
+    assert echo["details"]["median_ms"] < 30, echo  # the delayed ACK (~40 ms) is gone
