@@ -1,7 +1,8 @@
 """A real S3 server on loopback for the tests: moto's standalone server (``moto[server]``).
 
-Started once per test session (tests/blobs/conftest.py). It is a test dependency
-(pyproject [test] extras, installed by .ci/run): when it is missing the tests FAIL, never skip.
+Started once per test session by the ``s3_server`` fixture of tests/conftest.py (used by tests/blobs
+and tests/scaleout). It is a test dependency (pyproject [test] extras, installed by .ci/run): when it
+is missing the tests FAIL, never skip.
 """
 
 from __future__ import annotations
