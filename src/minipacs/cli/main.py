@@ -177,6 +177,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "jobs",
     "retention",
     "labels",
+    "overview",
     "anonymize",
     "export",
     "compress",
