@@ -56,14 +56,14 @@ LEVELS: Final[Mapping[str, tuple[Level, str, str, str]]] = {
 audit = logging.getLogger("minipacs.web.audit")
 
 
-def _level(request: Request) -> tuple[Level, str, str, str]:
+def path_level(request: Request) -> tuple[Level, str, str, str]:
     name = request.path_params["level"]
     if name not in LEVELS:
         raise HttpError(404, "not_found", f"unknown resource kind {name[:30]!r}; use {', '.join(LEVELS)}")
     return LEVELS[name]
 
 
-def _id(request: Request, key: str) -> str:
+def path_id(request: Request, key: str) -> str:
     value: str = request.path_params["id"]
     if key != "PatientID" and "/" in value:  # only a Patient ID may hold "/": no such URL
         raise HttpError(404, "not_found", "there is nothing at this URL")
@@ -112,7 +112,7 @@ async def _matches(request: Request, level: Level, fixed: Mapping[str, str] | No
 
 
 async def list_resources(request: Request) -> Response:
-    level, _, _, _ = _level(request)
+    level, _, _, _ = path_level(request)
     return JSONResponse(await _matches(request, level))
 
 
@@ -124,8 +124,8 @@ async def search_resources(request: Request) -> Response:
 
 
 async def read_resource(request: Request) -> Response:
-    level, key, _, _ = _level(request)
-    value = _id(request, key)
+    level, key, _, _ = path_level(request)
+    value = path_id(request, key)
     extra = completion.search_terms(None)[0] if level is Level.STUDY else []
     async for ds in search(ctx(request).archive, level, extra, {key: value}):
         found = plain(ds)
@@ -143,7 +143,7 @@ async def instance_tags(request: Request) -> Response:
     return Response(text.replace('"' + BULK_PREFIX, '"' + root_url(request)), media_type="application/json")
 
 
-def _who(request: Request) -> str:
+def requester(request: Request) -> str:
     """The user web/auth.py proved for this request; without users configured, loopback callers act unnamed."""
     state = request.scope.get("state", {})
     client = request.client.host if request.client else "?"
@@ -153,9 +153,9 @@ def _who(request: Request) -> str:
 
 async def delete(request: Request) -> Response:
     """DELETE a patient, study, series or instance; the server log says who deleted what (issue 12 item 24)."""
-    _, key, _, kind = _level(request)
-    uid = _id(request, key)
-    who = _who(request)
+    _, key, _, kind = path_level(request)
+    uid = path_id(request, key)
+    who = requester(request)
     studies = await _studies_of(request, key, uid) if kind != "patient" else []
     patients = await ctx(request).archive.audit.before_removal(studies)
     deleted = await delete_resource(ctx(request).archive, kind, uid)
@@ -182,8 +182,8 @@ async def _studies_of(request: Request, key: str, value: str) -> list[str]:
 
 
 async def download(request: Request) -> Response:
-    _, key, retrieve_level, _ = _level(request)
-    value = _id(request, key)
+    _, key, retrieve_level, _ = path_level(request)
+    value = path_id(request, key)
     found = [
         i
         for i in await select_instances(ctx(request).archive, retrieve_level, {key: value}, "PATIENT")

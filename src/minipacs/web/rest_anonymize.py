@@ -29,6 +29,7 @@ from minipacs.web.audit import actor_of
 from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
 from minipacs.web.jsonbody import read_json
+from minipacs.web.rest import requester
 from minipacs.web.routing import Endpoint
 from minipacs.web.search import ascii_digits
 
@@ -74,13 +75,6 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _who(request: Request) -> str:
-    state = request.scope.get("state", {})
-    client = request.client.host if request.client else "?"
-    user = state.get("user")
-    return f"{user} ({state.get('role', '?')}) from {client}" if user else f"an unnamed caller from {client}"
-
-
 def _actor(request: Request) -> list[str]:
     """(actor kind, actor, address) of the caller, for the audit trail (web/audit.py)."""
     kind, actor, address = actor_of(request)
@@ -110,7 +104,7 @@ async def anonymize(request: Request) -> Response:
     anonymizer = anonymizer_of(request)
     job = AnonymizeRequest(level, value, frozenset(options), keep_original=keep)
     found = await anonymizer.select(job, into_zip=output == "zip")  # NotFound: 404, bad options: 400
-    who = _who(request)
+    who = requester(request)
     if output == "zip":
         path = anonymizer.archive.staging_dir / f"anonymized-{uuid.uuid4().hex}.zip"
         try:

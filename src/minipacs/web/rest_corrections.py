@@ -25,7 +25,7 @@ from minipacs.web.audit import actor_of
 from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
 from minipacs.web.jsonbody import read_object
-from minipacs.web.rest import LEVELS, _id, _who
+from minipacs.web.rest import LEVELS, path_id, requester
 from minipacs.web.routing import Endpoint
 from minipacs.web.search import ascii_digits
 
@@ -89,7 +89,7 @@ def _text(body: dict[str, Any], name: str) -> str:
 
 
 def _patient_id(body: dict[str, Any], name: str) -> str:
-    """A Patient ID of the body, held to the rule of one in a URL (web/rest.py ``_id``): a wildcard or a
+    """A Patient ID of the body, held to the rule of one in a URL (web/rest.py ``path_id``): a wildcard or a
     backslash names no single patient, and a merge must name exactly one."""
     value = _text(body, name)
     if len(value) > 64 or any(c in value for c in "\\*?") or not value.isprintable():
@@ -103,12 +103,12 @@ async def modify(request: Request) -> Response:
     resource = request.path_params["level"]
     if resource not in CORRECTED:
         raise HttpError(404, "not_found", f"only {', '.join(CORRECTED)} can be modified, not {resource[:30]!r}")
-    name = _id(request, LEVELS[resource][1])
+    name = path_id(request, LEVELS[resource][1])
     body = await _body(request, "modify")
     changes = body.get("changes")
     if not isinstance(changes, dict):
         raise HttpError(400, "invalid_body", 'give the new values as {"changes": {"Keyword": "value", ...}}')
-    who = _who(request)
+    who = requester(request)
     params = {
         "operation": "modify",
         "level": CORRECTED[resource],
@@ -122,7 +122,7 @@ async def modify(request: Request) -> Response:
 
 async def merge(request: Request) -> Response:
     body = await _body(request, "merge")
-    who = _who(request)
+    who = requester(request)
     params = {
         "operation": "merge",
         "source": _patient_id(body, "source"),
@@ -134,9 +134,9 @@ async def merge(request: Request) -> Response:
 
 
 async def move(request: Request) -> Response:
-    series = _id(request, "SeriesInstanceUID")
+    series = path_id(request, "SeriesInstanceUID")
     body = await _body(request, "move")
-    who = _who(request)
+    who = requester(request)
     # none: a new study (a split); else a UID, not a pattern (PS3.5 9.1)
     study = None if body.get("study") is None else validate_uid("StudyInstanceUID", _text(body, "study"))
     params = {"operation": "move", "series": series, "study": study, "actor": who, "audit": _audit(request)}

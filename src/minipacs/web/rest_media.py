@@ -16,17 +16,17 @@ from minipacs.core.retrieve import select_instances
 from minipacs.web import audit
 from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
-from minipacs.web.rest import LEVELS, _id, _level
+from minipacs.web.rest import LEVELS, path_id, path_level
 from minipacs.web.routing import Endpoint
 from minipacs.web.transfer import zip_entries
 
 
 async def media(request: Request) -> Response:
     """The resource as DICOM media in a ZIP: unzip it onto a CD or a USB stick as it is."""
-    _, key, retrieve_level, _ = _level(request)
+    _, key, retrieve_level, _ = path_level(request)
     if retrieve_level == "IMAGE":
         raise HttpError(404, "not_found", "media are made of a patient, a study or a series; not of one instance")
-    value = _id(request, key)
+    value = path_id(request, key)
     found = await select_instances(ctx(request).archive, retrieve_level, {key: value}, "PATIENT")
     if not any(not i.problem for i in found):
         raise NotFound(f"{request.path_params['level']} {value!r} has no stored instance")
