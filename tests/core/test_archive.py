@@ -49,9 +49,14 @@ Run = Callable[..., Any]
 
 
 def stage(
-    archive: Archive, ds: pydicom.Dataset, syntax: str = ExplicitVRLittleEndian, data: bytes | None = None
+    archive: Archive,
+    ds: pydicom.Dataset,
+    syntax: str = ExplicitVRLittleEndian,
+    data: bytes | None = None,
+    *,
+    in_memory: bool = False,
 ) -> StagedPath:
-    staging = archive.open_staging(ds.SOPClassUID, ds.SOPInstanceUID, syntax, "MODALITY")
+    staging = archive.open_staging(ds.SOPClassUID, ds.SOPInstanceUID, syntax, "MODALITY", in_memory=in_memory)
     staging.write(encode_dataset(ds, syntax) if data is None else data)
     return staging.finish()
 
@@ -303,26 +308,33 @@ def test_a_bad_job_in_a_batch_fails_alone(with_archive: Run) -> None:
     with_archive(body)
 
 
-def test_a_failing_job_inside_the_writer_batch_rolls_back_alone(with_archive: Run) -> None:
-    """A failure after the rows were written (the rename) fails that job alone: the batch
-    is rolled back and retried job by job, and a full disk is reported as OutOfResources."""
+@pytest.mark.parametrize("in_memory", [False, True], ids=["staged-file", "received-into-memory"])
+def test_a_failing_job_inside_the_writer_batch_rolls_back_alone(with_archive: Run, in_memory: bool) -> None:
+    """A failure after the rows were written (the rename, or the write of an instance received into
+    memory) fails that job alone: the batch is rolled back and retried job by job, and a full disk
+    is reported as OutOfResources. Nothing is left behind: no file without a row, nothing in staging."""
 
     async def body(archive: Archive) -> None:
-        staged = [stage(archive, make_ct("1.2.1", f"1.2.2.{i}", f"1.2.3.{i}")) for i in range(6)]
-        real_put = archive.blobs.put_from_staging
+        staged = [stage(archive, make_ct("1.2.1", f"1.2.2.{i}", f"1.2.3.{i}"), in_memory=in_memory) for i in range(6)]
+        assert all((s.data is not None) == in_memory for s in staged)
+        name = "put_bytes" if in_memory else "put_from_staging"
+        real_put = getattr(archive.blobs, name)
 
-        def put(path: Path, key: str) -> None:
+        def put(source: Any, key: str) -> None:
             if sop_instance_uid_of_key(key) == "1.2.3.2":
                 raise OSError(28, "No space left on device")
-            real_put(path, key)
+            real_put(source, key)
 
-        archive.blobs.put_from_staging = put  # type: ignore[method-assign]
+        setattr(archive.blobs, name, put)
         results = await asyncio.gather(*(archive.ingest(s, DICOM) for s in staged), return_exceptions=True)
         assert isinstance(results[2], OutOfResources)
         assert await archive.count_instances() == 5
         assert len(rows(archive, Series)) == 5
         with pytest.raises(NotFound):
             await instance_path(archive, "1.2.3.2")
+        stored = sorted(p.name.split("_")[0] for p in archive.blobs.path_of("1.2.1").rglob("*.dcm"))
+        assert stored == [f"1.2.3.{i}" for i in (0, 1, 3, 4, 5)]
+        assert list(archive.staging_dir.iterdir()) == []
 
     with_archive(body)
 

@@ -111,8 +111,12 @@ def _instances(count: int, syntax: str = ExplicitVRLittleEndian) -> list[tuple[A
     return out
 
 
-async def _store(archive: Archive, items: list[tuple[Any, bytes]], syntax: str = ExplicitVRLittleEndian) -> None:
-    outcomes = await asyncio.gather(*(archive.ingest(stage(archive, ds, syntax, data), DICOM) for ds, data in items))
+async def _store(
+    archive: Archive, items: list[tuple[Any, bytes]], syntax: str = ExplicitVRLittleEndian, in_memory: bool = False
+) -> None:
+    staged = [stage(archive, ds, syntax, data, in_memory=in_memory) for ds, data in items]
+    assert all((s.data is not None) == in_memory for s in staged)
+    outcomes = await asyncio.gather(*(archive.ingest(s, DICOM) for s in staged))
     assert {o.status for o in outcomes} == {StoreStatus.STORED}
 
 
@@ -157,17 +161,20 @@ def url(request: pytest.FixtureRequest) -> Any:
             yield value
 
 
+@pytest.mark.parametrize("in_memory", [False, True], ids=["staged-file", "received-into-memory"])
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-def test_a_power_cut_loses_no_acknowledged_instance(tmp_path: Path, url: str, syntax: str) -> None:
+def test_a_power_cut_loses_no_acknowledged_instance(tmp_path: Path, url: str, syntax: str, in_memory: bool) -> None:
+    """Both ways an instance reaches the writer: a staged file (STOW-RS, uploads, import) renamed into
+    storage, or bytes received into memory (C-STORE) written at its key."""
     items = _instances(30, syntax)
     data = tmp_path / "data"
 
     async def main() -> None:
         archive = await open_archive(_settings(data, url))
-        await _store(archive, items[:20], syntax)
+        await _store(archive, items[:20], syntax, in_memory)
         committed = await archive.read(intake_repo.committed_lsn)
         assert committed >= 20  # the rows carry the log's position
-        await _store(archive, items[20:], syntax)
+        await _store(archive, items[20:], syntax, in_memory)
         keys = _index(archive)
         await archive.close(checkpoint=False)  # the process dies: no checkpoint
         lost = _power_cut(archive, lose_after=committed)
@@ -327,14 +334,23 @@ def test_a_file_of_exactly_intake_inline_max_bytes_is_logged_one_byte_more_is_no
 
     size = asyncio.run(size_of(tmp_path / "probe"))
 
-    async def logged_with(limit: int, root: Path) -> int:
+    async def logged_with(limit: int, root: Path, in_memory: bool = False) -> tuple[int, bool]:
+        """(records written, whether the instance was held in memory)"""
         archive = await open_archive(_settings(root, intake_inline_max_bytes=limit))
         try:
-            await _store(archive, [(ds, data)])
+            staged = stage(archive, ds, ExplicitVRLittleEndian, data, in_memory=in_memory)
+            held = staged.data is not None
+            assert (await archive.ingest(staged, DICOM)).status is StoreStatus.STORED
             assert archive._intake is not None
-            return archive._intake.next_lsn - 1  # records written
+            assert list(archive.staging_dir.iterdir()) == []
+            (key,) = _index(archive).values()
+            assert _stored_dataset(archive, key).endswith(data)
+            return archive._intake.next_lsn - 1, held
         finally:
             await archive.close()
 
-    assert asyncio.run(logged_with(size, tmp_path / "at")) == 1
-    assert asyncio.run(logged_with(size - 1, tmp_path / "over")) == 0
+    assert asyncio.run(logged_with(size, tmp_path / "at")) == (1, False)
+    assert asyncio.run(logged_with(size - 1, tmp_path / "over")) == (0, False)
+    # received into memory (C-STORE): held up to the same bound, on disk one byte past it
+    assert asyncio.run(logged_with(size, tmp_path / "memory-at", in_memory=True)) == (1, True)
+    assert asyncio.run(logged_with(size - 1, tmp_path / "memory-over", in_memory=True)) == (0, False)

@@ -166,3 +166,61 @@ def test_stage_file_walks_the_meta_group(tmp_path: Path) -> None:
     no_ts = _meta_file(tmp_path / "nots.dcm", meta[: -len(_ui(0x0010, ExplicitVRLittleEndian))], data)
     with pytest.raises(InvalidInstance, match="no TransferSyntaxUID"):
         stage_file(tmp_path / "staging", no_ts)
+
+
+def test_memory_mode_holds_a_small_file_and_creates_nothing(tmp_path: Path) -> None:
+    """A file of at most ``memory_max_bytes`` (File Meta included) never touches the disk; its
+    StagedPath carries the same Part 10 bytes the file would have had."""
+    data = encode_dataset(make_ct("1.2", "1.3", "1.4.5"))
+    (tmp_path / "disk").mkdir()
+    on_disk = StagingFile(tmp_path / "disk", CT_IMAGE_STORAGE, "1.4.5", ExplicitVRLittleEndian, "AE1")
+    (tmp_path / "mem").mkdir()
+    in_memory = StagingFile(
+        tmp_path / "mem", CT_IMAGE_STORAGE, "1.4.5", ExplicitVRLittleEndian, "AE1", memory_max_bytes=1 << 20
+    )
+    for staging in (on_disk, in_memory):
+        staging.write(memoryview(data)[:100])
+        staging.write(memoryview(data)[100:])
+    file_staged, memory_staged = on_disk.finish(), in_memory.finish()
+    assert file_staged.data is None
+    assert memory_staged.data == file_staged.path.read_bytes()
+    assert memory_staged.dataset_offset == file_staged.dataset_offset
+    assert list((tmp_path / "mem").iterdir()) == [] and not memory_staged.path.exists()
+    with pytest.raises(ValueError):
+        in_memory.write(b"x")  # finished
+
+
+def test_memory_mode_spills_to_disk_past_its_bound(tmp_path: Path) -> None:
+    """At the bound it stays in memory; one byte more and everything so far goes to a staging file,
+    and what follows is appended there."""
+    probe = StagingFile(tmp_path, CT_IMAGE_STORAGE, "1.4", ExplicitVRLittleEndian, memory_max_bytes=1 << 20)
+    meta = len(probe.finish().data or b"")
+    bound = meta + 1000
+
+    exact = StagingFile(tmp_path, CT_IMAGE_STORAGE, "1.4", ExplicitVRLittleEndian, memory_max_bytes=bound)
+    exact.write(bytes(600))
+    exact.write(bytes(400))
+    staged = exact.finish()
+    assert staged.data is not None and len(staged.data) == bound and list(tmp_path.iterdir()) == []
+
+    over = StagingFile(tmp_path, CT_IMAGE_STORAGE, "1.5", ExplicitVRLittleEndian, memory_max_bytes=bound)
+    over.write(b"a" * 600)
+    over.write(b"b" * 401)
+    over.write(b"c" * 10)
+    spilled = over.finish()
+    assert spilled.data is None
+    raw = spilled.path.read_bytes()
+    assert len(raw) == meta + 1011 and raw[meta:] == b"a" * 600 + b"b" * 401 + b"c" * 10
+
+
+def test_memory_mode_keeps_the_dataset_limit_and_discards(tmp_path: Path) -> None:
+    staging = StagingFile(
+        tmp_path, CT_IMAGE_STORAGE, "1.4", ExplicitVRLittleEndian, max_dataset_bytes=1024, memory_max_bytes=1 << 20
+    )
+    staging.write(bytes(1024))
+    with pytest.raises(DatasetTooLarge, match="1024"):
+        staging.write(b"x")
+    with pytest.raises(ValueError):
+        staging.finish()
+    staging.discard()
+    assert list(tmp_path.iterdir()) == []

@@ -83,3 +83,13 @@ class BlobStore(Protocol):
 
 
 __all__ = ["BlobError", "BlobNotFound", "BlobStore", "InvalidBlobKey", "checked_key"]
+
+
+@runtime_checkable
+class WritesBytes(Protocol):
+    """A blob store that can also write a new blob from memory (the filesystem store): the archive
+    then receives small instances into memory and writes them here itself (core/staging.py)."""
+
+    def put_bytes(self, data: bytes, key: str) -> None:
+        """Write ``data`` as the new blob ``key``; ``sync`` completes it as it does a put, and
+        ``take_back`` undoes it (the bytes go to the staged path given)."""

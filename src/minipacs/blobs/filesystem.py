@@ -86,12 +86,9 @@ class FilesystemBlobStore:
                 pass
             self._dirty.add(directory.parent)
 
-    def put_from_staging(self, staged_path: Path, key: str) -> None:
-        """Move a staged file (already fsynced by the caller) to ``key``.
-
-        Directories already checked (resolved inside the root) are remembered,
-        so a series' next instance costs one lexical check and the rename.
-        """
+    def _parent_of(self, key: str) -> tuple[Path, str]:
+        """The directory a new blob at ``key`` goes into (made if missing) and its file name.
+        Directories already checked (resolved inside the root) are remembered."""
         parts = checked_key(key).split("/")
         parent = self.root.joinpath(*parts[:-1])
         if parent not in self._known_dirs:
@@ -100,7 +97,30 @@ class FilesystemBlobStore:
             if len(self._known_dirs) > 4096:
                 self._known_dirs.clear()
             self._known_dirs.add(parent)
-        os.replace(staged_path, parent / parts[-1])
+        return parent, parts[-1]
+
+    def put_from_staging(self, staged_path: Path, key: str) -> None:
+        """Move a staged file (already fsynced by the caller) to ``key``.
+
+        Directories already checked (resolved inside the root) are remembered,
+        so a series' next instance costs one lexical check and the rename.
+        """
+        parent, name = self._parent_of(key)
+        os.replace(staged_path, parent / name)
+        self._dirty.add(parent)
+
+    def put_bytes(self, data: bytes, key: str) -> None:
+        """Write a new blob at ``key`` from memory, not flushed: the caller's intake log keeps the
+        bytes until a checkpoint's ``syncfs`` (core/intake.py). Each stored copy has its own key, so
+        nothing else is ever at it; a crash part-way leaves a file that replay deletes or rewrites."""
+        parent, name = self._parent_of(key)
+        fd = os.open(parent / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
         self._dirty.add(parent)
 
     def sync(self, *, durable: bool = True) -> None:

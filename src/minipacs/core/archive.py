@@ -46,7 +46,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 
-from minipacs.blobs.base import BlobError, BlobStore
+from minipacs.blobs.base import BlobError, BlobStore, WritesBytes
 from minipacs.core.audit import AuditLog
 from minipacs.core.changes import ChangeType, change_row
 from minipacs.core.changes import record as record_changes
@@ -72,7 +72,7 @@ from minipacs.core.model import (
     StoreOutcome,
     StoreStatus,
 )
-from minipacs.core.paths import instance_key
+from minipacs.core.paths import instance_key, strip_uid_padding
 from minipacs.core.staging import (
     READY_DIR,
     STAGING_SUFFIX,
@@ -394,6 +394,8 @@ class Archive:
         self._keys = _KeyCache()
         self._stats = IngestStats()
         self._closed = False
+        #: The blob store, when it can also write a blob from memory (core/staging.py's memory mode).
+        self._bytes_store = blobs if isinstance(blobs, WritesBytes) else None
         self._staging_pool = StagingPool(private[1] if private is not None else settings.data_dir / READY_DIR)
         self._recovery_lock: int | None = None
         self._intake: IntakeLog | None = None  # set by start() when this process owns the data folder
@@ -643,9 +645,19 @@ class Archive:
     # ------------------------------------------------------------------ ingest
 
     def open_staging(
-        self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_aet: str = ""
+        self,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+        source_aet: str = "",
+        *,
+        in_memory: bool = False,
     ) -> StagingFile:
-        """A new staging file with our File Meta Information already written."""
+        """A new staging file with our File Meta Information already written.
+
+        ``in_memory``: the caller ingests it as soon as it is complete (a C-STORE), so a small one
+        may be held in memory (see _memory_staging_bytes). Not for a caller that stages many before
+        ingesting any (a STOW-RS request): their memory would add up."""
         self._check_open()
         return StagingFile(
             self.staging_dir,
@@ -655,7 +667,18 @@ class Archive:
             source_aet,
             max_dataset_bytes=self.settings.max_dataset_bytes,
             pool=self._staging_pool,
+            memory_max_bytes=self._memory_staging_bytes(transfer_syntax_uid) if in_memory else 0,
         )
+
+    def _memory_staging_bytes(self, transfer_syntax_uid: str) -> int:
+        """How big an instance may be to be received into memory: what the intake log takes inline,
+        when the log is on and the blob store writes files (core/staging.py); 0: on disk at once.
+        A deflated dataset is inflated from its staged file (core/inflate.py), so it goes to disk."""
+        if self._intake is None or self._bytes_store is None:
+            return 0
+        if dataset_encoding(strip_uid_padding(transfer_syntax_uid)).deflated:
+            return 0
+        return self.settings.intake_inline_max_bytes
 
     async def ingest(self, staged: StagedPath, origin: Origin, *, replace_key: str | None = None) -> StoreOutcome:
         """Store a staged file; returns once file and index row are durable.
@@ -807,7 +830,9 @@ class Archive:
         for index, job in enumerate(batch):
             if isinstance(job, _IngestJob):
                 try:
-                    if self._intake is not None:
+                    if job.staged.data is not None:  # received into memory (StagingFile)
+                        job.data = job.staged.data
+                    elif self._intake is not None:
                         # A small file goes into the intake log: read it once, here, for the walk, the
                         # header and the log record alike
                         if os.stat(job.staged.path).st_size <= self.settings.intake_inline_max_bytes:
@@ -916,7 +941,7 @@ class Archive:
         now = dt.datetime.now(dt.UTC)
         done: dict[int, object] = {}
         stale: list[str] = []
-        moves: list[tuple[Path, str]] = []
+        moves: list[tuple[StagedPath, str]] = []
         journal: list[dict[str, Any]] = []  # changes-journal rows of the ingests, in job order
         durable = not all(isinstance(batch[i], _IngestJob) and batch[i].logged for i in indexes)  # type: ignore[union-attr]
         last_lsn = 0
@@ -954,18 +979,25 @@ class Archive:
             results[index] = result
         stale_keys.extend(stale)
 
-    def _move_into_storage(self, moves: list[tuple[Path, str]]) -> None:
-        """Rename staged files to their keys; on failure put the moved ones back in
-        staging, so the rolled-back jobs can be retried one by one."""
-        moved: list[tuple[Path, str]] = []
+    def _move_into_storage(self, moves: list[tuple[StagedPath, str]]) -> None:
+        """Rename staged files to their keys (or write those received into memory); on failure
+        undo the puts made (staged files go back to staging; written ones are removed, their bytes
+        are still in memory), so the rolled-back jobs can be retried one by one."""
+        moved: list[tuple[StagedPath, str]] = []
         try:
-            for staged_path, key in moves:
-                self.blobs.put_from_staging(staged_path, key)
-                moved.append((staged_path, key))
+            for staged, key in moves:
+                if staged.data is not None and self._bytes_store is not None:
+                    self._bytes_store.put_bytes(staged.data, key)
+                else:
+                    self.blobs.put_from_staging(staged.path, key)
+                moved.append((staged, key))
         except BaseException:
-            for staged_path, key in reversed(moved):
+            for staged, key in reversed(moved):
                 try:
-                    self.blobs.take_back(key, staged_path)
+                    if staged.data is not None and self._bytes_store is not None:
+                        self.blobs.delete(key)
+                    else:
+                        self.blobs.take_back(key, staged.path)
                 except (OSError, BlobError) as exc:
                     log.error("could not return %s to staging after a failed batch: %s", key, exc)
             raise
@@ -976,7 +1008,7 @@ class Archive:
         job: WriterJob,
         now: dt.datetime,
         stale_keys: list[str],
-        moves: list[tuple[Path, str]],
+        moves: list[tuple[StagedPath, str]],
         journal: list[dict[str, Any]],
     ) -> object:
         if isinstance(job, _CallJob):
@@ -1048,7 +1080,7 @@ class Archive:
             metadata_repo.forget(conn, [uid])
         repo.write_instance(conn, values, replace_pk)
         journal.append(change_row(ChangeType.NEW_INSTANCE, uid, study_uid, now))
-        moves.append((job.staged.path, job.key))
+        moves.append((job.staged, job.key))
         if existing is not None and existing[1] != job.key:  # never equal: each copy has its own key
             stale_keys.append(existing[1])  # the replaced row's blob, removed after the commit
         return outcome

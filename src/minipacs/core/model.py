@@ -83,3 +83,6 @@ class StagedPath:
     transfer_syntax_uid: str
     sop_class_uid: str
     sop_instance_uid: str
+    #: The whole Part 10 file when it was received into memory (StagingFile's memory mode): then
+    #: nothing is at ``path`` and the writer stores these bytes at the blob key itself.
+    data: bytes | None = field(default=None, repr=False, compare=False)

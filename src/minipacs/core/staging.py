@@ -1,8 +1,14 @@
 """Staging files: an instance being received, written straight to disk as Part 10.
 
 The file lives in DATA/staging/, on the same filesystem as the blob store, so
-ingest moves it into place with one rename. Nothing of the dataset is kept in
-memory: bytes are appended as they arrive.
+ingest moves it into place with one rename. Bytes are appended as they arrive.
+
+A small instance bound for the intake log (core/intake.py) is held in memory instead
+(``memory_max_bytes``, the archive's ``intake_inline_max_bytes``): the writer needs its
+bytes for the log record anyway, and writes the stored file from them, so no staging
+file is created, written, read back and renamed on the critical path. A dataset that
+outgrows the bound moves to a staging file at once, so at most that much per
+association is ever held.
 """
 
 from __future__ import annotations
@@ -134,7 +140,10 @@ class StagingFile:
         source_aet: str = "",
         max_dataset_bytes: int = 0,
         pool: StagingPool | None = None,
+        memory_max_bytes: int = 0,
     ) -> None:
+        """``memory_max_bytes``: keep a file of at most this many bytes (File Meta included) in
+        memory, not on disk; a bigger one moves to a staging file once it outgrows it."""
         self._sop_class_uid = strip_uid_padding(sop_class_uid)
         self._sop_instance_uid = strip_uid_padding(sop_instance_uid)
         self._transfer_syntax_uid = strip_uid_padding(transfer_syntax_uid)
@@ -143,13 +152,26 @@ class StagingFile:
         self._size = 0
         self._dataset_offset = len(meta)
         self._fh: BinaryIO | None = None
+        self._pool = pool
+        self._staging_dir = staging_dir
+        #: The file so far while it is held in memory; None once on disk (or finished).
+        self._memory: bytearray | None = None
+        self._memory_max = memory_max_bytes
+        if 0 < len(meta) <= memory_max_bytes:
+            self._memory = bytearray(meta)
+            self.path = staging_dir / f"{uuid.uuid4().hex}{STAGING_SUFFIX}"  # used if it spills
+            return
+        self._open_file(meta)
+
+    def _open_file(self, head: bytes | bytearray) -> None:
+        """Start the staging file with ``head`` (the File Meta, or all held in memory so far)."""
         try:
-            if pool is not None:
-                self.path, self._fh = pool.take()
+            if self._pool is not None:
+                self.path, self._fh = self._pool.take()
             else:
-                self.path = staging_dir / f"{uuid.uuid4().hex}{STAGING_SUFFIX}"
+                self.path = self._staging_dir / f"{uuid.uuid4().hex}{STAGING_SUFFIX}"
                 self._fh = _create(self.path)
-            self._fh.write(meta)
+            self._fh.write(head)
         except OSError as exc:
             self.discard()
             raise _as_archive_error(exc, self.path) from exc
@@ -161,8 +183,6 @@ class StagingFile:
 
     def write(self, data: bytes | memoryview) -> None:
         """Append dataset bytes; past max_dataset_bytes the file is discarded."""
-        if self._fh is None:
-            raise ValueError(f"staging file {self.path.name} is already finished or discarded")
         size = self._size + len(data)
         if self._limit and size > self._limit:
             self.discard()
@@ -170,6 +190,16 @@ class StagingFile:
                 f"the dataset of SOP Instance {self._sop_instance_uid} exceeds the limit of "
                 f"{self._limit} bytes (max_dataset_bytes); raise the limit to accept it"
             )
+        memory = self._memory
+        if memory is not None:
+            if len(memory) + len(data) <= self._memory_max:
+                memory += data
+                self._size = size
+                return
+            self._memory = None
+            self._open_file(memory)  # outgrew memory: on disk from now on
+        if self._fh is None:
+            raise ValueError(f"staging file {self.path.name} is already finished or discarded")
         try:
             self._fh.write(data)
         except OSError as exc:
@@ -179,6 +209,17 @@ class StagingFile:
 
     def finish(self) -> StagedPath:
         """Close the file and describe it for ingest (no fsync: ingest batches them)."""
+        memory = self._memory
+        if memory is not None:
+            self._memory = None
+            return StagedPath(
+                path=self.path,
+                dataset_offset=self._dataset_offset,
+                transfer_syntax_uid=self._transfer_syntax_uid,
+                sop_class_uid=self._sop_class_uid,
+                sop_instance_uid=self._sop_instance_uid,
+                data=bytes(memory),
+            )
         if self._fh is None:
             raise ValueError(f"staging file {self.path.name} is already finished or discarded")
         fh, self._fh = self._fh, None
@@ -197,6 +238,7 @@ class StagingFile:
 
     def discard(self) -> None:
         """Close and delete the file; safe to call more than once."""
+        self._memory = None
         fh, self._fh = self._fh, None
         if fh is not None:
             try:

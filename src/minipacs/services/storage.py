@@ -72,6 +72,7 @@ class StorageSCP(Service):
             command.affected_sop_instance_uid,
             context.transfer_syntax,
             assoc.calling_ae,
+            in_memory=True,  # ingested at once: a small one never touches the staging folder
         )
         return StagingSink(staging)
 
