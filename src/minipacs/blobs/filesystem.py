@@ -38,7 +38,7 @@ class FilesystemBlobStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._fsync = fsync
         self._dirty: set[Path] = set()
-        self._known_dirs: set[Path] = set()
+        self._known_dirs: dict[str, tuple[Path, str]] = {}  # directory part of a key -> (path, path + '/')
         self._resolved_dirs: dict[str, Path] = {}  # directory part of a key -> its resolved path
 
     def path_of(self, key: str) -> Path:
@@ -86,18 +86,20 @@ class FilesystemBlobStore:
                 pass
             self._dirty.add(directory.parent)
 
-    def _parent_of(self, key: str) -> tuple[Path, str]:
-        """The directory a new blob at ``key`` goes into (made if missing) and its file name.
-        Directories already checked (resolved inside the root) are remembered."""
-        parts = checked_key(key).split("/")
-        parent = self.root.joinpath(*parts[:-1])
-        if parent not in self._known_dirs:
+    def _parent_of(self, key: str) -> tuple[Path, str, str]:
+        """The directory a new blob at ``key`` goes into (made if missing), as a Path and as text,
+        and the file name. Directories already checked (resolved inside the root) are remembered by
+        the key's directory part, so a series' next instance costs a dictionary lookup."""
+        head, _, name = checked_key(key).rpartition("/")
+        known = self._known_dirs.get(head)
+        if known is None:
             path = self.path_of(key)  # resolves symlinks: refuses anything escaping the root
             self._make_parents(path)
             if len(self._known_dirs) > 4096:
                 self._known_dirs.clear()
-            self._known_dirs.add(parent)
-        return parent, parts[-1]
+            parent = self.root.joinpath(*head.split("/")) if head else self.root
+            known = self._known_dirs[head] = (parent, str(parent) + os.sep)
+        return known[0], known[1], name
 
     def put_from_staging(self, staged_path: Path, key: str) -> None:
         """Move a staged file (already fsynced by the caller) to ``key``.
@@ -105,16 +107,16 @@ class FilesystemBlobStore:
         Directories already checked (resolved inside the root) are remembered,
         so a series' next instance costs one lexical check and the rename.
         """
-        parent, name = self._parent_of(key)
-        os.replace(staged_path, parent / name)
+        parent, prefix, name = self._parent_of(key)
+        os.replace(staged_path, prefix + name)
         self._dirty.add(parent)
 
     def put_bytes(self, data: bytes, key: str) -> None:
         """Write a new blob at ``key`` from memory, not flushed: the caller's intake log keeps the
         bytes until a checkpoint's ``syncfs`` (core/intake.py). Each stored copy has its own key, so
         nothing else is ever at it; a crash part-way leaves a file that replay deletes or rewrites."""
-        parent, name = self._parent_of(key)
-        fd = os.open(parent / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        parent, prefix, name = self._parent_of(key)
+        fd = os.open(prefix + name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
         try:
             view = memoryview(data)
             while view:

@@ -159,7 +159,7 @@ class StagingFile:
         self._memory_max = memory_max_bytes
         if 0 < len(meta) <= memory_max_bytes:
             self._memory = bytearray(meta)
-            self.path = staging_dir / f"{uuid.uuid4().hex}{STAGING_SUFFIX}"  # used if it spills
+            self.path = _in_memory_path(staging_dir)  # nothing is ever there; a spill names its file
             return
         self._open_file(meta)
 
@@ -246,6 +246,13 @@ class StagingFile:
             except OSError:
                 pass
         self.path.unlink(missing_ok=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _in_memory_path(staging_dir: Path) -> Path:
+    """The ``path`` of every file held in memory: a name no staging file has (they are uuid4 hex),
+    so removing it, as error paths do with any staged path, removes nothing."""
+    return staging_dir / f"in-memory{STAGING_SUFFIX}"
 
 
 def _create(path: Path) -> BinaryIO:
