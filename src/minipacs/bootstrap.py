@@ -195,6 +195,7 @@ def archive_settings(settings: Settings) -> ArchiveSettings:
         max_sequence_depth=settings.max_sequence_depth,
         # S3: the upload is on the critical path, so no intake log (docs/S3.md, durability)
         intake_inline_max_bytes=0 if settings.storage else settings.intake_inline_max_bytes,
+        receive_in_memory_max_bytes=settings.receive_in_memory_max_bytes,
         intake_segment_bytes=settings.intake_segment_bytes,
         intake_checkpoint_seconds=settings.intake_checkpoint_seconds,
         intake_checkpoint_bytes=settings.intake_checkpoint_bytes,

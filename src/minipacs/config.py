@@ -25,6 +25,7 @@ from minipacs.core.retention import InvalidRetentionRule, RetentionRule, check_r
 from minipacs.core.rules import InvalidRule, Rule, rules_from_tables
 from minipacs.core.users import DICOM_IDENTITY_MODES, ApiToken, InvalidUser, User, token_from_mapping, user_from_mapping
 
+KiB = 1024
 MiB = 1024 * 1024
 
 
@@ -115,6 +116,10 @@ class Settings:
     #: Stored files up to this size are made durable by the intake log, one flush per batch
     #: (core/intake.py); larger ones by their own fsyncs. 0: never the log.
     intake_inline_max_bytes: int = 1 * MiB
+    #: A C-STORE of at most this many bytes (File Meta included) is received into memory, not a
+    #: staging file, when the intake log takes it (core/staging.py); 0: always a staging file.
+    #: At most max_associations x (max_async_operations + 1) are held at once.
+    receive_in_memory_max_bytes: int = 256 * KiB
     #: Size of one intake-log segment file (data/intake/); the first ones are smaller.
     intake_segment_bytes: int = 16 * MiB
     #: Every this many seconds, studies whose procedure step is COMPLETED but not yet marked complete
@@ -372,6 +377,8 @@ class Settings:
             raise ConfigError("max_sequence_depth must be 1 to 128 (pydicom reads nesting recursively)")
         if not 0 <= self.intake_inline_max_bytes <= 64 * MiB:
             raise ConfigError("intake_inline_max_bytes must be 0 (no intake log) to 67108864 (64 MiB)")
+        if not 0 <= self.receive_in_memory_max_bytes <= 64 * MiB:
+            raise ConfigError("receive_in_memory_max_bytes must be 0 (always a staging file) to 67108864 (64 MiB)")
         if not 1 * MiB <= self.intake_segment_bytes <= 1024 * MiB:
             raise ConfigError("intake_segment_bytes must be 1 MiB to 1 GiB")
         if not 0 < self.completion_recheck_seconds <= 86400:

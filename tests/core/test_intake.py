@@ -304,6 +304,8 @@ MiB = 1 << 20
     [
         ("intake_inline_max_bytes", 0, -1),
         ("intake_inline_max_bytes", 64 * MiB, 64 * MiB + 1),
+        ("receive_in_memory_max_bytes", 0, -1),
+        ("receive_in_memory_max_bytes", 64 * MiB, 64 * MiB + 1),
         ("intake_segment_bytes", MiB, MiB - 1),
         ("intake_segment_bytes", 1024 * MiB, 1024 * MiB + 1),
         ("intake_checkpoint_seconds", 0.001, 0),
@@ -334,9 +336,13 @@ def test_a_file_of_exactly_intake_inline_max_bytes_is_logged_one_byte_more_is_no
 
     size = asyncio.run(size_of(tmp_path / "probe"))
 
-    async def logged_with(limit: int, root: Path, in_memory: bool = False) -> tuple[int, bool]:
+    async def logged_with(
+        limit: int, root: Path, in_memory: bool = False, memory_limit: int = 64 * MiB
+    ) -> tuple[int, bool]:
         """(records written, whether the instance was held in memory)"""
-        archive = await open_archive(_settings(root, intake_inline_max_bytes=limit))
+        archive = await open_archive(
+            _settings(root, intake_inline_max_bytes=limit, receive_in_memory_max_bytes=memory_limit)
+        )
         try:
             staged = stage(archive, ds, ExplicitVRLittleEndian, data, in_memory=in_memory)
             held = staged.data is not None
@@ -354,3 +360,7 @@ def test_a_file_of_exactly_intake_inline_max_bytes_is_logged_one_byte_more_is_no
     # received into memory (C-STORE): held up to the same bound, on disk one byte past it
     assert asyncio.run(logged_with(size, tmp_path / "memory-at", in_memory=True)) == (1, True)
     assert asyncio.run(logged_with(size - 1, tmp_path / "memory-over", in_memory=True)) == (0, False)
+    # and by receive_in_memory_max_bytes: past it a staging file, still logged
+    assert asyncio.run(logged_with(size, tmp_path / "memory-cap-at", True, memory_limit=size)) == (1, True)
+    assert asyncio.run(logged_with(size, tmp_path / "memory-cap-over", True, memory_limit=size - 1)) == (1, False)
+    assert asyncio.run(logged_with(size, tmp_path / "memory-off", True, memory_limit=0)) == (1, False)

@@ -114,6 +114,8 @@ class ArchiveSettings:
     max_sequence_depth: int = 64  # deepest sequence nesting accepted at ingest and read from a stored file
     #: Stored files up to this size go through the intake log (core/intake.py); 0: never (3 fsyncs each).
     intake_inline_max_bytes: int = 1 << 20
+    #: A C-STORE up to this size (and to intake_inline_max_bytes) is received into memory (core/staging.py).
+    receive_in_memory_max_bytes: int = 256 << 10
     intake_segment_bytes: int = 16 << 20  # size of one intake-log segment file
     intake_checkpoint_seconds: float = 1.0  # most time between checkpoints while instances arrive
     intake_checkpoint_bytes: int = 64 << 20  # a checkpoint starts after this many logged bytes
@@ -671,14 +673,15 @@ class Archive:
         )
 
     def _memory_staging_bytes(self, transfer_syntax_uid: str) -> int:
-        """How big an instance may be to be received into memory: what the intake log takes inline,
-        when the log is on and the blob store writes files (core/staging.py); 0: on disk at once.
+        """How big an instance may be to be received into memory: ``receive_in_memory_max_bytes``
+        within what the intake log takes inline, when the log is on and the blob store writes files
+        (core/staging.py); 0: on disk at once.
         A deflated dataset is inflated from its staged file (core/inflate.py), so it goes to disk."""
         if self._intake is None or self._bytes_store is None:
             return 0
         if dataset_encoding(strip_uid_padding(transfer_syntax_uid)).deflated:
             return 0
-        return self.settings.intake_inline_max_bytes
+        return min(self.settings.receive_in_memory_max_bytes, self.settings.intake_inline_max_bytes)
 
     async def ingest(self, staged: StagedPath, origin: Origin, *, replace_key: str | None = None) -> StoreOutcome:
         """Store a staged file; returns once file and index row are durable.
