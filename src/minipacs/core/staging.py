@@ -209,31 +209,23 @@ class StagingFile:
 
     def finish(self) -> StagedPath:
         """Close the file and describe it for ingest (no fsync: ingest batches them)."""
-        memory = self._memory
-        if memory is not None:
-            self._memory = None
-            return StagedPath(
-                path=self.path,
-                dataset_offset=self._dataset_offset,
-                transfer_syntax_uid=self._transfer_syntax_uid,
-                sop_class_uid=self._sop_class_uid,
-                sop_instance_uid=self._sop_instance_uid,
-                data=bytes(memory),
-            )
-        if self._fh is None:
-            raise ValueError(f"staging file {self.path.name} is already finished or discarded")
-        fh, self._fh = self._fh, None
-        try:
-            fh.close()
-        except OSError as exc:
-            self.discard()
-            raise _as_archive_error(exc, self.path) from exc
+        memory, self._memory = self._memory, None
+        if memory is None:
+            if self._fh is None:
+                raise ValueError(f"staging file {self.path.name} is already finished or discarded")
+            fh, self._fh = self._fh, None
+            try:
+                fh.close()
+            except OSError as exc:
+                self.discard()
+                raise _as_archive_error(exc, self.path) from exc
         return StagedPath(
             path=self.path,
             dataset_offset=self._dataset_offset,
             transfer_syntax_uid=self._transfer_syntax_uid,
             sop_class_uid=self._sop_class_uid,
             sop_instance_uid=self._sop_instance_uid,
+            data=None if memory is None else bytes(memory),
         )
 
     def discard(self) -> None:
