@@ -27,7 +27,11 @@ from typing import Any
 from sqlalchemy import create_engine, insert
 
 BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH.parent / "src"))
+sys.path.insert(0, str(BENCH))
+# the sources measured first on sys.path: MINIPACS_BENCH_SRC's or this checkout's (_common.SRC), for
+# this script's SCU too -- bench_pg_query.py's "before" with another tree's src measured that tree's
+# server against this checkout's SCU while this put ../src first unconditionally
+import _common  # noqa: F401
 
 from minipacs.dicom.identifier import encode_identifier
 from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, STUDY_ROOT_FIND, transfer_syntax

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import ssl
@@ -587,6 +588,10 @@ async def serve(settings: Settings, on_ready: Callable[[App], None] | None = Non
         app.compression.attach()
         if app.router is not None:
             await app.router.start()
+        # What startup made (modules, configuration, the app) lives as long as the process: out of the
+        # cyclic collector's way, a full collection walks only what serving made since, not ~150,000
+        # objects (~40 ms, a stall of whatever was running: a C-FIND's responses, a C-STORE)
+        gc.freeze()
         if on_ready is not None:
             on_ready(app)
         await stop.wait()

@@ -252,3 +252,40 @@ def test_a_value_the_index_refuses_is_an_invalid_key_value() -> None:
     ds.StudyDate = "20241231-20240101"
     with pytest.raises(InvalidKeyValue, match="ends before it starts"):
         prepare_query(ds, STUDY_ROOT)
+
+
+def test_a_page_built_slot_by_slot_is_what_row_by_row_gives() -> None:
+    """Issue 11: a page with no stored-file keys is built down each slot (_build_rows); it must give
+    the rows _row_builder gives one by one, for every kind of slot, and the joined computed values
+    (shared by many matches of a page) as they were joined before."""
+    from pydicom.tag import BaseTag
+
+    from minipacs.core.query_model import COMPUTED_KEYS
+
+    slots = [
+        q._Slot(BaseTag(0x00080020), "DA", q._Source.INDEX, "k00080020"),
+        q._Slot(BaseTag(0x00080052), "CS", q._Source.LEVEL, "STUDY"),
+        q._Slot(BaseTag(0x00080054), "AE", q._Source.CONSTANT, "ARCHIVE"),
+        q._Slot(BaseTag(0x00080061), "CS", q._Source.COMPUTED, "ModalitiesInStudy"),
+        q._Slot(BaseTag(0x00081030), "LO", q._Source.EMPTY, ""),
+        q._Slot(BaseTag(0x00201208), "IS", q._Source.COMPUTED, "NumberOfStudyRelatedInstances"),
+        q._Slot(BaseTag(0x0020000D), "UI", q._Source.INDEX, "unique_key"),
+    ]
+    position = {"pk": 0, "k00080020": 1, "unique_key": 2, "agg_ModalitiesInStudy": 3}
+    rows: list[tuple[Any, ...]] = [
+        (11, "20240101", "1.2.11", ["SR", "CT", ""]),
+        (12, None, "1.2.12", None),
+        (13, 20240103, "1.2.13", ["CT", "SR"]),
+        (14, "", "1.2.14", ["SR", "CT", ""]),
+        (15, "20240105", "1.2.15", []),
+    ]
+    pks = [row[0] for row in rows]
+    modalities = q._in_page_values(rows, pks, 3, COMPUTED_KEYS["ModalitiesInStudy"])
+    assert modalities == {11: "CT\\SR", 13: "CT\\SR", 14: "CT\\SR"}
+    computed = {"ModalitiesInStudy": modalities, "NumberOfStudyRelatedInstances": {11: "4", 14: "2"}}
+    fill = q._row_builder(slots, position, computed)
+    expected = [fill(row, pk, None) for pk, row in zip(pks, rows, strict=True)]
+    assert q._build_rows(slots, position, computed, rows, pks) == expected
+    assert expected[1] == (None, "STUDY", "ARCHIVE", "", None, "0", "1.2.12")
+    assert expected[2][0] == "20240103"  # not text in the index: its string form
+    assert q._build_rows(slots, position, computed, [], []) == []

@@ -17,6 +17,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pynetdicom import dimse_messages
 
+from minipacs.net import dimse
 from minipacs.net.dimse import (
     DATASET_PRESENT,
     MESSAGE_BY_NAME,
@@ -253,3 +254,64 @@ def test_typed_accessors_read_the_fields_by_name() -> None:
         Command.make("C-STORE-RSP", MessageIDBeingRespondedTo=9, Status=0xA700, ErrorComment="full").encode()
     )
     assert (rsp.message_id_being_responded_to, rsp.status, rsp.error_comment) == (9, 0xA700, "full")
+
+
+def test_the_same_command_set_is_parsed_once_and_each_decode_is_its_own() -> None:
+    """Issue 11: an SCU reading a C-FIND's hundreds of identical Pending command sets parses them
+    once; every decode is still a Command of its own, which its user may change."""
+    data = Command.make(
+        "C-FIND-RSP", has_dataset=True, MessageIDBeingRespondedTo=3, AffectedSOPClassUID="1.2.3", Status=0xFF00
+    ).encode()
+    parsed: list[int] = []
+    real = Command._decode_fields.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[Command], raw: bytes | bytearray | memoryview) -> dict[str, Any]:
+        parsed.append(len(raw))
+        return real(cls, raw)  # type: ignore[no-any-return]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dimse, "_DECODED", {})
+        mp.setattr(Command, "_decode_fields", classmethod(counting))
+        first = Command.decode(data)
+        second = Command.decode(bytearray(data))  # as pdata_indication gathers it
+        third = Command.decode(memoryview(data))
+    assert len(parsed) == 1
+    assert first == second == third
+    assert (first.status, first.message_id_being_responded_to, first.has_dataset) == (0xFF00, 3, True)
+    first.fields["Status"] = 0
+    assert second.status == third.status == Command.decode(data).status == 0xFF00
+
+
+def test_decoded_command_sets_kept_are_few_and_malformed_ones_never() -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dimse, "_DECODED", {})
+        for n in range(3 * dimse._DECODED_MAX):
+            rq = Command.make(
+                "C-STORE-RQ", MessageID=n, Priority=0, AffectedSOPClassUID="1.2", AffectedSOPInstanceUID=f"1.2.{n}"
+            )
+            assert Command.decode(rq.encode()).affected_sop_instance_uid == f"1.2.{n}"
+            assert len(dimse._DECODED) <= dimse._DECODED_MAX
+        long = Command.make(
+            "C-STORE-RQ", MessageID=1, Priority=0, AffectedSOPClassUID="1.2", AffectedSOPInstanceUID="9" * 600
+        ).encode()
+        assert Command.decode(long).affected_sop_instance_uid == "9" * 600
+        assert long not in dimse._DECODED
+        bad = element(0x0100, us(0x0031)) + element(0x0110, us(1))
+        for _ in range(2):
+            with pytest.raises(CommandError, match="unknown CommandField"):
+                Command.decode(bad)
+        assert bad not in dimse._DECODED
+
+
+def test_decoded_attribute_lists_are_not_shared() -> None:
+    """AT values decode to lists: a user changing one must not change the next decode's."""
+    data = Command.make(
+        "N-GET-RQ",
+        MessageID=1,
+        RequestedSOPClassUID="1.2",
+        RequestedSOPInstanceUID="1.2.3",
+        AttributeIdentifierList=[0x00100010],
+    ).encode()
+    first = Command.decode(data)
+    first["AttributeIdentifierList"].append(0x00100020)
+    assert Command.decode(data)["AttributeIdentifierList"] == [0x00100010]

@@ -17,6 +17,7 @@ from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
 from minipacs.core.archive import Archive
 from minipacs.core.model import Origin
+from minipacs.dicom.identifier import encode_identifier
 from minipacs.dicom.uids import (
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -24,12 +25,13 @@ from minipacs.dicom.uids import (
     PATIENT_ROOT_FIND,
     PATIENT_STUDY_ONLY_FIND,
     STUDY_ROOT_FIND,
+    transfer_syntax,
 )
 from minipacs.net.association import Association, AssociationSettings, BytesSink, build_rq, connect
 from minipacs.net.dimse import Command
 from minipacs.net.dul import Timeouts
 from minipacs.net.pdu_items import SOPClassExtendedNegotiation
-from minipacs.services.find_scu import build_identifier, find_all
+from minipacs.services.find_scu import build_identifier, find, find_all
 from minipacs.services.qr_find import QueryRetrieveFindSCP
 from minipacs.services.server import DicomServer
 from minipacs.services.verification import VerificationSCP
@@ -319,5 +321,44 @@ def test_unreadable_identifiers(tmp_path: Path, files: Path, data: bytes, allowe
         after = await find_all(assoc, STUDY_ROOT_FIND, ident("STUDY", AccessionNumber="ACC0042"))
         assert len(after.matches) == 1
         await assoc.release()
+
+    run(tmp_path, files, body)
+
+
+@pytest.mark.parametrize("syntax", [IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN])
+@pytest.mark.parametrize("charset", ["", "ISO_IR 100"])
+def test_our_scu_reads_every_match_of_a_long_stream_at_a_small_max_pdu(
+    tmp_path: Path, files: Path, syntax: str, charset: str
+) -> None:
+    """Issue 11: every Pending response of a 150-match query, read by our SCU with a Maximum Length
+    of 64 bytes: each identifier (and some command sets) straddles PDUs, the command sets the
+    SCU decodes are alike (Command.decode keeps them) and arrive many to a read (Association.request
+    takes them without a timer). Each match is its own response, in index order, none lost, the
+    non-ASCII name in the repertoire the requester can read."""
+
+    async def body(server: DicomServer, archive: Archive) -> None:
+        settings = AssociationSettings(ae_title="FINDSCU", timeouts=TIMEOUTS, max_pdu_receive=64)
+        rq = build_rq("FINDSCU", "MINIPACS", [(STUDY_ROOT_FIND, [syntax])], settings)
+        assoc = await connect("127.0.0.1", server.port, rq, settings)
+        ds = ident("STUDY", AccessionNumber=None, PatientName=None, StudyDate=None, RetrieveAETitle=None)
+        if charset:
+            ds.SpecificCharacterSet = charset
+        statuses: list[int] = []
+        matches: list[Dataset] = []
+        async for status, match, _command in find(assoc, STUDY_ROOT_FIND, ds):
+            statuses.append(status)
+            if match is not None:
+                matches.append(match)
+        await assoc.release()
+        assert statuses == [0xFF00] * N_STUDIES + [0x0000]
+        assert [m.AccessionNumber for m in matches] == [f"ACC{n:04d}" for n in range(N_STUDIES)]
+        assert all(m.RetrieveAETitle == "MINIPACS" for m in matches)
+        names = {str(m.PatientName) for m in matches}
+        assert "Müller^Jürgen" in names and len(names) > 5
+        [mueller] = [m for m in matches if m.AccessionNumber == "ACC0007"]
+        assert mueller.SpecificCharacterSet == (charset or "ISO_IR 192")
+        ts = transfer_syntax(syntax)
+        assert ts is not None
+        assert all(len(encode_identifier(m, ts)) > 64 for m in matches)
 
     run(tmp_path, files, body)

@@ -740,8 +740,11 @@ class Association(UpperLayerUser):
             await self.send_message(context_id, command, dataset)
             while True:
                 try:
-                    async with asyncio.timeout(wait):
-                        response = await queue.get()
+                    if queue.empty():
+                        async with asyncio.timeout(wait):
+                            response = await queue.get()
+                    else:  # already here (a C-FIND's Pending responses come many to a read): no timer
+                        response = queue.get_nowait()
                 except TimeoutError:
                     self.dul.abort(f"no response to {command.name} within {wait:g}s (DIMSE timeout)")
                     raise AssociationError(f"no response to {command.name} within {wait:g}s") from None

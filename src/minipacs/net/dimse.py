@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 #: PS3.7 §9.3 and §10.3, value of (0000,0800) when no data set follows.
 NO_DATASET = 0x0101
@@ -101,6 +101,15 @@ _MESSAGES = (
 )
 MESSAGE_TYPES: dict[int, MessageType] = {m.command_field: m for m in _MESSAGES}
 MESSAGE_BY_NAME: dict[str, MessageType] = {m.name: m for m in _MESSAGES}
+
+#: Command sets decoded lately (their bytes -> fields), for :meth:`Command.decode`: the Pending
+#: responses of one C-FIND (or C-GET/C-MOVE) are the same bytes hundreds of times over, and an SCU
+#: reading them should not parse each anew. Small, and emptied when full: a C-STORE-RQ's command
+#: (its own SOP Instance UID each time) never hits, and costs one lookup and one insert.
+_DECODED: dict[bytes, dict[str, Any]] = {}
+_DECODED_MAX: Final = 64
+#: Longer command sets are not kept (a typical response's is ~100 bytes).
+_DECODED_BYTES: Final = 512
 
 _ELEMENT = struct.Struct("<HHL")
 _US = struct.Struct("<H")
@@ -254,6 +263,22 @@ class Command:
 
     @classmethod
     def decode(cls, data: bytes | bytearray | memoryview) -> Command:
+        """The command set in ``data``; :class:`CommandError` if it is malformed (PS3.7 §6.3.1)."""
+        if len(data) > _DECODED_BYTES:
+            return cls(cls._decode_fields(data))
+        key = bytes(data)
+        fields = _DECODED.get(key)
+        if fields is None:
+            fields = cls._decode_fields(key)
+            if any(type(value) is list for value in fields.values()):
+                return cls(fields)  # AT values (lists) are mutable: not shared
+            if len(_DECODED) >= _DECODED_MAX:
+                _DECODED.clear()
+            _DECODED[key] = fields
+        return cls(dict(fields))
+
+    @classmethod
+    def _decode_fields(cls, data: bytes | bytearray | memoryview) -> dict[str, Any]:
         view = memoryview(data)
         fields: dict[str, Any] = {}
         offset = 0
@@ -282,7 +307,7 @@ class Command:
         missing = [k for k in mtype.required if k not in fields]
         if missing:
             raise CommandError(f"{mtype.name} lacks required {', '.join(missing)} (PS3.7)")
-        return cmd
+        return fields
 
 
 def _encode_value(vr: VR, value: Any, keyword: str) -> bytes:
