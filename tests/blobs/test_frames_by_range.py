@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
-from minipacs.core.transcode import native_frame_ranges, pixel_frames
+from minipacs.core.transcode import encapsulated_frame_ranges, native_frame_ranges, pixel_frames
 from tests.dicomgen import write_ct
 
 FRAME = 16 * 20 * 2
@@ -47,3 +47,96 @@ def test_encapsulated_frames_are_not_ranges(tmp_path: Path) -> None:
     ds.save_as(tmp_path / "rle.dcm")
     with open(tmp_path / "rle.dcm", "rb") as fh:
         assert native_frame_ranges(fh, [1]) is None
+
+
+# ------------------------------------------------ encapsulated frames (PS3.5 A.4): fragments by range
+
+
+def write_encapsulated(
+    tmp: Path,
+    frames: list[bytes],
+    *,
+    fragments_per_frame: int = 1,
+    has_bot: bool = True,
+    extended: bool = False,
+    number_of_frames: int | None = None,
+) -> Path:
+    """A CT stored in a compressed syntax whose Pixel Data encapsulates ``frames`` (opaque bytes: the
+    frames are handed out as stored, never decoded)."""
+    from pydicom import dcmread
+    from pydicom.encaps import encapsulate, encapsulate_extended
+
+    path = write_ct(tmp / "native.dcm", rows=16, cols=20, PixelData=os.urandom(FRAME))
+    ds = dcmread(path)
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.NumberOfFrames = number_of_frames or len(frames)
+    if extended:
+        data, table, lengths = encapsulate_extended(frames)
+        ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = table, lengths
+    else:
+        data = encapsulate(frames, fragments_per_frame=fragments_per_frame, has_bot=has_bot)
+    ds.PixelData = data
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    out = tmp / "encapsulated.dcm"
+    ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+def frames_of(sizes: list[int]) -> list[bytes]:
+    return [os.urandom(size) for size in sizes]
+
+
+@pytest.mark.parametrize(
+    ("sizes", "per_frame", "has_bot", "extended"),
+    [
+        ([1000], 1, False, False),  # single frame, empty BOT, one fragment
+        ([1000], 3, False, False),  # single frame, empty BOT, its fragments joined
+        ([1000], 2, True, False),  # single frame, filled BOT
+        ([600, 1000, 200, 800], 1, False, False),  # multi-frame, empty BOT, one fragment each
+        ([600, 1000, 200, 800], 1, True, False),  # multi-frame, filled BOT
+        ([600, 1000, 200, 800], 3, True, False),  # multi-frame, filled BOT, three fragments a frame
+        ([600, 1000, 200, 800], 1, False, True),  # Extended Offset Table
+    ],
+)
+def test_encapsulated_frames_are_fragment_ranges(
+    tmp_path: Path, sizes: list[int], per_frame: int, has_bot: bool, extended: bool
+) -> None:
+    frames = frames_of(sizes)
+    path = write_encapsulated(tmp_path, frames, fragments_per_frame=per_frame, has_bot=has_bot, extended=extended)
+    numbers = [len(frames), 1] + ([2] if len(frames) > 1 else [])
+    data = path.read_bytes()
+    with open(path, "rb") as fh:
+        ranges = encapsulated_frame_ranges(fh, numbers)
+    assert ranges is not None
+    assert all(len(parts) == (per_frame if has_bot or len(frames) == 1 else 1) for parts in ranges)
+    got = [b"".join(data[start:end] for start, end in parts) for parts in ranges]
+    assert got == pixel_frames(path, numbers, decode=False)
+    assert got == [frames[number - 1] for number in numbers]
+
+
+def test_encapsulated_not_ranges_fall_back(tmp_path: Path) -> None:
+    path = write_encapsulated(tmp_path, frames_of([600, 1000, 200]), has_bot=True)
+    data = path.read_bytes()
+    with open(path, "rb") as fh:
+        assert encapsulated_frame_ranges(fh, [1]) is not None
+        assert encapsulated_frame_ranges(fh, [4]) is None, "frame 4 of 3: pixel_frames says NoSuchFrame"
+    assert encapsulated_frame_ranges(io.BytesIO(data[:-20]), [3]) is None, "truncated: no delimiter, cut fragment"
+    assert encapsulated_frame_ranges(io.BytesIO(data[:-8]), [3]) is None, "no Sequence Delimitation Item"
+    last = data.rindex(b"\xfe\xff\x00\xe0")  # the last fragment's item header: make its length run past the end
+    past = data[: last + 4] + (len(data)).to_bytes(4, "little") + data[last + 8 :]
+    assert encapsulated_frame_ranges(io.BytesIO(past), [3]) is None, "a fragment length past the end"
+    assert encapsulated_frame_ranges(io.BytesIO(b"\0" * 200), [1]) is None, "not Part 10"
+    native = write_ct(tmp_path / "n.dcm", rows=16, cols=20, PixelData=os.urandom(FRAME))
+    with open(native, "rb") as fh:
+        assert encapsulated_frame_ranges(fh, [1]) is None, "native: native_frame_ranges' job"
+
+
+def test_ambiguous_fragments_fall_back(tmp_path: Path) -> None:
+    """Empty Basic Offset Table, 3 frames in 6 fragments: only the JPEG markers would tell the frames."""
+    path = write_encapsulated(tmp_path, frames_of([600, 1000, 200]), fragments_per_frame=2, has_bot=False)
+    with open(path, "rb") as fh:
+        assert encapsulated_frame_ranges(fh, [1]) is None
+    fewer = write_encapsulated(tmp_path, frames_of([600, 1000]), has_bot=False, number_of_frames=3)
+    with open(fewer, "rb") as fh:
+        assert encapsulated_frame_ranges(fh, [1]) is None, "2 fragments for 3 frames"

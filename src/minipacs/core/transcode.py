@@ -217,10 +217,165 @@ def native_frame_ranges(
     return [(value + (number - 1) * frame, value + number * frame) for number in numbers]
 
 
+#: (FFFE,E000) Item and (FFFE,E0DD) Sequence Delimitation Item tags as written little endian (PS3.5 7.5, A.4)
+_ITEM_TAG: Final = b"\xfe\xff\x00\xe0"
+_SEQUENCE_END_TAG: Final = b"\xfe\xff\xdd\xe0"
+#: Most item headers one request walks: beyond it (a Basic Offset Table per fragment of a huge file,
+#: or a fragment table that never ends) the whole-file path reads the instance.
+MAX_FRAGMENT_ITEMS: Final = 100_000
+#: An item shorter than this is skipped by reading on, not by seeking: on S3 a seek starts a new GET
+#: and its read fills a buffer of 1 MiB anyway (blobs/s3.py), so reading on is no dearer.
+_READ_THROUGH: Final = 1024 * 1024
+
+
+def _item_header(fp: BinaryIO, pos: int, size: int) -> tuple[bytes, int] | None:
+    """The tag and length of the item header at ``pos`` (8 bytes), or None when it is cut short or
+    its value runs past ``size``."""
+    here = fp.tell()
+    if pos != here:
+        if 0 < pos - here <= _READ_THROUGH:
+            fp.read(pos - here)
+        else:
+            fp.seek(pos)
+    head = fp.read(8)
+    if len(head) < 8:
+        return None
+    length = int.from_bytes(head[4:8], "little")
+    if pos + 8 + length > size:
+        return None
+    return head[:4], length
+
+
+def _fragments(fp: BinaryIO, pos: int, end: int | None, size: int, limit: int) -> list[tuple[int, int]] | None:
+    """The values of the fragment items from ``pos`` on, as [start, end) ranges: up to ``end`` (a frame
+    boundary of the offset table), or to the Sequence Delimitation Item when ``end`` is None. None when
+    an item is not one (PS3.5 A.4), runs past the file or past ``end``, or there are over ``limit``."""
+    found: list[tuple[int, int]] = []
+    while end is None or pos < end:
+        if len(found) >= limit:
+            return None
+        head = _item_header(fp, pos, size)
+        if head is None:
+            return None
+        tag, length = head
+        if tag == _SEQUENCE_END_TAG and end is None:
+            return found if length == 0 else None
+        if tag != _ITEM_TAG or length == 0xFFFFFFFF:
+            return None
+        found.append((pos + 8, pos + 8 + length))
+        pos += 8 + length
+    return found if pos == end else None
+
+
+def encapsulated_frame_ranges(
+    fp: BinaryIO, numbers: Sequence[int], limits: DatasetLimits = DEFAULT_LIMITS
+) -> list[list[tuple[int, int]]] | None:
+    """Where frames ``numbers`` (1-based) of an encapsulated instance lie in the stored file ``fp``
+    (seekable, from its start): for each frame the [start, end) byte ranges of its fragments' values,
+    which joined are the frame as stored (PS3.18 §8.7.3.3.2, §10.4.1.1.3), the bytes
+    :func:`pixel_frames` gives with ``decode=False``. None when the pixel data is not plainly
+    encapsulated, a frame's fragments cannot be told without reading them, or anything looks wrong --
+    then :func:`pixel_frames` reads the whole file and says what is wrong.
+
+    Encapsulated Pixel Data (PS3.5 A.4): an undefined-length (7FE0,0010) of items, the Basic Offset
+    Table item first, then one item (FFFE,E000) per fragment, each with its 4-byte length, then the
+    Sequence Delimitation Item (FFFE,E0DD). Frames are found as pydicom's ``get_frame`` and
+    ``generate_frames`` find them: by the Extended Offset Table (7FE0,0001)/(7FE0,0002) when present
+    (one fragment per frame, PS3.3 C.7.6.3.1.8, item header skipped); else by a non-empty Basic Offset
+    Table (offsets from the first byte of the first fragment item; the fragments between two offsets
+    are a frame, the last frame runs to the delimiter); else, with an empty one, all fragments are the
+    frame of a single-frame instance, and each fragment is a frame when there are as many as
+    NumberOfFrames. Otherwise (an empty table and neither case: only the JPEG markers inside the
+    fragments would tell) None. The header is walked (core/structure.py) before pydicom reads it, and
+    the item walk stops after :data:`MAX_FRAGMENT_ITEMS` items (or NumberOfFrames + 1 with an empty
+    table) and at any length running past the file's size.
+
+    Reads on S3 (``fp`` an ``open`` file: one GET while reading forward, one more per seek): the
+    header (one GET, as :func:`native_frame_ranges`); with an Extended Offset Table nothing more;
+    with a Basic Offset Table one more GET per frame asked for whose item headers are not within
+    1 MiB after the previous (the item headers of a frame's fragments are read on from there); with
+    an empty table the item headers of all fragments, one GET when fragments are under 1 MiB, else
+    one per fragment. The frames' bytes are then read by the caller (one ranged GET per fragment).
+    """
+    import pydicom
+
+    try:
+        size = fp.seek(0, 2)
+        fp.seek(0)
+        offset = dataset_offset_from(fp.read(144))
+        fp.seek(0)
+        _, meta = walk_file_meta(fp.read(offset)[132:])
+        ts = transfer_syntax(uid_value(meta.get(0x0010, b"")))
+        if ts is None or not ts.encapsulated or not ts.little_endian or dataset_encoding(ts.uid).deflated:
+            return None
+        fp.seek(offset)
+        check_structure(
+            fp,
+            size,
+            implicit=ts.implicit_vr,
+            little_endian=True,
+            max_depth=limits.max_sequence_depth,
+            stop_at_pixels=True,
+        )
+        fp.seek(0)
+        with quiet_pydicom():
+            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+        head = fp.read(12)  # explicit VR: tag, OB, 2 reserved bytes, the undefined length
+        if len(head) < 12 or head[:4] != _PIXEL_DATA_TAG or head[8:12] != b"\xff\xff\xff\xff":
+            return None
+        count = int(ds.get("NumberOfFrames", 1) or 1)
+        extended: tuple[list[int], list[int]] | None = None
+        if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+            table, lengths = bytes(ds.ExtendedOffsetTable), bytes(ds.ExtendedOffsetTableLengths)
+            extended = (
+                [int.from_bytes(table[i : i + 8], "little") for i in range(0, len(table) - 7, 8)],
+                [int.from_bytes(lengths[i : i + 8], "little") for i in range(0, len(lengths) - 7, 8)],
+            )
+        table_pos = fp.tell()
+        table_head = _item_header(fp, table_pos, size)
+        if table_head is None or table_head[0] != _ITEM_TAG or table_head[1] % 4:
+            return None
+        first = table_pos + 8 + table_head[1]  # the first fragment item's first byte
+        if not 0 < count <= MAX_FRAGMENT_ITEMS or not all(1 <= number <= count for number in numbers):
+            return None  # pixel_frames says NoSuchFrame
+        if extended is not None:
+            offsets, lengths_ = extended
+            if len(offsets) != len(lengths_) or max(numbers) > len(offsets):
+                return None
+            ranges = [[(first + offsets[n - 1] + 8, first + offsets[n - 1] + 8 + lengths_[n - 1])] for n in numbers]
+            return ranges if all(end <= size for [(_, end)] in ranges) else None
+        if table_head[1]:
+            if table_head[1] // 4 > MAX_FRAGMENT_ITEMS:
+                return None
+            raw = fp.read(table_head[1])
+            bot = [int.from_bytes(raw[i : i + 4], "little") for i in range(0, len(raw), 4)]
+            if len(bot) < count or bot[0] != 0 or any(a >= b for a, b in zip(bot, bot[1:], strict=False)):
+                return None
+            found: list[list[tuple[int, int]]] = []
+            for number in numbers:
+                end = first + bot[number] if number < len(bot) else None
+                parts = _fragments(fp, first + bot[number - 1], end, size, MAX_FRAGMENT_ITEMS)
+                if not parts:
+                    return None
+                found.append(parts)
+            return found
+        every = _fragments(fp, first, None, size, count + 1 if count > 1 else MAX_FRAGMENT_ITEMS)
+    except Exception:  # noqa: BLE001 - anything odd: the whole-file path reads it and says what is wrong
+        return None
+    if not every:
+        return None
+    if count == 1:
+        return [every for _ in numbers]
+    if len(every) == count:
+        return [[every[number - 1]] for number in numbers]
+    return None  # frames != fragments with an empty table: only the JPEG markers would tell
+
+
 __all__ = [
     "NoSuchFrame",
     "TranscodeError",
     "can_transcode",
+    "encapsulated_frame_ranges",
     "native_frame_ranges",
     "pixel_frames",
     "transcode",

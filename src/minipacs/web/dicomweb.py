@@ -34,13 +34,14 @@ from minipacs.core.transcode import (
     NoSuchFrame,
     TranscodeError,
     can_transcode,
+    encapsulated_frame_ranges,
     native_frame_ranges,
     pixel_frames,
     transcode_part10,
 )
 from minipacs.dicom.header import InstanceHeader
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
-from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
+from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
 from minipacs.web import audit
 from minipacs.web.accept import ANY, DICOM, frame_choice, frame_choices_text, instance_syntax, parse_accept
 from minipacs.web.errors import HttpError
@@ -250,13 +251,26 @@ async def frames(request: Request) -> Response:
 
 
 def _frames(item: StoredInstance, numbers: list[int], *, decode: bool, limits: DatasetLimits) -> list[bytes]:
-    """Frames of a stored instance: native ones by ranged reads of just those bytes (the header read
-    first: one GET of its start on S3), others from a whole-file read (core/transcode.py)."""
-    with item.open() as fh:
-        ranges = native_frame_ranges(fh, numbers, limits)
-    if ranges is None:
-        return on_file(item, pixel_frames, numbers, decode=decode, limits=limits)
-    return [b"".join(item.blobs.open_range(item.blob_key, start, end)) for start, end in ranges]
+    """Frames of a stored instance: native ones, and encapsulated ones asked for as stored, by ranged
+    reads of just those bytes (the header read first: one GET of its start on S3; for encapsulated
+    ones the item headers too, PS3.5 A.4), others from a whole-file read (core/transcode.py)."""
+    indexed = transfer_syntax(item.transfer_syntax_uid)  # which header walk; each checks the file's own
+    ranges: list[tuple[int, int]] | None = None
+    fragments: list[list[tuple[int, int]]] | None = None
+    if indexed is None or not indexed.encapsulated:
+        with item.open() as fh:
+            ranges = native_frame_ranges(fh, numbers, limits)
+    elif not decode:
+        with item.open() as fh:
+            fragments = encapsulated_frame_ranges(fh, numbers, limits)
+    if ranges is not None:
+        return [b"".join(item.blobs.open_range(item.blob_key, start, end)) for start, end in ranges]
+    if fragments is not None:
+        return [
+            b"".join(chunk for start, end in parts for chunk in item.blobs.open_range(item.blob_key, start, end))
+            for parts in fragments
+        ]
+    return on_file(item, pixel_frames, numbers, decode=decode, limits=limits)
 
 
 def _bulk(item: StoredInstance, tag: int, limits: DatasetLimits) -> bytes:
