@@ -1,19 +1,30 @@
 """WADO-RS frames of a native instance are byte ranges found from the header alone
-(core/transcode.py native_frame_ranges), the same bytes pixel_frames cuts from a whole-file read."""
+(core/transcode.py native_frame_ranges), the same bytes pixel_frames cuts from a whole-file read;
+those of an encapsulated one asked for as stored are the ranges of their fragments' values, found from
+the header and the item headers (encapsulated_frame_ranges, PS3.5 A.4)."""
 
 from __future__ import annotations
 
 import io
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
+from minipacs.core.inflate import DEFAULT_LIMITS
+from minipacs.core.retrieve import StoredInstance
 from minipacs.core.transcode import encapsulated_frame_ranges, native_frame_ranges, pixel_frames
-from tests.dicomgen import write_ct
+from minipacs.web.dicomweb import _frames
+from tests.blobs.test_contract import s3_store
+from tests.dicomgen import CT_IMAGE_STORAGE, write_ct
+from tests.s3server import S3Server
 
 FRAME = 16 * 20 * 2
+MiB = 1024 * 1024
 
 
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
@@ -140,3 +151,60 @@ def test_ambiguous_fragments_fall_back(tmp_path: Path) -> None:
     fewer = write_encapsulated(tmp_path, frames_of([600, 1000]), has_bot=False, number_of_frames=3)
     with open(fewer, "rb") as fh:
         assert encapsulated_frame_ranges(fh, [1]) is None, "2 fragments for 3 frames"
+
+
+class _CountedBody:
+    """A GET's streaming body that adds the bytes read from it to ``counts``."""
+
+    def __init__(self, body: Any, counts: dict[str, int]) -> None:
+        self._body, self._counts = body, counts
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self._body.read(size)
+        self._counts["bytes"] += len(data)
+        return data
+
+    def iter_chunks(self, size: int) -> Iterator[bytes]:
+        for chunk in self._body.iter_chunks(size):
+            self._counts["bytes"] += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        self._body.close()
+
+
+def test_s3_encapsulated_frame_is_read_by_range(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WADO-RS frames of a multi-frame encapsulated instance on S3 (moto): the frame's bytes, from a few
+    ranged GETs that read far less than the object, and no download of the whole of it."""
+    frames = frames_of([3 * MiB, 3 * MiB, 3 * MiB, 3 * MiB])
+    path = write_encapsulated(tmp_path, frames, fragments_per_frame=2, has_bot=True)
+    store = s3_store(s3_server, tmp_path)
+    try:
+        staged = tmp_path / "staged.part"
+        shutil.copyfile(path, staged)
+        store.put_from_staging(staged, "s/e/i.dcm")
+        store.sync()
+        item = StoredInstance(CT_IMAGE_STORAGE, "1.2.3", str(JPEG2000Lossless), "s/e/i.dcm", store)
+        counts = {"gets": 0, "bytes": 0}
+        get = store._get
+
+        def counted_get(key: str, start: int, end: int = -1) -> tuple[Any, int]:
+            counts["gets"] += 1
+            body, size = get(key, start, end)
+            return _CountedBody(body, counts), size
+
+        def no_download(key: str) -> Any:
+            raise AssertionError("the whole object was downloaded")
+
+        monkeypatch.setattr(store, "_get", counted_get)
+        monkeypatch.setattr(store, "local_file", no_download)
+        assert _frames(item, [3], decode=False, limits=DEFAULT_LIMITS) == [frames[2]]
+        # the header, each of frame 3's two item headers (fragments over 1 MiB: a seek each), its two fragments
+        assert counts["gets"] <= 5, counts
+        assert counts["bytes"] <= 3 * MiB + 3 * MiB, counts  # the frame, and the open file's 1 MiB buffer thrice
+        assert counts["bytes"] < path.stat().st_size // 2, counts
+        assert _frames(item, [4, 1], decode=False, limits=DEFAULT_LIMITS) == [frames[3], frames[0]]
+    finally:
+        store.close()

@@ -290,12 +290,14 @@ def encapsulated_frame_ranges(
     the item walk stops after :data:`MAX_FRAGMENT_ITEMS` items (or NumberOfFrames + 1 with an empty
     table) and at any length running past the file's size.
 
-    Reads on S3 (``fp`` an ``open`` file: one GET while reading forward, one more per seek): the
-    header (one GET, as :func:`native_frame_ranges`); with an Extended Offset Table nothing more;
-    with a Basic Offset Table one more GET per frame asked for whose item headers are not within
-    1 MiB after the previous (the item headers of a frame's fragments are read on from there); with
-    an empty table the item headers of all fragments, one GET when fragments are under 1 MiB, else
-    one per fragment. The frames' bytes are then read by the caller (one ranged GET per fragment).
+    Reads on S3 (``fp`` an ``open`` file: one GET while reading forward, one more per seek, each
+    filling a 1 MiB buffer): the header (one GET, as :func:`native_frame_ranges`); with an Extended
+    Offset Table nothing more; with a Basic Offset Table the item headers of the frames asked for
+    only: fragments under 1 MiB are read on (no new GET), larger ones are skipped by a seek, so one
+    GET per item header of a fragment of 1 MiB or more; with an empty table the item headers of all
+    fragments alike. The caller then reads each fragment's value by one ranged GET. Typical: one frame
+    of a multi-frame JPEG 2000 instance with a filled Basic Offset Table and one fragment per frame,
+    at most 3 GETs (header, item header, fragment), at most 2 MiB read beyond the frame.
     """
     import pydicom
 
