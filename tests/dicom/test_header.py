@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import io
 import struct
 import time
 import tracemalloc
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
@@ -12,6 +14,7 @@ from pydicom.sequence import Sequence
 
 from minipacs.core.staging import StagingFile
 from minipacs.dicom.header import HEADER_ATTRIBUTES, MalformedDataset, read_header
+from tests import broken_corpus
 from tests.dicomgen import (
     CT_IMAGE_STORAGE,
     DeflatedExplicitVRLittleEndian,
@@ -211,3 +214,49 @@ def test_unknown_private_syntax_is_read_as_explicit_little_endian(tmp_path: Path
     ds = make_ct("1.2", "1.3", "1.4")
     path, offset = stage(tmp_path, ds, "1.2.3.4.5.6", encode_dataset(ds, ExplicitVRLittleEndian))
     assert read_header(path, offset, "1.2.3.4.5.6").get("SOPInstanceUID") == "1.4"
+
+
+# ---- read_header_bytes: the fast walk of a file in memory must be read_header_from exactly
+
+
+def _outcome(read: Any) -> tuple[str, Any]:
+    try:
+        return "ok", dict(read().values)
+    except MalformedDataset as exc:
+        return "error", str(exc)
+
+
+def _both(data: bytes, offset: int, syntax: str) -> tuple[tuple[str, Any], tuple[str, Any]]:
+    from minipacs.dicom.header import read_header_bytes, read_header_from
+
+    return (
+        _outcome(lambda: read_header_bytes(data, offset, syntax)),
+        _outcome(lambda: read_header_from(io.BytesIO(data), offset, syntax)),
+    )
+
+
+@pytest.mark.parametrize("case", broken_corpus.cases(), ids=lambda c: c.id)
+def test_the_fast_walk_reads_the_broken_corpus_as_the_general_one(case: broken_corpus.Case) -> None:
+    """Every well-formed and broken dataset of the corpus (both VR encodings, both byte orders,
+    defined and undefined lengths, deflated): the same values, or the same error."""
+    data = broken_corpus.part10(case)
+    offset = len(data) - len(case.data)
+    fast, general = _both(data, offset, case.syntax.uid)
+    assert fast == general
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"])
+def test_the_fast_walk_at_every_truncation_point(syntax: str) -> None:
+    """A header cut at every byte (inside a tag, a VR, a 16- and a 32-bit length, a wanted value,
+    a skipped one): the same values or the same sentence as the general walker."""
+    from tests.dicomgen import encode_dataset, make_ct
+
+    ds = make_ct("1.2.3", "1.2.3.4", "1.2.3.4.5", PatientName="Müller^Jürgen", SpecificCharacterSet="ISO_IR 100")
+    ds.add_new(0x00091010, "OB", b"\x01" * 300)  # a long-length VR among the wanted ones
+    encoded = encode_dataset(ds, syntax)
+    seen = set()
+    for cut in range(0, min(len(encoded), 2000)):
+        fast, general = _both(encoded[:cut], 0, syntax)
+        assert fast == general, cut
+        seen.add(fast[0] if fast[0] == "ok" else fast[1])
+    assert "ok" in seen and len(seen) >= 3  # whole headers and both kinds of sentence were met

@@ -34,7 +34,6 @@ import asyncio
 import datetime as dt
 import errno
 import fcntl
-import io
 import logging
 import os
 import queue
@@ -60,7 +59,7 @@ from minipacs.core.errors import (
     NotFound,
     OutOfResources,
 )
-from minipacs.core.header import read_header, read_header_from
+from minipacs.core.header import read_header, read_header_bytes
 from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits, check_deflated
 from minipacs.core.intake import IntakeLog, IntakeRecord, syncfs
 from minipacs.core.metrics import Metrics
@@ -354,7 +353,7 @@ def prepare_ingest(
     if data is None:
         header = read_header(staged.path, staged.dataset_offset, staged.transfer_syntax_uid)
     else:
-        header = read_header_from(io.BytesIO(data), staged.dataset_offset, staged.transfer_syntax_uid)
+        header = read_header_bytes(data, staged.dataset_offset, staged.transfer_syntax_uid)
     for keyword, announced in (
         ("SOPInstanceUID", staged.sop_instance_uid),
         ("SOPClassUID", staged.sop_class_uid),

@@ -32,4 +32,12 @@ def read_header_from(fp: BinaryIO, dataset_offset: int, transfer_syntax_uid: str
         raise InvalidInstance(str(exc)) from exc
 
 
-__all__ = ["read_header", "read_header_from"]
+def read_header_bytes(data: bytes, dataset_offset: int, transfer_syntax_uid: str) -> InstanceHeader:
+    """dicom.header.read_header_bytes (a whole file in memory); InvalidInstance when malformed."""
+    try:
+        return _header.read_header_bytes(data, dataset_offset, transfer_syntax_uid)
+    except MalformedDataset as exc:
+        raise InvalidInstance(str(exc)) from exc
+
+
+__all__ = ["read_header", "read_header_bytes", "read_header_from"]
