@@ -33,7 +33,16 @@ def store_one(tmp_path: Path, **settings: Any) -> tuple[int, str, int]:
 
     async def main() -> tuple[int, str, int]:
         app = await build_app(
-            Settings(data_dir=tmp_path / "data", host="127.0.0.1", port=0, fsync=False, http_port=0, **settings)
+            Settings(
+                **{
+                    "data_dir": tmp_path / "data",
+                    "host": "127.0.0.1",
+                    "port": 0,
+                    "fsync": False,
+                    "http_port": 0,
+                    **settings,
+                }
+            )
         )
         await app.dicom.start()
         try:
@@ -115,3 +124,23 @@ def test_other_write_errors_carry_no_path_either(tmp_path: Path, monkeypatch: py
     status, comment, stored = store_one(tmp_path)
     assert (status, stored) == (0x0110, 0)
     assert "/" not in comment and "Permission denied" in comment, comment
+
+
+def test_disk_full_writing_an_instance_received_into_memory_is_a700_without_a_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With fsync on (the intake log), a small C-STORE is held in memory and the writer writes its file
+    at its key (core/staging.py): a full disk there is answered as anywhere else, and nothing is stored."""
+    written: list[str] = []
+
+    def full(self: FilesystemBlobStore, data: bytes, key: str) -> None:
+        written.append(key)
+        raise OSError(errno.ENOSPC, "No space left on device", f"{SECRET}/storage/{key}")
+
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(FilesystemBlobStore, "put_bytes", full)
+    status, comment, stored = store_one(tmp_path, fsync=True)
+    assert written, "the instance was not received into memory: put_bytes was never called"
+    assert (status, stored) == (0xA700, 0)
+    assert "/" not in comment and "full" in comment, comment
+    assert SECRET in caplog.text
