@@ -167,6 +167,36 @@ def pixel_frames(
 _PIXEL_DATA_TAG: Final = b"\xe0\x7f\x10\x00"
 
 
+def _header_before_pixels(fp: BinaryIO, limits: DatasetLimits, *, encapsulated: bool) -> tuple[int, Any, Any] | None:
+    """For the frame-range readers: (file size, transfer syntax, the dataset read up to Pixel Data)
+    of the stored file ``fp``, left at the Pixel Data element's header; None unless its transfer
+    syntax is little endian, not deflated, and encapsulated or native as asked. The header is walked
+    (core/structure.py) before pydicom reads it. Raises whatever a malformed file raises."""
+    import pydicom
+
+    size = fp.seek(0, 2)
+    fp.seek(0)
+    offset = dataset_offset_from(fp.read(144))
+    fp.seek(0)
+    _, meta = walk_file_meta(fp.read(offset)[132:])
+    ts = transfer_syntax(uid_value(meta.get(0x0010, b"")))
+    if ts is None or ts.encapsulated != encapsulated or not ts.little_endian or dataset_encoding(ts.uid).deflated:
+        return None
+    fp.seek(offset)
+    check_structure(
+        fp,
+        size,
+        implicit=ts.implicit_vr,
+        little_endian=True,
+        max_depth=limits.max_sequence_depth,
+        stop_at_pixels=True,
+    )
+    fp.seek(0)
+    with quiet_pydicom():
+        ds = pydicom.dcmread(fp, stop_before_pixels=True)
+    return size, ts, ds
+
+
 def native_frame_ranges(
     fp: BinaryIO, numbers: Sequence[int], limits: DatasetLimits = DEFAULT_LIMITS
 ) -> list[tuple[int, int]] | None:
@@ -177,29 +207,11 @@ def native_frame_ranges(
     bytes per sample, where frame n is bytes (n-1)*F to n*F of Pixel Data (PS3.5 8.1.1, 8.2), as
     :func:`pixel_frames` cuts them. The header is walked (core/structure.py) before pydicom reads it.
     """
-    import pydicom
-
     try:
-        size = fp.seek(0, 2)
-        fp.seek(0)
-        offset = dataset_offset_from(fp.read(144))
-        fp.seek(0)
-        _, meta = walk_file_meta(fp.read(offset)[132:])
-        ts = transfer_syntax(uid_value(meta.get(0x0010, b"")))
-        if ts is None or ts.encapsulated or not ts.little_endian or dataset_encoding(ts.uid).deflated:
+        header = _header_before_pixels(fp, limits, encapsulated=False)
+        if header is None:
             return None
-        fp.seek(offset)
-        check_structure(
-            fp,
-            size,
-            implicit=ts.implicit_vr,
-            little_endian=True,
-            max_depth=limits.max_sequence_depth,
-            stop_at_pixels=True,
-        )
-        fp.seek(0)
-        with quiet_pydicom():
-            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+        size, ts, ds = header
         head = fp.read(8 if ts.implicit_vr else 12)  # pydicom stops at the Pixel Data element's header
         if len(head) < 8 or head[:4] != _PIXEL_DATA_TAG:
             return None
@@ -299,29 +311,11 @@ def encapsulated_frame_ranges(
     of a multi-frame JPEG 2000 instance with a filled Basic Offset Table and one fragment per frame,
     at most 3 GETs (header, item header, fragment), at most 2 MiB read beyond the frame.
     """
-    import pydicom
-
     try:
-        size = fp.seek(0, 2)
-        fp.seek(0)
-        offset = dataset_offset_from(fp.read(144))
-        fp.seek(0)
-        _, meta = walk_file_meta(fp.read(offset)[132:])
-        ts = transfer_syntax(uid_value(meta.get(0x0010, b"")))
-        if ts is None or not ts.encapsulated or not ts.little_endian or dataset_encoding(ts.uid).deflated:
+        header = _header_before_pixels(fp, limits, encapsulated=True)
+        if header is None:
             return None
-        fp.seek(offset)
-        check_structure(
-            fp,
-            size,
-            implicit=ts.implicit_vr,
-            little_endian=True,
-            max_depth=limits.max_sequence_depth,
-            stop_at_pixels=True,
-        )
-        fp.seek(0)
-        with quiet_pydicom():
-            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+        size, _ts, ds = header
         head = fp.read(12)  # explicit VR: tag, OB, 2 reserved bytes, the undefined length
         if len(head) < 12 or head[:4] != _PIXEL_DATA_TAG or head[8:12] != b"\xff\xff\xff\xff":
             return None

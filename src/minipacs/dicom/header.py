@@ -232,10 +232,7 @@ class _Walker:
             if tag > _LAST_WANTED_TAG:
                 break
             if tag <= previous:
-                raise MalformedDataset(
-                    f"data element {_tag_text(tag)} follows {_tag_text(previous)}; "
-                    "PS3.5 §7.1 requires ascending tag order"
-                )
+                raise _out_of_order(tag, previous)
             previous = tag
             vr, length = self._read_vr_length(tag, implicit)
             if length == _UNDEFINED_LENGTH:
@@ -275,6 +272,12 @@ class _Walker:
                 self._skip_sequence(depth + 1, implicit or vr == b"UN")
             else:
                 self._src.skip(length)
+
+
+def _out_of_order(tag: int, previous: int) -> MalformedDataset:
+    return MalformedDataset(
+        f"data element {_tag_text(tag)} follows {_tag_text(previous)}; PS3.5 §7.1 requires ascending tag order"
+    )
 
 
 def _tag_text(tag: int) -> str:
@@ -325,31 +328,24 @@ def _top_level_le(data: bytes, pos: int, implicit: bool) -> dict[int, bytes] | N
         _VR_SHAPED,
     )
     while pos < end:
-        if pos + 8 > end:  # room for a tag at most: what the general walker reads before it fails
-            if pos + 4 > end:
-                raise MalformedDataset("the dataset ends in the middle of a data element")
+        if pos + 8 <= end:
+            if implicit:
+                group, element, length = _LE_IMPLICIT(data, pos)
+                vr = b""
+            else:
+                group, element, vr, length = _LE_EXPLICIT(data, pos)
+        elif pos + 4 <= end:  # a tag and no more: what the general walker reads before it fails
             group, element = _LE_TAG(data, pos)
-            tag = group << 16 | element
-            if tag > last:
-                break
-            if tag <= previous:
-                raise MalformedDataset(
-                    f"data element {_tag_text(tag)} follows {_tag_text(previous)}; "
-                    "PS3.5 §7.1 requires ascending tag order"
-                )
-            raise MalformedDataset("the dataset ends in the middle of a data element")
-        if implicit:
-            group, element, length = _LE_IMPLICIT(data, pos)
-            vr = b""
+            vr, length = b"", -1
         else:
-            group, element, vr, length = _LE_EXPLICIT(data, pos)
+            raise MalformedDataset("the dataset ends in the middle of a data element")
         tag = group << 16 | element
         if tag > last:
             break
         if tag <= previous:
-            raise MalformedDataset(
-                f"data element {_tag_text(tag)} follows {_tag_text(previous)}; PS3.5 §7.1 requires ascending tag order"
-            )
+            raise _out_of_order(tag, previous)
+        if length < 0:
+            raise MalformedDataset("the dataset ends in the middle of a data element")
         previous = tag
         pos += 8
         if not implicit:
