@@ -149,7 +149,7 @@ def read_blob_header(
     with quiet_pydicom() as captured:
         try:
             with blobs.open(key) as fp:
-                ds = _read_header(fp, limits, specific_tags)
+                ds = read_open_header(fp, limits, specific_tags)
         except Exception as exc:
             raise _unreadable(exc, captured) from exc
     if ds is not None:
@@ -158,8 +158,10 @@ def read_blob_header(
         return read_stored(path, limits, stop_before_pixels=True, specific_tags=specific_tags)
 
 
-def _read_header(fp: BinaryIO, limits: DatasetLimits, specific_tags: list[Any] | None) -> Dataset | None:
-    """:func:`_read` of the header from an open file; None when the dataset is deflated."""
+def read_open_header(fp: BinaryIO, limits: DatasetLimits, specific_tags: list[Any] | None = None) -> Dataset | None:
+    """:func:`_read` of the header from an open Part 10 file, walked first (core/structure.py); ``fp``
+    is left where pydicom stopped, at the Pixel Data element's header if there is one. None when the
+    dataset is deflated (it is then read whole, from a local file). Raises what a malformed file raises."""
     size = fp.seek(0, os.SEEK_END)
     fp.seek(0)
     head = fp.read(144)
@@ -222,4 +224,4 @@ def _read(path: Path, limits: DatasetLimits, stop_before_pixels: bool, specific_
     return ds
 
 
-__all__ = ["quiet_pydicom", "read_blob_header", "read_part10_bytes", "read_stored"]
+__all__ = ["quiet_pydicom", "read_blob_header", "read_open_header", "read_part10_bytes", "read_stored"]

@@ -22,10 +22,7 @@ from typing import Any, BinaryIO, Final
 from minipacs.core import decoders
 from minipacs.core.errors import ArchiveError, NotFound, UnreadableInstance
 from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits
-from minipacs.core.stored import quiet_pydicom, read_stored
-from minipacs.core.structure import check_structure
-from minipacs.dicom.header import dataset_encoding
-from minipacs.dicom.part10 import dataset_offset_from, uid_value, walk_file_meta
+from minipacs.core.stored import quiet_pydicom, read_open_header, read_stored
 from minipacs.dicom.uids import TransferSyntax, transfer_syntax
 
 _CODECS_HINT: Final = (
@@ -169,31 +166,18 @@ _PIXEL_DATA_TAG: Final = b"\xe0\x7f\x10\x00"
 
 def _header_before_pixels(fp: BinaryIO, limits: DatasetLimits, *, encapsulated: bool) -> tuple[int, Any, Any] | None:
     """For the frame-range readers: (file size, transfer syntax, the dataset read up to Pixel Data)
-    of the stored file ``fp``, left at the Pixel Data element's header; None unless its transfer
-    syntax is little endian, not deflated, and encapsulated or native as asked. The header is walked
-    (core/structure.py) before pydicom reads it. Raises whatever a malformed file raises."""
-    import pydicom
-
-    size = fp.seek(0, 2)
-    fp.seek(0)
-    offset = dataset_offset_from(fp.read(144))
-    fp.seek(0)
-    _, meta = walk_file_meta(fp.read(offset)[132:])
-    ts = transfer_syntax(uid_value(meta.get(0x0010, b"")))
-    if ts is None or ts.encapsulated != encapsulated or not ts.little_endian or dataset_encoding(ts.uid).deflated:
-        return None
-    fp.seek(offset)
-    check_structure(
-        fp,
-        size,
-        implicit=ts.implicit_vr,
-        little_endian=True,
-        max_depth=limits.max_sequence_depth,
-        stop_at_pixels=True,
-    )
+    of the stored file ``fp``, read by :func:`read_open_header` and left at the Pixel Data element's
+    header; None unless its transfer syntax is little endian, not deflated, and encapsulated or
+    native as asked. Raises whatever a malformed file raises."""
+    size = fp.seek(0, 2)  # before any read: on S3 a seek after one starts another GET
     fp.seek(0)
     with quiet_pydicom():
-        ds = pydicom.dcmread(fp, stop_before_pixels=True)
+        ds = read_open_header(fp, limits)
+    if ds is None:  # deflated
+        return None
+    ts = transfer_syntax(str(ds.file_meta.get("TransferSyntaxUID", "")))
+    if ts is None or ts.encapsulated != encapsulated or not ts.little_endian:
+        return None
     return size, ts, ds
 
 
