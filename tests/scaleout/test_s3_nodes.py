@@ -34,7 +34,6 @@ from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
 from minipacs.core.archive import Archive
 from minipacs.core.delete import delete_resource
-from minipacs.core.errors import DuplicateInstance
 from minipacs.core.model import DuplicatePolicy, StoreStatus
 from minipacs.index import repository
 from tests.core.test_two_writers import _ingest
@@ -44,18 +43,13 @@ from tests.peers import ServerProcess, dcmtk, free_port, start_server, wait_for_
 from tests.s3server import S3Server
 from tests.scaleout.test_haproxy import count_instances, get_study, haproxy
 
+# what two concurrent stores of one instance answer: the same as on one PostgreSQL with two nodes
+from tests.scaleout.test_races import EXPECTED, _answer
+
 pytestmark = pytest.mark.postgres
 
 ROUNDS = 3
 INSTANCES = 10
-
-#: Duplicate policy -> what the two concurrent stores of one instance answer, in some order
-#: (what one node answers to the same instance sent twice at once: tests/scaleout/test_races.py).
-EXPECTED: dict[DuplicatePolicy, list[Any]] = {
-    DuplicatePolicy.KEEP: [StoreStatus.DUPLICATE_KEPT, StoreStatus.STORED],
-    DuplicatePolicy.REPLACE: [StoreStatus.REPLACED, StoreStatus.STORED],
-    DuplicatePolicy.REJECT: [DuplicateInstance, StoreStatus.STORED],
-}
 
 
 @pytest.fixture
@@ -84,14 +78,6 @@ async def _two(tmp: Path, url: str, s3: S3Server, bucket: str, **more: Any) -> t
         await a.close()
         raise
     return a, b
-
-
-def _answer(result: Any) -> Any:
-    if isinstance(result, BaseException):
-        if isinstance(result, DuplicateInstance):
-            return DuplicateInstance
-        raise result  # anything else is a spurious failure: show it
-    return result.status
 
 
 def _by_name(values: list[Any]) -> list[Any]:
