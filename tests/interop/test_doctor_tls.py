@@ -26,16 +26,27 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
 def tls_storescp(tmp_path: Path, pki: Certificates) -> Iterator[tuple[int, Path]]:
     out = tmp_path / "storescp-out"
     out.mkdir()
-    port = free_port()
-    proc = subprocess.Popen(
-        [dcmtk("storescp"), "+tls", str(pki.server.key), str(pki.server.cert), "+cf", str(pki.ca)]
-        + ["-od", str(out), "-aet", "TLSSCP", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "TCP_NODELAY": "1"},
-    )
+    log = tmp_path / "storescp.log"
+    for attempt in range(
+        3
+    ):  # a port found free may be taken (e.g. as another socket's source port) before storescp binds it
+        port = free_port()
+        with open(log, "wb") as log_fh:
+            proc = subprocess.Popen(
+                [dcmtk("storescp"), "+tls", str(pki.server.key), str(pki.server.cert), "+cf", str(pki.ca)]
+                + ["-od", str(out), "-aet", "TLSSCP", str(port)],
+                stdout=log_fh,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "TCP_NODELAY": "1"},
+            )
+        try:
+            wait_for_port("127.0.0.1", port, proc=proc)
+            break
+        except RuntimeError:
+            proc.wait(10)
+            if attempt == 2:
+                raise RuntimeError("storescp +tls did not start:\n" + log.read_text(errors="replace")) from None
     try:
-        wait_for_port("127.0.0.1", port, proc=proc)
         yield port, out
     finally:
         proc.terminate()

@@ -818,7 +818,7 @@ async def _capture_first_pdu() -> tuple[int, bytes]:
     port = server.sockets[0].getsockname()[1]
     ae = AE(ae_title="PYNETDICOM")
     ae.add_requested_context(VERIFICATION)
-    ae.acse_timeout = ae.network_timeout = ae.connection_timeout = 5
+    ae.acse_timeout = ae.network_timeout = ae.connection_timeout = 30  # a loaded CI machine: seen failing at 5
     try:
         assoc = await asyncio.to_thread(ae.associate, "127.0.0.1", port, ae_title="MINIPACS")
         assert assoc.is_rejected
