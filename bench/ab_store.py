@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import WORK, machine_info, stop_all
+from _common import machine_info, remove_runs, run_folder, stop_all
 from bench_store import SETS, load_set, run_one
 
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                 server = "storescp" if name == "storescp" else "minipacs"
                 if server == "minipacs":
                     _use(src)
-                run = run_one(server, data, WORK / "runs" / f"ab-{name}", rnd)
+                run = run_one(server, data, run_folder(f"ab-{name}-{rnd}"), rnd)
                 results[name].append(run)
                 print(
                     f"round {rnd} {name:8s} {run['per_s']:7.1f}/s  server CPU {run['cpu_ms_per_instance']:.3f} ms/inst",
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
     finally:
         stop_all()
+        remove_runs()
     print()
     for name, runs in results.items():
         rates = [r["per_s"] for r in runs]

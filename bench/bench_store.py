@@ -84,6 +84,8 @@ from _common import (
     pg_create_database,
     pg_drop_database,
     pg_table_count,
+    remove_runs,
+    run_folder,
     start_minipacs,
     start_orthanc,
     start_storescp,
@@ -190,9 +192,7 @@ def settled_cpu(pid: int, children: bool, limit: float = 10.0) -> float:
 
 def found(data: DataSet, aec: str, port: int, run_dir: Path) -> int:
     """Instances of the set's series the server answers for (IMAGE-level C-FIND, Study Root)."""
-    out = run_dir / "find"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    out = run_folder(f"{run_dir.name}-find")  # findscu -X writes a file per answer: kept until the end
     cmd = [
         FINDSCU,
         "-S",
@@ -218,9 +218,7 @@ def found(data: DataSet, aec: str, port: int, run_dir: Path) -> int:
         rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=peer_env(), timeout=120).returncode
     if rc != 0:
         raise RuntimeError(f"findscu exited with {rc}; see {run_dir / 'findscu.log'}")
-    n = count_files(out)
-    shutil.rmtree(out, ignore_errors=True)
-    return n
+    return count_files(out)
 
 
 def stored_count(server: str, data: DataSet, aec: str, port: int, run_dir: Path) -> int:
@@ -269,8 +267,7 @@ def start_with_retry(server: str, run_dir: Path, database: str | None) -> tuple[
 
 
 def run_one(server: str, data: DataSet, run_dir: Path, rnd: int) -> dict[str, Any]:
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
+    """One run in ``run_dir``, a new empty folder (:func:`_common.run_folder`); nothing is deleted."""
     aec = AET[family(server)]
     database = f"bench_{os.getpid()}_{data.name}_{rnd}_{server.replace('-', '_')}" if server.endswith("-pg") else None
     if database:
@@ -295,8 +292,6 @@ def run_one(server: str, data: DataSet, run_dir: Path, rnd: int) -> dict[str, An
         raise RuntimeError(f"{server} stored {stored} of {data.count} instances of {data.name}; see {run_dir}")
     if family(server) == "minipacs" and rc != 0:
         raise RuntimeError(f"minipacs exited with {rc} after SIGINT; see {run_dir / 'server.log'}")
-    shutil.rmtree(run_dir / "out", ignore_errors=True)
-    shutil.rmtree(run_dir / "orthanc-db", ignore_errors=True)
     sync_disk()
     return {
         "server": server,
@@ -477,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             for rnd in range(rounds):
                 k = rnd % len(servers)
                 for server in servers[k:] + servers[:k]:  # rotated: each server goes first in turn
-                    r = run_one(server, data[set_name], WORK / "runs" / f"store-{set_name}-{server}-{rnd}", rnd)
+                    r = run_one(server, data[set_name], run_folder(f"store-{set_name}-{server}-{rnd}"), rnd)
                     runs.append(r)
                     print(
                         f"  {set_name:6s} round {rnd} {server:16s} {r['seconds']:7.2f} s {r['per_s']:8.1f} inst/s  "
@@ -489,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         stop_all()
+        remove_runs()
         for database in list(_DATABASES):
             try:
                 pg_drop_database(database)
