@@ -14,17 +14,23 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import struct
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
+from minipacs.blobs.base import BlobStore
 from minipacs.core.archive import Archive
 from minipacs.core.errors import NotFound, UnreadableInstance
 from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits
 from minipacs.core.model import StoreOutcome, StoreStatus
 from minipacs.core.stored import quiet_pydicom, read_blob_header, read_stored
+from minipacs.dicom.header import dataset_encoding
+from minipacs.dicom.json_model import json_model
+from minipacs.dicom.part10 import NotPart10, dataset_offset_from, uid_value, walk_file_meta
 from minipacs.index import metadata_repo
 from minipacs.index.database import IndexConnection
 
@@ -43,7 +49,53 @@ _BACKLOG: Final = 10_000
 
 def compute(path: Any, study: str, series: str, sop: str, limits: DatasetLimits = DEFAULT_LIMITS) -> str:
     """The PS3.18 JSON object of one stored file, as text (read within ``limits``: core/stored.py)."""
+    with open(path, "rb") as fp:
+        text = fast_text(fp, study, series, sop, limits)
+    if text is not None:
+        return text
     return model_text(read_stored(path, limits, stop_before_pixels=True), study, series, sop)
+
+
+def blob_text(blobs: BlobStore, key: str, study: str, series: str, sop: str, limits: DatasetLimits) -> str:
+    """:func:`compute` of a stored blob, reading no more of it than its header (on S3: its start)."""
+    with blobs.open(key) as fp:
+        text = fast_text(fp, study, series, sop, limits)
+    if text is not None:
+        return text
+    return model_text(read_blob_header(blobs, key, limits), study, series, sop)
+
+
+#: How much of a stored file :func:`fast_text` reads: its header is nearly always within it.
+FAST_READ_BYTES: Final = 64 * 1024
+
+
+def fast_text(fp: BinaryIO, study: str, series: str, sop: str, limits: DatasetLimits = DEFAULT_LIMITS) -> str | None:
+    """The JSON text built straight from the file's bytes (dicom/json_model.py, the same text as
+    :func:`model_text` of pydicom's reading); None when that builder does not cover the file (the
+    caller then reads it with pydicom, which also says what is wrong with a broken one)."""
+    head = fp.read(FAST_READ_BYTES + 1)
+    whole = len(head) <= FAST_READ_BYTES
+    try:
+        offset = dataset_offset_from(head)
+        _, meta = walk_file_meta(head[132:offset])
+    except (NotPart10, ValueError, struct.error):
+        return None
+    transfer_syntax = uid_value(meta.get(0x0010, b""))
+    encoding = dataset_encoding(transfer_syntax)
+    if not encoding.little_endian or encoding.deflated:
+        return None
+    base = f"{BULK_PREFIX}/studies/{study}/series/{series}/instances/{sop}"
+    model = json_model(
+        head if whole else head[:FAST_READ_BYTES],
+        offset,
+        implicit_vr=encoding.implicit_vr,
+        encapsulated=UID(transfer_syntax).is_compressed,
+        bulk=lambda tag: f"{base}/bulkdata/{tag:08X}",
+        bulk_threshold=BULK_THRESHOLD,
+        max_depth=limits.max_sequence_depth,
+        whole=whole,
+    )
+    return None if model is None else json.dumps(model, separators=(",", ":"))
 
 
 def model_text(ds: Dataset, study: str, series: str, sop: str) -> str:
@@ -139,8 +191,14 @@ class MetadataStore:
             done: list[tuple[str, str]] = []
             for row in rows:
                 try:
-                    ds = read_blob_header(blobs, row.blob_key, limits)  # the header only: on S3 its start
-                    text = model_text(ds, row.study_instance_uid, row.series_instance_uid, row.sop_instance_uid)
+                    text = blob_text(
+                        blobs,
+                        row.blob_key,
+                        row.study_instance_uid,
+                        row.series_instance_uid,
+                        row.sop_instance_uid,
+                        limits,
+                    )
                     done.append((row.sop_instance_uid, text))
                 except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
                     failed[row.sop_instance_uid] = (
@@ -187,4 +245,13 @@ class MetadataStore:
         return [found[uid] for uid in wanted]
 
 
-__all__ = ["BULK_PREFIX", "BULK_THRESHOLD", "MetadataStore", "compute", "delete_rows", "model_text"]
+__all__ = [
+    "BULK_PREFIX",
+    "BULK_THRESHOLD",
+    "MetadataStore",
+    "blob_text",
+    "compute",
+    "delete_rows",
+    "fast_text",
+    "model_text",
+]

@@ -1,0 +1,301 @@
+"""The PS3.18 Annex F JSON model of a stored header, built straight from its bytes (the common case).
+
+The archive keeps every instance's PS3.18 JSON metadata (core/metadata.py). Built with pydicom
+(``dcmread`` then ``Dataset.to_json_dict``) it cost ~1 ms of CPU per small instance on the build
+machines: more than receiving and storing the instance. :func:`json_model` walks the encoded
+dataset once and builds the same Python objects itself, ~10x faster.
+
+It covers what nearly every instance is, and gives up (returns None) on anything else, so the caller
+falls back to pydicom, which stays the reference:
+
+* little-endian datasets, explicit or implicit VR (implicit: public tags whose VR the data dictionary
+  gives without ambiguity); not deflated, not big endian;
+* text that is 7-bit ASCII without escape sequences, under no Specific Character Set or one whose
+  repertoire keeps ASCII as it is (:data:`ASCII_CHARSETS`); anything else may decode differently;
+* no UN element (pydicom may re-read it under a known VR), no group 0002 or group length element
+  in the dataset, no element of undefined length but a sequence, no person name with component
+  groups (``=``), numbers that are plain decimal strings (PS3.5 Table 6.2-1 DS and IS);
+* the walk stops where ``dcmread(stop_before_pixels=True)`` stops, at (7FE0,0008), (7FE0,0009) or
+  (7FE0,0010) on the top level; any structural surprise (a length past the end, a misplaced
+  delimiter, tags out of order) gives up too, and the pydicom path then says what is wrong.
+
+The values follow pydicom 3's readers (pydicom/values.py) and ``DataElement.to_json_dict``, padding
+rules included (PS3.5 6.2); ``tests/dicom/test_json_model.py`` holds the two to the same JSON text
+over generated datasets of every VR, and a deliberately changed rule fails it.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import struct
+from collections.abc import Callable
+from typing import Any, Final
+
+from pydicom.datadict import dictionary_VR
+from pydicom.uid import UID
+
+#: Specific Character Set values under which ASCII bytes decode to the same text (PS3.3 C.12.1.1.2).
+ASCII_CHARSETS: Final = frozenset({"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 6", "ISO 2022 IR 100"})
+
+_U16: Final = struct.Struct("<H").unpack_from
+_U32: Final = struct.Struct("<I").unpack_from
+_UNDEFINED: Final = 0xFFFFFFFF
+_ITEM: Final = 0xFFFEE000
+_ITEM_END: Final = 0xFFFEE00D
+_SEQUENCE_END: Final = 0xFFFEE0DD
+_PIXEL_TAGS: Final = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+_CHARSET_TAG: Final = 0x00080005
+_ROWS_TAG: Final = 0x00280010
+_LONG_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+_BINARY_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
+_NUMBER_FORMATS: Final = {"FL": "f", "FD": "d", "SL": "l", "SS": "h", "SV": "q", "UL": "L", "US": "H", "UV": "Q"}
+_FLOAT_VRS: Final = frozenset({"FL", "FD"})
+_KNOWN_VRS: Final = frozenset(
+    {"AE", "AS", "AT", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "SQ", "ST", "TM", "UC", "UI", "UR", "UT"}
+    | _BINARY_VRS
+    | set(_NUMBER_FORMATS)
+)
+_DS: Final = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
+_IS: Final = re.compile(r"[+-]?\d+\Z")
+#: pydicom's threshold test for BulkDataURI: the raw length against (threshold // 4) * 3.
+_MAX_INLINE_DIVISOR: Final = 4
+
+
+class _GiveUp(Exception):
+    """Not a case this builder covers: the caller falls back to pydicom."""
+
+
+def _implicit_vr(tag: int) -> str:
+    if tag & 0x10000 or tag & 0xFFFF == 0:  # private or group length: pydicom's own rules apply
+        raise _GiveUp
+    try:
+        vr = str(dictionary_VR(tag))
+    except KeyError:
+        raise _GiveUp from None
+    if vr not in _KNOWN_VRS:  # "US or SS", "OB or OW", ...: resolved from context by pydicom
+        raise _GiveUp
+    return vr
+
+
+def _text(raw: bytes) -> str:
+    if not raw.isascii() or b"\x1b" in raw:
+        raise _GiveUp
+    return raw.decode("ascii")
+
+
+def _value(vr: str, raw: bytes) -> Any:
+    """The element's value as pydicom's reader leaves it, after ``to_json_dict``: a list (its "Value"),
+    or None when the element is empty (no "Value")."""
+    if vr in _NUMBER_FORMATS:
+        fmt = _NUMBER_FORMATS[vr]
+        size = struct.calcsize(fmt)
+        if len(raw) % size:
+            raise _GiveUp
+        if not raw:
+            return None
+        values = struct.unpack(f"<{len(raw) // size}{fmt}", raw)
+        return [float(v) for v in values] if vr in _FLOAT_VRS else [int(v) for v in values]
+    if vr == "AT":
+        if len(raw) % 4:
+            raise _GiveUp
+        if not raw:
+            return None
+        return [format(_U16(raw, i)[0] << 16 | _U16(raw, i + 2)[0], "08X") for i in range(0, len(raw), 4)]
+    if vr == "PN":
+        text = _text(raw.rstrip(b"\x00 "))
+        if "=" in text:
+            raise _GiveUp
+        if not text:
+            return None
+        parts = text.split("\\")
+        if not all(parts):  # an empty name among several: pydicom 3 fails on it (the fallback says so)
+            raise _GiveUp
+        return [{"Alphabetic": part} for part in parts]
+    text = _text(raw)
+    items: list[str]
+    if vr == "AE":
+        items = [part.strip() for part in text.split("\\")]
+    elif vr in ("LO", "SH", "UC"):
+        items = [part.rstrip("\0 ") for part in text.split("\\")]
+    elif vr in ("LT", "ST", "UT"):
+        items = [text.rstrip("\0 ")]
+    elif vr == "UR":
+        items = [text.rstrip()]
+    elif vr == "UI":
+        items = text.rstrip("\0 ").split("\\")
+    elif vr in ("DS", "IS"):
+        stripped = text.strip().rstrip(" \x00")
+        if not stripped:
+            return None
+        pattern = _DS if vr == "DS" else _IS
+        parts = stripped.split("\\")
+        if not all(pattern.match(part) for part in parts):
+            raise _GiveUp
+        return [float(part) for part in parts] if vr == "DS" else [int(part) for part in parts]
+    else:  # AS, CS, DA, DT, TM: pydicom's convert_string
+        items = text.rstrip(" \x00").split("\\")
+    if len(items) == 1 and not items[0]:
+        return None
+    if vr == "UI":
+        return [UID(item) for item in items]
+    return items
+
+
+def _element(vr: str, raw: bytes, tag: int, bulk: Callable[[int], str], bulk_threshold: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"vr": vr}
+    if vr in _BINARY_VRS:
+        if raw:
+            if len(raw) > (bulk_threshold // _MAX_INLINE_DIVISOR) * 3:
+                out["BulkDataURI"] = bulk(tag)
+            else:
+                out["InlineBinary"] = base64.b64encode(raw).decode("ascii")
+        return out
+    value = _value(vr, raw)
+    if value is not None:
+        out["Value"] = value
+    return out
+
+
+class _Walk:
+    def __init__(
+        self, data: bytes, implicit: bool, bulk: Callable[[int], str], bulk_threshold: int, max_depth: int
+    ) -> None:
+        self.data = data
+        self.max_depth = max_depth
+        self.depth = 0
+        self.implicit = implicit
+        self.bulk = bulk
+        self.bulk_threshold = bulk_threshold
+
+    def dataset(self, pos: int, end: int, *, top: bool, in_item: bool) -> tuple[dict[str, Any], int, bool]:
+        """(model, position after it, whether it stopped at pixel data) of the elements from ``pos``
+        to ``end`` (or to an item delimiter when ``in_item`` and the item has an undefined length)."""
+        data = self.data
+        model: dict[str, Any] = {}
+        previous = -1
+        while pos < end:
+            if pos + 8 > end:
+                raise _GiveUp
+            group, element = _U16(data, pos)[0], _U16(data, pos + 2)[0]
+            tag = group << 16 | element
+            if tag == _ITEM_END:
+                if not in_item or _U32(data, pos + 4)[0] != 0:
+                    raise _GiveUp
+                return model, pos + 8, False
+            if top and tag in _PIXEL_TAGS:
+                return model, pos, True
+            if tag <= previous or group in (0x0000, 0x0002, 0xFFFE) or element == 0:
+                raise _GiveUp
+            previous = tag
+            if self.implicit:
+                vr = _implicit_vr(tag)
+                length = _U32(data, pos + 4)[0]
+                pos += 8
+            else:
+                vr = data[pos + 4 : pos + 6].decode("latin-1")
+                if vr not in _KNOWN_VRS:
+                    raise _GiveUp
+                if vr in _LONG_VRS:
+                    if pos + 12 > end:
+                        raise _GiveUp
+                    length = _U32(data, pos + 8)[0]
+                    pos += 12
+                else:
+                    length = _U16(data, pos + 6)[0]
+                    pos += 8
+            key = f"{tag:08X}"
+            if vr == "SQ":
+                items, pos = self.sequence(pos, length, end)
+                model[key] = {"vr": "SQ", "Value": items}
+                continue
+            if length == _UNDEFINED or pos + length > end:
+                raise _GiveUp
+            if tag == _CHARSET_TAG:
+                charset = data[pos : pos + length].decode("latin-1").strip(" \x00")
+                if charset not in ASCII_CHARSETS:
+                    raise _GiveUp
+            model[key] = _element(vr, data[pos : pos + length], tag, self.bulk, self.bulk_threshold)
+            pos += length
+        if in_item and end == len(self.data):  # an undefined-length item that never ended
+            raise _GiveUp
+        return model, pos, False
+
+    def sequence(self, pos: int, length: int, end: int) -> tuple[list[dict[str, Any]], int]:
+        self.depth += 1
+        if self.depth > self.max_depth:  # refused by the reader's limit: the fallback says so
+            raise _GiveUp
+        try:
+            return self._items(pos, length, end)
+        finally:
+            self.depth -= 1
+
+    def _items(self, pos: int, length: int, end: int) -> tuple[list[dict[str, Any]], int]:
+        data = self.data
+        undefined = length == _UNDEFINED
+        stop = end if undefined else pos + length
+        if stop > end:
+            raise _GiveUp
+        items: list[dict[str, Any]] = []
+        while True:
+            if pos == stop and not undefined:
+                return items, pos
+            if pos + 8 > stop:
+                raise _GiveUp
+            tag = _U16(data, pos)[0] << 16 | _U16(data, pos + 2)[0]
+            item_length = _U32(data, pos + 4)[0]
+            pos += 8
+            if tag == _SEQUENCE_END:
+                if not undefined or item_length != 0:
+                    raise _GiveUp
+                return items, pos
+            if tag != _ITEM:
+                raise _GiveUp
+            if item_length == _UNDEFINED:
+                item, pos, _ = self.dataset(pos, stop, top=False, in_item=True)
+            else:
+                if pos + item_length > stop:
+                    raise _GiveUp
+                item, after, _ = self.dataset(pos, pos + item_length, top=False, in_item=False)
+                if after != pos + item_length:
+                    raise _GiveUp
+                pos = after
+            if _CHARSET_KEY in item:  # an item with its own character set: pydicom's rules
+                raise _GiveUp
+            items.append(item)
+
+
+_CHARSET_KEY: Final = f"{_CHARSET_TAG:08X}"
+
+
+def json_model(
+    data: bytes,
+    dataset_offset: int,
+    *,
+    implicit_vr: bool,
+    encapsulated: bool,
+    bulk: Callable[[int], str],
+    bulk_threshold: int,
+    max_depth: int,
+    whole: bool = True,
+) -> dict[str, Any] | None:
+    """The PS3.18 JSON model of the little-endian dataset at ``dataset_offset`` of ``data`` up to its
+    pixel data, as ``core/metadata.py`` builds it with pydicom: ``bulk(tag)`` gives a BulkDataURI,
+    binary values longer than pydicom's reading of ``bulk_threshold`` get one, and a dataset with
+    Rows gets a Pixel Data BulkDataURI (OB when ``encapsulated``, else OW). Sequences nested deeper
+    than ``max_depth`` are not covered (the readers refuse them, core/inflate.py). ``whole=False``: ``data``
+    is only the start of the file, so the walk must reach pixel data within it. None: not covered
+    here (see the module docstring), or ``data`` ends before the walk reached what it needs."""
+    walk = _Walk(data, implicit_vr, bulk, bulk_threshold, max_depth)
+    try:
+        model, _, at_pixels = walk.dataset(dataset_offset, len(data), top=True, in_item=False)
+    except (_GiveUp, struct.error, UnicodeDecodeError, ValueError):
+        return None
+    if not whole and not at_pixels:
+        return None
+    if f"{_ROWS_TAG:08X}" in model and "7FE00010" not in model:
+        model["7FE00010"] = {"vr": "OB" if encapsulated else "OW", "BulkDataURI": bulk(0x7FE00010)}
+    return model
+
+
+__all__ = ["ASCII_CHARSETS", "json_model"]
