@@ -84,12 +84,16 @@ def fast_text(fp: BinaryIO, study: str, series: str, sop: str, limits: DatasetLi
     encoding = dataset_encoding(transfer_syntax)
     if not encoding.little_endian or encoding.deflated:
         return None
+    try:
+        encapsulated = UID(transfer_syntax).is_compressed
+    except ValueError:  # no transfer syntax, or not one: pydicom's path says what it makes of it
+        return None
     base = f"{BULK_PREFIX}/studies/{study}/series/{series}/instances/{sop}"
     model = json_model(
         head if whole else head[:FAST_READ_BYTES],
         offset,
         implicit_vr=encoding.implicit_vr,
-        encapsulated=UID(transfer_syntax).is_compressed,
+        encapsulated=encapsulated,
         bulk=lambda tag: f"{base}/bulkdata/{tag:08X}",
         bulk_threshold=BULK_THRESHOLD,
         max_depth=limits.max_sequence_depth,
