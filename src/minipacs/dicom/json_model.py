@@ -33,13 +33,15 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from pydicom.datadict import dictionary_VR
-from pydicom.uid import UID
 
 #: Specific Character Set values under which ASCII bytes decode to the same text (PS3.3 C.12.1.1.2).
 ASCII_CHARSETS: Final = frozenset({"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 6", "ISO 2022 IR 100"})
 
 _U16: Final = struct.Struct("<H").unpack_from
 _U32: Final = struct.Struct("<I").unpack_from
+_IMPLICIT_HEAD: Final = struct.Struct("<HHI").unpack_from  # group, element, 32-bit length
+_EXPLICIT_HEAD: Final = struct.Struct("<HH2sH").unpack_from  # group, element, VR, 16-bit length
+_TAG_AND_LENGTH: Final = _IMPLICIT_HEAD
 _UNDEFINED: Final = 0xFFFFFFFF
 _ITEM: Final = 0xFFFEE000
 _ITEM_END: Final = 0xFFFEE00D
@@ -137,8 +139,6 @@ def _value(vr: str, raw: bytes) -> Any:
         items = text.rstrip(" \x00").split("\\")
     if len(items) == 1 and not items[0]:
         return None
-    if vr == "UI":
-        return [UID(item) for item in items]
     return items
 
 
@@ -177,7 +177,11 @@ class _Walk:
         while pos < end:
             if pos + 8 > end:
                 raise _GiveUp
-            group, element = _U16(data, pos)[0], _U16(data, pos + 2)[0]
+            if self.implicit:
+                group, element, length = _IMPLICIT_HEAD(data, pos)
+                vr_bytes = b""
+            else:
+                group, element, vr_bytes, length = _EXPLICIT_HEAD(data, pos)
             tag = group << 16 | element
             if tag == _ITEM_END:
                 if not in_item or _U32(data, pos + 4)[0] != 0:
@@ -190,10 +194,9 @@ class _Walk:
             previous = tag
             if self.implicit:
                 vr = _implicit_vr(tag)
-                length = _U32(data, pos + 4)[0]
                 pos += 8
             else:
-                vr = data[pos + 4 : pos + 6].decode("latin-1")
+                vr = vr_bytes.decode("latin-1")
                 if vr not in _KNOWN_VRS:
                     raise _GiveUp
                 if vr in _LONG_VRS:
@@ -202,7 +205,6 @@ class _Walk:
                     length = _U32(data, pos + 8)[0]
                     pos += 12
                 else:
-                    length = _U16(data, pos + 6)[0]
                     pos += 8
             key = f"{tag:08X}"
             if vr == "SQ":
@@ -242,8 +244,8 @@ class _Walk:
                 return items, pos
             if pos + 8 > stop:
                 raise _GiveUp
-            tag = _U16(data, pos)[0] << 16 | _U16(data, pos + 2)[0]
-            item_length = _U32(data, pos + 4)[0]
+            group, element, item_length = _TAG_AND_LENGTH(data, pos)
+            tag = group << 16 | element
             pos += 8
             if tag == _SEQUENCE_END:
                 if not undefined or item_length != 0:
