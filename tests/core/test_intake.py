@@ -364,3 +364,55 @@ def test_a_file_of_exactly_intake_inline_max_bytes_is_logged_one_byte_more_is_no
     assert asyncio.run(logged_with(size, tmp_path / "memory-cap-at", True, memory_limit=size)) == (1, True)
     assert asyncio.run(logged_with(size, tmp_path / "memory-cap-over", True, memory_limit=size - 1)) == (1, False)
     assert asyncio.run(logged_with(size, tmp_path / "memory-off", True, memory_limit=0)) == (1, False)
+
+
+def _writer_pragma(archive: Archive, name: str) -> int:
+    conn = archive._index_writer._conn
+    assert conn is not None and conn.connection.driver_connection is not None
+    return int(conn.connection.driver_connection.execute(f"PRAGMA {name}").fetchone()[0])
+
+
+def test_with_the_log_on_the_checkpointer_not_a_commit_copies_the_wal(tmp_path: Path) -> None:
+    """A commit that takes the WAL past 1000 pages would copy them into the database file and fsync
+    twice on a C-STORE's critical path (SQLite's wal_autocheckpoint); with the intake log on, the
+    checkpointer thread does it instead, every intake_checkpoint_seconds."""
+
+    async def main() -> None:
+        archive = await open_archive(Settings(data_dir=tmp_path / "data", intake_checkpoint_seconds=0.05))
+        calls: list[int] = []
+        real = archive._index.checkpoint_wal
+
+        def counted() -> None:
+            calls.append(1)
+            real()
+
+        archive._index.checkpoint_wal = counted  # type: ignore[method-assign]
+        await _store(archive, _instances(40))
+        assert _writer_pragma(archive, "wal_autocheckpoint") == 0
+        for _ in range(100):
+            if len(calls) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert len(calls) >= 2
+        # everything committed so far is now in the database file: a checkpoint finds nothing left
+        archive._index.checkpoint_wal()
+        raw = archive._index.engine.raw_connection()
+        try:
+            busy, frames, copied = raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            raw.close()
+        assert busy == 0 and frames == copied
+        await archive.close()
+
+    asyncio.run(main())
+
+
+def test_without_the_log_commits_checkpoint_the_wal_themselves(tmp_path: Path) -> None:
+    async def main() -> None:
+        archive = await open_archive(Settings(data_dir=tmp_path / "data", fsync=False))
+        await _store(archive, _instances(2))
+        assert archive._intake is None
+        assert _writer_pragma(archive, "wal_autocheckpoint") == 1000
+        await archive.close()
+
+    asyncio.run(main())

@@ -459,6 +459,7 @@ class Archive:
         archive._intake = intake
         if intake is not None:
             intake.on_new_segment = archive._checkpoint_wanted.set
+            archive._index_writer.autocheckpoint = not use_log  # the checkpointer copies the WAL
         archive._writer.start()
         if intake is not None:
             archive._checkpointer = threading.Thread(
@@ -515,12 +516,21 @@ class Archive:
                 self._checkpoint()
             except Exception:
                 log.exception("intake-log checkpoint failed; the log keeps the instances until the next one")
+            self._checkpoint_wal()
             intake = self._intake
             if intake is not None and intake.wants_spare and not self._stopping:
                 try:
                     intake.make_spare()
                 except OSError as exc:  # the writer falls back to fallocate
                     log.warning("cannot prepare the next intake-log segment: %s", exc)
+
+    def _checkpoint_wal(self) -> None:
+        """The index's WAL into its database file (SQLite; the writer's commits do not do it while the
+        intake log is on: IndexWriter.autocheckpoint). Any writes count, not only ingests."""
+        try:
+            self._index.checkpoint_wal()
+        except Exception as exc:  # noqa: BLE001 - the next turn tries again; the WAL only grows meanwhile
+            log.warning("index WAL checkpoint failed: %s", exc)
 
     def _stop_checkpointer(self, *, checkpoint: bool = True) -> None:
         self._stopping = True

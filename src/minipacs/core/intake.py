@@ -18,7 +18,11 @@ So an acknowledged instance is in the log on disk, whatever the power does next.
 records) makes the materialised state durable behind the log: a durable no-op commit through the writer
 (flushes every earlier commit), ``syncfs`` of the storage and data filesystems (every file and directory
 written since), then the checkpoint LSN is written to ``intake/checkpoint`` and segments wholly before
-it are recycled. At start, records after the checkpoint are replayed (:meth:`Archive.start`):
+it are recycled. The same thread copies SQLite's WAL into the index's database file each turn
+(``PRAGMA wal_checkpoint(PASSIVE)``): with the log on, the writer's commits leave that to it, so no
+C-STORE waits for the copy of a thousand pages and its two fsyncs that SQLite's own
+``wal_autocheckpoint`` would put in one commit. At start, records after the checkpoint are replayed
+(:meth:`Archive.start`):
 
 * a record whose LSN is <= the index's ``intake_state`` committed: its file is rewritten from the log if
   an index row still names its blob key (it may have been deleted or replaced since: then nothing);
