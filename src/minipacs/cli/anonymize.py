@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from minipacs.cli.exit_codes import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
+from minipacs.cli.who import login_name
 from minipacs.config import Settings
 from minipacs.core.anonymize import AnonymizeRequest, AnonymizeResult
 from minipacs.core.errors import ArchiveError
@@ -51,18 +51,10 @@ async def _run(settings: Settings, request: AnonymizeRequest, zip_path: Path | N
 
     archive = await open_archive(settings)
     try:
-        who = ["cli", getpass.getuser() if _has_user() else "?", ""]  # core/audit.py ActorKind.CLI
+        who = ["cli", login_name(), ""]  # core/audit.py ActorKind.CLI
         return await anonymizer(settings, archive).run(request, zip_path=zip_path, who=who)
     finally:
         await archive.close()
-
-
-def _has_user() -> bool:
-    try:
-        getpass.getuser()
-    except (KeyError, OSError):
-        return False
-    return True
 
 
 def run(args: argparse.Namespace, settings: Settings | None) -> int:

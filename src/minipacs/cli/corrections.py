@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 import socket
 import sys
@@ -21,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from minipacs.cli.exit_codes import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
+from minipacs.cli.who import login_name
 from minipacs.config import Settings
 from minipacs.core.corrections import CorrectionResult, Corrections, list_corrections
 from minipacs.core.errors import ArchiveError
@@ -31,19 +31,7 @@ NEEDS_SETTINGS = True
 
 def actor() -> str:
     """Who runs the command, for the corrections log."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "?"
-    return f"{user} (command line on {socket.gethostname()})"
-
-
-def _has_user() -> bool:
-    try:
-        getpass.getuser()
-    except (KeyError, OSError):
-        return False
-    return True
+    return f"{login_name()} (command line on {socket.gethostname()})"
 
 
 def register_modify(sub: Any) -> None:
@@ -112,7 +100,7 @@ def _correct(settings: Settings | None, params: dict[str, Any]) -> int:
     if settings is None:  # pragma: no cover - NEEDS_SETTINGS
         return EXIT_USAGE
     try:
-        who = ["cli", getpass.getuser() if _has_user() else "?", ""]  # core/audit.py ActorKind.CLI
+        who = ["cli", login_name(), ""]  # core/audit.py ActorKind.CLI
         result = asyncio.run(_with_archive(settings, lambda c: c.run({**params, "actor": actor(), "audit": who})))
     except ArchiveError as exc:
         print(f"minipacs: {exc}", file=sys.stderr)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
 from minipacs.cli.exit_codes import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
+from minipacs.cli.who import login_name
 from minipacs.config import Settings
 from minipacs.core.audit import Action, ActorKind
 from minipacs.core.errors import ArchiveError
@@ -65,7 +65,7 @@ async def _export(settings: Settings, level: str, key: str, value: str, args: ar
             archive.audit.record(
                 Action.EXPORTED,
                 actor_kind=ActorKind.CLI,
-                actor=getpass.getuser(),
+                actor=login_name(),
                 patient_id=value if level == "PATIENT" else "",
                 study_uid=study_uid,
                 detail=f"DICOM media of {level.lower()} {value} to {where}",

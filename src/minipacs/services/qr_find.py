@@ -276,17 +276,6 @@ class RowEncoder:
         return b"".join(out)
 
 
-class _SameCommand(Command):
-    """A response command sent many times unchanged (every Pending of one query): encoded once."""
-
-    def __init__(self, command: Command) -> None:
-        super().__init__(dict(command.fields))
-        self._encoded = command.encode()
-
-    def encode(self) -> bytes:
-        return self._encoded
-
-
 Respond = Callable[..., Awaitable[None]]
 
 
