@@ -40,6 +40,7 @@ from minipacs.dicom.part10 import (
     uid_value,
     walk_file_meta,
 )
+from minipacs.dicom.uids import TransferSyntax
 
 _MAX_META = 64 * 1024  # a File Meta Information group longer than this is not read
 
@@ -172,16 +173,21 @@ def read_open_header(fp: BinaryIO, limits: DatasetLimits, specific_tags: list[An
     if encoding.deflated:
         return None
     fp.seek(offset)
+    _walk(fp, size, encoding, limits, stop_at_pixels=True)
+    fp.seek(0)
+    return pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=specific_tags)
+
+
+def _walk(fp: BinaryIO, size: int, encoding: TransferSyntax, limits: DatasetLimits, *, stop_at_pixels: bool) -> None:
+    """core/structure.py's walk of the dataset from ``fp``'s position, within ``limits``."""
     check_structure(
         fp,
         size,
         implicit=encoding.implicit_vr,
         little_endian=encoding.little_endian,
         max_depth=limits.max_sequence_depth,
-        stop_at_pixels=True,
+        stop_at_pixels=stop_at_pixels,
     )
-    fp.seek(0)
-    return pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=specific_tags)
 
 
 def _read(path: Path, limits: DatasetLimits, stop_before_pixels: bool, specific_tags: list[Any] | None) -> FileDataset:
@@ -192,14 +198,7 @@ def _read(path: Path, limits: DatasetLimits, stop_before_pixels: bool, specific_
         with open(path, "rb") as fp:
             size = os.fstat(fp.fileno()).st_size
             fp.seek(offset)
-            check_structure(
-                fp,
-                size,
-                implicit=encoding.implicit_vr,
-                little_endian=encoding.little_endian,
-                max_depth=limits.max_sequence_depth,
-                stop_at_pixels=stop_before_pixels,
-            )
+            _walk(fp, size, encoding, limits, stop_at_pixels=stop_before_pixels)
         return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags)
     data = inflated(path, offset, limits)
     check_structure(
