@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import zipfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ import httpx
 
 from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
-from minipacs.core.anonymize import Anonymizer, register_anonymize_job
+from minipacs.core.anonymize import ADMINS_ONLY, Anonymizer, register_anonymize_job
 from minipacs.core.archive import Archive
 from minipacs.core.jobs import JobQueue, JobSettings
 from minipacs.core.metadata import MetadataStore
@@ -121,7 +122,22 @@ def test_above_the_threshold_it_is_a_job(tmp_path: Path) -> None:
                 break
             await asyncio.sleep(0.05)
         assert job["state"] == "done", job
-        assert job["result"]["study"].startswith("2.25.") and job["by"].startswith("oli")
+        # the admin sees what the job linked: the original study and the new one
+        full = (await client.get(href, headers=ADMIN)).json()
+        assert full["result"]["study"].startswith("2.25.") and full["by"].startswith("oli")
+        assert full["params"]["id"] == STUDY and STUDY in full["description"]
+        # a viewer (read permission) or an operator sees the counts, not the link (the mapping is admin-only)
+        for who in (VIEWER, OPERATOR):
+            for seen in [
+                (await client.get(href, headers=who)).json(),
+                *(await client.get("/api/jobs", headers=who)).json(),
+            ]:
+                text = json.dumps(seen)
+                assert STUDY not in text and full["result"]["study"] not in text, seen
+                assert seen["params"]["id"] == ADMINS_ONLY and seen["result"]["instances"] == 2
+            page = await client.get("/ui/jobs", headers=who)
+            assert page.status_code == 200 and STUDY not in page.text and ADMINS_ONLY in page.text
+        assert STUDY in (await client.get("/ui/jobs", headers=ADMIN)).text
 
     run(tmp_path, body, threshold=1)
 

@@ -474,12 +474,43 @@ def anonymize_handler(anonymizer: Anonymizer) -> Callable[[JobContext], Any]:
     return anonymize
 
 
+#: What a job record shows in place of a value that links an original to its pseudonyms.
+ADMINS_ONLY: Final = "(shown to admins only)"
+
+
+def job_record_for(record: dict[str, Any], admin: bool) -> dict[str, Any]:
+    """An "anonymize" job's record (``Job.to_dict``) as a user without the admin role may see it: the
+    original ID it was asked for, the new UIDs and pseudonym it made and its error text (which can
+    name original UIDs) are hidden, counts kept. The mapping of originals to pseudonyms is admin-only
+    (``GET /api/anonymization/mappings``); a job record readable with the read permission must not
+    give it away. Other kinds, and every record for an admin, unchanged."""
+    if admin or record.get("kind") != ANONYMIZE:
+        return record
+    out = dict(record)
+    params = dict(out.get("params") or {})
+    if "id" in params:
+        params["id"] = ADMINS_ONLY
+    out["params"] = params
+    out["description"] = f"anonymize {params.get('level', '')} {ADMINS_ONLY}".replace("  ", " ")
+    if out.get("last_error"):
+        out["last_error"] = ADMINS_ONLY
+    result = out.get("result")
+    if isinstance(result, dict):
+        out["result"] = {
+            key: (len(value) if isinstance(value, list) else value)
+            for key, value in result.items()
+            if key not in ("patient", "study", "series_uid")
+        }
+    return out
+
+
 def register_anonymize_job(queue: JobQueue, anonymizer: Anonymizer) -> None:
     """The "anonymize" kind; resumed after a restart (running again stores nothing twice)."""
     queue.register(ANONYMIZE, anonymize_handler(anonymizer), on_restart="resume")
 
 
 __all__ = [
+    "ADMINS_ONLY",
     "ANONYMIZE",
     "AnonymizeRequest",
     "AnonymizeResult",
@@ -487,5 +518,6 @@ __all__ = [
     "KEY_FILE",
     "LEVELS",
     "load_key",
+    "job_record_for",
     "register_anonymize_job",
 ]

@@ -7,12 +7,16 @@ or retry it; the node that runs a job notices a cancel at its next progress repo
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
+from minipacs.core.anonymize import job_record_for
 from minipacs.core.errors import NotFound
-from minipacs.core.jobs import MAX_LIST, InvalidJob, JobQueue
+from minipacs.core.jobs import MAX_LIST, InvalidJob, Job, JobQueue
+from minipacs.core.users import ROLE_PERMISSIONS, Role
 from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
 from minipacs.web.routing import Endpoint
@@ -26,6 +30,18 @@ def queue_of(request: Request) -> JobQueue:
     if queue is None:
         raise HttpError(503, "no_jobs", "the job queue is not available in this process")
     return queue
+
+
+def is_admin(request: Request) -> bool:
+    """Whether the request's role has the admin permission; with no users configured (``auth.open``,
+    web/auth.py) no role is set and everything is allowed."""
+    role = getattr(request.state, "role", None)
+    return role is None or "admin" in ROLE_PERMISSIONS[Role(role)]
+
+
+def record(request: Request, job: Job) -> dict[str, Any]:
+    """A job's JSON as this request's role may see it (core/anonymize.py ``job_record_for``)."""
+    return job_record_for(job.to_dict(), is_admin(request))
 
 
 def job_id(request: Request) -> int:
@@ -53,7 +69,7 @@ async def list_jobs(request: Request) -> Response:
         jobs = await queue.list(states=states, kinds=kinds, before=_int(request, "before", None), limit=limit)
     except InvalidJob as exc:
         raise HttpError(400, "invalid_parameter", str(exc)) from None
-    return JSONResponse([job.to_dict() for job in jobs])
+    return JSONResponse([record(request, job) for job in jobs])
 
 
 async def read_job(request: Request) -> Response:
@@ -62,17 +78,17 @@ async def read_job(request: Request) -> Response:
         raise NotFound(
             f"no job {request.path_params['id']!s:.40}; finished jobs are deleted job_keep_days after they end"
         )
-    return JSONResponse(job.to_dict())
+    return JSONResponse(record(request, job))
 
 
 async def cancel_job(request: Request) -> Response:
     job = await queue_of(request).cancel(job_id(request))
-    return JSONResponse(job.to_dict())
+    return JSONResponse(record(request, job))
 
 
 async def retry_job(request: Request) -> Response:
     job = await queue_of(request).retry(job_id(request))
-    return JSONResponse(job.to_dict(), status_code=202, headers={"Location": f"/api/jobs/{job.id}"})
+    return JSONResponse(record(request, job), status_code=202, headers={"Location": f"/api/jobs/{job.id}"})
 
 
 def routes() -> list[BaseRoute]:

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from minipacs.core.jobs import JobState
 from minipacs.web.dicomweb import ctx
 from minipacs.web.pages import render
+from minipacs.web.rest_jobs import record
 
 #: Jobs the page shows (the newest).
 PAGE_SIZE: Final = 100
@@ -32,7 +33,7 @@ async def jobs_page(request: Request) -> Response:
         "jobs.html",
         "Jobs",
         queue_missing=queue is None,
-        jobs=[job.to_dict() for job in jobs],
+        jobs=[record(request, job) for job in jobs],
         state=state,
         states=[s.value for s in JobState],
         counts=counts,
