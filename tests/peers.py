@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -163,3 +164,27 @@ def leftover_transfers(data_dir: Path) -> list[Path]:
     if ready.is_dir():
         found += [p for p in ready.iterdir() if not p.is_file() or p.stat().st_size > 0]
     return found
+
+
+def associate_seeing_rejection(ae: Any, *args: Any, **kwargs: Any) -> tuple[Any, tuple[int, int, int] | None]:
+    """pynetdicom's ``ae.associate(*args, **kwargs)``, and the (result, source, reason) of the
+    A-ASSOCIATE-RJ its upper layer read, if one came (else None).
+
+    On a loaded machine pynetdicom's ACSE sometimes reports a rejection it did receive as an abort:
+    its reader thread, having read the RJ, closes the connection and stops, and the ACSE then finds the
+    upper layer dead before it looks at the RJ (seen with minipacs, which keeps the connection open
+    after an RJ as PS3.8 Sta13 says, and with a hand-made acceptor). EVT_PDU_RECV fires as the PDU is
+    read, before that race."""
+    from pynetdicom import evt
+    from pynetdicom.pdu import A_ASSOCIATE_RJ
+
+    seen: list[tuple[int, int, int]] = []
+
+    def received(event: Any) -> None:
+        pdu = event.pdu
+        if isinstance(pdu, A_ASSOCIATE_RJ):
+            seen.append((int(pdu.result), int(pdu.source), int(pdu.reason_diagnostic)))
+
+    handlers = [*kwargs.pop("evt_handlers", []), (evt.EVT_PDU_RECV, received)]
+    assoc = ae.associate(*args, evt_handlers=handlers, **kwargs)
+    return assoc, (seen[0] if seen else None)

@@ -308,16 +308,23 @@ def test_a_bad_job_in_a_batch_fails_alone(with_archive: Run) -> None:
     with_archive(body)
 
 
-@pytest.mark.parametrize("in_memory", [False, True], ids=["staged-file", "received-into-memory"])
-def test_a_failing_job_inside_the_writer_batch_rolls_back_alone(with_archive: Run, in_memory: bool) -> None:
+@pytest.mark.parametrize(
+    ("in_memory", "pool"),
+    [(False, True), (True, True), (True, False)],
+    ids=["staged-file", "received-into-memory-via-a-pool-file", "received-into-memory-no-pool-file"],
+)
+def test_a_failing_job_inside_the_writer_batch_rolls_back_alone(with_archive: Run, in_memory: bool, pool: bool) -> None:
     """A failure after the rows were written (the rename, or the write of an instance received into
-    memory) fails that job alone: the batch is rolled back and retried job by job, and a full disk
-    is reported as OutOfResources. Nothing is left behind: no file without a row, nothing in staging."""
+    memory: through a file the staging pool made ahead, or at its key when the pool had none ready)
+    fails that job alone: the batch is rolled back and retried job by job, and a full disk is
+    reported as OutOfResources. Nothing is left behind: no file without a row, nothing in staging."""
 
     async def body(archive: Archive) -> None:
         staged = [stage(archive, make_ct("1.2.1", f"1.2.2.{i}", f"1.2.3.{i}"), in_memory=in_memory) for i in range(6)]
         assert all((s.data is not None) == in_memory for s in staged)
-        name = "put_bytes" if in_memory else "put_from_staging"
+        if not pool:
+            archive._staging_pool.take_ready = lambda: None  # type: ignore[method-assign]
+        name = "put_bytes" if in_memory and not pool else "put_from_staging"
         real_put = getattr(archive.blobs, name)
 
         def put(source: Any, key: str) -> None:

@@ -19,6 +19,7 @@ from minipacs.blobs.filesystem import FilesystemBlobStore
 from minipacs.bootstrap import build_app
 from minipacs.config import Settings
 from minipacs.core import staging
+from minipacs.core.staging import StagingPool
 from minipacs.net.association import AssociationSettings, build_rq, connect
 from minipacs.net.dimse import Command
 from tests.dicomgen import CT_IMAGE_STORAGE, encode_dataset, make_ct
@@ -126,21 +127,42 @@ def test_other_write_errors_carry_no_path_either(tmp_path: Path, monkeypatch: py
     assert "/" not in comment and "Permission denied" in comment, comment
 
 
+class _FullFile:
+    """A staging-pool file on a full disk: its write fails as a real one would."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device", f"{SECRET}/ready/{self.path.name}")
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("pool", [True, False], ids=["via-a-pool-file", "no-pool-file-ready"])
 def test_disk_full_writing_an_instance_received_into_memory_is_a700_without_a_path(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, pool: bool
 ) -> None:
     """With fsync on (the intake log), a small C-STORE is held in memory and the writer writes its file
-    at its key (core/staging.py): a full disk there is answered as anywhere else, and nothing is stored."""
+    (core/staging.py): into an empty file the staging pool made ahead, renamed to its key, or, when the
+    pool has none ready, at its key. A full disk there is answered as anywhere else; nothing is stored."""
     written: list[str] = []
 
     def full(self: FilesystemBlobStore, data: bytes, key: str) -> None:
         written.append(key)
         raise OSError(errno.ENOSPC, "No space left on device", f"{SECRET}/storage/{key}")
 
+    def full_file(self: StagingPool) -> tuple[Path, Any] | None:
+        path = self.staging_dir / "full.dcm"
+        written.append(str(path))
+        return (path, _FullFile(path)) if pool else None
+
     caplog.set_level(logging.INFO)
     monkeypatch.setattr(FilesystemBlobStore, "put_bytes", full)
+    monkeypatch.setattr(StagingPool, "take_ready", full_file)
     status, comment, stored = store_one(tmp_path, fsync=True)
-    assert written, "the instance was not received into memory: put_bytes was never called"
+    assert written, "the instance was not received into memory: the writer never wrote it"
     assert (status, stored) == (0xA700, 0)
     assert "/" not in comment and "full" in comment, comment
     assert SECRET in caplog.text

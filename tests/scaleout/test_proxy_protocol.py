@@ -27,7 +27,17 @@ from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformati
 from minipacs.bootstrap import open_archive
 from minipacs.config import load_settings
 from tests.dicomgen import write_ct
-from tests.peers import ServerProcess, dcmtk, free_port, minipacs_cmd, missing_peer, run, start_server, wait_for_port
+from tests.peers import (
+    ServerProcess,
+    associate_seeing_rejection,
+    dcmtk,
+    free_port,
+    minipacs_cmd,
+    missing_peer,
+    run,
+    start_server,
+    wait_for_port,
+)
 from tests.scaleout.test_haproxy import HAPROXY, wait_until
 
 pytestmark = pytest.mark.interop
@@ -92,8 +102,8 @@ def echo(port: int, title: str, source: str = CLIENT) -> str:
     """A C-ECHO from ``source``: "0x0000", "rejected" or "aborted"."""
     ae = scu(title)
     ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title="MINIPACS", bind_address=(source, 0))
-    if assoc.is_rejected:
+    assoc, rj = associate_seeing_rejection(ae, "127.0.0.1", port, ae_title="MINIPACS", bind_address=(source, 0))
+    if rj is not None and not assoc.is_established:
         return "rejected"
     if not assoc.is_established:
         return "aborted"

@@ -26,6 +26,7 @@ from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLAS
 from minipacs.net.association import AssociationRejected, AssociationSettings, build_rq, connect
 from minipacs.services.verification import echo
 from tests.dicomgen import CT_IMAGE_STORAGE, make_ct
+from tests.peers import associate_seeing_rejection
 
 pytestmark = pytest.mark.interop
 
@@ -62,13 +63,15 @@ def associate(port: int, calling: str, bind: str, contexts: tuple[str, ...] = (V
 
 def rejection(port: int, calling: str, bind: str) -> tuple[int, int, int] | None:
     """(result, source, reason) of the A-ASSOCIATE-RJ, or None when accepted (then released)."""
-    assoc = associate(port, calling, bind)
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 15  # a loaded CI machine is slow
+    ae.add_requested_context(VERIFICATION_SOP_CLASS)
+    assoc, rj = associate_seeing_rejection(ae, "127.0.0.1", port, ae_title=SERVER_AE, bind_address=(bind, 0))
     if assoc.is_established:
         assoc.release()
         return None
-    assert assoc.is_rejected, "neither accepted nor rejected"
-    rsp = assoc.acceptor.primitive
-    return int(rsp.result), int(rsp.result_source), int(rsp.diagnostic)
+    assert rj is not None, f"neither accepted nor rejected (bind {bind}, aborted {assoc.is_aborted})"
+    return rj
 
 
 def in_thread(call: Callable[[], T]) -> asyncio.Future[T]:

@@ -999,7 +999,7 @@ class Archive:
         try:
             for staged, key in moves:
                 if staged.data is not None and self._bytes_store is not None:
-                    self._bytes_store.put_bytes(staged.data, key)
+                    self._put_from_memory(staged.data, key)
                 else:
                     self.blobs.put_from_staging(staged.path, key)
                 moved.append((staged, key))
@@ -1012,6 +1012,28 @@ class Archive:
                         self.blobs.take_back(key, staged.path)
                 except (OSError, BlobError) as exc:
                     log.error("could not return %s to staging after a failed batch: %s", key, exc)
+            raise
+
+    def _put_from_memory(self, data: bytes, key: str) -> None:
+        """Write an instance received into memory at ``key``, through an empty file the staging pool
+        created ahead of time (core/staging.py StagingPool) and a rename: creating a file is the
+        kernel's costliest step here (an inode found and initialised: 20 us on a quiet ext4, 0.5-1 ms
+        on one without a journal that deleted thousands of files in the last minutes), and the pool's
+        thread pays it off this critical path. Not flushed: the intake log holds the bytes until a
+        checkpoint. When the pool has no file ready, ``put_bytes`` creates it at the key."""
+        assert self._bytes_store is not None
+        ready = self._staging_pool.take_ready()
+        if ready is None:
+            self._bytes_store.put_bytes(data, key)
+            return
+        path, fh = ready
+        try:
+            fh.write(data)
+            fh.close()
+            self.blobs.put_from_staging(path, key)
+        except BaseException:
+            fh.close()
+            path.unlink(missing_ok=True)
             raise
 
     def _apply(

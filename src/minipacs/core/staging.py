@@ -274,16 +274,21 @@ class StagingPool:
         self._thread.start()
 
     def take(self) -> tuple[Path, BinaryIO]:
-        try:
-            ready = self._ready.popleft()
-        except IndexError:
-            ready = None
-        if len(self._ready) <= self._low_water:
-            self._wanted.set()
+        ready = self.take_ready()
         if ready is not None:
             return ready
         path = self.staging_dir / f"{uuid.uuid4().hex}{STAGING_SUFFIX}"
         return path, _create(path)
+
+    def take_ready(self) -> tuple[Path, BinaryIO] | None:
+        """A file made ahead of time, or None when none is ready (thread-safe: a deque's popleft)."""
+        try:
+            ready: tuple[Path, BinaryIO] | None = self._ready.popleft()
+        except IndexError:
+            ready = None
+        if len(self._ready) <= self._low_water:
+            self._wanted.set()
+        return ready
 
     def _refill(self) -> None:
         while True:
