@@ -49,12 +49,15 @@ KEEPALIVE_INTERVAL = 10
 KEEPALIVE_COUNT = 6
 
 
-#: Linux's TCP_QUICKACK (None elsewhere), set again after every read of the stream. A peer with Nagle's
-#: algorithm on (pynetdicom's default, DCMTK without TCP_NODELAY=1) writes a request's command
-#: and its dataset as two PDUs and sends the second only once the first is acknowledged; a
-#: receiver with nothing to send yet delays that ACK (Linux: 40 ms or more), so every C-STORE
-#: and C-FIND waited ~45 ms on loopback (bench/RESULTS.md, "Nagle vs delayed ACK"). Setting the
-#: option sends a pending ACK at once; Linux clears it again by itself, hence once per read.
+#: Linux's TCP_QUICKACK (None elsewhere), set again before each wait for more of the stream. A peer
+#: with Nagle's algorithm on (pynetdicom's default, DCMTK without TCP_NODELAY=1) writes a request's
+#: command and its dataset as two PDUs (DCMTK even a PDU's header and body) and sends the second
+#: only once the first is acknowledged; a receiver with nothing to send yet delays that ACK (Linux:
+#: 40 ms or more), so every C-STORE and C-FIND waited ~45 ms on loopback (bench/RESULTS.md, "Nagle
+#: vs delayed ACK"). Setting the option sends a pending ACK at once; Linux clears it again by
+#: itself, hence once per wait. Not when the peer can send nothing before our answer (see
+#: :meth:`UpperLayerUser.ack_promptly`): the answer carries the ACK, and the option would only cost
+#: a system call and a bare ACK segment per request.
 QUICKACK: Final[int | None] = getattr(socket, "TCP_QUICKACK", None)
 
 
@@ -152,6 +155,12 @@ class UpperLayerUser:
         """How long the reader may wait for the next PDU in Sta6 (None: no limit).
         When the answer changes, the user calls :meth:`UpperLayer.rearm_read_timeout`."""
         return None
+
+    def ack_promptly(self) -> bool:
+        """Before waiting for the next PDU: whether what was read must be acknowledged now
+        (:data:`QUICKACK`). False only when the peer can send nothing more before our answer,
+        which then carries the ACK. Within a PDU the layer always acknowledges at once."""
+        return True
 
     def read_gate(self) -> Awaitable[None] | None:
         """Before each PDU is read: None to read on, or an awaitable that completes when
@@ -442,15 +451,19 @@ class UpperLayer:
         cancelling = task.cancelling() if task is not None else 0
         self._header_reading = header
         self._set_read_deadline(timeout)
+        # Acknowledge what was read before waiting for more (QUICKACK): always inside a PDU, and
+        # between PDUs unless the peer is waiting for our answer.
+        ack = have > 0 or not header or self.user.ack_promptly()
         try:
             while have < n:
+                if ack and self._quickack is not None:
+                    self._ack_now(*self._quickack)
                 chunk = await reader.read(n - have + READ_AHEAD)
                 if not chunk:
                     raise asyncio.IncompleteReadError(b"".join(parts), n)
                 parts.append(chunk)
                 have += len(chunk)
-                if self._quickack is not None:
-                    self._ack_now(*self._quickack)
+                ack = True
         except asyncio.CancelledError:
             # Our timer's cancel becomes TimeoutError, unless someone else cancelled the task too
             # (as asyncio.timeout decides it).
