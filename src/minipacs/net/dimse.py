@@ -114,6 +114,9 @@ _DECODED_BYTES: Final = 512
 _ELEMENT = struct.Struct("<HHL")
 _US = struct.Struct("<H")
 _UL = struct.Struct("<L")
+#: VR members as plain names for the codecs: ``VR.US`` is a descriptor call on Python 3.11 (~45 ns),
+#: and encoding or decoding one command set compared a field's VR with them ~30 times.
+_VR_US, _VR_UL, _VR_UI, _VR_AE, _VR_LO, _VR_AT = VR.US, VR.UL, VR.UI, VR.AE, VR.LO, VR.AT
 
 
 @dataclass
@@ -311,34 +314,34 @@ class Command:
 
 
 def _encode_value(vr: VR, value: Any, keyword: str) -> bytes:
-    if vr is VR.US:
+    if vr is _VR_US:
         return _US.pack(int(value))
-    if vr is VR.UL:
+    if vr is _VR_UL:
         return _UL.pack(int(value))
-    if vr is VR.AT:
+    if vr is _VR_AT:
         tags = value if isinstance(value, (list, tuple)) else [value]
         return b"".join(struct.pack("<HH", (int(t) >> 16) & 0xFFFF, int(t) & 0xFFFF) for t in tags)
-    text = str(value).encode("ascii", "replace") if vr is not VR.LO else str(value).encode("latin-1", "replace")
-    if vr is VR.UI:
+    text = str(value).encode("ascii", "replace") if vr is not _VR_LO else str(value).encode("latin-1", "replace")
+    if vr is _VR_UI:
         return text + b"\x00" if len(text) % 2 else text
-    if vr is VR.AE:
+    if vr is _VR_AE:
         text = text[:16]
     return text + b" " if len(text) % 2 else text
 
 
 def _decode_value(vr: VR, raw: memoryview, keyword: str) -> Any:
     try:
-        if vr is VR.US:
+        if vr is _VR_US:
             return _US.unpack(raw)[0]
-        if vr is VR.UL:
+        if vr is _VR_UL:
             return _UL.unpack(raw)[0]
-        if vr is VR.AT:
+        if vr is _VR_AT:
             if len(raw) % 4:
                 raise CommandError(f"{keyword} has length {len(raw)}, not a multiple of 4")
             return [(g << 16) | e for g, e in struct.iter_unpack("<HH", raw)]
     except struct.error as exc:
         raise CommandError(f"{keyword} ({vr.value}) has invalid length {len(raw)}") from exc
     text = bytes(raw).decode("latin-1")
-    if vr is VR.UI:
+    if vr is _VR_UI:
         return text.rstrip("\x00 ")
     return text.strip(" \x00")
