@@ -175,3 +175,47 @@ def test_policy_follows_the_registry_without_querying_per_check(with_archive: An
         return [r.rule if r else None for r in (before, during, after)]
 
     assert with_archive(body) == [RULE_UNREGISTERED, None, RULE_UNREGISTERED]
+
+
+def test_operation_answers_are_kept_until_the_registry_or_the_rules_change(with_archive: Any) -> None:
+    """operation_refusal keeps its answers (it is asked for every request), but never past a change."""
+
+    async def body(archive: Archive) -> list[str | None]:
+        registry = NodeRegistry(archive)
+        policy = AccessPolicy(REGISTERED_ONLY, resolver=registry.resolver)
+        registry.subscribe(policy.load)
+        await registry.refresh()
+        seen = [policy.operation_refusal("store", "LATE", "127.0.0.8")]
+        await registry.add(Node("LATE", "127.0.0.8", 104, permissions=frozenset({"store"})))
+        seen.append(policy.operation_refusal("store", "LATE", "127.0.0.8"))
+        seen.append(policy.operation_refusal("store", "LATE", "127.0.0.8"))  # kept
+        await registry.add(Node("LATE", "127.0.0.8", 104, permissions=frozenset({"echo"})))
+        seen.append(policy.operation_refusal("store", "LATE", "127.0.0.8"))
+        policy.rules = HOST_CHECK  # new rules, same registry
+        seen.append(policy.operation_refusal("store", "LATE", "127.0.0.9"))
+        await registry.remove("LATE")
+        seen.append(policy.operation_refusal("store", "LATE", "127.0.0.8"))
+        return [r.rule if r else None for r in seen]
+
+    assert with_archive(body) == [RULE_UNREGISTERED, None, None, RULE_PERMISSIONS, RULE_HOST, None]
+
+
+def test_kept_operation_answers_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import minipacs.core.access as access
+
+    monkeypatch.setattr(access, "MAX_DECIDED", 8)
+    policy = _policy(DEFAULT)
+    for i in range(20):
+        assert policy.operation_refusal("move", f"CALLER{i}", "127.0.0.9") is not None
+        assert len(policy._decided) <= 8
+    calls: list[str] = []
+    decide = policy._operation_refusal
+
+    def counted(operation: str, calling_ae: str, peer_host: str) -> Any:
+        calls.append(calling_ae)
+        return decide(operation, calling_ae, peer_host)
+
+    monkeypatch.setattr(policy, "_operation_refusal", counted)
+    for _ in range(3):
+        assert policy.operation_refusal("move", "VIEWER", "127.0.0.3") is None
+    assert calls == ["VIEWER"], "decided again although nothing changed"

@@ -44,6 +44,9 @@ PENDING_STATUSES = frozenset({0xFF00, 0xFF01})
 SEND_BLOCK = 256 * 1024
 #: Our cap on an Asynchronous Operations Window of 0 ("unlimited", PS3.7 D.3.3.3.1).
 MAX_WINDOW = 64
+#: Requests a peer may follow with a C-CANCEL-RQ while it waits for their responses (PS3.7 9.3.2.3,
+#: 9.3.3.3, 9.3.4.3); a C-CANCEL-RQ is the one thing a peer may send us with its window full.
+CANCELLABLE = frozenset({"C-FIND-RQ", "C-GET-RQ", "C-MOVE-RQ"})
 
 
 class AssociationError(Exception):
@@ -258,6 +261,8 @@ class Association(UpperLayerUser):
         #: Requests received and not yet finished (handlers running), and the most there ever were.
         self.outstanding = 0
         self.most_outstanding = 0
+        #: Of those, the ones the peer may cancel (CANCELLABLE): see :meth:`ack_promptly`.
+        self.cancellable = 0
         #: Requests the association ended without answering (logged once, at INFO, by wait_closed).
         self.unanswered = 0
         self._unanswered_logged = False
@@ -448,9 +453,12 @@ class Association(UpperLayerUser):
     def _start(self, message: Message) -> None:
         self.outstanding += 1
         self.most_outstanding = max(self.most_outstanding, self.outstanding)
-        self._spawn(self._handle(message))
+        cancellable = message.command.name in CANCELLABLE
+        if cancellable:
+            self.cancellable += 1
+        self._spawn(self._handle(message, cancellable))
 
-    async def _handle(self, message: Message) -> None:
+    async def _handle(self, message: Message, cancellable: bool = False) -> None:
         msg_id = message.command.message_id
         self._running[msg_id] = message
         try:
@@ -463,6 +471,8 @@ class Association(UpperLayerUser):
             if self._running.get(msg_id) is message:
                 del self._running[msg_id]
             self.outstanding -= 1
+            if cancellable:
+                self.cancellable -= 1
             if not message.answered and not self.can_respond:
                 self.unanswered += 1  # the association ended under it: counted, logged once
             self._start_held()
@@ -494,6 +504,15 @@ class Association(UpperLayerUser):
         if self._read_resume is not None and not self._read_resume.done():
             self._read_resume.set_result(None)
         self._read_resume = None
+
+    def ack_promptly(self) -> bool:
+        """TCP_QUICKACK before the next PDU (dul.QUICKACK) unless the peer must wait for our answer:
+        its window of requests is full (PS3.7 D.3.3.3), none of them is one it may cancel, nothing of a
+        message is half-read and it owes us no response. A peer with Nagle on then has nothing held
+        back for our ACK (it sent the whole request), and the answer acknowledges the request."""
+        return bool(
+            self.outstanding < self.window or self.cancellable or self._incoming or self._responses or self._held
+        )
 
     def read_gate(self) -> Awaitable[None] | None:
         """Flow control before each PDU read: wait while requests are held beyond the window, or

@@ -49,12 +49,15 @@ KEEPALIVE_INTERVAL = 10
 KEEPALIVE_COUNT = 6
 
 
-#: Linux's TCP_QUICKACK (None elsewhere), set again after every read of the stream. A peer with Nagle's
-#: algorithm on (pynetdicom's default, DCMTK without TCP_NODELAY=1) writes a request's command
-#: and its dataset as two PDUs and sends the second only once the first is acknowledged; a
-#: receiver with nothing to send yet delays that ACK (Linux: 40 ms or more), so every C-STORE
-#: and C-FIND waited ~45 ms on loopback (bench/RESULTS.md, "Nagle vs delayed ACK"). Setting the
-#: option sends a pending ACK at once; Linux clears it again by itself, hence once per read.
+#: Linux's TCP_QUICKACK (None elsewhere), set again before each wait for more of the stream. A peer
+#: with Nagle's algorithm on (pynetdicom's default, DCMTK without TCP_NODELAY=1) writes a request's
+#: command and its dataset as two PDUs (DCMTK even a PDU's header and body) and sends the second
+#: only once the first is acknowledged; a receiver with nothing to send yet delays that ACK (Linux:
+#: 40 ms or more), so every C-STORE and C-FIND waited ~45 ms on loopback (bench/RESULTS.md, "Nagle
+#: vs delayed ACK"). Setting the option sends a pending ACK at once; Linux clears it again by
+#: itself, hence once per wait. Not when the peer can send nothing before our answer (see
+#: :meth:`UpperLayerUser.ack_promptly`): the answer carries the ACK, and the option would only cost
+#: a system call and a bare ACK segment per request.
 QUICKACK: Final[int | None] = getattr(socket, "TCP_QUICKACK", None)
 
 
@@ -153,6 +156,12 @@ class UpperLayerUser:
         When the answer changes, the user calls :meth:`UpperLayer.rearm_read_timeout`."""
         return None
 
+    def ack_promptly(self) -> bool:
+        """Before waiting for the next PDU: whether what was read must be acknowledged now
+        (:data:`QUICKACK`). False only when the peer can send nothing more before our answer,
+        which then carries the ACK. Within a PDU the layer always acknowledges at once."""
+        return True
+
     def read_gate(self) -> Awaitable[None] | None:
         """Before each PDU is read: None to read on, or an awaitable that completes when
         the user can take more (flow control; PS3.7 D.3.3.3 Asynchronous Operations Window)."""
@@ -192,8 +201,20 @@ class UpperLayer:
         self._closed = asyncio.Event()
         #: Events not yet handled; the head is the one whose action is running (see :meth:`event`).
         self._events: deque[tuple[Event, PDU | None]] = deque()
-        #: The timeout of the PDU header read under way, so that :meth:`rearm_read_timeout` can move it.
-        self._header_wait: asyncio.Timeout | None = None
+        self._loop = asyncio.get_running_loop()
+        #: The read timeout (see :meth:`_read_more`): when the read under way must have its bytes (loop
+        #: time; None: no limit), and the one timer that checks it. Moving the deadline (every read,
+        #: every answered request) is a store; the timer is moved only to fire earlier, and one that
+        #: fires before a deadline moved later re-arms itself for it: no timer object per read.
+        self._read_deadline: float | None = None
+        self._read_timer: asyncio.TimerHandle | None = None
+        self._read_timer_at = 0.0
+        #: A PDU header read is under way: :meth:`rearm_read_timeout` applies to it (not to a body read).
+        self._header_reading = False
+        #: The deadline passed and the reading task was cancelled for it (turned into TimeoutError).
+        self._read_expired = False
+        #: The task that runs :meth:`run` (the only one that reads), cancelled when its read times out.
+        self._read_task: asyncio.Task[None] | None = None
         #: Bytes read from ``reader`` and not yet framed: ``_buffer[_pos:]`` (see :meth:`_read_more`).
         self._buffer = b""
         self._pos = 0
@@ -335,6 +356,7 @@ class UpperLayer:
         """Read PDUs until the connection closes. Acceptors call this on accept."""
         if not self.is_requestor:
             self.event(Event.EVT5)
+        self._read_task = asyncio.current_task()
         try:
             while self.state is not State.STA1:
                 gate = self.user.read_gate()
@@ -354,6 +376,10 @@ class UpperLayer:
             self.event(Event.EVT17)
         finally:
             self._stop_artim()
+            self._read_deadline = None
+            if self._read_timer is not None:
+                self._read_timer.cancel()
+                self._read_timer = None
             if not self.writer.is_closing():
                 self.writer.close()
             if not self._closed.is_set():
@@ -411,31 +437,75 @@ class UpperLayer:
         it expires; IncompleteReadError at the end of the stream). One read takes whatever the
         stream holds, up to :data:`READ_AHEAD` beyond ``n``: the PDUs after this one are then
         framed from it without waiting (flow control is unchanged: :meth:`run` still asks
-        ``read_gate`` before each PDU, and the stream pauses the socket past its limit)."""
+        ``read_gate`` before each PDU, and the stream pauses the socket past its limit).
+
+        The timeout is a deadline checked by one long-lived timer (:meth:`_set_read_deadline`), not an
+        ``asyncio.timeout`` per read: that cost a timer handle per read and another per answered
+        request (``rearm_read_timeout``), on every C-STORE. Its expiry cancels this task, and the
+        cancel becomes TimeoutError here, as asyncio.timeout would make it."""
         rest = self._buffer[self._pos :]
         parts = [rest] if rest else []
         have = len(rest)
         reader = self.reader
+        task = self._read_task
+        cancelling = task.cancelling() if task is not None else 0
+        self._header_reading = header
+        self._set_read_deadline(timeout)
+        # Acknowledge what was read before waiting for more (QUICKACK): always inside a PDU, and
+        # between PDUs unless the peer is waiting for our answer.
+        ack = have > 0 or not header or self.user.ack_promptly()
         try:
-            # asyncio.timeout, not wait_for: no extra task per read
-            async with asyncio.timeout(timeout) as wait:
-                if header:
-                    self._header_wait = wait
-                while have < n:
-                    chunk = await reader.read(n - have + READ_AHEAD)
-                    if not chunk:
-                        raise asyncio.IncompleteReadError(b"".join(parts), n)
-                    parts.append(chunk)
-                    have += len(chunk)
-                    if self._quickack is not None:
-                        self._ack_now(*self._quickack)
+            while have < n:
+                if ack and self._quickack is not None:
+                    self._ack_now(*self._quickack)
+                chunk = await reader.read(n - have + READ_AHEAD)
+                if not chunk:
+                    raise asyncio.IncompleteReadError(b"".join(parts), n)
+                parts.append(chunk)
+                have += len(chunk)
+                ack = True
+        except asyncio.CancelledError:
+            # Our timer's cancel becomes TimeoutError, unless someone else cancelled the task too
+            # (as asyncio.timeout decides it).
+            if self._read_expired and task is not None and task.uncancel() <= cancelling:
+                raise TimeoutError from None
+            raise
         finally:
             # keep what was read, also when the timer expired: nothing is lost or read twice
-            self._header_wait = None
+            self._read_deadline = None
+            self._header_reading = False
+            self._read_expired = False
             self._buffer = parts[0] if len(parts) == 1 else b"".join(parts)
             self._pos = 0
         self._pos = n
         return memoryview(self._buffer)[:n]
+
+    def _set_read_deadline(self, timeout: float | None) -> None:
+        """The read under way times out ``timeout`` seconds from now (None: never)."""
+        if timeout is None:
+            self._read_deadline = None  # a timer still armed finds nothing to do when it fires
+            return
+        deadline = self._loop.time() + timeout
+        self._read_deadline = deadline
+        timer = self._read_timer
+        if timer is None or self._read_timer_at > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._read_timer = self._loop.call_at(deadline, self._read_timer_fired)
+            self._read_timer_at = deadline
+
+    def _read_timer_fired(self) -> None:
+        """The timer is due: the read under way has timed out, unless its deadline moved later meanwhile."""
+        self._read_timer = None
+        deadline = self._read_deadline
+        if deadline is None or self._read_expired or self._read_task is None:
+            return
+        if deadline > self._read_timer_at:
+            self._read_timer = self._loop.call_at(deadline, self._read_timer_fired)
+            self._read_timer_at = deadline
+            return
+        self._read_expired = True
+        self._read_task.cancel()
 
     def _ack_now(self, sock: socket.socket, option: int) -> None:
         """Acknowledge what we have read now, not after the delayed-ACK timer (see :data:`QUICKACK`)."""
@@ -449,14 +519,8 @@ class UpperLayer:
         """The user's idea of :meth:`UpperLayerUser.read_timeout` changed (a request was
         answered): apply it to the read under way, counting from now. Without this, a read
         that started while a request was being worked on (no limit) would never time out."""
-        wait = self._header_wait
-        if wait is None or wait.expired():
-            return
-        timeout = self._header_timeout()
-        try:
-            wait.reschedule(None if timeout is None else asyncio.get_running_loop().time() + timeout)
-        except RuntimeError:  # the timeout is already firing
-            pass
+        if self._header_reading and not self._read_expired:
+            self._set_read_deadline(self._header_timeout())
 
     def _header_timeout(self) -> float | None:
         if self.state in (State.STA2, State.STA13):

@@ -44,6 +44,7 @@ from minipacs.dicom.uids import APPLICATION_CONTEXT_NAME, uid_name
 from minipacs.net.association import (
     Association,
     AssociationSettings,
+    BytesSink,
     DatasetSink,
     Message,
     describe_rejection,
@@ -725,8 +726,6 @@ class DicomServer:
         return None
 
     def _sink_for(self, assoc: Association, ctx: NegotiatedContext, command: Command) -> DatasetSink:
-        from minipacs.net.association import BytesSink
-
         service = self.sinks.get(ctx.abstract_syntax)
         sink = service.sink_for(assoc, ctx, command) if service is not None else None
         return sink if sink is not None else BytesSink()
