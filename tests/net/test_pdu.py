@@ -44,6 +44,7 @@ from minipacs.net.pdu_items import (
     UserIdentityRQ,
     UserInformation,
 )
+from tests.peers import associate_seeing_rejection
 
 VERIFICATION = "1.2.840.10008.1.1"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -820,8 +821,8 @@ async def _capture_first_pdu() -> tuple[int, bytes]:
     ae.add_requested_context(VERIFICATION)
     ae.acse_timeout = ae.network_timeout = ae.connection_timeout = 30  # a loaded CI machine: seen failing at 5
     try:
-        assoc = await asyncio.to_thread(ae.associate, "127.0.0.1", port, ae_title="MINIPACS")
-        assert assoc.is_rejected
+        assoc, rj = await asyncio.to_thread(associate_seeing_rejection, ae, "127.0.0.1", port, ae_title="MINIPACS")
+        assert rj == (1, 1, 1) and not assoc.is_established
     finally:
         ae.shutdown()
         server.close()
