@@ -188,3 +188,25 @@ def associate_seeing_rejection(ae: Any, *args: Any, **kwargs: Any) -> tuple[Any,
     handlers = [*kwargs.pop("evt_handlers", []), (evt.EVT_PDU_RECV, received)]
     assoc = ae.associate(*args, evt_handlers=handlers, **kwargs)
     return assoc, (seen[0] if seen else None)
+
+
+def scu_only(assoc: Any) -> Any:
+    """Keep a pynetdicom requestor's reactor thread from taking DIMSE messages off its queue, so that
+    every response reaches the ``send_c_*`` call waiting for it; returns ``assoc``.
+
+    pynetdicom 3's ``send_c_*`` pause the reactor with a handshake that can let it run one more turn:
+    it sets ``_is_paused`` before waiting on the checkpoint, so a call that clears the checkpoint
+    right then sees it "paused", sends its request, and the reactor, going on, takes the response
+    off the queue as an unexpected request ("Received unexpected C-STORE service message") while the
+    call waits for it until its DIMSE timeout. The faster the server answers, the likelier it is:
+    seen once in ~10 runs of the two-node race behind HAProxy. For an association that expects no
+    request from the peer (no storage commitment report on it; C-GET's sub-operations are read by
+    ``send_c_get`` itself), the reactor has nothing to take."""
+    dimse = assoc.dimse
+    blocking = dimse.get_msg
+
+    def get_msg(block: bool = False) -> Any:
+        return blocking(block=True) if block else (None, None)
+
+    dimse.get_msg = get_msg
+    return assoc

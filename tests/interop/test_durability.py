@@ -36,7 +36,7 @@ from minipacs.core.paths import sop_instance_uid_of_key
 from minipacs.net.association import Association, AssociationSettings, build_rq, connect
 from minipacs.net.dimse import Command
 from tests.dicomgen import CT_IMAGE_STORAGE, encode_dataset, make_ct
-from tests.peers import ServerProcess, dataset_bytes, dcmtk, leftover_transfers, run, start_server
+from tests.peers import ServerProcess, dataset_bytes, dcmtk, leftover_transfers, run, scu_only, start_server
 
 pytestmark = pytest.mark.interop
 
@@ -84,7 +84,7 @@ def pynetdicom_assoc(port: int, calling: str = "PYNETSCU", timeout: float = 30) 
     ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port, ae_title="MINIPACS")
+    assoc = scu_only(ae.associate("127.0.0.1", port, ae_title="MINIPACS"))
     assert assoc.is_established, f"pynetdicom could not associate with 127.0.0.1:{port}"
     raw_socket = assoc.dul.socket.socket  # pynetdicom leaves it open when the peer dies
     try:

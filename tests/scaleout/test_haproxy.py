@@ -30,7 +30,7 @@ from pynetdicom.sop_class import (
 
 from tests.dicomgen import generate_uid, write_ct
 from tests.index.pg import postgres_schema_url
-from tests.peers import ServerProcess, dcmtk, free_port, missing_peer, run, start_server, wait_for_port
+from tests.peers import ServerProcess, dcmtk, free_port, missing_peer, run, scu_only, start_server, wait_for_port
 
 pytestmark = pytest.mark.postgres
 
@@ -109,7 +109,7 @@ def node(tmp: Path, shared: Path, url: str, node_id: str) -> tuple[ServerProcess
 def count_instances(port: int, study: str) -> int:
     ae = scu("FINDSCU")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    assoc = ae.associate("127.0.0.1", port, ae_title="MINIPACS")
+    assoc = scu_only(ae.associate("127.0.0.1", port, ae_title="MINIPACS"))
     assert assoc.is_established
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
@@ -165,7 +165,7 @@ def store_statuses(port: int, files: list[Path]) -> list[int]:
     """C-STORE each file on one association (pynetdicom); the statuses answered."""
     ae = scu("STORESCU")
     ae.add_requested_context(CTImageStorage)
-    assoc = ae.associate("127.0.0.1", port, ae_title="MINIPACS")
+    assoc = scu_only(ae.associate("127.0.0.1", port, ae_title="MINIPACS"))
     assert assoc.is_established
     try:
         # no response (a timeout) is an empty Dataset: -1
