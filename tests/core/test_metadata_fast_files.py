@@ -46,3 +46,16 @@ def test_most_real_files_are_covered() -> None:
             warnings.simplefilter("ignore")
             covered += fast_text(fp, "1", "2", "3") is not None
     assert covered >= len(FILES) // 2, covered
+
+
+def test_a_missing_file_says_so_as_before(tmp_path: Path) -> None:
+    """The fast path's own read of a missing file is not the error reported: the pydicom path's is."""
+    from minipacs.blobs.filesystem import FilesystemBlobStore
+    from minipacs.core.inflate import DEFAULT_LIMITS
+    from minipacs.core.metadata import blob_text, compute
+
+    with pytest.raises(UnreadableInstance, match="its file is missing from storage"):
+        compute(tmp_path / "gone.dcm", "1", "2", "3")
+    blobs = FilesystemBlobStore(tmp_path / "storage")
+    with pytest.raises(UnreadableInstance, match="its file is missing from storage"):
+        blob_text(blobs, "1/2/3.dcm", "1", "2", "3", DEFAULT_LIMITS)

@@ -22,7 +22,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from minipacs.blobs.base import BlobStore
+from minipacs.blobs.base import BlobError, BlobStore
 from minipacs.core.archive import Archive
 from minipacs.core.errors import NotFound, UnreadableInstance
 from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits
@@ -49,8 +49,11 @@ _BACKLOG: Final = 10_000
 
 def compute(path: Any, study: str, series: str, sop: str, limits: DatasetLimits = DEFAULT_LIMITS) -> str:
     """The PS3.18 JSON object of one stored file, as text (read within ``limits``: core/stored.py)."""
-    with open(path, "rb") as fp:
-        text = fast_text(fp, study, series, sop, limits)
+    try:
+        with open(path, "rb") as fp:
+            text = fast_text(fp, study, series, sop, limits)
+    except OSError:  # a missing or unreadable file: read_stored says so in its own words
+        text = None
     if text is not None:
         return text
     return model_text(read_stored(path, limits, stop_before_pixels=True), study, series, sop)
@@ -58,8 +61,11 @@ def compute(path: Any, study: str, series: str, sop: str, limits: DatasetLimits 
 
 def blob_text(blobs: BlobStore, key: str, study: str, series: str, sop: str, limits: DatasetLimits) -> str:
     """:func:`compute` of a stored blob, reading no more of it than its header (on S3: its start)."""
-    with blobs.open(key) as fp:
-        text = fast_text(fp, study, series, sop, limits)
+    try:
+        with blobs.open(key) as fp:
+            text = fast_text(fp, study, series, sop, limits)
+    except (OSError, BlobError):  # a missing blob or a store error: read_blob_header says so in its own words
+        text = None
     if text is not None:
         return text
     return model_text(read_blob_header(blobs, key, limits), study, series, sop)
