@@ -274,6 +274,29 @@ def test_what_it_does_not_cover_falls_back(dataset: bytes) -> None:
     assert fast(data, offset, EXPLICIT) is None
 
 
+@pytest.mark.parametrize("ts", [EXPLICIT, IMPLICIT])
+def test_broken_sequences_are_left_to_pydicom(ts: str) -> None:
+    """An undefined-length item without its delimiter (at the end of a defined-length sequence, or of
+    the data), a sequence delimiter in a defined-length sequence, an item longer than its sequence:
+    the fast builder gives up, whatever pydicom then makes of it."""
+    implicit = ts == IMPLICIT
+    inner = element(0x00080100, "SH", b"T-1 ", implicit=implicit)
+    open_item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + inner  # no (FFFE,E00D)
+    cases = [
+        element(0x00081140, "SQ", open_item, implicit=implicit),
+        element(0x00081140, "SQ", open_item, implicit=implicit, length=0xFFFFFFFF),
+        element(
+            0x00081140, "SQ", item(inner, undefined=False) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0), implicit=implicit
+        ),
+        element(0x00081140, "SQ", struct.pack("<HHI", 0xFFFE, 0xE000, 200) + inner, implicit=implicit),
+    ]
+    after = element(0x00100010, "PN", b"A^B ", implicit=implicit)  # the walk goes on past the sequence
+    for broken in cases:
+        for tail in (b"", after):
+            data, offset = part10(element(0x00080060, "CS", b"MR", implicit=implicit) + broken + tail, ts)
+            assert fast(data, offset, ts) is None, (broken, tail)
+
+
 def test_a_private_element_in_explicit_vr_is_covered() -> None:
     dataset = element(0x00091010, "LO", b"private ", implicit=False) + element(
         0x00100010, "PN", b"A^B ", implicit=False

@@ -219,7 +219,7 @@ class _Walk:
                     raise _GiveUp
             model[key] = _element(vr, data[pos : pos + length], tag, self.bulk, self.bulk_threshold)
             pos += length
-        if in_item and end == len(self.data):  # an undefined-length item that never ended
+        if in_item:  # an undefined-length item without its delimiter: a reader may go on looking for it
             raise _GiveUp
         return model, pos, False
 
