@@ -223,3 +223,44 @@ def test_oversized_adt_is_refused_and_the_connection_closed(tmp_path: Path) -> N
         assert (await stored(archive, sop)).PatientName == "Doe^John"
 
     serve(tmp_path, body, max_bytes=2048)
+
+
+def groups(event: str, pairs: list[tuple[str, str]]) -> str:
+    """An ADT message with several patient groups (PID, MRG), as ADT_A39 allows."""
+    segments = [
+        f"MSH|^~\\&|HIS|HOSP|MINIPACS|RAD|20261206101500||ADT^{event}^ADT_A39|CTL{event}G|P|2.5",
+        f"EVN|{event}|20261206101500",
+    ]
+    for n, (pid3, mrg) in enumerate(pairs, start=1):
+        segments += [f"PID|{n}||{pid3}", f"MRG|{mrg}"]
+    return "\r".join(segments) + "\r"
+
+
+def test_a_group_that_cannot_apply_stops_the_whole_message_before_any_change(tmp_path: Path) -> None:
+    async def body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, archive: Archive) -> None:
+        await store(archive, tmp_path, "GOOD")
+        [dup] = await store(archive, tmp_path, "DUP")
+        code, text, _ = await send(reader, writer, groups("A40", [("GOOD", "DUP"), ("GOOD", "NOBODY")]))
+        assert code == "AE" and "prior patient 'NOBODY' (MRG-1)" in text, text
+        assert "earlier patient" not in text  # nothing was applied, so none is said to be
+        assert (await stored(archive, dup)).PatientID == "DUP"
+        assert await Corrections(archive).patient("DUP") is not None
+
+    serve(tmp_path, body)
+
+
+def test_groups_that_build_on_each_other_are_checked_in_order_and_applied(tmp_path: Path) -> None:
+    """The check follows the message: a second group may name the ID the first one gave."""
+
+    async def body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, archive: Archive) -> None:
+        [sop] = await store(archive, tmp_path, "T1")
+        await store(archive, tmp_path, "TAKEN")
+        code, text, _ = await send(reader, writer, groups("A47", [("T2", "T1"), ("T3", "T2")]))
+        assert code == "AA", text
+        assert (await stored(archive, sop)).PatientID == "T3"
+        # and a later group that would take an existing ID stops the message before its first group
+        code, text, _ = await send(reader, writer, groups("A47", [("T4", "T3"), ("TAKEN", "T4")]))
+        assert code == "AE" and "already exists" in text, text
+        assert (await stored(archive, sop)).PatientID == "T3"
+
+    serve(tmp_path, body)

@@ -44,7 +44,7 @@ from minipacs.core.model import Origin, StagedPath
 from minipacs.core.paths import new_copy_token
 from minipacs.core.staging import stage_file
 from minipacs.core.stored import read_stored
-from minipacs.core.worklist import correct_open_entries
+from minipacs.core.worklist import correct_open_entries, count_open_entries
 from minipacs.index import corrections_repo as sql
 from minipacs.index import deletion_repo
 from minipacs.index import repository as repo
@@ -415,6 +415,10 @@ class Corrections:
             return raw_values(Entity.PATIENT, _one(conn, Entity.PATIENT, patient_id)) if rows else None
 
         return await self.archive.read(run)
+
+    async def open_worklist_entries(self, patient_id: str) -> int:
+        """How many open worklist entries (core/worklist.py OPEN_STATES) name ``patient_id``."""
+        return await self.archive.read(lambda conn: count_open_entries(conn, patient_id))
 
     async def correct_worklist(self, patient_id: str, values: Mapping[str, str]) -> int:
         """Set ``values`` in the open worklist entries of ``patient_id`` only (a patient not archived yet);

@@ -385,6 +385,12 @@ class Worklist:
         return await self.index.read(run)
 
 
+def count_open_entries(conn: IndexConnection, patient_id: str) -> int:
+    """The open entries (:data:`OPEN_STATES`) of Patient ID ``patient_id``: what
+    :func:`correct_open_entries` would change."""
+    return len(repo.worklist_rows(conn, {"patient_id": patient_id}, statuses=OPEN_STATES))
+
+
 def correct_open_entries(conn: IndexConnection, patient_id: str, values: dict[str, str]) -> int:
     """Set ``values`` (DICOM keyword -> text) in every open entry (:data:`OPEN_STATES`) of Patient ID
     ``patient_id``, in the caller's (writer's) transaction: a patient correction or an HL7 ADT
@@ -401,6 +407,7 @@ def correct_open_entries(conn: IndexConnection, patient_id: str, values: dict[st
 
 __all__ = [
     "correct_open_entries",
+    "count_open_entries",
     "InvalidWorklistEntry",
     "Worklist",
     "WorklistEntry",

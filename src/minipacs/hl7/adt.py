@@ -207,20 +207,61 @@ class ADTApplier:
             groups.append((current, prior, demographics(message, pid)))
         said: list[str] = []
         actor, who = _actor(message)
-        for current, prior, demo in groups:
-            try:
+        try:
+            if len(groups) > 1:
+                await self._check(event, groups)
+            for current, prior, demo in groups:
                 said.append(await self._one(event, current, prior, demo, actor, who))
-            except ArchiveError as exc:
-                row = next((REFUSALS[c] for c in type(exc).__mro__ if c in REFUSALS), None)
-                if row is None:
-                    raise
-                raise HL7Error(
-                    str(exc) + (f" ({len(said)} earlier patient(s) of the message applied)" if said else ""),
-                    ack_code=row.ack_code,
-                    error_code=row.error_code,
-                    location=row.location,
-                ) from exc
+        except ArchiveError as exc:
+            row = next((REFUSALS[c] for c in type(exc).__mro__ if c in REFUSALS), None)
+            if row is None:
+                raise
+            raise HL7Error(
+                str(exc) + (f" ({len(said)} earlier patient(s) of the message applied)" if said else ""),
+                ack_code=row.ack_code,
+                error_code=row.error_code,
+                location=row.location,
+            ) from exc
         return "; ".join(said)
+
+    async def _check(self, event: Event, groups: list[tuple[str, str, dict[str, str]]]) -> None:
+        """The refusals of :meth:`_one` that depend on the archive, for every patient group before any
+        is applied, each against the archive as the groups before it leave it (a merge or a new
+        identifier moves a patient, and its open worklist entries, to another ID): a message whose
+        third group names an unknown patient changes nothing. Only a change between this check and
+        the application (another message, a user) can still stop a message part-way."""
+        c = self.corrections
+        archived: dict[str, bool] = {}
+        listed: dict[str, int] = {}
+
+        async def is_archived(patient_id: str) -> bool:
+            if patient_id not in archived:
+                archived[patient_id] = await c.patient(patient_id) is not None
+            return archived[patient_id]
+
+        async def on_worklist(patient_id: str) -> int:
+            if patient_id not in listed:
+                listed[patient_id] = await c.open_worklist_entries(patient_id)
+            return listed[patient_id]
+
+        async def move(prior: str, current: str) -> None:
+            listed[current] = await on_worklist(current) + await on_worklist(prior)
+            listed[prior] = 0
+
+        for current, prior, demo in groups:
+            if event.action == "update":
+                if not await is_archived(current) and not (demo and await on_worklist(current)):
+                    raise _nothing_to_update(current)
+                continue
+            source, target = await is_archived(prior), await is_archived(current)
+            if not source:
+                if not await on_worklist(prior):
+                    raise _nothing_to_merge(prior)
+            elif event.action != "merge" and target:
+                raise _identifier_taken(current, prior)
+            else:
+                archived[prior], archived[current] = False, True
+            await move(prior, current)
 
     async def _one(
         self, event: Event, current: str, prior: str, demo: dict[str, str], actor: str, who: list[str]
@@ -231,10 +272,7 @@ class ADTApplier:
             if archived is None:
                 changed = await c.correct_worklist(current, demo) if demo else 0
                 if not changed:
-                    raise NotFound(
-                        f"patient {current[:64]!r} (PID-3) is neither archived nor on an open worklist entry; "
-                        "nothing to update"
-                    )
+                    raise _nothing_to_update(current)
                 return f"patient {current}: {changed} worklist entry(ies) updated"
             changes = {k: v for k, v in demo.items() if archived.get(k) != v}
             if not changes:
@@ -254,10 +292,7 @@ class ADTApplier:
         if source is None:
             changed = await c.correct_worklist(prior, {"PatientID": current, **demo})
             if not changed:
-                raise NotFound(
-                    f"prior patient {prior[:64]!r} (MRG-1) is neither archived nor on an open worklist entry; "
-                    "nothing to merge"
-                )
+                raise _nothing_to_merge(prior)
             return f"patient {prior} -> {current}: {changed} worklist entry(ies) updated"
         if event.action == "merge" and target is not None:
             extra = {k: v for k, v in demo.items() if target.get(k) != v}
@@ -272,9 +307,7 @@ class ADTApplier:
             result = await c.submit(params)
             return _done(result.job, f"patient {prior} merged into {current}", result.instances)
         if target is not None:  # A47: the new identifier must be new
-            raise CorrectionConflict(
-                f"patient {current[:64]!r} (PID-3) already exists; send A40 to merge {prior!r} into it"
-            )
+            raise _identifier_taken(current, prior)
         changes = {"PatientID": current, **{k: v for k, v in demo.items() if source.get(k) != v}}
         params = {
             "operation": "modify",
@@ -286,6 +319,22 @@ class ADTApplier:
         }
         result = await c.submit(params)
         return _done(result.job, f"patient {prior} is now {current}", result.instances)
+
+
+def _nothing_to_update(current: str) -> NotFound:
+    return NotFound(
+        f"patient {current[:64]!r} (PID-3) is neither archived nor on an open worklist entry; nothing to update"
+    )
+
+
+def _nothing_to_merge(prior: str) -> NotFound:
+    return NotFound(
+        f"prior patient {prior[:64]!r} (MRG-1) is neither archived nor on an open worklist entry; nothing to merge"
+    )
+
+
+def _identifier_taken(current: str, prior: str) -> CorrectionConflict:
+    return CorrectionConflict(f"patient {current[:64]!r} (PID-3) already exists; send A40 to merge {prior!r} into it")
 
 
 def _done(job: int | None, what: str, instances: int) -> str:
