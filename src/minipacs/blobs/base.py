@@ -88,7 +88,9 @@ __all__ = ["BlobError", "BlobNotFound", "BlobStore", "InvalidBlobKey", "checked_
 @runtime_checkable
 class WritesBytes(Protocol):
     """A blob store that can also write a new blob from memory (the filesystem store): the archive
-    then receives small instances into memory and writes them here itself (core/staging.py)."""
+    then receives small instances into memory and writes them itself, into a file the staging pool
+    made ahead and moved in by ``put_from_staging``, or by ``put_bytes`` when the pool has none
+    ready (core/archive.py ``_put_from_memory``)."""
 
     def put_bytes(self, data: bytes, key: str) -> None:
         """Write ``data`` as the new blob ``key``; ``sync`` completes it as it does a put, and

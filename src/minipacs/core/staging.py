@@ -5,8 +5,9 @@ ingest moves it into place with one rename. Bytes are appended as they arrive.
 
 A small instance bound for the intake log (core/intake.py) is held in memory instead
 (``memory_max_bytes``, the archive's ``intake_inline_max_bytes``): the writer needs its
-bytes for the log record anyway, and writes the stored file from them, so no staging
-file is created, written, read back and renamed on the critical path. A dataset that
+bytes for the log record anyway, and writes the stored file from them (into an empty file
+the StagingPool made ahead, renamed to its key), so no staging file is created, written
+and read back on the critical path. A dataset that
 outgrows the bound moves to a staging file at once, so at most that much per
 association is ever held.
 """

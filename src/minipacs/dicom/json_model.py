@@ -41,7 +41,6 @@ _U16: Final = struct.Struct("<H").unpack_from
 _U32: Final = struct.Struct("<I").unpack_from
 _IMPLICIT_HEAD: Final = struct.Struct("<HHI").unpack_from  # group, element, 32-bit length
 _EXPLICIT_HEAD: Final = struct.Struct("<HH2sH").unpack_from  # group, element, VR, 16-bit length
-_TAG_AND_LENGTH: Final = _IMPLICIT_HEAD
 _UNDEFINED: Final = 0xFFFFFFFF
 _ITEM: Final = 0xFFFEE000
 _ITEM_END: Final = 0xFFFEE00D
@@ -244,7 +243,7 @@ class _Walk:
                 return items, pos
             if pos + 8 > stop:
                 raise _GiveUp
-            group, element, item_length = _TAG_AND_LENGTH(data, pos)
+            group, element, item_length = _IMPLICIT_HEAD(data, pos)  # items and delimiters: tag + 32-bit length
             tag = group << 16 | element
             pos += 8
             if tag == _SEQUENCE_END:
