@@ -21,7 +21,7 @@ from pydicom.datadict import DicomDictionary
 
 from minipacs.core.errors import UnreadableInstance
 from minipacs.core.inflate import DEFAULT_LIMITS
-from minipacs.core.metadata import BULK_PREFIX, BULK_THRESHOLD, model_text
+from minipacs.core.metadata import BULK_PREFIX, BULK_THRESHOLD, fast_text, model_text
 from minipacs.dicom.json_model import json_model
 
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -320,3 +320,59 @@ def test_the_rows_rule_and_the_bulk_threshold() -> None:
     assert model["00281201"] == {"vr": "OW", "BulkDataURI": f"{BASE}/bulkdata/00281201"}
     assert model["7FE00010"] == {"vr": "OB", "BulkDataURI": f"{BASE}/bulkdata/7FE00010"}
     assert text == reference(data)
+
+
+def _strict(text: str) -> dict[str, object]:
+    """json.loads refusing NaN and Infinity, which are no JSON (RFC 8259 section 6)."""
+
+    def refuse(name: str) -> object:
+        raise ValueError(f"{name} is not JSON")
+
+    loaded: dict[str, object] = json.loads(text, parse_constant=refuse)
+    return loaded
+
+
+@pytest.mark.parametrize("ts", [EXPLICIT, IMPLICIT])
+def test_numbers_that_are_no_json_numbers_are_written_as_text(ts: str) -> None:
+    """PS3.18 F.2.3 (Table F.2.3-1 since CP-1861): an IS/DS value may be a JSON String "to preserve
+    the original format". An invalid Integer String ('1A'), a Decimal String that JSON cannot carry
+    ('nan', '1e999') and a binary FD/FL NaN or infinity no longer make the instance's metadata fail
+    (which failed its whole study's WADO-RS metadata) nor give a text strict parsers refuse."""
+    implicit = ts == IMPLICIT
+    nested = element(0x00200013, "IS", b"x ", implicit=implicit)
+    dataset = (
+        element(0x00081140, "SQ", item(nested, undefined=False), implicit=implicit)
+        + element(0x00180050, "DS", b"nan ", implicit=implicit)
+        + element(0x00189087, "FD", struct.pack("<d", float("nan")), implicit=implicit)
+        + element(0x00189089, "FD", struct.pack("<3d", 1.5, float("-inf"), 0.0), implicit=implicit)
+        + element(0x00200011, "IS", b"7 ", implicit=implicit)
+        + element(0x00280008, "IS", b"1A", implicit=implicit)
+        + element(0x00280030, "DS", b"1e999\\2.5\\", implicit=implicit)
+        + element(0x00720076, "FL", struct.pack("<f", float("inf")), implicit=implicit)
+    )
+    data, offset = part10(dataset, ts)
+    text = reference(data)
+    assert text is not None, "the metadata of an instance with such values failed"
+    model = _strict(text)
+    assert model["00280008"] == {"vr": "IS", "Value": ["1A"]}
+    assert model["00180050"] == {"vr": "DS", "Value": ["nan"]}
+    assert model["00280030"] == {"vr": "DS", "Value": ["1e999", "2.5", None]}
+    assert model["00189087"] == {"vr": "FD", "Value": ["NaN"]}
+    assert model["00189089"] == {"vr": "FD", "Value": [1.5, "-Infinity", 0.0]}
+    assert model["00720076"] == {"vr": "FL", "Value": ["Infinity"]}
+    assert model["00200011"] == {"vr": "IS", "Value": [7]}  # a valid one stays a number
+    assert model["00081140"] == {"vr": "SQ", "Value": [{"00200013": {"vr": "IS", "Value": ["x"]}}]}
+    # the fast builder leaves such a file to pydicom rather than write NaN or Infinity
+    assert fast_text(io.BytesIO(data), STUDY, SERIES, SOP) is None
+
+
+def test_a_decimal_string_past_a_double_is_left_to_pydicom() -> None:
+    """'1e999' is a valid DS (PS3.5 Table 6.2-1) that no double holds: the fast builder must not
+    write it as Infinity; the pydicom path keeps the text."""
+    data, offset = part10(element(0x00180050, "DS", b"1e999 ", implicit=False), EXPLICIT)
+    assert fast_text(io.BytesIO(data), STUDY, SERIES, SOP) is None
+    text = reference(data)
+    assert text is not None
+    assert _strict(text)["00180050"] == {"vr": "DS", "Value": ["1e999"]}
+    fine, fine_offset = part10(element(0x00180050, "DS", b"1e99 ", implicit=False), EXPLICIT)
+    assert fast_text(io.BytesIO(fine), STUDY, SERIES, SOP) == reference(fine)

@@ -112,6 +112,8 @@ def test_metadata_is_precomputed_after_ingest(web: Callable[..., Any]) -> None:
         "/dicom-web/studies?NoSuchKeyword=1",
         "/dicom-web/studies?limit=-1",
         "/dicom-web/studies?StudyDate=2020-garbage-",
+        "/dicom-web/series?SeriesNumber=1A",  # an IS that is no number: was an unhandled ValueError, 500
+        "/dicom-web/instances?SliceThickness=abc",
         "/dicom-web/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5/frames/x",
     ],
 )
@@ -391,5 +393,31 @@ def test_qido_empty_modalities_in_study_is_an_empty_value_list(web: Callable[...
         empty = next(s for uid, s in by_uid.items() if uid != STUDY)
         assert empty["00080061"] == {"vr": "CS", "Value": []}
         assert by_uid[STUDY]["00080061"] == {"vr": "CS", "Value": ["CT"]}
+
+    web(body)
+
+
+def test_an_invalid_integer_string_does_not_fail_the_studys_metadata(web: Callable[..., Any]) -> None:
+    """A stored instance with NumberOfFrames '1A' (an invalid IS, as in pydicom's badVR.dcm) made
+    WADO-RS study metadata answer 500, so a viewer could not open the study at all. PS3.18 F.2.3
+    lets the value be a JSON String; the other instance is unaffected."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        good = part10(study_uid=STUDY, series_uid=SERIES)
+        bad = part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP, NumberOfFrames=97)
+        marker = b"(\x00\x08\x00IS\x02\x0097"
+        assert bad.count(marker) == 1
+        bad = bad.replace(marker, b"(\x00\x08\x00IS\x02\x001A")
+        assert (await stow(client, good, bad)).status_code == 200
+        r = await client.get(f"/dicom-web/studies/{STUDY}/metadata")
+        assert r.status_code == 200, r.text
+
+        def refuse(name: str) -> object:
+            raise ValueError(name)
+
+        models = json.loads(r.text, parse_constant=refuse)
+        by_sop = {m["00080018"]["Value"][0]: m for m in models}
+        assert len(by_sop) == 2
+        assert by_sop[SOP]["00280008"] == {"vr": "IS", "Value": ["1A"]}
 
     web(body)

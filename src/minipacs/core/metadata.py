@@ -14,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO, Final
 
-from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
@@ -105,7 +108,80 @@ def fast_text(fp: BinaryIO, study: str, series: str, sop: str, limits: DatasetLi
         max_depth=limits.max_sequence_depth,
         whole=whole,
     )
-    return None if model is None else json.dumps(model, separators=(",", ":"))
+    if model is None:
+        return None
+    try:
+        return json.dumps(model, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # an infinite or NaN number: the pydicom path writes it as PS3.18 allows
+        return None
+
+
+#: PS3.5 Table 6.2-1 Decimal and Integer Strings, after their padding is stripped.
+_DS: Final = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
+_IS: Final = re.compile(r"[+-]?\d+\Z")
+
+
+def _number_texts(vr: str, texts: list[str]) -> dict[str, Any]:
+    """A DS/IS element whose values are no JSON numbers (an Integer String '1A', a Decimal String
+    'nan' or '1e999'): every value as the string it was (PS3.18 F.2.3), an empty one null (F.2.5)."""
+    return {"vr": vr, "Value": [text or None for text in texts]}
+
+
+def _json_numbers(vr: str, texts: list[str]) -> bool:
+    """Whether pydicom turns these IS/DS values into JSON numbers without a complaint."""
+    pattern = _DS if vr == "DS" else _IS
+    for text in texts:
+        if text and (pattern.match(text) is None or (vr == "DS" and not math.isfinite(float(text)))):
+            return False
+    return True
+
+
+def _float_texts(elem: DataElement) -> dict[str, Any]:
+    """FL/FD values with a NaN or an infinity: those as "NaN", "Infinity", "-Infinity" (JSON has no
+    such number and strict parsers refuse a text with one); the finite ones stay numbers."""
+    values = list(elem.value) if elem.VM > 1 else [elem.value]
+    out = [
+        v if math.isfinite(v) else ("NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")) for v in values
+    ]
+    return {"vr": elem.VR, "Value": out}
+
+
+def _lenient_model(ds: Dataset, bulk: Callable[[DataElement], str]) -> dict[str, Any]:
+    """pydicom's ``to_json_dict``, element by element, except for the number elements it cannot
+    write as JSON numbers (:func:`_number_texts`, :func:`_float_texts`); anything else that fails
+    propagates. A DS/IS value is judged on its bytes, before pydicom converts (and complains)."""
+    model: dict[str, Any] = {}
+    for tag in ds.keys():
+        key = f"{tag:08X}"
+        found = ds.get_item(tag)
+        if isinstance(found, RawDataElement):
+            vr = found.VR or (dictionary_VR(tag) if dictionary_has_tag(tag) else None)
+            if vr in ("DS", "IS"):
+                raw = found.value or b""
+                texts = [part.strip(" \0") for part in raw.decode("latin-1").split("\\")] if raw else []
+                if not _json_numbers(vr, texts):
+                    model[key] = _number_texts(vr, texts)
+                    continue
+        elem = ds[tag]
+        if elem.VR == "SQ":
+            model[key] = {"vr": "SQ", "Value": [_lenient_model(item, bulk) for item in elem.value]}
+            continue
+        try:
+            converted = elem.to_json_dict(bulk_data_element_handler=bulk, bulk_data_threshold=BULK_THRESHOLD)
+            json.dumps(converted, allow_nan=False)
+        except ValueError:
+            if elem.VR in ("FL", "FD"):
+                converted = _float_texts(elem)
+            elif elem.VR in ("DS", "IS"):  # converted before the failure: its values keep their text
+                values = list(elem.value) if elem.VM > 1 else [elem.value]
+                texts = [
+                    "" if v is None else str(getattr(v, "original_string", None) or v).strip(" \0") for v in values
+                ]
+                converted = _number_texts(elem.VR, texts)
+            else:
+                raise
+        model[key] = converted
+    return model
 
 
 def model_text(ds: Dataset, study: str, series: str, sop: str) -> str:
@@ -117,7 +193,12 @@ def model_text(ds: Dataset, study: str, series: str, sop: str) -> str:
 
     with quiet_pydicom() as captured:
         try:
-            model: dict[str, Any] = ds.to_json_dict(BULK_THRESHOLD, bulk)
+            try:
+                model: dict[str, Any] = ds.to_json_dict(BULK_THRESHOLD, bulk)
+                json.dumps(model, allow_nan=False)
+            except (ValueError, UserWarning):  # a number that is no JSON number (pydicom may warn of
+                # it first, which is an exception where warnings are errors): element by element
+                model = _lenient_model(ds, bulk)
         except Exception as exc:
             said = f" ({captured[0][:200]})" if captured else ""
             raise UnreadableInstance(
@@ -126,7 +207,7 @@ def model_text(ds: Dataset, study: str, series: str, sop: str) -> str:
     if "Rows" in ds and "7FE00010" not in model:  # pixel data follows the header we read
         encapsulated = ds.file_meta.TransferSyntaxUID.is_compressed
         model["7FE00010"] = {"vr": "OB" if encapsulated else "OW", "BulkDataURI": f"{base}/bulkdata/7FE00010"}
-    return json.dumps(model, separators=(",", ":"))
+    return json.dumps(model, separators=(",", ":"), allow_nan=False)
 
 
 def delete_rows(conn: IndexConnection, uids: list[str]) -> None:

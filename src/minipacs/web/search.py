@@ -125,7 +125,12 @@ def identifier(level: Level, params: Iterable[tuple[str, str]], fixed: Mapping[s
             )
         if len(value) > 1024:
             raise HttpError(400, "invalid_key_value", f"the value for {keyword_for_tag(tag)} is too long")
-        ds[tag] = DataElement(tag, vr, value or None, validation_mode=pydicom.config.IGNORE)
+        try:
+            ds[tag] = DataElement(tag, vr, value or None, validation_mode=pydicom.config.IGNORE)
+        except ValueError:  # an IS or DS query value that is no number ("SeriesNumber=1A")
+            raise HttpError(
+                400, "invalid_key_value", f"{value[:40]!r} is not a valid {vr} value for {keyword_for_tag(tag)}"
+            ) from None
 
     for keyword in DEFAULT_KEYS[level]:
         put(tag_of(keyword), "")
