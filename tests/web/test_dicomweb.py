@@ -419,5 +419,11 @@ def test_an_invalid_integer_string_does_not_fail_the_studys_metadata(web: Callab
         by_sop = {m["00080018"]["Value"][0]: m for m in models}
         assert len(by_sop) == 2
         assert by_sop[SOP]["00280008"] == {"vr": "IS", "Value": ["1A"]}
+        # its frames cannot be counted: a clear error naming the value, not an unhandled 500
+        r = await client.get(f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{SOP}/frames/1")
+        assert r.status_code == 500
+        error = r.json()["error"]
+        assert error["code"] == "unreadable_instance"
+        assert "Number of Frames (0028,0008) is '1A'" in error["message"]
 
     web(body)

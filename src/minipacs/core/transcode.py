@@ -104,6 +104,19 @@ def transcode_part10(path: Path, target_ts: str, limits: DatasetLimits = DEFAULT
     return bytes(buf.getvalue())
 
 
+def frame_count(ds: Any) -> int:
+    """Number of Frames (0028,0008; 1 when absent or empty); UnreadableInstance when the stored
+    value is no whole number (an Integer String such as '1A' was stored, as pydicom's badVR.dcm has;
+    pydicom may warn of it first, which is an exception where warnings are errors)."""
+    try:
+        return int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError, UserWarning):
+        found = ds.get_item(0x00280008)
+        value = getattr(found, "value", None)
+        text = value.decode("latin-1").strip(" \0") if isinstance(value, bytes) else str(value)
+        raise UnreadableInstance(f"its Number of Frames (0028,0008) is {text[:16]!r}, not a whole number") from None
+
+
 def pixel_frames(
     path: Path, numbers: Sequence[int], *, decode: bool, limits: DatasetLimits = DEFAULT_LIMITS
 ) -> list[bytes]:
@@ -124,7 +137,7 @@ def pixel_frames(
     ds = read_stored(path, limits)
     if "PixelData" not in ds:
         raise NoSuchFrame("this instance has no pixel data, so it has no frames")
-    count = int(ds.get("NumberOfFrames", 1) or 1)
+    count = frame_count(ds)
     for number in numbers:
         if not 1 <= number <= count:
             raise NoSuchFrame(f"frame {number} does not exist; the instance has {count}")
@@ -356,6 +369,7 @@ __all__ = [
     "TranscodeError",
     "can_transcode",
     "encapsulated_frame_ranges",
+    "frame_count",
     "native_frame_ranges",
     "pixel_frames",
     "transcode",
