@@ -233,3 +233,19 @@ def test_quiet_pydicom_keeps_only_this_threads_pydicom_lines_out(caplog: pytest.
     logger.error("after the block")
     assert captured == ["in the quiet thread"]
     assert [r.getMessage() for r in caplog.records if r.name == "pydicom"] == ["in another thread", "after the block"]
+
+
+def test_quiet_pydicom_also_keeps_its_child_loggers_lines_out(caplog: pytest.LogCaptureFixture) -> None:
+    """pydicom's decoders log each failed attempt with its traceback at ERROR on
+    "pydicom.pixels.decoders.base": a filter on "pydicom" alone never sees those records."""
+    from minipacs.core.stored import quiet_pydicom
+
+    caplog.set_level(logging.DEBUG)
+    child = logging.getLogger("pydicom.pixels.decoders.base")
+    new_child = logging.getLogger("pydicom.minipacs_test_made_later")
+    with quiet_pydicom() as captured:
+        child.error("a decoder failed")
+        new_child.error("a logger made after the first quiet block")
+    child.error("after the block")
+    assert captured == ["a decoder failed", "a logger made after the first quiet block"]
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("pydicom")] == ["after the block"]

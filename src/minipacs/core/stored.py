@@ -92,13 +92,28 @@ _QUIET = threading.local()
 _FILTER: Final = _QuietFilter()
 
 
+_FILTERED_LOGGERS = [0]  # how many loggers existed at the last scan
+
+
+def _filter_pydicom_loggers() -> None:
+    """Put the filter on "pydicom" and each of its child loggers ("pydicom.pixels.decoders.base"
+    logs a decoder's failure with its traceback at ERROR): a logger's filter sees only the
+    records logged on that logger, not those its children pass up."""
+    loggers = logging.Logger.manager.loggerDict
+    if len(loggers) == _FILTERED_LOGGERS[0]:
+        return
+    for name in ["pydicom", *[n for n in list(loggers) if n.startswith("pydicom.")]]:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)  # idempotent: addFilter ignores a filter already there
+    _FILTERED_LOGGERS[0] = len(loggers)
+
+
 @contextmanager
 def quiet_pydicom() -> Iterator[list[str]]:
     """Within the block, what pydicom logs in THIS thread is not logged but collected in the list
     yielded (a broken file made it log ~80 ERROR lines per read); other threads log as usual."""
-    logger = logging.getLogger("pydicom")
-    if _FILTER not in logger.filters:
-        logger.addFilter(_FILTER)  # idempotent: addFilter ignores a filter already there
+    _filter_pydicom_loggers()
     previous = getattr(_QUIET, "captured", None)
     captured: list[str] = []
     _QUIET.captured = captured

@@ -55,7 +55,8 @@ def _decoded(path: Path, target_ts: str, limits: DatasetLimits) -> tuple[Any, Tr
         ds = read_stored(path, limits)
         source = transfer_syntax(str(ds.file_meta.TransferSyntaxUID))
         if source is not None and source.encapsulated and "PixelData" in ds:
-            ds.decompress(generate_instance_uid=False)  # same instance, another encoding: keep its UID
+            with quiet_pydicom():  # each decoder that fails logs its traceback; the error says what matters
+                ds.decompress(generate_instance_uid=False)  # same instance, another encoding: keep its UID
     except UnreadableInstance as exc:
         raise TranscodeError(f"cannot convert {path.name} to {target_ts}: {exc}") from exc
     except Exception as exc:
