@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, and_, false, or_
+from sqlalchemy import ColumnElement, and_, false, func, or_
 
 from minipacs.dicom.values import (
     date_bound,
@@ -171,8 +171,69 @@ def _sql_single(col: Column, kind: ColumnKind, cond: Condition, dialect: str) ->
     operand = _operand(kind, value)
     if operand is None:  # e.g. "abc" for an integer key: nothing can match
         return false()
+    if kind is ColumnKind.NAME:
+        return _sql_name(col, str(operand), dialect, wildcard=False)
     clause: ColumnElement[bool] = col == operand
     return clause
+
+
+#: PS3.5 6.2.1: a person name has at most three component groups.
+MAX_NAME_GROUPS: Final = 3
+
+
+def name_group_patterns(key: str) -> list[tuple[str, int | None]]:
+    """(pattern, number of ``=`` the stored name must have) pairs through which a normalised PN key
+    matches a whole normalised stored name (``alphabetic=ideographic=phonetic``), component group by
+    component group (PS3.4 C.2.2.2.1 and PS3.5 6.2.1, read as dcm4chee-arc does; :func:`name_matches`):
+
+    - a key with ``=`` is matched group by group, an empty key group matching anything;
+    - a key without ``=`` matches the first group; and, when it has a character beyond ASCII, any
+      group (ideographic and phonetic groups are written in ideographs, kana or hangul: PS3.5
+      Annexes H-J; an ASCII key stays on the name's index: equality or a prefix).
+
+    Fixing the count of ``=`` keeps every ``*`` within its group: each ``=`` of the pattern needs one
+    of the name's. None: no count needed (the key's pattern alone is exact)."""
+    groups = key.split("=")
+    if len(groups) > 1:
+        joined = "=".join(group or "*" for group in groups)
+        return [(joined + "=*" * extra, len(groups) - 1 + extra) for extra in range(MAX_NAME_GROUPS - len(groups) + 1)]
+    first: list[tuple[str, int | None]] = [(key, 0), (f"{key}=*", 1), (f"{key}=*=*", 2)]
+    if key.isascii():
+        return first
+    inner = key.strip("*")
+    if key.startswith("*") and key.endswith("*") and inner and "*" not in inner:
+        return [(key, None)]  # a run of characters without "=": wherever it is, it is within one group
+    return [*first, (f"*={key}", 1), (f"*={key}=*", 2), (f"*=*={key}", 2)]
+
+
+def _sql_name(col: Column, key: str, dialect: str, *, wildcard: bool) -> ColumnElement[bool]:
+    equals = func.length(col) - func.length(func.replace(col, "=", ""))
+    clauses: list[ColumnElement[bool]] = []
+    for pattern, count in name_group_patterns(key):
+        if not wildcard and pattern == key:
+            clauses.append(col == key)  # the name is this one group: the index answers it
+            continue
+        if dialect == "sqlite":
+            clause = col.op("GLOB", is_comparison=True)(_glob_keeping_stars(pattern, wildcard))
+        else:
+            clause = col.like(_like_keeping_stars(pattern, wildcard), escape="\\")
+        clauses.append(
+            clause if count is None or (count == 0 and "*" not in pattern) else and_(clause, equals == count)
+        )
+    return clauses[0] if len(clauses) == 1 else or_(*clauses)
+
+
+def _glob_keeping_stars(pattern: str, wildcard: bool) -> str:
+    """GLOB for a pattern whose ``*`` are ours (group skips) and, when ``wildcard``, also the key's;
+    a literal key's ``?`` stays literal."""
+    escaped = pattern.replace("[", "[[]")
+    return escaped if wildcard else escaped.replace("?", "[?]")
+
+
+def _like_keeping_stars(pattern: str, wildcard: bool) -> str:
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    escaped = escaped.replace("*", "%")
+    return escaped.replace("?", "_") if wildcard else escaped
 
 
 def glob_pattern(value: str) -> str:
@@ -188,6 +249,8 @@ def like_pattern(value: str) -> str:
 
 def _sql_wildcard(col: Column, kind: ColumnKind, cond: Condition, dialect: str) -> ColumnElement[bool] | None:
     value = str(_operand(kind, cond.values[0]))
+    if kind is ColumnKind.NAME:
+        return _sql_name(col, value, dialect, wildcard=True)
     if dialect == "sqlite":
         clause: ColumnElement[bool] = col.op("GLOB", is_comparison=True)(glob_pattern(value))
         return clause
@@ -212,10 +275,14 @@ def _sql_any(col: Column, kind: ColumnKind, cond: Condition, dialect: str) -> Co
     singles = [
         _operand(kind, p.values[0])
         for p in cond.parts
-        if p.kind is Matching.SINGLE and kind not in (ColumnKind.DATE, ColumnKind.TIME)
+        if p.kind is Matching.SINGLE and kind not in (ColumnKind.DATE, ColumnKind.TIME, ColumnKind.NAME)
     ]
     singles = [s for s in singles if s is not None]
-    others = [p for p in cond.parts if p.kind is not Matching.SINGLE or kind in (ColumnKind.DATE, ColumnKind.TIME)]
+    others = [
+        p
+        for p in cond.parts
+        if p.kind is not Matching.SINGLE or kind in (ColumnKind.DATE, ColumnKind.TIME, ColumnKind.NAME)
+    ]
     clauses: list[ColumnElement[bool]] = []
     if singles:
         clauses.append(col.in_(singles))
@@ -262,8 +329,22 @@ def _py_single(cond: Condition, vr: str, candidate: str) -> bool:
     values = candidate.split("\\")
     if vr == "PN":
         wanted = normalise_name(cond.values[0])
-        return any(normalise_name(v) == wanted for v in values)
+        return any(name_matches(wanted, normalise_name(v), wildcard=False) for v in values)
     return cond.values[0] in values
+
+
+def name_matches(key: str, name: str, *, wildcard: bool) -> bool:
+    """A normalised PN key against one normalised stored name, component group by component group
+    (the rule :func:`name_group_patterns` states; here exactly: a ``*`` stays within its group)."""
+    groups = name.split("=")
+
+    def one(pattern: str, group: str) -> bool:
+        return wildcard_match(pattern, group) if wildcard else pattern == group
+
+    wanted = key.split("=")
+    if len(wanted) == 1:
+        return any(one(key, group) for group in (groups if not key.isascii() else groups[:1]))
+    return all(not part or (i < len(groups) and one(part, groups[i])) for i, part in enumerate(wanted))
 
 
 def wildcard_match(pattern: str, value: str) -> bool:
@@ -326,7 +407,7 @@ def _find_piece(piece: str, value: str, start: int, end: int) -> int:
 def _py_wildcard(cond: Condition, vr: str, candidate: str) -> bool:
     if vr == "PN":
         pattern = normalise_name(cond.values[0])
-        return any(wildcard_match(pattern, normalise_name(v)) for v in candidate.split("\\"))
+        return any(name_matches(pattern, normalise_name(v), wildcard=True) for v in candidate.split("\\"))
     return any(wildcard_match(cond.values[0], v) for v in candidate.split("\\"))
 
 
