@@ -282,6 +282,10 @@ class Settings:
     proxy_protocol_from: tuple[str, ...] = ()
     #: Longest version 2 PROXY header accepted after its 16 fixed bytes (addresses and extensions).
     proxy_protocol_v2_max_bytes: int = 1024
+    #: Reverse proxies (addresses / networks) whose X-Forwarded-For and X-Forwarded-Proto headers the HTTP
+    #: port believes: the client they name is the address in the audit trail, logs and login limits.
+    #: Empty (default): the headers are ignored, from loopback too (anyone could write them).
+    http_trusted_proxies: tuple[str, ...] = ()
     # --- where stored instances live (blobs/; docs/S3.md)
     #: "" (default): files under DATA/storage. "s3://BUCKET/PREFIX": objects in an S3-compatible store
     #: (credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws, as every AWS client reads them).
@@ -502,6 +506,14 @@ class Settings:
                 raise ConfigError(
                     f"proxy_protocol_from: {source!r} is not an IP address or network (e.g. 127.0.0.1, "
                     "10.0.0.0/8, fd00::/8): list the load balancers' addresses"
+                ) from None
+        for source in self.http_trusted_proxies:
+            try:
+                ipaddress.ip_network(source, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"http_trusted_proxies: {source!r} is not an IP address or network (e.g. 127.0.0.1, "
+                    "10.0.0.0/8, fd00::/8): list the reverse proxies' addresses"
                 ) from None
         if not 216 <= self.proxy_protocol_v2_max_bytes <= 65535:
             raise ConfigError("proxy_protocol_v2_max_bytes must be 216 (an AF_UNIX header) to 65535")

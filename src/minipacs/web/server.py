@@ -118,7 +118,17 @@ async def start_http(
             "`http_port = N` in the config file or MINIPACS_HTTP_PORT=N; 0 turns HTTP off)",
         ) from exc
     guard = ConnectionGuard.of(settings)
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False, **uvicorn_options(guard))
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+        # uvicorn believes X-Forwarded-For from loopback by default, so any local process could write
+        # another address into the audit trail: only the configured proxies are believed
+        proxy_headers=bool(settings.http_trusted_proxies),
+        forwarded_allow_ips=list(settings.http_trusted_proxies) or None,
+        **uvicorn_options(guard),
+    )
     server = _Server(config)
     # uvicorn runs the connections; we accept them (web/limits.py: the cap, and a back-off when
     # descriptors run out), so uvicorn itself listens on nothing
