@@ -31,7 +31,7 @@ from minipacs.core.errors import (
 )
 from minipacs.core.model import AssociationRecord, DuplicatePolicy, Origin, StagedPath, StoreStatus
 from minipacs.core.paths import sop_instance_uid_of_key
-from minipacs.core.storage_check import check_storage
+from minipacs.core.storage_check import check_storage, remove_unindexed
 from minipacs.index import blob_removal_repo
 from minipacs.index.schema import BlobRemoval, Instance, Patient, Series, Study
 from tests.dicomgen import (
@@ -592,3 +592,22 @@ def test_a_restart_of_the_folder_owner_leaves_another_nodes_transfers_alone(tmp_
         assert leftover_transfers(settings.data_dir) == []
 
     asyncio.run(body())
+
+
+def test_minipacs_check_counts_replaced_copies_waiting_for_removal_not_as_unindexed(with_archive: Run) -> None:
+    """A replaced copy's file has no row during its grace period, yet a retrieve may read it: the
+    storage check counts it apart, and --remove-unindexed leaves it to the sweep."""
+
+    async def body(archive: Archive) -> None:
+        first = await archive.ingest(stage(archive, make_ct("1.2.1", "1.2.2", "1.2.3")), DICOM)
+        await archive.ingest(stage(archive, make_ct("1.2.1", "1.2.2", "1.2.3", InstanceNumber=9)), DICOM)
+        found = await check_storage(archive)
+        assert (found.rows, found.files, found.unindexed, found.pending_removal) == (1, 2, [], 1)
+        assert found.consistent
+        assert await remove_unindexed(archive, [first.relative_path]) == []
+        assert archive.blobs.path_of(first.relative_path).is_file()
+        assert await remove_due(archive, AFTER_GRACE) == 1
+        found = await check_storage(archive)
+        assert (found.rows, found.files, found.unindexed, found.pending_removal) == (1, 1, [], 0)
+
+    with_archive(body, duplicate_policy=DuplicatePolicy.REPLACE)
