@@ -14,6 +14,7 @@ from minipacs.blobs.base import BlobStore
 from minipacs.blobs.filesystem import FilesystemBlobStore
 from minipacs.blobs.s3 import S3BlobStore, parse_s3_url
 from minipacs.config import ConfigError, Settings
+from minipacs.core import blob_removals
 from minipacs.core.access import AccessPolicy, AccessRules
 from minipacs.core.anonymize import Anonymizer, load_key, register_anonymize_job
 from minipacs.core.archive import Archive, ArchiveSettings
@@ -148,7 +149,7 @@ def compressor(settings: Settings, archive: Archive) -> Compressor:
     return Compressor(
         archive,
         CompressionSettings(
-            settings.compression_keep_replaced_seconds, settings.fsync, settings.compression_max_instance_bytes
+            settings.resolved_keep_replaced_seconds, settings.fsync, settings.compression_max_instance_bytes
         ),
     )
 
@@ -201,6 +202,7 @@ def archive_settings(settings: Settings) -> ArchiveSettings:
         intake_checkpoint_seconds=settings.intake_checkpoint_seconds,
         intake_checkpoint_bytes=settings.intake_checkpoint_bytes,
         node_id=settings.resolved_node_id,
+        keep_replaced_seconds=settings.resolved_keep_replaced_seconds,
     )
 
 
@@ -287,6 +289,8 @@ class App:
     completion_watch: asyncio.Task[None] | None = None
     #: Queues a retention run every settings.retention_interval_seconds (core/retention.py).
     retention_watch: asyncio.Task[None] | None = None
+    #: Removes replaced copies' files once their grace period is over (core/blob_removals.py), on every node.
+    replaced_watch: asyncio.Task[None] | None = None
     #: Writes the audit trail's waiting events and prunes old rows (core/audit.py ``run``).
     audit_watch: asyncio.Task[None] | None = None
     #: Sends the audit rows on to the ATNA collector (services/audit_syslog.py), when audit_syslog is set.
@@ -307,7 +311,13 @@ class App:
         if self.compression is not None:
             await self.compression.close()
         await self.jobs.close()  # running jobs go back to the queue while the index is still open
-        tasks = (self.nodes_watch, self.diagnostics_watch, self.completion_watch, self.retention_watch)
+        tasks = (
+            self.nodes_watch,
+            self.diagnostics_watch,
+            self.completion_watch,
+            self.retention_watch,
+            self.replaced_watch,
+        )
         for task in (*tasks, self.audit_watch, self.audit_syslog_watch, self.node_stats_watch):
             if task is not None:
                 task.cancel()
@@ -584,6 +594,10 @@ async def serve(settings: Settings, on_ready: Callable[[App], None] | None = Non
         await app.jobs.start()
         if settings.retention and settings.retention_interval_seconds > 0:
             app.retention_watch = asyncio.ensure_future(periodic(app.jobs, settings.retention_interval_seconds))
+        # every node, whatever the compression settings: replaced copies of any kind wait here
+        app.replaced_watch = asyncio.ensure_future(
+            blob_removals.watch(app.archive, settings.resolved_keep_replaced_seconds)
+        )
         app.compression = compression_scheduler(settings, app)
         app.compression.attach()
         if app.router is not None:

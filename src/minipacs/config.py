@@ -36,6 +36,8 @@ class ConfigError(ValueError):
 #: Longest node_id: it goes into folder names, log lines and the ``runner`` of jobs.
 NODE_ID_MAX: Final = 64
 NODE_ID_PATTERN: Final = re.compile(rf"[A-Za-z0-9._-]{{1,{NODE_ID_MAX}}}")
+#: keep_replaced_seconds when neither it nor its older name is set.
+DEFAULT_KEEP_REPLACED_SECONDS: Final = 300.0
 
 
 def default_node_id(hostname: str | None = None) -> str:
@@ -111,6 +113,10 @@ class Settings:
     connect_timeout: float = 15.0
     # --- storage behaviour
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP
+    #: A replaced copy's file (re-sent under "replace", corrected, compressed) stays this many seconds
+    #: after the switch, so a retrieve that chose it still reads it (core/blob_removals.py). None: the
+    #: older compression_keep_replaced_seconds, else 300.
+    keep_replaced_seconds: float | None = None
     #: fsync every stored file and index commit before answering success.
     fsync: bool = True
     #: Stored files up to this size are made durable by the intake log, one flush per batch
@@ -264,8 +270,8 @@ class Settings:
     compression_ingest_delay_seconds: float = 5.0
     #: Every this many seconds each policy sweeps the archive for instances it has not looked at.
     compression_sweep_seconds: float = 3600.0
-    #: A copy replaced by its compressed copy is removed this many seconds later (retrieves under way read it).
-    compression_keep_replaced_seconds: float = 300.0
+    #: The older name of keep_replaced_seconds (it covers every replaced copy now), still read.
+    compression_keep_replaced_seconds: float | None = None
     #: Stored instances larger than this are not compressed (encoding holds the pixels ~3 times in memory).
     compression_max_instance_bytes: int = 512 * MiB
     # --- auto-routing (core/rules.py, core/routing.py; docs/ROUTING.md)
@@ -321,6 +327,14 @@ class Settings:
     def resolved_node_id(self) -> str:
         """node_id, else the older node_name, else the host name made fit (default_node_id)."""
         return self.node_id or self.node_name or default_node_id()
+
+    @property
+    def resolved_keep_replaced_seconds(self) -> float:
+        """keep_replaced_seconds, else the older compression_keep_replaced_seconds, else 300."""
+        for value in (self.keep_replaced_seconds, self.compression_keep_replaced_seconds):
+            if value is not None:
+                return value
+        return DEFAULT_KEEP_REPLACED_SECONDS
 
     @property
     def resolved_index_url(self) -> str:
@@ -523,8 +537,17 @@ class Settings:
             raise ConfigError("compression_ingest_delay_seconds must be more than 0 and at most 3600")
         if not 1 <= self.compression_sweep_seconds <= 7 * 86400:
             raise ConfigError("compression_sweep_seconds must be 1 to 604800 (a week)")
-        if not 0 <= self.compression_keep_replaced_seconds <= 86400:
-            raise ConfigError("compression_keep_replaced_seconds must be 0 to 86400")
+        for name in ("keep_replaced_seconds", "compression_keep_replaced_seconds"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 86400:
+                raise ConfigError(f"{name} must be 0 to 86400 (a day)")
+        new, old = self.keep_replaced_seconds, self.compression_keep_replaced_seconds
+        if new is not None and old is not None and new != old:
+            raise ConfigError(
+                f"keep_replaced_seconds ({new:g}) and compression_keep_replaced_seconds ({old:g}) differ; "
+                "compression_keep_replaced_seconds is the older name of keep_replaced_seconds: keep only "
+                "keep_replaced_seconds"
+            )
         if self.compression_max_instance_bytes < 1024:
             raise ConfigError("compression_max_instance_bytes must be at least 1024")
         names = [p.name for p in self.compression]
@@ -562,7 +585,7 @@ def _coerce(name: str, raw: Any) -> Any:
             if isinstance(raw, bool):
                 raise ValueError(raw)
             return int(raw)
-        if kind == "float":
+        if kind in ("float", "float | None"):
             return float(raw)
         if kind == "DuplicatePolicy":
             return DuplicatePolicy(str(raw).lower())

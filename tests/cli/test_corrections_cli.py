@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pydicom
@@ -14,10 +15,15 @@ from tests.dicomgen import write_ct
 
 
 def _files(data: Path) -> dict[str, pydicom.Dataset]:
-    return {
-        ds.SOPInstanceUID: ds
-        for ds in (pydicom.dcmread(p, stop_before_pixels=True) for p in (data / "storage").rglob("*.dcm"))
-    }
+    """The stored file of each instance, as the index names it: the copies a correction replaced
+    stay on disk keep_replaced_seconds (queued in blob_removals) beside them."""
+    storage = data / "storage"
+    with sqlite3.connect(data / "index.sqlite3") as db:
+        named = {key for (key,) in db.execute("SELECT blob_key FROM instances")}
+        queued = {key for (key,) in db.execute("SELECT blob_key FROM blob_removals")}
+    on_disk = {p.relative_to(storage).as_posix() for p in storage.rglob("*.dcm")}
+    assert on_disk == named | queued, "a file that is neither named nor queued for removal"
+    return {ds.SOPInstanceUID: ds for ds in (pydicom.dcmread(storage / k, stop_before_pixels=True) for k in named)}
 
 
 def test_merge_split_and_the_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from minipacs.bootstrap import open_archive
 from minipacs.core.archive import Archive
+from minipacs.core.blob_removals import remove_due, watch
 from minipacs.core.delete import delete_resource
 from minipacs.core.errors import (
     ArchiveError,
@@ -30,8 +31,9 @@ from minipacs.core.errors import (
 )
 from minipacs.core.model import AssociationRecord, DuplicatePolicy, Origin, StagedPath, StoreStatus
 from minipacs.core.paths import sop_instance_uid_of_key
-from minipacs.core.storage_check import check_storage
-from minipacs.index.schema import Instance, Patient, Series, Study
+from minipacs.core.storage_check import check_storage, remove_unindexed
+from minipacs.index import blob_removal_repo
+from minipacs.index.schema import BlobRemoval, Instance, Patient, Series, Study
 from tests.dicomgen import (
     CT_IMAGE_STORAGE,
     DeflatedExplicitVRLittleEndian,
@@ -44,6 +46,8 @@ from tests.dicomgen import (
 from tests.peers import leftover_transfers
 from tests.stored_files import instance_path
 
+#: A moment after any grace period a test sets (keep_replaced_seconds is at most a day).
+AFTER_GRACE = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
 DICOM = Origin(kind="dicom", calling_aet="MODALITY", called_aet="MINIPACS", peer_host="10.0.0.7", peer_port=4242)
 Run = Callable[..., Any]
 
@@ -177,33 +181,93 @@ def test_replace_into_another_series_moves_the_file(with_archive: Run) -> None:
         old = await instance_path(archive, "1.2.3")
         outcome = await archive.ingest(stage(archive, make_ct("1.2.1", "1.2.9", "1.2.3")), DICOM)
         assert outcome.status is StoreStatus.REPLACED
-        assert not old.exists()
         assert (await instance_path(archive, "1.2.3")).parent.name == "1.2.9"
+        assert old.exists()  # the replaced copy waits out its grace period (core/blob_removals.py)
+        assert await remove_due(archive, AFTER_GRACE) == 1
+        assert not old.exists()
 
     with_archive(body, duplicate_policy=DuplicatePolicy.REPLACE)
 
 
-def test_a_replacing_copy_gets_its_own_file_and_the_replaced_one_goes(with_archive: Run) -> None:
-    """Issue 10: each stored copy has its own blob key; the replaced copy's blob (exactly that key)
-    is removed after the commit, the replacing one lands beside it, never on its path."""
+def test_a_replacing_copy_gets_its_own_file_and_the_replaced_one_goes_after_its_grace_period(
+    with_archive: Run,
+) -> None:
+    """Issue 10: each stored copy has its own blob key; the replacing one lands beside the replaced
+    one, never on its path. The replaced copy's blob (exactly that key) is queued in blob_removals in
+    the transaction of the replacement and removed once keep_replaced_seconds is over, never before:
+    a retrieve that chose it still reads it."""
 
     async def body(archive: Archive) -> None:
         first = await archive.ingest(stage(archive, make_ct("1.2.1", "1.2.2", "1.2.3")), DICOM)
         second = await archive.ingest(stage(archive, make_ct("1.2.1", "1.2.2", "1.2.3", InstanceNumber=9)), DICOM)
         assert second.status is StoreStatus.REPLACED
         assert second.relative_path != first.relative_path
-        assert not archive.blobs.path_of(first.relative_path).exists()
         assert await instance_path(archive, "1.2.3") == archive.blobs.path_of(second.relative_path)
         (instance,) = rows(archive, Instance)
         assert instance["blob_key"] == second.relative_path
+        # still there, queued with its size, due keep_replaced_seconds (300 by default) after the commit
+        assert archive.blobs.path_of(first.relative_path).is_file()
+        (queued,) = rows(archive, BlobRemoval)
+        assert (queued["blob_key"], queued["size"], queued["reason"]) == (first.relative_path, first.size, "replaced")
+        wait = queued["remove_after"] - instance["received_at"]
+        assert dt.timedelta(seconds=299) < wait <= dt.timedelta(seconds=301)
+        assert await remove_due(archive) == 0  # not due yet
+        assert archive.blobs.path_of(first.relative_path).is_file()
+        assert await remove_due(archive, AFTER_GRACE) == 1
+        assert not archive.blobs.path_of(first.relative_path).exists() and rows(archive, BlobRemoval) == []
         assert [p.name for p in archive.blobs.path_of("1.2.1").rglob("*.dcm")] == [second.relative_path.split("/")[-1]]
+
+    with_archive(body, duplicate_policy=DuplicatePolicy.REPLACE)
+
+
+def test_the_sweep_after_a_short_grace_period_removes_the_replaced_copy_never_the_new_one(with_archive: Run) -> None:
+    """keep_replaced_seconds set small: the periodic sweep every node runs (core/blob_removals.py
+    ``watch``) removes the replaced copy once it is due, and keeps the copy the row names."""
+
+    async def body(archive: Archive) -> None:
+        first = await archive.ingest(stage(archive, make_ct("1.2.1", "1.2.2", "1.2.3")), DICOM)
+        second = await archive.ingest(stage(archive, make_ct("1.2.1", "1.2.2", "1.2.3", InstanceNumber=9)), DICOM)
+        assert archive.settings.keep_replaced_seconds == 0.6
+        assert archive.blobs.path_of(first.relative_path).is_file()  # right after the replace
+        sweeper = asyncio.create_task(watch(archive, archive.settings.keep_replaced_seconds))
+        try:
+            for _ in range(400):  # removed within about a second; up to 20 s on a loaded machine
+                if not archive.blobs.path_of(first.relative_path).exists() and not rows(archive, BlobRemoval):
+                    break
+                await asyncio.sleep(0.05)
+            assert not archive.blobs.path_of(first.relative_path).exists()
+        finally:
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
+        assert archive.blobs.path_of(second.relative_path).is_file()
+        assert rows(archive, BlobRemoval) == []
+        assert pydicom.dcmread(await instance_path(archive, "1.2.3")).InstanceNumber == 9
+
+    with_archive(body, duplicate_policy=DuplicatePolicy.REPLACE, keep_replaced_seconds=0.6)
+
+
+def test_the_sweep_never_removes_a_key_a_row_names(with_archive: Run) -> None:
+    """Keys are unique per copy, so a queued key is never named again; if one were, its blob stays
+    and only the queue row goes."""
+
+    async def body(archive: Archive) -> None:
+        first = await archive.ingest(stage(archive, make_ct("1.2.1", "1.2.2", "1.2.3")), DICOM)
+
+        def queue_the_live_copy(conn: Any) -> None:
+            replaced = blob_removal_repo.Replaced(first.relative_path, first.size, "replaced")
+            blob_removal_repo.queue(conn, [replaced], dt.datetime.now(dt.UTC))
+
+        await archive.write(queue_the_live_copy)
+        assert await remove_due(archive, AFTER_GRACE) == 0
+        assert archive.blobs.path_of(first.relative_path).is_file() and rows(archive, BlobRemoval) == []
 
     with_archive(body, duplicate_policy=DuplicatePolicy.REPLACE)
 
 
 def test_copies_of_one_instance_in_one_batch_leave_the_last_one(with_archive: Run) -> None:
     """Three copies of one SOP Instance committed in one writer transaction: the index keeps the
-    last, and only its file is left (each replaced row's own blob went after the commit)."""
+    last, and only its file is left once the grace period is over (each replaced row's own blob
+    was queued in that transaction)."""
 
     async def body(archive: Archive) -> None:
         staged = [stage(archive, make_ct("1.2.1", "1.2.2", "1.2.3", InstanceNumber=n)) for n in (1, 2, 3)]
@@ -212,6 +276,9 @@ def test_copies_of_one_instance_in_one_batch_leave_the_last_one(with_archive: Ru
         assert len({o.relative_path for o in outcomes}) == 3
         (instance,) = rows(archive, Instance)
         assert (instance["instance_number"], instance["blob_key"]) == (3, outcomes[2].relative_path)
+        queued = sorted(r["blob_key"] for r in rows(archive, BlobRemoval))
+        assert queued == sorted(o.relative_path for o in outcomes[:2])
+        assert await remove_due(archive, AFTER_GRACE) == 2
         assert sorted(p.name for p in archive.blobs.path_of("1.2.1").rglob("*.dcm")) == [
             outcomes[2].relative_path.split("/")[-1]
         ]
@@ -221,7 +288,7 @@ def test_copies_of_one_instance_in_one_batch_leave_the_last_one(with_archive: Ru
 
 def test_a_replaced_blob_that_cannot_be_removed_fails_nothing(with_archive: Run) -> None:
     """The replacement is committed before the old blob goes: failing to remove it is logged and
-    leaves a file without a row, never a failure status for a stored copy."""
+    leaves it queued for the next pass, never a failure status for a stored copy."""
 
     async def body(archive: Archive) -> None:
         first = await archive.ingest(stage(archive, make_ct("1.2.1", "1.2.2", "1.2.3")), DICOM)
@@ -229,11 +296,17 @@ def test_a_replaced_blob_that_cannot_be_removed_fails_nothing(with_archive: Run)
         def refuse(key: str) -> None:
             raise PermissionError(13, "Permission denied")
 
+        delete = archive.blobs.delete
         archive.blobs.delete = refuse  # type: ignore[method-assign]
         second = await archive.ingest(stage(archive, make_ct("1.2.1", "1.2.2", "1.2.3", InstanceNumber=9)), DICOM)
         assert second.status is StoreStatus.REPLACED
-        assert archive.blobs.path_of(first.relative_path).exists()  # left behind, for minipacs check
+        assert await remove_due(archive, AFTER_GRACE) == 0
+        assert archive.blobs.path_of(first.relative_path).exists()  # left behind, still queued
+        assert [r["blob_key"] for r in rows(archive, BlobRemoval)] == [first.relative_path]
         assert await instance_path(archive, "1.2.3") == archive.blobs.path_of(second.relative_path)
+        archive.blobs.delete = delete  # type: ignore[method-assign]
+        assert await remove_due(archive, AFTER_GRACE) == 1  # the next pass
+        assert not archive.blobs.path_of(first.relative_path).exists()
 
     with_archive(body, duplicate_policy=DuplicatePolicy.REPLACE)
 
@@ -519,3 +592,22 @@ def test_a_restart_of_the_folder_owner_leaves_another_nodes_transfers_alone(tmp_
         assert leftover_transfers(settings.data_dir) == []
 
     asyncio.run(body())
+
+
+def test_minipacs_check_counts_replaced_copies_waiting_for_removal_not_as_unindexed(with_archive: Run) -> None:
+    """A replaced copy's file has no row during its grace period, yet a retrieve may read it: the
+    storage check counts it apart, and --remove-unindexed leaves it to the sweep."""
+
+    async def body(archive: Archive) -> None:
+        first = await archive.ingest(stage(archive, make_ct("1.2.1", "1.2.2", "1.2.3")), DICOM)
+        await archive.ingest(stage(archive, make_ct("1.2.1", "1.2.2", "1.2.3", InstanceNumber=9)), DICOM)
+        found = await check_storage(archive)
+        assert (found.rows, found.files, found.unindexed, found.pending_removal) == (1, 2, [], 1)
+        assert found.consistent
+        assert await remove_unindexed(archive, [first.relative_path]) == []
+        assert archive.blobs.path_of(first.relative_path).is_file()
+        assert await remove_due(archive, AFTER_GRACE) == 1
+        found = await check_storage(archive)
+        assert (found.rows, found.files, found.unindexed, found.pending_removal) == (1, 1, [], 0)
+
+    with_archive(body, duplicate_policy=DuplicatePolicy.REPLACE)

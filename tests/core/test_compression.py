@@ -46,7 +46,7 @@ from minipacs.core.jobs import JobQueue, JobSettings, JobState
 from minipacs.core.metadata import MetadataStore
 from minipacs.core.model import DuplicatePolicy, Origin, StoreStatus
 from minipacs.core.retrieve import select_instances
-from minipacs.index import compression_repo
+from minipacs.index import blob_removal_repo, compression_repo
 from tests.dicomgen import make_ct
 from tests.stored_files import instance_path
 
@@ -256,8 +256,10 @@ def test_a_copy_re_sent_while_compressing_wins(with_archive: Any, tmp_path: Path
         assert row["transfer_syntax_uid"] == ExplicitVRLittleEndian and row["compression"] == ""
         kept = pydicom.dcmread(archive.blobs.path_of(row["blob_key"]))
         assert kept.InstanceNumber == 99 and np.array_equal(kept.pixel_array, arr)
-        files = [k for k in archive.blobs.keys() if k.endswith(".dcm")]
-        assert files == [row["blob_key"]]  # no compressed copy left behind
+        files = {k for k in archive.blobs.keys() if k.endswith(".dcm")}
+        # no compressed copy left behind; the replaced first copy waits out its grace period, queued
+        assert files == {row["blob_key"]} | await archive.read(blob_removal_repo.pending_keys)
+        assert len(files) == 2
         assert not list(archive.staging_dir.glob("compress-*"))
         # the re-sent copy is compressed in its turn
         again = [await compressor.compress(c, SYNTAXES["rle"]) async for page in compressor.candidates() for c in page]
@@ -426,6 +428,8 @@ def test_an_ingest_policy_compresses_shortly_after_storing(with_archive: Any, tm
         ("compression_sweep_seconds", 1, 0.999),
         ("compression_keep_replaced_seconds", 86400, 86401),
         ("compression_keep_replaced_seconds", 0, -1),
+        ("keep_replaced_seconds", 86400, 86401),
+        ("keep_replaced_seconds", 0, -1),
         ("compression_max_instance_bytes", 1024, 1023),
     ],
 )
@@ -435,6 +439,22 @@ def test_compression_settings_limits(key: str, good: Any, bad: Any) -> None:
     Settings(**{key: good}).validate()
     with pytest.raises(ConfigError, match=key):
         Settings(**{key: bad}).validate()
+
+
+def test_keep_replaced_seconds_and_its_older_compression_name(tmp_path: Path) -> None:
+    """keep_replaced_seconds covers every replaced copy now; compression_keep_replaced_seconds, the
+    documented older name, still sets it; both set and different is refused, naming both."""
+    from minipacs.config import ConfigError, Settings, load_settings
+
+    assert Settings().resolved_keep_replaced_seconds == 300.0
+    assert Settings(keep_replaced_seconds=30).resolved_keep_replaced_seconds == 30.0
+    config = tmp_path / "minipacs.toml"
+    config.write_text("compression_keep_replaced_seconds = 45\n")
+    assert load_settings(config, env={}).resolved_keep_replaced_seconds == 45.0
+    assert load_settings(env={"MINIPACS_KEEP_REPLACED_SECONDS": "12.5"}).resolved_keep_replaced_seconds == 12.5
+    assert Settings(keep_replaced_seconds=45, compression_keep_replaced_seconds=45).validate()
+    with pytest.raises(ConfigError, match="keep_replaced_seconds .* compression_keep_replaced_seconds"):
+        Settings(keep_replaced_seconds=30, compression_keep_replaced_seconds=45).validate()
 
 
 def test_a_sweep_submits_one_job_per_policy_at_a_time(with_archive: Any, tmp_path: Path) -> None:

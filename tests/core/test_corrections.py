@@ -5,30 +5,38 @@ Every test runs on SQLite and PostgreSQL (tests/core/conftest.py)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
+from sqlalchemy import select
 
 from minipacs.core.archive import Archive
+from minipacs.core.blob_removals import remove_due
 from minipacs.core.changes import read_changes
 from minipacs.core.corrections import JOB_KIND, Corrections, list_corrections, register_correction_jobs
 from minipacs.core.errors import CorrectionConflict, InvalidCorrection, NotFound
 from minipacs.core.jobs import JobQueue, JobSettings, JobState
 from minipacs.core.model import Origin
 from minipacs.core.query import query
+from minipacs.core.retrieve import select_instances
 from minipacs.core.worklist import Worklist
 from minipacs.dicom.levels import STUDY_ROOT, Level
-from minipacs.index import corrections_repo
+from minipacs.index import blob_removal_repo, corrections_repo
 from minipacs.index.audit_repo import audit_rows
 from minipacs.index.entities import Entity
 from minipacs.index.repository import blob_keys
+from minipacs.index.schema import BlobRemoval
 from tests.core.conftest import ArchiveRunner
 from tests.dicomgen import write_ct
 from tests.stored_files import instance_path
 from tests.worklist_data import entry as worklist_entry
+
+#: A moment after any grace period (keep_replaced_seconds is at most a day).
+AFTER_GRACE = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
 
 
 async def _store(archive: Archive, tmp: Path, n: int, **kw: Any) -> list[str]:
@@ -42,8 +50,14 @@ async def _store(archive: Archive, tmp: Path, n: int, **kw: Any) -> list[str]:
     return uids
 
 
-def _files(archive: Archive) -> dict[str, pydicom.Dataset]:
-    """Every stored file by SOP Instance UID (exactly one per instance: old copies are gone)."""
+async def _files(archive: Archive) -> dict[str, pydicom.Dataset]:
+    """Every stored file by SOP Instance UID, exactly one per instance once the grace period of the
+    replaced copies is over: until then their files stay, queued in blob_removals (a retrieve that
+    chose one still reads it), and nothing else is left behind."""
+    named = {key for _, key in await archive.read(blob_keys)}
+    queued = await archive.read(blob_removal_repo.pending_keys)
+    assert set(archive.blobs.keys()) <= named | queued, "a file that is neither named nor queued"
+    await remove_due(archive, AFTER_GRACE)
     found: dict[str, pydicom.Dataset] = {}
     for key in archive.blobs.keys():
         ds = pydicom.dcmread(archive.blobs.path_of(key), stop_before_pixels=True)
@@ -74,7 +88,7 @@ def test_modify_patient_rewrites_files_and_logs_old_values(with_archive: Archive
         )
         assert (result.instances, result.left, result.target) == (3, 0, "RIGHT")
         assert result.old_values == {"PatientID": "WRONG", "PatientName": "Doe^John"}
-        files = _files(archive)
+        files = await _files(archive)
         for sop in sops:  # same SOP Instance UIDs, new values, new blob keys
             assert (files[sop].PatientID, str(files[sop].PatientName)) == ("RIGHT", "DOE^JANE")
             assert files[sop].PatientBirthDate == "19700101"  # untouched attributes stay
@@ -98,6 +112,37 @@ def test_modify_patient_rewrites_files_and_logs_old_values(with_archive: Archive
     with_archive(body, fsync=False)
 
 
+def test_a_corrected_copy_replaces_the_old_one_which_stays_its_grace_period(
+    with_archive: ArchiveRunner, tmp_path: Path
+) -> None:
+    """The rewrite of a correction replaces each stored copy: the old file is still there right after
+    the correction, queued in blob_removals ("corrected") in the transaction that switched the row, so
+    a C-MOVE, C-GET or WADO that listed the study before still opens it; once the grace period is over
+    the sweep removes it, never the corrected copy."""
+
+    async def body(archive: Archive) -> None:
+        study, series = generate_uid(), generate_uid()
+        sops = await _store(archive, tmp_path, 3, study_uid=study, series_uid=series, patient_id="WRONG")
+        chosen = await select_instances(archive, "STUDY", {"StudyInstanceUID": study})  # a retrieve lists it
+        before = {row[0]: row[1] for row in await archive.read(blob_keys)}
+        await Corrections(archive).modify("patient", "WRONG", {"PatientID": "RIGHT"}, "alice")
+        after = {row[0]: row[1] for row in await archive.read(blob_keys)}
+        assert all(after[s] != before[s] for s in sops)
+        for instance in chosen:  # the retrieve goes on with the copies it chose: every one still opens
+            with instance.open() as fh:
+                assert pydicom.dcmread(fh).PatientID == "WRONG"
+        queued = await archive.read(lambda conn: conn.execute(select(BlobRemoval.blob_key, BlobRemoval.reason)).all())
+        assert sorted(queued) == sorted((before[s], "corrected") for s in sops)
+        assert await remove_due(archive) == 0  # 300 s by default: not due yet
+        assert all(archive.blobs.exists(before[s]) for s in sops)
+        assert await remove_due(archive, AFTER_GRACE) == 3
+        assert not any(archive.blobs.exists(before[s]) for s in sops)
+        assert all(archive.blobs.exists(after[s]) for s in sops)
+        assert {ds.PatientID for ds in (await _files(archive)).values()} == {"RIGHT"}
+
+    with_archive(body, fsync=False)
+
+
 def test_modify_study_and_series(with_archive: ArchiveRunner, tmp_path: Path) -> None:
     async def body(archive: Archive) -> None:
         study, series = generate_uid(), generate_uid()
@@ -105,7 +150,7 @@ def test_modify_study_and_series(with_archive: ArchiveRunner, tmp_path: Path) ->
         c = Corrections(archive)
         await c.modify("study", study, {"AccessionNumber": "A-77", "StudyDescription": "CT CHEST"}, "bob")
         await c.modify("series", series, {"SeriesDescription": "CORONAL", "SeriesNumber": "9"}, "bob")
-        files = _files(archive)
+        files = await _files(archive)
         for sop in sops:
             ds = files[sop]
             assert (ds.AccessionNumber, ds.StudyDescription, ds.SeriesDescription, ds.SeriesNumber) == (
@@ -141,7 +186,7 @@ def test_refusals_change_nothing(with_archive: ArchiveRunner, tmp_path: Path) ->
         with pytest.raises(InvalidCorrection, match="with itself"):
             await c.merge("A", "A", "x")
         assert await list_corrections(archive) == []
-        assert {ds.PatientID for ds in _files(archive).values()} == {"A", "B"}
+        assert {ds.PatientID for ds in (await _files(archive)).values()} == {"A", "B"}
 
     with_archive(body, fsync=False)
 
@@ -171,7 +216,7 @@ def test_merge_moves_every_study_and_removes_the_duplicate(with_archive: Archive
             ("merged", "user", "ada", "10.1.2.3", s2),
         }
         assert sorted(result.old_values["StudyInstanceUIDs"]) == sorted([s1, s2])
-        files = _files(archive)
+        files = await _files(archive)
         assert {(files[s].PatientID, str(files[s].PatientName)) for s in dup + keep} == {("A", "Right^Name")}
         assert len(await _studies(archive, PatientID="A")) == 3
         assert await _studies(archive, PatientID="B") == []
@@ -190,7 +235,7 @@ def test_move_series_to_another_study(with_archive: ArchiveRunner, tmp_path: Pat
         moved = await _store(archive, tmp_path, 2, study_uid=wrong, series_uid=series, patient_id="Z")
         result = await Corrections(archive).move_series(series, target, "carol")
         assert result.old_values == {"StudyInstanceUID": wrong} and result.instances == 2
-        files = _files(archive)
+        files = await _files(archive)
         for sop in moved:
             assert (files[sop].StudyInstanceUID, files[sop].PatientID, files[sop].AccessionNumber) == (
                 target,
@@ -233,7 +278,7 @@ def test_a_store_into_the_study_during_a_modify_is_not_lost(
 
         c._rewrite_one = rewrite_then_store  # type: ignore[method-assign]
         result = await c.modify("patient", "P", {"PatientName": "NEW^NAME"}, "dave")
-        files = _files(archive)
+        files = await _files(archive)
         assert late in files and len(files) == 7  # never lost
         if passes > 1:
             assert (result.instances, result.left) == (7, 0)  # the late one too, in a second pass
@@ -264,14 +309,14 @@ def test_a_large_correction_runs_as_a_job(with_archive: ArchiveRunner, tmp_path:
         }
         queued = await c.submit(params)
         assert queued.job is not None and queued.instances == 0
-        assert {ds.StudyDescription for ds in _files(archive).values()} == {"CT HEAD"}  # not yet
+        assert {ds.StudyDescription for ds in (await _files(archive)).values()} == {"CT HEAD"}  # not yet
         await queue.start()
         try:
             job = await queue.wait(queued.job, timeout=60)
         finally:
             await queue.close()
         assert job.state == JobState.DONE, job.message
-        assert {ds.StudyDescription for ds in _files(archive).values()} == {"LARGE"}
+        assert {ds.StudyDescription for ds in (await _files(archive)).values()} == {"LARGE"}
         c.inline_max = 3  # at the limit: at once
         assert (await c.submit({**params, "changes": {"StudyDescription": "SMALL"}})).instances == 3
 
@@ -321,7 +366,7 @@ def test_a_correction_made_meanwhile_is_not_undone(with_archive: ArchiveRunner, 
 
         a._rewrite_one = rewrite_then_correct  # type: ignore[method-assign]
         await a.modify("patient", "P", {"PatientName": "A^NAME"}, "alice")
-        assert {str(ds.PatientName) for ds in _files(archive).values()} == {"B^NAME"}
+        assert {str(ds.PatientName) for ds in (await _files(archive)).values()} == {"B^NAME"}
         assert [str(ds.PatientName) for ds in await _studies(archive, PatientID="P")] == ["B^NAME"]
 
     with_archive(body, fsync=False)
@@ -335,7 +380,7 @@ def test_split_a_series_into_a_new_study(with_archive: ArchiveRunner, tmp_path: 
         result = await Corrections(archive).move_series(split, None, "x")
         new = result.new_values["StudyInstanceUID"]
         assert new != study and result.old_values == {"StudyInstanceUID": study}
-        files = _files(archive)
+        files = await _files(archive)
         assert {(files[s].StudyInstanceUID, files[s].AccessionNumber, files[s].PatientID) for s in moved} == {
             (new, "A1", "P1")
         }

@@ -376,6 +376,8 @@ def test_dataset_too_large_is_refused_and_the_association_continues(tmp_path: Pa
 )
 def test_duplicate_policies(tmp_path: Path, policy: str | None, resend_status: int, kept: str) -> None:
     env = {"MINIPACS_DUPLICATE_POLICY": policy} if policy else None
+    if policy == "replace":  # the replaced copy's file stays this long (a retrieve may have chosen it)
+        env = {**(env or {}), "MINIPACS_KEEP_REPLACED_SECONDS": "5"}
     with running(tmp_path, env=env) as server:
         sop, study, series = generate_uid(), generate_uid(), generate_uid()
         first = ct(sop, study, series, pixels=b"\x01" * 8192)
@@ -395,11 +397,18 @@ def test_duplicate_policies(tmp_path: Path, policy: str | None, resend_status: i
         if kept == "first":
             assert rows[sop][0] == key
             assert path.read_bytes() == first_file
-        else:  # each copy has its own key (issue 10): the replaced copy's file is gone
+        else:  # each copy has its own key (issue 10); the replaced copy's file waits out its grace period
             new_path = server.data_dir / "storage" / rows[sop][0]
-            assert rows[sop][0] != key and not path.exists()
+            assert rows[sop][0] != key
             assert dataset_bytes(new_path) == encode_dataset(second)
             assert rows[sop][1] == new_path.stat().st_size
+            queued = index_rows(server.data_dir, "SELECT blob_key, reason FROM blob_removals")
+            assert queued in ([(key, "replaced")], [])  # [] only once the 5 s are over
+            deadline = time.monotonic() + 30
+            while path.exists() and time.monotonic() < deadline:  # the server's sweep removes it
+                time.sleep(0.1)
+            assert not path.exists() and new_path.exists()
+            assert index_rows(server.data_dir, "SELECT blob_key FROM blob_removals") == []
         assert staging_files(server.data_dir) == []
 
 

@@ -158,8 +158,9 @@ async def archive_env(
     syntax: str = ExplicitVRLittleEndian,
     pending_every: int = 1,
     pending_interval: float = 0.2,
+    **settings: Any,
 ) -> AsyncIterator[Env]:
-    archive = await open_archive(Settings(data_dir=tmp_path / "data", fsync=False))
+    archive = await open_archive(Settings(data_dir=tmp_path / "data", fsync=False, **settings))
     study = generate_uid()
     series_uids = [generate_uid() for _ in range(series)]
     files: dict[str, Path] = {}

@@ -28,6 +28,7 @@ from minipacs.web.app import create_app
 from minipacs.web.jsonbody import MAX_JSON_BYTES, MAX_JSON_DEPTH
 from minipacs.web.types import AppContext
 from tests.index.pg import postgres_schema_url
+from tests.stored_files import instance_path
 from tests.web.conftest import Body, part10
 
 STUDY, SERIES, SOP = "1.2.3.4", "1.2.3.4.5", "1.2.3.4.5.6"
@@ -203,13 +204,13 @@ def test_a_name_latin_1_cannot_hold_makes_the_file_utf_8_not_question_marks(web:
         assert (await client.post("/api/instances", content=data)).status_code == 200
         r = await client.post("/api/patients/P1/modify", json={"changes": {"PatientName": "王^小明"}})
         assert r.status_code == 200, r.text
-        [path] = archive.settings.data_dir.rglob("*.dcm")
-        ds = pydicom.dcmread(io.BytesIO(path.read_bytes()))
+        # the corrected copy, as the index names it (the replaced one stays keep_replaced_seconds beside it)
+        ds = pydicom.dcmread(io.BytesIO((await instance_path(archive, SOP)).read_bytes()))
         assert ds.SpecificCharacterSet == "ISO_IR 192"
         assert str(ds.PatientName) == "王^小明" and ds.StudyDescription == "Genou gauche é"
         r = await client.post("/api/patients/P1/modify", json={"changes": {"PatientName": "Müller^Jörg"}})
         assert r.status_code == 200  # UTF-8 holds it: the set stays
-        ds = pydicom.dcmread(io.BytesIO(next(archive.settings.data_dir.rglob("*.dcm")).read_bytes()))
+        ds = pydicom.dcmread(io.BytesIO((await instance_path(archive, SOP)).read_bytes()))
         assert ds.SpecificCharacterSet == "ISO_IR 192" and str(ds.PatientName) == "Müller^Jörg"
 
     web(body)

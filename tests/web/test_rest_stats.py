@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import pathlib
 import shutil
@@ -10,8 +11,10 @@ from typing import Any
 
 import httpx
 import pytest
+from pydicom.uid import generate_uid
 
 from minipacs.core.archive import Archive
+from minipacs.core.blob_removals import remove_due
 from tests.web.conftest import part10
 
 
@@ -66,3 +69,29 @@ def test_stats_never_look_at_the_storage_folder(web: Callable[..., Any], monkeyp
         assert stats["disk_bytes"] == sum(p.stat().st_size for p in storage.rglob("*.dcm"))
 
     web(body)
+
+
+def test_stats_count_the_replaced_copies_waiting_for_removal(web: Callable[..., Any]) -> None:
+    """A re-sent copy under duplicate_policy "replace": disk_bytes counts the stored copy only; the
+    replaced one's file is still on disk for keep_replaced_seconds, and said apart."""
+    sop, study, series = generate_uid(), generate_uid(), generate_uid()
+    first = part10(sop_uid=sop, study_uid=study, series_uid=series)
+    second = part10(sop_uid=sop, study_uid=study, series_uid=series, InstanceNumber=9, SeriesDescription="AGAIN")
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        for data in (first, second):
+            r = await client.post("/api/instances", content=data, headers={"Content-Type": "application/dicom"})
+            assert r.status_code == 200, r.text
+        stats = (await client.get("/api/stats")).json()
+        storage = archive.settings.data_dir / "storage"
+        on_disk = sorted(p.stat().st_size for p in storage.rglob("*.dcm"))
+        assert len(on_disk) == 2 and stats["instances"] == 1
+        assert stats["replaced_copies_pending_removal"] == 1
+        assert stats["replaced_bytes_pending_removal"] > 0
+        assert stats["disk_bytes"] + stats["replaced_bytes_pending_removal"] == sum(on_disk)
+        assert await remove_due(archive, dt.datetime.now(dt.UTC) + dt.timedelta(days=2)) == 1
+        stats = (await client.get("/api/stats")).json()
+        assert (stats["replaced_copies_pending_removal"], stats["replaced_bytes_pending_removal"]) == (0, 0)
+        assert stats["disk_bytes"] == sum(p.stat().st_size for p in storage.rglob("*.dcm"))
+
+    web(body, duplicate_policy="replace")

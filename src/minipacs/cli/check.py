@@ -62,6 +62,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
             "missing": [{"sop_instance_uid": uid, "blob_key": key} for uid, key in found.missing],
             "unindexed": found.unindexed,
             "removed": removed,
+            "pending_removal": found.pending_removal,
         }
         print(json.dumps(document, indent=2))
     else:
@@ -72,6 +73,11 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         print(f"{len(found.unindexed)} file(s) no row names" + (f", {len(removed)} removed" if removed else ""))
         for key in found.unindexed[:SHOWN]:
             print(f"  {'removed' if key in removed else 'unindexed'}  {key}")
+        if found.pending_removal:
+            print(
+                f"{found.pending_removal} file(s) of replaced copies wait out keep_replaced_seconds before "
+                "their removal (a retrieve may still read them): not unindexed"
+            )
         more = max(len(found.missing), len(found.unindexed)) - SHOWN
         if more > 0:
             print(f"  … {more} more: minipacs check --json lists them all")

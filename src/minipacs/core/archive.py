@@ -19,9 +19,11 @@ worst an unindexed file in storage (harmless) and leftovers in staging, which
 ``Archive.start`` deletes (they were never acknowledged).
 Every stored copy gets a blob key of its own (``core/paths.py`` instance_key: the
 UIDs and a random copy token), so no two rows ever name one file: a replacing copy
-(duplicate_policy "replace") lands beside the copy it replaces, whose blob is
-removed after the commit, and a deletion (core/delete.py) removes exactly the keys
-of the rows it deleted, never the file of a copy stored after it.
+(duplicate_policy "replace", or a corrected copy) lands beside the copy it replaces,
+whose blob key is queued in ``blob_removals`` in the same transaction and removed
+``keep_replaced_seconds`` later (core/blob_removals.py: a retrieve that chose the old
+copy still reads it); a deletion (core/delete.py) removes exactly the keys of the rows
+it deleted, right after its commit, never the file of a copy stored after it.
 
 The archive builds neither its index nor its blob store: bootstrap.py opens both
 (``bootstrap.open_archive``) and hands them to ``Archive.start`` with the
@@ -82,7 +84,7 @@ from minipacs.core.staging import (
 )
 from minipacs.core.structure import check_staged
 from minipacs.dicom.header import InstanceHeader, dataset_encoding
-from minipacs.index import intake_repo, metadata_repo
+from minipacs.index import blob_removal_repo, intake_repo, metadata_repo
 from minipacs.index import repository as repo
 from minipacs.index.database import IndexConnection, IndexDatabase, is_transient
 
@@ -119,6 +121,8 @@ class ArchiveSettings:
     intake_checkpoint_seconds: float = 1.0  # most time between checkpoints while instances arrive
     intake_checkpoint_bytes: int = 64 << 20  # a checkpoint starts after this many logged bytes
     node_id: str = ""  # this node in the association log and staging folder names (config.py node_id)
+    #: A replaced copy's file is removed this long after the switch (core/blob_removals.py).
+    keep_replaced_seconds: float = 300.0
 
     @property
     def dataset_limits(self) -> DatasetLimits:
@@ -867,9 +871,8 @@ class Archive:
             elif isinstance(job, _CallJob) and job.removes_entities:
                 self._keys.clear()  # a deletion may have removed cached studies or series
         pending = [i for i, r in enumerate(results) if r is None]
-        stale_keys: list[str] = []
         try:
-            self._transaction_retried(batch, pending, results, stale_keys)
+            self._transaction_retried(batch, pending, results)
         except Exception as exc:  # noqa: BLE001 - one job spoiled the batch: retry each on its own
             # Each job is tried again on its own, with the cached study/series keys forgotten: a job
             # may have spoiled the batch, or another process on the same index (a second node on one
@@ -886,7 +889,7 @@ class Archive:
                     if isinstance(failure, OSError):
                         break  # a disk error: trying again will not help
                     try:
-                        self._transaction_retried(batch, [index], results, stale_keys)
+                        self._transaction_retried(batch, [index], results)
                     except Exception as single:  # noqa: BLE001 - this job's own failure
                         self._keys.clear()
                         failure = single
@@ -899,7 +902,6 @@ class Archive:
             # A committed STORED/REPLACED file was renamed into storage; any other is still in staging.
             if isinstance(job, _IngestJob) and not _moved_into_storage(results[index]):
                 job.staged.path.unlink(missing_ok=True)
-        self._remove_replaced(stale_keys)
         self._keys.bound()
         if ingests:
             self._stats.batches += 1
@@ -908,19 +910,7 @@ class Archive:
             self._stats.multi_job_batches += len(ingests) > 1
         return results
 
-    def _remove_replaced(self, stale_keys: list[str]) -> None:
-        """Remove the blobs of the rows a committed batch replaced: exactly their keys, each
-        copy having its own (core/paths.py), so never the file of the copy that replaced it.
-        A blob that cannot be removed stays as a file without a row (``minipacs check``)."""
-        for key in stale_keys:
-            try:
-                self.blobs.delete(key)
-            except (OSError, BlobError) as exc:
-                log.error("the replaced copy %s could not be removed: %s", key, exc)
-
-    def _transaction_retried(
-        self, batch: list[WriterJob], indexes: list[int], results: list[object], stale_keys: list[str]
-    ) -> None:
+    def _transaction_retried(self, batch: list[WriterJob], indexes: list[int], results: list[object]) -> None:
         """``_transaction``, tried again after a deadlock or a serialization failure (issue 11: they
         must never reach a peer as 0x0110 or a client as HTTP 500), with a bounded, jittered back-off
         so that the two nodes do not meet again in step. Nothing of an aborted try was committed;
@@ -928,7 +918,7 @@ class Archive:
         wait = TRANSIENT_FIRST_WAIT
         for attempt in range(1, TRANSIENT_TRIES + 1):
             try:
-                self._transaction(batch, indexes, results, stale_keys)
+                self._transaction(batch, indexes, results)
                 return
             except Exception as exc:
                 if attempt == TRANSIENT_TRIES or not is_transient(exc):
@@ -941,10 +931,9 @@ class Archive:
                 time.sleep(wait * random.uniform(0.5, 1.5))  # jitter, not secrecy
                 wait *= 2
 
-    def _transaction(
-        self, batch: list[WriterJob], indexes: list[int], results: list[object], stale_keys: list[str]
-    ) -> None:
-        """Apply the jobs at ``indexes`` in ONE transaction; files move in before the commit.
+    def _transaction(self, batch: list[WriterJob], indexes: list[int], results: list[object]) -> None:
+        """Apply the jobs at ``indexes`` in ONE transaction; files move in before the commit; the
+        blobs of the rows it replaced are queued for removal in it (core/blob_removals.py).
 
         A transaction of logged ingests only commits without waiting for the disk: their intake
         records, fdatasynced inside it, keep them (core/intake.py). Any other job commits durably."""
@@ -952,7 +941,7 @@ class Archive:
             return
         now = dt.datetime.now(dt.UTC)
         done: dict[int, object] = {}
-        stale: list[str] = []
+        stale: list[blob_removal_repo.Replaced] = []
         moves: list[tuple[StagedPath, str]] = []
         journal: list[dict[str, Any]] = []  # changes-journal rows of the ingests, in job order
         durable = not all(isinstance(batch[i], _IngestJob) and batch[i].logged for i in indexes)  # type: ignore[union-attr]
@@ -970,6 +959,9 @@ class Archive:
                     del journal[mark:]
                     done[index] = exc
             record_changes(conn, journal)
+            if stale:  # the replaced copies' files stay for retrieves that chose them
+                remove_after = now + dt.timedelta(seconds=self.settings.keep_replaced_seconds)
+                blob_removal_repo.queue(conn, stale, remove_after)
             logged = [
                 job
                 for index in indexes
@@ -989,7 +981,6 @@ class Archive:
             self._committed_lsn = last_lsn
         for index, result in done.items():
             results[index] = result
-        stale_keys.extend(stale)
 
     def _move_into_storage(self, moves: list[tuple[StagedPath, str]]) -> None:
         """Rename staged files to their keys (or write those received into memory); on failure
@@ -1041,7 +1032,7 @@ class Archive:
         conn: IndexConnection,
         job: WriterJob,
         now: dt.datetime,
-        stale_keys: list[str],
+        stale: list[blob_removal_repo.Replaced],
         moves: list[tuple[StagedPath, str]],
         journal: list[dict[str, Any]],
     ) -> object:
@@ -1116,7 +1107,9 @@ class Archive:
         journal.append(change_row(ChangeType.NEW_INSTANCE, uid, study_uid, now))
         moves.append((job.staged, job.key))
         if existing is not None and existing[1] != job.key:  # never equal: each copy has its own key
-            stale_keys.append(existing[1])  # the replaced row's blob, removed after the commit
+            # the replaced row's blob, queued in this transaction, removed after the grace period
+            reason = "corrected" if job.replace_key is not None else "replaced"
+            stale.append(blob_removal_repo.Replaced(existing[1], existing[2], reason))
         return outcome
 
     def _series_pk(

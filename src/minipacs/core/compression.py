@@ -17,8 +17,9 @@ Replacing a stored copy (:meth:`Compressor.compress`), in this order:
      (duplicate_policy "replace") or a deletion wins, and the compressed file is dropped; the
      file moves into storage, the kept metadata is replaced, and the old blob is queued in
      ``blob_removals``;
-  3. the old blob is removed ``keep_replaced_seconds`` later (:meth:`Compressor.remove_replaced`),
-     so a C-MOVE, C-GET or WADO-RS that picked the old copy just before the switch still reads it.
+  3. the old blob is removed ``keep_replaced_seconds`` later (core/blob_removals.py, as every
+     replaced copy), so a C-MOVE, C-GET or WADO-RS that picked the old copy just before the switch
+     still reads it.
 An instance that cannot be compressed is marked ``skipped: <why>`` (no pixel data, already
 compressed, a bit depth or photometric interpretation the syntax does not take, ...) and not
 tried again. Blocking work (pydicom) runs off the event loop. docs/COMPRESSION.md has the rest.
@@ -40,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Final
 from pydicom.datadict import tag_for_keyword
 
 from minipacs.blobs.base import BlobStore
+from minipacs.core import blob_removals
 from minipacs.core.errors import ArchiveError, UnreadableInstance
 from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits
 from minipacs.core.labels import InvalidLabel, rule_labels
@@ -60,8 +62,6 @@ log = logging.getLogger(__name__)
 SKIPPED: Final = "skipped: "
 #: Candidates read per index round trip.
 PAGE: Final = 100
-#: Blob removals done per pass.
-REMOVALS_PER_PASS: Final = 1000
 
 
 class InvalidPolicy(ArchiveError, ValueError):
@@ -453,31 +453,18 @@ class Compressor:
             return ""  # computed again on first request (core/metadata.py)
 
     async def remove_replaced(self) -> int:
-        """Remove the replaced copies whose grace period is over; returns how many."""
-        now = dt.datetime.now(dt.UTC)
-        due = await self.archive.read(lambda conn: compression_repo.due_removals(conn, now, REMOVALS_PER_PASS))
-        if not due:
-            return 0
-
-        def remove() -> None:
-            for _, key in due:
-                try:
-                    self.archive.blobs.delete(key)
-                except (OSError, ArchiveError) as exc:
-                    log.error("compression: the replaced copy %s could not be removed: %s", key, exc)
-                except Exception as exc:  # noqa: BLE001 - a blob store error: left for `minipacs check`
-                    log.error("compression: the replaced copy %s could not be removed: %s", key, exc)
-
-        await asyncio.to_thread(remove)
-        await self.archive.write(lambda conn: compression_repo.forget_removals(conn, [i for i, _ in due]))
-        return len(due)
+        """Remove the replaced copies (compressed or not) whose grace period is over; returns how
+        many (core/blob_removals.py, which every node runs on its own)."""
+        return await blob_removals.remove_due(self.archive)
 
     async def savings(self, study_uid: str | None = None) -> dict[str, int]:
         """Sizes stored and as received, of one study or the archive, and ``saved_bytes``."""
         found = await self.archive.read(lambda conn: compression_repo.savings(conn, study_uid))
         found["saved_bytes"] = found["original_bytes"] - found["stored_bytes"]
         if study_uid is None:
-            found["replaced_copies_pending_removal"] = await self.archive.read(compression_repo.pending_removals)
+            copies, size = await blob_removals.pending(self.archive)
+            found["replaced_copies_pending_removal"] = copies
+            found["replaced_bytes_pending_removal"] = size
         return found
 
 

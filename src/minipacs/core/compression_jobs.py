@@ -13,9 +13,10 @@ is harmless (done or skipped instances are not candidates any more), so the kind
   nothing more on the C-STORE path); once no instance arrived for ``ingest_delay_seconds`` (or
   :data:`MAX_NOTED` series are waiting) one job per policy takes the noted series.
 - every ``sweep_seconds``: one job per policy (ingest ones too, catching up what a restart
-  lost), unless a job of that policy is already queued or running;
-- every ``keep_replaced_seconds / 2`` (at most a minute): the replaced copies whose grace period is
-  over are removed.
+  lost), unless a job of that policy is already queued or running.
+
+The copies compression replaced are removed once their grace period is over by
+core/blob_removals.py, with every other replaced copy, on every node, compression or not.
 """
 
 from __future__ import annotations
@@ -218,9 +219,6 @@ class CompressionScheduler:
     async def _run(self) -> None:
         delay = self.settings.ingest_delay_seconds
         next_sweep = time.monotonic() + min(self.settings.sweep_seconds, 60.0)  # first sweep soon after start
-        # replaced copies go within half their grace period after it ends (at least every minute)
-        removal_every = min(max(self.compressor.settings.keep_replaced_seconds / 2, 0.5), 60.0)
-        next_removal = time.monotonic()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(delay, 1.0))
@@ -233,9 +231,6 @@ class CompressionScheduler:
                     next_sweep = now + self.settings.sweep_seconds
                     if self.policies:
                         await self.sweep()
-                if now >= next_removal:
-                    next_removal = now + removal_every
-                    await self.compressor.remove_replaced()
             except Exception:  # the loop must survive a bad moment of the index
                 log.exception("compression: the scheduler's pass failed; trying again shortly")
 

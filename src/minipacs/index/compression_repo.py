@@ -1,5 +1,5 @@
-"""SQL of lossless compression (core/compression.py): candidates, the switch to a compressed copy,
-the deferred removal of replaced blobs, and the disk saved (migration 0016)."""
+"""SQL of lossless compression (core/compression.py): candidates, the switch to a compressed copy
+(whose replaced blob is queued in index/blob_removal_repo.py), and the disk saved (migration 0016)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any, Final, NamedTuple
 
-from sqlalchemy import Connection, case, delete, func, insert, select, update
+from sqlalchemy import Connection, case, func, select, update
 
-from minipacs.index.schema import BlobRemoval, Instance, Series, Study
+from minipacs.index import blob_removal_repo
+from minipacs.index.schema import Instance, Series, Study
 
 #: Values per IN list.
 _IN_CHUNK: Final = 500
@@ -95,7 +96,7 @@ def switch(
             compression=syntax_name,
         )
     )
-    conn.execute(insert(BlobRemoval).values(blob_key=old_key, remove_after=remove_after, reason="compressed"))
+    blob_removal_repo.queue(conn, [blob_removal_repo.Replaced(old_key, int(row.size), "compressed")], remove_after)
     return True
 
 
@@ -105,27 +106,6 @@ def note(conn: Connection, pk: int, old_key: str, text: str) -> bool:
         update(Instance).where(Instance.id == pk, Instance.blob_key == old_key).values(compression=text[:1000])
     )
     return bool(result.rowcount)
-
-
-def due_removals(conn: Connection, now: dt.datetime, limit: int) -> list[tuple[int, str]]:
-    """(id, blob key) of the removals due at ``now`` whose key no instance row names."""
-    in_use = select(Instance.id).where(Instance.blob_key == BlobRemoval.blob_key).exists()
-    rows = conn.execute(
-        select(BlobRemoval.id, BlobRemoval.blob_key)
-        .where(BlobRemoval.remove_after <= now, ~in_use)
-        .order_by(BlobRemoval.id)
-        .limit(limit)
-    )
-    return [(int(i), str(k)) for i, k in rows]
-
-
-def forget_removals(conn: Connection, ids: Sequence[int]) -> None:
-    for start in range(0, len(ids), _IN_CHUNK):
-        conn.execute(delete(BlobRemoval).where(BlobRemoval.id.in_(list(ids[start : start + _IN_CHUNK]))))
-
-
-def pending_removals(conn: Connection) -> int:
-    return int(conn.execute(select(func.count()).select_from(BlobRemoval)).scalar_one())
 
 
 def savings(conn: Connection, study_uid: str | None = None) -> dict[str, int]:
@@ -173,10 +153,7 @@ def skip_reasons(conn: Connection, study_uid: str, limit: int = 100) -> list[tup
 __all__ = [
     "Candidate",
     "candidates",
-    "due_removals",
-    "forget_removals",
     "note",
-    "pending_removals",
     "savings",
     "skip_reasons",
     "switch",

@@ -445,8 +445,10 @@ class AuditEvent(Base):
 
 
 class BlobRemoval(Base):
-    """A blob of a replaced copy (a compressed copy took its place), removed after ``remove_after``:
-    a retrieve that chose the old copy just before the switch still finds it (migration 0016)."""
+    """A blob of a replaced copy (a re-sent copy under duplicate_policy "replace", a corrected or a
+    compressed copy took its place), queued in the transaction that switched the row and removed after
+    ``remove_after``: a retrieve that chose the old copy just before the switch still finds it
+    (migration 0016; ``size`` since 0022, for the disk figures; core/blob_removals.py)."""
 
     __tablename__ = "blob_removals"
     __table_args__ = (Index("ix_blob_removals_remove_after", "remove_after"),)
@@ -454,6 +456,8 @@ class BlobRemoval(Base):
     blob_key: Mapped[str] = mapped_column(String(255))
     remove_after: Mapped[dt.datetime] = mapped_column(UtcDateTime())
     reason: Mapped[str] = mapped_column(Text(), default="", server_default="")
+    #: The blob's size in bytes, as the replaced row held it (0 for a removal queued before 0022).
+    size: Mapped[int] = mapped_column(BigInteger(), default=0, server_default="0")
 
 
 class RoutingRule(Base):

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute
 
+from minipacs.core import blob_removals
 from minipacs.core import changes as journal
 from minipacs.core.audit import Action
 from minipacs.core.compression import Compressor
@@ -335,6 +336,10 @@ async def stats(request: Request) -> Response:
     ingest = archive.stats
     figures = dataclasses.asdict(await storage_figures(archive))
     figures["disk_bytes"] = figures.pop("instance_bytes")  # the name this field always had
+    # replaced copies whose files wait out their grace period (core/blob_removals.py): on disk, not in disk_bytes
+    copies, size = await blob_removals.pending(archive)
+    figures["replaced_copies_pending_removal"] = copies
+    figures["replaced_bytes_pending_removal"] = size
     return JSONResponse(
         {
             **figures,
