@@ -805,11 +805,10 @@ class Archive:
             if first is None:
                 break
             batch: list[WriterJob] = [first]
-            while len(batch) < MAX_BATCH:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
+            pending = self._queue
+            # this thread is the queue's only consumer: a job empty() saw is still there for get_nowait()
+            while len(batch) < MAX_BATCH and not pending.empty():
+                job = pending.get_nowait()
                 if job is None:
                     stopping = True
                     break

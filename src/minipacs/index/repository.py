@@ -43,6 +43,8 @@ def as_text(value: str) -> str:
 
 def as_int(value: str) -> int | None:
     """IS / US text → int within the 32-bit range of the column; anything else → None."""
+    if not value:  # absent (NumberOfFrames of most images): None, without raising and catching
+        return None
     try:
         number = int(value.strip())
     except ValueError:
