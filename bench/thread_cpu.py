@@ -6,7 +6,9 @@ and ``fdatasync`` vary far more from run to run than the loop's work; a change t
 is lost in it. This runs two source trees in interleaved rounds: a fresh ``minipacs serve`` each,
 ``/usr/bin/storescu -xe +sd +r`` sending ``--count`` small MR instances (64x64, ~9.5 kB) on one
 association, and reads every thread's CPU around the send: on-CPU nanoseconds from
-``/proc/PID/task/TID/schedstat`` (exact) and utime/stime from ``.../stat`` (10 ms ticks).
+``/proc/PID/task/TID/schedstat`` (exact) and utime/stime from ``.../stat`` (10 ms ticks). Of the
+other threads the busiest is reported on its own: the index writer (bench/writer_cpu.py measures it
+in process).
 
   python bench/thread_cpu.py --a /path/to/old/src --b src [--count 3000] [--rounds 6] [--nagle]
 
@@ -80,18 +82,22 @@ def run_one(data: Path, count: int, name: str, nagle: bool) -> dict[str, float]:
         stop(proc)
     main = [0.0, 0.0, 0.0]
     rest = [0.0, 0.0, 0.0]
+    busiest = 0.0  # the busiest other thread: the index writer (core/archive.py)
     for tid, (utime, stime, ns) in after.items():
         u0, s0, ns0 = before.get(tid, (0, 0, 0))
         into = main if tid == proc.pid else rest
         into[0] += (utime - u0) / CLK_TCK * 1e6 / count
         into[1] += (stime - s0) / CLK_TCK * 1e6 / count
         into[2] += (ns - ns0) / 1e3 / count
+        if tid != proc.pid:
+            busiest = max(busiest, (ns - ns0) / 1e3 / count)
     return {
         "rate": count / took,
         "main": main[2],
         "main_user": main[0],
         "main_sys": main[1],
         "rest": rest[2],
+        "writer": busiest,
     }
 
 
@@ -117,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                 results[name].append(r)
                 print(
                     f"round {rnd} {name}: {r['rate']:6.0f}/s  main {r['main']:6.1f} us/inst "
-                    f"(user {r['main_user']:.0f}, sys {r['main_sys']:.0f})  other threads {r['rest']:6.1f}",
+                    f"(user {r['main_user']:.0f}, sys {r['main_sys']:.0f})  other threads {r['rest']:6.1f} "
+                    f"(busiest, the writer: {r['writer']:6.1f})",
                     flush=True,
                 )
     finally:
@@ -130,13 +137,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{statistics.median(r['main'] for r in runs):.1f} us/inst (user "
             f"{statistics.median(r['main_user'] for r in runs):.0f}, sys "
             f"{statistics.median(r['main_sys'] for r in runs):.0f}); other threads "
-            f"{statistics.median(r['rest'] for r in runs):.1f}"
+            f"{statistics.median(r['rest'] for r in runs):.1f} (the writer "
+            f"{statistics.median(r['writer'] for r in runs):.1f})"
         )
     pairs = list(zip(results["A"], results["B"], strict=True))
-    for key in ("main", "rest", "rate"):
+    for key in ("main", "rest", "writer", "rate"):
         ratios = [b[key] / a[key] for a, b in pairs]
         median = statistics.median(ratios)
-        print(f"B/A {key:5s} per round: {', '.join(f'{r:.2f}' for r in ratios)}; median {median:.2f}")
+        print(f"B/A {key:6s} per round: {', '.join(f'{r:.2f}' for r in ratios)}; median {median:.2f}")
     return 0
 
 

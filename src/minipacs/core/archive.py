@@ -11,9 +11,11 @@ job on one queue; the writer thread takes everything pending as one batch and
   3. only then resolves each job's future on its event loop.
 If the batch fails, it is rolled back and its jobs are retried one by one, so a
 bad job fails alone. Study and series keys are cached across batches: a series
-arriving one instance at a time costs one SELECT and two INSERTs per instance (its
-row and its changes-journal row, core/changes.py; journal rows of a batch go in
-one executemany, in job order, before the commit).
+arriving one instance at a time costs two INSERTs per instance (its row, on SQLite by an
+insert that writes nothing when the SOP Instance UID is already stored, the duplicate
+policy then deciding; on PostgreSQL after a SELECT for a stored copy; and its
+changes-journal row, core/changes.py; journal rows of a batch go in one executemany,
+in job order, before the commit).
 A row never commits before its file is durable in place; a crash leaves at
 worst an unindexed file in storage (harmless) and leftovers in staging, which
 ``Archive.start`` deletes (they were never acknowledged).
@@ -807,11 +809,10 @@ class Archive:
             if first is None:
                 break
             batch: list[WriterJob] = [first]
-            while len(batch) < MAX_BATCH:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
+            pending = self._queue
+            # this thread is the queue's only consumer: a job empty() saw is still there for get_nowait()
+            while len(batch) < MAX_BATCH and not pending.empty():
+                job = pending.get_nowait()
                 if job is None:
                     stopping = True
                     break
@@ -1060,6 +1061,18 @@ class Archive:
             study_instance_uid=header.get("StudyInstanceUID"),
             series_instance_uid=header.get("SeriesInstanceUID"),
         )
+        if job.replace_key is None and repo.inserts_new_instance(conn):
+            cached_series_pk = self._keys.series.get(outcome.series_instance_uid)
+            if cached_series_pk is not None:
+                # The usual C-STORE: a series already known, an instance not yet stored. One statement
+                # inserts its row unless its SOP Instance UID is stored, then writes nothing, and the
+                # duplicate policy decides below, as for any instance (tests/core/test_ingest_fast_path.py).
+                # SQLite: PostgreSQL takes the two statements (index/repository.py insert_new_instance).
+                values = self._instance_values(job, header, cached_series_pk, now)
+                if repo.insert_new_instance(conn, values) is not None:
+                    journal.append(change_row(ChangeType.NEW_INSTANCE, uid, outcome.study_instance_uid, now))
+                    moves.append((job.staged, job.key))
+                    return outcome
         existing = repo.find_instance(conn, uid)
         replace_pk: int | None = None
         if job.replace_key is not None:
@@ -1083,18 +1096,7 @@ class Archive:
             outcome = replace(outcome, status=StoreStatus.REPLACED)
         study_uid = outcome.study_instance_uid
         series_pk = self._series_pk(conn, header, now, journal)
-        values = {
-            **repo.row_values(header, repo.INSTANCE_COLUMNS),
-            "series_pk": series_pk,
-            "transfer_syntax_uid": job.staged.transfer_syntax_uid,
-            "blob_key": job.key,
-            "size": job.size,
-            "received_at": now,
-            "origin_kind": _clean(job.origin.kind),
-            "calling_aet": _clean(job.origin.calling_aet),
-            "called_aet": _clean(job.origin.called_aet),
-            "peer_host": _clean(job.origin.peer_host),
-        }
+        values = self._instance_values(job, header, series_pk, now)
         if job.replace_key is not None:  # a corrected copy: still the instance that was received then, in the
             # transfer syntax it had (compressed or not: core/corrections.py rewrites it as it is stored)
             for kept in ("received_at", "origin_kind", "calling_aet", "called_aet", "peer_host"):
@@ -1111,6 +1113,23 @@ class Archive:
             reason = "corrected" if job.replace_key is not None else "replaced"
             stale.append(blob_removal_repo.Replaced(existing[1], existing[2], reason))
         return outcome
+
+    @staticmethod
+    def _instance_values(job: _IngestJob, header: InstanceHeader, series_pk: int, now: dt.datetime) -> dict[str, Any]:
+        """The instance row of an ingest, as received (a replacement or a correction adjusts it)."""
+        origin = job.origin
+        return {
+            **repo.row_values(header, repo.INSTANCE_COLUMNS),
+            "series_pk": series_pk,
+            "transfer_syntax_uid": job.staged.transfer_syntax_uid,
+            "blob_key": job.key,
+            "size": job.size,
+            "received_at": now,
+            "origin_kind": _clean(origin.kind),
+            "calling_aet": _clean(origin.calling_aet),
+            "called_aet": _clean(origin.called_aet),
+            "peer_host": _clean(origin.peer_host),
+        }
 
     def _series_pk(
         self, conn: IndexConnection, header: InstanceHeader, now: dt.datetime, journal: list[dict[str, Any]]

@@ -67,6 +67,7 @@ HEADER_ATTRIBUTES: Final[Mapping[str, tuple[int, str]]] = {
 }
 
 _KEYWORD_BY_TAG: Final = {tag: keyword for keyword, (tag, _vr) in HEADER_ATTRIBUTES.items()}
+_KEYWORD_AND_VR_BY_TAG: Final = {tag: (keyword, vr) for keyword, (tag, vr) in HEADER_ATTRIBUTES.items()}
 _LAST_WANTED_TAG: Final = max(_KEYWORD_BY_TAG)
 #: A wanted value longer than this is ignored (no header attribute we keep comes close).
 _MAX_VALUE_LENGTH: Final = 64 * 1024
@@ -403,9 +404,10 @@ def _header(found: dict[int, bytes], encoding: TransferSyntax) -> InstanceHeader
     charset_raw = found.get(HEADER_ATTRIBUTES["SpecificCharacterSet"][0], b"")
     codecs = codecs_for(charset_raw.decode("ascii", errors="replace").replace("\x00", "").strip(" "))
     values: dict[str, str] = {}
+    little_endian = encoding.little_endian
     for tag, raw in found.items():
-        keyword = _KEYWORD_BY_TAG[tag]
-        text = _decode(raw, HEADER_ATTRIBUTES[keyword][1], codecs, encoding.little_endian)
+        keyword, vr = _KEYWORD_AND_VR_BY_TAG[tag]
+        text = _decode(raw, vr, codecs, little_endian) if vr == "US" else decode_text(raw, vr, codecs)
         if text:
             values[keyword] = text
     return InstanceHeader(values)

@@ -43,6 +43,8 @@ def as_text(value: str) -> str:
 
 def as_int(value: str) -> int | None:
     """IS / US text → int within the 32-bit range of the column; anything else → None."""
+    if not value:  # absent (NumberOfFrames of most images): None, without raising and catching
+        return None
     try:
         number = int(value.strip())
     except ValueError:
@@ -111,6 +113,15 @@ _UPDATE_INSTANCE: Final = update(_INSTANCES).where(_INSTANCES.c.id == bindparam(
 _FAST_FIND_INSTANCE: Final = Prepared(_FIND_INSTANCE)
 _FAST_INSERT_INSTANCE: Final = Prepared(_INSERT_INSTANCE)
 _TOUCH_STUDY: Final = update(_STUDIES).where(_STUDIES.c.id == bindparam("pk")).values(updated_at=bindparam("now"))
+#: The insert of an instance not known to be stored: nothing (no row returned) when its SOP Instance
+#: UID is, so the duplicate check costs no statement of its own when there is no duplicate. SQLite
+#: only: there a skipped insert takes no row id. PostgreSQL's would take a number from the id
+#: sequence, and the rows' ids would no longer be the ones find-then-insert gives.
+_FAST_INSERT_NEW_INSTANCE: Final[Mapping[str, Prepared]] = {
+    "sqlite": Prepared(
+        sqlite.insert(_INSTANCES).on_conflict_do_nothing(index_elements=["sop_instance_uid"]).returning(_INSTANCES.c.id)
+    ),
+}
 
 # Dialects whose INSERT can skip a row that violates a unique constraint.
 _INSERT_IGNORING: Final[Mapping[str, Callable[[Table, Mapping[str, Any], list[str]], Any]]] = {
@@ -211,6 +222,22 @@ def write_instance(conn: Connection, values: Mapping[str, Any], replace_pk: int 
     return replace_pk
 
 
+def inserts_new_instance(conn: Connection) -> bool:
+    """Whether :func:`insert_new_instance` works on this connection's database (SQLite)."""
+    return conn.dialect.name in _FAST_INSERT_NEW_INSTANCE
+
+
+def insert_new_instance(conn: Connection, values: Mapping[str, Any]) -> int | None:
+    """Insert the row of an instance and return its primary key, or write nothing and return None when
+    an instance with its SOP Instance UID is stored (then :func:`find_instance` and the duplicate
+    policy decide). One statement where :func:`find_instance` then :func:`write_instance` take two,
+    for the same row. Only where :func:`inserts_new_instance` says so."""
+    cursor = _FAST_INSERT_NEW_INSTANCE[conn.dialect.name].execute(conn, values)
+    row = cursor.fetchone()
+    cursor.close()
+    return None if row is None else int(row[0])
+
+
 def count_instances(conn: Connection) -> int:
     """From the counters the index keeps (index/stats_repo.py, migration 0010): not a COUNT(*)."""
     return stats_repo.count_instances(conn)
@@ -297,6 +324,8 @@ __all__ = [
     "ensure_series",
     "ensure_study",
     "find_instance",
+    "insert_new_instance",
+    "inserts_new_instance",
     "load_associations",
     "normalise_name",
     "patient_key",
