@@ -16,6 +16,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -208,6 +209,11 @@ def _configure_logging(args: argparse.Namespace, settings: Settings | None = Non
     if settings is not None and args.command == "serve" and not (args.debug or args.verbose):
         level = getattr(logging, settings.log_level.upper(), logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
+    if not args.debug:
+        # pydicom's complaints about the values of the files it reads ("Invalid value for VR IS: '1A'")
+        # are about the data, once per read, not about the server: -d shows them
+        logging.getLogger("pydicom").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
 
 
 def _load(args: argparse.Namespace) -> Settings:

@@ -161,12 +161,13 @@ def pixel_frames(
         size = ds.Rows * ds.Columns * int(ds.get("SamplesPerPixel", 1)) * bits // 8
         data = ds.PixelData
         return [bytes(data[(number - 1) * size : number * size]) for number in numbers]
-    try:  # compressed (or big endian, or 1-bit) -> decode
-        if len(numbers) <= 4 or count == 1:
-            arrays = [pixel_array(ds, index=number - 1 if count > 1 else None) for number in numbers]
-        else:
-            everything = ds.pixel_array
-            arrays = [everything[number - 1] for number in numbers]
+    try:  # compressed (or big endian, or 1-bit) -> decode (each decoder that fails logs a traceback)
+        with quiet_pydicom():
+            if len(numbers) <= 4 or count == 1:
+                arrays = [pixel_array(ds, index=number - 1 if count > 1 else None) for number in numbers]
+            else:
+                everything = ds.pixel_array
+                arrays = [everything[number - 1] for number in numbers]
     except Exception as exc:
         raise TranscodeError(
             f"the pixel data ({stored.uid}) cannot be decompressed: {type(exc).__name__}: {exc} {_CODECS_HINT}"

@@ -12,7 +12,7 @@ from PIL import Image
 
 from minipacs.core import decoders
 from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits
-from minipacs.core.stored import read_stored
+from minipacs.core.stored import quiet_pydicom, read_stored
 from minipacs.web.errors import HttpError
 
 FORMATS: Final = {"image/jpeg": "JPEG", "image/png": "PNG"}
@@ -60,7 +60,8 @@ def render(
         ds = read_stored(path, limits)
         if "PixelData" not in ds:
             raise HttpError(406, "no_pixels", "this instance has no pixel data to render")
-        pixels = ds.pixel_array
+        with quiet_pydicom():  # each decoder that fails logs a traceback; the 406 says what matters
+            pixels = ds.pixel_array
     except HttpError:
         raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure is "cannot render"
