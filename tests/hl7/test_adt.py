@@ -264,3 +264,20 @@ def test_groups_that_build_on_each_other_are_checked_in_order_and_applied(tmp_pa
         assert (await stored(archive, sop)).PatientID == "T3"
 
     serve(tmp_path, body)
+
+
+def test_a08_with_a_name_in_three_representations(tmp_path: Path) -> None:
+    """PID-5 repeated per representation (XPN.8 A, I, P; HL7 v2.5 2A.3.90) becomes the three
+    component groups of the archived files' Patient's Name, readable in their character set."""
+
+    async def body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, archive: Archive) -> None:
+        sops = await store(archive, tmp_path, "JP1", name="Yamada^Tarou")
+        message = adt("A08", "JP1", name="Yamada^Tarou^^^^^^A~山田^太郎^^^^^^I~やまだ^たろう^^^^^^P")
+        message = message.replace("|2.5\r", "|2.5||||||UNICODE UTF-8\r", 1)
+        code, text, _ = await send(reader, writer, message)
+        assert code == "AA", text
+        ds = await stored(archive, sops[0])
+        assert str(ds.PatientName) == "Yamada^Tarou=山田^太郎=やまだ^たろう"
+        assert "ISO_IR 192" in ds.SpecificCharacterSet or "ISO 2022 IR 87" in ds.SpecificCharacterSet
+
+    serve(tmp_path, body)

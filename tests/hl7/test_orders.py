@@ -444,3 +444,36 @@ def test_every_core_refusal_has_an_acknowledgement() -> None:
 
     kinds = {v for v in vars(core_orders).values() if isinstance(v, type) and issubclass(v, OrderRefused)}
     assert set(REFUSALS) == kinds - {OrderRefused} == {row[0] for row in REFUSAL_ROWS}
+
+
+# ------------------------------------------------------------------ names in several representations
+
+JAPANESE = "Yamada^Tarou^^^^^^A~山田^太郎^^^^^^I~やまだ^たろう^^^^^^P"
+
+
+@pytest.mark.parametrize(
+    ("pid5", "expected"),
+    [
+        (JAPANESE, "Yamada^Tarou=山田^太郎=やまだ^たろう"),
+        # the alphabetic repetition without its code, the others out of order
+        ("Yamada^Tarou~やまだ^たろう^^^^^^P~山田^太郎^^^^^^I", "Yamada^Tarou=山田^太郎=やまだ^たろう"),
+        ("山田^太郎^^^^^^I", "=山田^太郎"),  # only the ideographic one
+        ("Hong^Gildong^^^^^^A~洪^吉洞^^^^^^I~홍^길동^^^^^^P", "Hong^Gildong=洪^吉洞=홍^길동"),
+        # no I or P: the first repetition alone, as before (a second name is another name)
+        ("Doe^John~Roe^Jane", "Doe^John"),
+        ("Doe^John^^^^^^A~Roe^Jane^^^^^^A", "Doe^John"),
+    ],
+)
+def test_a_name_repeated_per_representation_fills_the_component_groups(pid5: str, expected: str) -> None:
+    """HL7 v2.5 2A.3.90 XPN: a name is repeated once per representation, marked by XPN.8 (Table 4000:
+    A alphabetic, I ideographic, P phonetic); they are the DICOM name's component groups (PS3.5
+    6.2.1). Only the first repetition was read, so a Japanese order lost its kanji and kana."""
+    ds = mapped(with_msh18(orm(name=pid5), "UNICODE UTF-8"))
+    assert str(ds.PatientName) == expected
+
+
+def test_a_doctors_name_in_several_representations() -> None:
+    """XCN (PV1-8 referring, OBR-16 ordering): the ID first, the representation code in XCN.15."""
+    text = orm().replace("123^Who^Doctor", "123^Yamada^Hanako^^^^^^^^^^^^A~123^山田^花子^^^^^^^^^^^^I")
+    ds = mapped(with_msh18(text, "UNICODE UTF-8"))
+    assert str(ds.ReferringPhysicianName) == "Yamada^Hanako=山田^花子"

@@ -119,9 +119,10 @@ def _plain_name(message: Message, pid: Segment, source: str) -> None:
     correction writes the reshaped name into every file of the patient. (An order keeps it as sent:
     hl7/orders.py; a worklist entry is replaced by the next order, an archived file is not.)"""
     field = int(source.partition("-")[2])
-    rep = (message.repetitions(pid, field) or [""])[0]
-    for number in range(1, 6):
-        if any(c in message.component(rep, number) for c in PN_DELIMITERS):
+    for rep in orders.name_repetitions(message, message.repetitions(pid, field), 0):
+        for number in range(1, 6):
+            if not any(c in message.component(rep, number) for c in PN_DELIMITERS):
+                continue
             raise HL7Error(
                 f"{source} component {number} holds '^', '=' or a backslash (from an escape such as \\S\\); "
                 "in a DICOM person name they separate components and groups (PS3.5 6.2 PN), so the name "

@@ -139,14 +139,51 @@ def _value(message: Message, segment: Segment | None, source: str, kind: str) ->
     number = int(match.group(2))
     component = int(match.group(3) or 1)
     if kind == "PN":  # XPN / XCN: family^given^middle^suffix^prefix (XCN: ID first)
-        rep = (message.repetitions(segment, number) or [""])[0]
         offset = 1 if match.group(1) in ("PV1", "OBR", "ORC") else 0
-        family, given, middle, suffix, prefix = (message.component(rep, offset + n) for n in range(1, 6))
-        return "^".join((family, given, middle, prefix, suffix)).rstrip("^")
+        return person_name(message, message.repetitions(segment, number), offset)
     if kind == "NDL":  # OBR-34: CNN in subcomponents ID&family&given
         family, given = (message.value(segment, number, 1, n) for n in (2, 3))
         return "^".join((family, given)).rstrip("^")
     return message.value(segment, number, component)
+
+
+#: XPN.8 / XCN.15 Name Representation Code (HL7 Table 4000) -> the DICOM PN component group it fills
+#: (PS3.5 6.2.1: alphabetic, ideographic, phonetic).
+NAME_REPRESENTATION: Final = {"A": 0, "I": 1, "P": 2}
+
+
+def name_repetitions(message: Message, reps: list[str], offset: int) -> list[str]:
+    """The repetitions of an XPN (``offset`` 0) or XCN (1) field that make the DICOM name, in group order.
+
+    HL7 v2.5 2A.3.90 (XPN, internationalization note): a name is repeated once per representation,
+    each repetition marked by its Name Representation Code (XPN.8, XCN.15; Table 4000: A alphabetic,
+    I ideographic, P phonetic), as Japanese, Korean and Chinese order placers send it. When a
+    repetition says I or P, the repetitions fill the DICOM name's component groups (the first
+    repetition without a code counts as the alphabetic one); otherwise the first repetition alone is
+    the name, as before (later ones are other names, e.g. a maiden name). The result has one entry
+    per group, "" for an empty one."""
+    if not reps:
+        return [""]
+    code_at = 8 if offset == 0 else 15
+    codes = [message.component(rep, code_at).upper() for rep in reps]
+    if not any(code in ("I", "P") for code in codes):
+        return [reps[0]]
+    groups = ["", "", ""]
+    for rep, code in zip(reps, codes, strict=True):
+        index = NAME_REPRESENTATION.get(code, 0 if not code and not groups[0] else -1)
+        if index >= 0 and not groups[index]:
+            groups[index] = rep
+    return groups
+
+
+def person_name(message: Message, reps: list[str], offset: int) -> str:
+    """The DICOM PN value of an XPN or XCN field (:func:`name_repetitions`): family^given^middle^
+    prefix^suffix per group, groups joined by "=", trailing empty parts dropped (PS3.5 6.2.1)."""
+    groups = []
+    for rep in name_repetitions(message, reps, offset):
+        family, given, middle, suffix, prefix = (message.component(rep, offset + n) for n in range(1, 6))
+        groups.append("^".join((family, given, middle, prefix, suffix)).rstrip("^"))
+    return "=".join(groups).rstrip("=")
 
 
 def _convert(text: str, kind: str, source: str) -> str:
