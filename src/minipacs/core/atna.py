@@ -41,7 +41,11 @@ EVENTS: Final[Mapping[str, EventCode]] = {
     "logout": EventCode("110114", "User Authentication", "E", "110123", "Logout"),
     "app_start": EventCode("110100", "Application Activity", "E", "110120", "Application Start"),
     "app_stop": EventCode("110100", "Application Activity", "E", "110121", "Application Stop"),
+    "audit_read": EventCode("110101", "Audit Log Used", "R"),
 }
+
+#: The Audit Log Used event's participant object: this archive's audit trail, by the URI that reads it.
+AUDIT_LOG_URI: Final = "/api/audit"
 
 #: The events whose participants are a user and the node that authenticated them (no Source Role ID).
 AUTHENTICATION: Final = frozenset({"login", "logout"})
@@ -98,9 +102,25 @@ def audit_message(row: Mapping[str, Any], source_id: str, local_address: str = "
             requestor["AlternativeUserID"] = str(row["actor"])  # the AE title (PS3.15 A.5.2.2)
         ET.SubElement(root, "ActiveParticipant", requestor)
         node = ET.SubElement(root, "ActiveParticipant", archive)
-        if action not in AUTHENTICATION:  # a login's other participant is the node that authenticated
+        if (
+            action not in AUTHENTICATION and action != "audit_read"
+        ):  # a login's other participant is the node that authenticated
             _coded(node, "RoleIDCode", "110153", "DCM", "Source Role ID")
     ET.SubElement(root, "AuditSourceIdentification", {"AuditSourceID": source_id})
+    if action == "audit_read":  # PS3.15 A.5.3: the audit log, a Security Resource named by its URI
+        used = ET.SubElement(
+            root,
+            "ParticipantObjectIdentification",
+            {
+                "ParticipantObjectID": AUDIT_LOG_URI,
+                "ParticipantObjectTypeCode": "2",  # system object
+                "ParticipantObjectTypeCodeRole": "13",  # security resource
+            },
+        )
+        _coded(used, "ParticipantObjectIDTypeCode", "12", "RFC-3881", "URI")
+        ET.SubElement(used, "ParticipantObjectName").text = "Security Audit Log"
+        if row["detail"]:
+            ET.SubElement(used, "ParticipantObjectDescription").text = str(row["detail"])
     if row["study_uid"]:
         study = ET.SubElement(
             root,
@@ -147,6 +167,7 @@ def octet_counted(message: bytes) -> bytes:
 __all__ = [
     "APPLICATION",
     "APP_NAME",
+    "AUDIT_LOG_URI",
     "AUTHENTICATION",
     "EVENTS",
     "MSGID",

@@ -61,6 +61,7 @@ class Action(enum.Enum):
     LOGOUT = "logout"  # a UI logout
     APP_START = "app_start"  # `minipacs serve` is ready
     APP_STOP = "app_stop"  # `minipacs serve` stops cleanly
+    AUDIT_READ = "audit_read"  # the audit trail itself was read (GET /api/audit, /ui/audit, `minipacs audit`)
 
 
 class Outcome(enum.IntEnum):
@@ -86,7 +87,7 @@ class ActorKind(enum.Enum):
 
 
 #: Actions folded within ``fold_seconds`` (a viewer asks for hundreds of frames of one study).
-FOLDED: Final = frozenset({Action.VIEWED, Action.QUERIED})
+FOLDED: Final = frozenset({Action.VIEWED, Action.QUERIED, Action.AUDIT_READ})
 
 #: Most rows one query returns.
 MAX_LIMIT: Final = 1000
