@@ -296,6 +296,7 @@ class App:
     audit_watch: asyncio.Task[None] | None = None
     #: Sends the audit rows on to the ATNA collector (services/audit_syslog.py), when audit_syslog is set.
     audit_syslog_watch: asyncio.Task[None] | None = None
+    #: That sender itself: drained (bounded by the shutdown grace) at close, before its task is cancelled.
     audit_syslog: SyslogSender | None = None
     #: Submits compression jobs (``serve`` starts it after the job runner).
     compression: CompressionScheduler | None = None
