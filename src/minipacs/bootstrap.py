@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from minipacs.blobs.base import BlobStore
 from minipacs.blobs.filesystem import FilesystemBlobStore
 from minipacs.blobs.s3 import S3BlobStore, parse_s3_url
+from minipacs.cli.who import login_name
 from minipacs.config import ConfigError, Settings
 from minipacs.core import blob_removals
 from minipacs.core.access import AccessPolicy, AccessRules
 from minipacs.core.anonymize import Anonymizer, load_key, register_anonymize_job
 from minipacs.core.archive import Archive, ArchiveSettings
-from minipacs.core.audit import AuditSettings
+from minipacs.core.audit import Action, ActorKind, AuditSettings, Outcome
 from minipacs.core.compression import CompressionSettings, Compressor
 from minipacs.core.compression_jobs import CompressionScheduler, SchedulerSettings, register_compression_jobs
 from minipacs.core.corrections import Corrections, register_correction_jobs
@@ -295,6 +296,8 @@ class App:
     audit_watch: asyncio.Task[None] | None = None
     #: Sends the audit rows on to the ATNA collector (services/audit_syslog.py), when audit_syslog is set.
     audit_syslog_watch: asyncio.Task[None] | None = None
+    #: That sender itself: drained (bounded by the shutdown grace) at close, before its task is cancelled.
+    audit_syslog: SyslogSender | None = None
     #: Submits compression jobs (``serve`` starts it after the job runner).
     compression: CompressionScheduler | None = None
     #: Auto-routing (core/routing.py); ``serve`` starts it with the job runner.
@@ -318,7 +321,13 @@ class App:
             self.retention_watch,
             self.replaced_watch,
         )
-        for task in (*tasks, self.audit_watch, self.audit_syslog_watch, self.node_stats_watch):
+        for task in (*tasks, self.audit_watch):  # the audit log's last flush hands its rows to the sender
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self.audit_syslog is not None and self.audit_syslog_watch is not None:
+            await self.audit_syslog.drain(grace)  # bounded: an unreachable collector costs ``grace`` s
+        for task in (self.audit_syslog_watch, self.node_stats_watch):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -465,6 +474,7 @@ async def build_app(settings: Settings) -> App:
     app.audit_watch = asyncio.ensure_future(archive.audit.run())
     if sender is not None:
         archive.audit.forward.append(sender.submit)
+        app.audit_syslog = sender
         app.audit_syslog_watch = asyncio.ensure_future(sender.run())
     return app
 
@@ -557,6 +567,8 @@ async def serve(settings: Settings, on_ready: Callable[[App], None] | None = Non
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     hl7: MLLPServer | None = None
+    started = False  # the Application Start row was recorded: a stop row follows
+    clean = False
     http = None  # the HTTP edge (web/): REST and DICOMweb, same process and loop
     try:
         http = await start_http(
@@ -606,10 +618,13 @@ async def serve(settings: Settings, on_ready: Callable[[App], None] | None = Non
         # cyclic collector's way, a full collection walks only what serving made since, not ~150,000
         # objects (~40 ms, a stall of whatever was running: a C-FIND's responses, a C-STORE)
         gc.freeze()
+        _application_activity(app, settings, Action.APP_START, "ready")
+        started = True
         if on_ready is not None:
             on_ready(app)
         await stop.wait()
         log.info("shutting down")
+        clean = True
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -617,5 +632,24 @@ async def serve(settings: Settings, on_ready: Callable[[App], None] | None = Non
             await http.close()
         if hl7 is not None:
             await hl7.close()
+        if started:  # before close: its last flush writes the row and hands it to the syslog sender
+            if clean:
+                _application_activity(app, settings, Action.APP_STOP, "stopped (SIGINT/SIGTERM)")
+            else:
+                _application_activity(app, settings, Action.APP_STOP, "stopped by an error", Outcome.SERIOUS_FAILURE)
         await app.close()
         log.info("stopped cleanly")
+
+
+def _application_activity(
+    app: App, settings: Settings, action: Action, what: str, outcome: Outcome = Outcome.SUCCESS
+) -> None:
+    """An Application Activity row (PS3.15 A.5.3, docs/AUDIT.md): the archive (its AE title) started or
+    stopped; the actor is the OS user who launched ``minipacs serve`` (Application Launcher)."""
+    app.archive.audit.record(
+        action,
+        actor_kind=ActorKind.CLI,
+        actor=login_name(),
+        detail=f"minipacs serve {what}: AE {settings.ae_title}, DICOM port {app.dicom.port}",
+        outcome=outcome,
+    )

@@ -40,7 +40,11 @@ def test_audit_lists_what_the_command_line_did(tmp_path: Path, capsys: pytest.Ca
     assert [r["action"] for r in _rows(capsys, *data, "--patient", "PID-7781", "--limit", "1")] == ["exported"]
     assert _rows(capsys, *data, "--user", "somebody-else") == []
     assert _rows(capsys, *data, "--since", "2999-01-01") == []
-    assert len(_rows(capsys, *data, "--until", "2999-01-01T00:00:00Z")) == 2
+    # each reading of the trail is in it (Audit Log Used), written as the command ends: the four above
+    rows = _rows(capsys, *data, "--until", "2999-01-01T00:00:00Z")
+    assert [r["action"] for r in rows] == ["audit_read"] * 4 + ["exported", "anonymized"]
+    assert rows[0]["detail"] == "minipacs audit --since 2999-01-01" and rows[0]["actor_kind"] == "cli"
+    assert rows[3]["detail"] == f"minipacs audit --study {STUDY}" and rows[3]["actor"] == getpass.getuser()
     # text output: one line per row
     assert main(["audit", *data, "--study", STUDY]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -16,7 +16,7 @@ from pydicom.uid import generate_uid
 
 from minipacs.bootstrap import audit_syslog, open_archive
 from minipacs.config import ConfigError, Settings
-from minipacs.core.atna import EVENTS, MSGID, audit_message
+from minipacs.core.atna import APPLICATION, EVENTS, MSGID, audit_message
 from minipacs.core.audit import Action, ActorKind
 from minipacs.core.model import Origin
 from minipacs.net.tls import server_context
@@ -30,6 +30,11 @@ def _parse(message: bytes) -> tuple[list[str], ET.Element]:
     """RFC 5424 header fields and the XML after the BOM."""
     head, _, xml = message.partition(BOM)
     return head.decode("ascii").split(" "), ET.fromstring(xml)
+
+
+def _role(participant: ET.Element) -> str | None:
+    code = participant.find("RoleIDCode")  # an element without children is falsy: compare with None
+    return None if code is None else code.get("csd-code")
 
 
 def test_every_action_has_an_audit_event() -> None:
@@ -48,7 +53,7 @@ def test_every_action_has_an_audit_event() -> None:
             "ParticipantObjectIdentification")}  # fmt: skip
         assert objects == {"2": "1.2.3", "1": "P<&>"}  # the study, and the patient (escaped, read back whole)
         users = [p.get("UserID") for p in root.iter("ActiveParticipant")]
-        assert users == ["VIEWER", "MINIPACS"]
+        assert users == (["MINIPACS", "VIEWER"] if action in APPLICATION else ["VIEWER", "MINIPACS"])
 
 
 async def _events(tmp_path: Path, url: str, got: Callable[[], list[bytes]], **extra: Any) -> list[bytes]:
@@ -164,3 +169,115 @@ def test_a_full_queue_drops_the_oldest() -> None:
     with pytest.raises(ValueError, match="audit_syslog_ca_file"):
         SyslogSender(parse_collector("tls://h:6514"), "MINIPACS")
     assert ssl  # the TLS test above uses the standard library's ssl through net/tls.py
+
+
+def test_serve_sends_application_start_logins_and_application_stop(tmp_path: Path) -> None:
+    """A real ``minipacs serve`` with a UDP collector on loopback: Application Start once ready, a UI
+    login accepted and one refused (User Authentication) over real HTTP, and Application Stop at
+    SIGTERM, sent before serve returns (the sender is drained at close, not cancelled with rows queued)."""
+    import os
+    import signal
+    import socket
+
+    import httpx
+
+    from minipacs import bootstrap
+    from minipacs.cli.who import login_name
+    from tests.web.test_auth import USERS
+
+    collector = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    collector.bind(("127.0.0.1", 0))
+    with socket.socket() as probe:  # a free port for HTTP
+        probe.bind(("127.0.0.1", 0))
+        http_port = probe.getsockname()[1]
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        fsync=False,
+        port=0,
+        http_host="127.0.0.1",
+        http_port=http_port,
+        users=USERS,
+        audit_syslog=f"udp://127.0.0.1:{collector.getsockname()[1]}",
+        audit_flush_seconds=0.05,
+    )
+    logins: list[int] = []
+
+    async def use_then_stop() -> None:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as client:
+            for password in ("a-pass", "wrong"):
+                r = await client.post("/ui/login", json={"name": "ada", "password": password})
+                logins.append(r.status_code)
+            logins.append((await client.get("/api/audit")).status_code)  # the session of the first login
+        os.kill(os.getpid(), signal.SIGTERM)  # serve's own handler: a clean stop
+
+    tasks: list[asyncio.Future[None]] = []
+    try:
+        asyncio.run(
+            bootstrap.serve(settings, on_ready=lambda app: tasks.append(asyncio.ensure_future(use_then_stop())))
+        )
+        assert logins == [200, 401, 200]
+        collector.settimeout(2)
+        messages = [collector.recv(65535) for _ in range(5)]  # all sent before serve returned
+    finally:
+        collector.close()
+    got = []
+    for message in messages:
+        fields, root = _parse(message)
+        assert fields[0] == "<85>1" and fields[5] == MSGID
+        ident = root.find("EventIdentification")
+        assert ident is not None
+        event, kind = ident.find("EventID"), ident.find("EventTypeCode")
+        assert event is not None
+        roles = [(p.get("UserID"), p.get("UserIsRequestor"), _role(p)) for p in root.iter("ActiveParticipant")]
+        code = (event.get("csd-code"), None if kind is None else kind.get("csd-code"), ident.get("EventActionCode"))
+        got.append((*code, ident.get("EventOutcomeIndicator"), roles))
+    ae, me = settings.ae_title, login_name()
+    assert got == [
+        ("110100", "110120", "E", "0", [(ae, "false", "110150"), (me, "true", "110151")]),
+        ("110114", "110122", "E", "0", [("ada", "true", None), (ae, "false", None)]),
+        ("110114", "110122", "E", "4", [("ada", "true", None), (ae, "false", None)]),
+        ("110101", None, "R", "0", [("ada", "true", None), (ae, "false", None)]),
+        ("110100", "110121", "E", "0", [(ae, "false", "110150"), (me, "true", "110151")]),
+    ], got
+
+
+def test_drain_waits_for_the_queue_and_is_bounded(tmp_path: Path) -> None:
+    """At shutdown the sender is drained before it is cancelled: every queued row reaches the collector;
+    an unreachable collector costs at most the timeout."""
+    import socket
+
+    from minipacs.services.audit_syslog import SyslogSender, parse_collector
+
+    collector = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    collector.bind(("127.0.0.1", 0))
+    row = {
+        "time": dt.datetime.now(dt.UTC), "actor_kind": "cli", "actor": "root", "address": "", "action": "app_stop",
+        "patient_id": "", "study_uid": "", "detail": "", "outcome": 0,
+    }  # fmt: skip
+
+    async def main() -> tuple[bool, bool]:
+        sender = SyslogSender(parse_collector(f"udp://127.0.0.1:{collector.getsockname()[1]}"), "MINIPACS")
+        task = asyncio.ensure_future(sender.run())
+        sender.submit([row] * 50)
+        drained = await sender.drain(5)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        with socket.socket() as probe:  # a TLS port nobody listens on
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        stuck = SyslogSender(parse_collector(f"tls://127.0.0.1:{port}"), "MINIPACS", tls=ssl.create_default_context())
+        task = asyncio.ensure_future(stuck.run())
+        stuck.submit([row])
+        started = asyncio.get_running_loop().time()
+        timed_out = not await stuck.drain(0.3)
+        assert asyncio.get_running_loop().time() - started < 1.5
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return drained, timed_out
+
+    try:
+        assert asyncio.run(main()) == (True, True)
+        collector.settimeout(2)
+        assert len([collector.recv(65535) for _ in range(50)]) == 50
+    finally:
+        collector.close()

@@ -16,8 +16,9 @@ import sys
 from typing import Any
 
 from minipacs.cli.exit_codes import EXIT_OK, EXIT_USAGE
+from minipacs.cli.who import login_name
 from minipacs.config import Settings
-from minipacs.core.audit import MAX_LIMIT, row_json
+from minipacs.core.audit import MAX_LIMIT, Action, ActorKind, row_json
 
 NEEDS_SETTINGS = True
 
@@ -59,6 +60,18 @@ async def _rows(settings: Settings, args: argparse.Namespace, since: Any, until:
             since=since,
             until=until,
             limit=args.limit,
+        )
+        # Audit Log Used (docs/AUDIT.md): written when the archive closes, below
+        named = (
+            ("patient", args.patient),
+            ("study", args.study),
+            ("user", args.user),
+            ("since", args.since),
+            ("until", args.until),
+        )
+        asked = " ".join(f"--{k} {v}" for k, v in named if v)
+        archive.audit.record(
+            Action.AUDIT_READ, actor_kind=ActorKind.CLI, actor=login_name(), detail=f"minipacs audit {asked}".strip()
         )
     finally:
         await archive.close()

@@ -19,6 +19,8 @@ class EventCode(NamedTuple):
     code: str
     meaning: str
     action_code: str  # EventActionCode: C(reate), R(ead), U(pdate), D(elete), E(xecute)
+    type_code: str = ""  # EventTypeCode (DCM), for the events that have one
+    type_meaning: str = ""
 
 
 # PS3.15 A.5.3 / PS3.16 CID 400 Audit Event ID (DCM codes): our action -> the audit message event
@@ -34,7 +36,21 @@ EVENTS: Final[Mapping[str, EventCode]] = {
     "merged": EventCode("110110", "Patient Record", "U"),
     "anonymized": EventCode("110103", "DICOM Instances Accessed", "R"),
     "stored": EventCode("110104", "DICOM Instances Transferred", "C"),
+    # PS3.15 A.5.3 User Authentication (CID 403 / 110122, 110123) and Application Activity (CID 401)
+    "login": EventCode("110114", "User Authentication", "E", "110122", "Login"),
+    "logout": EventCode("110114", "User Authentication", "E", "110123", "Logout"),
+    "app_start": EventCode("110100", "Application Activity", "E", "110120", "Application Start"),
+    "app_stop": EventCode("110100", "Application Activity", "E", "110121", "Application Stop"),
+    "audit_read": EventCode("110101", "Audit Log Used", "R"),
 }
+
+#: The Audit Log Used event's participant object: this archive's audit trail, by the URI that reads it.
+AUDIT_LOG_URI: Final = "/api/audit"
+
+#: The events whose participants are a user and the node that authenticated them (no Source Role ID).
+AUTHENTICATION: Final = frozenset({"login", "logout"})
+#: The events whose participants are this application (110150) and who launched it (110151).
+APPLICATION: Final = frozenset({"app_start", "app_stop"})
 
 #: RFC 5424 §6.2.1: PRI = facility * 8 + severity; facility 10 security/authorization, severity 5 notice.
 PRI: Final = 10 * 8 + 5
@@ -59,21 +75,52 @@ def audit_message(row: Mapping[str, Any], source_id: str, local_address: str = "
         {
             "EventActionCode": event.action_code,
             "EventDateTime": when.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "EventOutcomeIndicator": "0",  # success: only what was done is recorded
+            # 0 success, 4 minor failure (a refused login): the row's outcome (core/audit.py Outcome)
+            "EventOutcomeIndicator": str(int(row.get("outcome") or 0)),
         },
     )
     _coded(ident, "EventID", event.code, "DCM", event.meaning)
-    requestor = {"UserID": str(row["actor"]) or str(row["actor_kind"]), "UserIsRequestor": "true"}
-    if row["address"]:
-        requestor.update(NetworkAccessPointID=str(row["address"]), NetworkAccessPointTypeCode="2")  # 2: IP address
-    if row["actor_kind"] == "dicom":
-        requestor["AlternativeUserID"] = str(row["actor"])  # the AE title (PS3.15 A.5.2.2)
-    ET.SubElement(root, "ActiveParticipant", requestor)
+    if event.type_code:
+        _coded(ident, "EventTypeCode", event.type_code, "DCM", event.type_meaning)
+    action = str(row["action"])
     archive = {"UserID": source_id, "UserIsRequestor": "false"}
     if local_address:
         archive.update(NetworkAccessPointID=local_address, NetworkAccessPointTypeCode="2")
-    _coded(ET.SubElement(root, "ActiveParticipant", archive), "RoleIDCode", "110153", "DCM", "Source Role ID")
+    if action in APPLICATION:  # the application itself, and (when known) the OS user who started it
+        app = ET.SubElement(root, "ActiveParticipant", archive)
+        _coded(app, "RoleIDCode", "110150", "DCM", "Application")
+        if row["actor"]:
+            launcher = ET.SubElement(
+                root, "ActiveParticipant", {"UserID": str(row["actor"]), "UserIsRequestor": "true"}
+            )
+            _coded(launcher, "RoleIDCode", "110151", "DCM", "Application Launcher")
+    else:
+        requestor = {"UserID": str(row["actor"]) or str(row["actor_kind"]), "UserIsRequestor": "true"}
+        if row["address"]:
+            requestor.update(NetworkAccessPointID=str(row["address"]), NetworkAccessPointTypeCode="2")  # 2: IP
+        if row["actor_kind"] == "dicom":
+            requestor["AlternativeUserID"] = str(row["actor"])  # the AE title (PS3.15 A.5.2.2)
+        ET.SubElement(root, "ActiveParticipant", requestor)
+        node = ET.SubElement(root, "ActiveParticipant", archive)
+        if (
+            action not in AUTHENTICATION and action != "audit_read"
+        ):  # a login's other participant is the node that authenticated
+            _coded(node, "RoleIDCode", "110153", "DCM", "Source Role ID")
     ET.SubElement(root, "AuditSourceIdentification", {"AuditSourceID": source_id})
+    if action == "audit_read":  # PS3.15 A.5.3: the audit log, a Security Resource named by its URI
+        used = ET.SubElement(
+            root,
+            "ParticipantObjectIdentification",
+            {
+                "ParticipantObjectID": AUDIT_LOG_URI,
+                "ParticipantObjectTypeCode": "2",  # system object
+                "ParticipantObjectTypeCodeRole": "13",  # security resource
+            },
+        )
+        _coded(used, "ParticipantObjectIDTypeCode", "12", "RFC-3881", "URI")
+        ET.SubElement(used, "ParticipantObjectName").text = "Security Audit Log"
+        if row["detail"]:
+            ET.SubElement(used, "ParticipantObjectDescription").text = str(row["detail"])
     if row["study_uid"]:
         study = ET.SubElement(
             root,
@@ -117,4 +164,16 @@ def octet_counted(message: bytes) -> bytes:
     return str(len(message)).encode("ascii") + b" " + message
 
 
-__all__ = ["APP_NAME", "EVENTS", "MSGID", "PRI", "EventCode", "audit_message", "octet_counted", "syslog_message"]
+__all__ = [
+    "APPLICATION",
+    "APP_NAME",
+    "AUDIT_LOG_URI",
+    "AUTHENTICATION",
+    "EVENTS",
+    "MSGID",
+    "PRI",
+    "EventCode",
+    "audit_message",
+    "octet_counted",
+    "syslog_message",
+]

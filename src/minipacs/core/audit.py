@@ -57,6 +57,20 @@ class Action(enum.Enum):
     ANONYMIZED = "anonymized"
     EXPORTED = "exported"  # DICOM media (REST /media, CLI export)
     STORED = "stored"  # reserved: per association, not per instance (see the module docstring)
+    LOGIN = "login"  # a UI login, accepted (outcome 0) or refused (outcome 4)
+    LOGOUT = "logout"  # a UI logout
+    APP_START = "app_start"  # `minipacs serve` is ready
+    APP_STOP = "app_stop"  # `minipacs serve` stops cleanly
+    AUDIT_READ = "audit_read"  # the audit trail itself was read (GET /api/audit, /ui/audit, `minipacs audit`)
+
+
+class Outcome(enum.IntEnum):
+    """How the event ended: the PS3.15 A.5 EventOutcomeIndicator, stored as it is (column ``outcome``)."""
+
+    SUCCESS = 0
+    MINOR_FAILURE = 4  # a refused login
+    SERIOUS_FAILURE = 8
+    MAJOR_FAILURE = 12
 
 
 class ActorKind(enum.Enum):
@@ -73,7 +87,7 @@ class ActorKind(enum.Enum):
 
 
 #: Actions folded within ``fold_seconds`` (a viewer asks for hundreds of frames of one study).
-FOLDED: Final = frozenset({Action.VIEWED, Action.QUERIED})
+FOLDED: Final = frozenset({Action.VIEWED, Action.QUERIED, Action.AUDIT_READ})
 
 #: Most rows one query returns.
 MAX_LIMIT: Final = 1000
@@ -119,11 +133,14 @@ class AuditLog:
         patient_id: str = "",
         study_uid: str = "",
         detail: str = "",
+        outcome: Outcome | int = Outcome.SUCCESS,
     ) -> None:
-        """Note one event; written with the next batch. Values too long are cut to fit; an action or actor
-        kind that is not one of :class:`Action` / :class:`ActorKind` is a ValueError (a programming error)."""
+        """Note one event; written with the next batch. Values too long are cut to fit; an action, actor
+        kind or outcome that is not one of :class:`Action` / :class:`ActorKind` / :class:`Outcome` is a
+        ValueError (a programming error)."""
         verb = Action(action).value
         kind = ActorKind(actor_kind).value
+        ended = int(Outcome(outcome))
         row = {
             "time": dt.datetime.now(dt.UTC),
             "actor_kind": kind,
@@ -134,6 +151,7 @@ class AuditLog:
             "study_uid": study_uid[:64],
             "detail": detail[:2000],
             "node": self.node,
+            "outcome": ended,
         }
         now = time.monotonic()
         with self._lock:
@@ -278,5 +296,6 @@ __all__ = [
     "ActorKind",
     "AuditLog",
     "AuditSettings",
+    "Outcome",
     "row_json",
 ]

@@ -24,6 +24,7 @@ AUDIT_FIELDS: Final = (
     "study_uid",
     "detail",
     "node",
+    "outcome",
 )
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     Time,
@@ -442,6 +443,8 @@ class AuditEvent(Base):
     study_uid: Mapped[str] = mapped_column(UID, index=True)
     detail: Mapped[str] = mapped_column(Text())
     node: Mapped[str] = mapped_column(String(), default="", server_default="")
+    #: PS3.15 A.5 EventOutcomeIndicator: 0 success, 4 minor failure (a refused login), 8, 12 (migration 0023).
+    outcome: Mapped[int] = mapped_column(SmallInteger(), default=0, server_default="0")
 
 
 class BlobRemoval(Base):

@@ -143,6 +143,25 @@ class SyslogSender:
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()
 
+    async def drain(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until every queued message has been handed to the collector's
+        connection: called at shutdown, after the audit log's last flush and before ``run`` is cancelled,
+        so the last rows (Application Stop) leave too. False, logged: some were still waiting."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._queue:
+            if loop.time() >= deadline:
+                log.warning(
+                    "audit syslog: %d message(s) not sent to %s://%s:%d at shutdown (they are in the index)",
+                    len(self._queue),
+                    self.collector.scheme,
+                    self.collector.host,
+                    self.collector.port,
+                )
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
     async def _open_udp(self) -> asyncio.DatagramTransport:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(

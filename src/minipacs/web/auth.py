@@ -91,8 +91,11 @@ class Authenticator:
         into the name field, say) as a keyed fingerprint, never verbatim."""
         if name in self.users:
             return f"user {name!r}"
-        mark = hmac.new(self._key, name.encode(), hashlib.sha256).hexdigest()[:8]
-        return f"an unknown user name (#{mark})"
+        return f"an unknown user name (#{self.fingerprint(name)})"
+
+    def fingerprint(self, name: str) -> str:
+        """A keyed hash of ``name`` (the key lives as long as the process): tells repeats apart, not the name."""
+        return hmac.new(self._key, name.encode(), hashlib.sha256).hexdigest()[:8]
 
     async def check_password(self, name: str, password: str, address: str) -> Role | None:
         """The role of ``name`` if ``password`` is theirs, else None; LockedOut while throttled.

@@ -21,6 +21,7 @@ from urllib.parse import parse_qs
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
+from minipacs.core.audit import Action, ActorKind, Outcome
 from minipacs.web.auth import LOGIN_PATH, Authenticator, LockedOut, session_of
 from minipacs.web.errors import HttpError, error_response
 from minipacs.web.pages import render
@@ -78,6 +79,24 @@ def _page(
     return response
 
 
+def _audit(request: Request, action: Action, actor: str, detail: str, outcome: Outcome = Outcome.SUCCESS) -> None:
+    """A User Authentication row (PS3.15 A.5.3, docs/AUDIT.md); never the password."""
+    request.app.state.ctx.archive.audit.record(
+        action,
+        actor_kind=ActorKind.USER,
+        actor=actor,
+        address=request.client.host if request.client else "",
+        detail=detail,
+        outcome=outcome,
+    )
+
+
+def _named(auth: Authenticator, name: str) -> str:
+    """The user name as the audit trail keeps it: a configured name as it is; anything else (a password
+    typed into the name field, say) only as the log's keyed fingerprint (web/auth.py ``shown``)."""
+    return name if name in auth.users else f"unknown #{auth.fingerprint(name)}"
+
+
 async def login_page(request: Request) -> Response:
     if _auth(request).open:  # no users configured: nobody logs in, everyone on this machine is admin
         return RedirectResponse("/ui/", status_code=303)
@@ -126,6 +145,15 @@ async def login(request: Request) -> Response:
         role = await auth.check_password(name, password, client)
     except LockedOut as exc:
         log.warning("login refused from %s: %s", client, exc)
+        if auth.throttle.first_refusal(client, name):  # once a lockout: refusing it costs nothing, unbounded
+            _audit(
+                request,
+                Action.LOGIN,
+                _named(auth, name),
+                f"refused: locked out for {exc.seconds} s after too many failed logins (login_attempts); "
+                "further attempts refused by this lockout are not recorded",
+                Outcome.MINOR_FAILURE,
+            )
         if form:
             response = _page(request, 429, f"Not logged in: {exc}.", next_url=fields.get("next"))
         else:
@@ -134,6 +162,8 @@ async def login(request: Request) -> Response:
         return response
     if role is None:
         log.warning("login failed from %s: %s", client, auth.shown(name))
+        why = "wrong password" if name in auth.users else "unknown user name"
+        _audit(request, Action.LOGIN, _named(auth, name), f"refused: {why}", Outcome.MINOR_FAILURE)
         wrong = "the user name or password is wrong"
         if form:
             return _page(request, 401, f"Not logged in: {wrong}.", next_url=fields.get("next"))
@@ -141,6 +171,7 @@ async def login(request: Request) -> Response:
     sessions: SessionStore = request.app.state.sessions
     session = sessions.create(name, role)
     log.info("login: %s (role %s) from %s", auth.shown(name), role.value, client)
+    _audit(request, Action.LOGIN, name, f"UI login ({'form' if form else 'JSON'}), role {role.value}")
     if form:
         response = RedirectResponse(safe_next(fields.get("next")), status_code=303)
         response.delete_cookie(LOGIN_COOKIE, path=LOGIN_PATH)
@@ -162,6 +193,7 @@ async def logout(request: Request) -> Response:
         sessions: SessionStore = request.app.state.sessions
         sessions.end(session.id)
         log.info("logout: %s", _auth(request).shown(session.user))
+        _audit(request, Action.LOGOUT, session.user, "UI logout")
     response = RedirectResponse(LOGIN_PATH, status_code=303)
     response.delete_cookie(COOKIE, path="/")
     return response

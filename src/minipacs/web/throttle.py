@@ -24,6 +24,7 @@ class _Count:
     failures: int
     since: float  # first failure of the window
     locked_until: float = 0.0
+    refusal_recorded: bool = False  # the audit trail has a row for this lockout (first_refusal)
 
 
 class LoginThrottle:
@@ -42,6 +43,18 @@ class LoginThrottle:
                 left = max(left, count.locked_until - now)
         return left
 
+    def first_refusal(self, address: str, user: str | None) -> bool:
+        """True for the first attempt refused by the current lockout of ``address`` (or of ``user``), then
+        False until another lockout starts: the audit trail records a lockout once, not every attempt it
+        refuses (refusing costs nothing, so their number is not bounded)."""
+        now = self._clock()
+        first = False
+        for key in self._keys(address, user):
+            count = self._counts.get(key)
+            if count is not None and count.locked_until > now and not count.refusal_recorded:
+                count.refusal_recorded = first = True
+        return first
+
     def failed(self, address: str, user: str | None, shown_user: str) -> None:
         """Count a failure; log when it starts a lockout. ``shown_user``: the name as the log may show it."""
         now = self._clock()
@@ -52,6 +65,7 @@ class LoginThrottle:
             count.failures += 1
             if count.failures >= self.attempts and count.locked_until <= now:
                 count.locked_until = now + self.window
+                count.refusal_recorded = False
                 what = f"address {address}" if key[0] == "address" else shown_user
                 log.warning(
                     "login lockout: %s had %d failed logins within %g s; refused for %g s "
