@@ -513,22 +513,18 @@ class Settings:
         return self
 
     def _validate_proxy_protocol(self) -> None:
-        for source in self.proxy_protocol_from:
-            try:
-                ipaddress.ip_network(source, strict=False)
-            except ValueError:
-                raise ConfigError(
-                    f"proxy_protocol_from: {source!r} is not an IP address or network (e.g. 127.0.0.1, "
-                    "10.0.0.0/8, fd00::/8): list the load balancers' addresses"
-                ) from None
-        for source in self.http_trusted_proxies:
-            try:
-                ipaddress.ip_network(source, strict=False)
-            except ValueError:
-                raise ConfigError(
-                    f"http_trusted_proxies: {source!r} is not an IP address or network (e.g. 127.0.0.1, "
-                    "10.0.0.0/8, fd00::/8): list the reverse proxies' addresses"
-                ) from None
+        for key, sources, what in (
+            ("proxy_protocol_from", self.proxy_protocol_from, "load balancers"),
+            ("http_trusted_proxies", self.http_trusted_proxies, "reverse proxies"),
+        ):
+            for source in sources:
+                try:
+                    ipaddress.ip_network(source, strict=False)
+                except ValueError:
+                    raise ConfigError(
+                        f"{key}: {source!r} is not an IP address or network (e.g. 127.0.0.1, "
+                        f"10.0.0.0/8, fd00::/8): list the {what}' addresses"
+                    ) from None
         if not 216 <= self.proxy_protocol_v2_max_bytes <= 65535:
             raise ConfigError("proxy_protocol_v2_max_bytes must be 216 (an AF_UNIX header) to 65535")
 

@@ -6,7 +6,6 @@ any local process could put any address into the audit trail."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from minipacs.config import ConfigError, load_settings
-from tests.peers import ServerProcess, free_port, missing_peer, start_server, wait_for_port
-from tests.scaleout.test_haproxy import HAPROXY
+from tests.peers import ServerProcess, free_port, start_server, wait_for_port
+from tests.scaleout.test_haproxy import haproxy_running
 from tests.scaleout.test_proxy_protocol import audit_rows
 
 pytestmark = pytest.mark.interop
@@ -26,29 +25,15 @@ SPOOFED = "203.0.113.9"
 
 @contextmanager
 def haproxy_http(tmp: Path, backend: int) -> Iterator[int]:
-    if not HAPROXY.exists():
-        missing_peer("HAProxy", "apt-get install haproxy")
     front = free_port()
-    config = tmp / "haproxy-http.cfg"
-    config.write_text(
+    config = (
         "global\n    maxconn 64\ndefaults\n    mode http\n    timeout connect 5s\n"
         "    timeout client 30s\n    timeout server 30s\n"
         f"frontend web\n    bind 127.0.0.1:{front}\n    option forwardfor\n    default_backend node\n"
         f"backend node\n    server node 127.0.0.1:{backend}\n"
     )
-    log = open(tmp / "haproxy-http.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([str(HAPROXY), "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for_port("127.0.0.1", front, proc=proc)
+    with haproxy_running(tmp, "haproxy-http", config, [front]):
         yield front
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def qido(port: int, patient_id: str, *, source: str = "127.0.0.1", forwarded: str | None = None) -> int:

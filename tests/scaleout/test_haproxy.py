@@ -67,17 +67,19 @@ backend minipacs
 
 
 @contextmanager
-def haproxy(tmp: Path, backends: list[int]) -> Iterator[int]:
+def haproxy_running(tmp: Path, name: str, config_text: str, ports: list[int]) -> Iterator[None]:
+    """A real HAProxy with ``config_text`` (``tmp/name.cfg``, its log ``tmp/name.log``), once it
+    listens on every port of ``ports``; stopped after."""
     if not HAPROXY.exists():
         missing_peer("HAProxy", "apt-get install haproxy")
-    port = free_port()
-    config = tmp / "haproxy.cfg"
-    config.write_text(haproxy_config(port, backends))
-    log = open(tmp / "haproxy.log", "wb")  # noqa: SIM115 - closed below
+    config = tmp / f"{name}.cfg"
+    config.write_text(config_text)
+    log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([str(HAPROXY), "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for_port("127.0.0.1", port, proc=proc)
-        yield port
+        for port in ports:
+            wait_for_port("127.0.0.1", port, proc=proc)
+        yield
     finally:
         proc.terminate()
         try:
@@ -86,6 +88,13 @@ def haproxy(tmp: Path, backends: list[int]) -> Iterator[int]:
             proc.kill()
             proc.wait()
         log.close()
+
+
+@contextmanager
+def haproxy(tmp: Path, backends: list[int]) -> Iterator[int]:
+    port = free_port()
+    with haproxy_running(tmp, "haproxy", haproxy_config(port, backends), [port]):
+        yield port
 
 
 def node(tmp: Path, shared: Path, url: str, node_id: str) -> tuple[ServerProcess, str]:

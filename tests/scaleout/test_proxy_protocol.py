@@ -33,12 +33,11 @@ from tests.peers import (
     dcmtk,
     free_port,
     minipacs_cmd,
-    missing_peer,
     run,
     start_server,
     wait_for_port,
 )
-from tests.scaleout.test_haproxy import HAPROXY, wait_until
+from tests.scaleout.test_haproxy import haproxy_running, wait_until
 
 pytestmark = pytest.mark.interop
 
@@ -71,25 +70,9 @@ backend node_v2
 
 @contextmanager
 def haproxy(tmp: Path, backend: int) -> Iterator[tuple[int, int]]:
-    if not HAPROXY.exists():
-        missing_peer("HAProxy", "apt-get install haproxy")
     v1, v2 = free_port(), free_port()
-    config = tmp / "haproxy.cfg"
-    config.write_text(haproxy_config(v1, v2, backend))
-    log = open(tmp / "haproxy.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([str(HAPROXY), "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for_port("127.0.0.1", v1, proc=proc)
-        wait_for_port("127.0.0.1", v2, proc=proc)
+    with haproxy_running(tmp, "haproxy", haproxy_config(v1, v2, backend), [v1, v2]):
         yield v1, v2
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def scu(title: str) -> AE:
