@@ -191,23 +191,24 @@ def model_text(ds: Dataset, study: str, series: str, sop: str) -> str:
     def bulk(elem: DataElement) -> str:
         return f"{base}/bulkdata/{elem.tag:08X}"
 
+    def text(model: dict[str, Any]) -> str:
+        if "Rows" in ds and "7FE00010" not in model:  # pixel data follows the header we read
+            encapsulated = ds.file_meta.TransferSyntaxUID.is_compressed
+            model["7FE00010"] = {"vr": "OB" if encapsulated else "OW", "BulkDataURI": f"{base}/bulkdata/7FE00010"}
+        return json.dumps(model, separators=(",", ":"), allow_nan=False)
+
     with quiet_pydicom() as captured:
         try:
             try:
-                model: dict[str, Any] = ds.to_json_dict(BULK_THRESHOLD, bulk)
-                json.dumps(model, allow_nan=False)
-            except (ValueError, UserWarning):  # a number that is no JSON number (pydicom may warn of
-                # it first, which is an exception where warnings are errors): element by element
-                model = _lenient_model(ds, bulk)
+                return text(ds.to_json_dict(BULK_THRESHOLD, bulk))
+            except (ValueError, UserWarning):  # a number that is no JSON number (a NaN refused by the
+                # dumps; pydicom may warn first, an exception where warnings are errors): element by element
+                return text(_lenient_model(ds, bulk))
         except Exception as exc:
             said = f" ({captured[0][:200]})" if captured else ""
             raise UnreadableInstance(
                 f"a value cannot be converted to PS3.18 JSON: {type(exc).__name__}: {str(exc)[:200]}{said}"
             ) from exc
-    if "Rows" in ds and "7FE00010" not in model:  # pixel data follows the header we read
-        encapsulated = ds.file_meta.TransferSyntaxUID.is_compressed
-        model["7FE00010"] = {"vr": "OB" if encapsulated else "OW", "BulkDataURI": f"{base}/bulkdata/7FE00010"}
-    return json.dumps(model, separators=(",", ":"), allow_nan=False)
 
 
 def delete_rows(conn: IndexConnection, uids: list[str]) -> None:
