@@ -59,6 +59,7 @@ EXPECTED: dict[str, set[str]] = {
     "Tarou": set(),  # a component is no group
     "山田": set(),
     "Yamada^Tarou=山田^太郎=やまだ^たろう=": {"J1"},  # a trailing empty group is insignificant
+    "a=b=c=d": set(),  # more groups than a name has (three at most): no match, no error
 }
 
 

@@ -220,6 +220,8 @@ def _sql_name(col: Column, key: str, dialect: str, *, wildcard: bool) -> ColumnE
         clauses.append(
             clause if count is None or (count == 0 and "*" not in pattern) else and_(clause, equals == count)
         )
+    if not clauses:  # more component groups than a name has (PS3.5 6.2.1: at most three)
+        return false()
     return clauses[0] if len(clauses) == 1 else or_(*clauses)
 
 
