@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from minipacs.blobs.base import BlobStore
 from minipacs.blobs.filesystem import FilesystemBlobStore
 from minipacs.blobs.s3 import S3BlobStore, parse_s3_url
-from minipacs.cli.who import login_name
 from minipacs.config import ConfigError, Settings
 from minipacs.core import blob_removals
 from minipacs.core.access import AccessPolicy, AccessRules
 from minipacs.core.anonymize import Anonymizer, load_key, register_anonymize_job
 from minipacs.core.archive import Archive, ArchiveSettings
-from minipacs.core.audit import Action, ActorKind, AuditSettings, Outcome
+from minipacs.core.audit import Action, ActorKind, AuditSettings, Outcome, login_name
 from minipacs.core.compression import CompressionSettings, Compressor
 from minipacs.core.compression_jobs import CompressionScheduler, SchedulerSettings, register_compression_jobs
 from minipacs.core.corrections import Corrections, register_correction_jobs

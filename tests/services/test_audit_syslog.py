@@ -182,7 +182,7 @@ def test_serve_sends_application_start_logins_and_application_stop(tmp_path: Pat
     import httpx
 
     from minipacs import bootstrap
-    from minipacs.cli.who import login_name
+    from minipacs.core.audit import login_name
     from tests.web.test_auth import USERS
 
     collector = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

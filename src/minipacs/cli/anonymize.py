@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from minipacs.cli.exit_codes import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
-from minipacs.cli.who import login_name
 from minipacs.config import Settings
 from minipacs.core.anonymize import AnonymizeRequest, AnonymizeResult
+from minipacs.core.audit import login_name
 from minipacs.core.errors import ArchiveError
 from minipacs.dicom.deid_table import OPTIONS
 

@@ -16,9 +16,8 @@ import sys
 from typing import Any
 
 from minipacs.cli.exit_codes import EXIT_OK, EXIT_USAGE
-from minipacs.cli.who import login_name
 from minipacs.config import Settings
-from minipacs.core.audit import MAX_LIMIT, Action, ActorKind, row_json
+from minipacs.core.audit import MAX_LIMIT, Action, ActorKind, login_name, row_json
 
 NEEDS_SETTINGS = True
 

@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from minipacs.cli.exit_codes import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
-from minipacs.cli.who import login_name
 from minipacs.config import Settings
+from minipacs.core.audit import login_name
 from minipacs.core.corrections import CorrectionResult, Corrections, list_corrections
 from minipacs.core.errors import ArchiveError
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Final
 
 from minipacs.cli.exit_codes import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
-from minipacs.cli.who import login_name
 from minipacs.config import Settings
-from minipacs.core.audit import Action, ActorKind
+from minipacs.core.audit import Action, ActorKind, login_name
 from minipacs.core.errors import ArchiveError
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import enum
+import getpass
 import logging
 import threading
 import time
@@ -41,6 +42,17 @@ from minipacs.index import audit_repo
 from minipacs.index.database import IndexConnection
 
 log = logging.getLogger("minipacs.audit")
+
+
+def login_name() -> str:
+    """The login name of the user running this process (a command, or the server), for the audit
+    trail and the corrections log; "?" when the system cannot say: a container started with a
+    numeric user that /etc/passwd does not know makes ``getpass.getuser`` raise (KeyError), and that
+    must not stop an export, a correction or the server's start."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "?"
 
 
 class Action(enum.Enum):
@@ -297,5 +309,6 @@ __all__ = [
     "AuditLog",
     "AuditSettings",
     "Outcome",
+    "login_name",
     "row_json",
 ]

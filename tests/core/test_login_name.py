@@ -1,4 +1,4 @@
-"""cli/who.py: the login name for the audit trail, also where the system has none."""
+"""core/audit.py login_name: the login name for the audit trail, also where the system has none."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import getpass
 
 import pytest
 
-from minipacs.cli.who import login_name
+from minipacs.core.audit import login_name
 
 
 def test_the_login_name_is_the_users() -> None:
