@@ -102,9 +102,9 @@ def audit_message(row: Mapping[str, Any], source_id: str, local_address: str = "
             requestor["AlternativeUserID"] = str(row["actor"])  # the AE title (PS3.15 A.5.2.2)
         ET.SubElement(root, "ActiveParticipant", requestor)
         node = ET.SubElement(root, "ActiveParticipant", archive)
-        if (
-            action not in AUTHENTICATION and action != "audit_read"
-        ):  # a login's other participant is the node that authenticated
+        # a login's other participant is the node that authenticated, an audit read's the log's keeper:
+        # neither is the Source of a transfer
+        if action not in AUTHENTICATION and action != "audit_read":
             _coded(node, "RoleIDCode", "110153", "DCM", "Source Role ID")
     ET.SubElement(root, "AuditSourceIdentification", {"AuditSourceID": source_id})
     if action == "audit_read":  # PS3.15 A.5.3: the audit log, a Security Resource named by its URI

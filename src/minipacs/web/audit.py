@@ -131,23 +131,19 @@ async def audit_api(request: Request) -> Response:
 
 async def audit_page(request: Request) -> Response:
     q = request.query_params
+    rows = await _rows(request, PAGE_SIZE)
+    _record_read(request)
     return render(
         request,
         "audit.html",
         "Audit trail",
-        rows=await _rows_read(request),
+        rows=rows,
         patient=q.get("patient", ""),
         study=q.get("study", ""),
         user=q.get("user", ""),
         since=q.get("since", ""),
         until=q.get("until", ""),
     )
-
-
-async def _rows_read(request: Request) -> list[dict[str, Any]]:
-    rows = await _rows(request, PAGE_SIZE)
-    _record_read(request)
-    return rows
 
 
 def api_routes() -> list[BaseRoute]:
