@@ -194,6 +194,13 @@ def test_a47_changes_the_identifier_and_refuses_an_existing_one(tmp_path: Path) 
         (adt("A08", "", name="X"), "AE", "PID-3 Patient Identifier List is empty", "PID^1^3"),
         (adt("A40", "P1", mrg="NOBODY"), "AE", "prior patient 'NOBODY' (MRG-1) is neither", "PID^1^3"),
         (adt("A08", "P1", birth="1970-01-01"), "AE", "not an HL7 date", "PID^1^7"),
+        # a '=' (the escape \X3D\) in the ideographic repetition: every repetition that makes the name is checked
+        (
+            adt("A08", "P1", name="Doe^John^^^^^^A~\\X3D\\^x^^^^^^I"),
+            "AE",
+            "PID-5 component 1 holds '^', '=' or a backslash",
+            "PID^1^5",
+        ),
         (adt("A01", "P1"), "AR", "ADT^A01 is not an ADT event minipacs takes", "MSH^1^9"),
     ],
 )
