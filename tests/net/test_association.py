@@ -15,7 +15,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from pydicom.dataset import Dataset
@@ -35,7 +35,7 @@ from minipacs.net.association import (
 )
 from minipacs.net.dimse import Command
 from minipacs.net.dul import Timeouts
-from minipacs.net.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ, encode_pdu, pdata_pdu_header
+from minipacs.net.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ, decode_pdu, encode_pdu, pdata_pdu_header
 from minipacs.net.pdu_items import PresentationContextAC, UserInformation
 from minipacs.net.presentation import NegotiatedContext, SupportedContext, negotiate
 from minipacs.services.base import Service
@@ -500,6 +500,36 @@ def test_reject_raw(case: str, rq: AAssociateRQ, expected: bytes) -> None:
             raw.send(encode_pdu(rq))
             pdu = await raw.read_pdu()
             assert pdu is not None and pdu[1] == expected
+            raw.close()
+            await wait_until_idle(server)
+
+    asyncio.run(run())
+
+
+def test_repeated_context_id_gets_one_answer_to_its_first_proposal() -> None:
+    """PS3.8 9.3.2.2: Presentation-context-IDs are unique in a request. One that repeats an ID gets
+    one answer for it (to the first proposal, as DCMTK's storescp does), never two answers with the
+    same ID; a C-ECHO on that context then works."""
+
+    async def run() -> None:
+        async with serving() as server:
+            rq = proposal("RAW")
+            first, second = rq.presentation_contexts
+            repeated = replace(rq, presentation_contexts=[first, replace(second, context_id=first.context_id)])
+            raw = await Raw.open(server.port)
+            raw.send(encode_pdu(repeated))
+            pdu = await raw.read_pdu()
+            assert pdu is not None and pdu[0] == 0x02
+            ac = decode_pdu(0x02, pdu[1][6:])
+            assert isinstance(ac, AAssociateAC)
+            assert [(c.context_id, c.result, c.transfer_syntax) for c in ac.presentation_contexts] == [
+                (first.context_id, 0, IMPLICIT_LE)
+            ]
+            raw.send(echo_pdata(first.context_id))
+            answer = await raw.read_pdu()
+            assert answer is not None and answer[0] == 0x04  # the C-ECHO-RSP
+            raw.send(RELEASE_RQ)
+            assert await raw.read_pdu() == (0x06, RELEASE_RP)
             raw.close()
             await wait_until_idle(server)
 

@@ -55,12 +55,20 @@ def negotiate(
     supported: Mapping[str, SupportedContext],
     roles: Iterable[RoleSelection] = (),
 ) -> tuple[list[PresentationContextAC], list[NegotiatedContext], list[RoleSelection]]:
-    """Answer each proposed context; return (AC items, accepted contexts, role replies)."""
+    """Answer each proposed context; return (AC items, accepted contexts, role replies).
+
+    PS3.8 9.3.2.2: the Presentation-context-IDs of a request are unique. A request that repeats one
+    gets ONE answer for it, to its first proposal (the later ones are left out, as DCMTK does):
+    two answers with the same ID would leave the requestor and us each choosing which one holds."""
     role_rq = {r.sop_class_uid: r for r in roles}
     answers: list[PresentationContextAC] = []
     accepted: list[NegotiatedContext] = []
     role_ac: dict[str, RoleSelection] = {}
+    answered: set[int] = set()
     for ctx in proposed:
+        if ctx.context_id in answered:
+            continue
+        answered.add(ctx.context_id)
         support = supported.get(ctx.abstract_syntax)
         if support is None:
             answers.append(PresentationContextAC(ctx.context_id, ABSTRACT_SYNTAX_NOT_SUPPORTED, ""))
