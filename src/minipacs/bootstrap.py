@@ -421,6 +421,7 @@ async def build_app(settings: Settings) -> App:
         host=settings.host,
         port=settings.port,
         max_associations=settings.max_associations,
+        max_associations_per_host=settings.max_associations_per_host,
         check_called_aet=settings.check_called_aet,
         max_pdu_receive=settings.max_pdu_receive,
         max_pdu_send=settings.max_pdu_send,

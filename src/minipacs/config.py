@@ -77,6 +77,8 @@ class Settings:
     dicom_trust_usernames: bool = False
     # --- limits
     max_associations: int = 32
+    #: Open associations one peer address may hold (its share of max_associations); 0: no cap of its own.
+    max_associations_per_host: int = 24
     #: Connections not yet associations (TCP accepted, TLS handshake or A-ASSOCIATE-RQ under way), per
     #: listener: beyond this many in all, or max_pending_per_host from one address, closed at once.
     max_pending_connections: int = 64
@@ -364,6 +366,8 @@ class Settings:
             )
         if self.max_associations < 1:
             raise ConfigError("max_associations must be at least 1")
+        if self.max_associations_per_host < 0:
+            raise ConfigError("max_associations_per_host must be 0 (no cap of its own) or more")
         if self.max_pending_connections < 1 or self.max_pending_per_host < 1:
             raise ConfigError("max_pending_connections and max_pending_per_host must be at least 1")
         if self.max_pending_per_host > self.max_pending_connections:

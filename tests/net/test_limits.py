@@ -20,9 +20,11 @@ from typing import Any
 
 import pytest
 
+from minipacs.config import ConfigError, load_settings
 from minipacs.dicom.uids import IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
 from minipacs.net.association import (
     Association,
+    AssociationRejected,
     AssociationSettings,
     Message,
     build_rq,
@@ -45,6 +47,7 @@ from tests.net.test_association import (
     settings,
     wait_until_idle,
 )
+from tests.peers import start_server
 from tests.tls_certs import Certificates, make_pki
 
 pytestmark = pytest.mark.interop
@@ -184,6 +187,82 @@ def test_silent_connections_hold_no_association_slot_and_are_capped_per_host(
     refusals = [r.getMessage() for r in caplog.records if "closed at once" in r.getMessage()]
     assert len(refusals) == 1, refusals
     assert "127.0.0.2" in refusals[0] and "max_pending_per_host = 6" in refusals[0]
+
+
+def test_one_address_holds_at_most_its_share_of_the_associations(caplog: pytest.LogCaptureFixture) -> None:
+    """max_associations_per_host: a peer that opens associations and leaves them idle fills its own
+    share only. Its next one is rejected (transient, local limit exceeded, PS3.8 Table 9-21) with the
+    address and the limit in the log; another address still gets in, and a slot freed at the first
+    address can be taken again. Up to the limit, nothing is refused."""
+    caplog.set_level(logging.INFO, logger="minipacs")
+
+    async def open_from(port: int, source: str) -> Association:
+        return await connect("127.0.0.1", port, proposal(), settings(), local_host=source)
+
+    async def run() -> None:
+        async with listener(max_associations=4, max_associations_per_host=3) as server:
+            idle = [await open_from(server.port, "127.0.0.2") for _ in range(3)]  # at the limit: accepted
+            with pytest.raises(AssociationRejected) as info:
+                await open_from(server.port, "127.0.0.2")
+            rj = info.value.rj
+            assert (rj.result, rj.source, rj.reason) == (2, 3, 2)
+            assert await echo_from(server.port, "127.0.0.3") == 0  # the 4th slot, from elsewhere
+            await idle[0].release()
+            await asyncio.sleep(0.1)
+            again = await open_from(server.port, "127.0.0.2")
+            assert await echo(again) == 0
+            for assoc in [*idle[1:], again]:
+                assert await echo(assoc) == 0, "the open associations are unaffected"
+                await assoc.release()
+
+    asyncio.run(run())
+    said = [r.getMessage() for r in caplog.records if "] association rejected:" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "from 127.0.0.2" in said[0] and "(max_associations_per_host) is 3" in said[0]
+
+
+def test_serve_takes_max_associations_per_host_and_refuses_a_negative_one(tmp_path: Path) -> None:
+    """The setting reaches the real ``minipacs serve`` (MINIPACS_MAX_ASSOCIATIONS_PER_HOST=1: a second
+    association from the same address is rejected, one from another address is not); a negative value
+    is a ConfigError at start."""
+    server = start_server(tmp_path, env={"MINIPACS_MAX_ASSOCIATIONS_PER_HOST": "1"})
+
+    async def run() -> None:
+        first = await connect("127.0.0.1", server.port, proposal(called="MINIPACS"), settings(), local_host="127.0.0.2")
+        try:
+            with pytest.raises(AssociationRejected):
+                await connect("127.0.0.1", server.port, proposal(called="MINIPACS"), settings(), local_host="127.0.0.2")
+            other = await connect(
+                "127.0.0.1", server.port, proposal(called="MINIPACS"), settings(), local_host="127.0.0.3"
+            )
+            assert await echo(other) == 0
+            await other.release()
+        finally:
+            await first.release()
+
+    try:
+        asyncio.run(run())
+    finally:
+        server.stop()
+    with pytest.raises(ConfigError, match="max_associations_per_host"):
+        load_settings(None, env={"MINIPACS_DATA_DIR": str(tmp_path / "d"), "MINIPACS_MAX_ASSOCIATIONS_PER_HOST": "-1"})
+
+
+def test_no_cap_per_address_when_it_is_zero() -> None:
+    """max_associations_per_host = 0 (behind a load balancer without the PROXY protocol, every client
+    has its address): one address may take every slot."""
+
+    async def run() -> None:
+        async with listener(max_associations=3, max_associations_per_host=0) as server:
+            held = [
+                await connect("127.0.0.1", server.port, proposal(), settings(), local_host="127.0.0.2")
+                for _ in range(3)
+            ]
+            for assoc in held:
+                assert await echo(assoc) == 0
+                await assoc.release()
+
+    asyncio.run(run())
 
 
 def test_the_total_pending_cap() -> None:

@@ -1,7 +1,7 @@
 """The DICOM listener: accepts associations, negotiates, dispatches to services.
 
-Limits enforced here: maximum concurrent associations (A-ASSOCIATE-RJ
-transient / local-limit-exceeded), the called AE title when configured
+Limits enforced here: maximum concurrent associations, in all and from one
+peer address (A-ASSOCIATE-RJ transient / local-limit-exceeded), the called AE title when configured
 (reason 7), protocol version and application context, and the access policy
 (core/access.py): a calling AE it refuses gets reason 3, an operation it
 refuses gets status 0x0124 (Not authorized). Every association, accepted or
@@ -242,6 +242,7 @@ class DicomServer:
         host: str = "0.0.0.0",
         port: int = 11112,
         max_associations: int = 32,
+        max_associations_per_host: int = 0,
         check_called_aet: bool = False,
         max_pdu_receive: int = 1024 * 1024,
         max_pdu_send: int = 1024 * 1024,
@@ -273,6 +274,8 @@ class DicomServer:
         #: None: User Identity items are not looked at (services/user_identity.py).
         self.identity = identity
         self.max_associations = max_associations
+        #: Open associations one peer address may hold (0: no cap but max_associations).
+        self.max_associations_per_host = max_associations_per_host
         self.max_pending_connections = max_pending_connections
         self.max_pending_per_host = max_pending_per_host
         #: From the TCP accept to a complete A-ASSOCIATE-RQ (TLS handshake included); ARTIM if shorter.
@@ -723,6 +726,17 @@ class DicomServer:
                 f"{len(self.established)} associations already open, the limit (max_associations) is "
                 f"{self.max_associations}"
             )
+        per_host = self.max_associations_per_host
+        if per_host:
+            host = assoc.peer_host
+            held = sum(1 for other in self.established if other.peer_host == host)
+            if held >= per_host:
+                # one address never holds every slot: the others stay open to the rest (a peer that opens
+                # associations and leaves them idle would otherwise lock everyone out for idle_timeout)
+                return AAssociateRJ(2, 3, 2), (
+                    f"{held} associations from {host} already open, the limit per address "
+                    f"(max_associations_per_host) is {per_host}; the peer should release the ones it no longer uses"
+                )
         return None
 
     def _sink_for(self, assoc: Association, ctx: NegotiatedContext, command: Command) -> DatasetSink:
