@@ -8,6 +8,7 @@ wrong called AE title, then the association, DIMSE and ingest figures. The calli
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -230,7 +231,8 @@ def test_overview_page_shows_arrivals_storage_and_failing_jobs(tmp_path: Path) -
     arrivals = page.split('id="arrivals"')[1].split("</table>")[0]
     assert "<th>Last hour</th><td>3</td><td>2</td>" in arrivals
     assert "<th>Last 24 hours</th><td>3</td><td>2</td>" in arrivals
-    assert 'id="stored">2 studies, 3 instances' in page
+    stored = page.split('id="stored">')[1].split("</p>")[0]
+    assert re.fullmatch(r"2 studies, 3 instances, [\d.]+ KiB; [\d.,]+ [GT]iB free\.", stored), stored
     failing = page.split('id="failing"')[1].split("</table>")[0]
     assert "refused the connection: is its DICOM service running?" in failing
     assert "rejected the association: calling AE title not recognized" in failing

@@ -307,3 +307,37 @@ def test_deletions_name_the_user(web: Callable[..., Any], caplog: pytest.LogCapt
         )
 
     web(body, users=USERS)
+
+
+@pytest.mark.parametrize(
+    ("count", "shown"),
+    [
+        (0, "0 B"),
+        (1023, "1,023 B"),
+        (1024, "1.0 KiB"),
+        (9728, "9.5 KiB"),
+        (4_823_449, "4.6 MiB"),
+        (1024**3 - 1, "1,024.0 MiB"),
+        (1024**3, "1.0 GiB"),
+        (81_711_325_593, "76.1 GiB"),
+        (3 * 1024**4, "3.0 TiB"),
+        (5000 * 1024**4, "5,000.0 TiB"),
+        (None, "0 B"),
+    ],
+)
+def test_size_filter_picks_the_unit_by_magnitude(count: int | None, shown: str) -> None:
+    """The overview said '0.0 GiB' for 4.6 MiB stored (and 4.6 MiB in the table above it)."""
+    from minipacs.web.pages import size
+
+    assert size(count) == shown
+
+
+def test_plural_filter() -> None:
+    from minipacs.web.pages import plural
+
+    assert [plural(n, "study", "studies") for n in (0, 1, 2, 1500)] == [
+        "0 studies",
+        "1 study",
+        "2 studies",
+        "1,500 studies",
+    ]

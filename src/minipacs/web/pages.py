@@ -128,6 +128,21 @@ def json_tag_rows(data: Mapping[str, Any], keyword_of: Any, depth: int = 0) -> l
     return rows
 
 
+def size(count: int | float | None) -> str:
+    """A size in bytes as a person reads it: 980 B, 9.5 KiB, 4.6 MiB, 1.2 GiB, 3.0 TiB (binary units)."""
+    value = float(count or 0)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024:
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1024
+    return f"{value:,.1f} TiB"
+
+
+def plural(count: int, one: str, many: str) -> str:
+    """'1 study', '2 studies', '0 studies'."""
+    return f"{count:,} {one if count == 1 else many}"
+
+
 def _frame(request: Request) -> dict[str, Any]:
     """What base.html needs on every page: the role, and which navigation links it may see."""
     nav = [
@@ -156,7 +171,7 @@ def _environment() -> jinja2.Environment:
         keep_trailing_newline=False,
     )
     env.globals["url_for"] = _url_for
-    env.filters.update(date=date, person=person, text=text)
+    env.filters.update(date=date, person=person, text=text, size=size, plural=plural)
     return env
 
 
