@@ -10,7 +10,10 @@ from typing import Any
 
 import pydicom
 import pytest
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from pydicom.sequence import Sequence
 
 from minipacs.bootstrap import open_archive
@@ -92,7 +95,11 @@ class QueryArchive:
         ds.QueryRetrieveLevel = level.value
         with pydicom.config.disable_value_validation():
             for keyword, value in keys.items():
-                setattr(ds, keyword, value)
+                if isinstance(value, bytes):  # as read off the wire, unconverted: a value pydicom would refuse
+                    tag = Tag(tag_for_keyword(keyword))
+                    ds[tag] = RawDataElement(tag, dictionary_VR(tag), len(value), value, 0, True, True)
+                else:
+                    setattr(ds, keyword, value)
 
         async def collect() -> list[Dataset]:
             return [m async for m in query(self.archive, None, ds, model=model, limit=limit, relational=relational)]

@@ -21,6 +21,7 @@ from minipacs.index.matching import (
     like_pattern,
     python_matches,
 )
+from minipacs.dicom.levels import Level
 from tests.index.query_fixture import STUDY_UIDS, QueryArchive, qa  # noqa: F401 - fixture
 
 ALL = {"A1", "A_2", "A%3", "A'4", "B;5"}
@@ -143,7 +144,6 @@ CLASSIFY = [
     ("LO", "**", UNIVERSAL),
     ("LO", "abc", Condition(Matching.SINGLE, ("abc",))),
     ("LO", "a**b?", Condition(Matching.WILDCARD, ("a*b?",))),
-    ("UI", "1.2*", Condition(Matching.SINGLE, ("1.2*",))),
     ("DA", "20240101", Condition(Matching.SINGLE, ("20240101",))),
     ("DA", "20240101-", Condition(Matching.RANGE, ("20240101", ""))),
     ("DA", "-", UNIVERSAL),
@@ -169,6 +169,41 @@ CLASSIFY = [
 @pytest.mark.parametrize(("vr", "value", "expected"), CLASSIFY, ids=[f"{v}:{x[:20]}" for v, x, _e in CLASSIFY])
 def test_classify(vr: str, value: str, expected: Condition) -> None:
     assert classify(vr, value) == expected
+
+
+# PS3.5 Table 6.2-1: values a key's VR cannot hold, refused (0xC001 at the C-FIND edge, 400 in QIDO-RS)
+# rather than answered "no match": numbers that are no numbers, UIDs with wildcards (PS3.4 C.2.2.2.4).
+NOT_OF_THE_VR = [
+    ("IS", "1A"),
+    ("IS", "1*"),
+    ("IS", "1.5"),
+    ("IS", "1\\x"),
+    ("DS", "1,5"),
+    ("DS", "?"),
+    ("UI", "1.2*"),
+    ("UI", "1.2.3\\1.2.?"),
+]
+
+
+@pytest.mark.parametrize(("vr", "value"), NOT_OF_THE_VR, ids=[f"{v}:{x}" for v, x in NOT_OF_THE_VR])
+def test_values_the_vr_cannot_hold_are_refused(vr: str, value: str) -> None:
+    with pytest.raises(InvalidMatchValue, match=r"SeriesNumber '.*' is not a valid|SeriesNumber '.*': a UID cannot"):
+        classify(vr, value, "SeriesNumber")
+
+
+NUMBERS = [("IS", "12"), ("IS", "-3"), ("IS", "+7"), ("IS", " 4 "), ("DS", "1.5"), ("DS", "-.5e-3"), ("DS", "2.")]
+
+
+@pytest.mark.parametrize(("vr", "value"), NUMBERS)
+def test_numbers_take_single_value_matching(vr: str, value: str) -> None:
+    assert classify(vr, value) == Condition(Matching.SINGLE, (value,))
+
+
+def test_series_number_that_is_no_number_is_refused_by_the_engine(qa: QueryArchive) -> None:
+    """C-FIND and QIDO-RS agree: "SeriesNumber=1A" is refused, not answered with no match."""
+    with pytest.raises(InvalidKeyValue, match="SeriesNumber '1A' is not a valid IS value"):
+        qa.find({"StudyInstanceUID": STUDY_UIDS["A1"], "SeriesInstanceUID": "", "SeriesNumber": b"1A"}, Level.SERIES)
+    assert len(qa.find({"StudyInstanceUID": STUDY_UIDS["A1"], "SeriesNumber": "1"}, Level.SERIES)) == 1
 
 
 def test_binary_keys_cannot_match() -> None:

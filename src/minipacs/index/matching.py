@@ -39,6 +39,16 @@ MAX_LIST_VALUES: Final = 1000
 # VRs whose values cannot carry wildcards (PS3.4 C.2.2.2.4 excludes DA, TM, DT, UI and numbers).
 NO_WILDCARD_VRS: Final = DATE_TIME_VRS | {"UI", "IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "AT"}
 
+# PS3.5 Table 6.2-1: the text of an IS (an integer) and of a DS (a fixed or floating point number);
+# the padding spaces are gone by the time a key is classified. What words the refusal uses for each.
+NUMBER_SYNTAX: Final[Mapping[str, tuple[re.Pattern[str], str]]] = {
+    "IS": (re.compile(r"[+-]?[0-9]+", re.ASCII), "a whole number"),
+    "DS": (
+        re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII),
+        "a decimal number",
+    ),
+}
+
 
 class Matching(enum.Enum):
     """PS3.4 C.2.2.2.1-7: the kinds of matching a key value can ask for."""
@@ -85,9 +95,25 @@ def classify(vr: str, value: str, keyword: str = "") -> Condition:
         )
     if vr in DATE_TIME_VRS:
         return _date_time_condition(vr, value, name)
+    _check_syntax(vr, value, name)
     if ("*" in value or "?" in value) and vr not in NO_WILDCARD_VRS:
         return Condition(Matching.WILDCARD, (re.sub(r"\*+", "*", value),))
     return Condition(Matching.SINGLE, (value,))
+
+
+def _check_syntax(vr: str, value: str, name: str) -> None:
+    """Refuse a value its VR cannot hold, which no stored value can match: a number key that is no
+    number (PS3.5 Table 6.2-1; "SeriesNumber=1A", "InstanceNumber=1*": numbers take single value
+    matching only, PS3.4 C.2.2.2.1), a UID with wildcards (PS3.4 C.2.2.2.4 allows none in UI).
+
+    Refused rather than answered with no match, as QIDO-RS refuses them (HTTP 400): a requester
+    that asked for something impossible is told so, not left to believe nothing is stored. The
+    sentence fits an Error Comment (64 characters) for the usual keywords and values."""
+    syntax = NUMBER_SYNTAX.get(vr)
+    if syntax is not None and syntax[0].fullmatch(value.strip(" ")) is None:
+        raise InvalidMatchValue(f"{name} {value[:24]!r} is not a valid {vr} value ({syntax[1]})")
+    if vr == "UI" and ("*" in value or "?" in value):
+        raise InvalidMatchValue(f"{name} {value[:24]!r}: a UID cannot hold a wildcard")
 
 
 def _date_time_condition(vr: str, value: str, name: str) -> Condition:
