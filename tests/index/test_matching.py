@@ -126,6 +126,7 @@ INVALID = [
     ("bad date", {"StudyDate": "2024013"}),
     ("bad date in a range", {"StudyDate": "20240101-2024XX01"}),
     ("range ending before it starts", {"StudyDate": "20240201-20240101"}),
+    ("DT range ending before it starts in UTC", {"AcquisitionDateTime": "20240105080000+0000-20240105083000+0100"}),
     ("bad time", {"StudyTime": "2561"}),
     ("value far too long", {"AccessionNumber": "A" * 5000}),
     ("too many UIDs", {"StudyInstanceUID": ["1.2"] * 1001}),
@@ -151,6 +152,12 @@ CLASSIFY = [
     ("DT", "20240101120000-0500", Condition(Matching.SINGLE, ("20240101120000-0500",))),
     ("DT", "2024-2025", Condition(Matching.RANGE, ("2024", "2025"))),
     ("DT", "20240101120000-0500-20240102", Condition(Matching.RANGE, ("20240101120000-0500", "20240102"))),
+    # 10:00+0500 is 05:00 UTC, before 09:30 UTC: a range in order once the offsets are counted
+    (
+        "DT",
+        "20240105100000+0500-20240105093000+0000",
+        Condition(Matching.RANGE, ("20240105100000+0500", "20240105093000+0000")),
+    ),
     (
         "UI",
         "1.2\\1.3",
@@ -229,6 +236,17 @@ PYTHON = [
     (Condition(Matching.WILDCARD, ("D*",)), "LO", "dx", False),
     (Condition(Matching.RANGE, ("20240101", "")), "DA", "20231231", False),
     (Condition(Matching.RANGE, ("", "2024")), "DT", "20241231235959", True),
+    # PS3.4 C.2.2.2.5.3 d: a DT's offset from UTC is taken into account: 10:10:10+0100 is 09:10:10 UTC
+    (Condition(Matching.RANGE, ("20240105090000+0000", "20240105093000+0000")), "DT", "20240105101010+0100", True),
+    (Condition(Matching.RANGE, ("20240105100000+0000", "20240105103000+0000")), "DT", "20240105101010+0100", False),
+    (Condition(Matching.RANGE, ("", "20240105091009+0000")), "DT", "20240105101010+0100", False),
+    (Condition(Matching.RANGE, ("20240105043000-0500", "")), "DT", "20240105101010+0100", False),
+    (Condition(Matching.RANGE, ("20240105040000-0500", "")), "DT", "20240105101010+0100", True),
+    (Condition(Matching.SINGLE, ("20240105091010+0000",)), "DT", "20240105101010+0100", True),
+    (Condition(Matching.SINGLE, ("20240105101010+0000",)), "DT", "20240105101010+0100", False),
+    (Condition(Matching.SINGLE, ("20240105101010",)), "DT", "20240105101010.5", True),
+    (Condition(Matching.SINGLE, ("99991231",)), "DT", "99991231120000", True),  # raised OverflowError
+    (Condition(Matching.RANGE, ("2024", "")), "DT", "9999", True),
     (Condition(Matching.SINGLE, ("x",)), "LO", None, False),
     (UNIVERSAL, "LO", None, True),
 ]

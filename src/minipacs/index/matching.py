@@ -21,6 +21,7 @@ from sqlalchemy import ColumnElement, and_, false, func, or_
 from minipacs.dicom.values import (
     date_bound,
     datetime_bound,
+    datetime_utc_bound,
     normalise_name,
     time_bound,
 )
@@ -153,10 +154,12 @@ def _split_dt_range(value: str) -> tuple[str, str, str]:
 
 # ----------------------------------------------------------------- value bounds
 
+# PS3.4 C.2.2.2.5: a DT is compared as the moment it names, its offset from UTC taken into account
+# (C.2.2.2.5.3 d); DA and TM carry no offset (C.2.2.2.5.2: "No offset ... is permitted in the TM").
 _BOUNDS: Final[Mapping[str, Callable[[str, bool], Any]]] = {
     "DA": date_bound,
     "TM": time_bound,
-    "DT": datetime_bound,
+    "DT": datetime_utc_bound,
 }
 
 
