@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from minipacs.core.errors import InvalidKeyValue
+from minipacs.dicom.levels import Level
 from minipacs.index.errors import InvalidMatchValue
 from minipacs.index.matching import (
     UNIVERSAL,
@@ -21,7 +22,6 @@ from minipacs.index.matching import (
     like_pattern,
     python_matches,
 )
-from minipacs.dicom.levels import Level
 from tests.index.query_fixture import STUDY_UIDS, QueryArchive, qa  # noqa: F401 - fixture
 
 ALL = {"A1", "A_2", "A%3", "A'4", "B;5"}
@@ -119,6 +119,42 @@ def test_sequence_matching(qa: QueryArchive, code: str | None, expected: set[str
     for match in found:
         if match.AccessionNumber in ("A1", "A%3"):
             assert match.ProcedureCodeSequence[0].CodeValue in ("X1", "X3")
+
+
+def test_sequence_answer_holds_the_matching_items_with_the_requested_attributes(qa: QueryArchive) -> None:
+    """PS3.4 C.2.2.2.6: "A sequence of matching Items containing only the requested Attributes is
+    returned"; a requested attribute an item lacks is answered empty. A_2 has items Y1 and Y2."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    item = Dataset()
+    item.CodeValue = "Y2"
+    item.CodeMeaning = None
+    item.CodingSchemeVersion = None
+    (match,) = qa.find({"AccessionNumber": "", "ProcedureCodeSequence": Sequence([item])})
+    assert match.AccessionNumber == "A_2"
+    (answered,) = match.ProcedureCodeSequence
+    assert [e.keyword for e in answered] == ["CodeValue", "CodingSchemeVersion", "CodeMeaning"]
+    assert (answered.CodeValue, answered.CodeMeaning, answered.CodingSchemeVersion) == ("Y2", "procedure Y2", None)
+    # an item of universal keys: every stored item, each with the requested attributes only
+    item = Dataset()
+    item.CodeValue = None
+    found = qa.find({"AccessionNumber": "A_2", "ProcedureCodeSequence": Sequence([item])})
+    assert [[e.keyword for e in i] for i in found[0].ProcedureCodeSequence] == [["CodeValue"], ["CodeValue"]]
+    assert [i.CodeValue for i in found[0].ProcedureCodeSequence] == ["Y1", "Y2"]
+    # an empty item: the entire sequence as stored
+    found = qa.find({"AccessionNumber": "A_2", "ProcedureCodeSequence": Sequence([Dataset()])})
+    assert [i.CodingSchemeDesignator for i in found[0].ProcedureCodeSequence] == ["LOCAL", "LOCAL"]
+
+
+def test_timezone_offset_from_utc_is_answered_not_matched(qa: QueryArchive) -> None:
+    """PS3.4 C.4.1.1.3.1: Timezone Offset From UTC says how the identifier's times are meant; it is
+    no key to match (a -0500 query found nothing stored in +0100). C.4.1.1.3.2: a response has it
+    with a value or not at all ("shall not be sent with a zero-length value")."""
+    found = {str(m.AccessionNumber): m for m in qa.find({"AccessionNumber": "", "TimezoneOffsetFromUTC": "-0500"})}
+    assert set(found) == ALL
+    assert found["A'4"].TimezoneOffsetFromUTC == "+0100"
+    assert all("TimezoneOffsetFromUTC" not in m for acc, m in found.items() if acc != "A'4")
 
 
 # Values no match can be made of: a clean refusal (InvalidKeyValue → 0xC001 at the C-FIND edge)

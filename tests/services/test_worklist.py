@@ -191,6 +191,19 @@ def test_scp_non_ascii_answer_carries_a_character_set(tmp_path: Path) -> None:
     assert match.SpecificCharacterSet in ("ISO_IR 100", "ISO_IR 192") and str(match.PatientName) == "Müller^Jürgen"
 
 
+def test_scp_leaves_out_a_timezone_offset_it_has_no_value_for(tmp_path: Path) -> None:
+    """PS3.4 K.4.1.1.3.2: Timezone Offset From UTC "shall not be sent with a zero-length value"; the
+    entries have none, and a value in the request is not matched (K.2.2.2: it says how times are meant)."""
+    for offset in ("", "+0100"):
+        result = asyncio.run(
+            _scp_query(
+                tmp_path / f"tz{offset}", ("PatientID=123456", "AccessionNumber", f"TimezoneOffsetFromUTC={offset}")
+            )
+        )
+        assert result.status == 0 and accessions(result.matches) == ["ACC1", "ACC2"]
+        assert all("TimezoneOffsetFromUTC" not in m for m in result.matches)
+
+
 def test_scp_c_cancel(tmp_path: Path) -> None:
     result = asyncio.run(_scp_query(tmp_path, ("AccessionNumber",), cancel_after=2, extra=200))
     assert result.status == 0xFE00 and 2 <= len(result.matches) < 204

@@ -160,7 +160,7 @@ def datetime_utc_bound(text: str, upper: bool) -> dt.datetime | None:
     offset = _DT_RE.match(text).group(8)  # type: ignore[union-attr]  # datetime_bound matched it
     try:
         if offset is None:
-            return moment.astimezone(dt.timezone.utc).replace(tzinfo=None)
+            return moment.astimezone(dt.UTC).replace(tzinfo=None)
         sign = -1 if offset[0] == "-" else 1
         shift = dt.timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))
         return moment - sign * shift
