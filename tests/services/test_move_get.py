@@ -305,6 +305,35 @@ def test_move_patient_root(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("charset", ["ISO_IR 192", "ISO_IR 100"])
+def test_move_patient_whose_id_is_not_ascii(tmp_path: Path, charset: str) -> None:
+    """PS3.4 C.4.2.1.4.1: the identifier carries a Specific Character Set when its Patient ID is not in
+    the default repertoire, and the Patient ID is read in it. A UTF-8 "PÄT9" was read as Latin-1
+    ("PÃ\x84T9") and the move found nothing, while C-FIND found the patient."""
+
+    async def main() -> None:
+        async with archive_env(tmp_path, count=2) as env, env.destination() as dest:
+            sop = generate_uid()
+            path = write_ct(
+                tmp_path / "src" / "umlaut.dcm",
+                study_uid=generate_uid(),
+                series_uid=generate_uid(),
+                sop_uid=sop,
+                patient_id="PÄT9",
+                SpecificCharacterSet="ISO_IR 192",
+            )
+            await env.archive.import_file(path, Origin("import"))
+            ds = Dataset()
+            ds.SpecificCharacterSet = charset
+            ds.QueryRetrieveLevel = "PATIENT"
+            ds.PatientID = "PÄT9"
+            result = await env.move(ds, model="PATIENT")
+            assert (result.status, result.completed) == (0, 1)
+            assert set(received(dest.folder)) == {sop}
+
+    asyncio.run(main())
+
+
 def test_unknown_destination_is_a801_with_a_sentence(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
         async with archive_env(tmp_path) as env:

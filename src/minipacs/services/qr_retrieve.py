@@ -27,6 +27,8 @@ from minipacs.dicom.uids import (
     IMPLICIT_VR_LITTLE_ENDIAN,
     transfer_syntax,
 )
+from minipacs.dicom.identifier import dataset_charset
+from minipacs.dicom.values import codecs_for, decode_text
 from minipacs.dicom.vr import STRING_VRS
 from minipacs.net.association import Association, AssociationError, BytesSink, Message
 from minipacs.services.dispatch import Response
@@ -82,7 +84,9 @@ def decode_identifier(message: Message) -> tuple[str, dict[str, object]]:
 
     Values are taken from the raw element bytes (no pydicom value validation:
     a hostile or malformed value must reach ``core.retrieve`` to be refused
-    with a sentence, not break the decoding). Sequences are skipped.
+    with a sentence, not break the decoding), text decoded in the identifier's
+    Specific Character Set (PS3.4 C.4.2.1.4.1: it is there when the Patient ID is not
+    in the default repertoire). Sequences are skipped.
     """
     from pydicom.datadict import dictionary_VR, keyword_for_tag
     from pydicom.dataelem import RawDataElement
@@ -99,6 +103,7 @@ def decode_identifier(message: Message) -> tuple[str, dict[str, object]]:
     keys: dict[str, object] = {}
     try:
         ds = read_dataset(io.BytesIO(sink.getvalue()), ts.implicit_vr, ts.little_endian)
+        codecs = codecs_for(dataset_charset(ds))
         for tag in list(ds.keys()):
             raw = ds.get_item(tag)
             keyword = keyword_for_tag(tag)
@@ -107,7 +112,7 @@ def decode_identifier(message: Message) -> tuple[str, dict[str, object]]:
             vr = raw.VR or dictionary_VR(tag)
             if vr == "SQ" or vr not in STRING_VRS:  # the keys a retrieve uses are all text
                 continue
-            text = bytes(raw.value).decode("latin-1").strip(" \x00")
+            text = decode_text(bytes(raw.value), vr, codecs).strip(" \x00")
             values = [v.strip(" \x00") for v in text.split("\\")]
             keys[keyword] = values if len(values) > 1 else text
     except Exception as exc:
