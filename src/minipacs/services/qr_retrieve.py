@@ -20,6 +20,7 @@ from typing import Any, Final
 from minipacs.core.audit import Action, ActorKind
 from minipacs.core.retrieve import StoredInstance, locate
 from minipacs.core.transcode import TranscodeError
+from minipacs.dicom.identifier import dataset_charset
 from minipacs.dicom.levels import RETRIEVE_MODELS
 from minipacs.dicom.uids import (
     EXPLICIT_VR_BIG_ENDIAN,
@@ -27,7 +28,6 @@ from minipacs.dicom.uids import (
     IMPLICIT_VR_LITTLE_ENDIAN,
     transfer_syntax,
 )
-from minipacs.dicom.identifier import dataset_charset
 from minipacs.dicom.values import codecs_for, decode_text
 from minipacs.dicom.vr import STRING_VRS
 from minipacs.net.association import Association, AssociationError, BytesSink, Message
