@@ -249,6 +249,15 @@ def test_series_number_that_is_no_number_is_refused_by_the_engine(qa: QueryArchi
     assert len(qa.find({"StudyInstanceUID": STUDY_UIDS["A1"], "SeriesNumber": "1"}, Level.SERIES)) == 1
 
 
+def test_time_range_across_midnight_is_refused_saying_so() -> None:
+    """PS3.4 C.2.2.2.5.2: "Range matching crossing midnight is not supported" (no combined date-time
+    matching is negotiated, C.2.2.2.5.4): 2300-0100 is refused in words that fit an Error Comment."""
+    with pytest.raises(InvalidMatchValue) as refused:
+        classify("TM", "2300-0100", "StudyTime")
+    assert str(refused.value) == "StudyTime range '2300-0100' crosses midnight; send two ranges"
+    assert len(str(refused.value)) <= 64
+
+
 def test_binary_keys_cannot_match() -> None:
     with pytest.raises(InvalidMatchValue):
         classify("US", "512")

@@ -134,7 +134,9 @@ def _date_time_condition(vr: str, value: str, name: str) -> Condition:
     if not low and not high:
         return UNIVERSAL
     if low and high and _BOUNDS[vr](low, False) > _BOUNDS[vr](high, True):
-        raise InvalidMatchValue(f"{name} range {value!r} ends before it starts")
+        if vr == "TM":  # PS3.4 C.2.2.2.5.2: "Range matching crossing midnight is not supported"
+            raise InvalidMatchValue(f"{name} range {value[:24]!r} crosses midnight; send two ranges")
+        raise InvalidMatchValue(f"{name} range {value[:40]!r} ends before it starts")
     return Condition(Matching.RANGE, (low, high))
 
 
