@@ -509,7 +509,8 @@ def test_get_without_role_selection_fails_every_suboperation(tmp_path: Path) -> 
             sink = FolderStorage(tmp_path / "got")
             result = await _get(env, sink, study_key(env), roles=False)
             assert (result.status, result.failed) == (0xA702, 2)
-            assert "presentation context" in result.error_comment
+            # the Error Comment names the fix (PS3.4 C.4.3.3.1, PS3.7 D.3.3.4 role selection)
+            assert result.error_comment == "Storage class not offered with the SCP role (role selection)"
             assert received(sink.folder) == {}
 
     asyncio.run(main())

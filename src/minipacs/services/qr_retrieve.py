@@ -63,6 +63,15 @@ class IdentifierError(ValueError):
     """The identifier dataset cannot be decoded."""
 
 
+class NoContext(LookupError):
+    """No accepted presentation context can carry a sub-operation; ``comment`` is the Error Comment
+    (at most 64 characters) that names the fix."""
+
+    def __init__(self, why: str, comment: str) -> None:
+        super().__init__(why)
+        self.comment = comment
+
+
 def audit_retrieve(archive: Any, assoc: Association, instances: list[StoredInstance], what: str) -> None:
     """One "retrieved" audit row per study of a C-MOVE/C-GET request (core/audit.py), the peer as actor."""
     per_study: dict[str, int] = {}
@@ -235,7 +244,10 @@ async def run_suboperations(
             try:
                 status, text = await send_one(instance)
             except LookupError as exc:
-                progress.fail(instance, str(exc), "No accepted presentation context fits; see the log")
+                short = (
+                    exc.comment if isinstance(exc, NoContext) else "No accepted presentation context fits; see the log"
+                )
+                progress.fail(instance, str(exc), short)
             except TranscodeError as exc:
                 progress.fail(instance, str(exc), "An instance could not be converted; see the server log")
             except AssociationError as exc:
