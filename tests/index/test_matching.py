@@ -18,6 +18,7 @@ from minipacs.index.matching import (
     Condition,
     Matching,
     classify,
+    combined_date_time,
     glob_pattern,
     like_pattern,
     python_matches,
@@ -256,6 +257,31 @@ def test_time_range_across_midnight_is_refused_saying_so() -> None:
         classify("TM", "2300-0100", "StudyTime")
     assert str(refused.value) == "StudyTime range '2300-0100' crosses midnight; send two ranges"
     assert len(str(refused.value)) <= 64
+
+
+COMBINED = [
+    ("20240105-20240107", "1000-1800", ("202401051000", "202401071800")),
+    ("20240105-", "1000-", ("202401051000", "")),
+    ("-20240107", "-18", ("", "2024010718")),
+    ("2024.01.05-2024.01.07", "10:00-18:00", ("202401051000", "202401071800")),  # ACR-NEMA forms
+    ("20240105-20240107", "1000-", None),  # not one form: matched each on its own
+    ("20240105", "1000-1800", None),
+    ("20240105-20240107", "", None),
+    ("20240105\\20240106", "1000-1800", None),
+]
+
+
+@pytest.mark.parametrize(("date", "time", "expected"), COMBINED)
+def test_combined_date_time(date: str, time: str, expected: tuple[str, str] | None) -> None:
+    """PS3.4 C.2.2.2.5.4 and Table K.6-1: a date range and a time range of one form as one DT range."""
+    found = combined_date_time(date, time)
+    assert (found.values if found else None) == expected
+
+
+@pytest.mark.parametrize(("date", "time"), [("2024x-20240107", "10-12"), ("20240105-20240105", "1800-1000")])
+def test_combined_date_time_refuses_what_names_no_period(date: str, time: str) -> None:
+    with pytest.raises(InvalidMatchValue):
+        combined_date_time(date, time)
 
 
 def test_binary_keys_cannot_match() -> None:

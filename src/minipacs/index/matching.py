@@ -10,6 +10,7 @@ match case-insensitively through the normalised (casefolded) columns.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import re
 from collections.abc import Callable, Mapping
@@ -138,6 +139,49 @@ def _date_time_condition(vr: str, value: str, name: str) -> Condition:
             raise InvalidMatchValue(f"{name} range {value[:24]!r} crosses midnight; send two ranges")
         raise InvalidMatchValue(f"{name} range {value[:40]!r} ends before it starts")
     return Condition(Matching.RANGE, (low, high))
+
+
+def combined_date_time(date_value: str, time_value: str, name: str = "") -> Condition | None:
+    """A DA range and a TM range matched as ONE DT range (PS3.4 C.2.2.2.5.4; for the Modality
+    Worklist's Scheduled Procedure Step Start Date and Time always, PS3.4 Table K.6-1): the date
+    range July 5 to July 7 with the time range 10:00 to 18:00 is July 5 10:00 until July 7 18:00,
+    not 10:00 to 18:00 on each day; so 20240105-20240106 with 2300-0100 is the two hours around
+    midnight. None when the two are not ranges of the same form ("A-B", "-B" or "A-"), which are
+    then matched each on its own. Raises InvalidMatchValue for a value that is no date or time, or
+    a combined range that ends before it starts. The condition is matched on the stored date and
+    time joined into a DT (:func:`joined_date_time`)."""
+    if "\\" in date_value or "\\" in time_value:
+        return None
+    date_low, date_sep, date_high = date_value.partition("-")
+    time_low, time_sep, time_high = time_value.replace(":", "").partition("-")
+    form = (bool(date_low), bool(date_high))
+    if not (date_sep and time_sep) or form != (bool(time_low), bool(time_high)) or form == (False, False):
+        return None
+    for bound, part in (
+        (date_bound, date_low),
+        (date_bound, date_high),
+        (time_bound, time_low),
+        (time_bound, time_high),
+    ):
+        if part and bound(part, False) is None:
+            raise InvalidMatchValue(f"{name} {date_value[:20]!r} {time_value[:20]!r} is not a date and time range")
+    low = date_low.replace(".", "") + time_low
+    high = date_high.replace(".", "") + time_high
+    start = datetime_bound(low, False) if low else dt.datetime.min
+    end = datetime_bound(high, True) if high else dt.datetime.max
+    if start is None or end is None:
+        raise InvalidMatchValue(f"{name} {date_value[:20]!r} {time_value[:20]!r} is not a date and time range")
+    if start > end:
+        # without the keyword: the sentence is the Error Comment, at most 64 characters
+        raise InvalidMatchValue(f"range {date_value[:17]} {time_value[:13]} ends before it starts")
+    return Condition(Matching.RANGE, (low, high))
+
+
+def joined_date_time(date_text: str, time_text: str) -> str:
+    """A stored date and time as the DT :func:`combined_date_time` conditions are matched on
+    ("" when there is no date; the date alone, a whole day, when there is no time)."""
+    date = date_text.split("\\")[0].replace(".", "")
+    return date + time_text.split("\\")[0].replace(":", "") if date else ""
 
 
 def _split_dt_range(value: str) -> tuple[str, str, str]:
@@ -504,9 +548,11 @@ __all__ = [
     "Condition",
     "Matching",
     "classify",
+    "combined_date_time",
     "date_bound",
     "datetime_bound",
     "glob_pattern",
+    "joined_date_time",
     "like_pattern",
     "python_matches",
     "sql_condition",
