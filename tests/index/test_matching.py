@@ -56,6 +56,10 @@ CASES: list[tuple[str, dict[str, Any], set[str]]] = [
     # C.2.2.2.2 list of UID matching
     ("UID list", {"StudyInstanceUID": [STUDY_UIDS["A1"], STUDY_UIDS["A%3"]]}, {"A1", "A%3"}),
     ("UID list with an unknown UID", {"StudyInstanceUID": [STUDY_UIDS["B;5"], "1.2.3.4"]}, {"B;5"}),
+    # an empty value in a list names nothing (it matched every study: read as universal matching)
+    ("UID list with an empty value", {"StudyInstanceUID": [STUDY_UIDS["A1"], ""]}, {"A1"}),
+    ("UID list with empty values", {"StudyInstanceUID": ["", STUDY_UIDS["A1"], "", STUDY_UIDS["A'4"]]}, {"A1", "A'4"}),
+    ("multiple values with an empty one", {"ModalitiesInStudy": ["CR", ""]}, {"A'4"}),
     # C.2.2.2.4 wildcard matching
     ("wildcard: name prefix, any case", {"PatientName": "doe*"}, {"A1", "A_2"}),
     ("wildcard: ? in a name", {"PatientName": "?oe^j*"}, {"A1", "A_2"}),
@@ -202,6 +206,8 @@ CLASSIFY = [
             Matching.UID_LIST, parts=(Condition(Matching.SINGLE, ("1.2",)), Condition(Matching.SINGLE, ("1.3",)))
         ),
     ),
+    ("UI", "1.2\\", Condition(Matching.SINGLE, ("1.2",))),
+    ("UI", "\\", UNIVERSAL),
     (
         "CS",
         "CT\\MR",

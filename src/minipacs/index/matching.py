@@ -84,7 +84,11 @@ def classify(vr: str, value: str, keyword: str = "") -> Condition:
     if vr in BINARY_VRS:
         raise InvalidMatchValue(f"{name} ({vr}) cannot be used for matching; send it empty as a return key")
     if "\\" in value:
-        items = value.split("\\")
+        # An empty value in a list ("1.2.3\\", a trailing backslash) names nothing: it is dropped, not
+        # taken for universal matching (C.2.2.2.3 is a zero-length VALUE), which answered every entity.
+        items = [item for item in value.split("\\") if item]
+        if len(items) <= 1:
+            return classify(vr, items[0], keyword) if items else UNIVERSAL
         if len(items) > MAX_LIST_VALUES:
             raise InvalidMatchValue(f"{name} lists {len(items)} values; at most {MAX_LIST_VALUES} are accepted")
         parts = tuple(classify(vr, item, keyword) for item in items)
