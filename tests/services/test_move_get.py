@@ -489,6 +489,77 @@ async def _get(env: Env, service: FolderStorage, identifier: Dataset, roles: boo
         await assoc.release()
 
 
+class PriorityRecorder(FolderStorage):
+    """Stores as FolderStorage does and keeps the Priority of every C-STORE-RQ."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.priorities: list[int] = []
+
+    async def c_store(self, assoc: Association, message: Message) -> None:
+        self.priorities.append(int(message.command["Priority"]))
+        await super().c_store(assoc, message)
+
+
+@pytest.mark.parametrize("priority", [1, 2])  # HIGH, LOW (PS3.7 Table 9.3-1)
+def test_suboperations_carry_the_priority_of_the_move_and_the_get(tmp_path: Path, priority: int) -> None:
+    """PS3.4 C.4.2.1.2 / C.4.3.1.2: the Priority "of the C-MOVE [C-GET] operation and corresponding
+    C-STORE sub-operations"; "the same priority shall be used for all C-STORE sub-operations". Every
+    sub-operation went out MEDIUM (0). pynetdicom is the requester here: it sends the priority asked."""
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.sop_class import (
+        CTImageStorage,
+        StudyRootQueryRetrieveInformationModelGet,
+        StudyRootQueryRetrieveInformationModelMove,
+    )
+
+    got: list[int] = []
+
+    def move_and_get(port: int, identifier: Dataset) -> tuple[int, int]:
+        ae = AE(ae_title="VIEWER")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        ae.add_requested_context(CTImageStorage)
+
+        def on_store(event: Any) -> int:
+            got.append(int(event.request.Priority))
+            return 0x0000
+
+        assoc = ae.associate(
+            "127.0.0.1",
+            port,
+            ae_title="MINIPACS",
+            ext_neg=[build_role(CTImageStorage, scp_role=True)],
+            evt_handlers=[(evt.EVT_C_STORE, on_store)],
+        )
+        assert assoc.is_established
+        try:
+            moved = [
+                s.Status
+                for s, _ in assoc.send_c_move(
+                    identifier, "DEST", StudyRootQueryRetrieveInformationModelMove, priority=priority
+                )
+            ]
+            fetched = [
+                s.Status
+                for s, _ in assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet, priority=priority)
+            ]
+        finally:
+            assoc.release()
+        return moved[-1], fetched[-1]
+
+    async def main() -> None:
+        async with archive_env(tmp_path, count=3) as env:
+            recorder = PriorityRecorder(tmp_path / "dest")
+            async with env.destination(service=recorder):
+                statuses = await asyncio.to_thread(move_and_get, env.server.port, study_key(env))
+            assert statuses == (0, 0)
+            assert recorder.priorities == [priority] * 3
+            assert got == [priority] * 3
+
+    asyncio.run(main())
+
+
 def test_get_study_on_the_same_association(tmp_path: Path) -> None:
     async def main() -> None:
         async with archive_env(tmp_path) as env:

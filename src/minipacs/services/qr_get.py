@@ -34,6 +34,7 @@ from minipacs.services.qr_retrieve import (
     final_response,
     progress_response,
     run_suboperations,
+    suboperation_priority,
 )
 from minipacs.services.status import GET, IDENTIFIER_DOES_NOT_MATCH, UNABLE_TO_PROCESS, describe, error_comment
 from minipacs.services.storage_scu import store_file
@@ -121,6 +122,8 @@ class GetSCP(Service):
                 len(instances),
             )
 
+        priority = suboperation_priority(message)
+
         async def send_one(inst: StoredInstance) -> tuple[int, str]:
             if not any(_peer_is_scp(c) for c in assoc.contexts_for(inst.sop_class_uid)):
                 # PS3.4 C.4.3.3.1: the SCU did not offer the storage class with the SCP role (PS3.7 D.3.3.4)
@@ -129,7 +132,7 @@ class GetSCP(Service):
                     "(SCP/SCU Role Selection, PS3.7 D.3.3.4), so it cannot receive it over this association",
                     "Storage class not offered with the SCP role (role selection)",
                 )
-            return await store_file(assoc, inst, usable=_peer_is_scp)
+            return await store_file(assoc, inst, usable=_peer_is_scp, priority=priority)
 
         async with aclosing(
             run_suboperations(assoc, message, instances, progress, send_one, self.pending_every, self.pending_interval)

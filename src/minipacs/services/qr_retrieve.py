@@ -130,6 +130,18 @@ def decode_identifier(message: Message) -> tuple[str, dict[str, object]]:
     return (level if isinstance(level, str) else ""), keys
 
 
+#: PS3.7 Table 9.3-1: Priority (0000,0700) values.
+PRIORITIES: Final = frozenset({0x0000, 0x0001, 0x0002})  # MEDIUM, HIGH, LOW
+
+
+def suboperation_priority(message: Message) -> int:
+    """The Priority of a retrieve's C-STORE sub-operations: the C-MOVE's or C-GET's own (PS3.4
+    C.4.2.1.2, C.4.3.1.2: "The same priority shall be used for all C-STORE sub-operations"); MEDIUM
+    for a value PS3.7 does not define."""
+    priority = message.command.get("Priority", 0)
+    return priority if isinstance(priority, int) and priority in PRIORITIES else 0
+
+
 def encode_failed_list(uids: list[str], transfer_syntax_uid: str) -> bytes:
     """An identifier holding the Failed SOP Instance UID List (0008,0058)."""
     from pydicom.dataset import Dataset
