@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import pytest
 
@@ -11,6 +12,7 @@ from minipacs.dicom.values import (
     as_time,
     codecs_for,
     datetime_bound,
+    datetime_utc_bound,
     decode_text,
     normalise_name,
     time_bound,
@@ -99,7 +101,32 @@ def test_bounds() -> None:
     assert datetime_bound("202402", True) == dt.datetime(2024, 2, 29, 23, 59, 59, 999999)
     assert datetime_bound("2024", False) == dt.datetime(2024, 1, 1)
     assert datetime_bound("2024x", False) is None
+    # the last day, month and year of the calendar end where it ends (they raised OverflowError)
+    end = dt.datetime(9999, 12, 31, 23, 59, 59, 999999)
+    assert datetime_bound("99991231", True) == datetime_bound("999912", True) == datetime_bound("9999", True) == end
+    assert datetime_bound("202312", True) == dt.datetime(2023, 12, 31, 23, 59, 59, 999999)
     assert datetime_bound("２０２４", False) is None
+
+
+def test_datetime_utc_bound_counts_the_offset() -> None:
+    """PS3.4 C.2.2.2.5.3 d: a DT names a moment; its offset from UTC moves it."""
+    assert datetime_utc_bound("20240105101010+0100", False) == dt.datetime(2024, 1, 5, 9, 10, 10)
+    assert datetime_utc_bound("20240105101010-0530", False) == dt.datetime(2024, 1, 5, 15, 40, 10)
+    assert datetime_utc_bound("20240105+0100", True) == dt.datetime(2024, 1, 5, 22, 59, 59, 999999)
+    assert datetime_utc_bound("00010101+0100", False) == dt.datetime(1, 1, 1)  # kept at the limit
+    assert datetime_utc_bound("99991231+0000", True) == dt.datetime(9999, 12, 31, 23, 59, 59, 999999)
+    assert datetime_utc_bound("2024x", False) is None
+
+
+def test_datetime_utc_bound_takes_a_value_without_offset_as_local_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Etc/GMT-2")  # POSIX sign: two hours east of UTC
+    time.tzset()
+    try:
+        assert datetime_utc_bound("20240105101010", False) == dt.datetime(2024, 1, 5, 8, 10, 10)
+        assert datetime_utc_bound("20240105101010+0200", False) == dt.datetime(2024, 1, 5, 8, 10, 10)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_normalise_name() -> None:

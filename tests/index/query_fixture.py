@@ -10,8 +10,11 @@ from typing import Any
 
 import pydicom
 import pytest
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 
 from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
@@ -26,12 +29,15 @@ MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 ORIGIN = Origin("import", "", "", "", 0)
 
 
-def _code(value: str) -> Sequence:
-    item = Dataset()
-    item.CodeValue = value
-    item.CodingSchemeDesignator = "LOCAL"
-    item.CodeMeaning = f"procedure {value}"
-    return Sequence([item])
+def _code(*values: str) -> Sequence:
+    items = []
+    for value in values:
+        item = Dataset()
+        item.CodeValue = value
+        item.CodingSchemeDesignator = "LOCAL"
+        item.CodeMeaning = f"procedure {value}"
+        items.append(item)
+    return Sequence(items)
 
 
 # One study per row, keyed by AccessionNumber: (PatientID, PatientName, StudyDate, StudyTime, Modality, extra)
@@ -50,7 +56,11 @@ STUDIES: dict[str, tuple[str, str, str, str, str, dict[str, Any]]] = {
         "20240201",
         "083000",
         "MR",
-        {"StudyDescription": "MR KNEE", "InstitutionName": "General Hospital"},
+        {
+            "StudyDescription": "MR KNEE",
+            "InstitutionName": "General Hospital",
+            "ProcedureCodeSequence": _code("Y1", "Y2"),
+        },
     ),
     "A%3": (
         "P3",
@@ -66,7 +76,7 @@ STUDIES: dict[str, tuple[str, str, str, str, str, dict[str, Any]]] = {
         "20240131",
         "120000",
         "CR",
-        {"StudyDescription": "XR HAND", "AcquisitionDateTime": "20240131120000"},
+        {"StudyDescription": "XR HAND", "AcquisitionDateTime": "20240131120000", "TimezoneOffsetFromUTC": "+0100"},
     ),
     "B;5": ("p1", "O'Brien^Sean", "20240110", "000000", "MR", {"StudyDescription": "CT[1]"}),
 }
@@ -92,7 +102,11 @@ class QueryArchive:
         ds.QueryRetrieveLevel = level.value
         with pydicom.config.disable_value_validation():
             for keyword, value in keys.items():
-                setattr(ds, keyword, value)
+                if isinstance(value, bytes):  # as read off the wire, unconverted: a value pydicom would refuse
+                    tag = Tag(tag_for_keyword(keyword))
+                    ds[tag] = RawDataElement(tag, dictionary_VR(tag), len(value), value, 0, True, True)
+                else:
+                    setattr(ds, keyword, value)
 
         async def collect() -> list[Dataset]:
             return [m async for m in query(self.archive, None, ds, model=model, limit=limit, relational=relational)]

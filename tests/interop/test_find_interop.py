@@ -215,6 +215,44 @@ def test_findscu_hostile_keys(minipacs_server: ServerProcess, tmp_path: Path) ->
     assert [ds.AccessionNumber for ds in found] == ["ACC0011"]
 
 
+def test_findscu_key_value_its_vr_cannot_hold_is_refused_with_a_comment(
+    minipacs_server: ServerProcess, tmp_path: Path
+) -> None:
+    """PS3.4 C.4.1.1.4: an IS key that is no number ("SeriesNumber=1A") or a UID with a wildcard is
+    refused with 0xC001 (Failed: Unable to process) and an Error Comment naming the key, as QIDO-RS
+    refuses the same key with 400 -- never Success with no match, which reads as "nothing stored"."""
+    study = "1.2.826.0.1.3680043.10.3.4"
+    for n, (level, key, comment) in enumerate(
+        [
+            ("SERIES", "SeriesNumber=1A", "SeriesNumber '1A' is not a valid IS value (a whole number)"),
+            ("STUDY", "StudyInstanceUID=1.2.826.*", "StudyInstanceUID '1.2.826.*': a UID cannot hold a wildcard"),
+        ]
+    ):
+        res, found = findscu(
+            minipacs_server,
+            tmp_path / str(n),
+            "-d",
+            "-S",
+            "-k",
+            f"QueryRetrieveLevel={level}",
+            "-k",
+            f"StudyInstanceUID={study}",
+            "-k",
+            "SeriesInstanceUID",
+            "-k",
+            key,
+        )
+        text = res.stdout + res.stderr
+        assert found == []
+        assert "UnableToProcess" in text or "0xc001" in text.lower(), text[-2000:]
+        assert "ErrorComment" in text and comment in text, text[-2000:]
+    res, found = findscu(
+        minipacs_server, tmp_path / "ok", "-S", "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={study}",
+        "-k", "SeriesNumber=2", "-k", "SeriesInstanceUID",
+    )  # fmt: skip
+    assert [ds.SeriesInstanceUID for ds in found] == [f"{study}.1"]
+
+
 # ---------------------------------------------------------------- minipacs find → DCMTK dcmqrscp
 
 

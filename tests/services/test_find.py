@@ -162,6 +162,40 @@ def test_iso_ir_100_request_gets_iso_ir_100_answers(tmp_path: Path, files: Path)
     run(tmp_path, files, body)
 
 
+@pytest.mark.parametrize("syntax", [IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN])
+@pytest.mark.parametrize(
+    ("charset", "keys"),
+    [
+        ("", {"AccessionNumber": "ACC0042"}),  # an ASCII row: RowEncoder's ASCII loop
+        ("ISO_IR 100", {"PatientName": "MÜLLER^JÜRGEN"}),  # a Latin-1 row: its one-set encoder
+        ("ISO 2022 IR 6\\ISO 2022 IR 87", {"AccessionNumber": "ACC0042"}),  # code extensions: pydicom
+    ],
+)
+def test_timezone_offset_from_utc_without_a_value_is_left_out(
+    tmp_path: Path, files: Path, syntax: str, charset: str, keys: dict[str, str]
+) -> None:
+    """PS3.4 C.4.1.1.3.2: Timezone Offset From UTC "shall not be sent with a zero-length value"; the
+    stored instances have none, so the responses leave it out (it was answered zero-length). And it is
+    not matched (C.4.1.1.3.1): a value in the request finds the same studies."""
+
+    async def body(server: DicomServer, archive: Archive) -> None:
+        assoc = await associate(server.port, [STUDY_ROOT_FIND], syntaxes=[syntax])
+        answers = []
+        for offset in ("", "+0100"):
+            ds = ident("STUDY", **{"AccessionNumber": "", "PatientName": "", "TimezoneOffsetFromUTC": offset, **keys})
+            if charset:
+                ds.SpecificCharacterSet = charset.split("\\")
+            result = await find_all(assoc, STUDY_ROOT_FIND, ds)
+            assert result.status == 0
+            answers.append([str(m.AccessionNumber) for m in result.matches])
+            assert all("TimezoneOffsetFromUTC" not in m for m in result.matches)
+            assert all("AccessionNumber" in m and "PatientName" in m for m in result.matches)
+        await assoc.release()
+        assert answers[0] == answers[1] and len(answers[0]) == 1
+
+    run(tmp_path, files, body)
+
+
 def test_patient_root_patient_level(tmp_path: Path, files: Path) -> None:
     async def body(server: DicomServer, archive: Archive) -> None:
         assoc = await associate(server.port)

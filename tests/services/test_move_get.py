@@ -305,6 +305,35 @@ def test_move_patient_root(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("charset", ["ISO_IR 192", "ISO_IR 100"])
+def test_move_patient_whose_id_is_not_ascii(tmp_path: Path, charset: str) -> None:
+    """PS3.4 C.4.2.1.4.1: the identifier carries a Specific Character Set when its Patient ID is not in
+    the default repertoire, and the Patient ID is read in it. A UTF-8 "PÄT9" was read as Latin-1
+    ("PÃ\x84T9") and the move found nothing, while C-FIND found the patient."""
+
+    async def main() -> None:
+        async with archive_env(tmp_path, count=2) as env, env.destination() as dest:
+            sop = generate_uid()
+            path = write_ct(
+                tmp_path / "src" / "umlaut.dcm",
+                study_uid=generate_uid(),
+                series_uid=generate_uid(),
+                sop_uid=sop,
+                patient_id="PÄT9",
+                SpecificCharacterSet="ISO_IR 192",
+            )
+            await env.archive.import_file(path, Origin("import"))
+            ds = Dataset()
+            ds.SpecificCharacterSet = charset
+            ds.QueryRetrieveLevel = "PATIENT"
+            ds.PatientID = "PÄT9"
+            result = await env.move(ds, model="PATIENT")
+            assert (result.status, result.completed) == (0, 1)
+            assert set(received(dest.folder)) == {sop}
+
+    asyncio.run(main())
+
+
 def test_unknown_destination_is_a801_with_a_sentence(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
         async with archive_env(tmp_path) as env:
@@ -460,6 +489,77 @@ async def _get(env: Env, service: FolderStorage, identifier: Dataset, roles: boo
         await assoc.release()
 
 
+class PriorityRecorder(FolderStorage):
+    """Stores as FolderStorage does and keeps the Priority of every C-STORE-RQ."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.priorities: list[int] = []
+
+    async def c_store(self, assoc: Association, message: Message) -> None:
+        self.priorities.append(int(message.command["Priority"]))
+        await super().c_store(assoc, message)
+
+
+@pytest.mark.parametrize("priority", [1, 2])  # HIGH, LOW (PS3.7 Table 9.3-1)
+def test_suboperations_carry_the_priority_of_the_move_and_the_get(tmp_path: Path, priority: int) -> None:
+    """PS3.4 C.4.2.1.2 / C.4.3.1.2: the Priority "of the C-MOVE [C-GET] operation and corresponding
+    C-STORE sub-operations"; "the same priority shall be used for all C-STORE sub-operations". Every
+    sub-operation went out MEDIUM (0). pynetdicom is the requester here: it sends the priority asked."""
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.sop_class import (
+        CTImageStorage,
+        StudyRootQueryRetrieveInformationModelGet,
+        StudyRootQueryRetrieveInformationModelMove,
+    )
+
+    got: list[int] = []
+
+    def move_and_get(port: int, identifier: Dataset) -> tuple[int, int]:
+        ae = AE(ae_title="VIEWER")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        ae.add_requested_context(CTImageStorage)
+
+        def on_store(event: Any) -> int:
+            got.append(int(event.request.Priority))
+            return 0x0000
+
+        assoc = ae.associate(
+            "127.0.0.1",
+            port,
+            ae_title="MINIPACS",
+            ext_neg=[build_role(CTImageStorage, scp_role=True)],
+            evt_handlers=[(evt.EVT_C_STORE, on_store)],
+        )
+        assert assoc.is_established
+        try:
+            moved = [
+                s.Status
+                for s, _ in assoc.send_c_move(
+                    identifier, "DEST", StudyRootQueryRetrieveInformationModelMove, priority=priority
+                )
+            ]
+            fetched = [
+                s.Status
+                for s, _ in assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet, priority=priority)
+            ]
+        finally:
+            assoc.release()
+        return moved[-1], fetched[-1]
+
+    async def main() -> None:
+        async with archive_env(tmp_path, count=3) as env:
+            recorder = PriorityRecorder(tmp_path / "dest")
+            async with env.destination(service=recorder):
+                statuses = await asyncio.to_thread(move_and_get, env.server.port, study_key(env))
+            assert statuses == (0, 0)
+            assert recorder.priorities == [priority] * 3
+            assert got == [priority] * 3
+
+    asyncio.run(main())
+
+
 def test_get_study_on_the_same_association(tmp_path: Path) -> None:
     async def main() -> None:
         async with archive_env(tmp_path) as env:
@@ -480,7 +580,8 @@ def test_get_without_role_selection_fails_every_suboperation(tmp_path: Path) -> 
             sink = FolderStorage(tmp_path / "got")
             result = await _get(env, sink, study_key(env), roles=False)
             assert (result.status, result.failed) == (0xA702, 2)
-            assert "presentation context" in result.error_comment
+            # the Error Comment names the fix (PS3.4 C.4.3.3.1, PS3.7 D.3.3.4 role selection)
+            assert result.error_comment == "Storage class not offered with the SCP role (role selection)"
             assert received(sink.folder) == {}
 
     asyncio.run(main())

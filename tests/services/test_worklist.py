@@ -62,6 +62,20 @@ def accessions(found: list[Dataset]) -> list[str]:
     return sorted(str(ds.AccessionNumber) for ds in found)
 
 
+SPS = "ScheduledProcedureStepSequence[0]."
+SPS_DATE_TIME = ("AccessionNumber",)
+# (date key, time key, expected): the steps of ACC1..ACC4 start on 2024-01-05 08:30, 01-06 14:00,
+# 01-07 09:30 and 02-10 10:15 (tests/worklist_data.py ENTRIES). Matched each on its own, the first
+# three would give ACC2, ACC2 and ACC1; the fourth would be refused (a time range across midnight).
+COMBINED_CASES: list[tuple[str, str, list[str]]] = [
+    ("20240105-20240107", "1000-1800", ["ACC2", "ACC3"]),  # Jan 5 10:00 until Jan 7 18:00
+    ("20240106-", "1200-", ["ACC2", "ACC3", "ACC4"]),  # from Jan 6 12:00 on
+    ("-20240107", "-0900", ["ACC1", "ACC2"]),  # until Jan 7 09:00
+    ("20240105-20240106", "0800-0100", ["ACC1"]),  # Jan 5 08:00 until Jan 6 01:00
+    ("20240105-20240107", "1000-", ["ACC2"]),  # not one form: each on its own (C.2.2.2.5.4)
+    ("20240105", "0800-0900", ["ACC1"]),  # a single date: each on its own
+]
+
 # PS3.4 K.6.1.2.2 / C.2.2.2: one row per kind of matching the modalities use
 MATCHING_CASES = [
     (("PatientID=123456", "AccessionNumber"), ["ACC1", "ACC2"]),
@@ -94,6 +108,11 @@ MATCHING_CASES = [
     ),  # both in ONE item
     (("AccessionNumber", "ScheduledProcedureStepSequence"), ["ACC1", "ACC2", "ACC3", "ACC4"]),
     (("SpecificCharacterSet=ISO_IR 192", "PatientID=123456", "AccessionNumber"), ["ACC1", "ACC2"]),  # K.2.2.2
+    # PS3.4 Table K.6-1 (0040,0003): a date range and a time range are ONE period (C.2.2.2.5.4)
+    *[
+        ((*SPS_DATE_TIME, f"{SPS}ScheduledProcedureStepStartDate={d}", f"{SPS}ScheduledProcedureStepStartTime={t}"), x)
+        for d, t, x in COMBINED_CASES
+    ],
 ]
 
 
@@ -189,6 +208,37 @@ def test_scp_non_ascii_answer_carries_a_character_set(tmp_path: Path) -> None:
     result = asyncio.run(_scp_query(tmp_path, ("PatientID=777777", "PatientName")))
     [match] = result.matches
     assert match.SpecificCharacterSet in ("ISO_IR 100", "ISO_IR 192") and str(match.PatientName) == "Müller^Jürgen"
+
+
+def test_scp_leaves_out_a_timezone_offset_it_has_no_value_for(tmp_path: Path) -> None:
+    """PS3.4 K.4.1.1.3.2: Timezone Offset From UTC "shall not be sent with a zero-length value"; the
+    entries have none, and a value in the request is not matched (K.2.2.2: it says how times are meant)."""
+    for offset in ("", "+0100"):
+        result = asyncio.run(
+            _scp_query(
+                tmp_path / f"tz{offset}", ("PatientID=123456", "AccessionNumber", f"TimezoneOffsetFromUTC={offset}")
+            )
+        )
+        assert result.status == 0 and accessions(result.matches) == ["ACC1", "ACC2"]
+        assert all("TimezoneOffsetFromUTC" not in m for m in result.matches)
+
+
+def test_scp_matches_a_date_range_and_a_time_range_as_one_period(tmp_path: Path) -> None:
+    """PS3.4 Table K.6-1 over the wire (DCMTK-style keys): 20240105-20240107 with 1000-1800 is one
+    period; a combined range that ends before it starts is refused with 0xC001 and a comment."""
+    keys = ("AccessionNumber", f"{SPS}ScheduledProcedureStepStartDate=20240105-20240107")
+    result = asyncio.run(_scp_query(tmp_path / "a", (*keys, f"{SPS}ScheduledProcedureStepStartTime=1000-1800")))
+    assert result.status == 0 and accessions(result.matches) == ["ACC2", "ACC3"]
+    for match in result.matches:  # both keys answered with the stored values
+        step = match.ScheduledProcedureStepSequence[0]
+        assert step.ScheduledProcedureStepStartDate and step.ScheduledProcedureStepStartTime
+    backwards = (
+        "AccessionNumber",
+        f"{SPS}ScheduledProcedureStepStartDate=20240107-20240107",
+        f"{SPS}ScheduledProcedureStepStartTime=1800-1000",
+    )
+    result = asyncio.run(_scp_query(tmp_path / "b", backwards))
+    assert result.status == 0xC001 and "ends before it starts" in result.error_comment
 
 
 def test_scp_c_cancel(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ kept whole with their backslashes: the matching decides what they mean.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
@@ -24,7 +24,15 @@ from minipacs.dicom.identifier import dataset_charset, element_text
 from minipacs.dicom.values import codecs_for
 from minipacs.dicom.vr import BINARY_VRS
 from minipacs.index.errors import InvalidMatchValue
-from minipacs.index.matching import UNIVERSAL, Condition, Matching, classify, python_matches
+from minipacs.index.matching import (
+    UNIVERSAL,
+    Condition,
+    Matching,
+    classify,
+    combined_date_time,
+    joined_date_time,
+    python_matches,
+)
 
 #: Most keys (at any depth) one identifier may carry.
 MAX_KEYS: Final = 2000
@@ -44,6 +52,9 @@ class Key:
     text: str = ""
     items: tuple[tuple[Key, ...], ...] = ()
     condition: Condition = UNIVERSAL
+    #: The tag of the TM key whose stored value joins this DA key's into one DT when the two are
+    #: matched as one range (index/matching.py combined_date_time); 0 for any other key.
+    partner: int = 0
 
     @property
     def name(self) -> str:
@@ -79,14 +90,24 @@ def _keyword(tag: int) -> str:
 
 
 def read_keys(
-    ds: Dataset, inherited_charset: str = "", depth: int = 0, budget: list[int] | None = None
+    ds: Dataset,
+    inherited_charset: str = "",
+    depth: int = 0,
+    budget: list[int] | None = None,
+    combined: Mapping[int, int] | None = None,
 ) -> tuple[Key, ...]:
-    """The keys of ``ds`` in tag order, values decoded and classified; raises InvalidKeyValue."""
+    """The keys of ``ds`` in tag order, values decoded and classified; raises InvalidKeyValue.
+
+    ``combined``: DA tag -> TM tag of the pairs whose ranges are matched as one DT range when both
+    are ranges of one form (index/matching.py combined_date_time; at any depth): the DA key then
+    carries the DT condition and the TM tag as its ``partner``, the TM key is answered, not matched.
+    """
     if depth > 8:
         raise InvalidKeyValue("sequences nested deeper than 8 levels in the identifier")
     budget = budget if budget is not None else [MAX_KEYS]
     charset = dataset_charset(ds, inherited_charset)
     codecs = codecs_for(charset)
+    overrides = _combined_conditions(ds, codecs, combined) if combined else {}
     keys: list[Key] = []
     for tag in sorted(int(t) for t in ds.keys()):
         budget[0] -= 1
@@ -94,11 +115,45 @@ def read_keys(
             raise InvalidKeyValue(f"the identifier has more than {MAX_KEYS} keys")
         if tag >> 16 == 0x0002 or tag & 0xFFFF == 0:  # file meta and group lengths are not keys
             continue
-        keys.append(_read_key(ds, tag, charset, codecs, depth, budget))
+        key = _read_key(ds, tag, charset, codecs, depth, budget, combined, overrides.get(tag))
+        if combined and tag in overrides and tag in combined:
+            key = replace(key, partner=combined[tag])
+        keys.append(key)
     return tuple(keys)
 
 
-def _read_key(ds: Dataset, tag: int, charset: str, codecs: Sequence[str], depth: int, budget: list[int]) -> Key:
+def _combined_conditions(ds: Dataset, codecs: Sequence[str], combined: Mapping[int, int]) -> dict[int, Condition]:
+    """Tag -> condition of the (DA, TM) pairs of ``ds`` matched as one range (see :func:`read_keys`)."""
+    found: dict[int, Condition] = {}
+    for date_tag, time_tag in combined.items():
+        if date_tag in ds and time_tag in ds:
+            date_text, time_text = _plain_text(ds, date_tag, codecs), _plain_text(ds, time_tag, codecs)
+            try:
+                cond = combined_date_time(date_text, time_text, _keyword(date_tag))
+            except InvalidMatchValue as exc:
+                raise InvalidKeyValue(str(exc)) from exc
+            if cond is not None:
+                found[date_tag], found[time_tag] = cond, UNIVERSAL
+    return found
+
+
+def _plain_text(ds: Dataset, tag: int, codecs: Sequence[str]) -> str:
+    elem = ds.get_item(tag)
+    if isinstance(elem, RawDataElement):
+        return decode_text(bytes(elem.value or b""), _vr_of(tag, elem.VR), codecs)
+    return element_text(elem)
+
+
+def _read_key(
+    ds: Dataset,
+    tag: int,
+    charset: str,
+    codecs: Sequence[str],
+    depth: int,
+    budget: list[int],
+    combined: Mapping[int, int] | None = None,
+    override: Condition | None = None,
+) -> Key:
     elem = ds.get_item(tag)
     keyword = _keyword(tag)
     if isinstance(elem, RawDataElement):
@@ -110,14 +165,14 @@ def _read_key(ds: Dataset, tag: int, charset: str, codecs: Sequence[str], depth:
                 raise InvalidKeyValue(
                     f"{keyword or hex(tag)} ({vr}) cannot be used for matching; send it empty as a return key"
                 )
-            return Key(tag, keyword, vr, text, condition=_classify(vr, text, keyword))
+            return Key(tag, keyword, vr, text, condition=override or _classify(vr, text, keyword))
         try:
             elem = ds[tag]
         except Exception as exc:
             raise InvalidKeyValue(f"sequence {keyword or hex(tag)} cannot be read: {exc}") from exc
     vr = _vr_of(tag, elem.VR)
     if vr == "SQ":
-        items = tuple(read_keys(item, charset, depth + 1, budget) for item in (elem.value or DicomSequence()))
+        items = tuple(read_keys(item, charset, depth + 1, budget, combined) for item in (elem.value or DicomSequence()))
         matching = any(not k.is_universal for item in items for k in item)
         cond = Condition(Matching.SEQUENCE) if matching else UNIVERSAL
         return Key(tag, keyword, vr, "", items, cond)
@@ -128,7 +183,7 @@ def _read_key(ds: Dataset, tag: int, charset: str, codecs: Sequence[str], depth:
             )
         return Key(tag, keyword, vr)
     text = element_text(elem)
-    return Key(tag, keyword, vr, text, condition=_classify(vr, text, keyword))
+    return Key(tag, keyword, vr, text, condition=override or _classify(vr, text, keyword))
 
 
 def _classify(vr: str, text: str, keyword: str) -> Condition:
@@ -171,7 +226,17 @@ def _item_key_matches(key: Key, item: Dataset) -> bool:
     elem = item[key.tag]
     if key.vr == "SQ":
         return sequence_matches(key, elem.value)
-    return python_matches(key.condition, key.vr, element_text(elem))
+    return key_matches(key, element_text(elem), item)
+
+
+def key_matches(key: Key, text: str | None, stored: Dataset) -> bool:
+    """Whether the stored value ``text`` of ``key`` (None: absent) matches it; a DA key matched with
+    its TM partner as one range (:func:`read_keys` ``combined``) reads the partner from ``stored``."""
+    if key.partner:
+        partner = stored.get(key.partner)
+        joined = joined_date_time(text or "", element_text(partner) if partner is not None else "")
+        return python_matches(key.condition, "DT", joined)
+    return python_matches(key.condition, key.vr, text)
 
 
 __all__ = [
@@ -179,6 +244,7 @@ __all__ = [
     "codecs_for",
     "decode_text",
     "element_text",
+    "key_matches",
     "read_keys",
     "sequence_matches",
     "value_of",

@@ -16,13 +16,14 @@ import enum
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import repeat
 from typing import Any, Final, cast
 
 import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
 from pydicom.valuerep import PersonName
 
@@ -35,6 +36,8 @@ from minipacs.core.query_model import (
     CONSTANT_KEYS,
     INDEXED_KEYS,
     LEVELS,
+    NEVER_MATCHED_KEYS,
+    OMITTED_WHEN_EMPTY,
     SERVICE_KEYS,
     ComputedKey,
     IndexedKey,
@@ -45,7 +48,7 @@ from minipacs.dicom.levels import InformationModel, Level
 from minipacs.index import query_sql
 from minipacs.index.database import IndexConnection
 from minipacs.index.entities import Entity
-from minipacs.index.matching import Matching, python_matches
+from minipacs.index.matching import UNIVERSAL, Matching, python_matches
 
 log = logging.getLogger("minipacs.query")
 
@@ -147,6 +150,8 @@ def prepare_query(
             if not key.is_universal and not comp.matchable:
                 unsupported.append(key.name)
             computed.append((key, comp))
+        elif key.keyword in NEVER_MATCHED_KEYS:
+            file_keys.append(replace(key, condition=UNIVERSAL))  # answered, not matched
         else:
             file_keys.append(key)
     if not relational:
@@ -218,10 +223,12 @@ async def query(
 
 @dataclass(frozen=True)
 class ResponseField:
-    """One element of every response identifier of a query: its tag and VR."""
+    """One element of every response identifier of a query: its tag and VR; ``omit_empty``: left
+    out of a response that has no value for it (query_model.py OMITTED_WHEN_EMPTY)."""
 
     tag: int
     vr: str
+    omit_empty: bool = False
 
 
 #: One value of a :data:`Row`: text in its DICOM string form (as the index holds it, values
@@ -233,7 +240,7 @@ Row = tuple[RowValue, ...]
 
 def response_fields(prepared: PreparedQuery) -> tuple[ResponseField, ...]:
     """The elements of every response identifier, in ascending tag order (PS3.5 §7.1)."""
-    return tuple(ResponseField(int(slot.tag), slot.vr) for slot in _plan(prepared))
+    return tuple(ResponseField(int(slot.tag), slot.vr, slot.omit_empty) for slot in _plan(prepared))
 
 
 async def run_query(archive: Any, prepared: PreparedQuery, *, limit: int | None = None) -> AsyncIterator[Dataset]:
@@ -442,6 +449,9 @@ class _Slot:
     vr: str
     source: _Source
     name: str  # row label, computed keyword or constant value
+    #: The requested key (FILE slots): a sequence is answered with the items and attributes it asks for.
+    key: Key | None = None
+    omit_empty: bool = False
 
 
 def _plan(prepared: PreparedQuery) -> list[_Slot]:
@@ -462,7 +472,7 @@ def _plan(prepared: PreparedQuery) -> list[_Slot]:
         elif key.keyword in COMPUTED_KEYS:
             slots.append(_Slot(tag, key.vr, _Source.COMPUTED, key.keyword))
         else:
-            slots.append(_Slot(tag, key.vr, _Source.FILE, ""))
+            slots.append(_Slot(tag, key.vr, _Source.FILE, "", key, key.keyword in OMITTED_WHEN_EMPTY))
     unique = _tag(LEVELS[prepared.level].unique_key)
     if not any(slot.tag == unique for slot in slots):
         vr = "LO" if prepared.level is Level.PATIENT else "UI"
@@ -531,6 +541,11 @@ def _getter(
         return lambda row, pk, stored: values.get(pk, missing)
     if source is _Source.FILE:
         tag = slot.tag
+        key = slot.key
+        if key is not None and key.vr == "SQ" and any(key.items):
+            return lambda row, pk, stored: (
+                answer_sequence(key, stored[tag]) if stored is not None and tag in stored else None
+            )
         return lambda row, pk, stored: stored[tag] if stored is not None and tag in stored else None
     if source is _Source.EMPTY:
         return lambda row, pk, stored: None
@@ -538,11 +553,39 @@ def _getter(
     return lambda row, pk, stored: constant
 
 
+def answer_sequence(key: Key, stored: DataElement) -> DataElement:
+    """A stored sequence as a response gives it back for a sequence key (PS3.4 C.2.2.2.6): the whole
+    sequence for a key without item keys (zero-length item: "the entire Sequence of Items"); else
+    "a sequence of matching Items containing only the requested Attributes", recursively, each
+    requested attribute the item lacks answered empty (C.4.1.1.3.2 note 2)."""
+    wanted = next((item for item in key.items if item), None)
+    if wanted is None:
+        return stored
+    items = stored.value if isinstance(stored.value, (DicomSequence, list)) else []
+    answered = [_answer_item(wanted, item) for item in items if sequence_matches(key, [item])]
+    return DataElement(stored.tag, "SQ", DicomSequence(answered))
+
+
+def _answer_item(keys: Sequence[Key], item: Dataset) -> Dataset:
+    out = Dataset()
+    for key in keys:
+        if key.tag == SPECIFIC_CHARACTER_SET:
+            continue
+        if key.tag not in item:
+            out.add(DataElement(key.tag, key.vr, [] if key.vr == "SQ" else None))
+            continue
+        elem = item[key.tag]
+        out.add(answer_sequence(key, elem) if key.vr == "SQ" else elem)
+    return out
+
+
 def row_dataset(fields: Sequence[ResponseField], row: Row) -> Dataset:
     """The response identifier of one :data:`Row` as a pydicom Dataset."""
     elements: dict[BaseTag, DataElement | RawDataElement] = {}
     for spec, value in zip(fields, row, strict=True):
         tag = BaseTag(spec.tag)
+        if spec.omit_empty and _is_empty(value):
+            continue
         if isinstance(value, (DataElement, RawDataElement)):
             elements[tag] = value
             continue
@@ -553,6 +596,14 @@ def row_dataset(fields: Sequence[ResponseField], row: Row) -> Dataset:
             tag, spec.vr, converted, already_converted=True, validation_mode=pydicom.config.IGNORE
         )
     return Dataset(elements)
+
+
+def _is_empty(value: RowValue) -> bool:
+    if isinstance(value, DataElement):
+        return bool(value.is_empty)
+    if isinstance(value, RawDataElement):
+        return not value.value
+    return not value
 
 
 def _tag(keyword: str) -> int:
@@ -596,6 +647,7 @@ __all__ = [
     "ResponseField",
     "Row",
     "RowValue",
+    "answer_sequence",
     "page_query",
     "prepare_query",
     "query",

@@ -112,3 +112,10 @@ COMPUTED_KEYS: Final[Mapping[str, ComputedKey]] = {
 CONSTANT_KEYS: Final[Mapping[str, str]] = {"InstanceAvailability": "ONLINE"}
 #: Keys the query engine leaves to the caller (the service knows them).
 SERVICE_KEYS: Final = frozenset({"SpecificCharacterSet", "QueryRetrieveLevel", "RetrieveAETitle"})
+#: Keys answered (from the stored file) but never matched: PS3.4 C.4.1.1.3.1 lists Timezone Offset
+#: From UTC beside the key attributes, to say how the identifier's times are meant (C.2.2.2: it "is not
+#: matched" under timezone query adjustment, which we do not negotiate: times match as written).
+NEVER_MATCHED_KEYS: Final = frozenset({"TimezoneOffsetFromUTC"})
+#: Keys left out of a response that has no value for them: PS3.4 C.4.1.1.3.2, Timezone Offset From
+#: UTC "shall not be sent with a zero-length value".
+OMITTED_WHEN_EMPTY: Final = frozenset({"TimezoneOffsetFromUTC"})

@@ -30,17 +30,20 @@ from pydicom.uid import generate_uid
 from pydicom.valuerep import VR, validate_value
 
 from minipacs.core.errors import ArchiveError
-from minipacs.core.identifier import Key, read_keys
+from minipacs.core.identifier import Key, key_matches, read_keys
 from minipacs.dicom.identifier import element_text
 from minipacs.index import worklist_repo as repo
 from minipacs.index.database import IndexConnection
-from minipacs.index.matching import Matching, python_matches
+from minipacs.index.matching import Matching
 
 T = TypeVar("T")
 
 SPS_SEQUENCE: Final = 0x00400100  # (0040,0100) Scheduled Procedure Step Sequence
 #: PS3.4 K.2.2.2: Specific Character Set (0008,0005), Timezone Offset From UTC (0008,0201).
 NEVER_MATCHED: Final = frozenset({0x00080005, 0x00080201})
+#: PS3.4 Table K.6-1, remark on (0040,0003): Scheduled Procedure Step Start Date and Time, both given
+#: as ranges, are ONE period (July 5 to 7 with 10:00 to 18:00: July 5 10:00 until July 7 18:00).
+COMBINED_DATE_TIME: Final = {0x00400002: 0x00400003}
 #: Entry states: SCHEDULED (new), IN PROGRESS / COMPLETED / DISCONTINUED (MPPS), CANCELLED (order).
 SCHEDULED: Final = "SCHEDULED"
 CANCELLED: Final = "CANCELLED"
@@ -232,7 +235,7 @@ def matches(keys: Sequence[Key], ds: Dataset) -> bool:
                 return False
             continue
         elem = ds.get(key.tag)
-        if not python_matches(key.condition, key.vr, element_text(elem) if elem is not None else None):
+        if not key_matches(key, element_text(elem) if elem is not None else None, ds):
             return False
     return True
 
@@ -370,7 +373,7 @@ class Worklist:
     async def find(self, identifier: Dataset) -> builtins.list[Dataset]:
         """Response identifiers of the open entries matching ``identifier`` (PS3.4 K.6);
         raises InvalidKeyValue."""
-        keys = read_keys(identifier)
+        keys = read_keys(identifier, combined=COMBINED_DATE_TIME)
         equal = _prefilter(keys)
 
         def run(conn: IndexConnection) -> builtins.list[Dataset]:

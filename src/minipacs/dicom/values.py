@@ -122,7 +122,8 @@ _DT_RE: Final = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:
 def datetime_bound(text: str, upper: bool) -> dt.datetime | None:
     """DT "YYYY[MM[DD[HH[MM[SS[.F]]]]]][&ZZXX]": the first or last instant it stands for.
 
-    Offsets are dropped (compared as local times: we negotiate no timezone adjustment).
+    The offset is dropped: the bound is the wall-clock time as written. Matching compares
+    moments, offsets counted: :func:`datetime_utc_bound`.
     """
     found = _DT_RE.match(text)
     if found is None:
@@ -143,11 +144,37 @@ def datetime_bound(text: str, upper: bool) -> dt.datetime | None:
     return _end_of(low, unit, parts[6] or "")
 
 
+def datetime_utc_bound(text: str, upper: bool) -> dt.datetime | None:
+    """DT as :func:`datetime_bound` gives it, moved to UTC (a naive datetime): by the value's own
+    offset from UTC ("&ZZXX"), else by this machine's local time zone; None when it is no DT.
+
+    PS3.4 C.2.2.2.5.3 d: "The offset from Universal Coordinated Time, if present in the Value of
+    the Attribute, shall be taken into account for the purposes of the match": 20240105101010+0100
+    is the moment 20240105091010+0000 is. A value without an offset is local time (PS3.5 Table
+    6.2-1 DT; we negotiate no timezone query adjustment, PS3.4 C.2.2.2.1.3), as DCMTK reads it;
+    two such values compare as written. A bound moved past year 1 or 9999 stays at the limit.
+    """
+    moment = datetime_bound(text, upper)
+    if moment is None:
+        return None
+    offset = _DT_RE.match(text).group(8)  # type: ignore[union-attr]  # datetime_bound matched it
+    try:
+        if offset is None:
+            return moment.astimezone(dt.UTC).replace(tzinfo=None)
+        sign = -1 if offset[0] == "-" else 1
+        shift = dt.timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))
+        return moment - sign * shift
+    except (OverflowError, OSError, ValueError):  # past the calendar's ends: keep the bound where it is
+        return moment
+
+
 def _end_of(start: dt.datetime, unit: str, fraction: str) -> dt.datetime:
     if unit == "year":
         return start.replace(month=12, day=31, hour=23, minute=59, second=59, microsecond=999999)
     if unit == "month":
-        following = (start.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+        if start.month == 12:  # December ends the year (and 9999-12 has no following month)
+            return start.replace(day=31, hour=23, minute=59, second=59, microsecond=999999)
+        following = start.replace(month=start.month + 1, day=1)
         return following - dt.timedelta(microseconds=1)
     step = {
         "day": dt.timedelta(days=1),
@@ -156,7 +183,7 @@ def _end_of(start: dt.datetime, unit: str, fraction: str) -> dt.datetime:
         "second": dt.timedelta(seconds=1),
     }.get(unit)
     if step is not None:
-        return start + step - dt.timedelta(microseconds=1)
+        return start + (step - dt.timedelta(microseconds=1))  # never past 9999-12-31T23:59:59.999999
     return start.replace(microsecond=int(fraction.ljust(6, "9")))
 
 
@@ -184,6 +211,7 @@ __all__ = [
     "codecs_for",
     "date_bound",
     "datetime_bound",
+    "datetime_utc_bound",
     "decode_text",
     "normalise_name",
     "time_bound",

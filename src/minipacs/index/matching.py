@@ -10,6 +10,7 @@ match case-insensitively through the normalised (casefolded) columns.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import re
 from collections.abc import Callable, Mapping
@@ -21,6 +22,7 @@ from sqlalchemy import ColumnElement, and_, false, func, or_
 from minipacs.dicom.values import (
     date_bound,
     datetime_bound,
+    datetime_utc_bound,
     normalise_name,
     time_bound,
 )
@@ -38,6 +40,16 @@ MAX_LIST_VALUES: Final = 1000
 
 # VRs whose values cannot carry wildcards (PS3.4 C.2.2.2.4 excludes DA, TM, DT, UI and numbers).
 NO_WILDCARD_VRS: Final = DATE_TIME_VRS | {"UI", "IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "AT"}
+
+# PS3.5 Table 6.2-1: the text of an IS (an integer) and of a DS (a fixed or floating point number);
+# the padding spaces are gone by the time a key is classified. What words the refusal uses for each.
+NUMBER_SYNTAX: Final[Mapping[str, tuple[re.Pattern[str], str]]] = {
+    "IS": (re.compile(r"[+-]?[0-9]+", re.ASCII), "a whole number"),
+    "DS": (
+        re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII),
+        "a decimal number",
+    ),
+}
 
 
 class Matching(enum.Enum):
@@ -72,7 +84,11 @@ def classify(vr: str, value: str, keyword: str = "") -> Condition:
     if vr in BINARY_VRS:
         raise InvalidMatchValue(f"{name} ({vr}) cannot be used for matching; send it empty as a return key")
     if "\\" in value:
-        items = value.split("\\")
+        # An empty value in a list ("1.2.3\\", a trailing backslash) names nothing: it is dropped, not
+        # taken for universal matching (C.2.2.2.3 is a zero-length VALUE), which answered every entity.
+        items = [item for item in value.split("\\") if item]
+        if len(items) <= 1:
+            return classify(vr, items[0], keyword) if items else UNIVERSAL
         if len(items) > MAX_LIST_VALUES:
             raise InvalidMatchValue(f"{name} lists {len(items)} values; at most {MAX_LIST_VALUES} are accepted")
         parts = tuple(classify(vr, item, keyword) for item in items)
@@ -85,9 +101,25 @@ def classify(vr: str, value: str, keyword: str = "") -> Condition:
         )
     if vr in DATE_TIME_VRS:
         return _date_time_condition(vr, value, name)
+    _check_syntax(vr, value, name)
     if ("*" in value or "?" in value) and vr not in NO_WILDCARD_VRS:
         return Condition(Matching.WILDCARD, (re.sub(r"\*+", "*", value),))
     return Condition(Matching.SINGLE, (value,))
+
+
+def _check_syntax(vr: str, value: str, name: str) -> None:
+    """Refuse a value its VR cannot hold, which no stored value can match: a number key that is no
+    number (PS3.5 Table 6.2-1; "SeriesNumber=1A", "InstanceNumber=1*": numbers take single value
+    matching only, PS3.4 C.2.2.2.1), a UID with wildcards (PS3.4 C.2.2.2.4 allows none in UI).
+
+    Refused rather than answered with no match, as QIDO-RS refuses them (HTTP 400): a requester
+    that asked for something impossible is told so, not left to believe nothing is stored. The
+    sentence fits an Error Comment (64 characters) for the usual keywords and values."""
+    syntax = NUMBER_SYNTAX.get(vr)
+    if syntax is not None and syntax[0].fullmatch(value.strip(" ")) is None:
+        raise InvalidMatchValue(f"{name} {value[:24]!r} is not a valid {vr} value ({syntax[1]})")
+    if vr == "UI" and ("*" in value or "?" in value):
+        raise InvalidMatchValue(f"{name} {value[:24]!r}: a UID cannot hold a wildcard")
 
 
 def _date_time_condition(vr: str, value: str, name: str) -> Condition:
@@ -107,8 +139,53 @@ def _date_time_condition(vr: str, value: str, name: str) -> Condition:
     if not low and not high:
         return UNIVERSAL
     if low and high and _BOUNDS[vr](low, False) > _BOUNDS[vr](high, True):
-        raise InvalidMatchValue(f"{name} range {value!r} ends before it starts")
+        if vr == "TM":  # PS3.4 C.2.2.2.5.2: "Range matching crossing midnight is not supported"
+            raise InvalidMatchValue(f"{name} range {value[:24]!r} crosses midnight; send two ranges")
+        raise InvalidMatchValue(f"{name} range {value[:40]!r} ends before it starts")
     return Condition(Matching.RANGE, (low, high))
+
+
+def combined_date_time(date_value: str, time_value: str, name: str = "") -> Condition | None:
+    """A DA range and a TM range matched as ONE DT range (PS3.4 C.2.2.2.5.4; for the Modality
+    Worklist's Scheduled Procedure Step Start Date and Time always, PS3.4 Table K.6-1): the date
+    range July 5 to July 7 with the time range 10:00 to 18:00 is July 5 10:00 until July 7 18:00,
+    not 10:00 to 18:00 on each day; so 20240105-20240106 with 2300-0100 is the two hours around
+    midnight. None when the two are not ranges of the same form ("A-B", "-B" or "A-"), which are
+    then matched each on its own. Raises InvalidMatchValue for a value that is no date or time, or
+    a combined range that ends before it starts. The condition is matched on the stored date and
+    time joined into a DT (:func:`joined_date_time`)."""
+    if "\\" in date_value or "\\" in time_value:
+        return None
+    date_low, date_sep, date_high = date_value.partition("-")
+    time_low, time_sep, time_high = time_value.replace(":", "").partition("-")
+    form = (bool(date_low), bool(date_high))
+    if not (date_sep and time_sep) or form != (bool(time_low), bool(time_high)) or form == (False, False):
+        return None
+    for bound, part in (
+        (date_bound, date_low),
+        (date_bound, date_high),
+        (time_bound, time_low),
+        (time_bound, time_high),
+    ):
+        if part and bound(part, False) is None:
+            raise InvalidMatchValue(f"{name} {date_value[:20]!r} {time_value[:20]!r} is not a date and time range")
+    low = date_low.replace(".", "") + time_low
+    high = date_high.replace(".", "") + time_high
+    start = datetime_bound(low, False) if low else dt.datetime.min
+    end = datetime_bound(high, True) if high else dt.datetime.max
+    if start is None or end is None:
+        raise InvalidMatchValue(f"{name} {date_value[:20]!r} {time_value[:20]!r} is not a date and time range")
+    if start > end:
+        # without the keyword: the sentence is the Error Comment, at most 64 characters
+        raise InvalidMatchValue(f"range {date_value[:17]} {time_value[:13]} ends before it starts")
+    return Condition(Matching.RANGE, (low, high))
+
+
+def joined_date_time(date_text: str, time_text: str) -> str:
+    """A stored date and time as the DT :func:`combined_date_time` conditions are matched on
+    ("" when there is no date; the date alone, a whole day, when there is no time)."""
+    date = date_text.split("\\")[0].replace(".", "")
+    return date + time_text.split("\\")[0].replace(":", "") if date else ""
 
 
 def _split_dt_range(value: str) -> tuple[str, str, str]:
@@ -127,10 +204,12 @@ def _split_dt_range(value: str) -> tuple[str, str, str]:
 
 # ----------------------------------------------------------------- value bounds
 
+# PS3.4 C.2.2.2.5: a DT is compared as the moment it names, its offset from UTC taken into account
+# (C.2.2.2.5.3 d); DA and TM carry no offset (C.2.2.2.5.2: "No offset ... is permitted in the TM").
 _BOUNDS: Final[Mapping[str, Callable[[str, bool], Any]]] = {
     "DA": date_bound,
     "TM": time_bound,
-    "DT": datetime_bound,
+    "DT": datetime_utc_bound,
 }
 
 
@@ -473,9 +552,11 @@ __all__ = [
     "Condition",
     "Matching",
     "classify",
+    "combined_date_time",
     "date_bound",
     "datetime_bound",
     "glob_pattern",
+    "joined_date_time",
     "like_pattern",
     "python_matches",
     "sql_condition",

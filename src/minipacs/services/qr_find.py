@@ -83,10 +83,12 @@ class _Element:
     constant: str = ""
     short: bool = False  # explicit VR with a 2-byte length: at most 0xFFFF bytes
     int_format: str = ""  # struct format of one US/UL/SS/SL value
+    omit_empty: bool = False  # left out when empty (TimezoneOffsetFromUTC, PS3.4 C.4.1.1.3.2)
 
 
 #: One element of :meth:`RowEncoder._encode_ascii`: (index in the row, header before the length,
-#: header and zero length, the length field, padding, 2-byte length, int format or "" for text).
+#: header and zero length (b"" when an empty value is left out), the length field, padding,
+#: 2-byte length, int format or "" for text).
 _AsciiStep = tuple[int, bytes, bytes, struct.Struct, bytes, bool, str]
 
 
@@ -113,6 +115,7 @@ class RowEncoder:
         self.constants = dict(constants)
         order = "<" if ts.little_endian else ">"
         layout: dict[int, tuple[str, int, str]] = {f.tag: (f.vr, i, "") for i, f in enumerate(fields)}
+        omitted = {f.tag for f in fields if f.omit_empty}
         for tag, (vr, value) in constants.items():
             layout[tag] = (vr, -1, value)
         layout[SPECIFIC_CHARACTER_SET] = ("CS", -2, "")
@@ -139,6 +142,7 @@ class RowEncoder:
                     constant,
                     short,
                     f"{order}{INT_VR_FORMATS.get(vr, '')}",
+                    tag in omitted,
                 )
             )
         self._ascii_extra, self._ascii_plan = self._plan_ascii()
@@ -165,7 +169,7 @@ class RowEncoder:
                 (
                     index,
                     element.prefix,
-                    element.prefix + element.length.pack(0),
+                    b"" if element.omit_empty else element.prefix + element.length.pack(0),
                     element.length,
                     element.pad,
                     element.short,
@@ -260,6 +264,8 @@ class RowEncoder:
                 except (ValueError, struct.error):
                     raw = b""
             elif value is None:
+                if element.omit_empty:
+                    continue
                 raw = b""
             else:
                 try:

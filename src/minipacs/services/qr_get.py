@@ -15,6 +15,7 @@ from contextlib import aclosing
 from minipacs.core.archive import Archive
 from minipacs.core.errors import ArchiveError
 from minipacs.core.retrieve import InvalidRetrieveIdentifier, StoredInstance, select_instances
+from minipacs.dicom.uids import uid_name
 from minipacs.net.association import Association, AssociationError, DatasetSink, Message
 from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
@@ -26,12 +27,14 @@ from minipacs.services.qr_retrieve import (
     GET_MODELS,
     IDENTIFIER_SYNTAXES,
     IdentifierError,
+    NoContext,
     Progress,
     audit_retrieve,
     decode_identifier,
     final_response,
     progress_response,
     run_suboperations,
+    suboperation_priority,
 )
 from minipacs.services.status import GET, IDENTIFIER_DOES_NOT_MATCH, UNABLE_TO_PROCESS, describe, error_comment
 from minipacs.services.storage_scu import store_file
@@ -119,8 +122,17 @@ class GetSCP(Service):
                 len(instances),
             )
 
+        priority = suboperation_priority(message)
+
         async def send_one(inst: StoredInstance) -> tuple[int, str]:
-            return await store_file(assoc, inst, usable=_peer_is_scp)
+            if not any(_peer_is_scp(c) for c in assoc.contexts_for(inst.sop_class_uid)):
+                # PS3.4 C.4.3.3.1: the SCU did not offer the storage class with the SCP role (PS3.7 D.3.3.4)
+                raise NoContext(
+                    f"the requester offered no context for {uid_name(inst.sop_class_uid)} with the SCP role "
+                    "(SCP/SCU Role Selection, PS3.7 D.3.3.4), so it cannot receive it over this association",
+                    "Storage class not offered with the SCP role (role selection)",
+                )
+            return await store_file(assoc, inst, usable=_peer_is_scp, priority=priority)
 
         async with aclosing(
             run_suboperations(assoc, message, instances, progress, send_one, self.pending_every, self.pending_interval)

@@ -45,6 +45,7 @@ from minipacs.services.qr_retrieve import (
     final_response,
     progress_response,
     run_suboperations,
+    suboperation_priority,
 )
 from minipacs.services.status import (
     IDENTIFIER_DOES_NOT_MATCH,
@@ -272,6 +273,7 @@ class MoveSCP(Service):
         """One storage association to the destination for ``batch``, yielding Pending responses;
         a batch that cannot be sent at all adds its sentence to ``errors``."""
         settings = assoc.settings
+        priority = suboperation_priority(message)
         rq = build_rq(settings.ae_title, node.ae_title, proposal(batch), settings)
         try:
             sub = await connect(node.host, node.port, rq, settings, connect_timeout=self.connect_timeout, tls=node.tls)
@@ -287,7 +289,7 @@ class MoveSCP(Service):
         async def send_one(inst: StoredInstance) -> tuple[int, str]:
             from minipacs.services.storage_scu import store_file
 
-            status, text = await store_file(sub, inst, move_originator=originator)
+            status, text = await store_file(sub, inst, move_originator=originator, priority=priority)
             # the sub-association's own log entry lists what it carried (issue 12 item 22)
             record_operation(
                 sub,

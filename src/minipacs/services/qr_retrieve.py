@@ -20,6 +20,7 @@ from typing import Any, Final
 from minipacs.core.audit import Action, ActorKind
 from minipacs.core.retrieve import StoredInstance, locate
 from minipacs.core.transcode import TranscodeError
+from minipacs.dicom.identifier import dataset_charset
 from minipacs.dicom.levels import RETRIEVE_MODELS
 from minipacs.dicom.uids import (
     EXPLICIT_VR_BIG_ENDIAN,
@@ -27,6 +28,7 @@ from minipacs.dicom.uids import (
     IMPLICIT_VR_LITTLE_ENDIAN,
     transfer_syntax,
 )
+from minipacs.dicom.values import codecs_for, decode_text
 from minipacs.dicom.vr import STRING_VRS
 from minipacs.net.association import Association, AssociationError, BytesSink, Message
 from minipacs.services.dispatch import Response
@@ -61,6 +63,15 @@ class IdentifierError(ValueError):
     """The identifier dataset cannot be decoded."""
 
 
+class NoContext(LookupError):
+    """No accepted presentation context can carry a sub-operation; ``comment`` is the Error Comment
+    (at most 64 characters) that names the fix."""
+
+    def __init__(self, why: str, comment: str) -> None:
+        super().__init__(why)
+        self.comment = comment
+
+
 def audit_retrieve(archive: Any, assoc: Association, instances: list[StoredInstance], what: str) -> None:
     """One "retrieved" audit row per study of a C-MOVE/C-GET request (core/audit.py), the peer as actor."""
     per_study: dict[str, int] = {}
@@ -82,7 +93,9 @@ def decode_identifier(message: Message) -> tuple[str, dict[str, object]]:
 
     Values are taken from the raw element bytes (no pydicom value validation:
     a hostile or malformed value must reach ``core.retrieve`` to be refused
-    with a sentence, not break the decoding). Sequences are skipped.
+    with a sentence, not break the decoding), text decoded in the identifier's
+    Specific Character Set (PS3.4 C.4.2.1.4.1: it is there when the Patient ID is not
+    in the default repertoire). Sequences are skipped.
     """
     from pydicom.datadict import dictionary_VR, keyword_for_tag
     from pydicom.dataelem import RawDataElement
@@ -99,6 +112,7 @@ def decode_identifier(message: Message) -> tuple[str, dict[str, object]]:
     keys: dict[str, object] = {}
     try:
         ds = read_dataset(io.BytesIO(sink.getvalue()), ts.implicit_vr, ts.little_endian)
+        codecs = codecs_for(dataset_charset(ds))
         for tag in list(ds.keys()):
             raw = ds.get_item(tag)
             keyword = keyword_for_tag(tag)
@@ -107,13 +121,25 @@ def decode_identifier(message: Message) -> tuple[str, dict[str, object]]:
             vr = raw.VR or dictionary_VR(tag)
             if vr == "SQ" or vr not in STRING_VRS:  # the keys a retrieve uses are all text
                 continue
-            text = bytes(raw.value).decode("latin-1").strip(" \x00")
+            text = decode_text(bytes(raw.value), vr, codecs).strip(" \x00")
             values = [v.strip(" \x00") for v in text.split("\\")]
             keys[keyword] = values if len(values) > 1 else text
     except Exception as exc:
         raise IdentifierError(f"the identifier cannot be decoded: {type(exc).__name__}: {exc}") from exc
     level = keys.get("QueryRetrieveLevel", "")
     return (level if isinstance(level, str) else ""), keys
+
+
+#: PS3.7 Table 9.3-1: Priority (0000,0700) values.
+PRIORITIES: Final = frozenset({0x0000, 0x0001, 0x0002})  # MEDIUM, HIGH, LOW
+
+
+def suboperation_priority(message: Message) -> int:
+    """The Priority of a retrieve's C-STORE sub-operations: the C-MOVE's or C-GET's own (PS3.4
+    C.4.2.1.2, C.4.3.1.2: "The same priority shall be used for all C-STORE sub-operations"); MEDIUM
+    for a value PS3.7 does not define."""
+    priority = message.command.get("Priority", 0)
+    return priority if isinstance(priority, int) and priority in PRIORITIES else 0
 
 
 def encode_failed_list(uids: list[str], transfer_syntax_uid: str) -> bytes:
@@ -230,7 +256,10 @@ async def run_suboperations(
             try:
                 status, text = await send_one(instance)
             except LookupError as exc:
-                progress.fail(instance, str(exc), "No accepted presentation context fits; see the log")
+                short = (
+                    exc.comment if isinstance(exc, NoContext) else "No accepted presentation context fits; see the log"
+                )
+                progress.fail(instance, str(exc), short)
             except TranscodeError as exc:
                 progress.fail(instance, str(exc), "An instance could not be converted; see the server log")
             except AssociationError as exc:

@@ -115,6 +115,7 @@ async def store_file(
     *,
     move_originator: tuple[str, int] | None = None,
     usable: Callable[[NegotiatedContext], bool] | None = None,
+    priority: int = 0,
 ) -> tuple[int, str]:
     """C-STORE one file; returns (status, error comment).
 
@@ -122,7 +123,9 @@ async def store_file(
     syntax was accepted; otherwise the file is transcoded (off the event loop)
     to an accepted native syntax. ``move_originator`` (AE title, message ID)
     marks a C-MOVE sub-operation (PS3.7 9.3.1.1); ``usable`` restricts which
-    accepted contexts may carry it (C-GET: those where the peer is SCP).
+    accepted contexts may carry it (C-GET: those where the peer is SCP). ``priority``: the
+    C-STORE's Priority (0 MEDIUM, 1 HIGH, 2 LOW; a sub-operation's is its C-MOVE's or C-GET's,
+    PS3.4 C.4.2.1.2, C.4.3.1.2).
     Raises LookupError when no context fits and TranscodeError when conversion fails.
     """
     candidates = [c for c in assoc.contexts_for(f.sop_class_uid) if usable is None or usable(c)]
@@ -147,7 +150,7 @@ async def store_file(
         "C-STORE-RQ",
         has_dataset=True,
         MessageID=assoc.next_message_id(),
-        Priority=0,
+        Priority=priority,
         AffectedSOPClassUID=f.sop_class_uid,
         AffectedSOPInstanceUID=f.sop_instance_uid,
         **fields,

@@ -25,6 +25,9 @@ from minipacs.services.status import FIND, FIND_CANCELLED, FIND_PENDING, SUCCESS
 
 log = logging.getLogger("minipacs.worklist")
 
+#: (0008,0201) Timezone Offset From UTC
+TIMEZONE_OFFSET_FROM_UTC = 0x00080201
+
 
 class ModalityWorklistSCP(Service):
     name = "modality worklist"
@@ -64,6 +67,10 @@ class ModalityWorklistSCP(Service):
                 for found in await self.worklist.find(identifier):
                     if message.cancelled.is_set():
                         break
+                    offset = found.get(TIMEZONE_OFFSET_FROM_UTC)
+                    if offset is not None and offset.is_empty:
+                        # PS3.4 K.4.1.1.3.2: "it shall not be sent with a zero-length value"
+                        del found[TIMEZONE_OFFSET_FROM_UTC]
                     charset = response_charset(request_charset, found)
                     if charset:
                         found.SpecificCharacterSet = charset
