@@ -7,11 +7,14 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import aclosing
 from typing import Any, Final, TypeVar
 
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from minipacs.blobs.base import BlobError
@@ -48,10 +51,9 @@ from minipacs.web.errors import HttpError
 from minipacs.web.intake import Intake, Screen, receive_multipart
 from minipacs.web.render import choose_format, parse_window, render
 from minipacs.web.routing import Endpoint
-from minipacs.web.search import ascii_digits, search, to_json
+from minipacs.web.search import ascii_digits, page_size, qido_defaults, search, to_json
 from minipacs.web.transfer import (
     OutPart,
-    aiter_text,
     boundary_of,
     file_response,
     insufficient_storage,
@@ -106,26 +108,61 @@ def root_url(request: Request) -> str:
 # ------------------------------------------------------------------ QIDO-RS (PS3.18 §10.6)
 
 
+#: PS3.18 8.3.4.2 and 8.3.4.4.1: the Warning header texts (after "299 <service>: ")
+FUZZY_WARNING: Final = "The fuzzymatching parameter is not supported. Only literal matching has been performed."
+MORE_WARNING: Final = "There are additional results that can be requested"
+_RETRIEVE_URL: Final = 0x00081190
+
+
+def retrieve_url(root: str, match: Dataset, level: Level) -> str:
+    """The Retrieve URL (0008,1190) of a QIDO-RS match (PS3.18 Tables 10.6.3-3..5): its WADO-RS resource."""
+    url = f"{root}/studies/{match.get('StudyInstanceUID', '')}"
+    if level in (Level.SERIES, Level.IMAGE):
+        url += f"/series/{match.get('SeriesInstanceUID', '')}"
+    if level is Level.IMAGE:
+        url += f"/instances/{match.get('SOPInstanceUID', '')}"
+    return url
+
+
+def warning(request: Request, text: str) -> str:
+    """A Warning header value (RFC 7234 5.5, PS3.18 8.3.4): code 299, the service's base URI, the text."""
+    return f"299 {root_url(request)}: {text}"
+
+
 def _qido(level: Level) -> Any:
     async def endpoint(request: Request) -> Response:
+        """QIDO-RS (PS3.18 10.6): the matches as one application/dicom+json array, with a Content-Length
+        (Table 10.6.3-2); a Warning when results remain past ``limit`` or fuzzy matching was asked for."""
         context = ctx(request)
         fixed = uids(request)
+        params = list(request.query_params.multi_items())
+        fuzzy = [value.lower() for name, value in params if name == "fuzzymatching"]
+        if any(value not in ("true", "false") for value in fuzzy):
+            raise HttpError(400, "invalid_fuzzymatching", "fuzzymatching must be true or false (PS3.18 8.3.4.2)")
         started = time.perf_counter()
         audit.record_query(request, f"QIDO-RS {level.value}", level=level.value)
-        matches = search(context.archive, level, list(request.query_params.multi_items()), fixed)
-        first = await anext(aiter(matches), None)  # errors surface before the 200 goes out
-        context.metrics.query_answered("qido", time.perf_counter() - started)
-
-        async def body() -> AsyncIterator[str]:
-            if first is None:
-                yield "[]"
-                return
-            yield "[" + json.dumps(to_json(first))
+        root = root_url(request)
+        matches = search(context.archive, level, params, fixed, defaults=qido_defaults(level, fixed), one_more=True)
+        wanted = page_size(params)
+        texts: list[str] = []
+        more = False
+        async with aclosing(matches):
             async for match in matches:
-                yield "," + json.dumps(to_json(match))
-            yield "]"
-
-        return StreamingResponse(aiter_text(body()), media_type=DICOM_JSON)
+                if len(texts) == wanted:
+                    more = True
+                    break
+                match[_RETRIEVE_URL] = DataElement(_RETRIEVE_URL, "UR", retrieve_url(root, match, level))
+                texts.append(json.dumps(to_json(match)))
+        context.metrics.query_answered("qido", time.perf_counter() - started)
+        headers: list[str] = []
+        if "true" in fuzzy:
+            headers.append(warning(request, FUZZY_WARNING))
+        if more:
+            headers.append(warning(request, MORE_WARNING))
+        response = Response("[" + ",".join(texts) + "]", media_type=DICOM_JSON)
+        for value in headers:
+            response.headers.append("Warning", value)
+        return response
 
     return endpoint
 
