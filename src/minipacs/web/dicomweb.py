@@ -49,7 +49,16 @@ from minipacs.web import audit
 from minipacs.web.accept import ANY, DICOM, frame_choice, frame_choices_text, instance_syntax, parse_accept
 from minipacs.web.errors import HttpError
 from minipacs.web.intake import Intake, Screen, receive_multipart
-from minipacs.web.render import choose_format, parse_window, render
+from minipacs.web.render import (
+    RenderOptions,
+    Viewport,
+    choose_format,
+    parse_quality,
+    parse_side,
+    parse_viewport,
+    parse_window,
+    render,
+)
 from minipacs.web.routing import Endpoint
 from minipacs.web.search import ascii_digits, page_size, qido_defaults, search, to_json
 from minipacs.web.transfer import (
@@ -336,15 +345,43 @@ async def bulkdata(request: Request) -> Response:
     )
 
 
+#: PS3.18 §8.3.5.1.1 annotation keywords (none of them is drawn: each one asked for gets the Warning)
+ANNOTATIONS: Final = frozenset({"patient", "technique"})
+
+
+def _annotation_warning(request: Request) -> str | None:
+    """``annotation`` (PS3.18 §8.3.5.1.1): 400 unless a list of keywords; we burn in none, so the ones
+    asked for are named in a Warning, as unsupported values must be."""
+    raw = request.query_params.get("annotation")
+    if raw is None:
+        return None
+    values = [v.strip() for v in raw.split(",")]
+    if not all(values) or any(v not in ANNOTATIONS for v in values):
+        raise HttpError(400, "invalid_annotation", "annotation must be a list of the keywords patient and technique")
+    return warning(request, f"The following annotation values are not supported: {','.join(values)}")
+
+
 async def _render(request: Request, thumbnail: bool, frame: int = 1) -> Response:
+    """PS3.18 §10.4.1.1.3 rendered and thumbnail resources, with the parameters of Table 8.3.5-1."""
+    params = request.query_params
+    # §8.3.3.1: the accept parameter, where a link cannot set the Accept header
+    options = RenderOptions(
+        mime=choose_format(params.get("accept") or request.headers.get("accept", "")),
+        window=parse_window(params.get("window")),
+        viewport=parse_viewport(params.get("viewport"), thumbnail=thumbnail),
+        quality=parse_quality(params.get("quality")),
+        thumbnail=thumbnail,
+    )
+    note = _annotation_warning(request)
     found = await _instances(request)
     item = found[len(found) // 2]  # a representative instance for study/series level
-    mime = choose_format(request.headers.get("accept", ""))
-    window = parse_window(request.query_params.get("window"))
     data = await ctx(request).renders.run(
-        on_file, item, render, frame, mime, window, thumbnail, ctx(request).archive.settings.dataset_limits
+        on_file, item, render, frame, options, ctx(request).archive.settings.dataset_limits
     )
-    return Response(data, media_type=mime)
+    response = Response(data, media_type=options.mime)
+    if note:
+        response.headers["Warning"] = note
+    return response
 
 
 async def rendered(request: Request) -> Response:
@@ -376,7 +413,14 @@ async def wado_uri(request: Request) -> Response:
         audit.record(request, Action.VIEWED, study_uid=found[0].study_instance_uid, detail="WADO-URI")
     if not found:
         raise HttpError(404, "not_found", f"SOP Instance {keys['SOPInstanceUID']} is not in the archive")
-    content_type = params.get("contentType", "image/jpeg").split(",")[0].strip()
+    if params.get("anonymize", "").lower() == "yes":  # PS3.18 §9: a server that will not de-identify says so
+        raise HttpError(
+            400,
+            "anonymize_not_supported",
+            "WADO-URI anonymize=yes is not supported: nothing is sent; de-identify with the anonymize job "
+            "(POST /api/anonymize) and retrieve the copy",
+        )
+    content_type = _wado_uri_content_type(params.get("contentType", ""))
     if content_type == "application/dicom":
         wanted, stored = params.get("transferSyntax", ""), found[0].transfer_syntax_uid
         if wanted and wanted != stored:  # WADO-URI transferSyntax parameter: transcode, never compress
@@ -410,25 +454,55 @@ async def wado_uri(request: Request) -> Response:
                 f"the file of SOP Instance {keys['SOPInstanceUID']} is missing from "
                 "storage (it is indexed); see the server log",
             ) from None
-    if content_type not in ("image/jpeg", "image/png"):
-        raise HttpError(406, "not_acceptable", "contentType must be application/dicom, image/jpeg or image/png")
+    options = _wado_uri_options(params, content_type)
     frame = params.get("frameNumber", "1")
-    if not ascii_digits(frame):
-        raise HttpError(400, "invalid_frames", "frameNumber must be a positive number")
-    window = None
-    if params.get("windowCenter") and params.get("windowWidth"):
-        window = parse_window(f"{params['windowCenter']},{params['windowWidth']}")
+    if not ascii_digits(frame) or int(frame) < 1:
+        raise HttpError(400, "invalid_frames", "frameNumber must be a whole number from 1")
     data = await ctx(request).renders.run(
-        on_file,
-        found[0],
-        render,
-        int(frame),
-        content_type,
-        window,
-        False,
-        ctx(request).archive.settings.dataset_limits,
+        on_file, found[0], render, int(frame), options, ctx(request).archive.settings.dataset_limits
     )
     return Response(data, media_type=content_type)
+
+
+def _wado_uri_content_type(raw: str) -> str:
+    """``contentType`` (PS3.18 §9, the Accept Query Parameter of §8.3.3.1 under another name): the preferred
+    of application/dicom, image/jpeg and image/png, by q-value; absent, ``image/*`` or ``*/*``: image/jpeg."""
+    ranges = parse_accept(raw)
+    for r in ranges:
+        if r.media_type in ("application/dicom", "image/jpeg", "image/png"):
+            return r.media_type
+        if r.media_type in ("image/*", "*/*", ""):
+            return "image/jpeg"
+    if ranges:
+        raise HttpError(406, "not_acceptable", "contentType must be application/dicom, image/jpeg or image/png")
+    return "image/jpeg"
+
+
+def _wado_uri_options(params: Any, content_type: str) -> RenderOptions:
+    """WADO-URI rendering parameters (PS3.18 §9): rows and columns (the most of each, aspect kept),
+    region (x1,y1,x2,y2 as fractions of the image), windowCenter with windowWidth, imageQuality."""
+    center, width = params.get("windowCenter"), params.get("windowWidth")
+    if (center is None) != (width is None):
+        raise HttpError(400, "invalid_window", "windowCenter and windowWidth go together: give both or neither")
+    window = parse_window(f"{center},{width}") if center is not None else None
+    sides = {name: parse_side(params[name], name) for name in ("rows", "columns") if params.get(name)}
+    region = None
+    if params.get("region") is not None:
+        try:
+            x1, y1, x2, y2 = (float(v) for v in params["region"].split(","))
+        except ValueError:
+            raise HttpError(400, "invalid_region", "region must be x1,y1,x2,y2 (fractions from 0.0 to 1.0)") from None
+        if not (0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1):
+            raise HttpError(
+                400, "invalid_region", "region must be x1,y1,x2,y2 with 0 <= x1 < x2 <= 1, 0 <= y1 < y2 <= 1"
+            )
+        region = (x1, y1, x2, y2)
+    viewport = None
+    if sides or region:
+        viewport = Viewport(sides.get("columns") or None, sides.get("rows") or None, region=region)
+    return RenderOptions(
+        mime=content_type, window=window, viewport=viewport, quality=parse_quality(params.get("imageQuality"))
+    )
 
 
 def _read_file(item: StoredInstance) -> Iterator[bytes]:

@@ -1,0 +1,152 @@
+"""Rendered resources (PS3.18 8.3.5, 10.4.1.1.3) and WADO-URI images (PS3.18 9): the parameters do what they say."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from minipacs.core.archive import Archive
+from tests.web.conftest import part10
+from tests.web.test_dicomweb import stow
+
+STUDY, SERIES, SOP = "1.2.5.1", "1.2.5.1.1", "1.2.5.1.1.1"
+BASE = f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{SOP}"
+WADO = {"requestType": "WADO", "studyUID": STUDY, "seriesUID": SERIES, "objectUID": SOP}
+# value = row * 64 + column: 0 at the top left, 4095 at the bottom right (12 bits stored)
+GRADIENT = np.arange(64 * 64, dtype="<u2").reshape(64, 64)
+
+
+async def _store(client: httpx.AsyncClient) -> None:
+    data = part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP, PixelData=GRADIENT.tobytes())
+    assert (await stow(client, data)).status_code == 200
+
+
+def _pixels(r: httpx.Response) -> Any:
+    assert r.status_code == 200, r.text
+    return np.asarray(Image.open(io.BytesIO(r.content)))
+
+
+def test_viewport_crops_flips_and_scales(web: Callable[..., Any]) -> None:
+    """PS3.18 8.3.5.1.3: crop to sx,sy,sw,sh, flip for a negative sw/sh, scale to fit vw x vh without distortion."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        await _store(client)
+        png = {"Accept": "image/png"}
+        window = "2048,4096,linear-exact"
+        full = _pixels(await client.get(BASE + "/rendered", params={"window": window}, headers=png))
+        assert full.shape == (64, 64)
+        r = await client.get(BASE + "/rendered", params={"window": window, "viewport": "32,32,0,0,32,32"}, headers=png)
+        assert np.array_equal(_pixels(r), full[:32, :32])
+        r = await client.get(BASE + "/rendered", params={"window": window, "viewport": "32,32,,,-32,32"}, headers=png)
+        assert np.array_equal(_pixels(r), full[:32, :32][:, ::-1])
+        r = await client.get(BASE + "/rendered", params={"window": window, "viewport": "32,32,32,32"}, headers=png)
+        assert np.array_equal(_pixels(r), full[32:, 32:])  # sw, sh default to the edges
+        assert _pixels(await client.get(BASE + "/rendered", params={"viewport": "128,128"})).shape == (128, 128)
+        assert _pixels(await client.get(BASE + "/rendered", params={"viewport": "16,64"})).shape == (16, 16)
+        assert _pixels(await client.get(BASE + "/thumbnail", params={"viewport": "20,20"})).shape == (20, 20)
+        for bad in ("64", "0,64", "64,64,a", "64,64,0,0,0,10", "64,64,1,2,3,4,5", "99999,64", "64,64,100,100"):
+            r = await client.get(BASE + "/rendered", params={"viewport": bad})
+            assert r.status_code == 400, (bad, r.text)
+        r = await client.get(BASE + "/thumbnail", params={"viewport": "32,32,0,0,16,16"})  # thumbnails: vw,vh only
+        assert r.status_code == 400
+
+    web(body)
+
+
+def test_window_functions(web: Callable[..., Any]) -> None:
+    """PS3.18 8.3.5.1.4 window=center,width,function with the VOI LUT functions of PS3.3 C.11.2.1.2."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        await _store(client)
+        png = {"Accept": "image/png"}
+        exact = _pixels(await client.get(BASE + "/rendered", params={"window": "2048,4096,linear-exact"}, headers=png))
+        sigmoid = _pixels(await client.get(BASE + "/rendered", params={"window": "2048,4096,sigmoid"}, headers=png))
+        assert exact[0, 0] == 0 and exact[32, 0] in (127, 128)  # value 2048 = the center
+        assert sigmoid[0, 0] == 30 and sigmoid[32, 0] in (127, 128)  # 255 / (1 + e^2) at value 0
+        narrow = _pixels(await client.get(BASE + "/rendered", params={"window": "100,1,linear"}, headers=png))
+        assert narrow[1, 35] == 0 and narrow[1, 37] == 255  # 99 (x <= c - 0.5) is black, 101 white
+        for bad in ("40,400,bogus", "40", "40,0,linear", "a,400,linear", "40,nan,linear"):
+            r = await client.get(BASE + "/rendered", params={"window": bad})
+            assert r.status_code == 400, (bad, r.text)
+
+    web(body)
+
+
+def test_quality_accept_parameter_and_annotation(web: Callable[..., Any]) -> None:
+    """PS3.18 8.3.5.1.2 quality (1-100), 8.3.3.1 the accept parameter, RFC 9110 q-values, 8.3.5.1.1 annotation."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        await _store(client)
+        low = await client.get(BASE + "/rendered", params={"quality": "5"})
+        high = await client.get(BASE + "/rendered", params={"quality": "100"})
+        assert low.status_code == high.status_code == 200 and len(low.content) < len(high.content)
+        for bad in ("0", "101", "abc", ""):
+            assert (await client.get(BASE + "/rendered", params={"quality": bad})).status_code == 400
+        r = await client.get(BASE + "/rendered", params={"accept": "image/png"})
+        assert r.headers["content-type"] == "image/png"
+        r = await client.get(BASE + "/rendered", headers={"Accept": "image/jpeg;q=0, image/png"})
+        assert r.headers["content-type"] == "image/png"
+        r = await client.get(BASE + "/rendered", headers={"Accept": "image/png;q=0.4, image/jpeg;q=0.8"})
+        assert r.headers["content-type"] == "image/jpeg"
+        r = await client.get(BASE + "/rendered", params={"annotation": "patient,technique"})
+        assert r.status_code == 200
+        assert r.headers["warning"].endswith("The following annotation values are not supported: patient,technique")
+        assert (await client.get(BASE + "/rendered", params={"annotation": "burn"})).status_code == 400
+
+    web(body)
+
+
+@pytest.mark.parametrize(
+    "params,shape",
+    [
+        ({"rows": "32"}, (32, 32)),
+        ({"columns": "16"}, (16, 16)),
+        ({"rows": "32", "columns": "8"}, (8, 8)),  # each a maximum, the aspect ratio kept
+        ({"region": "0,0,0.5,0.25"}, (16, 32)),
+        ({"region": "0.5,0.5,1,1", "rows": "128"}, (128, 128)),  # the region, then scaled
+    ],
+)
+def test_wado_uri_rows_columns_region(web: Callable[..., Any], params: dict[str, str], shape: tuple[int, int]) -> None:
+    """PS3.18 9 (WADO-URI): rows and columns bound the image, region crops it (fractions of the image)."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        await _store(client)
+        r = await client.get("/wado", params={**WADO, "contentType": "image/png", **params})
+        assert _pixels(r).shape == shape
+
+    web(body)
+
+
+def test_wado_uri_parameters_checked(web: Callable[..., Any]) -> None:
+    """PS3.18 9: windowWidth goes with windowCenter, frameNumber counts from 1, contentType is a list with
+    q-values; anonymize=yes is refused rather than answered with the identified instance."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        await _store(client)
+        for extra in (
+            {"windowCenter": "40"},
+            {"windowWidth": "400"},
+            {"frameNumber": "0"},
+            {"rows": "0"},
+            {"region": "0.5,0,0.2,1"},
+            {"imageQuality": "0"},
+            {"anonymize": "yes", "contentType": "application/dicom"},
+        ):
+            r = await client.get("/wado", params={**WADO, **extra})
+            assert r.status_code == 400, (extra, r.text)
+        r = await client.get("/wado", params={**WADO, "contentType": "application/dicom;q=0.5,image/png"})
+        assert r.headers["content-type"] == "image/png"
+        r = await client.get("/wado", params={**WADO, "contentType": "image/*"})
+        assert r.headers["content-type"] == "image/jpeg"
+        r = await client.get("/wado", params={**WADO, "contentType": "image/gif"})
+        assert r.status_code == 406
+        r = await client.get("/wado", params={**WADO, "imageQuality": "10"})
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+
+    web(body)
