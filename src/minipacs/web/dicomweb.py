@@ -567,6 +567,14 @@ async def store(request: Request) -> Response:
         raise HttpError(
             415, "unsupported_media_type", 'STOW-RS needs a multipart/related; type="application/dicom" body'
         )
+    declared = parse_accept(content_type)[0].media_type  # the "type" parameter (RFC 2387); "" when absent
+    if declared not in ("", DICOM):
+        raise HttpError(
+            415,
+            "unsupported_media_type",
+            f'this server stores instances sent as multipart/related; type="application/dicom" (PS3.18 10.5), '
+            f"not as {declared[:60]!r} metadata and bulk data: send the Part 10 files; nothing was stored",
+        )
     boundary = boundary_of(content_type)
     intake = Intake(context.archive, _stow_screen(target))
     settings = context.settings
@@ -574,7 +582,10 @@ async def store(request: Request) -> Response:
         await receive_multipart(request, intake, boundary, settings.max_upload_bytes, settings.max_upload_parts)
     except OutOfResources as exc:
         raise insufficient_storage(exc, 0, 1) from None
+    if not intake.received:  # PS3.18 10.5.1.4: the payload shall contain one or more representations
+        raise HttpError(400, "bad_multipart", "the multipart body has no part: there was nothing to store")
     root = root_url(request)
+    studies: set[str] = set()
     stored: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     origin = Origin("stow", peer_host=request.client.host if request.client else "")
@@ -602,17 +613,28 @@ async def store(request: Request) -> Response:
                 f"/instances/{outcome.sop_instance_uid}"
             )
             stored.append(_item(class_uid, outcome.sop_instance_uid, t00081190={"vr": "UR", "Value": [url]}))
+            studies.add(outcome.study_instance_uid)
     finally:
         await intake.discard()  # what was not ingested (after a 507, or a cancelled request)
-    response: dict[str, Any] = {}
-    if target:
-        response["00081190"] = {"vr": "UR", "Value": [f"{root}/studies/{target}"]}
+    # PS3.18 Table I.1-1: Retrieve URL (0008,1190) is Type 2, the study's URL; empty when the instances
+    # stored belong to no single study (none stored, or several studies through /studies)
+    study = target or (next(iter(studies)) if len(studies) == 1 else "")
+    response: dict[str, Any] = {
+        "00081190": {"vr": "UR", "Value": [f"{root}/studies/{study}"]} if study else {"vr": "UR"}
+    }
     if failed:
         response["00081198"] = {"vr": "SQ", "Value": failed}
     if stored:
         response["00081199"] = {"vr": "SQ", "Value": stored}
     status = 200 if not failed else 202 if stored else 409
-    return JSONResponse(response, status_code=status, media_type=DICOM_JSON)
+    headers: dict[str, str] = {}
+    if failed:  # PS3.18 10.5.3.2: a Warning with a DICOM status and a reason is recommended
+        reasons = sorted({item["00081197"]["Value"][0] for item in failed})
+        text = ", ".join(f"{reason:04X}" for reason in reasons)
+        headers["Warning"] = warning(
+            request, f"{len(failed)} of {len(parts)} instances were not stored (Failure Reason {text})"
+        )
+    return JSONResponse(response, status_code=status, media_type=DICOM_JSON, headers=headers)
 
 
 def routes() -> list[BaseRoute]:
