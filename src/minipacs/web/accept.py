@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Final
 
 from minipacs.core.transcode import can_transcode
@@ -49,6 +50,8 @@ class MediaRange:
     media_type: str
     transfer_syntax: str = ""  # "" absent, "*" any, else a UID
     q: float = 1.0
+    #: Asked for inside multipart/related (``type=``), or as a single part; not part of equality.
+    multipart: bool = dataclass_field(default=False, compare=False)
 
 
 def _split(text: str, sep: str) -> list[str]:
@@ -96,7 +99,7 @@ def parse_accept(header: str) -> list[MediaRange]:
         if media == "multipart/*" or part == "*":
             part = ANY
         part = ALIASES.get(part, part)
-        ranges.append(MediaRange(part, params.get("transfer-syntax", ""), q))
+        ranges.append(MediaRange(part, params.get("transfer-syntax", ""), q, media.startswith("multipart/")))
     return sorted(ranges, key=lambda r: -r.q)
 
 

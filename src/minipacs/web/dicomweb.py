@@ -7,9 +7,9 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from contextlib import aclosing
-from typing import Any, Final, TypeVar
+from typing import Any, Final, cast
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -32,21 +32,17 @@ from minipacs.core.metadata import BULK_PREFIX
 from minipacs.core.model import Origin
 from minipacs.core.paths import validate_uid
 from minipacs.core.retrieve import StoredInstance, select_instances
-from minipacs.core.stored import read_stored
 from minipacs.core.transcode import (
-    NoSuchFrame,
     TranscodeError,
     can_transcode,
-    encapsulated_frame_ranges,
-    native_frame_ranges,
-    pixel_frames,
     transcode_part10,
 )
 from minipacs.dicom.header import InstanceHeader
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
-from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
+from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from minipacs.web import audit
-from minipacs.web.accept import ANY, DICOM, frame_choice, frame_choices_text, instance_syntax, parse_accept
+from minipacs.web.accept import ANY, DICOM, instance_syntax, parse_accept
+from minipacs.web.bulkdata import bulkdata_response, frame_numbers, frames_response, on_file, parse_path
 from minipacs.web.errors import HttpError
 from minipacs.web.intake import Intake, Screen, receive_multipart
 from minipacs.web.render import (
@@ -66,7 +62,6 @@ from minipacs.web.transfer import (
     boundary_of,
     file_response,
     insufficient_storage,
-    multipart_octets,
     multipart_response,
     new_boundary,
     stored_part,
@@ -74,7 +69,6 @@ from minipacs.web.transfer import (
 from minipacs.web.types import AppContext
 from minipacs.web.workers import RenderPool
 
-_T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 DICOM_JSON: Final = "application/dicom+json"
@@ -142,6 +136,7 @@ def _qido(level: Level) -> Any:
     async def endpoint(request: Request) -> Response:
         """QIDO-RS (PS3.18 10.6): the matches as one application/dicom+json array, with a Content-Length
         (Table 10.6.3-2); a Warning when results remain past ``limit`` or fuzzy matching was asked for."""
+        check_json_accepted(request, "search results")
         context = ctx(request)
         fixed = uids(request)
         params = list(request.query_params.multi_items())
@@ -151,7 +146,10 @@ def _qido(level: Level) -> Any:
         started = time.perf_counter()
         audit.record_query(request, f"QIDO-RS {level.value}", level=level.value)
         root = root_url(request)
-        matches = search(context.archive, level, params, fixed, defaults=qido_defaults(level, fixed), one_more=True)
+        matches = cast(
+            AsyncGenerator[Dataset, None],  # search is an async generator: closed if we stop early
+            search(context.archive, level, params, fixed, defaults=qido_defaults(level, fixed), one_more=True),
+        )
         wanted = page_size(params)
         texts: list[str] = []
         more = False
@@ -244,105 +242,44 @@ async def retrieve(request: Request) -> Response:
     return await multipart_response(parts, new_boundary(), DICOM)
 
 
+#: Accept media ranges a PS3.18 JSON answer (metadata, search results) satisfies (§8.7.3.2, §8.7.4)
+JSON_ACCEPTABLE: Final = frozenset({DICOM_JSON, "application/json", "application/*", ANY})
+
+
+def check_json_accepted(request: Request, what: str) -> None:
+    """406 unless the Accept header allows application/dicom+json (PS3.18 §8.7.5: the origin server
+    answers 406 when it supports none of the acceptable media types); XML (PS3.19) is not made."""
+    ranges = parse_accept(request.headers.get("accept", ""))
+    if ranges and not any(r.media_type in JSON_ACCEPTABLE for r in ranges):
+        raise HttpError(
+            406,
+            "not_acceptable",
+            f"{what} are available as application/dicom+json only (not as the PS3.19 XML of "
+            'multipart/related; type="application/dicom+xml"): accept application/dicom+json',
+        )
+
+
 async def metadata(request: Request) -> Response:
+    check_json_accepted(request, "metadata")
     found = await _instances(request)
     texts = await ctx(request).metadata.get([item.sop_instance_uid for item in found])
     body = ("[" + ",".join(texts) + "]").replace('"' + BULK_PREFIX, '"' + root_url(request))
     return Response(body, media_type=DICOM_JSON)
 
 
-def _frame_numbers(raw: str) -> list[int]:
-    fields = raw.split(",")
-    if not all(ascii_digits(part) for part in fields):
-        raise HttpError(400, "invalid_frames", f"frame numbers must be a comma-separated list, not {raw[:40]!r}")
-    numbers = [int(part) for part in fields]
-    if not numbers or len(numbers) > 10000:
-        raise HttpError(400, "invalid_frames", "give between 1 and 10000 frame numbers")
-    return numbers
-
-
 async def frames(request: Request) -> Response:
     """WADO-RS Retrieve Frames (PS3.18 §10.4): as stored or decompressed, per Accept (§8.7.3.3 Bulkdata)."""
-    numbers = _frame_numbers(request.path_params["frames"])
+    numbers = frame_numbers(request.path_params["frames"])
     item = (await _instances(request))[0]
-    choice = frame_choice(parse_accept(request.headers.get("accept", "")), item.transfer_syntax_uid)
-    if choice is None:
-        raise HttpError(
-            406,
-            "not_acceptable",
-            f"the frames of this instance are stored in transfer syntax "
-            f"{item.transfer_syntax_uid}, which no media type in the Accept header allows; ask for "
-            f"{frame_choices_text(item.transfer_syntax_uid)}",
-        )
-    try:
-        chunks = await ctx(request).renders.run(
-            functools.partial(
-                _frames, item, numbers, decode=choice.decode, limits=ctx(request).archive.settings.dataset_limits
-            ),
-            what="decoding",
-        )
-    except NoSuchFrame as exc:
-        raise HttpError(404, "no_such_frame", str(exc)) from None
-    except TranscodeError as exc:
-        raise HttpError(
-            406,
-            "cannot_decompress",
-            f"{exc}; ask for the frames as stored: {frame_choices_text(item.transfer_syntax_uid)}",
-        ) from None
-    boundary = new_boundary()
-    return Response(
-        multipart_octets(chunks, boundary, choice.content_type),
-        media_type=f'multipart/related; type="{choice.media_type}"; boundary={boundary}',
-    )
-
-
-def _frames(item: StoredInstance, numbers: list[int], *, decode: bool, limits: DatasetLimits) -> list[bytes]:
-    """Frames of a stored instance: native ones, and encapsulated ones asked for as stored, by ranged
-    reads of just those bytes (the header read first: one GET of its start on S3; for encapsulated
-    ones the item headers too, PS3.5 A.4), others from a whole-file read (core/transcode.py)."""
-    indexed = transfer_syntax(item.transfer_syntax_uid)  # which header walk; each checks the file's own
-    ranges: list[tuple[int, int]] | None = None
-    fragments: list[list[tuple[int, int]]] | None = None
-    if indexed is None or not indexed.encapsulated:
-        with item.open() as fh:
-            ranges = native_frame_ranges(fh, numbers, limits)
-    elif not decode:
-        with item.open() as fh:
-            fragments = encapsulated_frame_ranges(fh, numbers, limits)
-    if ranges is not None:
-        return [b"".join(item.blobs.open_range(item.blob_key, start, end)) for start, end in ranges]
-    if fragments is not None:
-        return [
-            b"".join(chunk for start, end in parts for chunk in item.blobs.open_range(item.blob_key, start, end))
-            for parts in fragments
-        ]
-    return on_file(item, pixel_frames, numbers, decode=decode, limits=limits)
-
-
-def _bulk(item: StoredInstance, tag: int, limits: DatasetLimits) -> bytes:
-    with item.local_file() as path:
-        ds = read_stored(path, limits)
-    if tag not in ds:
-        raise HttpError(404, "no_such_bulkdata", f"the instance has no attribute {tag:08X}")
-    value = ds[tag].value
-    return bytes(value) if isinstance(value, (bytes, bytearray)) else str(value).encode()
+    return await frames_response(request, item, numbers, whole=False)
 
 
 async def bulkdata(request: Request) -> Response:
+    """WADO-RS Retrieve Bulkdata (PS3.18 §10.4.1.1.5): a BulkDataURI of the metadata (web/bulkdata.py)."""
     raw = request.path_params["tag"]
-    try:
-        tag = int(raw, 16)
-    except ValueError:
-        raise HttpError(400, "invalid_tag", f"{raw[:20]!r} is not a tag (8 hex digits)") from None
+    parse_path(raw)  # 400 before looking anything up
     item = (await _instances(request))[0]
-    data = await ctx(request).renders.run(
-        _bulk, item, tag, ctx(request).archive.settings.dataset_limits, what="reading"
-    )
-    boundary = new_boundary()
-    return Response(
-        multipart_octets([data], boundary, "application/octet-stream"),
-        media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}',
-    )
+    return await bulkdata_response(request, item, raw)
 
 
 #: PS3.18 §8.3.5.1.1 annotation keywords (none of them is drawn: each one asked for gets the Warning)
@@ -386,7 +323,7 @@ async def _render(request: Request, thumbnail: bool, frame: int = 1) -> Response
 
 async def rendered(request: Request) -> Response:
     frame = request.path_params.get("frames")
-    number = _frame_numbers(frame)[0] if frame else 1
+    number = frame_numbers(frame)[0] if frame else 1
     return await _render(request, False, number)
 
 
@@ -510,13 +447,6 @@ def _read_file(item: StoredInstance) -> Iterator[bytes]:
     with item.open() as fh:
         while chunk := fh.read(256 * 1024):
             yield chunk
-
-
-def on_file(item: StoredInstance, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-    """``fn(path, *args, **kwargs)`` with ``path`` a local file of the stored instance (the stored file
-    itself on the filesystem store, a temporary copy on S3). Blocking: run it in the render pool."""
-    with item.local_file() as path:
-        return fn(path, *args, **kwargs)
 
 
 # ------------------------------------------------------------------ STOW-RS (PS3.18 §10.5)
@@ -678,7 +608,9 @@ def routes() -> list[BaseRoute]:
         Endpoint(
             s + r + i + "/frames/{frames}/rendered", rendered, "GET", "read", "WADO-RS: frames " + rendered_summary
         ),
-        Endpoint(s + r + i + "/bulkdata/{tag}", bulkdata, "GET", "read", "WADO-RS: the bulk data of one attribute"),
+        Endpoint(
+            s + r + i + "/bulkdata/{tag:path}", bulkdata, "GET", "read", "WADO-RS: the bulk data of one attribute"
+        ),
     ]
 
 

@@ -1,0 +1,136 @@
+"""WADO-RS bulk data and metadata negotiation (PS3.18 8.7.3.3, 10.4.1.1.5, F.2.6): every BulkDataURI resolves
+to the value it stands for, as little-endian octets, in one part when asked, with byte ranges."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from minipacs.core.archive import Archive
+from tests.dicomgen import make_ct
+from tests.web.test_dicomweb import _parts, _store_compressed, stow
+
+STUDY, SERIES, SOP = "1.2.6.1", "1.2.6.1.1", "1.2.6.1.1.1"
+BASE = f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{SOP}"
+PIXELS = np.arange(64 * 64, dtype="<u2").reshape(64, 64)
+ICON = bytes(range(256)) * 16  # 64 x 64 x 8 bits: 4096 bytes, past the inline threshold
+
+
+def _with_icon() -> bytes:
+    ds = make_ct(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP, PixelData=PIXELS.tobytes())
+    icon = Dataset()
+    icon.Rows, icon.Columns, icon.SamplesPerPixel = 64, 64, 1
+    icon.BitsAllocated, icon.BitsStored, icon.HighBit, icon.PixelRepresentation = 8, 8, 7, 0
+    icon.PhotometricInterpretation = "MONOCHROME2"
+    icon.PixelData = ICON
+    ds.IconImageSequence = Sequence([icon])
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _local(url: str) -> str:
+    return url.removeprefix("http://testserver")
+
+
+def test_a_bulk_data_uri_inside_a_sequence_names_that_element(web: Callable[..., Any]) -> None:
+    """PS3.18 F.2.6: a BulkDataURI locates the bulk data of ITS attribute; the Icon Image Sequence's Pixel
+    Data had the top-level Pixel Data's URI, so a client fetching the icon got the whole image."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        assert (await stow(client, _with_icon())).status_code == 200
+        meta = (await client.get(BASE + "/metadata")).json()[0]
+        icon_uri = meta["00880200"]["Value"][0]["7FE00010"]["BulkDataURI"]
+        assert icon_uri.endswith("/bulkdata/00880200/0/7FE00010")
+        assert _parts(await client.get(_local(icon_uri)))[0].body == ICON
+        top = _parts(await client.get(_local(meta["7FE00010"]["BulkDataURI"])))[0]
+        assert top.body == PIXELS.tobytes()
+        assert "transfer-syntax=1.2.840.10008.1.2.1" in top.content_type
+        assert (await client.get(BASE + "/bulkdata/00880200/1/7FE00010")).status_code == 404
+        assert (await client.get(BASE + "/bulkdata/00880200/x/7FE00010")).status_code == 400
+
+    web(body)
+
+
+def test_single_part_and_byte_ranges(web: Callable[..., Any]) -> None:
+    """PS3.18 8.7.3.3: Accept: application/octet-stream is one part; RFC 9110 14: Range -> 206 / 416."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        assert (await stow(client, _with_icon())).status_code == 200
+        url = BASE + "/bulkdata/00880200/0/7FE00010"
+        octets = {"Accept": "application/octet-stream"}
+        r = await client.get(url, headers=octets)
+        assert r.status_code == 200 and r.content == ICON and r.headers["content-type"] == "application/octet-stream"
+        assert r.headers["accept-ranges"] == "bytes"
+        r = await client.get(url, headers={**octets, "Range": "bytes=10-19"})
+        assert r.status_code == 206 and r.content == ICON[10:20]
+        assert r.headers["content-range"] == f"bytes 10-19/{len(ICON)}"
+        r = await client.get(url, headers={**octets, "Range": "bytes=-4"})
+        assert r.status_code == 206 and r.content == ICON[-4:]
+        r = await client.get(url, headers={**octets, "Range": "bytes=4000-"})
+        assert r.status_code == 206 and r.content == ICON[4000:]
+        r = await client.get(url, headers={**octets, "Range": f"bytes={len(ICON)}-"})
+        assert r.status_code == 416 and r.headers["content-range"] == f"bytes */{len(ICON)}"
+        r = await client.get(url, headers={"Accept": 'multipart/related; type="application/octet-stream"'})
+        assert r.headers["content-type"].startswith("multipart/related")
+        assert (await client.get(url, headers={"Accept": "image/png"})).status_code == 406
+
+    web(body)
+
+
+def test_a_numeric_attribute_is_little_endian_octets(web: Callable[..., Any]) -> None:
+    """PS3.18 8.7.3.3: bulk data is little-endian binary, not the value's text (Rows 64 -> 40 00)."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        assert (await stow(client, _with_icon())).status_code == 200
+        r = await client.get(BASE + "/bulkdata/00280010", headers={"Accept": "application/octet-stream"})
+        assert r.content == b"\x40\x00"
+
+    web(body)
+
+
+@pytest.mark.parametrize("name", ["jpeg_baseline", "rle_2frames"])
+def test_pixel_data_of_a_compressed_instance_is_its_frames(web: Callable[..., Any], tmp_path: Path, name: str) -> None:
+    """The Pixel Data BulkDataURI of an encapsulated instance: its frames, as stored for their media type
+    (Table 8.7.3-5) or decompressed to native octets -- never the encapsulated item stream."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        from pydicom.encaps import generate_frames
+
+        url, ds = await _store_compressed(archive, tmp_path, name)
+        count = int(ds.get("NumberOfFrames", 1))
+        meta = (await client.get(url + "/metadata")).json()[0]
+        bulk = _local(meta["7FE00010"]["BulkDataURI"])
+        stored = list(generate_frames(ds.PixelData, number_of_frames=count))
+        r = await client.get(bulk, headers={"Accept": "multipart/related; type=*/*; transfer-syntax=*"})
+        assert [p.body for p in _parts(r)] == stored
+        r = await client.get(bulk, headers={"Accept": 'multipart/related; type="application/octet-stream"'})
+        decoded = ds.pixel_array
+        frames = [decoded] if count == 1 else list(decoded)
+        assert [p.body for p in _parts(r)] == [f.astype(f.dtype.newbyteorder("<")).tobytes() for f in frames]
+        r = await client.get(bulk, headers={"Accept": "application/octet-stream"})  # one part: all of them
+        assert r.content == b"".join(f.astype(f.dtype.newbyteorder("<")).tobytes() for f in frames)
+
+    web(body)
+
+
+def test_metadata_and_search_answer_406_for_what_they_do_not_make(web: Callable[..., Any], tmp_path: Path) -> None:
+    """PS3.18 8.7.5: 406 when none of the acceptable media types is supported (no PS3.19 XML here)."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        url, _ds = await _store_compressed(archive, tmp_path, "rle")
+        for accept in ('multipart/related; type="application/dicom+xml"', "image/jpeg", "multipart/related"):
+            assert (await client.get(url + "/metadata", headers={"Accept": accept})).status_code == 406, accept
+            assert (await client.get("/dicom-web/studies", headers={"Accept": accept})).status_code == 406, accept
+        for accept in ("application/dicom+json", "application/json", "*/*", "application/dicom+json, */*;q=0.1"):
+            assert (await client.get(url + "/metadata", headers={"Accept": accept})).status_code == 200, accept
+
+    web(body)
