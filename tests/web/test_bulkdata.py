@@ -134,3 +134,25 @@ def test_metadata_and_search_answer_406_for_what_they_do_not_make(web: Callable[
             assert (await client.get(url + "/metadata", headers={"Accept": accept})).status_code == 200, accept
 
     web(body)
+
+
+@pytest.mark.parametrize("proxies,expected", [((), "http://127.0.0.1:8042/"), (("10.0.0.1",), "http://127.0.0.1/")])
+def test_urls_keep_the_port_a_client_leaves_out_of_host(
+    web: Callable[..., Any], proxies: tuple[str, ...], expected: str
+) -> None:
+    """dicomweb-client sends ``Host: 127.0.0.1`` to port 8042: the BulkDataURIs and Retrieve URLs it gets
+    must still name 8042, or following them goes to port 80. Behind a declared reverse proxy the Host
+    header is the public name and is kept as it is."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        assert (await stow(client, _with_icon())).status_code == 200
+        direct = httpx.AsyncClient(transport=client._transport, base_url="http://127.0.0.1:8042")
+        async with direct:
+            r = await direct.get(BASE + "/metadata", headers={"Host": "127.0.0.1"})
+            assert r.json()[0]["7FE00010"]["BulkDataURI"].startswith(expected + "dicom-web/studies/")
+            r = await direct.get("/dicom-web/studies", headers={"Host": "127.0.0.1"})
+            assert r.json()[0]["00081190"]["Value"][0] == expected + f"dicom-web/studies/{STUDY}"
+            r = await direct.get("/dicom-web/studies", headers={"Host": "127.0.0.1:8042"})
+            assert r.json()[0]["00081190"]["Value"][0] == f"http://127.0.0.1:8042/dicom-web/studies/{STUDY}"
+
+    web(body, http_trusted_proxies=proxies)

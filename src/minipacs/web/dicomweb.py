@@ -104,8 +104,24 @@ def uids(request: Request) -> dict[str, str]:
     }
 
 
+#: RFC 9110 §4.2: the port a URL of each scheme implies
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+
 def root_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + "/dicom-web"
+    """The DICOMweb root as the client reached it, for the URLs answers carry (Retrieve URL, BulkDataURI).
+
+    From the Host header -- except when it names no port but the connection came straight to a
+    port that is not the scheme's default (no reverse proxy declared in ``http_trusted_proxies``):
+    then the URL gets the port the server listens on, which is the only one that can reach it.
+    dicomweb-client sends ``Host: 127.0.0.1`` without its port, and the BulkDataURIs it was given
+    then pointed at port 80 (RFC 9110 §7.2 says an absent port is the default one)."""
+    base = request.base_url
+    server = request.scope.get("server")
+    proxied = bool(ctx(request).settings.http_trusted_proxies)
+    if base.port is None and server and not proxied and server[1] not in (None, _DEFAULT_PORTS.get(base.scheme)):
+        base = base.replace(port=int(server[1]))
+    return str(base).rstrip("/") + "/dicom-web"
 
 
 # ------------------------------------------------------------------ QIDO-RS (PS3.18 §10.6)
