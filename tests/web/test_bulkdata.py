@@ -156,3 +156,29 @@ def test_urls_keep_the_port_a_client_leaves_out_of_host(
             assert r.json()[0]["00081190"]["Value"][0] == f"http://127.0.0.1:8042/dicom-web/studies/{STUDY}"
 
     web(body, http_trusted_proxies=proxies)
+
+
+def test_implicit_vr_instances_go_out_in_explicit_vr(web: Callable[..., Any]) -> None:
+    """PS3.18 8.7.3: Implicit VR Little Endian "shall not be used with Web Services": an instance a modality
+    sent in Implicit VR goes out in Explicit VR Little Endian unless the client names Implicit VR itself."""
+    from pydicom import dcmread
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        ds = make_ct(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP, transfer_syntax=ImplicitVRLittleEndian)
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        assert (await stow(client, out.getvalue())).status_code == 200
+        for accept in ("", "*/*", 'multipart/related; type="application/dicom"; transfer-syntax=*'):
+            part = _parts(await client.get(BASE, headers={"Accept": accept} if accept else {}))[0]
+            assert part.content_type == "application/dicom; transfer-syntax=1.2.840.10008.1.2.1", accept
+            got = dcmread(io.BytesIO(part.body))
+            assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1" and got.PatientName == "Doe^John"
+        named = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2'
+        part = _parts(await client.get(BASE, headers={"Accept": named}))[0]
+        assert dcmread(io.BytesIO(part.body)).file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+        wado = {"requestType": "WADO", "studyUID": STUDY, "seriesUID": SERIES, "objectUID": SOP}
+        r = await client.get("/wado", params={**wado, "contentType": "application/dicom"})
+        assert dcmread(io.BytesIO(r.content)).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+
+    web(body)

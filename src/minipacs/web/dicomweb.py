@@ -41,7 +41,7 @@ from minipacs.dicom.header import InstanceHeader
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from minipacs.web import audit
-from minipacs.web.accept import ANY, DICOM, instance_syntax, parse_accept
+from minipacs.web.accept import ANY, DICOM, instance_syntax, parse_accept, server_choice
 from minipacs.web.bulkdata import bulkdata_response, frame_numbers, frames_response, on_file, parse_path
 from minipacs.web.errors import HttpError
 from minipacs.web.intake import Intake, Screen, receive_multipart
@@ -375,7 +375,8 @@ async def wado_uri(request: Request) -> Response:
         )
     content_type = _wado_uri_content_type(params.get("contentType", ""))
     if content_type == "application/dicom":
-        wanted, stored = params.get("transferSyntax", ""), found[0].transfer_syntax_uid
+        stored = found[0].transfer_syntax_uid
+        wanted = params.get("transferSyntax", "") or server_choice(stored)  # PS3.18 §8.7.3: no Implicit VR
         if wanted and wanted != stored:  # WADO-URI transferSyntax parameter: transcode, never compress
             if wanted != EXPLICIT_VR_LITTLE_ENDIAN or not can_transcode(stored, wanted):
                 raise HttpError(
