@@ -143,3 +143,49 @@ def test_includefield_levels_and_all(web: Callable[..., Any]) -> None:
         assert r.json()[0]["00081030"]["Value"] == ["CT HEAD"]  # a Study attribute at the Series level: returned
 
     web(body)
+
+
+def _with_sequences(study: str, series: str, sop: str, other_id: str, sps: str) -> bytes:
+    import io
+
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from tests.dicomgen import make_ct
+
+    ds = make_ct(study_uid=study, series_uid=series, sop_uid=sop)
+    other = Dataset()
+    other.PatientID, other.TypeOfPatientID = other_id, "TEXT"
+    ds.OtherPatientIDsSequence = Sequence([other])
+    request = Dataset()
+    request.ScheduledProcedureStepID, request.RequestedProcedureID = sps, "RP-" + sps
+    ds.RequestAttributesSequence = Sequence([request])
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def test_matching_on_attributes_in_sequences(web: Callable[..., Any]) -> None:
+    """PS3.18 8.3.4.1: attribute = attribute-id *("." attribute-id), by keyword or tag -- PS3.4 C.2.2.2.6
+    Sequence Matching; a sequence in includefield is returned with its items."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        r = await stow(
+            client,
+            _with_sequences(ST1, SE1, SOP1, "ALT1", "SPS1"),
+            _with_sequences(ST2, SE2, SOP2, "ALT2", "SPS2"),
+        )
+        assert r.status_code == 200
+        for params in ({"OtherPatientIDsSequence.PatientID": "ALT1"}, {"00101002.00100020": "ALT1"}):
+            r = await client.get("/dicom-web/studies", params=params)
+            assert r.status_code == 200, r.text
+            assert _values(r.json(), "0020000D") == [ST1]
+            assert r.json()[0]["00101002"]["Value"][0]["00100020"]["Value"] == ["ALT1"]
+        r = await client.get("/dicom-web/series", params={"RequestAttributesSequence.ScheduledProcedureStepID": "SPS2"})
+        assert _values(r.json(), "0020000E") == [SE2]
+        r = await client.get("/dicom-web/studies", params={"StudyInstanceUID": ST2, "includefield": "00101002"})
+        assert r.json()[0]["00101002"]["Value"][0]["00100020"]["Value"] == ["ALT2"]
+        for bad in ({"PatientName.PatientID": "x"}, {"OtherPatientIDsSequence": "x"}, {"A.B.C.D.E": "x"}):
+            assert (await client.get("/dicom-web/studies", params=bad)).status_code == 400, bad
+
+    web(body)

@@ -15,6 +15,7 @@ import pydicom
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.valuerep import PersonName
 
 from minipacs.core.archive import Archive
@@ -143,6 +144,18 @@ def tag_of(name: str) -> int:
     )
 
 
+#: Most attribute ids in one dotted path (PS3.18 8.3.4.1 attribute = attribute-id *("." attribute-id))
+MAX_PATH: Final = 4
+
+
+def path_of(name: str) -> list[int]:
+    """``Keyword``, ``ggggeeee`` or a dotted path of them into sequences (PS3.18 8.3.4.1) -> tags; 400 otherwise."""
+    parts = name.split(".")
+    if len(parts) > MAX_PATH:
+        raise HttpError(400, "unknown_attribute", f"{name[:64]!r} nests deeper than {MAX_PATH} attributes")
+    return [tag_of(part) for part in parts]
+
+
 def ascii_digits(raw: str) -> bool:
     """True for a whole number written in ASCII digits 0-9 only. ``str.isdigit`` and ``int()`` also take
     other scripts' digits (``"١٠"`` is 10 to both), superscripts, "+", "_" and spaces: a parameter is
@@ -180,25 +193,46 @@ def identifier(
     ``all`` adds :func:`all_keys`."""
     ds = Dataset()
 
-    def put(tag: int, value: str) -> None:
+    def put(path: Sequence[int], value: str, *, keep: bool = False) -> None:
+        """Set the key ``path`` names (PS3.18 8.3.4.1 attribute: sequence.attribute... as PS3.4 C.2.2.2.6
+        Sequence Matching: one item holding the nested keys); ``keep``: leave a key already there."""
+        node = ds
+        for tag in path[:-1]:
+            if dictionary_VR(tag) != "SQ":
+                raise HttpError(
+                    400, "invalid_attribute", f"{keyword_for_tag(tag)} is not a sequence: nothing can be nested in it"
+                )
+            if tag not in node or not node[tag].value:
+                node[tag] = DataElement(tag, "SQ", DicomSequence([Dataset()]))
+            node = node[tag].value[0]
+        tag = path[-1]
+        if keep and tag in node:
+            return
         vr = dictionary_VR(tag)
+        if vr == "SQ":
+            if value:
+                raise HttpError(
+                    400,
+                    "invalid_key_value",
+                    f"the sequence {keyword_for_tag(tag)} is matched by its items' attributes "
+                    f"({keyword_for_tag(tag)}.Keyword=value, PS3.18 8.3.4.1), not by a value of its own",
+                )
+            if tag not in node:
+                node[tag] = DataElement(tag, "SQ", DicomSequence())
+            return
         if vr == "UI":
             value = value.replace(",", "\\")
-        if vr == "SQ":
-            raise HttpError(
-                400, "unsupported_attribute", f"searching by the sequence {keyword_for_tag(tag)} is not supported"
-            )
         if len(value) > 1024:
             raise HttpError(400, "invalid_key_value", f"the value for {keyword_for_tag(tag)} is too long")
         try:
-            ds[tag] = DataElement(tag, vr, value or None, validation_mode=pydicom.config.IGNORE)
+            node[tag] = DataElement(tag, vr, value or None, validation_mode=pydicom.config.IGNORE)
         except ValueError:  # an IS or DS query value that is no number ("SeriesNumber=1A")
             raise HttpError(
                 400, "invalid_key_value", f"{value[:40]!r} is not a valid {vr} value for {keyword_for_tag(tag)}"
             ) from None
 
     for keyword in DEFAULT_KEYS[level] if defaults is None else defaults:
-        put(tag_of(keyword), "")
+        put([tag_of(keyword)], "")
     for name, value in params:
         if name in CONTROL_PARAMS and name != "includefield":
             continue
@@ -206,15 +240,15 @@ def identifier(
             for field in value.split(","):
                 field = field.strip()
                 for wanted in all_keys(level) if field == "all" else (field,) if field else ():
-                    tag = tag_of(wanted)
-                    below = KEY_LEVELS.get(keyword_for_tag(tag))
-                    if tag not in ds and (below is None or _DEPTH[below] <= _DEPTH[level]):
-                        put(tag, "")
+                    path = path_of(wanted)
+                    below = KEY_LEVELS.get(keyword_for_tag(path[0]))
+                    if below is None or _DEPTH[below] <= _DEPTH[level]:
+                        put(path, "", keep=True)
             continue
-        put(tag_of(name), value)
+        put(path_of(name), value)
     for keyword, value in fixed.items():
-        put(tag_of(keyword), value)
-    put(_QR_LEVEL, level.value)
+        put([tag_of(keyword)], value)
+    put([_QR_LEVEL], level.value)
     return ds
 
 
@@ -279,6 +313,7 @@ __all__ = [
     "ascii_digits",
     "identifier",
     "page_size",
+    "path_of",
     "search",
     "tag_of",
     "to_json",
