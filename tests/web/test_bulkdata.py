@@ -182,3 +182,35 @@ def test_implicit_vr_instances_go_out_in_explicit_vr(web: Callable[..., Any]) ->
         assert dcmread(io.BytesIO(r.content)).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
 
     web(body)
+
+
+def test_accept_query_parameter_on_every_resource(web: Callable[..., Any], tmp_path: Path) -> None:
+    """PS3.18 8.3.3.1 / Table 10.4.1-5 and 10.1.2-1: the ``accept`` query parameter stands for the Accept
+    header on every resource (links cannot set headers); QIDO-RS does not read it as an attribute."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        url, _ds = await _store_compressed(archive, tmp_path, "rle_2frames")
+        explicit = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'
+        part = _parts(await client.get(url, params={"accept": explicit}))[0]
+        assert part.content_type == "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"
+        r = await client.get(url + "/frames/2", params={"accept": "application/octet-stream"})
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/octet-stream")
+        assert (await client.get(url + "/metadata", params={"accept": "image/jpeg"})).status_code == 406
+        r = await client.get("/dicom-web/studies", params={"accept": "application/dicom+json", "charset": "utf-8"})
+        assert r.status_code == 200 and len(r.json()) == 1
+
+    web(body)
+
+
+def test_frame_thumbnail(web: Callable[..., Any], tmp_path: Path) -> None:
+    """PS3.18 10.4.1.1.4: an origin server with any Thumbnail resource supports all of them, Frame Thumbnail too."""
+    from PIL import Image
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        url, _ds = await _store_compressed(archive, tmp_path, "rle_2frames")
+        r = await client.get(url + "/frames/2/thumbnail")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+        assert max(Image.open(io.BytesIO(r.content)).size) <= 128
+        assert (await client.get(url + "/frames/3/thumbnail")).status_code == 404
+
+    web(body)

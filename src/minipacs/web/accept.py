@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Final
 
+from starlette.requests import Request
+
 from minipacs.core.transcode import can_transcode
 from minipacs.dicom.uids import (
     EXPLICIT_VR_BIG_ENDIAN,
@@ -122,6 +124,12 @@ def server_choice(stored_ts: str) -> str:
     return stored_ts
 
 
+def accepted(request: Request) -> str:
+    """What the client accepts: the ``accept`` query parameter (PS3.18 §8.3.3.1, for links, where the
+    header cannot be set; Table 10.4.1-5: every resource) when given, else the Accept header."""
+    return request.query_params.get("accept") or request.headers.get("accept", "")
+
+
 def instance_syntax(ranges: list[MediaRange], stored_ts: str) -> str | None:
     """The transfer syntax to send an instance stored in ``stored_ts`` in, or None if none is acceptable.
 
@@ -211,6 +219,7 @@ __all__ = [
     "frame_choice",
     "frame_choices_text",
     "NOT_FOR_THE_WEB",
+    "accepted",
     "instance_syntax",
     "server_choice",
     "parse_accept",

@@ -35,7 +35,16 @@ from minipacs.core.transcode import (
     pixel_frames,
 )
 from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
-from minipacs.web.accept import ANY, OCTETS, FrameChoice, MediaRange, frame_choice, frame_choices_text, parse_accept
+from minipacs.web.accept import (
+    ANY,
+    OCTETS,
+    FrameChoice,
+    MediaRange,
+    accepted,
+    frame_choice,
+    frame_choices_text,
+    parse_accept,
+)
 from minipacs.web.errors import HttpError
 from minipacs.web.search import ascii_digits
 from minipacs.web.transfer import multipart_octets, new_boundary
@@ -141,7 +150,7 @@ async def frames_response(request: Request, item: StoredInstance, numbers: list[
     """Frames ``numbers`` of ``item`` as the Accept header asks; ``whole``: they are the whole Pixel Data
     (a bulk data request), so a single part is their concatenation, as native Pixel Data is."""
     context: AppContext = request.app.state.ctx
-    ranges = parse_accept(request.headers.get("accept", ""))
+    ranges = parse_accept(accepted(request))
     choice = _choose_frames(ranges, item)
     try:
         chunks = await context.renders.run(
@@ -228,7 +237,7 @@ async def bulkdata_response(request: Request, item: StoredInstance, raw_path: st
     if path == [PIXEL_DATA] and syntax is not None and (syntax.encapsulated or not syntax.little_endian):
         numbers = list(range(1, await _frame_count(context, item) + 1))
         return await frames_response(request, item, numbers, whole=True)
-    ranges = parse_accept(request.headers.get("accept", ""))
+    ranges = parse_accept(accepted(request))
     if ranges and not any(r.media_type in (OCTETS, ANY, "application/*", "") for r in ranges):
         raise HttpError(
             406, "not_acceptable", "bulk data is available as application/octet-stream (or multipart/related; type=...)"

@@ -41,7 +41,7 @@ from minipacs.dicom.header import InstanceHeader
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from minipacs.web import audit
-from minipacs.web.accept import ANY, DICOM, instance_syntax, parse_accept, server_choice
+from minipacs.web.accept import ANY, DICOM, accepted, instance_syntax, parse_accept, server_choice
 from minipacs.web.bulkdata import bulkdata_response, frame_numbers, frames_response, on_file, parse_path
 from minipacs.web.errors import HttpError
 from minipacs.web.intake import Intake, Screen, receive_multipart
@@ -218,7 +218,7 @@ def _transcoded_part(item: StoredInstance, target_ts: str, pool: RenderPool, lim
 
 async def retrieve(request: Request) -> Response:
     """WADO-RS Retrieve Study/Series/Instance (PS3.18 §10.4): stored files, or transcoded per Accept (§8.7.3)."""
-    ranges = parse_accept(request.headers.get("accept", ""))
+    ranges = parse_accept(accepted(request))
     if ranges and not any(r.media_type in (DICOM, ANY, "application/*", "") for r in ranges):
         raise HttpError(
             406,
@@ -265,7 +265,7 @@ JSON_ACCEPTABLE: Final = frozenset({DICOM_JSON, "application/json", "application
 def check_json_accepted(request: Request, what: str) -> None:
     """406 unless the Accept header allows application/dicom+json (PS3.18 §8.7.5: the origin server
     answers 406 when it supports none of the acceptable media types); XML (PS3.19) is not made."""
-    ranges = parse_accept(request.headers.get("accept", ""))
+    ranges = parse_accept(accepted(request))
     if ranges and not any(r.media_type in JSON_ACCEPTABLE for r in ranges):
         raise HttpError(
             406,
@@ -319,7 +319,7 @@ async def _render(request: Request, thumbnail: bool, frame: int = 1) -> Response
     params = request.query_params
     # §8.3.3.1: the accept parameter, where a link cannot set the Accept header
     options = RenderOptions(
-        mime=choose_format(params.get("accept") or request.headers.get("accept", "")),
+        mime=choose_format(accepted(request)),
         window=parse_window(params.get("window")),
         viewport=parse_viewport(params.get("viewport"), thumbnail=thumbnail),
         quality=parse_quality(params.get("quality")),
@@ -344,7 +344,10 @@ async def rendered(request: Request) -> Response:
 
 
 async def thumbnail(request: Request) -> Response:
-    return await _render(request, True)
+    """Study, Series, Instance and Frame Thumbnail (PS3.18 §10.4.1.1.4: supporting one means supporting
+    all four); for frames, the first one listed."""
+    frame = request.path_params.get("frames")
+    return await _render(request, True, frame_numbers(frame)[0] if frame else 1)
 
 
 # ------------------------------------------------------------------ WADO-URI (PS3.18 §9)
@@ -624,6 +627,14 @@ def routes() -> list[BaseRoute]:
         ),
         Endpoint(
             s + r + i + "/frames/{frames}/rendered", rendered, "GET", "read", "WADO-RS: frames " + rendered_summary
+        ),
+        Endpoint(
+            s + r + i + "/frames/{frames}/thumbnail",
+            thumbnail,
+            "GET",
+            "read",
+            "WADO-RS: a thumbnail of a frame",
+            name="thumbnail",
         ),
         Endpoint(
             s + r + i + "/bulkdata/{tag:path}", bulkdata, "GET", "read", "WADO-RS: the bulk data of one attribute"

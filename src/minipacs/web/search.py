@@ -78,7 +78,9 @@ QIDO_EXTRA_KEYS: Final[Mapping[Level, tuple[str, ...]]] = {
     Level.IMAGE: ("InstanceAvailability",),
 }
 #: Parameters that are not attribute keys (PS3.18 Table 8.3.4-1), and ours: ``labels`` (core/labels.py).
-CONTROL_PARAMS: Final = frozenset({"limit", "offset", "includefield", "fuzzymatching", "level", LABELS_PARAM})
+CONTROL_PARAMS: Final = frozenset(
+    {"limit", "offset", "includefield", "fuzzymatching", "level", "accept", "charset", LABELS_PARAM}
+)
 #: Multi-valued keys whose JSON object gets ``"Value": []`` when empty, instead of no "Value" member (PS3.18
 #: F.2.5 allows either reading: no Value is "zero length"). The OHIF viewer that ``minipacs ohif install`` pins
 #: (3.x, ``getModalities``) reads ``ModalitiesInStudy.Value.length`` without a check, and one study without a
