@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -148,5 +149,55 @@ def test_wado_uri_parameters_checked(web: Callable[..., Any]) -> None:
         assert r.status_code == 406
         r = await client.get("/wado", params={**WADO, "imageQuality": "10"})
         assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+
+    web(body)
+
+
+def _rgb16(folder: Path) -> str:
+    """A 16-bit RGB image (values to 65535): its samples used to wrap around when cut to 8 bits."""
+    rgb = np.zeros((32, 32, 3), dtype="<u2")
+    rgb[..., 0] = np.arange(32 * 32, dtype="<u2").reshape(32, 32) * 64
+    rgb[..., 1], rgb[..., 2] = 65535 - rgb[..., 0], 40000
+    ds = part10_dataset(rows=32, cols=32, SamplesPerPixel=3, PhotometricInterpretation="RGB", PlanarConfiguration=0)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelData = 16, 16, 15, rgb.tobytes()
+    path = folder / "rgb16.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return str(path)
+
+
+def part10_dataset(**kw: Any) -> Any:
+    from pydicom.uid import generate_uid
+
+    from tests.dicomgen import make_ct
+
+    return make_ct(study_uid=generate_uid(), series_uid=generate_uid(), sop_uid=generate_uid(), **kw)
+
+
+@pytest.mark.parametrize("name", ["examples_palette.dcm", "SC_ybr_full_422_uncompressed.dcm", "MR_small.dcm", "rgb16"])
+def test_rendering_matches_dcmtk(web: Callable[..., Any], tmp_path: Path, name: str) -> None:
+    """PS3.18 10.4.1.1.3: every Photometric Interpretation is rendered -- PALETTE COLOR through its lookup
+    tables (it came out as grey indices), 16-bit colour by its top bits (it wrapped around) -- as DCMTK's
+    dcmj2pnm renders it (with its first VOI window if any)."""
+    import subprocess
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from tests.peers import dcmtk
+
+    source = _rgb16(tmp_path) if name == "rgb16" else str(get_testdata_file(name))
+    ds = pydicom.dcmread(source)
+    window = ["+Wi", "1"] if "WindowCenter" in ds else ["+Wm"]
+    subprocess.run([dcmtk("dcmj2pnm"), "+on", *window, source, str(tmp_path / "ref.png")], check=True)
+    reference = np.asarray(Image.open(tmp_path / "ref.png").convert("RGB")).astype(float)
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        with open(source, "rb") as fh:
+            assert (await stow(client, fh.read())).status_code == 200
+        url = f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+        ours = _pixels(await client.get(url + "/rendered", headers={"Accept": "image/png"}))
+        ours = np.asarray(Image.fromarray(ours).convert("RGB")).astype(float)
+        assert ours.shape == reference.shape
+        assert np.abs(ours - reference).mean() < 1.0
 
     web(body)

@@ -117,6 +117,22 @@ def _window(ds: Any, frame: Any, window: Window | None) -> Any:
     return data.astype(np.uint8)
 
 
+def _eight_bits(data: Any, bits: int) -> Any:
+    """Colour samples of ``bits`` bits as 8-bit ones (the top 8 bits; 16-bit RGB used to wrap around)."""
+    if data.dtype.itemsize > 1 or bits > 8:
+        data = np.right_shift(data.astype(np.uint32), max(bits - 8, 0))
+    return np.clip(data, 0, 255).astype(np.uint8)
+
+
+def _palette(ds: Any, frame: Any) -> Image.Image:
+    """PALETTE COLOR (PS3.3 C.7.6.3.1.5): indices through the Red/Green/Blue Palette Color Lookup Tables,
+    as PS3.18 10.4.1.1.3 wants every Photometric Interpretation rendered (it was drawn as grey indices)."""
+    from pydicom.pixels.processing import apply_color_lut
+
+    rgb = apply_color_lut(frame, ds)  # 8-bit entries as uint8, 16-bit ones (the full range) as uint16
+    return Image.fromarray(_eight_bits(rgb, 8 * rgb.dtype.itemsize)).convert("RGB")
+
+
 def _apply_viewport(image: Image.Image, viewport: Viewport) -> Image.Image:
     """Crop to the source region, flip for a negative sw/sh, then scale to fit (PS3.18 §8.3.5.1.3)."""
     cols, rows = image.size
@@ -167,10 +183,12 @@ def render(path: Path, frame_number: int, options: RenderOptions, limits: Datase
         raise HttpError(404, "no_such_frame", f"frame {frame_number} does not exist; the instance has {frames}")
     samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
     frame = pixels[frame_number - 1] if frames > 1 else pixels
-    if samples == 1:
+    if str(getattr(ds, "PhotometricInterpretation", "")) == "PALETTE COLOR":
+        image = _palette(ds, frame)
+    elif samples == 1:
         image = Image.fromarray(_window(ds, frame, options.window), mode="L")
     else:
-        image = Image.fromarray(frame.astype(np.uint8)).convert("RGB")
+        image = Image.fromarray(_eight_bits(frame, int(getattr(ds, "BitsStored", 8) or 8))).convert("RGB")
     if options.viewport is not None:
         image = _apply_viewport(image, options.viewport)
     elif options.thumbnail:
