@@ -255,7 +255,7 @@ async def retrieve(request: Request) -> Response:
         parts = [OutPart(parts[0].content_type, produce=lambda: data, label=parts[0].label)]
     elif any(part.produce is not None for part in parts):
         pool.check("transcoding")  # 503 now rather than a response that stalls part-way
-    return await multipart_response(parts, new_boundary(), DICOM)
+    return await multipart_response(parts, new_boundary(), DICOM, functools.partial(warning, request))
 
 
 #: Accept media ranges a PS3.18 JSON answer (metadata, search results) satisfies (§8.7.3.2, §8.7.4)
