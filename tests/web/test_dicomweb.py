@@ -115,6 +115,14 @@ def test_metadata_is_precomputed_after_ingest(web: Callable[..., Any]) -> None:
         "/dicom-web/series?SeriesNumber=1A",  # an IS that is no number: was an unhandled ValueError, 500
         "/dicom-web/instances?SliceThickness=abc",
         "/dicom-web/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5/frames/x",
+        # a number of 5000 digits: int() refuses it with a ValueError, which was a 500
+        "/dicom-web/studies?limit=" + "9" * 5000,
+        "/dicom-web/studies?offset=" + "9" * 5000,
+        f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{SOP}/frames/" + "9" * 5000,
+        f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{SOP}/rendered?viewport={'9' * 5000},64",
+        f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{SOP}/rendered?quality={'9' * 5000}",
+        f"/wado?requestType=WADO&studyUID={STUDY}&seriesUID={SERIES}&objectUID={SOP}&frameNumber={'9' * 5000}",
+        f"/wado?requestType=WADO&studyUID={STUDY}&seriesUID={SERIES}&objectUID={SOP}&rows={'9' * 5000}",
     ],
 )
 def test_hostile_urls_get_4xx_and_change_nothing(web: Callable[..., Any], url: str) -> None:

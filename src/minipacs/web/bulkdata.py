@@ -59,7 +59,7 @@ WORD_SIZES: Final = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 #: PS3.5 Table 6.2-1: numeric VRs -> struct format of one value (little endian out, PS3.18 §8.7.3.3)
 NUMBER_FORMATS: Final = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
 _PATH: Final = re.compile(r"^[0-9A-Fa-f]{8}(?:/\d{1,6}/[0-9A-Fa-f]{8}){0,8}$")
-_RANGE: Final = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE: Final = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$")
 
 
 def on_file(item: StoredInstance, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:

@@ -27,8 +27,8 @@ from minipacs.web.errors import HttpError
 
 FORMATS: Final = {"image/jpeg": "JPEG", "image/png": "PNG"}
 THUMBNAIL_SIZE: Final = 128
-#: Largest viewport side we render (a 8192x8192 RGB image is 192 MiB before encoding); larger: 400.
-MAX_VIEWPORT: Final = 8192
+#: Largest viewport side we render (a 4096x4096 RGB image is 48 MiB before encoding); larger: 400.
+MAX_VIEWPORT: Final = 4096
 #: PS3.18 §8.3.5.1.4 window function keyword -> PS3.3 C.11.2.1.3 VOI LUT Function (0028,1056)
 WINDOW_FUNCTIONS: Final = {"linear": "LINEAR", "linear-exact": "LINEAR_EXACT", "sigmoid": "SIGMOID"}
 #: Default quality of a JPEG we make (Pillow's own default is 75).
@@ -233,7 +233,7 @@ def parse_window(raw: str | None) -> Window | None:
 
 def parse_side(text: str, what: str) -> int:
     """A viewport side (vw, vh; WADO-URI rows, columns): a whole number from 1 to MAX_VIEWPORT, else 400."""
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_VIEWPORT:
+    if not (0 < len(text) <= 6 and text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_VIEWPORT:
         raise HttpError(
             400, "invalid_viewport", f"{what} must be a whole number from 1 to {MAX_VIEWPORT}, not {text[:20]!r}"
         )
@@ -261,7 +261,7 @@ def parse_quality(raw: str | None) -> int | None:
     """``quality`` (PS3.18 §8.3.5.1.2): an integer from 1 to 100; HttpError 400 otherwise."""
     if raw is None:
         return None
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 100:
+    if not (0 < len(raw) <= 3 and raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 100:
         raise HttpError(400, "invalid_quality", f"quality must be a whole number from 1 to 100, not {raw[:20]!r}")
     return int(raw)
 

@@ -158,11 +158,16 @@ def path_of(name: str) -> list[int]:
     return [tag_of(part) for part in parts]
 
 
+#: Most digits a number parameter may have: any count, offset or frame number fits in 18 (< 2**63), and
+#: ``int()`` refuses strings over 4300 digits with a ValueError, which answered 500 where 400 is meant.
+MAX_DIGITS: Final = 18
+
+
 def ascii_digits(raw: str) -> bool:
-    """True for a whole number written in ASCII digits 0-9 only. ``str.isdigit`` and ``int()`` also take
-    other scripts' digits (``"١٠"`` is 10 to both), superscripts, "+", "_" and spaces: a parameter is
-    ASCII digits (RFC 3986 §2.3 unreserved DIGIT) or it is not a number."""
-    return bool(raw) and raw.isascii() and raw.isdigit()
+    """True for a whole number written in ASCII digits 0-9 only, at most :data:`MAX_DIGITS` of them.
+    ``str.isdigit`` and ``int()`` also take other scripts' digits (``"١٠"`` is 10 to both), superscripts,
+    "+", "_" and spaces: a parameter is ASCII digits (RFC 3986 §2.3 unreserved DIGIT) or it is not a number."""
+    return 0 < len(raw) <= MAX_DIGITS and raw.isascii() and raw.isdigit()
 
 
 def _int_param(params: Mapping[str, str], name: str, default: int, maximum: int) -> int:
