@@ -95,6 +95,10 @@ def test_quality_accept_parameter_and_annotation(web: Callable[..., Any]) -> Non
         assert r.headers["content-type"] == "image/png"
         r = await client.get(BASE + "/rendered", headers={"Accept": "image/png;q=0.4, image/jpeg;q=0.8"})
         assert r.headers["content-type"] == "image/jpeg"
+        r = await client.get(BASE + "/rendered", headers={"Accept": "image/gif"})  # Table 8.7.4-1: Required
+        assert r.headers["content-type"] == "image/gif" and r.content[:4] == b"GIF8"
+        r = await client.get(BASE + "/rendered", headers={"Accept": "video/mp4"})  # none of ours: the Default
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
         r = await client.get(BASE + "/rendered", params={"annotation": "patient,technique"})
         assert r.status_code == 200
         assert r.headers["warning"].endswith("The following annotation values are not supported: patient,technique")
@@ -145,8 +149,10 @@ def test_wado_uri_parameters_checked(web: Callable[..., Any]) -> None:
         assert r.headers["content-type"] == "image/png"
         r = await client.get("/wado", params={**WADO, "contentType": "image/*"})
         assert r.headers["content-type"] == "image/jpeg"
-        r = await client.get("/wado", params={**WADO, "contentType": "image/gif"})
-        assert r.status_code == 406
+        r = await client.get("/wado", params={**WADO, "contentType": "image/gif"})  # Table 8.7.4-1: Required
+        assert r.status_code == 200 and r.content[:4] == b"GIF8"
+        r = await client.get("/wado", params={**WADO, "contentType": "text/html"})  # none of ours: the Default
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
         r = await client.get("/wado", params={**WADO, "imageQuality": "10"})
         assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
 

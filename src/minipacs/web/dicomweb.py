@@ -46,6 +46,8 @@ from minipacs.web.bulkdata import bulkdata_response, frame_numbers, frames_respo
 from minipacs.web.errors import HttpError
 from minipacs.web.intake import Intake, Screen, receive_multipart
 from minipacs.web.render import (
+    DEFAULT_FORMAT,
+    FORMATS,
     RenderOptions,
     Viewport,
     choose_format,
@@ -152,7 +154,6 @@ def _qido(level: Level) -> Any:
     async def endpoint(request: Request) -> Response:
         """QIDO-RS (PS3.18 10.6): the matches as one application/dicom+json array, with a Content-Length
         (Table 10.6.3-2); a Warning when results remain past ``limit`` or fuzzy matching was asked for."""
-        check_json_accepted(request, "search results")
         context = ctx(request)
         fixed = uids(request)
         params = list(request.query_params.multi_items())
@@ -258,25 +259,10 @@ async def retrieve(request: Request) -> Response:
     return await multipart_response(parts, new_boundary(), DICOM, functools.partial(warning, request))
 
 
-#: Accept media ranges a PS3.18 JSON answer (metadata, search results) satisfies (§8.7.3.2, §8.7.4)
-JSON_ACCEPTABLE: Final = frozenset({DICOM_JSON, "application/json", "application/*", ANY})
-
-
-def check_json_accepted(request: Request, what: str) -> None:
-    """406 unless the Accept header allows application/dicom+json (PS3.18 §8.7.5: the origin server
-    answers 406 when it supports none of the acceptable media types); XML (PS3.19) is not made."""
-    ranges = parse_accept(accepted(request))
-    if ranges and not any(r.media_type in JSON_ACCEPTABLE for r in ranges):
-        raise HttpError(
-            406,
-            "not_acceptable",
-            f"{what} are available as application/dicom+json only (not as the PS3.19 XML of "
-            'multipart/related; type="application/dicom+xml"): accept application/dicom+json',
-        )
-
-
 async def metadata(request: Request) -> Response:
-    check_json_accepted(request, "metadata")
+    """WADO-RS Retrieve Metadata (PS3.18 §10.4.1.1.2) in application/dicom+json: the Default media type
+    (Table 10.4.4-1), which Table 8.7.3-1 says is returned when none of the acceptable ones is supported
+    (we make no PS3.19 XML), so any Accept gets it."""
     found = await _instances(request)
     texts = await ctx(request).metadata.get([item.sop_instance_uid for item in found])
     body = ("[" + ",".join(texts) + "]").replace('"' + BULK_PREFIX, '"' + root_url(request))
@@ -364,18 +350,18 @@ async def wado_uri(request: Request) -> Response:
     }
     for keyword, value in keys.items():
         validate_uid(keyword, value)
+    if params.get("anonymize", "").lower() == "yes":  # PS3.18 §9: a server that will not de-identify says so
+        raise HttpError(
+            400,
+            "anonymize_not_supported",
+            "WADO-URI anonymize=yes is not supported: nothing is sent; de-identify the study with "
+            "POST /api/studies/{uid}/anonymize and retrieve the copy",
+        )
     found = [i for i in await select_instances(ctx(request).archive, "IMAGE", keys) if not i.problem]
     if found:
         audit.record(request, Action.VIEWED, study_uid=found[0].study_instance_uid, detail="WADO-URI")
     if not found:
         raise HttpError(404, "not_found", f"SOP Instance {keys['SOPInstanceUID']} is not in the archive")
-    if params.get("anonymize", "").lower() == "yes":  # PS3.18 §9: a server that will not de-identify says so
-        raise HttpError(
-            400,
-            "anonymize_not_supported",
-            "WADO-URI anonymize=yes is not supported: nothing is sent; de-identify with the anonymize job "
-            "(POST /api/anonymize) and retrieve the copy",
-        )
     content_type = _wado_uri_content_type(params.get("contentType", ""))
     if content_type == "application/dicom":
         stored = found[0].transfer_syntax_uid
@@ -423,16 +409,14 @@ async def wado_uri(request: Request) -> Response:
 
 def _wado_uri_content_type(raw: str) -> str:
     """``contentType`` (PS3.18 §9, the Accept Query Parameter of §8.3.3.1 under another name): the preferred
-    of application/dicom, image/jpeg and image/png, by q-value; absent, ``image/*`` or ``*/*``: image/jpeg."""
-    ranges = parse_accept(raw)
-    for r in ranges:
-        if r.media_type in ("application/dicom", "image/jpeg", "image/png"):
+    of application/dicom and the rendered formats, by q-value; absent, a wildcard or none of those:
+    image/jpeg, the Default (§8.3.3.1: the default media type when none acceptable is supported)."""
+    for r in parse_accept(raw):
+        if r.media_type == DICOM or r.media_type in FORMATS:
             return r.media_type
         if r.media_type in ("image/*", "*/*", ""):
-            return "image/jpeg"
-    if ranges:
-        raise HttpError(406, "not_acceptable", "contentType must be application/dicom, image/jpeg or image/png")
-    return "image/jpeg"
+            break
+    return DEFAULT_FORMAT
 
 
 def _wado_uri_options(params: Any, content_type: str) -> RenderOptions:

@@ -25,7 +25,9 @@ from minipacs.core.stored import quiet_pydicom, read_stored
 from minipacs.web.accept import parse_accept
 from minipacs.web.errors import HttpError
 
-FORMATS: Final = {"image/jpeg": "JPEG", "image/png": "PNG"}
+#: PS3.18 Table 8.7.4-1, single-frame images: image/jpeg (the Default), image/gif and image/png (Required)
+FORMATS: Final = {"image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF"}
+DEFAULT_FORMAT: Final = "image/jpeg"
 THUMBNAIL_SIZE: Final = 128
 #: Largest viewport side we render (a 4096x4096 RGB image is 48 MiB before encoding); larger: 400.
 MAX_VIEWPORT: Final = 4096
@@ -268,19 +270,18 @@ def parse_quality(raw: str | None) -> int | None:
 
 def choose_format(accept: str) -> str:
     """The rendered media type for an Accept header or ``accept`` parameter: the most preferred (q-value,
-    RFC 9110 §12.5.1) of image/jpeg and image/png; ``image/*``, ``*/*`` or none: image/jpeg."""
-    ranges = parse_accept(accept)
-    if not ranges:
-        return "image/jpeg"
-    for r in ranges:
+    RFC 9110 §12.5.1) of :data:`FORMATS`; ``image/*``, ``*/*``, none of ours, or nothing: image/jpeg, the
+    Default (PS3.18 Table 8.7.3-1: returned when none of the acceptable media types is supported)."""
+    for r in parse_accept(accept):
         if r.media_type in FORMATS:
             return r.media_type
         if r.media_type in ("image/*", "*/*"):
-            return "image/jpeg"
-    raise HttpError(406, "not_acceptable", "rendered images are available as image/jpeg or image/png")
+            return DEFAULT_FORMAT
+    return DEFAULT_FORMAT
 
 
 __all__ = [
+    "DEFAULT_FORMAT",
     "FORMATS",
     "RenderOptions",
     "Viewport",
