@@ -237,11 +237,9 @@ async def bulkdata_response(request: Request, item: StoredInstance, raw_path: st
     if path == [PIXEL_DATA] and syntax is not None and (syntax.encapsulated or not syntax.little_endian):
         numbers = list(range(1, await _frame_count(context, item) + 1))
         return await frames_response(request, item, numbers, whole=True)
+    # application/octet-stream is the Default for bulk data (PS3.18 Tables 8.7.3-1, 8.7.3-4): whatever
+    # else the Accept header names, that is what comes back
     ranges = parse_accept(accepted(request))
-    if ranges and not any(r.media_type in (OCTETS, ANY, "application/*", "") for r in ranges):
-        raise HttpError(
-            406, "not_acceptable", "bulk data is available as application/octet-stream (or multipart/related; type=...)"
-        )
     data = await context.renders.run(
         on_file, item, bulk_value, path, context.archive.settings.dataset_limits, what="reading"
     )
