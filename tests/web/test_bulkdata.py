@@ -215,5 +215,7 @@ def test_frame_thumbnail(web: Callable[..., Any], tmp_path: Path) -> None:
         assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
         assert max(Image.open(io.BytesIO(r.content)).size) <= 128
         assert (await client.get(url + "/frames/3/thumbnail")).status_code == 404
+        for bad in ("/frames/0", "/frames/1,0", "/frames/0/rendered", "/frames/0/thumbnail"):
+            assert (await client.get(url + bad)).status_code == 400, bad  # frames count from 1
 
     web(body)

@@ -76,6 +76,8 @@ def frame_numbers(raw: str) -> list[int]:
     numbers = [int(part) for part in fields]
     if not numbers or len(numbers) > MAX_FRAMES:
         raise HttpError(400, "invalid_frames", f"give between 1 and {MAX_FRAMES} frame numbers")
+    if 0 in numbers:  # PS3.18 10.4.1.1.1 / PS3.3 C.7.6.6: frames are numbered from 1
+        raise HttpError(400, "invalid_frames", "frame numbers start at 1; 0 is no frame")
     return numbers
 
 
