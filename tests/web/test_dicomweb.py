@@ -123,6 +123,7 @@ def test_metadata_is_precomputed_after_ingest(web: Callable[..., Any]) -> None:
         f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{SOP}/rendered?quality={'9' * 5000}",
         f"/wado?requestType=WADO&studyUID={STUDY}&seriesUID={SERIES}&objectUID={SOP}&frameNumber={'9' * 5000}",
         f"/wado?requestType=WADO&studyUID={STUDY}&seriesUID={SERIES}&objectUID={SOP}&rows={'9' * 5000}",
+        "/api/changes?limit=" + "9" * 5000,  # the REST API's whole-number parameters (web/rest.py)
     ],
 )
 def test_hostile_urls_get_4xx_and_change_nothing(web: Callable[..., Any], url: str) -> None:
