@@ -142,6 +142,10 @@ def test_wado_uri_parameters_checked(web: Callable[..., Any]) -> None:
             {"region": "0.5,0,0.2,1"},
             {"imageQuality": "0"},
             {"anonymize": "yes", "contentType": "application/dicom"},
+            {"anonymize": "no"},  # 9.4.2.3: any other value is a 400 too
+            {"frameNumber": "2"},  # 9.5.2.1: past the last frame (there is one): 400, not 404
+            {"contentType": "application/dicom", "windowCenter": "40", "windowWidth": "400"},  # 9.5.1.2.6
+            {"contentType": "application/dicom", "transferSyntax": "1.2.840.10008.1.2.1.x"},  # 9.4.2.4: no UID
         ):
             r = await client.get("/wado", params={**WADO, **extra})
             assert r.status_code == 400, (extra, r.text)

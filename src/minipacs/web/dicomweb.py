@@ -6,6 +6,7 @@ import asyncio
 import functools
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from contextlib import aclosing
@@ -350,19 +351,13 @@ async def wado_uri(request: Request) -> Response:
     }
     for keyword, value in keys.items():
         validate_uid(keyword, value)
-    if params.get("anonymize", "").lower() == "yes":  # PS3.18 §9: a server that will not de-identify says so
-        raise HttpError(
-            400,
-            "anonymize_not_supported",
-            "WADO-URI anonymize=yes is not supported: nothing is sent; de-identify the study with "
-            "POST /api/studies/{uid}/anonymize and retrieve the copy",
-        )
+    content_type = _wado_uri_content_type(params.get("contentType", ""))
+    _wado_uri_checks(params, content_type)
     found = [i for i in await select_instances(ctx(request).archive, "IMAGE", keys) if not i.problem]
     if found:
         audit.record(request, Action.VIEWED, study_uid=found[0].study_instance_uid, detail="WADO-URI")
     if not found:
         raise HttpError(404, "not_found", f"SOP Instance {keys['SOPInstanceUID']} is not in the archive")
-    content_type = _wado_uri_content_type(params.get("contentType", ""))
     if content_type == "application/dicom":
         stored = found[0].transfer_syntax_uid
         wanted = params.get("transferSyntax", "") or server_choice(stored)  # PS3.18 §8.7.3: no Implicit VR
@@ -401,10 +396,43 @@ async def wado_uri(request: Request) -> Response:
     frame = params.get("frameNumber", "1")
     if not ascii_digits(frame) or int(frame) < 1:
         raise HttpError(400, "invalid_frames", "frameNumber must be a whole number from 1")
-    data = await ctx(request).renders.run(
-        on_file, found[0], render, int(frame), options, ctx(request).archive.settings.dataset_limits
-    )
+    try:
+        data = await ctx(request).renders.run(
+            on_file, found[0], render, int(frame), options, ctx(request).archive.settings.dataset_limits
+        )
+    except HttpError as exc:  # PS3.18 §9.5.2.1: a frameNumber past the last frame is a 400 here
+        if exc.code != "no_such_frame":
+            raise
+        raise HttpError(400, "invalid_frames", exc.message) from None
     return Response(data, media_type=content_type)
+
+
+_UID_SYNTAX: Final = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def _wado_uri_checks(params: Any, content_type: str) -> None:
+    """PS3.18 §9.4.2.3: anonymize is "yes" or a 400 (and "yes" a refusal: we do not de-identify on the
+    fly); §9.4.2.4: transferSyntax is a valid UID (an unsupported one is a 406 later); §9.5.1.2.6: no
+    windowing parameters with contentType=application/dicom."""
+    anonymize = params.getlist("anonymize")
+    if anonymize and anonymize != ["yes"]:
+        raise HttpError(400, "invalid_anonymize", 'anonymize takes the one value "yes"')
+    if anonymize:
+        raise HttpError(
+            400,
+            "anonymize_not_supported",
+            "WADO-URI anonymize=yes is not supported: nothing is sent; de-identify the study with "
+            "POST /api/studies/{uid}/anonymize and retrieve the copy",
+        )
+    syntaxes = params.getlist("transferSyntax")
+    if syntaxes and (len(syntaxes) != 1 or len(syntaxes[0]) > 64 or not _UID_SYNTAX.match(syntaxes[0])):
+        raise HttpError(400, "invalid_transfer_syntax", "transferSyntax must be one Transfer Syntax UID")
+    if content_type == DICOM and ("windowCenter" in params or "windowWidth" in params):
+        raise HttpError(
+            400,
+            "invalid_window",
+            "windowCenter and windowWidth render an image: not with contentType=application/dicom",
+        )
 
 
 def _wado_uri_content_type(raw: str) -> str:
