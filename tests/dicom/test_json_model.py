@@ -21,7 +21,7 @@ from pydicom.datadict import DicomDictionary
 
 from minipacs.core.errors import UnreadableInstance
 from minipacs.core.inflate import DEFAULT_LIMITS
-from minipacs.core.metadata import BULK_PREFIX, BULK_THRESHOLD, fast_text, model_text
+from minipacs.core.metadata import BULK_PREFIX, BULK_THRESHOLD, fast_text, model_text, nest_bulk_uris
 from minipacs.dicom.json_model import json_model
 
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -108,7 +108,10 @@ def fast(data: bytes, offset: int, ts: str) -> str | None:
         bulk_threshold=BULK_THRESHOLD,
         max_depth=DEFAULT_LIMITS.max_sequence_depth,
     )
-    return None if model is None else json.dumps(model, separators=(",", ":"))
+    if model is None:
+        return None
+    nest_bulk_uris(model, BASE)  # as core/metadata.py fast_text does
+    return json.dumps(model, separators=(",", ":"))
 
 
 TEXT_ALPHABET = ["A", "b", "7", " ", "\\", "\0", "^", ".", "-", "+", "=", "\t", "e", "E", "0", ":/"]

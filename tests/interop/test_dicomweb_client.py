@@ -47,6 +47,9 @@ def test_dicomweb_client_round_trip(tmp_path: Path) -> None:
         assert instances[0].pixel_array.shape == (64, 64)
         meta = client.retrieve_instance_metadata(study, series, sop)
         assert meta["00080018"]["Value"] == [sop]
+        # dicomweb-client sends "Host: 127.0.0.1" without the port: the BulkDataURI must still name it
+        (pixels,) = client.retrieve_bulkdata(meta["7FE00010"]["BulkDataURI"])
+        assert pixels == instances[0].PixelData
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)

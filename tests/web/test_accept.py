@@ -42,7 +42,10 @@ def test_parse_accept(header: str, expected: list[MediaRange]) -> None:
         ("", J2K, J2K),  # no Accept: as stored
         ('multipart/related; type="application/dicom"', J2K, J2K),  # no transfer-syntax: as stored (README)
         ('multipart/related; type="application/dicom"; transfer-syntax=*', JPEG, JPEG),
-        ("*/*", ILE, ILE),
+        ("*/*", ILE, ELE),  # PS3.18 8.7.3: Implicit VR and Big Endian "shall not be used with Web Services"
+        ("", ILE, ELE),
+        ('multipart/related; type="application/dicom"', BE, ELE),
+        ('multipart/related; type="application/dicom"; transfer-syntax=*', ILE, ELE),
         (f'multipart/related; type="application/dicom"; transfer-syntax={ELE}', J2K, ELE),  # decompress
         (f'multipart/related; type="application/dicom"; transfer-syntax={ELE}', ILE, ELE),  # re-encode
         (f'multipart/related; type="application/dicom"; transfer-syntax={ILE}', ELE, None),  # not for the web

@@ -115,6 +115,15 @@ def test_metadata_is_precomputed_after_ingest(web: Callable[..., Any]) -> None:
         "/dicom-web/series?SeriesNumber=1A",  # an IS that is no number: was an unhandled ValueError, 500
         "/dicom-web/instances?SliceThickness=abc",
         "/dicom-web/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5/frames/x",
+        # a number of 5000 digits: int() refuses it with a ValueError, which was a 500
+        "/dicom-web/studies?limit=" + "9" * 5000,
+        "/dicom-web/studies?offset=" + "9" * 5000,
+        f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{SOP}/frames/" + "9" * 5000,
+        f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{SOP}/rendered?viewport={'9' * 5000},64",
+        f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{SOP}/rendered?quality={'9' * 5000}",
+        f"/wado?requestType=WADO&studyUID={STUDY}&seriesUID={SERIES}&objectUID={SOP}&frameNumber={'9' * 5000}",
+        f"/wado?requestType=WADO&studyUID={STUDY}&seriesUID={SERIES}&objectUID={SOP}&rows={'9' * 5000}",
+        "/api/changes?limit=" + "9" * 5000,  # the REST API's whole-number parameters (web/rest.py)
     ],
 )
 def test_hostile_urls_get_4xx_and_change_nothing(web: Callable[..., Any], url: str) -> None:
@@ -327,7 +336,10 @@ def test_retrieve_leaves_out_a_missing_file_and_streams_the_rest(web: Callable[.
             lambda c: [row[0] for row in c.exec_driver_sql("SELECT blob_key FROM instances ORDER BY id").all()]
         )
         archive.blobs.path_of(keys[1]).unlink()
-        parts = _parts(await client.get(f"/dicom-web/studies/{STUDY}"))
+        r = await client.get(f"/dicom-web/studies/{STUDY}")
+        # PS3.18 Table 10.4.3-1: 206, representations for some but not all of the Target Resources
+        assert r.status_code == 206 and "1 of the 3 instances are missing" in r.headers["warning"]
+        parts = split_multipart(r.content, boundary_of(r.headers["content-type"]))
         assert len(parts) == 2 and all(p.body[128:132] == b"DICM" for p in parts)
 
     web(body)

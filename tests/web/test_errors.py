@@ -114,3 +114,24 @@ def test_stow_answers_the_reason_of_the_class_ingest_raised(web: Callable[..., A
         assert await archive.count_instances() == 0
 
     web(body, max_dataset_bytes=8192)
+
+
+@pytest.mark.parametrize(
+    "method,url,allowed",
+    [
+        ("OPTIONS", "/dicom-web/studies", "GET, HEAD, POST"),  # QIDO-RS and STOW-RS on one path
+        ("DELETE", "/dicom-web/studies/1.2.3", "GET, HEAD, POST"),
+        ("PUT", "/dicom-web/studies/1.2.3/series/1.2.4/instances/1.2.5/bulkdata/7FE00010", "GET, HEAD"),
+    ],
+)
+def test_405_lists_every_method_of_the_resource(web: Callable[..., Any], method: str, url: str, allowed: str) -> None:
+    """RFC 9110 §15.5.6: a 405 carries Allow with the methods the target resource supports -- all of them,
+    not only those of the first route on the path (OPTIONS is how a client asks, PS3.18 8.9 aside)."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        r = await client.request(method, url)
+        assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+        assert r.headers["allow"] == allowed
+        assert allowed in r.json()["error"]["message"]
+
+    web(body)

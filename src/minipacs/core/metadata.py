@@ -110,6 +110,7 @@ def fast_text(fp: BinaryIO, study: str, series: str, sop: str, limits: DatasetLi
     )
     if model is None:
         return None
+    nest_bulk_uris(model, base)
     try:
         return json.dumps(model, separators=(",", ":"), allow_nan=False)
     except ValueError:  # an infinite or NaN number: the pydicom path writes it as PS3.18 allows
@@ -192,6 +193,7 @@ def model_text(ds: Dataset, study: str, series: str, sop: str) -> str:
         return f"{base}/bulkdata/{elem.tag:08X}"
 
     def text(model: dict[str, Any]) -> str:
+        nest_bulk_uris(model, base)
         if "Rows" in ds and "7FE00010" not in model:  # pixel data follows the header we read
             encapsulated = ds.file_meta.TransferSyntaxUID.is_compressed
             model["7FE00010"] = {"vr": "OB" if encapsulated else "OW", "BulkDataURI": f"{base}/bulkdata/7FE00010"}
@@ -209,6 +211,20 @@ def model_text(ds: Dataset, study: str, series: str, sop: str) -> str:
             raise UnreadableInstance(
                 f"a value cannot be converted to PS3.18 JSON: {type(exc).__name__}: {str(exc)[:200]}{said}"
             ) from exc
+
+
+def nest_bulk_uris(model: dict[str, Any], base: str, path: str = "") -> None:
+    """Give each BulkDataURI inside a sequence the path of its element: ``bulkdata/<sequence tag>/<item
+    index, from 0>/<tag>`` (nested as deep as the sequences go), so it names that element and not the
+    top-level one with the same tag (an Icon Image Sequence's Pixel Data is not the image's). Both
+    builders write ``<base>/bulkdata/<tag>``; top-level ones keep that form."""
+    for key, element in model.items():
+        if path and "BulkDataURI" in element:
+            element["BulkDataURI"] = f"{base}/bulkdata/{path}{key}"
+        if element.get("vr") == "SQ":
+            for index, item in enumerate(element.get("Value") or ()):
+                if isinstance(item, dict):
+                    nest_bulk_uris(item, base, f"{path}{key}/{index}/")
 
 
 def delete_rows(conn: IndexConnection, uids: list[str]) -> None:
@@ -346,4 +362,5 @@ __all__ = [
     "delete_rows",
     "fast_text",
     "model_text",
+    "nest_bulk_uris",
 ]

@@ -12,10 +12,18 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Final
 
+from starlette.requests import Request
+
 from minipacs.core.transcode import can_transcode
-from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
+from minipacs.dicom.uids import (
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    transfer_syntax,
+)
 
 ANY: Final = "*/*"
 DICOM: Final = "application/dicom"
@@ -49,6 +57,8 @@ class MediaRange:
     media_type: str
     transfer_syntax: str = ""  # "" absent, "*" any, else a UID
     q: float = 1.0
+    #: Asked for inside multipart/related (``type=``), or as a single part; not part of equality.
+    multipart: bool = dataclass_field(default=False, compare=False)
 
 
 def _split(text: str, sep: str) -> list[str]:
@@ -96,26 +106,49 @@ def parse_accept(header: str) -> list[MediaRange]:
         if media == "multipart/*" or part == "*":
             part = ANY
         part = ALIASES.get(part, part)
-        ranges.append(MediaRange(part, params.get("transfer-syntax", ""), q))
+        ranges.append(MediaRange(part, params.get("transfer-syntax", ""), q, media.startswith("multipart/")))
     return sorted(ranges, key=lambda r: -r.q)
+
+
+#: PS3.18 §8.7.3: "The Implicit VR Little Endian (1.2.840.10008.1.2), and Explicit VR Big Endian
+#: (1.2.840.10008.1.2.2 - Retired) Transfer Syntaxes shall not be used with Web Services."
+NOT_FOR_THE_WEB: Final = frozenset({IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN})
+
+
+def server_choice(stored_ts: str) -> str:
+    """The syntax we pick ourselves (no ``transfer-syntax``, or ``*``): as stored, except the two that
+    §8.7.3 rules out for web services, which go out as Explicit VR Little Endian (the same pixels,
+    the header re-encoded; core/transcode.py)."""
+    if stored_ts in NOT_FOR_THE_WEB and can_transcode(stored_ts, EXPLICIT_VR_LITTLE_ENDIAN):
+        return EXPLICIT_VR_LITTLE_ENDIAN
+    return stored_ts
+
+
+def accepted(request: Request) -> str:
+    """What the client accepts: the ``accept`` query parameter (PS3.18 §8.3.3.1, for links, where the
+    header cannot be set; Table 10.4.1-5: every resource) when given, else the Accept header."""
+    return request.query_params.get("accept") or request.headers.get("accept", "")
 
 
 def instance_syntax(ranges: list[MediaRange], stored_ts: str) -> str | None:
     """The transfer syntax to send an instance stored in ``stored_ts`` in, or None if none is acceptable.
 
     PS3.18 §8.7.3 and Table 8.7.3-2 make Explicit VR Little Endian the default when no
-    ``transfer-syntax`` is given; we send the instance as stored instead (no re-encoding, and
-    every stored syntax is one the client can ask for by name) -- see README, DICOMweb.
-    ``transfer-syntax=*`` is as stored. The one syntax we transcode to is Explicit VR Little
-    Endian: §8.7.3 rules out Implicit VR Little Endian and Big Endian for web services, and we
-    never compress.
+    ``transfer-syntax`` is given; we send the instance as stored instead (no re-encoding of
+    compressed pixel data, and every stored syntax is one the client can ask for by name) -- see
+    README, DICOMweb -- but never in Implicit VR Little Endian or Big Endian, which §8.7.3 rules
+    out for web services (:func:`server_choice`). ``transfer-syntax=*`` is the same choice; a
+    syntax asked for by name is honoured when it is the stored one. The one syntax we transcode
+    to is Explicit VR Little Endian: we never compress.
     """
     if not ranges:
-        return stored_ts
+        return server_choice(stored_ts)
     for r in ranges:
         if r.media_type not in (DICOM, ANY, "application/*", ""):
             continue
-        if r.transfer_syntax in ("", "*", stored_ts):
+        if r.transfer_syntax in ("", "*"):
+            return server_choice(stored_ts)
+        if r.transfer_syntax == stored_ts:
             return stored_ts
         if r.transfer_syntax == EXPLICIT_VR_LITTLE_ENDIAN and can_transcode(stored_ts, r.transfer_syntax):
             return r.transfer_syntax
@@ -185,6 +218,9 @@ __all__ = [
     "MediaRange",
     "frame_choice",
     "frame_choices_text",
+    "NOT_FOR_THE_WEB",
+    "accepted",
     "instance_syntax",
+    "server_choice",
     "parse_accept",
 ]

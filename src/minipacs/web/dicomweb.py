@@ -6,12 +6,16 @@ import asyncio
 import functools
 import json
 import logging
+import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from typing import Any, Final, TypeVar
+from collections.abc import AsyncGenerator, Iterator, Mapping
+from contextlib import aclosing
+from typing import Any, Final, cast
 
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from minipacs.blobs.base import BlobError
@@ -29,33 +33,38 @@ from minipacs.core.metadata import BULK_PREFIX
 from minipacs.core.model import Origin
 from minipacs.core.paths import validate_uid
 from minipacs.core.retrieve import StoredInstance, select_instances
-from minipacs.core.stored import read_stored
 from minipacs.core.transcode import (
-    NoSuchFrame,
     TranscodeError,
     can_transcode,
-    encapsulated_frame_ranges,
-    native_frame_ranges,
-    pixel_frames,
     transcode_part10,
 )
 from minipacs.dicom.header import InstanceHeader
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
-from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
+from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from minipacs.web import audit
-from minipacs.web.accept import ANY, DICOM, frame_choice, frame_choices_text, instance_syntax, parse_accept
+from minipacs.web.accept import ANY, DICOM, accepted, instance_syntax, parse_accept, server_choice
+from minipacs.web.bulkdata import bulkdata_response, frame_numbers, frames_response, on_file, parse_path
 from minipacs.web.errors import HttpError
 from minipacs.web.intake import Intake, Screen, receive_multipart
-from minipacs.web.render import choose_format, parse_window, render
+from minipacs.web.render import (
+    DEFAULT_FORMAT,
+    FORMATS,
+    RenderOptions,
+    Viewport,
+    choose_format,
+    parse_quality,
+    parse_side,
+    parse_viewport,
+    parse_window,
+    render,
+)
 from minipacs.web.routing import Endpoint
-from minipacs.web.search import ascii_digits, search, to_json
+from minipacs.web.search import ascii_digits, page_size, qido_defaults, search, to_json
 from minipacs.web.transfer import (
     OutPart,
-    aiter_text,
     boundary_of,
     file_response,
     insufficient_storage,
-    multipart_octets,
     multipart_response,
     new_boundary,
     stored_part,
@@ -63,7 +72,6 @@ from minipacs.web.transfer import (
 from minipacs.web.types import AppContext
 from minipacs.web.workers import RenderPool
 
-_T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 DICOM_JSON: Final = "application/dicom+json"
@@ -99,33 +107,87 @@ def uids(request: Request) -> dict[str, str]:
     }
 
 
+#: RFC 9110 §4.2: the port a URL of each scheme implies
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+
 def root_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + "/dicom-web"
+    """The DICOMweb root as the client reached it, for the URLs answers carry (Retrieve URL, BulkDataURI).
+
+    From the Host header -- except when it names no port but the connection came straight to a
+    port that is not the scheme's default (no reverse proxy declared in ``http_trusted_proxies``):
+    then the URL gets the port the server listens on, which is the only one that can reach it.
+    dicomweb-client sends ``Host: 127.0.0.1`` without its port, and the BulkDataURIs it was given
+    then pointed at port 80 (RFC 9110 §7.2 says an absent port is the default one)."""
+    base = request.base_url
+    server = request.scope.get("server")
+    proxied = bool(ctx(request).settings.http_trusted_proxies)
+    if base.port is None and server and not proxied and server[1] not in (None, _DEFAULT_PORTS.get(base.scheme)):
+        base = base.replace(port=int(server[1]))
+    return str(base).rstrip("/") + "/dicom-web"
 
 
 # ------------------------------------------------------------------ QIDO-RS (PS3.18 §10.6)
 
 
+#: PS3.18 8.3.4.2 and 8.3.4.4.1: the Warning header texts (after "299 <service>: ")
+FUZZY_WARNING: Final = "The fuzzymatching parameter is not supported. Only literal matching has been performed."
+MORE_WARNING: Final = "There are additional results that can be requested"
+_RETRIEVE_URL: Final = 0x00081190
+
+
+def retrieve_url(root: str, match: Dataset, level: Level) -> str:
+    """The Retrieve URL (0008,1190) of a QIDO-RS match (PS3.18 Tables 10.6.3-3..5): its WADO-RS resource."""
+    url = f"{root}/studies/{match.get('StudyInstanceUID', '')}"
+    if level in (Level.SERIES, Level.IMAGE):
+        url += f"/series/{match.get('SeriesInstanceUID', '')}"
+    if level is Level.IMAGE:
+        url += f"/instances/{match.get('SOPInstanceUID', '')}"
+    return url
+
+
+def warning(request: Request, text: str) -> str:
+    """A Warning header value (RFC 7234 5.5, PS3.18 8.3.4): code 299, the service's base URI, the text."""
+    return f"299 {root_url(request)}: {text}"
+
+
 def _qido(level: Level) -> Any:
     async def endpoint(request: Request) -> Response:
+        """QIDO-RS (PS3.18 10.6): the matches as one application/dicom+json array, with a Content-Length
+        (Table 10.6.3-2); a Warning when results remain past ``limit`` or fuzzy matching was asked for."""
         context = ctx(request)
         fixed = uids(request)
+        params = list(request.query_params.multi_items())
+        fuzzy = [value.lower() for name, value in params if name == "fuzzymatching"]
+        if any(value not in ("true", "false") for value in fuzzy):
+            raise HttpError(400, "invalid_fuzzymatching", "fuzzymatching must be true or false (PS3.18 8.3.4.2)")
         started = time.perf_counter()
         audit.record_query(request, f"QIDO-RS {level.value}", level=level.value)
-        matches = search(context.archive, level, list(request.query_params.multi_items()), fixed)
-        first = await anext(aiter(matches), None)  # errors surface before the 200 goes out
-        context.metrics.query_answered("qido", time.perf_counter() - started)
-
-        async def body() -> AsyncIterator[str]:
-            if first is None:
-                yield "[]"
-                return
-            yield "[" + json.dumps(to_json(first))
+        root = root_url(request)
+        matches = cast(
+            AsyncGenerator[Dataset, None],  # search is an async generator: closed if we stop early
+            search(context.archive, level, params, fixed, defaults=qido_defaults(level, fixed), one_more=True),
+        )
+        wanted = page_size(params)
+        texts: list[str] = []
+        more = False
+        async with aclosing(matches):
             async for match in matches:
-                yield "," + json.dumps(to_json(match))
-            yield "]"
-
-        return StreamingResponse(aiter_text(body()), media_type=DICOM_JSON)
+                if len(texts) == wanted:
+                    more = True
+                    break
+                match[_RETRIEVE_URL] = DataElement(_RETRIEVE_URL, "UR", retrieve_url(root, match, level))
+                texts.append(json.dumps(to_json(match)))
+        context.metrics.query_answered("qido", time.perf_counter() - started)
+        headers: list[str] = []
+        if "true" in fuzzy:
+            headers.append(warning(request, FUZZY_WARNING))
+        if more:
+            headers.append(warning(request, MORE_WARNING))
+        response = Response("[" + ",".join(texts) + "]", media_type=DICOM_JSON)
+        for value in headers:
+            response.headers.append("Warning", value)
+        return response
 
     return endpoint
 
@@ -158,7 +220,7 @@ def _transcoded_part(item: StoredInstance, target_ts: str, pool: RenderPool, lim
 
 async def retrieve(request: Request) -> Response:
     """WADO-RS Retrieve Study/Series/Instance (PS3.18 §10.4): stored files, or transcoded per Accept (§8.7.3)."""
-    ranges = parse_accept(request.headers.get("accept", ""))
+    ranges = parse_accept(accepted(request))
     if ranges and not any(r.media_type in (DICOM, ANY, "application/*", "") for r in ranges):
         raise HttpError(
             406,
@@ -195,129 +257,84 @@ async def retrieve(request: Request) -> Response:
         parts = [OutPart(parts[0].content_type, produce=lambda: data, label=parts[0].label)]
     elif any(part.produce is not None for part in parts):
         pool.check("transcoding")  # 503 now rather than a response that stalls part-way
-    return await multipart_response(parts, new_boundary(), DICOM)
+    return await multipart_response(parts, new_boundary(), DICOM, functools.partial(warning, request))
 
 
 async def metadata(request: Request) -> Response:
+    """WADO-RS Retrieve Metadata (PS3.18 §10.4.1.1.2) in application/dicom+json: the Default media type
+    (Table 10.4.4-1), which Table 8.7.3-1 says is returned when none of the acceptable ones is supported
+    (we make no PS3.19 XML), so any Accept gets it."""
     found = await _instances(request)
     texts = await ctx(request).metadata.get([item.sop_instance_uid for item in found])
     body = ("[" + ",".join(texts) + "]").replace('"' + BULK_PREFIX, '"' + root_url(request))
     return Response(body, media_type=DICOM_JSON)
 
 
-def _frame_numbers(raw: str) -> list[int]:
-    fields = raw.split(",")
-    if not all(ascii_digits(part) for part in fields):
-        raise HttpError(400, "invalid_frames", f"frame numbers must be a comma-separated list, not {raw[:40]!r}")
-    numbers = [int(part) for part in fields]
-    if not numbers or len(numbers) > 10000:
-        raise HttpError(400, "invalid_frames", "give between 1 and 10000 frame numbers")
-    return numbers
-
-
 async def frames(request: Request) -> Response:
     """WADO-RS Retrieve Frames (PS3.18 §10.4): as stored or decompressed, per Accept (§8.7.3.3 Bulkdata)."""
-    numbers = _frame_numbers(request.path_params["frames"])
+    numbers = frame_numbers(request.path_params["frames"])
     item = (await _instances(request))[0]
-    choice = frame_choice(parse_accept(request.headers.get("accept", "")), item.transfer_syntax_uid)
-    if choice is None:
-        raise HttpError(
-            406,
-            "not_acceptable",
-            f"the frames of this instance are stored in transfer syntax "
-            f"{item.transfer_syntax_uid}, which no media type in the Accept header allows; ask for "
-            f"{frame_choices_text(item.transfer_syntax_uid)}",
-        )
-    try:
-        chunks = await ctx(request).renders.run(
-            functools.partial(
-                _frames, item, numbers, decode=choice.decode, limits=ctx(request).archive.settings.dataset_limits
-            ),
-            what="decoding",
-        )
-    except NoSuchFrame as exc:
-        raise HttpError(404, "no_such_frame", str(exc)) from None
-    except TranscodeError as exc:
-        raise HttpError(
-            406,
-            "cannot_decompress",
-            f"{exc}; ask for the frames as stored: {frame_choices_text(item.transfer_syntax_uid)}",
-        ) from None
-    boundary = new_boundary()
-    return Response(
-        multipart_octets(chunks, boundary, choice.content_type),
-        media_type=f'multipart/related; type="{choice.media_type}"; boundary={boundary}',
-    )
-
-
-def _frames(item: StoredInstance, numbers: list[int], *, decode: bool, limits: DatasetLimits) -> list[bytes]:
-    """Frames of a stored instance: native ones, and encapsulated ones asked for as stored, by ranged
-    reads of just those bytes (the header read first: one GET of its start on S3; for encapsulated
-    ones the item headers too, PS3.5 A.4), others from a whole-file read (core/transcode.py)."""
-    indexed = transfer_syntax(item.transfer_syntax_uid)  # which header walk; each checks the file's own
-    ranges: list[tuple[int, int]] | None = None
-    fragments: list[list[tuple[int, int]]] | None = None
-    if indexed is None or not indexed.encapsulated:
-        with item.open() as fh:
-            ranges = native_frame_ranges(fh, numbers, limits)
-    elif not decode:
-        with item.open() as fh:
-            fragments = encapsulated_frame_ranges(fh, numbers, limits)
-    if ranges is not None:
-        return [b"".join(item.blobs.open_range(item.blob_key, start, end)) for start, end in ranges]
-    if fragments is not None:
-        return [
-            b"".join(chunk for start, end in parts for chunk in item.blobs.open_range(item.blob_key, start, end))
-            for parts in fragments
-        ]
-    return on_file(item, pixel_frames, numbers, decode=decode, limits=limits)
-
-
-def _bulk(item: StoredInstance, tag: int, limits: DatasetLimits) -> bytes:
-    with item.local_file() as path:
-        ds = read_stored(path, limits)
-    if tag not in ds:
-        raise HttpError(404, "no_such_bulkdata", f"the instance has no attribute {tag:08X}")
-    value = ds[tag].value
-    return bytes(value) if isinstance(value, (bytes, bytearray)) else str(value).encode()
+    return await frames_response(request, item, numbers, whole=False)
 
 
 async def bulkdata(request: Request) -> Response:
+    """WADO-RS Retrieve Bulkdata (PS3.18 §10.4.1.1.5): a BulkDataURI of the metadata (web/bulkdata.py)."""
     raw = request.path_params["tag"]
-    try:
-        tag = int(raw, 16)
-    except ValueError:
-        raise HttpError(400, "invalid_tag", f"{raw[:20]!r} is not a tag (8 hex digits)") from None
+    parse_path(raw)  # 400 before looking anything up
     item = (await _instances(request))[0]
-    data = await ctx(request).renders.run(
-        _bulk, item, tag, ctx(request).archive.settings.dataset_limits, what="reading"
-    )
-    boundary = new_boundary()
-    return Response(
-        multipart_octets([data], boundary, "application/octet-stream"),
-        media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}',
-    )
+    return await bulkdata_response(request, item, raw)
+
+
+#: PS3.18 §8.3.5.1.1 annotation keywords (none of them is drawn: each one asked for gets the Warning)
+ANNOTATIONS: Final = frozenset({"patient", "technique"})
+
+
+def _annotation_warning(request: Request) -> str | None:
+    """``annotation`` (PS3.18 §8.3.5.1.1): 400 unless a list of keywords; we burn in none, so the ones
+    asked for are named in a Warning, as unsupported values must be."""
+    raw = request.query_params.get("annotation")
+    if raw is None:
+        return None
+    values = [v.strip() for v in raw.split(",")]
+    if not all(values) or any(v not in ANNOTATIONS for v in values):
+        raise HttpError(400, "invalid_annotation", "annotation must be a list of the keywords patient and technique")
+    return warning(request, f"The following annotation values are not supported: {','.join(values)}")
 
 
 async def _render(request: Request, thumbnail: bool, frame: int = 1) -> Response:
+    """PS3.18 §10.4.1.1.3 rendered and thumbnail resources, with the parameters of Table 8.3.5-1."""
+    params = request.query_params
+    # §8.3.3.1: the accept parameter, where a link cannot set the Accept header
+    options = RenderOptions(
+        mime=choose_format(accepted(request)),
+        window=parse_window(params.get("window")),
+        viewport=parse_viewport(params.get("viewport"), thumbnail=thumbnail),
+        quality=parse_quality(params.get("quality")),
+        thumbnail=thumbnail,
+    )
+    note = _annotation_warning(request)
     found = await _instances(request)
     item = found[len(found) // 2]  # a representative instance for study/series level
-    mime = choose_format(request.headers.get("accept", ""))
-    window = parse_window(request.query_params.get("window"))
     data = await ctx(request).renders.run(
-        on_file, item, render, frame, mime, window, thumbnail, ctx(request).archive.settings.dataset_limits
+        on_file, item, render, frame, options, ctx(request).archive.settings.dataset_limits
     )
-    return Response(data, media_type=mime)
+    response = Response(data, media_type=options.mime)
+    if note:
+        response.headers["Warning"] = note
+    return response
 
 
 async def rendered(request: Request) -> Response:
     frame = request.path_params.get("frames")
-    number = _frame_numbers(frame)[0] if frame else 1
+    number = frame_numbers(frame)[0] if frame else 1
     return await _render(request, False, number)
 
 
 async def thumbnail(request: Request) -> Response:
-    return await _render(request, True)
+    """Study, Series, Instance and Frame Thumbnail (PS3.18 §10.4.1.1.4: supporting one means supporting
+    all four); for frames, the first one listed."""
+    frame = request.path_params.get("frames")
+    return await _render(request, True, frame_numbers(frame)[0] if frame else 1)
 
 
 # ------------------------------------------------------------------ WADO-URI (PS3.18 §9)
@@ -334,14 +351,16 @@ async def wado_uri(request: Request) -> Response:
     }
     for keyword, value in keys.items():
         validate_uid(keyword, value)
+    content_type = _wado_uri_content_type(params.get("contentType", ""))
+    _wado_uri_checks(params, content_type)
     found = [i for i in await select_instances(ctx(request).archive, "IMAGE", keys) if not i.problem]
     if found:
         audit.record(request, Action.VIEWED, study_uid=found[0].study_instance_uid, detail="WADO-URI")
     if not found:
         raise HttpError(404, "not_found", f"SOP Instance {keys['SOPInstanceUID']} is not in the archive")
-    content_type = params.get("contentType", "image/jpeg").split(",")[0].strip()
     if content_type == "application/dicom":
-        wanted, stored = params.get("transferSyntax", ""), found[0].transfer_syntax_uid
+        stored = found[0].transfer_syntax_uid
+        wanted = params.get("transferSyntax", "") or server_choice(stored)  # PS3.18 §8.7.3: no Implicit VR
         if wanted and wanted != stored:  # WADO-URI transferSyntax parameter: transcode, never compress
             if wanted != EXPLICIT_VR_LITTLE_ENDIAN or not can_transcode(stored, wanted):
                 raise HttpError(
@@ -373,25 +392,86 @@ async def wado_uri(request: Request) -> Response:
                 f"the file of SOP Instance {keys['SOPInstanceUID']} is missing from "
                 "storage (it is indexed); see the server log",
             ) from None
-    if content_type not in ("image/jpeg", "image/png"):
-        raise HttpError(406, "not_acceptable", "contentType must be application/dicom, image/jpeg or image/png")
+    options = _wado_uri_options(params, content_type)
     frame = params.get("frameNumber", "1")
-    if not ascii_digits(frame):
-        raise HttpError(400, "invalid_frames", "frameNumber must be a positive number")
-    window = None
-    if params.get("windowCenter") and params.get("windowWidth"):
-        window = parse_window(f"{params['windowCenter']},{params['windowWidth']}")
-    data = await ctx(request).renders.run(
-        on_file,
-        found[0],
-        render,
-        int(frame),
-        content_type,
-        window,
-        False,
-        ctx(request).archive.settings.dataset_limits,
-    )
+    if not ascii_digits(frame) or int(frame) < 1:
+        raise HttpError(400, "invalid_frames", "frameNumber must be a whole number from 1")
+    try:
+        data = await ctx(request).renders.run(
+            on_file, found[0], render, int(frame), options, ctx(request).archive.settings.dataset_limits
+        )
+    except HttpError as exc:  # PS3.18 §9.5.2.1: a frameNumber past the last frame is a 400 here
+        if exc.code != "no_such_frame":
+            raise
+        raise HttpError(400, "invalid_frames", exc.message) from None
     return Response(data, media_type=content_type)
+
+
+_UID_SYNTAX: Final = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def _wado_uri_checks(params: Any, content_type: str) -> None:
+    """PS3.18 §9.4.2.3: anonymize is "yes" or a 400 (and "yes" a refusal: we do not de-identify on the
+    fly); §9.4.2.4: transferSyntax is a valid UID (an unsupported one is a 406 later); §9.5.1.2.6: no
+    windowing parameters with contentType=application/dicom."""
+    anonymize = params.getlist("anonymize")
+    if anonymize and anonymize != ["yes"]:
+        raise HttpError(400, "invalid_anonymize", 'anonymize takes the one value "yes"')
+    if anonymize:
+        raise HttpError(
+            400,
+            "anonymize_not_supported",
+            "WADO-URI anonymize=yes is not supported: nothing is sent; de-identify the study with "
+            "POST /api/studies/{uid}/anonymize and retrieve the copy",
+        )
+    syntaxes = params.getlist("transferSyntax")
+    if syntaxes and (len(syntaxes) != 1 or len(syntaxes[0]) > 64 or not _UID_SYNTAX.match(syntaxes[0])):
+        raise HttpError(400, "invalid_transfer_syntax", "transferSyntax must be one Transfer Syntax UID")
+    if content_type == DICOM and ("windowCenter" in params or "windowWidth" in params):
+        raise HttpError(
+            400,
+            "invalid_window",
+            "windowCenter and windowWidth render an image: not with contentType=application/dicom",
+        )
+
+
+def _wado_uri_content_type(raw: str) -> str:
+    """``contentType`` (PS3.18 §9, the Accept Query Parameter of §8.3.3.1 under another name): the preferred
+    of application/dicom and the rendered formats, by q-value; absent, a wildcard or none of those:
+    image/jpeg, the Default (§8.3.3.1: the default media type when none acceptable is supported)."""
+    for r in parse_accept(raw):
+        if r.media_type == DICOM or r.media_type in FORMATS:
+            return r.media_type
+        if r.media_type in ("image/*", "*/*", ""):
+            break
+    return DEFAULT_FORMAT
+
+
+def _wado_uri_options(params: Any, content_type: str) -> RenderOptions:
+    """WADO-URI rendering parameters (PS3.18 §9): rows and columns (the most of each, aspect kept),
+    region (x1,y1,x2,y2 as fractions of the image), windowCenter with windowWidth, imageQuality."""
+    center, width = params.get("windowCenter"), params.get("windowWidth")
+    if (center is None) != (width is None):
+        raise HttpError(400, "invalid_window", "windowCenter and windowWidth go together: give both or neither")
+    window = parse_window(f"{center},{width}") if center is not None else None
+    sides = {name: parse_side(params[name], name) for name in ("rows", "columns") if params.get(name)}
+    region = None
+    if params.get("region") is not None:
+        try:
+            x1, y1, x2, y2 = (float(v) for v in params["region"].split(","))
+        except ValueError:
+            raise HttpError(400, "invalid_region", "region must be x1,y1,x2,y2 (fractions from 0.0 to 1.0)") from None
+        if not (0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1):
+            raise HttpError(
+                400, "invalid_region", "region must be x1,y1,x2,y2 with 0 <= x1 < x2 <= 1, 0 <= y1 < y2 <= 1"
+            )
+        region = (x1, y1, x2, y2)
+    viewport = None
+    if sides or region:
+        viewport = Viewport(sides.get("columns") or None, sides.get("rows") or None, region=region)
+    return RenderOptions(
+        mime=content_type, window=window, viewport=viewport, quality=parse_quality(params.get("imageQuality"))
+    )
 
 
 def _read_file(item: StoredInstance) -> Iterator[bytes]:
@@ -399,13 +479,6 @@ def _read_file(item: StoredInstance) -> Iterator[bytes]:
     with item.open() as fh:
         while chunk := fh.read(256 * 1024):
             yield chunk
-
-
-def on_file(item: StoredInstance, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-    """``fn(path, *args, **kwargs)`` with ``path`` a local file of the stored instance (the stored file
-    itself on the filesystem store, a temporary copy on S3). Blocking: run it in the render pool."""
-    with item.local_file() as path:
-        return fn(path, *args, **kwargs)
 
 
 # ------------------------------------------------------------------ STOW-RS (PS3.18 §10.5)
@@ -456,6 +529,14 @@ async def store(request: Request) -> Response:
         raise HttpError(
             415, "unsupported_media_type", 'STOW-RS needs a multipart/related; type="application/dicom" body'
         )
+    declared = parse_accept(content_type)[0].media_type  # the "type" parameter (RFC 2387); "" when absent
+    if declared not in ("", DICOM):
+        raise HttpError(
+            415,
+            "unsupported_media_type",
+            f'this server stores instances sent as multipart/related; type="application/dicom" (PS3.18 10.5), '
+            f"not as {declared[:60]!r} metadata and bulk data: send the Part 10 files; nothing was stored",
+        )
     boundary = boundary_of(content_type)
     intake = Intake(context.archive, _stow_screen(target))
     settings = context.settings
@@ -463,7 +544,10 @@ async def store(request: Request) -> Response:
         await receive_multipart(request, intake, boundary, settings.max_upload_bytes, settings.max_upload_parts)
     except OutOfResources as exc:
         raise insufficient_storage(exc, 0, 1) from None
+    if not intake.received:  # PS3.18 10.5.1.4: the payload shall contain one or more representations
+        raise HttpError(400, "bad_multipart", "the multipart body has no part: there was nothing to store")
     root = root_url(request)
+    studies: set[str] = set()
     stored: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     origin = Origin("stow", peer_host=request.client.host if request.client else "")
@@ -491,17 +575,28 @@ async def store(request: Request) -> Response:
                 f"/instances/{outcome.sop_instance_uid}"
             )
             stored.append(_item(class_uid, outcome.sop_instance_uid, t00081190={"vr": "UR", "Value": [url]}))
+            studies.add(outcome.study_instance_uid)
     finally:
         await intake.discard()  # what was not ingested (after a 507, or a cancelled request)
-    response: dict[str, Any] = {}
-    if target:
-        response["00081190"] = {"vr": "UR", "Value": [f"{root}/studies/{target}"]}
+    # PS3.18 Table I.1-1: Retrieve URL (0008,1190) is Type 2, the study's URL; empty when the instances
+    # stored belong to no single study (none stored, or several studies through /studies)
+    study = target or (next(iter(studies)) if len(studies) == 1 else "")
+    response: dict[str, Any] = {
+        "00081190": {"vr": "UR", "Value": [f"{root}/studies/{study}"]} if study else {"vr": "UR"}
+    }
     if failed:
         response["00081198"] = {"vr": "SQ", "Value": failed}
     if stored:
         response["00081199"] = {"vr": "SQ", "Value": stored}
     status = 200 if not failed else 202 if stored else 409
-    return JSONResponse(response, status_code=status, media_type=DICOM_JSON)
+    headers: dict[str, str] = {}
+    if failed:  # PS3.18 10.5.3.2: a Warning with a DICOM status and a reason is recommended
+        reasons = sorted({item["00081197"]["Value"][0] for item in failed})
+        text = ", ".join(f"{reason:04X}" for reason in reasons)
+        headers["Warning"] = warning(
+            request, f"{len(failed)} of {len(parts)} instances were not stored (Failure Reason {text})"
+        )
+    return JSONResponse(response, status_code=status, media_type=DICOM_JSON, headers=headers)
 
 
 def routes() -> list[BaseRoute]:
@@ -545,7 +640,17 @@ def routes() -> list[BaseRoute]:
         Endpoint(
             s + r + i + "/frames/{frames}/rendered", rendered, "GET", "read", "WADO-RS: frames " + rendered_summary
         ),
-        Endpoint(s + r + i + "/bulkdata/{tag}", bulkdata, "GET", "read", "WADO-RS: the bulk data of one attribute"),
+        Endpoint(
+            s + r + i + "/frames/{frames}/thumbnail",
+            thumbnail,
+            "GET",
+            "read",
+            "WADO-RS: a thumbnail of a frame",
+            name="thumbnail",
+        ),
+        Endpoint(
+            s + r + i + "/bulkdata/{tag:path}", bulkdata, "GET", "read", "WADO-RS: the bulk data of one attribute"
+        ),
     ]
 
 

@@ -17,11 +17,12 @@ import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Match, Mount
 
 from minipacs.config import Settings
 from minipacs.core import errors as core
@@ -159,7 +160,29 @@ async def starlette_error(request: Request, exc: Exception) -> Response:
         raise exc
     code = HTTP_CODES.get(exc.status_code, "http_error")
     message = "there is nothing at this URL" if exc.status_code == 404 else str(exc.detail)
-    return error_response(exc.status_code, code, message)
+    if exc.status_code != 405:
+        return error_response(exc.status_code, code, message)
+    # RFC 9110 §15.5.6: a 405 says which methods the resource has (Allow), all of them, not the first route's
+    scope = request.scope  # as the app received it: routing has moved root_path on under mounts since
+    fresh = {"type": "http", "method": "GET", "path": scope["path"], "root_path": scope.get("app_root_path", "")}
+    allowed = ", ".join(sorted(_allowed(request.app.routes, fresh)))
+    response = error_response(405, code, f"{request.method[:20]} is not a method of this URL; it answers {allowed}")
+    response.headers["Allow"] = allowed
+    return response
+
+
+def _allowed(routes: list[BaseRoute], scope: dict[str, Any]) -> set[str]:
+    """The methods of every route (under mounts too) whose path matches ``scope``; HEAD goes with GET."""
+    found: set[str] = set()
+    for route in routes:
+        match, child = route.matches(scope)
+        if match is Match.NONE:
+            continue
+        if isinstance(route, Mount):
+            found |= _allowed(list(route.routes), {**scope, **child})
+        else:
+            found |= set(getattr(route, "methods", None) or ())
+    return found
 
 
 def exception_handlers() -> dict[type[Exception], Handler]:

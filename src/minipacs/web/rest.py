@@ -317,7 +317,7 @@ def _whole_number(request: Request, name: str, default: int, low: int, high: int
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= high:
+    if not ascii_digits(raw) or not low <= int(raw) <= high:
         raise HttpError(400, f"invalid_{name}", f"{name} must be a whole number from {low} to {high}, not {raw[:20]!r}")
     return int(raw)
 

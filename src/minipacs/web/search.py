@@ -15,12 +15,14 @@ import pydicom
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.valuerep import PersonName
 
 from minipacs.core.archive import Archive
 from minipacs.core.errors import InvalidQuery
 from minipacs.core.labels import parse_labels
 from minipacs.core.query import prepare_query, run_query
+from minipacs.core.query_model import COMPUTED_KEYS, CONSTANT_KEYS, INDEXED_KEYS
 from minipacs.dicom.levels import PATIENT_ROOT, STUDY_ROOT, Level
 from minipacs.web.errors import HttpError
 
@@ -67,8 +69,18 @@ DEFAULT_KEYS: Final[Mapping[Level, tuple[str, ...]]] = {
         "NumberOfFrames",
     ),
 }
+#: PS3.18 Table 10.6.3-3 and 10.6.3-5: Instance Availability (0008,0056) "shall be present if known"; the engine
+#: knows it (every stored instance is ONLINE, core/query_model.py CONSTANT_KEYS). QIDO-RS adds it to the defaults.
+QIDO_EXTRA_KEYS: Final[Mapping[Level, tuple[str, ...]]] = {
+    Level.PATIENT: (),
+    Level.STUDY: ("InstanceAvailability",),
+    Level.SERIES: (),
+    Level.IMAGE: ("InstanceAvailability",),
+}
 #: Parameters that are not attribute keys (PS3.18 Table 8.3.4-1), and ours: ``labels`` (core/labels.py).
-CONTROL_PARAMS: Final = frozenset({"limit", "offset", "includefield", "fuzzymatching", "level", LABELS_PARAM})
+CONTROL_PARAMS: Final = frozenset(
+    {"limit", "offset", "includefield", "fuzzymatching", "level", "accept", "charset", LABELS_PARAM}
+)
 #: Multi-valued keys whose JSON object gets ``"Value": []`` when empty, instead of no "Value" member (PS3.18
 #: F.2.5 allows either reading: no Value is "zero length"). The OHIF viewer that ``minipacs ohif install`` pins
 #: (3.x, ``getModalities``) reads ``ModalitiesInStudy.Value.length`` without a check, and one study without a
@@ -77,6 +89,43 @@ EMPTY_AS_LIST: Final = frozenset({"00080061"})
 MAX_LIMIT: Final = 10000
 _TAG: Final = re.compile(r"^[0-9A-Fa-f]{8}$")
 _QR_LEVEL: Final = 0x00080052
+
+
+def _key_levels() -> dict[str, Level]:
+    """Keyword -> the level the query engine holds it at (indexed and computed keys); other keys are unknown."""
+    levels = {keyword: key.level for keyword, key in INDEXED_KEYS.items()}
+    levels.update({keyword: key.level for keyword, key in COMPUTED_KEYS.items()})
+    return levels
+
+
+#: The level of each key the engine knows (core/query_model.py): for ``includefield`` (PS3.18 10.6.3.3).
+KEY_LEVELS: Final[Mapping[str, Level]] = _key_levels()
+_DEPTH: Final = {level: depth for depth, level in enumerate(Level)}
+
+
+def qido_defaults(level: Level, fixed: Mapping[str, str]) -> tuple[str, ...]:
+    """The attributes a QIDO-RS resource returns for each match (PS3.18 10.6.3.3): its level's (Tables
+    10.6.3-3..5); for All Series and All Instances the Study's too, for All Instances and Study's
+    Instances the Series' too (the levels the URL does not already fix). Not the counts and lists the
+    engine computes for a higher level (NumberOfStudyRelatedSeries, ModalitiesInStudy at the series
+    level): it computes those at their own level only, and an empty one would read as a wrong value."""
+    upper: list[str] = []
+    if level is Level.IMAGE and "SeriesInstanceUID" not in fixed:
+        upper += DEFAULT_KEYS[Level.SERIES]
+    if level in (Level.SERIES, Level.IMAGE) and "StudyInstanceUID" not in fixed:
+        upper += DEFAULT_KEYS[Level.STUDY]
+    keys = [*DEFAULT_KEYS[level], *QIDO_EXTRA_KEYS[level], *(k for k in upper if k not in COMPUTED_KEYS)]
+    return tuple(dict.fromkeys(keys))
+
+
+def all_keys(level: Level) -> tuple[str, ...]:
+    """``includefield=all`` (PS3.18 8.3.4.3): every attribute the engine holds at ``level`` (at the study
+    level the patient's too: the Study Root model), the keys it computes at ``level`` and the constant
+    ones. Not the patient's counts at the study level: the engine computes those at their own level only."""
+    levels = {level, Level.PATIENT} if level is Level.STUDY else {level}
+    keys = [keyword for keyword, key in INDEXED_KEYS.items() if key.level in levels]
+    keys += [keyword for keyword, computed in COMPUTED_KEYS.items() if computed.level is level]
+    return tuple(keys) + tuple(CONSTANT_KEYS)
 
 
 def tag_of(name: str) -> int:
@@ -97,11 +146,28 @@ def tag_of(name: str) -> int:
     )
 
 
+#: Most attribute ids in one dotted path (PS3.18 8.3.4.1 attribute = attribute-id *("." attribute-id))
+MAX_PATH: Final = 4
+
+
+def path_of(name: str) -> list[int]:
+    """``Keyword``, ``ggggeeee`` or a dotted path of them into sequences (PS3.18 8.3.4.1) -> tags; 400 otherwise."""
+    parts = name.split(".")
+    if len(parts) > MAX_PATH:
+        raise HttpError(400, "unknown_attribute", f"{name[:64]!r} nests deeper than {MAX_PATH} attributes")
+    return [tag_of(part) for part in parts]
+
+
+#: Most digits a number parameter may have: any count, offset or frame number fits in 18 (< 2**63), and
+#: ``int()`` refuses strings over 4300 digits with a ValueError, which answered 500 where 400 is meant.
+MAX_DIGITS: Final = 18
+
+
 def ascii_digits(raw: str) -> bool:
-    """True for a whole number written in ASCII digits 0-9 only. ``str.isdigit`` and ``int()`` also take
-    other scripts' digits (``"١٠"`` is 10 to both), superscripts, "+", "_" and spaces: a parameter is
-    ASCII digits (RFC 3986 §2.3 unreserved DIGIT) or it is not a number."""
-    return bool(raw) and raw.isascii() and raw.isdigit()
+    """True for a whole number written in ASCII digits 0-9 only, at most :data:`MAX_DIGITS` of them.
+    ``str.isdigit`` and ``int()`` also take other scripts' digits (``"١٠"`` is 10 to both), superscripts,
+    "+", "_" and spaces: a parameter is ASCII digits (RFC 3986 §2.3 unreserved DIGIT) or it is not a number."""
+    return 0 < len(raw) <= MAX_DIGITS and raw.isascii() and raw.isdigit()
 
 
 def _int_param(params: Mapping[str, str], name: str, default: int, maximum: int) -> int:
@@ -113,42 +179,83 @@ def _int_param(params: Mapping[str, str], name: str, default: int, maximum: int)
     return int(raw)
 
 
-def identifier(level: Level, params: Iterable[tuple[str, str]], fixed: Mapping[str, str]) -> Dataset:
-    """The identifier for a search at ``level``: default keys, ``includefield`` keys, matching keys."""
+def page_size(params: Iterable[tuple[str, str]]) -> int:
+    """The most matches one answer carries: ``limit`` (PS3.18 8.3.4.4), at most :data:`MAX_LIMIT` (the
+    origin server's maxResults; a larger limit is no error: 8.3.4.4.1 answers min(limit, maxResults))."""
+    return min(_int_param(dict(params), "limit", MAX_LIMIT, 10**9), MAX_LIMIT)
+
+
+def identifier(
+    level: Level,
+    params: Iterable[tuple[str, str]],
+    fixed: Mapping[str, str],
+    defaults: Sequence[str] | None = None,
+) -> Dataset:
+    """The identifier for a search at ``level``: default keys (``defaults``, else :data:`DEFAULT_KEYS`),
+    ``includefield`` keys, matching keys.
+
+    PS3.18 8.3.4.1: a UID List Matching value is a comma-separated list of UIDs; C-FIND's separator
+    is the backslash, so commas in a UI value become backslashes (a UID has no comma of its own).
+    ``includefield``: an attribute of a level below ``level`` is not returned (PS3.18 10.6.3.3.1-2);
+    ``all`` adds :func:`all_keys`."""
     ds = Dataset()
 
-    def put(tag: int, value: str) -> None:
+    def put(path: Sequence[int], value: str, *, keep: bool = False) -> None:
+        """Set the key ``path`` names (PS3.18 8.3.4.1 attribute: sequence.attribute... as PS3.4 C.2.2.2.6
+        Sequence Matching: one item holding the nested keys); ``keep``: leave a key already there."""
+        node = ds
+        for tag in path[:-1]:
+            if dictionary_VR(tag) != "SQ":
+                raise HttpError(
+                    400, "invalid_attribute", f"{keyword_for_tag(tag)} is not a sequence: nothing can be nested in it"
+                )
+            if tag not in node or not node[tag].value:
+                node[tag] = DataElement(tag, "SQ", DicomSequence([Dataset()]))
+            node = node[tag].value[0]
+        tag = path[-1]
+        if keep and tag in node:
+            return
         vr = dictionary_VR(tag)
         if vr == "SQ":
-            raise HttpError(
-                400, "unsupported_attribute", f"searching by the sequence {keyword_for_tag(tag)} is not supported"
-            )
+            if value:
+                raise HttpError(
+                    400,
+                    "invalid_key_value",
+                    f"the sequence {keyword_for_tag(tag)} is matched by its items' attributes "
+                    f"({keyword_for_tag(tag)}.Keyword=value, PS3.18 8.3.4.1), not by a value of its own",
+                )
+            if tag not in node:
+                node[tag] = DataElement(tag, "SQ", DicomSequence())
+            return
+        if vr == "UI":
+            value = value.replace(",", "\\")
         if len(value) > 1024:
             raise HttpError(400, "invalid_key_value", f"the value for {keyword_for_tag(tag)} is too long")
         try:
-            ds[tag] = DataElement(tag, vr, value or None, validation_mode=pydicom.config.IGNORE)
+            node[tag] = DataElement(tag, vr, value or None, validation_mode=pydicom.config.IGNORE)
         except ValueError:  # an IS or DS query value that is no number ("SeriesNumber=1A")
             raise HttpError(
                 400, "invalid_key_value", f"{value[:40]!r} is not a valid {vr} value for {keyword_for_tag(tag)}"
             ) from None
 
-    for keyword in DEFAULT_KEYS[level]:
-        put(tag_of(keyword), "")
+    for keyword in DEFAULT_KEYS[level] if defaults is None else defaults:
+        put([tag_of(keyword)], "")
     for name, value in params:
         if name in CONTROL_PARAMS and name != "includefield":
             continue
         if name == "includefield":
             for field in value.split(","):
                 field = field.strip()
-                if field and field != "all":
-                    tag = tag_of(field)
-                    if tag not in ds:
-                        put(tag, "")
+                for wanted in all_keys(level) if field == "all" else (field,) if field else ():
+                    path = path_of(wanted)
+                    below = KEY_LEVELS.get(keyword_for_tag(path[0]))
+                    if below is None or _DEPTH[below] <= _DEPTH[level]:
+                        put(path, "", keep=True)
             continue
-        put(tag_of(name), value)
+        put(path_of(name), value)
     for keyword, value in fixed.items():
-        put(tag_of(keyword), value)
-    put(_QR_LEVEL, level.value)
+        put([tag_of(keyword)], value)
+    put([_QR_LEVEL], level.value)
     return ds
 
 
@@ -171,24 +278,28 @@ async def search(
     params: list[tuple[str, str]],
     fixed: Mapping[str, str] | None = None,
     absent: Sequence[str] = (),
+    defaults: Sequence[str] | None = None,
+    one_more: bool = False,
 ) -> AsyncIterator[Dataset]:
-    """Matches of a search, after ``offset``, at most ``limit`` (PS3.18 §8.3.4.4).
+    """Matches of a search, after ``offset``, at most ``limit`` (PS3.18 §8.3.4.4); with ``one_more``,
+    one more than ``limit`` when there is one (so the caller knows results remain).
 
     ``absent``: computed keys matches must have no value for (see ``prepare_query``), e.g. the
     REST API's ``complete=false``: studies without a Study Status ID. ``labels=a,b``: studies
-    carrying both labels (core/labels.py; several ``labels`` parameters add up)."""
+    carrying both labels (core/labels.py; several ``labels`` parameters add up). ``defaults``: the
+    keys every match returns (:func:`identifier`)."""
     query = dict(params)
     labels = parse_labels(",".join(v for k, v in params if k == LABELS_PARAM))
     if labels and level is not Level.STUDY:  # the engine could (rule filters do); searches keep it simple
         raise InvalidQuery(f"labels are put on studies: search at the study level to filter by them, not {level.value}")
-    limit = _int_param(query, "limit", MAX_LIMIT, MAX_LIMIT)
+    limit = page_size(params)
     offset = _int_param(query, "offset", 0, 10**9)
-    ds = identifier(level, params, fixed or {})
+    ds = identifier(level, params, fixed or {}, defaults)
     model = PATIENT_ROOT if level is Level.PATIENT else STUDY_ROOT
     prepared = prepare_query(ds, model, level=level, relational=True, absent=absent, labels=labels)
     seen = 0
     # run_query is an async generator: close it if the consumer stops early
-    matches = cast(AsyncGenerator[Dataset, None], run_query(archive, prepared, limit=offset + limit))
+    matches = cast(AsyncGenerator[Dataset, None], run_query(archive, prepared, limit=offset + limit + one_more))
     async with aclosing(matches):
         async for match in matches:
             seen += 1
@@ -201,9 +312,15 @@ async def search(
 __all__ = [
     "CONTROL_PARAMS",
     "DEFAULT_KEYS",
+    "KEY_LEVELS",
+    "QIDO_EXTRA_KEYS",
+    "all_keys",
+    "qido_defaults",
     "LABELS_PARAM",
     "ascii_digits",
     "identifier",
+    "page_size",
+    "path_of",
     "search",
     "tag_of",
     "to_json",

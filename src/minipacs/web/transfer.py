@@ -367,12 +367,16 @@ def _sized(parts: Sequence[OutPart]) -> list[OutPart]:
     return out
 
 
-async def multipart_response(parts: Sequence[OutPart], boundary: str, part_type: str) -> StreamingResponse:
+async def multipart_response(
+    parts: Sequence[OutPart], boundary: str, part_type: str, warn: Callable[[str], str] | None = None
+) -> StreamingResponse:
     """A streamed ``multipart/related; type=part_type`` response of ``parts``.
 
     When every part is a file its size is known, so the response carries a Content-Length
     (clients see progress; the server sends the file bytes without re-chunking them).
-    Files that are gone are left out (logged); HttpError 404 when that leaves nothing.
+    Files that are gone are left out (logged); HttpError 404 when that leaves nothing, else
+    206 Partial Content (PS3.18 Table 10.4.3-1: "representations for some, but not all, of the
+    Target Resources") with a Warning, ``warn(text)`` giving its value (none without ``warn``).
     """
     sized = await asyncio.to_thread(_sized, parts)
     if parts and not sized:
@@ -383,12 +387,19 @@ async def multipart_response(parts: Sequence[OutPart], boundary: str, part_type:
             "missing from storage; see the server log",
         )
     headers: dict[str, str] = {}
+    status = 200
+    if len(sized) < len(parts):
+        status = 206
+        if warn is not None:
+            missing = len(parts) - len(sized)
+            headers["warning"] = warn(f"{missing} of the {len(parts)} instances are missing from storage and left out")
     exact = all(part.size >= 0 for part in sized)
     if exact:
         length = sum(len(_part_head(boundary, p.content_type)) + p.size + 2 for p in sized) + len(_closing(boundary))
         headers["content-length"] = str(length)
     return StreamingResponse(
         read_blocks(_BodyReader(sized, boundary, exact), BLOCK),
+        status_code=status,
         headers=headers,
         media_type=f'multipart/related; type="{part_type}"; boundary={boundary}',
     )
