@@ -89,6 +89,16 @@ IOD_CHOICE: Final[dict[int, str]] = {0x00081110: "U*"}
 #: PS3.3 C.7.1.3: Clinical Trial Protocol Ethics Committee Name (D) is 1C, present only with the
 #: Approval Number (X): (attribute, the one it needs).
 REMOVED_WITH: Final[tuple[tuple[int, int], ...]] = ((0x00120081, 0x00120082),)
+#: Code sequences whose D is a dummy code, not the original items: their Code Value and Code Meaning
+#: (which the table does not name) ARE the identity, e.g. the hospital's name as the Code Meaning of
+#: Institution Code Sequence, an employee number of Person Identification Code Sequence. PS3.15 E.1.1
+#: D: "a non-zero length value that may be a dummy value"; the item is a PS3.3 Table 8.8-1 Code
+#: Sequence Macro with a private coding scheme (PS3.16 8.2: "99" prefix).
+DUMMY_CODE_SEQUENCES: Final = frozenset({0x00080082, 0x00401101})
+DUMMY_CODE: Final = ("ANONYMIZED", "99MINIPACS", "Removed by de-identification")
+#: PS3.3 C.9.2 Overlay Plane: Overlay Data (60xx,3000) is Type 1, so once the profile removes it (X)
+#: the rest of that overlay group is removed with it (an overlay without its bits is not an overlay).
+OVERLAY_DATA: Final = 0x3000
 DUMMY_TEXT: Final = PLACEHOLDER_TEXT
 #: PS3.5 Table 6.2-1: a dummy value of each VR (D), never empty (dicom/vr.py).
 DUMMY: Final = PLACEHOLDER_VALUES
@@ -322,6 +332,8 @@ def _apply(ds: Dataset, ctx: _Context) -> None:
         elif elem.VR == "SQ":
             if action == "Z":
                 elem.value = Sequence()
+            elif action == "D" and tag in DUMMY_CODE_SEQUENCES:
+                elem.value = Sequence([_dummy_code()])
             else:  # K, D, C, U, U*: the items stay, each de-identified in turn
                 for item in elem.value or []:
                     _apply(item, ctx)
@@ -341,6 +353,22 @@ def _apply(ds: Dataset, ctx: _Context) -> None:
     for dependent, needed in REMOVED_WITH:
         if dependent in ds and needed not in ds:
             del ds[dependent]
+    _remove_bare_overlays(ds)
+
+
+def _dummy_code() -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = DUMMY_CODE
+    return item
+
+
+def _remove_bare_overlays(ds: Dataset) -> None:
+    """Every (60xx) overlay group left without its Overlay Data goes (PS3.3 C.9.2, Type 1)."""
+    groups = {t.group for t in ds.keys() if 0x6000 <= t.group <= 0x601E and not t.group & 1}
+    for group in groups:
+        if (group << 16 | OVERLAY_DATA) not in ds:
+            for tag in [t for t in ds.keys() if t.group == group]:
+                del ds[tag]
 
 
 def _clean_all(ds: Dataset, ctx: _Context) -> None:
@@ -400,6 +428,7 @@ def deidentify(ds: Dataset, options: frozenset[str], pseudonyms: Pseudonyms, map
 
 __all__ = [
     "DUMMY",
+    "DUMMY_CODE_SEQUENCES",
     "EXCLUSIVE",
     "InvalidDeidOptions",
     "Mapping",
