@@ -13,7 +13,8 @@ General Purpose profile allows (Explicit VR Little Endian, STD-GEN-CD/USB; a com
 STD-GEN-*-JPEG/J2K profiles); only each file's header is read, so a 1,000-instance study costs
 one header read per file, not a copy. A file stored in a syntax that NO such profile allows
 (Implicit VR Little Endian, Explicit VR Big Endian, Deflated) is re-encoded, losslessly, into
-Explicit VR Little Endian as it is written (:data:`MEDIA_SYNTAX`), and its record says so. A directory record needs a few Type 1 keys
+Explicit VR Little Endian as it is written (:data:`MEDIA_SYNTAX`), and its record says so.
+A directory record needs a few Type 1 keys
 (Study Date, Study Time, Study ID, Series Number, Instance Number, Patient ID) that
 some files lack: the record then carries a stand-in (see ``_STAND_INS``), the file is
 left as it is. An instance that still cannot be recorded (a Type 1 key of its leaf record
