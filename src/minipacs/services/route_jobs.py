@@ -6,8 +6,9 @@ Each attempt brings the delivery receipts up to date: delivered instances become
 "retrying" (with the reason) when the queue will try again, "failed" when it will not. A retry sends
 only what is not yet "sent". What an attempt delivered is written to its receipts every few seconds
 while it runs and when it is stopped (a clean stop, a cancel), so a later attempt does not send it
-again (after a kill, at most the last few seconds' worth). Which failures are retried: no association or connection (the peer is
-down), an association that broke off, an HTTP 5xx; a peer that refuses an instance is not.
+again (after a kill, at most the last few seconds' worth). Which failures are retried: no association
+or connection (the peer is down), an association that broke off, an HTTP 5xx; a peer that refuses an
+instance is not.
 """
 
 from __future__ import annotations
