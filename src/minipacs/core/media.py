@@ -34,6 +34,7 @@ from typing import BinaryIO, Final
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
 from minipacs.core.archive import Archive
 from minipacs.core.dicomdir import Directory
@@ -236,7 +237,7 @@ def build_media(instances: Iterable[StoredInstance], what: str = "Export") -> Me
             ds = _header(item)
             opener = item.open
             if _needs_reencoding(str(ds.file_meta.get("TransferSyntaxUID", ""))):
-                ds.file_meta.TransferSyntaxUID = MEDIA_SYNTAX  # what the record says the file is in
+                ds.file_meta.TransferSyntaxUID = UID(MEDIA_SYNTAX)  # what the record says the file is in
                 opener = _reencoded(item)
             file_id = ids.next(ds)
             directory.add(ds, file_id)
