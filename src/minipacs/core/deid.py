@@ -5,7 +5,8 @@ module only says what each action does to an element of each VR:
 
 - **X** remove; **Z** empty (Patient's Name: the pseudonym, which Z allows: "a dummy value
   consistent with the VR"); **D** a dummy value (Patient ID: the pseudonym); **U** a UID mapped
-  with the keyed HMAC (:class:`Pseudonyms`); **K** keep; **C** clean: dates shifted by the
+  with the keyed HMAC (:class:`Pseudonyms`) but for the standard's own (:data:`DICOM_ROOT`);
+  **K** keep; **C** clean: dates shifted by the
   patient's keyed offset (Retain Longitudinal Temporal Information, Modified Dates), text with
   every identifying word of this dataset blanked out (Clean Descriptors, Device Identity...).
 - The combined actions (X/Z, Z/D, X/D, X/Z/D, X/Z/U*) are resolved to the choice that keeps
@@ -96,6 +97,15 @@ REMOVED_WITH: Final[tuple[tuple[int, int], ...]] = ((0x00120081, 0x00120082),)
 #: Sequence Macro with a private coding scheme (PS3.16 8.2: "99" prefix).
 DUMMY_CODE_SEQUENCES: Final = frozenset({0x00080082, 0x00401101})
 DUMMY_CODE: Final = ("ANONYMIZED", "99MINIPACS", "Removed by de-identification")
+#: The DICOM root (PS3.5 9.1): UIDs under it are the standard's well-known ones (PS3.6 Annex A), e.g.
+#: the UTC Synchronization Frame of Reference (1.2.840.10008.15.1.1), the Talairach Frame of Reference,
+#: the standard color palettes' SOP Instance UIDs. They identify nobody and mean something only as they
+#: are, so U keeps them (the standard is silent; docs/ANONYMIZATION.md says so).
+DICOM_ROOT: Final = "1.2.840.10008."
+#: VRs of bytes: C (Clean Graphics on Overlay Data (60xx,3000) and Curve Data (50xx,xxxx), Clean
+#: Descriptors on Maker Note (0016,002B)) cannot look into them for text, so they are removed as the
+#: basic profile does (docs/ANONYMIZATION.md): a kept, uncleaned bitmap would not be "cleaned".
+BINARY_VRS: Final = frozenset({"OB", "OW", "OD", "OF", "OL", "OV", "UN", "OB or OW"})
 #: PS3.3 C.9.2 Overlay Plane: Overlay Data (60xx,3000) is Type 1, so once the profile removes it (X)
 #: the rest of that overlay group is removed with it (an overlay without its bits is not an overlay).
 OVERLAY_DATA: Final = 0x3000
@@ -292,6 +302,9 @@ def _dummy(elem: DataElement, ctx: _Context) -> None:
 def _uid(elem: DataElement, ctx: _Context) -> None:
     mapped = []
     for value in _values(elem):
+        if str(value).startswith(DICOM_ROOT):
+            mapped.append(value)  # a well-known UID of PS3.6 Annex A names no one: kept
+            continue
         new = ctx.pseudonyms.uid(str(value))
         ctx.mapping.add("uid", str(value), new)
         mapped.append(new)
@@ -349,7 +362,10 @@ def _apply(ds: Dataset, ctx: _Context) -> None:
         elif action in ("U", "U*"):
             _uid(elem, ctx) if elem.VR == "UI" else _dummy(elem, ctx)
         elif action == "C":
-            _clean(elem, ctx)
+            if elem.VR in BINARY_VRS:
+                del ds[tag]  # a bitmap (overlay, curve data) cannot be cleaned of burned-in text: removed
+            else:
+                _clean(elem, ctx)
     for dependent, needed in REMOVED_WITH:
         if dependent in ds and needed not in ds:
             del ds[dependent]
@@ -427,6 +443,7 @@ def deidentify(ds: Dataset, options: frozenset[str], pseudonyms: Pseudonyms, map
 
 
 __all__ = [
+    "BINARY_VRS",
     "DUMMY",
     "DUMMY_CODE_SEQUENCES",
     "EXCLUSIVE",
