@@ -131,9 +131,7 @@ def test_label_put_on_after_the_plan_still_protects(with_archive: Callable[..., 
     with_archive(body, fsync=False)
 
 
-def test_a_study_with_a_delivery_still_waiting_is_not_deleted(
-    with_archive: Callable[..., Any], tmp_path: Path
-) -> None:
+def test_a_study_with_a_delivery_still_waiting_is_not_deleted(with_archive: Callable[..., Any], tmp_path: Path) -> None:
     """A forward-then-purge node: the destination is down, the route job retries, the quota (or the
     age) rule must not delete what has not reached the destination yet; once the delivery is sent
     (or its job given up), the study goes."""
@@ -160,8 +158,9 @@ def test_a_study_with_a_delivery_still_waiting_is_not_deleted(
         assert planned.spared == {"age": 1, "quota": 1}
         rule = rules[0]
         candidate = retention.Candidate(waiting, rule.name, "test", 0, None, NOW - dt.timedelta(days=10))
+        guard = retention._guard(candidate, rule)
         with pytest.raises(Spared, match="1 routing delivery"):  # waiting at the last moment too
-            await delete_resource(archive, "study", waiting, reason=rule.reason, guard=retention._guard(candidate, rule))
+            await delete_resource(archive, "study", waiting, reason=rule.reason, guard=guard)
         result = await retention.run(archive, rules)
         assert [c.study for c in result.deleted] == [plain] and await studies(archive) == {waiting}
         await routing.record_outcomes(archive, job.id, [sops[1]], {}, retrying=False)  # delivered at last

@@ -265,9 +265,7 @@ def undelivered(conn: IndexConnection, study: str) -> int:
     """Deliveries of ``study`` still waiting to be sent by a live job (queued or retrying)."""
     rows = routing_repo.study_deliveries(conn, study, MAX_RECEIPTS_READ)
     return sum(
-        1
-        for r in rows
-        if r["status"] in _WAITING and r["job_state"] is not None and r["job_state"] not in _ENDED_JOBS
+        1 for r in rows if r["status"] in _WAITING and r["job_state"] is not None and r["job_state"] not in _ENDED_JOBS
     )
 
 
@@ -295,6 +293,14 @@ async def plan(
     left = storage
     chosen: dict[str, Candidate] = {}
     spared: dict[str, int] = {}
+    waiting: dict[str, bool] = {}
+
+    async def delivering(study: str) -> bool:
+        """Whether a routing delivery of ``study`` still waits (read once per plan)."""
+        if study not in waiting:
+            waiting[study] = await archive.read(functools.partial(undelivered, study=study)) > 0
+        return waiting[study]
+
     for rule in rules:
         only = await _matching(archive, rule)
         facts = await archive.read(
@@ -302,13 +308,6 @@ async def plan(
         )
         facts = [f for f in facts if f.study_instance_uid not in chosen]
         protected = {f.study_instance_uid for f in facts if f.protected}
-        waiting: dict[str, bool] = {}
-
-        async def delivering(study: str) -> bool:
-            if study not in waiting:
-                waiting[study] = await archive.read(functools.partial(undelivered, study=study)) > 0
-            return waiting[study]
-
         spared_here: set[str] = set()
         for f in sorted(facts, key=lambda f: _age_key(f, rule.by)):
             why = _expired(f, rule, now)
@@ -357,7 +356,7 @@ class RunResult:
     def summary(self) -> str:
         said = f"retention deleted {len(self.deleted)} study(ies), {self.freed_bytes:,} bytes"
         if self.spared:
-            said += f"; {len(self.spared)} spared at the last moment (labelled, received meanwhile or a delivery waiting)"
+            said += f"; {len(self.spared)} spared at the last moment (labelled, received meanwhile, delivery waiting)"
         if self.plan.limited:
             said += "; more are due: the next run goes on"
         return said
