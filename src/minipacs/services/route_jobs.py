@@ -14,6 +14,7 @@ instance is not.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from typing import Any, Final
 
@@ -34,6 +35,8 @@ from minipacs.services.outbound import (
 )
 from minipacs.services.status import MOVE, describe
 from minipacs.services.stow_scu import StowError, stow
+
+log = logging.getLogger("minipacs.routing")
 
 #: Failures listed per job in its JSON (the counts are complete).
 MAX_LISTED: Final = 100
@@ -77,7 +80,11 @@ async def _keep_receipts(archive: Any, job_id: int, sent: list[str], note: str) 
         await asyncio.sleep(RECEIPTS_SECONDS)
         upto = len(sent)
         if upto > written:
-            await routing.record_outcomes(archive, job_id, sent[written:upto], {}, retrying=True, note=note)
+            try:
+                await routing.record_outcomes(archive, job_id, sent[written:upto], {}, retrying=True, note=note)
+            except Exception:  # noqa: BLE001 - a bad moment of the index: the attempt's end writes them all
+                log.warning("routing: job %s: the receipts of what it sent could not be written yet", job_id)
+                continue
             written = upto
 
 
