@@ -143,6 +143,17 @@ def test_nothing_to_export_exits_2(tmp_path: Path, args: list[str]) -> None:
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("flag", ["--patient", "--study", "--series"])
+def test_an_empty_value_is_a_usage_error_not_a_traceback(
+    tmp_path: Path, flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--patient "" (a patient without a Patient ID) names nothing: PS3.4 C.4.2.2.1 needs the Unique Key."""
+    data, _, _ = _study(tmp_path)
+    assert main(["export", "--data", data, flag, "", "--dicomdir", str(tmp_path / "x")]) == 2
+    assert "Unique Key" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
     data, study, _ = _study(tmp_path)
     (tmp_path / "full").mkdir()

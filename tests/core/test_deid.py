@@ -12,6 +12,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from minipacs.core.deid import (
+    BINARY_VRS,
+    DUMMY_CODE_SEQUENCES,
     RESOLVED,
     InvalidDeidOptions,
     Mapping,
@@ -123,6 +125,8 @@ def test_every_attribute_of_the_table_gets_its_action(options: frozenset[str]) -
         assert action in ("X", "Z", "K", "D", "U", "U*", "C"), row
         if tag in (0x00120081,) and 0x00120082 not in ds:
             assert tag not in ds, row  # REMOVED_WITH: 1C on an attribute the profile removed
+        elif 0x6000 <= tag >> 16 <= 0x601E and (tag >> 16 << 16 | 0x3000) not in ds:
+            assert tag not in ds, row  # the overlay went with its Overlay Data (PS3.3 C.9.2)
         elif tag >> 16 in (0x0000, 0x0002):
             assert tag not in ds, row  # command and file meta elements: the file meta is written anew
         elif tag in (0x00100010, 0x00100020):
@@ -143,13 +147,15 @@ def test_every_attribute_of_the_table_gets_its_action(options: frozenset[str]) -
                 assert ds[tag].value == pseudo.uid(before.value), row
             else:
                 assert len(ds[tag].value) == 1, row
+        elif action == "C" and before.VR in BINARY_VRS:
+            assert tag not in ds, row  # bytes cannot be cleaned (overlay/curve data, Maker Note): removed
         elif action == "C":
             assert tag in ds, row
             if before.VR in ("DA", "DT"):
                 assert ds[tag].value != before.value and ds[tag].value[:4].isdigit(), row
         else:  # pragma: no cover - the table test above keeps this out
             raise AssertionError(f"unknown action {action} for {row}")
-        if before.VR == "SQ" and tag in ds and len(ds[tag].value):
+        if before.VR == "SQ" and tag in ds and len(ds[tag].value) and tag not in DUMMY_CODE_SEQUENCES:
             item = ds[tag].value[0]  # nested: the same table applies inside
             assert "PersonName" in item and item.PersonName != "NESTED^SECRETPERSON", row
             nested_uid = "1.2.826.0.1.3680043.10.1.777"
@@ -188,6 +194,82 @@ def test_no_identifying_value_is_left_in_the_output_bytes() -> None:
     assert b"19710203" not in data
     # UIDs: every test UID (all U, or in the make_ct study/series/instance) is replaced
     assert b"1.2.826.0.1.3680043.10.1." not in data
+
+
+def _code(value: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "99HOSP", meaning
+    return item
+
+
+def test_identifying_code_sequences_get_a_dummy_code_not_the_original_items() -> None:
+    """PS3.15 E.1.1 D on Institution Code Sequence / Person Identification Code Sequence: a dummy
+    value; their Code Meaning is the hospital's or the person's name, which the table does not name."""
+
+    def study() -> Dataset:
+        ds = make_ct("1.9.1", "1.9.2", "1.9.3")
+        ds.InstitutionCodeSequence = Sequence([_code("MGH", "SECRET General Hospital")])
+        operator = Dataset()
+        operator.PersonIdentificationCodeSequence = Sequence([_code("EMP123", "SECRETOPERATOR Jones")])
+        ds.OperatorIdentificationSequence = Sequence([operator])
+        return ds
+
+    out = deidentify(study(), frozenset(), Pseudonyms(KEY), Mapping())
+    data = _encoded(out)
+    assert b"SECRET" not in data and b"EMP123" not in data and b"MGH" not in data
+    (code,) = out.InstitutionCodeSequence  # D: non-zero length, a Code Sequence Macro item
+    assert code.CodingSchemeDesignator.startswith("99") and code.CodeValue and code.CodeMeaning
+    assert len(out.OperatorIdentificationSequence[0].PersonIdentificationCodeSequence) == 1
+    kept = deidentify(study(), frozenset({"retain-institution-identity"}), Pseudonyms(KEY), Mapping())
+    assert kept.InstitutionCodeSequence[0].CodeValue == "MGH"
+
+
+def test_an_overlay_whose_data_is_removed_goes_whole() -> None:
+    """PS3.3 C.9.2: Overlay Data (60xx,3000) is Type 1; the profile removes it (X), so an overlay
+    group left with its rows, columns and origin would fail the IOD (dciodvfy: missing OverlayData)."""
+
+    def overlaid() -> Dataset:
+        ds = make_ct("1.9.4", "1.9.5", "1.9.6")
+        for group in (0x6000, 0x6002):
+            ds.add_new(group << 16 | 0x0010, "US", 2)
+            ds.add_new(group << 16 | 0x0011, "US", 8)
+            ds.add_new(group << 16 | 0x0040, "CS", "G")
+            ds.add_new(group << 16 | 0x0050, "SS", [1, 1])
+            ds.add_new(group << 16 | 0x0100, "US", 1)
+            ds.add_new(group << 16 | 0x0102, "US", 0)
+            ds.add_new(group << 16 | 0x3000, "OW", b"\xff\x00")
+        return ds
+
+    out = deidentify(overlaid(), frozenset(), Pseudonyms(KEY), Mapping())
+    assert not [t for t in out.keys() if 0x6000 <= t.group <= 0x601E]
+    # Clean Graphics (C) cannot look into the overlay bitmap for burned-in text: still removed
+    graphics = deidentify(overlaid(), frozenset({"clean-graphics"}), Pseudonyms(KEY), Mapping())
+    assert not [t for t in graphics.keys() if 0x6000 <= t.group <= 0x601E]
+    kept = overlaid()
+    kept.add_new(0x60004000, "LT", "drawn by Dr SECRET")
+    out = deidentify(kept, frozenset(), Pseudonyms(KEY), Mapping())
+    assert b"SECRET" not in _encoded(out)
+
+
+def test_well_known_uids_of_the_standard_are_kept_and_references_follow_their_target() -> None:
+    """U (PS3.15 E.1.1) replaces instance UIDs; a PS3.6 Annex A well-known UID (the UTC Synchronization
+    Frame of Reference, PS3.3 C.7.4.2) names no one and means something only as it is."""
+    utc = "1.2.840.10008.15.1.1"
+    pseudo = Pseudonyms(KEY)
+    image = make_ct("1.10.1", "1.10.2", "1.10.3")
+    image.SynchronizationFrameOfReferenceUID = utc
+    image.FrameOfReferenceUID = "1.10.4"
+    report = make_ct("1.10.1", "1.10.5", "1.10.6", SOPClassUID="1.2.840.10008.5.1.4.1.1.88.22")
+    ref = Dataset()
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = image.SOPClassUID, image.SOPInstanceUID
+    report.ReferencedImageSequence = Sequence([ref])
+    out_image = deidentify(image, frozenset(), pseudo, Mapping())
+    out_report = deidentify(report, frozenset(), pseudo, Mapping())
+    assert out_image.SynchronizationFrameOfReferenceUID == utc
+    assert out_image.FrameOfReferenceUID == pseudo.uid("1.10.4")
+    assert out_report.ReferencedImageSequence[0].ReferencedSOPInstanceUID == out_image.SOPInstanceUID
+    assert out_report.ReferencedImageSequence[0].ReferencedSOPClassUID == out_image.SOPClassUID
+    assert out_report.StudyInstanceUID == out_image.StudyInstanceUID != "1.10.1"
 
 
 def test_pseudonyms_are_consistent_and_keyed() -> None:

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    generate_uid,
+)
 
 from minipacs.blobs.filesystem import FilesystemBlobStore
 from minipacs.core.media import MediaError, build_media, write_media
@@ -74,3 +80,38 @@ def test_type1_keys_a_file_lacks_get_stand_ins_in_the_record_only(tmp_path: Path
     records = pydicom.dcmread(io.BytesIO(media.dicomdir)).DirectoryRecordSequence
     assert records[0].PatientID == "UNKNOWN" and records[1].StudyID == "1" and records[3].InstanceNumber == 1
     assert pydicom.dcmread(path).PatientID == ""  # the file is not touched
+
+
+@pytest.mark.parametrize(
+    ("flag", "syntax"),
+    [("+ti", ImplicitVRLittleEndian), ("+tb", ExplicitVRBigEndian), ("+td", DeflatedExplicitVRLittleEndian)],
+)
+def test_a_file_in_a_syntax_no_media_profile_allows_is_written_explicit_little(
+    tmp_path: Path, flag: str, syntax: str
+) -> None:
+    """PS3.11 Annex D (STD-GEN-CD/USB): Explicit VR Little Endian; the JPEG/J2K profiles add only
+    compressed syntaxes. A file stored Implicit VR / Big Endian / Deflated is re-encoded on the media,
+    and its IMAGE record says so; DCMTK's profile check (dcmmkdir -Pgp) accepts the File-set."""
+    source = pydicom.dcmread(write_ct(tmp_path / "src" / "a.dcm"))
+    stored = tmp_path / "src" / "b.dcm"
+    subprocess.run(["/usr/bin/dcmconv", flag, str(tmp_path / "src" / "a.dcm"), str(stored)], check=True)
+    assert pydicom.dcmread(stored).file_meta.TransferSyntaxUID == syntax
+    (tmp_path / "src" / "a.dcm").unlink()
+    out = tmp_path / "out"
+    write_media(build_media([_item(stored)]), out)
+    (record,) = [r for r in pydicom.dcmread(out / "DICOMDIR").DirectoryRecordSequence if "ReferencedFileID" in r]
+    assert record.ReferencedTransferSyntaxUIDInFile == ExplicitVRLittleEndian
+    on_media = pydicom.dcmread(out.joinpath(*record.ReferencedFileID))
+    assert on_media.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert on_media.SOPInstanceUID == source.SOPInstanceUID and on_media.PixelData == source.PixelData
+    check = subprocess.run(
+        ["/usr/bin/dcmmkdir", "-w", "-Pgp", "+r", "+p", "I0*", "+id", str(out)], capture_output=True, text=True
+    )
+    assert check.returncode == 0 and "E:" not in check.stderr, check.stderr
+
+
+def test_a_file_in_explicit_little_or_compressed_goes_on_the_media_byte_for_byte(tmp_path: Path) -> None:
+    path = write_ct(tmp_path / "src" / "a.dcm")
+    out = tmp_path / "out"
+    write_media(build_media([_item(path)]), out)
+    assert (out / "DICOM/P0000001/S0000001/SE000001/I0000001").read_bytes() == path.read_bytes()

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from minipacs.core import labels, retention
+from minipacs.core import labels, retention, routing
 from minipacs.core.archive import Archive
 from minipacs.core.changes import read_changes
 from minipacs.core.delete import Spared, delete_resource
-from minipacs.core.jobs import JobQueue, JobSettings, JobState
+from minipacs.core.jobs import JobContext, JobQueue, JobSettings, JobState
 from minipacs.core.model import Origin
 from minipacs.core.retention import InvalidRetentionRule, RetentionRule, rule_from_mapping
 from minipacs.index import stats_repo
@@ -127,6 +127,45 @@ def test_label_put_on_after_the_plan_still_protects(with_archive: Callable[..., 
         with pytest.raises(Spared, match="received instances after the plan"):
             await delete_resource(archive, "study", study, reason=rule.reason, guard=retention._guard(candidate, rule))
         assert await studies(archive) == {study}
+
+    with_archive(body, fsync=False)
+
+
+def test_a_study_with_a_delivery_still_waiting_is_not_deleted(with_archive: Callable[..., Any], tmp_path: Path) -> None:
+    """A forward-then-purge node: the destination is down, the route job retries, the quota (or the
+    age) rule must not delete what has not reached the destination yet; once the delivery is sent
+    (or its job given up), the study goes."""
+
+    async def body(archive: Archive) -> None:
+        waiting = await store(archive, tmp_path, count=2)
+        plain = await store(archive, tmp_path)
+        for study in (waiting, plain):
+            await arrived(archive, study, 10)
+        queue = JobQueue(archive)
+
+        async def later(job: JobContext) -> str:  # pragma: no cover - the queue is not started
+            return ""
+
+        queue.register(routing.ROUTE, later)
+        job = await queue.submit(routing.ROUTE, "rule to-pacs: 2 instances", {}, total=2)
+        sops = [f"{waiting}.1.{i}" for i in range(2)]
+        rows = [routing.receipt_row(job.id, "to-pacs", "C-STORE", "PACS", waiting, f"{waiting}.1", s) for s in sops]
+        await routing.add_receipts(archive, rows)
+        await routing.record_outcomes(archive, job.id, [sops[0]], {sops[1]: "PACS is down"}, retrying=True)
+        rules = [RetentionRule("age", older_than_days=1), RetentionRule("quota", max_storage_bytes=0)]
+        planned = await retention.plan(archive, rules)
+        assert [c.study for c in planned.candidates] == [plain]
+        assert planned.spared == {"age": 1, "quota": 1}
+        rule = rules[0]
+        candidate = retention.Candidate(waiting, rule.name, "test", 0, None, NOW - dt.timedelta(days=10))
+        guard = retention._guard(candidate, rule)
+        with pytest.raises(Spared, match="1 routing delivery"):  # waiting at the last moment too
+            await delete_resource(archive, "study", waiting, reason=rule.reason, guard=guard)
+        result = await retention.run(archive, rules)
+        assert [c.study for c in result.deleted] == [plain] and await studies(archive) == {waiting}
+        await routing.record_outcomes(archive, job.id, [sops[1]], {}, retrying=False)  # delivered at last
+        result = await retention.run(archive, rules)
+        assert [c.study for c in result.deleted] == [waiting] and await studies(archive) == set()
 
     with_archive(body, fsync=False)
 

@@ -88,7 +88,7 @@ def _write_zip(entries: list[tuple[str, Callable[[], BinaryIO] | bytes]], out: P
 def run(args: argparse.Namespace, settings: Settings | None) -> int:
     if settings is None:  # pragma: no cover - NEEDS_SETTINGS
         return EXIT_USAGE
-    name = next(flag for flag in _LEVELS if getattr(args, flag))
+    name = next(flag for flag in _LEVELS if getattr(args, flag) is not None)
     level, key = _LEVELS[name]
     try:
         return asyncio.run(_export(settings, level, key, getattr(args, name), args))

@@ -81,6 +81,10 @@ class CompressionSyntax:
     section: str
     bits_allocated: frozenset[int]
     photometric: frozenset[str]
+    #: pydicom's encoding plugin, named: left to choose, pydicom takes python-gdcm first for RLE, and
+    #: GDCM's RLE encoder aborts the whole process (std::terminate, no Python exception) on some odd
+    #: sizes, e.g. pydicom's SC_rgb_small_odd.dcm: a compression job took ``minipacs serve`` down.
+    plugin: str
 
 
 _MONO_RGB: Final = frozenset({"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB"})
@@ -91,9 +95,13 @@ _MONO_RGB: Final = frozenset({"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RG
 SYNTAXES: Final[Mapping[str, CompressionSyntax]] = {
     s.name: s
     for s in (
-        CompressionSyntax("jpeg-ls-lossless", JPEG_LS_LOSSLESS, "PS3.5 A.4.3", frozenset({8, 16}), _MONO_RGB),
-        CompressionSyntax("jpeg2000-lossless", JPEG_2000_LOSSLESS, "PS3.5 A.4.4", frozenset({8, 16}), _MONO_RGB),
-        CompressionSyntax("rle", RLE_LOSSLESS, "PS3.5 A.4.2", frozenset({8, 16}), _MONO_RGB),
+        CompressionSyntax(
+            "jpeg-ls-lossless", JPEG_LS_LOSSLESS, "PS3.5 A.4.3", frozenset({8, 16}), _MONO_RGB, "pyjpegls"
+        ),
+        CompressionSyntax(
+            "jpeg2000-lossless", JPEG_2000_LOSSLESS, "PS3.5 A.4.4", frozenset({8, 16}), _MONO_RGB, "pylibjpeg"
+        ),
+        CompressionSyntax("rle", RLE_LOSSLESS, "PS3.5 A.4.2", frozenset({8, 16}), _MONO_RGB, "pydicom"),
     )
 }
 #: When a policy runs: shortly after an instance is stored (in the background, never on the
@@ -236,7 +244,7 @@ def encode(path: Path, syntax: CompressionSyntax, limits: DatasetLimits = DEFAUL
         raise Skip("its pixel values use bits beyond Bits Stored; compressing would change them")
     before = len(ds.PixelData)
     try:
-        ds.compress(syntax.uid, original, generate_instance_uid=False)
+        ds.compress(syntax.uid, original, generate_instance_uid=False, encoding_plugin=syntax.plugin)
     except Exception as exc:  # noqa: BLE001 - an encoder refusing this image is a reason, not a crash
         raise Skip(f"the {syntax.name} encoder refused it: {type(exc).__name__}: {exc}") from None
     buffer = io.BytesIO()

@@ -5,7 +5,8 @@ module only says what each action does to an element of each VR:
 
 - **X** remove; **Z** empty (Patient's Name: the pseudonym, which Z allows: "a dummy value
   consistent with the VR"); **D** a dummy value (Patient ID: the pseudonym); **U** a UID mapped
-  with the keyed HMAC (:class:`Pseudonyms`); **K** keep; **C** clean: dates shifted by the
+  with the keyed HMAC (:class:`Pseudonyms`) but for the standard's own (:data:`DICOM_ROOT`);
+  **K** keep; **C** clean: dates shifted by the
   patient's keyed offset (Retain Longitudinal Temporal Information, Modified Dates), text with
   every identifying word of this dataset blanked out (Clean Descriptors, Device Identity...).
 - The combined actions (X/Z, Z/D, X/D, X/Z/D, X/Z/U*) are resolved to the choice that keeps
@@ -89,6 +90,25 @@ IOD_CHOICE: Final[dict[int, str]] = {0x00081110: "U*"}
 #: PS3.3 C.7.1.3: Clinical Trial Protocol Ethics Committee Name (D) is 1C, present only with the
 #: Approval Number (X): (attribute, the one it needs).
 REMOVED_WITH: Final[tuple[tuple[int, int], ...]] = ((0x00120081, 0x00120082),)
+#: Code sequences whose D is a dummy code, not the original items: their Code Value and Code Meaning
+#: (which the table does not name) ARE the identity, e.g. the hospital's name as the Code Meaning of
+#: Institution Code Sequence, an employee number of Person Identification Code Sequence. PS3.15 E.1.1
+#: D: "a non-zero length value that may be a dummy value"; the item is a PS3.3 Table 8.8-1 Code
+#: Sequence Macro with a private coding scheme (PS3.16 8.2: "99" prefix).
+DUMMY_CODE_SEQUENCES: Final = frozenset({0x00080082, 0x00401101})
+DUMMY_CODE: Final = ("ANONYMIZED", "99MINIPACS", "Removed by de-identification")
+#: The DICOM root (PS3.5 9.1): UIDs under it are the standard's well-known ones (PS3.6 Annex A), e.g.
+#: the UTC Synchronization Frame of Reference (1.2.840.10008.15.1.1), the Talairach Frame of Reference,
+#: the standard color palettes' SOP Instance UIDs. They identify nobody and mean something only as they
+#: are, so U keeps them (the standard is silent; docs/ANONYMIZATION.md says so).
+DICOM_ROOT: Final = "1.2.840.10008."
+#: VRs of bytes: C (Clean Graphics on Overlay Data (60xx,3000) and Curve Data (50xx,xxxx), Clean
+#: Descriptors on Maker Note (0016,002B)) cannot look into them for text, so they are removed as the
+#: basic profile does (docs/ANONYMIZATION.md): a kept, uncleaned bitmap would not be "cleaned".
+BINARY_VRS: Final = frozenset({"OB", "OW", "OD", "OF", "OL", "OV", "UN", "OB or OW"})
+#: PS3.3 C.9.2 Overlay Plane: Overlay Data (60xx,3000) is Type 1, so once the profile removes it (X)
+#: the rest of that overlay group is removed with it (an overlay without its bits is not an overlay).
+OVERLAY_DATA: Final = 0x3000
 DUMMY_TEXT: Final = PLACEHOLDER_TEXT
 #: PS3.5 Table 6.2-1: a dummy value of each VR (D), never empty (dicom/vr.py).
 DUMMY: Final = PLACEHOLDER_VALUES
@@ -282,6 +302,9 @@ def _dummy(elem: DataElement, ctx: _Context) -> None:
 def _uid(elem: DataElement, ctx: _Context) -> None:
     mapped = []
     for value in _values(elem):
+        if str(value).startswith(DICOM_ROOT):
+            mapped.append(value)  # a well-known UID of PS3.6 Annex A names no one: kept
+            continue
         new = ctx.pseudonyms.uid(str(value))
         ctx.mapping.add("uid", str(value), new)
         mapped.append(new)
@@ -322,6 +345,8 @@ def _apply(ds: Dataset, ctx: _Context) -> None:
         elif elem.VR == "SQ":
             if action == "Z":
                 elem.value = Sequence()
+            elif action == "D" and tag in DUMMY_CODE_SEQUENCES:
+                elem.value = Sequence([_dummy_code()])
             else:  # K, D, C, U, U*: the items stay, each de-identified in turn
                 for item in elem.value or []:
                     _apply(item, ctx)
@@ -337,10 +362,29 @@ def _apply(ds: Dataset, ctx: _Context) -> None:
         elif action in ("U", "U*"):
             _uid(elem, ctx) if elem.VR == "UI" else _dummy(elem, ctx)
         elif action == "C":
-            _clean(elem, ctx)
+            if elem.VR in BINARY_VRS:
+                del ds[tag]  # a bitmap (overlay, curve data) cannot be cleaned of burned-in text: removed
+            else:
+                _clean(elem, ctx)
     for dependent, needed in REMOVED_WITH:
         if dependent in ds and needed not in ds:
             del ds[dependent]
+    _remove_bare_overlays(ds)
+
+
+def _dummy_code() -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = DUMMY_CODE
+    return item
+
+
+def _remove_bare_overlays(ds: Dataset) -> None:
+    """Every (60xx) overlay group left without its Overlay Data goes (PS3.3 C.9.2, Type 1)."""
+    groups = {t.group for t in ds.keys() if 0x6000 <= t.group <= 0x601E and not t.group & 1}
+    for group in groups:
+        if (group << 16 | OVERLAY_DATA) not in ds:
+            for tag in [t for t in ds.keys() if t.group == group]:
+                del ds[tag]
 
 
 def _clean_all(ds: Dataset, ctx: _Context) -> None:
@@ -399,7 +443,9 @@ def deidentify(ds: Dataset, options: frozenset[str], pseudonyms: Pseudonyms, map
 
 
 __all__ = [
+    "BINARY_VRS",
     "DUMMY",
+    "DUMMY_CODE_SEQUENCES",
     "EXCLUSIVE",
     "InvalidDeidOptions",
     "Mapping",

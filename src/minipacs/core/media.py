@@ -8,9 +8,13 @@ STUDY and SERIES record per level and a leaf record per instance (IMAGE, SR DOCU
 PRESENTATION..., the keys of PS3.3 Annex F.5); a ``README`` in the root is the File-set
 Descriptor File (PS3.10 §8.6, (0004,1141)).
 
-The stored files go on the media as they are (their stored transfer syntax, no
-transcoding); only each file's header is read, so a 1,000-instance study costs
-one header read per file, not a copy. A directory record needs a few Type 1 keys
+The stored files go on the media as they are when their transfer syntax is one a PS3.11
+General Purpose profile allows (Explicit VR Little Endian, STD-GEN-CD/USB; a compressed one, the
+STD-GEN-*-JPEG/J2K profiles); only each file's header is read, so a 1,000-instance study costs
+one header read per file, not a copy. A file stored in a syntax that NO such profile allows
+(Implicit VR Little Endian, Explicit VR Big Endian, Deflated) is re-encoded, losslessly, into
+Explicit VR Little Endian as it is written (:data:`MEDIA_SYNTAX`), and its record says so.
+A directory record needs a few Type 1 keys
 (Study Date, Study Time, Study ID, Series Number, Instance Number, Patient ID) that
 some files lack: the record then carries a stand-in (see ``_STAND_INS``), the file is
 left as it is. An instance that still cannot be recorded (a Type 1 key of its leaf record
@@ -19,6 +23,7 @@ type missing, e.g. an SR without Completion Flag) is left off the media, and the
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import unicodedata
@@ -29,11 +34,14 @@ from typing import BinaryIO, Final
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
 from minipacs.core.archive import Archive
 from minipacs.core.dicomdir import Directory
 from minipacs.core.errors import ArchiveError
 from minipacs.core.retrieve import StoredInstance
+from minipacs.core.transcode import transcode_part10
+from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
 from minipacs.index.media_repo import SeriesLabel, series_labels
 
 log = logging.getLogger(__name__)
@@ -49,6 +57,9 @@ _STAND_INS: Final[Mapping[str, str | int]] = {
     "SeriesNumber": 1,
     "InstanceNumber": 1,
 }
+
+#: PS3.11 Annex D (STD-GEN-CD, STD-GEN-USB...): the one native transfer syntax on General Purpose media.
+MEDIA_SYNTAX: Final = EXPLICIT_VR_LITTLE_ENDIAN
 
 #: PS3.10 §8.6: the File-set ID (CS, at most 16 characters) and the descriptor file's ID.
 FILE_SET_ID: Final = "MINIPACS"
@@ -153,6 +164,23 @@ def _header(item: StoredInstance) -> Dataset:
     return ds
 
 
+def _needs_reencoding(syntax: str) -> bool:
+    """A native or deflated syntax other than :data:`MEDIA_SYNTAX`: no General Purpose profile allows it
+    (PS3.11 D.3.3 / the STD-GEN-*-JPEG/J2K profiles list only compressed syntaxes besides it)."""
+    known = transfer_syntax(syntax)
+    return syntax != MEDIA_SYNTAX and (known is None or not known.encapsulated)
+
+
+def _reencoded(item: StoredInstance) -> Callable[[], BinaryIO]:
+    """An opener of ``item`` re-encoded in :data:`MEDIA_SYNTAX` (done when the file is written)."""
+
+    def opener() -> BinaryIO:
+        with item.local_file() as path:
+            return io.BytesIO(transcode_part10(path, MEDIA_SYNTAX))
+
+    return opener
+
+
 def _readme(media: Media, count: int, what: str) -> bytes:
     lines = [
         "DICOM media made by minipacs",
@@ -207,13 +235,17 @@ def build_media(instances: Iterable[StoredInstance], what: str = "Export") -> Me
     for item in items:
         try:
             ds = _header(item)
+            opener = item.open
+            if _needs_reencoding(str(ds.file_meta.get("TransferSyntaxUID", ""))):
+                ds.file_meta.TransferSyntaxUID = UID(MEDIA_SYNTAX)  # what the record says the file is in
+                opener = _reencoded(item)
             file_id = ids.next(ds)
             directory.add(ds, file_id)
         except (ValueError, KeyError, AttributeError, OSError) as exc:  # no record type, a key missing, unreadable
             left_out.append((item.sop_instance_uid, str(exc)[:200]))
             log.warning("media: SOP Instance %s left out: %s", item.sop_instance_uid, exc)
             continue
-        files.append(("/".join(file_id), item.open))
+        files.append(("/".join(file_id), opener))
     if not files:
         raise MediaError(
             f"none of the {len(items)} instance(s) can be put on DICOM media"

@@ -12,6 +12,11 @@ which studies it may delete and when:
 - ``max_storage_bytes``: while the archive holds more than this (the sum of the stored instance
   files, as indexed), the oldest matching studies go first (oldest by ``by``; without a Study Date,
   by arrival), until it is under.
+- A study with a delivery still waiting (a routing receipt queued or retrying, core/routing.py) is
+  never deleted: it has not reached its destination yet, and deleting it would lose what a
+  forward-then-purge node was to forward (a destination down for a week, a quota rule on). It is
+  spared until the delivery is sent, or given up (failed, cancelled). Checked in the plan and again
+  in the deletion's transaction.
 - ``protect_label`` (default "keep"): a study carrying that label (core/labels.py) is never deleted
   by the rule. The label is checked again in the deletion's own transaction (core/delete.py
   ``guard``), so a label put on after the plan still protects; a study that received instances
@@ -47,7 +52,7 @@ from minipacs.core.jobs import JobContext, JobFailed, JobQueue, JobState
 from minipacs.core.labels import InvalidLabel, rule_labels, validate_label
 from minipacs.core.query import prepare_query, run_query
 from minipacs.dicom.levels import STUDY_ROOT, Level
-from minipacs.index import retention_repo, stats_repo
+from minipacs.index import retention_repo, routing_repo, stats_repo
 from minipacs.index.database import IndexConnection
 from minipacs.index.retention_repo import StudyFacts
 
@@ -248,6 +253,22 @@ def _expired(facts: StudyFacts, rule: RetentionRule, now: dt.datetime) -> str | 
     return f"last arrival {facts.last_arrival:%Y-%m-%d %H:%M} UTC is older than {rule.older_than_days:g} days"
 
 
+#: Routing receipts that still wait for their job (PS3.4 has no word for it: our delivery receipts).
+_WAITING: Final = frozenset({"queued", "retrying"})
+#: Job states after which a waiting receipt will never be sent by its job.
+_ENDED_JOBS: Final = frozenset({"cancelled", "failed"})
+#: Receipts of one study read to find the waiting ones (a study of 10,000 instances to 16 destinations).
+MAX_RECEIPTS_READ: Final = 200_000
+
+
+def undelivered(conn: IndexConnection, study: str) -> int:
+    """Deliveries of ``study`` still waiting to be sent by a live job (queued or retrying)."""
+    rows = routing_repo.study_deliveries(conn, study, MAX_RECEIPTS_READ)
+    return sum(
+        1 for r in rows if r["status"] in _WAITING and r["job_state"] is not None and r["job_state"] not in _ENDED_JOBS
+    )
+
+
 async def _matching(archive: Archive, rule: RetentionRule) -> list[str] | None:
     """Study Instance UIDs the rule's match and labels select; None: neither (every study)."""
     if not rule.match and not rule.labels:
@@ -272,6 +293,14 @@ async def plan(
     left = storage
     chosen: dict[str, Candidate] = {}
     spared: dict[str, int] = {}
+    waiting: dict[str, bool] = {}
+
+    async def delivering(study: str) -> bool:
+        """Whether a routing delivery of ``study`` still waits (read once per plan)."""
+        if study not in waiting:
+            waiting[study] = await archive.read(functools.partial(undelivered, study=study)) > 0
+        return waiting[study]
+
     for rule in rules:
         only = await _matching(archive, rule)
         facts = await archive.read(
@@ -284,7 +313,7 @@ async def plan(
             why = _expired(f, rule, now)
             if why is None:
                 continue
-            if f.study_instance_uid in protected:
+            if f.study_instance_uid in protected or await delivering(f.study_instance_uid):
                 spared_here.add(f.study_instance_uid)
                 continue
             chosen[f.study_instance_uid] = Candidate(
@@ -297,7 +326,7 @@ async def plan(
                     break
                 if f.study_instance_uid in chosen:
                     continue
-                if f.study_instance_uid in protected:
+                if f.study_instance_uid in protected or await delivering(f.study_instance_uid):
                     spared_here.add(f.study_instance_uid)
                     continue
                 why = f"storage {left:,} bytes is over the quota of {rule.max_storage_bytes:,}; oldest first"
@@ -327,7 +356,7 @@ class RunResult:
     def summary(self) -> str:
         said = f"retention deleted {len(self.deleted)} study(ies), {self.freed_bytes:,} bytes"
         if self.spared:
-            said += f"; {len(self.spared)} spared at the last moment (labelled or received meanwhile)"
+            said += f"; {len(self.spared)} spared at the last moment (labelled, received meanwhile, delivery waiting)"
         if self.plan.limited:
             said += "; more are due: the next run goes on"
         return said
@@ -343,6 +372,9 @@ def _guard(candidate: Candidate, rule: RetentionRule) -> Any:
             return f"study {candidate.study} carries the label {rule.protect_label!r} now"
         if arrival > candidate.last_arrival:
             return f"study {candidate.study} received instances after the plan"
+        count = undelivered(conn, candidate.study)
+        if count:
+            return f"study {candidate.study} has {count} routing delivery(ies) still waiting"
         return None
 
     return guard

@@ -96,19 +96,16 @@ def send_handler(outbound: Outbound, registry: NodeRegistry) -> Handler:
         for instance in found:
             if instance.problem:
                 _fail(job, instance.sop_instance_uid, instance.problem)
-        not_sent = 0
 
         def count(outcome: SendOutcome) -> None:
-            nonlocal not_sent
             if outcome.ok:
                 job.done += 1
             else:
-                not_sent += outcome.status is None  # broke off / no association: may pass
                 _fail(job, outcome.instance.sop_instance_uid, outcome.reason)
             job.message = f"sent {job.done} of {job.total} instance(s) to {node.label()}"
 
         try:
-            await outbound.send(node, usable, progress=count)
+            result = await outbound.send(node, usable, progress=count)
         except TooManyContexts as exc:
             raise JobFailed(
                 f"these instances need {exc.needed} presentation contexts and one association allows "
@@ -118,8 +115,8 @@ def send_handler(outbound: Outbound, registry: NodeRegistry) -> Handler:
             job.failed = job.total
             raise JobFailed(f"cannot send to {node.label()}: {exc}", retry=True) from None
         said = f"sent {job.done} of {job.total} instance(s) to {node.label()}"
-        if not_sent:
-            raise JobFailed(f"{said}; {not_sent} not sent because the association broke off", retry=True)
+        if result.broken or result.gave_up:  # a passing trouble; a SOP Class or syntax refused is not one
+            raise JobFailed(f"{said}; the association broke off: {result.gave_up or result.broken[-1]}", retry=True)
         if job.failed and not job.done:
             raise JobFailed(said + "; every one failed (see failures)")
         return said + (f"; {job.failed} failed (see failures)" if job.failed else "")

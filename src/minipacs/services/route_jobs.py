@@ -4,12 +4,17 @@ destination). Registered by bootstrap with :func:`register_routing_jobs`.
 
 Each attempt brings the delivery receipts up to date: delivered instances become "sent"; the others
 "retrying" (with the reason) when the queue will try again, "failed" when it will not. A retry sends
-only what is not yet "sent". Which failures are retried: no association or connection (the peer is
-down), an association that broke off, an HTTP 5xx; a peer that refuses an instance is not.
+only what is not yet "sent". What an attempt delivered is written to its receipts every few seconds
+while it runs and when it is stopped (a clean stop, a cancel), so a later attempt does not send it
+again (after a kill, at most the last few seconds' worth). Which failures are retried: no association
+or connection (the peer is down), an association that broke off, an HTTP 5xx; a peer that refuses an
+instance is not.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import ssl
 from typing import Any, Final
 
@@ -31,8 +36,12 @@ from minipacs.services.outbound import (
 from minipacs.services.status import MOVE, describe
 from minipacs.services.stow_scu import StowError, stow
 
+log = logging.getLogger("minipacs.routing")
+
 #: Failures listed per job in its JSON (the counts are complete).
 MAX_LISTED: Final = 100
+#: Seconds between two writes of the receipts of what a running attempt delivered.
+RECEIPTS_SECONDS: Final = 2.0
 
 
 async def _node(registry: NodeRegistry, title: str, rule: str) -> Node:
@@ -61,6 +70,22 @@ def _audit_sent(archive: Any, job: JobContext, sent: list[str], note: str) -> No
             detail=f"{len(sent)} instance(s) to {p['destination']} ({p['method']}, job {job.id})"
             + (f"; {note}" if note else ""),
         )
+
+
+async def _keep_receipts(archive: Any, job_id: int, sent: list[str], note: str) -> None:
+    """Every :data:`RECEIPTS_SECONDS`, mark "sent" the receipts of what this attempt delivered since the
+    last time: after a kill, the next attempt re-sends at most that much, not the whole attempt."""
+    written = 0
+    while True:
+        await asyncio.sleep(RECEIPTS_SECONDS)
+        upto = len(sent)
+        if upto > written:
+            try:
+                await routing.record_outcomes(archive, job_id, sent[written:upto], {}, retrying=True, note=note)
+            except Exception:  # noqa: BLE001 - a bad moment of the index: the attempt's end writes them all
+                log.warning("routing: job %s: the receipts of what it sent could not be written yet", job_id)
+                continue
+            written = upto
 
 
 def _will_retry(job: JobContext) -> bool:
@@ -111,6 +136,7 @@ def route_handler(
         options = p.get("anonymize")
         note = anonymized_note(options)
         sent: list[str] = []
+        keeper = asyncio.create_task(_keep_receipts(archive, job.id, sent, note))
         try:
             if options is None:
                 passing = await deliver(job, usable, sent, failed, {})
@@ -120,6 +146,12 @@ def route_handler(
             await routing.record_outcomes(archive, job.id, sent, failed, retrying=False, note=note)
             _audit_sent(archive, job, sent, note)
             raise
+        except asyncio.CancelledError:  # a clean stop or a cancel: what went is not sent again
+            await asyncio.shield(routing.record_outcomes(archive, job.id, list(sent), {}, retrying=True, note=note))
+            _audit_sent(archive, job, sent, note)
+            raise
+        finally:
+            keeper.cancel()
         job.failed = len(failed)
         retrying = bool(passing) and _will_retry(job)
         await routing.record_outcomes(archive, job.id, sent, failed, retrying=retrying, note=note)
