@@ -3,8 +3,8 @@
 ORM^O01 (HL7 v2.3.1) and OMG^O19 (v2.5.1) orders are read through ONE mapping
 table (``FIELD_MAP``: HL7 field -> DICOM keyword, after IHE RAD TF-2 Table B-1)
 into core orders (core/orders.py), by ORC-1 Order Control (``ORDER_CONTROL``, HL7
-Table 0119). Every order group of the message is mapped, and the core checks every
-order, before anything is written, so a refused message changes nothing. The core's
+Table 0119). Every order group of the message is mapped before anything is written, and the
+core applies them in one transaction, so a refused message changes nothing. The core's
 refusals become HL7 acknowledgement codes here (``REFUSALS``); :func:`handle` turns
 one message's bytes into its ACK's bytes. Never speaks MLLP (hl7/mllp.py does).
 """
