@@ -345,3 +345,23 @@ def test_cancelled_order_leaves_c_find_but_stays_for_audit(tmp_path: Path) -> No
         assert [e.status for e in await worklist.by_accession("ACC1")] == [CANCELLED]  # the row is kept
 
     serve_mwl(tmp_path, body)
+
+
+def test_a_frame_without_its_end_block_is_dropped_when_a_new_frame_starts(tmp_path: Path) -> None:
+    """MLLP: <VT> never occurs inside the content, so a start block before the end block means the
+    frame before it was cut off; that partial message is dropped and the next one answered with its own
+    control ID (it was glued to the partial one and answered AR with a garbled MSA-2)."""
+
+    async def body(server: MLLPServer, worklist: Worklist) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        partial = orm(accession="ACC1").encode()[:60]
+        writer.write(b"\x0b" + partial + frame(orm(accession="ACC2")))
+        code, control, _ = msa(await read_ack(reader))
+        assert (code, control) == ("AA", "CTLACC2")
+        assert [e.accession_number for e in await worklist.list()] == ["ACC2"]
+        writer.write(frame(orm(accession="ACC3")))  # the connection serves on
+        assert msa(await read_ack(reader))[:2] == ("AA", "CTLACC3")
+        writer.close()
+        await writer.wait_closed()
+
+    serve(tmp_path, body)

@@ -4,7 +4,8 @@ Each message comes framed as <VT 0x0B> message <FS 0x1C><CR 0x0D> and is answere
 one framed ACK: the listener only frames, the message handler it is given does the rest
 (bootstrap gives hl7/orders.py ``OrderReceiver``: parse per MSH-18, apply to the worklist,
 ACK). A bad message gets AE/AR with the reason in MSA-3 and changes nothing; the
-connection keeps serving. A frame larger than
+connection keeps serving. Bytes outside a frame are dropped, and so is a frame that another start
+block interrupts before its end block (the sender gave up on it). A frame larger than
 ``hl7_max_message_bytes`` is NAKed and the connection closed (the rest of it is
 not read); a connection silent for ``idle_timeout`` seconds is closed.
 """
@@ -122,6 +123,18 @@ class MLLPServer:
             elif start > 0:
                 del buffer[:start]
             end = buffer.find(END_BLOCK)
+            restart = buffer.find(START_BLOCK, 1, end if end > 0 else len(buffer)) if start >= 0 else -1
+            if restart > 0:
+                # MLLP: the content never holds <VT>, so a second start block before the end block means
+                # the frame before it lost its end (a sender that gave up and resent): drop that partial
+                # message, never answer the next one as if glued to it (its ACK would name the wrong ID)
+                log.warning(
+                    "HL7 %s: %d byte(s) of a frame without its end block dropped (a new start block came first)",
+                    peer,
+                    restart,
+                )
+                del buffer[:restart]
+                continue
             complete = start >= 0 and end > 0
             size = (end if complete else len(buffer)) - 1  # the message so far, without <VT>
             if size > self.max_message_bytes:
