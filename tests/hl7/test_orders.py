@@ -40,10 +40,11 @@ from minipacs.hl7.orders import (
     REFUSALS,
     apply,
     check_type,
+    handle,
     refusal,
     to_dataset,
 )
-from tests.hl7.samples import NAME, OMG, orm, with_msh18
+from tests.hl7.samples import NAME, OMG, OMI, orm, with_msh18
 
 T = TypeVar("T")
 _msh18 = with_msh18
@@ -477,3 +478,36 @@ def test_a_doctors_name_in_several_representations() -> None:
     text = orm().replace("123^Who^Doctor", "123^Yamada^Hanako^^^^^^^^^^^^A~123^山田^花子^^^^^^^^^^^^I")
     ds = mapped(with_msh18(text, "UNICODE UTF-8"))
     assert str(ds.ReferringPhysicianName) == "Yamada^Hanako=山田^花子"
+
+
+# ------------------------------------------------------------------ OMI^O23 (IHE RAD-4, HL7 v2.5.1 option)
+
+
+def test_omi_o23_is_taken_and_each_ipc_is_a_scheduled_procedure_step(tmp_path: Path) -> None:
+    """IHE RAD TF-2 4.4 (HL7 v2.5.1 option): the Order Filler schedules with OMI^O23, one IPC segment
+    per Scheduled Procedure Step; it was refused with AR 200 (only ORM^O01 and OMG^O19 were taken)."""
+    ds = mapped(OMI)
+    assert (ds.AccessionNumber, ds.RequestedProcedureID, ds.StudyInstanceUID) == (
+        "ACC23",
+        "RP23",
+        "1.2.826.0.1.3680043.10.9.2323",
+    )
+    steps = ds.ScheduledProcedureStepSequence
+    assert [(s.ScheduledProcedureStepID, s.Modality, s.ScheduledStationAETitle) for s in steps] == [
+        ("SPS23A", "CT", "CT01"),
+        ("SPS23B", "CT", "CT02"),
+    ]
+    assert all(s.ScheduledProcedureStepStartDate == "20240210" for s in steps)
+
+    async def body(worklist: Worklist) -> tuple[bytes, list[str]]:
+        ack = await handle(OMI.encode(), worklist)
+        return ack, [e.status for e in await worklist.by_accession("ACC23")]
+
+    ack, statuses = run(tmp_path, body)
+    assert b"MSA|AA|CTL23|" in ack and b"ACK^O23^ACK" in ack and statuses == ["SCHEDULED"]
+
+
+def test_a_second_step_without_a_modality_refuses_the_order() -> None:
+    text = OMI.replace("SPS23B|CT|", "SPS23B||")
+    with pytest.raises(HL7Error, match="no modality"):
+        mapped(text)

@@ -1,6 +1,6 @@
 """HL7 v2 orders -> core orders on the Modality Worklist (IHE RAD TF-2 RAD-4 / RAD-13, Appendix B).
 
-ORM^O01 (HL7 v2.3.1) and OMG^O19 (v2.5.1) orders are read through ONE mapping
+ORM^O01 (HL7 v2.3.1), OMI^O23 and OMG^O19 (v2.5.1) orders are read through ONE mapping
 table (``FIELD_MAP``: HL7 field -> DICOM keyword, after IHE RAD TF-2 Table B-1)
 into core orders (core/orders.py), by ORC-1 Order Control (``ORDER_CONTROL``, HL7
 Table 0119). Every order group of the message is mapped before anything is written, and the
@@ -40,7 +40,10 @@ from minipacs.hl7.message import Message, Segment, parse, parse_bytes
 log = logging.getLogger("minipacs.hl7")
 
 #: Message types taken (MSH-9.1, MSH-9.2).
-ORDER_MESSAGES: Final = frozenset({("ORM", "O01"), ("OMG", "O19")})
+#: ORM^O01: IHE RAD-4 / RAD-13 in HL7 v2.3.1; OMI^O23 (imaging order): RAD-4 / RAD-13 in the HL7 v2.5.1
+#: option (IHE RAD TF-2 4.4, 4.13), what an Order Filler sends an Image Manager; OMG^O19 (general order):
+#: RAD-2 / RAD-3, taken too for senders that use it. One mapping for all (``FIELD_MAP``).
+ORDER_MESSAGES: Final = frozenset({("ORM", "O01"), ("OMG", "O19"), ("OMI", "O23")})
 
 #: Where a value goes: the top-level dataset, the Scheduled Procedure Step item, the
 #: Requested Procedure Code Sequence item.
@@ -104,9 +107,11 @@ _TS = re.compile(r"^(\d{8})(\d{2,6})?(\.\d+)?([+-]\d{4})?$")
 
 @dataclass
 class OrderGroup:
-    """The segments of one order (ORC and what follows it up to the next ORC)."""
+    """The segments of one order (ORC and what follows it up to the next ORC); ``steps`` its IPC
+    segments, one per Scheduled Procedure Step (OMI^O23 / OMG^O19: OBR {IPC})."""
 
     segments: dict[str, Segment] = field(default_factory=dict)
+    steps: list[Segment] = field(default_factory=list)
 
     def get(self, name: str) -> Segment | None:
         return self.segments.get(name)
@@ -119,6 +124,9 @@ def _groups(message: Message) -> tuple[dict[str, Segment], list[OrderGroup]]:
     for seg in message.segments[1:]:
         if seg.name == "ORC":
             groups.append(OrderGroup({"ORC": seg}))
+        elif groups and seg.name == "IPC":
+            groups[-1].steps.append(seg)
+            groups[-1].segments.setdefault("IPC", seg)
         elif groups and seg.name in ("OBR", "TQ1", "IPC", "ZDS") and seg.name not in groups[-1].segments:
             groups[-1].segments[seg.name] = seg
         elif not groups and seg.name in ("OBR", "TQ1", "IPC", "ZDS"):
@@ -231,26 +239,41 @@ def _checked(keyword: str, value: str, source: str) -> str:
     return value
 
 
-def to_dataset(message: Message, patient: dict[str, Segment], group: OrderGroup) -> Dataset:
-    """One order group -> a worklist dataset, through FIELD_MAP; raises HL7Error."""
-    found: dict[str, dict[str, str]] = {TOP: {}, SPS: {}, CODE: {}}
+def _mapped(
+    message: Message, patient: dict[str, Segment], group: OrderGroup, levels: tuple[str, ...], step: Segment | None
+) -> dict[str, dict[str, str]]:
+    """FIELD_MAP's rows of ``levels`` read from the group (IPC: ``step``) and the patient segments."""
+    found: dict[str, dict[str, str]] = {level: {} for level in levels}
     for row in FIELD_MAP:
+        if row.level not in levels:
+            continue
         for source in row.sources:
             name = source[:3]
-            segment = group.get(name) or patient.get(name)
+            segment = step if name == "IPC" else group.get(name) or patient.get(name)
             raw = _value(message, segment, source, row.kind)
             if raw:
                 value = _checked(row.keyword, _convert(raw, row.kind, source), source)
                 if value:
                     found[row.level][row.keyword] = value
                 break
+    return found
+
+
+def to_dataset(message: Message, patient: dict[str, Segment], group: OrderGroup) -> Dataset:
+    """One order group -> a worklist dataset, through FIELD_MAP; raises HL7Error. Each IPC segment of
+    the group is a Scheduled Procedure Step item of its own (HL7 v2.5 4.4.8 OMI^O23, IHE RAD TF-2
+    4.4.4.2: one IPC per step); the order-level values come from the first."""
+    steps: list[Segment | None] = list(group.steps) or [None]
+    found = _mapped(message, patient, group, (TOP, CODE), steps[0])
+    step_values = [_mapped(message, patient, group, (SPS,), step)[SPS] for step in steps]
+    found[SPS] = step_values[0]
     if not found[TOP].get("PatientID"):
         raise HL7Error(
             "PID-3 Patient Identifier List is empty: a worklist entry needs the patient ID",
             error_code=101,
             location="PID-3",
         )
-    if not found[SPS].get("Modality"):
+    if not all(values.get("Modality") for values in step_values):
         raise HL7Error(
             "the order has no modality (OBR-24 Diagnostic Service Section ID, or IPC-5 in OMG^O19); "
             "a worklist entry needs one",
@@ -258,7 +281,8 @@ def to_dataset(message: Message, patient: dict[str, Segment], group: OrderGroup)
             location="OBR-24",
         )
     ds = Dataset()
-    charset = _specific_character_set(message, [v for level in found.values() for v in level.values()])
+    values = [v for level in (found[TOP], found[CODE], *step_values) for v in level.values()]
+    charset = _specific_character_set(message, values)
     if charset:
         ds.SpecificCharacterSet = charset
     _set_all(ds, found[TOP])
@@ -266,9 +290,12 @@ def to_dataset(message: Message, patient: dict[str, Segment], group: OrderGroup)
         code = Dataset()
         _set_all(code, found[CODE])
         ds.RequestedProcedureCodeSequence = [code]
-    sps = Dataset()
-    _set_all(sps, found[SPS])
-    ds.ScheduledProcedureStepSequence = [sps]
+    items = []
+    for values in step_values:
+        sps = Dataset()
+        _set_all(sps, values)
+        items.append(sps)
+    ds.ScheduledProcedureStepSequence = items
     return ds
 
 
