@@ -511,3 +511,18 @@ def test_a_second_step_without_a_modality_refuses_the_order() -> None:
     text = OMI.replace("SPS23B|CT|", "SPS23B||")
     with pytest.raises(HL7Error, match="no modality"):
         mapped(text)
+
+
+@pytest.mark.parametrize(
+    ("charset", "escaped", "expected", "dicom"),
+    [
+        ("8859/7", "\\XE1E2\\", "\u03b1\u03b2", "ISO_IR 126"),  # Greek alpha beta, not Latin-1 a-acute a-circumflex
+        ("8859/5", "\\XB8\\", "\u0418", "ISO_IR 144"),  # Cyrillic I, not the Latin-1 cedilla
+        ("8859/1", "\\XE9\\", "\u00e9", "ISO_IR 100"),
+    ],
+)
+def test_hex_escape_is_read_in_the_declared_charset(charset: str, escaped: str, expected: str, dicom: str) -> None:
+    """HL7 v2.5 2.7.3: \\Xhh\\ is data in the message's character set (MSH-18); it was read as
+    ISO 8859-1 whatever MSH-18 said."""
+    ds = mapped_message(parse_bytes(_msh18(orm(name=f"N{escaped}^M"), charset).encode("ascii")))
+    assert str(ds.PatientName) == f"N{expected}^M" and ds.SpecificCharacterSet == dicom

@@ -75,11 +75,12 @@ CHARSET_ALIASES: Final[dict[str, str]] = {
 _HEX = re.compile(r"^X([0-9A-Fa-f]{2})+$")
 
 
-def unescape(text: str, enc: Encoding = DEFAULT_ENCODING) -> str:
+def unescape(text: str, enc: Encoding = DEFAULT_ENCODING, codec: str = "latin-1") -> str:
     """HL7 v2.5 2.7: escape sequences -> the characters they stand for.
 
-    \\F\\ \\S\\ \\T\\ \\R\\ \\E\\ give the delimiters, \\Xhh..\\ the bytes hh.. (as
-    Latin-1 code points unless they are valid UTF-8), \\.br\\ a line break.
+    \\F\\ \\S\\ \\T\\ \\R\\ \\E\\ give the delimiters, \\Xhh..\\ the bytes hh.. (HL7 v2.5
+    2.7.3: in the message's character set, ``codec``; UTF-8 when they are valid UTF-8, which a
+    sender escaping what its set lacks means; else ISO 8859-1), \\.br\\ a line break.
     Formatting and character-set sequences not understood are kept as sent.
     """
     esc = enc.escape
@@ -103,10 +104,12 @@ def unescape(text: str, enc: Encoding = DEFAULT_ENCODING) -> str:
             out.append(simple[body])
         elif _HEX.match(body):
             raw = bytes.fromhex(body[1:])
-            try:
-                out.append(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                out.append(raw.decode("latin-1"))
+            for name in ("utf-8", codec, "latin-1"):
+                try:
+                    out.append(raw.decode(name))
+                    break
+                except UnicodeDecodeError:
+                    continue
         else:
             out.append(text[i : end + 1])
         i = end + 1
@@ -180,7 +183,8 @@ class Message:
         if subcomponent > len(subs):
             return ""
         text = subs[subcomponent - 1]
-        return "" if text == '""' else unescape(text, self.encoding).strip()
+        codec = self.charset.codec if self.charset is not None else "latin-1"
+        return "" if text == '""' else unescape(text, self.encoding, codec).strip()
 
     @property
     def control_id(self) -> str:
