@@ -310,3 +310,29 @@ def test_final_state_counts_what_earlier_n_sets_and_the_n_create_sent(tmp_path: 
 @pytest.mark.parametrize(("kind", "code"), MPPS_ERROR_STATUS)
 def test_status_table(kind: type[Exception], code: int) -> None:
     assert status_for_mpps_error(kind("x")) == code
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "offending"),
+    [
+        ("PerformedProcedureStepStartDate", "2024-01-05", 0x00400244),
+        ("PerformedProcedureStepStartTime", "2500", 0x00400245),
+    ],
+)
+def test_create_with_a_malformed_start_is_0106(tmp_path: Path, keyword: str, value: str, offending: int) -> None:
+    """PS3.4 Table F.7.2-1: the start date and time are Type 1 on N-CREATE; a value that is not a DA
+    / TM (PS3.5 Table 6.2-1) is 0x0106 Invalid Attribute Value, as the end date and time already were
+    at the final N-SET (it was stored, and the step's start unreadable)."""
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            uid = generate_uid()
+            ds = mpps_create(STUDY)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pydicom warns of the value it is asked to send
+                setattr(ds, keyword, value)
+            code, status = await asyncio.to_thread(n_create, app.dicom.port, ds, uid)
+            assert (code, status.OffendingElement) == (0x0106, offending)
+            assert await mpps_rows(app, uid) is None
+
+    asyncio.run(main())

@@ -194,6 +194,8 @@ def validate_create(ds: Dataset) -> list[str]:
         for keyword in CREATE_ITEM_TYPE1:
             if not _text(item, keyword):
                 raise MissingAttribute(f"Scheduled Step Attributes Sequence item {n + 1} lacks {keyword}", keyword)
+    _check_date(ds, "PerformedProcedureStepStartDate")  # Type 1: a value, and one of its VR (PS3.5 6.2)
+    _check_time(ds, "PerformedProcedureStepStartTime")
     status = _text(ds, "PerformedProcedureStepStatus")
     if status != IN_PROGRESS:
         raise InvalidAttributeValue(
