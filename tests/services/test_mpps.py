@@ -336,3 +336,37 @@ def test_create_with_a_malformed_start_is_0106(tmp_path: Path, keyword: str, val
             assert await mpps_rows(app, uid) is None
 
     asyncio.run(main())
+
+
+def test_create_links_the_open_entry_of_its_requested_procedure(tmp_path: Path) -> None:
+    """PS3.3 C.4.13: the Scheduled Step Attributes item names the accession, the Requested Procedure ID
+    and the Scheduled Procedure Step ID. The step linked the first entry of the accession whatever its
+    state: a CANCELLED order went back onto the modality's list (IN PROGRESS) while the one scheduled
+    again stayed SCHEDULED, and the wrong requested procedure of a two-procedure order was marked."""
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            worklist = Worklist(app.archive)
+
+            def scheduled(procedure: str) -> Dataset:
+                ds = entry("123456", "Doe^John", "ACC1", "CT", "CT01", "20240105", "083000", study_uid=STUDY)
+                ds.RequestedProcedureID = procedure
+                ds.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID = f"S{procedure}"
+                return ds
+
+            cancelled = await worklist.add(scheduled("RPACC1"), status="CANCELLED")
+            other = await worklist.add(scheduled("RP2"))
+            again = await worklist.add(scheduled("RPACC1"))
+            uid = generate_uid()
+            ds = mpps_create(STUDY)
+            ds.ScheduledStepAttributesSequence[0].ScheduledProcedureStepID = "SRPACC1"
+            assert (await asyncio.to_thread(n_create, app.dicom.port, ds, uid))[0] == 0
+            row = await mpps_rows(app, uid)
+            assert row is not None and row["worklist_pk"] == again.id
+            assert [await _wl_status(app, e.id) for e in (cancelled, other, again)] == [
+                "CANCELLED",
+                "SCHEDULED",
+                "IN PROGRESS",
+            ]
+
+    asyncio.run(main())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
@@ -27,7 +28,7 @@ from pydicom.dataset import Dataset
 from minipacs.core.changes import ChangeType, change_row, record
 from minipacs.core.errors import ArchiveError
 from minipacs.core.model import StoreOutcome
-from minipacs.core.worklist import Worklist, from_text, to_text
+from minipacs.core.worklist import OPEN_STATES, Worklist, WorklistEntry, from_text, to_text
 from minipacs.dicom.values import as_date, as_time
 from minipacs.index import worklist_repo as repo
 from minipacs.index.database import IndexConnection
@@ -318,6 +319,18 @@ def _scheduled(ds: Dataset) -> tuple[str, str]:
     return study, accession
 
 
+def _fit(entry: WorklistEntry, *, item: Dataset) -> tuple[bool, bool, bool]:
+    """How well worklist ``entry`` fits Scheduled Step Attributes ``item``: open, same Requested
+    Procedure ID, same Scheduled Procedure Step ID (an ID the item leaves empty fits any entry)."""
+    procedure, step_id = _text(item, "RequestedProcedureID"), _text(item, "ScheduledProcedureStepID")
+    steps = entry.dataset.get("ScheduledProcedureStepSequence") or []
+    return (
+        entry.status in OPEN_STATES,
+        not procedure or _text(entry.dataset, "RequestedProcedureID") == procedure,
+        not step_id or any(_text(sps, "ScheduledProcedureStepID") == step_id for sps in steps),
+    )
+
+
 def _step(row: Mapping[str, Any]) -> Step:
     refs = tuple(r for r in str(row["referenced"] or "").split("\\") if r)
     pk = row["worklist_pk"]
@@ -389,7 +402,7 @@ class ProcedureSteps:
                 ", ".join(missing),
             )
         study, accession = _scheduled(ds)
-        entry_pk = await self._worklist_entry(study, accession)
+        entry_pk = await self._worklist_entry(ds)
         values = {
             "sop_instance_uid": sop_instance_uid,
             "status": IN_PROGRESS,
@@ -456,11 +469,23 @@ class ProcedureSteps:
             log.info("MPPS %s DISCONTINUED (study %s)", sop_instance_uid, step.study_instance_uid)
         return step
 
-    async def _worklist_entry(self, study: str, accession: str) -> int | None:
-        entries = await self.worklist.by_accession(accession) if accession else []
-        if not entries and study:
-            entries = await self.worklist.by_study(study)
-        return entries[0].id if entries else None
+    async def _worklist_entry(self, ds: Dataset) -> int | None:
+        """The worklist entry the step performs (PS3.3 C.4.13 Scheduled Step Attributes Sequence): by
+        the item's Accession Number, else its Study Instance UID; among several entries (requested
+        procedures of one order, a cancelled order scheduled again) the one with the item's Requested
+        Procedure ID and Scheduled Procedure Step ID, and an open one (SCHEDULED, IN PROGRESS) before a
+        closed one: a step must never bring a CANCELLED entry back onto the modality's list."""
+        for item in ds.get("ScheduledStepAttributesSequence") or []:
+            accession, study = _text(item, "AccessionNumber"), _text(item, "StudyInstanceUID")
+            entries = await self.worklist.by_accession(accession) if accession else []
+            if not entries and study:
+                entries = await self.worklist.by_study(study)
+            if not entries:
+                continue
+            best = max(entries, key=functools.partial(_fit, item=item))  # the first (oldest) of equals
+            if best.status in OPEN_STATES:
+                return best.id
+        return None
 
     async def _require(self, sop_instance_uid: str) -> Step:
         step = await self.get(sop_instance_uid)

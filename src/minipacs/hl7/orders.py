@@ -291,9 +291,9 @@ def to_dataset(message: Message, patient: dict[str, Segment], group: OrderGroup)
         _set_all(code, found[CODE])
         ds.RequestedProcedureCodeSequence = [code]
     items = []
-    for values in step_values:
+    for step in step_values:
         sps = Dataset()
-        _set_all(sps, values)
+        _set_all(sps, step)
         items.append(sps)
     ds.ScheduledProcedureStepSequence = items
     return ds
