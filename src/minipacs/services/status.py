@@ -204,6 +204,7 @@ COMMITMENT = _table(
 FAILURE_REASONS: dict[commitment.Failure, int] = {
     commitment.Failure.NO_SUCH_OBJECT: 0x0112,  # No such object instance
     commitment.Failure.CLASS_INSTANCE_CONFLICT: 0x0119,  # Class / Instance conflict
+    commitment.Failure.SOP_CLASS_NOT_SUPPORTED: 0x0122,  # Referenced SOP Class not supported
 }
 
 
