@@ -370,3 +370,28 @@ def test_create_links_the_open_entry_of_its_requested_procedure(tmp_path: Path) 
             ]
 
     asyncio.run(main())
+
+
+def test_an_order_cancelled_during_the_step_stays_cancelled(tmp_path: Path) -> None:
+    """The RIS cancels the order (CA) while the modality performs it: an N-SET that keeps the step
+    IN PROGRESS put the CANCELLED entry back onto the modality's worklist (IN PROGRESS), and the final
+    one made it COMPLETED. The step records what was done; the entry stays CANCELLED."""
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            pk = await _scheduled(app)
+            uid = generate_uid()
+            assert (await asyncio.to_thread(n_create, app.dicom.port, mpps_create(STUDY), uid))[0] == 0
+            assert await _wl_status(app, pk) == "IN PROGRESS"
+            await Worklist(app.archive).set_status(pk, "CANCELLED")
+            interim = Dataset()
+            interim.PerformedProcedureStepDescription = "CT head, contrast"
+            assert (await asyncio.to_thread(n_set, app.dicom.port, interim, uid))[0] == 0
+            assert await _wl_status(app, pk) == "CANCELLED"
+            sops = [generate_uid()]
+            assert (await asyncio.to_thread(n_set, app.dicom.port, mpps_final(SERIES, sops), uid))[0] == 0
+            row = await mpps_rows(app, uid)
+            assert row is not None and row["status"] == "COMPLETED"
+            assert await _wl_status(app, pk) == "CANCELLED"
+
+    asyncio.run(main())

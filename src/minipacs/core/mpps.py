@@ -28,7 +28,7 @@ from pydicom.dataset import Dataset
 from minipacs.core.changes import ChangeType, change_row, record
 from minipacs.core.errors import ArchiveError
 from minipacs.core.model import StoreOutcome
-from minipacs.core.worklist import OPEN_STATES, Worklist, WorklistEntry, from_text, to_text
+from minipacs.core.worklist import CANCELLED, OPEN_STATES, Worklist, WorklistEntry, from_text, to_text
 from minipacs.dicom.values import as_date, as_time
 from minipacs.index import worklist_repo as repo
 from minipacs.index.database import IndexConnection
@@ -331,6 +331,15 @@ def _fit(entry: WorklistEntry, *, item: Dataset) -> tuple[bool, bool, bool]:
     )
 
 
+def _follow(conn: IndexConnection, worklist_pk: int, status: str) -> None:
+    """The linked worklist entry takes the step's new status, in the step's own transaction, unless the
+    order was cancelled meanwhile (hl7/orders.py CA): a cancelled entry stays off the modality's list,
+    and the step keeps the record of what was done."""
+    row = repo.worklist_row(conn, worklist_pk)
+    if row is not None and str(row["status"]) != CANCELLED:
+        repo.set_worklist_status(conn, worklist_pk, status)
+
+
 def _step(row: Mapping[str, Any]) -> Step:
     refs = tuple(r for r in str(row["referenced"] or "").split("\\") if r)
     pk = row["worklist_pk"]
@@ -418,11 +427,11 @@ class ProcedureSteps:
                 raise DuplicateStep(f"MPPS {sop_instance_uid} already exists; N-SET it instead")
             repo.insert_mpps(conn, values)
             record(conn, [change_row(ChangeType.MPPS_CREATED, sop_instance_uid, study[:64], dt.datetime.now(dt.UTC))])
+            if entry_pk is not None:
+                _follow(conn, entry_pk, IN_PROGRESS)
 
         await self.index.write(insert)
-        if entry_pk is not None:
-            await self.worklist.set_status(entry_pk, IN_PROGRESS)
-        else:
+        if entry_pk is None:
             log.info(
                 "MPPS %s (study %s, accession %r) matches no worklist entry: an unscheduled procedure",
                 sop_instance_uid,
@@ -449,6 +458,8 @@ class ProcedureSteps:
                 }
                 if repo.update_mpps(conn, sop_instance_uid, values, was=row):
                     break
+            if status != step.status and step.worklist_pk is not None:
+                _follow(conn, step.worklist_pk, status)
             if status != step.status and status in _STEP_CHANGES:
                 record(
                     conn,
@@ -461,8 +472,6 @@ class ProcedureSteps:
             return _step(repo.mpps_row(conn, sop_instance_uid) or row)
 
         step = await self.index.write(update)
-        if step.worklist_pk is not None:
-            await self.worklist.set_status(step.worklist_pk, step.status)
         if step.status == COMPLETED:
             await self.check_study(step.study_instance_uid)
         elif step.status == DISCONTINUED:
