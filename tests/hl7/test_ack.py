@@ -62,5 +62,8 @@ def test_err_1_for_versions_before_2_5() -> None:
     assert [old.value(err, 1, n) for n in (1, 2, 3)] == ["PID", "1", "3"]
     assert [old.value(err, 1, 4, s) for s in (1, 2, 3)] == ["101", "Required field missing", "HL70357"]
     assert old.value(err, 3, 1) == "101"
+    whole = HL7Error("no PID segment", location="PID", error_code=100)
+    segment = parse(build_ack(parse(orm()), "AE", whole.reason, error=whole)).first("ERR")
+    assert segment is not None and segment.fields[1] == "PID^1^^100&Segment sequence error&HL70357"
     new = parse(build_ack(parse(orm().replace("|P|2.3.1", "|P|2.5.1")), "AE", error.reason, error=error))
     assert new.raw(new.first("ERR"), 1) == "" and new.value(new.first("ERR"), 3, 1) == "101"

@@ -89,7 +89,8 @@ def build_ack(
         eld = ""
         if version in ELD_VERSIONS:  # ERR-1 (ELD): segment ^ sequence ^ field ^ code&text&system
             t = enc.subcomponent
-            eld = f"{seg if located else ''}{c}{1 if located else ''}{c}{field if located else ''}{c}"
+            named = SEGMENT_ID.match(seg) is not None  # "PID-3", or a whole segment as "PID"
+            eld = f"{seg if named else ''}{c}{1 if named else ''}{c}{field if located else ''}{c}"
             eld += f"{error.error_code}{t}{meaning}{t}HL70357"
         err = [
             "ERR",
