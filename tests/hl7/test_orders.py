@@ -43,6 +43,7 @@ from minipacs.hl7.orders import (
     handle,
     refusal,
     to_dataset,
+    to_datasets,
 )
 from tests.hl7.samples import NAME, OMG, OMI, orm, with_msh18
 
@@ -483,34 +484,59 @@ def test_a_doctors_name_in_several_representations() -> None:
 # ------------------------------------------------------------------ OMI^O23 (IHE RAD-4, HL7 v2.5.1 option)
 
 
-def test_omi_o23_is_taken_and_each_ipc_is_a_scheduled_procedure_step(tmp_path: Path) -> None:
+def _omi_entries(text: str) -> list[Dataset]:
+    from minipacs.hl7.orders import _groups
+
+    message = parse(text)
+    patient, groups = _groups(message)
+    return to_datasets(message, patient, groups[0])
+
+
+def test_omi_o23_is_taken_and_each_ipc_is_a_worklist_entry_of_its_own(tmp_path: Path) -> None:
     """IHE RAD TF-2 4.4 (HL7 v2.5.1 option): the Order Filler schedules with OMI^O23, one IPC segment
-    per Scheduled Procedure Step; it was refused with AR 200 (only ORM^O01 and OMG^O19 were taken)."""
-    ds = mapped(OMI)
-    assert (ds.AccessionNumber, ds.RequestedProcedureID, ds.StudyInstanceUID) == (
-        "ACC23",
-        "RP23",
-        "1.2.826.0.1.3680043.10.9.2323",
-    )
-    steps = ds.ScheduledProcedureStepSequence
-    assert [(s.ScheduledProcedureStepID, s.Modality, s.ScheduledStationAETitle) for s in steps] == [
+    per Scheduled Procedure Step; it was refused with AR 200 (only ORM^O01 and OMG^O19 were taken).
+    PS3.4 K.6.1.2.1: a worklist item focuses on one step, so each IPC is an entry of its own."""
+    entries = _omi_entries(OMI)
+    assert [(d.AccessionNumber, d.RequestedProcedureID, d.StudyInstanceUID) for d in entries] == [
+        ("ACC23", "RP23", "1.2.826.0.1.3680043.10.9.2323")
+    ] * 2
+    steps = [d.ScheduledProcedureStepSequence for d in entries]
+    assert [len(s) for s in steps] == [1, 1]
+    assert [(s[0].ScheduledProcedureStepID, s[0].Modality, s[0].ScheduledStationAETitle) for s in steps] == [
         ("SPS23A", "CT", "CT01"),
         ("SPS23B", "CT", "CT02"),
     ]
-    assert all(s.ScheduledProcedureStepStartDate == "20240210" for s in steps)
+    assert all(s[0].ScheduledProcedureStepStartDate == "20240210" for s in steps)
 
-    async def body(worklist: Worklist) -> tuple[bytes, list[str]]:
-        ack = await handle(OMI.encode(), worklist)
-        return ack, [e.status for e in await worklist.by_accession("ACC23")]
+    async def body(worklist: Worklist) -> list[bytes | list[tuple[str, str]]]:
+        said: list[bytes | list[tuple[str, str]]] = []
+        for text in (OMI, OMI, OMI.replace("ORC|NW", "ORC|XO").replace("SPS23B|CT|", "SPS23B|MR|"), CANCEL_A):
+            said.append(await handle(text.encode(), worklist))
+            said.append(
+                [
+                    (e.status, e.dataset.ScheduledProcedureStepSequence[0].Modality)
+                    for e in await worklist.by_accession("ACC23")
+                ]
+            )
+        return said
 
-    ack, statuses = run(tmp_path, body)
-    assert b"MSA|AA|CTL23|" in ack and b"ACK^O23^ACK" in ack and statuses == ["SCHEDULED"]
+    new, after_new, again, after_again, change, after_change, cancel, after_cancel = run(tmp_path, body)
+    assert b"MSA|AA|CTL23|" in new and b"ACK^O23^ACK" in new  # type: ignore[operator]
+    assert after_new == [("SCHEDULED", "CT"), ("SCHEDULED", "CT")]
+    assert b"MSA|AE|" in again and after_again == after_new  # type: ignore[operator]
+    assert b"MSA|AA|" in change and after_change == [("SCHEDULED", "CT"), ("SCHEDULED", "MR")]  # type: ignore[operator]
+    assert b"MSA|AA|" in cancel and after_cancel == [("CANCELLED", "CT"), ("SCHEDULED", "MR")]  # type: ignore[operator]
 
 
-def test_a_second_step_without_a_modality_refuses_the_order() -> None:
-    text = OMI.replace("SPS23B|CT|", "SPS23B||")
-    with pytest.raises(HL7Error, match="no modality"):
-        mapped(text)
+#: A CA of the first step only.
+CANCEL_A = "\r".join(line for line in OMI.replace("ORC|NW", "ORC|CA").split("\r") if "SPS23B" not in line)
+
+
+@pytest.mark.parametrize("change", ["SPS23B|CT|", "SPS23B||"])
+def test_steps_of_an_order_need_their_id_and_modality(change: str) -> None:
+    text = OMI.replace("SPS23B|CT|", change.replace("SPS23B", "") if change == "SPS23B|CT|" else change)
+    with pytest.raises(HL7Error, match="IPC-4" if change == "SPS23B|CT|" else "no modality"):
+        _omi_entries(text)
 
 
 @pytest.mark.parametrize(

@@ -123,6 +123,21 @@ def _of_procedure(entries: list[WorklistEntry], procedure: str) -> list[Worklist
     return [e for e in entries if _text(e.dataset, "RequestedProcedureID") == procedure]
 
 
+def _step_id(ds: Dataset) -> str:
+    """The Scheduled Procedure Step ID of the entry's (only) step."""
+    steps = ds.get("ScheduledProcedureStepSequence") or []
+    return _text(steps[0], "ScheduledProcedureStepID") if steps else ""
+
+
+def _of_step(entries: list[WorklistEntry], step_id: str) -> list[WorklistEntry]:
+    """The entries of Scheduled Procedure Step ID ``step_id``; all of them when it is ''. A requested
+    procedure may have several steps, each its own worklist entry (PS3.4 K.6.1.2.1), told apart by the
+    Scheduled Procedure Step ID (IPC-4 / OBR-20)."""
+    if not step_id:
+        return entries
+    return [e for e in entries if _step_id(e.dataset) == step_id]
+
+
 def _checked(ds: Dataset, control: OrderControl) -> Dataset:
     try:
         return validated(ds)
@@ -131,14 +146,16 @@ def _checked(ds: Dataset, control: OrderControl) -> Dataset:
 
 
 def _new(conn: IndexConnection, ds: Dataset) -> str:
-    """A new order -> a new SCHEDULED entry. An open entry of the same order and requested procedure
-    (or of the same order, when the new one names no Requested Procedure ID) is a duplicate; another
-    requested procedure of an open order is not."""
-    procedure = _text(ds, "RequestedProcedureID")  # as sent: validated() makes one up when absent
+    """A new order -> a new SCHEDULED entry. An open entry of the same order, requested procedure and
+    step is a duplicate (an ID the new order leaves out matches any); another requested procedure or
+    step of an open order is not."""
+    procedure, step_id = _text(ds, "RequestedProcedureID"), _step_id(ds)  # as sent: validated() makes up missing IDs
     ds = _checked(ds, OrderControl.NEW)
-    duplicates = _of_procedure(_existing(conn, ds, OrderControl.NEW), procedure) if order_key(ds) else []
+    existing = _existing(conn, ds, OrderControl.NEW) if order_key(ds) else []
+    duplicates = _of_step(_of_procedure(existing, procedure), step_id)
     if duplicates:
         what = f"order {order_key(ds)}" + (f" requested procedure {procedure}" if procedure else "")
+        what += f" step {step_id}" if step_id else ""
         raise DuplicateOrder(f"{what} is already on the worklist", control=OrderControl.NEW, keyword="AccessionNumber")
     pk = repo.insert_worklist(conn, _columns(ds, SCHEDULED))
     return f"order {order_key(ds) or pk} scheduled as worklist entry {pk}"
@@ -149,6 +166,7 @@ def _cancel(conn: IndexConnection, ds: Dataset) -> str:
     CANCELLED: they leave the modality's list."""
     procedure = _text(ds, "RequestedProcedureID")
     entries = _of_procedure(_existing(conn, ds, OrderControl.CANCEL), procedure)
+    entries = _of_step(entries, _step_id(ds)) or entries  # one step of several, when it names one
     if not entries:
         what = f"order {order_key(ds) or '(no number)'}" + (f" requested procedure {procedure}" if procedure else "")
         raise UnknownOrder(
@@ -179,6 +197,8 @@ def _change(conn: IndexConnection, ds: Dataset) -> str:
     procedure = _text(ds, "RequestedProcedureID")
     if len(entries) > 1 and procedure:
         entries = _of_procedure(entries, procedure) or entries
+    if len(entries) > 1:
+        entries = _of_step(entries, _step_id(ds)) or entries
     if len(entries) > 1:
         raise AmbiguousOrder(
             f"order {order_key(ds)} has {len(entries)} open worklist entries "

@@ -259,21 +259,38 @@ def _mapped(
     return found
 
 
-def to_dataset(message: Message, patient: dict[str, Segment], group: OrderGroup) -> Dataset:
-    """One order group -> a worklist dataset, through FIELD_MAP; raises HL7Error. Each IPC segment of
-    the group is a Scheduled Procedure Step item of its own (HL7 v2.5 4.4.8 OMI^O23, IHE RAD TF-2
-    4.4.4.2: one IPC per step); the order-level values come from the first."""
-    steps: list[Segment | None] = list(group.steps) or [None]
-    found = _mapped(message, patient, group, (TOP, CODE), steps[0])
-    step_values = [_mapped(message, patient, group, (SPS,), step)[SPS] for step in steps]
-    found[SPS] = step_values[0]
+def to_datasets(message: Message, patient: dict[str, Segment], group: OrderGroup) -> list[Dataset]:
+    """One order group -> its worklist entries, one per Scheduled Procedure Step: each IPC segment of
+    the group is a step of its own (HL7 v2.5 4.4.8 OMI^O23, IHE RAD TF-2 4.4: one IPC per step), and a
+    worklist item focuses on one step (PS3.4 K.6.1.2.1: one C-FIND response per step). With several
+    steps each must name its Scheduled Procedure Step ID (IPC-4), by which they are told apart."""
+    if len(group.steps) > 1:
+        for n, step in enumerate(group.steps, 1):
+            if not message.value(step, 4):
+                raise HL7Error(
+                    f"IPC segment {n} of the order has no Scheduled Procedure Step ID (IPC-4); an order with "
+                    "several steps names each",
+                    error_code=101,
+                    location="IPC-4",
+                )
+    return [to_dataset(message, patient, group, step) for step in group.steps or [None]]
+
+
+def to_dataset(
+    message: Message, patient: dict[str, Segment], group: OrderGroup, step: Segment | None = None
+) -> Dataset:
+    """One order group -> a worklist dataset, through FIELD_MAP, with the Scheduled Procedure Step of
+    IPC segment ``step`` (default: the group's first); raises HL7Error."""
+    if step is None and group.steps:
+        step = group.steps[0]
+    found = _mapped(message, patient, group, (TOP, SPS, CODE), step)
     if not found[TOP].get("PatientID"):
         raise HL7Error(
             "PID-3 Patient Identifier List is empty: a worklist entry needs the patient ID",
             error_code=101,
             location="PID-3",
         )
-    if not all(values.get("Modality") for values in step_values):
+    if not found[SPS].get("Modality"):
         raise HL7Error(
             "the order has no modality (OBR-24 Diagnostic Service Section ID, or IPC-5 in OMG^O19); "
             "a worklist entry needs one",
@@ -281,8 +298,7 @@ def to_dataset(message: Message, patient: dict[str, Segment], group: OrderGroup)
             location="OBR-24",
         )
     ds = Dataset()
-    values = [v for level in (found[TOP], found[CODE], *step_values) for v in level.values()]
-    charset = _specific_character_set(message, values)
+    charset = _specific_character_set(message, [v for level in found.values() for v in level.values()])
     if charset:
         ds.SpecificCharacterSet = charset
     _set_all(ds, found[TOP])
@@ -290,12 +306,9 @@ def to_dataset(message: Message, patient: dict[str, Segment], group: OrderGroup)
         code = Dataset()
         _set_all(code, found[CODE])
         ds.RequestedProcedureCodeSequence = [code]
-    items = []
-    for step in step_values:
-        sps = Dataset()
-        _set_all(sps, step)
-        items.append(sps)
-    ds.ScheduledProcedureStepSequence = items
+    sps = Dataset()
+    _set_all(sps, found[SPS])
+    ds.ScheduledProcedureStepSequence = [sps]
     return ds
 
 
@@ -426,7 +439,7 @@ def read_orders(message: Message) -> list[Order]:
                 error_code=103,
                 location="ORC-1",
             )
-        orders.append(Order(control, to_dataset(message, patient, group)))
+        orders.extend(Order(control, ds) for ds in to_datasets(message, patient, group))
     return orders
 
 
@@ -527,4 +540,5 @@ __all__ = [
     "read_orders",
     "refusal",
     "to_dataset",
+    "to_datasets",
 ]
