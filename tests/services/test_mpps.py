@@ -395,3 +395,20 @@ def test_an_order_cancelled_during_the_step_stays_cancelled(tmp_path: Path) -> N
             assert await _wl_status(app, pk) == "CANCELLED"
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("uid", ["1.2.abc", "1.02.3", "1..2"])
+def test_create_with_a_malformed_sop_instance_uid_is_0117(tmp_path: Path, uid: str) -> None:
+    """PS3.7 Annex C, 0x0117 Invalid Object Instance: the SOP Instance UID breaks the construction rules of
+    PS3.5 9.1. It was stored, and the modality then put it into every image's Referenced Performed
+    Procedure Step Sequence."""
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pynetdicom warns of the UID it is asked to send
+                code, _ = await asyncio.to_thread(n_create, app.dicom.port, mpps_create(STUDY), uid)
+            assert code == 0x0117
+            assert await mpps_rows(app, uid) is None
+
+    asyncio.run(main())
