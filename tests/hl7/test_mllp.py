@@ -109,8 +109,10 @@ def test_oversized_message_is_naked_and_connection_closed(tmp_path: Path) -> Non
         big = orm(extra="NTE|1||" + "x" * 5000)
         writer.write(frame(big))
         ack = await read_ack(reader)
-        code, _, text = msa(ack)
+        code, control, text = msa(ack)
         assert code == "AR" and "hl7_max_message_bytes (2048 bytes)" in text
+        assert control == "CTLACC100"  # HL7 v2.5 2.9.2: the sender learns which message was refused
+        assert ack.value(ack.first("MSH"), 5) == "RIS"
         assert await asyncio.wait_for(reader.read(), 10) == b""  # closed
         assert await worklist.list() == []
         writer.close()

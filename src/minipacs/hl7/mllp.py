@@ -15,16 +15,20 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from minipacs.hl7.ack import build_ack
+from minipacs.hl7.ack import build_ack, encode_ack
 from minipacs.hl7.errors import REJECT, HL7Error
+from minipacs.hl7.message import Message, parse
 
 log = logging.getLogger("minipacs.hl7")
 
 START_BLOCK: Final = b"\x0b"
 END_BLOCK: Final = b"\x1c\x0d"
+#: How much of an oversized frame is read for its MSH segment (the NAK names its control ID).
+MSH_PEEK_BYTES: Final = 4096
 
 #: The sending peer's host address while its message is handled (each connection is a task of
 #: its own), for the audit trail (hl7/adt.py): the handler's signature stays bytes -> bytes.
@@ -138,7 +142,7 @@ class MLLPServer:
             complete = start >= 0 and end > 0
             size = (end if complete else len(buffer)) - 1  # the message so far, without <VT>
             if size > self.max_message_bytes:
-                await self._refuse_oversized(writer, peer)
+                await self._refuse_oversized(writer, peer, bytes(buffer[1 : 1 + MSH_PEEK_BYTES]))
                 return
             if complete:
                 data = bytes(buffer[1:end])
@@ -157,14 +161,22 @@ class MLLPServer:
                 return
             buffer += chunk
 
-    async def _refuse_oversized(self, writer: asyncio.StreamWriter, peer: object) -> None:
+    async def _refuse_oversized(self, writer: asyncio.StreamWriter, peer: object, head: bytes) -> None:
+        """AR for a frame over the limit; MSA-2 names its control ID when its MSH (``head``, the frame's
+        first bytes) can be read, so the sender knows which message was refused (HL7 v2.5 2.9.2)."""
         reason = (
             f"message larger than hl7_max_message_bytes ({self.max_message_bytes} bytes); "
             "nothing was applied and the connection is closed"
         )
         log.warning("HL7 %s: %s", peer, reason)
         error = HL7Error(reason, ack_code=REJECT, error_code=207)
-        writer.write(frame(build_ack(None, REJECT, reason, error=error, application=self.application)))
+        msh = re.split(rb"\r|\n", head, maxsplit=1)[0]
+        try:
+            message: Message | None = parse(msh.decode("latin-1"))
+        except HL7Error:
+            message = None
+        ack = build_ack(message, REJECT, reason, error=error, application=self.application)
+        writer.write(frame(encode_ack(ack, message)))
         await writer.drain()
 
 

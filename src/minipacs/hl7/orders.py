@@ -273,7 +273,8 @@ def to_datasets(message: Message, patient: dict[str, Segment], group: OrderGroup
                     error_code=101,
                     location="IPC-4",
                 )
-    return [to_dataset(message, patient, group, step) for step in group.steps or [None]]
+    steps: list[Segment | None] = list(group.steps) or [None]
+    return [to_dataset(message, patient, group, step) for step in steps]
 
 
 def to_dataset(
