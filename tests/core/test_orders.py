@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from minipacs.core.orders import (
     apply_orders,
 )
 from minipacs.core.worklist import CANCELLED, Worklist
+from tests.index.pg import postgres_schema_url
 
 CORE = Path(__file__).resolve().parents[2] / "src" / "minipacs" / "core"
 
@@ -42,11 +44,26 @@ def order(control: OrderControl, accession: str = "ACC1", modality: str = "CT", 
     return Order(control, ds)
 
 
-def run(tmp: Path, orders: list[list[Order]]) -> tuple[list[str | ArchiveError], list[tuple[str, str]]]:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def index_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The index the one-transaction tests run on: SQLite (the default) and PostgreSQL (savepoints)."""
+    if request.param == "sqlite":
+        yield None
+    else:
+        with postgres_schema_url() as url:
+            yield url
+
+
+def run(
+    tmp: Path, orders: list[list[Order]], url: str | None = None
+) -> tuple[list[str | ArchiveError], list[tuple[str, str]]]:
     """Apply each message (a list of orders) in turn; what each gave, and the worklist at the end."""
 
     async def main() -> tuple[list[str | ArchiveError], list[tuple[str, str]]]:
-        archive = await open_archive(Settings(data_dir=tmp / "data", fsync=False))
+        settings = Settings(data_dir=tmp / "data", fsync=False)
+        if url is not None:
+            settings = Settings(data_dir=tmp / "data", fsync=False, index_url=url)
+        archive = await open_archive(settings)
         try:
             worklist = Worklist(archive)
             outcomes: list[str | ArchiveError] = []
@@ -91,8 +108,10 @@ def test_new_cancel_change_and_their_refusals(tmp_path: Path) -> None:
     assert entries == [("ACC1", CANCELLED)]
 
 
-def test_a_refused_order_stops_the_whole_message(tmp_path: Path) -> None:
-    outcomes, entries = run(tmp_path, [[order(OrderControl.NEW, "ACC1"), order(OrderControl.CANCEL, "ACC2")]])
+def test_a_refused_order_stops_the_whole_message(tmp_path: Path, index_url: str | None) -> None:
+    outcomes, entries = run(
+        tmp_path, [[order(OrderControl.NEW, "ACC1"), order(OrderControl.CANCEL, "ACC2")]], index_url
+    )
     assert isinstance(outcomes[0], UnknownOrder) and entries == []
 
 
@@ -151,7 +170,7 @@ def test_the_core_speaks_no_hl7(path: Path) -> None:
 # ------------------------------------------------------------------ one message, one transaction
 
 
-def test_orders_of_one_message_see_the_ones_before_them(tmp_path: Path) -> None:
+def test_orders_of_one_message_see_the_ones_before_them(tmp_path: Path, index_url: str | None) -> None:
     """A message's orders apply in order in ONE transaction: a new order and its cancel in one message
     work, and the same new order twice in one message is a duplicate (both were scheduled when every
     order was checked against the worklist as it was before the message)."""
@@ -162,6 +181,7 @@ def test_orders_of_one_message_see_the_ones_before_them(tmp_path: Path) -> None:
             [order(OrderControl.NEW, "ACC2"), order(OrderControl.NEW, "ACC2")],
             [order(OrderControl.NEW, "ACC3"), order(OrderControl.CHANGE, "ACC3", modality="MR")],
         ],
+        index_url,
     )
     assert "cancelled" in str(outcomes[0])
     assert isinstance(outcomes[1], DuplicateOrder)
@@ -192,7 +212,7 @@ def test_requested_procedures_of_one_order_are_entries_of_their_own(tmp_path: Pa
 
 
 def test_a_failure_part_way_through_the_writes_rolls_the_whole_message_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, index_url: str | None
 ) -> None:
     """The second order's INSERT fails inside the writer: the first order's row goes too (it was
     committed on its own when orders were written one at a time)."""
@@ -208,5 +228,5 @@ def test_a_failure_part_way_through_the_writes_rolls_the_whole_message_back(
         return real(conn, values)  # type: ignore[arg-type]
 
     monkeypatch.setattr(worklist_repo, "insert_worklist", second_fails)
-    outcomes, entries = run(tmp_path, [[order(OrderControl.NEW, "ACC1"), order(OrderControl.NEW, "ACC2")]])
+    outcomes, entries = run(tmp_path, [[order(OrderControl.NEW, "ACC1"), order(OrderControl.NEW, "ACC2")]], index_url)
     assert "internal error: RuntimeError" in str(outcomes[0]) and entries == []
