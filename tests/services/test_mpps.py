@@ -412,3 +412,32 @@ def test_create_with_a_malformed_sop_instance_uid_is_0117(tmp_path: Path, uid: s
             assert await mpps_rows(app, uid) is None
 
     asyncio.run(main())
+
+
+def test_an_n_set_in_another_character_set_does_not_replace_the_steps(tmp_path: Path) -> None:
+    """PS3.4 F.7.2.2.3: the N-SET's Specific Character Set does not replace the step's; the step must
+    reflect both. An N-CREATE in UTF-8 with a Japanese name and an N-SET in Latin-1 left a step that
+    claimed ISO_IR 100 for a name Latin-1 cannot hold; it now says ISO_IR 192, which holds both."""
+    from minipacs.core.worklist import from_text
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            uid = generate_uid()
+            ds = mpps_create(STUDY)
+            ds.SpecificCharacterSet = "ISO_IR 192"
+            ds.PatientName = "Yamada^Tarou=山田^太郎"
+            assert (await asyncio.to_thread(n_create, app.dicom.port, ds, uid))[0] == 0
+            change = Dataset()
+            change.SpecificCharacterSet = "ISO_IR 100"
+            change.PerformedProcedureStepDescription = "Scanner café"
+            assert (await asyncio.to_thread(n_set, app.dicom.port, change, uid))[0] == 0
+            row = await mpps_rows(app, uid)
+            assert row is not None
+            step = from_text(str(row["dataset"]))
+            assert step.SpecificCharacterSet == "ISO_IR 192"
+            assert (str(step.PatientName), step.PerformedProcedureStepDescription) == (
+                "Yamada^Tarou=山田^太郎",
+                "Scanner café",
+            )
+
+    asyncio.run(main())

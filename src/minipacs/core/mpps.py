@@ -355,10 +355,30 @@ def _step(row: Mapping[str, Any]) -> Step:
 
 
 def _merge(stored: Dataset, changes: Dataset) -> Dataset:
-    """PS3.7 10.1.3: each attribute of the modification list replaces the stored one (sequences whole)."""
+    """PS3.7 10.1.3: each attribute of the modification list replaces the stored one (sequences whole).
+
+    PS3.4 F.7.2.2.3: but the N-SET's Specific Character Set does not replace the step's; the step must
+    reflect both. The values are kept as Unicode, so when the two differ the step says ISO_IR 192,
+    which holds the text of either (an N-CREATE in UTF-8 with a Japanese name, then an N-SET in
+    Latin-1, left a step that claimed Latin-1 for its Japanese name)."""
+    before = _charsets(stored)
     for elem in changes:
         stored[elem.tag] = elem
+    after = _charsets(changes)
+    if before and after and before != after:
+        stored.SpecificCharacterSet = "ISO_IR 192"
+    elif before:
+        stored.SpecificCharacterSet = before if len(before) > 1 else before[0]
     return stored
+
+
+def _charsets(ds: Dataset) -> list[str]:
+    """The Specific Character Set (0008,0005) terms of ``ds`` ([] when absent: the default repertoire)."""
+    value = ds.get("SpecificCharacterSet")
+    if value is None:
+        return []
+    terms = [value] if isinstance(value, str) else list(value)
+    return [str(t).strip() for t in terms if str(t).strip()] or []
 
 
 #: Step status an N-SET moves to -> the changes-journal row it writes (core/changes.py).
