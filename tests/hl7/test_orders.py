@@ -552,3 +552,19 @@ def test_hex_escape_is_read_in_the_declared_charset(charset: str, escaped: str, 
     ISO 8859-1 whatever MSH-18 said."""
     ds = mapped_message(parse_bytes(_msh18(orm(name=f"N{escaped}^M"), charset).encode("ascii")))
     assert str(ds.PatientName) == f"N{expected}^M" and ds.SpecificCharacterSet == dicom
+
+
+def test_display_escapes_leave_no_backslash_in_dicom_values() -> None:
+    """HL7 v2.5 2.7.2 / 2.7.6: highlighting and formatting escapes mean nothing in a DICOM value; kept
+    as sent, their backslashes split the name into five values (PS3.5 6.4: the value separator)."""
+    ds = mapped(orm(name="\\H\\Doe\\N\\^John\\.in 2\\"))
+    assert ds["PatientName"].VM == 1 and str(ds.PatientName) == "Doe^John"
+
+
+@pytest.mark.parametrize(("field", "text"), [("accession", "A\\E\\B"), ("name", "Doe\\E\\^John")])
+def test_a_backslash_in_a_value_that_cannot_hold_one_is_refused(field: str, text: str) -> None:
+    """PS3.5 6.4: a backslash separates values; an escaped one (\\E\\) in an LO/SH/PN would turn the
+    order's one value into several: AE 102 naming the field, like a control character."""
+    with pytest.raises(HL7Error, match="backslash") as info:
+        mapped(orm(**{field: text}))
+    assert info.value.error_code == 102

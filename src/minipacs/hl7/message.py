@@ -73,6 +73,12 @@ CHARSET_ALIASES: Final[dict[str, str]] = {
 }
 
 _HEX = re.compile(r"^X([0-9A-Fa-f]{2})+$")
+#: HL7 v2.5 2.7.6: \.sp <n>\ (skip lines) ends a line, like \.br\.
+_LINE: Final = re.compile(r"^\.sp ?[+-]?\d*$")
+#: HL7 v2.5 2.7.2 highlighting, 2.7.5 locally defined, 2.7.6 other formatting, 2.7.7 character set switches.
+_DROPPED: Final = re.compile(
+    r"^(?:[HN]|Z[^\\]*|\.(?:in|ti|sk|ce|fi|nf)(?: ?[+-]?\d+)?|C[0-9A-Fa-f]{4}|M[0-9A-Fa-f]{4}(?:[0-9A-Fa-f]{2})?)$"
+)
 
 
 def unescape(text: str, enc: Encoding = DEFAULT_ENCODING, codec: str = "latin-1") -> str:
@@ -80,8 +86,12 @@ def unescape(text: str, enc: Encoding = DEFAULT_ENCODING, codec: str = "latin-1"
 
     \\F\\ \\S\\ \\T\\ \\R\\ \\E\\ give the delimiters, \\Xhh..\\ the bytes hh.. (HL7 v2.5
     2.7.3: in the message's character set, ``codec``; UTF-8 when they are valid UTF-8, which a
-    sender escaping what its set lacks means; else ISO 8859-1), \\.br\\ a line break.
-    Formatting and character-set sequences not understood are kept as sent.
+    sender escaping what its set lacks means; else ISO 8859-1), \\.br\\ and \\.sp\\ a line break.
+    The sequences that only format a display or switch character sets (HL7 v2.5 2.7.2 highlighting
+    \\H\\ \\N\\, 2.7.5 locally defined \\Z..\\, 2.7.6 formatting \\.xx\\, 2.7.7 \\C..\\ \\M..\\; the
+    bytes were already read in the MSH-18 set) are dropped: kept as sent, their escape characters
+    became backslashes, the value separator of DICOM (PS3.5 6.4), and split a name into several
+    values. Anything else is kept as sent.
     """
     esc = enc.escape
     if not esc or esc not in text:
@@ -102,6 +112,10 @@ def unescape(text: str, enc: Encoding = DEFAULT_ENCODING, codec: str = "latin-1"
         body = text[i + 1 : end]
         if body in simple:
             out.append(simple[body])
+        elif _LINE.match(body):
+            out.append("\n")
+        elif _DROPPED.match(body):
+            pass
         elif _HEX.match(body):
             raw = bytes.fromhex(body[1:])
             for name in ("utf-8", codec, "latin-1"):

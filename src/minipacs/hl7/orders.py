@@ -226,6 +226,13 @@ def _checked(keyword: str, value: str, source: str) -> str:
     vr = dictionary_VR(keyword)
     if vr not in _TEXT_VRS:
         value = _LINE_FORMATTING.sub(" ", value).strip(" ")
+        if "\\" in value:
+            raise HL7Error(
+                f"{source} holds a backslash, which separates values in {keyword} ({vr}, PS3.5 6.4): the one "
+                "value would become several; the sender must leave it out (an escape such as \\E\\ produces it)",
+                error_code=102,
+                location=source.partition(".")[0],
+            )
     for char in value:
         code = ord(char)
         if (code < 0x20 and char not in "\t\n\f\r") or 0x7F <= code <= 0x9F:
