@@ -441,3 +441,29 @@ def test_an_n_set_in_another_character_set_does_not_replace_the_steps(tmp_path: 
             )
 
     asyncio.run(main())
+
+
+def test_one_step_performing_two_requested_procedures_moves_both_entries(tmp_path: Path) -> None:
+    """IHE RAD group case (PS3.3 C.4.13: one Scheduled Step Attributes item per requested procedure the
+    step performs): both worklist entries go IN PROGRESS, then COMPLETED; only the first one moved."""
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            worklist = Worklist(app.archive)
+            first = await worklist.add(
+                entry("123456", "Doe^John", "ACC1", "CT", "CT01", "20240105", "083000", study_uid=STUDY)
+            )
+            second = await worklist.add(entry("123456", "Doe^John", "ACC2", "CT", "CT01", "20240105", "084000"))
+            ds = mpps_create(STUDY)
+            other = Dataset()
+            other.StudyInstanceUID = second.dataset.StudyInstanceUID
+            other.AccessionNumber = "ACC2"
+            ds.ScheduledStepAttributesSequence.append(other)
+            uid = generate_uid()
+            assert (await asyncio.to_thread(n_create, app.dicom.port, ds, uid))[0] == 0
+            assert [await _wl_status(app, e.id) for e in (first, second)] == ["IN PROGRESS", "IN PROGRESS"]
+            sops = [generate_uid()]
+            assert (await asyncio.to_thread(n_set, app.dicom.port, mpps_final(SERIES, sops), uid))[0] == 0
+            assert [await _wl_status(app, e.id) for e in (first, second)] == ["COMPLETED", "COMPLETED"]
+
+    asyncio.run(main())

@@ -331,6 +331,27 @@ def _fit(entry: WorklistEntry, *, item: Dataset) -> tuple[bool, bool, bool]:
     )
 
 
+def _scheduled_entries(conn: IndexConnection, ds: Dataset, states: tuple[str, ...]) -> list[int]:
+    """The worklist entries the step performs, one per Scheduled Step Attributes item (PS3.3 C.4.13;
+    several items: the IHE group case, one step performing several requested procedures), in the
+    writer's transaction: by the item's Accession Number, else its Study Instance UID; among several
+    entries (requested procedures or steps of one order, a cancelled order scheduled again) the one with
+    the item's Requested Procedure ID and Scheduled Procedure Step ID. Only entries in ``states``: a
+    step never brings a CANCELLED or done entry back onto the modality's list."""
+    found: list[int] = []
+    for item in ds.get("ScheduledStepAttributesSequence") or []:
+        accession, study = _text(item, "AccessionNumber"), _text(item, "StudyInstanceUID")
+        rows = repo.worklist_rows(conn, {"accession_number": accession}, states) if accession else []
+        if not rows and study:
+            rows = repo.worklist_rows(conn, {"study_instance_uid": study}, states)
+        if rows:
+            entries = [WorklistEntry(int(r["id"]), str(r["status"]), from_text(str(r["dataset"]))) for r in rows]
+            best = max(entries, key=functools.partial(_fit, item=item))  # the first (oldest) of equals
+            if best.id not in found:
+                found.append(best.id)
+    return found
+
+
 def _follow(conn: IndexConnection, worklist_pk: int, status: str) -> None:
     """The linked worklist entry takes the step's new status, in the step's own transaction, unless the
     order was cancelled meanwhile (hl7/orders.py CA): a cancelled entry stays off the modality's list,
@@ -431,27 +452,28 @@ class ProcedureSteps:
                 ", ".join(missing),
             )
         study, accession = _scheduled(ds)
-        entry_pk = await self._worklist_entry(ds)
-        values = {
-            "sop_instance_uid": sop_instance_uid,
-            "status": IN_PROGRESS,
-            "study_instance_uid": study[:64],
-            "accession_number": accession[:16],
-            "worklist_pk": entry_pk,
-            "referenced": "\\".join(referenced_instances(ds)),
-            "dataset": to_text(ds),
-        }
+        text = to_text(ds)
 
-        def insert(conn: IndexConnection) -> None:
+        def insert(conn: IndexConnection) -> list[int]:
             if repo.mpps_row(conn, sop_instance_uid) is not None:
                 raise DuplicateStep(f"MPPS {sop_instance_uid} already exists; N-SET it instead")
+            linked = _scheduled_entries(conn, ds, OPEN_STATES)
+            values = {
+                "sop_instance_uid": sop_instance_uid,
+                "status": IN_PROGRESS,
+                "study_instance_uid": study[:64],
+                "accession_number": accession[:16],
+                "worklist_pk": linked[0] if linked else None,
+                "referenced": "\\".join(referenced_instances(ds)),
+                "dataset": text,
+            }
             repo.insert_mpps(conn, values)
             record(conn, [change_row(ChangeType.MPPS_CREATED, sop_instance_uid, study[:64], dt.datetime.now(dt.UTC))])
-            if entry_pk is not None:
-                _follow(conn, entry_pk, IN_PROGRESS)
+            for pk in linked:
+                _follow(conn, pk, IN_PROGRESS)
+            return linked
 
-        await self.index.write(insert)
-        if entry_pk is None:
+        if not await self.index.write(insert):
             log.info(
                 "MPPS %s (study %s, accession %r) matches no worklist entry: an unscheduled procedure",
                 sop_instance_uid,
@@ -478,8 +500,10 @@ class ProcedureSteps:
                 }
                 if repo.update_mpps(conn, sop_instance_uid, values, was=row):
                     break
-            if status != step.status and step.worklist_pk is not None:
-                _follow(conn, step.worklist_pk, status)
+            if status != step.status:  # every entry the step performs (IHE group case), as N-CREATE linked them
+                linked = _scheduled_entries(conn, step.dataset, (IN_PROGRESS,))
+                for pk in dict.fromkeys([*([step.worklist_pk] if step.worklist_pk is not None else []), *linked]):
+                    _follow(conn, pk, status)
             if status != step.status and status in _STEP_CHANGES:
                 record(
                     conn,
@@ -497,24 +521,6 @@ class ProcedureSteps:
         elif step.status == DISCONTINUED:
             log.info("MPPS %s DISCONTINUED (study %s)", sop_instance_uid, step.study_instance_uid)
         return step
-
-    async def _worklist_entry(self, ds: Dataset) -> int | None:
-        """The worklist entry the step performs (PS3.3 C.4.13 Scheduled Step Attributes Sequence): by
-        the item's Accession Number, else its Study Instance UID; among several entries (requested
-        procedures of one order, a cancelled order scheduled again) the one with the item's Requested
-        Procedure ID and Scheduled Procedure Step ID, and an open one (SCHEDULED, IN PROGRESS) before a
-        closed one: a step must never bring a CANCELLED entry back onto the modality's list."""
-        for item in ds.get("ScheduledStepAttributesSequence") or []:
-            accession, study = _text(item, "AccessionNumber"), _text(item, "StudyInstanceUID")
-            entries = await self.worklist.by_accession(accession) if accession else []
-            if not entries and study:
-                entries = await self.worklist.by_study(study)
-            if not entries:
-                continue
-            best = max(entries, key=functools.partial(_fit, item=item))  # the first (oldest) of equals
-            if best.status in OPEN_STATES:
-                return best.id
-        return None
 
     async def _require(self, sop_instance_uid: str) -> Step:
         step = await self.get(sop_instance_uid)
