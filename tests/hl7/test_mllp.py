@@ -36,6 +36,7 @@ def serve(tmp: Path, body: Body[T], **options: float) -> T:
             port=0,
             max_message_bytes=int(options.get("max_bytes", 1 << 20)),
             idle_timeout=options.get("idle", 30.0),
+            max_connections=int(options.get("connections", 64)),
         )
         await server.start()
         try:
@@ -221,6 +222,7 @@ def test_running_server_takes_order_over_mllp_findscu_w_sees_it(tmp_path: Path) 
         ({"MINIPACS_HL7_PORT": "70000"}, "hl7_port 70000 is outside"),
         ({"MINIPACS_HL7_MAX_MESSAGE_BYTES": "10"}, "hl7_max_message_bytes"),
         ({"MINIPACS_HL7_IDLE_TIMEOUT": "0"}, "hl7_idle_timeout"),
+        ({"MINIPACS_HL7_MAX_CONNECTIONS": "0"}, "hl7_max_connections"),
     ],
 )
 def test_hl7_settings_are_validated(env: dict[str, str], words: str) -> None:
@@ -367,3 +369,28 @@ def test_a_frame_without_its_end_block_is_dropped_when_a_new_frame_starts(tmp_pa
         await writer.wait_closed()
 
     serve(tmp_path, body)
+
+
+def test_connections_beyond_the_limit_are_closed_and_the_others_serve_on(tmp_path: Path) -> None:
+    """Each connection may buffer a whole frame (hl7_max_message_bytes): without a bound, a flood of
+    half-sent frames takes the memory and file descriptors the DICOM and web listeners need too."""
+
+    async def body(server: MLLPServer, worklist: Worklist) -> None:
+        held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
+        for _, writer in held:
+            writer.write(b"\x0bMSH|^~\\&|")  # half a frame each
+            await writer.drain()
+        await asyncio.sleep(0.2)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # the third: closed at once
+        writer.close()
+        await writer.wait_closed()
+        first_reader, first_writer = held[0]
+        first_writer.write(b"\x1c\x0d" + frame(orm()))  # ends the junk frame, then a real order
+        acks = [await read_ack(first_reader), await read_ack(first_reader)]
+        assert [msa(a)[0] for a in acks] == ["AR", "AA"]
+        for _, w in held:
+            w.close()
+            await w.wait_closed()
+
+    serve(tmp_path, body, connections=2)

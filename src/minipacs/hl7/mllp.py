@@ -58,6 +58,7 @@ class MLLPServer:
         port: int = 2575,
         max_message_bytes: int = 1 << 20,
         idle_timeout: float = 300.0,
+        max_connections: int = 64,
         application: str = "MINIPACS",
         peer_resolver: PeerResolver | None = None,
     ) -> None:
@@ -67,6 +68,10 @@ class MLLPServer:
         self.port = port
         self.max_message_bytes = max_message_bytes
         self.idle_timeout = idle_timeout
+        #: Connections open at once: each may buffer up to max_message_bytes, so without a bound a
+        #: flood of half-sent frames would take the process's memory (and file descriptors) from the
+        #: DICOM and web listeners too.
+        self.max_connections = max_connections
         self.application = application
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -88,6 +93,14 @@ class MLLPServer:
         await asyncio.gather(*self._connections, return_exceptions=True)
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._connections) >= self.max_connections:
+            log.warning(
+                "HL7 connection from %s closed: %d connections are open, hl7_max_connections",
+                writer.get_extra_info("peername"),
+                len(self._connections),
+            )
+            writer.close()
+            return
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)
