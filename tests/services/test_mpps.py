@@ -186,7 +186,8 @@ def test_set_refusals_change_nothing(tmp_path: Path) -> None:
             done = await mpps_rows(app, uid)
             code, status = await asyncio.to_thread(n_set, port, mpps_final(SERIES, [], "DISCONTINUED"), uid)
             assert code == 0x0110 and status.ErrorID == 0xA710
-            assert "may no longer be updated" in str(status.ErrorComment)
+            # PS3.4 Table F.7.2-2: this Error Comment, word for word
+            assert status.ErrorComment == "Performed Procedure Step Object may no longer be updated"
             assert await mpps_rows(app, uid) == done
 
     asyncio.run(main())
