@@ -544,6 +544,7 @@ async def start_hl7(settings: Settings, app: App) -> MLLPServer | None:
         port=settings.hl7_port,
         max_message_bytes=settings.hl7_max_message_bytes,
         idle_timeout=settings.hl7_idle_timeout,
+        max_connections=settings.hl7_max_connections,
         application=settings.ae_title,
         peer_resolver=hl7_peer_resolver(settings),
     )

@@ -229,6 +229,8 @@ class Settings:
     hl7_max_message_bytes: int = 1 * MiB
     #: An HL7 connection silent this long is closed.
     hl7_idle_timeout: float = 300.0
+    #: HL7 connections open at once; one more is closed at once (each may hold hl7_max_message_bytes).
+    hl7_max_connections: int = 64
     # --- de-identification (core/anonymize.py, docs/ANONYMIZATION.md)
     #: Secret of the keyed pseudonyms (HMAC-SHA256), at least 16 characters; empty: a random key
     #: generated once into DATA/anonymization.key. Same key, same pseudonyms and UIDs in every run.
@@ -480,6 +482,8 @@ class Settings:
             raise ConfigError("hl7_max_message_bytes must be at least 1024")
         if self.hl7_idle_timeout <= 0:
             raise ConfigError("hl7_idle_timeout must be a positive number of seconds")
+        if self.hl7_max_connections < 1:
+            raise ConfigError("hl7_max_connections must be at least 1")
         if self.retention_interval_seconds < 0:
             raise ConfigError("retention_interval_seconds must be 0 (no periodic runs) or a positive number")
         if not 1 <= self.retention_max_deletions <= 100000:

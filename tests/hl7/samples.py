@@ -54,3 +54,17 @@ def with_msh18(text: str, charset: str) -> str:
     fields = msh.split("|")
     fields += [""] * (17 - len(fields)) + [charset]  # fields[n - 1] is MSH-n
     return "|".join(fields[:18]) + "\r" + rest
+
+
+#: An IHE RAD-4 Procedure Scheduled in the HL7 v2.5.1 option (IHE RAD TF-2 4.4): OMI^O23, one requested
+#: procedure with two Scheduled Procedure Steps (one IPC each).
+OMI = (
+    "MSH|^~\\&|RIS|HOSP|MINIPACS|RAD|20240104120000||OMI^O23^OMI_O23|CTL23|P|2.5.1\r"
+    "PID|1||PAT23^^^HOSP||Smith^Ann||19750101|F\r"
+    "PV1|1|O\r"
+    "ORC|NW|PL23|FL23||SC\r"
+    "TQ1|||||||20240210101500\r"
+    "OBR|1|PL23|FL23|CTCHEST^CT Chest^LOCAL\r"
+    "IPC|ACC23|RP23|1.2.826.0.1.3680043.10.9.2323|SPS23A|CT||||CT01\r"
+    "IPC|ACC23|RP23|1.2.826.0.1.3680043.10.9.2323|SPS23B|CT||||CT02\r"
+)

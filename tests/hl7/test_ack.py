@@ -44,3 +44,26 @@ def test_ack_goes_in_the_declared_charset_else_utf8() -> None:
     assert b"M\xfcller" in encode_ack(ack, latin) and b"?" in encode_ack(ack, latin)
     plain = parse_bytes(orm().encode("ascii"))  # no MSH-18
     assert encode_ack(ack, plain) == ack.encode("utf-8") and encode_ack(ack, None) == ack.encode("utf-8")
+
+
+def test_each_ack_has_its_own_control_id() -> None:
+    """HL7 v2.5 2.15.9.10: MSH-10 identifies the message uniquely; two ACKs in the same second had the
+    same 'ACK<time>'."""
+    ids = [parse(build_ack(parse(orm()), "AA", "ok")).control_id for _ in range(50)]
+    assert len(set(ids)) == 50 and all(0 < len(i) <= 20 for i in ids)
+
+
+def test_err_1_for_versions_before_2_5() -> None:
+    """HL7 v2.3 / v2.3.1 / v2.4: ERR has one field, ERR-1 Error Code and Location (ELD); a v2.3.1
+    sender (IHE RAD-4 ORM) reads the error there. From v2.5 ERR-2 .. ERR-8 carry it and ERR-1 stays empty."""
+    error = HL7Error("PID-3 is empty", location="PID-3", error_code=101)
+    old = parse(build_ack(parse(orm()), "AE", error.reason, error=error))  # orm() is v2.3.1
+    err = old.first("ERR")
+    assert [old.value(err, 1, n) for n in (1, 2, 3)] == ["PID", "1", "3"]
+    assert [old.value(err, 1, 4, s) for s in (1, 2, 3)] == ["101", "Required field missing", "HL70357"]
+    assert old.value(err, 3, 1) == "101"
+    whole = HL7Error("no PID segment", location="PID", error_code=100)
+    segment = parse(build_ack(parse(orm()), "AE", whole.reason, error=whole)).first("ERR")
+    assert segment is not None and segment.fields[1] == "PID^1^^100&Segment sequence error&HL70357"
+    new = parse(build_ack(parse(orm().replace("|P|2.3.1", "|P|2.5.1")), "AE", error.reason, error=error))
+    assert new.raw(new.first("ERR"), 1) == "" and new.value(new.first("ERR"), 3, 1) == "101"

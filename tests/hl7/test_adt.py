@@ -288,3 +288,23 @@ def test_a08_with_a_name_in_three_representations(tmp_path: Path) -> None:
         assert "ISO_IR 192" in ds.SpecificCharacterSet or "ISO 2022 IR 87" in ds.SpecificCharacterSet
 
     serve(tmp_path, body)
+
+
+def test_a40_takes_the_prior_identifier_in_the_domain_of_pid_3(tmp_path: Path) -> None:
+    """HL7 v2.5 3.4.3.1: MRG-1, like PID-3, lists the prior patient's identifiers, one per assigning
+    authority (an MRN and a national ID). The one in PID-3's domain (CX.4 / CX.5) is the Patient ID the
+    archive knows; such a merge was refused as 'several prior identifiers'."""
+
+    async def body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, archive: Archive) -> None:
+        worklist = Worklist(archive)
+        await worklist.add(worklist_entry("OLD1", "Doe^John", "ACC1", "CT", "CT1", "20261206", "0900"))
+        await worklist.add(worklist_entry("NEW1", "Doe^John", "ACC2", "CT", "CT1", "20261206", "0900"))
+        message = adt("A40", "NEW1^^^HOSP^MR~111^^^SSA^SS", mrg="999^^^SSA^SS~OLD1^^^HOSP^MR")
+        code, text, _ = await send(reader, writer, message)
+        assert code == "AA", text
+        assert sorted(e.dataset.PatientID for e in await worklist.list()) == ["NEW1", "NEW1"]
+        # two prior IDs in PID-3's own domain: which one is meant cannot be told
+        code, text, _ = await send(reader, writer, adt("A40", "NEW1^^^HOSP^MR", mrg="A^^^HOSP^MR~B^^^HOSP^MR"))
+        assert code == "AE" and "several prior identifiers" in text
+
+    serve(tmp_path, body)

@@ -77,7 +77,7 @@ def test_printable_values_are_untouched_at_the_edges_of_the_ranges() -> None:
 def test_the_refusal_reaches_the_sender_and_changes_nothing(tmp_path: Path) -> None:
     segments, entries = ack(orm(name="Do\\X0B\\e^John").encode(), tmp_path)
     assert segments[1].startswith("MSA|AE|") and "U+000B" in segments[1]
-    assert segments[2].startswith("ERR||PID^1^5|102^")
+    assert segments[2].startswith("ERR|PID^1^5^102&Data type error&HL70357|PID^1^5|102^")  # v2.3.1: ERR-1 too
     assert entries == 0
 
 

@@ -31,7 +31,12 @@ ESCAPES = [  # HL7 v2.5 2.7.1 .. 2.7.4
     ("M\\XC3BC\\ller", "Müller"),
     ("M\\XFC\\ller", "Müller"),  # not UTF-8: Latin-1
     ("line\\.br\\two", "line\ntwo"),
-    ("\\H\\bold\\N\\", "\\H\\bold\\N\\"),  # formatting kept as sent
+    ("\\H\\bold\\N\\", "bold"),  # highlighting dropped: its backslashes would split a DICOM value
+    ("a\\.sp\\b\\.sp 2\\c", "a\nb\nc"),  # skip lines: a line break
+    ("a\\.in 4\\b\\.ce\\c\\.fi\\", "abc"),  # other formatting dropped
+    ("a\\Zlocal\\b", "ab"),  # locally defined
+    ("a\\C2842\\b\\M2442\\", "ab"),  # character set switches (the bytes were read per MSH-18)
+    ("a\\Q\\b", "a\\Q\\b"),  # not an HL7 escape: kept as sent
     ("lone \\ escape", "lone \\ escape"),
 ]
 

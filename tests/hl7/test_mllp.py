@@ -36,6 +36,7 @@ def serve(tmp: Path, body: Body[T], **options: float) -> T:
             port=0,
             max_message_bytes=int(options.get("max_bytes", 1 << 20)),
             idle_timeout=options.get("idle", 30.0),
+            max_connections=int(options.get("connections", 64)),
         )
         await server.start()
         try:
@@ -109,8 +110,10 @@ def test_oversized_message_is_naked_and_connection_closed(tmp_path: Path) -> Non
         big = orm(extra="NTE|1||" + "x" * 5000)
         writer.write(frame(big))
         ack = await read_ack(reader)
-        code, _, text = msa(ack)
+        code, control, text = msa(ack)
         assert code == "AR" and "hl7_max_message_bytes (2048 bytes)" in text
+        assert control == "CTLACC100"  # HL7 v2.5 2.9.2: the sender learns which message was refused
+        assert ack.value(ack.first("MSH"), 5) == "RIS"
         assert await asyncio.wait_for(reader.read(), 10) == b""  # closed
         assert await worklist.list() == []
         writer.close()
@@ -219,6 +222,7 @@ def test_running_server_takes_order_over_mllp_findscu_w_sees_it(tmp_path: Path) 
         ({"MINIPACS_HL7_PORT": "70000"}, "hl7_port 70000 is outside"),
         ({"MINIPACS_HL7_MAX_MESSAGE_BYTES": "10"}, "hl7_max_message_bytes"),
         ({"MINIPACS_HL7_IDLE_TIMEOUT": "0"}, "hl7_idle_timeout"),
+        ({"MINIPACS_HL7_MAX_CONNECTIONS": "0"}, "hl7_max_connections"),
     ],
 )
 def test_hl7_settings_are_validated(env: dict[str, str], words: str) -> None:
@@ -345,3 +349,48 @@ def test_cancelled_order_leaves_c_find_but_stays_for_audit(tmp_path: Path) -> No
         assert [e.status for e in await worklist.by_accession("ACC1")] == [CANCELLED]  # the row is kept
 
     serve_mwl(tmp_path, body)
+
+
+def test_a_frame_without_its_end_block_is_dropped_when_a_new_frame_starts(tmp_path: Path) -> None:
+    """MLLP: <VT> never occurs inside the content, so a start block before the end block means the
+    frame before it was cut off; that partial message is dropped and the next one answered with its own
+    control ID (it was glued to the partial one and answered AR with a garbled MSA-2)."""
+
+    async def body(server: MLLPServer, worklist: Worklist) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        partial = orm(accession="ACC1").encode()[:60]
+        writer.write(b"\x0b" + partial + frame(orm(accession="ACC2")))
+        code, control, _ = msa(await read_ack(reader))
+        assert (code, control) == ("AA", "CTLACC2")
+        assert [e.accession_number for e in await worklist.list()] == ["ACC2"]
+        writer.write(frame(orm(accession="ACC3")))  # the connection serves on
+        assert msa(await read_ack(reader))[:2] == ("AA", "CTLACC3")
+        writer.close()
+        await writer.wait_closed()
+
+    serve(tmp_path, body)
+
+
+def test_connections_beyond_the_limit_are_closed_and_the_others_serve_on(tmp_path: Path) -> None:
+    """Each connection may buffer a whole frame (hl7_max_message_bytes): without a bound, a flood of
+    half-sent frames takes the memory and file descriptors the DICOM and web listeners need too."""
+
+    async def body(server: MLLPServer, worklist: Worklist) -> None:
+        held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
+        for _, writer in held:
+            writer.write(b"\x0bMSH|^~\\&|")  # half a frame each
+            await writer.drain()
+        await asyncio.sleep(0.2)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # the third: closed at once
+        writer.close()
+        await writer.wait_closed()
+        first_reader, first_writer = held[0]
+        first_writer.write(b"\x1c\x0d" + frame(orm()))  # ends the junk frame, then a real order
+        acks = [await read_ack(first_reader), await read_ack(first_reader)]
+        assert [msa(a)[0] for a in acks] == ["AR", "AA"]
+        for _, w in held:
+            w.close()
+            await w.wait_closed()
+
+    serve(tmp_path, body, connections=2)

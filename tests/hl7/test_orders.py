@@ -40,10 +40,12 @@ from minipacs.hl7.orders import (
     REFUSALS,
     apply,
     check_type,
+    handle,
     refusal,
     to_dataset,
+    to_datasets,
 )
-from tests.hl7.samples import NAME, OMG, orm, with_msh18
+from tests.hl7.samples import NAME, OMG, OMI, orm, with_msh18
 
 T = TypeVar("T")
 _msh18 = with_msh18
@@ -477,3 +479,92 @@ def test_a_doctors_name_in_several_representations() -> None:
     text = orm().replace("123^Who^Doctor", "123^Yamada^Hanako^^^^^^^^^^^^A~123^山田^花子^^^^^^^^^^^^I")
     ds = mapped(with_msh18(text, "UNICODE UTF-8"))
     assert str(ds.ReferringPhysicianName) == "Yamada^Hanako=山田^花子"
+
+
+# ------------------------------------------------------------------ OMI^O23 (IHE RAD-4, HL7 v2.5.1 option)
+
+
+def _omi_entries(text: str) -> list[Dataset]:
+    from minipacs.hl7.orders import _groups
+
+    message = parse(text)
+    patient, groups = _groups(message)
+    return to_datasets(message, patient, groups[0])
+
+
+def test_omi_o23_is_taken_and_each_ipc_is_a_worklist_entry_of_its_own(tmp_path: Path) -> None:
+    """IHE RAD TF-2 4.4 (HL7 v2.5.1 option): the Order Filler schedules with OMI^O23, one IPC segment
+    per Scheduled Procedure Step; it was refused with AR 200 (only ORM^O01 and OMG^O19 were taken).
+    PS3.4 K.6.1.2.1: a worklist item focuses on one step, so each IPC is an entry of its own."""
+    entries = _omi_entries(OMI)
+    assert [(d.AccessionNumber, d.RequestedProcedureID, d.StudyInstanceUID) for d in entries] == [
+        ("ACC23", "RP23", "1.2.826.0.1.3680043.10.9.2323")
+    ] * 2
+    steps = [d.ScheduledProcedureStepSequence for d in entries]
+    assert [len(s) for s in steps] == [1, 1]
+    assert [(s[0].ScheduledProcedureStepID, s[0].Modality, s[0].ScheduledStationAETitle) for s in steps] == [
+        ("SPS23A", "CT", "CT01"),
+        ("SPS23B", "CT", "CT02"),
+    ]
+    assert all(s[0].ScheduledProcedureStepStartDate == "20240210" for s in steps)
+
+    async def body(worklist: Worklist) -> list[bytes | list[tuple[str, str]]]:
+        said: list[bytes | list[tuple[str, str]]] = []
+        for text in (OMI, OMI, OMI.replace("ORC|NW", "ORC|XO").replace("SPS23B|CT|", "SPS23B|MR|"), CANCEL_A):
+            said.append(await handle(text.encode(), worklist))
+            said.append(
+                [
+                    (e.status, e.dataset.ScheduledProcedureStepSequence[0].Modality)
+                    for e in await worklist.by_accession("ACC23")
+                ]
+            )
+        return said
+
+    new, after_new, again, after_again, change, after_change, cancel, after_cancel = run(tmp_path, body)
+    assert b"MSA|AA|CTL23|" in new and b"ACK^O23^ACK" in new  # type: ignore[operator]
+    assert after_new == [("SCHEDULED", "CT"), ("SCHEDULED", "CT")]
+    assert b"MSA|AE|" in again and after_again == after_new  # type: ignore[operator]
+    assert b"MSA|AA|" in change and after_change == [("SCHEDULED", "CT"), ("SCHEDULED", "MR")]  # type: ignore[operator]
+    assert b"MSA|AA|" in cancel and after_cancel == [("CANCELLED", "CT"), ("SCHEDULED", "MR")]  # type: ignore[operator]
+
+
+#: A CA of the first step only.
+CANCEL_A = "\r".join(line for line in OMI.replace("ORC|NW", "ORC|CA").split("\r") if "SPS23B" not in line)
+
+
+@pytest.mark.parametrize("change", ["SPS23B|CT|", "SPS23B||"])
+def test_steps_of_an_order_need_their_id_and_modality(change: str) -> None:
+    text = OMI.replace("SPS23B|CT|", change.replace("SPS23B", "") if change == "SPS23B|CT|" else change)
+    with pytest.raises(HL7Error, match="IPC-4" if change == "SPS23B|CT|" else "no modality"):
+        _omi_entries(text)
+
+
+@pytest.mark.parametrize(
+    ("charset", "escaped", "expected", "dicom"),
+    [
+        ("8859/7", "\\XE1E2\\", "\u03b1\u03b2", "ISO_IR 126"),  # Greek alpha beta, not Latin-1 a-acute a-circumflex
+        ("8859/5", "\\XB8\\", "\u0418", "ISO_IR 144"),  # Cyrillic I, not the Latin-1 cedilla
+        ("8859/1", "\\XE9\\", "\u00e9", "ISO_IR 100"),
+    ],
+)
+def test_hex_escape_is_read_in_the_declared_charset(charset: str, escaped: str, expected: str, dicom: str) -> None:
+    """HL7 v2.5 2.7.3: \\Xhh\\ is data in the message's character set (MSH-18); it was read as
+    ISO 8859-1 whatever MSH-18 said."""
+    ds = mapped_message(parse_bytes(_msh18(orm(name=f"N{escaped}^M"), charset).encode("ascii")))
+    assert str(ds.PatientName) == f"N{expected}^M" and ds.SpecificCharacterSet == dicom
+
+
+def test_display_escapes_leave_no_backslash_in_dicom_values() -> None:
+    """HL7 v2.5 2.7.2 / 2.7.6: highlighting and formatting escapes mean nothing in a DICOM value; kept
+    as sent, their backslashes split the name into five values (PS3.5 6.4: the value separator)."""
+    ds = mapped(orm(name="\\H\\Doe\\N\\^John\\.in 2\\"))
+    assert ds["PatientName"].VM == 1 and str(ds.PatientName) == "Doe^John"
+
+
+@pytest.mark.parametrize(("field", "text"), [("accession", "A\\E\\B"), ("name", "Doe\\E\\^John")])
+def test_a_backslash_in_a_value_that_cannot_hold_one_is_refused(field: str, text: str) -> None:
+    """PS3.5 6.4: a backslash separates values; an escaped one (\\E\\) in an LO/SH/PN would turn the
+    order's one value into several: AE 102 naming the field, like a control character."""
+    with pytest.raises(HL7Error, match="backslash") as info:
+        mapped(orm(**{field: text}))
+    assert info.value.error_code == 102

@@ -126,10 +126,12 @@ def test_bad_requests_are_refused(tmp_path: Path) -> None:
             good = commitment_request(generate_uid(), [(CT_IMAGE_STORAGE, generate_uid())])
             no_txn = commitment_request("", [(CT_IMAGE_STORAGE, generate_uid())])
             empty = commitment_request(generate_uid(), [])
+            no_class = commitment_request(generate_uid(), [("", generate_uid())])  # Type 1, PS3.4 Table J.3-1
             assert await asyncio.to_thread(ask, port, good, 2, COMMIT_INSTANCE) == 0x0123
             assert await asyncio.to_thread(ask, port, good, 1, generate_uid()) == 0x0112
             assert await asyncio.to_thread(ask, port, no_txn, 1, COMMIT_INSTANCE) == 0x0115
             assert await asyncio.to_thread(ask, port, empty, 1, COMMIT_INSTANCE) == 0x0115
+            assert await asyncio.to_thread(ask, port, no_class, 1, COMMIT_INSTANCE) == 0x0115
 
     asyncio.run(main())
 
@@ -251,3 +253,23 @@ def test_a_release_right_after_the_n_action_is_answered_at_once(
     finally:
         listener.shutdown()
         modality.shutdown()
+
+
+def test_a_class_the_archive_does_not_store_fails_with_0122(tmp_path: Path) -> None:
+    """PS3.3 C.14.1.1 Failure Reason 0122 Referenced SOP Class not supported: commitment asked for an
+    instance of a class that is no storage class (it was 0112, as if sending it could help); one stored
+    under that UID with a storage class is still a class / instance conflict (0119)."""
+    reports = Reports()
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            [stored] = await _stored(tmp_path, app, 1)
+            other = generate_uid()
+            ds = commitment_request(generate_uid(), [("1.2.3.4.99999", other), ("1.2.3.4.99999", stored)])
+            assert await asyncio.to_thread(ask_same_association, app.dicom.port, ds, reports) == 0
+            [(event, info)] = reports.got
+            assert event == 2 and "ReferencedSOPSequence" not in info
+            failed = {i.ReferencedSOPInstanceUID: int(i.FailureReason) for i in info.FailedSOPSequence}
+            assert failed == {other: 0x0122, stored: 0x0119}
+
+    asyncio.run(main())

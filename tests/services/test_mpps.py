@@ -186,7 +186,8 @@ def test_set_refusals_change_nothing(tmp_path: Path) -> None:
             done = await mpps_rows(app, uid)
             code, status = await asyncio.to_thread(n_set, port, mpps_final(SERIES, [], "DISCONTINUED"), uid)
             assert code == 0x0110 and status.ErrorID == 0xA710
-            assert "may no longer be updated" in str(status.ErrorComment)
+            # PS3.4 Table F.7.2-2: this Error Comment, word for word
+            assert status.ErrorComment == "Performed Procedure Step Object may no longer be updated"
             assert await mpps_rows(app, uid) == done
 
     asyncio.run(main())
@@ -310,3 +311,160 @@ def test_final_state_counts_what_earlier_n_sets_and_the_n_create_sent(tmp_path: 
 @pytest.mark.parametrize(("kind", "code"), MPPS_ERROR_STATUS)
 def test_status_table(kind: type[Exception], code: int) -> None:
     assert status_for_mpps_error(kind("x")) == code
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "offending"),
+    [
+        ("PerformedProcedureStepStartDate", "2024-01-05", 0x00400244),
+        ("PerformedProcedureStepStartTime", "2500", 0x00400245),
+    ],
+)
+def test_create_with_a_malformed_start_is_0106(tmp_path: Path, keyword: str, value: str, offending: int) -> None:
+    """PS3.4 Table F.7.2-1: the start date and time are Type 1 on N-CREATE; a value that is not a DA
+    / TM (PS3.5 Table 6.2-1) is 0x0106 Invalid Attribute Value, as the end date and time already were
+    at the final N-SET (it was stored, and the step's start unreadable)."""
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            uid = generate_uid()
+            ds = mpps_create(STUDY)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pydicom warns of the value it is asked to send
+                setattr(ds, keyword, value)
+            code, status = await asyncio.to_thread(n_create, app.dicom.port, ds, uid)
+            assert (code, status.OffendingElement) == (0x0106, offending)
+            assert await mpps_rows(app, uid) is None
+
+    asyncio.run(main())
+
+
+def test_create_links_the_open_entry_of_its_requested_procedure(tmp_path: Path) -> None:
+    """PS3.3 C.4.13: the Scheduled Step Attributes item names the accession, the Requested Procedure ID
+    and the Scheduled Procedure Step ID. The step linked the first entry of the accession whatever its
+    state: a CANCELLED order went back onto the modality's list (IN PROGRESS) while the one scheduled
+    again stayed SCHEDULED, and the wrong requested procedure of a two-procedure order was marked."""
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            worklist = Worklist(app.archive)
+
+            def scheduled(procedure: str) -> Dataset:
+                ds = entry("123456", "Doe^John", "ACC1", "CT", "CT01", "20240105", "083000", study_uid=STUDY)
+                ds.RequestedProcedureID = procedure
+                ds.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID = f"S{procedure}"
+                return ds
+
+            cancelled = await worklist.add(scheduled("RPACC1"), status="CANCELLED")
+            other = await worklist.add(scheduled("RP2"))
+            again = await worklist.add(scheduled("RPACC1"))
+            uid = generate_uid()
+            ds = mpps_create(STUDY)
+            ds.ScheduledStepAttributesSequence[0].ScheduledProcedureStepID = "SRPACC1"
+            assert (await asyncio.to_thread(n_create, app.dicom.port, ds, uid))[0] == 0
+            row = await mpps_rows(app, uid)
+            assert row is not None and row["worklist_pk"] == again.id
+            assert [await _wl_status(app, e.id) for e in (cancelled, other, again)] == [
+                "CANCELLED",
+                "SCHEDULED",
+                "IN PROGRESS",
+            ]
+
+    asyncio.run(main())
+
+
+def test_an_order_cancelled_during_the_step_stays_cancelled(tmp_path: Path) -> None:
+    """The RIS cancels the order (CA) while the modality performs it: an N-SET that keeps the step
+    IN PROGRESS put the CANCELLED entry back onto the modality's worklist (IN PROGRESS), and the final
+    one made it COMPLETED. The step records what was done; the entry stays CANCELLED."""
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            pk = await _scheduled(app)
+            uid = generate_uid()
+            assert (await asyncio.to_thread(n_create, app.dicom.port, mpps_create(STUDY), uid))[0] == 0
+            assert await _wl_status(app, pk) == "IN PROGRESS"
+            await Worklist(app.archive).set_status(pk, "CANCELLED")
+            interim = Dataset()
+            interim.PerformedProcedureStepDescription = "CT head, contrast"
+            assert (await asyncio.to_thread(n_set, app.dicom.port, interim, uid))[0] == 0
+            assert await _wl_status(app, pk) == "CANCELLED"
+            sops = [generate_uid()]
+            assert (await asyncio.to_thread(n_set, app.dicom.port, mpps_final(SERIES, sops), uid))[0] == 0
+            row = await mpps_rows(app, uid)
+            assert row is not None and row["status"] == "COMPLETED"
+            assert await _wl_status(app, pk) == "CANCELLED"
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("uid", ["1.2.abc", "1.02.3", "1..2"])
+def test_create_with_a_malformed_sop_instance_uid_is_0117(tmp_path: Path, uid: str) -> None:
+    """PS3.7 Annex C, 0x0117 Invalid Object Instance: the SOP Instance UID breaks the construction rules of
+    PS3.5 9.1. It was stored, and the modality then put it into every image's Referenced Performed
+    Procedure Step Sequence."""
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pynetdicom warns of the UID it is asked to send
+                code, _ = await asyncio.to_thread(n_create, app.dicom.port, mpps_create(STUDY), uid)
+            assert code == 0x0117
+            assert await mpps_rows(app, uid) is None
+
+    asyncio.run(main())
+
+
+def test_an_n_set_in_another_character_set_does_not_replace_the_steps(tmp_path: Path) -> None:
+    """PS3.4 F.7.2.2.3: the N-SET's Specific Character Set does not replace the step's; the step must
+    reflect both. An N-CREATE in UTF-8 with a Japanese name and an N-SET in Latin-1 left a step that
+    claimed ISO_IR 100 for a name Latin-1 cannot hold; it now says ISO_IR 192, which holds both."""
+    from minipacs.core.worklist import from_text
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            uid = generate_uid()
+            ds = mpps_create(STUDY)
+            ds.SpecificCharacterSet = "ISO_IR 192"
+            ds.PatientName = "Yamada^Tarou=山田^太郎"
+            assert (await asyncio.to_thread(n_create, app.dicom.port, ds, uid))[0] == 0
+            change = Dataset()
+            change.SpecificCharacterSet = "ISO_IR 100"
+            change.PerformedProcedureStepDescription = "Scanner café"
+            assert (await asyncio.to_thread(n_set, app.dicom.port, change, uid))[0] == 0
+            row = await mpps_rows(app, uid)
+            assert row is not None
+            step = from_text(str(row["dataset"]))
+            assert step.SpecificCharacterSet == "ISO_IR 192"
+            assert (str(step.PatientName), step.PerformedProcedureStepDescription) == (
+                "Yamada^Tarou=山田^太郎",
+                "Scanner café",
+            )
+
+    asyncio.run(main())
+
+
+def test_one_step_performing_two_requested_procedures_moves_both_entries(tmp_path: Path) -> None:
+    """IHE RAD group case (PS3.3 C.4.13: one Scheduled Step Attributes item per requested procedure the
+    step performs): both worklist entries go IN PROGRESS, then COMPLETED; only the first one moved."""
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            worklist = Worklist(app.archive)
+            first = await worklist.add(
+                entry("123456", "Doe^John", "ACC1", "CT", "CT01", "20240105", "083000", study_uid=STUDY)
+            )
+            second = await worklist.add(entry("123456", "Doe^John", "ACC2", "CT", "CT01", "20240105", "084000"))
+            ds = mpps_create(STUDY)
+            other = Dataset()
+            other.StudyInstanceUID = second.dataset.StudyInstanceUID
+            other.AccessionNumber = "ACC2"
+            ds.ScheduledStepAttributesSequence.append(other)
+            uid = generate_uid()
+            assert (await asyncio.to_thread(n_create, app.dicom.port, ds, uid))[0] == 0
+            assert [await _wl_status(app, e.id) for e in (first, second)] == ["IN PROGRESS", "IN PROGRESS"]
+            sops = [generate_uid()]
+            assert (await asyncio.to_thread(n_set, app.dicom.port, mpps_final(SERIES, sops), uid))[0] == 0
+            assert [await _wl_status(app, e.id) for e in (first, second)] == ["COMPLETED", "COMPLETED"]
+
+    asyncio.run(main())

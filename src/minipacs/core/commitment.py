@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+from minipacs.dicom.uids import is_storage_sop_class
 from minipacs.index import worklist_repo as repo
 from minipacs.index.database import IndexConnection
 
@@ -26,6 +27,7 @@ class IndexAccess(Protocol):
 class Failure(enum.Enum):
     NO_SUCH_OBJECT = "no such object instance"
     CLASS_INSTANCE_CONFLICT = "stored with another SOP class"
+    SOP_CLASS_NOT_SUPPORTED = "not a storage SOP class the archive takes"
 
 
 @dataclass(frozen=True)
@@ -41,12 +43,17 @@ class CommitmentResult:
 
 
 async def check_commitment(index: IndexAccess, references: Sequence[Reference]) -> CommitmentResult:
-    """PS3.4 J.3.3.1: each reference is committed (stored, same SOP class) or failed with why."""
+    """PS3.4 J.3.3.1: each reference is committed (stored, same SOP class) or failed with why: not
+    stored (and of a storage class we take), stored with another class, or of a class the archive
+    does not store at all (PS3.3 C.14.1.1 Failure Reason 0122: the requester learns that sending it
+    again will not help)."""
     stored = await index.read(lambda conn: repo.stored_instances(conn, [r.sop_instance_uid for r in references]))
     result = CommitmentResult()
     for ref in references:
         held = stored.get(ref.sop_instance_uid)
-        if held is None:
+        if held is None and not is_storage_sop_class(ref.sop_class_uid):
+            result.failed.append((ref, Failure.SOP_CLASS_NOT_SUPPORTED))
+        elif held is None:
             result.failed.append((ref, Failure.NO_SUCH_OBJECT))
         elif held and ref.sop_class_uid and held != ref.sop_class_uid:
             result.failed.append((ref, Failure.CLASS_INSTANCE_CONFLICT))

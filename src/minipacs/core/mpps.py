@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
@@ -27,7 +28,7 @@ from pydicom.dataset import Dataset
 from minipacs.core.changes import ChangeType, change_row, record
 from minipacs.core.errors import ArchiveError
 from minipacs.core.model import StoreOutcome
-from minipacs.core.worklist import Worklist, from_text, to_text
+from minipacs.core.worklist import CANCELLED, OPEN_STATES, Worklist, WorklistEntry, from_text, to_text
 from minipacs.dicom.values import as_date, as_time
 from minipacs.index import worklist_repo as repo
 from minipacs.index.database import IndexConnection
@@ -194,6 +195,8 @@ def validate_create(ds: Dataset) -> list[str]:
         for keyword in CREATE_ITEM_TYPE1:
             if not _text(item, keyword):
                 raise MissingAttribute(f"Scheduled Step Attributes Sequence item {n + 1} lacks {keyword}", keyword)
+    _check_date(ds, "PerformedProcedureStepStartDate")  # Type 1: a value, and one of its VR (PS3.5 6.2)
+    _check_time(ds, "PerformedProcedureStepStartTime")
     status = _text(ds, "PerformedProcedureStepStatus")
     if status != IN_PROGRESS:
         raise InvalidAttributeValue(
@@ -316,6 +319,48 @@ def _scheduled(ds: Dataset) -> tuple[str, str]:
     return study, accession
 
 
+def _fit(entry: WorklistEntry, *, item: Dataset) -> tuple[bool, bool, bool]:
+    """How well worklist ``entry`` fits Scheduled Step Attributes ``item``: open, same Requested
+    Procedure ID, same Scheduled Procedure Step ID (an ID the item leaves empty fits any entry)."""
+    procedure, step_id = _text(item, "RequestedProcedureID"), _text(item, "ScheduledProcedureStepID")
+    steps = entry.dataset.get("ScheduledProcedureStepSequence") or []
+    return (
+        entry.status in OPEN_STATES,
+        not procedure or _text(entry.dataset, "RequestedProcedureID") == procedure,
+        not step_id or any(_text(sps, "ScheduledProcedureStepID") == step_id for sps in steps),
+    )
+
+
+def _scheduled_entries(conn: IndexConnection, ds: Dataset, states: tuple[str, ...]) -> list[int]:
+    """The worklist entries the step performs, one per Scheduled Step Attributes item (PS3.3 C.4.13;
+    several items: the IHE group case, one step performing several requested procedures), in the
+    writer's transaction: by the item's Accession Number, else its Study Instance UID; among several
+    entries (requested procedures or steps of one order, a cancelled order scheduled again) the one with
+    the item's Requested Procedure ID and Scheduled Procedure Step ID. Only entries in ``states``: a
+    step never brings a CANCELLED or done entry back onto the modality's list."""
+    found: list[int] = []
+    for item in ds.get("ScheduledStepAttributesSequence") or []:
+        accession, study = _text(item, "AccessionNumber"), _text(item, "StudyInstanceUID")
+        rows = repo.worklist_rows(conn, {"accession_number": accession}, states) if accession else []
+        if not rows and study:
+            rows = repo.worklist_rows(conn, {"study_instance_uid": study}, states)
+        if rows:
+            entries = [WorklistEntry(int(r["id"]), str(r["status"]), from_text(str(r["dataset"]))) for r in rows]
+            best = max(entries, key=functools.partial(_fit, item=item))  # the first (oldest) of equals
+            if best.id not in found:
+                found.append(best.id)
+    return found
+
+
+def _follow(conn: IndexConnection, worklist_pk: int, status: str) -> None:
+    """The linked worklist entry takes the step's new status, in the step's own transaction, unless the
+    order was cancelled meanwhile (hl7/orders.py CA): a cancelled entry stays off the modality's list,
+    and the step keeps the record of what was done."""
+    row = repo.worklist_row(conn, worklist_pk)
+    if row is not None and str(row["status"]) != CANCELLED:
+        repo.set_worklist_status(conn, worklist_pk, status)
+
+
 def _step(row: Mapping[str, Any]) -> Step:
     refs = tuple(r for r in str(row["referenced"] or "").split("\\") if r)
     pk = row["worklist_pk"]
@@ -331,10 +376,30 @@ def _step(row: Mapping[str, Any]) -> Step:
 
 
 def _merge(stored: Dataset, changes: Dataset) -> Dataset:
-    """PS3.7 10.1.3: each attribute of the modification list replaces the stored one (sequences whole)."""
+    """PS3.7 10.1.3: each attribute of the modification list replaces the stored one (sequences whole).
+
+    PS3.4 F.7.2.2.3: but the N-SET's Specific Character Set does not replace the step's; the step must
+    reflect both. The values are kept as Unicode, so when the two differ the step says ISO_IR 192,
+    which holds the text of either (an N-CREATE in UTF-8 with a Japanese name, then an N-SET in
+    Latin-1, left a step that claimed Latin-1 for its Japanese name)."""
+    before = _charsets(stored)
     for elem in changes:
         stored[elem.tag] = elem
+    after = _charsets(changes)
+    if before and after and before != after:
+        stored.SpecificCharacterSet = "ISO_IR 192"
+    elif before:
+        stored.SpecificCharacterSet = before if len(before) > 1 else before[0]
     return stored
+
+
+def _charsets(ds: Dataset) -> list[str]:
+    """The Specific Character Set (0008,0005) terms of ``ds`` ([] when absent: the default repertoire)."""
+    value = ds.get("SpecificCharacterSet")
+    if value is None:
+        return []
+    terms = [value] if isinstance(value, str) else list(value)
+    return [str(t).strip() for t in terms if str(t).strip()] or []
 
 
 #: Step status an N-SET moves to -> the changes-journal row it writes (core/changes.py).
@@ -387,27 +452,28 @@ class ProcedureSteps:
                 ", ".join(missing),
             )
         study, accession = _scheduled(ds)
-        entry_pk = await self._worklist_entry(study, accession)
-        values = {
-            "sop_instance_uid": sop_instance_uid,
-            "status": IN_PROGRESS,
-            "study_instance_uid": study[:64],
-            "accession_number": accession[:16],
-            "worklist_pk": entry_pk,
-            "referenced": "\\".join(referenced_instances(ds)),
-            "dataset": to_text(ds),
-        }
+        text = to_text(ds)
 
-        def insert(conn: IndexConnection) -> None:
+        def insert(conn: IndexConnection) -> list[int]:
             if repo.mpps_row(conn, sop_instance_uid) is not None:
                 raise DuplicateStep(f"MPPS {sop_instance_uid} already exists; N-SET it instead")
+            linked = _scheduled_entries(conn, ds, OPEN_STATES)
+            values = {
+                "sop_instance_uid": sop_instance_uid,
+                "status": IN_PROGRESS,
+                "study_instance_uid": study[:64],
+                "accession_number": accession[:16],
+                "worklist_pk": linked[0] if linked else None,
+                "referenced": "\\".join(referenced_instances(ds)),
+                "dataset": text,
+            }
             repo.insert_mpps(conn, values)
             record(conn, [change_row(ChangeType.MPPS_CREATED, sop_instance_uid, study[:64], dt.datetime.now(dt.UTC))])
+            for pk in linked:
+                _follow(conn, pk, IN_PROGRESS)
+            return linked
 
-        await self.index.write(insert)
-        if entry_pk is not None:
-            await self.worklist.set_status(entry_pk, IN_PROGRESS)
-        else:
+        if not await self.index.write(insert):
             log.info(
                 "MPPS %s (study %s, accession %r) matches no worklist entry: an unscheduled procedure",
                 sop_instance_uid,
@@ -434,6 +500,10 @@ class ProcedureSteps:
                 }
                 if repo.update_mpps(conn, sop_instance_uid, values, was=row):
                     break
+            if status != step.status:  # every entry the step performs (IHE group case), as N-CREATE linked them
+                linked = _scheduled_entries(conn, step.dataset, (IN_PROGRESS,))
+                for pk in dict.fromkeys([*([step.worklist_pk] if step.worklist_pk is not None else []), *linked]):
+                    _follow(conn, pk, status)
             if status != step.status and status in _STEP_CHANGES:
                 record(
                     conn,
@@ -446,19 +516,11 @@ class ProcedureSteps:
             return _step(repo.mpps_row(conn, sop_instance_uid) or row)
 
         step = await self.index.write(update)
-        if step.worklist_pk is not None:
-            await self.worklist.set_status(step.worklist_pk, step.status)
         if step.status == COMPLETED:
             await self.check_study(step.study_instance_uid)
         elif step.status == DISCONTINUED:
             log.info("MPPS %s DISCONTINUED (study %s)", sop_instance_uid, step.study_instance_uid)
         return step
-
-    async def _worklist_entry(self, study: str, accession: str) -> int | None:
-        entries = await self.worklist.by_accession(accession) if accession else []
-        if not entries and study:
-            entries = await self.worklist.by_study(study)
-        return entries[0].id if entries else None
 
     async def _require(self, sop_instance_uid: str) -> Step:
         step = await self.get(sop_instance_uid)

@@ -2,8 +2,8 @@
 
 An :class:`Order` is what the order asks for, as a worklist dataset (PS3.4 K.6), and what to
 do with it (:class:`OrderControl`); the edge that received it builds it (hl7/orders.py for
-HL7 v2 ORM/OMG). :func:`apply_orders` checks every order of a message against the worklist
-before it writes anything, so a refused message changes nothing. A refusal is an
+HL7 v2 ORM/OMG/OMI). :func:`apply_orders` applies the orders of one message in ONE writer
+transaction, so a refused message changes nothing. A refusal is an
 :class:`OrderRefused` naming the order's control and the DICOM attribute at fault; the
 edge turns it into its own codes (hl7/orders.py: HL7 acknowledgement codes). Orders of one
 accession are found by Accession Number, else by Placer / Filler Order Number.
@@ -11,7 +11,8 @@ accession are found by Accession Number, else by Placer / Filler Order Number.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -22,12 +23,16 @@ from minipacs.core.errors import ArchiveError
 from minipacs.core.worklist import (
     CANCELLED,
     OPEN_STATES,
+    SCHEDULED,
     InvalidWorklistEntry,
     Worklist,
     WorklistEntry,
-    WorklistEntryChanged,
+    _columns,
+    _entry,
     validated,
 )
+from minipacs.index import worklist_repo as repo
+from minipacs.index.database import IndexConnection
 
 
 class OrderControl(StrEnum):
@@ -74,36 +79,63 @@ class UnknownOrder(OrderRefused):
 
 
 class OrderChanged(UnknownOrder):
-    """The entry to change left the open states, or went, while the change was being written."""
+    """The entry to change went while the change was being written (another node's writer)."""
 
 
-Action = Callable[[Worklist], Awaitable[str]]
-Planner = Callable[[Worklist, Dataset], Awaitable[Action]]
+Action = Callable[[IndexConnection, Dataset], str]
 
 
 def order_key(ds: Dataset) -> str:
     return str(ds.get("AccessionNumber", "") or ds.get("PlacerOrderNumberImagingServiceRequest", "") or "")
 
 
-async def _existing(worklist: Worklist, ds: Dataset, control: OrderControl) -> list[WorklistEntry]:
-    """Open entries of the same order: by Accession Number, else by Placer / Filler Order Number."""
-    accession = str(ds.get("AccessionNumber", "") or "")
+def _text(ds: Dataset, keyword: str) -> str:
+    return str(ds.get(keyword, "") or "").strip()
+
+
+def _existing(conn: IndexConnection, ds: Dataset, control: OrderControl) -> list[WorklistEntry]:
+    """Open entries of the same order, as the transaction sees them (earlier orders of the message
+    included): by Accession Number, else by Placer / Filler Order Number."""
+    accession = _text(ds, "AccessionNumber")
     if accession:
-        entries = await worklist.by_accession(accession)
-    else:
-        keys = [
-            (k, str(ds.get(k, "") or ""))
-            for k in ("PlacerOrderNumberImagingServiceRequest", "FillerOrderNumberImagingServiceRequest")
-        ]
-        keys = [(k, v) for k, v in keys if v]
-        if not keys:
-            raise InvalidOrder(
-                "the order has neither an accession number nor placer/filler order numbers to find it by",
-                control=control,
-                keyword="AccessionNumber",
-            )
-        entries = [e for e in await worklist.list() if any(str(e.dataset.get(k, "") or "") == v for k, v in keys)]
-    return [e for e in entries if e.status in OPEN_STATES]
+        rows = repo.worklist_rows(conn, {"accession_number": accession}, OPEN_STATES)
+        return [_entry(row) for row in rows]
+    keys = [
+        (k, _text(ds, k)) for k in ("PlacerOrderNumberImagingServiceRequest", "FillerOrderNumberImagingServiceRequest")
+    ]
+    keys = [(k, v) for k, v in keys if v]
+    if not keys:
+        raise InvalidOrder(
+            "the order has neither an accession number nor placer/filler order numbers to find it by",
+            control=control,
+            keyword="AccessionNumber",
+        )
+    entries = [_entry(row) for row in repo.worklist_rows(conn, statuses=OPEN_STATES)]
+    return [e for e in entries if any(_text(e.dataset, k) == v for k, v in keys)]
+
+
+def _of_procedure(entries: list[WorklistEntry], procedure: str) -> list[WorklistEntry]:
+    """The entries of Requested Procedure ID ``procedure``; all of them when it is ''. One order (one
+    accession number) may hold several requested procedures (IHE RAD TF-1 4.1, PS3.3 C.30), each its
+    own entry, told apart by the Requested Procedure ID (OBR-19 / IPC-2)."""
+    if not procedure:
+        return entries
+    return [e for e in entries if _text(e.dataset, "RequestedProcedureID") == procedure]
+
+
+def _step_id(ds: Dataset) -> str:
+    """The Scheduled Procedure Step ID of the entry's (only) step."""
+    steps = ds.get("ScheduledProcedureStepSequence") or []
+    return _text(steps[0], "ScheduledProcedureStepID") if steps else ""
+
+
+def _of_step(entries: list[WorklistEntry], step_id: str) -> list[WorklistEntry]:
+    """The entries of Scheduled Procedure Step ID ``step_id``; all of them when it is ''. A requested
+    procedure may have several steps, each its own worklist entry (PS3.4 K.6.1.2.1), told apart by the
+    Scheduled Procedure Step ID (IPC-4 / OBR-20)."""
+    if not step_id:
+        return entries
+    return [e for e in entries if _step_id(e.dataset) == step_id]
 
 
 def _checked(ds: Dataset, control: OrderControl) -> Dataset:
@@ -113,43 +145,41 @@ def _checked(ds: Dataset, control: OrderControl) -> Dataset:
         raise InvalidOrder(str(exc), control=control) from exc
 
 
-async def _new(worklist: Worklist, ds: Dataset) -> Action:
-    """A new order -> a new SCHEDULED entry; an open order with the same number is a duplicate."""
+def _new(conn: IndexConnection, ds: Dataset) -> str:
+    """A new order -> a new SCHEDULED entry. An open entry of the same order, requested procedure and
+    step is a duplicate (an ID the new order leaves out matches any); another requested procedure or
+    step of an open order is not."""
+    procedure, step_id = _text(ds, "RequestedProcedureID"), _step_id(ds)  # as sent: validated() makes up missing IDs
     ds = _checked(ds, OrderControl.NEW)
-    duplicates = await _existing(worklist, ds, OrderControl.NEW) if order_key(ds) else []
+    existing = _existing(conn, ds, OrderControl.NEW) if order_key(ds) else []
+    duplicates = _of_step(_of_procedure(existing, procedure), step_id)
     if duplicates:
-        raise DuplicateOrder(
-            f"order {order_key(ds)} is already on the worklist", control=OrderControl.NEW, keyword="AccessionNumber"
-        )
-
-    async def run(wl: Worklist) -> str:
-        entry = await wl.add(ds)
-        return f"order {order_key(ds) or entry.id} scheduled as worklist entry {entry.id}"
-
-    return run
+        what = f"order {order_key(ds)}" + (f" requested procedure {procedure}" if procedure else "")
+        what += f" step {step_id}" if step_id else ""
+        raise DuplicateOrder(f"{what} is already on the worklist", control=OrderControl.NEW, keyword="AccessionNumber")
+    pk = repo.insert_worklist(conn, _columns(ds, SCHEDULED))
+    return f"order {order_key(ds) or pk} scheduled as worklist entry {pk}"
 
 
-async def _cancel(worklist: Worklist, ds: Dataset) -> Action:
-    """The open entries of the order become CANCELLED (they leave the modality's list)."""
-    entries = await _existing(worklist, ds, OrderControl.CANCEL)
+def _cancel(conn: IndexConnection, ds: Dataset) -> str:
+    """The open entries of the order (of its requested procedure, when it names one) become
+    CANCELLED: they leave the modality's list."""
+    procedure = _text(ds, "RequestedProcedureID")
+    entries = _of_procedure(_existing(conn, ds, OrderControl.CANCEL), procedure)
+    entries = _of_step(entries, _step_id(ds)) or entries  # one step of several, when it names one
     if not entries:
+        what = f"order {order_key(ds) or '(no number)'}" + (f" requested procedure {procedure}" if procedure else "")
         raise UnknownOrder(
-            f"no open worklist entry for order {order_key(ds) or '(no number)'} to cancel",
-            control=OrderControl.CANCEL,
-            keyword="AccessionNumber",
+            f"no open worklist entry for {what} to cancel", control=OrderControl.CANCEL, keyword="AccessionNumber"
         )
-
-    async def run(wl: Worklist) -> str:
-        for entry in entries:
-            await wl.set_status(entry.id, CANCELLED)
-        return f"order {order_key(ds)} cancelled ({len(entries)} worklist entr{'y' if len(entries) == 1 else 'ies'})"
-
-    return run
+    for entry in entries:
+        repo.set_worklist_status(conn, entry.id, CANCELLED)
+    return f"order {order_key(ds)} cancelled ({len(entries)} worklist entr{'y' if len(entries) == 1 else 'ies'})"
 
 
-async def _change(worklist: Worklist, ds: Dataset) -> Action:
-    """The order's open entry gets the changed order, in place (one writer transaction: its id,
-    status and MPPS link stay; Study Instance UID kept when not sent).
+def _change(conn: IndexConnection, ds: Dataset) -> str:
+    """The order's open entry gets the changed order, in place (its id, status and MPPS link stay;
+    Study Instance UID and procedure IDs kept when not sent).
 
     A change for an order that is not open on the worklist is refused (UnknownOrder):
     taking it as new would resurrect a cancelled order or schedule one from a partial
@@ -157,16 +187,18 @@ async def _change(worklist: Worklist, ds: Dataset) -> Action:
     Procedure ID.
     """
     control = OrderControl.CHANGE
-    entries = await _existing(worklist, ds, control)
+    entries = _existing(conn, ds, control)
     if not entries:
         raise UnknownOrder(
             f"no open worklist entry for order {order_key(ds) or '(no number)'} to change",
             control=control,
             keyword="AccessionNumber",
         )
-    procedure = str(ds.get("RequestedProcedureID", "") or "")
+    procedure = _text(ds, "RequestedProcedureID")
     if len(entries) > 1 and procedure:
-        entries = [e for e in entries if str(e.dataset.get("RequestedProcedureID", "") or "") == procedure] or entries
+        entries = _of_procedure(entries, procedure) or entries
+    if len(entries) > 1:
+        entries = _of_step(entries, _step_id(ds)) or entries
     if len(entries) > 1:
         raise AmbiguousOrder(
             f"order {order_key(ds)} has {len(entries)} open worklist entries "
@@ -176,32 +208,28 @@ async def _change(worklist: Worklist, ds: Dataset) -> Action:
             keyword="RequestedProcedureID",
         )
     target = entries[0]
-    if not str(ds.get("StudyInstanceUID", "") or ""):
-        ds.StudyInstanceUID = str(target.dataset.get("StudyInstanceUID", "") or "")
-    if not str(ds.get("RequestedProcedureID", "") or ""):  # keep the IDs the modality has, not new ones
-        ds.RequestedProcedureID = str(target.dataset.get("RequestedProcedureID", "") or "")
+    if not _text(ds, "StudyInstanceUID"):
+        ds.StudyInstanceUID = _text(target.dataset, "StudyInstanceUID")
+    if not procedure:  # keep the IDs the modality has, not new ones
+        ds.RequestedProcedureID = _text(target.dataset, "RequestedProcedureID")
     old_steps, new_steps = (
         target.dataset.get("ScheduledProcedureStepSequence"),
         ds.get("ScheduledProcedureStepSequence"),
     )
     if old_steps and new_steps and len(old_steps) == len(new_steps):
         for old, new in zip(old_steps, new_steps, strict=True):
-            if not str(new.get("ScheduledProcedureStepID", "") or ""):
-                new.ScheduledProcedureStepID = str(old.get("ScheduledProcedureStepID", "") or "")
+            if not _text(new, "ScheduledProcedureStepID"):
+                new.ScheduledProcedureStepID = _text(old, "ScheduledProcedureStepID")
     ds = _checked(ds, control)
-
-    async def run(wl: Worklist) -> str:
-        try:
-            await wl.update(target.id, ds, states=OPEN_STATES)
-        except WorklistEntryChanged as exc:
-            raise OrderChanged(f"order {order_key(ds)} was not changed: {exc}", control=control) from exc
-        return f"order {order_key(ds)} changed (worklist entry {target.id})"
-
-    return run
+    if not repo.update_worklist(conn, target.id, _columns(ds, target.status)):
+        raise OrderChanged(
+            f"order {order_key(ds)} was not changed: worklist entry {target.id} no longer exists", control=control
+        )
+    return f"order {order_key(ds)} changed (worklist entry {target.id})"
 
 
-#: What each control does to the worklist: a planner checks (and may refuse) before anything is written.
-PLANNERS: Final[dict[OrderControl, Planner]] = {
+#: What each control does to the worklist, in the writer's transaction: check (and maybe refuse), then write.
+PLANNERS: Final[dict[OrderControl, Action]] = {
     OrderControl.NEW: _new,
     OrderControl.CANCEL: _cancel,
     OrderControl.CHANGE: _change,
@@ -209,12 +237,22 @@ PLANNERS: Final[dict[OrderControl, Planner]] = {
 
 
 async def apply_orders(worklist: Worklist, orders: Sequence[Order]) -> str:
-    """Apply every order to the worklist, or none: all are checked first, then written.
+    """Apply every order to the worklist, or none: ONE writer transaction applies them in the
+    message's order, each checked against the worklist as the orders before it leave it (a new order
+    and its cancel, or two requested procedures of one order, in one message); a refusal or a failure
+    rolls the whole message back.
 
     Returns what was done, one clause per order; raises :class:`OrderRefused`.
     """
-    plans = [await PLANNERS[order.control](worklist, order.dataset) for order in orders]
-    return "; ".join([await plan(worklist) for plan in plans])
+
+    def run(conn: IndexConnection) -> str:
+        # A savepoint: the writer commits the rest of its batch after a refusal (an ArchiveError), so
+        # the orders written before the refused one must be rolled back here. Copies: the writer may
+        # run the call again (a failed batch is retried job by job).
+        with conn.begin_nested():
+            return "; ".join(PLANNERS[order.control](conn, copy.deepcopy(order.dataset)) for order in orders)
+
+    return await worklist.index.write(run)
 
 
 __all__ = [

@@ -6,7 +6,10 @@ Table 0357 code, where the problem is, and the reason a person reads.
 
 from __future__ import annotations
 
+import itertools
+import secrets
 from datetime import UTC, datetime
+from typing import Final
 
 from minipacs.hl7.errors import ERROR_CODES, HL7Error
 from minipacs.hl7.message import DEFAULT_ENCODING, SEGMENT_ID, Message, Segment, escape
@@ -14,6 +17,22 @@ from minipacs.hl7.message import DEFAULT_ENCODING, SEGMENT_ID, Message, Segment,
 
 def hl7_timestamp(when: datetime | None = None) -> str:
     return (when or datetime.now(UTC)).strftime("%Y%m%d%H%M%S")
+
+
+#: The ACKs' own MSH-10 numbers: a random start (two servers, or a restart in the same second, do not
+#: repeat each other's), then one up per ACK.
+_SEQUENCE = itertools.count(secrets.randbelow(1_000_000))
+
+
+def new_control_id() -> str:
+    """MSH-10 of an ACK: HL7 v2.5 2.15.9.10 wants each message's ID unique (the sender files ACKs by it);
+    the time to the second and a six-digit sequence, 20 characters (the ST 20 of v2.3 - v2.5)."""
+    return f"{hl7_timestamp()}{next(_SEQUENCE) % 1_000_000:06d}"
+
+
+#: Versions whose ERR segment is the one field ERR-1 Error Code and Location (ELD, HL7 v2.3 - v2.4);
+#: from v2.5 ERR-2 .. ERR-8 carry it and ERR-1 is kept for backward compatibility only.
+ELD_VERSIONS: Final = ("2.1", "2.2", "2.3", "2.3.1", "2.4")
 
 
 def build_ack(
@@ -29,7 +48,8 @@ def build_ack(
 
     Sending and receiving application/facility are the original's swapped; MSA-2 is
     its control ID; MSA-3 the reason a person reads; with an error an ERR segment
-    (ERR-2 location, ERR-3 Table 0357 code, ERR-4 severity E, ERR-8 the reason).
+    (ERR-2 location, ERR-3 Table 0357 code, ERR-4 severity E, ERR-8 the reason; for a v2.3 - v2.4
+    message also ERR-1, the only ERR field those versions have). MSH-10 is a new unique ID.
     MSH-18 repeats the original's when it declared one (send the ACK in that charset).
     ``message`` may be None when the original could not be parsed.
     """
@@ -52,7 +72,7 @@ def build_ack(
         hl7_timestamp(),
         "",
         f"ACK{enc.component}{event}{enc.component}ACK" if event else "ACK",
-        escape(control_id or f"ACK{hl7_timestamp()}", enc),
+        escape(control_id or new_control_id(), enc),
         raw(msh, 11) or "P",
         version,
     ]
@@ -63,12 +83,20 @@ def build_ack(
     if error is not None:
         c = enc.component
         seg, _, field = error.location.partition("-")
-        where = f"{seg}{c}1{c}{field}" if field.isdigit() and SEGMENT_ID.match(seg) else escape(error.location, enc)
+        located = field.isdigit() and SEGMENT_ID.match(seg)
+        where = f"{seg}{c}1{c}{field}" if located else escape(error.location, enc)
+        meaning = escape(ERROR_CODES.get(error.error_code, "Error"), enc)
+        eld = ""
+        if version in ELD_VERSIONS:  # ERR-1 (ELD): segment ^ sequence ^ field ^ code&text&system
+            t = enc.subcomponent
+            named = SEGMENT_ID.match(seg) is not None  # "PID-3", or a whole segment as "PID"
+            eld = f"{seg if named else ''}{c}{1 if named else ''}{c}{field if located else ''}{c}"
+            eld += f"{error.error_code}{t}{meaning}{t}HL70357"
         err = [
             "ERR",
-            "",
+            eld,
             where,
-            f"{error.error_code}{c}{escape(ERROR_CODES.get(error.error_code, 'Error'), enc)}{c}HL70357",
+            f"{error.error_code}{c}{meaning}{c}HL70357",
             "E",
             "",
             "",
@@ -87,4 +115,4 @@ def encode_ack(ack: str, message: Message | None) -> bytes:
     return ack.encode(charset.codec if charset is not None and declared else "utf-8", errors="replace")
 
 
-__all__ = ["build_ack", "encode_ack", "hl7_timestamp"]
+__all__ = ["ELD_VERSIONS", "build_ack", "encode_ack", "hl7_timestamp", "new_control_id"]

@@ -83,21 +83,40 @@ def _identifier(message: Message, segment: Segment, field: int, name: str) -> st
             error_code=101,
             location=f"{segment.name}-{field}",
         )
+    return _checked_identifier(value, segment.name, field)
+
+
+def _checked_identifier(value: str, segment: str, field: int) -> str:
+    """``value`` as a Patient ID DICOM can hold (LO without backslash or wildcards); AE 102 otherwise."""
     if len(value) > 64 or any(c in value for c in "\\*?") or not value.isprintable():
         raise HL7Error(
-            f"{segment.name}-{field} {value[:70]!r} is not a Patient ID DICOM can hold (at most 64 printable "
+            f"{segment}-{field} {value[:70]!r} is not a Patient ID DICOM can hold (at most 64 printable "
             "characters, no backslash, no wildcard * or ?)",
             error_code=102,
-            location=f"{segment.name}-{field}",
+            location=f"{segment}-{field}",
         )
     return value
 
 
-def _prior(message: Message, mrg: Segment) -> str:
-    """MRG-1's one prior Patient ID. Several repetitions naming different IDs are refused (AE 102):
-    the archive knows a patient by one Patient ID and cannot tell which of them is meant, and merging
-    only the first would leave the others behind while the sender believes them merged."""
-    ids = {message.component(rep, 1) for rep in message.repetitions(mrg, 1)} - {""}
+def _domain(message: Message, rep: str) -> tuple[str, str]:
+    """A CX identifier's domain: CX.4 Assigning Authority (its namespace ID) and CX.5 Identifier Type Code."""
+    return message.component(rep, 4, 1).upper(), message.component(rep, 5).upper()
+
+
+def _prior(message: Message, mrg: Segment, pid: Segment) -> str:
+    """MRG-1's one prior Patient ID. MRG-1, like PID-3, lists the prior patient's identifiers, one per
+    domain (HL7 v2.5 3.4.3.1: a medical record number, a national ID ...): the one in the domain of
+    PID-3's identifier (CX.4 Assigning Authority, CX.5 Identifier Type Code) is the Patient ID the
+    archive knows. Repetitions naming different IDs in that domain, or none of them in it, are refused
+    (AE 102): the archive knows a patient by one Patient ID and cannot tell which of them is meant, and
+    merging only the first would leave the others behind while the sender believes them merged."""
+    reps = message.repetitions(mrg, 1)
+    ids = {message.component(rep, 1) for rep in reps} - {""}
+    if len(ids) > 1:
+        domain = _domain(message, (message.repetitions(pid, 3) or [""])[0])
+        same = {message.component(rep, 1) for rep in reps if _domain(message, rep) == domain} - {""}
+        if len(same) == 1:
+            return _checked_identifier(same.pop(), "MRG", 1)
     if len(ids) > 1:
         listed = ", ".join(repr(i[:20]) for i in sorted(ids)[:5])
         raise HL7Error(
@@ -204,7 +223,7 @@ class ADTApplier:
         groups = []
         for pid, mrg in _pairs(message, event):
             current = _identifier(message, pid, 3, "Patient Identifier List")
-            prior = _prior(message, mrg) if mrg is not None else ""
+            prior = _prior(message, mrg, pid) if mrg is not None else ""
             groups.append((current, prior, demographics(message, pid)))
         said: list[str] = []
         actor, who = _actor(message)

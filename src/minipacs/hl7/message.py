@@ -73,14 +73,25 @@ CHARSET_ALIASES: Final[dict[str, str]] = {
 }
 
 _HEX = re.compile(r"^X([0-9A-Fa-f]{2})+$")
+#: HL7 v2.5 2.7.6: \.sp <n>\ (skip lines) ends a line, like \.br\.
+_LINE: Final = re.compile(r"^\.sp ?[+-]?\d*$")
+#: HL7 v2.5 2.7.2 highlighting, 2.7.5 locally defined, 2.7.6 other formatting, 2.7.7 character set switches.
+_DROPPED: Final = re.compile(
+    r"^(?:[HN]|Z[^\\]*|\.(?:in|ti|sk|ce|fi|nf)(?: ?[+-]?\d+)?|C[0-9A-Fa-f]{4}|M[0-9A-Fa-f]{4}(?:[0-9A-Fa-f]{2})?)$"
+)
 
 
-def unescape(text: str, enc: Encoding = DEFAULT_ENCODING) -> str:
+def unescape(text: str, enc: Encoding = DEFAULT_ENCODING, codec: str = "latin-1") -> str:
     """HL7 v2.5 2.7: escape sequences -> the characters they stand for.
 
-    \\F\\ \\S\\ \\T\\ \\R\\ \\E\\ give the delimiters, \\Xhh..\\ the bytes hh.. (as
-    Latin-1 code points unless they are valid UTF-8), \\.br\\ a line break.
-    Formatting and character-set sequences not understood are kept as sent.
+    \\F\\ \\S\\ \\T\\ \\R\\ \\E\\ give the delimiters, \\Xhh..\\ the bytes hh.. (HL7 v2.5
+    2.7.3: in the message's character set, ``codec``; UTF-8 when they are valid UTF-8, which a
+    sender escaping what its set lacks means; else ISO 8859-1), \\.br\\ and \\.sp\\ a line break.
+    The sequences that only format a display or switch character sets (HL7 v2.5 2.7.2 highlighting
+    \\H\\ \\N\\, 2.7.5 locally defined \\Z..\\, 2.7.6 formatting \\.xx\\, 2.7.7 \\C..\\ \\M..\\; the
+    bytes were already read in the MSH-18 set) are dropped: kept as sent, their escape characters
+    became backslashes, the value separator of DICOM (PS3.5 6.4), and split a name into several
+    values. Anything else is kept as sent.
     """
     esc = enc.escape
     if not esc or esc not in text:
@@ -101,12 +112,18 @@ def unescape(text: str, enc: Encoding = DEFAULT_ENCODING) -> str:
         body = text[i + 1 : end]
         if body in simple:
             out.append(simple[body])
+        elif _LINE.match(body):
+            out.append("\n")
+        elif _DROPPED.match(body):
+            pass
         elif _HEX.match(body):
             raw = bytes.fromhex(body[1:])
-            try:
-                out.append(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                out.append(raw.decode("latin-1"))
+            for name in ("utf-8", codec, "latin-1"):
+                try:
+                    out.append(raw.decode(name))
+                    break
+                except UnicodeDecodeError:
+                    continue
         else:
             out.append(text[i : end + 1])
         i = end + 1
@@ -180,7 +197,8 @@ class Message:
         if subcomponent > len(subs):
             return ""
         text = subs[subcomponent - 1]
-        return "" if text == '""' else unescape(text, self.encoding).strip()
+        codec = self.charset.codec if self.charset is not None else "latin-1"
+        return "" if text == '""' else unescape(text, self.encoding, codec).strip()
 
     @property
     def control_id(self) -> str:

@@ -4,7 +4,8 @@ Each message comes framed as <VT 0x0B> message <FS 0x1C><CR 0x0D> and is answere
 one framed ACK: the listener only frames, the message handler it is given does the rest
 (bootstrap gives hl7/orders.py ``OrderReceiver``: parse per MSH-18, apply to the worklist,
 ACK). A bad message gets AE/AR with the reason in MSA-3 and changes nothing; the
-connection keeps serving. A frame larger than
+connection keeps serving. Bytes outside a frame are dropped, and so is a frame that another start
+block interrupts before its end block (the sender gave up on it). A frame larger than
 ``hl7_max_message_bytes`` is NAKed and the connection closed (the rest of it is
 not read); a connection silent for ``idle_timeout`` seconds is closed.
 """
@@ -14,16 +15,20 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from minipacs.hl7.ack import build_ack
+from minipacs.hl7.ack import build_ack, encode_ack
 from minipacs.hl7.errors import REJECT, HL7Error
+from minipacs.hl7.message import Message, parse
 
 log = logging.getLogger("minipacs.hl7")
 
 START_BLOCK: Final = b"\x0b"
 END_BLOCK: Final = b"\x1c\x0d"
+#: How much of an oversized frame is read for its MSH segment (the NAK names its control ID).
+MSH_PEEK_BYTES: Final = 4096
 
 #: The sending peer's host address while its message is handled (each connection is a task of
 #: its own), for the audit trail (hl7/adt.py): the handler's signature stays bytes -> bytes.
@@ -53,6 +58,7 @@ class MLLPServer:
         port: int = 2575,
         max_message_bytes: int = 1 << 20,
         idle_timeout: float = 300.0,
+        max_connections: int = 64,
         application: str = "MINIPACS",
         peer_resolver: PeerResolver | None = None,
     ) -> None:
@@ -62,6 +68,10 @@ class MLLPServer:
         self.port = port
         self.max_message_bytes = max_message_bytes
         self.idle_timeout = idle_timeout
+        #: Connections open at once: each may buffer up to max_message_bytes, so without a bound a
+        #: flood of half-sent frames would take the process's memory (and file descriptors) from the
+        #: DICOM and web listeners too.
+        self.max_connections = max_connections
         self.application = application
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -83,6 +93,14 @@ class MLLPServer:
         await asyncio.gather(*self._connections, return_exceptions=True)
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._connections) >= self.max_connections:
+            log.warning(
+                "HL7 connection from %s closed: %d connections are open, hl7_max_connections",
+                writer.get_extra_info("peername"),
+                len(self._connections),
+            )
+            writer.close()
+            return
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)
@@ -122,10 +140,22 @@ class MLLPServer:
             elif start > 0:
                 del buffer[:start]
             end = buffer.find(END_BLOCK)
+            restart = buffer.find(START_BLOCK, 1, end if end > 0 else len(buffer)) if start >= 0 else -1
+            if restart > 0:
+                # MLLP: the content never holds <VT>, so a second start block before the end block means
+                # the frame before it lost its end (a sender that gave up and resent): drop that partial
+                # message, never answer the next one as if glued to it (its ACK would name the wrong ID)
+                log.warning(
+                    "HL7 %s: %d byte(s) of a frame without its end block dropped (a new start block came first)",
+                    peer,
+                    restart,
+                )
+                del buffer[:restart]
+                continue
             complete = start >= 0 and end > 0
             size = (end if complete else len(buffer)) - 1  # the message so far, without <VT>
             if size > self.max_message_bytes:
-                await self._refuse_oversized(writer, peer)
+                await self._refuse_oversized(writer, peer, bytes(buffer[1 : 1 + MSH_PEEK_BYTES]))
                 return
             if complete:
                 data = bytes(buffer[1:end])
@@ -144,14 +174,22 @@ class MLLPServer:
                 return
             buffer += chunk
 
-    async def _refuse_oversized(self, writer: asyncio.StreamWriter, peer: object) -> None:
+    async def _refuse_oversized(self, writer: asyncio.StreamWriter, peer: object, head: bytes) -> None:
+        """AR for a frame over the limit; MSA-2 names its control ID when its MSH (``head``, the frame's
+        first bytes) can be read, so the sender knows which message was refused (HL7 v2.5 2.9.2)."""
         reason = (
             f"message larger than hl7_max_message_bytes ({self.max_message_bytes} bytes); "
             "nothing was applied and the connection is closed"
         )
         log.warning("HL7 %s: %s", peer, reason)
         error = HL7Error(reason, ack_code=REJECT, error_code=207)
-        writer.write(frame(build_ack(None, REJECT, reason, error=error, application=self.application)))
+        msh = re.split(rb"\r|\n", head, maxsplit=1)[0]
+        try:
+            message: Message | None = parse(msh.decode("latin-1"))
+        except HL7Error:
+            message = None
+        ack = build_ack(message, REJECT, reason, error=error, application=self.application)
+        writer.write(frame(encode_ack(ack, message)))
         await writer.drain()
 
 

@@ -1,10 +1,10 @@
 """HL7 v2 orders -> core orders on the Modality Worklist (IHE RAD TF-2 RAD-4 / RAD-13, Appendix B).
 
-ORM^O01 (HL7 v2.3.1) and OMG^O19 (v2.5.1) orders are read through ONE mapping
+ORM^O01 (HL7 v2.3.1), OMI^O23 and OMG^O19 (v2.5.1) orders are read through ONE mapping
 table (``FIELD_MAP``: HL7 field -> DICOM keyword, after IHE RAD TF-2 Table B-1)
 into core orders (core/orders.py), by ORC-1 Order Control (``ORDER_CONTROL``, HL7
-Table 0119). Every order group of the message is mapped, and the core checks every
-order, before anything is written, so a refused message changes nothing. The core's
+Table 0119). Every order group of the message is mapped before anything is written, and the
+core applies them in one transaction, so a refused message changes nothing. The core's
 refusals become HL7 acknowledgement codes here (``REFUSALS``); :func:`handle` turns
 one message's bytes into its ACK's bytes. Never speaks MLLP (hl7/mllp.py does).
 """
@@ -40,7 +40,10 @@ from minipacs.hl7.message import Message, Segment, parse, parse_bytes
 log = logging.getLogger("minipacs.hl7")
 
 #: Message types taken (MSH-9.1, MSH-9.2).
-ORDER_MESSAGES: Final = frozenset({("ORM", "O01"), ("OMG", "O19")})
+#: ORM^O01: IHE RAD-4 / RAD-13 in HL7 v2.3.1; OMI^O23 (imaging order): RAD-4 / RAD-13 in the HL7 v2.5.1
+#: option (IHE RAD TF-2 4.4, 4.13), what an Order Filler sends an Image Manager; OMG^O19 (general order):
+#: RAD-2 / RAD-3, taken too for senders that use it. One mapping for all (``FIELD_MAP``).
+ORDER_MESSAGES: Final = frozenset({("ORM", "O01"), ("OMG", "O19"), ("OMI", "O23")})
 
 #: Where a value goes: the top-level dataset, the Scheduled Procedure Step item, the
 #: Requested Procedure Code Sequence item.
@@ -104,9 +107,11 @@ _TS = re.compile(r"^(\d{8})(\d{2,6})?(\.\d+)?([+-]\d{4})?$")
 
 @dataclass
 class OrderGroup:
-    """The segments of one order (ORC and what follows it up to the next ORC)."""
+    """The segments of one order (ORC and what follows it up to the next ORC); ``steps`` its IPC
+    segments, one per Scheduled Procedure Step (OMI^O23 / OMG^O19: OBR {IPC})."""
 
     segments: dict[str, Segment] = field(default_factory=dict)
+    steps: list[Segment] = field(default_factory=list)
 
     def get(self, name: str) -> Segment | None:
         return self.segments.get(name)
@@ -119,6 +124,9 @@ def _groups(message: Message) -> tuple[dict[str, Segment], list[OrderGroup]]:
     for seg in message.segments[1:]:
         if seg.name == "ORC":
             groups.append(OrderGroup({"ORC": seg}))
+        elif groups and seg.name == "IPC":
+            groups[-1].steps.append(seg)
+            groups[-1].segments.setdefault("IPC", seg)
         elif groups and seg.name in ("OBR", "TQ1", "IPC", "ZDS") and seg.name not in groups[-1].segments:
             groups[-1].segments[seg.name] = seg
         elif not groups and seg.name in ("OBR", "TQ1", "IPC", "ZDS"):
@@ -218,6 +226,13 @@ def _checked(keyword: str, value: str, source: str) -> str:
     vr = dictionary_VR(keyword)
     if vr not in _TEXT_VRS:
         value = _LINE_FORMATTING.sub(" ", value).strip(" ")
+        if "\\" in value:
+            raise HL7Error(
+                f"{source} holds a backslash, which separates values in {keyword} ({vr}, PS3.5 6.4): the one "
+                "value would become several; the sender must leave it out (an escape such as \\E\\ produces it)",
+                error_code=102,
+                location=source.partition(".")[0],
+            )
     for char in value:
         code = ord(char)
         if (code < 0x20 and char not in "\t\n\f\r") or 0x7F <= code <= 0x9F:
@@ -231,19 +246,52 @@ def _checked(keyword: str, value: str, source: str) -> str:
     return value
 
 
-def to_dataset(message: Message, patient: dict[str, Segment], group: OrderGroup) -> Dataset:
-    """One order group -> a worklist dataset, through FIELD_MAP; raises HL7Error."""
-    found: dict[str, dict[str, str]] = {TOP: {}, SPS: {}, CODE: {}}
+def _mapped(
+    message: Message, patient: dict[str, Segment], group: OrderGroup, levels: tuple[str, ...], step: Segment | None
+) -> dict[str, dict[str, str]]:
+    """FIELD_MAP's rows of ``levels`` read from the group (IPC: ``step``) and the patient segments."""
+    found: dict[str, dict[str, str]] = {level: {} for level in levels}
     for row in FIELD_MAP:
+        if row.level not in levels:
+            continue
         for source in row.sources:
             name = source[:3]
-            segment = group.get(name) or patient.get(name)
+            segment = step if name == "IPC" else group.get(name) or patient.get(name)
             raw = _value(message, segment, source, row.kind)
             if raw:
                 value = _checked(row.keyword, _convert(raw, row.kind, source), source)
                 if value:
                     found[row.level][row.keyword] = value
                 break
+    return found
+
+
+def to_datasets(message: Message, patient: dict[str, Segment], group: OrderGroup) -> list[Dataset]:
+    """One order group -> its worklist entries, one per Scheduled Procedure Step: each IPC segment of
+    the group is a step of its own (HL7 v2.5 4.4.8 OMI^O23, IHE RAD TF-2 4.4: one IPC per step), and a
+    worklist item focuses on one step (PS3.4 K.6.1.2.1: one C-FIND response per step). With several
+    steps each must name its Scheduled Procedure Step ID (IPC-4), by which they are told apart."""
+    if len(group.steps) > 1:
+        for n, step in enumerate(group.steps, 1):
+            if not message.value(step, 4):
+                raise HL7Error(
+                    f"IPC segment {n} of the order has no Scheduled Procedure Step ID (IPC-4); an order with "
+                    "several steps names each",
+                    error_code=101,
+                    location="IPC-4",
+                )
+    steps: list[Segment | None] = list(group.steps) or [None]
+    return [to_dataset(message, patient, group, step) for step in steps]
+
+
+def to_dataset(
+    message: Message, patient: dict[str, Segment], group: OrderGroup, step: Segment | None = None
+) -> Dataset:
+    """One order group -> a worklist dataset, through FIELD_MAP, with the Scheduled Procedure Step of
+    IPC segment ``step`` (default: the group's first); raises HL7Error."""
+    if step is None and group.steps:
+        step = group.steps[0]
+    found = _mapped(message, patient, group, (TOP, SPS, CODE), step)
     if not found[TOP].get("PatientID"):
         raise HL7Error(
             "PID-3 Patient Identifier List is empty: a worklist entry needs the patient ID",
@@ -399,7 +447,7 @@ def read_orders(message: Message) -> list[Order]:
                 error_code=103,
                 location="ORC-1",
             )
-        orders.append(Order(control, to_dataset(message, patient, group)))
+        orders.extend(Order(control, ds) for ds in to_datasets(message, patient, group))
     return orders
 
 
@@ -500,4 +548,5 @@ __all__ = [
     "read_orders",
     "refusal",
     "to_dataset",
+    "to_datasets",
 ]

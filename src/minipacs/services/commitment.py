@@ -341,7 +341,10 @@ def _read_request(message: Message) -> tuple[str, list[Reference]]:
         uid = str(item.get("ReferencedSOPInstanceUID", "") or "").strip()
         if not uid:
             raise ValueError("a Referenced SOP Sequence item has no Referenced SOP Instance UID")
-        refs.append(Reference(str(item.get("ReferencedSOPClassUID", "") or "").strip(), uid))
+        sop_class = str(item.get("ReferencedSOPClassUID", "") or "").strip()
+        if not sop_class:  # Type 1 in the request, and in the report that echoes it (PS3.4 Tables J.3-1, J.3-2)
+            raise ValueError(f"the Referenced SOP Sequence item of {uid} has no Referenced SOP Class UID")
+        refs.append(Reference(sop_class, uid))
     if not refs:
         raise ValueError("Referenced SOP Sequence (0008,1199) is missing or empty")
     return transaction, refs

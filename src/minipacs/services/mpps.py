@@ -17,8 +17,9 @@ from typing import Any, Final
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from minipacs.core.errors import ArchiveError
+from minipacs.core.errors import ArchiveError, InvalidIdentifier
 from minipacs.core.mpps import ProcedureSteps, StepClosed, StepRefused
+from minipacs.core.paths import validate_uid
 from minipacs.dicom.identifier import decode_identifier
 from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, MODALITY_PERFORMED_PROCEDURE_STEP
 from minipacs.net.association import Association, BytesSink, DatasetSink, Message
@@ -90,6 +91,11 @@ class MPPSSCP(Service):
             if sop_class != MODALITY_PERFORMED_PROCEDURE_STEP:
                 status, text = NO_SUCH_SOP_CLASS, f"{op} for SOP class {sop_class} on the MPPS context"
             else:
+                if create:  # PS3.7 Annex C Invalid Object Instance (0x0117): a UID against PS3.5 9.1
+                    try:
+                        validate_uid("Affected SOP Instance UID", uid)
+                    except InvalidIdentifier as exc:
+                        raise ValueError(str(exc)) from None
                 ds = self._attributes(message)
                 step = await (self.steps.create(uid, ds) if create else self.steps.set(uid, ds))
                 new_status = step.status

@@ -204,6 +204,7 @@ COMMITMENT = _table(
 FAILURE_REASONS: dict[commitment.Failure, int] = {
     commitment.Failure.NO_SUCH_OBJECT: 0x0112,  # No such object instance
     commitment.Failure.CLASS_INSTANCE_CONFLICT: 0x0119,  # Class / Instance conflict
+    commitment.Failure.SOP_CLASS_NOT_SUPPORTED: 0x0122,  # Referenced SOP Class not supported
 }
 
 
@@ -259,7 +260,8 @@ ERROR_COMMENTS: tuple[tuple[type[BaseException], str], ...] = (
     (mpps.InvalidAttributeValue, "An attribute value is invalid; correct it and send again"),
     (mpps.DuplicateStep, "The step exists already; update it with N-SET"),
     (mpps.NoSuchStep, "No such step; create it with N-CREATE first"),
-    (mpps.StepClosed, "The step is final and may no longer be updated"),
+    # PS3.4 Table F.7.2-2 gives this one's Error Comment word for word (with Error ID A710)
+    (mpps.StepClosed, "Performed Procedure Step Object may no longer be updated"),
 )
 
 # Status -> its Error Comment when no refusal kind above applies and the full sentence does not fit.
