@@ -18,7 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000
 from minipacs.core.inflate import DEFAULT_LIMITS
 from minipacs.core.retrieve import StoredInstance
 from minipacs.core.transcode import encapsulated_frame_ranges, native_frame_ranges, pixel_frames
-from minipacs.web.dicomweb import _frames
+from minipacs.web.bulkdata import read_frames as _frames
 from tests.blobs.test_contract import s3_store
 from tests.dicomgen import CT_IMAGE_STORAGE, write_ct
 from tests.s3server import S3Server
