@@ -419,6 +419,46 @@ def test_a_failing_job_inside_the_writer_batch_rolls_back_alone(with_archive: Ru
     with_archive(body)
 
 
+def _record(calling: str) -> AssociationRecord:
+    return AssociationRecord(
+        started_at=dt.datetime.now(dt.UTC),
+        role="acceptor",
+        calling_aet=calling,
+        called_aet="MINIPACS",
+        peer_host="10.0.0.8",
+        peer_port=4242,
+        accepted=True,
+    )
+
+
+def test_a_write_call_that_refuses_part_way_leaves_nothing_and_spoils_no_other_job(with_archive: Run) -> None:
+    """A write job that raises ArchiveError after some of its writes is refused, and none of those
+    writes stays (they were committed half done); the jobs batched with it commit."""
+    from minipacs.index import repository
+
+    half = _record("HALF")
+
+    def half_then_refuse(conn: Any) -> None:
+        values = {name: getattr(half, name) for name in repository.ASSOCIATION_FIELDS}
+        repository.save_association(conn, {**values, "node": "n"}, None)
+        raise ArchiveError("refused after a first write")
+
+    async def body(archive: Archive) -> None:
+        results = await asyncio.gather(
+            archive.write(half_then_refuse),
+            archive.record_association(_record("GOOD")),
+            archive.ingest(stage(archive, make_ct("1.2.1", "1.2.2", "1.2.3.1")), DICOM),
+            return_exceptions=True,
+        )
+        assert isinstance(results[0], ArchiveError) and "first write" in str(results[0])
+        assert isinstance(results[1], int)
+        callers = [a.calling_aet for a in await archive.list_associations()]
+        assert callers == ["GOOD"], callers
+        assert await archive.count_instances() == 1
+
+    with_archive(body)
+
+
 def test_import_file_part10_and_raw_dataset(with_archive: Run, tmp_path: Path) -> None:
     part10 = write_ct(tmp_path / "a.dcm", study_uid="1.2.1", series_uid="1.2.2", sop_uid="1.2.3")
     raw = tmp_path / "raw.dcm"

@@ -1038,7 +1038,11 @@ class Archive:
         journal: list[dict[str, Any]],
     ) -> object:
         if isinstance(job, _CallJob):
-            result = job.call(conn)
+            # A call that refuses part way (an ArchiveError after some of its writes) is recorded as
+            # refused while the rest of the batch commits: its own writes go back to this savepoint, or
+            # they would be committed half done (an HL7 message's first orders, a correction's first rows)
+            with conn.begin_nested():
+                result = job.call(conn)
             if job.removes_entities:
                 # an ingest later in this transaction (or a retry job by job) must not reuse
                 # the key of a series or study this call deleted (a FOREIGN KEY failure)
