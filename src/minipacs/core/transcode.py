@@ -15,9 +15,12 @@ Blocking: call it off the loop.
 
 from __future__ import annotations
 
+import array
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Final
+
+from pydicom.dataelem import RawDataElement
 
 from minipacs.core import decoders
 from minipacs.core.errors import ArchiveError, NotFound, UnreadableInstance
@@ -44,6 +47,38 @@ def can_transcode(source_ts: str, target_ts: str) -> bool:
     return source is not None and target is not None and not target.encapsulated and not target.deflated
 
 
+#: PS3.5 §7.3, Table 6.2-1: the "other" VRs whose value is a stream of words, and the word size; in a
+#: big-endian transfer syntax each word is big endian. OB and UN are bytes (no order).
+_WORD_VRS: Final = {"OW": "H", "OL": "I", "OF": "I", "OD": "Q", "OV": "Q"}
+
+
+def _swap_words(ds: Any) -> None:
+    """Byte-swap every OW, OL, OF, OD and OV value of ``ds``, nested ones included (PS3.5 §7.3): what
+    changing between Explicit VR Big Endian and a little-endian syntax takes. pydicom decodes and
+    re-encodes numbers (US, FL, ...) itself but writes these values as it read them, so a big-endian
+    instance came out with its pixels byte-swapped. Elements are looked at raw (``get_item``): the
+    others are not converted, so their values are not validated here."""
+    for tag in list(ds.keys()):
+        element = ds.get_item(tag)
+        value = element.value
+        if str(element.VR) == "SQ" and value:
+            for item in ds[tag].value:  # a raw sequence is parsed into items of raw elements
+                _swap_words(item)
+            continue
+        code = _WORD_VRS.get(str(element.VR))
+        if code is None or not isinstance(value, bytes | bytearray) or not value:
+            continue
+        words = array.array(code)
+        whole = len(value) - len(value) % words.itemsize
+        words.frombytes(value[:whole])
+        words.byteswap()
+        swapped = words.tobytes() + bytes(value[whole:])
+        if isinstance(element, RawDataElement):
+            ds[tag] = element._replace(value=swapped)
+        else:
+            element.value = swapped
+
+
 def _decoded(path: Path, target_ts: str, limits: DatasetLimits) -> tuple[Any, TransferSyntax]:
     """The dataset of ``path`` read within ``limits``, its pixel data decompressed when it is encapsulated;
     the target syntax."""
@@ -57,6 +92,8 @@ def _decoded(path: Path, target_ts: str, limits: DatasetLimits) -> tuple[Any, Tr
         if source is not None and source.encapsulated and "PixelData" in ds:
             with quiet_pydicom():  # each decoder that fails logs its traceback; the error says what matters
                 ds.decompress(generate_instance_uid=False)  # same instance, another encoding: keep its UID
+        elif source is not None and source.little_endian != target.little_endian:
+            _swap_words(ds)
     except UnreadableInstance as exc:
         raise TranscodeError(f"cannot convert {path.name} to {target_ts}: {exc}") from exc
     except Exception as exc:
