@@ -303,7 +303,7 @@ KINDS: dict[str, tuple[Builder, str, tuple[Syntax, ...]]] = {
     "ok": (_ok_full, "", SYNTAXES),
     "ok-undefined-lengths": (_ok_undefined, "", SYNTAXES),
     "ok-trailing-padding": (_ok_padding, "", SYNTAXES),
-    "ok-un-undefined-length": (_ok_un_undefined, "", (EXPLICIT, DEFLATED)),
+    "ok-un-undefined-length": (_ok_un_undefined, "", (EXPLICIT, BIG, DEFLATED)),
     "ok-encapsulated": (_ok_encapsulated, "", (ENCAPSULATED,)),
     "ok-stray-delimiters": (_ok_stray_delimiters, "", SYNTAXES),
     # broken: must be refused, the comment naming what and where
