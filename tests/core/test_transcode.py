@@ -153,3 +153,22 @@ def test_big_endian_to_little_endian_as_dcmconv_does(tmp_path: Path, name: str) 
     dcmtk_pixels = pydicom.dcmread(expected).PixelData
     ours = pydicom.dcmread(io.BytesIO(transcode_part10(path, ELE)))
     assert ours.PixelData == dcmtk_pixels
+
+
+def test_decompressing_drops_the_extended_offset_table(tmp_path: Path) -> None:
+    """PS3.3 C.7.6.3 (Table C.7-11c): Extended Offset Table (7FE0,0001) and its Lengths (7FE0,0002) may
+    only be present with encapsulated pixel data. pydicom's decompress kept them, so a C-GET/C-MOVE to a
+    peer taking only native syntaxes received a native dataset with an offset table into nothing."""
+    from pydicom.encaps import encapsulate_extended
+
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("SC_rgb_rle_2frame.dcm"))
+    frames = list(generate_frames(ds.PixelData, number_of_frames=2))
+    ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = encapsulate_extended(frames)
+    ds["PixelData"].is_undefined_length = True
+    path = tmp_path / "eot.dcm"
+    ds.save_as(path)
+    assert pixel_frames(path, [2, 1], decode=False) == [frames[1], frames[0]]
+    for target in (ELE, "1.2.840.10008.1.2"):
+        out = pydicom.dcmread(io.BytesIO(transcode_part10(path, target)))
+        assert "ExtendedOffsetTable" not in out and "ExtendedOffsetTableLengths" not in out
+        assert np.array_equal(out.pixel_array, pydicom.dcmread(path).pixel_array)

@@ -47,6 +47,8 @@ def can_transcode(source_ts: str, target_ts: str) -> bool:
     return source is not None and target is not None and not target.encapsulated and not target.deflated
 
 
+#: Extended Offset Table, Extended Offset Table Lengths (PS3.3 C.7.6.3, Table C.7-11c).
+_ENCAPSULATED_ONLY: Final = (0x7FE00001, 0x7FE00002)
 #: PS3.5 §7.3, Table 6.2-1: the "other" VRs whose value is a stream of words, and the word size; in a
 #: big-endian transfer syntax each word is big endian. OB and UN are bytes (no order).
 _WORD_VRS: Final = {"OW": "H", "OL": "I", "OF": "I", "OD": "Q", "OV": "Q"}
@@ -92,6 +94,11 @@ def _decoded(path: Path, target_ts: str, limits: DatasetLimits) -> tuple[Any, Tr
         if source is not None and source.encapsulated and "PixelData" in ds:
             with quiet_pydicom():  # each decoder that fails logs its traceback; the error says what matters
                 ds.decompress(generate_instance_uid=False)  # same instance, another encoding: keep its UID
+            # PS3.3 C.7.6.3: the Extended Offset Table and its Lengths go with encapsulated pixel data
+            # only; pydicom's decompress keeps them
+            for tag in _ENCAPSULATED_ONLY:
+                if tag in ds:
+                    del ds[tag]
         elif source is not None and source.little_endian != target.little_endian:
             _swap_words(ds)
     except UnreadableInstance as exc:
