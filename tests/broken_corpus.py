@@ -293,6 +293,12 @@ def _item_undelimited(e: Encoder, sop: str) -> bytes:
     return head(e, sop) + e.sq(CONTENT_SEQUENCE, [e.item(leaf, defined=False, closed=False)], defined=False) + pixels(e)
 
 
+def _undefined_length_text(e: Encoder, sop: str) -> bytes:
+    # PS3.5 §7.1.1: undefined length only for SQ, UN, OB, OW; pydicom reads this UT as its items' bytes
+    text = e.tag(0x0040A160) + b"UT" + struct.pack(e.o + "HI", 0, UNDEFINED)
+    return head(e, sop) + text + e.item(e.text(0x00080100, "SH", "X1")) + e.delimiter(SEQUENCE_END) + pixels(e)
+
+
 def _item_at_top(e: Encoder, sop: str) -> bytes:
     return head(e, sop) + e.item(e.text(0x0040A040, "CS", "TEXT")) + pixels(e)
 
@@ -336,6 +342,11 @@ KINDS: dict[str, tuple[Builder, str, tuple[Syntax, ...]]] = {
         SYNTAXES,
     ),
     "item-at-top-level": (_item_at_top, r"^\(FFFE,E000\) at \d+ where a data element belongs", SYNTAXES),
+    "undefined-length-text": (
+        _undefined_length_text,
+        r"^\(0040,A160\) at \d+: undefined length with VR UT$",
+        (EXPLICIT, BIG, DEFLATED),
+    ),
 }
 
 

@@ -387,6 +387,12 @@ class StructureWalk:
                     tag = group << 16 | element
                     if tag == _PIXEL_DATA or vr == ob_code or vr == ow_code:
                         frame = (_FRAGMENTS, -1, limit, implicit, tag, pos, length)  # PS3.5 A.4
+                    elif not implicit and vr != sq_code and vr != un_code:
+                        # PS3.5 §7.1.1: undefined length is for SQ, UN and (encapsulated) OB/OW only;
+                        # DCMTK reads a UT of undefined length as 4 GB and stops, pydicom as text
+                        raise MalformedDataset(
+                            f"{_tag_text(tag)} at {pos}: undefined length with VR {_vr_text(vr, order)}"
+                        )
                     else:
                         self._depth += 1
                         if self._depth > self._max_depth:
