@@ -27,6 +27,7 @@ from minipacs.core.errors import ArchiveError, NotFound, UnreadableInstance
 from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits
 from minipacs.core.stored import quiet_pydicom, read_open_header, read_stored
 from minipacs.dicom.uids import TransferSyntax, transfer_syntax
+from minipacs.dicom.vr import WORD_VR_FORMATS
 
 _CODECS_HINT: Final = (
     "(the decoders are python-gdcm, pylibjpeg-openjpeg with pylibjpeg, and pyjpegls: check that they are installed)"
@@ -49,9 +50,6 @@ def can_transcode(source_ts: str, target_ts: str) -> bool:
 
 #: Extended Offset Table, Extended Offset Table Lengths (PS3.3 C.7.6.3, Table C.7-11c).
 _ENCAPSULATED_ONLY: Final = (0x7FE00001, 0x7FE00002)
-#: PS3.5 §7.3, Table 6.2-1: the "other" VRs whose value is a stream of words, and the word size; in a
-#: big-endian transfer syntax each word is big endian. OB and UN are bytes (no order).
-_WORD_VRS: Final = {"OW": "H", "OL": "I", "OF": "I", "OD": "Q", "OV": "Q"}
 
 
 def _swap_words(ds: Any) -> None:
@@ -67,7 +65,7 @@ def _swap_words(ds: Any) -> None:
             for item in ds[tag].value:  # a raw sequence is parsed into items of raw elements
                 _swap_words(item)
             continue
-        code = _WORD_VRS.get(str(element.VR))
+        code = WORD_VR_FORMATS.get(str(element.VR))
         if code is None or not isinstance(value, bytes | bytearray) or not value:
             continue
         words = array.array(code)
