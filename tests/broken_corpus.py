@@ -295,7 +295,7 @@ def _item_undelimited(e: Encoder, sop: str) -> bytes:
 
 def _undefined_length_text(e: Encoder, sop: str) -> bytes:
     # PS3.5 §7.1.1: undefined length only for SQ, UN, OB, OW; pydicom reads this UT as its items' bytes
-    text = e.tag(0x0040A160) + b"UT" + struct.pack(e.o + "HI", 0, UNDEFINED)
+    text = e.tag(0x0040A160) + (b"" if e.syntax.implicit else b"UT\x00\x00") + struct.pack(e.o + "I", UNDEFINED)
     return head(e, sop) + text + e.item(e.text(0x00080100, "SH", "X1")) + e.delimiter(SEQUENCE_END) + pixels(e)
 
 
@@ -345,7 +345,7 @@ KINDS: dict[str, tuple[Builder, str, tuple[Syntax, ...]]] = {
     "undefined-length-text": (
         _undefined_length_text,
         r"^\(0040,A160\) at \d+: undefined length with VR UT$",
-        (EXPLICIT, BIG, DEFLATED),
+        SYNTAXES,
     ),
 }
 

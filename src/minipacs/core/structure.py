@@ -187,6 +187,11 @@ _FRAGMENTS: Final = 2
 _UNBOUNDED: Final = 1 << 62
 #: Public tags whose VR is SQ (PS3.6 Table 6-1): in implicit VR the only way to tell a sequence.
 _SQ_TAGS: Final = frozenset(tag for tag, entry in DicomDictionary.items() if entry[0] == "SQ")
+#: Public tags whose VR cannot have an undefined length (PS3.5 §7.1.1: only SQ, UN, and OB or OW for
+#: encapsulated data): in implicit VR their dictionary VR tells.
+_DEFINED_LENGTH_TAGS: Final = frozenset(
+    tag for tag, entry in DicomDictionary.items() if not any(vr in entry[0] for vr in ("SQ", "UN", "OB", "OW", "NONE"))
+)
 
 
 def _vr_codes(vrs: frozenset[str], order: str) -> frozenset[int]:
@@ -387,12 +392,11 @@ class StructureWalk:
                     tag = group << 16 | element
                     if tag == _PIXEL_DATA or vr == ob_code or vr == ow_code:
                         frame = (_FRAGMENTS, -1, limit, implicit, tag, pos, length)  # PS3.5 A.4
-                    elif not implicit and vr != sq_code and vr != un_code:
+                    elif (vr != sq_code and vr != un_code) if not implicit else tag in _DEFINED_LENGTH_TAGS:
                         # PS3.5 §7.1.1: undefined length is for SQ, UN and (encapsulated) OB/OW only;
                         # DCMTK reads a UT of undefined length as 4 GB and stops, pydicom as text
-                        raise MalformedDataset(
-                            f"{_tag_text(tag)} at {pos}: undefined length with VR {_vr_text(vr, order)}"
-                        )
+                        what = _vr_text(vr, order) if not implicit else DicomDictionary[tag][0]
+                        raise MalformedDataset(f"{_tag_text(tag)} at {pos}: undefined length with VR {what}")
                     else:
                         self._depth += 1
                         if self._depth > self._max_depth:
