@@ -26,6 +26,8 @@ from minipacs.core import decoders
 from minipacs.core.errors import ArchiveError, NotFound, UnreadableInstance
 from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits
 from minipacs.core.stored import quiet_pydicom, read_open_header, read_stored
+from minipacs.dicom.identifier import deflate
+from minipacs.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN as DEFLATED
 from minipacs.dicom.uids import TransferSyntax, transfer_syntax
 from minipacs.dicom.vr import WORD_VR_FORMATS
 
@@ -79,11 +81,13 @@ def _swap_words(ds: Any) -> None:
             element.value = swapped
 
 
-def _decoded(path: Path, target_ts: str, limits: DatasetLimits) -> tuple[Any, TransferSyntax]:
+def _decoded(
+    path: Path, target_ts: str, limits: DatasetLimits, *, deflate_ok: bool = False
+) -> tuple[Any, TransferSyntax]:
     """The dataset of ``path`` read within ``limits``, its pixel data decompressed when it is encapsulated;
     the target syntax."""
     target = transfer_syntax(target_ts)
-    if target is None or target.encapsulated or target.deflated:
+    if target is None or target.encapsulated or (target.deflated and not (deflate_ok and target_ts == DEFLATED)):
         raise TranscodeError(f"cannot encode into transfer syntax {target_ts}: only native syntaxes are produced")
     decoders.register()
     try:
@@ -117,15 +121,18 @@ def _write_dataset(ds: Any, target: TransferSyntax, out: Any) -> None:
 
 
 def transcode(path: Path, target_ts: str, limits: DatasetLimits = DEFAULT_LIMITS) -> bytes:
-    """The dataset of the Part 10 file ``path`` encoded in ``target_ts`` (native only), read within ``limits``."""
+    """The dataset of the Part 10 file ``path`` encoded in ``target_ts`` (a native syntax, or Deflated
+    Explicit VR Little Endian: explicit VR little endian, then deflated as PS3.5 A.5 says), read within
+    ``limits``."""
     import pydicom
     from pydicom.filebase import DicomBytesIO
 
-    ds, target = _decoded(path, target_ts, limits)
+    ds, target = _decoded(path, target_ts, limits, deflate_ok=True)
     buf = DicomBytesIO()
     ds.file_meta = pydicom.dataset.FileMetaDataset()
     _write_dataset(ds, target, buf)
-    return bytes(buf.getvalue())
+    data = bytes(buf.getvalue())
+    return deflate(data) if target.deflated else data
 
 
 def transcode_part10(path: Path, target_ts: str, limits: DatasetLimits = DEFAULT_LIMITS) -> bytes:
