@@ -293,6 +293,12 @@ def _item_undelimited(e: Encoder, sop: str) -> bytes:
     return head(e, sop) + e.sq(CONTENT_SEQUENCE, [e.item(leaf, defined=False, closed=False)], defined=False) + pixels(e)
 
 
+def _undefined_length_text(e: Encoder, sop: str) -> bytes:
+    # PS3.5 §7.1.1: undefined length only for SQ, UN, OB, OW; pydicom reads this UT as its items' bytes
+    text = e.tag(0x0040A160) + (b"" if e.syntax.implicit else b"UT\x00\x00") + struct.pack(e.o + "I", UNDEFINED)
+    return head(e, sop) + text + e.item(e.text(0x00080100, "SH", "X1")) + e.delimiter(SEQUENCE_END) + pixels(e)
+
+
 def _item_at_top(e: Encoder, sop: str) -> bytes:
     return head(e, sop) + e.item(e.text(0x0040A040, "CS", "TEXT")) + pixels(e)
 
@@ -303,7 +309,7 @@ KINDS: dict[str, tuple[Builder, str, tuple[Syntax, ...]]] = {
     "ok": (_ok_full, "", SYNTAXES),
     "ok-undefined-lengths": (_ok_undefined, "", SYNTAXES),
     "ok-trailing-padding": (_ok_padding, "", SYNTAXES),
-    "ok-un-undefined-length": (_ok_un_undefined, "", (EXPLICIT, DEFLATED)),
+    "ok-un-undefined-length": (_ok_un_undefined, "", (EXPLICIT, BIG, DEFLATED)),
     "ok-encapsulated": (_ok_encapsulated, "", (ENCAPSULATED,)),
     "ok-stray-delimiters": (_ok_stray_delimiters, "", SYNTAXES),
     # broken: must be refused, the comment naming what and where
@@ -336,6 +342,11 @@ KINDS: dict[str, tuple[Builder, str, tuple[Syntax, ...]]] = {
         SYNTAXES,
     ),
     "item-at-top-level": (_item_at_top, r"^\(FFFE,E000\) at \d+ where a data element belongs", SYNTAXES),
+    "undefined-length-text": (
+        _undefined_length_text,
+        r"^\(0040,A160\) at \d+: undefined length with VR UT$",
+        SYNTAXES,
+    ),
 }
 
 

@@ -224,3 +224,25 @@ def test_memory_mode_keeps_the_dataset_limit_and_discards(tmp_path: Path) -> Non
         staging.finish()
     staging.discard()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "name,syntax",
+    [
+        ("ExplVR_LitEndNoMeta.dcm", "1.2.840.10008.1.2.1"),
+        ("ExplVR_BigEndNoMeta.dcm", "1.2.840.10008.1.2.2"),
+    ],
+)
+def test_stage_file_takes_a_raw_dataset_in_either_byte_order(tmp_path: Path, name: str, syntax: str) -> None:
+    """A dataset without File Meta Information (PS3.10 §7.1 absent; DCMTK and pydicom read both of pydicom's
+    test files): its encoding told by its first element, big endian included (the first group, 0008,
+    reads 00 08), as stored bytes unchanged under our File Meta Information."""
+    import pydicom.data
+
+    from minipacs.core.staging import stage_file
+
+    path = Path(pydicom.data.get_testdata_file(name))
+    (tmp_path / "staging").mkdir()
+    staged = stage_file(tmp_path / "staging", path)
+    assert staged.transfer_syntax_uid == syntax
+    assert staged.path.read_bytes()[staged.dataset_offset :] == path.read_bytes()

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import io
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pydicom
+import pydicom.data
 import pytest
 from pydicom.encaps import generate_frames
 
 from minipacs.core.transcode import NoSuchFrame, TranscodeError, can_transcode, pixel_frames, transcode_part10
 from tests.compressed import COMPRESSED, dcmcjpeg_12bit, dcmdjpeg_pixels, fresh_copy
 from tests.dicomgen import write_ct
+from tests.peers import dcmtk
 
 ELE = "1.2.840.10008.1.2.1"
 
@@ -111,3 +114,61 @@ def test_undecodable_pixels_are_a_transcode_error(tmp_path: Path) -> None:
 )
 def test_can_transcode(source: str, target: str, expected: bool) -> None:
     assert can_transcode(source, target) is expected
+
+
+# pydicom's big endian test files (PS3.5 A.3, retired but still sent): 8-bit RGB in OW, 16-bit OW, 8-bit OB,
+# 1-bit OB; and 32-bit in OW (rtdose_expb.dcm), which pydicom decodes as 32-bit big endian words where
+# PS3.5 Table 6.2-1 and DCMTK swap within each 16-bit word: compared with DCMTK only.
+BIG_ENDIAN_FILES = [
+    "MR_small_bigendian.dcm",
+    "SC_rgb_small_odd_big_endian.dcm",
+    "ExplVR_BigEnd.dcm",
+    "liver_expb_1frame.dcm",
+]
+
+
+@pytest.mark.parametrize("name", BIG_ENDIAN_FILES)
+@pytest.mark.parametrize("target", [ELE, "1.2.840.10008.1.2"])
+def test_big_endian_to_little_endian_keeps_the_pixels(name: str, target: str) -> None:
+    """PS3.5 Table 6.2-1: OW "requires byte swapping within each word when changing byte ordering" (and
+    OL, OF, OD, OV within each of their words). pydicom writes such values as it read them: from
+    Explicit VR Big Endian to a little-endian syntax the pixels came out byte-swapped."""
+    path = Path(pydicom.data.get_testdata_file(name))
+    original = pydicom.dcmread(path)
+    assert original.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.2"
+    out = pydicom.dcmread(io.BytesIO(transcode_part10(path, target)))
+    assert out.file_meta.TransferSyntaxUID == target
+    assert np.array_equal(out.pixel_array, original.pixel_array)
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("name", [*BIG_ENDIAN_FILES, "rtdose_expb.dcm"])
+@pytest.mark.filterwarnings("ignore:.*Invalid value for VR UI")  # rtdose_expb.dcm's own UIDs; a warning in the server
+def test_big_endian_to_little_endian_as_dcmconv_does(tmp_path: Path, name: str) -> None:
+    """The same conversion byte for byte against DCMTK's dcmconv +te: the pixel data equal DCMTK's."""
+    path = Path(pydicom.data.get_testdata_file(name))
+    expected = tmp_path / "dcmconv.dcm"
+    result = subprocess.run([dcmtk("dcmconv"), "+te", str(path), str(expected)], capture_output=True, check=False)
+    assert result.returncode == 0, result.stderr
+    dcmtk_pixels = pydicom.dcmread(expected).PixelData
+    ours = pydicom.dcmread(io.BytesIO(transcode_part10(path, ELE)))
+    assert ours.PixelData == dcmtk_pixels
+
+
+def test_decompressing_drops_the_extended_offset_table(tmp_path: Path) -> None:
+    """PS3.3 C.7.6.3 (Table C.7-11c): Extended Offset Table (7FE0,0001) and its Lengths (7FE0,0002) may
+    only be present with encapsulated pixel data. pydicom's decompress kept them, so a C-GET/C-MOVE to a
+    peer taking only native syntaxes received a native dataset with an offset table into nothing."""
+    from pydicom.encaps import encapsulate_extended
+
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("SC_rgb_rle_2frame.dcm"))
+    frames = list(generate_frames(ds.PixelData, number_of_frames=2))
+    ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = encapsulate_extended(frames)
+    ds["PixelData"].is_undefined_length = True
+    path = tmp_path / "eot.dcm"
+    ds.save_as(path)
+    assert pixel_frames(path, [2, 1], decode=False) == [frames[1], frames[0]]
+    for target in (ELE, "1.2.840.10008.1.2"):
+        out = pydicom.dcmread(io.BytesIO(transcode_part10(path, target)))
+        assert "ExtendedOffsetTable" not in out and "ExtendedOffsetTableLengths" not in out
+        assert np.array_equal(out.pixel_array, pydicom.dcmread(path).pixel_array)

@@ -260,3 +260,29 @@ def test_the_fast_walk_at_every_truncation_point(syntax: str) -> None:
         assert fast == general, cut
         seen.add(fast[0] if fast[0] == "ok" else fast[1])
     assert "ok" in seen and len(seen) >= 3  # whole headers and both kinds of sentence were met
+
+
+def test_un_of_undefined_length_before_the_wanted_attributes_in_big_endian(tmp_path: Path) -> None:
+    """PS3.5 §6.2.2: a UN of undefined length holds Implicit VR LITTLE Endian items whatever the transfer
+    syntax, Explicit VR Big Endian too (DCMTK reads it so, CP-246). A private one before Patient ID:
+    the header walk steps over it little endian, as does the ingest walk (both read it big endian
+    before, and refused the dataset)."""
+    from minipacs.core.structure import walk_bytes
+
+    big, little = broken_corpus.Encoder(broken_corpus.BIG), broken_corpus.Encoder(broken_corpus.IMPLICIT)
+    inner = little.text(0x00091001, "LO", "inside") + little.sq(0x00091002, [little.item(b"")], defined=False)
+    un = big.tag(0x00091010) + b"UN" + struct.pack(">HI", 0, broken_corpus.UNDEFINED)
+    un += little.item(inner, defined=False) + little.item(inner) + little.delimiter(broken_corpus.SEQUENCE_END)
+    data = (
+        big.text(0x00080016, "UI", CT_IMAGE_STORAGE)
+        + big.text(0x00080018, "UI", "1.2.3.4")
+        + big.text(0x00090010, "LO", "PRIVATE CREATOR")
+        + un
+        + big.text(0x00100020, "LO", "BIG-UN")
+        + big.us(0x00280010, 8)
+    )
+    walk_bytes(data, 0, implicit=False, little_endian=False, max_depth=8)
+    ds = make_ct("1.2", "1.3", "1.2.3.4")
+    path, offset = stage(tmp_path, ds, ExplicitVRBigEndian, data)
+    header = read_header(path, offset, ExplicitVRBigEndian)
+    assert (header.get("PatientID"), header.get("Rows")) == ("BIG-UN", "8")

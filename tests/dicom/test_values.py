@@ -153,3 +153,15 @@ def test_decode_text_character_sets() -> None:
     raw = b"Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B=\x1b$B$d$^$@\x1b(B^\x1b$B$?$m$&\x1b(B"
     assert decode_text(raw, "PN", codecs_for("\\ISO 2022 IR 87")) == "Yamada^Tarou=山田^太郎=やまだ^たろう"
     assert codecs_for("UNKNOWN") == codecs_for("")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"Yamada=\x1b$ZAB", b"\x1b", b"ab\x1b(", b"Yamada=\x1b$B\xff\xfe\x1b(B"],
+)
+def test_a_broken_iso_2022_escape_is_read_not_raised(raw: bytes) -> None:
+    """PS3.5 §6.1.2.5: an unknown or truncated escape sequence, or bytes the designated set cannot
+    decode, in a value under ISO 2022 code extensions: pydicom warns, an exception where warnings are
+    errors (as here), which made ingest fail; the text is read in the first character set instead."""
+    text = decode_text(raw, "PN", codecs_for("\\ISO 2022 IR 87"))
+    assert text.startswith(raw[:2].decode("latin-1").strip("\x1b"))

@@ -30,3 +30,14 @@ def test_binary_and_integer_families() -> None:
     assert set(vr.INT_VR_FORMATS) <= vr.BINARY_VRS
     assert vr.STRING_VRS | vr.BINARY_VRS | {"SQ"} == _names(valuerep.STANDARD_VR)
     assert vr.DATE_TIME_VRS <= vr.ASCII_VRS
+
+
+def test_word_vrs_and_their_word_sizes() -> None:
+    """PS3.5 Table 6.2-1: OW 16-bit words; OL, OF 32-bit; OD, OV 64-bit; every one a long-length binary VR."""
+    import struct
+
+    from minipacs.dicom.vr import BINARY_VRS, LONG_LENGTH_VRS, WORD_VR_FORMATS
+
+    sizes = {vr: struct.calcsize("<" + code) for vr, code in WORD_VR_FORMATS.items()}
+    assert sizes == {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
+    assert set(WORD_VR_FORMATS) <= BINARY_VRS & LONG_LENGTH_VRS

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
+import pydicom.data
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
@@ -213,6 +214,85 @@ def test_dcmtk_getscu_to_minipacs(tmp_path: Path, syntax: str) -> None:
         ds, original = pydicom.dcmread(path), pydicom.dcmread(sent[sop])
         assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
         assert ds.PixelData == original.PixelData and ds.PatientName == original.PatientName
+
+
+def test_dcmtk_getscu_preferring_jpeg_lossless_gets_native_instances(tmp_path: Path) -> None:
+    """getscu +xs proposes [JPEG Lossless, Explicit VR LE, ...] in one context per storage class; we
+    choose Explicit VR Little Endian there (we only send on it), so the native instances arrive, as
+    stored, rather than failing for want of a JPEG Lossless copy (PS3.4 C.4.3.3.1)."""
+    study, sent = _study(tmp_path / "in", 2)
+    server = _serve_with(tmp_path, [], tmp_path / "in")
+    out = tmp_path / "got"
+    out.mkdir()
+    try:
+        res = run(
+            [
+                dcmtk("getscu"),
+                "-S",
+                "+xs",
+                "-aet",
+                "GETSCU",
+                "-aec",
+                "MINIPACS",
+                "-od",
+                str(out),
+                "-k",
+                "QueryRetrieveLevel=STUDY",
+                "-k",
+                f"StudyInstanceUID={study}",
+                "127.0.0.1",
+                str(server.port),
+            ]
+        )
+    finally:
+        server.stop()
+    assert res.returncode == 0, res.stdout + res.stderr
+    _assert_same(sent, _by_sop(out))
+
+
+def test_dcmtk_getscu_of_a_big_endian_instance(tmp_path: Path) -> None:
+    """An instance stored in Explicit VR Big Endian (PS3.5 A.3: retired, still sent: storescu -xb) and
+    fetched by getscu, which offers Explicit VR Little Endian only: it is transcoded, and its 16-bit
+    OW pixel data swapped within each word (PS3.5 Table 6.2-1), so DCMTK receives what its own
+    dcmconv +te makes of the file -- not byte-swapped pixels."""
+    original = Path(pydicom.data.get_testdata_file("MR_small_bigendian.dcm"))
+    expected = tmp_path / "dcmconv.dcm"
+    res = run([dcmtk("dcmconv"), "+te", str(original), str(expected)])
+    assert res.returncode == 0, res.stdout + res.stderr
+    server = start_server(tmp_path, "--config", str(_config(tmp_path, [])))
+    out = tmp_path / "got"
+    out.mkdir()
+    try:
+        res = run([dcmtk("storescu"), "-xb", "-aec", "MINIPACS", "127.0.0.1", str(server.port), str(original)])
+        assert res.returncode == 0, res.stdout + res.stderr
+        study = pydicom.dcmread(original, stop_before_pixels=True).StudyInstanceUID
+        res = run(
+            [
+                dcmtk("getscu"),
+                "-S",
+                "+B",
+                "-aet",
+                "GETSCU",
+                "-aec",
+                "MINIPACS",
+                "-od",
+                str(out),
+                "-k",
+                "QueryRetrieveLevel=STUDY",
+                "-k",
+                f"StudyInstanceUID={study}",
+                "127.0.0.1",
+                str(server.port),
+            ]
+        )
+        assert res.returncode == 0, res.stdout + res.stderr
+    finally:
+        server.stop()
+    (got,) = _by_sop(out).values()
+    ds, dcmtk_made = pydicom.dcmread(got), pydicom.dcmread(expected)
+    assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert ds.PixelData == dcmtk_made.PixelData
+    assert (ds.pixel_array == pydicom.dcmread(original).pixel_array).all()
 
 
 # ---------------------------------------------------------------- minipacs SCU -> DCMTK dcmqrscp

@@ -19,7 +19,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLossless
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelMove
 
@@ -169,6 +169,94 @@ def test_c_get_to_a_peer_that_only_accepts_explicit_vr_little_endian(tmp_path: P
             statuses = await asyncio.to_thread(get, env)
             assert statuses[-1] == 0x0000, [hex(s) for s in statuses]
             _check(received, env)
+
+    asyncio.run(main())
+
+
+def test_c_get_proposing_a_compressed_syntax_first_in_one_context(tmp_path: Path) -> None:
+    """getscu +xs proposes ONE context per storage class, [JPEG Lossless, Explicit VR LE, ...]. The
+    acceptor picks one (PS3.8 9.3.2.2); picking the first, JPEG Lossless, made every instance not stored
+    in it fail (nothing is compressed on the way out). For a context on which the requestor takes the
+    SCP role (C-GET, PS3.7 D.3.3.4), a native syntax is chosen: every stored instance can be sent in it."""
+    received: dict[str, Dataset] = {}
+    lock = threading.Lock()
+
+    def get(env: Env) -> list[int]:
+        ae = AE(ae_title="GETSCU")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        roles = []
+        for sop_class in sorted(_sop_classes(env)):
+            ae.add_requested_context(sop_class, [JPEGLossless, ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+            roles.append(build_role(sop_class, scp_role=True))
+        assoc = ae.associate(
+            "127.0.0.1",
+            env.server.port,
+            ae_title="MINIPACS",
+            ext_neg=roles,
+            evt_handlers=[(evt.EVT_C_STORE, _keep, [received, lock])],
+        )
+        assert assoc.is_established
+        try:
+            return [
+                int(status.Status)
+                for status, _ in assoc.send_c_get(_study_identifier(env), StudyRootQueryRetrieveInformationModelGet)
+                if status
+            ]
+        finally:
+            assoc.release()
+            ae.shutdown()
+
+    async def main() -> None:
+        async with archive_with_compressed(tmp_path, Node("NOBODY", "127.0.0.1", 1)) as env:
+            statuses = await asyncio.to_thread(get, env)
+            assert statuses[-1] == 0x0000, [hex(s) for s in statuses]
+            _check(received, env)
+
+    asyncio.run(main())
+
+
+def test_c_get_to_a_peer_that_only_accepts_deflated(tmp_path: Path) -> None:
+    """PS3.4 C.4.3.3.1: an instance goes in a syntax the requester accepted when we can convert to one;
+    Deflated Explicit VR Little Endian (PS3.5 A.5) is one we can make (decompressed, explicit VR LE,
+    deflated). Before, only the native syntaxes were tried and every sub-operation failed."""
+    received: dict[str, Dataset] = {}
+    lock = threading.Lock()
+
+    def get(env: Env) -> list[int]:
+        ae = AE(ae_title="GETSCU")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        roles = []
+        for sop_class in sorted(_sop_classes(env)):
+            ae.add_requested_context(sop_class, [DeflatedExplicitVRLittleEndian])
+            roles.append(build_role(sop_class, scp_role=True))
+        assoc = ae.associate(
+            "127.0.0.1",
+            env.server.port,
+            ae_title="MINIPACS",
+            ext_neg=roles,
+            evt_handlers=[(evt.EVT_C_STORE, _keep, [received, lock])],
+        )
+        assert assoc.is_established
+        try:
+            return [
+                int(status.Status)
+                for status, _ in assoc.send_c_get(_study_identifier(env), StudyRootQueryRetrieveInformationModelGet)
+                if status
+            ]
+        finally:
+            assoc.release()
+            ae.shutdown()
+
+    async def main() -> None:
+        async with archive_with_compressed(tmp_path, Node("NOBODY", "127.0.0.1", 1)) as env:
+            statuses = await asyncio.to_thread(get, env)
+            assert statuses[-1] == 0x0000, [hex(s) for s in statuses]
+            assert set(received) == set(env.originals)
+            for sop, got in received.items():
+                assert got.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian, sop
+                assert np.array_equal(got.pixel_array, env.originals[sop].pixel_array), sop
 
     asyncio.run(main())
 

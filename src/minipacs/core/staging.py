@@ -34,7 +34,7 @@ from minipacs.core.model import StagedPath
 from minipacs.core.paths import strip_uid_padding, validate_uid
 from minipacs.dicom.header import InstanceHeader
 from minipacs.dicom.part10 import PREAMBLE, NotPart10, uid_value, walk_file_meta
-from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+from minipacs.dicom.uids import EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from minipacs.dicom.vr import LONG_LENGTH_VRS
 
 log = logging.getLogger(__name__)
@@ -354,7 +354,8 @@ def locate_dataset(fp: BinaryIO, name: str) -> tuple[int, str]:
     """Where the dataset of the file ``fp`` starts and its transfer syntax (``fp`` at its start).
 
     A Part 10 file (PS3.10 §7.1), a File Meta group without preamble, or a raw dataset
-    (implicit VR little endian, or explicit when the VR bytes say so); anything else is
+    (implicit VR little endian, or explicit when the VR bytes say so, little or big endian: its
+    first group, 0008, tells); anything else is
     InvalidInstance ("``name`` is not a DICOM file ...").
     """
     head = fp.read(132)
@@ -366,6 +367,8 @@ def locate_dataset(fp: BinaryIO, name: str) -> tuple[int, str]:
     if len(head) >= 8 and head[:2] == b"\x08\x00":
         explicit = head[4:6].isalpha() and head[4:6].isupper()
         return 0, EXPLICIT_VR_LITTLE_ENDIAN if explicit else IMPLICIT_VR_LITTLE_ENDIAN
+    if len(head) >= 8 and head[:2] == b"\x00\x08" and head[4:6].isalpha() and head[4:6].isupper():
+        return 0, EXPLICIT_VR_BIG_ENDIAN  # group 0008 read big endian (PS3.5 A.3; implicit VR is never big endian)
     raise InvalidInstance(f"{name} is not a DICOM file (no DICM prefix and no dataset at its start)")
 
 

@@ -74,6 +74,8 @@ def check_structure(
     """
     order = "<" if little_endian else ">"
     tag_struct, u16, u32 = struct.Struct(order + "HH"), struct.Struct(order + "H"), struct.Struct(order + "I")
+    # implicit VR is always little endian, the content of a UN of undefined length too (PS3.5 §6.2.2)
+    le_tag, le_u32 = struct.Struct("<HH"), struct.Struct("<I")
     stack = [_Frame(False, end, end, implicit)]
     depth = 0
 
@@ -98,10 +100,10 @@ def check_structure(
                 f"an undefined-length {what} runs past the end of what contains it (its delimitation item is missing)"
             )
         head = read(8)
-        group, element = tag_struct.unpack_from(head)
+        group, element = (le_tag if frame.implicit else tag_struct).unpack_from(head)
         tag = group << 16 | element
         if frame.sequence:
-            length = u32.unpack_from(head, 4)[0]
+            length = (le_u32 if frame.implicit else u32).unpack_from(head, 4)[0]
             if tag == _SEQUENCE_DELIMITATION and frame.end is None:
                 stack.pop()
                 depth -= 1
@@ -128,8 +130,9 @@ def check_structure(
         if tag == _ITEM_DELIMITATION and len(stack) > 1 and frame.end is None:
             stack.pop()
             continue
-        if tag == _ITEM_DELIMITATION and pos + 8 + u32.unpack_from(head, 4)[0] <= frame.limit:
-            after = pos + 8 + u32.unpack_from(head, 4)[0]
+        item_length = (le_u32 if frame.implicit else u32).unpack_from(head, 4)[0]
+        if tag == _ITEM_DELIMITATION and pos + 8 + item_length <= frame.limit:
+            after = pos + 8 + item_length
             if len(stack) > 1 or after == frame.limit:  # in a defined-length item, or last: ignored (as ingest does)
                 fp.seek(after)
                 continue
@@ -139,7 +142,7 @@ def check_structure(
             return
         vr = b""
         if frame.implicit:
-            length, start = u32.unpack_from(head, 4)[0], pos + 8
+            length, start = item_length, pos + 8
         else:
             vr = head[4:6]
             if not (vr.isalpha() and vr.isupper()):
@@ -184,6 +187,11 @@ _FRAGMENTS: Final = 2
 _UNBOUNDED: Final = 1 << 62
 #: Public tags whose VR is SQ (PS3.6 Table 6-1): in implicit VR the only way to tell a sequence.
 _SQ_TAGS: Final = frozenset(tag for tag, entry in DicomDictionary.items() if entry[0] == "SQ")
+#: Public tags whose VR cannot have an undefined length (PS3.5 §7.1.1: only SQ, UN, and OB or OW for
+#: encapsulated data): in implicit VR their dictionary VR tells.
+_DEFINED_LENGTH_TAGS: Final = frozenset(
+    tag for tag, entry in DicomDictionary.items() if not any(vr in entry[0] for vr in ("SQ", "UN", "OB", "OW", "NONE"))
+)
 
 
 def _vr_codes(vrs: frozenset[str], order: str) -> frozenset[int]:
@@ -310,6 +318,9 @@ class StructureWalk:
         avail = base + len(buf)
         order = self._order
         hh_i, hh_hh, u32 = _UNPACK[order]
+        # Implicit VR is always little endian: its transfer syntax, and the content of a UN of undefined
+        # length even in Explicit VR Big Endian (PS3.5 §6.2.2); so are the items of that content.
+        hh_i_le = _UNPACK["<"][0]
         if not stack:  # done; a stream that goes on after a last item delimitation item did not end there
             if pos < avail:
                 raise MalformedDataset(f"(FFFE,E00D) at {self._stray} where a data element belongs")
@@ -336,7 +347,7 @@ class StructureWalk:
             p = pos - base
             if kind == _DATASET:
                 if implicit:
-                    group, element, length = hh_i(buf, p)
+                    group, element, length = hh_i_le(buf, p)
                     vr, head = 0, 8
                 else:
                     group, element, vr, length = hh_hh(buf, p)
@@ -364,7 +375,7 @@ class StructureWalk:
                             stack.pop()
                             kind, end, limit, implicit = stack[-1][:4]
                             continue
-                        after = pos + 8 + u32(buf, p + 4)[0]
+                        after = pos + 8 + (length if implicit else u32(buf, p + 4)[0])
                         if len(stack) > 1 and after <= limit:
                             pos = after  # in a defined-length item: DCMTK and pydicom ignore it
                             continue
@@ -381,6 +392,11 @@ class StructureWalk:
                     tag = group << 16 | element
                     if tag == _PIXEL_DATA or vr == ob_code or vr == ow_code:
                         frame = (_FRAGMENTS, -1, limit, implicit, tag, pos, length)  # PS3.5 A.4
+                    elif (vr != sq_code and vr != un_code) if not implicit else tag in _DEFINED_LENGTH_TAGS:
+                        # PS3.5 §7.1.1: undefined length is for SQ, UN and (encapsulated) OB/OW only;
+                        # DCMTK reads a UT of undefined length as 4 GB and stops, pydicom as text
+                        what = _vr_text(vr, order) if not implicit else DicomDictionary[tag][0]
+                        raise MalformedDataset(f"{_tag_text(tag)} at {pos}: undefined length with VR {what}")
                     else:
                         self._depth += 1
                         if self._depth > self._max_depth:
@@ -405,7 +421,7 @@ class StructureWalk:
                 pos = after
                 continue
             # a sequence or encapsulated pixel data: items (FFFE,E000) up to its end or delimiter
-            group, element, length = hh_i(buf, p)
+            group, element, length = (hh_i_le if implicit else hh_i)(buf, p)
             tag = group << 16 | element
             if tag == _ITEM:
                 if length == _UNDEFINED:

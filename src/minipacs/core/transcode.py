@@ -15,15 +15,21 @@ Blocking: call it off the loop.
 
 from __future__ import annotations
 
+import array
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Final
+
+from pydicom.dataelem import RawDataElement
 
 from minipacs.core import decoders
 from minipacs.core.errors import ArchiveError, NotFound, UnreadableInstance
 from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits
 from minipacs.core.stored import quiet_pydicom, read_open_header, read_stored
+from minipacs.dicom.identifier import deflate
+from minipacs.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN as DEFLATED
 from minipacs.dicom.uids import TransferSyntax, transfer_syntax
+from minipacs.dicom.vr import WORD_VR_FORMATS
 
 _CODECS_HINT: Final = (
     "(the decoders are python-gdcm, pylibjpeg-openjpeg with pylibjpeg, and pyjpegls: check that they are installed)"
@@ -44,11 +50,44 @@ def can_transcode(source_ts: str, target_ts: str) -> bool:
     return source is not None and target is not None and not target.encapsulated and not target.deflated
 
 
-def _decoded(path: Path, target_ts: str, limits: DatasetLimits) -> tuple[Any, TransferSyntax]:
+#: Extended Offset Table, Extended Offset Table Lengths (PS3.3 C.7.6.3, Table C.7-11c).
+_ENCAPSULATED_ONLY: Final = (0x7FE00001, 0x7FE00002)
+
+
+def _swap_words(ds: Any) -> None:
+    """Byte-swap every OW, OL, OF, OD and OV value of ``ds``, nested ones included (PS3.5 §7.3): what
+    changing between Explicit VR Big Endian and a little-endian syntax takes. pydicom decodes and
+    re-encodes numbers (US, FL, ...) itself but writes these values as it read them, so a big-endian
+    instance came out with its pixels byte-swapped. Elements are looked at raw (``get_item``): the
+    others are not converted, so their values are not validated here."""
+    for tag in list(ds.keys()):
+        element = ds.get_item(tag)
+        value = element.value
+        if str(element.VR) == "SQ" and value:
+            for item in ds[tag].value:  # a raw sequence is parsed into items of raw elements
+                _swap_words(item)
+            continue
+        code = WORD_VR_FORMATS.get(str(element.VR))
+        if code is None or not isinstance(value, bytes | bytearray) or not value:
+            continue
+        words = array.array(code)
+        whole = len(value) - len(value) % words.itemsize
+        words.frombytes(value[:whole])
+        words.byteswap()
+        swapped = words.tobytes() + bytes(value[whole:])
+        if isinstance(element, RawDataElement):
+            ds[tag] = element._replace(value=swapped)
+        else:
+            element.value = swapped
+
+
+def _decoded(
+    path: Path, target_ts: str, limits: DatasetLimits, *, deflate_ok: bool = False
+) -> tuple[Any, TransferSyntax]:
     """The dataset of ``path`` read within ``limits``, its pixel data decompressed when it is encapsulated;
     the target syntax."""
     target = transfer_syntax(target_ts)
-    if target is None or target.encapsulated or target.deflated:
+    if target is None or target.encapsulated or (target.deflated and not (deflate_ok and target_ts == DEFLATED)):
         raise TranscodeError(f"cannot encode into transfer syntax {target_ts}: only native syntaxes are produced")
     decoders.register()
     try:
@@ -57,6 +96,13 @@ def _decoded(path: Path, target_ts: str, limits: DatasetLimits) -> tuple[Any, Tr
         if source is not None and source.encapsulated and "PixelData" in ds:
             with quiet_pydicom():  # each decoder that fails logs its traceback; the error says what matters
                 ds.decompress(generate_instance_uid=False)  # same instance, another encoding: keep its UID
+            # PS3.3 C.7.6.3: the Extended Offset Table and its Lengths go with encapsulated pixel data
+            # only; pydicom's decompress keeps them
+            for tag in _ENCAPSULATED_ONLY:
+                if tag in ds:
+                    del ds[tag]
+        elif source is not None and source.little_endian != target.little_endian:
+            _swap_words(ds)
     except UnreadableInstance as exc:
         raise TranscodeError(f"cannot convert {path.name} to {target_ts}: {exc}") from exc
     except Exception as exc:
@@ -75,15 +121,18 @@ def _write_dataset(ds: Any, target: TransferSyntax, out: Any) -> None:
 
 
 def transcode(path: Path, target_ts: str, limits: DatasetLimits = DEFAULT_LIMITS) -> bytes:
-    """The dataset of the Part 10 file ``path`` encoded in ``target_ts`` (native only), read within ``limits``."""
+    """The dataset of the Part 10 file ``path`` encoded in ``target_ts`` (a native syntax, or Deflated
+    Explicit VR Little Endian: explicit VR little endian, then deflated as PS3.5 A.5 says), read within
+    ``limits``."""
     import pydicom
     from pydicom.filebase import DicomBytesIO
 
-    ds, target = _decoded(path, target_ts, limits)
+    ds, target = _decoded(path, target_ts, limits, deflate_ok=True)
     buf = DicomBytesIO()
     ds.file_meta = pydicom.dataset.FileMetaDataset()
     _write_dataset(ds, target, buf)
-    return bytes(buf.getvalue())
+    data = bytes(buf.getvalue())
+    return deflate(data) if target.deflated else data
 
 
 def transcode_part10(path: Path, target_ts: str, limits: DatasetLimits = DEFAULT_LIMITS) -> bytes:

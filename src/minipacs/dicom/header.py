@@ -192,6 +192,11 @@ class _InflatingSource:
         return not self._buffer
 
 
+#: Tag and 32-bit length in implicit VR, which is always little endian (PS3.5 §6.2.2, A.1).
+_IMPLICIT_TAG: Final = struct.Struct("<HH")
+_IMPLICIT_U32: Final = struct.Struct("<I")
+
+
 class _Walker:
     """Walks data elements of one encoding (PS3.5 §7.1)."""
 
@@ -203,15 +208,19 @@ class _Walker:
         self._u16 = struct.Struct(order + "H")
         self._u32 = struct.Struct(order + "I")
 
-    def _read_tag(self) -> int:
-        group, element = self._tag.unpack(self._src.read(4))
+    def _read_tag(self, implicit: bool = False) -> int:
+        """A tag; ``implicit``: in implicit VR, which is always little endian -- its transfer syntax,
+        and the content of a UN of undefined length in Explicit VR Big Endian too (PS3.5 §6.2.2)."""
+        group, element = (_IMPLICIT_TAG if implicit else self._tag).unpack(self._src.read(4))
         return int(group << 16 | element)
 
     def _read_vr_length(self, tag: int, implicit: bool) -> tuple[bytes, int]:
         """VR (b"" when implicit) and value length after ``tag``: one 4-byte read, plus
         4 more for the explicit VRs with a 32-bit length."""
         head = self._src.read(4)
-        if implicit or tag in _NO_VR_TAGS:
+        if implicit:
+            return b"", int(_IMPLICIT_U32.unpack(head)[0])
+        if tag in _NO_VR_TAGS:
             return b"", int(self._u32.unpack(head)[0])
         vr = head[:2]
         if not (vr.isalpha() and vr.isupper()):
@@ -250,8 +259,8 @@ class _Walker:
         if depth > _MAX_DEPTH:
             raise MalformedDataset(f"sequences are nested more than {_MAX_DEPTH} levels deep")
         while True:
-            tag = self._read_tag()
-            length = int(self._u32.unpack(self._src.read(4))[0])
+            tag = self._read_tag(implicit)
+            length = int((_IMPLICIT_U32 if implicit else self._u32).unpack(self._src.read(4))[0])
             if tag == _SEQUENCE_DELIMITATION:
                 return
             if tag != _ITEM:
@@ -264,7 +273,7 @@ class _Walker:
     def _skip_item(self, depth: int, implicit: bool) -> None:
         """Step over an undefined-length item up to its delimitation item."""
         while True:
-            tag = self._read_tag()
+            tag = self._read_tag(implicit)
             if tag == _ITEM_DELIMITATION:
                 self._src.read(4)
                 return

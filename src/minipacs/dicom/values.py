@@ -42,7 +42,12 @@ def decode_text(raw: bytes, vr: str, codecs: Sequence[str]) -> str:
     if vr in CHARSET_VRS:
         if 0x1B in raw:  # ISO 2022 escape sequences (PS3.5 §6.1.2.5)
             delimiters = PN_DELIMITERS if vr == "PN" else TEXT_DELIMITERS
-            text = decode_bytes(raw, list(codecs), set(delimiters))
+            try:
+                text = decode_bytes(raw, list(codecs), set(delimiters))
+            except (UserWarning, ValueError, LookupError):
+                # an unknown or broken escape sequence: pydicom warns (an exception where warnings
+                # are errors) or raises; the value is read in the first character set instead
+                text = raw.decode(codecs[0], errors="replace")
         else:
             text = raw.decode(codecs[0], errors="replace")
     else:

@@ -36,6 +36,10 @@ LEADING_SPACES_KEPT_VRS: Final = frozenset({"ST", "LT", "UT", "UC"})
 DATE_TIME_VRS: Final = frozenset({"DA", "TM", "DT"})
 # PS3.5 Table 6.2-1: binary integers -> their struct format (one value; byte order added by the caller).
 INT_VR_FORMATS: Final[Mapping[str, str]] = {"US": "H", "UL": "L", "SS": "h", "SL": "l"}
+# PS3.5 Table 6.2-1: the "other" VRs whose value is a stream of words -> the struct format of one word.
+# Each word is in the transfer syntax's byte order: OW "requires byte swapping within each word when
+# changing byte ordering", and so do OL, OF, OD and OV (OB and UN are bytes, no order).
+WORD_VR_FORMATS: Final[Mapping[str, str]] = {"OW": "H", "OL": "I", "OF": "I", "OD": "Q", "OV": "Q"}
 # PS3.5 Table 6.2-1: VRs whose values are bytes or binary numbers, not text (PS3.4 C.2.2.2: not matchable).
 BINARY_VRS: Final = frozenset(
     {"OB", "OD", "OF", "OL", "OV", "OW", "UN", "US", "UL", "SS", "SL", "FL", "FD", "AT", "SV", "UV"}
@@ -86,6 +90,7 @@ __all__ = [
     "PLACEHOLDER_TEXT",
     "PLACEHOLDER_VALUES",
     "TEXT_VRS",
+    "WORD_VR_FORMATS",
     "ALL_VRS",
     "ASCII_VRS",
     "BINARY_VRS",

@@ -3,7 +3,9 @@
 The acceptor's policy is a table of :class:`SupportedContext` by abstract
 syntax. For each proposed context we accept the requestor's first-proposed
 transfer syntax that we support (the requestor knows its data best; storing
-as received means no syntax is better for us than another).
+as received means no syntax is better for us than another) -- except on a
+context where the requestor takes the SCP role only (C-GET: we send), where the
+service may name syntaxes to choose first (``preferred_when_we_send``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ class SupportedContext:
     #: Roles we can play; by default we are SCP for what we accept (PS3.7 D.3.3.4).
     scu_role: bool = False
     scp_role: bool = True
+    #: When the requestor takes the SCP role only (only we send: C-GET sub-operations), the transfer
+    #: syntaxes to choose first, in this order, if proposed: those we can always produce.
+    preferred_when_we_send: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,8 @@ def negotiate(
             req_scu = asked.scu_role and support.scp_role
             req_scp = asked.scp_role and support.scu_role
             role_ac[ctx.abstract_syntax] = RoleSelection(ctx.abstract_syntax, req_scu, req_scp)
+        if req_scp and not req_scu:  # only we send on it: a syntax we can always produce, if proposed
+            chosen = next((ts for ts in support.preferred_when_we_send if ts in ctx.transfer_syntaxes), chosen)
         if not (req_scu or req_scp):
             answers.append(PresentationContextAC(ctx.context_id, USER_REJECTION, chosen))
             continue

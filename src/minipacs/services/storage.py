@@ -22,11 +22,19 @@ from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Operation, Response
 from minipacs.services.status import SUCCESS, describe, error_comment, status_for_store_error
+from minipacs.services.storage_scu import CONVERTED_TO
 
 log = logging.getLogger("minipacs.storage")
 
 #: Every transfer syntax whose header we can parse.
 STORABLE_TRANSFER_SYNTAXES = frozenset(uid for uid in TRANSFER_SYNTAXES if transfer_syntax(uid) is not None)
+#: C-GET sub-operations (we send on the requestor's storage contexts): of the syntaxes one context
+#: proposes, these first (native, then deflated) -- every stored instance can be sent in them
+#: (core/transcode.py); picking a
+#: compressed one proposed first (getscu +xs: [JPEG Lossless, Explicit VR LE, ...]) failed every
+#: instance not stored in it, as nothing is compressed on the way out. A requestor that wants stored
+#: compressed bytes as they are proposes that syntax in a context of its own (PS3.4 C.4.3.3.1).
+SENT_SYNTAXES = CONVERTED_TO
 
 
 class StagingSink:
@@ -59,7 +67,9 @@ class StorageSCP(Service):
 
     def supported_contexts(self) -> Mapping[str, SupportedContext]:
         return {
-            uid: SupportedContext(uid, STORABLE_TRANSFER_SYNTAXES, scu_role=self.scu_role)
+            uid: SupportedContext(
+                uid, STORABLE_TRANSFER_SYNTAXES, scu_role=self.scu_role, preferred_when_we_send=SENT_SYNTAXES
+            )
             for uid in STORAGE_SOP_CLASSES
         }
 

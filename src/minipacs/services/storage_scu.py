@@ -21,14 +21,24 @@ from minipacs.core.errors import InvalidInstance
 from minipacs.core.header import read_header
 from minipacs.core.transcode import transcode
 from minipacs.dicom.part10 import NotPart10, Part10File, read_part10
-from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, transfer_syntax, uid_name
+from minipacs.dicom.uids import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    transfer_syntax,
+    uid_name,
+)
 from minipacs.net.association import Association, FileRegion
 from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext
 
 NATIVE_FALLBACK = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
+#: What a file is converted to when the peer refuses its stored syntax, in this order (PS3.4
+#: C.4.2.3.1, C.4.3.3.1): the native fallbacks, then Deflated Explicit VR Little Endian (PS3.5 A.5).
+CONVERTED_TO = (*NATIVE_FALLBACK, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)
 
 __all__ = [
+    "CONVERTED_TO",
     "NATIVE_FALLBACK",
     "NotPart10",
     "Part10File",
@@ -134,12 +144,15 @@ async def store_file(
     if ctx is not None:
         dataset = FileRegion(Path(f.label), f.dataset_offset, opener=f.open)
     else:
-        ctx = next((c for c in candidates if c.transfer_syntax in NATIVE_FALLBACK), None)
+        ctx = next(
+            (c for syntax in CONVERTED_TO for c in candidates if c.transfer_syntax == syntax),
+            None,
+        )
         if ctx is None:
             accepted = ", ".join(sorted({c.transfer_syntax for c in candidates})) or "none"
             raise LookupError(
                 f"the peer accepted no presentation context for {uid_name(f.sop_class_uid)} "
-                f"in {uid_name(f.transfer_syntax_uid)} or a native syntax (accepted: {accepted})"
+                f"in {uid_name(f.transfer_syntax_uid)} or a native or deflated syntax (accepted: {accepted})"
             )
         dataset = await asyncio.to_thread(_transcoded, f, ctx.transfer_syntax)
     fields: dict[str, object] = {}
