@@ -41,7 +41,8 @@ from pydicom.sequence import Sequence
 
 from minipacs.core.errors import ArchiveError
 from minipacs.dicom.deid_table import EDITION, OPTIONS, PRIVATE, PROFILE, Row
-from minipacs.dicom.vr import CHARSET_VRS, PLACEHOLDER_TEXT, PLACEHOLDER_VALUES, TEXT_VRS
+from minipacs.dicom.uids import DICOM_UID_ROOT
+from minipacs.dicom.vr import BYTE_ARRAY_VRS, CHARSET_VRS, PLACEHOLDER_TEXT, PLACEHOLDER_VALUES, TEXT_VRS
 
 # PS3.16 CID 7050 De-identification Method: the option -> (code value, meaning), scheme DCM.
 OPTION_CODES: Final[dict[str, tuple[str, str]]] = {
@@ -101,11 +102,11 @@ DUMMY_CODE: Final = ("ANONYMIZED", "99MINIPACS", "Removed by de-identification")
 #: the UTC Synchronization Frame of Reference (1.2.840.10008.15.1.1), the Talairach Frame of Reference,
 #: the standard color palettes' SOP Instance UIDs. They identify nobody and mean something only as they
 #: are, so U keeps them (the standard is silent; docs/ANONYMIZATION.md says so).
-DICOM_ROOT: Final = "1.2.840.10008."
+DICOM_ROOT: Final = DICOM_UID_ROOT
 #: VRs of bytes: C (Clean Graphics on Overlay Data (60xx,3000) and Curve Data (50xx,xxxx), Clean
 #: Descriptors on Maker Note (0016,002B)) cannot look into them for text, so they are removed as the
 #: basic profile does (docs/ANONYMIZATION.md): a kept, uncleaned bitmap would not be "cleaned".
-BINARY_VRS: Final = frozenset({"OB", "OW", "OD", "OF", "OL", "OV", "UN", "OB or OW"})
+BINARY_VRS: Final = BYTE_ARRAY_VRS | {"OB or OW"}  # pydicom's name of an ambiguous one
 #: PS3.3 C.9.2 Overlay Plane: Overlay Data (60xx,3000) is Type 1, so once the profile removes it (X)
 #: the rest of that overlay group is removed with it (an overlay without its bits is not an overlay).
 OVERLAY_DATA: Final = 0x3000

@@ -22,6 +22,8 @@ VERIFICATION_SOP_CLASS: Final = "1.2.840.10008.1.1"
 
 # PS3.4 Table C.4-1 / C.5-1 (Patient Root), C.5-2 (Study Root), C.5-3 (Patient/Study Only,
 # retired): the Query/Retrieve FIND, MOVE and GET SOP classes.
+#: The root of the standard's own UIDs (PS3.5 9.2): SOP classes, frames of reference, coding schemes.
+DICOM_UID_ROOT: Final = "1.2.840.10008."
 PATIENT_ROOT_FIND: Final = "1.2.840.10008.5.1.4.1.2.1.1"
 PATIENT_ROOT_MOVE: Final = "1.2.840.10008.5.1.4.1.2.1.2"
 PATIENT_ROOT_GET: Final = "1.2.840.10008.5.1.4.1.2.1.3"
@@ -112,6 +114,7 @@ def uid_name(uid: str) -> str:
 
 
 __all__ = [
+    "DICOM_UID_ROOT",
     "APPLICATION_CONTEXT_NAME",
     "DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN",
     "EXPLICIT_VR_BIG_ENDIAN",

@@ -40,6 +40,9 @@ INT_VR_FORMATS: Final[Mapping[str, str]] = {"US": "H", "UL": "L", "SS": "h", "SL
 # Each word is in the transfer syntax's byte order: OW "requires byte swapping within each word when
 # changing byte ordering", and so do OL, OF, OD and OV (OB and UN are bytes, no order).
 WORD_VR_FORMATS: Final[Mapping[str, str]] = {"OW": "H", "OL": "I", "OF": "I", "OD": "Q", "OV": "Q"}
+#: PS3.5 Table 6.2-1: VRs whose values are arrays of bytes or binary words: nothing a person can read in
+#: place, so de-identification's "clean" can only remove them (core/deid.py, PS3.15 E.1 action C).
+BYTE_ARRAY_VRS: Final = frozenset({"OB", "UN", *WORD_VR_FORMATS})
 # PS3.5 Table 6.2-1: VRs whose values are bytes or binary numbers, not text (PS3.4 C.2.2.2: not matchable).
 BINARY_VRS: Final = frozenset(
     {"OB", "OD", "OF", "OL", "OV", "OW", "UN", "US", "UL", "SS", "SL", "FL", "FD", "AT", "SV", "UV"}
@@ -94,6 +97,7 @@ __all__ = [
     "ALL_VRS",
     "ASCII_VRS",
     "BINARY_VRS",
+    "BYTE_ARRAY_VRS",
     "CHARSET_VRS",
     "DATE_TIME_VRS",
     "INT_VR_FORMATS",

@@ -35,6 +35,7 @@ from minipacs.core.transcode import (
     pixel_frames,
 )
 from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
+from minipacs.dicom.vr import WORD_VR_FORMATS
 from minipacs.web.accept import (
     ANY,
     OCTETS,
@@ -55,7 +56,7 @@ _T = TypeVar("_T")
 PIXEL_DATA: Final = 0x7FE00010
 MAX_FRAMES: Final = 10000
 #: PS3.5 Table 6.2-1: the binary VRs whose value is a run of words, by word size (byte-swapped from big endian)
-WORD_SIZES: Final = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+WORD_SIZES: Final = {vr: struct.calcsize(fmt) for vr, fmt in WORD_VR_FORMATS.items()}
 #: PS3.5 Table 6.2-1: numeric VRs -> struct format of one value (little endian out, PS3.18 §8.7.3.3)
 NUMBER_FORMATS: Final = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
 _PATH: Final = re.compile(r"^[0-9A-Fa-f]{8}(?:/\d{1,6}/[0-9A-Fa-f]{8}){0,8}$")

@@ -150,7 +150,7 @@ def tag_of(name: str) -> int:
 MAX_PATH: Final = 4
 
 
-def path_of(name: str) -> list[int]:
+def key_path(name: str) -> list[int]:
     """``Keyword``, ``ggggeeee`` or a dotted path of them into sequences (PS3.18 8.3.4.1) -> tags; 400 otherwise."""
     parts = name.split(".")
     if len(parts) > MAX_PATH:
@@ -247,12 +247,12 @@ def identifier(
             for field in value.split(","):
                 field = field.strip()
                 for wanted in all_keys(level) if field == "all" else (field,) if field else ():
-                    path = path_of(wanted)
+                    path = key_path(wanted)
                     below = KEY_LEVELS.get(keyword_for_tag(path[0]))
                     if below is None or _DEPTH[below] <= _DEPTH[level]:
                         put(path, "", keep=True)
             continue
-        put(path_of(name), value)
+        put(key_path(name), value)
     for keyword, value in fixed.items():
         put([tag_of(keyword)], value)
     put([_QR_LEVEL], level.value)
@@ -320,7 +320,7 @@ __all__ = [
     "ascii_digits",
     "identifier",
     "page_size",
-    "path_of",
+    "key_path",
     "search",
     "tag_of",
     "to_json",
