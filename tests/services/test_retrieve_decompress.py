@@ -134,39 +134,42 @@ def _keep(event: evt.Event, received: dict[str, Dataset], lock: threading.Lock) 
     return 0x0000
 
 
+def _c_get(env: Env, syntaxes: list[str], received: dict[str, Dataset]) -> list[int]:
+    """A pynetdicom C-GET of the study proposing ``syntaxes`` in one context per stored class, with
+    the SCP role (PS3.7 D.3.3.4); the instances it receives go into ``received``; the statuses."""
+    lock = threading.Lock()
+    ae = AE(ae_title="GETSCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    roles = []
+    for sop_class in sorted(_sop_classes(env)):
+        ae.add_requested_context(sop_class, syntaxes)
+        roles.append(build_role(sop_class, scp_role=True))
+    assoc = ae.associate(
+        "127.0.0.1",
+        env.server.port,
+        ae_title="MINIPACS",
+        ext_neg=roles,
+        evt_handlers=[(evt.EVT_C_STORE, _keep, [received, lock])],
+    )
+    assert assoc.is_established
+    try:
+        return [
+            int(status.Status)
+            for status, _ in assoc.send_c_get(_study_identifier(env), StudyRootQueryRetrieveInformationModelGet)
+            if status
+        ]
+    finally:
+        assoc.release()
+        ae.shutdown()
+
+
 def test_c_get_to_a_peer_that_only_accepts_explicit_vr_little_endian(tmp_path: Path) -> None:
     received: dict[str, Dataset] = {}
-    lock = threading.Lock()
-
-    def get(env: Env) -> list[int]:
-        ae = AE(ae_title="GETSCU")
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-        roles = []
-        for sop_class in sorted(_sop_classes(env)):
-            ae.add_requested_context(sop_class, [ExplicitVRLittleEndian])
-            roles.append(build_role(sop_class, scp_role=True))
-        assoc = ae.associate(
-            "127.0.0.1",
-            env.server.port,
-            ae_title="MINIPACS",
-            ext_neg=roles,
-            evt_handlers=[(evt.EVT_C_STORE, _keep, [received, lock])],
-        )
-        assert assoc.is_established
-        try:
-            return [
-                int(status.Status)
-                for status, _ in assoc.send_c_get(_study_identifier(env), StudyRootQueryRetrieveInformationModelGet)
-                if status
-            ]
-        finally:
-            assoc.release()
-            ae.shutdown()
 
     async def main() -> None:
         async with archive_with_compressed(tmp_path, Node("NOBODY", "127.0.0.1", 1)) as env:
-            statuses = await asyncio.to_thread(get, env)
+            statuses = await asyncio.to_thread(_c_get, env, [ExplicitVRLittleEndian], received)
             assert statuses[-1] == 0x0000, [hex(s) for s in statuses]
             _check(received, env)
 
@@ -179,37 +182,12 @@ def test_c_get_proposing_a_compressed_syntax_first_in_one_context(tmp_path: Path
     in it fail (nothing is compressed on the way out). For a context on which the requestor takes the
     SCP role (C-GET, PS3.7 D.3.3.4), a native syntax is chosen: every stored instance can be sent in it."""
     received: dict[str, Dataset] = {}
-    lock = threading.Lock()
-
-    def get(env: Env) -> list[int]:
-        ae = AE(ae_title="GETSCU")
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-        roles = []
-        for sop_class in sorted(_sop_classes(env)):
-            ae.add_requested_context(sop_class, [JPEGLossless, ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-            roles.append(build_role(sop_class, scp_role=True))
-        assoc = ae.associate(
-            "127.0.0.1",
-            env.server.port,
-            ae_title="MINIPACS",
-            ext_neg=roles,
-            evt_handlers=[(evt.EVT_C_STORE, _keep, [received, lock])],
-        )
-        assert assoc.is_established
-        try:
-            return [
-                int(status.Status)
-                for status, _ in assoc.send_c_get(_study_identifier(env), StudyRootQueryRetrieveInformationModelGet)
-                if status
-            ]
-        finally:
-            assoc.release()
-            ae.shutdown()
 
     async def main() -> None:
         async with archive_with_compressed(tmp_path, Node("NOBODY", "127.0.0.1", 1)) as env:
-            statuses = await asyncio.to_thread(get, env)
+            statuses = await asyncio.to_thread(
+                _c_get, env, [JPEGLossless, ExplicitVRLittleEndian, ImplicitVRLittleEndian], received
+            )
             assert statuses[-1] == 0x0000, [hex(s) for s in statuses]
             _check(received, env)
 
@@ -221,37 +199,10 @@ def test_c_get_to_a_peer_that_only_accepts_deflated(tmp_path: Path) -> None:
     Deflated Explicit VR Little Endian (PS3.5 A.5) is one we can make (decompressed, explicit VR LE,
     deflated). Before, only the native syntaxes were tried and every sub-operation failed."""
     received: dict[str, Dataset] = {}
-    lock = threading.Lock()
-
-    def get(env: Env) -> list[int]:
-        ae = AE(ae_title="GETSCU")
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-        roles = []
-        for sop_class in sorted(_sop_classes(env)):
-            ae.add_requested_context(sop_class, [DeflatedExplicitVRLittleEndian])
-            roles.append(build_role(sop_class, scp_role=True))
-        assoc = ae.associate(
-            "127.0.0.1",
-            env.server.port,
-            ae_title="MINIPACS",
-            ext_neg=roles,
-            evt_handlers=[(evt.EVT_C_STORE, _keep, [received, lock])],
-        )
-        assert assoc.is_established
-        try:
-            return [
-                int(status.Status)
-                for status, _ in assoc.send_c_get(_study_identifier(env), StudyRootQueryRetrieveInformationModelGet)
-                if status
-            ]
-        finally:
-            assoc.release()
-            ae.shutdown()
 
     async def main() -> None:
         async with archive_with_compressed(tmp_path, Node("NOBODY", "127.0.0.1", 1)) as env:
-            statuses = await asyncio.to_thread(get, env)
+            statuses = await asyncio.to_thread(_c_get, env, [DeflatedExplicitVRLittleEndian], received)
             assert statuses[-1] == 0x0000, [hex(s) for s in statuses]
             assert set(received) == set(env.originals)
             for sop, got in received.items():
