@@ -113,6 +113,13 @@ def _serve_with(tmp: Path, nodes: list[tuple[str, str, int]], files: Path) -> Se
 # ---------------------------------------------------------------- DCMTK SCUs -> minipacs
 
 
+def _getscu(port: int, study: str, out: Path, proposal: str) -> subprocess.CompletedProcess[str]:
+    """DCMTK getscu of a whole study into ``out``; ``proposal``: +B (the stored syntax first), +xs..."""
+    cmd = [dcmtk("getscu"), "-S", proposal, "-aet", "GETSCU", "-aec", "MINIPACS", "-od", str(out)]
+    keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"]
+    return run([*cmd, *keys, "127.0.0.1", str(port)])
+
+
 def test_dcmtk_movescu_to_minipacs(tmp_path: Path, storescp: tuple[int, Path]) -> None:
     port, out = storescp
     study, sent = _study(tmp_path / "in", 5, (ExplicitVRLittleEndian, ImplicitVRLittleEndian))
@@ -183,25 +190,7 @@ def test_dcmtk_getscu_to_minipacs(tmp_path: Path, syntax: str) -> None:
     out = tmp_path / "got"
     out.mkdir()
     try:
-        res = run(
-            [
-                dcmtk("getscu"),
-                "-S",
-                "+B",
-                "-aet",
-                "GETSCU",
-                "-aec",
-                "MINIPACS",
-                "-od",
-                str(out),
-                "-k",
-                "QueryRetrieveLevel=STUDY",
-                "-k",
-                f"StudyInstanceUID={study}",
-                "127.0.0.1",
-                str(server.port),
-            ]
-        )
+        res = _getscu(server.port, study, out, "+B")
         assert res.returncode == 0, res.stdout + res.stderr
     finally:
         server.stop()
@@ -225,25 +214,7 @@ def test_dcmtk_getscu_preferring_jpeg_lossless_gets_native_instances(tmp_path: P
     out = tmp_path / "got"
     out.mkdir()
     try:
-        res = run(
-            [
-                dcmtk("getscu"),
-                "-S",
-                "+xs",
-                "-aet",
-                "GETSCU",
-                "-aec",
-                "MINIPACS",
-                "-od",
-                str(out),
-                "-k",
-                "QueryRetrieveLevel=STUDY",
-                "-k",
-                f"StudyInstanceUID={study}",
-                "127.0.0.1",
-                str(server.port),
-            ]
-        )
+        res = _getscu(server.port, study, out, "+xs")
     finally:
         server.stop()
     assert res.returncode == 0, res.stdout + res.stderr
@@ -266,25 +237,7 @@ def test_dcmtk_getscu_of_a_big_endian_instance(tmp_path: Path) -> None:
         res = run([dcmtk("storescu"), "-xb", "-aec", "MINIPACS", "127.0.0.1", str(server.port), str(original)])
         assert res.returncode == 0, res.stdout + res.stderr
         study = pydicom.dcmread(original, stop_before_pixels=True).StudyInstanceUID
-        res = run(
-            [
-                dcmtk("getscu"),
-                "-S",
-                "+B",
-                "-aet",
-                "GETSCU",
-                "-aec",
-                "MINIPACS",
-                "-od",
-                str(out),
-                "-k",
-                "QueryRetrieveLevel=STUDY",
-                "-k",
-                f"StudyInstanceUID={study}",
-                "127.0.0.1",
-                str(server.port),
-            ]
-        )
+        res = _getscu(server.port, study, out, "+B")
         assert res.returncode == 0, res.stdout + res.stderr
     finally:
         server.stop()
