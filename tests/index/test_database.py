@@ -4,6 +4,8 @@ engine's page statement (index/query_sql.py). SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,28 @@ def _pages(qa: QueryArchive, query: PageQuery, size: int) -> list[list[Any]]:
         if len(rows) < size:
             return pages
         after = rows[-1][position[PK_LABEL]]
+
+
+def test_dispose_waits_for_a_read_still_running_and_closes_its_connection(index: IndexDatabase) -> None:
+    """A read whose caller gave up (a cancelled ``Archive.read``) goes on in its thread; dispose must
+    wait for it, or its connection, given back to the disposed pool, is left open (psycopg then warns
+    "deleted while still open" at some later garbage collection: CI's flaky failure of session 9)."""
+    started, driver = threading.Event(), []
+
+    def slow(conn: Any) -> int:
+        driver.append(conn.connection.driver_connection)
+        started.set()
+        time.sleep(0.3)
+        return 1
+
+    reader = threading.Thread(target=index.read, args=(slow,))
+    reader.start()
+    assert started.wait(10)
+    index.dispose()
+    assert not reader.is_alive(), "dispose returned while the read was still running"
+    reader.join()
+    with pytest.raises(Exception, match="(?i)closed"):
+        driver[0].execute("SELECT 1")  # the pool closed it: nothing is left for the garbage collector
 
 
 def test_pages_follow_the_primary_key(qa: QueryArchive) -> None:

@@ -507,7 +507,7 @@ class Archive:
             os.close(self._recovery_lock)  # releases the flock
             self._recovery_lock = None
         await asyncio.to_thread(self.blobs.close)
-        self._index.dispose()
+        await asyncio.to_thread(self._index.dispose)  # waits for reads whose callers were cancelled
 
     # ------------------------------------------------------------------ the intake log
 

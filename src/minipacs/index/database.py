@@ -10,6 +10,8 @@ nodes can start at once.
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +22,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, text
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: An open connection to the index, as the core passes it around: the core never looks
 #: inside, it hands it to the index's repository functions (``Archive.read`` / ``write``).
@@ -194,9 +197,15 @@ class IndexWriter:
 class IndexDatabase:
     """The index as the core receives it from bootstrap.py: pooled reads, one writer, disposal."""
 
+    #: How long ``dispose`` waits for reads still running (seconds): a read whose caller was cancelled
+    #: goes on in its thread, and its connection, returned after the pool was disposed, would be left open.
+    DISPOSE_WAIT_SECONDS = 30.0
+
     def __init__(self, engine: Engine, *, fsync: bool = True) -> None:
         self.engine = engine
         self.fsync = fsync
+        self._reading = 0
+        self._idle = threading.Condition()
 
     @classmethod
     def open(cls, url: str, *, fsync: bool = True) -> IndexDatabase:
@@ -211,6 +220,17 @@ class IndexDatabase:
 
     def read(self, call: Callable[[IndexConnection], T]) -> T:
         """Run a read-only ``call`` on a pooled connection (blocking)."""
+        with self._idle:
+            self._reading += 1
+        try:
+            return self._read(call)
+        finally:
+            with self._idle:
+                self._reading -= 1
+                if not self._reading:
+                    self._idle.notify_all()
+
+    def _read(self, call: Callable[[IndexConnection], T]) -> T:
         with self.engine.connect() as conn:
             result = call(conn)
             # A read ends with COMMIT, the same as a ROLLBACK for a read-only transaction, so that the
@@ -239,6 +259,11 @@ class IndexDatabase:
             raw.close()
 
     def dispose(self) -> None:
+        """Close the pool's connections, once the reads still running have given theirs back
+        (blocking, at most ``DISPOSE_WAIT_SECONDS``)."""
+        with self._idle:
+            if not self._idle.wait_for(lambda: not self._reading, timeout=self.DISPOSE_WAIT_SECONDS):
+                log.warning("index: %d read(s) still running at close; their connections are left", self._reading)
         self.engine.dispose()
 
 
