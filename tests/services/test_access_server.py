@@ -225,3 +225,31 @@ def test_without_a_policy_everyone_is_accepted(tmp_path: Path) -> None:
             await server.close(grace=1.0)
 
     assert asyncio.run(main()) is None
+
+
+@pytest.mark.parametrize(
+    ("calling", "called", "reason"),
+    [("MOD\\ALITY", SERVER_AE, 3), ("MOD\tALITY", SERVER_AE, 3), ("MODALITY", "MINI\\PACS", 7)],
+    ids=["backslash-calling", "control-calling", "backslash-called"],
+)
+def test_an_ae_title_the_standard_forbids_is_rejected_with_a_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, calling: str, called: str, reason: int
+) -> None:
+    """PS3.5 Table 6.2-1 AE excludes backslash and control characters. Accepted, such a caller then had
+    every C-STORE refused (its title cannot go into the stored file's Source AE Title): now the
+    association is rejected (1/1/3 calling, 1/1/7 called) and the log says which title and why."""
+    caplog.set_level(logging.INFO, logger="minipacs")
+
+    async def main() -> AssociationRejected:
+        async with serving(tmp_path, check_called_aet=False) as app:
+            settings = AssociationSettings(ae_title=calling)
+            rq = build_rq(calling, called, [(VERIFICATION_SOP_CLASS, [EXPLICIT_VR_LITTLE_ENDIAN])], settings)
+            with pytest.raises(AssociationRejected) as info:
+                await connect("127.0.0.1", app.dicom.port, rq, settings, connect_timeout=5)
+            return info.value
+
+    rejected = asyncio.run(main())
+    assert (rejected.rj.result, rejected.rj.source, rejected.rj.reason) == (1, 1, reason)
+    line = warnings_of(caplog)
+    assert "may only use printable ASCII characters without backslash" in line
+    assert ("calling AE title" if reason == 3 else "called AE title") in line

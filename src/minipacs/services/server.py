@@ -40,6 +40,7 @@ from minipacs import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from minipacs.core.access import AccessPolicy
 from minipacs.core.metrics import Metrics
 from minipacs.core.model import AssociationRecord
+from minipacs.core.nodes import title_problem
 from minipacs.dicom.uids import APPLICATION_CONTEXT_NAME, uid_name
 from minipacs.net.association import (
     Association,
@@ -700,6 +701,14 @@ class DicomServer:
             return AAssociateRJ(1, 2, 2), f"protocol version {rq.protocol_version} not supported (need bit 0 set)"
         if rq.application_context != APPLICATION_CONTEXT_NAME:
             return AAssociateRJ(1, 1, 2), f"application context {rq.application_context!r} is not DICOM's"
+        for title, which, code in ((rq.calling_ae, "calling", 3), (rq.called_ae, "called", 7)):
+            # PS3.8 9.3.2 / PS3.5 Table 6.2-1 AE: no backslash, no control character. Accepted, such a
+            # title would then have every C-STORE refused (it cannot be written into the stored file)
+            problem = title_problem(title)
+            if problem is not None:
+                return AAssociateRJ(1, 1, code), (
+                    f"{which} {problem} (PS3.5 6.2); change the {which} AE title in the peer's configuration"
+                )
         if self.check_called_aet and rq.called_ae != self.ae_title:
             return AAssociateRJ(1, 1, 7), (
                 f"called AE title {rq.called_ae!r} is not ours ({self.ae_title!r}); configure the peer "
