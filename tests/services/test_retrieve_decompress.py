@@ -116,11 +116,11 @@ def _sop_classes(env: Env) -> set[str]:
     return {str(ds.SOPClassUID) for ds in env.originals.values()}
 
 
-def _check(received: dict[str, Dataset], env: Env) -> None:
+def _check(received: dict[str, Dataset], env: Env, syntax: str = ExplicitVRLittleEndian) -> None:
     assert set(received) == set(env.originals)
     for sop, got in received.items():
         original = env.originals[sop]
-        assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian, sop
+        assert got.file_meta.TransferSyntaxUID == syntax, sop
         assert got.SOPInstanceUID == sop  # decompressing keeps the instance's identity
         assert "PixelData" in got and not got["PixelData"].is_undefined_length
         assert np.array_equal(got.pixel_array, original.pixel_array), sop
@@ -212,8 +212,21 @@ def test_c_get_to_a_peer_that_only_accepts_deflated(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("name", ["jpeg_baseline", "jpeg_extended_12bit", "jpeg2000_lossless"])
-def test_c_move_to_a_storage_scp_that_only_accepts_explicit_vr_little_endian(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "syntax"),
+    [
+        ("jpeg_baseline", ExplicitVRLittleEndian),
+        ("jpeg_extended_12bit", ExplicitVRLittleEndian),
+        ("jpeg2000_lossless", ExplicitVRLittleEndian),
+        # PS3.4 C.4.2.3.1 / PS3.5 A.5: a destination that accepts only Deflated gets it too; the C-MOVE
+        # proposal used to offer the native syntaxes alone, and every sub-operation failed
+        ("jpeg_baseline", DeflatedExplicitVRLittleEndian),
+    ],
+    ids=["jpeg_baseline", "jpeg_extended_12bit", "jpeg2000_lossless", "jpeg_baseline-deflated-only"],
+)
+def test_c_move_to_a_storage_scp_that_only_accepts_explicit_vr_little_endian(
+    tmp_path: Path, name: str, syntax: str
+) -> None:
     received: dict[str, Dataset] = {}
     lock = threading.Lock()
     dest_port = free_port()
@@ -222,7 +235,7 @@ def test_c_move_to_a_storage_scp_that_only_accepts_explicit_vr_little_endian(tmp
         async with archive_with_compressed(tmp_path, Node("EXPLICITONLY", "127.0.0.1", dest_port)) as env:
             scp_ae = AE(ae_title="EXPLICITONLY")
             for sop_class in _sop_classes(env):
-                scp_ae.add_supported_context(sop_class, [ExplicitVRLittleEndian])
+                scp_ae.add_supported_context(sop_class, [syntax])
             scp = scp_ae.start_server(
                 ("127.0.0.1", dest_port), block=False, evt_handlers=[(evt.EVT_C_STORE, _keep, [received, lock])]
             )
@@ -256,6 +269,6 @@ def test_c_move_to_a_storage_scp_that_only_accepts_explicit_vr_little_endian(tmp
             finally:
                 scp.shutdown()
             assert statuses[-1] == 0x0000, [hex(s) for s in statuses]
-            _check(received, Env(env.server, {sop: env.originals[sop]}))
+            _check(received, Env(env.server, {sop: env.originals[sop]}), syntax)
 
     asyncio.run(main())

@@ -86,11 +86,14 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
 
 
 def proposal(files: Iterable[SendableFile]) -> list[tuple[str, list[str]]]:
-    """Presentation contexts for the files: exact syntaxes, plus native fallbacks.
+    """Presentation contexts for the files: exact syntaxes, plus fallbacks.
 
     One context per (SOP class, stored transfer syntax), so the bytes can go as
-    they are; one Explicit/Implicit VR Little Endian context per SOP class, so a
-    peer refusing the stored syntax still gets the instance, transcoded.
+    they are; one context per SOP class proposing :data:`CONVERTED_TO` (Explicit and
+    Implicit VR Little Endian, then Deflated Explicit VR Little Endian, PS3.5 A.5), so a
+    peer refusing the stored syntax still gets the instance, transcoded (PS3.4 C.4.2.3.1).
+    The acceptor picks one of the context's syntaxes; a peer that takes Deflated only is
+    served, one that takes a native syntax gets it as before.
     """
     contexts: list[tuple[str, list[str]]] = []
     seen: set[tuple[str, str]] = set()
@@ -102,7 +105,7 @@ def proposal(files: Iterable[SendableFile]) -> list[tuple[str, list[str]]]:
             contexts.append((f.sop_class_uid, [f.transfer_syntax_uid]))
         if transfer_syntax(f.transfer_syntax_uid) is not None and f.sop_class_uid not in fallback:
             fallback.add(f.sop_class_uid)
-            contexts.append((f.sop_class_uid, list(NATIVE_FALLBACK)))
+            contexts.append((f.sop_class_uid, list(CONVERTED_TO)))
     return contexts
 
 
