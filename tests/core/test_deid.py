@@ -402,9 +402,28 @@ def test_clean_structured_content_keeps_the_words_that_identify_nobody() -> None
     out = deidentify(report(), frozenset({"clean-structured-content"}), Pseudonyms(KEY), Mapping())
     text = next(i for i in out.ContentSequence[-1].ContentSequence if i.ValueType == "TEXT").TextValue
     assert "12 mm nodule" in text
-    for secret in ("Roe", "Richard", "PID-7781"):
+    for secret in ("Roe", "Richard", "PID-7781", "2024-01-05"):  # the date: Study Date is Z
         assert secret not in text, text
     assert tree(out) == tree(report())
+
+
+@pytest.mark.parametrize(
+    ("dates", "kept"), [("retain-long-modified-dates", False), ("retain-long-full-dates", True), (None, False)]
+)
+def test_a_cleaned_text_keeps_no_real_date_unless_the_dates_are_kept(dates: str | None, kept: bool) -> None:
+    """PS3.15 E.3.6 Modified Dates shifts every date; a cleaned text (Clean Descriptors E.3.5, Clean
+    Structured Content E.3.4) that still gave the real one would undo it. Before, the dates the option
+    shifts (action C) were not counted as identifying, so they stayed in the text."""
+    options = frozenset({"clean-descriptors", "clean-structured-content"} | ({dates} if dates else set()))
+    study = make_ct("1.7.4", "1.7.5", "1.7.6", StudyDate="20240105", StudyDescription="CT of 20240105, 05/01/2024")
+    out = deidentify(study, options, Pseudonyms(KEY), Mapping())
+    assert out.StudyDescription == ("CT of 20240105, 05/01/2024" if kept else "CT of ***, ***")
+    text = next(
+        i
+        for i in deidentify(report(), options, Pseudonyms(KEY), Mapping()).ContentSequence[-1].ContentSequence
+        if i.ValueType == "TEXT"
+    ).TextValue
+    assert ("2024-01-05" in text) is kept, text
 
 
 def test_options_are_checked() -> None:

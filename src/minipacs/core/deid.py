@@ -271,16 +271,34 @@ def _set(elem: DataElement, values: list[Any]) -> None:
     elem.value = values[0] if len(values) == 1 else values
 
 
+def _date_spellings(value: str) -> set[str]:
+    """The ways a report or a description writes the date of a DA or DT value: 20240105, 2024-01-05,
+    2024/01/05, 05.01.2024, 05/01/2024, 01/05/2024, 05-01-2024 (none when it is not a date)."""
+    try:
+        day = dt.datetime.strptime(value[:8], "%Y%m%d").date()
+    except ValueError:
+        return set()
+    return {day.strftime(f) for f in ("%Y%m%d", "%Y-%m-%d", "%Y/%m/%d", "%d.%m.%Y", "%d/%m/%Y", "%m/%d/%Y", "%d-%m-%Y")}
+
+
 def _identifying_words(ds: Dataset, options: frozenset[str], out: set[str]) -> None:
-    """Words of every text value the profile would not keep, at any depth (what C must blank)."""
+    """Words of every value the de-identification changes, at any depth (what C must blank): text and
+    dates the profile does not keep, and the dates it shifts (Modified Dates, PS3.15 E.3.6: a real
+    date left in a cleaned text would undo the shift). Dates also as they are written in text."""
+    shifted = "retain-long-modified-dates" in options
     for elem in ds:
         if elem.VR == "SQ":
             for item in elem.value or []:
                 _identifying_words(item, options, out)
         elif elem.VR in TEXT_VRS | {"DA", "DT"} and elem.tag.group != 0x0002:
-            if action_for(int(elem.tag), options) not in ("K", "C"):
-                for value in _values(elem):
-                    out |= _words(value)
+            action = action_for(int(elem.tag), options)
+            is_date = elem.VR in ("DA", "DT")
+            if action == "K" or (action == "C" and not (is_date and shifted)):
+                continue
+            for value in _values(elem):
+                out |= _words(value)
+                if is_date:
+                    out |= _date_spellings(str(value))
 
 
 def _clean(elem: DataElement, ctx: _Context) -> None:
