@@ -19,6 +19,7 @@ from pydicom.uid import (
 )
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+COMPREHENSIVE_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.33"
 
 
 def make_ct(
@@ -77,6 +78,124 @@ def make_ct(
     return ds
 
 
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+def _content(relationship: str, value_type: str, name: tuple[str, str, str], **values: Any) -> Dataset:
+    """One SR content item (PS3.3 Table C.17-5 Document Relationship Macro + Table 10-2 Content Item)."""
+    item = Dataset()
+    item.RelationshipType = relationship
+    item.ValueType = value_type
+    item.ConceptNameCodeSequence = [_code(*name)]
+    for keyword, value in values.items():
+        setattr(item, keyword, value)
+    return item
+
+
+def make_sr(
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str,
+    image: tuple[str, str, str],
+    patient_id: str = "P1",
+    patient_name: str = "Doe^John",
+    findings: str = "",
+    observer: str = "Watson^John^^Dr",
+    **attributes: Any,
+) -> Dataset:
+    """A Comprehensive SR (PS3.3 A.35.3) that dciodvfy finds complete: a report on ``image`` (study,
+    series, SOP Instance UID of a CT) whose content tree holds an observer (PNAME), the subject's name
+    (PNAME), nested containers, TEXT ``findings``, a NUM, a CODE, DATE, TIME, DATETIME, a UIDREF to
+    the image's study and an IMAGE reference."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = COMPREHENSIVE_SR_STORAGE
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyDate, ds.StudyTime = "20240105", "101500"
+    ds.ContentDate, ds.ContentTime = "20240105", "113000"
+    ds.AccessionNumber = "ACC1"
+    ds.Modality = "SR"
+    ds.Manufacturer = "ACME"
+    ds.ReferringPhysicianName = "Who^Doctor"
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "O"
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.StudyID = "1"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.ReferencedPerformedProcedureStepSequence = []
+    ds.PerformedProcedureCodeSequence = []
+    ds.CompletionFlag = "COMPLETE"
+    ds.VerificationFlag = "UNVERIFIED"
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = CT_IMAGE_STORAGE
+    reference.ReferencedSOPInstanceUID = image[2]
+    series = Dataset()
+    series.SeriesInstanceUID = image[1]
+    series.ReferencedSOPSequence = [reference]
+    evidence = Dataset()
+    evidence.StudyInstanceUID = image[0]
+    evidence.ReferencedSeriesSequence = [series]
+    ds.CurrentRequestedProcedureEvidenceSequence = [evidence]
+    # PS3.3 C.17.3 SR Document Content Module: the root content item
+    ds.ValueType = "CONTAINER"
+    ds.ConceptNameCodeSequence = [_code("18748-4", "LN", "Diagnostic Imaging Report")]
+    ds.ContinuityOfContent = "SEPARATE"
+    pointed = Dataset()
+    pointed.ReferencedSOPClassUID = CT_IMAGE_STORAGE
+    pointed.ReferencedSOPInstanceUID = image[2]
+    measured = Dataset()
+    measured.NumericValue = "12"
+    measured.MeasurementUnitsCodeSequence = [_code("mm", "UCUM", "millimeter")]
+    findings_container = _content(
+        "CONTAINS",
+        "CONTAINER",
+        ("121070", "DCM", "Findings"),
+        ContinuityOfContent="SEPARATE",
+        ContentSequence=[
+            _content("CONTAINS", "TEXT", ("121071", "DCM", "Finding"), TextValue=findings),
+            _content("CONTAINS", "NUM", ("410668003", "SCT", "Length"), MeasuredValueSequence=[measured]),
+            _content(
+                "CONTAINS",
+                "CODE",
+                ("121071", "DCM", "Finding"),
+                ConceptCodeSequence=[_code("27925004", "SCT", "Nodule")],
+            ),
+            _content("CONTAINS", "DATE", ("111060", "DCM", "Study Date"), Date="20240105"),
+            _content("CONTAINS", "TIME", ("111061", "DCM", "Study Time"), Time="101500"),
+            _content("CONTAINS", "DATETIME", ("111526", "DCM", "DateTime Started"), DateTime="20240105101500"),
+            _content("CONTAINS", "UIDREF", ("121018", "DCM", "Procedure Study Instance UID"), UID=image[0]),
+            _content("CONTAINS", "IMAGE", ("121112", "DCM", "Source of Measurement"), ReferencedSOPSequence=[pointed]),
+        ],
+    )
+    ds.ContentSequence = [
+        _content(
+            "HAS OBS CONTEXT",
+            "CODE",
+            ("121005", "DCM", "Observer Type"),
+            ConceptCodeSequence=[_code("121006", "DCM", "Person")],
+        ),
+        _content("HAS OBS CONTEXT", "PNAME", ("121008", "DCM", "Person Observer Name"), PersonName=observer),
+        _content("HAS OBS CONTEXT", "PNAME", ("121029", "DCM", "Subject Name"), PersonName=patient_name),
+        _content("HAS OBS CONTEXT", "DATE", ("121031", "DCM", "Subject Birth Date"), Date="19700101"),
+        findings_container,
+    ]
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = COMPREHENSIVE_SR_STORAGE
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = UID(ExplicitVRLittleEndian)
+    ds.file_meta = meta
+    return ds
+
+
 def write_ct(path: Path, **kw: Any) -> Path:
     """Write a make_ct instance as a Part 10 file; UIDs are generated unless given."""
     kw.setdefault("study_uid", generate_uid())
@@ -108,6 +227,7 @@ def encode_dataset(ds: Dataset, transfer_syntax: str | None = None) -> bytes:
 
 
 __all__ = [
+    "COMPREHENSIVE_SR_STORAGE",
     "CT_IMAGE_STORAGE",
     "DeflatedExplicitVRLittleEndian",
     "ExplicitVRBigEndian",
@@ -116,5 +236,6 @@ __all__ = [
     "encode_dataset",
     "generate_uid",
     "make_ct",
+    "make_sr",
     "write_ct",
 ]

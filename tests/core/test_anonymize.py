@@ -212,6 +212,36 @@ def test_dciodvfy_finds_no_error_we_introduced(tmp_path: Path, options: frozense
     assert after <= before, after - before
 
 
+@pytest.mark.skipif(not DCIODVFY.exists(), reason="dicom3tools is not installed (CI installs it)")
+@pytest.mark.parametrize("options", [frozenset(), frozenset({"clean-structured-content"})])
+def test_a_structured_report_stays_a_valid_sr_and_its_findings_go(tmp_path: Path, options: frozenset[str]) -> None:
+    """PS3.15 Table E.1-1 D on Content Sequence: dummy values in the same tree, which dciodvfy still
+    finds a complete Comprehensive SR (PS3.3 A.35.3, C.17.3); Clean Structured Content (E.3.4) keeps
+    the cleaned text, also valid."""
+    from tests.core.test_deid import FINDINGS, report
+
+    def errors(ds: pydicom.Dataset, name: str) -> set[str]:
+        path = tmp_path / name
+        ds.save_as(path, enforce_file_format=True)
+        done = subprocess.run([str(DCIODVFY), str(path)], capture_output=True, text=True, timeout=120, check=False)
+        assert "ComprehensiveSR" in done.stderr + done.stdout  # dciodvfy recognised the IOD
+        return {line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")}
+
+    original = report()
+    assert errors(original, "in.dcm") == set()
+    out = deidentify(report(), options, Pseudonyms(KEY), Mapping())
+    out.file_meta = pydicom.dataset.FileMetaDataset()
+    out.file_meta.MediaStorageSOPClassUID = out.SOPClassUID
+    out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+    out.file_meta.TransferSyntaxUID = original.file_meta.TransferSyntaxUID
+    assert errors(out, "out.dcm") == set()
+    data = (tmp_path / "out.dcm").read_bytes()
+    assert b"Roe" not in data and b"Richard" not in data and b"Watson" not in data
+    assert (FINDINGS.encode() in (tmp_path / "in.dcm").read_bytes()) and FINDINGS.encode() not in data
+    if not options:
+        assert b"nodule" not in data and b"Elsewhere" not in data  # the text is the dummy, not cleaned
+
+
 def test_jobs_survive_as_plain_json() -> None:
     request = AnonymizeRequest("study", "1.2.3", frozenset({"retain-uids"}), keep_original=False)
     assert AnonymizeRequest.from_params(request.to_params()) == request

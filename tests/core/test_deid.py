@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from typing import Any
 
 import pydicom
@@ -13,6 +14,7 @@ from pydicom.sequence import Sequence
 
 from minipacs.core.deid import (
     BINARY_VRS,
+    DUMMY,
     DUMMY_CODE_SEQUENCES,
     RESOLVED,
     InvalidDeidOptions,
@@ -23,7 +25,7 @@ from minipacs.core.deid import (
     deidentify,
 )
 from minipacs.dicom.deid_table import EDITION, OPTIONS, PRIVATE, PROFILE
-from tests.dicomgen import make_ct
+from tests.dicomgen import make_ct, make_sr
 
 KEY = b"test-key-0123456789abcdef"
 #: A tag standing for each masked row of the table.
@@ -299,6 +301,129 @@ def test_clean_descriptors_blanks_identifying_words_and_keeps_the_rest() -> None
     ds = make_ct("1.7.1", "1.7.2", "1.7.3", patient_name="Smithers^Waylon", StudyDescription="CT head Smithers")
     out = deidentify(ds, frozenset({"clean-descriptors"}), Pseudonyms(KEY), Mapping())
     assert out.StudyDescription == "CT head ***"
+
+
+REPORT_STUDY = "1.2.826.0.1.3680043.10.12.1"
+REPORTED_IMAGE = (REPORT_STUDY, REPORT_STUDY + ".1", REPORT_STUDY + ".1.1")
+FINDINGS = "Richard Roe (PID-7781), seen 2024-01-05 at St Elsewhere: a 12 mm nodule. Dr House informed."
+#: What the report below says that identifies: the patient's name and ID (also inside the TEXT), the
+#: observer, the places and people only the text names, the dates (as values and as words).
+REPORT_SECRETS = ("Roe", "Richard", "PID-7781", "Watson", "Elsewhere", "House", "2024-01-05", "20240105", "19700101")
+
+
+def report() -> Dataset:
+    """A Comprehensive SR on a CT of the same study: PNAME, TEXT, DATE, TIME, DATETIME, UIDREF, NUM,
+    CODE and IMAGE items in nested containers, the patient's name inside the findings text."""
+    return make_sr(
+        REPORT_STUDY,
+        REPORT_STUDY + ".2",
+        REPORT_STUDY + ".2.1",
+        REPORTED_IMAGE,
+        patient_id="PID-7781",
+        patient_name="Roe^Richard",
+        findings=FINDINGS,
+        observer="Watson^John^^Dr",
+    )
+
+
+def walk(ds: Dataset) -> Iterator[tuple[int, str, str]]:
+    """Every value of ``ds`` at any depth, as (tag, VR, text)."""
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                yield from walk(item)
+        elif isinstance(elem.value, (list, pydicom.multival.MultiValue)):
+            yield from ((int(elem.tag), elem.VR, str(v)) for v in elem.value)
+        elif elem.value is not None:
+            yield int(elem.tag), elem.VR, str(elem.value)
+
+
+def tree(ds: Dataset) -> list[tuple[Any, ...]]:
+    """The content tree without its values: relationship, value type, concept name, coded and numeric
+    values, children (PS3.3 C.17.3)."""
+
+    def codes(item: Dataset, keyword: str) -> tuple[tuple[str, str, str], ...]:
+        return tuple((c.CodeValue, c.CodingSchemeDesignator, c.CodeMeaning) for c in item.get(keyword, []))
+
+    return [
+        (
+            item.get("RelationshipType"),
+            item.ValueType,
+            codes(item, "ConceptNameCodeSequence"),
+            codes(item, "ConceptCodeSequence"),
+            tuple(m.NumericValue for m in item.get("MeasuredValueSequence", [])),
+            sorted(e.keyword for e in item),
+            tree(item) if "ContentSequence" in item else [],
+        )
+        for item in ds.ContentSequence
+    ]
+
+
+def test_sr_content_keeps_its_tree_and_codes_and_loses_every_text_name_date_and_uid() -> None:
+    """PS3.15 Table E.1-1: Content Sequence (0040,A730) is D in the Basic Profile. Text Value
+    (0040,A160) is not in the table, so keeping the items and applying the table inside kept the
+    findings word for word; D means dummy values (E.1.1), the tree stays a valid SR (PS3.3 C.17.3)."""
+    pseudo = Pseudonyms(KEY)
+    out = deidentify(report(), frozenset(), pseudo, Mapping())
+    for tag, vr, value in walk(out):
+        for secret in REPORT_SECRETS:
+            assert secret.lower() not in value.lower(), (f"{tag:08X}", value)
+        if vr == "UI":
+            assert value.startswith(("1.2.840.10008.", "2.25.")), (f"{tag:08X}", value)
+    assert "Observer" in str(out.ContentSequence[0].ConceptNameCodeSequence[0].CodeMeaning)
+    assert tree(out) == tree(report())  # the structure, the codes, the numbers
+    values = {item.ValueType: item for item in out.ContentSequence[-1].ContentSequence}
+    assert values["TEXT"].TextValue == DUMMY["UT"] and values["NUM"].MeasuredValueSequence[0].NumericValue == "12"
+    assert out.ContentSequence[1].PersonName == DUMMY["PN"] and values["DATE"].Date == DUMMY["DA"]
+    # references follow the UID mapping: the UIDREF and the IMAGE point where the evidence does
+    evidence = out.CurrentRequestedProcedureEvidenceSequence[0]
+    assert values["UIDREF"].UID == evidence.StudyInstanceUID == pseudo.uid(REPORT_STUDY)
+    pointed = values["IMAGE"].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+    assert pointed == evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+    assert pointed == pseudo.uid(REPORTED_IMAGE[2])
+    # free text in the kept sequences of a dummied one goes too: a presentation state's annotation
+    state = make_ct("1.11.1", "1.11.2", "1.11.3")
+    text = Dataset()
+    text.UnformattedTextValue = "Roe R. left knee"  # (0070,0006): not in Table E.1-1
+    text.BoundingBoxAnnotationUnits = "PIXEL"
+    annotation = Dataset()
+    annotation.GraphicLayer = "LAYER1"
+    annotation.TextObjectSequence = Sequence([text])
+    state.GraphicAnnotationSequence = Sequence([annotation])  # D
+    out = deidentify(state, frozenset(), pseudo, Mapping())
+    assert out.GraphicAnnotationSequence[0].TextObjectSequence[0].UnformattedTextValue == DUMMY["ST"]
+    assert out.GraphicAnnotationSequence[0].GraphicLayer == "LAYER1"  # CS: structure, kept
+
+
+def test_clean_structured_content_keeps_the_words_that_identify_nobody() -> None:
+    """PS3.15 E.3.4 Clean Structured Content: the text stays, cleaned of what the dataset knows to be
+    identifying (the patient's and the observer's names, the IDs); a name that appears nowhere else in
+    the dataset cannot be known (docs/ANONYMIZATION.md says so)."""
+    out = deidentify(report(), frozenset({"clean-structured-content"}), Pseudonyms(KEY), Mapping())
+    text = next(i for i in out.ContentSequence[-1].ContentSequence if i.ValueType == "TEXT").TextValue
+    assert "12 mm nodule" in text
+    for secret in ("Roe", "Richard", "PID-7781", "2024-01-05"):  # the date: Study Date is Z
+        assert secret not in text, text
+    assert tree(out) == tree(report())
+
+
+@pytest.mark.parametrize(
+    ("dates", "kept"), [("retain-long-modified-dates", False), ("retain-long-full-dates", True), (None, False)]
+)
+def test_a_cleaned_text_keeps_no_real_date_unless_the_dates_are_kept(dates: str | None, kept: bool) -> None:
+    """PS3.15 E.3.6 Modified Dates shifts every date; a cleaned text (Clean Descriptors E.3.5, Clean
+    Structured Content E.3.4) that still gave the real one would undo it. Before, the dates the option
+    shifts (action C) were not counted as identifying, so they stayed in the text."""
+    options = frozenset({"clean-descriptors", "clean-structured-content"} | ({dates} if dates else set()))
+    study = make_ct("1.7.4", "1.7.5", "1.7.6", StudyDate="20240105", StudyDescription="CT of 20240105, 05/01/2024")
+    out = deidentify(study, options, Pseudonyms(KEY), Mapping())
+    assert out.StudyDescription == ("CT of 20240105, 05/01/2024" if kept else "CT of ***, ***")
+    text = next(
+        i
+        for i in deidentify(report(), options, Pseudonyms(KEY), Mapping()).ContentSequence[-1].ContentSequence
+        if i.ValueType == "TEXT"
+    ).TextValue
+    assert ("2024-01-05" in text) is kept, text
 
 
 def test_options_are_checked() -> None:

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
+import pydicom
 
 from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
@@ -18,6 +19,8 @@ from minipacs.core.anonymize import ADMINS_ONLY, Anonymizer, register_anonymize_
 from minipacs.core.archive import Archive
 from minipacs.core.jobs import JobQueue, JobSettings
 from minipacs.core.metadata import MetadataStore
+from minipacs.core.model import Origin
+from minipacs.core.retrieve import select_instances
 from minipacs.web.app import create_app
 from minipacs.web.rest_anonymize import MAX_BODY, MAX_MAPPINGS
 from minipacs.web.types import AppContext
@@ -107,6 +110,33 @@ def test_zip_output_and_errors(tmp_path: Path) -> None:
         mappings = "/api/anonymization/mappings"
         assert (await client.get(mappings, params={"limit": MAX_MAPPINGS}, headers=ADMIN)).status_code == 200
         assert (await client.get(mappings, params={"limit": MAX_MAPPINGS + 1}, headers=ADMIN)).status_code == 400
+
+    run(tmp_path, body)
+
+
+def test_a_structured_report_comes_out_without_its_text(tmp_path: Path) -> None:
+    """The stored copy and the ZIP of an anonymized SR: PS3.15 E.1-1 D on Content Sequence, the
+    findings text, names and dates of the content tree replaced by dummies (core/deid.py)."""
+    from tests.core.test_deid import FINDINGS, REPORT_SECRETS, REPORT_STUDY, report
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        path = tmp_path / "report.dcm"
+        report().save_as(path, enforce_file_format=True)
+        await archive.import_file(path, Origin("import"))
+        answer = await client.post(f"/api/studies/{REPORT_STUDY}/anonymize", headers=OPERATOR)
+        assert answer.status_code == 200 and answer.json()["instances"] == 1, answer.text
+        (stored,) = await select_instances(archive, "STUDY", {"StudyInstanceUID": answer.json()["study"]})
+        with stored.open() as fh:
+            outputs = [fh.read()]
+        zipped = await client.post(f"/api/studies/{REPORT_STUDY}/anonymize", headers=OPERATOR, json={"output": "zip"})
+        with zipfile.ZipFile(io.BytesIO(zipped.content)) as z:
+            outputs += [z.read(name) for name in z.namelist()]
+        assert len(outputs) == 2 and FINDINGS.encode() in path.read_bytes()
+        for data in outputs:
+            ds = pydicom.dcmread(io.BytesIO(data))
+            assert ds.ContentSequence[-1].ContentSequence[0].TextValue == "ANONYMIZED"
+            for secret in (*REPORT_SECRETS, REPORT_STUDY):
+                assert secret.encode() not in data, secret
 
     run(tmp_path, body)
 

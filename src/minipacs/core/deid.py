@@ -14,6 +14,11 @@ module only says what each action does to an element of each VR:
   X/Z -> Z, Z/D and X/D and X/Z/D -> D, X/Z/U* -> the sequence kept with its UIDs mapped.
 - A sequence that is kept, dummied, cleaned or mapped keeps its items, and each item is
   de-identified by the same table (PS3.15 E.1.1: the actions apply at any nesting level).
+- A sequence dummied (D) keeps its structure but not its words: after the table, every free text
+  value (SH, LO, ST, LT, UC, UT, PN) the table does not name, in its items at any depth, becomes the
+  dummy of its VR; codes stay. This is what D on Content Sequence (0040,A730) means for an SR
+  (:func:`_dummy_text`): Text Value (0040,A160) is not in Table E.1-1, so the table alone kept a
+  report's findings word for word. The Clean Structured Content Option (PS3.15 E.3.4) cleans instead.
 - An option's action replaces the basic one; of several options, K wins over C.
 - Private attributes (odd groups) are removed, unless Retain Safe Private is chosen and the
   element is in :data:`SAFE_PRIVATE` (our short list, after PS3.15 Table E.3.10-1).
@@ -98,6 +103,10 @@ REMOVED_WITH: Final[tuple[tuple[int, int], ...]] = ((0x00120081, 0x00120082),)
 #: Sequence Macro with a private coding scheme (PS3.16 8.2: "99" prefix).
 DUMMY_CODE_SEQUENCES: Final = frozenset({0x00080082, 0x00401101})
 DUMMY_CODE: Final = ("ANONYMIZED", "99MINIPACS", "Removed by de-identification")
+#: PS3.3 Table 8.8-1 Code Sequence Macro: Code Value, Coding Scheme Designator, Long Code Value, URN
+#: Code Value. An item holding one of them is a code (a concept name, a coded value, units): a
+#: dummied sequence keeps it as it is (:func:`_dummy_text`).
+CODE_ITEM_TAGS: Final = frozenset({0x00080100, 0x00080102, 0x00080119, 0x00080120})
 #: The DICOM root (PS3.5 9.1): UIDs under it are the standard's well-known ones (PS3.6 Annex A), e.g.
 #: the UTC Synchronization Frame of Reference (1.2.840.10008.15.1.1), the Talairach Frame of Reference,
 #: the standard color palettes' SOP Instance UIDs. They identify nobody and mean something only as they
@@ -262,16 +271,34 @@ def _set(elem: DataElement, values: list[Any]) -> None:
     elem.value = values[0] if len(values) == 1 else values
 
 
+def _date_spellings(value: str) -> set[str]:
+    """The ways a report or a description writes the date of a DA or DT value: 20240105, 2024-01-05,
+    2024/01/05, 05.01.2024, 05/01/2024, 01/05/2024, 05-01-2024 (none when it is not a date)."""
+    try:
+        day = dt.datetime.strptime(value[:8], "%Y%m%d").date()
+    except ValueError:
+        return set()
+    return {day.strftime(f) for f in ("%Y%m%d", "%Y-%m-%d", "%Y/%m/%d", "%d.%m.%Y", "%d/%m/%Y", "%m/%d/%Y", "%d-%m-%Y")}
+
+
 def _identifying_words(ds: Dataset, options: frozenset[str], out: set[str]) -> None:
-    """Words of every text value the profile would not keep, at any depth (what C must blank)."""
+    """Words of every value the de-identification changes, at any depth (what C must blank): text and
+    dates the profile does not keep, and the dates it shifts (Modified Dates, PS3.15 E.3.6: a real
+    date left in a cleaned text would undo the shift). Dates also as they are written in text."""
+    shifted = "retain-long-modified-dates" in options
     for elem in ds:
         if elem.VR == "SQ":
             for item in elem.value or []:
                 _identifying_words(item, options, out)
         elif elem.VR in TEXT_VRS | {"DA", "DT"} and elem.tag.group != 0x0002:
-            if action_for(int(elem.tag), options) not in ("K", "C"):
-                for value in _values(elem):
-                    out |= _words(value)
+            action = action_for(int(elem.tag), options)
+            is_date = elem.VR in ("DA", "DT")
+            if action == "K" or (action == "C" and not (is_date and shifted)):
+                continue
+            for value in _values(elem):
+                out |= _words(value)
+                if is_date:
+                    out |= _date_spellings(str(value))
 
 
 def _clean(elem: DataElement, ctx: _Context) -> None:
@@ -353,6 +380,8 @@ def _apply(ds: Dataset, ctx: _Context) -> None:
                     _apply(item, ctx)
                     if action == "C":
                         _clean_all(item, ctx)
+                    elif action == "D":
+                        _dummy_text(item, ctx)
         elif action == "Z":
             if tag == PATIENT_NAME:
                 _dummy(elem, ctx)
@@ -386,6 +415,32 @@ def _remove_bare_overlays(ds: Dataset) -> None:
         if (group << 16 | OVERLAY_DATA) not in ds:
             for tag in [t for t in ds.keys() if t.group == group]:
                 del ds[tag]
+
+
+def _dummy_text(ds: Dataset, ctx: _Context) -> None:
+    """D on a sequence (PS3.15 E.1.1: "replace with a non-zero length value that may be a dummy value
+    and consistent with the VR"), in an item the table has already de-identified: every free text
+    value the table does not name becomes the dummy of its VR, here and in the item's kept sequences.
+
+    On Content Sequence (0040,A730, Table E.1-1 basic action D) the SR stays an SR (PS3.3 C.17.3):
+    every item keeps Relationship Type, Value Type (CS, not free text), Concept Name Code Sequence
+    and its value: CODE, NUM and CONTAINER values as they are (codes and numbers name nobody), TEXT
+    (Text Value (0040,A160), which the table does not name) becomes the dummy, while the table itself
+    gives PNAME, DATE, TIME and DATETIME their dummies (D) and maps UIDREF and the UIDs of IMAGE and
+    COMPOSITE references (U) to the same pseudonyms as the instances they point at. Codes are kept
+    (:data:`CODE_ITEM_TAGS`); sequences with an action of their own (C, D) were done by it.
+    """
+    for elem in ds:
+        tag = int(elem.tag)
+        if tag >> 16 & 1:
+            continue  # the kept safe private elements
+        if elem.VR == "SQ":
+            if action_for(tag, ctx.options) not in ("C", "D"):
+                for item in elem.value or []:
+                    if not CODE_ITEM_TAGS & {int(t) for t in item.keys()}:
+                        _dummy_text(item, ctx)
+        elif elem.VR in CHARSET_VRS and row_of(tag) is None and _values(elem):
+            elem.value = DUMMY[elem.VR]
 
 
 def _clean_all(ds: Dataset, ctx: _Context) -> None:
@@ -445,6 +500,7 @@ def deidentify(ds: Dataset, options: frozenset[str], pseudonyms: Pseudonyms, map
 
 __all__ = [
     "BINARY_VRS",
+    "CODE_ITEM_TAGS",
     "DUMMY",
     "DUMMY_CODE_SEQUENCES",
     "EXCLUSIVE",
