@@ -42,10 +42,21 @@ from minipacs.dicom.header import InstanceHeader
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from minipacs.web import audit
-from minipacs.web.accept import ANY, DICOM, accepted, instance_syntax, parse_accept, server_choice
+from minipacs.web.accept import (
+    ANY,
+    DICOM,
+    DICOM_JSON,
+    DICOM_XML,
+    accepted,
+    instance_syntax,
+    metadata_media_type,
+    parse_accept,
+    server_choice,
+)
 from minipacs.web.bulkdata import bulkdata_response, frame_numbers, frames_response, on_file, parse_path
 from minipacs.web.errors import HttpError
 from minipacs.web.intake import Intake, Screen, receive_multipart
+from minipacs.web.native_model import xml_response
 from minipacs.web.render import (
     DEFAULT_FORMAT,
     FORMATS,
@@ -74,7 +85,6 @@ from minipacs.web.workers import RenderPool
 
 log = logging.getLogger(__name__)
 
-DICOM_JSON: Final = "application/dicom+json"
 # path parameter (PS3.18 10.4: {study}, {series}, {instance}) -> DICOM keyword of the UID it carries
 PATH_KEYS: Final[Mapping[str, str]] = {
     s.noun: s.unique_key for s in LEVEL_SPELLINGS.values() if s.level is not Level.PATIENT
@@ -154,13 +164,16 @@ def warning(request: Request, text: str) -> str:
 def _qido(level: Level) -> Any:
     async def endpoint(request: Request) -> Response:
         """QIDO-RS (PS3.18 10.6): the matches as one application/dicom+json array, with a Content-Length
-        (Table 10.6.3-2); a Warning when results remain past ``limit`` or fuzzy matching was asked for."""
+        (Table 10.6.3-2), or as multipart/related; type="application/dicom+xml" when the Accept header
+        prefers it (Table 10.6.4-1); a Warning when results remain past ``limit`` or fuzzy matching was
+        asked for."""
         context = ctx(request)
         fixed = uids(request)
         params = list(request.query_params.multi_items())
         fuzzy = [value.lower() for name, value in params if name == "fuzzymatching"]
         if any(value not in ("true", "false") for value in fuzzy):
             raise HttpError(400, "invalid_fuzzymatching", "fuzzymatching must be true or false (PS3.18 8.3.4.2)")
+        media_type = metadata_media_type(parse_accept(accepted(request)))
         started = time.perf_counter()
         audit.record_query(request, f"QIDO-RS {level.value}", level=level.value)
         root = root_url(request)
@@ -169,22 +182,26 @@ def _qido(level: Level) -> Any:
             search(context.archive, level, params, fixed, defaults=qido_defaults(level, fixed), one_more=True),
         )
         wanted = page_size(params)
-        texts: list[str] = []
+        found: list[dict[str, Any]] = []
         more = False
         async with aclosing(matches):
             async for match in matches:
-                if len(texts) == wanted:
+                if len(found) == wanted:
                     more = True
                     break
                 match[_RETRIEVE_URL] = DataElement(_RETRIEVE_URL, "UR", retrieve_url(root, match, level))
-                texts.append(json.dumps(to_json(match)))
+                found.append(to_json(match))
         context.metrics.query_answered("qido", time.perf_counter() - started)
         headers: list[str] = []
         if "true" in fuzzy:
             headers.append(warning(request, FUZZY_WARNING))
         if more:
             headers.append(warning(request, MORE_WARNING))
-        response = Response("[" + ",".join(texts) + "]", media_type=DICOM_JSON)
+        if media_type == DICOM_XML:
+            response = await xml_response(found)
+        else:
+            response = Response("[" + ",".join(json.dumps(item) for item in found) + "]", media_type=DICOM_JSON)
+        response.headers["Vary"] = "Accept"
         for value in headers:
             response.headers.append("Warning", value)
         return response
@@ -261,13 +278,21 @@ async def retrieve(request: Request) -> Response:
 
 
 async def metadata(request: Request) -> Response:
-    """WADO-RS Retrieve Metadata (PS3.18 §10.4.1.1.2) in application/dicom+json: the Default media type
-    (Table 10.4.4-1), which Table 8.7.3-1 says is returned when none of the acceptable ones is supported
-    (we make no PS3.19 XML), so any Accept gets it."""
+    """WADO-RS Retrieve Metadata (PS3.18 10.4.1.1.2): application/dicom+json, the Default media type
+    (Table 10.4.4-1), or multipart/related; type="application/dicom+xml" (Required; one PS3.19 Native
+    DICOM Model document per instance) when the Accept header prefers that (web/accept.py
+    ``metadata_media_type``). Any other Accept gets the Default (Table 8.7.3-1)."""
+    media_type = metadata_media_type(parse_accept(accepted(request)))
     found = await _instances(request)
     texts = await ctx(request).metadata.get([item.sop_instance_uid for item in found])
-    body = ("[" + ",".join(texts) + "]").replace('"' + BULK_PREFIX, '"' + root_url(request))
-    return Response(body, media_type=DICOM_JSON)
+    root = root_url(request)
+    texts = [text.replace('"' + BULK_PREFIX, '"' + root) for text in texts]
+    if media_type == DICOM_XML:
+        response = await xml_response(texts)
+    else:
+        response = Response("[" + ",".join(texts) + "]", media_type=DICOM_JSON)
+    response.headers["Vary"] = "Accept"
+    return response
 
 
 async def frames(request: Request) -> Response:
