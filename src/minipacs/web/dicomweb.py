@@ -42,6 +42,7 @@ from minipacs.dicom.header import InstanceHeader
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from minipacs.web import audit
+from minipacs.web import capabilities as capabilities_description
 from minipacs.web.accept import (
     ANY,
     DICOM,
@@ -162,7 +163,7 @@ def warning(request: Request, text: str) -> str:
 
 
 def _qido(level: Level) -> Any:
-    async def endpoint(request: Request) -> Response:
+    async def qido(request: Request) -> Response:
         """QIDO-RS (PS3.18 10.6): the matches as one application/dicom+json array, with a Content-Length
         (Table 10.6.3-2), or as multipart/related; type="application/dicom+xml" when the Accept header
         prefers it (Table 10.6.4-1); a Warning when results remain past ``limit`` or fuzzy matching was
@@ -206,7 +207,19 @@ def _qido(level: Level) -> Any:
             response.headers.append("Warning", value)
         return response
 
-    return endpoint
+    return qido
+
+
+# ------------------------------------------------------------------ Retrieve Capabilities (PS3.18 §8.9)
+
+
+async def capabilities(request: Request) -> Response:
+    """Retrieve Capabilities (PS3.18 8.9): the WADL Capabilities Description of the whole service
+    (web/capabilities.py); the Target Resource is the base URI (8.9.1.1), there are no query
+    parameters (8.9.1.2), so only the Accept header counts."""
+    media_type = capabilities_description.negotiate(request.headers.get("accept", ""))
+    routes = capabilities_description.dicomweb_routes(request)
+    return Response(capabilities_description.wadl(root_url(request), routes), media_type=media_type)
 
 
 # ------------------------------------------------------------------ WADO-RS (PS3.18 §10.4)
@@ -629,6 +642,7 @@ def routes() -> list[BaseRoute]:
     s, r, i = "/studies/{study}", "/series/{series}", "/instances/{instance}"
     rendered_summary = "rendered JPEG/PNG (window=center,width)"
     return [
+        Endpoint("/", capabilities, "OPTIONS", "read", "Retrieve Capabilities: the WADL description (PS3.18 8.9)"),
         Endpoint("/studies", _qido(Level.STUDY), "GET", "read", "QIDO-RS: search for studies"),
         Endpoint("/studies", store, "POST", "write", "STOW-RS: store instances"),
         Endpoint("/series", _qido(Level.SERIES), "GET", "read", "QIDO-RS: search for series"),
