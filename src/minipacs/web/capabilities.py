@@ -68,6 +68,7 @@ DESCRIPTIONS: Final[Mapping[str, Description | None]] = {
     "metadata": Description(_METADATA, ("charset",)),
     "frames": Description((*_FRAMES, OCTETS)),
     "bulkdata": Description((*_FRAMES, OCTETS)),
+    "resource_bulkdata": Description(_FRAMES, status="200 204"),
     "rendered": Description(_RENDERED, ("window", "viewport", "quality", "annotation", "charset", "iccprofile")),
     "thumbnail": Description(_RENDERED, ("viewport", "charset")),
     "wado_uri": Description(

@@ -54,7 +54,14 @@ from minipacs.web.accept import (
     parse_accept,
     server_choice,
 )
-from minipacs.web.bulkdata import bulkdata_response, frame_numbers, frames_response, on_file, parse_path
+from minipacs.web.bulkdata import (
+    bulkdata_response,
+    frame_numbers,
+    frames_response,
+    on_file,
+    parse_path,
+    resource_bulkdata_response,
+)
 from minipacs.web.errors import HttpError
 from minipacs.web.intake import Intake, Screen, receive_multipart
 from minipacs.web.native_model import xml_response
@@ -321,6 +328,16 @@ async def bulkdata(request: Request) -> Response:
     parse_path(raw)  # 400 before looking anything up
     item = (await _instances(request))[0]
     return await bulkdata_response(request, item, raw)
+
+
+async def resource_bulkdata(request: Request) -> Response:
+    """Study, Series and Instance Bulkdata (PS3.18 Table 10.3-2): every bulk data item of the resource,
+    each part at the BulkDataURI its metadata gives (web/bulkdata.py)."""
+    found = await _instances(request)
+    texts = await ctx(request).metadata.get([item.sop_instance_uid for item in found])
+    root = root_url(request)
+    objects = [json.loads(text.replace('"' + BULK_PREFIX, '"' + root)) for text in texts]
+    return await resource_bulkdata_response(request, found, objects)
 
 
 #: PS3.18 §8.3.5.1.1 annotation keywords (none of them is drawn: each one asked for gets the Warning)
@@ -654,17 +671,20 @@ def routes() -> list[BaseRoute]:
         Endpoint(
             s + r + "/instances", _qido(Level.IMAGE), "GET", "read", "QIDO-RS: search for the instances of a series"
         ),
-        Endpoint(s + "/metadata", metadata, "GET", "read", "WADO-RS: study metadata (PS3.18 JSON)"),
+        Endpoint(s + "/metadata", metadata, "GET", "read", "WADO-RS: study metadata (PS3.18 JSON or XML)"),
+        Endpoint(s + "/bulkdata", resource_bulkdata, "GET", "read", "WADO-RS: all bulk data of the study"),
         Endpoint(s + "/thumbnail", thumbnail, "GET", "read", "WADO-RS: a thumbnail of the study", name="thumbnail"),
         Endpoint(s + "/rendered", rendered, "GET", "read", "WADO-RS: the study " + rendered_summary),
         Endpoint(s + r, retrieve, "GET", "read", "WADO-RS: retrieve a series"),
-        Endpoint(s + r + "/metadata", metadata, "GET", "read", "WADO-RS: series metadata (PS3.18 JSON)"),
+        Endpoint(s + r + "/metadata", metadata, "GET", "read", "WADO-RS: series metadata (PS3.18 JSON or XML)"),
+        Endpoint(s + r + "/bulkdata", resource_bulkdata, "GET", "read", "WADO-RS: all bulk data of the series"),
         Endpoint(
             s + r + "/thumbnail", thumbnail, "GET", "read", "WADO-RS: a thumbnail of the series", name="thumbnail"
         ),
         Endpoint(s + r + "/rendered", rendered, "GET", "read", "WADO-RS: the series " + rendered_summary),
         Endpoint(s + r + i, retrieve, "GET", "read", "WADO-RS: retrieve an instance"),
-        Endpoint(s + r + i + "/metadata", metadata, "GET", "read", "WADO-RS: instance metadata (PS3.18 JSON)"),
+        Endpoint(s + r + i + "/metadata", metadata, "GET", "read", "WADO-RS: instance metadata (PS3.18 JSON or XML)"),
+        Endpoint(s + r + i + "/bulkdata", resource_bulkdata, "GET", "read", "WADO-RS: all bulk data of the instance"),
         Endpoint(s + r + i + "/rendered", rendered, "GET", "read", "WADO-RS: the instance " + rendered_summary),
         Endpoint(
             s + r + i + "/thumbnail", thumbnail, "GET", "read", "WADO-RS: a thumbnail of the instance", name="thumbnail"
