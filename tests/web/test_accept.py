@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from minipacs.web.accept import FrameChoice, MediaRange, frame_choice, instance_syntax, parse_accept
+from minipacs.web.accept import (
+    DICOM_JSON,
+    DICOM_XML,
+    FrameChoice,
+    MediaRange,
+    frame_choice,
+    instance_syntax,
+    metadata_media_type,
+    parse_accept,
+)
 
 ELE, ILE, BE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"
 JPEG, J2K = "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.90"
@@ -115,3 +124,36 @@ def test_frame_choice(accept: str, stored: str, expected: FrameChoice | None) ->
 
 def test_frame_choice_content_type() -> None:
     assert FrameChoice("image/jp2", J2K, False).content_type == f"image/jp2; transfer-syntax={J2K}"
+
+
+XML_PARTS = 'multipart/related; type="application/dicom+xml"'
+
+
+@pytest.mark.parametrize(
+    "accept,expected",
+    [
+        ("", DICOM_JSON),  # no Accept: the Default (Tables 10.4.4-1, 10.6.4-1)
+        ("application/dicom+json", DICOM_JSON),
+        (XML_PARTS, DICOM_XML),  # Required: multipart/related; type="application/dicom+xml"
+        ("multipart/related; type=application/dicom+xml", DICOM_XML),  # the type unquoted
+        ("application/dicom+xml", DICOM_XML),  # asked for XML itself: answered as the multipart
+        ("*/*", DICOM_JSON),  # PS3.18 8.7.7: */* matches the Default
+        ("application/*", DICOM_JSON),
+        ("multipart/related", DICOM_JSON),  # no type: the resource's default
+        ("image/png", DICOM_JSON),  # none supported: the Default (Table 8.7.3-1), not a 406
+        (f"{XML_PARTS}; q=0.5, application/dicom+json", DICOM_JSON),  # q decides
+        (f"{XML_PARTS}, application/dicom+json; q=0.5", DICOM_XML),
+        (f"{XML_PARTS}; q=0.5, */*; q=0.4", DICOM_XML),
+        (f"{XML_PARTS}; q=0.5, */*", DICOM_JSON),  # */* (q=1) matches JSON, the Default
+        # RFC 9110 12.5.1: JSON gets the q of its most specific range, not of the wildcard
+        (f"application/dicom+json; q=0.2, {XML_PARTS}; q=0.5, */*", DICOM_XML),
+        (f"{XML_PARTS}, application/dicom+json", DICOM_XML),  # a tie: the one listed first
+        (f"application/dicom+json, {XML_PARTS}", DICOM_JSON),
+        (f"{XML_PARTS}; q=0", DICOM_JSON),  # q=0: not acceptable
+        (f"{XML_PARTS}; q=nonsense", DICOM_XML),  # a q that is no number counts as 1
+        (f"image/jpeg; q=0.9, {XML_PARTS}; q=0.1", DICOM_XML),  # the only supported one
+    ],
+)
+def test_metadata_media_type(accept: str, expected: str) -> None:
+    """PS3.18 8.7.8.1 and Table 8.7.3-1 for Metadata and search results: XML only when preferred."""
+    assert metadata_media_type(parse_accept(accept)) == expected

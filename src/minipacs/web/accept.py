@@ -18,6 +18,7 @@ from typing import Final
 from starlette.requests import Request
 
 from minipacs.core.transcode import can_transcode
+from minipacs.dicom import xml_model
 from minipacs.dicom.uids import (
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -28,6 +29,8 @@ from minipacs.dicom.uids import (
 ANY: Final = "*/*"
 DICOM: Final = "application/dicom"
 OCTETS: Final = "application/octet-stream"
+DICOM_JSON: Final = "application/dicom+json"
+DICOM_XML: Final = xml_model.MEDIA_TYPE
 
 # PS3.18 Table 8.7.3-5: media types of compressed Bulkdata (frames), by transfer syntax
 FRAME_MEDIA_TYPES: Final[Mapping[str, str]] = {
@@ -155,6 +158,37 @@ def instance_syntax(ranges: list[MediaRange], stored_ts: str) -> str | None:
     return None
 
 
+#: PS3.18 Tables 10.4.4-1 and 10.6.4-1: the ranges that accept Metadata and search results in
+#: application/dicom+json, the Default, most specific first (RFC 9110 12.5.1: a representation gets the
+#: q of the most specific range that matches it). "*/*" matches the Default only (PS3.18 8.7.7), and so
+#: does a bare multipart/related (``""``); ``application/json`` is what browsers and OHIF send for JSON.
+JSON_RANGES: Final = ((DICOM_JSON, "application/json"), ("application/*",), (ANY, ""))
+#: The ranges that accept the Native DICOM Model XML (PS3.18 Table 8.7.3-3): multipart/related;
+#: type="application/dicom+xml", or application/dicom+xml itself (answered as that multipart).
+XML_RANGES: Final = ((DICOM_XML,),)
+
+
+def _quality(ranges: list[MediaRange], levels: tuple[tuple[str, ...], ...]) -> tuple[float, int]:
+    """(q, -position) of the most specific of ``levels`` any range matches; (0, ...) if none does."""
+    for level in levels:
+        found = [(r.q, -i) for i, r in enumerate(ranges) if r.media_type in level]
+        if found:
+            return max(found)
+    return (0.0, -len(ranges))
+
+
+def metadata_media_type(ranges: list[MediaRange]) -> str:
+    """DICOM_JSON or DICOM_XML for WADO-RS Metadata and QIDO-RS results (PS3.18 8.7.8.1, Table 8.7.3-1).
+
+    XML when the client prefers it: a range for it with a higher q than the most specific range
+    that matches JSON, or the same q and listed first (a tie is the origin server's to break).
+    JSON otherwise -- also when no acceptable media type is supported at all: application/dicom+json
+    is the Default, which "the origin server shall return ... when none of the Acceptable Media
+    Types are supported" (Table 8.7.3-1), rather than step 5's 406 of 8.7.8.1.
+    """
+    return DICOM_XML if _quality(ranges, XML_RANGES) > _quality(ranges, JSON_RANGES) else DICOM_JSON
+
+
 @dataclass(frozen=True)
 class FrameChoice:
     """How to send frames: part media type, the transfer syntax they are in, whether to decompress."""
@@ -213,6 +247,9 @@ def frame_choices_text(stored_ts: str) -> str:
 
 
 __all__ = [
+    "DICOM_JSON",
+    "DICOM_XML",
+    "metadata_media_type",
     "FRAME_MEDIA_TYPES",
     "FrameChoice",
     "MediaRange",

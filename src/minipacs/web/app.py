@@ -52,6 +52,7 @@ def create_app(ctx: AppContext) -> Starlette:
         Endpoint("/", ui.home, "GET", "read", "Redirect to the web UI"),
         *rest_metrics.routes(),
         Mount("/ui", routes=[*audit.ui_routes(), *ui.routes()], name="ui"),
+        Endpoint("/dicom-web", dicomweb.capabilities, "OPTIONS", "read", "Retrieve Capabilities (PS3.18 8.9)"),
         Endpoint("/dicom-web/wado", dicomweb.wado_uri, "GET", "read", "WADO-URI (requestType=WADO)"),
         Endpoint("/wado", dicomweb.wado_uri, "GET", "read", "WADO-URI (requestType=WADO)"),
         Mount("/dicom-web", routes=dicomweb.routes(), name="dicomweb"),

@@ -13,17 +13,21 @@ A response is ``multipart/related`` (§8.6.1.2), or a single part when the clien
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
+import logging
 import re
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 from pydicom.dataset import Dataset
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
+from minipacs.blobs.base import BlobError
+from minipacs.core.errors import ArchiveError
 from minipacs.core.inflate import DatasetLimits
 from minipacs.core.retrieve import StoredInstance
 from minipacs.core.stored import read_stored
@@ -52,6 +56,7 @@ from minipacs.web.transfer import multipart_octets, new_boundary
 from minipacs.web.types import AppContext
 
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 
 PIXEL_DATA: Final = 0x7FE00010
 MAX_FRAMES: Final = 10000
@@ -209,7 +214,10 @@ def _element_bytes(ds: Dataset, tag: int, little_endian: bool) -> bytes:
 def bulk_value(path_file: Any, path: list[int], limits: DatasetLimits) -> bytes:
     """The value an attribute path names in the stored file ``path_file`` (blocking); 404 if absent."""
     ds = read_stored(path_file, limits)
-    little_endian = ds.original_encoding[1] is not False
+    return _value_at(ds, path, little_endian=ds.original_encoding[1] is not False)
+
+
+def _value_at(ds: Dataset, path: list[int], *, little_endian: bool) -> bytes:
     node: Dataset = ds
     for depth in range(0, len(path) - 1, 2):
         tag, index = path[depth], path[depth + 1]
@@ -225,7 +233,12 @@ def bulk_value(path_file: Any, path: list[int], limits: DatasetLimits) -> bytes:
 async def _frame_count(context: AppContext, item: StoredInstance) -> int:
     """Number of Frames (0028,0008) from the instance's kept metadata (1 when absent)."""
     text = (await context.metadata.get([item.sop_instance_uid]))[0]
-    values = json.loads(text).get("00280008", {}).get("Value") or [1]
+    return frame_count(json.loads(text))
+
+
+def frame_count(metadata: Mapping[str, Any]) -> int:
+    """Number of Frames (0028,0008) of an instance's PS3.18 JSON metadata (1 when absent or no number)."""
+    values = metadata.get("00280008", {}).get("Value") or [1]
     try:
         return max(1, min(int(values[0]), MAX_FRAMES))
     except (TypeError, ValueError):
@@ -256,8 +269,111 @@ async def bulkdata_response(request: Request, item: StoredInstance, raw_path: st
     )
 
 
+# ------------------------------------------------------------------ Study, Series, Instance Bulkdata
+
+
+def bulk_uris(obj: Mapping[str, Any]) -> list[str]:
+    """Every BulkDataURI of a PS3.18 JSON object, in document order, items included (PS3.18 F.2.6)."""
+    found: list[str] = []
+    for element in obj.values():
+        if not isinstance(element, Mapping):
+            continue
+        if isinstance(element.get("BulkDataURI"), str):
+            found.append(element["BulkDataURI"])
+        elif element.get("vr") == "SQ":
+            for item in element.get("Value") or []:
+                if isinstance(item, Mapping):
+                    found.extend(bulk_uris(item))
+    return found
+
+
+#: One part of a Bulkdata answer: Content-Type, Content-Location, the octets.
+BulkPart = tuple[str, str, bytes]
+
+
+def instance_bulkdata(
+    path_file: Any, uris: Sequence[str], frames: int, choice: FrameChoice | None, limits: DatasetLimits
+) -> list[BulkPart]:
+    """The bulk data of one stored instance (blocking): each BulkDataURI's value as its own GET gives it
+    (little-endian octets), in one part whose Content-Location is that URI. The Pixel Data of an
+    encapsulated or big-endian instance (``choice`` not None) goes out as ``choice`` says: decompressed,
+    its frames joined, at its BulkDataURI; or as stored, one part per frame at the frame's URL
+    (``{instance}/frames/n``), since a compressed frame is a value of its own (PS3.18 8.7.3.3.2)."""
+    ds = read_stored(path_file, limits)
+    little_endian = ds.original_encoding[1] is not False
+    parts: list[BulkPart] = []
+    for uri in uris:
+        path = parse_path(uri.rsplit("/bulkdata/", 1)[-1])
+        if path == [PIXEL_DATA] and choice is not None:
+            chunks = pixel_frames(path_file, range(1, frames + 1), decode=choice.decode, limits=limits)
+            if choice.decode or len(chunks) == 1:
+                parts.append((choice.content_type, uri, b"".join(chunks)))
+            else:
+                instance = uri.rsplit("/bulkdata/", 1)[0]
+                parts.extend((choice.content_type, f"{instance}/frames/{n}", c) for n, c in enumerate(chunks, 1))
+            continue
+        try:
+            data = _value_at(ds, path, little_endian=little_endian)
+        except HttpError:  # metadata kept from before a correction: the value is no longer there
+            continue
+        suffix = f"; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}" if path == [PIXEL_DATA] else ""
+        parts.append((OCTETS + suffix, uri, data))
+    return parts
+
+
+def _pixel_choice(ranges: list[MediaRange], item: StoredInstance) -> FrameChoice | None:
+    """How the Pixel Data of ``item`` goes out: None when as it is stored (native little endian), else as
+    for its BulkDataURI (``frame_choice``); 406 when the Accept header allows no representation."""
+    syntax = transfer_syntax(item.transfer_syntax_uid)
+    if syntax is not None and not syntax.encapsulated and syntax.little_endian:
+        return None
+    return _choose_frames(ranges, item)
+
+
+async def resource_bulkdata_response(
+    request: Request, items: Sequence[StoredInstance], metadata: Sequence[Mapping[str, Any]]
+) -> Response:
+    """Study, Series or Instance Bulkdata (PS3.18 Table 10.3-2): multipart/related of every bulk data
+    item of ``items`` (their PS3.18 JSON ``metadata``, BulkDataURIs absolute), each part's
+    Content-Location the BulkDataURI the metadata gives. Streamed instance by instance, each read in
+    the render pool; an instance that fails once the answer is under way is left out and logged.
+    No bulk data at all: 204 (a multipart body needs a part, RFC 2046 5.1.1)."""
+    context: AppContext = request.app.state.ctx
+    limits = context.archive.settings.dataset_limits
+    ranges = parse_accept(accepted(request))
+    plan = [
+        (item, uris, frame_count(obj), _pixel_choice(ranges, item))
+        for item, obj in zip(items, metadata, strict=True)
+        if (uris := bulk_uris(obj))
+    ]
+    if not plan:
+        return Response(status_code=204)
+    context.renders.check("reading")  # 503 now rather than an answer that stalls part-way
+    boundary = new_boundary()
+
+    async def body() -> AsyncIterator[bytes]:
+        for item, uris, frames, choice in plan:
+            job = functools.partial(on_file, item, instance_bulkdata, uris, frames, choice, limits)
+            try:
+                parts = await asyncio.to_thread(context.renders.call, job)
+            except (ArchiveError, BlobError, OSError, HttpError, ValueError) as exc:  # the answer is under way:
+                # leave the instance out (unreadable, gone, undecodable), as transfer.py does
+                log.error("left the bulk data of %s out: %s: %s", item.sop_instance_uid, type(exc).__name__, exc)
+                continue
+            for content_type, location, data in parts:
+                head = f"--{boundary}\r\nContent-Type: {content_type}\r\nContent-Location: {location}\r\n\r\n"
+                yield head.encode() + data + b"\r\n"
+        yield f"--{boundary}--\r\n".encode()
+
+    return StreamingResponse(body(), media_type=f'multipart/related; type="{OCTETS}"; boundary={boundary}')
+
+
 __all__ = [
     "PIXEL_DATA",
+    "bulk_uris",
+    "frame_count",
+    "instance_bulkdata",
+    "resource_bulkdata_response",
     "bulk_value",
     "bulkdata_response",
     "frame_numbers",

@@ -42,10 +42,29 @@ from minipacs.dicom.header import InstanceHeader
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from minipacs.web import audit
-from minipacs.web.accept import ANY, DICOM, accepted, instance_syntax, parse_accept, server_choice
-from minipacs.web.bulkdata import bulkdata_response, frame_numbers, frames_response, on_file, parse_path
+from minipacs.web import capabilities as capabilities_description
+from minipacs.web.accept import (
+    ANY,
+    DICOM,
+    DICOM_JSON,
+    DICOM_XML,
+    accepted,
+    instance_syntax,
+    metadata_media_type,
+    parse_accept,
+    server_choice,
+)
+from minipacs.web.bulkdata import (
+    bulkdata_response,
+    frame_numbers,
+    frames_response,
+    on_file,
+    parse_path,
+    resource_bulkdata_response,
+)
 from minipacs.web.errors import HttpError
 from minipacs.web.intake import Intake, Screen, receive_multipart
+from minipacs.web.native_model import xml_response
 from minipacs.web.render import (
     DEFAULT_FORMAT,
     FORMATS,
@@ -74,7 +93,6 @@ from minipacs.web.workers import RenderPool
 
 log = logging.getLogger(__name__)
 
-DICOM_JSON: Final = "application/dicom+json"
 # path parameter (PS3.18 10.4: {study}, {series}, {instance}) -> DICOM keyword of the UID it carries
 PATH_KEYS: Final[Mapping[str, str]] = {
     s.noun: s.unique_key for s in LEVEL_SPELLINGS.values() if s.level is not Level.PATIENT
@@ -152,15 +170,18 @@ def warning(request: Request, text: str) -> str:
 
 
 def _qido(level: Level) -> Any:
-    async def endpoint(request: Request) -> Response:
+    async def qido(request: Request) -> Response:
         """QIDO-RS (PS3.18 10.6): the matches as one application/dicom+json array, with a Content-Length
-        (Table 10.6.3-2); a Warning when results remain past ``limit`` or fuzzy matching was asked for."""
+        (Table 10.6.3-2), or as multipart/related; type="application/dicom+xml" when the Accept header
+        prefers it (Table 10.6.4-1); a Warning when results remain past ``limit`` or fuzzy matching was
+        asked for."""
         context = ctx(request)
         fixed = uids(request)
         params = list(request.query_params.multi_items())
         fuzzy = [value.lower() for name, value in params if name == "fuzzymatching"]
         if any(value not in ("true", "false") for value in fuzzy):
             raise HttpError(400, "invalid_fuzzymatching", "fuzzymatching must be true or false (PS3.18 8.3.4.2)")
+        media_type = metadata_media_type(parse_accept(accepted(request)))
         started = time.perf_counter()
         audit.record_query(request, f"QIDO-RS {level.value}", level=level.value)
         root = root_url(request)
@@ -169,27 +190,43 @@ def _qido(level: Level) -> Any:
             search(context.archive, level, params, fixed, defaults=qido_defaults(level, fixed), one_more=True),
         )
         wanted = page_size(params)
-        texts: list[str] = []
+        found: list[dict[str, Any]] = []
         more = False
         async with aclosing(matches):
             async for match in matches:
-                if len(texts) == wanted:
+                if len(found) == wanted:
                     more = True
                     break
                 match[_RETRIEVE_URL] = DataElement(_RETRIEVE_URL, "UR", retrieve_url(root, match, level))
-                texts.append(json.dumps(to_json(match)))
+                found.append(to_json(match))
         context.metrics.query_answered("qido", time.perf_counter() - started)
         headers: list[str] = []
         if "true" in fuzzy:
             headers.append(warning(request, FUZZY_WARNING))
         if more:
             headers.append(warning(request, MORE_WARNING))
-        response = Response("[" + ",".join(texts) + "]", media_type=DICOM_JSON)
+        if media_type == DICOM_XML:
+            response = await xml_response(found)
+        else:
+            response = Response("[" + ",".join(json.dumps(item) for item in found) + "]", media_type=DICOM_JSON)
+        response.headers["Vary"] = "Accept"
         for value in headers:
             response.headers.append("Warning", value)
         return response
 
-    return endpoint
+    return qido
+
+
+# ------------------------------------------------------------------ Retrieve Capabilities (PS3.18 §8.9)
+
+
+async def capabilities(request: Request) -> Response:
+    """Retrieve Capabilities (PS3.18 8.9): the WADL Capabilities Description of the whole service
+    (web/capabilities.py); the Target Resource is the base URI (8.9.1.1), there are no query
+    parameters (8.9.1.2), so only the Accept header counts."""
+    media_type = capabilities_description.negotiate(request.headers.get("accept", ""))
+    routes = capabilities_description.dicomweb_routes(request)
+    return Response(capabilities_description.wadl(root_url(request), routes), media_type=media_type)
 
 
 # ------------------------------------------------------------------ WADO-RS (PS3.18 §10.4)
@@ -261,13 +298,21 @@ async def retrieve(request: Request) -> Response:
 
 
 async def metadata(request: Request) -> Response:
-    """WADO-RS Retrieve Metadata (PS3.18 §10.4.1.1.2) in application/dicom+json: the Default media type
-    (Table 10.4.4-1), which Table 8.7.3-1 says is returned when none of the acceptable ones is supported
-    (we make no PS3.19 XML), so any Accept gets it."""
+    """WADO-RS Retrieve Metadata (PS3.18 10.4.1.1.2): application/dicom+json, the Default media type
+    (Table 10.4.4-1), or multipart/related; type="application/dicom+xml" (Required; one PS3.19 Native
+    DICOM Model document per instance) when the Accept header prefers that (web/accept.py
+    ``metadata_media_type``). Any other Accept gets the Default (Table 8.7.3-1)."""
+    media_type = metadata_media_type(parse_accept(accepted(request)))
     found = await _instances(request)
     texts = await ctx(request).metadata.get([item.sop_instance_uid for item in found])
-    body = ("[" + ",".join(texts) + "]").replace('"' + BULK_PREFIX, '"' + root_url(request))
-    return Response(body, media_type=DICOM_JSON)
+    root = root_url(request)
+    texts = [text.replace('"' + BULK_PREFIX, '"' + root) for text in texts]
+    if media_type == DICOM_XML:
+        response = await xml_response(texts)
+    else:
+        response = Response("[" + ",".join(texts) + "]", media_type=DICOM_JSON)
+    response.headers["Vary"] = "Accept"
+    return response
 
 
 async def frames(request: Request) -> Response:
@@ -283,6 +328,16 @@ async def bulkdata(request: Request) -> Response:
     parse_path(raw)  # 400 before looking anything up
     item = (await _instances(request))[0]
     return await bulkdata_response(request, item, raw)
+
+
+async def resource_bulkdata(request: Request) -> Response:
+    """Study, Series and Instance Bulkdata (PS3.18 Table 10.3-2): every bulk data item of the resource,
+    each part at the BulkDataURI its metadata gives (web/bulkdata.py)."""
+    found = await _instances(request)
+    texts = await ctx(request).metadata.get([item.sop_instance_uid for item in found])
+    root = root_url(request)
+    objects = [json.loads(text.replace('"' + BULK_PREFIX, '"' + root)) for text in texts]
+    return await resource_bulkdata_response(request, found, objects)
 
 
 #: PS3.18 §8.3.5.1.1 annotation keywords (none of them is drawn: each one asked for gets the Warning)
@@ -604,6 +659,7 @@ def routes() -> list[BaseRoute]:
     s, r, i = "/studies/{study}", "/series/{series}", "/instances/{instance}"
     rendered_summary = "rendered JPEG/PNG (window=center,width)"
     return [
+        Endpoint("/", capabilities, "OPTIONS", "read", "Retrieve Capabilities: the WADL description (PS3.18 8.9)"),
         Endpoint("/studies", _qido(Level.STUDY), "GET", "read", "QIDO-RS: search for studies"),
         Endpoint("/studies", store, "POST", "write", "STOW-RS: store instances"),
         Endpoint("/series", _qido(Level.SERIES), "GET", "read", "QIDO-RS: search for series"),
@@ -615,17 +671,20 @@ def routes() -> list[BaseRoute]:
         Endpoint(
             s + r + "/instances", _qido(Level.IMAGE), "GET", "read", "QIDO-RS: search for the instances of a series"
         ),
-        Endpoint(s + "/metadata", metadata, "GET", "read", "WADO-RS: study metadata (PS3.18 JSON)"),
+        Endpoint(s + "/metadata", metadata, "GET", "read", "WADO-RS: study metadata (PS3.18 JSON or XML)"),
+        Endpoint(s + "/bulkdata", resource_bulkdata, "GET", "read", "WADO-RS: all bulk data of the study"),
         Endpoint(s + "/thumbnail", thumbnail, "GET", "read", "WADO-RS: a thumbnail of the study", name="thumbnail"),
         Endpoint(s + "/rendered", rendered, "GET", "read", "WADO-RS: the study " + rendered_summary),
         Endpoint(s + r, retrieve, "GET", "read", "WADO-RS: retrieve a series"),
-        Endpoint(s + r + "/metadata", metadata, "GET", "read", "WADO-RS: series metadata (PS3.18 JSON)"),
+        Endpoint(s + r + "/metadata", metadata, "GET", "read", "WADO-RS: series metadata (PS3.18 JSON or XML)"),
+        Endpoint(s + r + "/bulkdata", resource_bulkdata, "GET", "read", "WADO-RS: all bulk data of the series"),
         Endpoint(
             s + r + "/thumbnail", thumbnail, "GET", "read", "WADO-RS: a thumbnail of the series", name="thumbnail"
         ),
         Endpoint(s + r + "/rendered", rendered, "GET", "read", "WADO-RS: the series " + rendered_summary),
         Endpoint(s + r + i, retrieve, "GET", "read", "WADO-RS: retrieve an instance"),
-        Endpoint(s + r + i + "/metadata", metadata, "GET", "read", "WADO-RS: instance metadata (PS3.18 JSON)"),
+        Endpoint(s + r + i + "/metadata", metadata, "GET", "read", "WADO-RS: instance metadata (PS3.18 JSON or XML)"),
+        Endpoint(s + r + i + "/bulkdata", resource_bulkdata, "GET", "read", "WADO-RS: all bulk data of the instance"),
         Endpoint(s + r + i + "/rendered", rendered, "GET", "read", "WADO-RS: the instance " + rendered_summary),
         Endpoint(
             s + r + i + "/thumbnail", thumbnail, "GET", "read", "WADO-RS: a thumbnail of the instance", name="thumbnail"
