@@ -17,6 +17,11 @@ from minipacs.web.accept import (
 
 ELE, ILE, BE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"
 JPEG, J2K = "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.90"
+MPEG2 = "1.2.840.10008.1.2.4.100"
+JPEG_LOSSLESS, RLE = (
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.5",
+)  # MPEG2 Main Profile / Main Level: no decoder in pydicom
 RLE, JLS = "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.80"
 
 
@@ -48,8 +53,14 @@ def test_parse_accept(header: str, expected: list[MediaRange]) -> None:
 @pytest.mark.parametrize(
     "accept,stored,expected",
     [
-        ("", J2K, J2K),  # no Accept: as stored
-        ('multipart/related; type="application/dicom"', J2K, J2K),  # no transfer-syntax: as stored (README)
+        # PS3.18 Table 8.7.3-2 (2016c on): without transfer-syntax the Default, Explicit VR Little Endian
+        ("", J2K, ELE),  # no Accept
+        ('multipart/related; type="application/dicom"', J2K, ELE),
+        ("*/*", JPEG, JPEG),  # lossy as received: 8.7.3.4 Note 2 permits it
+        ("", JPEG_LOSSLESS, ELE),
+        ("*/*", RLE, ELE),
+        ('multipart/related; type="application/dicom"', MPEG2, MPEG2),  # nothing here decodes it: as stored
+        ('multipart/related; type="application/dicom"; transfer-syntax=*', J2K, J2K),  # the server's choice
         ('multipart/related; type="application/dicom"; transfer-syntax=*', JPEG, JPEG),
         ("*/*", ILE, ELE),  # PS3.18 8.7.3: Implicit VR and Big Endian "shall not be used with Web Services"
         ("", ILE, ELE),

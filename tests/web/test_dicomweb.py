@@ -287,16 +287,18 @@ def test_retrieve_transcodes_per_accept(web: Callable[..., Any], tmp_path: Path)
         url, ds = await _store_compressed(archive, tmp_path / "src", "jpeg2000_lossless")
         study_url = url.split("/series/")[0]
         ts = "1.2.840.10008.1.2.4.90"
-        # as stored: no transfer-syntax parameter (our documented default), or *
-        for accept in (
-            'multipart/related; type="application/dicom"',
-            'multipart/related; type="application/dicom"; transfer-syntax=*',
-            "*/*",
-            None,
-        ):
-            parts = _parts(await client.get(url, headers={"Accept": accept} if accept else {}))
-            assert len(parts) == 1 and parts[0].content_type == f"application/dicom; transfer-syntax={ts}"
-            assert pydicom.dcmread(io.BytesIO(parts[0].body)).PixelData == ds.PixelData  # the stored bitstream
+        # as stored: transfer-syntax=* (the origin server's choice)
+        accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+        parts = _parts(await client.get(url, headers={"Accept": accept}))
+        assert len(parts) == 1 and parts[0].content_type == f"application/dicom; transfer-syntax={ts}"
+        assert pydicom.dcmread(io.BytesIO(parts[0].body)).PixelData == ds.PixelData  # the stored bitstream
+        # no transfer-syntax parameter: the Default, Explicit VR Little Endian (PS3.18 Table 8.7.3-2, 2016c on)
+        for default in ('multipart/related; type="application/dicom"', "*/*", None):
+            parts = _parts(await client.get(url, headers={"Accept": default} if default else {}))
+            assert len(parts) == 1 and parts[0].content_type == "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"
+            got = pydicom.dcmread(io.BytesIO(parts[0].body))
+            assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+            assert (got.pixel_array == ds.pixel_array).all()
         # decompressed on request, at instance and at study level
         for target in ("1.2.840.10008.1.2.1",):
             for where in (url, study_url):
@@ -380,8 +382,13 @@ def test_wado_uri_transfer_syntax(web: Callable[..., Any], tmp_path: Path) -> No
             "objectUID": str(ds.SOPInstanceUID),
             "contentType": "application/dicom",
         }
+        # no transferSyntax: the Default, Explicit VR Little Endian (PS3.18 9.4.2.4; JPEG-LS lossless is decoded)
         r = await client.get("/dicom-web/wado", params=params)
         assert r.status_code == 200 and r.headers["content-length"] == str(len(r.content))
+        default = pydicom.dcmread(io.BytesIO(r.content))
+        assert default.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+        assert (default.pixel_array == ds.pixel_array).all()
+        r = await client.get("/dicom-web/wado", params={**params, "transferSyntax": "1.2.840.10008.1.2.4.80"})
         assert pydicom.dcmread(io.BytesIO(r.content)).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
         r = await client.get("/dicom-web/wado", params={**params, "transferSyntax": "1.2.840.10008.1.2.1"})
         got = pydicom.dcmread(io.BytesIO(r.content))

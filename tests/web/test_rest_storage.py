@@ -78,7 +78,8 @@ def test_compress_over_rest_and_retrieve(tmp_path: Path) -> None:
                 assert f'href="/api/storage/studies/{study}"' in page
 
                 url = f"/dicom-web/studies/{study}/series/{series}/instances/{sop}"
-                default = await client.get(url, headers=VIEWER)  # Accept: multipart/related; type="application/dicom"
+                as_stored = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+                default = await client.get(url, headers={**VIEWER, "Accept": as_stored})
                 assert default.status_code == 200, default.text
                 stored = pydicom.dcmread(io.BytesIO(_parts(default)[0]))
                 assert stored.file_meta.TransferSyntaxUID == SYNTAXES["jpeg-ls-lossless"].uid

@@ -50,6 +50,23 @@ def can_transcode(source_ts: str, target_ts: str) -> bool:
     return source is not None and target is not None and not target.encapsulated and not target.deflated
 
 
+def can_decode(ts_uid: str) -> bool:
+    """Whether this installation can decode pixel data stored in ``ts_uid``: native and deflated
+    syntaxes have nothing to decode; an encapsulated one needs a pydicom decoder with its plugin
+    (none exists for the MPEG/HEVC video syntaxes or JPIP)."""
+    ts = transfer_syntax(ts_uid)
+    if ts is None:
+        return False
+    if not ts.encapsulated:
+        return True
+    from pydicom.pixels.decoders.base import get_decoder
+
+    try:
+        return bool(get_decoder(ts_uid).is_available)
+    except NotImplementedError:
+        return False
+
+
 #: Extended Offset Table, Extended Offset Table Lengths (PS3.3 C.7.6.3, Table C.7-11c).
 _ENCAPSULATED_ONLY: Final = (0x7FE00001, 0x7FE00002)
 
@@ -418,6 +435,7 @@ def encapsulated_frame_ranges(
 __all__ = [
     "NoSuchFrame",
     "TranscodeError",
+    "can_decode",
     "can_transcode",
     "encapsulated_frame_ranges",
     "frame_count",

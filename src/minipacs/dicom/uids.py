@@ -97,6 +97,23 @@ TRANSFER_SYNTAX_TABLE: Final[Mapping[str, TransferSyntax]] = {
 }
 
 
+#: Encapsulated syntaxes that can only carry lossless pixel data (PS3.5 A.4: JPEG Processes 14, JPEG-LS
+#: and JPEG 2000 "Lossless Only", HTJ2K lossless, RLE). PS3.18 8.7.3.4 lets an origin server return pixel
+#: data it holds only in lossy form as it is; these it must decompress for the Default transfer syntax.
+LOSSLESS_ONLY_SYNTAXES: Final = frozenset(
+    {
+        "1.2.840.10008.1.2.4.57",
+        "1.2.840.10008.1.2.4.70",
+        JPEG_LS_LOSSLESS,
+        JPEG_2000_LOSSLESS,
+        "1.2.840.10008.1.2.4.92",
+        "1.2.840.10008.1.2.4.201",
+        "1.2.840.10008.1.2.4.202",
+        RLE_LOSSLESS,
+    }
+)
+
+
 def transfer_syntax(uid: str) -> TransferSyntax | None:
     """Properties of a transfer syntax of PS3.6 Table A-1, or None if unknown to us."""
     return TRANSFER_SYNTAX_TABLE.get(uid)
@@ -125,6 +142,7 @@ __all__ = [
     "JPEG_2000_LOSSLESS",
     "JPEG_LS_LOSSLESS",
     "JPIP_REFERENCED",
+    "LOSSLESS_ONLY_SYNTAXES",
     "JPIP_REFERENCED_DEFLATE",
     "MODALITY_PERFORMED_PROCEDURE_STEP",
     "MODALITY_WORKLIST_FIND",

@@ -17,12 +17,13 @@ from typing import Final
 
 from starlette.requests import Request
 
-from minipacs.core.transcode import can_transcode
+from minipacs.core.transcode import can_decode, can_transcode
 from minipacs.dicom import xml_model
 from minipacs.dicom.uids import (
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
+    LOSSLESS_ONLY_SYNTAXES,
     transfer_syntax,
 )
 
@@ -127,6 +128,20 @@ def server_choice(stored_ts: str) -> str:
     return stored_ts
 
 
+def default_syntax(stored_ts: str) -> str:
+    """The transfer syntax of an instance asked for without ``transfer-syntax`` (PS3.18 8.7.3.4; WADO-URI
+    8.2.11 likewise): the Default, Explicit VR Little Endian, "unless the origin server has only access to
+    the pixel data in lossy compressed form", which it may return as received (Note 2). So native and
+    lossless-only syntaxes go out as Explicit VR Little Endian (decompressed); a syntax that is or may be
+    lossy (JPEG baseline, JPEG 2000, video...), or one nothing here decodes, goes as stored."""
+    ts = transfer_syntax(stored_ts)
+    if ts is not None and ts.encapsulated and stored_ts not in LOSSLESS_ONLY_SYNTAXES:
+        return server_choice(stored_ts)
+    if can_decode(stored_ts) and can_transcode(stored_ts, EXPLICIT_VR_LITTLE_ENDIAN):
+        return EXPLICIT_VR_LITTLE_ENDIAN
+    return server_choice(stored_ts)
+
+
 def accepted(request: Request) -> str:
     """What the client accepts: the ``accept`` query parameter (PS3.18 §8.3.3.1, for links, where the
     header cannot be set; Table 10.4.1-5: every resource) when given, else the Accept header."""
@@ -136,20 +151,23 @@ def accepted(request: Request) -> str:
 def instance_syntax(ranges: list[MediaRange], stored_ts: str) -> str | None:
     """The transfer syntax to send an instance stored in ``stored_ts`` in, or None if none is acceptable.
 
-    PS3.18 §8.7.3 and Table 8.7.3-2 make Explicit VR Little Endian the default when no
-    ``transfer-syntax`` is given; we send the instance as stored instead (no re-encoding of
-    compressed pixel data, and every stored syntax is one the client can ask for by name) -- see
-    README, DICOMweb -- but never in Implicit VR Little Endian or Big Endian, which §8.7.3 rules
-    out for web services (:func:`server_choice`). ``transfer-syntax=*`` is the same choice; a
-    syntax asked for by name is honoured when it is the stored one. The one syntax we transcode
-    to is Explicit VR Little Endian: we never compress.
+    PS3.18 §8.7.3.4 (since 2016c) makes Explicit VR Little Endian the Default when no
+    ``transfer-syntax`` is given (no Accept header, ``*/*``, or a range without the parameter):
+    a losslessly compressed instance is decompressed for it, as Orthanc's DICOMweb does since its
+    1.5; lossy pixel data may go as received (:func:`default_syntax`). ``transfer-syntax=*``
+    lets the origin server choose:
+    as stored, but never Implicit VR Little Endian or Big Endian, which §8.7.3 rules out for web
+    services. A syntax asked for by name is honoured when it is the stored one. The one syntax we
+    transcode to is Explicit VR Little Endian: we never compress.
     """
     if not ranges:
-        return server_choice(stored_ts)
+        return default_syntax(stored_ts)
     for r in ranges:
         if r.media_type not in (DICOM, ANY, "application/*", ""):
             continue
-        if r.transfer_syntax in ("", "*"):
+        if r.transfer_syntax == "":
+            return default_syntax(stored_ts)
+        if r.transfer_syntax == "*":
             return server_choice(stored_ts)
         if r.transfer_syntax == stored_ts:
             return stored_ts
@@ -257,6 +275,7 @@ __all__ = [
     "frame_choices_text",
     "NOT_FOR_THE_WEB",
     "accepted",
+    "default_syntax",
     "instance_syntax",
     "server_choice",
     "parse_accept",

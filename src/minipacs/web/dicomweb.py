@@ -49,10 +49,10 @@ from minipacs.web.accept import (
     DICOM_JSON,
     DICOM_XML,
     accepted,
+    default_syntax,
     instance_syntax,
     metadata_media_type,
     parse_accept,
-    server_choice,
 )
 from minipacs.web.bulkdata import (
     bulkdata_response,
@@ -415,7 +415,7 @@ async def wado_uri(request: Request) -> Response:
         raise HttpError(404, "not_found", f"SOP Instance {keys['SOPInstanceUID']} is not in the archive")
     if content_type == "application/dicom":
         stored = found[0].transfer_syntax_uid
-        wanted = params.get("transferSyntax", "") or server_choice(stored)  # PS3.18 §8.7.3: no Implicit VR
+        wanted = params.get("transferSyntax", "") or default_syntax(stored)  # PS3.18 8.2.11 / 8.7.3.4
         if wanted and wanted != stored:  # WADO-URI transferSyntax parameter: transcode, never compress
             if wanted != EXPLICIT_VR_LITTLE_ENDIAN or not can_transcode(stored, wanted):
                 raise HttpError(
