@@ -376,7 +376,7 @@ class JobQueue:
             "total": total,
             "done": 0,
             "failed": 0,
-            "message": "waiting to start",
+            "message": f"waiting to start after the earlier jobs of lane {lane}" if lane else "waiting to start",
             "details": shown,
             "attempts": 0,
             "max_attempts": attempts,
