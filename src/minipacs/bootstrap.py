@@ -31,7 +31,7 @@ from minipacs.core.routing import Router, RoutingSettings
 from minipacs.core.rules import RuleBook, check_against_nodes
 from minipacs.core.stats import NodeStatsPublisher
 from minipacs.core.worklist import Worklist
-from minipacs.hl7.adt import HL7Receiver
+from minipacs.hl7.adt import HL7Receiver, register_adt_jobs
 from minipacs.hl7.mllp import MLLPServer, PeerResolver
 from minipacs.index.database import IndexDatabase
 from minipacs.index.node_claim import NodeClaim, NodeClaimRefused, claim_node
@@ -125,7 +125,9 @@ def job_queue(settings: Settings, archive: Archive, nodes: NodeRegistry, calls: 
     register_retention_job(queue, archive, settings.retention, settings.retention_max_deletions)
     register_anonymize_job(queue, deid)
     register_compression_jobs(queue, compressor(settings, archive))
-    register_correction_jobs(queue, corrections(settings, archive))
+    corrector = corrections(settings, archive)
+    register_correction_jobs(queue, corrector)
+    register_adt_jobs(queue, corrector)
     return queue
 
 

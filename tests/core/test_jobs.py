@@ -412,3 +412,149 @@ def test_job_settings_relations() -> None:
         Settings(job_retry_seconds=10, job_retry_max_seconds=9).validate()
     with pytest.raises(ConfigError, match="job_stale_seconds"):
         Settings(job_progress_seconds=1, job_stale_seconds=2.9).validate()
+
+
+def test_a_lane_runs_its_jobs_one_at_a_time_in_submission_order(with_archive: ArchiveRunner) -> None:
+    """Lanes (core/jobs.py): with room for four at once, the jobs of lane "x" still run one after the
+    other, oldest first, while a job of no lane and one of another lane run beside them."""
+
+    async def body(archive: Archive) -> None:
+        events: list[tuple[str, int]] = []
+
+        async def step(job: JobContext) -> str:
+            events.append(("start", job.id))
+            await asyncio.sleep(0.05)
+            events.append(("end", job.id))
+            return "ok"
+
+        q = JobQueue(archive, settings(concurrency=4))
+        q.register("step", step)
+        with pytest.raises(InvalidJob, match="lane"):
+            await q.submit("step", "lane too long", {}, lane="x" * 65)
+        lane = [(await q.submit("step", f"x{n}", {}, lane="x")).id for n in range(4)]
+        free = await q.submit("step", "no lane", {})
+        other = await q.submit("step", "y", {}, lane="y")
+        tail = await q.lane_tail("x")
+        assert tail is not None and tail.id == lane[-1] and tail.lane == "x" and tail.to_dict()["lane"] == "x"
+        await q.start()
+        try:
+            for job_id in [*lane, free.id, other.id]:
+                assert (await q.wait(job_id, timeout=20)).state is JobState.DONE
+        finally:
+            await q.close()
+        in_lane = [e for e in events if e[1] in lane]
+        assert in_lane == [(what, job_id) for job_id in lane for what in ("start", "end")]
+        # the free job and the other lane did not wait for lane "x"
+        assert events.index(("start", free.id)) < events.index(("end", lane[0]))
+        assert events.index(("start", other.id)) < events.index(("end", lane[0]))
+        assert await q.lane_tail("x") is None
+
+    with_archive(body)
+
+
+def test_a_lane_job_running_on_another_node_blocks_the_lane_here(with_archive: ArchiveRunner) -> None:
+    """The lane holds across nodes: node-b's running job (alive: it is not silent) keeps node-a from the
+    next job of the lane until it ends; then node-a runs it."""
+
+    async def body(archive: Archive) -> None:
+        ran: list[int] = []
+
+        async def work(job: JobContext) -> str:
+            ran.append(job.id)
+            return "ok"
+
+        q = JobQueue(archive, settings(stale_seconds=600))
+        q.register("ordered", work)
+        first = await q.submit("ordered", "first", {}, lane="adt")
+        now = dt.datetime.now(dt.UTC)
+        claimed = await archive.write(lambda conn: jobs_repo.claim(conn, ["ordered"], "node-b", now, 10))
+        assert [r["id"] for r in claimed] == [first.id]
+        second = await q.submit("ordered", "second", {}, lane="adt")
+        assert await archive.write(lambda conn: jobs_repo.claim(conn, ["ordered"], "node-c", now, 10)) == []
+        await q.start()
+        try:
+            await asyncio.sleep(0.3)
+            waiting = await q.get(second.id)
+            assert waiting is not None and waiting.state is JobState.QUEUED and ran == []
+            done = {"state": "done", "finished_at": dt.datetime.now(dt.UTC), "message": "done on node-b"}
+            await archive.write(lambda conn: jobs_repo.update_job(conn, first.id, done, runner="node-b"))
+            after = await q.wait(second.id, timeout=10)
+        finally:
+            await q.close()
+        assert after.state is JobState.DONE and after.runner == "node-a" and ran == [second.id]
+
+    with_archive(body)
+
+
+def test_a_failed_or_interrupted_lane_job_does_not_block_its_lane(with_archive: ArchiveRunner) -> None:
+    """A lane job that fails, or that its server left running when it died (kind on_restart="fail"), is
+    finished: the lane goes on with the next job, after a restart too."""
+
+    async def body(archive: Archive) -> None:
+        ran: list[int] = []
+
+        async def work(job: JobContext) -> str:
+            ran.append(job.id)
+            if job.params.get("refuse"):
+                raise JobFailed("refused when it ran")
+            return "ok"
+
+        def queue() -> JobQueue:
+            q = JobQueue(archive, settings(stale_seconds=600))
+            q.register("ordered", work, on_restart="fail", max_attempts=1)
+            return q
+
+        before = queue()
+        cut = await before.submit("ordered", "left running by a crash", {}, lane="adt")
+        now = dt.datetime.now(dt.UTC)
+        await archive.write(lambda conn: jobs_repo.claim(conn, ["ordered"], "node-a", now, 10))
+        refused = await before.submit("ordered", "refused", {"refuse": True}, lane="adt")
+        last = await before.submit("ordered", "last", {}, lane="adt")
+        after = queue()  # node-a starts again
+        await after.start()
+        try:
+            c, r, d = [await after.wait(j.id, timeout=10) for j in (cut, refused, last)]
+        finally:
+            await after.close()
+        assert (c.state, c.message) == (JobState.FAILED, RESTART_REASON)
+        assert (r.state, r.message) == (JobState.FAILED, "refused when it ran")
+        assert d.state is JobState.DONE and ran == [refused.id, last.id]
+
+    with_archive(body)
+
+
+def test_two_runners_claim_only_the_head_of_each_lane(with_archive: ArchiveRunner, index_url: str) -> None:
+    """Two archives (two processes) claiming at once: of two lanes of ten jobs each, exactly the oldest
+    job of each lane is taken; the rest wait for them."""
+
+    async def body(archive: Archive) -> None:
+        from minipacs.bootstrap import open_archive
+        from minipacs.config import Settings
+
+        second = await open_archive(Settings(data_dir=archive.settings.data_dir, index_url=index_url))
+        try:
+            q = JobQueue(archive, FAST)
+
+            async def noop(job: JobContext) -> str:
+                return ""
+
+            q.register("noop", noop)
+            heads = []
+            for lane in ("x", "y"):
+                ids = [(await q.submit("noop", f"{lane}{n}", {}, lane=lane)).id for n in range(10)]
+                heads.append(ids[0])
+            now = dt.datetime.now(dt.UTC)
+
+            async def claim_all(on: Archive, runner: str) -> list[int]:
+                got: list[int] = []
+                for _ in range(5):
+                    got += [r["id"] for r in await on.write(lambda c: jobs_repo.claim(c, ["noop"], runner, now, 3))]
+                return got
+
+            a, b = await asyncio.gather(claim_all(archive, "a"), claim_all(second, "b"))
+            assert sorted(a + b) == heads
+            assert await archive.read(lambda conn: jobs_repo.due(conn, ["noop"], now)) == 0
+        finally:
+            await second.close()
+
+    with_archive(body)

@@ -433,12 +433,7 @@ class Corrections:
         than ``inline_max`` instances and there is a job queue."""
         operation, entity, name = _scope(params)
         if self.jobs is not None:
-
-            def count(conn: IndexConnection) -> int:
-                rows = sql.rows_named(conn, entity, name)
-                return sql.count_under(conn, entity, [int(r["id"]) for r in rows])
-
-            total = await self.archive.read(count)
+            total = await self.instances(entity.value, [name])
             if total > self.inline_max:
                 _check_values(params)  # a bad value is refused now, not queued to fail as a job later
                 job = await self.jobs.submit(
@@ -446,6 +441,16 @@ class Corrections:
                 )
                 return CorrectionResult(operation, entity.value, name, job=job.id)
         return await self.run(params)
+
+    async def instances(self, level: str, names: Sequence[str]) -> int:
+        """How many instances are stored under the ``level`` resources ``names`` (Patient IDs or UIDs)."""
+        entity = _entity(level)
+
+        def count(conn: IndexConnection) -> int:
+            rows = [row for name in dict.fromkeys(names) for row in sql.rows_named(conn, entity, name)]
+            return sql.count_under(conn, entity, [int(r["id"]) for r in rows])
+
+        return await self.archive.read(count)
 
     async def run(self, params: Mapping[str, Any]) -> CorrectionResult:
         """``{"operation": "modify", "level", "target", "changes", "actor"[, "audit"]}``, ``{"operation": "merge",

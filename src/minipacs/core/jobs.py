@@ -12,6 +12,14 @@ retries any job, and runs the jobs whose kind it has a handler for.
   :class:`JobFailed` (``retry=True``: a passing trouble, such as a peer that is down).
 - **Claiming**: a runner takes due queued rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; the
   SQLite writer is alone anyway), at most ``concurrency`` at a time; each claim is one attempt.
+  Jobs run in no guaranteed order, except within a **lane**.
+- **Lanes**: a job submitted with ``lane="name"`` is not claimed while an older job (smaller id) of
+  that lane is queued (also waiting for a retry) or running, on any node sharing the index
+  (index/jobs_repo.py ``claim``): the jobs of a lane run one at a time, in submission order. A
+  finished job — done, failed (its handler refused, or its server restarted while it ran and its
+  kind fails then), cancelled — frees the lane for the next; a retried one takes its place again by
+  its id. :meth:`JobQueue.lane_tail` says whether a lane is busy, so a caller can queue behind it
+  work it would otherwise do at once (HL7 ADT corrections: hl7/adt.py).
 - **Retries**: a retryable failure puts the job back in the queue ``retry_seconds * 2**(n-1)``
   later (at most ``retry_max_seconds``), until ``max_attempts`` attempts; then it fails, with the
   last error in words.
@@ -76,6 +84,8 @@ RESTART_REASON: Final = "the server restarted while it ran"
 SHUTDOWN_REASON: Final = "the server shut down while it ran"
 #: Longest kind name (the column's size).
 MAX_KIND: Final = 32
+#: Longest lane name (the column's size).
+MAX_LANE: Final = 64
 #: Most jobs one list returns.
 MAX_LIST: Final = 1000
 #: Finished jobs deleted per pruning pass (the pass repeats each poll until none is left).
@@ -173,6 +183,7 @@ class Job:
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
     heartbeat_at: dt.datetime | None = None
+    lane: str = ""
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Job:
@@ -197,6 +208,7 @@ class Job:
             started_at=row["started_at"],
             finished_at=row["finished_at"],
             heartbeat_at=row["heartbeat_at"],
+            lane=row["lane"],
         )
 
     @property
@@ -230,6 +242,7 @@ class Job:
             "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at),
             "heartbeat_at": iso(self.heartbeat_at),
+            "lane": self.lane,
         }
 
 
@@ -338,12 +351,16 @@ class JobQueue:
         details: Mapping[str, Any] | None = None,
         max_attempts: int | None = None,
         then: Callable[[IndexConnection, int], object] | None = None,
+        lane: str = "",
     ) -> Job:
         """Queue a job of a registered ``kind``; it runs on whichever node claims it first.
         ``then(conn, job_id)``: more writes in the same transaction (rows that name the job, such as
-        delivery receipts, exist before any runner can claim it)."""
+        delivery receipts, exist before any runner can claim it). ``lane``: it runs after every job
+        submitted before it in that lane has finished (the module docstring)."""
         if kind not in self._kinds:
             raise InvalidJob(f"no job kind {kind[:40]!r}; known: {', '.join(self._kinds) or 'none'}")
+        if len(lane) > MAX_LANE:
+            raise InvalidJob(f"a lane name has at most {MAX_LANE} characters")
         try:
             encoded = json.dumps(dict(params), sort_keys=True)
             shown = json.dumps(dict(details or {}), sort_keys=True)
@@ -359,7 +376,7 @@ class JobQueue:
             "total": total,
             "done": 0,
             "failed": 0,
-            "message": "waiting to start",
+            "message": f"waiting to start after the earlier jobs of lane {lane}" if lane else "waiting to start",
             "details": shown,
             "attempts": 0,
             "max_attempts": attempts,
@@ -371,6 +388,7 @@ class JobQueue:
             "started_at": None,
             "finished_at": None,
             "heartbeat_at": None,
+            "lane": lane,
         }
 
         def insert(conn: IndexConnection) -> dict[str, Any]:
@@ -382,6 +400,11 @@ class JobQueue:
         row = await self.archive.write(insert)
         self._wake.set()
         return Job.from_row(row)
+
+    async def lane_tail(self, lane: str) -> Job | None:
+        """The newest job of ``lane`` still queued or running, on any node (None: the lane is free)."""
+        row = await self.archive.read(lambda conn: jobs_repo.lane_tail(conn, lane))
+        return Job.from_row(row) if row is not None else None
 
     async def get(self, job_id: int) -> Job | None:
         row = await self.archive.read(lambda conn: jobs_repo.job_by_id(conn, job_id))

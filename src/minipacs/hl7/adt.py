@@ -8,19 +8,22 @@ demographics through the order receiver's mapping (hl7/orders.py ``FIELD_MAP``, 
 Archived instances are corrected (their files rewritten) and open worklist entries updated.
 Refusals become acknowledgements through ``REFUSALS``: an unknown patient AE 204, an ID that
 another patient already has AE 205, a missing segment AE 100, an empty required field AE 101.
+Messages apply in the order received: one that must wait (a large one, or any while an earlier one
+waits) is queued whole in the job queue's ADT lane (:class:`ADTApplier`, core/jobs.py lanes).
 :class:`HL7Receiver` is the MLLP listener's handler: ADT here, orders to hl7/orders.py.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from minipacs.core.audit import ActorKind
+from minipacs.core.audit import Action, ActorKind, Outcome
 from minipacs.core.corrections import Corrections
 from minipacs.core.errors import ArchiveError, CorrectionConflict, InvalidCorrection, NotFound
+from minipacs.core.jobs import JobContext, JobFailed, JobQueue
 from minipacs.core.worklist import Worklist
 from minipacs.hl7 import orders
 from minipacs.hl7.errors import ERROR, REJECT, HL7Error
@@ -57,6 +60,14 @@ DEMOGRAPHICS: Final = tuple(
 
 #: Most patient groups (PID [MRG]) one ADT message may hold: each can rewrite a patient's files.
 MAX_PATIENT_GROUPS: Final = 100
+
+#: The job lane (core/jobs.py) of ADT messages that wait: they run one at a time, in the order received.
+LANE: Final = "hl7-adt"
+#: The job kind of a queued ADT message (all its patient groups).
+JOB_KIND: Final = "adt"
+
+#: One patient group as applied: (PID-3 Patient ID, MRG-1 prior Patient ID or "", demographics by keyword).
+Group = tuple[str, str, dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -203,13 +214,25 @@ def _actor(message: Message) -> tuple[str, list[str]]:
 
 
 class ADTApplier:
-    """Applies ADT messages through ``corrections`` (archive and worklist)."""
+    """Applies ADT messages through ``corrections`` (archive and worklist), in the order received.
+
+    An HL7 v2 feed is an ordered stream (one MLLP connection, one ACK per message: HL7 v2.5 2.9
+    original acknowledgment mode), and the archive must end as if each message had been applied in
+    that order. A message is applied at once, its ACK saying what was done or why not, unless the job
+    queue's ADT lane (:data:`LANE`, core/jobs.py lanes) has a job queued or running, or the message
+    touches more than ``inline_max`` instances: then the WHOLE message becomes one job of kind
+    :data:`JOB_KIND` in that lane, which runs after the ADT jobs before it, on whichever node, and
+    makes every check against the archive as they leave it. Queued behind another job, a message is
+    acknowledged AA before those checks (it is taken: the job is in the index); a refusal when the job
+    runs fails the job with the sentence an AE would have carried, and is written to the audit trail
+    (outcome 8). docs/CORRECTIONS.md "Order"."""
 
     def __init__(self, corrections: Corrections) -> None:
         self.corrections = corrections
 
     async def apply(self, message: Message) -> str:
-        """Every patient group of ``message`` checked first, then applied in order; the MSA-3 text."""
+        """Every patient group of ``message`` checked first, then applied in order (or the message
+        queued in the ADT lane); the MSA-3 text."""
         kind, trigger = message.message_type
         event = EVENTS.get(trigger)
         if event is None:
@@ -220,18 +243,40 @@ class ADTApplier:
                 error_code=201,
                 location="MSH-9",
             )
-        groups = []
+        groups: list[Group] = []
         for pid, mrg in _pairs(message, event):
             current = _identifier(message, pid, 3, "Patient Identifier List")
             prior = _prior(message, mrg, pid) if mrg is not None else ""
             groups.append((current, prior, demographics(message, pid)))
-        said: list[str] = []
         actor, who = _actor(message)
+        queue = self.corrections.jobs
+        if queue is not None:
+            ahead = await queue.lane_tail(LANE)
+            size = await self._size(groups) if ahead is None else 0
+            if ahead is not None or size > self.corrections.inline_max:
+                if ahead is None:  # nothing before it: its refusals can still go into this ACK
+                    await self._refused(self._check(event, groups), [])
+                job = await queue.submit(
+                    JOB_KIND,
+                    _description(actor, event, groups),
+                    {"event": trigger, "groups": [list(g) for g in groups], "actor": actor, "audit": who},
+                    total=len(groups),
+                    lane=LANE,
+                )
+                if ahead is not None:
+                    return (
+                        f"queued as job {job.id} behind ADT job {ahead.id}: applied in the order received; "
+                        f"if it cannot be applied then, job {job.id} fails saying why"
+                    )
+                return f"checked and queued as job {job.id}: {size} instance(s) to rewrite"
+        said: list[str] = []
+        await self._refused(self._apply(event, groups, actor, who, said), said)
+        return "; ".join(said)
+
+    async def _refused(self, work: Awaitable[None], said: list[str]) -> None:
+        """``work``, its core refusals (:data:`REFUSALS`) raised as the HL7Error of the ACK."""
         try:
-            if len(groups) > 1:
-                await self._check(event, groups)
-            for current, prior, demo in groups:
-                said.append(await self._one(event, current, prior, demo, actor, who))
+            await work
         except ArchiveError as exc:
             row = next((REFUSALS[c] for c in type(exc).__mro__ if c in REFUSALS), None)
             if row is None:
@@ -242,9 +287,54 @@ class ADTApplier:
                 error_code=row.error_code,
                 location=row.location,
             ) from exc
+
+    async def _apply(self, event: Event, groups: list[Group], actor: str, who: list[str], said: list[str]) -> None:
+        """Check every group (several), then apply each in order; what each did is appended to ``said``."""
+        if len(groups) > 1:
+            await self._check(event, groups)
+        for current, prior, demo in groups:
+            said.append(await self._one(event, current, prior, demo, actor, who))
+
+    async def _size(self, groups: list[Group]) -> int:
+        """The instances of every patient the message names (PID-3, MRG-1), each counted once."""
+        named = {current for current, _, _ in groups} | {prior for _, prior, _ in groups if prior}
+        return await self.corrections.instances("patient", sorted(named))
+
+    async def handle_job(self, job: JobContext) -> str:
+        """The :data:`JOB_KIND` handler: the queued message's groups, checked and applied now."""
+        params = job.params
+        event = EVENTS.get(str(params.get("event")))
+        if event is None:
+            raise JobFailed(f"not an ADT event minipacs takes: {str(params.get('event'))[:10]!r}")
+        groups: list[Group] = [(str(c), str(p), {str(k): str(v) for k, v in d.items()}) for c, p, d in params["groups"]]
+        actor = str(params.get("actor", ""))
+        who = [str(v) for v in params.get("audit") or ()]
+        said: list[str] = []
+        job.total = len(groups)
+        try:
+            await self._refused(self._apply(event, groups, actor, who, said), said)
+        except HL7Error as exc:
+            self._audit_refusal(job.id, event, groups[min(len(said), len(groups) - 1)][0], actor, who, exc.reason)
+            raise JobFailed(f"{actor}, acknowledged AA and queued, cannot be applied now: {exc.reason}") from exc
+        finally:
+            job.done = len(said)
         return "; ".join(said)
 
-    async def _check(self, event: Event, groups: list[tuple[str, str, dict[str, str]]]) -> None:
+    def _audit_refusal(self, job: int, event: Event, patient: str, actor: str, who: list[str], reason: str) -> None:
+        """An audit row (outcome 8, serious failure: the action was not done) for a queued ADT message
+        refused when its job ran: the sender had its AA already, so an administrator must see it here."""
+        kind, sender, address = (list(who) + ["", "", ""])[:3]
+        self.corrections.archive.audit.record(
+            Action.MERGED if event.action == "merge" else Action.MODIFIED,
+            actor_kind=kind or ActorKind.HL7.value,
+            actor=sender,
+            address=address,
+            patient_id=patient,
+            detail=f"job {job}: {actor} refused when it ran: {reason}",
+            outcome=Outcome.SERIOUS_FAILURE,
+        )
+
+    async def _check(self, event: Event, groups: list[Group]) -> None:
         """The refusals of :meth:`_one` that depend on the archive, for every patient group before any
         is applied, each against the archive as the groups before it leave it (a merge or a new
         identifier moves a patient, and its open worklist entries, to another ID): a message whose
@@ -297,7 +387,7 @@ class ADTApplier:
             changes = {k: v for k, v in demo.items() if archived.get(k) != v}
             if not changes:
                 return f"patient {current}: nothing changed"
-            result = await c.submit(
+            result = await c.run(
                 {
                     "operation": "modify",
                     "level": "patient",
@@ -307,7 +397,7 @@ class ADTApplier:
                     "audit": who,
                 }
             )
-            return _done(result.job, f"patient {current} updated ({', '.join(changes)})", result.instances)
+            return _done(f"patient {current} updated ({', '.join(changes)})", result.instances)
         source, target = await c.patient(prior), await c.patient(current)
         if source is None:
             changed = await c.correct_worklist(prior, {"PatientID": current, **demo})
@@ -324,8 +414,8 @@ class ADTApplier:
                 "demographics": extra,
                 "audit": who,
             }
-            result = await c.submit(params)
-            return _done(result.job, f"patient {prior} merged into {current}", result.instances)
+            result = await c.run(params)
+            return _done(f"patient {prior} merged into {current}", result.instances)
         if target is not None:  # A47: the new identifier must be new
             raise _identifier_taken(current, prior)
         changes = {"PatientID": current, **{k: v for k, v in demo.items() if source.get(k) != v}}
@@ -337,8 +427,8 @@ class ADTApplier:
             "actor": actor,
             "audit": who,
         }
-        result = await c.submit(params)
-        return _done(result.job, f"patient {prior} is now {current}", result.instances)
+        result = await c.run(params)
+        return _done(f"patient {prior} is now {current}", result.instances)
 
 
 def _nothing_to_update(current: str) -> NotFound:
@@ -357,8 +447,25 @@ def _identifier_taken(current: str, prior: str) -> CorrectionConflict:
     return CorrectionConflict(f"patient {current[:64]!r} (PID-3) already exists; send A40 to merge {prior!r} into it")
 
 
-def _done(job: int | None, what: str, instances: int) -> str:
-    return f"{what}: queued as job {job}" if job is not None else f"{what}: {instances} instance(s) rewritten"
+def _done(what: str, instances: int) -> str:
+    return f"{what}: {instances} instance(s) rewritten"
+
+
+def _description(actor: str, event: Event, groups: list[Group]) -> str:
+    """The queued message's job description (the Jobs page): who sent it and what it asks."""
+    asked = [
+        current if event.action == "update" else f"{prior} {'into' if event.action == 'merge' else '->'} {current}"
+        for current, prior, _ in groups[:5]
+    ]
+    more = f" and {len(groups) - 5} more" if len(groups) > 5 else ""
+    return f"{actor}: {event.summary} ({', '.join(asked)}{more})"
+
+
+def register_adt_jobs(queue: JobQueue, corrections: Corrections) -> None:
+    """The :data:`JOB_KIND` kind. "fail" after an unclean stop, as a correction job (core/corrections.py):
+    its rows may be corrected and its files half rewritten; the job fails saying the server restarted,
+    and the lane goes on with the next message."""
+    queue.register(JOB_KIND, ADTApplier(corrections).handle_job, on_restart="fail", max_attempts=1)
 
 
 class HL7Receiver:
@@ -384,7 +491,11 @@ __all__ = [
     "EVENTS",
     "MAX_PATIENT_GROUPS",
     "Event",
+    "Group",
     "HL7Receiver",
+    "JOB_KIND",
+    "LANE",
     "REFUSALS",
     "demographics",
+    "register_adt_jobs",
 ]

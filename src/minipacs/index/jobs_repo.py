@@ -6,6 +6,12 @@ for a runner lock them with ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL,
 minipacs processes on one index never claim the same job; SQLite has no row locks (the
 dialect drops the clause) and needs none: its writer transaction (``BEGIN IMMEDIATE``) already
 excludes every other writer until it commits.
+
+Lanes: a job with a ``lane`` is claimable only when no older job (smaller id) of its lane is queued
+or running (:func:`_lane_clear`). A running job blocks its lane whichever node runs it, and a
+claim on another node at the same moment reads the head of the lane as queued or as running, both
+of which block: two jobs of one lane never run at once, and they start in the order of their ids.
+A finished job (done, failed, cancelled) no longer blocks.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import datetime as dt
 from collections.abc import Collection, Mapping
 from typing import Any, Final, cast
 
-from sqlalchemy import ColumnElement, Connection, Table, and_, delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Table, and_, delete, exists, func, insert, or_, select, update
 
 from minipacs.index.schema import JobRecord
 
@@ -22,6 +28,20 @@ _JOBS: Final = cast(Table, JobRecord.__table__)
 
 #: Columns a caller may set (id is ours).
 JOB_FIELDS: Final = tuple(c.name for c in _JOBS.columns if c.name != "id")
+#: The states in which a job holds its lane (core/jobs.py JobState: not finished).
+UNFINISHED: Final = ("queued", "running")
+
+
+def _lane_clear() -> ColumnElement[bool]:
+    """A job that has no lane, or whose lane has no older job queued or running (module docstring)."""
+    earlier = _JOBS.alias("earlier")
+    blocked = exists().where(earlier.c.lane == _JOBS.c.lane, earlier.c.id < _JOBS.c.id, earlier.c.state.in_(UNFINISHED))
+    return or_(_JOBS.c.lane == "", ~blocked)
+
+
+def _due(kinds: Collection[str], now: dt.datetime) -> ColumnElement[bool]:
+    """Queued jobs of ``kinds`` due by ``now`` that their lane lets run."""
+    return and_(_JOBS.c.state == "queued", _JOBS.c.next_try_at <= now, _JOBS.c.kind.in_(list(kinds)), _lane_clear())
 
 
 def insert_job(conn: Connection, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -99,13 +119,14 @@ def cancel_requested(conn: Connection, pk: int, runner: str) -> bool | None:
 
 def claim(conn: Connection, kinds: Collection[str], runner: str, now: dt.datetime, limit: int) -> list[dict[str, Any]]:
     """Take up to ``limit`` queued jobs of ``kinds`` that are due, oldest due first, for ``runner``:
-    each becomes running, one more attempt. Rows another transaction holds are skipped."""
+    each becomes running, one more attempt. Rows another transaction holds are skipped, and so is a
+    job whose lane has an older one queued or running (the module docstring)."""
     if limit < 1 or not kinds:
         return []
     ids = list(
         conn.execute(
             select(_JOBS.c.id)
-            .where(_JOBS.c.state == "queued", _JOBS.c.next_try_at <= now, _JOBS.c.kind.in_(list(kinds)))
+            .where(_due(kinds, now))
             .order_by(_JOBS.c.next_try_at, _JOBS.c.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -160,16 +181,25 @@ def orphans(
 
 
 def due(conn: Connection, kinds: Collection[str], now: dt.datetime) -> int:
-    """How many queued jobs of ``kinds`` are due (a cheap read before a claiming write)."""
+    """How many queued jobs of ``kinds`` are due and free to run (a cheap read before a claiming write)."""
     if not kinds:
         return 0
-    return int(
+    return int(conn.execute(select(func.count()).select_from(_JOBS).where(_due(kinds, now))).scalar_one())
+
+
+def lane_tail(conn: Connection, lane: str) -> dict[str, Any] | None:
+    """The newest job of ``lane`` that is queued or running (None: the lane is free)."""
+    row = (
         conn.execute(
-            select(func.count())
-            .select_from(_JOBS)
-            .where(_JOBS.c.state == "queued", _JOBS.c.next_try_at <= now, _JOBS.c.kind.in_(list(kinds)))
-        ).scalar_one()
+            select(_JOBS)
+            .where(_JOBS.c.lane == lane, _JOBS.c.state.in_(UNFINISHED))
+            .order_by(_JOBS.c.id.desc())
+            .limit(1)
+        )
+        .mappings()
+        .first()
     )
+    return dict(row) if row is not None else None
 
 
 def next_due(conn: Connection, kinds: Collection[str]) -> dt.datetime | None:
@@ -216,6 +246,7 @@ def delete_finished(conn: Connection, finished_before: dt.datetime, limit: int) 
 
 __all__ = [
     "JOB_FIELDS",
+    "UNFINISHED",
     "cancel_requested",
     "claim",
     "count_by_state",
@@ -223,6 +254,7 @@ __all__ = [
     "due",
     "insert_job",
     "job_by_id",
+    "lane_tail",
     "list_jobs",
     "next_due",
     "orphans",

@@ -307,10 +307,14 @@ class JobRecord(Base):
 
     The row is the truth for every node sharing the index: a runner claims a queued row (PostgreSQL:
     ``FOR UPDATE SKIP LOCKED``), reports progress and a heartbeat into it, and reads back whether
-    someone asked it to stop."""
+    someone asked it to stop. Jobs of one ``lane`` run one at a time, in the order of their ids
+    (index/jobs_repo.py ``claim``)."""
 
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_state_next_try_at", "state", "next_try_at"),)
+    __table_args__ = (
+        Index("ix_jobs_state_next_try_at", "state", "next_try_at"),
+        Index("ix_jobs_lane_state", "lane", "state"),
+    )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
@@ -335,6 +339,9 @@ class JobRecord(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     #: The runner's last sign of life; a running row silent for job_stale_seconds is taken over.
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    #: "" or an ordered lane (HL7 ADT corrections: hl7/adt.py LANE): a queued job of a lane is not
+    #: claimed while an older job of that lane is queued or running, on any node (migration 0024).
+    lane: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
 
 __all__ = [
