@@ -4,7 +4,7 @@ How each trigger fires (docs/ROUTING.md):
 
 - ``instance``: ``Archive.on_stored`` appends each stored instance to an in-memory list (no index
   work on the C-STORE path); the router's task takes the list in batches (it waits
-  :data:`COALESCE_SECONDS` after the first arrival, so a burst becomes one job per study and
+  ``routing_coalesce_seconds`` after the first arrival, so a burst becomes one job per study and
   destination), matches the rule in the index and submits the jobs.
 - ``stable``: the same batches move the rule's mark of the study (or series) in the index
   (``routing_marks.last_arrival_at``). Every ``routing_poll_seconds`` each node looks for marks
@@ -50,8 +50,6 @@ log = logging.getLogger("minipacs.routing")
 
 ROUTE: Final = "route"
 PREFETCH: Final = "prefetch"
-#: After the first arrival of a burst, wait this long for more before routing "instance" rules.
-COALESCE_SECONDS: Final = 0.2
 #: Most instances in one delivery job (a larger study becomes several jobs).
 MAX_PER_JOB: Final = 5000
 #: SOP Instance UIDs per matching query (index/matching.py MAX_LIST_VALUES).
@@ -85,6 +83,8 @@ class RoutingSettings:
 
     poll_seconds: float = 1.0
     catch_up_seconds: float = 3600.0
+    #: After the first arrival of a burst, wait this long for more before routing it (fewer, larger jobs).
+    coalesce_seconds: float = 0.2
 
 
 def _now() -> dt.datetime:
@@ -302,7 +302,7 @@ class Router:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
             if self._arrivals and not self._closing:
-                await asyncio.sleep(COALESCE_SECONDS)  # let the burst go on a little: fewer, larger jobs
+                await asyncio.sleep(self.settings.coalesce_seconds)  # let the burst go on a little: fewer, larger jobs
             self._wake.clear()
 
     async def run_once(self, *, arrivals_only: bool = False) -> None:
@@ -489,7 +489,6 @@ class Router:
 
 
 __all__ = [
-    "COALESCE_SECONDS",
     "MAX_PER_JOB",
     "PREFETCH",
     "ROUTE",
