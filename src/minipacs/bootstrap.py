@@ -181,6 +181,7 @@ async def router(settings: Settings, archive: Archive, nodes: NodeRegistry, jobs
             coalesce_seconds=settings.routing_coalesce_seconds,
         ),
     )
+    await routing.prepare()  # before the listener: what arrives from the first association on is routed
     archive.on_stored.append(routing.instance_stored)
     if settings.rules:
         log.info(
