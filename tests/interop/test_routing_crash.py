@@ -111,6 +111,7 @@ def test_acknowledged_instances_are_forwarded_once_after_a_kill_9(tmp_path: Path
     sops = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
     with storescp(dest_port, out):
         server = serve(tmp_path, cfg)
+        time.sleep(1.0)  # the router starts after the listener; its first pass would route at once, not hold
         try:
             res = run([dcmtk("storescu"), "-v", "-aec", "MINIPACS", "127.0.0.1", str(server.port), *map(str, files)])
             kill(server, 1)  # right after the last acknowledgement
