@@ -3,8 +3,8 @@ the instances the node stored are routed (core/routing.py). The router reads the
 (rows written in the ingest's own transaction) instead of a list kept in memory, so an instance
 acknowledged just before a kill is routed at the next start.
 
-Revision ID: 0024
-Revises: 0023
+Revision ID: 0025
+Revises: 0024
 Create Date: 2026-12-07
 """
 
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0024"
-down_revision: str | None = "0023"
+revision: str = "0025"
+down_revision: str | None = "0024"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
