@@ -177,8 +177,13 @@ async def router(settings: Settings, archive: Archive, nodes: NodeRegistry, jobs
         archive,
         jobs,
         RuleBook(archive, settings.rules, nodes),
-        RoutingSettings(poll_seconds=settings.routing_poll_seconds, catch_up_seconds=settings.routing_catch_up_seconds),
+        RoutingSettings(
+            poll_seconds=settings.routing_poll_seconds,
+            catch_up_seconds=settings.routing_catch_up_seconds,
+            coalesce_seconds=settings.routing_coalesce_seconds,
+        ),
     )
+    await routing.prepare()  # before the listener: what arrives from the first association on is routed
     archive.on_stored.append(routing.instance_stored)
     if settings.rules:
         log.info(

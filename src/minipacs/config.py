@@ -286,6 +286,9 @@ class Settings:
     #: A "complete" or "scheduled" rule also acts on studies completed / entries created this many seconds
     #: before it first looked (at start-up, or when it was made): what happened while the server was down.
     routing_catch_up_seconds: float = 3600.0
+    #: After the first arrival of a burst, the router waits this long for more before routing it ("instance"
+    #: and "stable" rules): a burst becomes one job per study and destination rather than many small ones.
+    routing_coalesce_seconds: float = 0.2
     # --- PROXY protocol behind a load balancer (net/proxy_protocol.py; docs/SCALE-OUT.md)
     #: Addresses / networks (e.g. "10.0.0.0/8") whose connections to the DICOM, DICOM TLS and HL7 ports must
     #: start with a PROXY header (HAProxy send-proxy / send-proxy-v2) naming the real client; empty: off.
@@ -513,6 +516,8 @@ class Settings:
             raise ConfigError("routing_poll_seconds must be 0.05 to 3600")
         if not 0 <= self.routing_catch_up_seconds <= 30 * 86400:
             raise ConfigError("routing_catch_up_seconds must be 0 to 2592000 (30 days)")
+        if not 0 <= self.routing_coalesce_seconds <= 60:
+            raise ConfigError("routing_coalesce_seconds must be 0 to 60")
         if self.correction_inline_max_instances < 0:
             raise ConfigError("correction_inline_max_instances must be 0 (every correction a job) or more")
         if not 1 <= self.correction_max_passes <= 100:

@@ -172,12 +172,17 @@ def test_routing_settings_at_their_limits() -> None:
     for ok in ({"routing_poll_seconds": 0.05}, {"routing_poll_seconds": 3600}, {"routing_catch_up_seconds": 0}):
         Settings(**ok).validate()  # type: ignore[arg-type]
     Settings(routing_catch_up_seconds=2592000).validate()
+    Settings(routing_coalesce_seconds=0).validate()
+    Settings(routing_coalesce_seconds=60).validate()
     for bad, words in (
         ({"routing_poll_seconds": 0.04}, "routing_poll_seconds"),
         ({"routing_poll_seconds": 3601}, "routing_poll_seconds"),
         ({"routing_catch_up_seconds": 2592001}, "routing_catch_up_seconds"),
         ({"routing_catch_up_seconds": -1}, "routing_catch_up_seconds"),
+        ({"routing_coalesce_seconds": -0.1}, "routing_coalesce_seconds"),
+        ({"routing_coalesce_seconds": 61}, "routing_coalesce_seconds"),
     ):
         with pytest.raises(ConfigError, match=words):
             Settings(**bad).validate()  # type: ignore[arg-type]
     assert load_settings(env={"MINIPACS_ROUTING_POLL_SECONDS": "0.5"}).routing_poll_seconds == 0.5
+    assert load_settings(env={"MINIPACS_ROUTING_COALESCE_SECONDS": "30"}).routing_coalesce_seconds == 30

@@ -97,6 +97,8 @@ def running(tmp: Path, rules: list[dict[str, Any]], nodes: tuple[Node, ...], **e
                 await app.jobs.start()
                 assert app.router is not None
                 await app.router.start()
+                while not app.router.passes:  # its first pass routes what came before the start, not the body's
+                    await asyncio.sleep(0.01)
                 await body(app)
             finally:
                 await app.close()

@@ -2,16 +2,22 @@
 
 How each trigger fires (docs/ROUTING.md):
 
-- ``instance``: ``Archive.on_stored`` appends each stored instance to an in-memory list (no index
-  work on the C-STORE path); the router's task takes the list in batches (it waits
-  :data:`COALESCE_SECONDS` after the first arrival, so a burst becomes one job per study and
-  destination), matches the rule in the index and submits the jobs.
+- ``instance``: the router reads what this node stored from the changes journal (core/changes.py:
+  its "NewInstance" rows are written in the ingest's own transaction, so nothing is added to the
+  C-STORE path and an acknowledged instance always has its row). ``Archive.on_stored`` only wakes
+  the router; it waits ``routing_coalesce_seconds`` after the first arrival (so a burst becomes
+  one job per study and destination), matches the rule in the index and submits the jobs.
 - ``stable``: the same batches move the rule's mark of the study (or series) in the index
   (``routing_marks.last_arrival_at``). Every ``routing_poll_seconds`` each node looks for marks
   quiet for ``stable_seconds`` and not yet routed; the node whose conditional UPDATE sets
   ``routed_at`` routes it, ONCE. An instance arriving later moves the mark again; when it is quiet
   again, only the instances this rule has not yet given to that destination are routed (a receipt
   says so), never the whole study twice.
+- After a batch's jobs and marks are written, the node's cursor (``routing_cursors``: the journal
+  ``seq`` read up to) moves past it. A crash before that leaves the batch after the cursor: the next
+  start reads it again. Routing it again sends nothing twice: ``route`` skips what a receipt says
+  the rule gave (or is giving) that destination, and a study whose mark is touched again is routed
+  once quiet, only for what was not yet given.
 - ``complete``: studies marked complete (MPPS COMPLETED and every referenced instance arrived,
   core/mpps.py) since ``routing_catch_up_seconds`` ago (and since the rule was made, for rules of
   the API): routed once each (a mark per study).
@@ -37,6 +43,7 @@ from typing import Any, Final
 
 from pydicom.dataset import Dataset
 
+from minipacs.core.changes import MAX_LIMIT, ChangeType, last_seq, read_changes
 from minipacs.core.jobs import JobQueue
 from minipacs.core.model import StoreOutcome, StoreStatus
 from minipacs.core.query import query
@@ -50,8 +57,6 @@ log = logging.getLogger("minipacs.routing")
 
 ROUTE: Final = "route"
 PREFETCH: Final = "prefetch"
-#: After the first arrival of a burst, wait this long for more before routing "instance" rules.
-COALESCE_SECONDS: Final = 0.2
 #: Most instances in one delivery job (a larger study becomes several jobs).
 MAX_PER_JOB: Final = 5000
 #: SOP Instance UIDs per matching query (index/matching.py MAX_LIST_VALUES).
@@ -85,6 +90,13 @@ class RoutingSettings:
 
     poll_seconds: float = 1.0
     catch_up_seconds: float = 3600.0
+    #: After the first arrival of a burst, wait this long for more before routing it (fewer, larger jobs).
+    coalesce_seconds: float = 0.2
+
+
+#: ``Router._cursor`` when no rule watches arrivals (the index keeps no cursor for this node then).
+_UNWATCHED: Final = -1
+_NEW_INSTANCE: Final = ChangeType.NEW_INSTANCE.value
 
 
 def _now() -> dt.datetime:
@@ -257,10 +269,13 @@ class Router:
         self.jobs = jobs
         self.book = book
         self.settings = settings or RoutingSettings()
-        self._arrivals: list[tuple[str, str, str]] = []
+        self._arriving = False  # an instance arrived since the last pass (its journal row says which)
+        #: The journal ``seq`` up to which this node's arrivals are routed (None: not read yet).
+        self._cursor: int | None = None  # _UNWATCHED: no rule watches arrivals
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._stop = asyncio.Event()  # set by close(): ends the wait for more of a burst at once
         self._watch_arrivals = True  # any instance/stable rule? (refreshed each pass)
         self.passes = 0  # completed passes (tests wait on it)
         self._pruned_at: dt.datetime | None = None
@@ -268,13 +283,22 @@ class Router:
     # ------------------------------------------------------------ the C-STORE side: cheap
 
     def instance_stored(self, outcome: StoreOutcome) -> None:
-        """``Archive.on_stored`` listener: remember the arrival; no index work here."""
+        """``Archive.on_stored`` listener: wake the router; no index work here. What arrived is in the
+        changes journal already, written with the instance's row: nothing is kept in memory."""
         if outcome.status is StoreStatus.DUPLICATE_KEPT or not self._watch_arrivals:
             return
-        self._arrivals.append((outcome.study_instance_uid, outcome.series_instance_uid, outcome.sop_instance_uid))
+        self._arriving = True
         self._wake.set()
 
     # ------------------------------------------------------------ the task
+
+    async def prepare(self) -> None:
+        """Before the node serves (bootstrap): open the cursor, so that an instance stored from the first
+        association on is routed even if it arrives before the task's first pass."""
+        rules = await self.book.all()
+        self._watch_arrivals = any(r.when in (Trigger.INSTANCE, Trigger.STABLE) for r in rules)
+        if self._watch_arrivals:
+            await self._open_cursor()
 
     async def start(self) -> None:
         if self._task is None:
@@ -282,13 +306,14 @@ class Router:
 
     async def close(self) -> None:
         self._closing = True
+        self._stop.set()
         if self._task is not None:
             self._wake.set()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        if self._arrivals:  # not lost: they would have been routed had we stayed
-            with contextlib.suppress(Exception):
-                await self.run_once(arrivals_only=True)
+            if self._arriving:  # routed now rather than at the next start
+                with contextlib.suppress(Exception):
+                    await self.run_once(arrivals_only=True)
 
     async def _loop(self) -> None:
         while not self._closing:
@@ -301,16 +326,22 @@ class Router:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
-            if self._arrivals and not self._closing:
-                await asyncio.sleep(COALESCE_SECONDS)  # let the burst go on a little: fewer, larger jobs
+            if self._arriving and not self._closing:  # let the burst go on a little: fewer, larger jobs
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.settings.coalesce_seconds)
             self._wake.clear()
 
     async def run_once(self, *, arrivals_only: bool = False) -> None:
         rules = await self.book.all()
         self._watch_arrivals = any(r.when in (Trigger.INSTANCE, Trigger.STABLE) for r in rules)
-        arrivals, self._arrivals = self._arrivals, []
-        if arrivals:
-            await self._arrived(rules, arrivals)
+        self._arriving = False  # what arrives from now on is read by the next pass
+        try:
+            await self._journal(rules)
+        except Exception:
+            if arrivals_only:
+                raise
+            # the waiting triggers below go on; the same arrivals are read again at the next pass
+            log.exception("routing: what arrived after change %s could not be routed yet", self._cursor)
         if arrivals_only:
             return
         now = _now()
@@ -337,25 +368,79 @@ class Router:
 
     # ------------------------------------------------------------ triggers
 
-    async def _arrived(self, rules: Sequence[Rule], arrivals: Sequence[tuple[str, str, str]]) -> None:
+    async def _journal(self, rules: Sequence[Rule]) -> None:
+        """Route what this node stored after its cursor (the changes journal's NewInstance rows of this
+        node), a page at a time, moving the cursor past each page once its jobs and marks are written.
+        The first pass after a start is the recovery: what arrived before a crash and was not routed."""
+        node = self.archive.settings.node_id
+        if not self._watch_arrivals:
+            if self._cursor != _UNWATCHED:  # nothing waits; a rule made later starts from its own time
+                await self.archive.write(lambda conn: routing_repo.forget_arrival_cursor(conn, node))
+                self._cursor = _UNWATCHED
+            return
+        since = first = await self._open_cursor()
+        found = 0
+        while True:
+            changes, upto, done = await self.archive.read(lambda conn, s=since: read_changes(conn, s, MAX_LIMIT))
+            if upto == since:
+                break
+            sops = [c.uid for c in changes if c.type == _NEW_INSTANCE and c.node == node]
+            if sops:
+                arrivals = await self.archive.read(lambda conn, u=sops: routing_repo.arrived_instances(conn, u))
+                await self._arrived(rules, arrivals, upto)
+                found += len(arrivals)
+            # else: nothing of ours in the page (other nodes' rows, deletions...): the cursor moves on in
+            # memory and is written with the next page that routes something (re-reading it costs nothing)
+            self._cursor = since = upto
+            if done:
+                break
+        if not self.passes and found:  # the first pass: what the last run (or a crash) left
+            log.info("routing: %d instance(s) stored after change %s were not routed yet: routed now", found, first)
+
+    async def _open_cursor(self) -> int:
+        """This node's cursor from the index, or, for the first rule watching arrivals, made at the
+        journal's end: what was stored before is not routed (a rule does not route the past)."""
+        if self._cursor is not None and self._cursor != _UNWATCHED:
+            return self._cursor
+        node = self.archive.settings.node_id
+        kept: int | None = await self.archive.read(lambda conn: routing_repo.arrival_cursor(conn, node))
+        if kept is None:
+            kept = await self.archive.read(last_seq)
+            await self.archive.write(lambda conn, s=kept: routing_repo.set_arrival_cursor(conn, node, s, _now()))
+        self._cursor = kept
+        return kept
+
+    async def _arrived(self, rules: Sequence[Rule], arrivals: Sequence[tuple[str, str, str]], upto: int) -> None:
+        """Route ``arrivals`` (study, series, SOP); the last write moves the cursor to ``upto``."""
+        node = self.archive.settings.node_id
         by_study: dict[str, list[str]] = {}
         series_of: dict[str, str] = {}
         for study, series, sop in arrivals:
             by_study.setdefault(study, []).append(sop)
             series_of[series] = study
-        stable = [r for r in rules if r.when is Trigger.STABLE]
-        if stable:
-            marks = [
-                (r.name, key, study)
-                for r in stable
-                for key, study in (series_of.items() if r.level == "series" else ((s, s) for s in by_study))
-            ]
-            at = _now()
-            await self.archive.write(lambda conn: routing_repo.touch_marks(conn, marks, at))
-        for rule in rules:
-            if rule.when is Trigger.INSTANCE:
-                for study, sops in by_study.items():
-                    await self.route(rule, study, sops=sops)
+        marks = [
+            (r.name, key, study)
+            for r in rules
+            if r.when is Trigger.STABLE
+            for key, study in (series_of.items() if r.level == "series" else ((s, s) for s in by_study))
+        ]
+        instance = [r for r in rules if r.when is Trigger.INSTANCE] if by_study else []
+        at = _now()
+
+        def touch(conn: IndexConnection) -> None:
+            routing_repo.touch_marks(conn, marks, at)
+            if not instance:
+                routing_repo.set_arrival_cursor(conn, node, upto, at)
+
+        if marks or not instance:
+            await self.archive.write(touch)
+        if not instance:
+            return
+        for rule in instance:
+            for study, sops in by_study.items():
+                await self.route(rule, study, sops=sops)
+        # after the jobs: a crash before this routes the page again, which sends nothing twice (route)
+        await self.archive.write(lambda conn: routing_repo.set_arrival_cursor(conn, node, upto, _now()))
 
     async def _stable(self, rule: Rule, now: dt.datetime) -> None:
         quiet_since = now - dt.timedelta(seconds=rule.stable_seconds)
@@ -489,7 +574,6 @@ class Router:
 
 
 __all__ = [
-    "COALESCE_SECONDS",
     "MAX_PER_JOB",
     "PREFETCH",
     "ROUTE",

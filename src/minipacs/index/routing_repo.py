@@ -18,6 +18,7 @@ from minipacs.index.schema import (
     Instance,
     JobRecord,
     Patient,
+    RoutingCursor,
     RoutingMark,
     RoutingRule,
     Series,
@@ -28,6 +29,7 @@ from minipacs.index.schema import (
 
 _RULES: Final = cast(Table, RoutingRule.__table__)
 _MARKS: Final = cast(Table, RoutingMark.__table__)
+_CURSORS: Final = cast(Table, RoutingCursor.__table__)
 _DELIVERIES: Final = cast(Table, Delivery.__table__)
 _INS: Final = cast(Table, Instance.__table__)
 _SER: Final = cast(Table, Series.__table__)
@@ -175,6 +177,42 @@ def worklist_since(conn: Connection, since: dt.datetime, statuses: Sequence[str]
         .limit(POLL_LIMIT)
     ).mappings()
     return [dict(r) for r in rows]
+
+
+# ------------------------------------------------------------------ the arrivals not yet routed
+
+
+def arrival_cursor(conn: Connection, node: str) -> int | None:
+    """The journal ``seq`` up to which ``node``'s arrivals are routed; None: no rule watched them."""
+    value = conn.execute(select(_CURSORS.c.seq).where(_CURSORS.c.node == node)).scalar()
+    return None if value is None else int(value)
+
+
+def set_arrival_cursor(conn: Connection, node: str, seq: int, now: dt.datetime) -> None:
+    statement = _insert(conn)(_CURSORS).values(node=node, seq=seq, updated_at=now)
+    conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=["node"], set_={"seq": statement.excluded.seq, "updated_at": statement.excluded.updated_at}
+        )
+    )
+
+
+def forget_arrival_cursor(conn: Connection, node: str) -> None:
+    conn.execute(delete(_CURSORS).where(_CURSORS.c.node == node))
+
+
+def arrived_instances(conn: Connection, sops: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(study, series, SOP Instance UID) of those of ``sops`` still stored (a deleted one is not)."""
+    found: list[tuple[str, str, str]] = []
+    for start in range(0, len(sops), 500):
+        chunk = list(sops[start : start + 500])
+        rows = conn.execute(
+            select(_STU.c.study_instance_uid, _SER.c.series_instance_uid, _INS.c.sop_instance_uid)
+            .select_from(_INS.join(_SER, _INS.c.series_pk == _SER.c.id).join(_STU, _SER.c.study_pk == _STU.c.id))
+            .where(_INS.c.sop_instance_uid.in_(chunk))
+        )
+        found.extend((str(a), str(b), str(c)) for a, b, c in rows)
+    return found
 
 
 # ------------------------------------------------------------------ instances a rule looks at
@@ -381,6 +419,8 @@ def failing_destinations(conn: Connection, since: dt.datetime, limit: int) -> li
 __all__ = [
     "POLL_LIMIT",
     "already_routed",
+    "arrival_cursor",
+    "arrived_instances",
     "claim_mark",
     "completions_since",
     "delete_deliveries",
@@ -388,6 +428,7 @@ __all__ = [
     "delivery_counts",
     "due_marks",
     "failing_destinations",
+    "forget_arrival_cursor",
     "insert_deliveries",
     "insert_rule",
     "job_deliveries",
@@ -396,6 +437,7 @@ __all__ = [
     "prune_marks",
     "rule_row",
     "rule_rows",
+    "set_arrival_cursor",
     "set_job_deliveries",
     "set_study_delivery",
     "study_deliveries",

@@ -503,6 +503,17 @@ class RoutingMark(Base):
     routed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
+class RoutingCursor(Base):
+    """Per node: the changes journal's ``seq`` up to which the instances this node stored have been given
+    to the "instance" and "stable" rules (their jobs or marks are written; core/routing.py). What came
+    after it is routed at the node's next start, even after a crash. No row: no rule watched arrivals."""
+
+    __tablename__ = "routing_cursors"
+    node: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
 class Delivery(Base):
     """The delivery receipt (core/routing.py): one row per instance sent (or study moved) to one
     destination by one rule, with its status in words. ``sop_instance_uid`` is "" for a C-MOVE of a
