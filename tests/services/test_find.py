@@ -209,6 +209,30 @@ def test_patient_root_patient_level(tmp_path: Path, files: Path) -> None:
     run(tmp_path, files, body)
 
 
+def test_study_root_study_level_counts_the_patients_studies(tmp_path: Path, files: Path) -> None:
+    """PS3.4 C.6.2.1.2 (Table C.6-5): the Study level of the Study Root model carries Number of Patient
+    Related Studies/Series/Instances; each study answers its patient's (15 one-instance studies for
+    PID1, also when the query matches one of them). They came out as 150 studies, 1 series and 1
+    instance (a cartesian product)."""
+
+    async def body(server: DicomServer, archive: Archive) -> None:
+        assoc = await associate(server.port)
+        counts = {
+            "NumberOfPatientRelatedStudies": None,
+            "NumberOfPatientRelatedSeries": None,
+            "NumberOfPatientRelatedInstances": None,
+        }
+        every = await find_all(assoc, STUDY_ROOT_FIND, ident("STUDY", PatientID="PID1", **counts))
+        one = await find_all(assoc, STUDY_ROOT_FIND, ident("STUDY", AccessionNumber="ACC0011", **counts))
+        await assoc.release()
+        assert every.status == 0 and one.status == 0
+        wanted = (N_STUDIES // 10,) * 3
+        answers = [tuple(int(m[k].value) for k in counts) for m in every.matches + one.matches]
+        assert answers == [wanted] * (N_STUDIES // 10 + 1)
+
+    run(tmp_path, files, body)
+
+
 def test_unsupported_optional_key_gives_ff01(tmp_path: Path, files: Path) -> None:
     async def body(server: DicomServer, archive: Archive) -> None:
         assoc = await associate(server.port)
