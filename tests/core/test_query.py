@@ -186,6 +186,21 @@ def test_image_level(qa: QueryArchive) -> None:
     assert found[0].Rows == 64  # US value answered from the index
 
 
+def test_uid_list_above_the_query_level_is_relational_only(qa: QueryArchive) -> None:
+    """PS3.4 C.4.1.2.1: a hierarchical query holds "a single value in the Unique Key Attribute for each
+    level above the Query/Retrieve level" (List of UID Matching at the query level only), as C-MOVE's
+    does (C.4.2.2.1, core/retrieve.py refuses a list there). A relational query takes any key at any
+    level with any C.2.2.2 matching (C.4.1.3.2.1), a UID list above the level too."""
+    studies = f"{STUDY_UIDS['A1']}\\{STUDY_UIDS['A_2']}"
+    keys = {"StudyInstanceUID": studies, "SeriesInstanceUID": "", "Modality": ""}
+    with pytest.raises(IdentifierMismatch, match=r"single value in StudyInstanceUID.*C\.4\.1\.2\.1.*relational"):
+        qa.find(keys, level=Level.SERIES)
+    found = qa.find(keys, level=Level.SERIES, relational=True)
+    assert sorted(str(m.Modality) for m in found) == ["CT", "MR", "SR", "SR"]
+    # at the query level itself a list is List of UID Matching (C.2.2.2.2), hierarchical or not
+    assert len(qa.find({"StudyInstanceUID": studies})) == 2
+
+
 def test_series_level_without_the_study_uid_is_refused(qa: QueryArchive) -> None:
     with pytest.raises(IdentifierMismatch, match="StudyInstanceUID"):
         qa.find({"Modality": "CT"}, level=Level.SERIES)

@@ -233,6 +233,26 @@ def test_study_root_study_level_counts_the_patients_studies(tmp_path: Path, file
     run(tmp_path, files, body)
 
 
+def test_uid_list_above_the_level_needs_relational_queries(tmp_path: Path, files: Path) -> None:
+    """PS3.4 C.4.1.2.1: a hierarchical C-FIND has a single value in the unique key of each level above
+    its level (0xA900 otherwise, as C-MOVE refuses it, C.4.2.2.1); with relational queries negotiated
+    (C.4.1.3.2.1) a UID list there is matched like any key."""
+    studies = "1.2.826.0.1.3680043.10.2.1\\1.2.826.0.1.3680043.10.2.2"
+
+    async def body(server: DicomServer, archive: Archive) -> None:
+        keys = {"StudyInstanceUID": studies, "SeriesInstanceUID": None}
+        hierarchical = await associate(server.port, [STUDY_ROOT_FIND])
+        refused = await find_all(hierarchical, STUDY_ROOT_FIND, ident("SERIES", **keys))
+        await hierarchical.release()
+        relational = await associate(server.port, [STUDY_ROOT_FIND], relational=True)
+        found = await find_all(relational, STUDY_ROOT_FIND, ident("SERIES", **keys))
+        await relational.release()
+        assert refused.status == 0xA900 and not refused.matches
+        assert found.status == 0 and len(found.matches) == 2
+
+    run(tmp_path, files, body)
+
+
 def test_unsupported_optional_key_gives_ff01(tmp_path: Path, files: Path) -> None:
     async def body(server: DicomServer, archive: Archive) -> None:
         assoc = await associate(server.port)
