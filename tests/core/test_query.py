@@ -5,6 +5,8 @@ Runs on SQLite and PostgreSQL (the ``qa`` fixture of tests/index/query_fixture.p
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -75,6 +77,73 @@ def test_patient_root_patient_level(qa: QueryArchive) -> None:
     ) == (1, 2, 4)
 
 
+#: (PatientID, study number) -> series, each of instances: patient PX has two studies (2 + 1 series,
+#: 1 + 1 + 3 instances), PY one (1 series of 1 instance).
+PATIENT_COUNTS_STUDIES: dict[tuple[str, int], list[int]] = {("PX", 1): [1, 1], ("PX", 2): [3], ("PY", 1): [1]}
+PATIENT_COUNTS = ("NumberOfPatientRelatedStudies", "NumberOfPatientRelatedSeries", "NumberOfPatientRelatedInstances")
+
+
+def test_patient_counts_at_the_study_level_of_the_study_root(with_archive: Callable[..., Any], tmp_path: Path) -> None:
+    """PS3.4 C.6.2.1.2 (Table C.6-5): in the Study Root model the Study level carries the patient's keys,
+    Number of Patient Related Studies/Series/Instances among them: each study answers its patient's
+    counts (of all the patient's studies, not only those the query matches), as the Patient level of the
+    Patient Root model does. They were counted over a cartesian product (9 studies for 1, and SQLAlchemy's
+    cartesian-product SAWarning, an error under the test settings)."""
+    from pydicom.uid import generate_uid
+
+    from minipacs.core.archive import Archive
+    from minipacs.core.model import Origin
+    from tests.dicomgen import write_ct
+
+    files = tmp_path / "files"
+    for (pid, n), series in PATIENT_COUNTS_STUDIES.items():
+        study = generate_uid()
+        for s, instances in enumerate(series):
+            serie = generate_uid()
+            for _i in range(instances):
+                write_ct(
+                    files / f"{generate_uid()}.dcm",
+                    study_uid=study,
+                    series_uid=serie,
+                    sop_uid=generate_uid(),
+                    patient_id=pid,
+                    AccessionNumber=f"{pid}-{n}",
+                    SeriesNumber=s + 1,
+                )
+
+    def ident(level: str, **keys: str) -> Dataset:
+        ds = Dataset()
+        ds.QueryRetrieveLevel = level
+        for keyword in ("AccessionNumber", "PatientID", *PATIENT_COUNTS):
+            setattr(ds, keyword, "")
+        for keyword, value in keys.items():
+            setattr(ds, keyword, value)
+        if level == "PATIENT":
+            del ds.AccessionNumber
+        return ds
+
+    async def body(archive: Archive) -> tuple[list[Any], list[Any], list[Any]]:
+        for path in sorted(files.iterdir()):
+            await archive.import_file(path, Origin("import", "", "", "", 0))
+
+        async def answers(ds: Dataset, model: Any) -> list[Any]:
+            found = [m async for m in q.query(archive, None, ds, model=model)]
+            return sorted(
+                (str(m.get("AccessionNumber", m.PatientID)), *(int(m[k].value) for k in PATIENT_COUNTS)) for m in found
+            )
+
+        return (
+            await answers(ident("STUDY"), STUDY_ROOT),
+            await answers(ident("STUDY", AccessionNumber="PX-2"), STUDY_ROOT),  # PX-1 is not matched, still counted
+            await answers(ident("PATIENT"), PATIENT_ROOT),
+        )
+
+    every, one, patients = with_archive(body, fsync=False)
+    assert every == [("PX-1", 2, 3, 5), ("PX-2", 2, 3, 5), ("PY-1", 1, 1, 1)]
+    assert one == [("PX-2", 2, 3, 5)]
+    assert patients == [("PX", 2, 3, 5), ("PY", 1, 1, 1)]
+
+
 def test_patient_root_study_level_needs_patient_id(qa: QueryArchive) -> None:
     with pytest.raises(IdentifierMismatch, match="PatientID"):
         qa.find({"StudyDate": ""}, model=PATIENT_ROOT)
@@ -115,6 +184,21 @@ def test_image_level(qa: QueryArchive) -> None:
     )
     assert [m.SOPInstanceUID for m in found] == [f"{uid}.1.2"]
     assert found[0].Rows == 64  # US value answered from the index
+
+
+def test_uid_list_above_the_query_level_is_relational_only(qa: QueryArchive) -> None:
+    """PS3.4 C.4.1.2.1: a hierarchical query holds "a single value in the Unique Key Attribute for each
+    level above the Query/Retrieve level" (List of UID Matching at the query level only), as C-MOVE's
+    does (C.4.2.2.1, core/retrieve.py refuses a list there). A relational query takes any key at any
+    level with any C.2.2.2 matching (C.4.1.3.2.1), a UID list above the level too."""
+    studies = f"{STUDY_UIDS['A1']}\\{STUDY_UIDS['A_2']}"
+    keys = {"StudyInstanceUID": studies, "SeriesInstanceUID": "", "Modality": ""}
+    with pytest.raises(IdentifierMismatch, match=r"single value in StudyInstanceUID.*C\.4\.1\.2\.1.*relational"):
+        qa.find(keys, level=Level.SERIES)
+    found = qa.find(keys, level=Level.SERIES, relational=True)
+    assert sorted(str(m.Modality) for m in found) == ["CT", "MR", "SR", "SR"]
+    # at the query level itself a list is List of UID Matching (C.2.2.2.2), hierarchical or not
+    assert len(qa.find({"StudyInstanceUID": studies})) == 2
 
 
 def test_series_level_without_the_study_uid_is_refused(qa: QueryArchive) -> None:

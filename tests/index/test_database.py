@@ -166,6 +166,11 @@ def test_the_writer_commits_without_waiting_only_when_asked(dialect: str, tmp_pa
     [
         (Entity.STUDY, ("ModalitiesInStudy", "SOPClassesInStudy", "NumberOfStudyRelatedInstances")),
         (Entity.PATIENT, ("NumberOfPatientRelatedStudies", "NumberOfPatientRelatedInstances")),
+        # the patient's counts at the Study level of the Study Root model (PS3.4 C.6.2.1.2)
+        (
+            Entity.STUDY,
+            ("NumberOfPatientRelatedStudies", "NumberOfPatientRelatedSeries", "NumberOfPatientRelatedInstances"),
+        ),
         (Entity.SERIES, ("NumberOfSeriesRelatedInstances",)),
     ],
 )

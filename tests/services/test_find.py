@@ -209,6 +209,50 @@ def test_patient_root_patient_level(tmp_path: Path, files: Path) -> None:
     run(tmp_path, files, body)
 
 
+def test_study_root_study_level_counts_the_patients_studies(tmp_path: Path, files: Path) -> None:
+    """PS3.4 C.6.2.1.2 (Table C.6-5): the Study level of the Study Root model carries Number of Patient
+    Related Studies/Series/Instances; each study answers its patient's (15 one-instance studies for
+    PID1, also when the query matches one of them). They came out as 150 studies, 1 series and 1
+    instance (a cartesian product)."""
+
+    async def body(server: DicomServer, archive: Archive) -> None:
+        assoc = await associate(server.port)
+        counts = {
+            "NumberOfPatientRelatedStudies": None,
+            "NumberOfPatientRelatedSeries": None,
+            "NumberOfPatientRelatedInstances": None,
+        }
+        every = await find_all(assoc, STUDY_ROOT_FIND, ident("STUDY", PatientID="PID1", **counts))
+        one = await find_all(assoc, STUDY_ROOT_FIND, ident("STUDY", AccessionNumber="ACC0011", **counts))
+        await assoc.release()
+        assert every.status == 0 and one.status == 0
+        wanted = (N_STUDIES // 10,) * 3
+        answers = [tuple(int(m[k].value) for k in counts) for m in every.matches + one.matches]
+        assert answers == [wanted] * (N_STUDIES // 10 + 1)
+
+    run(tmp_path, files, body)
+
+
+def test_uid_list_above_the_level_needs_relational_queries(tmp_path: Path, files: Path) -> None:
+    """PS3.4 C.4.1.2.1: a hierarchical C-FIND has a single value in the unique key of each level above
+    its level (0xA900 otherwise, as C-MOVE refuses it, C.4.2.2.1); with relational queries negotiated
+    (C.4.1.3.2.1) a UID list there is matched like any key."""
+    studies = "1.2.826.0.1.3680043.10.2.1\\1.2.826.0.1.3680043.10.2.2"
+
+    async def body(server: DicomServer, archive: Archive) -> None:
+        keys = {"StudyInstanceUID": studies, "SeriesInstanceUID": None}
+        hierarchical = await associate(server.port, [STUDY_ROOT_FIND])
+        refused = await find_all(hierarchical, STUDY_ROOT_FIND, ident("SERIES", **keys))
+        await hierarchical.release()
+        relational = await associate(server.port, [STUDY_ROOT_FIND], relational=True)
+        found = await find_all(relational, STUDY_ROOT_FIND, ident("SERIES", **keys))
+        await relational.release()
+        assert refused.status == 0xA900 and not refused.matches
+        assert found.status == 0 and len(found.matches) == 2
+
+    run(tmp_path, files, body)
+
+
 def test_unsupported_optional_key_gives_ff01(tmp_path: Path, files: Path) -> None:
     async def body(server: DicomServer, archive: Archive) -> None:
         assoc = await associate(server.port)

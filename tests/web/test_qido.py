@@ -145,6 +145,24 @@ def test_includefield_levels_and_all(web: Callable[..., Any]) -> None:
     web(body)
 
 
+def test_patient_counts_of_a_study(web: Callable[..., Any]) -> None:
+    """QIDO-RS searches the Study Root model (PS3.18 10.6.1), whose Study level holds Number of Patient
+    Related Studies/Series/Instances (PS3.4 C.6.2.1.2 Table C.6-5): asked by name or by includefield=all
+    (8.3.4.3, every available attribute), each study answers its patient's counts -- both studies here
+    are of one patient. They were left out of "all" for counts that were wrong (a cartesian product)."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        await _two_studies(client)
+        counts = "00201200", "00201202", "00201204"
+        for include in ("all", ",".join(counts)):
+            r = await client.get("/dicom-web/studies", params={"StudyInstanceUID": ST1, "includefield": include})
+            assert r.status_code == 200
+            study = r.json()[0]
+            assert [study[tag] for tag in counts] == [{"vr": "IS", "Value": [2]}] * 3, include
+
+    web(body)
+
+
 def _with_sequences(study: str, series: str, sop: str, other_id: str, sps: str) -> bytes:
     import io
 

@@ -128,7 +128,7 @@ def validated(node: Node) -> Node:
     if not host or len(host) > 255 or any(c.isspace() for c in host):
         raise InvalidNode(f"host {node.host!r} of {node.ae_title!r} must be a host name or an IP address")
     if isinstance(node.port, bool) or not isinstance(node.port, int) or not 1 <= node.port <= 65535:
-        raise InvalidNode(f"port {node.port!r} of {node.ae_title!r} is outside 1..65535")
+        raise InvalidNode(f"port {node.port!r:.40} of {node.ae_title!r} is outside 1..65535")
     unknown = sorted(set(node.permissions) - ALL_OPERATIONS)
     if unknown:
         raise InvalidNode(
@@ -152,8 +152,10 @@ def node_from_mapping(raw: Mapping[str, Any]) -> Node:
     if missing:
         raise InvalidNode(f"missing {', '.join(missing)}")
     port = raw["port"]
-    if isinstance(port, str) and port.strip().isdigit():
-        port = int(port)
+    # ASCII digits only, and not thousands of them: str.isdigit takes "²", which int() refuses, and int()
+    # refuses more than 4300 digits; both were a ValueError (a 500 on POST /api/nodes), now InvalidNode below
+    if isinstance(port, str) and (text := port.strip()).isascii() and text.isdigit() and len(text) <= 18:
+        port = int(text)
     tls = raw.get("tls", False)
     if not isinstance(tls, bool):
         raise InvalidNode(f"tls must be true or false, not {tls!r}")

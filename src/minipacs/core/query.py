@@ -190,15 +190,24 @@ def _level_of(keys: Sequence[Key], model: InformationModel) -> Level:
 
 
 def _check_hierarchical(keys: Sequence[Key], model: InformationModel, level: Level) -> None:
-    """PS3.4 C.4.1.2.2.1: a single value (or UID list) in the unique key of every level above."""
+    """PS3.4 C.4.1.2.1: "a single value in the Unique Key Attribute for each level above the Query/Retrieve
+    level"; List of UID Matching only at the query level itself. The hierarchical search (C.4.1.3.1.1 b)
+    goes down through ONE entity per upper level. A list above the level is a relational query
+    (C.4.1.3.2.1: any key at any level, with any C.2.2.2 matching): served when relational queries are
+    negotiated. C-MOVE and C-GET take a single value there too (C.4.2.2.1, core/retrieve.py)."""
     for upper in model.levels[: model.levels.index(level)]:
         unique = LEVELS[upper].unique_key
         key = next((k for k in keys if k.keyword == unique), None)
-        if key is None or key.condition.kind not in (Matching.SINGLE, Matching.UID_LIST):
+        if key is None or key.condition.kind is not Matching.SINGLE:
             found = "is missing" if key is None else f"asks for {key.condition.kind.value} matching"
+            if key is not None and key.condition.kind is Matching.UID_LIST:
+                found += (
+                    "; several UIDs above the query level make a relational query: negotiate relational "
+                    f"queries (SOP Class Extended Negotiation) or ask one {upper.value.lower()} at a time"
+                )
             raise IdentifierMismatch(
                 f"a hierarchical {level.value} query in the {model.name} model needs a single value in "
-                f"{unique}, the unique key of the {upper.value} level, but it {found}"
+                f"{unique}, the unique key of the {upper.value} level (PS3.4 C.4.1.2.1), but it {found}"
             )
 
 

@@ -6,7 +6,8 @@ where each dataset starts, so the bytes can be streamed out as they are.
 
 PS3.4 C.4.2.2.1 / C.4.3.2.1: a retrieve identifier carries the Unique Key of
 the retrieve level (a single value, or a list of UIDs) and, in baseline
-hierarchical retrieve, the unique keys of the levels above it. We take the
+hierarchical retrieve, the unique keys of the levels above it, "a single value"
+each (C.4.2.2.1; C-FIND's hierarchical queries alike, C.4.1.2.1). We take the
 keys above the level as constraints when present and do not require them (as
 relational retrieve would allow); keys below the level and non-unique keys
 are ignored. Wildcards and ranges have no place here (no matching is done).

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
-from sqlalchemy import ColumnElement, Connection, Integer, Select, Table, exists, func, literal, select
+from sqlalchemy import ColumnElement, Connection, FromClause, Integer, Select, Table, exists, func, literal, select
 from sqlalchemy.types import NullType
 
 from minipacs.index.entities import DEPTH, ENTITIES, Entity
@@ -95,7 +95,7 @@ def _distinct(column: Any, *joins: tuple[Table, Any]) -> Callable[[Entity], Sele
     return build
 
 
-def _count_of(target: Table, *joins: tuple[Table, Any]) -> Callable[[Any], ColumnElement[Any]]:
+def _count_of(target: FromClause, *joins: tuple[FromClause, Any]) -> Callable[[Any], ColumnElement[Any]]:
     """count(target) of one owner row, as a scalar subquery correlated to the page's ``owner_id``."""
 
     def build(owner_id: Any) -> ColumnElement[Any]:
@@ -121,6 +121,37 @@ def _values_of(column: Any, *joins: tuple[Table, Any]) -> Callable[[Any], Column
     return build
 
 
+#: The studies of a patient, beside the studies table a STUDY-level page reads: the patient's counts asked
+#: at the STUDY level (the Study Root model, PS3.4 C.6.2.1.2 Table C.6-5) go from the matched study to its
+#: patient and back down to all of that patient's studies.
+_PAT_STU: Final = _STU.alias("patient_studies")
+#: The join of a patient's series and instances up to :data:`_PAT_STU`.
+_SER_PAT_STU: Final = (_PAT_STU, _SER.c.study_pk == _PAT_STU.c.id)
+
+
+def _patient_count(target: FromClause, *joins: tuple[FromClause, Any]) -> Callable[[Entity], Select[Any]]:
+    """count(target) per patient, over the given join path up to :data:`_PAT_STU`: grouped by the patient
+    (PATIENT level) or by each study of the patient (STUDY level, the Study Root model: PS3.4 C.6.2.1.2,
+    Number of Patient Related Studies/Series/Instances are Study level keys there). Counting from the
+    page's own studies table instead joined it to nothing: a cartesian product (every study of the
+    archive once per series of the matched study)."""
+
+    def build(entity: Entity) -> Select[Any]:
+        frm: Any = target
+        for table, on in joins:
+            frm = frm.join(table, on)
+        if entity is Entity.PATIENT:
+            owner: Any = _PAT_STU.c.patient_pk
+        elif entity is Entity.STUDY:
+            owner = _STU.c.id
+            frm = frm.join(_STU, _STU.c.patient_pk == _PAT_STU.c.patient_pk)
+        else:
+            raise ValueError(f"a patient's counts are answered at the patient or study level, not {entity.value}")
+        return select(owner, func.count(target.c.id)).select_from(frm).group_by(owner)
+
+    return build
+
+
 def _completion(entity: Entity) -> Select[Any]:
     """Study Status ID of each complete study; a study that is not complete has none."""
     return select(_STU.c.id, _DONE.c.study_status_id).select_from(
@@ -140,10 +171,10 @@ class Aggregate:
 # PS3.4 C.3.4 (Additional Query/Retrieve Attributes) and C.6.1.1.x, by keyword: the SQL half of
 # core/query_model.py COMPUTED_KEYS (level, VR and how values are joined live there).
 AGGREGATES: Final[Mapping[str, Aggregate]] = {
-    "NumberOfPatientRelatedStudies": Aggregate(_count(_STU)),
-    "NumberOfPatientRelatedSeries": Aggregate(_count(_SER, (_STU, _SER.c.study_pk == _STU.c.id))),
+    "NumberOfPatientRelatedStudies": Aggregate(_patient_count(_PAT_STU)),
+    "NumberOfPatientRelatedSeries": Aggregate(_patient_count(_SER, _SER_PAT_STU)),
     "NumberOfPatientRelatedInstances": Aggregate(
-        _count(_INS, (_SER, _INS.c.series_pk == _SER.c.id), (_STU, _SER.c.study_pk == _STU.c.id))
+        _patient_count(_INS, (_SER, _INS.c.series_pk == _SER.c.id), _SER_PAT_STU)
     ),
     "NumberOfStudyRelatedSeries": Aggregate(_count(_SER)),
     "NumberOfStudyRelatedInstances": Aggregate(_count(_INS, (_SER, _INS.c.series_pk == _SER.c.id))),
@@ -158,35 +189,53 @@ AGGREGATES: Final[Mapping[str, Aggregate]] = {
 }
 
 _INS_SER: Final = (_SER, _INS.c.series_pk == _SER.c.id)
-#: The computed keys answered inside the page statement on PostgreSQL, by keyword: (the level whose
-#: rows they describe, the correlated subquery given ``owner column == page primary key``). One
-#: statement instead of two per page: no second round trip, and a text that stays the same from
-#: query to query, so psycopg's prepared statement is reused (index/database.py).
-IN_PAGE: Final[Mapping[str, tuple[Entity, Callable[[Any], ColumnElement[Any]], Callable[[Table], Any]]]] = {
-    "NumberOfPatientRelatedStudies": (Entity.PATIENT, _count_of(_STU), lambda base: _STU.c.patient_pk == base.c.id),
-    "NumberOfPatientRelatedSeries": (
-        Entity.PATIENT,
-        _count_of(_SER, (_STU, _SER.c.study_pk == _STU.c.id)),
-        lambda base: _STU.c.patient_pk == base.c.id,
-    ),
-    "NumberOfPatientRelatedInstances": (
-        Entity.PATIENT,
-        _count_of(_INS, _INS_SER, (_STU, _SER.c.study_pk == _STU.c.id)),
-        lambda base: _STU.c.patient_pk == base.c.id,
-    ),
-    "NumberOfStudyRelatedSeries": (Entity.STUDY, _count_of(_SER), lambda base: _SER.c.study_pk == base.c.id),
-    "NumberOfStudyRelatedInstances": (
-        Entity.STUDY,
-        _count_of(_INS, _INS_SER),
-        lambda base: _SER.c.study_pk == base.c.id,
-    ),
-    "ModalitiesInStudy": (Entity.STUDY, _values_of(_SER.c.modality), lambda base: _SER.c.study_pk == base.c.id),
-    "SOPClassesInStudy": (
-        Entity.STUDY,
-        _values_of(_INS.c.sop_class_uid, _INS_SER),
-        lambda base: _SER.c.study_pk == base.c.id,
-    ),
-    "NumberOfSeriesRelatedInstances": (Entity.SERIES, _count_of(_INS), lambda base: _INS.c.series_pk == base.c.id),
+
+
+def _in_page(
+    build: Callable[[Any], ColumnElement[Any]], owner: Callable[[Table], Any]
+) -> Callable[[Table], ColumnElement[Any]]:
+    """A computed key's correlated subquery given the page's level table: ``build`` over the rows
+    ``owner(base)`` selects."""
+    return lambda base: build(owner(base))
+
+
+#: The computed keys answered inside the page statement on PostgreSQL, by keyword and by the level whose
+#: page rows they describe: the correlated subquery, given the page's level table. One statement instead
+#: of two per page: no second round trip, and a text that stays the same from query to query, so
+#: psycopg's prepared statement is reused (index/database.py). A patient's counts have a STUDY row too
+#: (the Study Root model, PS3.4 C.6.2.1.2): over the studies of the matched study's patient.
+IN_PAGE: Final[Mapping[str, Mapping[Entity, Callable[[Table], ColumnElement[Any]]]]] = {
+    "NumberOfPatientRelatedStudies": {
+        Entity.PATIENT: _in_page(_count_of(_PAT_STU), lambda base: _PAT_STU.c.patient_pk == base.c.id),
+        Entity.STUDY: _in_page(_count_of(_PAT_STU), lambda base: _PAT_STU.c.patient_pk == base.c.patient_pk),
+    },
+    "NumberOfPatientRelatedSeries": {
+        Entity.PATIENT: _in_page(_count_of(_SER, _SER_PAT_STU), lambda base: _PAT_STU.c.patient_pk == base.c.id),
+        Entity.STUDY: _in_page(_count_of(_SER, _SER_PAT_STU), lambda base: _PAT_STU.c.patient_pk == base.c.patient_pk),
+    },
+    "NumberOfPatientRelatedInstances": {
+        Entity.PATIENT: _in_page(
+            _count_of(_INS, _INS_SER, _SER_PAT_STU), lambda base: _PAT_STU.c.patient_pk == base.c.id
+        ),
+        Entity.STUDY: _in_page(
+            _count_of(_INS, _INS_SER, _SER_PAT_STU), lambda base: _PAT_STU.c.patient_pk == base.c.patient_pk
+        ),
+    },
+    "NumberOfStudyRelatedSeries": {
+        Entity.STUDY: _in_page(_count_of(_SER), lambda base: _SER.c.study_pk == base.c.id),
+    },
+    "NumberOfStudyRelatedInstances": {
+        Entity.STUDY: _in_page(_count_of(_INS, _INS_SER), lambda base: _SER.c.study_pk == base.c.id),
+    },
+    "ModalitiesInStudy": {
+        Entity.STUDY: _in_page(_values_of(_SER.c.modality), lambda base: _SER.c.study_pk == base.c.id),
+    },
+    "SOPClassesInStudy": {
+        Entity.STUDY: _in_page(_values_of(_INS.c.sop_class_uid, _INS_SER), lambda base: _SER.c.study_pk == base.c.id),
+    },
+    "NumberOfSeriesRelatedInstances": {
+        Entity.SERIES: _in_page(_count_of(_INS), lambda base: _INS.c.series_pk == base.c.id),
+    },
 }
 #: Dialects whose page statement answers :data:`IN_PAGE` (array_agg, correlated scalar subqueries).
 IN_PAGE_DIALECTS: Final = frozenset({"postgresql"})
@@ -245,9 +294,9 @@ def _base_select(query: PageQuery, dialect: str) -> Select[Any]:
     columns.append(base.c[ENTITIES[entity].unique_column].label(UNIQUE_LABEL))
     if dialect in IN_PAGE_DIALECTS:
         for keyword in query.answered:
-            folded = IN_PAGE.get(keyword)
-            if folded is not None and folded[0] is entity:
-                columns.append(folded[1](folded[2](base)).label(in_page_label(keyword)))
+            folded = IN_PAGE.get(keyword, {}).get(entity)
+            if folded is not None:
+                columns.append(folded(base).label(in_page_label(keyword)))
     where: list[ColumnElement[bool]] = []
     for key in query.keys:
         clause = sql_condition(ENTITIES[key.entity].table.c[key.match_column], key.kind, key.condition, dialect)

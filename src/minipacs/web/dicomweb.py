@@ -136,12 +136,21 @@ def root_url(request: Request) -> str:
     port that is not the scheme's default (no reverse proxy declared in ``http_trusted_proxies``):
     then the URL gets the port the server listens on, which is the only one that can reach it.
     dicomweb-client sends ``Host: 127.0.0.1`` without its port, and the BulkDataURIs it was given
-    then pointed at port 80 (RFC 9110 §7.2 says an absent port is the default one)."""
+    then pointed at port 80 (RFC 9110 §7.2 says an absent port is the default one).
+
+    A Host header that is no ``host[:port]`` (a port of letters, a sign, more than 65535, a bracket
+    left open) is HttpError 400, as RFC 9112 §3.2 says a server answers it (urllib's ValueError was a 500)."""
     base = request.base_url
     server = request.scope.get("server")
     proxied = bool(ctx(request).settings.http_trusted_proxies)
-    if base.port is None and server and not proxied and server[1] not in (None, _DEFAULT_PORTS.get(base.scheme)):
-        base = base.replace(port=int(server[1]))
+    try:
+        if base.port is None and server and not proxied and server[1] not in (None, _DEFAULT_PORTS.get(base.scheme)):
+            base = base.replace(port=int(server[1]))
+    except ValueError:
+        host = request.headers.get("host", "")
+        raise HttpError(
+            400, "invalid_host", f"the Host header {host[:60]!r} is not host[:port] with a port from 0 to 65535"
+        ) from None
     return str(base).rstrip("/") + "/dicom-web"
 
 

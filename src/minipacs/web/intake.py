@@ -43,6 +43,7 @@ from minipacs.core.model import StagedPath
 from minipacs.core.staging import StagingFile, read_head, stage_file
 from minipacs.dicom.header import InstanceHeader
 from minipacs.web.errors import HttpError
+from minipacs.web.limits import refuse_declared_length
 from minipacs.web.multipart import PART_END, MultipartParser, PartStart
 
 log = logging.getLogger(__name__)
@@ -62,13 +63,9 @@ Screen = Callable[[str, InstanceHeader | None], int | None]
 async def body_pieces(request: Request, limit: int) -> AsyncIterator[bytes]:
     """The request body as it arrives, refusing (413) more than ``limit`` bytes: at once when the
     Content-Length says so, else as soon as the count passes it. A client that leaves: 400."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise HttpError(
-            413,
-            "too_large",
-            f"the request body is {declared} bytes; this server accepts at most {limit} (max_upload_bytes)",
-        )
+    refuse_declared_length(
+        request, limit, "the request body", f"this server accepts at most {limit} (max_upload_bytes)"
+    )
     size = 0
     try:
         async for chunk in request.stream():

@@ -22,6 +22,7 @@ from typing import Any, Final
 from starlette.requests import ClientDisconnect, Request
 
 from minipacs.web.errors import HttpError
+from minipacs.web.limits import refuse_declared_length
 
 #: Largest JSON control body, in bytes (a rule, a correction, a node: a few hundred bytes each).
 MAX_JSON_BYTES: Final = 1024 * 1024
@@ -54,9 +55,7 @@ def depth(value: Any) -> int:
 async def read_json(request: Request, *, limit: int = MAX_JSON_BYTES, empty: Any = None) -> Any:
     """The request body as JSON, within the limits above; ``empty`` for a body of only white space
     (None: refused as not JSON). HttpError 413 / 400 saying which limit and what to send."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise HttpError(413, "too_large", f"the JSON body is {declared} bytes; at most {limit} are accepted")
+    refuse_declared_length(request, limit, "the JSON body", f"at most {limit} are accepted")
     chunks: list[bytes] = []
     size = 0
     try:

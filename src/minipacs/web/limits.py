@@ -36,11 +36,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import h11
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from minipacs.config import Settings
 from minipacs.web.errors import HttpError
+from minipacs.web.search import MAX_DIGITS, ascii_digits
 
 log = logging.getLogger("minipacs.web")
 
@@ -279,6 +281,29 @@ class BodyTimeoutMiddleware:
         await self.app(scope, timed_receive, send)
 
 
+def refuse_declared_length(request: Request, limit: int, what: str, fix: str) -> None:
+    """Refuse a request whose Content-Length declares more than ``limit`` bytes of body, before a byte
+    of it is read: HttpError 413 naming ``what`` (the body) and ``fix`` (what the limit is, what to do).
+
+    RFC 9110 §8.6: Content-Length = 1*DIGIT. A value that is not (a sign, a superscript digit, which
+    ``str.isdigit`` takes and ``int()`` refuses, a list) is invalid framing: 400 (RFC 9112 §6.3). A
+    value of more than :data:`MAX_DIGITS` digits is larger than any limit: refused without ``int()``,
+    which raises ValueError beyond 4300 digits (that was a 500). No Content-Length: the caller counts."""
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return
+    declared = declared.strip()
+    if not (declared.isascii() and declared.isdigit()):
+        raise HttpError(
+            400,
+            "invalid_content_length",
+            f"Content-Length {declared[:20]!r} is not a number of bytes (RFC 9110 §8.6: digits only)",
+        )
+    if not ascii_digits(declared) or int(declared) > limit:
+        size = declared if len(declared) <= MAX_DIGITS else f"a {len(declared)}-digit number of"
+        raise HttpError(413, "too_large", f"{what} is {size} bytes; {fix}")
+
+
 def raise_fd_limit() -> tuple[int, int]:
     """Raise the soft limit of open files to the hard one (each HTTP connection and DICOM association
     holds one); logged. Returns (soft, hard) as they are afterwards."""
@@ -320,5 +345,6 @@ __all__ = [
     "check_fd_budget",
     "guarded_protocol",
     "raise_fd_limit",
+    "refuse_declared_length",
     "uvicorn_options",
 ]

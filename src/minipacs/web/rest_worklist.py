@@ -9,7 +9,6 @@ Procedure Step with a Modality), else 400 saying what is missing.
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from typing import Any, Final
@@ -23,6 +22,7 @@ from minipacs.core.errors import NotFound
 from minipacs.core.worklist import Worklist, WorklistEntry, check_values
 from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
+from minipacs.web.jsonbody import read_json
 from minipacs.web.routing import Endpoint
 from minipacs.web.search import ascii_digits
 
@@ -84,15 +84,9 @@ def _shape_problem(raw: dict[str, Any], where: str = "") -> str | None:
     return None
 
 
-def _dataset(body: bytes) -> Dataset:
-    """The PS3.18 JSON body as a dataset; HttpError 400 saying why it is not one."""
-
-    if len(body) > MAX_ENTRY_BYTES:
-        raise HttpError(413, "too_large", f"a worklist entry is at most {MAX_ENTRY_BYTES} bytes of JSON")
-    try:
-        raw = json.loads(body)
-    except ValueError:
-        raw = None
+def _dataset(raw: Any) -> Dataset:
+    """The PS3.18 JSON body (read by web/jsonbody.py: bounded in size and depth) as a dataset; HttpError
+    400 saying why it is not one."""
     if isinstance(raw, dict) and set(raw) == {"dataset"}:
         raw = raw["dataset"]
     if not isinstance(raw, dict) or not raw:
@@ -112,6 +106,12 @@ def _dataset(body: bytes) -> Dataset:
             check_values(ds)  # the ONE value check of typed entries (core/worklist.py), as `worklist add`
     except (ValueError, UserWarning) as exc:  # pydicom's sentences about a value
         raise HttpError(400, "invalid_dataset", f"the body is not a PS3.18 JSON dataset: {exc}") from None
+    except OverflowError:  # 1e400 (infinity) for an IS or US value, a 4000-digit integer for an FD one
+        raise HttpError(
+            400,
+            "invalid_dataset",
+            "the body is not a PS3.18 JSON dataset: a number is too large for its element's VR",
+        ) from None
     except (TypeError, KeyError, AttributeError, IndexError):  # Python's words, not for a client
         raise HttpError(
             400,
@@ -130,7 +130,8 @@ async def list_entries(request: Request) -> Response:
 
 
 async def add_entry(request: Request) -> Response:
-    ds = _dataset(await request.body())
+    # bounded before it is read (request.body() read any size, then refused it), depth too, NaN refused
+    ds = _dataset(await read_json(request, limit=MAX_ENTRY_BYTES))
     entry = await _worklist(request).add(ds)
     return JSONResponse(entry_json(entry), status_code=201, headers={"Location": f"/api/worklist/{entry.id}"})
 

@@ -120,11 +120,15 @@ def qido_defaults(level: Level, fixed: Mapping[str, str]) -> tuple[str, ...]:
 
 def all_keys(level: Level) -> tuple[str, ...]:
     """``includefield=all`` (PS3.18 8.3.4.3): every attribute the engine holds at ``level`` (at the study
-    level the patient's too: the Study Root model), the keys it computes at ``level`` and the constant
-    ones. Not the patient's counts at the study level: the engine computes those at their own level only."""
+    level the patient's too: QIDO-RS searches the Study Root model, PS3.18 10.6.1, whose Study level
+    holds the Patient's attributes, PS3.4 C.3.2 and C.6.2.1.2 Table C.6-5), the keys it computes there
+    and the constant ones. So at the study level Number of Patient Related Studies/Series/Instances
+    (Table C.6-5 named them in older editions, e.g. 2011; "All other Attributes at Study Level" now): not
+    among the defaults of PS3.18 Table 10.6.3-3, but "all" is "all available Study Level Attributes"
+    (10.6.3.3.1)."""
     levels = {level, Level.PATIENT} if level is Level.STUDY else {level}
     keys = [keyword for keyword, key in INDEXED_KEYS.items() if key.level in levels]
-    keys += [keyword for keyword, computed in COMPUTED_KEYS.items() if computed.level is level]
+    keys += [keyword for keyword, computed in COMPUTED_KEYS.items() if computed.level in levels]
     return tuple(keys) + tuple(CONSTANT_KEYS)
 
 
