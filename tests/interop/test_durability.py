@@ -405,7 +405,11 @@ def test_duplicate_policies(tmp_path: Path, policy: str | None, resend_status: i
             queued = index_rows(server.data_dir, "SELECT blob_key, reason FROM blob_removals")
             assert queued in ([(key, "replaced")], [])  # [] only once the 5 s are over
             deadline = time.monotonic() + 30
-            while path.exists() and time.monotonic() < deadline:  # the server's sweep removes it
+
+            def swept() -> bool:  # the sweep removes the file, then its queue row (core/blob_removals.py)
+                return not path.exists() and not index_rows(server.data_dir, "SELECT blob_key FROM blob_removals")
+
+            while not swept() and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert not path.exists() and new_path.exists()
             assert index_rows(server.data_dir, "SELECT blob_key FROM blob_removals") == []
