@@ -169,6 +169,25 @@ def test_a40_merges_the_prior_patient_into_the_surviving_one(tmp_path: Path) -> 
     serve(tmp_path, body)
 
 
+def test_a40_with_new_demographics_rewrites_the_surviving_patients_own_files_too(tmp_path: Path) -> None:
+    """An A40 whose PID gives the surviving patient a new name: the index row took it, and so did the
+    prior patient's files, but the survivor's own files kept the old name, so C-FIND answered one name and
+    C-MOVE sent another (the adt helper's finding, session 10)."""
+
+    async def body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, archive: Archive) -> None:
+        keep = await store(archive, tmp_path, "GOOD", "Old^Name")
+        dup = await store(archive, tmp_path, "DUP", "Wrong^Name", n=2)
+        code, text, _ = await send(reader, writer, adt("A40", "GOOD^^^HOSP", name="New^Name", mrg="DUP^^^HOSP"))
+        assert code == "AA", text
+        for sop in keep + dup:
+            ds = await stored(archive, sop)
+            assert (ds.PatientID, str(ds.PatientName)) == ("GOOD", "New^Name"), sop
+        patient = await Corrections(archive).patient("GOOD")
+        assert patient is not None and patient["PatientName"] == "New^Name"
+
+    serve(tmp_path, body)
+
+
 def test_a47_changes_the_identifier_and_refuses_an_existing_one(tmp_path: Path) -> None:
     async def body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, archive: Archive) -> None:
         [sop] = await store(archive, tmp_path, "TEMP1")

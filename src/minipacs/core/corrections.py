@@ -286,6 +286,9 @@ def _merge_rows(conn: IndexConnection, source: str, target: str, demographics: M
         sql.update_row(conn, Entity.PATIENT, int(dst["id"]), repo.row_values(_Values(merged), repo.PATIENT_COLUMNS))
         dst = {**dst, **repo.row_values(_Values(merged), repo.PATIENT_COLUMNS)}
     studies = sql.studies_of_patient(conn, int(src["id"]))
+    # new demographics change the survivor's own files too, or they would keep the old values while its
+    # row (C-FIND, QIDO) gives the new ones
+    own = sql.studies_of_patient(conn, int(dst["id"])) if demographics else []
     sql.move_studies(conn, int(src["id"]), int(dst["id"]))
     journal = [change_row(ChangeType.PATIENTS_MERGED, target, "", now)]
     journal += _orphans(conn, now)
@@ -294,7 +297,7 @@ def _merge_rows(conn: IndexConnection, source: str, target: str, demographics: M
     correct_open_entries(conn, source, file_values)
     old = {**raw_values(Entity.PATIENT, src), "StudyInstanceUIDs": [uid for _, uid in studies]}
     correction = sql.insert_correction(conn, _log_row("merge", Entity.PATIENT, target, actor, old, file_values))
-    pks = [pk for pk, _ in studies]
+    pks = [pk for pk, _ in studies] + [pk for pk, _ in own]
     return _Plan(
         correction, Entity.STUDY, pks, sql.copies_under(conn, Entity.STUDY, pks), file_values, old, file_values, target
     )
