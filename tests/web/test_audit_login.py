@@ -4,6 +4,7 @@ User Authentication messages (EventID 110114, EventTypeCode 110122 / 110123, out
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +14,7 @@ import httpx
 
 from minipacs.core.archive import Archive
 from minipacs.core.atna import audit_message
-from tests.web.test_auth import USERS
+from tests.web.test_auth import TOKENS, USERS
 
 SECRET_NAME = "typed-my-s3cret-as-name"
 
@@ -85,3 +86,41 @@ def test_logins_refusals_lockout_and_logout_are_audited(web: Callable[..., Any])
         assert by_action[("logout", 0, "ada")] == ("110114", "110123", "0", [("ada", "true"), ("MINIPACS", "false")])
 
     web(body, users=USERS, login_attempts=3, login_lockout_seconds=60)
+
+
+def test_refused_basic_and_bearer_credentials_are_audited_and_bounded(web: Callable[..., Any]) -> None:
+    """PS3.15 A.5.3 User Authentication: a wrong Basic password, an unknown Basic name (as its fingerprint),
+    unreadable Basic credentials and an unknown Bearer token each get a refused login row (outcome 4) with
+    the request it came with; accepted ones get none (a row per request proves nothing a login row does not).
+    Token and unreadable-credential refusals count towards the address's lockout like wrong passwords: past
+    ``login_attempts`` the address gets 429s and the trail one row for the lockout, not one per attempt."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        def basic(name: str, password: str) -> dict[str, str]:
+            token = base64.b64encode(f"{name}:{password}".encode()).decode()
+            return {"Authorization": f"Basic {token}"}
+
+        assert (await client.get("/api/studies", headers=basic("ada", "a-pass"))).status_code == 200
+        assert (await client.get("/api/studies", headers={"Authorization": "Bearer tok-123"})).status_code == 200
+        assert (await client.get("/api/studies", headers=basic("ada", "wrong-pw"))).status_code == 401
+        assert (await client.get("/api/stats", headers=basic(SECRET_NAME, "x"))).status_code == 401
+        assert (await client.get("/api/studies", headers={"Authorization": "Basic %%%"})).status_code == 401
+        assert (await client.get("/dicom-web/studies", headers={"Authorization": "Bearer guessed"})).status_code == 401
+        for _ in range(5):  # locked out now (login_attempts = 4): refused unseen, one row for the lockout
+            r = await client.get("/api/studies", headers={"Authorization": "Bearer guessed-again"})
+            assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+        rows = [r for r in await archive.audit.query() if r["action"] == "login"]
+        got = [(r["actor_kind"], r["actor"], r["outcome"], r["detail"]) for r in reversed(rows)]
+        assert got[:4] == [
+            ("user", "ada", 4, "refused: HTTP Basic credentials on GET /api/studies"),
+            ("user", got[1][1], 4, "refused: HTTP Basic credentials on GET /api/stats"),
+            ("user", "malformed Basic credentials", 4, "refused: HTTP Basic credentials on GET /api/studies"),
+            ("token", "unknown token", 4, "refused: HTTP Bearer credentials on GET /dicom-web/studies"),
+        ], got
+        assert got[1][1].startswith("unknown #")
+        assert len(got) == 5 and got[4][0] == "token" and got[4][3].startswith("refused: locked out for 60 s")
+        text = json.dumps([{**r, "time": ""} for r in rows])
+        for secret in ("a-pass", "wrong-pw", "s3cret", "guessed", "tok-123"):
+            assert secret not in text
+
+    web(body, users=USERS, tokens=TOKENS, login_attempts=4, login_lockout_seconds=60)

@@ -19,7 +19,7 @@ import logging
 import math
 import secrets
 from collections.abc import Sequence
-from typing import Final, Literal, get_args
+from typing import Final, Literal, NamedTuple, get_args
 from urllib.parse import urlencode
 
 from starlette.requests import Request
@@ -27,6 +27,7 @@ from starlette.responses import RedirectResponse
 from starlette.types import Receive, Scope, Send
 
 from minipacs.config import Settings
+from minipacs.core.audit import Action, ActorKind, Outcome
 from minipacs.core.users import (
     ROLE_PERMISSIONS,
     ProvenPasswords,
@@ -93,6 +94,11 @@ class Authenticator:
             return f"user {name!r}"
         return f"an unknown user name (#{self.fingerprint(name)})"
 
+    def audit_name(self, name: str) -> str:
+        """The user name as the audit trail keeps it: a configured name as it is; anything else (a password
+        typed into the name field, say) only as the log's keyed fingerprint."""
+        return name if name in self.users else f"unknown #{self.fingerprint(name)}"
+
     def fingerprint(self, name: str) -> str:
         """A keyed hash of ``name`` (the key lives as long as the process): tells repeats apart, not the name."""
         return hmac.new(self._key, name.encode(), hashlib.sha256).hexdigest()[:8]
@@ -115,24 +121,47 @@ class Authenticator:
         self.throttle.failed(address, name, self.shown(name))
         return None
 
-    async def role_of(self, authorization: str, address: str = "?") -> tuple[Role | None, str]:
-        """The role the Authorization header proves, and who (for the log); None: not proven.
-        LockedOut: too many failed logins from ``address`` or for the name."""
+    async def role_of(self, authorization: str, address: str = "?") -> Credentials:
+        """The role the Authorization header proves, and who (for the log and the audit trail); role
+        None: not proven. LockedOut: too many failed logins from ``address`` or for the name.
+
+        Refused Bearer tokens and malformed Basic credentials count as failed logins of the address
+        (web/throttle.py) like wrong passwords: they cost a guesser nothing else, and each refusal
+        gets an audit row (:func:`authorize`), so without the lockout their number would be unbounded."""
         scheme, _, value = authorization.partition(" ")
         scheme = scheme.lower()
         if scheme == "basic":
             try:
                 name, _, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
             except (binascii.Error, UnicodeDecodeError):
-                return None, "malformed Basic credentials"
+                self._refused(address)
+                return Credentials(None, "malformed Basic credentials", "malformed Basic credentials", "user")
             role = await self.check_password(name, password, address)
-            return role, name if role is not None else self.shown(name)
+            return Credentials(role, name if role is not None else self.shown(name), self.audit_name(name), "user")
         if scheme == "bearer":
             token = self.tokens.get(hash_token(value.strip()))
             if token is not None:
-                return token.role, f"token {token.name}"
-            return None, "an unknown token"
-        return None, "no credentials"
+                return Credentials(token.role, f"token {token.name}", token.name, "token")
+            self._refused(address)
+            return Credentials(None, "an unknown token", "unknown token", "token")
+        return Credentials(None, "no credentials", "", "")
+
+    def _refused(self, address: str) -> None:
+        """A failed login of ``address`` with no user name (a token, unreadable credentials); LockedOut
+        while the address is locked out."""
+        locked = self.throttle.locked(address, None)
+        if locked:
+            raise LockedOut(locked)
+        self.throttle.failed(address, None, f"address {address}")
+
+
+class Credentials(NamedTuple):
+    """What an Authorization header proved (:meth:`Authenticator.role_of`)."""
+
+    role: Role | None  # None: not proven
+    who: str  # for the log: never a password, an unknown name only as its fingerprint
+    actor: str  # for the audit trail (core/audit.py): a user or token name, "unknown #fingerprint"
+    kind: str  # "user" (Basic), "token" (Bearer), "" (none)
 
 
 #: The login page (web/login.py).
@@ -141,6 +170,20 @@ LOGIN_PATH: Final = "/ui/login"
 #: What a route may need: "public" needs no credentials; the others are role permissions (core/users.py).
 Permission = Literal["public", "read", "write", "admin"]
 PERMISSIONS: Final = frozenset(get_args(Permission))
+
+
+def _audit_refusal(scope: Scope, refused: Credentials, address: str, what: str) -> None:
+    """A refused User Authentication (PS3.15 A.5.3, docs/AUDIT.md): outcome 4, never the password."""
+    kind = ActorKind.TOKEN if refused.kind == "token" else ActorKind.USER
+    detail = f"refused: {what} on {scope['method']} {scope['path'][:200]}"
+    scope["app"].state.ctx.archive.audit.record(
+        Action.LOGIN,
+        actor_kind=kind,
+        actor=refused.actor,
+        address=address,
+        detail=detail,
+        outcome=Outcome.MINOR_FAILURE,
+    )
 
 
 def session_of(scope: Scope) -> Session | None:
@@ -193,9 +236,21 @@ async def authorize(scope: Scope, receive: Receive, send: Send, needed: Permissi
         if session is not None:
             role, who = session.role, session.user
         else:
-            role, who = await auth.role_of(authorization, client[0])
+            proven = await auth.role_of(authorization, client[0])
+            role, who = proven.role, proven.who
+            if role is None and proven.kind:
+                _audit_refusal(scope, proven, client[0], f"HTTP {authorization.split(' ', 1)[0][:16]} credentials")
     except LockedOut as exc:
         log.warning("HTTP 429: %s %s from %s: %s", method, path, client[0], exc)
+        if authorization and auth.throttle.first_refusal(client[0], None):  # once a lockout (login.py too)
+            refused = Credentials(None, "", "", "token" if authorization.lower().startswith("bearer") else "user")
+            _audit_refusal(
+                scope,
+                refused,
+                client[0],
+                f"locked out for {exc.seconds} s after too many failed logins (login_attempts); "
+                "further attempts refused by this lockout are not recorded",
+            )
         response = error_response(429, "too_many_attempts", str(exc))
         response.headers["Retry-After"] = str(exc.seconds)
         await response(scope, receive, send)

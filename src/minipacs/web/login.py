@@ -91,12 +91,6 @@ def _audit(request: Request, action: Action, actor: str, detail: str, outcome: O
     )
 
 
-def _named(auth: Authenticator, name: str) -> str:
-    """The user name as the audit trail keeps it: a configured name as it is; anything else (a password
-    typed into the name field, say) only as the log's keyed fingerprint (web/auth.py ``shown``)."""
-    return name if name in auth.users else f"unknown #{auth.fingerprint(name)}"
-
-
 async def login_page(request: Request) -> Response:
     if _auth(request).open:  # no users configured: nobody logs in, everyone on this machine is admin
         return RedirectResponse("/ui/", status_code=303)
@@ -149,7 +143,7 @@ async def login(request: Request) -> Response:
             _audit(
                 request,
                 Action.LOGIN,
-                _named(auth, name),
+                auth.audit_name(name),
                 f"refused: locked out for {exc.seconds} s after too many failed logins (login_attempts); "
                 "further attempts refused by this lockout are not recorded",
                 Outcome.MINOR_FAILURE,
@@ -163,7 +157,7 @@ async def login(request: Request) -> Response:
     if role is None:
         log.warning("login failed from %s: %s", client, auth.shown(name))
         why = "wrong password" if name in auth.users else "unknown user name"
-        _audit(request, Action.LOGIN, _named(auth, name), f"refused: {why}", Outcome.MINOR_FAILURE)
+        _audit(request, Action.LOGIN, auth.audit_name(name), f"refused: {why}", Outcome.MINOR_FAILURE)
         wrong = "the user name or password is wrong"
         if form:
             return _page(request, 401, f"Not logged in: {wrong}.", next_url=fields.get("next"))
