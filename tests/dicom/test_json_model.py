@@ -22,6 +22,7 @@ from pydicom.datadict import DicomDictionary
 from minipacs.core.errors import UnreadableInstance
 from minipacs.core.inflate import DEFAULT_LIMITS
 from minipacs.core.metadata import BULK_PREFIX, BULK_THRESHOLD, fast_text, model_text, nest_bulk_uris
+from minipacs.core.stored import read_open_header
 from minipacs.dicom.json_model import json_model
 
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -90,9 +91,11 @@ def part10(dataset: bytes, ts: str) -> tuple[bytes, int]:
 
 
 def reference(data: bytes) -> str | None:
-    """What core/metadata.py stores, built with pydicom; None when pydicom cannot build it."""
+    """What core/metadata.py stores, built with pydicom (read as core/stored.py reads a stored header,
+    which notes the pixel data element it stopped at); None when pydicom cannot build it."""
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        ds = read_open_header(io.BytesIO(data), DEFAULT_LIMITS)
+        assert ds is not None
         return model_text(ds, STUDY, SERIES, SOP)
     except (UnreadableInstance, Exception):  # noqa: BLE001 - any failure of the reference
         return None
@@ -308,21 +311,38 @@ def test_a_private_element_in_explicit_vr_is_covered() -> None:
     assert check(data, offset, EXPLICIT) == "same"
 
 
-def test_the_rows_rule_and_the_bulk_threshold() -> None:
+def test_the_pixel_data_element_and_the_bulk_threshold() -> None:
+    """The BulkDataURI of the pixel data names the element the header stops at: Pixel Data (OB when
+    encapsulated), Float Pixel Data (OF) or Double Float Pixel Data (OD) of a Parametric Map (PS3.3
+    C.7.6.24); a dataset with Rows and no pixel data gets none. It used to get a Pixel Data URI whenever
+    Rows was there: a 404 for a Parametric Map, whose own float pixel data went unlisted."""
     implicit = False
-    dataset = (
+    header = (
         element(0x00181638, "OF", b"\0" * 768, implicit=implicit)  # at the threshold: inline
         + element(0x00280010, "US", b"\x40\x00", implicit=implicit)
         + element(0x00281201, "OW", b"\0" * 770, implicit=implicit)  # past it: BulkDataURI
     )
-    data, offset = part10(dataset, JPEG_LOSSLESS)
-    text = fast(data, offset, JPEG_LOSSLESS)
-    assert text is not None
-    model = json.loads(text)
-    assert "InlineBinary" in model["00181638"]
-    assert model["00281201"] == {"vr": "OW", "BulkDataURI": f"{BASE}/bulkdata/00281201"}
-    assert model["7FE00010"] == {"vr": "OB", "BulkDataURI": f"{BASE}/bulkdata/7FE00010"}
-    assert text == reference(data)
+    cases = [
+        (b"", JPEG_LOSSLESS, None),
+        (element(0x7FE00010, "OB", b"\0" * 8, implicit=implicit), JPEG_LOSSLESS, ("7FE00010", "OB")),
+        (element(0x7FE00010, "OW", b"\0" * 8, implicit=implicit), EXPLICIT, ("7FE00010", "OW")),
+        (element(0x7FE00008, "OF", b"\0" * 8, implicit=implicit), EXPLICIT, ("7FE00008", "OF")),
+        (element(0x7FE00009, "OD", b"\0" * 8, implicit=implicit), EXPLICIT, ("7FE00009", "OD")),
+    ]
+    for pixels, ts, expected in cases:
+        data, offset = part10(header + pixels, ts)
+        text = fast(data, offset, ts)
+        assert text is not None
+        model = json.loads(text)
+        assert "InlineBinary" in model["00181638"]
+        assert model["00281201"] == {"vr": "OW", "BulkDataURI": f"{BASE}/bulkdata/00281201"}
+        pixel_keys = sorted(k for k in model if k.startswith("7FE0"))
+        if expected is None:
+            assert pixel_keys == [], model
+        else:
+            tag, vr = expected
+            assert pixel_keys == [tag] and model[tag] == {"vr": vr, "BulkDataURI": f"{BASE}/bulkdata/{tag}"}
+        assert text == reference(data)
 
 
 def _strict(text: str) -> dict[str, object]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydicom.uid import generate_uid
 
 from minipacs.core.archive import Archive
 from minipacs.web.accept import FRAME_MEDIA_TYPES
@@ -444,5 +445,49 @@ def test_an_invalid_integer_string_does_not_fail_the_studys_metadata(web: Callab
         error = r.json()["error"]
         assert error["code"] == "unreadable_instance"
         assert "Number of Frames (0028,0008) is '1A'" in error["message"]
+
+    web(body)
+
+
+def test_float_pixel_data_has_its_own_bulkdata_uri_and_rows_alone_none(web: Callable[..., Any]) -> None:
+    """PS3.18 F.2.6 / PS3.3 C.7.6.24: a Parametric Map's Float Pixel Data (7FE0,0008) is listed with a
+    BulkDataURI that serves its bytes; no Pixel Data (7FE0,0010) URI is made up for it, nor for an instance
+    with Rows and no pixel data at all (both used to get a 7FE00010 URI that answered 404)."""
+    import numpy as np
+    import pydicom
+
+    study = generate_uid()
+    floats = np.arange(16, dtype="<f4").reshape(4, 4)
+
+    def instance(pixels: str) -> bytes:
+        ds = pydicom.dcmread(io.BytesIO(part10(study_uid=study)))
+        del ds.PixelData
+        ds.Rows = ds.Columns = 4
+        ds.SamplesPerPixel = 1
+        for keyword in ("BitsStored", "HighBit", "PixelRepresentation"):
+            if keyword in ds:
+                delattr(ds, keyword)
+        ds.BitsAllocated = 32
+        if pixels == "float":
+            ds.FloatPixelData = floats.tobytes()
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        return out.getvalue()
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        r = await stow(client, instance("float"), instance("none"))
+        assert r.status_code == 200, r.text
+        models = (await client.get(f"/dicom-web/studies/{study}/metadata")).json()
+        assert len(models) == 2
+        with_floats = [m for m in models if "7FE00008" in m]
+        assert len(with_floats) == 1 and all("7FE00010" not in m for m in models), models
+        element = with_floats[0]["7FE00008"]
+        assert element["vr"] == "OF"
+        got = await client.get(
+            element["BulkDataURI"], headers={"Accept": "multipart/related; type=application/octet-stream"}
+        )
+        assert got.status_code == 200, got.text
+        [part] = _parts(got)
+        assert part.body == floats.tobytes()
 
     web(body)

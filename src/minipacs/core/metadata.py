@@ -30,9 +30,9 @@ from minipacs.core.archive import Archive
 from minipacs.core.errors import NotFound, UnreadableInstance
 from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits
 from minipacs.core.model import StoreOutcome, StoreStatus
-from minipacs.core.stored import quiet_pydicom, read_blob_header, read_stored
+from minipacs.core.stored import pixel_tag_of, quiet_pydicom, read_blob_header, read_stored
 from minipacs.dicom.header import dataset_encoding
-from minipacs.dicom.json_model import json_model
+from minipacs.dicom.json_model import json_model, pixel_element
 from minipacs.dicom.part10 import NotPart10, dataset_offset_from, uid_value, walk_file_meta
 from minipacs.index import metadata_repo
 from minipacs.index.database import IndexConnection
@@ -192,11 +192,15 @@ def model_text(ds: Dataset, study: str, series: str, sop: str) -> str:
     def bulk(elem: DataElement) -> str:
         return f"{base}/bulkdata/{elem.tag:08X}"
 
+    pixel_tag = pixel_tag_of(ds)
+    if pixel_tag is None:  # not read by core/stored.py: pixel data follows a header with Rows
+        pixel_tag = 0x7FE00010 if "Rows" in ds else 0
+
     def text(model: dict[str, Any]) -> str:
         nest_bulk_uris(model, base)
-        if "Rows" in ds and "7FE00010" not in model:  # pixel data follows the header we read
+        if pixel_tag and f"{pixel_tag:08X}" not in model:  # the pixel data that follows the header we read
             encapsulated = ds.file_meta.TransferSyntaxUID.is_compressed
-            model["7FE00010"] = {"vr": "OB" if encapsulated else "OW", "BulkDataURI": f"{base}/bulkdata/7FE00010"}
+            model[f"{pixel_tag:08X}"] = pixel_element(pixel_tag, encapsulated, f"{base}/bulkdata/{pixel_tag:08X}")
         return json.dumps(model, separators=(",", ":"), allow_nan=False)
 
     with quiet_pydicom() as captured:

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import Any, BinaryIO, Final, TypeVar
 
 import pydicom
 from pydicom.dataset import Dataset, FileDataset
@@ -42,6 +42,7 @@ from minipacs.dicom.part10 import (
 )
 from minipacs.dicom.uids import TransferSyntax
 
+D = TypeVar("D", bound=Dataset)
 _MAX_META = 64 * 1024  # a File Meta Information group longer than this is not read
 
 
@@ -188,14 +189,31 @@ def read_open_header(fp: BinaryIO, limits: DatasetLimits, specific_tags: list[An
     if encoding.deflated:
         return None
     fp.seek(offset)
-    _walk(fp, size, encoding, limits, stop_at_pixels=True)
+    pixel_tag = _walk(fp, size, encoding, limits, stop_at_pixels=True)
     fp.seek(0)
-    return pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=specific_tags)
+    return _stopped_at(pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=specific_tags), pixel_tag)
 
 
-def _walk(fp: BinaryIO, size: int, encoding: TransferSyntax, limits: DatasetLimits, *, stop_at_pixels: bool) -> None:
-    """core/structure.py's walk of the dataset from ``fp``'s position, within ``limits``."""
-    check_structure(
+#: The attribute of a header read without its pixel data that says where the reading stopped.
+_PIXEL_TAG: Final = "_minipacs_pixel_tag"
+
+
+def _stopped_at(ds: D, pixel_tag: int) -> D:
+    object.__setattr__(ds, _PIXEL_TAG, pixel_tag)
+    return ds
+
+
+def pixel_tag_of(ds: Dataset) -> int | None:
+    """The top-level pixel data element (Pixel Data, Float or Double Float Pixel Data) a header read here
+    without its pixel data stopped at; 0: the dataset has none; None: not read that way here."""
+    tag = getattr(ds, _PIXEL_TAG, None)
+    return tag if isinstance(tag, int) else None
+
+
+def _walk(fp: BinaryIO, size: int, encoding: TransferSyntax, limits: DatasetLimits, *, stop_at_pixels: bool) -> int:
+    """core/structure.py's walk of the dataset from ``fp``'s position, within ``limits``; the pixel
+    data tag it stopped at (``stop_at_pixels``), else 0."""
+    return check_structure(
         fp,
         size,
         implicit=encoding.implicit_vr,
@@ -213,10 +231,11 @@ def _read(path: Path, limits: DatasetLimits, stop_before_pixels: bool, specific_
         with open(path, "rb") as fp:
             size = os.fstat(fp.fileno()).st_size
             fp.seek(offset)
-            _walk(fp, size, encoding, limits, stop_at_pixels=stop_before_pixels)
-        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags)
+            pixel_tag = _walk(fp, size, encoding, limits, stop_at_pixels=stop_before_pixels)
+        read = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags)
+        return _stopped_at(read, pixel_tag) if stop_before_pixels else read
     data = inflated(path, offset, limits)
-    check_structure(
+    pixel_tag = check_structure(
         io.BytesIO(data),
         len(data),
         implicit=False,
@@ -235,7 +254,7 @@ def _read(path: Path, limits: DatasetLimits, stop_before_pixels: bool, specific_
     )
     ds = FileDataset(str(path), dataset, preamble, meta, is_implicit_VR=False, is_little_endian=True)
     ds.set_original_encoding(False, True, dataset._character_set)
-    return ds
+    return _stopped_at(ds, pixel_tag) if stop_before_pixels else ds
 
 
-__all__ = ["quiet_pydicom", "read_blob_header", "read_open_header", "read_part10_bytes", "read_stored"]
+__all__ = ["pixel_tag_of", "quiet_pydicom", "read_blob_header", "read_open_header", "read_part10_bytes", "read_stored"]

@@ -67,10 +67,11 @@ def _known_vr(tag: int) -> str:
 
 def check_structure(
     fp: BinaryIO, end: int, *, implicit: bool, little_endian: bool, max_depth: int, stop_at_pixels: bool = False
-) -> None:
+) -> int:
     """Walk the dataset from ``fp``'s position to ``end``; raise MalformedDataset when it is broken.
 
-    ``stop_at_pixels``: stop at top-level (pixel) data, as ``dcmread(stop_before_pixels=True)`` does.
+    ``stop_at_pixels``: stop at top-level (pixel) data, as ``dcmread(stop_before_pixels=True)`` does,
+    and return its tag (Pixel Data, Float or Double Float Pixel Data); 0 when the walk reached the end.
     """
     order = "<" if little_endian else ">"
     tag_struct, u16, u32 = struct.Struct(order + "HH"), struct.Struct(order + "H"), struct.Struct(order + "I")
@@ -94,7 +95,7 @@ def check_structure(
             continue
         if pos + 8 > frame.limit:
             if len(stack) == 1:
-                return  # fewer than 8 bytes of padding after the last element: pydicom ignores them too
+                return 0  # fewer than 8 bytes of padding after the last element: pydicom ignores them too
             what = "sequence" if frame.sequence else "item"
             raise MalformedDataset(
                 f"an undefined-length {what} runs past the end of what contains it (its delimitation item is missing)"
@@ -139,7 +140,7 @@ def check_structure(
         if tag in (_ITEM, _ITEM_DELIMITATION, _SEQUENCE_DELIMITATION):
             raise MalformedDataset(f"found the item tag {_tag_text(tag)} where a data element belongs")
         if stop_at_pixels and len(stack) == 1 and tag in PIXEL_TAGS:
-            return
+            return int(tag)
         vr = b""
         if frame.implicit:
             length, start = item_length, pos + 8
@@ -175,6 +176,7 @@ def check_structure(
         if depth > max_depth and not child.fragments:
             raise MalformedDataset(f"sequences are nested more than {max_depth} levels deep (max_sequence_depth)")
         stack.append(child)
+    return 0
 
 
 # ---------------------------------------------------------------------------- the ingest walk

@@ -47,7 +47,6 @@ _ITEM_END: Final = 0xFFFEE00D
 _SEQUENCE_END: Final = 0xFFFEE0DD
 _PIXEL_TAGS: Final = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 _CHARSET_TAG: Final = 0x00080005
-_ROWS_TAG: Final = 0x00280010
 _LONG_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
 _BINARY_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
 _NUMBER_FORMATS: Final = {"FL": "f", "FD": "d", "SL": "l", "SS": "h", "SV": "q", "UL": "L", "US": "H", "UV": "Q"}
@@ -167,8 +166,8 @@ class _Walk:
         self.bulk = bulk
         self.bulk_threshold = bulk_threshold
 
-    def dataset(self, pos: int, end: int, *, top: bool, in_item: bool) -> tuple[dict[str, Any], int, bool]:
-        """(model, position after it, whether it stopped at pixel data) of the elements from ``pos``
+    def dataset(self, pos: int, end: int, *, top: bool, in_item: bool) -> tuple[dict[str, Any], int, int]:
+        """(model, position after it, the pixel data tag it stopped at or 0) of the elements from ``pos``
         to ``end`` (or to an item delimiter when ``in_item`` and the item has an undefined length)."""
         data = self.data
         model: dict[str, Any] = {}
@@ -185,9 +184,9 @@ class _Walk:
             if tag == _ITEM_END:
                 if not in_item or _U32(data, pos + 4)[0] != 0:
                     raise _GiveUp
-                return model, pos + 8, False
+                return model, pos + 8, 0
             if top and tag in _PIXEL_TAGS:
-                return model, pos, True
+                return model, pos, tag
             if tag <= previous or group in (0x0000, 0x0002, 0xFFFE) or element == 0:
                 raise _GiveUp
             previous = tag
@@ -220,7 +219,7 @@ class _Walk:
             pos += length
         if in_item:  # an undefined-length item without its delimiter: a reader may go on looking for it
             raise _GiveUp
-        return model, pos, False
+        return model, pos, 0
 
     def sequence(self, pos: int, length: int, end: int) -> tuple[list[dict[str, Any]], int]:
         self.depth += 1
@@ -282,21 +281,29 @@ def json_model(
 ) -> dict[str, Any] | None:
     """The PS3.18 JSON model of the little-endian dataset at ``dataset_offset`` of ``data`` up to its
     pixel data, as ``core/metadata.py`` builds it with pydicom: ``bulk(tag)`` gives a BulkDataURI,
-    binary values longer than pydicom's reading of ``bulk_threshold`` get one, and a dataset with
-    Rows gets a Pixel Data BulkDataURI (OB when ``encapsulated``, else OW). Sequences nested deeper
-    than ``max_depth`` are not covered (the readers refuse them, core/inflate.py). ``whole=False``: ``data``
+    binary values longer than pydicom's reading of ``bulk_threshold`` get one. Sequences nested deeper
+    than ``max_depth`` are not covered (the readers refuse them, core/inflate.py). The pixel data element
+    the walk stops at (Pixel Data, Float or Double Float Pixel Data) gets its BulkDataURI; a dataset
+    without one gets none, Rows or not. ``whole=False``: ``data``
     is only the start of the file, so the walk must reach pixel data within it. None: not covered
     here (see the module docstring), or ``data`` ends before the walk reached what it needs."""
     walk = _Walk(data, implicit_vr, bulk, bulk_threshold, max_depth)
     try:
-        model, _, at_pixels = walk.dataset(dataset_offset, len(data), top=True, in_item=False)
+        model, _, pixel_tag = walk.dataset(dataset_offset, len(data), top=True, in_item=False)
     except (_GiveUp, struct.error, UnicodeDecodeError, ValueError):
         return None
-    if not whole and not at_pixels:
+    if not whole and not pixel_tag:
         return None
-    if f"{_ROWS_TAG:08X}" in model and "7FE00010" not in model:
-        model["7FE00010"] = {"vr": "OB" if encapsulated else "OW", "BulkDataURI": bulk(0x7FE00010)}
+    if pixel_tag:
+        model[f"{pixel_tag:08X}"] = pixel_element(pixel_tag, encapsulated, bulk(pixel_tag))
     return model
 
 
-__all__ = ["ASCII_CHARSETS", "json_model"]
+def pixel_element(tag: int, encapsulated: bool, uri: str) -> dict[str, Any]:
+    """The PS3.18 JSON of the top-level pixel data element ``tag`` the header stopped at: Float (OF) or
+    Double Float (OD) Pixel Data (PS3.3 C.7.6.24), or Pixel Data, OB when ``encapsulated``, else OW."""
+    vr = {0x7FE00008: "OF", 0x7FE00009: "OD"}.get(tag, "OB" if encapsulated else "OW")
+    return {"vr": vr, "BulkDataURI": uri}
+
+
+__all__ = ["ASCII_CHARSETS", "json_model", "pixel_element"]
