@@ -491,3 +491,43 @@ def test_float_pixel_data_has_its_own_bulkdata_uri_and_rows_alone_none(web: Call
         assert part.body == floats.tobytes()
 
     web(body)
+
+
+def test_a_default_that_cannot_be_decoded_goes_as_stored_and_a_named_syntax_is_406(
+    web: Callable[..., Any], tmp_path: Path
+) -> None:
+    """JPEG-LS lossless must be decompressed for the Default (PS3.18 8.7.3.4); when its stream is damaged
+    the instance goes as stored (better than nothing), while a client that named Explicit VR Little
+    Endian gets the 406 that says how to get it as stored -- in WADO-RS and WADO-URI alike."""
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    from minipacs.core.model import Origin
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        path, ds = fresh_copy("jpeg_ls", tmp_path / "src")
+        ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7 not a JPEG-LS stream \xff\xd9"])
+        ds.save_as(path, enforce_file_format=True)
+        await archive.import_file(path, Origin("import"))
+        url = f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+        r = await client.get(url)
+        assert r.status_code == 200, r.text
+        [part] = _parts(r)
+        assert pydicom.dcmread(io.BytesIO(part.body)).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+        named = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'
+        r = await client.get(url, headers={"Accept": named})
+        assert r.status_code == 406 and "transfer-syntax=*" in r.text
+        params = {
+            "requestType": "WADO",
+            "studyUID": str(ds.StudyInstanceUID),
+            "seriesUID": str(ds.SeriesInstanceUID),
+            "objectUID": str(ds.SOPInstanceUID),
+            "contentType": "application/dicom",
+        }
+        r = await client.get("/dicom-web/wado", params=params)
+        assert r.status_code == 200
+        assert pydicom.dcmread(io.BytesIO(r.content)).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+        r = await client.get("/dicom-web/wado", params={**params, "transferSyntax": "1.2.840.10008.1.2.1"})
+        assert r.status_code == 406 and "transferSyntax=1.2.840.10008.1.2.4.80" in r.text
+
+    web(body)

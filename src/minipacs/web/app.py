@@ -25,6 +25,7 @@ from minipacs.web import (
     rest_storage,
     rest_worklist,
     ui,
+    wado_uri,
 )
 from minipacs.web.auth import Authenticator
 from minipacs.web.errors import exception_handlers
@@ -53,8 +54,8 @@ def create_app(ctx: AppContext) -> Starlette:
         *rest_metrics.routes(),
         Mount("/ui", routes=[*audit.ui_routes(), *ui.routes()], name="ui"),
         Endpoint("/dicom-web", dicomweb.capabilities, "OPTIONS", "read", "Retrieve Capabilities (PS3.18 8.9)"),
-        Endpoint("/dicom-web/wado", dicomweb.wado_uri, "GET", "read", "WADO-URI (requestType=WADO)"),
-        Endpoint("/wado", dicomweb.wado_uri, "GET", "read", "WADO-URI (requestType=WADO)"),
+        Endpoint("/dicom-web/wado", wado_uri.wado_uri, "GET", "read", "WADO-URI (requestType=WADO)"),
+        Endpoint("/wado", wado_uri.wado_uri, "GET", "read", "WADO-URI (requestType=WADO)"),
         Mount("/dicom-web", routes=dicomweb.routes(), name="dicomweb"),
         Mount(
             "/api",

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from contextlib import aclosing
@@ -18,7 +16,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from minipacs.blobs.base import BlobError
 from minipacs.core.audit import Action
 from minipacs.core.errors import (
     ArchiveError,
@@ -35,12 +32,10 @@ from minipacs.core.paths import validate_uid
 from minipacs.core.retrieve import StoredInstance, select_instances
 from minipacs.core.transcode import (
     TranscodeError,
-    can_transcode,
     transcode_part10,
 )
 from minipacs.dicom.header import InstanceHeader
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
-from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from minipacs.web import audit
 from minipacs.web import capabilities as capabilities_description
 from minipacs.web.accept import (
@@ -49,7 +44,6 @@ from minipacs.web.accept import (
     DICOM_JSON,
     DICOM_XML,
     accepted,
-    default_syntax,
     instance_syntax,
     metadata_media_type,
     parse_accept,
@@ -66,29 +60,24 @@ from minipacs.web.errors import HttpError
 from minipacs.web.intake import Intake, Screen, receive_multipart
 from minipacs.web.native_model import xml_response
 from minipacs.web.render import (
-    DEFAULT_FORMAT,
-    FORMATS,
     RenderOptions,
-    Viewport,
     choose_format,
     parse_quality,
-    parse_side,
     parse_viewport,
     parse_window,
     render,
 )
 from minipacs.web.routing import Endpoint
-from minipacs.web.search import ascii_digits, page_size, qido_defaults, search, to_json
+from minipacs.web.search import page_size, qido_defaults, search, to_json
 from minipacs.web.transfer import (
     OutPart,
     boundary_of,
-    file_response,
     insufficient_storage,
     multipart_response,
     new_boundary,
     stored_part,
 )
-from minipacs.web.types import AppContext
+from minipacs.web.types import ctx
 from minipacs.web.workers import RenderPool
 
 log = logging.getLogger(__name__)
@@ -109,11 +98,6 @@ FAILURE_REASONS: Final[Mapping[type[ArchiveError], int]] = {
 }
 PROCESSING_FAILURE: Final = 0x0110  # PS3.4 Annex B: Processing failure
 SOP_CLASS_NOT_SUPPORTED: Final = 0xC000  # PS3.18 Table 10.5.3-1: not a DICOM instance we can read
-
-
-def ctx(request: Request) -> AppContext:
-    context: AppContext = request.app.state.ctx
-    return context
 
 
 def uids(request: Request) -> dict[str, str]:
@@ -299,8 +283,15 @@ async def retrieve(request: Request) -> Response:
         try:
             data = await pool.run(on_file, found[0], transcode_part10, targets[0], limits, what="transcoding")
         except TranscodeError as exc:
-            raise HttpError(406, "cannot_transcode", f"{exc}; ask for transfer-syntax=* to get it as stored") from None
-        parts = [OutPart(parts[0].content_type, produce=lambda: data, label=parts[0].label)]
+            if any(r.transfer_syntax for r in ranges):  # a syntax asked for by name: say it cannot be made
+                raise HttpError(
+                    406, "cannot_transcode", f"{exc}; ask for transfer-syntax=* to get it as stored"
+                ) from None
+            # the Default could not be made (a damaged compressed stream): as stored beats nothing
+            log.warning("WADO-RS: %s cannot be decoded (%s); sent as stored", found[0].sop_instance_uid, exc)
+            parts = [stored_part(found[0])]
+        else:
+            parts = [OutPart(parts[0].content_type, produce=lambda: data, label=parts[0].label)]
     elif any(part.produce is not None for part in parts):
         pool.check("transcoding")  # 503 now rather than a response that stalls part-way
     return await multipart_response(parts, new_boundary(), DICOM, functools.partial(warning, request))
@@ -399,143 +390,6 @@ async def thumbnail(request: Request) -> Response:
     all four); for frames, the first one listed."""
     frame = request.path_params.get("frames")
     return await _render(request, True, frame_numbers(frame)[0] if frame else 1)
-
-
-# ------------------------------------------------------------------ WADO-URI (PS3.18 §9)
-
-
-async def wado_uri(request: Request) -> Response:
-    params = request.query_params
-    if params.get("requestType") != "WADO":
-        raise HttpError(400, "invalid_request_type", "WADO-URI needs requestType=WADO")
-    keys = {
-        "StudyInstanceUID": params.get("studyUID", ""),
-        "SeriesInstanceUID": params.get("seriesUID", ""),
-        "SOPInstanceUID": params.get("objectUID", ""),
-    }
-    for keyword, value in keys.items():
-        validate_uid(keyword, value)
-    content_type = _wado_uri_content_type(params.get("contentType", ""))
-    _wado_uri_checks(params, content_type)
-    found = [i for i in await select_instances(ctx(request).archive, "IMAGE", keys) if not i.problem]
-    if found:
-        audit.record(request, Action.VIEWED, study_uid=found[0].study_instance_uid, detail="WADO-URI")
-    if not found:
-        raise HttpError(404, "not_found", f"SOP Instance {keys['SOPInstanceUID']} is not in the archive")
-    if content_type == "application/dicom":
-        stored = found[0].transfer_syntax_uid
-        wanted = params.get("transferSyntax", "") or default_syntax(stored)  # PS3.18 8.2.11 / 8.7.3.4
-        if wanted and wanted != stored:  # WADO-URI transferSyntax parameter: transcode, never compress
-            if wanted != EXPLICIT_VR_LITTLE_ENDIAN or not can_transcode(stored, wanted):
-                raise HttpError(
-                    406,
-                    "not_acceptable",
-                    f"the instance is stored in {stored} and cannot be converted "
-                    f"to {wanted[:64]}; leave transferSyntax out, or ask for 1.2.840.10008.1.2.1",
-                )
-            try:
-                data = await ctx(request).renders.run(
-                    on_file,
-                    found[0],
-                    transcode_part10,
-                    wanted,
-                    ctx(request).archive.settings.dataset_limits,
-                    what="transcoding",
-                )
-            except TranscodeError as exc:
-                raise HttpError(
-                    406, "cannot_transcode", f"{exc}; leave transferSyntax out to get it as stored"
-                ) from None
-            return Response(data, media_type="application/dicom")
-        try:
-            return await asyncio.to_thread(file_response, found[0], "application/dicom")
-        except (OSError, BlobError):
-            raise HttpError(
-                404,
-                "not_found",
-                f"the file of SOP Instance {keys['SOPInstanceUID']} is missing from "
-                "storage (it is indexed); see the server log",
-            ) from None
-    options = _wado_uri_options(params, content_type)
-    frame = params.get("frameNumber", "1")
-    if not ascii_digits(frame) or int(frame) < 1:
-        raise HttpError(400, "invalid_frames", "frameNumber must be a whole number from 1")
-    try:
-        data = await ctx(request).renders.run(
-            on_file, found[0], render, int(frame), options, ctx(request).archive.settings.dataset_limits
-        )
-    except HttpError as exc:  # PS3.18 §9.5.2.1: a frameNumber past the last frame is a 400 here
-        if exc.code != "no_such_frame":
-            raise
-        raise HttpError(400, "invalid_frames", exc.message) from None
-    return Response(data, media_type=content_type)
-
-
-_UID_SYNTAX: Final = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-
-
-def _wado_uri_checks(params: Any, content_type: str) -> None:
-    """PS3.18 §9.4.2.3: anonymize is "yes" or a 400 (and "yes" a refusal: we do not de-identify on the
-    fly); §9.4.2.4: transferSyntax is a valid UID (an unsupported one is a 406 later); §9.5.1.2.6: no
-    windowing parameters with contentType=application/dicom."""
-    anonymize = params.getlist("anonymize")
-    if anonymize and anonymize != ["yes"]:
-        raise HttpError(400, "invalid_anonymize", 'anonymize takes the one value "yes"')
-    if anonymize:
-        raise HttpError(
-            400,
-            "anonymize_not_supported",
-            "WADO-URI anonymize=yes is not supported: nothing is sent; de-identify the study with "
-            "POST /api/studies/{uid}/anonymize and retrieve the copy",
-        )
-    syntaxes = params.getlist("transferSyntax")
-    if syntaxes and (len(syntaxes) != 1 or len(syntaxes[0]) > 64 or not _UID_SYNTAX.match(syntaxes[0])):
-        raise HttpError(400, "invalid_transfer_syntax", "transferSyntax must be one Transfer Syntax UID")
-    if content_type == DICOM and ("windowCenter" in params or "windowWidth" in params):
-        raise HttpError(
-            400,
-            "invalid_window",
-            "windowCenter and windowWidth render an image: not with contentType=application/dicom",
-        )
-
-
-def _wado_uri_content_type(raw: str) -> str:
-    """``contentType`` (PS3.18 §9, the Accept Query Parameter of §8.3.3.1 under another name): the preferred
-    of application/dicom and the rendered formats, by q-value; absent, a wildcard or none of those:
-    image/jpeg, the Default (§8.3.3.1: the default media type when none acceptable is supported)."""
-    for r in parse_accept(raw):
-        if r.media_type == DICOM or r.media_type in FORMATS:
-            return r.media_type
-        if r.media_type in ("image/*", "*/*", ""):
-            break
-    return DEFAULT_FORMAT
-
-
-def _wado_uri_options(params: Any, content_type: str) -> RenderOptions:
-    """WADO-URI rendering parameters (PS3.18 §9): rows and columns (the most of each, aspect kept),
-    region (x1,y1,x2,y2 as fractions of the image), windowCenter with windowWidth, imageQuality."""
-    center, width = params.get("windowCenter"), params.get("windowWidth")
-    if (center is None) != (width is None):
-        raise HttpError(400, "invalid_window", "windowCenter and windowWidth go together: give both or neither")
-    window = parse_window(f"{center},{width}") if center is not None else None
-    sides = {name: parse_side(params[name], name) for name in ("rows", "columns") if params.get(name)}
-    region = None
-    if params.get("region") is not None:
-        try:
-            x1, y1, x2, y2 = (float(v) for v in params["region"].split(","))
-        except ValueError:
-            raise HttpError(400, "invalid_region", "region must be x1,y1,x2,y2 (fractions from 0.0 to 1.0)") from None
-        if not (0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1):
-            raise HttpError(
-                400, "invalid_region", "region must be x1,y1,x2,y2 with 0 <= x1 < x2 <= 1, 0 <= y1 < y2 <= 1"
-            )
-        region = (x1, y1, x2, y2)
-    viewport = None
-    if sides or region:
-        viewport = Viewport(sides.get("columns") or None, sides.get("rows") or None, region=region)
-    return RenderOptions(
-        mime=content_type, window=window, viewport=viewport, quality=parse_quality(params.get("imageQuality"))
-    )
 
 
 def _read_file(item: StoredInstance) -> Iterator[bytes]:
@@ -722,4 +576,4 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-__all__ = ["FAILURE_REASONS", "failure_reason", "routes", "wado_uri"]
+__all__ = ["FAILURE_REASONS", "failure_reason", "routes"]

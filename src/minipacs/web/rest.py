@@ -31,7 +31,7 @@ from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.services.job_kinds import node_json
 from minipacs.web import audit as audit_trail
 from minipacs.web import completion
-from minipacs.web.dicomweb import ctx, root_url
+from minipacs.web.dicomweb import root_url
 from minipacs.web.errors import HttpError, redact
 from minipacs.web.intake import Intake, body_pieces, receive_multipart, receive_single, spool_body
 from minipacs.web.jsonbody import read_object
@@ -45,6 +45,7 @@ from minipacs.web.transfer import (
     outcome_json,
     zip_stream,
 )
+from minipacs.web.types import ctx
 from minipacs.web.unzip import ZipLimits
 
 # URL level -> (query level, unique key, retrieve level, delete level), from dicom/levels.py

@@ -26,12 +26,12 @@ from minipacs.core.paths import validate_uid
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.index.anonymization_repo import list_mappings
 from minipacs.web.audit import actor_of
-from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
 from minipacs.web.jsonbody import read_json
 from minipacs.web.rest import requester
 from minipacs.web.routing import Endpoint
 from minipacs.web.search import ascii_digits
+from minipacs.web.types import ctx
 
 #: URL spelling -> level noun and the key its id is.
 RESOURCES: Final[dict[str, tuple[str, str]]] = {

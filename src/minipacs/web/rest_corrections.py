@@ -22,12 +22,12 @@ from minipacs.core.corrections import JOB_KIND, CorrectionResult, Corrections, l
 from minipacs.core.paths import validate_uid
 from minipacs.dicom.levels import LEVEL_SPELLINGS
 from minipacs.web.audit import actor_of
-from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
 from minipacs.web.jsonbody import read_object
 from minipacs.web.rest import LEVELS, path_id, requester
 from minipacs.web.routing import Endpoint
 from minipacs.web.search import ascii_digits
+from minipacs.web.types import ctx
 
 audit = logging.getLogger("minipacs.web.audit")
 

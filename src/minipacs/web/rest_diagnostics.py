@@ -26,11 +26,10 @@ from minipacs.core.diagnostics import analyse
 from minipacs.core.model import AssociationRecord
 from minipacs.core.nodes import calling_host_warning, registry_warnings
 from minipacs.services.doctor import Doctor, DoctorSettings, LogWatch, check_listener, check_nodes
-from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
 from minipacs.web.rest_nodes import _body, _outbound, _registry, _resolve, node_json
 from minipacs.web.routing import Endpoint
-from minipacs.web.types import AppContext
+from minipacs.web.types import AppContext, ctx
 
 #: Associations step 5 looks through for the images it asked for (the newest first).
 ARRIVALS_WINDOW = 200

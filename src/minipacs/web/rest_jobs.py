@@ -17,10 +17,10 @@ from minipacs.core.anonymize import job_record_for
 from minipacs.core.errors import NotFound
 from minipacs.core.jobs import MAX_LIST, InvalidJob, Job, JobQueue
 from minipacs.core.users import ROLE_PERMISSIONS, Role
-from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
 from minipacs.web.routing import Endpoint
 from minipacs.web.search import ascii_digits
+from minipacs.web.types import ctx
 
 DEFAULT_LIMIT = 100
 

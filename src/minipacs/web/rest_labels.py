@@ -14,8 +14,8 @@ from starlette.routing import BaseRoute
 
 from minipacs.core import labels
 from minipacs.core.paths import validate_uid
-from minipacs.web.dicomweb import ctx
 from minipacs.web.routing import Endpoint
+from minipacs.web.types import ctx
 
 
 def _study(request: Request) -> str:

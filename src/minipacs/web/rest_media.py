@@ -14,11 +14,11 @@ from minipacs.core.errors import NotFound
 from minipacs.core.media import build_media, safe_name
 from minipacs.core.retrieve import select_instances
 from minipacs.web import audit
-from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
 from minipacs.web.rest import LEVELS, path_id, path_level
 from minipacs.web.routing import Endpoint
 from minipacs.web.transfer import zip_entries
+from minipacs.web.types import ctx
 
 
 async def media(request: Request) -> Response:

@@ -43,12 +43,11 @@ from minipacs.services.outbound import (
 )
 from minipacs.services.status import FIND, describe
 from minipacs.web import audit
-from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
 from minipacs.web.jsonbody import read_object
 from minipacs.web.routing import Endpoint
 from minipacs.web.search import ascii_digits
-from minipacs.web.types import AppContext
+from minipacs.web.types import AppContext, ctx
 
 
 @dataclass(frozen=True)

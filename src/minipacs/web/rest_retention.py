@@ -12,10 +12,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from minipacs.core import retention
-from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
 from minipacs.web.rest_jobs import queue_of
 from minipacs.web.routing import Endpoint
+from minipacs.web.types import ctx
 
 
 def _rules(request: Request) -> list[retention.RetentionRule]:

@@ -20,9 +20,9 @@ from starlette.routing import BaseRoute
 from minipacs.core.paths import validate_uid
 from minipacs.core.routing import MAX_RECEIPTS, study_receipts, summarise
 from minipacs.core.rules import RuleBook
-from minipacs.web.dicomweb import ctx
 from minipacs.web.jsonbody import read_object
 from minipacs.web.routing import Endpoint
+from minipacs.web.types import ctx
 
 
 def book(request: Request) -> RuleBook:

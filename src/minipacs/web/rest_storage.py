@@ -20,11 +20,11 @@ from minipacs.core.compression_jobs import COMPRESS, describe, job_params
 from minipacs.core.errors import NotFound
 from minipacs.core.paths import validate_uid
 from minipacs.index import compression_repo
-from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
 from minipacs.web.jsonbody import read_object
 from minipacs.web.rest_jobs import queue_of
 from minipacs.web.routing import Endpoint
+from minipacs.web.types import ctx
 
 #: Most studies one compress request names.
 MAX_STUDIES = 500

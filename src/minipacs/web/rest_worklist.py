@@ -20,11 +20,11 @@ from starlette.routing import BaseRoute
 
 from minipacs.core.errors import NotFound
 from minipacs.core.worklist import Worklist, WorklistEntry, check_values
-from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError
 from minipacs.web.jsonbody import read_json
 from minipacs.web.routing import Endpoint
 from minipacs.web.search import ascii_digits
+from minipacs.web.types import ctx
 
 #: Largest worklist entry accepted, in bytes of JSON (an entry is a few kB).
 MAX_ENTRY_BYTES: Final = 1 << 20

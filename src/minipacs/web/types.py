@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from starlette.requests import Request
+
 from minipacs.config import Settings
 from minipacs.core.anonymize import Anonymizer
 from minipacs.core.archive import Archive
@@ -40,4 +42,10 @@ class AppContext:
         self.renders = RenderPool(self.settings.max_concurrent_renders, self.settings.render_queue)
 
 
-__all__ = ["AppContext"]
+def ctx(request: Request) -> AppContext:
+    """The application context a route runs with (web/app.py puts it on ``app.state``)."""
+    context: AppContext = request.app.state.ctx
+    return context
+
+
+__all__ = ["AppContext", "ctx"]

@@ -36,11 +36,11 @@ from minipacs.services import status
 from minipacs.services.status import Status
 from minipacs.web import audit, login
 from minipacs.web.completion import completed_studies
-from minipacs.web.dicomweb import ctx
 from minipacs.web.errors import HttpError, classify, redact
 from minipacs.web.pages import json_tag_rows, may, path_for, person, render, text
 from minipacs.web.routing import Endpoint, GuardedMount
 from minipacs.web.search import LABELS_PARAM, ascii_digits, search
+from minipacs.web.types import ctx
 from minipacs.web.ui_diagnostics import diagnostics_page
 from minipacs.web.ui_jobs import jobs_page
 from minipacs.web.ui_overview import overview_page

@@ -7,9 +7,9 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from minipacs.web.dicomweb import ctx
 from minipacs.web.pages import render
 from minipacs.web.rest_diagnostics import site_findings
+from minipacs.web.types import ctx
 
 
 async def diagnostics_page(request: Request) -> Response:

@@ -14,9 +14,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from minipacs.core.jobs import JobState
-from minipacs.web.dicomweb import ctx
 from minipacs.web.pages import render
 from minipacs.web.rest_jobs import record
+from minipacs.web.types import ctx
 
 #: Jobs the page shows (the newest).
 PAGE_SIZE: Final = 100

@@ -10,8 +10,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from minipacs.core.overview import overview
-from minipacs.web.dicomweb import ctx
 from minipacs.web.pages import render
+from minipacs.web.types import ctx
 
 
 def _refusals(request: Request) -> list[tuple[str, str, int]]:

@@ -19,8 +19,8 @@ from starlette.responses import Response
 
 from minipacs.core import retention
 from minipacs.core.compression import SYNTAXES, Compressor
-from minipacs.web.dicomweb import ctx
 from minipacs.web.pages import render
+from minipacs.web.types import ctx
 
 #: Studies of the dry run the Retention page lists (the counts and bytes cover all of them).
 PREVIEW_SHOWN: Final = 200

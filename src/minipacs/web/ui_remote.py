@@ -13,8 +13,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from minipacs.web.dicomweb import ctx
 from minipacs.web.pages import render
+from minipacs.web.types import ctx
 
 
 async def remote_page(request: Request) -> Response:

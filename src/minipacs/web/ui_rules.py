@@ -15,8 +15,8 @@ from starlette.responses import Response
 
 from minipacs.core.routing import STATUS_WORDS, study_receipts, summarise
 from minipacs.core.rules import RULE_KEYS, TRIGGERS, RuleBook
-from minipacs.web.dicomweb import ctx
 from minipacs.web.pages import render
+from minipacs.web.types import ctx
 
 #: Receipts not delivered that the study page lists one by one (the summary counts them all).
 STUDY_PAGE_PROBLEMS: Final = 50

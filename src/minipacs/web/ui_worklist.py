@@ -11,8 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from minipacs.core.worklist import Worklist
-from minipacs.web.dicomweb import ctx
 from minipacs.web.pages import date, render
+from minipacs.web.types import ctx
 
 
 def _when(start: str) -> str:
