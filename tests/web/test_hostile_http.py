@@ -13,6 +13,7 @@ import re
 import struct
 import tempfile
 import threading
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ from minipacs.web import dicomweb as dicomweb_module
 from minipacs.web import render as render_module
 from minipacs.web import transfer as transfer_module
 from minipacs.web import unzip as unzip_module
+from minipacs.web import wado_uri as wado_uri_module
 from minipacs.web.app import create_app
 from minipacs.web.throttle import LoginThrottle
 from minipacs.web.types import AppContext
@@ -402,7 +404,8 @@ def test_renders_at_max_concurrent_renders_and_render_queue(
             running[0] -= 1
         return b"\xff\xd8\xff\xd9"
 
-    monkeypatch.setattr(dicomweb_module, "render", slow_render)
+    for module in (dicomweb_module, wado_uri_module):  # WADO-RS rendered, WADO-URI
+        monkeypatch.setattr(module, "render", slow_render)
 
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
         await client.post(
@@ -411,8 +414,7 @@ def test_renders_at_max_concurrent_renders_and_render_queue(
             headers={"Content-Type": "application/dicom"},
         )
         first = [asyncio.create_task(client.get(url)) for _ in range(2)]
-        while client_pool(archive, client).admitted < 2:
-            await asyncio.sleep(0.01)
+        await admitted(archive, client, 2)
         r = await client.get(url)
         assert r.status_code == 503, r.text
         assert r.headers["Retry-After"] == "2" and "max_concurrent_renders" in r.json()["error"]["message"]
@@ -422,6 +424,14 @@ def test_renders_at_max_concurrent_renders_and_render_queue(
         assert (await client.get(url)).status_code == 200  # the pool is free again
 
     web(body, max_concurrent_renders=1, render_queue=1)
+
+
+async def admitted(archive: Archive, client: httpx.AsyncClient, n: int) -> None:
+    """Wait until the render pool has admitted ``n`` requests; fail, not hang, after 20 s."""
+    deadline = time.monotonic() + 20
+    while client_pool(archive, client).admitted < n:
+        assert time.monotonic() < deadline, f"the render pool never admitted {n} requests"
+        await asyncio.sleep(0.01)
 
 
 def client_pool(archive: Archive, client: httpx.AsyncClient) -> Any:
@@ -436,7 +446,8 @@ def test_transcoding_shares_the_render_pool(web: Callable[..., Any], monkeypatch
         release.wait(10)
         return b""
 
-    monkeypatch.setattr(dicomweb_module, "transcode_part10", slow_transcode)
+    for module in (dicomweb_module, wado_uri_module):
+        monkeypatch.setattr(module, "transcode_part10", slow_transcode)
     url = (
         f"/dicom-web/wado?requestType=WADO&studyUID={STUDY}&seriesUID={SERIES}&objectUID={SOP}"
         "&contentType=application/dicom&transferSyntax=1.2.840.10008.1.2.1"
@@ -447,8 +458,7 @@ def test_transcoding_shares_the_render_pool(web: Callable[..., Any], monkeypatch
         r = await client.post("/api/instances", content=implicit, headers={"Content-Type": "application/dicom"})
         assert r.status_code == 200, r.text
         first = asyncio.create_task(client.get(url))
-        while client_pool(archive, client).admitted < 1:
-            await asyncio.sleep(0.01)
+        await admitted(archive, client, 1)
         r = await client.get(url)
         assert r.status_code == 503 and "transcoding" in r.json()["error"]["message"], r.text
         release.set()
