@@ -7,6 +7,7 @@ import pytest
 from minipacs.web.accept import (
     DICOM_JSON,
     DICOM_XML,
+    REFUSED,
     FrameChoice,
     MediaRange,
     frame_choice,
@@ -37,6 +38,10 @@ RLE, JLS = "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.80"
         ('multipart/related; type="*"', [MediaRange("*/*")]),
         ("application/dicom; q=0.5, image/jpeg", [MediaRange("image/jpeg"), MediaRange("application/dicom", "", 0.5)]),
         ("image/png; q=0, image/jpeg", [MediaRange("image/jpeg")]),
+        # every range refused: one range that matches nothing (a 406), never "no Accept header"
+        ("image/png; q=0", [MediaRange(REFUSED)]),
+        ('multipart/related; type="application/dicom"; q=0, */*; q=0', [MediaRange(REFUSED)]),
+        ("", []),
         (
             'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1, multipart/related; '
             'type="application/dicom"; transfer-syntax=*',
@@ -74,6 +79,7 @@ def test_parse_accept(header: str, expected: list[MediaRange]) -> None:
         (f'multipart/related; type="application/dicom"; transfer-syntax={JPEG}', ELE, None),  # no compressing
         (f'multipart/related; type="application/dicom"; transfer-syntax={JPEG}', "1.2.3.4.private", None),
         ('multipart/related; type="application/octet-stream"', ELE, None),  # not a DICOM media type
+        ('multipart/related; type="application/dicom"; q=0', J2K, None),  # refused, not "no Accept"
     ],
 )
 def test_instance_syntax(accept: str, stored: str, expected: str | None) -> None:

@@ -82,13 +82,21 @@ def _split(text: str, sep: str) -> list[str]:
     return out
 
 
+#: The one range :func:`parse_accept` gives for a header whose every range has q=0: it matches no media
+#: type, so a resource answers 406 (RFC 9110 12.5.1: q=0 means "not acceptable"), as it would for a
+#: header naming only types it does not make, and never as for a request without an Accept header.
+REFUSED: Final = "!refused"
+
+
 def parse_accept(header: str) -> list[MediaRange]:
-    """The media ranges of an Accept header (RFC 9110 §12.5.1), best first; q=0 ones dropped.
+    """The media ranges of an Accept header (RFC 9110 §12.5.1), best first; q=0 ones dropped, and a
+    header that names ranges all of q=0 is ``[MediaRange(REFUSED)]``, not ``[]`` (no header).
 
     ``multipart/related; type="X"; transfer-syntax=Y`` becomes ``MediaRange("X", "Y")``;
     a bare ``multipart/related`` has media type ``""`` (the resource's default).
     """
     ranges: list[MediaRange] = []
+    refused = False
     for item in _split(header, ","):
         fields = _split(item, ";")
         media = fields[0].strip().lower()
@@ -105,12 +113,15 @@ def parse_accept(header: str) -> list[MediaRange]:
         if not math.isfinite(q):
             q = 1.0
         if q <= 0:
+            refused = True
             continue
         part = params.get("type", "").lower() if media == "multipart/related" else media
         if media == "multipart/*" or part == "*":
             part = ANY
         part = ALIASES.get(part, part)
         ranges.append(MediaRange(part, params.get("transfer-syntax", ""), q, media.startswith("multipart/")))
+    if refused and not ranges:
+        return [MediaRange(REFUSED)]
     return sorted(ranges, key=lambda r: -r.q)
 
 
@@ -271,6 +282,7 @@ __all__ = [
     "FRAME_MEDIA_TYPES",
     "FrameChoice",
     "MediaRange",
+    "REFUSED",
     "frame_choice",
     "frame_choices_text",
     "NOT_FOR_THE_WEB",

@@ -163,8 +163,8 @@ def dicomweb_routes(request: Request) -> list[tuple[str, Endpoint]]:
 
 def negotiate(accept: str) -> str:
     """The media type of the answer to ``Accept: accept``: WADL, or 406 (PS3.18 8.9.2, 8.9.4)."""
-    named = any(item.split(";", 1)[0].strip() for item in accept.split(","))  # q=0 ones too: refusals
-    if named and not any(r.media_type in WADL_RANGES for r in parse_accept(accept)):
+    ranges = parse_accept(accept)  # a header of q=0 ranges only is one REFUSED range, not none
+    if ranges and not any(r.media_type in WADL_RANGES for r in ranges):
         raise HttpError(
             406,
             "not_acceptable",
