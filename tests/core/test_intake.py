@@ -20,10 +20,13 @@ from sqlalchemy import delete, select, update
 
 from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
+from minipacs.core import archive as archive_module
+from minipacs.core import intake as intake_module
 from minipacs.core.archive import INTAKE_DIR, Archive
 from minipacs.core.delete import delete_resource
-from minipacs.core.intake import FIRST_SEGMENT_BYTES, IntakeLog
-from minipacs.core.model import StoreStatus
+from minipacs.core.errors import ArchiveError, BrokenDataset, DuplicateInstance
+from minipacs.core.intake import FIRST_SEGMENT_BYTES, IntakeLog, IntakeLogError
+from minipacs.core.model import DuplicatePolicy, StoreStatus
 from minipacs.index import intake_repo
 from minipacs.index.schema import Instance, IntakeState
 from tests.core.test_archive import DICOM, stage
@@ -144,7 +147,10 @@ def _power_cut(archive: Archive, lose_after: int) -> list[str]:
         roll_back(conn)
     archive._index.dispose()
     for record in records:
-        path = archive.blobs.path_of(str(record.meta["key"]))
+        key = Archive._record_key(record)
+        if key is None:
+            continue  # a refused dataset's record: nothing was ever stored under a key
+        path = archive.blobs.path_of(key)
         if record.lsn % 2:
             path.unlink(missing_ok=True)  # the new directory entry was lost
         elif path.exists():
@@ -414,5 +420,163 @@ def test_without_the_log_commits_checkpoint_the_wal_themselves(tmp_path: Path) -
         assert archive._intake is None
         assert _writer_pragma(archive, "wal_autocheckpoint") == 1000
         await archive.close()
+
+    asyncio.run(main())
+
+
+# ---------------------------------------------------------------- the flush beside the checks and statements
+
+
+@pytest.fixture(params=["aio", "synchronous"])
+def flush_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a flush runs: the C library's aio_fsync (Linux, 64-bit: this CI), or in the caller."""
+    if request.param == "aio":
+        assert intake_module._aio is not None, "POSIX aio_fsync was not found in the C library"
+    else:
+        monkeypatch.setattr(intake_module, "_aio", None)
+    return str(request.param)
+
+
+def test_a_started_flush_makes_the_records_durable_and_reports_a_failure(tmp_path: Path, flush_kind: str) -> None:
+    log, _ = IntakeLog.open(tmp_path / "good", 1 << 16)
+    lsns = log.write([({"n": 1}, b"a" * 5000), ({"n": 2}, b"b" * 7)])
+    flush = log.start_flush(lsns)
+    assert flush is not None and (flush.request is not None) == (flush_kind == "aio")
+    log.finish_flush(flush)
+    log.close()
+    _, pending = IntakeLog.open(tmp_path / "good", 1 << 16)
+    assert [(r.lsn, r.meta, r.data) for r in pending] == [(1, {"n": 1}, b"a" * 5000), (2, {"n": 2}, b"b" * 7)]
+
+    # a flush the kernel refuses (here: of a descriptor closed behind the log's back) is an IntakeLogError
+    broken, _ = IntakeLog.open(tmp_path / "bad", 1 << 16)
+    lsns = broken.write([({"n": 1}, b"x")])
+    assert broken._fd is not None
+    os.close(broken._fd)
+    with pytest.raises(IntakeLogError, match="cannot be written"):
+        broken.finish_flush(broken.start_flush(lsns))
+    assert broken._fd is None  # the next record starts a new segment
+
+
+def test_the_flush_starts_before_the_checks_and_the_commit_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flush_kind: str
+) -> None:
+    """The order on the writer's thread: record written and flush started, then the structure walk and
+    the header (prepare_ingest), then the rows; the commit only after the flush: at the wait no other
+    connection sees the row yet."""
+    ((ds, data),) = _instances(1)
+    events: list[str] = []
+    holder: list[Archive] = []
+    real_start, real_finish, real_prepare = (
+        IntakeLog.start_flush,
+        IntakeLog.finish_flush,
+        archive_module.prepare_ingest,
+    )
+
+    def start(self: IntakeLog, lsns: Any) -> Any:
+        events.append("flush started")
+        return real_start(self, lsns)
+
+    def finish(self: IntakeLog, flush: Any) -> None:
+        visible = holder[0]._index.read(lambda conn: list(conn.execute(select(Instance.sop_instance_uid))))
+        events.append(f"flush waited, rows visible: {len(visible)}")
+        real_finish(self, flush)
+
+    def prepare(*args: Any) -> Any:
+        events.append("checked")
+        return real_prepare(*args)
+
+    monkeypatch.setattr(IntakeLog, "start_flush", start)
+    monkeypatch.setattr(IntakeLog, "finish_flush", finish)
+    monkeypatch.setattr(archive_module, "prepare_ingest", prepare)
+
+    async def main() -> None:
+        archive = await open_archive(_settings(tmp_path / "data"))
+        holder.append(archive)
+        try:
+            outcome = await archive.ingest(stage(archive, ds, ExplicitVRLittleEndian, data, in_memory=True), DICOM)
+            assert outcome.status is StoreStatus.STORED
+            assert await archive.count_instances() == 1
+        finally:
+            await archive.close()
+
+    asyncio.run(main())
+    assert events == ["flush started", "checked", "flush waited, rows visible: 0"]
+
+
+@pytest.mark.parametrize("in_memory", [False, True], ids=["staged-file", "received-into-memory"])
+def test_a_failed_flush_stores_nothing_and_the_next_instance_is_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_memory: bool
+) -> None:
+    (first, first_data), (second, second_data) = _instances(2)
+    real_finish = IntakeLog.finish_flush
+    failing = [True]
+
+    def finish(self: IntakeLog, flush: Any) -> None:
+        real_finish(self, flush)
+        if failing[0]:
+            raise IntakeLogError("the intake log cannot be written (Input/output error)") from OSError(5, "EIO")
+
+    monkeypatch.setattr(IntakeLog, "finish_flush", finish)
+
+    async def main() -> None:
+        archive = await open_archive(_settings(tmp_path / "data"))
+        try:
+            staged = stage(archive, first, ExplicitVRLittleEndian, first_data, in_memory=in_memory)
+            with pytest.raises(ArchiveError, match="intake log cannot be written; nothing was stored"):
+                await archive.ingest(staged, DICOM)
+            assert await archive.count_instances() == 0
+            assert list(Path(archive.blobs.root).rglob("*.dcm")) == []  # type: ignore[attr-defined]
+            assert list(archive.staging_dir.iterdir()) == []
+            failing[0] = False
+            staged = stage(archive, second, ExplicitVRLittleEndian, second_data, in_memory=in_memory)
+            assert (await archive.ingest(staged, DICOM)).status is StoreStatus.STORED
+            assert set(_index(archive)) == {second.SOPInstanceUID}
+        finally:
+            await archive.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("lose_after", ["nothing", "everything"])
+def test_records_of_refused_datasets_bring_nothing_back(tmp_path: Path, lose_after: str) -> None:
+    """Records are written before the checks, so a refused dataset has one too: a duplicate the policy
+    refuses, a dataset whose element runs past its end. The replay stores neither, whether their
+    records count as committed or are replayed as lost commits (refused again)."""
+    ((ds, data),) = _instances(1)
+    broken_ds, broken_data = _instances(1)[0]
+    broken = broken_data[:-200] + struct.pack("<HH2sH", 0x0029, 0x0010, b"LO", 0xFFF0) + b"short"
+    data_dir = tmp_path / "data"
+
+    async def main() -> None:
+        settings = _settings(data_dir, duplicate_policy=DuplicatePolicy.REJECT)
+        archive = await open_archive(settings)
+        try:
+            await _store(archive, [(ds, data)], in_memory=True)
+            with pytest.raises(DuplicateInstance):
+                await archive.ingest(stage(archive, ds, ExplicitVRLittleEndian, data, in_memory=True), DICOM)
+            with pytest.raises(BrokenDataset):
+                await archive.ingest(stage(archive, broken_ds, ExplicitVRLittleEndian, broken, in_memory=True), DICOM)
+            assert archive._intake is not None and archive._intake.next_lsn == 4  # three records
+            keys = _index(archive)
+            committed = await archive.read(intake_repo.committed_lsn)
+        finally:
+            await archive.close(checkpoint=False)
+        lost = _power_cut(archive, lose_after=committed if lose_after == "nothing" else 0)
+        # the broken dataset's record is past every commit (its ingest never reached a transaction)
+        assert lost == (
+            [broken_ds.SOPInstanceUID]
+            if lose_after == "nothing"
+            else [ds.SOPInstanceUID] * 2 + [broken_ds.SOPInstanceUID]
+        )
+        again = await open_archive(settings)
+        try:
+            after = _index(again)
+            assert set(after) == {ds.SOPInstanceUID}
+            if lose_after == "nothing":
+                assert after == keys
+            assert _stored_dataset(again, after[ds.SOPInstanceUID]).endswith(data)
+            assert sum(1 for _ in Path(again.blobs.root).rglob("*.dcm")) == 1  # type: ignore[attr-defined]
+        finally:
+            await again.close()
 
     asyncio.run(main())

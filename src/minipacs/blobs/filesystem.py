@@ -130,7 +130,10 @@ class FilesystemBlobStore:
         if self._fsync and durable:
             # deepest first, so a new directory's own entries are durable before its parent's
             for directory in sorted(dirty, key=lambda p: len(p.parts), reverse=True):
-                fsync_directory(directory)
+                try:
+                    fsync_directory(directory)
+                except FileNotFoundError:  # removed since (an emptied folder): nothing in it to keep
+                    continue
 
     def take_back(self, key: str, staged_path: Path) -> None:
         os.replace(self.path_of(key), staged_path)
@@ -194,7 +197,10 @@ class FilesystemBlobStore:
 
     def delete(self, key: str) -> None:
         path = self.path_of(key)
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return  # nothing changed: its folder may not even exist (a replayed refused record's key)
         self._dirty.add(path.parent)
 
 

@@ -2,8 +2,10 @@
 
 Durability by group commit (datasette-style single writer): every ingest is a
 job on one queue; the writer thread takes everything pending as one batch and
-  1. parses each staged header (never the pixel data) and checks its UIDs,
-     then fsyncs each staged file (settings.fsync),
+  0. writes the intake records of its small instances and starts their one flush, which
+     runs while the steps below do (core/intake.py; the commit of step 2 waits for it),
+  1. walks each staged dataset's structure and parses its header (never the pixel data)
+     and checks its UIDs, then fsyncs each staged file not in the log (settings.fsync),
   2. in ONE transaction on its persistent connection: the index rows of every
      job, then the renames of the staged files to their final paths (a failing
      rename moves the already-moved files back), then one fsync per touched
@@ -65,7 +67,7 @@ from minipacs.core.errors import (
 )
 from minipacs.core.header import read_header, read_header_bytes
 from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits, check_deflated
-from minipacs.core.intake import IntakeLog, IntakeRecord, syncfs
+from minipacs.core.intake import Flush, IntakeLog, IntakeLogError, IntakeRecord, syncfs
 from minipacs.core.metrics import Metrics
 from minipacs.core.model import (
     AssociationRecord,
@@ -75,7 +77,7 @@ from minipacs.core.model import (
     StoreOutcome,
     StoreStatus,
 )
-from minipacs.core.paths import instance_key, strip_uid_padding
+from minipacs.core.paths import instance_key, new_copy_token, strip_uid_padding
 from minipacs.core.staging import (
     READY_DIR,
     STAGING_SUFFIX,
@@ -159,6 +161,10 @@ class _IngestJob(_Job[StoreOutcome]):
     size: int = field(default=0, kw_only=True)
     #: Made durable by the intake log rather than its own fsyncs (set by the writer).
     logged: bool = field(default=False, kw_only=True)
+    #: Its intake record's LSN and the copy token of its blob key, chosen when the record is written,
+    #: before the checks: the replay finds the key from the token and the record's own header.
+    lsn: int = field(default=0, kw_only=True)
+    token: str | None = field(default=None, kw_only=True)
     #: The whole staged file when it is small enough for the intake log (read once by the writer).
     data: bytes | None = field(default=None, kw_only=True, repr=False)
     #: A correction's rewrite (core/corrections.py): replace exactly the stored copy with this blob key,
@@ -308,6 +314,8 @@ def _as_failure(exc: BaseException) -> Exception:
     (a DIMSE Error Comment, an HTTP body), so an OSError's file name is left out of it and logged."""
     if isinstance(exc, ArchiveError):
         return exc
+    if isinstance(exc, IntakeLogError):
+        return _log_failure(exc)
     if isinstance(exc, BlobError) and not isinstance(exc, FileNotFoundError):  # e.g. an S3 upload refused
         log.error("storing failed: %s", exc)
         return ArchiveError(
@@ -336,6 +344,45 @@ def _moved_into_storage(result: object) -> bool:
     return isinstance(result, StoreOutcome) and result.status is not StoreStatus.DUPLICATE_KEPT
 
 
+def _staged_failure(job: _IngestJob, exc: OSError) -> ArchiveError:
+    log.error("cannot read or fsync the staged file %s: %s", job.staged.path, exc)
+    kind = OutOfResources if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ArchiveError
+    return kind(f"cannot read or fsync the staged dataset ({exc.strerror}); nothing was stored; see the server log")
+
+
+def _log_failure(exc: IntakeLogError) -> ArchiveError:
+    """What an ingest whose intake record could not be made durable reports (nothing was stored)."""
+    cause = exc.__cause__
+    if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutOfResources("the data filesystem is full (the intake log cannot be written); nothing was stored")
+    return ArchiveError("storing failed: the intake log cannot be written; nothing was stored; see the server log")
+
+
+@dataclass
+class _BatchFlush:
+    """The flush of a batch's intake records (IntakeLog.start_flush), waited for once, before the first
+    commit that needs it; its failure fails every later transaction of the batch that needs it too."""
+
+    intake: IntakeLog
+    flush: Flush | None
+    waited: bool = False
+    error: IntakeLogError | None = None
+
+    def wait(self) -> None:
+        self.settle()
+        if self.error is not None:
+            raise IntakeLogError(str(self.error)) from self.error.__cause__
+
+    def settle(self) -> None:
+        if not self.waited:
+            self.waited = True
+            try:
+                self.intake.finish_flush(self.flush)
+            except IntakeLogError as exc:
+                log.error("%s", exc)
+                self.error = exc
+
+
 def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -345,7 +392,10 @@ def _fsync_file(path: Path) -> None:
 
 
 def prepare_ingest(
-    staged: StagedPath, max_sequence_depth: int = DEFAULT_LIMITS.max_sequence_depth, data: bytes | None = None
+    staged: StagedPath,
+    max_sequence_depth: int = DEFAULT_LIMITS.max_sequence_depth,
+    data: bytes | None = None,
+    copy_token: str | None = None,
 ) -> tuple[InstanceHeader, str, int]:
     """Header, blob key and file size of a staged file, after every check.
 
@@ -373,7 +423,9 @@ def prepare_ingest(
                 f"the dataset's {keyword} {found[:70]!r} differs from the announced "
                 f"{announced[:70]!r}; the sender must send matching values"
             )
-    key = instance_key(header.get("StudyInstanceUID"), header.get("SeriesInstanceUID"), header.get("SOPInstanceUID"))
+    key = instance_key(
+        header.get("StudyInstanceUID"), header.get("SeriesInstanceUID"), header.get("SOPInstanceUID"), copy_token
+    )
     return header, key, os.stat(staged.path).st_size if data is None else len(data)
 
 
@@ -407,6 +459,7 @@ class Archive:
         self._recovery_lock: int | None = None
         self._intake: IntakeLog | None = None  # set by start() when this process owns the data folder
         self._committed_lsn = 0  # the last intake record whose rows are committed (writer thread)
+        self._batch_flush: _BatchFlush | None = None  # the flush of the batch the writer is applying
         self._bytes_at_request = 0  # intake bytes appended when a checkpoint was last asked for
         self._checkpoint_wanted = threading.Event()
         self._checkpointer: threading.Thread | None = None
@@ -599,11 +652,30 @@ class Archive:
             fh.write(record.data)
         return path
 
+    @staticmethod
+    def _record_key(record: IntakeRecord) -> str | None:
+        """The blob key a record's instance was stored under: named in it (records before session 11), or
+        made from its copy token and its own header, as the writer made it; None when the header is
+        unusable (its ingest was refused: nothing was stored under any key)."""
+        meta = record.meta
+        if "key" in meta:
+            return str(meta["key"])
+        try:
+            header = read_header_bytes(record.data, int(meta["offset"]), str(meta["ts"]))
+            return instance_key(
+                header.get("StudyInstanceUID"),
+                header.get("SeriesInstanceUID"),
+                header.get("SOPInstanceUID"),
+                str(meta["token"]),
+            )
+        except (ArchiveError, ValueError, KeyError):
+            return None
+
     def _restore_file(self, record: IntakeRecord) -> int:
         """A committed record: rewrite its file if a row still names it. Returns 1 if rewritten."""
-        key = str(record.meta["key"])
-        if not self._index.read(lambda conn: intake_repo.blob_key_in_use(conn, key)):
-            return 0  # deleted or replaced since
+        key = self._record_key(record)
+        if key is None or not self._index.read(lambda conn: intake_repo.blob_key_in_use(conn, key)):
+            return 0  # refused, or deleted or replaced since
         self.blobs.put_from_staging(self._staged_copy(record), key)
         self.blobs.sync(durable=False)  # the put completed (the replay's checkpoint makes it durable)
         return 1
@@ -611,9 +683,8 @@ class Archive:
     async def _ingest_again(self, record: IntakeRecord) -> None:
         """A record whose commit was lost: store it again (its file may sit in storage unindexed)."""
         meta = record.meta
-        key = str(meta["key"])
-        in_use = await self.read(lambda conn: intake_repo.blob_key_in_use(conn, key))
-        if not in_use:
+        key = self._record_key(record)
+        if key is not None and not await self.read(lambda conn: intake_repo.blob_key_in_use(conn, key)):
             await asyncio.to_thread(self.blobs.delete, key)
         kind, calling, called, host = meta["origin"]
         staged = StagedPath(
@@ -635,7 +706,7 @@ class Archive:
     def _record_meta(job: _IngestJob) -> dict[str, Any]:
         staged, origin = job.staged, job.origin
         return {
-            "key": job.key,
+            "token": job.token,  # of its blob key (_record_key): the record is written before the header is read
             "offset": staged.dataset_offset,
             "ts": staged.transfer_syntax_uid,
             "class": staged.sop_class_uid,
@@ -850,25 +921,70 @@ class Archive:
                     if job.staged.data is not None:  # received into memory (StagingFile)
                         job.data = job.staged.data
                     elif self._intake is not None:
-                        # A small file goes into the intake log: read it once, here, for the walk, the
-                        # header and the log record alike
+                        # A small file goes into the intake log: read it once, here, for the record, the
+                        # walk and the header alike
                         if os.stat(job.staged.path).st_size <= self.settings.intake_inline_max_bytes:
                             job.data = job.staged.path.read_bytes()
+                except OSError as exc:
+                    results[index] = _staged_failure(job, exc)
+        self._batch_flush = self._log_batch(batch, results)
+        try:
+            return self._check_and_apply(batch, results, ingests)
+        finally:
+            if self._batch_flush is not None:  # a transaction failed before its wait: none may overlap a flush
+                self._batch_flush.settle()
+                self._batch_flush = None
+
+    def _log_batch(self, batch: list[WriterJob], results: list[object]) -> _BatchFlush | None:
+        """Write the intake records of the batch's small ingests and start their flush, before the checks:
+        the flush (~0.1-0.4 ms) then runs in the C library's thread while this one walks the datasets,
+        runs the statements and moves the files; each transaction waits for it before its commit
+        (core/intake.py). A record of a dataset the checks or the duplicate policy then refuse is
+        harmless: no row ever names its blob key, so the replay restores nothing for it, or ingests
+        it again and refuses it again."""
+        intake = self._intake
+        if intake is None:
+            return None
+        logged = [
+            job
+            for index, job in enumerate(batch)
+            if isinstance(job, _IngestJob) and results[index] is None and job.data is not None
+        ]
+        if not logged:
+            return None
+        for job in logged:
+            job.logged, job.token = True, new_copy_token()
+        try:
+            lsns = intake.write([(self._record_meta(job), job.data or b"") for job in logged])
+            flush = intake.start_flush(lsns)
+        except IntakeLogError as exc:
+            log.error("%s", exc)
+            for index, other in enumerate(batch):
+                if isinstance(other, _IngestJob) and other.logged:
+                    results[index] = _log_failure(exc)
+            return None
+        for job, lsn in zip(logged, lsns, strict=True):
+            job.lsn = lsn
+        return _BatchFlush(intake, flush)
+
+    def _check_and_apply(
+        self, batch: list[WriterJob], results: list[object], ingests: list[_IngestJob]
+    ) -> list[object]:
+        """Steps 1-2 of the module docstring for every job not yet failed; one result per job."""
+        for index, job in enumerate(batch):
+            if isinstance(job, _IngestJob):
+                if results[index] is not None:
+                    continue
+                try:
                     job.header, job.key, job.size = prepare_ingest(
-                        job.staged, self.settings.max_sequence_depth, job.data
+                        job.staged, self.settings.max_sequence_depth, job.data, job.token
                     )
-                    job.logged = self._intake is not None and job.size <= self.settings.intake_inline_max_bytes
                     if self.settings.fsync and not job.logged:
                         _fsync_file(job.staged.path)
                 except ArchiveError as exc:
                     results[index] = exc
                 except OSError as exc:
-                    log.error("cannot read or fsync the staged file %s: %s", job.staged.path, exc)
-                    kind = OutOfResources if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ArchiveError
-                    results[index] = kind(
-                        f"cannot read or fsync the staged dataset ({exc.strerror}); "
-                        "nothing was stored; see the server log"
-                    )
+                    results[index] = _staged_failure(job, exc)
             elif isinstance(job, _CallJob) and job.removes_entities:
                 self._keys.clear()  # a deletion may have removed cached studies or series
         pending = [i for i, r in enumerate(results) if r is None]
@@ -937,7 +1053,9 @@ class Archive:
         blobs of the rows it replaced are queued for removal in it (core/blob_removals.py).
 
         A transaction of logged ingests only commits without waiting for the disk: their intake
-        records, fdatasynced inside it, keep them (core/intake.py). Any other job commits durably."""
+        records keep them (core/intake.py). The batch's records were written, and their flush started,
+        before the checks (:meth:`_log_batch`); the commit waits for the flush, so a row never commits
+        before its record is durable. Any other job commits durably."""
         if not indexes:
             return
         now = dt.datetime.now(dt.UTC)
@@ -946,47 +1064,49 @@ class Archive:
         moves: list[tuple[StagedPath, str]] = []
         journal: list[dict[str, Any]] = []  # changes-journal rows of the ingests, in job order
         durable = not all(isinstance(batch[i], _IngestJob) and batch[i].logged for i in indexes)  # type: ignore[union-attr]
+        lsns = [job.lsn for index in indexes if isinstance(job := batch[index], _IngestJob) and job.lsn]
         last_lsn = 0
-        with self._index_writer.transaction(durable=durable) as conn:  # a failure rolls back, drops the connection
-            for index in indexes:
-                job = batch[index]
-                if isinstance(job, _CallJob) and journal:  # keep the journal in job order
-                    record_changes(conn, journal)
-                    journal.clear()
-                mark = len(journal)
-                try:
-                    done[index] = self._apply(conn, job, now, stale, moves, journal)
-                except ArchiveError as exc:  # refused by policy: no rows written for it
-                    del journal[mark:]
-                    done[index] = exc
-            record_changes(conn, journal)
-            if stale:  # the replaced copies' files stay for retrieves that chose them
-                remove_after = now + dt.timedelta(seconds=self.settings.keep_replaced_seconds)
-                blob_removal_repo.queue(conn, stale, remove_after)
-            logged = [
-                job
-                for index in indexes
-                if isinstance(job := batch[index], _IngestJob) and job.logged and _moved_into_storage(done[index])
-            ]
-            if logged:  # the files' bytes, before they move; one fdatasync for all
-                records = [
-                    (self._record_meta(job), job.data if job.data is not None else job.staged.path.read_bytes())
-                    for job in logged
-                ]
-                assert self._intake is not None
-                last_lsn = self._intake.append(records)[-1]
-                intake_repo.set_committed_lsn(conn, last_lsn)
-            self._move_into_storage(moves)  # after every statement, before the commit
-            self.blobs.sync(durable=durable)
+        moved: list[tuple[StagedPath, str]] = []
+        committing = False
+        try:
+            with self._index_writer.transaction(durable=durable) as conn:  # a failure rolls back, drops the connection
+                for index in indexes:
+                    job = batch[index]
+                    if isinstance(job, _CallJob) and journal:  # keep the journal in job order
+                        record_changes(conn, journal)
+                        journal.clear()
+                    mark = len(journal)
+                    try:
+                        done[index] = self._apply(conn, job, now, stale, moves, journal)
+                    except ArchiveError as exc:  # refused by policy: no rows written for it
+                        del journal[mark:]
+                        done[index] = exc
+                record_changes(conn, journal)
+                if stale:  # the replaced copies' files stay for retrieves that chose them
+                    remove_after = now + dt.timedelta(seconds=self.settings.keep_replaced_seconds)
+                    blob_removal_repo.queue(conn, stale, remove_after)
+                moved = self._move_into_storage(moves)  # after every statement, before the commit
+                if lsns:
+                    assert self._batch_flush is not None
+                    self._batch_flush.wait()  # the records are durable (IntakeLogError if they may not be)
+                    last_lsn = max(lsns)
+                    intake_repo.set_committed_lsn(conn, last_lsn)
+                self.blobs.sync(durable=durable)
+                committing = True  # a failing commit may still have committed (a lost connection):
+                # its files stay, as they did before the flush thread
+        except BaseException:
+            if not committing:  # the retry, job by job, puts them again
+                self._take_back(moved)
+            raise
         if last_lsn:
             self._committed_lsn = last_lsn
         for index, result in done.items():
             results[index] = result
 
-    def _move_into_storage(self, moves: list[tuple[StagedPath, str]]) -> None:
-        """Rename staged files to their keys (or write those received into memory); on failure
-        undo the puts made (staged files go back to staging; written ones are removed, their bytes
-        are still in memory), so the rolled-back jobs can be retried one by one."""
+    def _move_into_storage(self, moves: list[tuple[StagedPath, str]]) -> list[tuple[StagedPath, str]]:
+        """Rename staged files to their keys (or write those received into memory); returns what was
+        put. On failure the puts made are undone (:meth:`_take_back`) so the rolled-back jobs can be
+        retried one by one."""
         moved: list[tuple[StagedPath, str]] = []
         try:
             for staged, key in moves:
@@ -996,15 +1116,21 @@ class Archive:
                     self.blobs.put_from_staging(staged.path, key)
                 moved.append((staged, key))
         except BaseException:
-            for staged, key in reversed(moved):
-                try:
-                    if staged.data is not None and self._bytes_store is not None:
-                        self.blobs.delete(key)
-                    else:
-                        self.blobs.take_back(key, staged.path)
-                except (OSError, BlobError) as exc:
-                    log.error("could not return %s to staging after a failed batch: %s", key, exc)
+            self._take_back(moved)
             raise
+        return moved
+
+    def _take_back(self, moved: list[tuple[StagedPath, str]]) -> None:
+        """Undo puts of a transaction that will not commit: staged files go back to staging; written
+        ones are removed (their bytes are still in memory)."""
+        for staged, key in reversed(moved):
+            try:
+                if staged.data is not None and self._bytes_store is not None:
+                    self.blobs.delete(key)
+                else:
+                    self.blobs.take_back(key, staged.path)
+            except (OSError, BlobError) as exc:
+                log.error("could not return %s to staging after a failed batch: %s", key, exc)
 
     def _put_from_memory(self, data: bytes, key: str) -> None:
         """Write an instance received into memory at ``key``, through an empty file the staging pool
