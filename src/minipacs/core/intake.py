@@ -215,8 +215,8 @@ class _Aio:
 
 def _load_aio() -> _Aio | None:
     """The C library's asynchronous I/O, on 64-bit Linux (where the control block's layout is known);
-    None elsewhere, or with MINIPACS_INTAKE_AIO=0: then the flush is synchronous."""
-    if sys.platform != "linux" or ctypes.sizeof(ctypes.c_void_p) != 8 or os.environ.get("MINIPACS_INTAKE_AIO") == "0":
+    None elsewhere: then the flush is synchronous, after the statements, as before."""
+    if sys.platform != "linux" or ctypes.sizeof(ctypes.c_void_p) != 8:
         return None
     for name in ("c", "rt"):  # glibc >= 2.34 has it in libc; older ones in librt
         found = ctypes.util.find_library(name)
