@@ -210,6 +210,7 @@ def archive_settings(settings: Settings) -> ArchiveSettings:
         intake_checkpoint_bytes=settings.intake_checkpoint_bytes,
         node_id=settings.resolved_node_id,
         keep_replaced_seconds=settings.resolved_keep_replaced_seconds,
+        query_max_file_reads=settings.query_max_file_reads,
     )
 
 

@@ -97,6 +97,11 @@ class Settings:
     max_pdu_send: int = 1 * MiB
     #: Most matches one C-FIND returns (0: no limit); past it: 0xA700 after that many.
     max_results: int = 0
+    #: Most stored files one query (C-FIND, QIDO-RS, the web's search) reads to match or answer keys the
+    #: index does not hold (a private tag, PatientComments, ...): one file per candidate entity. Past it
+    #: C-FIND ends with 0xA700 after the matches found so far, QIDO-RS answers those with a Warning.
+    #: 0: no limit.
+    query_max_file_reads: int = 10_000
     #: Largest dataset accepted in one C-STORE (bytes).
     max_dataset_bytes: int = 4096 * MiB
     #: A deflated dataset (PS3.5 A.5) inflating to more than this many times its size is refused (0xA700);
@@ -396,6 +401,8 @@ class Settings:
             raise ConfigError("doctor_parallel and diagnostics_window must be at least 1")
         if self.max_results < 0:
             raise ConfigError("max_results must be 0 (no limit) or a positive number")
+        if not 0 <= self.query_max_file_reads <= 100_000_000:
+            raise ConfigError("query_max_file_reads must be 0 (no limit) or a positive number up to 100000000")
         if self.max_dataset_bytes < 1024:
             raise ConfigError("max_dataset_bytes must be at least 1024")
         if self.max_inflate_ratio < 0:

@@ -127,6 +127,9 @@ class ArchiveSettings:
     node_id: str = ""  # this node in the association log and staging folder names (config.py node_id)
     #: A replaced copy's file is removed this long after the switch (core/blob_removals.py).
     keep_replaced_seconds: float = 300.0
+    #: Most stored files one query reads to match or answer keys the index does not hold (core/query.py;
+    #: config.py query_max_file_reads); 0: no limit.
+    query_max_file_reads: int = 10_000
 
     @property
     def dataset_limits(self) -> DatasetLimits:

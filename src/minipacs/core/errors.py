@@ -50,6 +50,11 @@ class OutOfResources(ArchiveError):
     """Disk full or another resource exhausted; nothing was stored."""
 
 
+class QueryTooBroad(OutOfResources):
+    """A query would read more stored files than ``query_max_file_reads`` to match or answer keys the
+    index does not hold (core/query.py); what it found before is still answered."""
+
+
 class UnreadableInstance(ArchiveError):
     """The instance is stored, but its file cannot be read: broken, or beyond the reading limits."""
 

@@ -28,7 +28,7 @@ from pydicom.tag import BaseTag
 from pydicom.valuerep import PersonName
 
 from minipacs.blobs.base import BlobStore
-from minipacs.core.errors import IdentifierMismatch, InvalidKeyValue, InvalidQuery
+from minipacs.core.errors import IdentifierMismatch, InvalidKeyValue, InvalidQuery, QueryTooBroad
 from minipacs.core.identifier import Key, read_keys, sequence_matches
 from minipacs.core.query_model import (
     _ORDER,
@@ -286,11 +286,12 @@ async def run_query_batches(
     sent = 0
     slots = _plan(prepared)
     spec = page_query(prepared)
+    budget = FileReads(getattr(getattr(archive, "settings", None), "query_max_file_reads", 0))
 
     def read(after: int, want: int) -> Awaitable[tuple[list[Row], int, bool]]:
         return cast(
             Awaitable[tuple[list[Row], int, bool]],
-            archive.read(lambda conn: _read_page(conn, prepared, spec, slots, after, want, archive.blobs)),
+            archive.read(lambda conn: _read_page(conn, prepared, spec, slots, after, want, archive.blobs, budget)),
         )
 
     pending: asyncio.Future[tuple[list[Row], int, bool]] | None = None
@@ -338,6 +339,26 @@ def page_query(prepared: PreparedQuery) -> query_sql.PageQuery:
     return query_sql.PageQuery(LEVELS[prepared.level].entity, keys, related, prepared.absent, prepared.labels, answered)
 
 
+@dataclass
+class FileReads:
+    """The stored files one query may still read (``limit`` 0: any number): one per candidate entity when
+    it has keys the index does not hold. Pages are read one at a time, so one counter serves them."""
+
+    limit: int
+    used: int = 0
+
+    def take(self, count: int, keys: Sequence[Key]) -> None:
+        """Count ``count`` more reads; QueryTooBroad, reading none of them, when they would pass the limit."""
+        if self.limit and self.used + count > self.limit:
+            names = ", ".join(key.keyword or f"({key.tag >> 16:04X},{key.tag & 0xFFFF:04X})" for key in keys[:3])
+            raise QueryTooBroad(
+                f"the query needs more than {self.limit} stored files read to match or answer {names}, which "
+                "the index does not hold (query_max_file_reads); narrow it with indexed keys (PatientID, "
+                "StudyDate, AccessionNumber, ...)"
+            )
+        self.used += count
+
+
 def _read_page(
     conn: IndexConnection,
     prepared: PreparedQuery,
@@ -346,6 +367,7 @@ def _read_page(
     after: int,
     want: int,
     blobs: BlobStore,
+    budget: FileReads | None = None,
 ) -> tuple[list[Row], int, bool]:
     """One page of matches: (rows, last primary key read, no more rows)."""
     rows, position = query_sql.match_page(conn, spec, after, want)
@@ -359,7 +381,9 @@ def _read_page(
         for key, comp in prepared.computed_keys
     }
     files: dict[int, Dataset | None] = {}
-    if prepared.file_keys:
+    if prepared.file_keys:  # keys matched or answered from a stored file (answered ones too: universal)
+        if budget is not None:
+            budget.take(len(pks), prepared.file_keys)
         files = _representative_files(conn, prepared, spec.entity, pks, blobs)
     if not prepared.file_keys and all(slot.source is not _Source.FILE for slot in slots):
         return _build_rows(slots, position, computed, rows, pks), pks[-1], len(rows) < want

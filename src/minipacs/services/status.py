@@ -244,6 +244,7 @@ ERROR_COMMENTS: tuple[tuple[type[BaseException], str], ...] = (
     (errors.DuplicateInstance, "Instance already stored and duplicates are refused here"),
     (errors.InflateLimitExceeded, "Deflated dataset inflates past the limit; send it uncompressed"),
     (errors.DatasetTooLarge, "Dataset larger than this archive accepts (max_dataset_bytes)"),
+    (errors.QueryTooBroad, "Query reads too many stored files; narrow it with indexed keys"),
     (errors.OutOfResources, "Archive out of resources (disk full?); try again later"),
     (errors.UnreadableInstance, "A stored instance cannot be read; the server log says which"),
     (errors.NotFound, "Nothing found with these UIDs; check them and ask again"),

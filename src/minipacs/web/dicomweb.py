@@ -24,6 +24,7 @@ from minipacs.core.errors import (
     InstanceMismatch,
     InvalidInstance,
     OutOfResources,
+    QueryTooBroad,
 )
 from minipacs.core.inflate import DatasetLimits
 from minipacs.core.metadata import BULK_PREFIX
@@ -144,6 +145,12 @@ def root_url(request: Request) -> str:
 #: PS3.18 8.3.4.2 and 8.3.4.4.1: the Warning header texts (after "299 <service>: ")
 FUZZY_WARNING: Final = "The fuzzymatching parameter is not supported. Only literal matching has been performed."
 MORE_WARNING: Final = "There are additional results that can be requested"
+#: PS3.18 8.3.4.4: past a server limit, the results within it and a Warning (ours says which limit).
+TOO_BROAD_WARNING: Final = (
+    "The number of results exceeded the maximum supported by the server: the query needs more stored files "
+    "read than query_max_file_reads allows to match keys the index does not hold; the results may be "
+    "incomplete; narrow the query with indexed keys"
+)
 _RETRIEVE_URL: Final = 0x00081190
 
 
@@ -184,20 +191,26 @@ def _qido(level: Level) -> Any:
         )
         wanted = page_size(params)
         found: list[dict[str, Any]] = []
-        more = False
+        more = too_broad = False
         async with aclosing(matches):
-            async for match in matches:
-                if len(found) == wanted:
-                    more = True
-                    break
-                match[_RETRIEVE_URL] = DataElement(_RETRIEVE_URL, "UR", retrieve_url(root, match, level))
-                found.append(to_json(match))
+            try:
+                async for match in matches:
+                    if len(found) == wanted:
+                        more = True
+                        break
+                    match[_RETRIEVE_URL] = DataElement(_RETRIEVE_URL, "UR", retrieve_url(root, match, level))
+                    found.append(to_json(match))
+            except QueryTooBroad as exc:  # the matches found within the limit, with a Warning
+                log.warning("QIDO-RS %s: %s", level.value, exc)
+                too_broad = True
         context.metrics.query_answered("qido", time.perf_counter() - started)
         headers: list[str] = []
         if "true" in fuzzy:
             headers.append(warning(request, FUZZY_WARNING))
         if more:
             headers.append(warning(request, MORE_WARNING))
+        if too_broad:
+            headers.append(warning(request, TOO_BROAD_WARNING))
         if media_type == DICOM_XML:
             response = await xml_response(found)
         else:

@@ -60,6 +60,7 @@ ERROR_TABLE: Final[Mapping[type[core.ArchiveError], tuple[int, str]]] = MappingP
         core.InvalidInstance: (400, "invalid_instance"),
         core.DuplicateInstance: (409, "duplicate_instance"),
         core.DatasetTooLarge: (413, "too_large"),
+        core.QueryTooBroad: (422, "query_too_broad"),
         core.OutOfResources: (507, "out_of_resources"),
         core.InvalidKeyValue: (400, "invalid_key_value"),
         core.IdentifierMismatch: (400, "invalid_query"),
