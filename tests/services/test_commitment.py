@@ -273,3 +273,87 @@ def test_a_class_the_archive_does_not_store_fails_with_0122(tmp_path: Path) -> N
             assert failed == {other: 0x0122, stored: 0x0119}
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("modality_roles", ["refuses our SCP role", "answers no role selection"])
+def test_a_report_on_a_new_association_respects_an_explicit_role_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, modality_roles: str
+) -> None:
+    """PS3.7 D.3.3.4: the report on a new association needs the SCP role for the commitment class. A
+    modality that refuses it (pynetdicom with scp_role=False rejects the whole context) gets no
+    N-EVENT-REPORT, and the association log says why. One that answers no role selection at all
+    (common) still gets the report."""
+    released = check_after(monkeypatch)
+    reports = Reports()
+    port = free_port()
+    modality = AE(ae_title="CT01")
+    if modality_roles == "refuses our SCP role":
+        modality.add_supported_context(COMMIT_CLASS, scu_role=True, scp_role=False)
+    else:
+        modality.add_supported_context(COMMIT_CLASS)
+    listener = modality.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.handle)]
+    )
+
+    def ask_and_leave(server_port: int, ds: Dataset) -> int:
+        def body(assoc: Any) -> int:
+            status, _reply = assoc.send_n_action(ds, 1, COMMIT_CLASS, COMMIT_INSTANCE)
+            return int(status.Status)
+
+        try:
+            return with_scu(server_port, body, [COMMIT_CLASS])
+        finally:
+            released.set()
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            await app.nodes.add(Node("CT01", "127.0.0.1", port))
+            uids = await _stored(tmp_path, app, 1)
+            txn = generate_uid()
+            ds = commitment_request(txn, [(CT_IMAGE_STORAGE, u) for u in uids])
+            assert await asyncio.to_thread(ask_and_leave, app.dicom.port, ds) == 0
+            attempt = None
+            for _ in range(100):
+                records = await app.archive.list_associations(20)
+                attempt = next((r for r in records if r.role == "requestor"), None)
+                if attempt is not None:
+                    break
+                await asyncio.sleep(0.1)
+            assert attempt is not None, "the report's association was not logged"
+            (op,) = attempt.operations
+            assert (op["op"], op["transaction"]) == ("N-EVENT-REPORT", txn)
+            if modality_roles == "refuses our SCP role":
+                assert op["outcome"] == "failed"
+                assert op["error"] == "the node refused the Storage Commitment context"
+                assert not reports.got
+            else:
+                assert op["outcome"] == "success"
+                assert await asyncio.to_thread(reports.arrived.wait, 10)
+                [(event, info)] = reports.got
+                assert event == 1 and info.TransactionUID == txn
+
+    try:
+        asyncio.run(main())
+    finally:
+        listener.shutdown()
+        modality.shutdown()
+
+
+def test_an_accepted_context_whose_role_reply_refuses_the_scp_role_gets_no_report() -> None:
+    """An acceptor that accepts the context yet answers our role selection item with SCP role 0 (which
+    leaves us no role on it) refused the report on this association; one that sends no reply item did
+    not (default roles, PS3.7 D.3.3.4), and gets the report anyway, as many modalities expect."""
+    from types import SimpleNamespace
+
+    from minipacs.dicom.uids import STORAGE_COMMITMENT_PUSH_MODEL
+    from minipacs.net.pdu_items import RoleSelection
+    from minipacs.services.commitment import _refused_our_scp_role
+
+    def answered(*roles: RoleSelection) -> Any:
+        return SimpleNamespace(ac=SimpleNamespace(user_information=SimpleNamespace(roles=list(roles))))
+
+    assert _refused_our_scp_role(answered(RoleSelection(STORAGE_COMMITMENT_PUSH_MODEL, False, False)))
+    assert not _refused_our_scp_role(answered(RoleSelection(STORAGE_COMMITMENT_PUSH_MODEL, False, True)))
+    assert not _refused_our_scp_role(answered())  # no reply item: default roles, sent anyway
+    assert not _refused_our_scp_role(answered(RoleSelection("1.2.840.10008.5.1.4.1.1.2", False, False)))
+    assert not _refused_our_scp_role(SimpleNamespace(ac=None))

@@ -12,8 +12,11 @@ Where the report goes (J.3.3, PS3.7 D.3.3.4):
   the SCP of the class and the SCP sends the N-EVENT-REPORT, no role selection;
 - otherwise on a new association to the requester's registered node, where we
   are association requestor yet SCP of the class, so we propose the context
-  with an SCP/SCU Role Selection item (SCU role 0, SCP role 1). With no
-  registered node the report cannot be delivered; the log says how to fix it.
+  with an SCP/SCU Role Selection item (SCU role 0, SCP role 1). An acceptor that
+  refuses that role (it rejects the context, or accepts it with SCP role 0 in its
+  reply) gets no report: the log and the association log say so; one that sends
+  no role reply at all (default roles) gets it anyway, as many modalities expect.
+  With no registered node the report cannot be delivered; the log says how to fix it.
 """
 
 from __future__ import annotations
@@ -70,6 +73,17 @@ NO_SUCH_SOP_INSTANCE: Final = 0x0112
 INVALID_ARGUMENT_VALUE: Final = 0x0115
 NO_SUCH_ACTION: Final = 0x0123
 NO_SUCH_SOP_CLASS: Final = 0x0118
+
+
+def _refused_our_scp_role(assoc: Association) -> bool:
+    """Whether the acceptor answered our SCP/SCU Role Selection item for Storage Commitment with SCP
+    role 0 (an explicit refusal), rather than not answering it (PS3.7 D.3.3.4)."""
+    ac = assoc.ac
+    if ac is None:
+        return False
+    return any(
+        item.sop_class_uid == STORAGE_COMMITMENT_PUSH_MODEL and not item.scp_role for item in ac.user_information.roles
+    )
 
 
 class StorageCommitmentSCP(Service):
@@ -299,9 +313,23 @@ class StorageCommitmentSCP(Service):
                 outcome["error"] = "the node refused the Storage Commitment context"
                 return False
             if not context.requestor_is_scp:
+                if _refused_our_scp_role(out):
+                    # It answered our role selection item with SCP role 0: it will not take an N-EVENT-REPORT
+                    # from the association requestor, and sending one anyway breaks what was negotiated.
+                    log.warning(
+                        "storage commitment %s: %s refused us the SCP role for Storage Commitment (its role "
+                        "selection reply has SCP role 0, PS3.7 D.3.3.4), so the report cannot go on an "
+                        "association we open; configure it to accept the SCP role for the report on a new "
+                        "association, or to keep its own association open until the report comes",
+                        transaction,
+                        node.label(),
+                    )
+                    outcome["error"] = "the node refused our SCP role for Storage Commitment (role selection)"
+                    return False
+                # No role selection reply at all: many modalities never send one yet take the report.
                 log.warning(
-                    "storage commitment %s: %s did not grant us the SCP role (PS3.7 D.3.3.4); sending the "
-                    "report anyway",
+                    "storage commitment %s: %s did not answer the SCP role selection (PS3.7 D.3.3.4); "
+                    "sending the report anyway",
                     transaction,
                     node.label(),
                 )
