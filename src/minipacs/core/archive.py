@@ -1088,13 +1088,14 @@ class Archive:
                 if stale:  # the replaced copies' files stay for retrieves that chose them
                     remove_after = now + dt.timedelta(seconds=self.settings.keep_replaced_seconds)
                     blob_removal_repo.queue(conn, stale, remove_after)
+                if lsns:  # in this transaction: it commits only once the records are durable (below)
+                    last_lsn = max(lsns)
+                    intake_repo.set_committed_lsn(conn, last_lsn)
                 moved = self._move_into_storage(moves)  # after every statement, before the commit
+                self.blobs.sync(durable=durable)
                 if lsns:
                     assert self._batch_flush is not None
                     self._batch_flush.wait()  # the records are durable (IntakeLogError if they may not be)
-                    last_lsn = max(lsns)
-                    intake_repo.set_committed_lsn(conn, last_lsn)
-                self.blobs.sync(durable=durable)
                 committing = True  # a failing commit may still have committed (a lost connection):
                 # its files stay, as they did before the flush thread
         except BaseException:
