@@ -115,7 +115,11 @@ DECODE = FrameChoice("application/octet-stream", ELE, True)
             JLS,
             FrameChoice("application/octet-stream", JLS, False),
         ),
-        ('multipart/related; type="*/*"', JLS, FrameChoice("image/jls", JLS, False)),
+        # anything, no transfer syntax: the Default (PS3.18 8.7.3.3): decompressed unless lossy
+        ('multipart/related; type="*/*"', JLS, DECODE),
+        ("*/*", RLE, DECODE),
+        ('multipart/related; type="*/*"', JPEG, FrameChoice("image/jpeg", JPEG, False)),
+        ("*/*", "1.2.840.10008.1.2.4.91", FrameChoice("image/jp2", "1.2.840.10008.1.2.4.91", False)),
         # compressed stored, decompressed: octet-stream without syntax or with Explicit VR LE, no Accept, bare multipart
         ('multipart/related; type="application/octet-stream"', J2K, DECODE),
         (f'multipart/related; type="application/octet-stream"; transfer-syntax={ELE}', JPEG, DECODE),

@@ -11,6 +11,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from minipacs.core.archive import Archive
+from minipacs.dicom.uids import LOSSLESS_ONLY_SYNTAXES
 from minipacs.web.accept import FRAME_MEDIA_TYPES
 from minipacs.web.transfer import boundary_of, split_multipart
 from tests.compressed import COMPRESSED, fresh_copy
@@ -221,13 +222,16 @@ def test_frames_of_compressed_instances_as_stored_and_decompressed(
         url, ds = await _store_compressed(archive, tmp_path / "src", name)
         numbers = ",".join(str(n) for n in range(1, count + 1))
         stored, decoded = _frames_as_stored(ds), _decoded(ds)
-        # the stored bitstream: by its own media type, as octet-stream with its syntax or *, or */*
+        # anything without a transfer syntax: the Default (PS3.18 8.7.3.3), decompressed unless lossy
+        lossy = ts not in LOSSLESS_ONLY_SYNTAXES
+        # the stored bitstream: by its own media type, as octet-stream with its syntax or *, or */* if lossy
         for accept in (
             f'multipart/related; type="{media}"',
             f"multipart/related; type={media}; transfer-syntax={ts}",
             'multipart/related; type="application/octet-stream"; transfer-syntax=*',
             f'multipart/related; type="application/octet-stream"; transfer-syntax={ts}',
-            'multipart/related; type="*/*"',
+            'multipart/related; type="*/*"; transfer-syntax=*',
+            *(['multipart/related; type="*/*"'] if lossy else []),
         ):
             r = await client.get(f"{url}/frames/{numbers}", headers={"Accept": accept})
             parts = _parts(r)
@@ -238,6 +242,7 @@ def test_frames_of_compressed_instances_as_stored_and_decompressed(
             'multipart/related; type="application/octet-stream"',
             "multipart/related; type=application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1",
             "multipart/related",
+            *([] if lossy else ['multipart/related; type="*/*"', "*/*"]),
         ):
             parts = _parts(await client.get(f"{url}/frames/{numbers}", headers={"Accept": accept}))
             assert [p.body for p in parts] == decoded, accept
@@ -277,6 +282,11 @@ def test_frames_that_cannot_be_decoded_are_406_with_the_way_out(web: Callable[..
         assert error["code"] == "cannot_decompress" and "transfer-syntax=1.2.840.10008.1.2.4.50" in error["message"]
         r = await client.get(f"{url}/frames/1", headers={"Accept": 'multipart/related; type="image/jpeg"'})
         assert r.status_code == 200
+        # no Accept header: the Default could not be made, so the frames as stored (PS3.18 8.7.3.3), not a 406
+        r = await client.get(f"{url}/frames/1", headers={"Accept": ""})
+        assert r.status_code == 200
+        (part,) = _parts(r)
+        assert part.content_type == "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50"
 
     web(body)
 

@@ -123,7 +123,7 @@ def test_compressed_pixel_data_decompressed_or_as_stored(web: Callable[..., Any]
         assert [h["content-location"] for h, _ in stored] == frames
         assert [d for _, d in stored] == _frames_as_stored(ds)
         for location, (_headers, data) in zip(frames, stored, strict=True):  # each resolves to its octets
-            single = await client.get(_local(location), headers={"Accept": "multipart/related; type=*/*"})
+            single = await client.get(_local(location), headers=as_stored)
             assert split_multipart(single.content, boundary_of(single.headers["content-type"]))[0].body == data
         r = await client.get(url + "/bulkdata", headers={"Accept": 'multipart/related; type="image/jpeg"'})
         assert r.status_code == 406 and "ask for" in r.json()["error"]["message"]

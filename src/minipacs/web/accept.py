@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
 from typing import Final
 
@@ -225,6 +225,9 @@ class FrameChoice:
     media_type: str
     transfer_syntax: str
     decode: bool
+    #: The frames as stored, when ``decode`` was chosen by default (no transfer-syntax asked for), not
+    #: by name: what goes out if the stored frames cannot be decoded (PS3.18 8.7.3.3's exception).
+    fallback: FrameChoice | None = dataclass_field(default=None, compare=False)
 
     @property
     def content_type(self) -> str:
@@ -234,11 +237,15 @@ class FrameChoice:
 def frame_choice(ranges: list[MediaRange], stored_ts: str) -> FrameChoice | None:
     """The representation of frames of an instance stored in ``stored_ts`` (PS3.18 §8.7.3.3), or None.
 
-    Compressed frames go out as stored when the client accepts their media type (Table 8.7.3-5),
-    ``application/octet-stream`` with their transfer syntax or ``*``, or anything (``*/*``);
-    they are decompressed to native Explicit VR Little Endian octets (Table 8.7.3-4) when
-    asked for ``application/octet-stream`` without a transfer syntax or with 1.2.840.10008.1.2.1,
-    and when there is no Accept header (the default of §8.7.3.3).
+    Compressed frames go out as stored when the client accepts their media type (Table 8.7.3-5) or
+    ``application/octet-stream`` with their transfer syntax or ``*``; they are decompressed to native
+    Explicit VR Little Endian octets (Table 8.7.3-4) when asked for ``application/octet-stream``
+    without a transfer syntax or with 1.2.840.10008.1.2.1, and when there is no Accept header. Anything
+    (``*/*``) without a transfer syntax gets the Default of §8.7.3.3, Explicit VR Little Endian, "unless
+    the origin server has only access to the pixel data in lossy compressed form": lossless-only
+    syntaxes are decompressed, lossy (or undecodable) ones go as stored (:func:`default_syntax`). A
+    decompression chosen by default (no Accept header, ``*/*``) falls back to the frames as stored if
+    they cannot be decoded; one asked for by name (``application/octet-stream``) is a 406 then.
     """
     syntax = transfer_syntax(stored_ts)
     if syntax is None:
@@ -248,11 +255,14 @@ def frame_choice(ranges: list[MediaRange], stored_ts: str) -> FrameChoice | None
         as_stored = native
     else:
         as_stored = FrameChoice(FRAME_MEDIA_TYPES.get(stored_ts, OCTETS), stored_ts, False)
+    defaulted = replace(native, fallback=as_stored) if native.decode else native
     for r in ranges or [MediaRange("")]:
         ts = r.transfer_syntax
         if r.media_type in (ANY, ""):
-            if ts == EXPLICIT_VR_LITTLE_ENDIAN or (ts == "" and r.media_type == ""):
+            if ts == EXPLICIT_VR_LITTLE_ENDIAN:
                 return native
+            if ts == "" and (r.media_type == "" or default_syntax(stored_ts) == EXPLICIT_VR_LITTLE_ENDIAN):
+                return defaulted
             if ts in ("", "*", stored_ts):
                 return as_stored
         elif r.media_type == OCTETS:

@@ -160,13 +160,21 @@ async def frames_response(request: Request, item: StoredInstance, numbers: list[
     context: AppContext = request.app.state.ctx
     ranges = parse_accept(accepted(request))
     choice = _choose_frames(ranges, item)
-    try:
-        chunks = await context.renders.run(
-            functools.partial(
-                read_frames, item, numbers, decode=choice.decode, limits=context.archive.settings.dataset_limits
-            ),
-            what="decoding",
+
+    async def read(decode: bool) -> list[bytes]:
+        limits = context.archive.settings.dataset_limits
+        return await context.renders.run(
+            functools.partial(read_frames, item, numbers, decode=decode, limits=limits), what="decoding"
         )
+
+    try:
+        try:
+            chunks = await read(choice.decode)
+        except TranscodeError:
+            if choice.fallback is None:
+                raise
+            choice = choice.fallback  # the Default could not be made: the frames as stored (PS3.18 8.7.3.3)
+            chunks = await read(choice.decode)
     except NoSuchFrame as exc:
         raise HttpError(404, "no_such_frame", str(exc)) from None
     except TranscodeError as exc:
