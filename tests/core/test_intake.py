@@ -580,3 +580,37 @@ def test_records_of_refused_datasets_bring_nothing_back(tmp_path: Path, lose_aft
             await again.close()
 
     asyncio.run(main())
+
+
+def test_a_refused_asynchronous_flush_falls_back_to_a_synchronous_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aio_fsync may refuse a request (EAGAIN: the C library cannot start a thread): the flush then
+    happens at the wait, and the ingest succeeds, durably, as without aio."""
+    assert intake_module._aio is not None
+
+    def refuse(fd: int) -> Any:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(intake_module._aio, "start", refuse)
+    synced: list[int] = []
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        synced.append(fd)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(intake_module.os, "fdatasync", fdatasync)
+    items = _instances(2)
+
+    async def main() -> None:
+        archive = await open_archive(_settings(tmp_path / "data"))
+        try:
+            await _store(archive, items, in_memory=True)
+            assert set(_index(archive)) == {ds.SOPInstanceUID for ds, _ in items}
+            assert archive._intake is not None and archive._intake._aio_refused
+        finally:
+            await archive.close()
+
+    asyncio.run(main())
+    assert synced  # the records were flushed, synchronously

@@ -261,6 +261,7 @@ class IntakeLog:
         #: Called (writer thread) when a segment is started, so the next spare gets made.
         self.on_new_segment: Callable[[], None] | None = None
         self.bytes_appended = 0  # only grows; the checkpointer compares it with its last look
+        self._aio_refused = False  # the C library refused an asynchronous flush once (logged once)
 
     # ------------------------------------------------------------------ opening and replay
 
@@ -319,11 +320,15 @@ class IntakeLog:
         fd = self._fd
         if fd is None or not lsns:
             return None
+        if _aio is None:
+            return Flush(fd, None)
         try:
-            return Flush(fd, _aio.start(fd) if _aio is not None else None)
-        except OSError as exc:
-            self._close_segment()
-            raise IntakeLogError(f"the intake log cannot be written ({exc.strerror or exc})") from exc
+            return Flush(fd, _aio.start(fd))
+        except OSError as exc:  # e.g. EAGAIN: the C library could not queue it (no thread to be had)
+            if not self._aio_refused:
+                log.warning("intake log: asynchronous flush refused (%s); flushing synchronously instead", exc)
+                self._aio_refused = True
+            return Flush(fd, None)  # the wait flushes: a bad descriptor fails there, as it would have here
 
     def finish_flush(self, flush: Flush | None) -> None:
         """Wait until the records of :meth:`start_flush` are durable; IntakeLogError if they may not be."""
