@@ -730,6 +730,12 @@ class Archive:
         return self._recovery_lock is not None
 
     @property
+    def shared_index_engine(self) -> Any:
+        """The index's SQLAlchemy engine when other nodes may share it (PostgreSQL), else None."""
+        engine = self._index.engine
+        return None if engine.dialect.name == "sqlite" else engine
+
+    @property
     def stats(self) -> IngestStats:
         return replace(self._stats)
 

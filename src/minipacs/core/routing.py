@@ -37,7 +37,7 @@ import contextlib
 import datetime as dt
 import enum
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -50,7 +50,7 @@ from minipacs.core.query import query
 from minipacs.core.rules import Rule, RuleBook, Trigger
 from minipacs.core.worklist import SCHEDULED, Worklist, matches
 from minipacs.dicom.levels import LEVEL_SPELLINGS, STUDY_ROOT, Level
-from minipacs.index import routing_repo
+from minipacs.index import node_claim, routing_repo
 from minipacs.index.database import IndexConnection
 
 log = logging.getLogger("minipacs.routing")
@@ -344,6 +344,10 @@ class Router:
             log.exception("routing: what arrived after change %s could not be routed yet", self._cursor)
         if arrivals_only:
             return
+        try:
+            await self._take_over(rules)
+        except Exception:
+            log.exception("routing: what a stopped node stored could not be routed yet")
         now = _now()
         await self._prune(now)
         for rule in rules:
@@ -378,7 +382,18 @@ class Router:
                 await self.archive.write(lambda conn: routing_repo.forget_arrival_cursor(conn, node))
                 self._cursor = _UNWATCHED
             return
-        since = first = await self._open_cursor()
+        first = await self._open_cursor()
+
+        def moved(upto: int) -> None:
+            self._cursor = upto
+
+        found = await self._route_after(rules, node, first, moved)
+        if not self.passes and found:  # the first pass: what the last run (or a crash) left
+            log.info("routing: %d instance(s) stored after change %s were not routed yet: routed now", found, first)
+
+    async def _route_after(self, rules: Sequence[Rule], node: str, since: int, moved: Callable[[int], None]) -> int:
+        """Route what ``node`` stored after journal ``seq`` ``since``, a page at a time; ``moved(upto)``
+        after each page. Returns the instances routed."""
         found = 0
         while True:
             changes, upto, done = await self.archive.read(lambda conn, s=since: read_changes(conn, s, MAX_LIMIT))
@@ -387,15 +402,45 @@ class Router:
             sops = [c.uid for c in changes if c.type == _NEW_INSTANCE and c.node == node]
             if sops:
                 arrivals = await self.archive.read(lambda conn, u=sops: routing_repo.arrived_instances(conn, u))
-                await self._arrived(rules, arrivals, upto)
+                await self._arrived(rules, arrivals, upto, node)
                 found += len(arrivals)
-            # else: nothing of ours in the page (other nodes' rows, deletions...): the cursor moves on in
+            # else: nothing of its in the page (other nodes' rows, deletions...): the cursor moves on in
             # memory and is written with the next page that routes something (re-reading it costs nothing)
-            self._cursor = since = upto
+            moved(upto)
+            since = upto
             if done:
                 break
-        if not self.passes and found:  # the first pass: what the last run (or a crash) left
-            log.info("routing: %d instance(s) stored after change %s were not routed yet: routed now", found, first)
+        return found
+
+    async def _take_over(self, rules: Sequence[Rule]) -> None:
+        """Route what a stopped node stored and did not route (a node that crashed and never started again,
+        or was taken out of the cluster): on a shared index, each other node with a cursor whose claim
+        no live process holds (index/node_claim.py) is routed here, under its claim, from its cursor.
+        Its claim is held only for the pass: a node starting again waits for it (CLAIM_WAIT)."""
+        engine = getattr(self.archive, "shared_index_engine", None)
+        if engine is None or not self._watch_arrivals:
+            return  # SQLite: one node; or nothing watches arrivals
+        me = self.archive.settings.node_id
+        for node in await self.archive.read(routing_repo.cursor_nodes):
+            if node == me:
+                continue
+            claim = await asyncio.to_thread(node_claim.hold_if_gone, engine, node)
+            if claim is None:
+                continue  # alive: it routes its own
+            try:
+                since = await self.archive.read(lambda conn, n=node: routing_repo.arrival_cursor(conn, n))
+                if since is None:
+                    continue
+                read = [since]
+                found = await self._route_after(rules, node, since, read.append)
+                if read[-1] != since:  # read up to there: the next pass starts after it
+                    await self.archive.write(
+                        lambda conn, n=node, s=read[-1]: routing_repo.set_arrival_cursor(conn, n, s, _now())
+                    )
+                if found:
+                    log.info("routing: %d instance(s) that node %r stored and did not route: routed here", found, node)
+            finally:
+                await asyncio.to_thread(claim.release)
 
     async def _open_cursor(self) -> int:
         """This node's cursor from the index, or, for the first rule watching arrivals, made at the
@@ -410,9 +455,11 @@ class Router:
         self._cursor = kept
         return kept
 
-    async def _arrived(self, rules: Sequence[Rule], arrivals: Sequence[tuple[str, str, str]], upto: int) -> None:
-        """Route ``arrivals`` (study, series, SOP); the last write moves the cursor to ``upto``."""
-        node = self.archive.settings.node_id
+    async def _arrived(
+        self, rules: Sequence[Rule], arrivals: Sequence[tuple[str, str, str]], upto: int, node: str
+    ) -> None:
+        """Route ``arrivals`` (study, series, SOP) that ``node`` stored; the last write moves its cursor to
+        ``upto``."""
         by_study: dict[str, list[str]] = {}
         series_of: dict[str, str] = {}
         for study, series, sop in arrivals:

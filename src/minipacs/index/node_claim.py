@@ -20,13 +20,17 @@ import fcntl
 import hashlib
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from sqlalchemy import Connection, create_engine, make_url, text
+from sqlalchemy import Connection, Engine, create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
+#: Seconds a starting node waits for its own claim, which another node may hold for a moment while it
+#: routes what this one stored before it stopped (hold_if_gone).
+CLAIM_WAIT: Final = 10.0
 #: Suffix of the lock file beside a SQLite database.
 SQLITE_LOCK_SUFFIX: Final = ".node-lock"
 #: First half of the PostgreSQL advisory lock key of node claims (the second is the node id's hash);
@@ -52,18 +56,30 @@ class NodeClaim:
     node_id: str
     _fd: int | None = None
     _conn: Connection | None = None
+    _owns_engine: bool = True  # False: a connection of a shared engine (hold_if_gone)
 
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # releases the flock
             self._fd = None
         if self._conn is not None:
-            engine = self._conn.engine
+            conn, self._conn = self._conn, None
+            if not self._owns_engine:  # a pooled connection goes back: unlock explicitly
+                try:
+                    schema = str(conn.execute(text("SELECT current_schema()")).scalar() or "")
+                    conn.execute(
+                        text("SELECT pg_advisory_unlock(:cls, :key)"),
+                        {"cls": _PG_CLAIM_CLASS, "key": _pg_key(self.node_id, schema)},
+                    )
+                    conn.commit()
+                finally:
+                    conn.close()
+                return
+            engine = conn.engine
             try:
-                self._conn.close()  # the session ends: PostgreSQL drops its advisory locks
+                conn.close()  # the session ends: PostgreSQL drops its advisory locks
             finally:
                 engine.dispose()
-            self._conn = None
 
 
 def _claim_sqlite(database: Path, node_id: str) -> NodeClaim:
@@ -88,7 +104,17 @@ def _claim_sqlite(database: Path, node_id: str) -> NodeClaim:
     return NodeClaim(node_id, _fd=fd)
 
 
-def _claim_postgresql(url: str, node_id: str) -> NodeClaim:
+def _try_lock(conn: Connection, node_id: str) -> bool:
+    """``pg_try_advisory_lock`` of ``node_id``'s claim on this session; no transaction stays open."""
+    schema = str(conn.execute(text("SELECT current_schema()")).scalar() or "")
+    got = conn.execute(
+        text("SELECT pg_try_advisory_lock(:cls, :key)"), {"cls": _PG_CLAIM_CLASS, "key": _pg_key(node_id, schema)}
+    ).scalar()
+    conn.commit()  # the session lock outlives the transaction
+    return bool(got)
+
+
+def _claim_postgresql(url: str, node_id: str, wait: float = CLAIM_WAIT) -> NodeClaim:
     engine = create_engine(url, poolclass=NullPool)
     try:
         conn = engine.connect()
@@ -96,11 +122,11 @@ def _claim_postgresql(url: str, node_id: str) -> NodeClaim:
         engine.dispose()
         raise
     try:
-        schema = str(conn.execute(text("SELECT current_schema()")).scalar() or "")
-        got = conn.execute(
-            text("SELECT pg_try_advisory_lock(:cls, :key)"), {"cls": _PG_CLAIM_CLASS, "key": _pg_key(node_id, schema)}
-        ).scalar()
-        conn.commit()  # the session lock outlives the transaction; no transaction stays open
+        # another node may hold our claim for a moment: routing what we stored before we stopped
+        # (hold_if_gone); a second live process with our id holds it for good
+        deadline = time.monotonic() + wait
+        while not (got := _try_lock(conn, node_id)) and time.monotonic() < deadline:
+            time.sleep(0.2)
     except Exception:
         conn.close()
         engine.dispose()
@@ -117,6 +143,22 @@ def _claim_postgresql(url: str, node_id: str) -> NodeClaim:
     return NodeClaim(node_id, _conn=conn)
 
 
+def hold_if_gone(engine: Engine, node_id: str) -> NodeClaim | None:
+    """``node_id``'s claim, held by this process on a connection of ``engine`` (PostgreSQL), if no live
+    process holds it: its node is gone (stopped, crashed, decommissioned), so another node may do the
+    work it left (core/routing.py: route what it stored). None if the node is alive. Release it soon:
+    the node, starting again, waits at most CLAIM_WAIT seconds for it."""
+    conn = engine.connect()
+    try:
+        if _try_lock(conn, node_id):
+            return NodeClaim(node_id, _conn=conn, _owns_engine=False)
+    except Exception:
+        conn.close()
+        raise
+    conn.close()
+    return None
+
+
 def claim_node(url: str, node_id: str) -> NodeClaim:
     """Claim ``node_id`` on the index at ``url`` for this process (blocking), or NodeClaimRefused."""
     parsed = make_url(url)
@@ -128,4 +170,4 @@ def claim_node(url: str, node_id: str) -> NodeClaim:
     return _claim_postgresql(url, node_id)
 
 
-__all__ = ["SQLITE_LOCK_SUFFIX", "NodeClaim", "NodeClaimRefused", "claim_node"]
+__all__ = ["CLAIM_WAIT", "SQLITE_LOCK_SUFFIX", "NodeClaim", "NodeClaimRefused", "claim_node", "hold_if_gone"]

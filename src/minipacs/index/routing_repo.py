@@ -197,6 +197,11 @@ def set_arrival_cursor(conn: Connection, node: str, seq: int, now: dt.datetime) 
     )
 
 
+def cursor_nodes(conn: Connection) -> list[str]:
+    """The nodes whose arrivals a rule watches (each has a cursor)."""
+    return [str(n) for n in conn.execute(select(_CURSORS.c.node).order_by(_CURSORS.c.node)).scalars()]
+
+
 def forget_arrival_cursor(conn: Connection, node: str) -> None:
     conn.execute(delete(_CURSORS).where(_CURSORS.c.node == node))
 
@@ -428,6 +433,7 @@ __all__ = [
     "delivery_counts",
     "due_marks",
     "failing_destinations",
+    "cursor_nodes",
     "forget_arrival_cursor",
     "insert_deliveries",
     "insert_rule",
