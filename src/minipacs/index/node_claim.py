@@ -135,7 +135,8 @@ def _claim_postgresql(url: str, node_id: str, wait: float = CLAIM_WAIT) -> NodeC
         conn.close()
         engine.dispose()
         raise NodeClaimRefused(
-            f"another running minipacs node already uses node_id {node_id!r} on this PostgreSQL index: two "
+            f"another running minipacs node already uses node_id {node_id!r} on this PostgreSQL index (its "
+            f"claim stayed taken for {wait:g} s): two "
             "live nodes with one id would take each other's jobs and mix their records. Give each node its "
             "own node_id (setting node_id, environment MINIPACS_NODE_ID; the default is the host name), "
             "or stop the other node first"
