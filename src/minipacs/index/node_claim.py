@@ -57,6 +57,38 @@ class NodeClaim:
     _fd: int | None = None
     _conn: Connection | None = None
     _owns_engine: bool = True  # False: a connection of a shared engine (hold_if_gone)
+    _engine: Engine | None = None  # PostgreSQL, this node's own claim: to take it again (keep)
+
+    def keep(self) -> bool:
+        """Whether this node still holds its claim (PostgreSQL; elsewhere always). A session that was
+        lost (PostgreSQL restarted, the connection cut) took the advisory lock with it: the claim is
+        taken again on a new connection. False while another process holds it: a node routing what
+        this one stored while it looked gone (core/routing.py), which lets go after its pass."""
+        if self._engine is None:
+            return True
+        if self._conn is not None:
+            try:
+                self._conn.execute(text("SELECT 1"))
+                self._conn.commit()
+                return True
+            except Exception:  # noqa: BLE001 - the session is gone, and its lock with it
+                try:
+                    self._conn.close()
+                except Exception:  # noqa: BLE001 - already broken
+                    pass
+                self._conn = None
+        try:
+            conn = self._engine.connect()
+        except Exception:  # noqa: BLE001 - PostgreSQL not back yet: the next look tries again
+            return False
+        try:
+            if _try_lock(conn, self.node_id):
+                self._conn = conn
+                return True
+        except Exception:  # noqa: BLE001
+            pass
+        conn.close()
+        return False
 
     def release(self) -> None:
         if self._fd is not None:
@@ -80,6 +112,9 @@ class NodeClaim:
                 conn.close()  # the session ends: PostgreSQL drops its advisory locks
             finally:
                 engine.dispose()
+        elif self._engine is not None:  # lost and not taken again: nothing held, the engine goes
+            self._engine.dispose()
+        self._engine = None
 
 
 def _claim_sqlite(database: Path, node_id: str) -> NodeClaim:
@@ -141,7 +176,7 @@ def _claim_postgresql(url: str, node_id: str, wait: float = CLAIM_WAIT) -> NodeC
             "own node_id (setting node_id, environment MINIPACS_NODE_ID; the default is the host name), "
             "or stop the other node first"
         )
-    return NodeClaim(node_id, _conn=conn)
+    return NodeClaim(node_id, _conn=conn, _engine=engine)
 
 
 def hold_if_gone(engine: Engine, node_id: str) -> NodeClaim | None:
