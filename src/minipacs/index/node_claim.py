@@ -20,8 +20,9 @@ import fcntl
 import hashlib
 import os
 import socket
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -58,12 +59,19 @@ class NodeClaim:
     _conn: Connection | None = None
     _owns_engine: bool = True  # False: a connection of a shared engine (hold_if_gone)
     _engine: Engine | None = None  # PostgreSQL, this node's own claim: to take it again (keep)
+    #: keep (a worker thread) and release (the shutdown) never use the connection at once.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def keep(self) -> bool:
         """Whether this node still holds its claim (PostgreSQL; elsewhere always). A session that was
         lost (PostgreSQL restarted, the connection cut) took the advisory lock with it: the claim is
         taken again on a new connection. False while another process holds it: a node routing what
         this one stored while it looked gone (core/routing.py), which lets go after its pass."""
+        with self._lock:
+            return self._keep()
+
+    def _keep(self) -> bool:
+        """The work of :meth:`keep`, under the lock."""
         if self._engine is None:
             return True
         if self._conn is not None:
@@ -91,6 +99,10 @@ class NodeClaim:
         return False
 
     def release(self) -> None:
+        with self._lock:
+            self._release()
+
+    def _release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # releases the flock
             self._fd = None
