@@ -116,6 +116,9 @@ class NodeClaim:
                         {"cls": _PG_CLAIM_CLASS, "key": _pg_key(self.node_id, schema)},
                     )
                     conn.commit()
+                except Exception:
+                    conn.invalidate()  # its session ends, and the lock with it: never pooled still held
+                    raise
                 finally:
                     conn.close()
                 return
