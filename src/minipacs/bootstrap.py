@@ -9,6 +9,7 @@ import signal
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from minipacs.blobs.base import BlobStore
 from minipacs.blobs.filesystem import FilesystemBlobStore
@@ -311,6 +312,8 @@ class App:
     router: Router | None = None
     #: This node's claim on its node_id (index/node_claim.py), released last.
     claim: NodeClaim | None = None
+    #: Takes the claim again when its PostgreSQL session was lost (``keep_claim``).
+    claim_watch: asyncio.Task[None] | None = None
     #: Writes this node's own figures into the index for /api/stats on every node (core/stats.py).
     node_stats: NodeStatsPublisher | None = None
     node_stats_watch: asyncio.Task[None] | None = None
@@ -334,7 +337,7 @@ class App:
                 await asyncio.gather(task, return_exceptions=True)
         if self.audit_syslog is not None and self.audit_syslog_watch is not None:
             await self.audit_syslog.drain(grace)  # bounded: an unreachable collector costs ``grace`` s
-        for task in (self.audit_syslog_watch, self.node_stats_watch):
+        for task in (self.audit_syslog_watch, self.node_stats_watch, self.claim_watch):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -501,6 +504,34 @@ def audit_syslog(settings: Settings) -> SyslogSender | None:
         raise ConfigError(str(exc)) from exc
 
 
+#: Seconds between two looks at this node's claim (``keep_claim``).
+CLAIM_CHECK_SECONDS: Final = 5.0
+
+
+async def keep_claim(claim: NodeClaim, every: float = CLAIM_CHECK_SECONDS) -> None:
+    """Every ``every`` s: this node's claim is still held, or taken again (a PostgreSQL restart drops every
+    session's advisory locks: without it, other nodes would take this live node for gone and route what
+    it stores). A WARNING when it is lost, an INFO when it is back."""
+    held = True
+    while True:
+        await asyncio.sleep(every)
+        try:
+            now = await asyncio.to_thread(claim.keep)
+        except Exception as exc:  # noqa: BLE001 - the next look tries again
+            log.warning("node %s: cannot check this node's claim on the index: %s", claim.node_id, exc)
+            continue
+        if held and not now:
+            log.warning(
+                "node %s: this node's claim on the index was lost (PostgreSQL restarted or the connection was "
+                "cut) and is held elsewhere for now; taking it again every %g s",
+                claim.node_id,
+                every,
+            )
+        elif now and not held:
+            log.info("node %s: this node's claim on the index is held again", claim.node_id)
+        held = now
+
+
 async def take_node_claim(settings: Settings) -> NodeClaim:
     """This serving node's claim on its node_id (index/node_claim.py), before anything in the data
     folder is touched: a second node on a SQLite index, or a second live node with one node_id on
@@ -621,6 +652,8 @@ async def serve(settings: Settings, on_ready: Callable[[App], None] | None = Non
         )
         app.compression = compression_scheduler(settings, app)
         app.compression.attach()
+        if app.claim is not None:
+            app.claim_watch = asyncio.ensure_future(keep_claim(app.claim))
         if app.router is not None:
             await app.router.start()
         # What startup made (modules, configuration, the app) lives as long as the process: out of the

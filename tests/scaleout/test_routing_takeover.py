@@ -132,3 +132,65 @@ def _now() -> Any:
     import datetime as dt
 
     return dt.datetime.now(dt.UTC)
+
+
+def test_a_claim_whose_session_was_cut_is_taken_again() -> None:
+    """A PostgreSQL restart (here: the claim's backend terminated) drops the session's advisory lock: the
+    node looked gone to the others. ``keep`` takes the claim again on a new session; while another process
+    holds it (routing for the node that looked gone), it says so and tries again later."""
+    from sqlalchemy import create_engine, text
+
+    with postgres_schema_url() as url:
+        engine = create_engine(url)
+        claim = node_claim.claim_node(url, "node-k")
+        try:
+            assert claim.keep() and node_claim.hold_if_gone(engine, "node-k") is None
+            assert claim._conn is not None
+            backend = claim._conn.execute(text("SELECT pg_backend_pid()")).scalar()
+            claim._conn.commit()
+            with engine.connect() as admin:
+                admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+                admin.commit()
+            taker = node_claim.hold_if_gone(engine, "node-k")  # now it looks gone: another node takes it
+            assert taker is not None
+            assert not claim.keep()  # held elsewhere for that node's pass
+            taker.release()
+            assert claim.keep()  # taken again on a new session
+            assert node_claim.hold_if_gone(engine, "node-k") is None  # alive again for everyone
+        finally:
+            claim.release()
+            engine.dispose()
+
+
+def test_the_serving_node_looks_at_its_claim_and_says_when_it_is_lost_and_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from minipacs.bootstrap import keep_claim
+
+    answers = iter([True, False, False, True, True])
+    looked = asyncio.Event()
+
+    class Claim:
+        node_id = "node-k"
+
+        def keep(self) -> bool:
+            try:
+                return next(answers)
+            except StopIteration:
+                looked.set()
+                return True
+
+    async def main() -> None:
+        task = asyncio.ensure_future(keep_claim(Claim(), every=0.001))  # type: ignore[arg-type]
+        await asyncio.wait_for(looked.wait(), 10)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    with caplog.at_level("INFO", logger="minipacs"):
+        asyncio.run(main())
+    said = [r.getMessage() for r in caplog.records if "claim on the index" in r.getMessage()]
+    assert said == [
+        "node node-k: this node's claim on the index was lost (PostgreSQL restarted or the connection was cut) "
+        "and is held elsewhere for now; taking it again every 0.001 s",
+        "node node-k: this node's claim on the index is held again",
+    ]

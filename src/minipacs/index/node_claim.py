@@ -20,8 +20,9 @@ import fcntl
 import hashlib
 import os
 import socket
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -57,8 +58,51 @@ class NodeClaim:
     _fd: int | None = None
     _conn: Connection | None = None
     _owns_engine: bool = True  # False: a connection of a shared engine (hold_if_gone)
+    _engine: Engine | None = None  # PostgreSQL, this node's own claim: to take it again (keep)
+    #: keep (a worker thread) and release (the shutdown) never use the connection at once.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def keep(self) -> bool:
+        """Whether this node still holds its claim (PostgreSQL; elsewhere always). A session that was
+        lost (PostgreSQL restarted, the connection cut) took the advisory lock with it: the claim is
+        taken again on a new connection. False while another process holds it: a node routing what
+        this one stored while it looked gone (core/routing.py), which lets go after its pass."""
+        with self._lock:
+            return self._keep()
+
+    def _keep(self) -> bool:
+        """The work of :meth:`keep`, under the lock."""
+        if self._engine is None:
+            return True
+        if self._conn is not None:
+            try:
+                self._conn.execute(text("SELECT 1"))
+                self._conn.commit()
+                return True
+            except Exception:  # noqa: BLE001 - the session is gone, and its lock with it
+                try:
+                    self._conn.close()
+                except Exception:  # noqa: BLE001 - already broken
+                    pass
+                self._conn = None
+        try:
+            conn = self._engine.connect()
+        except Exception:  # noqa: BLE001 - PostgreSQL not back yet: the next look tries again
+            return False
+        try:
+            if _try_lock(conn, self.node_id):
+                self._conn = conn
+                return True
+        except Exception:  # noqa: BLE001
+            pass
+        conn.close()
+        return False
 
     def release(self) -> None:
+        with self._lock:
+            self._release()
+
+    def _release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # releases the flock
             self._fd = None
@@ -72,6 +116,9 @@ class NodeClaim:
                         {"cls": _PG_CLAIM_CLASS, "key": _pg_key(self.node_id, schema)},
                     )
                     conn.commit()
+                except Exception:
+                    conn.invalidate()  # its session ends, and the lock with it: never pooled still held
+                    raise
                 finally:
                     conn.close()
                 return
@@ -80,6 +127,9 @@ class NodeClaim:
                 conn.close()  # the session ends: PostgreSQL drops its advisory locks
             finally:
                 engine.dispose()
+        elif self._engine is not None:  # lost and not taken again: nothing held, the engine goes
+            self._engine.dispose()
+        self._engine = None
 
 
 def _claim_sqlite(database: Path, node_id: str) -> NodeClaim:
@@ -141,7 +191,7 @@ def _claim_postgresql(url: str, node_id: str, wait: float = CLAIM_WAIT) -> NodeC
             "own node_id (setting node_id, environment MINIPACS_NODE_ID; the default is the host name), "
             "or stop the other node first"
         )
-    return NodeClaim(node_id, _conn=conn)
+    return NodeClaim(node_id, _conn=conn, _engine=engine)
 
 
 def hold_if_gone(engine: Engine, node_id: str) -> NodeClaim | None:
