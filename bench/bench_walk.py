@@ -60,7 +60,7 @@ def measure(data: bytes, folder: Path, repeat: int, *, deflated: bool) -> list[t
     path.write_bytes(data)
 
     def walk() -> None:
-        StructureWalk(implicit=False, little_endian=True, max_depth=64, size=len(data)).walk(data)
+        StructureWalk(implicit=False, little_endian=True, max_depth=64, size=len(data), encapsulated=False).walk(data)
 
     out = [
         ("check_staged (file)", cpu_us(lambda: check_staged(path, 0, ExplicitVRLittleEndian, 64), repeat)),

@@ -299,6 +299,18 @@ def _undefined_length_text(e: Encoder, sop: str) -> bytes:
     return head(e, sop) + text + e.item(e.text(0x00080100, "SH", "X1")) + e.delimiter(SEQUENCE_END) + pixels(e)
 
 
+def _ob_undefined(e: Encoder, sop: str) -> bytes:
+    # PS3.5 A.4 encapsulates Pixel Data only: DCMTK refuses this file ("Illegal element with OB or OW
+    # Value Representation and undefined length"); Encapsulated Document (0042,0011) is OB
+    fragments = e.sq(0x00420011, [e.item(b""), e.item(b"%PDF-1.4" + b"\x00" * 8)], defined=False, vr="OB")
+    return head(e, sop) + fragments + pixels(e)
+
+
+def _encapsulated_in_native(e: Encoder, sop: str) -> bytes:
+    # fragments under a native syntax (PS3.5 A.1-A.3, A.5): readers take them for native pixels
+    return _ok_encapsulated(e, sop)
+
+
 def _item_at_top(e: Encoder, sop: str) -> bytes:
     return head(e, sop) + e.item(e.text(0x0040A040, "CS", "TEXT")) + pixels(e)
 
@@ -345,6 +357,16 @@ KINDS: dict[str, tuple[Builder, str, tuple[Syntax, ...]]] = {
     "undefined-length-text": (
         _undefined_length_text,
         r"^\(0040,A160\) at \d+: undefined length with VR UT$",
+        SYNTAXES,
+    ),
+    "undefined-length-ob-not-pixel-data": (
+        _ob_undefined,
+        r"^\(0042,0011\) at \d+: undefined length with VR OB$",
+        (*SYNTAXES, ENCAPSULATED),
+    ),
+    "encapsulated-in-native-syntax": (
+        _encapsulated_in_native,
+        r"^\(7FE0,0010\) at \d+: encapsulated pixel data, native syntax$",
         SYNTAXES,
     ),
 }

@@ -26,7 +26,14 @@ from minipacs.core.errors import ArchiveError, BrokenDataset, InvalidInstance, U
 from minipacs.core.inflate import DatasetLimits, check_deflated
 from minipacs.core.model import DuplicatePolicy, Origin, StagedPath, StoreStatus
 from minipacs.core.stored import read_stored
-from minipacs.core.structure import ERROR_COMMENT_LENGTH, StructureWalk, _too_deep, check_structure, walk_file
+from minipacs.core.structure import (
+    ERROR_COMMENT_LENGTH,
+    StructureWalk,
+    _too_deep,
+    check_structure,
+    encapsulates,
+    walk_file,
+)
 from minipacs.core.structure import walk_bytes as walk_in_memory
 from minipacs.dicom.header import MalformedDataset, dataset_encoding
 from minipacs.dicom.part10 import NotPart10, dataset_offset_of
@@ -72,13 +79,22 @@ def walk_bytes(c: Case, *, chunk: int = 0, max_depth: int = 64) -> str:
     enc = dataset_encoding(c.syntax.uid)
     try:
         if chunk:
-            walk = StructureWalk(implicit=enc.implicit_vr, little_endian=enc.little_endian, max_depth=max_depth)
+            walk = StructureWalk(
+                implicit=enc.implicit_vr,
+                little_endian=enc.little_endian,
+                max_depth=max_depth,
+                encapsulated=encapsulates(c.syntax.uid),
+            )
             for start in range(0, len(raw), chunk):
                 walk.feed(raw[start : start + chunk])
             walk.finish()
         else:
             walk = StructureWalk(
-                implicit=enc.implicit_vr, little_endian=enc.little_endian, max_depth=max_depth, size=len(raw)
+                implicit=enc.implicit_vr,
+                little_endian=enc.little_endian,
+                max_depth=max_depth,
+                size=len(raw),
+                encapsulated=encapsulates(c.syntax.uid),
             )
             walk.walk(raw)
     except MalformedDataset as exc:
@@ -118,7 +134,15 @@ def test_a_file_read_in_windows_gives_the_same_sentence(tmp_path: Path, window: 
         path.write_bytes(b"PREFIX" + c.data)  # the dataset starts at offset 6, as after a File Meta
         enc = dataset_encoding(c.syntax.uid)
         try:
-            walk_file(path, 6, implicit=enc.implicit_vr, little_endian=enc.little_endian, max_depth=64, window=window)
+            walk_file(
+                path,
+                6,
+                implicit=enc.implicit_vr,
+                little_endian=enc.little_endian,
+                max_depth=64,
+                window=window,
+                encapsulated=encapsulates(c.syntax.uid),
+            )
             said = ""
         except MalformedDataset as exc:
             said = str(exc)
@@ -135,7 +159,12 @@ def test_a_file_already_in_memory_gives_the_same_sentence_as_read_from_disk(tmp_
         data = b"PREFIX" + c.data
         path.write_bytes(data)
         enc = dataset_encoding(c.syntax.uid)
-        options = {"implicit": enc.implicit_vr, "little_endian": enc.little_endian, "max_depth": 64}
+        options = {
+            "implicit": enc.implicit_vr,
+            "little_endian": enc.little_endian,
+            "max_depth": 64,
+            "encapsulated": encapsulates(c.syntax.uid),
+        }
         try:
             walk_file(path, 6, **options)
             from_disk = ""
@@ -153,7 +182,7 @@ def test_a_file_already_in_memory_gives_the_same_sentence_as_read_from_disk(tmp_
 
 def test_every_sentence_fits_the_error_comment_even_with_large_numbers() -> None:
     """Tags, 10-digit offsets and lengths: the sentence drops its tail rather than pass 64 characters."""
-    walk = StructureWalk(implicit=False, little_endian=True, max_depth=64, size=4_294_967_295)
+    walk = StructureWalk(implicit=False, little_endian=True, max_depth=64, size=4_294_967_295, encapsulated=False)
     walk._stack.append((1, -1, 4_294_967_295, False, 0x0040A730, 4_000_000_000, 0xFFFFFFFF))
     sentences = [
         walk._past(0x7FE00010, 4_294_967_000, 4_294_967_294, 4_294_967_295),
@@ -203,7 +232,14 @@ def test_pydicoms_test_files_that_pydicom_reads_whole_pass_the_walk() -> None:
             if enc.deflated:
                 check_deflated(path, offset, DatasetLimits())
             else:
-                walk_file(path, offset, implicit=enc.implicit_vr, little_endian=enc.little_endian, max_depth=64)
+                walk_file(
+                    path,
+                    offset,
+                    implicit=enc.implicit_vr,
+                    little_endian=enc.little_endian,
+                    max_depth=64,
+                    encapsulated=encapsulates(syntax),
+                )
             walked += 1
         except (MalformedDataset, ArchiveError) as exc:
             refused[path.name] = str(exc)
@@ -237,10 +273,10 @@ def test_the_benchmarks_instances_pass(tmp_path: Path, shape: tuple[int, int]) -
     data = _bench_instance(*shape)
     path = tmp_path / "ds"
     path.write_bytes(data)
-    walk_file(path, 0, implicit=False, little_endian=True, max_depth=64)
+    walk_file(path, 0, implicit=False, little_endian=True, max_depth=64, encapsulated=False)
     path.write_bytes(data[:-1])
     with pytest.raises(MalformedDataset, match=r"^\(7FE0,0010\) at \d+: length \d+ runs past the end"):
-        walk_file(path, 0, implicit=False, little_endian=True, max_depth=64)
+        walk_file(path, 0, implicit=False, little_endian=True, max_depth=64, encapsulated=False)
 
 
 # ---------------------------------------------------------------------------- through the archive

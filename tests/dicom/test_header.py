@@ -281,7 +281,7 @@ def test_un_of_undefined_length_before_the_wanted_attributes_in_big_endian(tmp_p
         + big.text(0x00100020, "LO", "BIG-UN")
         + big.us(0x00280010, 8)
     )
-    walk_bytes(data, 0, implicit=False, little_endian=False, max_depth=8)
+    walk_bytes(data, 0, implicit=False, little_endian=False, max_depth=8, encapsulated=False)
     ds = make_ct("1.2", "1.3", "1.2.3.4")
     path, offset = stage(tmp_path, ds, ExplicitVRBigEndian, data)
     header = read_header(path, offset, ExplicitVRBigEndian)

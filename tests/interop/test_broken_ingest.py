@@ -198,3 +198,30 @@ def test_minipacs_import_rejects_a_broken_file_and_says_why(tmp_path: Path) -> N
     assert "1 stored, 0 duplicate(s), 1 rejected" in res.stdout
     line = next(line for line in res.stderr.splitlines() if "broken.dcm" in line)
     assert re.search(r"\(FFFE,E000\) at \d+: length \d+ runs past its sequence", line), line
+
+
+@pytest.mark.parametrize(
+    "c",
+    [
+        *(case("undefined-length-ob-not-pixel-data", s) for s in (EXPLICIT, ENCAPSULATED)),
+        *(case("encapsulated-in-native-syntax", s) for s in (EXPLICIT, IMPLICIT)),
+    ],
+    ids=lambda c: c.id,
+)
+def test_dcmtk_cannot_re_encode_what_the_walk_refuses_for_undefined_lengths(tmp_path: Path, c: Case) -> None:
+    """Why the walk refuses these two (found by a differential fuzz of the walk against dcmdump):
+    an OB of undefined length that is not Pixel Data has no encoding in the standard (PS3.5 A.4
+    encapsulates Pixel Data only) and DCMTK refuses the whole file; encapsulated Pixel Data under a
+    native syntax (A.1, A.2) DCMTK reads but cannot write in any syntax, so a retrieve that converts
+    it fails. dcmconv stands in for that retrieve."""
+    source, target = tmp_path / "in.dcm", tmp_path / "out.dcm"
+    source.write_bytes(part10(c))
+    result = run([dcmtk("dcmconv"), "+te", str(source), str(target)])
+    assert result.returncode != 0, result.stdout + result.stderr
+    undefined_ob = c.name.startswith("undefined")
+    said = "Illegal element with OB or OW" if undefined_ob else "Pixel representation cannot be changed"
+    assert said in result.stderr, result.stderr
+    # and the good neighbours: the same shape with Pixel Data under its encapsulated syntax re-encodes
+    good = tmp_path / "good.dcm"
+    good.write_bytes(part10(case("ok-encapsulated", ENCAPSULATED)))
+    assert run([dcmtk("dcmconv"), str(good), str(target)]).returncode == 0

@@ -101,7 +101,8 @@ def check_deflated(path: Path, dataset_offset: int, limits: DatasetLimits) -> in
 
     Raises as :func:`inflate` does, and BrokenDataset when the inflated dataset is broken.
     """
-    walk = StructureWalk(implicit=False, little_endian=True, max_depth=limits.max_sequence_depth)
+    # A.5: a deflated dataset's Pixel Data is native (the JPIP Deflate syntaxes of A.6 carry none)
+    walk = StructureWalk(implicit=False, little_endian=True, max_depth=limits.max_sequence_depth, encapsulated=False)
     try:
         with open(path, "rb") as fp:
             size = os.fstat(fp.fileno()).st_size

@@ -32,6 +32,7 @@ from pydicom.datadict import dictionary_VR
 
 from minipacs.core.errors import BrokenDataset
 from minipacs.dicom.header import MalformedDataset, dataset_encoding
+from minipacs.dicom.uids import transfer_syntax
 from minipacs.dicom.vr import ALL_VRS, LONG_LENGTH_VR_BYTES, LONG_LENGTH_VRS
 
 _UNDEFINED: Final = 0xFFFFFFFF
@@ -189,10 +190,13 @@ _FRAGMENTS: Final = 2
 _UNBOUNDED: Final = 1 << 62
 #: Public tags whose VR is SQ (PS3.6 Table 6-1): in implicit VR the only way to tell a sequence.
 _SQ_TAGS: Final = frozenset(tag for tag, entry in DicomDictionary.items() if entry[0] == "SQ")
-#: Public tags whose VR cannot have an undefined length (PS3.5 §7.1.1: only SQ, UN, and OB or OW for
-#: encapsulated data): in implicit VR their dictionary VR tells.
+#: Public tags whose VR cannot have an undefined length: in implicit VR their dictionary VR tells.
+#: PS3.5 §7.1.1 allows it for SQ and UN, and for OB or OW "depending on the negotiated Transfer
+#: Syntax": Annex A.4 encapsulates one element, Pixel Data (7FE0,0010), which the walk takes first.
+#: Any other OB or OW of undefined length has no encoding in the standard (DCMTK refuses the file:
+#: "Illegal element with OB or OW Value Representation and undefined length").
 _DEFINED_LENGTH_TAGS: Final = frozenset(
-    tag for tag, entry in DicomDictionary.items() if not any(vr in entry[0] for vr in ("SQ", "UN", "OB", "OW", "NONE"))
+    tag for tag, entry in DicomDictionary.items() if not any(vr in entry[0] for vr in ("SQ", "UN", "NONE"))
 )
 
 
@@ -261,11 +265,34 @@ class StructureWalk:
 
     ``size``: the dataset's length when known (a file): every length is checked as it is read.
     ``None`` (an inflating stream): the end is known at :meth:`finish`.
+    ``encapsulated``: the transfer syntax encapsulates Pixel Data (PS3.5 A.4). In a native one
+    (A.1, A.2, A.3, A.5) Pixel Data of undefined length is refused: its fragments would be read as
+    native pixels. Any other OB or OW of undefined length is refused in every syntax.
     """
 
-    __slots__ = ("_buf", "_base", "_pos", "_stack", "_depth", "_max_depth", "_order", "_last", "_size", "_stray")
+    __slots__ = (
+        "_buf",
+        "_base",
+        "_pos",
+        "_stack",
+        "_depth",
+        "_max_depth",
+        "_order",
+        "_last",
+        "_size",
+        "_stray",
+        "_encapsulated",
+    )
 
-    def __init__(self, *, implicit: bool, little_endian: bool, max_depth: int, size: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        implicit: bool,
+        little_endian: bool,
+        max_depth: int,
+        size: int | None = None,
+        encapsulated: bool,
+    ) -> None:
         end = _UNBOUNDED if size is None else size
         # a frame: (kind, end or -1 when undefined, limit, implicit, tag, offset, length) of what opened it
         self._stack: list[tuple[int, int, int, bool, int, int, int]] = [(_DATASET, end, end, implicit, 0, 0, 0)]
@@ -274,6 +301,7 @@ class StructureWalk:
         self._pos = 0  # dataset offset of the next header
         self._depth = 0
         self._max_depth = max_depth
+        self._encapsulated = encapsulated
         self._order = "<" if little_endian else ">"
         self._last = (0, 0, 0)  # tag, offset, length of the last value stepped over past the data
         self._size = size
@@ -392,11 +420,19 @@ class StructureWalk:
                 start = pos + head
                 if length == _UNDEFINED:
                     tag = group << 16 | element
-                    if tag == _PIXEL_DATA or vr == ob_code or vr == ow_code:
+                    if tag == _PIXEL_DATA:
+                        if not self._encapsulated:
+                            raise MalformedDataset(
+                                _fit(
+                                    f"(7FE0,0010) at {pos}: encapsulated pixel data, native syntax",
+                                    f"(7FE0,0010) at {pos}: encapsulated in a native syntax",
+                                )
+                            )
                         frame = (_FRAGMENTS, -1, limit, implicit, tag, pos, length)  # PS3.5 A.4
                     elif (vr != sq_code and vr != un_code) if not implicit else tag in _DEFINED_LENGTH_TAGS:
-                        # PS3.5 §7.1.1: undefined length is for SQ, UN and (encapsulated) OB/OW only;
-                        # DCMTK reads a UT of undefined length as 4 GB and stops, pydicom as text
+                        # PS3.5 §7.1.1: undefined length is for SQ, UN and encapsulated Pixel Data only;
+                        # DCMTK reads a UT of undefined length as 4 GB and stops, pydicom as text, and
+                        # refuses an OB or OW of undefined length that is not Pixel Data
                         what = _vr_text(vr, order) if not implicit else DicomDictionary[tag][0]
                         raise MalformedDataset(f"{_tag_text(tag)} at {pos}: undefined length with VR {what}")
                     else:
@@ -513,7 +549,14 @@ _WINDOW: Final = 64 * 1024
 
 
 def walk_file(
-    path: Path, dataset_offset: int, *, implicit: bool, little_endian: bool, max_depth: int, window: int = _WINDOW
+    path: Path,
+    dataset_offset: int,
+    *,
+    implicit: bool,
+    little_endian: bool,
+    max_depth: int,
+    encapsulated: bool,
+    window: int = _WINDOW,
 ) -> None:
     """:class:`StructureWalk` over the dataset of a file, from ``dataset_offset`` to the file's end,
     reading ``window`` bytes (at least a header's 12) at a time from where the next header starts."""
@@ -521,7 +564,9 @@ def walk_file(
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size - dataset_offset
-        walk = StructureWalk(implicit=implicit, little_endian=little_endian, max_depth=max_depth, size=size)
+        walk = StructureWalk(
+            implicit=implicit, little_endian=little_endian, max_depth=max_depth, size=size, encapsulated=encapsulated
+        )
         while walk.wants_more():
             at = walk.next_offset
             data = os.pread(fd, window, dataset_offset + at)
@@ -532,18 +577,30 @@ def walk_file(
         os.close(fd)
 
 
-def walk_bytes(data: bytes, dataset_offset: int, *, implicit: bool, little_endian: bool, max_depth: int) -> None:
+def walk_bytes(
+    data: bytes, dataset_offset: int, *, implicit: bool, little_endian: bool, max_depth: int, encapsulated: bool
+) -> None:
     """:func:`walk_file` of a file already read whole into ``data``: the same walk, windows
     sliced from memory rather than read (so the same verdicts, offsets and sentences)."""
     size = len(data) - dataset_offset
     view = memoryview(data)
-    walk = StructureWalk(implicit=implicit, little_endian=little_endian, max_depth=max_depth, size=size)
+    walk = StructureWalk(
+        implicit=implicit, little_endian=little_endian, max_depth=max_depth, size=size, encapsulated=encapsulated
+    )
     while walk.wants_more():
         at = walk.next_offset
         window = view[dataset_offset + at :]
         if not window:
             raise MalformedDataset(f"the dataset ends at {at}, before its {size} bytes")
         walk.walk(window, at)
+
+
+def encapsulates(transfer_syntax_uid: str) -> bool:
+    """Whether a dataset of this transfer syntax may hold encapsulated Pixel Data (PS3.5 A.4): the
+    syntax says; a private one is read as explicit VR little endian (dataset_encoding), which every
+    encapsulating syntax is, so it may."""
+    known = transfer_syntax(transfer_syntax_uid)
+    return known.encapsulated if known is not None else True
 
 
 def check_staged(
@@ -558,6 +615,7 @@ def check_staged(
     encoding = dataset_encoding(transfer_syntax_uid)
     if encoding.deflated:
         return
+    encapsulated = encapsulates(transfer_syntax_uid)
     try:
         if data is not None:
             walk_bytes(
@@ -566,6 +624,7 @@ def check_staged(
                 implicit=encoding.implicit_vr,
                 little_endian=encoding.little_endian,
                 max_depth=max_depth,
+                encapsulated=encapsulated,
             )
             return
         walk_file(
@@ -574,6 +633,7 @@ def check_staged(
             implicit=encoding.implicit_vr,
             little_endian=encoding.little_endian,
             max_depth=max_depth,
+            encapsulated=encapsulated,
         )
     except MalformedDataset as exc:
         raise BrokenDataset(str(exc)) from None
@@ -585,6 +645,7 @@ __all__ = [
     "StructureWalk",
     "check_staged",
     "check_structure",
+    "encapsulates",
     "walk_bytes",
     "walk_file",
 ]
