@@ -89,6 +89,34 @@ def test_names_are_decoded_per_specific_character_set(tmp_path: Path, charset: s
     assert read_header(path, offset, ExplicitVRLittleEndian).get("PatientName") == name
 
 
+@pytest.mark.parametrize("syntax", broken_corpus.SYNTAXES, ids=lambda s: s.name)
+def test_a_nul_inside_the_specific_character_set_is_refused_and_nul_padding_is_not(
+    tmp_path: Path, syntax: broken_corpus.Syntax
+) -> None:
+    """Found by fuzzing ingest against pydicom: "ISO_IR\\x00100" was stored (the header reader dropped
+    the NUL), then pydicom could not read the file at all ("embedded null character" from
+    codecs.lookup), so the study's PS3.18 metadata answered 500. PS3.5 6.2: a CS value holds
+    uppercase letters, digits, space and underscore. NUL padding at the end (some devices pad CS
+    values with NUL) is read as padding, as pydicom reads it."""
+    import pydicom
+
+    plain = broken_corpus.Encoder(broken_corpus.EXPLICIT if syntax.deflated else syntax)
+    name = "Müller^Jürgens".encode("latin-1")  # as long as the name it replaces
+    for value, refused in ((b"ISO_IR\x00100", True), (b"\x00\x00ISO_IR 100", True), (b"ISO_IR 100\x00\x00", False)):
+        raw = plain.el(0x00080005, "CS", value) + broken_corpus.head(plain, "1.4").replace(b"Broken^Dataset", name)
+        data = broken_corpus.deflate(raw) if syntax.deflated else raw
+        path, offset = stage(tmp_path, make_ct("1.2", "1.3", "1.4"), syntax.uid, data)
+        if refused:
+            with pytest.raises(MalformedDataset, match=r"^\(0008,0005\) holds a NUL inside a term"):
+                read_header(path, offset, syntax.uid)
+            with pytest.raises(ValueError, match="embedded null"), pydicom.config.disable_value_validation():
+                pydicom.dcmread(path)  # why: pydicom cannot read the file
+        else:
+            assert read_header(path, offset, syntax.uid).get("PatientName") == "Müller^Jürgens"
+            with pydicom.config.disable_value_validation():
+                assert pydicom.dcmread(path).PatientName == "Müller^Jürgens"
+
+
 def test_iso2022_japanese_name(tmp_path: Path) -> None:
     ds = make_ct("1.2", "1.3", "1.4", SpecificCharacterSet=["", "ISO 2022 IR 87"], PatientName="Yamada^Tarou=山田^太郎")
     path, offset = stage(tmp_path, ds, ExplicitVRLittleEndian)

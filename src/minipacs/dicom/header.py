@@ -411,7 +411,14 @@ def read_header_from(fp: BinaryIO, dataset_offset: int, transfer_syntax_uid: str
 def _header(found: dict[int, bytes], encoding: TransferSyntax) -> InstanceHeader:
     """The text of the raw values found."""
     charset_raw = found.get(HEADER_ATTRIBUTES["SpecificCharacterSet"][0], b"")
-    codecs = codecs_for(charset_raw.decode("ascii", errors="replace").replace("\x00", "").strip(" "))
+    charset = charset_raw.decode("ascii", errors="replace").rstrip("\x00 ")  # padding, NUL as some pad
+    if "\x00" in charset:
+        # PS3.5 6.2: a CS holds uppercase letters, digits, space and underscore. An unknown term is read
+        # in the default repertoire (as pydicom does, with a warning); a NUL inside one makes pydicom's
+        # read of the whole file fail (codecs.lookup: "embedded null character"), so the instance's
+        # PS3.18 metadata, frames, rendering and transcoding would all fail, and its study's metadata.
+        raise MalformedDataset("(0008,0005) holds a NUL inside a term (PS3.5 6.2)")
+    codecs = codecs_for(charset.strip(" "))
     values: dict[str, str] = {}
     little_endian = encoding.little_endian
     for tag, raw in found.items():
