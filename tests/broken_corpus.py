@@ -311,6 +311,17 @@ def _encapsulated_in_native(e: Encoder, sop: str) -> bytes:
     return _ok_encapsulated(e, sop)
 
 
+def _header_attribute_late(e: Encoder, sop: str) -> bytes:
+    # PS3.5 §7.1: ascending order. DCMTK (with a warning) and pydicom sort; the index's header read stops
+    # at the first tag past (0028,0011), so it would hold no Patient ID where they read "LATE"
+    return head(e, sop).replace(e.text(0x00100020, "LO", "BROKEN1"), b"") + e.text(0x00100020, "LO", "LATE") + pixels(e)
+
+
+def _ok_other_element_late(e: Encoder, sop: str) -> bytes:
+    # out of order too, past every attribute the index keeps: DCMTK and pydicom read it, it is stored
+    return head(e, sop) + e.text(0x00280030, "DS", "0.5\\0.5") + e.text(0x00180050, "DS", "1.25") + pixels(e)
+
+
 def _item_at_top(e: Encoder, sop: str) -> bytes:
     return head(e, sop) + e.item(e.text(0x0040A040, "CS", "TEXT")) + pixels(e)
 
@@ -324,6 +335,7 @@ KINDS: dict[str, tuple[Builder, str, tuple[Syntax, ...]]] = {
     "ok-un-undefined-length": (_ok_un_undefined, "", (EXPLICIT, BIG, DEFLATED)),
     "ok-encapsulated": (_ok_encapsulated, "", (ENCAPSULATED,)),
     "ok-stray-delimiters": (_ok_stray_delimiters, "", SYNTAXES),
+    "ok-other-element-out-of-order": (_ok_other_element_late, "", SYNTAXES),
     # broken: must be refused, the comment naming what and where
     "element-past-end": (_past_end, r"^\(0028,0030\) at \d+: length 5000 runs past the end", SYNTAXES),
     "pixel-data-truncated": (_pixels_truncated, r"^\(7FE0,0010\) at \d+: length 128 runs past the end", SYNTAXES),
@@ -363,6 +375,11 @@ KINDS: dict[str, tuple[Builder, str, tuple[Syntax, ...]]] = {
         _ob_undefined,
         r"^\(0042,0011\) at \d+: undefined length with VR OB$",
         (*SYNTAXES, ENCAPSULATED),
+    ),
+    "header-attribute-out-of-order": (
+        _header_attribute_late,
+        r"^\(0010,0020\) at \d+ after \(0028,0011\): not ascending \(PS3\.5 7\.1\)$",
+        SYNTAXES,
     ),
     "encapsulated-in-native-syntax": (
         _encapsulated_in_native,

@@ -31,7 +31,7 @@ from pydicom._dicom_dict import DicomDictionary  # PS3.6 as pydicom generates it
 from pydicom.datadict import dictionary_VR
 
 from minipacs.core.errors import BrokenDataset
-from minipacs.dicom.header import MalformedDataset, dataset_encoding
+from minipacs.dicom.header import HEADER_ATTRIBUTES, MalformedDataset, dataset_encoding
 from minipacs.dicom.uids import transfer_syntax
 from minipacs.dicom.vr import ALL_VRS, LONG_LENGTH_VR_BYTES, LONG_LENGTH_VRS
 
@@ -188,6 +188,11 @@ _SEQUENCE: Final = 1
 _FRAGMENTS: Final = 2
 #: The limit of a dataset whose size is not known yet (a stream being inflated).
 _UNBOUNDED: Final = 1 << 62
+#: The top-level attributes the index keeps (dicom/header.py). One of them after a greater tag (PS3.5
+#: §7.1: ascending order) is refused: the header read stops at the first tag past the last of them, so
+#: the index would miss or differ from what DCMTK and pydicom read (they sort). Any other element out
+#: of order is stored: both read it.
+_HEADER_TAGS: Final = frozenset(tag for tag, _vr in HEADER_ATTRIBUTES.values())
 #: Public tags whose VR is SQ (PS3.6 Table 6-1): in implicit VR the only way to tell a sequence.
 _SQ_TAGS: Final = frozenset(tag for tag, entry in DicomDictionary.items() if entry[0] == "SQ")
 #: Public tags whose VR cannot have an undefined length: in implicit VR their dictionary VR tells.
@@ -282,6 +287,7 @@ class StructureWalk:
         "_size",
         "_stray",
         "_encapsulated",
+        "_last_top",
     )
 
     def __init__(
@@ -302,6 +308,7 @@ class StructureWalk:
         self._depth = 0
         self._max_depth = max_depth
         self._encapsulated = encapsulated
+        self._last_top = -1  # the greatest top-level tag so far
         self._order = "<" if little_endian else ">"
         self._last = (0, 0, 0)  # tag, offset, length of the last value stepped over past the data
         self._size = size
@@ -359,6 +366,7 @@ class StructureWalk:
         sq_code, un_code, ob_code, ow_code = _CODE[order]
         sq_tags = _SQ_TAGS
         kind, end, limit, implicit = stack[-1][:4]
+        last_top = self._last_top
         while True:
             if pos == end:  # a defined-length frame is complete
                 stack.pop()
@@ -418,6 +426,17 @@ class StructureWalk:
                             continue
                     raise MalformedDataset(f"{_tag_text(tag)} at {pos} where a data element belongs")
                 start = pos + head
+                if len(stack) == 1:
+                    tag = group << 16 | element
+                    if tag > last_top:
+                        last_top = tag
+                    elif tag in _HEADER_TAGS:
+                        raise MalformedDataset(
+                            _fit(
+                                f"{_tag_text(tag)} at {pos} after {_tag_text(last_top)}: not ascending (PS3.5 7.1)",
+                                f"{_tag_text(tag)} at {pos} after {_tag_text(last_top)}: not ascending",
+                            )
+                        )
                 if length == _UNDEFINED:
                     tag = group << 16 | element
                     if tag == _PIXEL_DATA:
@@ -497,6 +516,7 @@ class StructureWalk:
                 )
             )
         self._pos = pos
+        self._last_top = last_top
 
     # ------------------------------------------------------------------ sentences
 
