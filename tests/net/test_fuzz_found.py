@@ -5,8 +5,23 @@ Each test states the input, what minipacs did, and the part of PS3.7 / PS3.8 it 
 
 from __future__ import annotations
 
-from minipacs.net.pdu_items import PresentationContextAC, PresentationContextRQ, RoleSelection
+import asyncio
+import struct
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from minipacs.net.dul import Timeouts
+from minipacs.net.pdu import AAssociateAC, AAssociateRQ
+from minipacs.net.pdu_items import (
+    PresentationContextAC,
+    PresentationContextRQ,
+    RoleSelection,
+    SOPClassExtendedNegotiation,
+    UserInformation,
+)
 from minipacs.net.presentation import accepted_by_peer
+from minipacs.services.server import DicomServer
+from minipacs.services.verification import VerificationSCP
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -44,3 +59,79 @@ def test_a_role_reply_grants_no_role_that_was_not_proposed() -> None:
     reply = [RoleSelection(CT_IMAGE, scu_role=True, scp_role=True)]
     (context,) = accepted_by_peer(proposed, answers, reply, asked)
     assert (context.requestor_is_scu, context.requestor_is_scp) == (True, False)
+
+
+# ------------------------------------------------------------ extended negotiation in the A-ASSOCIATE-AC
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+class EchoesExtendedNegotiation(VerificationSCP):
+    """Answers every SOP Class Extended Negotiation item proposed for Verification with ``reply``."""
+
+    def __init__(self, reply: bytes = b"\x01") -> None:
+        self.reply = reply
+
+    def extended_negotiation(
+        self, proposed: Sequence[SOPClassExtendedNegotiation]
+    ) -> list[SOPClassExtendedNegotiation]:
+        return [
+            SOPClassExtendedNegotiation(item.sop_class_uid, self.reply)
+            for item in proposed
+            if item.sop_class_uid == VERIFICATION
+        ]
+
+
+@asynccontextmanager
+async def verification_server(service: VerificationSCP) -> AsyncIterator[DicomServer]:
+    server = DicomServer(
+        "MINIPACS",
+        [service],
+        host="127.0.0.1",
+        port=0,
+        check_called_aet=False,
+        timeouts=Timeouts(acse=1.0, dimse=3.0, idle=30.0),
+    )
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close(grace=1.0)
+
+
+def associate_rq(extended: int) -> bytes:
+    """An A-ASSOCIATE-RQ whose User Information holds ``extended`` copies of one item for Verification."""
+    info = UserInformation(extended=[SOPClassExtendedNegotiation(VERIFICATION, b"\x01")] * extended)
+    return AAssociateRQ("MINIPACS", "FUZZ", [PresentationContextRQ(1, VERIFICATION, [IMPLICIT_LE])], info).encode()
+
+
+async def first_pdu(port: int, request: bytes, timeout: float = 3.0) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        header = await asyncio.wait_for(reader.readexactly(6), timeout)
+        body = await asyncio.wait_for(reader.readexactly(struct.unpack(">xxL", header)[0]), timeout)
+        return header[0], body
+    finally:
+        writer.close()
+
+
+def test_duplicate_extended_negotiation_items_get_one_answer_and_never_overflow_the_ac() -> None:
+    """PS3.7 D.3.3.5: only one SOP Class Extended Negotiation Sub-Item per SOP Class UID may be in
+    the A-ASSOCIATE-RQ, and only one in the A-ASSOCIATE-AC. A request repeating the item 1,927 times
+    (a full 65,535-byte User Information Item) was answered once per copy: the AC's User Information
+    Item then exceeded its 16-bit Item-length, encoding it raised ValueError in an event-loop
+    callback ("Exception in callback UpperLayer._respond_associate"), no answer was sent and the
+    connection sat in Sta3, counted against max_associations, until the idle timeout. Now each SOP
+    class gets one answer, to its first item (as with repeated presentation context IDs)."""
+
+    async def run() -> None:
+        async with verification_server(EchoesExtendedNegotiation()) as server:
+            pdu_type, body = await first_pdu(server.port, associate_rq(3))
+            assert pdu_type == 0x02
+            assert AAssociateAC.decode(memoryview(body)).user_information.extended == [
+                SOPClassExtendedNegotiation(VERIFICATION, b"\x01")
+            ]
+            pdu_type, body = await first_pdu(server.port, associate_rq(1927))
+            assert pdu_type == 0x02
+
+    asyncio.run(run())
