@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -133,5 +134,26 @@ def test_duplicate_extended_negotiation_items_get_one_answer_and_never_overflow_
             ]
             pdu_type, body = await first_pdu(server.port, associate_rq(1927))
             assert pdu_type == 0x02
+
+    asyncio.run(run())
+
+
+def test_an_a_associate_ac_that_cannot_be_encoded_aborts_at_once() -> None:
+    """PS3.8 Table 9-10, Sta3: the association is accepted, and our answer cannot be encoded (here
+    a service answers with a 70,000-byte extended negotiation reply, beyond an item's 16-bit
+    Item-length). The ValueError escaped into an event-loop callback and left the layer in Sta3:
+    no PDU was sent, the connection held a max_associations slot until the idle timeout. Now it is
+    an A-ABORT request (Evt15, AA-1) at once, with the reason in the log."""
+
+    async def run() -> None:
+        async with verification_server(EchoesExtendedNegotiation(b"\x00" * 70000)) as server:
+            started = time.monotonic()
+            pdu_type, body = await first_pdu(server.port, associate_rq(1))
+            assert (pdu_type, body) == (0x07, bytes(4))
+            assert time.monotonic() - started < 1.0
+            deadline = time.monotonic() + 3.0
+            while server.connections and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert not server.connections and not server.established
 
     asyncio.run(run())
