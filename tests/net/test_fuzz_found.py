@@ -11,8 +11,9 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+from minipacs.net.dimse import Command
 from minipacs.net.dul import Timeouts
-from minipacs.net.pdu import AAssociateAC, AAssociateRQ
+from minipacs.net.pdu import PDV, AAssociateAC, AAssociateRQ, PDataTF
 from minipacs.net.pdu_items import (
     PresentationContextAC,
     PresentationContextRQ,
@@ -105,13 +106,18 @@ def associate_rq(extended: int) -> bytes:
     return AAssociateRQ("MINIPACS", "FUZZ", [PresentationContextRQ(1, VERIFICATION, [IMPLICIT_LE])], info).encode()
 
 
+async def read_pdu(reader: asyncio.StreamReader, timeout: float = 3.0) -> tuple[int, bytes]:
+    """The next PDU as (PDU-type, body)."""
+    header = await asyncio.wait_for(reader.readexactly(6), timeout)
+    body = await asyncio.wait_for(reader.readexactly(struct.unpack(">xxL", header)[0]), timeout)
+    return header[0], body
+
+
 async def first_pdu(port: int, request: bytes, timeout: float = 3.0) -> tuple[int, bytes]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(request)
-        header = await asyncio.wait_for(reader.readexactly(6), timeout)
-        body = await asyncio.wait_for(reader.readexactly(struct.unpack(">xxL", header)[0]), timeout)
-        return header[0], body
+        return await read_pdu(reader, timeout)
     finally:
         writer.close()
 
@@ -155,5 +161,38 @@ def test_an_a_associate_ac_that_cannot_be_encoded_aborts_at_once() -> None:
             while server.connections and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             assert not server.connections and not server.established
+
+    asyncio.run(run())
+
+
+def test_a_repeated_context_id_is_used_as_the_proposal_it_was_answered_for() -> None:
+    """PS3.8 9.3.2.2: Presentation-context-IDs are unique in a request; negotiate() answers a repeated
+    ID once, for its FIRST proposal (as DCMTK does). The association's table of contexts, built by
+    accepted_by_peer, took the LAST proposal of that ID instead: a request proposing ID 1 for
+    Verification and again for a private SOP class had its acceptance of Verification recorded as
+    the private class, and its C-ECHO on context 1 was refused as an unrecognized operation (0x0211).
+    Both now read the first proposal, so the context is what the A-ASSOCIATE-AC said."""
+    proposed = [
+        PresentationContextRQ(1, VERIFICATION, [IMPLICIT_LE]),
+        PresentationContextRQ(1, "1.2.826.0.1.3680043.9.7433.1.9", [IMPLICIT_LE]),
+    ]
+    (context,) = accepted_by_peer(proposed, [PresentationContextAC(1, 0, IMPLICIT_LE)])
+    assert context.abstract_syntax == VERIFICATION
+
+    async def run() -> None:
+        async with verification_server(VerificationSCP()) as server:
+            rq = AAssociateRQ("MINIPACS", "FUZZ", proposed, UserInformation(maximum_length=16384))
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            try:
+                writer.write(rq.encode())
+                assert (await read_pdu(reader))[0] == 0x02
+                echo = Command.make("C-ECHO-RQ", AffectedSOPClassUID=VERIFICATION, MessageID=7).encode()
+                writer.write(PDataTF([PDV(1, True, True, echo)]).encode())
+                pdu_type, body = await read_pdu(reader)
+                assert pdu_type == 0x04
+                response = Command.decode(PDataTF.decode(memoryview(body)).pdvs[0].data)
+                assert (response.name, response.status) == ("C-ECHO-RSP", 0x0000)
+            finally:
+                writer.close()
 
     asyncio.run(run())

@@ -110,8 +110,11 @@ def accepted_by_peer(
     PS3.8 9.3.3.2: an accepted context names one of the transfer syntaxes proposed for it; an
     answer naming another is not an acceptance we can use, and the context is left out.
     PS3.7 D.3.3.4: the acceptor accepts or rejects each role proposed; it cannot grant one that
-    was not proposed, so a role is ours only when both items say so."""
-    by_id = {c.context_id: c for c in proposed}
+    was not proposed, so a role is ours only when both items say so. A context ID proposed twice
+    (PS3.8 9.3.2.2 forbids it) stands for its first proposal, the one :func:`negotiate` answers."""
+    by_id: dict[int, PresentationContextRQ] = {}
+    for context in proposed:
+        by_id.setdefault(context.context_id, context)
     role_ac = {r.sop_class_uid: r for r in roles}
     role_rq = {r.sop_class_uid: r for r in asked_roles}
     result: list[NegotiatedContext] = []
