@@ -11,7 +11,9 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-from minipacs.net.dimse import Command
+import pytest
+
+from minipacs.net.dimse import Command, CommandError
 from minipacs.net.dul import Timeouts
 from minipacs.net.pdu import PDV, AAssociateAC, AAssociateRQ, PDataTF
 from minipacs.net.pdu_items import (
@@ -196,3 +198,40 @@ def test_a_repeated_context_id_is_used_as_the_proposal_it_was_answered_for() -> 
                 writer.close()
 
     asyncio.run(run())
+
+
+# ------------------------------------------------------------ control characters in command sets
+FORGED = "\n2026-01-01 00:00:00,000 ERROR minipacs.server forged line"
+
+
+@pytest.mark.parametrize(
+    ("message", "fields"),
+    [
+        ("C-FIND-RQ", {"AffectedSOPClassUID": "1.2.840.10008.5.1.4.1.2.2.1" + FORGED, "Priority": 0}),
+        ("C-STORE-RQ", {"AffectedSOPClassUID": "1.2", "Priority": 0, "AffectedSOPInstanceUID": "1.2\r\x1b[2J"}),
+        ("C-MOVE-RQ", {"AffectedSOPClassUID": "1.2", "Priority": 0, "MoveDestination": "DEST" + FORGED[:10]}),
+        ("N-GET-RQ", {"RequestedSOPClassUID": "1.2\x7f", "RequestedSOPInstanceUID": "1.2"}),
+    ],
+)
+def test_a_uid_or_ae_title_with_a_control_character_makes_the_command_set_unreadable(
+    message: str, fields: dict[str, object]
+) -> None:
+    """PS3.5 Table 6.2-1: a UI holds digits and periods, an AE printable characters; neither any control
+    character. A C-FIND-RQ whose Affected SOP Class UID ended in a newline and a made-up log line was
+    logged as is by the services (the forged line appeared in the server log as an ERROR of its own),
+    and a C-MOVE-RQ's Move Destination likewise. Such a command set is malformed (CommandError: the
+    association is aborted as for any unreadable command set, reason 6); printable but invalid UIDs
+    still reach the services, which answer them with their statuses (e.g. 0x0117)."""
+    data = Command.make(message, has_dataset=message != "N-GET-RQ", MessageID=1, **fields).encode()
+    with pytest.raises(CommandError, match=r"control character .*PS3\.5"):
+        Command.decode(data)
+
+
+def test_an_error_comment_with_control_characters_is_decoded_with_them_escaped() -> None:
+    """PS3.5 Table 6.2-1: an LO holds no control character (ESC aside). A response's Error Comment
+    is text for a person, logged by our SCUs: its control characters are shown escaped (``\\n``),
+    never written into a log line raw, and the response is still read."""
+    data = Command.make(
+        "C-STORE-RSP", MessageIDBeingRespondedTo=1, Status=0xC000, ErrorComment="bad\r\nline\x00two"
+    ).encode()
+    assert Command.decode(data).error_comment == "bad\\r\\nline\\x00two"
