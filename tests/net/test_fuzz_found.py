@@ -10,12 +10,15 @@ import struct
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 
+from minipacs.bootstrap import build_app
+from minipacs.config import Settings
 from minipacs.net.dimse import Command, CommandError
 from minipacs.net.dul import Timeouts
-from minipacs.net.pdu import PDV, AAssociateAC, AAssociateRQ, PDataTF
+from minipacs.net.pdu import PDV, AAssociateAC, AAssociateRQ, AReleaseRQ, PDataTF
 from minipacs.net.pdu_items import (
     PresentationContextAC,
     PresentationContextRQ,
@@ -26,6 +29,7 @@ from minipacs.net.pdu_items import (
 from minipacs.net.presentation import accepted_by_peer
 from minipacs.services.server import DicomServer
 from minipacs.services.verification import VerificationSCP
+from tests.peers import leftover_transfers
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -235,3 +239,48 @@ def test_an_error_comment_with_control_characters_is_decoded_with_them_escaped()
         "C-STORE-RSP", MessageIDBeingRespondedTo=1, Status=0xC000, ErrorComment="bad\r\nline\x00two"
     ).encode()
     assert Command.decode(data).error_comment == "bad\\r\\nline\\x00two"
+
+
+# ------------------------------------------------------------ a data set where none is due
+def test_a_c_cancel_rq_with_a_data_set_leaves_no_staged_file_behind(tmp_path: Path) -> None:
+    """PS3.7 9.3.2.3: a C-CANCEL-RQ carries no data set. One that announced a data set on a Storage
+    context had it staged by the Storage SCP's sink like a C-STORE's (600 KB: a file), and the C-CANCEL
+    path never discarded it: the file stayed in ready/ for good, so a peer could fill the disk with
+    cancels. A C-CANCEL's data set is now drained into memory (bounded) and dropped."""
+
+    async def run() -> None:
+        settings = Settings(data_dir=tmp_path / "data", host="127.0.0.1", port=0, fsync=False, acse_timeout=1.0)
+        app = await build_app(settings)
+        await app.dicom.start()
+        try:
+            rq = AAssociateRQ(
+                "MINIPACS",
+                "FUZZ",
+                [PresentationContextRQ(3, CT_IMAGE, [IMPLICIT_LE])],
+                UserInformation(maximum_length=16384),
+            )
+            reader, writer = await asyncio.open_connection("127.0.0.1", app.dicom.port)
+            writer.write(rq.encode())
+            assert (await read_pdu(reader))[0] == 0x02
+            cancel = Command(
+                {
+                    "CommandField": 0x0FFF,
+                    "MessageIDBeingRespondedTo": 1,
+                    "CommandDataSetType": 0x0000,
+                    "AffectedSOPClassUID": CT_IMAGE,
+                    "AffectedSOPInstanceUID": "1.2.826.0.1.3680043.9.7433.9.1",
+                }
+            )
+            data = b"\x08\x00\x05\x00" + bytes(600 * 1024)
+            writer.write(PDataTF([PDV(3, True, True, cancel.encode())]).encode())
+            for start in range(0, len(data), 16000):
+                last = start + 16000 >= len(data)
+                writer.write(PDataTF([PDV(3, False, last, data[start : start + 16000])]).encode())
+            writer.write(AReleaseRQ().encode())
+            assert (await read_pdu(reader))[0] == 0x06
+            writer.close()
+            assert leftover_transfers(settings.data_dir) == []
+        finally:
+            await app.close(grace=1.0)
+
+    asyncio.run(run())

@@ -407,7 +407,9 @@ class Association(UpperLayerUser):
             self._message_complete(incoming)
             return True
         try:
-            if command.is_request and self.sink_factory is not None:
+            # A C-CANCEL-RQ has no data set (PS3.7 9.3.2.3) and no handler to take one: a data set it
+            # announces anyway is drained into memory (bounded) and dropped, never staged like a C-STORE's.
+            if command.is_request and self.sink_factory is not None and command.name != "C-CANCEL-RQ":
                 incoming.sink = self.sink_factory(self, incoming.context, command)
             else:
                 incoming.sink = BytesSink()
@@ -434,11 +436,15 @@ class Association(UpperLayerUser):
             queue.put_nowait(message)
             return
         if command.name == "C-CANCEL-RQ":
+            if message.dataset is not None:
+                message.dataset.discard()
             running = self._running.get(command.message_id_being_responded_to)
             if running is not None:
                 running.cancelled.set()
             return
         if self.handler is None:
+            if message.dataset is not None:
+                message.dataset.discard()
             log.warning("%s no handler for %s; aborting", self.label, command.name)
             self.dul.provider_abort(0, f"unexpected request {command.name}")
             return
