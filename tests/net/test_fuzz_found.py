@@ -16,10 +16,12 @@ import pytest
 
 from minipacs.bootstrap import build_app
 from minipacs.config import Settings
+from minipacs.net.association import Association, Message
 from minipacs.net.dimse import Command, CommandError
 from minipacs.net.dul import Timeouts
 from minipacs.net.pdu import PDV, AAssociateAC, AAssociateRQ, AReleaseRQ, PDataTF
 from minipacs.net.pdu_items import (
+    AsynchronousOperationsWindow,
     PresentationContextAC,
     PresentationContextRQ,
     RoleSelection,
@@ -27,6 +29,7 @@ from minipacs.net.pdu_items import (
     UserInformation,
 )
 from minipacs.net.presentation import accepted_by_peer
+from minipacs.services.dispatch import Response
 from minipacs.services.server import DicomServer
 from minipacs.services.verification import VerificationSCP
 from tests.peers import leftover_transfers
@@ -282,5 +285,50 @@ def test_a_c_cancel_rq_with_a_data_set_leaves_no_staged_file_behind(tmp_path: Pa
             assert leftover_transfers(settings.data_dir) == []
         finally:
             await app.close(grace=1.0)
+
+    asyncio.run(run())
+
+
+# ------------------------------------------------------------ two outstanding requests with one Message ID
+class SlowVerification(VerificationSCP):
+    """Answers C-ECHO after a moment, so that two requests are outstanding at once."""
+
+    async def c_echo(self, assoc: Association, message: Message) -> Response:
+        await asyncio.sleep(0.2)
+        return await super().c_echo(assoc, message)
+
+
+def test_two_outstanding_requests_with_one_message_id_each_get_exactly_one_response() -> None:
+    """PS3.7 9.1.1.1 / E.1: the Message ID names an outstanding request; a peer that gives two the same
+    one (found by the live fuzz: pipelined C-FINDs, both Message ID 3) breaks that, but each request
+    still deserves exactly one final response (PS3.7 9.3). The association marked a request answered by
+    looking its Message ID up: the first C-ECHO's response marked the SECOND answered, so the first was
+    answered again with 0xC000 "handler ended without a final response" and the second's own response
+    was refused as one "after its final response" (tracebacks logged, three responses or one instead of
+    two). A response now marks the very request it answers."""
+
+    async def run() -> None:
+        async with verification_server(SlowVerification()) as server:
+            info = UserInformation(maximum_length=16384, async_ops=AsynchronousOperationsWindow(4, 1))
+            rq = AAssociateRQ("MINIPACS", "FUZZ", [PresentationContextRQ(1, VERIFICATION, [IMPLICIT_LE])], info)
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            try:
+                writer.write(rq.encode())
+                assert (await read_pdu(reader))[0] == 0x02
+                echo = Command.make("C-ECHO-RQ", AffectedSOPClassUID=VERIFICATION, MessageID=3).encode()
+                writer.write(PDataTF([PDV(1, True, True, echo), PDV(1, True, True, echo)]).encode())
+                writer.write(AReleaseRQ().encode())
+                responses = []
+                while True:
+                    pdu_type, body = await read_pdu(reader)
+                    if pdu_type != 0x04:
+                        break
+                    for pdv in PDataTF.decode(memoryview(body)).pdvs:
+                        response = Command.decode(pdv.data)
+                        responses.append((response.name, response.message_id_being_responded_to, response.status))
+                assert pdu_type == 0x06
+                assert responses == [("C-ECHO-RSP", 3, 0x0000)] * 2
+            finally:
+                writer.close()
 
     asyncio.run(run())

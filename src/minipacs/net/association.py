@@ -616,8 +616,19 @@ class Association(UpperLayerUser):
             limit = ours or 1024 * 1024
         return max((limit - 6) & ~1, 2)
 
-    async def send_message(self, context_id: int, command: Command, dataset: DatasetSource | None = None) -> None:
-        """Send one DIMSE message, fragmented to the peer's Maximum Length."""
+    async def send_message(
+        self,
+        context_id: int,
+        command: Command,
+        dataset: DatasetSource | None = None,
+        *,
+        answering: Message | None = None,
+    ) -> None:
+        """Send one DIMSE message, fragmented to the peer's Maximum Length.
+
+        ``answering``: the request a response answers. Give it: a peer may have two requests outstanding
+        with one Message ID (PS3.7 forbids it, some do it), and only the request itself says which of
+        them a response ends. Without it the request is looked up by MessageIDBeingRespondedTo."""
         try:
             await self._send_message(context_id, command, dataset)
         except (InvalidTransition, ConnectionError) as exc:  # aborted or closed before or while sending
@@ -626,11 +637,12 @@ class Association(UpperLayerUser):
                 f"({self.aborted_reason or self.dul.end_reason or exc})"
             ) from exc
         if not command.is_request:
-            self._answered(command)
+            self._answered(command, answering)
 
-    def _answered(self, response: Command) -> None:
+    def _answered(self, response: Command, request: Message | None = None) -> None:
         if response.status not in PENDING_STATUSES:
-            request = self._running.get(response.message_id_being_responded_to)
+            if request is None:
+                request = self._running.get(response.message_id_being_responded_to)
             if request is not None:
                 request.answered = True
                 request.status = response.status
