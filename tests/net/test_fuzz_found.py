@@ -16,10 +16,10 @@ import pytest
 
 from minipacs.bootstrap import build_app
 from minipacs.config import Settings
-from minipacs.net.association import Association, Message
+from minipacs.net.association import Association, AssociationSettings, Message, build_rq, connect
 from minipacs.net.dimse import Command, CommandError
 from minipacs.net.dul import Timeouts
-from minipacs.net.pdu import PDV, AAssociateAC, AAssociateRQ, AReleaseRQ, PDataTF
+from minipacs.net.pdu import PDV, AAssociateAC, AAssociateRQ, AReleaseRP, AReleaseRQ, PDataTF
 from minipacs.net.pdu_items import (
     AsynchronousOperationsWindow,
     PresentationContextAC,
@@ -31,7 +31,7 @@ from minipacs.net.pdu_items import (
 from minipacs.net.presentation import accepted_by_peer
 from minipacs.services.dispatch import Response
 from minipacs.services.server import DicomServer
-from minipacs.services.verification import VerificationSCP
+from minipacs.services.verification import VerificationSCP, echo
 from tests.peers import leftover_transfers
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -330,5 +330,43 @@ def test_two_outstanding_requests_with_one_message_id_each_get_exactly_one_respo
                 assert responses == [("C-ECHO-RSP", 3, 0x0000)] * 2
             finally:
                 writer.close()
+
+    asyncio.run(run())
+
+
+# ------------------------------------------------------------ a Pending status where none is defined
+def test_a_pending_status_ends_a_request_that_has_no_pending_responses() -> None:
+    """PS3.7 9.1: only C-FIND, C-GET and C-MOVE have Pending responses (more follow); a C-ECHO-RSP or a
+    C-STORE-RSP is the one and only response. An acceptor answering our C-ECHO (or a C-GET/C-MOVE
+    sub-operation's C-STORE) with status 0xFF00 made us wait for a further response that never comes,
+    until the DIMSE timeout aborted the association. That response is now final: its status is returned."""
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_pdu(reader)
+        answer = AAssociateAC("PEER", "US", [PresentationContextAC(1, 0, IMPLICIT_LE)], UserInformation(16384))
+        writer.write(answer.encode())
+        _pdu_type, body = await read_pdu(reader)
+        request = Command.decode(PDataTF.decode(memoryview(body)).pdvs[0].data)
+        pending = Command.make(
+            "C-ECHO-RSP", MessageIDBeingRespondedTo=request.message_id, Status=0xFF00, AffectedSOPClassUID=VERIFICATION
+        )
+        writer.write(PDataTF([PDV(1, True, True, pending.encode())]).encode())
+        if (await read_pdu(reader))[0] == 0x05:
+            writer.write(AReleaseRP().encode())
+        writer.close()
+
+    async def run() -> None:
+        listener = await asyncio.start_server(peer, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        settings = AssociationSettings("US", timeouts=Timeouts(acse=2.0, dimse=2.0, idle=5.0))
+        assoc = await connect(
+            "127.0.0.1", port, build_rq("US", "PEER", [(VERIFICATION, [IMPLICIT_LE])], settings), settings
+        )
+        started = time.monotonic()
+        assert await echo(assoc) == 0xFF00
+        assert time.monotonic() - started < 1.0
+        await assoc.release()
+        listener.close()
+        await listener.wait_closed()
 
     asyncio.run(run())

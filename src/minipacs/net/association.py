@@ -45,7 +45,8 @@ SEND_BLOCK = 256 * 1024
 #: Our cap on an Asynchronous Operations Window of 0 ("unlimited", PS3.7 D.3.3.3.1).
 MAX_WINDOW = 64
 #: Requests a peer may follow with a C-CANCEL-RQ while it waits for their responses (PS3.7 9.3.2.3,
-#: 9.3.3.3, 9.3.4.3); a C-CANCEL-RQ is the one thing a peer may send us with its window full.
+#: 9.3.3.3, 9.3.4.3); a C-CANCEL-RQ is the one thing a peer may send us with its window full. They are
+#: also the only requests with Pending responses (PS3.7 9.1): any other has exactly one response.
 CANCELLABLE = frozenset({"C-FIND-RQ", "C-GET-RQ", "C-MOVE-RQ"})
 
 
@@ -791,8 +792,8 @@ class Association(UpperLayerUser):
                         f"{self.aborted_reason or self.dul.end_reason}"
                     )
                 yield response
-                if response.command.status not in PENDING_STATUSES:
-                    return
+                if response.command.status not in PENDING_STATUSES or command.name not in CANCELLABLE:
+                    return  # PS3.7 9.1: only C-FIND, C-GET and C-MOVE have Pending responses; others have one
         finally:
             self._responses.pop(msg_id, None)
             self.dul.rearm_read_timeout()
