@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,30 @@ def test_bad_requests_are_refused(tmp_path: Path) -> None:
             assert await asyncio.to_thread(ask, port, no_txn, 1, COMMIT_INSTANCE) == 0x0115
             assert await asyncio.to_thread(ask, port, empty, 1, COMMIT_INSTANCE) == 0x0115
             assert await asyncio.to_thread(ask, port, no_class, 1, COMMIT_INSTANCE) == 0x0115
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("transaction", ["1.2.3\n2026-01-01 00:00:00,000 ERROR minipacs.commitment forged", "1.2.abc"])
+def test_a_transaction_uid_that_is_no_uid_is_refused_with_0115(tmp_path: Path, transaction: str) -> None:
+    """PS3.4 Table J.3-1: the Transaction UID is a UID (PS3.5 9.1). Found by fuzzing: it was taken as
+    any text, logged as is ("storage commitment 1.2.3" and a forged log line after the newline) and
+    echoed in the report. It is now checked like the other request fields: 0x0115 Invalid argument
+    value, with the value shown quoted in the log."""
+
+    def ask(port: int, ds: Dataset) -> int:
+        def body(assoc: Any) -> int:
+            status, _reply = assoc.send_n_action(ds, 1, COMMIT_CLASS, COMMIT_INSTANCE)
+            return int(status.Status)
+
+        return with_scu(port, body, [COMMIT_CLASS])
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pydicom warns of the invalid UI it is asked to send
+                ds = commitment_request(transaction, [(CT_IMAGE_STORAGE, generate_uid())])
+                assert await asyncio.to_thread(ask, app.dicom.port, ds) == 0x0115
 
     asyncio.run(main())
 

@@ -45,7 +45,8 @@ SEND_BLOCK = 256 * 1024
 #: Our cap on an Asynchronous Operations Window of 0 ("unlimited", PS3.7 D.3.3.3.1).
 MAX_WINDOW = 64
 #: Requests a peer may follow with a C-CANCEL-RQ while it waits for their responses (PS3.7 9.3.2.3,
-#: 9.3.3.3, 9.3.4.3); a C-CANCEL-RQ is the one thing a peer may send us with its window full.
+#: 9.3.3.3, 9.3.4.3); a C-CANCEL-RQ is the one thing a peer may send us with its window full. They are
+#: also the only requests with Pending responses (PS3.7 9.1): any other has exactly one response.
 CANCELLABLE = frozenset({"C-FIND-RQ", "C-GET-RQ", "C-MOVE-RQ"})
 
 
@@ -407,7 +408,9 @@ class Association(UpperLayerUser):
             self._message_complete(incoming)
             return True
         try:
-            if command.is_request and self.sink_factory is not None:
+            # A C-CANCEL-RQ has no data set (PS3.7 9.3.2.3) and no handler to take one: a data set it
+            # announces anyway is drained into memory (bounded) and dropped, never staged like a C-STORE's.
+            if command.is_request and self.sink_factory is not None and command.name != "C-CANCEL-RQ":
                 incoming.sink = self.sink_factory(self, incoming.context, command)
             else:
                 incoming.sink = BytesSink()
@@ -434,11 +437,15 @@ class Association(UpperLayerUser):
             queue.put_nowait(message)
             return
         if command.name == "C-CANCEL-RQ":
+            if message.dataset is not None:
+                message.dataset.discard()
             running = self._running.get(command.message_id_being_responded_to)
             if running is not None:
                 running.cancelled.set()
             return
         if self.handler is None:
+            if message.dataset is not None:
+                message.dataset.discard()
             log.warning("%s no handler for %s; aborting", self.label, command.name)
             self.dul.provider_abort(0, f"unexpected request {command.name}")
             return
@@ -610,8 +617,19 @@ class Association(UpperLayerUser):
             limit = ours or 1024 * 1024
         return max((limit - 6) & ~1, 2)
 
-    async def send_message(self, context_id: int, command: Command, dataset: DatasetSource | None = None) -> None:
-        """Send one DIMSE message, fragmented to the peer's Maximum Length."""
+    async def send_message(
+        self,
+        context_id: int,
+        command: Command,
+        dataset: DatasetSource | None = None,
+        *,
+        answering: Message | None = None,
+    ) -> None:
+        """Send one DIMSE message, fragmented to the peer's Maximum Length.
+
+        ``answering``: the request a response answers. Give it: a peer may have two requests outstanding
+        with one Message ID (PS3.7 forbids it, some do it), and only the request itself says which of
+        them a response ends. Without it the request is looked up by MessageIDBeingRespondedTo."""
         try:
             await self._send_message(context_id, command, dataset)
         except (InvalidTransition, ConnectionError) as exc:  # aborted or closed before or while sending
@@ -620,11 +638,12 @@ class Association(UpperLayerUser):
                 f"({self.aborted_reason or self.dul.end_reason or exc})"
             ) from exc
         if not command.is_request:
-            self._answered(command)
+            self._answered(command, answering)
 
-    def _answered(self, response: Command) -> None:
+    def _answered(self, response: Command, request: Message | None = None) -> None:
         if response.status not in PENDING_STATUSES:
-            request = self._running.get(response.message_id_being_responded_to)
+            if request is None:
+                request = self._running.get(response.message_id_being_responded_to)
             if request is not None:
                 request.answered = True
                 request.status = response.status
@@ -773,8 +792,8 @@ class Association(UpperLayerUser):
                         f"{self.aborted_reason or self.dul.end_reason}"
                     )
                 yield response
-                if response.command.status not in PENDING_STATUSES:
-                    return
+                if response.command.status not in PENDING_STATUSES or command.name not in CANCELLABLE:
+                    return  # PS3.7 9.1: only C-FIND, C-GET and C-MOVE have Pending responses; others have one
         finally:
             self._responses.pop(msg_id, None)
             self.dul.rearm_read_timeout()

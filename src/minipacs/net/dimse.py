@@ -9,6 +9,7 @@ and DIMSE-N message with the fields PS3.7 makes mandatory for it.
 from __future__ import annotations
 
 import enum
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -352,6 +353,18 @@ def _decode_value(vr: VR, raw: memoryview, keyword: str) -> Any:
     except struct.error as exc:
         raise CommandError(f"{keyword} ({vr.value}) has invalid length {len(raw)}") from exc
     text = bytes(raw).decode("latin-1")
-    if vr is _VR_UI:
-        return text.rstrip("\x00 ")
-    return text.strip(" \x00")
+    text = text.rstrip("\x00 ") if vr is _VR_UI else text.strip(" \x00")
+    if _CONTROL.search(text) is None:
+        return text
+    if vr is _VR_LO:  # text for a person (Error Comment): read, with its control characters shown escaped
+        return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    raise CommandError(
+        f"{keyword} ({vr.value}) holds a control character ({text[:80]!r}); "
+        f"PS3.5 Table 6.2-1 allows none in a {vr.value}"
+    )
+
+
+#: C0, DEL and C1 control characters (PS3.5 6.1.2.1: none belongs in a UI or AE value; an LO allows ESC only for
+#: character set switching, which a command set, always in the default repertoire, never does). A newline in a
+#: value would otherwise end the log line that shows it and let the peer write a line of its own.
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")

@@ -197,6 +197,8 @@ class UpperLayer:
         self._framing_lost = False
         self._rq_acceptable = True
         self._pending_reply: PDU | None = None
+        #: The A-ASSOCIATE-AC in ``_pending_reply``, encoded before Evt7 (see :meth:`_respond_associate`).
+        self._pending_encoded: bytes | None = None
         self._abort_pdu = AAbort(0, 0)
         self._closed = asyncio.Event()
         #: Events not yet handled; the head is the one whose action is running (see :meth:`event`).
@@ -631,14 +633,30 @@ class UpperLayer:
             self._start_artim()
 
     def _respond_associate(self) -> None:
-        if self.state is State.STA3:
-            self.event(Event.EVT7)
+        """Evt7 (A-ASSOCIATE response primitive, accept), once the AC is known to encode. One that cannot be
+        (a field past its length, PS3.8 9.3.3) is an A-ABORT request instead (Evt15 in Sta3, AA-1): left to
+        AE-7, its ValueError would escape this callback and leave the layer in Sta3 with nothing sent."""
+        if self.state is not State.STA3:
+            return
+        if self._pending_reply is not None:
+            try:
+                self._pending_encoded = encode_pdu(self._pending_reply)
+            except ValueError as exc:
+                self._pending_reply = None
+                reason = f"our A-ASSOCIATE-AC cannot be encoded: {exc}"
+                log.error("%s %s; aborting", self.label, reason)
+                self.abort(reason)
+                return
+        self.event(Event.EVT7)
 
     def _ae_7(self, pdu: PDU | None) -> None:
         """AE-7: send A-ASSOCIATE-AC PDU."""
-        if self._pending_reply is not None:
+        if self._pending_encoded is not None:
+            self._write(self._pending_encoded)
+        elif self._pending_reply is not None:
             self._send(self._pending_reply)
-            self._pending_reply = None
+        self._pending_reply = None
+        self._pending_encoded = None
 
     def _ae_8(self, pdu: PDU | None) -> None:
         """AE-8: send A-ASSOCIATE-RJ PDU and start ARTIM timer."""

@@ -105,21 +105,30 @@ def accepted_by_peer(
     roles: Iterable[RoleSelection] = (),
     asked_roles: Iterable[RoleSelection] = (),
 ) -> list[NegotiatedContext]:
-    """The requestor's view: match AC answers to what we proposed (by context ID)."""
-    by_id = {c.context_id: c for c in proposed}
+    """The requestor's view: match AC answers to what we proposed (by context ID).
+
+    PS3.8 9.3.3.2: an accepted context names one of the transfer syntaxes proposed for it; an
+    answer naming another is not an acceptance we can use, and the context is left out.
+    PS3.7 D.3.3.4: the acceptor accepts or rejects each role proposed; it cannot grant one that
+    was not proposed, so a role is ours only when both items say so. A context ID proposed twice
+    (PS3.8 9.3.2.2 forbids it) stands for its first proposal, the one :func:`negotiate` answers."""
+    by_id: dict[int, PresentationContextRQ] = {}
+    for context in proposed:
+        by_id.setdefault(context.context_id, context)
     role_ac = {r.sop_class_uid: r for r in roles}
     role_rq = {r.sop_class_uid: r for r in asked_roles}
     result: list[NegotiatedContext] = []
     for ans in answers:
         rq = by_id.get(ans.context_id)
-        if rq is None or ans.result != ACCEPTANCE:
+        if rq is None or ans.result != ACCEPTANCE or ans.transfer_syntax not in rq.transfer_syntaxes:
             continue
         scu, scp = True, False
-        if rq.abstract_syntax in role_rq:
+        asked = role_rq.get(rq.abstract_syntax)
+        if asked is not None:
             # PS3.7 D.3.3.4: no reply item means the acceptor did not grant the
             # proposed roles; default roles then apply.
             reply = role_ac.get(rq.abstract_syntax)
             if reply is not None:
-                scu, scp = reply.scu_role, reply.scp_role
+                scu, scp = asked.scu_role and reply.scu_role, asked.scp_role and reply.scp_role
         result.append(NegotiatedContext(ans.context_id, rq.abstract_syntax, ans.transfer_syntax, scu, scp))
     return result

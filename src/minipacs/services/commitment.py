@@ -31,8 +31,10 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from minipacs.core.commitment import CommitmentResult, Reference, check_commitment
+from minipacs.core.errors import InvalidIdentifier
 from minipacs.core.model import AssociationRecord
 from minipacs.core.nodes import Node, NodeRegistry
+from minipacs.core.paths import validate_uid
 from minipacs.core.worklist import IndexAccess
 from minipacs.dicom.identifier import decode_identifier, encode_identifier
 from minipacs.dicom.uids import (
@@ -361,9 +363,13 @@ def _read_request(message: Message) -> tuple[str, list[Reference]]:
     if message.dataset_error is not None or not isinstance(message.dataset, BytesSink):
         raise ValueError("the N-ACTION has no Action Information")
     ds = decode_identifier(message.dataset.getvalue(), message.context.transfer_syntax)
-    transaction = str(ds.get("TransactionUID", "") or "").strip()
+    transaction = str(ds.get("TransactionUID", "") or "").strip(" \x00")
     if not transaction:
         raise ValueError("Transaction UID (0008,1195) is missing")
+    try:  # a UID (PS3.5 9.1): it is logged and echoed in the report (Table J.3-2)
+        validate_uid("Transaction UID", transaction)
+    except InvalidIdentifier as exc:
+        raise ValueError(str(exc)) from None
     refs = []
     for item in ds.get("ReferencedSOPSequence") or []:
         uid = str(item.get("ReferencedSOPInstanceUID", "") or "").strip()

@@ -138,7 +138,7 @@ async def send_answer(assoc: Association, message: Message, answer: Answer) -> N
             await assoc.send_responses(message.context.context_id, rsp, answer.datasets)
         return
     rsp = response_command(message.command, answer, has_dataset=answer.dataset is not None)
-    await assoc.send_message(message.context.context_id, rsp, answer.dataset)
+    await assoc.send_message(message.context.context_id, rsp, answer.dataset, answering=message)
 
 
 async def dispatch(assoc: Association, message: Message, operation: Operation) -> None:

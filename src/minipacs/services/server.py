@@ -678,9 +678,17 @@ class DicomServer:
         return AsynchronousOperationsWindow(invoked, 1)
 
     def _extended_negotiation(self, rq: AAssociateRQ) -> list[SOPClassExtendedNegotiation]:
-        """PS3.7 D.3.3.5: each service answers the items for its SOP classes (ServiceClass.extended_negotiation)."""
+        """PS3.7 D.3.3.5: each service answers the items for its SOP classes (ServiceClass.extended_negotiation).
+
+        "Only one Sub-Item per SOP Class UID shall be present", in the request and in the answer: a
+        request that repeats one gets ONE answer, to its first item (the later ones are left out, as
+        repeated presentation context IDs are). Answering every copy could overflow the AC's User
+        Information Item (a 16-bit Item-length) and would break the rule in our own answer."""
         replies: list[SOPClassExtendedNegotiation] = []
-        proposed = rq.user_information.extended
+        first: dict[str, SOPClassExtendedNegotiation] = {}
+        for item in rq.user_information.extended:
+            first.setdefault(item.sop_class_uid, item)
+        proposed = list(first.values())
         if not proposed:
             return replies
         for service in self.services:
