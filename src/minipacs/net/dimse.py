@@ -356,15 +356,14 @@ def _decode_value(vr: VR, raw: memoryview, keyword: str) -> Any:
     text = text.rstrip("\x00 ") if vr is _VR_UI else text.strip(" \x00")
     if _CONTROL.search(text) is None:
         return text
-    if vr is _VR_LO:  # text for a person (Error Comment): read, with its control characters shown escaped
-        return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
-    raise CommandError(
-        f"{keyword} ({vr.value}) holds a control character ({text[:80]!r}); "
-        f"PS3.5 Table 6.2-1 allows none in a {vr.value}"
-    )
+    # Read with its control characters shown escaped ("\\n"): a UI or AE so read is no valid UID or AE
+    # title (a backslash), so the service refuses the message with its own status and Error Comment
+    # (0xC000, 0xA900, 0x0117...) and the association goes on, as for any other invalid value; an
+    # Error Comment is text for a person. Never raw: a newline would end the log line that shows the
+    # value and let the peer write a line of its own.
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 #: C0, DEL and C1 control characters (PS3.5 6.1.2.1: none belongs in a UI or AE value; an LO allows ESC only for
-#: character set switching, which a command set, always in the default repertoire, never does). A newline in a
-#: value would otherwise end the log line that shows it and let the peer write a line of its own.
+#: character set switching, which a command set, always in the default repertoire, never does).
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
