@@ -237,7 +237,8 @@ def identifier(
             raise HttpError(400, "invalid_key_value", f"the value for {keyword_for_tag(tag)} is too long")
         try:
             node[tag] = DataElement(tag, vr, value or None, validation_mode=pydicom.config.IGNORE)
-        except ValueError:  # an IS or DS query value that is no number ("SeriesNumber=1A")
+        except (ValueError, OverflowError):  # an IS or DS query value that is no number ("SeriesNumber=1A"),
+            # or one past any float: pydicom's IS("1e400") is int(float("inf")), an OverflowError
             raise HttpError(
                 400, "invalid_key_value", f"{value[:40]!r} is not a valid {vr} value for {keyword_for_tag(tag)}"
             ) from None
