@@ -42,3 +42,33 @@ def test_an_is_query_value_beyond_any_float_is_a_400(web: Callable[..., Any], ur
         assert r.json()["error"]["code"] == "invalid_key_value"
 
     web(body)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "includefield=FFFEE000",  # Item: VR "NONE" in the data dictionary
+        "includefield=SequenceDelimitationItem",
+        "FFFEE0DD=",
+        "Item=1",
+        "includefield=7FE00010",  # Pixel Data: "OB or OW"
+        "includefield=SmallestImagePixelValue",  # "US or SS"
+        "includefield=60003000",  # Overlay Data, a repeating group: "OB or OW"
+        "ReferencedSeriesSequence.FFFEE000=",
+    ],
+)
+def test_a_key_without_one_vr_is_a_400_not_a_broken_json_model(web: Callable[..., Any], query: str) -> None:
+    """QIDO-RS answered 200 with ``"FFFEE000": {"vr": "NONE"}`` or ``"7FE00010": {"vr": "OB or OW"}``:
+    PS3.18 F.2.3 says "vr" is one of the VRs of PS3.5 Table 6.2-1, so clients (pydicom's from_json) cannot read
+    that answer. Items and delimiters are no attributes (PS3.5 7.5), and a key whose VR the dictionary leaves
+    open (PS3.5 Annex A: Pixel Data is OB or OW by transfer syntax) has none an identifier could carry: both
+    are refused as an unknown attribute is."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        await stow(client, part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP))
+        r = await client.get(f"/dicom-web/instances?{query}")
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["code"] == "unknown_attribute"
+        assert "VR" in r.json()["error"]["message"]
+
+    web(body)
