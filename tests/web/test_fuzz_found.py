@@ -10,6 +10,7 @@ import pytest
 
 from minipacs.core.archive import Archive
 from tests.web.conftest import part10
+from tests.web.test_hostile_control_api import refused, web  # noqa: F401 - fixture: the app with its AE registry
 
 STUDY, SERIES, SOP = "1.2.3.4", "1.2.3.4.5", "1.2.3.4.5.6"
 
@@ -70,5 +71,56 @@ def test_a_key_without_one_vr_is_a_400_not_a_broken_json_model(web: Callable[...
         assert r.status_code == 400, r.text
         assert r.json()["error"]["code"] == "unknown_attribute"
         assert "VR" in r.json()["error"]["message"]
+
+    web(body)
+
+
+JSON = {"Content-Type": "application/json"}
+WORKLIST_ENTRY = (
+    '{"00100020": {"vr": "LO", "Value": ["P1"]}, "00100010": {"vr": "PN", "Value": [%s]}, '
+    '"00400100": {"vr": "SQ", "Value": [{"00080060": {"vr": "CS", "Value": ["CT"]}}]}}'
+)
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "raw"),
+    [
+        ("POST", "/api/nodes", '{"ae_title": "PEER", "host": "a\\udfffb", "port": 104}'),
+        ("POST", "/api/nodes", '{"ae_title": "PEER", "host": "127.0.0.1", "port": 104, "description": "\\ud800"}'),
+        ("POST", "/api/worklist", WORKLIST_ENTRY % '"Doe\\ud800^John"'),
+        ("POST", "/api/worklist", WORKLIST_ENTRY % '{"Alphabetic": "\\udc00"}'),
+        ("POST", "/api/patients/P1/modify", '{"changes": {"PatientName": "\\ud800"}}'),
+        ("POST", "/api/rules", '{"\\ud800": 1}'),  # a member name
+    ],
+)
+def test_a_json_string_with_an_unpaired_surrogate_is_a_400(
+    web: Callable[..., Any], method: str, url: str, raw: str
+) -> None:
+    """Python's json accepts ``"\\ud800"`` (RFC 8259 8.2: an unpaired surrogate's behaviour is "unpredictable"),
+    but it is no character UTF-8 can encode (RFC 3629 3), so it failed later: POST /api/nodes answered 500 from
+    SQLite's UnicodeEncodeError, and a worklist entry was stored that made every GET /api/worklist a 500
+    afterwards. Refused where every JSON body is read (web/jsonbody.py), with nothing stored."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        await stow(client, part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP))
+        assert "surrogate" in refused(await client.request(method, url, content=raw.encode(), headers=JSON))
+        assert (await client.get("/api/worklist")).json() == []
+        assert (await client.get("/api/nodes")).json() == []
+        assert (await client.get("/api/worklist")).status_code == 200
+
+    web(body)
+
+
+def test_a_surrogate_pair_is_one_character_and_taken(web: Callable[..., Any]) -> None:
+    """Both halves of a pair (RFC 8259 7: "\\ud83d\\ude00") make one character, which is fine."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        r = await client.post(
+            "/api/worklist",
+            content=(WORKLIST_ENTRY % '{"Alphabetic": "Doe\\ud83d\\ude00^John"}').encode(),
+            headers=JSON,
+        )
+        assert r.status_code == 201, r.text
+        assert r.json()["dataset"]["00100010"]["Value"] == [{"Alphabetic": "Doe\U0001f600^John"}]
 
     web(body)
