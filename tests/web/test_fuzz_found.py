@@ -124,3 +124,16 @@ def test_a_surrogate_pair_is_one_character_and_taken(web: Callable[..., Any]) ->
         assert r.json()["dataset"]["00100010"]["Value"] == [{"Alphabetic": "Doe\U0001f600^John"}]
 
     web(body)
+
+
+@pytest.mark.parametrize("permissions", ["true", "1", "1.5", "null", "{}"])
+def test_node_permissions_that_are_no_list_are_a_400(web: Callable[..., Any], permissions: str) -> None:
+    """``"permissions": true`` reached ``list(True)`` in core/nodes.py ``parse_permissions``: TypeError, a 500.
+    Permissions are a comma-separated string or a list of operation names (docs/HOSTILE_INPUT.md)."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        raw = '{"ae_title": "PEER", "host": "127.0.0.1", "port": 104, "permissions": ' + permissions + "}"
+        assert "permissions" in refused(await client.post("/api/nodes", content=raw.encode(), headers=JSON))
+        assert (await client.get("/api/nodes")).json() == []
+
+    web(body)
