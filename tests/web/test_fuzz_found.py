@@ -10,6 +10,7 @@ import pytest
 
 from minipacs.core.archive import Archive
 from tests.web.conftest import part10
+from tests.web.test_auth import USERS
 from tests.web.test_hostile_control_api import refused, web  # noqa: F401 - fixture: the app with its AE registry
 
 STUDY, SERIES, SOP = "1.2.3.4", "1.2.3.4.5", "1.2.3.4.5.6"
@@ -137,3 +138,19 @@ def test_node_permissions_that_are_no_list_are_a_400(web: Callable[..., Any], pe
         assert (await client.get("/api/nodes")).json() == []
 
     web(body)
+
+
+def test_a_login_name_with_an_unpaired_surrogate_is_a_400(web: Callable[..., Any]) -> None:
+    """POST /ui/login with JSON ``{"name": "\\ud800"}`` answered 500: the user name is hashed as UTF-8 for the
+    lockout (web/auth.py), which no unpaired surrogate can be (RFC 8259 8.2, RFC 3629 3). The login reads its
+    JSON itself (it also takes a form), so it now makes the same check as web/jsonbody.py."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        for raw in (b'{"name": "\\ud800", "password": "x"}', b'{"name": "admin", "password": "a\\udc00"}'):
+            r = await client.post("/ui/login", content=raw, headers=JSON)
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["code"] == "invalid_json"
+        r = await client.post("/ui/login", content=b'{"name": "nobody", "password": "x"}', headers=JSON)
+        assert r.status_code == 401
+
+    web(body, users=USERS)
