@@ -71,6 +71,17 @@ def test_transport_padding_after_a_delimiter_and_folded_headers() -> None:
     assert parse([body]) == [("application/dicom; transfer-syntax=1.2", b"x")]
 
 
+PADDED = b"--XyZ \t\r\nContent-Type: application/dicom\r\n\r\nx\r\n--XyZ  \r\n\r\ny\r\n--XyZ--"
+
+
+@pytest.mark.parametrize("split", range(1, len(PADDED)))
+def test_transport_padding_split_anywhere_parses_the_same(split: int) -> None:
+    """RFC 2046 5.1.1: a delimiter may be followed by transport padding (spaces, tabs) before its CRLF.
+    Found by fuzzing: a piece ending between the padding's CR and its LF ("--XyZ \\t\\r" | "\\n...")
+    was a 400, "not followed by CRLF", though the same body in one piece parsed."""
+    assert parse([PADDED[:split], PADDED[split:]]) == [("application/dicom", b"x"), ("", b"y")]
+
+
 @pytest.mark.parametrize(
     ("header", "boundary"),
     [

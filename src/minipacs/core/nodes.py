@@ -98,8 +98,18 @@ def title_problem(ae_title: str) -> str | None:
 
 
 def parse_permissions(text: str | Iterable[str]) -> frozenset[str]:
-    """'echo,store' (or a list) -> the set; 'all' is every operation, 'none' or '' is none."""
-    items = text.split(",") if isinstance(text, str) else list(text)
+    """'echo,store' (or a list) -> the set; 'all' is every operation, 'none' or '' is none.
+
+    Anything else (JSON true, 1, null, an object) is InvalidNode: ``list(True)`` was a TypeError, a 500."""
+    if isinstance(text, str):
+        items: list[object] = list(text.split(","))
+    elif isinstance(text, (list, tuple, set, frozenset)):
+        items = list(text)
+    else:
+        raise InvalidNode(
+            f"permissions must be a comma-separated string or a list of operation names ({', '.join(OPERATIONS)}), "
+            f"not {type(text).__name__} {text!r:.40}"
+        )
     words = {str(item).strip().lower() for item in items} - {""}
     if words == {"all"}:
         return ALL_OPERATIONS

@@ -7,7 +7,11 @@ sentence, never a 500 or a process that reads 10 MB into memory:
 - nesting at most :data:`MAX_JSON_DEPTH` arrays/objects deep (400; Python's decoder would raise
   RecursionError, a 500, at about a thousand);
 - ``NaN``, ``Infinity`` and ``-Infinity``, which Python's decoder accepts but RFC 8259 6 does not,
-  are refused (400).
+  are refused (400);
+- a string (value or member name) holding an unpaired surrogate escape such as ``"\\ud800"`` is
+  refused (400): Python's decoder accepts it, but no UTF-8 text holds it (RFC 8259 8.1, 8.2; RFC 3629),
+  so it failed later, in SQLite or in a page, as a 500 -- and a worklist entry holding one broke
+  every later listing.
 
 A control body names a few settings; none of the bodies these endpoints take comes near the
 limits, so they are named constants rather than settings (docs/HOSTILE_INPUT.md).
@@ -16,6 +20,7 @@ limits, so they are named constants rather than settings (docs/HOSTILE_INPUT.md)
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection
 from typing import Any, Final
 
@@ -52,6 +57,26 @@ def depth(value: Any) -> int:
     return deepest
 
 
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(value: Any) -> str | None:
+    """The first string of ``value`` (member names included) holding a surrogate code point, or None.
+    Python's decoder pairs escaped surrogate pairs into one character, so what is left is unpaired."""
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return item
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
 async def read_json(request: Request, *, limit: int = MAX_JSON_BYTES, empty: Any = None) -> Any:
     """The request body as JSON, within the limits above; ``empty`` for a body of only white space
     (None: refused as not JSON). HttpError 413 / 400 saying which limit and what to send."""
@@ -79,6 +104,15 @@ async def read_json(request: Request, *, limit: int = MAX_JSON_BYTES, empty: Any
         raise HttpError(400, "invalid_json", f"the body is not JSON: {str(exc)[:200]}") from None
     if depth(value) > MAX_JSON_DEPTH:
         raise HttpError(400, "invalid_json", f"the JSON body nests more than {MAX_JSON_DEPTH} arrays or objects deep")
+    bad = lone_surrogate(value)
+    if bad is not None:
+        raise HttpError(
+            400,
+            "invalid_json",
+            f"the string {ascii(bad[:40])} holds "
+            "an unpaired surrogate escape (\\ud800-\\udfff), which no UTF-8 text can hold (RFC 8259 8.2): "
+            "send the character itself, or both halves of its surrogate pair",
+        )
     return value
 
 
@@ -102,4 +136,4 @@ async def read_object(
     return value
 
 
-__all__ = ["MAX_JSON_BYTES", "MAX_JSON_DEPTH", "depth", "read_json", "read_object"]
+__all__ = ["MAX_JSON_BYTES", "MAX_JSON_DEPTH", "depth", "lone_surrogate", "read_json", "read_object"]

@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from minipacs.core.audit import Action, ActorKind, Outcome
 from minipacs.web.auth import LOGIN_PATH, Authenticator, LockedOut, session_of
 from minipacs.web.errors import HttpError, error_response
+from minipacs.web.jsonbody import lone_surrogate
 from minipacs.web.pages import render
 from minipacs.web.sessions import COOKIE, LOGIN_COOKIE, SessionStore
 from minipacs.web.transfer import read_body
@@ -111,6 +112,8 @@ async def _fields(request: Request) -> tuple[dict[str, str], bool]:
         try:
             raw: Any = json.loads(body)
         except ValueError:
+            raw = None
+        if lone_surrogate(raw) is not None:  # "\ud800": no UTF-8 text holds it (RFC 8259 8.2), a 500 later
             raw = None
         if isinstance(raw, dict):
             return {str(k): v for k, v in raw.items() if isinstance(v, str)}, False

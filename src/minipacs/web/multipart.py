@@ -118,7 +118,9 @@ class MultipartParser:
                 return False
             end = buf.find(b"\r\n")
             if end < 0:
-                if len(buf) > _MAX_PADDING or buf.strip(b" \t"):
+                # padding so far, perhaps with the CR of its CRLF (the LF in the next piece)
+                padding = buf[:-1] if buf.endswith(b"\r") else buf
+                if len(buf) > _MAX_PADDING or padding.strip(b" \t"):
                     raise _broken("a boundary delimiter is not followed by CRLF")
                 return False
             if buf[:end].strip(b" \t"):

@@ -133,15 +133,28 @@ def all_keys(level: Level) -> tuple[str, ...]:
 
 
 def tag_of(name: str) -> int:
-    """A keyword or 8-hex-digit tag -> tag; HttpError 400 otherwise (nested keys are not supported)."""
+    """A keyword or 8-hex-digit tag -> tag; HttpError 400 otherwise (nested keys are not supported).
+
+    Also 400 for a tag the data dictionary gives no single VR: an Item or delimiter (VR "NONE"; PS3.5 7.5,
+    no attribute) or one whose VR depends on the instance ("OB or OW", "US or SS"; PS3.5 Annex A). An
+    identifier key needs one VR, and PS3.18 F.2.3's "vr" must be one of PS3.5 Table 6.2-1's: such a key
+    came back as ``{"vr": "OB or OW"}``, which no client can read."""
+    tag: int | None = None
     if _TAG.match(name):
-        tag = int(name, 16)
-        if keyword_for_tag(tag):
-            return tag
+        tag = int(name, 16) if keyword_for_tag(int(name, 16)) else None
     else:
         found = tag_for_keyword(name)
-        if found is not None:
-            return int(found)
+        tag = None if found is None else int(found)
+    if tag is not None:
+        vr = dictionary_VR(tag)
+        if vr != "NONE" and " or " not in vr:
+            return tag
+        raise HttpError(
+            400,
+            "unknown_attribute",
+            f"{keyword_for_tag(tag)} ({tag:08X}) has no single VR in the DICOM data dictionary ({vr}): "
+            "it is not an attribute this archive can search by or return; leave it out",
+        )
     raise HttpError(
         400,
         "unknown_attribute",
@@ -237,7 +250,8 @@ def identifier(
             raise HttpError(400, "invalid_key_value", f"the value for {keyword_for_tag(tag)} is too long")
         try:
             node[tag] = DataElement(tag, vr, value or None, validation_mode=pydicom.config.IGNORE)
-        except ValueError:  # an IS or DS query value that is no number ("SeriesNumber=1A")
+        except (ValueError, OverflowError):  # an IS or DS query value that is no number ("SeriesNumber=1A"),
+            # or one past any float: pydicom's IS("1e400") is int(float("inf")), an OverflowError
             raise HttpError(
                 400, "invalid_key_value", f"{value[:40]!r} is not a valid {vr} value for {keyword_for_tag(tag)}"
             ) from None
