@@ -154,3 +154,26 @@ def test_a_login_name_with_an_unpaired_surrogate_is_a_400(web: Callable[..., Any
         assert r.status_code == 401
 
     web(body, users=USERS)
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["PatientName=%00", "PatientName=Doe%00*", "StudyDescription=a%0Ab", "PatientID=%7F", "AccessionNumber=%1F"],
+)
+def test_a_query_value_with_a_control_character_is_a_400_not_universal_matching(
+    web: Callable[..., Any], query: str
+) -> None:
+    """PS3.5 6.1.2-6.1.3: no DICOM text value holds NUL or a C0 control other than ESC (LT, ST and UT
+    also the format effectors). ``PatientName=%00`` was read as an empty value, universal matching, and
+    answered every study; ``Doe%00*`` as ``Doe*``. ESC stays allowed (ISO 2022 code extension)."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        await stow(client, part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP))
+        r = await client.get(f"/dicom-web/studies?{query}")
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["code"] == "invalid_key_value"
+        assert "control character" in r.json()["error"]["message"]
+        r = await client.get("/dicom-web/studies?PatientName=%1B%24B%3B3%45%44%1B%28B*")  # ESC $ B ... ESC ( B
+        assert r.status_code in (200, 204), r.text
+
+    web(body)

@@ -163,6 +163,12 @@ def tag_of(name: str) -> int:
     )
 
 
+#: NUL and the C0 controls but ESC (ISO 2022 code extension, PS3.5 6.1.2.5), and DEL.
+_CONTROL: Final = re.compile(r"[\x00-\x1a\x1c-\x1f\x7f]")
+#: LT, ST, UT (and UC's free text) may hold TAB, LF, FF and CR (PS3.5 6.1.3 format effectors).
+_FORMATTED_TEXT_VRS: Final = frozenset({"LT", "ST", "UT"})
+_FORMATTED: Final = re.compile(r"[^\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]*")
+
 #: Most attribute ids in one dotted path (PS3.18 8.3.4.1 attribute = attribute-id *("." attribute-id))
 MAX_PATH: Final = 4
 
@@ -246,6 +252,15 @@ def identifier(
             return
         if vr == "UI":
             value = value.replace(",", "\\")
+        if _CONTROL.search(value) is not None and not (vr in _FORMATTED_TEXT_VRS and _FORMATTED.fullmatch(value)):
+            # PS3.5 6.1.2-6.1.3: no value holds NUL or a C0 control other than ESC (and, in LT, ST, UT,
+            # the format effectors). PatientName=%00 read as empty was universal matching: every patient
+            raise HttpError(
+                400,
+                "invalid_key_value",
+                f"the value for {keyword_for_tag(tag)} holds a control character ({value[:40]!r}); "
+                "DICOM text holds none (PS3.5 6.1.3)",
+            )
         if len(value) > 1024:
             raise HttpError(400, "invalid_key_value", f"the value for {keyword_for_tag(tag)} is too long")
         try:
