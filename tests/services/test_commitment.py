@@ -177,6 +177,20 @@ def check_after(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     return released
 
 
+def ask_and_leave(server_port: int, ds: Dataset, released: threading.Event) -> int:
+    """The N-ACTION of a requester that binds no report handler and releases right away; ``released``
+    is set once it is gone (check_after: the commitment check waits for it)."""
+
+    def body(assoc: Any) -> int:
+        status, _reply = assoc.send_n_action(ds, 1, COMMIT_CLASS, COMMIT_INSTANCE)
+        return int(status.Status)
+
+    try:
+        return with_scu(server_port, body, [COMMIT_CLASS])
+    finally:
+        released.set()
+
+
 def test_report_on_new_association_to_registered_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The requester releases at once; the report comes on an association we open, proposing
     the SCP role for the commitment class (PS3.7 D.3.3.4), to the node registered for its title.
@@ -191,23 +205,13 @@ def test_report_on_new_association_to_registered_node(tmp_path: Path, monkeypatc
         ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.handle)]
     )
 
-    def ask_and_leave(server_port: int, ds: Dataset) -> int:
-        def body(assoc: Any) -> int:
-            status, _reply = assoc.send_n_action(ds, 1, COMMIT_CLASS, COMMIT_INSTANCE)
-            return int(status.Status)
-
-        try:
-            return with_scu(server_port, body, [COMMIT_CLASS])  # no report handler: it releases right away
-        finally:
-            released.set()
-
     async def main() -> None:
         async with serving(tmp_path) as app:
             await app.nodes.add(Node("CT01", "127.0.0.1", port))
             uids = await _stored(tmp_path, app, 2)
             txn = generate_uid()
             ds = commitment_request(txn, [(CT_IMAGE_STORAGE, u) for u in uids])
-            assert await asyncio.to_thread(ask_and_leave, app.dicom.port, ds) == 0
+            assert await asyncio.to_thread(ask_and_leave, app.dicom.port, ds, released) == 0
             assert await asyncio.to_thread(reports.arrived.wait, 10)
             [(event, info)] = reports.got
             assert event == 1 and info.TransactionUID == txn and len(info.ReferencedSOPSequence) == 2
@@ -320,23 +324,13 @@ def test_a_report_on_a_new_association_respects_an_explicit_role_refusal(
         ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.handle)]
     )
 
-    def ask_and_leave(server_port: int, ds: Dataset) -> int:
-        def body(assoc: Any) -> int:
-            status, _reply = assoc.send_n_action(ds, 1, COMMIT_CLASS, COMMIT_INSTANCE)
-            return int(status.Status)
-
-        try:
-            return with_scu(server_port, body, [COMMIT_CLASS])
-        finally:
-            released.set()
-
     async def main() -> None:
         async with serving(tmp_path) as app:
             await app.nodes.add(Node("CT01", "127.0.0.1", port))
             uids = await _stored(tmp_path, app, 1)
             txn = generate_uid()
             ds = commitment_request(txn, [(CT_IMAGE_STORAGE, u) for u in uids])
-            assert await asyncio.to_thread(ask_and_leave, app.dicom.port, ds) == 0
+            assert await asyncio.to_thread(ask_and_leave, app.dicom.port, ds, released) == 0
             attempt = None
             for _ in range(100):
                 records = await app.archive.list_associations(20)
