@@ -426,8 +426,8 @@ class StructureWalk:
                             continue
                     raise MalformedDataset(f"{_tag_text(tag)} at {pos} where a data element belongs")
                 start = pos + head
+                tag = group << 16 | element
                 if len(stack) == 1:
-                    tag = group << 16 | element
                     if tag > last_top:
                         last_top = tag
                     elif tag in _HEADER_TAGS:
@@ -438,7 +438,6 @@ class StructureWalk:
                             )
                         )
                 if length == _UNDEFINED:
-                    tag = group << 16 | element
                     if tag == _PIXEL_DATA:
                         if not self._encapsulated:
                             raise MalformedDataset(
@@ -465,16 +464,16 @@ class StructureWalk:
                     continue
                 after = start + length
                 if after > limit:
-                    raise MalformedDataset(self._past(group << 16 | element, pos, length, limit))
-                if vr == sq_code or (implicit and (group << 16 | element) in sq_tags):
+                    raise MalformedDataset(self._past(tag, pos, length, limit))
+                if vr == sq_code or (implicit and tag in sq_tags):
                     self._depth += 1
                     if self._depth > self._max_depth:
                         raise MalformedDataset(_too_deep(self._max_depth, pos))
-                    stack.append((_SEQUENCE, after, after, implicit, group << 16 | element, pos, length))
+                    stack.append((_SEQUENCE, after, after, implicit, tag, pos, length))
                     kind, end, limit, pos = _SEQUENCE, after, after, start
                     continue
                 if after > avail:
-                    self._last = (group << 16 | element, pos, length)
+                    self._last = (tag, pos, length)
                 pos = after
                 continue
             # a sequence or encapsulated pixel data: items (FFFE,E000) up to its end or delimiter
