@@ -26,6 +26,7 @@ class KeyPair:
 @dataclass(frozen=True)
 class Certificates:
     ca: Path  # the CA certificate (PEM): what both sides trust
+    ca_key: Path  # its private key (PEM): signs the CRLs of write_crl
     server: KeyPair  # CN=minipacs, for 127.0.0.1 and localhost; also our client certificate
     client: KeyPair  # CN=ECHOSCU,O=Test Modality, signed by the CA
     stranger: KeyPair  # CN=STRANGER, signed by another CA: "certificate unknown"
@@ -106,8 +107,8 @@ def _leaf(
 def make_pki(folder: Path) -> Certificates:
     folder.mkdir(parents=True, exist_ok=True)
     ca_key, ca_cert = _ca("minipacs test CA")
-    ca = folder / "ca.pem"
-    ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    ca_pair = _write(folder, "ca", ca_key, ca_cert)
+    ca = ca_pair.cert
     server = _write(
         folder,
         "server",
@@ -120,4 +121,38 @@ def make_pki(folder: Path) -> Certificates:
     stranger = _write(
         folder, "stranger", *_leaf(other_key, other_cert, _name("STRANGER"), ExtendedKeyUsageOID.CLIENT_AUTH)
     )
-    return Certificates(ca, server, client, stranger)
+    return Certificates(ca, ca_pair.key, server, client, stranger)
+
+
+def write_crl(
+    pki: Certificates,
+    path: Path,
+    revoked: tuple[Path, ...] = (),
+    *,
+    this_update: dt.datetime | None = None,
+    next_update: dt.timedelta = dt.timedelta(days=7),
+    signer: Path | None = None,
+    issuer: str = "",
+    append: bool = False,
+) -> Path:
+    """A CRL of the test CA (PEM, RFC 5280 5.1) listing the certificates at ``revoked``; ``next_update``
+    after ``this_update`` (default: an hour ago); ``signer``: another key signs it (a forged
+    CRL); ``issuer``: the common name of another CA it claims to be of; ``append``: added after the CRLs
+    already in ``path``."""
+    ca_cert = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+    key = serialization.load_pem_private_key((signer or pki.ca_key).read_bytes(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    start = this_update or dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    name = _name(issuer) if issuer else ca_cert.subject
+    builder = (
+        x509.CertificateRevocationListBuilder().issuer_name(name).last_update(start).next_update(start + next_update)
+    )
+    for cert_path in revoked:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(cert.serial_number).revocation_date(start).build()
+        )
+    crl = builder.sign(key, hashes.SHA256())
+    pem = crl.public_bytes(serialization.Encoding.PEM)
+    path.write_bytes((path.read_bytes() if append else b"") + pem)
+    return path

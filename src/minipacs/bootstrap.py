@@ -6,7 +6,6 @@ import asyncio
 import gc
 import logging
 import signal
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -39,7 +38,7 @@ from minipacs.index.node_claim import NodeClaim, NodeClaimRefused, claim_node
 from minipacs.net.association import AssociationSettings
 from minipacs.net.dul import Timeouts
 from minipacs.net.proxy_protocol import ProxySources
-from minipacs.net.tls import TLSConfigError, client_context, server_context
+from minipacs.net.tls import TLSConfigError, TLSContext, client_context, current_context, server_context
 from minipacs.services.audit_syslog import SyslogConfigError, SyslogSender, parse_collector
 from minipacs.services.commitment import StorageCommitmentSCP
 from minipacs.services.job_kinds import register_transfer_jobs
@@ -63,23 +62,29 @@ def timeouts(settings: Settings) -> Timeouts:
     return Timeouts(acse=settings.acse_timeout, dimse=settings.dimse_timeout, idle=settings.idle_timeout)
 
 
-def tls_client(settings: Settings) -> ssl.SSLContext | None:
+def tls_client(settings: Settings) -> TLSContext | None:
     """Our side when calling nodes registered with ``tls`` (None without tls_ca_file); ConfigError if unusable."""
     if not settings.tls_ca_file:
         return None
     try:
-        return client_context(settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file)
+        return client_context(
+            settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file, settings.tls_crl_file
+        )
     except TLSConfigError as exc:
         raise ConfigError(str(exc)) from exc
 
 
-def tls_server(settings: Settings) -> ssl.SSLContext | None:
+def tls_server(settings: Settings) -> TLSContext | None:
     """The TLS listener's context when tls_port is set; ConfigError if the files cannot be used."""
     if not settings.tls_port:
         return None
     try:
         return server_context(
-            settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file, settings.tls_require_client_cert
+            settings.tls_cert_file,
+            settings.tls_key_file,
+            settings.tls_ca_file,
+            settings.tls_require_client_cert,
+            settings.tls_crl_file,
         )
     except TLSConfigError as exc:
         raise ConfigError(str(exc)) from exc
@@ -498,7 +503,9 @@ def audit_syslog(settings: Settings) -> SyslogSender | None:
         collector = parse_collector(settings.audit_syslog)
         tls = None
         if collector.scheme == "tls":
-            tls = client_context(settings.audit_syslog_ca_file, settings.tls_cert_file, settings.tls_key_file)
+            tls = current_context(
+                client_context(settings.audit_syslog_ca_file, settings.tls_cert_file, settings.tls_key_file)
+            )
         return SyslogSender(collector, settings.ae_title, tls=tls, max_queue=settings.audit_syslog_queue)
     except (SyslogConfigError, TLSConfigError) as exc:
         raise ConfigError(str(exc)) from exc

@@ -71,6 +71,9 @@ class Settings:
     tls_ca_file: str = ""
     #: TLS clients must present a certificate chaining to tls_ca_file (else the handshake fails).
     tls_require_client_cert: bool = False
+    #: CRLs (PEM) of the CAs in tls_ca_file: a revoked peer certificate fails the handshake, both ways.
+    #: Read again when the file changes; "" no revocation check.
+    tls_crl_file: str = ""
     #: User Identity Negotiation: "ignore" (log only), "optional" (checked when sent), "required".
     dicom_user_identity: str = "ignore"
     #: Under dicom_user_identity = "required", a username without passcode (type 1) is enough.
@@ -368,6 +371,8 @@ class Settings:
             raise ConfigError(f"tls_port {self.tls_port} is also the plain DICOM port; give TLS its own (2762)")
         if self.tls_port and not (self.tls_cert_file and self.tls_key_file):
             raise ConfigError("tls_port needs tls_cert_file and tls_key_file (our certificate and its key, PEM)")
+        if self.tls_crl_file and not self.tls_ca_file:
+            raise ConfigError("tls_crl_file needs tls_ca_file: revocation is checked for certificates of those CAs")
         if self.tls_require_client_cert and not self.tls_ca_file:
             raise ConfigError("tls_require_client_cert needs tls_ca_file, the CA that signs the clients' certificates")
         if self.dicom_user_identity not in DICOM_IDENTITY_MODES:

@@ -15,7 +15,7 @@ from pydicom.uid import generate_uid
 
 from tests.dicomgen import write_ct
 from tests.peers import dcmtk, free_port, minipacs_cmd, run, start_server, wait_for_port
-from tests.tls_certs import Certificates, make_pki
+from tests.tls_certs import Certificates, make_pki, write_crl
 
 pytestmark = pytest.mark.interop
 
@@ -183,3 +183,55 @@ def test_minipacs_echo_and_store_against_dcmtk_over_tls(
     assert no_ca.returncode == 2 and "--tls needs --tls-ca" in no_ca.stderr
     assert untrusted.returncode == 3, untrusted.stderr
     assert "TLS handshake with 127.0.0.1:" in untrusted.stderr and "certificate unknown" in untrusted.stderr
+
+
+def test_dcmtk_with_a_revoked_certificate_is_refused_and_ours_refuses_a_revoked_dcmtk(
+    tmp_path: Path, pki: Certificates, tls_storescp: tuple[int, Path]
+) -> None:
+    """tls_crl_file, both ways: DCMTK echoscu presenting a revoked certificate to our TLS port, and
+    `minipacs echo --tls-crl` calling DCMTK storescp whose server certificate the CRL lists."""
+    crl = write_crl(pki, tmp_path / "crl.pem", (pki.client.cert,))
+    config = tmp_path / "minipacs.toml"
+    config.write_text(
+        "\n".join(
+            [
+                'allow_unregistered = "echo"',
+                "fsync = false",
+                f'tls_cert_file = "{pki.server.cert}"',
+                f'tls_key_file = "{pki.server.key}"',
+                f'tls_ca_file = "{pki.ca}"',
+                f'tls_crl_file = "{crl}"',
+                "tls_require_client_cert = true",
+                "",
+            ]
+        )
+    )
+    tls_port = free_port()
+    server = start_server(tmp_path, "--config", str(config), "--tls-port", str(tls_port))
+    try:
+        wait_for_port("127.0.0.1", tls_port)
+        revoked = run(
+            [dcmtk("echoscu"), "+tls", str(pki.client.key), str(pki.client.cert), "+cf", str(pki.ca)]
+            + ["-aec", "MINIPACS", "127.0.0.1", str(tls_port)]
+        )
+        good = run(
+            [dcmtk("echoscu"), "+tls", str(pki.server.key), str(pki.server.cert), "+cf", str(pki.ca)]
+            + ["-aec", "MINIPACS", "127.0.0.1", str(tls_port)]
+        )
+    finally:
+        server.stop()
+    assert revoked.returncode != 0
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "failed the TLS handshake: certificate revoked: its CA's CRL (tls_crl_file) lists it" in server.log_text()
+
+    scp_port, _ = tls_storescp  # presents pki.server's certificate
+    node_crl = write_crl(pki, tmp_path / "node-crl.pem", (pki.server.cert,))
+    ours = ["--tls", "--tls-ca", str(pki.ca), "--tls-cert", str(pki.client.cert), "--tls-key", str(pki.client.key)]
+    refused = run(minipacs_cmd("echo", "127.0.0.1", str(scp_port), "-aec", "TLSSCP", *ours, "--tls-crl", str(node_crl)))
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert "TLS handshake with 127.0.0.1:" in refused.stderr and "certificate revoked" in refused.stderr
+    write_crl(pki, node_crl)  # nothing revoked: the same call goes through
+    accepted = run(
+        minipacs_cmd("echo", "127.0.0.1", str(scp_port), "-aec", "TLSSCP", *ours, "--tls-crl", str(node_crl))
+    )
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr

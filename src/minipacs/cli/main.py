@@ -49,6 +49,7 @@ def network_args(p: argparse.ArgumentParser, default_aet: str) -> None:
     p.add_argument("--tls-ca", metavar="PEM", default="", help="CA certificate(s) the peer's certificate must chain to")
     p.add_argument("--tls-cert", metavar="PEM", default="", help="our certificate, for peers that require one")
     p.add_argument("--tls-key", metavar="PEM", default="", help="the private key of --tls-cert")
+    p.add_argument("--tls-crl", metavar="PEM", default="", help="CRLs of the --tls-ca CAs: a revoked peer is refused")
     ident = p.add_argument_group("DICOM user identity (PS3.7 D.3.3.7), as DCMTK storescu --user/--password")
     ident.add_argument(
         "--user",
@@ -250,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return EXIT_USAGE
         try:
-            args.tls_context = client_context(args.tls_ca, args.tls_cert, args.tls_key)
+            args.tls_context = client_context(args.tls_ca, args.tls_cert, args.tls_key, args.tls_crl)
         except TLSConfigError as exc:
             print(f"minipacs: {exc}", file=sys.stderr)
             return EXIT_USAGE

@@ -29,7 +29,7 @@ from minipacs.net.fsm import InvalidTransition, State
 from minipacs.net.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ, PDataTF, pdata_pdu_header, pdata_pdus
 from minipacs.net.pdu_items import AsynchronousOperationsWindow, PresentationContextRQ, RoleSelection, UserInformation
 from minipacs.net.presentation import NegotiatedContext, accepted_by_peer
-from minipacs.net.tls import TLSInfo, describe_tls_error, tls_info
+from minipacs.net.tls import TLSContext, TLSInfo, current_context, describe_tls_error, tls_info
 from minipacs.net.trace import describe_associate
 
 log = logging.getLogger("minipacs.net")
@@ -136,7 +136,7 @@ class AssociationSettings:
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_command_bytes: int = MAX_COMMAND_BYTES
     #: Our client side of DICOM TLS (net/tls.py ``client_context``): used by ``connect(..., tls=True)``.
-    tls_context: ssl.SSLContext | None = None
+    tls_context: TLSContext | None = None
 
 
 class _Incoming:
@@ -895,8 +895,9 @@ async def connect(
     """
     context: ssl.SSLContext | None = None
     if tls:
-        context = settings.tls_context
-        if context is None:
+        if settings.tls_context is not None:
+            context = current_context(settings.tls_context)
+        else:
             raise AssociationError(
                 f"{host}:{port} is to be called with TLS, but no TLS client settings are "
                 "configured (set tls_ca_file, and tls_cert_file/tls_key_file if the peer "

@@ -10,9 +10,19 @@ failed -- OpenSSL's reason codes are not something a person should have to decod
 
 from __future__ import annotations
 
+import base64
+import binascii
+import datetime as dt
+import logging
+import os
 import ssl
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
+
+log = logging.getLogger("minipacs.net")
 
 #: PS3.15 B.1 / IANA: dicom-tls.
 DICOM_TLS_PORT: Final = 2762
@@ -45,6 +55,188 @@ def _load_ca(ctx: ssl.SSLContext, ca_file: str) -> None:
         ) from exc
 
 
+_CRL_BEGIN: Final = b"-----BEGIN X509 CRL-----"
+_CRL_END: Final = b"-----END X509 CRL-----"
+
+
+@dataclass(frozen=True)
+class CrlInfo:
+    """What we read of one CRL of a ``tls_crl_file`` (RFC 5280 5.1): its place in the file and dates."""
+
+    number: int  # 1-based, in file order
+    this_update: dt.datetime
+    next_update: dt.datetime | None  # RFC 5280 5.1.2.5: optional in the syntax, required of CAs
+
+
+def _der_item(data: bytes, at: int) -> tuple[int, int, int]:
+    """(tag, start of the value, end of the value) of the DER item at ``at`` (X.690 8.1; definite lengths)."""
+    if at + 2 > len(data):
+        raise ValueError("truncated")
+    tag, first = data[at], data[at + 1]
+    at += 2
+    if first < 0x80:
+        length = first
+    else:
+        count = first & 0x7F
+        if not 1 <= count <= 4 or at + count > len(data):
+            raise ValueError("bad length")
+        length = int.from_bytes(data[at : at + count], "big")
+        at += count
+    if at + length > len(data):
+        raise ValueError("truncated")
+    return tag, at, at + length
+
+
+def _der_time(tag: int, value: bytes) -> dt.datetime:
+    """UTCTime (0x17, YYMMDDHHMMSSZ) or GeneralizedTime (0x18, YYYYMMDDHHMMSSZ), as RFC 5280 4.1.2.5 writes them."""
+    text = value.decode("ascii")
+    if tag == 0x17:
+        year = int(text[:2])
+        text = f"{1900 + year if year >= 50 else 2000 + year}{text[2:]}"  # RFC 5280 4.1.2.5.1
+    elif tag != 0x18:
+        raise ValueError("not a time")
+    return dt.datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=dt.UTC)
+
+
+def _crl_dates(der: bytes) -> tuple[dt.datetime, dt.datetime | None]:
+    """(thisUpdate, nextUpdate) of a DER CertificateList (RFC 5280 5.1: TBSCertList = version OPTIONAL,
+    signature, issuer, thisUpdate, nextUpdate OPTIONAL, ...)."""
+    _, start, _ = _der_item(der, 0)  # CertificateList
+    tag, at, end = _der_item(der, start)  # tbsCertList
+    if tag != 0x30:
+        raise ValueError("no TBSCertList")
+    tag, _, item_end = _der_item(der, at)
+    if tag == 0x02:  # version
+        at = item_end
+    for _ in range(2):  # signature AlgorithmIdentifier, issuer Name
+        _, _, at = _der_item(der, at)
+    tag, value_start, at = _der_item(der, at)
+    this_update = _der_time(tag, der[value_start:at])
+    if at < end:
+        tag, value_start, value_end = _der_item(der, at)
+        if tag in (0x17, 0x18):
+            return this_update, _der_time(tag, der[value_start:value_end])
+    return this_update, None
+
+
+def read_crl_file(path: str) -> list[CrlInfo]:
+    """The CRLs of a PEM file, in order; TLSConfigError if it cannot be read or holds none."""
+    try:
+        with open(path, "rb") as fp:
+            text = fp.read(64 * 1024 * 1024 + 1)
+    except FileNotFoundError as exc:
+        raise TLSConfigError(f"TLS CRL file not found: {path}") from exc
+    except OSError as exc:
+        raise TLSConfigError(f"cannot read the TLS CRL file {path}: {exc.strerror or exc}") from exc
+    if len(text) > 64 * 1024 * 1024:
+        raise TLSConfigError(f"the TLS CRL file {path} is larger than 64 MiB")
+    found: list[CrlInfo] = []
+    at = 0
+    while (begin := text.find(_CRL_BEGIN, at)) >= 0:
+        end = text.find(_CRL_END, begin)
+        if end < 0:
+            raise TLSConfigError(f"the TLS CRL file {path}: CRL {len(found) + 1} has no END line")
+        try:
+            der = base64.b64decode(b"".join(text[begin + len(_CRL_BEGIN) : end].split()), validate=True)
+            this_update, next_update = _crl_dates(der)
+        except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+            raise TLSConfigError(f"the TLS CRL file {path}: CRL {len(found) + 1} is not a DER CRL ({exc})") from exc
+        found.append(CrlInfo(len(found) + 1, this_update, next_update))
+        at = end + len(_CRL_END)
+    if not found:
+        raise TLSConfigError(f"the TLS CRL file {path} holds no PEM CRL (-----BEGIN X509 CRL-----)")
+    return found
+
+
+def _load_crl(ctx: ssl.SSLContext, crl_file: str) -> list[CrlInfo]:
+    """Check peers' certificates against the CRLs of ``crl_file`` (RFC 5280 6.3): the certificate a peer
+    presents must not be revoked, and the CA that issued it must have a CRL in the file."""
+    crls = read_crl_file(crl_file)
+    try:
+        ctx.load_verify_locations(cafile=crl_file)
+    except (ssl.SSLError, OSError) as exc:
+        raise TLSConfigError(f"cannot load the TLS CRL file {crl_file}: {getattr(exc, 'reason', None) or exc}") from exc
+    if ctx.cert_store_stats().get("crl", 0) < len(crls):
+        raise TLSConfigError(f"the TLS CRL file {crl_file}: OpenSSL took fewer CRLs than the {len(crls)} it holds")
+    ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    return crls
+
+
+def crl_warnings(crls: list[CrlInfo], crl_file: str, now: dt.datetime | None = None) -> list[str]:
+    """Sentences about CRLs that are out of date (every certificate their CA issued is then refused)
+    or carry no nextUpdate."""
+    now = now or dt.datetime.now(dt.UTC)
+    words: list[str] = []
+    for crl in crls:
+        if crl.next_update is None:
+            continue
+        if crl.next_update <= now:
+            words.append(
+                f"CRL {crl.number} of {crl_file} is out of date (its nextUpdate {crl.next_update:%Y-%m-%d %H:%M} "
+                "UTC has passed): every certificate of its CA is refused until a newer CRL replaces it"
+            )
+    return words
+
+
+class ReloadingContext:
+    """An SSLContext whose CRL file is read again when it changes (a CA publishes a new CRL every few
+    days, and a revoked modality must be refused without a restart). :meth:`current` looks at the
+    file's size and times at most once per ``interval`` seconds; a file that cannot be read or used
+    keeps the CRLs in force and is logged once per change."""
+
+    def __init__(self, build: Callable[[], tuple[ssl.SSLContext, list[CrlInfo]]], crl_file: str, interval: float = 1.0):
+        self._build = build
+        self.crl_file = crl_file
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._context, crls = build()
+        self._seen = self._stamp()
+        self._looked = time.monotonic()
+        for words in crl_warnings(crls, crl_file):
+            log.warning("%s", words)
+
+    def _stamp(self) -> tuple[int, int, int, int] | None:
+        try:
+            st = os.stat(self.crl_file)
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+    @property
+    def verify_mode(self) -> ssl.VerifyMode:
+        return self._context.verify_mode
+
+    def current(self) -> ssl.SSLContext:
+        """The context to use now: rebuilt first if the CRL file changed since it was last read."""
+        now = time.monotonic()
+        if now - self._looked < self._interval:
+            return self._context
+        with self._lock:
+            self._looked = now
+            stamp = self._stamp()
+            if stamp == self._seen:
+                return self._context
+            self._seen = stamp
+            try:
+                self._context, crls = self._build()
+            except TLSConfigError as exc:
+                log.error("%s; the CRLs read before stay in force", exc)
+                return self._context
+            log.info("TLS CRL file %s read again: %d CRL(s)", self.crl_file, len(crls))
+            for words in crl_warnings(crls, self.crl_file):
+                log.warning("%s", words)
+            return self._context
+
+
+#: What the listener and the association settings hold: a context, or one that follows a CRL file.
+TLSContext = ssl.SSLContext | ReloadingContext
+
+
+def current_context(context: TLSContext) -> ssl.SSLContext:
+    """The SSLContext to use for a new connection now."""
+    return context.current() if isinstance(context, ReloadingContext) else context
+
+
 def _base(purpose: ssl.Purpose) -> ssl.SSLContext:
     ctx = ssl.create_default_context(purpose)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -52,34 +244,53 @@ def _base(purpose: ssl.Purpose) -> ssl.SSLContext:
 
 
 def server_context(
-    cert_file: str, key_file: str, ca_file: str = "", require_client_cert: bool = False
-) -> ssl.SSLContext:
+    cert_file: str, key_file: str, ca_file: str = "", require_client_cert: bool = False, crl_file: str = ""
+) -> TLSContext:
     """The listener's side: our certificate; with ``require_client_cert`` every client must present one
-    chaining to ``ca_file`` (without it a client certificate is still checked when one is sent)."""
+    chaining to ``ca_file`` (without it a client certificate is still checked when one is sent); with
+    ``crl_file`` a client certificate must not be revoked (the file is followed: :class:`ReloadingContext`)."""
     if not cert_file:
         raise TLSConfigError("the TLS listener needs a certificate (tls_cert_file) and its key (tls_key_file)")
     if require_client_cert and not ca_file:
         raise TLSConfigError("tls_require_client_cert needs tls_ca_file: the CA that signs the clients' certificates")
-    ctx = _base(ssl.Purpose.CLIENT_AUTH)
-    _load_chain(ctx, cert_file, key_file)
-    if ca_file:
-        _load_ca(ctx, ca_file)
-        ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
-    return ctx
+    _crl_needs_ca(crl_file, ca_file)
+
+    def build() -> tuple[ssl.SSLContext, list[CrlInfo]]:
+        ctx = _base(ssl.Purpose.CLIENT_AUTH)
+        _load_chain(ctx, cert_file, key_file)
+        crls: list[CrlInfo] = []
+        if ca_file:
+            _load_ca(ctx, ca_file)
+            ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+            if crl_file:
+                crls = _load_crl(ctx, crl_file)
+        return ctx, crls
+
+    return ReloadingContext(build, crl_file) if crl_file else build()[0]
 
 
-def client_context(ca_file: str, cert_file: str = "", key_file: str = "") -> ssl.SSLContext:
-    """Our side when we call a TLS node: its certificate must chain to ``ca_file``; we present
-    ``cert_file`` when given (peers that require client certificates)."""
+def client_context(ca_file: str, cert_file: str = "", key_file: str = "", crl_file: str = "") -> TLSContext:
+    """Our side when we call a TLS node: its certificate must chain to ``ca_file`` (and, with
+    ``crl_file``, not be revoked); we present ``cert_file`` when given (peers that require client
+    certificates)."""
     if not ca_file:
         raise TLSConfigError("calling a TLS node needs tls_ca_file: the CA that signs the nodes' certificates")
-    ctx = _base(ssl.Purpose.SERVER_AUTH)
-    ctx.check_hostname = False  # the chain is verified; DICOM nodes are known by address, see above
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    _load_ca(ctx, ca_file)
-    if cert_file:
-        _load_chain(ctx, cert_file, key_file)
-    return ctx
+
+    def build() -> tuple[ssl.SSLContext, list[CrlInfo]]:
+        ctx = _base(ssl.Purpose.SERVER_AUTH)
+        ctx.check_hostname = False  # the chain is verified; DICOM nodes are known by address, see above
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        _load_ca(ctx, ca_file)
+        if cert_file:
+            _load_chain(ctx, cert_file, key_file)
+        return ctx, _load_crl(ctx, crl_file) if crl_file else []
+
+    return ReloadingContext(build, crl_file) if crl_file else build()[0]
+
+
+def _crl_needs_ca(crl_file: str, ca_file: str) -> None:
+    if crl_file and not ca_file:
+        raise TLSConfigError("tls_crl_file needs tls_ca_file: revocation is checked for certificates of those CAs")
 
 
 @dataclass(frozen=True)
@@ -131,6 +342,7 @@ HANDSHAKE_REASONS: Final[dict[str, str]] = {
     "TLSV1_ALERT_UNKNOWN_CA": "the peer does not trust our certificate (unknown CA)",
     "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the peer did not accept our certificate (certificate unknown)",
     "SSLV3_ALERT_BAD_CERTIFICATE": "the peer did not accept our certificate (bad certificate)",
+    "SSLV3_ALERT_CERTIFICATE_REVOKED": "the peer says our certificate is revoked (its CA's CRL lists it)",
     "SSLV3_ALERT_HANDSHAKE_FAILURE": "the peer refused the handshake (no common cipher or version?)",
     "TLSV1_ALERT_PROTOCOL_VERSION": "no TLS version in common (we need TLS 1.2 or later)",
     "UNSUPPORTED_PROTOCOL": "the peer offered only TLS versions older than 1.2",
@@ -143,11 +355,21 @@ HANDSHAKE_REASONS: Final[dict[str, str]] = {
 }
 
 
+# OpenSSL's verify messages about revocation (X509_V_ERR_*) -> what to do about them.
+REVOCATION_WORDS: Final[dict[str, str]] = {
+    "certificate revoked": "certificate revoked: its CA's CRL (tls_crl_file) lists it",
+    "CRL has expired": "our CRL of its CA is out of date (nextUpdate passed): put the CA's newer CRL in tls_crl_file",
+    "unable to get certificate CRL": "tls_crl_file holds no CRL of the CA that issued its certificate",
+    "CRL is not yet valid": "our CRL of its CA is not valid yet (thisUpdate in the future: a wrong clock?)",
+    "CRL signature failure": "the CRL of its CA in tls_crl_file is not signed by that CA",
+}
+
+
 def describe_tls_error(exc: BaseException) -> str:
     """An exception from a TLS handshake (or read) in plain words."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         detail = exc.verify_message or "verification failed"
-        return f"certificate unknown: {detail}"
+        return REVOCATION_WORDS.get(detail) or f"certificate unknown: {detail}"
     if isinstance(exc, ssl.SSLError):
         reason = str(exc.reason or "")
         words = HANDSHAKE_REASONS.get(reason)
@@ -171,4 +393,10 @@ __all__ = [
     "server_context",
     "subject_of",
     "tls_info",
+    "CrlInfo",
+    "ReloadingContext",
+    "TLSContext",
+    "crl_warnings",
+    "current_context",
+    "read_crl_file",
 ]

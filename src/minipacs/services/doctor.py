@@ -52,6 +52,7 @@ from minipacs.dicom.uids import (
 )
 from minipacs.dicom.uids_generated import STORAGE_SOP_CLASSES
 from minipacs.net.association import AssociationRejected
+from minipacs.net.tls import current_context
 from minipacs.services import doctor_verdicts as words
 from minipacs.services.outbound import (
     QR_SYNTAXES,
@@ -359,9 +360,10 @@ class Doctor:
     # -------------------------------------------------------------- step 6 (TLS)
 
     async def _tls(self, node: Peer) -> Step:
-        context = self.outbound.settings.association.tls_context
-        if context is None:
+        configured = self.outbound.settings.association.tls_context
+        if configured is None:
             return _failed(words.TLS_NOT_CONFIGURED)
+        context = current_context(configured)
         try:
             _reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(node.host, node.port, ssl=context, server_hostname=node.host),

@@ -66,7 +66,7 @@ from minipacs.net.presentation import (
     negotiate,
 )
 from minipacs.net.proxy_protocol import ProxyHeaderError, ProxySources, socket_reader
-from minipacs.net.tls import describe_tls_error
+from minipacs.net.tls import TLSContext, current_context, describe_tls_error
 from minipacs.services.base import ServiceClass
 from minipacs.services.dispatch import (
     Operation,
@@ -177,7 +177,7 @@ class PendingSlot:
 class Listener:
     """One listening address of the server (plain DICOM or DICOM TLS), its accept loops and its pending pool."""
 
-    def __init__(self, name: str, pending: PendingConnections, tls: ssl.SSLContext | None) -> None:
+    def __init__(self, name: str, pending: PendingConnections, tls: TLSContext | None) -> None:
         self.name = name
         self.pending = pending
         self.tls = tls
@@ -251,8 +251,8 @@ class DicomServer:
         association_logger: AssociationLogger | None = None,
         access: AccessPolicy | None = None,
         tls_port: int = 0,
-        tls_context: ssl.SSLContext | None = None,
-        tls_client: ssl.SSLContext | None = None,
+        tls_context: TLSContext | None = None,
+        tls_client: TLSContext | None = None,
         identity: UserIdentityPolicy | None = None,
         max_pending_connections: int = MAX_PENDING_CONNECTIONS,
         max_pending_per_host: int = MAX_PENDING_PER_HOST,
@@ -356,7 +356,7 @@ class DicomServer:
                 "; client certificates required" if self.tls_context.verify_mode == ssl.CERT_REQUIRED else "",
             )
 
-    def _listener(self, name: str, tls: ssl.SSLContext | None) -> Listener:
+    def _listener(self, name: str, tls: TLSContext | None) -> Listener:
         listener = Listener(name, PendingConnections(self.max_pending_connections, self.max_pending_per_host), tls)
         self.listeners.append(listener)
         return listener
@@ -536,7 +536,7 @@ class DicomServer:
 
     async def _tls_handshake(
         self,
-        context: ssl.SSLContext,
+        context: TLSContext,
         writer: asyncio.StreamWriter,
         deadline: float,
         peer: tuple[str, int] | None = None,
@@ -547,7 +547,7 @@ class DicomServer:
         started = datetime.now(UTC)
         try:
             await writer.start_tls(
-                context, ssl_handshake_timeout=max(deadline - asyncio.get_running_loop().time(), 0.001)
+                current_context(context), ssl_handshake_timeout=max(deadline - asyncio.get_running_loop().time(), 0.001)
             )
         except (OSError, EOFError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             why = describe_tls_error(exc)
