@@ -6,6 +6,9 @@ import datetime as dt
 import time
 
 import pytest
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 
 from minipacs.dicom.values import (
     as_date,
@@ -153,6 +156,62 @@ def test_decode_text_character_sets() -> None:
     raw = b"Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B=\x1b$B$d$^$@\x1b(B^\x1b$B$?$m$&\x1b(B"
     assert decode_text(raw, "PN", codecs_for("\\ISO 2022 IR 87")) == "Yamada^Tarou=山田^太郎=やまだ^たろう"
     assert codecs_for("UNKNOWN") == codecs_for("")
+
+
+#: Each single-byte Defined Term of PS3.3 Table C.12-2 (and GB18030/GBK, Table C.12-5) with a name in
+#: its repertoire and the Python codec that writes the bytes the test feeds in.
+SINGLE_BYTE_AND_STAND_ALONE = [
+    ("ISO_IR 100", "Müller^Jürgen", "latin-1"),
+    ("ISO_IR 101", "Dvořák^Šárka", "iso8859_2"),
+    ("ISO_IR 109", "Ġużeppi^Ħabib", "iso8859_3"),
+    ("ISO_IR 110", "Šķēle^Ģirts", "iso8859_4"),
+    ("ISO_IR 144", "Иванов^Пётр", "iso8859_5"),
+    ("ISO_IR 127", "قباني^نزار", "iso8859_6"),
+    ("ISO_IR 126", "Διονυσιος", "iso8859_7"),
+    ("ISO_IR 138", "כהן^דוד", "iso8859_8"),
+    ("ISO_IR 148", "Çağlar^Şükrü", "iso8859_9"),
+    ("ISO_IR 203", "Œuvray^Zoë €", "iso8859_15"),
+    ("ISO_IR 166", "สมชาย^ใจดี", "tis_620"),
+    ("ISO_IR 13", "ﾔﾏﾀﾞ^ﾀﾛｳ", "shift_jis"),
+    ("GB18030", "张三^李四", "gb18030"),
+    ("GBK", "王五^赵六", "gbk"),
+    ("ISO_IR 192", "Ωμέγα^Œuvray 张三", "utf-8"),
+]
+
+
+@pytest.mark.parametrize(("charset", "name", "codec"), SINGLE_BYTE_AND_STAND_ALONE)
+def test_every_single_byte_and_stand_alone_character_set_is_read(charset: str, name: str, codec: str) -> None:
+    """PS3.3 C.12.1.1.2: the value in that set's bytes reads back as the name (Latin-9, ISO_IR 203, is
+    not in pydicom 3.0's table: without ours it read as Latin-1, "€" as "¤")."""
+    assert decode_text(name.encode(codec), "PN", codecs_for(charset)) == name
+
+
+def test_latin_9_under_iso_2022_code_extensions() -> None:
+    """PS3.3 Table C.12-3: ISO 2022 IR 203 is designated to G1 by ESC 02/13 06/02; pydicom reads and
+    writes it once values.py has taught it the term."""
+    raw = b"JANE^DOE=\x1b-b\xbcdipe\xa4"
+    assert decode_text(raw, "PN", codecs_for("ISO 2022 IR 6\\ISO 2022 IR 203")) == "JANE^DOE=Œdipe€"
+    ds = Dataset()
+    ds.SpecificCharacterSet = ["ISO 2022 IR 6", "ISO 2022 IR 203"]
+    ds.PatientName = "Œuvray^Zoë"
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, ds)
+    assert b"\x1b-b\xbcuvray^Zo\xeb" in buffer.getvalue()
+
+
+def test_gb2312_under_iso_2022_code_extensions_as_in_ps3_5_annex_k() -> None:
+    """PS3.5 K.2 (Example 1): GB2312 designated to G1 by ESC 02/04 02/09 04/01 after each delimiter.
+    pydicom 3.0 left the escape sequence in the text it read and wrote none."""
+    raw = b"Zhang^XiaoDong=\x1b$)A\xd5\xc5^\x1b$)A\xd0\xa1\xb6\xab="
+    assert decode_text(raw, "PN", codecs_for("\\ISO 2022 IR 58")) == "Zhang^XiaoDong=张^小东="
+    ds = Dataset()
+    ds.SpecificCharacterSet = ["", "ISO 2022 IR 58"]
+    ds.PatientName = "Zhang^XiaoDong=张^小东"
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, ds)
+    assert raw[:-1] in buffer.getvalue()
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ DCMTK ``findscu`` → minipacs; minipacs ``find`` → DCMTK ``dcmqrscp`` and →
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -14,6 +15,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
+import minipacs.dicom.values  # noqa: F401 - pydicom learns ISO_IR 203 (Latin-9) in this process too
+from tests.dicom.test_values import SINGLE_BYTE_AND_STAND_ALONE
 from tests.dicomgen import write_ct
 from tests.peers import ServerProcess, dcmtk, free_port, minipacs_cmd, missing_peer, run, start_server, wait_for_port
 
@@ -408,6 +411,8 @@ def test_ci_installs_orthanc() -> None:
         ("ISO 2022 IR 6\\ISO 2022 IR 87", "Yamada^Tarou=山田^太郎=やまだ^たろう", "ISO 2022 IR 6\\ISO 2022 IR 87"),
         ("ISO 2022 IR 6\\ISO 2022 IR 149", "Hong^Gildong=洪^吉洞=홍^길동", "ISO 2022 IR 6\\ISO 2022 IR 149"),
         ("ISO 2022 IR 6\\ISO 2022 IR 87", "Müller^Jürgen", "ISO_IR 192"),  # not in that repertoire: UTF-8
+        # PS3.5 Annex K: GB2312 designated to G1 (pydicom 3.0 wrote it with no escape sequence)
+        ("ISO 2022 IR 6\\ISO 2022 IR 58", "Zhang^XiaoDong=张^小东", "ISO 2022 IR 6\\ISO 2022 IR 58"),
     ],
 )
 def test_findscu_gets_answers_in_its_iso_2022_repertoire(
@@ -446,5 +451,57 @@ def test_findscu_gets_answers_in_its_iso_2022_repertoire(
         said = match.SpecificCharacterSet
         assert (said if isinstance(said, str) else "\\".join(said)) == answered_in
         assert str(match.PatientName) == name
+        if "IR 87" not in answered_in:  # DCMTK 3.6.7 with glibc's iconv cannot convert ISO 2022 IR 87
+            # and as DCMTK reads it (its own ISO 2022 decoder, through iconv)
+            [rsp] = sorted((tmp_path / "out").glob("rsp*.dcm"))
+            dump = run([dcmtk("dcmdump"), "+U8", str(rsp)])
+            assert f"[{name}]" in dump.stdout, dump.stdout + dump.stderr
+    finally:
+        server.stop()
+
+
+def test_findscu_matches_and_is_answered_in_every_single_byte_and_stand_alone_character_set(
+    tmp_path: Path,
+) -> None:
+    """PS3.3 C.12.1.1.2, PS3.4 C.4.1.1.3.2: an instance stored by DCMTK storescu in each Defined Term
+    of Tables C.12-2 and C.12-5 is found by DCMTK findscu with a wild-card key written in that set's
+    bytes, and answered in that set (Latin-9, ISO_IR 203, included: pydicom 3.0 lacks it)."""
+    server = start_server(tmp_path)
+    try:
+        for number, (charset, name, codec) in enumerate(SINGLE_BYTE_AND_STAND_ALONE):
+            path = write_ct(
+                tmp_path / "in" / f"{number}.dcm",
+                rows=8,
+                cols=8,
+                patient_id=f"CS{number}",
+                patient_name=name,
+                SpecificCharacterSet=charset,
+            )
+            assert pydicom.dcmread(path).PatientName.original_string == name.encode(codec)
+            done = run([dcmtk("storescu"), "-aec", server.ae_title, "127.0.0.1", str(server.port), str(path)])
+            assert done.returncode == 0, done.stderr
+        # asked in the set it was stored in, then in UTF-8: the second crosses sets, so a value read in the
+        # wrong set (Latin-9 as Latin-1) matches nothing and comes back wrong
+        asked = [(n, charset, name, codec) for n, (charset, name, codec) in enumerate(SINGLE_BYTE_AND_STAND_ALONE)]
+        asked += [(n, "ISO_IR 192", name, "utf-8") for n, (_, name, _) in enumerate(SINGLE_BYTE_AND_STAND_ALONE)]
+        for attempt, (number, charset, name, codec) in enumerate(asked):
+            key = b"PatientName=" + name[:2].encode(codec) + b"*"  # the set's own bytes on argv
+            out = tmp_path / "out" / str(attempt)
+            out.mkdir(parents=True)
+            res = subprocess.run(
+                [dcmtk("findscu"), "-aec", server.ae_title, "-X", "-od", str(out), "-S"]
+                + ["-k", "QueryRetrieveLevel=STUDY", "-k", f"SpecificCharacterSet={charset}"]
+                + ["-k", os.fsdecode(key), "-k", "PatientID", "127.0.0.1", str(server.port)],
+                capture_output=True,
+                timeout=60,
+                env={**os.environ, "TCP_NODELAY": "1"},
+                check=False,
+            )
+            assert res.returncode == 0, res.stdout + res.stderr
+            found = [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+            assert [m.PatientID for m in found] == [f"CS{number}"], (charset, name)
+            [match] = found
+            assert match.SpecificCharacterSet == charset
+            assert str(match.PatientName) == name
     finally:
         server.stop()

@@ -14,9 +14,27 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Final
 
+from pydicom import charset as _pydicom_charset
 from pydicom.charset import decode_bytes, python_encoding
 
 from minipacs.dicom.vr import CHARSET_VRS, LEADING_SPACES_KEPT_VRS
+
+#: PS3.3 Table C.12-2 and C.12-3 Defined Terms pydicom 3.0 lacks: Latin alphabet No. 9 (ISO 8859-15,
+#: ISO-IR 203; its ISO 2022 escape sequence ESC 02/13 06/02 designates it to G1). Without them a
+#: Latin-9 value is read as Latin-1 ("€" as "¤", "Œ" as "¼") and written with "?" in their place.
+#: Added to pydicom's own tables, so that every reader and writer in the process (ours, and
+#: pydicom's for identifiers and corrections) knows them; :func:`codecs_for` reads the same table.
+_LATIN_9: Final = "iso8859_15"
+_MISSING_TERMS: Final = {"ISO_IR 203": _LATIN_9, "ISO 2022 IR 203": _LATIN_9}
+for _term, _codec in _MISSING_TERMS.items():
+    python_encoding.setdefault(_term, _codec)
+_pydicom_charset.CODES_TO_ENCODINGS.setdefault(_pydicom_charset.ESC + b"-b", _LATIN_9)
+_pydicom_charset.ENCODINGS_TO_CODES.setdefault(_LATIN_9, _pydicom_charset.ESC + b"-b")
+#: pydicom 3.0 leaves GB2312 (ISO 2022 IR 58, PS3.3 Table C.12-4; PS3.5 Annex K) to Python's codec "with
+#: its escape sequence", but that codec (EUC-CN) knows none: read, a value kept "ESC $ ) A" in its text;
+#: written, it had no escape sequence at all. Handled like the other designations (the sequence
+#: stripped before decoding, written before the G1 bytes), both work.
+_pydicom_charset.handled_encodings = tuple(e for e in _pydicom_charset.handled_encodings if e != "iso_ir_58")
 
 # PS3.5 §6.1.2.5.3: characters before which an ISO 2022 code element returns to the default,
 # per VR kind: PN ('\\', '^', '='), other text ('\\', CR, LF, TAB, FF).
