@@ -34,7 +34,9 @@ _pydicom_charset.ENCODINGS_TO_CODES.setdefault(_LATIN_9, _pydicom_charset.ESC + 
 #: its escape sequence", but that codec (EUC-CN) knows none: read, a value kept "ESC $ ) A" in its text;
 #: written, it had no escape sequence at all. Handled like the other designations (the sequence
 #: stripped before decoding, written before the G1 bytes), both work.
-_pydicom_charset.handled_encodings = tuple(e for e in _pydicom_charset.handled_encodings if e != "iso_ir_58")
+_pydicom_charset.handled_encodings = tuple(  # type: ignore[assignment] # pydicom types it as 3 names
+    e for e in _pydicom_charset.handled_encodings if e != "iso_ir_58"
+)
 
 # PS3.5 §6.1.2.5.3: characters before which an ISO 2022 code element returns to the default,
 # per VR kind: PN ('\\', '^', '='), other text ('\\', CR, LF, TAB, FF).
