@@ -114,3 +114,14 @@ def test_msh18_unsupported_or_not_matching_the_bytes_is_rejected(
 def test_msh18_is_read_from_the_raw_bytes(code: str) -> None:
     data = _msh18(orm(), code).encode("ascii")
     assert declared_charset(data) == code and parse_bytes(data).charset == CHARSETS[code]
+
+
+def test_gb18030_bytes_that_look_like_separators_are_read_as_the_characters_they_are_part_of() -> None:
+    """GB18030's second bytes run from 0x40 to 0xFE: 乗 is 81 5C, 乛 81 5E, 亅 81 7C, 亊 81 7E, which are
+    the escape, component, field and repetition characters as single bytes. The message is decoded per
+    MSH-18 before it is split, so the name stays whole."""
+    name = "乗乛^亅亊"
+    data = with_msh18(orm(name=name), "GB 18030-2000").encode("gb18030")
+    assert b"\x81|" in data and b"\x81\\" in data  # the separators' bytes are there
+    message = parse_bytes(data)
+    assert message.raw(message.first("PID"), 5) == name

@@ -377,7 +377,7 @@ def test_xo_picks_the_requested_procedure_among_entries_of_one_accession(tmp_pat
 @pytest.mark.parametrize("code", sorted(CHARSETS))
 def test_msh18_table_row_decodes_and_maps_to_specific_character_set(code: str) -> None:
     charset = CHARSETS[code]
-    letter = {"ASCII": "", "UNICODE UTF-8": "ж"}.get(code, None)
+    letter = {"ASCII": "", "UNICODE UTF-8": "ж", "8859/15": "€", "GB 18030-2000": "张"}.get(code, None)
     letter = bytes([0xE4]).decode(charset.codec) if letter is None else letter  # a letter of the upper half
     text = _msh18(orm(name=f"D{letter}e^John"), code)
     message = parse_bytes(text.encode(charset.codec))

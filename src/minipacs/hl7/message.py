@@ -47,7 +47,7 @@ class Charset:
 
 
 # HL7 v2.5 Table 0211 Alternate Character Sets -> codec and PS3.3 Table C.12-2 / C.12-5 defined term.
-# Others of Table 0211 (ISO IR87, UNICODE UTF-16, BIG-5, ...) are refused with AR, never guessed.
+# Others of Table 0211 (ISO IR87, KS X 1001, UNICODE UTF-16, BIG-5, ...) are refused with AR, never guessed.
 CHARSETS: Final[dict[str, Charset]] = {
     c.hl7: c
     for c in (
@@ -61,6 +61,8 @@ CHARSETS: Final[dict[str, Charset]] = {
         Charset("8859/7", "iso8859_7", "ISO_IR 126"),
         Charset("8859/8", "iso8859_8", "ISO_IR 138"),
         Charset("8859/9", "iso8859_9", "ISO_IR 148"),
+        Charset("8859/15", "iso8859_15", "ISO_IR 203"),  # Latin-9, Table 0211 since v2.6
+        Charset("GB 18030-2000", "gb18030", "GB18030"),  # Table 0211 since v2.5; PS3.3 Table C.12-5
         Charset("UNICODE UTF-8", "utf-8", "ISO_IR 192"),
     )
 }
