@@ -358,6 +358,46 @@ def test_retrieve_leaves_out_a_missing_file_and_streams_the_rest(web: Callable[.
     web(body)
 
 
+def test_metadata_leaves_out_an_unreadable_instance_and_says_so(web: Callable[..., Any]) -> None:
+    """One instance whose file is gone or broken made the whole study's metadata a 500, so a viewer could
+    not open the study at all. Study and series metadata now answer the rest with 206 and a Warning
+    (PS3.18 Table 10.4.3-1), as the instances' retrieve does; the instance alone keeps its error."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        sops = [f"{SERIES}.{i}" for i in range(1, 5)]
+        for sop in sops:
+            await stow(client, part10(study_uid=STUDY, series_uid=SERIES, sop_uid=sop))
+        keys = await archive.read(
+            lambda c: [row[0] for row in c.exec_driver_sql("SELECT blob_key FROM instances ORDER BY id").all()]
+        )
+        await archive.write(lambda c: c.exec_driver_sql("DELETE FROM instance_metadata"))  # none computed yet
+        archive.blobs.path_of(keys[1]).unlink()  # gone
+        broken = archive.blobs.path_of(keys[2])  # its header is whole, its data set cut in its first element
+        data = broken.read_bytes()
+        broken.write_bytes(data[: data.index(b"\x08\x00\x05\x00CS") + 7])
+        for url in (f"/dicom-web/studies/{STUDY}/metadata", f"/dicom-web/studies/{STUDY}/series/{SERIES}/metadata"):
+            r = await client.get(url)
+            assert r.status_code == 206, r.text
+            assert r.headers["warning"].startswith("299 http://")
+            assert "2 of the 4 instances cannot be read and are left out" in r.headers["warning"]
+            got = [m["00080018"]["Value"][0] for m in r.json()]
+            assert got == [sops[0], sops[3]]
+            xml = await client.get(url, headers={"Accept": 'multipart/related; type="application/dicom+xml"'})
+            assert xml.status_code == 206 and xml.content.count(b"<NativeDicomModel") == 2
+        instance = f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances"
+        r = await client.get(f"{instance}/{sops[1]}/metadata")  # its file is gone
+        assert r.status_code == 404 and "indexed but their files are missing from storage" in r.text
+        r = await client.get(f"{instance}/{sops[2]}/metadata")  # its file is broken
+        assert r.status_code == 500 and r.json()["error"]["code"] == "unreadable_instance"
+        assert "1.2.3.4/" not in r.text  # the file is named in the server log only
+        for key in (keys[0], keys[3]):
+            archive.blobs.path_of(key).unlink()
+        r = await client.get(f"/dicom-web/studies/{STUDY}/metadata")  # none can be read: the error, not []
+        assert r.status_code == 500 and r.json()["error"]["code"] == "unreadable_instance"
+
+    web(body)
+
+
 def test_rendered_and_thumbnail_of_compressed_instances(web: Callable[..., Any], tmp_path: Path) -> None:
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
         for name in sorted(COMPRESSED):

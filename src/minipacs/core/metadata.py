@@ -54,31 +54,33 @@ def compute(path: Any, study: str, series: str, sop: str, limits: DatasetLimits 
     """The PS3.18 JSON object of one stored file, as text (read within ``limits``: core/stored.py)."""
     try:
         with open(path, "rb") as fp:
-            text = fast_text(fp, study, series, sop, limits)
+            text = fast_text(fp, study, series, sop, limits, checked=True)
     except OSError:  # a missing or unreadable file: read_stored says so in its own words
         text = None
     if text is not None:
         return text
-    return model_text(read_stored(path, limits, stop_before_pixels=True), study, series, sop)
+    return model_text(read_stored(path, limits, stop_before_pixels=True), study, series, sop, checked=True)
 
 
 def blob_text(blobs: BlobStore, key: str, study: str, series: str, sop: str, limits: DatasetLimits) -> str:
     """:func:`compute` of a stored blob, reading no more of it than its header (on S3: its start)."""
     try:
         with blobs.open(key) as fp:
-            text = fast_text(fp, study, series, sop, limits)
+            text = fast_text(fp, study, series, sop, limits, checked=True)
     except (OSError, BlobError):  # a missing blob or a store error: read_blob_header says so in its own words
         text = None
     if text is not None:
         return text
-    return model_text(read_blob_header(blobs, key, limits), study, series, sop)
+    return model_text(read_blob_header(blobs, key, limits), study, series, sop, checked=True)
 
 
 #: How much of a stored file :func:`fast_text` reads: its header is nearly always within it.
 FAST_READ_BYTES: Final = 64 * 1024
 
 
-def fast_text(fp: BinaryIO, study: str, series: str, sop: str, limits: DatasetLimits = DEFAULT_LIMITS) -> str | None:
+def fast_text(
+    fp: BinaryIO, study: str, series: str, sop: str, limits: DatasetLimits = DEFAULT_LIMITS, *, checked: bool = False
+) -> str | None:
     """The JSON text built straight from the file's bytes (dicom/json_model.py, the same text as
     :func:`model_text` of pydicom's reading); None when that builder does not cover the file (the
     caller then reads it with pydicom, which also says what is wrong with a broken one)."""
@@ -108,8 +110,8 @@ def fast_text(fp: BinaryIO, study: str, series: str, sop: str, limits: DatasetLi
         max_depth=limits.max_sequence_depth,
         whole=whole,
     )
-    if model is None:
-        return None
+    if model is None or (checked and model.get("00080018", {}).get("Value") != [sop]):
+        return None  # pydicom's path says what is wrong (model_text's SOP Instance UID check)
     nest_bulk_uris(model, base)
     try:
         return json.dumps(model, separators=(",", ":"), allow_nan=False)
@@ -185,8 +187,18 @@ def _lenient_model(ds: Dataset, bulk: Callable[[DataElement], str]) -> dict[str,
     return model
 
 
-def model_text(ds: Dataset, study: str, series: str, sop: str) -> str:
-    """The PS3.18 JSON object of a stored header (read without its pixel data), as text."""
+def model_text(ds: Dataset, study: str, series: str, sop: str, *, checked: bool = False) -> str:
+    """The PS3.18 JSON object of a stored header (read without its pixel data), as text.
+
+    ``checked`` (a stored file): UnreadableInstance when the header is not the instance's, its SOP
+    Instance UID missing (a file cut short, which the stored-file walk lets through when fewer than 8
+    bytes of an element are left: pydicom then reads an empty data set, and the metadata was ``{}``) or
+    another one. The same check makes :func:`fast_text` leave such a file to this function."""
+    found = ds.get("SOPInstanceUID")
+    if checked and found is None:
+        raise UnreadableInstance("its data set has no SOP Instance UID (0008,0018): is the file cut short?")
+    if checked and str(found).rstrip("\x00 ") != sop:
+        raise UnreadableInstance(f"its data set names SOP Instance UID {str(found)[:70]!r}, not the one indexed")
     base = f"{BULK_PREFIX}/studies/{study}/series/{series}/instances/{sop}"
 
     def bulk(elem: DataElement) -> str:
@@ -337,6 +349,14 @@ class MetadataStore:
         Raises NotFound (not stored) or UnreadableInstance (stored, but its file cannot be read:
         the message says why; the server log has one line with the file's path).
         """
+        texts, left_out = await self.available(uids)
+        if left_out:
+            raise left_out[0]
+        return texts
+
+    async def available(self, uids: Iterable[str]) -> tuple[list[str], list[NotFound | UnreadableInstance]]:
+        """The JSON texts of those of ``uids`` that can be read, in that order, and why each of the
+        others cannot: NotFound (no longer stored) or UnreadableInstance (its file cannot be read)."""
         wanted = list(dict.fromkeys(uids))
         found: dict[str, str] = {}
         for start in range(0, len(wanted), 500):
@@ -347,14 +367,14 @@ class MetadataStore:
         if missing:
             computed, failed = await self._compute_and_store(missing)
             found.update(computed)
+        left_out: list[NotFound | UnreadableInstance] = []
         for uid in wanted:
             if uid in failed:
-                raise UnreadableInstance(
-                    f"SOP Instance {uid[:70]!r} is stored, but its file cannot be read: {failed[uid]}"
-                )
-            if uid not in found:
-                raise NotFound(f"SOP Instance {uid[:70]!r} is not in the archive")
-        return [found[uid] for uid in wanted]
+                why = f"SOP Instance {uid[:70]!r} is stored, but its file cannot be read: {failed[uid]}"
+                left_out.append(UnreadableInstance(why))
+            elif uid not in found:
+                left_out.append(NotFound(f"SOP Instance {uid[:70]!r} is not in the archive"))
+        return [found[uid] for uid in wanted if uid in found], left_out
 
 
 __all__ = [

@@ -6,7 +6,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any, Final, cast
 
@@ -241,15 +241,32 @@ async def capabilities(request: Request) -> Response:
 async def _instances(request: Request, located: bool = True) -> list[StoredInstance]:
     """The stored instances the path names; ``located=False`` skips reading each file's header
     (whole files are sent, and a file missing by then is left out of the response and logged)."""
+    return (await _instances_and_problems(request, located))[0]
+
+
+async def _instances_and_problems(
+    request: Request, located: bool = True
+) -> tuple[list[StoredInstance], list[StoredInstance]]:
+    """(the stored instances the path names whose files can be read, those whose files cannot: each
+    logged with its file by core/retrieve.py). 404 when none is stored; when none can be read, 404 if
+    every file is missing, else 500 (unreadable_instance), saying so without naming the files."""
     keys = uids(request)
     level = "IMAGE" if "SOPInstanceUID" in keys else "SERIES" if "SeriesInstanceUID" in keys else "STUDY"
-    found = [
-        item for item in await select_instances(ctx(request).archive, level, keys, located=located) if not item.problem
-    ]
+    rows = await select_instances(ctx(request).archive, level, keys, located=located)
+    found = [item for item in rows if not item.problem]
+    problems = [item for item in rows if item.problem]
     if not found:
-        raise HttpError(404, "not_found", f"no stored instance matches {', '.join(keys.values())}")
+        if not problems:
+            raise HttpError(404, "not_found", f"no stored instance matches {', '.join(keys.values())}")
+        gone = all("missing from storage" in item.problem for item in problems)
+        raise HttpError(
+            404 if gone else 500,
+            "not_found" if gone else "unreadable_instance",
+            f"the {len(problems)} instance(s) asked for are indexed but their files are "
+            f"{'missing from storage' if gone else 'missing or cannot be read'}; see the server log",
+        )
     audit.record(request, Action.VIEWED, study_uid=found[0].study_instance_uid, detail="WADO-RS")
-    return found
+    return found, problems
 
 
 def _transcoded_part(item: StoredInstance, target_ts: str, pool: RenderPool, limits: DatasetLimits) -> OutPart:
@@ -316,8 +333,8 @@ async def metadata(request: Request) -> Response:
     DICOM Model document per instance) when the Accept header prefers that (web/accept.py
     ``metadata_media_type``). Any other Accept gets the Default (Table 8.7.3-1)."""
     media_type = metadata_media_type(parse_accept(accepted(request)))
-    found = await _instances(request)
-    texts = await ctx(request).metadata.get([item.sop_instance_uid for item in found])
+    found, problems = await _instances_and_problems(request)
+    texts, left_out = await _available_metadata(request, found, len(problems))
     root = root_url(request)
     texts = [text.replace('"' + BULK_PREFIX, '"' + root) for text in texts]
     if media_type == DICOM_XML:
@@ -325,7 +342,32 @@ async def metadata(request: Request) -> Response:
     else:
         response = Response("[" + ",".join(texts) + "]", media_type=DICOM_JSON)
     response.headers["Vary"] = "Accept"
+    if left_out:
+        response.status_code = 206
+        response.headers["Warning"] = left_out
     return response
+
+
+async def _available_metadata(
+    request: Request, found: Sequence[StoredInstance], unreadable: int
+) -> tuple[list[str], str]:
+    """The metadata of ``found`` that can be read, and a Warning value ("" when all could be);
+    ``unreadable``: instances of the resource already left out because their files cannot be read. One
+    instance that cannot be read used to be a study or series left out of a viewer altogether, or left
+    out without a word; now it is left out with 206 and a Warning (PS3.18 Table 10.4.3-1,
+    "representations for some, but not all, of the Target Resources"), as the instances' retrieve
+    does. When none can be read, the error of the first (404 no longer stored, 500 unreadable)."""
+    texts, left_out = await ctx(request).metadata.available([item.sop_instance_uid for item in found])
+    if not texts and left_out:
+        raise left_out[0]
+    for why in left_out:
+        log.warning("WADO-RS metadata: %s; left out of the answer", why)
+    missing = unreadable + len(left_out)
+    if not missing:
+        return texts, ""
+    total = len(found) + unreadable
+    words = f"{missing} of the {total} instances cannot be read and are left out (see the server log)"
+    return texts, warning(request, words)
 
 
 async def frames(request: Request) -> Response:
