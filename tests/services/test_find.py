@@ -27,9 +27,10 @@ from minipacs.dicom.uids import (
     STUDY_ROOT_FIND,
     transfer_syntax,
 )
-from minipacs.net.association import Association, AssociationSettings, BytesSink, build_rq, connect
+from minipacs.net.association import Association, AssociationSettings, build_rq, connect
 from minipacs.net.dimse import Command
 from minipacs.net.dul import Timeouts
+from minipacs.net.memory import BytesSink
 from minipacs.net.pdu_items import SOPClassExtendedNegotiation
 from minipacs.services.find_scu import build_identifier, find, find_all
 from minipacs.services.qr_find import QueryRetrieveFindSCP

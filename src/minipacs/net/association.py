@@ -26,6 +26,7 @@ from minipacs.dicom.reasons import REJECT_REASONS, REJECT_SOURCES, in_words
 from minipacs.net.dimse import Command, CommandError
 from minipacs.net.dul import Timeouts, UpperLayer, UpperLayerUser, stream_limit
 from minipacs.net.fsm import InvalidTransition, State
+from minipacs.net.memory import MAX_MEMORY_DATASET, BytesSink, MemoryBudget
 from minipacs.net.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ, PDataTF, pdata_pdu_header, pdata_pdus
 from minipacs.net.pdu_items import AsynchronousOperationsWindow, PresentationContextRQ, RoleSelection, UserInformation
 from minipacs.net.presentation import NegotiatedContext, accepted_by_peer
@@ -36,8 +37,6 @@ log = logging.getLogger("minipacs.net")
 
 #: A command set is a few hundred bytes; anything past this is hostile.
 MAX_COMMAND_BYTES = 64 * 1024
-#: Default bound for datasets kept in memory (C-FIND identifiers, N-xxx data).
-MAX_MEMORY_DATASET = 16 * 1024 * 1024
 #: Statuses of the Pending class (PS3.7 C.4): more responses follow.
 PENDING_STATUSES = frozenset({0xFF00, 0xFF01})
 #: Bytes of a stored file read and framed per socket write when sending it.
@@ -68,28 +67,6 @@ class DatasetSink(Protocol):
     def finish(self) -> None: ...
 
     def discard(self) -> None: ...
-
-
-class BytesSink:
-    """Keeps a (bounded) dataset in memory."""
-
-    def __init__(self, limit: int = MAX_MEMORY_DATASET) -> None:
-        self.limit = limit
-        self.buffer = bytearray()
-
-    def write(self, data: bytes | memoryview) -> None:
-        if len(self.buffer) + len(data) > self.limit:
-            raise ValueError(f"dataset larger than {self.limit} bytes")
-        self.buffer += data
-
-    def finish(self) -> None:
-        pass
-
-    def discard(self) -> None:
-        self.buffer.clear()
-
-    def getvalue(self) -> bytes:
-        return bytes(self.buffer)
 
 
 @dataclass
@@ -135,6 +112,11 @@ class AssociationSettings:
     max_pdu_send: int = 1024 * 1024
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_command_bytes: int = MAX_COMMAND_BYTES
+    #: The largest data set of one message received into memory (net/memory.py; memory_dataset_max_bytes).
+    max_memory_dataset: int = MAX_MEMORY_DATASET
+    #: What the data sets of received requests hold in memory at once, shared by every association
+    #: given it (net/memory.py; memory_datasets_budget_bytes); None: not counted.
+    memory_budget: MemoryBudget | None = None
     #: Our client side of DICOM TLS (net/tls.py ``client_context``): used by ``connect(..., tls=True)``.
     tls_context: ssl.SSLContext | None = None
 
@@ -413,10 +395,16 @@ class Association(UpperLayerUser):
             if command.is_request and self.sink_factory is not None and command.name != "C-CANCEL-RQ":
                 incoming.sink = self.sink_factory(self, incoming.context, command)
             else:
-                incoming.sink = BytesSink()
+                incoming.sink = self.memory_sink(command)
         except Exception as exc:  # noqa: BLE001 - e.g. hostile UID: drain, then answer with a status
             incoming.error = exc
         return True
+
+    def memory_sink(self, command: Command) -> BytesSink:
+        """A sink holding ``command``'s data set in memory: at most ``max_memory_dataset`` bytes, and
+        for a request counted in the process's ``memory_budget`` (net/memory.py) until it is discarded."""
+        budget = self.settings.memory_budget if command.is_request else None
+        return BytesSink(self.settings.max_memory_dataset, budget)
 
     def _message_complete(self, incoming: _Incoming) -> None:
         del self._incoming[incoming.context.context_id]
@@ -428,11 +416,14 @@ class Association(UpperLayerUser):
                 incoming.sink.finish()
             except Exception as exc:  # noqa: BLE001
                 incoming.error = exc
+                incoming.sink.discard()
         message = Message(incoming.context, command, incoming.sink, incoming.error)
         if not command.is_request:
             queue = self._responses.get(command.message_id_being_responded_to)
             if queue is None:
                 log.warning("%s response to unknown message: %s", self.label, command.summary())
+                if message.dataset is not None:
+                    message.dataset.discard()
                 return
             queue.put_nowait(message)
             return
@@ -475,6 +466,8 @@ class Association(UpperLayerUser):
             if self.can_respond:
                 log.exception("%s handler failed for %s", self.label, message.command.summary())
         finally:
+            if isinstance(message.dataset, BytesSink):
+                message.dataset.discard()  # its bytes go back to the memory budget (net/memory.py)
             if self._running.get(msg_id) is message:
                 del self._running[msg_id]
             self.outstanding -= 1

@@ -42,16 +42,10 @@ from minipacs.core.metrics import Metrics
 from minipacs.core.model import AssociationRecord
 from minipacs.core.nodes import title_problem
 from minipacs.dicom.uids import APPLICATION_CONTEXT_NAME, uid_name
-from minipacs.net.association import (
-    Association,
-    AssociationSettings,
-    BytesSink,
-    DatasetSink,
-    Message,
-    describe_rejection,
-)
+from minipacs.net.association import Association, AssociationSettings, DatasetSink, Message, describe_rejection
 from minipacs.net.dimse import Command
 from minipacs.net.dul import Timeouts, stream_limit
+from minipacs.net.memory import MAX_MEMORY_DATASET, MEMORY_DATASETS_BUDGET, MemoryBudget
 from minipacs.net.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ
 from minipacs.net.pdu_items import (
     AsynchronousOperationsWindow,
@@ -260,6 +254,8 @@ class DicomServer:
         max_async_operations: int = MAX_ASYNC_OPERATIONS,
         metrics: Metrics | None = None,
         proxy_sources: ProxySources | None = None,
+        memory_dataset_max_bytes: int = MAX_MEMORY_DATASET,
+        memory_datasets_budget_bytes: int = MEMORY_DATASETS_BUDGET,
     ) -> None:
         self.ae_title = ae_title
         #: Addresses whose connections start with a PROXY header naming the real client (proxy_protocol_from).
@@ -284,12 +280,16 @@ class DicomServer:
         #: The most requests a requestor may have outstanding with us, when it proposes a window.
         self.max_async_operations = max_async_operations
         self.check_called_aet = check_called_aet
+        #: What the data sets of every association's requests hold in memory at once (net/memory.py).
+        self.memory_budget = MemoryBudget(memory_datasets_budget_bytes)
         self.assoc_settings = AssociationSettings(
             ae_title=ae_title,
             max_pdu_receive=max_pdu_receive,
             max_pdu_send=max_pdu_send,
             timeouts=timeouts or Timeouts(),
             tls_context=tls_client,
+            max_memory_dataset=memory_dataset_max_bytes,
+            memory_budget=self.memory_budget,
         )
         self.association_logger = association_logger
         #: None: every calling AE may ask for everything we serve.
@@ -759,7 +759,7 @@ class DicomServer:
     def _sink_for(self, assoc: Association, ctx: NegotiatedContext, command: Command) -> DatasetSink:
         service = self.sinks.get(ctx.abstract_syntax)
         sink = service.sink_for(assoc, ctx, command) if service is not None else None
-        return sink if sink is not None else BytesSink()
+        return sink if sink is not None else assoc.memory_sink(command)
 
     async def _handle(self, assoc: Association, message: Message) -> None:
         operation = self.dispatch.get((message.context.abstract_syntax, message.command.name))
