@@ -382,3 +382,62 @@ def test_a_pending_status_ends_a_request_that_has_no_pending_responses() -> None
         await listener.wait_closed()
 
     asyncio.run(run())
+
+
+# ------------------------------------------------------------ presentation context items of an A-ASSOCIATE-RQ
+def test_an_associate_rq_without_a_presentation_context_is_rejected(caplog: pytest.LogCaptureFixture) -> None:
+    """PS3.8 9.3.2: an A-ASSOCIATE-RQ holds "one or more" Presentation Context Items. One with none was
+    accepted (an association on which nothing can be asked, holding a max_associations slot). It now
+    gets an A-ASSOCIATE-RJ permanent, service-user, no reason given (PS3.8 Table 9-21) -- what
+    DCMTK's DcmSCP answers when no context is acceptable -- and a log line that says why."""
+
+    async def run() -> None:
+        async with verification_server(VerificationSCP()) as server:
+            rq = AAssociateRQ("MINIPACS", "FUZZ", [], UserInformation(maximum_length=16384))
+            with caplog.at_level("WARNING", logger="minipacs"):
+                pdu_type, body = await first_pdu(server.port, rq.encode())
+            assert pdu_type == 0x03, "A-ASSOCIATE-RJ"
+            assert body[1:4] == bytes([1, 1, 1])
+            assert any("no Presentation Context" in r.getMessage() for r in caplog.records)
+            assert await echo_on(server.port) == 0
+
+    asyncio.run(run())
+
+
+async def echo_on(port: int) -> int:
+    settings = AssociationSettings(ae_title="OURSCU", timeouts=Timeouts(acse=1.0, dimse=3.0, idle=5.0))
+    assoc = await connect(
+        "127.0.0.1", port, build_rq("OURSCU", "MINIPACS", [(VERIFICATION, [IMPLICIT_LE])], settings), settings
+    )
+    try:
+        return await echo(assoc)
+    finally:
+        await assoc.release()
+
+
+def test_a_presentation_context_with_an_even_id_is_answered_as_rejected() -> None:
+    """PS3.8 9.3.2.2: a Presentation-context-ID is an odd integer from 1 to 255. Contexts 0, 2 and 254
+    were accepted and used. Each is now answered "no reason (provider rejection)" (PS3.8 Table 9-18,
+    result 2) and never used -- P-DATA on it is aborted as on any context not accepted -- while the
+    odd IDs at the ends of the range, 1 and 255, are accepted as before."""
+    proposed = [PresentationContextRQ(cid, VERIFICATION, [IMPLICIT_LE]) for cid in (0, 1, 2, 254, 255)]
+
+    async def run() -> None:
+        async with verification_server(VerificationSCP()) as server:
+            rq = AAssociateRQ("MINIPACS", "FUZZ", proposed, UserInformation(maximum_length=16384))
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            try:
+                writer.write(rq.encode())
+                pdu_type, body = await read_pdu(reader)
+                assert pdu_type == 0x02
+                ac = AAssociateAC.decode(memoryview(body))
+                assert {c.context_id: c.result for c in ac.presentation_contexts} == {0: 2, 1: 0, 2: 2, 254: 2, 255: 0}
+                echo = Command.make("C-ECHO-RQ", AffectedSOPClassUID=VERIFICATION, MessageID=1).encode()
+                writer.write(PDataTF([PDV(255, True, True, echo)]).encode())
+                assert (await read_pdu(reader))[0] == 0x04  # answered on 255
+                writer.write(PDataTF([PDV(2, True, True, echo)]).encode())
+                assert (await read_pdu(reader))[0] == 0x07  # A-ABORT: 2 was not accepted
+            finally:
+                writer.close()
+
+    asyncio.run(run())

@@ -57,6 +57,7 @@ from minipacs.net.presentation import (
     RESULT_NAMES,
     NegotiatedContext,
     SupportedContext,
+    even_ids,
     negotiate,
 )
 from minipacs.net.proxy_protocol import ProxyHeaderError, ProxySources, socket_reader
@@ -633,6 +634,13 @@ class DicomServer:
             log.warning("%s association rejected: %s", assoc.label, why)
             return rj
         answers, accepted, roles = negotiate(rq.presentation_contexts, self.supported, rq.user_information.roles)
+        even = even_ids(rq.presentation_contexts)
+        if even:
+            log.warning(
+                "%s presentation context ID(s) %s answered as rejected: PS3.8 9.3.2.2 allows odd IDs 1-255 only",
+                assoc.label,
+                ", ".join(map(str, even)),
+            )
         identity_ac = self._identity_answers.pop(assoc, None)
         self.established.add(assoc)
         if self.metrics is not None:
@@ -709,6 +717,13 @@ class DicomServer:
             return AAssociateRJ(1, 2, 2), f"protocol version {rq.protocol_version} not supported (need bit 0 set)"
         if rq.application_context != APPLICATION_CONTEXT_NAME:
             return AAssociateRJ(1, 1, 2), f"application context {rq.application_context!r} is not DICOM's"
+        if not rq.presentation_contexts:
+            # PS3.8 9.3.2: "one or more" Presentation Context Items. Permanent, service-user, no reason
+            # given: what DCMTK's DcmSCP answers a request with no context it can accept.
+            return AAssociateRJ(1, 1, 1), (
+                "the A-ASSOCIATE-RQ has no Presentation Context item (PS3.8 9.3.2 requires one or more); "
+                "the peer must propose the SOP classes it wants to use"
+            )
         for title, which, code in ((rq.calling_ae, "calling", 3), (rq.called_ae, "called", 7)):
             # PS3.8 9.3.2 / PS3.5 Table 6.2-1 AE: no backslash, no control character. Accepted, such a
             # title would then have every C-STORE refused (it cannot be written into the stored file)
