@@ -103,6 +103,10 @@ class Settings:
     max_pdu_receive: int = 1 * MiB
     #: Largest PDU length we send, whatever the peer allows (0 = as the peer allows).
     max_pdu_send: int = 1 * MiB
+    #: The smallest Maximum Length (PS3.8 D.1) a peer may announce; less: its A-ASSOCIATE-RQ is rejected
+    #: (and its A-ASSOCIATE-AC, when we call it, not used). 0 ("no maximum") is always accepted.
+    #: 8 (the least that can be honoured) to 1048576.
+    max_pdu_peer_min: int = 1024
     #: Most matches one C-FIND returns (0: no limit); past it: 0xA700 after that many.
     max_results: int = 0
     #: Most stored files one query (C-FIND, QIDO-RS, the web's search) reads to match or answer keys the
@@ -408,6 +412,10 @@ class Settings:
             raise ConfigError("metrics_max_ae_labels must be 1 to 100000")
         if self.max_pdu_receive < 4096:
             raise ConfigError("max_pdu_receive must be at least 4096 bytes")
+        if not 8 <= self.max_pdu_peer_min <= MiB:
+            raise ConfigError(
+                "max_pdu_peer_min must be 8 (a PDV header and 2 bytes, the least that can be honoured) to 1048576"
+            )
         if self.max_pdu_send < 0 or 0 < self.max_pdu_send < 4096:
             raise ConfigError("max_pdu_send must be 0 (as the peer allows) or at least 4096 bytes")
         if self.ui_log_window < 1:

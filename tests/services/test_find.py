@@ -416,6 +416,7 @@ def test_our_scu_reads_every_match_of_a_long_stream_at_a_small_max_pdu(
     non-ASCII name in the repertoire the requester can read."""
 
     async def body(server: DicomServer, archive: Archive) -> None:
+        server.assoc_settings.max_pdu_peer_min = 64  # below the default floor (1024), on purpose
         settings = AssociationSettings(ae_title="FINDSCU", timeouts=TIMEOUTS, max_pdu_receive=64)
         rq = build_rq("FINDSCU", "MINIPACS", [(STUDY_ROOT_FIND, [syntax])], settings)
         assoc = await connect("127.0.0.1", server.port, rq, settings)

@@ -37,6 +37,13 @@ log = logging.getLogger("minipacs.net")
 
 #: A command set is a few hundred bytes; anything past this is hostile.
 MAX_COMMAND_BYTES = 64 * 1024
+#: Default of max_pdu_peer_min: the smallest Maximum Length (PS3.8 D.1) a peer may announce. Below it
+#: every fragment we send it is tiny and a large retrieve costs us a PDU per few bytes (DCMTK never
+#: announces less than 4096, ASC_MINIMUMPDUSIZE); 0, "no maximum", is always usable.
+MAX_PDU_PEER_MIN = 1024
+#: The smallest Maximum Length that can be honoured at all: a PDV item's 6-byte header and an even
+#: fragment of 2 bytes (PS3.8 9.3.5.1, E.2); the floor of the setting.
+SMALLEST_MAX_PDU = 8
 #: Statuses of the Pending class (PS3.7 C.4): more responses follow.
 PENDING_STATUSES = frozenset({0xFF00, 0xFF01})
 #: Bytes of a stored file read and framed per socket write when sending it.
@@ -117,6 +124,8 @@ class AssociationSettings:
     #: What the data sets of received requests hold in memory at once, shared by every association
     #: given it (net/memory.py; memory_datasets_budget_bytes); None: not counted.
     memory_budget: MemoryBudget | None = None
+    #: The smallest Maximum Length a peer may announce (0, no maximum, always may): see ``max_length_refusal``.
+    max_pdu_peer_min: int = MAX_PDU_PEER_MIN
     #: Our client side of DICOM TLS (net/tls.py ``client_context``): used by ``connect(..., tls=True)``.
     tls_context: ssl.SSLContext | None = None
 
@@ -329,6 +338,12 @@ class Association(UpperLayerUser):
             return
         if isinstance(pdu, AAssociateRJ):
             self.established.set_exception(AssociationRejected(pdu, describe_rejection(pdu)))
+            return
+        refusal = max_length_refusal(pdu.user_information.maximum_length or 0, self.settings.max_pdu_peer_min)
+        if refusal is not None:
+            log.warning("%s A-ASSOCIATE-AC not used: %s", self.label, refusal)
+            self.established.set_exception(AssociationError(refusal))
+            self.dul.abort(refusal)
             return
         self.ac = pdu
         self.peer_max_pdu = pdu.user_information.maximum_length or 0
@@ -824,6 +839,21 @@ class Association(UpperLayerUser):
                 self.unanswered,
                 self.aborted_reason or self.dul.end_reason or "connection closed",
             )
+
+
+def max_length_refusal(announced: int, floor: int) -> str | None:
+    """Why a peer's Maximum Length (PS3.8 D.1, its User Information) is not acceptable; None when it is.
+
+    0 means no maximum (PS3.8 D.1) and is always acceptable. Below ``floor`` (max_pdu_peer_min)
+    every P-DATA-TF PDU we send it would carry a few bytes: a peer announcing 8 would have a C-GET
+    of a large study sent as hundreds of millions of PDUs, our CPU spent on its behalf."""
+    if announced == 0 or announced >= floor:
+        return None
+    return (
+        f"the peer announces a Maximum Length of {announced} bytes, less than max_pdu_peer_min ({floor}): "
+        f"every PDU we sent it would carry at most {max(announced - 6, 0)} bytes of data; the peer should "
+        f"announce at least {floor} (or 0, no maximum), or lower max_pdu_peer_min"
+    )
 
 
 def _window(item: AsynchronousOperationsWindow | None, *, invoked: bool) -> int:

@@ -42,7 +42,15 @@ from minipacs.core.metrics import Metrics
 from minipacs.core.model import AssociationRecord
 from minipacs.core.nodes import title_problem
 from minipacs.dicom.uids import APPLICATION_CONTEXT_NAME, uid_name
-from minipacs.net.association import Association, AssociationSettings, DatasetSink, Message, describe_rejection
+from minipacs.net.association import (
+    MAX_PDU_PEER_MIN,
+    Association,
+    AssociationSettings,
+    DatasetSink,
+    Message,
+    describe_rejection,
+    max_length_refusal,
+)
 from minipacs.net.dimse import Command
 from minipacs.net.dul import Timeouts, stream_limit
 from minipacs.net.memory import MAX_MEMORY_DATASET, MEMORY_DATASETS_BUDGET, MemoryBudget
@@ -257,6 +265,7 @@ class DicomServer:
         proxy_sources: ProxySources | None = None,
         memory_dataset_max_bytes: int = MAX_MEMORY_DATASET,
         memory_datasets_budget_bytes: int = MEMORY_DATASETS_BUDGET,
+        max_pdu_peer_min: int = MAX_PDU_PEER_MIN,
     ) -> None:
         self.ae_title = ae_title
         #: Addresses whose connections start with a PROXY header naming the real client (proxy_protocol_from).
@@ -291,6 +300,7 @@ class DicomServer:
             tls_context=tls_client,
             max_memory_dataset=memory_dataset_max_bytes,
             memory_budget=self.memory_budget,
+            max_pdu_peer_min=max_pdu_peer_min,
         )
         self.association_logger = association_logger
         #: None: every calling AE may ask for everything we serve.
@@ -724,6 +734,9 @@ class DicomServer:
                 "the A-ASSOCIATE-RQ has no Presentation Context item (PS3.8 9.3.2 requires one or more); "
                 "the peer must propose the SOP classes it wants to use"
             )
+        too_small = max_length_refusal(rq.user_information.maximum_length or 0, self.assoc_settings.max_pdu_peer_min)
+        if too_small is not None:  # permanent, service-user, no reason given: a configuration to change
+            return AAssociateRJ(1, 1, 1), too_small
         for title, which, code in ((rq.calling_ae, "calling", 3), (rq.called_ae, "called", 7)):
             # PS3.8 9.3.2 / PS3.5 Table 6.2-1 AE: no backslash, no control character. Accepted, such a
             # title would then have every C-STORE refused (it cannot be written into the stored file)
