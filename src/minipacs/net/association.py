@@ -458,7 +458,19 @@ class Association(UpperLayerUser):
         if self.outstanding >= self.window:
             # Past the Asynchronous Operations Window: hold it, and read no more until one ends
             # (read_gate). C-CANCEL and responses are read while the window is full; only a
-            # request beyond it stops the reading, so no more than one PDU's requests wait here.
+            # request beyond it stops the reading, so no more than one PDU's requests wait here --
+            # unless we wait for the peer's responses, when reading goes on (read_gate) and at most
+            # a window's worth more is held: a peer sending more is aborted.
+            if self._responses and len(self._held) >= self.window:
+                reason = (
+                    f"the peer sent more than {self.window} request(s) past its Asynchronous Operations "
+                    "Window (PS3.7 D.3.3.3) while we waited for its responses"
+                )
+                log.warning("%s %s: aborting", self.label, reason)
+                if message.dataset is not None:
+                    message.dataset.discard()
+                self.dul.provider_abort(0, reason)
+                return
             self._held.append(message)
             return
         self._start(message)
@@ -531,8 +543,12 @@ class Association(UpperLayerUser):
 
     def read_gate(self) -> Awaitable[None] | None:
         """Flow control before each PDU read: wait while requests are held beyond the window, or
-        while the peer is not reading our responses (write buffer above its high-water mark)."""
-        if self._held:
+        while the peer is not reading our responses (write buffer above its high-water mark).
+
+        Not while we wait for responses from the peer (a C-GET's C-STORE sub-operations on this
+        association): they come behind the held request, and the request holding the window could
+        never end without them -- it stalled until the DIMSE timeout."""
+        if self._held and not self._responses:
             if self._read_resume is None:
                 self._read_resume = asyncio.get_running_loop().create_future()
             return self._read_resume
@@ -781,6 +797,7 @@ class Association(UpperLayerUser):
         msg_id = command.message_id
         queue: asyncio.Queue[Message | None] = asyncio.Queue()
         self._responses[msg_id] = queue
+        self._resume_reading()  # reading paused for a request held past the window: our response comes after it
         wait = self.settings.timeouts.dimse if timeout is None else timeout
         try:
             await self.send_message(context_id, command, dataset)
