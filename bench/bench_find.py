@@ -38,9 +38,10 @@ from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, STUDY_ROOT_FIND, tran
 from minipacs.dicom.values import normalise_name
 from minipacs.index.database import upgrade_schema
 from minipacs.index.schema import Instance, Patient, Series, Study
-from minipacs.net.association import AssociationSettings, BytesSink, build_rq, connect
+from minipacs.net.association import AssociationSettings, build_rq, connect
 from minipacs.net.dimse import Command
 from minipacs.net.dul import Timeouts
+from minipacs.net.memory import BytesSink
 from minipacs.services.find_scu import build_identifier, find
 
 RETURN_KEYS = [

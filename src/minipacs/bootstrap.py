@@ -97,6 +97,8 @@ def association_settings(settings: Settings, ae_title: str | None = None) -> Ass
         max_pdu_send=settings.max_pdu_send,
         timeouts=timeouts(settings),
         tls_context=tls_client(settings),
+        max_memory_dataset=settings.memory_dataset_max_bytes,
+        max_pdu_peer_min=settings.max_pdu_peer_min,
     )
 
 
@@ -454,6 +456,9 @@ async def build_app(settings: Settings) -> App:
         max_pending_per_host=settings.max_pending_per_host,
         handshake_timeout=settings.handshake_timeout,
         max_async_operations=settings.max_async_operations,
+        memory_dataset_max_bytes=settings.memory_dataset_max_bytes,
+        memory_datasets_budget_bytes=settings.memory_datasets_budget_bytes,
+        max_pdu_peer_min=settings.max_pdu_peer_min,
         metrics=metrics,
         proxy_sources=proxy_sources(settings),
     )

@@ -91,6 +91,14 @@ class Settings:
     #: Requests one association may have outstanding with us when the requestor proposes an
     #: Asynchronous Operations Window (PS3.7 D.3.3.3); without one it is 1.
     max_async_operations: int = 8
+    #: The largest data set of one request other than a C-STORE's (a C-FIND/C-GET/C-MOVE identifier,
+    #: an N-xxx attribute list) received into memory; past it the request gets its service's
+    #: out-of-resources status (net/memory.py). 1 KiB to 1 GiB.
+    memory_dataset_max_bytes: int = 16 * MiB
+    #: What all those data sets, of every association, and the C-STOREs received into memory
+    #: (receive_in_memory_max_bytes each) hold at once: past it a request is refused (out of
+    #: resources) and a C-STORE goes to a staging file instead. At least memory_dataset_max_bytes.
+    memory_datasets_budget_bytes: int = 256 * MiB
     #: Distinct calling AE titles /metrics labels separately; later ones count as "(other)"
     #: (a peer chooses its title: the labels, and the memory they take, stay bounded).
     metrics_max_ae_labels: int = 200
@@ -98,6 +106,10 @@ class Settings:
     max_pdu_receive: int = 1 * MiB
     #: Largest PDU length we send, whatever the peer allows (0 = as the peer allows).
     max_pdu_send: int = 1 * MiB
+    #: The smallest Maximum Length (PS3.8 D.1) a peer may announce; less: its A-ASSOCIATE-RQ is rejected
+    #: (and its A-ASSOCIATE-AC, when we call it, not used). 0 ("no maximum") is always accepted.
+    #: 8 (the least that can be honoured) to 1048576.
+    max_pdu_peer_min: int = 1024
     #: Most matches one C-FIND returns (0: no limit); past it: 0xA700 after that many.
     max_results: int = 0
     #: Most stored files one query (C-FIND, QIDO-RS, the web's search) reads to match or answer keys the
@@ -134,7 +146,8 @@ class Settings:
     intake_inline_max_bytes: int = 1 * MiB
     #: A C-STORE of at most this many bytes (File Meta included) is received into memory, not a
     #: staging file, when the intake log takes it (core/staging.py); 0: always a staging file.
-    #: At most max_associations x (max_async_operations + 1) are held at once.
+    #: At most max_associations x (max_async_operations + 1) are held at once, and only while
+    #: memory_datasets_budget_bytes has room for them (else a staging file).
     receive_in_memory_max_bytes: int = 256 * KiB
     #: Size of one intake-log segment file (data/intake/); the first ones are smaller.
     intake_segment_bytes: int = 16 * MiB
@@ -392,10 +405,22 @@ class Settings:
             )
         if not 1 <= self.max_async_operations <= 64:
             raise ConfigError("max_async_operations must be 1 to 64")
+        if not KiB <= self.memory_dataset_max_bytes <= 1024 * MiB:
+            raise ConfigError("memory_dataset_max_bytes must be 1024 (1 KiB) to 1073741824 (1 GiB)")
+        if not self.memory_dataset_max_bytes <= self.memory_datasets_budget_bytes <= 1024 * 1024 * MiB:
+            raise ConfigError(
+                f"memory_datasets_budget_bytes ({self.memory_datasets_budget_bytes}) must be at least "
+                f"memory_dataset_max_bytes ({self.memory_dataset_max_bytes}), which one request may hold, "
+                "and at most 1 TiB"
+            )
         if not 1 <= self.metrics_max_ae_labels <= 100_000:
             raise ConfigError("metrics_max_ae_labels must be 1 to 100000")
         if self.max_pdu_receive < 4096:
             raise ConfigError("max_pdu_receive must be at least 4096 bytes")
+        if not 8 <= self.max_pdu_peer_min <= MiB:
+            raise ConfigError(
+                "max_pdu_peer_min must be 8 (a PDV header and 2 bytes, the least that can be honoured) to 1048576"
+            )
         if self.max_pdu_send < 0 or 0 < self.max_pdu_send < 4096:
             raise ConfigError("max_pdu_send must be 0 (as the peer allows) or at least 4096 bytes")
         if self.ui_log_window < 1:

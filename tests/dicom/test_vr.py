@@ -41,3 +41,23 @@ def test_word_vrs_and_their_word_sizes() -> None:
     sizes = {vr: struct.calcsize("<" + code) for vr, code in WORD_VR_FORMATS.items()}
     assert sizes == {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
     assert set(WORD_VR_FORMATS) <= BINARY_VRS & LONG_LENGTH_VRS
+
+
+# PS3.5 6.1.2-6.1.3: no text value holds NUL or a C0 control other than ESC (ISO 2022, 6.1.2.5), nor DEL;
+# LT, ST and UT may also hold the format effectors TAB, LF, FF and CR.
+FORMAT_EFFECTORS = {"\t", "\n", "\f", "\r"}
+
+
+def test_control_characters_every_c0_code_and_del() -> None:
+    for code in [*range(0x20), 0x7F]:
+        char = chr(code)
+        for kind in ("PN", "LO", "CS", "UI", "LT", "ST", "UT"):
+            allowed = char == "\x1b" or (kind in {"LT", "ST", "UT"} and char in FORMAT_EFFECTORS)
+            for value in (f"A{char}B", char):
+                found = vr.control_character(value, kind)
+                assert (found is None) == allowed, (kind, hex(code))
+                assert found is None or found == char
+                found_bytes = vr.control_character(value.encode("latin-1"), kind)
+                assert (found_bytes is None) == allowed, (kind, hex(code), "bytes")
+    assert vr.control_character("Müller^Jürgen", "PN") is None
+    assert vr.control_character(" ~", "LO") is None  # printable ASCII at both ends of the range

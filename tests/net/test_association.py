@@ -28,13 +28,13 @@ from minipacs.net.association import (
     AssociationError,
     AssociationRejected,
     AssociationSettings,
-    BytesSink,
     Message,
     build_rq,
     connect,
 )
 from minipacs.net.dimse import Command
 from minipacs.net.dul import Timeouts
+from minipacs.net.memory import BytesSink
 from minipacs.net.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ, decode_pdu, encode_pdu, pdata_pdu_header
 from minipacs.net.pdu_items import PresentationContextAC, UserInformation
 from minipacs.net.presentation import NegotiatedContext, SupportedContext, negotiate

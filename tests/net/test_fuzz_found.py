@@ -16,7 +16,7 @@ import pytest
 
 from minipacs.bootstrap import build_app
 from minipacs.config import Settings
-from minipacs.net.association import Association, AssociationSettings, Message, build_rq, connect
+from minipacs.net.association import Association, AssociationError, AssociationSettings, Message, build_rq, connect
 from minipacs.net.dimse import Command
 from minipacs.net.dul import Timeouts
 from minipacs.net.pdu import PDV, AAssociateAC, AAssociateRQ, AReleaseRP, AReleaseRQ, PDataTF
@@ -380,5 +380,134 @@ def test_a_pending_status_ends_a_request_that_has_no_pending_responses() -> None
         await assoc.release()
         listener.close()
         await listener.wait_closed()
+
+    asyncio.run(run())
+
+
+# ------------------------------------------------------------ presentation context items of an A-ASSOCIATE-RQ
+def test_an_associate_rq_without_a_presentation_context_is_rejected(caplog: pytest.LogCaptureFixture) -> None:
+    """PS3.8 9.3.2: an A-ASSOCIATE-RQ holds "one or more" Presentation Context Items. One with none was
+    accepted (an association on which nothing can be asked, holding a max_associations slot). It now
+    gets an A-ASSOCIATE-RJ permanent, service-user, no reason given (PS3.8 Table 9-21) -- what
+    DCMTK's DcmSCP answers when no context is acceptable -- and a log line that says why."""
+
+    async def run() -> None:
+        async with verification_server(VerificationSCP()) as server:
+            rq = AAssociateRQ("MINIPACS", "FUZZ", [], UserInformation(maximum_length=16384))
+            with caplog.at_level("WARNING", logger="minipacs"):
+                pdu_type, body = await first_pdu(server.port, rq.encode())
+            assert pdu_type == 0x03, "A-ASSOCIATE-RJ"
+            assert body[1:4] == bytes([1, 1, 1])
+            assert any("no Presentation Context" in r.getMessage() for r in caplog.records)
+            assert await echo_on(server.port) == 0
+
+    asyncio.run(run())
+
+
+async def echo_on(port: int) -> int:
+    settings = AssociationSettings(ae_title="OURSCU", timeouts=Timeouts(acse=1.0, dimse=3.0, idle=5.0))
+    assoc = await connect(
+        "127.0.0.1", port, build_rq("OURSCU", "MINIPACS", [(VERIFICATION, [IMPLICIT_LE])], settings), settings
+    )
+    try:
+        return await echo(assoc)
+    finally:
+        await assoc.release()
+
+
+def test_a_presentation_context_with_an_even_id_is_answered_as_rejected() -> None:
+    """PS3.8 9.3.2.2: a Presentation-context-ID is an odd integer from 1 to 255. Contexts 0, 2 and 254
+    were accepted and used. Each is now answered "no reason (provider rejection)" (PS3.8 Table 9-18,
+    result 2) and never used -- P-DATA on it is aborted as on any context not accepted -- while the
+    odd IDs at the ends of the range, 1 and 255, are accepted as before."""
+    proposed = [PresentationContextRQ(cid, VERIFICATION, [IMPLICIT_LE]) for cid in (0, 1, 2, 254, 255)]
+
+    async def run() -> None:
+        async with verification_server(VerificationSCP()) as server:
+            rq = AAssociateRQ("MINIPACS", "FUZZ", proposed, UserInformation(maximum_length=16384))
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            try:
+                writer.write(rq.encode())
+                pdu_type, body = await read_pdu(reader)
+                assert pdu_type == 0x02
+                ac = AAssociateAC.decode(memoryview(body))
+                assert {c.context_id: c.result for c in ac.presentation_contexts} == {0: 2, 1: 0, 2: 2, 254: 2, 255: 0}
+                echo = Command.make("C-ECHO-RQ", AffectedSOPClassUID=VERIFICATION, MessageID=1).encode()
+                writer.write(PDataTF([PDV(255, True, True, echo)]).encode())
+                assert (await read_pdu(reader))[0] == 0x04  # answered on 255
+                writer.write(PDataTF([PDV(2, True, True, echo)]).encode())
+                assert (await read_pdu(reader))[0] == 0x07  # A-ABORT: 2 was not accepted
+            finally:
+                writer.close()
+
+    asyncio.run(run())
+
+
+# ------------------------------------------------------------ a tiny Maximum Length
+def test_a_peer_announcing_a_maximum_length_below_max_pdu_peer_min_is_rejected(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A peer announcing a Maximum Length of 8 got 2-byte fragments: a C-GET of a 500 MB study became
+    250 million PDUs, our CPU spent on its behalf. PS3.8 D.1 sets no floor; max_pdu_peer_min does:
+    exactly at it the association is accepted, one below it gets an A-ASSOCIATE-RJ (permanent,
+    service-user, no reason given) and a log line naming the value and the setting; 0 ("no
+    maximum", PS3.8 D.1) is always accepted."""
+
+    async def run() -> None:
+        server = DicomServer(
+            "MINIPACS",
+            [VerificationSCP()],
+            host="127.0.0.1",
+            port=0,
+            timeouts=Timeouts(acse=1.0, dimse=3.0, idle=30.0),
+            max_pdu_peer_min=1024,
+        )
+        await server.start()
+        try:
+            for announced, answer in ((1024, 0x02), (0, 0x02), (1023, 0x03), (8, 0x03)):
+                info = UserInformation(maximum_length=announced)
+                rq = AAssociateRQ("MINIPACS", "FUZZ", [PresentationContextRQ(1, VERIFICATION, [IMPLICIT_LE])], info)
+                with caplog.at_level("WARNING", logger="minipacs"):
+                    pdu_type, body = await first_pdu(server.port, rq.encode())
+                assert pdu_type == answer, announced
+                if answer == 0x03:
+                    assert body[1:4] == bytes([1, 1, 1])
+                    lines = [r.getMessage() for r in caplog.records if "max_pdu_peer_min" in r.getMessage()]
+                    assert lines and f"Maximum Length of {announced}" in lines[-1] and "1024" in lines[-1]
+        finally:
+            await server.close(grace=1.0)
+
+    asyncio.run(run())
+
+
+def test_an_acceptor_announcing_a_maximum_length_below_max_pdu_peer_min_is_not_used() -> None:
+    """As requestor: an A-ASSOCIATE-AC announcing less than our max_pdu_peer_min is aborted at once and
+    the caller told why (the value and the setting); exactly at the floor it is used."""
+
+    async def run() -> None:
+        server = DicomServer(
+            "MINIPACS",
+            [VerificationSCP()],
+            host="127.0.0.1",
+            port=0,
+            max_pdu_receive=4096,
+            timeouts=Timeouts(acse=1.0, dimse=3.0, idle=30.0),
+        )
+        await server.start()
+        try:
+            for floor, usable in ((4096, True), (4097, False)):
+                settings = AssociationSettings(
+                    ae_title="OURSCU", timeouts=Timeouts(acse=1.0, dimse=3.0, idle=5.0), max_pdu_peer_min=floor
+                )
+                rq = build_rq("OURSCU", "MINIPACS", [(VERIFICATION, [IMPLICIT_LE])], settings)
+                if usable:
+                    assoc = await connect("127.0.0.1", server.port, rq, settings)
+                    assert await echo(assoc) == 0
+                    await assoc.release()
+                else:
+                    with pytest.raises(AssociationError, match=r"Maximum Length of 4096.*max_pdu_peer_min"):
+                        await connect("127.0.0.1", server.port, rq, settings)
+        finally:
+            await server.close(grace=1.0)
 
     asyncio.run(run())

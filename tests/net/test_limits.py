@@ -556,3 +556,17 @@ def test_accept_backs_off_when_out_of_file_descriptors() -> None:
     assert "Too many open files" in failing[0] and "ulimit -n" in failing[0]
     assert len(again) >= 1, out
     assert cpu and cpu[0] < 1.0, f"the accept loop spun: {cpu} s of CPU in 3 s"
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"), [(8, True), (7, False), (1024, True), (1 << 20, True), ((1 << 20) + 1, False)]
+)
+def test_max_pdu_peer_min_is_validated(tmp_path: Path, value: int, valid: bool) -> None:
+    """8 (a PDV header and 2 bytes: the least that can be honoured) to 1 MiB."""
+    from minipacs.config import Settings
+
+    if valid:
+        Settings(data_dir=tmp_path, max_pdu_peer_min=value).validate()
+    else:
+        with pytest.raises(ConfigError, match="max_pdu_peer_min"):
+            Settings(data_dir=tmp_path, max_pdu_peer_min=value).validate()

@@ -10,17 +10,10 @@ from collections.abc import AsyncGenerator, Mapping
 import pytest
 
 from minipacs.dicom.uids import STUDY_ROOT_FIND
-from minipacs.net.association import (
-    Association,
-    AssociationError,
-    AssociationSettings,
-    BytesSink,
-    Message,
-    build_rq,
-    connect,
-)
+from minipacs.net.association import Association, AssociationError, AssociationSettings, Message, build_rq, connect
 from minipacs.net.dimse import Command
 from minipacs.net.dul import Timeouts
+from minipacs.net.memory import BytesSink
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.services.base import Service
 from minipacs.services.dispatch import Answer, Operation, PendingBatch, Response

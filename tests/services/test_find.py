@@ -27,9 +27,10 @@ from minipacs.dicom.uids import (
     STUDY_ROOT_FIND,
     transfer_syntax,
 )
-from minipacs.net.association import Association, AssociationSettings, BytesSink, build_rq, connect
+from minipacs.net.association import Association, AssociationSettings, build_rq, connect
 from minipacs.net.dimse import Command
 from minipacs.net.dul import Timeouts
+from minipacs.net.memory import BytesSink
 from minipacs.net.pdu_items import SOPClassExtendedNegotiation
 from minipacs.services.find_scu import build_identifier, find, find_all
 from minipacs.services.qr_find import QueryRetrieveFindSCP
@@ -318,7 +319,14 @@ HOSTILE: list[tuple[str, dict[str, Any], set[int]]] = [
     ("very long value", {"StudyDescription": "x" * 60000}, {0xC001}),
     ("wrong VR content (date)", {"StudyDate": "yesterday"}, {0xC001}),
     ("reversed range", {"StudyDate": "20241231-20240101"}, {0xC001}),
-    ("NUL bytes", {"PatientID": "PID1\x00\x00"}, {0x0000}),
+    # PS3.5 6.1.2-6.1.3: NUL and C0 controls but ESC are refused as QIDO-RS refuses them (0xC001); NULs were
+    # dropped, so PatientName "\x00" was universal matching and answered every study
+    ("NUL bytes", {"PatientID": "PID1\x00\x00"}, {0xC001}),
+    ("only a NUL", {"PatientName": "\x00"}, {0xC001}),
+    ("a C0 control", {"PatientID": "PID\x01"}, {0xC001}),
+    ("DEL", {"AccessionNumber": "ACC\x7f"}, {0xC001}),
+    ("a NUL inside a UID", {"StudyInstanceUID": "1.2.826\x00.1"}, {0xC001}),
+    ("a TAB in an LT key (a format effector, PS3.5 6.1.3)", {"PatientComments": "a\tb"}, {0x0000}),
     ("no QueryRetrieveLevel", {"QueryRetrieveLevel": "FOO"}, {0xA900}),
 ]
 
@@ -415,6 +423,7 @@ def test_our_scu_reads_every_match_of_a_long_stream_at_a_small_max_pdu(
     non-ASCII name in the repertoire the requester can read."""
 
     async def body(server: DicomServer, archive: Archive) -> None:
+        server.assoc_settings.max_pdu_peer_min = 64  # below the default floor (1024), on purpose
         settings = AssociationSettings(ae_title="FINDSCU", timeouts=TIMEOUTS, max_pdu_receive=64)
         rq = build_rq("FINDSCU", "MINIPACS", [(STUDY_ROOT_FIND, [syntax])], settings)
         assoc = await connect("127.0.0.1", server.port, rq, settings)
@@ -438,5 +447,26 @@ def test_our_scu_reads_every_match_of_a_long_stream_at_a_small_max_pdu(
         ts = transfer_syntax(syntax)
         assert ts is not None
         assert all(len(encode_identifier(m, ts)) > 64 for m in matches)
+
+    run(tmp_path, files, body)
+
+
+@pytest.mark.parametrize("model", ALL_FIND)
+def test_a_key_of_only_nul_is_refused_not_matched_as_universal(tmp_path: Path, files: Path, model: str) -> None:
+    """PatientName "\\x00" was read as empty (NULs dropped), universal matching: every study answered.
+    Refused now in every Q/R model with 0xC001 and an Error Comment naming the key, nothing answered,
+    by the rule QIDO-RS uses (dicom/vr.py control_character, PS3.5 6.1.2-6.1.3)."""
+
+    async def body(server: DicomServer, archive: Archive) -> None:
+        assoc = await associate(server.port)
+        ds = Dataset()
+        ds.QueryRetrieveLevel = "STUDY"
+        ds.PatientID = ""
+        with pydicom.config.disable_value_validation():
+            ds.PatientName = "\x00"
+        result = await find_all(assoc, model, ds)
+        assert result.status == 0xC001 and result.matches == []
+        assert "PatientName" in result.error_comment and len(result.error_comment) <= 64
+        await assoc.release()
 
     run(tmp_path, files, body)

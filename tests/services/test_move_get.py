@@ -26,6 +26,7 @@ from minipacs.config import Settings
 from minipacs.core.archive import Archive
 from minipacs.core.errors import AmbiguousDestination, UnknownDestination
 from minipacs.core.model import Origin
+from minipacs.dicom.uids import VERIFICATION_SOP_CLASS
 from minipacs.net.association import Association, AssociationSettings, Message, build_rq, connect
 from minipacs.net.dimse import Command
 from minipacs.net.dul import Timeouts
@@ -43,7 +44,7 @@ from minipacs.services.retrieve_scu import (
 )
 from minipacs.services.server import DicomServer
 from minipacs.services.storage import StorageSCP
-from minipacs.services.verification import VerificationSCP
+from minipacs.services.verification import VerificationSCP, echo
 from tests.dicomgen import write_ct
 from tests.peers import dataset_bytes
 from tests.stored_files import instance_path
@@ -583,5 +584,65 @@ def test_get_without_role_selection_fails_every_suboperation(tmp_path: Path) -> 
             # the Error Comment names the fix (PS3.4 C.4.3.3.1, PS3.7 D.3.3.4 role selection)
             assert result.error_comment == "Storage class not offered with the SCP role (role selection)"
             assert received(sink.folder) == {}
+
+    asyncio.run(main())
+
+
+def test_a_request_past_the_window_during_a_c_get_does_not_stall_it(tmp_path: Path) -> None:
+    """PS3.7 D.3.3.3: a requestor that proposed no Asynchronous Operations Window may have one request
+    outstanding. One that sent a C-ECHO-RQ right after its C-GET-RQ had the C-ECHO held and our reading
+    paused until a request ended -- but the C-GET could not end: its C-STORE sub-operations wait for the
+    peer's C-STORE-RSPs, which were never read. It stalled for dimse_timeout and was aborted. Reading now
+    goes on while we wait for the peer's responses: the C-GET completes, then the C-ECHO is answered."""
+
+    async def main() -> None:
+        async with archive_env(tmp_path, count=3, series=1) as env:
+            sink = FolderStorage(tmp_path / "got")
+            contexts, role_items = get_contexts("STUDY")
+            contexts = [*contexts, (VERIFICATION_SOP_CLASS, [ImplicitVRLittleEndian])]
+            rq = build_rq("VIEWER", "MINIPACS", contexts, env.settings(), roles=role_items)
+            assoc = await connect(
+                "127.0.0.1", env.server.port, rq, env.settings(), handler=sink.c_store, sink_factory=sink.sink_for
+            )
+            try:
+                started = asyncio.get_running_loop().time()
+                get = asyncio.ensure_future(c_get(assoc, "STUDY", study_key(env)))
+                await asyncio.sleep(0)  # the C-GET-RQ goes out first
+                status = await asyncio.wait_for(echo(assoc), TIMEOUTS.dimse * 2)
+                result = await get
+                assert (result.status, result.completed) == (0, 3)
+                assert status == 0x0000
+                assert asyncio.get_running_loop().time() - started < TIMEOUTS.dimse / 2
+            finally:
+                await assoc.release()
+
+    asyncio.run(main())
+
+
+def test_more_than_a_window_of_requests_past_it_during_a_c_get_is_aborted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While we wait for the peer's responses we read on, so what the peer may pile up past its window is
+    bounded: one window's worth (here 1, no window proposed) is held and answered (the test above), one
+    request more gets an A-ABORT with the reason in the log."""
+
+    async def main() -> None:
+        async with archive_env(tmp_path, count=3, series=1) as env:
+            sink = FolderStorage(tmp_path / "got")
+            contexts, role_items = get_contexts("STUDY")
+            contexts = [*contexts, (VERIFICATION_SOP_CLASS, [ImplicitVRLittleEndian])]
+            rq = build_rq("VIEWER", "MINIPACS", contexts, env.settings(), roles=role_items)
+            assoc = await connect(
+                "127.0.0.1", env.server.port, rq, env.settings(), handler=sink.c_store, sink_factory=sink.sink_for
+            )
+            get = asyncio.ensure_future(c_get(assoc, "STUDY", study_key(env)))
+            await asyncio.sleep(0)
+            with caplog.at_level(logging.WARNING, logger="minipacs.net"):
+                outcomes = await asyncio.wait_for(
+                    asyncio.gather(get, echo(assoc), echo(assoc), return_exceptions=True), TIMEOUTS.dimse / 2
+                )
+            assert any(isinstance(o, Exception) for o in outcomes)
+            await asyncio.wait_for(assoc.wait_closed(), TIMEOUTS.acse)
+            assert any("past its Asynchronous Operations Window" in r.getMessage() for r in caplog.records)
 
     asyncio.run(main())

@@ -293,3 +293,11 @@ def test_cli_add_list_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "A42" in out and "MR01" in out and "20240301 1030" in out
     assert main(["worklist", "remove", "--data", data, "A42"]) == 0
     assert main(["worklist", "remove", "--data", data, "A42"]) == 1
+
+
+def test_scp_refuses_a_key_holding_a_nul(tmp_path: Path) -> None:
+    """A Modality Worklist key of only a NUL was universal matching (every scheduled step answered);
+    refused now with 0xC001, by the rule QIDO-RS uses (dicom/vr.py control_character, PS3.5 6.1.3)."""
+    result = asyncio.run(_scp_query(tmp_path, ("AccessionNumber", "PatientName=\x00")))
+    assert result.status == 0xC001 and result.matches == []
+    assert "PatientName" in result.error_comment

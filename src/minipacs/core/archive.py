@@ -753,7 +753,7 @@ class Archive:
         """A new staging file with our File Meta Information already written.
 
         ``in_memory``: the caller ingests it as soon as it is complete (a C-STORE), so a small one
-        may be held in memory (see _memory_staging_bytes). Not for a caller that stages many before
+        may be held in memory (see memory_staging_bytes). Not for a caller that stages many before
         ingesting any (a STOW-RS request): their memory would add up."""
         self._check_open()
         return StagingFile(
@@ -764,10 +764,10 @@ class Archive:
             source_aet,
             max_dataset_bytes=self.settings.max_dataset_bytes,
             pool=self._staging_pool,
-            memory_max_bytes=self._memory_staging_bytes(transfer_syntax_uid) if in_memory else 0,
+            memory_max_bytes=self.memory_staging_bytes(transfer_syntax_uid) if in_memory else 0,
         )
 
-    def _memory_staging_bytes(self, transfer_syntax_uid: str) -> int:
+    def memory_staging_bytes(self, transfer_syntax_uid: str) -> int:
         """How big an instance may be to be received into memory: ``receive_in_memory_max_bytes``
         within what the intake log takes inline, when the log is on and the blob store writes files
         (core/staging.py); 0: on disk at once.

@@ -16,13 +16,14 @@ from typing import Any, Final
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 
 from minipacs.core.errors import InvalidKeyValue
 from minipacs.dicom import values as _values
 from minipacs.dicom.identifier import dataset_charset, element_text
 from minipacs.dicom.values import codecs_for
-from minipacs.dicom.vr import BINARY_VRS
+from minipacs.dicom.vr import BINARY_VRS, control_character
 from minipacs.index.errors import InvalidMatchValue
 from minipacs.index.matching import (
     UNIVERSAL,
@@ -160,6 +161,8 @@ def _read_key(
         vr = _vr_of(tag, elem.VR)
         if vr != "SQ":
             raw = bytes(elem.value or b"")
+            if vr not in BINARY_VRS:
+                _refuse_controls(raw.rstrip(b"\x00") if vr == "UI" else raw, vr, keyword or hex(tag))
             text = "" if vr in BINARY_VRS else decode_text(raw, vr, codecs)
             if vr in BINARY_VRS and raw:
                 raise InvalidKeyValue(
@@ -182,8 +185,23 @@ def _read_key(
                 f"{keyword or hex(tag)} ({vr}) cannot be used for matching; send it empty as a return key"
             )
         return Key(tag, keyword, vr)
+    value = elem.value
+    for one in value if isinstance(value, (MultiValue, list, tuple)) else [value]:
+        if isinstance(one, str):
+            _refuse_controls(one.rstrip("\x00") if vr == "UI" else one, vr, keyword or hex(tag))
     text = element_text(elem)
     return Key(tag, keyword, vr, text, condition=override or _classify(vr, text, keyword))
+
+
+def _refuse_controls(value: str | bytes, vr: str, name: str) -> None:
+    """InvalidKeyValue for a key value holding NUL or a C0 control but ESC (LT, ST, UT: but the format
+    effectors too), PS3.5 6.1.2-6.1.3, by the rule QIDO-RS applies (dicom/vr.py control_character). Such
+    a value was read with its NULs dropped: a key of only NUL was universal matching, answering everything.
+    A UI's trailing NUL is padding (PS3.5 9.1), removed by the caller."""
+    found = control_character(value, vr)
+    if found is not None:
+        # short enough for the Error Comment (64 characters) with most keywords; PS3.5 6.1.3 in the docstring
+        raise InvalidKeyValue(f"{name} holds control character {found!r}; remove it")
 
 
 def _classify(vr: str, text: str, keyword: str) -> Condition:

@@ -6,6 +6,7 @@ these sets rather than spelling VRs out again.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Final
 
@@ -88,8 +89,34 @@ PLACEHOLDER_VALUES: Final[Mapping[str, str | int | float | bytes]] = {
 #: VRs whose value is text (placeholders and cleaning replace it with text).
 TEXT_VRS: Final = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR"})
 
+# PS3.5 6.1.2-6.1.3: a value holds no NUL and no C0 control but ESC (the ISO 2022 code extension escape,
+# 6.1.2.5), nor DEL; LT, ST and UT may also hold the format effectors TAB, LF, FF and CR (6.1.3).
+# One rule for every edge that reads query keys (QIDO-RS in web/search.py, DIMSE C-FIND in
+# core/identifier.py): a key of only NUL read as empty was universal matching, answering everything.
+FORMATTED_TEXT_VRS: Final = frozenset({"LT", "ST", "UT"})
+_CONTROL: Final = r"\x00-\x1a\x1c-\x1f\x7f"
+_UNFORMATTED_CONTROL: Final = r"\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f"
+_CONTROL_TEXT: Final = re.compile(f"[{_CONTROL}]")
+_CONTROL_BYTES: Final = re.compile(f"[{_CONTROL}]".encode("ascii"))
+_FORMATTED_CONTROL_TEXT: Final = re.compile(f"[{_UNFORMATTED_CONTROL}]")
+_FORMATTED_CONTROL_BYTES: Final = re.compile(f"[{_UNFORMATTED_CONTROL}]".encode("ascii"))
+
+
+def control_character(value: str | bytes, vr: str) -> str | None:
+    """The first control character ``value`` (of VR ``vr``) may not hold (PS3.5 6.1.2-6.1.3), or None.
+
+    ``value`` may be the text, or the raw bytes of any character set DICOM uses (these control codes
+    never occur inside one of their multi-byte characters). Padding is the caller's to remove: a UID's
+    trailing NUL (PS3.5 9.1) is one here."""
+    if isinstance(value, bytes):
+        found_bytes = (_FORMATTED_CONTROL_BYTES if vr in FORMATTED_TEXT_VRS else _CONTROL_BYTES).search(value)
+        return None if found_bytes is None else chr(found_bytes.group()[0])
+    found = (_FORMATTED_CONTROL_TEXT if vr in FORMATTED_TEXT_VRS else _CONTROL_TEXT).search(value)
+    return None if found is None else found.group()
+
 
 __all__ = [
+    "FORMATTED_TEXT_VRS",
     "PLACEHOLDER_TEXT",
     "PLACEHOLDER_VALUES",
     "TEXT_VRS",
@@ -105,4 +132,5 @@ __all__ = [
     "LONG_LENGTH_VRS",
     "LONG_LENGTH_VR_BYTES",
     "STRING_VRS",
+    "control_character",
 ]

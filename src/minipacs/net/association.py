@@ -26,6 +26,7 @@ from minipacs.dicom.reasons import REJECT_REASONS, REJECT_SOURCES, in_words
 from minipacs.net.dimse import Command, CommandError
 from minipacs.net.dul import Timeouts, UpperLayer, UpperLayerUser, stream_limit
 from minipacs.net.fsm import InvalidTransition, State
+from minipacs.net.memory import MAX_MEMORY_DATASET, BytesSink, MemoryBudget
 from minipacs.net.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ, PDataTF, pdata_pdu_header, pdata_pdus
 from minipacs.net.pdu_items import AsynchronousOperationsWindow, PresentationContextRQ, RoleSelection, UserInformation
 from minipacs.net.presentation import NegotiatedContext, accepted_by_peer
@@ -36,8 +37,13 @@ log = logging.getLogger("minipacs.net")
 
 #: A command set is a few hundred bytes; anything past this is hostile.
 MAX_COMMAND_BYTES = 64 * 1024
-#: Default bound for datasets kept in memory (C-FIND identifiers, N-xxx data).
-MAX_MEMORY_DATASET = 16 * 1024 * 1024
+#: Default of max_pdu_peer_min: the smallest Maximum Length (PS3.8 D.1) a peer may announce. Below it
+#: every fragment we send it is tiny and a large retrieve costs us a PDU per few bytes (DCMTK never
+#: announces less than 4096, ASC_MINIMUMPDUSIZE); 0, "no maximum", is always usable.
+MAX_PDU_PEER_MIN = 1024
+#: The smallest Maximum Length that can be honoured at all: a PDV item's 6-byte header and an even
+#: fragment of 2 bytes (PS3.8 9.3.5.1, E.2); the floor of the setting.
+SMALLEST_MAX_PDU = 8
 #: Statuses of the Pending class (PS3.7 C.4): more responses follow.
 PENDING_STATUSES = frozenset({0xFF00, 0xFF01})
 #: Bytes of a stored file read and framed per socket write when sending it.
@@ -68,28 +74,6 @@ class DatasetSink(Protocol):
     def finish(self) -> None: ...
 
     def discard(self) -> None: ...
-
-
-class BytesSink:
-    """Keeps a (bounded) dataset in memory."""
-
-    def __init__(self, limit: int = MAX_MEMORY_DATASET) -> None:
-        self.limit = limit
-        self.buffer = bytearray()
-
-    def write(self, data: bytes | memoryview) -> None:
-        if len(self.buffer) + len(data) > self.limit:
-            raise ValueError(f"dataset larger than {self.limit} bytes")
-        self.buffer += data
-
-    def finish(self) -> None:
-        pass
-
-    def discard(self) -> None:
-        self.buffer.clear()
-
-    def getvalue(self) -> bytes:
-        return bytes(self.buffer)
 
 
 @dataclass
@@ -135,6 +119,13 @@ class AssociationSettings:
     max_pdu_send: int = 1024 * 1024
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_command_bytes: int = MAX_COMMAND_BYTES
+    #: The largest data set of one message received into memory (net/memory.py; memory_dataset_max_bytes).
+    max_memory_dataset: int = MAX_MEMORY_DATASET
+    #: What the data sets of received requests hold in memory at once, shared by every association
+    #: given it (net/memory.py; memory_datasets_budget_bytes); None: not counted.
+    memory_budget: MemoryBudget | None = None
+    #: The smallest Maximum Length a peer may announce (0, no maximum, always may): see ``max_length_refusal``.
+    max_pdu_peer_min: int = MAX_PDU_PEER_MIN
     #: Our client side of DICOM TLS (net/tls.py ``client_context``): used by ``connect(..., tls=True)``.
     tls_context: TLSContext | None = None
 
@@ -348,6 +339,12 @@ class Association(UpperLayerUser):
         if isinstance(pdu, AAssociateRJ):
             self.established.set_exception(AssociationRejected(pdu, describe_rejection(pdu)))
             return
+        refusal = max_length_refusal(pdu.user_information.maximum_length or 0, self.settings.max_pdu_peer_min)
+        if refusal is not None:
+            log.warning("%s A-ASSOCIATE-AC not used: %s", self.label, refusal)
+            self.established.set_exception(AssociationError(refusal))
+            self.dul.abort(refusal)
+            return
         self.ac = pdu
         self.peer_max_pdu = pdu.user_information.maximum_length or 0
         # The acceptor's invocations on us (e.g. C-STORE sub-operations of our C-GET)
@@ -413,10 +410,16 @@ class Association(UpperLayerUser):
             if command.is_request and self.sink_factory is not None and command.name != "C-CANCEL-RQ":
                 incoming.sink = self.sink_factory(self, incoming.context, command)
             else:
-                incoming.sink = BytesSink()
+                incoming.sink = self.memory_sink(command)
         except Exception as exc:  # noqa: BLE001 - e.g. hostile UID: drain, then answer with a status
             incoming.error = exc
         return True
+
+    def memory_sink(self, command: Command) -> BytesSink:
+        """A sink holding ``command``'s data set in memory: at most ``max_memory_dataset`` bytes, and
+        for a request counted in the process's ``memory_budget`` (net/memory.py) until it is discarded."""
+        budget = self.settings.memory_budget if command.is_request else None
+        return BytesSink(self.settings.max_memory_dataset, budget)
 
     def _message_complete(self, incoming: _Incoming) -> None:
         del self._incoming[incoming.context.context_id]
@@ -428,11 +431,14 @@ class Association(UpperLayerUser):
                 incoming.sink.finish()
             except Exception as exc:  # noqa: BLE001
                 incoming.error = exc
+                incoming.sink.discard()
         message = Message(incoming.context, command, incoming.sink, incoming.error)
         if not command.is_request:
             queue = self._responses.get(command.message_id_being_responded_to)
             if queue is None:
                 log.warning("%s response to unknown message: %s", self.label, command.summary())
+                if message.dataset is not None:
+                    message.dataset.discard()
                 return
             queue.put_nowait(message)
             return
@@ -452,7 +458,19 @@ class Association(UpperLayerUser):
         if self.outstanding >= self.window:
             # Past the Asynchronous Operations Window: hold it, and read no more until one ends
             # (read_gate). C-CANCEL and responses are read while the window is full; only a
-            # request beyond it stops the reading, so no more than one PDU's requests wait here.
+            # request beyond it stops the reading, so no more than one PDU's requests wait here --
+            # unless we wait for the peer's responses, when reading goes on (read_gate) and at most
+            # a window's worth more is held: a peer sending more is aborted.
+            if self._responses and len(self._held) >= self.window:
+                reason = (
+                    f"the peer sent more than {self.window} request(s) past its Asynchronous Operations "
+                    "Window (PS3.7 D.3.3.3) while we waited for its responses"
+                )
+                log.warning("%s %s: aborting", self.label, reason)
+                if message.dataset is not None:
+                    message.dataset.discard()
+                self.dul.provider_abort(0, reason)
+                return
             self._held.append(message)
             return
         self._start(message)
@@ -475,6 +493,8 @@ class Association(UpperLayerUser):
             if self.can_respond:
                 log.exception("%s handler failed for %s", self.label, message.command.summary())
         finally:
+            if isinstance(message.dataset, BytesSink):
+                message.dataset.discard()  # its bytes go back to the memory budget (net/memory.py)
             if self._running.get(msg_id) is message:
                 del self._running[msg_id]
             self.outstanding -= 1
@@ -523,8 +543,12 @@ class Association(UpperLayerUser):
 
     def read_gate(self) -> Awaitable[None] | None:
         """Flow control before each PDU read: wait while requests are held beyond the window, or
-        while the peer is not reading our responses (write buffer above its high-water mark)."""
-        if self._held:
+        while the peer is not reading our responses (write buffer above its high-water mark).
+
+        Not while we wait for responses from the peer (a C-GET's C-STORE sub-operations on this
+        association): they come behind the held request, and the request holding the window could
+        never end without them -- it stalled until the DIMSE timeout."""
+        if self._held and not self._responses:
             if self._read_resume is None:
                 self._read_resume = asyncio.get_running_loop().create_future()
             return self._read_resume
@@ -773,6 +797,7 @@ class Association(UpperLayerUser):
         msg_id = command.message_id
         queue: asyncio.Queue[Message | None] = asyncio.Queue()
         self._responses[msg_id] = queue
+        self._resume_reading()  # reading paused for a request held past the window: our response comes after it
         wait = self.settings.timeouts.dimse if timeout is None else timeout
         try:
             await self.send_message(context_id, command, dataset)
@@ -831,6 +856,21 @@ class Association(UpperLayerUser):
                 self.unanswered,
                 self.aborted_reason or self.dul.end_reason or "connection closed",
             )
+
+
+def max_length_refusal(announced: int, floor: int) -> str | None:
+    """Why a peer's Maximum Length (PS3.8 D.1, its User Information) is not acceptable; None when it is.
+
+    0 means no maximum (PS3.8 D.1) and is always acceptable. Below ``floor`` (max_pdu_peer_min)
+    every P-DATA-TF PDU we send it would carry a few bytes: a peer announcing 8 would have a C-GET
+    of a large study sent as hundreds of millions of PDUs, our CPU spent on its behalf."""
+    if announced == 0 or announced >= floor:
+        return None
+    return (
+        f"the peer announces a Maximum Length of {announced} bytes, less than max_pdu_peer_min ({floor}): "
+        f"every PDU we sent it would carry at most {max(announced - 6, 0)} bytes of data; the peer should "
+        f"announce at least {floor} (or 0, no maximum), or lower max_pdu_peer_min"
+    )
 
 
 def _window(item: AsynchronousOperationsWindow | None, *, invoked: bool) -> int:

@@ -64,7 +64,9 @@ def negotiate(
 
     PS3.8 9.3.2.2: the Presentation-context-IDs of a request are unique. A request that repeats one
     gets ONE answer for it, to its first proposal (the later ones are left out, as DCMTK does):
-    two answers with the same ID would leave the requestor and us each choosing which one holds."""
+    two answers with the same ID would leave the requestor and us each choosing which one holds.
+    They are also odd integers from 1 to 255: a context with an even ID is answered "no reason
+    (provider rejection)" (PS3.8 Table 9-18) and never used (see :func:`even_ids`)."""
     role_rq = {r.sop_class_uid: r for r in roles}
     answers: list[PresentationContextAC] = []
     accepted: list[NegotiatedContext] = []
@@ -74,6 +76,9 @@ def negotiate(
         if ctx.context_id in answered:
             continue
         answered.add(ctx.context_id)
+        if not ctx.context_id % 2:
+            answers.append(PresentationContextAC(ctx.context_id, NO_REASON, ""))
+            continue
         support = supported.get(ctx.abstract_syntax)
         if support is None:
             answers.append(PresentationContextAC(ctx.context_id, ABSTRACT_SYNTAX_NOT_SUPPORTED, ""))
@@ -97,6 +102,11 @@ def negotiate(
         answers.append(PresentationContextAC(ctx.context_id, ACCEPTANCE, chosen))
         accepted.append(NegotiatedContext(ctx.context_id, ctx.abstract_syntax, chosen, req_scu, req_scp))
     return answers, accepted, list(role_ac.values())
+
+
+def even_ids(proposed: Iterable[PresentationContextRQ]) -> list[int]:
+    """The proposed Presentation-context-IDs that are even: PS3.8 9.3.2.2 allows odd ones only."""
+    return sorted({ctx.context_id for ctx in proposed if not ctx.context_id % 2})
 
 
 def accepted_by_peer(

@@ -48,7 +48,6 @@ from minipacs.net.association import (
     Association,
     AssociationError,
     AssociationSettings,
-    BytesSink,
     DatasetSink,
     Message,
     build_rq,
@@ -56,6 +55,7 @@ from minipacs.net.association import (
 )
 from minipacs.net.dimse import Command
 from minipacs.net.fsm import State
+from minipacs.net.memory import BytesSink
 from minipacs.net.pdu_items import RoleSelection
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.services.base import Service, record_operation

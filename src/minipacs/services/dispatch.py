@@ -29,10 +29,12 @@ from minipacs.core.access import AccessPolicy
 from minipacs.core.nodes import ALL_OPERATIONS, OPERATIONS
 from minipacs.net.association import Association, Message, RequestHandler
 from minipacs.net.dimse import Command
+from minipacs.net.memory import InMemoryRefused
 from minipacs.services.base import ServiceClass, record_operation
 from minipacs.services.status import (
     HANDLER_FAILURE,
     NOT_AUTHORIZED,
+    OUT_OF_MEMORY,
     PENDING_STATUSES,
     access_comment,
     describe,
@@ -144,6 +146,9 @@ async def send_answer(assoc: Association, message: Message, answer: Answer) -> N
 async def dispatch(assoc: Association, message: Message, operation: Operation) -> None:
     """Run ``operation``'s handler for ``message`` and see that the peer gets a final response."""
     request = message.command.name
+    if isinstance(message.dataset_error, InMemoryRefused):
+        await refuse_for_memory(assoc, message, message.dataset_error)
+        return
     try:
         result = operation.handler(assoc, message)
         if isinstance(result, AsyncGenerator):
@@ -199,6 +204,19 @@ async def fail(assoc: Association, message: Message, exc: Exception) -> None:
         await send_answer(assoc, message, Response(status, error=short))
     except Exception as again:  # noqa: BLE001 - nothing more we can say to this peer
         log.warning("%s could not send the failure response to %s: %s", assoc.label, request, again)
+
+
+async def refuse_for_memory(assoc: Association, message: Message, exc: InMemoryRefused) -> None:
+    """Answer a request whose data set could not be held in memory (net/memory.py) with its service's
+    out-of-resources status (``status.OUT_OF_MEMORY``) and an Error Comment; one log line says why."""
+    request = message.command.name
+    status = OUT_OF_MEMORY.get(request, OUT_OF_MEMORY["default"])
+    log.warning("%s %s refused with %s: %s", assoc.label, request.removesuffix("-RQ"), describe(status), exc)
+    record_operation(assoc, op=request.removesuffix("-RQ"), status=status, outcome="refused", error=str(exc))
+    try:
+        await send_answer(assoc, message, Response(status, error=error_comment(status, exc)))
+    except Exception as again:  # noqa: BLE001 - the association ended: nothing more to say to this peer
+        log.debug("%s could not send the refusal of %s: %s", assoc.label, request, again)
 
 
 def guarded(operation: Operation, access: AccessPolicy) -> Operation:

@@ -23,8 +23,9 @@ from pydicom.sequence import Sequence as DicomSequence
 from minipacs.dicom.identifier import decode_identifier, encode_identifier
 from minipacs.dicom.levels import INFORMATION_MODELS, Level
 from minipacs.dicom.uids import transfer_syntax
-from minipacs.net.association import Association, BytesSink
+from minipacs.net.association import Association
 from minipacs.net.dimse import Command
+from minipacs.net.memory import BytesSink
 
 #: -P / -S / -O: information model (dicom/levels.py) → (FIND SOP class, default level: the model's top)
 MODELS: Final[Mapping[str, tuple[str, str]]] = {

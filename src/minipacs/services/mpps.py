@@ -22,8 +22,9 @@ from minipacs.core.mpps import ProcedureSteps, StepClosed, StepRefused
 from minipacs.core.paths import validate_uid
 from minipacs.dicom.identifier import decode_identifier
 from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, MODALITY_PERFORMED_PROCEDURE_STEP
-from minipacs.net.association import Association, BytesSink, DatasetSink, Message
+from minipacs.net.association import Association, DatasetSink, Message
 from minipacs.net.dimse import Command
+from minipacs.net.memory import BytesSink
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Operation, Response

@@ -41,8 +41,9 @@ from minipacs.dicom.levels import INFORMATION_MODELS, InformationModel
 from minipacs.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, TransferSyntax, transfer_syntax, uid_name
 from minipacs.dicom.values import codecs_for
 from minipacs.dicom.vr import ASCII_VRS, CHARSET_VRS, INT_VR_FORMATS, LONG_LENGTH_VRS
-from minipacs.net.association import Association, BytesSink, DatasetSink, Message
+from minipacs.net.association import Association, DatasetSink, Message
 from minipacs.net.dimse import Command
+from minipacs.net.memory import BytesSink
 from minipacs.net.pdu_items import SOPClassExtendedNegotiation
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.services.base import Service, record_operation

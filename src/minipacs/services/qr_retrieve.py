@@ -30,7 +30,8 @@ from minipacs.dicom.uids import (
 )
 from minipacs.dicom.values import codecs_for, decode_text
 from minipacs.dicom.vr import STRING_VRS
-from minipacs.net.association import Association, AssociationError, BytesSink, Message
+from minipacs.net.association import Association, AssociationError, Message
+from minipacs.net.memory import BytesSink
 from minipacs.services.dispatch import Response
 from minipacs.services.status import (
     CANCEL,

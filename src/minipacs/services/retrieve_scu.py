@@ -25,8 +25,9 @@ from minipacs.dicom.identifier import encode_identifier
 from minipacs.dicom.levels import RETRIEVE_MODELS
 from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
 from minipacs.dicom.uids_generated import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
-from minipacs.net.association import Association, BytesSink, DatasetSink, Message
+from minipacs.net.association import Association, DatasetSink, Message
 from minipacs.net.dimse import Command
+from minipacs.net.memory import BytesSink
 from minipacs.net.pdu_items import RoleSelection
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.services.base import Service, record_operation

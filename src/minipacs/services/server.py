@@ -43,15 +43,17 @@ from minipacs.core.model import AssociationRecord
 from minipacs.core.nodes import title_problem
 from minipacs.dicom.uids import APPLICATION_CONTEXT_NAME, uid_name
 from minipacs.net.association import (
+    MAX_PDU_PEER_MIN,
     Association,
     AssociationSettings,
-    BytesSink,
     DatasetSink,
     Message,
     describe_rejection,
+    max_length_refusal,
 )
 from minipacs.net.dimse import Command
 from minipacs.net.dul import Timeouts, stream_limit
+from minipacs.net.memory import MAX_MEMORY_DATASET, MEMORY_DATASETS_BUDGET, MemoryBudget
 from minipacs.net.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ
 from minipacs.net.pdu_items import (
     AsynchronousOperationsWindow,
@@ -63,6 +65,7 @@ from minipacs.net.presentation import (
     RESULT_NAMES,
     NegotiatedContext,
     SupportedContext,
+    even_ids,
     negotiate,
 )
 from minipacs.net.proxy_protocol import ProxyHeaderError, ProxySources, socket_reader
@@ -260,6 +263,9 @@ class DicomServer:
         max_async_operations: int = MAX_ASYNC_OPERATIONS,
         metrics: Metrics | None = None,
         proxy_sources: ProxySources | None = None,
+        memory_dataset_max_bytes: int = MAX_MEMORY_DATASET,
+        memory_datasets_budget_bytes: int = MEMORY_DATASETS_BUDGET,
+        max_pdu_peer_min: int = MAX_PDU_PEER_MIN,
     ) -> None:
         self.ae_title = ae_title
         #: Addresses whose connections start with a PROXY header naming the real client (proxy_protocol_from).
@@ -284,12 +290,17 @@ class DicomServer:
         #: The most requests a requestor may have outstanding with us, when it proposes a window.
         self.max_async_operations = max_async_operations
         self.check_called_aet = check_called_aet
+        #: What the data sets of every association's requests hold in memory at once (net/memory.py).
+        self.memory_budget = MemoryBudget(memory_datasets_budget_bytes)
         self.assoc_settings = AssociationSettings(
             ae_title=ae_title,
             max_pdu_receive=max_pdu_receive,
             max_pdu_send=max_pdu_send,
             timeouts=timeouts or Timeouts(),
             tls_context=tls_client,
+            max_memory_dataset=memory_dataset_max_bytes,
+            memory_budget=self.memory_budget,
+            max_pdu_peer_min=max_pdu_peer_min,
         )
         self.association_logger = association_logger
         #: None: every calling AE may ask for everything we serve.
@@ -633,6 +644,13 @@ class DicomServer:
             log.warning("%s association rejected: %s", assoc.label, why)
             return rj
         answers, accepted, roles = negotiate(rq.presentation_contexts, self.supported, rq.user_information.roles)
+        even = even_ids(rq.presentation_contexts)
+        if even:
+            log.warning(
+                "%s presentation context ID(s) %s answered as rejected: PS3.8 9.3.2.2 allows odd IDs 1-255 only",
+                assoc.label,
+                ", ".join(map(str, even)),
+            )
         identity_ac = self._identity_answers.pop(assoc, None)
         self.established.add(assoc)
         if self.metrics is not None:
@@ -709,6 +727,16 @@ class DicomServer:
             return AAssociateRJ(1, 2, 2), f"protocol version {rq.protocol_version} not supported (need bit 0 set)"
         if rq.application_context != APPLICATION_CONTEXT_NAME:
             return AAssociateRJ(1, 1, 2), f"application context {rq.application_context!r} is not DICOM's"
+        if not rq.presentation_contexts:
+            # PS3.8 9.3.2: "one or more" Presentation Context Items. Permanent, service-user, no reason
+            # given: what DCMTK's DcmSCP answers a request with no context it can accept.
+            return AAssociateRJ(1, 1, 1), (
+                "the A-ASSOCIATE-RQ has no Presentation Context item (PS3.8 9.3.2 requires one or more); "
+                "the peer must propose the SOP classes it wants to use"
+            )
+        too_small = max_length_refusal(rq.user_information.maximum_length or 0, self.assoc_settings.max_pdu_peer_min)
+        if too_small is not None:  # permanent, service-user, no reason given: a configuration to change
+            return AAssociateRJ(1, 1, 1), too_small
         for title, which, code in ((rq.calling_ae, "calling", 3), (rq.called_ae, "called", 7)):
             # PS3.8 9.3.2 / PS3.5 Table 6.2-1 AE: no backslash, no control character. Accepted, such a
             # title would then have every C-STORE refused (it cannot be written into the stored file)
@@ -759,7 +787,7 @@ class DicomServer:
     def _sink_for(self, assoc: Association, ctx: NegotiatedContext, command: Command) -> DatasetSink:
         service = self.sinks.get(ctx.abstract_syntax)
         sink = service.sink_for(assoc, ctx, command) if service is not None else None
-        return sink if sink is not None else BytesSink()
+        return sink if sink is not None else assoc.memory_sink(command)
 
     async def _handle(self, assoc: Association, message: Message) -> None:
         operation = self.dispatch.get((message.context.abstract_syntax, message.command.name))

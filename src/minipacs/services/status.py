@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from minipacs.core import access, commitment, errors, mpps, retrieve, transcode
+from minipacs.net.memory import DatasetTooLargeForMemory, MemoryBudgetExhausted
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ GENERAL = _table(
     Status(0x0122, "Failure", "SOP class not supported"),
     Status(0x0124, "Failure", "Not authorized"),
     Status(0x0211, "Failure", "Unrecognized operation"),
+    Status(0x0213, "Failure", "Resource limitation"),
     Status(0xFE00, "Cancel", "Cancelled"),
 )
 
@@ -230,6 +232,26 @@ HANDLER_FAILURE: dict[str, int] = {
 }
 
 
+#: PS3.7 C.5 (DIMSE-N, e.g. 10.1.4.1.10 N-ACTION, 10.1.5.1.6 N-CREATE): Resource limitation.
+RESOURCE_LIMITATION = 0x0213
+
+# What a request is answered when its data set could not be held in memory (net/memory.py:
+# memory_dataset_max_bytes, memory_datasets_budget_bytes): each service's "out of resources".
+# PS3.4 Table B.2-1 (C-STORE) and Table C.4-1 (C-FIND, worklist included): A700 Refused: Out of
+# Resources; PS3.4 Tables C.4-2 / C.4-3 (C-MOVE, C-GET): A701 Out of Resources - Unable to calculate
+# number of matches (nothing was matched: the identifier was not even read); PS3.7 C.5 (every
+# DIMSE-N request): 0213 Resource limitation; PS3.7 9.1.5.1.4 (C-ECHO, no data set and no such
+# status): 0110 Processing failure.
+OUT_OF_MEMORY: dict[str, int] = {
+    "C-ECHO-RQ": PROCESSING_FAILURE,
+    "C-STORE-RQ": 0xA700,
+    "C-FIND-RQ": 0xA700,
+    "C-MOVE-RQ": 0xA701,
+    "C-GET-RQ": 0xA701,
+    "default": RESOURCE_LIMITATION,
+}
+
+
 #: PS3.7 C.4 / PS3.5 Table 6.2-1: the Error Comment (0000,0902) is an LO, at most 64 characters.
 ERROR_COMMENT_MAX = 64
 
@@ -263,6 +285,8 @@ ERROR_COMMENTS: tuple[tuple[type[BaseException], str], ...] = (
     (mpps.NoSuchStep, "No such step; create it with N-CREATE first"),
     # PS3.4 Table F.7.2-2 gives this one's Error Comment word for word (with Error ID A710)
     (mpps.StepClosed, "Performed Procedure Step Object may no longer be updated"),
+    (MemoryBudgetExhausted, "Server memory for data sets in use; try again later"),
+    (DatasetTooLargeForMemory, "Data set larger than this server holds in memory"),
 )
 
 # Status -> its Error Comment when no refusal kind above applies and the full sentence does not fit.
@@ -281,6 +305,7 @@ STATUS_COMMENTS: dict[int, str] = {
     0x0123: "No such action; only action type 1 is defined",
     0x0124: "Not authorized; ask the archive admin to allow this AE",
     0x0211: "Unrecognized operation; this service does not offer it",
+    0x0213: "Resource limitation; try again later",
     0xA700: "Out of resources; try again later or ask for fewer",
     0xA701: "Out of resources counting matches; narrow the request",
     0xA702: "Sub-operations could not be done; the server log says why",

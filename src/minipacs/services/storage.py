@@ -18,6 +18,7 @@ from minipacs.dicom.uids import transfer_syntax, uid_name
 from minipacs.dicom.uids_generated import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from minipacs.net.association import Association, DatasetSink, Message
 from minipacs.net.dimse import Command
+from minipacs.net.memory import MemoryBudget
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Operation, Response
@@ -38,13 +39,18 @@ SENT_SYNTAXES = CONVERTED_TO
 
 
 class StagingSink:
-    """Adapts a StagingFile to the association's DatasetSink."""
+    """Adapts a StagingFile to the association's DatasetSink.
 
-    __slots__ = ("staging", "staged")
+    ``reserved``: bytes of ``budget`` (net/memory.py) this C-STORE holds while it may be in memory,
+    given back once (:meth:`release`) when it has been ingested or discarded."""
 
-    def __init__(self, staging: StagingFile) -> None:
+    __slots__ = ("budget", "reserved", "staged", "staging")
+
+    def __init__(self, staging: StagingFile, budget: MemoryBudget | None = None, reserved: int = 0) -> None:
         self.staging = staging
         self.staged: StagedPath | None = None
+        self.budget = budget
+        self.reserved = reserved
 
     def write(self, data: bytes | memoryview) -> None:
         self.staging.write(data)
@@ -54,6 +60,12 @@ class StagingSink:
 
     def discard(self) -> None:
         self.staging.discard()
+        self.release()
+
+    def release(self) -> None:
+        reserved, self.reserved = self.reserved, 0
+        if reserved and self.budget is not None:
+            self.budget.give(reserved)
 
 
 class StorageSCP(Service):
@@ -77,14 +89,26 @@ class StorageSCP(Service):
         return {"C-STORE-RQ": Operation(self.c_store, access="store")}
 
     def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> DatasetSink | None:
-        staging = self.archive.open_staging(
-            command.affected_sop_class_uid,
-            command.affected_sop_instance_uid,
-            context.transfer_syntax,
-            assoc.calling_ae,
-            in_memory=True,  # ingested at once: a small one never touches the staging folder
-        )
-        return StagingSink(staging)
+        """A staging file; in memory when the archive takes this one so (receive_in_memory_max_bytes) and the
+        process's budget for data sets in memory (net/memory.py, memory_datasets_budget_bytes) has room for
+        that much, else on disk at once: a C-STORE is never refused for memory, it goes to disk."""
+        budget = assoc.settings.memory_budget
+        in_memory = self.archive.memory_staging_bytes(context.transfer_syntax)
+        reserved = in_memory if in_memory and budget is not None and budget.take(in_memory) else 0
+        try:
+            staging = self.archive.open_staging(
+                command.affected_sop_class_uid,
+                command.affected_sop_instance_uid,
+                context.transfer_syntax,
+                assoc.calling_ae,
+                # ingested at once: a small one never touches the staging folder
+                in_memory=in_memory > 0 and (budget is None or reserved > 0),
+            )
+        except BaseException:
+            if reserved and budget is not None:
+                budget.give(reserved)
+            raise
+        return StagingSink(staging, budget, reserved)
 
     async def c_store(self, assoc: Association, message: Message) -> Response:
         """PS3.4 B.2.3: Success only once the instance is durable; a refusal says why."""
@@ -120,6 +144,8 @@ class StorageSCP(Service):
             except Exception as exc:
                 log.exception("%s storing %s failed", assoc.label, sop_instance)
                 status, text = status_for_store_error(exc), f"internal error: {type(exc).__name__}"
+            finally:
+                sink.release()  # ingested (or refused): its bytes are no longer held
         if status != SUCCESS:
             log.warning("%s C-STORE %s refused with %s: %s", assoc.label, sop_instance, describe(status), text)
         record_operation(

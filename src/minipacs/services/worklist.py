@@ -15,8 +15,9 @@ from collections.abc import AsyncGenerator, Mapping
 from minipacs.core.worklist import Worklist
 from minipacs.dicom.identifier import decode_identifier, encode_identifier, identifier_charset, response_charset
 from minipacs.dicom.uids import MODALITY_WORKLIST_FIND, transfer_syntax, uid_name
-from minipacs.net.association import Association, BytesSink, DatasetSink, Message
+from minipacs.net.association import Association, DatasetSink, Message
 from minipacs.net.dimse import Command
+from minipacs.net.memory import BytesSink
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.services.base import Service
 from minipacs.services.dispatch import Answer, Operation, Response

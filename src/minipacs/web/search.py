@@ -24,6 +24,7 @@ from minipacs.core.labels import parse_labels
 from minipacs.core.query import prepare_query, run_query
 from minipacs.core.query_model import COMPUTED_KEYS, CONSTANT_KEYS, INDEXED_KEYS
 from minipacs.dicom.levels import PATIENT_ROOT, STUDY_ROOT, Level
+from minipacs.dicom.vr import control_character
 from minipacs.web.errors import HttpError
 
 #: Not DICOM: studies carrying every one of these labels (comma-separated), REST search and QIDO-RS studies.
@@ -163,12 +164,6 @@ def tag_of(name: str) -> int:
     )
 
 
-#: NUL and the C0 controls but ESC (ISO 2022 code extension, PS3.5 6.1.2.5), and DEL.
-_CONTROL: Final = re.compile(r"[\x00-\x1a\x1c-\x1f\x7f]")
-#: LT, ST, UT (and UC's free text) may hold TAB, LF, FF and CR (PS3.5 6.1.3 format effectors).
-_FORMATTED_TEXT_VRS: Final = frozenset({"LT", "ST", "UT"})
-_FORMATTED: Final = re.compile(r"[^\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]*")
-
 #: Most attribute ids in one dotted path (PS3.18 8.3.4.1 attribute = attribute-id *("." attribute-id))
 MAX_PATH: Final = 4
 
@@ -252,9 +247,10 @@ def identifier(
             return
         if vr == "UI":
             value = value.replace(",", "\\")
-        if _CONTROL.search(value) is not None and not (vr in _FORMATTED_TEXT_VRS and _FORMATTED.fullmatch(value)):
+        if control_character(value, vr) is not None:
             # PS3.5 6.1.2-6.1.3: no value holds NUL or a C0 control other than ESC (and, in LT, ST, UT,
-            # the format effectors). PatientName=%00 read as empty was universal matching: every patient
+            # the format effectors; dicom/vr.py, the rule C-FIND shares). PatientName=%00 read as empty
+            # was universal matching: every patient
             raise HttpError(
                 400,
                 "invalid_key_value",
