@@ -175,6 +175,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ohif",
     "changes",
     "check",
+    "backup",
     "doctor",
     "jobs",
     "retention",

@@ -739,6 +739,11 @@ class Archive:
     def stats(self) -> IngestStats:
         return replace(self._stats)
 
+    def snapshot_index(self, dest: Path) -> None:
+        """A consistent copy of a SQLite index at ``dest``, as of one commit, the writer going on
+        meanwhile (core/backup.py). Blocking. ValueError when the index is not SQLite."""
+        self._index.snapshot(dest)
+
     # ------------------------------------------------------------------ ingest
 
     def open_staging(

@@ -11,6 +11,7 @@ nodes can start at once.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -255,6 +256,29 @@ class IndexDatabase:
             driver = raw.driver_connection
             if driver is not None:
                 driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            raw.close()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    def snapshot(self, dest: Path) -> None:
+        """SQLite: a consistent copy of the whole index written to ``dest`` by SQLite's online backup,
+        in one read transaction (``Connection.backup`` with every page at once), so the writer goes on
+        meanwhile (WAL) and the copy is the index as of one commit. Blocking. ValueError elsewhere."""
+        if not self.is_sqlite:
+            raise ValueError("only a SQLite index can be copied this way")
+        raw = self.engine.raw_connection()
+        try:
+            source = raw.driver_connection
+            target = sqlite3.connect(dest)
+            try:
+                source.backup(target)  # type: ignore[union-attr]
+                # a file of its own, not in WAL mode: no -wal or -shm beside it (the server sets WAL when it opens it)
+                target.execute("PRAGMA journal_mode=DELETE").fetchall()
+            finally:
+                target.close()
         finally:
             raw.close()
 

@@ -1,0 +1,83 @@
+"""`minipacs backup DEST [--json]`: a copy of the archive that is itself a data folder (core/backup.py).
+Exit 0 when done, 1 when it could not be completed (the previous backup in DEST is untouched), 2 when
+this archive or DEST cannot have one."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from minipacs.cli.exit_codes import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
+from minipacs.config import Settings
+from minipacs.core.backup import BackupFailed, BackupRefused, BackupReport, backup
+
+NEEDS_SETTINGS = True
+
+
+def register(sub: Any) -> None:
+    from minipacs.cli.main import settings_args
+
+    p = sub.add_parser(
+        "backup",
+        help="copy the archive (index and files) into a folder that is itself a data folder; "
+        "again into the same folder, only what changed",
+    )
+    settings_args(p)
+    p.add_argument("dest", type=Path, help="the backup folder (outside the data folder, best on another disk)")
+    p.add_argument("--json", action="store_true", help="JSON output")
+
+
+async def _backup(settings: Settings, dest: Path) -> BackupReport:
+    from minipacs.bootstrap import open_archive
+
+    archive = await open_archive(settings)
+    try:
+        return await backup(archive, dest)
+    finally:
+        await archive.close()
+
+
+def run(args: argparse.Namespace, settings: Settings | None) -> int:
+    if settings is None:  # pragma: no cover - NEEDS_SETTINGS
+        return EXIT_USAGE
+    try:
+        report = asyncio.run(_backup(settings, args.dest))
+    except BackupRefused as exc:
+        print(f"minipacs backup: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (BackupFailed, OSError) as exc:
+        print(
+            f"minipacs backup: not completed: {exc}; the previous backup in {args.dest} is untouched", file=sys.stderr
+        )
+        return EXIT_PARTIAL
+    if args.json:
+        document = {
+            "dest": str(report.dest),
+            "instances": report.instances,
+            "copied": report.copied,
+            "copied_bytes": report.copied_bytes,
+            "present": report.present,
+            "removed": report.removed,
+            "index_copies": report.index_copies,
+            "seconds": round(report.seconds, 3),
+            "lost": list(report.lost),
+        }
+        print(json.dumps(document, indent=2))
+    else:
+        print(
+            f"backup of {report.instances} instance(s) in {report.dest}: {report.copied} file(s) copied "
+            f"({report.copied_bytes / 1e6:.1f} MB), {report.present} already there, {report.removed} removed "
+            f"(no longer stored), in {report.seconds:.1f} s"
+        )
+    if report.lost:
+        print(
+            f"minipacs backup: {len(report.lost)} instance(s) of the archive have no file in its own storage "
+            f"(e.g. {report.lost[0]}): backed up as they are, without it; minipacs check lists them",
+            file=sys.stderr,
+        )
+        return EXIT_PARTIAL
+    return EXIT_OK
