@@ -8,6 +8,7 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from minipacs.blobs.base import BlobStore
@@ -19,6 +20,8 @@ from minipacs.core.access import AccessPolicy, AccessRules
 from minipacs.core.anonymize import Anonymizer, load_key, register_anonymize_job
 from minipacs.core.archive import Archive, ArchiveSettings
 from minipacs.core.audit import Action, ActorKind, AuditSettings, Outcome, login_name
+from minipacs.core.backup import periodic as periodic_backup
+from minipacs.core.backup import register_backup_job
 from minipacs.core.compression import CompressionSettings, Compressor
 from minipacs.core.compression_jobs import CompressionScheduler, SchedulerSettings, register_compression_jobs
 from minipacs.core.corrections import Corrections, register_correction_jobs
@@ -131,6 +134,8 @@ def job_queue(settings: Settings, archive: Archive, nodes: NodeRegistry, calls: 
     register_transfer_jobs(queue, calls, nodes)
     register_routing_jobs(queue, calls, nodes, anonymizer=deid)
     register_retention_job(queue, archive, settings.retention, settings.retention_max_deletions)
+    if settings.backup_dir:
+        register_backup_job(queue, archive, Path(settings.backup_dir))
     register_anonymize_job(queue, deid)
     register_compression_jobs(queue, compressor(settings, archive))
     corrector = corrections(settings, archive)
@@ -305,6 +310,8 @@ class App:
     completion_watch: asyncio.Task[None] | None = None
     #: Queues a retention run every settings.retention_interval_seconds (core/retention.py).
     retention_watch: asyncio.Task[None] | None = None
+    #: Queues a backup into settings.backup_dir every settings.backup_interval_seconds (core/backup.py).
+    backup_watch: asyncio.Task[None] | None = None
     #: Removes replaced copies' files once their grace period is over (core/blob_removals.py), on every node.
     replaced_watch: asyncio.Task[None] | None = None
     #: Writes the audit trail's waiting events and prunes old rows (core/audit.py ``run``).
@@ -336,6 +343,7 @@ class App:
             self.diagnostics_watch,
             self.completion_watch,
             self.retention_watch,
+            self.backup_watch,
             self.replaced_watch,
         )
         for task in (*tasks, self.audit_watch):  # the audit log's last flush hands its rows to the sender
@@ -658,6 +666,10 @@ async def serve(settings: Settings, on_ready: Callable[[App], None] | None = Non
         await app.jobs.start()
         if settings.retention and settings.retention_interval_seconds > 0:
             app.retention_watch = asyncio.ensure_future(periodic(app.jobs, settings.retention_interval_seconds))
+        if settings.backup_dir and settings.backup_interval_seconds > 0:
+            app.backup_watch = asyncio.ensure_future(
+                periodic_backup(app.jobs, settings.backup_interval_seconds, Path(settings.backup_dir))
+            )
         # every node, whatever the compression settings: replaced copies of any kind wait here
         app.replaced_watch = asyncio.ensure_future(
             blob_removals.watch(app.archive, settings.resolved_keep_replaced_seconds)

@@ -286,6 +286,10 @@ class Settings:
     retention: tuple[RetentionRule, ...] = ()
     #: Seconds between the periodic retention runs (jobs of kind "retention"); 0: only when asked.
     retention_interval_seconds: float = 3600.0
+    #: Folder the server backs the archive up into (core/backup.py, jobs of kind "backup"); "" none.
+    backup_dir: str = ""
+    #: Seconds between the periodic backups into backup_dir; 0: only when asked (POST /api/backup).
+    backup_interval_seconds: float = 86400.0
     #: Most studies one retention run deletes (the next run goes on).
     retention_max_deletions: int = 1000
     # --- lossless compression of stored instances (core/compression.py; docs/COMPRESSION.md)
@@ -524,6 +528,10 @@ class Settings:
             raise ConfigError("hl7_idle_timeout must be a positive number of seconds")
         if self.hl7_max_connections < 1:
             raise ConfigError("hl7_max_connections must be at least 1")
+        if self.backup_interval_seconds < 0:
+            raise ConfigError("backup_interval_seconds must be 0 (no periodic backups) or a positive number")
+        if self.backup_dir and not Path(self.backup_dir).is_absolute():
+            raise ConfigError(f"backup_dir {self.backup_dir[:100]!r} must be an absolute path")
         if self.retention_interval_seconds < 0:
             raise ConfigError("retention_interval_seconds must be 0 (no periodic runs) or a positive number")
         if not 1 <= self.retention_max_deletions <= 100000:

@@ -5,7 +5,9 @@ were sent (the README's "Backup")."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,28 @@ def test_a_backup_taken_while_storescu_sends_serves_what_it_holds(tmp_path: Path
     assert get.returncode == 0, get.stdout + get.stderr
     sent = sorted(dataset_bytes(p) for p in first)
     assert sorted(dataset_bytes(p) for p in got.iterdir()) == sent, get.stdout + get.stderr
+
+
+def test_serve_backs_up_into_backup_dir_every_backup_interval_seconds(tmp_path: Path) -> None:
+    """The wiring of the periodic job: `minipacs serve` with backup_dir queues a "backup" job every
+    backup_interval_seconds, and its backup holds what was stored."""
+    dest = tmp_path / "backup"
+    files = [write_ct(tmp_path / "in" / f"{i}.dcm", rows=16, cols=16) for i in range(3)]
+    (tmp_path / "live").mkdir()
+    env = {"MINIPACS_BACKUP_DIR": str(dest), "MINIPACS_BACKUP_INTERVAL_SECONDS": "1"}
+    live = start_server(tmp_path / "live", env=env)
+    try:
+        assert _send(live.port, files).wait(60) == 0
+        deadline = time.monotonic() + 30
+        held = 0
+        while time.monotonic() < deadline and held < 3:
+            time.sleep(0.5)
+            if (dest / "index.sqlite3").exists():
+                conn = sqlite3.connect(f"file:{dest / 'index.sqlite3'}?mode=ro", uri=True)
+                try:
+                    held = conn.execute("SELECT count(*) FROM instances").fetchone()[0]
+                finally:
+                    conn.close()
+    finally:
+        live.stop()
+    assert held == 3, live.log_text()

@@ -330,6 +330,8 @@ def test_other_new_inputs_are_refused_with_a_sentence(
 
 #: The new endpoints that change something or show the audit/mappings, and the permission each declares.
 GUARDED = [
+    ("POST", "/api/backup", "admin"),
+    ("GET", "/api/backup", "admin"),
     ("POST", "/api/rules", "admin"),
     ("PUT", "/api/rules/r1", "admin"),
     ("DELETE", "/api/rules/r1", "admin"),

@@ -13,7 +13,7 @@ from typing import Any
 
 from minipacs.cli.exit_codes import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from minipacs.config import Settings
-from minipacs.core.backup import BackupFailed, BackupRefused, BackupReport, backup
+from minipacs.core.backup import BackupFailed, BackupRefused, BackupReport, backup, summary
 
 NEEDS_SETTINGS = True
 
@@ -68,16 +68,8 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         }
         print(json.dumps(document, indent=2))
     else:
-        print(
-            f"backup of {report.instances} instance(s) in {report.dest}: {report.copied} file(s) copied "
-            f"({report.copied_bytes / 1e6:.1f} MB), {report.present} already there, {report.removed} removed "
-            f"(no longer stored), in {report.seconds:.1f} s"
-        )
+        print(summary(report).split("; ")[0])
     if report.lost:
-        print(
-            f"minipacs backup: {len(report.lost)} instance(s) of the archive have no file in its own storage "
-            f"(e.g. {report.lost[0]}): backed up as they are, without it; minipacs check lists them",
-            file=sys.stderr,
-        )
+        print(f"minipacs backup: {summary(report).split('; ', 1)[1]}", file=sys.stderr)
         return EXIT_PARTIAL
     return EXIT_OK

@@ -34,13 +34,16 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from minipacs.core.archive import Archive
 from minipacs.core.errors import ArchiveError
 from minipacs.core.intake import syncfs
+from minipacs.core.jobs import JobContext, JobFailed, JobQueue, every
 from minipacs.index import backup_repo
 
+#: The job kind of a backup run by the server (``backup_dir``, ``POST /api/backup``).
+KIND: Final = "backup"
 #: Copies of the index made at most, when files it names were deleted before they could be copied.
 ATTEMPTS: Final = 5
 INDEX_NAME: Final = "index.sqlite3"
@@ -209,4 +212,64 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-__all__ = ["ATTEMPTS", "BackupFailed", "BackupRefused", "BackupReport", "backup"]
+def summary(report: BackupReport) -> str:
+    """One sentence about a backup done (the job's summary, the CLI's line)."""
+    said = (
+        f"backup of {report.instances} instance(s) in {report.dest}: {report.copied} file(s) copied "
+        f"({report.copied_bytes / 1e6:.1f} MB), {report.present} already there, {report.removed} removed "
+        f"(no longer stored), in {report.seconds:.1f} s"
+    )
+    if report.lost:
+        said += (
+            f"; {len(report.lost)} instance(s) have no file in the archive's own storage (e.g. {report.lost[0]}): "
+            "backed up as they are, without it (minipacs check lists them)"
+        )
+    return said
+
+
+def register_backup_job(queue: JobQueue, archive: Archive, dest: Path) -> None:
+    """The "backup" kind into ``dest`` (setting ``backup_dir``): run again after a restart (a backup is
+    idempotent: what is there already is not copied again)."""
+
+    async def handler(job: JobContext) -> str:
+        try:
+            report = await backup(archive, dest)
+        except BackupRefused as exc:
+            raise JobFailed(str(exc)) from exc
+        job.details.update(
+            dest=str(report.dest),
+            instances=report.instances,
+            copied=report.copied,
+            copied_bytes=report.copied_bytes,
+            present=report.present,
+            removed=report.removed,
+            index_copies=report.index_copies,
+            lost=list(report.lost[:20]),
+        )
+        return summary(report)
+
+    queue.register(KIND, handler, on_restart="resume", max_attempts=2)
+
+
+async def submit_backup(queue: JobQueue, dest: Path) -> Any:
+    """Queue a backup into ``dest``."""
+    return await queue.submit(KIND, f"backup into {dest}", {})
+
+
+async def periodic(queue: JobQueue, interval: float, dest: Path) -> None:
+    """Every ``interval`` seconds, queue a backup unless one is queued or running (on any node)."""
+    await every(queue, interval, KIND, lambda: submit_backup(queue, dest))
+
+
+__all__ = [
+    "ATTEMPTS",
+    "KIND",
+    "BackupFailed",
+    "BackupRefused",
+    "BackupReport",
+    "backup",
+    "periodic",
+    "register_backup_job",
+    "submit_backup",
+    "summary",
+]

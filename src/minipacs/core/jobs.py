@@ -47,7 +47,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -768,7 +768,20 @@ class JobQueue:
             log.info("jobs: %d finished job(s) older than %g day(s) deleted", removed, self.settings.keep_days)
 
 
+async def every(queue: JobQueue, interval: float, kind: str, submit: Callable[[], Awaitable[object]]) -> None:
+    """Every ``interval`` seconds, ``submit()`` a job of ``kind`` unless one is queued or running (on any node)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            waiting = await queue.list(states=(JobState.QUEUED.value, JobState.RUNNING.value), kinds=(kind,), limit=1)
+            if not waiting:
+                await submit()
+        except Exception as exc:  # noqa: BLE001 - the next round tries again
+            log.warning("%s: could not queue the periodic run: %s", kind, exc)
+
+
 __all__ = [
+    "every",
     "FINISHED",
     "RESTART_REASON",
     "SHUTDOWN_REASON",

@@ -32,7 +32,6 @@ by ``POST /api/retention/run`` or ``minipacs retention``.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import functools
 import logging
@@ -48,7 +47,7 @@ from pydicom.dataset import Dataset
 from minipacs.core.archive import Archive
 from minipacs.core.delete import Spared, delete_resource
 from minipacs.core.errors import ArchiveError, NotFound
-from minipacs.core.jobs import JobContext, JobFailed, JobQueue, JobState
+from minipacs.core.jobs import JobContext, JobFailed, JobQueue, every
 from minipacs.core.labels import InvalidLabel, rule_labels, validate_label
 from minipacs.core.query import prepare_query, run_query
 from minipacs.dicom.levels import STUDY_ROOT, Level
@@ -452,14 +451,7 @@ async def submit_run(queue: JobQueue, rules: Sequence[str] = ()) -> Any:
 
 async def periodic(queue: JobQueue, interval: float) -> None:
     """Every ``interval`` seconds, queue a retention run unless one is queued or running (on any node)."""
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            waiting = await queue.list(states=(JobState.QUEUED.value, JobState.RUNNING.value), kinds=(KIND,), limit=1)
-            if not waiting:
-                await submit_run(queue)
-        except Exception as exc:  # noqa: BLE001 - the next round tries again
-            log.warning("retention: could not queue the periodic run: %s", exc)
+    await every(queue, interval, KIND, lambda: submit_run(queue))
 
 
 __all__ = [
