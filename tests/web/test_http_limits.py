@@ -266,3 +266,90 @@ def test_kept_alive_connections_answer_without_waiting_for_delayed_acks(tmp_path
     times = sorted(serve(tmp_path, body)[1:])  # the first request never waited
     median = times[len(times) // 2]
     assert median < 0.02, f"median {median * 1000:.1f} ms per request on a kept-alive connection"
+
+
+def _head(size: int, extra: bytes = b"", path: bytes = b"/api/openapi.json") -> bytes:
+    """A GET whose head (request line, header fields, blank line; RFC 9112 §2.1) is ``size`` bytes."""
+    start = b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + extra + b"X-Pad: "
+    pad = size - len(start) - 4
+    assert pad >= 0
+    head = start + b"a" * pad + b"\r\n\r\n"
+    assert len(head) == size
+    return head
+
+
+def _exchange(port: int, data: bytes, piece: int) -> bytes:
+    """Send ``data`` in ``piece``-byte writes, as a client that writes its whole request before it reads,
+    then read until the server closes (a reset instead of the answer raises ConnectionResetError)."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(10)
+        for start in range(0, len(data), piece):
+            sock.sendall(data[start : start + piece])
+            time.sleep(0.002)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received
+
+
+@pytest.mark.parametrize("piece", [1 << 20, 1000], ids=["one-write", "in-pieces"])
+def test_request_head_at_http_max_header_bytes(tmp_path: Path, piece: int) -> None:
+    """RFC 6585 §5: a request head over http_max_header_bytes is answered 431, and the connection closed
+    only once the client has sent the rest (RFC 9112 §9.6), so the answer is not lost to a reset. uvicorn
+    counted only what h11 buffered of a head still incomplete: a head over the limit in one write was
+    served, in pieces the connection was reset before the client read the 400. At the limit: served, on a
+    kept-alive connection twice."""
+    limit = 2048
+
+    async def body(port: int) -> None:
+        twice = _head(limit) + _head(limit, b"Connection: close\r\n")
+        served = await asyncio.to_thread(_exchange, port, twice, piece)
+        assert served.count(b"HTTP/1.1 200 OK") == 2, served[:300]
+        for over in (_head(limit + 1), _head(limit + 1, b"Connection: close\r\n") + b"x" * 70000):
+            refused = await asyncio.to_thread(_exchange, port, over, piece)
+            assert refused.startswith(b"HTTP/1.1 431 "), refused[:300]
+            assert b"http_max_header_bytes (2048 bytes)" in refused and refused.count(b"HTTP/1.1") == 1
+
+    serve(tmp_path, body, http_max_header_bytes=limit)
+
+
+def test_a_request_line_over_http_max_header_bytes_is_414(tmp_path: Path) -> None:
+    """RFC 9112 §3: a request-target longer than the server will parse is 414 (URI Too Long); the
+    request line alone at the limit is still a request line (its header fields then make it a 431)."""
+    limit = 2048
+
+    async def body(port: int) -> None:
+        for line_size, status in ((limit, b"431"), (limit + 1, b"414")):
+            line = b"GET /api/openapi.json?" + b"a" * (line_size - len(b"GET /api/openapi.json? HTTP/1.1\r\n"))
+            request = line + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+            assert request.index(b"\n") + 1 == line_size
+            answer_ = await asyncio.to_thread(_exchange, port, request, 500)
+            assert answer_.startswith(b"HTTP/1.1 " + status + b" "), answer_[:300]
+
+    serve(tmp_path, body, http_max_header_bytes=limit)
+
+
+def test_a_70_kb_head_at_the_default_http_max_header_bytes_is_431_not_a_reset(tmp_path: Path) -> None:
+    """The web fuzz's case: a 70 kB header field, sent in 8 kB writes, at the default limit."""
+
+    async def body(port: int) -> None:
+        refused = await asyncio.to_thread(_exchange, port, _head(70000), 8192)
+        assert refused.startswith(b"HTTP/1.1 431 "), refused[:300]
+        assert b"http_max_header_bytes (16384 bytes)" in refused
+
+    serve(tmp_path, body)
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"), [("1023", False), ("1024", True), ("1048576", True), ("1048577", False), ("1e4", False)]
+)
+def test_http_max_header_bytes_is_validated_at_its_bounds(value: str, accepted: bool) -> None:
+    from minipacs.config import ConfigError, load_settings
+
+    env = {"MINIPACS_HTTP_MAX_HEADER_BYTES": value}
+    if accepted:
+        assert load_settings(env=env).http_max_header_bytes == int(value)
+    else:
+        with pytest.raises(ConfigError, match="http_max_header_bytes"):
+            load_settings(env=env)
+    assert load_settings(env={}).http_max_header_bytes == 16384
