@@ -7,6 +7,8 @@ one test against `minipacs serve` whose open-file limit is lowered while HTTP is
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 import resource
 import socket
 import subprocess
@@ -15,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 
 from minipacs.bootstrap import open_archive
@@ -353,3 +356,121 @@ def test_http_max_header_bytes_is_validated_at_its_bounds(value: str, accepted: 
         with pytest.raises(ConfigError, match="http_max_header_bytes"):
             load_settings(env=env)
     assert load_settings(env={}).http_max_header_bytes == 16384
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+BAD_CHUNK = b"GET /api/openapi.json HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"zz\r\n"
+
+
+@pytest.mark.parametrize(
+    ("later", "status"), [(False, b"400"), (True, b"200")], ids=["before-the-app-answers", "after-it-answered"]
+)
+def test_a_body_h11_refuses_while_the_app_answers_is_one_log_line(tmp_path: Path, later: bool, status: bytes) -> None:
+    """h11 refusing a body (a chunk size ``zz``) while the app still answers the request: uvicorn sent
+    its 400, then the app's own response raised LocalProtocolError in h11 ("Exception in ASGI
+    application", a traceback); when the app had answered already, uvicorn's 400 raised out of
+    data_received (asyncio's "Fatal error: protocol.data_received() call failed", a traceback). Now:
+    one response, uvicorn's one warning line, no traceback; the connection is closed."""
+    records = _Records()
+    loggers = [logging.getLogger(name) for name in ("uvicorn.error", "asyncio", "minipacs")]
+
+    async def body(port: int) -> bytes:
+        for logger in loggers:  # once uvicorn has configured its loggers (dictConfig drops handlers)
+            logger.addHandler(records)
+        reader, writer = await connect(port)
+        head, bad = BAD_CHUNK
+        if later:
+            writer.write(head)
+            await asyncio.sleep(0.3)  # the app has answered
+            writer.write(bad)
+        else:
+            writer.write(head + bad)
+        out = await answer(reader)
+        await asyncio.sleep(0.3)  # the app's task has ended
+        return out
+
+    try:
+        out = serve(tmp_path, body)
+    finally:
+        for logger in loggers:
+            logger.removeHandler(records)
+    assert out.startswith(b"HTTP/1.1 " + status + b" ") and out.count(b"HTTP/1.1 ") == 1, out[:300]
+    lines = [(r.levelname, r.getMessage().splitlines()[0], r.exc_info is not None) for r in records.records]
+    assert lines == [("WARNING", "Invalid HTTP request received.", False)], lines
+
+
+def _stream_with_a_bad_chunk_midway(port: int, sop: str) -> bytes:
+    """GET the instance's file with a chunked body, on a socket with a small receive buffer that reads
+    nothing until the bad chunk is sent, so the response is mid-way (the app waits to write) when h11
+    refuses the body; then read everything."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.settimeout(10)
+        sock.sendall(
+            f"GET /api/instances/{sop}/file HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        time.sleep(0.5)
+        sock.sendall(b"zz\r\n")
+        received = b""
+        while chunk := sock.recv(1 << 20):
+            received += chunk
+        return received
+
+
+def _dechunk(content: bytes) -> bytes:
+    """A chunked body (RFC 9112 §7.1) without extensions or trailers, whole."""
+    out = b""
+    while True:
+        size_line, _, content = content.partition(b"\r\n")
+        size = int(size_line, 16)
+        if not size:
+            return out
+        out, content = out + content[:size], content[size + 2 :]
+
+
+def test_a_body_h11_refuses_while_the_response_streams_ends_it_whole_then_closes(tmp_path: Path) -> None:
+    """The app answers without reading the body and its response is mid-way when h11 refuses the body:
+    that response is the answer, sent whole; then the connection is closed (the body cannot be framed,
+    so no next request can be read), with uvicorn's one warning line and no traceback."""
+    from tests.web.conftest import part10
+
+    sop = "1.2.826.0.1.3680043.10.9.77"
+    data = part10(sop_uid=sop, rows=1448, cols=1448)
+    records = _Records()
+    loggers = [logging.getLogger(name) for name in ("uvicorn.error", "asyncio", "minipacs")]
+
+    async def body(port: int) -> bytes:
+        reader, writer = await connect(port)
+        writer.write(
+            b"POST /api/instances HTTP/1.1\r\nHost: x\r\nContent-Type: application/dicom\r\n"
+            + f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
+            + data
+        )
+        stored = await answer(reader, 60)
+        assert stored.startswith(b"HTTP/1.1 200 "), stored[:300]
+        for logger in loggers:
+            logger.addHandler(records)
+        out = await asyncio.to_thread(_stream_with_a_bad_chunk_midway, port, sop)
+        await asyncio.sleep(0.3)
+        return out
+
+    try:
+        out = serve(tmp_path, body)
+    finally:
+        for logger in loggers:
+            logger.removeHandler(records)
+    head, _, content = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and out.count(b"HTTP/1.1 ") == 1, head
+    sent, got = (pydicom.dcmread(io.BytesIO(b)) for b in (data, _dechunk(content)))  # whole: parses
+    assert got.SOPInstanceUID == sop and got.PixelData == sent.PixelData
+    lines = [(r.levelname, r.getMessage().splitlines()[0], r.exc_info is not None) for r in records.records]
+    assert lines == [("WARNING", "Invalid HTTP request received.", False)], lines

@@ -161,11 +161,30 @@ def guarded_protocol(guard: ConnectionGuard) -> type[H11Protocol]:
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
-            if self._linger is not None:
-                return  # refused: read and dropped (RFC 9112 §9.6)
+            if self._linger is not None or self.conn.their_state is h11.ERROR:
+                return  # refused: read and dropped (RFC 9112 §9.6); h11 would refuse each read again
             if self.conn.their_state is h11.IDLE and self._head_too_large(data):
                 return
             super().data_received(data)
+
+        def send_400_response(self, msg: str) -> None:
+            """uvicorn's answer when h11 refuses what the client sent (uvicorn has logged one warning).
+            h11 takes a response only while ours has not begun. Then the app, if it still runs, must not
+            answer too: its response raised LocalProtocolError in h11, a logged traceback, so it is told
+            the client left. Once ours has begun (the app answered without reading the body), that one
+            is the answer, and uvicorn's 400 raised out of data_received, a logged traceback: the
+            connection is closed when our response is complete."""
+            cycle = self.cycle
+            answering = cycle is not None and not cycle.response_complete
+            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                super().send_400_response(msg)
+                if cycle is not None and answering:
+                    cycle.disconnected = True  # its send() is a no-op, its receive() http.disconnect
+                    cycle.message_event.set()
+            elif cycle is not None and answering:
+                cycle.keep_alive = False
+            else:
+                self.transport.close()
 
         def _head_too_large(self, data: bytes) -> bool:
             """Count ``data`` into the request head; at more than the limit, answer 431 (or 414) and
