@@ -206,6 +206,8 @@ def test_a_search_key_given_twice_is_a_400_naming_it(web: Callable[..., Any], qu
         assert r.status_code == 400, r.text
         error = r.json()["error"]
         assert error["code"] == "repeated_parameter" and named in error["message"], error
+        if named == "StudyInstanceUID":  # the way to ask for several
+            assert "one comma-separated value (StudyInstanceUID=1.2.3,1.2.4)" in error["message"], error
 
     web(body)
 

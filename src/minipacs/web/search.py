@@ -207,8 +207,16 @@ def refuse_repeats(params: Iterable[tuple[str, str]]) -> None:
         if name in REPEATABLE_PARAMS:
             continue
         if name in seen:
-            raise _repeated(name)
+            raise _repeated(name, "" if name in CONTROL_PARAMS else _vr_of(name))
         seen.add(name)
+
+
+def _vr_of(name: str) -> str:
+    """The VR of the attribute a parameter names, or "" when it names none (the hint then says less)."""
+    try:
+        return str(dictionary_VR(key_path(name)[-1]))
+    except (HttpError, KeyError):
+        return ""
 
 
 def _repeated(name: str, vr: str = "") -> HttpError:
