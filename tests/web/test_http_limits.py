@@ -474,3 +474,19 @@ def test_a_body_h11_refuses_while_the_response_streams_ends_it_whole_then_closes
     assert got.SOPInstanceUID == sop and got.PixelData == sent.PixelData
     lines = [(r.levelname, r.getMessage().splitlines()[0], r.exc_info is not None) for r in records.records]
     assert lines == [("WARNING", "Invalid HTTP request received.", False)], lines
+
+
+def test_a_400_for_a_body_h11_refuses_reaches_a_client_still_sending(tmp_path: Path) -> None:
+    """A chunked upload whose framing breaks a few bytes in, from a client that goes on sending (1 MB
+    more) before it reads: the 400 is sent, then our side shut down and the rest read and dropped
+    (RFC 9112 §9.6), as after a 431; uvicorn closed at once, a reset that lost the 400."""
+    head = (
+        b"POST /api/instances HTTP/1.1\r\nHost: x\r\nContent-Type: application/dicom\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\nzz\r\n"
+    )
+
+    async def body(port: int) -> bytes:
+        return await asyncio.to_thread(_exchange, port, head + b"x" * (1 << 20), 16384)
+
+    out = serve(tmp_path, body)
+    assert out.startswith(b"HTTP/1.1 400 ") and out.count(b"HTTP/1.1 ") == 1, out[:300]

@@ -18,7 +18,10 @@ DICOM listener too. So, under uvicorn's h11 protocol (RFC 9112):
   h11 only bounds what it buffers of a head still incomplete, so a long head arriving in one read was
   served, and uvicorn answered the bound with a 400 and closed at once, a reset that lost the 400.
   We close the way RFC 9112 §9.6 asks: our side first, then what the client still sends is read
-  and dropped for at most ``http_header_timeout`` seconds, so the client reads its answer.
+  and dropped for at most ``http_header_timeout`` seconds, so the client reads its answer;
+- a head or body h11 cannot read gets its 400 (uvicorn's ``send_400_response``) the same way, and
+  never a second response: uvicorn's 400 after an endpoint began its answer, or the endpoint's answer
+  after uvicorn's 400, raised in h11 and logged a traceback.
 
 We accept connections ourselves (:class:`HttpListener`) and hand them to uvicorn: asyncio's
 own accept loop (``loop.create_server``), when descriptors run out, goes on calling
@@ -129,6 +132,14 @@ class ConnectionGuard:
         )
 
     @property
+    def bad_request(self) -> bytes:
+        return _raw_response(
+            "400 Bad Request",
+            "the request's head, or the framing of its body (Content-Length, chunked coding), cannot be read "
+            "(RFC 9112)",
+        )
+
+    @property
     def too_slow(self) -> bytes:
         return _raw_response(
             "408 Request Timeout",
@@ -177,7 +188,8 @@ def guarded_protocol(guard: ConnectionGuard) -> type[H11Protocol]:
             cycle = self.cycle
             answering = cycle is not None and not cycle.response_complete
             if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                super().send_400_response(msg)
+                # uvicorn's 400 closed at once: a client still sending (an upload) got a reset, not the 400
+                self._answer_and_linger(guard.bad_request)
                 if cycle is not None and answering:
                     cycle.disconnected = True  # its send() is a no-op, its receive() http.disconnect
                     cycle.message_event.set()
@@ -205,10 +217,16 @@ def guarded_protocol(guard: ConnectionGuard) -> type[H11Protocol]:
             return False
 
         def _refuse_head(self, *, line_only: bool) -> None:
-            self._cancel_header_timer()
             guard.too_large += 1
             guard.note()
-            self.transport.write(guard.head_too_large(line_only))
+            self._answer_and_linger(guard.head_too_large(line_only))
+
+        def _answer_and_linger(self, response: bytes) -> None:
+            """Send ``response`` (it says Connection: close), shut our side, and read and drop what the
+            client still sends until it closes (RFC 9112 §9.6): closing with its bytes unread would
+            reset the connection, and the client, still writing, would never read the answer."""
+            self._cancel_header_timer()
+            self.transport.write(response)
             if self.transport.can_write_eof():
                 self.transport.write_eof()
             # the client closes when it has read the answer (eof_received closes ours); one that does
