@@ -219,6 +219,9 @@ class Settings:
     http_header_timeout: float = 10.0
     #: Seconds a request body may stall (no byte) while it is read; then 408.
     http_body_timeout: float = 30.0
+    #: Largest request head (request line, header fields, blank line; RFC 9112 §2.1); larger: 431
+    #: (RFC 6585 §5), or 414 when the request line alone is larger. 16 KiB: h11's and Node's default.
+    http_max_header_bytes: int = 16 * 1024
     #: A ZIP upload may inflate to at most this many bytes in all (each member: max_dataset_bytes); larger: 413.
     max_zip_inflated_bytes: int = 8192 * MiB
     #: ... and to at most this many times its own size (beyond 1 MiB): an inflation bomb is refused (413).
@@ -512,6 +515,11 @@ class Settings:
             raise ConfigError("http_max_connections must be at least 1")
         if self.http_header_timeout <= 0 or self.http_body_timeout <= 0:
             raise ConfigError("http_header_timeout and http_body_timeout must be positive numbers of seconds")
+        if not 1024 <= self.http_max_header_bytes <= MiB:
+            raise ConfigError(
+                f"http_max_header_bytes {self.http_max_header_bytes} is outside 1024..1048576 (bytes of a request "
+                "head: request line and header fields)"
+            )
         if self.max_concurrent_renders < 1 or self.render_queue < 0:
             raise ConfigError("max_concurrent_renders must be at least 1 and render_queue at least 0")
         if self.max_upload_parts < 1:

@@ -4,6 +4,7 @@ an order over MLLP that DCMTK findscu -W then finds on the worklist."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import subprocess
 from collections.abc import Awaitable, Callable
@@ -394,3 +395,44 @@ def test_connections_beyond_the_limit_are_closed_and_the_others_serve_on(tmp_pat
             await w.wait_closed()
 
     serve(tmp_path, body, connections=2)
+
+
+@pytest.mark.parametrize(
+    ("after_fs", "words"),
+    [
+        pytest.param([b""], "", id="fs-alone"),
+        pytest.param([b"\x0d"], "", id="cr-in-the-same-read"),
+        pytest.param([b"", b"\x0d"], "", id="cr-in-a-later-read"),
+        pytest.param([b"", b"\x0dxyz"], "3 byte(s) outside an MLLP frame", id="cr-then-junk-later"),
+        pytest.param([b"xyz"], "3 byte(s) outside an MLLP frame", id="junk-instead-of-cr"),
+    ],
+)
+def test_a_frame_ended_by_fs_without_its_cr_is_answered_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, after_fs: list[bytes], words: str
+) -> None:
+    """MLLP's end block is <FS><CR>, but <FS> never occurs inside the content: a sender that omits the
+    <CR> gets its ACK when the <FS> arrives (it waited for hl7_idle_timeout and was closed). A <CR> right
+    after the <FS> is the rest of that end block, also when it comes in a later read; anything else there
+    is bytes outside a frame, dropped and logged."""
+
+    async def body(server: MLLPServer, worklist: Worklist) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"\x0b" + orm(accession="ACC1").encode() + b"\x1c" + after_fs[0])
+        assert msa(await read_ack(reader))[:2] == ("AA", "CTLACC1")
+        for later in after_fs[1:]:
+            writer.write(later)
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        writer.write(frame(orm(accession="ACC2")))  # the connection serves on
+        assert msa(await read_ack(reader))[:2] == ("AA", "CTLACC2")
+        assert sorted(e.accession_number for e in await worklist.list()) == ["ACC1", "ACC2"]
+        writer.close()
+        await writer.wait_closed()
+
+    with caplog.at_level(logging.INFO, logger="minipacs.hl7"):
+        serve(tmp_path, body, idle=30.0)
+    outside = [r.getMessage() for r in caplog.records if "outside an MLLP frame" in r.getMessage()]
+    if words:
+        assert len(outside) == 1 and words in outside[0], outside
+    else:
+        assert outside == []

@@ -177,3 +177,51 @@ def test_a_query_value_with_a_control_character_is_a_400_not_universal_matching(
         assert r.status_code in (200, 204), r.text
 
     web(body)
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("/dicom-web/studies?PatientID=A&PatientID=B", "PatientID"),
+        ("/dicom-web/studies?PatientID=P1&00100020=B", "PatientID"),  # by keyword and by tag: one key
+        (f"/dicom-web/studies?StudyInstanceUID={STUDY}&StudyInstanceUID=1.2.9", "StudyInstanceUID"),
+        ("/dicom-web/studies?limit=1&limit=5", "limit"),
+        ("/dicom-web/studies?offset=0&offset=1", "offset"),
+        ("/dicom-web/studies?fuzzymatching=false&fuzzymatching=true", "fuzzymatching"),
+        ("/api/search?level=studies&PatientID=A&PatientID=B", "PatientID"),
+        ("/api/search?level=studies&level=series", "level"),
+        ("/api/studies?complete=true&complete=false", "complete"),
+        ("/api/studies?PatientID=A&PatientID=A", "PatientID"),  # even the same value twice
+    ],
+)
+def test_a_search_key_given_twice_is_a_400_naming_it(web: Callable[..., Any], query: str, named: str) -> None:
+    """PS3.18 8.3.4.1: a match is one attribute and one value, a UID list one comma-separated value; a key
+    given twice has no meaning in PS3.4 C.2.2.2 (several values are Multiple Value Matching, C.2.2.2.8,
+    only on request). ``PatientID=A&PatientID=B`` kept the last value silently: an answer to a question
+    the client did not ask. Now 400 naming the key (PS3.18 8.3: an invalid value is a 400)."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        await stow(client, part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP))
+        r = await client.get(query)
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["code"] == "repeated_parameter" and named in error["message"], error
+        if named == "StudyInstanceUID":  # the way to ask for several
+            assert "one comma-separated value (StudyInstanceUID=1.2.3,1.2.4)" in error["message"], error
+
+    web(body)
+
+
+def test_parameters_that_add_up_may_repeat(web: Callable[..., Any]) -> None:
+    """PS3.18 8.3.4.3: ``includefield`` may be given several times; ``labels`` (ours) add up; a UID list
+    is one comma-separated value."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        await stow(client, part10(study_uid=STUDY, series_uid=SERIES, sop_uid=SOP))
+        r = await client.get(
+            f"/dicom-web/studies?includefield=StudyDescription&includefield=00081030&StudyInstanceUID={STUDY},1.2.9"
+        )
+        assert r.status_code == 200 and len(r.json()) == 1, r.text
+        assert (await client.get("/api/studies?labels=a&labels=b")).status_code == 200
+
+    web(body)

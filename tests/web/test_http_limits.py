@@ -7,6 +7,8 @@ one test against `minipacs serve` whose open-file limit is lowered while HTTP is
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 import resource
 import socket
 import subprocess
@@ -15,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 
 from minipacs.bootstrap import open_archive
@@ -266,3 +269,224 @@ def test_kept_alive_connections_answer_without_waiting_for_delayed_acks(tmp_path
     times = sorted(serve(tmp_path, body)[1:])  # the first request never waited
     median = times[len(times) // 2]
     assert median < 0.02, f"median {median * 1000:.1f} ms per request on a kept-alive connection"
+
+
+def _head(size: int, extra: bytes = b"", path: bytes = b"/api/openapi.json") -> bytes:
+    """A GET whose head (request line, header fields, blank line; RFC 9112 §2.1) is ``size`` bytes."""
+    start = b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + extra + b"X-Pad: "
+    pad = size - len(start) - 4
+    assert pad >= 0
+    head = start + b"a" * pad + b"\r\n\r\n"
+    assert len(head) == size
+    return head
+
+
+def _exchange(port: int, data: bytes, piece: int) -> bytes:
+    """Send ``data`` in ``piece``-byte writes, as a client that writes its whole request before it reads,
+    then read until the server closes (a reset instead of the answer raises ConnectionResetError)."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(10)
+        for start in range(0, len(data), piece):
+            sock.sendall(data[start : start + piece])
+            time.sleep(0.002)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received
+
+
+@pytest.mark.parametrize("piece", [1 << 20, 1000], ids=["one-write", "in-pieces"])
+def test_request_head_at_http_max_header_bytes(tmp_path: Path, piece: int) -> None:
+    """RFC 6585 §5: a request head over http_max_header_bytes is answered 431, and the connection closed
+    only once the client has sent the rest (RFC 9112 §9.6), so the answer is not lost to a reset. uvicorn
+    counted only what h11 buffered of a head still incomplete: a head over the limit in one write was
+    served, in pieces the connection was reset before the client read the 400. At the limit: served, on a
+    kept-alive connection twice."""
+    limit = 2048
+
+    async def body(port: int) -> None:
+        twice = _head(limit) + _head(limit, b"Connection: close\r\n")
+        served = await asyncio.to_thread(_exchange, port, twice, piece)
+        assert served.count(b"HTTP/1.1 200 OK") == 2, served[:300]
+        for over in (_head(limit + 1), _head(limit + 1, b"Connection: close\r\n") + b"x" * 70000):
+            refused = await asyncio.to_thread(_exchange, port, over, piece)
+            assert refused.startswith(b"HTTP/1.1 431 "), refused[:300]
+            assert b"http_max_header_bytes (2048 bytes)" in refused and refused.count(b"HTTP/1.1") == 1
+
+    serve(tmp_path, body, http_max_header_bytes=limit)
+
+
+def test_a_request_line_over_http_max_header_bytes_is_414(tmp_path: Path) -> None:
+    """RFC 9112 §3: a request-target longer than the server will parse is 414 (URI Too Long); the
+    request line alone at the limit is still a request line (its header fields then make it a 431)."""
+    limit = 2048
+
+    async def body(port: int) -> None:
+        for line_size, status in ((limit, b"431"), (limit + 1, b"414")):
+            line = b"GET /api/openapi.json?" + b"a" * (line_size - len(b"GET /api/openapi.json? HTTP/1.1\r\n"))
+            request = line + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+            assert request.index(b"\n") + 1 == line_size
+            answer_ = await asyncio.to_thread(_exchange, port, request, 500)
+            assert answer_.startswith(b"HTTP/1.1 " + status + b" "), answer_[:300]
+
+    serve(tmp_path, body, http_max_header_bytes=limit)
+
+
+def test_a_70_kb_head_at_the_default_http_max_header_bytes_is_431_not_a_reset(tmp_path: Path) -> None:
+    """The web fuzz's case: a 70 kB header field, sent in 8 kB writes, at the default limit."""
+
+    async def body(port: int) -> None:
+        refused = await asyncio.to_thread(_exchange, port, _head(70000), 8192)
+        assert refused.startswith(b"HTTP/1.1 431 "), refused[:300]
+        assert b"http_max_header_bytes (16384 bytes)" in refused
+
+    serve(tmp_path, body)
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"), [("1023", False), ("1024", True), ("1048576", True), ("1048577", False), ("1e4", False)]
+)
+def test_http_max_header_bytes_is_validated_at_its_bounds(value: str, accepted: bool) -> None:
+    from minipacs.config import ConfigError, load_settings
+
+    env = {"MINIPACS_HTTP_MAX_HEADER_BYTES": value}
+    if accepted:
+        assert load_settings(env=env).http_max_header_bytes == int(value)
+    else:
+        with pytest.raises(ConfigError, match="http_max_header_bytes"):
+            load_settings(env=env)
+    assert load_settings(env={}).http_max_header_bytes == 16384
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+BAD_CHUNK = b"GET /api/openapi.json HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"zz\r\n"
+
+
+@pytest.mark.parametrize(
+    ("later", "status"), [(False, b"400"), (True, b"200")], ids=["before-the-app-answers", "after-it-answered"]
+)
+def test_a_body_h11_refuses_while_the_app_answers_is_one_log_line(tmp_path: Path, later: bool, status: bytes) -> None:
+    """h11 refusing a body (a chunk size ``zz``) while the app still answers the request: uvicorn sent
+    its 400, then the app's own response raised LocalProtocolError in h11 ("Exception in ASGI
+    application", a traceback); when the app had answered already, uvicorn's 400 raised out of
+    data_received (asyncio's "Fatal error: protocol.data_received() call failed", a traceback). Now:
+    one response, uvicorn's one warning line, no traceback; the connection is closed."""
+    records = _Records()
+    loggers = [logging.getLogger(name) for name in ("uvicorn.error", "asyncio", "minipacs")]
+
+    async def body(port: int) -> bytes:
+        for logger in loggers:  # once uvicorn has configured its loggers (dictConfig drops handlers)
+            logger.addHandler(records)
+        reader, writer = await connect(port)
+        head, bad = BAD_CHUNK
+        if later:
+            writer.write(head)
+            await asyncio.sleep(0.3)  # the app has answered
+            writer.write(bad)
+        else:
+            writer.write(head + bad)
+        out = await answer(reader)
+        await asyncio.sleep(0.3)  # the app's task has ended
+        return out
+
+    try:
+        out = serve(tmp_path, body)
+    finally:
+        for logger in loggers:
+            logger.removeHandler(records)
+    assert out.startswith(b"HTTP/1.1 " + status + b" ") and out.count(b"HTTP/1.1 ") == 1, out[:300]
+    lines = [(r.levelname, r.getMessage().splitlines()[0], r.exc_info is not None) for r in records.records]
+    assert lines == [("WARNING", "Invalid HTTP request received.", False)], lines
+
+
+def _stream_with_a_bad_chunk_midway(port: int, sop: str) -> bytes:
+    """GET the instance's file with a chunked body, on a socket with a small receive buffer that reads
+    nothing until the bad chunk is sent, so the response is mid-way (the app waits to write) when h11
+    refuses the body; then read everything."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.settimeout(10)
+        sock.sendall(
+            f"GET /api/instances/{sop}/file HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        time.sleep(0.5)
+        sock.sendall(b"zz\r\n")
+        received = b""
+        while chunk := sock.recv(1 << 20):
+            received += chunk
+        return received
+
+
+def _dechunk(content: bytes) -> bytes:
+    """A chunked body (RFC 9112 §7.1) without extensions or trailers, whole."""
+    out = b""
+    while True:
+        size_line, _, content = content.partition(b"\r\n")
+        size = int(size_line, 16)
+        if not size:
+            return out
+        out, content = out + content[:size], content[size + 2 :]
+
+
+def test_a_body_h11_refuses_while_the_response_streams_ends_it_whole_then_closes(tmp_path: Path) -> None:
+    """The app answers without reading the body and its response is mid-way when h11 refuses the body:
+    that response is the answer, sent whole; then the connection is closed (the body cannot be framed,
+    so no next request can be read), with uvicorn's one warning line and no traceback."""
+    from tests.web.conftest import part10
+
+    sop = "1.2.826.0.1.3680043.10.9.77"
+    data = part10(sop_uid=sop, rows=1448, cols=1448)
+    records = _Records()
+    loggers = [logging.getLogger(name) for name in ("uvicorn.error", "asyncio", "minipacs")]
+
+    async def body(port: int) -> bytes:
+        reader, writer = await connect(port)
+        writer.write(
+            b"POST /api/instances HTTP/1.1\r\nHost: x\r\nContent-Type: application/dicom\r\n"
+            + f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
+            + data
+        )
+        stored = await answer(reader, 60)
+        assert stored.startswith(b"HTTP/1.1 200 "), stored[:300]
+        for logger in loggers:
+            logger.addHandler(records)
+        out = await asyncio.to_thread(_stream_with_a_bad_chunk_midway, port, sop)
+        await asyncio.sleep(0.3)
+        return out
+
+    try:
+        out = serve(tmp_path, body)
+    finally:
+        for logger in loggers:
+            logger.removeHandler(records)
+    head, _, content = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and out.count(b"HTTP/1.1 ") == 1, head
+    sent, got = (pydicom.dcmread(io.BytesIO(b)) for b in (data, _dechunk(content)))  # whole: parses
+    assert got.SOPInstanceUID == sop and got.PixelData == sent.PixelData
+    lines = [(r.levelname, r.getMessage().splitlines()[0], r.exc_info is not None) for r in records.records]
+    assert lines == [("WARNING", "Invalid HTTP request received.", False)], lines
+
+
+def test_a_400_for_a_body_h11_refuses_reaches_a_client_still_sending(tmp_path: Path) -> None:
+    """A chunked upload whose framing breaks a few bytes in, from a client that goes on sending (1 MB
+    more) before it reads: the 400 is sent, then our side shut down and the rest read and dropped
+    (RFC 9112 §9.6), as after a 431; uvicorn closed at once, a reset that lost the 400."""
+    head = (
+        b"POST /api/instances HTTP/1.1\r\nHost: x\r\nContent-Type: application/dicom\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\nzz\r\n"
+    )
+
+    async def body(port: int) -> bytes:
+        return await asyncio.to_thread(_exchange, port, head + b"x" * (1 << 20), 16384)
+
+    out = serve(tmp_path, body)
+    assert out.startswith(b"HTTP/1.1 400 ") and out.count(b"HTTP/1.1 ") == 1, out[:300]

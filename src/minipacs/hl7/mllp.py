@@ -5,7 +5,12 @@ one framed ACK: the listener only frames, the message handler it is given does t
 (bootstrap gives hl7/orders.py ``OrderReceiver``: parse per MSH-18, apply to the worklist,
 ACK). A bad message gets AE/AR with the reason in MSA-3 and changes nothing; the
 connection keeps serving. Bytes outside a frame are dropped, and so is a frame that another start
-block interrupts before its end block (the sender gave up on it). A frame larger than
+block interrupts before its end block (the sender gave up on it).
+
+The <FS> alone ends a frame: the content never holds <FS> (nor <VT>), and some senders omit the
+<CR>. HAPI's decoder hands such a message on only when its read times out and Camel's MLLP has
+``requireEndOfData=false`` for them; answering at the <FS> spares the sender the wait. A <CR>
+right after the <FS> is the rest of the end block, also when it arrives in a later read. A frame larger than
 ``hl7_max_message_bytes`` is NAKed and the connection closed (the rest of it is
 not read); a connection silent for ``idle_timeout`` seconds is closed.
 """
@@ -27,6 +32,9 @@ log = logging.getLogger("minipacs.hl7")
 
 START_BLOCK: Final = b"\x0b"
 END_BLOCK: Final = b"\x1c\x0d"
+#: The end block's first byte, <FS>, ends a frame on its own; its <CR> (END_BLOCK[1:]) may follow.
+FS: Final = b"\x1c"
+CR: Final = 0x0D
 #: How much of an oversized frame is read for its MSH segment (the NAK names its control ID).
 MSH_PEEK_BYTES: Final = 4096
 
@@ -131,15 +139,20 @@ class MLLPServer:
         if isinstance(peer, tuple) and len(peer) >= 2:
             PEER.set(str(peer[0]))
         buffer = bytearray()
+        cr_due = False  # a frame just ended at its <FS>: a <CR> next is the rest of its end block
         while True:
+            if cr_due and buffer:
+                cr_due = False
+                if buffer[0] == CR:
+                    del buffer[:1]
             start = buffer.find(START_BLOCK)
-            if start < 0:
-                if buffer.strip():
-                    log.warning("HL7 %s: %d byte(s) outside an MLLP frame ignored", peer, len(buffer))
-                buffer.clear()
-            elif start > 0:
-                del buffer[:start]
-            end = buffer.find(END_BLOCK)
+            outside = len(buffer) if start < 0 else start
+            if outside:
+                if buffer[:outside].strip():
+                    log.warning("HL7 %s: %d byte(s) outside an MLLP frame ignored", peer, outside)
+                del buffer[:outside]
+                start = buffer.find(START_BLOCK)
+            end = buffer.find(FS)
             restart = buffer.find(START_BLOCK, 1, end if end > 0 else len(buffer)) if start >= 0 else -1
             if restart > 0:
                 # MLLP: the content never holds <VT>, so a second start block before the end block means
@@ -159,7 +172,8 @@ class MLLPServer:
                 return
             if complete:
                 data = bytes(buffer[1:end])
-                del buffer[: end + len(END_BLOCK)]
+                del buffer[: end + len(FS)]
+                cr_due = True
                 async with self._lock:
                     ack = await self.handler(data)
                 writer.write(frame(ack))

@@ -8,7 +8,8 @@ little endian), and the Pixel Data of an encapsulated (or big-endian) instance a
 
 A response is ``multipart/related`` (§8.6.1.2), or a single part when the client asked for
 ``application/octet-stream`` itself (§8.7.3.3 single part payload); a single part honours a
-``Range`` header (RFC 9110 §14: 206 with Content-Range, 416 when the range is outside the value).
+``Range`` header (web/byteranges.py, RFC 9110 §14: 206 with Content-Range, 416 when the range is
+outside the value or invalid).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from minipacs.web.accept import (
     frame_choices_text,
     parse_accept,
 )
+from minipacs.web.byteranges import RangeNotSatisfiable, byte_range, not_satisfiable
 from minipacs.web.errors import HttpError
 from minipacs.web.search import ascii_digits
 from minipacs.web.transfer import multipart_octets, new_boundary
@@ -65,7 +67,6 @@ WORD_SIZES: Final = {vr: struct.calcsize(fmt) for vr, fmt in WORD_VR_FORMATS.ite
 #: PS3.5 Table 6.2-1: numeric VRs -> struct format of one value (little endian out, PS3.18 §8.7.3.3)
 NUMBER_FORMATS: Final = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
 _PATH: Final = re.compile(r"^[0-9A-Fa-f]{8}(?:/\d{1,6}/[0-9A-Fa-f]{8}){0,8}$")
-_RANGE: Final = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$")
 
 
 def on_file(item: StoredInstance, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
@@ -120,24 +121,20 @@ def _single_part(ranges: Sequence[MediaRange], chosen: str) -> bool:
 
 
 def ranged(request: Request, data: bytes, content_type: str) -> Response:
-    """A single-part answer, honouring a one-range ``Range: bytes=a-b`` header (RFC 9110 §14.1.2, §15.3.7:
-    206 with Content-Range; §15.5.17: 416 when it starts past the end). Other range forms (several
-    ranges, other units) are ignored, as §14.2 allows: the whole value, 200."""
+    """A single-part answer under the one Range rule (web/byteranges.py, RFC 9110 §14): 206 with
+    Content-Range for one range, 416 for an unsatisfiable or invalid one, the whole value (200) for any
+    other form."""
     headers = {"Accept-Ranges": "bytes"}
-    found = _RANGE.match(request.headers.get("range", "").strip())
-    if found is None or found.group(1) == found.group(2) == "":
+    try:
+        chosen = byte_range(request.headers.get("range"), len(data))
+    except RangeNotSatisfiable:
+        response = not_satisfiable(len(data), content_type)
+        response.headers["Accept-Ranges"] = "bytes"
+        return response
+    if chosen is None:
         return Response(data, media_type=content_type, headers=headers)
-    size = len(data)
-    first, last = found.group(1), found.group(2)
-    if first == "":  # suffix: the last n bytes
-        start, end = max(0, size - int(last)), size - 1
-    else:
-        start, end = int(first), min(int(last), size - 1) if last else size - 1
-    if start >= size or (first and last and int(last) < start) or (first == "" and int(last) == 0):
-        return Response(
-            status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"}, media_type=content_type
-        )
-    headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    start, end = chosen
+    headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
     return Response(data[start : end + 1], status_code=206, media_type=content_type, headers=headers)
 
 

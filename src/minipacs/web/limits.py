@@ -11,7 +11,17 @@ DICOM listener too. So, under uvicorn's h11 protocol (RFC 9112):
   a silent one is closed, a half-sent head gets ``408 Request Timeout``;
 - while an endpoint reads a request body, ``http_body_timeout`` seconds without a byte
   end it with ``408`` (a body that trickles keeps its connection only while it moves;
-  the connection cap bounds how many can).
+  the connection cap bounds how many can);
+- a request head (request line, header fields and the blank line, RFC 9112 §2.1) of more than
+  ``http_max_header_bytes`` is answered ``431 Request Header Fields Too Large`` (RFC 6585 §5), or
+  ``414 URI Too Long`` (RFC 9112 §3) when the request line alone is longer, counted as it arrives:
+  h11 only bounds what it buffers of a head still incomplete, so a long head arriving in one read was
+  served, and uvicorn answered the bound with a 400 and closed at once, a reset that lost the 400.
+  We close the way RFC 9112 §9.6 asks: our side first, then what the client still sends is read
+  and dropped for at most ``http_header_timeout`` seconds, so the client reads its answer;
+- a head or body h11 cannot read gets its 400 (uvicorn's ``send_400_response``) the same way, and
+  never a second response: uvicorn's 400 after an endpoint began its answer, or the endpoint's answer
+  after uvicorn's 400, raised in h11 and logged a traceback.
 
 We accept connections ourselves (:class:`HttpListener`) and hand them to uvicorn: asyncio's
 own accept loop (``loop.create_server``), when descriptors run out, goes on calling
@@ -28,6 +38,7 @@ import asyncio
 import errno
 import json
 import logging
+import re
 import resource
 import socket
 import time
@@ -50,6 +61,9 @@ log = logging.getLogger("minipacs.web")
 LOG_EVERY: Final = 10.0
 #: Seconds a refused client is told to wait.
 RETRY_AFTER: Final = 1
+#: The blank line that ends a request head, as h11 finds it (h11/_receivebuffer.py): CRLF CRLF,
+#: or with bare LFs.
+BLANK_LINE: Final = re.compile(rb"\n\r?\n")
 
 
 def _raw_response(status: str, message: str, retry_after: int | None = None) -> bytes:
@@ -68,13 +82,15 @@ class ConnectionGuard:
 
     max_connections: int
     header_timeout: float
+    max_header_bytes: int = 16 * 1024
     refused: int = 0
     timed_out: int = 0
+    too_large: int = 0
     _last_log: float = field(default=0.0, repr=False)
 
     @classmethod
     def of(cls, settings: Settings) -> ConnectionGuard:
-        return cls(settings.http_max_connections, settings.http_header_timeout)
+        return cls(settings.http_max_connections, settings.http_header_timeout, settings.http_max_header_bytes)
 
     def note(self) -> None:
         now = time.monotonic()
@@ -82,12 +98,14 @@ class ConnectionGuard:
             self._last_log = now
             log.warning(
                 "HTTP: %d connection(s) refused at http_max_connections = %d, %d closed for sending no "
-                "complete request head within http_header_timeout = %g s (this is logged at most every "
-                "%g s)",
+                "complete request head within http_header_timeout = %g s, %d request head(s) refused over "
+                "http_max_header_bytes = %d (this is logged at most every %g s)",
                 self.refused,
                 self.max_connections,
                 self.timed_out,
                 self.header_timeout,
+                self.too_large,
+                self.max_header_bytes,
                 LOG_EVERY,
             )
 
@@ -98,6 +116,27 @@ class ConnectionGuard:
             f"this server already has {self.max_connections} HTTP "
             "connections open (http_max_connections); try again shortly",
             RETRY_AFTER,
+        )
+
+    def head_too_large(self, line_only: bool) -> bytes:
+        limit = f"http_max_header_bytes ({self.max_header_bytes} bytes)"
+        if line_only:
+            return _raw_response(
+                "414 URI Too Long",
+                f"the request line is longer than {limit}; put the query in fewer or shorter parameters",
+            )
+        return _raw_response(
+            "431 Request Header Fields Too Large",
+            f"the request head (request line and header fields) is larger than {limit}; "
+            "send fewer or shorter header fields (cookies, tokens)",
+        )
+
+    @property
+    def bad_request(self) -> bytes:
+        return _raw_response(
+            "400 Bad Request",
+            "the request's head, or the framing of its body (Content-Length, chunked coding), cannot be read "
+            "(RFC 9112)",
         )
 
     @property
@@ -113,6 +152,14 @@ def guarded_protocol(guard: ConnectionGuard) -> type[H11Protocol]:
 
     class GuardedH11Protocol(H11Protocol):
         _header_timer: asyncio.TimerHandle | None = None
+        #: the request head being received: its bytes so far, whether its request line is complete within
+        #: the limit, and the last bytes of the previous read (the blank line ending the head may straddle
+        #: two reads)
+        _head_bytes = 0
+        _line_fits = False
+        _head_tail = b""
+        #: refused: what the client still sends is dropped until it closes or this timer closes
+        _linger: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)  # type: ignore[arg-type]
@@ -120,7 +167,71 @@ def guarded_protocol(guard: ConnectionGuard) -> type[H11Protocol]:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_header_timer()
+            if self._linger is not None:
+                self._linger.cancel()
             super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._linger is not None or self.conn.their_state is h11.ERROR:
+                return  # refused: read and dropped (RFC 9112 §9.6); h11 would refuse each read again
+            if self.conn.their_state is h11.IDLE and self._head_too_large(data):
+                return
+            super().data_received(data)
+
+        def send_400_response(self, msg: str) -> None:
+            """uvicorn's answer when h11 refuses what the client sent (uvicorn has logged one warning).
+            h11 takes a response only while ours has not begun. Then the app, if it still runs, must not
+            answer too: its response raised LocalProtocolError in h11, a logged traceback, so it is told
+            the client left. Once ours has begun (the app answered without reading the body), that one
+            is the answer, and uvicorn's 400 raised out of data_received, a logged traceback: the
+            connection is closed when our response is complete."""
+            cycle = self.cycle
+            answering = cycle is not None and not cycle.response_complete
+            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                # uvicorn's 400 closed at once: a client still sending (an upload) got a reset, not the 400
+                self._answer_and_linger(guard.bad_request)
+                if cycle is not None and answering:
+                    cycle.disconnected = True  # its send() is a no-op, its receive() http.disconnect
+                    cycle.message_event.set()
+            elif cycle is not None and answering:
+                cycle.keep_alive = False
+            else:
+                self.transport.close()
+
+        def _head_too_large(self, data: bytes) -> bool:
+            """Count ``data`` into the request head; at more than the limit, answer 431 (or 414) and
+            linger. The head ends at the first blank line, found as h11 finds it."""
+            seen = self._head_tail + data
+            end = BLANK_LINE.search(seen)
+            size = self._head_bytes + (end.end() if end else len(seen)) - len(self._head_tail)
+            line_end = -1 if self._line_fits else seen.find(b"\n")
+            if line_end >= 0:
+                self._line_fits = self._head_bytes + line_end + 1 - len(self._head_tail) <= guard.max_header_bytes
+            if size > guard.max_header_bytes:
+                self._refuse_head(line_only=not self._line_fits)
+                return True
+            if end is not None:  # complete: the next head is counted from its first byte
+                self._head_bytes, self._line_fits, self._head_tail = 0, False, b""
+            else:
+                self._head_bytes, self._head_tail = size, seen[-2:]
+            return False
+
+        def _refuse_head(self, *, line_only: bool) -> None:
+            guard.too_large += 1
+            guard.note()
+            self._answer_and_linger(guard.head_too_large(line_only))
+
+        def _answer_and_linger(self, response: bytes) -> None:
+            """Send ``response`` (it says Connection: close), shut our side, and read and drop what the
+            client still sends until it closes (RFC 9112 §9.6): closing with its bytes unread would
+            reset the connection, and the client, still writing, would never read the answer."""
+            self._cancel_header_timer()
+            self.transport.write(response)
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            # the client closes when it has read the answer (eof_received closes ours); one that does
+            # not is closed after http_header_timeout, as a client that sends no head at all
+            self._linger = self.loop.call_later(guard.header_timeout, self.transport.close)
 
         def handle_events(self) -> None:
             super().handle_events()
@@ -334,7 +445,10 @@ def check_fd_budget(settings: Settings, soft: int) -> None:
 
 def uvicorn_options(guard: ConnectionGuard) -> dict[str, Any]:
     """``uvicorn.Config`` keyword arguments for the limits above."""
-    return {"http": guarded_protocol(guard)}
+    # h11's own bound on a head still incomplete, the same: a head that arrives while the previous request
+    # is still answered (pipelining) is not counted by us; h11 has uvicorn answer 400 when it is still
+    # incomplete past this, and one that arrived whole in one read is served
+    return {"http": guarded_protocol(guard), "h11_max_incomplete_event_size": guard.max_header_bytes}
 
 
 __all__ = [

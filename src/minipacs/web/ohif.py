@@ -14,11 +14,11 @@ from pathlib import Path
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, Response
-from starlette.staticfiles import StaticFiles
+from starlette.responses import HTMLResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from minipacs.config import Settings
+from minipacs.web.byteranges import RangedFileResponse, RangedStaticFiles
 
 PREFIX = "/ohif/"
 CONFIG_NAME = "app-config.js"
@@ -107,11 +107,11 @@ class OhifApp:
             css = rebase_css((dist / rel).read_text(encoding="utf-8", errors="surrogateescape"))
             response = Response(css.encode("utf-8", "surrogateescape"), media_type="text/css")
         elif rel == CONFIG_NAME and (self.folder / CONFIG_NAME).is_file():
-            response = FileResponse(
+            response = RangedFileResponse(
                 self.folder / CONFIG_NAME, media_type="text/javascript", headers={"Cache-Control": "no-cache"}
             )
         else:
-            static = StaticFiles(directory=dist, html=True)
+            static = RangedStaticFiles(directory=dist, html=True)
             try:
                 await static(scope, receive, send)
                 return
@@ -123,7 +123,7 @@ class OhifApp:
 
     @staticmethod
     def index(dist: Path) -> Response:
-        return FileResponse(dist / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
+        return RangedFileResponse(dist / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
 
 
 __all__ = ["OhifApp", "dist_dir", "install_dir", "rebase"]

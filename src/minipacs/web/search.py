@@ -82,6 +82,9 @@ QIDO_EXTRA_KEYS: Final[Mapping[Level, tuple[str, ...]]] = {
 CONTROL_PARAMS: Final = frozenset(
     {"limit", "offset", "includefield", "fuzzymatching", "level", "accept", "charset", LABELS_PARAM}
 )
+#: Parameters that may be given more than once: ``includefield`` (PS3.18 8.3.4.3: "one or more") and
+#: ``labels`` (they add up). Any other, attribute key or not, is one value (PS3.18 8.3.4.1, Table 8.3.4-1).
+REPEATABLE_PARAMS: Final = frozenset({"includefield", LABELS_PARAM})
 #: Multi-valued keys whose JSON object gets ``"Value": []`` when empty, instead of no "Value" member (PS3.18
 #: F.2.5 allows either reading: no Value is "zero length"). The OHIF viewer that ``minipacs ohif install`` pins
 #: (3.x, ``getModalities``) reads ``ModalitiesInStudy.Value.length`` without a check, and one study without a
@@ -188,6 +191,45 @@ def ascii_digits(raw: str) -> bool:
     return 0 < len(raw) <= MAX_DIGITS and raw.isascii() and raw.isdigit()
 
 
+def refuse_repeats(params: Iterable[tuple[str, str]]) -> None:
+    """400 for a parameter other than :data:`REPEATABLE_PARAMS` given twice (by name; an attribute key
+    named twice by keyword and by tag is found by :func:`identifier`). PS3.18 8.3.4.1: a match is one
+    attribute and one value (a UID list: one comma-separated value); several values of one key are
+    Multiple Value Matching (PS3.4 C.2.2.2.8), which the search does not offer. The last value used to win
+    silently, an answer to a question the client did not ask; PS3.18 8.3: an invalid value is a 400."""
+    seen: set[str] = set()
+    for name, _ in params:
+        if name in REPEATABLE_PARAMS:
+            continue
+        if name in seen:
+            raise _repeated(name, "" if name in CONTROL_PARAMS else _vr_of(name))
+        seen.add(name)
+
+
+def _vr_of(name: str) -> str:
+    """The VR of the attribute a parameter names, or "" when it names none (the hint then says less)."""
+    try:
+        return str(dictionary_VR(key_path(name)[-1]))
+    except (HttpError, KeyError):
+        return ""
+
+
+def _repeated(name: str, vr: str = "") -> HttpError:
+    hint = (
+        f"several UIDs go in one comma-separated value ({name}=1.2.3,1.2.4)"
+        if vr == "UI"
+        else "give it once (wildcards * and ? match several values)"
+        if vr
+        else "give it once"
+    )
+    return HttpError(
+        400,
+        "repeated_parameter",
+        f"{name} is given more than once; it takes one value (PS3.18 8.3.4.1), so the search would not say "
+        f"which one it answers: {hint}",
+    )
+
+
 def _int_param(params: Mapping[str, str], name: str, default: int, maximum: int) -> int:
     raw = params.get(name)
     if raw is None or raw == "":
@@ -269,6 +311,7 @@ def identifier(
 
     for keyword in DEFAULT_KEYS[level] if defaults is None else defaults:
         put([tag_of(keyword)], "")
+    matched: set[tuple[int, ...]] = set()  # the keys given a value, by tags: PatientID and 00100020 are one
     for name, value in params:
         if name in CONTROL_PARAMS and name != "includefield":
             continue
@@ -281,7 +324,11 @@ def identifier(
                     if below is None or _DEPTH[below] <= _DEPTH[level]:
                         put(path, "", keep=True)
             continue
-        put(key_path(name), value)
+        path = key_path(name)
+        if tuple(path) in matched:
+            raise _repeated(".".join(keyword_for_tag(tag) or f"{tag:08X}" for tag in path), dictionary_VR(path[-1]))
+        matched.add(tuple(path))
+        put(path, value)
     for keyword, value in fixed.items():
         put([tag_of(keyword)], value)
     put([_QR_LEVEL], level.value)
@@ -317,6 +364,7 @@ async def search(
     REST API's ``complete=false``: studies without a Study Status ID. ``labels=a,b``: studies
     carrying both labels (core/labels.py; several ``labels`` parameters add up). ``defaults``: the
     keys every match returns (:func:`identifier`)."""
+    refuse_repeats(params)
     query = dict(params)
     labels = parse_labels(",".join(v for k, v in params if k == LABELS_PARAM))
     if labels and level is not Level.STUDY:  # the engine could (rule filters do); searches keep it simple
@@ -343,12 +391,14 @@ __all__ = [
     "DEFAULT_KEYS",
     "KEY_LEVELS",
     "QIDO_EXTRA_KEYS",
+    "REPEATABLE_PARAMS",
     "all_keys",
     "qido_defaults",
     "LABELS_PARAM",
     "ascii_digits",
     "identifier",
     "page_size",
+    "refuse_repeats",
     "key_path",
     "search",
     "tag_of",

@@ -21,7 +21,6 @@ from pydicom.datadict import keyword_for_tag
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute
-from starlette.staticfiles import StaticFiles
 
 from minipacs.core.audit import Action
 from minipacs.core.compression import Compressor
@@ -35,6 +34,7 @@ from minipacs.index.matching import wildcard_match
 from minipacs.services import status
 from minipacs.services.status import Status
 from minipacs.web import audit, login
+from minipacs.web.byteranges import RangedStaticFiles
 from minipacs.web.completion import completed_studies
 from minipacs.web.errors import HttpError, classify, redact
 from minipacs.web.pages import json_tag_rows, may, path_for, person, render, text
@@ -646,7 +646,11 @@ def routes() -> list[BaseRoute]:
         ),
         # our own script and style sheet: no patient data, and the login page needs them
         GuardedMount(
-            "/static", StaticFiles(directory=STATIC_DIR), "public", "The UI's script and style sheet", name="static"
+            "/static",
+            RangedStaticFiles(directory=STATIC_DIR),
+            "public",
+            "The UI's script and style sheet",
+            name="static",
         ),
     ]
 
