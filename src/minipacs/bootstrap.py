@@ -135,7 +135,7 @@ def job_queue(settings: Settings, archive: Archive, nodes: NodeRegistry, calls: 
     register_routing_jobs(queue, calls, nodes, anonymizer=deid)
     register_retention_job(queue, archive, settings.retention, settings.retention_max_deletions)
     if settings.backup_dir:
-        register_backup_job(queue, archive, Path(settings.backup_dir))
+        register_backup_job(queue, archive, Path(settings.backup_dir), storage_dir(Path(settings.backup_dir)))
     register_anonymize_job(queue, deid)
     register_compression_jobs(queue, compressor(settings, archive))
     corrector = corrections(settings, archive)
@@ -227,12 +227,18 @@ def archive_settings(settings: Settings) -> ArchiveSettings:
     )
 
 
+def storage_dir(data_dir: Path) -> Path:
+    """Where the files of a data folder's archive live, when its storage is files (DATA/storage): also
+    the layout a backup writes (core/backup.py), so that it is a data folder too."""
+    return data_dir / "storage"
+
+
 def blob_store(settings: Settings) -> BlobStore:
     """Where stored instances live: files under DATA/storage, or the S3 bucket of ``storage``
     (checked now: a bucket that cannot be reached stops the start with what to do). Blocking."""
     data_dir = settings.data_dir.resolve()
     if not settings.storage:
-        return FilesystemBlobStore(data_dir / "storage", fsync=settings.fsync)
+        return FilesystemBlobStore(storage_dir(data_dir), fsync=settings.fsync)
     store = S3BlobStore(
         parse_s3_url(settings.storage),
         data_dir / "tmp",

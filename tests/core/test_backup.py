@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from pydicom.uid import generate_uid
 
-from minipacs.bootstrap import open_archive
+from minipacs.bootstrap import open_archive, storage_dir
 from minipacs.config import Settings
 from minipacs.core import backup as backup_module
 from minipacs.core.archive import Archive
@@ -64,15 +64,15 @@ def test_a_backup_is_a_data_folder_and_the_next_one_copies_only_what_changed(tmp
             first, second = str(generate_uid()), str(generate_uid())
             kept = await _store(archive, tmp_path / "in", first, 3)
             gone = await _store(archive, tmp_path / "in", second, 2)
-            report = await backup(archive, dest)
+            report = await backup(archive, dest, storage_dir(dest))
             assert (report.instances, report.copied, report.present, report.removed) == (5, 5, 0, 0)
             assert report.index_copies == 1 and report.copied_bytes > 0 and not report.lost
             assert sorted(os.listdir(dest)) == [".minipacs-backup.lock", "index.sqlite3", "storage"]
-            again = await backup(archive, dest)  # nothing changed: nothing copied
+            again = await backup(archive, dest, storage_dir(dest))  # nothing changed: nothing copied
             assert (again.instances, again.copied, again.present, again.removed) == (5, 0, 5, 0)
             await delete_resource(archive, "study", second)
             added = await _store(archive, tmp_path / "in", first, 2)
-            third = await backup(archive, dest)
+            third = await backup(archive, dest, storage_dir(dest))
             assert (third.instances, third.copied, third.present, third.removed) == (5, 2, 3, 2)
         finally:
             await archive.close()
@@ -88,7 +88,7 @@ def test_the_copy_is_byte_for_byte_and_the_index_is_a_file_of_its_own(tmp_path: 
         archive = await open_archive(Settings(data_dir=tmp_path / "data", fsync=False))
         try:
             await _store(archive, tmp_path / "in", str(generate_uid()), 2)
-            await backup(archive, tmp_path / "backup")
+            await backup(archive, tmp_path / "backup", storage_dir(tmp_path / "backup"))
         finally:
             await archive.close()
 
@@ -129,7 +129,7 @@ def test_a_study_deleted_after_the_index_was_copied_makes_it_copy_the_index_agai
                 calls.append(dest)
 
             monkeypatch.setattr(archive, "snapshot_index", snapshot)
-            report = await backup(archive, tmp_path / "backup")
+            report = await backup(archive, tmp_path / "backup", storage_dir(tmp_path / "backup"))
             assert report.index_copies == 2 and report.instances == 2 and not report.lost
         finally:
             await archive.close()
@@ -146,7 +146,7 @@ def test_a_file_the_archive_itself_lost_is_named_and_the_rest_backed_up(tmp_path
             await _store(archive, tmp_path / "in", str(generate_uid()), 3)
             key = await archive.read(lambda c: c.exec_driver_sql("SELECT blob_key FROM instances LIMIT 1").scalar_one())
             archive.blobs.path_of(key).unlink()  # the storage lost it
-            report = await backup(archive, tmp_path / "backup")
+            report = await backup(archive, tmp_path / "backup", storage_dir(tmp_path / "backup"))
             assert report.lost == (key,) and report.instances == 3 and report.copied == 2
             assert report.index_copies == 2  # missing from two copies of the index in a row: lost, not deleted
         finally:
@@ -163,7 +163,7 @@ def test_deletions_that_never_stop_fail_the_backup_and_leave_the_previous_one(
         loop = asyncio.get_running_loop()
         try:
             first = await _store(archive, tmp_path / "in", str(generate_uid()), 2)
-            await backup(archive, tmp_path / "backup")
+            await backup(archive, tmp_path / "backup", storage_dir(tmp_path / "backup"))
             real = archive.snapshot_index
 
             def snapshot(dest: Path) -> None:  # before each copy a new study arrives, after it it is deleted
@@ -174,7 +174,7 @@ def test_deletions_that_never_stop_fail_the_backup_and_leave_the_previous_one(
 
             monkeypatch.setattr(archive, "snapshot_index", snapshot)
             with pytest.raises(BackupFailed, match="deleted before they could be copied, 5 times over"):
-                await backup(archive, tmp_path / "backup")
+                await backup(archive, tmp_path / "backup", storage_dir(tmp_path / "backup"))
         finally:
             await archive.close()
         assert not (tmp_path / "backup" / "index.sqlite3.partial").exists()
@@ -189,7 +189,7 @@ def test_an_interrupted_copy_leaves_the_previous_backup_usable(tmp_path: Path, m
         archive = await open_archive(Settings(data_dir=tmp_path / "data", fsync=False))
         try:
             first = await _store(archive, tmp_path / "in", str(generate_uid()), 2)
-            await backup(archive, tmp_path / "backup")
+            await backup(archive, tmp_path / "backup", storage_dir(tmp_path / "backup"))
             await _store(archive, tmp_path / "in", str(generate_uid()), 3)
             copied: list[Any] = []
 
@@ -201,7 +201,7 @@ def test_an_interrupted_copy_leaves_the_previous_backup_usable(tmp_path: Path, m
 
             monkeypatch.setattr(backup_module.shutil, "copyfile", failing_copy)
             with pytest.raises(OSError, match="No space left"):
-                await backup(archive, tmp_path / "backup")
+                await backup(archive, tmp_path / "backup", storage_dir(tmp_path / "backup"))
         finally:
             await archive.close()
         sops, consistent = await _restored(tmp_path / "backup")
@@ -220,7 +220,7 @@ def test_a_backup_folder_that_overlaps_the_archive_is_refused(tmp_path: Path, wh
         archive = await open_archive(Settings(data_dir=data, fsync=False))
         try:
             with pytest.raises(BackupRefused, match="must not contain each other"):
-                await backup(archive, dest)
+                await backup(archive, dest, storage_dir(dest))
         finally:
             await archive.close()
 
@@ -237,7 +237,7 @@ def test_two_backups_into_one_folder_at_once_are_refused(tmp_path: Path) -> None
         archive = await open_archive(Settings(data_dir=tmp_path / "data", fsync=False))
         try:
             with pytest.raises(BackupRefused, match="another minipacs backup is writing into"):
-                await backup(archive, dest)
+                await backup(archive, dest, storage_dir(dest))
         finally:
             await archive.close()
 
@@ -253,7 +253,7 @@ def test_an_index_on_postgresql_is_refused_with_what_to_do(tmp_path: Path) -> No
         archive = await open_archive(Settings(data_dir=tmp_path / "data", index_url=url, fsync=False))
         try:
             with pytest.raises(BackupRefused, match="the index is on PostgreSQL: back it up with pg_dump"):
-                await backup(archive, tmp_path / "backup")
+                await backup(archive, tmp_path / "backup", storage_dir(tmp_path / "backup"))
         finally:
             await archive.close()
 
@@ -275,7 +275,7 @@ def test_s3_storage_is_refused_with_what_to_do(tmp_path: Path, s3_server: Any) -
         archive = await open_archive(settings)
         try:
             with pytest.raises(BackupRefused, match="the storage is S3: back it up with the bucket's versioning"):
-                await backup(archive, tmp_path / "backup")
+                await backup(archive, tmp_path / "backup", storage_dir(tmp_path / "backup"))
         finally:
             await archive.close()
 

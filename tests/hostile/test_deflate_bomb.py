@@ -281,7 +281,8 @@ def test_a_deflated_instance_within_the_limits_still_reads(tmp_path: Path, count
     async def body(archive: Archive) -> None:
         outcome = await _ingest(archive, ds, deflated)
         path = archive.blobs.path_of(outcome.relative_path)
-        text = compute(path, "s", "r", "i", archive.settings.dataset_limits)
+        uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        text = compute(path, *uids, archive.settings.dataset_limits)
         assert '"00100020":{"vr":"LO","Value":["P1"]}' in text
         assert len(pixel_frames(path, [1], decode=False, limits=archive.settings.dataset_limits)[0]) == 64 * 64 * 2
         assert pydicom.dcmread(io.BytesIO(transcode_part10(path, EXPLICIT))).PatientID == "P1"

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from pydicom.uid import generate_uid
 
-from minipacs.bootstrap import open_archive
+from minipacs.bootstrap import open_archive, storage_dir
 from minipacs.config import ConfigError, Settings
 from minipacs.core.backup import register_backup_job
 from minipacs.core.jobs import JobQueue, JobSettings, JobState
@@ -42,7 +42,7 @@ def _serve(tmp_path: Path, body: Any, **settings: Any) -> None:
         metadata.attach()
         queue = JobQueue(archive, JobSettings(poll_seconds=0.05, progress_seconds=0.1, stale_seconds=5))
         if config.backup_dir:
-            register_backup_job(queue, archive, Path(config.backup_dir))
+            register_backup_job(queue, archive, Path(config.backup_dir), storage_dir(Path(config.backup_dir)))
         app = create_app(AppContext(config, archive, metadata, jobs=queue))
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5555))
         try:

@@ -32,11 +32,11 @@ def register(sub: Any) -> None:
 
 
 async def _backup(settings: Settings, dest: Path) -> BackupReport:
-    from minipacs.bootstrap import open_archive
+    from minipacs.bootstrap import open_archive, storage_dir
 
     archive = await open_archive(settings)
     try:
-        return await backup(archive, dest)
+        return await backup(archive, dest, storage_dir(dest))
     finally:
         await archive.close()
 

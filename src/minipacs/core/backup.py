@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any, Final
 
 from minipacs.core.archive import Archive
-from minipacs.core.errors import ArchiveError
 from minipacs.core.intake import syncfs
 from minipacs.core.jobs import JobContext, JobFailed, JobQueue, every
 from minipacs.index import backup_repo
@@ -51,11 +50,11 @@ PARTIAL_SUFFIX: Final = ".partial"
 LOCK_NAME: Final = ".minipacs-backup.lock"
 
 
-class BackupRefused(ArchiveError):
+class BackupRefused(Exception):
     """This archive, or this destination, cannot have a backup here; the message says why and what to do."""
 
 
-class BackupFailed(ArchiveError):
+class BackupFailed(Exception):
     """The backup could not be completed; the previous backup in the destination is untouched."""
 
 
@@ -72,8 +71,9 @@ class BackupReport:
     lost: tuple[str, ...] = ()  # blob keys the index names whose files the archive itself lacks
 
 
-async def backup(archive: Archive, dest: Path) -> BackupReport:
-    """Back ``archive`` up into ``dest`` (see the module's text). Raises BackupRefused or BackupFailed."""
+async def backup(archive: Archive, dest: Path, dest_storage: Path) -> BackupReport:
+    """Back ``archive`` up into ``dest``, its files into ``dest_storage`` (the storage folder of a data
+    folder at ``dest``: bootstrap.py's layout). Raises BackupRefused or BackupFailed."""
     root = getattr(archive.blobs, "root", None)
     if not isinstance(root, Path):
         raise BackupRefused(
@@ -95,11 +95,10 @@ async def backup(archive: Archive, dest: Path) -> BackupReport:
             )
     started = time.monotonic()
     live = await archive.read(backup_repo.blob_keys)
-    return await asyncio.to_thread(_run, archive, root, dest, live, started)
+    return await asyncio.to_thread(_run, archive, root, dest, dest_storage.resolve(), live, started)
 
 
-def _run(archive: Archive, root: Path, dest: Path, live: set[str], started: float) -> BackupReport:
-    storage = dest / "storage"
+def _run(archive: Archive, root: Path, dest: Path, storage: Path, live: set[str], started: float) -> BackupReport:
     storage.mkdir(parents=True, exist_ok=True)
     lock = os.open(dest / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -227,13 +226,13 @@ def summary(report: BackupReport) -> str:
     return said
 
 
-def register_backup_job(queue: JobQueue, archive: Archive, dest: Path) -> None:
-    """The "backup" kind into ``dest`` (setting ``backup_dir``): run again after a restart (a backup is
-    idempotent: what is there already is not copied again)."""
+def register_backup_job(queue: JobQueue, archive: Archive, dest: Path, dest_storage: Path) -> None:
+    """The "backup" kind into ``dest`` (setting ``backup_dir``; its files into ``dest_storage``): run
+    again after a restart (a backup is idempotent: what is there already is not copied again)."""
 
     async def handler(job: JobContext) -> str:
         try:
-            report = await backup(archive, dest)
+            report = await backup(archive, dest, dest_storage)
         except BackupRefused as exc:
             raise JobFailed(str(exc)) from exc
         job.details.update(
