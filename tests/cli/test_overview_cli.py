@@ -53,3 +53,4 @@ def test_overview_shows_arrivals_storage_and_a_failing_job(tmp_path: Path, capsy
     assert "stored: 1 studies, 2 instances" in text
     assert "0 queued, 0 running, 1 failed" in text
     assert "refused the connection: is its DICOM service running?" in text
+    assert "last backup: no backup job has succeeded" in text and out["last_backup"] is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,9 @@ def test_a_backup_job_from_rest_and_its_status(tmp_path: Path) -> None:
             assert r.status_code == 200
         status = (await client.get("/api/backup", headers=ada)).json()
         assert status == {"backup_dir": str(dest), "interval_seconds": 86400.0, "last_job": None}
+        page = (await client.get("/ui/overview", headers=ada)).text
+        assert "No backup job has succeeded here" in page and 'id="last-backup"' not in page
+        assert "minipacs_backup_last_success_timestamp_seconds" not in (await client.get("/metrics", headers=ada)).text
         assert (await client.post("/api/backup", headers=oli)).status_code == 403  # an operator may not
         assert (await client.get("/api/backup", headers=oli)).status_code == 403
         await queue.start()
@@ -77,6 +81,11 @@ def test_a_backup_job_from_rest_and_its_status(tmp_path: Path) -> None:
         assert job.message.startswith(f"backup of 3 instance(s) in {dest}: 3 file(s) copied")
         last = (await client.get("/api/backup", headers=ada)).json()["last_job"]
         assert last["id"] == job.id and last["state"] == "done"
+        page = (await client.get("/ui/overview", headers=ada)).text
+        assert 'id="last-backup"' in page and "backup of 3 instance(s)" in page
+        scraped = (await client.get("/metrics", headers=ada)).text
+        [line] = [x for x in scraped.splitlines() if x.startswith("minipacs_backup_last_success_timestamp_seconds ")]
+        assert abs(float(line.split()[1]) - time.time()) < 120
 
     _serve(tmp_path, body, backup_dir=str(dest))
 

@@ -71,6 +71,12 @@ def render(out: dict[str, Any]) -> str:
         )
     if not out["failing_jobs"] and not out["failing_destinations"]:
         lines.append("nothing is failing")
+    backup = out["last_backup"]
+    lines.append(
+        f"last backup: {(backup['finished_at'] or '')[:19].replace('T', ' ')} UTC, {backup['message']}"
+        if backup
+        else "last backup: no backup job has succeeded (backup_dir; minipacs backup from cron is not tracked here)"
+    )
     return "\n".join(lines)
 
 

@@ -110,6 +110,7 @@ class Metrics(Collector):
         self.storage: dict[str, int] = {}
         self.jobs: dict[str, int] = {}
         self.deliveries: dict[Labels, int] = {}  # (destination, status)
+        self.last_backup: float | None = None  # Unix time of the newest backup job that succeeded
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -166,6 +167,9 @@ class Metrics(Collector):
             "bytes": instance_bytes,
             "free_bytes": free_bytes,
         }
+
+    def set_last_backup(self, finished: float | None) -> None:
+        self.last_backup = finished
 
     def set_jobs(self, by_state: Mapping[str, int], states: tuple[str, ...]) -> None:
         self.jobs = {state: by_state.get(state, 0) for state in states}
@@ -250,6 +254,12 @@ class Metrics(Collector):
         ):
             if key in self.storage:
                 yield GaugeMetricFamily(name, documentation, value=self.storage[key])
+        if self.last_backup is not None:
+            yield GaugeMetricFamily(
+                "minipacs_backup_last_success_timestamp_seconds",
+                "When the newest backup job that succeeded ended (Unix time; core/backup.py)",
+                value=self.last_backup,
+            )
         jobs = GaugeMetricFamily("minipacs_jobs", "Jobs in the persistent queue, by state", labels=["state"])
         for state, count in self.jobs.items():
             jobs.add_metric([state], count)

@@ -3,7 +3,8 @@ and of ``minipacs overview``, gathered once here.
 
 What arrived in the last hour and day (an indexed range of instance rows), the storage, the job
 queue by state, the jobs that are failing (failed in the last day, or waiting to try again after an
-error), and the routing destinations failing (deliveries retrying or failed in the last day).
+error), the routing destinations failing (deliveries retrying or failed in the last day), and the
+last backup that succeeded.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from minipacs.core.archive import Archive
+from minipacs.core.backup import KIND as BACKUP_KIND
 from minipacs.core.jobs import JobQueue, JobState
 from minipacs.core.routing import failing_destinations
 from minipacs.core.stats import Arrivals, StorageFigures, arrivals, storage_figures
@@ -32,6 +34,8 @@ class Overview:
     counts: dict[str, int]  # jobs by state ({} without a queue)
     failing: list[dict[str, Any]]  # jobs, as GET /api/jobs/{id} shows them
     destinations: list[dict[str, Any]]  # core/routing.py failing_destinations
+    #: The newest backup job that succeeded (core/backup.py), as GET /api/jobs/{id} shows it; None: none.
+    last_backup: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -40,6 +44,7 @@ class Overview:
             "jobs": self.counts,
             "failing_jobs": self.failing,
             "failing_destinations": self.destinations,
+            "last_backup": self.last_backup,
         }
 
 
@@ -67,7 +72,11 @@ async def overview(archive: Archive, queue: JobQueue | None, now: dt.datetime | 
         if queue is not None
         else []
     )
+    backups = (
+        await queue.list(states=(JobState.DONE.value,), kinds=(BACKUP_KIND,), limit=1) if queue is not None else []
+    )
     return Overview(
+        last_backup=backups[0].to_dict() if backups else None,
         hour=await arrivals(archive, now - dt.timedelta(hours=1)),
         day=await arrivals(archive, now - dt.timedelta(days=1)),
         figures=await storage_figures(archive),

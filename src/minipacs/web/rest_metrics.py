@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
+from minipacs.core.backup import KIND as BACKUP_KIND
 from minipacs.core.jobs import JobState
 from minipacs.core.routing import delivery_counts
 from minipacs.core.stats import storage_figures
@@ -35,6 +36,9 @@ async def metrics(request: Request) -> Response:
     )
     if context.jobs is not None:
         context.metrics.set_jobs(await context.jobs.counts(), tuple(state.value for state in JobState))
+        done = await context.jobs.list(states=(JobState.DONE.value,), kinds=(BACKUP_KIND,), limit=1)
+        finished = done[0].finished_at if done else None
+        context.metrics.set_last_backup(finished.timestamp() if finished is not None else None)
     context.metrics.set_deliveries(await delivery_counts(context.archive))
     return Response(context.metrics.exposition(), media_type=TEXT_FORMAT)
 

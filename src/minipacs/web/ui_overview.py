@@ -35,6 +35,7 @@ async def overview_page(request: Request) -> Response:
         failing=seen.failing,
         refusals=_refusals(request),
         destinations=seen.destinations,
+        last_backup=seen.last_backup,
     )
 
 
