@@ -243,3 +243,25 @@ def test_the_crl_setting_reaches_the_listener_and_our_requestor(tmp_path: Path, 
 
     listener, requestor = asyncio.run(main())
     assert isinstance(listener, ReloadingContext) and isinstance(requestor, ReloadingContext)
+
+
+def test_the_doctor_warns_a_day_before_a_crl_is_due_and_when_it_is_out_of_date(
+    tmp_path: Path, pki: Certificates
+) -> None:
+    from minipacs.services.doctor import check_crl_file
+
+    crl = tmp_path / "crl.pem"
+    now = dt.datetime.now(dt.UTC)
+    write_crl(pki, crl, this_update=now - dt.timedelta(days=1), next_update=dt.timedelta(days=7))
+    fine = check_crl_file(str(crl))
+    assert fine.ok and fine.verdict.startswith(f"1 CRL(s) in {crl}, none due within a day; the next is due ")
+    write_crl(pki, crl, this_update=now - dt.timedelta(days=6, hours=12), next_update=dt.timedelta(days=7))
+    soon = check_crl_file(str(crl))
+    assert not soon.ok and f"CRL 1 of {crl} is due in 12 hour(s)" in soon.verdict
+    assert "tls_crl_file" in soon.fix and "no restart needed" in soon.fix and soon.cause
+    write_crl(pki, crl, this_update=now - dt.timedelta(days=8), next_update=dt.timedelta(days=7))
+    late = check_crl_file(str(crl))
+    assert not late.ok and "is out of date" in late.verdict
+    crl.write_bytes(b"not a CRL")
+    broken = check_crl_file(str(crl))
+    assert not broken.ok and "holds no PEM CRL" in broken.verdict

@@ -37,6 +37,7 @@ from minipacs.services.doctor import (
     ListenerReport,
     LogWatch,
     NodeReport,
+    check_crl_file,
     check_listener,
     check_nodes,
 )
@@ -220,7 +221,10 @@ async def _listeners(settings: Settings, doctor: Doctor) -> list[ListenerReport]
         checks.append(check_listener(doctor, "HTTP listener", settings.http_host, settings.http_port, dicom=False))
     if settings.hl7_port:
         checks.append(check_listener(doctor, "HL7 listener", settings.hl7_host, settings.hl7_port, dicom=False))
-    return list(await asyncio.gather(*checks))
+    reports = list(await asyncio.gather(*checks))
+    if settings.tls_crl_file:
+        reports.append(await asyncio.to_thread(check_crl_file, settings.tls_crl_file))
+    return reports
 
 
 async def _whole_site(args: argparse.Namespace, settings: Settings, index: IndexOnly, registry: NodeRegistry) -> int:

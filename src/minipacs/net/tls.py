@@ -162,9 +162,11 @@ def _load_crl(ctx: ssl.SSLContext, crl_file: str) -> list[CrlInfo]:
     return crls
 
 
-def crl_warnings(crls: list[CrlInfo], crl_file: str, now: dt.datetime | None = None) -> list[str]:
-    """Sentences about CRLs that are out of date (every certificate their CA issued is then refused)
-    or carry no nextUpdate."""
+def crl_warnings(
+    crls: list[CrlInfo], crl_file: str, now: dt.datetime | None = None, soon: dt.timedelta = dt.timedelta(0)
+) -> list[str]:
+    """Sentences about CRLs that are out of date (every certificate their CA issued is then refused),
+    or due within ``soon`` (the doctor warns a day ahead)."""
     now = now or dt.datetime.now(dt.UTC)
     words: list[str] = []
     for crl in crls:
@@ -174,6 +176,12 @@ def crl_warnings(crls: list[CrlInfo], crl_file: str, now: dt.datetime | None = N
             words.append(
                 f"CRL {crl.number} of {crl_file} is out of date (its nextUpdate {crl.next_update:%Y-%m-%d %H:%M} "
                 "UTC has passed): every certificate of its CA is refused until a newer CRL replaces it"
+            )
+        elif crl.next_update - now < soon:
+            hours = (crl.next_update - now).total_seconds() / 3600
+            words.append(
+                f"CRL {crl.number} of {crl_file} is due in {hours:.0f} hour(s) (nextUpdate "
+                f"{crl.next_update:%Y-%m-%d %H:%M} UTC): after that every certificate of its CA is refused"
             )
     return words
 

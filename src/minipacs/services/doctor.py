@@ -52,7 +52,7 @@ from minipacs.dicom.uids import (
 )
 from minipacs.dicom.uids_generated import STORAGE_SOP_CLASSES
 from minipacs.net.association import AssociationRejected
-from minipacs.net.tls import current_context
+from minipacs.net.tls import TLSConfigError, crl_warnings, current_context, read_crl_file
 from minipacs.services import doctor_verdicts as words
 from minipacs.services.outbound import (
     QR_SYNTAXES,
@@ -694,6 +694,26 @@ async def check_listener(
     return ListenerReport(name, target, port, True, step.ms, f"our {name} accepts connections on port {port}")
 
 
+#: How far ahead the doctor warns of a CRL's nextUpdate (CAs publish every few days; a cron job fetches).
+CRL_WARN_AHEAD: Final = dt.timedelta(days=1)
+
+
+def check_crl_file(crl_file: str, now: dt.datetime | None = None) -> ListenerReport:
+    """``tls_crl_file`` (net/tls.py): readable, and no CRL out of date or due within CRL_WARN_AHEAD (past
+    its nextUpdate, every TLS peer of that CA is refused)."""
+    name = "TLS CRL file"
+    try:
+        crls = read_crl_file(crl_file)
+    except TLSConfigError as exc:
+        return ListenerReport(name, "", 0, False, 0.0, str(exc), fix=words.CRL_FIX)
+    said = crl_warnings(crls, crl_file, now, soon=CRL_WARN_AHEAD)
+    if said:
+        return ListenerReport(name, "", 0, False, 0.0, said[0], words.CRL_CAUSE, words.CRL_FIX)
+    due = min((c.next_update for c in crls if c.next_update is not None), default=None)
+    when = f"; the next is due {due:%Y-%m-%d %H:%M} UTC" if due is not None else ""
+    return ListenerReport(name, "", 0, True, 0.0, f"{len(crls)} CRL(s) in {crl_file}, none due within a day{when}")
+
+
 async def check_nodes(
     doctor: Doctor, nodes: Sequence[Peer], parallel: int, *, move_test: bool = False, store_test: bool = False
 ) -> list[NodeReport]:
@@ -721,6 +741,7 @@ __all__ = [
     "NodeReport",
     "Step",
     "arrivals_of",
+    "check_crl_file",
     "check_listener",
     "check_nodes",
     "write_test_object",

@@ -322,3 +322,12 @@ def listener_down(what: str, host: str, port: int) -> Words:
 
 
 __all__ = ["Words"]
+
+#: tls_crl_file out of date, due soon or unusable (services/doctor.py check_crl_file).
+CRL_CAUSE: Final = (
+    "the CA publishes a new CRL before the old one's nextUpdate, and nothing here fetched it "
+    "(a cron job that downloads it, or a CA that stopped publishing)"
+)
+CRL_FIX: Final = (
+    "put the CA's current CRL (PEM) in tls_crl_file; the server reads the file again when it changes, no restart needed"
+)
