@@ -15,7 +15,7 @@ from minipacs.blobs.base import BlobStore
 from minipacs.blobs.filesystem import FilesystemBlobStore
 from minipacs.blobs.s3 import S3BlobStore, parse_s3_url
 from minipacs.config import ConfigError, Settings
-from minipacs.core import blob_removals
+from minipacs.core import blob_removals, journal_retention
 from minipacs.core.access import AccessPolicy, AccessRules
 from minipacs.core.anonymize import Anonymizer, load_key, register_anonymize_job
 from minipacs.core.archive import Archive, ArchiveSettings
@@ -316,6 +316,8 @@ class App:
     completion_watch: asyncio.Task[None] | None = None
     #: Queues a retention run every settings.retention_interval_seconds (core/retention.py).
     retention_watch: asyncio.Task[None] | None = None
+    #: Prunes the changes journal every hour when settings.changes_retention_days is set.
+    journal_watch: asyncio.Task[None] | None = None
     #: Queues a backup into settings.backup_dir every settings.backup_interval_seconds (core/backup.py).
     backup_watch: asyncio.Task[None] | None = None
     #: Removes replaced copies' files once their grace period is over (core/blob_removals.py), on every node.
@@ -350,6 +352,7 @@ class App:
             self.completion_watch,
             self.retention_watch,
             self.backup_watch,
+            self.journal_watch,
             self.replaced_watch,
         )
         for task in (*tasks, self.audit_watch):  # the audit log's last flush hands its rows to the sender
@@ -672,6 +675,10 @@ async def serve(settings: Settings, on_ready: Callable[[App], None] | None = Non
         await app.jobs.start()
         if settings.retention and settings.retention_interval_seconds > 0:
             app.retention_watch = asyncio.ensure_future(periodic(app.jobs, settings.retention_interval_seconds))
+        if settings.changes_retention_days > 0:
+            app.journal_watch = asyncio.ensure_future(
+                journal_retention.watch(app.archive, settings.changes_retention_days)
+            )
         if settings.backup_dir and settings.backup_interval_seconds > 0:
             app.backup_watch = asyncio.ensure_future(
                 periodic_backup(app.jobs, settings.backup_interval_seconds, Path(settings.backup_dir))

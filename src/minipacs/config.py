@@ -289,6 +289,8 @@ class Settings:
     retention: tuple[RetentionRule, ...] = ()
     #: Seconds between the periodic retention runs (jobs of kind "retention"); 0: only when asked.
     retention_interval_seconds: float = 3600.0
+    #: Days the changes journal (GET /api/changes) keeps its rows (core/journal_retention.py); 0: for ever.
+    changes_retention_days: int = 0
     #: Folder the server backs the archive up into (core/backup.py, jobs of kind "backup"); "" none.
     backup_dir: str = ""
     #: Seconds between the periodic backups into backup_dir; 0: only when asked (POST /api/backup).
@@ -536,6 +538,8 @@ class Settings:
             raise ConfigError("hl7_idle_timeout must be a positive number of seconds")
         if self.hl7_max_connections < 1:
             raise ConfigError("hl7_max_connections must be at least 1")
+        if self.changes_retention_days < 0:
+            raise ConfigError("changes_retention_days must be 0 (keep the journal whole) or a number of days")
         if self.backup_interval_seconds < 0:
             raise ConfigError("backup_interval_seconds must be 0 (no periodic backups) or a positive number")
         if self.backup_dir and not Path(self.backup_dir).is_absolute():

@@ -21,7 +21,7 @@ STATUS_ID = "0032000A"  # Study Status ID
 
 def test_changes_pages_with_since_limit_last_and_done(web: Callable[..., Any]) -> None:
     async def body(client: httpx.AsyncClient, archive: Archive) -> None:
-        assert (await client.get("/api/changes")).json() == {"changes": [], "last": 0, "done": True}
+        assert (await client.get("/api/changes")).json() == {"changes": [], "last": 0, "done": True, "first": 0}
         study, series = generate_uid(), generate_uid()
         sops = [generate_uid() for _ in range(3)]
         for sop in sops:
@@ -31,6 +31,7 @@ def test_changes_pages_with_since_limit_last_and_done(web: Callable[..., Any]) -
         first = (await client.get("/api/changes?limit=2")).json()
         assert [c["type"] for c in first["changes"]] == ["NewPatient", "NewStudy"] and first["done"] is False
         assert first["last"] == first["changes"][-1]["seq"]
+        assert first["first"] == first["changes"][0]["seq"]  # the lowest kept (core/journal_retention.py)
         assert set(first["changes"][0]) == {"seq", "type", "level", "uid", "study", "time", "reason", "node"}
         rest = (await client.get(f"/api/changes?since={first['last']}&limit=1000")).json()
         assert [(c["type"], c["uid"]) for c in rest["changes"]] == [("NewSeries", series)] + [
@@ -39,7 +40,12 @@ def test_changes_pages_with_since_limit_last_and_done(web: Callable[..., Any]) -
         assert rest["done"] is True and all(c["study"] == study for c in rest["changes"])
         assert all(c["seq"] > first["last"] for c in rest["changes"])
         end = rest["last"]
-        assert (await client.get(f"/api/changes?since={end}")).json() == {"changes": [], "last": end, "done": True}
+        assert (await client.get(f"/api/changes?since={end}")).json() == {
+            "changes": [],
+            "last": end,
+            "done": True,
+            "first": first["first"],
+        }
 
         assert (await client.delete(f"/api/studies/{study}")).status_code == 200
         gone = (await client.get(f"/api/changes?since={end}")).json()["changes"]

@@ -7,7 +7,8 @@ disagrees with the index: a rolled-back ingest leaves no row, a committed one
 always has its row. ``seq`` only grows; a reader pages with ``since`` (the last
 ``seq`` it saw) and ``limit``.
 
-Retention: the journal is kept whole (no pruning); one row is about 150 bytes.
+Retention: the journal is kept whole unless ``changes_retention_days`` is set
+(core/journal_retention.py prunes the older rows); one row is about 150 bytes.
 With several nodes on one PostgreSQL index, sequence numbers are handed out
 before commit, so a row may become visible after a higher one: readers that need
 every row should re-read a short window behind their ``since``.
@@ -140,6 +141,11 @@ def record(conn: IndexConnection, rows: Sequence[Mapping[str, Any]]) -> None:
     journal_repo.insert_changes(conn, rows)
 
 
+def first_seq(conn: IndexConnection) -> int:
+    """The lowest ``seq`` in the journal (rows before it were pruned), 0 when it is empty."""
+    return journal_repo.first_seq(conn)
+
+
 def last_seq(conn: IndexConnection) -> int:
     """The highest ``seq`` in the journal, 0 when it is empty."""
     return journal_repo.last_seq(conn)
@@ -185,6 +191,7 @@ __all__ = [
     "Change",
     "ChangeType",
     "change_row",
+    "first_seq",
     "last_seq",
     "read_changes",
     "record",

@@ -9,7 +9,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, cast
 
-from sqlalchemy import Connection, Table, func, insert, select
+from sqlalchemy import Connection, Table, delete, func, insert, select
 
 from minipacs.index.database import NODE_INFO
 from minipacs.index.fastsql import Prepared
@@ -34,6 +34,23 @@ def insert_changes(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         conn.execute(_INSERT, list(rows))
 
 
+def prune_changes(conn: Connection, before: dt.datetime, below: int | None, batch: int) -> int:
+    """Delete at most ``batch`` of the oldest rows made before ``before`` and whose ``seq`` is below
+    ``below`` (None: no such bound), never the newest row (SQLite would hand its ``seq`` out again
+    once the table is empty); how many."""
+    newest = select(func.max(_CHANGES.c.seq)).scalar_subquery()
+    chosen = select(_CHANGES.c.seq).where(_CHANGES.c.created_at < before, _CHANGES.c.seq < newest)
+    if below is not None:
+        chosen = chosen.where(_CHANGES.c.seq < below)
+    chosen = chosen.order_by(_CHANGES.c.seq).limit(batch)
+    return int(conn.execute(delete(_CHANGES).where(_CHANGES.c.seq.in_(chosen))).rowcount or 0)
+
+
+def first_seq(conn: Connection) -> int:
+    """The lowest ``seq`` in the journal, 0 when it is empty."""
+    return int(conn.execute(select(func.coalesce(func.min(_CHANGES.c.seq), 0))).scalar_one())
+
+
 def last_seq(conn: Connection) -> int:
     """The highest ``seq`` in the journal, 0 when it is empty."""
     return int(conn.execute(select(func.coalesce(func.max(_CHANGES.c.seq), 0))).scalar_one())
@@ -56,4 +73,4 @@ def changes_after(conn: Connection, since: int, limit: int) -> list[ChangeRow]:
     ]
 
 
-__all__ = ["ChangeRow", "changes_after", "insert_changes", "last_seq"]
+__all__ = ["first_seq", "prune_changes", "ChangeRow", "changes_after", "insert_changes", "last_seq"]

@@ -197,6 +197,12 @@ def set_arrival_cursor(conn: Connection, node: str, seq: int, now: dt.datetime) 
     )
 
 
+def lowest_cursor(conn: Connection) -> int | None:
+    """The lowest arrival cursor of any node: the journal rows after it are still to be routed."""
+    value = conn.execute(select(func.min(_CURSORS.c.seq))).scalar()
+    return None if value is None else int(value)
+
+
 def cursor_nodes(conn: Connection) -> list[str]:
     """The nodes whose arrivals a rule watches (each has a cursor)."""
     return [str(n) for n in conn.execute(select(_CURSORS.c.node).order_by(_CURSORS.c.node)).scalars()]
@@ -434,6 +440,7 @@ __all__ = [
     "due_marks",
     "failing_destinations",
     "cursor_nodes",
+    "lowest_cursor",
     "forget_arrival_cursor",
     "insert_deliveries",
     "insert_rule",

@@ -329,7 +329,8 @@ async def changes(request: Request) -> Response:
     since = _whole_number(request, "since", 0, 0, 2**63 - 1)
     limit = _whole_number(request, "limit", journal.DEFAULT_LIMIT, 1, journal.MAX_LIMIT)
     found, last, done = await ctx(request).archive.read(lambda conn: journal.read_changes(conn, since, limit))
-    return JSONResponse({"changes": [c.to_json() for c in found], "last": last, "done": done})
+    first = await ctx(request).archive.read(journal.first_seq)
+    return JSONResponse({"changes": [c.to_json() for c in found], "last": last, "done": done, "first": first})
 
 
 async def stats(request: Request) -> Response:
