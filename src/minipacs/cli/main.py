@@ -176,6 +176,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "changes",
     "check",
     "backup",
+    "conformance",
     "doctor",
     "jobs",
     "retention",
