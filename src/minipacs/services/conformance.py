@@ -156,8 +156,9 @@ def statement(services: Sequence[ServiceClass], defaults: object) -> str:
     add("## Transfer syntaxes stored")
     add("")
     add(
-        f"Every one of: {_syntaxes(STORABLE_TRANSFER_SYNTAXES)}. Instances are stored as received, bit for bit "
-        "(a deflated data set inflated and checked within `max_inflate_ratio`)."
+        f"Every one of: {_syntaxes(STORABLE_TRANSFER_SYNTAXES)}. The data set is stored as received, bit for "
+        "bit, under our own File Meta Information (a deflated one is checked by inflating it within "
+        "`max_inflate_ratio`, and kept deflated)."
     )
     add("")
     add("## Character sets (PS3.3 C.12.1.1.2)")
