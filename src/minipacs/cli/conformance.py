@@ -35,10 +35,11 @@ async def generate() -> str:
 async def _generate(folder: Path) -> str:
     from minipacs.bootstrap import build_app
     from minipacs.services.conformance import statement
+    from minipacs.web.conformance_web import sections
 
     app = await build_app(Settings(data_dir=folder, fsync=False))
     try:
-        return statement(app.dicom.services, Settings())
+        return statement(app.dicom.services, Settings()) + "\n" + sections()
     finally:
         await app.close(grace=0.1)
 
