@@ -191,13 +191,7 @@ def test_latin_9_under_iso_2022_code_extensions() -> None:
     writes it once values.py has taught it the term."""
     raw = b"JANE^DOE=\x1b-b\xbcdipe\xa4"
     assert decode_text(raw, "PN", codecs_for("ISO 2022 IR 6\\ISO 2022 IR 203")) == "JANE^DOE=Œdipe€"
-    ds = Dataset()
-    ds.SpecificCharacterSet = ["ISO 2022 IR 6", "ISO 2022 IR 203"]
-    ds.PatientName = "Œuvray^Zoë"
-    buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = True, False
-    write_dataset(buffer, ds)
-    assert b"\x1b-b\xbcuvray^Zo\xeb" in buffer.getvalue()
+    assert b"\x1b-b\xbcuvray^Zo\xeb" in _pn_as_pydicom_writes_it(["ISO 2022 IR 6", "ISO 2022 IR 203"], "Œuvray^Zoë")
 
 
 def test_gb2312_under_iso_2022_code_extensions_as_in_ps3_5_annex_k() -> None:
@@ -205,13 +199,18 @@ def test_gb2312_under_iso_2022_code_extensions_as_in_ps3_5_annex_k() -> None:
     pydicom 3.0 left the escape sequence in the text it read and wrote none."""
     raw = b"Zhang^XiaoDong=\x1b$)A\xd5\xc5^\x1b$)A\xd0\xa1\xb6\xab="
     assert decode_text(raw, "PN", codecs_for("\\ISO 2022 IR 58")) == "Zhang^XiaoDong=张^小东="
+    assert raw[:-1] in _pn_as_pydicom_writes_it(["", "ISO 2022 IR 58"], "Zhang^XiaoDong=张^小东")
+
+
+def _pn_as_pydicom_writes_it(charset: list[str], name: str) -> bytes:
+    """A data set of Specific Character Set ``charset`` and Patient Name ``name``, explicit VR LE."""
     ds = Dataset()
-    ds.SpecificCharacterSet = ["", "ISO 2022 IR 58"]
-    ds.PatientName = "Zhang^XiaoDong=张^小东"
+    ds.SpecificCharacterSet = charset
+    ds.PatientName = name
     buffer = DicomBytesIO()
     buffer.is_little_endian, buffer.is_implicit_VR = True, False
     write_dataset(buffer, ds)
-    assert raw[:-1] in buffer.getvalue()
+    return bytes(buffer.getvalue())
 
 
 @pytest.mark.parametrize(

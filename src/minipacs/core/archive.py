@@ -67,7 +67,7 @@ from minipacs.core.errors import (
 )
 from minipacs.core.header import read_header, read_header_bytes
 from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits, check_deflated
-from minipacs.core.intake import Flush, IntakeLog, IntakeLogError, IntakeRecord, syncfs
+from minipacs.core.intake import Flush, IntakeLog, IntakeLogError, IntakeRecord, fsync_path, syncfs
 from minipacs.core.metrics import Metrics
 from minipacs.core.model import (
     AssociationRecord,
@@ -384,14 +384,6 @@ class _BatchFlush:
             except IntakeLogError as exc:
                 log.error("%s", exc)
                 self.error = exc
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def prepare_ingest(
@@ -994,7 +986,7 @@ class Archive:
                         job.staged, self.settings.max_sequence_depth, job.data, job.token
                     )
                     if self.settings.fsync and not job.logged:
-                        _fsync_file(job.staged.path)
+                        fsync_path(job.staged.path)
                 except ArchiveError as exc:
                     results[index] = exc
                 except OSError as exc:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from minipacs.core.archive import Archive
-from minipacs.core.intake import syncfs
+from minipacs.core.intake import fsync_path, syncfs
 from minipacs.core.jobs import JobContext, JobFailed, JobQueue, every
 from minipacs.index import backup_repo
 
@@ -132,7 +132,7 @@ def _run(archive: Archive, root: Path, dest: Path, storage: Path, live: set[str]
             gone_before = gone
         syncfs(dest)  # 3: every file copied is on the disk before the index that names them
         os.replace(partial, dest / INDEX_NAME)
-        _fsync_dir(dest)
+        fsync_path(dest)
         removed = _prune(storage, named.keys() - lost)  # 4
         return BackupReport(
             dest,
@@ -201,14 +201,6 @@ def _prune(storage: Path, named: set[str]) -> int:
         if base != storage and not any(base.iterdir()):
             base.rmdir()
     return removed
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def summary(report: BackupReport) -> str:

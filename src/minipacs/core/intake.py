@@ -126,6 +126,15 @@ def _scan(path: Path, first_lsn: int) -> list[IntakeRecord]:
 _libc: Any = None
 
 
+def fsync_path(path: Path) -> None:
+    """fsync(2) of a file or a directory by its path (a directory: its entries, after a rename into it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def syncfs(path: Path) -> None:
     """Flush every dirty page and inode of the filesystem holding ``path`` (Linux syncfs(2)); elsewhere
     ``os.sync()``."""
@@ -474,4 +483,4 @@ class IntakeLog:
             old.unlink(missing_ok=True)
 
 
-__all__ = ["Flush", "IntakeLog", "IntakeLogError", "IntakeRecord", "syncfs"]
+__all__ = ["fsync_path", "Flush", "IntakeLog", "IntakeLogError", "IntakeRecord", "syncfs"]
