@@ -1,7 +1,8 @@
-"""The Rules, Storage and Retention pages in a real headless Chromium against `minipacs serve`:
+"""The Rules, Storage, Retention and Overview pages in a real headless Chromium against `minipacs serve`:
 a rule created with the Rules page's form is listed and deleted with its button; a study is
 compressed with the Storage page's form (the job followed to done, the disk saved shown); the
-Retention page's dry run lists the study and "Run now" deletes it through a retention job."""
+Retention page's dry run lists the study and "Run now" deletes it through a retention job; the
+Overview's "Back up now" makes a backup in backup_dir, then shown as the last one."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from tests.web.test_ui_browser import ADMIN, CHROMIUM, CHROMIUM_ARGS, basic, log
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
 CONFIG = """retention_interval_seconds = 0
+backup_dir = "{backup}"
+backup_interval_seconds = 0
 
 [[users]]
 name = "{name}"
@@ -42,7 +45,8 @@ match = {{ Modality = "MR" }}
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[ServerProcess, str]]:
     config = tmp_path / "minipacs.toml"
-    config.write_text(CONFIG.format(name=ADMIN[0], hash=hash_password(ADMIN[1], n=2**4)))
+    backup = tmp_path / "backup"
+    config.write_text(CONFIG.format(name=ADMIN[0], hash=hash_password(ADMIN[1], n=2**4), backup=backup))
     http_port = free_port()
     srv = start_server(tmp_path, "--config", str(config), env={"MINIPACS_HTTP_PORT": str(http_port)})
     try:
@@ -118,3 +122,34 @@ def test_rules_storage_and_retention_pages(served: tuple[ServerProcess, str]) ->
             assert errors == []
         finally:
             browser.close()
+
+
+def test_overview_backs_up_now(served: tuple[ServerProcess, str]) -> None:
+    if not CHROMIUM.exists():
+        missing_peer("Chromium (/usr/bin/chromium)", "apt-get install chromium")
+    srv, base = served
+    admin = basic(ADMIN)
+    r = httpx.post(f"{base}/api/instances", content=part10(study_uid=str(generate_uid())), headers=admin, timeout=30)
+    assert r.status_code == 200, r.text
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            login(page, base, ADMIN)
+            page.goto(f"{base}/ui/overview")
+            assert "No backup job has succeeded here" in (page.text_content("body") or "")
+            page.click("#backup-run button[type=submit]")
+            page.wait_for_function(
+                "() => /^(done|failed|cancelled)/.test(document.querySelector('#backup-run .job').textContent)",
+                timeout=60000,
+            )
+            assert (page.locator("#backup-run .job").text_content() or "").startswith("done")
+            page.reload()
+            assert "backup of 1 instance(s)" in (page.locator("#last-backup").text_content() or "")
+            assert errors == []
+        finally:
+            browser.close()
+    backup = srv.data_dir.parent / "backup"
+    assert (backup / "index.sqlite3").exists() and len(list((backup / "storage").rglob("*.dcm"))) == 1

@@ -36,6 +36,7 @@ async def overview_page(request: Request) -> Response:
         refusals=_refusals(request),
         destinations=seen.destinations,
         last_backup=seen.last_backup,
+        backup_configured=bool(context.settings.backup_dir),
     )
 
 

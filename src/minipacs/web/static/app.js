@@ -969,6 +969,20 @@
     });
   }
 
+  // ------------------------------------------------------------ back up now (admin; web/rest_backup.py)
+  const backupRun = document.getElementById("backup-run");
+  if (backupRun) {
+    backupRun.addEventListener("submit", async function (event) {
+      event.preventDefault();
+      const out = backupRun.querySelector(".job");
+      out.textContent = "queuing…";
+      const result = await api("POST", "/api/backup");
+      if (result.status === 202 && result.data) { out.textContent = "job " + result.data.id + " queued"; followJob(result.data.id, out); return; }
+      out.textContent = "";
+      message("Not backed up: " + errorText(result), true);
+    });
+  }
+
   // ------------------------------------------------------------ compress one study now (web/rest_storage.py)
   const compressStudy = document.getElementById("compress-study");
   if (compressStudy) {
