@@ -62,7 +62,7 @@ frontend dicom_v2
     bind 127.0.0.1:{v2}
     default_backend node_v2
 backend node_v1
-    server node 127.0.0.1:{backend} send-proxy
+    server node 127.0.0.1:{backend} send-proxy check check-send-proxy inter 500ms
 backend node_v2
     server node 127.0.0.1:{backend} send-proxy-v2 check inter 500ms
 """

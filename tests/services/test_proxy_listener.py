@@ -214,3 +214,35 @@ def test_hl7_listener_reads_the_header(caplog: pytest.LogCaptureFixture) -> None
     messages = [r.getMessage() for r in caplog.records]
     assert any("127.0.0.2" in m and "outside an MLLP frame" in m for m in messages), messages
     assert any("HL7 connection from 127.0.0.1:" in m and "did not start with a PROXY header" in m for m in messages)
+
+
+@pytest.mark.parametrize(
+    ("header", "quiet"),
+    [
+        (b"PROXY UNKNOWN\r\n", True),  # proxy-protocol.txt 2.1: a health check's
+        (b"PROXY TCP4 127.0.0.1 127.0.0.1 40000 {port}\r\n", True),  # HAProxy's check-send-proxy: names us
+        (b"PROXY TCP4 127.0.0.9 127.0.0.1 40000 11112\r\n", False),  # a client via the balancer's frontend
+    ],
+)
+def test_the_balancers_own_connection_without_an_associate_rq_is_not_an_association(
+    caplog: pytest.LogCaptureFixture, header: bytes, quiet: bool
+) -> None:
+    """HAProxy's `check check-send-proxy` (version 1) sends a header naming its own address and ours,
+    then closes: not an association, nothing in the association log (as for version 2 LOCAL). A client
+    that connects and leaves without an A-ASSOCIATE-RQ is still logged."""
+    caplog.set_level(logging.INFO, logger="minipacs")
+    records: list[AssociationRecord] = []
+
+    async def run() -> None:
+        async with listener(records) as server:
+            reader, writer = await silent(server.port, "127.0.0.1")
+            writer.write(header.replace(b"{port}", str(server.port).encode()))
+            await writer.drain()
+            writer.close()
+            await asyncio.sleep(0.3)
+            assert await echo_from(server.port, "127.0.0.2") == 0  # and the listener goes on
+
+    asyncio.run(run())
+    said = [r.getMessage() for r in caplog.records if "no A-ASSOCIATE-RQ" in r.getMessage()]
+    assert (said == []) is quiet, said
+    assert (len([r for r in records if not r.calling_aet]) == 0) is quiet, records

@@ -73,6 +73,14 @@ class ProxyHeader:
     #: True when the header is valid but its addresses are not used for a reason worth a warning.
     unsupported: bool = False
 
+    @property
+    def balancer_own(self) -> bool:
+        """The balancer's own connection, as its health checks are: version 2 LOCAL, or version 1
+        UNKNOWN, which HAProxy sends for a check over `send-proxy` (proxy-protocol.txt 2.1 names health
+        checks among its uses; a client of another family gets it too, but such a client then sends an
+        A-ASSOCIATE-RQ, and only a connection that ends without one is taken for a check)."""
+        return self.command == "LOCAL" or (self.version == 1 and self.source is None)
+
 
 # ------------------------------------------------------------------ version 1
 def _v1_ipv4(text: str) -> str:

@@ -68,7 +68,7 @@ from minipacs.net.presentation import (
     even_ids,
     negotiate,
 )
-from minipacs.net.proxy_protocol import ProxyHeaderError, ProxySources, socket_reader
+from minipacs.net.proxy_protocol import ProxyHeader, ProxyHeaderError, ProxySources, socket_reader
 from minipacs.net.tls import TLSContext, current_context, describe_tls_error
 from minipacs.services.base import ServiceClass
 from minipacs.services.dispatch import (
@@ -235,6 +235,21 @@ def listening_sockets(host: str, port: int) -> list[socket.socket]:
             sock.close()
         raise
     return sockets
+
+
+def _balancer_own(header: ProxyHeader, conn: socket.socket) -> bool:
+    """Whether the PROXY header is on the balancer's own connection, as a health check's is (the
+    connection is then not logged if it ends without an A-ASSOCIATE-RQ): version 2 LOCAL, version 1
+    UNKNOWN, or a header whose destination is this very socket's address. HAProxy's `check
+    check-send-proxy` sends `PROXY TCP4 <its own address> <ours>`: nobody connected to the balancer
+    for it, whereas a client's connection names the balancer's frontend as its destination."""
+    if header.balancer_own:
+        return True
+    try:
+        local = conn.getsockname()[:2]
+    except OSError:
+        return False
+    return header.destination is not None and (header.destination[0], header.destination[1]) == (local[0], local[1])
 
 
 class DicomServer:
@@ -518,7 +533,7 @@ class DicomServer:
                 "%s: connection from %s:%s via %s:%s (PROXY v%d)", listener.name, *peer, *balancer, header.version
             )
         callback = functools.partial(
-            self._on_accepted, listener, slot, deadline, peer=peer, health_check=header.command == "LOCAL"
+            self._on_accepted, listener, slot, deadline, peer=peer, health_check=_balancer_own(header, conn)
         )
         try:
             await loop.connect_accepted_socket(functools.partial(_stream_protocol, limit, callback, loop), conn)
@@ -620,8 +635,8 @@ class DicomServer:
             if assoc.established.done() and not assoc.established.cancelled():
                 assoc.established.exception()  # acceptors never await it: mark a failure as seen
             if health_check and not assoc.rq_received:
-                # PROXY v2 LOCAL and no A-ASSOCIATE-RQ: the balancer's health check, not an association
-                log.debug("%s the load balancer's health check (PROXY v2 LOCAL) ended", assoc.label)
+                # the balancer's own connection (_balancer_own) and no A-ASSOCIATE-RQ: its health check
+                log.debug("%s the load balancer's health check ended", assoc.label)
             else:
                 self._log(assoc)
 
