@@ -30,7 +30,7 @@ from minipacs.net.memory import MAX_MEMORY_DATASET, BytesSink, MemoryBudget
 from minipacs.net.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ, PDataTF, pdata_pdu_header, pdata_pdus
 from minipacs.net.pdu_items import AsynchronousOperationsWindow, PresentationContextRQ, RoleSelection, UserInformation
 from minipacs.net.presentation import NegotiatedContext, accepted_by_peer
-from minipacs.net.tls import TLSContext, TLSInfo, current_context, describe_tls_error, tls_info
+from minipacs.net.tls import TLSContext, TLSInfo, current_context_async, describe_tls_error, tls_info
 from minipacs.net.trace import describe_associate
 
 log = logging.getLogger("minipacs.net")
@@ -936,7 +936,7 @@ async def connect(
     context: ssl.SSLContext | None = None
     if tls:
         if settings.tls_context is not None:
-            context = current_context(settings.tls_context)
+            context = await current_context_async(settings.tls_context)
         else:
             raise AssociationError(
                 f"{host}:{port} is to be called with TLS, but no TLS client settings are "

@@ -10,6 +10,7 @@ failed -- OpenSSL's reason codes are not something a person should have to decod
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import datetime as dt
@@ -214,6 +215,10 @@ class ReloadingContext:
     def verify_mode(self) -> ssl.VerifyMode:
         return self._context.verify_mode
 
+    def due(self) -> bool:
+        """Whether :meth:`current` would look at the file now (else it returns at once, touching no file)."""
+        return time.monotonic() - self._looked >= self._interval
+
     def current(self) -> ssl.SSLContext:
         """The context to use now: rebuilt first if the CRL file changed since it was last read."""
         now = time.monotonic()
@@ -243,6 +248,14 @@ TLSContext = ssl.SSLContext | ReloadingContext
 def current_context(context: TLSContext) -> ssl.SSLContext:
     """The SSLContext to use for a new connection now."""
     return context.current() if isinstance(context, ReloadingContext) else context
+
+
+async def current_context_async(context: TLSContext) -> ssl.SSLContext:
+    """:func:`current_context` on the event loop: the look at the CRL file, and the rebuild when it
+    changed (certificate, CA and CRL files read again), run in a worker thread, never on the loop."""
+    if isinstance(context, ReloadingContext) and context.due():
+        return await asyncio.to_thread(context.current)
+    return current_context(context)
 
 
 def _base(purpose: ssl.Purpose) -> ssl.SSLContext:
@@ -406,5 +419,6 @@ __all__ = [
     "TLSContext",
     "crl_warnings",
     "current_context",
+    "current_context_async",
     "read_crl_file",
 ]

@@ -52,7 +52,7 @@ from minipacs.dicom.uids import (
 )
 from minipacs.dicom.uids_generated import STORAGE_SOP_CLASSES
 from minipacs.net.association import AssociationRejected
-from minipacs.net.tls import TLSConfigError, crl_warnings, current_context, read_crl_file
+from minipacs.net.tls import TLSConfigError, crl_warnings, current_context_async, read_crl_file
 from minipacs.services import doctor_verdicts as words
 from minipacs.services.outbound import (
     QR_SYNTAXES,
@@ -363,7 +363,7 @@ class Doctor:
         configured = self.outbound.settings.association.tls_context
         if configured is None:
             return _failed(words.TLS_NOT_CONFIGURED)
-        context = current_context(configured)
+        context = await current_context_async(configured)
         try:
             _reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(node.host, node.port, ssl=context, server_hostname=node.host),

@@ -69,7 +69,7 @@ from minipacs.net.presentation import (
     negotiate,
 )
 from minipacs.net.proxy_protocol import ProxyHeader, ProxyHeaderError, ProxySources, socket_reader
-from minipacs.net.tls import TLSContext, current_context, describe_tls_error
+from minipacs.net.tls import TLSContext, current_context_async, describe_tls_error
 from minipacs.services.base import ServiceClass
 from minipacs.services.dispatch import (
     Operation,
@@ -235,6 +235,14 @@ def listening_sockets(host: str, port: int) -> list[socket.socket]:
             sock.close()
         raise
     return sockets
+
+
+async def _ssl_of(listener: Listener) -> ssl.SSLContext | None:
+    """The SSLContext for a connection the TLS ``listener`` has just accepted, fetched before its socket
+    is read from: a look at the CRL file (and a rebuild when it changed) runs in a worker thread
+    (net/tls.py ``current_context_async``), and a ClientHello that arrived meanwhile waits in the
+    kernel rather than reaching the plain stream."""
+    return None if listener.tls is None else await current_context_async(listener.tls)
 
 
 def _balancer_own(header: ProxyHeader, conn: socket.socket) -> bool:
@@ -471,7 +479,7 @@ class DicomServer:
                 listener.refused(host, port, why)
                 continue
             slot = PendingSlot(listener.pending, host)
-            callback = functools.partial(self._on_accepted, listener, slot, deadline)
+            callback = functools.partial(self._on_accepted, listener, slot, deadline, tls=await _ssl_of(listener))
             try:
                 await loop.connect_accepted_socket(functools.partial(_stream_protocol, limit, callback, loop), conn)
             except OSError as exc:  # reset before we got to it
@@ -533,7 +541,13 @@ class DicomServer:
                 "%s: connection from %s:%s via %s:%s (PROXY v%d)", listener.name, *peer, *balancer, header.version
             )
         callback = functools.partial(
-            self._on_accepted, listener, slot, deadline, peer=peer, health_check=_balancer_own(header, conn)
+            self._on_accepted,
+            listener,
+            slot,
+            deadline,
+            peer=peer,
+            health_check=_balancer_own(header, conn),
+            tls=await _ssl_of(listener),
         )
         try:
             await loop.connect_accepted_socket(functools.partial(_stream_protocol, limit, callback, loop), conn)
@@ -552,9 +566,10 @@ class DicomServer:
         *,
         peer: tuple[str, int] | None = None,
         health_check: bool = False,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         try:
-            if listener.tls is not None and not await self._tls_handshake(listener.tls, writer, deadline, peer):
+            if tls is not None and not await self._tls_handshake(tls, writer, deadline, peer):
                 return
             await self._on_connection(reader, writer, slot, deadline, peer, health_check)
         finally:
@@ -562,7 +577,7 @@ class DicomServer:
 
     async def _tls_handshake(
         self,
-        context: TLSContext,
+        context: ssl.SSLContext,
         writer: asyncio.StreamWriter,
         deadline: float,
         peer: tuple[str, int] | None = None,
@@ -573,7 +588,8 @@ class DicomServer:
         started = datetime.now(UTC)
         try:
             await writer.start_tls(
-                current_context(context), ssl_handshake_timeout=max(deadline - asyncio.get_running_loop().time(), 0.001)
+                context,
+                ssl_handshake_timeout=max(deadline - asyncio.get_running_loop().time(), 0.001),
             )
         except (OSError, EOFError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             why = describe_tls_error(exc)
