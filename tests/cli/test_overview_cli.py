@@ -53,4 +53,37 @@ def test_overview_shows_arrivals_storage_and_a_failing_job(tmp_path: Path, capsy
     assert "stored: 1 studies, 2 instances" in text
     assert "0 queued, 0 running, 1 failed" in text
     assert "refused the connection: is its DICOM service running?" in text
-    assert "last backup: no backup job has succeeded" in text and out["last_backup"] is None
+    assert "last backup: none has succeeded" in text and out["last_backup"] is None
+
+
+def test_a_backup_the_command_made_is_the_last_backup_and_a_failed_one_is_not(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`minipacs backup` from cron is recorded as a done "backup" job: the overview and /metrics read the
+    last backup from the jobs, so without the record a nightly backup looked like none at all."""
+    data = tmp_path / "data"
+
+    async def prepare() -> None:
+        archive = await open_archive(Settings(data_dir=data, fsync=False))
+        try:
+            await archive.import_file(write_ct(tmp_path / "1.dcm", study_uid=str(generate_uid())), Origin("test"))
+        finally:
+            await archive.close()
+
+    asyncio.run(prepare())
+    assert main(["backup", "--data", str(data), str(data / "inside")]) == 2  # refused: inside the archive
+    capsys.readouterr()
+    assert main(["overview", "--data", str(data), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["last_backup"] is None  # a refused backup is not recorded
+
+    assert main(["backup", "--data", str(data), str(tmp_path / "nightly")]) == 0
+    capsys.readouterr()
+    assert main(["overview", "--data", str(data), "--json"]) == 0
+    last = json.loads(capsys.readouterr().out)["last_backup"]
+    assert last["kind"] == "backup" and last["state"] == "done"
+    assert last["runner"].startswith("minipacs backup command (") and last["instances"] == 1 and last["copied"] == 1
+    assert last["description"] == f"backup into {tmp_path / 'nightly'}" and "1 instance" in last["message"]
+    assert main(["overview", "--data", str(data)]) == 0
+    assert "last backup: " in (text := capsys.readouterr().out) and "none has succeeded" not in text
+    assert main(["jobs", "list", "--data", str(data), "--json"]) == 0
+    assert "minipacs backup command" in capsys.readouterr().out

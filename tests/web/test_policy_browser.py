@@ -139,7 +139,7 @@ def test_overview_backs_up_now(served: tuple[ServerProcess, str]) -> None:
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             login(page, base, ADMIN)
             page.goto(f"{base}/ui/overview")
-            assert "No backup job has succeeded here" in (page.text_content("body") or "")
+            assert "No backup has succeeded" in (page.text_content("body") or "")
             page.click("#backup-run button[type=submit]")
             page.wait_for_function(
                 "() => /^(done|failed|cancelled)/.test(document.querySelector('#backup-run .job').textContent)",

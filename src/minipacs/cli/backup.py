@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ from typing import Any
 
 from minipacs.cli.exit_codes import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from minipacs.config import Settings
-from minipacs.core.backup import BackupFailed, BackupRefused, BackupReport, backup, summary
+from minipacs.core.backup import KIND, BackupFailed, BackupRefused, BackupReport, backup, details, summary
+from minipacs.core.jobs import JobQueue, default_runner
 
 NEEDS_SETTINGS = True
 
@@ -32,11 +34,29 @@ def register(sub: Any) -> None:
 
 
 async def _backup(settings: Settings, dest: Path) -> BackupReport:
+    """The backup, then its record in the index's jobs as a "backup" job that is done (as one of
+    ``backup_dir``'s would be), so that a backup run from cron shows in the overview ("last backup") and
+    in /metrics (``minipacs_backup_last_success_timestamp_seconds``). A backup that failed is not
+    recorded: the exit status and the message say so, and the overview goes on showing the last one
+    that succeeded, which is what an alert on its age needs."""
     from minipacs.bootstrap import open_archive, storage_dir
 
     archive = await open_archive(settings)
     try:
-        return await backup(archive, dest, storage_dir(dest))
+        started = dt.datetime.now(dt.UTC)
+        report = await backup(archive, dest, storage_dir(dest))
+        try:
+            await JobQueue(archive).record_finished(
+                KIND,
+                f"backup into {dest}",
+                summary(report),
+                details(report),
+                runner=f"minipacs backup command ({default_runner()})"[:200],
+                started=started,
+            )
+        except Exception as exc:  # noqa: BLE001 - the backup itself is complete and usable: say so, exit on it
+            print(f"minipacs backup: done, but not recorded in the index's jobs: {exc}", file=sys.stderr)
+        return report
     finally:
         await archive.close()
 

@@ -75,7 +75,7 @@ def render(out: dict[str, Any]) -> str:
     lines.append(
         f"last backup: {(backup['finished_at'] or '')[:19].replace('T', ' ')} UTC, {backup['message']}"
         if backup
-        else "last backup: no backup job has succeeded (backup_dir; minipacs backup from cron is not tracked here)"
+        else "last backup: none has succeeded (set backup_dir, or run minipacs backup from cron)"
     )
     return "\n".join(lines)
 

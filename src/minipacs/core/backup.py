@@ -218,6 +218,20 @@ def summary(report: BackupReport) -> str:
     return said
 
 
+def details(report: BackupReport) -> dict[str, Any]:
+    """A backup's figures as its job's details show them (the job and the command's record alike)."""
+    return {
+        "dest": str(report.dest),
+        "instances": report.instances,
+        "copied": report.copied,
+        "copied_bytes": report.copied_bytes,
+        "present": report.present,
+        "removed": report.removed,
+        "index_copies": report.index_copies,
+        "lost": list(report.lost[:20]),
+    }
+
+
 def register_backup_job(queue: JobQueue, archive: Archive, dest: Path, dest_storage: Path) -> None:
     """The "backup" kind into ``dest`` (setting ``backup_dir``; its files into ``dest_storage``): run
     again after a restart (a backup is idempotent: what is there already is not copied again)."""
@@ -227,16 +241,7 @@ def register_backup_job(queue: JobQueue, archive: Archive, dest: Path, dest_stor
             report = await backup(archive, dest, dest_storage)
         except BackupRefused as exc:
             raise JobFailed(str(exc)) from exc
-        job.details.update(
-            dest=str(report.dest),
-            instances=report.instances,
-            copied=report.copied,
-            copied_bytes=report.copied_bytes,
-            present=report.present,
-            removed=report.removed,
-            index_copies=report.index_copies,
-            lost=list(report.lost[:20]),
-        )
+        job.details.update(details(report))
         return summary(report)
 
     queue.register(KIND, handler, on_restart="resume", max_attempts=2)
@@ -259,6 +264,7 @@ __all__ = [
     "BackupRefused",
     "BackupReport",
     "backup",
+    "details",
     "periodic",
     "register_backup_job",
     "submit_backup",

@@ -401,6 +401,51 @@ class JobQueue:
         self._wake.set()
         return Job.from_row(row)
 
+    async def record_finished(
+        self,
+        kind: str,
+        description: str,
+        message: str,
+        details: Mapping[str, Any],
+        *,
+        runner: str,
+        started: dt.datetime,
+    ) -> Job:
+        """Record work of ``kind`` that ran outside the queue (a command such as ``minipacs backup`` from
+        cron) as a job that is done, so that the overview, /metrics and the jobs list show it as they show
+        the queue's own. The kind need not be registered here: nothing ever runs the row (it is done)."""
+        if len(runner) > 200:
+            raise InvalidJob("a runner name has at most 200 characters")
+        try:
+            shown = json.dumps(dict(details), sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise InvalidJob(f"job details must be a JSON object: {exc}") from None
+        now = _now()
+        values = {
+            "kind": kind,
+            "description": description,
+            "params": json.dumps({"outside_the_queue": True}),
+            "state": JobState.DONE.value,
+            "total": 0,
+            "done": 0,
+            "failed": 0,
+            "message": message,
+            "details": shown,
+            "attempts": 1,
+            "max_attempts": 1,
+            "next_try_at": now,
+            "last_error": "",
+            "runner": runner,
+            "cancel_requested": False,
+            "created_at": started,
+            "started_at": started,
+            "finished_at": now,
+            "heartbeat_at": now,
+            "lane": "",
+        }
+        row = await self.archive.write(lambda conn: jobs_repo.insert_job(conn, values))
+        return Job.from_row(row)
+
     async def lane_tail(self, lane: str) -> Job | None:
         """The newest job of ``lane`` still queued or running, on any node (None: the lane is free)."""
         row = await self.archive.read(lambda conn: jobs_repo.lane_tail(conn, lane))
