@@ -316,6 +316,31 @@ def test_request_head_at_http_max_header_bytes(tmp_path: Path, piece: int) -> No
     serve(tmp_path, body, http_max_header_bytes=limit)
 
 
+@pytest.mark.parametrize("piece", [1 << 20, 1000], ids=["one-write", "in-pieces"])
+def test_a_pipelined_head_is_held_to_http_max_header_bytes(tmp_path: Path, piece: int) -> None:
+    """RFC 9112 §9.3.2: a client may send its next requests before the answers. Their heads arrived in the
+    read of the first one, or while it was answered, and h11 parsed them whole from its buffer without our
+    count: a head of any size up to asyncio's 256 KiB read was served. Now each is counted when its turn
+    comes: the earlier requests are answered, then 431; one at the limit after a POST's body is served."""
+    limit = 2048
+
+    async def body(port: int) -> None:
+        over = _head(limit) + _head(limit) + _head(limit + 1, b"Connection: close\r\n")
+        answered = await asyncio.to_thread(_exchange, port, over, piece)
+        assert answered.count(b"HTTP/1.1 200 OK") == 2 and answered.count(b"HTTP/1.1") == 3, answered[:300]
+        assert b"HTTP/1.1 431 " in answered and b"http_max_header_bytes (2048 bytes)" in answered
+        big = await asyncio.to_thread(_exchange, port, _head(limit) + _head(200_000), piece)
+        assert big.count(b"HTTP/1.1 200 OK") == 1 and b"HTTP/1.1 431 " in big, big[:300]
+        post = b"POST /api/nodes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        post += b"Content-Length: 2\r\n\r\n{}"
+        served = await asyncio.to_thread(_exchange, port, post + _head(limit, b"Connection: close\r\n"), piece)
+        assert served.count(b"HTTP/1.1") == 2 and served.rfind(b"HTTP/1.1 200 OK") > 0, served[:300]
+        refused = await asyncio.to_thread(_exchange, port, post + _head(limit + 1), piece)
+        assert refused.count(b"HTTP/1.1") == 2 and b"HTTP/1.1 431 " in refused, refused[:300]
+
+    serve(tmp_path, body, http_max_header_bytes=limit)
+
+
 def test_a_request_line_over_http_max_header_bytes_is_414(tmp_path: Path) -> None:
     """RFC 9112 §3: a request-target longer than the server will parse is 414 (URI Too Long); the
     request line alone at the limit is still a request line (its header fields then make it a 431)."""

@@ -160,6 +160,9 @@ def guarded_protocol(guard: ConnectionGuard) -> type[H11Protocol]:
         _head_tail = b""
         #: refused: what the client still sends is dropped until it closes or this timer closes
         _linger: asyncio.TimerHandle | None = None
+        #: h11 holds bytes not yet counted: they came after a counted head (a body, a pipelined request) or
+        #: while a request was answered; the next head is counted from h11's buffer when its cycle starts
+        _uncounted = False
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)  # type: ignore[arg-type]
@@ -174,9 +177,11 @@ def guarded_protocol(guard: ConnectionGuard) -> type[H11Protocol]:
         def data_received(self, data: bytes) -> None:
             if self._linger is not None or self.conn.their_state is h11.ERROR:
                 return  # refused: read and dropped (RFC 9112 §9.6); h11 would refuse each read again
-            if self.conn.their_state is h11.IDLE and self._head_too_large(data):
+            if self.conn.their_state is not h11.IDLE:
+                self._uncounted = True  # a body, or the next request's head (pipelining, RFC 9112 §9.3.2)
+            elif not self._uncounted and self._head_too_large(data):
                 return
-            super().data_received(data)
+            super().data_received(data)  # with bytes uncounted, handle_events counts h11's whole buffer
 
         def send_400_response(self, msg: str) -> None:
             """uvicorn's answer when h11 refuses what the client sent (uvicorn has logged one warning).
@@ -212,6 +217,7 @@ def guarded_protocol(guard: ConnectionGuard) -> type[H11Protocol]:
                 return True
             if end is not None:  # complete: the next head is counted from its first byte
                 self._head_bytes, self._line_fits, self._head_tail = 0, False, b""
+                self._uncounted = self._uncounted or end.end() < len(seen)
             else:
                 self._head_bytes, self._head_tail = size, seen[-2:]
             return False
@@ -234,6 +240,13 @@ def guarded_protocol(guard: ConnectionGuard) -> type[H11Protocol]:
             self._linger = self.loop.call_later(guard.header_timeout, self.transport.close)
 
         def handle_events(self) -> None:
+            if self._uncounted and self.conn.their_state is h11.IDLE and self.conn.our_state is h11.IDLE:
+                # a new cycle starts on bytes that arrived with or during the previous request: h11 would
+                # parse a head that is whole there however large it is (it bounds incomplete ones only)
+                self._uncounted = False
+                self._head_bytes, self._line_fits, self._head_tail = 0, False, b""
+                if self._head_too_large(self.conn.trailing_data[0]):
+                    return
             super().handle_events()
             if self.conn.their_state is not h11.IDLE:  # a request head has arrived
                 self._cancel_header_timer()
@@ -445,9 +458,7 @@ def check_fd_budget(settings: Settings, soft: int) -> None:
 
 def uvicorn_options(guard: ConnectionGuard) -> dict[str, Any]:
     """``uvicorn.Config`` keyword arguments for the limits above."""
-    # h11's own bound on a head still incomplete, the same: a head that arrives while the previous request
-    # is still answered (pipelining) is not counted by us; h11 has uvicorn answer 400 when it is still
-    # incomplete past this, and one that arrived whole in one read is served
+    # h11's own bound on a head still incomplete, the same (ours counts first and answers 431 or 414)
     return {"http": guarded_protocol(guard), "h11_max_incomplete_event_size": guard.max_header_bytes}
 
 
