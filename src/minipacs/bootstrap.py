@@ -156,7 +156,9 @@ def corrections(settings: Settings, archive: Archive, jobs: JobQueue | None = No
 
 def anonymizer(settings: Settings, archive: Archive) -> Anonymizer:
     """De-identification with the configured key, or DATA/anonymization.key (created once)."""
-    return Anonymizer(archive, load_key(settings.anonymization_key, settings.data_dir.resolve()))
+    return Anonymizer(
+        archive, load_key(settings.anonymization_key, settings.data_dir.resolve()), settings.pixel_regions
+    )
 
 
 def compressor(settings: Settings, archive: Archive) -> Compressor:

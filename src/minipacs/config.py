@@ -21,6 +21,7 @@ from minipacs.blobs.s3 import parse_s3_url
 from minipacs.core.compression import CompressionPolicy, InvalidPolicy, policy_from_mapping
 from minipacs.core.model import DuplicatePolicy
 from minipacs.core.nodes import OPERATIONS, InvalidNode, Node, node_from_mapping
+from minipacs.core.pixel_clean import InvalidPixelRegions, PixelRegions, regions_from_tables
 from minipacs.core.retention import InvalidRetentionRule, RetentionRule, check_rules, rule_from_mapping
 from minipacs.core.rules import InvalidRule, Rule, rules_from_tables
 from minipacs.core.users import DICOM_IDENTITY_MODES, ApiToken, InvalidUser, User, token_from_mapping, user_from_mapping
@@ -259,6 +260,9 @@ class Settings:
     #: Secret of the keyed pseudonyms (HMAC-SHA256), at least 16 characters; empty: a random key
     #: generated once into DATA/anonymization.key. Same key, same pseudonyms and UIDs in every run.
     anonymization_key: str = dataclasses.field(default="", repr=False)
+    #: ``[[pixel_regions]]`` tables: where machines burn text into their images, for the clean-pixel-data
+    #: de-identification option (core/pixel_clean.py; docs/ANONYMIZATION.md).
+    pixel_regions: tuple[PixelRegions, ...] = ()
     #: A REST anonymization of more instances than this runs as a job (202 and the job's id).
     anonymize_job_threshold: int = 200
     # --- the audit trail (core/audit.py, docs/AUDIT.md)
@@ -628,7 +632,7 @@ class Settings:
                 )
 
 
-_TABLES = ("nodes", "users", "tokens", "retention", "compression", "rules")
+_TABLES = ("nodes", "users", "tokens", "retention", "compression", "rules", "pixel_regions")
 _FIELDS = {f.name: f for f in fields(Settings) if f.name not in _TABLES}
 
 
@@ -758,6 +762,10 @@ def load_settings(
         try:
             values["rules"] = rules_from_tables(section.get("rules", doc.get("rules", [])))
         except InvalidRule as exc:
+            raise ConfigError(f"{config_file}: {exc}") from exc
+        try:
+            values["pixel_regions"] = regions_from_tables(section.get("pixel_regions", doc.get("pixel_regions", [])))
+        except InvalidPixelRegions as exc:
             raise ConfigError(f"{config_file}: {exc}") from exc
         for key, raw in section.items():
             if key in _TABLES:

@@ -17,8 +17,8 @@ from minipacs.cli.exit_codes import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from minipacs.config import Settings
 from minipacs.core.anonymize import AnonymizeRequest, AnonymizeResult
 from minipacs.core.audit import login_name
+from minipacs.core.deid import ALL_OPTIONS as OPTIONS
 from minipacs.core.errors import ArchiveError
-from minipacs.dicom.deid_table import OPTIONS
 
 NEEDS_SETTINGS = True
 

@@ -40,6 +40,7 @@ from minipacs.core.delete import delete_resource
 from minipacs.core.errors import ArchiveError, NotFound, OutOfResources
 from minipacs.core.jobs import JobContext, JobFailed, JobQueue
 from minipacs.core.model import Origin
+from minipacs.core.pixel_clean import PixelCleanError, PixelRegions
 from minipacs.core.retrieve import StoredInstance, locate, select_instances
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.index import anonymization_repo
@@ -162,6 +163,8 @@ class AnonymizeResult:
     series: list[str] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
     original_deleted: bool = False
+    #: original SOP Instance UID -> the transfer syntax of its de-identified copy
+    syntaxes: dict[str, str] = field(default_factory=dict)
 
     def to_json(self, level: str) -> dict[str, Any]:
         # the JSON API's resource names (dicom/levels.py)
@@ -182,27 +185,36 @@ class AnonymizeResult:
 
 
 def _part10(
-    instance: StoredInstance, options: frozenset[str], pseudonyms: Pseudonyms, mapping: Mapping, out: Path
-) -> None:
-    """Read, de-identify and write one stored instance as a Part 10 file at ``out`` (blocking)."""
+    instance: StoredInstance,
+    options: frozenset[str],
+    pseudonyms: Pseudonyms,
+    mapping: Mapping,
+    out: Path,
+    pixel_regions: Sequence[PixelRegions] = (),
+) -> str:
+    """Read, de-identify and write one stored instance as a Part 10 file at ``out`` (blocking); its
+    transfer syntax (the original's, or Explicit VR Little Endian when clean-pixel-data decompressed it)."""
     with instance.open() as fh:
         ds = pydicom.dcmread(fh)
+    deidentify(ds, options, pseudonyms, mapping, pixel_regions)
     syntax = ds.file_meta.TransferSyntaxUID
-    deidentify(ds, options, pseudonyms, mapping)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = syntax
     ds.file_meta = meta
     ds.save_as(out, enforce_file_format=True)
+    return str(syntax)
 
 
 class Anonymizer:
     """Anonymizes resources of one archive with one key."""
 
-    def __init__(self, archive: Archive, key: bytes) -> None:
+    def __init__(self, archive: Archive, key: bytes, pixel_regions: Sequence[PixelRegions] = ()) -> None:
         self.archive = archive
         self.pseudonyms = Pseudonyms(key)
+        #: Where burned-in text is, for clean-pixel-data (``[[pixel_regions]]``, core/pixel_clean.py).
+        self.pixel_regions = tuple(pixel_regions)
 
     async def select(self, request: AnonymizeRequest, *, into_zip: bool = False) -> list[StoredInstance]:
         if request.level not in LEVELS:
@@ -323,7 +335,7 @@ class Anonymizer:
             copy = StoredInstance(
                 original.sop_class_uid,
                 uid if in_place else self.pseudonyms.uid(uid),
-                original.transfer_syntax_uid,
+                result.syntaxes.get(uid, original.transfer_syntax_uid),
                 path.name,
                 _StagedCopies(path.parent),  # a copy in staging, never stored: read where it is
                 -1,
@@ -353,8 +365,10 @@ class Anonymizer:
             out = self.archive.staging_dir / f"{uuid.uuid4().hex}.anonymized"
             async with limit:
                 try:
-                    await asyncio.to_thread(_part10, instance, request.options, self.pseudonyms, mapping, out)
-                except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
+                    result.syntaxes[instance.sop_instance_uid] = await asyncio.to_thread(
+                        _part10, instance, request.options, self.pseudonyms, mapping, out, self.pixel_regions
+                    )
+                except (PixelCleanError, OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
                     out.unlink(missing_ok=True)
                     result.failures.append({"uid": instance.sop_instance_uid, "reason": f"cannot de-identify: {exc}"})
                     return

@@ -26,7 +26,8 @@ module only says what each action does to an element of each VR:
 
 The de-identified dataset then says so: Patient Identity Removed YES, De-identification Method
 and its Code Sequence (PS3.16 CID 7050), Longitudinal Temporal Information Modified.
-Burned-in text in the pixel data is NOT looked at (the Clean Pixel Data option is not offered).
+Burned-in text in the pixel data is blanked only with the Clean Pixel Data option, where configured
+regions say it is (core/pixel_clean.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Iterable
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -45,6 +47,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from minipacs.core.errors import ArchiveError
+from minipacs.core.pixel_clean import PixelRegions, clean_pixels
 from minipacs.dicom.deid_table import EDITION, OPTIONS, PRIVATE, PROFILE, Row
 from minipacs.dicom.uids import DICOM_UID_ROOT
 from minipacs.dicom.vr import BYTE_ARRAY_VRS, CHARSET_VRS, PLACEHOLDER_TEXT, PLACEHOLDER_VALUES, TEXT_VRS
@@ -52,6 +55,7 @@ from minipacs.dicom.vr import BYTE_ARRAY_VRS, CHARSET_VRS, PLACEHOLDER_TEXT, PLA
 # PS3.16 CID 7050 De-identification Method: the option -> (code value, meaning), scheme DCM.
 OPTION_CODES: Final[dict[str, tuple[str, str]]] = {
     "basic": ("113100", "Basic Application Confidentiality Profile"),
+    "clean-pixel-data": ("113101", "Clean Pixel Data Option"),
     "clean-graphics": ("113103", "Clean Graphics Option"),
     "clean-structured-content": ("113104", "Clean Structured Content Option"),
     "clean-descriptors": ("113105", "Clean Descriptors Option"),
@@ -63,6 +67,9 @@ OPTION_CODES: Final[dict[str, tuple[str, str]]] = {
     "retain-safe-private": ("113111", "Retain Safe Private Option"),
     "retain-institution-identity": ("113112", "Retain Institution Identity Option"),
 }
+#: Every option: Table E.1-1's columns, and Clean Pixel Data (PS3.15 E.3.1), which acts on the pixels, not
+#: on attributes, so the table has no column for it (core/pixel_clean.py).
+ALL_OPTIONS: Final = (*OPTIONS, "clean-pixel-data")
 #: Options that cannot be chosen together.
 EXCLUSIVE: Final = (frozenset({"retain-long-full-dates", "retain-long-modified-dates"}),)
 
@@ -136,9 +143,9 @@ class InvalidDeidOptions(ArchiveError, ValueError):
 
 def check_options(options: Iterable[str]) -> frozenset[str]:
     chosen = frozenset(options)
-    unknown = sorted(chosen - set(OPTIONS))
+    unknown = sorted(chosen - set(ALL_OPTIONS))
     if unknown:
-        raise InvalidDeidOptions(f"unknown de-identification option(s) {unknown}; known: {', '.join(OPTIONS)}")
+        raise InvalidDeidOptions(f"unknown de-identification option(s) {unknown}; known: {', '.join(ALL_OPTIONS)}")
     for group in EXCLUSIVE:
         if group <= chosen:
             raise InvalidDeidOptions(f"choose one of {' and '.join(sorted(group))}, not both")
@@ -476,9 +483,20 @@ def _describe(ds: Dataset, options: frozenset[str]) -> None:
         ds.LongitudinalTemporalInformationModified = "REMOVED"
 
 
-def deidentify(ds: Dataset, options: frozenset[str], pseudonyms: Pseudonyms, mapping: Mapping) -> Dataset:
-    """De-identify ``ds`` in place (and return it); ``mapping`` collects what was replaced."""
+def deidentify(
+    ds: Dataset,
+    options: frozenset[str],
+    pseudonyms: Pseudonyms,
+    mapping: Mapping,
+    pixel_regions: Seq[PixelRegions] = (),
+) -> Dataset:
+    """De-identify ``ds`` in place (and return it); ``mapping`` collects what was replaced. With
+    clean-pixel-data the pixels are cleaned first, by ``pixel_regions`` matched on the original header
+    (core/pixel_clean.py; PixelCleanError when they cannot be); compressed pixels are then decompressed
+    and ``ds.file_meta``'s Transfer Syntax UID says so."""
     options = check_options(options)
+    if "clean-pixel-data" in options:
+        clean_pixels(ds, pixel_regions)
     key = patient_key(ds)
     secrets: set[str] = set()
     _identifying_words(ds, options, secrets)
@@ -499,6 +517,7 @@ def deidentify(ds: Dataset, options: frozenset[str], pseudonyms: Pseudonyms, map
 
 
 __all__ = [
+    "ALL_OPTIONS",
     "BINARY_VRS",
     "CODE_ITEM_TAGS",
     "DUMMY",

@@ -24,11 +24,11 @@ from starlette.routing import BaseRoute
 
 from minipacs.core.audit import Action
 from minipacs.core.compression import Compressor
+from minipacs.core.deid import ALL_OPTIONS as DEID_OPTIONS
 from minipacs.core.errors import ArchiveError, NotFound
 from minipacs.core.labels import labels_of, labels_of_studies
 from minipacs.core.nodes import registry_warnings
 from minipacs.core.paths import validate_uid
-from minipacs.dicom.deid_table import OPTIONS as DEID_OPTIONS
 from minipacs.dicom.levels import Level
 from minipacs.index.matching import wildcard_match
 from minipacs.services import status
