@@ -29,6 +29,7 @@ from minipacs.core.jobs import JobQueue, JobSettings
 from minipacs.core.metrics import Metrics
 from minipacs.core.mpps import ProcedureSteps
 from minipacs.core.nodes import NodeRegistry, calling_host_warning
+from minipacs.core.rejection import Rejections
 from minipacs.core.retention import periodic, register_retention_job
 from minipacs.core.routing import Router, RoutingSettings
 from minipacs.core.rules import RuleBook, check_against_nodes
@@ -341,10 +342,14 @@ class App:
     #: Writes this node's own figures into the index for /api/stats on every node (core/stats.py).
     node_stats: NodeStatsPublisher | None = None
     node_stats_watch: asyncio.Task[None] | None = None
+    #: Applies the rejection notes stored (IHE IOCM, core/rejection.py).
+    rejections: Rejections | None = None
 
     async def close(self, grace: float = 5.0) -> None:
         if self.router is not None:
             await self.router.close()
+        if self.rejections is not None:
+            await self.rejections.close()
         if self.compression is not None:
             await self.compression.close()
         await self.jobs.close()  # running jobs go back to the queue while the index is still open
@@ -512,6 +517,8 @@ async def build_app(settings: Settings) -> App:
         node_stats_watch=asyncio.ensure_future(node_stats.run()),
     )
     app.audit_watch = asyncio.ensure_future(archive.audit.run())
+    app.rejections = Rejections(archive, settings.rejection_notes)
+    app.rejections.start()
     if sender is not None:
         archive.audit.forward.append(sender.submit)
         app.audit_syslog = sender

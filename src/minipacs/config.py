@@ -260,6 +260,10 @@ class Settings:
     #: Secret of the keyed pseudonyms (HMAC-SHA256), at least 16 characters; empty: a random key
     #: generated once into DATA/anonymization.key. Same key, same pseudonyms and UIDs in every run.
     anonymization_key: str = dataclasses.field(default="", repr=False)
+    #: Whose rejection notes (IHE IOCM: a Key Object Selection titled 113001, 113037, 113038 or 113039) delete
+    #: the instances they list: registered (AE registry nodes and HTTP users who may store), any, off
+    #: (core/rejection.py).
+    rejection_notes: str = "registered"
     #: ``[[pixel_regions]]`` tables: where machines burn text into their images, for the clean-pixel-data
     #: de-identification option (core/pixel_clean.py; docs/ANONYMIZATION.md).
     pixel_regions: tuple[PixelRegions, ...] = ()
@@ -556,6 +560,8 @@ class Settings:
             check_rules(self.retention)
         except InvalidRetentionRule as exc:
             raise ConfigError(str(exc)) from None
+        if self.rejection_notes not in ("registered", "any", "off"):
+            raise ConfigError("rejection_notes must be registered, any or off")
         if self.anonymization_key and len(self.anonymization_key) < 16:
             raise ConfigError("anonymization_key must be at least 16 characters (or empty: a generated key)")
         if self.anonymize_job_threshold < 0:

@@ -47,6 +47,9 @@ NOT_DIMSE = {
     "Spared",
     "InvalidRetentionRule",
     "InvalidDeidOptions",
+    "InvalidPixelRegions",
+    "PixelCleanError",
+    "RejectionNoteError",  # logged and audited after the note was stored: never a response
     "InvalidRule",
     "RuleConflict",
     "MediaError",

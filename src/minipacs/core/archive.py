@@ -64,6 +64,7 @@ from minipacs.core.errors import (
     InvalidInstance,
     NotFound,
     OutOfResources,
+    PreviouslyRejected,
 )
 from minipacs.core.header import read_header, read_header_bytes
 from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits, check_deflated
@@ -88,7 +89,7 @@ from minipacs.core.staging import (
 )
 from minipacs.core.structure import check_staged
 from minipacs.dicom.header import InstanceHeader, dataset_encoding
-from minipacs.index import blob_removal_repo, intake_repo, metadata_repo
+from minipacs.index import blob_removal_repo, intake_repo, metadata_repo, rejection_repo
 from minipacs.index import repository as repo
 from minipacs.index.database import IndexConnection, IndexDatabase, is_transient
 
@@ -361,6 +362,11 @@ def _log_failure(exc: IntakeLogError) -> ArchiveError:
     return ArchiveError("storing failed: the intake log cannot be written; nothing was stored; see the server log")
 
 
+#: Rejection codes after which the same instance may be stored again (core/rejection.py): Data Retention
+#: Policy Expired removes by policy; a later store is a deliberate restore.
+STORABLE_AFTER_REJECTION: Final = frozenset({"113039"})
+
+
 @dataclass
 class _BatchFlush:
     """The flush of a batch's intake records (IntakeLog.start_flush), waited for once, before the first
@@ -465,6 +471,10 @@ class Archive:
         self.on_stored: list[Callable[[StoreOutcome], None]] = []
         #: Prometheus figures (core/metrics.py), set by bootstrap; None: nothing is counted.
         self.metrics: Metrics | None = None
+        #: Whether any instance may have been rejected by a rejection note (core/rejection.py): only then
+        #: does an ingest look its SOP Instance UID up in ``rejected_instances``. Read at start, set before
+        #: a rejection is written, and looked at again every few seconds (another node's rejections).
+        self.rejections_possible = False
         #: After-deletion listeners (core/mpps.py): called on the event loop with the Study
         #: Instance UIDs whose completion a deletion withdrew; quick, must not raise.
         self.on_uncompleted: list[Callable[[set[str]], None]] = []
@@ -515,6 +525,7 @@ class Archive:
             intake.on_new_segment = archive._checkpoint_wanted.set
             archive._index_writer.autocheckpoint = not use_log  # the checkpointer copies the WAL
         archive._writer.start()
+        archive.rejections_possible = await archive.read(rejection_repo.any_rejected)
         if intake is not None:
             archive._checkpointer = threading.Thread(
                 target=archive._run_checkpointer, name="minipacs-intake-checkpoint", daemon=True
@@ -1190,6 +1201,12 @@ class Archive:
         if header is None:  # pragma: no cover - prepare_ingest ran or the job failed before
             raise ArchiveError("internal error: ingest job without a parsed header")
         uid = header.get("SOPInstanceUID")
+        if self.rejections_possible and job.replace_key is None:
+            code = rejection_repo.code_of(conn, uid)
+            if code is not None and code not in STORABLE_AFTER_REJECTION:
+                raise PreviouslyRejected(
+                    f"SOP Instance {uid} was rejected by a rejection note ({code}, DCM); it is not stored again"
+                )
         outcome = StoreOutcome(
             sop_instance_uid=uid,
             status=StoreStatus.STORED,
@@ -1197,6 +1214,8 @@ class Archive:
             size=job.size,
             study_instance_uid=header.get("StudyInstanceUID"),
             series_instance_uid=header.get("SeriesInstanceUID"),
+            sop_class_uid=header.get("SOPClassUID"),
+            origin=job.origin,
         )
         if job.replace_key is None and repo.inserts_new_instance(conn):
             cached_series_pk = self._keys.series.get(outcome.series_instance_uid)

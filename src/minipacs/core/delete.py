@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -95,6 +95,60 @@ def _delete_rows(conn: IndexConnection, level: str, uid: str, reason: str = "", 
     return _Removed([(row.sop_instance_uid, row.blob_key, row.size) for row in rows], uncompleted)
 
 
+async def delete_resources(
+    archive: Archive, level: str, uids: Sequence[str], *, reason: str = "", first: Guard | None = None
+) -> tuple[Deleted, list[str]]:
+    """Delete every resource of ``level`` named in ``uids`` that is stored, in ONE transaction, after
+    ``first(conn)`` (more writes of the same transaction; a reason it returns refuses all: Spared).
+    Answers what went and the UIDs that were not stored. Used where the deletion and its cause must
+    commit together (core/rejection.py: a rejection note's record and the instances it rejects)."""
+    if level not in LEVELS or LEVELS[level] is Entity.PATIENT:
+        raise ValueError(f"cannot delete several of level {level!r}")
+
+    def run(conn: IndexConnection) -> tuple[_Removed, list[str]]:
+        if first is not None:
+            spared = first(conn)
+            if spared is not None:
+                raise Spared(spared)
+        files: list[tuple[str, str, int]] = []
+        uncompleted: set[str] = set()
+        missing: list[str] = []
+        for uid in dict.fromkeys(uids):
+            try:
+                removed = _delete_rows(conn, level, uid, reason)
+            except NotFound:
+                missing.append(uid)
+                continue
+            files += removed.files
+            uncompleted |= removed.uncompleted
+        return _Removed(files, uncompleted), missing
+
+    removed, missing = await archive.write(run, removes_entities=True)
+    await _after_deletion(archive, removed)
+    gone = len(set(uids)) - len(missing)
+    log.info("deleted %d %s(s): %d instance(s)%s", gone, level, len(removed.files), f" ({reason})" if reason else "")
+    return Deleted(len(removed.files), sum(size for _, _, size in removed.files)), missing
+
+
+async def _after_deletion(archive: Archive, removed: _Removed) -> None:
+    """The listeners, then the removal of exactly the deleted rows' own copies (after the commit)."""
+    if removed.uncompleted:
+        for listener in archive.on_uncompleted:
+            try:
+                listener(removed.uncompleted)
+            except Exception:
+                log.exception("after-deletion listener %r failed", listener)
+
+    def remove_files() -> None:
+        for _, key, _ in removed.files:
+            try:
+                archive.blobs.delete(key)
+            except (OSError, BlobError) as exc:
+                log.error("deleted instance file %s could not be removed: %s", key, exc)
+
+    await asyncio.to_thread(remove_files)
+
+
 async def delete_resource(
     archive: Archive, level: str, uid: str, *, reason: str = "", guard: Guard | None = None
 ) -> Deleted:
@@ -110,23 +164,9 @@ async def delete_resource(
         )
     removed = await archive.write(lambda conn: _delete_rows(conn, level, uid, reason, guard), removes_entities=True)
     rows = removed.files
-    if removed.uncompleted:
-        for listener in archive.on_uncompleted:
-            try:
-                listener(removed.uncompleted)
-            except Exception:
-                log.exception("after-deletion listener %r failed", listener)
-
-    def remove_files() -> None:  # after the commit; only these rows' own copies
-        for _, key, _ in rows:
-            try:
-                archive.blobs.delete(key)
-            except (OSError, BlobError) as exc:
-                log.error("deleted instance file %s could not be removed: %s", key, exc)
-
-    await asyncio.to_thread(remove_files)
+    await _after_deletion(archive, removed)
     log.info("deleted %s %s: %d instance(s)%s", level, uid, len(rows), f" ({reason})" if reason else "")
     return Deleted(len(rows), sum(size for _, _, size in rows))
 
 
-__all__ = ["LEVELS", "Deleted", "Guard", "Spared", "delete_resource"]
+__all__ = ["LEVELS", "Deleted", "Guard", "Spared", "delete_resource", "delete_resources"]

@@ -38,6 +38,11 @@ class DuplicateInstance(ArchiveError):
     """The SOP Instance UID is already stored and the policy says reject."""
 
 
+class PreviouslyRejected(ArchiveError):
+    """A store of an instance that a rejection note rejected (IHE IOCM, core/rejection.py): refused,
+    C-STORE status 0xA771 (what dcm4chee answers: "Subsequent occurrence of a rejected object")."""
+
+
 class DatasetTooLarge(ArchiveError):
     """The dataset exceeds the configured maximum size."""
 

@@ -41,6 +41,9 @@ class StoreOutcome:
     size: int  # bytes of the stored Part 10 file
     study_instance_uid: str = ""
     series_instance_uid: str = ""
+    sop_class_uid: str = ""
+    #: Where the stored copy came from (None where an outcome is made up, e.g. in tests).
+    origin: Origin | None = None
 
 
 @dataclass

@@ -558,3 +558,21 @@ class Correction(Base):
     message: Mapped[str] = mapped_column(Text(), server_default="")
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), index=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class RejectedInstance(Base):
+    """An instance a rejection note rejected (IHE IOCM; core/rejection.py): its rows and file are
+    deleted in the transaction that writes this row, and a later store of the same SOP Instance UID is
+    refused (0xA771) unless the reason was Data Retention Policy Expired (113039)."""
+
+    __tablename__ = "rejected_instances"
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    #: The rejection note's title (CID 7011): 113001, 113037, 113038 or 113039 (scheme DCM).
+    code: Mapped[str] = mapped_column(String(16))
+    #: The rejection note's SOP Instance UID.
+    note_uid: Mapped[str] = mapped_column(String(64))
+    #: Who sent the note: "AE title at host" or the HTTP user.
+    actor: Mapped[str] = mapped_column(Text())
+    rejected_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), index=True)

@@ -38,6 +38,8 @@ GENERAL = _table(
 # PS3.4 Table B.2-1: C-STORE response statuses
 STORAGE = _table(
     Status(0xA700, "Failure", "Refused: Out of Resources"),
+    # in the A7xx "Refused" family, as dcm4chee answers it (IHE IOCM; core/rejection.py)
+    Status(0xA771, "Failure", "Refused: Subsequent occurrence of a rejected object"),
     Status(0xA900, "Failure", "Error: Data Set does not match SOP Class"),
     Status(0xC000, "Failure", "Error: Cannot understand"),
     Status(0xC001, "Failure", "Error: Cannot understand: SOP Instance UID differs from the command's"),
@@ -111,10 +113,13 @@ UNABLE_TO_PROCESS = 0xC000
 #: C-STORE-RQ. Not 0xA900 (that is for a dataset that does not match the SOP *class*): an error of
 #: the Cxxx "Cannot understand" family, whose low bits PS3.4 Table B.2-1 leaves to the SCP.
 STORE_INSTANCE_UID_MISMATCH = 0xC001
+#: An instance a rejection note rejected, sent again (core/rejection.py).
+STORE_PREVIOUSLY_REJECTED = 0xA771
 
 # Archive error -> C-STORE status. Most specific class first: the first match wins.
 STORE_ERROR_STATUS: tuple[tuple[type[errors.ArchiveError], int], ...] = (
     (errors.DuplicateInstance, 0x0111),
+    (errors.PreviouslyRejected, STORE_PREVIOUSLY_REJECTED),
     (errors.InstanceUIDMismatch, STORE_INSTANCE_UID_MISMATCH),
     (errors.InstanceMismatch, 0xA900),
     (errors.InvalidIdentifier, 0xC000),
@@ -267,6 +272,7 @@ ERROR_COMMENTS: tuple[tuple[type[BaseException], str], ...] = (
     (errors.InflateLimitExceeded, "Deflated dataset inflates past the limit; send it uncompressed"),
     (errors.DatasetTooLarge, "Dataset larger than this archive accepts (max_dataset_bytes)"),
     (errors.QueryTooBroad, "Query reads too many stored files; narrow it with indexed keys"),
+    (errors.PreviouslyRejected, "A rejection note rejected this instance; it is not stored again"),
     (errors.OutOfResources, "Archive out of resources (disk full?); try again later"),
     (errors.UnreadableInstance, "A stored instance cannot be read; the server log says which"),
     (errors.NotFound, "Nothing found with these UIDs; check them and ask again"),

@@ -24,6 +24,7 @@ from minipacs.core.errors import (
     InstanceMismatch,
     InvalidInstance,
     OutOfResources,
+    PreviouslyRejected,
     QueryTooBroad,
 )
 from minipacs.core.inflate import DatasetLimits
@@ -95,6 +96,7 @@ FAILURE_REASONS: Final[Mapping[type[ArchiveError], int]] = {
     DatasetTooLarge: 0xA700,
     InstanceMismatch: 0xA900,
     DuplicateInstance: 0x0111,
+    PreviouslyRejected: 0xA771,  # as C-STORE answers it (core/rejection.py)
     InvalidInstance: 0xC000,  # Error: Cannot understand -- a broken dataset (BrokenDataset), a malformed UID
 }
 PROCESSING_FAILURE: Final = 0x0110  # PS3.4 Annex B: Processing failure

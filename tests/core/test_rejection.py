@@ -1,0 +1,245 @@
+"""Rejection notes (IHE IOCM; core/rejection.py): a Key Object Selection titled with a CID 7011 code
+deletes the instances it lists, and a later store of one is refused with 0xA771, but after 113039.
+
+In process, on the archive with the ``Rejections`` listener as serve registers it; who may reject is
+checked for each ``rejection_notes`` mode. tests/interop/test_rejection_interop.py sends the note and
+the rejected image with DCMTK storescu to a running server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import generate_uid
+
+from minipacs.bootstrap import open_archive
+from minipacs.config import ConfigError, Settings
+from minipacs.core.archive import Archive
+from minipacs.core.errors import PreviouslyRejected
+from minipacs.core.model import Origin
+from minipacs.core.nodes import Node, NodeRegistry
+from minipacs.core.rejection import KEY_OBJECT_SELECTION, RejectionNoteError, Rejections, read_note
+from minipacs.index import rejection_repo
+from minipacs.services.status import describe, status_for_store_error
+from tests.dicomgen import write_ct
+
+MODALITY = Origin("dicom", "CT_ROOM_1", "MINIPACS", "127.0.0.1", 40000)
+STRANGER = Origin("dicom", "STRANGER", "MINIPACS", "127.0.0.9", 40000)
+
+
+def rejection_note(
+    study: str, references: list[tuple[str, str]], code: str = "113001", scheme: str = "DCM", series: str = ""
+) -> Dataset:
+    """A Key Object Selection Document (PS3.3 A.35.4) of ``study`` titled ``code`` listing (series, SOP)."""
+    ds = Dataset()
+    ds.SOPClassUID = KEY_OBJECT_SELECTION
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = series or generate_uid()
+    ds.Modality = "KO"
+    ds.PatientID, ds.PatientName = "P1", "Doe^John"
+    ds.ValueType = "CONTAINER"
+    title = Dataset()
+    title.CodeValue, title.CodingSchemeDesignator, title.CodeMeaning = code, scheme, "Rejected for Quality Reasons"
+    ds.ConceptNameCodeSequence = Sequence([title])
+    by_series: dict[str, list[str]] = {}
+    for series_uid, sop in references:
+        by_series.setdefault(series_uid, []).append(sop)
+    evidence = Dataset()
+    evidence.StudyInstanceUID = study
+    evidence.ReferencedSeriesSequence = Sequence()
+    for series_uid, sops in by_series.items():
+        item = Dataset()
+        item.SeriesInstanceUID = series_uid
+        item.ReferencedSOPSequence = Sequence()
+        for sop in sops:
+            ref = Dataset()
+            ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", sop
+            item.ReferencedSOPSequence.append(ref)
+        evidence.ReferencedSeriesSequence.append(item)
+    ds.CurrentRequestedProcedureEvidenceSequence = Sequence([evidence])
+    return ds
+
+
+def _save(ds: Dataset, path: Path) -> Path:
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+async def _stored(archive: Archive) -> set[str]:
+    return await archive.read(lambda c: {r[0] for r in c.exec_driver_sql("SELECT sop_instance_uid FROM instances")})
+
+
+def _run(tmp_path: Path, body: Any, mode: str = "registered") -> None:
+    async def main() -> None:
+        archive = await open_archive(Settings(data_dir=tmp_path / "data", fsync=False))
+        rejections = Rejections(archive, mode)
+        rejections.start()
+        try:
+            await NodeRegistry(archive).add(Node("CT_ROOM_1", "127.0.0.1", 104))
+            await body(archive, rejections)
+        finally:
+            await rejections.close()
+            await archive.close()
+
+    asyncio.run(main())
+
+
+def test_reading_a_note_takes_only_rejection_titles_and_checks_what_it_lists() -> None:
+    study, series = str(generate_uid()), str(generate_uid())
+    sops = [str(generate_uid()) for _ in range(3)]
+    note = read_note(rejection_note(study, [(series, s) for s in sops] + [(series, sops[0])]))
+    assert note is not None and note.code == "113001" and note.meaning == "Rejected for Quality Reasons"
+    assert note.references == tuple((study, series, s) for s in sops)  # each once
+    for code in ("113037", "113038", "113039"):
+        assert read_note(rejection_note(study, [(series, sops[0])], code=code)) is not None
+    assert read_note(rejection_note(study, [(series, sops[0])], code="113000")) is None  # another KOS title
+    assert read_note(rejection_note(study, [(series, sops[0])], scheme="99LOCAL")) is None
+    other = rejection_note(study, [(series, sops[0])])
+    other.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.22"  # an SR with the same title: not a KOS
+    assert read_note(other) is None
+    with pytest.raises(RejectionNoteError, match="lists no instance"):
+        read_note(rejection_note(study, []))
+    for bad in ("1.2.x", "1." * 40):  # a hostile note: not a UID, longer than 64
+        broken = rejection_note(study, [(series, sops[0])])
+        item = broken.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+        ref = item.ReferencedSOPSequence[0]
+        ref[0x00081155] = pydicom.dataelem.RawDataElement(
+            pydicom.tag.Tag(0x00081155), "UI", len(bad), bad.encode(), 0, False, True
+        )
+        with pytest.raises(RejectionNoteError, match="invalid UID"):
+            read_note(broken)
+
+
+def test_a_note_deletes_what_it_lists_and_a_rejected_instance_is_refused_after(tmp_path: Path) -> None:
+    async def body(archive: Archive, rejections: Rejections) -> None:
+        study, series = str(generate_uid()), str(generate_uid())
+        files = [write_ct(tmp_path / f"{n}.dcm", study_uid=study, series_uid=series) for n in range(3)]
+        for path in files:
+            await archive.import_file(path, MODALITY)
+        sops = [pydicom.dcmread(p).SOPInstanceUID for p in files]
+        later = str(generate_uid())  # listed before it was stored
+        assert not archive.rejections_possible
+        note = rejection_note(study, [(series, sops[0]), (series, sops[1]), (series, later)])
+        stored = await archive.import_file(_save(note, tmp_path / "note.dcm"), MODALITY)
+        await rejections.settled()
+        assert rejections.applied == 1 and archive.rejections_possible
+        assert await _stored(archive) == {sops[2], stored.sop_instance_uid}  # the note itself stays
+        rows, total = await archive.read(lambda c: rejection_repo.listed(c, study=study))
+        assert total == 3 and {r["code"] for r in rows} == {"113001"}
+        assert {r["note_uid"] for r in rows} == {note.SOPInstanceUID}
+        with pytest.raises(PreviouslyRejected, match=r"rejected by a rejection note \(113001, DCM\)") as refused:
+            await archive.import_file(files[0], MODALITY)
+        assert status_for_store_error(refused.value) == 0xA771
+        assert "Subsequent occurrence of a rejected object" in describe(0xA771)
+        late = write_ct(tmp_path / "late.dcm", study_uid=study, series_uid=series, sop_uid=later)
+        with pytest.raises(PreviouslyRejected):
+            await archive.import_file(late, MODALITY)
+        assert await _stored(archive) == {sops[2], stored.sop_instance_uid}
+        await archive.audit.flush()
+        audit = await archive.read(
+            lambda c: c.exec_driver_sql("SELECT action, actor, detail, outcome FROM audit").all()
+        )
+        assert any(a == "deleted" and actor == "CT_ROOM_1" and "2 instance(s) deleted" in d for a, actor, d, _ in audit)
+
+    _run(tmp_path, body)
+
+
+def test_after_data_retention_policy_expired_the_instance_may_be_stored_again(tmp_path: Path) -> None:
+    async def body(archive: Archive, rejections: Rejections) -> None:
+        study, series = str(generate_uid()), str(generate_uid())
+        path = write_ct(tmp_path / "ct.dcm", study_uid=study, series_uid=series)
+        sop = pydicom.dcmread(path).SOPInstanceUID
+        await archive.import_file(path, MODALITY)
+        note = rejection_note(study, [(series, sop)], code="113039")
+        await archive.import_file(_save(note, tmp_path / "note.dcm"), MODALITY)
+        await rejections.settled()
+        assert sop not in await _stored(archive)
+        await archive.import_file(path, MODALITY)  # a deliberate restore
+        assert sop in await _stored(archive)
+
+    _run(tmp_path, body)
+
+
+@pytest.mark.parametrize(
+    ("mode", "origin", "applied"),
+    [
+        ("registered", STRANGER, False),
+        ("registered", Origin("stow", peer_host="127.0.0.1"), True),
+        ("any", STRANGER, True),
+        ("off", MODALITY, False),
+    ],
+    ids=["unregistered-peer", "http-user", "any-peer", "off"],
+)
+def test_who_may_reject(tmp_path: Path, mode: str, origin: Origin, applied: bool) -> None:
+    async def body(archive: Archive, rejections: Rejections) -> None:
+        study, series = str(generate_uid()), str(generate_uid())
+        path = write_ct(tmp_path / "ct.dcm", study_uid=study, series_uid=series)
+        sop = pydicom.dcmread(path).SOPInstanceUID
+        await archive.import_file(path, MODALITY)
+        await archive.import_file(_save(rejection_note(study, [(series, sop)]), tmp_path / "note.dcm"), origin)
+        await rejections.settled()
+        assert (sop not in await _stored(archive)) == applied
+        assert rejections.applied == int(applied)
+        if mode == "registered" and not applied:
+            await archive.audit.flush()
+            audit = await archive.read(lambda c: c.exec_driver_sql("SELECT detail, outcome FROM audit").all())
+            assert any("is not a registered node" in d and o == 4 for d, o in audit), audit
+            await archive.import_file(path, MODALITY)  # nothing recorded: it may be stored again
+
+    _run(tmp_path, body, mode)
+
+
+def test_a_restart_knows_there_were_rejections_and_refuses_at_once(tmp_path: Path) -> None:
+    study, series = str(generate_uid()), str(generate_uid())
+    path = write_ct(tmp_path / "ct.dcm", study_uid=study, series_uid=series)
+    sop = pydicom.dcmread(path).SOPInstanceUID
+
+    async def body(archive: Archive, rejections: Rejections) -> None:
+        await archive.import_file(path, MODALITY)
+        await archive.import_file(_save(rejection_note(study, [(series, sop)]), tmp_path / "note.dcm"), MODALITY)
+        await rejections.settled()
+
+    _run(tmp_path, body)
+
+    async def again() -> None:
+        archive = await open_archive(Settings(data_dir=tmp_path / "data", fsync=False))
+        try:
+            assert archive.rejections_possible  # read at start: no listener needed to refuse
+            with pytest.raises(PreviouslyRejected):
+                await archive.import_file(path, MODALITY)
+        finally:
+            await archive.close()
+
+    asyncio.run(again())
+
+
+def test_a_broken_note_is_logged_and_deletes_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def body(archive: Archive, rejections: Rejections) -> None:
+        study, series = str(generate_uid()), str(generate_uid())
+        path = write_ct(tmp_path / "ct.dcm", study_uid=study, series_uid=series)
+        await archive.import_file(path, MODALITY)
+        note = rejection_note(study, [])
+        await archive.import_file(_save(note, tmp_path / "note.dcm"), MODALITY)
+        await rejections.settled()
+        assert rejections.refused == 1 and len(await _stored(archive)) == 2
+
+    _run(tmp_path, body)
+    assert "lists no instance" in caplog.text
+
+
+def test_rejection_notes_setting_is_validated() -> None:
+    for mode in ("registered", "any", "off"):
+        Settings(rejection_notes=mode).validate()
+    with pytest.raises(ConfigError, match="rejection_notes must be registered, any or off"):
+        Settings(rejection_notes="all").validate()
