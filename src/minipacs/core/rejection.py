@@ -49,13 +49,14 @@ from minipacs.core.audit import Action, ActorKind, Outcome
 from minipacs.core.delete import delete_resources
 from minipacs.core.errors import ArchiveError
 from minipacs.core.model import Origin, StoreOutcome, StoreStatus
+from minipacs.dicom.uids import KEY_OBJECT_SELECTION_STORAGE
 from minipacs.index import nodes_repo, rejection_repo
 from minipacs.index.database import IndexConnection
 
 log = logging.getLogger(__name__)
 
 #: Key Object Selection Document Storage (PS3.4 B.5).
-KEY_OBJECT_SELECTION: Final = "1.2.840.10008.5.1.4.1.1.88.59"
+KEY_OBJECT_SELECTION: Final = KEY_OBJECT_SELECTION_STORAGE
 #: PS3.16 CID 7011 Rejected for Quality Reasons and its siblings: code value -> meaning (scheme DCM).
 REJECTION_CODES: Final[dict[str, str]] = {
     "113001": "Rejected for Quality Reasons",

@@ -39,6 +39,8 @@ MODALITY_PERFORMED_PROCEDURE_STEP: Final = "1.2.840.10008.3.1.2.3.3"
 # PS3.4 J.3.1: Storage Commitment Push Model SOP Class and its well-known SOP instance.
 STORAGE_COMMITMENT_PUSH_MODEL: Final = "1.2.840.10008.1.20.1"
 STORAGE_COMMITMENT_INSTANCE: Final = "1.2.840.10008.1.20.1.1"
+# PS3.4 B.5: Key Object Selection Document Storage (a rejection note's class, core/rejection.py).
+KEY_OBJECT_SELECTION_STORAGE: Final = "1.2.840.10008.5.1.4.1.1.88.59"
 
 # PS3.5 §10 / PS3.6 Table A-1: the transfer syntaxes named in code.
 IMPLICIT_VR_LITTLE_ENDIAN: Final = "1.2.840.10008.1.2"

@@ -20,7 +20,9 @@ from starlette.routing import BaseRoute
 
 from minipacs.core.corrections import JOB_KIND, CorrectionResult, Corrections, list_corrections
 from minipacs.core.paths import validate_uid
+from minipacs.core.rejection import REJECTION_CODES
 from minipacs.dicom.levels import LEVEL_SPELLINGS
+from minipacs.index import rejection_repo
 from minipacs.web.audit import actor_of
 from minipacs.web.errors import HttpError
 from minipacs.web.jsonbody import read_object
@@ -153,10 +155,40 @@ async def log_of_corrections(request: Request) -> Response:
     return JSONResponse(await list_corrections(ctx(request).archive, target, int(raw)))
 
 
+#: Most rows one GET /api/rejections answers.
+MAX_REJECTIONS_LISTED: Final = 1000
+
+
+async def rejected(request: Request) -> Response:
+    """The instances rejection notes rejected (core/rejection.py), newest first: why a peer's C-STORE of
+    one is answered 0xA771, which note did it and who sent it."""
+    params = request.query_params
+    limit, offset = params.get("limit", "100"), params.get("offset", "0")
+    if not (ascii_digits(limit) and ascii_digits(offset)) or not 1 <= int(limit) <= MAX_REJECTIONS_LISTED:
+        raise HttpError(400, "invalid_limit", f"limit must be 1 to {MAX_REJECTIONS_LISTED} and offset a whole number")
+    study = params.get("study", "")
+    if study:
+        study = validate_uid("study", study)
+    rows, total = await ctx(request).archive.read(
+        lambda conn: rejection_repo.listed(conn, study=study, limit=int(limit), offset=int(offset))
+    )
+    for row in rows:
+        row["rejected_at"] = row["rejected_at"].isoformat()
+        row["meaning"] = REJECTION_CODES.get(row["code"], "")
+    return JSONResponse({"total": total, "rejected": rows})
+
+
 def routes() -> list[BaseRoute]:
     """Mounted under /api BEFORE web/rest.py's routes (their ``/{level}/{id:path}`` would take these paths)."""
     return [
         Endpoint("/corrections", log_of_corrections, "GET", "read", "Corrections: who changed what, old values"),
+        Endpoint(
+            "/rejections",
+            rejected,
+            "GET",
+            "read",
+            "Instances rejection notes (IHE IOCM) rejected; ?study=&limit=&offset=",
+        ),
         Endpoint("/patients/merge", merge, "POST", "write", "Merge patient source into target (IHE PIR)"),
         Endpoint(
             "/series/{id:path}/move",
