@@ -207,3 +207,21 @@ def test_matching_on_attributes_in_sequences(web: Callable[..., Any]) -> None:
             assert (await client.get("/dicom-web/studies", params=bad)).status_code == 400, bad
 
     web(body)
+
+
+def test_a_key_the_url_fixes_to_another_value_is_a_400_not_silently_the_urls(web: Callable[..., Any]) -> None:
+    """``/studies/ST1/series?StudyInstanceUID=ST2`` answered ST1's series: the key yielded to the URL
+    without a word. A key that agrees with the URL (or lists its value, or is empty) is still fine."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        await _two_studies(client)
+        url = f"/dicom-web/studies/{ST1}/series"
+        for agreeing in (ST1, f"{ST2},{ST1}", ""):
+            r = await client.get(url, params={"StudyInstanceUID": agreeing})
+            assert r.status_code == 200 and _values(r.json(), "0020000E") == [SE1], (agreeing, r.text)
+        r = await client.get(url, params={"StudyInstanceUID": ST2})
+        assert r.status_code == 400 and "asks for another StudyInstanceUID than the URL's" in r.text
+        r = await client.get(f"/dicom-web/studies/{ST1}/series/{SE1}/instances", params={"0020000E": SE2})
+        assert r.status_code == 400 and "SeriesInstanceUID" in r.text
+
+    web(body)

@@ -311,7 +311,7 @@ def identifier(
 
     for keyword in DEFAULT_KEYS[level] if defaults is None else defaults:
         put([tag_of(keyword)], "")
-    matched: set[tuple[int, ...]] = set()  # the keys given a value, by tags: PatientID and 00100020 are one
+    matched: dict[tuple[int, ...], str] = {}  # the keys given, by tags (PatientID and 00100020 are one): value
     for name, value in params:
         if name in CONTROL_PARAMS and name != "includefield":
             continue
@@ -327,9 +327,18 @@ def identifier(
         path = key_path(name)
         if tuple(path) in matched:
             raise _repeated(".".join(keyword_for_tag(tag) or f"{tag:08X}" for tag in path), dictionary_VR(path[-1]))
-        matched.add(tuple(path))
+        matched[tuple(path)] = value
         put(path, value)
     for keyword, value in fixed.items():
+        given = matched.get((tag_of(keyword),), "")
+        if given and value not in given.replace(",", "\\").split("\\"):
+            # the URL names one study (series); a key asking for another would silently yield to it
+            raise HttpError(
+                400,
+                "conflicting_key",
+                f"{keyword}={given[:70]} asks for another {keyword} than the URL's ({value}); leave the key out, "
+                "or search at the URL of the one wanted",
+            )
         put([tag_of(keyword)], value)
     put([_QR_LEVEL], level.value)
     return ds
