@@ -75,17 +75,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         )
         return EXIT_PARTIAL
     if args.json:
-        document = {
-            "dest": str(report.dest),
-            "instances": report.instances,
-            "copied": report.copied,
-            "copied_bytes": report.copied_bytes,
-            "present": report.present,
-            "removed": report.removed,
-            "index_copies": report.index_copies,
-            "seconds": round(report.seconds, 3),
-            "lost": list(report.lost),
-        }
+        document = {**details(report), "seconds": round(report.seconds, 3), "lost": list(report.lost)}
         print(json.dumps(document, indent=2))
     else:
         print(summary(report).split("; ")[0])
