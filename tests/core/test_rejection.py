@@ -243,3 +243,33 @@ def test_rejection_notes_setting_is_validated() -> None:
         Settings(rejection_notes=mode).validate()
     with pytest.raises(ConfigError, match="rejection_notes must be registered, any or off"):
         Settings(rejection_notes="all").validate()
+
+
+def test_a_note_naming_every_image_of_two_series_removes_each_series_once(tmp_path: Path) -> None:
+    """One transaction: the instances of every series, then one pass over the parents left empty (the
+    changes journal has each series deleted exactly once; the study keeps the note's own series)."""
+
+    async def body(archive: Archive, rejections: Rejections) -> None:
+        study = str(generate_uid())
+        refs = []
+        for s in range(2):
+            series = str(generate_uid())
+            for n in range(2):
+                path = write_ct(tmp_path / f"{s}-{n}.dcm", study_uid=study, series_uid=series)
+                await archive.import_file(path, MODALITY)
+                refs.append((series, pydicom.dcmread(path).SOPInstanceUID))
+        other = str(generate_uid())  # the note's own series, in the same study: the study stays
+        await archive.import_file(_save(rejection_note(study, refs, series=other), tmp_path / "n.dcm"), MODALITY)
+        await rejections.settled()
+        assert rejections.applied == 1
+        rows = await archive.read(
+            lambda c: c.exec_driver_sql("SELECT level, uid FROM changes WHERE change_type = 'Deleted'").all()
+        )
+        by_level: dict[str, list[str]] = {}
+        for level, name in rows:
+            by_level.setdefault(level, []).append(name)
+        assert sorted(by_level["instance"]) == sorted(sop for _, sop in refs)
+        assert sorted(by_level["series"]) == sorted({series for series, _ in refs})
+        assert "study" not in by_level  # the note's own series keeps the study
+
+    _run(tmp_path, body)

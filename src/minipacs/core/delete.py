@@ -63,14 +63,34 @@ class _Removed:
     uncompleted: set[str]  # studies whose completion mark went with the deletion
 
 
-def _delete_rows(conn: IndexConnection, level: str, uid: str, reason: str = "", guard: Guard | None = None) -> _Removed:
+def _delete_rows(
+    conn: IndexConnection,
+    level: str,
+    uids: Sequence[str],
+    reason: str = "",
+    guard: Guard | None = None,
+    *,
+    missing: list[str] | None = None,
+) -> _Removed:
+    """Delete the resources ``uids`` of ``level`` and what hangs on them, in the caller's transaction:
+    their instances first, then ONE pass over parents left empty, one journal write, one sweep of
+    completion marks (per resource, each is a scan: a rejection note naming 100 instances made 100).
+    A UID not stored raises NotFound, or is added to ``missing`` when a list is given."""
     if guard is not None:
         spared = guard(conn)
         if spared is not None:
             raise Spared(spared)
-    rows = deletion_repo.delete_instances(conn, LEVELS[level], uid)
-    if rows is None:
-        raise NotFound(f"{level} {uid[:70]!r} is not in the archive")
+    rows: list[deletion_repo.DeletedInstance] = []
+    found: list[str] = []
+    for uid in dict.fromkeys(uids):
+        these = deletion_repo.delete_instances(conn, LEVELS[level], uid)
+        if these is None:
+            if missing is None:
+                raise NotFound(f"{level} {uid[:70]!r} is not in the archive")
+            missing.append(uid)
+            continue
+        rows += these
+        found.append(uid)
     delete_rows(conn, [row.sop_instance_uid for row in rows])
     now = dt.datetime.now(dt.UTC)
     journal = [
@@ -90,7 +110,7 @@ def _delete_rows(conn: IndexConnection, level: str, uid: str, reason: str = "", 
     for row in rows:
         deleted_sops.setdefault(row.study_instance_uid, []).append(row.sop_instance_uid)
     routing_repo.delete_deliveries(conn, deleted_sops, gone_studies)  # docs/ROUTING.md "A study deleted"
-    studies = sorted({row.study_instance_uid for row in rows} | ({uid} if level == "study" else set()))
+    studies = sorted({row.study_instance_uid for row in rows} | (set(found) if level == "study" else set()))
     uncompleted = deletion_repo.delete_completions(conn, studies)
     return _Removed([(row.sop_instance_uid, row.blob_key, row.size) for row in rows], uncompleted)
 
@@ -110,18 +130,8 @@ async def delete_resources(
             spared = first(conn)
             if spared is not None:
                 raise Spared(spared)
-        files: list[tuple[str, str, int]] = []
-        uncompleted: set[str] = set()
         missing: list[str] = []
-        for uid in dict.fromkeys(uids):
-            try:
-                removed = _delete_rows(conn, level, uid, reason)
-            except NotFound:
-                missing.append(uid)
-                continue
-            files += removed.files
-            uncompleted |= removed.uncompleted
-        return _Removed(files, uncompleted), missing
+        return _delete_rows(conn, level, uids, reason, missing=missing), missing
 
     removed, missing = await archive.write(run, removes_entities=True)
     await _after_deletion(archive, removed)
@@ -162,7 +172,7 @@ async def delete_resource(
             "an empty Patient ID names no patient: patients without one are kept apart, one per "
             "study; delete the study instead"
         )
-    removed = await archive.write(lambda conn: _delete_rows(conn, level, uid, reason, guard), removes_entities=True)
+    removed = await archive.write(lambda conn: _delete_rows(conn, level, [uid], reason, guard), removes_entities=True)
     rows = removed.files
     await _after_deletion(archive, removed)
     log.info("deleted %s %s: %d instance(s)%s", level, uid, len(rows), f" ({reason})" if reason else "")
