@@ -22,6 +22,7 @@ from minipacs.core.compression import CompressionPolicy, InvalidPolicy, policy_f
 from minipacs.core.model import DuplicatePolicy
 from minipacs.core.nodes import OPERATIONS, InvalidNode, Node, node_from_mapping
 from minipacs.core.pixel_clean import InvalidPixelRegions, PixelRegions, regions_from_tables
+from minipacs.core.rejection import MODES as REJECTION_MODES
 from minipacs.core.retention import InvalidRetentionRule, RetentionRule, check_rules, rule_from_mapping
 from minipacs.core.rules import InvalidRule, Rule, rules_from_tables
 from minipacs.core.users import DICOM_IDENTITY_MODES, ApiToken, InvalidUser, User, token_from_mapping, user_from_mapping
@@ -560,8 +561,8 @@ class Settings:
             check_rules(self.retention)
         except InvalidRetentionRule as exc:
             raise ConfigError(str(exc)) from None
-        if self.rejection_notes not in ("registered", "any", "off"):
-            raise ConfigError("rejection_notes must be registered, any or off")
+        if self.rejection_notes not in REJECTION_MODES:
+            raise ConfigError(f"rejection_notes must be {', '.join(REJECTION_MODES[:-1])} or {REJECTION_MODES[-1]}")
         if self.anonymization_key and len(self.anonymization_key) < 16:
             raise ConfigError("anonymization_key must be at least 16 characters (or empty: a generated key)")
         if self.anonymize_job_threshold < 0:
