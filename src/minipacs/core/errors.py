@@ -39,8 +39,8 @@ class DuplicateInstance(ArchiveError):
 
 
 class PreviouslyRejected(ArchiveError):
-    """A store of an instance that a rejection note rejected (IHE IOCM, core/rejection.py): refused,
-    C-STORE status 0xA771 (what dcm4chee answers: "Subsequent occurrence of a rejected object")."""
+    """A store of an instance that a rejection note rejected (IHE IOCM, core/rejection.py): refused; the
+    services give it their status (services/status.py, web/dicomweb.py), as dcm4chee answers it."""
 
 
 class DatasetTooLarge(ArchiveError):

@@ -15,8 +15,9 @@ study, series (Referenced Series Sequence) and SOP Instance UID (Referenced SOP 
 stored like any instance (so it is queried, retrieved and routed on: downstream archives learn of it),
 and then, once it is durable, the instances it lists are **deleted**, in one transaction with a record
 of each in ``rejected_instances`` (an instance it lists that is not stored is recorded too: it may
-arrive later). A later store of a recorded instance is refused, C-STORE status 0xA771 (STOW-RS
-FailureReason 0xA771), as dcm4chee answers it, unless the reason was 113039: a retention deletion is not
+arrive later). A later store of a recorded instance is refused (PreviouslyRejected: the services answer
+it as dcm4chee does, services/status.py and web/dicomweb.py), unless the reason was 113039: a retention
+deletion is not
 a verdict on the images, and storing them again is a deliberate restore.
 
 Who may reject (the ``rejection_notes`` setting): ``registered`` (the default) applies notes that come
