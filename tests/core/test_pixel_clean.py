@@ -165,6 +165,8 @@ def test_compressed_pixels_are_decompressed_cleaned_and_written_natively(
     ("table", "words"),
     [
         ({**US, "name": ""}, "name must be 1 to 64"),
+        ({**US, "name": "n" * 65}, "name must be 1 to 64"),
+        ({**US, "match": {"Modality": "U" * 1025}}, "1 to 1024 printable characters"),
         ({**US, "match": {}}, "match must name at least one attribute"),
         ({**US, "match": {"NoSuchKeyword": "x"}}, "is not a DICOM keyword of a text or number attribute"),
         ({**US, "match": {"ReferencedImageSequence": "x"}}, "is not a DICOM keyword of a text or number"),
@@ -259,3 +261,14 @@ def test_a_study_anonymized_with_clean_pixel_data_and_a_routing_copy(tmp_path: P
             await archive.close()
 
     asyncio.run(main())
+
+
+def test_names_and_values_at_their_limits_and_max_entries(monkeypatch: pytest.MonkeyPatch) -> None:
+    from minipacs.core import pixel_clean
+
+    (entry,) = regions_from_tables([{**US, "name": "n" * 64, "match": {"Modality": "U" * 1024}}])
+    assert entry.name == "n" * 64
+    monkeypatch.setattr(pixel_clean, "MAX_ENTRIES", 2)
+    assert len(regions_from_tables([{**US, "name": "a"}, {**US, "name": "b"}])) == 2
+    with pytest.raises(InvalidPixelRegions, match="at most 2 \\[\\[pixel_regions\\]\\] tables"):
+        regions_from_tables([{**US, "name": n} for n in "abc"])

@@ -273,3 +273,34 @@ def test_a_note_naming_every_image_of_two_series_removes_each_series_once(tmp_pa
         assert "study" not in by_level  # the note's own series keeps the study
 
     _run(tmp_path, body)
+
+
+def test_a_note_at_max_references_is_read_and_one_more_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from minipacs.core import rejection
+
+    monkeypatch.setattr(rejection, "MAX_REFERENCES", 3)
+    study, series = str(generate_uid()), str(generate_uid())
+    at = read_note(rejection_note(study, [(series, str(generate_uid())) for _ in range(3)]))
+    assert at is not None and len(at.references) == 3
+    with pytest.raises(RejectionNoteError, match="more than 3 instances"):
+        read_note(rejection_note(study, [(series, str(generate_uid())) for _ in range(4)]))
+
+
+def test_a_note_at_max_note_bytes_is_read_and_one_byte_larger_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from minipacs.core import rejection
+
+    async def body(archive: Archive, rejections: Rejections) -> None:
+        study, series = str(generate_uid()), str(generate_uid())
+        note = _save(rejection_note(study, [(series, str(generate_uid()))]), tmp_path / "n.dcm")
+        stored = await archive.import_file(note, Origin("import"))
+        await rejections.settled()
+        size = archive.blobs.size(stored.relative_path)
+        monkeypatch.setattr(rejection, "MAX_NOTE_BYTES", size)
+        assert rejections._read(stored.relative_path) is not None
+        monkeypatch.setattr(rejection, "MAX_NOTE_BYTES", size - 1)
+        with pytest.raises(RejectionNoteError, match=f"larger than {size - 1} bytes"):
+            rejections._read(stored.relative_path)
+
+    _run(tmp_path, body)
