@@ -157,3 +157,44 @@ def test_the_running_task_writes_without_being_asked_and_flushes_when_cancelled(
         assert [r["actor"] for r in rows] == ["last", "first"]
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_stop_while_a_batch_is_in_the_writer_still_forwards_it(fails: bool) -> None:
+    """The stop cancels ``run`` while its periodic flush waits for the writer with the last rows (the
+    Application Stop row, taken a moment before): the writer commits them anyway, so the batch is
+    forwarded to the syslog sender before the task ends, once; a batch the writer failed stays waiting."""
+    import asyncio
+
+    async def main() -> tuple[list[list[str]], int]:
+        started, gate = asyncio.Event(), asyncio.Event()
+
+        async def write(call: Callable[[Any], Any]) -> Any:
+            started.set()
+            await gate.wait()  # the index transaction, still running when the stop comes
+            if fails:
+                raise OSError("index down")
+            return list(call.keywords["rows"])  # type: ignore[attr-defined]
+
+        async def read(call: Callable[[Any], Any]) -> Any:  # pragma: no cover - not used
+            return None
+
+        audit = AuditLog(write, read, "node-a", AuditSettings(flush_seconds=0.01, retention_days=0))  # no prune
+        forwarded: list[list[str]] = []
+        audit.forward.append(lambda rows: forwarded.append([r["actor"] for r in rows]))
+        task = asyncio.ensure_future(audit.run())
+        await asyncio.sleep(0.05)  # the task's first (empty) flush is done; it sleeps
+        audit.record(Action.APP_STOP, actor="stop")
+        await asyncio.wait_for(started.wait(), 5)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        assert not task.done()  # it waits for the batch it handed to the writer
+        gate.set()
+        await asyncio.gather(task, return_exceptions=True)
+        return forwarded, audit.pending
+
+    forwarded, pending = asyncio.run(main())
+    if fails:
+        assert (forwarded, pending) == ([], 1)  # nothing forwarded that is not in the index; kept
+    else:
+        assert (forwarded, pending) == ([["stop"]], 0)

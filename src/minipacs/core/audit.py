@@ -200,18 +200,33 @@ class AuditLog:
                     rows = [self._pending.popleft() for _ in range(min(self.settings.batch, len(self._pending)))]
                 if not rows:
                     return written
+                # Shielded: a stop that cancels ``run`` while a batch is in the writer (the periodic flush
+                # took the Application Stop row a moment before) must not drop the batch's forwarding:
+                # the writer commits it anyway, so wait for it, forward it, and only then stop
+                write = asyncio.ensure_future(self._write(partial(audit_repo.insert_audit, rows=rows)))
                 try:
-                    written_rows: list[dict[str, Any]] = await self._write(partial(audit_repo.insert_audit, rows=rows))
+                    written_rows: list[dict[str, Any]] = await asyncio.shield(write)
+                except asyncio.CancelledError:
+                    await asyncio.wait([write])  # bounded by one index transaction
+                    if not write.cancelled() and write.exception() is None:
+                        self._forward(write.result())
+                    else:
+                        with self._lock:
+                            self._pending.extendleft(reversed(rows))
+                    raise
                 except Exception:
                     with self._lock:
                         self._pending.extendleft(reversed(rows))
                     raise
                 written += len(rows)
-                for listener in self.forward:
-                    try:
-                        listener(written_rows)
-                    except Exception:  # a listener's bug must not lose the trail
-                        log.exception("audit: a forwarder failed")
+                self._forward(written_rows)
+
+    def _forward(self, written_rows: list[dict[str, Any]]) -> None:
+        for listener in self.forward:
+            try:
+                listener(written_rows)
+            except Exception:  # a listener's bug must not lose the trail
+                log.exception("audit: a forwarder failed")
 
     async def before_removal(self, study_uids: list[str]) -> dict[str, str]:
         """Call before studies are deleted or moved: writes the waiting events (their Patient ID is
