@@ -108,23 +108,28 @@ class NodeClaim:
             self._fd = None
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            if not self._owns_engine:  # a pooled connection goes back: unlock explicitly
-                try:
-                    schema = str(conn.execute(text("SELECT current_schema()")).scalar() or "")
-                    conn.execute(
-                        text("SELECT pg_advisory_unlock(:cls, :key)"),
-                        {"cls": _PG_CLAIM_CLASS, "key": _pg_key(self.node_id, schema)},
-                    )
-                    conn.commit()
-                except Exception:
+            # Unlocked explicitly, in every case: a closed session's advisory locks go only once its
+            # backend has finished ending, a moment after the client closed it, so a node looking at
+            # once (hold_if_gone) could still find this one alive
+            try:
+                schema = str(conn.execute(text("SELECT current_schema()")).scalar() or "")
+                conn.execute(
+                    text("SELECT pg_advisory_unlock(:cls, :key)"),
+                    {"cls": _PG_CLAIM_CLASS, "key": _pg_key(self.node_id, schema)},
+                )
+                conn.commit()
+            except Exception:
+                if not self._owns_engine:
                     conn.invalidate()  # its session ends, and the lock with it: never pooled still held
-                    raise
-                finally:
                     conn.close()
+                    raise
+                # our own session: closing it below ends it, and the lock with it
+            if not self._owns_engine:  # a pooled connection goes back, unlocked
+                conn.close()
                 return
             engine = conn.engine
             try:
-                conn.close()  # the session ends: PostgreSQL drops its advisory locks
+                conn.close()
             finally:
                 engine.dispose()
         elif self._engine is not None:  # lost and not taken again: nothing held, the engine goes
