@@ -44,13 +44,64 @@ def dcmtk(tool: str) -> str:
 
 _PORTS_GIVEN: set[int] = set()
 
+#: The lowest port :func:`free_port` hands out (below it: well-known and registered services).
+PORTS_FROM = 10000
+
+
+def _ephemeral_low() -> int:
+    """Where the kernel's ephemeral ports (a bind to port 0, an outgoing connection) begin."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def _worker_ports() -> range | None:
+    """This test process's own ports: a slice, one per pytest-xdist worker, of the ports below the kernel's
+    ephemeral range. No other worker hands them out, and the kernel never gives them to a bind to port 0
+    or to a connection, so a port probed free stays free until the server that asked for it binds it.
+    None when the ephemeral range leaves too little room (then the kernel chooses, as before)."""
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    room = (_ephemeral_low() - PORTS_FROM) // workers
+    if room < 500 or worker >= workers:
+        return None
+    start = PORTS_FROM + worker * room
+    return range(start, start + room)
+
+
+_WORKER_PORTS = _worker_ports()
+_next_port = 0
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on, never one this test run has handed out before.
+    """A port nothing listens on, never one this test run has handed out before (until this worker's
+    slice wraps around, thousands of ports later).
 
     The kernel may hand the same ephemeral port to two binds in a row once the first socket is
-    closed: a test that asks for an HTTP port and then a DICOM port could get one port twice.
+    closed: a test that asks for an HTTP port and then a DICOM port could get one port twice, and,
+    with the suite in parallel, another worker's server could take the port between the probe and
+    the bind (a C-STORE then reached an HTTP server). So ports come from this worker's own slice.
     """
+    global _next_port
+    ports = _WORKER_PORTS
+    if ports is not None:
+        for _ in range(len(ports)):
+            port = ports[_next_port % len(ports)]
+            _next_port += 1
+            if _bindable(host, port):
+                _PORTS_GIVEN.add(port)
+                return port
     for _ in range(1000):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind((host, 0))

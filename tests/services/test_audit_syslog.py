@@ -21,6 +21,7 @@ from minipacs.core.audit import Action, ActorKind
 from minipacs.core.model import Origin
 from minipacs.net.tls import server_context
 from tests.dicomgen import write_ct
+from tests.peers import free_port
 from tests.tls_certs import make_pki
 
 BOM = b"\xef\xbb\xbf"
@@ -187,9 +188,7 @@ def test_serve_sends_application_start_logins_and_application_stop(tmp_path: Pat
 
     collector = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     collector.bind(("127.0.0.1", 0))
-    with socket.socket() as probe:  # a free port for HTTP
-        probe.bind(("127.0.0.1", 0))
-        http_port = probe.getsockname()[1]
+    http_port = free_port()
     settings = Settings(
         data_dir=tmp_path / "data",
         fsync=False,
@@ -262,9 +261,7 @@ def test_drain_waits_for_the_queue_and_is_bounded(tmp_path: Path) -> None:
         drained = await sender.drain(5)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        with socket.socket() as probe:  # a TLS port nobody listens on
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()  # a TLS port nobody listens on
         stuck = SyslogSender(parse_collector(f"tls://127.0.0.1:{port}"), "MINIPACS", tls=ssl.create_default_context())
         task = asyncio.ensure_future(stuck.run())
         stuck.submit([row])
