@@ -1,0 +1,139 @@
+"""An ingest on the event loop (core/archive.py ``Archive._ingest_here``): the usual C-STORE of a small
+instance, received into memory, is applied by the loop itself when the writer is idle; everything
+else, and everything while the writer is busy or after a slow cycle, goes through the writer thread.
+Either way the promise is the same: once the outcome is back, the file and its row are there."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from minipacs.core import archive as archive_module
+from minipacs.core.archive import Archive
+from minipacs.core.errors import InvalidInstance
+from minipacs.core.model import Origin, StoreStatus
+from tests.core.test_archive import stage
+from tests.dicomgen import ExplicitVRLittleEndian, encode_dataset, make_ct
+from tests.stored_files import instance_path
+
+DICOM = Origin(kind="dicom", calling_aet="MODALITY", called_aet="MINIPACS", peer_host="127.0.0.1", peer_port=4242)
+Run = Callable[..., Any]
+
+
+def _spy(archive: Archive) -> list[str]:
+    """The name of the thread each batch is applied on, in order."""
+    threads: list[str] = []
+    real = archive._commit_batch
+
+    def commit_batch(batch: list[Any]) -> list[object]:
+        threads.append(threading.current_thread().name)
+        return real(batch)
+
+    archive._commit_batch = commit_batch  # type: ignore[method-assign]
+    return threads
+
+
+def _ct(n: int) -> Any:
+    return make_ct("1.2.826.9", "1.2.826.9.1", f"1.2.826.9.1.{n}", InstanceNumber=n)
+
+
+def test_a_small_instance_in_memory_is_applied_on_the_loop_others_by_the_writer(with_archive: Run) -> None:
+    async def body(archive: Archive) -> None:
+        threads = _spy(archive)
+        here = await archive.ingest(stage(archive, _ct(1), in_memory=True), DICOM)
+        on_disk = await archive.ingest(stage(archive, _ct(2)), DICOM)  # staged in a file: the writer
+        assert here.status is on_disk.status is StoreStatus.STORED
+        assert threads == [threading.current_thread().name, "minipacs-index-writer"]
+        for outcome in (here, on_disk):  # file and row there once the outcome is back
+            path = await instance_path(archive, outcome.sop_instance_uid)
+            assert path == archive.blobs.path_of(outcome.relative_path) and path.stat().st_size == outcome.size
+        assert await archive.count_instances() == 2
+
+    with_archive(body)
+
+
+def test_a_broken_instance_in_memory_is_refused_on_the_loop_as_by_the_writer(with_archive: Run) -> None:
+    data = encode_dataset(_ct(1), ExplicitVRLittleEndian)
+
+    async def body(archive: Archive) -> None:
+        threads = _spy(archive)
+        with pytest.raises(InvalidInstance):
+            await archive.ingest(stage(archive, _ct(1), data=data[:-7], in_memory=True), DICOM)  # cut short
+        assert threads == [threading.current_thread().name]
+        assert await archive.count_instances() == 0
+        stored = await archive.ingest(stage(archive, _ct(1), data=data, in_memory=True), DICOM)
+        assert stored.status is StoreStatus.STORED  # the loop's state is sound after a refusal
+
+    with_archive(body)
+
+
+def test_while_the_writer_holds_its_lock_an_ingest_waits_in_its_queue(with_archive: Run) -> None:
+    """The writer in a batch (its lock held, as a checkpoint's barrier or a deletion would): the next
+    ingest is not applied beside it on the loop but queued, and answered once the writer has it."""
+
+    async def body(archive: Archive) -> None:
+        threads = _spy(archive)
+        archive._commit_lock.acquire()
+        releaser = threading.Timer(0.3, archive._commit_lock.release)
+        started = time.monotonic()
+        releaser.start()
+        try:
+            outcome = await asyncio.wait_for(archive.ingest(stage(archive, _ct(1), in_memory=True), DICOM), 10)
+        finally:
+            releaser.join()
+        assert outcome.status is StoreStatus.STORED and time.monotonic() - started >= 0.25
+        assert threads == ["minipacs-index-writer"]
+
+    with_archive(body)
+
+
+def test_a_slow_cycle_on_the_loop_sends_ingests_to_the_writer_for_a_while(
+    with_archive: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk whose flush is slow must not hold the event loop instance after instance: one cycle over
+    HERE_MAX_SECONDS, and the ingests go through the writer for HERE_PAUSE_SECONDS; then back."""
+    monkeypatch.setattr(archive_module, "HERE_MAX_SECONDS", 0.0)  # every cycle is "slow"
+    monkeypatch.setattr(archive_module, "HERE_PAUSE_SECONDS", 0.5)
+
+    async def body(archive: Archive) -> None:
+        threads = _spy(archive)
+        loop_thread = threading.current_thread().name
+        await archive.ingest(stage(archive, _ct(1), in_memory=True), DICOM)
+        await archive.ingest(stage(archive, _ct(2), in_memory=True), DICOM)
+        assert threads == [loop_thread, "minipacs-index-writer"]
+        await asyncio.sleep(0.6)  # the pause is over
+        await archive.ingest(stage(archive, _ct(3), in_memory=True), DICOM)
+        assert threads[-1] == loop_thread
+        assert await archive.count_instances() == 3
+
+    with_archive(body)
+
+
+def test_many_associations_at_once_lose_nothing_and_keep_their_order_per_instance(with_archive: Run) -> None:
+    """Eight senders at once, each on its own instances: some ingests run on the loop, the rest queue for
+    the writer while it is busy; every one is stored once, with its own row and file."""
+
+    async def body(archive: Archive) -> None:
+        threads = _spy(archive)
+
+        async def sender(k: int) -> list[str]:
+            uids = []
+            for n in range(25):
+                outcome = await archive.ingest(stage(archive, _ct(1000 * k + n), in_memory=True), DICOM)
+                assert outcome.status is StoreStatus.STORED
+                uids.append(outcome.sop_instance_uid)
+            return uids
+
+        sent = await asyncio.gather(*(sender(k) for k in range(1, 9)))
+        assert await archive.count_instances() == 200
+        for uids in sent:
+            for uid in uids:
+                assert (await instance_path(archive, uid)).is_file()
+        assert len(threads) >= 1
+
+    with_archive(body)
