@@ -11,8 +11,8 @@ job on one queue; the writer thread takes everything pending as one batch and
      rename moves the already-moved files back), then one fsync per touched
      directory, then the commit,
   3. only then resolves each job's future on its event loop.
-The usual C-STORE of a small instance skips the queue: when the writer is idle, nothing is
-queued and the instance was received into memory with the intake log on, the event loop runs
+The usual C-STORE of a small instance skips the queue: on SQLite, when the writer is idle, nothing
+is queued and the instance was received into memory with the intake log on, the event loop runs
 steps 0-2 itself, as a batch of one, under the lock the writer takes for each batch
 (``Archive._ingest_here``): the two thread hand-offs (queue to writer, writer back to the loop)
 cost a requestor that waits for each response more than the work (1.38x the rate, session 15).
@@ -468,6 +468,7 @@ class Archive:
         self._commit_lock = threading.Lock()
         #: time.monotonic() until which ingests go through the writer (a slow ingest on the loop)
         self._here_paused_until = 0.0
+        self._here_possible = index.is_sqlite
         self._writer = threading.Thread(target=self._run_writer, name="minipacs-index-writer", daemon=True)
         self._keys = _KeyCache()
         self._stats = IngestStats()
@@ -858,11 +859,13 @@ class Archive:
         """Whether this event loop may run the ingest itself; if so, the commit lock is now held by it.
 
         Only an instance received into memory whose durability is the intake log's one flush (no file of
-        its own to fsync, no blob store upload), when the writer is idle and nothing waits in its queue
-        (a burst from several associations keeps the writer's batches), and not within a pause after
-        a slow one."""
+        its own to fsync, no blob store upload), on a SQLite index (its statements are work of this
+        process; PostgreSQL's are round trips the loop would sit through), when the writer is idle and
+        nothing waits in its queue (a burst from several associations keeps the writer's batches), and
+        not within a pause after a slow one."""
         if (
-            staged.data is None
+            not self._here_possible
+            or staged.data is None
             or replace_key is not None
             or self._intake is None
             or self._closed
