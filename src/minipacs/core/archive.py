@@ -16,9 +16,9 @@ is queued and the instance was received into memory with the intake log on, the 
 steps 0-2 itself, as a batch of one, under the lock the writer takes for each batch
 (``Archive._ingest_here``): the two thread hand-offs (queue to writer, writer back to the loop)
 cost a requestor that waits for each response more than the work (1.38x the rate, session 15).
-The loop then waits for the flush itself; a cycle slower than ``HERE_MAX_SECONDS`` (a slow disk)
-sends every ingest through the writer again for ``HERE_PAUSE_SECONDS``, so the loop is never
-held long while the disk is slow.
+The loop then waits for the flush itself; cycles slower than ``HERE_MAX_SECONDS`` on average (a
+slow disk) send every ingest through the writer again for ``HERE_PAUSE_SECONDS``, so the loop is
+not held long while the disk is slow.
 If the batch fails, it is rolled back and its jobs are retried one by one, so a
 bad job fails alone. Study and series keys are cached across batches: a series
 arriving one instance at a time costs two INSERTs per instance (its row, on SQLite by an
@@ -114,11 +114,30 @@ KEY_CACHE_SIZE: Final = 4096
 #: two tries, doubling, with jitter: at most ~0.3 s of waiting before the failure is reported.
 TRANSIENT_TRIES: Final = 6
 TRANSIENT_FIRST_WAIT: Final = 0.01
-#: An ingest run on the event loop (``Archive._ingest_here``) that took longer than this (the flush of
-#: a slow disk, a busy machine) sends ingests through the writer thread for HERE_PAUSE_SECONDS: the
-#: loop serves every association and HTTP request and must not wait for a slow disk over and over.
+#: Ingests run on the event loop (``Archive._ingest_here``) that take longer than this on average (the
+#: flush of a slow disk, a busy machine) send ingests through the writer thread for HERE_PAUSE_SECONDS:
+#: the loop serves every association and HTTP request and must not wait for a slow disk over and over.
+#: The average is exponential, weight HERE_WEIGHT for the latest: a single slow cycle (the first of a
+#: new series creates its patient, study and series rows: 18 ms once) does not stop the path.
 HERE_MAX_SECONDS: Final = 0.005
 HERE_PAUSE_SECONDS: Final = 10.0
+HERE_WEIGHT: Final = 0.25
+
+
+@dataclass
+class _HereGuard:
+    """The average time of the ingests run on the event loop; says when they are too slow to go on."""
+
+    average: float = 0.0
+
+    def too_slow(self, took: float) -> bool:
+        """Note one cycle of ``took`` seconds; True (and the average starts again) when the average is over
+        HERE_MAX_SECONDS."""
+        self.average += HERE_WEIGHT * (took - self.average)
+        if self.average > HERE_MAX_SECONDS:
+            self.average = 0.0
+            return True
+        return False
 
 
 @dataclass(frozen=True)
@@ -468,6 +487,7 @@ class Archive:
         self._commit_lock = threading.Lock()
         #: time.monotonic() until which ingests go through the writer (a slow ingest on the loop)
         self._here_paused_until = 0.0
+        self._here_guard = _HereGuard()
         self._here_possible = index.is_sqlite
         self._writer = threading.Thread(target=self._run_writer, name="minipacs-index-writer", daemon=True)
         self._keys = _KeyCache()
@@ -887,9 +907,15 @@ class Archive:
                 log.exception("index writer batch of 1 job (on the event loop) failed")
                 result = ArchiveError(f"the index writer failed ({type(exc).__name__}); see the server log")
             took = time.monotonic() - begun
-            if took > HERE_MAX_SECONDS:
+            if self._here_guard.too_slow(took):
                 self._here_paused_until = time.monotonic() + HERE_PAUSE_SECONDS
-                log.debug("an ingest took %.1f ms on the event loop: through the writer for a while", took * 1e3)
+                log.info(
+                    "ingests on the event loop took over %.0f ms on average (the last %.1f ms): through the "
+                    "index writer for %.0f s",
+                    HERE_MAX_SECONDS * 1e3,
+                    took * 1e3,
+                    HERE_PAUSE_SECONDS,
+                )
             self._request_checkpoint_if_due()
         finally:
             self._commit_lock.release()
