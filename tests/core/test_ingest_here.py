@@ -150,13 +150,15 @@ def test_many_associations_at_once_lose_nothing_and_keep_their_order_per_instanc
 
 def test_one_slow_cycle_does_not_stop_the_loops_path_a_slow_disk_does() -> None:
     """The first instance of a new series creates its patient, study and series rows (18 ms once, seen on
-    the benchmark machine): alone it must not send a whole transfer to the writer. Cycles over
-    HERE_MAX_SECONDS on average (a disk whose flush takes 8 ms) do, within a few instances."""
+    the benchmark machine), a flush beside the intake checkpoint's syncfs takes 20 ms about once a
+    second: alone they must not send a whole transfer to the writer. Cycles over HERE_MAX_SECONDS on
+    average (a disk whose flush takes 8 ms) do, within ten or so instances."""
     guard = archive_module._HereGuard()
-    assert not any(guard.too_slow(took) for took in [0.018] + [0.001] * 50)
+    checkpoints = ([0.001] * 40 + [0.02, 0.02]) * 20  # two slow in a row, once a second at 800/s
+    assert not any(guard.too_slow(took) for took in [0.018, *checkpoints])
     cycles = 1
     while not guard.too_slow(0.008):
         cycles += 1
-        assert cycles <= 4
+        assert cycles <= 12
     assert guard.average == 0.0  # it starts again after the pause
     assert guard.too_slow(0.001) is False
