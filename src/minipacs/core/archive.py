@@ -14,8 +14,8 @@ job on one queue; the writer thread takes everything pending as one batch and
 The usual C-STORE of a small instance skips the queue: on SQLite, when the writer is idle, nothing
 is queued and the instance was received into memory with the intake log on, the event loop runs
 steps 0-2 itself, as a batch of one, under the lock the writer takes for each batch
-(``Archive._ingest_here``): the two thread hand-offs (queue to writer, writer back to the loop)
-cost a requestor that waits for each response more than the work (1.38x the rate, session 15).
+(``Archive._ingest_here``): a requestor that waits for each response no longer waits for the two
+thread hand-offs (queue to writer, writer back to the loop; 1.11-1.28x the rate, session 15).
 The loop then waits for the flush itself; cycles slower than ``HERE_MAX_SECONDS`` on average (a
 slow disk) send every ingest through the writer again for ``HERE_PAUSE_SECONDS``, so the loop is
 not held long while the disk is slow.
@@ -883,8 +883,8 @@ class Archive:
         Only an instance received into memory whose durability is the intake log's one flush (no file of
         its own to fsync, no blob store upload), on a SQLite index (its statements are work of this
         process; PostgreSQL's are round trips the loop would sit through), when the writer is idle and
-        nothing waits in its queue (a burst from several associations keeps the writer's batches), and
-        not within a pause after a slow one."""
+        nothing waits in its queue (an ingest that comes while the writer is busy queues behind it, as
+        before), and not within a pause after slow ones."""
         if (
             not self._here_possible
             or staged.data is None
