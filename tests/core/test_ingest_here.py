@@ -162,3 +162,44 @@ def test_one_slow_cycle_does_not_stop_the_loops_path_a_slow_disk_does() -> None:
         assert cycles <= 12
     assert guard.average == 0.0  # it starts again after the pause
     assert guard.too_slow(0.001) is False
+
+
+def test_while_another_process_writes_the_index_the_loop_does_not_wait_for_it(tmp_path: Any) -> None:
+    """``minipacs import`` beside the server, or a command, holds the SQLite index's write lock: an
+    ingest on the loop would wait for it there (up to SQLite's 30 s busy timeout), and every association
+    and HTTP request with it. The writer thread waits instead, and the loop goes on."""
+    import sqlite3
+
+    from minipacs.bootstrap import open_archive
+    from minipacs.config import Settings
+
+    async def main() -> tuple[list[str], int, int]:
+        archive = await open_archive(Settings(data_dir=tmp_path / "data"))
+        try:
+            threads = _spy(archive)
+            await archive.ingest(stage(archive, _ct(1), in_memory=True), DICOM)  # the writer's connection is open
+            other = sqlite3.connect(archive.settings.data_dir / "index.sqlite3", isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")  # another process's write transaction
+            ticks = 0
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.01)
+                    ticks += 1
+
+            ticking = asyncio.ensure_future(ticker())
+            asyncio.get_running_loop().call_later(0.5, other.rollback)  # its transaction ends
+            started = time.monotonic()
+            outcome = await asyncio.wait_for(archive.ingest(stage(archive, _ct(2), in_memory=True), DICOM), 10)
+            waited = time.monotonic() - started
+            ticking.cancel()
+            other.close()
+            assert outcome.status is StoreStatus.STORED and waited >= 0.4
+            return list(threads), ticks, await archive.count_instances()
+        finally:
+            await archive.close()
+
+    threads, ticks, count = asyncio.run(main())
+    assert threads == [threading.current_thread().name, WRITER] and count == 2
+    assert ticks >= 20  # the loop ran on while the writer waited (~50 ticks in 0.5 s)

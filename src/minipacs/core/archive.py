@@ -884,7 +884,7 @@ class Archive:
         its own to fsync, no blob store upload), on a SQLite index (its statements are work of this
         process; PostgreSQL's are round trips the loop would sit through), when the writer is idle and
         nothing waits in its queue (an ingest that comes while the writer is busy queues behind it, as
-        before), and not within a pause after slow ones."""
+        before), no other process holds the index's write lock, and not within a pause after slow ones."""
         if (
             not self._here_possible
             or staged.data is None
@@ -895,7 +895,18 @@ class Archive:
             or time.monotonic() < self._here_paused_until
         ):
             return False
-        return self._commit_lock.acquire(blocking=False)
+        if not self._commit_lock.acquire(blocking=False):
+            return False
+        try:
+            # another process writing the index (``minipacs import`` beside the server, a command): its
+            # transaction would be waited for here, on the loop, up to SQLite's busy timeout; the
+            # writer thread waits for it instead
+            if self._index_writer.write_lock_free():
+                return True
+        except Exception:  # the writer's transaction finds and reports what is wrong
+            log.debug("could not look at the index's write lock", exc_info=True)
+        self._commit_lock.release()
+        return False
 
     def _ingest_here(self, loop: asyncio.AbstractEventLoop, staged: StagedPath, origin: Origin) -> StoreOutcome:
         """Steps 0-2 of the module docstring for one ingest, on the calling thread, which holds the commit

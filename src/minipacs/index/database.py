@@ -39,12 +39,16 @@ NODE_INFO: Final = "minipacs_node"
 _MIGRATION_LOCK_KEY: Final = 0x6D696E69  # "mini"
 
 
+#: How long a SQLite statement waits for another connection's write lock.
+SQLITE_BUSY_TIMEOUT_MS: Final = 30000
+
+
 def _sqlite_pragmas(fsync: bool) -> list[str]:
     return [
         "PRAGMA journal_mode=WAL",
         f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}",
         "PRAGMA foreign_keys=ON",
-        "PRAGMA busy_timeout=30000",
+        f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
     ]
 
 
@@ -135,6 +139,28 @@ class IndexWriter:
         #: (IndexDatabase.checkpoint_wal), so no C-STORE waits for ~4 MB of writes and two fsyncs.
         self.autocheckpoint = True
         self._autocheckpoint_set: bool | None = None  # what the open connection has; None: not known
+
+    def write_lock_free(self) -> bool:
+        """SQLite: whether no other connection (another process on the same index: ``minipacs import``, a
+        command) holds the database's write lock right now, found without waiting for it (BEGIN
+        IMMEDIATE with no busy timeout, rolled back at once). True on PostgreSQL, and when unsure."""
+        if not self._sqlite:
+            return True
+        if self._conn is None or self._conn.closed:
+            return True  # the next transaction connects; nothing to look at yet
+        driver = self._conn.connection.driver_connection
+        if driver is None:  # pragma: no cover - a checked-out connection always has one
+            return True
+        driver.execute("PRAGMA busy_timeout=0")
+        try:
+            driver.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:  # SQLITE_BUSY: another connection is writing
+            return False
+        else:
+            driver.execute("ROLLBACK")
+            return True
+        finally:
+            driver.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
 
     @contextmanager
     def transaction(self, *, durable: bool = True) -> Iterator[IndexConnection]:
