@@ -203,3 +203,26 @@ def test_while_another_process_writes_the_index_the_loop_does_not_wait_for_it(tm
     threads, ticks, count = asyncio.run(main())
     assert threads == [threading.current_thread().name, WRITER] and count == 2
     assert ticks >= 20  # the loop ran on while the writer waited (~50 ticks in 0.5 s)
+
+
+def test_several_senders_at_once_share_the_writers_batches(with_archive: Run) -> None:
+    """Two associations storing at once (two peer ports): their ingests go through the writer, whose
+    batches share one flush among them; one sender alone again, after HERE_ALONE_SECONDS, on the loop."""
+    from dataclasses import replace
+
+    other = replace(DICOM, peer_port=4243)
+
+    async def body(archive: Archive) -> None:
+        threads = _spy(archive)
+        here = _here(archive)
+        await archive.ingest(stage(archive, _ct(1), in_memory=True), DICOM)
+        await archive.ingest(stage(archive, _ct(2), in_memory=True), other)  # another sender, at once
+        await archive.ingest(stage(archive, _ct(3), in_memory=True), DICOM)  # and the first again
+        assert threads == [here, WRITER, WRITER]
+        await asyncio.sleep(archive_module.HERE_ALONE_SECONDS + 0.05)
+        await archive.ingest(stage(archive, _ct(4), in_memory=True), other)  # alone now
+        await archive.ingest(stage(archive, _ct(5), in_memory=True), other)
+        assert threads[3:] == [here, here]
+        assert await archive.count_instances() == 5
+
+    with_archive(body)
