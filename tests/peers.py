@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from tests.stored_files import dataset_of
+
 DCMTK_DIR = Path("/usr/bin")
 
 
@@ -200,11 +202,7 @@ def run(cmd: list[str], timeout: float = 120.0, env: dict[str, str] | None = Non
 
 def dataset_bytes(path: Path) -> bytes:
     """The dataset part of a Part 10 file (everything after the File Meta Information)."""
-    raw = path.read_bytes()
-    if raw[128:132] != b"DICM":
-        raise ValueError(f"{path} is not a Part 10 file")
-    group_length = int.from_bytes(raw[140:144], "little")
-    return raw[144 + group_length :]
+    return dataset_of(path.read_bytes())
 
 
 def leftover_transfers(data_dir: Path) -> list[Path]:

@@ -241,7 +241,7 @@ def blob_store(settings: Settings) -> BlobStore:
     (checked now: a bucket that cannot be reached stops the start with what to do). Blocking."""
     data_dir = settings.data_dir.resolve()
     if not settings.storage:
-        return FilesystemBlobStore(storage_dir(data_dir), fsync=settings.fsync)
+        return FilesystemBlobStore(storage_dir(data_dir), fsync=settings.fsync, pack_bytes=settings.pack_bytes)
     store = S3BlobStore(
         parse_s3_url(settings.storage),
         data_dir / "tmp",

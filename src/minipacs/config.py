@@ -153,6 +153,9 @@ class Settings:
     receive_in_memory_max_bytes: int = 256 * KiB
     #: Size of one intake-log segment file (data/intake/); the first ones are smaller.
     intake_segment_bytes: int = 16 * MiB
+    #: Instances received into memory are stored as entries of pack files of up to this size
+    #: (DATA/storage/packs/, blobs/packs.py), not one file each; 0: one file per instance.
+    pack_bytes: int = 64 * MiB
     #: Every this many seconds, studies whose procedure step is COMPLETED but not yet marked complete
     #: are checked again (a step completed on another node sharing the index).
     completion_recheck_seconds: float = 5.0
@@ -463,6 +466,8 @@ class Settings:
             raise ConfigError("receive_in_memory_max_bytes must be 0 (always a staging file) to 67108864 (64 MiB)")
         if not 1 * MiB <= self.intake_segment_bytes <= 1024 * MiB:
             raise ConfigError("intake_segment_bytes must be 1 MiB to 1 GiB")
+        if self.pack_bytes != 0 and not 1 * MiB <= self.pack_bytes <= 4096 * MiB:
+            raise ConfigError("pack_bytes must be 0 (one file per instance) or 1 MiB to 4 GiB")
         if not 0 < self.completion_recheck_seconds <= 86400:
             raise ConfigError("completion_recheck_seconds must be more than 0 and at most 86400")
         if not 0 < self.intake_checkpoint_seconds <= 3600:

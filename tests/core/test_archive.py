@@ -30,7 +30,6 @@ from minipacs.core.errors import (
     OutOfResources,
 )
 from minipacs.core.model import AssociationRecord, DuplicatePolicy, Origin, StagedPath, StoreStatus
-from minipacs.core.paths import sop_instance_uid_of_key
 from minipacs.core.storage_check import check_storage, remove_unindexed
 from minipacs.index import blob_removal_repo
 from minipacs.index.schema import BlobRemoval, Instance, Patient, Series, Study
@@ -382,26 +381,35 @@ def test_a_bad_job_in_a_batch_fails_alone(with_archive: Run) -> None:
 
 
 @pytest.mark.parametrize(
-    ("in_memory", "pool"),
-    [(False, True), (True, True), (True, False)],
-    ids=["staged-file", "received-into-memory-via-a-pool-file", "received-into-memory-no-pool-file"],
+    ("in_memory", "pool", "pack_bytes"),
+    [(False, True, 0), (True, True, 1 << 20), (True, True, 0), (True, False, 0)],
+    ids=[
+        "staged-file",
+        "received-into-memory-into-a-pack",
+        "received-into-memory-via-a-pool-file",
+        "received-into-memory-no-pool-file",
+    ],
 )
-def test_a_failing_job_inside_the_writer_batch_rolls_back_alone(with_archive: Run, in_memory: bool, pool: bool) -> None:
+def test_a_failing_job_inside_the_writer_batch_rolls_back_alone(
+    with_archive: Run, in_memory: bool, pool: bool, pack_bytes: int
+) -> None:
     """A failure after the rows were written (the rename, or the write of an instance received into
-    memory: through a file the staging pool made ahead, or at its key when the pool had none ready)
-    fails that job alone: the batch is rolled back and retried job by job, and a full disk is
-    reported as OutOfResources. Nothing is left behind: no file without a row, nothing in staging."""
+    memory: into its pack entry, or through a file the staging pool made ahead, or at its key when the
+    pool had none ready) fails that job alone: the batch is rolled back and retried job by job, and a
+    full disk is reported as OutOfResources. Nothing is left behind: no blob without a row, nothing in
+    staging."""
 
     async def body(archive: Archive) -> None:
         staged = [stage(archive, make_ct("1.2.1", f"1.2.2.{i}", f"1.2.3.{i}"), in_memory=in_memory) for i in range(6)]
         assert all((s.data is not None) == in_memory for s in staged)
         if not pool:
             archive._staging_pool.take_ready = lambda: None  # type: ignore[method-assign]
-        name = "put_bytes" if in_memory and not pool else "put_from_staging"
+        name = "put_bytes" if in_memory and (pack_bytes or not pool) else "put_from_staging"
         real_put = getattr(archive.blobs, name)
 
         def put(source: Any, key: str) -> None:
-            if sop_instance_uid_of_key(key) == "1.2.3.2":
+            data = source if isinstance(source, bytes) else Path(source).read_bytes()
+            if b"1.2.3.2\x00" in data:  # the third instance's SOP Instance UID, padded to an even length
                 raise OSError(28, "No space left on device")
             real_put(source, key)
 
@@ -412,11 +420,12 @@ def test_a_failing_job_inside_the_writer_batch_rolls_back_alone(with_archive: Ru
         assert len(rows(archive, Series)) == 5
         with pytest.raises(NotFound):
             await instance_path(archive, "1.2.3.2")
-        stored = sorted(p.name.split("_")[0] for p in archive.blobs.path_of("1.2.1").rglob("*.dcm"))
-        assert stored == [f"1.2.3.{i}" for i in (0, 1, 3, 4, 5)]
+        keys = sorted(archive.blobs.keys())
+        assert keys == sorted(row["blob_key"] for row in rows(archive, Instance))
+        assert all(key.startswith("packs/") == bool(pack_bytes) for key in keys)
         assert list(archive.staging_dir.iterdir()) == []
 
-    with_archive(body)
+    with_archive(body, pack_bytes=pack_bytes)
 
 
 def _record(calling: str) -> AssociationRecord:

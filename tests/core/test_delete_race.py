@@ -47,14 +47,14 @@ SENDERS: Final = 2
 
 
 @asynccontextmanager
-async def serving(data_dir: Path, policy: DuplicatePolicy) -> AsyncIterator[App]:
+async def serving(data_dir: Path, policy: DuplicatePolicy, fsync: bool) -> AsyncIterator[App]:
     settings = Settings(
         data_dir=data_dir,
         host="127.0.0.1",
         port=0,
         http_port=0,
         ae_title="MINIPACS",
-        fsync=False,
+        fsync=fsync,  # on: the intake log, and the small instances as pack entries (blobs/packs.py)
         duplicate_policy=policy,
         allow_unregistered=("echo", "store"),
     )
@@ -172,9 +172,10 @@ async def check_after_restart(app: App, rnd: Round) -> tuple[int, int]:
     return len(survivors), len(rnd.answered) - len(survivors)
 
 
+@pytest.mark.parametrize("fsync", [False, True], ids=["files", "packs"])
 @pytest.mark.parametrize("policy", [DuplicatePolicy.KEEP, DuplicatePolicy.REPLACE])
 def test_a_study_deleted_while_it_is_re_sent_loses_no_acknowledged_file(
-    tmp_path: Path, policy: DuplicatePolicy
+    tmp_path: Path, policy: DuplicatePolicy, fsync: bool
 ) -> None:
     rng = random.Random(f"issue-10-{policy.value}")
 
@@ -182,9 +183,9 @@ def test_a_study_deleted_while_it_is_re_sent_loses_no_acknowledged_file(
         stored_after = answered_before = 0
         for _ in range(ROUNDS):
             rnd = make_study()
-            async with serving(tmp_path / "data", policy) as app:
+            async with serving(tmp_path / "data", policy, fsync) as app:
                 await race(app, rnd, rng)
-            async with serving(tmp_path / "data", policy) as app:  # the restart
+            async with serving(tmp_path / "data", policy, fsync) as app:  # the restart
                 after, before = await check_after_restart(app, rnd)
             stored_after += after
             answered_before += before
@@ -193,6 +194,8 @@ def test_a_study_deleted_while_it_is_re_sent_loses_no_acknowledged_file(
     stored_after, answered_before = asyncio.run(main())
     # the rounds raced: re-sends were answered on both sides of the deletion's commit
     assert stored_after > ROUNDS and answered_before > ROUNDS, (stored_after, answered_before)
+    packs = list((tmp_path / "data" / "storage" / "packs").glob("*.pack"))
+    assert bool(packs) == fsync, packs
 
 
 def _read(instance: StoredInstance) -> bytes:

@@ -31,7 +31,8 @@ from tests.index.pg import postgres_schema_url
 
 #: Columns whose values differ from run to run: clock readings, and a blob key's random copy token.
 _CLOCKS = frozenset({"created_at", "updated_at", "received_at"})
-_TOKEN = re.compile(r"_[0-9a-f]{16}\.dcm$")
+#: What differs between two runs of the same ingests in a blob key: its copy token, or its pack's name
+_TOKEN = re.compile(r"_[0-9a-f]{16}\.dcm$|(?<=^packs/)[0-9a-f]{8}-[0-9a-f]{8}(?=/)")
 
 
 class _NoFastPath(dict[str, int]):

@@ -19,7 +19,7 @@ from minipacs.core.errors import InvalidInstance
 from minipacs.core.model import Origin, StoreStatus
 from tests.core.test_archive import stage
 from tests.dicomgen import ExplicitVRLittleEndian, encode_dataset, make_ct
-from tests.stored_files import instance_path
+from tests.stored_files import instance_blob
 
 DICOM = Origin(kind="dicom", calling_aet="MODALITY", called_aet="MINIPACS", peer_host="127.0.0.1", peer_port=4242)
 Run = Callable[..., Any]
@@ -59,8 +59,8 @@ def test_a_small_instance_in_memory_is_applied_on_the_loop_others_by_the_writer(
         assert here.status is on_disk.status is StoreStatus.STORED
         assert threads == [_here(archive), WRITER]
         for outcome in (here, on_disk):  # file and row there once the outcome is back
-            path = await instance_path(archive, outcome.sop_instance_uid)
-            assert path == archive.blobs.path_of(outcome.relative_path) and path.stat().st_size == outcome.size
+            key, stored = await instance_blob(archive, outcome.sop_instance_uid)
+            assert key == outcome.relative_path and len(stored) == outcome.size
         assert await archive.count_instances() == 2
 
     with_archive(body)
@@ -142,7 +142,7 @@ def test_many_associations_at_once_lose_nothing_and_keep_their_order_per_instanc
         assert await archive.count_instances() == 200
         for uids in sent:
             for uid in uids:
-                assert (await instance_path(archive, uid)).is_file()
+                assert (await instance_blob(archive, uid))[1].startswith(bytes(128) + b"DICM")
         assert len(threads) >= 1
 
     with_archive(body)

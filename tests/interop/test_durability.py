@@ -11,6 +11,7 @@ and our own SCU where a peer must send what pynetdicom refuses to build.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import random
 import re
@@ -32,11 +33,11 @@ from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from minipacs.core.paths import sop_instance_uid_of_key
 from minipacs.net.association import Association, AssociationSettings, build_rq, connect
 from minipacs.net.dimse import Command
 from tests.dicomgen import CT_IMAGE_STORAGE, encode_dataset, make_ct
-from tests.peers import ServerProcess, dataset_bytes, dcmtk, leftover_transfers, run, scu_only, start_server
+from tests.peers import ServerProcess, dcmtk, leftover_transfers, run, scu_only, start_server
+from tests.stored_files import dataset_of, is_stored, stored_bytes, stored_keys
 
 pytestmark = pytest.mark.interop
 
@@ -200,10 +201,10 @@ def test_kill_9_during_transfers_loses_nothing_acknowledged(tmp_path: Path) -> N
     missing = [uid for uid in acked if uid not in by_uid]
     assert not missing, f"{len(missing)} acknowledged instance(s) not in the index after kill -9: {missing[:3]}"
     for uid, (key, size) in by_uid.items():
-        path = data / "storage" / key
-        assert path.is_file(), f"index row {uid} points to missing file {key}"
-        assert path.stat().st_size == size, f"{key}: {path.stat().st_size} bytes on disk, {size} in the index"
-        assert pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID == uid
+        assert is_stored(data / "storage", key), f"index row {uid} points to missing file {key}"
+        stored = stored_bytes(data / "storage", key)
+        assert len(stored) == size, f"{key}: {len(stored)} bytes on disk, {size} in the index"
+        assert pydicom.dcmread(io.BytesIO(stored), stop_before_pixels=True).SOPInstanceUID == uid
 
     restarted = start_server(tmp_path)  # same data dir, new free port
     try:
@@ -216,11 +217,11 @@ def test_kill_9_during_transfers_loses_nothing_acknowledged(tmp_path: Path) -> N
         replayed = set(after) - set(by_uid)
         assert replayed <= set(sent[-1:]), f"rows appeared at restart for instances not in flight: {replayed}"
         for uid in replayed:
-            path = data / "storage" / after[uid][0]
-            assert path.stat().st_size == after[uid][1]
-            assert pydicom.dcmread(path).SOPInstanceUID == uid
+            stored = stored_bytes(data / "storage", after[uid][0])
+            assert len(stored) == after[uid][1]
+            assert pydicom.dcmread(io.BytesIO(stored)).SOPInstanceUID == uid
         for uid in acked:
-            assert (data / "storage" / after[uid][0]).stat().st_size == after[uid][1]
+            assert len(stored_bytes(data / "storage", after[uid][0])) == after[uid][1]
         new = ct()
         with pynetdicom_assoc(restarted.port) as assoc:
             assert status_of(assoc.send_c_store(new)) == 0x0000
@@ -320,8 +321,10 @@ def test_hostile_uids_get_failure_statuses_and_write_nothing(tmp_path: Path) -> 
         assert index_rows(data, "SELECT COUNT(*) FROM studies") == [(2,)]
         assert index_rows(data, "SELECT COUNT(*) FROM series") == [(2,)]
         keys = {key for _u, key, _s in rows}
-        assert {str(p.relative_to(storage)) for p in all_files(storage)} == keys
-        assert padded_sop in {sop_instance_uid_of_key(key) for key in keys}
+        assert stored_keys(storage) == keys
+        assert padded_sop in {pydicom.dcmread(io.BytesIO(stored_bytes(storage, key))).SOPInstanceUID for key in keys}, (
+            "stored under a NUL-free UID"
+        )
 
 
 # ---------------------------------------------------------------- 3. too large
@@ -359,7 +362,7 @@ def test_dataset_too_large_is_refused_and_the_association_continues(tmp_path: Pa
         assert all(text for _st, text in results[1:4]), results
         rows = {uid: key for uid, key, _s in index_rows(server.data_dir)}
         assert set(rows) == {exact_uid, good.SOPInstanceUID}
-        assert dataset_bytes(server.data_dir / "storage" / rows[exact_uid]) == exact
+        assert dataset_of(stored_bytes(server.data_dir / "storage", rows[exact_uid])) == exact
         assert staging_files(server.data_dir) == []
 
 
@@ -385,8 +388,8 @@ def test_duplicate_policies(tmp_path: Path, policy: str | None, resend_status: i
         with pynetdicom_assoc(server.port) as assoc:
             assert status_of(assoc.send_c_store(first)) == 0x0000
             [(_uid, key, _size)] = index_rows(server.data_dir)
-            path = server.data_dir / "storage" / key
-            first_file = path.read_bytes()
+            storage = server.data_dir / "storage"
+            first_file = stored_bytes(storage, key)
             rsp = assoc.send_c_store(second)
             assert status_of(rsp) == resend_status
             if resend_status:
@@ -396,22 +399,24 @@ def test_duplicate_policies(tmp_path: Path, policy: str | None, resend_status: i
         assert len(rows) == 2
         if kept == "first":
             assert rows[sop][0] == key
-            assert path.read_bytes() == first_file
+            assert stored_bytes(storage, key) == first_file
         else:  # each copy has its own key (issue 10); the replaced copy's file waits out its grace period
-            new_path = server.data_dir / "storage" / rows[sop][0]
+            new = stored_bytes(storage, rows[sop][0])
             assert rows[sop][0] != key
-            assert dataset_bytes(new_path) == encode_dataset(second)
-            assert rows[sop][1] == new_path.stat().st_size
+            assert dataset_of(new) == encode_dataset(second)
+            assert rows[sop][1] == len(new)
             queued = index_rows(server.data_dir, "SELECT blob_key, reason FROM blob_removals")
             assert queued in ([(key, "replaced")], [])  # [] only once the 5 s are over
             deadline = time.monotonic() + 30
 
             def swept() -> bool:  # the sweep removes the file, then its queue row (core/blob_removals.py)
-                return not path.exists() and not index_rows(server.data_dir, "SELECT blob_key FROM blob_removals")
+                return not is_stored(storage, key) and not index_rows(
+                    server.data_dir, "SELECT blob_key FROM blob_removals"
+                )
 
             while not swept() and time.monotonic() < deadline:
                 time.sleep(0.1)
-            assert not path.exists() and new_path.exists()
+            assert not is_stored(storage, key) and is_stored(storage, rows[sop][0])
             assert index_rows(server.data_dir, "SELECT blob_key FROM blob_removals") == []
         assert staging_files(server.data_dir) == []
 

@@ -7,15 +7,17 @@ must carry, byte for byte, the dataset that was sent.
 
 from __future__ import annotations
 
+import io
 import threading
 from pathlib import Path
 
+import pydicom
 import pytest
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-from minipacs.core.paths import sop_instance_uid_of_key
 from tests.dicomgen import write_ct
 from tests.peers import ServerProcess, dataset_bytes, dcmtk, free_port, minipacs_cmd, run, wait_for_port
+from tests.stored_files import dataset_of, stored_bytes, stored_keys
 
 pytestmark = pytest.mark.interop
 
@@ -37,15 +39,20 @@ def _study(folder: Path, count: int, syntaxes: tuple[str, ...] = (ExplicitVRLitt
     return files
 
 
-def _stored(server: ServerProcess) -> dict[str, Path]:
+def _stored(server: ServerProcess) -> dict[str, bytes]:
+    """SOP Instance UID -> the stored Part 10 file's bytes, of every blob in storage (files and pack entries)."""
     storage = server.data_dir / "storage"
-    return {sop_instance_uid_of_key(p.relative_to(storage).as_posix()): p for p in storage.rglob("*.dcm")}
+    found = {}
+    for key in stored_keys(storage):
+        data = stored_bytes(storage, key)
+        found[str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID)] = data
+    return found
 
 
-def _assert_same_datasets(sent: dict[str, Path], stored: dict[str, Path]) -> None:
+def _assert_same_datasets(sent: dict[str, Path], stored: dict[str, bytes]) -> None:
     assert set(stored) == set(sent)
     for sop, path in sent.items():
-        assert dataset_bytes(stored[sop]) == dataset_bytes(path), f"{sop} differs"
+        assert dataset_of(stored[sop]) == dataset_bytes(path), f"{sop} differs"
 
 
 def test_dcmtk_echoscu_to_minipacs(server: ServerProcess) -> None:
@@ -112,7 +119,7 @@ def test_minipacs_echo_and_store_to_dcmtk_storescp(tmp_path: Path) -> None:
     assert len(received) == 8
     import pydicom
 
-    by_sop = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in received}
+    by_sop = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p.read_bytes() for p in received}
     _assert_same_datasets(sent, by_sop)
 
 

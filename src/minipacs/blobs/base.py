@@ -95,3 +95,7 @@ class WritesBytes(Protocol):
     def put_bytes(self, data: bytes, key: str) -> None:
         """Write ``data`` as the new blob ``key``; ``sync`` completes it as it does a put, and
         ``take_back`` undoes it (the bytes go to the staged path given)."""
+
+    def pack_key(self, length: int) -> str | None:
+        """A key for a new blob of ``length`` bytes inside a larger file (blobs/packs.py), written by
+        ``put_bytes`` and made durable by the caller's intake log; None: one file per blob."""

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import stat
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Final
 
 from minipacs.blobs.base import BlobNotFound, InvalidBlobKey, checked_key
+from minipacs.blobs.packs import PACK_SUFFIX, PACKS_DIR, Packs, slot_of
 
 _CHUNK: Final = 1024 * 1024
+log = logging.getLogger(__name__)
 
 
 def fsync_directory(directory: Path) -> None:
@@ -33,10 +38,12 @@ class FilesystemBlobStore:
     that misses this sync is synced by the next (a removal need not be durable at once).
     """
 
-    def __init__(self, root: Path, fsync: bool = True) -> None:
+    def __init__(self, root: Path, fsync: bool = True, pack_bytes: int = 0) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self._fsync = fsync
+        #: Small instances' entries in larger files (blobs/packs.py); new ones only when pack_bytes > 0.
+        self.packs = Packs(self.root, pack_bytes)
         self._dirty: set[Path] = set()
         self._known_dirs: dict[str, tuple[Path, str]] = {}  # directory part of a key -> (path, path + '/')
         self._resolved_dirs: dict[str, Path] = {}  # directory part of a key -> its resolved path
@@ -111,10 +118,25 @@ class FilesystemBlobStore:
         os.replace(staged_path, prefix + name)
         self._dirty.add(parent)
 
+    def pack_key(self, length: int) -> str | None:
+        """A new pack entry's key for a blob of ``length`` bytes (blobs/packs.py), to be written by
+        ``put_bytes``; None when this store makes no packs (one file per blob)."""
+        if not self.packs.writing:
+            return None
+        key = self.packs.reserve(length).key
+        if self.packs.take_dir_sync():
+            self._dirty.add(self.packs.directory)
+        return key
+
     def put_bytes(self, data: bytes, key: str) -> None:
         """Write a new blob at ``key`` from memory, not flushed: the caller's intake log keeps the
         bytes until a checkpoint's ``syncfs`` (core/intake.py). Each stored copy has its own key, so
-        nothing else is ever at it; a crash part-way leaves a file that replay deletes or rewrites."""
+        nothing else is ever at it; a crash part-way leaves a file that replay deletes or rewrites.
+        A pack key (``pack_key``) is written into its pack."""
+        slot = slot_of(key)
+        if slot is not None:
+            self.packs.write(slot, data)
+            return
         parent, prefix, name = self._parent_of(key)
         fd = os.open(prefix + name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
         try:
@@ -140,20 +162,45 @@ class FilesystemBlobStore:
 
     @contextmanager
     def local_file(self, key: str) -> Iterator[Path]:
-        """The blob's own file: no copy (a missing file fails when the caller opens it)."""
-        yield self.path_of(key)
+        """The blob's own file: no copy (a missing file fails when the caller opens it); a pack
+        entry's bytes copied to a temporary file next to its pack, removed after the block."""
+        slot = slot_of(key)
+        if slot is None:
+            yield self.path_of(key)
+            return
+        with self.open(key) as source:
+            fd, name = tempfile.mkstemp(prefix="copy-", suffix=".tmp", dir=self.packs.directory)
+            with os.fdopen(fd, "wb") as target:
+                shutil.copyfileobj(source, target, _CHUNK)
+        try:
+            yield Path(name)
+        finally:
+            os.unlink(name)
 
     def size(self, key: str) -> int:
+        slot = slot_of(key)
+        if slot is not None:
+            if self.packs.exists(slot):
+                return slot.length
+            # its pack is absent or lacks it: a copy at the key's own path (a backup's), or nothing
         try:
             return os.stat(self.path_of(key)).st_size
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, NotADirectoryError) as exc:
             raise BlobNotFound(f"blob {key} is not in the store") from exc
 
     def open(self, key: str) -> BinaryIO:
+        slot = slot_of(key)
+        if slot is not None:
+            try:
+                found = self.packs.open(slot)
+            except FileNotFoundError:
+                found = None
+            if found is not None:
+                return found
         path = self.path_of(key)
         try:
             return open(path, "rb")
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, NotADirectoryError) as exc:
             raise BlobNotFound(f"blob {key} is not in the store") from exc
 
     def open_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
@@ -175,7 +222,9 @@ class FilesystemBlobStore:
         return chunks()
 
     def keys(self) -> Iterator[str]:
-        """Every file under the root as a key (``a/b/c.dcm``); symlinks are not followed."""
+        """Every file under the root as a key (``a/b/c.dcm``), and every entry of each pack
+        (``packs/<pack>/<entry>-<length>.dcm``); symlinks are not followed."""
+        packs = self.root / PACKS_DIR
         stack = [self.root]
         while stack:
             directory = stack.pop()
@@ -186,20 +235,32 @@ class FilesystemBlobStore:
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(Path(entry.path))
-                else:
+                elif directory == packs and entry.name.endswith(PACK_SUFFIX):
+                    yield from self.packs.entries(Path(entry.path))
+                elif not (directory == packs and entry.name.endswith(".tmp")):  # local_file's copies
                     yield Path(entry.path).relative_to(self.root).as_posix()
 
     def exists(self, key: str) -> bool:
+        slot = slot_of(key)
+        if slot is not None and self.packs.exists(slot):
+            return True
         return self.path_of(key).is_file()
 
     def close(self) -> None:
-        """Nothing to release."""
+        """Close the pack new entries go into."""
+        self.packs.close()
 
     def delete(self, key: str) -> None:
+        slot = slot_of(key)
+        if slot is not None:
+            try:
+                self.packs.delete(slot)
+            except OSError as exc:  # e.g. the storage was moved to a filesystem that cannot punch holes
+                log.warning("cannot free pack entry %s: %s", key, exc)
         path = self.path_of(key)
         try:
             path.unlink()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return  # nothing changed: its folder may not even exist (a replayed refused record's key)
         self._dirty.add(path.parent)
 

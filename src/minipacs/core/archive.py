@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 
 from minipacs.blobs.base import BlobError, BlobStore, WritesBytes
+from minipacs.blobs.packs import slot_of
 from minipacs.core.audit import AuditLog
 from minipacs.core.changes import ChangeType, change_row
 from minipacs.core.changes import record as record_changes
@@ -207,6 +208,9 @@ class _IngestJob(_Job[StoreOutcome]):
     #: before the checks: the replay finds the key from the token and the record's own header.
     lsn: int = field(default=0, kw_only=True)
     token: str | None = field(default=None, kw_only=True)
+    #: Instead of a copy token: the key of its pack entry (blobs/packs.py), for an instance received
+    #: into memory, named in its intake record.
+    pack_key: str | None = field(default=None, kw_only=True)
     #: The whole staged file when it is small enough for the intake log (read once by the writer).
     data: bytes | None = field(default=None, kw_only=True, repr=False)
     #: A correction's rewrite (core/corrections.py): replace exactly the stored copy with this blob key,
@@ -435,11 +439,13 @@ def prepare_ingest(
     max_sequence_depth: int = DEFAULT_LIMITS.max_sequence_depth,
     data: bytes | None = None,
     copy_token: str | None = None,
+    pack_key: str | None = None,
 ) -> tuple[InstanceHeader, str, int]:
     """Header, blob key and file size of a staged file, after every check.
 
     ``data``: the whole staged file, when the caller has read it (a small one, for the intake log):
-    walked and parsed from memory, the file is not opened again.
+    walked and parsed from memory, the file is not opened again. ``pack_key``: the key to store it
+    under, a pack entry (blobs/packs.py), rather than one made from its UIDs (which are checked alike).
     Raises BrokenDataset (the whole dataset's element structure is walked first: core/structure.py;
     a deflated one was walked by check_deflated), InvalidInstance (malformed header), InstanceMismatch
     (dataset UIDs differ from the announced ones) or InvalidIdentifier (a UID unfit for a path).
@@ -465,6 +471,8 @@ def prepare_ingest(
     key = instance_key(
         header.get("StudyInstanceUID"), header.get("SeriesInstanceUID"), header.get("SOPInstanceUID"), copy_token
     )
+    if pack_key is not None:
+        key = pack_key
     return header, key, os.stat(staged.path).st_size if data is None else len(data)
 
 
@@ -730,6 +738,9 @@ class Archive:
         key = self._record_key(record)
         if key is None or not self._index.read(lambda conn: intake_repo.blob_key_in_use(conn, key)):
             return 0  # refused, or deleted or replaced since
+        if slot_of(key) is not None and self._bytes_store is not None:
+            self._bytes_store.put_bytes(record.data, key)  # into its pack, at its place
+            return 1
         self.blobs.put_from_staging(self._staged_copy(record), key)
         self.blobs.sync(durable=False)  # the put completed (the replay's checkpoint makes it durable)
         return 1
@@ -760,7 +771,9 @@ class Archive:
     def _record_meta(job: _IngestJob) -> dict[str, Any]:
         staged, origin = job.staged, job.origin
         return {
-            "token": job.token,  # of its blob key (_record_key): the record is written before the header is read
+            # the key of its pack entry, or the copy token of its blob key (_record_key): the record is
+            # written before the header is read
+            **({"key": job.pack_key} if job.pack_key is not None else {"token": job.token}),
             "offset": staged.dataset_offset,
             "ts": staged.transfer_syntax_uid,
             "class": staged.sop_class_uid,
@@ -1091,8 +1104,13 @@ class Archive:
         ]
         if not logged:
             return None
+        packs = self._bytes_store
         for job in logged:
-            job.logged, job.token = True, new_copy_token()
+            job.logged = True
+            if packs is not None and job.staged.data is not None:
+                job.pack_key = packs.pack_key(len(job.staged.data))
+            if job.pack_key is None:
+                job.token = new_copy_token()
         try:
             lsns = intake.write([(self._record_meta(job), job.data or b"") for job in logged])
             flush = intake.start_flush(lsns)
@@ -1116,7 +1134,7 @@ class Archive:
                     continue
                 try:
                     job.header, job.key, job.size = prepare_ingest(
-                        job.staged, self.settings.max_sequence_depth, job.data, job.token
+                        job.staged, self.settings.max_sequence_depth, job.data, job.token, job.pack_key
                     )
                     if self.settings.fsync and not job.logged:
                         fsync_path(job.staged.path)
@@ -1280,6 +1298,9 @@ class Archive:
         thread pays it off this critical path. Not flushed: the intake log holds the bytes until a
         checkpoint. When the pool has no file ready, ``put_bytes`` creates it at the key."""
         assert self._bytes_store is not None
+        if slot_of(key) is not None:  # a pack entry: no file of its own
+            self._bytes_store.put_bytes(data, key)
+            return
         ready = self._staging_pool.take_ready()
         if ready is None:
             self._bytes_store.put_bytes(data, key)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from minipacs.blobs.base import BlobStore
 from minipacs.core.archive import Archive
 from minipacs.core.intake import fsync_path, syncfs
 from minipacs.core.jobs import JobContext, JobFailed, JobQueue, every
@@ -48,6 +49,7 @@ ATTEMPTS: Final = 5
 INDEX_NAME: Final = "index.sqlite3"
 PARTIAL_SUFFIX: Final = ".partial"
 LOCK_NAME: Final = ".minipacs-backup.lock"
+COPY_CHUNK: Final = 1 << 20
 
 
 class BackupRefused(Exception):
@@ -95,10 +97,11 @@ async def backup(archive: Archive, dest: Path, dest_storage: Path) -> BackupRepo
             )
     started = time.monotonic()
     live = await archive.read(backup_repo.blob_keys)
-    return await asyncio.to_thread(_run, archive, root, dest, dest_storage.resolve(), live, started)
+    return await asyncio.to_thread(_run, archive, dest, dest_storage.resolve(), live, started)
 
 
-def _run(archive: Archive, root: Path, dest: Path, storage: Path, live: set[str], started: float) -> BackupReport:
+def _run(archive: Archive, dest: Path, storage: Path, live: set[str], started: float) -> BackupReport:
+    blobs = archive.blobs
     storage.mkdir(parents=True, exist_ok=True)
     lock = os.open(dest / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -107,7 +110,7 @@ def _run(archive: Archive, root: Path, dest: Path, storage: Path, live: set[str]
         except BlockingIOError:
             raise BackupRefused(f"another minipacs backup is writing into {dest}") from None
         counts = _Counts()
-        _copy(root, storage, {key: -1 for key in live}, counts)  # 1: most of the files, the index going on
+        _copy(blobs, storage, {key: -1 for key in live}, counts)  # 1: most of the files, the index going on
         partial = dest / (INDEX_NAME + PARTIAL_SUFFIX)
         copies = 0
         gone_before: set[str] = set()
@@ -116,7 +119,7 @@ def _run(archive: Archive, root: Path, dest: Path, storage: Path, live: set[str]
             partial.unlink(missing_ok=True)
             archive.snapshot_index(partial)
             named = backup_repo.blob_keys_of_copy(partial)
-            gone = _copy(root, storage, named, counts)
+            gone = _copy(blobs, storage, named, counts)
             # missing for two copies of the index in a row: not deleted meanwhile, lost by the storage
             # (minipacs check lists them): the backup holds the instance as the archive does, without it
             lost = gone & gone_before
@@ -155,9 +158,10 @@ class _Counts:
     copied_bytes: int = 0
 
 
-def _copy(root: Path, storage: Path, keys: dict[str, int], counts: _Counts) -> set[str]:
+def _copy(blobs: BlobStore, storage: Path, keys: dict[str, int], counts: _Counts) -> set[str]:
     """Copy each of ``keys`` (blob key -> size, -1 unknown) that ``storage`` lacks with that size from
-    ``root``; the keys whose source file is gone."""
+    the archive's store; the keys whose blob is gone. Each becomes a file at its key's path, a pack
+    entry too (blobs/packs.py: the store reads a pack key's file when it has no pack)."""
     gone: set[str] = set()
     for key in sorted(keys):
         target = storage / key
@@ -166,25 +170,26 @@ def _copy(root: Path, storage: Path, keys: dict[str, int], counts: _Counts) -> s
             have = target.stat().st_size
         except FileNotFoundError:
             have = -1
-        if have >= 0 and (have == size or (size < 0 and have == _size(root / key, have))):
+        if have >= 0 and (have == size or (size < 0 and have == _size(blobs, key, have))):
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            shutil.copyfile(root / key, target)
-        except FileNotFoundError:
-            if (root / key).exists():
-                raise
+            source = blobs.open(key)
+        except FileNotFoundError:  # BlobNotFound
             target.unlink(missing_ok=True)
             gone.add(key)
             continue
+        with source:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "wb") as out:
+                shutil.copyfileobj(source, out, COPY_CHUNK)
         counts.copied.add(key)
         counts.copied_bytes += target.stat().st_size
     return gone
 
 
-def _size(path: Path, default: int) -> int:
+def _size(blobs: BlobStore, key: str, default: int) -> int:
     try:
-        return path.stat().st_size
+        return blobs.size(key)
     except FileNotFoundError:
         return default  # gone: what the destination has is all there will be
 
