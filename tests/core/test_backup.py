@@ -193,20 +193,33 @@ def test_an_interrupted_copy_leaves_the_previous_backup_usable(tmp_path: Path, m
             await _store(archive, tmp_path / "in", str(generate_uid()), 3)
             copied: list[Any] = []
 
-            def failing_copy(src: Any, dst: Any) -> Any:
-                if copied:
-                    raise OSError(28, "No space left on device")
-                copied.append(dst)
-                return shutil.copyfile(src, dst)
+            real_copy = shutil.copyfileobj
 
-            monkeypatch.setattr(backup_module.shutil, "copyfile", failing_copy)
+            def failing_copy(src: Any, dst: Any, length: int = 0) -> Any:
+                copied.append(Path(dst.name))
+                if len(copied) > 1:
+                    raise OSError(28, "No space left on device")
+                return real_copy(src, dst, length)
+
+            monkeypatch.setattr(backup_module.shutil, "copyfileobj", failing_copy)
             with pytest.raises(OSError, match="No space left"):
                 await backup(archive, tmp_path / "backup", storage_dir(tmp_path / "backup"))
         finally:
             await archive.close()
-        sops, consistent = await _restored(tmp_path / "backup")
-        assert sops == set(first) and consistent  # the files copied meanwhile are no row's: not unindexed
-        assert len(copied) == 1
+        restored = await open_archive(Settings(data_dir=tmp_path / "backup", fsync=False))
+        try:
+            found = await check_storage(restored)
+            sops = await restored.read(
+                lambda c: {row[0] for row in c.exec_driver_sql("SELECT sop_instance_uid FROM instances").all()}
+            )
+        finally:
+            await restored.close()
+        assert sops == set(first) and not found.missing  # the previous backup, whole
+        # the one file copied before the failure is no row's (the next backup names or prunes it); the
+        # one whose copy failed is not left half-written
+        assert len(copied) == 2 and copied[0].is_file() and not copied[1].exists()
+        storage = storage_dir(tmp_path / "backup")
+        assert found.unindexed == [copied[0].relative_to(storage).as_posix()]
 
     asyncio.run(main())
 

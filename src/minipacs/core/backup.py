@@ -180,8 +180,12 @@ def _copy(blobs: BlobStore, storage: Path, keys: dict[str, int], counts: _Counts
             continue
         with source:
             target.parent.mkdir(parents=True, exist_ok=True)
-            with open(target, "wb") as out:
-                shutil.copyfileobj(source, out, COPY_CHUNK)
+            try:
+                with open(target, "wb") as out:
+                    shutil.copyfileobj(source, out, COPY_CHUNK)
+            except BaseException:
+                target.unlink(missing_ok=True)  # no partial copy: the next backup copies it whole
+                raise
         counts.copied.add(key)
         counts.copied_bytes += target.stat().st_size
     return gone
