@@ -150,7 +150,7 @@ class Settings:
     #: staging file, when the intake log takes it (core/staging.py); 0: always a staging file.
     #: At most max_associations x (max_async_operations + 1) are held at once, and only while
     #: memory_datasets_budget_bytes has room for them (else a staging file).
-    receive_in_memory_max_bytes: int = 256 * KiB
+    receive_in_memory_max_bytes: int = 1 * MiB
     #: Size of one intake-log segment file (data/intake/); the first ones are smaller.
     intake_segment_bytes: int = 16 * MiB
     #: Instances received into memory are stored as entries of pack files of up to this size

@@ -160,7 +160,7 @@ class ArchiveSettings:
     #: Stored files up to this size go through the intake log (core/intake.py); 0: never (3 fsyncs each).
     intake_inline_max_bytes: int = 1 << 20
     #: A C-STORE up to this size (and to intake_inline_max_bytes) is received into memory (core/staging.py).
-    receive_in_memory_max_bytes: int = 256 << 10
+    receive_in_memory_max_bytes: int = 1 << 20
     intake_segment_bytes: int = 16 << 20  # size of one intake-log segment file
     intake_checkpoint_seconds: float = 1.0  # most time between checkpoints while instances arrive
     intake_checkpoint_bytes: int = 64 << 20  # a checkpoint starts after this many logged bytes
