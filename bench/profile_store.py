@@ -23,8 +23,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import WORK, count_files, free_port, start_minipacs, stop
+from _common import WORK, free_port, start_minipacs, stop
 from bench_store import SETS, load_set, send
+
+from minipacs.blobs.filesystem import FilesystemBlobStore
 
 #: Leaf frames where a thread waits rather than works (py-spy's idle detection misses
 #: these: the GIL is released inside C calls it does not recognise as waits).
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = outdir / "run"
         run_dir.mkdir(exist_ok=True)
         took = send(data, "MINIPACS", port, run_dir)
-        stored = count_files(outdir / "data" / "storage", ".dcm")
+        stored = sum(1 for _ in FilesystemBlobStore(outdir / "data" / "storage").keys())  # files and pack entries
         spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
         spy.wait(60)
     finally:

@@ -87,7 +87,7 @@ from minipacs.core.model import (
     StoreOutcome,
     StoreStatus,
 )
-from minipacs.core.paths import instance_key, new_copy_token, strip_uid_padding
+from minipacs.core.paths import instance_key, new_copy_token, strip_uid_padding, validate_uid
 from minipacs.core.staging import (
     READY_DIR,
     STAGING_SUFFIX,
@@ -468,10 +468,13 @@ def prepare_ingest(
                 f"the dataset's {keyword} {found[:70]!r} differs from the announced "
                 f"{announced[:70]!r}; the sender must send matching values"
             )
-    key = instance_key(
-        header.get("StudyInstanceUID"), header.get("SeriesInstanceUID"), header.get("SOPInstanceUID"), copy_token
-    )
-    if pack_key is not None:
+    study, series, sop = header.get("StudyInstanceUID"), header.get("SeriesInstanceUID"), header.get("SOPInstanceUID")
+    if pack_key is None:
+        key = instance_key(study, series, sop, copy_token)
+    else:  # the UIDs are checked alike, though they name no file
+        validate_uid("StudyInstanceUID", study)
+        validate_uid("SeriesInstanceUID", series)
+        validate_uid("SOPInstanceUID", sop)
         key = pack_key
     return header, key, os.stat(staged.path).st_size if data is None else len(data)
 
