@@ -256,3 +256,27 @@ def test_a_pack_key_names_its_entry() -> None:
     assert slot is not None
     assert (slot.pack, slot.entry, slot.length) == ("6b16f21f-46e99e28", 8192, 9728)
     assert slot.span == 3 * ALIGN and slot.end == 8192 + HEADER_BYTES + 9728
+
+
+def test_where_holes_can_no_longer_be_punched_a_deleted_entry_is_still_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Packs made on ext4, then the storage copied to a filesystem that cannot punch holes."""
+    store = _store(tmp_path)
+    keys = [_put(store, b"d" * 5000) for _ in range(3)]
+
+    def refuse(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(packs_module, "punch_hole", refuse)
+    size = _pack_file(store, keys[0]).stat().st_size
+    with caplog.at_level("WARNING", logger="minipacs.blobs.packs"):
+        store.delete(keys[0])
+        store.delete(keys[1])
+    assert not store.exists(keys[0]) and not store.exists(keys[1])
+    with pytest.raises(BlobNotFound):
+        store.open(keys[0])
+    assert list(store.keys()) == [keys[2]]
+    assert _pack_file(store, keys[0]).stat().st_size == size
+    warnings = [r for r in caplog.records if "cannot free the space" in r.getMessage()]
+    assert len(warnings) == 1, "said once"

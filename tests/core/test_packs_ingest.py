@@ -224,3 +224,21 @@ def test_the_storage_check_finds_an_entry_no_row_names_and_removes_it(tmp_path: 
             await archive.close()
 
     asyncio.run(main())
+
+
+def test_when_no_new_pack_can_be_made_the_instance_gets_a_file(tmp_path: Path, monkeypatch: Any) -> None:
+    from minipacs.blobs import packs as packs_module
+
+    def full(self: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    async def main() -> None:
+        archive = await open_archive(Settings(data_dir=tmp_path / "data"))
+        try:
+            monkeypatch.setattr(packs_module.Packs, "_start_pack", full)
+            (key,) = (await _store(archive, _instances(1))).values()
+            assert slot_of(key) is None and _store_of(archive).path_of(key).is_file()
+        finally:
+            await archive.close()
+
+    asyncio.run(main())

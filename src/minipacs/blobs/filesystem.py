@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import stat
@@ -16,7 +15,6 @@ from minipacs.blobs.base import BlobNotFound, InvalidBlobKey, checked_key
 from minipacs.blobs.packs import PACK_SUFFIX, PACKS_DIR, Packs, slot_of
 
 _CHUNK: Final = 1024 * 1024
-log = logging.getLogger(__name__)
 
 
 def fsync_directory(directory: Path) -> None:
@@ -253,10 +251,7 @@ class FilesystemBlobStore:
     def delete(self, key: str) -> None:
         slot = slot_of(key)
         if slot is not None:
-            try:
-                self.packs.delete(slot)
-            except OSError as exc:  # e.g. the storage was moved to a filesystem that cannot punch holes
-                log.warning("cannot free pack entry %s: %s", key, exc)
+            self.packs.delete(slot)
         path = self.path_of(key)
         try:
             path.unlink()

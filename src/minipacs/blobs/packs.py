@@ -234,6 +234,7 @@ class Packs:
         self._next = 0  # where its next entry goes
         self._made = 0.0  # time.time() when it was made
         self._dir_new = False  # the folder needs an fsync (a pack was made in it)
+        self._punch_failed = False  # said once in the log
 
     def path(self, pack: str) -> Path:
         return self.directory / f"{pack}{PACK_SUFFIX}"
@@ -336,7 +337,19 @@ class Packs:
         try:
             if os.pread(fd, HEADER_BYTES, slot.entry) != slot.header():
                 return False
-            punch_hole(fd, slot.entry, slot.span)
+            try:
+                punch_hole(fd, slot.entry, slot.span)
+            except OSError as exc:  # e.g. the storage moved to a filesystem that cannot punch holes
+                os.pwrite(fd, bytes(HEADER_BYTES), slot.entry)  # gone all the same, its space kept
+                if not self._punch_failed:
+                    self._punch_failed = True
+                    log.warning(
+                        "cannot free the space of deleted pack entries in %s (%s): they are gone, but their "
+                        "packs keep their size; move the storage to ext4, XFS or Btrfs",
+                        self.directory,
+                        exc.strerror,
+                    )
+                return True
             if slot.pack != self._pack and time.time() - pack_created(slot.pack) >= RETIRE_SECONDS:
                 try:
                     os.lseek(fd, 0, os.SEEK_DATA)

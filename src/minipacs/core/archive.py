@@ -1111,7 +1111,10 @@ class Archive:
         for job in logged:
             job.logged = True
             if packs is not None and job.staged.data is not None:
-                job.pack_key = packs.pack_key(len(job.staged.data))
+                try:
+                    job.pack_key = packs.pack_key(len(job.staged.data))
+                except OSError as exc:  # a new pack cannot be made (the disk is full): a file of its own
+                    log.error("cannot start a new pack of small instances: %s", exc)
             if job.pack_key is None:
                 job.token = new_copy_token()
         try:
