@@ -280,3 +280,25 @@ def test_where_holes_can_no_longer_be_punched_a_deleted_entry_is_still_gone(
     assert _pack_file(store, keys[0]).stat().st_size == size
     warnings = [r for r in caplog.records if "cannot free the space" in r.getMessage()]
     assert len(warnings) == 1, "said once"
+
+
+def test_old_packs_emptied_while_young_are_removed_by_the_sweep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _store(tmp_path)
+    real = time.time
+    monkeypatch.setattr(packs_module.time, "time", lambda: real() - packs_module.RETIRE_SECONDS + 60)
+    emptied = [_put(store, b"e" * 3000) for _ in range(2)]  # a pack a minute short of retirement
+    monkeypatch.setattr(packs_module.time, "time", real)
+    kept = _put(store, b"k" * 3000)  # the pack being written (the other is too old to write into)
+    for key in emptied:
+        store.delete(key)  # emptied while young: kept, however empty
+    emptied_pack, current = _pack_file(store, emptied[0]), _pack_file(store, kept)
+    assert emptied_pack.exists() and emptied_pack != current
+    assert store.remove_empty_packs() == 0, "not old enough yet"
+    monkeypatch.setattr(packs_module.time, "time", lambda: real() + 120)
+    assert store.remove_empty_packs() == 1
+    assert not emptied_pack.exists() and current.exists()
+    store.delete(kept)  # now empty, but the pack new entries go into
+    monkeypatch.setattr(packs_module.time, "time", lambda: real() + packs_module.RETIRE_SECONDS + 60)
+    assert store.remove_empty_packs() == 0 and current.exists()

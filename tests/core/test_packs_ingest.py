@@ -242,3 +242,34 @@ def test_when_no_new_pack_can_be_made_the_instance_gets_a_file(tmp_path: Path, m
             await archive.close()
 
     asyncio.run(main())
+
+
+def test_the_checkpointer_removes_old_emptied_packs_after_the_start(tmp_path: Path, monkeypatch: Any) -> None:
+    from minipacs.blobs import packs as packs_module
+
+    async def main() -> None:
+        real = packs_module.time.time
+        archive = await open_archive(Settings(data_dir=tmp_path / "data", intake_checkpoint_seconds=0.05))
+        try:
+            monkeypatch.setattr(packs_module.time, "time", lambda: real() - packs_module.RETIRE_SECONDS + 1)
+            keys = await _store(archive, _instances(2))
+            monkeypatch.setattr(packs_module.time, "time", real)
+            pack = _store_of(archive).packs.path(slot_of(next(iter(keys.values()))).pack)  # type: ignore[union-attr]
+            await _store(archive, _instances(1))  # into a new pack: the first is too old to write into
+            for key in keys.values():
+                await asyncio.to_thread(archive.blobs.delete, key)
+            assert pack.exists(), "emptied while (just) young"
+        finally:
+            await archive.close()
+        monkeypatch.setattr(packs_module.time, "time", lambda: real() + 5)
+        again = await open_archive(Settings(data_dir=tmp_path / "data", intake_checkpoint_seconds=0.05))
+        try:
+            for _ in range(100):
+                if not pack.exists():
+                    break
+                await asyncio.sleep(0.05)
+            assert not pack.exists(), "the checkpointer's first turn after the start removed it"
+        finally:
+            await again.close()
+
+    asyncio.run(main())

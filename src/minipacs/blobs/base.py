@@ -99,3 +99,6 @@ class WritesBytes(Protocol):
     def pack_key(self, length: int) -> str | None:
         """A key for a new blob of ``length`` bytes inside a larger file (blobs/packs.py), written by
         ``put_bytes`` and made durable by the caller's intake log; None: one file per blob."""
+
+    def remove_empty_packs(self) -> int:
+        """Remove the old packs with nothing left in them; how many (0 for a store without packs)."""

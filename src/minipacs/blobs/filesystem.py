@@ -126,6 +126,10 @@ class FilesystemBlobStore:
             self._dirty.add(self.packs.directory)
         return key
 
+    def remove_empty_packs(self) -> int:
+        """Remove the old packs deletions emptied (blobs/packs.py ``Packs.remove_empty``); how many."""
+        return self.packs.remove_empty()
+
     def put_bytes(self, data: bytes, key: str) -> None:
         """Write a new blob at ``key`` from memory, not flushed: the caller's intake log keeps the
         bytes until a checkpoint's ``syncfs`` (core/intake.py). Each stored copy has its own key, so

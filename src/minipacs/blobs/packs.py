@@ -360,6 +360,33 @@ class Packs:
         finally:
             os.close(fd)
 
+    def remove_empty(self) -> int:
+        """Remove every pack older than :data:`RETIRE_SECONDS` with nothing left in it (emptied while it
+        was younger: the deletion that emptied it kept it); the number removed."""
+        removed = 0
+        now = time.time()
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            match = _PACK_NAME.fullmatch(entry.name)
+            if match is None or match.group(1) == self._pack or now - pack_created(match.group(1)) < RETIRE_SECONDS:
+                continue
+            try:
+                fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                os.lseek(fd, 0, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # no data anywhere in it
+                    Path(entry.path).unlink(missing_ok=True)
+                    removed += 1
+            finally:
+                os.close(fd)
+        return removed
+
     # -------------------------------------------------------------- walking
     def entries(self, path: Path) -> Iterator[str]:
         """The keys of the entries in one pack file, holes skipped."""

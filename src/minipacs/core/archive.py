@@ -129,6 +129,8 @@ HERE_WEIGHT: Final = 0.1
 #: mean several are sending at once: theirs go through the writer, whose batches share one flush
 #: among them (on the loop each would pay its own: 0.88x the rate with 4 associations, session 15).
 HERE_ALONE_SECONDS: Final = 0.1
+#: Every this many seconds the checkpointer removes old packs that deletions emptied (blobs/packs.py).
+PACK_SWEEP_SECONDS: Final = 3600.0
 
 
 @dataclass
@@ -524,6 +526,8 @@ class Archive:
         self._checkpoint_wanted = threading.Event()
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_lock = threading.Lock()
+        #: time.monotonic() of the checkpointer's next look for emptied packs (set by start())
+        self._next_pack_sweep = float("inf")
         self._stopping = False
         #: After-ingest listeners (web/: PS3.18 metadata), called on the event loop once an
         #: ingest is durable, after its result is known; they must be quick and must not raise.
@@ -592,6 +596,7 @@ class Archive:
             archive._checkpointer.start()
             if pending:
                 await archive._replay(pending)
+            archive._next_pack_sweep = time.monotonic()  # after the replay: it may write into old packs
             if not use_log:  # replayed: from now on each instance is flushed on its own
                 await asyncio.to_thread(archive._stop_checkpointer)
                 intake.close()
@@ -641,12 +646,28 @@ class Archive:
             except Exception:
                 log.exception("intake-log checkpoint failed; the log keeps the instances until the next one")
             self._checkpoint_wal()
+            self._sweep_packs_if_due()
             intake = self._intake
             if intake is not None and intake.wants_spare and not self._stopping:
                 try:
                     intake.make_spare()
                 except OSError as exc:  # the writer falls back to fallocate
                     log.warning("cannot prepare the next intake-log segment: %s", exc)
+
+    def _sweep_packs_if_due(self) -> None:
+        """Once an hour (and first after the start's replay): remove old packs deletions emptied."""
+        store = self._bytes_store
+        now = time.monotonic()
+        if store is None or now < self._next_pack_sweep:
+            return
+        self._next_pack_sweep = now + PACK_SWEEP_SECONDS
+        try:
+            removed = store.remove_empty_packs()
+        except OSError as exc:
+            log.warning("cannot look for emptied packs: %s", exc)
+            return
+        if removed:
+            log.info("removed %d pack file(s) that deletions had emptied", removed)
 
     def _checkpoint_wal(self) -> None:
         """The index's WAL into its database file (SQLite; the writer's commits do not do it while the
