@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 import time
 from pathlib import Path
 
@@ -194,7 +195,7 @@ def test_an_entry_whose_header_does_not_match_is_not_found(tmp_path: Path) -> No
     assert slot is not None
     fd = os.open(_pack_file(store, key), os.O_WRONLY)
     try:
-        os.pwrite(fd, b"MPK1\xe7\x03\x00\x00" + (ALIGN * 7).to_bytes(8, "little"), slot.entry)  # another entry's offset
+        os.pwrite(fd, struct.pack("<4sIB3xI", b"MPK1", 1000, 12, 7), slot.entry)  # another entry's offset
     finally:
         os.close(fd)
     assert not store.exists(key)
@@ -255,7 +256,7 @@ def test_a_pack_key_names_its_entry() -> None:
     slot = slot_of("packs/6b16f21f-46e99e28/8192-9728.dcm")
     assert slot is not None
     assert (slot.pack, slot.entry, slot.length) == ("6b16f21f-46e99e28", 8192, 9728)
-    assert slot.span == 3 * ALIGN and slot.end == 8192 + HEADER_BYTES + 9728
+    assert slot.span() == 3 * ALIGN and slot.span(1 << 16) == 1 << 16 and slot.end == 8192 + HEADER_BYTES + 9728
 
 
 def test_where_holes_can_no_longer_be_punched_a_deleted_entry_is_still_gone(
@@ -302,3 +303,35 @@ def test_old_packs_emptied_while_young_are_removed_by_the_sweep(
     store.delete(kept)  # now empty, but the pack new entries go into
     monkeypatch.setattr(packs_module.time, "time", lambda: real() + packs_module.RETIRE_SECONDS + 60)
     assert store.remove_empty_packs() == 0 and current.exists()
+
+
+def test_entries_align_to_a_filesystem_block_larger_than_4_kib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hole frees whole blocks only: on a filesystem of 64 KiB blocks, each entry starts on one, and
+    its header says so, so that deleting it frees every block it took and nothing of the next entry."""
+    monkeypatch.setattr(packs_module, "block_size", lambda directory: 1 << 16)
+    store = _store(tmp_path)
+    assert store.packs.align == 1 << 16
+    keys = [_put(store, bytes([n + 1]) * 9000) for n in range(3)]
+    assert [slot_of(key).entry for key in keys] == [0, 1 << 16, 2 << 16]  # type: ignore[union-attr]
+    pack = _pack_file(store, keys[0])
+    os.sync()
+    before = pack.stat().st_blocks
+    store.delete(keys[1])
+    assert before - pack.stat().st_blocks >= 12288 // 512  # all the entry's blocks (4 KiB ones here)
+    assert not store.exists(keys[1])
+    with store.open(keys[2]) as fh:
+        assert fh.read() == bytes([3]) * 9000
+    assert sorted(store.keys()) == sorted([keys[0], keys[2]])
+
+
+def test_block_size_is_a_power_of_two_from_4_kib_to_1_mib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.statvfs(tmp_path).f_frsize
+    assert packs_module.block_size(tmp_path) == (real if ALIGN <= real <= 1 << 20 else ALIGN)
+
+    class Fake:
+        def __init__(self, size: int) -> None:
+            self.f_frsize = size
+
+    for size, expected in ((512, ALIGN), (8192, 8192), (1 << 20, 1 << 20), (2 << 20, ALIGN), (12288, ALIGN)):
+        monkeypatch.setattr(packs_module.os, "statvfs", lambda _d, size=size: Fake(size))
+        assert packs_module.block_size(tmp_path) == expected, size

@@ -158,7 +158,7 @@ def _power_cut(archive: Archive, lose_after: int) -> list[str]:
             if pack.exists():
                 with open(pack, "r+b") as fh:
                     fh.seek(slot.entry)
-                    fh.write(bytes(slot.span))
+                    fh.write(bytes(slot.span()))
             continue
         path = archive.blobs.path_of(key)
         if record.lsn % 2:

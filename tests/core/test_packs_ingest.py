@@ -129,7 +129,7 @@ def test_an_entry_whose_bytes_a_power_cut_lost_is_rewritten(tmp_path: Path) -> N
         assert slot is not None
         fd = os.open(_store_of(archive).packs.path(slot.pack), os.O_WRONLY)
         try:
-            os.pwrite(fd, bytes(slot.span), slot.entry)  # the entry's blocks were never written
+            os.pwrite(fd, bytes(slot.span()), slot.entry)  # the entry's blocks were never written
         finally:
             os.close(fd)
         again = await open_archive(Settings(data_dir=data))

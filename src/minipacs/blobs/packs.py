@@ -3,9 +3,11 @@
 Creating a file is the costliest step of storing a small instance: the kernel finds and initialises an
 inode (20 us on a quiet ext4, 0.2-0.5 ms of kernel CPU on one that deleted thousands of files in the last
 minutes), then the file is renamed into its folder. A pack is one file of up to ``pack_bytes`` that
-takes many instances, each in an *entry* at a 4 KiB boundary::
+takes many instances, each in an *entry* at a block boundary (4 KiB, or the filesystem's block size
+where that is larger: :func:`block_size`)::
 
-    <16-byte header: magic "MPK1", data length (u32), the entry's own offset (u64)> <the Part 10 file>
+    <16-byte header: magic "MPK1", data length (u32), log2 of the alignment (u8), 3 zero bytes,
+     the entry's offset / 4096 (u32)> <the Part 10 file>
 
 Its blob key names where: ``packs/<pack>/<entry offset>-<length>.dcm``, the pack being the file
 ``packs/<pack>.pack``; ``<pack>`` is the creation time (hex Unix seconds) and 32 random bits, so no
@@ -16,8 +18,9 @@ entry, as it got a new copy token before). What packs change, and what they do n
   log holds its bytes until a checkpoint's ``syncfs``; the replay rewrites an entry a row still names.
   Only instances that go through the log, received into memory, are packed.
 * **Deleting** an entry punches a hole in the pack (``fallocate(PUNCH_HOLE)``): its blocks return to
-  the filesystem at once, as an unlinked file's would (the 4 KiB alignment makes every block of an entry
-  its own). A pack with nothing left in it is removed once it is older than :data:`RETIRE_SECONDS`;
+  the filesystem at once, as an unlinked file's would (the alignment makes every block of an entry its
+  own; the header says which alignment its space was reserved with, so the hole never reaches the next
+  entry). A pack with nothing left in it is removed once it is older than :data:`RETIRE_SECONDS`;
   a process writes into a pack only while it is younger than :data:`WRITE_SECONDS`. Packs are made only
   where the filesystem can punch holes (checked when the store opens: Linux ext4, XFS, Btrfs, tmpfs);
   elsewhere every instance has its own file as before.
@@ -50,10 +53,14 @@ log = logging.getLogger(__name__)
 
 PACKS_DIR: Final = "packs"
 PACK_SUFFIX: Final = ".pack"
-#: Every entry starts at a multiple of this: a block of its own, so punching its hole frees every block.
+#: Every entry starts at a multiple of this, or of the filesystem's block size where that is larger
+#: (:func:`block_size`): blocks of its own, so punching its hole frees every one of them.
 ALIGN: Final = 4096
+#: The largest block size packs align to; a filesystem that says more gets this (a hole frees less).
+MAX_ALIGN: Final = 1 << 20
 MAGIC: Final = b"MPK1"
-_HEADER: Final = struct.Struct("<4sIQ")
+#: magic, the data's length, log2 of the alignment it was reserved with, the entry's offset / ALIGN
+_HEADER: Final = struct.Struct("<4sIB3xI")
 HEADER_BYTES: Final = _HEADER.size
 #: A process puts no new entry into a pack older than this: it starts a new one.
 WRITE_SECONDS: Final = 3600
@@ -84,17 +91,38 @@ class PackSlot:
         """The offset after the entry's data."""
         return self.entry + HEADER_BYTES + self.length
 
-    @property
-    def span(self) -> int:
-        """The bytes the entry takes in its pack, up to the next boundary."""
-        return _aligned(HEADER_BYTES + self.length)
+    def span(self, align: int = ALIGN) -> int:
+        """The bytes the entry takes in its pack, up to the next multiple of ``align``."""
+        return _aligned(HEADER_BYTES + self.length, align)
 
-    def header(self) -> bytes:
-        return _HEADER.pack(MAGIC, self.length, self.entry)
+    def header(self, align: int) -> bytes:
+        return _HEADER.pack(MAGIC, self.length, align.bit_length() - 1, self.entry // ALIGN)
+
+    def read_header(self, raw: bytes) -> int | None:
+        """The alignment this entry was reserved with, if ``raw`` is its header; else None (another
+        entry's, a hole's zeros, a deleted entry's)."""
+        if len(raw) != HEADER_BYTES:
+            return None
+        magic, length, shift, units = _HEADER.unpack(raw)
+        if magic != MAGIC or length != self.length or units * ALIGN != self.entry or not 12 <= shift <= 20:
+            return None
+        return int(1 << shift)
 
 
-def _aligned(size: int) -> int:
-    return -(-size // ALIGN) * ALIGN
+def _aligned(size: int, align: int = ALIGN) -> int:
+    return -(-size // align) * align
+
+
+def block_size(directory: Path) -> int:
+    """What entries in ``directory`` align to: its filesystem's block size when that is a power of two
+    from :data:`ALIGN` to :data:`MAX_ALIGN` (a hole frees only whole blocks), else ALIGN."""
+    try:
+        size = os.statvfs(directory).f_frsize
+    except OSError:
+        return ALIGN
+    if ALIGN <= size <= MAX_ALIGN and size & (size - 1) == 0:
+        return size
+    return ALIGN
 
 
 def slot_of(key: str) -> PackSlot | None:
@@ -221,6 +249,7 @@ class Packs:
         self.directory = root / PACKS_DIR
         self.pack_bytes = pack_bytes
         self.writing = False
+        self.align = ALIGN
         if pack_bytes > 0:
             try:
                 self.directory.mkdir(exist_ok=True)
@@ -228,6 +257,7 @@ class Packs:
                 log.warning("packs are off: cannot create %s: %s", self.directory, exc)
             else:
                 self.writing = can_punch_holes(self.directory)
+                self.align = block_size(self.directory)
         self._lock = threading.Lock()
         self._pack = ""  # the pack new entries go into ("": none yet)
         self._fd = -1  # open for writing
@@ -244,7 +274,7 @@ class Packs:
         """A new entry for ``length`` bytes of data in the current pack (a new pack when it is full or
         old). Nothing is written yet: a reserved entry never written is a hole, never read."""
         with self._lock:
-            span = _aligned(HEADER_BYTES + length)
+            span = _aligned(HEADER_BYTES + length, self.align)
             if (
                 not self._pack
                 or (self._next and self._next + span > self.pack_bytes)
@@ -268,15 +298,15 @@ class Packs:
         """Write an entry's header and data at its place (not flushed: see the module docstring)."""
         if len(data) != slot.length:
             raise ValueError(f"entry {slot.key} holds {slot.length} bytes, not {len(data)}")
-        parts = [slot.header(), data]
         with self._lock:
             if slot.pack == self._pack:
-                _pwritev(self._fd, parts, slot.entry)
+                _pwritev(self._fd, [slot.header(self.align), data], slot.entry)
                 return
-        # an older pack: the replay of an intake-log record after a crash
+        # an older pack, the replay of an intake-log record after a crash: reserved with an alignment
+        # of at least ALIGN, and saying no more, a deletion never punches into the next entry
         fd = os.open(self.path(slot.pack), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
         try:
-            _pwritev(fd, parts, slot.entry)
+            _pwritev(fd, [slot.header(ALIGN), data], slot.entry)
         finally:
             os.close(fd)
 
@@ -298,7 +328,7 @@ class Packs:
         absent, LookupError when the entry is not there (deleted: a hole, or never written)."""
         fd = os.open(self.path(slot.pack), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            if os.pread(fd, HEADER_BYTES, slot.entry) != slot.header():
+            if slot.read_header(os.pread(fd, HEADER_BYTES, slot.entry)) is None:
                 raise LookupError(slot.key)
         except BaseException:
             os.close(fd)
@@ -335,10 +365,11 @@ class Packs:
         except FileNotFoundError:
             return None
         try:
-            if os.pread(fd, HEADER_BYTES, slot.entry) != slot.header():
+            align = slot.read_header(os.pread(fd, HEADER_BYTES, slot.entry))
+            if align is None:
                 return False
             try:
-                punch_hole(fd, slot.entry, slot.span)
+                punch_hole(fd, slot.entry, slot.span(align))
             except OSError as exc:  # e.g. the storage moved to a filesystem that cannot punch holes
                 os.pwrite(fd, bytes(HEADER_BYTES), slot.entry)  # gone all the same, its space kept
                 if not self._punch_failed:
@@ -409,14 +440,16 @@ class Packs:
                         return
                     raise
                 position -= position % ALIGN
-                magic, length, entry = _HEADER.unpack(os.pread(fd, HEADER_BYTES, position).ljust(HEADER_BYTES, b"\0"))
-                if magic == MAGIC and entry == position:
-                    slot = PackSlot(pack, entry, length)
-                    if slot.end <= size:
-                        yield slot.key
-                    position += slot.span
-                else:
+                raw = os.pread(fd, HEADER_BYTES, position)
+                length = _HEADER.unpack(raw)[1] if len(raw) == HEADER_BYTES else 0
+                slot = PackSlot(pack, position, length)
+                align = slot.read_header(raw)
+                if align is None:
                     position += ALIGN
+                    continue
+                if slot.end <= size:
+                    yield slot.key
+                position += slot.span(align)
         finally:
             os.close(fd)
 
