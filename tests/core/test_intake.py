@@ -329,6 +329,9 @@ MiB = 1 << 20
         ("intake_checkpoint_bytes", MiB, MiB - 1),
         ("completion_recheck_seconds", 0.001, 0),
         ("completion_recheck_seconds", 86400, 86401),
+        ("pack_bytes", 0, -1),
+        ("pack_bytes", MiB, MiB - 1),
+        ("pack_bytes", 4096 * MiB, 4096 * MiB + 1),
     ],
 )
 def test_intake_settings_at_their_limits(key: str, good: Any, bad: Any) -> None:
