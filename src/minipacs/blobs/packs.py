@@ -71,7 +71,6 @@ _FALLOC_FL_KEEP_SIZE: Final = 0x01
 _FALLOC_FL_PUNCH_HOLE: Final = 0x02
 _KEY: Final = re.compile(r"packs/([0-9a-f]{8}-[0-9a-f]{8})/(0|[1-9][0-9]{0,14})-(0|[1-9][0-9]{0,11})\.dcm", re.ASCII)
 _PACK_NAME: Final = re.compile(r"([0-9a-f]{8}-[0-9a-f]{8})\.pack", re.ASCII)
-_PROBE_NAME: Final = "probe.tmp"
 
 
 @dataclass(frozen=True)
@@ -175,7 +174,7 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
 
 def can_punch_holes(directory: Path) -> bool:
     """Whether files in ``directory`` can have holes punched (and read back as zeros)."""
-    path = directory / _PROBE_NAME
+    path = directory / f"probe-{os.getpid()}-{secrets.token_hex(4)}.tmp"  # two processes may start at once
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     except OSError:
