@@ -1,27 +1,42 @@
 """Small instances stored as pack entries (blobs/packs.py) through the archive: which instances are
-packed, the intake log's replay of entries a power cut lost, deletions, backups and the storage check."""
+packed, the intake log's replay of entries a power cut lost, deletions, backups, the storage check,
+and the jobs that read stored copies and write new ones (compression, corrections, anonymization)."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import io
 import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pydicom
 from pydicom.uid import generate_uid
+from sqlalchemy import update
 
+from minipacs.blobs import packs as packs_module
 from minipacs.blobs.filesystem import FilesystemBlobStore
 from minipacs.blobs.packs import slot_of
 from minipacs.bootstrap import open_archive, storage_dir
 from minipacs.config import Settings
+from minipacs.core.anonymize import Anonymizer, AnonymizeRequest
 from minipacs.core.archive import Archive
 from minipacs.core.backup import backup
+from minipacs.core.compression import SYNTAXES, CompressionSettings, Compressor
+from minipacs.core.corrections import Corrections
 from minipacs.core.delete import delete_resource
 from minipacs.core.model import Origin, StoreStatus
+from minipacs.core.retrieve import select_instances
 from minipacs.core.storage_check import check_storage, remove_unindexed
+from minipacs.index import repository as repo
+from minipacs.index.schema import BlobRemoval
 from tests.core.test_archive import stage
+from tests.core.test_compression import image
 from tests.dicomgen import ExplicitVRLittleEndian, encode_dataset, make_ct
 
+LONG_AGO = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 DICOM = Origin(kind="dicom", calling_aet="MODALITY", called_aet="MINIPACS", peer_host="127.0.0.1", peer_port=4242)
 
 
@@ -227,8 +242,6 @@ def test_the_storage_check_finds_an_entry_no_row_names_and_removes_it(tmp_path: 
 
 
 def test_when_no_new_pack_can_be_made_the_instance_gets_a_file(tmp_path: Path, monkeypatch: Any) -> None:
-    from minipacs.blobs import packs as packs_module
-
     def full(self: Any) -> None:
         raise OSError(28, "No space left on device")
 
@@ -245,8 +258,6 @@ def test_when_no_new_pack_can_be_made_the_instance_gets_a_file(tmp_path: Path, m
 
 
 def test_the_checkpointer_removes_old_emptied_packs_after_the_start(tmp_path: Path, monkeypatch: Any) -> None:
-    from minipacs.blobs import packs as packs_module
-
     async def main() -> None:
         real = packs_module.time.time
         archive = await open_archive(Settings(data_dir=tmp_path / "data", intake_checkpoint_seconds=0.05))
@@ -271,5 +282,97 @@ def test_the_checkpointer_removes_old_emptied_packs_after_the_start(tmp_path: Pa
             assert not pack.exists(), "the checkpointer's first turn after the start removed it"
         finally:
             await again.close()
+
+    asyncio.run(main())
+
+
+def test_a_packed_instance_is_compressed_and_its_entry_freed_after_the_grace_period(tmp_path: Path) -> None:
+    """Compression reads a pack entry through ``local_file`` (a temporary copy) and writes the new copy
+    as a file of its own; the entry stays readable for retrieves that chose it, then is punched."""
+    ds, pixels = image("16unsigned")
+
+    async def main() -> None:
+        archive = await open_archive(Settings(data_dir=tmp_path / "data"))
+        try:
+            (old,) = (await _store(archive, [ds])).values()
+            assert slot_of(old) is not None
+            chosen = await select_instances(archive, "STUDY", {"StudyInstanceUID": ds.StudyInstanceUID})
+            compressor = Compressor(archive, CompressionSettings(keep_replaced_seconds=300, fsync=True))
+            outcomes = [
+                await compressor.compress(c, SYNTAXES["jpeg-ls-lossless"])
+                async for page in compressor.candidates()
+                for c in page
+            ]
+            assert [o.status for o in outcomes] == ["compressed"]
+            new = await archive.read(_key_of(ds.SOPInstanceUID))
+            assert new != old and slot_of(new) is None
+            with archive.blobs.open(new) as fh:
+                stored = pydicom.dcmread(fh)
+            assert np.array_equal(stored.pixel_array, pixels)
+            with chosen[0].open() as fh:  # the retrieve that chose the packed copy still reads it
+                assert fh.read(132)[128:132] == b"DICM"
+            assert list((_store_of(archive).packs.directory).glob("*.tmp")) == [], "local_file's copy removed"
+            await archive.write(lambda conn: conn.execute(update(BlobRemoval).values(remove_after=LONG_AGO)))
+            assert await compressor.remove_replaced() == 1
+            assert not archive.blobs.exists(old) and archive.blobs.exists(new)
+        finally:
+            await archive.close()
+
+    asyncio.run(main())
+
+
+def _key_of(sop_instance_uid: str) -> Any:
+    return lambda conn: repo.blob_key_of(conn, sop_instance_uid)
+
+
+def test_a_correction_rewrites_packed_instances(tmp_path: Path) -> None:
+    """A correction reads each pack entry through ``local_file`` and stores the rewritten copy."""
+
+    items = _instances(2)
+    for ds in items:
+        ds.PatientID = "WRONG"
+
+    async def main() -> None:
+        archive = await open_archive(Settings(data_dir=tmp_path / "data"))
+        try:
+            before = await _store(archive, items)
+            assert all(slot_of(key) is not None for key in before.values())
+            result = await Corrections(archive).modify("patient", "WRONG", {"PatientID": "RIGHT"}, "alice")
+            assert result.instances == 2
+            for ds in items:
+                key = await archive.read(_key_of(ds.SOPInstanceUID))
+                assert key != before[ds.SOPInstanceUID]
+                stored = pydicom.dcmread(io.BytesIO(_read(archive, key)))
+                assert stored.PatientID == "RIGHT" and stored.SOPInstanceUID == ds.SOPInstanceUID
+            assert list(_store_of(archive).packs.directory.glob("*.tmp")) == []
+        finally:
+            await archive.close()
+
+    asyncio.run(main())
+
+
+def test_a_packed_study_is_anonymized_into_the_archive(tmp_path: Path) -> None:
+
+    items = _instances(3)
+    for ds in items:
+        ds.PatientName = "Identifiable^Person"
+
+    async def main() -> None:
+        archive = await open_archive(Settings(data_dir=tmp_path / "data"))
+        try:
+            keys = await _store(archive, items)
+            assert all(slot_of(key) is not None for key in keys.values())
+            result = await Anonymizer(archive, b"packs-anonymize-key-0123456789").run(
+                AnonymizeRequest("study", items[0].StudyInstanceUID)
+            )
+            assert result.instances == 3 and not result.failures
+            new = await select_instances(archive, "STUDY", {"StudyInstanceUID": result.studies[0]})
+            assert len(new) == 3
+            for instance in new:
+                with instance.open() as fh:
+                    ds = pydicom.dcmread(io.BytesIO(fh.read()))
+                assert ds.PatientIdentityRemoved == "YES" and "Identifiable" not in str(ds.PatientName)
+        finally:
+            await archive.close()
 
     asyncio.run(main())
