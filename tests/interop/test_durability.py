@@ -200,6 +200,11 @@ def test_kill_9_during_transfers_loses_nothing_acknowledged(tmp_path: Path) -> N
     by_uid = {uid: (key, size) for uid, key, size in rows}
     missing = [uid for uid in acked if uid not in by_uid]
     assert not missing, f"{len(missing)} acknowledged instance(s) not in the index after kill -9: {missing[:3]}"
+    # the small ones, received into memory through the intake log, are pack entries (blobs/packs.py); the
+    # multi-MB ones files of their own: the kill lands among both
+    kinds = {key.startswith("packs/") for key, _size in by_uid.values()}
+    assert kinds == {True, False}, sorted(by_uid.values())[:3]
+    assert all(key.startswith("packs/") == (size <= MB) for key, size in by_uid.values())
     for uid, (key, size) in by_uid.items():
         assert is_stored(data / "storage", key), f"index row {uid} points to missing file {key}"
         stored = stored_bytes(data / "storage", key)
