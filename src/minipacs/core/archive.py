@@ -87,7 +87,7 @@ from minipacs.core.model import (
     StoreOutcome,
     StoreStatus,
 )
-from minipacs.core.paths import instance_key, new_copy_token, strip_uid_padding, validate_uid
+from minipacs.core.paths import instance_key, new_copy_token, strip_uid_padding, validate_instance_uids
 from minipacs.core.staging import (
     READY_DIR,
     STAGING_SUFFIX,
@@ -474,9 +474,7 @@ def prepare_ingest(
     if pack_key is None:
         key = instance_key(study, series, sop, copy_token)
     else:  # the UIDs are checked alike, though they name no file
-        validate_uid("StudyInstanceUID", study)
-        validate_uid("SeriesInstanceUID", series)
-        validate_uid("SOPInstanceUID", sop)
+        validate_instance_uids(study, series, sop)
         key = pack_key
     return header, key, os.stat(staged.path).st_size if data is None else len(data)
 

@@ -74,6 +74,18 @@ def new_copy_token() -> str:
     return secrets.token_hex(COPY_TOKEN_HEX // 2)
 
 
+def validate_instance_uids(
+    study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str
+) -> tuple[str, str, str]:
+    """The Study, Series and SOP Instance UIDs of an instance, each checked by :func:`validate_uid`;
+    InvalidIdentifier names the first that is not a valid UID."""
+    return (
+        validate_uid("StudyInstanceUID", study_instance_uid),
+        validate_uid("SeriesInstanceUID", series_instance_uid),
+        validate_uid("SOPInstanceUID", sop_instance_uid),
+    )
+
+
 def instance_key(
     study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str, copy_token: str | None = None
 ) -> str:
@@ -83,9 +95,7 @@ def instance_key(
     Every call without ``copy_token`` gives a new key (tests pass a fixed token).
     Raises InvalidIdentifier naming the first attribute that is not a valid UID.
     """
-    study = validate_uid("StudyInstanceUID", study_instance_uid)
-    series = validate_uid("SeriesInstanceUID", series_instance_uid)
-    sop = validate_uid("SOPInstanceUID", sop_instance_uid)
+    study, series, sop = validate_instance_uids(study_instance_uid, series_instance_uid, sop_instance_uid)
     token = new_copy_token() if copy_token is None else copy_token
     if _COPY_TOKEN.fullmatch(token) is None:
         raise ValueError(f"copy token {token[:40]!r} is not {COPY_TOKEN_HEX} lower-case hex digits")
@@ -114,5 +124,6 @@ __all__ = [
     "new_copy_token",
     "sop_instance_uid_of_key",
     "strip_uid_padding",
+    "validate_instance_uids",
     "validate_uid",
 ]
