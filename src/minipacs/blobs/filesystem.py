@@ -254,8 +254,8 @@ class FilesystemBlobStore:
 
     def delete(self, key: str) -> None:
         slot = slot_of(key)
-        if slot is not None:
-            self.packs.delete(slot)
+        if slot is not None and self.packs.delete(slot):
+            return  # punched; only a pack key whose pack lacks it may be a file (a backup's copy)
         path = self.path_of(key)
         try:
             path.unlink()

@@ -58,6 +58,8 @@ PACK_SUFFIX: Final = ".pack"
 ALIGN: Final = 4096
 #: The largest block size packs align to; a filesystem that says more gets this (a hole frees less).
 MAX_ALIGN: Final = 1 << 20
+#: The header's log2 of the alignment: from ALIGN's to MAX_ALIGN's.
+_SHIFTS: Final = (ALIGN.bit_length() - 1, MAX_ALIGN.bit_length() - 1)
 MAGIC: Final = b"MPK1"
 #: magic, the data's length, log2 of the alignment it was reserved with, the entry's offset / ALIGN
 _HEADER: Final = struct.Struct("<4sIB3xI")
@@ -103,7 +105,12 @@ class PackSlot:
         if len(raw) != HEADER_BYTES:
             return None
         magic, length, shift, units = _HEADER.unpack(raw)
-        if magic != MAGIC or length != self.length or units * ALIGN != self.entry or not 12 <= shift <= 20:
+        if (
+            magic != MAGIC
+            or length != self.length
+            or units * ALIGN != self.entry
+            or not _SHIFTS[0] <= shift <= _SHIFTS[1]
+        ):
             return None
         return int(1 << shift)
 
@@ -380,12 +387,8 @@ class Packs:
                         exc.strerror,
                     )
                 return True
-            if slot.pack != self._pack and time.time() - pack_created(slot.pack) >= RETIRE_SECONDS:
-                try:
-                    os.lseek(fd, 0, os.SEEK_DATA)
-                except OSError as exc:
-                    if exc.errno == errno.ENXIO:  # no data left anywhere in it
-                        self.path(slot.pack).unlink(missing_ok=True)
+            if self._retired(slot.pack, time.time()):
+                _unlink_if_empty(fd, self.path(slot.pack))
             return True
         finally:
             os.close(fd)
@@ -401,21 +404,22 @@ class Packs:
             return 0
         for entry in entries:
             match = _PACK_NAME.fullmatch(entry.name)
-            if match is None or match.group(1) == self._pack or now - pack_created(match.group(1)) < RETIRE_SECONDS:
+            if match is None or not self._retired(match.group(1), now):
                 continue
             try:
                 fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 continue
             try:
-                os.lseek(fd, 0, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:  # no data anywhere in it
-                    Path(entry.path).unlink(missing_ok=True)
-                    removed += 1
+                removed += _unlink_if_empty(fd, Path(entry.path))
             finally:
                 os.close(fd)
         return removed
+
+    def _retired(self, pack: str, now: float) -> bool:
+        """Whether no process writes into ``pack`` any more: not this one's current pack, and older than
+        :data:`RETIRE_SECONDS` (every process starts a new pack after :data:`WRITE_SECONDS`)."""
+        return pack != self._pack and now - pack_created(pack) >= RETIRE_SECONDS
 
     # -------------------------------------------------------------- walking
     def entries(self, path: Path) -> Iterator[str]:
@@ -451,6 +455,17 @@ class Packs:
                 position += slot.span(align)
         finally:
             os.close(fd)
+
+
+def _unlink_if_empty(fd: int, path: Path) -> bool:
+    """Remove the pack open at ``fd`` if it holds no data anywhere (every entry's hole punched)."""
+    try:
+        os.lseek(fd, 0, os.SEEK_DATA)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            path.unlink(missing_ok=True)
+            return True
+    return False
 
 
 def _pwritev(fd: int, parts: list[bytes | memoryview], offset: int) -> None:
