@@ -760,10 +760,10 @@ class Archive:
         key = self._record_key(record)
         if key is None or not self._index.read(lambda conn: intake_repo.blob_key_in_use(conn, key)):
             return 0  # refused, or deleted or replaced since
-        if slot_of(key) is not None and self._bytes_store is not None:
-            self._bytes_store.put_bytes(record.data, key)  # into its pack, at its place
-            return 1
-        self.blobs.put_from_staging(self._staged_copy(record), key)
+        if self._bytes_store is not None:  # at its key: a file, or its pack entry's place
+            self._bytes_store.put_bytes(record.data, key)
+        else:
+            self.blobs.put_from_staging(self._staged_copy(record), key)
         self.blobs.sync(durable=False)  # the put completed (the replay's checkpoint makes it durable)
         return 1
 
