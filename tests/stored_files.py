@@ -5,10 +5,12 @@ or inspect the file on disk find it here (FilesystemBlobStore.path_of)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from minipacs.blobs.filesystem import FilesystemBlobStore
+from minipacs.blobs.packs import slot_of
 from minipacs.core.errors import NotFound
 from minipacs.index import repository as repo
 
@@ -58,3 +60,19 @@ def dataset_of(part10: bytes) -> bytes:
         raise ValueError("not a Part 10 file")
     group_length = int.from_bytes(part10[140:144], "little")
     return part10[144 + group_length :]
+
+
+def lose_pack_entry(store: FilesystemBlobStore, key: str) -> bool:
+    """What a power cut may do to a pack entry written since the last checkpoint: its blocks never
+    reached the disk (zeros where it was). False when its pack itself is gone."""
+    slot = slot_of(key)
+    assert slot is not None, f"{key} is not a pack entry"
+    try:
+        fd = os.open(store.packs.path(slot.pack), os.O_WRONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        os.pwrite(fd, bytes(slot.span()), slot.entry)
+    finally:
+        os.close(fd)
+    return True

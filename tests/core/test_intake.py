@@ -33,6 +33,7 @@ from minipacs.index.schema import Instance, IntakeState
 from tests.core.test_archive import DICOM, stage
 from tests.dicomgen import ExplicitVRLittleEndian, ImplicitVRLittleEndian, encode_dataset, generate_uid, make_ct
 from tests.index.pg import postgres_schema_url
+from tests.stored_files import lose_pack_entry
 
 # ---------------------------------------------------------------- the log on its own
 
@@ -152,13 +153,8 @@ def _power_cut(archive: Archive, lose_after: int) -> list[str]:
         key = Archive._record_key(record)
         if key is None:
             continue  # a refused dataset's record: nothing was ever stored under a key
-        slot = slot_of(key)
-        if slot is not None:  # a pack entry (blobs/packs.py): its blocks were never written
-            pack = archive.blobs.packs.path(slot.pack)  # type: ignore[attr-defined]
-            if pack.exists():
-                with open(pack, "r+b") as fh:
-                    fh.seek(slot.entry)
-                    fh.write(bytes(slot.span()))
+        if slot_of(key) is not None:  # a pack entry (blobs/packs.py): its blocks never reached the disk
+            lose_pack_entry(archive.blobs, key)  # type: ignore[arg-type]
             continue
         path = archive.blobs.path_of(key)
         if record.lsn % 2:
