@@ -227,6 +227,8 @@ def archive_settings(settings: Settings) -> ArchiveSettings:
         node_id=settings.resolved_node_id,
         keep_replaced_seconds=settings.resolved_keep_replaced_seconds,
         query_max_file_reads=settings.query_max_file_reads,
+        loop_ingest_max_seconds=settings.loop_ingest_max_ms / 1000,
+        loop_ingest_pause_seconds=settings.loop_ingest_pause_seconds,
     )
 
 

@@ -156,6 +156,11 @@ class Settings:
     #: Instances received into memory are stored as entries of pack files of up to this size
     #: (DATA/storage/packs/, blobs/packs.py), not one file each; 0: one file per instance.
     pack_bytes: int = 64 * MiB
+    #: A C-STORE alone on a SQLite index is ingested on the event loop, without the writer thread's two
+    #: hand-offs (core/archive.py); when those ingests take longer than this on average (a slow disk),
+    #: they go through the writer for loop_ingest_pause_seconds. 0: always through the writer.
+    loop_ingest_max_ms: float = 5.0
+    loop_ingest_pause_seconds: float = 10.0
     #: Every this many seconds, studies whose procedure step is COMPLETED but not yet marked complete
     #: are checked again (a step completed on another node sharing the index).
     completion_recheck_seconds: float = 5.0
@@ -468,6 +473,10 @@ class Settings:
             raise ConfigError("intake_segment_bytes must be 1 MiB to 1 GiB")
         if self.pack_bytes != 0 and not 1 * MiB <= self.pack_bytes <= 4096 * MiB:
             raise ConfigError("pack_bytes must be 0 (one file per instance) or 1 MiB to 4 GiB")
+        if not 0 <= self.loop_ingest_max_ms <= 1000:
+            raise ConfigError("loop_ingest_max_ms must be 0 (ingests always through the writer thread) to 1000")
+        if not 1 <= self.loop_ingest_pause_seconds <= 3600:
+            raise ConfigError("loop_ingest_pause_seconds must be 1 to 3600")
         if not 0 < self.completion_recheck_seconds <= 86400:
             raise ConfigError("completion_recheck_seconds must be more than 0 and at most 86400")
         if not 0 < self.intake_checkpoint_seconds <= 3600:

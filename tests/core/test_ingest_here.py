@@ -101,13 +101,10 @@ def test_while_the_writer_holds_its_lock_an_ingest_waits_in_its_queue(with_archi
     with_archive(body)
 
 
-def test_a_slow_cycle_on_the_loop_sends_ingests_to_the_writer_for_a_while(
-    with_archive: Run, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A disk whose flush is slow must not hold the event loop instance after instance: one cycle over
-    HERE_MAX_SECONDS, and the ingests go through the writer for HERE_PAUSE_SECONDS; then back."""
-    monkeypatch.setattr(archive_module, "HERE_MAX_SECONDS", 0.0)  # every cycle is "slow"
-    monkeypatch.setattr(archive_module, "HERE_PAUSE_SECONDS", 0.5)
+def test_a_slow_cycle_on_the_loop_sends_ingests_to_the_writer_for_a_while(with_archive: Run) -> None:
+    """A disk whose flush is slow must not hold the event loop instance after instance: cycles over
+    ``loop_ingest_max_ms`` on average, and the ingests go through the writer for
+    ``loop_ingest_pause_seconds``; then back."""
 
     async def body(archive: Archive) -> None:
         threads = _spy(archive)
@@ -115,12 +112,53 @@ def test_a_slow_cycle_on_the_loop_sends_ingests_to_the_writer_for_a_while(
         await archive.ingest(stage(archive, _ct(1), in_memory=True), DICOM)
         await archive.ingest(stage(archive, _ct(2), in_memory=True), DICOM)
         assert threads == [loop_thread, WRITER]
-        await asyncio.sleep(0.6)  # the pause is over
+        await asyncio.sleep(0.6)  # still paused
         await archive.ingest(stage(archive, _ct(3), in_memory=True), DICOM)
+        assert threads[-1] == WRITER
+        await asyncio.sleep(0.5)  # the pause is over
+        await archive.ingest(stage(archive, _ct(4), in_memory=True), DICOM)
         assert threads[-1] == loop_thread
-        assert await archive.count_instances() == 3
+        assert await archive.count_instances() == 4
 
-    with_archive(body)
+    # every cycle is "slow": no ingest takes under a microsecond; the shortest pause the setting allows
+    with_archive(body, loop_ingest_max_ms=0.001, loop_ingest_pause_seconds=1)
+
+
+def test_loop_ingest_max_ms_zero_sends_every_ingest_through_the_writer(with_archive: Run) -> None:
+    async def body(archive: Archive) -> None:
+        threads = _spy(archive)
+        for n in range(3):
+            outcome = await archive.ingest(stage(archive, _ct(n), in_memory=True), DICOM)
+            assert outcome.status is StoreStatus.STORED
+        assert threads == [WRITER] * 3
+
+    with_archive(body, loop_ingest_max_ms=0)
+
+
+@pytest.mark.parametrize(
+    ("options", "valid"),
+    [
+        ({"loop_ingest_max_ms": 0}, True),
+        ({"loop_ingest_max_ms": 1000}, True),
+        ({"loop_ingest_max_ms": -0.001}, False),
+        ({"loop_ingest_max_ms": 1000.001}, False),
+        ({"loop_ingest_pause_seconds": 1}, True),
+        ({"loop_ingest_pause_seconds": 3600}, True),
+        ({"loop_ingest_pause_seconds": 0.999}, False),
+        ({"loop_ingest_pause_seconds": 3600.5}, False),
+    ],
+)
+def test_the_loop_ingest_settings_are_checked_at_their_limits(
+    tmp_path: Any, options: dict[str, float], valid: bool
+) -> None:
+    from minipacs.config import ConfigError, Settings
+
+    settings = Settings(data_dir=tmp_path, **options)  # type: ignore[arg-type]
+    if valid:
+        settings.validate()
+    else:
+        with pytest.raises(ConfigError, match=next(iter(options))):
+            settings.validate()
 
 
 def test_many_associations_at_once_lose_nothing_and_keep_their_order_per_instance(with_archive: Run) -> None:
@@ -151,9 +189,9 @@ def test_many_associations_at_once_lose_nothing_and_keep_their_order_per_instanc
 def test_one_slow_cycle_does_not_stop_the_loops_path_a_slow_disk_does() -> None:
     """The first instance of a new series creates its patient, study and series rows (18 ms once, seen on
     the benchmark machine), a flush beside the intake checkpoint's syncfs takes 20 ms about once a
-    second: alone they must not send a whole transfer to the writer. Cycles over HERE_MAX_SECONDS on
-    average (a disk whose flush takes 8 ms) do, within ten or so instances."""
-    guard = archive_module._HereGuard()
+    second: alone they must not send a whole transfer to the writer. Cycles over the default
+    ``loop_ingest_max_ms`` (5 ms) on average (a disk whose flush takes 8 ms) do, within ten or so instances."""
+    guard = archive_module._HereGuard(0.005)
     checkpoints = ([0.001] * 40 + [0.02, 0.02]) * 20  # two slow in a row, once a second at 800/s
     assert not any(guard.too_slow(took) for took in [0.018, *checkpoints])
     cycles = 1

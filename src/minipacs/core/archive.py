@@ -16,9 +16,9 @@ is queued and the instance was received into memory with the intake log on, the 
 steps 0-2 itself, as a batch of one, under the lock the writer takes for each batch
 (``Archive._ingest_here``): a requestor that waits for each response no longer waits for the two
 thread hand-offs (queue to writer, writer back to the loop; 1.11-1.28x the rate, session 15).
-The loop then waits for the flush itself; cycles slower than ``HERE_MAX_SECONDS`` on average (a
-slow disk) send every ingest through the writer again for ``HERE_PAUSE_SECONDS``, so the loop is
-not held long while the disk is slow.
+The loop then waits for the flush itself; cycles slower than ``loop_ingest_max_ms`` on average (a
+slow disk) send every ingest through the writer again for ``loop_ingest_pause_seconds`` (config.py),
+so the loop is not held long while the disk is slow; ``loop_ingest_max_ms = 0`` turns the path off.
 If the batch fails, it is rolled back and its jobs are retried one by one, so a
 bad job fails alone. Study and series keys are cached across batches: a series
 arriving one instance at a time costs two INSERTs per instance (its row, on SQLite by an
@@ -115,15 +115,14 @@ KEY_CACHE_SIZE: Final = 4096
 #: two tries, doubling, with jitter: at most ~0.3 s of waiting before the failure is reported.
 TRANSIENT_TRIES: Final = 6
 TRANSIENT_FIRST_WAIT: Final = 0.01
-#: Ingests run on the event loop (``Archive._ingest_here``) that take longer than this on average (the
-#: flush of a slow disk, a busy machine) send ingests through the writer thread for HERE_PAUSE_SECONDS:
-#: the loop serves every association and HTTP request and must not wait for a slow disk over and over.
-#: The average is exponential, weight HERE_WEIGHT for the latest: a single slow cycle (the first of a
-#: new series creates its patient, study and series rows: 18 ms once; a flush beside the checkpoint's
-#: syncfs: 20 ms about once a second) does not stop the path; a disk whose every flush takes 8 ms
-#: stops it within ten instances.
-HERE_MAX_SECONDS: Final = 0.005
-HERE_PAUSE_SECONDS: Final = 10.0
+#: Ingests run on the event loop (``Archive._ingest_here``) that take longer than
+#: ``ArchiveSettings.loop_ingest_max_seconds`` on average (the flush of a slow disk, a busy machine) send
+#: ingests through the writer thread for ``loop_ingest_pause_seconds`` (config.py ``loop_ingest_max_ms``,
+#: ``loop_ingest_pause_seconds``): the loop serves every association and HTTP request and must not wait
+#: for a slow disk over and over. The average is exponential, weight HERE_WEIGHT for the latest: a single
+#: slow cycle (the first of a new series creates its patient, study and series rows: 18 ms once; a flush
+#: beside the checkpoint's syncfs: 20 ms about once a second) does not stop the path; with the default
+#: 5 ms, a disk whose every flush takes 8 ms stops it within ten instances.
 HERE_WEIGHT: Final = 0.1
 #: Ingests from another sender (peer address and port: another association) within this many seconds
 #: mean several are sending at once: theirs go through the writer, whose batches share one flush
@@ -137,13 +136,14 @@ PACK_SWEEP_SECONDS: Final = 3600.0
 class _HereGuard:
     """The average time of the ingests run on the event loop; says when they are too slow to go on."""
 
+    max_seconds: float
     average: float = 0.0
 
     def too_slow(self, took: float) -> bool:
         """Note one cycle of ``took`` seconds; True (and the average starts again) when the average is over
-        HERE_MAX_SECONDS."""
+        ``max_seconds``."""
         self.average += HERE_WEIGHT * (took - self.average)
-        if self.average > HERE_MAX_SECONDS:
+        if self.average > self.max_seconds:
             self.average = 0.0
             return True
         return False
@@ -172,6 +172,10 @@ class ArchiveSettings:
     #: Most stored files one query reads to match or answer keys the index does not hold (core/query.py;
     #: config.py query_max_file_reads); 0: no limit.
     query_max_file_reads: int = 10_000
+    #: Ingests on the event loop slower than this on average go through the writer thread for
+    #: ``loop_ingest_pause_seconds`` (:class:`_HereGuard`); 0: never on the loop.
+    loop_ingest_max_seconds: float = 0.005
+    loop_ingest_pause_seconds: float = 10.0
 
     @property
     def dataset_limits(self) -> DatasetLimits:
@@ -504,8 +508,8 @@ class Archive:
         self._commit_lock = threading.Lock()
         #: time.monotonic() until which ingests go through the writer (a slow ingest on the loop)
         self._here_paused_until = 0.0
-        self._here_guard = _HereGuard()
-        self._here_possible = index.is_sqlite
+        self._here_guard = _HereGuard(settings.loop_ingest_max_seconds)
+        self._here_possible = index.is_sqlite and settings.loop_ingest_max_seconds > 0
         #: (peer host, port) of the last ingest and when it came (time.monotonic()): one sender, or several
         self._last_sender: tuple[str, int] = ("", 0)
         self._last_sender_at = -float("inf")
@@ -970,13 +974,14 @@ class Archive:
                 result = ArchiveError(f"the index writer failed ({type(exc).__name__}); see the server log")
             took = time.monotonic() - begun
             if self._here_guard.too_slow(took):
-                self._here_paused_until = time.monotonic() + HERE_PAUSE_SECONDS
+                pause = self.settings.loop_ingest_pause_seconds
+                self._here_paused_until = time.monotonic() + pause
                 log.info(
-                    "ingests on the event loop took over %.0f ms on average (the last %.1f ms): through the "
-                    "index writer for %.0f s",
-                    HERE_MAX_SECONDS * 1e3,
+                    "ingests on the event loop took over %.1f ms on average (the last %.1f ms; "
+                    "loop_ingest_max_ms): through the index writer for %.0f s (loop_ingest_pause_seconds)",
+                    self.settings.loop_ingest_max_seconds * 1e3,
                     took * 1e3,
-                    HERE_PAUSE_SECONDS,
+                    pause,
                 )
             self._request_checkpoint_if_due()
         finally:
