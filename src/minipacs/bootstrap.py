@@ -109,7 +109,14 @@ def association_settings(settings: Settings, ae_title: str | None = None) -> Ass
 def outbound(settings: Settings, archive: Archive) -> Outbound:
     """Echo, query, send and retrieve to other nodes as ``settings.ae_title`` (services/outbound.py),
     C-GET receiving into ``archive``; given to the web edge (it imports neither bootstrap nor net/)."""
-    return Outbound(OutboundSettings(association_settings(settings), connect_timeout=settings.connect_timeout), archive)
+    return Outbound(
+        OutboundSettings(
+            association_settings(settings),
+            connect_timeout=settings.connect_timeout,
+            find_max_matches=settings.remote_find_max_matches,
+        ),
+        archive,
+    )
 
 
 def job_settings(settings: Settings) -> JobSettings:

@@ -114,6 +114,9 @@ class Settings:
     max_pdu_peer_min: int = 1024
     #: Most matches one C-FIND returns (0: no limit); past it: 0xA700 after that many.
     max_results: int = 0
+    #: Most matches of a C-FIND WE send to another node that are kept (web UI, prefetch, doctor):
+    #: past it C-CANCEL is sent and the rest dropped, so a peer's answer cannot fill our memory.
+    remote_find_max_matches: int = 10_000
     #: Most stored files one query (C-FIND, QIDO-RS, the web's search) reads to match or answer keys the
     #: index does not hold (a private tag, PatientComments, ...): one file per candidate entity. Past it
     #: C-FIND ends with 0xA700 after the matches found so far, QIDO-RS answers those with a Warning.
@@ -457,6 +460,8 @@ class Settings:
             raise ConfigError("doctor_parallel and diagnostics_window must be at least 1")
         if self.max_results < 0:
             raise ConfigError("max_results must be 0 (no limit) or a positive number")
+        if not 1 <= self.remote_find_max_matches <= 10_000_000:
+            raise ConfigError("remote_find_max_matches must be 1 to 10000000")
         if not 0 <= self.query_max_file_reads <= 100_000_000:
             raise ConfigError("query_max_file_reads must be 0 (no limit) or a positive number up to 100000000")
         if self.max_dataset_bytes < 1024:

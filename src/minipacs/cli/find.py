@@ -71,6 +71,13 @@ def register(sub: Any) -> None:
         "sequence items as Name[0].Keyword=value (repeatable)",
     )
     p.add_argument("--cancel", type=int, metavar="N", help="send C-CANCEL after N matches")
+    p.add_argument(
+        "--max-matches",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="keep at most N matches (default 10000): past them C-CANCEL is sent and the rest dropped",
+    )
     p.add_argument("--json", action="store_true", help="print the matches as PS3.18 JSON")
 
 
@@ -98,6 +105,8 @@ async def _find(args: argparse.Namespace, request: FindRequest) -> int:
     else:
         _print_table(columns, matches)
     summary = f"{len(matches)} match(es) in {took:.2f} s; final status {describe(status, FIND)}"
+    if result.dropped:
+        summary += f"; {result.dropped} more after the C-CANCEL dropped"
     print(summary + (f" ({error})" if error else ""), file=sys.stderr)
     return EXIT_OK if status == 0 else EXIT_PARTIAL
 

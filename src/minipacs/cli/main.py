@@ -111,6 +111,7 @@ def outbound(args: argparse.Namespace) -> Outbound:
             connect_timeout=args.connect_timeout,
             local_host=getattr(args, "bind", None),
             user_identity=getattr(args, "user_identity", None),
+            find_max_matches=getattr(args, "max_matches", None) or OutboundSettings.find_max_matches,
         )
     )
 

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Final, Protocol
 
 from minipacs import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from minipacs.dicom.reasons import REJECT_REASONS, REJECT_SOURCES, in_words
@@ -178,6 +178,16 @@ class _BlockReader:
             fh.close()
 
 
+#: What a queued response counts for besides its data set's bytes (its command, the objects holding it):
+#: so that thousands of responses without a data set pause the reading too.
+RESPONSE_OVERHEAD: Final = 512
+
+
+def _queued_size(message: Message) -> int:
+    sink = message.dataset
+    return RESPONSE_OVERHEAD + (len(sink.buffer) if isinstance(sink, BytesSink) else 0)
+
+
 def _even(data: bytes | memoryview) -> bytes | memoryview:
     """A dataset (or its last fragment) padded to even length with one trailing 0x00.
 
@@ -262,6 +272,11 @@ class Association(UpperLayerUser):
         self._read_resume: asyncio.Future[None] | None = None
         self._incoming: dict[int, _Incoming] = {}
         self._responses: dict[int, asyncio.Queue[Message | None]] = {}
+        #: Bytes of the peer's responses received and not yet taken by the request that waits for them
+        #: (:meth:`request`), and the most there ever were: past ``max_memory_dataset`` reading pauses.
+        self.queued_response_bytes = 0
+        self.most_queued_response_bytes = 0
+        self._response_room: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         #: Work after an answered request (``spawn_after``): awaited before closing, not before a release.
         self._after: set[asyncio.Task[None]] = set()
@@ -440,6 +455,8 @@ class Association(UpperLayerUser):
                 if message.dataset is not None:
                     message.dataset.discard()
                 return
+            self.queued_response_bytes += _queued_size(message)
+            self.most_queued_response_bytes = max(self.most_queued_response_bytes, self.queued_response_bytes)
             queue.put_nowait(message)
             return
         if command.name == "C-CANCEL-RQ":
@@ -527,6 +544,14 @@ class Association(UpperLayerUser):
         self._held.clear()
         self._resume_reading()
 
+    def _response_taken(self, response: Message | None) -> None:
+        """A queued response left its queue: count it out; resume reading once there is room again."""
+        if response is None:
+            return
+        self.queued_response_bytes -= _queued_size(response)
+        if self.queued_response_bytes <= self.settings.max_memory_dataset:
+            self._end_response_pause()
+
     def _resume_reading(self) -> None:
         if self._read_resume is not None and not self._read_resume.done():
             self._read_resume.set_result(None)
@@ -552,6 +577,12 @@ class Association(UpperLayerUser):
             if self._read_resume is None:
                 self._read_resume = asyncio.get_running_loop().create_future()
             return self._read_resume
+        if self.queued_response_bytes > self.settings.max_memory_dataset:
+            # The peer answers faster than we use its answers (a C-FIND's thousands of matches, each up to
+            # memory_dataset_max_bytes): the queue would grow without bound. TCP holds the rest.
+            if self._response_room is None:
+                self._response_room = asyncio.get_running_loop().create_future()
+            return self._response_room
         if self.dul.write_blocked:
             return self.dul.drain()
         return None
@@ -606,6 +637,12 @@ class Association(UpperLayerUser):
         for message in self._running.values():
             message.cancelled.set()
         self._drop_held()
+        self._end_response_pause()
+
+    def _end_response_pause(self) -> None:
+        room, self._response_room = self._response_room, None
+        if room is not None and not room.done():
+            room.set_result(None)
 
     def closed(self) -> None:
         if not self.established.done():
@@ -619,6 +656,7 @@ class Association(UpperLayerUser):
         if self._release_waiter is not None and not self._release_waiter.done():
             self._release_waiter.set_result(None)
         self._drop_held()
+        self._end_response_pause()
 
     def read_timeout(self) -> float | None:
         """PS3.8 has no idle timer; ours: between requests the peer has ``idle`` seconds, inside
@@ -811,6 +849,7 @@ class Association(UpperLayerUser):
                 except TimeoutError:
                     self.dul.abort(f"no response to {command.name} within {wait:g}s (DIMSE timeout)")
                     raise AssociationError(f"no response to {command.name} within {wait:g}s") from None
+                self._response_taken(response)
                 if response is None:
                     raise AssociationError(
                         f"association lost while waiting for {command.name} response: "
@@ -821,6 +860,11 @@ class Association(UpperLayerUser):
                     return  # PS3.7 9.1: only C-FIND, C-GET and C-MOVE have Pending responses; others have one
         finally:
             self._responses.pop(msg_id, None)
+            while not queue.empty():  # responses nobody will take (the caller stopped, the association ended)
+                left = queue.get_nowait()
+                self._response_taken(left)
+                if left is not None and left.dataset is not None:
+                    left.dataset.discard()
             self.dul.rearm_read_timeout()
 
     async def release(self, timeout: float | None = None) -> None:

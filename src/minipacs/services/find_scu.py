@@ -157,6 +157,8 @@ class FindResult:
     error_comment: str = ""
     matches: list[Dataset] = field(default_factory=list)
     cancelled_sent: bool = False
+    #: Matches that came after ``cancel_after`` (a peer slow to honour C-CANCEL, or one ignoring it): not kept.
+    dropped: int = 0
 
 
 async def find(
@@ -189,11 +191,14 @@ async def find(
 async def find_all(
     assoc: Association, sop_class: str, identifier: Dataset, *, cancel_after: int | None = None
 ) -> FindResult:
-    """C-FIND and collect every match."""
+    """C-FIND and collect every match, at most ``cancel_after`` of them: past it C-CANCEL is sent (PS3.4
+    C.4.1.2.3) and what the peer sends before its final response is counted in ``dropped``, not kept."""
     result = FindResult()
     async for status, ds, command in find(assoc, sop_class, identifier, cancel_after=cancel_after):
         if status in (0xFF00, 0xFF01):
-            if ds is not None:
+            if cancel_after is not None and len(result.matches) >= cancel_after:
+                result.dropped += 1
+            elif ds is not None:
                 result.matches.append(ds)
             continue
         result.status = status

@@ -25,6 +25,7 @@ aborted, timed out, or the peer refused the presentation context the operation n
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from collections import deque
@@ -139,6 +140,9 @@ class Peer(Protocol):
     def label(self) -> str: ...
 
 
+log = logging.getLogger(__name__)
+
+
 @dataclass(frozen=True)
 class Address:
     """A node named by its address (the CLI's HOST PORT -aec), not by the AE registry."""
@@ -192,6 +196,8 @@ class OutboundSettings:
     connect_timeout: float = 15.0
     local_host: str | None = None
     user_identity: UserIdentity | None = None
+    #: Most matches of one C-FIND we keep (config.py remote_find_max_matches): past it, C-CANCEL.
+    find_max_matches: int = 10_000
 
     @property
     def ae_title(self) -> str:
@@ -400,9 +406,21 @@ class Outbound:
         return responses
 
     async def query(self, peer: Peer, request: FindRequest, *, cancel_after: int | None = None) -> FindResult:
-        """C-FIND (PS3.4 C.4.1); every match, and C-CANCEL after ``cancel_after`` of them."""
+        """C-FIND (PS3.4 C.4.1); every match, and C-CANCEL after ``cancel_after`` of them, or after
+        ``find_max_matches`` (remote_find_max_matches) when that is fewer: a peer's answer must not hold
+        this process's memory without bound."""
+        most = self.settings.find_max_matches
+        limit = most if cancel_after is None else min(cancel_after, most)
         async with self.session(peer, [(request.sop_class, QR_SYNTAXES)]) as assoc:
-            return await _find_all(assoc, request.sop_class, request.identifier, cancel_after=cancel_after)
+            result = await _find_all(assoc, request.sop_class, request.identifier, cancel_after=limit)
+        if len(result.matches) >= most and (cancel_after is None or cancel_after > most):
+            log.warning(
+                "C-FIND of %s: kept the first %d matches (remote_find_max_matches); C-CANCEL sent, %d more dropped",
+                peer.label(),
+                most,
+                result.dropped,
+            )
+        return result
 
     async def send(
         self, peer: Peer, instances: Sequence[SendableFile], *, progress: Callable[[SendOutcome], None] | None = None
