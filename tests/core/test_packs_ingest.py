@@ -260,7 +260,8 @@ def test_the_checkpointer_removes_old_emptied_packs_after_the_start(tmp_path: Pa
         real = packs_module.time.time
         archive = await open_archive(Settings(data_dir=tmp_path / "data", intake_checkpoint_seconds=0.05))
         try:
-            monkeypatch.setattr(packs_module.time, "time", lambda: real() - packs_module.RETIRE_SECONDS + 1)
+            # made 30 s short of retirement: a busy machine may take seconds before the deletions below
+            monkeypatch.setattr(packs_module.time, "time", lambda: real() - packs_module.RETIRE_SECONDS + 30)
             keys = await _store(archive, _instances(2))
             monkeypatch.setattr(packs_module.time, "time", real)
             pack = _store_of(archive).packs.path(slot_of(next(iter(keys.values()))).pack)  # type: ignore[union-attr]
@@ -270,7 +271,7 @@ def test_the_checkpointer_removes_old_emptied_packs_after_the_start(tmp_path: Pa
             assert pack.exists(), "emptied while (just) young"
         finally:
             await archive.close()
-        monkeypatch.setattr(packs_module.time, "time", lambda: real() + 5)
+        monkeypatch.setattr(packs_module.time, "time", lambda: real() + 60)
         again = await open_archive(Settings(data_dir=tmp_path / "data", intake_checkpoint_seconds=0.05))
         try:
             for _ in range(100):

@@ -953,8 +953,8 @@ class Archive:
         try:
             # another process writing the index (``minipacs import`` beside the server, a command): its
             # transaction would be waited for here, on the loop, up to SQLite's busy timeout; the
-            # writer thread waits for it instead
-            if self._index_writer.write_lock_free():
+            # writer thread waits for it instead. Free: the ingest's transaction is begun now.
+            if self._index_writer.begin_if_free():
                 return True
         except Exception:  # the writer's transaction finds and reports what is wrong
             log.debug("could not look at the index's write lock", exc_info=True)
@@ -985,6 +985,11 @@ class Archive:
                 )
             self._request_checkpoint_if_due()
         finally:
+            try:
+                self._index_writer.end_begun()  # no transaction continued it (the instance was refused)
+            except Exception:  # the writer's next transaction finds what is wrong
+                log.debug("could not roll back the transaction begun for an ingest", exc_info=True)
+                self._index_writer.close()
             self._commit_lock.release()
         if isinstance(result, BaseException):
             raise result
