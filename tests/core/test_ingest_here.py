@@ -75,6 +75,15 @@ def test_a_broken_instance_in_memory_is_refused_on_the_loop_as_by_the_writer(wit
             await archive.ingest(stage(archive, _ct(1), data=data[:-7], in_memory=True), DICOM)  # cut short
         assert threads == [_here(archive)]
         assert await archive.count_instances() == 0
+        if archive._index.is_sqlite:  # the transaction begun for it was rolled back: no write lock held
+            import sqlite3
+
+            other = sqlite3.connect(archive.settings.data_dir / "index.sqlite3", timeout=0, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")  # SQLITE_BUSY if the loop's transaction were still open
+                other.execute("ROLLBACK")
+            finally:
+                other.close()
         stored = await archive.ingest(stage(archive, _ct(1), data=data, in_memory=True), DICOM)
         assert stored.status is StoreStatus.STORED  # the loop's state is sound after a refusal
 
