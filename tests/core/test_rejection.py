@@ -288,7 +288,7 @@ def test_another_key_object_selection_is_stored_as_it_is(tmp_path: Path) -> None
     rejection code of another scheme, is no rejection note: stored, even with no evidence, in mode off."""
 
     async def body(archive: Archive, rejections: Rejections) -> None:
-        study, series = str(generate_uid()), str(generate_uid())
+        study = str(generate_uid())
         for n, (code, scheme) in enumerate((("113000", "DCM"), ("113001", "99LOCAL"))):
             note = rejection_note(study, [], code=code, scheme=scheme)
             stored = await archive.import_file(_save(note, tmp_path / f"kos{n}.dcm"), STRANGER)
