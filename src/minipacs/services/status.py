@@ -291,6 +291,7 @@ ERROR_COMMENTS: tuple[tuple[type[BaseException], str], ...] = (
     (errors.UnregisteredRejecter, "Only registered nodes may reject here; nothing was rejected"),
     (errors.RejectionNoteTooLarge, "Rejection note too large here; split it into several notes"),
     (errors.RejectionNoteError, "Rejection note evidence empty or invalid; nothing was rejected"),
+    (errors.RejectionRefused, "Rejection note refused; the server log says why"),
     (errors.OutOfResources, "Archive out of resources (disk full?); try again later"),
     (errors.UnreadableInstance, "A stored instance cannot be read; the server log says which"),
     (errors.NotFound, "Nothing found with these UIDs; check them and ask again"),
