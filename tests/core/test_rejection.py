@@ -399,3 +399,25 @@ def test_a_staged_note_at_max_note_bytes_is_read_and_one_byte_larger_is_refused_
         assert await _stored(archive) == {pydicom.dcmread(other_file).SOPInstanceUID}
 
     _run(tmp_path, body)
+
+
+def test_a_note_received_into_memory_is_judged_from_its_bytes(tmp_path: Path) -> None:
+    """A small C-STORE is staged in memory (core/staging.py): nothing at its path, the whole file in
+    ``data``; the note is read from those bytes, a broken one refused as the ingest would refuse it."""
+    import dataclasses
+
+    from minipacs.core.errors import BrokenDataset
+
+    study, series = str(generate_uid()), str(generate_uid())
+    sop = str(generate_uid())
+    staged = stage_file(tmp_path, _save(rejection_note(study, [(series, sop)]), tmp_path / "n.dcm"), 1 << 20)
+    data = staged.path.read_bytes()
+    staged.path.unlink()
+    in_memory = dataclasses.replace(staged, data=data)
+    note = read_staged(in_memory, 64)
+    assert note is not None and note.references == ((study, series, sop),)
+    empty = stage_file(tmp_path, _save(rejection_note(study, []), tmp_path / "e.dcm"), 1 << 20)
+    with pytest.raises(RejectionNoteError, match="lists no instance"):
+        read_staged(dataclasses.replace(empty, data=empty.path.read_bytes()), 64)
+    with pytest.raises(BrokenDataset):  # a length past the end: the structure walk refuses it first
+        read_staged(dataclasses.replace(in_memory, data=data[:-7]), 64)

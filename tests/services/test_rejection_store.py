@@ -121,12 +121,22 @@ def test_the_peer_is_told_whether_its_rejection_note_was_taken(
 
 
 def test_a_note_listing_no_instance_is_answered_0xC002(tmp_path: Path) -> None:
+    """With the intake log on (fsync), a small C-STORE is received into memory: judged from its bytes."""
+
     async def main() -> None:
-        async with serving(tmp_path) as app:
+        async with serving(tmp_path, fsync=True) as app:
+            assert app.archive.memory_staging_bytes(ExplicitVRLittleEndian) > 0
             await app.nodes.add(Node("CT_ROOM_1", "127.0.0.1", 104))
             note = _explicit(rejection_note(str(generate_uid()), []))
             answer = await asyncio.to_thread(send, app.dicom.port, "CT_ROOM_1", [note])
             assert answer == [(0xC002, "Rejection note evidence empty or invalid; nothing was rejected")]
             assert await _stored(app) == set()
+            ct = make_ct(study_uid=str(generate_uid()), series_uid=str(generate_uid()), sop_uid=generate_uid())
+            assert await asyncio.to_thread(send, app.dicom.port, "CT_ROOM_1", [ct]) == [(0, "")]
+            good = _explicit(rejection_note(ct.StudyInstanceUID, [(ct.SeriesInstanceUID, ct.SOPInstanceUID)]))
+            assert await asyncio.to_thread(send, app.dicom.port, "CT_ROOM_1", [good]) == [(0, "")]
+            assert app.rejections is not None
+            await app.rejections.settled()
+            assert await _stored(app) == {good.SOPInstanceUID}
 
     asyncio.run(main())
