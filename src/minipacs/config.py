@@ -273,8 +273,8 @@ class Settings:
     #: generated once into DATA/anonymization.key. Same key, same pseudonyms and UIDs in every run.
     anonymization_key: str = dataclasses.field(default="", repr=False)
     #: Whose rejection notes (IHE IOCM: a Key Object Selection titled 113001, 113037, 113038 or 113039) delete
-    #: the instances they list: registered (AE registry nodes and HTTP users who may store), any, off
-    #: (core/rejection.py).
+    #: the instances they list: registered (AE registry nodes and HTTP users who may store), any, off (every
+    #: note refused). A note its sender may not make is refused before it is stored (core/rejection.py).
     rejection_notes: str = "registered"
     #: ``[[pixel_regions]]`` tables: where machines burn text into their images, for the clean-pixel-data
     #: de-identification option (core/pixel_clean.py; docs/ANONYMIZATION.md).

@@ -1,9 +1,12 @@
 """Rejection notes (IHE IOCM; core/rejection.py): a Key Object Selection titled with a CID 7011 code
-deletes the instances it lists, and a later store of one is refused with 0xA771, but after 113039.
+deletes the instances it lists, and a later store of one is refused with 0xA771, but after 113039; a
+note that cannot be applied is refused BEFORE it is stored (0xA775, 0xC002, 0xA700), and nothing is
+stored or rejected.
 
-In process, on the archive with the ``Rejections`` listener as serve registers it; who may reject is
-checked for each ``rejection_notes`` mode. tests/interop/test_rejection_interop.py sends the note and
-the rejected image with DCMTK storescu to a running server.
+In process, on the archive with ``Rejections`` started as serve starts it; who may reject is checked
+for each ``rejection_notes`` mode. tests/services/test_rejection_store.py sends notes with pynetdicom to
+the server bootstrap wires, tests/web/test_rest_rejections.py with STOW-RS, and
+tests/interop/test_rejection_interop.py with DCMTK storescu to a running ``minipacs serve``.
 """
 
 from __future__ import annotations
@@ -21,12 +24,19 @@ from pydicom.uid import generate_uid
 from minipacs.bootstrap import open_archive
 from minipacs.config import ConfigError, Settings
 from minipacs.core.archive import Archive
-from minipacs.core.errors import PreviouslyRejected
+from minipacs.core.errors import (
+    PreviouslyRejected,
+    RejectionNotAllowed,
+    RejectionNotesOff,
+    RejectionNoteTooLarge,
+    UnregisteredRejecter,
+)
 from minipacs.core.model import Origin
 from minipacs.core.nodes import Node, NodeRegistry
-from minipacs.core.rejection import KEY_OBJECT_SELECTION, RejectionNoteError, Rejections, read_note
+from minipacs.core.rejection import KEY_OBJECT_SELECTION, RejectionNoteError, Rejections, read_note, read_staged
+from minipacs.core.staging import stage_file
 from minipacs.index import rejection_repo
-from minipacs.services.status import describe, status_for_store_error
+from minipacs.services.status import ERROR_COMMENT_MAX, describe, error_comment, status_for_store_error
 from tests.dicomgen import write_ct
 
 MODALITY = Origin("dicom", "CT_ROOM_1", "MINIPACS", "127.0.0.1", 40000)
@@ -172,30 +182,51 @@ def test_after_data_retention_policy_expired_the_instance_may_be_stored_again(tm
 
 
 @pytest.mark.parametrize(
-    ("mode", "origin", "applied"),
+    ("mode", "origin", "refusal"),
     [
-        ("registered", STRANGER, False),
-        ("registered", Origin("stow", peer_host="127.0.0.1"), True),
-        ("any", STRANGER, True),
-        ("off", MODALITY, False),
+        ("registered", MODALITY, None),
+        ("registered", STRANGER, UnregisteredRejecter),
+        ("registered", Origin("stow", peer_host="127.0.0.1"), None),
+        ("any", STRANGER, None),
+        ("off", MODALITY, RejectionNotesOff),
+        ("off", Origin("stow", peer_host="127.0.0.1"), RejectionNotesOff),
     ],
-    ids=["unregistered-peer", "http-user", "any-peer", "off"],
+    ids=["registered-node", "unregistered-peer", "http-user", "any-peer", "off", "off-http-user"],
 )
-def test_who_may_reject(tmp_path: Path, mode: str, origin: Origin, applied: bool) -> None:
+def test_who_may_reject(tmp_path: Path, mode: str, origin: Origin, refusal: type[RejectionNotAllowed] | None) -> None:
+    """A note its sender may not make is refused before it is stored: the store fails, the note is not
+    stored, nothing is rejected or recorded, and the audit trail says why."""
+
     async def body(archive: Archive, rejections: Rejections) -> None:
         study, series = str(generate_uid()), str(generate_uid())
         path = write_ct(tmp_path / "ct.dcm", study_uid=study, series_uid=series)
         sop = pydicom.dcmread(path).SOPInstanceUID
         await archive.import_file(path, MODALITY)
-        await archive.import_file(_save(rejection_note(study, [(series, sop)]), tmp_path / "note.dcm"), origin)
+        note = rejection_note(study, [(series, sop)])
+        note_file = _save(note, tmp_path / "note.dcm")
+        if refusal is None:
+            await archive.import_file(note_file, origin)
+            await rejections.settled()
+            assert await _stored(archive) == {note.SOPInstanceUID}
+            assert rejections.applied == 1 and rejections.refused == 0
+            return
+        with pytest.raises(refusal) as refused:
+            await archive.import_file(note_file, origin)
+        assert status_for_store_error(refused.value) == 0xA775
+        assert "Rejection not allowed" in describe(0xA775)
+        comment = error_comment(0xA775, refused.value)
+        assert len(comment) <= ERROR_COMMENT_MAX and "nothing was rejected" in comment
+        assert ("registered nodes" if refusal is UnregisteredRejecter else "not accepted here") in comment
         await rejections.settled()
-        assert (sop not in await _stored(archive)) == applied
-        assert rejections.applied == int(applied)
-        if mode == "registered" and not applied:
-            await archive.audit.flush()
-            audit = await archive.read(lambda c: c.exec_driver_sql("SELECT detail, outcome FROM audit").all())
-            assert any("is not a registered node" in d and o == 4 for d, o in audit), audit
-            await archive.import_file(path, MODALITY)  # nothing recorded: it may be stored again
+        assert await _stored(archive) == {sop}  # the image stays, the note was not stored
+        assert rejections.applied == 0 and rejections.refused == 1
+        assert not archive.rejections_possible
+        assert (await archive.read(lambda c: rejection_repo.listed(c)))[1] == 0
+        await archive.audit.flush()
+        audit = await archive.read(lambda c: c.exec_driver_sql("SELECT detail, outcome FROM audit").all())
+        why = "is not a registered node" if refusal is UnregisteredRejecter else "rejection_notes = off"
+        assert any("rejection note refused" in d and why in d and o == 4 for d, o in audit), audit
+        await archive.import_file(path, MODALITY)  # nothing recorded: it may be stored again
 
     _run(tmp_path, body, mode)
 
@@ -224,18 +255,48 @@ def test_a_restart_knows_there_were_rejections_and_refuses_at_once(tmp_path: Pat
     asyncio.run(again())
 
 
-def test_a_broken_note_is_logged_and_deletes_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("lists", ["nothing", "itself"])
+def test_a_note_listing_no_instance_is_refused_and_not_stored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, lists: str
+) -> None:
+    """The evidence (0040,A375, Type 1 in the Key Object Document Module) must name an instance to reject,
+    other than the note: else 0xC002, from a registered node too, and nothing is stored."""
+
     async def body(archive: Archive, rejections: Rejections) -> None:
         study, series = str(generate_uid()), str(generate_uid())
         path = write_ct(tmp_path / "ct.dcm", study_uid=study, series_uid=series)
         await archive.import_file(path, MODALITY)
-        note = rejection_note(study, [])
-        await archive.import_file(_save(note, tmp_path / "note.dcm"), MODALITY)
+        note = rejection_note(study, [], series=series)
+        if lists == "itself":
+            note = rejection_note(study, [(series, "1.2.3.4")], series=series)
+            ref = note.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+            ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID = note.SOPInstanceUID
+        with pytest.raises(RejectionNoteError, match="lists no instance") as refused:
+            await archive.import_file(_save(note, tmp_path / "note.dcm"), MODALITY)
+        assert status_for_store_error(refused.value) == 0xC002
+        assert error_comment(0xC002, refused.value) == "Rejection note evidence empty or invalid; nothing was rejected"
         await rejections.settled()
-        assert rejections.refused == 1 and len(await _stored(archive)) == 2
+        assert rejections.refused == 1 and rejections.applied == 0
+        assert await _stored(archive) == {pydicom.dcmread(path).SOPInstanceUID}
 
     _run(tmp_path, body)
     assert "lists no instance" in caplog.text
+
+
+def test_another_key_object_selection_is_stored_as_it_is(tmp_path: Path) -> None:
+    """A Key Object Selection with another title (a key image note, 113000 "Of Interest"), or with a
+    rejection code of another scheme, is no rejection note: stored, even with no evidence, in mode off."""
+
+    async def body(archive: Archive, rejections: Rejections) -> None:
+        study = str(generate_uid())
+        for n, (code, scheme) in enumerate((("113000", "DCM"), ("113001", "99LOCAL"))):
+            note = rejection_note(study, [], code=code, scheme=scheme)
+            stored = await archive.import_file(_save(note, tmp_path / f"kos{n}.dcm"), STRANGER)
+            assert stored.sop_instance_uid == note.SOPInstanceUID
+        await rejections.settled()
+        assert len(await _stored(archive)) == 2 and rejections.refused == 0
+
+    _run(tmp_path, body, "off")
 
 
 def test_rejection_notes_setting_is_validated() -> None:
@@ -282,8 +343,10 @@ def test_a_note_at_max_references_is_read_and_one_more_is_refused(monkeypatch: p
     study, series = str(generate_uid()), str(generate_uid())
     at = read_note(rejection_note(study, [(series, str(generate_uid())) for _ in range(3)]))
     assert at is not None and len(at.references) == 3
-    with pytest.raises(RejectionNoteError, match="more than 3 instances"):
+    with pytest.raises(RejectionNoteTooLarge, match="more than 3 instances") as refused:
         read_note(rejection_note(study, [(series, str(generate_uid())) for _ in range(4)]))
+    assert status_for_store_error(refused.value) == 0xA700
+    assert error_comment(0xA700, refused.value) == "Rejection note too large here; split it into several notes"
 
 
 def test_a_note_at_max_note_bytes_is_read_and_one_byte_larger_is_not(
@@ -304,3 +367,57 @@ def test_a_note_at_max_note_bytes_is_read_and_one_byte_larger_is_not(
             rejections._read(stored.relative_path)
 
     _run(tmp_path, body)
+
+
+def test_a_staged_note_at_max_note_bytes_is_read_and_one_byte_larger_is_refused_unstored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before it is stored: a rejection note of MAX_NOTE_BYTES is read; one byte more is refused (0xA700)
+    from its title alone; a Key Object Selection of another title that large is stored as it is."""
+    from minipacs.core import rejection
+
+    study, series = str(generate_uid()), str(generate_uid())
+    note_file = _save(rejection_note(study, [(series, str(generate_uid()))]), tmp_path / "n.dcm")
+    other_file = _save(rejection_note(study, [], code="113000"), tmp_path / "kos.dcm")
+    staged = stage_file(tmp_path, note_file, 1 << 20)
+    size = staged.path.stat().st_size
+    monkeypatch.setattr(rejection, "MAX_NOTE_BYTES", size)
+    note = read_staged(staged, 64)
+    assert note is not None and note.code == "113001"
+    monkeypatch.setattr(rejection, "MAX_NOTE_BYTES", size - 1)
+    with pytest.raises(RejectionNoteTooLarge, match=f"larger than {size - 1} bytes"):
+        read_staged(staged, 64)
+    other = stage_file(tmp_path, other_file, 1 << 20)
+    monkeypatch.setattr(rejection, "MAX_NOTE_BYTES", other.path.stat().st_size - 1)
+    assert read_staged(other, 64) is None
+
+    async def body(archive: Archive, rejections: Rejections) -> None:
+        monkeypatch.setattr(rejection, "MAX_NOTE_BYTES", 16)
+        with pytest.raises(RejectionNoteTooLarge):
+            await archive.import_file(note_file, MODALITY)
+        await archive.import_file(other_file, MODALITY)
+        assert await _stored(archive) == {pydicom.dcmread(other_file).SOPInstanceUID}
+
+    _run(tmp_path, body)
+
+
+def test_a_note_received_into_memory_is_judged_from_its_bytes(tmp_path: Path) -> None:
+    """A small C-STORE is staged in memory (core/staging.py): nothing at its path, the whole file in
+    ``data``; the note is read from those bytes, a broken one refused as the ingest would refuse it."""
+    import dataclasses
+
+    from minipacs.core.errors import BrokenDataset
+
+    study, series = str(generate_uid()), str(generate_uid())
+    sop = str(generate_uid())
+    staged = stage_file(tmp_path, _save(rejection_note(study, [(series, sop)]), tmp_path / "n.dcm"), 1 << 20)
+    data = staged.path.read_bytes()
+    staged.path.unlink()
+    in_memory = dataclasses.replace(staged, data=data)
+    note = read_staged(in_memory, 64)
+    assert note is not None and note.references == ((study, series, sop),)
+    empty = stage_file(tmp_path, _save(rejection_note(study, []), tmp_path / "e.dcm"), 1 << 20)
+    with pytest.raises(RejectionNoteError, match="lists no instance"):
+        read_staged(dataclasses.replace(empty, data=empty.path.read_bytes()), 64)
+    with pytest.raises(BrokenDataset):  # a length past the end: the structure walk refuses it first
+        read_staged(dataclasses.replace(in_memory, data=data[:-7]), 64)

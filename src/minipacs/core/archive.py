@@ -54,7 +54,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
@@ -534,6 +534,11 @@ class Archive:
         #: After-ingest listeners (web/: PS3.18 metadata), called on the event loop once an
         #: ingest is durable, after its result is known; they must be quick and must not raise.
         self.on_stored: list[Callable[[StoreOutcome], None]] = []
+        #: Before-ingest checks by the SOP Class UID announced (core/rejection.py: a rejection note its
+        #: sender may not make): awaited on the event loop before anything is stored, each may raise an
+        #: ArchiveError to refuse the instance, so the sender is told rather than answered Success. One
+        #: dict look-up per ingest; not for a correction (``replace_key``: the instance is stored already).
+        self.before_ingest: dict[str, Callable[[StagedPath, Origin], Awaitable[None]]] = {}
         #: Prometheus figures (core/metrics.py), set by bootstrap; None: nothing is counted.
         self.metrics: Metrics | None = None
         #: Whether any instance may have been rejected by a rejection note (core/rejection.py): only then
@@ -881,7 +886,8 @@ class Archive:
         the instance is no longer stored under that key (deleted, or replaced by a newer copy).
 
         A deflated dataset is inflated first within ``settings.dataset_limits`` (core/inflate.py):
-        past them InflateLimitExceeded, a broken stream InvalidInstance; nothing is stored.
+        past them InflateLimitExceeded, a broken stream InvalidInstance; nothing is stored. Then the
+        ``before_ingest`` check of its SOP class, if any, may refuse it (core/rejection.py).
         The staged file is consumed: moved into storage or deleted, whatever happens.
         """
         loop = asyncio.get_running_loop()
@@ -901,7 +907,14 @@ class Archive:
                 raise
         started = time.perf_counter()
         metrics = self.metrics
+        check = self.before_ingest.get(staged.sop_class_uid) if replace_key is None else None
         try:
+            if check is not None:
+                try:
+                    await check(staged, origin)
+                except BaseException:
+                    staged.path.unlink(missing_ok=True)
+                    raise
             if self._may_ingest_here(staged, replace_key, origin):
                 outcome = self._ingest_here(loop, staged, origin)  # releases the lock
             else:

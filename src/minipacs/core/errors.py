@@ -43,6 +43,31 @@ class PreviouslyRejected(ArchiveError):
     services give it their status (services/status.py, web/dicomweb.py), as dcm4chee answers it."""
 
 
+class RejectionRefused(ArchiveError):
+    """A rejection note (IHE IOCM, core/rejection.py) refused before it is stored: the sender is told, and
+    nothing is stored or rejected. The subclasses say why; the services give each its status."""
+
+
+class RejectionNoteError(RejectionRefused):
+    """A note titled as a rejection whose evidence cannot be used: no instance listed, an invalid UID."""
+
+
+class RejectionNoteTooLarge(RejectionNoteError):
+    """A rejection note past the archive's limits (instances listed, bytes): split it into several."""
+
+
+class RejectionNotAllowed(RejectionRefused):
+    """The sender may not reject here (the ``rejection_notes`` setting)."""
+
+
+class RejectionNotesOff(RejectionNotAllowed):
+    """``rejection_notes = off``: no rejection note is taken, from anyone."""
+
+
+class UnregisteredRejecter(RejectionNotAllowed):
+    """``rejection_notes = registered`` and the calling AE title is not a registered node."""
+
+
 class DatasetTooLarge(ArchiveError):
     """The dataset exceeds the configured maximum size."""
 

@@ -38,11 +38,15 @@ GENERAL = _table(
 # PS3.4 Table B.2-1: C-STORE response statuses
 STORAGE = _table(
     Status(0xA700, "Failure", "Refused: Out of Resources"),
-    # in the A7xx "Refused" family, as dcm4chee answers it (IHE IOCM; core/rejection.py)
+    # in the A7xx "Refused" family, as dcm4chee-arc answers them (its StoreService: 0xA771 Subsequent
+    # occurrence of rejected object, 0xA775 a rejection its configuration does not allow); IHE IOCM,
+    # core/rejection.py
     Status(0xA771, "Failure", "Refused: Subsequent occurrence of a rejected object"),
+    Status(0xA775, "Failure", "Refused: Rejection not allowed"),
     Status(0xA900, "Failure", "Error: Data Set does not match SOP Class"),
     Status(0xC000, "Failure", "Error: Cannot understand"),
     Status(0xC001, "Failure", "Error: Cannot understand: SOP Instance UID differs from the command's"),
+    Status(0xC002, "Failure", "Error: Cannot understand: the rejection note's evidence cannot be used"),
     Status(0xB000, "Warning", "Coercion of Data Elements"),
     Status(0xB007, "Warning", "Data Set does not match SOP Class"),
     Status(0xB006, "Warning", "Elements Discarded"),
@@ -115,11 +119,21 @@ UNABLE_TO_PROCESS = 0xC000
 STORE_INSTANCE_UID_MISMATCH = 0xC001
 #: An instance a rejection note rejected, sent again (core/rejection.py).
 STORE_PREVIOUSLY_REJECTED = 0xA771
+#: A rejection note its sender may not make here (``rejection_notes``: off, or not a registered node): the
+#: A7xx "Refused" family of PS3.4 Table B.2-1, with the code dcm4chee-arc answers for a rejection it does not
+#: allow (0xA775). Not 0x0124 Not authorized: the peer may store; this one note is refused.
+STORE_REJECTION_NOT_ALLOWED = 0xA775
+#: A rejection note whose evidence cannot be used (no instance listed, an invalid UID): PS3.4 Table B.2-1
+#: Cxxx "Error: Cannot understand", whose low bits the SCP chooses.
+STORE_REJECTION_NOTE_UNUSABLE = 0xC002
 
 # Archive error -> C-STORE status. Most specific class first: the first match wins.
 STORE_ERROR_STATUS: tuple[tuple[type[errors.ArchiveError], int], ...] = (
     (errors.DuplicateInstance, 0x0111),
     (errors.PreviouslyRejected, STORE_PREVIOUSLY_REJECTED),
+    (errors.RejectionNotAllowed, STORE_REJECTION_NOT_ALLOWED),
+    (errors.RejectionNoteTooLarge, 0xA700),  # Refused: Out of Resources -- our limits; several notes will do
+    (errors.RejectionNoteError, STORE_REJECTION_NOTE_UNUSABLE),
     (errors.InstanceUIDMismatch, STORE_INSTANCE_UID_MISMATCH),
     (errors.InstanceMismatch, 0xA900),
     (errors.InvalidIdentifier, 0xC000),
@@ -273,6 +287,11 @@ ERROR_COMMENTS: tuple[tuple[type[BaseException], str], ...] = (
     (errors.DatasetTooLarge, "Dataset larger than this archive accepts (max_dataset_bytes)"),
     (errors.QueryTooBroad, "Query reads too many stored files; narrow it with indexed keys"),
     (errors.PreviouslyRejected, "A rejection note rejected this instance; it is not stored again"),
+    (errors.RejectionNotesOff, "Rejection notes are not accepted here; nothing was rejected"),
+    (errors.UnregisteredRejecter, "Only registered nodes may reject here; nothing was rejected"),
+    (errors.RejectionNoteTooLarge, "Rejection note too large here; split it into several notes"),
+    (errors.RejectionNoteError, "Rejection note evidence empty or invalid; nothing was rejected"),
+    (errors.RejectionRefused, "Rejection note refused; the server log says why"),
     (errors.OutOfResources, "Archive out of resources (disk full?); try again later"),
     (errors.UnreadableInstance, "A stored instance cannot be read; the server log says which"),
     (errors.NotFound, "Nothing found with these UIDs; check them and ask again"),

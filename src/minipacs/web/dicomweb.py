@@ -26,6 +26,9 @@ from minipacs.core.errors import (
     OutOfResources,
     PreviouslyRejected,
     QueryTooBroad,
+    RejectionNotAllowed,
+    RejectionNoteError,
+    RejectionNoteTooLarge,
 )
 from minipacs.core.inflate import DatasetLimits
 from minipacs.core.metadata import BULK_PREFIX
@@ -97,6 +100,10 @@ FAILURE_REASONS: Final[Mapping[type[ArchiveError], int]] = {
     InstanceMismatch: 0xA900,
     DuplicateInstance: 0x0111,
     PreviouslyRejected: 0xA771,  # as C-STORE answers it (core/rejection.py)
+    # a rejection note refused before it is stored, as C-STORE answers it (services/status.py)
+    RejectionNotAllowed: 0xA775,
+    RejectionNoteTooLarge: 0xA700,
+    RejectionNoteError: 0xC002,
     InvalidInstance: 0xC000,  # Error: Cannot understand -- a broken dataset (BrokenDataset), a malformed UID
 }
 PROCESSING_FAILURE: Final = 0x0110  # PS3.4 Annex B: Processing failure

@@ -59,6 +59,10 @@ ERROR_TABLE: Final[Mapping[type[core.ArchiveError], tuple[int, str]]] = MappingP
         core.InstanceMismatch: (400, "instance_mismatch"),
         core.InvalidInstance: (400, "invalid_instance"),
         core.DuplicateInstance: (409, "duplicate_instance"),
+        core.PreviouslyRejected: (409, "previously_rejected"),  # a conflict with what a rejection note decided
+        core.RejectionNotAllowed: (403, "rejection_not_allowed"),  # dcm4chee-arc: 403 for 0xA775
+        core.RejectionNoteTooLarge: (413, "too_large"),
+        core.RejectionNoteError: (400, "invalid_rejection_note"),
         core.DatasetTooLarge: (413, "too_large"),
         core.QueryTooBroad: (422, "query_too_broad"),
         core.OutOfResources: (507, "out_of_resources"),
