@@ -601,6 +601,9 @@ def test_a_chunk_announced_past_the_body_limit_is_413_at_once(tmp_path: Path) ->
         twice = UPLOAD + x2048 + x2048 + b"0\r\n\r\n"
         out, _ = await _timed_answer(port, twice.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
         assert out.startswith(b"HTTP/1.1 400 ") and b"max_upload_bytes" not in out, out[:400]
+        expecting = UPLOAD.replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n", 1)
+        out, _ = await _timed_answer(port, expecting + b"1001\r\n")  # no "100 Continue" after the answer
+        assert out.startswith(b"HTTP/1.1 413 ") and out.count(b"HTTP/1.1 ") == 1, out[:300]
         out, took = await _timed_answer(port, NODE + b"100001\r\n{")
         assert out.startswith(b"HTTP/1.1 413 ") and took < 3, out[:300]
         assert b"the JSON body would be at least 1048577 bytes" in out and b"at most 1048576" in out, out

@@ -306,6 +306,9 @@ def guarded_protocol(guard: ConnectionGuard) -> type[H11Protocol]:
             if cycle is not None and not cycle.response_complete:
                 cycle.disconnected = True
                 cycle.message_event.set()
+                # Expect: 100-continue: its receive() wrote "100 Continue" after our answer, after write_eof,
+                # a RuntimeError in the app (a 500 and a traceback)
+                cycle.waiting_for_100_continue = False
             return True
 
         def _head_too_large(self, data: bytes) -> bool:
