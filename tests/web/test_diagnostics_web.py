@@ -5,6 +5,7 @@ the Diagnostics page; admin only."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from minipacs.core.model import AssociationRecord
@@ -65,6 +66,19 @@ def test_node_doctor_steps_and_the_way_back(tmp_path: Path) -> None:
         assert step["outcome"] == "failed" and "refused the TCP connection" in step["verdict"]
         bad = await env.client.post(f"/api/nodes/{gone.id}/doctor", headers=ADA, json={"move_test": "yes"})
         assert bad.status_code == 400
+        assert (await env.client.post(f"/api/nodes/{gone.id}/doctor", headers=ADA, json=[])).status_code == 400
+
+        sent = 0
+
+        async def endless() -> AsyncIterator[bytes]:  # a chunked body (no Content-Length) of 64 MiB
+            nonlocal sent
+            for _ in range(1024):
+                sent += 1
+                yield b" " * 65536
+
+        big = await env.client.post(f"/api/nodes/{gone.id}/doctor", headers=ADA, content=endless())
+        assert big.status_code == 413 and "1048576 bytes" in big.text, big.text
+        assert sent <= 20, f"{sent} pieces of 64 KiB read before the 413: the body was read whole"
 
         # the way back: our listener logs its associations, as the running archive does
         ours = DicomServer(

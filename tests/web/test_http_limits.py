@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import resource
 import socket
@@ -515,3 +516,157 @@ def test_a_400_for_a_body_h11_refuses_reaches_a_client_still_sending(tmp_path: P
 
     out = serve(tmp_path, body)
     assert out.startswith(b"HTTP/1.1 400 ") and out.count(b"HTTP/1.1 ") == 1, out[:300]
+
+
+def _early_answer_then(port: int, rest: bytes) -> bytes:
+    """A POST that the app answers without reading its body (405: openapi.json is GET only), the answer
+    read, then ``rest``: the body's last bytes and whatever follows on the connection; everything read
+    until the server closes."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(10)
+        sock.sendall(b"POST /api/openapi.json HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
+        received = b""
+        while b"\r\n\r\n" not in received or not received.endswith(b"}"):
+            received += sock.recv(65536)  # the 405, a JSON body
+        sock.sendall(rest)
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received
+
+
+def test_a_head_after_a_body_read_past_an_early_answer_is_held_to_http_max_header_bytes(tmp_path: Path) -> None:
+    """A request answered before its body was read (here a 405) keeps its connection: h11 reads the rest of
+    the body, and uvicorn then starts the next cycle and parses the next head within the same call, whole
+    from h11's buffer, before anything of ours could count it: a head of any size up to asyncio's 256 KiB
+    read was served. It is now counted just before h11 parses it (CountedConnection): over the limit, 431;
+    at the limit, served."""
+    limit = 2048
+
+    async def body(port: int) -> None:
+        for size, status in ((limit, b"200 OK"), (limit + 1, b"431 "), (100_000, b"431 ")):
+            head = _head(size, b"Connection: close\r\n")
+            out = await asyncio.to_thread(_early_answer_then, port, b"67890" + head)
+            assert out.startswith(b"HTTP/1.1 405 ") and out.count(b"HTTP/1.1 ") == 2, out[:300]
+            assert b"HTTP/1.1 " + status in out, (size, out[:600])
+
+    serve(tmp_path, body, http_max_header_bytes=limit)
+
+
+UPLOAD = (
+    b"POST /api/instances HTTP/1.1\r\nHost: x\r\nContent-Type: application/dicom\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+NODE = b"POST /api/nodes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+async def _timed_answer(port: int, request: bytes) -> tuple[bytes, float]:
+    """Send ``request`` and keep the connection open without sending more: what the server answers before
+    it closes, and how long that took."""
+    reader, writer = await connect(port)
+    writer.write(request)
+    started = time.monotonic()
+    out = await answer(reader, 15)
+    return out, time.monotonic() - started
+
+
+def test_a_chunk_announced_past_the_body_limit_is_413_at_once(tmp_path: Path) -> None:
+    """RFC 9112 §7.1: a chunk's size comes before its data. One that would take the body past what the
+    endpoint accepts (max_upload_bytes here, 4096; a JSON body's 1 MiB) is refused as its size line arrives,
+    413 (RFC 9110 §15.5.14) naming the limit; it waited for http_body_timeout (a 408), since the endpoint
+    only counted the bytes that came. At the limit exactly, the body is read (and refused as no DICOM file,
+    a 400). No traceback is logged."""
+    limit = 4096
+    records = _Records()
+    loggers = [logging.getLogger(name) for name in ("uvicorn.error", "asyncio", "minipacs")]
+    x2048 = b"800\r\n" + b"x" * 2048 + b"\r\n"
+
+    async def body(port: int) -> None:
+        for logger in loggers:
+            logger.addHandler(records)
+        for sent, announced, received in (
+            (b"ffffffffff\r\n", 0xFFFFFFFFFF, 0),
+            (b"f" * 20 + b"\r\n", 16**20 - 1, 0),  # the most hex digits h11 reads
+            (b"1001\r\n", limit + 1, 0),
+            (x2048 + b"801;ext=1\r\n" + b"x" * 100, limit + 1, 2148),
+        ):
+            out, took = await _timed_answer(port, UPLOAD + sent)
+            assert out.startswith(b"HTTP/1.1 413 Content Too Large\r\n") and out.count(b"HTTP/1.1 ") == 1, out[:300]
+            assert took < 3, f"{took:.1f} s: waited for the body"
+            message = json.loads(out.partition(b"\r\n\r\n")[2])["error"]
+            assert message["code"] == "too_large", message
+            assert f"would be at least {announced} bytes: {received} bytes in" in message["message"]
+            assert "this server accepts at most 4096 (max_upload_bytes)" in message["message"]
+        whole = UPLOAD + b"1000\r\n" + b"x" * limit + b"\r\n0\r\n\r\n"  # announced and sent: exactly the limit
+        out, _ = await _timed_answer(port, whole.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+        assert out.startswith(b"HTTP/1.1 400 ") and b"max_upload_bytes" not in out, out[:400]
+        twice = UPLOAD + x2048 + x2048 + b"0\r\n\r\n"
+        out, _ = await _timed_answer(port, twice.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+        assert out.startswith(b"HTTP/1.1 400 ") and b"max_upload_bytes" not in out, out[:400]
+        expecting = UPLOAD.replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n", 1)
+        out, _ = await _timed_answer(port, expecting + b"1001\r\n")  # no "100 Continue" after the answer
+        assert out.startswith(b"HTTP/1.1 413 ") and out.count(b"HTTP/1.1 ") == 1, out[:300]
+        out, took = await _timed_answer(port, NODE + b"100001\r\n{")
+        assert out.startswith(b"HTTP/1.1 413 ") and took < 3, out[:300]
+        assert b"the JSON body would be at least 1048577 bytes" in out and b"at most 1048576" in out, out
+        json_limit = NODE.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+        out, _ = await _timed_answer(port, json_limit + b"100000\r\n" + b" " * (1 << 20) + b"\r\n0\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 400 ") and b"invalid_json" in out, out[:400]  # read: all white space
+        await asyncio.sleep(0.3)  # the endpoints' tasks have ended
+
+    try:
+        serve(tmp_path, body, max_upload_bytes=limit, http_body_timeout=20.0)
+    finally:
+        for logger in loggers:
+            logger.removeHandler(records)
+    tracebacks = [r.getMessage() for r in records.records if r.exc_info is not None]
+    assert not tracebacks, tracebacks
+    staged = [p for p in (tmp_path / "data").rglob("*") if p.is_file() and "staging" in p.parts]
+    assert not staged, staged  # the endpoint was told the client left: nothing staged stays
+
+
+def test_a_413_for_an_announced_chunk_reaches_a_client_still_sending(tmp_path: Path) -> None:
+    """A client that announces a chunk past max_upload_bytes and goes on sending (1 MB more) before it
+    reads gets the 413, not a reset: our side is shut, the rest read and dropped (RFC 9112 §9.6)."""
+
+    async def body(port: int) -> bytes:
+        return await asyncio.to_thread(_exchange, port, UPLOAD + b"ffffffffff\r\n" + b"x" * (1 << 20), 16384)
+
+    out = serve(tmp_path, body, max_upload_bytes=4096)
+    assert out.startswith(b"HTTP/1.1 413 ") and out.count(b"HTTP/1.1 ") == 1 and b"max_upload_bytes" in out, out[:300]
+
+
+@pytest.mark.parametrize(
+    "size_line",
+    [b"f" * 5000 + b"\r\n", b"0" * 4999 + b"1\r\n", b"f" * 200_000],
+    ids=["5000-hex-digits", "5000-digits-of-value-1", "200-kB-unended"],
+)
+def test_a_chunk_size_line_of_absurd_length_is_400_at_once(tmp_path: Path, size_line: bytes) -> None:
+    """h11 reads a chunk size of at most 20 hex digits (2^80 - 1 bytes; any more is past every limit) and
+    buffers at most http_max_header_bytes of a line still incomplete: a line of thousands of digits is a
+    400 as it arrives, held in no more memory than that bound, not a wait for http_body_timeout."""
+
+    async def body(port: int) -> tuple[bytes, float]:
+        return await _timed_answer(port, UPLOAD + size_line)
+
+    out, took = serve(tmp_path, body, max_upload_bytes=4096, http_body_timeout=20.0)
+    assert out.startswith(b"HTTP/1.1 400 ") and b"chunked coding" in out, out[:300]
+    assert took < 3, f"{took:.1f} s"
+
+
+def test_counted_connection_tells_what_a_chunk_announces() -> None:
+    """CountedConnection reads h11's private count of a chunk's bytes still to come
+    (``ChunkedReader._bytes_in_chunk``): this fails if an h11 release renames it, instead of the 413 of
+    test_a_chunk_announced_past_the_body_limit_is_413_at_once silently becoming a 408."""
+    import h11
+
+    from minipacs.web.limits import CountedConnection
+
+    refuse = False
+    conn = CountedConnection(16384, lambda: refuse)
+    conn.receive_data(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nffff\r\nab")
+    events = [conn.next_event() for _ in range(4)]
+    assert [type(e) for e in events] == [h11.Request, h11.Data, h11.Data, type(h11.NEED_DATA)], events
+    assert (conn.body_bytes, conn.announced) == (5, 3 + 0xFFFF)
+    refuse = True
+    conn = CountedConnection(16384, lambda: refuse)
+    conn.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert conn.next_event() is h11.NEED_DATA and conn.their_state is h11.IDLE  # refused: not parsed

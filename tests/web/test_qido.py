@@ -225,3 +225,37 @@ def test_a_key_the_url_fixes_to_another_value_is_a_400_not_silently_the_urls(web
         assert r.status_code == 400 and "SeriesInstanceUID" in r.text
 
     web(body)
+
+
+def test_includefield_all_comes_alone(web: Callable[..., Any]) -> None:
+    """PS3.18 8.3.4.3: ``includefield = *("includefield" "=" (1#attribute / "all"))`` and "if a parameter with
+    the value of "all" is present, then other includefield parameters shall not be present". ``all`` next to
+    anything else was read as all, silently; it is a 400 naming the extra values. ``all`` alone (in any case,
+    RFC 5234 §2.3) and lists of attributes, repeated or not, are answered as before. The REST search shares it."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        await _two_studies(client)
+        base = [("StudyInstanceUID", ST1)]
+        for alone in ("all", "ALL", " all ", "all,", ",all"):
+            r = await client.get("/dicom-web/studies", params=[*base, ("includefield", alone)])
+            assert r.status_code == 200 and "00080062" in r.json()[0], (alone, r.text)  # SOPClassesInStudy
+        listed = [*base, ("includefield", "StudyDescription,00080062"), ("includefield", "PatientAge")]
+        r = await client.get("/dicom-web/studies", params=listed)
+        assert r.status_code == 200 and {"00081030", "00080062", "00101010"} <= set(r.json()[0]), r.text
+        for mixed, named in (
+            ([("includefield", "all,PatientAge")], "'PatientAge'"),
+            ([("includefield", "all"), ("includefield", "00101010")], "'00101010'"),
+            ([("includefield", "StudyDescription"), ("includefield", "All")], "'StudyDescription'"),
+            ([("includefield", "all"), ("includefield", "all")], "all a second time"),
+        ):
+            r = await client.get("/dicom-web/studies", params=[*base, *mixed])
+            assert r.status_code == 400, (mixed, r.text)
+            error = r.json()["error"]
+            assert error["code"] == "invalid_includefield" and named in error["message"], error
+            assert "PS3.18 8.3.4.3" in error["message"]
+        r = await client.get(f"/dicom-web/studies/{ST1}/series", params={"includefield": "all,SeriesDescription"})
+        assert r.status_code == 400 and "invalid_includefield" in r.text
+        r = await client.get("/api/studies", params={"includefield": "all,PatientAge"})
+        assert r.status_code == 400 and "invalid_includefield" in r.text, r.text
+
+    web(body)

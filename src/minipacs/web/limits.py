@@ -18,10 +18,20 @@ DICOM listener too. So, under uvicorn's h11 protocol (RFC 9112):
   h11 only bounds what it buffers of a head still incomplete, so a long head arriving in one read was
   served, and uvicorn answered the bound with a 400 and closed at once, a reset that lost the 400.
   We close the way RFC 9112 §9.6 asks: our side first, then what the client still sends is read
-  and dropped for at most ``http_header_timeout`` seconds, so the client reads its answer;
+  and dropped for at most ``http_header_timeout`` seconds, so the client reads its answer.
+  Every head is counted, the first of a connection or a later one: a head h11 holds whole in its buffer
+  (pipelined, RFC 9112 §9.3.2: sent with or during the previous request, or after the body of a request
+  answered before its body was read) is counted just before h11 parses it (:class:`CountedConnection`);
 - a head or body h11 cannot read gets its 400 (uvicorn's ``send_400_response``) the same way, and
   never a second response: uvicorn's 400 after an endpoint began its answer, or the endpoint's answer
-  after uvicorn's 400, raised in h11 and logged a traceback.
+  after uvicorn's 400, raised in h11 and logged a traceback. h11 reads a chunk-size line of at most 20
+  hex digits and buffers at most ``http_max_header_bytes`` of one still incomplete, so a line of
+  thousands of digits is such a 400 at once, whatever it costs the client to send;
+- a chunked body (RFC 9112 §7.1) announces each chunk's size before its data: once the endpoint has
+  declared its body limit (:func:`refuse_declared_length`: ``max_upload_bytes``, a JSON body's), a chunk
+  that would take the body past it is answered ``413 Content Too Large`` (RFC 9110 §15.5.14) as its size
+  line arrives, naming the limit, the same way as the 431. The endpoint counted the bytes as they came,
+  so a chunk of ``ffffffffff`` bytes followed by nothing waited for ``http_body_timeout`` (a 408).
 
 We accept connections ourselves (:class:`HttpListener`) and hand them to uvicorn: asyncio's
 own accept loop (``loop.create_server``), when descriptors run out, goes on calling
@@ -49,7 +59,9 @@ from typing import Any, Final
 import h11
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.config import Config
+from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
+from uvicorn.server import ServerState
 
 from minipacs.config import Settings
 from minipacs.web.errors import HttpError
@@ -66,14 +78,73 @@ RETRY_AFTER: Final = 1
 BLANK_LINE: Final = re.compile(rb"\n\r?\n")
 
 
-def _raw_response(status: str, message: str, retry_after: int | None = None) -> bytes:
-    body = json.dumps(
-        {"error": {"code": status.split(" ", 1)[1].lower().replace(" ", "_"), "message": message}}
-    ).encode()
+def _raw_response(status: str, message: str, retry_after: int | None = None, code: str | None = None) -> bytes:
+    code = code or status.split(" ", 1)[1].lower().replace(" ", "_")
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
     head = [f"HTTP/1.1 {status}", "Content-Type: application/json", f"Content-Length: {len(body)}", "Connection: close"]
     if retry_after is not None:
         head.append(f"Retry-After: {retry_after}")
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+#: The ASGI scope extension (``scope["extensions"]``, ASGI HTTP spec "Extensions") under which the connection
+#: gives an endpoint the :class:`BodyWatch` of its request, as ``{"watch": BodyWatch}``.
+BODY_LIMIT_EXTENSION: Final = "minipacs.body_limit"
+
+
+@dataclass(frozen=True)
+class BodyLimit:
+    """An endpoint's limit on a request body, with the words of its 413: ``what`` the body is, ``fix`` what
+    the limit is and what to do (as :func:`refuse_declared_length` takes them)."""
+
+    limit: int
+    what: str
+    fix: str
+
+
+class BodyWatch:
+    """One request's body as its connection sees it ahead of the endpoint. The endpoint declares its limit
+    here (:func:`refuse_declared_length` does); the connection then checks each chunk size as it arrives,
+    and ``check`` right away, since the first ones may have come with the request head."""
+
+    def __init__(self, check: Callable[[BodyWatch], None]) -> None:
+        self.limit: BodyLimit | None = None
+        self._check = check
+
+    def declare(self, limit: BodyLimit) -> None:
+        self.limit = limit
+        self._check(self)
+
+
+class CountedConnection(h11.Connection):
+    """h11's server side, telling :func:`guarded_protocol` two things uvicorn's loop over its events hides:
+
+    - ``before_head()`` is asked just before h11 parses a request head (both sides IDLE); True means the
+      head is refused, and h11 parses nothing (NEED_DATA). uvicorn parses the next pipelined head within
+      one ``handle_events`` call when a request answered before its body was read ends, so a check before
+      or after that call missed it;
+    - :attr:`announced`: the bytes of the current request body h11 has passed on, plus those the chunk it
+      is reading still promises (RFC 9112 §7.1: chunk-size line, then the data). That count is h11's
+      ``ChunkedReader._bytes_in_chunk`` (private; a test holds h11 to it)."""
+
+    def __init__(self, max_incomplete_event_size: int, before_head: Callable[[], bool]) -> None:
+        super().__init__(h11.SERVER, max_incomplete_event_size)
+        self.before_head = before_head
+        self.body_bytes = 0  #: of the current request, passed on in Data events
+
+    def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+        if self.their_state is h11.IDLE and self.our_state is h11.IDLE and self.before_head():
+            return h11.NEED_DATA
+        event = super().next_event()
+        if isinstance(event, h11.Request):
+            self.body_bytes = 0
+        elif isinstance(event, h11.Data):
+            self.body_bytes += len(event.data)
+        return event
+
+    @property
+    def announced(self) -> int:
+        return self.body_bytes + int(getattr(self._reader, "_bytes_in_chunk", 0))
 
 
 @dataclass
@@ -86,6 +157,7 @@ class ConnectionGuard:
     refused: int = 0
     timed_out: int = 0
     too_large: int = 0
+    body_too_large: int = 0
     _last_log: float = field(default=0.0, repr=False)
 
     @classmethod
@@ -99,13 +171,15 @@ class ConnectionGuard:
             log.warning(
                 "HTTP: %d connection(s) refused at http_max_connections = %d, %d closed for sending no "
                 "complete request head within http_header_timeout = %g s, %d request head(s) refused over "
-                "http_max_header_bytes = %d (this is logged at most every %g s)",
+                "http_max_header_bytes = %d, %d chunked body(ies) refused for a chunk past the endpoint's limit "
+                "(this is logged at most every %g s)",
                 self.refused,
                 self.max_connections,
                 self.timed_out,
                 self.header_timeout,
                 self.too_large,
                 self.max_header_bytes,
+                self.body_too_large,
                 LOG_EVERY,
             )
 
@@ -131,6 +205,15 @@ class ConnectionGuard:
             "send fewer or shorter header fields (cookies, tokens)",
         )
 
+    @staticmethod
+    def chunk_too_large(limit: BodyLimit, announced: int, received: int) -> bytes:
+        return _raw_response(
+            "413 Content Too Large",
+            f"{limit.what} would be at least {announced} bytes: {received} bytes in, a chunk announces "
+            f"{announced - received} more (chunked coding, RFC 9112 §7.1); {limit.fix}",
+            code="too_large",
+        )
+
     @property
     def bad_request(self) -> bytes:
         return _raw_response(
@@ -151,6 +234,7 @@ def guarded_protocol(guard: ConnectionGuard) -> type[H11Protocol]:
     """uvicorn's h11 protocol with ``guard``'s header timeout (``Config(http=...)``)."""
 
     class GuardedH11Protocol(H11Protocol):
+        conn: CountedConnection
         _header_timer: asyncio.TimerHandle | None = None
         #: the request head being received: its bytes so far, whether its request line is complete within
         #: the limit, and the last bytes of the previous read (the blank line ending the head may straddle
@@ -161,8 +245,21 @@ def guarded_protocol(guard: ConnectionGuard) -> type[H11Protocol]:
         #: refused: what the client still sends is dropped until it closes or this timer closes
         _linger: asyncio.TimerHandle | None = None
         #: h11 holds bytes not yet counted: they came after a counted head (a body, a pipelined request) or
-        #: while a request was answered; the next head is counted from h11's buffer when its cycle starts
+        #: while a request was answered; the next head is counted from h11's buffer before h11 parses it
         _uncounted = False
+        #: the request whose body is watched, and its watch (:class:`BodyWatch`)
+        _watched: RequestResponseCycle | None = None
+        _watch: BodyWatch | None = None
+
+        def __init__(
+            self,
+            config: Config,
+            server_state: ServerState,
+            app_state: dict[str, Any],
+            _loop: asyncio.AbstractEventLoop | None = None,
+        ) -> None:
+            super().__init__(config, server_state, app_state, _loop)
+            self.conn = CountedConnection(guard.max_header_bytes, self._head_ready)
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)  # type: ignore[arg-type]
@@ -190,18 +287,29 @@ def guarded_protocol(guard: ConnectionGuard) -> type[H11Protocol]:
             the client left. Once ours has begun (the app answered without reading the body), that one
             is the answer, and uvicorn's 400 raised out of data_received, a logged traceback: the
             connection is closed when our response is complete."""
+            # uvicorn's 400 closed at once: a client still sending (an upload) got a reset, not the 400
+            if not self._answer_instead(guard.bad_request):
+                cycle = self.cycle
+                if cycle is not None and not cycle.response_complete:
+                    cycle.keep_alive = False
+                else:
+                    self.transport.close()
+
+        def _answer_instead(self, response: bytes) -> bool:
+            """Answer ``response`` in the app's place, then linger, if no answer has begun (h11 takes a
+            response only then); the app, if it still runs, is told the client left: its send() is a
+            no-op, its receive() http.disconnect. False when an answer has begun."""
+            if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+                return False
+            self._answer_and_linger(response)
             cycle = self.cycle
-            answering = cycle is not None and not cycle.response_complete
-            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                # uvicorn's 400 closed at once: a client still sending (an upload) got a reset, not the 400
-                self._answer_and_linger(guard.bad_request)
-                if cycle is not None and answering:
-                    cycle.disconnected = True  # its send() is a no-op, its receive() http.disconnect
-                    cycle.message_event.set()
-            elif cycle is not None and answering:
-                cycle.keep_alive = False
-            else:
-                self.transport.close()
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
+                # Expect: 100-continue: its receive() wrote "100 Continue" after our answer, after write_eof,
+                # a RuntimeError in the app (a 500 and a traceback)
+                cycle.waiting_for_100_continue = False
+            return True
 
         def _head_too_large(self, data: bytes) -> bool:
             """Count ``data`` into the request head; at more than the limit, answer 431 (or 414) and
@@ -239,17 +347,45 @@ def guarded_protocol(guard: ConnectionGuard) -> type[H11Protocol]:
             # not is closed after http_header_timeout, as a client that sends no head at all
             self._linger = self.loop.call_later(guard.header_timeout, self.transport.close)
 
+        def _head_ready(self) -> bool:
+            """h11 is about to parse a request head (:class:`CountedConnection`): True refuses it. A head
+            whose bytes arrived uncounted (with or during the previous request) is counted now from h11's
+            buffer: h11 would parse one that is whole there however large it is (it bounds incomplete ones
+            only)."""
+            if self._linger is not None:
+                return True
+            if not self._uncounted:
+                return False
+            self._uncounted = False
+            self._head_bytes, self._line_fits, self._head_tail = 0, False, b""
+            return self._head_too_large(self.conn.trailing_data[0])
+
         def handle_events(self) -> None:
-            if self._uncounted and self.conn.their_state is h11.IDLE and self.conn.our_state is h11.IDLE:
-                # a new cycle starts on bytes that arrived with or during the previous request: h11 would
-                # parse a head that is whole there however large it is (it bounds incomplete ones only)
-                self._uncounted = False
-                self._head_bytes, self._line_fits, self._head_tail = 0, False, b""
-                if self._head_too_large(self.conn.trailing_data[0]):
-                    return
             super().handle_events()
             if self.conn.their_state is not h11.IDLE:  # a request head has arrived
                 self._cancel_header_timer()
+            cycle = self.cycle
+            if cycle is not None and cycle is not self._watched:
+                # a new request: its endpoint's task was created in super().handle_events() and runs once
+                # this callback returns, so it finds the watch in its scope
+                self._watched, self._watch = cycle, BodyWatch(self._check_body)
+                extension: dict[object, object] = {"watch": self._watch}
+                cycle.scope.setdefault("extensions", {})[BODY_LIMIT_EXTENSION] = extension
+            if self._watch is not None:
+                self._check_body(self._watch)
+
+        def _check_body(self, watch: BodyWatch) -> None:
+            """413 at once when the chunk h11 is reading would take the body past the endpoint's limit."""
+            limit = watch.limit
+            if limit is None or watch is not self._watch or self._linger is not None:
+                return
+            if self.conn.their_state is not h11.SEND_BODY or self.conn.announced <= limit.limit:
+                return
+            guard.body_too_large += 1
+            guard.note()
+            response = guard.chunk_too_large(limit, self.conn.announced, self.conn.body_bytes)
+            if not self._answer_instead(response) and self.cycle is not None:
+                self.cycle.keep_alive = False  # the endpoint answers (it counts the bytes too); then close
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -412,7 +548,13 @@ def refuse_declared_length(request: Request, limit: int, what: str, fix: str) ->
     RFC 9110 §8.6: Content-Length = 1*DIGIT. A value that is not (a sign, a superscript digit, which
     ``str.isdigit`` takes and ``int()`` refuses, a list) is invalid framing: 400 (RFC 9112 §6.3). A
     value of more than :data:`MAX_DIGITS` digits is larger than any limit: refused without ``int()``,
-    which raises ValueError beyond 4300 digits (that was a 500). No Content-Length: the caller counts."""
+    which raises ValueError beyond 4300 digits (that was a 500). No Content-Length: the caller counts, and
+    the connection (:class:`BodyWatch`, when the server is ours) answers 413 as soon as a chunk of a chunked
+    body announces more than ``limit`` in all, without waiting for its bytes."""
+    extension = request.scope.get("extensions", {}).get(BODY_LIMIT_EXTENSION, {})
+    watch = extension.get("watch") if isinstance(extension, dict) else None
+    if isinstance(watch, BodyWatch):
+        watch.declare(BodyLimit(limit, what, fix))
     declared = request.headers.get("content-length")
     if declared is None:
         return
@@ -463,9 +605,13 @@ def uvicorn_options(guard: ConnectionGuard) -> dict[str, Any]:
 
 
 __all__ = [
+    "BODY_LIMIT_EXTENSION",
+    "BodyLimit",
     "BodyTimeout",
     "BodyTimeoutMiddleware",
+    "BodyWatch",
     "ConnectionGuard",
+    "CountedConnection",
     "HttpListener",
     "check_fd_budget",
     "guarded_protocol",

@@ -27,7 +27,8 @@ from minipacs.core.model import AssociationRecord
 from minipacs.core.nodes import calling_host_warning, registry_warnings
 from minipacs.services.doctor import Doctor, DoctorSettings, LogWatch, check_listener, check_nodes
 from minipacs.web.errors import HttpError
-from minipacs.web.rest_nodes import _body, _outbound, _registry, _resolve, node_json
+from minipacs.web.jsonbody import read_json
+from minipacs.web.rest_nodes import _outbound, _registry, _resolve, node_json
 from minipacs.web.routing import Endpoint
 from minipacs.web.types import AppContext, ctx
 
@@ -86,8 +87,11 @@ async def node_doctor(request: Request) -> Response:
     """POST /api/nodes/{id}/doctor {move_test, store_test}: the steps for one node."""
     context = ctx(request)
     node = await _resolve(_registry(context), request.path_params["id"])
-    raw = await request.body()
-    body = await _body(request) if raw.strip() else {}
+    # bounded like every control body (MAX_JSON_BYTES, and a chunk announced past it: web/limits.py);
+    # request.body() read any chunked body whole into memory first. No body: the defaults
+    body = await read_json(request, empty={})
+    if not isinstance(body, dict):
+        raise HttpError(400, "invalid_json", "the body must be a JSON object: move_test, store_test")
     report = await doctor(context).check(node, move_test=_flag(body, "move_test"), store_test=_flag(body, "store_test"))
     return JSONResponse({**report.json(), "node": node_json(node)})
 

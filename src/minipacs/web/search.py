@@ -245,6 +245,32 @@ def page_size(params: Iterable[tuple[str, str]]) -> int:
     return min(_int_param(dict(params), "limit", MAX_LIMIT, 10**9), MAX_LIMIT)
 
 
+def included(level: Level, params: Iterable[tuple[str, str]]) -> tuple[str, ...]:
+    """The attributes ``includefield`` asks for (PS3.18 8.3.4.3): ``includefield = *("includefield" "="
+    (1#attribute / "all"))``, so each parameter is a comma-separated list of attributes, or ``all`` alone,
+    and "if a parameter with the value of "all" is present, then other includefield parameters shall not be
+    present". ``all`` with anything else (``all,PatientID``, ``includefield=all&includefield=PatientID``,
+    ``all`` twice) is a 400 rather than read one way or the other: a client that lists attributes next to
+    ``all`` may believe they narrow it. ``all`` is matched without regard to case (RFC 5234 §2.3: quoted
+    ABNF strings are case-insensitive), and empty list elements are skipped, as before."""
+    fields = [
+        field.strip() for name, value in params if name == "includefield" for field in value.split(",") if field.strip()
+    ]
+    if not any(field.lower() == "all" for field in fields):
+        return tuple(fields)
+    if len(fields) > 1:
+        others = [field for field in fields if field.lower() != "all"]
+        raise HttpError(
+            400,
+            "invalid_includefield",
+            f"includefield=all asks for every attribute and comes alone (PS3.18 8.3.4.3: other includefield "
+            f"parameters shall not be present), but the request also has "
+            f"{', '.join(repr(f[:40]) for f in others[:5]) if others else 'all a second time'}: send "
+            "includefield=all alone, or list the attributes wanted without it",
+        )
+    return all_keys(level)
+
+
 def identifier(
     level: Level,
     params: Iterable[tuple[str, str]],
@@ -256,8 +282,9 @@ def identifier(
 
     PS3.18 8.3.4.1: a UID List Matching value is a comma-separated list of UIDs; C-FIND's separator
     is the backslash, so commas in a UI value become backslashes (a UID has no comma of its own).
-    ``includefield``: an attribute of a level below ``level`` is not returned (PS3.18 10.6.3.3.1-2);
-    ``all`` adds :func:`all_keys`."""
+    ``includefield`` (:func:`included`): an attribute of a level below ``level`` is not returned (PS3.18
+    10.6.3.3.1-2); ``all`` adds :func:`all_keys`."""
+    params = list(params)  # read twice: includefield first, then the matching keys
     ds = Dataset()
 
     def put(path: Sequence[int], value: str, *, keep: bool = False) -> None:
@@ -311,18 +338,14 @@ def identifier(
 
     for keyword in DEFAULT_KEYS[level] if defaults is None else defaults:
         put([tag_of(keyword)], "")
+    for wanted in included(level, params):
+        path = key_path(wanted)
+        below = KEY_LEVELS.get(keyword_for_tag(path[0]))
+        if below is None or _DEPTH[below] <= _DEPTH[level]:
+            put(path, "", keep=True)
     matched: dict[tuple[int, ...], str] = {}  # the keys given, by tags (PatientID and 00100020 are one): value
     for name, value in params:
-        if name in CONTROL_PARAMS and name != "includefield":
-            continue
-        if name == "includefield":
-            for field in value.split(","):
-                field = field.strip()
-                for wanted in all_keys(level) if field == "all" else (field,) if field else ():
-                    path = key_path(wanted)
-                    below = KEY_LEVELS.get(keyword_for_tag(path[0]))
-                    if below is None or _DEPTH[below] <= _DEPTH[level]:
-                        put(path, "", keep=True)
+        if name in CONTROL_PARAMS:
             continue
         path = key_path(name)
         if tuple(path) in matched:
@@ -406,6 +429,7 @@ __all__ = [
     "LABELS_PARAM",
     "ascii_digits",
     "identifier",
+    "included",
     "page_size",
     "refuse_repeats",
     "key_path",
