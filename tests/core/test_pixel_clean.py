@@ -90,6 +90,44 @@ def test_the_regions_are_0_in_every_frame_and_sample_and_nothing_else_changes(
     assert ds.BurnedInAnnotation == "NO"
 
 
+_BLACK = [
+    ("MONOCHROME2", 16, 12, 0, 1, [0]),
+    ("MONOCHROME2", 16, 12, 1, 1, [-2048]),  # the least a signed 12-bit pixel holds, sign-extended
+    ("MONOCHROME2", 16, 16, 1, 1, [-32768]),
+    ("MONOCHROME1", 8, 8, 0, 1, [255]),  # shown inverted: the greatest value is black
+    ("MONOCHROME1", 16, 12, 0, 1, [4095]),
+    ("MONOCHROME1", 16, 12, 1, 1, [2047]),
+    ("RGB", 8, 8, 0, 3, [0, 0, 0]),
+    ("YBR_FULL", 8, 8, 0, 3, [0, 128, 128]),  # Y 0, chroma at the middle (0 would be green)
+]
+
+
+@pytest.mark.parametrize(
+    ("photometric", "bits", "stored", "signed", "samples", "black", "planar"),
+    [(*case, planar) for case in _BLACK for planar in ((0, 1) if case[4] == 3 else (0,))],
+)
+def test_regions_are_black_for_the_photometric_interpretation(
+    photometric: str, bits: int, stored: int, signed: int, samples: int, black: list[int], planar: int
+) -> None:
+    """PS3.3 C.7.6.3.1.1-2: black is 0 only in MONOCHROME2 unsigned and RGB; a MONOCHROME1 image filled
+    with 0 shows a white box, a signed one a mid-grey box, YBR_FULL a green one."""
+    rows, cols = 24, 32
+    entry = regions_from_tables([{**US, "regions": [[2, 3, 10, 4]]}])
+    ds = _us(rows, cols, samples, planar, 1, bits)
+    ds.PhotometricInterpretation, ds.BitsStored, ds.HighBit = photometric, stored, stored - 1
+    ds.PixelRepresentation = signed
+    dtype = {(8, 0): np.uint8, (8, 1): np.int8, (16, 0): np.uint16, (16, 1): np.int16}[(bits, signed)]
+    before = _pixels(ds, rows, cols, samples, planar, 1, dtype).copy()
+    assert clean_pixels(ds, entry) is entry[0]
+    after = _pixels(ds, rows, cols, samples, planar, 1, dtype)
+    region = after[0, 3:7, 2:12, :]
+    for s in range(samples):
+        assert (region[:, :, s] == black[s]).all(), (photometric, s, region[:, :, s])
+    outside = np.ones(after.shape, dtype=bool)
+    outside[0, 3:7, 2:12, :] = False
+    assert (after[outside] == before[outside]).all()
+
+
 def test_matching_is_c_finds_and_the_first_entry_that_matches_wins() -> None:
     entries = regions_from_tables(
         [

@@ -12,8 +12,8 @@ those places per kind of image in ``[[pixel_regions]]`` tables of the config fil
 
 With the ``clean-pixel-data`` option (CID 7050 113101) each instance is matched, before anything of
 its header is changed, against the entries in their order; the first that matches has every region
-set to 0 in every frame and every sample (PS3.5 8.1: a rectangle of whole pixels), and its Burned In
-Annotation (0028,0301) becomes NO. Matching is C-FIND's: ``*`` and ``?`` wildcards (PS3.4 C.2.2.2.4),
+set to black in every frame and every sample (PS3.5 8.1: a rectangle of whole pixels; :func:`black`),
+and its Burned In Annotation (0028,0301) becomes NO. Matching is C-FIND's: ``*`` and ``?`` wildcards (PS3.4 C.2.2.2.4),
 a list is any of its values, the value is the attribute's text at the top level (a number as written
 in the header: Rows = "768"); an attribute that is absent or empty matches only ``*``.
 
@@ -238,16 +238,42 @@ def clean_pixels(ds: Dataset, entries: Sequence[PixelRegions]) -> PixelRegions |
     data = ds.PixelData
     if len(data) < frame * frames:
         raise PixelCleanError(f"the pixel data holds {len(data)} bytes, less than its {frames} frame(s) need")
+    fill = black(ds, photometric, samples, bits)
     pixels = bytearray(data)
     for x, y, w, h in entry.regions:
         if x >= columns or y >= rows:
             continue  # outside this image
         w, h = min(w, columns - x), min(h, rows - y)
         for f in range(frames):
-            _blank(pixels, f * frame, rows, columns, samples, width, planar, (x, y, w, h))
+            _blank(pixels, f * frame, rows, columns, planar, fill, (x, y, w, h))
     ds.PixelData = bytes(pixels)
     ds.BurnedInAnnotation = "NO"
     return entry
+
+
+def black(ds: Dataset, photometric: str, samples: int, bits: int) -> list[bytes]:
+    """Each sample's value of a black pixel, as stored (``bits`` wide, in the data set's byte order).
+
+    The darkest value the pixel can hold: MONOCHROME2 its least (0, or -2^(BitsStored-1) for signed
+    pixels, PS3.3 C.7.6.3.1.1-2), MONOCHROME1 its greatest (the image is shown inverted: 0 would be
+    white), RGB 0 in each sample, YBR_FULL luminance 0 and both chroma samples at their middle,
+    2^(bits-1) (PS3.3 C.7.6.3.1.2: 0 there would be a saturated green). A PALETTE COLOR index 0 is
+    whatever colour its palette gives index 0 (not looked up). Signed values are sign-extended to the
+    allocated width."""
+    stored = max(1, min(_int(ds, "BitsStored", bits), bits))
+    signed = _int(ds, "PixelRepresentation", 0) == 1
+    if photometric == "MONOCHROME1":
+        values = [(1 << (stored - 1)) - 1 if signed else (1 << stored) - 1]
+    elif photometric.startswith("YBR"):
+        values = [0, 1 << (bits - 1), 1 << (bits - 1)]
+    elif samples == 1 and signed:
+        values = [-(1 << (stored - 1))]
+    else:
+        values = [0] * samples
+    values = (values * samples)[:samples] if len(values) != samples else values
+    meta = getattr(ds, "file_meta", None)
+    big = meta is not None and str(meta.get("TransferSyntaxUID", "")) == "1.2.840.10008.1.2.2"  # retired BE
+    return [(v % (1 << bits)).to_bytes(bits // 8, "big" if big else "little") for v in values]
 
 
 def _blank(
@@ -255,23 +281,23 @@ def _blank(
     base: int,
     rows: int,
     columns: int,
-    samples: int,
-    width: int,
     planar: int,
+    fill: list[bytes],
     region: tuple[int, int, int, int],
 ) -> None:
-    """Set the rectangle ``region`` of the frame at ``base`` to 0 (PS3.3 C.7.6.3.1.3: samples interleaved
-    pixel by pixel with Planar Configuration 0, plane after plane with 1)."""
+    """Set the rectangle ``region`` of the frame at ``base`` to ``fill`` (one value per sample; PS3.3
+    C.7.6.3.1.3: samples interleaved pixel by pixel with Planar Configuration 0, plane after plane with 1)."""
     x, y, w, h = region
+    samples, width = len(fill), len(fill[0])
     if samples == 1 or planar == 0:
         step = samples * width
-        run = bytes(w * step)
+        run = b"".join(fill) * w
         for r in range(y, y + h):
             start = base + (r * columns + x) * step
             pixels[start : start + len(run)] = run
         return
-    run = bytes(w * width)
     for s in range(samples):
+        run = fill[s] * w
         plane = base + s * rows * columns * width
         for r in range(y, y + h):
             start = plane + (r * columns + x) * width
@@ -301,6 +327,7 @@ def _decompress(ds: Dataset) -> None:
 
 __all__ = [
     "InvalidPixelRegions",
+    "black",
     "PixelCleanError",
     "PixelRegions",
     "clean_pixels",
