@@ -504,7 +504,7 @@ async def handle(
             ) from exc
         text = await (apply(message, worklist) if apply_message is None else apply_message(message))
     except HL7Error as exc:
-        if message is None and exc.location == "MSH-18":
+        if message is None and exc.location in ("MSH-18", "MSH-20"):  # the bytes, not their structure
             message = _for_ack(data)
         log.warning(
             "HL7 message %s refused (%s): %s", message.control_id if message else "(unparsed)", exc.ack_code, exc.reason
