@@ -241,17 +241,28 @@ def parse(text: str) -> Message:
             error_code=102,
             location="MSH-1",
         )
-    end = text.find(sep, 4)
-    chars = text[4:end] if end > 0 else ""
+    first_line = re.split(r"\r\n|\r|\n", text, maxsplit=1)[0]
+    end = first_line.find(sep, 4)
+    usable = not (sep.isalnum() or sep.isspace())
+    if end < 0 and usable:
+        raise HL7Error(
+            f"the MSH segment ends after MSH-2 ({first_line[:12]!r}): MSH-9 message type, MSH-10 message control "
+            "ID, MSH-11 processing ID and MSH-12 version ID are required (HL7 v2.5 2.15.9)",
+            ack_code=REJECT,
+            error_code=101,
+            location="MSH-9",
+        )
+    if end < 0:
+        end = len(first_line)  # no usable separator at all: refused just below
+    chars = text[4:end]
     if (
-        sep.isalnum()
-        or sep.isspace()
+        not usable
         or not 2 <= len(chars) <= 5
         or len(set(chars + sep)) != len(chars) + 1
         or any(c.isalnum() or c.isspace() for c in chars)
     ):
         raise HL7Error(
-            f"MSH-1/MSH-2 encoding characters {text[3 : end + 1 if end > 0 else 12]!r} are not usable "
+            f"MSH-1/MSH-2 encoding characters {first_line[3 : end + 1]!r} are not usable "
             "(expected a field separator and four distinct delimiters, like '|^~\\&')",
             ack_code=REJECT,
             error_code=102,
@@ -279,7 +290,7 @@ def parse(text: str) -> Message:
                     error_code=100,
                     location="MSH",
                 )
-            rest = line[4 + len(chars) + 1 :] if end > 0 else ""
+            rest = line[4 + len(chars) + 1 :]
             fields = ("MSH", sep, chars, *rest.split(sep))
         else:
             fields = (name, *line[4:].split(sep)) if len(line) > 3 else (name,)

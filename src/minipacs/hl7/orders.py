@@ -411,6 +411,14 @@ def check_type(message: Message) -> None:
     if (kind, event) in ORDER_MESSAGES:
         return
     taken = " or ".join(f"{k}^{e}" for k, e in sorted(ORDER_MESSAGES))
+    if not kind:
+        raise HL7Error(
+            f"MSH-9 message type is empty; it is required (HL7 v2.5 2.15.9.9): minipacs takes {taken} orders "
+            "and ADT patient updates",
+            ack_code=REJECT,
+            error_code=101,
+            location="MSH-9",
+        )
     if kind in {k for k, _ in ORDER_MESSAGES}:
         raise HL7Error(
             f"{kind}^{event} is not an order event minipacs takes (only {taken})",
