@@ -196,7 +196,14 @@ class MLLPServer:
             try:
                 chunk = await asyncio.wait_for(reader.read(65536), self.idle_timeout)
             except TimeoutError:
-                log.info("HL7 connection from %s idle for %gs: closed%s", peer, self.idle_timeout, _unfinished(buffer))
+                cut = _unfinished(buffer)
+                log.log(
+                    logging.WARNING if cut else logging.INFO,
+                    "HL7 connection from %s idle for %gs: closed%s",
+                    peer,
+                    self.idle_timeout,
+                    cut,
+                )
                 return
             if not chunk:
                 if buffer:
