@@ -465,7 +465,11 @@ async def apply(message: Message, worklist: Worklist) -> str:
     All groups are mapped and checked first; only then is anything written. A failure of
     the archive itself (not a refusal) propagates as it is.
     """
-    orders = read_orders(message)
+    return await apply_read(read_orders(message), worklist)
+
+
+async def apply_read(orders: list[Order], worklist: Worklist) -> str:
+    """Apply orders :func:`read_orders` read (one transaction); the text for MSA-3, or HL7Error."""
     try:
         return await apply_orders(worklist, orders)
     except OrderRefused as exc:
@@ -551,6 +555,7 @@ __all__ = [
     "OrderReceiver",
     "Refusal",
     "apply",
+    "apply_read",
     "check_type",
     "handle",
     "read_orders",

@@ -103,7 +103,7 @@ class OrderJobs:
                     lane=lane,
                 )
                 return queued_behind(job, ahead)
-        return await orders.apply(message, self.worklist)
+        return await orders.apply_read(found, self.worklist)
 
     async def handle_job(self, job: JobContext) -> str:
         """The :data:`ORDER_JOB_KIND` handler: the queued message read again and applied now."""
