@@ -1,4 +1,4 @@
-"""HL7 ADT applied in the order received, when corrections are queued as jobs (hl7/adt.py ``LANE``,
+"""HL7 ADT applied in the order received, when corrections are queued as jobs (hl7/sequence.py lanes,
 core/jobs.py lanes; docs/CORRECTIONS.md "Order"). An HL7 v2 feed is an ordered stream (one MLLP
 connection, one ACK per message, HL7 v2.5 2.9 original acknowledgment mode): the archive must end as
 if every message had been applied in that order, even when a large correction waits on the job queue.

@@ -8,9 +8,10 @@ demographics through the order receiver's mapping (hl7/orders.py ``FIELD_MAP``, 
 Archived instances are corrected (their files rewritten) and open worklist entries updated.
 Refusals become acknowledgements through ``REFUSALS``: an unknown patient AE 204, an ID that
 another patient already has AE 205, a missing segment AE 100, an empty required field AE 101.
-Messages apply in the order received: one that must wait (a large one, or any while an earlier one
-waits) is queued whole in the job queue's ADT lane (:class:`ADTApplier`, core/jobs.py lanes).
-:class:`HL7Receiver` is the MLLP listener's handler: ADT here, orders to hl7/orders.py.
+Messages apply in the order their sender sent them: one that must wait (a large one, or any while an
+earlier one of the same sender waits) is queued whole in the sender's job lane (:class:`ADTApplier`,
+hl7/sequence.py, core/jobs.py lanes). :class:`HL7Receiver` is the MLLP listener's handler: ADT here,
+orders to hl7/orders.py through the same lanes (an order behind a queued merge waits for it).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from minipacs.core.corrections import Corrections
 from minipacs.core.errors import ArchiveError, CorrectionConflict, InvalidCorrection, NotFound
 from minipacs.core.jobs import JobContext, JobFailed, JobQueue
 from minipacs.core.worklist import Worklist
-from minipacs.hl7 import orders
+from minipacs.hl7 import orders, sequence
 from minipacs.hl7.errors import ERROR, REJECT, HL7Error
 from minipacs.hl7.message import Message, Segment
 from minipacs.hl7.mllp import PEER
@@ -61,8 +62,6 @@ DEMOGRAPHICS: Final = tuple(
 #: Most patient groups (PID [MRG]) one ADT message may hold: each can rewrite a patient's files.
 MAX_PATIENT_GROUPS: Final = 100
 
-#: The job lane (core/jobs.py) of ADT messages that wait: they run one at a time, in the order received.
-LANE: Final = "hl7-adt"
 #: The job kind of a queued ADT message (all its patient groups).
 JOB_KIND: Final = "adt"
 
@@ -206,9 +205,8 @@ def _pairs(message: Message, event: Event) -> list[tuple[Segment, Segment | None
 def _actor(message: Message) -> tuple[str, list[str]]:
     """(who, for the corrections log; (actor kind, actor, address) for the audit trail): the sender is
     MSH-3/MSH-4 (sending application/facility), the address the host of the MLLP connection."""
-    msh = message.first("MSH")
     kind, event = message.message_type
-    sender = "/".join(v for v in (message.value(msh, 3), message.value(msh, 4)) if v) or "an unnamed sender"
+    sender = sequence.sender(message)
     address = PEER.get()  # hl7/mllp.py: the connection the message came on
     return f"HL7 {kind}^{event} {message.control_id} from {sender}", [ActorKind.HL7.value, sender, address]
 
@@ -218,10 +216,11 @@ class ADTApplier:
 
     An HL7 v2 feed is an ordered stream (one MLLP connection, one ACK per message: HL7 v2.5 2.9
     original acknowledgment mode), and the archive must end as if each message had been applied in
-    that order. A message is applied at once, its ACK saying what was done or why not, unless the job
-    queue's ADT lane (:data:`LANE`, core/jobs.py lanes) has a job queued or running, or the message
-    touches more than ``inline_max`` instances: then the WHOLE message becomes one job of kind
-    :data:`JOB_KIND` in that lane, which runs after the ADT jobs before it, on whichever node, and
+    that order. A message is applied at once, its ACK saying what was done or why not, unless its
+    sender's job lane (hl7/sequence.py :func:`~minipacs.hl7.sequence.lane_ahead`) has a job queued or
+    running, or the message touches more than ``inline_max`` instances: then the WHOLE message becomes
+    one job of kind :data:`JOB_KIND` in that lane, which runs after the sender's jobs before it (ADT
+    or orders), on whichever node, and
     makes every check against the archive as they leave it. Queued behind another job, a message is
     acknowledged AA before those checks (it is taken: the job is in the index); a refusal when the job
     runs fails the job with the sentence an AE would have carried, and is written to the audit trail
@@ -251,7 +250,7 @@ class ADTApplier:
         actor, who = _actor(message)
         queue = self.corrections.jobs
         if queue is not None:
-            ahead = await queue.lane_tail(LANE)
+            lane, ahead = await sequence.lane_ahead(queue, message)
             size = await self._size(groups) if ahead is None else 0
             if ahead is not None or size > self.corrections.inline_max:
                 if ahead is None:  # nothing before it: its refusals can still go into this ACK
@@ -261,13 +260,10 @@ class ADTApplier:
                     _description(actor, event, groups),
                     {"event": trigger, "groups": [list(g) for g in groups], "actor": actor, "audit": who},
                     total=len(groups),
-                    lane=LANE,
+                    lane=lane,
                 )
                 if ahead is not None:
-                    return (
-                        f"queued as job {job.id} behind ADT job {ahead.id}: applied in the order received; "
-                        f"if it cannot be applied then, job {job.id} fails saying why"
-                    )
+                    return sequence.queued_behind(job, ahead)
                 return f"checked and queued as job {job.id}: {size} instance(s) to rewrite"
         said: list[str] = []
         await self._refused(self._apply(event, groups, actor, who, said), said)
@@ -464,8 +460,10 @@ def _description(actor: str, event: Event, groups: list[Group]) -> str:
 def register_adt_jobs(queue: JobQueue, corrections: Corrections) -> None:
     """The :data:`JOB_KIND` kind. "fail" after an unclean stop, as a correction job (core/corrections.py):
     its rows may be corrected and its files half rewritten; the job fails saying the server restarted,
-    and the lane goes on with the next message."""
+    and the lane goes on with the next message. And the kind of the orders queued behind them in the
+    same lanes (hl7/sequence.py ``ORDER_JOB_KIND``)."""
     queue.register(JOB_KIND, ADTApplier(corrections).handle_job, on_restart="fail", max_attempts=1)
+    sequence.register_order_jobs(queue, Worklist(corrections.archive))
 
 
 class HL7Receiver:
@@ -474,15 +472,16 @@ class HL7Receiver:
     def __init__(self, worklist: Worklist, corrections: Corrections, application: str = "MINIPACS") -> None:
         self.worklist = worklist
         self.adt = ADTApplier(corrections)
+        self.orders = sequence.OrderJobs(worklist, corrections.jobs)
         self.application = application
 
-    async def _apply(self, message: Message) -> str:
-        if message.message_type[0] == "ADT":
-            return await self.adt.apply(message)
-        return await orders.apply(message, self.worklist)
-
     async def __call__(self, data: bytes) -> bytes:
-        return await orders.handle(data, self.worklist, self.application, self._apply)
+        async def apply(message: Message) -> str:
+            if message.message_type[0] == "ADT":
+                return await self.adt.apply(message)
+            return await self.orders.apply(message, data)
+
+        return await orders.handle(data, self.worklist, self.application, apply)
 
 
 __all__ = [
@@ -494,7 +493,6 @@ __all__ = [
     "Group",
     "HL7Receiver",
     "JOB_KIND",
-    "LANE",
     "REFUSALS",
     "demographics",
     "register_adt_jobs",

@@ -241,17 +241,28 @@ def parse(text: str) -> Message:
             error_code=102,
             location="MSH-1",
         )
-    end = text.find(sep, 4)
-    chars = text[4:end] if end > 0 else ""
+    first_line = re.split(r"\r\n|\r|\n", text, maxsplit=1)[0]
+    end = first_line.find(sep, 4)
+    usable = not (sep.isalnum() or sep.isspace())
+    if end < 0 and usable:
+        raise HL7Error(
+            f"the MSH segment ends after MSH-2 ({first_line[:12]!r}): MSH-9 message type, MSH-10 message control "
+            "ID, MSH-11 processing ID and MSH-12 version ID are required (HL7 v2.5 2.15.9)",
+            ack_code=REJECT,
+            error_code=101,
+            location="MSH-9",
+        )
+    if end < 0:
+        end = len(first_line)  # no usable separator at all: refused just below
+    chars = text[4:end]
     if (
-        sep.isalnum()
-        or sep.isspace()
+        not usable
         or not 2 <= len(chars) <= 5
         or len(set(chars + sep)) != len(chars) + 1
         or any(c.isalnum() or c.isspace() for c in chars)
     ):
         raise HL7Error(
-            f"MSH-1/MSH-2 encoding characters {text[3 : end + 1 if end > 0 else 12]!r} are not usable "
+            f"MSH-1/MSH-2 encoding characters {first_line[3 : end + 1]!r} are not usable "
             "(expected a field separator and four distinct delimiters, like '|^~\\&')",
             ack_code=REJECT,
             error_code=102,
@@ -279,7 +290,7 @@ def parse(text: str) -> Message:
                     error_code=100,
                     location="MSH",
                 )
-            rest = line[4 + len(chars) + 1 :] if end > 0 else ""
+            rest = line[4 + len(chars) + 1 :]
             fields = ("MSH", sep, chars, *rest.split(sep))
         else:
             fields = (name, *line[4:].split(sep)) if len(line) > 3 else (name,)
@@ -287,29 +298,114 @@ def parse(text: str) -> Message:
     return Message(enc, tuple(segments))
 
 
+#: Table 0211 sets in which one character may be several bytes, some of them below 0x80 (GB 18030's
+#: second and fourth bytes run 0x40 .. 0xFE and 0x30 .. 0x39: 0x7C '|', 0x5E '^', 0x7E '~', 0x5C
+#: backslash among them). In them a split of the raw bytes on the field separator may cut a character
+#: in two: :func:`declared_charset` reads MSH-18 in each of them too. UTF-8 is listed for completeness
+#: (its bytes of a multi-byte character are all >= 0x80, so its reading is the raw one).
+MULTI_BYTE: Final = ("GB 18030-2000", "UNICODE UTF-8")
+#: The first byte of an ISO 2022 escape sequence (ISO/IEC 2022 clause 13): it never occurs inside a
+#: character of the sets of ``CHARSETS``, so in a message it can only switch to another set.
+ISO_2022_ESC: Final = b"\x1b"
+
+
+def charset_named(name: str) -> Charset | None:
+    """The Table 0211 set ``name`` names (its code or an alias, any case); None when minipacs does not read it."""
+    name = name.strip().upper()
+    return CHARSETS.get(CHARSET_ALIASES.get(name, name))
+
+
+def _msh18(line: str, separator: str, repetition: str) -> str:
+    """MSH-18's first repetition in one reading of the MSH segment ('' when absent). HL7 v2.5 2.15.9.18:
+    the first repetition is the character set of the message; the others name alternate sets reached by
+    code switching (MSH-20 Alternate Character Set Handling Scheme, Table 0356), which minipacs does not do."""
+    fields = line.split(separator)  # fields[1] is MSH-2, fields[n - 1] MSH-n
+    return fields[17].split(repetition)[0].strip().upper() if len(fields) >= 18 else ""
+
+
+def _undetermined(readings: dict[str, str]) -> HL7Error:
+    said = "; ".join(f"read as {name}, MSH-18 says {value or '(nothing)'!r}" for name, value in readings.items())
+    return HL7Error(
+        "the character set of the message could not be determined: no reading of the MSH segment has an MSH-18 "
+        f"naming the set it was read in ({said}); the sender must name its character set in MSH-18 "
+        "(HL7 Table 0211) and send MSH-3 .. MSH-17 in it",
+        ack_code=REJECT,
+        error_code=103,
+        location="MSH-18",
+    )
+
+
 def declared_charset(data: bytes) -> str:
-    """MSH-18 (first repetition) read from the raw bytes: MSH is ASCII up to there; '' when absent."""
+    """MSH-18 (first repetition) of the raw bytes, upper case; '' when absent (HL7 v2.5 2.15.9.18).
+
+    The bytes before MSH-18 are split on the field separator, so in a multi-byte set (:data:`MULTI_BYTE`)
+    a sending facility in Chinese may hold a byte equal to '|' inside one character and shift the fields.
+    When MSH-3 .. MSH-17 are all ASCII (the usual case) the raw split is exact in every set of
+    ``CHARSETS``, all ASCII-compatible, and is taken as it is. Otherwise the MSH segment is read in the
+    set the raw split names and in each multi-byte set, and split again: the set whose reading's MSH-18
+    names that very set is the message's. Raises HL7Error (AR 103) when several readings name themselves,
+    or when none does although some reading names a set that its bytes fit: minipacs does not guess.
+    With no consistent reading the raw candidate is returned (:func:`decode` then says it is not
+    supported or that the bytes are not valid in it), '' when every reading has no MSH-18.
+    """
     text = data.lstrip(b"\r\n\x00 \t")
     if not text.startswith(b"MSH") or len(text) < 8:
         return ""
-    line = re.split(rb"\r\n|\r|\n", text, maxsplit=1)[0]
+    line = re.split(rb"\r\n|\r|\n", text, maxsplit=1)[0].decode("latin-1")  # byte n is character n
     separator = line[3:4]
     if not separator or separator.isspace() or separator.isalnum():
         return ""  # no usable field separator (CR, LF, ...): parse() refuses the message with AR
-    fields = line.split(separator)  # fields[1] is MSH-2, fields[n - 1] MSH-n
-    if len(fields) < 18:
+    fields = line.split(separator)
+    if len(fields) < 18:  # exact: a byte cut out of a character only adds fields, never removes one
         return ""
-    repetition = fields[1][1:2] or b"~"
-    return fields[17].split(repetition)[0].decode("latin-1").strip().upper()
+    repetition = fields[1][1:2] or "~"
+    raw = _msh18(line, separator, repetition)
+    if all(field.isascii() for field in fields[:17]):
+        return raw  # the fast path: every byte before MSH-18 is the ASCII character it looks like
+    candidate = charset_named(raw)
+    readings: dict[str, str] = {}
+    consistent: list[Charset] = []
+    for name in dict.fromkeys(([candidate.hl7] if candidate is not None else []) + list(MULTI_BYTE)):
+        charset = CHARSETS[name]
+        try:
+            decoded = line.encode("latin-1").decode(charset.codec)
+        except UnicodeDecodeError:
+            continue
+        readings[name] = _msh18(decoded, separator, repetition)
+        if charset_named(readings[name]) == charset:
+            consistent.append(charset)
+    if len(consistent) == 1:
+        return consistent[0].hl7
+    if consistent:
+        raise _undetermined(readings)
+    if candidate is None and all(value in ("", raw) for value in readings.values()):
+        return raw  # '' (none declared) or a set minipacs does not read: decode() says which
+    if candidate is not None and candidate.hl7 not in readings:
+        return raw  # the bytes are not valid in the set MSH-18 names: decode() names the byte
+    raise _undetermined({"the raw bytes": raw, **readings})
 
 
 def decode(data: bytes) -> tuple[str, Charset]:
     """HL7 v2.5 2.15.9.18: the message bytes -> text in the character set MSH-18 declares.
 
-    Raises HL7Error (AR) for a character set minipacs does not read, or bytes that are
-    not valid in the declared one. Without MSH-18 (which means ASCII) the bytes are read
-    as UTF-8 when valid, else as ISO 8859-1: senders that leave it out often send either.
+    Raises HL7Error (AR) for a character set minipacs does not read, bytes that are not valid in
+    the declared one, a character set that cannot be determined (:func:`declared_charset`), or an
+    ESC byte: an ISO 2022 escape sequence switching sets (MSH-20, Table 0356 'ISO 2022-1994'), which
+    minipacs does not do (the HL7 escapes \\C..\\ and \\M..\\ of mode '2.3' are dropped by :func:`unescape`).
+    Only the first repetition of MSH-18 counts: the others name those alternate sets. Without MSH-18
+    (which means ASCII) the bytes are read as UTF-8 when valid, else as ISO 8859-1: senders that leave
+    it out often send either.
     """
+    escape_at = data.find(ISO_2022_ESC)
+    if escape_at >= 0:
+        raise HL7Error(
+            f"the message holds the control character ESC (0x1B) at offset {escape_at}: ISO 2022 code switching "
+            "between character sets (MSH-18 repetitions, MSH-20 'ISO 2022-1994', HL7 v2.5 2.15.9.20) is not "
+            "supported; send the whole message in the one character set MSH-18 names, such as UNICODE UTF-8",
+            ack_code=REJECT,
+            error_code=103,
+            location="MSH-20",
+        )
     declared = declared_charset(data)
     if not declared:
         for name in ("ASCII", "UNICODE UTF-8"):
@@ -318,7 +414,7 @@ def decode(data: bytes) -> tuple[str, Charset]:
             except UnicodeDecodeError:
                 pass
         return data.decode("latin-1"), CHARSETS["8859/1"]
-    charset = CHARSETS.get(CHARSET_ALIASES.get(declared, declared))
+    charset = charset_named(declared)
     if charset is None:
         raise HL7Error(
             f"MSH-18 character set {declared!r} is not supported; send {', '.join(CHARSETS)} (HL7 Table 0211)",
@@ -351,7 +447,9 @@ __all__ = [
     "Charset",
     "Encoding",
     "Message",
+    "MULTI_BYTE",
     "Segment",
+    "charset_named",
     "declared_charset",
     "decode",
     "escape",

@@ -49,6 +49,13 @@ MessageHandler = Callable[[bytes], Awaitable[bytes]]
 PeerResolver = Callable[[tuple[str, int], asyncio.StreamReader], Awaitable[tuple[str, int]]]
 
 
+def _unfinished(buffer: bytearray) -> str:
+    """The log's words for a frame cut off by the end of its connection ('' when none was begun)."""
+    if not buffer.startswith(START_BLOCK):
+        return ""
+    return f" with {len(buffer) - 1} byte(s) of a frame without its end block: dropped, nothing of it was applied"
+
+
 def frame(message: str | bytes) -> bytes:
     """MLLP: <VT> message <FS><CR>; a text message in UTF-8."""
     return START_BLOCK + (message.encode("utf-8") if isinstance(message, str) else message) + END_BLOCK
@@ -126,6 +133,8 @@ class MLLPServer:
             log.info("HL7 connection from %s dropped", peer)
         except asyncio.CancelledError:  # the listener is closing; asyncio would log a cancelled handler
             log.info("HL7 connection from %s closed: the listener is stopping", peer)
+        except Exception:  # a fault of ours: this connection closes, logged; the listener and the others go on
+            log.exception("HL7 connection from %s closed after an unexpected error", peer)
         finally:
             if task is not None:
                 self._connections.discard(task)
@@ -153,15 +162,20 @@ class MLLPServer:
                 del buffer[:outside]
                 start = buffer.find(START_BLOCK)
             end = buffer.find(FS)
-            restart = buffer.find(START_BLOCK, 1, end if end > 0 else len(buffer)) if start >= 0 else -1
+            restart = buffer.rfind(START_BLOCK, 1, end if end > 0 else len(buffer)) if start >= 0 else -1
             if restart > 0:
                 # MLLP: the content never holds <VT>, so a second start block before the end block means
                 # the frame before it lost its end (a sender that gave up and resent): drop that partial
-                # message, never answer the next one as if glued to it (its ACK would name the wrong ID)
+                # message, never answer the next one as if glued to it (its ACK would name the wrong ID).
+                # Up to the LAST start block at once: a run of <VT>s is one cut, one log line, not one each
+                # (64 KiB of them held the event loop, every connection's, for a second).
+                abandoned = buffer.count(START_BLOCK, 0, restart)
                 log.warning(
-                    "HL7 %s: %d byte(s) of a frame without its end block dropped (a new start block came first)",
+                    "HL7 %s: %d byte(s) of %d frame(s) without their end block dropped (a new start block came "
+                    "first); nothing of them was applied",
                     peer,
                     restart,
+                    abandoned,
                 )
                 del buffer[:restart]
                 continue
@@ -182,9 +196,18 @@ class MLLPServer:
             try:
                 chunk = await asyncio.wait_for(reader.read(65536), self.idle_timeout)
             except TimeoutError:
-                log.info("HL7 connection from %s idle for %gs: closed", peer, self.idle_timeout)
+                cut = _unfinished(buffer)
+                log.log(
+                    logging.WARNING if cut else logging.INFO,
+                    "HL7 connection from %s idle for %gs: closed%s",
+                    peer,
+                    self.idle_timeout,
+                    cut,
+                )
                 return
             if not chunk:
+                if buffer:
+                    log.warning("HL7 connection from %s closed by the sender%s", peer, _unfinished(buffer))
                 return
             buffer += chunk
 

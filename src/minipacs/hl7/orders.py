@@ -411,6 +411,14 @@ def check_type(message: Message) -> None:
     if (kind, event) in ORDER_MESSAGES:
         return
     taken = " or ".join(f"{k}^{e}" for k, e in sorted(ORDER_MESSAGES))
+    if not kind:
+        raise HL7Error(
+            f"MSH-9 message type is empty; it is required (HL7 v2.5 2.15.9.9): minipacs takes {taken} orders "
+            "and ADT patient updates",
+            ack_code=REJECT,
+            error_code=101,
+            location="MSH-9",
+        )
     if kind in {k for k, _ in ORDER_MESSAGES}:
         raise HL7Error(
             f"{kind}^{event} is not an order event minipacs takes (only {taken})",
@@ -457,7 +465,11 @@ async def apply(message: Message, worklist: Worklist) -> str:
     All groups are mapped and checked first; only then is anything written. A failure of
     the archive itself (not a refusal) propagates as it is.
     """
-    orders = read_orders(message)
+    return await apply_read(read_orders(message), worklist)
+
+
+async def apply_read(orders: list[Order], worklist: Worklist) -> str:
+    """Apply orders :func:`read_orders` read (one transaction); the text for MSA-3, or HL7Error."""
     try:
         return await apply_orders(worklist, orders)
     except OrderRefused as exc:
@@ -504,7 +516,7 @@ async def handle(
             ) from exc
         text = await (apply(message, worklist) if apply_message is None else apply_message(message))
     except HL7Error as exc:
-        if message is None and exc.location == "MSH-18":
+        if message is None and exc.location in ("MSH-18", "MSH-20"):  # the bytes, not their structure
             message = _for_ack(data)
         log.warning(
             "HL7 message %s refused (%s): %s", message.control_id if message else "(unparsed)", exc.ack_code, exc.reason
@@ -543,6 +555,7 @@ __all__ = [
     "OrderReceiver",
     "Refusal",
     "apply",
+    "apply_read",
     "check_type",
     "handle",
     "read_orders",
