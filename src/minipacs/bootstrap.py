@@ -29,9 +29,10 @@ from minipacs.core.jobs import JobQueue, JobSettings
 from minipacs.core.metrics import Metrics
 from minipacs.core.mpps import ProcedureSteps
 from minipacs.core.nodes import NodeRegistry, calling_host_warning
+from minipacs.core.reforward import correction_resender
 from minipacs.core.rejection import Rejections
 from minipacs.core.retention import periodic, register_retention_job
-from minipacs.core.routing import Router, RoutingSettings, correction_resender
+from minipacs.core.routing import Router, RoutingSettings
 from minipacs.core.rules import RuleBook, check_against_nodes
 from minipacs.core.stats import NodeStatsPublisher
 from minipacs.core.worklist import Worklist
@@ -150,7 +151,7 @@ def corrections(
 ) -> Corrections:
     """Modify, merge and series moves (core/corrections.py); large ones go on ``jobs``. The corrected
     instances routing had delivered are queued again on ``routing_jobs`` (or ``jobs``) when it runs
-    "route" jobs (core/routing.py ``resend_corrected``)."""
+    "route" jobs (core/reforward.py)."""
     return Corrections(
         archive,
         jobs=jobs,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from minipacs.core.routing import corrected_deliveries
+from minipacs.core.reforward import corrected_deliveries
 
 KEY = ("rule", "C-STORE", "DEST")
 

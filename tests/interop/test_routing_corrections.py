@@ -118,6 +118,7 @@ def test_a_patient_name_correction_reaches_the_destinations_that_had_the_instanc
         assert set(_names(out_b).values()) == {"WRONG^NAME"}
         assert len(_sent(receipts, "DEST_B")) == 2
         assert not [r for r in receipts if r["destination"] == "DEST_B" and r["job"] not in jobs_before]
+
         # DOWN never had them: no re-send; the rewritten copies pass through the router as arrivals do,
         # and to-down delivers them as any instance it has not given yet (docs/ROUTING.md): a new attempt
         async def down_again() -> list[Job]:
@@ -149,9 +150,7 @@ def test_a_split_series_reaches_the_destination_under_its_new_study(tmp_path: Pa
 
     async def body(app: App) -> None:
         await receive(app, ct(tmp_path, study, series, 1))
-        await until(
-            lambda: _all_sent_to(app, study, "DEST_A", 1), "the instance sent to DEST_A under its first study"
-        )
+        await until(lambda: _all_sent_to(app, study, "DEST_A", 1), "the instance sent to DEST_A under its first study")
         r = await _post(app, f"/api/series/{series}/move", {})
         assert r.status_code == 200, r.text
         new_study = r.json()["new_values"]["StudyInstanceUID"]

@@ -20,7 +20,7 @@ what is still left after them is counted in the correction's message.
 
 Destinations that auto-routing already gave the instances to (their delivery receipts say so) get the
 corrected instances again, as "route" jobs queued once the files are rewritten, unless the rule says
-``on_correction = "ignore"`` (core/routing.py ``resend_corrected``, docs/ROUTING.md "Corrections").
+``on_correction = "ignore"`` (core/reforward.py, docs/ROUTING.md "Corrections").
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ REWRITES_AT_ONCE: Final = 8
 MAX_LIST: Final = 1000
 
 #: (correction id, SOP Instance UIDs rewritten, Study Instance UIDs their delivery receipts may name)
-#: -> the ids of the jobs queued to send them again to where routing sent them (core/routing.py
-#: ``resend_corrected``, wired by bootstrap and the web edge).
+#: -> the ids of the jobs queued to send them again to where routing sent them (core/reforward.py,
+#: wired by bootstrap and the web edge).
 Resend = Callable[[int, Sequence[str], Sequence[str]], Awaitable[list[int]]]
 
 #: Level names (the changes journal's) -> index entity; instances are never corrected alone.

@@ -18,7 +18,7 @@ ones scripts rely on (issue 13):
   patient's prior studies from) and ``prefetch_to`` (the C-MOVE destination AE title).
 - **after a correction**: ``on_correction`` = ``"resend"`` (default) or ``"ignore"``: whether the
   instances this rule delivered are sent again, corrected, to the same destinations when a correction
-  (core/corrections.py) rewrites them (core/routing.py ``resend_corrected``, docs/ROUTING.md).
+  (core/corrections.py) rewrites them (core/reforward.py, docs/ROUTING.md).
 
 Nothing here runs a rule: core/routing.py does.
 """

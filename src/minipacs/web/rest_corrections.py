@@ -20,8 +20,8 @@ from starlette.routing import BaseRoute
 
 from minipacs.core.corrections import JOB_KIND, CorrectionResult, Corrections, list_corrections
 from minipacs.core.paths import validate_uid
+from minipacs.core.reforward import correction_resender
 from minipacs.core.rejection import REJECTION_CODES
-from minipacs.core.routing import correction_resender
 from minipacs.core.rules import RuleBook
 from minipacs.dicom.levels import LEVEL_SPELLINGS
 from minipacs.index import rejection_repo
