@@ -29,6 +29,7 @@ from minipacs.core.jobs import JobQueue, JobSettings
 from minipacs.core.metrics import Metrics
 from minipacs.core.mpps import ProcedureSteps
 from minipacs.core.nodes import NodeRegistry, calling_host_warning
+from minipacs.core.reforward import correction_resender
 from minipacs.core.rejection import Rejections
 from minipacs.core.retention import periodic, register_retention_job
 from minipacs.core.routing import Router, RoutingSettings
@@ -146,19 +147,24 @@ def job_queue(settings: Settings, archive: Archive, nodes: NodeRegistry, calls: 
         register_backup_job(queue, archive, Path(settings.backup_dir), storage_dir(Path(settings.backup_dir)))
     register_anonymize_job(queue, deid)
     register_compression_jobs(queue, compressor(settings, archive))
-    corrector = corrections(settings, archive)
+    corrector = corrections(settings, archive, routing_jobs=queue)
     register_correction_jobs(queue, corrector)
     register_adt_jobs(queue, corrector)
     return queue
 
 
-def corrections(settings: Settings, archive: Archive, jobs: JobQueue | None = None) -> Corrections:
-    """Modify, merge and series moves (core/corrections.py); large ones go on ``jobs``."""
+def corrections(
+    settings: Settings, archive: Archive, jobs: JobQueue | None = None, *, routing_jobs: JobQueue | None = None
+) -> Corrections:
+    """Modify, merge and series moves (core/corrections.py); large ones go on ``jobs``. The corrected
+    instances routing had delivered are queued again on ``routing_jobs`` (or ``jobs``) when it runs
+    "route" jobs (core/reforward.py)."""
     return Corrections(
         archive,
         jobs=jobs,
         inline_max=settings.correction_inline_max_instances,
         max_passes=settings.correction_max_passes,
+        resend=correction_resender(archive, routing_jobs or jobs, RuleBook(archive, settings.rules)),
     )
 
 

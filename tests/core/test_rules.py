@@ -18,7 +18,7 @@ from minipacs.core.jobs import JobQueue
 from minipacs.core.model import Origin
 from minipacs.core.nodes import Node
 from minipacs.core.routing import Router, _flat
-from minipacs.core.rules import Rule, RuleBook, Trigger, rule_from_mapping, rules_from_tables
+from minipacs.core.rules import OnCorrection, Rule, RuleBook, Trigger, rule_from_mapping, rules_from_tables
 from minipacs.core.worklist import matches
 from minipacs.index import routing_repo
 from tests.dicomgen import write_ct
@@ -186,3 +186,18 @@ def test_routing_settings_at_their_limits() -> None:
             Settings(**bad).validate()  # type: ignore[arg-type]
     assert load_settings(env={"MINIPACS_ROUTING_POLL_SECONDS": "0.5"}).routing_poll_seconds == 0.5
     assert load_settings(env={"MINIPACS_ROUTING_COALESCE_SECONDS": "30"}).routing_coalesce_seconds == 30
+
+
+def test_on_correction_defaults_to_resend_and_takes_ignore() -> None:
+    """``on_correction`` (docs/ROUTING.md "Corrections"): "resend" unless the rule says "ignore"."""
+    plain = rule_from_mapping({"name": "a", "when": "instance", "send_to": ["X"]})
+    assert plain.on_correction is OnCorrection.RESEND and "on_correction" not in plain.to_dict()
+    quiet = rule_from_mapping({"name": "b", "when": "instance", "send_to": ["X"], "on_correction": "ignore"})
+    assert quiet.on_correction is OnCorrection.IGNORE and quiet.to_dict()["on_correction"] == "ignore"
+    assert rule_from_mapping(quiet.to_dict()) == quiet  # what the API stores reads back the same
+    for bad in ("Resend", "never", 1, ["ignore"], None):
+        with pytest.raises(ValueError, match='on_correction .* must be "resend" or "ignore"'):
+            rule_from_mapping({"name": "c", "when": "instance", "send_to": ["X"], "on_correction": bad})
+    prefetch = {"name": "p", "when": "scheduled", "prefetch_from": "Q", "prefetch_to": "V"}
+    with pytest.raises(ValueError, match="on_correction belongs to rules that send"):
+        rule_from_mapping({**prefetch, "on_correction": "ignore"})

@@ -7,6 +7,8 @@
 
 They open the archive themselves (beside a running server too: a second process stages privately),
 and run the correction at once, however large; the server's REST API queues large ones as jobs.
+The corrected instances that auto-routing had delivered are queued again as "route" jobs in the index
+(docs/ROUTING.md "Corrections"): a running server sends them, or the next one to start.
 """
 
 from __future__ import annotations
@@ -75,11 +77,13 @@ def register(sub: Any) -> None:
 
 
 async def _with_archive(settings: Settings, body: Callable[[Corrections], Awaitable[Any]]) -> Any:
-    from minipacs.bootstrap import corrections, open_archive
+    from minipacs.bootstrap import corrections, job_queue, open_archive
+    from minipacs.core.nodes import NodeRegistry
 
     archive = await open_archive(settings)
     try:
-        return await body(corrections(settings, archive))
+        queue = job_queue(settings, archive, NodeRegistry(archive))  # not started: the server runs what it queues
+        return await body(corrections(settings, archive, routing_jobs=queue))
     finally:
         await archive.close()
 

@@ -17,6 +17,10 @@ it read (``replace_key``), and after each pass the instances under the resource 
 not write (stored meanwhile, or replaced under it) are rewritten in another pass, at most
 ``max_passes``, with the values the index holds then (a correction made meanwhile is not undone);
 what is still left after them is counted in the correction's message.
+
+Destinations that auto-routing already gave the instances to (their delivery receipts say so) get the
+corrected instances again, as "route" jobs queued once the files are rewritten, unless the rule says
+``on_correction = "ignore"`` (core/reforward.py, docs/ROUTING.md "Corrections").
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import asyncio
 import datetime as dt
 import logging
 import unicodedata
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -64,6 +68,11 @@ ORIGIN: Final = Origin("correction")
 REWRITES_AT_ONCE: Final = 8
 #: Most corrections one listing returns.
 MAX_LIST: Final = 1000
+
+#: (correction id, SOP Instance UIDs rewritten, Study Instance UIDs their delivery receipts may name)
+#: -> the ids of the jobs queued to send them again to where routing sent them (core/reforward.py,
+#: wired by bootstrap and the web edge).
+Resend = Callable[[int, Sequence[str], Sequence[str]], Awaitable[list[int]]]
 
 #: Level names (the changes journal's) -> index entity; instances are never corrected alone.
 LEVELS: Final[Mapping[str, Entity]] = {e.value: e for e in (Entity.PATIENT, Entity.STUDY, Entity.SERIES)}
@@ -183,6 +192,8 @@ class CorrectionResult:
     old_values: dict[str, Any] = field(default_factory=dict)
     new_values: dict[str, Any] = field(default_factory=dict)
     job: int | None = None
+    #: "route" jobs queued to send the corrected instances again to destinations that had them.
+    resent: tuple[int, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -195,6 +206,7 @@ class CorrectionResult:
             "old_values": self.old_values,
             "new_values": self.new_values,
             "job": self.job,
+            "resend_jobs": list(self.resent),
         }
 
 
@@ -348,15 +360,23 @@ def _orphans(conn: IndexConnection, now: dt.datetime) -> list[dict[str, Any]]:
 
 class Corrections:
     """Modify, merge and move on ``archive``; above ``inline_max`` instances a correction is queued on
-    ``jobs`` (kind :data:`JOB_KIND`) when there is a queue, else it runs at once anyway."""
+    ``jobs`` (kind :data:`JOB_KIND`) when there is a queue, else it runs at once anyway. ``resend``: queues
+    the corrected instances again to where routing delivered them (None: nothing is re-sent)."""
 
     def __init__(
-        self, archive: Archive, *, jobs: JobQueue | None = None, inline_max: int = 200, max_passes: int = 3
+        self,
+        archive: Archive,
+        *,
+        jobs: JobQueue | None = None,
+        inline_max: int = 200,
+        max_passes: int = 3,
+        resend: Resend | None = None,
     ) -> None:
         self.archive = archive
         self.jobs = jobs
         self.inline_max = inline_max
         self.max_passes = max_passes
+        self.resend = resend
 
     # ------------------------------------------------------------ the three operations
 
@@ -481,8 +501,10 @@ class Corrections:
         result = await self.run(job.params)
         job.total = job.done = result.instances
         job.details["correction"] = result.to_json()
-        return f"{result.operation} {result.level} {result.target}: {result.instances} file(s) rewritten" + (
-            f"; {result.left} stored meanwhile still hold the old values" if result.left else ""
+        return (
+            f"{result.operation} {result.level} {result.target}: {result.instances} file(s) rewritten"
+            + (f"; {result.left} stored meanwhile still hold the old values" if result.left else "")
+            + (f"; sent again to routing destinations by job(s) {_ids(result.resent)}" if result.resent else "")
         )
 
     # ------------------------------------------------------------ the common steps
@@ -512,11 +534,34 @@ class Corrections:
             if left
             else ""
         )
+        resent, problem = await self._resend(operation, plan)
+        message = "; ".join(m for m in (message, problem) if m)
         await self._finish(plan, "done", written, message)
         self._audit(operation, entity, plan, who)
         return CorrectionResult(
-            operation, entity.value, plan.target, plan.correction, written, left, plan.old, plan.new
+            operation, entity.value, plan.target, plan.correction, written, left, plan.old, plan.new, resent=resent
         )
+
+    async def _resend(self, operation: str, plan: _Plan) -> tuple[tuple[int, ...], str]:
+        """Queue the rewritten instances again to the routing destinations that had them (module
+        docstring): (the jobs, "" or why it could not be done: the correction itself stands)."""
+        if self.resend is None:
+            return (), ""
+        try:
+            copies = await self.archive.read(lambda conn: sql.copies_under(conn, plan.scope, plan.pks))
+            studies = {c.study_instance_uid for c in copies}
+            if operation == "move":  # the receipts name the study the series was in when it was sent
+                studies.add(str(plan.old.get("StudyInstanceUID", "")))
+            jobs = await self.resend(plan.correction, [c.sop_instance_uid for c in copies], sorted(studies - {""}))
+        except Exception as exc:  # the files are corrected; only the re-send is missing
+            log.exception("correction %d: the re-send to routing destinations could not be queued", plan.correction)
+            return (), (
+                f"the corrected instances could not be queued again to the routing destinations that had them "
+                f"({type(exc).__name__}: {exc}); send them by hand (POST /api/send) or run the correction again"
+            )
+        if jobs:
+            log.info("correction %d: sent again to routing destinations by job(s) %s", plan.correction, _ids(jobs))
+        return tuple(jobs), ""
 
     def _audit(self, operation: str, entity: Entity, plan: _Plan, who: Sequence[str]) -> None:
         """One audit row (core/audit.py) per study the correction touched: "merged" or "modified"."""
@@ -592,6 +637,10 @@ class Corrections:
         staged = await asyncio.to_thread(build)
         outcome = await archive.ingest(staged, ORIGIN, replace_key=copy.blob_key)
         return outcome.relative_path
+
+
+def _ids(jobs: Sequence[int]) -> str:
+    return ", ".join(str(j) for j in jobs)
 
 
 def fit_charset(ds: Dataset, values: Mapping[str, str]) -> None:
@@ -682,6 +731,7 @@ __all__ = [
     "LEVEL_OF",
     "MODIFIABLE",
     "CorrectionResult",
+    "Resend",
     "Corrections",
     "check_changes",
     "list_corrections",

@@ -248,6 +248,53 @@ def receipt_row(
     }
 
 
+async def submit_deliveries(
+    jobs: JobQueue,
+    rule: Rule,
+    method: str,
+    destination: str,
+    study: str,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    correction: int | None = None,
+) -> list[int]:
+    """Queue the delivery of ``rows`` (``sop_instance_uid``, ``series_instance_uid``) of ``study`` to
+    ``destination`` by ``rule``: one job per :data:`MAX_PER_JOB` instances, its receipts written with
+    it. ``correction``: a re-send of instances that correction rewrote (core/reforward.py)."""
+    submitted: list[int] = []
+    for chunk in _chunks(rows, MAX_PER_JOB):
+        receipts: list[tuple[str, ...]] = [
+            (rule.name, method, destination, study, r["series_instance_uid"], r["sop_instance_uid"]) for r in chunk
+        ]
+
+        def then(conn: IndexConnection, job_id: int, receipts: list[tuple[str, ...]] = receipts) -> None:
+            routing_repo.insert_deliveries(conn, [receipt_row(job_id, *r) for r in receipts])
+
+        params: dict[str, Any] = {
+            "rule": rule.name,
+            "method": method,
+            "destination": destination,
+            "study": study,
+            "instances": len(chunk),  # which ones: the job's receipts (not here: GET /api/jobs stays small)
+        }
+        if rule.anonymize is not None:  # the job keeps what the rule said when it was queued
+            params["anonymize"] = list(rule.anonymize)
+        if correction is not None:
+            params["correction"] = correction
+        job = await jobs.submit(
+            ROUTE,
+            f"rule {rule.name}: {len(chunk)} instance(s) of study {study} to {destination} ({method})"
+            + (", anonymized" if rule.anonymize is not None else "")
+            + (f", again: corrected by correction {correction}" if correction is not None else ""),
+            params,
+            total=len(chunk),
+            then=then,
+        )
+        submitted.append(job.id)
+        log.info("routing: %s", job.description)
+    return submitted
+
+
 def _flat(ds: Dataset) -> Dataset:
     """A worklist entry with its first Scheduled Procedure Step's attributes at the top (Modality...)."""
     flat = Dataset()
@@ -567,34 +614,7 @@ class Router:
                 lambda conn, d=destination, u=uids: routing_repo.already_routed(conn, rule.name, d, u)
             )
             todo = [r for r in rows if r["sop_instance_uid"] not in given]
-            for chunk in _chunks(todo, MAX_PER_JOB):
-                receipts: list[tuple[str, ...]] = [
-                    (rule.name, method, destination, study, r["series_instance_uid"], r["sop_instance_uid"])
-                    for r in chunk
-                ]
-
-                def then(conn: IndexConnection, job_id: int, receipts: list[tuple[str, ...]] = receipts) -> None:
-                    routing_repo.insert_deliveries(conn, [receipt_row(job_id, *r) for r in receipts])
-
-                params: dict[str, Any] = {
-                    "rule": rule.name,
-                    "method": method,
-                    "destination": destination,
-                    "study": study,
-                    "instances": len(chunk),  # which ones: the job's receipts (not here: GET /api/jobs stays small)
-                }
-                if rule.anonymize is not None:  # the job keeps what the rule said when it was queued
-                    params["anonymize"] = list(rule.anonymize)
-                job = await self.jobs.submit(
-                    ROUTE,
-                    f"rule {rule.name}: {len(chunk)} instance(s) of study {study} to {destination} ({method})"
-                    + (", anonymized" if rule.anonymize is not None else ""),
-                    params,
-                    total=len(chunk),
-                    then=then,
-                )
-                submitted.append(job.id)
-                log.info("routing: %s", job.description)
+            submitted += await submit_deliveries(self.jobs, rule, method, destination, study, todo)
         return submitted
 
     async def prefetch(self, rule: Rule, *, patient_id: str, study: str, worklist_id: int) -> int | None:
@@ -638,5 +658,6 @@ __all__ = [
     "record_outcomes",
     "set_study_receipt",
     "study_receipts",
+    "submit_deliveries",
     "summarise",
 ]

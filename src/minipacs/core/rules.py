@@ -16,6 +16,9 @@ ones scripts rely on (issue 13):
   base URLs), optionally ``anonymize`` (de-identified copies are sent instead, core/anonymize.py),
   or for ``scheduled``: ``prefetch_from`` (a registered node to C-FIND and C-MOVE the
   patient's prior studies from) and ``prefetch_to`` (the C-MOVE destination AE title).
+- **after a correction**: ``on_correction`` = ``"resend"`` (default) or ``"ignore"``: whether the
+  instances this rule delivered are sent again, corrected, to the same destinations when a correction
+  (core/corrections.py) rewrites them (core/reforward.py, docs/ROUTING.md).
 
 Nothing here runs a rule: core/routing.py does.
 """
@@ -64,6 +67,15 @@ TRIGGERS: Final[Mapping[Trigger, str]] = {
     Trigger.COMPLETE: "a study complete by MPPS and arrivals",
     Trigger.SCHEDULED: "a worklist entry created (prefetch of the patient's prior studies)",
 }
+
+
+class OnCorrection(enum.StrEnum):
+    """``on_correction``: what a correction of instances this rule already delivered does (docs/ROUTING.md)."""
+
+    RESEND = "resend"  # the corrected instances go again to the destinations that received them
+    IGNORE = "ignore"  # the destinations keep what they received
+
+
 #: ``level`` of a stable rule: what must be quiet, and what is routed.
 LEVELS: Final = ("study", "series")
 #: Every key a rule may have; anything else is an error (a typo must not silently route nothing).
@@ -81,6 +93,7 @@ RULE_KEYS: Final = (
     "prefetch_from",
     "prefetch_to",
     "anonymize",
+    "on_correction",
 )
 MAX_NAME: Final = 64
 MAX_STABLE_SECONDS: Final = 7 * 86400
@@ -114,6 +127,8 @@ class Rule:
     prefetch_to: str = ""
     #: De-identify before sending (docs/ROUTING.md): None no; () the basic profile; else its options.
     anonymize: tuple[str, ...] | None = None
+    #: After a correction of what it delivered: send the corrected instances again (the default) or not.
+    on_correction: OnCorrection = OnCorrection.RESEND
     #: "config" (the file: read-only) or "api" (the index).
     source: str = "config"
     created_at: dt.datetime | None = field(default=None, compare=False)
@@ -136,6 +151,8 @@ class Rule:
                 out[key] = list(getattr(self, key))
         if self.anonymize is not None:
             out["anonymize"] = list(self.anonymize) if self.anonymize else True
+        if self.on_correction is not OnCorrection.RESEND:
+            out["on_correction"] = self.on_correction.value
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -246,6 +263,26 @@ def _anonymize(rule: str, raw: Any) -> tuple[str, ...] | None:
         raise InvalidRule(f"rule {rule!r}: anonymize: {exc}") from None
 
 
+def _on_correction(rule: str, when: Trigger, raw: Mapping[str, Any]) -> OnCorrection:
+    """``on_correction``: "resend" (default) or "ignore"; only for rules that send (a prefetch has the
+    source node send, not this archive: it has nothing to send again)."""
+    if "on_correction" not in raw:
+        return OnCorrection.RESEND
+    value = raw["on_correction"]
+    if when is Trigger.SCHEDULED:
+        raise InvalidRule(
+            f"rule {rule!r}: on_correction belongs to rules that send (send_to, stow_to), not to prefetch"
+        )
+    try:
+        return OnCorrection(value)
+    except ValueError:
+        raise InvalidRule(
+            f"rule {rule!r}: on_correction {str(value)[:40]!r} must be "
+            + " or ".join(f'"{o.value}"' for o in OnCorrection)
+            + " (send corrected instances again to the destinations that received them, or not)"
+        ) from None
+
+
 def rule_from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> Rule:
     """A ``[[rules]]`` table (or an API body) -> a Rule, or InvalidRule naming the rule and the key."""
     if not isinstance(raw, Mapping):
@@ -292,6 +329,7 @@ def rule_from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> Rule
     anonymize = _anonymize(name, raw.get("anonymize", False))
     if anonymize is not None and when is Trigger.SCHEDULED:
         raise InvalidRule(f"rule {name!r}: anonymize belongs to rules that send (send_to, stow_to), not to prefetch")
+    on_correction = _on_correction(name, when, raw)
     try:
         labels = rule_labels(raw.get("labels", []))
     except InvalidLabel as exc:
@@ -315,6 +353,7 @@ def rule_from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> Rule
         prefetch_from=prefetch_from,
         prefetch_to=prefetch_to,
         anonymize=anonymize,
+        on_correction=on_correction,
         source=source,
     )
 
@@ -437,6 +476,7 @@ __all__ = [
     "RULE_KEYS",
     "TRIGGERS",
     "InvalidRule",
+    "OnCorrection",
     "Rule",
     "RuleBook",
     "RuleConflict",

@@ -283,6 +283,37 @@ def already_routed(conn: Connection, rule: str, destination: str, sops: Sequence
     return found
 
 
+def instance_receipts(conn: Connection, studies: Sequence[str], sops: Sequence[str]) -> list[dict[str, Any]]:
+    """The receipts of instances ``sops`` filed under any of ``studies`` (a series moved by a correction
+    keeps its receipts under the study it had), C-STORE and STOW-RS ones (a prefetch's C-MOVE names a
+    study, not instances): ``rule``, ``method``, ``destination``, ``sop_instance_uid``, ``status`` and
+    ``job_state`` (None once the job row is gone). Read by the index on study_instance_uid."""
+    if not studies or not sops:
+        return []
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(sops), 500):
+        chunk = list(sops[start : start + 500])
+        rows = conn.execute(
+            select(
+                _DELIVERIES.c.rule,
+                _DELIVERIES.c.method,
+                _DELIVERIES.c.destination,
+                _DELIVERIES.c.sop_instance_uid,
+                _DELIVERIES.c.status,
+                _JOBS.c.state.label("job_state"),
+            )
+            .select_from(_DELIVERIES.outerjoin(_JOBS, _JOBS.c.id == _DELIVERIES.c.job_id))
+            .where(
+                _DELIVERIES.c.study_instance_uid.in_(list(studies)),
+                _DELIVERIES.c.sop_instance_uid.in_(chunk),
+                _DELIVERIES.c.sop_instance_uid != "",
+            )
+            .order_by(_DELIVERIES.c.id)
+        )
+        found.extend(dict(r) for r in rows.mappings())
+    return found
+
+
 def insert_deliveries(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     if rows:
         conn.execute(insert(_DELIVERIES), [dict(r) for r in rows])
@@ -444,6 +475,7 @@ __all__ = [
     "forget_arrival_cursor",
     "insert_deliveries",
     "insert_rule",
+    "instance_receipts",
     "job_deliveries",
     "mark_once",
     "marked_keys",

@@ -101,6 +101,13 @@ def anonymized_note(options: list[str] | None) -> str:
     )
 
 
+def corrected_note(correction: Any) -> str:
+    """What a receipt of a re-send after a correction says (its reason while "sent")."""
+    if correction is None:
+        return ""
+    return f"sent again: correction {correction} changed it after it was first delivered"
+
+
 def route_handler(
     outbound: Outbound,
     registry: NodeRegistry,
@@ -134,7 +141,7 @@ def route_handler(
             if i.problem:
                 failed[i.sop_instance_uid] = i.problem
         options = p.get("anonymize")
-        note = anonymized_note(options)
+        note = "; ".join(n for n in (corrected_note(p.get("correction")), anonymized_note(options)) if n)
         sent: list[str] = []
         keeper = asyncio.create_task(_keep_receipts(archive, job.id, sent, note))
         try:

@@ -20,7 +20,9 @@ from starlette.routing import BaseRoute
 
 from minipacs.core.corrections import JOB_KIND, CorrectionResult, Corrections, list_corrections
 from minipacs.core.paths import validate_uid
+from minipacs.core.reforward import correction_resender
 from minipacs.core.rejection import REJECTION_CODES
+from minipacs.core.rules import RuleBook
 from minipacs.dicom.levels import LEVEL_SPELLINGS
 from minipacs.index import rejection_repo
 from minipacs.web.audit import actor_of
@@ -42,11 +44,13 @@ def corrections_of(request: Request) -> Corrections:
     context = ctx(request)
     jobs = context.jobs if context.jobs is not None and JOB_KIND in context.jobs.kinds else None
     settings = context.settings
+    book = RuleBook(context.archive, settings.rules, context.nodes)
     return Corrections(
         context.archive,
         jobs=jobs,
         inline_max=settings.correction_inline_max_instances,
         max_passes=settings.correction_max_passes,
+        resend=correction_resender(context.archive, context.jobs, book),
     )
 
 
