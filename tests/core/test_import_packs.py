@@ -91,6 +91,7 @@ def test_a_data_folder_with_packs_is_imported_entry_by_entry(tmp_path: Path) -> 
         finally:
             await archive.close()
         kept = [items[0], items[2], items[3]]
+        (storage_dir(old) / PACKS_DIR / "probe-123-0a0b0c0d.tmp").write_bytes(b"x" * 12288)  # left by a kill
 
         summary, stored = await _import(tmp_path / "new", old)
         assert not summary.rejections, "the index, the intake log and the lock are not images: not imported"

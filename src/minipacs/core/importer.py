@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from minipacs.blobs.packs import PackDamage, PackSlot, is_pack_name, open_entry, walk
+from minipacs.blobs.packs import PACKS_DIR, PackDamage, PackSlot, is_pack_name, open_entry, walk
 from minipacs.core.archive import RECOVERY_LOCK
 from minipacs.core.backup import INDEX_NAME
 from minipacs.core.errors import ArchiveError, NotFound, OutOfResources
@@ -95,8 +95,11 @@ class PackItem:
 
 
 def walk_items(root: Path) -> Iterator[Path | PackItem]:
-    """:func:`walk_files`, each pack file (blobs/packs.py ``is_pack_name``) replaced by what is in it."""
+    """:func:`walk_files`, each pack file (blobs/packs.py ``is_pack_name``) replaced by what is in it; the
+    temporary files of a packs folder (a probe, an entry's copy, left by a process killed) skipped."""
     for path in walk_files(root):
+        if path.parent.name == PACKS_DIR and path.suffix == ".tmp":
+            continue
         if not is_pack_name(path.name):
             yield path
             continue
