@@ -335,3 +335,92 @@ def test_block_size_is_a_power_of_two_from_4_kib_to_1_mib(tmp_path: Path, monkey
     for size, expected in ((512, ALIGN), (8192, 8192), (1 << 20, 1 << 20), (2 << 20, ALIGN), (12288, ALIGN)):
         monkeypatch.setattr(packs_module.os, "statvfs", lambda _d, size=size: Fake(size))
         assert packs_module.block_size(tmp_path) == expected, size
+
+
+def test_the_probe_runs_once_per_process_and_folder_and_only_for_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each store that opened (every command) used to create, punch and remove a probe file."""
+    probed: list[Path] = []
+    real = packs_module.can_punch_holes
+
+    def counted(directory: Path) -> bool:
+        probed.append(directory)
+        return real(directory)
+
+    monkeypatch.setattr(packs_module, "_probed", {})
+    monkeypatch.setattr(packs_module, "can_punch_holes", counted)
+    reader = FilesystemBlobStore(tmp_path / "storage", pack_bytes=MiB)
+    assert list(reader.keys()) == [] and not reader.exists("packs/6b16f21f-46e99e28/0-10.dcm")
+    assert probed == [] and not (tmp_path / "storage" / PACKS_DIR).exists(), "a store that only reads never probes"
+    first = _put(reader, b"a" * 100)
+    assert len(probed) == 1
+    for _ in range(3):  # the archive, then a command's store, then another, on the same folder
+        again = FilesystemBlobStore(tmp_path / "storage", pack_bytes=MiB)
+        assert slot_of(_put(again, b"b" * 100)) != slot_of(first)
+    assert len(probed) == 1, "once per process for a folder"
+    _put(_store(tmp_path / "other"), b"c" * 100)
+    assert len(probed) == 2 and probed[1] != probed[0]
+
+
+def _entry_at(store: FilesystemBlobStore, key: str) -> int:
+    slot = slot_of(key)
+    assert slot is not None
+    return slot.entry
+
+
+def test_the_walk_says_where_a_pack_is_damaged_and_goes_on(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    keys = [_put(store, bytes([n + 1]) * 9000) for n in range(8)]
+    pack = _pack_file(store, keys[0])
+    entries = [_entry_at(store, key) for key in keys]
+    fd = os.open(pack, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"GARBAGE!" * 2, entries[1])  # no header where one should be
+        os.pwrite(fd, struct.pack("<4sIB3xI", b"MPK1", 9000, 12, 99), entries[3])  # another place's header
+        os.pwrite(fd, bytes(HEADER_BYTES), entries[5])  # deleted where holes cannot be punched: not damage
+    finally:
+        os.close(fd)
+    store.delete(keys[6])  # a hole: not damage
+    os.truncate(pack, entries[7] + HEADER_BYTES + 100)  # the last entry cut short
+    found = list(packs_module.walk(pack))
+    assert [(type(f).__name__, f.offset if isinstance(f, packs_module.PackDamage) else f.entry) for f in found] == [
+        ("PackSlot", entries[0]),
+        ("PackDamage", entries[1]),
+        ("PackSlot", entries[2]),
+        ("PackDamage", entries[3]),
+        ("PackSlot", entries[4]),
+        ("PackDamage", entries[7]),
+    ]
+    reasons = [f.reason for f in found if isinstance(f, packs_module.PackDamage)]
+    assert reasons[0] == "no entry header here (b'GARB' where b'MPK1' is expected)"
+    assert reasons[1] == f"an entry header that is not this place's (it says byte {99 * ALIGN})"
+    assert reasons[2] == (
+        "its header says 9000 bytes, but the pack ends 100 bytes after it (a copy cut short, or a damaged header)"
+    )
+    assert sorted(store.keys()) == sorted(keys[n] for n in (0, 2, 4)), "the store's walk skips what is damaged"
+    for n in (0, 2, 4):
+        with packs_module.open_entry(pack, found[n]) as fh:  # type: ignore[arg-type,union-attr]
+            assert fh.read() == bytes([n + 1]) * 9000
+
+
+def test_the_walk_goes_on_after_a_damaged_length_and_says_where_a_header_is_cut_short(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    keys = [_put(store, bytes([n + 1]) * 5000) for n in range(3)]
+    pack = _pack_file(store, keys[0])
+    entries = [_entry_at(store, key) for key in keys]
+    fd = os.open(pack, os.O_WRONLY)
+    try:
+        os.pwrite(fd, struct.pack("<I", 1 << 30), entries[0] + 4)  # its length, damaged: past the end
+    finally:
+        os.close(fd)
+    os.truncate(pack, entries[2] + 10)  # ten bytes of the last header left
+    found = list(packs_module.walk(pack))
+    assert [(type(f).__name__, f.offset if isinstance(f, packs_module.PackDamage) else f.entry) for f in found] == [
+        ("PackDamage", entries[0]),
+        ("PackSlot", entries[1]),
+        ("PackDamage", entries[2]),
+    ]
+    assert found[2].reason == "the pack ends 10 bytes into an entry's header"  # type: ignore[union-attr]
+    with pytest.raises(ValueError):
+        list(packs_module.walk(tmp_path / "not-a-pack.pack"))

@@ -41,3 +41,16 @@ def test_walk_is_sorted_and_skips_dicomdir(tmp_path: Path) -> None:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"")
     assert [p.relative_to(tmp_path).as_posix() for p in walk_files(tmp_path)] == ["c", "a/1", "b/2"]
+
+
+def test_of_a_data_folder_only_its_storage_is_walked(tmp_path: Path) -> None:
+    """A minipacs data folder (or a backup): its index, intake log, lock and staging are not images."""
+    for name in ("index.sqlite3", "intake/0000000000000001.seg", "staging/left.tmp", "storage/1.2/3.dcm", "x.dcm"):
+        (tmp_path / "data" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / name).write_bytes(b"")
+    assert [p.relative_to(tmp_path).as_posix() for p in walk_files(tmp_path)] == ["data/storage/1.2/3.dcm"]
+    (tmp_path / "data" / "index.sqlite3").unlink()
+    (tmp_path / "data" / ".minipacs.lock").write_bytes(b"")  # a data folder whose index is PostgreSQL
+    assert [p.relative_to(tmp_path / "data").as_posix() for p in walk_files(tmp_path / "data")] == ["storage/1.2/3.dcm"]
+    (tmp_path / "data" / ".minipacs.lock").unlink()  # no longer a data folder: every file
+    assert len(list(walk_files(tmp_path))) == 4

@@ -8,11 +8,14 @@ import asyncio
 import datetime as dt
 import io
 import os
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
+import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import update
 
@@ -21,8 +24,10 @@ from minipacs.blobs.filesystem import FilesystemBlobStore
 from minipacs.blobs.packs import slot_of
 from minipacs.bootstrap import open_archive, storage_dir
 from minipacs.config import Settings
+from minipacs.core import archive as archive_module
+from minipacs.core import blob_removals
 from minipacs.core.anonymize import Anonymizer, AnonymizeRequest
-from minipacs.core.archive import Archive
+from minipacs.core.archive import INTAKE_DIR, Archive
 from minipacs.core.backup import backup
 from minipacs.core.compression import SYNTAXES, CompressionSettings, Compressor
 from minipacs.core.corrections import Corrections
@@ -281,6 +286,101 @@ def test_the_checkpointer_removes_old_emptied_packs_after_the_start(tmp_path: Pa
             assert not pack.exists(), "the checkpointer's first turn after the start removed it"
         finally:
             await again.close()
+
+    asyncio.run(main())
+
+
+class _Clock:
+    """``time`` as core/archive.py sees it, its monotonic clock ``ahead`` seconds ahead."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.ahead
+
+
+async def _until_gone(path: Path, seconds: float = 5.0) -> bool:
+    for _ in range(int(seconds / 0.05)):
+        if not path.exists():
+            return True
+        await asyncio.sleep(0.05)
+    return not path.exists()
+
+
+def _emptied_young_pack(store: FilesystemBlobStore, monkeypatch: Any) -> Path:
+    """A pack a minute short of retirement whose only entry was deleted (kept: young), and a newer one
+    the store now writes into."""
+    real = time.time
+    monkeypatch.setattr(packs_module.time, "time", lambda: real() - packs_module.RETIRE_SECONDS + 60)
+    key = store.pack_key(100)
+    assert key is not None
+    store.put_bytes(b"e" * 100, key)
+    monkeypatch.setattr(packs_module.time, "time", real)
+    current = store.pack_key(100)  # a new pack: the other is too old to write into
+    assert current is not None
+    store.put_bytes(b"c" * 100, current)
+    store.delete(key)
+    pack = store.packs.path(slot_of(key).pack)  # type: ignore[union-attr]
+    assert pack.exists() and pack != store.packs.path(slot_of(current).pack)  # type: ignore[union-attr]
+    return pack
+
+
+@pytest.mark.parametrize("log_left", [True, False], ids=["log-replayed", "no-log-folder"])
+def test_without_the_intake_log_the_replaced_copies_watch_removes_old_emptied_packs(
+    tmp_path: Path, monkeypatch: Any, log_left: bool
+) -> None:
+    """``fsync = false``: no intake log, so no checkpointer; the watch every node runs (core/blob_removals.py)
+    looks for emptied packs at the start, then once an hour. The intake log of the earlier runs is replayed
+    first, when it is there; a data folder copied without it has none to replay."""
+    data = tmp_path / "data"
+    clock = _Clock()
+    monkeypatch.setattr(archive_module, "time", clock)
+
+    async def main() -> None:
+        real = time.time
+        archive = await open_archive(Settings(data_dir=data))  # with the log: packs
+        try:
+            first = _emptied_young_pack(_store_of(archive), monkeypatch)
+        finally:
+            await archive.close()
+        if not log_left:
+            shutil.rmtree(data / INTAKE_DIR)
+        monkeypatch.setattr(packs_module.time, "time", lambda: real() + 120)  # now old enough
+        again = await open_archive(Settings(data_dir=data, fsync=False))
+        watch = asyncio.ensure_future(blob_removals.watch(again, 1.0))  # a pass every 0.5 s
+        try:
+            assert again._checkpointer is None
+            assert await _until_gone(first), "the watch's first pass after the start removed it"
+            monkeypatch.setattr(packs_module.time, "time", real)
+            second = _emptied_young_pack(_store_of(again), monkeypatch)
+            monkeypatch.setattr(packs_module.time, "time", lambda: real() + 120)
+            await asyncio.sleep(1.2)  # two more passes
+            assert second.exists(), "not looked for again within the hour"
+            clock.ahead = archive_module.PACK_SWEEP_SECONDS + 1
+            assert await _until_gone(second), "looked for again an hour later"
+        finally:
+            watch.cancel()
+            await again.close()
+
+    asyncio.run(main())
+
+
+def test_a_process_that_does_not_own_the_data_folder_does_not_sweep(tmp_path: Path) -> None:
+    async def main() -> None:
+        owner = await open_archive(Settings(data_dir=tmp_path / "data", fsync=False))
+        try:
+            assert owner.pack_sweep_due
+            other = await open_archive(Settings(data_dir=tmp_path / "data", fsync=False))
+            try:
+                assert not other.pack_sweep_due, "the owner sweeps"
+            finally:
+                await other.close()
+        finally:
+            await owner.close()
 
     asyncio.run(main())
 

@@ -22,13 +22,15 @@ entry, as it got a new copy token before). What packs change, and what they do n
   own; the header says which alignment its space was reserved with, so the hole never reaches the next
   entry). A pack with nothing left in it is removed once it is older than :data:`RETIRE_SECONDS`;
   a process writes into a pack only while it is younger than :data:`WRITE_SECONDS`. Packs are made only
-  where the filesystem can punch holes (checked when the store opens: Linux ext4, XFS, Btrfs, tmpfs);
-  elsewhere every instance has its own file as before.
+  where the filesystem can punch holes (Linux ext4, XFS, Btrfs, tmpfs); elsewhere every instance has its
+  own file as before. That is probed when the first entry is wanted, not when the store opens (a command
+  that only reads never probes), and once per process and folder (:func:`can_punch_holes_here`).
 * **Reading** an entry checks its header (a deleted entry reads as zeros: not found), then reads the
   range. A pack key whose pack is absent is looked for as a file at the key's own path: that is how
   ``minipacs backup`` copies an entry (core/backup.py), so a backup stays a data folder.
-* **Finding entries** (``keys``, for ``minipacs check``) reads the headers, skipping holes with
-  ``SEEK_DATA``.
+* **Finding entries** (``keys``, for ``minipacs check``; :func:`walk`, for ``minipacs import`` of an
+  old data folder, which also says where a damaged pack has no readable entry) reads the headers,
+  skipping holes with ``SEEK_DATA``.
 """
 
 from __future__ import annotations
@@ -179,6 +181,27 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
         raise OSError(code, os.strerror(code))
 
 
+#: What :func:`can_punch_holes_here` found, by folder and the device it was on; under _probed_lock.
+_probed: dict[tuple[str, int], bool] = {}
+_probed_lock = threading.Lock()
+
+
+def can_punch_holes_here(directory: Path) -> bool:
+    """:func:`can_punch_holes`, probed once per process for each folder (and device: a folder now on
+    another filesystem is probed again). Each store that opens, each command, asked before: a file
+    created, written, punched and removed every time."""
+    try:
+        device = os.stat(directory).st_dev
+    except OSError:
+        return False
+    key = (str(directory), device)
+    with _probed_lock:
+        found = _probed.get(key)
+        if found is None:
+            found = _probed[key] = can_punch_holes(directory)
+    return found
+
+
 def can_punch_holes(directory: Path) -> bool:
     """Whether files in ``directory`` can have holes punched (and read back as zeros)."""
     path = directory / f"probe-{os.getpid()}-{secrets.token_hex(4)}.tmp"  # two processes may start at once
@@ -254,16 +277,9 @@ class Packs:
     def __init__(self, root: Path, pack_bytes: int) -> None:
         self.directory = root / PACKS_DIR
         self.pack_bytes = pack_bytes
-        self.writing = False
+        #: What entries are aligned to (:func:`block_size`), found with :attr:`writing`.
         self.align = ALIGN
-        if pack_bytes > 0:
-            try:
-                self.directory.mkdir(exist_ok=True)
-            except OSError as exc:
-                log.warning("packs are off: cannot create %s: %s", self.directory, exc)
-            else:
-                self.writing = can_punch_holes(self.directory)
-                self.align = block_size(self.directory)
+        self._writing: bool | None = None if pack_bytes > 0 else False  # None: not found out yet
         self._lock = threading.Lock()
         self._pack = ""  # the pack new entries go into ("": none yet)
         self._fd = -1  # open for writing
@@ -274,6 +290,27 @@ class Packs:
 
     def path(self, pack: str) -> Path:
         return self.directory / f"{pack}{PACK_SUFFIX}"
+
+    @property
+    def writing(self) -> bool:
+        """Whether new entries are made: ``pack_bytes`` > 0 and the filesystem can punch holes, found out
+        the first time this is asked (a store that only reads never creates the folder nor probes)."""
+        writing = self._writing
+        if writing is None:
+            with self._lock:
+                if self._writing is None:
+                    self._writing = self._can_write()
+                writing = self._writing
+        return writing
+
+    def _can_write(self) -> bool:
+        try:
+            self.directory.mkdir(exist_ok=True)
+        except OSError as exc:
+            log.warning("packs are off: cannot create %s: %s", self.directory, exc)
+            return False
+        self.align = block_size(self.directory)
+        return can_punch_holes_here(self.directory)
 
     # -------------------------------------------------------------- writing
     def reserve(self, length: int) -> PackSlot:
@@ -329,33 +366,15 @@ class Packs:
             self._fd, self._pack = -1, ""
 
     # -------------------------------------------------------------- reading
-    def _open_checked(self, slot: PackSlot) -> int:
-        """The pack open for reading, its entry's header checked; FileNotFoundError when the pack is
-        absent, LookupError when the entry is not there (deleted: a hole, or never written)."""
-        fd = os.open(self.path(slot.pack), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            if slot.read_header(os.pread(fd, HEADER_BYTES, slot.entry)) is None:
-                raise LookupError(slot.key)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
     def open(self, slot: PackSlot) -> BinaryIO | None:
         """The entry's data as a buffered file; None when the pack has no such entry (FileNotFoundError
         when the pack itself is absent)."""
-        try:
-            fd = self._open_checked(slot)
-        except LookupError:
-            return None
-        return io.BufferedReader(
-            _EntryReader(fd, slot.entry + HEADER_BYTES, slot.length, slot.key), buffer_size=1 << 16
-        )
+        return open_entry(self.path(slot.pack), slot)
 
     def exists(self, slot: PackSlot) -> bool | None:
         """Whether the entry is there; None when its pack is absent."""
         try:
-            os.close(self._open_checked(slot))
+            os.close(_open_checked(self.path(slot.pack), slot))
         except FileNotFoundError:
             return None
         except LookupError:
@@ -423,38 +442,114 @@ class Packs:
 
     # -------------------------------------------------------------- walking
     def entries(self, path: Path) -> Iterator[str]:
-        """The keys of the entries in one pack file, holes skipped."""
-        match = _PACK_NAME.fullmatch(path.name)
-        if match is None:
-            return
-        pack = match.group(1)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        """The keys of the entries in one pack file, holes and damage skipped (:func:`walk`)."""
+        if not is_pack_name(path.name):
             return
         try:
-            size = os.fstat(fd).st_size
-            position = 0
-            while position + HEADER_BYTES <= size:
-                try:
-                    position = os.lseek(fd, position, os.SEEK_DATA)
-                except OSError as exc:
-                    if exc.errno == errno.ENXIO:
-                        return
-                    raise
-                position -= position % ALIGN
-                raw = os.pread(fd, HEADER_BYTES, position)
-                length = _HEADER.unpack(raw)[1] if len(raw) == HEADER_BYTES else 0
-                slot = PackSlot(pack, position, length)
-                align = slot.read_header(raw)
-                if align is None:
-                    position += ALIGN
-                    continue
-                if slot.end <= size:
-                    yield slot.key
+            for found in walk(path):
+                if isinstance(found, PackSlot):
+                    yield found.key
+        except FileNotFoundError:  # removed while we walked
+            return
+
+
+@dataclass(frozen=True)
+class PackDamage:
+    """A place in a pack where an entry should start and none can be read (:func:`walk`)."""
+
+    offset: int
+    reason: str
+
+
+def is_pack_name(name: str) -> bool:
+    """Whether a file name is a pack's (``<hex seconds>-<hex random>.pack``)."""
+    return _PACK_NAME.fullmatch(name) is not None
+
+
+def walk(path: Path) -> Iterator[PackSlot | PackDamage]:
+    """Each entry of the pack file ``path`` (named as :func:`is_pack_name` says) in order, holes skipped,
+    and each place where an entry should start and none can be read.
+
+    An entry is expected at the pack's start, after each entry and after each hole. What is there is an
+    entry (its header names its own offset: no other bytes pass for one), zeros (an entry deleted where
+    holes could not be punched, or one never written: skipped, as the data after them), or damage,
+    said once (PackDamage) before the walk looks block by block for the next header: bytes that are no
+    header, a header whose data runs past the file's end (a copy cut short, a damaged length), a header
+    cut short. OSError when the pack cannot be opened or read (FileNotFoundError: it is gone)."""
+    match = _PACK_NAME.fullmatch(path.name)
+    if match is None:
+        raise ValueError(f"{path.name} is not the name of a pack")
+    pack = match.group(1)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        position = 0
+        expected = True  # an entry should start at position
+        while position + HEADER_BYTES <= size:
+            try:
+                data = os.lseek(fd, position, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # holes to the end
+                    return
+                raise
+            data -= data % ALIGN
+            if data > position:  # past a hole
+                position, expected = data, True
+                if position + HEADER_BYTES > size:
+                    break
+            raw = os.pread(fd, HEADER_BYTES, position)
+            if len(raw) != HEADER_BYTES:  # cut short while we walked
+                return
+            magic, length, _shift, units = _HEADER.unpack(raw)
+            slot = PackSlot(pack, position, length)
+            align = slot.read_header(raw)
+            if align is not None and slot.end <= size:
+                yield slot
                 position += slot.span(align)
-        finally:
-            os.close(fd)
+                expected = True
+                continue
+            if expected and align is not None:
+                yield PackDamage(
+                    position,
+                    f"its header says {length} bytes, but the pack ends {size - position - HEADER_BYTES} bytes "
+                    "after it (a copy cut short, or a damaged header)",
+                )
+            elif expected and any(raw):
+                yield PackDamage(
+                    position,
+                    f"no entry header here ({magic!r} where {MAGIC!r} is expected)"
+                    if magic != MAGIC
+                    else f"an entry header that is not this place's (it says byte {units * ALIGN})",
+                )
+            position += ALIGN
+            expected = False
+        if expected and position < size and any(os.pread(fd, size - position, position)):
+            yield PackDamage(position, f"the pack ends {size - position} bytes into an entry's header")
+    finally:
+        os.close(fd)
+
+
+def _open_checked(path: Path, slot: PackSlot) -> int:
+    """The pack ``path`` open for reading, ``slot``'s header checked; FileNotFoundError when the pack is
+    absent, LookupError when the entry is not there (deleted: a hole, or never written)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if slot.read_header(os.pread(fd, HEADER_BYTES, slot.entry)) is None:
+            raise LookupError(slot.key)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_entry(path: Path, slot: PackSlot) -> BinaryIO | None:
+    """The data of ``slot``, an entry of the pack file ``path``, as a buffered file of its own; None when
+    the pack has no such entry (FileNotFoundError when the pack itself is absent)."""
+    try:
+        fd = _open_checked(path, slot)
+    except LookupError:
+        return None
+    return io.BufferedReader(_EntryReader(fd, slot.entry + HEADER_BYTES, slot.length, slot.key), buffer_size=1 << 16)
 
 
 def _unlink_if_empty(fd: int, path: Path) -> bool:
@@ -484,9 +579,14 @@ __all__ = [
     "HEADER_BYTES",
     "PACKS_DIR",
     "PACK_SUFFIX",
+    "PackDamage",
     "PackSlot",
     "Packs",
     "can_punch_holes",
+    "can_punch_holes_here",
+    "is_pack_name",
+    "open_entry",
     "punch_hole",
     "slot_of",
+    "walk",
 ]

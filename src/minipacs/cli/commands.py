@@ -198,7 +198,7 @@ async def import_(settings: Settings, paths: list[Path], progress: bool, as_json
     from minipacs.core.importer import import_tree
 
     archive = await open_archive(settings)
-    total = {"stored": 0, "duplicate": 0, "rejected": 0}
+    total = {"stored": 0, "duplicate": 0, "rejected": 0, "pack_files": 0, "pack_entries": 0}
     rejections: list[tuple[Path, str]] = []
     try:
         for root in paths:
@@ -209,6 +209,8 @@ async def import_(settings: Settings, paths: list[Path], progress: bool, as_json
             total["stored"] += summary.stored
             total["duplicate"] += summary.duplicates
             total["rejected"] += summary.rejected
+            total["pack_files"] += summary.pack_files
+            total["pack_entries"] += summary.pack_entries
             for path, why in summary.rejections:
                 rejections.append((path, why))
                 print(f"rejected {path}: {why}", file=sys.stderr)
@@ -223,11 +225,22 @@ async def import_(settings: Settings, paths: list[Path], progress: bool, as_json
                 "stored": total["stored"],
                 "duplicates": total["duplicate"],
                 "rejected": [{"path": str(p), "reason": why} for p, why in rejections],
+                "pack_files": total["pack_files"],
+                "pack_entries": total["pack_entries"],
                 "exit_code": code,
             }
         )
     else:
-        print(f"imported: {total['stored']} stored, {total['duplicate']} duplicate(s), {total['rejected']} rejected")
+        # a data folder's small instances are entries of pack files (blobs/packs.py): say they were read
+        packs = (
+            f"; {total['pack_entries']} of them entries of {total['pack_files']} pack file(s)"
+            if total["pack_files"]
+            else ""
+        )
+        print(
+            f"imported: {total['stored']} stored, {total['duplicate']} duplicate(s), {total['rejected']} rejected"
+            f"{packs}"
+        )
     return code
 
 

@@ -128,7 +128,8 @@ HERE_WEIGHT: Final = 0.1
 #: mean several are sending at once: theirs go through the writer, whose batches share one flush
 #: among them (on the loop each would pay its own: 0.88x the rate with 4 associations, session 15).
 HERE_ALONE_SECONDS: Final = 0.1
-#: Every this many seconds the checkpointer removes old packs that deletions emptied (blobs/packs.py).
+#: Every this many seconds old packs that deletions emptied are removed (blobs/packs.py;
+#: Archive.sweep_packs_if_due).
 PACK_SWEEP_SECONDS: Final = 3600.0
 
 
@@ -528,8 +529,10 @@ class Archive:
         self._checkpoint_wanted = threading.Event()
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_lock = threading.Lock()
-        #: time.monotonic() of the checkpointer's next look for emptied packs (set by start())
+        #: time.monotonic() of the next look for emptied packs (set by start(): never in a process that
+        #: does not own the data folder); under _pack_sweep_lock (sweep_packs_if_due)
         self._next_pack_sweep = float("inf")
+        self._pack_sweep_lock = threading.Lock()
         self._stopping = False
         #: After-ingest listeners (web/: PS3.18 metadata), called on the event loop once an
         #: ingest is durable, after its result is known; they must be quick and must not raise.
@@ -608,6 +611,8 @@ class Archive:
                 await asyncio.to_thread(archive._stop_checkpointer)
                 intake.close()
                 archive._intake = None
+        elif lock is not None:  # no checkpointer (fsync = false): the replaced-copies watch sweeps packs
+            archive._next_pack_sweep = time.monotonic()
         return archive
 
     async def close(self, *, checkpoint: bool = True) -> None:
@@ -653,7 +658,7 @@ class Archive:
             except Exception:
                 log.exception("intake-log checkpoint failed; the log keeps the instances until the next one")
             self._checkpoint_wal()
-            self._sweep_packs_if_due()
+            self.sweep_packs_if_due()
             intake = self._intake
             if intake is not None and intake.wants_spare and not self._stopping:
                 try:
@@ -661,13 +666,22 @@ class Archive:
                 except OSError as exc:  # the writer falls back to fallocate
                     log.warning("cannot prepare the next intake-log segment: %s", exc)
 
-    def _sweep_packs_if_due(self) -> None:
-        """Once an hour (and first after the start's replay): remove old packs deletions emptied."""
+    @property
+    def pack_sweep_due(self) -> bool:
+        """Whether :meth:`sweep_packs_if_due` would sweep now (a look without a thread hop)."""
+        return self._bytes_store is not None and time.monotonic() >= self._next_pack_sweep
+
+    def sweep_packs_if_due(self) -> None:
+        """Once an hour, and first at the start (after the replay: it may write into old packs): remove old
+        packs deletions emptied (blobs/packs.py). The checkpointer calls it, and the replaced-copies watch
+        (core/blob_removals.py), which runs with ``fsync = false`` too: whichever comes first. Not on the
+        event loop (a folder listed, a file opened per old pack)."""
         store = self._bytes_store
-        now = time.monotonic()
-        if store is None or now < self._next_pack_sweep:
-            return
-        self._next_pack_sweep = now + PACK_SWEEP_SECONDS
+        with self._pack_sweep_lock:
+            now = time.monotonic()
+            if store is None or now < self._next_pack_sweep:
+                return
+            self._next_pack_sweep = now + PACK_SWEEP_SECONDS
         try:
             removed = store.remove_empty_packs()
         except OSError as exc:

@@ -17,6 +17,10 @@ from the queue (keys are unique per copy, so this does not happen today; the gua
 
 A deletion is not a replacement: a deleted instance's blobs go right after the delete's commit
 (core/delete.py).
+
+The same watch removes, once an hour and first at the start, the old packs that deletions emptied
+(blobs/packs.py; ``Archive.sweep_packs_if_due``): the intake log's checkpointer does it too, but an
+archive with ``fsync = false`` has none, and an emptied pack would otherwise stay until a deletion in it.
 """
 
 from __future__ import annotations
@@ -88,13 +92,19 @@ def pass_interval(keep_replaced_seconds: float) -> float:
 
 
 async def watch(archive: Archive, keep_replaced_seconds: float) -> None:
-    """Run :func:`remove_due` every :func:`pass_interval` until cancelled (bootstrap starts it on every node)."""
+    """Run :func:`remove_due` every :func:`pass_interval`, and the look for emptied packs when it is due,
+    until cancelled (bootstrap starts it on every node)."""
     every = pass_interval(keep_replaced_seconds)
     while True:
         try:
             await remove_due(archive)
         except Exception:  # the loop must survive a bad moment of the index or the store
             log.exception("replaced copies: the removal pass failed; trying again in %.1f s", every)
+        if archive.pack_sweep_due:  # once an hour (see the module docstring)
+            try:
+                await asyncio.to_thread(archive.sweep_packs_if_due)
+            except Exception:
+                log.exception("the look for emptied packs failed; trying again in an hour")
         await asyncio.sleep(every)
 
 

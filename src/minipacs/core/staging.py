@@ -29,7 +29,7 @@ from typing import BinaryIO, Final
 
 from minipacs import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from minipacs.core.errors import ArchiveError, DatasetTooLarge, InvalidIdentifier, InvalidInstance, OutOfResources
-from minipacs.core.header import read_header, read_header_from
+from minipacs.core.header import read_header_from
 from minipacs.core.model import StagedPath
 from minipacs.core.paths import strip_uid_padding, validate_uid
 from minipacs.dicom.header import InstanceHeader
@@ -390,25 +390,30 @@ def stage_file(staging_dir: Path, path: Path, max_dataset_bytes: int = 0) -> Sta
     The SOP Class/Instance UIDs come from the dataset itself. Raises InvalidInstance
     ("... is not a DICOM file") for anything else.
     """
-    name = str(path)
     with open(path, "rb") as fp:
-        offset, transfer_syntax = locate_dataset(fp, name)
-        try:
-            header = read_header(path, offset, transfer_syntax)
-        except InvalidInstance as exc:
-            raise InvalidInstance(f"{name} is not a readable DICOM file: {exc}") from exc
-        sop_class_uid, sop_instance_uid = header.get("SOPClassUID"), header.get("SOPInstanceUID")
-        if not sop_class_uid or not sop_instance_uid:
-            raise InvalidInstance(f"{name} is not a DICOM file (no SOPClassUID or SOPInstanceUID)")
-        staging = StagingFile(staging_dir, sop_class_uid, sop_instance_uid, transfer_syntax, "", max_dataset_bytes)
-        try:
-            fp.seek(offset)
-            while chunk := fp.read(_COPY_CHUNK):
-                staging.write(chunk)
-            return staging.finish()
-        except BaseException:
-            staging.discard()
-            raise
+        return stage_stream(staging_dir, fp, str(path), max_dataset_bytes)
+
+
+def stage_stream(staging_dir: Path, fp: BinaryIO, name: str, max_dataset_bytes: int = 0) -> StagedPath:
+    """:func:`stage_file` of a seekable file object at its start (a pack entry of an old data folder,
+    blobs/packs.py ``open_entry``); ``name`` says which in errors."""
+    offset, transfer_syntax = locate_dataset(fp, name)
+    try:
+        header = read_header_from(fp, offset, transfer_syntax)
+    except InvalidInstance as exc:
+        raise InvalidInstance(f"{name} is not a readable DICOM file: {exc}") from exc
+    sop_class_uid, sop_instance_uid = header.get("SOPClassUID"), header.get("SOPInstanceUID")
+    if not sop_class_uid or not sop_instance_uid:
+        raise InvalidInstance(f"{name} is not a DICOM file (no SOPClassUID or SOPInstanceUID)")
+    staging = StagingFile(staging_dir, sop_class_uid, sop_instance_uid, transfer_syntax, "", max_dataset_bytes)
+    try:
+        fp.seek(offset)
+        while chunk := fp.read(_COPY_CHUNK):
+            staging.write(chunk)
+        return staging.finish()
+    except BaseException:
+        staging.discard()
+        raise
 
 
 def remove_leftovers(staging_dir: Path) -> int:
@@ -433,4 +438,5 @@ __all__ = [
     "read_head",
     "remove_leftovers",
     "stage_file",
+    "stage_stream",
 ]
