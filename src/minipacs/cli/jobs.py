@@ -21,7 +21,19 @@ from minipacs.core.jobs import MAX_LIST, InvalidJob, Job, JobConflict, JobState
 NEEDS_SETTINGS = True
 #: Every kind of job the queue runs (the modules' own constants; tests/cli/test_jobs_kinds.py keeps
 #: this list equal to them without importing them all at each CLI start).
-KINDS = ("send", "retrieve", "route", "prefetch", "compress", "retention", "anonymize", "correct")
+KINDS = (
+    "send",
+    "retrieve",
+    "route",
+    "prefetch",
+    "compress",
+    "retention",
+    "anonymize",
+    "correct",
+    "backup",
+    "adt",
+    "hl7-order",
+)
 
 
 def register(sub: Any) -> None:

@@ -339,8 +339,9 @@ class JobRecord(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     #: The runner's last sign of life; a running row silent for job_stale_seconds is taken over.
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime(), nullable=True)
-    #: "" or an ordered lane (HL7 ADT corrections: hl7/adt.py LANE): a queued job of a lane is not
-    #: claimed while an older job of that lane is queued or running, on any node (migration 0024).
+    #: "" or an ordered lane (one per HL7 sender, hl7/sequence.py: its ADT and queued orders): a queued
+    #: job of a lane is not claimed while an older job of that lane is queued or running, on any node
+    #: (migration 0024).
     lane: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
 
