@@ -377,8 +377,13 @@ def test_a_delivery_waiting_for_its_destination_survives_a_restart(tmp_path: Pat
 
     async def after(app: App) -> None:
         await until(lambda: _sent_to(app, study, "DEST", 3), "3 instances sent after the restart")
-        jobs = await app.jobs.list(kinds=(ROUTE,))
-        assert len(jobs) == 1 and jobs[0].state.value == "done"
+
+        async def one_job_done() -> bool:  # the job ends just after its receipts say "sent"
+            jobs = await app.jobs.list(kinds=(ROUTE,))
+            assert len(jobs) == 1, jobs
+            return jobs[0].state.value == "done"
+
+        await until(one_job_done, "the one route job done")
 
     running(tmp_path, rules, nodes)(before)
     with storescp(port, out):
