@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 from minipacs.cli.jobs import KINDS
-from minipacs.core import anonymize, compression_jobs, corrections, retention, routing
+from minipacs.core import anonymize, backup, compression_jobs, corrections, retention, routing
+from minipacs.hl7 import adt, sequence
 from minipacs.services import job_kinds
 
 
@@ -21,10 +22,13 @@ def test_the_help_lists_every_job_kind() -> None:
         retention.KIND,
         anonymize.ANONYMIZE,
         corrections.JOB_KIND,
+        backup.KIND,
+        adt.JOB_KIND,
+        sequence.ORDER_JOB_KIND,
     }
     assert set(KINDS) == constants and len(KINDS) == len(constants)
     shown = subprocess.run(
         [sys.executable, "-m", "minipacs.cli.main", "--help"], capture_output=True, text=True, timeout=60, check=False
     ).stdout
     shown = " ".join(shown.split())  # argparse wraps the line
-    assert "background jobs (send, retrieve, route, prefetch, compress, retention, anonymize, correct)" in shown
+    assert f"background jobs ({', '.join(KINDS)})" in shown

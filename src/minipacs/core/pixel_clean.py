@@ -43,7 +43,7 @@ from minipacs.core import decoders
 from minipacs.core.errors import ArchiveError
 from minipacs.core.stored import quiet_pydicom
 from minipacs.core.transcode import can_decode
-from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
+from minipacs.dicom.uids import EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, transfer_syntax
 from minipacs.index.matching import wildcard_match
 
 #: An entry's name: 1 to 64 characters; at most this many regions per entry, and entries in all.
@@ -272,7 +272,7 @@ def black(ds: Dataset, photometric: str, samples: int, bits: int) -> list[bytes]
         values = [0] * samples
     values = (values * samples)[:samples] if len(values) != samples else values
     meta = getattr(ds, "file_meta", None)
-    big = meta is not None and str(meta.get("TransferSyntaxUID", "")) == "1.2.840.10008.1.2.2"  # retired BE
+    big = meta is not None and str(meta.get("TransferSyntaxUID", "")) == EXPLICIT_VR_BIG_ENDIAN  # retired
     return [(v % (1 << bits)).to_bytes(bits // 8, "big" if big else "little") for v in values]
 
 
