@@ -8,46 +8,21 @@ node's note is answered Success and applied.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 
-from minipacs.bootstrap import App, build_app
-from minipacs.config import Settings
+from minipacs.bootstrap import App
 from minipacs.core.nodes import Node
 from minipacs.core.rejection import KEY_OBJECT_SELECTION
 from tests.core.test_rejection import rejection_note
 from tests.dicomgen import CT_IMAGE_STORAGE, make_ct
+from tests.services.test_access_server import SERVER_AE, serving
 
 pytestmark = pytest.mark.interop
-
-SERVER_AE = "MINIPACS"
-
-
-@asynccontextmanager
-async def serving(tmp_path: Path, **settings: Any) -> AsyncIterator[App]:
-    base = Settings(
-        data_dir=tmp_path / "data",
-        host="127.0.0.1",
-        port=0,
-        ae_title=SERVER_AE,
-        fsync=False,
-        acse_timeout=10.0,
-        dimse_timeout=10.0,
-    )
-    app = await build_app(dataclasses.replace(base, **settings))
-    await app.dicom.start()
-    try:
-        yield app
-    finally:
-        await app.close(grace=1.0)
 
 
 def send(port: int, calling: str, datasets: list[Dataset]) -> list[tuple[int, str]]:
