@@ -9,6 +9,7 @@ import asyncio
 import io
 import json
 import os
+import shutil
 import struct
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import pydicom
 import pytest
 
+from minipacs.blobs.filesystem import FilesystemBlobStore
 from minipacs.blobs.packs import HEADER_BYTES, PACKS_DIR, slot_of
 from minipacs.bootstrap import open_archive, storage_dir
 from minipacs.config import Settings
@@ -26,6 +28,7 @@ from minipacs.core.importer import ImportSummary, import_tree
 from tests.core.test_packs_ingest import _instances, _store
 from tests.dicomgen import ExplicitVRLittleEndian, encode_dataset
 from tests.peers import minipacs_cmd, run
+from tests.stored_files import lose_pack_entry
 
 
 async def _old_archive(data: Path, items: list[Any], files: list[Any] | None = None) -> dict[str, str]:
@@ -197,5 +200,44 @@ def test_an_entry_deleted_while_the_import_runs_is_reported(tmp_path: Path, monk
                 "(deleted since the import began)",
             )
         ]
+
+    asyncio.run(main())
+
+
+def test_a_data_folder_copied_before_its_checkpoint_is_flagged_and_complete_once_replayed(tmp_path: Path) -> None:
+    """A data folder copied from a server that crashed (or lost power) may hold acknowledged instances only
+    in its intake log (core/intake.py): their pack entries never reached its storage folder. The import
+    cannot see them there; it says so, naming the folder and how many records wait, and that a start of
+    a server on the folder replays them: after that, the same import is complete and says nothing."""
+    items = _instances(3)
+
+    async def main() -> None:
+        source = tmp_path / "crashed"
+        settings = Settings(data_dir=source, intake_checkpoint_seconds=3600, intake_checkpoint_bytes=1 << 30)
+        archive = await open_archive(settings)
+        try:
+            keys = await _store(archive, items)
+            # the copy a crash leaves: taken while the server runs, its last entry lost
+            copy = tmp_path / "copy"
+            await asyncio.to_thread(shutil.copytree, source, copy)
+        finally:
+            await archive.close()
+        assert lose_pack_entry(FilesystemBlobStore(storage_dir(copy)), keys[items[-1].SOPInstanceUID])
+
+        summary, stored = await _import(tmp_path / "first", copy)
+        assert summary.not_replayed == [(copy, 3)]
+        assert items[-1].SOPInstanceUID not in stored and len(stored) == 2
+        cli = await asyncio.to_thread(
+            run, minipacs_cmd("import", "--data", str(tmp_path / "by-cli"), "--no-progress", str(tmp_path))
+        )
+        assert cli.returncode == 1, cli.stdout + cli.stderr  # EXIT_PARTIAL: not everything could be imported
+        assert f"{copy} is a data folder whose intake log holds 3 record(s)" in cli.stderr
+        assert f"minipacs serve --data {copy}" in cli.stderr
+
+        replayed = await open_archive(Settings(data_dir=copy))  # a server's start on the folder
+        await replayed.close()
+        summary, stored = await _import(tmp_path / "second", copy)
+        assert summary.not_replayed == []
+        assert set(stored) == {ds.SOPInstanceUID for ds in items}
 
     asyncio.run(main())

@@ -200,6 +200,7 @@ async def import_(settings: Settings, paths: list[Path], progress: bool, as_json
     archive = await open_archive(settings)
     total = {"stored": 0, "duplicate": 0, "rejected": 0, "pack_files": 0, "pack_entries": 0}
     rejections: list[tuple[Path, str]] = []
+    not_replayed: list[tuple[Path, int]] = []
     try:
         for root in paths:
             bar = _progress(0, "import", enabled=progress)
@@ -214,9 +215,18 @@ async def import_(settings: Settings, paths: list[Path], progress: bool, as_json
             for path, why in summary.rejections:
                 rejections.append((path, why))
                 print(f"rejected {path}: {why}", file=sys.stderr)
+            for folder, count in summary.not_replayed:
+                not_replayed.append((folder, count))
+                print(
+                    f"warning: {folder} is a data folder whose intake log holds {count} record(s) after its last "
+                    "checkpoint: instances it acknowledged may not be in its storage folder yet (a crash or a power "
+                    f"cut before they were written there). Run `minipacs serve --data {folder}` once (its start "
+                    "replays them), stop it, then import again.",
+                    file=sys.stderr,
+                )
     finally:
         await archive.close()
-    code = EXIT_OK if total["rejected"] == 0 else EXIT_PARTIAL
+    code = EXIT_OK if total["rejected"] == 0 and not not_replayed else EXIT_PARTIAL
     if as_json:
         print_json(
             {
@@ -227,6 +237,7 @@ async def import_(settings: Settings, paths: list[Path], progress: bool, as_json
                 "rejected": [{"path": str(p), "reason": why} for p, why in rejections],
                 "pack_files": total["pack_files"],
                 "pack_entries": total["pack_entries"],
+                "not_replayed": [{"data_folder": str(f), "records": n} for f, n in not_replayed],
                 "exit_code": code,
             }
         )

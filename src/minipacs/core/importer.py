@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from minipacs.blobs.packs import PACKS_DIR, PackDamage, PackSlot, is_pack_name, open_entry, walk
-from minipacs.core.archive import RECOVERY_LOCK
+from minipacs.core.archive import INTAKE_DIR, RECOVERY_LOCK
 from minipacs.core.backup import INDEX_NAME
 from minipacs.core.errors import ArchiveError, NotFound, OutOfResources
+from minipacs.core.intake import records_not_checkpointed
 from minipacs.core.model import Origin, StagedPath, StoreOutcome, StoreStatus
 from minipacs.core.staging import stage_stream
 
@@ -51,6 +52,9 @@ class ImportSummary:
     #: Pack files read (blobs/packs.py), and the entries found in them (each counted above as well).
     pack_files: int = 0
     pack_entries: int = 0
+    #: Data folders under the root whose intake log holds records after its last checkpoint, and how many:
+    #: instances acknowledged that their storage folder may lack until a server replays them (core/intake.py).
+    not_replayed: list[tuple[Path, int]] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -65,6 +69,20 @@ _COUNTER_BY_STATUS: Final = {
 }
 
 
+def _is_data_folder(subdirs: list[str], files: list[str]) -> bool:
+    return _STORAGE in subdirs and not _DATA_FOLDER_MARKS.isdisjoint(files)
+
+
+def data_folders(root: Path) -> Iterator[Path]:
+    """The minipacs data folders at or under ``root`` (a storage folder beside an index or a lock)."""
+    if root.is_file():
+        return
+    for directory, subdirs, files in os.walk(root):
+        if _is_data_folder(subdirs, files):
+            subdirs[:] = []
+            yield Path(directory)
+
+
 def walk_files(root: Path) -> Iterator[Path]:
     """Regular files under ``root``, recursively, in sorted order; DICOMDIR skipped (and README beside it);
     of a minipacs data folder, only its ``storage`` folder (not its index, intake log, staging)."""
@@ -72,7 +90,7 @@ def walk_files(root: Path) -> Iterator[Path]:
         yield root
         return
     for directory, subdirs, files in os.walk(root):
-        if _STORAGE in subdirs and not _DATA_FOLDER_MARKS.isdisjoint(files):
+        if _is_data_folder(subdirs, files):
             subdirs[:] = [_STORAGE]
             continue
         subdirs.sort()
@@ -174,6 +192,11 @@ async def import_tree(
             if progress is not None:
                 progress(done)
 
+    def not_replayed() -> list[tuple[Path, int]]:
+        found = ((folder, records_not_checkpointed(folder / INTAKE_DIR)) for folder in data_folders(root))
+        return [(folder, count) for folder, count in found if count]
+
+    summary.not_replayed = await asyncio.to_thread(not_replayed)
     items = await asyncio.to_thread(lambda: list(walk_items(root)))
     summary.pack_files = len({item.pack for item in items if isinstance(item, PackItem)})
     summary.pack_entries = sum(1 for item in items if isinstance(item, PackItem) and isinstance(item.found, PackSlot))
@@ -184,4 +207,4 @@ async def import_tree(
     return summary
 
 
-__all__ = ["IMPORT_CONCURRENCY", "ImportSummary", "PackItem", "import_tree", "walk_files", "walk_items"]
+__all__ = ["IMPORT_CONCURRENCY", "ImportSummary", "PackItem", "data_folders", "import_tree", "walk_files", "walk_items"]

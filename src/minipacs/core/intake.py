@@ -278,6 +278,13 @@ class IntakeLog:
     def open(cls, directory: Path, segment_bytes: int) -> tuple[IntakeLog, list[IntakeRecord]]:
         """Open (or create) the log; returns it and the records after the last checkpoint, in order."""
         directory.mkdir(parents=True, exist_ok=True)
+        for leftover in directory.glob("*.tmp"):
+            leftover.unlink(missing_ok=True)  # a spare being zeroed: made again when needed
+        return cls._read(directory, segment_bytes)
+
+    @classmethod
+    def _read(cls, directory: Path, segment_bytes: int) -> tuple[IntakeLog, list[IntakeRecord]]:
+        """The log's state and its records after the last checkpoint, read without changing anything."""
         intake = cls(directory, segment_bytes)
         checkpoint = directory / CHECKPOINT_FILE
         try:
@@ -285,8 +292,6 @@ class IntakeLog:
             intake.checkpoint_lsn = _LSN.unpack(raw[: _LSN.size])[0] if len(raw) >= _LSN.size else 0
         except FileNotFoundError:
             intake.checkpoint_lsn = 0
-        for leftover in directory.glob("*.tmp"):
-            leftover.unlink(missing_ok=True)  # a spare being zeroed: made again when needed
         segments: list[_Segment] = []
         for path in directory.glob("*" + SEGMENT_SUFFIX):
             try:
@@ -483,4 +488,13 @@ class IntakeLog:
             old.unlink(missing_ok=True)
 
 
-__all__ = ["fsync_path", "Flush", "IntakeLog", "IntakeLogError", "IntakeRecord", "syncfs"]
+def records_not_checkpointed(directory: Path) -> int:
+    """How many records of the intake log in ``directory`` come after its last checkpoint (0 when there is
+    no log), read without changing anything: instances acknowledged whose files the storage folder may not
+    hold yet (a crash, a power cut) until an archive opens the data folder and replays them."""
+    if not directory.is_dir():
+        return 0
+    return len(IntakeLog._read(directory, 1 << 20)[1])
+
+
+__all__ = ["fsync_path", "Flush", "IntakeLog", "IntakeLogError", "IntakeRecord", "records_not_checkpointed", "syncfs"]
