@@ -259,3 +259,38 @@ def test_includefield_all_comes_alone(web: Callable[..., Any]) -> None:
         assert r.status_code == 400 and "invalid_includefield" in r.text, r.text
 
     web(body)
+
+
+def _out_of_order(model: dict[str, Any], where: str = "") -> list[str]:
+    """Where a PS3.18 JSON object's attributes are not in ascending tag order (F.2.2), items included."""
+    found = [f"{where or 'top'}: {list(model)}"] if list(model) != sorted(model) else []
+    for tag, element in model.items():
+        if element.get("vr") == "SQ":
+            for number, item in enumerate(element.get("Value", [])):
+                found += _out_of_order(item, f"{where}{tag}[{number}].")
+    return found
+
+
+def test_every_match_lists_its_attributes_in_tag_order(web: Callable[..., Any]) -> None:
+    """PS3.18 F.2.2: "Attribute objects within a DICOM JSON Model object shall be ordered by their property
+    name in ascending lexicographic (alphabetic) order". The Retrieve URL (0008,1190) came last, after
+    (0020,000D) and the counts, at every level; sequence items (includefield of a sequence) too."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        r = await stow(client, _with_sequences(ST1, SE1, SOP1, "ALT1", "SPS1"))
+        assert r.status_code == 200, r.text
+        for url in (
+            "/dicom-web/studies",
+            "/dicom-web/series",
+            "/dicom-web/instances",
+            f"/dicom-web/studies/{ST1}/series",
+            f"/dicom-web/studies/{ST1}/instances",
+            f"/dicom-web/studies/{ST1}/series/{SE1}/instances",
+        ):
+            for include in ("", "all", "00101002,RequestAttributesSequence,PatientAge"):
+                r = await client.get(url, params={"includefield": include} if include else {})
+                assert r.status_code == 200 and r.json(), (url, r.text)
+                assert "00081190" in r.json()[0]
+                assert [_out_of_order(match) for match in r.json()] == [[]], (url, include)
+
+    web(body)

@@ -368,15 +368,32 @@ def identifier(
 
 
 def to_json(ds: Dataset) -> dict[str, Any]:
-    """A query match in the PS3.18 JSON model (Annex F); engine text values become proper PN values."""
+    """A query match in the PS3.18 JSON model (Annex F); engine text values become proper PN values.
+
+    PS3.18 F.2.2: "Attribute objects within a DICOM JSON Model object shall be ordered by their property
+    name in ascending lexicographic order", in sequence items too. pydicom writes them in the order they
+    were put in the Dataset, and a match gets its Retrieve URL (0008,1190) last, after Study Instance UID
+    and the counts: a client that reads the object in order (or compares it as text) met it out of place."""
     for elem in list(ds):
         if elem.VR == "PN" and not elem.is_empty and not isinstance(elem.value, PersonName):
             ds[elem.tag] = DataElement(elem.tag, "PN", elem.value, validation_mode=pydicom.config.IGNORE)
-    result: dict[str, Any] = ds.to_json_dict()
+    result = ordered(ds.to_json_dict())
     for tag in EMPTY_AS_LIST:
         element = result.get(tag)
         if element is not None and "Value" not in element:
             element["Value"] = []
+    return result
+
+
+def ordered(model: dict[str, Any]) -> dict[str, Any]:
+    """``model`` with its attributes, and those of every sequence item, in ascending tag order (PS3.18
+    F.2.2); the tags are eight upper-case hex digits, so text order is tag order."""
+    result: dict[str, Any] = {}
+    for tag in sorted(model):
+        element = model[tag]
+        if element.get("vr") == "SQ" and element.get("Value"):
+            element = {**element, "Value": [ordered(item) for item in element["Value"]]}
+        result[tag] = element
     return result
 
 
@@ -433,6 +450,7 @@ __all__ = [
     "page_size",
     "refuse_repeats",
     "key_path",
+    "ordered",
     "search",
     "tag_of",
     "to_json",
