@@ -433,14 +433,31 @@ async def _render(request: Request, thumbnail: bool, frame: int = 1) -> Response
     )
     note = _annotation_warning(request)
     found = await _instances(request)
-    item = found[len(found) // 2]  # a representative instance for study/series level
-    data = await ctx(request).renders.run(
-        on_file, item, render, frame, options, ctx(request).archive.settings.dataset_limits
-    )
+    limits = ctx(request).archive.settings.dataset_limits
+    data = b""
+    for number, item in enumerate(representatives(found)):
+        try:
+            data = await ctx(request).renders.run(on_file, item, render, frame, options, limits)
+        except HttpError as exc:
+            if exc.code != "no_pixels" or number == len(found) - 1:
+                raise
+            continue
+        break
     response = Response(data, media_type=options.mime)
     if note:
         response.headers["Warning"] = note
     return response
+
+
+def representatives(found: Sequence[StoredInstance]) -> list[StoredInstance]:
+    """The instances of a study or series in the order its rendered image and thumbnail try them (PS3.18
+    10.4.1.1.3-4 leave the choice to the origin server): the middle one first, then outwards. The middle
+    one alone was the answer, and when it had no pixel data (a Structured Report, a Key Object Selection, a
+    Presentation State next to the images) the study's thumbnail was a 406 though it holds images; the
+    next one is tried instead (:func:`_render`), until one has pixel data. An instance asked for by its
+    UID is the only one (``found`` has one item)."""
+    middle = len(found) // 2
+    return [found[index] for index in sorted(range(len(found)), key=lambda index: (abs(index - middle), index))]
 
 
 async def rendered(request: Request) -> Response:
