@@ -206,6 +206,39 @@ def refuse_repeats(params: Iterable[tuple[str, str]]) -> None:
         seen.add(name)
 
 
+def merge_uid_lists(params: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``params`` with the values of a UID key given more than once (by keyword or tag, at the same place
+    in a sequence path) joined into one comma-separated UID list (PS3.18 8.3.4.1 uid-list-match, PS3.4
+    C.2.2.2.2 List of UID Matching), in the place of its first occurrence.
+
+    A list of UIDs has one reading whichever way it is spelled, and dicomweb-client sends a list given
+    as a search filter (``search_filters={"StudyInstanceUID": [a, b]}``) as the key repeated, which
+    :func:`refuse_repeats` answered with a 400. An empty value among them (universal matching) is left
+    alone, and so stays a repeat: a list and "any" do not add up to one question."""
+    first: dict[tuple[int, ...], int] = {}
+    merged: list[tuple[str, str]] = []
+    for name, value in params:
+        path = None if name in CONTROL_PARAMS or not value.strip() else _uid_path(name)
+        if path is not None and path in first:
+            earlier_name, earlier_value = merged[first[path]]
+            merged[first[path]] = (earlier_name, f"{earlier_value},{value}")
+            continue
+        if path is not None:
+            first[path] = len(merged)
+        merged.append((name, value))
+    return merged
+
+
+def _uid_path(name: str) -> tuple[int, ...] | None:
+    """The tags of a key whose attribute is a UID (VR UI), or None for any other name (an unknown one
+    included: :func:`identifier` refuses it with its own message)."""
+    try:
+        path = key_path(name)
+    except HttpError:
+        return None
+    return tuple(path) if dictionary_VR(path[-1]) == "UI" else None
+
+
 def _vr_of(name: str) -> str:
     """The VR of the attribute a parameter names, or "" when it names none (the hint then says less)."""
     try:
@@ -413,6 +446,7 @@ async def search(
     REST API's ``complete=false``: studies without a Study Status ID. ``labels=a,b``: studies
     carrying both labels (core/labels.py; several ``labels`` parameters add up). ``defaults``: the
     keys every match returns (:func:`identifier`)."""
+    params = merge_uid_lists(params)
     refuse_repeats(params)
     query = dict(params)
     labels = parse_labels(",".join(v for k, v in params if k == LABELS_PARAM))
@@ -450,6 +484,7 @@ __all__ = [
     "page_size",
     "refuse_repeats",
     "key_path",
+    "merge_uid_lists",
     "ordered",
     "search",
     "tag_of",
