@@ -40,6 +40,7 @@ from minipacs.core.transcode import (
     transcode_part10,
 )
 from minipacs.dicom.header import InstanceHeader
+from minipacs.dicom.xml_model import native_xml
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.web import audit
 from minipacs.web import capabilities as capabilities_description
@@ -595,6 +596,12 @@ async def store(request: Request) -> Response:
         headers["Warning"] = warning(
             request, f"{len(failed)} of {len(parts)} instances were not stored (Failure Reason {text})"
         )
+    headers["Vary"] = "Accept"
+    if metadata_media_type(parse_accept(accepted(request))) == DICOM_XML:
+        # PS3.18 10.5.3: the Store Instances Response in the media type asked for, JSON (the Default) or
+        # XML: one PS3.19 Native DICOM Model document (one dataset, so no multipart), made from the same
+        # JSON object (dicom/xml_model.py). It was JSON whatever the Accept header said.
+        return Response(native_xml(response), status_code=status, media_type=DICOM_XML, headers=headers)
     return JSONResponse(response, status_code=status, media_type=DICOM_JSON, headers=headers)
 
 
