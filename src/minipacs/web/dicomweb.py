@@ -40,8 +40,8 @@ from minipacs.core.transcode import (
     transcode_part10,
 )
 from minipacs.dicom.header import InstanceHeader
-from minipacs.dicom.xml_model import native_xml
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
+from minipacs.dicom.xml_model import native_xml
 from minipacs.web import audit
 from minipacs.web import capabilities as capabilities_description
 from minipacs.web.accept import (
