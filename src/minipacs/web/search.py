@@ -411,11 +411,21 @@ def to_json(ds: Dataset) -> dict[str, Any]:
         if elem.VR == "PN" and not elem.is_empty and not isinstance(elem.value, PersonName):
             ds[elem.tag] = DataElement(elem.tag, "PN", elem.value, validation_mode=pydicom.config.IGNORE)
     result = ordered(ds.to_json_dict())
+    for element in result.values():
+        if element.get("vr") == "PN" and element.get("Value"):
+            # an empty name among several is null (PS3.18 F.2.5), as in the instance's metadata
+            # (dicom/json_model.py); pydicom writes {"Alphabetic": ""}, a name that is there but blank
+            element["Value"] = [None if _blank_name(value) else value for value in element["Value"]]
     for tag in EMPTY_AS_LIST:
         element = result.get(tag)
         if element is not None and "Value" not in element:
             element["Value"] = []
     return result
+
+
+def _blank_name(value: Any) -> bool:
+    """A PN value of the JSON model with no name in any of its component groups."""
+    return isinstance(value, dict) and not any(value.values())
 
 
 def ordered(model: dict[str, Any]) -> dict[str, Any]:
