@@ -14,6 +14,7 @@ import io
 import json
 import random
 import struct
+from typing import Any
 
 import pydicom
 import pytest
@@ -186,9 +187,21 @@ def check(data: bytes, offset: int, ts: str) -> str:
     want = reference(data)
     if got is None:
         return "gave up" if want is not None else "both failed"
-    assert want is not None, "the fast builder answered where pydicom fails"
+    if want is None:  # pydicom fails on a person name with an empty value among several; the builder
+        # writes null for it (PS3.18 F.2.5; the module docstring's one case beyond pydicom), nothing else
+        assert _null_names(json.loads(got)), "the fast builder answered where pydicom fails"
+        return "beyond pydicom"
     assert got == want
     return "same"
+
+
+def _null_names(model: Any) -> bool:
+    """Whether a PS3.18 JSON model holds a person name value written as null, at any depth."""
+    return any(
+        (element.get("vr") == "PN" and None in element.get("Value", []))
+        or (element.get("vr") == "SQ" and any(_null_names(item) for item in element.get("Value", [])))
+        for element in model.values()
+    )
 
 
 @pytest.mark.parametrize("ts", [EXPLICIT, IMPLICIT, JPEG_LOSSLESS])

@@ -120,3 +120,48 @@ def test_dicomweb_client_frames_and_transcoding_of_compressed_instances(tmp_path
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode()
+
+
+@pytest.mark.interop
+def test_dicomweb_client_lists_ordered_matches_and_a_series_image_past_its_reports(tmp_path: Path) -> None:
+    """What the conformance sweep found with dicomweb-client against a running server: a list given as a
+    search filter is sent as the UID key repeated (a 400 before; PS3.4 C.2.2.2.2 UID list now); every
+    match lists its attributes in tag order (PS3.18 F.2.2: the Retrieve URL came last); a series whose
+    middle instance is a Structured Report renders its image (PS3.18 10.4.1.1.3: was a 406)."""
+    from tests.dicomgen import make_sr
+
+    port, http_port = free_port(), free_port()
+    env = dict(
+        os.environ,
+        PYTHONPATH=SRC,
+        MINIPACS_PORT=str(port),
+        MINIPACS_HOST="127.0.0.1",
+        MINIPACS_HTTP_PORT=str(http_port),
+        MINIPACS_FSYNC="false",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "minipacs.cli.main", "serve", "--data", str(tmp_path / "d")],
+        env=env,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for_port("127.0.0.1", http_port, proc=proc)
+        client = DICOMwebClient(f"http://127.0.0.1:{http_port}/dicom-web")
+        study, other, series, sop = generate_uid(), generate_uid(), generate_uid(), generate_uid()
+        image = make_ct(study, series, sop, InstanceNumber=1)
+        reports = [
+            make_sr(study, series, generate_uid(), (study, series, sop), SeriesNumber=2, InstanceNumber=number)
+            for number in (2, 3)
+        ]
+        result = client.store_instances([image, *reports, make_ct(other, generate_uid(), generate_uid())])
+        assert len(result.ReferencedSOPSequence) == 4
+        found = client.search_for_studies(search_filters={"StudyInstanceUID": [study, other, "1.2.99"]})
+        assert sorted(match["0020000D"]["Value"][0] for match in found) == sorted([study, other])
+        for match in [*found, *client.search_for_series(study), *client.search_for_instances(study)]:
+            assert list(match) == sorted(match)
+        rendered = client.retrieve_series_rendered(study, series, media_types=("image/png",))
+        assert rendered.startswith(b"\x89PNG")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()

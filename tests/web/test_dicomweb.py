@@ -581,3 +581,34 @@ def test_a_default_that_cannot_be_decoded_goes_as_stored_and_a_named_syntax_is_4
         assert r.status_code == 406 and "transferSyntax=1.2.840.10008.1.2.4.80" in r.text
 
     web(body)
+
+
+def test_a_person_name_with_an_empty_value_among_several(web: Callable[..., Any], tmp_path: Path) -> None:
+    """PS3.5 6.4 lets a multi-valued person name hold an empty value (Other Patient Names ``A\\\\B``);
+    PS3.18 F.2.5 writes it as null. pydicom 3 fails on it, so the instance's metadata was a 500 and its
+    study's metadata a 206 without it: a viewer never saw the instance. Now null in the metadata (JSON and
+    XML, schema-valid) and in a search's answer (which wrote ``{"Alphabetic": ""}``)."""
+    import pydicom
+
+    from tests.native_schema import schema_errors
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        for names, expected in (
+            ("Roe^Jane\\\\Poe^Edgar", [{"Alphabetic": "Roe^Jane"}, None, {"Alphabetic": "Poe^Edgar"}]),
+            ("\\Poe", [None, {"Alphabetic": "Poe"}]),
+        ):
+            study, series, sop = generate_uid(), generate_uid(), generate_uid()
+            with pydicom.config.disable_value_validation():
+                data = part10(study_uid=study, series_uid=series, sop_uid=sop, OtherPatientNames=names)
+            assert (await stow(client, data)).status_code == 200
+            r = await client.get(f"/dicom-web/studies/{study}/metadata")
+            assert r.status_code == 200, r.text
+            assert r.json()[0]["00101001"] == {"vr": "PN", "Value": expected}
+            r = await client.get(f"/dicom-web/studies/{study}/metadata", headers={"Accept": "application/dicom+xml"})
+            assert r.status_code == 200 and b'<PersonName number="2"' in r.content
+            part = r.content.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n--", 1)[0]
+            assert schema_errors([part], tmp_path) == ""
+            r = await client.get("/dicom-web/studies", params={"StudyInstanceUID": study, "includefield": "00101001"})
+            assert r.json()[0]["00101001"] == {"vr": "PN", "Value": expected}, r.text
+
+    web(body)

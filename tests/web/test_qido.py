@@ -259,3 +259,66 @@ def test_includefield_all_comes_alone(web: Callable[..., Any]) -> None:
         assert r.status_code == 400 and "invalid_includefield" in r.text, r.text
 
     web(body)
+
+
+def _out_of_order(model: dict[str, Any], where: str = "") -> list[str]:
+    """Where a PS3.18 JSON object's attributes are not in ascending tag order (F.2.2), items included."""
+    found = [f"{where or 'top'}: {list(model)}"] if list(model) != sorted(model) else []
+    for tag, element in model.items():
+        if element.get("vr") == "SQ":
+            for number, item in enumerate(element.get("Value", [])):
+                found += _out_of_order(item, f"{where}{tag}[{number}].")
+    return found
+
+
+def test_every_match_lists_its_attributes_in_tag_order(web: Callable[..., Any]) -> None:
+    """PS3.18 F.2.2: "Attribute objects within a DICOM JSON Model object shall be ordered by their property
+    name in ascending lexicographic (alphabetic) order". The Retrieve URL (0008,1190) came last, after
+    (0020,000D) and the counts, at every level; sequence items (includefield of a sequence) too."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        r = await stow(client, _with_sequences(ST1, SE1, SOP1, "ALT1", "SPS1"))
+        assert r.status_code == 200, r.text
+        for url in (
+            "/dicom-web/studies",
+            "/dicom-web/series",
+            "/dicom-web/instances",
+            f"/dicom-web/studies/{ST1}/series",
+            f"/dicom-web/studies/{ST1}/instances",
+            f"/dicom-web/studies/{ST1}/series/{SE1}/instances",
+        ):
+            for include in ("", "all", "00101002,RequestAttributesSequence,PatientAge"):
+                r = await client.get(url, params={"includefield": include} if include else {})
+                assert r.status_code == 200 and r.json(), (url, r.text)
+                assert "00081190" in r.json()[0]
+                assert [_out_of_order(match) for match in r.json()] == [[]], (url, include)
+
+    web(body)
+
+
+def test_a_uid_key_given_twice_is_a_uid_list(web: Callable[..., Any]) -> None:
+    """PS3.4 C.2.2.2.2 List of UID Matching: ``StudyInstanceUID=a&StudyInstanceUID=b`` (by keyword, by tag,
+    or both) is the list ``a,b`` -- how dicomweb-client sends ``search_filters={"StudyInstanceUID": [a, b]}``,
+    which was a 400. A UID key given with an empty value next to a UID stays a 400, as does any other key
+    given twice (tests/web/test_fuzz_found.py)."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        await _two_studies(client)
+        for params in (
+            [("StudyInstanceUID", ST1), ("StudyInstanceUID", ST2)],
+            [("StudyInstanceUID", ST1), ("0020000D", f"{ST2},1.2.99")],
+        ):
+            r = await client.get("/dicom-web/studies", params=params)
+            assert r.status_code == 200, r.text
+            assert sorted(_values(r.json(), "0020000D")) == [ST1, ST2]
+        r = await client.get("/dicom-web/instances", params=[("SOPInstanceUID", SOP2), ("SOPInstanceUID", "1.2.99")])
+        assert _values(r.json(), "00080018") == [SOP2]
+        r = await client.get(f"/dicom-web/studies/{ST1}/series", params=[("StudyInstanceUID", ST1)] * 2)
+        assert _values(r.json(), "0020000E") == [SE1]
+        r = await client.get("/api/studies", params=[("StudyInstanceUID", ST1), ("StudyInstanceUID", ST2)])
+        assert r.status_code == 200 and len(r.json()) == 2, r.text
+        for repeated in ([("StudyInstanceUID", ST1), ("StudyInstanceUID", "")], [("PatientID", "P1")] * 2):
+            r = await client.get("/dicom-web/studies", params=repeated)
+            assert r.status_code == 400 and r.json()["error"]["code"] == "repeated_parameter", r.text
+
+    web(body)

@@ -211,3 +211,37 @@ def test_rendering_matches_dcmtk(web: Callable[..., Any], tmp_path: Path, name: 
         assert np.abs(ours - reference).mean() < 1.0
 
     web(body)
+
+
+def test_study_and_series_images_come_from_an_instance_with_pixels(web: Callable[..., Any]) -> None:
+    """PS3.18 10.4.1.1.3-4: the rendered image and thumbnail of a study or series. The middle instance was
+    the one rendered; in a series of an image and two Structured Reports (instance numbers 1, 2, 3) that is
+    an SR, and the study's thumbnail was a 406 "no pixel data" though the study holds an image. The other
+    instances are tried; a series with no image at all keeps its 406."""
+    from pydicom.uid import generate_uid
+
+    from tests.dicomgen import make_sr
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        await _store(client)  # the CT, SeriesNumber 2, InstanceNumber 3
+        reports = []
+        for number in (4, 5):
+            sr = make_sr(STUDY, SERIES, generate_uid(), (STUDY, SERIES, SOP), SeriesNumber=2, InstanceNumber=number)
+            out = io.BytesIO()
+            sr.save_as(out, enforce_file_format=True)
+            reports.append(out.getvalue())
+        other = generate_uid()  # a series of reports only
+        lone = make_sr(STUDY, other, generate_uid(), (STUDY, SERIES, SOP))
+        out = io.BytesIO()
+        lone.save_as(out, enforce_file_format=True)
+        assert (await stow(client, *reports, out.getvalue())).status_code == 200
+        single = np.asarray(Image.open(io.BytesIO((await client.get(f"{BASE}/thumbnail")).content)))
+        for url in (f"/dicom-web/studies/{STUDY}", f"/dicom-web/studies/{STUDY}/series/{SERIES}"):
+            for resource in ("thumbnail", "rendered"):
+                r = await client.get(f"{url}/{resource}")
+                assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg", (url, resource, r.text)
+            assert np.array_equal(_pixels(await client.get(f"{url}/thumbnail")), single)
+        r = await client.get(f"/dicom-web/studies/{STUDY}/series/{other}/thumbnail")
+        assert r.status_code == 406 and r.json()["error"]["code"] == "no_pixels", r.text
+
+    web(body)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -80,5 +81,41 @@ def test_response_retrieve_url_and_warning(web: Callable[..., Any]) -> None:
         assert r.status_code == 409
         assert r.json()["00081190"] == {"vr": "UR", "Value": [f"{ROOT}/studies/1.2.7.5"]}
         assert r.headers["warning"].endswith("1 of 1 instances were not stored (Failure Reason A900)")
+
+    web(body)
+
+
+def test_the_response_in_xml_when_asked_for(web: Callable[..., Any], tmp_path: Path) -> None:
+    """PS3.18 10.5.3: the Store Instances Response as application/dicom+json (the Default) or
+    application/dicom+xml, by the Accept header (or the ``accept`` parameter, 8.3.3.1). It was JSON whatever
+    was asked; now an XML request gets one Native DICOM Model document (PS3.19 A.1, valid against its
+    schema) saying what the JSON says, with the same status and Warning."""
+    from tests.native_schema import from_native_xml, schema_errors
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        data, headers = stow_body(part10(study_uid="1.2.7.6"), b"not dicom")
+        r = await client.post("/dicom-web/studies/1.2.7.6", content=data, headers=headers)
+        assert r.status_code == 202 and r.headers["content-type"] == "application/dicom+json", r.text
+        as_json = r.json()
+        for accept in ("application/dicom+xml", 'multipart/related; type="application/dicom+xml"'):
+            data, headers = stow_body(part10(study_uid="1.2.7.6"), b"not dicom")
+            r = await client.post("/dicom-web/studies/1.2.7.6", content=data, headers={**headers, "Accept": accept})
+            assert r.status_code == 202 and r.headers["content-type"] == "application/dicom+xml", r.text
+            assert r.headers["warning"].endswith("1 of 2 instances were not stored (Failure Reason C000)")
+            assert schema_errors([r.content], tmp_path) == ""
+            got = from_native_xml(r.content)
+            stored = got["00081199"]["Value"][0]
+            expected = as_json["00081199"]["Value"][0]
+            assert stored["00081150"] == expected["00081150"] and "/instances/" in stored["00081190"]["Value"][0]
+            assert got["00081198"] == as_json["00081198"] and got["00081190"] == as_json["00081190"]
+        data, headers = stow_body(part10(study_uid="1.2.7.6"))
+        r = await client.post(
+            "/dicom-web/studies", params={"accept": "application/dicom+xml"}, content=data, headers=headers
+        )
+        assert r.status_code == 200 and r.headers["content-type"] == "application/dicom+xml", r.text
+        for accept in ("application/dicom+json", "application/json", "*/*", "text/html"):
+            data, headers = stow_body(part10(study_uid="1.2.7.6"))
+            r = await client.post("/dicom-web/studies", content=data, headers={**headers, "Accept": accept})
+            assert r.status_code == 200 and r.headers["content-type"] == "application/dicom+json", accept
 
     web(body)

@@ -19,6 +19,9 @@ falls back to pydicom, which stays the reference:
   (7FE0,0010) on the top level; any structural surprise (a length past the end, a misplaced
   delimiter, tags out of order) gives up too, and the pydicom path then says what is wrong.
 
+One case goes beyond pydicom, which fails on it: a person name with an empty value among several
+values is written with a null for it (PS3.18 F.2.5).
+
 The values follow pydicom 3's readers (pydicom/values.py) and ``DataElement.to_json_dict``, padding
 rules included (PS3.5 6.2); ``tests/dicom/test_json_model.py`` holds the two to the same JSON text
 over generated datasets of every VR, and a deliberately changed rule fails it.
@@ -108,10 +111,11 @@ def _value(vr: str, raw: bytes) -> Any:
             raise _GiveUp
         if not text:
             return None
-        parts = text.split("\\")
-        if not all(parts):  # an empty name among several: pydicom 3 fails on it (the fallback says so)
-            raise _GiveUp
-        return [{"Alphabetic": part} for part in parts]
+        # an empty name among several (``A\\B``, legal: PS3.5 6.4) is null (PS3.18 F.2.5: "If a
+        # multi-valued attribute has one or more empty values these are represented as null array
+        # elements"). pydicom 3 fails on it, and the instance's metadata was a 500 (the instance left
+        # out of its study's) when this walk gave up on it
+        return [{"Alphabetic": part} if part else None for part in text.split("\\")]
     text = _text(raw)
     items: list[str]
     if vr == "AE":

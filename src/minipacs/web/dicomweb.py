@@ -41,6 +41,7 @@ from minipacs.core.transcode import (
 )
 from minipacs.dicom.header import InstanceHeader
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
+from minipacs.dicom.xml_model import native_xml
 from minipacs.web import audit
 from minipacs.web import capabilities as capabilities_description
 from minipacs.web.accept import (
@@ -433,14 +434,31 @@ async def _render(request: Request, thumbnail: bool, frame: int = 1) -> Response
     )
     note = _annotation_warning(request)
     found = await _instances(request)
-    item = found[len(found) // 2]  # a representative instance for study/series level
-    data = await ctx(request).renders.run(
-        on_file, item, render, frame, options, ctx(request).archive.settings.dataset_limits
-    )
+    limits = ctx(request).archive.settings.dataset_limits
+    data = b""
+    for number, item in enumerate(representatives(found)):
+        try:
+            data = await ctx(request).renders.run(on_file, item, render, frame, options, limits)
+        except HttpError as exc:
+            if exc.code != "no_pixels" or number == len(found) - 1:
+                raise
+            continue
+        break
     response = Response(data, media_type=options.mime)
     if note:
         response.headers["Warning"] = note
     return response
+
+
+def representatives(found: Sequence[StoredInstance]) -> list[StoredInstance]:
+    """The instances of a study or series in the order its rendered image and thumbnail try them (PS3.18
+    10.4.1.1.3-4 leave the choice to the origin server): the middle one first, then outwards. The middle
+    one alone was the answer, and when it had no pixel data (a Structured Report, a Key Object Selection, a
+    Presentation State next to the images) the study's thumbnail was a 406 though it holds images; the
+    next one is tried instead (:func:`_render`), until one has pixel data. An instance asked for by its
+    UID is the only one (``found`` has one item)."""
+    middle = len(found) // 2
+    return [found[index] for index in sorted(range(len(found)), key=lambda index: (abs(index - middle), index))]
 
 
 async def rendered(request: Request) -> Response:
@@ -578,6 +596,12 @@ async def store(request: Request) -> Response:
         headers["Warning"] = warning(
             request, f"{len(failed)} of {len(parts)} instances were not stored (Failure Reason {text})"
         )
+    headers["Vary"] = "Accept"
+    if metadata_media_type(parse_accept(accepted(request))) == DICOM_XML:
+        # PS3.18 10.5.3: the Store Instances Response in the media type asked for, JSON (the Default) or
+        # XML: one PS3.19 Native DICOM Model document (one dataset, so no multipart), made from the same
+        # JSON object (dicom/xml_model.py). It was JSON whatever the Accept header said.
+        return Response(native_xml(response), status_code=status, media_type=DICOM_XML, headers=headers)
     return JSONResponse(response, status_code=status, media_type=DICOM_JSON, headers=headers)
 
 

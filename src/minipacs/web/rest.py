@@ -36,7 +36,7 @@ from minipacs.web.errors import HttpError, redact
 from minipacs.web.intake import Intake, body_pieces, receive_multipart, receive_single, spool_body
 from minipacs.web.jsonbody import read_object
 from minipacs.web.routing import Endpoint
-from minipacs.web.search import ascii_digits, refuse_repeats, search
+from minipacs.web.search import ascii_digits, merge_uid_lists, refuse_repeats, search
 from minipacs.web.transfer import (
     boundary_of,
     failed_json,
@@ -95,7 +95,7 @@ def plain(ds: Dataset) -> dict[str, Any]:
 
 async def _matches(request: Request, level: Level, fixed: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """A search from the query string; studies also carry ``complete`` and filter on ``complete=``."""
-    params = list(request.query_params.multi_items())
+    params = merge_uid_lists(request.query_params.multi_items())  # UIDs given twice: one UID list
     refuse_repeats(params)  # ``complete`` too, which is taken out below
     archive = ctx(request).archive
     audit_trail.record_query(request, f"REST search {level.value}", level=level.value)

@@ -206,6 +206,39 @@ def refuse_repeats(params: Iterable[tuple[str, str]]) -> None:
         seen.add(name)
 
 
+def merge_uid_lists(params: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``params`` with the values of a UID key given more than once (by keyword or tag, at the same place
+    in a sequence path) joined into one comma-separated UID list (PS3.18 8.3.4.1 uid-list-match, PS3.4
+    C.2.2.2.2 List of UID Matching), in the place of its first occurrence.
+
+    A list of UIDs has one reading whichever way it is spelled, and dicomweb-client sends a list given
+    as a search filter (``search_filters={"StudyInstanceUID": [a, b]}``) as the key repeated, which
+    :func:`refuse_repeats` answered with a 400. An empty value among them (universal matching) is left
+    alone, and so stays a repeat: a list and "any" do not add up to one question."""
+    first: dict[tuple[int, ...], int] = {}
+    merged: list[tuple[str, str]] = []
+    for name, value in params:
+        path = None if name in CONTROL_PARAMS or not value.strip() else _uid_path(name)
+        if path is not None and path in first:
+            earlier_name, earlier_value = merged[first[path]]
+            merged[first[path]] = (earlier_name, f"{earlier_value},{value}")
+            continue
+        if path is not None:
+            first[path] = len(merged)
+        merged.append((name, value))
+    return merged
+
+
+def _uid_path(name: str) -> tuple[int, ...] | None:
+    """The tags of a key whose attribute is a UID (VR UI), or None for any other name (an unknown one
+    included: :func:`identifier` refuses it with its own message)."""
+    try:
+        path = key_path(name)
+    except HttpError:
+        return None
+    return tuple(path) if dictionary_VR(path[-1]) == "UI" else None
+
+
 def _vr_of(name: str) -> str:
     """The VR of the attribute a parameter names, or "" when it names none (the hint then says less)."""
     try:
@@ -368,15 +401,42 @@ def identifier(
 
 
 def to_json(ds: Dataset) -> dict[str, Any]:
-    """A query match in the PS3.18 JSON model (Annex F); engine text values become proper PN values."""
+    """A query match in the PS3.18 JSON model (Annex F); engine text values become proper PN values.
+
+    PS3.18 F.2.2: "Attribute objects within a DICOM JSON Model object shall be ordered by their property
+    name in ascending lexicographic order", in sequence items too. pydicom writes them in the order they
+    were put in the Dataset, and a match gets its Retrieve URL (0008,1190) last, after Study Instance UID
+    and the counts: a client that reads the object in order (or compares it as text) met it out of place."""
     for elem in list(ds):
         if elem.VR == "PN" and not elem.is_empty and not isinstance(elem.value, PersonName):
             ds[elem.tag] = DataElement(elem.tag, "PN", elem.value, validation_mode=pydicom.config.IGNORE)
-    result: dict[str, Any] = ds.to_json_dict()
+    result = ordered(ds.to_json_dict())
+    for element in result.values():
+        if element.get("vr") == "PN" and element.get("Value"):
+            # an empty name among several is null (PS3.18 F.2.5), as in the instance's metadata
+            # (dicom/json_model.py); pydicom writes {"Alphabetic": ""}, a name that is there but blank
+            element["Value"] = [None if _blank_name(value) else value for value in element["Value"]]
     for tag in EMPTY_AS_LIST:
         element = result.get(tag)
         if element is not None and "Value" not in element:
             element["Value"] = []
+    return result
+
+
+def _blank_name(value: Any) -> bool:
+    """A PN value of the JSON model with no name in any of its component groups."""
+    return isinstance(value, dict) and not any(value.values())
+
+
+def ordered(model: dict[str, Any]) -> dict[str, Any]:
+    """``model`` with its attributes, and those of every sequence item, in ascending tag order (PS3.18
+    F.2.2); the tags are eight upper-case hex digits, so text order is tag order."""
+    result: dict[str, Any] = {}
+    for tag in sorted(model):
+        element = model[tag]
+        if element.get("vr") == "SQ" and element.get("Value"):
+            element = {**element, "Value": [ordered(item) for item in element["Value"]]}
+        result[tag] = element
     return result
 
 
@@ -396,6 +456,7 @@ async def search(
     REST API's ``complete=false``: studies without a Study Status ID. ``labels=a,b``: studies
     carrying both labels (core/labels.py; several ``labels`` parameters add up). ``defaults``: the
     keys every match returns (:func:`identifier`)."""
+    params = merge_uid_lists(params)
     refuse_repeats(params)
     query = dict(params)
     labels = parse_labels(",".join(v for k, v in params if k == LABELS_PARAM))
@@ -433,6 +494,8 @@ __all__ = [
     "page_size",
     "refuse_repeats",
     "key_path",
+    "merge_uid_lists",
+    "ordered",
     "search",
     "tag_of",
     "to_json",
