@@ -412,3 +412,53 @@ def test_a_decimal_string_past_a_double_is_left_to_pydicom() -> None:
     assert _strict(text)["00180050"] == {"vr": "DS", "Value": ["1e999"]}
     fine, fine_offset = part10(element(0x00180050, "DS", b"1e99 ", implicit=False), EXPLICIT)
     assert fast_text(io.BytesIO(fine), STUDY, SERIES, SOP) == reference(fine)
+
+
+def _stored_header(charset: str, **names: Any) -> Any:
+    """A stored Part 10 file's header (read as core/stored.py reads it) with ``names``: PN keyword -> value
+    (a list: several values), in ``charset``; one Referenced Patient Sequence item holding the first."""
+    ds = pydicom.Dataset()
+    ds.SpecificCharacterSet = charset
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", SOP
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = STUDY, SERIES
+    for keyword, value in names.items():
+        setattr(ds, keyword, value)
+    item = pydicom.Dataset()
+    item.PatientName = next(iter(names.values())) if isinstance(next(iter(names.values())), str) else "X"
+    ds.ReferencedPatientSequence = [item]
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, SOP
+    out = io.BytesIO()
+    pydicom.dcmwrite(out, ds, enforce_file_format=True)
+    header = read_open_header(io.BytesIO(out.getvalue()), DEFAULT_LIMITS)
+    assert header is not None
+    return header
+
+
+@pytest.mark.parametrize(
+    ("charset", "value", "expected"),
+    [
+        # PS3.5 6.4: an empty value among several is legal; PS3.18 F.2.5: it is null. pydicom raised an
+        # IndexError on it: the instance's metadata was a 500 and it was left out of its study's
+        ("ISO_IR 100", ["Müller", "", "Roe"], [{"Alphabetic": "Müller"}, None, {"Alphabetic": "Roe"}]),
+        ("ISO_IR 192", ["", "山田^太郎"], [None, {"Alphabetic": "山田^太郎"}]),
+        # F.2.2: only the component groups a name has (pydicom wrote "Alphabetic": "")
+        ("ISO_IR 192", "=山田^太郎", [{"Ideographic": "山田^太郎"}]),
+        ("ISO_IR 192", "==やまだ^たろう", [{"Phonetic": "やまだ^たろう"}]),
+        (
+            "ISO_IR 192",
+            "Yamada^Tarou=山田^太郎=やまだ^たろう",
+            [{"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎", "Phonetic": "やまだ^たろう"}],
+        ),
+        ("ISO_IR 100", "=", None),  # no group at all: no Value
+    ],
+)
+def test_person_names_with_empty_values_and_groups(charset: str, value: Any, expected: Any) -> None:
+    keyword = "OtherPatientNames" if isinstance(value, list) else "PatientName"
+    tag = "00101001" if keyword == "OtherPatientNames" else "00100010"
+    model = json.loads(model_text(_stored_header(charset, **{keyword: value}), STUDY, SERIES, SOP))
+    assert model[tag].get("Value") == expected
+    assert model[tag]["vr"] == "PN"
+    if isinstance(value, str):  # the same name inside a sequence item
+        assert model["00081120"]["Value"][0]["00100010"].get("Value") == expected

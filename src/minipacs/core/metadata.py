@@ -169,6 +169,11 @@ def _lenient_model(ds: Dataset, bulk: Callable[[DataElement], str]) -> dict[str,
         if elem.VR == "SQ":
             model[key] = {"vr": "SQ", "Value": [_lenient_model(item, bulk) for item in elem.value]}
             continue
+        if elem.VR == "PN":  # pydicom fails on an empty name among several (an IndexError)
+            values = list(elem.value) if elem.VM > 1 else ([] if elem.value in (None, "") else [elem.value])
+            names = [_pn_groups(str(v) if v is not None else "") for v in values]
+            model[key] = {"vr": "PN", "Value": names} if any(n is not None for n in names) else {"vr": "PN"}
+            continue
         try:
             converted = elem.to_json_dict(bulk_data_element_handler=bulk, bulk_data_threshold=BULK_THRESHOLD)
             json.dumps(converted, allow_nan=False)
@@ -185,6 +190,34 @@ def _lenient_model(ds: Dataset, bulk: Callable[[DataElement], str]) -> dict[str,
                 raise
         model[key] = converted
     return model
+
+
+_PN_GROUPS: Final = ("Alphabetic", "Ideographic", "Phonetic")
+
+
+def _pn_groups(text: str) -> dict[str, str] | None:
+    """One person name as PS3.18 F.2.2 writes it: its non-empty component groups (``=Yamada`` has only an
+    Ideographic one); None for an empty name (F.2.5: null among several values)."""
+    groups = {name: part for name, part in zip(_PN_GROUPS, text.split("=")[:3], strict=False) if part}
+    return groups or None
+
+
+def _tidy_person_names(model: dict[str, Any]) -> None:
+    """pydicom writes an empty component group of a name as ``""`` (``=Yamada``: ``"Alphabetic": ""``);
+    F.2.2 writes only the groups a name has. In place, sequences' items too."""
+    for element in model.values():
+        vr = element.get("vr")
+        if vr == "SQ":
+            for item in element.get("Value", ()):
+                if isinstance(item, dict):
+                    _tidy_person_names(item)
+        elif vr == "PN" and "Value" in element:
+            element["Value"] = [
+                ({k: v for k, v in name.items() if v} or None) if isinstance(name, dict) else name
+                for name in element["Value"]
+            ]
+            if all(name is None for name in element["Value"]):
+                del element["Value"]
 
 
 def model_text(ds: Dataset, study: str, series: str, sop: str, *, checked: bool = False) -> str:
@@ -218,9 +251,12 @@ def model_text(ds: Dataset, study: str, series: str, sop: str, *, checked: bool 
     with quiet_pydicom() as captured:
         try:
             try:
-                return text(ds.to_json_dict(BULK_THRESHOLD, bulk))
-            except (ValueError, UserWarning):  # a number that is no JSON number (a NaN refused by the
-                # dumps; pydicom may warn first, an exception where warnings are errors): element by element
+                model = ds.to_json_dict(BULK_THRESHOLD, bulk)
+                _tidy_person_names(model)
+                return text(model)
+            except (ValueError, UserWarning, IndexError):  # a number that is no JSON number (a NaN refused
+                # by the dumps; pydicom may warn first, an exception where warnings are errors), an empty
+                # person name among several (pydicom's IndexError): element by element
                 return text(_lenient_model(ds, bulk))
         except Exception as exc:
             said = f" ({captured[0][:200]})" if captured else ""
