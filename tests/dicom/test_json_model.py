@@ -402,11 +402,12 @@ def test_numbers_that_are_no_json_numbers_are_written_as_text(ts: str) -> None:
     assert fast_text(io.BytesIO(data), STUDY, SERIES, SOP) is None
 
 
-def test_a_decimal_string_past_a_double_is_left_to_pydicom() -> None:
-    """'1e999' is a valid DS (PS3.5 Table 6.2-1) that no double holds: the fast builder must not
-    write it as Infinity; the pydicom path keeps the text."""
+def test_a_decimal_string_past_a_double_is_its_text_in_both_builders() -> None:
+    """'1e999' is a valid DS (PS3.5 Table 6.2-1) that no double holds: neither builder may write it as
+    Infinity; both keep the text (PS3.18 F.2.3)."""
     data, offset = part10(element(0x00180050, "DS", b"1e999 ", implicit=False), EXPLICIT)
-    assert fast_text(io.BytesIO(data), STUDY, SERIES, SOP) is None
+    built = fast_text(io.BytesIO(data), STUDY, SERIES, SOP)
+    assert built is not None and _strict(built)["00180050"] == {"vr": "DS", "Value": ["1e999"]}
     text = reference(data)
     assert text is not None
     assert _strict(text)["00180050"] == {"vr": "DS", "Value": ["1e999"]}
@@ -462,3 +463,26 @@ def test_person_names_with_empty_values_and_groups(charset: str, value: Any, exp
     assert model[tag]["vr"] == "PN"
     if isinstance(value, str):  # the same name inside a sequence item
         assert model["00081120"]["Value"][0]["00100010"].get("Value") == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"0.5\\1e3\\-2.25", [0.5, 1000.0, -2.25]),  # exact as doubles: numbers
+        (b"9999999999999999", ["9999999999999999"]),  # a double would make it 1e16
+        (b"9007199254740993\\1", ["9007199254740993", "1"]),  # 2^53 + 1: all the values as strings
+        (b"1e999", ["1e999"]),  # no finite double
+    ],
+)
+def test_decimal_strings_a_double_would_change_are_strings(raw: bytes, expected: list[Any]) -> None:
+    """PS3.18 F.2.3: a DS is a JSON number, or a string where a number would lose precision; both
+    builders (the fast one from the bytes, pydicom's through model_text) write the same."""
+    value = raw + (b" " if len(raw) % 2 else b"")
+    dataset = element(0x00080008, "CS", b"ORIGINAL", implicit=False) + element(0x00280030, "DS", value, implicit=False)
+    data, offset = part10(dataset, EXPLICIT)
+    built = fast(data, offset, EXPLICIT)
+    assert built is not None
+    assert json.loads(built)["00280030"]["Value"] == expected
+    want = reference(data)
+    assert want is not None
+    assert json.loads(want)["00280030"]["Value"] == expected

@@ -32,7 +32,7 @@ from minipacs.core.inflate import DEFAULT_LIMITS, DatasetLimits
 from minipacs.core.model import StoreOutcome, StoreStatus
 from minipacs.core.stored import pixel_tag_of, quiet_pydicom, read_blob_header, read_stored
 from minipacs.dicom.header import dataset_encoding
-from minipacs.dicom.json_model import json_model, pixel_element
+from minipacs.dicom.json_model import json_model, lossless_decimal, pixel_element
 from minipacs.dicom.part10 import NotPart10, dataset_offset_from, uid_value, walk_file_meta
 from minipacs.index import metadata_repo
 from minipacs.index.database import IndexConnection
@@ -131,12 +131,34 @@ def _number_texts(vr: str, texts: list[str]) -> dict[str, Any]:
 
 
 def _json_numbers(vr: str, texts: list[str]) -> bool:
-    """Whether pydicom turns these IS/DS values into JSON numbers without a complaint."""
+    """Whether these IS/DS values are JSON numbers pydicom writes without a complaint and without losing
+    a digit (:func:`lossless_decimal`)."""
     pattern = _DS if vr == "DS" else _IS
     for text in texts:
-        if text and (pattern.match(text) is None or (vr == "DS" and not math.isfinite(float(text)))):
+        if text and (pattern.match(text) is None or (vr == "DS" and not lossless_decimal(text))):
             return False
     return True
+
+
+def _exact_decimals(model: dict[str, Any], ds: Dataset) -> None:
+    """pydicom writes every DS value as a double: an element with a value that a double changes is written
+    as its strings instead (:func:`_number_texts`), its items' too. In place; ``model`` is ``ds``'s."""
+    for elem in ds:
+        key = f"{elem.tag:08X}"
+        if key not in model:
+            continue
+        if elem.VR == "SQ":
+            items = model[key].get("Value", [])
+            for item_model, item in zip(items, elem.value, strict=False):
+                if isinstance(item_model, dict):
+                    _exact_decimals(item_model, item)
+        elif elem.VR == "DS" and elem.value not in (None, ""):
+            values = list(elem.value) if elem.VM > 1 else [elem.value]
+            texts = [
+                str(getattr(v, "original_string", None) or v).strip(" \0") if v is not None else "" for v in values
+            ]
+            if not all(not t or _DS.match(t) is None or lossless_decimal(t) for t in texts):
+                model[key] = _number_texts("DS", texts)
 
 
 def _float_texts(elem: DataElement) -> dict[str, Any]:
@@ -253,6 +275,7 @@ def model_text(ds: Dataset, study: str, series: str, sop: str, *, checked: bool 
             try:
                 model = ds.to_json_dict(BULK_THRESHOLD, bulk)
                 _tidy_person_names(model)
+                _exact_decimals(model, ds)
                 return text(model)
             except (ValueError, UserWarning, IndexError):  # a number that is no JSON number (a NaN refused
                 # by the dumps; pydicom may warn first, an exception where warnings are errors), an empty

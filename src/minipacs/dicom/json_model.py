@@ -30,9 +30,11 @@ over generated datasets of every VR, and a deliberately changed rule fails it.
 from __future__ import annotations
 
 import base64
+import math
 import re
 import struct
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any, Final
 
 from pydicom.datadict import dictionary_VR
@@ -136,12 +138,24 @@ def _value(vr: str, raw: bytes) -> Any:
         parts = stripped.split("\\")
         if not all(pattern.match(part) for part in parts):
             raise _GiveUp
-        return [float(part) for part in parts] if vr == "DS" else [int(part) for part in parts]
+        if vr == "IS":
+            return [int(part) for part in parts]
+        if all(lossless_decimal(part.strip()) for part in parts):
+            return [float(part) for part in parts]
+        return [part.strip() or None for part in parts]  # PS3.18 F.2.3: strings, so no value changes
     else:  # AS, CS, DA, DT, TM: pydicom's convert_string
         items = text.rstrip(" \x00").split("\\")
     if len(items) == 1 and not items[0]:
         return None
     return items
+
+
+def lossless_decimal(text: str) -> bool:
+    """Whether the Decimal String value ``text`` (a valid one) is a finite JSON number that means the same:
+    a double keeps ~15-17 significant digits, a DS may have 16 ('9999999999999999' became 1e16). PS3.18
+    F.2.3 lets such a value be a string instead, so no value changes on its way to a viewer."""
+    number = float(text)
+    return math.isfinite(number) and Decimal(text) == Decimal(repr(number))
 
 
 def _element(vr: str, raw: bytes, tag: int, bulk: Callable[[int], str], bulk_threshold: int) -> dict[str, Any]:
