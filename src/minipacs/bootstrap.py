@@ -26,6 +26,7 @@ from minipacs.core.compression import CompressionSettings, Compressor
 from minipacs.core.compression_jobs import CompressionScheduler, SchedulerSettings, register_compression_jobs
 from minipacs.core.corrections import Corrections, register_correction_jobs
 from minipacs.core.jobs import JobQueue, JobSettings
+from minipacs.core.merge_watch import MergedArrivals
 from minipacs.core.metrics import Metrics
 from minipacs.core.mpps import ProcedureSteps
 from minipacs.core.nodes import NodeRegistry, calling_host_warning
@@ -359,12 +360,16 @@ class App:
     node_stats_watch: asyncio.Task[None] | None = None
     #: Applies the rejection notes stored (IHE IOCM, core/rejection.py).
     rejections: Rejections | None = None
+    #: Watches for instances arriving under a merged-away Patient ID (core/merge_watch.py).
+    merged_arrivals: MergedArrivals | None = None
 
     async def close(self, grace: float = 5.0) -> None:
         if self.router is not None:
             await self.router.close()
         if self.rejections is not None:
             await self.rejections.close()
+        if self.merged_arrivals is not None:
+            await self.merged_arrivals.close()
         if self.compression is not None:
             await self.compression.close()
         await self.jobs.close()  # running jobs go back to the queue while the index is still open
@@ -534,6 +539,10 @@ async def build_app(settings: Settings) -> App:
     app.audit_watch = asyncio.ensure_future(archive.audit.run())
     app.rejections = Rejections(archive, settings.rejection_notes)
     app.rejections.start()
+    app.merged_arrivals = MergedArrivals(
+        archive, corrections(settings, archive, jobs, routing_jobs=jobs), settings.merged_patient_arrivals
+    )
+    await app.merged_arrivals.start()
     if sender is not None:
         archive.audit.forward.append(sender.submit)
         app.audit_syslog = sender

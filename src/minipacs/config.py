@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from minipacs.blobs.s3 import parse_s3_url
 from minipacs.core.compression import CompressionPolicy, InvalidPolicy, policy_from_mapping
+from minipacs.core.merge_watch import MODES as MERGED_ARRIVAL_MODES
 from minipacs.core.model import DuplicatePolicy
 from minipacs.core.nodes import OPERATIONS, InvalidNode, Node, node_from_mapping
 from minipacs.core.pixel_clean import InvalidPixelRegions, PixelRegions, regions_from_tables
@@ -276,6 +277,10 @@ class Settings:
     #: the instances they list: registered (AE registry nodes and HTTP users who may store), any, off (every
     #: note refused). A note its sender may not make is refused before it is stored (core/rejection.py).
     rejection_notes: str = "registered"
+    #: Instances arriving under a Patient ID a merge took away (core/merge_watch.py): warn (a WARNING naming
+    #: the merge to apply), merge (merged into the survivor again at once: only where prior IDs are never
+    #: reused for another person), off.
+    merged_patient_arrivals: str = "warn"
     #: ``[[pixel_regions]]`` tables: where machines burn text into their images, for the clean-pixel-data
     #: de-identification option (core/pixel_clean.py; docs/ANONYMIZATION.md).
     pixel_regions: tuple[PixelRegions, ...] = ()
@@ -580,6 +585,8 @@ class Settings:
             check_rules(self.retention)
         except InvalidRetentionRule as exc:
             raise ConfigError(str(exc)) from None
+        if self.merged_patient_arrivals not in MERGED_ARRIVAL_MODES:
+            raise ConfigError(f"merged_patient_arrivals must be {', '.join(MERGED_ARRIVAL_MODES)}")
         if self.rejection_notes not in REJECTION_MODES:
             raise ConfigError(f"rejection_notes must be {', '.join(REJECTION_MODES[:-1])} or {REJECTION_MODES[-1]}")
         if self.anonymization_key and len(self.anonymization_key) < 16:

@@ -174,8 +174,29 @@ def corrections(conn: Connection, target: str | None = None, limit: int = 100) -
     return out
 
 
+def patient_merges(conn: Connection) -> list[tuple[int, str, str]]:
+    """(correction id, the merged-away Patient ID, the surviving one) of every patient merge that did not
+    fail, oldest first."""
+    t = _CORRECTIONS
+    rows = conn.execute(
+        select(t.c.id, t.c.old_values, t.c.target)
+        .where(t.c.operation == "merge", t.c.state != "failed")
+        .order_by(t.c.id)
+    ).all()
+    out = []
+    for pk, old, target in rows:
+        try:
+            prior = json.loads(old).get("PatientID", "")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(prior, str) and prior:
+            out.append((int(pk), prior, str(target)))
+    return out
+
+
 __all__ = [
     "CORRECTION_FIELDS",
+    "patient_merges",
     "StoredCopy",
     "copies_under",
     "corrections",

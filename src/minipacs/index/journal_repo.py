@@ -73,4 +73,24 @@ def changes_after(conn: Connection, since: int, limit: int) -> list[ChangeRow]:
     ]
 
 
-__all__ = ["first_seq", "prune_changes", "ChangeRow", "changes_after", "insert_changes", "last_seq"]
+__all__ = [
+    "first_seq",
+    "prune_changes",
+    "ChangeRow",
+    "changes_after",
+    "insert_changes",
+    "last_seq",
+    "new_patients_after",
+]
+
+
+def new_patients_after(conn: Connection, since: int, limit: int) -> list[tuple[int, str, str]]:
+    """(seq, Patient ID, node) of at most ``limit`` NewPatient rows after ``since``, in ``seq`` order."""
+    t = _CHANGES
+    rows = conn.execute(
+        select(t.c.seq, t.c.uid, t.c.node)
+        .where(t.c.seq > since, t.c.change_type == "NewPatient")
+        .order_by(t.c.seq)
+        .limit(limit)
+    ).all()
+    return [(int(r[0]), str(r[1]), str(r[2] or "")) for r in rows]

@@ -1,0 +1,149 @@
+"""Instances that arrive under a Patient ID a merge took away (an HL7 A40, a REST, CLI or UI merge).
+
+A modality that fetched its worklist before the merge, or the late series of an emergency patient first
+registered under a temporary ID, sends images under the prior Patient ID after the merge: they make a new
+patient of that ID, the split the merge had undone (IHE PIR: the Image Manager should keep the
+merge; dcm4chee-arc tracks merged patients for this). The ``merged_patient_arrivals`` setting says what
+minipacs then does:
+
+- ``warn`` (the default): one WARNING per such new patient, naming its Patient ID, the patient it was
+  merged into and by which correction, and the merge to apply (``POST /api/patients/merge``). Nothing
+  moves by itself: a temporary ID a site recycles for another person must not join the survivor's
+  record without a person looking.
+- ``merge``: the new patient is merged into the survivor at once, by the same correction a user would
+  make (its files rewritten, routed copies re-sent), for sites whose prior IDs are never reused. Its
+  actor says why.
+- ``off``: nothing.
+
+Merges are read from the corrections log (``corrections`` rows of operation ``merge`` that did not
+fail): a chain is followed (A into B, then B into C: A's arrivals go to C), and a later merge into a
+prior ID makes it a survivor again (no longer watched). The changes journal's NewPatient rows are
+looked at every WATCH_SECONDS from the start of the process: what arrived while it was stopped is not
+looked at (the corrections log and the journal keep it for a person to find), and on a PostgreSQL index
+shared by several nodes a row whose transaction commits after a later one's was read may be missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Final
+
+from minipacs.core.changes import last_seq
+from minipacs.core.errors import ArchiveError
+from minipacs.index import corrections_repo, journal_repo
+
+if TYPE_CHECKING:
+    from minipacs.core.archive import Archive
+    from minipacs.core.corrections import Corrections
+
+log = logging.getLogger(__name__)
+
+MODES: Final = ("warn", "merge", "off")
+#: Seconds between two looks at the journal's new patients.
+WATCH_SECONDS: Final = 2.0
+#: Most new patients read per look.
+PAGE: Final = 500
+#: Longest chain of merges followed (A into B into C ...): longer is a loop, or a log no one keeps.
+MAX_HOPS: Final = 32
+
+
+def survivors(merges: list[tuple[int, str, str]]) -> dict[str, tuple[str, int]]:
+    """Prior Patient ID -> (the patient it ends in, the id of the correction that merged it), from the
+    merges in the order they were made."""
+    into: dict[str, tuple[str, int]] = {}
+    for pk, prior, target in merges:
+        into[prior] = (target, pk)
+        into.pop(target, None)  # merged into: a survivor again
+    out: dict[str, tuple[str, int]] = {}
+    for prior, (target, pk) in into.items():
+        seen = {prior}
+        while target in into and target not in seen and len(seen) < MAX_HOPS:
+            seen.add(target)
+            target = into[target][0]
+        if target != prior:
+            out[prior] = (target, pk)
+    return out
+
+
+class MergedArrivals:
+    """Watches the journal for new patients whose Patient ID a merge took away; serve starts it."""
+
+    def __init__(self, archive: Archive, corrections: Corrections, mode: str = "warn") -> None:
+        if mode not in MODES:
+            raise ValueError(f"merged_patient_arrivals must be one of {', '.join(MODES)}")
+        self.archive, self.corrections, self.mode = archive, corrections, mode
+        self._since = 0
+        self._task: asyncio.Task[None] | None = None
+        #: New patients found under a merged-away ID, and those merged again (tests and the curious).
+        self.found = 0
+        self.merged = 0
+
+    async def start(self) -> None:
+        if self.mode == "off":
+            return
+        self._since = await self.archive.read(last_seq)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="minipacs-merged-arrivals")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_SECONDS)
+            try:
+                await self.look()
+            except Exception:  # the index away for a moment: look again later
+                log.warning("could not look for patients arriving under a merged-away ID", exc_info=True)
+
+    async def look(self) -> int:
+        """Handle the new patients since the last look; how many were under a merged-away ID."""
+        since = self._since
+        rows = await self.archive.read(lambda conn: journal_repo.new_patients_after(conn, since, PAGE))
+        if not rows:
+            return 0
+        self._since = rows[-1][0]
+        ids = {patient_id for _seq, patient_id, _node in rows if patient_id}
+        if not ids:
+            return 0
+        into = survivors(await self.archive.read(corrections_repo.patient_merges))
+        found = 0
+        for prior in sorted(ids & into.keys()):
+            target, correction = into[prior]
+            found += 1
+            self.found += 1
+            await self._arrived(prior, target, correction)
+        return found
+
+    async def _arrived(self, prior: str, target: str, correction: int) -> None:
+        if self.mode == "warn":
+            log.warning(
+                "instances arrived under patient ID %r, which correction %d merged into patient %r: they are "
+                "a new patient %r now. If it is the same person, merge it again (POST /api/patients/merge "
+                '{"source": %r, "target": %r}); merged_patient_arrivals = "merge" does it by itself',
+                prior,
+                correction,
+                target,
+                prior,
+                prior,
+                target,
+            )
+            return
+        actor = (
+            f"minipacs: arrivals under patient ID {prior[:64]!r}, "
+            f"merged into {target[:64]!r} by correction {correction}"
+        )
+        try:
+            result = await self.corrections.merge(prior, target, actor)
+        except ArchiveError as exc:  # e.g. deleted or merged meanwhile
+            log.warning("could not merge the new patient %r into %r again: %s", prior, target, exc)
+            return
+        self.merged += 1
+        done = f"as job {result.job}" if result.job is not None else f"{result.instances} file(s) rewritten"
+        log.info("new patient %r merged into %r again (correction %s, %s)", prior, target, result.id, done)
+
+
+__all__ = ["MODES", "WATCH_SECONDS", "MergedArrivals", "survivors"]

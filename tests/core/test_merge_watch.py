@@ -1,0 +1,125 @@
+"""Instances arriving under a Patient ID a merge took away (core/merge_watch.py).
+
+The emergency patient registered as TEMP1, merged into the real record MRN1 by an HL7 A40 (or a user's
+merge), then a late series from the modality still under TEMP1: ``warn`` names it and the merge to
+apply, ``merge`` merges it into MRN1 again at once (files rewritten), ``off`` does nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+from minipacs.bootstrap import build_app, corrections, open_archive
+from minipacs.config import ConfigError, Settings
+from minipacs.core.archive import Archive
+from minipacs.core.corrections import Corrections
+from minipacs.core.merge_watch import MergedArrivals, survivors
+from minipacs.core.model import Origin, StoreStatus
+from tests.core.test_archive import stage
+from tests.dicomgen import make_ct
+from tests.stored_files import instance_blob
+
+DICOM = Origin(kind="dicom", calling_aet="MODALITY", called_aet="MINIPACS", peer_host="127.0.0.1", peer_port=4242)
+
+
+def test_survivors_follow_chains_and_a_merge_back_makes_a_survivor_again() -> None:
+    assert survivors([(1, "A", "B")]) == {"A": ("B", 1)}
+    assert survivors([(1, "A", "B"), (2, "B", "C")]) == {"A": ("C", 1), "B": ("C", 2)}
+    assert survivors([(1, "A", "B"), (2, "B", "A")]) == {"B": ("A", 2)}  # A survives the second merge
+    # a merge into A after A was merged away: A exists again (arrivals re-made it), and is a survivor
+    assert survivors([(1, "A", "B"), (2, "C", "A")]) == {"C": ("A", 2)}
+    assert survivors([]) == {}
+
+
+async def _store(archive: Archive, patient_id: str, study: str, n: int) -> str:
+    sop = f"{study}.1.{n}"
+    ds = make_ct(study, f"{study}.1", sop, patient_id=patient_id, patient_name=f"Name^{patient_id}")
+    outcome = await archive.ingest(stage(archive, ds, in_memory=True), DICOM)
+    assert outcome.status is StoreStatus.STORED
+    return sop
+
+
+async def _merged_then_late(tmp_path: Path, mode: str) -> tuple[Archive, Corrections, MergedArrivals, str]:
+    """TEMP1 merged into MRN1; the watcher started; then a late instance under TEMP1 (its SOP UID)."""
+    settings = Settings(data_dir=tmp_path / "data", fsync=False)
+    archive = await open_archive(settings)
+    fixer = corrections(settings, archive)
+    await _store(archive, "TEMP1", "1.2.826.0.1.3680043.10.543.1", 1)
+    await _store(archive, "MRN1", "1.2.826.0.1.3680043.10.543.2", 1)
+    await fixer.merge("TEMP1", "MRN1", "HL7 A40 from HIS")
+    assert await fixer.patient("TEMP1") is None
+    watcher = MergedArrivals(archive, fixer, mode)
+    await watcher.start()
+    late = await _store(archive, "TEMP1", "1.2.826.0.1.3680043.10.543.3", 1)
+    assert await fixer.patient("TEMP1") is not None  # the split the merge had undone
+    return archive, fixer, watcher, late
+
+
+def test_warn_names_the_merge_to_apply_and_moves_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        archive, fixer, watcher, late = await _merged_then_late(tmp_path, "warn")
+        try:
+            with caplog.at_level(logging.WARNING, logger="minipacs.core.merge_watch"):
+                assert await watcher.look() == 1
+            assert "'TEMP1', which correction" in caplog.text and "merged into patient 'MRN1'" in caplog.text
+            assert "{\"source\": 'TEMP1', \"target\": 'MRN1'}" in caplog.text
+            assert await fixer.patient("TEMP1") is not None  # nothing moved
+            assert await watcher.look() == 0  # said once
+        finally:
+            await watcher.close()
+            await archive.close()
+
+    asyncio.run(main())
+
+
+def test_merge_merges_the_late_arrivals_into_the_survivor_and_rewrites_them(tmp_path: Path) -> None:
+    async def main() -> None:
+        archive, fixer, watcher, late = await _merged_then_late(tmp_path, "merge")
+        try:
+            assert await watcher.look() == 1
+            assert watcher.merged == 1
+            assert await fixer.patient("TEMP1") is None
+            _key, data = await instance_blob(archive, late)
+            assert pydicom.dcmread(io.BytesIO(data)).PatientID == "MRN1"
+            # a patient never merged is left alone
+            await _store(archive, "OTHER", "1.2.826.0.1.3680043.10.543.4", 1)
+            assert await watcher.look() == 0
+            assert await fixer.patient("OTHER") is not None
+        finally:
+            await watcher.close()
+            await archive.close()
+
+    asyncio.run(main())
+
+
+def test_off_watches_nothing(tmp_path: Path) -> None:
+    async def main() -> None:
+        archive, fixer, watcher, _late = await _merged_then_late(tmp_path, "off")
+        try:
+            assert watcher._task is None  # never started
+            assert await fixer.patient("TEMP1") is not None
+        finally:
+            await archive.close()
+
+    asyncio.run(main())
+
+
+def test_the_server_watches_as_the_setting_says(tmp_path: Path) -> None:
+    async def main(mode: str) -> Any:
+        app = await build_app(Settings(data_dir=tmp_path / mode, port=0, fsync=False, merged_patient_arrivals=mode))
+        try:
+            assert app.merged_arrivals is not None
+            return app.merged_arrivals.mode, app.merged_arrivals._task is not None
+        finally:
+            await app.close(grace=1.0)
+
+    assert asyncio.run(main("warn")) == ("warn", True)
+    assert asyncio.run(main("off")) == ("off", False)
+    with pytest.raises(ConfigError, match="merged_patient_arrivals"):
+        Settings(data_dir=tmp_path, merged_patient_arrivals="always").validate()
