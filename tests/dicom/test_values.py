@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import warnings
 
 import pytest
 from pydicom.dataelem import RawDataElement
@@ -404,3 +405,42 @@ def test_latin_letters_under_a_japanese_or_chinese_g1_are_designated_not_written
 def test_a_term_we_do_not_know_holds_ascii_alone() -> None:
     assert can_encode(["Doe^John"], "ISO_IR 999")
     assert not can_encode(["Müller"], "ISO_IR 999")
+
+
+@pytest.mark.parametrize(
+    ("term", "text", "codec"),
+    [
+        ("ISO-IR 144", "Иванов^Пётр", "iso8859_5"),  # misspelled Defined Terms, as pydicom corrects them
+        ("ISO IR 126", "Διονυσιος", "iso8859_7"),
+        ("ISO 2022-IR 100", "Müller", "latin-1"),
+        ("UTF-8", "Müller^Иванов", "utf-8"),  # a Python codec name: pydicom's fallback
+        ("iso_ir 144", "Иванов", "iso8859_5"),
+        ("latin1", "Müller", "latin-1"),
+        ("ISO_IR 999", "Müller", "latin-1"),  # unknown: the default repertoire, high bytes as Latin-1
+        ("iso_ir 192", "MÃ¼ller", "latin-1"),  # not a Python codec name either: read as pydicom reads it
+    ],
+)
+def test_a_misspelled_or_unknown_term_is_read_as_pydicom_reads_it_for_the_metadata(
+    term: str, text: str, codec: str
+) -> None:
+    """The index (dicom/header.py) and the query keys read (0008,0005) as the PS3.18 metadata, built by
+    pydicom, does. "ISO-IR 144" was read as Latin-1 into the index and as Cyrillic into the metadata:
+    QIDO and C-FIND answered "¸ÒÐÝÞÒ" while WADO-RS metadata said "Иванов", and a Cyrillic key found nothing."""
+    raw = "Müller".encode() if term == "iso_ir 192" else text.encode(codec)
+    assert decode_text(raw, "PN", codecs_for(term)) == text
+    ds = Dataset()
+    ds[0x00080005] = RawDataElement(Tag(0x00080005), "CS", len(term), term.encode(), 0, False, True)
+    padded = raw + b" " * (len(raw) % 2)
+    ds[0x00100010] = RawDataElement(Tag(0x00100010), "PN", len(padded), padded, 0, False, True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the term it corrects
+        assert str(ds.PatientName) == text
+
+
+@pytest.mark.parametrize("term", ["utf-16", "utf-32", "utf-7", "rot13", "base64", "idna", "hex", "unicode_escape"])
+def test_a_codec_name_that_would_change_ascii_or_refuse_bytes_is_read_as_the_default(term: str) -> None:
+    """Python codecs that turn ASCII into other text (UTF-16), are no text encodings (rot13, base64: a
+    LookupError when decoding) or refuse errors="replace" (IDNA): the default repertoire instead, so a
+    hostile (0008,0005) can neither garble the ASCII values nor make ingest raise."""
+    assert codecs_for(term) == codecs_for("")
+    assert decode_text(b"Doe^John\xfc", "PN", codecs_for(term)) == "Doe^Johnü"

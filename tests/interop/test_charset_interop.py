@@ -23,6 +23,7 @@ import pydicom
 import pytest
 from pydicom.data import get_charset_files
 
+from tests.dicomgen import write_ct
 from tests.peers import ServerProcess, dcmtk, free_port, run, start_server, wait_for_port
 
 pytestmark = pytest.mark.interop
@@ -141,3 +142,42 @@ def test_findscu_key_in_the_sets_own_bytes_matches_and_dcmtk_reads_the_answer(
         line = next(line for line in dump.stdout.splitlines() if line.startswith("(0010,0010)"))
         assert line.split("[", 1)[1].rsplit("]", 1)[0].rstrip("=") == expected_name, line
     assert got == answers
+
+
+def test_a_misspelled_term_is_read_alike_by_the_index_and_the_metadata(tmp_path: Path) -> None:
+    """ "ISO-IR 144" (a common misspelling of ISO_IR 144): QIDO-RS (the index) answered "¸ÒÐÝÞÒ^¿ñâà" and
+    WADO-RS metadata (pydicom, which corrects the term) "Иванов^Пётр"; a C-FIND with a Cyrillic key found
+    nothing. Both now read it as pydicom does (dicom/values.py codec_of); the stored bytes stay as sent."""
+    path = write_ct(
+        tmp_path / "in" / "typo.dcm",
+        rows=8,
+        cols=8,
+        patient_id="TYPO",
+        patient_name="Иванов^Пётр",
+        SpecificCharacterSet="ISO_IR 144",
+        study_uid="1.2.826.0.1.3680043.10.9.1",
+    )
+    data = path.read_bytes()
+    assert data.count(b"ISO_IR 144") == 1
+    path.write_bytes(data.replace(b"ISO_IR 144", b"ISO-IR 144"))
+    http = free_port()
+    srv = start_server(tmp_path, env={"MINIPACS_HTTP_PORT": str(http), "MINIPACS_FSYNC": "false"})
+    try:
+        wait_for_port("127.0.0.1", http, proc=srv.proc)
+        done = run([dcmtk("storescu"), "-aec", srv.ae_title, "127.0.0.1", str(srv.port), str(path)])
+        assert done.returncode == 0, done.stdout + done.stderr
+        base = f"http://127.0.0.1:{http}/dicom-web/studies"
+        [study] = _json(f"{base}?PatientID=TYPO&includefield=00100010")
+        [instance] = _json(f"{base}/1.2.826.0.1.3680043.10.9.1/metadata")
+        assert study["00100010"]["Value"] == instance["00100010"]["Value"] == [{"Alphabetic": "Иванов^Пётр"}]
+        [rsp] = _findscu(srv, tmp_path / "out", "ISO_IR 192", "Иван*".encode())
+        assert str(pydicom.dcmread(rsp).PatientID) == "TYPO"
+    finally:
+        srv.stop()
+
+
+def _json(url: str) -> list[dict[str, dict[str, list[object]]]]:
+    request = urllib.request.Request(url, headers={"Accept": "application/dicom+json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        found: list[dict[str, dict[str, list[object]]]] = json.loads(response.read().decode("utf-8"))
+    return found

@@ -9,6 +9,7 @@ accepting for compatibility with ACR-NEMA ("YYYY.MM.DD", "HH:MM:SS.frac").
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -248,9 +249,49 @@ def _known(specific_character_set: str) -> bool:
 
 
 def codecs_for(specific_character_set: str) -> list[str]:
-    """PS3.3 C.12.1.1.2 defined terms → Python codecs; unknown terms fall back to the default."""
-    terms = [term.strip() for term in specific_character_set.split("\\")] or [""]
-    return [python_encoding.get(term, _DEFAULT_CODEC) for term in terms]
+    """PS3.3 C.12.1.1.2 Defined Terms → Python codecs, each as :func:`codec_of` reads it."""
+    return [codec_of(term.strip()) for term in specific_character_set.split("\\")]
+
+
+#: Misspelled Defined Terms seen in the wild: "ISO-IR 144", "ISO IR 100"; "ISO 2022-IR 87", "ISO_2022_IR 149".
+_MISSPELLED_SINGLE: Final = re.compile(r"ISO[^_]IR")
+_MISSPELLED_ISO_2022: Final = re.compile(r"(?=ISO.2022.IR.)(?!ISO 2022 IR )")
+#: What a Python codec named in (0008,0005) must leave as it is to be used: the delimiters and ASCII.
+_ASCII_PROBE: Final = "AZaz09 ^=\\+-."
+_HIGH_BYTES: Final = bytes(range(0x80, 0x100))
+
+
+@functools.lru_cache(maxsize=256)  # bounded: the term comes from the network
+def codec_of(term: str) -> str:
+    """The Python codec of one Specific Character Set term, read as pydicom reads it, so that the index
+    (dicom/header.py), the query keys and the PS3.18 metadata (pydicom's) see the same text:
+
+    * a Defined Term of PS3.3 C.12.1.1.2 (with ISO_IR 203, values.py's addition);
+    * a misspelled one as the term it spells ("ISO-IR 144" as ISO_IR 144: it was read as Latin-1 into the
+      index and as Cyrillic into the metadata, and a Cyrillic key found nothing);
+    * the name of a Python codec that keeps ASCII as it is ("UTF-8", "latin1", "iso_ir 144") as that
+      codec: pydicom's fallback;
+    * anything else (an unknown term, a codec such as UTF-16 that would turn ASCII into other text, a
+      name that is no text encoding) as the default repertoire, bytes past 0x7F as Latin-1 (pydicom's
+      default: nothing is lost, an ASCII value reads right).
+
+    The stored bytes are never changed; DCMTK refuses to convert such a file (dcmdump +U8).
+    """
+    found = python_encoding.get(term)
+    if found is not None:
+        return found
+    if _MISSPELLED_SINGLE.match(term):
+        return python_encoding.get("ISO_IR" + term[6:], _DEFAULT_CODEC)
+    if _MISSPELLED_ISO_2022.match(term):
+        return python_encoding.get("ISO 2022 IR " + term[12:], _DEFAULT_CODEC)
+    try:
+        keeps_ascii = _ASCII_PROBE.encode(term) == _ASCII_PROBE.encode() and (
+            _ASCII_PROBE.encode().decode(term) == _ASCII_PROBE
+        )
+        _HIGH_BYTES.decode(term, errors="replace")  # and reads any byte (IDNA's codec refuses "replace")
+    except (LookupError, UnicodeError, TypeError, ValueError):  # no codec, or none for text
+        return _DEFAULT_CODEC
+    return term if keeps_ascii else _DEFAULT_CODEC
 
 
 def decode_text(raw: bytes, vr: str, codecs: Sequence[str]) -> str:
@@ -437,6 +478,7 @@ __all__ = [
     "as_date",
     "as_time",
     "can_encode",
+    "codec_of",
     "codecs_for",
     "date_bound",
     "datetime_bound",
