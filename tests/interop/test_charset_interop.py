@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -181,3 +182,64 @@ def _json(url: str) -> list[dict[str, dict[str, list[object]]]]:
     with urllib.request.urlopen(request, timeout=30) as response:
         found: list[dict[str, dict[str, list[object]]]] = json.loads(response.read().decode("utf-8"))
     return found
+
+
+@pytest.mark.parametrize(
+    ("charset", "name", "key"),
+    [
+        # PS3.5 H.3-1; pynetdicom (pydicom) reads ISO 2022 IR 87, which the local DCMTK cannot
+        (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう", "*=山田*"),
+        # JIS X 0212 (ISO 2022 IR 159, ESC $ ( D): characters JIS X 0208 lacks
+        (["", "ISO 2022 IR 87", "ISO 2022 IR 159"], "Kanda^Ichiro=丂^丄", "*=丂*"),
+        # PS3.5 K.2 with a pinyin letter that GB 2312 holds: designated, not written as Latin-1
+        (["ISO 2022 IR 6", "ISO 2022 IR 58"], "Lü^Zhì=吕^志", "Lü*"),
+    ],
+)
+def test_pynetdicom_stores_and_finds_in_iso_2022_and_reads_the_answer(
+    tmp_path: Path, charset: list[str], name: str, key: str
+) -> None:
+    """pynetdicom as both SCUs: the instance is sent in that ISO 2022 set (pydicom writes the request), found
+    with a key in it, and the answer, in the same set, reads back as the name."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined] # generated names
+        CTImageStorage,
+        StudyRootQueryRetrieveInformationModelFind,
+    )
+
+    path = write_ct(
+        tmp_path / "in" / "n.dcm", rows=8, cols=8, patient_id="P2022", patient_name=name, SpecificCharacterSet=charset
+    )
+    srv = start_server(tmp_path, env={"MINIPACS_FSYNC": "false"})
+    try:
+        ae = AE(ae_title="PYNETSCU")
+        ae.add_requested_context(CTImageStorage)
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        assoc = ae.associate("127.0.0.1", srv.port, ae_title=srv.ae_title)
+        assert assoc.is_established
+        try:
+            assert assoc.send_c_store(pydicom.dcmread(path)).Status == 0
+            query = pydicom.Dataset()
+            query.SpecificCharacterSet = charset
+            query.QueryRetrieveLevel = "STUDY"
+            query.PatientName = key
+            query.PatientID = ""
+            answers = [
+                found
+                for status, found in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
+                if status is not None and status.Status in (0xFF00, 0xFF01)
+            ]
+        finally:
+            assoc.release()
+        # the bytes of the answer as DCMTK receives them (pydicom re-encodes what it read with its own
+        # encoder, which writes Latin-1 undesignated under ISO 2022 IR 6: the Lü case)
+        [rsp] = _findscu(srv, tmp_path / "out", "\\".join(charset), b"")
+        raw = pydicom.dcmread(rsp).get_item(0x00100010).value
+        for component in re.split(rb"[\\^=]", raw):  # a high byte follows an escape sequence in its component
+            high = next((i for i, byte in enumerate(component) if byte > 0x7F), None)
+            assert high is None or b"\x1b" in component[:high], raw
+    finally:
+        srv.stop()
+    [answer] = answers
+    assert list(answer.SpecificCharacterSet) == charset
+    assert answer.PatientID == "P2022"
+    assert str(answer.PatientName) == name
