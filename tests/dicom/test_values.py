@@ -444,3 +444,11 @@ def test_a_codec_name_that_would_change_ascii_or_refuse_bytes_is_read_as_the_def
     hostile (0008,0005) can neither garble the ASCII values nor make ingest raise."""
     assert codecs_for(term) == codecs_for("")
     assert decode_text(b"Doe^John\xfc", "PN", codecs_for(term)) == "Doe^Johnü"
+
+
+def test_bytes_invalid_in_the_declared_set_read_as_replacement_characters() -> None:
+    """The choice for a value whose bytes the declared set cannot decode (Latin-1 bytes under ISO_IR 192,
+    a lone GB18030 lead byte): U+FFFD where they stand, the rest as declared, nothing raised, so the
+    instance is stored as sent and indexed (pydicom's metadata shows the same text)."""
+    assert decode_text(b"M\xfcller^J\xfcrgen", "PN", codecs_for("ISO_IR 192")) == "M\ufffdller^J\ufffdrgen"
+    assert decode_text(b"Wang=\xcd", "PN", codecs_for("GB18030")) == "Wang=\ufffd"
