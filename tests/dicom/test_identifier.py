@@ -142,3 +142,78 @@ def test_a_deflated_identifier_is_padded_to_even_length_and_still_decodes() -> N
         ds.PatientName = "DOE^" + "J" * n
         assert str(decode_identifier(encode_identifier(ds, ts), ts.uid).PatientName) == "DOE^" + "J" * n
     assert odd_seen  # the padding was exercised
+
+
+@pytest.mark.parametrize(
+    ("request_charset", "texts"),
+    [
+        ("ISO_IR 13", ["ﾔﾏﾀﾞ^ﾀﾛｳ=山田^太郎"]),  # JIS X 0201: katakana, no kanji
+        ("ISO 2022 IR 13", ["山田^太郎"]),
+        ("ISO 2022 IR 6\\ISO 2022 IR 87", ["ﾔﾏﾀﾞ^ﾀﾛｳ"]),  # JIS X 0208: no half-width katakana
+        ("ISO_IR 999", ["Müller"]),  # a Defined Term we do not know: never answered in it
+        ("\\ISO 2022 IR 149", ["똠"]),  # hangul outside KS X 1001
+    ],
+)
+def test_a_response_falls_back_to_utf_8_where_the_requested_set_cannot_hold_a_value(
+    request_charset: str, texts: list[str]
+) -> None:
+    """PS3.4 C.4.1.1.3.2. Asked in ISO_IR 13 about a kanji name, the response said ISO_IR 13 and held the
+    kanji as Shift JIS bytes (the codec pydicom names for ISO_IR 13): DCMTK's dcmdump +U8 could not read
+    them, and pydicom's writer wrote "?" in their place."""
+    assert choose_charset(request_charset, texts) == "ISO_IR 192"
+    ds = Dataset()
+    ds.SpecificCharacterSet = choose_charset(request_charset, texts)
+    ds.PatientName = texts[0]
+    read = decode_identifier(encode_identifier(ds, _ts(EXPLICIT_VR_LITTLE_ENDIAN)), EXPLICIT_VR_LITTLE_ENDIAN)
+    assert str(read.PatientName) == texts[0]
+
+
+@pytest.mark.parametrize("syntax", [IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN])
+@pytest.mark.parametrize(
+    ("charset", "keyword", "text", "expected"),
+    [
+        # PS3.5 Example K.3-1: GB 2312 designated to G1 again after each CR LF (pydicom 3.0 designated it once)
+        (
+            ["", "ISO 2022 IR 58"],
+            "PatientComments",
+            "1.第一行文字。\r\n2.第二行文字。\r\n",
+            b"1.\x1b$)A\xb5\xda\xd2\xbb\xd0\xd0\xce\xc4\xd7\xd6\xa1\xa3\r\n2.\x1b$)A\xb5\xda\xb6\xfe\xd0\xd0\xce\xc4\xd7\xd6\xa1\xa3\r\n",
+        ),
+        # pydicom 3.0 wrote é as a Latin-1 byte under ISO 2022 IR 6 (it names Latin-1 for it), undesignated
+        (
+            ["ISO 2022 IR 6", "ISO 2022 IR 58"],
+            "PatientName",
+            "José^Zhang=张",
+            b"Jos\x1b$)A\xa8\xa6^Zhang=\x1b$)A\xd5\xc5",
+        ),
+        (["ISO 2022 IR 6", "ISO 2022 IR 100"], "PatientName", "Ünal^Ça", b"\x1b-A\xdcnal^\x1b-A\xc7a "),
+        # PS3.5 Example H.3-1, in a sequence item (the Referenced Patient Sequence of a worklist answer)
+        (
+            ["", "ISO 2022 IR 87"],
+            "ReferencedPatientSequence",
+            "Yamada^Tarou=山田^太郎",
+            b"Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B",
+        ),
+    ],
+)
+def test_iso_2022_responses_are_written_with_the_escape_sequences_ps3_5_requires(
+    syntax: str, charset: list[str], keyword: str, text: str, expected: bytes
+) -> None:
+    """PS3.5 6.1.2.5.3: the identifier writer (pydicom's, for ISO 2022 sets) gets each text value already
+    encoded by dicom/values.py encode_text; pydicom reads the bytes back as the text."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = charset
+    if keyword == "ReferencedPatientSequence":
+        item = Dataset()
+        item.PatientName = text
+        ds.ReferencedPatientSequence = [item]
+    else:
+        setattr(ds, keyword, text)
+    data = encode_identifier(ds, _ts(syntax))
+    assert expected in data
+    read = decode_identifier(data, syntax)
+    read.decode()
+    if keyword == "ReferencedPatientSequence":
+        assert str(read.ReferencedPatientSequence[0].PatientName) == text
+    else:
+        assert str(getattr(read, keyword)).rstrip(" ") == text.rstrip(" ")

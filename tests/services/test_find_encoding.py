@@ -10,7 +10,7 @@ import zlib
 from typing import Any
 
 import pytest
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
@@ -26,6 +26,8 @@ from minipacs.dicom.uids import (
     TransferSyntax,
     transfer_syntax,
 )
+from minipacs.dicom.values import encode_text, uses_code_extensions
+from minipacs.dicom.vr import CHARSET_VRS
 from minipacs.services.qr_find import RETRIEVE_AE_TITLE, RowEncoder
 
 FIELDS = (
@@ -59,13 +61,23 @@ def reference(
     request_charset: str,
     constants: dict[int, tuple[str, str]],
 ) -> bytes:
-    """The identifier as pydicom writes it, character set chosen by response_charset."""
+    """The identifier as pydicom writes it, character set chosen by response_charset. Under ISO 2022 code
+    extensions pydicom writes each text value as dicom/values.py encode_text gives it (pydicom's own
+    encoder writes Latin-1 with no escape sequence under ISO 2022 IR 6; tests/dicom/test_values.py holds
+    encode_text to the bytes of PS3.5 Annexes H-K)."""
     ds = row_dataset(fields, row)
     for tag, (vr, value) in constants.items():
         ds.add_new(tag, vr, value)
     charset = response_charset(request_charset, ds)
     if charset:
         ds.SpecificCharacterSet = charset
+    if uses_code_extensions(charset):
+        for elem in list(ds):
+            if elem.VR in CHARSET_VRS and elem.value is not None:
+                raw = encode_text(str(elem.value), elem.VR, charset)
+                raw += b" " * (len(raw) % 2)
+                ds[elem.tag] = RawDataElement(elem.tag, elem.VR, len(raw), raw, 0, ts.implicit_vr, ts.little_endian)
+        ds.set_original_encoding(ts.implicit_vr, ts.little_endian, ds._character_set)
     buffer = DicomBytesIO()
     buffer.is_little_endian = ts.little_endian
     buffer.is_implicit_VR = ts.implicit_vr
@@ -169,6 +181,9 @@ def test_encode_many_matches_pydicom(syntax: str, request_charset: str) -> None:
     assert encoder.encode_many(rows) == [reference(FIELDS, row, ts, request_charset, constants) for row in rows]
     if "\\" in request_charset:
         assert encoder._ascii_plan is None  # ISO 2022 code extensions: pydicom writes them
+        # PS3.5 6.1.2.5: value 1 (ISO 2022 IR 6) designates no G1 set: Latin-1 is designated in each component
+        encoded = encoder.encode(_row(name="Ünal^Ça"))
+        assert b"\x1b-A\xdcnal^\x1b-A\xc7a" in (zlib.decompress(encoded, -zlib.MAX_WBITS) if ts.deflated else encoded)
     else:
         assert encoder._encode_ascii(_row()) is not None
         assert encoder._encode_ascii(_row(name="Müller")) is None  # not ASCII: the character set is chosen

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Final
 
 from pydicom.dataelem import DataElement, RawDataElement
@@ -22,7 +22,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 
 from minipacs.dicom.uids import TransferSyntax, transfer_syntax, uid_name
-from minipacs.dicom.values import codecs_for
+from minipacs.dicom.values import can_encode, codecs_for, encode_text, uses_code_extensions
 from minipacs.dicom.vr import ASCII_VRS, CHARSET_VRS, INT_VR_FORMATS, LONG_LENGTH_VRS
 
 #: (0008,0005) Specific Character Set and (0008,0052) Query/Retrieve Level (PS3.6 Table 6-1).
@@ -65,6 +65,9 @@ def encode_identifier(ds: Dataset, ts: TransferSyntax) -> bytes:
     """
     data = _encode_flat(ds, ts)
     if data is None:
+        charset = dataset_charset(ds)
+        if uses_code_extensions(charset):
+            ds = _text_encoded(ds, charset, ts)
         buffer = DicomBytesIO()
         buffer.is_little_endian = ts.little_endian
         buffer.is_implicit_VR = ts.implicit_vr
@@ -75,8 +78,8 @@ def encode_identifier(ds: Dataset, ts: TransferSyntax) -> bytes:
 
 def _encode_flat(ds: Dataset, ts: TransferSyntax) -> bytes | None:
     charset = ds.get("SpecificCharacterSet", "") or ""
-    if not isinstance(charset, str) or "\\" in charset:
-        return None
+    if not isinstance(charset, str) or uses_code_extensions(charset):
+        return None  # ISO 2022 escape sequences (even under one Defined Term): encode_text writes them
     codec = codecs_for(charset)[0]
     order = "<" if ts.little_endian else ">"
     out = bytearray()
@@ -115,6 +118,34 @@ def _encode_flat(ds: Dataset, ts: TransferSyntax) -> bytes | None:
     return bytes(out)
 
 
+def _text_encoded(ds: Dataset, charset: str, ts: TransferSyntax) -> Dataset:
+    """``ds`` with each text value already in the bytes of ``charset`` (ISO 2022 code extensions,
+    PS3.5 6.1.2.5; :func:`~minipacs.dicom.values.encode_text`), for pydicom's writer to copy. pydicom
+    3.0 writes such values wrongly: Latin-1 bytes with no escape sequence under ``ISO 2022 IR 6\\...``
+    (it names Latin-1 for ISO 2022 IR 6), and no new designation of a G1 set after a CR LF. A value
+    the set cannot hold (not chosen by :func:`choose_charset`) is left to pydicom. The data set says it
+    was read in ``ts`` and ``charset``, so that pydicom writes its raw values as they are."""
+    out = Dataset()
+    for elem in ds:
+        if elem.VR == "SQ" and elem.value:
+            items = [_text_encoded(item, dataset_charset(item, charset), ts) for item in elem.value]
+            out.add_new(elem.tag, "SQ", items)
+            continue
+        if elem.VR in CHARSET_VRS and elem.value is not None and not isinstance(elem.value, (bytes, bytearray)):
+            try:
+                raw = encode_text(element_text(elem), elem.VR, charset)
+            except UnicodeEncodeError:
+                out.add(elem)
+                continue
+            if len(raw) % 2:
+                raw += b" "
+            out[elem.tag] = RawDataElement(elem.tag, elem.VR, len(raw), raw, 0, ts.implicit_vr, ts.little_endian)
+            continue
+        out.add(elem)
+    out.set_original_encoding(ts.implicit_vr, ts.little_endian, out._character_set)
+    return out
+
+
 def _texts(ds: Dataset) -> Iterator[str]:
     for elem in ds:
         if elem.VR == "SQ":
@@ -128,38 +159,18 @@ def _texts(ds: Dataset) -> Iterator[str]:
                 yield str(value)
 
 
-#: Defined Terms whose repertoire is ASCII alone (PS3.3 C.12.1.1.2): G0 of ISO 2022 IR 6.
-_ASCII_TERMS: Final = frozenset({"", "ISO_IR 6", "ISO 2022 IR 6"})
-
-
-def _can_carry(request_charset: str, texts: Sequence[str]) -> bool:
-    """Whether every character of ``texts`` is in the repertoire of ``request_charset``: one
-    character set, or several with ISO 2022 code extensions (PS3.5 6.1.2.5), where a character
-    may come from any of them (the writer switches with escape sequences)."""
-    terms = [term.strip() for term in request_charset.split("\\")]
-    encoders = [
-        ("ascii" if term in _ASCII_TERMS else codec)
-        for term, codec in zip(terms, codecs_for(request_charset), strict=True)
-    ]
-    for char in {c for text in texts for c in text if not c.isascii()}:
-        for encoding in encoders:
-            try:
-                char.encode(encoding)
-                break
-            except (UnicodeEncodeError, LookupError):
-                continue
-        else:
-            return False
-    return True
-
-
 def choose_charset(request_charset: str, texts: Iterable[str]) -> str:
     """PS3.4 C.4.1.1.3.2: the requester's character set when it can carry every text — one set, or
-    ISO 2022 code extensions such as ``ISO 2022 IR 6\\ISO 2022 IR 87`` (PS3.5 6.1.2.5) — else UTF-8."""
+    ISO 2022 code extensions such as ``ISO 2022 IR 6\\ISO 2022 IR 87`` (PS3.5 6.1.2.5) — else UTF-8.
+
+    "Can carry" is what :func:`~minipacs.dicom.values.encode_text` can write, the writer of the
+    response: ISO_IR 13 holds JIS X 0201 katakana but no kanji (Python's Shift JIS codec, which
+    pydicom names for it, wrote kanji as Shift JIS bytes under ISO_IR 13), and a Defined Term we do not
+    know holds ASCII alone."""
     wide = [t for t in texts if not t.isascii()]
     if not wide:
         return request_charset
-    if request_charset and _can_carry(request_charset, wide):
+    if request_charset and can_encode(wide, request_charset):
         return request_charset
     return UTF8
 

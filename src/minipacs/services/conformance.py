@@ -167,6 +167,46 @@ def statement(services: Sequence[ServiceClass], defaults: object) -> str:
     add("Read and written, in stored data, identifiers and responses: " + ", ".join(f"`{t}`" for t in terms) + ".")
     add("A response uses the requester's character set when it can carry every value, else `ISO_IR 192`.")
     add("")
+    add(
+        "- **Writing with code extensions** (PS3.5 6.1.2.5): minipacs writes ISO 2022 text itself "
+        "(`dicom/values.py` `encode_text`), byte for byte as PS3.5 Examples H.3-1, H.3-2, I.2-1 and "
+        "K.2-1/K.3-1 encode them: each character in the set already designated if it holds it, else in the "
+        "first set of the Defined Terms that does, after its escape sequence; before each delimiter (PN `^ = "
+        "\\`, other text `\\` CR LF TAB FF, PS3.5 6.1.2.5.3) and at the end of a value G0 returns to value 1's "
+        "(`ESC ( B`, or `ESC ( J` under `ISO 2022 IR 13`), and a G1 set other than value 1's is designated "
+        "again where next used (`ESC $ ) C` in each name component, `ESC $ ) A` on each line). pydicom 3.0, "
+        "which wrote these before, put Latin-1 bytes without an escape sequence under `ISO 2022 IR 6\\...` and"
+        " designated a G1 set once per LT."
+    )
+    add(
+        '- **"Can carry"** is what that writer can write: `ISO_IR 13` holds JIS X 0201 (katakana), not kanji;'
+        " `ISO 2022 IR 87` full-width, not half-width katakana; `ISO 2022 IR 149` only the hangul of KS X "
+        "1001; the default repertoire and `ISO_IR 6` ASCII alone. A term minipacs does not know holds ASCII "
+        "alone: an ASCII answer echoes it, any other is `ISO_IR 192`. Every answer declares the set it is "
+        "written in."
+    )
+    add(
+        "- **Reading** (stored data, C-FIND keys): (0008,0005) is read as pydicom reads it for the PS3.18 "
+        "metadata, so that the index (C-FIND, QIDO-RS, REST) and WADO-RS metadata show the same text: a "
+        "misspelled Defined Term as the term it spells (`ISO-IR 144`, `ISO IR 100`, `ISO 2022-IR 87`), the "
+        "name of a Python codec that keeps ASCII as it is (`UTF-8`, `latin1`) as that codec, anything else "
+        "(an unknown term, `UTF-16`, `rot13`) as the default repertoire with bytes above 0x7F read as "
+        "Latin-1. Bytes invalid in the declared set read as U+FFFD; an unknown or broken escape sequence "
+        "makes the value read in value 1's set. The instance is not refused for its text: it is stored bit "
+        'for bit as sent (DCMTK\'s `dcmdump +U8` refuses to convert such a file, "not supported").'
+    )
+    add(
+        "- **PS3.18 JSON** (QIDO-RS, WADO-RS metadata) is UTF-8 whatever the stored set; a PN value is an "
+        "object with `Alphabetic`, `Ideographic` and `Phonetic` (F.2.2)."
+    )
+    add(
+        "- Tested with others' data and peers (`tests/interop/test_charset_interop.py`): pydicom's character-"
+        "set files (the PS3.5 H, I and J examples; Arabic, French, German, Greek, Hebrew, Russian names) "
+        "stored by DCMTK `storescu`, found by `findscu` with keys in each set's own bytes (escape sequences "
+        "included), the answers read by `dcmdump +U8`; DCMTK 3.6.7 on glibc's iconv cannot convert `ISO 2022 "
+        "IR 87`, so those answers are compared with the bytes of PS3.5 Example H.3-1."
+    )
+    add("")
     add("## Security (PS3.15)")
     add("")
     add(

@@ -39,7 +39,7 @@ from minipacs.dicom.identifier import (
 )
 from minipacs.dicom.levels import INFORMATION_MODELS, InformationModel
 from minipacs.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, TransferSyntax, transfer_syntax, uid_name
-from minipacs.dicom.values import codecs_for
+from minipacs.dicom.values import codecs_for, uses_code_extensions
 from minipacs.dicom.vr import ASCII_VRS, CHARSET_VRS, INT_VR_FORMATS, LONG_LENGTH_VRS
 from minipacs.net.association import Association, DatasetSink, Message
 from minipacs.net.dimse import Command
@@ -245,8 +245,8 @@ class RowEncoder:
             if value is not None and type(value) is not str:
                 return None  # an element of the stored file: pydicom writes it
         charset = self._charset(row)
-        if "\\" in charset:
-            return None
+        if uses_code_extensions(charset):
+            return None  # ISO 2022 escape sequences, even under one Defined Term: encode_identifier writes them
         codec = codecs_for(charset)[0]
         out: list[bytes] = []
         for element in self.elements:
