@@ -97,6 +97,20 @@ def statement(services: Sequence[ServiceClass], defaults: object) -> str:
         f"{_syntaxes(SENT_SYNTAXES)}."
     )
     add("")
+    lossy = sorted({uid for c in every for uid in c.chosen_last & c.transfer_syntaxes}, key=_sort_key)
+    add(
+        "In each presentation context the transfer syntax accepted is the requestor's first proposed one of "
+        "those above (the sender knows its data; we store what we receive)"
+        + (
+            ", except that a syntax that may be lossy (JPEG baseline and extended, JPEG-LS near-lossless, JPEG "
+            f"2000, HTJ2K, the MPEG and HEVC video and the JPIP syntaxes: {len(lossy)} in all) is accepted for Storage only when the context proposes no lossless one: a sender that "
+            "converts to the accepted syntax (DCMTK storescu +C) never compresses irreversibly to suit us. "
+            "Lossy data is received as it is in a context that proposes its syntax alone (storescu without +C)."
+            if lossy
+            else "."
+        )
+    )
+    add("")
     add("## Network services: as an Association Requestor (SCU)")
     add("")
     add("| Use | SOP Class | UID | Transfer syntaxes proposed |")

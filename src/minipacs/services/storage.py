@@ -1,7 +1,9 @@
 """Storage Service Class, SCP side: PS3.4 Annex B (C-STORE).
 
 Every Storage SOP class of the standard is accepted in every transfer syntax
-we know (stored as received). The dataset streams into a staging file; the
+we know (stored as received): in each context the requestor's first choice,
+but a syntax that may be lossy only when the context proposes no lossless one
+(net/presentation.py ``chosen_last``). The dataset streams into a staging file; the
 response goes out only after the archive made file and index row durable.
 """
 
@@ -14,7 +16,7 @@ from minipacs.core.archive import Archive
 from minipacs.core.errors import ArchiveError
 from minipacs.core.model import Origin, StagedPath
 from minipacs.core.staging import StagingFile
-from minipacs.dicom.uids import transfer_syntax, uid_name
+from minipacs.dicom.uids import MAY_BE_LOSSY_SYNTAXES, transfer_syntax, uid_name
 from minipacs.dicom.uids_generated import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from minipacs.net.association import Association, DatasetSink, Message
 from minipacs.net.dimse import Command
@@ -80,7 +82,11 @@ class StorageSCP(Service):
     def supported_contexts(self) -> Mapping[str, SupportedContext]:
         return {
             uid: SupportedContext(
-                uid, STORABLE_TRANSFER_SYNTAXES, scu_role=self.scu_role, preferred_when_we_send=SENT_SYNTAXES
+                uid,
+                STORABLE_TRANSFER_SYNTAXES,
+                scu_role=self.scu_role,
+                preferred_when_we_send=SENT_SYNTAXES,
+                chosen_last=MAY_BE_LOSSY_SYNTAXES,
             )
             for uid in STORAGE_SOP_CLASSES
         }
