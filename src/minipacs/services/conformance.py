@@ -103,7 +103,8 @@ def statement(services: Sequence[ServiceClass], defaults: object) -> str:
         "those above (the sender knows its data; we store what we receive)"
         + (
             ", except that a syntax that may be lossy (JPEG baseline and extended, JPEG-LS near-lossless, JPEG "
-            f"2000, HTJ2K, the MPEG and HEVC video and the JPIP syntaxes: {len(lossy)} in all) is accepted for Storage only when the context proposes no lossless one: a sender that "
+            f"2000, HTJ2K, the MPEG and HEVC video and the JPIP syntaxes: {len(lossy)} in all) is accepted for "
+            "Storage only when the context proposes no lossless one: a sender that "
             "converts to the accepted syntax (DCMTK storescu +C) never compresses irreversibly to suit us. "
             "Lossy data is received as it is in a context that proposes its syntax alone (storescu without +C)."
             if lossy
