@@ -208,8 +208,11 @@ def statement(services: Sequence[ServiceClass], defaults: object) -> str:
         "an ID proposed twice is answered once, for its first proposal; an abstract syntax we do not list "
         "above gets 3 (abstract syntax not supported), a context with none of our transfer syntaxes 4. "
         "Private and unknown SOP classes are not accepted for storage (result 3), as Orthanc's default "
-        "(`UnknownSopClassAccepted` false) and dcm4che's storescp without `--all-storage`; the retired "
-        "Storage SOP classes of PS3.6 are accepted."
+        "(`UnknownSopClassAccepted` false) and dcm4che's storescp without `--all-storage`, unless "
+        f"`accept_unknown_sop_classes` (default `{str(d['accept_unknown_sop_classes']).lower()}`) is on: then a "
+        "private one, or one on the Storage branch newer than our dictionary (1.2.840.10008.5.1.4.1.1.*), is "
+        "accepted and stored as any other (any other standard UID stays refused). The retired Storage SOP "
+        "classes of PS3.6 are accepted."
     )
     add(
         "- SCP/SCU Role Selection (PS3.7 D.3.3.4): answered for each SOP class proposed with one, granting the "
