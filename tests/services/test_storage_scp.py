@@ -101,6 +101,9 @@ OTHER_SERVICE = "1.2.840.10008.5.1.4.1.2.99.1"
         (PRIVATE, True),
         (NEWER_STORAGE, True),
         (OTHER_SERVICE, False),
+        ("1.2.840.10008.5.1.4.1.1.201.2", False),  # Inventory - FIND, on the Storage branch
+        ("1.2.840.10008.5.1.4.1.1.200.4", False),  # Protocol Approval Information Model - FIND
+        ("1.2.840.10008.5.1.4.1.1.201.1.1", False),  # Storage Management SOP Instance
         ("1.2.840.10008.1.1.1", False),
         ("1.2.840.10008.5.1.4.1.1", False),  # the branch itself is no SOP class... nor under it
         ("1.2.03.4", False),  # PS3.5 9.1: no leading zero

@@ -211,7 +211,8 @@ def statement(services: Sequence[ServiceClass], defaults: object) -> str:
         "(`UnknownSopClassAccepted` false) and dcm4che's storescp without `--all-storage`, unless "
         f"`accept_unknown_sop_classes` (default `{str(d['accept_unknown_sop_classes']).lower()}`) is on: then a "
         "private one, or one on the Storage branch newer than our dictionary (1.2.840.10008.5.1.4.1.1.*), is "
-        "accepted and stored as any other (any other standard UID stays refused). The retired Storage SOP "
+        "accepted and stored as any other (any standard UID we know stays refused, as do other branches'). "
+        "The retired Storage SOP "
         "classes of PS3.6 are accepted."
     )
     add(

@@ -14,6 +14,8 @@ import re
 from collections.abc import Mapping
 from typing import Final
 
+from pydicom.uid import UID
+
 from minipacs.core.archive import Archive
 from minipacs.core.errors import ArchiveError
 from minipacs.core.model import Origin, StagedPath
@@ -81,12 +83,16 @@ STORAGE_BRANCH: Final = "1.2.840.10008.5.1.4.1.1."
 
 def unknown_storage_class(uid: str) -> bool:
     """Whether ``uid`` may be accepted as an unknown Storage SOP class (``accept_unknown_sop_classes``): a
-    valid UID outside the standard's root (private), or on its Storage branch but newer than our
-    dictionary. Any other standard UID (a Q/R model, a print class) stays refused: storing under it
-    would answer a request for another service with a C-STORE's success."""
+    valid UID outside the standard's root (private), or on its Storage branch but in no dictionary of
+    ours (newer than DICOM 2024c). Any other standard UID stays refused -- another branch's (a Q/R
+    model, a print class) and the services PS3.6 puts on the Storage branch itself (Inventory and
+    Protocol Approval FIND/MOVE/GET, Repository Query): storing under one would answer a request for
+    another service with a C-STORE's success."""
     if len(uid) > 64 or not _UID.fullmatch(uid):
         return False
-    return not uid.startswith(DICOM_UID_ROOT) or uid.startswith(STORAGE_BRANCH)
+    if not uid.startswith(DICOM_UID_ROOT):
+        return True
+    return uid.startswith(STORAGE_BRANCH) and UID(uid).name == uid  # pydicom names every UID it knows
 
 
 class StorageSCP(Service):
