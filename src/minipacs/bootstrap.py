@@ -457,11 +457,12 @@ async def build_app(settings: Settings) -> App:
         raise
     metrics = Metrics(max_ae_labels=settings.metrics_max_ae_labels)
     archive.metrics = metrics
+    storage = StorageSCP(archive, scu_role=True, accept_unknown_sop_classes=settings.accept_unknown_sop_classes)
     server = DicomServer(
         settings.ae_title,
         [
             VerificationSCP(),
-            StorageSCP(archive, scu_role=True),
+            storage,
             QueryRetrieveFindSCP(archive, max_results=settings.max_results or None, ae_title=settings.ae_title),
             MoveSCP(
                 archive,
@@ -503,6 +504,7 @@ async def build_app(settings: Settings) -> App:
         memory_dataset_max_bytes=settings.memory_dataset_max_bytes,
         memory_datasets_budget_bytes=settings.memory_datasets_budget_bytes,
         max_pdu_peer_min=settings.max_pdu_peer_min,
+        unknown_sop_classes=storage,
         metrics=metrics,
         proxy_sources=proxy_sources(settings),
     )

@@ -64,6 +64,10 @@ class Settings:
     port: int = 11112
     #: Reject associations whose Called AE Title is not ours (A-ASSOCIATE-RJ reason 7).
     check_called_aet: bool = False
+    #: Accept for storage a SOP class we do not know: a private one (not under 1.2.840.10008.) or a
+    #: Storage class newer than our dictionary (1.2.840.10008.5.1.4.1.1.*), as Orthanc's
+    #: UnknownSopClassAccepted. Off: such a context is rejected, abstract syntax not supported.
+    accept_unknown_sop_classes: bool = False
     # --- DICOM TLS (PS3.15 B.1, net/tls.py) and user identity (PS3.7 D.3.3.7, services/user_identity.py)
     #: Second DICOM listener speaking TLS (2762 is the registered port); 0: none.
     tls_port: int = 0

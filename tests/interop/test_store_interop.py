@@ -96,6 +96,31 @@ def test_dcmtk_storescu_to_minipacs(server: ServerProcess, tmp_path: Path) -> No
     assert "4 C-STORE stored" in log.stdout
 
 
+def test_dcmtk_storescu_lossy_first_in_one_context_stores_the_image_unchanged(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """storescu +C -xy proposes [JPEG Baseline, Explicit VR LE, ...] in ONE context per SOP class and
+    converts each file to the syntax accepted. Accepting the requestor's first choice there made it
+    compress a native 8-bit image to lossy JPEG on the way (the store failed when its encoder refused);
+    a lossy syntax is chosen only when nothing lossless is proposed beside it (net/presentation.py
+    chosen_last), as DCMTK's storescp and Orthanc do, so the image arrives as it was, pixel for pixel."""
+    sop = generate_uid()
+    path = write_ct(
+        tmp_path / "in" / "sc8.dcm",
+        sop_uid=sop,
+        BitsAllocated=8,
+        BitsStored=8,
+        HighBit=7,
+        PixelData=bytes(range(256)) * 16,
+    )
+    res = run(
+        [dcmtk("storescu"), "-v", "+v", "+C", "-xy", "-aec", "MINIPACS", "127.0.0.1", str(server.port), str(path)]
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "-> JPEG" not in res.stdout + res.stderr  # storescu logs each conversion
+    _assert_same_datasets({sop: path}, _stored(server))
+
+
 def test_minipacs_echo_and_store_to_dcmtk_storescp(tmp_path: Path) -> None:
     sent = _study(tmp_path / "in", 8, (ExplicitVRLittleEndian, ImplicitVRLittleEndian))
     out = tmp_path / "out"

@@ -13,6 +13,8 @@ from pynetdicom import AE, build_context
 
 from minipacs.cli.conformance import generate
 from minipacs.dicom.uids_generated import STORAGE_SOP_CLASSES
+from minipacs.services.conformance import STORE_STATUS_USES
+from minipacs.services.status import NOT_AUTHORIZED, PROCESSING_FAILURE, STORE_ERROR_STATUS, describe
 from tests.peers import ServerProcess
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "CONFORMANCE.md"
@@ -80,3 +82,14 @@ def test_what_the_statement_claims_a_peer_gets_accepted(generated: str, server: 
         assoc.release()
     assert accepted == set(proposals)
     assert rejected == [storage]  # the private syntax, the one the statement does not list
+
+
+def test_every_c_store_status_is_stated_with_its_meaning(generated: str) -> None:
+    """docs/CONFORMANCE.md lists every status the Storage SCP answers (services/status.py
+    STORE_ERROR_STATUS, the class mismatch, access and success), each with its PS3.4/PS3.7 meaning."""
+    stated = {code for code, _when in STORE_STATUS_USES}
+    assert {code for _kind, code in STORE_ERROR_STATUS} | {0x0000, 0xA900, NOT_AUTHORIZED, PROCESSING_FAILURE} == stated
+    section = generated.split("## C-STORE statuses")[1].split("\n## ")[0]
+    for code in stated:
+        assert f"- {describe(code)}: " in section
+        assert "Unknown" not in describe(code) and "Failure: Failure" not in describe(code)

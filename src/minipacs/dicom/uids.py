@@ -116,6 +116,32 @@ LOSSLESS_ONLY_SYNTAXES: Final = frozenset(
 )
 
 
+#: Encapsulated syntaxes that are lossless too, beyond LOSSLESS_ONLY_SYNTAXES: Encapsulated Uncompressed
+#: (PS3.5 A.4.11), the retired lossless JPEG processes 15, 28 and 29, and the uncompressed SMPTE ST 2110
+#: video and audio (PS3.5 A.9).
+_LOSSLESS_ENCAPSULATED: Final = frozenset(
+    {
+        "1.2.840.10008.1.2.1.98",
+        "1.2.840.10008.1.2.4.58",
+        "1.2.840.10008.1.2.4.65",
+        "1.2.840.10008.1.2.4.66",
+        "1.2.840.10008.1.2.7.1",
+        "1.2.840.10008.1.2.7.2",
+        "1.2.840.10008.1.2.7.3",
+    }
+)
+#: Syntaxes whose pixel data may have been compressed lossily (PS3.5 8.2): every other encapsulated
+#: one -- JPEG baseline and extended, JPEG-LS near-lossless, JPEG 2000 and HTJ2K (lossless or lossy),
+#: the video syntaxes, and the JPIP ones (pixel data elsewhere, in either form). An acceptor that picks
+#: one of these where a lossless one is proposed beside it lets the sender compress irreversibly on the
+#: way (services/storage.py).
+MAY_BE_LOSSY_SYNTAXES: Final = frozenset(
+    uid
+    for uid, ts in TRANSFER_SYNTAX_TABLE.items()
+    if ts.encapsulated and uid not in LOSSLESS_ONLY_SYNTAXES | _LOSSLESS_ENCAPSULATED
+)
+
+
 def transfer_syntax(uid: str) -> TransferSyntax | None:
     """Properties of a transfer syntax of PS3.6 Table A-1, or None if unknown to us."""
     return TRANSFER_SYNTAX_TABLE.get(uid)
@@ -145,6 +171,7 @@ __all__ = [
     "JPEG_LS_LOSSLESS",
     "JPIP_REFERENCED",
     "LOSSLESS_ONLY_SYNTAXES",
+    "MAY_BE_LOSSY_SYNTAXES",
     "JPIP_REFERENCED_DEFLATE",
     "MODALITY_PERFORMED_PROCEDURE_STEP",
     "MODALITY_WORKLIST_FIND",

@@ -3,8 +3,10 @@
 The acceptor's policy is a table of :class:`SupportedContext` by abstract
 syntax. For each proposed context we accept the requestor's first-proposed
 transfer syntax that we support (the requestor knows its data best; storing
-as received means no syntax is better for us than another) -- except on a
-context where the requestor takes the SCP role only (C-GET: we send), where the
+as received means no syntax is better for us than another) -- except that a
+syntax the service names ``chosen_last`` (Storage: the ones that may be lossy)
+is taken only when the context proposes no other we support, and on a context
+where the requestor takes the SCP role only (C-GET: we send), where the
 service may name syntaxes to choose first (``preferred_when_we_send``).
 """
 
@@ -41,6 +43,12 @@ class SupportedContext:
     #: When the requestor takes the SCP role only (only we send: C-GET sub-operations), the transfer
     #: syntaxes to choose first, in this order, if proposed: those we can always produce.
     preferred_when_we_send: tuple[str, ...] = ()
+    #: Chosen only when the context proposes none of our other ``transfer_syntaxes``, whatever the
+    #: requestor's order. Storage names the syntaxes that may be lossy: DCMTK's storescu (+C -xy)
+    #: proposes [JPEG Baseline, Explicit VR LE, ...] in one context for a native image and compresses
+    #: it, irreversibly, to whatever is accepted -- as DCMTK's storescp and Orthanc, who prefer
+    #: uncompressed, we never let the choice of syntax lose pixels.
+    chosen_last: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -83,7 +91,8 @@ def negotiate(
         if support is None:
             answers.append(PresentationContextAC(ctx.context_id, ABSTRACT_SYNTAX_NOT_SUPPORTED, ""))
             continue
-        chosen = next((ts for ts in ctx.transfer_syntaxes if ts in support.transfer_syntaxes), None)
+        ours = [ts for ts in ctx.transfer_syntaxes if ts in support.transfer_syntaxes]
+        chosen = next((ts for ts in ours if ts not in support.chosen_last), ours[0] if ours else None)
         if chosen is None:
             answers.append(PresentationContextAC(ctx.context_id, TRANSFER_SYNTAXES_NOT_SUPPORTED, ""))
             continue

@@ -40,6 +40,16 @@ class ServiceClass(Protocol):
         ...
 
 
+class UnknownSOPClasses(ServiceClass, Protocol):
+    """A service that may also take a proposed abstract syntax no service lists (services/storage.py,
+    ``accept_unknown_sop_classes``): the server answers such a context with :meth:`unknown_context` and
+    hands its requests and data sets to this service."""
+
+    def unknown_context(self, abstract_syntax: str) -> SupportedContext | None:
+        """What we accept for ``abstract_syntax``; None: refused (abstract syntax not supported)."""
+        ...
+
+
 class Service:
     """The defaults of a :class:`ServiceClass`: datasets kept in memory, no extended negotiation."""
 

@@ -27,7 +27,36 @@ from minipacs.services.base import ServiceClass
 from minipacs.services.find_scu import MODELS
 from minipacs.services.outbound import QR_SYNTAXES
 from minipacs.services.retrieve_scu import GET_MODEL_UIDS, MOVE_MODEL_UIDS, RECEIVABLE_SYNTAXES
+from minipacs.services.status import (
+    NOT_AUTHORIZED,
+    PROCESSING_FAILURE,
+    STORE_INSTANCE_UID_MISMATCH,
+    STORE_PREVIOUSLY_REJECTED,
+    STORE_REJECTION_NOT_ALLOWED,
+    STORE_REJECTION_NOTE_UNUSABLE,
+    SUCCESS,
+    describe,
+)
 from minipacs.services.storage import SENT_SYNTAXES, STORABLE_TRANSFER_SYNTAXES
+
+#: The statuses a C-STORE-RSP carries, and when (services/storage.py, services/status.py STORE_ERROR_STATUS).
+STORE_STATUS_USES: Final = (
+    (SUCCESS, "stored (or, per `duplicate_policy`, an instance already stored kept or replaced)"),
+    (0xA900, "the Affected SOP Class UID differs from the context's or from the data set's SOP Class UID"),
+    (
+        STORE_INSTANCE_UID_MISMATCH,
+        "the data set's SOP Instance UID differs from the Affected SOP Instance UID (DCMTK's storescp "
+        "answers 0xA900; that status is about the class)",
+    ),
+    (0xC000, "the data set cannot be read in the context's transfer syntax, or lacks its UIDs"),
+    (0x0111, "an instance already stored, when `duplicate_policy` is `reject`"),
+    (0xA700, "over a size limit of ours, or the disk is full"),
+    (STORE_PREVIOUSLY_REJECTED, "an instance a rejection note rejected (IHE IOCM)"),
+    (STORE_REJECTION_NOT_ALLOWED, "a rejection note its sender may not make here (`rejection_notes`)"),
+    (STORE_REJECTION_NOTE_UNUSABLE, "a rejection note whose evidence cannot be used"),
+    (NOT_AUTHORIZED, "the calling AE may not store here (the AE registry, `allow_unregistered`)"),
+    (PROCESSING_FAILURE, "anything else that went wrong on our side (logged)"),
+)
 
 #: The Defined Terms of PS3.3 Tables C.12-2 to C.12-5 (pydicom's table also holds aliases of its own).
 DEFINED_TERM: Final = re.compile(r"ISO_IR \d+|ISO 2022 IR \d+|GB18030|GBK")
@@ -97,6 +126,21 @@ def statement(services: Sequence[ServiceClass], defaults: object) -> str:
         f"{_syntaxes(SENT_SYNTAXES)}."
     )
     add("")
+    lossy = sorted({uid for c in every for uid in c.chosen_last & c.transfer_syntaxes}, key=_sort_key)
+    add(
+        "In each presentation context the transfer syntax accepted is the requestor's first proposed one of "
+        "those above (the sender knows its data; we store what we receive)"
+        + (
+            ", except that a syntax that may be lossy (JPEG baseline and extended, JPEG-LS near-lossless, JPEG "
+            f"2000, HTJ2K, the MPEG and HEVC video and the JPIP syntaxes: {len(lossy)} in all) is accepted for "
+            "Storage only when the context proposes no lossless one: a sender that "
+            "converts to the accepted syntax (DCMTK storescu +C) never compresses irreversibly to suit us. "
+            "Lossy data is received as it is in a context that proposes its syntax alone (storescu without +C)."
+            if lossy
+            else "."
+        )
+    )
+    add("")
     add("## Network services: as an Association Requestor (SCU)")
     add("")
     add("| Use | SOP Class | UID | Transfer syntaxes proposed |")
@@ -152,6 +196,32 @@ def statement(services: Sequence[ServiceClass], defaults: object) -> str:
         "- Called AE title: checked when `check_called_aet` is on; calling AE titles and addresses per the AE "
         "registry and `allow_unregistered`."
     )
+    add(
+        "- A-ASSOCIATE-RQ (PS3.8 9.3.2): only bit 0 of the Protocol-version is tested (else rejected 1/2/2); an "
+        "application context other than DICOM's is rejected 1/1/2; an AE title with a backslash or a control "
+        "character is rejected 1/1/3 (calling) or 1/1/7 (called); one that is all spaces or not ASCII makes "
+        "the PDU invalid and is answered with A-ABORT (source 2, reason 6), as pynetdicom does."
+    )
+    add(
+        "- Presentation contexts (PS3.8 9.3.2.2, Table 9-18): up to 128, each answered on its own (the same "
+        "SOP class in several contexts gets an answer per context); an even ID is rejected (2, no reason) and "
+        "an ID proposed twice is answered once, for its first proposal; an abstract syntax we do not list "
+        "above gets 3 (abstract syntax not supported), a context with none of our transfer syntaxes 4. "
+        "Private and unknown SOP classes are not accepted for storage (result 3), as Orthanc's default "
+        "(`UnknownSopClassAccepted` false) and dcm4che's storescp without `--all-storage`, unless "
+        f"`accept_unknown_sop_classes` (default `{str(d['accept_unknown_sop_classes']).lower()}`) is on: then a "
+        "private one, or one on the Storage branch newer than our dictionary (1.2.840.10008.5.1.4.1.1.*), is "
+        "accepted and stored as any other (any standard UID we know stays refused, as do other branches'). "
+        "The retired Storage SOP "
+        "classes of PS3.6 are accepted."
+    )
+    add(
+        "- SCP/SCU Role Selection (PS3.7 D.3.3.4): answered for each SOP class proposed with one, granting the "
+        "roles we can take; a context left with no role is rejected (1, user rejection). SOP Class Extended "
+        "Negotiation for Storage (PS3.4 B.3.1) is not answered (no level of support, signature or coercion is "
+        "claimed); SOP Class Common Extended Negotiation (57H) is read and, having no A-ASSOCIATE-AC form, "
+        "not answered. Without a User Identity policy the 58H item is ignored, with no response."
+    )
     add("")
     add("## Transfer syntaxes stored")
     add("")
@@ -160,6 +230,19 @@ def statement(services: Sequence[ServiceClass], defaults: object) -> str:
         "bit, under our own File Meta Information (a deflated one is checked by inflating it within "
         "`max_inflate_ratio`, and kept deflated)."
     )
+    add("")
+    add("## C-STORE statuses (PS3.4 B.2.3)")
+    add("")
+    add(
+        "A C-STORE is answered only once the instance is durable. Priority and the Move Originator fields "
+        "are read and not acted on (requests are served in arrival order). The data set is checked against "
+        "the context's transfer syntax by a structural walk: data in another VR encoding or byte order is "
+        "refused, not stored. "
+        "Each refusal carries an Error Comment that says why:"
+    )
+    add("")
+    for code, when in STORE_STATUS_USES:
+        add(f"- {describe(code)}: {when}")
     add("")
     add("## Character sets (PS3.3 C.12.1.1.2)")
     add("")

@@ -26,6 +26,7 @@ refused identity gets reason 1 (no reason given).
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import functools
 import logging
@@ -70,7 +71,7 @@ from minipacs.net.presentation import (
 )
 from minipacs.net.proxy_protocol import ProxyHeader, ProxyHeaderError, ProxySources, socket_reader
 from minipacs.net.tls import TLSContext, current_context_async, describe_tls_error
-from minipacs.services.base import ServiceClass
+from minipacs.services.base import ServiceClass, UnknownSOPClasses
 from minipacs.services.dispatch import (
     Operation,
     Response,
@@ -289,6 +290,7 @@ class DicomServer:
         memory_dataset_max_bytes: int = MAX_MEMORY_DATASET,
         memory_datasets_budget_bytes: int = MEMORY_DATASETS_BUDGET,
         max_pdu_peer_min: int = MAX_PDU_PEER_MIN,
+        unknown_sop_classes: UnknownSOPClasses | None = None,
     ) -> None:
         self.ae_title = ae_title
         #: Addresses whose connections start with a PROXY header naming the real client (proxy_protocol_from).
@@ -349,6 +351,18 @@ class DicomServer:
                     self.dispatch[(abstract, name)] = entry
             for abstract in contexts:
                 self.sinks[abstract] = service
+        #: Takes a proposed abstract syntax no service lists, if it will (accept_unknown_sop_classes): its
+        #: contexts are answered per association, and its requests found here by DIMSE request name.
+        self.unknown_sop_classes = unknown_sop_classes
+        self.unknown_dispatch: dict[str, Operation] = {}
+        if unknown_sop_classes is not None:
+            if unknown_sop_classes not in self.services:
+                raise ServiceRegistrationError(
+                    f"service {unknown_sop_classes.name!r} takes unknown SOP classes but is not one of the services"
+                )
+            for name, registered in unknown_sop_classes.handlers().items():
+                operation = check_operation(unknown_sop_classes.name, name, registered)
+                self.unknown_dispatch[name] = operation if access is None else guarded(operation, access)
         self.connections: set[Association] = set()
         self.established: set[Association] = set()
         self.listeners: list[Listener] = []
@@ -674,7 +688,9 @@ class DicomServer:
             assoc.reject_reason = f"{describe_rejection(rj)}: {why}"
             log.warning("%s association rejected: %s", assoc.label, why)
             return rj
-        answers, accepted, roles = negotiate(rq.presentation_contexts, self.supported, rq.user_information.roles)
+        answers, accepted, roles = negotiate(
+            rq.presentation_contexts, self._supported_for(rq), rq.user_information.roles
+        )
         even = even_ids(rq.presentation_contexts)
         if even:
             log.warning(
@@ -714,6 +730,25 @@ class DicomServer:
         return AAssociateAC(
             called_ae=rq.called_ae, calling_ae=rq.calling_ae, presentation_contexts=answers, user_information=info
         )
+
+    def _supported_for(self, rq: AAssociateRQ) -> Mapping[str, SupportedContext]:
+        """What we accept, for this request: the services' table, and the proposed abstract syntaxes none
+        lists that ``unknown_sop_classes`` takes (at most one per proposed context: nothing is kept)."""
+        taker = self.unknown_sop_classes
+        if taker is None:
+            return self.supported
+        extra: dict[str, SupportedContext] = {}
+        for pc in rq.presentation_contexts:
+            uid = pc.abstract_syntax
+            if uid not in self.supported and uid not in extra:
+                context = taker.unknown_context(uid)
+                if context is not None:
+                    extra[uid] = context
+        return collections.ChainMap(extra, self.supported) if extra else self.supported
+
+    def _unknown(self, abstract_syntax: str) -> bool:
+        """A context accepted for an abstract syntax no service lists: ``unknown_sop_classes`` took it."""
+        return self.unknown_sop_classes is not None and abstract_syntax not in self.supported
 
     def _async_window(self, rq: AAssociateRQ) -> AsynchronousOperationsWindow | None:
         """PS3.7 D.3.3.3: answered only when proposed (else both sides use 1/1). The requestor may
@@ -816,12 +851,19 @@ class DicomServer:
         return None
 
     def _sink_for(self, assoc: Association, ctx: NegotiatedContext, command: Command) -> DatasetSink:
-        service = self.sinks.get(ctx.abstract_syntax)
+        service = (
+            self.unknown_sop_classes if self._unknown(ctx.abstract_syntax) else self.sinks.get(ctx.abstract_syntax)
+        )
         sink = service.sink_for(assoc, ctx, command) if service is not None else None
         return sink if sink is not None else assoc.memory_sink(command)
 
     async def _handle(self, assoc: Association, message: Message) -> None:
-        operation = self.dispatch.get((message.context.abstract_syntax, message.command.name))
+        abstract = message.context.abstract_syntax
+        operation = (
+            self.unknown_dispatch.get(message.command.name)
+            if self._unknown(abstract)
+            else self.dispatch.get((abstract, message.command.name))
+        )
         if operation is not None and message.context.requestor_is_scu:
             if self.metrics is None:
                 await dispatch(assoc, message, operation)

@@ -1,20 +1,26 @@
 """Storage Service Class, SCP side: PS3.4 Annex B (C-STORE).
 
 Every Storage SOP class of the standard is accepted in every transfer syntax
-we know (stored as received). The dataset streams into a staging file; the
+we know (stored as received): in each context the requestor's first choice,
+but a syntax that may be lossy only when the context proposes no lossless one
+(net/presentation.py ``chosen_last``). The dataset streams into a staging file; the
 response goes out only after the archive made file and index row durable.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
+from typing import Final
+
+from pydicom.uid import UID
 
 from minipacs.core.archive import Archive
 from minipacs.core.errors import ArchiveError
 from minipacs.core.model import Origin, StagedPath
 from minipacs.core.staging import StagingFile
-from minipacs.dicom.uids import transfer_syntax, uid_name
+from minipacs.dicom.uids import DICOM_UID_ROOT, MAY_BE_LOSSY_SYNTAXES, transfer_syntax, uid_name
 from minipacs.dicom.uids_generated import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from minipacs.net.association import Association, DatasetSink, Message
 from minipacs.net.dimse import Command
@@ -68,22 +74,56 @@ class StagingSink:
             self.budget.give(reserved)
 
 
+#: PS3.5 9.1: a UID is dot-separated numbers without leading zeros, at most 64 characters.
+_UID: Final = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+#: PS3.6 Table A-1: the Storage SOP classes' branch; a class under it that our dictionary (DICOM 2024c)
+#: does not name is a newer Storage class, never another service's.
+STORAGE_BRANCH: Final = "1.2.840.10008.5.1.4.1.1."
+
+
+def unknown_storage_class(uid: str) -> bool:
+    """Whether ``uid`` may be accepted as an unknown Storage SOP class (``accept_unknown_sop_classes``): a
+    valid UID outside the standard's root (private), or on its Storage branch but in no dictionary of
+    ours (newer than DICOM 2024c). Any other standard UID stays refused -- another branch's (a Q/R
+    model, a print class) and the services PS3.6 puts on the Storage branch itself (Inventory and
+    Protocol Approval FIND/MOVE/GET, Repository Query): storing under one would answer a request for
+    another service with a C-STORE's success."""
+    if len(uid) > 64 or not _UID.fullmatch(uid):
+        return False
+    if not uid.startswith(DICOM_UID_ROOT):
+        return True
+    return uid.startswith(STORAGE_BRANCH) and UID(uid).name == uid  # pydicom names every UID it knows
+
+
 class StorageSCP(Service):
     name = "storage"
 
-    def __init__(self, archive: Archive, *, scu_role: bool = False) -> None:
+    def __init__(self, archive: Archive, *, scu_role: bool = False, accept_unknown_sop_classes: bool = False) -> None:
         """``scu_role``: also grant a requester the SCP role for Storage (SCP/SCU role
-        selection, PS3.7 D.3.3.4) -- what a C-GET SCP on the same listener needs."""
+        selection, PS3.7 D.3.3.4) -- what a C-GET SCP on the same listener needs.
+        ``accept_unknown_sop_classes``: accept a proposed SOP class we do not know when
+        :func:`unknown_storage_class` allows it (:meth:`unknown_context`)."""
         self.archive = archive
         self.scu_role = scu_role
+        self.accept_unknown_sop_classes = accept_unknown_sop_classes
+
+    def _context(self, uid: str) -> SupportedContext:
+        return SupportedContext(
+            uid,
+            STORABLE_TRANSFER_SYNTAXES,
+            scu_role=self.scu_role,
+            preferred_when_we_send=SENT_SYNTAXES,
+            chosen_last=MAY_BE_LOSSY_SYNTAXES,
+        )
 
     def supported_contexts(self) -> Mapping[str, SupportedContext]:
-        return {
-            uid: SupportedContext(
-                uid, STORABLE_TRANSFER_SYNTAXES, scu_role=self.scu_role, preferred_when_we_send=SENT_SYNTAXES
-            )
-            for uid in STORAGE_SOP_CLASSES
-        }
+        return {uid: self._context(uid) for uid in STORAGE_SOP_CLASSES}
+
+    def unknown_context(self, abstract_syntax: str) -> SupportedContext | None:
+        """What we accept for a proposed abstract syntax no service lists (services/server.py), or None."""
+        if self.accept_unknown_sop_classes and unknown_storage_class(abstract_syntax):
+            return self._context(abstract_syntax)
+        return None
 
     def handlers(self) -> Mapping[str, Operation]:
         return {"C-STORE-RQ": Operation(self.c_store, access="store")}
