@@ -326,6 +326,12 @@ def _item_at_top(e: Encoder, sop: str) -> bytes:
     return head(e, sop) + e.item(e.text(0x0040A040, "CS", "TEXT")) + pixels(e)
 
 
+def _native_in_encapsulated(e: Encoder, sop: str) -> bytes:
+    # native pixels under JPEG Baseline (PS3.5 A.4: encapsulated, undefined length): the stored file would
+    # say JPEG and hold none, and a retrieve's peer fail to decode it
+    return head(e, sop) + content(e) + pixels(e)
+
+
 TAG, AT = r"\([0-9A-F]{4},[0-9A-F]{4}\)", r"at \d+"
 KINDS: dict[str, tuple[Builder, str, tuple[Syntax, ...]]] = {
     # well-formed: must be stored
@@ -385,6 +391,11 @@ KINDS: dict[str, tuple[Builder, str, tuple[Syntax, ...]]] = {
         _encapsulated_in_native,
         r"^\(7FE0,0010\) at \d+: encapsulated pixel data, native syntax$",
         SYNTAXES,
+    ),
+    "native-in-encapsulated-syntax": (
+        _native_in_encapsulated,
+        r"^\(7FE0,0010\) at \d+: native pixel data in an encapsulated syntax$",
+        (ENCAPSULATED,),
     ),
 }
 

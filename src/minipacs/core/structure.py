@@ -430,6 +430,15 @@ class StructureWalk:
                 if len(stack) == 1:
                     if tag > last_top:
                         last_top = tag
+                        if tag == _PIXEL_DATA and length != _UNDEFINED and self._encapsulated:
+                            # PS3.5 A.4: in an encapsulated syntax Pixel Data has undefined length and
+                            # fragments; native pixels here made a file that says JPEG and holds none
+                            raise MalformedDataset(
+                                _fit(
+                                    f"(7FE0,0010) at {pos}: native pixel data in an encapsulated syntax",
+                                    f"(7FE0,0010) at {pos}: native in an encapsulated syntax",
+                                )
+                            )
                     elif tag in _HEADER_TAGS:
                         raise MalformedDataset(
                             _fit(
