@@ -41,6 +41,7 @@ from minipacs.index.schema import Instance
 from tests.broken_corpus import (
     CONTENT_SEQUENCE,
     DEFLATED,
+    ENCAPSULATED,
     EXPLICIT,
     IMPLICIT,
     SYNTAXES,
@@ -381,3 +382,29 @@ def test_a_broken_deflated_dataset_is_refused_before_the_writer(tmp_path: Path) 
             check_deflated(path, 0, DatasetLimits())
     path.write_bytes(case("ok-undefined-lengths", DEFLATED).data)
     assert check_deflated(path, 0, DatasetLimits()) > 0
+
+
+@pytest.mark.parametrize(
+    ("kind", "encapsulated", "refused"),
+    [
+        ("ok", None, False),  # a private syntax may hold native pixels...
+        ("ok-encapsulated", None, False),  # ... or fragments
+        ("ok", True, True),  # a known encapsulating one may not hold native pixels (PS3.5 A.4)
+        ("ok-encapsulated", False, True),  # nor a native one fragments
+        ("ok", False, False),
+        ("ok-encapsulated", True, False),
+    ],
+)
+def test_pixel_data_encoding_is_checked_only_where_the_syntax_is_known(
+    kind: str, encapsulated: bool | None, refused: bool
+) -> None:
+    raw = case(kind, ENCAPSULATED if kind == "ok-encapsulated" else EXPLICIT).data
+
+    def walk() -> None:
+        walk_in_memory(raw, 0, implicit=False, little_endian=True, max_depth=64, encapsulated=encapsulated)
+
+    if refused:
+        with pytest.raises(MalformedDataset, match=r"^\(7FE0,0010\) at \d+: "):
+            walk()
+    else:
+        walk()

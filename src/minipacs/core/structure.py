@@ -272,7 +272,9 @@ class StructureWalk:
     ``None`` (an inflating stream): the end is known at :meth:`finish`.
     ``encapsulated``: the transfer syntax encapsulates Pixel Data (PS3.5 A.4). In a native one
     (A.1, A.2, A.3, A.5) Pixel Data of undefined length is refused: its fragments would be read as
-    native pixels. Any other OB or OW of undefined length is refused in every syntax.
+    native pixels; in an encapsulating one, top-level Pixel Data of a defined length (native pixels).
+    None: a private syntax, which may hold either. Any other OB or OW of undefined length is refused in
+    every syntax.
     """
 
     __slots__ = (
@@ -287,6 +289,7 @@ class StructureWalk:
         "_size",
         "_stray",
         "_encapsulated",
+        "_native_refused",
         "_last_top",
     )
 
@@ -297,7 +300,7 @@ class StructureWalk:
         little_endian: bool,
         max_depth: int,
         size: int | None = None,
-        encapsulated: bool,
+        encapsulated: bool | None,
     ) -> None:
         end = _UNBOUNDED if size is None else size
         # a frame: (kind, end or -1 when undefined, limit, implicit, tag, offset, length) of what opened it
@@ -307,7 +310,8 @@ class StructureWalk:
         self._pos = 0  # dataset offset of the next header
         self._depth = 0
         self._max_depth = max_depth
-        self._encapsulated = encapsulated
+        self._encapsulated = encapsulated is not False  # fragments allowed
+        self._native_refused = encapsulated is True  # defined-length top-level Pixel Data refused
         self._last_top = -1  # the greatest top-level tag so far
         self._order = "<" if little_endian else ">"
         self._last = (0, 0, 0)  # tag, offset, length of the last value stepped over past the data
@@ -430,7 +434,7 @@ class StructureWalk:
                 if len(stack) == 1:
                     if tag > last_top:
                         last_top = tag
-                        if tag == _PIXEL_DATA and length != _UNDEFINED and self._encapsulated:
+                        if tag == _PIXEL_DATA and length != _UNDEFINED and self._native_refused:
                             # PS3.5 A.4: in an encapsulated syntax Pixel Data has undefined length and
                             # fragments; native pixels here made a file that says JPEG and holds none
                             raise MalformedDataset(
@@ -583,7 +587,7 @@ def walk_file(
     implicit: bool,
     little_endian: bool,
     max_depth: int,
-    encapsulated: bool,
+    encapsulated: bool | None,
     window: int = _WINDOW,
 ) -> None:
     """:class:`StructureWalk` over the dataset of a file, from ``dataset_offset`` to the file's end,
@@ -606,7 +610,13 @@ def walk_file(
 
 
 def walk_bytes(
-    data: bytes, dataset_offset: int, *, implicit: bool, little_endian: bool, max_depth: int, encapsulated: bool
+    data: bytes,
+    dataset_offset: int,
+    *,
+    implicit: bool,
+    little_endian: bool,
+    max_depth: int,
+    encapsulated: bool | None,
 ) -> None:
     """:func:`walk_file` of a file already read whole into ``data``: the same walk, windows
     sliced from memory rather than read (so the same verdicts, offsets and sentences)."""
@@ -623,12 +633,12 @@ def walk_bytes(
         walk.walk(window, at)
 
 
-def encapsulates(transfer_syntax_uid: str) -> bool:
-    """Whether a dataset of this transfer syntax may hold encapsulated Pixel Data (PS3.5 A.4): the
-    syntax says; a private one is read as explicit VR little endian (dataset_encoding), which every
-    encapsulating syntax is, so it may."""
+def encapsulates(transfer_syntax_uid: str) -> bool | None:
+    """Whether a dataset of this transfer syntax holds encapsulated Pixel Data (PS3.5 A.4): the syntax
+    says; None for a private one, which is read as explicit VR little endian (dataset_encoding) and may
+    hold either."""
     known = transfer_syntax(transfer_syntax_uid)
-    return known.encapsulated if known is not None else True
+    return known.encapsulated if known is not None else None
 
 
 def check_staged(
