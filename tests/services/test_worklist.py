@@ -301,3 +301,42 @@ def test_scp_refuses_a_key_holding_a_nul(tmp_path: Path) -> None:
     result = asyncio.run(_scp_query(tmp_path, ("AccessionNumber", "PatientName=\x00")))
     assert result.status == 0xC001 and result.matches == []
     assert "PatientName" in result.error_comment
+
+
+STATUS_KEY = f"{SPS}ScheduledProcedureStepStatus"
+
+
+def test_scheduled_procedure_step_status_follows_the_entry(tmp_path: Path) -> None:
+    """PS3.3 C.4.10 / PS3.4 Table K.6-1 (0040,0020) Scheduled Procedure Step Status: once an MPPS
+    (or an order) changed the entry, the step's status says so, in the answer and in matching, as
+    dcm4chee-arc does (IN PROGRESS -> STARTED, DISCONTINUED, COMPLETED; CANCELED spelled as
+    DICOM spells it). It used to answer the stored value (empty, or SCHEDULED from the order) for
+    an entry being performed, so a modality asking for SCHEDULED steps got the started ones too.
+    A status the order gave a scheduled entry (ARRIVED, READY) is kept. Done entries stay off
+    the list unless the query asks for their status by value (dcm4chee-arc's "Hide SPS with
+    Status", which also yields to a status matching key)."""
+
+    async def body(_archive: Archive, worklist: Worklist) -> dict[str, Any]:
+        entries = {e.accession_number: e for e in await worklist.list()}
+        arrived = entry("888888", "Poe^Edgar", "ACC5", "CT", "CT01", "20240108", "100000")
+        arrived.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus = "ARRIVED"
+        await worklist.add(arrived)
+        await worklist.set_status(entries["ACC1"].id, "IN PROGRESS")
+        await worklist.set_status(entries["ACC2"].id, "COMPLETED")
+        await worklist.set_status(entries["ACC3"].id, "CANCELLED")
+        found: dict[str, Any] = {}
+        for value in ("", "SCHEDULED", "STARTED", "COMPLETED", "CANCELED", "SCHEDULED\\ARRIVED"):
+            answers = await worklist.find(identifier("AccessionNumber", f"{STATUS_KEY}={value}"))
+            found[value] = {
+                str(a.AccessionNumber): str(a.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus)
+                for a in answers
+            }
+        return found
+
+    found = asyncio.run(_with_worklist(tmp_path, body))
+    assert found[""] == {"ACC1": "STARTED", "ACC4": "SCHEDULED", "ACC5": "ARRIVED"}
+    assert found["SCHEDULED"] == {"ACC4": "SCHEDULED"}
+    assert found["STARTED"] == {"ACC1": "STARTED"}
+    assert found["COMPLETED"] == {"ACC2": "COMPLETED"}
+    assert found["CANCELED"] == {"ACC3": "CANCELED"}
+    assert found["SCHEDULED\\ARRIVED"] == {"ACC4": "SCHEDULED", "ACC5": "ARRIVED"}

@@ -49,6 +49,21 @@ SCHEDULED: Final = "SCHEDULED"
 CANCELLED: Final = "CANCELLED"
 #: States a worklist query answers (done and cancelled steps leave the modality's list).
 OPEN_STATES: Final = ("SCHEDULED", "IN PROGRESS")
+#: Every entry state; a query that asks for a Scheduled Procedure Step Status by value reads them all.
+ALL_STATES: Final = ("SCHEDULED", "IN PROGRESS", "COMPLETED", "DISCONTINUED", "CANCELLED")
+SPS_STATUS: Final = 0x00400020  # (0040,0020) Scheduled Procedure Step Status
+#: PS3.3 C.4.10 (0040,0020) Scheduled Procedure Step Status, defined terms: what each entry state
+#: answers (the MPPS states of PS3.4 F.7 as dcm4chee-arc maps them; DICOM spells CANCELED with one L).
+#: None: a SCHEDULED entry answers the status its order gave it (ARRIVED, READY...), else SCHEDULED.
+SPS_STATUS_OF_STATE: Final[dict[str, str | None]] = {
+    "SCHEDULED": None,
+    "IN PROGRESS": "STARTED",
+    "COMPLETED": "COMPLETED",
+    "DISCONTINUED": "DISCONTINUED",
+    "CANCELLED": "CANCELED",
+}
+#: Stored statuses a SCHEDULED entry keeps (the steps before it starts); any other is SCHEDULED.
+SCHEDULED_SPS_STATUSES: Final = frozenset({"SCHEDULED", "ARRIVED", "READY"})
 
 
 class IndexAccess(Protocol):
@@ -275,6 +290,33 @@ def response(keys: Sequence[Key], ds: Dataset) -> Dataset:
     return out
 
 
+def with_state(ds: Dataset, status: str) -> Dataset:
+    """``ds`` with the Scheduled Procedure Step Status (0040,0020) of every step set from the entry's
+    ``status`` (:data:`SPS_STATUS_OF_STATE`), in place: the state an MPPS or an order gave the entry
+    (kept in its own column) is what a modality sees and matches, not the status stored with the
+    order. PS3.4 F.7.2.1 note: the N-CREATE lets "an SCP of the Modality Worklist SOP Class ...
+    update the Modality Worklist"."""
+    for sps in ds.get("ScheduledProcedureStepSequence") or []:
+        term = SPS_STATUS_OF_STATE.get(status)
+        if term is None:
+            stored = element_text(sps.get(SPS_STATUS)).strip().upper() if SPS_STATUS in sps else ""
+            term = stored if stored in SCHEDULED_SPS_STATUSES else "SCHEDULED"
+        sps.add(DataElement(SPS_STATUS, "CS", term))
+    return ds
+
+
+def _states(keys: Sequence[Key]) -> tuple[str, ...]:
+    """The entry states to read: the open ones, or all when the query asks for a Scheduled Procedure
+    Step Status by value (a modality that asks for COMPLETED steps wants to see them; dcm4chee-arc's
+    hidden statuses yield to such a key the same way)."""
+    for key in keys:
+        if key.tag == SPS_SEQUENCE:
+            for item in key.items:
+                if any(k.tag == SPS_STATUS and not k.is_universal for k in item):
+                    return ALL_STATES
+    return OPEN_STATES
+
+
 def _prefilter(keys: Sequence[Key]) -> dict[str, str]:
     """Keys whose single value can narrow the candidates in SQL (exact equality only)."""
     equal: dict[str, str] = {}
@@ -375,12 +417,13 @@ class Worklist:
         raises InvalidKeyValue."""
         keys = read_keys(identifier, combined=COMBINED_DATE_TIME)
         equal = _prefilter(keys)
+        states = _states(keys)
 
         def run(conn: IndexConnection) -> builtins.list[Dataset]:
             # Parsing and matching every open entry is CPU work: it runs here, off the event loop.
             found = []
-            for row in repo.worklist_rows(conn, equal, OPEN_STATES):
-                ds = from_text(str(row["dataset"]))
+            for row in repo.worklist_rows(conn, equal, states):
+                ds = with_state(from_text(str(row["dataset"])), str(row["status"]))
                 if matches(keys, ds):
                     found.append(response(keys, ds))
             return found
@@ -421,4 +464,5 @@ __all__ = [
     "read_worklist_file",
     "response",
     "validated",
+    "with_state",
 ]
