@@ -16,6 +16,7 @@ from minipacs.config import Settings
 from minipacs.core.archive import Archive
 from minipacs.core.worklist import InvalidWorklistEntry, Worklist, read_worklist_file
 from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, MODALITY_WORKLIST_FIND
+from minipacs.index import worklist_repo as repo
 from minipacs.net.association import AssociationSettings, build_rq, connect
 from minipacs.net.dul import Timeouts
 from minipacs.services.find_scu import find_all, set_key
@@ -340,3 +341,20 @@ def test_scheduled_procedure_step_status_follows_the_entry(tmp_path: Path) -> No
     assert found["COMPLETED"] == {"ACC2": "COMPLETED"}
     assert found["CANCELED"] == {"ACC3": "CANCELED"}
     assert found["SCHEDULED\\ARRIVED"] == {"ACC4": "SCHEDULED", "ACC5": "ARRIVED"}
+
+
+def test_a_multi_valued_station_reads_as_dicom_text(tmp_path: Path) -> None:
+    """DCMTK's sample worklist (wklist1.dump) schedules a step on two stations, AA32\\AA33 (AE, VM 1-n).
+    `worklist list`, the web page and the indexed column showed Python's list, "['AA32', 'AA33']",
+    cut to 16 characters in the column; DICOM text joins values with backslashes (PS3.5 6.4)."""
+
+    async def body(archive: Archive, worklist: Worklist) -> tuple[dict[str, str], str]:
+        two = entry("999999", "Two^Stations", "ACC9", "MR", "AA32", "20240109", "080000")
+        two.ScheduledProcedureStepSequence[0].ScheduledStationAETitle = ["AA32", "AA33"]
+        added = await worklist.add(two)
+        column = await archive.read(lambda conn: repo.worklist_row(conn, added.id))
+        assert column is not None
+        return added.summary(), str(column["scheduled_station_ae"])
+
+    summary, column = asyncio.run(_with_worklist(tmp_path, body))
+    assert summary["station"] == column == "AA32\\AA33"

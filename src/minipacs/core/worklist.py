@@ -98,17 +98,22 @@ class WorklistEntry:
             "id": str(self.id),
             "status": self.status,
             "accession": self.accession_number,
-            "patient_id": str(ds.get("PatientID", "") or ""),
-            "patient_name": str(ds.get("PatientName", "") or ""),
-            "modality": str(sps.get("Modality", "") or ""),
-            "station": str(sps.get("ScheduledStationAETitle", "") or ""),
-            "start": f"{sps.get('ScheduledProcedureStepStartDate', '') or ''} "
-            f"{sps.get('ScheduledProcedureStepStartTime', '') or ''}".strip(),
-            "procedure": str(
-                ds.get("RequestedProcedureDescription", "") or sps.get("ScheduledProcedureStepDescription", "") or ""
-            ),
-            "study_uid": str(ds.get("StudyInstanceUID", "") or ""),
+            "patient_id": _value(ds, "PatientID"),
+            "patient_name": _value(ds, "PatientName"),
+            "modality": _value(sps, "Modality"),
+            "station": _value(sps, "ScheduledStationAETitle"),
+            "start": f"{_value(sps, 'ScheduledProcedureStepStartDate')} "
+            f"{_value(sps, 'ScheduledProcedureStepStartTime')}".strip(),
+            "procedure": _value(ds, "RequestedProcedureDescription")
+            or _value(sps, "ScheduledProcedureStepDescription"),
+            "study_uid": _value(ds, "StudyInstanceUID"),
         }
+
+
+def _value(ds: Dataset, keyword: str) -> str:
+    """``keyword``'s value as DICOM text: several values joined by backslashes (PS3.5 6.4), as a
+    step scheduled on two stations (AA32\\AA33) reads, not as Python's list; "" when absent."""
+    return element_text(ds[keyword]) if keyword in ds else ""
 
 
 def _first_sps(ds: Dataset) -> Dataset:
@@ -203,12 +208,12 @@ def validated(ds: Dataset) -> Dataset:
 def _columns(ds: Dataset, status: str) -> dict[str, Any]:
     sps = _first_sps(ds)
     return {
-        "accession_number": str(ds.get("AccessionNumber", "") or "")[:16],
-        "patient_id": str(ds.get("PatientID", "") or "")[:64],
-        "study_instance_uid": str(ds.get("StudyInstanceUID", "") or "")[:64],
-        "scheduled_station_ae": str(sps.get("ScheduledStationAETitle", "") or "")[:16],
-        "modality": str(sps.get("Modality", "") or "")[:16],
-        "start_date": str(sps.get("ScheduledProcedureStepStartDate", "") or "")[:8],
+        "accession_number": _value(ds, "AccessionNumber")[:16],
+        "patient_id": _value(ds, "PatientID")[:64],
+        "study_instance_uid": _value(ds, "StudyInstanceUID")[:64],
+        "scheduled_station_ae": _value(sps, "ScheduledStationAETitle")[:16],
+        "modality": _value(sps, "Modality")[:16],
+        "start_date": _value(sps, "ScheduledProcedureStepStartDate")[:8],
         "status": status,
         "dataset": to_text(ds),
     }
