@@ -8,6 +8,7 @@ and all its instances are in.
 from __future__ import annotations
 
 import asyncio
+import copy
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -466,5 +467,33 @@ def test_one_step_performing_two_requested_procedures_moves_both_entries(tmp_pat
             sops = [generate_uid()]
             assert (await asyncio.to_thread(n_set, app.dicom.port, mpps_final(SERIES, sops), uid))[0] == 0
             assert [await _wl_status(app, e.id) for e in (first, second)] == ["COMPLETED", "COMPLETED"]
+
+    asyncio.run(main())
+
+
+def test_an_n_set_repeating_the_n_create_unchanged_is_taken(tmp_path: Path) -> None:
+    """PS3.4 Table F.7.2-1 marks Patient ID, Modality, the Scheduled Step Attributes Sequence... "Not
+    allowed" in N-SET: they cannot be CHANGED. Some modalities send their whole step again in the
+    N-SET that completes it; with the values unchanged nothing is changed, so the step completes
+    (it was refused with 0x0106 and stayed IN PROGRESS forever, its worklist entry with it). A value
+    that differs is still refused, with the Offending Element."""
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            pk = await _scheduled(app)
+            port, uid = app.dicom.port, generate_uid()
+            created = mpps_create(STUDY)
+            assert (await asyncio.to_thread(n_create, port, created, uid))[0] == 0
+            whole = mpps_create(STUDY)
+            for elem in mpps_final(SERIES, []):
+                whole[elem.tag] = elem
+            whole.PatientName = "Doe^John"  # as received, not as pydicom would hold a new PersonName
+            changed = copy.deepcopy(whole)
+            changed.PerformedStationAETitle = "CT99"
+            code, status = await asyncio.to_thread(n_set, port, changed, uid)
+            assert code == 0x0106 and status.OffendingElement == 0x00400241
+            assert (await asyncio.to_thread(n_set, port, whole, uid))[0] == 0
+            row = await mpps_rows(app, uid)
+            assert row is not None and row["status"] == "COMPLETED" and await _wl_status(app, pk) == "COMPLETED"
 
     asyncio.run(main())

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from minipacs.core.changes import ChangeType, change_row, record
@@ -216,7 +217,7 @@ def validate_set(current: str, changes: Dataset, stored: Dataset | None = None) 
         raise StepClosed(f"Performed Procedure Step Object may no longer be updated: it is {current}")
     for elem in changes:
         keyword = keyword_for_tag(elem.tag)
-        if keyword in SET_NOT_ALLOWED:
+        if keyword in SET_NOT_ALLOWED and not _unchanged(stored, elem):
             raise AttributeNotSettable(f"{keyword} cannot be changed by N-SET (PS3.4 Table F.7.2-1)", keyword)
     new = _text(changes, "PerformedProcedureStepStatus") if "PerformedProcedureStepStatus" in changes else current
     if new not in TRANSITIONS[current]:
@@ -230,6 +231,19 @@ def validate_set(current: str, changes: Dataset, stored: Dataset | None = None) 
     if not TRANSITIONS[new]:
         validate_final(_merged(stored, changes), new)
     return new
+
+
+def _unchanged(stored: Dataset | None, elem: DataElement) -> bool:
+    """Whether ``elem`` of an N-SET repeats the step's value (compared in the PS3.18 JSON form, which
+    does not care whether a name arrived as text or a PersonName, or an empty value as "" or None).
+    Table F.7.2-1's "Not allowed" attributes cannot be changed; a modality that sends its whole step
+    again in the N-SET that completes it changes nothing, and is not refused for it."""
+    if stored is None or elem.tag not in stored:
+        return False
+    try:
+        return bool(Dataset({elem.tag: stored[elem.tag]}).to_json_dict() == Dataset({elem.tag: elem}).to_json_dict())
+    except (TypeError, ValueError):  # a value pydicom cannot write as JSON: not provably the same
+        return False
 
 
 def validate_final(ds: Dataset, status: str) -> None:
