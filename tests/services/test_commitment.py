@@ -426,3 +426,39 @@ def test_a_large_request_leaves_the_event_loop_free(tmp_path: Path) -> None:
             assert lag.longest < 1.0, f"the event loop was busy for {lag.longest:.1f} s at a time"
 
     asyncio.run(main())
+
+
+def test_a_transaction_uid_used_again_is_reported_again(tmp_path: Path) -> None:
+    """A modality that got no report asks again with the same Transaction UID; it gets a report for
+    each request, as checked at the time (the second sees the instance stored in between). The
+    Failure Reason 0131 Duplicate transaction UID (PS3.3 C.14.1.1) is not used: README says why."""
+    reports = Reports()
+
+    def ask_twice(port: int, first: Dataset, second: Dataset, store: Any) -> list[int]:
+        def body(assoc: Any) -> list[int]:
+            codes = []
+            for ds in (first, second):
+                reports.answered.clear()
+                status, _reply = assoc.send_n_action(ds, 1, COMMIT_CLASS, COMMIT_INSTANCE)
+                codes.append(int(status.Status))
+                assert reports.answered.wait(30)
+                store()
+            return codes
+
+        return with_scu(port, body, [COMMIT_CLASS], handlers=reports.handlers)
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            uid, txn = generate_uid(), generate_uid()
+            ds = commitment_request(txn, [(CT_IMAGE_STORAGE, uid)])
+            path = write_ct(tmp_path / "late.dcm", study_uid=STUDY, series_uid=SERIES, sop_uid=uid)
+            loop = asyncio.get_running_loop()
+
+            def store() -> None:
+                if len(reports.got) == 1:
+                    asyncio.run_coroutine_threadsafe(app.archive.import_file(path, Origin("import")), loop).result(30)
+
+            assert await asyncio.to_thread(ask_twice, app.dicom.port, ds, ds, store) == [0, 0]
+            assert [(event, str(info.TransactionUID)) for event, info in reports.got] == [(2, txn), (1, txn)]
+
+    asyncio.run(main())
