@@ -497,3 +497,25 @@ def test_an_n_set_repeating_the_n_create_unchanged_is_taken(tmp_path: Path) -> N
             assert row is not None and row["status"] == "COMPLETED" and await _wl_status(app, pk) == "COMPLETED"
 
     asyncio.run(main())
+
+
+def test_an_entry_performed_by_two_steps_follows_both(tmp_path: Path) -> None:
+    """Two MPPS for one scheduled step (PS3.4 F.1: the performed steps need not map one to one to the
+    scheduled ones; modalities that report each part of an exam as a step of its own, or a step
+    discontinued and performed again). The entry took the status of whichever step ended last:
+    COMPLETED (off the modality's list) while the second was still acquiring, then DISCONTINUED
+    though the first one completed. Now it stays IN PROGRESS while a step of it is, and is
+    COMPLETED once one of them completed and none is in progress."""
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            pk = await _scheduled(app)
+            port, first, second = app.dicom.port, generate_uid(), generate_uid()
+            for uid in (first, second):
+                assert (await asyncio.to_thread(n_create, port, mpps_create(STUDY), uid))[0] == 0
+            assert (await asyncio.to_thread(n_set, port, mpps_final(SERIES, []), first))[0] == 0
+            assert await _wl_status(app, pk) == "IN PROGRESS"
+            assert (await asyncio.to_thread(n_set, port, mpps_final(SERIES, [], "DISCONTINUED"), second))[0] == 0
+            assert await _wl_status(app, pk) == "COMPLETED"
+
+    asyncio.run(main())

@@ -366,13 +366,27 @@ def _scheduled_entries(conn: IndexConnection, ds: Dataset, states: tuple[str, ..
     return found
 
 
-def _follow(conn: IndexConnection, worklist_pk: int, status: str) -> None:
+def _follow(conn: IndexConnection, worklist_pk: int, status: str, study_uid: str = "") -> None:
     """The linked worklist entry takes the step's new status, in the step's own transaction, unless the
     order was cancelled meanwhile (hl7/orders.py CA): a cancelled entry stays off the modality's list,
-    and the step keeps the record of what was done."""
+    and the step keeps the record of what was done. With several steps for the entry (PS3.4 F.1: the
+    performed steps need not map one to one to the scheduled ones; ``study_uid`` finds them, the step
+    written already), :func:`_entry_state` of all of them."""
     row = repo.worklist_row(conn, worklist_pk)
-    if row is not None and str(row["status"]) != CANCELLED:
-        repo.set_worklist_status(conn, worklist_pk, status)
+    if row is None or str(row["status"]) == CANCELLED:
+        return
+    steps = repo.mpps_statuses_of_entry(conn, worklist_pk, study_uid) if study_uid else []
+    repo.set_worklist_status(conn, worklist_pk, _entry_state([*steps, status]))
+
+
+def _entry_state(steps: list[str]) -> str:
+    """The state of a worklist entry performed by steps in these states: IN PROGRESS while one is (the
+    modality is still acquiring for it), else COMPLETED if one completed (a step discontinued and done
+    again, or a part of the exam given up, leaves the rest done), else DISCONTINUED."""
+    for state in (IN_PROGRESS, COMPLETED):
+        if state in steps:
+            return state
+    return DISCONTINUED
 
 
 def _step(row: Mapping[str, Any]) -> Step:
@@ -484,7 +498,7 @@ class ProcedureSteps:
             repo.insert_mpps(conn, values)
             record(conn, [change_row(ChangeType.MPPS_CREATED, sop_instance_uid, study[:64], dt.datetime.now(dt.UTC))])
             for pk in linked:
-                _follow(conn, pk, IN_PROGRESS)
+                _follow(conn, pk, IN_PROGRESS, study[:64])
             return linked
 
         if not await self.index.write(insert):
@@ -517,7 +531,7 @@ class ProcedureSteps:
             if status != step.status:  # every entry the step performs (IHE group case), as N-CREATE linked them
                 linked = _scheduled_entries(conn, step.dataset, (IN_PROGRESS,))
                 for pk in dict.fromkeys([*([step.worklist_pk] if step.worklist_pk is not None else []), *linked]):
-                    _follow(conn, pk, status)
+                    _follow(conn, pk, status, step.study_instance_uid)
             if status != step.status and status in _STEP_CHANGES:
                 record(
                     conn,
