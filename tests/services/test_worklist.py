@@ -358,3 +358,35 @@ def test_a_multi_valued_station_reads_as_dicom_text(tmp_path: Path) -> None:
 
     summary, column = asyncio.run(_with_worklist(tmp_path, body))
     assert summary["station"] == column == "AA32\\AA33"
+
+
+def test_each_scheduled_procedure_step_is_a_worklist_item_of_its_own(tmp_path: Path) -> None:
+    """PS3.4 K.1.1 / K.6.1.1: "each item is related to one task"; the worklist "is structured according
+    to Scheduled Procedure Steps", and K.4.1.3 answers one Pending response per matching step. An entry
+    with two steps (POST /api/worklist, a .wl file) came back as ONE response holding both items, and a
+    modality, which performs the first item of what it selects, never saw the second step."""
+
+    async def body(_archive: Archive, worklist: Worklist) -> tuple[list[Dataset], list[Dataset]]:
+        two = entry("999999", "Two^Steps", "ACC9", "CT", "CT01", "20240109", "080000")
+        second = Dataset()
+        second.Modality = "MR"
+        second.ScheduledStationAETitle = "MR01"
+        second.ScheduledProcedureStepStartDate = "20240109"
+        second.ScheduledProcedureStepStartTime = "090000"
+        second.ScheduledProcedureStepID = "SPSACC9B"
+        two.ScheduledProcedureStepSequence.append(second)
+        await worklist.add(two)
+        every = await worklist.find(identifier("AccessionNumber=ACC9", "ScheduledProcedureStepSequence"))
+        mr = await worklist.find(
+            identifier("AccessionNumber=ACC9", f"{SPS}Modality=MR", f"{SPS}ScheduledProcedureStepID")
+        )
+        return every, mr
+
+    every, mr = asyncio.run(_with_worklist(tmp_path, body))
+    assert [[str(s.ScheduledProcedureStepID) for s in e.ScheduledProcedureStepSequence] for e in every] == [
+        ["SPSACC9"],
+        ["SPSACC9B"],
+    ]
+    assert [[(s.Modality, s.ScheduledProcedureStepID) for s in e.ScheduledProcedureStepSequence] for e in mr] == [
+        [("MR", "SPSACC9B")]
+    ]

@@ -310,6 +310,22 @@ def with_state(ds: Dataset, status: str) -> Dataset:
     return ds
 
 
+def per_step(ds: Dataset) -> builtins.list[Dataset]:
+    """The worklist items of entry ``ds``, one per Scheduled Procedure Step: PS3.4 K.1.1, "each item is
+    related to one task", and K.6.1.1, the worklist "is structured according to Scheduled Procedure
+    Steps" (K.4.1.3: a Pending response per match). An entry with several steps is as many items,
+    each with the entry's other attributes and ONE step; the stored entry is not changed."""
+    seq = ds.get(SPS_SEQUENCE)
+    if seq is None or not isinstance(seq.value, (DicomSequence, list)) or len(seq.value) < 2:
+        return [ds]
+    items = []
+    for sps in seq.value:
+        item = Dataset(dict(ds.items()))  # a dict of its own (Dataset(ds) and copy() share ds's)
+        item[SPS_SEQUENCE] = DataElement(SPS_SEQUENCE, "SQ", DicomSequence([sps]))
+        items.append(item)
+    return items
+
+
 def _states(keys: Sequence[Key]) -> tuple[str, ...]:
     """The entry states to read: the open ones, or all when the query asks for a Scheduled Procedure
     Step Status by value (a modality that asks for COMPLETED steps wants to see them; dcm4chee-arc's
@@ -428,9 +444,9 @@ class Worklist:
             # Parsing and matching every open entry is CPU work: it runs here, off the event loop.
             found = []
             for row in repo.worklist_rows(conn, equal, states):
-                ds = with_state(from_text(str(row["dataset"])), str(row["status"]))
-                if matches(keys, ds):
-                    found.append(response(keys, ds))
+                for step in per_step(with_state(from_text(str(row["dataset"])), str(row["status"]))):
+                    if matches(keys, step):
+                        found.append(response(keys, step))
             return found
 
         return await self.index.read(run)
@@ -466,6 +482,7 @@ __all__ = [
     "check_values",
     "matches",
     "new_procedure_id",
+    "per_step",
     "read_worklist_file",
     "response",
     "validated",
