@@ -326,8 +326,11 @@ def test_scheduled_procedure_step_status_follows_the_entry(tmp_path: Path) -> No
         await worklist.set_status(entries["ACC2"].id, "COMPLETED")
         await worklist.set_status(entries["ACC3"].id, "CANCELLED")
         found: dict[str, Any] = {}
-        for value in ("", "SCHEDULED", "STARTED", "COMPLETED", "CANCELED", "SCHEDULED\\ARRIVED"):
-            answers = await worklist.find(identifier("AccessionNumber", f"{STATUS_KEY}={value}"))
+        for value in ("", "SCHEDULED", "STARTED", "COMPLETED", "CANCELED", "SCHEDULED\\ARRIVED", "NOSUCH", "C*"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pydicom warns of the wildcard in a CS it is given
+                query = identifier("AccessionNumber", f"{STATUS_KEY}={value}")
+            answers = await worklist.find(query)
             found[value] = {
                 str(a.AccessionNumber): str(a.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus)
                 for a in answers
@@ -341,6 +344,8 @@ def test_scheduled_procedure_step_status_follows_the_entry(tmp_path: Path) -> No
     assert found["COMPLETED"] == {"ACC2": "COMPLETED"}
     assert found["CANCELED"] == {"ACC3": "CANCELED"}
     assert found["SCHEDULED\\ARRIVED"] == {"ACC4": "SCHEDULED", "ACC5": "ARRIVED"}
+    assert found["NOSUCH"] == {}
+    assert found["C*"] == {"ACC2": "COMPLETED", "ACC3": "CANCELED"}  # a wildcard reads every state
 
 
 def test_a_multi_valued_station_reads_as_dicom_text(tmp_path: Path) -> None:
@@ -390,3 +395,27 @@ def test_each_scheduled_procedure_step_is_a_worklist_item_of_its_own(tmp_path: P
     assert [[(s.Modality, s.ScheduledProcedureStepID) for s in e.ScheduledProcedureStepSequence] for e in mr] == [
         [("MR", "SPSACC9B")]
     ]
+
+
+@pytest.mark.parametrize(
+    ("value", "states"),
+    [
+        ("", ("SCHEDULED", "IN PROGRESS")),
+        ("SCHEDULED", ("SCHEDULED",)),
+        ("READY\\STARTED", ("SCHEDULED", "IN PROGRESS")),
+        ("CANCELED", ("CANCELLED",)),
+        ("NOSUCH", ()),
+        ("*ED", ("SCHEDULED", "IN PROGRESS", "COMPLETED", "DISCONTINUED", "CANCELLED")),
+    ],
+)
+def test_a_status_asked_for_reads_only_the_entries_that_can_answer_it(value: str, states: tuple[str, ...]) -> None:
+    """A modality that always asks for SCHEDULED steps must not make each query read every entry
+    ever done: the entry states read are those whose status term (core/worklist.py
+    SPS_STATUS_OF_STATE) the key can match; a wildcard reads them all."""
+    from minipacs.core.identifier import read_keys
+    from minipacs.core.worklist import COMBINED_DATE_TIME, _states
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of the wildcard in a CS it is given
+        keys = read_keys(identifier(f"{STATUS_KEY}={value}"), combined=COMBINED_DATE_TIME)
+    assert _states(keys) == states

@@ -327,15 +327,30 @@ def per_step(ds: Dataset) -> builtins.list[Dataset]:
 
 
 def _states(keys: Sequence[Key]) -> tuple[str, ...]:
-    """The entry states to read: the open ones, or all when the query asks for a Scheduled Procedure
-    Step Status by value (a modality that asks for COMPLETED steps wants to see them; dcm4chee-arc's
-    hidden statuses yield to such a key the same way)."""
+    """The entry states to read: the open ones, or those whose Scheduled Procedure Step Status the
+    query asks for by value (a modality asking for COMPLETED steps wants to see them; dcm4chee-arc's
+    hidden statuses yield to such a key the same way). Only those: a modality that always sends
+    SCHEDULED must not make each query read every entry ever done; a wildcard reads them all."""
     for key in keys:
-        if key.tag == SPS_SEQUENCE:
-            for item in key.items:
-                if any(k.tag == SPS_STATUS and not k.is_universal for k in item):
+        if key.tag != SPS_SEQUENCE:
+            continue
+        for item in key.items:
+            for k in item:
+                if k.tag != SPS_STATUS or k.is_universal:
+                    continue
+                parts = k.condition.parts or (k.condition,)
+                if any(part.kind is not Matching.SINGLE for part in parts):
                     return ALL_STATES
+                asked = {value.strip() for part in parts for value in part.values}
+                return tuple(state for state in ALL_STATES if asked & _TERMS_OF_STATE[state])
     return OPEN_STATES
+
+
+#: Entry state -> the Scheduled Procedure Step Status terms it can answer (:func:`with_state`).
+_TERMS_OF_STATE: Final[dict[str, frozenset[str]]] = {
+    state: frozenset({term}) if term is not None else SCHEDULED_SPS_STATUSES
+    for state, term in SPS_STATUS_OF_STATE.items()
+}
 
 
 def _prefilter(keys: Sequence[Key]) -> dict[str, str]:
