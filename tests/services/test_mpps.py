@@ -519,3 +519,23 @@ def test_an_entry_performed_by_two_steps_follows_both(tmp_path: Path) -> None:
             assert await _wl_status(app, pk) == "COMPLETED"
 
     asyncio.run(main())
+
+
+def test_n_get_of_a_step_is_an_unrecognized_operation(tmp_path: Path) -> None:
+    """PS3.4 F.7.2: the MPPS SOP Class is N-CREATE and N-SET; reading a step back (N-GET) is the
+    Modality Performed Procedure Step Retrieve SOP Class (F.8), which is not offered: an N-GET on
+    the MPPS context gets 0x0211 Unrecognized operation (PS3.7 C.4.3) and the association goes on."""
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            uid = generate_uid()
+            assert (await asyncio.to_thread(n_create, app.dicom.port, mpps_create(STUDY), uid))[0] == 0
+
+            def get_then_set(assoc: Any) -> tuple[int, int]:
+                got, _attrs = assoc.send_n_get([0x00400252], MPPS_CLASS, uid)
+                done, _attrs = assoc.send_n_set(mpps_final(SERIES, []), MPPS_CLASS, uid)
+                return int(got.Status), int(done.Status)
+
+            assert await asyncio.to_thread(with_scu, app.dicom.port, get_then_set, [MPPS_CLASS]) == (0x0211, 0)
+
+    asyncio.run(main())
