@@ -539,3 +539,23 @@ def test_n_get_of_a_step_is_an_unrecognized_operation(tmp_path: Path) -> None:
             assert await asyncio.to_thread(with_scu, app.dicom.port, get_then_set, [MPPS_CLASS]) == (0x0211, 0)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(("empty", "expected"), [(True, 0x0121), (False, 0x0120)])
+def test_a_scheduled_step_item_without_its_study_instance_uid(tmp_path: Path, empty: bool, expected: int) -> None:
+    """PS3.4 Table F.7.2-1: Study Instance UID is Type 1 in each Scheduled Step Attributes item. Sent
+    empty it is 0x0121 Missing attribute value, left out 0x0120 Missing attribute (PS3.7 C.5: the
+    two differ, as for the attributes at the top level); an empty one was answered 0x0120 too."""
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            ds, uid = mpps_create(STUDY), generate_uid()
+            if empty:
+                ds.ScheduledStepAttributesSequence[0].StudyInstanceUID = ""
+            else:
+                del ds.ScheduledStepAttributesSequence[0].StudyInstanceUID
+            code, status = await asyncio.to_thread(n_create, app.dicom.port, ds, uid)
+            assert (code, status.OffendingElement) == (expected, 0x0020000D)
+            assert await mpps_rows(app, uid) is None
+
+    asyncio.run(main())

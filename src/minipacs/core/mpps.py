@@ -194,8 +194,14 @@ def validate_create(ds: Dataset) -> list[str]:
             raise MissingAttributeValue(f"N-CREATE has {keyword} empty; PS3.4 Table F.7.2-1 requires a value", keyword)
     for n, item in enumerate(ds.ScheduledStepAttributesSequence):
         for keyword in CREATE_ITEM_TYPE1:
-            if not _text(item, keyword):
+            if keyword not in item:
                 raise MissingAttribute(f"Scheduled Step Attributes Sequence item {n + 1} lacks {keyword}", keyword)
+            if not _text(item, keyword):
+                raise MissingAttributeValue(
+                    f"Scheduled Step Attributes Sequence item {n + 1} has {keyword} empty; PS3.4 Table F.7.2-1 "
+                    "requires a value",
+                    keyword,
+                )
     _check_date(ds, "PerformedProcedureStepStartDate")  # Type 1: a value, and one of its VR (PS3.5 6.2)
     _check_time(ds, "PerformedProcedureStepStartTime")
     status = _text(ds, "PerformedProcedureStepStatus")
