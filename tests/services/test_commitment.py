@@ -462,3 +462,40 @@ def test_a_transaction_uid_used_again_is_reported_again(tmp_path: Path) -> None:
             assert [(event, str(info.TransactionUID)) for event, info in reports.got] == [(2, txn), (1, txn)]
 
     asyncio.run(main())
+
+
+def test_a_check_that_fails_is_reported_as_processing_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PS3.4 J.3.3.1.1 / PS3.3 C.14.1.1 Failure Reason 0110 Processing failure. The check against the
+    index failing (a database gone, a lock held past its timeout) left the request with NO report, only a
+    line in our log: the modality waited for it until its own timeout, not knowing whether to send
+    again. Every instance is now reported failed with 0x0110 (Event Type 2), so it asks again later."""
+    from sqlalchemy.exc import OperationalError
+
+    from minipacs.services import commitment
+
+    async def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise OperationalError("SELECT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(commitment, "check_commitment", broken)
+    reports = Reports()
+    uids = [generate_uid(), generate_uid()]
+
+    def ask(port: int, ds: Dataset) -> tuple[int, bool]:
+        def body(assoc: Any) -> tuple[int, bool]:
+            status, _reply = assoc.send_n_action(ds, 1, COMMIT_CLASS, COMMIT_INSTANCE)
+            return int(status.Status), reports.answered.wait(10)
+
+        return with_scu(port, body, [COMMIT_CLASS], handlers=reports.handlers)
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            txn = generate_uid()
+            ds = commitment_request(txn, [(CT_IMAGE_STORAGE, u) for u in uids])
+            assert await asyncio.to_thread(ask, app.dicom.port, ds) == (0, True)
+            [(event, info)] = reports.got
+            assert event == 2 and info.TransactionUID == txn and "ReferencedSOPSequence" not in info
+            assert {(i.ReferencedSOPInstanceUID, int(i.FailureReason)) for i in info.FailedSOPSequence} == {
+                (u, 0x0110) for u in uids
+            }
+
+    asyncio.run(main())

@@ -30,7 +30,7 @@ from typing import Any, Final
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
-from minipacs.core.commitment import CommitmentResult, Reference, check_commitment
+from minipacs.core.commitment import CommitmentResult, Failure, Reference, all_failed, check_commitment
 from minipacs.core.errors import InvalidIdentifier
 from minipacs.core.model import AssociationRecord
 from minipacs.core.nodes import Node, NodeRegistry
@@ -170,7 +170,19 @@ class StorageCommitmentSCP(Service):
         return Response(status, fields=fields, then=lambda: self._check_and_report(assoc, transaction, refs))
 
     async def _check_and_report(self, assoc: Association, transaction: str, refs: list[Reference]) -> None:
-        result = await check_commitment(self.index, refs)
+        try:
+            result = await check_commitment(self.index, refs)
+        except Exception as exc:  # noqa: BLE001 - the requester must still hear: every instance failed
+            # PS3.3 C.14.1.1 Failure Reason 0110 Processing failure: without a report the modality waits
+            # for one until its own timeout, not knowing whether to ask again.
+            log.error(
+                "%s storage commitment %s: the index could not be checked (%s); reporting every instance "
+                "failed with 0x0110 Processing failure so the requester asks again",
+                assoc.label,
+                transaction,
+                exc,
+            )
+            result = all_failed(refs, Failure.PROCESSING_FAILURE)
         log.info(
             "%s storage commitment %s: %d of %d instance(s) committed%s",
             assoc.label,
