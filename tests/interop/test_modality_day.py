@@ -36,6 +36,21 @@ MWL_FIND = "1.2.840.10008.5.1.4.31"
 STUDY = "1.2.826.0.1.3680043.10.9.42"
 
 
+def step_statuses(assoc: Any, value: str) -> list[tuple[str, str]]:
+    """(Accession Number, Scheduled Procedure Step Status) of the worklist entries whose step has
+    status ``value`` (empty: any open one)."""
+    query = Dataset()
+    query.AccessionNumber = ""
+    sps = Dataset()
+    sps.ScheduledProcedureStepStatus = value
+    query.ScheduledProcedureStepSequence = [sps]
+    return [
+        (str(ds.AccessionNumber), str(ds.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus))
+        for status, ds in assoc.send_c_find(query, MWL_FIND)
+        if status and status.Status == 0xFF00
+    ]
+
+
 def modality_day(port: int, files: list[Path], reports: Reports) -> dict[str, Any]:
     out: dict[str, Any] = {}
 
@@ -54,10 +69,13 @@ def modality_day(port: int, files: list[Path], reports: Reports) -> dict[str, An
         mpps_uid = generate_uid()
         status, _ = assoc.send_n_create(mpps_create(study, out["worklist"][0][0]), MPPS_CLASS, mpps_uid)
         out["create"], out["mpps"] = int(status.Status), mpps_uid
+        out["started"] = step_statuses(assoc, "")  # PS3.3 C.4.10: the step is STARTED now
         out["store"] = [int(assoc.send_c_store(pydicom.dcmread(f)).Status) for f in files]
         sops = [str(pydicom.dcmread(f).SOPInstanceUID) for f in files]
         status, _ = assoc.send_n_set(mpps_final(f"{STUDY}.1", sops), MPPS_CLASS, mpps_uid)
         out["set"] = int(status.Status)
+        out["still scheduled"] = step_statuses(assoc, "SCHEDULED")  # done: off the list
+        out["completed"] = step_statuses(assoc, "COMPLETED")  # asked for by value: there
         out["txn"] = generate_uid()
         status, _ = assoc.send_n_action(
             commitment_request(out["txn"], [(CT_IMAGE_STORAGE, u) for u in sops]), 1, COMMIT_CLASS, COMMIT_INSTANCE
@@ -85,6 +103,8 @@ def test_modality_day(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
             day = await asyncio.to_thread(modality_day, app.dicom.port, files, reports)
             assert day["worklist"] == [("ACC1", STUDY)]
             assert (day["create"], day["store"], day["set"], day["action"]) == (0, [0, 0, 0], 0, 0)
+            assert day["started"] == [("ACC1", "STARTED")]
+            assert (day["still scheduled"], day["completed"]) == ([], [("ACC1", "COMPLETED")])
             [(event, info)] = reports.got
             assert event == 1 and info.TransactionUID == day["txn"] and len(info.ReferencedSOPSequence) == 3
             row = await mpps_rows(app, day["mpps"])

@@ -376,3 +376,126 @@ def test_an_accepted_context_whose_role_reply_refuses_the_scp_role_gets_no_repor
     assert not _refused_our_scp_role(answered())  # no reply item: default roles, sent anyway
     assert not _refused_our_scp_role(answered(RoleSelection("1.2.840.10008.5.1.4.1.1.2", False, False)))
     assert not _refused_our_scp_role(SimpleNamespace(ac=None))
+
+
+class LoopLag:
+    """The longest the event loop went without running a 10 ms tick: what every other association
+    waited for while it was busy."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while True:
+            await asyncio.sleep(0.01)
+            now = loop.time()
+            self.longest = max(self.longest, now - last)
+            last = now
+
+    def __enter__(self) -> LoopLag:
+        self._task = asyncio.ensure_future(self._tick())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+def test_a_large_request_leaves_the_event_loop_free(tmp_path: Path) -> None:
+    """A request for 30,000 instances (about 3.6 MB; memory_dataset_max_bytes bounds it, 0x0213 beyond)
+    was read into references and its report built and encoded on the event loop: some 2 s each, 10 s
+    each at 100,000, during which no other association of the server was served (C-STOREs waited,
+    associations timed out). Both now run in a worker thread (docs: ARCHITECTURE "the loop never
+    stalls an association"); the requester gets the same answer and report."""
+    reports = Reports()
+    count = 30_000
+
+    async def main() -> None:
+        async with serving(tmp_path, dimse_timeout=60.0) as app:
+            [stored] = await _stored(tmp_path, app, 1)
+            refs = [(CT_IMAGE_STORAGE, stored)] + [(CT_IMAGE_STORAGE, generate_uid()) for _ in range(count - 1)]
+            ds = commitment_request(generate_uid(), refs)
+            with LoopLag() as lag:
+                assert await asyncio.to_thread(ask_same_association, app.dicom.port, ds, reports) == 0
+            [(event, info)] = reports.got
+            assert event == 2 and [i.ReferencedSOPInstanceUID for i in info.ReferencedSOPSequence] == [stored]
+            assert len(info.FailedSOPSequence) == count - 1
+            assert lag.longest < 1.0, f"the event loop was busy for {lag.longest:.1f} s at a time"
+
+    asyncio.run(main())
+
+
+def test_a_transaction_uid_used_again_is_reported_again(tmp_path: Path) -> None:
+    """A modality that got no report asks again with the same Transaction UID; it gets a report for
+    each request, as checked at the time (the second sees the instance stored in between). The
+    Failure Reason 0131 Duplicate transaction UID (PS3.3 C.14.1.1) is not used: README says why."""
+    reports = Reports()
+
+    def ask_twice(port: int, first: Dataset, second: Dataset, store: Any) -> list[int]:
+        def body(assoc: Any) -> list[int]:
+            codes = []
+            for ds in (first, second):
+                reports.answered.clear()
+                status, _reply = assoc.send_n_action(ds, 1, COMMIT_CLASS, COMMIT_INSTANCE)
+                codes.append(int(status.Status))
+                assert reports.answered.wait(30)
+                store()
+            return codes
+
+        return with_scu(port, body, [COMMIT_CLASS], handlers=reports.handlers)
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            uid, txn = generate_uid(), generate_uid()
+            ds = commitment_request(txn, [(CT_IMAGE_STORAGE, uid)])
+            path = write_ct(tmp_path / "late.dcm", study_uid=STUDY, series_uid=SERIES, sop_uid=uid)
+            loop = asyncio.get_running_loop()
+
+            def store() -> None:
+                if len(reports.got) == 1:
+                    asyncio.run_coroutine_threadsafe(app.archive.import_file(path, Origin("import")), loop).result(30)
+
+            assert await asyncio.to_thread(ask_twice, app.dicom.port, ds, ds, store) == [0, 0]
+            assert [(event, str(info.TransactionUID)) for event, info in reports.got] == [(2, txn), (1, txn)]
+
+    asyncio.run(main())
+
+
+def test_a_check_that_fails_is_reported_as_processing_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PS3.4 J.3.3.1.1 / PS3.3 C.14.1.1 Failure Reason 0110 Processing failure. The check against the
+    index failing (a database gone, a lock held past its timeout) left the request with NO report, only a
+    line in our log: the modality waited for it until its own timeout, not knowing whether to send
+    again. Every instance is now reported failed with 0x0110 (Event Type 2), so it asks again later."""
+    from sqlalchemy.exc import OperationalError
+
+    from minipacs.services import commitment
+
+    async def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise OperationalError("SELECT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(commitment, "check_commitment", broken)
+    reports = Reports()
+    uids = [generate_uid(), generate_uid()]
+
+    def ask(port: int, ds: Dataset) -> tuple[int, bool]:
+        def body(assoc: Any) -> tuple[int, bool]:
+            status, _reply = assoc.send_n_action(ds, 1, COMMIT_CLASS, COMMIT_INSTANCE)
+            return int(status.Status), reports.answered.wait(10)
+
+        return with_scu(port, body, [COMMIT_CLASS], handlers=reports.handlers)
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            txn = generate_uid()
+            ds = commitment_request(txn, [(CT_IMAGE_STORAGE, u) for u in uids])
+            assert await asyncio.to_thread(ask, app.dicom.port, ds) == (0, True)
+            [(event, info)] = reports.got
+            assert event == 2 and info.TransactionUID == txn and "ReferencedSOPSequence" not in info
+            assert {(i.ReferencedSOPInstanceUID, int(i.FailureReason)) for i in info.FailedSOPSequence} == {
+                (u, 0x0110) for u in uids
+            }
+
+    asyncio.run(main())

@@ -8,6 +8,7 @@ and all its instances are in.
 from __future__ import annotations
 
 import asyncio
+import copy
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -466,5 +467,95 @@ def test_one_step_performing_two_requested_procedures_moves_both_entries(tmp_pat
             sops = [generate_uid()]
             assert (await asyncio.to_thread(n_set, app.dicom.port, mpps_final(SERIES, sops), uid))[0] == 0
             assert [await _wl_status(app, e.id) for e in (first, second)] == ["COMPLETED", "COMPLETED"]
+
+    asyncio.run(main())
+
+
+def test_an_n_set_repeating_the_n_create_unchanged_is_taken(tmp_path: Path) -> None:
+    """PS3.4 Table F.7.2-1 marks Patient ID, Modality, the Scheduled Step Attributes Sequence... "Not
+    allowed" in N-SET: they cannot be CHANGED. Some modalities send their whole step again in the
+    N-SET that completes it; with the values unchanged nothing is changed, so the step completes
+    (it was refused with 0x0106 and stayed IN PROGRESS forever, its worklist entry with it). A value
+    that differs is still refused, with the Offending Element."""
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            pk = await _scheduled(app)
+            port, uid = app.dicom.port, generate_uid()
+            created = mpps_create(STUDY)
+            assert (await asyncio.to_thread(n_create, port, created, uid))[0] == 0
+            whole = mpps_create(STUDY)
+            for elem in mpps_final(SERIES, []):
+                whole[elem.tag] = elem
+            whole.PatientName = "Doe^John"  # as received, not as pydicom would hold a new PersonName
+            changed = copy.deepcopy(whole)
+            changed.PerformedStationAETitle = "CT99"
+            code, status = await asyncio.to_thread(n_set, port, changed, uid)
+            assert code == 0x0106 and status.OffendingElement == 0x00400241
+            assert (await asyncio.to_thread(n_set, port, whole, uid))[0] == 0
+            row = await mpps_rows(app, uid)
+            assert row is not None and row["status"] == "COMPLETED" and await _wl_status(app, pk) == "COMPLETED"
+
+    asyncio.run(main())
+
+
+def test_an_entry_performed_by_two_steps_follows_both(tmp_path: Path) -> None:
+    """Two MPPS for one scheduled step (PS3.4 F.1: the performed steps need not map one to one to the
+    scheduled ones; modalities that report each part of an exam as a step of its own, or a step
+    discontinued and performed again). The entry took the status of whichever step ended last:
+    COMPLETED (off the modality's list) while the second was still acquiring, then DISCONTINUED
+    though the first one completed. Now it stays IN PROGRESS while a step of it is, and is
+    COMPLETED once one of them completed and none is in progress."""
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            pk = await _scheduled(app)
+            port, first, second = app.dicom.port, generate_uid(), generate_uid()
+            for uid in (first, second):
+                assert (await asyncio.to_thread(n_create, port, mpps_create(STUDY), uid))[0] == 0
+            assert (await asyncio.to_thread(n_set, port, mpps_final(SERIES, []), first))[0] == 0
+            assert await _wl_status(app, pk) == "IN PROGRESS"
+            assert (await asyncio.to_thread(n_set, port, mpps_final(SERIES, [], "DISCONTINUED"), second))[0] == 0
+            assert await _wl_status(app, pk) == "COMPLETED"
+
+    asyncio.run(main())
+
+
+def test_n_get_of_a_step_is_an_unrecognized_operation(tmp_path: Path) -> None:
+    """PS3.4 F.7.2: the MPPS SOP Class is N-CREATE and N-SET; reading a step back (N-GET) is the
+    Modality Performed Procedure Step Retrieve SOP Class (F.8), which is not offered: an N-GET on
+    the MPPS context gets 0x0211 Unrecognized operation (PS3.7 C.4.3) and the association goes on."""
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            uid = generate_uid()
+            assert (await asyncio.to_thread(n_create, app.dicom.port, mpps_create(STUDY), uid))[0] == 0
+
+            def get_then_set(assoc: Any) -> tuple[int, int]:
+                got, _attrs = assoc.send_n_get([0x00400252], MPPS_CLASS, uid)
+                done, _attrs = assoc.send_n_set(mpps_final(SERIES, []), MPPS_CLASS, uid)
+                return int(got.Status), int(done.Status)
+
+            assert await asyncio.to_thread(with_scu, app.dicom.port, get_then_set, [MPPS_CLASS]) == (0x0211, 0)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(("empty", "expected"), [(True, 0x0121), (False, 0x0120)])
+def test_a_scheduled_step_item_without_its_study_instance_uid(tmp_path: Path, empty: bool, expected: int) -> None:
+    """PS3.4 Table F.7.2-1: Study Instance UID is Type 1 in each Scheduled Step Attributes item. Sent
+    empty it is 0x0121 Missing attribute value, left out 0x0120 Missing attribute (PS3.7 C.5: the
+    two differ, as for the attributes at the top level); an empty one was answered 0x0120 too."""
+
+    async def main() -> None:
+        async with serving(tmp_path) as app:
+            ds, uid = mpps_create(STUDY), generate_uid()
+            if empty:
+                ds.ScheduledStepAttributesSequence[0].StudyInstanceUID = ""
+            else:
+                del ds.ScheduledStepAttributesSequence[0].StudyInstanceUID
+            code, status = await asyncio.to_thread(n_create, app.dicom.port, ds, uid)
+            assert (code, status.OffendingElement) == (expected, 0x0020000D)
+            assert await mpps_rows(app, uid) is None
 
     asyncio.run(main())

@@ -16,6 +16,7 @@ from minipacs.config import Settings
 from minipacs.core.archive import Archive
 from minipacs.core.worklist import InvalidWorklistEntry, Worklist, read_worklist_file
 from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, MODALITY_WORKLIST_FIND
+from minipacs.index import worklist_repo as repo
 from minipacs.net.association import AssociationSettings, build_rq, connect
 from minipacs.net.dul import Timeouts
 from minipacs.services.find_scu import find_all, set_key
@@ -301,3 +302,120 @@ def test_scp_refuses_a_key_holding_a_nul(tmp_path: Path) -> None:
     result = asyncio.run(_scp_query(tmp_path, ("AccessionNumber", "PatientName=\x00")))
     assert result.status == 0xC001 and result.matches == []
     assert "PatientName" in result.error_comment
+
+
+STATUS_KEY = f"{SPS}ScheduledProcedureStepStatus"
+
+
+def test_scheduled_procedure_step_status_follows_the_entry(tmp_path: Path) -> None:
+    """PS3.3 C.4.10 / PS3.4 Table K.6-1 (0040,0020) Scheduled Procedure Step Status: once an MPPS
+    (or an order) changed the entry, the step's status says so, in the answer and in matching, as
+    dcm4chee-arc does (IN PROGRESS -> STARTED, DISCONTINUED, COMPLETED; CANCELED spelled as
+    DICOM spells it). It used to answer the stored value (empty, or SCHEDULED from the order) for
+    an entry being performed, so a modality asking for SCHEDULED steps got the started ones too.
+    A status the order gave a scheduled entry (ARRIVED, READY) is kept. Done entries stay off
+    the list unless the query asks for their status by value (dcm4chee-arc's "Hide SPS with
+    Status", which also yields to a status matching key)."""
+
+    async def body(_archive: Archive, worklist: Worklist) -> dict[str, Any]:
+        entries = {e.accession_number: e for e in await worklist.list()}
+        arrived = entry("888888", "Poe^Edgar", "ACC5", "CT", "CT01", "20240108", "100000")
+        arrived.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus = "ARRIVED"
+        await worklist.add(arrived)
+        await worklist.set_status(entries["ACC1"].id, "IN PROGRESS")
+        await worklist.set_status(entries["ACC2"].id, "COMPLETED")
+        await worklist.set_status(entries["ACC3"].id, "CANCELLED")
+        found: dict[str, Any] = {}
+        for value in ("", "SCHEDULED", "STARTED", "COMPLETED", "CANCELED", "SCHEDULED\\ARRIVED", "NOSUCH", "C*"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pydicom warns of the wildcard in a CS it is given
+                query = identifier("AccessionNumber", f"{STATUS_KEY}={value}")
+            answers = await worklist.find(query)
+            found[value] = {
+                str(a.AccessionNumber): str(a.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus)
+                for a in answers
+            }
+        return found
+
+    found = asyncio.run(_with_worklist(tmp_path, body))
+    assert found[""] == {"ACC1": "STARTED", "ACC4": "SCHEDULED", "ACC5": "ARRIVED"}
+    assert found["SCHEDULED"] == {"ACC4": "SCHEDULED"}
+    assert found["STARTED"] == {"ACC1": "STARTED"}
+    assert found["COMPLETED"] == {"ACC2": "COMPLETED"}
+    assert found["CANCELED"] == {"ACC3": "CANCELED"}
+    assert found["SCHEDULED\\ARRIVED"] == {"ACC4": "SCHEDULED", "ACC5": "ARRIVED"}
+    assert found["NOSUCH"] == {}
+    assert found["C*"] == {"ACC2": "COMPLETED", "ACC3": "CANCELED"}  # a wildcard reads every state
+
+
+def test_a_multi_valued_station_reads_as_dicom_text(tmp_path: Path) -> None:
+    """DCMTK's sample worklist (wklist1.dump) schedules a step on two stations, AA32\\AA33 (AE, VM 1-n).
+    `worklist list`, the web page and the indexed column showed Python's list, "['AA32', 'AA33']",
+    cut to 16 characters in the column; DICOM text joins values with backslashes (PS3.5 6.4)."""
+
+    async def body(archive: Archive, worklist: Worklist) -> tuple[dict[str, str], str]:
+        two = entry("999999", "Two^Stations", "ACC9", "MR", "AA32", "20240109", "080000")
+        two.ScheduledProcedureStepSequence[0].ScheduledStationAETitle = ["AA32", "AA33"]
+        added = await worklist.add(two)
+        column = await archive.read(lambda conn: repo.worklist_row(conn, added.id))
+        assert column is not None
+        return added.summary(), str(column["scheduled_station_ae"])
+
+    summary, column = asyncio.run(_with_worklist(tmp_path, body))
+    assert summary["station"] == column == "AA32\\AA33"
+
+
+def test_each_scheduled_procedure_step_is_a_worklist_item_of_its_own(tmp_path: Path) -> None:
+    """PS3.4 K.1.1 / K.6.1.1: "each item is related to one task"; the worklist "is structured according
+    to Scheduled Procedure Steps", and K.4.1.3 answers one Pending response per matching step. An entry
+    with two steps (POST /api/worklist, a .wl file) came back as ONE response holding both items, and a
+    modality, which performs the first item of what it selects, never saw the second step."""
+
+    async def body(_archive: Archive, worklist: Worklist) -> tuple[list[Dataset], list[Dataset]]:
+        two = entry("999999", "Two^Steps", "ACC9", "CT", "CT01", "20240109", "080000")
+        second = Dataset()
+        second.Modality = "MR"
+        second.ScheduledStationAETitle = "MR01"
+        second.ScheduledProcedureStepStartDate = "20240109"
+        second.ScheduledProcedureStepStartTime = "090000"
+        second.ScheduledProcedureStepID = "SPSACC9B"
+        two.ScheduledProcedureStepSequence.append(second)
+        await worklist.add(two)
+        every = await worklist.find(identifier("AccessionNumber=ACC9", "ScheduledProcedureStepSequence"))
+        mr = await worklist.find(
+            identifier("AccessionNumber=ACC9", f"{SPS}Modality=MR", f"{SPS}ScheduledProcedureStepID")
+        )
+        return every, mr
+
+    every, mr = asyncio.run(_with_worklist(tmp_path, body))
+    assert [[str(s.ScheduledProcedureStepID) for s in e.ScheduledProcedureStepSequence] for e in every] == [
+        ["SPSACC9"],
+        ["SPSACC9B"],
+    ]
+    assert [[(s.Modality, s.ScheduledProcedureStepID) for s in e.ScheduledProcedureStepSequence] for e in mr] == [
+        [("MR", "SPSACC9B")]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "states"),
+    [
+        ("", ("SCHEDULED", "IN PROGRESS")),
+        ("SCHEDULED", ("SCHEDULED",)),
+        ("READY\\STARTED", ("SCHEDULED", "IN PROGRESS")),
+        ("CANCELED", ("CANCELLED",)),
+        ("NOSUCH", ()),
+        ("*ED", ("SCHEDULED", "IN PROGRESS", "COMPLETED", "DISCONTINUED", "CANCELLED")),
+    ],
+)
+def test_a_status_asked_for_reads_only_the_entries_that_can_answer_it(value: str, states: tuple[str, ...]) -> None:
+    """A modality that always asks for SCHEDULED steps must not make each query read every entry
+    ever done: the entry states read are those whose status term (core/worklist.py
+    SPS_STATUS_OF_STATE) the key can match; a wildcard reads them all."""
+    from minipacs.core.identifier import read_keys
+    from minipacs.core.worklist import COMBINED_DATE_TIME, _states
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of the wildcard in a CS it is given
+        keys = read_keys(identifier(f"{STATUS_KEY}={value}"), combined=COMBINED_DATE_TIME)
+    assert _states(keys) == states

@@ -28,6 +28,7 @@ class Failure(enum.Enum):
     NO_SUCH_OBJECT = "no such object instance"
     CLASS_INSTANCE_CONFLICT = "stored with another SOP class"
     SOP_CLASS_NOT_SUPPORTED = "not a storage SOP class the archive takes"
+    PROCESSING_FAILURE = "the archive could not check it"
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,11 @@ class Reference:
 class CommitmentResult:
     committed: list[Reference] = field(default_factory=list)
     failed: list[tuple[Reference, Failure]] = field(default_factory=list)
+
+
+def all_failed(references: Sequence[Reference], why: Failure) -> CommitmentResult:
+    """Every reference failed for ``why``: the result when the check itself could not be made."""
+    return CommitmentResult(failed=[(ref, why) for ref in references])
 
 
 async def check_commitment(index: IndexAccess, references: Sequence[Reference]) -> CommitmentResult:
@@ -62,4 +68,4 @@ async def check_commitment(index: IndexAccess, references: Sequence[Reference]) 
     return result
 
 
-__all__ = ["CommitmentResult", "Failure", "Reference", "check_commitment"]
+__all__ = ["CommitmentResult", "Failure", "Reference", "all_failed", "check_commitment"]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from minipacs.core.changes import ChangeType, change_row, record
@@ -193,8 +194,14 @@ def validate_create(ds: Dataset) -> list[str]:
             raise MissingAttributeValue(f"N-CREATE has {keyword} empty; PS3.4 Table F.7.2-1 requires a value", keyword)
     for n, item in enumerate(ds.ScheduledStepAttributesSequence):
         for keyword in CREATE_ITEM_TYPE1:
-            if not _text(item, keyword):
+            if keyword not in item:
                 raise MissingAttribute(f"Scheduled Step Attributes Sequence item {n + 1} lacks {keyword}", keyword)
+            if not _text(item, keyword):
+                raise MissingAttributeValue(
+                    f"Scheduled Step Attributes Sequence item {n + 1} has {keyword} empty; PS3.4 Table F.7.2-1 "
+                    "requires a value",
+                    keyword,
+                )
     _check_date(ds, "PerformedProcedureStepStartDate")  # Type 1: a value, and one of its VR (PS3.5 6.2)
     _check_time(ds, "PerformedProcedureStepStartTime")
     status = _text(ds, "PerformedProcedureStepStatus")
@@ -216,7 +223,7 @@ def validate_set(current: str, changes: Dataset, stored: Dataset | None = None) 
         raise StepClosed(f"Performed Procedure Step Object may no longer be updated: it is {current}")
     for elem in changes:
         keyword = keyword_for_tag(elem.tag)
-        if keyword in SET_NOT_ALLOWED:
+        if keyword in SET_NOT_ALLOWED and not _unchanged(stored, elem):
             raise AttributeNotSettable(f"{keyword} cannot be changed by N-SET (PS3.4 Table F.7.2-1)", keyword)
     new = _text(changes, "PerformedProcedureStepStatus") if "PerformedProcedureStepStatus" in changes else current
     if new not in TRANSITIONS[current]:
@@ -230,6 +237,19 @@ def validate_set(current: str, changes: Dataset, stored: Dataset | None = None) 
     if not TRANSITIONS[new]:
         validate_final(_merged(stored, changes), new)
     return new
+
+
+def _unchanged(stored: Dataset | None, elem: DataElement) -> bool:
+    """Whether ``elem`` of an N-SET repeats the step's value (compared in the PS3.18 JSON form, which
+    does not care whether a name arrived as text or a PersonName, or an empty value as "" or None).
+    Table F.7.2-1's "Not allowed" attributes cannot be changed; a modality that sends its whole step
+    again in the N-SET that completes it changes nothing, and is not refused for it."""
+    if stored is None or elem.tag not in stored:
+        return False
+    try:
+        return bool(Dataset({elem.tag: stored[elem.tag]}).to_json_dict() == Dataset({elem.tag: elem}).to_json_dict())
+    except (TypeError, ValueError):  # a value pydicom cannot write as JSON: not provably the same
+        return False
 
 
 def validate_final(ds: Dataset, status: str) -> None:
@@ -352,13 +372,27 @@ def _scheduled_entries(conn: IndexConnection, ds: Dataset, states: tuple[str, ..
     return found
 
 
-def _follow(conn: IndexConnection, worklist_pk: int, status: str) -> None:
+def _follow(conn: IndexConnection, worklist_pk: int, status: str, study_uid: str = "") -> None:
     """The linked worklist entry takes the step's new status, in the step's own transaction, unless the
     order was cancelled meanwhile (hl7/orders.py CA): a cancelled entry stays off the modality's list,
-    and the step keeps the record of what was done."""
+    and the step keeps the record of what was done. With several steps for the entry (PS3.4 F.1: the
+    performed steps need not map one to one to the scheduled ones; ``study_uid`` finds them, the step
+    written already), :func:`_entry_state` of all of them."""
     row = repo.worklist_row(conn, worklist_pk)
-    if row is not None and str(row["status"]) != CANCELLED:
-        repo.set_worklist_status(conn, worklist_pk, status)
+    if row is None or str(row["status"]) == CANCELLED:
+        return
+    steps = repo.mpps_statuses_of_entry(conn, worklist_pk, study_uid) if study_uid else []
+    repo.set_worklist_status(conn, worklist_pk, _entry_state([*steps, status]))
+
+
+def _entry_state(steps: list[str]) -> str:
+    """The state of a worklist entry performed by steps in these states: IN PROGRESS while one is (the
+    modality is still acquiring for it), else COMPLETED if one completed (a step discontinued and done
+    again, or a part of the exam given up, leaves the rest done), else DISCONTINUED."""
+    for state in (IN_PROGRESS, COMPLETED):
+        if state in steps:
+            return state
+    return DISCONTINUED
 
 
 def _step(row: Mapping[str, Any]) -> Step:
@@ -470,7 +504,7 @@ class ProcedureSteps:
             repo.insert_mpps(conn, values)
             record(conn, [change_row(ChangeType.MPPS_CREATED, sop_instance_uid, study[:64], dt.datetime.now(dt.UTC))])
             for pk in linked:
-                _follow(conn, pk, IN_PROGRESS)
+                _follow(conn, pk, IN_PROGRESS, study[:64])
             return linked
 
         if not await self.index.write(insert):
@@ -503,7 +537,7 @@ class ProcedureSteps:
             if status != step.status:  # every entry the step performs (IHE group case), as N-CREATE linked them
                 linked = _scheduled_entries(conn, step.dataset, (IN_PROGRESS,))
                 for pk in dict.fromkeys([*([step.worklist_pk] if step.worklist_pk is not None else []), *linked]):
-                    _follow(conn, pk, status)
+                    _follow(conn, pk, status, step.study_instance_uid)
             if status != step.status and status in _STEP_CHANGES:
                 record(
                     conn,

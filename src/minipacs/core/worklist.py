@@ -49,6 +49,21 @@ SCHEDULED: Final = "SCHEDULED"
 CANCELLED: Final = "CANCELLED"
 #: States a worklist query answers (done and cancelled steps leave the modality's list).
 OPEN_STATES: Final = ("SCHEDULED", "IN PROGRESS")
+#: Every entry state; a query that asks for a Scheduled Procedure Step Status by value reads them all.
+ALL_STATES: Final = ("SCHEDULED", "IN PROGRESS", "COMPLETED", "DISCONTINUED", "CANCELLED")
+SPS_STATUS: Final = 0x00400020  # (0040,0020) Scheduled Procedure Step Status
+#: PS3.3 C.4.10 (0040,0020) Scheduled Procedure Step Status, defined terms: what each entry state
+#: answers (the MPPS states of PS3.4 F.7 as dcm4chee-arc maps them; DICOM spells CANCELED with one L).
+#: None: a SCHEDULED entry answers the status its order gave it (ARRIVED, READY...), else SCHEDULED.
+SPS_STATUS_OF_STATE: Final[dict[str, str | None]] = {
+    "SCHEDULED": None,
+    "IN PROGRESS": "STARTED",
+    "COMPLETED": "COMPLETED",
+    "DISCONTINUED": "DISCONTINUED",
+    "CANCELLED": "CANCELED",
+}
+#: Stored statuses a SCHEDULED entry keeps (the steps before it starts); any other is SCHEDULED.
+SCHEDULED_SPS_STATUSES: Final = frozenset({"SCHEDULED", "ARRIVED", "READY"})
 
 
 class IndexAccess(Protocol):
@@ -83,17 +98,22 @@ class WorklistEntry:
             "id": str(self.id),
             "status": self.status,
             "accession": self.accession_number,
-            "patient_id": str(ds.get("PatientID", "") or ""),
-            "patient_name": str(ds.get("PatientName", "") or ""),
-            "modality": str(sps.get("Modality", "") or ""),
-            "station": str(sps.get("ScheduledStationAETitle", "") or ""),
-            "start": f"{sps.get('ScheduledProcedureStepStartDate', '') or ''} "
-            f"{sps.get('ScheduledProcedureStepStartTime', '') or ''}".strip(),
-            "procedure": str(
-                ds.get("RequestedProcedureDescription", "") or sps.get("ScheduledProcedureStepDescription", "") or ""
-            ),
-            "study_uid": str(ds.get("StudyInstanceUID", "") or ""),
+            "patient_id": _value(ds, "PatientID"),
+            "patient_name": _value(ds, "PatientName"),
+            "modality": _value(sps, "Modality"),
+            "station": _value(sps, "ScheduledStationAETitle"),
+            "start": f"{_value(sps, 'ScheduledProcedureStepStartDate')} "
+            f"{_value(sps, 'ScheduledProcedureStepStartTime')}".strip(),
+            "procedure": _value(ds, "RequestedProcedureDescription")
+            or _value(sps, "ScheduledProcedureStepDescription"),
+            "study_uid": _value(ds, "StudyInstanceUID"),
         }
+
+
+def _value(ds: Dataset, keyword: str) -> str:
+    """``keyword``'s value as DICOM text: several values joined by backslashes (PS3.5 6.4), as a
+    step scheduled on two stations (AA32\\AA33) reads, not as Python's list; "" when absent."""
+    return element_text(ds[keyword]) if keyword in ds else ""
 
 
 def _first_sps(ds: Dataset) -> Dataset:
@@ -188,12 +208,12 @@ def validated(ds: Dataset) -> Dataset:
 def _columns(ds: Dataset, status: str) -> dict[str, Any]:
     sps = _first_sps(ds)
     return {
-        "accession_number": str(ds.get("AccessionNumber", "") or "")[:16],
-        "patient_id": str(ds.get("PatientID", "") or "")[:64],
-        "study_instance_uid": str(ds.get("StudyInstanceUID", "") or "")[:64],
-        "scheduled_station_ae": str(sps.get("ScheduledStationAETitle", "") or "")[:16],
-        "modality": str(sps.get("Modality", "") or "")[:16],
-        "start_date": str(sps.get("ScheduledProcedureStepStartDate", "") or "")[:8],
+        "accession_number": _value(ds, "AccessionNumber")[:16],
+        "patient_id": _value(ds, "PatientID")[:64],
+        "study_instance_uid": _value(ds, "StudyInstanceUID")[:64],
+        "scheduled_station_ae": _value(sps, "ScheduledStationAETitle")[:16],
+        "modality": _value(sps, "Modality")[:16],
+        "start_date": _value(sps, "ScheduledProcedureStepStartDate")[:8],
         "status": status,
         "dataset": to_text(ds),
     }
@@ -273,6 +293,64 @@ def response(keys: Sequence[Key], ds: Dataset) -> Dataset:
         else:
             out.add(DataElement(key.tag, key.vr, None))
     return out
+
+
+def with_state(ds: Dataset, status: str) -> Dataset:
+    """``ds`` with the Scheduled Procedure Step Status (0040,0020) of every step set from the entry's
+    ``status`` (:data:`SPS_STATUS_OF_STATE`), in place: the state an MPPS or an order gave the entry
+    (kept in its own column) is what a modality sees and matches, not the status stored with the
+    order. PS3.4 F.7.2.1 note: the N-CREATE lets "an SCP of the Modality Worklist SOP Class ...
+    update the Modality Worklist"."""
+    for sps in ds.get("ScheduledProcedureStepSequence") or []:
+        term = SPS_STATUS_OF_STATE.get(status)
+        if term is None:
+            stored = element_text(sps.get(SPS_STATUS)).strip().upper() if SPS_STATUS in sps else ""
+            term = stored if stored in SCHEDULED_SPS_STATUSES else "SCHEDULED"
+        sps.add(DataElement(SPS_STATUS, "CS", term))
+    return ds
+
+
+def per_step(ds: Dataset) -> builtins.list[Dataset]:
+    """The worklist items of entry ``ds``, one per Scheduled Procedure Step: PS3.4 K.1.1, "each item is
+    related to one task", and K.6.1.1, the worklist "is structured according to Scheduled Procedure
+    Steps" (K.4.1.3: a Pending response per match). An entry with several steps is as many items,
+    each with the entry's other attributes and ONE step; the stored entry is not changed."""
+    seq = ds.get(SPS_SEQUENCE)
+    if seq is None or not isinstance(seq.value, (DicomSequence, list)) or len(seq.value) < 2:
+        return [ds]
+    items = []
+    for sps in seq.value:
+        item = Dataset(dict(ds.items()))  # a dict of its own (Dataset(ds) and copy() share ds's)
+        item[SPS_SEQUENCE] = DataElement(SPS_SEQUENCE, "SQ", DicomSequence([sps]))
+        items.append(item)
+    return items
+
+
+def _states(keys: Sequence[Key]) -> tuple[str, ...]:
+    """The entry states to read: the open ones, or those whose Scheduled Procedure Step Status the
+    query asks for by value (a modality asking for COMPLETED steps wants to see them; dcm4chee-arc's
+    hidden statuses yield to such a key the same way). Only those: a modality that always sends
+    SCHEDULED must not make each query read every entry ever done; a wildcard reads them all."""
+    for key in keys:
+        if key.tag != SPS_SEQUENCE:
+            continue
+        for item in key.items:
+            for k in item:
+                if k.tag != SPS_STATUS or k.is_universal:
+                    continue
+                parts = k.condition.parts or (k.condition,)
+                if any(part.kind is not Matching.SINGLE for part in parts):
+                    return ALL_STATES
+                asked = {value.strip() for part in parts for value in part.values}
+                return tuple(state for state in ALL_STATES if asked & _TERMS_OF_STATE[state])
+    return OPEN_STATES
+
+
+#: Entry state -> the Scheduled Procedure Step Status terms it can answer (:func:`with_state`).
+_TERMS_OF_STATE: Final[dict[str, frozenset[str]]] = {
+    state: frozenset({term}) if term is not None else SCHEDULED_SPS_STATUSES
+    for state, term in SPS_STATUS_OF_STATE.items()
+}
 
 
 def _prefilter(keys: Sequence[Key]) -> dict[str, str]:
@@ -375,14 +453,15 @@ class Worklist:
         raises InvalidKeyValue."""
         keys = read_keys(identifier, combined=COMBINED_DATE_TIME)
         equal = _prefilter(keys)
+        states = _states(keys)
 
         def run(conn: IndexConnection) -> builtins.list[Dataset]:
             # Parsing and matching every open entry is CPU work: it runs here, off the event loop.
             found = []
-            for row in repo.worklist_rows(conn, equal, OPEN_STATES):
-                ds = from_text(str(row["dataset"]))
-                if matches(keys, ds):
-                    found.append(response(keys, ds))
+            for row in repo.worklist_rows(conn, equal, states):
+                for step in per_step(with_state(from_text(str(row["dataset"])), str(row["status"]))):
+                    if matches(keys, step):
+                        found.append(response(keys, step))
             return found
 
         return await self.index.read(run)
@@ -418,7 +497,9 @@ __all__ = [
     "check_values",
     "matches",
     "new_procedure_id",
+    "per_step",
     "read_worklist_file",
     "response",
     "validated",
+    "with_state",
 ]

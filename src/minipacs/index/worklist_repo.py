@@ -97,6 +97,15 @@ def update_mpps(
     return bool(result.rowcount)
 
 
+def mpps_statuses_of_entry(conn: Connection, worklist_pk: int, study_instance_uid: str) -> list[str]:
+    """The statuses of the steps linked to worklist entry ``worklist_pk`` among those of the study
+    (the study's index narrows them: ``worklist_pk`` has none)."""
+    query = select(_MPPS.c.status).where(
+        _MPPS.c.study_instance_uid == study_instance_uid, _MPPS.c.worklist_pk == worklist_pk
+    )
+    return [str(status) for (status,) in conn.execute(query)]
+
+
 def completed_mpps(conn: Connection, study_instance_uid: str | None = None) -> list[dict[str, Any]]:
     query = select(_MPPS).where(_MPPS.c.status == "COMPLETED").order_by(_MPPS.c.id)
     if study_instance_uid is not None:

@@ -30,7 +30,7 @@ from typing import Any, Final
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
-from minipacs.core.commitment import CommitmentResult, Reference, check_commitment
+from minipacs.core.commitment import CommitmentResult, Failure, Reference, all_failed, check_commitment
 from minipacs.core.errors import InvalidIdentifier
 from minipacs.core.model import AssociationRecord
 from minipacs.core.nodes import Node, NodeRegistry
@@ -141,8 +141,8 @@ class StorageCommitmentSCP(Service):
                 )
             elif cmd.action_type_id != REQUEST_STORAGE_COMMITMENT:
                 status, text = NO_SUCH_ACTION, f"action type {cmd.action_type_id} (only 1 is defined)"
-            else:
-                transaction, refs = _read_request(message)
+            else:  # pydicom work, some 10 s for 100,000 references: off the event loop (_read_request)
+                transaction, refs = await asyncio.to_thread(_read_request, message)
         except ValueError as exc:
             status, text = INVALID_ARGUMENT_VALUE, str(exc)
         fields: dict[str, Any] = {
@@ -170,7 +170,19 @@ class StorageCommitmentSCP(Service):
         return Response(status, fields=fields, then=lambda: self._check_and_report(assoc, transaction, refs))
 
     async def _check_and_report(self, assoc: Association, transaction: str, refs: list[Reference]) -> None:
-        result = await check_commitment(self.index, refs)
+        try:
+            result = await check_commitment(self.index, refs)
+        except Exception as exc:  # noqa: BLE001 - the requester must still hear: every instance failed
+            # PS3.3 C.14.1.1 Failure Reason 0110 Processing failure: without a report the modality waits
+            # for one until its own timeout, not knowing whether to ask again.
+            log.error(
+                "%s storage commitment %s: the index could not be checked (%s); reporting every instance "
+                "failed with 0x0110 Processing failure so the requester asks again",
+                assoc.label,
+                transaction,
+                exc,
+            )
+            result = all_failed(refs, Failure.PROCESSING_FAILURE)
         log.info(
             "%s storage commitment %s: %d of %d instance(s) committed%s",
             assoc.label,
@@ -187,7 +199,7 @@ class StorageCommitmentSCP(Service):
 
     async def report(self, assoc: Association, transaction: str, result: CommitmentResult) -> bool:
         """Send the N-EVENT-REPORT: same association if still open, else a new one; True when delivered."""
-        event, ds = event_report(transaction, result)
+        event, ds = await asyncio.to_thread(event_report, transaction, result)  # one pydicom item per instance
         context = assoc.context_for(STORAGE_COMMITMENT_PUSH_MODEL)
         if context is not None and assoc.dul.state is State.STA6:
             try:
@@ -359,7 +371,10 @@ class StorageCommitmentSCP(Service):
 
 
 def _read_request(message: Message) -> tuple[str, list[Reference]]:
-    """PS3.4 Table J.3-1: Transaction UID and Referenced SOP Sequence; raises ValueError."""
+    """PS3.4 Table J.3-1: Transaction UID and Referenced SOP Sequence; raises ValueError. Runs in a
+    worker thread: a request is bounded only by memory_dataset_max_bytes (16 MiB by default, some
+    130,000 references; 0x0213 Resource limitation beyond), and parsing that many items takes seconds
+    that no other association may wait for."""
     if message.dataset_error is not None or not isinstance(message.dataset, BytesSink):
         raise ValueError("the N-ACTION has no Action Information")
     ds = decode_identifier(message.dataset.getvalue(), message.context.transfer_syntax)
@@ -420,8 +435,9 @@ async def _send_report(assoc: Association, context: NegotiatedContext, event: in
         AffectedSOPInstanceUID=STORAGE_COMMITMENT_INSTANCE,
         EventTypeID=event,
     )
+    encoded = await asyncio.to_thread(encode_identifier, ds, ts)  # seconds for a large report: off the loop
     status = -1
-    async for rsp in assoc.request(context.context_id, command, encode_identifier(ds, ts)):
+    async for rsp in assoc.request(context.context_id, command, encoded):
         status = rsp.command.status
     return status
 

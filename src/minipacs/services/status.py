@@ -226,6 +226,7 @@ FAILURE_REASONS: dict[commitment.Failure, int] = {
     commitment.Failure.NO_SUCH_OBJECT: 0x0112,  # No such object instance
     commitment.Failure.CLASS_INSTANCE_CONFLICT: 0x0119,  # Class / Instance conflict
     commitment.Failure.SOP_CLASS_NOT_SUPPORTED: 0x0122,  # Referenced SOP Class not supported
+    commitment.Failure.PROCESSING_FAILURE: 0x0110,  # Processing failure (PS3.3 C.14.1.1)
 }
 
 
