@@ -247,6 +247,49 @@ def test_keys_below_the_level_are_answered_empty_and_reported() -> None:
     assert not prepared.sql_keys
 
 
+@pytest.mark.parametrize(
+    ("value", "matches"),
+    [("", N_STUDIES), ("ONLINE", N_STUDIES), ("ON*", N_STUDIES), ("OFFLINE", 0), ("NEARLINE\\OFFLINE", 0)],
+)
+def test_instance_availability_is_matched_against_what_is_answered(qa: QueryArchive, value: str, matches: int) -> None:
+    """PS3.4 C.2.2.2 / C.4.1.1.3.2: every stored instance is ONLINE, so InstanceAvailability=OFFLINE
+    matches nothing (it answered every study, each saying ONLINE)."""
+    found = qa.find({"AccessionNumber": "", "InstanceAvailability": value})
+    assert len(found) == matches
+    assert all(m.InstanceAvailability == "ONLINE" for m in found)
+
+
+@pytest.mark.parametrize(
+    ("level", "keys", "reported"),
+    [
+        (Level.SERIES, {"StudyInstanceUID": "1.2.3", "ModalitiesInStudy": "MR"}, ("ModalitiesInStudy",)),
+        (
+            Level.SERIES,
+            {"StudyInstanceUID": "1.2.3", "NumberOfStudyRelatedInstances": "4"},
+            ("NumberOfStudyRelatedInstances",),
+        ),
+        (Level.SERIES, {"StudyInstanceUID": "1.2.3", "ModalitiesInStudy": ""}, ()),
+        (
+            Level.IMAGE,
+            {"StudyInstanceUID": "1.2.3", "SeriesInstanceUID": "1.2.3.4", "NumberOfSeriesRelatedInstances": "2"},
+            ("NumberOfSeriesRelatedInstances",),
+        ),
+    ],
+)
+def test_a_value_in_a_computed_key_of_an_upper_level_is_reported_not_dropped(
+    level: Level, keys: dict[str, str], reported: tuple[str, ...]
+) -> None:
+    """A count or list of an upper level is answered empty below it; a value in it is not matched, and
+    says so (0xFF01, C.4.1.1.4) instead of answering Success for a filter that was dropped."""
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level.value
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    prepared = prepare_query(ds, STUDY_ROOT)
+    assert prepared.unsupported == reported
+    assert not prepared.computed_keys
+
+
 def test_limit(qa: QueryArchive) -> None:
     assert len(qa.find({"AccessionNumber": ""}, limit=2)) == 2
     assert len(qa.find({"AccessionNumber": ""})) == N_STUDIES

@@ -82,6 +82,9 @@ class PreparedQuery:
     #: Labels (core/labels.py) the matching study (or the study of a matching series or
     #: instance) must carry, every one; STUDY level or below.
     labels: tuple[str, ...] = ()
+    #: A key of :data:`CONSTANT_KEYS` asks for a value no entity has (``InstanceAvailability=OFFLINE``:
+    #: every stored instance is ONLINE): the query matches nothing and reads nothing.
+    matches_nothing: bool = False
 
 
 def _effective_level(level: Level, model: InformationModel) -> Level:
@@ -128,8 +131,15 @@ def prepare_query(
     computed: list[tuple[Key, ComputedKey]] = []
     file_keys: list[Key] = []
     ignored: set[int] = set()
+    matches_nothing = False
     for key in keys:
-        if key.keyword in SERVICE_KEYS or key.keyword in CONSTANT_KEYS:
+        if key.keyword in CONSTANT_KEYS:
+            # PS3.4 C.2.2.2: a match satisfies every key, a constant one too (C.4.1.1.3.2 Instance
+            # Availability): answering ONLINE to InstanceAvailability=OFFLINE returned what was not asked.
+            if not python_matches(key.condition, key.vr, CONSTANT_KEYS[key.keyword]):
+                matches_nothing = True
+            continue
+        if key.keyword in SERVICE_KEYS:
             continue
         indexed = INDEXED_KEYS.get(key.keyword)
         comp = COMPUTED_KEYS.get(key.keyword)
@@ -145,7 +155,12 @@ def prepare_query(
             sql_keys.append((key, indexed))
         elif comp is not None:
             if _ORDER[_effective_level(comp.level, model)] != _ORDER[level]:
+                # A count or list of an upper level (ModalitiesInStudy at the SERIES level) is computed per
+                # entity of its own level only: answered empty, and a value in it is reported as not
+                # matched (0xFF01), as for keys below the level, never silently dropped (C.4.1.1.3.2).
                 ignored.add(key.tag)
+                if not key.is_universal:
+                    unsupported.append(key.name)
                 continue
             if not key.is_universal and not comp.matchable:
                 unsupported.append(key.name)
@@ -168,6 +183,7 @@ def prepare_query(
         frozenset(ignored),
         tuple(without),
         tuple(labels),
+        matches_nothing,
     )
 
 
@@ -282,6 +298,8 @@ async def run_query_batches(
 
     Once a page's first batch is out, the next page is read while the rest is sent.
     """
+    if prepared.matches_nothing:
+        return
     page = FIRST_PAGE
     sent = 0
     slots = _plan(prepared)
