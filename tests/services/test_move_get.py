@@ -416,6 +416,32 @@ def test_unreachable_destination_fails_every_suboperation(tmp_path: Path) -> Non
     asyncio.run(main())
 
 
+def test_destination_that_rejects_the_association_is_named_so(tmp_path: Path) -> None:
+    """A destination that answers A-ASSOCIATE-RJ (here: it does not know the called AE title) is
+    reachable: the Error Comment says it rejected us, not "check its host and port"."""
+
+    async def main() -> None:
+        async with archive_env(tmp_path, count=2) as env:
+            picky = DicomServer(
+                "OTHER",
+                [FolderStorage(tmp_path / "picky")],
+                host="127.0.0.1",
+                port=0,
+                timeouts=TIMEOUTS,
+                check_called_aet=True,
+            )
+            await picky.start()
+            try:
+                env.registry.nodes.append(FakeNode("PICKY", "127.0.0.1", picky.port))
+                result = await env.move(study_key(env), destination="PICKY")
+            finally:
+                await picky.close(grace=2.0)
+            assert (result.status, result.failed) == (0xA702, 2)
+            assert result.error_comment == "PICKY rejected the association; see the server log"
+
+    asyncio.run(main())
+
+
 def test_missing_file_fails_that_instance_only(tmp_path: Path) -> None:
     async def main() -> None:
         async with archive_env(tmp_path, count=3, series=1) as env, env.destination():

@@ -24,6 +24,7 @@ from minipacs.core.retrieve import InvalidRetrieveIdentifier, StoredInstance, se
 from minipacs.net.association import (
     Association,
     AssociationError,
+    AssociationRejected,
     DatasetSink,
     Message,
     build_rq,
@@ -280,7 +281,12 @@ class MoveSCP(Service):
         except AssociationError as exc:
             why = f"cannot open the storage association to {node.ae_title} at {node.host}:{node.port}: {exc}"
             log.warning("%s %s", assoc.label, why)
-            short = f"Cannot connect to {node.ae_title}; check its host and port"
+            # The Error Comment names what to look at: a destination that answered A-ASSOCIATE-RJ is
+            # reachable, and its host and port are right (PS3.8 Table 9-21 gives why, in the log).
+            if isinstance(exc, AssociationRejected):
+                short = f"{node.ae_title} rejected the association; see the server log"
+            else:
+                short = f"Cannot connect to {node.ae_title}; check its host and port"
             for inst in batch:
                 progress.fail(inst, why, short)
             errors.append(short)
