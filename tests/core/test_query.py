@@ -122,7 +122,7 @@ def test_patient_counts_at_the_study_level_of_the_study_root(with_archive: Calla
             del ds.AccessionNumber
         return ds
 
-    async def body(archive: Archive) -> tuple[list[Any], list[Any], list[Any]]:
+    async def body(archive: Archive) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
         for path in sorted(files.iterdir()):
             await archive.import_file(path, Origin("import", "", "", "", 0))
 
@@ -136,12 +136,16 @@ def test_patient_counts_at_the_study_level_of_the_study_root(with_archive: Calla
             await answers(ident("STUDY"), STUDY_ROOT),
             await answers(ident("STUDY", AccessionNumber="PX-2"), STUDY_ROOT),  # PX-1 is not matched, still counted
             await answers(ident("PATIENT"), PATIENT_ROOT),
+            # the Patient Root's STUDY level answers them too (keys of the level above, C.4.1.2.1): they
+            # were answered empty there while the Study Root counted them
+            await answers(ident("STUDY", PatientID="PX"), PATIENT_ROOT),
         )
 
-    every, one, patients = with_archive(body, fsync=False)
+    every, one, patients, patient_root = with_archive(body, fsync=False)
     assert every == [("PX-1", 2, 3, 5), ("PX-2", 2, 3, 5), ("PY-1", 1, 1, 1)]
     assert one == [("PX-2", 2, 3, 5)]
     assert patients == [("PX", 2, 3, 5), ("PY", 1, 1, 1)]
+    assert patient_root == [("PX-1", 2, 3, 5), ("PX-2", 2, 3, 5)]
 
 
 def test_patient_root_study_level_needs_patient_id(qa: QueryArchive) -> None:

@@ -154,7 +154,7 @@ def prepare_query(
         if indexed is not None:
             sql_keys.append((key, indexed))
         elif comp is not None:
-            if _ORDER[_effective_level(comp.level, model)] != _ORDER[level]:
+            if _effective_level(comp.level, model) is not level and level not in comp.answered_below:
                 # A count or list of an upper level (ModalitiesInStudy at the SERIES level) is computed per
                 # entity of its own level only: answered empty, and a value in it is reported as not
                 # matched (0xFF01), as for keys below the level, never silently dropped (C.4.1.1.3.2).

@@ -91,13 +91,17 @@ class ComputedKey:
     joined: bool  # True: several values joined by '\'; False: a count
     #: Whether a value in the key is matched (through EXISTS on the index rows it is computed from).
     matchable: bool = False
+    #: Lower levels the key is answered at too (index/query_sql.py AGGREGATES computes it per entity of
+    #: those): a patient's counts at the STUDY level of the Patient Root model, as the Study Root's
+    #: STUDY level answers them. Elsewhere a key of an upper level is answered empty.
+    answered_below: frozenset[Level] = frozenset()
 
 
 # PS3.4 C.3.4 (Table C.3-x, "Additional Query/Retrieve Attributes") and C.6.1.1.x
 COMPUTED_KEYS: Final[Mapping[str, ComputedKey]] = {
-    "NumberOfPatientRelatedStudies": ComputedKey(Level.PATIENT, "IS", False),
-    "NumberOfPatientRelatedSeries": ComputedKey(Level.PATIENT, "IS", False),
-    "NumberOfPatientRelatedInstances": ComputedKey(Level.PATIENT, "IS", False),
+    "NumberOfPatientRelatedStudies": ComputedKey(Level.PATIENT, "IS", False, answered_below=frozenset({Level.STUDY})),
+    "NumberOfPatientRelatedSeries": ComputedKey(Level.PATIENT, "IS", False, answered_below=frozenset({Level.STUDY})),
+    "NumberOfPatientRelatedInstances": ComputedKey(Level.PATIENT, "IS", False, answered_below=frozenset({Level.STUDY})),
     "NumberOfStudyRelatedSeries": ComputedKey(Level.STUDY, "IS", False),
     "NumberOfStudyRelatedInstances": ComputedKey(Level.STUDY, "IS", False),
     "ModalitiesInStudy": ComputedKey(Level.STUDY, "CS", True, True),
