@@ -470,3 +470,40 @@ def test_a_key_of_only_nul_is_refused_not_matched_as_universal(tmp_path: Path, f
         await assoc.release()
 
     run(tmp_path, files, body)
+
+
+@pytest.mark.parametrize(
+    ("level", "keys", "status", "comment"),
+    [
+        ("STUDY", {"StudyDate": "2020"}, 0xC001, "StudyDate '2020' is not a valid DA value or range"),
+        ("STUDY", {"StudyDate": "20240101-2024"}, 0xC001, "StudyDate '20240101-2024' is not a valid DA value or range"),
+        ("STUDY", {"StudyTime": "23*"}, 0xC001, "StudyTime '23*' is not a valid TM value or range"),
+        ("SERIES", {"Modality": "CT"}, 0xA900, "a SERIES query needs a single value in StudyInstanceUID"),
+        (
+            "IMAGE",
+            {"StudyInstanceUID": "1.2.3", "SOPInstanceUID": ""},
+            0xA900,
+            "a IMAGE query needs a single value in SeriesInstanceUID",
+        ),
+    ],
+)
+def test_a_refusal_names_the_key_in_its_error_comment(
+    tmp_path: Path, files: Path, level: str, keys: dict[str, str], status: int, comment: str
+) -> None:
+    """PS3.7 C.4 (0000,0902): the Error Comment of a refused C-FIND says which key is at fault, within
+    the LO's 64 characters; it said "A key value cannot be matched; correct it and ask again" (or
+    "Identifier does not fit the query model; check level and keys") whatever the key, findscu's
+    user left to guess which."""
+
+    async def body(server: DicomServer, archive: Archive) -> None:
+        assoc = await associate(server.port)
+        ds = Dataset()
+        ds.QueryRetrieveLevel = level
+        with pydicom.config.disable_value_validation():
+            for keyword, value in keys.items():
+                setattr(ds, keyword, value)
+        result = await find_all(assoc, STUDY_ROOT_FIND, ds)
+        await assoc.release()
+        assert (result.status, result.error_comment) == (status, comment)
+
+    run(tmp_path, files, body)

@@ -360,21 +360,26 @@ def test_ambiguous_destination_names_candidates(tmp_path: Path, caplog: pytest.L
 
 
 @pytest.mark.parametrize(
-    "keys,level",
+    ("keys", "level", "comment"),
     [
-        ([], ""),  # no level, no keys
-        (["StudyInstanceUID=1.2.*"], "STUDY"),  # wildcard
-        ([], "STUDY"),  # unique key missing
-        (["PatientID=P1"], "PATIENT"),  # PATIENT level in Study Root
-        (["StudyInstanceUID=" + "1" * 80], "STUDY"),  # too long
+        ([], "", "QueryRetrieveLevel (0008,0052) is missing"),  # no level, no keys
+        (["StudyInstanceUID=1.2.*"], "STUDY", "StudyInstanceUID '1.2.*' contains a wildcard"),
+        ([], "STUDY", "a STUDY-level retrieve needs the Unique Key StudyInstanceUID"),  # unique key missing
+        (["PatientID=P1"], "PATIENT", ""),  # PATIENT level in Study Root
+        (["StudyInstanceUID=" + "1" * 80], "STUDY", ""),  # too long
     ],
 )
-def test_bad_identifier_is_a900(tmp_path: Path, keys: list[str], level: str) -> None:
+def test_bad_identifier_is_a900(tmp_path: Path, keys: list[str], level: str, comment: str) -> None:
+    """0xA900 with an Error Comment that names the key at fault when it fits the LO (PS3.7 C.4), not
+    "Identifier cannot select instances; check level and UIDs" whatever the fault."""
+
     async def main() -> None:
         async with archive_env(tmp_path, count=1, series=1) as env:
             result = await env.move(parse_keys(level, keys), destination="DEST")
             assert result.status == 0xA900, result
             assert result.error_comment
+            if comment:
+                assert result.error_comment == comment
 
     asyncio.run(main())
 

@@ -215,16 +215,20 @@ def _check_hierarchical(keys: Sequence[Key], model: InformationModel, level: Lev
         unique = LEVELS[upper].unique_key
         key = next((k for k in keys if k.keyword == unique), None)
         if key is None or key.condition.kind is not Matching.SINGLE:
+            # The first clause (up to "; ") is the Error Comment (services/qr_find.py refusal_comment):
+            # it names the key, within the LO's 64 characters.
             found = "is missing" if key is None else f"asks for {key.condition.kind.value} matching"
+            why = (
+                f"a {level.value} query needs a single value in {unique}; it {found} (a hierarchical query "
+                f"in the {model.name} model gives {unique}, the unique key of the {upper.value} level, for "
+                "each level above its own: PS3.4 C.4.1.2.1)"
+            )
             if key is not None and key.condition.kind is Matching.UID_LIST:
-                found += (
+                why += (
                     "; several UIDs above the query level make a relational query: negotiate relational "
                     f"queries (SOP Class Extended Negotiation) or ask one {upper.value.lower()} at a time"
                 )
-            raise IdentifierMismatch(
-                f"a hierarchical {level.value} query in the {model.name} model needs a single value in "
-                f"{unique}, the unique key of the {upper.value} level (PS3.4 C.4.1.2.1), but it {found}"
-            )
+            raise IdentifierMismatch(why)
 
 
 # ------------------------------------------------------------------ running it

@@ -131,8 +131,8 @@ def _date_time_condition(vr: str, value: str, name: str) -> Condition:
     for part in (low, high):
         if part and _BOUNDS[vr](part, False) is None:
             raise InvalidMatchValue(
-                f"{name} {value[:40]!r} is not a valid {vr} value or range "
-                f"(PS3.5 Table 6.2-1; ranges are written A-B, -B or A-)"
+                f"{name} {value[:20]!r} is not a valid {vr} value or range; "
+                f"ranges are written A-B, -B or A- (PS3.5 Table 6.2-1)"
             )
     if not sep:
         return Condition(Matching.SINGLE, (value,))

@@ -57,6 +57,7 @@ from minipacs.services.status import (
     SUCCESS,
     describe,
     error_comment,
+    fits_error_comment,
     status_for_find_error,
 )
 from minipacs.services.verification import UNCOMPRESSED
@@ -297,6 +298,21 @@ def find_failure(assoc: Association, exc: Exception, what: str) -> tuple[int, st
     return 0xC000, f"internal error: {type(exc).__name__}"
 
 
+def refusal_comment(status: int, reason: str | Exception) -> str:
+    """The Error Comment of a refusal by the archive (an ArchiveError): its leading "; "-separated clauses
+    when they fit the LO's 64 characters, as they name the key at fault ("StudyDate '2020' is not a
+    valid DA value or range"), before the sentence of its kind, which does not ("A key value cannot be
+    matched; correct it and ask again"); else :func:`status.error_comment`. The log keeps the whole."""
+    if isinstance(reason, ArchiveError):
+        text = str(reason)
+        clauses = text.split("; ")
+        for n in range(len(clauses), 0, -1):
+            head = "; ".join(clauses[:n])
+            if fits_error_comment(head):
+                return head
+    return error_comment(status, reason)
+
+
 def finish_find(
     assoc: Association, status: int, text: str | Exception, *, what: str, sop_class: str, level: str, matches: int
 ) -> Response:
@@ -316,7 +332,7 @@ def finish_find(
         outcome=outcome,
         error=str(text),
     )
-    return Response(status, error="" if final else error_comment(status, text))
+    return Response(status, error="" if final else refusal_comment(status, text))
 
 
 class QueryRetrieveFindSCP(Service):
@@ -449,6 +465,7 @@ __all__ = [
     "FIND_MODELS",
     "QueryRetrieveFindSCP",
     "RowEncoder",
+    "refusal_comment",
     "decode_identifier",
     "encode_identifier",
     "response_charset",

@@ -21,6 +21,7 @@ from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Answer, Operation, Response
+from minipacs.services.qr_find import refusal_comment
 from minipacs.services.qr_retrieve import (
     DEFAULT_PENDING_EVERY,
     DEFAULT_PENDING_INTERVAL,
@@ -36,7 +37,7 @@ from minipacs.services.qr_retrieve import (
     run_suboperations,
     suboperation_priority,
 )
-from minipacs.services.status import GET, IDENTIFIER_DOES_NOT_MATCH, UNABLE_TO_PROCESS, describe, error_comment
+from minipacs.services.status import GET, IDENTIFIER_DOES_NOT_MATCH, UNABLE_TO_PROCESS, describe
 from minipacs.services.storage_scu import store_file
 
 log = logging.getLogger("minipacs.get")
@@ -110,7 +111,7 @@ class GetSCP(Service):
             )
             receipt.update(status=status, outcome="refused", error=str(exc))
             log.warning("%s C-GET refused with %s: %s", assoc.label, describe(status, GET), exc)
-            yield progress_response(status, error=error_comment(status, exc))
+            yield progress_response(status, error=refusal_comment(status, exc))
             return
         audit_retrieve(self.archive, assoc, instances, f"C-GET {level}")
         progress = Progress(len(instances))

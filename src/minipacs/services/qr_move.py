@@ -34,6 +34,7 @@ from minipacs.net.dimse import Command
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Answer, Operation, Response
+from minipacs.services.qr_find import refusal_comment
 from minipacs.services.qr_retrieve import (
     DEFAULT_PENDING_EVERY,
     DEFAULT_PENDING_INTERVAL,
@@ -54,7 +55,6 @@ from minipacs.services.status import (
     MOVE_DESTINATION_UNKNOWN,
     UNABLE_TO_PROCESS,
     describe,
-    error_comment,
     is_success,
     is_warning,
 )
@@ -180,7 +180,7 @@ class MoveSCP(Service):
         """Log and record the full sentence ``why``; answer with the Error Comment made of ``cause`` (or ``why``)."""
         receipt.update(status=status, outcome="refused", error=why)
         log.warning("%s C-MOVE refused with %s: %s", assoc.label, describe(status, MOVE), why)
-        return progress_response(status, error=error_comment(status, cause or why))
+        return progress_response(status, error=refusal_comment(status, cause or why))
 
     async def _move(
         self, assoc: Association, message: Message, dest_ae: str, receipt: dict[str, object]
