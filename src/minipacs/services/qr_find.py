@@ -298,7 +298,7 @@ def find_failure(assoc: Association, exc: Exception, what: str) -> tuple[int, st
     return 0xC000, f"internal error: {type(exc).__name__}"
 
 
-def refusal_comment(status: int, reason: str | Exception) -> str:
+def refusal_comment(status: int, reason: str | BaseException) -> str:
     """The Error Comment of a refusal by the archive (an ArchiveError): its leading "; "-separated clauses
     when they fit the LO's 64 characters, as they name the key at fault ("StudyDate '2020' is not a
     valid DA value or range"), before the sentence of its kind, which does not ("A key value cannot be
