@@ -420,3 +420,47 @@ def test_a_page_built_slot_by_slot_is_what_row_by_row_gives() -> None:
     assert expected[1] == (None, "STUDY", "ARCHIVE", "", None, "0", "1.2.12")
     assert expected[2][0] == "20240103"  # not text in the index: its string form
     assert q._build_rows(slots, position, computed, [], []) == []
+
+
+def _combined(qa: QueryArchive, keys: dict[str, str], level: Level = Level.STUDY, combined: bool = True) -> set[str]:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level.value
+    ds.AccessionNumber = ""
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    prepared = prepare_query(ds, STUDY_ROOT, combined_date_time=combined)
+
+    async def collect() -> list[Dataset]:
+        return [m async for m in run_query(qa.archive, prepared)]
+
+    return {str(m.AccessionNumber) for m in qa.runner.run(collect())}
+
+
+@pytest.mark.parametrize(
+    ("date", "time", "combined", "expected"),
+    [
+        # January 15 10:00 until February 1 13:00, not 10:00-13:00 on each day: A_2 (February 1 08:30) too
+        ("20240115-20240201", "1000-1300", True, {"A1", "A'4", "A_2"}),
+        ("20240115-20240201", "1000-1300", False, {"A1", "A'4"}),
+        # December 31 20:00 until January 15 11:00: across midnight, as one range only
+        ("20231231-20240115", "2000-1100", True, {"A%3", "B;5", "A1"}),
+        ("20240115-", "1100-", True, {"A'4", "A_2"}),  # from January 15 11:00: A1 (10:15:30) is before
+        ("-20240110", "-0000", True, {"A%3", "B;5"}),  # until January 10 00:00:59.999999
+        ("20240115", "1000-1300", True, {"A1"}),  # a single date: each on its own, as without it
+    ],
+)
+def test_combined_date_time_matching_when_negotiated(
+    qa: QueryArchive, date: str, time: str, combined: bool, expected: set[str]
+) -> None:
+    """PS3.4 C.2.2.2.5 with combined datetime matching (C.5.1.1 byte 2): a StudyDate range and a StudyTime
+    range of the same form are one range of moments, matched in SQL on the date and time columns."""
+    assert _combined(qa, {"StudyDate": date, "StudyTime": time}, combined=combined) == expected
+
+
+def test_combined_date_time_with_a_time_the_index_does_not_hold(qa: QueryArchive) -> None:
+    """SeriesDate is in the index, SeriesTime is not: the pair is matched on the stored file, where a
+    date without a time is the whole day (each series here: January 31 2024, no SeriesTime)."""
+    keys = {"StudyInstanceUID": STUDY_UIDS["A1"], "SeriesInstanceUID": "", "SeriesTime": "2300-0100"}
+    assert _combined(qa, {**keys, "SeriesDate": "20240130-20240131"}, Level.SERIES) == {"A1"}
+    assert not _combined(qa, {**keys, "SeriesDate": "20240129-20240130"}, Level.SERIES)
+    assert _combined(qa, {**keys, "SeriesDate": "20240201-20240202"}, Level.SERIES) == set()

@@ -507,3 +507,30 @@ def test_a_refusal_names_the_key_in_its_error_comment(
         assert (result.status, result.error_comment) == (status, comment)
 
     run(tmp_path, files, body)
+
+
+def test_combined_date_time_matching_is_negotiated(tmp_path: Path, files: Path) -> None:
+    """PS3.4 C.5.1.1 (Table C.5-1): byte 2 asks for combined date-time matching; we agree to it and to
+    relational queries (byte 1), and answer 0 to fuzzy matching of person names and timezone query
+    adjustment (bytes 3, 4). Agreed, StudyDate 20240115-20240315 with StudyTime 1030-1010 is January 15
+    10:30 until March 15 10:10 (the February study only, each at 10:15:30); without it, the time range
+    alone crosses midnight and is refused (C.2.2.2.5.2)."""
+    keys = {"StudyDate": "20240115-20240315", "StudyTime": "1030-1010", "AccessionNumber": None}
+
+    async def body(server: DicomServer, archive: Archive) -> None:
+        settings = AssociationSettings(ae_title="FINDSCU", timeouts=TIMEOUTS)
+        rq = build_rq("FINDSCU", "MINIPACS", [(STUDY_ROOT_FIND, [EXPLICIT_VR_LITTLE_ENDIAN])], settings)
+        rq.user_information.extended = [SOPClassExtendedNegotiation(STUDY_ROOT_FIND, b"\x00\x01\x01\x01")]
+        combined = await connect("127.0.0.1", server.port, rq, settings)
+        assert combined.ac is not None
+        assert [item.info for item in combined.ac.user_information.extended] == [b"\x00\x01\x00\x00"]
+        found = await find_all(combined, STUDY_ROOT_FIND, ident("STUDY", **keys))
+        await combined.release()
+        plain = await associate(server.port)
+        refused = await find_all(plain, STUDY_ROOT_FIND, ident("STUDY", **keys))
+        await plain.release()
+        assert found.status == 0
+        assert sorted(str(m.StudyDate) for m in found.matches) == ["20240215"] * 13
+        assert refused.status == 0xC001
+
+    run(tmp_path, files, body)

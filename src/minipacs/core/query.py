@@ -29,9 +29,10 @@ from pydicom.valuerep import PersonName
 
 from minipacs.blobs.base import BlobStore
 from minipacs.core.errors import IdentifierMismatch, InvalidKeyValue, InvalidQuery, QueryTooBroad
-from minipacs.core.identifier import Key, read_keys, sequence_matches
+from minipacs.core.identifier import Key, key_matches, read_keys, sequence_matches
 from minipacs.core.query_model import (
     _ORDER,
+    COMBINED_DATE_TIME,
     COMPUTED_KEYS,
     CONSTANT_KEYS,
     INDEXED_KEYS,
@@ -48,7 +49,7 @@ from minipacs.dicom.levels import InformationModel, Level
 from minipacs.index import query_sql
 from minipacs.index.database import IndexConnection
 from minipacs.index.entities import Entity
-from minipacs.index.matching import UNIVERSAL, Matching, python_matches
+from minipacs.index.matching import UNIVERSAL, ColumnKind, Matching, python_matches
 
 log = logging.getLogger("minipacs.query")
 
@@ -100,15 +101,21 @@ def prepare_query(
     relational: bool = False,
     absent: Sequence[str] = (),
     labels: Sequence[str] = (),
+    combined_date_time: bool = False,
 ) -> PreparedQuery:
     """Validate ``identifier`` against ``model`` (PS3.4 C.4.1.2); raises IdentifierMismatch / InvalidKeyValue.
+
+    ``combined_date_time``: combined datetime matching was negotiated (PS3.4 C.5.1.1): a date range and
+    the range of its time key (:data:`COMBINED_DATE_TIME`, same form: "A-B", "-B" or "A-") are one range
+    of moments, 20240105-20240107 with 1000-1800 from January 5 10:00 to January 7 18:00 (otherwise
+    10:00 to 18:00 on each day: C.2.2.2.5 matches each key on its own).
 
     ``absent``: keywords of matchable computed keys of the query level that matches must have no value for.
     ``labels``: labels (core/labels.py, not DICOM) a matching study must carry, every one; at the
     SERIES or IMAGE level, the study the series or instance belongs to (rule filters: core/rules.py,
     core/compression.py). Not at the PATIENT level: labels are put on studies.
     """
-    keys = read_keys(identifier)
+    keys = read_keys(identifier, combined=COMBINED_DATE_TIME if combined_date_time else None)
     if level is None:
         level = _level_of(keys, model)
     elif level not in model.levels:
@@ -151,7 +158,12 @@ def prepare_query(
             if not key.is_universal:
                 unsupported.append(key.name)
             continue
-        if indexed is not None:
+        if indexed is not None and key.partner and _partner_column(key, indexed) is None:
+            # the time key is not in the index (SeriesTime): answered from the index, matched with its
+            # time from the stored file
+            sql_keys.append((replace(key, condition=UNIVERSAL, partner=0), indexed))
+            file_keys.append(key)
+        elif indexed is not None:
             sql_keys.append((key, indexed))
         elif comp is not None:
             if _effective_level(comp.level, model) is not level and level not in comp.answered_below:
@@ -185,6 +197,17 @@ def prepare_query(
         tuple(labels),
         matches_nothing,
     )
+
+
+def _partner_column(key: Key, indexed: IndexedKey) -> str | None:
+    """The index column of the time key joined to date key ``key`` (combined datetime matching) when it is
+    on the same entity as ``indexed``, typed; None when the index does not hold it there."""
+    from pydicom.datadict import keyword_for_tag
+
+    partner = INDEXED_KEYS.get(keyword_for_tag(key.partner))
+    if partner is None or partner.level is not indexed.level or partner.kind is not ColumnKind.TIME:
+        return None
+    return partner.match_column
 
 
 def _level_of(keys: Sequence[Key], model: InformationModel) -> Level:
@@ -350,7 +373,13 @@ def page_query(prepared: PreparedQuery) -> query_sql.PageQuery:
     """What the index matches for ``prepared`` (index/query_sql.py): entity, indexed keys, computed keys."""
     keys = tuple(
         query_sql.KeyMatch(
-            f"k{key.tag:08x}", LEVELS[ik.level].entity, ik.value_column, ik.match_column, ik.kind, key.condition
+            f"k{key.tag:08x}",
+            LEVELS[ik.level].entity,
+            ik.value_column,
+            ik.match_column,
+            ik.kind,
+            key.condition,
+            (_partner_column(key, ik) or "") if key.partner else "",
         )
         for key, ik in prepared.sql_keys
     )
@@ -482,7 +511,7 @@ def _file_keys_match(keys: Sequence[Key], stored: Dataset | None) -> bool:
         if key.condition.kind is Matching.SEQUENCE:
             if not sequence_matches(key, elem.value):
                 return False
-        elif not python_matches(key.condition, key.vr, element_text(elem)):
+        elif not key_matches(key, element_text(elem), stored):  # a date with its time: combined
             return False
     return True
 

@@ -112,6 +112,15 @@ COMPUTED_KEYS: Final[Mapping[str, ComputedKey]] = {
     "StudyStatusID": ComputedKey(Level.STUDY, "CS", True, True),
 }
 
+#: PS3.4 C.2.2.2.5 with combined datetime matching (negotiated, C.5.1.1): the date key's tag -> the tag of
+#: the time key whose range joins it into one range of moments (Study, Series, Acquisition, Content).
+COMBINED_DATE_TIME: Final[Mapping[int, int]] = {
+    0x00080020: 0x00080030,  # StudyDate, StudyTime
+    0x00080021: 0x00080031,  # SeriesDate, SeriesTime
+    0x00080022: 0x00080032,  # AcquisitionDate, AcquisitionTime
+    0x00080023: 0x00080033,  # ContentDate, ContentTime
+}
+
 #: Keys answered with a constant (PS3.4 C.4.1.1.3.2 / C.6.1.1.x).
 CONSTANT_KEYS: Final[Mapping[str, str]] = {"InstanceAvailability": "ONLINE"}
 #: Keys the query engine leaves to the caller (the service knows them).

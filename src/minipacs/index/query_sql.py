@@ -19,7 +19,7 @@ from sqlalchemy.types import NullType
 
 from minipacs.index.entities import DEPTH, ENTITIES, Entity
 from minipacs.index.labels_repo import labelled_clause
-from minipacs.index.matching import UNIVERSAL, ColumnKind, Condition, sql_condition
+from minipacs.index.matching import UNIVERSAL, ColumnKind, Condition, sql_condition, sql_date_time_range
 from minipacs.index.schema import StudyCompletion
 
 #: Label of the primary key, the first column of every page row.
@@ -43,6 +43,10 @@ class KeyMatch:
     match_column: str
     kind: ColumnKind
     condition: Condition
+    #: The typed time column of the same entity whose value joins ``match_column``'s date into one
+    #: date and time matched by ``condition`` (combined datetime matching: matching.py
+    #: sql_date_time_range); "" for any other key.
+    partner_column: str = ""
 
 
 @dataclass(frozen=True)
@@ -299,7 +303,11 @@ def _base_select(query: PageQuery, dialect: str) -> Select[Any]:
                 columns.append(folded(base).label(in_page_label(keyword)))
     where: list[ColumnElement[bool]] = []
     for key in query.keys:
-        clause = sql_condition(ENTITIES[key.entity].table.c[key.match_column], key.kind, key.condition, dialect)
+        table = ENTITIES[key.entity].table
+        if key.partner_column:
+            clause = sql_date_time_range(table.c[key.match_column], table.c[key.partner_column], key.condition)
+        else:
+            clause = sql_condition(table.c[key.match_column], key.kind, key.condition, dialect)
         if clause is not None:
             where.append(clause)
     for keyword, condition in query.related:

@@ -67,8 +67,11 @@ log = logging.getLogger("minipacs.find")
 #: FIND SOP class -> its information model (PS3.4 C.6, dicom/levels.py)
 FIND_MODELS: Final[Mapping[str, InformationModel]] = {model.find_sop_class: model for model in INFORMATION_MODELS}
 FIND_TRANSFER_SYNTAXES: Final = UNCOMPRESSED | {DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN}
-# PS3.4 C.5.1.1 Extended Negotiation, byte 1: relational-queries (1 = supported)
+# PS3.4 C.5.1.1 Extended Negotiation (Table C.5-1), byte 1: relational-queries; byte 2: combined
+# date-time matching (1 = supported, each); bytes 3 and 4 (fuzzy semantic matching of person names,
+# timezone query adjustment) are answered 0: not supported.
 RELATIONAL_QUERIES_BYTE: Final = 0
+COMBINED_DATE_TIME_BYTE: Final = 1
 #: (0008,0054) RetrieveAETitle: answered by the service, not the query engine.
 RETRIEVE_AE_TITLE: Final = 0x00080054
 
@@ -357,24 +360,34 @@ class QueryRetrieveFindSCP(Service):
     def extended_negotiation(
         self, proposed: Sequence[SOPClassExtendedNegotiation]
     ) -> list[SOPClassExtendedNegotiation]:
-        """Our A-ASSOCIATE-AC answers to SOP Class Extended Negotiation (PS3.4 C.5.1.1):
-        relational queries yes; combined date-time, fuzzy names, timezone adjustment no."""
+        """Our A-ASSOCIATE-AC answers to SOP Class Extended Negotiation (PS3.4 C.5.1.1): relational
+        queries and combined date-time matching yes, when asked for; fuzzy semantic matching of person
+        names and timezone query adjustment no (0). One byte answered per byte proposed (at most four)."""
         replies = []
         for item in proposed:
             if item.sop_class_uid in FIND_MODELS and item.info:
-                relational = item.info[RELATIONAL_QUERIES_BYTE] == 1
-                replies.append(SOPClassExtendedNegotiation(item.sop_class_uid, bytes([1 if relational else 0])))
+                asked = item.info[:4]
+                agreed = bytes(
+                    1 if index in (RELATIONAL_QUERIES_BYTE, COMBINED_DATE_TIME_BYTE) and value == 1 else 0
+                    for index, value in enumerate(asked)
+                )
+                replies.append(SOPClassExtendedNegotiation(item.sop_class_uid, agreed))
         return replies
 
     @staticmethod
-    def relational_agreed(assoc: Association, sop_class_uid: str) -> bool:
-        """Whether the A-ASSOCIATE-AC of ``assoc`` agreed to relational queries for the class."""
+    def agreed(assoc: Association, sop_class_uid: str, byte: int) -> bool:
+        """Whether the A-ASSOCIATE-AC of ``assoc`` agreed to option ``byte`` (C.5.1.1) for the class."""
         if assoc.ac is None:
             return False
         return any(
-            item.sop_class_uid == sop_class_uid and item.info[:1] == b"\x01"
+            item.sop_class_uid == sop_class_uid and item.info[byte : byte + 1] == b"\x01"
             for item in assoc.ac.user_information.extended
         )
+
+    @classmethod
+    def relational_agreed(cls, assoc: Association, sop_class_uid: str) -> bool:
+        """Whether the A-ASSOCIATE-AC of ``assoc`` agreed to relational queries for the class."""
+        return cls.agreed(assoc, sop_class_uid, RELATIONAL_QUERIES_BYTE)
 
     async def c_find(self, assoc: Association, message: Message) -> AsyncGenerator[Answer, None]:
         """PS3.4 C.4.1.3: the matches as Pending responses (in batches), then the final status."""
@@ -404,7 +417,8 @@ class QueryRetrieveFindSCP(Service):
             else:
                 identifier = decode_identifier(sink.getvalue(), context.transfer_syntax)
                 relational = self.relational_agreed(assoc, sop_class)
-                prepared = prepare_query(identifier, model, relational=relational)
+                combined = self.agreed(assoc, sop_class, COMBINED_DATE_TIME_BYTE)
+                prepared = prepare_query(identifier, model, relational=relational, combined_date_time=combined)
                 level = prepared.level.value
                 asked = patient_query(
                     {k.keyword: k.text for k in prepared.keys if k.keyword and not k.items}, level=level
