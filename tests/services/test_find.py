@@ -534,3 +534,20 @@ def test_combined_date_time_matching_is_negotiated(tmp_path: Path, files: Path) 
         assert refused.status == 0xC001
 
     run(tmp_path, files, body)
+
+
+@pytest.mark.parametrize(
+    ("model", "level"),
+    [(STUDY_ROOT_FIND, "STUDY"), (PATIENT_ROOT_FIND, "PATIENT"), (PATIENT_STUDY_ONLY_FIND, "PATIENT")],
+)
+def test_an_empty_archive_answers_only_the_final_success(tmp_path: Path, model: str, level: str) -> None:
+    """PS3.4 C.4.1.3.1.1: no match, no Pending response: the one response is the final 0x0000, without
+    an identifier (find_all counts every Pending identifier as a match)."""
+
+    async def body(server: DicomServer, archive: Archive) -> None:
+        assoc = await associate(server.port, [model])
+        result = await find_all(assoc, model, ident(level, PatientID="", PatientName=""))
+        await assoc.release()
+        assert (result.status, result.matches) == (0, [])
+
+    run(tmp_path, tmp_path / "empty-data", body)

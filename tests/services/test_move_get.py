@@ -45,11 +45,12 @@ from minipacs.services.retrieve_scu import (
 from minipacs.services.server import DicomServer
 from minipacs.services.storage import StorageSCP
 from minipacs.services.verification import VerificationSCP, echo
-from tests.dicomgen import write_ct
+from tests.dicomgen import CT_IMAGE_STORAGE, write_ct
 from tests.peers import dataset_bytes
 from tests.stored_files import instance_path
 
 TIMEOUTS = Timeouts(acse=5.0, dimse=10.0, idle=30.0)
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 
 
 @dataclass(frozen=True)
@@ -519,6 +520,45 @@ async def _get(env: Env, service: FolderStorage, identifier: Dataset, roles: boo
         return await c_get(assoc, "STUDY", identifier)
     finally:
         await assoc.release()
+
+
+def test_get_with_one_storage_class_not_taken_is_a_warning_listing_it(tmp_path: Path) -> None:
+    """PS3.4 C.4.3.3.1: the requester took the SCP role for CT Image Storage only; the study's MR instance
+    cannot go over this association, so that sub-operation fails (named in the Failed SOP Instance UID
+    List, the Error Comment saying why) and the others are sent: 0xB000, not a failure of the whole."""
+
+    async def main() -> None:
+        async with archive_env(tmp_path, count=3, series=1) as env:
+            mr = generate_uid()
+            path = write_ct(
+                tmp_path / "src" / "mr.dcm",
+                study_uid=env.study_uid,
+                series_uid=generate_uid(),
+                sop_uid=mr,
+                SOPClassUID=MR_IMAGE_STORAGE,
+                Modality="MR",
+            )
+            ds = pydicom.dcmread(path)
+            ds.file_meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE
+            ds.save_as(path)
+            await env.archive.import_file(path, Origin("import"))
+            contexts, roles = get_contexts("STUDY")
+            only_ct = [role for role in roles if role.sop_class_uid == CT_IMAGE_STORAGE]
+            sink = FolderStorage(tmp_path / "got")
+            rq = build_rq("VIEWER", "MINIPACS", contexts, env.settings(), roles=only_ct)
+            assoc = await connect(
+                "127.0.0.1", env.server.port, rq, env.settings(), handler=sink.c_store, sink_factory=sink.sink_for
+            )
+            try:
+                result = await c_get(assoc, "STUDY", study_key(env))
+            finally:
+                await assoc.release()
+            assert (result.status, result.completed, result.failed) == (0xB000, 3, 1)
+            assert result.failed_uids == [mr]
+            assert result.error_comment == "Storage class not offered with the SCP role (role selection)"
+            assert set(received(sink.folder)) == set(env.files)
+
+    asyncio.run(main())
 
 
 class PriorityRecorder(FolderStorage):
