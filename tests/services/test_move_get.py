@@ -717,3 +717,47 @@ def test_more_than_a_window_of_requests_past_it_during_a_c_get_is_aborted(
             assert any("past its Asynchronous Operations Window" in r.getMessage() for r in caplog.records)
 
     asyncio.run(main())
+
+
+def test_relational_retrieve_is_agreed_and_served(tmp_path: Path) -> None:
+    """PS3.4 C.5.2.1 / C.5.3.1: a requester proposing relational-retrieve (byte 1 = 1) for MOVE and GET is
+    told yes, and then moves a series by its Series Instance UID alone (C.4.2.2.2.1). We serve such
+    identifiers whatever was negotiated; the answer was missing, which says "not supported"."""
+    from pynetdicom import AE
+    from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation as PynetdicomExtended
+    from pynetdicom.sop_class import (
+        PatientRootQueryRetrieveInformationModelGet,
+        StudyRootQueryRetrieveInformationModelMove,
+    )
+
+    classes = (StudyRootQueryRetrieveInformationModelMove, PatientRootQueryRetrieveInformationModelGet)
+
+    def negotiate(port: int, identifier: Dataset) -> tuple[dict[str, bytes], list[int]]:
+        ae = AE(ae_title="VIEWER")
+        items = []
+        for uid in classes:
+            ae.add_requested_context(uid)
+            item = PynetdicomExtended()
+            item.sop_class_uid, item.service_class_application_information = uid, b"\x01"
+            items.append(item)
+        assoc = ae.associate("127.0.0.1", port, ae_title="MINIPACS", ext_neg=items)
+        assert assoc.is_established
+        try:
+            agreed = {str(uid): bytes(info) for uid, info in assoc.acceptor.sop_class_extended.items()}
+            statuses = [s.Status for s, _ in assoc.send_c_move(identifier, "DEST", classes[0])]
+        finally:
+            assoc.release()
+        return agreed, statuses
+
+    async def main() -> None:
+        async with archive_env(tmp_path, count=4, series=2) as env:
+            async with env.destination() as dest:
+                series = Dataset()
+                series.QueryRetrieveLevel = "SERIES"
+                series.SeriesInstanceUID = env.series_uids[0]
+                agreed, statuses = await asyncio.to_thread(negotiate, env.server.port, series)
+                assert agreed == {uid: b"\x01" for uid in classes}
+                assert statuses[-1] == 0
+                assert len(received(dest.folder)) == 2
+
+    asyncio.run(main())

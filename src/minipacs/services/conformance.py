@@ -142,9 +142,9 @@ def statement(services: Sequence[ServiceClass], defaults: object) -> str:
     )
     add(f"- Timeouts: ACSE {d['acse_timeout']:g} s, DIMSE {d['dimse_timeout']:g} s, idle {d['idle_timeout']:g} s.")
     add(
-        "- Extended negotiation: C-FIND relational queries and combined date-time matching (PS3.4 C.5.1.1) "
-        "accepted when proposed; fuzzy matching of person names and timezone query adjustment are answered "
-        "as not supported."
+        "- Extended negotiation: C-FIND relational queries and combined date-time matching (PS3.4 C.5.1.1), "
+        "C-MOVE and C-GET relational-retrieve (C.5.2.1, C.5.3.1) accepted when proposed; fuzzy matching of "
+        "person names and timezone query adjustment are answered as not supported."
     )
     add(
         "- User Identity Negotiation (PS3.7 D.3.3.7): username, username and passcode; Kerberos, SAML and JWT "

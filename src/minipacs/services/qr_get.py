@@ -9,7 +9,7 @@ class has no such context fails as a sub-operation, with a sentence saying so.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 
 from minipacs.core.archive import Archive
@@ -18,6 +18,7 @@ from minipacs.core.retrieve import InvalidRetrieveIdentifier, StoredInstance, se
 from minipacs.dicom.uids import uid_name
 from minipacs.net.association import Association, AssociationError, DatasetSink, Message
 from minipacs.net.dimse import Command
+from minipacs.net.pdu_items import SOPClassExtendedNegotiation
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Answer, Operation, Response
@@ -34,6 +35,7 @@ from minipacs.services.qr_retrieve import (
     decode_identifier,
     final_response,
     progress_response,
+    relational_retrieve_replies,
     run_suboperations,
     suboperation_priority,
 )
@@ -72,6 +74,11 @@ class GetSCP(Service):
 
     def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> DatasetSink | None:
         return None
+
+    def extended_negotiation(
+        self, proposed: Sequence[SOPClassExtendedNegotiation]
+    ) -> list[SOPClassExtendedNegotiation]:
+        return relational_retrieve_replies(proposed, GET_MODELS)
 
     async def c_get(self, assoc: Association, message: Message) -> AsyncGenerator[Answer, None]:
         """PS3.4 C.4.3.3: the sub-operations on this association, Pending responses, the final status."""

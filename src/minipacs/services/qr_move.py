@@ -13,7 +13,7 @@ delivery receipt (AE, host, port, counts) in the association log.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from typing import Protocol
 
@@ -31,6 +31,7 @@ from minipacs.net.association import (
     connect,
 )
 from minipacs.net.dimse import Command
+from minipacs.net.pdu_items import SOPClassExtendedNegotiation
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Answer, Operation, Response
@@ -46,6 +47,7 @@ from minipacs.services.qr_retrieve import (
     decode_identifier,
     final_response,
     progress_response,
+    relational_retrieve_replies,
     run_suboperations,
     suboperation_priority,
 )
@@ -154,6 +156,11 @@ class MoveSCP(Service):
 
     def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> DatasetSink | None:
         return None
+
+    def extended_negotiation(
+        self, proposed: Sequence[SOPClassExtendedNegotiation]
+    ) -> list[SOPClassExtendedNegotiation]:
+        return relational_retrieve_replies(proposed, MOVE_MODELS)
 
     async def c_move(self, assoc: Association, message: Message) -> AsyncGenerator[Answer, None]:
         """PS3.4 C.4.2.3: the sub-operations on a new association to the destination, Pending
