@@ -283,15 +283,51 @@ def test_instance_availability_is_matched_against_what_is_answered(qa: QueryArch
 def test_a_value_in_a_computed_key_of_an_upper_level_is_reported_not_dropped(
     level: Level, keys: dict[str, str], reported: tuple[str, ...]
 ) -> None:
-    """A count or list of an upper level is answered empty below it; a value in it is not matched, and
-    says so (0xFF01, C.4.1.1.4) instead of answering Success for a filter that was dropped."""
+    """A count or list of an upper level is answered below it, not matched there: a value in it says so
+    (0xFF01, C.4.1.1.4) instead of answering Success for a filter that was dropped."""
     ds = Dataset()
     ds.QueryRetrieveLevel = level.value
     for keyword, value in keys.items():
         setattr(ds, keyword, value)
     prepared = prepare_query(ds, STUDY_ROOT)
     assert prepared.unsupported == reported
-    assert not prepared.computed_keys
+    assert all(key.is_universal for key, _comp in prepared.computed_keys)
+
+
+def test_counts_and_lists_of_the_levels_above_are_answered(qa: QueryArchive) -> None:
+    """C.4.1.2.1: keys of the levels above the query level are answered, the computed ones too: each series
+    with its study's ModalitiesInStudy and counts and its patient's, each instance with its series' count.
+    They were answered empty, while StudyDate or PatientName, keys of the same levels, were answered."""
+    upper = ("NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "NumberOfPatientRelatedStudies")
+    series = qa.find(
+        {
+            "StudyInstanceUID": STUDY_UIDS["A1"],
+            "SeriesInstanceUID": "",
+            "ModalitiesInStudy": "",
+            **dict.fromkeys(upper, ""),
+        },
+        level=Level.SERIES,
+    )
+    assert len(series) == 2
+    for m in series:
+        assert list(m.ModalitiesInStudy) == ["CT", "SR"]
+        assert [int(m[k].value) for k in upper] == [2, 4, 1]
+    uid = STUDY_UIDS["A1"]
+    one = qa.find(
+        {
+            "PatientID": "P1",
+            "StudyInstanceUID": uid,
+            "SeriesInstanceUID": f"{uid}.1",
+            "SOPInstanceUID": "",
+            "NumberOfSeriesRelatedInstances": "",
+            "NumberOfPatientRelatedInstances": "",
+        },
+        level=Level.IMAGE,
+        model=PATIENT_ROOT,
+    )
+    assert [(int(m.NumberOfSeriesRelatedInstances), int(m.NumberOfPatientRelatedInstances)) for m in one] == [
+        (2, 4)
+    ] * 2
 
 
 def test_limit(qa: QueryArchive) -> None:

@@ -167,12 +167,12 @@ def prepare_query(
             sql_keys.append((key, indexed))
         elif comp is not None:
             if _effective_level(comp.level, model) is not level and level not in comp.answered_below:
-                # A count or list of an upper level (ModalitiesInStudy at the SERIES level) is computed per
-                # entity of its own level only: answered empty, and a value in it is reported as not
-                # matched (0xFF01), as for keys below the level, never silently dropped (C.4.1.1.3.2).
-                ignored.add(key.tag)
+                # A count or list of an upper level (ModalitiesInStudy at the SERIES level): answered, the
+                # value of the entity above each match (C.4.1.2.1: keys of the levels above); a value in
+                # it is not matched and says so (0xFF01), never silently dropped.
                 if not key.is_universal:
                     unsupported.append(key.name)
+                computed.append((replace(key, condition=UNIVERSAL), comp))
                 continue
             if not key.is_universal and not comp.matchable:
                 unsupported.append(key.name)
@@ -428,7 +428,7 @@ def _read_page(
     computed = {
         key.keyword: _in_page_values(rows, pks, position[label], comp)
         if (label := query_sql.in_page_label(key.keyword)) in position
-        else _computed_values(conn, spec.entity, key.keyword, comp, pks)
+        else _computed_values(conn, spec.entity, key.keyword, comp, pks, _owner_entity(prepared, comp))
         for key, comp in prepared.computed_keys
     }
     files: dict[int, Dataset | None] = {}
@@ -466,10 +466,30 @@ def _in_page_values(rows: Sequence[Sequence[Any]], pks: list[int], column: int, 
     return {pk: str(row[column]) for pk, row in zip(pks, rows, strict=True)}
 
 
+def _owner_entity(prepared: PreparedQuery, comp: ComputedKey) -> Entity | None:
+    """The entity above the query level whose value computed key ``comp`` answers, or None: its own level."""
+    own = _effective_level(comp.level, prepared.model)
+    if own is prepared.level or prepared.level in comp.answered_below:
+        return None
+    return LEVELS[own].entity
+
+
 def _computed_values(
-    conn: IndexConnection, entity: Entity, keyword: str, comp: ComputedKey, pks: list[int]
+    conn: IndexConnection,
+    entity: Entity,
+    keyword: str,
+    comp: ComputedKey,
+    pks: list[int],
+    owner: Entity | None = None,
 ) -> dict[int, str]:
-    values = query_sql.aggregate_values(conn, keyword, entity, pks)
+    """The values of computed key ``keyword`` for the ``entity`` rows ``pks``; with ``owner``, those of the
+    ``owner`` entity each row belongs to (NumberOfStudyRelatedInstances of a series' study)."""
+    if owner is None:
+        values = query_sql.aggregate_values(conn, keyword, entity, pks)
+    else:
+        owners = query_sql.owners_of(conn, entity, owner, pks)
+        by_owner = query_sql.aggregate_values(conn, keyword, owner, sorted(set(owners.values())))
+        values = {pk: by_owner[up] for pk, up in owners.items() if up in by_owner}
     if comp.joined:
         return {pk: "\\".join(sorted(v for v in vals if v)) for pk, vals in values.items()}
     return {pk: vals[0] for pk, vals in values.items()}

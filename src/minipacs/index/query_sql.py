@@ -353,6 +353,19 @@ def aggregate_values(conn: Connection, keyword: str, entity: Entity, pks: Sequen
     return values
 
 
+def owners_of(conn: Connection, entity: Entity, owner: Entity, pks: Sequence[int]) -> dict[int, int]:
+    """The primary key of the ``owner`` entity (a level above ``entity``) of each ``entity`` row of ``pks``."""
+    chain = list(Entity)[DEPTH[owner] : DEPTH[entity] + 1]
+    base = ENTITIES[entity].table
+    frm: Any = base
+    for child, parent in zip(reversed(chain[2:]), reversed(chain[1:-1]), strict=True):  # up to below the owner
+        spec = ENTITIES[child]
+        frm = frm.join(ENTITIES[parent].table, spec.table.c[str(spec.parent_fk)] == ENTITIES[parent].table.c.id)
+    below = ENTITIES[chain[1]]  # the entity just below the owner holds the owner's key
+    statement = select(base.c.id, below.table.c[str(below.parent_fk)]).select_from(frm).where(base.c.id.in_(pks))
+    return {int(pk): int(owner_pk) for pk, owner_pk in conn.execute(statement)}
+
+
 def representative_blobs(conn: Connection, entity: Entity, pks: Sequence[int]) -> list[tuple[int, str]]:
     """(owner primary key, blob key) of one instance per ``entity`` row of ``pks``: the first stored."""
     if entity is Entity.INSTANCE:
@@ -388,5 +401,6 @@ __all__ = [
     "aggregate_values",
     "in_page_label",
     "match_page",
+    "owners_of",
     "representative_blobs",
 ]

@@ -172,9 +172,9 @@ def statement(services: Sequence[ServiceClass], defaults: object) -> str:
     )
     add(
         "- Hierarchical queries (C.4.1.3.1) need a single value in the unique key of each level above the "
-        "query level (else 0xA900); other keys of the levels above are matched and answered; keys below "
-        "the level, and counts or lists of an upper level (but a patient's counts at the Study level), are "
-        "answered empty, with 0xFF01 when they carry a value. Relational queries when negotiated."
+        "query level (else 0xA900); other keys of the levels above are matched and answered (their counts "
+        "and lists, such as Modalities in Study, answered only); keys below the level are answered empty; "
+        "a key that is not matched but carries a value gives 0xFF01. Relational queries when negotiated."
     )
     add(
         "- Responses: every requested key (zero length when there is no value), the Query/Retrieve Level, "
