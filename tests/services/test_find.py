@@ -551,3 +551,21 @@ def test_an_empty_archive_answers_only_the_final_success(tmp_path: Path, model: 
         assert (result.status, result.matches) == (0, [])
 
     run(tmp_path, tmp_path / "empty-data", body)
+
+
+@pytest.mark.parametrize(
+    ("value", "matches"), [("", 15), ("MINIPACS", 15), ("MINI*", 15), ("OTHER", 0), ("OTHER\\X", 0)]
+)
+def test_retrieve_ae_title_is_matched_against_ours(tmp_path: Path, files: Path, value: str, matches: int) -> None:
+    """PS3.4 C.2.2.2: every match is retrieved from us (RetrieveAETitle answers our title), so
+    RetrieveAETitle=OTHER matches nothing; it answered every study, each saying MINIPACS."""
+
+    async def body(server: DicomServer, archive: Archive) -> None:
+        assoc = await associate(server.port)
+        ds = ident("STUDY", PatientID="PID3", RetrieveAETitle=value)
+        result = await find_all(assoc, STUDY_ROOT_FIND, ds)
+        await assoc.release()
+        assert (result.status, len(result.matches)) == (0, matches)
+        assert all(m.RetrieveAETitle == "MINIPACS" for m in result.matches)
+
+    run(tmp_path, files, body)

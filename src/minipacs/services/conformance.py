@@ -178,8 +178,8 @@ def statement(services: Sequence[ServiceClass], defaults: object) -> str:
     )
     add(
         "- Responses: every requested key (zero length when there is no value), the Query/Retrieve Level, "
-        "the level's unique key even when not asked, Retrieve AE Title and Instance Availability (`ONLINE`, "
-        "matched as such) when asked, Specific Character Set when a value needs one; in index order. "
+        "the level's unique key even when not asked, Retrieve AE Title and Instance Availability (`ONLINE`) "
+        "when asked, and matched against those values, Specific Character Set when a value needs one; in index order. "
         "Refusals: 0xA900 (identifier does not fit the model), 0xC001 (a value no stored value can hold), "
         "0xA700 (`max_results`, `query_max_file_reads`), each with an Error Comment naming the key when it "
         "fits. C-CANCEL ends a query with 0xFE00."

@@ -15,7 +15,7 @@ import logging
 import struct
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, cast
 
 from minipacs.core.audit import Action, ActorKind, patient_query
@@ -41,6 +41,7 @@ from minipacs.dicom.levels import INFORMATION_MODELS, InformationModel
 from minipacs.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, TransferSyntax, transfer_syntax, uid_name
 from minipacs.dicom.values import codecs_for
 from minipacs.dicom.vr import ASCII_VRS, CHARSET_VRS, INT_VR_FORMATS, LONG_LENGTH_VRS
+from minipacs.index.matching import python_matches
 from minipacs.net.association import Association, DatasetSink, Message
 from minipacs.net.dimse import Command
 from minipacs.net.memory import BytesSink
@@ -440,8 +441,13 @@ class QueryRetrieveFindSCP(Service):
                         assoc.label,
                         ", ".join(prepared.unsupported),
                     )
-                wants_aet = any(k.keyword == "RetrieveAETitle" for k in prepared.keys)
-                constants = {RETRIEVE_AE_TITLE: ("AE", self.ae_title or assoc.local_ae)} if wants_aet else {}
+                retrieve_ae = self.ae_title or assoc.local_ae
+                aet_key = next((k for k in prepared.keys if k.keyword == "RetrieveAETitle"), None)
+                constants = {RETRIEVE_AE_TITLE: ("AE", retrieve_ae)} if aet_key is not None else {}
+                if aet_key is not None and not python_matches(aet_key.condition, "AE", retrieve_ae):
+                    # PS3.4 C.2.2.2: every match is retrieved from us, so RetrieveAETitle=OTHER matches nothing
+                    # (it answered everything, each match saying our title)
+                    prepared = replace(prepared, matches_nothing=True)
                 encoder = RowEncoder(response_fields(prepared), ts, request_charset, constants)
                 limit = None if self.max_results is None else self.max_results + 1
                 async with aclosing(run_query_batches(self.archive, prepared, limit=limit)) as batches:
