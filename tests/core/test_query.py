@@ -122,7 +122,7 @@ def test_patient_counts_at_the_study_level_of_the_study_root(with_archive: Calla
             del ds.AccessionNumber
         return ds
 
-    async def body(archive: Archive) -> tuple[list[Any], list[Any], list[Any]]:
+    async def body(archive: Archive) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
         for path in sorted(files.iterdir()):
             await archive.import_file(path, Origin("import", "", "", "", 0))
 
@@ -136,12 +136,16 @@ def test_patient_counts_at_the_study_level_of_the_study_root(with_archive: Calla
             await answers(ident("STUDY"), STUDY_ROOT),
             await answers(ident("STUDY", AccessionNumber="PX-2"), STUDY_ROOT),  # PX-1 is not matched, still counted
             await answers(ident("PATIENT"), PATIENT_ROOT),
+            # the Patient Root's STUDY level answers them too (keys of the level above, C.4.1.2.1): they
+            # were answered empty there while the Study Root counted them
+            await answers(ident("STUDY", PatientID="PX"), PATIENT_ROOT),
         )
 
-    every, one, patients = with_archive(body, fsync=False)
+    every, one, patients, patient_root = with_archive(body, fsync=False)
     assert every == [("PX-1", 2, 3, 5), ("PX-2", 2, 3, 5), ("PY-1", 1, 1, 1)]
     assert one == [("PX-2", 2, 3, 5)]
     assert patients == [("PX", 2, 3, 5), ("PY", 1, 1, 1)]
+    assert patient_root == [("PX-1", 2, 3, 5), ("PX-2", 2, 3, 5)]
 
 
 def test_patient_root_study_level_needs_patient_id(qa: QueryArchive) -> None:
@@ -245,6 +249,85 @@ def test_keys_below_the_level_are_answered_empty_and_reported() -> None:
     prepared = prepare_query(ds, STUDY_ROOT)
     assert prepared.unsupported == ("Modality",)
     assert not prepared.sql_keys
+
+
+@pytest.mark.parametrize(
+    ("value", "matches"),
+    [("", N_STUDIES), ("ONLINE", N_STUDIES), ("ON*", N_STUDIES), ("OFFLINE", 0), ("NEARLINE\\OFFLINE", 0)],
+)
+def test_instance_availability_is_matched_against_what_is_answered(qa: QueryArchive, value: str, matches: int) -> None:
+    """PS3.4 C.2.2.2 / C.4.1.1.3.2: every stored instance is ONLINE, so InstanceAvailability=OFFLINE
+    matches nothing (it answered every study, each saying ONLINE)."""
+    found = qa.find({"AccessionNumber": "", "InstanceAvailability": value})
+    assert len(found) == matches
+    assert all(m.InstanceAvailability == "ONLINE" for m in found)
+
+
+@pytest.mark.parametrize(
+    ("level", "keys", "reported"),
+    [
+        (Level.SERIES, {"StudyInstanceUID": "1.2.3", "ModalitiesInStudy": "MR"}, ("ModalitiesInStudy",)),
+        (
+            Level.SERIES,
+            {"StudyInstanceUID": "1.2.3", "NumberOfStudyRelatedInstances": "4"},
+            ("NumberOfStudyRelatedInstances",),
+        ),
+        (Level.SERIES, {"StudyInstanceUID": "1.2.3", "ModalitiesInStudy": ""}, ()),
+        (
+            Level.IMAGE,
+            {"StudyInstanceUID": "1.2.3", "SeriesInstanceUID": "1.2.3.4", "NumberOfSeriesRelatedInstances": "2"},
+            ("NumberOfSeriesRelatedInstances",),
+        ),
+    ],
+)
+def test_a_value_in_a_computed_key_of_an_upper_level_is_reported_not_dropped(
+    level: Level, keys: dict[str, str], reported: tuple[str, ...]
+) -> None:
+    """A count or list of an upper level is answered below it, not matched there: a value in it says so
+    (0xFF01, C.4.1.1.4) instead of answering Success for a filter that was dropped."""
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level.value
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    prepared = prepare_query(ds, STUDY_ROOT)
+    assert prepared.unsupported == reported
+    assert all(key.is_universal for key, _comp in prepared.computed_keys)
+
+
+def test_counts_and_lists_of_the_levels_above_are_answered(qa: QueryArchive) -> None:
+    """C.4.1.2.1: keys of the levels above the query level are answered, the computed ones too: each series
+    with its study's ModalitiesInStudy and counts and its patient's, each instance with its series' count.
+    They were answered empty, while StudyDate or PatientName, keys of the same levels, were answered."""
+    upper = ("NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "NumberOfPatientRelatedStudies")
+    series = qa.find(
+        {
+            "StudyInstanceUID": STUDY_UIDS["A1"],
+            "SeriesInstanceUID": "",
+            "ModalitiesInStudy": "",
+            **dict.fromkeys(upper, ""),
+        },
+        level=Level.SERIES,
+    )
+    assert len(series) == 2
+    for m in series:
+        assert list(m.ModalitiesInStudy) == ["CT", "SR"]
+        assert [int(m[k].value) for k in upper] == [2, 4, 1]
+    uid = STUDY_UIDS["A1"]
+    one = qa.find(
+        {
+            "PatientID": "P1",
+            "StudyInstanceUID": uid,
+            "SeriesInstanceUID": f"{uid}.1",
+            "SOPInstanceUID": "",
+            "NumberOfSeriesRelatedInstances": "",
+            "NumberOfPatientRelatedInstances": "",
+        },
+        level=Level.IMAGE,
+        model=PATIENT_ROOT,
+    )
+    assert [(int(m.NumberOfSeriesRelatedInstances), int(m.NumberOfPatientRelatedInstances)) for m in one] == [
+        (2, 4)
+    ] * 2
 
 
 def test_limit(qa: QueryArchive) -> None:
@@ -373,3 +456,47 @@ def test_a_page_built_slot_by_slot_is_what_row_by_row_gives() -> None:
     assert expected[1] == (None, "STUDY", "ARCHIVE", "", None, "0", "1.2.12")
     assert expected[2][0] == "20240103"  # not text in the index: its string form
     assert q._build_rows(slots, position, computed, [], []) == []
+
+
+def _combined(qa: QueryArchive, keys: dict[str, str], level: Level = Level.STUDY, combined: bool = True) -> set[str]:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level.value
+    ds.AccessionNumber = ""
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    prepared = prepare_query(ds, STUDY_ROOT, combined_date_time=combined)
+
+    async def collect() -> list[Dataset]:
+        return [m async for m in run_query(qa.archive, prepared)]
+
+    return {str(m.AccessionNumber) for m in qa.runner.run(collect())}
+
+
+@pytest.mark.parametrize(
+    ("date", "time", "combined", "expected"),
+    [
+        # January 15 10:00 until February 1 13:00, not 10:00-13:00 on each day: A_2 (February 1 08:30) too
+        ("20240115-20240201", "1000-1300", True, {"A1", "A'4", "A_2"}),
+        ("20240115-20240201", "1000-1300", False, {"A1", "A'4"}),
+        # December 31 20:00 until January 15 11:00: across midnight, as one range only
+        ("20231231-20240115", "2000-1100", True, {"A%3", "B;5", "A1"}),
+        ("20240115-", "1100-", True, {"A'4", "A_2"}),  # from January 15 11:00: A1 (10:15:30) is before
+        ("-20240110", "-0000", True, {"A%3", "B;5"}),  # until January 10 00:00:59.999999
+        ("20240115", "1000-1300", True, {"A1"}),  # a single date: each on its own, as without it
+    ],
+)
+def test_combined_date_time_matching_when_negotiated(
+    qa: QueryArchive, date: str, time: str, combined: bool, expected: set[str]
+) -> None:
+    """PS3.4 C.2.2.2.5 with combined datetime matching (C.5.1.1 byte 2): a StudyDate range and a StudyTime
+    range of the same form are one range of moments, matched in SQL on the date and time columns."""
+    assert _combined(qa, {"StudyDate": date, "StudyTime": time}, combined=combined) == expected
+
+
+def test_combined_date_time_with_a_time_the_index_does_not_hold(qa: QueryArchive) -> None:
+    """SeriesDate is in the index, SeriesTime is not: the pair is matched on the stored file, where a
+    date without a time is the whole day (each series here: January 31 2024, no SeriesTime)."""
+    keys = {"StudyInstanceUID": STUDY_UIDS["A1"], "SeriesInstanceUID": "", "SeriesTime": "2300-0100"}
+    assert _combined(qa, {**keys, "SeriesDate": "20240130-20240131"}, Level.SERIES) == {"A1"}
+    assert not _combined(qa, {**keys, "SeriesDate": "20240129-20240130"}, Level.SERIES)
+    assert _combined(qa, {**keys, "SeriesDate": "20240201-20240202"}, Level.SERIES) == set()

@@ -470,3 +470,102 @@ def test_a_key_of_only_nul_is_refused_not_matched_as_universal(tmp_path: Path, f
         await assoc.release()
 
     run(tmp_path, files, body)
+
+
+@pytest.mark.parametrize(
+    ("level", "keys", "status", "comment"),
+    [
+        ("STUDY", {"StudyDate": "2020"}, 0xC001, "StudyDate '2020' is not a valid DA value or range"),
+        ("STUDY", {"StudyDate": "20240101-2024"}, 0xC001, "StudyDate '20240101-2024' is not a valid DA value or range"),
+        ("STUDY", {"StudyTime": "23*"}, 0xC001, "StudyTime '23*' is not a valid TM value or range"),
+        ("SERIES", {"Modality": "CT"}, 0xA900, "a SERIES query needs a single value in StudyInstanceUID"),
+        (
+            "IMAGE",
+            {"StudyInstanceUID": "1.2.3", "SOPInstanceUID": ""},
+            0xA900,
+            "a IMAGE query needs a single value in SeriesInstanceUID",
+        ),
+    ],
+)
+def test_a_refusal_names_the_key_in_its_error_comment(
+    tmp_path: Path, files: Path, level: str, keys: dict[str, str], status: int, comment: str
+) -> None:
+    """PS3.7 C.4 (0000,0902): the Error Comment of a refused C-FIND says which key is at fault, within
+    the LO's 64 characters; it said "A key value cannot be matched; correct it and ask again" (or
+    "Identifier does not fit the query model; check level and keys") whatever the key, findscu's
+    user left to guess which."""
+
+    async def body(server: DicomServer, archive: Archive) -> None:
+        assoc = await associate(server.port)
+        ds = Dataset()
+        ds.QueryRetrieveLevel = level
+        with pydicom.config.disable_value_validation():
+            for keyword, value in keys.items():
+                setattr(ds, keyword, value)
+        result = await find_all(assoc, STUDY_ROOT_FIND, ds)
+        await assoc.release()
+        assert (result.status, result.error_comment) == (status, comment)
+
+    run(tmp_path, files, body)
+
+
+def test_combined_date_time_matching_is_negotiated(tmp_path: Path, files: Path) -> None:
+    """PS3.4 C.5.1.1 (Table C.5-1): byte 2 asks for combined date-time matching; we agree to it and to
+    relational queries (byte 1), and answer 0 to fuzzy matching of person names and timezone query
+    adjustment (bytes 3, 4). Agreed, StudyDate 20240115-20240315 with StudyTime 1030-1010 is January 15
+    10:30 until March 15 10:10 (the February study only, each at 10:15:30); without it, the time range
+    alone crosses midnight and is refused (C.2.2.2.5.2)."""
+    keys = {"StudyDate": "20240115-20240315", "StudyTime": "1030-1010", "AccessionNumber": None}
+
+    async def body(server: DicomServer, archive: Archive) -> None:
+        settings = AssociationSettings(ae_title="FINDSCU", timeouts=TIMEOUTS)
+        rq = build_rq("FINDSCU", "MINIPACS", [(STUDY_ROOT_FIND, [EXPLICIT_VR_LITTLE_ENDIAN])], settings)
+        rq.user_information.extended = [SOPClassExtendedNegotiation(STUDY_ROOT_FIND, b"\x00\x01\x01\x01")]
+        combined = await connect("127.0.0.1", server.port, rq, settings)
+        assert combined.ac is not None
+        assert [item.info for item in combined.ac.user_information.extended] == [b"\x00\x01\x00\x00"]
+        found = await find_all(combined, STUDY_ROOT_FIND, ident("STUDY", **keys))
+        await combined.release()
+        plain = await associate(server.port)
+        refused = await find_all(plain, STUDY_ROOT_FIND, ident("STUDY", **keys))
+        await plain.release()
+        assert found.status == 0
+        assert sorted(str(m.StudyDate) for m in found.matches) == ["20240215"] * 13
+        assert refused.status == 0xC001
+
+    run(tmp_path, files, body)
+
+
+@pytest.mark.parametrize(
+    ("model", "level"),
+    [(STUDY_ROOT_FIND, "STUDY"), (PATIENT_ROOT_FIND, "PATIENT"), (PATIENT_STUDY_ONLY_FIND, "PATIENT")],
+)
+def test_an_empty_archive_answers_only_the_final_success(tmp_path: Path, model: str, level: str) -> None:
+    """PS3.4 C.4.1.3.1.1: no match, no Pending response: the one response is the final 0x0000, without
+    an identifier (find_all counts every Pending identifier as a match)."""
+
+    async def body(server: DicomServer, archive: Archive) -> None:
+        assoc = await associate(server.port, [model])
+        result = await find_all(assoc, model, ident(level, PatientID="", PatientName=""))
+        await assoc.release()
+        assert (result.status, result.matches) == (0, [])
+
+    run(tmp_path, tmp_path / "empty-data", body)
+
+
+@pytest.mark.parametrize(
+    ("value", "matches"), [("", 15), ("MINIPACS", 15), ("MINI*", 15), ("OTHER", 0), ("OTHER\\X", 0)]
+)
+def test_retrieve_ae_title_is_matched_against_ours(tmp_path: Path, files: Path, value: str, matches: int) -> None:
+    """PS3.4 C.2.2.2: every match is retrieved from us (RetrieveAETitle answers our title), so
+    RetrieveAETitle=OTHER matches nothing; it answered every study, each saying MINIPACS."""
+
+    async def body(server: DicomServer, archive: Archive) -> None:
+        assoc = await associate(server.port)
+        ds = ident("STUDY", PatientID="PID3", RetrieveAETitle=value)
+        result = await find_all(assoc, STUDY_ROOT_FIND, ds)
+        await assoc.release()
+        assert (result.status, len(result.matches)) == (0, matches)
+        assert all(m.RetrieveAETitle == "MINIPACS" for m in result.matches)
+
+    run(tmp_path, files, body)

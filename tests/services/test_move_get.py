@@ -45,11 +45,12 @@ from minipacs.services.retrieve_scu import (
 from minipacs.services.server import DicomServer
 from minipacs.services.storage import StorageSCP
 from minipacs.services.verification import VerificationSCP, echo
-from tests.dicomgen import write_ct
+from tests.dicomgen import CT_IMAGE_STORAGE, write_ct
 from tests.peers import dataset_bytes
 from tests.stored_files import instance_path
 
 TIMEOUTS = Timeouts(acse=5.0, dimse=10.0, idle=30.0)
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 
 
 @dataclass(frozen=True)
@@ -360,21 +361,26 @@ def test_ambiguous_destination_names_candidates(tmp_path: Path, caplog: pytest.L
 
 
 @pytest.mark.parametrize(
-    "keys,level",
+    ("keys", "level", "comment"),
     [
-        ([], ""),  # no level, no keys
-        (["StudyInstanceUID=1.2.*"], "STUDY"),  # wildcard
-        ([], "STUDY"),  # unique key missing
-        (["PatientID=P1"], "PATIENT"),  # PATIENT level in Study Root
-        (["StudyInstanceUID=" + "1" * 80], "STUDY"),  # too long
+        ([], "", "QueryRetrieveLevel (0008,0052) is missing"),  # no level, no keys
+        (["StudyInstanceUID=1.2.*"], "STUDY", "StudyInstanceUID '1.2.*' contains a wildcard"),
+        ([], "STUDY", "a STUDY-level retrieve needs the Unique Key StudyInstanceUID"),  # unique key missing
+        (["PatientID=P1"], "PATIENT", ""),  # PATIENT level in Study Root
+        (["StudyInstanceUID=" + "1" * 80], "STUDY", ""),  # too long
     ],
 )
-def test_bad_identifier_is_a900(tmp_path: Path, keys: list[str], level: str) -> None:
+def test_bad_identifier_is_a900(tmp_path: Path, keys: list[str], level: str, comment: str) -> None:
+    """0xA900 with an Error Comment that names the key at fault when it fits the LO (PS3.7 C.4), not
+    "Identifier cannot select instances; check level and UIDs" whatever the fault."""
+
     async def main() -> None:
         async with archive_env(tmp_path, count=1, series=1) as env:
             result = await env.move(parse_keys(level, keys), destination="DEST")
             assert result.status == 0xA900, result
             assert result.error_comment
+            if comment:
+                assert result.error_comment == comment
 
     asyncio.run(main())
 
@@ -412,6 +418,32 @@ def test_unreachable_destination_fails_every_suboperation(tmp_path: Path) -> Non
             result = await env.move(study_key(env), destination="GONE")
             assert (result.status, result.failed) == (0xA702, 2)
             assert "GONE" in result.error_comment
+
+    asyncio.run(main())
+
+
+def test_destination_that_rejects_the_association_is_named_so(tmp_path: Path) -> None:
+    """A destination that answers A-ASSOCIATE-RJ (here: it does not know the called AE title) is
+    reachable: the Error Comment says it rejected us, not "check its host and port"."""
+
+    async def main() -> None:
+        async with archive_env(tmp_path, count=2) as env:
+            picky = DicomServer(
+                "OTHER",
+                [FolderStorage(tmp_path / "picky")],
+                host="127.0.0.1",
+                port=0,
+                timeouts=TIMEOUTS,
+                check_called_aet=True,
+            )
+            await picky.start()
+            try:
+                env.registry.nodes.append(FakeNode("PICKY", "127.0.0.1", picky.port))
+                result = await env.move(study_key(env), destination="PICKY")
+            finally:
+                await picky.close(grace=2.0)
+            assert (result.status, result.failed) == (0xA702, 2)
+            assert result.error_comment == "PICKY rejected the association; see the server log"
 
     asyncio.run(main())
 
@@ -488,6 +520,45 @@ async def _get(env: Env, service: FolderStorage, identifier: Dataset, roles: boo
         return await c_get(assoc, "STUDY", identifier)
     finally:
         await assoc.release()
+
+
+def test_get_with_one_storage_class_not_taken_is_a_warning_listing_it(tmp_path: Path) -> None:
+    """PS3.4 C.4.3.3.1: the requester took the SCP role for CT Image Storage only; the study's MR instance
+    cannot go over this association, so that sub-operation fails (named in the Failed SOP Instance UID
+    List, the Error Comment saying why) and the others are sent: 0xB000, not a failure of the whole."""
+
+    async def main() -> None:
+        async with archive_env(tmp_path, count=3, series=1) as env:
+            mr = generate_uid()
+            path = write_ct(
+                tmp_path / "src" / "mr.dcm",
+                study_uid=env.study_uid,
+                series_uid=generate_uid(),
+                sop_uid=mr,
+                SOPClassUID=MR_IMAGE_STORAGE,
+                Modality="MR",
+            )
+            ds = pydicom.dcmread(path)
+            ds.file_meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE
+            ds.save_as(path)
+            await env.archive.import_file(path, Origin("import"))
+            contexts, roles = get_contexts("STUDY")
+            only_ct = [role for role in roles if role.sop_class_uid == CT_IMAGE_STORAGE]
+            sink = FolderStorage(tmp_path / "got")
+            rq = build_rq("VIEWER", "MINIPACS", contexts, env.settings(), roles=only_ct)
+            assoc = await connect(
+                "127.0.0.1", env.server.port, rq, env.settings(), handler=sink.c_store, sink_factory=sink.sink_for
+            )
+            try:
+                result = await c_get(assoc, "STUDY", study_key(env))
+            finally:
+                await assoc.release()
+            assert (result.status, result.completed, result.failed) == (0xB000, 3, 1)
+            assert result.failed_uids == [mr]
+            assert result.error_comment == "Storage class not offered with the SCP role (role selection)"
+            assert set(received(sink.folder)) == set(env.files)
+
+    asyncio.run(main())
 
 
 class PriorityRecorder(FolderStorage):
@@ -644,5 +715,49 @@ def test_more_than_a_window_of_requests_past_it_during_a_c_get_is_aborted(
             assert any(isinstance(o, Exception) for o in outcomes)
             await asyncio.wait_for(assoc.wait_closed(), TIMEOUTS.acse)
             assert any("past its Asynchronous Operations Window" in r.getMessage() for r in caplog.records)
+
+    asyncio.run(main())
+
+
+def test_relational_retrieve_is_agreed_and_served(tmp_path: Path) -> None:
+    """PS3.4 C.5.2.1 / C.5.3.1: a requester proposing relational-retrieve (byte 1 = 1) for MOVE and GET is
+    told yes, and then moves a series by its Series Instance UID alone (C.4.2.2.2.1). We serve such
+    identifiers whatever was negotiated; the answer was missing, which says "not supported"."""
+    from pynetdicom import AE
+    from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation as PynetdicomExtended
+    from pynetdicom.sop_class import (
+        PatientRootQueryRetrieveInformationModelGet,
+        StudyRootQueryRetrieveInformationModelMove,
+    )
+
+    classes = (StudyRootQueryRetrieveInformationModelMove, PatientRootQueryRetrieveInformationModelGet)
+
+    def negotiate(port: int, identifier: Dataset) -> tuple[dict[str, bytes], list[int]]:
+        ae = AE(ae_title="VIEWER")
+        items = []
+        for uid in classes:
+            ae.add_requested_context(uid)
+            item = PynetdicomExtended()
+            item.sop_class_uid, item.service_class_application_information = uid, b"\x01"
+            items.append(item)
+        assoc = ae.associate("127.0.0.1", port, ae_title="MINIPACS", ext_neg=items)
+        assert assoc.is_established
+        try:
+            agreed = {str(uid): bytes(info) for uid, info in assoc.acceptor.sop_class_extended.items()}
+            statuses = [s.Status for s, _ in assoc.send_c_move(identifier, "DEST", classes[0])]
+        finally:
+            assoc.release()
+        return agreed, statuses
+
+    async def main() -> None:
+        async with archive_env(tmp_path, count=4, series=2) as env:
+            async with env.destination() as dest:
+                series = Dataset()
+                series.QueryRetrieveLevel = "SERIES"
+                series.SeriesInstanceUID = env.series_uids[0]
+                agreed, statuses = await asyncio.to_thread(negotiate, env.server.port, series)
+                assert agreed == {uid: b"\x01" for uid in classes}
+                assert statuses[-1] == 0
+                assert len(received(dest.folder)) == 2
 
     asyncio.run(main())

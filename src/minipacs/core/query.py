@@ -29,9 +29,10 @@ from pydicom.valuerep import PersonName
 
 from minipacs.blobs.base import BlobStore
 from minipacs.core.errors import IdentifierMismatch, InvalidKeyValue, InvalidQuery, QueryTooBroad
-from minipacs.core.identifier import Key, read_keys, sequence_matches
+from minipacs.core.identifier import Key, key_matches, read_keys, sequence_matches
 from minipacs.core.query_model import (
     _ORDER,
+    COMBINED_DATE_TIME,
     COMPUTED_KEYS,
     CONSTANT_KEYS,
     INDEXED_KEYS,
@@ -48,7 +49,7 @@ from minipacs.dicom.levels import InformationModel, Level
 from minipacs.index import query_sql
 from minipacs.index.database import IndexConnection
 from minipacs.index.entities import Entity
-from minipacs.index.matching import UNIVERSAL, Matching, python_matches
+from minipacs.index.matching import UNIVERSAL, ColumnKind, Matching, python_matches
 
 log = logging.getLogger("minipacs.query")
 
@@ -82,6 +83,9 @@ class PreparedQuery:
     #: Labels (core/labels.py) the matching study (or the study of a matching series or
     #: instance) must carry, every one; STUDY level or below.
     labels: tuple[str, ...] = ()
+    #: A key of :data:`CONSTANT_KEYS` asks for a value no entity has (``InstanceAvailability=OFFLINE``:
+    #: every stored instance is ONLINE): the query matches nothing and reads nothing.
+    matches_nothing: bool = False
 
 
 def _effective_level(level: Level, model: InformationModel) -> Level:
@@ -97,15 +101,21 @@ def prepare_query(
     relational: bool = False,
     absent: Sequence[str] = (),
     labels: Sequence[str] = (),
+    combined_date_time: bool = False,
 ) -> PreparedQuery:
     """Validate ``identifier`` against ``model`` (PS3.4 C.4.1.2); raises IdentifierMismatch / InvalidKeyValue.
+
+    ``combined_date_time``: combined datetime matching was negotiated (PS3.4 C.5.1.1): a date range and
+    the range of its time key (:data:`COMBINED_DATE_TIME`, same form: "A-B", "-B" or "A-") are one range
+    of moments, 20240105-20240107 with 1000-1800 from January 5 10:00 to January 7 18:00 (otherwise
+    10:00 to 18:00 on each day: C.2.2.2.5 matches each key on its own).
 
     ``absent``: keywords of matchable computed keys of the query level that matches must have no value for.
     ``labels``: labels (core/labels.py, not DICOM) a matching study must carry, every one; at the
     SERIES or IMAGE level, the study the series or instance belongs to (rule filters: core/rules.py,
     core/compression.py). Not at the PATIENT level: labels are put on studies.
     """
-    keys = read_keys(identifier)
+    keys = read_keys(identifier, combined=COMBINED_DATE_TIME if combined_date_time else None)
     if level is None:
         level = _level_of(keys, model)
     elif level not in model.levels:
@@ -128,8 +138,15 @@ def prepare_query(
     computed: list[tuple[Key, ComputedKey]] = []
     file_keys: list[Key] = []
     ignored: set[int] = set()
+    matches_nothing = False
     for key in keys:
-        if key.keyword in SERVICE_KEYS or key.keyword in CONSTANT_KEYS:
+        if key.keyword in CONSTANT_KEYS:
+            # PS3.4 C.2.2.2: a match satisfies every key, a constant one too (C.4.1.1.3.2 Instance
+            # Availability): answering ONLINE to InstanceAvailability=OFFLINE returned what was not asked.
+            if not python_matches(key.condition, key.vr, CONSTANT_KEYS[key.keyword]):
+                matches_nothing = True
+            continue
+        if key.keyword in SERVICE_KEYS:
             continue
         indexed = INDEXED_KEYS.get(key.keyword)
         comp = COMPUTED_KEYS.get(key.keyword)
@@ -141,11 +158,21 @@ def prepare_query(
             if not key.is_universal:
                 unsupported.append(key.name)
             continue
-        if indexed is not None:
+        if indexed is not None and key.partner and _partner_column(key, indexed) is None:
+            # the time key is not in the index (SeriesTime): answered from the index, matched with its
+            # time from the stored file
+            sql_keys.append((replace(key, condition=UNIVERSAL, partner=0), indexed))
+            file_keys.append(key)
+        elif indexed is not None:
             sql_keys.append((key, indexed))
         elif comp is not None:
-            if _ORDER[_effective_level(comp.level, model)] != _ORDER[level]:
-                ignored.add(key.tag)
+            if _effective_level(comp.level, model) is not level and level not in comp.answered_below:
+                # A count or list of an upper level (ModalitiesInStudy at the SERIES level): answered, the
+                # value of the entity above each match (C.4.1.2.1: keys of the levels above); a value in
+                # it is not matched and says so (0xFF01), never silently dropped.
+                if not key.is_universal:
+                    unsupported.append(key.name)
+                computed.append((replace(key, condition=UNIVERSAL), comp))
                 continue
             if not key.is_universal and not comp.matchable:
                 unsupported.append(key.name)
@@ -168,7 +195,19 @@ def prepare_query(
         frozenset(ignored),
         tuple(without),
         tuple(labels),
+        matches_nothing,
     )
+
+
+def _partner_column(key: Key, indexed: IndexedKey) -> str | None:
+    """The index column of the time key joined to date key ``key`` (combined datetime matching) when it is
+    on the same entity as ``indexed``, typed; None when the index does not hold it there."""
+    from pydicom.datadict import keyword_for_tag
+
+    partner = INDEXED_KEYS.get(keyword_for_tag(key.partner))
+    if partner is None or partner.level is not indexed.level or partner.kind is not ColumnKind.TIME:
+        return None
+    return partner.match_column
 
 
 def _level_of(keys: Sequence[Key], model: InformationModel) -> Level:
@@ -199,16 +238,20 @@ def _check_hierarchical(keys: Sequence[Key], model: InformationModel, level: Lev
         unique = LEVELS[upper].unique_key
         key = next((k for k in keys if k.keyword == unique), None)
         if key is None or key.condition.kind is not Matching.SINGLE:
+            # The first clause (up to "; ") is the Error Comment (services/qr_find.py refusal_comment):
+            # it names the key, within the LO's 64 characters.
             found = "is missing" if key is None else f"asks for {key.condition.kind.value} matching"
+            why = (
+                f"a {level.value} query needs a single value in {unique}; it {found} (a hierarchical query "
+                f"in the {model.name} model gives {unique}, the unique key of the {upper.value} level, for "
+                "each level above its own: PS3.4 C.4.1.2.1)"
+            )
             if key is not None and key.condition.kind is Matching.UID_LIST:
-                found += (
+                why += (
                     "; several UIDs above the query level make a relational query: negotiate relational "
                     f"queries (SOP Class Extended Negotiation) or ask one {upper.value.lower()} at a time"
                 )
-            raise IdentifierMismatch(
-                f"a hierarchical {level.value} query in the {model.name} model needs a single value in "
-                f"{unique}, the unique key of the {upper.value} level (PS3.4 C.4.1.2.1), but it {found}"
-            )
+            raise IdentifierMismatch(why)
 
 
 # ------------------------------------------------------------------ running it
@@ -282,6 +325,8 @@ async def run_query_batches(
 
     Once a page's first batch is out, the next page is read while the rest is sent.
     """
+    if prepared.matches_nothing:
+        return
     page = FIRST_PAGE
     sent = 0
     slots = _plan(prepared)
@@ -328,7 +373,13 @@ def page_query(prepared: PreparedQuery) -> query_sql.PageQuery:
     """What the index matches for ``prepared`` (index/query_sql.py): entity, indexed keys, computed keys."""
     keys = tuple(
         query_sql.KeyMatch(
-            f"k{key.tag:08x}", LEVELS[ik.level].entity, ik.value_column, ik.match_column, ik.kind, key.condition
+            f"k{key.tag:08x}",
+            LEVELS[ik.level].entity,
+            ik.value_column,
+            ik.match_column,
+            ik.kind,
+            key.condition,
+            (_partner_column(key, ik) or "") if key.partner else "",
         )
         for key, ik in prepared.sql_keys
     )
@@ -377,7 +428,7 @@ def _read_page(
     computed = {
         key.keyword: _in_page_values(rows, pks, position[label], comp)
         if (label := query_sql.in_page_label(key.keyword)) in position
-        else _computed_values(conn, spec.entity, key.keyword, comp, pks)
+        else _computed_values(conn, spec.entity, key.keyword, comp, pks, _owner_entity(prepared, comp))
         for key, comp in prepared.computed_keys
     }
     files: dict[int, Dataset | None] = {}
@@ -415,10 +466,30 @@ def _in_page_values(rows: Sequence[Sequence[Any]], pks: list[int], column: int, 
     return {pk: str(row[column]) for pk, row in zip(pks, rows, strict=True)}
 
 
+def _owner_entity(prepared: PreparedQuery, comp: ComputedKey) -> Entity | None:
+    """The entity above the query level whose value computed key ``comp`` answers, or None: its own level."""
+    own = _effective_level(comp.level, prepared.model)
+    if own is prepared.level or prepared.level in comp.answered_below:
+        return None
+    return LEVELS[own].entity
+
+
 def _computed_values(
-    conn: IndexConnection, entity: Entity, keyword: str, comp: ComputedKey, pks: list[int]
+    conn: IndexConnection,
+    entity: Entity,
+    keyword: str,
+    comp: ComputedKey,
+    pks: list[int],
+    owner: Entity | None = None,
 ) -> dict[int, str]:
-    values = query_sql.aggregate_values(conn, keyword, entity, pks)
+    """The values of computed key ``keyword`` for the ``entity`` rows ``pks``; with ``owner``, those of the
+    ``owner`` entity each row belongs to (NumberOfStudyRelatedInstances of a series' study)."""
+    if owner is None:
+        values = query_sql.aggregate_values(conn, keyword, entity, pks)
+    else:
+        owners = query_sql.owners_of(conn, entity, owner, pks)
+        by_owner = query_sql.aggregate_values(conn, keyword, owner, sorted(set(owners.values())))
+        values = {pk: by_owner[up] for pk, up in owners.items() if up in by_owner}
     if comp.joined:
         return {pk: "\\".join(sorted(v for v in vals if v)) for pk, vals in values.items()}
     return {pk: vals[0] for pk, vals in values.items()}
@@ -460,7 +531,7 @@ def _file_keys_match(keys: Sequence[Key], stored: Dataset | None) -> bool:
         if key.condition.kind is Matching.SEQUENCE:
             if not sequence_matches(key, elem.value):
                 return False
-        elif not python_matches(key.condition, key.vr, element_text(elem)):
+        elif not key_matches(key, element_text(elem), stored):  # a date with its time: combined
             return False
     return True
 

@@ -91,13 +91,17 @@ class ComputedKey:
     joined: bool  # True: several values joined by '\'; False: a count
     #: Whether a value in the key is matched (through EXISTS on the index rows it is computed from).
     matchable: bool = False
+    #: Lower levels the key is answered at too (index/query_sql.py AGGREGATES computes it per entity of
+    #: those): a patient's counts at the STUDY level of the Patient Root model, as the Study Root's
+    #: STUDY level answers them. Elsewhere a key of an upper level is answered empty.
+    answered_below: frozenset[Level] = frozenset()
 
 
 # PS3.4 C.3.4 (Table C.3-x, "Additional Query/Retrieve Attributes") and C.6.1.1.x
 COMPUTED_KEYS: Final[Mapping[str, ComputedKey]] = {
-    "NumberOfPatientRelatedStudies": ComputedKey(Level.PATIENT, "IS", False),
-    "NumberOfPatientRelatedSeries": ComputedKey(Level.PATIENT, "IS", False),
-    "NumberOfPatientRelatedInstances": ComputedKey(Level.PATIENT, "IS", False),
+    "NumberOfPatientRelatedStudies": ComputedKey(Level.PATIENT, "IS", False, answered_below=frozenset({Level.STUDY})),
+    "NumberOfPatientRelatedSeries": ComputedKey(Level.PATIENT, "IS", False, answered_below=frozenset({Level.STUDY})),
+    "NumberOfPatientRelatedInstances": ComputedKey(Level.PATIENT, "IS", False, answered_below=frozenset({Level.STUDY})),
     "NumberOfStudyRelatedSeries": ComputedKey(Level.STUDY, "IS", False),
     "NumberOfStudyRelatedInstances": ComputedKey(Level.STUDY, "IS", False),
     "ModalitiesInStudy": ComputedKey(Level.STUDY, "CS", True, True),
@@ -106,6 +110,15 @@ COMPUTED_KEYS: Final[Mapping[str, ComputedKey]] = {
     # Study Status ID (0032,000A), CS, retired in PS3.6 but known to DCMTK and viewers: "COMPLETED"
     # once the study's MPPS is COMPLETED and every instance it references is stored (issue 5), else empty.
     "StudyStatusID": ComputedKey(Level.STUDY, "CS", True, True),
+}
+
+#: PS3.4 C.2.2.2.5 with combined datetime matching (negotiated, C.5.1.1): the date key's tag -> the tag of
+#: the time key whose range joins it into one range of moments (Study, Series, Acquisition, Content).
+COMBINED_DATE_TIME: Final[Mapping[int, int]] = {
+    0x00080020: 0x00080030,  # StudyDate, StudyTime
+    0x00080021: 0x00080031,  # SeriesDate, SeriesTime
+    0x00080022: 0x00080032,  # AcquisitionDate, AcquisitionTime
+    0x00080023: 0x00080033,  # ContentDate, ContentTime
 }
 
 #: Keys answered with a constant (PS3.4 C.4.1.1.3.2 / C.6.1.1.x).

@@ -164,7 +164,7 @@ def plan(level: str, identifier: Mapping[str, object], model: str = "STUDY") -> 
     own = _checked(target.unique_key, _values(identifier, target.unique_key), target)
     if not own:
         raise InvalidRetrieveIdentifier(
-            f"a {name}-level retrieve needs the Unique Key {target.unique_key}, and the identifier has "
+            f"a {name}-level retrieve needs the Unique Key {target.unique_key}; the identifier has "
             "none (PS3.4 C.4.2.2.1)"
         )
     constraints: list[tuple[RetrieveLevel, list[str]]] = []

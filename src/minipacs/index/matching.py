@@ -131,8 +131,8 @@ def _date_time_condition(vr: str, value: str, name: str) -> Condition:
     for part in (low, high):
         if part and _BOUNDS[vr](part, False) is None:
             raise InvalidMatchValue(
-                f"{name} {value[:40]!r} is not a valid {vr} value or range "
-                f"(PS3.5 Table 6.2-1; ranges are written A-B, -B or A-)"
+                f"{name} {value[:20]!r} is not a valid {vr} value or range; "
+                f"ranges are written A-B, -B or A- (PS3.5 Table 6.2-1)"
             )
     if not sep:
         return Condition(Matching.SINGLE, (value,))
@@ -352,6 +352,33 @@ def _sql_range(col: Column, kind: ColumnKind, cond: Condition, dialect: str) -> 
     return and_(*clauses)
 
 
+def sql_date_time_range(date_col: Column, time_col: Column, cond: Condition) -> ColumnElement[bool] | None:
+    """A combined date and time range (:func:`combined_date_time`) on a typed date column and its typed
+    time column (PS3.4 C.2.2.2.5 with combined datetime matching, C.5.1.1): the stored date and time
+    joined are within the range; a stored date without a time is the whole day, as
+    :func:`joined_date_time` makes it for the matching in Python."""
+    low, high = cond.values
+    clauses: list[ColumnElement[bool]] = []
+    if low:
+        start = datetime_bound(low, False)
+        if start is None:  # pragma: no cover - combined_date_time checked it
+            raise InvalidMatchValue(f"{low!r} is not a date and time")
+        clauses.append(
+            or_(
+                date_col > start.date(),
+                and_(date_col == start.date(), or_(time_col.is_(None), time_col >= start.time())),
+            )
+        )
+    if high:
+        end = datetime_bound(high, True)
+        if end is None:  # pragma: no cover - combined_date_time checked it
+            raise InvalidMatchValue(f"{high!r} is not a date and time")
+        clauses.append(
+            or_(date_col < end.date(), and_(date_col == end.date(), or_(time_col.is_(None), time_col <= end.time())))
+        )
+    return and_(*clauses) if clauses else None
+
+
 def _sql_any(col: Column, kind: ColumnKind, cond: Condition, dialect: str) -> ColumnElement[bool] | None:
     singles = [
         _operand(kind, p.values[0])
@@ -560,6 +587,7 @@ __all__ = [
     "like_pattern",
     "python_matches",
     "sql_condition",
+    "sql_date_time_range",
     "time_bound",
     "wildcard_match",
 ]

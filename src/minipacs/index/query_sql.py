@@ -19,7 +19,7 @@ from sqlalchemy.types import NullType
 
 from minipacs.index.entities import DEPTH, ENTITIES, Entity
 from minipacs.index.labels_repo import labelled_clause
-from minipacs.index.matching import UNIVERSAL, ColumnKind, Condition, sql_condition
+from minipacs.index.matching import UNIVERSAL, ColumnKind, Condition, sql_condition, sql_date_time_range
 from minipacs.index.schema import StudyCompletion
 
 #: Label of the primary key, the first column of every page row.
@@ -43,6 +43,10 @@ class KeyMatch:
     match_column: str
     kind: ColumnKind
     condition: Condition
+    #: The typed time column of the same entity whose value joins ``match_column``'s date into one
+    #: date and time matched by ``condition`` (combined datetime matching: matching.py
+    #: sql_date_time_range); "" for any other key.
+    partner_column: str = ""
 
 
 @dataclass(frozen=True)
@@ -299,7 +303,11 @@ def _base_select(query: PageQuery, dialect: str) -> Select[Any]:
                 columns.append(folded(base).label(in_page_label(keyword)))
     where: list[ColumnElement[bool]] = []
     for key in query.keys:
-        clause = sql_condition(ENTITIES[key.entity].table.c[key.match_column], key.kind, key.condition, dialect)
+        table = ENTITIES[key.entity].table
+        if key.partner_column:
+            clause = sql_date_time_range(table.c[key.match_column], table.c[key.partner_column], key.condition)
+        else:
+            clause = sql_condition(table.c[key.match_column], key.kind, key.condition, dialect)
         if clause is not None:
             where.append(clause)
     for keyword, condition in query.related:
@@ -345,6 +353,19 @@ def aggregate_values(conn: Connection, keyword: str, entity: Entity, pks: Sequen
     return values
 
 
+def owners_of(conn: Connection, entity: Entity, owner: Entity, pks: Sequence[int]) -> dict[int, int]:
+    """The primary key of the ``owner`` entity (a level above ``entity``) of each ``entity`` row of ``pks``."""
+    chain = list(Entity)[DEPTH[owner] : DEPTH[entity] + 1]
+    base = ENTITIES[entity].table
+    frm: Any = base
+    for child, parent in zip(reversed(chain[2:]), reversed(chain[1:-1]), strict=True):  # up to below the owner
+        spec = ENTITIES[child]
+        frm = frm.join(ENTITIES[parent].table, spec.table.c[str(spec.parent_fk)] == ENTITIES[parent].table.c.id)
+    below = ENTITIES[chain[1]]  # the entity just below the owner holds the owner's key
+    statement = select(base.c.id, below.table.c[str(below.parent_fk)]).select_from(frm).where(base.c.id.in_(pks))
+    return {int(pk): int(owner_pk) for pk, owner_pk in conn.execute(statement)}
+
+
 def representative_blobs(conn: Connection, entity: Entity, pks: Sequence[int]) -> list[tuple[int, str]]:
     """(owner primary key, blob key) of one instance per ``entity`` row of ``pks``: the first stored."""
     if entity is Entity.INSTANCE:
@@ -380,5 +401,6 @@ __all__ = [
     "aggregate_values",
     "in_page_label",
     "match_page",
+    "owners_of",
     "representative_blobs",
 ]

@@ -26,6 +26,7 @@ from minipacs.net.presentation import SupportedContext
 from minipacs.services.base import ServiceClass
 from minipacs.services.find_scu import MODELS
 from minipacs.services.outbound import QR_SYNTAXES
+from minipacs.services.qr_retrieve import DEFAULT_PENDING_EVERY, DEFAULT_PENDING_INTERVAL
 from minipacs.services.retrieve_scu import GET_MODEL_UIDS, MOVE_MODEL_UIDS, RECEIVABLE_SYNTAXES
 from minipacs.services.status import (
     NOT_AUTHORIZED,
@@ -185,8 +186,9 @@ def statement(services: Sequence[ServiceClass], defaults: object) -> str:
     )
     add(f"- Timeouts: ACSE {d['acse_timeout']:g} s, DIMSE {d['dimse_timeout']:g} s, idle {d['idle_timeout']:g} s.")
     add(
-        "- Extended negotiation: C-FIND relational queries (PS3.4 C.5.1.1) accepted; combined date-time, "
-        "fuzzy matching and timezone adjustment are answered as not supported."
+        "- Extended negotiation: C-FIND relational queries and combined date-time matching (PS3.4 C.5.1.1), "
+        "C-MOVE and C-GET relational-retrieve (C.5.2.1, C.5.3.1) accepted when proposed; fuzzy matching of "
+        "person names and timezone query adjustment are answered as not supported."
     )
     add(
         "- User Identity Negotiation (PS3.7 D.3.3.7): username, username and passcode; Kerberos, SAML and JWT "
@@ -221,6 +223,47 @@ def statement(services: Sequence[ServiceClass], defaults: object) -> str:
         "Negotiation for Storage (PS3.4 B.3.1) is not answered (no level of support, signature or coercion is "
         "claimed); SOP Class Common Extended Negotiation (57H) is read and, having no A-ASSOCIATE-AC form, "
         "not answered. Without a User Identity policy the 58H item is ignored, with no response."
+    )
+    add("")
+    add("## Query/Retrieve SCP (PS3.4 Annex C)")
+    add("")
+    add(
+        "- Matching (C.2.2.2): single value; universal (zero length, or only `*`); wildcard `*` and `?` "
+        "anywhere in a value (not in dates, times, UIDs or numbers); List of UID Matching at the query "
+        "level (above it in relational queries only); ranges of DA, TM (with fractions) and DT, open-ended "
+        "too (a TM range across midnight is refused, C.2.2.2.5.2); several values; sequence matching (an "
+        "empty item asks for the whole sequence; an item with keys answers the matching items with those "
+        "keys). Person names match case-insensitively (always: C.2.2.2.1 allows it); other keys as written."
+    )
+    add(
+        "- Combined date-time matching, when negotiated: Study, Series, Acquisition and Content Date ranges "
+        "with the range of their Time of the same form are one range of moments; otherwise each is matched "
+        "on its own."
+    )
+    add(
+        "- Hierarchical queries (C.4.1.3.1) need a single value in the unique key of each level above the "
+        "query level (else 0xA900); other keys of the levels above are matched and answered (their counts "
+        "and lists, such as Modalities in Study, answered only); keys below the level are answered empty; "
+        "a key that is not matched but carries a value gives 0xFF01. Relational queries when negotiated."
+    )
+    add(
+        "- Responses: every requested key (zero length when there is no value), the Query/Retrieve Level, "
+        "the level's unique key even when not asked, Retrieve AE Title and Instance Availability (`ONLINE`) "
+        "when asked, and matched against those values, Specific Character Set when a value needs one; in index order. "
+        "Refusals: 0xA900 (identifier does not fit the model), 0xC001 (a value no stored value can hold), "
+        "0xA700 (`max_results`, `query_max_file_reads`), each with an Error Comment naming the key when it "
+        "fits. C-CANCEL ends a query with 0xFE00."
+    )
+    add(
+        "- C-MOVE and C-GET (Patient Root, Study Root; the retired Patient/Study Only model is FIND only): "
+        "the level's unique key, a UID list allowed; the unique keys above are used when given (a single "
+        "value each), not required; no wildcards (0xA900). An unknown or ambiguous Move Destination: "
+        f"0xA801. Pending responses after every {DEFAULT_PENDING_EVERY} sub-operations or "
+        f"{DEFAULT_PENDING_INTERVAL:g} s; final status 0x0000, 0xB000 (some failed or warned) or 0xA702 (all "
+        "failed, a destination that cannot be reached or refuses the association included), with the "
+        "Failed SOP Instance UID List when any failed; C-CANCEL stops after the current sub-operation "
+        "(0xFE00, with the Remaining count). C-GET sends an instance only on a Storage context its "
+        "requester took the SCP role for (role selection); others fail as sub-operations."
     )
     add("")
     add("## Transfer syntaxes stored")

@@ -15,7 +15,7 @@ import logging
 import struct
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, cast
 
 from minipacs.core.audit import Action, ActorKind, patient_query
@@ -41,6 +41,7 @@ from minipacs.dicom.levels import INFORMATION_MODELS, InformationModel
 from minipacs.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, TransferSyntax, transfer_syntax, uid_name
 from minipacs.dicom.values import codecs_for, uses_code_extensions
 from minipacs.dicom.vr import ASCII_VRS, CHARSET_VRS, INT_VR_FORMATS, LONG_LENGTH_VRS
+from minipacs.index.matching import python_matches
 from minipacs.net.association import Association, DatasetSink, Message
 from minipacs.net.dimse import Command
 from minipacs.net.memory import BytesSink
@@ -57,6 +58,7 @@ from minipacs.services.status import (
     SUCCESS,
     describe,
     error_comment,
+    fits_error_comment,
     status_for_find_error,
 )
 from minipacs.services.verification import UNCOMPRESSED
@@ -66,8 +68,11 @@ log = logging.getLogger("minipacs.find")
 #: FIND SOP class -> its information model (PS3.4 C.6, dicom/levels.py)
 FIND_MODELS: Final[Mapping[str, InformationModel]] = {model.find_sop_class: model for model in INFORMATION_MODELS}
 FIND_TRANSFER_SYNTAXES: Final = UNCOMPRESSED | {DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN}
-# PS3.4 C.5.1.1 Extended Negotiation, byte 1: relational-queries (1 = supported)
+# PS3.4 C.5.1.1 Extended Negotiation (Table C.5-1), byte 1: relational-queries; byte 2: combined
+# date-time matching (1 = supported, each); bytes 3 and 4 (fuzzy semantic matching of person names,
+# timezone query adjustment) are answered 0: not supported.
 RELATIONAL_QUERIES_BYTE: Final = 0
+COMBINED_DATE_TIME_BYTE: Final = 1
 #: (0008,0054) RetrieveAETitle: answered by the service, not the query engine.
 RETRIEVE_AE_TITLE: Final = 0x00080054
 
@@ -297,6 +302,21 @@ def find_failure(assoc: Association, exc: Exception, what: str) -> tuple[int, st
     return 0xC000, f"internal error: {type(exc).__name__}"
 
 
+def refusal_comment(status: int, reason: str | BaseException) -> str:
+    """The Error Comment of a refusal by the archive (an ArchiveError): its leading "; "-separated clauses
+    when they fit the LO's 64 characters, as they name the key at fault ("StudyDate '2020' is not a
+    valid DA value or range"), before the sentence of its kind, which does not ("A key value cannot be
+    matched; correct it and ask again"); else :func:`status.error_comment`. The log keeps the whole."""
+    if isinstance(reason, ArchiveError):
+        text = str(reason)
+        clauses = text.split("; ")
+        for n in range(len(clauses), 0, -1):
+            head = "; ".join(clauses[:n])
+            if fits_error_comment(head):
+                return head
+    return error_comment(status, reason)
+
+
 def finish_find(
     assoc: Association, status: int, text: str | Exception, *, what: str, sop_class: str, level: str, matches: int
 ) -> Response:
@@ -316,7 +336,7 @@ def finish_find(
         outcome=outcome,
         error=str(text),
     )
-    return Response(status, error="" if final else error_comment(status, text))
+    return Response(status, error="" if final else refusal_comment(status, text))
 
 
 class QueryRetrieveFindSCP(Service):
@@ -341,24 +361,34 @@ class QueryRetrieveFindSCP(Service):
     def extended_negotiation(
         self, proposed: Sequence[SOPClassExtendedNegotiation]
     ) -> list[SOPClassExtendedNegotiation]:
-        """Our A-ASSOCIATE-AC answers to SOP Class Extended Negotiation (PS3.4 C.5.1.1):
-        relational queries yes; combined date-time, fuzzy names, timezone adjustment no."""
+        """Our A-ASSOCIATE-AC answers to SOP Class Extended Negotiation (PS3.4 C.5.1.1): relational
+        queries and combined date-time matching yes, when asked for; fuzzy semantic matching of person
+        names and timezone query adjustment no (0). One byte answered per byte proposed (at most four)."""
         replies = []
         for item in proposed:
             if item.sop_class_uid in FIND_MODELS and item.info:
-                relational = item.info[RELATIONAL_QUERIES_BYTE] == 1
-                replies.append(SOPClassExtendedNegotiation(item.sop_class_uid, bytes([1 if relational else 0])))
+                asked = item.info[:4]
+                agreed = bytes(
+                    1 if index in (RELATIONAL_QUERIES_BYTE, COMBINED_DATE_TIME_BYTE) and value == 1 else 0
+                    for index, value in enumerate(asked)
+                )
+                replies.append(SOPClassExtendedNegotiation(item.sop_class_uid, agreed))
         return replies
 
     @staticmethod
-    def relational_agreed(assoc: Association, sop_class_uid: str) -> bool:
-        """Whether the A-ASSOCIATE-AC of ``assoc`` agreed to relational queries for the class."""
+    def agreed(assoc: Association, sop_class_uid: str, byte: int) -> bool:
+        """Whether the A-ASSOCIATE-AC of ``assoc`` agreed to option ``byte`` (C.5.1.1) for the class."""
         if assoc.ac is None:
             return False
         return any(
-            item.sop_class_uid == sop_class_uid and item.info[:1] == b"\x01"
+            item.sop_class_uid == sop_class_uid and item.info[byte : byte + 1] == b"\x01"
             for item in assoc.ac.user_information.extended
         )
+
+    @classmethod
+    def relational_agreed(cls, assoc: Association, sop_class_uid: str) -> bool:
+        """Whether the A-ASSOCIATE-AC of ``assoc`` agreed to relational queries for the class."""
+        return cls.agreed(assoc, sop_class_uid, RELATIONAL_QUERIES_BYTE)
 
     async def c_find(self, assoc: Association, message: Message) -> AsyncGenerator[Answer, None]:
         """PS3.4 C.4.1.3: the matches as Pending responses (in batches), then the final status."""
@@ -388,7 +418,8 @@ class QueryRetrieveFindSCP(Service):
             else:
                 identifier = decode_identifier(sink.getvalue(), context.transfer_syntax)
                 relational = self.relational_agreed(assoc, sop_class)
-                prepared = prepare_query(identifier, model, relational=relational)
+                combined = self.agreed(assoc, sop_class, COMBINED_DATE_TIME_BYTE)
+                prepared = prepare_query(identifier, model, relational=relational, combined_date_time=combined)
                 level = prepared.level.value
                 asked = patient_query(
                     {k.keyword: k.text for k in prepared.keys if k.keyword and not k.items}, level=level
@@ -410,8 +441,13 @@ class QueryRetrieveFindSCP(Service):
                         assoc.label,
                         ", ".join(prepared.unsupported),
                     )
-                wants_aet = any(k.keyword == "RetrieveAETitle" for k in prepared.keys)
-                constants = {RETRIEVE_AE_TITLE: ("AE", self.ae_title or assoc.local_ae)} if wants_aet else {}
+                retrieve_ae = self.ae_title or assoc.local_ae
+                aet_key = next((k for k in prepared.keys if k.keyword == "RetrieveAETitle"), None)
+                constants = {RETRIEVE_AE_TITLE: ("AE", retrieve_ae)} if aet_key is not None else {}
+                if aet_key is not None and not python_matches(aet_key.condition, "AE", retrieve_ae):
+                    # PS3.4 C.2.2.2: every match is retrieved from us, so RetrieveAETitle=OTHER matches nothing
+                    # (it answered everything, each match saying our title)
+                    prepared = replace(prepared, matches_nothing=True)
                 encoder = RowEncoder(response_fields(prepared), ts, request_charset, constants)
                 limit = None if self.max_results is None else self.max_results + 1
                 async with aclosing(run_query_batches(self.archive, prepared, limit=limit)) as batches:
@@ -449,6 +485,7 @@ __all__ = [
     "FIND_MODELS",
     "QueryRetrieveFindSCP",
     "RowEncoder",
+    "refusal_comment",
     "decode_identifier",
     "encode_identifier",
     "response_charset",

@@ -9,7 +9,7 @@ class has no such context fails as a sub-operation, with a sentence saying so.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 
 from minipacs.core.archive import Archive
@@ -18,9 +18,11 @@ from minipacs.core.retrieve import InvalidRetrieveIdentifier, StoredInstance, se
 from minipacs.dicom.uids import uid_name
 from minipacs.net.association import Association, AssociationError, DatasetSink, Message
 from minipacs.net.dimse import Command
+from minipacs.net.pdu_items import SOPClassExtendedNegotiation
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Answer, Operation, Response
+from minipacs.services.qr_find import refusal_comment
 from minipacs.services.qr_retrieve import (
     DEFAULT_PENDING_EVERY,
     DEFAULT_PENDING_INTERVAL,
@@ -33,10 +35,11 @@ from minipacs.services.qr_retrieve import (
     decode_identifier,
     final_response,
     progress_response,
+    relational_retrieve_replies,
     run_suboperations,
     suboperation_priority,
 )
-from minipacs.services.status import GET, IDENTIFIER_DOES_NOT_MATCH, UNABLE_TO_PROCESS, describe, error_comment
+from minipacs.services.status import GET, IDENTIFIER_DOES_NOT_MATCH, UNABLE_TO_PROCESS, describe
 from minipacs.services.storage_scu import store_file
 
 log = logging.getLogger("minipacs.get")
@@ -71,6 +74,11 @@ class GetSCP(Service):
 
     def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> DatasetSink | None:
         return None
+
+    def extended_negotiation(
+        self, proposed: Sequence[SOPClassExtendedNegotiation]
+    ) -> list[SOPClassExtendedNegotiation]:
+        return relational_retrieve_replies(proposed, GET_MODELS)
 
     async def c_get(self, assoc: Association, message: Message) -> AsyncGenerator[Answer, None]:
         """PS3.4 C.4.3.3: the sub-operations on this association, Pending responses, the final status."""
@@ -110,7 +118,7 @@ class GetSCP(Service):
             )
             receipt.update(status=status, outcome="refused", error=str(exc))
             log.warning("%s C-GET refused with %s: %s", assoc.label, describe(status, GET), exc)
-            yield progress_response(status, error=error_comment(status, exc))
+            yield progress_response(status, error=refusal_comment(status, exc))
             return
         audit_retrieve(self.archive, assoc, instances, f"C-GET {level}")
         progress = Progress(len(instances))

@@ -13,7 +13,7 @@ delivery receipt (AE, host, port, counts) in the association log.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from typing import Protocol
 
@@ -24,15 +24,18 @@ from minipacs.core.retrieve import InvalidRetrieveIdentifier, StoredInstance, se
 from minipacs.net.association import (
     Association,
     AssociationError,
+    AssociationRejected,
     DatasetSink,
     Message,
     build_rq,
     connect,
 )
 from minipacs.net.dimse import Command
+from minipacs.net.pdu_items import SOPClassExtendedNegotiation
 from minipacs.net.presentation import NegotiatedContext, SupportedContext
 from minipacs.services.base import Service, record_operation
 from minipacs.services.dispatch import Answer, Operation, Response
+from minipacs.services.qr_find import refusal_comment
 from minipacs.services.qr_retrieve import (
     DEFAULT_PENDING_EVERY,
     DEFAULT_PENDING_INTERVAL,
@@ -44,6 +47,7 @@ from minipacs.services.qr_retrieve import (
     decode_identifier,
     final_response,
     progress_response,
+    relational_retrieve_replies,
     run_suboperations,
     suboperation_priority,
 )
@@ -53,7 +57,6 @@ from minipacs.services.status import (
     MOVE_DESTINATION_UNKNOWN,
     UNABLE_TO_PROCESS,
     describe,
-    error_comment,
     is_success,
     is_warning,
 )
@@ -154,6 +157,11 @@ class MoveSCP(Service):
     def sink_for(self, assoc: Association, context: NegotiatedContext, command: Command) -> DatasetSink | None:
         return None
 
+    def extended_negotiation(
+        self, proposed: Sequence[SOPClassExtendedNegotiation]
+    ) -> list[SOPClassExtendedNegotiation]:
+        return relational_retrieve_replies(proposed, MOVE_MODELS)
+
     async def c_move(self, assoc: Association, message: Message) -> AsyncGenerator[Answer, None]:
         """PS3.4 C.4.2.3: the sub-operations on a new association to the destination, Pending
         responses here, the final status."""
@@ -179,7 +187,7 @@ class MoveSCP(Service):
         """Log and record the full sentence ``why``; answer with the Error Comment made of ``cause`` (or ``why``)."""
         receipt.update(status=status, outcome="refused", error=why)
         log.warning("%s C-MOVE refused with %s: %s", assoc.label, describe(status, MOVE), why)
-        return progress_response(status, error=error_comment(status, cause or why))
+        return progress_response(status, error=refusal_comment(status, cause or why))
 
     async def _move(
         self, assoc: Association, message: Message, dest_ae: str, receipt: dict[str, object]
@@ -280,7 +288,12 @@ class MoveSCP(Service):
         except AssociationError as exc:
             why = f"cannot open the storage association to {node.ae_title} at {node.host}:{node.port}: {exc}"
             log.warning("%s %s", assoc.label, why)
-            short = f"Cannot connect to {node.ae_title}; check its host and port"
+            # The Error Comment names what to look at: a destination that answered A-ASSOCIATE-RJ is
+            # reachable, and its host and port are right (PS3.8 Table 9-21 gives why, in the log).
+            if isinstance(exc, AssociationRejected):
+                short = f"{node.ae_title} rejected the association; see the server log"
+            else:
+                short = f"Cannot connect to {node.ae_title}; check its host and port"
             for inst in batch:
                 progress.fail(inst, why, short)
             errors.append(short)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -32,6 +32,7 @@ from minipacs.dicom.values import codecs_for, decode_text
 from minipacs.dicom.vr import STRING_VRS
 from minipacs.net.association import Association, AssociationError, Message
 from minipacs.net.memory import BytesSink
+from minipacs.net.pdu_items import SOPClassExtendedNegotiation
 from minipacs.services.dispatch import Response
 from minipacs.services.status import (
     CANCEL,
@@ -58,6 +59,20 @@ IDENTIFIER_SYNTAXES: Final = frozenset({IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_L
 #: every this many sub-operations, or when this many seconds passed since the last one.
 DEFAULT_PENDING_EVERY: Final = 100
 DEFAULT_PENDING_INTERVAL: Final = 0.2
+
+
+def relational_retrieve_replies(
+    proposed: Sequence[SOPClassExtendedNegotiation], models: Mapping[str, str]
+) -> list[SOPClassExtendedNegotiation]:
+    """Our answers to SOP Class Extended Negotiation for the MOVE or GET classes ``models`` (PS3.4 C.5.2.1,
+    C.5.3.1; byte 1: relational-retrieve): yes when asked. core/retrieve.py takes the unique keys above
+    the retrieve level when given and never needs them (C.4.2.2.2.1), so every retrieve it serves is
+    relational; saying so lets a requester that asks know it may leave them out."""
+    return [
+        SOPClassExtendedNegotiation(item.sop_class_uid, b"\x01" if item.info[:1] == b"\x01" else b"\x00")
+        for item in proposed
+        if item.sop_class_uid in models and item.info
+    ]
 
 
 class IdentifierError(ValueError):
