@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,8 +20,10 @@ from tests.peers import free_port, wait_for_port
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
-@pytest.mark.interop
-def test_dicomweb_client_round_trip(tmp_path: Path) -> None:
+@contextmanager
+def serving(tmp_path: Path) -> Iterator[DICOMwebClient]:
+    """``minipacs serve`` on free ports (fsync off) and a dicomweb-client of it; the server must stop
+    cleanly on SIGTERM."""
     port, http_port = free_port(), free_port()
     env = dict(
         os.environ,
@@ -36,7 +40,16 @@ def test_dicomweb_client_round_trip(tmp_path: Path) -> None:
     )
     try:
         wait_for_port("127.0.0.1", http_port, proc=proc)
-        client = DICOMwebClient(f"http://127.0.0.1:{http_port}/dicom-web")
+        yield DICOMwebClient(f"http://127.0.0.1:{http_port}/dicom-web")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+
+
+@pytest.mark.interop
+def test_dicomweb_client_round_trip(tmp_path: Path) -> None:
+    with serving(tmp_path) as client:
         study, series, sop = generate_uid(), generate_uid(), generate_uid()
         result = client.store_instances([make_ct(study, series, sop)])
         assert result.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == sop
@@ -50,10 +63,6 @@ def test_dicomweb_client_round_trip(tmp_path: Path) -> None:
         # dicomweb-client sends "Host: 127.0.0.1" without the port: the BulkDataURI must still name it
         (pixels,) = client.retrieve_bulkdata(meta["7FE00010"]["BulkDataURI"])
         assert pixels == instances[0].PixelData
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err.decode()
 
 
 @pytest.mark.interop
@@ -64,23 +73,7 @@ def test_dicomweb_client_frames_and_transcoding_of_compressed_instances(tmp_path
 
     from tests.compressed import COMPRESSED, fresh_copy
 
-    port, http_port = free_port(), free_port()
-    env = dict(
-        os.environ,
-        PYTHONPATH=SRC,
-        MINIPACS_PORT=str(port),
-        MINIPACS_HOST="127.0.0.1",
-        MINIPACS_HTTP_PORT=str(http_port),
-        MINIPACS_FSYNC="false",
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "minipacs.cli.main", "serve", "--data", str(tmp_path / "d")],
-        env=env,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_for_port("127.0.0.1", http_port, proc=proc)
-        client = DICOMwebClient(f"http://127.0.0.1:{http_port}/dicom-web")
+    with serving(tmp_path) as client:
         for name in ("jpeg_baseline", "jpeg_ls", "jpeg2000_lossless", "rle_2frames"):
             _file, ts, count = COMPRESSED[name]
             _path, ds = fresh_copy(name, tmp_path / "src" / name)
@@ -116,10 +109,6 @@ def test_dicomweb_client_frames_and_transcoding_of_compressed_instances(tmp_path
             assert plain.SOPInstanceUID == ds.SOPInstanceUID
             assert np.array_equal(plain.pixel_array, ds.pixel_array), name
             assert isinstance(plain, pydicom.Dataset)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err.decode()
 
 
 @pytest.mark.interop
@@ -130,23 +119,7 @@ def test_dicomweb_client_lists_ordered_matches_and_a_series_image_past_its_repor
     middle instance is a Structured Report renders its image (PS3.18 10.4.1.1.3: was a 406)."""
     from tests.dicomgen import make_sr
 
-    port, http_port = free_port(), free_port()
-    env = dict(
-        os.environ,
-        PYTHONPATH=SRC,
-        MINIPACS_PORT=str(port),
-        MINIPACS_HOST="127.0.0.1",
-        MINIPACS_HTTP_PORT=str(http_port),
-        MINIPACS_FSYNC="false",
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "minipacs.cli.main", "serve", "--data", str(tmp_path / "d")],
-        env=env,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_for_port("127.0.0.1", http_port, proc=proc)
-        client = DICOMwebClient(f"http://127.0.0.1:{http_port}/dicom-web")
+    with serving(tmp_path) as client:
         study, other, series, sop = generate_uid(), generate_uid(), generate_uid(), generate_uid()
         image = make_ct(study, series, sop, InstanceNumber=1)
         reports = [
@@ -161,7 +134,3 @@ def test_dicomweb_client_lists_ordered_matches_and_a_series_image_past_its_repor
             assert list(match) == sorted(match)
         rendered = client.retrieve_series_rendered(study, series, media_types=("image/png",))
         assert rendered.startswith(b"\x89PNG")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err.decode()
