@@ -24,6 +24,9 @@ VERIFICATION_SOP_CLASS: Final = "1.2.840.10008.1.1"
 # retired): the Query/Retrieve FIND, MOVE and GET SOP classes.
 #: The root of the standard's own UIDs (PS3.5 9.2): SOP classes, frames of reference, coding schemes.
 DICOM_UID_ROOT: Final = "1.2.840.10008."
+#: PS3.6 Table A-1: the Storage SOP classes' branch; a class under it that our dictionary (DICOM 2024c)
+#: does not name is a newer Storage class, never another service's (services/storage.py).
+STORAGE_BRANCH: Final = "1.2.840.10008.5.1.4.1.1."
 PATIENT_ROOT_FIND: Final = "1.2.840.10008.5.1.4.1.2.1.1"
 PATIENT_ROOT_MOVE: Final = "1.2.840.10008.5.1.4.1.2.1.2"
 PATIENT_ROOT_GET: Final = "1.2.840.10008.5.1.4.1.2.1.3"
@@ -160,6 +163,7 @@ def uid_name(uid: str) -> str:
 
 __all__ = [
     "DICOM_UID_ROOT",
+    "STORAGE_BRANCH",
     "APPLICATION_CONTEXT_NAME",
     "DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN",
     "EXPLICIT_VR_BIG_ENDIAN",

@@ -20,7 +20,7 @@ from minipacs.core.archive import Archive
 from minipacs.core.errors import ArchiveError
 from minipacs.core.model import Origin, StagedPath
 from minipacs.core.staging import StagingFile
-from minipacs.dicom.uids import DICOM_UID_ROOT, MAY_BE_LOSSY_SYNTAXES, transfer_syntax, uid_name
+from minipacs.dicom.uids import DICOM_UID_ROOT, MAY_BE_LOSSY_SYNTAXES, STORAGE_BRANCH, transfer_syntax, uid_name
 from minipacs.dicom.uids_generated import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from minipacs.net.association import Association, DatasetSink, Message
 from minipacs.net.dimse import Command
@@ -76,9 +76,6 @@ class StagingSink:
 
 #: PS3.5 9.1: a UID is dot-separated numbers without leading zeros, at most 64 characters.
 _UID: Final = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
-#: PS3.6 Table A-1: the Storage SOP classes' branch; a class under it that our dictionary (DICOM 2024c)
-#: does not name is a newer Storage class, never another service's.
-STORAGE_BRANCH: Final = "1.2.840.10008.5.1.4.1.1."
 
 
 def unknown_storage_class(uid: str) -> bool:
