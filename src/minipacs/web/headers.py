@@ -19,9 +19,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final
+from urllib.parse import quote
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from minipacs.core.media import safe_name
+
+#: Longest download name we offer (before the suffix); a Patient ID is at most 64 characters.
+DOWNLOAD_NAME_MAX: Final = 64
 
 #: The UI and the API: this origin only, no inline script, no plugins, no framing.
 CSP: Final = (
@@ -53,6 +59,22 @@ def headers_for(path: str) -> dict[str, str]:
     return out
 
 
+def attachment(name: str, suffix: str, fallback: str) -> str:
+    """``Content-Disposition`` for a download whose name comes from the archive (a Patient ID a modality chose).
+
+    RFC 6266 §4.3: ``filename`` is a quoted ASCII fallback (every other character, ``"`` and ``\\``
+    become ``_``), ``filename*`` the name in UTF-8 (RFC 8187 §3.2). Both are one path component
+    without control, bidi or path characters (``core/media.safe_name``; a U+202E would show
+    ``exe.jpg`` for ``gpj.exe``). The name used to go into the header as it was: a ``"`` ended it
+    early and a character outside Latin-1 (a Chinese Patient ID) made every download a 500.
+    """
+    cleaned = "".join(c if c.isprintable() else "_" for c in safe_name(name, fallback, DOWNLOAD_NAME_MAX)) + suffix
+    ascii_name = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in cleaned)
+    if ascii_name == cleaned:
+        return f'attachment; filename="{ascii_name}"'
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(cleaned, safe='')}"
+
+
 class SecurityHeaders:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -77,4 +99,4 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-__all__ = ["CSP", "OHIF_CSP", "SecurityHeaders", "headers_for"]
+__all__ = ["CSP", "DOWNLOAD_NAME_MAX", "OHIF_CSP", "SecurityHeaders", "attachment", "headers_for"]

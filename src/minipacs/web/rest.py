@@ -33,6 +33,7 @@ from minipacs.web import audit as audit_trail
 from minipacs.web import completion
 from minipacs.web.dicomweb import root_url
 from minipacs.web.errors import HttpError, redact
+from minipacs.web.headers import attachment
 from minipacs.web.intake import Intake, body_pieces, receive_multipart, receive_single, spool_body
 from minipacs.web.jsonbody import read_object
 from minipacs.web.routing import Endpoint
@@ -208,13 +209,13 @@ async def download(request: Request) -> Response:
         return StreamingResponse(
             _read_file(found[0]),
             media_type="application/dicom",
-            headers={"Content-Disposition": f'attachment; filename="{value}.dcm"'},
+            headers={"Content-Disposition": attachment(value, ".dcm", "instance")},
         )
     names = readable_names(found, await series_labels_of(ctx(request).archive, found))
     return StreamingResponse(
         zip_stream(found, names),
         media_type="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="{value}.zip"'},
+        headers={"Content-Disposition": attachment(value, ".zip", request.path_params["level"])},
     )
 
 

@@ -11,10 +11,11 @@ from starlette.routing import BaseRoute
 
 from minipacs.core.audit import Action
 from minipacs.core.errors import NotFound
-from minipacs.core.media import build_media, safe_name
+from minipacs.core.media import build_media
 from minipacs.core.retrieve import select_instances
 from minipacs.web import audit
 from minipacs.web.errors import HttpError
+from minipacs.web.headers import attachment
 from minipacs.web.rest import LEVELS, path_id, path_level
 from minipacs.web.routing import Endpoint
 from minipacs.web.transfer import zip_entries
@@ -40,11 +41,10 @@ async def media(request: Request) -> Response:
             study_uid=study_uid,
             detail=f"DICOM media of {what}: {len(built.files)} instance(s)",
         )
-    filename = safe_name(value, "media", 64).replace('"', "_")
     return StreamingResponse(
         zip_entries(built.entries()),
         media_type="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="{filename}-dicomdir.zip"'},
+        headers={"Content-Disposition": attachment(value, "-dicomdir.zip", "media")},
     )
 
 
