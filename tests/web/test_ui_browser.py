@@ -164,7 +164,7 @@ def test_browser_upload_view_send_and_roles(
             # the viewer draws non-blank pixels and scrolls
             page.goto(f"{base}/ui/viewer/{study}/{series}")
             page.wait_for_function("() => document.body.dataset.viewerReady === '1'", timeout=30000)
-            assert "Browser Test (BR1)" in page.content()
+            assert "Browser Test (BR1)" in page.locator("main p").first.inner_text()
             distinct = page.evaluate("""() => {
                 const c = document.getElementById('canvas');
                 const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;

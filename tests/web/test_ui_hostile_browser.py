@@ -109,6 +109,15 @@ def store_hostile(srv: ServerProcess, base: str) -> dict[str, str]:
     hostile_ct(generate_uid(), generate_uid(), generate_uid(), "{{7*7}}").save_as(out, enforce_file_format=True)
     r = httpx.post(f"{base}/api/instances", content=out.getvalue(), headers={"Content-Type": "application/dicom"})
     assert r.status_code == 200, r.text
+    # very long values without a space (LO is 64 characters; a modality may send more)
+    with pydicom_config.disable_value_validation():
+        ds = make_ct(generate_uid(), generate_uid(), generate_uid(), patient_id="LONG", patient_name="N" * 600)
+        ds.StudyDescription, ds.SeriesDescription, ds.InstitutionName = "D" * 3000, "S" * 3000, "I" * 3000
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    r = httpx.post(f"{base}/api/instances", content=out.getvalue(), headers={"Content-Type": "application/dicom"})
+    assert r.status_code == 200, r.text
+    ids["long_study"], ids["long_series"] = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
     # a node that is the archive itself: its C-FIND answers fill the Query/Retrieve list in app.js
     r = httpx.post(f"{base}/api/nodes", json={"ae_title": srv.ae_title, "host": "127.0.0.1", "port": srv.port})
     assert r.status_code == 201, r.text
@@ -138,6 +147,10 @@ def pages(base: str, ids: dict[str, str]) -> list[str]:
         "/ui/worklist",
         "/ui/nodes",
         f"/ui/remote?node={ids['node']}",
+        "/ui/patient?id=LONG",
+        f"/ui/studies/{ids['long_study']}",
+        f"/ui/studies/{ids['long_study']}/series/{ids['long_series']}",
+        f"/ui/viewer/{ids['long_study']}/{ids['long_series']}",
     ]
 
 
@@ -145,6 +158,9 @@ def check(page: Page, where: str) -> None:
     assert page.evaluate("window.__pwned") is None, f"{where}: a payload ran"
     assert page.evaluate("window.__dialogs") == [], f"{where}: a payload opened a dialog"
     assert page.evaluate(INJECTED) == [], f"{where}: a payload became markup"
+    # a long value wraps: the page never scrolls sideways (it made /ui/ 21,000 pixels wide)
+    width = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+    assert width[0] <= width[1], f"{where}: the page is {width[0]} pixels wide in a {width[1]} pixel window"
 
 
 def test_hostile_values_stay_text_on_every_page(server: tuple[ServerProcess, str]) -> None:

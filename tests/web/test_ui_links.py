@@ -69,7 +69,7 @@ def test_a_patient_id_round_trips_through_every_ui_link_and_page(web: Callable[.
         ):
             assert must in seen, (must, sorted(seen))
         assert f"<dd>{shown}</dd>" in pages[f"/ui/studies/{study}"]
-        assert f"({shown})</p>" in pages[f"/ui/viewer/{study}/{series}"]
+        assert f"(<bdi>{shown}</bdi>)</p>" in pages[f"/ui/viewer/{study}/{series}"]
         assert f"<td>{shown}</td>" in pages["/ui/"]
         # the REST URL of the patient, as the page wrote it, names exactly this patient
         deletes = [html.unescape(d) for d in DELETE.findall(patient_page)]

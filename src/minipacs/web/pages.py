@@ -86,6 +86,22 @@ def date(value: object) -> str:
     return raw
 
 
+#: Unicode bidirectional formatting characters (UAX #9 §2: embeddings, overrides, isolates, marks)
+BIDI_CONTROLS: Final = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def isolate(value: object) -> str:
+    """Text for a place where markup cannot isolate it (the ``<title>``), as one bidi isolate.
+
+    A value ending in an open U+202E (RIGHT-TO-LEFT OVERRIDE) reversed all that followed it on its
+    line: the tab read ``sicapinim · ...``. Its own bidi controls go (a stray U+2069 would close our
+    isolate early) and the rest is wrapped in FIRST STRONG ISOLATE ... POP DIRECTIONAL ISOLATE
+    (UAX #9 §2.7), so a Hebrew or Arabic name still reads right to left, alone. In the page body
+    a value is isolated by its element: a table cell, or ``<bdi>`` inline (app.css)."""
+    cleaned = "".join(c for c in text(value) if c not in BIDI_CONTROLS)
+    return f"\u2068{cleaned}\u2069" if cleaned else ""
+
+
 def person(value: object) -> str:
     """A PN value for people: components joined by spaces, the '^' gone."""
     return text(value).replace("^", " ").strip()
@@ -171,7 +187,7 @@ def _environment() -> jinja2.Environment:
         keep_trailing_newline=False,
     )
     env.globals["url_for"] = _url_for
-    env.filters.update(date=date, person=person, text=text, size=size, plural=plural)
+    env.filters.update(date=date, isolate=isolate, person=person, text=text, size=size, plural=plural)
     return env
 
 
@@ -186,7 +202,9 @@ def render(request: Request, name: str, title: str, status_code: int = 200, **co
 __all__ = [
     "NAV",
     "TagRow",
+    "BIDI_CONTROLS",
     "date",
+    "isolate",
     "json_tag_rows",
     "may",
     "path_for",
