@@ -118,6 +118,24 @@ def store_hostile(srv: ServerProcess, base: str) -> dict[str, str]:
     r = httpx.post(f"{base}/api/instances", content=out.getvalue(), headers={"Content-Type": "application/dicom"})
     assert r.status_code == 200, r.text
     ids["long_study"], ids["long_series"] = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+    # a worklist entry (HL7 ORM or REST; an HIS controls these values as much as a modality its own)
+    sps = {
+        "00400001": {"vr": "AE", "Value": ["CT01"]},
+        "00080060": {"vr": "CS", "Value": ["CT"]},
+        "00400002": {"vr": "DA", "Value": ["20240304"]},
+        "00400003": {"vr": "TM", "Value": ["1415"]},
+        "00400007": {"vr": "LO", "Value": [PAYLOADS["InstitutionName"]]},
+    }
+    entry = {
+        "00080005": {"vr": "CS", "Value": ["ISO_IR 192"]},
+        "00100020": {"vr": "LO", "Value": [ids["pid"]]},
+        "00100010": {"vr": "PN", "Value": [{"Alphabetic": "<script>alert('worklist')</script>"}]},
+        "00080050": {"vr": "SH", "Value": ["javascript:x"]},
+        "00321060": {"vr": "LO", "Value": [PAYLOADS["SeriesDescription"]]},
+        "00400100": {"vr": "SQ", "Value": [sps]},
+    }
+    r = httpx.post(f"{base}/api/worklist", json=entry)
+    assert r.status_code == 201, r.text
     # a node that is the archive itself: its C-FIND answers fill the Query/Retrieve list in app.js
     r = httpx.post(f"{base}/api/nodes", json={"ae_title": srv.ae_title, "host": "127.0.0.1", "port": srv.port})
     assert r.status_code == 201, r.text
@@ -174,9 +192,11 @@ def test_hostile_values_stay_text_on_every_page(server: tuple[ServerProcess, str
             page = context.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            for path in pages(base, ids):
+            missing = f"/ui/patient?{httpx.QueryParams({'id': PAYLOADS['SeriesDescription']})}"
+            for path in [*pages(base, ids), missing]:
                 response = page.goto(base + path)
-                assert response is not None and response.status == 200, (path, response and response.status)
+                wanted = 404 if path == missing else 200  # an error page quotes what was asked for
+                assert response is not None and response.status == wanted, (path, response and response.status)
                 page.wait_for_load_state("networkidle")
                 check(page, path)
                 if path in (f"/ui/studies/{ids['study']}", f"/ui/patient?{httpx.QueryParams({'id': ids['pid']})}"):
