@@ -140,9 +140,11 @@ class Authenticator:
             return Credentials(role, name if role is not None else self.shown(name), self.audit_name(name), "user")
         if scheme == "bearer":
             token = self.tokens.get(hash_token(value.strip()))
-            if token is not None:
+            if token is not None and not token.expired():
                 return Credentials(token.role, f"token {token.name}", token.name, "token")
             self._refused(address)
+            if token is not None:
+                return Credentials(None, f"the expired token {token.name}", token.name, "token")
             return Credentials(None, "an unknown token", "unknown token", "token")
         return Credentials(None, "no credentials", "", "")
 
