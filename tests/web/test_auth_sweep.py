@@ -31,6 +31,7 @@ from minipacs.web.app import create_app
 from minipacs.web.auth import LOGIN_PATH, UI_PAGES
 from minipacs.web.routing import Endpoint, GuardedMount, declared
 from minipacs.web.types import AppContext
+from tests.web.conftest import part10
 
 FAST = {"n": 2**4}
 USERS = (
@@ -194,3 +195,28 @@ def test_an_expired_token_is_refused_and_audited(web: Callable[..., Any], caplog
     refused = [row for row in rows if row["outcome"] != 0]
     assert [(row["actor_kind"], row["actor"]) for row in refused] == [("token", "old")]
     assert "the expired token old not accepted" in caplog.text and "tok-old" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "headers,status",
+    [
+        (bearer("tok-write"), 200),  # a script: no browser sends a Bearer token by itself
+        ({**bearer("tok-write"), "Sec-Fetch-Site": "cross-site"}, 403),  # the browser's word still counts
+        ({**bearer("tok-write"), "Origin": "http://evil.example"}, 403),
+        (basic("oli", "o-pass"), 403),  # a browser sends cached Basic credentials with any site's form
+    ],
+)
+def test_a_bearer_token_needs_no_csrf_token(web: Callable[..., Any], headers: dict[str, str], status: int) -> None:
+    """``curl -H "Authorization: Bearer ..." -F file=@ct.dcm /api/instances``: a form content type, sent by a
+    script. A page of another site cannot add an Authorization header without a CORS preflight, which this
+    server never grants, so a Bearer token proves a script (web/csrf.py)."""
+    data = part10()
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        files = {"file": ("ct.dcm", data, "application/dicom")}
+        r = await client.post("/api/instances", files=files, headers=headers)
+        assert r.status_code == status, r.text
+        if status == 403:
+            assert r.json()["error"]["code"] == "cross_site_request"
+
+    web(body, users=USERS, tokens=TOKENS)
