@@ -220,3 +220,25 @@ def test_a_bearer_token_needs_no_csrf_token(web: Callable[..., Any], headers: di
             assert r.json()["error"]["code"] == "cross_site_request"
 
     web(body, users=USERS, tokens=TOKENS)
+
+
+def test_a_login_ends_the_session_the_browser_had(web: Callable[..., Any]) -> None:
+    """Session fixation (OWASP Session Management): a login always makes a new id, and the session the
+    browser carried before (another user's, on a shared workstation) ends on the server, not only in
+    this browser's cookie jar."""
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+        r = await client.post("/ui/login", json={"name": "vic", "password": "v-pass"})
+        before = r.cookies["minipacs_session"]
+        r = await client.post("/ui/login", json={"name": "ada", "password": "a-pass"})
+        after = r.cookies["minipacs_session"]
+        assert r.status_code == 200 and after != before
+        assert (await client.get("/ui/session")).json()["user"] == "ada"
+        client.cookies.set("minipacs_session", before)
+        assert (await client.get("/api/stats", headers={"Accept": "application/json"})).status_code == 401
+        # a made-up id is never adopted: the login answers with an id of its own
+        client.cookies.set("minipacs_session", "chosen-by-the-attacker")
+        r = await client.post("/ui/login", json={"name": "vic", "password": "v-pass"})
+        assert r.cookies["minipacs_session"] not in ("chosen-by-the-attacker", before, after)
+
+    web(body, users=USERS)
