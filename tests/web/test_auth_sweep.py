@@ -242,3 +242,21 @@ def test_a_login_ends_the_session_the_browser_had(web: Callable[..., Any]) -> No
         assert r.cookies["minipacs_session"] not in ("chosen-by-the-attacker", before, after)
 
     web(body, users=USERS)
+
+
+def test_the_audit_trail_tells_a_user_from_a_token_by_how_they_logged_in(web: Callable[..., Any]) -> None:
+    """The actor's kind comes from the credentials, not from the name: a user named "token script" is a user,
+    and is not mistaken for the token "script"."""
+    users = (User("token script", hash_password("t-pass", **FAST), Role.ADMIN),)
+    tokens = (ApiToken("script", hash_token("tok-admin"), Role.ADMIN),)
+
+    async def body(client: httpx.AsyncClient, archive: Archive) -> list[dict[str, Any]]:
+        assert (await client.get("/api/audit", headers=basic("token script", "t-pass"))).status_code == 200
+        assert (await client.get("/api/audit?limit=5", headers=bearer("tok-admin"))).status_code == 200
+        return await archive.audit.query()
+
+    rows = web(body, users=users, tokens=tokens)
+    assert sorted((r["actor_kind"], r["actor"]) for r in rows if r["action"] == "audit_read") == [
+        ("token", "script"),
+        ("user", "token script"),
+    ]

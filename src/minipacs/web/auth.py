@@ -236,9 +236,9 @@ async def authorize(scope: Scope, receive: Receive, send: Send, needed: Permissi
     role: Role | None
     try:
         if session is not None:
-            role, who = session.role, session.user
+            role, who, actor = session.role, session.user, Credentials(session.role, session.user, session.user, "user")
         else:
-            proven = await auth.role_of(authorization, client[0])
+            actor = proven = await auth.role_of(authorization, client[0])
             role, who = proven.role, proven.who
             if role is None and proven.kind:
                 _audit_refusal(scope, proven, client[0], f"HTTP {authorization.split(' ', 1)[0][:16]} credentials")
@@ -284,6 +284,8 @@ async def authorize(scope: Scope, receive: Receive, send: Send, needed: Permissi
         return False
     state = scope.setdefault("state", {})
     state["role"], state["user"] = role.value, who
+    # for the audit trail (web/audit.py): the kind from the credentials, never guessed from the name
+    state["actor_kind"], state["actor"] = actor.kind, actor.actor
     return True
 
 
