@@ -260,3 +260,15 @@ def test_the_audit_trail_tells_a_user_from_a_token_by_how_they_logged_in(web: Ca
         ("token", "script"),
         ("user", "token script"),
     ]
+
+
+def test_a_cheap_password_hash_is_named_at_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """scrypt n=2**14, r=8, p=1 (RFC 7914 section 2's interactive-login cost, ~16 MiB) is what
+    `minipacs users hash-password` makes; a hash made cheaper (by hand, or by an old tool) is accepted but
+    named, since a leaked config file gives it up sooner."""
+    users = (*USERS, User("strong", hash_password("s-pass"), Role.VIEWER))
+    settings = Settings(data_dir=tmp_path / "d", users=users)
+    create_app(AppContext(settings, archive=None, metadata=None))  # type: ignore[arg-type]
+    named = {r.getMessage().split("'")[1] for r in caplog.records if "cheaper to guess" in r.getMessage()}
+    assert named == {"ada", "vic", "oli"}
+    assert "s-pass" not in caplog.text

@@ -30,6 +30,8 @@ from minipacs.config import Settings
 from minipacs.core.audit import Action, ActorKind, Outcome
 from minipacs.core.users import (
     ROLE_PERMISSIONS,
+    SCRYPT_N,
+    SCRYPT_R,
     ProvenPasswords,
     Role,
     User,
@@ -72,8 +74,23 @@ def _cost(users: Sequence[User]) -> dict[str, int]:
         return {}
 
 
+def _weak(user: User) -> bool:
+    """A hash cheaper than what `minipacs users hash-password` makes (core/users.py SCRYPT_*)."""
+    cost = _cost([user])
+    return not cost or cost["n"] * cost["r"] < SCRYPT_N * SCRYPT_R
+
+
 class Authenticator:
     def __init__(self, settings: Settings) -> None:
+        for user in settings.users:
+            if _weak(user):
+                log.warning(
+                    "user %r: the password hash is cheaper to guess than the default (scrypt n=%d, r=%d): if the "
+                    "config file leaks, it falls sooner; make a new one with `minipacs users hash-password`",
+                    user.name,
+                    SCRYPT_N,
+                    SCRYPT_R,
+                )
         self.users = {user.name: user for user in settings.users}
         self.tokens = {token.token_hash: token for token in settings.tokens}
         self.passwords = ProvenPasswords()
