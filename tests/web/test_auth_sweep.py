@@ -70,7 +70,7 @@ def bearer(token: str) -> dict[str, str]:
 
 
 #: (who, headers, the permissions they hold, the status a refusal gets)
-CALLERS: Final = (
+CALLERS: Final[tuple[tuple[str, dict[str, str], frozenset[str], int], ...]] = (
     ("nobody", {}, frozenset({"public"}), 401),
     ("an unknown token", bearer("tok-nope"), frozenset({"public"}), 401),
     ("an expired token", bearer("tok-old"), frozenset({"public"}), 401),
@@ -89,7 +89,7 @@ def concrete(path: str) -> str:
 def routes_of(tmp_path: Path) -> list[tuple[str, str, Endpoint | GuardedMount]]:
     settings = Settings(data_dir=tmp_path / "routes")
     app = create_app(AppContext(settings, archive=None, metadata=None))  # type: ignore[arg-type]
-    out = []
+    out: list[tuple[str, str, Endpoint | GuardedMount]] = []
     for path, route in declared(app.routes):
         if isinstance(route, GuardedMount):
             out.append(("GET", path.rstrip("/") + "/index.html", route))
@@ -120,7 +120,7 @@ def test_every_route_refuses_who_lacks_its_permission(
     routes = routes_of(tmp_path)
     assert len(routes) > 100
     asked: list[str] = []
-    real = routing.authorize
+    real = routing.authorize  # type: ignore[attr-defined]
 
     async def spy(scope: Any, receive: Any, send: Any, needed: Any) -> bool:
         asked.append(needed)
@@ -185,7 +185,7 @@ def test_token_expires_must_be_a_date(expires: Any) -> None:
 
 
 def test_an_expired_token_is_refused_and_audited(web: Callable[..., Any], caplog: pytest.LogCaptureFixture) -> None:
-    async def body(client: httpx.AsyncClient, archive: Archive) -> None:
+    async def body(client: httpx.AsyncClient, archive: Archive) -> list[dict[str, Any]]:
         r = await client.get("/api/stats", headers=bearer("tok-old"))
         assert r.status_code == 401 and "tok-old" not in r.text
         assert (await client.get("/api/stats", headers=bearer("tok-read"))).status_code == 200
