@@ -8,6 +8,7 @@ their SHA-256 (``sha256$<hex>``): they carry enough entropy not to need a slow h
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import enum
 import hashlib
 import hmac
@@ -57,6 +58,11 @@ class ApiToken:
     name: str
     token_hash: str  # "sha256$<hex>"
     role: Role
+    #: refused from this moment on (UTC); None: until it is removed from the config file
+    expires: dt.datetime | None = None
+
+    def expired(self, now: dt.datetime | None = None) -> bool:
+        return self.expires is not None and (now or dt.datetime.now(dt.UTC)) >= self.expires
 
 
 def hash_password(password: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> str:
@@ -143,12 +149,30 @@ def user_from_mapping(table: Mapping[str, Any]) -> User:
     return User(name, password_hash, _role(table.get("role", "viewer"), f"user {name!r}"))
 
 
+def _expires(value: Any, what: str) -> dt.datetime | None:
+    """``expires`` of a token: a TOML date (the token is refused from 00:00 UTC that day), a date-time
+    (without an offset: UTC), or the same as ISO 8601 text."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.strip()) if "T" in value.upper() else dt.date.fromisoformat(value)
+        except ValueError:
+            raise InvalidUser(f"{what}: expires {value!r} is not a date (2027-06-30) or date-time") from None
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+    raise InvalidUser(f"{what}: expires {value!r} is not a date (2027-06-30) or date-time")
+
+
 def token_from_mapping(table: Mapping[str, Any]) -> ApiToken:
     name = str(table.get("name", "")).strip() or "token"
     token_hash = str(table.get("token_hash", ""))
     if not token_hash.startswith("sha256$"):
         raise InvalidUser(f"token {name!r}: token_hash must come from `minipacs users new-token`")
-    return ApiToken(name, token_hash, _role(table.get("role", "viewer"), f"token {name!r}"))
+    what = f"token {name!r}"
+    return ApiToken(name, token_hash, _role(table.get("role", "viewer"), what), _expires(table.get("expires"), what))
 
 
 __all__ = [

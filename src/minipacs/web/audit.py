@@ -28,8 +28,8 @@ def actor_of(request: Request) -> tuple[ActorKind, str, str]:
     address = request.client.host if request.client else ""
     if not user:
         return ActorKind.HTTP, "", address
-    if user.startswith("token "):
-        return ActorKind.TOKEN, user.removeprefix("token "), address
+    if state.get("actor_kind") in ("user", "token"):  # web/auth.py: from the credentials
+        return ActorKind(state["actor_kind"]), str(state.get("actor", "")), address
     return ActorKind.USER, user, address
 
 

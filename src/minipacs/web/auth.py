@@ -30,6 +30,8 @@ from minipacs.config import Settings
 from minipacs.core.audit import Action, ActorKind, Outcome
 from minipacs.core.users import (
     ROLE_PERMISSIONS,
+    SCRYPT_N,
+    SCRYPT_R,
     ProvenPasswords,
     Role,
     User,
@@ -72,8 +74,23 @@ def _cost(users: Sequence[User]) -> dict[str, int]:
         return {}
 
 
+def _weak(user: User) -> bool:
+    """A hash cheaper than what `minipacs users hash-password` makes (core/users.py SCRYPT_*)."""
+    cost = _cost([user])
+    return not cost or cost["n"] * cost["r"] < SCRYPT_N * SCRYPT_R
+
+
 class Authenticator:
     def __init__(self, settings: Settings) -> None:
+        for user in settings.users:
+            if _weak(user):
+                log.warning(
+                    "user %r: the password hash is cheaper to guess than the default (scrypt n=%d, r=%d): if the "
+                    "config file leaks, it falls sooner; make a new one with `minipacs users hash-password`",
+                    user.name,
+                    SCRYPT_N,
+                    SCRYPT_R,
+                )
         self.users = {user.name: user for user in settings.users}
         self.tokens = {token.token_hash: token for token in settings.tokens}
         self.passwords = ProvenPasswords()
@@ -140,9 +157,11 @@ class Authenticator:
             return Credentials(role, name if role is not None else self.shown(name), self.audit_name(name), "user")
         if scheme == "bearer":
             token = self.tokens.get(hash_token(value.strip()))
-            if token is not None:
+            if token is not None and not token.expired():
                 return Credentials(token.role, f"token {token.name}", token.name, "token")
             self._refused(address)
+            if token is not None:
+                return Credentials(None, f"the expired token {token.name}", token.name, "token")
             return Credentials(None, "an unknown token", "unknown token", "token")
         return Credentials(None, "no credentials", "", "")
 
@@ -234,9 +253,9 @@ async def authorize(scope: Scope, receive: Receive, send: Send, needed: Permissi
     role: Role | None
     try:
         if session is not None:
-            role, who = session.role, session.user
+            role, who, actor = session.role, session.user, Credentials(session.role, session.user, session.user, "user")
         else:
-            proven = await auth.role_of(authorization, client[0])
+            actor = proven = await auth.role_of(authorization, client[0])
             role, who = proven.role, proven.who
             if role is None and proven.kind:
                 _audit_refusal(scope, proven, client[0], f"HTTP {authorization.split(' ', 1)[0][:16]} credentials")
@@ -282,6 +301,8 @@ async def authorize(scope: Scope, receive: Receive, send: Send, needed: Permissi
         return False
     state = scope.setdefault("state", {})
     state["role"], state["user"] = role.value, who
+    # for the audit trail (web/audit.py): the kind from the credentials, never guessed from the name
+    state["actor_kind"], state["actor"] = actor.kind, actor.actor
     return True
 
 

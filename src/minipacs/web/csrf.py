@@ -12,7 +12,11 @@ server never grants. So every POST, PUT, PATCH and DELETE:
    than ``same-origin`` or ``none`` (Fetch Metadata), or, from a browser too old to send
    that, an ``Origin`` (RFC 6454 §7) that is not this server's own (``null`` included).
    Clients that are not browsers send neither and pass.
-2. passes with the session's CSRF token in ``X-CSRF-Token`` (app.js sends it);
+2. passes with the session's CSRF token in ``X-CSRF-Token`` (app.js sends it), or with an
+   ``Authorization: Bearer`` token: a browser never adds one by itself, and a page that sets
+   it needs a preflight (Authorization is not CORS-safelisted), so it proves a script, which
+   may then post ``multipart/form-data`` (``curl -F``) like any other type. Not Basic: a browser
+   sends cached Basic credentials with any site's form;
 3. with a form content type, passes only with a same-origin ``Origin`` or
    ``Sec-Fetch-Site``, or on the login and logout forms, which check their own token.
    Scripts send JSON, ``application/dicom`` or ``multipart/related``. A body without a
@@ -62,6 +66,8 @@ def refusal(scope: Scope, session_token: str | None, form_checks_itself: bool = 
                 "this server's own pages or from scripts"
             )
         same_origin = bool(origin)
+    if headers.get("authorization", "")[:7].lower() == "bearer ":
+        return None
     token = headers.get(HEADER)
     if token is not None:
         if session_token and hmac.compare_digest(token.encode(), session_token.encode()):

@@ -5,8 +5,9 @@
 form, but cannot read the cookie to copy its token). ``POST /ui/login`` takes the form
 (``application/x-www-form-urlencoded``) or JSON ``{"name", "password"}``, checks the
 password like HTTP Basic does (throttled, the same cost for unknown names; web/auth.py)
-and sets the session cookie (web/sessions.py): the form then goes on to ``next``, JSON
-gets ``{"user", "role", "csrf_token"}``. ``POST /ui/logout`` ends the session.
+and sets the session cookie (web/sessions.py), ending the session the browser had: the
+form then goes on to ``next``, JSON gets ``{"user", "role", "csrf_token"}``.
+``POST /ui/logout`` ends the session.
 """
 
 from __future__ import annotations
@@ -166,6 +167,9 @@ async def login(request: Request) -> Response:
             return _page(request, 401, f"Not logged in: {wrong}.", next_url=fields.get("next"))
         return error_response(401, "unauthorized", wrong)
     sessions: SessionStore = request.app.state.sessions
+    # the session this browser had (another user's, on a shared workstation) ends here, not only in its
+    # cookie jar; the new one gets an id of its own, never one the request named (session fixation)
+    sessions.end(request.cookies.get(COOKIE, ""))
     session = sessions.create(name, role)
     log.info("login: %s (role %s) from %s", auth.shown(name), role.value, client)
     _audit(request, Action.LOGIN, name, f"UI login ({'form' if form else 'JSON'}), role {role.value}")
