@@ -220,7 +220,8 @@ def test_a47_changes_the_identifier_and_refuses_an_existing_one(tmp_path: Path) 
             "PID-5 component 1 holds '^', '=' or a backslash",
             "PID^1^5",
         ),
-        (adt("A01", "P1"), "AR", "ADT^A01 is not an ADT event minipacs takes", "MSH^1^9"),
+        # A29 delete person information: a PACS never deletes studies on an ADT feed
+        (adt("A29", "P1"), "AR", "ADT^A29 is not an ADT event minipacs takes", "MSH^1^9"),
     ],
 )
 def test_bad_adt_is_refused_with_the_reason_and_changes_nothing(

@@ -37,15 +37,34 @@ log = logging.getLogger("minipacs.hl7")
 @dataclass(frozen=True)
 class Event:
     """What an ADT trigger event does: ``merge`` (PID-3 survives, MRG-1 goes into it), ``rename``
-    (MRG-1 takes the ID of PID-3, which must be new) or ``update`` (PID-3's demographics)."""
+    (MRG-1 takes the ID of PID-3, which must be new), ``update`` (PID-3's demographics) or ``none``
+    (acknowledged, nothing changed)."""
 
     action: str
     needs_mrg: bool
     summary: str
 
 
-# HL7 v2.5 Table 0003 event types minipacs takes (chapter 3)
+# HL7 v2.5 Table 0003 event types minipacs takes (chapter 3). "none": a HIS sends its whole ADT feed to
+# the PACS (admissions, visits, registrations: IHE RAD-1 goes to the Order Filler, but interface engines
+# copy it); minipacs keeps patients only with their studies and worklist entries (no patient or visit
+# records of its own), so these are acknowledged AA and change nothing. Refusing them (AR) would fill the
+# sender's error queue with messages that can never succeed. (dcm4chee-arc creates or updates a patient
+# record from A01 - A07 and A28; here a demographic change reaches the studies only by A08 / A31.)
 EVENTS: Final[Mapping[str, Event]] = {
+    "A01": Event("none", False, "admit/visit notification"),
+    "A02": Event("none", False, "transfer a patient"),
+    "A03": Event("none", False, "discharge/end visit"),
+    "A04": Event("none", False, "register a patient"),
+    "A05": Event("none", False, "pre-admit a patient"),
+    "A06": Event("none", False, "change an outpatient to an inpatient"),
+    "A07": Event("none", False, "change an inpatient to an outpatient"),
+    "A11": Event("none", False, "cancel admit/visit notification"),
+    "A12": Event("none", False, "cancel transfer"),
+    "A13": Event("none", False, "cancel discharge/end visit"),
+    "A28": Event("none", False, "add person information"),
+    "A35": Event("none", True, "merge patient information - account number only"),
+    "A36": Event("merge", True, "merge patient information - patient ID and account number"),
     "A08": Event("update", False, "update patient information"),
     "A31": Event("update", False, "update person information"),
     "A34": Event("merge", True, "merge patient information - patient ID only"),
@@ -237,10 +256,16 @@ class ADTApplier:
         if event is None:
             raise HL7Error(
                 f"ADT^{trigger or '(empty)'} is not an ADT event minipacs takes (only "
-                f"{', '.join(f'{e} {v.summary}' for e, v in EVENTS.items())})",
+                f"{', '.join(sorted(EVENTS))}; A08/A31 update, A34/A36/A40 merge, A47 changes the identifier)",
                 ack_code=REJECT,
                 error_code=201,
                 location="MSH-9",
+            )
+        if event.action == "none":
+            _pairs(message, event)  # the segments it must have (PID; A35 its MRG)
+            return (
+                f"ADT^{trigger} ({event.summary}) acknowledged: minipacs keeps no patient or visit records of "
+                "its own, nothing changed (A08/A31 update the patient's studies and worklist entries, A40 merges)"
             )
         groups: list[Group] = []
         for pid, mrg in _pairs(message, event):
