@@ -12,10 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from minipacs.bootstrap import open_archive
+from minipacs.config import Settings
 from minipacs.core.archive import Archive
-from minipacs.core.corrections import list_corrections
+from minipacs.core.corrections import Corrections, list_corrections
 from minipacs.core.worklist import CANCELLED, Worklist
+from minipacs.hl7.adt import HL7Receiver
 from minipacs.hl7.message import parse
+from minipacs.hl7.mllp import MLLPServer, frame
+from minipacs.hl7.sequence import Resends
 from tests.hl7.samples import OMI, orm
 from tests.hl7.test_adt import adt, send, serve, store, stored
 
@@ -72,3 +77,98 @@ def test_a35_account_merge_changes_nothing_and_a36_merges_the_patient(tmp_path: 
         assert (await stored(archive, dup)).PatientID == "GOOD"
 
     serve(tmp_path, body)
+
+
+# ------------------------------------------------------------------ the same message sent again
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, message: str) -> bytes:
+    """The ACK's bytes (frame removed) answering ``message``."""
+    writer.write(frame(message))
+    await writer.drain()
+    return (await asyncio.wait_for(reader.readuntil(b"\x1c\x0d"), 60))[1:-2]
+
+
+def msa(ack: bytes) -> tuple[str, str]:
+    reply = parse(ack.decode("utf-8"))
+    return reply.value(reply.first("MSA"), 1), reply.value(reply.first("MSA"), 3)
+
+
+def test_a_message_sent_again_gets_the_same_ack_and_is_not_applied_twice(tmp_path: Path) -> None:
+    """HL7 v2.5 2.9.2: a sender that lost the ACK sends the same message (same MSH-10) again; it was
+    applied, so the answer is its AA again, not AE 205 "already on the worklist" or AE 204 "unknown"."""
+
+    async def body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, archive: Archive) -> None:
+        worklist = Worklist(archive)
+        first = await exchange(reader, writer, orm())
+        assert msa(first)[0] == "AA"
+        assert await exchange(reader, writer, orm()) == first
+        assert len(await worklist.by_accession("ACC100")) == 1
+        cancel = await exchange(reader, writer, orm("CA"))
+        assert msa(cancel)[0] == "AA"
+        assert await exchange(reader, writer, orm("CA")) == cancel
+        [entry] = await worklist.by_accession("ACC100")
+        assert entry.status == CANCELLED
+        await store(archive, tmp_path, "GOOD")
+        [dup] = await store(archive, tmp_path, "DUP")
+        merge = await exchange(reader, writer, adt("A40", "GOOD", mrg="DUP"))
+        assert msa(merge)[0] == "AA"
+        assert await exchange(reader, writer, adt("A40", "GOOD", mrg="DUP")) == merge
+        assert (await stored(archive, dup)).PatientID == "GOOD"
+        # a refusal is not remembered: sent again it is checked again (here: refused again)
+        refused = await exchange(reader, writer, adt("A40", "GOOD", mrg="NOBODY"))
+        again = await exchange(reader, writer, adt("A40", "GOOD", mrg="NOBODY"))
+        assert msa(refused)[0] == msa(again)[0] == "AE" and refused != again  # a new ACK (its own MSH-10)
+        # another message (another MSH-10) with the same order is still a duplicate
+        code, text = msa(await exchange(reader, writer, orm().replace("|CTLACC100|", "|CTL2|")))
+        assert code == "AA" and "scheduled" in text  # the first was cancelled: a new order
+
+    serve(tmp_path, body)
+
+
+def serve_with(tmp: Path, window: float, limit: int, messages: list[str]) -> list[tuple[str, str]]:
+    """(MSA-1, MSA-3) of each message sent to a receiver remembering ``limit`` messages for ``window`` s."""
+
+    async def main() -> list[tuple[str, str]]:
+        archive = await open_archive(Settings(data_dir=tmp / "data", fsync=False))
+        receiver = HL7Receiver(Worklist(archive), Corrections(archive), resend_window=window, resend_max=limit)
+        server = MLLPServer(receiver, host="127.0.0.1", port=0)
+        await server.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            return [msa(await exchange(reader, writer, m)) for m in messages]
+        finally:
+            writer.close()
+            await writer.wait_closed()
+            await server.close()
+            await archive.close()
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize(("window", "limit"), [(0.0, 100), (600.0, 0), (600.0, 1)])
+def test_a_resend_outside_the_memory_is_applied_as_a_new_message(
+    tmp_path: Path, window: float, limit: int
+) -> None:
+    """Nothing remembered (window 0 or limit 0), or the message pushed out by the next one (limit 1): the
+    resend is a new NW of an order on the worklist, AE 205 as before."""
+    answers = serve_with(tmp_path, window, limit, [orm(accession="A1"), orm(accession="A2"), orm(accession="A1")])
+    assert [code for code, _ in answers] == ["AA", "AA", "AE"]
+    assert "already on the worklist" in answers[2][1]
+
+
+def test_the_resend_memory_at_its_limits() -> None:
+    now = [0.0]
+    resends = Resends(window=10.0, limit=2, clock=lambda: now[0])
+    ack = b"MSH|^~\\&|MINIPACS||RIS|HOSP|20261207||ACK^O01^ACK|1|P|2.5\rMSA|AA|CTL1\r"
+    nak = ack.replace(b"MSA|AA", b"MSA|AE")
+    resends.remember(b"one", ack)
+    resends.remember(b"refused", nak)
+    assert resends.ack_of(b"one") == ack and resends.ack_of(b"refused") is None
+    now[0] = 10.0
+    assert resends.ack_of(b"one") == ack  # at the window's end: still remembered
+    now[0] = 10.001
+    assert resends.ack_of(b"one") is None
+    for data in (b"a", b"b", b"c"):
+        resends.remember(data, ack)
+    assert [resends.ack_of(d) for d in (b"a", b"b", b"c")] == [None, ack, ack]  # the limit: the oldest goes

@@ -494,19 +494,36 @@ def register_adt_jobs(queue: JobQueue, corrections: Corrections) -> None:
 class HL7Receiver:
     """The MLLP listener's handler (hl7/mllp.py): ADT to the corrections, orders to the worklist; one ACK each."""
 
-    def __init__(self, worklist: Worklist, corrections: Corrections, application: str = "MINIPACS") -> None:
+    def __init__(
+        self,
+        worklist: Worklist,
+        corrections: Corrections,
+        application: str = "MINIPACS",
+        resend_window: float = sequence.RESEND_WINDOW,
+        resend_max: int = sequence.RESEND_MAX,
+    ) -> None:
         self.worklist = worklist
         self.adt = ADTApplier(corrections)
         self.orders = sequence.OrderJobs(worklist, corrections.jobs)
         self.application = application
+        self.resends = sequence.Resends(resend_window, resend_max)
 
     async def __call__(self, data: bytes) -> bytes:
+        """The ACK of ``data``; a message sent again after its AA (the sender lost the ACK) gets that ACK
+        again and is not applied twice (hl7/sequence.py :class:`~minipacs.hl7.sequence.Resends`)."""
+        again = self.resends.ack_of(data)
+        if again is not None:
+            log.info("HL7 message sent again (%d bytes) within the resend window: its ACK sent again", len(data))
+            return again
+
         async def apply(message: Message) -> str:
             if message.message_type[0] == "ADT":
                 return await self.adt.apply(message)
             return await self.orders.apply(message, data)
 
-        return await orders.handle(data, self.worklist, self.application, apply)
+        ack = await orders.handle(data, self.worklist, self.application, apply)
+        self.resends.remember(data, ack)
+        return ack
 
 
 __all__ = [
