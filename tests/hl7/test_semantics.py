@@ -8,9 +8,12 @@ archive's local time, and an ORC with two OBR segments is refused rather than ha
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from pydicom.dataset import Dataset
 
 from minipacs.bootstrap import open_archive
 from minipacs.config import Settings
@@ -23,6 +26,7 @@ from minipacs.hl7.mllp import MLLPServer, frame
 from minipacs.hl7.sequence import Resends
 from tests.hl7.samples import OMI, orm
 from tests.hl7.test_adt import adt, send, serve, store, stored
+from tests.hl7.test_mllp import serve_mwl
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -147,9 +151,7 @@ def serve_with(tmp: Path, window: float, limit: int, messages: list[str]) -> lis
 
 
 @pytest.mark.parametrize(("window", "limit"), [(0.0, 100), (600.0, 0), (600.0, 1)])
-def test_a_resend_outside_the_memory_is_applied_as_a_new_message(
-    tmp_path: Path, window: float, limit: int
-) -> None:
+def test_a_resend_outside_the_memory_is_applied_as_a_new_message(tmp_path: Path, window: float, limit: int) -> None:
     """Nothing remembered (window 0 or limit 0), or the message pushed out by the next one (limit 1): the
     resend is a new NW of an order on the worklist, AE 205 as before."""
     answers = serve_with(tmp_path, window, limit, [orm(accession="A1"), orm(accession="A2"), orm(accession="A1")])
@@ -172,3 +174,187 @@ def test_the_resend_memory_at_its_limits() -> None:
     for data in (b"a", b"b", b"c"):
         resends.remember(data, ack)
     assert [resends.ack_of(d) for d in (b"a", b"b", b"c")] == [None, ack, ack]  # the limit: the oldest goes
+
+
+# ------------------------------------------------------------------ orders, seen by a modality's C-FIND
+
+
+def mwl(port: int) -> list[Dataset]:
+    """pynetdicom as the modality: every worklist item, with the keys these tests look at (blocking)."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
+
+    query = Dataset()
+    for keyword in ("PatientID", "PatientBirthDate", "AccessionNumber", "RequestedProcedureID", "StudyInstanceUID"):
+        setattr(query, keyword, "")
+    step = Dataset()
+    for keyword in ("Modality", "ScheduledProcedureStepID", "ScheduledProcedureStepStartDate"):
+        setattr(step, keyword, "")
+    step.ScheduledProcedureStepStartTime = ""
+    query.ScheduledProcedureStepSequence = [step]
+    ae = AE(ae_title="CT01")
+    ae.add_requested_context(ModalityWorklistInformationFind)
+    assoc = ae.associate("127.0.0.1", port, ae_title="MINIPACS")
+    assert assoc.is_established
+    try:
+        found = []
+        for status, identifier in assoc.send_c_find(query, ModalityWorklistInformationFind):
+            assert status is not None and status.Status in (0x0000, 0xFF00, 0xFF01), status
+            if identifier is not None:
+                found.append(identifier)
+        return sorted(found, key=lambda ds: str(ds.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID))
+    finally:
+        assoc.release()
+        ae.shutdown()
+
+
+Exchange = Callable[[str], Awaitable[tuple[str, str]]]
+
+
+def with_mwl(tmp: Path, body: Callable[[Exchange, int], Awaitable[None]]) -> None:
+    """``body(send, port)``: ``send`` one message over MLLP -> (MSA-1, MSA-3); ``port`` the MWL SCP's."""
+
+    async def run(server: MLLPServer, worklist: Worklist, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+
+        async def send_one(message: str) -> tuple[str, str]:
+            return msa(await exchange(reader, writer, message))
+
+        try:
+            await body(send_one, port)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    serve_mwl(tmp, run)
+
+
+def test_omi_ipc_wins_over_the_placer_fields_of_obr(tmp_path: Path) -> None:
+    """IHE RAD TF-2 4.4 (OMI^O23): accession, procedure and step IDs, Study Instance UID and modality
+    are IPC's; OBR-18 .. 20 are the placer's and filler's own fields and OBR-24 a service section."""
+    omi = OMI.replace(
+        "OBR|1|PL23|FL23|CTCHEST^CT Chest^LOCAL",
+        "OBR|1|PL23|FL23|CTCHEST^CT Chest^LOCAL" + "|" * 14 + "PLACERFIELD1|PLACERFIELD2|FILLERFIELD1||||RAD",
+    )
+    assert parse(omi).value(parse(omi).first("OBR"), 24) == "RAD"  # the sample really fills OBR-18 .. 24
+
+    async def body(send_one: Exchange, port: int) -> None:
+        code, text = await send_one(omi)
+        assert code == "AA", text
+        found = await asyncio.to_thread(mwl, port)
+        assert [ds.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID for ds in found] == ["SPS23A", "SPS23B"]
+        for ds in found:
+            assert (ds.AccessionNumber, ds.RequestedProcedureID) == ("ACC23", "RP23")
+            assert ds.StudyInstanceUID == "1.2.826.0.1.3680043.10.9.2323"
+            assert ds.ScheduledProcedureStepSequence[0].Modality == "CT"
+
+    with_mwl(tmp_path, body)
+
+
+def test_orc_1_sc_status_change(tmp_path: Path) -> None:
+    """HL7 Table 0119 SC with ORC-5 (Table 0038): in process or completed is acknowledged and changes
+    nothing (the modality reports progress by MPPS); cancelled or discontinued takes the order off."""
+
+    def sc(status: str) -> str:
+        return orm("SC").replace("ORC|SC|PLACC100|FLACC100||SC", f"ORC|SC|PLACC100|FLACC100||{status}")
+
+    async def body(send_one: Exchange, port: int) -> None:
+        assert (await send_one(orm()))[0] == "AA"
+        for status in ("IP", "CM", ""):
+            code, text = await send_one(sc(status).replace("|CTLACC100|", f"|CTLSC{status}|"))
+            assert code == "AA" and "worklist is unchanged" in text, text
+        [entry] = await asyncio.to_thread(mwl, port)
+        assert entry.AccessionNumber == "ACC100"
+        code, text = await send_one(sc("CA").replace("|CTLACC100|", "|CTLSCCA|"))
+        assert code == "AA" and "cancelled" in text, text
+        assert await asyncio.to_thread(mwl, port) == []
+        # a status change still needs what an order needs: its values are checked
+        code, text = await send_one(sc("IP").replace("|CTLACC100|", "|CTLBAD|").replace("19700101", "1970-01-01"))
+        assert code == "AE" and "not an HL7 date" in text
+
+    with_mwl(tmp_path, body)
+
+
+@pytest.fixture
+def new_york(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The archive's local time is UTC-5 (POSIX TZ, no time zone database needed)."""
+    monkeypatch.setenv("TZ", "EST+05")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.parametrize(
+    ("start", "date", "clock"),
+    [
+        ("20240105133000+0000", "20240105", "083000"),
+        ("20240105020000+0000", "20240104", "210000"),  # the day before, locally
+        ("202401050830+0100", "20240105", "0230"),  # the precision sent is kept
+        ("20240105083000-0500", "20240105", "083000"),  # local already
+        ("202401050830", "20240105", "0830"),  # no offset: the sender's local time, as sent
+        ("20240105", "20240105", ""),
+    ],
+)
+def test_a_start_time_with_an_offset_is_the_archives_local_time(
+    tmp_path: Path, new_york: None, start: str, date: str, clock: str
+) -> None:
+    """HL7 v2.5 2A.3.22 DTM +/-ZZZZ: DICOM DA / TM carry no offset, a modality shows them as the local
+    wall clock and "today's" worklist query matches them so: the step's start in local time."""
+
+    async def body(send_one: Exchange, port: int) -> None:
+        code, text = await send_one(orm(start=start))
+        assert code == "AA", text
+        [ds] = await asyncio.to_thread(mwl, port)
+        step = ds.ScheduledProcedureStepSequence[0]
+        assert (step.ScheduledProcedureStepStartDate, step.ScheduledProcedureStepStartTime) == (date, clock)
+
+    with_mwl(tmp_path, body)
+
+
+@pytest.mark.parametrize(
+    ("start", "words"),
+    [
+        ("20240105083", "not an HL7 date/time"),
+        ("20240230083000+0000", "not a calendar date"),
+        ("202402300830", "not a calendar date"),  # 30 February was put on the worklist as it came
+        ("202401052530", "not a calendar date"),
+        ("202401050830+2500", "not an HL7 date/time"),
+    ],
+)
+def test_a_broken_start_time_is_refused(tmp_path: Path, start: str, words: str) -> None:
+    async def body(send_one: Exchange, port: int) -> None:
+        code, text = await send_one(orm(start=start))
+        assert code == "AE" and words in text, text
+        assert await asyncio.to_thread(mwl, port) == []
+
+    with_mwl(tmp_path, body)
+
+
+@pytest.mark.parametrize("birth", ["1970", "197003"])
+def test_a_birth_date_known_to_the_year_or_month_is_taken_as_unknown(tmp_path: Path, birth: str) -> None:
+    """HL7 DTM allows YYYY and YYYYMM (a birth date known that far); DICOM DA does not: the order is
+    taken (a patient is not refused an exam for it) and the entry's birth date is empty."""
+
+    async def body(send_one: Exchange, port: int) -> None:
+        code, text = await send_one(orm().replace("|19700101|", f"|{birth}|"))
+        assert code == "AA", text
+        [ds] = await asyncio.to_thread(mwl, port)
+        assert ds.PatientBirthDate in ("", None)
+
+    with_mwl(tmp_path, body)
+
+
+def test_an_orc_with_two_obr_segments_is_refused_not_half_applied(tmp_path: Path) -> None:
+    """ORM^O01 / OMI^O23: one OBR per ORC; the second OBR used to be dropped without a word."""
+    text = orm()
+    obr = next(line for line in text.split("\r") if line.startswith("OBR"))
+    second = obr.replace("ACC100", "ACC101").replace("|CT|", "|MR|")
+    message = text.replace(obr, obr + "\r" + second)
+
+    async def body(send_one: Exchange, port: int) -> None:
+        code, answer = await send_one(message)
+        assert code == "AE" and "two OBR segments" in answer, answer
+        assert await asyncio.to_thread(mwl, port) == []
+
+    with_mwl(tmp_path, body)

@@ -189,7 +189,8 @@ def demographics(message: Message, pid: Segment) -> dict[str, str]:
             _plain_name(message, pid, source)
         raw = orders._value(message, pid, source, row.kind)  # one mapping for orders and ADT
         if raw:
-            found[row.keyword] = orders._checked(row.keyword, orders._convert(raw, row.kind, source), source)
+            value = orders._convert(raw, row.kind, source, row.keyword)
+            found[row.keyword] = orders._checked(row.keyword, value, source)
     return {k: v for k, v in found.items() if v}
 
 
