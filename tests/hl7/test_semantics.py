@@ -34,7 +34,7 @@ Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 # ------------------------------------------------------------------ ADT: what each event does
 
 
-@pytest.mark.parametrize("event", ["A01", "A02", "A03", "A04", "A05", "A06", "A07", "A11", "A12", "A13", "A28"])
+@pytest.mark.parametrize("event", ["A01", "A02", "A03", "A04", "A05", "A06", "A07", "A11", "A12", "A13", "A28", "A38"])
 def test_visit_and_registration_events_are_acknowledged_and_change_nothing(tmp_path: Path, event: str) -> None:
     """HL7 v2.5 3.3.1 - 3.3.13, 3.3.28: a HIS's whole ADT feed reaches the PACS; AA (not AR: refusing
     them fills the sender's error queue), and no study is changed even when the PID differs."""

@@ -62,6 +62,7 @@ EVENTS: Final[Mapping[str, Event]] = {
     "A11": Event("none", False, "cancel admit/visit notification"),
     "A12": Event("none", False, "cancel transfer"),
     "A13": Event("none", False, "cancel discharge/end visit"),
+    "A38": Event("none", False, "cancel pre-admit"),
     "A28": Event("none", False, "add person information"),
     "A35": Event("none", True, "merge patient information - account number only"),
     "A36": Event("merge", True, "merge patient information - patient ID and account number"),
@@ -380,10 +381,8 @@ class ADTApplier:
             listed[current] = await on_worklist(current) + await on_worklist(prior)
             listed[prior] = 0
 
-        for current, prior, demo in groups:
-            if event.action == "update":
-                if not await is_archived(current) and not (demo and await on_worklist(current)):
-                    raise _nothing_to_update(current)
+        for current, prior, _ in groups:
+            if event.action == "update":  # a patient minipacs does not know is no refusal (_one)
                 continue
             source, target = await is_archived(prior), await is_archived(current)
             if not source:
@@ -403,8 +402,8 @@ class ADTApplier:
             archived = await c.patient(current)
             if archived is None:
                 changed = await c.correct_worklist(current, demo) if demo else 0
-                if not changed:
-                    raise _nothing_to_update(current)
+                if not changed:  # most patients of a HIS never had an image: AA, as for A01 (EVENTS)
+                    return f"patient {current}: neither archived nor on an open worklist entry, nothing to update"
                 return f"patient {current}: {changed} worklist entry(ies) updated"
             changes = {k: v for k, v in demo.items() if archived.get(k) != v}
             if not changes:
@@ -451,12 +450,6 @@ class ADTApplier:
         }
         result = await c.run(params)
         return _done(f"patient {prior} is now {current}", result.instances)
-
-
-def _nothing_to_update(current: str) -> NotFound:
-    return NotFound(
-        f"patient {current[:64]!r} (PID-3) is neither archived nor on an open worklist entry; nothing to update"
-    )
 
 
 def _nothing_to_merge(prior: str) -> NotFound:
