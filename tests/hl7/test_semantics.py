@@ -358,3 +358,18 @@ def test_an_orc_with_two_obr_segments_is_refused_not_half_applied(tmp_path: Path
         assert await asyncio.to_thread(mwl, port) == []
 
     with_mwl(tmp_path, body)
+
+
+def test_a_value_dicom_cannot_hold_is_refused_naming_the_field_it_came_from(tmp_path: Path) -> None:
+    """HL7 v2.5 2.15.5 ERR-2 Error Location: an OMI's accession comes from IPC-1, not OBR-18."""
+
+    async def body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, archive: Archive) -> None:
+        code, text, ack = await send(reader, writer, OMI.replace("IPC|ACC23|", "IPC|" + "A" * 17 + "|"))
+        assert code == "AE" and "AccessionNumber from IPC-1" in text, text
+        err = ack.first("ERR")
+        assert err is not None and ack.raw(err, 2) == "IPC^1^1"
+        code, text, ack = await send(reader, writer, orm(accession="B" * 17))
+        assert code == "AE" and "AccessionNumber from OBR-18" in text, text
+        assert ack.raw(ack.first("ERR"), 2) == "OBR^1^18"
+
+    serve(tmp_path, body)

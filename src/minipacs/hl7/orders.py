@@ -49,6 +49,8 @@ ORDER_MESSAGES: Final = frozenset({("ORM", "O01"), ("OMG", "O19"), ("OMI", "O23"
 #: Where a value goes: the top-level dataset, the Scheduled Procedure Step item, the
 #: Requested Procedure Code Sequence item.
 TOP, SPS, CODE = "top", "sps", "code"
+#: Not a level: where ``_mapped`` notes the field each value came from.
+SOURCE: Final = "source"
 
 
 @dataclass(frozen=True)
@@ -306,6 +308,7 @@ def _mapped(
     IHE RAD TF-2 4.4 puts the accession, the procedure and step IDs, the Study Instance UID and the
     modality in IPC, each step's own. ORM^O01 has no IPC: its OBR fields are read as listed."""
     found: dict[str, dict[str, str]] = {level: {} for level in levels}
+    found[SOURCE] = {}  # keyword -> the field its value came from (the ERR location of a refusal)
     for row in FIELD_MAP:
         if row.level not in levels:
             continue
@@ -317,6 +320,7 @@ def _mapped(
                 value = _checked(row.keyword, _convert(raw, row.kind, source, row.keyword), source)
                 if value:
                     found[row.level][row.keyword] = value
+                    found[SOURCE][row.keyword] = source
                 break
     return found
 
@@ -361,16 +365,16 @@ def to_dataset(
             location="OBR-24",
         )
     ds = Dataset()
-    charset = _specific_character_set(message, [v for level in found.values() for v in level.values()])
+    charset = _specific_character_set(message, [v for k, level in found.items() if k != SOURCE for v in level.values()])
     if charset:
         ds.SpecificCharacterSet = charset
-    _set_all(ds, found[TOP])
+    _set_all(ds, found[TOP], found[SOURCE])
     if found[CODE].get("CodeValue"):
         code = Dataset()
-        _set_all(code, found[CODE])
+        _set_all(code, found[CODE], found[SOURCE])
         ds.RequestedProcedureCodeSequence = [code]
     sps = Dataset()
-    _set_all(sps, found[SPS])
+    _set_all(sps, found[SPS], found[SOURCE])
     ds.ScheduledProcedureStepSequence = [sps]
     return ds
 
@@ -391,15 +395,16 @@ def _specific_character_set(message: Message, values: list[str]) -> str:
     return "ISO_IR 192"
 
 
-def _set_all(ds: Dataset, values: dict[str, str]) -> None:
-    """Set DICOM attributes; a value its VR cannot hold (too long, bad characters) refuses the message."""
+def _set_all(ds: Dataset, values: dict[str, str], sources: dict[str, str]) -> None:
+    """Set DICOM attributes; a value its VR cannot hold (too long, bad characters) refuses the message,
+    naming the field it came from (``sources``: IPC-1 in an OMI, OBR-18 in an ORM)."""
     for keyword, value in values.items():
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             try:
                 setattr(ds, keyword, value)
             except (UserWarning, ValueError) as exc:
-                source = next(row.sources[0] for row in FIELD_MAP if row.keyword == keyword)
+                source = sources.get(keyword) or next(row.sources[0] for row in FIELD_MAP if row.keyword == keyword)
                 raise HL7Error(
                     f"{keyword} from {source} cannot be stored in DICOM: {exc}",
                     error_code=102,
