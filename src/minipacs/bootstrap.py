@@ -642,7 +642,13 @@ async def start_hl7(settings: Settings, app: App) -> MLLPServer | None:
     if settings.hl7_port <= 0:
         return None
     server = MLLPServer(
-        HL7Receiver(Worklist(app.archive), corrections(settings, app.archive, app.jobs), settings.ae_title),
+        HL7Receiver(
+            Worklist(app.archive),
+            corrections(settings, app.archive, app.jobs),
+            settings.ae_title,
+            resend_window=settings.hl7_resend_window,
+            resend_max=settings.hl7_resend_max,
+        ),
         host=settings.hl7_host,
         port=settings.hl7_port,
         max_message_bytes=settings.hl7_max_message_bytes,

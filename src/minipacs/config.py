@@ -273,6 +273,11 @@ class Settings:
     hl7_idle_timeout: float = 300.0
     #: HL7 connections open at once; one more is closed at once (each may hold hl7_max_message_bytes).
     hl7_max_connections: int = 64
+    #: A message sent again byte for byte within this many seconds of its AA (the sender lost the ACK) gets
+    #: that ACK again and is not applied twice (hl7/sequence.py Resends); 0 turns it off.
+    hl7_resend_window: float = 600.0
+    #: At most this many accepted messages are remembered for that (the oldest go first).
+    hl7_resend_max: int = 1000
     # --- de-identification (core/anonymize.py, docs/ANONYMIZATION.md)
     #: Secret of the keyed pseudonyms (HMAC-SHA256), at least 16 characters; empty: a random key
     #: generated once into DATA/anonymization.key. Same key, same pseudonyms and UIDs in every run.
@@ -575,6 +580,8 @@ class Settings:
             raise ConfigError("hl7_idle_timeout must be a positive number of seconds")
         if self.hl7_max_connections < 1:
             raise ConfigError("hl7_max_connections must be at least 1")
+        if self.hl7_resend_window < 0 or self.hl7_resend_max < 0:
+            raise ConfigError("hl7_resend_window and hl7_resend_max must be 0 (off) or more")
         if self.changes_retention_days < 0:
             raise ConfigError("changes_retention_days must be 0 (keep the journal whole) or a number of days")
         if self.backup_interval_seconds < 0:

@@ -224,6 +224,8 @@ def test_running_server_takes_order_over_mllp_findscu_w_sees_it(tmp_path: Path) 
         ({"MINIPACS_HL7_MAX_MESSAGE_BYTES": "10"}, "hl7_max_message_bytes"),
         ({"MINIPACS_HL7_IDLE_TIMEOUT": "0"}, "hl7_idle_timeout"),
         ({"MINIPACS_HL7_MAX_CONNECTIONS": "0"}, "hl7_max_connections"),
+        ({"MINIPACS_HL7_RESEND_WINDOW": "-1"}, "hl7_resend_window"),
+        ({"MINIPACS_HL7_RESEND_MAX": "-1"}, "hl7_resend_max"),
     ],
 )
 def test_hl7_settings_are_validated(env: dict[str, str], words: str) -> None:

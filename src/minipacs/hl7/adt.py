@@ -37,15 +37,35 @@ log = logging.getLogger("minipacs.hl7")
 @dataclass(frozen=True)
 class Event:
     """What an ADT trigger event does: ``merge`` (PID-3 survives, MRG-1 goes into it), ``rename``
-    (MRG-1 takes the ID of PID-3, which must be new) or ``update`` (PID-3's demographics)."""
+    (MRG-1 takes the ID of PID-3, which must be new), ``update`` (PID-3's demographics) or ``none``
+    (acknowledged, nothing changed)."""
 
     action: str
     needs_mrg: bool
     summary: str
 
 
-# HL7 v2.5 Table 0003 event types minipacs takes (chapter 3)
+# HL7 v2.5 Table 0003 event types minipacs takes (chapter 3). "none": a HIS sends its whole ADT feed to
+# the PACS (admissions, visits, registrations: IHE RAD-1 goes to the Order Filler, but interface engines
+# copy it); minipacs keeps patients only with their studies and worklist entries (no patient or visit
+# records of its own), so these are acknowledged AA and change nothing. Refusing them (AR) would fill the
+# sender's error queue with messages that can never succeed. (dcm4chee-arc creates or updates a patient
+# record from A01 - A07 and A28; here a demographic change reaches the studies only by A08 / A31.)
 EVENTS: Final[Mapping[str, Event]] = {
+    "A01": Event("none", False, "admit/visit notification"),
+    "A02": Event("none", False, "transfer a patient"),
+    "A03": Event("none", False, "discharge/end visit"),
+    "A04": Event("none", False, "register a patient"),
+    "A05": Event("none", False, "pre-admit a patient"),
+    "A06": Event("none", False, "change an outpatient to an inpatient"),
+    "A07": Event("none", False, "change an inpatient to an outpatient"),
+    "A11": Event("none", False, "cancel admit/visit notification"),
+    "A12": Event("none", False, "cancel transfer"),
+    "A13": Event("none", False, "cancel discharge/end visit"),
+    "A38": Event("none", False, "cancel pre-admit"),
+    "A28": Event("none", False, "add person information"),
+    "A35": Event("none", True, "merge patient information - account number only"),
+    "A36": Event("merge", True, "merge patient information - patient ID and account number"),
     "A08": Event("update", False, "update patient information"),
     "A31": Event("update", False, "update person information"),
     "A34": Event("merge", True, "merge patient information - patient ID only"),
@@ -170,7 +190,8 @@ def demographics(message: Message, pid: Segment) -> dict[str, str]:
             _plain_name(message, pid, source)
         raw = orders._value(message, pid, source, row.kind)  # one mapping for orders and ADT
         if raw:
-            found[row.keyword] = orders._checked(row.keyword, orders._convert(raw, row.kind, source), source)
+            value = orders._convert(raw, row.kind, source, row.keyword)
+            found[row.keyword] = orders._checked(row.keyword, value, source)
     return {k: v for k, v in found.items() if v}
 
 
@@ -237,10 +258,16 @@ class ADTApplier:
         if event is None:
             raise HL7Error(
                 f"ADT^{trigger or '(empty)'} is not an ADT event minipacs takes (only "
-                f"{', '.join(f'{e} {v.summary}' for e, v in EVENTS.items())})",
+                f"{', '.join(sorted(EVENTS))}; A08/A31 update, A34/A36/A40 merge, A47 changes the identifier)",
                 ack_code=REJECT,
                 error_code=201,
                 location="MSH-9",
+            )
+        if event.action == "none":
+            _pairs(message, event)  # the segments it must have (PID; A35 its MRG)
+            return (
+                f"ADT^{trigger} ({event.summary}) acknowledged: minipacs keeps no patient or visit records of "
+                "its own, nothing changed (A08/A31 update the patient's studies and worklist entries, A40 merges)"
             )
         groups: list[Group] = []
         for pid, mrg in _pairs(message, event):
@@ -354,10 +381,8 @@ class ADTApplier:
             listed[current] = await on_worklist(current) + await on_worklist(prior)
             listed[prior] = 0
 
-        for current, prior, demo in groups:
-            if event.action == "update":
-                if not await is_archived(current) and not (demo and await on_worklist(current)):
-                    raise _nothing_to_update(current)
+        for current, prior, _ in groups:
+            if event.action == "update":  # a patient minipacs does not know is no refusal (_one)
                 continue
             source, target = await is_archived(prior), await is_archived(current)
             if not source:
@@ -377,8 +402,8 @@ class ADTApplier:
             archived = await c.patient(current)
             if archived is None:
                 changed = await c.correct_worklist(current, demo) if demo else 0
-                if not changed:
-                    raise _nothing_to_update(current)
+                if not changed:  # most patients of a HIS never had an image: AA, as for A01 (EVENTS)
+                    return f"patient {current}: neither archived nor on an open worklist entry, nothing to update"
                 return f"patient {current}: {changed} worklist entry(ies) updated"
             changes = {k: v for k, v in demo.items() if archived.get(k) != v}
             if not changes:
@@ -427,12 +452,6 @@ class ADTApplier:
         return _done(f"patient {prior} is now {current}", result.instances)
 
 
-def _nothing_to_update(current: str) -> NotFound:
-    return NotFound(
-        f"patient {current[:64]!r} (PID-3) is neither archived nor on an open worklist entry; nothing to update"
-    )
-
-
 def _nothing_to_merge(prior: str) -> NotFound:
     return NotFound(
         f"prior patient {prior[:64]!r} (MRG-1) is neither archived nor on an open worklist entry; nothing to merge"
@@ -469,19 +488,36 @@ def register_adt_jobs(queue: JobQueue, corrections: Corrections) -> None:
 class HL7Receiver:
     """The MLLP listener's handler (hl7/mllp.py): ADT to the corrections, orders to the worklist; one ACK each."""
 
-    def __init__(self, worklist: Worklist, corrections: Corrections, application: str = "MINIPACS") -> None:
+    def __init__(
+        self,
+        worklist: Worklist,
+        corrections: Corrections,
+        application: str = "MINIPACS",
+        resend_window: float = sequence.RESEND_WINDOW,
+        resend_max: int = sequence.RESEND_MAX,
+    ) -> None:
         self.worklist = worklist
         self.adt = ADTApplier(corrections)
         self.orders = sequence.OrderJobs(worklist, corrections.jobs)
         self.application = application
+        self.resends = sequence.Resends(resend_window, resend_max)
 
     async def __call__(self, data: bytes) -> bytes:
+        """The ACK of ``data``; a message sent again after its AA (the sender lost the ACK) gets that ACK
+        again and is not applied twice (hl7/sequence.py :class:`~minipacs.hl7.sequence.Resends`)."""
+        again = self.resends.ack_of(data)
+        if again is not None:
+            log.info("HL7 message sent again (%d bytes) within the resend window: its ACK sent again", len(data))
+            return again
+
         async def apply(message: Message) -> str:
             if message.message_type[0] == "ADT":
                 return await self.adt.apply(message)
             return await self.orders.apply(message, data)
 
-        return await orders.handle(data, self.worklist, self.application, apply)
+        ack = await orders.handle(data, self.worklist, self.application, apply)
+        self.resends.remember(data, ack)
+        return ack
 
 
 __all__ = [

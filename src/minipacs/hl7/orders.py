@@ -11,6 +11,7 @@ one message's bytes into its ACK's bytes. Never speaks MLLP (hl7/mllp.py does).
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
 import warnings
@@ -48,6 +49,8 @@ ORDER_MESSAGES: Final = frozenset({("ORM", "O01"), ("OMG", "O19"), ("OMI", "O23"
 #: Where a value goes: the top-level dataset, the Scheduled Procedure Step item, the
 #: Requested Procedure Code Sequence item.
 TOP, SPS, CODE = "top", "sps", "code"
+#: Not a level: where ``_mapped`` notes the field each value came from.
+SOURCE: Final = "source"
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,8 @@ class FieldMap:
 
     A source is ``SEG-field`` or ``SEG-field.component``; ``kind`` says how the HL7
     value becomes a DICOM value: ST text, PN an XPN/XCN name, NDL a name in
-    subcomponents (OBR-34), DA / TM the date / time part of a TS, SEX Table 0001,
-    PRIORITY the TQ priority.
+    subcomponents (OBR-34), DA / TM the date / time part of a TS as sent, LDA / LTM the same in the
+    archive's local time (a TS with an offset is converted), SEX Table 0001, PRIORITY the TQ priority.
     """
 
     keyword: str
@@ -89,8 +92,8 @@ FIELD_MAP: Final[tuple[FieldMap, ...]] = (
     FieldMap("CodingSchemeDesignator", ("OBR-4.3",), level=CODE),
     FieldMap("Modality", ("OBR-24.1", "IPC-5.1"), level=SPS),
     FieldMap("ScheduledStationAETitle", ("IPC-9.1",), level=SPS),
-    FieldMap("ScheduledProcedureStepStartDate", ("TQ1-7.1", "OBR-27.4", "ORC-7.4"), "DA", SPS),
-    FieldMap("ScheduledProcedureStepStartTime", ("TQ1-7.1", "OBR-27.4", "ORC-7.4"), "TM", SPS),
+    FieldMap("ScheduledProcedureStepStartDate", ("TQ1-7.1", "OBR-27.4", "ORC-7.4"), "LDA", SPS),
+    FieldMap("ScheduledProcedureStepStartTime", ("TQ1-7.1", "OBR-27.4", "ORC-7.4"), "LTM", SPS),
     FieldMap("ScheduledProcedureStepID", ("OBR-20.1", "IPC-4.1"), level=SPS),
     FieldMap("ScheduledProcedureStepDescription", ("OBR-4.5", "OBR-4.2"), level=SPS),
     FieldMap("ScheduledPerformingPhysicianName", ("OBR-34",), "NDL", SPS),
@@ -102,7 +105,8 @@ SEX: Final = {"M": "M", "F": "F", "O": "O", "U": "O", "A": "O", "N": "O"}
 PRIORITY: Final = {"S": "STAT", "A": "HIGH", "R": "ROUTINE", "P": "MEDIUM", "C": "MEDIUM", "T": "MEDIUM"}
 
 _SOURCE = re.compile(r"^([A-Z][A-Z0-9]{2})-(\d+)(?:\.(\d+))?$")
-_TS = re.compile(r"^(\d{8})(\d{2,6})?(\.\d+)?([+-]\d{4})?$")
+#: HL7 v2.5 2A.3.22 DTM: YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ] (a time only after a whole date).
+_TS = re.compile(r"^(\d{8}|\d{6}|\d{4})(\d{6}|\d{4}|\d{2})?(\.\d{1,4})?([+-]\d{4})?$")
 
 
 @dataclass
@@ -127,6 +131,13 @@ def _groups(message: Message) -> tuple[dict[str, Segment], list[OrderGroup]]:
         elif groups and seg.name == "IPC":
             groups[-1].steps.append(seg)
             groups[-1].segments.setdefault("IPC", seg)
+        elif groups and seg.name == "OBR" and "OBR" in groups[-1].segments:
+            raise HL7Error(
+                "an ORC segment with two OBR segments: each requested procedure is an order of its own, "
+                "ORC then OBR (HL7 v2.5 4.4.1 ORM^O01, 4.4.6 OMI^O23); the second would be lost",
+                error_code=100,
+                location="OBR",
+            )
         elif groups and seg.name in ("OBR", "TQ1", "IPC", "ZDS") and seg.name not in groups[-1].segments:
             groups[-1].segments[seg.name] = seg
         elif not groups and seg.name in ("OBR", "TQ1", "IPC", "ZDS"):
@@ -194,16 +205,57 @@ def person_name(message: Message, reps: list[str], offset: int) -> str:
     return "=".join(groups).rstrip("=")
 
 
-def _convert(text: str, kind: str, source: str) -> str:
-    if kind in ("DA", "TM"):
+def _local(date: str, time: str, offset: str) -> tuple[str, str]:
+    """(date, time) of a TS with a UTC offset in the archive's local time zone, the time at the
+    precision it was sent: a modality shows, and a worklist query for "today" matches, the Scheduled
+    Procedure Step's start as the local wall clock; DA and TM carry no offset (PS3.5 6.2)."""
+    sign = 1 if offset[0] == "+" else -1
+    zone = dt.timezone(sign * dt.timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5])))
+    digits = time.ljust(6, "0")
+    moment = dt.datetime(
+        int(date[:4]), int(date[4:6]), int(date[6:8]), int(digits[:2]), int(digits[2:4]), int(digits[4:6]), tzinfo=zone
+    ).astimezone()
+    return moment.strftime("%Y%m%d"), moment.strftime("%H%M%S")[: len(time)]
+
+
+def _calendar(date: str, time: str) -> bool:
+    """Whether a whole date (and the time sent with it) is one on the calendar and the clock: no 30
+    February, no hour 25, which DICOM DA / TM forbid as well (PS3.5 6.2)."""
+    digits = time.ljust(6, "0")
+    try:
+        dt.datetime(int(date[:4]), int(date[4:6]), int(date[6:8]), int(digits[:2]), int(digits[2:4]), int(digits[4:6]))
+    except ValueError:
+        return False
+    return True
+
+
+def _convert(text: str, kind: str, source: str, keyword: str = "") -> str:
+    if kind in ("DA", "TM", "LDA", "LTM"):
         match = _TS.match(text)
-        if match is None:
+        wrong = match is None
+        if match is not None and len(match.group(1)) == 8 and not _calendar(match.group(1), match.group(2) or ""):
             raise HL7Error(
-                f"{source} {text!r} is not an HL7 date/time (YYYYMMDD[HHMM[SS]])",
+                f"{source} {text!r} is not a calendar date and time" + (f" for {keyword}" if keyword else ""),
                 error_code=102,
                 location=source.partition(".")[0],
             )
-        return match.group(1) if kind == "DA" else (match.group(2) or "")
+        if match is not None and match.group(2) and kind in ("LDA", "LTM") and match.group(4):
+            try:
+                date, time = _local(match.group(1), match.group(2), match.group(4))
+            except ValueError:  # an offset of a day or more (+2500), or past year 9999
+                wrong = True
+            else:
+                return date if kind == "LDA" else time
+        if wrong or match is None:
+            raise HL7Error(
+                f"{source} {text!r} is not an HL7 date/time (YYYYMMDD[HHMM[SS]][+/-ZZZZ])"
+                + (f" for {keyword}" if keyword else ""),
+                error_code=102,
+                location=source.partition(".")[0],
+            )
+        if kind in ("DA", "LDA"):  # a year or a month alone (a birth date known that far) is no DICOM DA: unknown
+            return match.group(1) if len(match.group(1)) == 8 else ""
+        return match.group(2) or ""
     if kind == "SEX":
         return SEX.get(text.upper()[:1], "O")
     if kind == "PRIORITY":
@@ -249,19 +301,26 @@ def _checked(keyword: str, value: str, source: str) -> str:
 def _mapped(
     message: Message, patient: dict[str, Segment], group: OrderGroup, levels: tuple[str, ...], step: Segment | None
 ) -> dict[str, dict[str, str]]:
-    """FIELD_MAP's rows of ``levels`` read from the group (IPC: ``step``) and the patient segments."""
+    """FIELD_MAP's rows of ``levels`` read from the group (IPC: ``step``) and the patient segments.
+
+    An IPC source is read before the others: only OMI^O23 / OMG^O19 have IPC, and there OBR-18 / 19 / 20
+    are the placer's and filler's own fields and OBR-24 a diagnostic service section ("RAD"), while
+    IHE RAD TF-2 4.4 puts the accession, the procedure and step IDs, the Study Instance UID and the
+    modality in IPC, each step's own. ORM^O01 has no IPC: its OBR fields are read as listed."""
     found: dict[str, dict[str, str]] = {level: {} for level in levels}
+    found[SOURCE] = {}  # keyword -> the field its value came from (the ERR location of a refusal)
     for row in FIELD_MAP:
         if row.level not in levels:
             continue
-        for source in row.sources:
+        for source in sorted(row.sources, key=lambda s: not s.startswith("IPC")):
             name = source[:3]
             segment = step if name == "IPC" else group.get(name) or patient.get(name)
             raw = _value(message, segment, source, row.kind)
             if raw:
-                value = _checked(row.keyword, _convert(raw, row.kind, source), source)
+                value = _checked(row.keyword, _convert(raw, row.kind, source, row.keyword), source)
                 if value:
                     found[row.level][row.keyword] = value
+                    found[SOURCE][row.keyword] = source
                 break
     return found
 
@@ -306,16 +365,16 @@ def to_dataset(
             location="OBR-24",
         )
     ds = Dataset()
-    charset = _specific_character_set(message, [v for level in found.values() for v in level.values()])
+    charset = _specific_character_set(message, [v for k, level in found.items() if k != SOURCE for v in level.values()])
     if charset:
         ds.SpecificCharacterSet = charset
-    _set_all(ds, found[TOP])
+    _set_all(ds, found[TOP], found[SOURCE])
     if found[CODE].get("CodeValue"):
         code = Dataset()
-        _set_all(code, found[CODE])
+        _set_all(code, found[CODE], found[SOURCE])
         ds.RequestedProcedureCodeSequence = [code]
     sps = Dataset()
-    _set_all(sps, found[SPS])
+    _set_all(sps, found[SPS], found[SOURCE])
     ds.ScheduledProcedureStepSequence = [sps]
     return ds
 
@@ -336,15 +395,16 @@ def _specific_character_set(message: Message, values: list[str]) -> str:
     return "ISO_IR 192"
 
 
-def _set_all(ds: Dataset, values: dict[str, str]) -> None:
-    """Set DICOM attributes; a value its VR cannot hold (too long, bad characters) refuses the message."""
+def _set_all(ds: Dataset, values: dict[str, str], sources: dict[str, str]) -> None:
+    """Set DICOM attributes; a value its VR cannot hold (too long, bad characters) refuses the message,
+    naming the field it came from (``sources``: IPC-1 in an OMI, OBR-18 in an ORM)."""
     for keyword, value in values.items():
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             try:
                 setattr(ds, keyword, value)
             except (UserWarning, ValueError) as exc:
-                source = next(row.sources[0] for row in FIELD_MAP if row.keyword == keyword)
+                source = sources.get(keyword) or next(row.sources[0] for row in FIELD_MAP if row.keyword == keyword)
                 raise HL7Error(
                     f"{keyword} from {source} cannot be stored in DICOM: {exc}",
                     error_code=102,
@@ -361,6 +421,16 @@ ORDER_CONTROL: Final[Mapping[str, OrderControl]] = {
     "DC": OrderControl.CANCEL,  # discontinue order request
     "OC": OrderControl.CANCEL,  # order cancelled (by the filler)
     "XO": OrderControl.CHANGE,  # change order request
+}
+
+
+#: HL7 Table 0119 SC (status changed) with ORC-5 Order Status (HL7 Table 0038) -> what the core does: an
+#: order the placer or filler reports cancelled or discontinued leaves the worklist as CA / DC do; any other
+#: status (SC scheduled, IP in process, CM completed, HD on hold ...) is acknowledged and changes nothing:
+#: the worklist entry's progress is the modality's to report (MPPS, IHE RAD-6/7), and XO changes an order.
+STATUS_CHANGE: Final[Mapping[str, OrderControl]] = {
+    "CA": OrderControl.CANCEL,
+    "DC": OrderControl.CANCEL,
 }
 
 
@@ -448,10 +518,15 @@ def read_orders(message: Message) -> list[Order]:
             raise HL7Error("an ORC segment without its OBR (observation request)", error_code=100, location="OBR")
         code = message.value(group.get("ORC"), 1).upper()
         control = ORDER_CONTROL.get(code)
+        if code == "SC":
+            control = STATUS_CHANGE.get(message.value(group.get("ORC"), 5).upper())
+            if control is None:
+                to_datasets(message, patient, group)  # its values checked all the same
+                continue
         if control is None:
             raise HL7Error(
                 f"ORC-1 order control {code or '(empty)'!r} is not supported; minipacs takes "
-                f"{', '.join(ORDER_CONTROL)}",
+                f"{', '.join(ORDER_CONTROL)} and SC",
                 error_code=103,
                 location="ORC-1",
             )
@@ -470,6 +545,8 @@ async def apply(message: Message, worklist: Worklist) -> str:
 
 async def apply_read(orders: list[Order], worklist: Worklist) -> str:
     """Apply orders :func:`read_orders` read (one transaction); the text for MSA-3, or HL7Error."""
+    if not orders:
+        return "status change (ORC-1 SC) acknowledged: the worklist is unchanged"
     try:
         return await apply_orders(worklist, orders)
     except OrderRefused as exc:
@@ -551,6 +628,7 @@ __all__ = [
     "ORDER_CONTROL",
     "ORDER_MESSAGES",
     "REFUSALS",
+    "STATUS_CHANGE",
     "FieldMap",
     "OrderReceiver",
     "Refusal",

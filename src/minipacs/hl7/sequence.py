@@ -21,12 +21,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Final
 
 from minipacs.core.jobs import MAX_LANE, Job, JobContext, JobFailed, JobQueue
 from minipacs.core.worklist import Worklist
 from minipacs.hl7 import orders
-from minipacs.hl7.errors import HL7Error
+from minipacs.hl7.errors import ACCEPT, HL7Error
 from minipacs.hl7.message import Message, parse_bytes
 
 log = logging.getLogger("minipacs.hl7")
@@ -121,6 +124,57 @@ class OrderJobs:
         return text
 
 
+#: How long (seconds) and how many accepted messages a receiver remembers to answer a resend (:class:`Resends`).
+RESEND_WINDOW: Final = 600.0
+RESEND_MAX: Final = 1000
+
+
+class Resends:
+    """The ACKs of the messages accepted (AA) in the last ``window`` seconds, at most ``limit`` of them, by the
+    digest of the message's bytes: the same bytes again get the same ACK and are not applied twice.
+
+    HL7 v2.5 2.9.2 / 2.10.1: in original mode a sender that gets no ACK (lost, a connection cut, a timeout)
+    sends the same message again, same MSH-10, and keeps the rest of its queue behind it. Applied again, a
+    resent NW would be refused as a duplicate (AE 205), a resent CA or A40 as unknown (AE 204): the sender
+    would file an error for a message that was applied. A resend is byte for byte the original (MSH-7 and
+    MSH-10 included), so the bytes are the key; the window is short so that an administrator who replays
+    a message on purpose later (after undoing it by hand) has it applied again. A refusal (AE/AR) is not
+    remembered: sent again, it is checked again (AE 207 says "retry later"). Kept in this process only:
+    after a restart, or on another node behind a load balancer, a resend is applied as a new message."""
+
+    def __init__(
+        self, window: float = RESEND_WINDOW, limit: int = RESEND_MAX, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.window = window
+        self.limit = limit
+        self.clock = clock
+        self._acks: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()
+
+    def _expire(self) -> None:
+        now = self.clock()
+        while self._acks and (len(self._acks) > self.limit or next(iter(self._acks.values()))[0] + self.window < now):
+            self._acks.popitem(last=False)
+
+    def ack_of(self, data: bytes) -> bytes | None:
+        """The ACK already sent for these bytes, when they were accepted within the window."""
+        self._expire()
+        found = self._acks.get(hashlib.sha256(data).digest())
+        return None if found is None else found[1]
+
+    def remember(self, data: bytes, ack: bytes) -> None:
+        """Keep ``ack`` for ``data`` when it accepted the message (MSA-1 AA)."""
+        if self.window <= 0 or self.limit <= 0:
+            return
+        try:
+            reply = parse_bytes(ack)
+            accepted = reply.value(reply.first("MSA"), 1) == ACCEPT
+        except HL7Error:
+            return
+        if accepted:
+            self._acks[hashlib.sha256(data).digest()] = (self.clock(), ack)
+            self._expire()
+
+
 def register_order_jobs(queue: JobQueue, worklist: Worklist) -> None:
     """The :data:`ORDER_JOB_KIND` kind. "resume" after an unclean stop: a message's orders are written in
     one transaction, so a job cut short wrote nothing, or everything (then the rerun is refused as a
@@ -133,6 +187,9 @@ __all__ = [
     "LEGACY_LANE",
     "ORDER_JOB_KIND",
     "OrderJobs",
+    "RESEND_MAX",
+    "RESEND_WINDOW",
+    "Resends",
     "lane_ahead",
     "queued_behind",
     "register_order_jobs",
