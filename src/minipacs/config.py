@@ -315,7 +315,7 @@ class Settings:
     correction_inline_max_instances: int = 200
     #: Passes that rewrite instances stored into the resource while it is corrected (at least 1).
     correction_max_passes: int = 3
-    #: ``[[users]]`` (name, password_hash, role) and ``[[tokens]]`` (name, token_hash, role).
+    #: ``[[users]]`` (name, password_hash, role) and ``[[tokens]]`` (name, token_hash, role, expires).
     users: tuple[User, ...] = ()
     tokens: tuple[ApiToken, ...] = ()
     # --- retention (core/retention.py; docs/RETENTION.md)

@@ -26,6 +26,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         token, token_hash = new_token()
         print(f"token (give it to the script; shown once): {token}")
         print(f'token_hash = "{token_hash}"')
+        print("# optional: expires = 2027-12-31  (refused from 00:00 UTC that day; README [[tokens]])")
         return 0
     if args.password_stdin or not sys.stdin.isatty():
         # A pipe (`echo pw | minipacs users hash-password`): one line, no prompt, no confirmation.

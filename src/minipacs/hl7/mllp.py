@@ -2,10 +2,10 @@
 
 Each message comes framed as <VT 0x0B> message <FS 0x1C><CR 0x0D> and is answered with
 one framed ACK: the listener only frames, the message handler it is given does the rest
-(bootstrap gives hl7/orders.py ``OrderReceiver``: parse per MSH-18, apply to the worklist,
-ACK). A bad message gets AE/AR with the reason in MSA-3 and changes nothing; the
-connection keeps serving. Bytes outside a frame are dropped, and so is a frame that another start
-block interrupts before its end block (the sender gave up on it).
+(bootstrap gives hl7/adt.py ``HL7Receiver``: parse per MSH-18, apply orders to the worklist and ADT
+events to the archive, in each sender's lane, ACK). A bad message gets AE/AR with the reason in
+MSA-3 and changes nothing; the connection keeps serving. Bytes outside a frame are dropped, and so
+is a frame that another start block interrupts before its end block (the sender gave up on it).
 
 The <FS> alone ends a frame: the content never holds <FS> (nor <VT>), and some senders omit the
 <CR>. HAPI's decoder hands such a message on only when its read times out and Camel's MLLP has
