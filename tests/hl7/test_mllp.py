@@ -242,15 +242,22 @@ def test_hl7_settings_are_validated(env: dict[str, str], words: str) -> None:
 
 def _mwl_find(port: int, charset: str) -> list[pydicom.Dataset]:
     """pynetdicom as the modality: a Modality Worklist C-FIND for every entry. Blocking: use a thread."""
-    from pynetdicom import AE
-    from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
 
     query = pydicom.Dataset()
     query.SpecificCharacterSet = charset
     for keyword in ("PatientName", "PatientID", "AccessionNumber"):
         setattr(query, keyword, "")
     query.ScheduledProcedureStepSequence = [pydicom.Dataset()]
-    ae = AE(ae_title="US01")
+    return mwl_c_find(port, query, "US01")
+
+
+def mwl_c_find(port: int, query: pydicom.Dataset, calling: str) -> list[pydicom.Dataset]:
+    """pynetdicom as the modality ``calling``: the items a Modality Worklist C-FIND of ``query`` answers,
+    every status Pending or Success. Blocking: use a thread."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
+
+    ae = AE(ae_title=calling)
     ae.add_requested_context(ModalityWorklistInformationFind)
     assoc = ae.associate("127.0.0.1", port, ae_title="MINIPACS")
     assert assoc.is_established

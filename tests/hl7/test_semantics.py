@@ -26,7 +26,7 @@ from minipacs.hl7.mllp import MLLPServer, frame
 from minipacs.hl7.sequence import Resends
 from tests.hl7.samples import OMI, orm
 from tests.hl7.test_adt import adt, send, serve, store, stored
-from tests.hl7.test_mllp import serve_mwl
+from tests.hl7.test_mllp import mwl_c_find, serve_mwl
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -181,9 +181,6 @@ def test_the_resend_memory_at_its_limits() -> None:
 
 def mwl(port: int) -> list[Dataset]:
     """pynetdicom as the modality: every worklist item, with the keys these tests look at (blocking)."""
-    from pynetdicom import AE
-    from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
-
     query = Dataset()
     for keyword in ("PatientID", "PatientBirthDate", "AccessionNumber", "RequestedProcedureID", "StudyInstanceUID"):
         setattr(query, keyword, "")
@@ -192,20 +189,8 @@ def mwl(port: int) -> list[Dataset]:
         setattr(step, keyword, "")
     step.ScheduledProcedureStepStartTime = ""
     query.ScheduledProcedureStepSequence = [step]
-    ae = AE(ae_title="CT01")
-    ae.add_requested_context(ModalityWorklistInformationFind)
-    assoc = ae.associate("127.0.0.1", port, ae_title="MINIPACS")
-    assert assoc.is_established
-    try:
-        found = []
-        for status, identifier in assoc.send_c_find(query, ModalityWorklistInformationFind):
-            assert status is not None and status.Status in (0x0000, 0xFF00, 0xFF01), status
-            if identifier is not None:
-                found.append(identifier)
-        return sorted(found, key=lambda ds: str(ds.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID))
-    finally:
-        assoc.release()
-        ae.shutdown()
+    found = mwl_c_find(port, query, "CT01")
+    return sorted(found, key=lambda ds: str(ds.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID))
 
 
 Exchange = Callable[[str], Awaitable[tuple[str, str]]]
