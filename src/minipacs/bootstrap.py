@@ -15,7 +15,7 @@ from minipacs.blobs.base import BlobStore
 from minipacs.blobs.filesystem import FilesystemBlobStore
 from minipacs.blobs.s3 import S3BlobStore, parse_s3_url
 from minipacs.config import ConfigError, Settings
-from minipacs.core import blob_removals, journal_retention
+from minipacs.core import blob_removals, journal_retention, malloc_tuning
 from minipacs.core.access import AccessPolicy, AccessRules
 from minipacs.core.anonymize import Anonymizer, load_key, register_anonymize_job
 from minipacs.core.archive import Archive, ArchiveSettings
@@ -671,6 +671,8 @@ async def start_hl7(settings: Settings, app: App) -> MLLPServer | None:
 async def serve(settings: Settings, on_ready: Callable[[App], None] | None = None) -> None:
     """Run until SIGINT/SIGTERM; then stop listening, let open associations finish
     for a few seconds, abort the rest, drain pending stores and close the index."""
+    if settings.malloc_mmap_threshold_kib:
+        malloc_tuning.set_mmap_threshold(settings.malloc_mmap_threshold_kib * 1024)
     app = await build_app(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

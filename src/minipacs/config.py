@@ -176,6 +176,9 @@ class Settings:
     intake_checkpoint_seconds: float = 1.0
     #: A checkpoint also starts after this many bytes of log records.
     intake_checkpoint_bytes: int = 64 * MiB
+    #: glibc's mmap threshold, fixed (core/malloc_tuning.py): buffers of this size or more go back to
+    #: the kernel when freed, so big transfers do not leave the RSS higher. 0: glibc's dynamic default.
+    malloc_mmap_threshold_kib: int = 256
     # --- logging
     log_level: str = "INFO"
     # --- scale-out (docs/SCALE-OUT.md)
@@ -494,6 +497,8 @@ class Settings:
             raise ConfigError("pack_bytes must be 0 (one file per instance) or 1 MiB to 4 GiB")
         if not 0 <= self.loop_ingest_max_ms <= 1000:
             raise ConfigError("loop_ingest_max_ms must be 0 (ingests always through the writer thread) to 1000")
+        if not 0 <= self.malloc_mmap_threshold_kib <= 32768:
+            raise ConfigError("malloc_mmap_threshold_kib must be 0 (glibc's dynamic threshold) to 32768 (32 MiB)")
         if not 1 <= self.loop_ingest_pause_seconds <= 3600:
             raise ConfigError("loop_ingest_pause_seconds must be 1 to 3600")
         if not 0 < self.completion_recheck_seconds <= 86400:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -69,3 +71,43 @@ def test_the_migrations_have_one_head() -> None:
     from minipacs.index.database import alembic_config
 
     assert len(ScriptDirectory.from_config(alembic_config()).get_heads()) == 1
+
+
+def test_head_revision_is_alembics_head_and_every_script_is_named_by_its_revision() -> None:
+    """upgrade_schema skips Alembic when the index is at head_revision(), read from the file names."""
+    from alembic.script import ScriptDirectory
+
+    from minipacs.index.database import alembic_config, head_revision
+
+    scripts = ScriptDirectory.from_config(alembic_config())
+    assert scripts.get_current_head() == head_revision()
+    for script in scripts.walk_revisions():
+        assert Path(script.path).name.startswith(f"{script.revision}_"), script.path
+
+
+def test_a_started_server_at_head_never_imports_alembic(tmp_path: Path) -> None:
+    """Migrating imports Alembic (and Mako, Pygments: ~11 MiB); opening an index at head does not."""
+    probe = (
+        "import sys; from minipacs.index.database import IndexDatabase as D; "
+        f"D.open('sqlite:///{tmp_path}/index.db').engine.dispose(); print('alembic' in sys.modules)"
+    )
+    first = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    again = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert (first.stdout.strip(), again.stdout.strip()) == ("True", "False")
+
+
+def test_an_index_one_revision_behind_is_upgraded(engine: Engine) -> None:
+    from alembic import command
+
+    from minipacs.index.database import alembic_config, at_head, head_revision
+
+    with engine.connect() as connection:
+        assert not at_head(connection)  # empty: no version table
+        command.upgrade(alembic_config(connection), "head")
+        command.downgrade(alembic_config(connection), "-1")
+        connection.commit()
+        assert not at_head(connection)
+    upgrade_schema(engine)
+    with engine.connect() as connection:
+        assert at_head(connection)
+        assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == head_revision()
