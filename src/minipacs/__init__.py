@@ -1,5 +1,14 @@
 """minipacs: a mini-PACS with its own asyncio DICOM wire."""
 
+from minipacs import lazy_gdcm as _lazy_gdcm
+
+# pydicom imported here, with python-gdcm standing by until a frame needs it (lazy_gdcm.py)
+_stand_in = _lazy_gdcm.install()
+try:
+    import pydicom as _pydicom  # noqa: F401
+finally:
+    _lazy_gdcm.release(_stand_in)
+
 __version__ = "0.1.0"
 
 #: Our Implementation Class UID (PS3.7 D.3.3.2), a UUID-derived 2.25 root.

@@ -12,7 +12,7 @@ from minipacs.config import ConfigError, load_settings
 from minipacs.core.malloc_tuning import MAX_THRESHOLD_BYTES, set_mmap_threshold
 
 # In a fresh process: malloc and free 1 MiB (glibc's dynamic threshold then rises above it), malloc
-# 1 MiB again and print how many bytes glibc holds in its own mmap'd blocks (mallinfo2().hblkhd).
+# 1 MiB again and print how many more bytes glibc then holds in mmap'd blocks (mallinfo2().hblkhd).
 PROBE = textwrap.dedent(
     """
     import ctypes, sys
@@ -31,8 +31,9 @@ PROBE = textwrap.dedent(
     if sys.argv[1] == "fixed":
         assert set_mmap_threshold(256 * 1024)
     libc.free(libc.malloc(1 << 20))
+    before = libc.mallinfo2().hblkhd  # other blocks the interpreter holds by mmap
     block = libc.malloc(1 << 20)
-    print(libc.mallinfo2().hblkhd)
+    print(libc.mallinfo2().hblkhd - before)
     libc.free(block)
     """
 )
