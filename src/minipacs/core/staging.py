@@ -32,10 +32,10 @@ from minipacs.core.errors import ArchiveError, DatasetTooLarge, InvalidIdentifie
 from minipacs.core.header import read_header_from
 from minipacs.core.model import StagedPath
 from minipacs.core.paths import strip_uid_padding, validate_uid
-from minipacs.dicom.header import InstanceHeader
+from minipacs.dicom.header import InstanceHeader, dataset_encoding
 from minipacs.dicom.part10 import PREAMBLE, NotPart10, uid_value, walk_file_meta
 from minipacs.dicom.uids import EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
-from minipacs.dicom.vr import LONG_LENGTH_VRS
+from minipacs.dicom.vr import ALL_VRS, LONG_LENGTH_VR_BYTES, LONG_LENGTH_VRS
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,89 @@ def _meta_tail(transfer_syntax_uid: str, source_aet: str) -> bytes:
     return b"".join(_element(tag, vr, value) for tag, vr, value in elements)
 
 
+#: Elements of these groups lead a data set that has any: not part of a Data Set (PS3.5 §7.1 defines
+#: a data set from group 0008 on; PS3.4 C.4.1.1.3 note), (0002,xxxx) being File Meta Information.
+_NOT_DATASET_GROUP_END: Final = 0x0008
+_VR_BYTES: Final = frozenset(vr.encode("ascii") for vr in ALL_VRS)
+
+
+class _NotDatasetPrefix:
+    """Drops the elements of groups 0000-0007 that lead a received data set (fed in order).
+
+    Some senders put File Meta Information elements, (0002,0010) Transfer Syntax UID among them, into
+    the data set of a C-STORE. Stored after our own File Meta they make a file that DCMTK warns about
+    ("Invalid Element (0002,0010) found in data set") and that pydicom reads with the data set's
+    transfer syntax in place of the real one: retrieved, such an instance fails at the peer. Elements
+    are in ascending tag order (PS3.5 §7.1), so those groups can only be a prefix of the data set;
+    they are dropped as the bytes arrive (this file's meta is the one that describes it), and the
+    ingest logs which (:attr:`dropped`). An element of undefined length there, or an explicit VR that
+    is none (PS3.5 Table 6.2-1), ends the lead: it and what follows are left for the structure walk.
+    """
+
+    __slots__ = ("_buf", "_skip", "_implicit", "_little", "dropped", "done")
+
+    def __init__(self, implicit: bool, little_endian: bool) -> None:
+        self._buf = bytearray()
+        self._skip = 0  # bytes of a dropped element still to come
+        self._implicit = implicit
+        self._little = little_endian
+        self.dropped: list[int] = []
+        self.done = False
+
+    def feed(self, data: bytes | memoryview) -> bytes | memoryview:
+        """What of ``data`` belongs to the data set (empty while it is still undecided)."""
+        if self._skip:
+            taken = min(self._skip, len(data))
+            self._skip -= taken
+            data = data[taken:]
+            if self._skip:
+                return b""
+        if not self._buf and len(data) >= 2:  # the usual case: decided by the first group number
+            group = data[0] | (data[1] << 8) if self._little else (data[0] << 8) | data[1]
+            if group >= _NOT_DATASET_GROUP_END:
+                self.done = True
+                return data
+        buf = self._buf
+        buf += data
+        while True:
+            if len(buf) < 8:
+                return b""
+            order = "<" if self._little else ">"
+            group, element = struct.unpack_from(order + "HH", buf)
+            if group >= _NOT_DATASET_GROUP_END:
+                return self._end()
+            vr = bytes(buf[4:6])
+            if self._implicit:
+                header, length = 8, struct.unpack_from("<I", buf, 4)[0]
+            elif vr not in _VR_BYTES:  # no element (zeros, say): the structure walk says what is wrong
+                return self._end()
+            elif vr in LONG_LENGTH_VR_BYTES:
+                if len(buf) < 12:
+                    return b""
+                header, length = 12, struct.unpack_from(order + "I", buf, 8)[0]
+            else:
+                header, length = 8, struct.unpack_from(order + "H", buf, 6)[0]
+            if length == 0xFFFFFFFF:
+                return self._end()
+            self.dropped.append((group << 16) | element)
+            total = header + length
+            if len(buf) >= total:
+                del buf[:total]
+                continue
+            self._skip = total - len(buf)
+            buf.clear()
+            return b""
+
+    def _end(self) -> bytes:
+        self.done = True
+        rest, self._buf = bytes(self._buf), bytearray()
+        return rest
+
+    def flush(self) -> bytes:
+        """The data set ended: what is held (fewer bytes than an element header) goes on."""
+        return self._end()
+
+
 class StagingFile:
     """A file being received, in DATA/staging/, on the same filesystem as the blob store.
 
@@ -149,6 +232,13 @@ class StagingFile:
         self._sop_instance_uid = strip_uid_padding(sop_instance_uid)
         self._transfer_syntax_uid = strip_uid_padding(transfer_syntax_uid)
         meta = file_meta_information(self._sop_class_uid, self._sop_instance_uid, self._transfer_syntax_uid, source_aet)
+        self._source_aet = source_aet
+        encoding = dataset_encoding(self._transfer_syntax_uid)
+        #: The data set's first bytes are still to come: a lead of groups 0000-0007 is dropped (a
+        #: deflated data set's bytes are compressed: core/inflate.py walks it).
+        self._fresh = not encoding.deflated
+        self._encoding = encoding
+        self._prefix: _NotDatasetPrefix | None = None
         self._limit = max_dataset_bytes
         self._size = 0
         self._dataset_offset = len(meta)
@@ -184,6 +274,10 @@ class StagingFile:
 
     def write(self, data: bytes | memoryview) -> None:
         """Append dataset bytes; past max_dataset_bytes the file is discarded."""
+        if self._fresh:
+            data = self._lead(data)
+            if not data:
+                return
         size = self._size + len(data)
         if self._limit and size > self._limit:
             self.discard()
@@ -208,8 +302,41 @@ class StagingFile:
             raise _as_archive_error(exc, self.path) from exc
         self._size = size
 
+    def _lead(self, data: bytes | memoryview) -> bytes | memoryview:
+        """The first bytes of the data set, less any leading elements of groups 0000-0007."""
+        prefix = self._prefix
+        if prefix is None:
+            if len(data) >= 2:
+                little = self._encoding.little_endian
+                group = data[0] | (data[1] << 8) if little else (data[0] << 8) | data[1]
+                if group >= _NOT_DATASET_GROUP_END:  # the usual case
+                    self._fresh = False
+                    return data
+            prefix = self._prefix = _NotDatasetPrefix(self._encoding.implicit_vr, self._encoding.little_endian)
+        data = prefix.feed(data)
+        if prefix.done:
+            self._fresh = False
+        return data
+
     def finish(self) -> StagedPath:
         """Close the file and describe it for ingest (no fsync: ingest batches them)."""
+        prefix = self._prefix
+        if prefix is not None:
+            if self._fresh:  # the data set ended within its lead
+                self._fresh = False
+                rest = prefix.flush()
+                if rest:
+                    self.write(rest)
+            if prefix.dropped:
+                log.warning(
+                    "SOP Instance %s%s: its data set began with %d element(s) that no data set holds "
+                    "(PS3.5 §7.1: groups 0000-0007; %s), dropped before storing; the stored file's "
+                    "File Meta Information is minipacs's own",
+                    self._sop_instance_uid,
+                    f" from {self._source_aet}" if self._source_aet else "",
+                    len(prefix.dropped),
+                    ", ".join(f"({tag >> 16:04X},{tag & 0xFFFF:04X})" for tag in prefix.dropped[:8]),
+                )
         memory, self._memory = self._memory, None
         if memory is None:
             if self._fh is None:
