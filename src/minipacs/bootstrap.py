@@ -458,6 +458,13 @@ async def build_app(settings: Settings) -> App:
     metrics = Metrics(max_ae_labels=settings.metrics_max_ae_labels)
     archive.metrics = metrics
     storage = StorageSCP(archive, scu_role=True, accept_unknown_sop_classes=settings.accept_unknown_sop_classes)
+    commitment = StorageCommitmentSCP(
+        archive,
+        registry,
+        association_settings(settings),
+        connect_timeout=settings.connect_timeout,
+        association_logger=archive.record_association,
+    )
     server = DicomServer(
         settings.ae_title,
         [
@@ -473,13 +480,7 @@ async def build_app(settings: Settings) -> App:
             GetSCP(archive),
             ModalityWorklistSCP(Worklist(archive)),
             MPPSSCP(steps),
-            StorageCommitmentSCP(
-                archive,
-                registry,
-                association_settings(settings),
-                connect_timeout=settings.connect_timeout,
-                association_logger=archive.record_association,
-            ),
+            commitment,
         ],
         host=settings.host,
         port=settings.port,
@@ -509,6 +510,7 @@ async def build_app(settings: Settings) -> App:
         proxy_sources=proxy_sources(settings),
     )
     jobs = job_queue(settings, archive, registry)
+    commitment.use_jobs(jobs)  # undelivered Storage Commitment reports are retried
     try:
         routing = await router(settings, archive, registry, jobs)
     except BaseException:

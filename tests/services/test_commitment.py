@@ -499,3 +499,95 @@ def test_a_check_that_fails_is_reported_as_processing_failure(tmp_path: Path, mo
             }
 
     asyncio.run(main())
+
+
+async def _report_job(app: Any, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = await app.jobs.list(kinds=("commitment-report",))
+        if found:
+            return found[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError("no commitment-report job was queued")
+
+
+def test_an_undelivered_report_is_retried_and_checks_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The requester's node is down when the report is due: a job tries again later (PS3.4 J.3.3 leaves
+    the timing to us; the modality waits for its report), checking the references again, so an instance
+    that arrived meanwhile is reported committed; the node listening again gets event type 1."""
+    released = check_after(monkeypatch)
+    reports = Reports()
+    port = free_port()  # nothing listens there yet
+    modality = AE(ae_title="CT01")
+    modality.add_supported_context(COMMIT_CLASS, scu_role=True, scp_role=True)
+    listeners: list[Any] = []
+
+    async def main() -> None:
+        async with serving(tmp_path, job_retry_seconds=1.0, job_poll_seconds=0.1) as app:
+            await app.jobs.start()
+            await app.nodes.add(Node("CT01", "127.0.0.1", port))
+            [stored] = await _stored(tmp_path, app, 1)
+            late, txn = generate_uid(), generate_uid()
+            ds = commitment_request(txn, [(CT_IMAGE_STORAGE, stored), (CT_IMAGE_STORAGE, late)])
+            assert await asyncio.to_thread(ask_and_leave, app.dicom.port, ds, released) == 0
+            job = await _report_job(app)
+            assert job.state.value == "queued" and job.params["transaction"] == txn
+            assert [pair[1] for pair in job.params["references"]] == [stored, late]
+            path = write_ct(tmp_path / "late.dcm", study_uid=STUDY, series_uid=SERIES, sop_uid=late)
+            await app.archive.import_file(path, Origin("import"))
+            listeners.append(
+                modality.start_server(
+                    ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.handle)]
+                )
+            )
+            finished = await app.jobs.wait(job.id, timeout=30)
+            assert finished.state.value == "done", finished.message
+            assert "event type 1" in finished.message
+            [(event, info)] = reports.got
+            assert event == 1 and info.TransactionUID == txn
+            committed = sorted(item.ReferencedSOPInstanceUID for item in info.ReferencedSOPSequence)
+            assert committed == sorted([stored, late])
+
+    try:
+        asyncio.run(main())
+    finally:
+        for listener in listeners:
+            listener.shutdown()
+        modality.shutdown()
+
+
+def test_a_node_that_refuses_the_commitment_context_is_not_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refusal is its configuration, not a passing trouble: no job, the log says what to configure."""
+    released = check_after(monkeypatch)
+    port = free_port()
+    other = AE(ae_title="CT01")
+    other.add_supported_context("1.2.840.10008.1.1")  # Verification only: the commitment context is refused
+    listener = other.start_server(("127.0.0.1", port), block=False)
+
+    async def main() -> None:
+        async with serving(tmp_path, job_retry_seconds=1.0, job_poll_seconds=0.1) as app:
+            await app.jobs.start()
+            await app.nodes.add(Node("CT01", "127.0.0.1", port))
+            uids = await _stored(tmp_path, app, 1)
+            ds = commitment_request(generate_uid(), [(CT_IMAGE_STORAGE, uids[0])])
+            assert await asyncio.to_thread(ask_and_leave, app.dicom.port, ds, released) == 0
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # the attempt on a new association has been made and logged
+                rows = await app.archive.read(
+                    lambda conn: conn.exec_driver_sql(
+                        "SELECT count(*) FROM associations WHERE called_aet = 'CT01'"
+                    ).scalar()
+                )
+                if rows:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+            assert await app.jobs.list(kinds=("commitment-report",)) == []
+
+    try:
+        asyncio.run(main())
+    finally:
+        listener.shutdown()
+        other.shutdown()

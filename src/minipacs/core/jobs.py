@@ -352,11 +352,13 @@ class JobQueue:
         max_attempts: int | None = None,
         then: Callable[[IndexConnection, int], object] | None = None,
         lane: str = "",
+        delay_seconds: float = 0.0,
     ) -> Job:
         """Queue a job of a registered ``kind``; it runs on whichever node claims it first.
         ``then(conn, job_id)``: more writes in the same transaction (rows that name the job, such as
         delivery receipts, exist before any runner can claim it). ``lane``: it runs after every job
-        submitted before it in that lane has finished (the module docstring)."""
+        submitted before it in that lane has finished (the module docstring). ``delay_seconds``: its
+        first attempt is not before then (work that has just failed once, done by the caller)."""
         if kind not in self._kinds:
             raise InvalidJob(f"no job kind {kind[:40]!r}; known: {', '.join(self._kinds) or 'none'}")
         if len(lane) > MAX_LANE:
@@ -380,7 +382,7 @@ class JobQueue:
             "details": shown,
             "attempts": 0,
             "max_attempts": attempts,
-            "next_try_at": now,
+            "next_try_at": now + dt.timedelta(seconds=max(delay_seconds, 0.0)),
             "last_error": "",
             "runner": "",
             "cancel_requested": False,

@@ -17,6 +17,14 @@ Where the report goes (J.3.3, PS3.7 D.3.3.4):
   reply) gets no report: the log and the association log say so; one that sends
   no role reply at all (default roles) gets it anyway, as many modalities expect.
   With no registered node the report cannot be delivered; the log says how to fix it.
+
+A report that could not go out on a new association for a passing reason (the node did not answer
+or refused the association, or the association broke off) is retried by the persistent job queue
+(core/jobs.py, kind ``commitment-report``): the references are checked again at each attempt (an
+instance that arrived meanwhile is reported committed), first after ``job_retry_seconds``, doubling
+up to ``job_retry_max_seconds``, :data:`REPORT_ATTEMPTS` attempts in all (about three hours with the
+defaults), on whichever node of a shared index claims it. A node that refuses the Storage
+Commitment context, our SCP role or the report itself is a configuration to fix, not retried.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from pydicom.sequence import Sequence as DicomSequence
 
 from minipacs.core.commitment import CommitmentResult, Failure, Reference, all_failed, check_commitment
 from minipacs.core.errors import InvalidIdentifier
+from minipacs.core.jobs import JobContext, JobFailed, JobQueue
 from minipacs.core.model import AssociationRecord
 from minipacs.core.nodes import Node, NodeRegistry
 from minipacs.core.paths import validate_uid
@@ -47,6 +56,7 @@ from minipacs.dicom.uids import (
 from minipacs.net.association import (
     Association,
     AssociationError,
+    AssociationRejected,
     AssociationSettings,
     DatasetSink,
     Message,
@@ -75,6 +85,10 @@ NO_SUCH_SOP_INSTANCE: Final = 0x0112
 INVALID_ARGUMENT_VALUE: Final = 0x0115
 NO_SUCH_ACTION: Final = 0x0123
 NO_SUCH_SOP_CLASS: Final = 0x0118
+#: The job kind that retries a report a new association could not deliver (module docstring).
+REPORT_JOB: Final = "commitment-report"
+#: Attempts of a retried report, the first one's included: 30 s doubling to 1 h is ~3 h.
+REPORT_ATTEMPTS: Final = 10
 
 
 def _refused_our_scp_role(assoc: Association) -> bool:
@@ -108,6 +122,13 @@ class StorageCommitmentSCP(Service):
         #: Where a report's new association goes in the association log (role "requestor"), delivered or
         #: not, with an N-EVENT-REPORT operation: the doctor's findings read undelivered reports from it.
         self.association_logger = association_logger
+        #: Where an undelivered report is retried; None: it is not (the log says so).
+        self.jobs: JobQueue | None = None
+
+    def use_jobs(self, queue: JobQueue) -> None:
+        """Retry undelivered reports through ``queue`` (registers the :data:`REPORT_JOB` kind)."""
+        queue.register(REPORT_JOB, self._report_job, on_restart="resume", max_attempts=REPORT_ATTEMPTS)
+        self.jobs = queue
 
     def supported_contexts(self) -> Mapping[str, SupportedContext]:
         return {
@@ -234,9 +255,72 @@ class StorageCommitmentSCP(Service):
                     transaction,
                     exc,
                 )
-        return await self._report_new_association(assoc.calling_ae, transaction, event, ds)
+        outcome: dict[str, object] = {}
+        if await self._report_new_association(assoc.calling_ae, transaction, event, ds, outcome):
+            return True
+        if outcome.get("transient"):
+            await self._retry_later(assoc.calling_ae, transaction, result)
+        return False
 
-    async def _report_new_association(self, calling_ae: str, transaction: str, event: int, ds: Dataset) -> bool:
+    async def _retry_later(self, calling_ae: str, transaction: str, result: CommitmentResult) -> None:
+        """Queue the report for the job queue to try again (a passing trouble)."""
+        if self.jobs is None:
+            log.warning("storage commitment %s for %r is not retried (no job queue here)", transaction, calling_ae)
+            return
+        refs = [*result.committed, *(ref for ref, _why in result.failed)]
+        delay = self.jobs.settings.backoff(1)
+        try:
+            job = await self.jobs.submit(
+                REPORT_JOB,
+                f"storage commitment report {transaction} to {calling_ae}",
+                {
+                    "transaction": transaction,
+                    "calling_ae": calling_ae,
+                    "references": [[ref.sop_class_uid, ref.sop_instance_uid] for ref in refs],
+                },
+                total=len(refs),
+                details={"transaction": transaction, "ae_title": calling_ae},
+                delay_seconds=delay,
+            )
+        except Exception as exc:  # noqa: BLE001 - the index is unwell: the log is all that is left
+            log.error("storage commitment %s for %r could not be queued for a retry: %s", transaction, calling_ae, exc)
+            return
+        log.warning(
+            "storage commitment %s for %r: the report will be tried again in %.0f s (job %d)",
+            transaction,
+            calling_ae,
+            delay,
+            job.id,
+        )
+
+    async def _report_job(self, job: JobContext) -> str:
+        """The :data:`REPORT_JOB` handler: check the references again and report them on a new association."""
+        transaction = str(job.params.get("transaction", ""))
+        calling_ae = str(job.params.get("calling_ae", ""))
+        raw = job.params.get("references")
+        if not transaction or not calling_ae or not isinstance(raw, list):
+            raise JobFailed("the job names no transaction, requester or references")
+        refs = [Reference(str(pair[0]), str(pair[1])) for pair in raw if isinstance(pair, list) and len(pair) == 2]
+        try:
+            result = await check_commitment(self.index, refs)
+        except Exception as exc:
+            raise JobFailed(f"the index could not be checked: {exc}", retry=True) from exc
+        job.done, job.failed = len(result.committed), len(result.failed)
+        event, ds = await asyncio.to_thread(event_report, transaction, result)
+        outcome: dict[str, object] = {}
+        if await self._report_new_association(calling_ae, transaction, event, ds, outcome):
+            return (
+                f"reported to {calling_ae} (event type {event}): {len(result.committed)} committed, "
+                f"{len(result.failed)} failed"
+            )
+        why = str(outcome.get("error") or f"{calling_ae} is not a registered node")
+        raise JobFailed(f"the report to {calling_ae} was not delivered: {why}", retry=bool(outcome.get("transient")))
+
+    async def _report_new_association(
+        self, calling_ae: str, transaction: str, event: int, ds: Dataset, outcome: dict[str, object] | None = None
+    ) -> bool:
+        """Report on a new association to ``calling_ae``'s registered node; True when delivered.
+        ``outcome`` gets ``error`` and ``transient`` (the trouble may pass: worth a retry)."""
         nodes = await self.nodes.find(calling_ae) if self.nodes is not None else []
         if not nodes:
             log.warning(
@@ -251,13 +335,16 @@ class StorageCommitmentSCP(Service):
             return False
         node = nodes[0]
         started = datetime.now(UTC)
-        outcome: dict[str, object] = {"op": "N-EVENT-REPORT", "transaction": transaction, "event_type": event}
+        record: dict[str, object] = {"op": "N-EVENT-REPORT", "transaction": transaction, "event_type": event}
         delivered = False
         try:
-            delivered = await self._deliver(node, nodes, transaction, event, ds, outcome)
+            delivered = await self._deliver(node, nodes, transaction, event, ds, record)
         finally:
-            outcome.setdefault("outcome", "success" if delivered else "failed")
-            await self._log_report(node, started, outcome)
+            transient = bool(record.pop("transient", False))
+            if outcome is not None:
+                outcome.update(error=record.get("error", ""), transient=transient and not delivered)
+            record.setdefault("outcome", "success" if delivered else "failed")
+            await self._log_report(node, started, record)
         return delivered
 
     async def _log_report(self, node: Node, started: datetime, outcome: dict[str, object]) -> None:
@@ -313,6 +400,8 @@ class StorageCommitmentSCP(Service):
         except AssociationError as exc:
             log.warning("storage commitment %s cannot be reported to %s: %s", transaction, node.label(), exc)
             outcome["error"] = f"no association: {exc}"
+            # PS3.8 Table 9-21: a rejection the node calls permanent (result 1) is its configuration
+            outcome["transient"] = not (isinstance(exc, AssociationRejected) and exc.rj.result == 1)
             return False
         outcome["association"] = out
         try:
@@ -362,6 +451,7 @@ class StorageCommitmentSCP(Service):
         except AssociationError as exc:
             log.warning("storage commitment %s: report to %s failed: %s", transaction, node.label(), exc)
             outcome["error"] = str(exc)
+            outcome["transient"] = True
             return False
         finally:
             try:
@@ -442,4 +532,11 @@ async def _send_report(assoc: Association, context: NegotiatedContext, event: in
     return status
 
 
-__all__ = ["STORAGE_COMMITMENT_INSTANCE", "STORAGE_COMMITMENT_PUSH_MODEL", "StorageCommitmentSCP", "event_report"]
+__all__ = [
+    "REPORT_ATTEMPTS",
+    "REPORT_JOB",
+    "STORAGE_COMMITMENT_INSTANCE",
+    "STORAGE_COMMITMENT_PUSH_MODEL",
+    "StorageCommitmentSCP",
+    "event_report",
+]
