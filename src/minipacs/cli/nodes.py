@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Engine
 
 from minipacs.cli.exit_codes import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from minipacs.config import Settings
+from minipacs.core.audit import Action, ActorKind, AuditLog, login_name
 from minipacs.core.nodes import (
     ALL_OPERATIONS,
     InvalidNode,
@@ -122,9 +123,29 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
             "remove": _remove,
         }[args.nodes_action]
         code: int = await action(args, registry)
+        if args.nodes_action in ("add", "remove") and code == EXIT_OK:
+            await _audit(index, settings, f"minipacs nodes {args.nodes_action} {_spelled(args)}")
         return code
     finally:
         index.close()
+
+
+def _spelled(args: argparse.Namespace) -> str:
+    """The command's node, as typed (for the audit row)."""
+    if args.nodes_action == "remove":
+        return f"{args.node_aet}" + (f" --host {args.node_host}" if args.node_host else "")
+    return f"{args.node_aet} {args.node_host} {args.node_port}"
+
+
+async def _audit(index: IndexOnly, settings: Settings, detail: str) -> None:
+    """The change in the audit trail (PS3.15 A.5.3.11 Network Configuration), as the server records one
+    made over REST; written here at once (the command has no audit writer running)."""
+    trail = AuditLog(index.write, index.read, settings.node_id)
+    trail.record(Action.NETWORK_CONFIG, actor_kind=ActorKind.CLI, actor=login_name(), detail=detail)
+    try:
+        await trail.flush()
+    except Exception as exc:  # noqa: BLE001 - the change is made; say the trail missed it
+        print(f"warning: the change is not in the audit trail: {exc}", file=sys.stderr)
 
 
 async def _add(args: argparse.Namespace, registry: NodeRegistry) -> int:

@@ -42,6 +42,16 @@ EVENTS: Final[Mapping[str, EventCode]] = {
     "app_start": EventCode("110100", "Application Activity", "E", "110120", "Application Start"),
     "app_stop": EventCode("110100", "Application Activity", "E", "110121", "Application Stop"),
     "audit_read": EventCode("110101", "Audit Log Used", "R"),
+    # PS3.15 A.5.3.11 Security Alert, EventTypeCode from CID 403 Security Alert Type
+    "network_config": EventCode("110113", "Security Alert", "E", "110128", "Network Configuration"),
+    "software_config": EventCode("110113", "Security Alert", "E", "110131", "Software Configuration"),
+}
+
+#: The Security Alert events' Alert Subject (PS3.15 A.5.3.11): the configuration that changed, by the URI
+#: that reads it (the row's detail says what changed in it).
+ALERT_SUBJECTS: Final[Mapping[str, tuple[str, str]]] = {
+    "network_config": ("/api/nodes", "DICOM nodes"),
+    "software_config": ("/api/rules", "Auto-routing rules"),
 }
 
 #: The Audit Log Used event's participant object: this archive's audit trail, by the URI that reads it.
@@ -104,7 +114,7 @@ def audit_message(row: Mapping[str, Any], source_id: str, local_address: str = "
         node = ET.SubElement(root, "ActiveParticipant", archive)
         # a login's other participant is the node that authenticated, an audit read's the log's keeper:
         # neither is the Source of a transfer
-        if action not in AUTHENTICATION and action != "audit_read":
+        if action not in AUTHENTICATION and action != "audit_read" and action not in ALERT_SUBJECTS:
             _coded(node, "RoleIDCode", "110153", "DCM", "Source Role ID")
     ET.SubElement(root, "AuditSourceIdentification", {"AuditSourceID": source_id})
     if action == "audit_read":  # PS3.15 A.5.3: the audit log, a Security Resource named by its URI
@@ -121,6 +131,21 @@ def audit_message(row: Mapping[str, Any], source_id: str, local_address: str = "
         ET.SubElement(used, "ParticipantObjectName").text = "Security Audit Log"
         if row["detail"]:
             ET.SubElement(used, "ParticipantObjectDescription").text = str(row["detail"])
+    if action in ALERT_SUBJECTS:  # PS3.15 A.5.3.11: the Alert Subject, a Security Resource
+        uri, name = ALERT_SUBJECTS[action]
+        subject = ET.SubElement(
+            root,
+            "ParticipantObjectIdentification",
+            {
+                "ParticipantObjectID": uri,
+                "ParticipantObjectTypeCode": "2",  # system object
+                "ParticipantObjectTypeCodeRole": "13",  # security resource
+            },
+        )
+        _coded(subject, "ParticipantObjectIDTypeCode", "12", "RFC-3881", "URI")
+        ET.SubElement(subject, "ParticipantObjectName").text = name
+        if row["detail"]:
+            ET.SubElement(subject, "ParticipantObjectDescription").text = str(row["detail"])
     if row["study_uid"]:
         study = ET.SubElement(
             root,
@@ -165,6 +190,7 @@ def octet_counted(message: bytes) -> bytes:
 
 
 __all__ = [
+    "ALERT_SUBJECTS",
     "APPLICATION",
     "APP_NAME",
     "AUDIT_LOG_URI",

@@ -74,6 +74,8 @@ class Action(enum.Enum):
     APP_START = "app_start"  # `minipacs serve` is ready
     APP_STOP = "app_stop"  # `minipacs serve` stops cleanly
     AUDIT_READ = "audit_read"  # the audit trail itself was read (GET /api/audit, /ui/audit, `minipacs audit`)
+    NETWORK_CONFIG = "network_config"  # the DICOM nodes were changed (REST /api/nodes, `minipacs nodes`)
+    SOFTWARE_CONFIG = "software_config"  # the auto-routing rules were changed (REST /api/rules)
 
 
 class Outcome(enum.IntEnum):

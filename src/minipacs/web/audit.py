@@ -9,6 +9,7 @@ from typing import Any, Final
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
+from starlette.types import Message, Scope, Send
 
 from minipacs.core.audit import MAX_LIMIT, Action, ActorKind, patient_query, row_json
 from minipacs.web.errors import HttpError
@@ -44,6 +45,40 @@ def record(request: Request, action: Action, *, patient_id: str = "", study_uid:
         patient_id=patient_id,
         study_uid=study_uid,
         detail=detail,
+    )
+
+
+#: Bytes of a configuration change's response kept for its audit row (the node or rule as it became).
+CHANGE_BODY_BYTES: Final = 1500
+
+
+class ResponseTap:
+    """Wraps an ASGI ``send``: passes every message on, and keeps the status and the body's first bytes."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.status = 0
+        self._body = bytearray()
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+        elif message["type"] == "http.response.body" and len(self._body) < CHANGE_BODY_BYTES:
+            self._body += bytes(message.get("body", b""))[: CHANGE_BODY_BYTES - len(self._body)]
+        await self._send(message)
+
+    def body(self) -> str:
+        return self._body.decode("utf-8", "replace")
+
+
+def record_change(scope: Scope, action: str, status: int, body: str) -> None:
+    """A configuration change went through (web/routing.py ``Endpoint(audits=...)``): who, from where,
+    ``METHOD path -> status`` and what the response said it became (PS3.15 A.5.3.11 Security Alert)."""
+    request = Request(scope)
+    detail = f"{scope['method']} {scope['path']} -> {status}" + (f": {body}" if body else "")
+    kind, actor, address = actor_of(request)
+    request.app.state.ctx.archive.audit.record(
+        Action(action), actor_kind=kind, actor=actor, address=address, detail=detail
     )
 
 

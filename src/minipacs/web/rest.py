@@ -411,8 +411,15 @@ def routes() -> list[BaseRoute]:
             "(default 100, max 1000): {changes: [{seq, type, level, uid, study, time, reason}], last, done}",
         ),
         Endpoint("/nodes", list_nodes, "GET", "read", "List DICOM nodes"),
-        Endpoint("/nodes", add_node, "POST", "admin", "Add or update a DICOM node"),
-        Endpoint("/nodes/{ae_title}", remove_node, "DELETE", "admin", "Remove a DICOM node (?host= to pick one)"),
+        Endpoint("/nodes", add_node, "POST", "admin", "Add or update a DICOM node", audits="network_config"),
+        Endpoint(
+            "/nodes/{ae_title}",
+            remove_node,
+            "DELETE",
+            "admin",
+            "Remove a DICOM node (?host= to pick one)",
+            audits="network_config",
+        ),
         Endpoint("/instances/{id}/tags", instance_tags, "GET", "read", "All tags of an instance as PS3.18 JSON"),
         Endpoint(
             "/{level}",

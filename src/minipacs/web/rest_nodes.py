@@ -312,7 +312,12 @@ def routes() -> list[BaseRoute]:
     """Mounted under /api, before rest.routes() (whose /{level}/{id} would take these paths)."""
     return [
         Endpoint(
-            "/nodes/{id}", update_node, "PUT", "admin", "Edit a DICOM node (by id, or an AE title only one node has)"
+            "/nodes/{id}",
+            update_node,
+            "PUT",
+            "admin",
+            "Edit a DICOM node (by id, or an AE title only one node has)",
+            audits="network_config",
         ),
         Endpoint("/nodes/{id}/echo", echo, "POST", "write", "C-ECHO a node: {ok, status, message, ms}"),
         Endpoint(

@@ -78,10 +78,31 @@ def routes() -> list[BaseRoute]:
     """Mounted under /api, before rest.routes() (whose /{level}/{id}/... would take these paths)."""
     return [
         Endpoint("/rules", list_rules, "GET", "admin", "Auto-routing rules in force (config file ones are read-only)"),
-        Endpoint("/rules", create_rule, "POST", "admin", "Create an auto-routing rule (keys of a [[rules]] table)"),
+        Endpoint(
+            "/rules",
+            create_rule,
+            "POST",
+            "admin",
+            "Create an auto-routing rule (keys of a [[rules]] table)",
+            audits="software_config",
+        ),
         Endpoint("/rules/{name}", read_rule, "GET", "admin", "One auto-routing rule"),
-        Endpoint("/rules/{name}", replace_rule, "PUT", "admin", "Replace an auto-routing rule made through the API"),
-        Endpoint("/rules/{name}", delete_rule, "DELETE", "admin", "Delete an auto-routing rule made through the API"),
+        Endpoint(
+            "/rules/{name}",
+            replace_rule,
+            "PUT",
+            "admin",
+            "Replace an auto-routing rule made through the API",
+            audits="software_config",
+        ),
+        Endpoint(
+            "/rules/{name}",
+            delete_rule,
+            "DELETE",
+            "admin",
+            "Delete an auto-routing rule made through the API",
+            audits="software_config",
+        ),
         Endpoint(
             "/studies/{uid}/deliveries",
             study_deliveries,

@@ -17,6 +17,7 @@ from typing import Any, Final
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from minipacs.core.audit import Action
 from minipacs.web import csrf
 from minipacs.web.auth import PERMISSIONS, Permission, authorize, session_of
 from minipacs.web.errors import error_response
@@ -49,14 +50,20 @@ class Endpoint(Route):
         *,
         name: str | None = None,
         form_checks_csrf: bool = False,
+        audits: str = "",
     ) -> None:
         _check(permission, summary, f"{method} {path}")
+        if audits:
+            Action(audits)  # ValueError for a verb core/audit.py does not know
         super().__init__(path, endpoint, methods=[method], name=name)
         self.method = method.upper()
         self.permission: Permission = permission
         self.summary = summary
         #: a form endpoint (login, logout) that checks a CSRF token of its own (web/csrf.py rule 3)
         self.form_checks_csrf = form_checks_csrf
+        #: an audit action (core/audit.py Action value) recorded after each successful (2xx) request:
+        #: the configuration changes (web/audit.py record_change)
+        self.audits = audits
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         # a method this route does not have is Starlette's 405, whoever asks
@@ -65,7 +72,15 @@ class Endpoint(Route):
         elif await refuse_cross_site(scope, receive, send, self.form_checks_csrf) and await authorize(
             scope, receive, send, self.permission
         ):
-            await super().handle(scope, receive, send)
+            if not self.audits:
+                await super().handle(scope, receive, send)
+                return
+            from minipacs.web.audit import ResponseTap, record_change
+
+            tap = ResponseTap(send)
+            await super().handle(scope, receive, tap.send)
+            if 200 <= tap.status < 300:
+                record_change(scope, self.audits, tap.status, tap.body())
 
 
 async def refuse_cross_site(scope: Scope, receive: Receive, send: Send, form_checks_csrf: bool = False) -> bool:
