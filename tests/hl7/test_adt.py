@@ -213,7 +213,7 @@ def test_a47_changes_the_identifier_and_refuses_an_existing_one(tmp_path: Path) 
         (adt("A40", "P1"), "AE", "no MRG segment", "MRG"),
         (adt("A40", "P1", mrg=""), "AE", "MRG-1 Prior Patient Identifier List is empty", "MRG^1^1"),
         (adt("A08", "", name="X"), "AE", "PID-3 Patient Identifier List is empty", "PID^1^3"),
-        (adt("A40", "P1", mrg="NOBODY"), "AE", "prior patient 'NOBODY' (MRG-1) is neither", "PID^1^3"),
+        (adt("A47", "P9", mrg="NOBODY"), "AE", "prior patient 'NOBODY' (MRG-1) is neither", "PID^1^3"),
         (adt("A08", "P1", birth="1970-01-01"), "AE", "not an HL7 date", "PID^1^7"),
         # a '=' (the escape \X3D\) in the ideographic repetition: every repetition that makes the name is checked
         (
@@ -269,8 +269,9 @@ def test_a_group_that_cannot_apply_stops_the_whole_message_before_any_change(tmp
     async def body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, archive: Archive) -> None:
         await store(archive, tmp_path, "GOOD")
         [dup] = await store(archive, tmp_path, "DUP")
-        code, text, _ = await send(reader, writer, groups("A40", [("GOOD", "DUP"), ("GOOD", "NOBODY")]))
-        assert code == "AE" and "prior patient 'NOBODY' (MRG-1)" in text, text
+        # the second group's prior is the one the first group merges away: nothing left to merge
+        code, text, _ = await send(reader, writer, groups("A40", [("GOOD", "DUP"), ("OTHER", "DUP")]))
+        assert code == "AE" and "prior patient 'DUP' (MRG-1)" in text, text
         assert "earlier patient" not in text  # nothing was applied, so none is said to be
         assert (await stored(archive, dup)).PatientID == "DUP"
         assert await Corrections(archive).patient("DUP") is not None
@@ -328,5 +329,36 @@ def test_a40_takes_the_prior_identifier_in_the_domain_of_pid_3(tmp_path: Path) -
         # two prior IDs in PID-3's own domain: which one is meant cannot be told
         code, text, _ = await send(reader, writer, adt("A40", "NEW1^^^HOSP^MR", mrg="A^^^HOSP^MR~B^^^HOSP^MR"))
         assert code == "AE" and "several prior identifiers" in text
+
+    serve(tmp_path, body)
+
+
+def test_a40_ahead_of_the_prior_patients_images_is_remembered_and_its_arrivals_merged(tmp_path: Path) -> None:
+    """IHE PIR: the HIS merges TEMP9 into MRN9 before any image of TEMP9 reached the archive (a modality
+    still holds the old worklist). The merge is acknowledged AA and kept in the corrections log (state
+    "remembered", 0 instances); core/merge_watch.py then takes the images that arrive under TEMP9 as it
+    takes any merged-away ID's, here with merged_patient_arrivals = "merge". A second merge of TEMP9 now
+    contradicts the first and is refused, naming it."""
+    from minipacs.core.merge_watch import MergedArrivals
+
+    async def body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, archive: Archive) -> None:
+        [mrn] = await store(archive, tmp_path, "MRN9")
+        fixer = Corrections(archive)
+        watcher = MergedArrivals(archive, fixer, "merge")
+        await watcher.start()
+        try:
+            code, text, _ = await send(reader, writer, adt("A40", "MRN9", mrg="TEMP9"))
+            assert code == "AA" and "nothing archived under TEMP9 yet, merge remembered" in text, text
+            [row] = [r for r in await list_corrections(archive) if r["operation"] == "merge"]
+            assert (row["state"], row["instances"], row["target"]) == ("remembered", 0, "MRN9")
+            assert row["old_values"] == {"PatientID": "TEMP9"}
+            [late] = await store(archive, tmp_path, "TEMP9")  # the modality's images, under the old ID
+            assert await watcher.look() == 1
+            assert (await stored(archive, late)).PatientID == "MRN9"
+            assert await fixer.patient("TEMP9") is None and (await stored(archive, mrn)).PatientID == "MRN9"
+            code, text, _ = await send(reader, writer, adt("A40", "OTHER9", mrg="TEMP9"))
+            assert code == "AE" and "'TEMP9' (MRG-1) was merged into 'MRN9' by correction" in text, text
+        finally:
+            await watcher.close()
 
     serve(tmp_path, body)

@@ -217,10 +217,10 @@ def test_a_message_refused_when_its_job_runs_fails_the_job_and_the_lane_goes_on(
         merge, refused, update = await server.run_jobs()
         failed = await server.jobs.get(refused)
         assert failed is not None and failed.state is JobState.FAILED, failed
-        assert failed.message == (
+        assert failed.message.startswith(
             "HL7 ADT^A40 CTLA40 from HIS/HOSP, acknowledged AA and queued, cannot be applied now: prior patient "
-            "'P2' (MRG-1) is neither archived nor on an open worklist entry; nothing to merge"
-        )
+            "'P2' (MRG-1) was merged into 'P1' by correction "
+        ) and failed.message.endswith("; nothing to merge"), failed.message
         assert "P2 into P4" in failed.description
         others = [await server.jobs.get(i) for i in (merge, update)]
         assert [j.state if j else None for j in others] == [JobState.DONE, JobState.DONE]

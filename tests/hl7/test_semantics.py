@@ -120,8 +120,8 @@ def test_a_message_sent_again_gets_the_same_ack_and_is_not_applied_twice(tmp_pat
         assert await exchange(reader, writer, adt("A40", "GOOD", mrg="DUP")) == merge
         assert (await stored(archive, dup)).PatientID == "GOOD"
         # a refusal is not remembered: sent again it is checked again (here: refused again)
-        refused = await exchange(reader, writer, adt("A40", "GOOD", mrg="NOBODY"))
-        again = await exchange(reader, writer, adt("A40", "GOOD", mrg="NOBODY"))
+        refused = await exchange(reader, writer, adt("A47", "GOOD2", mrg="NOBODY"))
+        again = await exchange(reader, writer, adt("A47", "GOOD2", mrg="NOBODY"))
         assert msa(refused)[0] == msa(again)[0] == "AE" and refused != again  # a new ACK (its own MSH-10)
         # another message (another MSH-10) with the same order is still a duplicate
         code, text = msa(await exchange(reader, writer, orm().replace("|CTLACC100|", "|CTL2|")))

@@ -242,6 +242,10 @@ def _one(conn: IndexConnection, entity: Entity, name: str) -> dict[str, Any]:
     return rows[0]
 
 
+#: State of a merge recorded ahead of its prior patient's instances (:meth:`Corrections.remember_merge`).
+REMEMBERED: Final = "remembered"
+
+
 def _log_row(operation: str, entity: Entity, target: str, actor: str, old: Any, new: Any) -> dict[str, Any]:
     return {
         "operation": operation,
@@ -411,6 +415,45 @@ class Corrections:
             True,
             who=who,
         )
+
+    async def merged_away(self, patient_id: str) -> tuple[str, int] | None:
+        """(the patient it ends in, the correction that merged it) when a merge took ``patient_id`` away and
+        no later merge made it a survivor again (core/merge_watch.py ``survivors``); None otherwise."""
+        from minipacs.core.merge_watch import survivors
+
+        merges = await self.archive.read(sql.patient_merges)
+        return survivors(merges).get(patient_id)
+
+    async def remember_merge(self, source: str, target: str, actor: str, *, who: Sequence[str] = ()) -> int:
+        """A merge of patient ``source`` into ``target`` when nothing is archived under ``source`` yet (an HL7
+        A40 ahead of the images): recorded in the corrections log as a merge of 0 instances, state
+        "remembered", so core/merge_watch.py treats instances that arrive under ``source`` later as it
+        treats those of any merged-away ID (``merged_patient_arrivals``). Returns the correction's id."""
+        if source == target:
+            raise InvalidCorrection(f"patient {source[:64]!r} cannot be merged with itself")
+        row = {
+            **_log_row("merge", Entity.PATIENT, target, actor, {"PatientID": source}, {"PatientID": target}),
+            "state": REMEMBERED,
+            "message": (
+                f"remembered: nothing was archived under patient {source[:64]!r} yet; instances that arrive "
+                "under it later are handled as merged_patient_arrivals says"
+            ),
+            "finished_at": dt.datetime.now(dt.UTC),
+        }
+        pk = int(await self.archive.write(lambda conn: sql.insert_correction(conn, row)))
+        kind, who_actor, address = (list(who) + ["", "", ""])[:3] if who else (ActorKind.SYSTEM.value, "", "")
+        self.archive.audit.record(
+            Action.MERGED,
+            actor_kind=kind or ActorKind.SYSTEM.value,
+            actor=who_actor,
+            address=address,
+            patient_id=target,
+            detail=f"correction {pk}: merge of patient {source[:64]} remembered (nothing archived under it yet)",
+        )
+        log.info(
+            "correction %d: merge of patient %r into %r remembered (nothing archived under it yet)", pk, source, target
+        )
+        return pk
 
     async def move_series(
         self, series_uid: str, study_uid: str | None, actor: str, *, who: Sequence[str] = ()
@@ -730,6 +773,7 @@ __all__ = [
     "LEVELS",
     "LEVEL_OF",
     "MODIFIABLE",
+    "REMEMBERED",
     "CorrectionResult",
     "Resend",
     "Corrections",

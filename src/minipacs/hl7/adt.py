@@ -366,6 +366,7 @@ class ADTApplier:
         c = self.corrections
         archived: dict[str, bool] = {}
         listed: dict[str, int] = {}
+        taken: set[str] = set()
 
         async def is_archived(patient_id: str) -> bool:
             if patient_id not in archived:
@@ -386,13 +387,19 @@ class ADTApplier:
                 continue
             source, target = await is_archived(prior), await is_archived(current)
             if not source:
-                if not await on_worklist(prior):
+                if event.action == "merge" and prior not in taken:  # remembered (_one), unless merged away
+                    await self._not_merged_away(prior)
+                elif not await on_worklist(prior):
                     raise _nothing_to_merge(prior)
             elif event.action != "merge" and target:
                 raise _identifier_taken(current, prior)
             else:
                 archived[prior], archived[current] = False, True
+                taken.add(prior)  # an earlier group of this message takes it away
             await move(prior, current)
+
+    async def _not_merged_away(self, prior: str) -> None:
+        await _merged_away_refusal(self.corrections, prior)
 
     async def _one(
         self, event: Event, current: str, prior: str, demo: dict[str, str], actor: str, who: list[str]
@@ -421,7 +428,16 @@ class ADTApplier:
             return _done(f"patient {current} updated ({', '.join(changes)})", result.instances)
         source, target = await c.patient(prior), await c.patient(current)
         if source is None:
+            if event.action == "merge":
+                await self._not_merged_away(prior)
             changed = await c.correct_worklist(prior, {"PatientID": current, **demo})
+            if event.action == "merge":  # ahead of the prior patient's images (a modality's old worklist)
+                pk = await c.remember_merge(prior, current, actor, who=who)
+                listed = f"; {changed} worklist entry(ies) updated" if changed else ""
+                return (
+                    f"patient {prior} -> {current}: nothing archived under {prior} yet, merge remembered "
+                    f"(correction {pk}: later arrivals under {prior} go by merged_patient_arrivals){listed}"
+                )
             if not changed:
                 raise _nothing_to_merge(prior)
             return f"patient {prior} -> {current}: {changed} worklist entry(ies) updated"
@@ -450,6 +466,16 @@ class ADTApplier:
         }
         result = await c.run(params)
         return _done(f"patient {prior} is now {current}", result.instances)
+
+
+async def _merged_away_refusal(corrections: Corrections, prior: str) -> None:
+    """NotFound when a merge already took ``prior`` away: the message contradicts it (nothing to merge)."""
+    away = await corrections.merged_away(prior)
+    if away is not None:
+        raise NotFound(
+            f"prior patient {prior[:64]!r} (MRG-1) was merged into {away[0][:64]!r} by correction {away[1]}; "
+            "nothing to merge"
+        )
 
 
 def _nothing_to_merge(prior: str) -> NotFound:
