@@ -63,7 +63,9 @@ class Description:
 # function (its __name__), its representations. None: a route left out of the description.
 DESCRIPTIONS: Final[Mapping[str, Description | None]] = {
     "qido": Description(_METADATA, ("limit", "offset", "includefield", "fuzzymatching", "charset"), status="200 204"),
-    "store": Description((DICOM_JSON, DICOM_XML), requests=(_multipart(DICOM),), status="200 202 409"),
+    "store": Description(
+        (DICOM_JSON, DICOM_XML), requests=(_multipart(DICOM), _multipart(DICOM_JSON)), status="200 202 409"
+    ),
     "retrieve": Description((_multipart(DICOM),), status="200 206"),
     "metadata": Description(_METADATA, ("charset",)),
     "frames": Description((*_FRAMES, OCTETS)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -42,7 +43,7 @@ from minipacs.core.transcode import (
 from minipacs.dicom.header import InstanceHeader
 from minipacs.dicom.levels import LEVEL_SPELLINGS, Level
 from minipacs.dicom.xml_model import native_xml
-from minipacs.web import audit
+from minipacs.web import audit, stow_bulk
 from minipacs.web import capabilities as capabilities_description
 from minipacs.web.accept import (
     ANY,
@@ -530,20 +531,31 @@ async def store(request: Request) -> Response:
             415, "unsupported_media_type", 'STOW-RS needs a multipart/related; type="application/dicom" body'
         )
     declared = parse_accept(content_type)[0].media_type  # the "type" parameter (RFC 2387); "" when absent
-    if declared not in ("", DICOM):
+    if declared not in ("", DICOM, DICOM_JSON):
         raise HttpError(
             415,
             "unsupported_media_type",
-            f'this server stores instances sent as multipart/related; type="application/dicom" (PS3.18 10.5), '
-            f"not as {declared[:60]!r} metadata and bulk data: send the Part 10 files; nothing was stored",
+            f'this server stores instances sent as multipart/related; type="application/dicom" (Part 10 files) or '
+            f'type="application/dicom+json" (JSON metadata and bulk data, PS3.18 10.5.1.2), not {declared[:60]!r}; '
+            "nothing was stored",
         )
     boundary = boundary_of(content_type)
-    intake = Intake(context.archive, _stow_screen(target))
     settings = context.settings
+    bulk: stow_bulk.BulkBody | None = None
     try:
-        await receive_multipart(request, intake, boundary, settings.max_upload_bytes, settings.max_upload_parts)
+        if declared == DICOM_JSON:
+            bulk = await stow_bulk.receive(
+                request, boundary, context.archive.staging_dir, settings.max_upload_bytes, settings.max_upload_parts
+            )
+            intake = await stow_bulk.stage_instances(bulk, context.archive, _stow_screen(target))
+        else:
+            intake = Intake(context.archive, _stow_screen(target))
+            await receive_multipart(request, intake, boundary, settings.max_upload_bytes, settings.max_upload_parts)
     except OutOfResources as exc:
         raise insufficient_storage(exc, 0, 1) from None
+    finally:
+        if bulk is not None:
+            await asyncio.to_thread(bulk.discard)  # the bulk data is in the instances' staging files now
     if not intake.received:  # PS3.18 10.5.1.4: the payload shall contain one or more representations
         raise HttpError(400, "bad_multipart", "the multipart body has no part: there was nothing to store")
     root = root_url(request)
