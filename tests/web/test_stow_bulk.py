@@ -179,7 +179,7 @@ def test_failures_are_per_instance_and_broken_requests_store_nothing(
             (body([({"Content-Type": "application/dicom+json"}, b"{not json")]), JSON_TYPE, 400),
             (body([({"Content-Type": "application/octet-stream"}, b"no location")]), JSON_TYPE, 400),
             (body([({"Content-Type": "application/octet-stream", "Content-Location": "a"}, b"x")]), JSON_TYPE, 400),
-            (body([]), f'multipart/related; type="application/dicom+xml"; boundary={BOUNDARY}', 415),
+            (body([]), f'multipart/related; type="text/html"; boundary={BOUNDARY}', 415),
         ):
             got = await client.post("/dicom-web/studies", content=content, headers={"Content-Type": headers})
             assert got.status_code == status, (status, got.text)
@@ -219,3 +219,32 @@ def test_a_frame_says_its_own_syntax(name: str, syntax: str) -> None:
         stow_bulk.frame_syntax(media, "1.2.840.10008.1.2.5", head)
     with pytest.raises(stow_bulk.BulkRefused, match="SOF"):
         stow_bulk.frame_syntax("image/jpeg", "", b"\xff\xd8\xff\xd9")
+
+
+def test_xml_metadata_one_document_per_instance(web: Callable[..., Any], tmp_path: Path) -> None:
+    """type="application/dicom+xml": each metadata part one PS3.19 Native DICOM Model document."""
+    from minipacs.dicom.xml_model import native_xml
+
+    first, second = fresh("SC_rgb_jpeg_dcmtk.dcm"), fresh("SC_rgb_jpeg_dcmtk.dcm")
+    second.PatientName = "Ünïcode^Näme"
+    second.SpecificCharacterSet = "ISO_IR 192"
+    xml_type = f'multipart/related; type="application/dicom+xml"; boundary={BOUNDARY}'
+    parts = [
+        ({"Content-Type": "application/dicom+xml"}, native_xml(metadata_of(first, "f1")).encode()),
+        ({"Content-Type": "application/dicom+xml"}, native_xml(metadata_of(second, "f2")).encode()),
+        ({"Content-Type": "image/jpeg", "Content-Location": "f1"}, frames(first)[0]),
+        ({"Content-Type": "image/jpeg", "Content-Location": "f2"}, frames(second)[0]),
+    ]
+
+    async def run(client: httpx.AsyncClient, archive: Archive) -> None:
+        got = await client.post("/dicom-web/studies", content=body(parts), headers={"Content-Type": xml_type})
+        assert got.status_code == 200, got.text
+        for sent in (first, second):
+            back, _ = await fetch(client, sent, tmp_path)
+            assert back.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
+            assert back.PatientName == sent.PatientName and frames(back) == frames(sent)
+        broken = [({"Content-Type": "application/dicom+xml"}, b"<NativeDicomModel><oops")]
+        got = await client.post("/dicom-web/studies", content=body(broken), headers={"Content-Type": xml_type})
+        assert got.status_code == 400 and "Native DICOM Model" in got.text
+
+    web(run)

@@ -64,7 +64,9 @@ class Description:
 DESCRIPTIONS: Final[Mapping[str, Description | None]] = {
     "qido": Description(_METADATA, ("limit", "offset", "includefield", "fuzzymatching", "charset"), status="200 204"),
     "store": Description(
-        (DICOM_JSON, DICOM_XML), requests=(_multipart(DICOM), _multipart(DICOM_JSON)), status="200 202 409"
+        (DICOM_JSON, DICOM_XML),
+        requests=(_multipart(DICOM), _multipart(DICOM_JSON), _multipart(DICOM_XML)),
+        status="200 202 409",
     ),
     "retrieve": Description((_multipart(DICOM),), status="200 206"),
     "metadata": Description(_METADATA, ("charset",)),

@@ -531,19 +531,19 @@ async def store(request: Request) -> Response:
             415, "unsupported_media_type", 'STOW-RS needs a multipart/related; type="application/dicom" body'
         )
     declared = parse_accept(content_type)[0].media_type  # the "type" parameter (RFC 2387); "" when absent
-    if declared not in ("", DICOM, DICOM_JSON):
+    if declared not in ("", DICOM, DICOM_JSON, DICOM_XML):
         raise HttpError(
             415,
             "unsupported_media_type",
             f'this server stores instances sent as multipart/related; type="application/dicom" (Part 10 files) or '
-            f'type="application/dicom+json" (JSON metadata and bulk data, PS3.18 10.5.1.2), not {declared[:60]!r}; '
-            "nothing was stored",
+            f'type="application/dicom+json" or "application/dicom+xml" (metadata and bulk data, PS3.18 10.5.1.2), '
+            f"not {declared[:60]!r}; nothing was stored",
         )
     boundary = boundary_of(content_type)
     settings = context.settings
     bulk: stow_bulk.BulkBody | None = None
     try:
-        if declared == DICOM_JSON:
+        if declared in (DICOM_JSON, DICOM_XML):
             bulk = await stow_bulk.receive(
                 request, boundary, context.archive.staging_dir, settings.max_upload_bytes, settings.max_upload_parts
             )

@@ -1,7 +1,7 @@
 """STOW-RS of metadata and bulk data (PS3.18 10.5.1.2, 8.6.1): instances sent as PS3.18 JSON, their
 binary values in parts of their own.
 
-The request is ``multipart/related; type="application/dicom+json"``. Its ``application/dicom+json``
+The request is ``multipart/related; type="application/dicom+json"`` (or ``+xml``). Its ``application/dicom+json``
 parts hold the metadata: a JSON array of instances (PS3.18 F.2), or one object; an element's value is
 ``InlineBinary`` (base64) or a ``BulkDataURI`` naming another part of the request by its
 ``Content-Location`` header. A bulk data part is ``application/octet-stream`` (the value's bytes as
@@ -22,8 +22,8 @@ with the reason in the server log: no SOP Instance UID, a BulkDataURI that names
 that disagree on their transfer syntax, a compressed frame for another element than Pixel Data, a
 bulk data part of a media type this server does not take.
 
-Not taken: ``application/dicom+xml`` metadata (415: send JSON or Part 10 files), video (MPEG-2, MPEG-4,
-HEVC: ``video/*``), and a BulkDataURI inside a sequence whose part holds more than
+``application/dicom+xml`` metadata parts (one PS3.19 Native DICOM Model document each) are read into
+the same JSON model by dicom/xml_read.py. Not taken: video (MPEG-2, MPEG-4, HEVC: ``video/*``), and a BulkDataURI inside a sequence whose part holds more than
 :data:`NESTED_BULK_MAX_BYTES` (read into memory: a sequence item's value is written with the item).
 """
 
@@ -52,7 +52,8 @@ from minipacs.core.header import read_header
 from minipacs.core.model import StagedPath
 from minipacs.core.staging import StagingFile
 from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
-from minipacs.web.accept import ALIASES, DICOM_JSON, FRAME_MEDIA_TYPES, OCTETS, parse_accept
+from minipacs.dicom.xml_read import NotNativeXML, read_native_xml
+from minipacs.web.accept import ALIASES, DICOM_JSON, DICOM_XML, FRAME_MEDIA_TYPES, OCTETS, parse_accept
 from minipacs.web.errors import HttpError
 from minipacs.web.intake import Intake, Received, Screen, body_pieces
 from minipacs.web.jsonbody import MAX_JSON_DEPTH, depth, lone_surrogate
@@ -198,8 +199,8 @@ async def receive(request: Request, boundary: str, staging_dir: Path, limit: int
                 if isinstance(event, PartStart):
                     media, syntax = _part_type(event.content_type)
                     location = event.headers.get("content-location", "").strip()
-                    if media == DICOM_JSON:
-                        kind, metadata = "json", bytearray()
+                    if media in (DICOM_JSON, DICOM_XML):
+                        kind, metadata = ("json" if media == DICOM_JSON else "xml"), bytearray()
                     elif location:
                         kind, size = "bulk", 0
                         fd, name = await asyncio.to_thread(
@@ -218,13 +219,15 @@ async def receive(request: Request, boundary: str, staging_dir: Path, limit: int
                 elif event is PART_END:
                     if kind == "json":
                         body.instances.extend(_instances(bytes(metadata)))
+                    elif kind == "xml":
+                        body.instances.append(_xml_instance(bytes(metadata)))
                     elif kind == "bulk" and spool_path is not None:
                         await close_spool()
                         body.parts.setdefault(location, []).append(BulkPart(media, syntax, spool_path, size))
                     kind = "skip"
                 else:
                     assert isinstance(event, bytes)
-                    if kind == "json":
+                    if kind in ("json", "xml"):
                         held += len(event)
                         if held > METADATA_MAX_BYTES:
                             raise HttpError(
@@ -248,8 +251,18 @@ async def receive(request: Request, boundary: str, staging_dir: Path, limit: int
         raise
     if not body.instances:
         body.discard()
-        raise HttpError(400, "bad_multipart", "no application/dicom+json part held an instance: nothing was stored")
+        raise HttpError(
+            400, "bad_multipart", "no application/dicom+json or +xml part held an instance: nothing was stored"
+        )
     return body
+
+
+def _xml_instance(raw: bytes) -> dict[str, Any]:
+    """The dataset of one application/dicom+xml part (PS3.19 Native DICOM Model; 400 if it is not one)."""
+    try:
+        return read_native_xml(raw, MAX_JSON_DEPTH)
+    except NotNativeXML as exc:
+        raise HttpError(400, "bad_xml", f"a metadata part is not a Native DICOM Model document: {exc}") from None
 
 
 def _instances(raw: bytes) -> list[dict[str, Any]]:
