@@ -1,9 +1,9 @@
 """STOW-RS of metadata and bulk data (PS3.18 10.5.1.2, 8.6.1): instances sent as PS3.18 JSON, their
 binary values in parts of their own.
 
-The request is ``multipart/related; type="application/dicom+json"`` (or ``+xml``). Its ``application/dicom+json``
-parts hold the metadata: a JSON array of instances (PS3.18 F.2), or one object; an element's value is
-``InlineBinary`` (base64) or a ``BulkDataURI`` naming another part of the request by its
+The request is ``multipart/related; type="application/dicom+json"`` (or ``+xml``). Its
+``application/dicom+json`` parts hold the metadata: a JSON array of instances (PS3.18 F.2), or one
+object; an element's value is ``InlineBinary`` (base64) or a ``BulkDataURI`` naming another part of the request by its
 ``Content-Location`` header. A bulk data part is ``application/octet-stream`` (the value's bytes as
 they are: native Pixel Data, an Encapsulated Document, Waveform Data ...) or, for compressed Pixel
 Data, one frame in a media type of PS3.18 Table 8.7.3-5 (``image/jpeg``, ``image/jls``, ``image/jp2``,
@@ -23,8 +23,9 @@ that disagree on their transfer syntax, a compressed frame for another element t
 bulk data part of a media type this server does not take.
 
 ``application/dicom+xml`` metadata parts (one PS3.19 Native DICOM Model document each) are read into
-the same JSON model by dicom/xml_read.py. Not taken: video (MPEG-2, MPEG-4, HEVC: ``video/*``), and a BulkDataURI inside a sequence whose part holds more than
-:data:`NESTED_BULK_MAX_BYTES` (read into memory: a sequence item's value is written with the item).
+the same JSON model by dicom/xml_read.py. Not taken: video (MPEG-2, MPEG-4, HEVC: ``video/*``), and a
+BulkDataURI inside a sequence whose part holds more than :data:`NESTED_BULK_MAX_BYTES` (read into
+memory: a sequence item's value is written with the item).
 """
 
 from __future__ import annotations
