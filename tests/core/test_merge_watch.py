@@ -123,3 +123,37 @@ def test_the_server_watches_as_the_setting_says(tmp_path: Path) -> None:
     assert asyncio.run(main("off")) == ("off", False)
     with pytest.raises(ConfigError, match="merged_patient_arrivals"):
         Settings(data_dir=tmp_path, merged_patient_arrivals="always").validate()
+
+
+def test_arrivals_while_stopped_are_handled_at_the_next_start_and_by_one_watcher(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The cursor is in the index (watch_cursors): what came under a merged-away ID while no watcher ran
+    is found when one starts again; two watchers on one index (two nodes) handle it once between them."""
+
+    async def main() -> None:
+        settings = Settings(data_dir=tmp_path / "data", fsync=False)
+        archive = await open_archive(settings)
+        fixer = corrections(settings, archive)
+        try:
+            await _store(archive, "TEMP2", "1.2.826.0.1.3680043.10.544.1", 1)
+            await _store(archive, "MRN2", "1.2.826.0.1.3680043.10.544.2", 1)
+            await fixer.merge("TEMP2", "MRN2", "HL7 A40 from HIS")
+            first = MergedArrivals(archive, fixer, "warn")
+            await first.start()  # a first run starts at the journal's end
+            assert await first.look() == 0
+            await first.close()  # the server stops
+            await _store(archive, "TEMP2", "1.2.826.0.1.3680043.10.544.3", 1)  # e.g. `minipacs import`
+            one, two = MergedArrivals(archive, fixer, "warn"), MergedArrivals(archive, fixer, "warn")
+            await one.start()
+            await two.start()
+            with caplog.at_level(logging.WARNING, logger="minipacs.core.merge_watch"):
+                found = [await one.look(), await two.look()]
+            assert found == [1, 0], found
+            assert caplog.text.count("arrived under patient ID 'TEMP2'") == 1
+            await one.close()
+            await two.close()
+        finally:
+            await archive.close()
+
+    asyncio.run(main())

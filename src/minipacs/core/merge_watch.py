@@ -18,24 +18,29 @@ minipacs then does:
 Merges are read from the corrections log (``corrections`` rows of operation ``merge`` that did not
 fail): a chain is followed (A into B, then B into C: A's arrivals go to C), and a later merge into a
 prior ID makes it a survivor again (no longer watched). The changes journal's NewPatient rows are
-looked at every WATCH_SECONDS from the start of the process: what arrived while it was stopped is not
-looked at (the corrections log and the journal keep it for a person to find), and on a PostgreSQL index
-shared by several nodes a row whose transaction commits after a later one's was read may be missed.
+looked at every WATCH_SECONDS from a cursor kept in the index (``watch_cursors``, :data:`CURSOR`): a
+server goes on after a stop from where it was, so what arrived while it was stopped (a ``minipacs
+import``, another node) is looked at too, unless the journal's retention pruned it first; the first
+run starts at the journal's end. The nodes sharing an index share the cursor, and each claims the rows
+it reads by moving the cursor from the value it read before handling them: each arrival is handled
+once, by one node (claimed then handled: a node that dies in between has warned about nothing). On a
+PostgreSQL index a row whose transaction commits after a later one's was read may still be missed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from typing import TYPE_CHECKING, Final
 
-from minipacs.core.changes import last_seq
 from minipacs.core.errors import ArchiveError
 from minipacs.index import corrections_repo, journal_repo
 
 if TYPE_CHECKING:
     from minipacs.core.archive import Archive
     from minipacs.core.corrections import Corrections
+    from minipacs.index.database import IndexConnection
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +49,14 @@ MODES: Final = ("warn", "merge", "off")
 WATCH_SECONDS: Final = 2.0
 #: Most new patients read per look.
 PAGE: Final = 500
+#: The watcher's cursor in the changes journal (index/journal_repo.py ``watch_cursor``), one for the index.
+CURSOR: Final = "merged-arrivals"
 #: Longest chain of merges followed (A into B into C ...): longer is a loop, or a log no one keeps.
 MAX_HOPS: Final = 32
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def survivors(merges: list[tuple[int, str, str]]) -> dict[str, tuple[str, int]]:
@@ -73,7 +84,6 @@ class MergedArrivals:
         if mode not in MODES:
             raise ValueError(f"merged_patient_arrivals must be one of {', '.join(MODES)}")
         self.archive, self.corrections, self.mode = archive, corrections, mode
-        self._since = 0
         self._task: asyncio.Task[None] | None = None
         #: New patients found under a merged-away ID, and those merged again (tests and the curious).
         self.found = 0
@@ -82,7 +92,12 @@ class MergedArrivals:
     async def start(self) -> None:
         if self.mode == "off":
             return
-        self._since = await self.archive.read(last_seq)
+
+        def first(conn: IndexConnection) -> None:  # a first run starts at the journal's end, not its history
+            if journal_repo.watch_cursor(conn, CURSOR) is None:
+                journal_repo.claim_watch_range(conn, CURSOR, None, journal_repo.last_seq(conn), _now())
+
+        await self.archive.write(first)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="minipacs-merged-arrivals")
 
     async def close(self) -> None:
@@ -101,11 +116,21 @@ class MergedArrivals:
 
     async def look(self) -> int:
         """Handle the new patients since the last look; how many were under a merged-away ID."""
-        since = self._since
-        rows = await self.archive.read(lambda conn: journal_repo.new_patients_after(conn, since, PAGE))
+
+        def new(conn: IndexConnection) -> tuple[int | None, list[tuple[int, str, str]]]:
+            since = journal_repo.watch_cursor(conn, CURSOR)
+            return since, journal_repo.new_patients_after(conn, since or 0, PAGE)
+
+        since, rows = await self.archive.read(new)  # a read: most looks find nothing, and write nothing
         if not rows:
             return 0
-        self._since = rows[-1][0]
+        last = rows[-1][0]
+        # claimed before they are handled: another node that read the same rows finds the cursor moved
+        claimed = await self.archive.write(
+            lambda conn: journal_repo.claim_watch_range(conn, CURSOR, since, last, _now())
+        )
+        if not claimed:
+            return 0
         ids = {patient_id for _seq, patient_id, _node in rows if patient_id}
         if not ids:
             return 0

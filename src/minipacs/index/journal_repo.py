@@ -9,13 +9,15 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, cast
 
-from sqlalchemy import Connection, Table, delete, func, insert, select
+from sqlalchemy import Connection, Table, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from minipacs.index.database import NODE_INFO
 from minipacs.index.fastsql import Prepared
-from minipacs.index.schema import Change
+from minipacs.index.schema import Change, WatchCursor
 
 _CHANGES: Final = cast(Table, Change.__table__)
+_WATCH: Final = cast(Table, WatchCursor.__table__)
 _INSERT: Final = insert(_CHANGES)
 _FAST_INSERT: Final = Prepared(_INSERT)
 
@@ -80,7 +82,9 @@ __all__ = [
     "changes_after",
     "insert_changes",
     "last_seq",
+    "claim_watch_range",
     "new_patients_after",
+    "watch_cursor",
 ]
 
 
@@ -94,3 +98,21 @@ def new_patients_after(conn: Connection, since: int, limit: int) -> list[tuple[i
         .limit(limit)
     ).all()
     return [(int(r[0]), str(r[1]), str(r[2] or "")) for r in rows]
+
+
+def watch_cursor(conn: Connection, name: str) -> int | None:
+    """The journal ``seq`` up to which the watcher ``name`` has looked; None: it never ran here."""
+    value = conn.execute(select(_WATCH.c.seq).where(_WATCH.c.name == name)).scalar()
+    return None if value is None else int(value)
+
+
+def claim_watch_range(conn: Connection, name: str, read: int | None, new: int, now: dt.datetime) -> bool:
+    """Move the watcher's cursor from ``read`` (what this caller read; None: no row yet) to ``new``; False
+    when another node moved it first (its rows are that node's) or made the row meanwhile."""
+    if read is None:
+        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        statement = dialect_insert(_WATCH).values(name=name, seq=new, updated_at=now).on_conflict_do_nothing()
+        # RETURNING, not rowcount: the PostgreSQL driver here reports -1 for an INSERT ... ON CONFLICT
+        return conn.execute(statement.returning(_WATCH.c.name)).first() is not None
+    moved = update(_WATCH).where(_WATCH.c.name == name, _WATCH.c.seq == read).values(seq=new, updated_at=now)
+    return conn.execute(moved.returning(_WATCH.c.name)).first() is not None

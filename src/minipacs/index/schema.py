@@ -515,6 +515,16 @@ class RoutingCursor(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
 
 
+class WatchCursor(Base):
+    """How far in the changes journal a background watcher of this name has looked, for every node sharing
+    the index (core/merge_watch.py); moved from the value read, so two nodes never take the same rows."""
+
+    __tablename__ = "watch_cursors"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
 class Delivery(Base):
     """The delivery receipt (core/routing.py): one row per instance sent (or study moved) to one
     destination by one rule, with its status in words. ``sop_instance_uid`` is "" for a C-MOVE of a
