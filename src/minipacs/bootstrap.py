@@ -25,6 +25,7 @@ from minipacs.core.backup import register_backup_job
 from minipacs.core.compression import CompressionSettings, Compressor
 from minipacs.core.compression_jobs import CompressionScheduler, SchedulerSettings, register_compression_jobs
 from minipacs.core.corrections import Corrections, register_correction_jobs
+from minipacs.core.hl7_acks import AckStore
 from minipacs.core.jobs import JobQueue, JobSettings
 from minipacs.core.merge_watch import MergedArrivals
 from minipacs.core.metrics import Metrics
@@ -650,6 +651,7 @@ async def start_hl7(settings: Settings, app: App) -> MLLPServer | None:
             settings.ae_title,
             resend_window=settings.hl7_resend_window,
             resend_max=settings.hl7_resend_max,
+            acks=AckStore(app.archive, settings.hl7_resend_window) if settings.hl7_resend_max else None,
         ),
         host=settings.hl7_host,
         port=settings.hl7_port,

@@ -358,3 +358,35 @@ def test_a_value_dicom_cannot_hold_is_refused_naming_the_field_it_came_from(tmp_
         assert ack.raw(ack.first("ERR"), 2) == "OBR^1^18"
 
     serve(tmp_path, body)
+
+
+def test_a_resend_after_a_restart_or_to_another_node_gets_its_ack_from_the_index(tmp_path: Path) -> None:
+    """core/hl7_acks.py: the ACK of an accepted message is kept in the index for hl7_resend_window; a
+    receiver with an empty memory (the server restarted, or another node behind a load balancer) answers
+    the resend with it and applies nothing. Without the index (acks=None) the resend was applied again:
+    the order a duplicate, AE."""
+    from minipacs.core.hl7_acks import AckStore
+
+    async def main() -> None:
+        archive = await open_archive(Settings(data_dir=tmp_path / "data", fsync=False))
+        try:
+
+            def receiver(acks: AckStore | None) -> HL7Receiver:
+                return HL7Receiver(Worklist(archive), Corrections(archive), acks=acks)
+
+            data = frame(orm())[1:-2]
+            first = await receiver(AckStore(archive, 600.0))(data)
+            assert msa(first)[0] == "AA"
+            again = await receiver(AckStore(archive, 600.0))(data)  # a fresh process's memory
+            assert again == first
+            assert len(await Worklist(archive).by_accession("ACC100")) == 1
+            # memory only, as before: the resend is applied again, and refused as a duplicate
+            assert msa(await receiver(None)(data))[0] == "AE"
+            # past the window the index does not answer either (an administrator's deliberate replay)
+            assert await AckStore(archive, 0.5).find(data) == first
+            await asyncio.sleep(0.6)
+            assert await AckStore(archive, 0.5).find(data) is None
+        finally:
+            await archive.close()
+
+    asyncio.run(main())

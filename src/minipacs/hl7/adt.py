@@ -24,6 +24,7 @@ from typing import Final
 from minipacs.core.audit import Action, ActorKind, Outcome
 from minipacs.core.corrections import Corrections
 from minipacs.core.errors import ArchiveError, CorrectionConflict, InvalidCorrection, NotFound
+from minipacs.core.hl7_acks import AckStore
 from minipacs.core.jobs import JobContext, JobFailed, JobQueue
 from minipacs.core.worklist import Worklist
 from minipacs.hl7 import orders, sequence
@@ -521,17 +522,22 @@ class HL7Receiver:
         application: str = "MINIPACS",
         resend_window: float = sequence.RESEND_WINDOW,
         resend_max: int = sequence.RESEND_MAX,
+        acks: AckStore | None = None,
     ) -> None:
         self.worklist = worklist
         self.adt = ADTApplier(corrections)
         self.orders = sequence.OrderJobs(worklist, corrections.jobs)
         self.application = application
         self.resends = sequence.Resends(resend_window, resend_max)
+        #: The same ACKs in the index (a resend after a restart, or to another node); None: memory only.
+        self.acks = acks
 
     async def __call__(self, data: bytes) -> bytes:
         """The ACK of ``data``; a message sent again after its AA (the sender lost the ACK) gets that ACK
         again and is not applied twice (hl7/sequence.py :class:`~minipacs.hl7.sequence.Resends`)."""
         again = self.resends.ack_of(data)
+        if again is None and self.acks is not None:
+            again = await self.acks.find(data)
         if again is not None:
             log.info("HL7 message sent again (%d bytes) within the resend window: its ACK sent again", len(data))
             return again
@@ -542,7 +548,8 @@ class HL7Receiver:
             return await self.orders.apply(message, data)
 
         ack = await orders.handle(data, self.worklist, self.application, apply)
-        self.resends.remember(data, ack)
+        if self.resends.remember(data, ack) and self.acks is not None:
+            await self.acks.keep(data, ack)
         return ack
 
 

@@ -139,8 +139,8 @@ class Resends:
     would file an error for a message that was applied. A resend is byte for byte the original (MSH-7 and
     MSH-10 included), so the bytes are the key; the window is short so that an administrator who replays
     a message on purpose later (after undoing it by hand) has it applied again. A refusal (AE/AR) is not
-    remembered: sent again, it is checked again (AE 207 says "retry later"). Kept in this process only:
-    after a restart, or on another node behind a load balancer, a resend is applied as a new message."""
+    remembered: sent again, it is checked again (AE 207 says "retry later"). This is the process's memory;
+    core/hl7_acks.py keeps the same ACKs in the index for a resend after a restart or to another node."""
 
     def __init__(
         self, window: float = RESEND_WINDOW, limit: int = RESEND_MAX, clock: Callable[[], float] = time.monotonic
@@ -161,18 +161,19 @@ class Resends:
         found = self._acks.get(hashlib.sha256(data).digest())
         return None if found is None else found[1]
 
-    def remember(self, data: bytes, ack: bytes) -> None:
-        """Keep ``ack`` for ``data`` when it accepted the message (MSA-1 AA)."""
+    def remember(self, data: bytes, ack: bytes) -> bool:
+        """Keep ``ack`` for ``data`` when it accepted the message (MSA-1 AA); whether it did."""
         if self.window <= 0 or self.limit <= 0:
-            return
+            return False
         try:
             reply = parse_bytes(ack)
             accepted = reply.value(reply.first("MSA"), 1) == ACCEPT
         except HL7Error:
-            return
+            return False
         if accepted:
             self._acks[hashlib.sha256(data).digest()] = (self.clock(), ack)
             self._expire()
+        return accepted
 
 
 def register_order_jobs(queue: JobQueue, worklist: Worklist) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     SmallInteger,
     String,
     Text,
@@ -513,6 +514,17 @@ class RoutingCursor(Base):
     node: Mapped[str] = mapped_column(String(64), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class HL7Ack(Base):
+    """The ACK (MSA-1 AA) of an HL7 message accepted lately, by the SHA-256 of its bytes (hex): a resend of
+    the same bytes within the resend window gets it again, on any node, after a restart (core/hl7_acks.py)."""
+
+    __tablename__ = "hl7_acks"
+    __table_args__ = (Index("ix_hl7_acks_received_at", "received_at"),)
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ack: Mapped[bytes] = mapped_column(LargeBinary())
+    received_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
 
 
 class WatchCursor(Base):
