@@ -162,6 +162,8 @@ def test_failures_are_per_instance_and_broken_requests_store_nothing(
         assert [i["00081155"]["Value"][0] for i in answer["00081199"]["Value"]] == [good.SOPInstanceUID]
         reasons = [i["00081197"]["Value"][0] for i in answer["00081198"]["Value"]]
         assert reasons == [0xC000, 0xC000, 0xC000], reasons
+        named = [i.get("00081155", {}).get("Value", [""])[0] for i in answer["00081198"]["Value"]]
+        assert named == [orphan.SOPInstanceUID, mismatch.SOPInstanceUID, ""]  # PS3.18 Table I.2-1, when known
         await fetch(client, good, tmp_path)
         before = sorted(p.name for p in archive.staging_dir.iterdir())
         # the study of the URL: another study's instance is 0xA900 (PS3.18 10.5.1)
@@ -246,5 +248,45 @@ def test_xml_metadata_one_document_per_instance(web: Callable[..., Any], tmp_pat
         broken = [({"Content-Type": "application/dicom+xml"}, b"<NativeDicomModel><oops")]
         got = await client.post("/dicom-web/studies", content=body(broken), headers={"Content-Type": xml_type})
         assert got.status_code == 400 and "Native DICOM Model" in got.text
+
+    web(run)
+
+
+def test_bulk_data_inside_a_sequence_at_its_limit(
+    web: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A BulkDataURI in a sequence item is read into memory: at NESTED_BULK_MAX_BYTES it is stored, one
+    byte more and that instance fails (0xC000) while the request goes on."""
+    monkeypatch.setattr(stow_bulk, "NESTED_BULK_MAX_BYTES", 64)
+
+    def with_icon(size: int) -> tuple[pydicom.Dataset, dict[str, Any]]:
+        ds = fresh("SC_rgb_jpeg_dcmtk.dcm")
+        icon = pydicom.Dataset()
+        icon.Rows, icon.Columns = 8, 8
+        icon.PixelData = bytes(size)
+        icon["PixelData"].VR = "OB"
+        ds.IconImageSequence = [icon]
+        meta = metadata_of(ds, f"px/{size}")
+        meta["00880200"]["Value"][0]["7FE00010"] = {"vr": "OB", "BulkDataURI": f"icon/{size}"}
+        return ds, meta
+
+    (at, at_meta), (over, over_meta) = with_icon(64), with_icon(66)
+    jpeg = frames(at)[0]
+    parts = [
+        ({"Content-Type": "application/dicom+json"}, json.dumps([at_meta, over_meta]).encode()),
+        ({"Content-Type": "image/jpeg", "Content-Location": "px/64"}, jpeg),
+        ({"Content-Type": "image/jpeg", "Content-Location": "px/66"}, jpeg),
+        ({"Content-Type": "application/octet-stream", "Content-Location": "icon/64"}, bytes(range(64))),
+        ({"Content-Type": "application/octet-stream", "Content-Location": "icon/66"}, bytes(66)),
+    ]
+
+    async def run(client: httpx.AsyncClient, archive: Archive) -> None:
+        got = await client.post("/dicom-web/studies", content=body(parts), headers={"Content-Type": JSON_TYPE})
+        assert got.status_code == 202, got.text
+        answer = got.json()
+        assert [i["00081155"]["Value"][0] for i in answer["00081199"]["Value"]] == [at.SOPInstanceUID]
+        assert [i["00081155"]["Value"][0] for i in answer["00081198"]["Value"]] == [over.SOPInstanceUID]
+        back, _ = await fetch(client, at, tmp_path)
+        assert back.IconImageSequence[0].PixelData == bytes(range(64))
 
     web(run)

@@ -6,8 +6,8 @@ import datetime as dt
 from typing import Final, cast
 
 from sqlalchemy import Connection, Table, delete, select
-from sqlalchemy.dialects import postgresql, sqlite
 
+from minipacs.index.dialects import insert_of
 from minipacs.index.schema import HL7Ack
 
 _ACKS: Final = cast(Table, HL7Ack.__table__)
@@ -21,8 +21,7 @@ def ack_for(conn: Connection, digest: str, since: dt.datetime) -> bytes | None:
 
 def keep_ack(conn: Connection, digest: str, ack: bytes, now: dt.datetime) -> None:
     """Keep (or replace) the ACK of the message of ``digest``."""
-    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    statement = dialect_insert(_ACKS).values(digest=digest, ack=ack, received_at=now)
+    statement = insert_of(conn)(_ACKS).values(digest=digest, ack=ack, received_at=now)
     conn.execute(
         statement.on_conflict_do_update(
             index_elements=["digest"], set_={"ack": statement.excluded.ack, "received_at": now}

@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final, cast
 
 from sqlalchemy import Connection, Table, delete, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from minipacs.index.database import NODE_INFO
+from minipacs.index.dialects import insert_of
 from minipacs.index.fastsql import Prepared
 from minipacs.index.schema import Change, WatchCursor
 
@@ -110,8 +110,7 @@ def claim_watch_range(conn: Connection, name: str, read: int | None, new: int, n
     """Move the watcher's cursor from ``read`` (what this caller read; None: no row yet) to ``new``; False
     when another node moved it first (its rows are that node's) or made the row meanwhile."""
     if read is None:
-        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-        statement = dialect_insert(_WATCH).values(name=name, seq=new, updated_at=now).on_conflict_do_nothing()
+        statement = insert_of(conn)(_WATCH).values(name=name, seq=new, updated_at=now).on_conflict_do_nothing()
         # RETURNING, not rowcount: the PostgreSQL driver here reports -1 for an INSERT ... ON CONFLICT
         return conn.execute(statement.returning(_WATCH.c.name)).first() is not None
     moved = update(_WATCH).where(_WATCH.c.name == name, _WATCH.c.seq == read).values(seq=new, updated_at=now)

@@ -7,12 +7,12 @@ conditional UPDATE (or INSERT that skips a duplicate) changes a row.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, cast
 
 from sqlalchemy import Connection, Table, and_, case, delete, func, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
+from minipacs.index.dialects import insert_of
 from minipacs.index.schema import (
     Delivery,
     Instance,
@@ -41,11 +41,7 @@ _JOBS: Final = cast(Table, JobRecord.__table__)
 
 #: Rows a poll reads at most per rule (the rest wait for the next poll).
 POLL_LIMIT: Final = 500
-_DIALECT_INSERT: Final[Mapping[str, Callable[..., Any]]] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
-
-
-def _insert(conn: Connection) -> Callable[..., Any]:
-    return _DIALECT_INSERT[conn.dialect.name]
+_insert: Final = insert_of
 
 
 # ------------------------------------------------------------------ rules

@@ -52,6 +52,7 @@ from minipacs.core.errors import ArchiveError, InvalidInstance, OutOfResources
 from minipacs.core.header import read_header
 from minipacs.core.model import StagedPath
 from minipacs.core.staging import StagingFile
+from minipacs.dicom.header import InstanceHeader
 from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from minipacs.dicom.xml_read import NotNativeXML, read_native_xml
 from minipacs.web.accept import ALIASES, DICOM_JSON, DICOM_XML, FRAME_MEDIA_TYPES, OCTETS, parse_accept
@@ -84,7 +85,7 @@ _PIXEL_DATA: Final = 0x7FE00010
 _BULK_MARK: Final = b"\x00minipacs-bulk:"  # the handler's placeholder of a value streamed from a part
 
 
-class BulkRefused(ArchiveError):
+class BulkRefused(InvalidInstance):
     """One instance of the request cannot be made (the module docstring); FailureReason 0xC000."""
 
 
@@ -301,8 +302,8 @@ def build_instance(
         found = parts.get(uri)
         if not found:
             raise BulkRefused(f"({tag[:4]},{tag[4:8]}) names bulk data {uri[:80]!r} that no part of the request has")
-        streams[tag] = found
-        return _BULK_MARK + tag.encode()
+        streams[uri] = found  # by URI: an item's element may have the tag of a top-level one
+        return _BULK_MARK + uri.encode()
 
     try:
         ds = Dataset.from_json(metadata, bulk_data_uri_handler=handler)
@@ -454,7 +455,7 @@ async def stage_instances(body: BulkBody, archive: Archive, screen: Screen) -> I
 
 async def _stage_each(intake: Intake, body: BulkBody, archive: Archive, screen: Screen) -> None:
     for number, metadata in enumerate(body.instances, 1):
-        part = Received(number, f"instance {number} of the metadata", "application/dicom")
+        part = Received(number, f"instance {number} of the metadata", "application/dicom", _named(metadata))
         intake.received.append(part)
         try:
             staged = await asyncio.to_thread(_build_and_stage, metadata, body.parts, archive)
@@ -469,6 +470,17 @@ async def _stage_each(intake: Intake, body: BulkBody, archive: Archive, screen: 
         if part.refusal is not None:
             await asyncio.to_thread(part.staged.path.unlink, missing_ok=True)
             part.staged = None
+
+
+def _named(metadata: Mapping[str, Any]) -> InstanceHeader:
+    """The UIDs the metadata gives, so that a failed instance's item names it (PS3.18 Table I.2-1)."""
+    values: dict[str, str] = {}
+    for tag, keyword in (("00080016", "SOPClassUID"), ("00080018", "SOPInstanceUID"), ("0020000D", "StudyInstanceUID")):
+        element = metadata.get(tag)
+        value = element.get("Value") if isinstance(element, Mapping) else None
+        if isinstance(value, list) and value and isinstance(value[0], str):
+            values[keyword] = value[0][:64]
+    return InstanceHeader(values)
 
 
 def _build_and_stage(metadata: dict[str, Any], parts: Mapping[str, list[BulkPart]], archive: Archive) -> Any:
