@@ -53,7 +53,20 @@ from minipacs.core.header import read_header
 from minipacs.core.model import StagedPath
 from minipacs.core.staging import StagingFile
 from minipacs.dicom.header import InstanceHeader
-from minipacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
+from minipacs.dicom.uids import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    HTJ2K,
+    JPEG_2000,
+    JPEG_2000_PART2,
+    JPEG_BASELINE,
+    JPEG_EXTENDED,
+    JPEG_LOSSLESS,
+    JPEG_LOSSLESS_SV1,
+    JPEG_LS_LOSSLESS,
+    JPEG_LS_NEAR_LOSSLESS,
+    RLE_LOSSLESS,
+)
+from minipacs.dicom.vr import BYTE_ARRAY_VRS
 from minipacs.dicom.xml_read import NotNativeXML, read_native_xml
 from minipacs.web.accept import ALIASES, DICOM_JSON, DICOM_XML, FRAME_MEDIA_TYPES, OCTETS, parse_accept
 from minipacs.web.errors import HttpError
@@ -76,10 +89,10 @@ SYNTAXES_OF: Final[Mapping[str, frozenset[str]]] = {
 }
 #: The syntax of a frame sent without a ``transfer-syntax`` parameter, when its bytes do not say.
 DEFAULT_SYNTAX: Final[Mapping[str, str]] = {
-    "image/jp2": "1.2.840.10008.1.2.4.91",
-    "image/jpx": "1.2.840.10008.1.2.4.93",
-    "image/jphc": "1.2.840.10008.1.2.4.203",
-    "image/dicom-rle": "1.2.840.10008.1.2.5",
+    "image/jp2": JPEG_2000,
+    "image/jpx": JPEG_2000_PART2,
+    "image/jphc": HTJ2K,
+    "image/dicom-rle": RLE_LOSSLESS,
 }
 _PIXEL_DATA: Final = 0x7FE00010
 _BULK_MARK: Final = b"\x00minipacs-bulk:"  # the handler's placeholder of a value streamed from a part
@@ -131,16 +144,16 @@ def jpeg_syntax(head: bytes) -> str:
         marker = head[at + 1]
         length = struct.unpack_from(">H", head, at + 2)[0]
         if marker in (0xC0, 0xC1, 0xC3) and not sof:
-            sof = {0xC0: "1.2.840.10008.1.2.4.50", 0xC1: "1.2.840.10008.1.2.4.51", 0xC3: "lossless"}[marker]
+            sof = {0xC0: JPEG_BASELINE, 0xC1: JPEG_EXTENDED, 0xC3: "lossless"}[marker]
         elif marker == 0xDA:  # start of scan: Ns, Ns component specs, then Ss (the predictor in lossless)
             if sof != "lossless":
                 return sof
             count = head[at + 4] if at + 4 < len(head) else 0
             predictor_at = at + 5 + 2 * count
             predictor = head[predictor_at] if predictor_at < len(head) else 0
-            return "1.2.840.10008.1.2.4.70" if predictor == 1 else "1.2.840.10008.1.2.4.57"
+            return JPEG_LOSSLESS_SV1 if predictor == 1 else JPEG_LOSSLESS
         at += 2 + length
-    return sof if sof != "lossless" else "1.2.840.10008.1.2.4.57"
+    return sof if sof != "lossless" else JPEG_LOSSLESS
 
 
 def jpeg_ls_syntax(head: bytes) -> str:
@@ -154,10 +167,10 @@ def jpeg_ls_syntax(head: bytes) -> str:
             count = head[at + 4] if at + 4 < len(head) else 0
             near_at = at + 5 + 2 * count
             if near_at < len(head):
-                return "1.2.840.10008.1.2.4.80" if head[near_at] == 0 else "1.2.840.10008.1.2.4.81"
+                return JPEG_LS_LOSSLESS if head[near_at] == 0 else JPEG_LS_NEAR_LOSSLESS
             break
         at += 2 + length
-    return "1.2.840.10008.1.2.4.81"
+    return JPEG_LS_NEAR_LOSSLESS
 
 
 def frame_syntax(media_type: str, declared: str, head: bytes) -> str:
@@ -427,7 +440,7 @@ def _write_streamed(fh: Any, stream: _Stream, encapsulated: bool) -> None:
         fh.write(struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
         return
     [part] = stream.parts
-    vr = stream.vr if stream.vr in ("OB", "OD", "OF", "OL", "OV", "OW", "UN") else "UN"
+    vr = stream.vr if stream.vr in BYTE_ARRAY_VRS else "UN"  # the VRs whose value is bytes as they are
     if part.size > 0xFFFFFFFE:
         raise BulkRefused(f"a bulk data part of {part.size} bytes is more than one element can hold")
     fh.write(struct.pack("<HH2sHI", group, element, vr.encode(), 0, part.size + part.size % 2))
