@@ -178,7 +178,7 @@ class Settings:
     intake_checkpoint_bytes: int = 64 * MiB
     #: glibc's mmap threshold, fixed (core/malloc_tuning.py): buffers of this size or more go back to
     #: the kernel when freed, so big transfers do not leave the RSS higher. 0: glibc's dynamic default.
-    malloc_mmap_threshold_kib: int = 512
+    malloc_mmap_threshold_kib: int = 2048
     # --- logging
     log_level: str = "INFO"
     # --- scale-out (docs/SCALE-OUT.md)

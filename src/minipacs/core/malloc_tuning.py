@@ -8,7 +8,9 @@ a heap arena instead, and the worker threads' arenas keep those pages after ``fr
 server's RSS steps up by 10-20 MiB after a big transfer and stays there (measured:
 tests/web/test_stream_memory.py, bench/RESULTS.md "Resting memory"). Setting the threshold
 explicitly (``mallopt(M_MMAP_THRESHOLD, n)``, glibc mallopt(3)) turns the dynamic adjustment
-off, so big buffers always go back to the kernel.
+off, so big buffers always go back to the kernel. Not too low: each buffer at or above it is a fresh
+mmap, page faults and all (2 MiB: above a socket read, 256 KiB, and an instance received into memory,
+at most 1 MiB; at 512 KiB a 0.5 MB CT slice paid that, at 256 KiB every socket read).
 
 Setting ``malloc_mmap_threshold_kib``; 0 leaves glibc's dynamic default. Elsewhere than glibc
 (musl, macOS) nothing is done.
