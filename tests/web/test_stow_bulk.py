@@ -290,3 +290,30 @@ def test_bulk_data_inside_a_sequence_at_its_limit(
         assert back.IconImageSequence[0].PixelData == bytes(range(64))
 
     web(run)
+
+
+def test_a_bulk_data_part_serves_one_element(web: Callable[..., Any], tmp_path: Path) -> None:
+    """A part named by several elements would be written once per name (a 1 GiB part named a thousand
+    times: a terabyte written for a 1 GiB request): the first use takes it, any other fails its instance."""
+    first, second = (fresh("SC_rgb_jpeg_dcmtk.dcm") for _ in range(2))
+    twice = make_ct(study_uid=generate_uid(), series_uid=generate_uid(), sop_uid=generate_uid())
+    twice_meta = metadata_of(twice, "own")
+    twice_meta["00420011"] = {"vr": "OB", "BulkDataURI": "own"}  # the same part for a second element
+    parts = [
+        (
+            {"Content-Type": "application/dicom+json"},
+            json.dumps([metadata_of(first, "shared"), metadata_of(second, "shared"), twice_meta]).encode(),
+        ),
+        ({"Content-Type": "image/jpeg", "Content-Location": "shared"}, frames(first)[0]),
+        ({"Content-Type": "application/octet-stream", "Content-Location": "own"}, twice.PixelData),
+    ]
+
+    async def run(client: httpx.AsyncClient, archive: Archive) -> None:
+        got = await client.post("/dicom-web/studies", content=body(parts), headers={"Content-Type": JSON_TYPE})
+        assert got.status_code == 202, got.text
+        answer = got.json()
+        assert [i["00081155"]["Value"][0] for i in answer["00081199"]["Value"]] == [first.SOPInstanceUID]
+        failed = [i["00081155"]["Value"][0] for i in answer["00081198"]["Value"]]
+        assert failed == [second.SOPInstanceUID, twice.SOPInstanceUID]
+
+    web(run)

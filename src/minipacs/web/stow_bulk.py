@@ -306,15 +306,26 @@ class _Stream:
 
 
 def build_instance(
-    metadata: dict[str, Any], parts: Mapping[str, list[BulkPart]], staging_dir: Path, max_dataset_bytes: int = 0
+    metadata: dict[str, Any],
+    parts: Mapping[str, list[BulkPart]],
+    staging_dir: Path,
+    max_dataset_bytes: int = 0,
+    taken: set[str] | None = None,
 ) -> StagedPath:
-    """Write one instance into a staging file (core/staging.py: our File Meta, ``max_dataset_bytes``). Blocking."""
+    """Write one instance into a staging file (core/staging.py: our File Meta, ``max_dataset_bytes``). Blocking.
+
+    ``taken``: the BulkDataURIs earlier instances of the request used. A part serves one element of one
+    instance: else a 1 GiB part named by a thousand elements would have the server write a terabyte for
+    a 1 GiB request (what is written stays within ``max_upload_bytes``). The URIs used are added."""
     streams: dict[str, list[BulkPart]] = {}
+    earlier = taken if taken is not None else set()
 
     def handler(tag: str, vr: str, uri: str) -> bytes:
         found = parts.get(uri)
         if not found:
             raise BulkRefused(f"({tag[:4]},{tag[4:8]}) names bulk data {uri[:80]!r} that no part of the request has")
+        if uri in streams or uri in earlier:
+            raise BulkRefused(f"({tag[:4]},{tag[4:8]}) names bulk data {uri[:80]!r} that another element used")
         streams[uri] = found  # by URI: an item's element may have the tag of a top-level one
         return _BULK_MARK + uri.encode()
 
@@ -363,6 +374,7 @@ def build_instance(
     staging = StagingFile(staging_dir, sop_class, sop_instance, syntax, "", max_dataset_bytes)
     try:
         _write(ds, top, _Sink(staging), encapsulated=syntax != EXPLICIT_VR_LITTLE_ENDIAN)
+        earlier.update(streams)
         return staging.finish()
     except BaseException:
         staging.discard()
@@ -467,11 +479,12 @@ async def stage_instances(body: BulkBody, archive: Archive, screen: Screen) -> I
 
 
 async def _stage_each(intake: Intake, body: BulkBody, archive: Archive, screen: Screen) -> None:
+    taken: set[str] = set()  # the BulkDataURIs used so far (build_instance)
     for number, metadata in enumerate(body.instances, 1):
         part = Received(number, f"instance {number} of the metadata", "application/dicom", _named(metadata))
         intake.received.append(part)
         try:
-            staged = await asyncio.to_thread(_build_and_stage, metadata, body.parts, archive)
+            staged = await asyncio.to_thread(_build_and_stage, metadata, body.parts, archive, taken)
         except OutOfResources:
             raise
         except ArchiveError as exc:
@@ -496,8 +509,10 @@ def _named(metadata: Mapping[str, Any]) -> InstanceHeader:
     return InstanceHeader(values)
 
 
-def _build_and_stage(metadata: dict[str, Any], parts: Mapping[str, list[BulkPart]], archive: Archive) -> Any:
-    staged = build_instance(metadata, parts, archive.staging_dir, archive.settings.max_dataset_bytes)
+def _build_and_stage(
+    metadata: dict[str, Any], parts: Mapping[str, list[BulkPart]], archive: Archive, taken: set[str]
+) -> Any:
+    staged = build_instance(metadata, parts, archive.staging_dir, archive.settings.max_dataset_bytes, taken)
     try:
         header = read_header(staged.path, staged.dataset_offset, staged.transfer_syntax_uid)
     except ArchiveError:
