@@ -67,8 +67,13 @@ def test_models() -> None:
         uids.STUDY_ROOT_FIND,
         uids.PATIENT_STUDY_ONLY_FIND,
     ]
-    assert RETRIEVE_MODELS == {"PATIENT": PATIENT_ROOT, "STUDY": STUDY_ROOT}
-    assert PATIENT_STUDY_ONLY.move_sop_class == PATIENT_STUDY_ONLY.get_sop_class == ""
+    assert RETRIEVE_MODELS == {"PATIENT": PATIENT_ROOT, "STUDY": STUDY_ROOT, "PATIENT/STUDY": PATIENT_STUDY_ONLY}
+    # PS3.4 Table C.5-3 (retired): the Patient/Study Only MOVE and GET classes, served, never proposed
+    assert (PATIENT_STUDY_ONLY.move_sop_class, PATIENT_STUDY_ONLY.get_sop_class) == (
+        "1.2.840.10008.5.1.4.1.2.3.2",
+        "1.2.840.10008.5.1.4.1.2.3.3",
+    )
+    assert PATIENT_STUDY_ONLY.retired and not PATIENT_ROOT.retired and not STUDY_ROOT.retired
 
 
 def test_the_tables_built_from_them_say_what_they_said_before() -> None:
@@ -108,6 +113,7 @@ def test_the_tables_built_from_them_say_what_they_said_before() -> None:
     assert retrieve.MODELS == {
         "PATIENT": ("PATIENT", "STUDY", "SERIES", "IMAGE"),
         "STUDY": ("STUDY", "SERIES", "IMAGE"),
+        "PATIENT/STUDY": ("PATIENT", "STUDY"),  # the retired Patient/Study Only model (PS3.4 C.6.3)
     }
     assert {k: ENTITIES[v].unique_column for k, v in delete.LEVELS.items()} == {
         "patient": "patient_id",
@@ -138,8 +144,16 @@ def test_the_tables_built_from_them_say_what_they_said_before() -> None:
         uids.STUDY_ROOT_FIND: STUDY_ROOT,
         uids.PATIENT_STUDY_ONLY_FIND: PATIENT_STUDY_ONLY,
     }
-    assert qr_retrieve.MOVE_MODELS == {uids.PATIENT_ROOT_MOVE: "PATIENT", uids.STUDY_ROOT_MOVE: "STUDY"}
-    assert qr_retrieve.GET_MODELS == {uids.PATIENT_ROOT_GET: "PATIENT", uids.STUDY_ROOT_GET: "STUDY"}
+    assert qr_retrieve.MOVE_MODELS == {
+        uids.PATIENT_ROOT_MOVE: "PATIENT",
+        uids.STUDY_ROOT_MOVE: "STUDY",
+        uids.PATIENT_STUDY_ONLY_MOVE: "PATIENT/STUDY",  # served (retired), not proposed: below
+    }
+    assert qr_retrieve.GET_MODELS == {
+        uids.PATIENT_ROOT_GET: "PATIENT",
+        uids.STUDY_ROOT_GET: "STUDY",
+        uids.PATIENT_STUDY_ONLY_GET: "PATIENT/STUDY",
+    }
     assert retrieve_scu.MOVE_MODEL_UIDS == {"PATIENT": uids.PATIENT_ROOT_MOVE, "STUDY": uids.STUDY_ROOT_MOVE}
     assert retrieve_scu.GET_MODEL_UIDS == {"PATIENT": uids.PATIENT_ROOT_GET, "STUDY": uids.STUDY_ROOT_GET}
     from minipacs.core.changes import DELETED_LEVELS

@@ -149,7 +149,7 @@ def plan(level: str, identifier: Mapping[str, object], model: str = "STUDY") -> 
     """Check the identifier; return the (level, values) constraints it sets, top down."""
     levels = MODELS.get(model.upper())
     if levels is None:
-        raise InvalidRetrieveIdentifier(f"unknown information model {model!r}; expected PATIENT or STUDY root")
+        raise InvalidRetrieveIdentifier(f"unknown information model {model!r}; expected one of {', '.join(MODELS)}")
     name = level.strip().upper()
     if not name:
         raise InvalidRetrieveIdentifier(
@@ -157,7 +157,7 @@ def plan(level: str, identifier: Mapping[str, object], model: str = "STUDY") -> 
         )
     if name not in levels:
         raise InvalidRetrieveIdentifier(
-            f"QueryRetrieveLevel {level[:20]!r} is not a level of the {model.title()} Root model "
+            f"QueryRetrieveLevel {level[:20]!r} is not a level of the {RETRIEVE_MODELS[model.upper()].name} model "
             f"(expected one of {', '.join(levels)})"
         )
     target = LEVELS[name]

@@ -19,6 +19,8 @@ from minipacs.dicom.uids import (
     PATIENT_ROOT_GET,
     PATIENT_ROOT_MOVE,
     PATIENT_STUDY_ONLY_FIND,
+    PATIENT_STUDY_ONLY_GET,
+    PATIENT_STUDY_ONLY_MOVE,
     STUDY_ROOT_FIND,
     STUDY_ROOT_GET,
     STUDY_ROOT_MOVE,
@@ -79,8 +81,12 @@ class InformationModel:
     levels: tuple[Level, ...]
     key: str = ""  # how the CLI (-P/-S/-O) and the JSON API name it
     find_sop_class: str = ""
-    move_sop_class: str = ""  # "" where the model has no MOVE (Patient/Study Only is retired)
+    move_sop_class: str = ""
     get_sop_class: str = ""
+    #: How core/retrieve.py and the retrieve services name it ("PATIENT", "STUDY", "PATIENT/STUDY").
+    retrieve_name: str = ""
+    #: Retired from the standard (PS3.4 C.6.3): served to the peers that still use it, never proposed by us.
+    retired: bool = False
 
 
 # PS3.4 C.6.1 Patient Root, C.6.2 Study Root, C.6.3 Patient/Study Only (retired); Table C.4-1, C.5-1..3
@@ -91,17 +97,31 @@ PATIENT_ROOT: Final = InformationModel(
     PATIENT_ROOT_FIND,
     PATIENT_ROOT_MOVE,
     PATIENT_ROOT_GET,
+    "PATIENT",
 )
 STUDY_ROOT: Final = InformationModel(
-    "Study Root", (Level.STUDY, Level.SERIES, Level.IMAGE), "study", STUDY_ROOT_FIND, STUDY_ROOT_MOVE, STUDY_ROOT_GET
+    "Study Root",
+    (Level.STUDY, Level.SERIES, Level.IMAGE),
+    "study",
+    STUDY_ROOT_FIND,
+    STUDY_ROOT_MOVE,
+    STUDY_ROOT_GET,
+    "STUDY",
 )
 PATIENT_STUDY_ONLY: Final = InformationModel(
-    "Patient/Study Only", (Level.PATIENT, Level.STUDY), "patient-study", PATIENT_STUDY_ONLY_FIND
+    "Patient/Study Only",
+    (Level.PATIENT, Level.STUDY),
+    "patient-study",
+    PATIENT_STUDY_ONLY_FIND,
+    PATIENT_STUDY_ONLY_MOVE,
+    PATIENT_STUDY_ONLY_GET,
+    "PATIENT/STUDY",
+    retired=True,
 )
 INFORMATION_MODELS: Final[tuple[InformationModel, ...]] = (PATIENT_ROOT, STUDY_ROOT, PATIENT_STUDY_ONLY)
-#: The models a C-MOVE or C-GET uses, by the name of their top level (how core/retrieve.py names them).
+#: The models a C-MOVE or C-GET uses, by their ``retrieve_name`` (how core/retrieve.py names them).
 RETRIEVE_MODELS: Final[Mapping[str, InformationModel]] = {
-    model.levels[0].value: model for model in INFORMATION_MODELS if model.move_sop_class
+    model.retrieve_name: model for model in INFORMATION_MODELS if model.move_sop_class
 }
 
 __all__ = [

@@ -255,7 +255,8 @@ def statement(services: Sequence[ServiceClass], defaults: object) -> str:
         "fits. C-CANCEL ends a query with 0xFE00."
     )
     add(
-        "- C-MOVE and C-GET (Patient Root, Study Root; the retired Patient/Study Only model is FIND only): "
+        "- C-MOVE and C-GET (Patient Root, Study Root, and the retired Patient/Study Only model, PS3.4 C.6.3, "
+        "PATIENT and STUDY levels; as SCP only): "
         "the level's unique key, a UID list allowed; the unique keys above are used when given (a single "
         "value each), not required; no wildcards (0xA900). An unknown or ambiguous Move Destination: "
         f"0xA801. Pending responses after every {DEFAULT_PENDING_EVERY} sub-operations or "

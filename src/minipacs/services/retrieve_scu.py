@@ -37,8 +37,8 @@ from minipacs.services.status import PENDING, SUCCESS, describe, error_comment, 
 
 log = logging.getLogger("minipacs.retrieve_scu")
 
-MOVE_MODEL_UIDS = {name: model.move_sop_class for name, model in RETRIEVE_MODELS.items()}
-GET_MODEL_UIDS = {name: model.get_sop_class for name, model in RETRIEVE_MODELS.items()}
+MOVE_MODEL_UIDS = {name: model.move_sop_class for name, model in RETRIEVE_MODELS.items() if not model.retired}
+GET_MODEL_UIDS = {name: model.get_sop_class for name, model in RETRIEVE_MODELS.items() if not model.retired}
 QR_SYNTAXES = [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN]
 #: Transfer syntaxes we offer when receiving (C-GET proposals), native first. Not all
 #: of PS3.6: DCMTK refuses a context with more than a few dozen syntaxes.
