@@ -157,3 +157,43 @@ def test_arrivals_while_stopped_are_handled_at_the_next_start_and_by_one_watcher
             await archive.close()
 
     asyncio.run(main())
+
+
+def test_a_gap_a_transaction_may_still_fill_is_not_passed(tmp_path: Path) -> None:
+    """Several nodes on one PostgreSQL index: a NewPatient row with a lower seq can become visible after a
+    higher one. The watcher reads the journal as core/changes.py read_changes does and stops before a
+    recent gap, so the late row is handled when it shows up (here: a row written with seq N+2 first, then
+    the NewPatient row of a merged-away ID with seq N+1)."""
+    import datetime as dt
+
+    from minipacs.index.schema import Change
+
+    async def main() -> None:
+        settings = Settings(data_dir=tmp_path / "data", fsync=False)
+        archive = await open_archive(settings)
+        fixer = corrections(settings, archive)
+        try:
+            await _store(archive, "TEMP3", "1.2.826.0.1.3680043.10.545.1", 1)
+            await _store(archive, "MRN3", "1.2.826.0.1.3680043.10.545.2", 1)
+            await fixer.merge("TEMP3", "MRN3", "HL7 A40 from HIS")
+            watcher = MergedArrivals(archive, fixer, "warn")
+            await watcher.start()
+            table = Change.__table__
+            now = dt.datetime.now(dt.UTC)
+
+            def row(seq: int, kind: str, uid: str) -> dict[str, object]:
+                return {"seq": seq, "change_type": kind, "level": "patient", "uid": uid, "study_instance_uid": "",
+                        "created_at": now, "reason": "", "node": "other"}  # fmt: skip
+
+            top = await archive.read(lambda conn: conn.execute(table.select().order_by(table.c.seq.desc())).first())
+            n = int(top.seq)  # type: ignore[union-attr]
+            await archive.write(lambda conn: conn.execute(table.insert(), [row(n + 2, "NewPatient", "OTHER3")]))
+            assert await watcher.look() == 0  # stopped before the gap at n + 1
+            await archive.write(lambda conn: conn.execute(table.insert(), [row(n + 1, "NewPatient", "TEMP3")]))
+            assert await watcher.look() == 1  # the late row, not passed
+            assert await watcher.look() == 0
+            await watcher.close()
+        finally:
+            await archive.close()
+
+    asyncio.run(main())

@@ -23,8 +23,9 @@ server goes on after a stop from where it was, so what arrived while it was stop
 import``, another node) is looked at too, unless the journal's retention pruned it first; the first
 run starts at the journal's end. The nodes sharing an index share the cursor, and each claims the rows
 it reads by moving the cursor from the value it read before handling them: each arrival is handled
-once, by one node (claimed then handled: a node that dies in between has warned about nothing). On a
-PostgreSQL index a row whose transaction commits after a later one's was read may still be missed.
+once, by one node (claimed then handled: a node that dies in between has warned about nothing). The
+journal is read as core/changes.py ``read_changes`` reads it, stopping before a recent gap in its
+sequence (on a PostgreSQL index shared by nodes, a row whose transaction commits after a later one's).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import datetime as dt
 import logging
 from typing import TYPE_CHECKING, Final
 
+from minipacs.core.changes import MAX_LIMIT, ChangeType, read_changes
 from minipacs.core.errors import ArchiveError
 from minipacs.index import corrections_repo, journal_repo
 
@@ -47,8 +49,8 @@ log = logging.getLogger(__name__)
 MODES: Final = ("warn", "merge", "off")
 #: Seconds between two looks at the journal's new patients.
 WATCH_SECONDS: Final = 2.0
-#: Most new patients read per look.
-PAGE: Final = 500
+#: Most pages of the journal (core/changes.py MAX_LIMIT rows each) read per look.
+PAGES: Final = 20
 #: The watcher's cursor in the changes journal (index/journal_repo.py ``watch_cursor``), one for the index.
 CURSOR: Final = "merged-arrivals"
 #: Longest chain of merges followed (A into B into C ...): longer is a loop, or a log no one keeps.
@@ -117,19 +119,29 @@ class MergedArrivals:
     async def look(self) -> int:
         """Handle the new patients since the last look; how many were under a merged-away ID."""
 
-        def new(conn: IndexConnection) -> tuple[int | None, list[tuple[int, str, str]]]:
+        def new(conn: IndexConnection) -> tuple[int | None, int, list[tuple[int, str, str]]]:
             since = journal_repo.watch_cursor(conn, CURSOR)
-            return since, journal_repo.new_patients_after(conn, since or 0, PAGE)
+            last, rows = since or 0, []
+            # read_changes stops before a gap a transaction still in flight may fill (several nodes on a
+            # PostgreSQL index: a lower seq may become visible after a higher one), so nothing is passed
+            for _ in range(PAGES):
+                found, upto, done = read_changes(conn, last, MAX_LIMIT)
+                rows += [(c.seq, c.uid, c.node) for c in found if c.type == ChangeType.NEW_PATIENT.value]
+                if upto <= last:
+                    break
+                last = upto
+                if done:
+                    break
+            return since, last, rows
 
-        since, rows = await self.archive.read(new)  # a read: most looks find nothing, and write nothing
-        if not rows:
+        since, last, rows = await self.archive.read(new)  # a read: most looks find nothing, and write nothing
+        if last == (since or 0):
             return 0
-        last = rows[-1][0]
         # claimed before they are handled: another node that read the same rows finds the cursor moved
         claimed = await self.archive.write(
             lambda conn: journal_repo.claim_watch_range(conn, CURSOR, since, last, _now())
         )
-        if not claimed:
+        if not claimed or not rows:
             return 0
         ids = {patient_id for _seq, patient_id, _node in rows if patient_id}
         if not ids:

@@ -83,21 +83,8 @@ __all__ = [
     "insert_changes",
     "last_seq",
     "claim_watch_range",
-    "new_patients_after",
     "watch_cursor",
 ]
-
-
-def new_patients_after(conn: Connection, since: int, limit: int) -> list[tuple[int, str, str]]:
-    """(seq, Patient ID, node) of at most ``limit`` NewPatient rows after ``since``, in ``seq`` order."""
-    t = _CHANGES
-    rows = conn.execute(
-        select(t.c.seq, t.c.uid, t.c.node)
-        .where(t.c.seq > since, t.c.change_type == "NewPatient")
-        .order_by(t.c.seq)
-        .limit(limit)
-    ).all()
-    return [(int(r[0]), str(r[1]), str(r[2] or "")) for r in rows]
 
 
 def watch_cursor(conn: Connection, name: str) -> int | None:
