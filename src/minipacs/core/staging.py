@@ -154,25 +154,21 @@ class _NotDatasetPrefix:
         self.dropped: list[int] = []
         self.done = False
 
-    def feed(self, data: bytes | memoryview) -> bytes | memoryview:
-        """What of ``data`` belongs to the data set (empty while it is still undecided)."""
+    def feed(self, data: bytes | memoryview) -> bytes:
+        """What of ``data`` belongs to the data set (empty while it is still undecided). StagingFile
+        only feeds a data set whose first group number is below 0008 (the usual one never gets here)."""
         if self._skip:
             taken = min(self._skip, len(data))
             self._skip -= taken
             data = data[taken:]
             if self._skip:
                 return b""
-        if not self._buf and len(data) >= 2:  # the usual case: decided by the first group number
-            group = data[0] | (data[1] << 8) if self._little else (data[0] << 8) | data[1]
-            if group >= _NOT_DATASET_GROUP_END:
-                self.done = True
-                return data
         buf = self._buf
         buf += data
+        order = "<" if self._little else ">"
         while True:
             if len(buf) < 8:
                 return b""
-            order = "<" if self._little else ">"
             group, element = struct.unpack_from(order + "HH", buf)
             if group >= _NOT_DATASET_GROUP_END:
                 return self._end()

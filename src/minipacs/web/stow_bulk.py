@@ -342,7 +342,7 @@ def build_instance(
         value = elem.value
         if isinstance(value, bytes) and value.startswith(_BULK_MARK):
             top.append(_Stream(elem.tag, elem.VR, streams[value[len(_BULK_MARK) :].decode()]))
-    _read_nested(ds, streams, top)
+    _read_nested(ds, streams)
     syntax = EXPLICIT_VR_LITTLE_ENDIAN
     for stream in top:
         compressed = {part.media_type for part in stream.parts} - {OCTETS}
@@ -400,9 +400,9 @@ class _Sink:
         raise io.UnsupportedOperation("a staging file is written forwards only")
 
 
-def _read_nested(ds: Dataset, streams: Mapping[str, list[BulkPart]], top: list[_Stream]) -> None:
-    """A BulkDataURI inside a sequence: its value read from its part (at most NESTED_BULK_MAX_BYTES)."""
-    del top  # those are written from their parts
+def _read_nested(ds: Dataset, streams: Mapping[str, list[BulkPart]]) -> None:
+    """A BulkDataURI inside a sequence: its value read from its part (at most NESTED_BULK_MAX_BYTES); the
+    top-level ones are copied from their parts when the file is written."""
     stack = [item for elem in ds if elem.VR == "SQ" for item in elem.value]
     while stack:
         item = stack.pop()
