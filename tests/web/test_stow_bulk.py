@@ -270,14 +270,14 @@ def test_bulk_data_inside_a_sequence_at_its_limit(
         meta["00880200"]["Value"][0]["7FE00010"] = {"vr": "OB", "BulkDataURI": f"icon/{size}"}
         return ds, meta
 
-    (at, at_meta), (over, over_meta) = with_icon(64), with_icon(66)
+    (at, at_meta), (over, over_meta) = with_icon(64), with_icon(65)
     jpeg = frames(at)[0]
     parts = [
         ({"Content-Type": "application/dicom+json"}, json.dumps([at_meta, over_meta]).encode()),
         ({"Content-Type": "image/jpeg", "Content-Location": "px/64"}, jpeg),
-        ({"Content-Type": "image/jpeg", "Content-Location": "px/66"}, jpeg),
+        ({"Content-Type": "image/jpeg", "Content-Location": "px/65"}, jpeg),
         ({"Content-Type": "application/octet-stream", "Content-Location": "icon/64"}, bytes(range(64))),
-        ({"Content-Type": "application/octet-stream", "Content-Location": "icon/66"}, bytes(66)),
+        ({"Content-Type": "application/octet-stream", "Content-Location": "icon/65"}, bytes(65)),
     ]
 
     async def run(client: httpx.AsyncClient, archive: Archive) -> None:
